@@ -1,0 +1,80 @@
+# Kiln: every target installs what it needs first, so each one works as the first command on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+EXTRAS     ?= cpu,bench,dev
+ifeq ($(GPU),1)
+EXTRAS     := gpu,bench,dev
+endif
+comma      := ,
+STAMP      := $(VENV)/.kiln-installed-$(subst $(comma),-,$(EXTRAS))
+
+CHECKPOINTS ?= checkpoints
+REPOSITORY  ?= model_repository
+MODEL       ?= resnet18
+EPOCHS      ?=
+HTTP_PORT   ?= 8000
+GRPC_PORT   ?= 8001
+BACKEND     ?= onnxruntime
+PROFILE     ?= quick
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo train train-classifier train-translator export serve triton bench test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
+	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton>=0.5"
+	@rm -f $(VENV)/.kiln-installed-*
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install what is missing
+
+train: train-classifier train-translator ## train the default classifier and translator (MODEL=..., EPOCHS=...)
+
+train-classifier: $(STAMP)
+	$(PY) -m training.classify --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
+
+train-translator: $(STAMP)
+	$(PY) -m training.translate --model transformer $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
+
+export: $(STAMP) ## export every checkpoint to ONNX (+TensorRT) and write the Triton model repository
+	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY)
+
+serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton)
+	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND)
+
+triton: $(STAMP) ## run the real Triton server (python flavour of the repository) on 127.0.0.1
+	$(PY) -m serving.triton --model-repository $(REPOSITORY)
+
+demo: $(STAMP) ## train small models, export them, serve them and answer real requests
+	$(PY) -m training.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY)
+
+bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full)
+	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint ## lint, then the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean: ## remove generated artifacts (keeps .venv)
+	rm -rf $(CHECKPOINTS)/*.pt $(CHECKPOINTS)/*.jsonl $(CHECKPOINTS)/*.png bench/results runs .pytest_cache .ruff_cache
+	find $(REPOSITORY) -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

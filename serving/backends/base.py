@@ -1,0 +1,110 @@
+"""The one interface every gateway front end (REST, KServe v2 HTTP, KServe v2 gRPC) calls.
+
+Front ends translate wire formats into :class:`InferRequest` and back; backends never see HTTP or
+gRPC. Errors a client caused are raised as :class:`ServingError` subclasses carrying the HTTP status
+(mapped to gRPC codes by the gRPC server), never as bare exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ServingError(Exception):
+    status: int = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(ServingError):
+    status = 400
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class UnprocessableInput(ServingError):
+    status = 422
+
+
+class Overloaded(ServingError):
+    status = 429
+
+
+class Unavailable(ServingError):
+    status = 503
+
+
+class DeadlineExceeded(ServingError):
+    status = 504
+
+
+@dataclass
+class TensorMeta:
+    name: str
+    datatype: str  # KServe v2 datatype: "UINT8", "FP32", "INT64", "BYTES", "BOOL", ...
+    shape: list[int]  # -1 for dynamic axes, batch axis included when max_batch_size > 0
+
+
+@dataclass
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta]
+
+
+@dataclass
+class InferRequest:
+    model: str
+    inputs: dict[str, np.ndarray]
+    version: str = ""
+    outputs: list[str] | None = None  # None: all outputs
+    parameters: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    timeout_s: float | None = None
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    request_id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What the gateway needs from an inference backend."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Finish in-flight work, then release sessions / connections."""
+
+    def list_models(self) -> list[str]: ...
+
+    def is_live(self) -> bool: ...
+
+    async def is_ready(self) -> bool: ...
+
+    async def model_ready(self, name: str, version: str = "") -> bool: ...
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+
+    def config(self, name: str, version: str = "") -> dict[str, Any]:
+        """The model's config.pbtxt as JSON (``MessageToDict`` of Triton's ModelConfig)."""
+
+    async def infer(self, request: InferRequest) -> InferResponse: ...

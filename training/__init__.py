@@ -1,0 +1,1 @@
+"""Kiln training: model zoo, data, and the classifier / translator training CLIs."""

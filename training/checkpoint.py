@@ -1,0 +1,143 @@
+"""Contract 1: one ``.pt`` file per trained model, loadable with ``torch.load(weights_only=True)``.
+
+Only plain containers, strings, numbers and tensors go in, so loading never unpickles a class and a
+checkpoint alone rebuilds the model through the registry (no training script is imported).
+
+Keys:
+  format_version  int
+  task            "classify" | "translate"
+  model           {"name": str, "args": dict}        registry name + config dataclass fields
+  state_dict      the model's weights
+  preprocessing   classify: {"input_size": [H, W], "channels": C, "mean": [...], "std": [...]}
+  tokenizers      translate: {"source": json str, "target": json str, "shared": bool}
+  labels          classify: class names in index order
+  train_config    the CLI arguments / recipe that produced it
+  metrics         final metrics (e.g. val_accuracy, test_bleu)
+  data            what it was trained on (dataset name, sizes, split seed)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.models.registry import build_model, get_entry
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "task", "model", "state_dict", "train_config", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable Kiln checkpoint; the message says why."""
+
+
+def make_checkpoint(
+    *,
+    task: str,
+    model_name: str,
+    model_args: dict[str, Any],
+    model: nn.Module,
+    train_config: dict[str, Any],
+    metrics: dict[str, Any],
+    preprocessing: dict[str, Any] | None = None,
+    tokenizers: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a checkpoint dict; the weights are copied to CPU so the file loads anywhere."""
+    state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    ckpt: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "model": {"name": model_name, "args": _plain(model_args)},
+        "state_dict": state,
+        "train_config": _plain(train_config),
+        "metrics": _plain(metrics),
+    }
+    if preprocessing is not None:
+        ckpt["preprocessing"] = _plain(preprocessing)
+    if tokenizers is not None:
+        ckpt["tokenizers"] = _plain(tokenizers)
+    if labels is not None:
+        ckpt["labels"] = [str(label) for label in labels]
+    if data is not None:
+        ckpt["data"] = _plain(data)
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename) so an interrupted save never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load with ``weights_only=True`` and check the contract's required keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a Kiln checkpoint"
+        raise CheckpointError(f"{path}: not loadable with weights_only=True ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {missing}")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {ckpt['format_version']} is newer than this Kiln")
+    return ckpt
+
+
+def rebuild_model(ckpt: dict[str, Any], *, eval_mode: bool = True) -> nn.Module:
+    """Rebuild the registered architecture from a checkpoint and load its weights strictly."""
+    name, args = ckpt["model"]["name"], ckpt["model"]["args"]
+    entry = get_entry(name)
+    if entry.task != ckpt["task"]:
+        raise CheckpointError(f"model {name!r} is a {entry.task} model but the checkpoint says {ckpt['task']}")
+    model = build_model(name, **args)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.eval() if eval_mode else model
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare module behind DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def _plain(value: Any) -> Any:
+    """Convert tuples, paths and numpy scalars into what ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()
+    return value
