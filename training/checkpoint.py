@@ -110,7 +110,9 @@ def rebuild_model(ckpt: dict[str, Any], *, eval_mode: bool = True) -> nn.Module:
     name, args = ckpt["model"]["name"], ckpt["model"]["args"]
     entry = get_entry(name)
     if entry.task != ckpt["task"]:
-        raise CheckpointError(f"model {name!r} is a {entry.task} model but the checkpoint says {ckpt['task']}")
+        raise CheckpointError(
+            f"model {name!r} is a {entry.task} model but the checkpoint says {ckpt['task']}"
+        )
     model = build_model(name, **args)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval() if eval_mode else model
