@@ -58,7 +58,7 @@ triton: $(STAMP) ## run the real Triton server (python flavour of the repository
 	$(PY) -m serving.triton --model-repository $(REPOSITORY)
 
 demo: $(STAMP) ## train small models, export them, serve them and answer real requests
-	$(PY) -m training.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY)
+	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY)
 
 bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)

@@ -1,0 +1,199 @@
+"""`make demo`: train small models, export them, serve them and show real requests answered.
+
+Each stage runs through its public CLI (the same commands a user would type), so the demo proves the
+whole pipeline rather than a shortcut through internals. Stages whose outputs are already present are
+reused (training) or skipped by export's own incremental check; ``--fresh`` retrains everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+DEMO_CLASSIFIER = ["--model", "resnet18", "--epochs", "6"]
+DEMO_TRANSLATOR = ["--model", "transformer", "--preset", "demo"]
+DEMO_SENTENCES = [
+    "three hundred and forty-two",
+    "I bought twenty-one apples",
+    "the forty-second floor",
+    "nineteen ninety-seven",
+]
+
+
+def run_stage(title: str, cmd: list[str]) -> float:
+    """Run one pipeline stage as a subprocess, streaming its output; stop the demo if it fails."""
+    console.rule(f"[bold]{title}")
+    console.print(f"$ {' '.join(cmd)}", style="dim")
+    start = time.perf_counter()
+    result = subprocess.run(cmd)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        console.print(f"[red]{title} failed (exit {result.returncode}); the demo stops here.")
+        raise SystemExit(result.returncode)
+    console.print(f"[green]{title}: done in {elapsed:.1f} s")
+    return elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gateway(repository: Path, http_port: int, grpc_port: int, timeout_s: float = 120.0):
+    """Start `python -m serving` on 127.0.0.1, wait until ready, and always stop it."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository)]
+    cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
+    console.rule("[bold]Serve")
+    console.print(f"$ {' '.join(cmd)}", style="dim")
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the gateway exited with code {proc.returncode} before becoming ready")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the gateway was not ready after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        console.print("gateway stopped")
+
+
+def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
+    """PNG-encoded digits from scikit-learn's bundled scans (the demo's offline data)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(7)
+    idx = rng.choice(len(digits.images), size=n, replace=False)
+    pngs = []
+    for i in idx:
+        pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode="L").resize((32, 32), Image.BILINEAR).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs, [int(digits.target[i]) for i in idx]
+
+
+def show_classify(url: str, model: str) -> None:
+    """Friendly REST with base64 PNGs, then the same images over KServe v2 with tritonclient."""
+    import httpx
+    import tritonclient.http as triton_http
+    from PIL import Image
+
+    pngs, truth = sample_digits()
+    body = {"images": [base64.b64encode(p).decode() for p in pngs], "top_k": 3}
+    answer = httpx.post(f"{url}/v1/models/{model}/classify", json=body, timeout=30).json()
+    table = Table(title=f"POST /v1/models/{model}/classify (REST, base64 PNG)")
+    table.add_column("true digit")
+    table.add_column("top-3 (label: score)")
+    for label, result in zip(truth, answer["results"], strict=True):
+        top = ", ".join(f"{p['label']}: {p['score']:.3f}" for p in result["predictions"])
+        table.add_row(str(label), top)
+    console.print(table)
+
+    client = triton_http.InferenceServerClient(url.removeprefix("http://"))
+    meta = client.get_model_metadata(model)
+    _, h, w, c = meta["inputs"][0]["shape"]
+    batch = np.stack([_to_hwc(Image.open(io.BytesIO(p)), int(h), int(w), int(c)) for p in pngs])
+    inp = triton_http.InferInput("images", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch, binary_data=True)
+    out = triton_http.InferRequestedOutput("probabilities", binary_data=True)
+    probs = client.infer(model, [inp], outputs=[out]).as_numpy("probabilities")
+    console.print(
+        f"KServe v2 /v2/models/{model}/infer (tritonclient, binary tensors): "
+        f"predicted {probs.argmax(1).tolist()} for true {truth}"
+    )
+
+
+def show_translate(url: str, model: str) -> None:
+    import httpx
+
+    body = {"texts": DEMO_SENTENCES, "beam_size": 4, "return_scores": True}
+    resp = httpx.post(f"{url}/v1/models/{model}/translate", json=body, timeout=60)
+    if resp.status_code != 200:
+        console.print(f"[yellow]translate answered {resp.status_code}: {resp.text}")
+        return
+    table = Table(title=f"POST /v1/models/{model}/translate (beam 4)")
+    table.add_column("English")
+    table.add_column("French")
+    table.add_column("score")
+    for text, result in zip(DEMO_SENTENCES, resp.json()["translations"], strict=True):
+        best = result["hypotheses"][0] if "hypotheses" in result else result
+        table.add_row(text, best["text"], f"{best.get('score', float('nan')):.3f}")
+    console.print(table)
+
+
+def _to_hwc(img, h: int, w: int, c: int) -> np.ndarray:
+    from PIL import Image
+
+    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).reshape(h, w, c)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
+    args = parser.parse_args(argv)
+    py = sys.executable
+    started = time.perf_counter()
+    out = ["--output-dir", str(args.checkpoints)]
+    if args.fresh or not (args.checkpoints / "resnet18.pt").exists():
+        run_stage(
+            "Train a ResNet-18 on the bundled digits", [py, "-m", "training.classify", *DEMO_CLASSIFIER, *out]
+        )
+    else:
+        console.print("reusing checkpoints/resnet18.pt (--fresh retrains)")
+    if args.fresh or not (args.checkpoints / "transformer.pt").exists():
+        run_stage(
+            "Train the demo Transformer (English → French numbers)",
+            [py, "-m", "training.translate", *DEMO_TRANSLATOR, *out],
+        )
+    else:
+        console.print("reusing checkpoints/transformer.pt (--fresh retrains)")
+    run_stage(
+        "Export to ONNX + Triton model repository",
+        [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository)],
+    )
+    with gateway(args.repository, free_port(), free_port()) as url:
+        models = json.dumps([m["name"] for m in __import__("httpx").get(f"{url}/v1/models").json()["models"]])
+        console.print(f"GET /v1/models → {models}")
+        show_classify(url, "resnet18")
+        show_translate(url, "transformer")
+    console.rule(f"[bold green]Demo finished in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
