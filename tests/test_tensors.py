@@ -1,0 +1,76 @@
+"""KServe v2 tensor encodings agree with tritonclient's own, and bad tensors name what is wrong."""
+
+import numpy as np
+import pytest
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from serving.backends.base import BadRequest
+from serving.tensors import (
+    DATATYPE_TO_NUMPY,
+    classification,
+    datatype_of,
+    from_bytes,
+    from_json_data,
+    parse_classification,
+    to_bytes,
+    to_json_data,
+)
+
+NUMERIC = sorted(set(DATATYPE_TO_NUMPY) - {"BYTES"})
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_numeric_tensors_round_trip_through_binary_and_json(datatype):
+    dtype = DATATYPE_TO_NUMPY[datatype]
+    array = (np.arange(6) % 2).astype(dtype).reshape(2, 3)
+    assert datatype_of(array) == datatype
+    back = from_bytes(to_bytes(array), datatype, [2, 3], tensor="x")
+    np.testing.assert_array_equal(back, array)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(from_json_data(to_json_data(array), datatype, [2, 3], tensor="x"), array)
+
+
+def test_bytes_tensors_use_the_same_layout_as_tritonclient():
+    array = np.array([b"a", b"", "\u00e9t\u00e9".encode()], dtype=object)
+    assert to_bytes(array) == serialize_byte_tensor(array).item()
+    back = from_bytes(serialize_byte_tensor(array).item(), "BYTES", [3], tensor="t")
+    assert list(back) == list(deserialize_bytes_tensor(to_bytes(array)))
+
+
+def test_json_data_may_be_nested_like_the_shape():
+    array = from_json_data([[1, 2], [3, 4]], "INT64", [2, 2], tensor="x")
+    np.testing.assert_array_equal(array, [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "shape", "message"),
+    [
+        ([1, 2, 3], "FP32", [2, 2], "needs 4 elements"),
+        (["a"], "INT32", [1], "must be numbers"),
+        ([1.5], "INT32", [1], "must be integers"),
+        ([300], "UINT8", [1], "out of range"),
+        ([1], "FLOAT99", [1], "unsupported datatype"),
+        ([1], "FP32", [-1], "negative dimension"),
+        ("abc", "FP32", [1], "must be a list"),
+    ],
+)
+def test_bad_json_tensors_raise_bad_request_naming_the_tensor(data, datatype, shape, message):
+    with pytest.raises(BadRequest, match=message) as info:
+        from_json_data(data, datatype, shape, tensor="images")
+    assert "images" in info.value.message
+
+
+def test_binary_data_of_the_wrong_size_is_a_bad_request():
+    with pytest.raises(BadRequest, match="needs 16 bytes"):
+        from_bytes(b"\0" * 15, "FP32", [4], tensor="x")
+    with pytest.raises(BadRequest, match="truncated"):
+        from_bytes(b"\1\0", "BYTES", [1], tensor="x")
+
+
+def test_classification_strings_follow_triton_score_index_label():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], dtype=np.float32)
+    out = classification(scores, 2, ["cat", "dog", "eel"], batched=True)
+    assert out.shape == (2, 2)
+    assert out[0, 0] == b"0.700000:1:dog"
+    assert parse_classification(out[1, 1]) == (0.25, 1, "dog")  # ties keep the lower index first
+    assert classification(scores[0], 5, None, batched=False)[0] == b"0.700000:1"
