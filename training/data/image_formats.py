@@ -1,0 +1,220 @@
+"""Readers for the image formats Kiln trains on, each returning uint8 ``[N, C, H, W]`` at native size.
+
+Readers only parse files; resizing, channel conversion and splitting live in ``images.py`` so every
+format goes through the same pipeline. Nothing here downloads anything: the default dataset
+(scikit-learn's bundled handwritten digits) ships inside the scikit-learn wheel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, H, W)
+IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)
+MNIST_CLASSES = [str(d) for d in range(10)]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset path or file is missing, empty or malformed; the message names the culprit."""
+
+
+@dataclass
+class RawImages:
+    """Images as read from disk: uint8 ``[N, C, H, W]``, int64 labels ``[N]`` and class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def read_digits(
+    path: str | None = None, *, channels: int | None = None, size: int | None = None
+) -> RawImages:
+    """scikit-learn's 1797 bundled 8x8 digit scans (values 0..16), rescaled to 0..255 uint8."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (N, 8, 8)
+    images = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, 8, 8)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    return RawImages(images, labels, [str(name) for name in bunch.target_names])
+
+
+def read_folder(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
+    """One sub-folder per class (sorted names = class indices); images converted and resized by Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = _existing_dir(path, "folder")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"{root}: no class sub-folders (expected one folder of images per class)")
+    files_per_class = [
+        sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        for d in class_dirs
+    ]
+    for class_dir, files in zip(class_dirs, files_per_class, strict=True):
+        if not files:
+            raise DatasetError(f"{class_dir}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} files)")
+    if channels is None:
+        with Image.open(files_per_class[0][0]) as first:
+            channels = 1 if first.mode in ("1", "L", "I", "I;16", "F") else 3
+    mode = {1: "L", 3: "RGB"}[channels]
+    arrays, labels = [], []
+    for index, files in enumerate(files_per_class):
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    img = img.convert(mode)
+                    if size is not None and img.size != (size, size):
+                        img = img.resize((size, size), Image.Resampling.BILINEAR)
+                    arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DatasetError(f"{file}: not a readable image ({exc})") from exc
+            labels.append(index)
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"{root}: images have different sizes {sorted(shapes)}; pass an image size to resize"
+        )
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return RawImages(images, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs])
+
+
+def read_cifar10(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
+    """CIFAR-10 "python version" training batches data_batch_1..5 (pickled dicts of uint8 rows)."""
+    root = _existing_dir(path, "cifar10")
+    batch_files = sorted(root.glob("data_batch_[0-9]*"))
+    if not batch_files:
+        raise DatasetError(f"{root}: no CIFAR-10 training batches (data_batch_1..5)")
+    images, labels = [], []
+    for file in batch_files:
+        batch = _unpickle(file)
+        data, batch_labels = _cifar_field(batch, file, "data"), _cifar_field(batch, file, "labels")
+        data = np.asarray(data, dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
+            raise DatasetError(
+                f"{file}: expected data (N, 3072) and N labels, got {data.shape} / {len(batch_labels)}"
+            )
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R, G, B planes
+        labels.append(torch.as_tensor(np.asarray(batch_labels, dtype=np.int64)))
+    meta_file = root / "batches.meta"
+    if meta_file.is_file():
+        classes = [_text(name) for name in _cifar_field(_unpickle(meta_file), meta_file, "label_names")]
+    else:
+        log.warning("%s: batches.meta not found, class names are indices", root)
+        classes = [str(i) for i in range(10)]
+    return RawImages(torch.cat(images), torch.cat(labels), classes)
+
+
+def read_mnist(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
+    """MNIST training IDX files (raw or .gz)."""
+    return _read_idx_pair(path, "mnist", MNIST_CLASSES)
+
+
+def read_fashion_mnist(
+    path: str | None, *, channels: int | None = None, size: int | None = None
+) -> RawImages:
+    """Fashion-MNIST training IDX files (same layout and names as MNIST)."""
+    return _read_idx_pair(path, "fashion-mnist", FASHION_CLASSES)
+
+
+def read_idx(file: Path, expected_magic: int) -> np.ndarray:
+    """Parse one IDX file (raw or gzip), checking the magic number and that the payload size matches."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{file}: cannot read ({exc})") from exc
+    if len(raw) < 4:
+        raise DatasetError(f"{file}: too short to be an IDX file ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        raise DatasetError(f"{file}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{file}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DatasetError(
+            f"{file}: IDX dims {dims} need {expected} bytes of data, found {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _read_idx_pair(path: str | None, name: str, classes: list[str]) -> RawImages:
+    root = _existing_dir(path, name)
+    image_file = _find_idx(root, "train-images-idx3-ubyte")
+    label_file = _find_idx(root, "train-labels-idx1-ubyte")
+    images = read_idx(image_file, IDX_IMAGES_MAGIC)
+    labels = read_idx(label_file, IDX_LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.size and int(labels.max()) >= len(classes):
+        raise DatasetError(f"{label_file}: label {int(labels.max())} out of range for {len(classes)} classes")
+    tensor = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, H, W)
+    return RawImages(tensor, torch.from_numpy(labels.astype(np.int64)), list(classes))
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz", root / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"{root}: missing {stem} (raw or .gz)")
+
+
+def _existing_dir(path: str | None, dataset: str) -> Path:
+    if not path:
+        raise DatasetError(f"dataset {dataset!r} needs a data path (--data-path)")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: data path does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data path is not a directory")
+    return root
+
+
+def _unpickle(file: Path) -> dict:
+    try:
+        with open(file, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")  # the official CIFAR format is a Python pickle
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt batch
+        raise DatasetError(f"{file}: not a readable CIFAR batch ({exc})") from exc
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{file}: expected a pickled dict, got {type(batch).__name__}")
+    return batch
+
+
+def _cifar_field(batch: dict, file: Path, key: str):
+    for candidate in (key, key.encode()):
+        if candidate in batch:
+            return batch[candidate]
+    raise DatasetError(f"{file}: missing key {key!r}")
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

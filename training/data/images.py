@@ -1,0 +1,190 @@
+"""Image datasets for the classifiers: load, resize, split by seed, and normalisation statistics.
+
+A split is fully described by a plain ``data_info`` dict (stored as the checkpoint's ``data`` key), so
+``load_splits(ckpt["data"])`` rebuilds exactly the validation images a model was evaluated on; export
+uses it for its top-1 parity check. Images stay uint8 ``[N, C, H, W]``; normalisation happens later
+(inside the training step and, after export, inside the graph) with mean/std in [0, 1] pixel units:
+``x = (uint8 / 255 - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from training.data.image_formats import (
+    DatasetError,
+    RawImages,
+    read_cifar10,
+    read_digits,
+    read_fashion_mnist,
+    read_folder,
+    read_mnist,
+)
+
+log = logging.getLogger(__name__)
+
+# name -> (reader, native channels or None when the files decide)
+READERS: dict[str, tuple[Callable[..., RawImages], int | None]] = {
+    "digits": (read_digits, 1),
+    "folder": (read_folder, None),
+    "cifar10": (read_cifar10, 3),
+    "mnist": (read_mnist, 1),
+    "fashion-mnist": (read_fashion_mnist, 1),
+}
+DATASETS = tuple(READERS)
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as Pillow's "L" conversion
+
+
+@dataclass
+class DataSpec:
+    """Everything that determines a split; ``asdict`` of it is the checkpoint's ``data`` dict."""
+
+    dataset: str = "digits"
+    data_path: str | None = None
+    image_size: int = 32
+    channels: int | None = None  # None: the dataset's native channels
+    seed: int = 0
+    val_fraction: float = 0.2
+    limit_train: int | None = None
+    limit_val: int | None = None
+
+
+class ImageDataset(Dataset):
+    """In-memory images: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]``, ``classes`` names."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
+        self.images, self.labels, self.classes = images, labels.to(torch.int64), list(classes)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    def subset(self, indices: torch.Tensor) -> ImageDataset:
+        return ImageDataset(self.images[indices], self.labels[indices], self.classes)
+
+
+def load_dataset(spec: DataSpec) -> ImageDataset:
+    """Read the whole (training) dataset and bring it to ``spec.image_size`` and ``spec.channels``."""
+    if spec.dataset not in READERS:
+        raise DatasetError(f"unknown dataset {spec.dataset!r}; choose from {DATASETS}")
+    if spec.channels not in (None, 1, 3):
+        raise DatasetError(f"channels must be 1 or 3, got {spec.channels}")
+    if spec.image_size < 4:
+        raise DatasetError(f"image size must be at least 4, got {spec.image_size}")
+    reader, _native = READERS[spec.dataset]
+    raw = reader(spec.data_path, channels=spec.channels, size=spec.image_size)
+    if raw.images.shape[0] == 0:
+        raise DatasetError(f"dataset {spec.dataset!r} at {spec.data_path} holds no images")
+    images = convert_channels(raw.images, spec.channels or raw.images.shape[1])
+    images = resize(images, spec.image_size)
+    return ImageDataset(images, raw.labels, raw.classes)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> [N, channels, H, W]: gray is replicated, RGB goes to luma."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        weights = torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise DatasetError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of uint8 [N, C, H, W] to [N, C, size, size] (antialiased when shrinking)."""
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    shrink = size < min(images.shape[2:])
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified, seeded train/validation indices: each class gives ``round(n * val_fraction)`` to val."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction))) if len(members) > 1 else 0
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    # Shuffle across classes too, so a --limit takes a class-balanced prefix.
+    train_idx, val_idx = torch.cat(train), torch.cat(val)
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=generator)]
+    val_idx = val_idx[torch.randperm(len(val_idx), generator=generator)]
+    return train_idx, val_idx
+
+
+def make_splits(spec: DataSpec) -> tuple[ImageDataset, ImageDataset]:
+    """Load ``spec.dataset`` and cut the deterministic train/validation split it describes."""
+    full = load_dataset(spec)
+    train_idx, val_idx = split_indices(full.labels, spec.val_fraction, spec.seed)
+    if spec.limit_train is not None:
+        train_idx = train_idx[: spec.limit_train]
+    if spec.limit_val is not None:
+        val_idx = val_idx[: spec.limit_val]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DatasetError(
+            f"split of {spec.dataset!r} left {len(train_idx)} train / {len(val_idx)} val images"
+        )
+    return full.subset(train_idx), full.subset(val_idx)
+
+
+def load_splits(data_info: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
+    """Rebuild exactly the (train, validation) split recorded in a checkpoint's ``data`` dict."""
+    known = set(asdict(DataSpec()))
+    spec = DataSpec(**{k: v for k, v in data_info.items() if k in known})
+    return make_splits(spec)
+
+
+def data_info(spec: DataSpec, train: ImageDataset, val: ImageDataset) -> dict[str, Any]:
+    """The checkpoint's ``data`` dict: the spec (with channels resolved) plus the split sizes."""
+    info = asdict(spec)
+    info["channels"] = train.channels
+    info.update(n_train=len(train), n_val=len(val))
+    return info
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] images in [0, 1] units (std floored at 1e-3)."""
+    x = images.to(torch.float64) / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-3)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 or [0, 1] float [N, C, H, W] -> float32 ``(x - mean) / std``."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
