@@ -1,0 +1,222 @@
+"""serving.beam_search against a scripted fake decoder with hand-computed hypotheses and scores."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from serving import beam_search as bs
+
+PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
+VOCAB = 6
+DEFAULT = {EOS: 0.5, A: 0.25, B: 0.25}  # any prefix a script does not list
+
+# Scripts: generated prefix (no BOS) -> probabilities of the next token (unlisted tokens: 0 -> -inf).
+SCRIPT_BEAM2 = {
+    (): {EOS: 0.1, A: 0.6, B: 0.3},
+    (A,): {EOS: 0.5, A: 0.3, B: 0.2},
+    (B,): {EOS: 0.2, A: 0.7, B: 0.1},
+    (B, A): {EOS: 0.9, A: 0.05, B: 0.05},
+    (A, A): {EOS: 0.4, A: 0.4, B: 0.2},
+}
+SCRIPT_BEAM3 = {
+    (): {EOS: 0.05, A: 0.5, B: 0.3, C: 0.15},
+    (A,): {EOS: 0.6, A: 0.2, B: 0.1, C: 0.1},
+    (B,): {EOS: 0.1, A: 0.5, B: 0.2, C: 0.2},
+    (C,): {EOS: 0.9, A: 0.1},
+    (B, A): {EOS: 0.8, A: 0.2},
+    (A, A): {EOS: 0.5, B: 0.5},
+    (B, B): {EOS: 0.3, A: 0.7},
+}
+SCRIPT_TIE = {(): {EOS: 0.2, A: 0.4, B: 0.4}, (A,): {EOS: 1.0}, (B,): {EOS: 1.0}}
+
+
+def log_probs_for(script: dict, prefix: tuple[int, ...]) -> np.ndarray:
+    """The scripted float32 log-probs after ``prefix`` (generated tokens, BOS excluded)."""
+    probs = np.zeros(VOCAB, dtype=np.float64)
+    for token, p in script.get(prefix, DEFAULT).items():
+        probs[token] = p
+    with np.errstate(divide="ignore"):
+        return np.log(probs).astype(np.float32)
+
+
+def random_script(seed: int, depth: int = 6) -> dict:
+    """A deterministic pseudo-random script over every prefix up to ``depth`` tokens."""
+    rng = np.random.default_rng(seed)
+    script, frontier = {}, [()]
+    for _ in range(depth):
+        nxt = []
+        for prefix in frontier:
+            p = rng.dirichlet(np.ones(4))
+            script[prefix] = {EOS: p[0], A: p[1], B: p[2], C: p[3]}
+            nxt += [prefix + (t,) for t in (A, B, C)]
+        frontier = nxt
+    return script
+
+
+class ScriptedDecoder:
+    """Fake decoder: each row's log-probs come from its sentence's script, looked up by its prefix."""
+
+    def __init__(self, scripts: list[dict]) -> None:
+        self.scripts = scripts
+        self.rows: list[tuple[int, tuple[int, ...]]] = [(i, ()) for i in range(len(scripts))]
+        self.calls: list[int] = []
+
+    def step(self, tokens: np.ndarray, origin: np.ndarray) -> np.ndarray:
+        gathered = [self.rows[o] for o in origin]
+        self.rows = [
+            (s, p if t == BOS else p + (int(t),)) for (s, p), t in zip(gathered, tokens, strict=True)
+        ]
+        self.calls.append(len(tokens))
+        return np.stack([log_probs_for(self.scripts[s], p) for s, p in self.rows])
+
+
+def run(scripts: list[dict], **kwargs) -> list[list[bs.Hypothesis]]:
+    kwargs = {"beam_size": 2, "n_best": 2, "max_length": 10, "length_penalty": "none"} | kwargs
+    return bs.beam_search(ScriptedDecoder(scripts).step, len(scripts), bs.BeamConfig(**kwargs))
+
+
+def summary(hyps: list[bs.Hypothesis]) -> list[tuple[list[int], float]]:
+    return [(h.tokens, round(math.exp(h.score), 6)) for h in hyps]
+
+
+def test_beam_two_finds_the_hand_computed_hypotheses_in_score_order():
+    hyps = run([SCRIPT_BEAM2])[0]
+    assert summary(hyps) == [([A, EOS], 0.3), ([B, A, EOS], 0.189)]
+    assert hyps[0].score == pytest.approx(math.log(0.6) + math.log(0.5), abs=1e-6)
+    assert hyps[1].score == pytest.approx(math.log(0.3) + math.log(0.7) + math.log(0.9), abs=1e-6)
+
+
+def test_beam_three_finalizes_eos_candidates_in_rank_order_and_stops_at_beam_finished():
+    cfg = bs.BeamConfig(beam_size=3, n_best=3, max_length=10, length_penalty="none")
+    decoder = ScriptedDecoder([SCRIPT_BEAM3])
+    state, origin, tokens = bs.start(cfg), np.array([0]), np.array([BOS])
+    while not bs.is_done(state):
+        state, origin, tokens = bs.advance(state, decoder.step(tokens, origin))
+    finished = [(h.tokens, round(math.exp(h.score), 6)) for h in state.finalized]
+    assert finished == [([A, EOS], 0.3), ([C, EOS], 0.135), ([B, A, EOS], 0.12)]
+    assert decoder.calls == [1, 3, 3]  # one live row at step 0, then the beam
+    assert bs.live_rows(state) == 0
+
+
+def test_eos_outside_the_first_beam_ranks_is_not_finalized():
+    cfg = bs.BeamConfig(beam_size=3, n_best=1, max_length=10)
+    state, origin, tokens = bs.advance(bs.start(cfg), log_probs_for(SCRIPT_BEAM3, ())[None])
+    assert state.finalized == ()  # EOS ranked 4th of 6 candidates
+    assert tokens.tolist() == [A, B, C] and origin.tolist() == [0, 0, 0]
+
+
+def test_min_length_blocks_eos_and_exact_ties_go_to_the_lower_flat_index():
+    hyps = run([SCRIPT_BEAM2], min_length=2)[0]
+    # step 2: [A, A, EOS] and [A, A, A] tie at .072; EOS has the lower flat index, so it ranks first.
+    assert summary(hyps) == [([B, A, EOS], 0.189), ([A, A, EOS], 0.072)]
+    assert all(len(h.tokens) >= 3 for h in hyps)
+
+
+def test_max_length_forces_eos_on_every_live_row():
+    assert summary(run([SCRIPT_BEAM2], max_length=2)[0]) == [([A, EOS], 0.3), ([B, EOS], 0.06)]
+    assert summary(run([SCRIPT_BEAM2], max_length=1)[0]) == [([EOS], 0.1)]
+
+
+def test_n_best_returns_only_the_best_hypotheses():
+    assert summary(run([SCRIPT_BEAM3], beam_size=3, n_best=1)[0]) == [([A, EOS], 0.3)]
+    assert len(run([SCRIPT_BEAM3], beam_size=3, n_best=3)[0]) == 3
+
+
+def test_average_length_penalty_reorders_by_hand_computed_normalized_scores():
+    hyps = run([SCRIPT_BEAM2], length_penalty="average", alpha=1.0)[0]
+    assert [h.tokens for h in hyps] == [[B, A, EOS], [A, EOS]]
+    assert hyps[0].normalized_score == pytest.approx(math.log(0.189) / 3, abs=1e-6)
+    assert hyps[1].normalized_score == pytest.approx(math.log(0.3) / 2, abs=1e-6)
+    hyps = run([SCRIPT_BEAM2], length_penalty="average", alpha=0.5)[0]
+    assert [h.tokens for h in hyps] == [[A, EOS], [B, A, EOS]]  # a weaker penalty flips the order back
+    assert hyps[1].normalized_score == pytest.approx(math.log(0.189) / 3**0.5, abs=1e-6)
+
+
+def test_gnmt_length_penalty_gives_the_hand_computed_normalized_scores():
+    hyps = run([SCRIPT_BEAM2], length_penalty="gnmt", alpha=2.0)[0]
+    assert [h.tokens for h in hyps] == [[A, EOS], [B, A, EOS]]
+    assert hyps[0].normalized_score == pytest.approx(math.log(0.3) / (7 / 6) ** 2, abs=1e-6)
+    assert hyps[1].normalized_score == pytest.approx(math.log(0.189) / (8 / 6) ** 2, abs=1e-6)
+
+
+def test_no_length_penalty_keeps_the_raw_score():
+    hyps = run([SCRIPT_BEAM2])[0]
+    assert all(h.normalized_score == h.score for h in hyps)
+
+
+def test_ties_are_broken_deterministically_by_lower_token_id():
+    assert summary(run([SCRIPT_TIE], beam_size=1, n_best=1)[0]) == [([A, EOS], 0.4)]
+    assert [h.tokens for h in run([SCRIPT_TIE])[0]] == [[A, EOS], [B, EOS]]
+
+
+def greedy(script: dict, max_length: int) -> list[int]:
+    """Plain argmax decoding with the same max_length rule."""
+    out: list[int] = []
+    while not out or out[-1] != EOS:
+        token = EOS if len(out) == max_length - 1 else int(np.argmax(log_probs_for(script, tuple(out))))
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beam_size_one_equals_greedy_decoding(seed):
+    script = random_script(seed)
+    hyps = run([script], beam_size=1, n_best=1, max_length=5)
+    assert hyps[0][0].tokens == greedy(script, 5)
+
+
+def test_sentences_decoded_together_equal_each_decoded_alone():
+    scripts = [random_script(s) for s in range(4)] + [SCRIPT_BEAM2, SCRIPT_BEAM3]
+    together = run(scripts, beam_size=3, n_best=3, max_length=6, length_penalty="average")
+    alone = [run([s], beam_size=3, n_best=3, max_length=6, length_penalty="average")[0] for s in scripts]
+    assert together == alone
+
+
+def test_finished_sentences_leave_the_batch():
+    never_ends = {
+        p: {EOS: 0.01, A: 0.5, B: 0.49} for n in range(6) for p in itertools.product((A, B), repeat=n)
+    }
+    decoder = ScriptedDecoder([SCRIPT_BEAM2, never_ends])
+    bs.beam_search(decoder.step, 2, bs.BeamConfig(beam_size=2, max_length=6))
+    # SCRIPT_BEAM2 finishes after 3 steps; the other goes on alone up to max_length.
+    assert decoder.calls == [2, 4, 4, 2, 2, 2]
+
+
+def test_advance_batch_offsets_origins_into_the_shared_call():
+    cfg = bs.BeamConfig(beam_size=2, max_length=10)
+    states = [bs.start(cfg), bs.start(cfg)]
+    lp = np.stack([log_probs_for(SCRIPT_BEAM2, ()), log_probs_for(SCRIPT_TIE, ())])
+    states, origin, tokens = bs.advance_batch(states, lp)
+    assert origin.tolist() == [0, 0, 1, 1] and tokens.tolist() == [A, B, A, B]
+    with pytest.raises(ValueError, match="rows"):
+        bs.advance_batch(states, lp)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"n_best": 3, "beam_size": 2}, "n_best"),
+        ({"max_length": 0}, "max_length"),
+        ({"min_length": 5, "max_length": 5}, "min_length"),
+        ({"min_length": -1}, "min_length"),
+        ({"length_penalty": "wu"}, "length_penalty"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"eos_id": 1, "bos_id": 1}, "differ"),
+        ({"beam_size": 2.5}, "beam_size"),
+    ],
+)
+def test_invalid_configs_raise_a_value_error_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bs.BeamConfig(**kwargs)
+
+
+def test_log_probs_of_the_wrong_shape_are_refused():
+    state = bs.start(bs.BeamConfig(beam_size=2))
+    with pytest.raises(ValueError, match="log_probs"):
+        bs.advance(state, np.zeros((2, VOCAB), dtype=np.float32))
