@@ -1,0 +1,262 @@
+"""The embedded backend: ONNX Runtime sessions behind one dynamic batcher per model version.
+
+Instance count and device come from the config's ``instance_group``; batching from its
+``dynamic_batching`` block. Requests are validated against the config (names, datatypes, shapes,
+batch size) before they are queued, so a client's mistake is a 400 naming the input, never a 500.
+Classification (Triton's extension) is requested with ``InferRequest.parameters["classification"] =
+{output_name: count}`` and answered here with BYTES ``"score:index:label"`` strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from serving.backends.base import (
+    BadRequest,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelNotFound,
+    Unavailable,
+)
+from serving.batcher import BatchPolicy, DynamicBatcher
+from serving.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
+from serving.tensors import classification, datatype_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session and queueing options shared by every model."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    max_queue_size: int = 128
+    default_timeout_s: float | None = 30.0
+    retry_after_s: float = 1.0
+    shutdown_grace_s: float = 30.0
+
+
+class _LoadedModel:
+    """The sessions and batcher of one model version."""
+
+    def __init__(
+        self, entry: RepositoryEntry, version: str, sessions: list[Any], batcher: DynamicBatcher
+    ) -> None:
+        self.entry, self.version, self.sessions, self.batcher = entry, version, sessions, batcher
+        self.output_names = [o.name for o in entry.config.output]
+
+    def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one merged batch on one instance's session (called from the thread pool)."""
+        values = self.sessions[instance].run(self.output_names, inputs)
+        return dict(zip(self.output_names, values, strict=True))
+
+
+class OnnxRuntimeBackend:
+    """Serve every ONNX entry of a model repository in-process."""
+
+    def __init__(
+        self, repository: Repository, options: OrtOptions | None = None, *, metrics: Any = None
+    ) -> None:
+        self.repository = repository
+        self.options = options or OrtOptions()
+        self.metrics = metrics
+        self._models: dict[tuple[str, str], _LoadedModel] = {}
+        self._failed: dict[str, str] = dict(repository.errors)
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Create the sessions (in a thread, they can take a while) and start one batcher per version."""
+        plans = [(e, v) for e in self.repository.entries.values() if self._servable(e) for v in e.versions]
+        workers = sum(_instance_count(e.config) for e, _ in plans) or 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-ort")
+        loop = asyncio.get_running_loop()
+        for entry, version in plans:
+            try:
+                sessions = await loop.run_in_executor(self._executor, self._open_sessions, entry, version)
+            except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
+                log.error("model %s version %s failed to load: %s", entry.name, version, exc)
+                self._failed[entry.name] = str(exc)
+                continue
+            self._models[(entry.name, version)] = self._make_model(entry, version, sessions)
+        self._started = True
+        log.info("onnxruntime backend serving %s", sorted({name for name, _ in self._models}))
+
+    async def stop(self) -> None:
+        """Finish queued and running requests, then release the sessions."""
+        self._stopping = True
+        await asyncio.gather(*(m.batcher.stop(self.options.shutdown_grace_s) for m in self._models.values()))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._models.clear()
+
+    def list_models(self) -> list[str]:
+        return self.repository.names()
+
+    def is_live(self) -> bool:
+        return not self._stopping
+
+    async def is_ready(self) -> bool:
+        return self._started and not self._stopping and not self._failed
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        entry = self.repository.get(name)
+        try:
+            version = entry.resolve_version(version)
+        except ModelNotFound:
+            return False
+        return self._started and not self._stopping and (name, version) in self._models
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        entry = self.repository.get(name)
+        if version:
+            entry.resolve_version(version)
+        return ModelMetadata(name, list(entry.versions), entry.platform, entry.inputs(), entry.outputs())
+
+    def config(self, name: str, version: str = "") -> dict[str, Any]:
+        return self.repository.get(name).config_dict()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        model = self._loaded(request.model, request.version)
+        classify = _classification_counts(request, model.entry)
+        wanted = request.outputs or model.output_names
+        unknown = sorted(set(wanted) - set(model.output_names))
+        if unknown:
+            raise BadRequest(
+                f"model {request.model!r} has no output(s) {unknown}; outputs: {model.output_names}"
+            )
+        inputs = validate_inputs(model.entry, request.inputs)
+        timeout = request.timeout_s if request.timeout_s is not None else self.options.default_timeout_s
+        outputs = await model.batcher.submit(inputs, timeout)
+        result = {}
+        for name in wanted:
+            value = outputs[name]
+            if name in classify:
+                labels = model.entry.labels.get(name)
+                value = classification(value, classify[name], labels, batched=model.entry.max_batch_size > 0)
+            result[name] = value
+        return InferResponse(request.model, model.version, result, request.request_id)
+
+    def _servable(self, entry: RepositoryEntry) -> bool:
+        if entry.platform not in ONNX_PLATFORMS:
+            log.info(
+                "model %s: platform %r is not served by the onnxruntime backend", entry.name, entry.platform
+            )
+            self._failed.setdefault(entry.name, f"platform {entry.platform!r} needs the triton backend")
+            return False
+        return True
+
+    def _open_sessions(self, entry: RepositoryEntry, version: str) -> list[Any]:
+        import onnxruntime as ort  # imported lazily: nothing heavy at import time
+
+        path = entry.model_file(version)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        providers = _providers(entry, ort.get_available_providers())
+        sessions = []
+        for _ in range(_instance_count(entry.config)):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.options.intra_op_threads
+            opts.inter_op_num_threads = self.options.inter_op_threads
+            sessions.append(ort.InferenceSession(str(path), sess_options=opts, providers=providers))
+        return sessions
+
+    def _make_model(self, entry: RepositoryEntry, version: str, sessions: list[Any]) -> _LoadedModel:
+        policy = BatchPolicy.from_config(
+            entry.config, max_queue_size=self.options.max_queue_size, instances=len(sessions)
+        )
+        model = _LoadedModel(entry, version, sessions, None)  # type: ignore[arg-type]
+        model.batcher = DynamicBatcher(
+            entry.name,
+            model.run,
+            policy,
+            self._executor,
+            observer=self.metrics,
+            retry_after_s=self.options.retry_after_s,
+        )
+        model.batcher.start()
+        return model
+
+    def _loaded(self, name: str, version: str) -> _LoadedModel:
+        entry = self.repository.get(name)
+        version = entry.resolve_version(version)
+        model = self._models.get((name, version))
+        if model is None or self._stopping:
+            reason = self._failed.get(name, "the gateway is starting or stopping")
+            raise Unavailable(
+                f"model {name!r} version {version} is not ready: {reason}",
+                retry_after=self.options.retry_after_s,
+            )
+        return model
+
+
+def validate_inputs(entry: RepositoryEntry, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check names, datatypes, shapes and batch size against the config; errors name the input."""
+    expected = {meta.name: meta for meta in entry.inputs()}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    if missing or extra:
+        raise BadRequest(
+            f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
+        )
+    batch_sizes = set()
+    for name, array in inputs.items():
+        meta = expected[name]
+        got = datatype_of(array)
+        if got != meta.datatype:
+            raise BadRequest(f"input {name!r}: expected datatype {meta.datatype}, got {got}")
+        shape = list(array.shape)
+        if len(shape) != len(meta.shape) or any(
+            e != -1 and e != g for e, g in zip(meta.shape, shape, strict=True)
+        ):
+            raise BadRequest(f"input {name!r}: expected shape {meta.shape}, got {shape}")
+        if entry.max_batch_size > 0:
+            batch_sizes.add(shape[0])
+    if len(batch_sizes) > 1:
+        raise BadRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    if batch_sizes:
+        (batch,) = batch_sizes
+        if not 1 <= batch <= entry.max_batch_size:
+            raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
+    return inputs
+
+
+def _classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
+    counts = request.parameters.get("classification") or {}
+    if not isinstance(counts, dict):
+        raise BadRequest("parameter 'classification' must map output names to class counts")
+    for name, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise BadRequest(
+                f"output {name!r}: classification count must be a positive integer, got {count!r}"
+            )
+        if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
+            raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
+    return counts
+
+
+def _instance_count(config: Any) -> int:
+    return sum(max(1, g.count) for g in config.instance_group) or 1
+
+
+def _providers(entry: RepositoryEntry, available: list[str]) -> list[str]:
+    """CUDA when the config asks for a GPU and ONNX Runtime has it; otherwise CPU, with a log line."""
+    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in entry.config.instance_group}
+    wants_gpu = (
+        bool(kinds & {"KIND_GPU", "KIND_AUTO"}) or not kinds
+    )  # Triton: AUTO means GPU when there is one
+    if wants_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "KIND_GPU" in kinds:
+        log.warning("model %s asks for KIND_GPU but ONNX Runtime has no CUDA provider; using CPU", entry.name)
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,85 @@
+"""Prometheus metrics of one gateway app (its own CollectorRegistry, so apps and tests never collide)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.backends.base import Backend, InferRequest, InferResponse
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class GatewayMetrics:
+    """Request counts, latency histograms (queue, compute, end to end), batch sizes, in-flight, queue depth."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
+        )
+        self.request_latency = Histogram(
+            "kiln_request_latency_seconds",
+            "End-to-end inference latency",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_latency = Histogram(
+            "kiln_queue_latency_seconds",
+            "Time spent waiting in the batcher queue",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_latency = Histogram(
+            "kiln_compute_latency_seconds",
+            "Model execution time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "kiln_batch_size", "Items per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("kiln_in_flight_requests", "Requests being handled", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "kiln_queue_depth", "Requests waiting in the batcher queue", ["model"], registry=r
+        )
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        self.queue_latency.labels(model).observe(seconds)
+
+    def observe_batch(self, model: str, items: int, compute_s: float) -> None:
+        self.batch_size.labels(model).observe(items)
+        self.compute_latency.labels(model).observe(compute_s)
+
+    def set_queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def sample(self, name: str, **labels: Any) -> float | None:
+        """One sample's value (for tests and the bench)."""
+        return self.registry.get_sample_value(name, labels)
+
+
+async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
+    """Run ``backend.infer`` (for a model name already validated) counting the outcome, the end-to-end latency and the in-flight gauge."""
+    started = time.monotonic()
+    gauge = metrics.in_flight.labels(request.model)
+    gauge.inc()
+    outcome = "failure"
+    try:
+        response = await backend.infer(request)
+        outcome = "success"
+        return response
+    finally:
+        gauge.dec()
+        metrics.requests.labels(request.model, outcome).inc()
+        metrics.request_latency.labels(request.model).observe(time.monotonic() - started)

@@ -1,0 +1,171 @@
+"""Read a Triton model repository (contract 2): config.pbtxt, kiln.json, labels and version directories.
+
+The gateway only ever serves names found here, so a model name from a URL is looked up in a dict and
+never joined into a path. A broken entry is logged and reported as not ready instead of stopping the
+whole gateway (as Triton does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.backends.base import BadRequest, ModelNotFound, TensorMeta
+from serving.tensors import CONFIG_TYPE_TO_DATATYPE
+
+log = logging.getLogger(__name__)
+
+ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
+
+
+@dataclass
+class RepositoryEntry:
+    """One model directory: its parsed config, Kiln metadata, labels and selected versions."""
+
+    name: str
+    path: Path
+    config: model_config_pb2.ModelConfig
+    kiln: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> labels
+    versions: list[str] = field(default_factory=list)  # ascending, as selected by version_policy
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    @property
+    def task(self) -> str:
+        return str(self.kiln.get("task", ""))
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self.config.max_batch_size)
+
+    def resolve_version(self, version: str = "") -> str:
+        """The version to serve: the latest when empty; unknown versions are a 404."""
+        if not self.versions:
+            raise ModelNotFound(f"model {self.name!r} has no servable version")
+        if not version:
+            return self.versions[-1]
+        if version not in self.versions:
+            raise ModelNotFound(f"model {self.name!r} has no version {version!r}; available: {self.versions}")
+        return version
+
+    def model_file(self, version: str) -> Path:
+        filename = self.config.default_model_filename or "model.onnx"
+        return self.path / self.resolve_version(version) / filename
+
+    def inputs(self) -> list[TensorMeta]:
+        return [self._meta(t) for t in self.config.input]
+
+    def outputs(self) -> list[TensorMeta]:
+        return [self._meta(t) for t in self.config.output]
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as Triton's HTTP endpoint shows it (proto field names)."""
+        return json_format.MessageToDict(self.config, preserving_proto_field_name=True)
+
+    def role(self, role: str) -> str | None:
+        """The tensor name kiln.json gives a role ("images", "logits", ...), if any."""
+        for name, tensor_role in self.kiln.get("roles", {}).items():
+            if tensor_role == role:
+                return name
+        return None
+
+    def _meta(self, tensor: Any) -> TensorMeta:
+        dims = [int(d) for d in tensor.dims]
+        shape = [-1, *dims] if self.max_batch_size > 0 else dims
+        return TensorMeta(
+            tensor.name,
+            CONFIG_TYPE_TO_DATATYPE.get(model_config_pb2.DataType.Name(tensor.data_type), "BYTES"),
+            shape,
+        )
+
+
+class Repository:
+    """All entries of a model repository directory, loaded once at start-up."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} is not a directory")
+        self.entries: dict[str, RepositoryEntry] = {}
+        self.errors: dict[str, str] = {}
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not (directory / "config.pbtxt").is_file():
+                continue
+            try:
+                self.entries[directory.name] = load_entry(directory)
+            except (OSError, ValueError, text_format.ParseError) as exc:
+                log.error("model %s: cannot load its repository entry: %s", directory.name, exc)
+                self.errors[directory.name] = str(exc)
+
+    def names(self) -> list[str]:
+        return sorted([*self.entries, *self.errors])
+
+    def get(self, name: str) -> RepositoryEntry:
+        """The entry called ``name``; anything not listed in the repository is a 404."""
+        entry = self.entries.get(name)
+        if entry is not None:
+            return entry
+        if name in self.errors:
+            raise ModelNotFound(f"model {name!r} failed to load: {self.errors[name]}")
+        raise ModelNotFound(f"unknown model {name!r}; available: {self.names()}")
+
+
+def load_entry(directory: Path) -> RepositoryEntry:
+    """Parse one model directory."""
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((directory / "config.pbtxt").read_text(), config)
+    if not config.name:
+        config.name = directory.name
+    if config.name != directory.name:
+        raise ValueError(
+            f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
+        )
+    kiln_path = directory / "kiln.json"
+    kiln = json.loads(kiln_path.read_text()) if kiln_path.is_file() else {}
+    labels = {}
+    for output in config.output:
+        if output.label_filename:
+            labels[output.name] = _read_labels(directory / output.label_filename)
+    if not labels and isinstance(kiln.get("labels"), str) and (directory / kiln["labels"]).is_file():
+        shared = _read_labels(directory / kiln["labels"])
+        labels = {output.name: shared for output in config.output}
+    return RepositoryEntry(
+        directory.name, directory, config, kiln, labels, _select_versions(directory, config)
+    )
+
+
+def _read_labels(path: Path) -> list[str]:
+    return [line.rstrip("\r\n") for line in path.read_text().splitlines() if line.strip()]
+
+
+def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> list[str]:
+    """Numeric version directories filtered by the config's version_policy (default: latest 1)."""
+    found = sorted(
+        int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir())
+    )
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        chosen = found
+    elif kind == "specific":
+        chosen = [v for v in found if v in set(policy.specific.versions)]
+    else:
+        count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+        chosen = found[-count:]
+    return [str(v) for v in chosen]
+
+
+def parse_version(version: str) -> str:
+    """Validate a version path segment (digits only)."""
+    if version and not version.isdigit():
+        raise BadRequest(f"model version must be a positive integer, got {version!r}")
+    return version

@@ -1,0 +1,97 @@
+"""Build a tiny classifier model repository for gateway tests (reused by the gRPC/Triton tests).
+
+When ``export.pipeline.export_checkpoint`` exists the repository is the real export output of a
+random-init registry model; until then a minimal one is written here following docs/kiln-json.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = ("zero", "one", "two")
+SIZE, CHANNELS, MAX_BATCH = 8, 1, 8
+
+CONFIG_TEMPLATE = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input [ {{ name: "images" data_type: TYPE_UINT8 dims: [ {size}, {size}, {channels} ] }} ]
+output [
+  {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }},
+  {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 2000 }}
+"""
+
+
+def build_classifier_repository(root: Path, models: tuple[str, ...] = ("lenet",)) -> Path:
+    """Create ``root`` as a model repository holding one tiny classifier per name in ``models``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(models):
+        _write_minimal_entry(root / name, name, seed)
+    return root
+
+
+def _write_minimal_entry(directory: Path, name: str, seed: int) -> None:
+    import torch
+    from torch import nn
+
+    class TinyClassifier(nn.Module):
+        """uint8 images [B, H, W, C] -> (logits, probabilities) [B, classes], normalisation inside."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(CHANNELS, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * SIZE * SIZE, len(LABELS))
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (B, C, H, W)
+            x = torch.relu(self.conv((x - 0.5) / 0.25))  # (B, 4, H, W)
+            logits = self.fc(x.flatten(1))  # (B, classes)
+            return logits, torch.softmax(logits, dim=-1)
+
+    torch.manual_seed(seed)
+    (directory / "1").mkdir(parents=True, exist_ok=True)
+    example = torch.randint(0, 256, (2, SIZE, SIZE, CHANNELS), dtype=torch.uint8)
+    torch.onnx.export(
+        TinyClassifier().eval(),
+        (example,),
+        str(directory / "1" / "model.onnx"),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits", "probabilities"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+    )
+    classes = len(LABELS)
+    config = CONFIG_TEMPLATE.format(
+        name=name, max_batch=MAX_BATCH, size=SIZE, channels=CHANNELS, classes=classes
+    )
+    (directory / "config.pbtxt").write_text(config)
+    (directory / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    kiln = {
+        "kiln_format": 1,
+        "name": name,
+        "task": "classify",
+        "model": {"name": name, "args": {}},
+        "version": "1",
+        "precision": "fp32",
+        "inputs": [{"name": "images", "datatype": "UINT8", "dims": [-1, SIZE, SIZE, CHANNELS]}],
+        "outputs": [
+            {"name": "logits", "datatype": "FP32", "dims": [-1, classes]},
+            {"name": "probabilities", "datatype": "FP32", "dims": [-1, classes]},
+        ],
+        "roles": {"images": "images", "logits": "logits", "probabilities": "probabilities"},
+        "preprocessing": {
+            "input_size": [SIZE, SIZE],
+            "channels": CHANNELS,
+            "mean": [0.5],
+            "std": [0.25],
+            "layout": "NHWC",
+            "dtype": "uint8",
+        },
+        "labels": "labels.txt",
+    }
+    (directory / "kiln.json").write_text(json.dumps(kiln, indent=2))
