@@ -1,0 +1,249 @@
+"""KServe v2 gRPC front end (``inference.GRPCInferenceService``) over any gateway :class:`Backend`.
+
+Uses the protobuf stubs shipped in ``tritonclient.grpc`` so ``tritonclient.grpc`` talks to the gateway
+exactly as it talks to Triton. Tensors travel in ``raw_input_contents`` / ``raw_output_contents`` (the
+layout of :mod:`serving.tensors`); typed ``contents`` are accepted too. Client mistakes come back as
+gRPC status codes derived from :class:`ServingError`, never as INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from serving import tensors
+from serving.backends.base import Backend, BadRequest, InferRequest, ServingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVER_NAME = "kiln"
+SERVER_VERSION = "0.1.0"
+
+# HTTP status of a ServingError -> gRPC status code (as Triton maps its own errors).
+STATUS_TO_CODE = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# InferTensorContents field holding each datatype when a client sends typed contents instead of raw bytes.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    """End the RPC with the gRPC code of ``error`` (and its Retry-After as trailing metadata)."""
+    code = STATUS_TO_CODE.get(error.status, grpc.StatusCode.INTERNAL)
+    if error.retry_after is not None:
+        context.set_trailing_metadata((("retry-after", f"{error.retry_after:g}"),))
+    await context.abort(code, error.message)
+
+
+def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Numpy arrays from a ModelInferRequest (raw_input_contents, or typed contents per tensor)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise BadRequest(f"input {tensor.name!r} appears more than once")
+        shape = list(tensor.shape)
+        if raw:
+            arrays[tensor.name] = tensors.from_bytes(raw[index], tensor.datatype, shape, tensor=tensor.name)
+        else:
+            arrays[tensor.name] = _from_contents(tensor, shape)
+    return arrays
+
+
+def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
+    """Decode the typed ``contents`` of one input tensor."""
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        tensors.numpy_dtype(tensor.datatype, tensor=tensor.name)  # raises for unknown datatypes
+        raise BadRequest(f"tensor {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents")
+    values = list(getattr(tensor.contents, field))
+    return tensors.from_json_data(values, tensor.datatype, shape, tensor=tensor.name)
+
+
+def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+    """A ModelInferResponse carrying every output in raw_output_contents, in a stable order."""
+    reply = service_pb2.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.request_id or request.id
+    )
+    for name, array in response.outputs.items():
+        array = np.asarray(array)
+        out = reply.outputs.add(name=name, datatype=tensors.datatype_of(array))
+        out.shape.extend(int(d) for d in array.shape)
+        reply.raw_output_contents.append(tensors.to_bytes(array))
+    return reply
+
+
+def _classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:
+    """Requested outputs that ask for Triton's classification extension, with their class count."""
+    counts = {}
+    for out in request.outputs:
+        if "classification" in out.parameters:
+            value = out.parameters["classification"]
+            count = value.int64_param or value.uint64_param
+            if count <= 0:
+                raise BadRequest(f"output {out.name!r}: classification must be a positive integer")
+            counts[out.name] = int(count)
+    return counts
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """Plain Python values from a protobuf map of InferParameter."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()}
+
+
+def _timeout(request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
+    """The tighter of the client's gRPC deadline and Triton's ``timeout`` parameter (microseconds)."""
+    candidates = []
+    remaining = context.time_remaining()
+    if remaining is not None:
+        candidates.append(max(remaining, 0.0))
+    if "timeout" in request.parameters:
+        micros = request.parameters["timeout"].int64_param or request.parameters["timeout"].uint64_param
+        if micros > 0:
+            candidates.append(micros / 1e6)
+    return min(candidates) if candidates else None
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def ServerLive(self, request, context):  # noqa: N802 (gRPC method names)
+        return service_pb2.ServerLiveResponse(live=self.backend.is_live())
+
+    async def ServerReady(self, request, context):  # noqa: N802
+        return service_pb2.ServerReadyResponse(ready=await self.backend.is_ready())
+
+    async def ModelReady(self, request, context):  # noqa: N802
+        try:
+            ready = await self.backend.model_ready(request.name, request.version)
+        except ServingError as error:
+            if error.status != 404:
+                await _abort(context, error)
+            ready = False
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):  # noqa: N802
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=["classification", "binary_tensor_data"]
+        )
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        try:
+            meta = self.backend.metadata(request.name, request.version)
+        except ServingError as error:
+            await _abort(context, error)
+        reply = service_pb2.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform
+        )
+        for target, metas in ((reply.inputs, meta.inputs), (reply.outputs, meta.outputs)):
+            for tensor in metas:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        return reply
+
+    async def ModelConfig(self, request, context):  # noqa: N802
+        try:
+            config = self.backend.config(request.name, request.version)
+        except ServingError as error:
+            await _abort(context, error)
+        message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        return service_pb2.ModelConfigResponse(config=message)
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        try:
+            return await self._infer(request, context)
+        except ServingError as error:
+            await _abort(context, error)
+        except Exception as error:  # a bug of ours: log it, answer INTERNAL, keep serving
+            log.exception("ModelInfer failed for model %r", request.model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+    async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
+        """Decode, run on the backend, apply the classification extension, encode."""
+        counts = _classification_counts(request)
+        infer_request = InferRequest(
+            model=request.model_name,
+            version=request.model_version,
+            inputs=decode_inputs(request),
+            outputs=[out.name for out in request.outputs] or None,
+            parameters=_parameters(request.parameters),
+            request_id=request.id,
+            timeout_s=_timeout(request, context),
+        )
+        response = await self.backend.infer(infer_request)
+        if counts:
+            batched = (
+                int(self.backend.config(request.model_name, request.model_version).get("maxBatchSize", 0)) > 0
+            )
+            for name, count in counts.items():
+                response.outputs[name] = tensors.classification(
+                    response.outputs[name], count, None, batched=batched
+                )
+        return encode_response(response, request)
+
+
+@dataclass
+class GrpcHandle:
+    """A running gRPC server: its bound port and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new RPCs, let in-flight ones finish within ``grace_s``, then close."""
+        await self.server.stop(grace_s)
+
+
+async def start_grpc_server(
+    backend: Backend, host: str, port: int, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> GrpcHandle:
+    """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port)."""
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {host}:{port}")
+    await server.start()
+    log.info("KServe v2 gRPC listening on %s:%d", host, bound)
+    return GrpcHandle(server=server, port=bound)

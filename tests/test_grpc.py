@@ -1,0 +1,250 @@
+"""The KServe v2 gRPC front end answers tritonclient.grpc exactly as Triton would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from serving.backends.base import (
+    BadRequest,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelNotFound,
+    Overloaded,
+    TensorMeta,
+    Unavailable,
+)
+from serving.grpc_server import GrpcHandle, start_grpc_server
+
+
+class LoopThread:
+    """An asyncio loop in a background thread, so sync tritonclient calls can hit an aio server."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class FakeBackend:
+    """``double`` returns 2*x (FP32 [-1, 3]); ``echo`` returns BYTES as given; ``busy`` is overloaded."""
+
+    def __init__(self) -> None:
+        self.last_request: InferRequest | None = None
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def list_models(self) -> list[str]:
+        return ["double", "echo", "busy"]
+
+    def is_live(self) -> bool:
+        return True
+
+    async def is_ready(self) -> bool:
+        return True
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        self._check(name)
+        return name != "busy"
+
+    def _check(self, name: str) -> None:
+        if name not in self.list_models():
+            raise ModelNotFound(f"unknown model {name!r}")
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        self._check(name)
+        dtype = "BYTES" if name == "echo" else "FP32"
+        return ModelMetadata(
+            name=name,
+            versions=["1"],
+            platform="fake",
+            inputs=[TensorMeta("x", dtype, [-1, 3])],
+            outputs=[TensorMeta("y", dtype, [-1, 3])],
+        )
+
+    def config(self, name: str, version: str = "") -> dict[str, Any]:
+        self._check(name)
+        return {
+            "name": name,
+            "platform": "fake",
+            "maxBatchSize": 8,
+            "input": [{"name": "x", "dataType": "TYPE_FP32", "dims": ["3"]}],
+            "output": [{"name": "y", "dataType": "TYPE_FP32", "dims": ["3"]}],
+            "dynamicBatching": {"maxQueueDelayMicroseconds": "100"},
+        }
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self.last_request = request
+        self._check(request.model)
+        if request.model == "busy":
+            raise Overloaded("queue is full", retry_after=2)
+        x = request.inputs.get("x")
+        if x is None or x.ndim != 2 or x.shape[1] != 3:
+            raise BadRequest(f"input 'x' must have shape [-1, 3], got {None if x is None else list(x.shape)}")
+        y = x if request.model == "echo" else x * 2
+        return InferResponse(
+            model=request.model, version="1", outputs={"y": y}, request_id=request.request_id
+        )
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def fake_server(loop: LoopThread) -> Iterator[tuple[FakeBackend, GrpcHandle]]:
+    backend = FakeBackend()
+    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
+    yield backend, handle
+    loop.run(handle.stop(1.0))
+
+
+@pytest.fixture
+def client(fake_server: tuple[FakeBackend, GrpcHandle]) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{fake_server[1].port}") as c:
+        yield c
+
+
+def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def test_health_rpcs_report_live_and_ready(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("double")
+    assert not client.is_model_ready("busy")
+    assert not client.is_model_ready("no_such_model")
+    assert client.get_server_metadata().name == "kiln"
+
+
+def test_model_metadata_and_config_come_from_the_backend(client: grpcclient.InferenceServerClient) -> None:
+    meta = client.get_model_metadata("double")
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 3])]
+    config = client.get_model_config("double").config
+    assert config.max_batch_size == 8
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert config.input[0].dims == [3]
+
+
+def test_infer_round_trips_raw_contents(client: grpcclient.InferenceServerClient, fake_server) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = client.infer("double", [_input("x", x, "FP32")], request_id="r-1")
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+    assert result.get_response().id == "r-1"
+    assert fake_server[0].last_request.request_id == "r-1"
+
+
+def test_infer_round_trips_bytes_tensors(client: grpcclient.InferenceServerClient) -> None:
+    x = np.array([[b"a", b"", "héllo".encode()], [b"x", b"yy", b"zzz"]], dtype=object)
+    result = client.infer("echo", [_input("x", x, "BYTES")])
+    assert result.as_numpy("y").tolist() == x.tolist()
+
+
+def test_requested_outputs_and_deadline_reach_the_backend(client, fake_server) -> None:
+    x = np.ones((1, 3), np.float32)
+    client.infer(
+        "double", [_input("x", x, "FP32")], outputs=[grpcclient.InferRequestedOutput("y")], client_timeout=5
+    )
+    request = fake_server[0].last_request
+    assert request.outputs == ["y"]
+    assert 0 < request.timeout_s <= 5
+
+
+def test_classification_extension_returns_top_classes(client: grpcclient.InferenceServerClient) -> None:
+    x = np.array([[0.1, 0.7, 0.2]], np.float32)
+    wanted = [grpcclient.InferRequestedOutput("y", class_count=2)]
+    top = client.infer("double", [_input("x", x, "FP32")], outputs=wanted).as_numpy("y")
+    assert top.shape == (1, 2)
+    assert [entry.decode().split(":")[1] for entry in top[0]] == ["1", "2"]
+
+
+def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{fake_server[1].port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="double")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+        tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0])
+        reply = stub.ModelInfer(request, timeout=10)
+    assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize(
+    ("model", "array", "datatype", "code", "fragment"),
+    [
+        ("no_such_model", np.ones((1, 3), np.float32), "FP32", "StatusCode.NOT_FOUND", "unknown model"),
+        ("double", np.ones((1, 4), np.float32), "FP32", "StatusCode.INVALID_ARGUMENT", "shape"),
+        ("busy", np.ones((1, 3), np.float32), "FP32", "StatusCode.RESOURCE_EXHAUSTED", "queue is full"),
+    ],
+    ids=["unknown-model-is-not-found", "wrong-shape-is-invalid-argument", "overload-is-resource-exhausted"],
+)
+def test_serving_errors_map_to_grpc_status_codes(client, model, array, datatype, code, fragment) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, [_input("x", array, datatype)])
+    assert caught.value.status() == code
+    assert fragment in caught.value.message()
+
+
+def test_metadata_of_an_unknown_model_is_not_found(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("no_such_model")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_malformed_raw_contents_are_invalid_argument(fake_server) -> None:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{fake_server[1].port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="double")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+        request.raw_input_contents.append(b"\x00" * 5)  # 12 bytes needed
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs 12 bytes" in caught.value.details()
+
+
+def test_unavailable_backend_sets_retry_after(loop: LoopThread) -> None:
+    class DownBackend(FakeBackend):
+        async def infer(self, request: InferRequest) -> InferResponse:
+            raise Unavailable("triton is unreachable", retry_after=1)
+
+    handle = loop.run(start_grpc_server(DownBackend(), "127.0.0.1", 0))
+    try:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(service_pb2.ModelInferRequest(model_name="double"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert dict(caught.value.trailing_metadata())["retry-after"] == "1"
+    finally:
+        loop.run(handle.stop(0.5))
