@@ -1,0 +1,208 @@
+"""Parallel corpora for the translators: local files (Tatoeba-style TSV or two aligned text files) or
+the offline numbers generator, cleaned (Unicode normalisation, optional lower-casing, length filters,
+dedup) and split deterministically into train / validation / test by seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.data.numbers import generate_pairs
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+CORPUS_KINDS = ("numbers", "tsv", "parallel")
+NORMALIZATIONS = ("NFC", "NFKC", "none")
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing or malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    kind: str = "numbers"
+    data_path: str | None = None  # tsv: one file; parallel: "source_file,target_file" or a pair prefix
+    lang: str = "fr"
+    n_pairs: int = 36000  # numbers generator only
+    normalization: str = "NFKC"
+    lowercase: bool = False
+    min_length: int = 1  # whitespace words, both sides
+    max_length: int = 64
+    dedup: bool = True
+    valid_size: float = 0.05  # a fraction (< 1) or a count of pairs
+    test_size: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class Corpus:
+    train: list[Pair]
+    valid: list[Pair]
+    test: list[Pair]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tsv(path: str | os.PathLike, src_col: int = 0, tgt_col: int = 1) -> list[Pair]:
+    """Tab-separated pairs; further columns (Tatoeba ids, attribution) are ignored."""
+    pairs = []
+    for lineno, line in _read_lines(path):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) <= max(src_col, tgt_col):
+            raise CorpusError(
+                f"{path}:{lineno}: expected at least {max(src_col, tgt_col) + 1} tab-separated columns, "
+                f"got {len(cols)}: {line[:60]!r}"
+            )
+        src, tgt = cols[src_col].strip(), cols[tgt_col].strip()
+        if not src or not tgt:
+            raise CorpusError(f"{path}:{lineno}: empty {'source' if not src else 'target'} column")
+        pairs.append((src, tgt))
+    if not pairs:
+        raise CorpusError(f"{path}: no sentence pairs found")
+    return pairs
+
+
+def load_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> list[Pair]:
+    """Two aligned text files, one sentence per line; line counts and blank lines must agree."""
+    src_lines, tgt_lines = list(_read_lines(src_path)), list(_read_lines(tgt_path))
+    if len(src_lines) != len(tgt_lines):
+        raise CorpusError(
+            f"{src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}: files are not aligned"
+        )
+    pairs = []
+    for (lineno, src), (_, tgt) in zip(src_lines, tgt_lines, strict=True):
+        src, tgt = src.strip(), tgt.strip()
+        if not src and not tgt:
+            continue
+        if not src or not tgt:
+            empty = src_path if not src else tgt_path
+            raise CorpusError(f"{empty}:{lineno}: empty line where the other file has a sentence")
+        pairs.append((src, tgt))
+    if not pairs:
+        raise CorpusError(f"{src_path}: no sentence pairs found")
+    return pairs
+
+
+def _read_lines(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such corpus file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc})") from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [(i, line.rstrip("\r")) for i, line in enumerate(lines, start=1)]
+
+
+def clean_pairs(
+    pairs: list[Pair],
+    *,
+    normalization: str = "NFKC",
+    lowercase: bool = False,
+    min_length: int = 1,
+    max_length: int = 64,
+    dedup: bool = True,
+) -> list[Pair]:
+    """Normalise, filter by word count on both sides and drop exact duplicates (first one kept)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose from {NORMALIZATIONS}")
+
+    def norm(text: str) -> str:
+        text = " ".join(text.split())
+        if normalization != "none":
+            text = unicodedata.normalize(normalization, text)
+        return text.lower() if lowercase else text
+
+    out: dict[Pair, None] | list[Pair] = {} if dedup else []
+    for src, tgt in pairs:
+        pair = (norm(src), norm(tgt))
+        if all(min_length <= len(s.split()) <= max_length for s in pair):
+            if dedup:
+                out.setdefault(pair, None)
+            else:
+                out.append(pair)
+    return list(out)
+
+
+def split_pairs(pairs: list[Pair], valid_size: float, test_size: float, seed: int) -> tuple[list, list, list]:
+    """Shuffle by ``seed`` and cut validation and test sets off the front; sizes are fractions or counts."""
+    n = len(pairs)
+    n_valid, n_test = _count(valid_size, n), _count(test_size, n)
+    if n_valid + n_test >= n:
+        raise CorpusError(f"corpus of {n} pairs is too small for {n_valid} validation + {n_test} test pairs")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    shuffled = [pairs[i] for i in order]
+    return shuffled[n_valid + n_test :], shuffled[:n_valid], shuffled[n_valid : n_valid + n_test]
+
+
+def _count(size: float, n: int) -> int:
+    return int(size) if size >= 1 else max(1, round(size * n)) if size > 0 else 0
+
+
+def read_pairs(config: CorpusConfig) -> list[Pair]:
+    """The raw pairs of the configured source, before cleaning."""
+    if config.kind == "numbers":
+        return generate_pairs(config.n_pairs, lang=config.lang, seed=config.seed)
+    if not config.data_path:
+        raise CorpusError(f"--corpus {config.kind} needs --data-path")
+    if config.kind == "tsv":
+        return load_tsv(config.data_path)
+    if config.kind == "parallel":
+        return load_parallel(*_parallel_paths(config.data_path, config.lang))
+    raise CorpusError(f"unknown corpus kind {config.kind!r}; choose from {CORPUS_KINDS}")
+
+
+def _parallel_paths(data_path: str, lang: str) -> tuple[str, str]:
+    """'a.en,a.fr' names both files; a bare prefix 'train' means 'train.en' and 'train.<lang>'."""
+    if "," in data_path:
+        src, tgt = data_path.split(",", 1)
+        return src, tgt
+    return f"{data_path}.en", f"{data_path}.{lang}"
+
+
+def load_corpus(config: CorpusConfig) -> Corpus:
+    """Read, clean and split a corpus; ``info`` records where it came from and the split sizes."""
+    raw = read_pairs(config)
+    pairs = clean_pairs(
+        raw,
+        normalization=config.normalization,
+        lowercase=config.lowercase,
+        min_length=config.min_length,
+        max_length=config.max_length,
+        dedup=config.dedup,
+    )
+    train, valid, test = split_pairs(pairs, config.valid_size, config.test_size, config.seed)
+    info = {
+        "corpus": config.kind,
+        "data_path": config.data_path,
+        "lang": config.lang,
+        "split_seed": config.seed,
+        "raw_pairs": len(raw),
+        "clean_pairs": len(pairs),
+        "train_size": len(train),
+        "valid_size": len(valid),
+        "test_size": len(test),
+    }
+    log.info(
+        "corpus %s: %d raw pairs, %d after cleaning, split %d/%d/%d",
+        config.kind,
+        len(raw),
+        len(pairs),
+        len(train),
+        len(valid),
+        len(test),
+    )
+    return Corpus(train=train, valid=valid, test=test, info=info)

@@ -1,0 +1,112 @@
+"""Length-bucketed, padded batches of token ids for teacher-forced translation training.
+
+Examples are sorted by length (random tie-break by seed) and cut into buckets of similar length, each
+bucket one batch bounded by a token budget or a sentence count; bucket order is reshuffled every epoch
+by ``seed + epoch``. Padding is right-padding with ``pad_id``; masks are True on real tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+Example = tuple[list[int], list[int]]  # (source ids ending in EOS, bare target ids)
+
+
+@dataclass
+class TranslationBatch:
+    src: torch.Tensor  # Long[B, S]
+    src_mask: torch.Tensor  # Bool[B, S]
+    tgt_in: torch.Tensor  # Long[B, T]  BOS + target
+    tgt_out: torch.Tensor  # Long[B, T]  target + EOS (pad where tgt_in is pad)
+    tgt_mask: torch.Tensor  # Bool[B, T]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tgt_mask.sum())
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> torch.Tensor:
+    """Right-pad a list of id lists into a Long[B, max_len] tensor."""
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def collate(examples: Sequence[Example]) -> TranslationBatch:
+    """Pad sources; build teacher-forcing inputs (BOS + y) and targets (y + EOS)."""
+    src = pad_ids([s for s, _ in examples])
+    tgt_in = pad_ids([[BOS_ID, *t] for _, t in examples])
+    tgt_out = pad_ids([[*t, EOS_ID] for _, t in examples])
+    return TranslationBatch(
+        src=src, src_mask=src != PAD_ID, tgt_in=tgt_in, tgt_out=tgt_out, tgt_mask=tgt_out != PAD_ID
+    )
+
+
+def bucket_batches(
+    examples: Sequence[Example],
+    *,
+    batch_tokens: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Index lists of similar-length examples; a batch's padded size stays within ``batch_tokens``."""
+    if (batch_tokens is None) == (batch_size is None):
+        raise ValueError("give exactly one of batch_tokens or batch_size")
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)  # random tie-break among equal lengths
+    order.sort(key=lambda i: (len(examples[i][0]), len(examples[i][1])))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        length = max(len(examples[i][0]), len(examples[i][1]) + 1)
+        new_width = max(width, length)
+        full = (
+            len(current) >= batch_size
+            if batch_size is not None
+            else current and new_width * (len(current) + 1) > batch_tokens
+        )
+        if full:
+            batches.append(current)
+            current, new_width = [], length
+        current.append(i)
+        width = new_width
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BucketedBatches:
+    """Re-iterable: each pass yields every example once, in shuffled length buckets."""
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        *,
+        batch_tokens: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.examples = examples
+        self.batches = bucket_batches(examples, batch_tokens=batch_tokens, batch_size=batch_size, seed=seed)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[TranslationBatch]:
+        order = list(range(len(self.batches)))
+        random.Random(self.seed * 1000 + self.epoch).shuffle(order)
+        self.epoch += 1
+        for b in order:
+            yield collate([self.examples[i] for i in self.batches[b]])

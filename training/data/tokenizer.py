@@ -1,0 +1,103 @@
+"""Subword tokenizers for the translators, trained with Hugging Face ``tokenizers`` (BPE).
+
+The serialized JSON is self-contained: the normalizer (NFKC, optional lower-casing), the Metaspace
+pre-tokenizer and its matching decoder all live inside it, so serving needs nothing but the JSON to
+get exactly the ids training saw and to turn ids back into text. Specials are reserved in the order of
+docs/translator-interface.md: <pad>=0, <s>=1, </s>=2, <unk>=3. No post-processor: callers append EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 1000
+    shared: bool = True  # one joint vocabulary for source and target (allows tied embeddings)
+    lowercase: bool = False
+    min_frequency: int = 2
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1000, *, lowercase: bool = False, min_frequency: int = 2
+) -> Tokenizer:
+    """A BPE tokenizer over ``texts`` with the four specials first and a decoder that restores spaces."""
+    if vocab_size <= len(SPECIALS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {vocab_size}")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIALS), show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    for expected, token in enumerate(SPECIALS):
+        if tok.token_to_id(token) != expected:  # pragma: no cover - guards a tokenizers behaviour change
+            raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
+    return tok
+
+
+@dataclass
+class TokenizerPair:
+    """Source and target tokenizers (the same object when the vocabulary is shared)."""
+
+    source: Tokenizer
+    target: Tokenizer
+    shared: bool
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.source.get_vocab_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.target.get_vocab_size()
+
+    def encode_source(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source ids as the encoder expects them: subword ids followed by EOS (no BOS)."""
+        return [enc.ids + [EOS_ID] for enc in self.source.encode_batch(list(texts))]
+
+    def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
+        """Bare target ids (no BOS/EOS); the batcher adds them for teacher forcing."""
+        return [enc.ids for enc in self.target.encode_batch(list(texts))]
+
+    def decode_target(self, ids: Sequence[int]) -> str:
+        """Text of a hypothesis, ignoring BOS/EOS/padding and anything after the first EOS."""
+        ids = list(ids)
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        return self.target.decode([i for i in ids if i not in (PAD_ID, BOS_ID)], skip_special_tokens=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``tokenizers`` entry: JSON strings plus the shared flag."""
+        return {"source": self.source.to_str(), "target": self.target.to_str(), "shared": self.shared}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerPair:
+        missing = [k for k in ("source", "target") if k not in data]
+        if missing:
+            raise ValueError(f"tokenizers entry is missing {missing}")
+        source = Tokenizer.from_str(data["source"])
+        target = source if data.get("shared") else Tokenizer.from_str(data["target"])
+        return cls(source=source, target=target, shared=bool(data.get("shared")))
+
+
+def build_tokenizers(pairs: Sequence[tuple[str, str]], config: TokenizerConfig) -> TokenizerPair:
+    """Train joint or separate BPE vocabularies on the training pairs."""
+    kwargs = {"lowercase": config.lowercase, "min_frequency": config.min_frequency}
+    if config.shared:
+        tok = train_tokenizer([t for pair in pairs for t in pair], config.vocab_size, **kwargs)
+        return TokenizerPair(source=tok, target=tok, shared=True)
+    source = train_tokenizer([s for s, _ in pairs], config.vocab_size, **kwargs)
+    target = train_tokenizer([t for _, t in pairs], config.vocab_size, **kwargs)
+    return TokenizerPair(source=source, target=target, shared=False)

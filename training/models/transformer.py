@@ -1,0 +1,292 @@
+"""Pre-norm encoder-decoder Transformer with an explicit key/value cache (docs/translator-interface.md).
+
+A standard layout that CTranslate2's ``TransformerSpec`` represents (pre-norm, final LayerNorms,
+sinusoidal [sin | cos] positions, embeddings scaled by sqrt(d_model), ReLU FFN, biased attention
+projections, bias-free output projection). Attention is written out rather than taken from
+``nn.Transformer`` so that the cache inputs and outputs of the decoder step are plain named tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.models.registry import register_model
+
+
+@dataclass
+class TransformerConfig:
+    src_vocab_size: int = 1000
+    tgt_vocab_size: int = 1000
+    d_model: int = 128
+    heads: int = 4
+    ffn_dim: int = 512
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1
+    share_embeddings: bool = False  # one table for source and target (needs a joint vocabulary)
+    tie_output: bool = True  # output projection = target embedding
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    max_positions: int = 256
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """Float[length, dim] in the concatenated [sin | cos] layout of tensor2tensor / fairseq / CTranslate2."""
+    half = dim // 2
+    scale = math.log(10000.0) / max(1, half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -scale)  # (half,)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freqs[None, :]  # (L, half)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (L, dim)
+
+
+def _neg_fill(scores: Tensor, mask: Tensor) -> Tensor:
+    """Masked-out scores get the dtype's lowest value: a fully masked row stays finite (no NaN)."""
+    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over precomputed or fresh keys/values."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model={d_model} is not divisible by heads={heads}")
+        self.heads, self.head_dim = heads, d_model // heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def split(self, x: Tensor) -> Tensor:
+        b, length, _ = x.shape  # (B, L, D)
+        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)  # (B, h, L, hd)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.split(self.k_proj(x)), self.split(self.v_proj(x))  # 2 x (B, h, L, hd)
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """x: (B, T, D) queries; k, v: (B, h, K, hd); mask: Bool (B, T|1, K), True = may attend."""
+        q = self.split(self.q_proj(x))  # (B, h, T, hd)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, h, T, K)
+        weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, T, K)
+        out = (weights @ v).transpose(1, 2).flatten(2)  # (B, T, D)
+        return self.out_proj(out)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
+        )
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        h = self.self_attn_norm(x)  # (B, S, D)
+        k, v = self.self_attn.keys_values(h)  # (B, h, S, hd)
+        x = x + self.dropout(self.self_attn.attend(h, k, v, src_mask[:, None, :]))  # (B, S, D)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, S, D)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.cross_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        past_k: Tensor,
+        past_v: Tensor,
+        self_mask: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        src_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, T, D); past_k/v: (B, h, P, hd); self_mask: (B, T, P+T); cross_k/v: (B, h, S, hd)."""
+        h = self.self_attn_norm(x)  # (B, T, D)
+        new_k, new_v = self.self_attn.keys_values(h)  # (B, h, T, hd)
+        k = torch.cat([past_k, new_k], dim=2)  # (B, h, P+T, hd)
+        v = torch.cat([past_v, new_v], dim=2)  # (B, h, P+T, hd)
+        x = x + self.dropout(self.self_attn.attend(h, k, v, self_mask))  # (B, T, D)
+        h = self.cross_attn_norm(x)
+        x = x + self.dropout(self.cross_attn.attend(h, cross_k, cross_v, src_mask[:, None, :]))  # (B, T, D)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, T, D)
+        return x, new_k, new_v
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer exposing forward / encode / decode_step / step_spec."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.share_embeddings and cfg.src_vocab_size != cfg.tgt_vocab_size:
+            raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if cfg.share_embeddings
+            else nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        )
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.output_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer(
+            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        )
+        self._init_weights()
+        if cfg.tie_output:
+            self.output_proj.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.cfg.d_model**-0.5)
+                nn.init.zeros_(module.weight[self.cfg.pad_id])
+
+    def _embed(self, table: nn.Embedding, ids: Tensor, positions: Tensor) -> Tensor:
+        """ids, positions: (B, L) -> (B, L, D) = emb * sqrt(D) + sinusoid."""
+        x = table(ids) * math.sqrt(self.cfg.d_model) + self.positions[positions]  # (B, L, D)
+        return self.dropout(x)
+
+    def encode(self, src_ids: Tensor) -> dict[str, Tensor]:
+        """src_ids: Long (B, S) -> src_mask (B, S), cross_k / cross_v (B, layers, h, S, hd)."""
+        src_mask = src_ids != self.cfg.pad_id  # (B, S)
+        pos = torch.arange(src_ids.shape[1], device=src_ids.device).expand_as(src_ids)  # (B, S)
+        x = self._embed(self.src_embed, src_ids, pos)  # (B, S, D)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)  # (B, S, D)
+        memory = self.encoder_norm(x)  # (B, S, D)
+        kv = [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers]  # L x 2 x (B, h, S, hd)
+        cross_k = torch.stack([k for k, _ in kv], dim=1)  # (B, L, h, S, hd)
+        cross_v = torch.stack([v for _, v in kv], dim=1)  # (B, L, h, S, hd)
+        return {"src_mask": src_mask, "cross_k": cross_k, "cross_v": cross_v}
+
+    def _decode(
+        self, x: Tensor, self_k: Tensor, self_v: Tensor, self_mask: Tensor, enc: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, T, D), caches (B, L, h, P, hd) -> log-probs (B, T, V), new k/v (B, L, h, T, hd)."""
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            x, k, v = layer(
+                x,
+                self_k[:, i],
+                self_v[:, i],
+                self_mask,
+                enc["cross_k"][:, i],
+                enc["cross_v"][:, i],
+                enc["src_mask"],
+            )
+            new_k.append(k)  # (B, h, T, hd)
+            new_v.append(v)
+        logits = self.output_proj(self.decoder_norm(x))  # (B, T, V)
+        return logits, torch.stack(new_k, dim=1), torch.stack(new_v, dim=1)
+
+    def _empty_cache(self, batch: int, ref: Tensor) -> Tensor:
+        cfg = self.cfg
+        shape = (batch, cfg.decoder_layers, cfg.heads, 0, cfg.d_model // cfg.heads)
+        return ref.new_zeros(shape)  # (B, L, h, 0, hd)
+
+    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: src_ids (B, S), tgt_in (B, T) starting with BOS -> logits (B, T, V)."""
+        enc = self.encode(src_ids)
+        b, t = tgt_in.shape
+        pos = torch.arange(t, device=tgt_in.device).expand(b, t)  # (B, T)
+        x = self._embed(self.tgt_embed, tgt_in, pos)  # (B, T, D)
+        causal = torch.ones(t, t, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T)
+        empty = self._empty_cache(b, enc["cross_k"])
+        logits, _, _ = self._decode(x, empty, empty, causal.expand(b, t, t), enc)
+        return logits  # (B, T, V)
+
+    def decode_step(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One token per row over the cache; returns log_probs (B, V) and this step's k/v (B, L, h, 1, hd)."""
+        tokens, positions = inputs["tokens"], inputs["positions"]  # (B,), (B,)
+        x = self._embed(self.tgt_embed, tokens[:, None], positions[:, None])  # (B, 1, D)
+        cache_mask = inputs["cache_mask"]  # (B, P)
+        now = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (B, 1)
+        self_mask = torch.cat([cache_mask, now], dim=1)[:, None, :]  # (B, 1, P+1)
+        enc = {k: inputs[k] for k in ("cross_k", "cross_v", "src_mask")}
+        logits, new_k, new_v = self._decode(x, inputs["self_k"], inputs["self_v"], self_mask, enc)
+        log_probs = F.log_softmax(logits[:, 0].float(), dim=-1)  # (B, V)
+        return {"log_probs": log_probs, "new_self_k": new_k, "new_self_v": new_v}
+
+    def step_spec(self) -> dict:
+        """The JSON step spec of docs/translator-interface.md for this configuration."""
+        cfg = self.cfg
+        init = [-1, cfg.decoder_layers, cfg.heads, 0, cfg.d_model // cfg.heads]
+        floats = ("cross_k", "cross_v", "self_k", "self_v", "log_probs", "new_self_k", "new_self_v")
+        return {
+            "pad_id": cfg.pad_id,
+            "bos_id": cfg.bos_id,
+            "eos_id": cfg.eos_id,
+            "vocab_size": cfg.tgt_vocab_size,
+            "max_positions": cfg.max_positions,
+            "encoder": {"inputs": ["src_ids"], "outputs": ["src_mask", "cross_k", "cross_v"]},
+            "decoder": {
+                "inputs": [
+                    {"name": "tokens", "role": "tokens"},
+                    {"name": "positions", "role": "positions"},
+                    {
+                        "name": "self_k",
+                        "role": "cache",
+                        "output": "new_self_k",
+                        "axis": 3,
+                        "init_shape": init,
+                    },
+                    {
+                        "name": "self_v",
+                        "role": "cache",
+                        "output": "new_self_v",
+                        "axis": 3,
+                        "init_shape": init,
+                    },
+                    {"name": "cache_mask", "role": "cache_mask"},
+                    {"name": "cross_k", "role": "encoder", "pad_axis": 3},
+                    {"name": "cross_v", "role": "encoder", "pad_axis": 3},
+                    {"name": "src_mask", "role": "encoder", "pad_axis": 1},
+                ],
+                "outputs": ["log_probs", "new_self_k", "new_self_v"],
+            },
+            "dtypes": {
+                "src_ids": "int64",
+                "tokens": "int64",
+                "positions": "int64",
+                "src_mask": "bool",
+                "cache_mask": "bool",
+                **{name: "float32" for name in floats},
+            },
+        }
+
+
+@register_model("transformer", task="translate", config=TransformerConfig)
+def transformer(cfg: TransformerConfig) -> Transformer:
+    return Transformer(cfg)
