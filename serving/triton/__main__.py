@@ -1,0 +1,87 @@
+"""``python -m serving.triton``: run the real Triton server on the CPU python flavour of a repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from rich.console import Console
+
+from serving.triton.server import TritonError, TritonServer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.triton",
+        description="Derive the python flavour of a Kiln model repository and serve it with the Triton "
+        "Inference Server binary from nvidia-pytriton, bound to 127.0.0.1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path("model_repository"), help="exported repository"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the flavour and log go (default: a temp dir)"
+    )
+    parser.add_argument("--http-port", type=int, default=8100, help="KServe v2 HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=8101, help="KServe v2 gRPC port")
+    parser.add_argument("--metrics-port", type=int, default=8102, help="Prometheus metrics port")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model instance"
+    )
+    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.model_repository.is_dir():
+        console.print(
+            f"[red]model repository {args.model_repository} does not exist; run `make export` first"
+        )
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-triton-"))
+    server = TritonServer(
+        args.model_repository,
+        workdir,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_verbose=args.log_verbose,
+        threads=args.threads,
+        ready_timeout_s=args.ready_timeout,
+    )
+    try:
+        with console.status(f"starting tritonserver on {args.model_repository} (log: {server.log_path})"):
+            server.start()
+    except (TritonError, ValueError, FileNotFoundError) as error:
+        console.print(f"[red]{error}")
+        return 1
+    flavour = server.flavour
+    console.print(
+        f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  log {server.log_path}"
+    )
+    console.print(f"wrapped (ONNX Runtime in python backend): {flavour.wrapped}; copied: {flavour.copied}")
+    for name, reason in flavour.skipped.items():
+        console.print(f"[yellow]skipped {name}: {reason}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if server.process is None or server.process.poll() is not None:
+            console.print(f"[red]tritonserver exited\n{server.log_tail()}")
+            return 1
+    console.print("stopping tritonserver")
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Derive the CPU "python flavour" of a model repository for the Triton server shipped in nvidia-pytriton.
+
+That server has only the python backend, so every ``onnxruntime_onnx`` entry becomes a python-backend
+model whose ``model.py`` (:mod:`serving.triton.onnx_model`) runs ONNX Runtime on the same ``model.onnx``,
+with identical inputs, outputs, ``max_batch_size`` and ``dynamic_batching`` (DESIGN.md contract 2).
+Python entries (translators) are copied as they are; entries no CPU can run (TensorRT) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+log = logging.getLogger(__name__)
+
+ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
+MODEL_TEMPLATE = Path(__file__).with_name("onnx_model.py")
+
+
+@dataclass
+class FlavourReport:
+    """What :func:`derive_python_flavour` did with each entry of the repository."""
+
+    wrapped: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # entry -> reason
+
+
+def read_config(path: Path) -> model_config_pb2.ModelConfig:
+    """Parse a config.pbtxt with Triton's ModelConfig proto; a broken file names itself in the error."""
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"{path}: not a valid Triton config.pbtxt: {error}") from None
+
+
+def python_config(config: model_config_pb2.ModelConfig, *, threads: int = 1) -> model_config_pb2.ModelConfig:
+    """The python-backend twin of an ONNX config: same tensors, batching and instances, on CPU."""
+    wrapped = model_config_pb2.ModelConfig()
+    wrapped.CopyFrom(config)
+    wrapped.platform = ""
+    wrapped.backend = "python"
+    wrapped.default_model_filename = ""
+    wrapped.ClearField("optimization")  # execution accelerators of the onnxruntime backend
+    for group in wrapped.instance_group:
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        del group.gpus[:]
+    wrapped.parameters["intra_op_num_threads"].string_value = str(threads)
+    wrapped.parameters["onnx_file"].string_value = config.default_model_filename or "model.onnx"
+    return wrapped
+
+
+def derive_python_flavour(repository: Path, output: Path, *, threads: int = 1) -> FlavourReport:
+    """Write the python flavour of ``repository`` into ``output`` (replacing what a previous run left)."""
+    repository, output = Path(repository), Path(output)
+    if not repository.is_dir():
+        raise FileNotFoundError(f"model repository {repository} does not exist or is not a directory")
+    if output.resolve() == repository.resolve():
+        raise ValueError(f"the python flavour must go to another directory than {repository}")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    report = FlavourReport()
+    for entry in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
+        config = read_config(entry / "config.pbtxt")
+        kind = config.platform or config.backend
+        if kind in ONNX_PLATFORMS:
+            _wrap_onnx_entry(entry, output / entry.name, config, threads)
+            report.wrapped.append(entry.name)
+        elif kind == "python":
+            shutil.copytree(entry, output / entry.name)
+            report.copied.append(entry.name)
+        else:
+            report.skipped[entry.name] = f"platform {kind!r} cannot run on the CPU python flavour"
+            log.warning("skipping %s: %s", entry.name, report.skipped[entry.name])
+    if not report.wrapped and not report.copied:
+        raise ValueError(f"{repository} holds no ONNX or python model entry to serve")
+    return report
+
+
+def _wrap_onnx_entry(source: Path, target: Path, config: model_config_pb2.ModelConfig, threads: int) -> None:
+    """Copy the entry's files and give every version directory the ONNX Runtime model.py."""
+    onnx_file = config.default_model_filename or "model.onnx"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+    versions = [d for d in target.iterdir() if d.is_dir() and d.name.isdigit()]
+    if not any((d / onnx_file).is_file() for d in versions):
+        raise FileNotFoundError(f"{source}: no version directory holds {onnx_file}")
+    for version in versions:
+        if (version / onnx_file).is_file():
+            shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
+    text = text_format.MessageToString(python_config(config, threads=threads))
+    (target / "config.pbtxt").write_text(text)

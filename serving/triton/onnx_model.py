@@ -1,0 +1,105 @@
+"""Triton python-backend model that runs ONNX Runtime on ``<version>/model.onnx`` (the CPU python flavour).
+
+Copied as ``<version>/model.py`` next to the ONNX file by :mod:`serving.triton.flavour`; it runs inside
+Triton's python stub, so it imports only numpy, onnxruntime and ``triton_python_backend_utils``. Requests
+of one ``execute`` call (a dynamic batch) are concatenated along the batch axis and run in one session
+call, the way Triton's onnxruntime backend batches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _array(tensor, data_type: str) -> np.ndarray:
+    """A request tensor as numpy; via DLPack because the stub's as_numpy() misreads it under numpy 2."""
+    if data_type == "TYPE_STRING":
+        return tensor.as_numpy()
+    return np.from_dlpack(tensor)
+
+
+def _tensor(name: str, array: np.ndarray):
+    """A pb_utils.Tensor; via DLPack because the stub drops the data of numpy 2 arrays passed directly."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.kind in "biuf":
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
+
+class TritonPythonModel:
+    """One ONNX Runtime session per model instance, with the inputs and outputs of config.pbtxt."""
+
+    def initialize(self, args: dict) -> None:
+        """Open the session and read tensor names, dtypes and max_batch_size from the model config."""
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
+        options.inter_op_num_threads = 1
+        path = os.path.join(
+            args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
+        )
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.inputs = {t["name"]: t["data_type"] for t in config["input"]}
+        self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
+
+    def execute(self, requests: list) -> list:
+        """Run all requests of a dynamic batch at once when their shapes allow, else one by one."""
+        feeds = [self._feeds(request) for request in requests]
+        if self.max_batch_size > 0 and len(feeds) > 1 and self._stackable(feeds):
+            sizes = [next(iter(f.values())).shape[0] for f in feeds]
+            merged = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
+            try:
+                results = self._run(merged)
+            except Exception as error:  # noqa: BLE001 (report to every client of the batch)
+                return [self._error(error) for _ in requests]
+            bounds = np.cumsum([0, *sizes])
+            return [
+                self._response({k: v[lo:hi] for k, v in results.items()}, request)
+                for request, lo, hi in zip(requests, bounds[:-1], bounds[1:], strict=True)
+            ]
+        responses = []
+        for request, feed in zip(requests, feeds, strict=True):
+            try:
+                responses.append(self._response(self._run(feed), request))
+            except Exception as error:  # noqa: BLE001 (a bad request must not take the model down)
+                responses.append(self._error(error))
+        return responses
+
+    def _feeds(self, request) -> dict[str, np.ndarray]:
+        return {
+            name: _array(pb_utils.get_input_tensor_by_name(request, name), data_type)
+            for name, data_type in self.inputs.items()
+        }
+
+    def _stackable(self, feeds: list[dict[str, np.ndarray]]) -> bool:
+        """True when every request has the same non-batch shape per input."""
+        first = feeds[0]
+        return all(f[name].shape[1:] == first[name].shape[1:] for f in feeds[1:] for name in self.inputs)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(self.outputs)
+        values = self.session.run(names, feed)
+        return {
+            name: np.asarray(value, dtype=self.outputs[name])
+            for name, value in zip(names, values, strict=True)
+        }
+
+    def _response(self, results: dict[str, np.ndarray], request):
+        wanted = request.requested_output_names() or list(results)
+        return pb_utils.InferenceResponse(output_tensors=[_tensor(name, results[name]) for name in wanted])
+
+    @staticmethod
+    def _error(error: Exception):
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}")
+        )
+
+    def finalize(self) -> None:
+        self.session = None

@@ -1,0 +1,241 @@
+"""Run the real Triton Inference Server binary shipped in the nvidia-pytriton wheel, on 127.0.0.1.
+
+The wheel carries ``tritonserver``, the python backend and one python stub per Python version; the
+stub matching this interpreter must sit next to ``libtriton_python.so``, find this environment's
+packages (its ``bin`` first on PATH) and find libpython and the wheel's bundled libraries
+(LD_LIBRARY_PATH). :class:`TritonServer` does all of that, waits for readiness and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.triton.flavour import FlavourReport, derive_python_flavour
+
+log = logging.getLogger(__name__)
+
+STUB_NAME = "triton_python_backend_stub"
+
+
+class TritonError(RuntimeError):
+    """Triton could not be found, started or made ready; the message carries the server log tail."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel put the server binary, its backends, the per-Python stubs and its libraries."""
+
+    root: Path  # .../site-packages/pytriton/tritonserver
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def backends(self) -> Path:
+        return self.root / "backends"
+
+    @property
+    def stub(self) -> Path:
+        return (
+            self.root
+            / "python_backend_stubs"
+            / f"{sys.version_info.major}.{sys.version_info.minor}"
+            / STUB_NAME
+        )
+
+    @property
+    def libs(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+
+def find_triton() -> TritonInstall | None:
+    """The nvidia-pytriton install, without importing pytriton (its own imports need extra packages)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    install = TritonInstall(Path(next(iter(spec.submodule_search_locations))) / "tritonserver")
+    return install if install.binary.is_file() else None
+
+
+def prepare_backends(install: TritonInstall, workdir: Path) -> Path:
+    """A backend directory whose python backend holds this Python's stub (in place, else a copy)."""
+    if not install.stub.is_file():
+        raise TritonError(f"nvidia-pytriton has no python backend stub for Python {sys.version.split()[0]}")
+    for backends in (install.backends, workdir / "backends"):
+        target = backends / "python" / STUB_NAME
+        try:
+            if backends != install.backends and not (backends / "python").is_dir():
+                shutil.copytree(install.backends, backends, dirs_exist_ok=True)
+            if not target.is_file() or target.stat().st_size != install.stub.stat().st_size:
+                shutil.copy2(install.stub, target)
+            return backends
+        except OSError as error:
+            log.info("cannot place the python stub in %s (%s); trying the work directory", backends, error)
+    raise TritonError(f"cannot prepare a python backend directory under {workdir}")
+
+
+def triton_environment(install: TritonInstall) -> dict[str, str]:
+    """Environment for the server: this venv's bin first on PATH, libpython and wheel libs on LD path."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    libdirs = [str(sysconfig.get_config_var("LIBDIR") or ""), str(install.libs)]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + [env.get("LD_LIBRARY_PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """Derive the python flavour of a repository, run Triton on it, and stop it (a context manager)."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        workdir: Path,
+        *,
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        log_verbose: int = 0,
+        threads: int = 1,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        self.model_repository = Path(model_repository)
+        self.workdir = Path(workdir)
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_verbose = log_verbose
+        self.threads = threads
+        self.ready_timeout_s = ready_timeout_s
+        self.log_path = self.workdir / "tritonserver.log"
+        self.flavour: FlavourReport | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self, install: TritonInstall, repository: Path, backends: Path) -> list[str]:
+        """The tritonserver command line: loopback only, fixed model set, exit on any load error."""
+        return [
+            str(install.binary),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=5",
+            f"--log-verbose={self.log_verbose}",
+            "--log-info=true",
+        ]
+
+    def start(self) -> TritonServer:
+        """Start the server and block until it is ready (or raise :class:`TritonError` with its log)."""
+        install = find_triton()
+        if install is None:
+            raise TritonError(
+                "the tritonserver binary is missing: install nvidia-pytriton (pip install --no-deps)"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        repository = self.workdir / "model_repository"
+        self.flavour = derive_python_flavour(self.model_repository, repository, threads=self.threads)
+        backends = prepare_backends(install, self.workdir)
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                self.command(install, repository, backends),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=triton_environment(install),
+                start_new_session=True,
+            )
+        log.info("tritonserver pid %d: http %s grpc %s", self.process.pid, self.http_url, self.grpc_url)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        """Poll /v2/health/ready until it answers 200, the process dies or the timeout passes."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise TritonError(
+                    f"tritonserver exited with code {code} before it was ready\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TritonError(f"tritonserver not ready after {self.ready_timeout_s:.0f}s\n{self.log_tail()}")
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        return "\n".join(["--- tritonserver log (tail) ---", *text[-lines:]])
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL it if it outlives ``grace_s``."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", grace_s)
+            process.kill()
+            process.wait(5)
+        # python-backend stubs left behind by a killed server share its process group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
