@@ -25,9 +25,15 @@ class Case:
 # Every registered classifier must have an entry (guarded below); widths are shrunk to keep tests fast.
 CASES: dict[str, Case] = {
     "lenet": Case({}, sizes=(28, 32, 64, 224)),
+    "alexnet": Case({"width_mult": 0.125, "hidden": 16}, sizes=(28, 32, 64)),
+    "vgg11": Case({"width_mult": 0.125, "hidden": 16}, sizes=(28, 32, 64)),
+    "vgg16": Case({"width_mult": 0.0625, "hidden": 8}),
+    "nin": Case({"width_mult": 0.0625}, sizes=(28, 32, 64)),
+    "googlenet": Case({"width_mult": 0.0625}),
     "resnet18": Case({"width": 4}, sizes=(28, 32, 64)),
     "resnet34": Case({"width": 2}),
     "resnet50": Case({"width": 2}),
+    "densenet121": Case({"growth_rate": 4, "num_init_features": 8, "block_config": [2, 2, 2, 2]}),
 }
 
 CLASSIFIERS = list_models("classify")
@@ -149,6 +155,15 @@ def test_weights_start_from_kaiming_convs_and_unit_batchnorm(name):
     assert abs(torch.cat(normalised).std().item() - 1.0) < 0.15
 
 
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_eval_model_traces_with_torch_fx_so_export_can_fold_batchnorm(name):
+    model = _build(name, in_channels=1).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+
+
 # --- family specifics ------------------------------------------------------------------------------
 
 
@@ -178,3 +193,71 @@ def test_resnet_small_input_stem_keeps_resolution_and_imagenet_stem_divides_it_b
     x = torch.randn(1, 3, 32, 32)
     assert small(x).shape[-2:] == (32, 32)
     assert large(x).shape[-2:] == (8, 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("alexnet", {"small_input": False, "batch_norm": False, "pool_size": 6, "hidden": 4096}, 61_100_840),
+        ("vgg11", {"batch_norm": False, "pool_size": 7, "hidden": 4096}, 132_863_336),
+        ("vgg16", {"batch_norm": False, "pool_size": 7, "hidden": 4096}, 138_357_544),
+        ("densenet121", {"small_input": False}, 7_978_856),
+    ],
+)
+def test_imagenet_configuration_matches_torchvision_parameter_count(name, args, expected):
+    with torch.device("meta"):
+        model = build_model(name, num_classes=1000, **args)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_vgg_depths_come_from_the_table():
+    for name, convs in [("vgg11", 8), ("vgg16", 13)]:
+        model = build_model(name, width_mult=0.0625, hidden=8)
+        assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
+        assert any(isinstance(m, nn.Dropout) for m in model.classifier)
+
+
+def test_googlenet_aux_heads_return_extra_logits_only_in_training():
+    model = build_model("googlenet", width_mult=0.0625, num_classes=5, aux_logits=True).train()
+    x = torch.randn(2, 3, 32, 32)
+    logits, aux = model(x)
+    assert logits.shape == (2, 5) and [a.shape for a in aux] == [(2, 5), (2, 5)]
+    loss = F.cross_entropy(logits, torch.tensor([0, 1]))
+    loss = loss + 0.3 * sum(F.cross_entropy(a, torch.tensor([0, 1])) for a in aux)
+    loss.backward()
+    assert all(p.grad is not None for p in model.aux.parameters())
+    with torch.no_grad():
+        assert isinstance(model.eval()(x), torch.Tensor)
+
+
+def test_googlenet_remove_auxiliary_drops_the_heads_and_keeps_the_eval_logits():
+    model = build_model("googlenet", width_mult=0.0625, aux_logits=True)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        before = model.eval()(x)
+    n_before = sum(p.numel() for p in model.parameters())
+    model.remove_auxiliary()
+    assert not any("aux" in name for name, _ in model.named_parameters())
+    assert sum(p.numel() for p in model.parameters()) < n_before
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+        assert isinstance(model.train()(x), torch.Tensor)
+
+
+def test_googlenet_without_aux_logits_has_no_aux_heads():
+    model = build_model("googlenet", width_mult=0.0625).train()
+    assert model.aux is None
+    assert isinstance(model(torch.randn(2, 3, 28, 28)), torch.Tensor)
+
+
+def test_densenet_rejects_an_empty_block_config():
+    with pytest.raises(ValueError, match="block_config"):
+        make_config("densenet121", block_config=[])
+
+
+@pytest.mark.parametrize("name", ["alexnet", "nin", "googlenet", "densenet121"])
+def test_imagenet_stem_also_runs_on_small_and_224_inputs(name):
+    model = _build(name, in_channels=3, small_input=False).eval()
+    with torch.no_grad():
+        for size in (32, 224):
+            assert model(torch.randn(1, 3, size, size)).shape == (1, NUM_CLASSES)

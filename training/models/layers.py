@@ -36,7 +36,16 @@ class ClassifierConfig:
 
 
 # Field names checked by ClassifierConfig.__post_init__ in whichever family config declares them.
-_POSITIVE_INTS = {"num_classes", "in_channels", "hidden", "pool_size", "width", "growth_rate", "bn_size"}
+_POSITIVE_INTS = {
+    "num_classes",
+    "in_channels",
+    "hidden",
+    "pool_size",
+    "width",
+    "growth_rate",
+    "bn_size",
+    "num_init_features",
+}
 _PROBABILITIES = {"dropout", "aux_dropout", "drop_rate"}
 _MULTIPLIERS = {"width_mult"}
 _FRACTIONS = {"compression"}
