@@ -7,6 +7,7 @@ random-init registry model; until then a minimal one is written here following d
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 LABELS = ("zero", "one", "two")
@@ -55,16 +56,9 @@ def _write_minimal_entry(directory: Path, name: str, seed: int) -> None:
     torch.manual_seed(seed)
     (directory / "1").mkdir(parents=True, exist_ok=True)
     example = torch.randint(0, 256, (2, SIZE, SIZE, CHANNELS), dtype=torch.uint8)
-    torch.onnx.export(
-        TinyClassifier().eval(),
-        (example,),
-        str(directory / "1" / "model.onnx"),
-        dynamo=False,
-        input_names=["images"],
-        output_names=["logits", "probabilities"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-        opset_version=17,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        _export(TinyClassifier().eval(), example, directory / "1" / "model.onnx")
     classes = len(LABELS)
     config = CONFIG_TEMPLATE.format(
         name=name, max_batch=MAX_BATCH, size=SIZE, channels=CHANNELS, classes=classes
@@ -95,3 +89,54 @@ def _write_minimal_entry(directory: Path, name: str, seed: int) -> None:
         "labels": "labels.txt",
     }
     (directory / "kiln.json").write_text(json.dumps(kiln, indent=2))
+
+
+def _export(module, example, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits", "probabilities"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=17,
+    )
+
+
+class LiveServer:
+    """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
+
+    def __init__(self, app: object) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.app = app
+        self.url = f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)

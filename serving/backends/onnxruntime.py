@@ -64,9 +64,16 @@ class OnnxRuntimeBackend:
     """Serve every ONNX entry of a model repository in-process."""
 
     def __init__(
-        self, repository: Repository, options: OrtOptions | None = None, *, metrics: Any = None
+        self,
+        repository: Repository,
+        options: OrtOptions | None = None,
+        *,
+        metrics: Any = None,
+        session_factory: Any = None,
     ) -> None:
+        """``session_factory(path, sess_options=, providers=)`` replaces ``ort.InferenceSession`` (tests, bench)."""
         self.repository = repository
+        self.session_factory = session_factory
         self.options = options or OrtOptions()
         self.metrics = metrics
         self._models: dict[tuple[str, str], _LoadedModel] = {}
@@ -168,7 +175,8 @@ class OnnxRuntimeBackend:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.options.intra_op_threads
             opts.inter_op_num_threads = self.options.inter_op_threads
-            sessions.append(ort.InferenceSession(str(path), sess_options=opts, providers=providers))
+            factory = self.session_factory or ort.InferenceSession
+            sessions.append(factory(str(path), sess_options=opts, providers=providers))
         return sessions
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: list[Any]) -> _LoadedModel:

@@ -1,0 +1,49 @@
+"""``python -m serving``: run the gateway (HTTP + gRPC) on a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from serving.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Flags override ``KILN_*`` environment variables, which override the defaults."""
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--model-repository", help="Triton model repository (default: model_repository)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (default: 8000)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port, 0 disables it (default: 8001)")
+    parser.add_argument("--backend", choices=["onnxruntime", "triton"], help="default: onnxruntime")
+    parser.add_argument("--triton-url", help="Triton address for --backend triton (default: 127.0.0.1:8001)")
+    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
+    parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads per session")
+    parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
+    parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return Settings(**given)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = parse_args(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.model_repository.is_dir():
+        raise SystemExit(f"model repository {settings.model_repository} is not a directory")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""``create_app(settings)``: the FastAPI gateway; backend and gRPC server open in ``lifespan``."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.backends.base import Backend, ServingError
+from serving.limits import BodyLimitMiddleware
+from serving.metrics import GatewayMetrics
+from serving.repository import Repository
+from serving.routers import health, metrics, v1, v2
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI:
+    """Build the gateway app; ``backend`` overrides the one ``settings.backend`` would create (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.repository = Repository(settings.model_repository)
+        app.state.backend = backend or make_backend(settings, app.state.repository, app.state.metrics)
+        await app.state.backend.start()
+        grpc_handle = await start_grpc(settings, app.state.backend)
+        try:
+            yield
+        finally:
+            if grpc_handle is not None:
+                await grpc_handle.stop(settings.shutdown_grace_s)
+            await app.state.backend.stop()
+
+    app = FastAPI(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = GatewayMetrics()
+    for router in (health.router, v2.router, v1.router, metrics.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    return app
+
+
+def make_backend(settings: Settings, repository: Repository, metrics: GatewayMetrics) -> Backend:
+    """The backend ``settings.backend`` names; the Triton one is imported only when chosen."""
+    if settings.backend == "triton":
+        from serving.backends.triton import TritonBackend
+
+        return TritonBackend(settings.triton_url)
+    from serving.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+
+    options = OrtOptions(
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        max_queue_size=settings.max_queue_size,
+        default_timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+    return OnnxRuntimeBackend(repository, options, metrics=metrics)
+
+
+async def start_grpc(settings: Settings, backend: Backend) -> Any:
+    """Start the KServe gRPC server beside HTTP when the port is set and the module exists."""
+    if not settings.grpc_port:
+        return None
+    try:
+        from serving.grpc_server import start_grpc_server
+    except ModuleNotFoundError as exc:
+        if exc.name != "serving.grpc_server":
+            raise
+        log.warning(
+            "serving.grpc_server is not available; serving HTTP only (no gRPC on port %d)", settings.grpc_port
+        )
+        return None
+    handle = start_grpc_server(backend, settings.host, settings.grpc_port)
+    return await handle if inspect.isawaitable(handle) else handle
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"error": ...}``; client mistakes keep their 4xx status."""
+
+    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        headers = (
+            {"Retry-After": f"{max(1, round(exc.retry_after))}"} if exc.retry_after is not None else None
+        )
+        if exc.status >= 500 and exc.status not in (503, 504):
+            log.error("request failed: %s", exc.message)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error while serving a request")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

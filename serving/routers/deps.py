@@ -1,0 +1,34 @@
+"""``Annotated`` dependencies: what routers need, read from ``app.state`` (tests override them)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serving.backends.base import Backend
+from serving.metrics import GatewayMetrics
+from serving.repository import Repository
+from serving.settings import Settings
+
+
+def get_backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_repository(request: Request) -> Repository:
+    return request.app.state.repository
+
+
+BackendDep = Annotated[Backend, Depends(get_backend)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RepositoryDep = Annotated[Repository, Depends(get_repository)]

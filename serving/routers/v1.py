@@ -1,0 +1,184 @@
+"""The friendly REST API: list models and classify PNG/JPEG images (base64 JSON or multipart files).
+
+Built only on the Backend protocol and kiln.json, so it works the same over ONNX Runtime or Triton;
+a translate router can sit beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from serving.backends.base import BadRequest, InferRequest, PayloadTooLarge, UnprocessableInput
+from serving.images import decode_base64, decode_image
+from serving.metrics import observed_infer
+from serving.repository import RepositoryEntry
+from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep
+
+router = APIRouter(prefix="/v1", tags=["friendly"])
+
+
+class ClassifyRequest(BaseModel):
+    images: list[str] = Field(min_length=1, description="base64-encoded PNG or JPEG images")
+    top_k: int = Field(5, ge=1, description="classes returned per image")
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    predictions: list[list[Prediction]] = Field(description="per image, the top_k classes, best first")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    task: str
+    ready: bool
+    versions: list[str]
+    inputs: list[dict[str, Any]]
+    labels: int
+
+
+CLASSIFY_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": ClassifyRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "top_k": {"type": "integer", "default": 5},
+                    },
+                }
+            },
+        }
+    }
+}
+
+
+@router.get("/models", summary="Models in the repository")
+async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[ModelSummary]:
+    summaries = []
+    for name in repository.names():
+        entry = repository.entries.get(name)
+        inputs = (
+            [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in entry.inputs()]
+            if entry
+            else []
+        )
+        labels = len(next(iter(entry.labels.values()), [])) if entry else 0
+        summaries.append(
+            ModelSummary(
+                name=name,
+                task=entry.task if entry else "",
+                ready=await backend.model_ready(name),
+                versions=entry.versions if entry else [],
+                inputs=inputs,
+                labels=labels,
+            )
+        )
+    return summaries
+
+
+@router.post("/models/{name}/classify", summary="Classify images", openapi_extra=CLASSIFY_BODY)
+async def classify(
+    name: str,
+    request: Request,
+    backend: BackendDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    repository: RepositoryDep,
+) -> ClassifyResponse:
+    entry = repository.get(name)
+    if entry.task != "classify":
+        raise BadRequest(
+            f"model {name!r} is a {entry.task or 'non-classify'} model; it cannot classify images"
+        )
+    blobs, top_k = await _read_images(request, settings.max_images)
+    if top_k > settings.max_top_k:
+        raise UnprocessableInput(f"top_k {top_k} exceeds the limit of {settings.max_top_k}")
+    pre = entry.kiln.get("preprocessing", {})
+    arrays = await run_in_threadpool(
+        lambda: [
+            decode_image(b, pre, index=i, max_pixels=settings.max_image_pixels) for i, b in enumerate(blobs)
+        ]
+    )
+    scores = await _infer_scores(entry, np.stack(arrays), backend, metrics, settings)
+    labels = _labels(entry, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    predictions = [
+        [Prediction(label=labels[j], index=int(j), score=float(row_scores[j])) for j in row]
+        for row, row_scores in zip(order, scores, strict=True)
+    ]
+    return ClassifyResponse(model=name, predictions=predictions)
+
+
+async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], int]:
+    """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=max_images + 1)
+        files = form.getlist("files")
+        if not files or any(isinstance(f, str) for f in files):
+            raise UnprocessableInput("multipart body needs one or more 'files' parts")
+        raw = {"images": ["-"] * len(files), "top_k": form.get("top_k", 5)}
+        parsed = _validate(raw)
+        _check_count(len(files), max_images)
+        return [await f.read() for f in files], parsed.top_k
+    try:
+        raw = json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    parsed = _validate(raw)
+    _check_count(len(parsed.images), max_images)
+    return [decode_base64(text, index=i) for i, text in enumerate(parsed.images)], parsed.top_k
+
+
+def _validate(raw: Any) -> ClassifyRequest:
+    try:
+        return ClassifyRequest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise UnprocessableInput(f"invalid classify request: {problems}") from None
+
+
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise PayloadTooLarge(f"{count} images in one request; the limit is {limit}")
+
+
+async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, metrics, settings) -> np.ndarray:
+    """Per-image class scores (probabilities, or softmax of logits), in chunks of max_batch_size."""
+    input_name = entry.role("images") or entry.config.input[0].name
+    output = entry.role("probabilities") or entry.role("logits") or entry.config.output[0].name
+    step = entry.max_batch_size if entry.max_batch_size > 0 else 1
+    chunks = [images[i : i + step] for i in range(0, len(images), step)]
+    if entry.max_batch_size <= 0:
+        chunks = [c[0] for c in chunks]
+    requests = [
+        InferRequest(entry.name, {input_name: c}, outputs=[output], timeout_s=settings.request_timeout_s)
+        for c in chunks
+    ]
+    results = await asyncio.gather(*(observed_infer(backend, metrics, r) for r in requests))
+    arrays = [np.asarray(r.outputs[output], dtype=np.float64) for r in results]
+    scores = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])  # (images, classes)
+    if output != entry.role("probabilities"):
+        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+        scores /= scores.sum(axis=1, keepdims=True)
+    return scores
+
+
+def _labels(entry: RepositoryEntry, classes: int) -> list[str]:
+    labels = next(iter(entry.labels.values()), [])
+    return [labels[i] if i < len(labels) else str(i) for i in range(classes)]

@@ -1,0 +1,96 @@
+"""KServe v2 / Open Inference Protocol over HTTP, as Triton serves it (tritonclient.http works unchanged)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from serving.backends.base import BadRequest, PayloadTooLarge
+from serving.metrics import observed_infer
+from serving.repository import parse_version
+from serving.routers.deps import BackendDep, MetricsDep, SettingsDep
+from serving.routers.v2_codec import HEADER_LENGTH, encode_infer, parse_infer
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        kiln_version = version("kiln")
+    except PackageNotFoundError:
+        kiln_version = "0"
+    return {"name": "kiln", "version": kiln_version, "extensions": EXTENSIONS}
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+async def model_metadata(name: str, backend: BackendDep, version: str = "") -> dict[str, Any]:
+    meta = backend.metadata(name, parse_version(version))
+    tensors = lambda metas: [{"name": m.name, "datatype": m.datatype, "shape": m.shape} for m in metas]  # noqa: E731
+    return {
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": tensors(meta.inputs),
+        "outputs": tensors(meta.outputs),
+    }
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+async def model_ready(name: str, backend: BackendDep, version: str = "") -> Response:
+    ready = await backend.model_ready(name, parse_version(version))
+    return Response(status_code=200 if ready else 400)
+
+
+@router.get("/models/{name}/config", summary="Model configuration (config.pbtxt as JSON)")
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration of one version")
+async def model_config(name: str, backend: BackendDep, version: str = "") -> dict[str, Any]:
+    return backend.config(name, parse_version(version))
+
+
+@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensor data extension)")
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
+async def infer(
+    name: str,
+    request: Request,
+    backend: BackendDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    version: str = "",
+) -> Response:
+    version = parse_version(version)
+    backend.metadata(name, version)  # unknown model -> 404 before any work or metric label
+    body = _decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
+    parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+    result = await observed_infer(backend, metrics, parsed.request)
+    content, header_length = encode_infer(result, parsed)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+    )
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo gzip/deflate request compression (tritonclient's request_compression_algorithm), bounded."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise BadRequest(f"request body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed request body exceeds the {limit} byte limit")
+    return out

@@ -1,0 +1,157 @@
+"""KServe v2 HTTP infer bodies: JSON tensors plus the binary tensor data extension, both directions.
+
+A request body is a JSON header (``Inference-Header-Content-Length`` bytes long when binary data
+follows) and then each binary input's bytes in input order; responses mirror it. Every malformed
+body is a :class:`BadRequest` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.backends.base import BadRequest, InferRequest, InferResponse
+from serving.tensors import datatype_of, from_bytes, from_json_data, numpy_dtype, to_bytes, to_json_data
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int = 0
+
+
+@dataclass
+class ParsedInfer:
+    request: InferRequest
+    outputs: list[RequestedOutput] | None  # None: every output, in binary when binary_default
+    binary_default: bool
+
+
+def parse_infer(body: bytes, header_length: str | None, model: str, version: str) -> ParsedInfer:
+    """Decode an infer request body into an :class:`InferRequest`."""
+    header, tail = _split(body, header_length)
+    if not isinstance(header, dict):
+        raise BadRequest("infer request must be a JSON object")
+    params = _dict(header.get("parameters"), "parameters")
+    inputs, offset = {}, 0
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest("infer request needs a non-empty 'inputs' list")
+    for raw in raw_inputs:
+        name, array, offset = _parse_input(raw, tail, offset)
+        if name in inputs:
+            raise BadRequest(f"input {name!r} is given more than once")
+        inputs[name] = array
+    if offset != len(tail):
+        raise BadRequest(f"{len(tail) - offset} byte(s) of binary data after the last binary input")
+    outputs = _parse_outputs(header.get("outputs"), bool(params.get("binary_data_output", False)))
+    request = InferRequest(
+        model=model,
+        inputs=inputs,
+        version=version,
+        outputs=[o.name for o in outputs] if outputs is not None else None,
+        parameters={"classification": {o.name: o.classification for o in outputs or [] if o.classification}},
+        request_id=str(header.get("id", "")),
+        timeout_s=_timeout(params),
+    )
+    return ParsedInfer(request, outputs, bool(params.get("binary_data_output", False)))
+
+
+def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, int | None]:
+    """The response body and, when binary outputs follow the JSON, the JSON header's length."""
+    binary = {o.name: o.binary for o in parsed.outputs} if parsed.outputs is not None else {}
+    entries, blobs = [], []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if binary.get(name, parsed.binary_default):
+            blob = to_bytes(np.asarray(array))
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = to_json_data(np.asarray(array))
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": response.model, "model_version": response.version}
+    if parsed.request.request_id:
+        header["id"] = parsed.request.request_id
+    header["outputs"] = entries
+    text = json.dumps(header).encode()
+    if not blobs:
+        return text, None
+    return text + b"".join(blobs), len(text)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    if header_length is None:
+        size = len(body)
+    else:
+        if not header_length.strip().isdigit():
+            raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+        size = int(header_length)
+        if size == 0 or size > len(body):
+            raise BadRequest(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
+    try:
+        return json.loads(body[:size]), body[size:]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"infer request header is not valid JSON: {exc}") from None
+
+
+def _parse_input(raw: Any, tail: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest("each input must be an object with a string 'name'")
+    name = raw["name"]
+    datatype, shape = raw.get("datatype"), raw.get("shape")
+    if not isinstance(datatype, str):
+        raise BadRequest(f"input {name!r}: 'datatype' must be a string")
+    numpy_dtype(datatype, tensor=name)
+    size = _dict(raw.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+    if size is None:
+        if "data" not in raw:
+            raise BadRequest(f"input {name!r}: needs 'data' or a 'binary_data_size' parameter")
+        return name, from_json_data(raw["data"], datatype, shape, tensor=name), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(tail):
+        raise BadRequest(
+            f"input {name!r}: binary_data_size {size!r} does not fit the {len(tail)} bytes of binary data"
+        )
+    return name, from_bytes(tail[offset : offset + size], datatype, shape, tensor=name), offset + size
+
+
+def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise BadRequest("'outputs' must be a list")
+    outputs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest("each requested output must be an object with a string 'name'")
+        params = _dict(item.get("parameters"), f"output {item['name']!r} parameters")
+        count = params.get("classification", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise BadRequest(
+                f"output {item['name']!r}: classification must be a non-negative integer, got {count!r}"
+            )
+        outputs.append(RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)), count))
+    return outputs
+
+
+def _timeout(params: dict) -> float | None:
+    timeout = params.get("timeout")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+        raise BadRequest(f"parameter 'timeout' must be a positive number of microseconds, got {timeout!r}")
+    return timeout / 1e6
+
+
+def _dict(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value

@@ -1,0 +1,39 @@
+"""Gateway settings: command-line flags or ``KILN_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; each field is also ``KILN_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", protected_namespaces=())
+
+    model_repository: Path = Field(Path("model_repository"), description="Triton model repository to serve")
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="embedded ORT or a Triton server"
+    )
+    triton_url: str = Field("127.0.0.1:8001", description="Triton server address (triton backend)")
+    host: str = Field("127.0.0.1", description="interface to bind")
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535, description="0 disables the gRPC server")
+    intra_op_threads: int = Field(
+        1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"
+    )
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session")
+    max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
+    max_body_bytes: int = Field(64 << 20, ge=1024, description="request body limit (413 above it)")
+    max_images: int = Field(64, ge=1, description="images per friendly classify request")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="decoded pixels per image (decompression bombs)"
+    )
+    max_top_k: int = Field(100, ge=1)
+    shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on shutdown")
+    log_level: str = Field("info")

@@ -1,0 +1,136 @@
+"""tritonclient.http talks to the gateway unchanged: health, metadata, config, infer, classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from serving.app import create_app
+from serving.settings import Settings
+from tests.repo_fixtures import CHANNELS, LABELS, SIZE, LiveServer, build_classifier_repository
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    return build_classifier_repository(tmp_path_factory.mktemp("kserve") / "repo")
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    settings = Settings(model_repository=repository, grpc_port=0, intra_op_threads=1)
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    client = httpclient.InferenceServerClient(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def direct(repository):
+    """ONNX Runtime on the same model.onnx, called directly: the reference every answer must equal."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(repository / "lenet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return lambda images: dict(
+        zip(
+            ["logits", "probabilities"],
+            session.run(["logits", "probabilities"], {"images": images}),
+            strict=True,
+        )
+    )
+
+
+def images(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, SIZE, SIZE, CHANNELS), dtype=np.uint8)
+
+
+def test_server_is_live_and_ready_and_names_its_extensions(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("lenet")
+    assert not client.is_model_ready("lenet", "7")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+
+
+def test_model_metadata_lists_batched_shapes_like_triton(client):
+    meta = client.get_model_metadata("lenet")
+    assert meta["name"] == "lenet" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, SIZE, SIZE, CHANNELS]}]
+    assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities"]
+    assert client.get_model_metadata("lenet", "1")["name"] == "lenet"
+
+
+def test_model_config_parses_back_into_the_config_pbtxt(client, repository):
+    config = client.get_model_config("lenet")
+    expected = model_config_pb2.ModelConfig()
+    text_format.Parse((repository / "lenet" / "config.pbtxt").read_text(), expected)
+    assert json_format.ParseDict(config, model_config_pb2.ModelConfig()) == expected
+    assert config["max_batch_size"] == 8
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_of_uint8_images_equals_onnxruntime_called_directly(client, direct, binary):
+    batch = images(3, seed=1)
+    tensor = httpclient.InferInput("images", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("logits", "probabilities")]
+    result = client.infer("lenet", [tensor], outputs=outputs, request_id="r1")
+    reference = direct(batch)
+    for name in ("logits", "probabilities"):
+        np.testing.assert_allclose(result.as_numpy(name), reference[name], rtol=1e-5, atol=1e-6)
+    assert result.get_response()["id"] == "r1"
+
+
+def test_infer_without_requested_outputs_returns_every_output_in_binary(client, direct):
+    batch = images(2, seed=2)
+    tensor = httpclient.InferInput("images", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    result = client.infer("lenet", [tensor], model_version="1")
+    np.testing.assert_allclose(result.as_numpy("logits"), direct(batch)["logits"], rtol=1e-5, atol=1e-6)
+    assert "binary_data_size" in result.get_output("probabilities")["parameters"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension_returns_score_index_label_strings(client, direct, binary):
+    batch = images(2, seed=3)
+    tensor = httpclient.InferInput("images", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    output = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)
+    result = client.infer("lenet", [tensor], outputs=[output])
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (2, 2)
+    probabilities = direct(batch)["probabilities"]
+    for row, entries in enumerate(classes):
+        score, index, label = (entries[0].decode() if isinstance(entries[0], bytes) else entries[0]).split(
+            ":"
+        )
+        assert int(index) == int(np.argmax(probabilities[row]))
+        assert label == LABELS[int(index)]
+        assert float(score) == pytest.approx(float(probabilities[row].max()), abs=1e-6)
+
+
+def test_compressed_requests_are_accepted(client, direct):
+    batch = images(1, seed=4)
+    tensor = httpclient.InferInput("images", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    result = client.infer("lenet", [tensor], request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("logits"), direct(batch)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_client_errors_reach_tritonclient_as_messages(client):
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_model_metadata("nope")
+    tensor = httpclient.InferInput("images", [1, SIZE, SIZE], "UINT8")
+    tensor.set_data_from_numpy(images(1)[..., 0])
+    with pytest.raises(InferenceServerException, match="expected shape"):
+        client.infer("lenet", [tensor])
