@@ -1,0 +1,254 @@
+"""Classifier export: freeze, ONNX with in-graph preprocessing, parity, fp16/int8 and TensorRT entries."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export import quantize, repository, tensorrt
+from export.freeze import FreezeReport, freeze
+from export.onnx_export import classifier_graph, export_onnx
+from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
+from export.results import EntryResult, ExportContext
+from export.specs import GraphSpec, classifier_spec
+from export.triton_config import config_from_spec, to_pbtxt
+
+log = logging.getLogger(__name__)
+
+FP16_ATOL = 5e-2
+FP16_MIN_AGREEMENT = 0.99
+CALIBRATION_IMAGES = 256
+RANDOM_IMAGES = 256
+
+
+@dataclass
+class ImageData:
+    """uint8 NHWC images: training (calibration) and validation (agreement, accuracy) with labels."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray | None
+    source: str
+
+
+def _nhwc(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+
+
+def load_image_data(ckpt: dict[str, Any], spec: GraphSpec) -> ImageData:
+    """The checkpoint's own train/validation split, or random pixels (with a warning) when unavailable."""
+    try:
+        from training.data.images import load_splits
+
+        train, val = load_splits(ckpt["data"])
+        return ImageData(_nhwc(train.images), _nhwc(val.images), val.labels.numpy(), "validation split")
+    except Exception as exc:  # noqa: BLE001 - parity still runs on random pixels, and says so
+        log.warning("%s: validation split unavailable (%s); using random images", spec.name, exc)
+    rng = np.random.default_rng(0)
+    shape = spec.concrete_shape(spec.inputs[0], {"batch": RANDOM_IMAGES})
+    return ImageData(
+        rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, np.uint8), None, "random"
+    )
+
+
+@dataclass
+class Built:
+    """One candidate entry built in the workspace: its graph, platform and parity report."""
+
+    entry: str
+    precision: str
+    model_file: Path
+    platform: str
+    report: ParityReport
+    gate: dict[str, Any] | None = None
+
+
+def _entry_names(ctx: ExportContext) -> dict[str, str]:
+    suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+    return {p: f"{ctx.name}{suffix[p]}" for p in ctx.options.precisions}
+
+
+def _freeze_and_export(ctx: ExportContext, work: Path) -> tuple[GraphSpec, Any, Path, FreezeReport]:
+    prep = ctx.ckpt["preprocessing"]
+    model = ctx.model
+    h, w = prep["input_size"]
+    example = torch.randn(2, int(prep["channels"]), int(h), int(w))
+    frozen, freeze_report = freeze(model, (example,))
+    with torch.no_grad():
+        classes = frozen(example).shape[-1]
+    spec = classifier_spec(ctx.name, prep, classes, max_batch_size=ctx.options.max_batch_size)
+    reference = classifier_graph(_eval_copy(model), prep)
+    ctx.step("export ONNX")
+    images = torch.randint(0, 256, (2, int(h), int(w), int(prep["channels"])), dtype=torch.uint8)
+    onnx_path = export_onnx(classifier_graph(frozen, prep), spec, (images,), work / "fp32" / "model.onnx")
+    return spec, reference, onnx_path, freeze_report
+
+
+def _eval_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    if hasattr(ref, "remove_auxiliary"):
+        ref.remove_auxiliary()
+    return ref
+
+
+def _check(
+    ctx: ExportContext, spec: GraphSpec, reference: Any, path: Path, data: ImageData, **kw: Any
+) -> ParityReport:
+    run = session_runner(ort_session(path))
+    report = classifier_parity(torch_runner(reference, spec), run, spec, data.val, data.val_labels, **kw)
+    report.metrics["data"] = data.source
+    return report
+
+
+def _build_int8(ctx: ExportContext, spec: GraphSpec, reference: Any, fp32: Path, data: ImageData) -> Built:
+    path = quantize.to_int8(fp32, fp32.parent.parent / "int8" / "model.onnx", data.train[:CALIBRATION_IMAGES])
+    report = _check(ctx, spec, reference, path, data, atol=float("inf"), min_agreement=0.0)
+    acc32 = _accuracy(fp32, data)
+    acc8 = _accuracy(path, data)
+    gate = quantize.GateResult(acc32, acc8, ctx.options.int8_max_drop)
+    if ctx.accuracy_hook is not None:
+        gate = ctx.accuracy_hook(gate)
+    report.metrics["int8_gate"] = gate.as_dict()
+    return Built(f"{ctx.name}_int8", "int8", path, "onnxruntime_onnx", report, gate.as_dict())
+
+
+def _accuracy(path: Path, data: ImageData) -> float:
+    """Top-1 accuracy on the validation labels (agreement with nothing when there are no labels)."""
+    from export.parity import predict
+
+    if data.val_labels is None:
+        return 0.0
+    preds = predict(session_runner(ort_session(path)), data.val)
+    return float((preds == data.val_labels).mean())
+
+
+def _want(wanted: set[str], entry: str) -> bool:
+    return entry in wanted or f"{entry}_trt" in wanted
+
+
+def build_candidates(
+    ctx: ExportContext, work: Path, wanted: set[str]
+) -> tuple[GraphSpec, list[Built], FreezeReport]:
+    """Freeze, export fp32 and derive the requested precisions; fp32/fp16 parity failures raise."""
+    ctx.step("freeze")
+    spec, reference, fp32, freeze_report = _freeze_and_export(ctx, work)
+    data = ctx.validation if ctx.validation is not None else load_image_data(ctx.ckpt, spec)
+    ctx.step("parity fp32")
+    report = _check(ctx, spec, reference, fp32, data)
+    report.raise_if_failed(f"{ctx.name} (fp32 ONNX vs PyTorch)")
+    built = [Built(ctx.name, "fp32", fp32, "onnxruntime_onnx", report)]
+    names = _entry_names(ctx)
+    if "fp16" in ctx.options.precisions and _want(wanted, names["fp16"]):
+        ctx.step("fp16")
+        path = quantize.to_fp16(fp32, work / "fp16" / "model.onnx")
+        rep = _check(ctx, spec, reference, path, data, atol=FP16_ATOL, min_agreement=FP16_MIN_AGREEMENT)
+        rep.raise_if_failed(f"{names['fp16']} (fp16 ONNX vs PyTorch)")
+        built.append(Built(names["fp16"], "fp16", path, "onnxruntime_onnx", rep))
+    if "int8" in ctx.options.precisions and _want(wanted, names["int8"]):
+        ctx.step("int8")
+        built.append(_build_int8(ctx, spec, reference, fp32, data))
+    return spec, built, freeze_report
+
+
+def _trt_candidates(
+    ctx: ExportContext, spec: GraphSpec, built: list[Built], work: Path, wanted: set[str]
+) -> list[Built]:
+    out = []
+    for b in built:
+        if f"{b.entry}_trt" not in wanted or (b.gate is not None and not b.gate["passed"]):
+            continue
+        ctx.step(f"TensorRT {b.precision}")
+        plan = tensorrt.build_engine(
+            b.model_file, work / f"trt_{b.precision}" / "model.plan", spec, precision=b.precision,
+            timing_cache=ctx.repository / ".kiln_trt_timing.cache",
+        )  # fmt: skip
+        report = ParityReport(
+            tolerance=spec.atol, metrics={"note": "engine built from the checked ONNX graph"}
+        )
+        out.append(Built(f"{b.entry}_trt", b.precision, plan, "tensorrt_plan", report))
+    return out
+
+
+def _metadata(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport) -> dict[str, Any]:
+    prep = dict(ctx.ckpt["preprocessing"])
+    prep.update(layout="NHWC", dtype="uint8", scale=prep.get("scale", 1.0 / 255.0))
+    return {
+        "task": "classify",
+        "model": ctx.ckpt["model"],
+        "source_checkpoint": ctx.source,
+        "precision": b.precision,
+        "platform": b.platform,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "dims": t.dims} for t in spec.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "dims": t.dims} for t in spec.outputs],
+        "roles": spec.roles,
+        "preprocessing": prep,
+        "labels": "labels.txt",
+        "max_batch_size": spec.max_batch_size,
+        "parity": {**b.report.as_dict(), "freeze": freeze_report.as_dict()},
+        "export": ctx.settings(b.precision),
+    }
+
+
+def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport) -> Path:
+    """Stage and swap in one entry: model file, config.pbtxt, labels.txt, kiln.json."""
+    labels = ctx.labels(spec.outputs[0].shape[-1])
+    kind = "KIND_GPU" if b.platform == "tensorrt_plan" else "KIND_CPU"
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        shutil.copyfile(b.model_file, repository.version_dir(tmp) / b.model_file.name)
+        label_file = repository.write_labels(tmp, labels)
+        config = config_from_spec(
+            spec, name=b.entry, platform=b.platform, instance_kind=kind, labels=label_file
+        )
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        return _metadata(ctx, spec, b, freeze_report)
+
+    return repository.write_entry(ctx.repository, b.entry, fill)
+
+
+def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
+    """Every requested entry of one classifier checkpoint; up-to-date entries are skipped."""
+    names = list(_entry_names(ctx).values())
+    build_trt, trt_reason = tensorrt.should_build(ctx.options.tensorrt)
+    wanted = {n for n in names if ctx.needs_rebuild(n)}
+    if build_trt:
+        wanted |= {f"{n}_trt" for n in names if ctx.needs_rebuild(f"{n}_trt")}
+    results = [ctx.skipped(n) for n in names if n not in wanted]
+    if not wanted:
+        return results + (
+            [] if build_trt else [EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason)]
+        )
+    spec, built, freeze_report = build_candidates(ctx, work, wanted)
+    if build_trt:
+        built += _trt_candidates(ctx, spec, built, work, wanted)
+    for b in built:
+        if b.entry not in wanted:
+            continue
+        results.append(_write_or_reject(ctx, spec, b, freeze_report))
+    if not build_trt:
+        results.append(EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason))
+    return results
+
+
+def _write_or_reject(
+    ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport
+) -> EntryResult:
+    result = EntryResult.from_report(b.entry, b.precision, b.report)
+    if b.gate is not None and not b.gate["passed"]:
+        repository.remove_entry(ctx.repository, b.entry)
+        result.status = "rejected"
+        result.message = (
+            f"int8 top-1 drop {b.gate['top1_drop_points']:.2f} > {b.gate['max_drop_points']} points"
+        )
+        return result
+    result.path = write_built(ctx, spec, b, freeze_report)
+    result.status = "written"
+    return result

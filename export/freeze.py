@@ -1,0 +1,165 @@
+"""Freeze a trained module into its inference form, as an explicit and checked step (STYLE.md item 8).
+
+Eval mode, auxiliary heads removed, every BatchNorm folded into the Conv/Linear that feeds it (pairs
+found generically with torch.fx), BatchNorms with no foldable predecessor turned into a per-channel
+affine, Dropout replaced by Identity. The frozen module must compute the same outputs (max abs diff
+reported, tolerance 1e-4) and hold no BatchNorm or Dropout module.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+log = logging.getLogger(__name__)
+
+FREEZE_ATOL = 1e-4
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class FreezeError(RuntimeError):
+    """Freezing changed the model's outputs or left a training-only module behind."""
+
+
+class ChannelAffine(nn.Module):
+    """``x * scale + shift`` per channel (axis 1): an eval BatchNorm with nothing to fold into."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    @classmethod
+    def from_batchnorm(cls, bn: _BatchNorm) -> ChannelAffine:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.detach()
+        return cls(scale, shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, *spatial) -> same shape
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(view) + self.shift.view(view)
+
+
+@dataclass
+class FreezeReport:
+    """What freezing did and the proof that it did not change the outputs."""
+
+    folded: list[tuple[str, str]] = field(default_factory=list)  # (conv/linear, batchnorm)
+    affine: list[str] = field(default_factory=list)
+    dropouts: list[str] = field(default_factory=list)
+    aux_removed: bool = False
+    max_abs_diff: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "folded_batchnorms": len(self.folded),
+            "affine_batchnorms": len(self.affine),
+            "dropouts_removed": len(self.dropouts),
+            "aux_removed": self.aux_removed,
+            "max_abs_diff": self.max_abs_diff,
+        }
+
+
+def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, child = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def find_foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv_or_linear, batchnorm) module names where the BN is the only consumer of that layer's output."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - untraceable models still freeze, with BN as affine
+        log.warning(
+            "torch.fx could not trace %s (%s); BatchNorms become affine layers", type(model).__name__, exc
+        )
+        return []
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
+            continue
+        prev = node.args[0] if node.args else None
+        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        layer = modules.get(prev.target)
+        if isinstance(layer, _FOLDABLE) and calls[prev.target] == 1 and calls[node.target] == 1:
+            pairs.append((prev.target, node.target))
+    return pairs
+
+
+def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    for layer_name, bn_name in pairs:
+        layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+        _set_module(model, layer_name, fuse(layer, bn))
+        _set_module(model, bn_name, nn.Identity())
+
+
+def _replace_leftovers(model: nn.Module, report: FreezeReport) -> None:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, _BatchNorm):
+            _set_module(model, name, ChannelAffine.from_batchnorm(module))
+            report.affine.append(name)
+        elif isinstance(module, (_DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+            _set_module(model, name, nn.Identity())
+            report.dropouts.append(name)
+
+
+def training_only_modules(model: nn.Module) -> list[str]:
+    """Names of BatchNorm / Dropout modules still present (empty for a frozen model)."""
+    kinds = (_BatchNorm, _DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def max_abs_diff(a: object, b: object) -> float:
+    """Largest absolute difference over tensors, or tuples/lists/dicts of tensors, of the same structure."""
+    if isinstance(a, torch.Tensor):
+        return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    if isinstance(a, dict):
+        return max((max_abs_diff(a[k], b[k]) for k in a), default=0.0)
+    return max((max_abs_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+@torch.no_grad()
+def freeze(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], *, atol: float = FREEZE_ATOL
+) -> tuple[nn.Module, FreezeReport]:
+    """A frozen copy of ``model`` and the report; raises :class:`FreezeError` if the outputs changed."""
+    report = FreezeReport()
+    reference = copy.deepcopy(model).eval()
+    frozen = copy.deepcopy(model).eval()
+    for m in (reference, frozen):
+        if hasattr(m, "remove_auxiliary"):
+            m.remove_auxiliary()
+            report.aux_removed = True
+    report.folded = find_foldable_pairs(frozen)
+    _fold(frozen, report.folded)
+    _replace_leftovers(frozen, report)
+    frozen.eval()
+    report.max_abs_diff = max_abs_diff(reference(*example_inputs), frozen(*example_inputs))
+    left = training_only_modules(frozen)
+    if left:
+        raise FreezeError(f"BatchNorm/Dropout modules remain after freezing: {left}")
+    if not report.max_abs_diff <= atol:
+        raise FreezeError(f"freezing changed the outputs: max abs diff {report.max_abs_diff:.3g} > {atol:g}")
+    log.info("froze %s: %s", type(model).__name__, report.as_dict())
+    return frozen, report

@@ -1,0 +1,181 @@
+"""PyTorch vs ONNX Runtime parity, in the style of optimum's ``_run_validation`` (STYLE.md item 6).
+
+For every check: the output names must match the spec, then the shapes, then the values of each
+output within the spec's tolerance; the max abs diff of every output is recorded so a failure names
+the output, the inputs' sizes and the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.specs import GraphSpec
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+
+class ParityError(AssertionError):
+    """The exported graph does not reproduce PyTorch; the message names the output and the difference."""
+
+
+@dataclass
+class ParityReport:
+    """Per-output max abs diff over all checks, the checks themselves and the agreement figures."""
+
+    tolerance: float
+    outputs: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    def record(self, sizes: dict[str, int], diffs: dict[str, float], errors: list[str]) -> None:
+        self.checks.append({"sizes": sizes, "max_abs_diff": diffs})
+        for name, diff in diffs.items():
+            self.outputs[name] = max(self.outputs.get(name, 0.0), diff)
+        self.errors.extend(f"{e} (at {sizes})" for e in errors)
+
+    def fail(self, message: str) -> None:
+        self.errors.append(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance,
+            "outputs": {n: {"max_abs_diff": d} for n, d in self.outputs.items()},
+            **self.metrics,
+            "checks": self.checks,
+            "errors": self.errors,
+        }
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.passed:
+            raise ParityError(f"{what}: parity failed: " + "; ".join(self.errors))
+
+
+def ort_session(path: Path | str, threads: int = 2) -> Any:
+    """A CPU ONNX Runtime session on ``path`` (imported lazily)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def session_runner(session: Any) -> Callable[[Feeds], Feeds]:
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@torch.no_grad()
+def torch_runner(module: nn.Module, spec: GraphSpec) -> Callable[[Feeds], Feeds]:
+    """Run a graph wrapper on numpy feeds in spec order, returning numpy outputs by name."""
+
+    def run(feeds: Feeds) -> Feeds:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: t.detach().cpu().numpy() for n, t in zip(spec.output_names, out, strict=True)}
+
+    return run
+
+
+def compare_outputs(
+    spec: GraphSpec, expected: Feeds, actual: Feeds, atol: float
+) -> tuple[dict[str, float], list[str]]:
+    """Names, then shapes, then values per output; returns (max abs diff by output, error messages)."""
+    missing = sorted(set(spec.output_names) - set(actual))
+    if missing:
+        return {}, [f"{spec.name}: outputs missing from the ONNX graph: {missing}"]
+    diffs, errors = {}, []
+    for name in spec.output_names:
+        ref, got = np.asarray(expected[name]), np.asarray(actual[name])
+        if ref.shape != got.shape:
+            errors.append(f"{spec.name}.{name}: shape {got.shape} != PyTorch {ref.shape}")
+            continue
+        if ref.dtype == bool or got.dtype == bool:
+            diff = float(np.count_nonzero(ref != got))
+        else:
+            both_inf = np.isinf(ref) & np.isinf(got) & (np.sign(ref) == np.sign(got))
+            delta = np.where(both_inf, 0.0, np.abs(ref.astype(np.float64) - got.astype(np.float64)))
+            diff = float(np.nan_to_num(delta, nan=np.inf).max()) if delta.size else 0.0
+        diffs[name] = diff
+        if not diff <= atol:
+            errors.append(f"{spec.name}.{name}: max abs diff {diff:.3g} > tolerance {atol:g}")
+    return diffs, errors
+
+
+def check_feeds(
+    spec: GraphSpec,
+    reference: Callable[[Feeds], Feeds],
+    candidate: Callable[[Feeds], Feeds],
+    cases: Iterable[tuple[dict[str, int], Feeds]],
+    report: ParityReport,
+    atol: float | None = None,
+) -> ParityReport:
+    """Compare ``candidate`` with ``reference`` on each (sizes, feeds) case, recording into ``report``."""
+    for sizes, feeds in cases:
+        diffs, errors = compare_outputs(
+            spec, reference(feeds), candidate(feeds), spec.atol if atol is None else atol
+        )
+        report.record(sizes, diffs, errors)
+    return report
+
+
+def random_images(spec: GraphSpec, batch: int, seed: int) -> Feeds:
+    """Random uint8 pixels for the classifier's ``images`` input at ``batch``."""
+    rng = np.random.default_rng(seed)
+    tensor = spec.inputs[0]
+    shape = spec.concrete_shape(tensor, {"batch": batch})
+    return {tensor.name: rng.integers(0, 256, size=shape, dtype=np.uint8)}
+
+
+def predict(run: Callable[[Feeds], Feeds], images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Top-1 class of every image (NHWC uint8), in batches."""
+    preds = [
+        run({"images": images[i : i + batch]})["logits"].argmax(-1) for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def classifier_parity(
+    reference: Callable[[Feeds], Feeds],
+    candidate: Callable[[Feeds], Feeds],
+    spec: GraphSpec,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 7, 64),
+    atol: float | None = None,
+    min_agreement: float = 1.0,
+) -> ParityReport:
+    """Random-pixel checks at each batch size, then top-1 agreement (and accuracy) on ``images``."""
+    report = ParityReport(tolerance=spec.atol if atol is None else atol)
+    cases = [({"batch": b}, random_images(spec, b, seed=b)) for b in batch_sizes]
+    check_feeds(spec, reference, candidate, cases, report, atol)
+    if len(images):
+        ref, got = predict(reference, images), predict(candidate, images)
+        agreement = float((ref == got).mean())
+        report.metrics["top1_agreement"] = agreement
+        report.metrics["validation_images"] = len(images)
+        if labels is not None:
+            report.metrics["accuracy_reference"] = float((ref == labels).mean())
+            report.metrics["accuracy"] = float((got == labels).mean())
+        if agreement < min_agreement:
+            report.fail(f"{spec.name}: top-1 agreement {agreement:.4f} < required {min_agreement:.4f}")
+    return report

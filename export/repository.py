@@ -1,0 +1,125 @@
+"""Write Triton model repository entries atomically, with their kiln.json (docs/kiln-json.md).
+
+An entry is staged in a hidden temp directory inside the repository and renamed into place, so a
+failure never leaves a half-written entry. A directory that exists without a Kiln ``kiln.json`` is
+foreign and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.checkpoint import file_sha256
+
+log = logging.getLogger(__name__)
+
+KILN_FORMAT = 1
+EXPORT_VERSION = 1  # bump when the export changes what it writes, so old entries are rebuilt
+VERSION = "1"
+
+
+class RepositoryError(RuntimeError):
+    """The repository cannot be written as asked (foreign directory, bad entry name...)."""
+
+
+def read_kiln_json(entry_dir: Path) -> dict[str, Any] | None:
+    """The entry's kiln.json, or None when absent or unreadable."""
+    try:
+        return json.loads((entry_dir / "kiln.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_not_foreign(entry_dir: Path) -> None:
+    """Refuse to touch a directory that exists but was not written by Kiln."""
+    if entry_dir.exists():
+        meta = read_kiln_json(entry_dir)
+        if not entry_dir.is_dir() or meta is None or meta.get("kiln_format") is None:
+            raise RepositoryError(
+                f"{entry_dir} exists and is not a Kiln export (no valid kiln.json); refusing to overwrite it"
+            )
+
+
+def hash_artifacts(entry_dir: Path) -> dict[str, str]:
+    """sha256 of every file of the entry except kiln.json, by relative POSIX path."""
+    files = sorted(p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
+    return {p.relative_to(entry_dir).as_posix(): file_sha256(p) for p in files}
+
+
+def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any]) -> bool:
+    """True when the entry came from the same checkpoint and settings and every artifact hashes right."""
+    meta = read_kiln_json(entry_dir)
+    if not meta or meta.get("source_checkpoint", {}).get("sha256") != source_sha256:
+        return False
+    if meta.get("export") != settings:
+        return False
+    artifacts = meta.get("artifacts") or {}
+    for rel, digest in artifacts.items():
+        path = entry_dir / rel
+        if not path.is_file() or file_sha256(path) != digest:
+            return False
+    return bool(artifacts)
+
+
+def write_entry(
+    repository: Path, name: str, fill: Callable[[Path], dict[str, Any]], *, overwrite: bool = True
+) -> Path:
+    """Stage an entry with ``fill(tmp_dir) -> kiln metadata``, add artifact hashes, then swap it in."""
+    if not name or "/" in name or name.startswith("."):
+        raise RepositoryError(f"invalid entry name {name!r}")
+    repository.mkdir(parents=True, exist_ok=True)
+    final = repository / name
+    check_not_foreign(final)
+    if final.exists() and not overwrite:
+        raise RepositoryError(f"{final} exists; use --force to rebuild it")
+    staging = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+    try:
+        meta = fill(staging)
+        meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
+        meta["artifacts"] = hash_artifacts(staging)
+        (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        _swap_in(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", final)
+    return final
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` by ``staging`` with renames only (the old entry is removed last)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_entry(repository: Path, name: str) -> bool:
+    """Remove a stale Kiln entry (e.g. an int8 entry that now fails its gate); foreign ones are kept."""
+    entry = repository / name
+    if not entry.exists():
+        return False
+    check_not_foreign(entry)
+    shutil.rmtree(entry)
+    return True
+
+
+def write_labels(entry_dir: Path, labels: list[str]) -> str:
+    (entry_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    return "labels.txt"
+
+
+def version_dir(entry_dir: Path) -> Path:
+    path = entry_dir / VERSION
+    path.mkdir(parents=True, exist_ok=True)
+    return path

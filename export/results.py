@@ -1,0 +1,121 @@
+"""Options, per-checkpoint context and per-entry results shared by the classifier and translator exporters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from export import repository
+from export.parity import ParityReport
+from export.quantize import PRECISIONS, GateResult
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to build; everything that changes the artifacts is recorded in kiln.json ``export``."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    int8_max_drop: float = 0.5
+    tensorrt: str = "auto"
+    max_batch_size: int = 64
+    force: bool = False
+    beam_sentences: int = 200
+    beam_size: int = 4
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown:
+            raise ValueError(f"unknown precision(s) {unknown}; choose from {PRECISIONS}")
+        if "fp32" not in self.precisions:
+            raise ValueError(
+                "precisions must include fp32 (the reference every other precision is checked against)"
+            )
+        if self.max_batch_size < 1:
+            raise ValueError(f"max batch size must be >= 1, got {self.max_batch_size}")
+
+
+@dataclass
+class EntryResult:
+    """One repository entry's outcome, as the closing summary table shows it."""
+
+    entry: str
+    precision: str
+    status: str  # written | up to date | rejected | skipped
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    top1_agreement: float | None = None
+    message: str = ""
+    path: Path | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_report(cls, entry: str, precision: str, report: ParityReport) -> EntryResult:
+        agreement = report.metrics.get("top1_agreement", report.metrics.get("beam_agreement"))
+        return cls(entry, precision, "", dict(report.outputs), agreement, parity=report.as_dict())
+
+
+def entry_name(path: Path) -> str:
+    """A Triton-safe entry name from a checkpoint's file name."""
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", path.stem)
+    if not name or name[0] in "._-":
+        raise ValueError(f"{path}: cannot derive a model name from this file name")
+    return name
+
+
+@dataclass
+class ExportContext:
+    """One checkpoint being exported: its content, rebuilt model, target repository and options."""
+
+    path: Path
+    ckpt: dict[str, Any]
+    model: nn.Module
+    sha256: str
+    repository: Path
+    options: ExportOptions
+    name: str
+    on_step: Callable[[str], None] | None = None
+    accuracy_hook: Callable[[GateResult], GateResult] | None = None
+    validation: Any = None
+
+    @property
+    def source(self) -> dict[str, str]:
+        return {"path": str(self.path), "sha256": self.sha256}
+
+    def step(self, what: str) -> None:
+        if self.on_step is not None:
+            self.on_step(f"{self.name}: {what}")
+
+    def settings(self, precision: str) -> dict[str, Any]:
+        """Export settings an entry depends on; a change makes the entry stale."""
+        out: dict[str, Any] = {
+            "export_version": repository.EXPORT_VERSION,
+            "max_batch_size": self.options.max_batch_size,
+        }
+        if precision == "int8":
+            out["int8_max_drop"] = self.options.int8_max_drop
+        return out
+
+    def needs_rebuild(self, entry: str) -> bool:
+        if self.options.force:
+            return True
+        precision = "int8" if "_int8" in entry else "fp32"
+        return not repository.is_up_to_date(self.repository / entry, self.sha256, self.settings(precision))
+
+    def skipped(self, entry: str) -> EntryResult:
+        meta = repository.read_kiln_json(self.repository / entry) or {}
+        parity = meta.get("parity", {})
+        diffs = {k: v.get("max_abs_diff") for k, v in parity.get("outputs", {}).items()}
+        agreement = parity.get("top1_agreement", parity.get("beam_agreement"))
+        return EntryResult(
+            entry, meta.get("precision", "?"), "up to date", diffs, agreement, path=self.repository / entry
+        )
+
+    def labels(self, classes: int) -> list[str]:
+        labels = self.ckpt.get("labels") or [str(i) for i in range(classes)]
+        if len(labels) != classes:
+            raise ValueError(f"{self.path}: {len(labels)} labels for a model with {classes} classes")
+        return list(labels)

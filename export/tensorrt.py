@@ -1,0 +1,126 @@
+"""TensorRT 10 engines (``model.plan``) built from the exported ONNX graph and its spec.
+
+Used when ``tensorrt`` imports and a CUDA GPU is present; otherwise the ``<name>_trt`` entries are
+skipped with a one-line reason. Optimization profiles come from the same :class:`GraphSpec` that drove
+the ONNX export; int8 engines come from the QDQ graph (explicit quantization, no calibrator).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.specs import GraphSpec
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_BYTES = 1 << 30
+MODES = ("auto", "off", "on")
+
+Shape = tuple[int, ...]
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT was required but is unavailable, or the engine could not be built."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """min/opt/max shapes of one input (one TensorRT optimization profile entry)."""
+
+    name: str
+    min: Shape
+    opt: Shape
+    max: Shape
+
+
+def optimization_profile(spec: GraphSpec) -> list[Profile]:
+    """One profile over every input: each dynamic axis at its min/opt/max from the spec."""
+    pick = {k: {a: getattr(r, k) for a, r in spec.axes.items()} for k in ("min", "opt", "max")}
+    return [
+        Profile(t.name, *(spec.concrete_shape(t, pick[k]) for k in ("min", "opt", "max")))
+        for t in spec.inputs
+    ]
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT engines cannot be built here, or None when they can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT skipped: the tensorrt Python package is not installed (install the gpu extra)"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "TensorRT skipped: no CUDA GPU is available"
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return "TensorRT skipped: torch is missing"
+    return None
+
+
+def should_build(mode: str) -> tuple[bool, str]:
+    """(build?, reason) for ``--tensorrt auto|off|on``; ``on`` without TensorRT is an error."""
+    if mode not in MODES:
+        raise ValueError(f"--tensorrt must be one of {MODES}, got {mode!r}")
+    if mode == "off":
+        return False, "TensorRT skipped: disabled with --tensorrt off"
+    reason = unavailable_reason()
+    if reason and mode == "on":
+        raise TensorRTError(reason.replace("skipped", "required by --tensorrt on, but unavailable"))
+    return reason is None, reason or "TensorRT available"
+
+
+def _parse(trt: object, builder: object, logger: object, onnx_path: Path) -> tuple[object, object]:
+    """(network, parser): the parser is returned so it lives as long as the network."""
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TensorRTError(f"{onnx_path}: TensorRT could not parse the ONNX graph: {errors}")
+    return network, parser
+
+
+def _builder_config(trt: object, builder: object, spec: GraphSpec, precision: str, cache: bytes) -> object:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the graph's Q/DQ nodes
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for p in optimization_profile(spec):
+        profile.set_shape(p.name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    config.set_timing_cache(config.create_timing_cache(cache), ignore_mismatch=False)
+    return config
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    spec: GraphSpec,
+    *,
+    precision: str = "fp32",
+    timing_cache: Path | None = None,
+) -> Path:
+    """Parse ``onnx_path``, build a serialized engine into ``plan_path``; reuse and update the timing cache."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path)
+    cache = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    config = _builder_config(trt, builder, spec, precision, cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTError(f"{onnx_path}: TensorRT failed to build a {precision} engine")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_bytes(bytes(serialized))
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    log.info("built TensorRT %s engine %s", precision, plan_path)
+    return plan_path

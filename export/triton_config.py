@@ -1,0 +1,157 @@
+"""config.pbtxt from a dataclass, through Triton's own ModelConfig proto (pytriton generator style).
+
+Each section of the config is set by one small function; the text is produced by
+``text_format.MessageToString`` of ``tritonclient.grpc.model_config_pb2.ModelConfig``, so it is always
+a valid Triton config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.specs import GraphSpec, TensorSpec
+
+PLATFORMS = {"onnxruntime_onnx": "platform", "tensorrt_plan": "platform", "python": "backend"}
+
+
+@dataclass(frozen=True)
+class TritonTensor:
+    name: str
+    data_type: str  # TYPE_FP32, TYPE_UINT8, TYPE_STRING ...
+    dims: tuple[int, ...]  # without the batch axis when max_batch_size > 0
+    label_filename: str = ""
+
+
+@dataclass(frozen=True)
+class TritonModelConfig:
+    """The parts of a Triton model configuration Kiln writes."""
+
+    name: str
+    platform: str  # onnxruntime_onnx | tensorrt_plan | python
+    max_batch_size: int
+    inputs: tuple[TritonTensor, ...]
+    outputs: tuple[TritonTensor, ...]
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 1000
+    dynamic_batching: bool = True
+    instance_kind: str = "KIND_CPU"
+    instance_count: int = 1
+    latest_versions: int = 1
+    warmup: bool = True
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"{self.name}: unknown platform {self.platform!r}; known: {sorted(PLATFORMS)}")
+        if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+            raise ValueError(
+                f"{self.name}: instance kind must be KIND_CPU or KIND_GPU, got {self.instance_kind}"
+            )
+
+
+def tensor_from_spec(tensor: TensorSpec, batched: bool, label_filename: str = "") -> TritonTensor:
+    """Spec tensor -> Triton tensor: dynamic axes become -1 and the batch axis is dropped when batched."""
+    dims = tuple(tensor.dims[1:] if batched else tensor.dims)
+    return TritonTensor(tensor.name, tensor.triton_type, dims, label_filename)
+
+
+def preferred_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two from 4 up to max_batch_size (Triton forms these as soon as they are queued)."""
+    sizes, size = [], 4
+    while size <= max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) or (max_batch_size,)
+
+
+def config_from_spec(
+    spec: GraphSpec,
+    *,
+    name: str | None = None,
+    platform: str = "onnxruntime_onnx",
+    instance_kind: str = "KIND_CPU",
+    labels: str = "",
+    max_queue_delay_us: int = 1000,
+) -> TritonModelConfig:
+    """The Triton config of one exported graph, derived from the same spec as the ONNX export."""
+    batched = spec.max_batch_size > 0
+    return TritonModelConfig(
+        name=name or spec.name,
+        platform=platform,
+        max_batch_size=spec.max_batch_size,
+        inputs=tuple(tensor_from_spec(t, batched) for t in spec.inputs),
+        outputs=tuple(
+            tensor_from_spec(t, batched, labels if t.role == "probabilities" else "") for t in spec.outputs
+        ),
+        preferred_batch_sizes=preferred_sizes(spec.max_batch_size),
+        max_queue_delay_us=max_queue_delay_us,
+        instance_kind=instance_kind,
+    )
+
+
+def _set_platform(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    if PLATFORMS[config.platform] == "backend":
+        proto.backend = config.platform
+    else:
+        proto.platform = config.platform
+
+
+def _set_tensors(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    for tensor in config.inputs:
+        proto.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=tensor.dims)
+    for tensor in config.outputs:
+        out = proto.output.add(
+            name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=tensor.dims
+        )
+        if tensor.label_filename:
+            out.label_filename = tensor.label_filename
+
+
+def _set_batching(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    if config.dynamic_batching and config.max_batch_size > 0:
+        proto.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
+        proto.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+
+
+def _set_instances(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    kind = mc.ModelInstanceGroup.Kind.Value(config.instance_kind)
+    proto.instance_group.add(count=config.instance_count, kind=kind)
+    proto.version_policy.latest.num_versions = config.latest_versions
+
+
+def _set_warmup(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    """One zero-data request per model (dynamic dims as 1) so the first real request is not the slow one."""
+    if not config.warmup:
+        return
+    warmup = proto.model_warmup.add(name="zero_batch", batch_size=1 if config.max_batch_size > 0 else 0)
+    for tensor in config.inputs:
+        item = warmup.inputs[tensor.name]
+        item.data_type = mc.DataType.Value(tensor.data_type)
+        item.dims.extend(d if d > 0 else 1 for d in tensor.dims)
+        item.zero_data = True
+
+
+def _set_parameters(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    for key, value in sorted(config.parameters.items()):
+        proto.parameters[key].string_value = value
+
+
+def to_proto(config: TritonModelConfig) -> mc.ModelConfig:
+    """Build Triton's ModelConfig message step by step."""
+    proto = mc.ModelConfig(name=config.name, max_batch_size=config.max_batch_size)
+    for step in (_set_platform, _set_tensors, _set_batching, _set_instances, _set_warmup, _set_parameters):
+        step(proto, config)
+    return proto
+
+
+def to_pbtxt(config: TritonModelConfig) -> str:
+    """The config.pbtxt text of ``config``."""
+    return text_format.MessageToString(to_proto(config))
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's proto (raises ``text_format.ParseError`` when invalid)."""
+    return text_format.Parse(text, mc.ModelConfig())
