@@ -1,0 +1,126 @@
+"""The friendly REST API classifies PNG/JPEG uploads, and concurrent requests batch without mixing rows."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.app import create_app
+from serving.settings import Settings
+from tests.repo_fixtures import LABELS, SIZE, LiveServer, build_classifier_repository
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    return build_classifier_repository(tmp_path_factory.mktemp("rest") / "repo")
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    settings = Settings(model_repository=repository, grpc_port=0, max_queue_size=1000)
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+def png(seed: int, size: int = SIZE, mode: str = "L", fmt: str = "PNG") -> bytes:
+    channels = 1 if mode == "L" else 3
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, channels), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_models_are_listed_with_task_inputs_and_label_count(server):
+    models = httpx.get(f"http://{server.url}/v1/models").json()
+    assert models == [
+        {
+            "name": "lenet",
+            "task": "classify",
+            "ready": True,
+            "versions": ["1"],
+            "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, SIZE, SIZE, 1]}],
+            "labels": len(LABELS),
+        }
+    ]
+
+
+def test_base64_and_multipart_uploads_get_the_same_ranked_labels(server):
+    images = [png(1), png(2, size=20, mode="RGB", fmt="JPEG")]  # converted to grey and resized to the model
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    by_json = httpx.post(url, json={"images": [b64(i) for i in images], "top_k": 2})
+    files = [("files", (f"{i}.img", data)) for i, data in enumerate(images)]
+    by_form = httpx.post(url, files=files, data={"top_k": "2"})
+    assert by_json.status_code == by_form.status_code == 200, (by_json.text, by_form.text)
+    predictions = by_json.json()["predictions"]
+    assert predictions == by_form.json()["predictions"]
+    assert len(predictions) == 2 and all(len(p) == 2 for p in predictions)
+    for ranked in predictions:
+        assert ranked[0]["score"] >= ranked[1]["score"]
+        assert ranked[0]["label"] == LABELS[ranked[0]["index"]]
+    assert sum(
+        p["score"]
+        for p in httpx.post(url, json={"images": [b64(images[0])], "top_k": 3}).json()["predictions"][0]
+    ) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_more_images_than_max_batch_size_are_split_and_answered_in_order(server):
+    images = [png(seed) for seed in range(11)]
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    together = httpx.post(url, json={"images": [b64(i) for i in images], "top_k": 1}).json()["predictions"]
+    alone = [
+        httpx.post(url, json={"images": [b64(i)], "top_k": 1}).json()["predictions"][0] for i in images[:3]
+    ]
+    assert len(together) == 11
+    assert together[:3] == alone
+
+
+def test_500_concurrent_requests_are_all_answered_with_their_own_result_and_batched(server):
+    images = [png(seed) for seed in range(50)]
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    single = [httpx.post(url, json={"images": [b64(i)], "top_k": 3}).json()["predictions"][0] for i in images]
+
+    async def burst():
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            tasks = [client.post(url, json={"images": [b64(images[k % 50])], "top_k": 3}) for k in range(500)]
+            return await asyncio.gather(*tasks)
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 500
+    for k, response in enumerate(responses):
+        got, want = response.json()["predictions"][0], single[k % 50]
+        assert [p["index"] for p in got] == [p["index"] for p in want]
+        np.testing.assert_allclose(
+            [p["score"] for p in got], [p["score"] for p in want], rtol=1e-5, atol=1e-6
+        )
+    metrics = httpx.get(f"http://{server.url}/metrics").text
+    count = _sample(metrics, 'kiln_batch_size_count{model="lenet"}')
+    total = _sample(metrics, 'kiln_batch_size_sum{model="lenet"}')
+    assert total / count > 1.0, "concurrent requests should have been merged into batches > 1"
+    assert _sample(metrics, 'kiln_requests_total{model="lenet",outcome="success"}') >= 550
+    assert 'kiln_queue_latency_seconds_bucket{le="0.0005",model="lenet"}' in metrics
+    assert 'kiln_in_flight_requests{model="lenet"} 0.0' in metrics
+
+
+def test_openapi_docs_describe_the_friendly_and_kserve_routes(server):
+    schema = httpx.get(f"http://{server.url}/openapi.json").json()
+    assert "/v1/models/{name}/classify" in schema["paths"]
+    assert "/v2/models/{name}/infer" in schema["paths"]
+    assert httpx.get(f"http://{server.url}/docs").status_code == 200
+
+
+def _sample(text: str, key: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{key} not in /metrics")
