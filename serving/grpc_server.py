@@ -105,7 +105,7 @@ def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> se
 
 
 def _classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:
-    """Requested outputs that ask for Triton's classification extension, with their class count."""
+    """``{output: count}`` for requested outputs asking for Triton's classification extension."""
     counts = {}
     for out in request.outputs:
         if "classification" in out.parameters:
@@ -158,7 +158,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):  # noqa: N802
         return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=["classification", "binary_tensor_data"]
+            name=SERVER_NAME,
+            version=SERVER_VERSION,
+            extensions=["classification", "binary_tensor_data", "model_configuration"],
         )
 
     async def ModelMetadata(self, request, context):  # noqa: N802
@@ -192,27 +194,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
-        """Decode, run on the backend, apply the classification extension, encode."""
+        """Decode, run on the backend (classification requests travel as a parameter), encode."""
+        parameters = _parameters(request.parameters)
         counts = _classification_counts(request)
+        if counts:
+            parameters["classification"] = counts
         infer_request = InferRequest(
             model=request.model_name,
             version=request.model_version,
             inputs=decode_inputs(request),
             outputs=[out.name for out in request.outputs] or None,
-            parameters=_parameters(request.parameters),
+            parameters=parameters,
             request_id=request.id,
             timeout_s=_timeout(request, context),
         )
-        response = await self.backend.infer(infer_request)
-        if counts:
-            batched = (
-                int(self.backend.config(request.model_name, request.model_version).get("maxBatchSize", 0)) > 0
-            )
-            for name, count in counts.items():
-                response.outputs[name] = tensors.classification(
-                    response.outputs[name], count, None, batched=batched
-                )
-        return encode_response(response, request)
+        return encode_response(await self.backend.infer(infer_request), request)
 
 
 @dataclass

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +29,7 @@ from serving.backends.base import (
     Unavailable,
 )
 from serving.grpc_server import GrpcHandle, start_grpc_server
+from serving.tensors import classification
 
 
 class LoopThread:
@@ -41,6 +47,44 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+@dataclass
+class Gateway:
+    http_url: str
+    grpc_url: str
+
+
+@contextmanager
+def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator[Gateway]:
+    """The real gateway app (HTTP + gRPC on free ports) served by uvicorn on ``loop``, stopped on exit."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    http_port, grpc_port = _free_port(), _free_port()
+    config = Settings(model_repository=repository, http_port=http_port, grpc_port=grpc_port, **settings)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=http_port, log_level="warning")
+    )
+    task = asyncio.run_coroutine_threadsafe(server.serve(), loop.loop)
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if task.done() or time.monotonic() > deadline:
+            raise RuntimeError(f"gateway did not start: {task.exception() if task.done() else 'timeout'}")
+        time.sleep(0.05)
+    try:
+        yield Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    finally:
+        server.should_exit = True
+        task.result(60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class FakeBackend:
@@ -101,6 +145,10 @@ class FakeBackend:
         if x is None or x.ndim != 2 or x.shape[1] != 3:
             raise BadRequest(f"input 'x' must have shape [-1, 3], got {None if x is None else list(x.shape)}")
         y = x if request.model == "echo" else x * 2
+        for name, count in request.parameters.get("classification", {}).items():
+            labels = ["a", "b", "c"]
+            assert name == "y"
+            y = classification(y, count, labels, batched=True)
         return InferResponse(
             model=request.model, version="1", outputs={"y": y}, request_id=request.request_id
         )
@@ -175,12 +223,14 @@ def test_requested_outputs_and_deadline_reach_the_backend(client, fake_server) -
     assert 0 < request.timeout_s <= 5
 
 
-def test_classification_extension_returns_top_classes(client: grpcclient.InferenceServerClient) -> None:
+def test_classification_extension_returns_top_labelled_classes(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     x = np.array([[0.1, 0.7, 0.2]], np.float32)
     wanted = [grpcclient.InferRequestedOutput("y", class_count=2)]
     top = client.infer("double", [_input("x", x, "FP32")], outputs=wanted).as_numpy("y")
     assert top.shape == (1, 2)
-    assert [entry.decode().split(":")[1] for entry in top[0]] == ["1", "2"]
+    assert [entry.decode().split(":", 1)[1] for entry in top[0]] == ["1:b", "2:c"]
 
 
 def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:
@@ -248,3 +298,49 @@ def test_unavailable_backend_sets_retry_after(loop: LoopThread) -> None:
         assert dict(caught.value.trailing_metadata())["retry-after"] == "1"
     finally:
         loop.run(handle.stop(0.5))
+
+
+@pytest.fixture(scope="module")
+def gateway(loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Gateway]]:
+    from tests.repo_fixtures import build_classifier_repository
+
+    repository = build_classifier_repository(tmp_path_factory.mktemp("repo"), ("lenet",))
+    with run_gateway(loop, repository, backend="onnxruntime") as running:
+        yield repository, running
+
+
+def test_gateway_grpc_answers_like_onnxruntime(gateway: tuple[Path, Gateway]) -> None:
+    import onnxruntime as ort
+
+    repository, running = gateway
+    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    session = ort.InferenceSession(str(repository / "lenet/1/model.onnx"), providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run(["logits", "probabilities"], {"images": x})
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("lenet")
+        meta = client.get_model_metadata("lenet")
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+            ("images", "UINT8", [-1, 8, 8, 1])
+        ]
+        config = client.get_model_config("lenet").config
+        assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        result = client.infer("lenet", [_input("images", x, "UINT8")])
+        np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "array", "code"),
+    [
+        ("no_such_model", np.zeros((1, 8, 8, 1), np.uint8), "StatusCode.NOT_FOUND"),
+        ("lenet", np.zeros((1, 4, 4, 1), np.uint8), "StatusCode.INVALID_ARGUMENT"),
+        ("lenet", np.zeros((1, 8, 8, 1), np.float32), "StatusCode.INVALID_ARGUMENT"),
+    ],
+    ids=["unknown-model", "wrong-shape", "wrong-datatype"],
+)
+def test_gateway_grpc_maps_client_mistakes_to_status_codes(gateway, model, array, code) -> None:
+    with grpcclient.InferenceServerClient(gateway[1].grpc_url) as client:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, [_input("images", array, "FP32" if array.dtype == np.float32 else "UINT8")])
+        assert caught.value.status() == code, caught.value.message()
+        assert client.is_server_live()  # the mistake did not take the server down
