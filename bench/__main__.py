@@ -1,0 +1,153 @@
+"""`make bench`: every hop side by side in one run; results in bench/results/<timestamp>/.
+
+Profiles: ``quick`` (a few minutes) and ``full`` (every batch size and concurrency). The machine is
+shared and noisy, so the report gives medians and ratios measured in the same run, never absolutes
+from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from bench import engines, report, servers
+from bench.machine import machine_info
+from bench.stats import ratio
+
+console = Console()
+log = logging.getLogger("bench")
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"batches": (1, 8, 64), "engine_budget_s": 1.5, "concurrency": (1, 16, 64), "duration_s": 4.0,
+              "beams": (4,), "translate_concurrency": (1, 32), "sentences": 64},
+    "full": {"batches": (1, 2, 4, 8, 16, 32, 64, 128, 256), "engine_budget_s": 3.0,
+             "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256), "duration_s": 8.0,
+             "beams": (1, 4, 8), "translate_concurrency": (1, 8, 32, 64), "sentences": 256},
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--classifier", default="resnet18", help="classifier entry to measure")
+    parser.add_argument("--translator", default="transformer", help="translator entry to measure")
+    parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation"])
+    parser.add_argument("--threads", type=int, default=engines.default_threads())
+    parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(message)s", handlers=[RichHandler(show_path=False)])
+    profile = PROFILES[args.profile]
+    out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.only or ["engines", "servers", "translation"])
+    entry = args.repository / args.classifier
+    if not (entry / "kiln.json").exists():
+        raise SystemExit(f"{entry} is not an exported entry: run `make export` (or `make demo`) first")
+    results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads}
+    checkpoint = args.checkpoints / f"{args.classifier}.pt"
+    if "engines" in wanted:
+        jobs = engines.classifier_jobs(
+            args.repository,
+            args.checkpoints,
+            args.classifier,
+            profile["batches"],
+            args.threads,
+            profile["engine_budget_s"],
+        )
+        results["engines"] = engines.run_jobs(jobs, progress=log.info)
+    if "servers" in wanted:
+        results["servers"] = servers.run_servers(
+            args.repository, checkpoint, args.classifier, out / "logs", concurrency=profile["concurrency"],
+            duration_s=profile["duration_s"], threads=args.threads, progress=log.info,
+        )  # fmt: skip
+    if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:
+        from bench import translation
+
+        results["translation"] = translation.run(args, profile, out, progress=log.info)
+    results["targets"] = targets(results, args.classifier)
+    write(results, out)
+
+
+def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
+    """ONNX Runtime fp32 called directly, at its best batch size (the gateway's ceiling)."""
+    ort = [
+        r["throughput_ips"] for r in rows if r.get("engine") == "onnxruntime" and r.get("precision") == "fp32"
+    ]
+    return max(ort, default=math.nan)
+
+
+def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
+    """Each target of the issue with where it stands in this run."""
+    eng = [r for r in results.get("engines", []) if "error" not in r]
+    p50 = {(r["engine"], r["precision"], r["batch"]): r["p50_ms"] for r in eng}
+    closed = results.get("servers", {}).get("closed", [])
+    gw64 = max(
+        (r["throughput_rps"] for r in closed if r["target"] == "gateway" and r["concurrency"] == 64),
+        default=math.nan,
+    )
+    naive64 = max(
+        (r["throughput_rps"] for r in closed if r["target"] == "naive" and r["concurrency"] == 64),
+        default=math.nan,
+    )
+    opened = results.get("servers", {}).get("open", [])
+    rows = [
+        {"target": f"ORT fp32 >= 2x PyTorch eager at batch 1 ({classifier})", "goal": 2.0,
+         "measured": ratio(p50.get(("pytorch", "fp32", 1), math.nan), p50.get(("onnxruntime", "fp32", 1), math.nan))},
+        {"target": "gateway c=64 >= 0.8x ORT best-batch direct", "goal": 0.8,
+         "measured": ratio(gw64, best_direct_throughput(eng))},
+        {"target": "gateway c=64 >= 5x naive baseline", "goal": 5.0, "measured": ratio(gw64, naive64)},
+        {"target": "p99 <= 2x p50 at half of peak (gateway, open loop)", "goal": 2.0,
+         "measured": ratio(opened[0]["p99_ms"], opened[0]["p50_ms"]) if opened else math.nan, "lower_is_better": True},
+    ]  # fmt: skip
+    rows += results.get("translation", {}).get("targets", [])
+    for r in rows:
+        m = r["measured"]
+        r["met"] = (
+            "–"
+            if math.isnan(m)
+            else ("yes" if (m <= r["goal"] if r.get("lower_is_better") else m >= r["goal"]) else "no")
+        )
+    return rows
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    report.write_results(results, out)
+    pngs = report.plots(results, out)
+    machine = results["machine"]
+    sections = [
+        f"# Kiln benchmark ({results['profile']} profile)\n",
+        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gib']} GiB, "
+        f"GPU: {machine['gpu'] or 'none'}; threads per engine: {results['threads']}.\n",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
+        "## Targets\n\n" + report.table(results["targets"], ["target", "goal", "measured", "met"]) + "\n",
+    ]
+    if "engines" in results:
+        sections.append(report.engine_section(results["engines"]))
+    if "servers" in results:
+        sections.append(
+            report.server_section(results["servers"], best_direct_throughput(results.get("engines", [])))
+        )
+    if "translation" in results:
+        sections.append(results["translation"].get("markdown", ""))
+    sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
+    (out / "report.md").write_text("\n".join(sections))
+    console.print(f"[green]wrote {out}/results.json, report.md and {len(pngs)} plot(s)")
+    console.print(report.table(results["targets"], ["target", "goal", "measured", "met"]))
+
+
+if __name__ == "__main__":
+    main()

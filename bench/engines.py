@@ -1,0 +1,180 @@
+"""Classifier engines side by side: PyTorch eager against ONNX Runtime fp32/fp16/int8 (and TensorRT).
+
+Every engine gets the same work: a batch of raw UINT8 NHWC images, normalised and laid out inside the
+engine (the exported graphs do it in-graph; the PyTorch engine does it in eager ops), so the figures
+compare what a server would actually call. Each engine runs in its own process, so its peak resident
+memory is its own and one engine's thread pools never slow another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.stats import summarize, time_calls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    engine: str  # "pytorch" | "onnxruntime" | "tensorrt"
+    precision: str  # fp32 | fp16 | int8
+    artifact: str  # checkpoint path (pytorch) or model file (onnx / plan)
+    input_shape: tuple[int, int, int]  # H, W, C
+    batch_sizes: tuple[int, ...]
+    threads: int
+    budget_s: float
+
+
+def classifier_jobs(
+    repository: Path, checkpoints: Path, model: str, batch_sizes, threads, budget_s
+) -> list[EngineJob]:
+    """One job per engine/precision available for ``model`` (entries found through their kiln.json)."""
+    jobs = []
+    for entry in sorted(p.parent for p in repository.glob("*/kiln.json")):
+        meta = json.loads((entry / "kiln.json").read_text())
+        if meta.get("task") != "classify" or meta.get("model", {}).get("name") != model:
+            continue
+        h, w, c = (int(d) for d in meta["inputs"][0]["dims"][1:])
+        version = str(meta.get("version", "1"))
+        artifact = next(
+            (entry / version / f for f in ("model.onnx", "model.plan") if (entry / version / f).exists()),
+            None,
+        )
+        if artifact is None:
+            continue
+        engine = "tensorrt" if artifact.suffix == ".plan" else "onnxruntime"
+        jobs.append(
+            EngineJob(
+                engine,
+                meta.get("precision", "fp32"),
+                str(artifact),
+                (h, w, c),
+                batch_sizes,
+                threads,
+                budget_s,
+            )
+        )
+        ckpt = Path(meta.get("source_checkpoint", {}).get("path", checkpoints / f"{model}.pt"))
+        if meta.get("precision", "fp32") == "fp32" and ckpt.exists():
+            jobs.insert(0, EngineJob("pytorch", "fp32", str(ckpt), (h, w, c), batch_sizes, threads, budget_s))
+    return jobs
+
+
+def run_jobs(jobs: list[EngineJob], progress: Callable[[str], None] = log.info) -> list[dict[str, Any]]:
+    """Run each job in a fresh spawned process; a failing engine is reported, never fatal."""
+    ctx = mp.get_context("spawn")
+    results = []
+    for job in jobs:
+        progress(f"engine {job.engine} {job.precision} on {Path(job.artifact).name}")
+        with ctx.Pool(1) as pool:
+            try:
+                results.extend(pool.apply(_measure, (job,)))
+            except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
+                results.append({"engine": job.engine, "precision": job.precision, "error": str(exc)})
+    return results
+
+
+def _measure(job: EngineJob) -> list[dict[str, Any]]:
+    run = _make_runner(job)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in job.batch_sizes:
+        images = rng.integers(0, 256, size=(batch, *job.input_shape), dtype=np.uint8)
+        lat = time_calls(lambda images=images: run(images), budget_s=job.budget_s, max_calls=500)
+        stats = summarize(lat)
+        rows.append({
+            "engine": job.engine, "precision": job.precision, "batch": batch, **stats.as_dict(),
+            "throughput_ips": batch / (stats.mean_ms / 1e3),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": job.threads,
+        })  # fmt: skip
+    return rows
+
+
+def _make_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
+    if job.engine == "pytorch":
+        return _torch_runner(job)
+    if job.engine == "onnxruntime":
+        return _ort_runner(job)
+    if job.engine == "tensorrt":
+        return _trt_runner(job)
+    raise ValueError(f"unknown engine {job.engine!r}")
+
+
+def _torch_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
+    import torch
+
+    from training.checkpoint import load_checkpoint, rebuild_model
+
+    torch.set_num_threads(job.threads)
+    ckpt = load_checkpoint(job.artifact)
+    model = rebuild_model(ckpt)
+    pre = ckpt["preprocessing"]
+    mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(pre["std"]).view(1, -1, 1, 1) * 255.0
+
+    @torch.inference_mode()
+    def run(images: np.ndarray):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (B, C, H, W)
+        logits = model((x - mean) / std)
+        return torch.softmax(logits, dim=1)
+
+    return run
+
+
+def _ort_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = job.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(job.artifact, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})
+
+
+def _trt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
+    """TensorRT 10 execution with torch CUDA tensors as device buffers (only where a GPU exists)."""
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(job.artifact).read_bytes())
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    stream = torch.cuda.Stream()
+
+    def run(images: np.ndarray):
+        x = torch.from_numpy(images).cuda()
+        context.set_input_shape(inputs[0], tuple(x.shape))
+        context.set_tensor_address(inputs[0], x.data_ptr())
+        outs = []
+        for n in names:
+            if n in inputs:
+                continue
+            shape = tuple(context.get_tensor_shape(n))
+            out = torch.empty(shape, dtype=torch.float32, device="cuda")
+            context.set_tensor_address(n, out.data_ptr())
+            outs.append(out)
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return [o.cpu() for o in outs]
+
+    return run
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

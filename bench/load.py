@@ -1,0 +1,146 @@
+"""Load generators: closed loop (N concurrent clients back to back) and open loop (fixed arrival rate).
+
+Request bodies are encoded once up front (KServe v2 binary tensors over HTTP, a prebuilt
+ModelInferRequest over gRPC) so the client spends as little of the shared CPU as possible. Open-loop
+latency is measured from each request's *scheduled* send time, so queueing behind a slow server is
+counted (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.stats import summarize
+
+Send = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class LoadResult:
+    mode: str
+    concurrency: int
+    rate_rps: float | None
+    duration_s: float
+    ok: int
+    errors: int
+    latencies_s: list[float] = field(repr=False, default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = summarize(self.latencies_s).as_dict()
+        return {
+            "mode": self.mode, "concurrency": self.concurrency, "rate_rps": self.rate_rps,
+            "duration_s": round(self.duration_s, 3), "ok": self.ok, "errors": self.errors,
+            "throughput_rps": self.ok / self.duration_s if self.duration_s else float("nan"), **stats,
+        }  # fmt: skip
+
+
+async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s: float = 0.5) -> LoadResult:
+    """``concurrency`` workers, each sending its next request as soon as the previous one is answered."""
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
+
+    async def worker() -> None:
+        while (now := time.perf_counter()) < stop_at:
+            ok = await _guarded(send)
+            done = time.perf_counter()
+            if now >= measure_from:
+                counts["ok" if ok else "errors"] += 1
+                if ok:
+                    latencies.append(done - now)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - measure_from
+    return LoadResult("closed", concurrency, None, elapsed, counts["ok"], counts["errors"], latencies)
+
+
+async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_flight: int = 1024) -> LoadResult:
+    """Requests at a fixed rate regardless of answers; latency counted from the scheduled send time."""
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    interval, tasks = 1.0 / rate_rps, []
+    start = time.perf_counter()
+    limiter = asyncio.Semaphore(max_in_flight)
+
+    async def one(scheduled: float) -> None:
+        async with limiter:
+            ok = await _guarded(send)
+        counts["ok" if ok else "errors"] += 1
+        if ok:
+            latencies.append(time.perf_counter() - scheduled)
+
+    for i in range(int(rate_rps * duration_s)):
+        scheduled = start + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    return LoadResult("open", 0, rate_rps, elapsed, counts["ok"], counts["errors"], latencies)
+
+
+async def _guarded(send: Send) -> bool:
+    try:
+        return await send()
+    except Exception:  # noqa: BLE001 - a failed request is an error count, not a crashed benchmark
+        return False
+
+
+def kserve_http_sender(
+    client: Any, url: str, model: str, images: np.ndarray, input_name: str = "images"
+) -> Send:
+    """KServe v2 HTTP infer with binary input and output tensors, body encoded once."""
+    header = {
+        "inputs": [{"name": input_name, "shape": list(images.shape), "datatype": "UINT8",
+                    "parameters": {"binary_data_size": images.nbytes}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }  # fmt: skip
+    head = json.dumps(header).encode()
+    body = head + images.tobytes()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    endpoint = f"{url}/v2/models/{model}/infer"
+
+    async def send() -> bool:
+        resp = await client.post(endpoint, content=body, headers=headers)
+        return resp.status_code == 200
+
+    return send
+
+
+def kserve_grpc_sender(stub: Any, model: str, images: np.ndarray, input_name: str = "images") -> Send:
+    """KServe v2 gRPC ModelInfer with raw input contents, request built once."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = input_name, "UINT8"
+    tensor.shape.extend(images.shape)
+    request.raw_input_contents.append(images.tobytes())
+    request.outputs.add().name = "probabilities"
+
+    async def send() -> bool:
+        await stub.ModelInfer(request)
+        return True
+
+    return send
+
+
+def naive_http_sender(client: Any, url: str, images: np.ndarray) -> Send:
+    """The naive baseline's endpoint: raw UINT8 NHWC bytes, shape in a header."""
+    body = images.tobytes()
+    headers = {"X-Shape": ",".join(map(str, images.shape)), "Content-Type": "application/octet-stream"}
+
+    async def send() -> bool:
+        resp = await client.post(f"{url}/infer", content=body, headers=headers)
+        return resp.status_code == 200
+
+    return send

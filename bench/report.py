@@ -1,0 +1,143 @@
+"""Write a benchmark run: results.json, report.md (tables with ratios against each peer) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.stats import ratio
+
+
+def write_results(results: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def engine_section(rows: list[dict[str, Any]]) -> str:
+    ok = [r for r in rows if "error" not in r]
+    base = {r["batch"]: r["p50_ms"] for r in ok if r["engine"] == "pytorch"}
+    for r in ok:
+        r["speedup_vs_pytorch_p50"] = ratio(base.get(r["batch"], math.nan), r["p50_ms"])
+    cols = ["engine", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mib",
+            "speedup_vs_pytorch_p50"]  # fmt: skip
+    errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
+    return "## Engines (classifier)\n\n" + table(ok, cols) + (f"\n\nFailed:{errors}" if errors else "") + "\n"
+
+
+def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
+    rows = servers.get("closed", [])
+    naive = {(r["concurrency"]): r["throughput_rps"] for r in rows if r["target"] == "naive"}
+    for r in rows:
+        r["x_naive"] = ratio(r["throughput_rps"], naive.get(r["concurrency"], math.nan))
+        r["x_ort_best_batch"] = ratio(r["throughput_rps"], best_direct_ips)
+    cols = ["target", "protocol", "concurrency", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+            "errors", "x_naive", "x_ort_best_batch"]  # fmt: skip
+    text = "## Servers (classifier, one image per request, closed loop)\n\n" + table(rows, cols) + "\n"
+    if servers.get("open"):
+        for r in servers["open"]:
+            r["p99_over_p50"] = ratio(r["p99_ms"], r["p50_ms"])
+        text += "\n### Open loop at half of the gateway's peak throughput\n\n"
+        text += table(
+            servers["open"],
+            ["target", "rate_rps", "throughput_rps", "p50_ms", "p99_ms", "p99_over_p50", "errors"],
+        )
+        text += "\n"
+    if servers.get("errors"):
+        text += "\n" + "\n".join(f"- {k}: {v}" for k, v in servers["errors"].items()) + "\n"
+    return text
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """Throughput vs concurrency, latency percentiles vs load, batch-size distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    closed = results.get("servers", {}).get("closed", [])
+    if closed:
+        fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for key in sorted({(r["target"], r["protocol"]) for r in closed}):
+            rows = sorted(
+                (r for r in closed if (r["target"], r["protocol"]) == key), key=lambda r: r["concurrency"]
+            )
+            xs = [r["concurrency"] for r in rows]
+            ax_t.plot(xs, [r["throughput_rps"] for r in rows], marker="o", label=" ".join(key))
+            ax_l.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{' '.join(key)} p50")
+            ax_l.plot(xs, [r["p99_ms"] for r in rows], linestyle="--", label=f"{' '.join(key)} p99")
+        for ax, ylabel in ((ax_t, "requests/s"), (ax_l, "latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        ax_t.legend(fontsize=7)
+        ax_l.legend(fontsize=6, ncol=2)
+        ax_l.set_yscale("log")
+        fig.tight_layout()
+        written.append(_save(fig, out / "servers.png"))
+    hist = results.get("servers", {}).get("batch_histogram", {})
+    if hist:
+        edges = sorted((float(k), v) for k, v in hist.items() if k != "+Inf")
+        counts, prev = [], 0.0
+        for _, cum in edges:
+            counts.append(cum - prev)
+            prev = cum
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar([str(int(e)) for e, _ in edges], counts)
+        ax.set_xlabel("batch size (bucket upper bound)")
+        ax.set_ylabel("batches")
+        ax.set_title("Gateway dynamic batching")
+        fig.tight_layout()
+        written.append(_save(fig, out / "batch_sizes.png"))
+    engines = [r for r in results.get("engines", []) if "error" not in r]
+    if engines:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sorted({(r["engine"], r["precision"]) for r in engines}):
+            rows = sorted(
+                (r for r in engines if (r["engine"], r["precision"]) == key), key=lambda r: r["batch"]
+            )
+            ax.plot(
+                [r["batch"] for r in rows],
+                [r["throughput_ips"] for r in rows],
+                marker="o",
+                label=" ".join(key),
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images/s")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save(fig, out / "engines.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,217 @@
+"""Classifier servers side by side under the same load: the gateway (embedded ONNX Runtime), the gateway
+forwarding to Triton, Triton directly (python flavour), and the naive FastAPI + PyTorch baseline.
+
+Servers run as subprocesses on 127.0.0.1 free ports and are always stopped. Clients are async and
+bounded in time; every request's answer status is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import load
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    name: str  # "gateway", "gateway->triton", "triton", "naive"
+    http_url: str | None
+    grpc_url: str | None
+    model: str
+    metrics_url: str | None = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process(
+    cmd: list[str], ready_url: str, timeout_s: float = 120.0, log_path: Path | None = None
+) -> Iterator[None]:
+    """Start a server process, wait for ``ready_url`` to answer 200, always terminate it."""
+    import httpx
+
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{cmd[2:4]} exited with {proc.returncode} before it was ready (log: {log_path})"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[2:4]} not ready after {timeout_s:.0f} s (log: {log_path})")
+            time.sleep(0.3)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_path:
+            out.close()
+
+
+def gateway_cmd(
+    repository: Path, http: int, grpc: int, threads: int, triton_url: str | None = None
+) -> list[str]:
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", str(threads)]
+    cmd += ["--max-queue-size", "4096", "--log-level", "warning"]
+    if triton_url:
+        cmd += ["--backend", "triton", "--triton-url", triton_url]
+    return cmd
+
+
+async def _run_target(
+    target: Target, images: np.ndarray, concurrencies, duration_s: float, protocols
+) -> list[dict]:
+    import grpc
+    import httpx
+    from tritonclient.grpc import service_pb2_grpc
+
+    rows = []
+    limits = httpx.Limits(
+        max_connections=max(concurrencies) + 8, max_keepalive_connections=max(concurrencies) + 8
+    )
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for protocol in protocols:
+            if protocol == "grpc" and not target.grpc_url:
+                continue
+            channel = grpc.aio.insecure_channel(target.grpc_url) if protocol == "grpc" else None
+            if protocol == "grpc":
+                send = load.kserve_grpc_sender(
+                    service_pb2_grpc.GRPCInferenceServiceStub(channel), target.model, images
+                )
+            elif target.name == "naive":
+                send = load.naive_http_sender(client, target.http_url, images)
+            else:
+                send = load.kserve_http_sender(client, target.http_url, target.model, images)
+            for c in concurrencies:
+                result = await load.closed_loop(send, c, duration_s)
+                rows.append({"target": target.name, "protocol": protocol, **result.as_dict()})
+                log.info("%s %s c=%d: %.0f req/s", target.name, protocol, c, rows[-1]["throughput_rps"])
+            if channel is not None:
+                await channel.close()
+    return rows
+
+
+async def _open_loop(target: Target, images: np.ndarray, rate: float, duration_s: float) -> dict:
+    import httpx
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=512), timeout=60) as client:
+        send = load.kserve_http_sender(client, target.http_url, target.model, images)
+        result = await load.open_loop(send, rate, duration_s)
+    return {"target": target.name, "protocol": "http", **result.as_dict()}
+
+
+def batch_histogram(metrics_url: str, model: str) -> dict[str, float]:
+    """Cumulative batch-size buckets for ``model`` scraped from the gateway's Prometheus endpoint."""
+    import httpx
+
+    text = httpx.get(metrics_url, timeout=10).text
+    buckets = {}
+    pattern = re.compile(r"^kiln_batch_size_bucket\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m and f'model="{model}"' in m["labels"]:
+            le = re.search(r'le="([^"]+)"', m["labels"])[1]
+            buckets[le] = float(m["value"])
+    return buckets
+
+
+def run_servers(
+    repository: Path, checkpoint: Path, model: str, workdir: Path, *, concurrencies, duration_s: float,
+    threads: int, progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:  # fmt: skip
+    """Every server target under the same closed-loop load, plus an open-loop run at half peak."""
+    meta_dims = _input_dims(repository, model)
+    images = np.random.default_rng(0).integers(0, 256, size=(1, *meta_dims), dtype=np.uint8)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"closed": [], "open": [], "batch_histogram": {}, "errors": {}}
+
+    def bench(target: Target, protocols=("http", "grpc")) -> None:
+        progress(f"server {target.name}: concurrency {list(concurrencies)}")
+        results["closed"].extend(
+            asyncio.run(_run_target(target, images, concurrencies, duration_s, protocols))
+        )
+
+    http, grpc_port = free_port(), free_port()
+    gateway_url = f"http://127.0.0.1:{http}"
+    with process(
+        gateway_cmd(repository, http, grpc_port, threads),
+        f"{gateway_url}/v2/health/ready",
+        log_path=workdir / "gateway.log",
+    ):
+        bench(Target("gateway", gateway_url, f"127.0.0.1:{grpc_port}", model))
+        peak = max((r["throughput_rps"] for r in results["closed"] if r["target"] == "gateway"), default=0)
+        if peak > 0:
+            progress(f"gateway open loop at half of peak ({peak / 2:.0f} req/s)")
+            results["open"].append(
+                asyncio.run(
+                    _open_loop(Target("gateway", gateway_url, None, model), images, peak / 2, duration_s)
+                )
+            )
+        results["batch_histogram"] = batch_histogram(f"{gateway_url}/metrics", model)
+
+    try:
+        from serving.triton import TritonServer, find_triton
+
+        if find_triton() is None:
+            raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
+        with TritonServer(repository, workdir / "triton", threads=threads) as triton:
+            bench(Target("triton", f"http://{triton.http_url}", triton.grpc_url, model))
+            http2, grpc2 = free_port(), free_port()
+            url2 = f"http://127.0.0.1:{http2}"
+            cmd = gateway_cmd(repository, http2, grpc2, threads, triton_url=triton.grpc_url)
+            with process(cmd, f"{url2}/v2/health/ready", log_path=workdir / "gateway-triton.log"):
+                bench(Target("gateway->triton", url2, f"127.0.0.1:{grpc2}", model))
+    except Exception as exc:  # noqa: BLE001 - Triton missing or failing is reported, not fatal
+        results["errors"]["triton"] = str(exc)
+        progress(f"triton skipped: {exc}")
+
+    port = free_port()
+    naive_cmd = [
+        sys.executable,
+        "-m",
+        "bench.naive",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+    ]
+    with process(naive_cmd, f"http://127.0.0.1:{port}/ready", log_path=workdir / "naive.log"):
+        bench(Target("naive", f"http://127.0.0.1:{port}", None, model), protocols=("http",))
+    return results
+
+
+def _input_dims(repository: Path, model: str) -> tuple[int, ...]:
+    import json
+
+    meta = json.loads((repository / model / "kiln.json").read_text())
+    return tuple(int(d) for d in meta["inputs"][0]["dims"][1:])
