@@ -1,0 +1,145 @@
+"""The dynamic batcher follows Triton's rules and hands every request exactly its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serving.backends.base import DeadlineExceeded, Overloaded
+from serving.batcher import BatchPolicy, DynamicBatcher
+
+
+class Recorder:
+    """A model that doubles its input and records each batch size it ran."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.sizes: list[int] = []
+        self.gate = gate
+
+    def __call__(self, instance: int, inputs):
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        self.sizes.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_batcher(policy, model, body):
+    executor = ThreadPoolExecutor(max_workers=policy.instances)
+    batcher = DynamicBatcher("m", model, policy, executor)
+    batcher.start()
+    try:
+        return await body(batcher)
+    finally:
+        await batcher.stop(grace_s=5)
+        executor.shutdown()
+
+
+def rows(start: int, count: int) -> dict:
+    return {"x": np.arange(start, start + count, dtype=np.float32).reshape(count, 1)}
+
+
+def test_concurrent_requests_merge_up_to_max_batch_size_and_get_their_own_rows():
+    model = Recorder()
+    policy = BatchPolicy(max_batch_size=4, max_queue_delay_s=0.05)
+
+    async def body(batcher):
+        sizes = [1, 2, 1, 3, 1]
+        starts = np.cumsum([0, *sizes[:-1]])
+        results = await asyncio.gather(
+            *(batcher.submit(rows(int(s), n)) for s, n in zip(starts, sizes, strict=True))
+        )
+        for (s, n), result in zip(zip(starts, sizes, strict=True), results, strict=True):
+            np.testing.assert_array_equal(result["y"], rows(int(s), n)["x"] * 2)
+
+    run(with_batcher(policy, model, body))
+    assert max(model.sizes) <= 4 and sum(model.sizes) == 8 and len(model.sizes) < 5
+
+
+def test_a_preferred_batch_size_is_sent_without_waiting_for_the_delay():
+    model = Recorder()
+    policy = BatchPolicy(max_batch_size=8, preferred_batch_sizes=(2,), max_queue_delay_s=30.0)
+
+    async def body(batcher):
+        await asyncio.wait_for(
+            asyncio.gather(batcher.submit(rows(0, 1)), batcher.submit(rows(1, 1))), timeout=5
+        )
+
+    run(with_batcher(policy, model, body))
+    assert model.sizes == [2]
+
+
+def test_a_lone_request_waits_at_most_the_queue_delay():
+    model = Recorder()
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.05)
+    result = run(with_batcher(policy, model, lambda b: asyncio.wait_for(b.submit(rows(0, 3)), timeout=5)))
+    np.testing.assert_array_equal(result["y"], rows(0, 3)["x"] * 2)
+    assert model.sizes == [3]
+
+
+def test_without_dynamic_batching_requests_run_one_by_one():
+    model = Recorder()
+    policy = BatchPolicy(max_batch_size=8, merge=False)
+    run(with_batcher(policy, model, lambda b: asyncio.gather(*(b.submit(rows(i, 1)) for i in range(3)))))
+    assert model.sizes == [1, 1, 1]
+
+
+def test_requests_with_different_shapes_are_never_merged():
+    model = Recorder()
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.05)
+
+    async def body(batcher):
+        wide = {"x": np.ones((1, 2), dtype=np.float32)}
+        a, b = await asyncio.gather(batcher.submit(rows(0, 1)), batcher.submit(wide))
+        assert a["y"].shape == (1, 1) and b["y"].shape == (1, 2)
+
+    run(with_batcher(policy, model, body))
+    assert model.sizes == [1, 1]
+
+
+def test_a_full_queue_is_refused_and_a_timed_out_request_is_dropped():
+    gate = threading.Event()
+    model = Recorder(gate)
+    policy = BatchPolicy(max_batch_size=1, max_queue_size=1)
+
+    async def body(batcher):
+        running = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.05)  # taken by the worker, which now blocks on the gate
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(rows(1, 1), timeout_s=0.05)
+        assert batcher.queue_depth == 0  # the expired request left the queue
+        queued = asyncio.create_task(batcher.submit(rows(2, 1)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(rows(3, 1))
+        assert info.value.retry_after == 1.0
+        gate.set()
+        return await running, await queued
+
+    first, third = run(with_batcher(policy, model, body))
+    np.testing.assert_array_equal(third["y"], [[4.0]])
+    assert model.sizes == [1, 1]
+
+
+def test_the_policy_is_read_from_the_config_dynamic_batching_block():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(
+        "max_batch_size: 16 dynamic_batching { preferred_batch_size: [8, 4] max_queue_delay_microseconds: 500 "
+        "default_queue_policy { max_queue_size: 10 } } instance_group [{ count: 2 }]",
+        model_config_pb2.ModelConfig(),
+    )
+    policy = BatchPolicy.from_config(config, max_queue_size=100, instances=2)
+    assert policy == BatchPolicy(16, (4, 8), 0.0005, True, 10, 2)
+    plain = BatchPolicy.from_config(
+        model_config_pb2.ModelConfig(max_batch_size=4), max_queue_size=7, instances=1
+    )
+    assert not plain.merge and plain.max_queue_size == 7
