@@ -1,0 +1,229 @@
+"""The iteration-level scheduler over a scripted numpy translator: sharing steps never changes a result."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving import beam_search as bs
+from serving import stepper
+from serving.backends.base import DeadlineExceeded, Overloaded, ServingError
+from serving.scheduler import DecodingScheduler, SchedulerConfig
+
+VOCAB = 9
+SPEC = {
+    "pad_id": 0, "bos_id": 1, "eos_id": 2, "vocab_size": VOCAB, "max_positions": 40,
+    "encoder": {"inputs": ["src_ids"], "outputs": ["memory", "src_mask", "h0"]},
+    "decoder": {
+        "inputs": [
+            {"name": "tokens", "role": "tokens"},
+            {"name": "positions", "role": "positions"},
+            {"name": "past", "role": "cache", "output": "new_past", "axis": 1, "init_shape": [-1, 0, 2]},
+            {"name": "cache_mask", "role": "cache_mask"},
+            {"name": "memory", "role": "encoder", "pad_axis": 1},
+            {"name": "src_mask", "role": "encoder", "pad_axis": 1},
+            {"name": "h", "role": "state", "output": "h_out", "init": "h0"},
+        ],
+        "outputs": ["log_probs", "new_past", "h_out"],
+    },
+    "dtypes": {"src_ids": "int64", "tokens": "int64", "positions": "int64", "src_mask": "bool",
+               "cache_mask": "bool", "memory": "float32", "past": "float32", "h0": "float32"},
+}  # fmt: skip
+
+
+def fake_encoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-row integer features of the source (exact in float32, whatever the batch)."""
+    src = inputs["src_ids"]  # [B, S]
+    mask = src != 0  # [B, S]
+    memory = (src * np.arange(1, src.shape[1] + 1))[:, :, None].astype(np.float32)  # [B, S, 1]
+    return {"memory": memory, "src_mask": mask, "h0": (src.sum(1, keepdims=True) % 97).astype(np.float32)}
+
+
+class FakeDecoder:
+    """A scripted step: log-probs are a fixed function of each row's own history (cache, state, source).
+
+    Everything is elementwise on integer-valued floats, so a row's result cannot depend on which other
+    rows share the call or on left/right padding (which the masks must neutralise).
+    """
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s, self.calls, self.fail_next = delay_s, [], False
+        self.gate: threading.Event | None = None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("scripted decoder failure")
+        tokens, pos, past, valid = inputs["tokens"], inputs["positions"], inputs["past"], inputs["cache_mask"]
+        self.calls.append(len(tokens))
+        history = (past[:, :, 0] * (past[:, :, 1] + 1) * valid).sum(1)  # [rows]
+        source = (inputs["memory"][:, :, 0] * inputs["src_mask"]).sum(1)  # [rows]
+        key = (history * 7 + source * 3 + inputs["h"][:, 0] * 5 + pos * 11 + tokens) % 1009  # [rows]
+        logits = 3.0 * np.sin(key[:, None] * (np.arange(VOCAB) + 1) * 0.37)  # [rows, V]
+        logits[:, 0:2] = -30.0  # never pad / BOS
+        logits = logits - logits.max(1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        new_past = np.stack([tokens, pos], axis=1)[:, None, :].astype(np.float32)  # [rows, 1, 2]
+        h_out = ((inputs["h"] * 3 + tokens[:, None]) % 101).astype(np.float32)  # [rows, 1]
+        return {"log_probs": log_probs.astype(np.float32), "new_past": new_past, "h_out": h_out}
+
+
+class Recorder:
+    """A DecodeObserver keeping every step's rows / requests and every translation's outcome."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.outcomes: list[str] = []
+
+    def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
+        self.steps.append((rows, requests))
+
+    def observe_translation(self, model: str, seconds: float, tokens: int, outcome: str) -> None:
+        self.outcomes.append(outcome)
+
+
+SOURCES = [[5, 6, 7], [8], [4, 4, 5, 6, 7, 8, 3], [6, 5], [7, 7, 7, 7], [3, 8, 5, 4, 6]]
+
+
+def config(beam: int, max_length: int = 12, **kw) -> bs.BeamConfig:
+    return bs.BeamConfig(beam_size=beam, max_length=max_length, **kw)
+
+
+def solo(source: list[int], cfg: bs.BeamConfig) -> list[bs.Hypothesis]:
+    """The reference: the sentence decoded alone."""
+    (hyps,) = stepper.translate_ids(fake_encoder, FakeDecoder(), SPEC, [source], cfg)
+    return hyps
+
+
+async def _with_scheduler(body, decoder=None, **cfg):
+    recorder = Recorder()
+    scheduler = DecodingScheduler(
+        "fake", SPEC, fake_encoder, decoder or FakeDecoder(), SchedulerConfig(**cfg), observer=recorder
+    )
+    await scheduler.start()
+    try:
+        return await body(scheduler, recorder)
+    finally:
+        await scheduler.stop(grace_s=1.0)
+
+
+def test_requests_joining_at_different_steps_get_exactly_their_solo_results() -> None:
+    configs = [
+        config(4),
+        config(1),
+        config(3, n_best=2),
+        config(2, length_penalty="gnmt"),
+        config(4),
+        config(5),
+    ]
+
+    async def body(scheduler, recorder):
+        tasks = []
+        for source, cfg in zip(SOURCES, configs, strict=True):
+            tasks.append(asyncio.create_task(scheduler.submit([source], cfg)))
+            await asyncio.sleep(0.012)  # the next request arrives a step or two later
+        return await asyncio.gather(*tasks), recorder
+
+    results, recorder = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.005)))
+    for source, cfg, (hyps,) in zip(SOURCES, configs, results, strict=True):
+        assert hyps == solo(source, cfg)
+    assert max(requests for _, requests in recorder.steps) >= 3, recorder.steps
+    assert recorder.outcomes == ["success"] * len(SOURCES)
+
+
+def test_a_request_with_many_sentences_returns_them_in_order() -> None:
+    cfg = config(3)
+
+    async def body(scheduler, _):
+        return await scheduler.submit(SOURCES, cfg)
+
+    results = asyncio.run(_with_scheduler(body, max_rows=7))  # two sentences at a time
+    assert results == [solo(s, cfg) for s in SOURCES]
+
+
+def test_steps_never_exceed_the_row_cap_and_several_requests_share_a_step() -> None:
+    async def body(scheduler, recorder):
+        await asyncio.gather(*(scheduler.submit([s], config(4)) for s in SOURCES))
+        return recorder
+
+    recorder = asyncio.run(_with_scheduler(body, max_rows=10))
+    assert max(rows for rows, _ in recorder.steps) <= 10
+    assert any(requests >= 2 for _, requests in recorder.steps)
+
+
+def test_a_timed_out_request_gets_504_and_frees_its_rows_for_the_others() -> None:
+    long = config(4, max_length=30, min_length=29)  # never stops early
+    short = config(1, max_length=30, min_length=29)
+
+    async def body(scheduler, recorder):
+        survivor = asyncio.create_task(scheduler.submit([[5, 6]], short, timeout_s=20))
+        with pytest.raises(DeadlineExceeded):
+            await scheduler.submit([[7, 8, 3]], long, timeout_s=0.15)
+        steps_at_timeout = len(recorder.steps)
+        await survivor
+        return recorder, steps_at_timeout
+
+    recorder, at_timeout = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.01)))
+    assert any(rows == 5 for rows, _ in recorder.steps[:at_timeout])  # both shared steps (4 + 1 rows)
+    assert [rows for rows, _ in recorder.steps[at_timeout + 1 :]] == [1] * (
+        len(recorder.steps) - at_timeout - 1
+    )
+    assert "timeout" in recorder.outcomes and "success" in recorder.outcomes
+
+
+def test_a_full_queue_answers_429_with_retry_after() -> None:
+    decoder = FakeDecoder()
+    decoder.gate = threading.Event()  # hold the first step until the queue has filled
+
+    async def body(scheduler, _):
+        first = asyncio.create_task(scheduler.submit([[5]], config(1)))
+        await asyncio.sleep(0.05)  # first is admitted, its step is blocked on the gate
+        queued = asyncio.create_task(scheduler.submit([[6]], config(2)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as raised:
+            await scheduler.submit([[7]], config(1))
+        decoder.gate.set()
+        await asyncio.gather(first, queued)
+        return raised.value
+
+    error = asyncio.run(_with_scheduler(body, decoder, max_rows=2, max_queue=1, retry_after_s=2.0))
+    assert error.status == 429 and error.retry_after == 2.0
+
+
+def test_a_failing_decoder_fails_its_requests_and_the_loop_keeps_serving() -> None:
+    decoder = FakeDecoder()
+
+    async def body(scheduler, _):
+        decoder.fail_next = True
+        with pytest.raises(ServingError, match="scripted decoder failure"):
+            await scheduler.submit([[5, 6]], config(2))
+        return await scheduler.submit([[5, 6]], config(2))
+
+    assert asyncio.run(_with_scheduler(body, decoder)) == [solo([5, 6], config(2))]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [(config(9), "max_rows"), (config(2, max_length=41), "max_positions"), (config(2, eos_id=3), "eos")],
+)
+def test_impossible_decoding_settings_are_refused_with_the_setting_named(cfg, message) -> None:
+    async def body(scheduler, _):
+        with pytest.raises(ValueError, match=message):
+            await scheduler.submit([[5]], cfg)
+
+    asyncio.run(_with_scheduler(body, max_rows=8))
+
+
+def test_an_empty_request_is_answered_without_decoding() -> None:
+    async def body(scheduler, recorder):
+        return await scheduler.submit([], config(2)), recorder.steps
+
+    assert asyncio.run(_with_scheduler(body)) == ([], [])
