@@ -1,0 +1,157 @@
+"""The classifier trainer: tiny runs of lenet on digits (resume, finetune, early stopping) and torchrun DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training import classify
+from training.checkpoint import load_checkpoint, rebuild_model
+from training.models import build_model, list_models
+from training.tracking import read_metrics
+
+CLASSIFIERS = list_models("classify")
+TINY = {
+    "model": "lenet",
+    "image_size": 16,
+    "limit_train": 96,
+    "limit_val": 48,
+    "batch_size": 32,
+    "progress": False,
+}
+
+
+def tiny(tmp_path, **overrides):
+    return classify.TrainConfig(**{**TINY, "output_dir": str(tmp_path), **overrides})
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """Three epochs of lenet on 96 digits: shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("lenet")
+    path = classify.train(classify.TrainConfig(**TINY, output_dir=str(out), epochs=3, lr=0.01, augment=False))
+    return path
+
+
+def test_a_short_run_lowers_the_training_loss_and_logs_every_epoch(lenet_run):
+    records = read_metrics(lenet_run.with_name("lenet.metrics.jsonl"))
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert lenet_run.with_name("lenet.curves.png").stat().st_size > 1000
+
+
+def test_the_checkpoint_follows_contract_1_and_rebuilds_the_model(lenet_run):
+    ckpt = load_checkpoint(lenet_run)
+    assert ckpt["task"] == "classify" and ckpt["model"]["name"] == "lenet"
+    assert ckpt["model"]["args"]["num_classes"] == 10 and ckpt["model"]["args"]["in_channels"] == 1
+    pre = ckpt["preprocessing"]
+    assert pre["input_size"] == [16, 16] and pre["channels"] == 1 and len(pre["mean"]) == len(pre["std"]) == 1
+    assert ckpt["labels"] == [str(d) for d in range(10)]
+    assert (
+        ckpt["data"]["n_train"] == 96 and ckpt["data"]["n_val"] == 48 and ckpt["data"]["dataset"] == "digits"
+    )
+    assert {"val_accuracy", "val_loss", "epochs", "train_time_s", "params"} <= set(ckpt["metrics"])
+    assert ckpt["metrics"]["epochs"] == 3 and ckpt["train_config"]["optimizer"] == "adamw"
+    model = rebuild_model(ckpt)
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_resume_continues_from_the_saved_epoch_with_the_optimizer_and_schedule(tmp_path):
+    classify.train(tiny(tmp_path, epochs=1))
+    first = torch.load(tmp_path / "lenet.resume.pt", weights_only=True)
+    assert first["epoch"] == 1
+    steps = first["scheduler"]["last_epoch"]
+    classify.train(tiny(tmp_path, epochs=2, resume=str(tmp_path / "lenet.pt")))
+    second = torch.load(tmp_path / "lenet.resume.pt", weights_only=True)
+    assert second["epoch"] == 2 and second["scheduler"]["last_epoch"] == 2 * steps
+    adam_steps = {float(s["step"]) for s in second["optimizer"]["state"].values()}
+    assert adam_steps == {2.0 * steps}
+    assert [r["epoch"] for r in read_metrics(tmp_path / "lenet.metrics.jsonl")] == [1, 2]
+    assert load_checkpoint(tmp_path / "lenet.pt")["metrics"]["epochs"] == 2
+
+
+def test_resume_without_saved_state_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no resume state"):
+        classify.train(tiny(tmp_path, epochs=1, resume=str(tmp_path / "ghost.pt")))
+
+
+def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lenet_run, tmp_path):
+    from tests.test_data_images import write_folder
+
+    root = write_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=6, size=(16, 16))
+    path = classify.train(classify.TrainConfig(dataset="folder", data_path=str(root), image_size=16, epochs=1,
+                                               finetune=str(lenet_run), output_dir=str(tmp_path / "ft"),
+                                               name="lenet_abc", batch_size=8, progress=False))  # fmt: skip
+    ckpt = load_checkpoint(path)
+    assert ckpt["model"]["args"]["num_classes"] == 3 and ckpt["labels"] == ["a", "b", "c"]
+    assert ckpt["preprocessing"]["channels"] == 1  # taken from the finetuned checkpoint
+
+
+def test_load_matching_weights_skips_exactly_the_head_whose_shape_changed(lenet_run):
+    source = load_checkpoint(lenet_run)["state_dict"]
+    model = build_model("lenet", num_classes=3, in_channels=1)
+    skipped = classify.load_matching_weights(model, source)
+    head = [k for k, v in source.items() if v.shape != model.state_dict()[k].shape]
+    assert skipped == sorted(head) and 1 <= len(skipped) <= 2
+    kept = next(k for k in source if k not in skipped and source[k].is_floating_point())
+    assert torch.equal(model.state_dict()[kept], source[kept])
+
+
+def test_early_stopping_stops_when_validation_accuracy_stalls_and_keeps_the_best_epoch(tmp_path):
+    path = classify.train(
+        tiny(tmp_path, epochs=6, lr=1e-12, early_stopping=1, augment=False, model_args={"batch_norm": False})
+    )  # frozen weights: accuracy cannot move
+    metrics = load_checkpoint(path)["metrics"]
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] == 1
+
+
+def test_cli_prints_help_and_rejects_an_unknown_model_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        classify.main(["--help"])
+    assert exc.value.code == 0 and "--early-stopping" in capsys.readouterr().out
+    assert classify.main(["--model", "nosuchnet", "--output-dir", str(tmp_path)]) == 2
+    assert "unknown model 'nosuchnet'" in capsys.readouterr().err
+
+
+def test_model_args_parse_python_literals_and_bad_ones_are_named():
+    assert classify.parse_model_arg("width=32") == ("width", 32)
+    assert classify.parse_model_arg("small_input=False") == ("small_input", False)
+    assert classify.parse_model_arg("norm=batch") == ("norm", "batch")
+    with pytest.raises(Exception, match="key=value"):
+        classify.parse_model_arg("width")
+
+
+def test_amp_on_cpu_is_ignored_with_a_note(tmp_path, caplog):
+    classify.train(tiny(tmp_path, epochs=1, amp=True, limit_train=32, device="cpu"))
+    assert "--amp is ignored on CPU" in caplog.text
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
+    config = classify.resolve(classify.TrainConfig(model=name))
+    assert config.epochs >= 1 and config.lr > 0
+    _, args, model = classify.build_classifier(config, num_classes=10, channels=1)
+    assert args["num_classes"] == 10 and args["in_channels"] == 1
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(tmp_path):
+    hashes = tmp_path / "hashes"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.classify", "--model", "lenet", "--epochs", "1", "--limit-train", "64",
+           "--limit-val", "32", "--image-size", "16", "--batch-size", "16", "--no-progress",
+           "--output-dir", str(tmp_path / "out"), "--debug-rank-hashes", str(hashes)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
+    assert rank0 == rank1 and len(rank0) == 64
+    ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
+    assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
+    assert classify.weights_hash(rebuild_model(ckpt)) == rank0
