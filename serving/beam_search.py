@@ -128,7 +128,13 @@ def mask_log_probs(log_probs: np.ndarray, step: int, config: BeamConfig) -> np.n
 def top_candidates(scores: np.ndarray, log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` flat indices over ``[rows, V]`` and their scores, stable (lower index wins ties)."""
     cand = (scores[:, None] + log_probs).reshape(-1)  # [rows * V] float32
-    order = np.argsort(-cand, kind="stable")[:k]  # [k]
+    pool = np.arange(cand.size)  # [rows * V]
+    if cand.size > 4 * k:  # pre-select with a partition (O(n)); keep every tie of the k-th value
+        kth = np.partition(cand, cand.size - k)[cand.size - k]
+        pool = np.flatnonzero(
+            cand >= kth
+        )  # ascending flat indices, so the stable sort still sees them in order
+    order = pool[np.argsort(-cand[pool], kind="stable")][:k]  # [k]
     return order, cand[order]
 
 

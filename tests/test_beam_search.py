@@ -220,3 +220,16 @@ def test_log_probs_of_the_wrong_shape_are_refused():
     state = bs.start(bs.BeamConfig(beam_size=2))
     with pytest.raises(ValueError, match="log_probs"):
         bs.advance(state, np.zeros((2, VOCAB), dtype=np.float32))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 0, size=4).astype(np.float32)
+    log_probs = rng.integers(-4, 0, size=(4, 50)).astype(np.float32)  # heavy ties
+    log_probs[rng.random((4, 50)) < 0.2] = -np.inf
+    flat, cand = bs.top_candidates(scores, log_probs, 8)
+    full = (scores[:, None] + log_probs).reshape(-1)
+    expected = np.argsort(-full, kind="stable")[:8]
+    np.testing.assert_array_equal(flat, expected)
+    np.testing.assert_array_equal(cand, full[expected])
