@@ -1,0 +1,283 @@
+"""The ``triton`` backend: forward every request to a running Triton server with tritonclient (gRPC or HTTP).
+
+Model metadata and configs are fetched once Triton answers and cached, because the gateway reads them
+synchronously. Triton being unreachable is a 503 with Retry-After, never a crash: the client is
+dropped and rebuilt on the next call (a fresh channel, no gRPC reconnect backoff), and the model
+list is fetched again, so the gateway recovers as soon as Triton is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from serving.backends.base import (
+    BadRequest,
+    DeadlineExceeded,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelNotFound,
+    Overloaded,
+    ServingError,
+    TensorMeta,
+    Unavailable,
+)
+from serving.tensors import datatype_of
+
+log = logging.getLogger(__name__)
+
+# tritonclient status (gRPC code name or HTTP status) -> the gateway's error class.
+STATUS_TO_ERROR: dict[str, type[ServingError]] = {
+    "StatusCode.INVALID_ARGUMENT": BadRequest,
+    "StatusCode.NOT_FOUND": ModelNotFound,
+    "StatusCode.RESOURCE_EXHAUSTED": Overloaded,
+    "StatusCode.UNAVAILABLE": Unavailable,
+    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceeded,
+    "400": BadRequest,
+    "404": ModelNotFound,
+    "429": Overloaded,
+    "503": Unavailable,
+    "504": DeadlineExceeded,
+}
+PROTOCOLS = ("grpc", "http")
+
+
+class TritonBackend:
+    """Forward to the Triton at ``url`` (``host:port``); readiness follows Triton's own."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str = "grpc",
+        timeout_s: float = 30.0,
+        *,
+        retry_after_s: float = 1.0,
+        probe_timeout_s: float = 2.0,
+        resync_interval_s: float = 1.0,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if "://" in url:
+            raise ValueError(f"Triton url is host:port without a scheme, got {url!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self.retry_after_s, self.probe_timeout_s = retry_after_s, probe_timeout_s
+        self.resync_interval_s = resync_interval_s
+        self._client: Any = None
+        self._models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
+        self._synced = False
+        self._last_sync = float("-inf")
+        self._sync_lock = asyncio.Lock()
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _module(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.http.aio as module
+        return module
+
+    def _connection(self) -> Any:
+        """The current client, created on first use and after every connection failure."""
+        if self._client is None:
+            self._client = self._module().InferenceServerClient(self.url)
+        return self._client
+
+    async def _drop_connection(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception as error:  # noqa: BLE001 (closing a broken client must not mask the cause)
+                log.debug("closing the Triton client failed: %s", error)
+
+    def _unavailable(self, error: object) -> Unavailable:
+        return Unavailable(f"Triton at {self.url} is unavailable: {error}", retry_after=self.retry_after_s)
+
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Call a client method with a deadline; map failures to ServingError, reconnect on lost links."""
+        timeout = timeout_s or self.probe_timeout_s
+        try:
+            return await asyncio.wait_for(getattr(self._connection(), method)(*args, **kwargs), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"Triton did not answer {method} within {timeout:g}s") from None
+        except InferenceServerException as error:
+            raise await self._mapped(error) from None
+        except (OSError, ConnectionError) as error:
+            await self._drop_connection()
+            raise self._unavailable(error) from None
+        except Exception as error:
+            if type(error).__module__.startswith(("aiohttp", "grpc")):  # connection errors of the clients
+                await self._drop_connection()
+                raise self._unavailable(error) from None
+            raise
+
+    async def _mapped(self, error: InferenceServerException) -> ServingError:
+        """The gateway error for a tritonclient error (dropping the connection when Triton is gone)."""
+        cls = STATUS_TO_ERROR.get(str(error.status()), ServingError)
+        message = error.message() or str(error)
+        if cls is Unavailable:
+            await self._drop_connection()
+            return self._unavailable(message)
+        if cls is Overloaded:
+            return Overloaded(f"Triton: {message}", retry_after=self.retry_after_s)
+        return cls(f"Triton: {message}")
+
+    # -- model cache ------------------------------------------------------------------------------
+
+    async def _sync(self, *, force: bool = False) -> None:
+        """Fetch the ready models' metadata and configs (rate-limited unless forced)."""
+        async with self._sync_lock:
+            if not force and time.monotonic() - self._last_sync < self.resync_interval_s:
+                return
+            self._last_sync = time.monotonic()
+            models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
+            for name in await self._ready_model_names():
+                models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
+            self._models, self._synced = models, True
+            log.info("Triton at %s serves %s", self.url, sorted(models))
+
+    async def _ready_model_names(self) -> list[str]:
+        index = await self._call("get_model_repository_index")
+        if self.protocol == "grpc":
+            index = json_format.MessageToDict(index, preserving_proto_field_name=True).get("models", [])
+        return sorted({m["name"] for m in index if m.get("state", "READY") == "READY"})
+
+    async def _fetch_metadata(self, name: str) -> ModelMetadata:
+        meta = await self._call("get_model_metadata", name)
+        if self.protocol == "grpc":
+            meta = json_format.MessageToDict(meta, preserving_proto_field_name=True)
+
+        def tensors(key: str) -> list[TensorMeta]:
+            return [
+                TensorMeta(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get(key, [])
+            ]
+
+        return ModelMetadata(
+            meta["name"],
+            list(meta.get("versions", [])),
+            meta.get("platform", ""),
+            tensors("inputs"),
+            tensors("outputs"),
+        )
+
+    async def _fetch_config(self, name: str) -> dict[str, Any]:
+        """The config as ``MessageToDict`` of Triton's ModelConfig (camelCase), whatever the protocol."""
+        reply = await self._call("get_model_config", name)
+        if self.protocol == "grpc":
+            return json_format.MessageToDict(reply.config)
+        proto = json_format.ParseDict(reply, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        return json_format.MessageToDict(proto)
+
+    def _cached(self, name: str, version: str) -> tuple[ModelMetadata, dict[str, Any]]:
+        if name not in self._models:
+            if not self._synced:
+                raise self._unavailable("its model list has not been fetched yet")
+            raise ModelNotFound(f"unknown model {name!r}; Triton serves {sorted(self._models)}")
+        meta, config = self._models[name]
+        if version and meta.versions and version not in meta.versions:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; available: {meta.versions}")
+        return meta, config
+
+    # -- Backend protocol -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fetch the model list; an unreachable Triton is logged, not fatal (readiness says so)."""
+        try:
+            await self._sync(force=True)
+        except ServingError as error:
+            log.warning("Triton backend starts unready: %s", error.message)
+
+    async def stop(self) -> None:
+        await self._drop_connection()
+
+    def list_models(self) -> list[str]:
+        return sorted(self._models)
+
+    def is_live(self) -> bool:
+        return True  # the gateway process itself; Triton's state is readiness
+
+    async def is_ready(self) -> bool:
+        """Triton's readiness; (re)fetch the model list when Triton was down or never seen."""
+        try:
+            ready = bool(await self._call("is_server_ready"))
+            if ready and not self._synced:
+                await self._sync(force=True)
+            return ready and self._synced
+        except ServingError as error:
+            self._synced = False
+            log.info("Triton not ready: %s", error.message)
+            return False
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            return bool(await self._call("is_model_ready", name, version))
+        except (Unavailable, DeadlineExceeded):
+            return False
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self._cached(name, version)[0]
+
+    def config(self, name: str, version: str = "") -> dict[str, Any]:
+        return self._cached(name, version)[1]
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Forward one request; the outputs come back as numpy arrays."""
+        await self._ensure_known(request.model)
+        self._cached(request.model, request.version)
+        module = self._module()
+        inputs = [self._input(module, name, array) for name, array in request.inputs.items()]
+        counts = request.parameters.get("classification") or {}
+        wanted = request.outputs or list(counts)
+        outputs = [module.InferRequestedOutput(name, class_count=int(counts.get(name, 0))) for name in wanted]
+        timeout = request.timeout_s or self.timeout_s
+        extra = {"client_timeout": timeout} if self.protocol == "grpc" else {}
+        result = await self._call(
+            "infer",
+            request.model,
+            inputs,
+            model_version=request.version,
+            outputs=outputs or None,
+            request_id=request.request_id,
+            timeout_s=timeout,
+            **extra,
+        )
+        return InferResponse(
+            model=request.model,
+            version=self._response_field(result, "model_version") or request.version,
+            outputs={name: result.as_numpy(name) for name in self._output_names(result)},
+            request_id=request.request_id,
+        )
+
+    async def _ensure_known(self, name: str) -> None:
+        """Refresh the model list when a name is unknown (Triton may have come back or changed)."""
+        if name not in self._models:
+            await self._sync(force=not self._synced)
+
+    @staticmethod
+    def _input(module: Any, name: str, array: np.ndarray) -> Any:
+        try:
+            datatype = datatype_of(np.asarray(array))
+        except TypeError as error:
+            raise BadRequest(f"input {name!r}: {error}") from None
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(np.asarray(array))
+        return tensor
+
+    def _output_names(self, result: Any) -> list[str]:
+        response = result.get_response()
+        if self.protocol == "grpc":
+            return [out.name for out in response.outputs]
+        return [out["name"] for out in response.get("outputs", [])]
+
+    def _response_field(self, result: Any, key: str) -> str:
+        response = result.get_response()
+        return str(getattr(response, key, "") if self.protocol == "grpc" else response.get(key, ""))

@@ -1,0 +1,198 @@
+"""The real Triton server (nvidia-pytriton wheel) serves the python flavour exactly like ONNX Runtime does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.backends.base import BadRequest, InferRequest, ModelNotFound, Unavailable
+from serving.backends.triton import TritonBackend
+from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
+from tests.repo_fixtures import build_classifier_repository
+from tests.test_grpc import LoopThread, run_gateway
+
+pytestmark = pytest.mark.triton
+needs_triton = pytest.mark.skipif(
+    find_triton() is None, reason="the tritonserver binary from nvidia-pytriton is not installed"
+)
+MODELS = ("lenet", "tiny")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_classifier_repository(tmp_path_factory.mktemp("repo"), MODELS)
+
+
+@pytest.fixture(scope="module")
+def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    if find_triton() is None:
+        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
+    with TritonServer(repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+def images(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, 8, 8, 1), dtype=np.uint8)
+
+
+def reference(repository: Path, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """ONNX Runtime called directly on the exported model: the ground truth."""
+    session = ort.InferenceSession(
+        str(repository / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return dict(
+        zip(["logits", "probabilities"], session.run(["logits", "probabilities"], {"images": x}), strict=True)
+    )
+
+
+def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_python_flavour_keeps_tensors_and_batching(repository: Path, tmp_path: Path) -> None:
+    source = repository.parent / "mixed"
+    build_classifier_repository(source, ("lenet",))
+    (source / "engine").mkdir(exist_ok=True)
+    (source / "engine" / "config.pbtxt").write_text(
+        'name: "engine" platform: "tensorrt_plan" max_batch_size: 4'
+    )
+    report = derive_python_flavour(source, tmp_path / "flavour")
+    assert report.wrapped == ["lenet"] and "engine" in report.skipped
+    original, wrapped = (
+        read_config(source / "lenet" / "config.pbtxt"),
+        read_config(tmp_path / "flavour/lenet/config.pbtxt"),
+    )
+    assert (wrapped.backend, wrapped.platform) == ("python", "")
+    for field in ("input", "output", "max_batch_size", "dynamic_batching", "name"):
+        assert getattr(wrapped, field) == getattr(original, field), field
+    assert (tmp_path / "flavour/lenet/1/model.py").is_file()
+    assert (tmp_path / "flavour/lenet/1/model.onnx").read_bytes() == (
+        source / "lenet/1/model.onnx"
+    ).read_bytes()
+    assert (tmp_path / "flavour/lenet/labels.txt").is_file()
+    text_format.Parse((tmp_path / "flavour/lenet/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_python_flavour_rejects_a_missing_repository(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        derive_python_flavour(tmp_path / "nope", tmp_path / "out")
+
+
+@needs_triton
+@pytest.mark.parametrize("model", MODELS)
+def test_triton_http_and_grpc_match_onnxruntime(triton: TritonServer, repository: Path, model: str) -> None:
+    x = images(3, seed=len(model))
+    want = reference(repository, model, x)
+    with httpclient.InferenceServerClient(triton.http_url) as client:
+        tensor = httpclient.InferInput("images", list(x.shape), "UINT8")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(model, [tensor])
+        assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        tensor = grpcclient.InferInput("images", list(x.shape), "UINT8")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(model, [tensor])
+        assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
+        assert client.get_model_config(model).config.max_batch_size == 8
+
+
+@needs_triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_backend_forwards_and_maps_errors(triton, repository, loop: LoopThread, protocol: str) -> None:
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    backend = TritonBackend(url, protocol=protocol, timeout_s=30)
+    loop.run(backend.start())
+    try:
+        assert loop.run(backend.is_ready())
+        assert backend.list_models() == sorted(MODELS)
+        assert backend.config("lenet")["maxBatchSize"] == 8
+        assert [t.name for t in backend.metadata("lenet").outputs] == ["logits", "probabilities"]
+        x = images(2, seed=7)
+        response = loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": x})))
+        assert_same_outputs(response.outputs, reference(repository, "lenet", x))
+        with pytest.raises(ModelNotFound, match="unknown model"):
+            loop.run(backend.infer(InferRequest(model="nope", inputs={"images": x})))
+        bad = InferRequest(model="lenet", inputs={"images": np.zeros((1, 4, 4, 1), np.uint8)})
+        with pytest.raises(BadRequest, match="Triton"):
+            loop.run(backend.infer(bad))
+    finally:
+        loop.run(backend.stop())
+
+
+@needs_triton
+def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, loop: LoopThread) -> None:
+    with run_gateway(loop, repository, backend="triton", triton_url=triton.grpc_url) as gateway:
+        x = images(2, seed=3)
+        want = reference(repository, "tiny", x)
+        with httpclient.InferenceServerClient(gateway.http_url) as client:
+            assert client.is_server_ready()
+            tensor = httpclient.InferInput("images", list(x.shape), "UINT8")
+            tensor.set_data_from_numpy(x)
+            result = client.infer("tiny", [tensor])
+            assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
+        with grpcclient.InferenceServerClient(gateway.grpc_url) as client:
+            tensor = grpcclient.InferInput("images", list(x.shape), "UINT8")
+            tensor.set_data_from_numpy(x)
+            result = client.infer("tiny", [tensor])
+            assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
+
+
+@needs_triton
+def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, tmp_path: Path) -> None:
+    grpc_port = free_port()
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": [0] * 64}]}
+    with run_gateway(loop, repository, backend="triton", triton_url=f"127.0.0.1:{grpc_port}") as gateway:
+        down = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+        assert down.status_code == 503, down.text
+        assert "unavailable" in down.json()["error"] and down.headers["Retry-After"] == "1"
+        assert httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 400
+        with TritonServer(repository, tmp_path / "triton", grpc_port=grpc_port):
+            assert _eventually(
+                lambda: httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 200
+            )
+            up = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+            assert up.status_code == 200, up.text
+            want = reference(repository, "lenet", np.zeros((1, 8, 8, 1), np.uint8))["logits"]
+            logits = next(o for o in up.json()["outputs"] if o["name"] == "logits")
+            np.testing.assert_allclose(
+                np.asarray(logits["data"], np.float32), want.reshape(-1), rtol=1e-5, atol=1e-6
+            )
+        again = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+        assert again.status_code == 503, again.text
+
+
+def test_backend_before_any_triton_reports_unavailable(loop: LoopThread) -> None:
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
+    loop.run(backend.start())
+    assert not loop.run(backend.is_ready())
+    with pytest.raises(Unavailable, match="unavailable") as caught:
+        loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": images(1)})))
+    assert caught.value.retry_after == 1.0
+    loop.run(backend.stop())
+
+
+def _eventually(check, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
