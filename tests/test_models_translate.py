@@ -1,0 +1,154 @@
+"""Every registered translator: shapes, the step interface, padding invariance, checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint, make_checkpoint, rebuild_model, save_checkpoint
+from training.models import build_model, list_models
+
+V_SRC, V_TGT = 40, 50
+# Tiny configurations, one per registered translator (the coverage guard below keeps this complete).
+TINY = {
+    "transformer": {"d_model": 32, "heads": 4, "ffn_dim": 64, "encoder_layers": 2, "decoder_layers": 2},
+    "gru_attention": {
+        "embed_dim": 16,
+        "hidden_size": 24,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "attention_dim": 20,
+    },
+    "lstm_attention": {
+        "embed_dim": 16,
+        "hidden_size": 24,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "attention_dim": 20,
+    },
+}
+SRC = torch.tensor([[5, 6, 7, 2, 0, 0, 0], [8, 9, 10, 11, 12, 13, 2]])  # row 0 is padded
+TGT = torch.tensor([[1, 5, 6, 7, 9], [1, 8, 9, 10, 11]])
+
+
+def tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, src_vocab_size=V_SRC, tgt_vocab_size=V_TGT, **TINY[name]).eval()
+
+
+def test_every_registered_translator_has_a_tiny_configuration():
+    assert set(TINY) == set(list_models("translate"))
+
+
+def run_steps(model, src, tgt, cache_prefix: int = 0):
+    """Drive encode + decode_step generically from the step spec; optionally left-pad caches."""
+    spec, enc = model.step_spec(), model.encode(src)
+    rows = src.shape[0]
+    state = {}
+    for inp in spec["decoder"]["inputs"]:
+        name, role = inp["name"], inp["role"]
+        if role == "encoder":
+            state[name] = enc[name]
+        elif role == "state":
+            state[name] = enc[inp["init"]]
+        elif role == "cache":
+            shape = [rows if d == -1 else d for d in inp["init_shape"]]
+            shape[inp["axis"]] = cache_prefix
+            state[name] = torch.randn(shape)  # junk entries that cache_mask must hide
+        elif role == "cache_mask":
+            state[name] = torch.zeros(rows, cache_prefix, dtype=torch.bool)
+    out = []
+    for t in range(tgt.shape[1]):
+        step_in = dict(state)
+        for inp in spec["decoder"]["inputs"]:
+            if inp["role"] == "tokens":
+                step_in[inp["name"]] = tgt[:, t]
+            if inp["role"] == "positions":
+                step_in[inp["name"]] = torch.full((rows,), t)
+        result = model.decode_step(step_in)
+        assert set(result) == set(spec["decoder"]["outputs"])
+        out.append(result["log_probs"])
+        for inp in spec["decoder"]["inputs"]:
+            name = inp["name"]
+            if inp["role"] == "state":
+                state[name] = result[inp["output"]]
+            elif inp["role"] == "cache":
+                assert result[inp["output"]].shape[inp["axis"]] == 1
+                state[name] = torch.cat([state[name], result[inp["output"]]], dim=inp["axis"])
+            elif inp["role"] == "cache_mask":
+                state[name] = torch.cat([state[name], torch.ones(rows, 1, dtype=torch.bool)], dim=1)
+    return torch.stack(out, dim=1)  # (B, T, V)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_forward_returns_logits_over_the_target_vocabulary(name):
+    assert tiny(name)(SRC, TGT).shape == (2, 5, V_TGT)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_cached_incremental_decoding_equals_full_recomputation(name):
+    model = tiny(name)
+    with torch.no_grad():
+        full = torch.log_softmax(model(SRC, TGT), dim=-1)
+        steps = run_steps(model, SRC, TGT)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_sentence_is_translated_the_same_alone_or_padded_next_to_a_longer_one(name):
+    model = tiny(name)
+    with torch.no_grad():
+        together = model(SRC, TGT)[0]
+        alone = model(SRC[:1, :4], TGT[:1])[0]
+        enc_together, enc_alone = model.encode(SRC), model.encode(SRC[:1, :4])
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+    assert enc_together["src_mask"][0].tolist() == [True] * 4 + [False] * 3
+    for inp in model.step_spec()["decoder"]["inputs"]:
+        if inp["role"] == "encoder":  # real positions of every encoder output agree too
+            real = enc_together[inp["name"]][:1].narrow(inp["pad_axis"], 0, 4)
+            torch.testing.assert_close(enc_alone[inp["name"]], real, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_step_spec_is_json_and_names_what_encode_and_decode_step_produce(name):
+    model = tiny(name)
+    spec = json.loads(json.dumps(model.step_spec()))
+    with torch.no_grad():
+        enc = model.encode(SRC)
+    assert list(enc) == spec["encoder"]["outputs"]
+    assert (spec["pad_id"], spec["bos_id"], spec["eos_id"], spec["vocab_size"]) == (0, 1, 2, V_TGT)
+    for inp in spec["decoder"]["inputs"]:
+        if inp["role"] == "encoder":
+            assert inp["name"] in enc and enc[inp["name"]].dim() > inp["pad_axis"]
+        if inp["role"] == "state":
+            assert enc[inp["init"]].shape[0] == 2
+    assert all(n in spec["dtypes"] for n in [*enc, *spec["decoder"]["outputs"]])
+
+
+def test_transformer_cache_mask_hides_left_padded_cache_entries():
+    model = tiny("transformer")
+    with torch.no_grad():
+        plain = run_steps(model, SRC, TGT)
+        padded = run_steps(model, SRC, TGT, cache_prefix=3)
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
+    model = tiny(name)
+    args = {"src_vocab_size": V_SRC, "tgt_vocab_size": V_TGT, **TINY[name]}
+    ckpt = make_checkpoint(
+        task="translate", model_name=name, model_args=args, model=model, train_config={}, metrics={}
+    )
+    restored = rebuild_model(load_checkpoint(save_checkpoint(ckpt, tmp_path / f"{name}.pt")))
+    with torch.no_grad():
+        assert torch.equal(restored(SRC, TGT), model(SRC, TGT))
+
+
+def test_unknown_rnn_type_and_bad_heads_are_refused():
+    with pytest.raises(ValueError, match="rnn_type='gru'"):
+        build_model("gru_attention", rnn_type="lstm")
+    with pytest.raises(ValueError, match="not divisible"):
+        build_model("transformer", d_model=30, heads=4)

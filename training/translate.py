@@ -1,0 +1,332 @@
+"""Train a translator: ``python -m training.translate --model transformer --output-dir checkpoints``.
+
+Teacher forcing with label smoothing, Adam with warmup then inverse-sqrt or cosine decay, gradient
+clipping, early stopping on validation BLEU (greedy decodes, sacrebleu), a wall-clock budget that stops
+gracefully and keeps the best weights, then test BLEU / exact match with beam search and one
+checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import make_checkpoint, save_checkpoint
+from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
+from training.data.text_batches import BucketedBatches, TranslationBatch, pad_ids
+from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
+from training.decoding import beam_search, greedy_decode
+from training.models import list_models, make_config
+from training.models.registry import get_entry
+from training.optim import SCHEDULES, build_optimizer, build_scheduler
+from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+
+log = logging.getLogger(__name__)
+
+# Everything a run needs, with the values used when neither the recipe nor the command line says.
+BASE = {
+    "corpus": "numbers", "data_path": None, "lang": "fr", "n_pairs": 36000, "lowercase": False,
+    "valid_size": 0.05, "test_size": 0.05, "max_length": 64,
+    "vocab_size": 1000, "shared_vocab": True,
+    "epochs": 30, "batch_tokens": 3000, "batch_size": None, "lr": 1e-3, "warmup_steps": 300,
+    "schedule": "inverse_sqrt", "label_smoothing": 0.1, "clip_norm": 1.0, "weight_decay": 0.0,
+    "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 9.0,
+    "max_decode_length": 64, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
+}  # fmt: skip
+# Per-model recipes: the measured defaults (see the report in docs/corpus.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "transformer": {
+        "lr": 2e-3, "warmup_steps": 200, "batch_tokens": 1500,
+        "model_args": {"d_model": 128, "heads": 4, "ffn_dim": 512, "encoder_layers": 3, "decoder_layers": 3,
+                       "share_embeddings": True, "tie_output": True},
+    },
+    "gru_attention": {
+        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1500,
+        "model_args": {"embed_dim": 128, "hidden_size": 256, "encoder_layers": 1, "decoder_layers": 1,
+                       "attention_dim": 128},
+    },
+    "lstm_attention": {
+        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1500,
+        "model_args": {"embed_dim": 128, "hidden_size": 256, "encoder_layers": 1, "decoder_layers": 1,
+                       "attention_dim": 128},
+    },
+}  # fmt: skip
+PRESETS = {"demo": {"n_pairs": 12000, "time_budget": 2.0, "epochs": 12, "val_limit": 200}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.translate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="transformer", help="registered translator (default: transformer)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a quick recipe, e.g. 'demo' (~2 minutes)")
+    p.add_argument("--corpus", choices=CORPUS_KINDS, help="numbers (offline generator) | tsv | parallel")
+    p.add_argument("--data-path", help="tsv file, or 'src_file,tgt_file' / prefix (prefix.en, prefix.LANG)")
+    p.add_argument("--lang", choices=("fr", "de"), help="target language of the numbers corpus")
+    p.add_argument("--n-pairs", type=int, help="size of the generated numbers corpus")
+    p.add_argument(
+        "--lowercase", action="store_true", default=None, help="lower-case (also in the tokenizer)"
+    )
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    p.add_argument("--separate-vocab", dest="shared_vocab", action="store_false", default=None)
+    p.add_argument("--epochs", type=int)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--batch-tokens", type=int, help="padded tokens per batch")
+    group.add_argument("--batch-size", type=int, help="sentences per batch (instead of --batch-tokens)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--clip-norm", type=float, help="gradient clipping max norm (0 = off)")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--patience", type=int, help="evaluations without BLEU gain before stopping (0 = never)")
+    p.add_argument("--eval-every", type=int, help="validate every N steps (0 = every epoch)")
+    p.add_argument("--val-limit", type=int, help="validation sentences decoded per evaluation")
+    p.add_argument("--time-budget", type=float, help="minutes of training before stopping gracefully")
+    p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 helps on a busy CPU)"
+    )
+    p.add_argument("--output-dir", default="checkpoints")
+    p.add_argument("--name", help="checkpoint name (default: the model name)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    return p
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """'d_model=256' -> {'d_model': 256}; values are Python literals, otherwise strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """BASE < model recipe < preset < explicit command-line values."""
+    if args.model not in list_models("translate"):
+        raise ValueError(
+            f"--model {args.model!r} is not a translator; choose from {list_models('translate')}"
+        )
+    recipe = RECIPES.get(args.model, {})
+    cfg = {**BASE, **recipe, **PRESETS.get(args.preset or "", {})}
+    cfg["model_args"] = {**recipe.get("model_args", {}), **parse_model_args(args.model_arg)}
+    for key in BASE:
+        value = getattr(args, key, None)
+        if value is not None and key != "model_args":
+            cfg[key] = value
+    if args.batch_size is not None:
+        cfg["batch_tokens"] = None
+    cfg.update(model=args.model, preset=args.preset, output_dir=args.output_dir, name=args.name or args.model)
+    return cfg
+
+
+def prepare_data(cfg: dict[str, Any]):
+    """Corpus, tokenizers and encoded training examples."""
+    corpus = load_corpus(
+        CorpusConfig(
+            kind=cfg["corpus"], data_path=cfg["data_path"], lang=cfg["lang"], n_pairs=cfg["n_pairs"],
+            lowercase=cfg["lowercase"], max_length=cfg["max_length"], valid_size=cfg["valid_size"],
+            test_size=cfg["test_size"], seed=cfg["seed"],
+        )
+    )  # fmt: skip
+    tok_cfg = TokenizerConfig(
+        vocab_size=cfg["vocab_size"], shared=cfg["shared_vocab"], lowercase=cfg["lowercase"]
+    )
+    tokenizers = build_tokenizers(corpus.train, tok_cfg)
+    src = tokenizers.encode_source([s for s, _ in corpus.train])
+    tgt = tokenizers.encode_target([t for _, t in corpus.train])
+    return corpus, tokenizers, list(zip(src, tgt, strict=True))
+
+
+def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn.Module, dict[str, Any]]:
+    """The registered model with vocabulary sizes and special ids taken from the tokenizers."""
+    args = {
+        "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
+        "dropout": cfg["dropout"], "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
+        "max_positions": max(256, cfg["max_length"] * 4), **cfg["model_args"],
+    }  # fmt: skip
+    if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
+        raise ValueError("share_embeddings=True needs a joint vocabulary (drop --separate-vocab)")
+    fields = {f.name for f in dataclasses.fields(get_entry(cfg["model"]).config_cls)}
+    args = {k: v for k, v in args.items() if k in fields or k in cfg["model_args"]}
+    config = make_config(cfg["model"], **args)
+    return get_entry(cfg["model"]).builder(config), asdict(config)
+
+
+def translate_texts(
+    model: nn.Module, tokenizers: TokenizerPair, texts: list[str], *, beam: int = 1, max_length: int = 64,
+    batch_size: int = 128,
+) -> list[str]:  # fmt: skip
+    """Greedy (beam=1) or beam-search translations, batched by sorted length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        src = pad_ids(tokenizers.encode_source([texts[i] for i in idx]))
+        if beam == 1:
+            seqs = greedy_decode(model, src, max_length=max_length)
+        else:
+            seqs = [hyps[0].tokens for hyps in beam_search(model, src, beam_size=beam, max_length=max_length)]
+        for i, seq in zip(idx, seqs, strict=True):
+            out[i] = tokenizers.decode_target(seq)
+    return out
+
+
+def evaluate(model, tokenizers, pairs, *, beam: int = 1, max_length: int = 64) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu) and exact-match rate of the translations of ``pairs``."""
+    hyps = translate_texts(model, tokenizers, [s for s, _ in pairs], beam=beam, max_length=max_length)
+    refs = [t for _, t in pairs]
+    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+    exact = sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(1, len(refs))
+    return {"bleu": round(bleu, 3), "exact_match": round(100.0 * exact, 3)}
+
+
+def loss_on(model: nn.Module, batch: TranslationBatch, label_smoothing: float) -> torch.Tensor:
+    """Token-averaged cross entropy with label smoothing, padding ignored."""
+    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    return F.cross_entropy(
+        logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID, label_smoothing=label_smoothing
+    )
+
+
+class Trainer:
+    """The loop: steps, periodic validation, early stopping, best weights, time budget."""
+
+    def __init__(self, cfg, model, tokenizers, corpus, examples) -> None:
+        self.cfg, self.model, self.tokenizers, self.corpus = cfg, model, tokenizers, corpus
+        self.batches = BucketedBatches(
+            examples, batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], seed=cfg["seed"]
+        )
+        total = cfg["epochs"] * len(self.batches)
+        self.opt = build_optimizer(model, "adam", cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.sched = build_scheduler(
+            self.opt, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"], total_steps=total
+        )
+        self.stopper = EarlyStopping(cfg["patience"], mode="max")
+        out = Path(cfg["output_dir"])
+        self.metrics = MetricsLogger(out / f"{cfg['name']}.metrics.jsonl")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best = {"val_bleu": -1.0}
+        self.step, self.start = 0, time.monotonic()
+        self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
+        self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
+
+    def validate(self, epoch: float, train_loss: float) -> bool:
+        """Score the validation split, keep the best weights; True means stop (patience exhausted)."""
+        scores = evaluate(
+            self.model, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
+        )
+        record = {
+            "epoch": round(epoch, 3), "step": self.step, "train_loss": round(train_loss, 4),
+            "val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"],
+            "lr": self.opt.param_groups[0]["lr"], "time_s": round(time.monotonic() - self.start, 1),
+        }  # fmt: skip
+        self.metrics.log(record)
+        log.info("epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%", epoch, self.step, train_loss,
+                 scores["bleu"], scores["exact_match"])  # fmt: skip
+        if scores["bleu"] > self.best["val_bleu"]:
+            self.best = {"val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"], "epoch": epoch}
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
+
+    def run(self) -> None:
+        cfg = self.cfg
+        for epoch in range(cfg["epochs"]):
+            self.model.train()
+            total, count = 0.0, 0
+            bar = tqdm(
+                self.batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, dynamic_ncols=True
+            )
+            for batch in bar:
+                loss = loss_on(self.model, batch, cfg["label_smoothing"])
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg["clip_norm"]:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg["clip_norm"])
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+                total, count = total + loss.item(), count + 1
+                bar.set_postfix(loss=f"{total / count:.3f}")
+                out_of_time = time.monotonic() > self.deadline
+                mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
+                if (mid_eval or out_of_time) and self.validate(
+                    epoch + count / len(self.batches), total / count
+                ):
+                    return
+                if out_of_time:
+                    log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
+                    return
+            bar.close()
+            if not cfg["eval_every"] and self.validate(epoch + 1, total / max(1, count)):
+                return
+
+
+def train(args: argparse.Namespace | list[str] | None = None) -> Path:
+    """Run a full training from parsed arguments (or an argv list); returns the checkpoint path."""
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(args)
+    cfg = resolve_config(args)
+    torch.manual_seed(cfg["seed"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    corpus, tokenizers, examples = prepare_data(cfg)
+    model, model_args = build_translator(cfg, tokenizers)
+    log.info(
+        "%s: %d parameters, corpus %s", cfg["model"], sum(p.numel() for p in model.parameters()), corpus.info
+    )
+    trainer = Trainer(cfg, model, tokenizers, corpus, examples)
+    trainer.run()
+    train_time = time.monotonic() - trainer.start
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    test = evaluate(
+        model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=cfg["max_decode_length"]
+    )
+    metrics = {
+        "best_val_bleu": trainer.best["val_bleu"], "best_val_exact_match": trainer.best.get("val_exact_match"),
+        "best_epoch": trainer.best.get("epoch"), "steps": trainer.step, "train_time_s": round(train_time, 1),
+        "test_bleu": test["bleu"], "test_exact_match": test["exact_match"], "test_beam": cfg["test_beam"],
+        "total_time_s": round(time.monotonic() - trainer.start, 1),
+    }  # fmt: skip
+    data = {
+        **corpus.info,
+        "vocab_size": {"source": tokenizers.src_vocab_size, "target": tokenizers.tgt_vocab_size},
+    }
+    ckpt = make_checkpoint(
+        task="translate", model_name=cfg["model"], model_args=model_args, model=model, train_config=cfg,
+        metrics=metrics, tokenizers=tokenizers.to_dict(), data=data,
+    )  # fmt: skip
+    out = Path(cfg["output_dir"])
+    path = save_checkpoint(ckpt, out / f"{cfg['name']}.pt")
+    plot_curves(read_metrics(trainer.metrics.path), out / f"{cfg['name']}.curves.png", title=cfg["name"])
+    log.info("saved %s: test BLEU %.2f, exact match %.1f%%", path, test["bleu"], test["exact_match"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = train(argv)
+    print(f"checkpoint: {path}")
+
+
+if __name__ == "__main__":
+    main()
