@@ -255,3 +255,12 @@ def test_numpy_beam_search_over_the_torch_decode_step_equals_the_torch_reference
     config = bs.BeamConfig(eos_id=EOS, bos_id=BOS, **kwargs)
     ours = bs.beam_search(TorchStep(model, src), src.shape[0], config)
     assert as_tuples(ours) == as_tuples(reference)
+
+
+@needs_translators
+def test_max_length_beyond_the_models_positions_is_refused():
+    model = tiny_translator("transformer")
+    with pytest.raises(ValueError, match="max_positions=32"):
+        decoding.beam_search(model, random_sources(), max_length=33)
+    with pytest.raises(ValueError, match="max_positions=32"):
+        decoding.greedy_decode(model, random_sources(), max_length=33)
