@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -58,29 +58,49 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         ready_timeout_s=args.ready_timeout,
     )
+    _interrupt_on_signals()
     try:
         with console.status(f"starting tritonserver on {args.model_repository} (log: {server.log_path})"):
             server.start()
     except (TritonError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]{error}")
         return 1
+    except KeyboardInterrupt:
+        return 130  # start() already stopped the server
+    _print_ready(console, server)
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(1.0)
+        console.print(f"[red]tritonserver exited\n{server.log_tail()}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("stopping tritonserver")
+        return 0
+    finally:
+        server.stop()
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, even where a parent shell made SIGINT ignored."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
+def _print_ready(console: Console, server: TritonServer) -> None:
     flavour = server.flavour
     console.print(
         f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  log {server.log_path}"
     )
-    console.print(f"wrapped (ONNX Runtime in python backend): {flavour.wrapped}; copied: {flavour.copied}")
-    for name, reason in flavour.skipped.items():
-        console.print(f"[yellow]skipped {name}: {reason}")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        if server.process is None or server.process.poll() is not None:
-            console.print(f"[red]tritonserver exited\n{server.log_tail()}")
-            return 1
-    console.print("stopping tritonserver")
-    server.stop()
-    return 0
+    if flavour is not None:
+        console.print(
+            f"wrapped (ONNX Runtime in python backend): {flavour.wrapped}; copied: {flavour.copied}"
+        )
+        for name, reason in flavour.skipped.items():
+            console.print(f"[yellow]skipped {name}: {reason}")
 
 
 if __name__ == "__main__":
