@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=int, help="validation sentences decoded per evaluation")
     p.add_argument("--time-budget", type=float, help="minutes of training before stopping gracefully")
     p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
+    p.add_argument("--max-decode-length", type=int, help="longest translation decoded in evaluation")
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 helps on a busy CPU)"
