@@ -81,6 +81,8 @@ def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
 
 def find_foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv_or_linear, batchnorm) module names where the BN is the only consumer of that layer's output."""
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return []
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - untraceable models still freeze, with BN as affine

@@ -7,6 +7,7 @@ wrappers expose ``encode`` / ``decode_step`` (docs/translator-interface.md).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -90,13 +91,12 @@ def torch_export(module: nn.Module, spec: GraphSpec, example: Sequence[torch.Ten
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if spec.dynamo:
+            shapes = spec.dynamic_shapes()
+            params = inspect.signature(module.forward).parameters.values()
+            if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+                shapes = (shapes,)  # torch.export sees ``*tensors`` as one argument
             program = torch.onnx.export(
-                module,
-                tuple(example),
-                dynamo=True,
-                dynamic_shapes=spec.dynamic_shapes(),
-                verbose=False,
-                **common,
+                module, tuple(example), dynamo=True, dynamic_shapes=shapes, verbose=False, **common
             )
             program.save(str(path), external_data=external)
         else:

@@ -78,8 +78,14 @@ def ort_session(path: Path | str, threads: int = 2) -> Any:
 
 
 def session_runner(session: Any) -> Callable[[Feeds], Feeds]:
+    """Run a session on named feeds; inputs the exporter pruned as unused are not fed."""
     names = [o.name for o in session.get_outputs()]
-    return lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))
+    inputs = [i.name for i in session.get_inputs()]
+
+    def run(feeds: Feeds) -> Feeds:
+        return dict(zip(names, session.run(names, {n: feeds[n] for n in inputs}), strict=True))
+
+    return run
 
 
 @torch.no_grad()

@@ -1,0 +1,98 @@
+"""``python -m export``: every checkpoint to ONNX (+TensorRT), parity-checked, as a Triton model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from export.parity import ParityError
+from export.quantize import PRECISIONS
+from export.repository import RepositoryError
+from export.results import EntryResult
+from export.tensorrt import MODES, TensorRTError
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    values = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in values if p not in PRECISIONS]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(
+            f"unknown precision(s) {unknown or text!r}; choose from {PRECISIONS}"
+        )
+    return values if "fp32" in values else ("fp32", *values)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Freeze checkpoints, export them to ONNX (+TensorRT), prove parity, write a Triton repository.",
+    )
+    parser.add_argument("paths", nargs="*", default=["checkpoints"], help="checkpoint files or directories")
+    parser.add_argument("--repository", default="model_repository", help="output model repository")
+    parser.add_argument("--force", action="store_true", help="rebuild entries even when they are up to date")
+    parser.add_argument(
+        "--precisions", type=_precisions, default=("fp32",), help="comma list of fp32,fp16,int8"
+    )
+    parser.add_argument("--int8-max-drop", type=float, default=0.5, help="max validation top-1 drop (points)")
+    parser.add_argument("--tensorrt", choices=MODES, default="auto", help="build TensorRT engines")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size")
+    parser.add_argument("--beam-sentences", type=int, default=200, help="held-out sentences for beam parity")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    return parser.parse_args(argv)
+
+
+def summary_table(results: list[EntryResult]) -> Table:
+    """entry, precision, max abs diff per output, top-1 agreement, status."""
+    table = Table(title="Kiln export")
+    for column in ("entry", "precision", "max abs diff", "top-1 agreement", "status"):
+        table.add_column(column)
+    for r in results:
+        diff = ", ".join(f"{k}={v:.2g}" for k, v in r.max_abs_diff.items() if v is not None) or "-"
+        agreement = "-" if r.top1_agreement is None else f"{100 * r.top1_agreement:.2f}%"
+        status = r.status + (f" ({r.message})" if r.message else "")
+        table.add_row(r.entry, r.precision, diff, agreement, status)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from export.pipeline import export_checkpoint, find_checkpoints
+
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    console = Console(stderr=True)
+    results: list[EntryResult] = []
+    try:
+        checkpoints = find_checkpoints(args.paths)
+        if not checkpoints:
+            console.print(f"[red]no checkpoints (*.pt) found in {args.paths}")
+            return 2
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("export", total=len(checkpoints))
+            for ckpt in checkpoints:
+                results += export_checkpoint(
+                    ckpt, args.repository, force=args.force, precisions=args.precisions,
+                    int8_max_drop=args.int8_max_drop, tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
+                    beam_sentences=args.beam_sentences,
+                    on_step=lambda text: progress.update(task, description=text),
+                )  # fmt: skip
+                progress.advance(task)
+    except (ParityError, RepositoryError, TensorRTError, FileNotFoundError, ValueError) as exc:
+        if results:
+            console.print(summary_table(results))
+        console.print(f"[red]export failed: {exc}")
+        return 1
+    Console().print(summary_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

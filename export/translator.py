@@ -1,0 +1,182 @@
+"""Translator export: ``<name>_encoder`` and ``<name>_decoder`` ONNX graphs plus the ``<name>`` python entry.
+
+Everything is driven by the model's own step spec (docs/translator-interface.md): tensor shapes are
+probed through ``encode`` / ``decode_step``, never looked up by model name. Parity covers both graphs
+at several batch sizes and lengths, then beam search over ONNX against the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.freeze import freeze
+from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
+from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
+from export.results import EntryResult, ExportContext
+from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
+from export.translator_entries import write_translator_entries
+
+log = logging.getLogger(__name__)
+
+ENCODER_CASES = ({"batch": 1, "src_len": 3}, {"batch": 7, "src_len": 9}, {"batch": 64, "src_len": 5})
+DECODER_CASES = (
+    {"batch": 1, "src_len": 4, "past_len": 0},
+    {"batch": 7, "src_len": 9, "past_len": 3},
+    {"batch": 64, "src_len": 5, "past_len": 6},
+)
+
+
+def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random ids ending in EOS and right-padded to ``src_len`` (row 0 is never padded)."""
+    src = rng.integers(4, spec["vocab_size_src"], size=(batch, src_len))
+    lengths = rng.integers(1, src_len + 1, size=batch)
+    lengths[0] = src_len
+    for row, n in enumerate(lengths):
+        src[row, n - 1] = spec["eos_id"]
+        src[row, n:] = spec["pad_id"]
+    return torch.from_numpy(src.astype(np.int64))
+
+
+def decoder_inputs(
+    model: torch.nn.Module, spec: dict[str, Any], sizes: dict[str, int], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Decoder feeds built by role: real encoder outputs, random caches of ``past_len`` entries."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows, past = sizes["batch"], sizes["past_len"]
+    with torch.no_grad():
+        encoded = model.encode(random_source(spec, rows, sizes["src_len"], rng))
+    feeds: dict[str, torch.Tensor] = {}
+    for item in spec["decoder"]["inputs"]:
+        name, role = item["name"], item["role"]
+        if role == "tokens":
+            feeds[name] = torch.from_numpy(rng.integers(4, spec["vocab_size"], size=rows).astype(np.int64))
+        elif role == "positions":
+            feeds[name] = torch.full((rows,), past, dtype=torch.int64)
+        elif role == "encoder":
+            feeds[name] = encoded[name]
+        elif role == "state":
+            feeds[name] = encoded[item["init"]]
+        elif role == "cache":
+            shape = [rows if d == -1 else d for d in item["init_shape"]]
+            shape[item["axis"]] = past
+            feeds[name] = torch.randn(*shape, generator=gen)
+        elif role == "cache_mask":
+            mask = torch.ones(rows, past, dtype=torch.bool)
+            mask[1:, :1] = False  # rows that joined later are left-padded
+            feeds[name] = mask
+        else:
+            raise ValueError(f"decoder input {name!r}: unknown role {role!r}")
+    return feeds
+
+
+def _vocab_spec(model: torch.nn.Module) -> dict[str, Any]:
+    spec = dict(model.step_spec())
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    spec["vocab_size_src"] = int(getattr(cfg, "src_vocab_size", spec["vocab_size"]))
+    return spec
+
+
+def _axes(spec: dict[str, Any], max_rows: int, names: tuple[str, ...]) -> dict[str, AxisRange]:
+    longest = int(spec.get("max_positions", 256))
+    table = {
+        BATCH: AxisRange(1, max(1, max_rows // 4), max_rows),
+        "src_len": AxisRange(1, min(16, longest), longest),
+        "past_len": AxisRange(0, min(16, longest - 1), longest - 1),
+    }
+    return {n: table[n] for n in names}
+
+
+def encoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_batch: int) -> GraphSpec:
+    """``<name>_encoder``: src_ids [batch, src_len] -> the encoder outputs named in the step spec."""
+    rng = np.random.default_rng(0)
+    outputs = probe_tensor_specs(
+        lambda s: model.encode(random_source(spec, s["batch"], s["src_len"], rng)),
+        spec["encoder"]["outputs"], [BATCH, "src_len"], {},
+    )  # fmt: skip
+    inputs = (TensorSpec("src_ids", "int64", (BATCH, "src_len"), "src_ids"),)
+    axes = _axes(spec, max_batch, (BATCH, "src_len"))
+    return GraphSpec(f"{name}_encoder", "encoder", inputs, outputs, axes, max_batch_size=max_batch)
+
+
+def decoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_rows: int) -> GraphSpec:
+    """``<name>_decoder``: one step; inputs/outputs in step-spec order, roles from the spec."""
+    in_names = [i["name"] for i in spec["decoder"]["inputs"]]
+    roles = {i["name"]: i["role"] for i in spec["decoder"]["inputs"]}
+
+    def run(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+        feeds = decoder_inputs(model, spec, sizes)
+        return {**feeds, **model.decode_step(dict(feeds))}
+
+    axes_names = (BATCH, "src_len", "past_len")
+    probed = probe_tensor_specs(run, in_names + spec["decoder"]["outputs"], list(axes_names), roles)
+    used = {a for t in probed for a in t.shape if isinstance(a, str)}
+    axes = _axes(spec, max_rows, tuple(a for a in axes_names if a in used))
+    inputs, outputs = probed[: len(in_names)], probed[len(in_names) :]
+    return GraphSpec(f"{name}_decoder", "decoder", inputs, outputs, axes, max_batch_size=max_rows)
+
+
+def _export_graphs(ctx: ExportContext, work: Path) -> dict[str, Any]:
+    spec = _vocab_spec(ctx.model)
+    src = random_source(spec, 2, 6, np.random.default_rng(1))
+    tgt = torch.full((2, 3), spec["bos_id"], dtype=torch.int64)
+    frozen, freeze_report = freeze(ctx.model, (src, tgt))
+    mbs = ctx.options.max_batch_size
+    enc = encoder_spec(ctx.name, frozen, spec, mbs)
+    dec = decoder_spec(ctx.name, frozen, spec, mbs * ctx.options.beam_size)
+    enc_module = EncoderGraph(frozen, enc.output_names)
+    dec_module = DecoderGraph(frozen, dec.input_names, dec.output_names)
+    ctx.step("export encoder")
+    enc_path = export_onnx(
+        enc_module, enc, (random_source(spec, 3, 5, np.random.default_rng(2)),), work / "enc.onnx"
+    )
+    ctx.step("export decoder")
+    feeds = decoder_inputs(frozen, spec, {"batch": 3, "src_len": 5, "past_len": 4})
+    dec_path = export_onnx(dec_module, dec, tuple(feeds[n] for n in dec.input_names), work / "dec.onnx")
+    return dict(spec=spec, frozen=frozen, freeze=freeze_report, enc=enc, dec=dec, enc_path=enc_path,
+                dec_path=dec_path, enc_module=enc_module, dec_module=dec_module)  # fmt: skip
+
+
+def graph_parity(g: dict[str, Any]) -> tuple[ParityReport, ParityReport]:
+    """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
+    spec, frozen = g["spec"], g["frozen"]
+    enc_report, dec_report = ParityReport(g["enc"].atol), ParityReport(g["dec"].atol)
+    enc_cases = [
+        (s, {"src_ids": random_source(spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
+        for i, s in enumerate(ENCODER_CASES)
+    ]
+    check_feeds(g["enc"], torch_runner(g["enc_module"], g["enc"]), session_runner(ort_session(g["enc_path"])),
+                enc_cases, enc_report)  # fmt: skip
+    dec_cases = [
+        (s, {k: v.numpy() for k, v in decoder_inputs(frozen, spec, s, seed=i).items()})
+        for i, s in enumerate(DECODER_CASES)
+    ]
+    check_feeds(g["dec"], torch_runner(g["dec_module"], g["dec"]), session_runner(ort_session(g["dec_path"])),
+                dec_cases, dec_report)  # fmt: skip
+    return enc_report, dec_report
+
+
+def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
+    """The three entries of one translator checkpoint (all rebuilt together when any is stale)."""
+    names = [f"{ctx.name}_encoder", f"{ctx.name}_decoder", ctx.name]
+    if not any(ctx.needs_rebuild(n) for n in names):
+        return [ctx.skipped(n) for n in names]
+    ctx.step("freeze")
+    graphs = _export_graphs(ctx, work)
+    ctx.step("parity encoder/decoder")
+    enc_report, dec_report = graph_parity(graphs)
+    enc_report.raise_if_failed(f"{ctx.name}_encoder (ONNX vs PyTorch)")
+    dec_report.raise_if_failed(f"{ctx.name}_decoder (ONNX vs PyTorch)")
+    ctx.step("beam search parity")
+    from export.beam_parity import beam_parity
+
+    beam_report = beam_parity(ctx, graphs)
+    beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
+    return write_translator_entries(
+        ctx, graphs, {"encoder": enc_report, "decoder": dec_report, "beam": beam_report}
+    )
