@@ -27,6 +27,8 @@ def _corpus_test_sources(ckpt: dict[str, Any], n: int) -> list[str]:
     from training.data.corpus import CorpusConfig, load_corpus
 
     data, train = ckpt.get("data") or {}, ckpt.get("train_config") or {}
+    if "corpus" not in data:
+        raise ValueError("the checkpoint's data block does not record its corpus")
     known = {f.name for f in dataclasses.fields(CorpusConfig)}
     args = {k: v for k, v in train.items() if k in known}
     args.update(

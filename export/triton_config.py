@@ -100,14 +100,24 @@ def _set_platform(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
 
 
 def _set_tensors(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    batched = config.max_batch_size > 0
     for tensor in config.inputs:
-        proto.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=tensor.dims)
+        item = proto.input.add(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type))
+        _set_dims(item, tensor.dims, batched)
     for tensor in config.outputs:
-        out = proto.output.add(
-            name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=tensor.dims
-        )
+        item = proto.output.add(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type))
+        _set_dims(item, tensor.dims, batched)
         if tensor.label_filename:
-            out.label_filename = tensor.label_filename
+            item.label_filename = tensor.label_filename
+
+
+def _set_dims(item: mc.ModelInput | mc.ModelOutput, dims: tuple[int, ...], batched: bool) -> None:
+    """Triton needs at least one dim: a per-row scalar ([batch] tensor) is dims [1] reshaped to []."""
+    if dims or not batched:
+        item.dims.extend(dims)
+        return
+    item.dims.append(1)
+    item.reshape.SetInParent()
 
 
 def _set_batching(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
