@@ -1,7 +1,8 @@
 """Build a tiny classifier model repository for gateway tests (reused by the gRPC/Triton tests).
 
-When ``export.pipeline.export_checkpoint`` exists the repository is the real export output of a
-random-init registry model; until then a minimal one is written here following docs/kiln-json.md.
+The repository is the real export output (``export.pipeline.export_checkpoint``) of random-init
+registry models saved as checkpoints; a minimal hand-built entry following docs/kiln-json.md is only
+the fallback while ``export`` is not importable.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import warnings
 from pathlib import Path
 
 LABELS = ("zero", "one", "two")
-SIZE, CHANNELS, MAX_BATCH = 8, 1, 8
+SIZE, CHANNELS, MAX_BATCH = 16, 1, 8
 
 CONFIG_TEMPLATE = """name: "{name}"
 platform: "onnxruntime_onnx"
@@ -30,9 +31,40 @@ def build_classifier_repository(root: Path, models: tuple[str, ...] = ("lenet",)
     """Create ``root`` as a model repository holding one tiny classifier per name in ``models``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        from export.pipeline import export_checkpoint
+    except ModuleNotFoundError:
+        export_checkpoint = None
     for seed, name in enumerate(models):
-        _write_minimal_entry(root / name, name, seed)
+        if export_checkpoint is None:
+            _write_minimal_entry(root / name, name, seed)
+        else:
+            checkpoint = _tiny_checkpoint(root.parent / f"{root.name}-checkpoints" / f"{name}.pt", name, seed)
+            export_checkpoint(checkpoint, root, max_batch_size=MAX_BATCH, tensorrt="off", name=name)
     return root
+
+
+def _tiny_checkpoint(path: Path, name: str, seed: int) -> Path:
+    """A random-init registry model saved as a contract-1 checkpoint (no training)."""
+    import torch
+
+    from training.checkpoint import make_checkpoint, save_checkpoint
+    from training.models import build_model
+
+    torch.manual_seed(seed)
+    args = {"num_classes": len(LABELS), "in_channels": CHANNELS}
+    preprocessing = {"input_size": [SIZE, SIZE], "channels": CHANNELS, "mean": [0.5], "std": [0.25]}
+    ckpt = make_checkpoint(
+        task="classify",
+        model_name=name,
+        model_args=args,
+        model=build_model(name, **args),
+        train_config={"note": "random init for gateway tests"},
+        metrics={},
+        preprocessing=preprocessing,
+        labels=list(LABELS),
+    )
+    return save_checkpoint(ckpt, path)
 
 
 def _write_minimal_entry(directory: Path, name: str, seed: int) -> None:

@@ -23,7 +23,7 @@ from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def repository(tmp_path_factory):
     return build_classifier_repository(tmp_path_factory.mktemp("errors") / "repo")
 
@@ -80,7 +80,12 @@ CLASSIFY = "/v1/models/lenet/classify"
 INFER = "/v2/models/lenet/infer"
 BAD_REQUESTS = {
     "corrupt image": ("post", CLASSIFY, {"json": {"images": [b64(b"\x89PNG\r\n\x1a\nnot really")]}}, 400),
-    "truncated image": ("post", CLASSIFY, {"json": {"images": [b64(noisy_png()[: len(noisy_png()) // 2])]}}, 400),
+    "truncated image": (
+        "post",
+        CLASSIFY,
+        {"json": {"images": [b64(noisy_png()[: len(noisy_png()) // 2])]}},
+        400,
+    ),
     "not base64": ("post", CLASSIFY, {"json": {"images": ["***"]}}, 400),
     "decompression bomb": ("post", CLASSIFY, {"json": {"images": [b64(png(size=100))]}}, 413),
     "negative top_k": ("post", CLASSIFY, {"json": {"images": [b64(png())], "top_k": -1}}, 422),

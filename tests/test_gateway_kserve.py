@@ -14,7 +14,7 @@ from serving.settings import Settings
 from tests.repo_fixtures import CHANNELS, LABELS, SIZE, LiveServer, build_classifier_repository
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def repository(tmp_path_factory):
     return build_classifier_repository(tmp_path_factory.mktemp("kserve") / "repo")
 

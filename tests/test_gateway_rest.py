@@ -16,7 +16,7 @@ from serving.settings import Settings
 from tests.repo_fixtures import LABELS, SIZE, LiveServer, build_classifier_repository
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def repository(tmp_path_factory):
     return build_classifier_repository(tmp_path_factory.mktemp("rest") / "repo")
 
