@@ -25,7 +25,7 @@ class Case:
 # Every registered classifier must have an entry (guarded below); widths are shrunk to keep tests fast.
 CASES: dict[str, Case] = {
     "lenet": Case({}, sizes=(28, 32, 64, 224)),
-    "alexnet": Case({"width_mult": 0.125, "hidden": 16}, sizes=(28, 32, 64)),
+    "alexnet": Case({"width_mult": 0.25, "hidden": 32}, sizes=(28, 32, 64)),
     "vgg11": Case({"width_mult": 0.125, "hidden": 16}, sizes=(28, 32, 64)),
     "vgg16": Case({"width_mult": 0.0625, "hidden": 8}),
     "nin": Case({"width_mult": 0.0625}, sizes=(28, 32, 64)),
@@ -261,3 +261,20 @@ def test_imagenet_stem_also_runs_on_small_and_224_inputs(name):
     with torch.no_grad():
         for size in (32, 224):
             assert model(torch.randn(1, 3, size, size)).shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_a_few_adam_steps_on_one_batch_lower_the_training_loss(name):
+    fields = asdict(make_config(name))
+    no_dropout = {k: 0.0 for k in ("dropout", "drop_rate") if k in fields}  # tiny heads cannot spare units
+    model = _build(name, in_channels=1, **no_dropout).train()
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % NUM_CLASSES
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < 0.7 * losses[0], f"{name} did not fit one batch: {losses}"

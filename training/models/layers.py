@@ -97,7 +97,7 @@ def mlp_head(
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming (fan_out, relu) for convs, N(0, 0.01) for linears, BN weight 1 / bias 0; biases zero."""
+    """Kaiming (fan_out, relu) convs, Xavier linears (narrow MLP heads stay trainable), BN 1/0, zero biases."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -107,5 +107,5 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
