@@ -30,6 +30,9 @@ from serving.backends.base import (
 )
 from serving.grpc_server import GrpcHandle, start_grpc_server
 from serving.tensors import classification
+from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
+
+IMAGE = (SIZE, SIZE, CHANNELS)  # one image of the tiny test repository, NHWC
 
 
 class LoopThread:
@@ -302,8 +305,6 @@ def test_unavailable_backend_sets_retry_after(loop: LoopThread) -> None:
 
 @pytest.fixture(scope="module")
 def gateway(loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Gateway]]:
-    from tests.repo_fixtures import build_classifier_repository
-
     repository = build_classifier_repository(tmp_path_factory.mktemp("repo"), ("lenet",))
     with run_gateway(loop, repository, backend="onnxruntime") as running:
         yield repository, running
@@ -313,14 +314,14 @@ def test_gateway_grpc_answers_like_onnxruntime(gateway: tuple[Path, Gateway]) ->
     import onnxruntime as ort
 
     repository, running = gateway
-    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (3, *IMAGE), dtype=np.uint8)
     session = ort.InferenceSession(str(repository / "lenet/1/model.onnx"), providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"images": x})
     with grpcclient.InferenceServerClient(running.grpc_url) as client:
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("lenet")
         meta = client.get_model_metadata("lenet")
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-            ("images", "UINT8", [-1, 8, 8, 1])
+            ("images", "UINT8", [-1, *IMAGE])
         ]
         config = client.get_model_config("lenet").config
         assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
@@ -332,9 +333,9 @@ def test_gateway_grpc_answers_like_onnxruntime(gateway: tuple[Path, Gateway]) ->
 @pytest.mark.parametrize(
     ("model", "array", "code"),
     [
-        ("no_such_model", np.zeros((1, 8, 8, 1), np.uint8), "StatusCode.NOT_FOUND"),
-        ("lenet", np.zeros((1, 4, 4, 1), np.uint8), "StatusCode.INVALID_ARGUMENT"),
-        ("lenet", np.zeros((1, 8, 8, 1), np.float32), "StatusCode.INVALID_ARGUMENT"),
+        ("no_such_model", np.zeros((1, *IMAGE), np.uint8), "StatusCode.NOT_FOUND"),
+        ("lenet", np.zeros((1, SIZE // 2, SIZE // 2, CHANNELS), np.uint8), "StatusCode.INVALID_ARGUMENT"),
+        ("lenet", np.zeros((1, *IMAGE), np.float32), "StatusCode.INVALID_ARGUMENT"),
     ],
     ids=["unknown-model", "wrong-shape", "wrong-datatype"],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,15 @@ from tritonclient.grpc import model_config_pb2
 from serving.backends.base import BadRequest, InferRequest, ModelNotFound, Unavailable
 from serving.backends.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
-from tests.repo_fixtures import build_classifier_repository
+from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.test_grpc import LoopThread, run_gateway
 
 pytestmark = pytest.mark.triton
 needs_triton = pytest.mark.skipif(
     find_triton() is None, reason="the tritonserver binary from nvidia-pytriton is not installed"
 )
-MODELS = ("lenet", "tiny")
+MODELS = ("lenet",)  # registry names: the fixture exports real registry models
+IMAGE = (SIZE, SIZE, CHANNELS)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def loop() -> Iterator[LoopThread]:
 
 
 def images(batch: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (batch, 8, 8, 1), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (batch, *IMAGE), dtype=np.uint8)
 
 
 def reference(repository: Path, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,8 +70,8 @@ def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray])
 
 
 def test_python_flavour_keeps_tensors_and_batching(repository: Path, tmp_path: Path) -> None:
-    source = repository.parent / "mixed"
-    build_classifier_repository(source, ("lenet",))
+    source = tmp_path / "mixed"
+    shutil.copytree(repository, source)
     (source / "engine").mkdir(exist_ok=True)
     (source / "engine" / "config.pbtxt").write_text(
         'name: "engine" platform: "tensorrt_plan" max_batch_size: 4'
@@ -130,7 +132,9 @@ def test_triton_backend_forwards_and_maps_errors(triton, repository, loop: LoopT
         assert_same_outputs(response.outputs, reference(repository, "lenet", x))
         with pytest.raises(ModelNotFound, match="unknown model"):
             loop.run(backend.infer(InferRequest(model="nope", inputs={"images": x})))
-        bad = InferRequest(model="lenet", inputs={"images": np.zeros((1, 4, 4, 1), np.uint8)})
+        bad = InferRequest(
+            model="lenet", inputs={"images": np.zeros((1, SIZE // 2, SIZE // 2, CHANNELS), np.uint8)}
+        )
         with pytest.raises(BadRequest, match="Triton"):
             loop.run(backend.infer(bad))
     finally:
@@ -141,24 +145,33 @@ def test_triton_backend_forwards_and_maps_errors(triton, repository, loop: LoopT
 def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, loop: LoopThread) -> None:
     with run_gateway(loop, repository, backend="triton", triton_url=triton.grpc_url) as gateway:
         x = images(2, seed=3)
-        want = reference(repository, "tiny", x)
+        want = reference(repository, "lenet", x)
         with httpclient.InferenceServerClient(gateway.http_url) as client:
             assert client.is_server_ready()
             tensor = httpclient.InferInput("images", list(x.shape), "UINT8")
             tensor.set_data_from_numpy(x)
-            result = client.infer("tiny", [tensor])
+            result = client.infer("lenet", [tensor])
             assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
         with grpcclient.InferenceServerClient(gateway.grpc_url) as client:
             tensor = grpcclient.InferInput("images", list(x.shape), "UINT8")
             tensor.set_data_from_numpy(x)
-            result = client.infer("tiny", [tensor])
+            result = client.infer("lenet", [tensor])
             assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
 
 
 @needs_triton
 def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, tmp_path: Path) -> None:
     grpc_port = free_port()
-    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": [0] * 64}]}
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [1, *IMAGE],
+                "data": [0] * (SIZE * SIZE * CHANNELS),
+            }
+        ]
+    }
     with run_gateway(loop, repository, backend="triton", triton_url=f"127.0.0.1:{grpc_port}") as gateway:
         down = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
         assert down.status_code == 503, down.text
@@ -170,7 +183,7 @@ def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, t
             )
             up = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
             assert up.status_code == 200, up.text
-            want = reference(repository, "lenet", np.zeros((1, 8, 8, 1), np.uint8))["logits"]
+            want = reference(repository, "lenet", np.zeros((1, *IMAGE), np.uint8))["logits"]
             logits = next(o for o in up.json()["outputs"] if o["name"] == "logits")
             np.testing.assert_allclose(
                 np.asarray(logits["data"], np.float32), want.reshape(-1), rtol=1e-5, atol=1e-6
