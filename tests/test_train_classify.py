@@ -155,3 +155,17 @@ def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(t
     ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
     assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
     assert classify.weights_hash(rebuild_model(ckpt)) == rank0
+
+
+def test_zoo_picks_one_model_per_family_and_writes_a_markdown_table(tmp_path, capsys):
+    from training import zoo
+
+    models = zoo.default_models()
+    families = [classify.family_of(m) for m in models]
+    assert "lenet" in models and len(families) == len(set(families))
+    report = tmp_path / "zoo.md"
+    argv = ["--models", "lenet", "--epochs", "1", "--limit-train", "64", "--no-progress"]
+    assert zoo.main([*argv, "--output", str(report), "--output-dir", str(tmp_path / "ck")]) == 0
+    table = report.read_text()
+    assert "| family | model | val accuracy |" in table and "| lenet | lenet | " in table
+    assert zoo.main(["--models", "nosuchnet"]) == 2

@@ -113,10 +113,15 @@ class TrainConfig:
     progress: bool = True
 
 
-def recipe_for(model: str) -> Recipe:
-    """The recipe of the longest family prefix of ``model`` (``resnet18`` -> ``resnet``)."""
+def family_of(model: str) -> str:
+    """The recipe family of a registry name: its longest prefix in ``RECIPES`` (``resnet18`` -> ``resnet``)."""
     matches = [family for family in RECIPES if model.startswith(family)]
-    return RECIPES[max(matches, key=len)] if matches else DEFAULT_RECIPE
+    return max(matches, key=len) if matches else model
+
+
+def recipe_for(model: str) -> Recipe:
+    """The family's recipe, or ``DEFAULT_RECIPE`` for a family without one."""
+    return RECIPES.get(family_of(model), DEFAULT_RECIPE)
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
