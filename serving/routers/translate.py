@@ -1,0 +1,153 @@
+"""``POST /v1/models/{name}/translate``: batched beam-search translation of a list of texts.
+
+The body is parsed by hand (invalid UTF-8 or JSON is a 400, not a 422 or 500) and then validated by a
+strict pydantic schema (unknown fields are a 422). Backends that run the scheduler in the gateway
+expose ``translator(name)``; any other backend is reached through KServe infer on the ``<name>``
+entry (BYTES ``text`` in, ``translation`` out, options as request parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.backends.base import Backend, BadRequest, InferRequest, UnprocessableInput
+from serving.metrics import GatewayMetrics, observed_infer
+from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep
+from serving.translator import TranslateOptions, Translation
+
+router = APIRouter(prefix="/v1", tags=["friendly"])
+
+
+class TranslateRequest(BaseModel):
+    """What a client may send; anything else is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, description="texts to translate (each non-empty)")
+    beam_size: int = Field(4, ge=1, description="beam width (1 = greedy)")
+    n_best: int = Field(1, ge=1, description="hypotheses returned per text (<= beam_size)")
+    max_length: int = Field(64, ge=1, description="most tokens generated per text, EOS included")
+    length_penalty: Literal["average", "gnmt", "none"] = "average"
+    alpha: float = Field(1.0, ge=0, allow_inf_nan=False, description="length penalty exponent")
+    return_scores: bool = Field(False, description="add raw and normalized log-prob scores")
+
+    def options(self) -> TranslateOptions:
+        return TranslateOptions(
+            beam_size=self.beam_size, n_best=self.n_best, max_length=self.max_length,
+            length_penalty=self.length_penalty, alpha=self.alpha,
+        )  # fmt: skip
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float | None = Field(None, description="sum of token log-probs (return_scores)")
+    normalized_score: float | None = Field(None, description="length-normalized score (return_scores)")
+
+
+class TranslationResult(BaseModel):
+    hypotheses: list[Hypothesis] = Field(description="n_best hypotheses, best first")
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    translations: list[TranslationResult] = Field(description="one per input text, in order")
+
+
+TRANSLATE_BODY = {
+    "requestBody": {"content": {"application/json": {"schema": TranslateRequest.model_json_schema()}}}
+}
+
+
+@router.post(
+    "/models/{name}/translate",
+    summary="Translate texts (batched beam search)",
+    openapi_extra=TRANSLATE_BODY,
+    response_model_exclude_none=True,
+)
+async def translate(
+    name: str,
+    request: Request,
+    backend: BackendDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    repository: RepositoryDep,
+) -> TranslateResponse:
+    entry = repository.get(name)  # 404 before anything else
+    if entry.task != "translate":
+        raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
+    body = parse_body(await request.body())
+    finder = getattr(backend, "translator", None)
+    if finder is not None:
+        results = await _observed(metrics, name, finder(name).translate(body.texts, body.options(),
+                                                                        settings.request_timeout_s))  # fmt: skip
+    else:
+        results = await _via_infer(backend, metrics, name, body, settings.request_timeout_s)
+    return TranslateResponse(
+        model=name,
+        translations=[TranslationResult(hypotheses=[_hypothesis(h, body) for h in hyps]) for hyps in results],
+    )
+
+
+def parse_body(raw: bytes) -> TranslateRequest:
+    """JSON body -> request; bad bytes are a 400, schema violations a 422 naming the field."""
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not valid UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    try:
+        return TranslateRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise UnprocessableInput(f"invalid translate request: {problems}") from None
+
+
+def _hypothesis(h: Translation, body: TranslateRequest) -> Hypothesis:
+    if body.return_scores:
+        return Hypothesis(text=h.text, score=h.score, normalized_score=h.normalized_score)
+    return Hypothesis(text=h.text)
+
+
+async def _observed(metrics: GatewayMetrics, name: str, work: Any) -> Any:
+    """Await ``work`` counting the request outcome, its latency and the in-flight gauge."""
+    started = time.monotonic()
+    gauge = metrics.in_flight.labels(name)
+    gauge.inc()
+    outcome = "failure"
+    try:
+        result = await work
+        outcome = "success"
+        return result
+    finally:
+        gauge.dec()
+        metrics.requests.labels(name, outcome).inc()
+        metrics.request_latency.labels(name).observe(time.monotonic() - started)
+
+
+async def _via_infer(
+    backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest, timeout_s: float
+) -> list[list[Translation]]:
+    """Translate through KServe infer on ``<name>`` (e.g. Triton's python model); no scores there."""
+    if body.return_scores:
+        raise UnprocessableInput(f"model {name!r}: this backend returns no scores; drop return_scores")
+    if body.n_best > 1:
+        raise UnprocessableInput(f"model {name!r}: this backend returns one hypothesis per text (n_best=1)")
+    texts = np.array([[t.encode()] for t in body.texts], dtype=np.object_)  # [n, 1]
+    params = body.options().__dict__
+    request = InferRequest(
+        name, {"text": texts}, outputs=["translation"], parameters=params, timeout_s=timeout_s
+    )
+    response = await observed_infer(backend, metrics, request)
+    out = np.asarray(response.outputs["translation"]).reshape(len(body.texts), -1)  # [n, n_best]
+    return [[Translation(_text(row[0]), [], float("nan"), float("nan"))] for row in out]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,248 @@
+"""Translation service of one ``<name>`` entry: tokenize -> encode -> scheduler -> detokenize.
+
+Everything comes from the entry's kiln.json (``translator`` block: step spec, tokenizer files, the
+encoder/decoder entry names), never from the model's name. The same service answers the friendly
+``POST /v1/models/{name}/translate`` and KServe v2 infer requests (BYTES ``text`` in, BYTES
+``translation`` out, decoding options as request parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import beam_search as bs
+from serving import stepper
+from serving.backends.base import BadRequest, InferRequest, InferResponse, PayloadTooLarge, UnprocessableInput
+from serving.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TranslateLimits:
+    """What one request may ask for (a client asking more gets a 4xx naming the limit)."""
+
+    max_texts: int = 64
+    max_chars: int = 1000
+    max_beam_size: int = 16
+    max_length: int = 256  # further capped by the model's max_positions
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """Decoding options of one request (the friendly API's fields, KServe's request parameters)."""
+
+    beam_size: int = 4
+    n_best: int = 1
+    max_length: int = 64
+    length_penalty: str = "average"
+    alpha: float = 1.0
+
+
+OPTION_NAMES = tuple(f.name for f in fields(TranslateOptions))
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One hypothesis: detokenized text, generated ids (EOS included), raw and normalized score."""
+
+    text: str
+    tokens: list[int]
+    score: float
+    normalized_score: float
+
+
+class TextCodec:
+    """The entry's serialized tokenizers: text -> source ids, target ids -> text."""
+
+    def __init__(self, source: Any, target: Any, spec: stepper.StepSpec) -> None:
+        self.source, self.target, self.spec = source, target, spec
+
+    @classmethod
+    def from_files(cls, source: Path, target: Path, spec: stepper.StepSpec) -> TextCodec:
+        from tokenizers import Tokenizer  # lazy: nothing heavy at import time
+
+        return cls(Tokenizer.from_file(str(source)), Tokenizer.from_file(str(target)), spec)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Source ids without EOS (the stepper appends it)."""
+        return [e.ids for e in self.source.encode_batch(texts)]
+
+    def decode(self, tokens: list[int]) -> str:
+        """Text of a hypothesis: ids up to the first EOS, without BOS / padding / specials."""
+        spec = self.spec
+        if spec.eos_id in tokens:
+            tokens = tokens[: tokens.index(spec.eos_id)]
+        kept = [t for t in tokens if t not in (spec.pad_id, spec.bos_id)]
+        return self.target.decode(kept, skip_special_tokens=True)
+
+
+class Translator:
+    """Validate, tokenize, decode through the shared scheduler, detokenize."""
+
+    def __init__(
+        self, name: str, codec: TextCodec, scheduler: DecodingScheduler, limits: TranslateLimits | None = None
+    ) -> None:
+        self.name, self.codec, self.scheduler = name, codec, scheduler
+        self.limits = limits or TranslateLimits()
+        self.spec = scheduler.spec
+        cap = self.spec.max_positions
+        self.max_length = min(self.limits.max_length, cap) if cap else self.limits.max_length
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        await self.scheduler.stop(grace_s)
+
+    def beam_config(self, options: TranslateOptions) -> bs.BeamConfig:
+        """The search settings, refusing values over the limits with the option named (422)."""
+        limits = self.limits
+        if not isinstance(options.beam_size, int) or not 1 <= options.beam_size <= limits.max_beam_size:
+            raise UnprocessableInput(f"beam_size must be an integer in [1, {limits.max_beam_size}]")
+        if not isinstance(options.max_length, int) or not 1 <= options.max_length <= self.max_length:
+            raise UnprocessableInput(f"max_length must be an integer in [1, {self.max_length}]")
+        if not isinstance(options.n_best, int) or not 1 <= options.n_best <= options.beam_size:
+            raise UnprocessableInput(f"n_best must be an integer in [1, beam_size={options.beam_size}]")
+        try:
+            return bs.BeamConfig(
+                beam_size=options.beam_size, n_best=options.n_best, max_length=options.max_length,
+                length_penalty=options.length_penalty, alpha=float(options.alpha),
+                eos_id=self.spec.eos_id, bos_id=self.spec.bos_id,
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise UnprocessableInput(f"invalid decoding options: {exc}") from None
+
+    def source_ids(self, texts: list[str]) -> list[list[int]]:
+        """Tokenized sources; empty, overlong or too many texts are refused naming the text."""
+        limits = self.limits
+        if not texts:
+            raise UnprocessableInput("texts must hold at least one text")
+        if len(texts) > limits.max_texts:
+            raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise BadRequest(f"texts[{i}] must be a string")
+            if not text.strip():
+                raise UnprocessableInput(f"texts[{i}] is empty")
+            if len(text) > limits.max_chars:
+                raise PayloadTooLarge(
+                    f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}"
+                )
+        ids = self.codec.encode(texts)
+        cap = self.spec.max_positions
+        for i, row in enumerate(ids):
+            if cap and len(row) + 1 > cap:
+                raise PayloadTooLarge(f"texts[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
+        return ids
+
+    async def translate(
+        self, texts: list[str], options: TranslateOptions, timeout_s: float | None = None
+    ) -> list[list[Translation]]:
+        """The ``n_best`` translations of each text, best first."""
+        config = self.beam_config(options)
+        sources = self.source_ids(texts)
+        try:
+            results = await self.scheduler.submit(sources, config, timeout_s)
+        except ValueError as exc:  # a setting the scheduler cannot honour (e.g. beam over its row cap)
+            raise UnprocessableInput(str(exc)) from None
+        return [
+            [Translation(self.codec.decode(h.tokens), h.tokens, h.score, h.normalized_score) for h in hyps]
+            for hyps in results
+        ]
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation`` [n, n_best] (+ FP32 ``score`` on ask)."""
+        if set(request.inputs) != {"text"}:
+            raise BadRequest(
+                f"model {self.name!r} takes exactly one input 'text'; got {sorted(request.inputs)}"
+            )
+        texts = [_as_text(value, i) for i, value in enumerate(np.asarray(request.inputs["text"]).reshape(-1))]
+        params = request.parameters or {}
+        options = options_from_parameters(params)
+        results = await self.translate(texts, options, request.timeout_s)
+        width = options.n_best
+        text = np.array(
+            [[_pad(hyps, j).text.encode() for j in range(width)] for hyps in results], dtype=np.object_
+        )  # [n, n_best]
+        outputs = {"translation": text}
+        wanted = request.outputs or ["translation"]
+        if "score" in wanted:
+            outputs["score"] = np.array(
+                [[_pad(hyps, j).normalized_score for j in range(width)] for hyps in results], dtype=np.float32
+            )  # [n, n_best]
+        unknown = sorted(set(wanted) - set(outputs) - {"score"})
+        if unknown:
+            raise BadRequest(f"model {self.name!r} has no output(s) {unknown}; outputs: ['translation']")
+        return InferResponse(self.name, "", {k: outputs[k] for k in wanted}, request.request_id)
+
+
+def _pad(hyps: list[Translation], j: int) -> Translation:
+    """The j-th hypothesis, or an empty one when the search finished fewer than ``n_best``."""
+    return hyps[j] if j < len(hyps) else Translation("", [], -math.inf, -math.inf)
+
+
+def _as_text(value: Any, index: int) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"text[{index}] is not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise BadRequest(f"text[{index}] must be BYTES (a UTF-8 string), got {type(value).__name__}")
+
+
+def options_from_parameters(params: dict[str, Any]) -> TranslateOptions:
+    """Decoding options from KServe request parameters (unknown option-like names are ignored)."""
+    values: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        if name not in params:
+            continue
+        value = params[name]
+        default = getattr(TranslateOptions, name)
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise BadRequest(f"parameter {name!r} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise BadRequest(f"parameter {name!r} must be a number, got {value!r}") from None
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise BadRequest(f"parameter {name!r} must be a string, got {value!r}")
+        values[name] = value
+    return TranslateOptions(**values)
+
+
+def translator_from_entry(
+    path: Path,
+    kiln: dict[str, Any],
+    run_encoder: stepper.Runner,
+    run_decoder: stepper.Runner,
+    *,
+    scheduler_config: SchedulerConfig | None = None,
+    limits: TranslateLimits | None = None,
+    observer: DecodeObserver | None = None,
+) -> Translator:
+    """A translator for the ``<name>`` entry at ``path`` (its kiln.json already parsed)."""
+    block = kiln.get("translator")
+    if not isinstance(block, dict) or "step_spec" not in block:
+        raise ValueError(f"{path}/kiln.json has no 'translator' block with a step_spec")
+    spec = stepper.parse_step_spec(block["step_spec"])
+    codec = TextCodec.from_files(
+        path / block.get("source_tokenizer", "source_tokenizer.json"),
+        path / block.get("target_tokenizer", "target_tokenizer.json"),
+        spec,
+    )
+    name = kiln.get("name", path.name)
+    scheduler = DecodingScheduler(name, spec, run_encoder, run_decoder, scheduler_config, observer=observer)
+    return Translator(name, codec, scheduler, limits)
