@@ -236,7 +236,7 @@ class Trainer:
             self.model, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
         )
         record = {
-            "epoch": round(epoch, 3), "step": self.step, "train_loss": round(train_loss, 4),
+            "epoch": round(epoch, 3), "train_loss": round(train_loss, 4),
             "val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"],
             "lr": self.opt.param_groups[0]["lr"], "time_s": round(time.monotonic() - self.start, 1),
         }  # fmt: skip
