@@ -50,6 +50,39 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "kiln_queue_depth", "Requests waiting in the batcher queue", ["model"], registry=r
         )
+        self._add_decoding_metrics()
+
+    def _add_decoding_metrics(self) -> None:
+        """Translators: decoder steps, rows and requests per step (iteration-level batching), latency, tokens."""
+        r = self.registry
+        self.decoder_steps = Counter("kiln_decoder_steps", "Decoder steps run", ["model"], registry=r)
+        self.rows_per_step = Histogram(
+            "kiln_decoder_rows_per_step",
+            "Beam rows per decoder step",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.requests_per_step = Histogram(
+            "kiln_decoder_requests_per_step",
+            "Distinct requests sharing one decoder step",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.decoder_step_latency = Histogram(
+            "kiln_decoder_step_seconds", "Decoder step time", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.translate_latency = Histogram(
+            "kiln_translate_latency_seconds",
+            "Translation latency (queue + encode + decode)",
+            ["model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_generated = Counter(
+            "kiln_tokens_generated", "Tokens in the returned hypotheses", ["model"], registry=r
+        )
 
     def observe_queue(self, model: str, seconds: float) -> None:
         self.queue_latency.labels(model).observe(seconds)
@@ -60,6 +93,16 @@ class GatewayMetrics:
 
     def set_queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth.labels(model).set(depth)
+
+    def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
+        self.decoder_steps.labels(model).inc()
+        self.rows_per_step.labels(model).observe(rows)
+        self.requests_per_step.labels(model).observe(requests)
+        self.decoder_step_latency.labels(model).observe(seconds)
+
+    def observe_translation(self, model: str, seconds: float, tokens: int, outcome: str) -> None:
+        self.translate_latency.labels(model, outcome).observe(seconds)
+        self.tokens_generated.labels(model).inc(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
