@@ -17,7 +17,7 @@ from serving.backends.base import Backend, ServingError
 from serving.limits import BodyLimitMiddleware
 from serving.metrics import GatewayMetrics
 from serving.repository import Repository
-from serving.routers import health, metrics, v1, v2
+from serving.routers import health, metrics, translate, v1, v2
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     app = FastAPI(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
-    for router in (health.router, v2.router, v1.router, metrics.router):
+    for router in (health.router, v2.router, v1.router, translate.router, metrics.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)

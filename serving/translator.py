@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +246,63 @@ def translator_from_entry(
     name = kiln.get("name", path.name)
     scheduler = DecodingScheduler(name, spec, run_encoder, run_decoder, scheduler_config, observer=observer)
     return Translator(name, codec, scheduler, limits)
+
+
+class TranslatorPool:
+    """Every ``task == "translate"`` entry of a repository, over encoder/decoder runners a backend provides."""
+
+    def __init__(
+        self,
+        repository: Any,
+        *,
+        scheduler_config: SchedulerConfig | None = None,
+        limits: TranslateLimits | None = None,
+        observer: DecodeObserver | None = None,
+    ) -> None:
+        self.repository = repository
+        self.scheduler_config = scheduler_config or SchedulerConfig()
+        self.limits, self.observer = limits, observer
+        self.translators: dict[str, Translator] = {}
+        self.failed: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        """The translate entries of the repository (served by this pool, never by a batcher)."""
+        return sorted(n for n, e in self.repository.entries.items() if e.task == "translate")
+
+    async def start(self, runner_for: Any) -> None:
+        """Build and start one translator per entry; ``runner_for(entry_name)`` gives a Runner or raises."""
+        for name in self.names():
+            entry = self.repository.entries[name]
+            try:
+                block = entry.kiln.get("translator") or {}
+                encoder, decoder = block["encoder"], block["decoder"]
+                config = _capped(self.scheduler_config, self.repository, encoder, decoder)
+                translator = translator_from_entry(
+                    entry.path, entry.kiln, runner_for(encoder), runner_for(decoder),
+                    scheduler_config=config, limits=self.limits, observer=self.observer,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
+                log.error("translator %s cannot be served: %s", name, exc)
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            await translator.start()
+            self.translators[name] = translator
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        for translator in self.translators.values():
+            await translator.stop(grace_s)
+        self.translators.clear()
+
+    def get(self, name: str) -> Translator | None:
+        return self.translators.get(name)
+
+
+def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:
+    """Rows and encoder batch within the encoder / decoder entries' ``max_batch_size``."""
+    rows = repository.get(decoder).max_batch_size or config.max_rows
+    sentences = repository.get(encoder).max_batch_size or config.max_encoder_batch
+    return replace(
+        config,
+        max_rows=min(config.max_rows, rows),
+        max_encoder_batch=min(config.max_encoder_batch, sentences),
+    )

@@ -28,7 +28,10 @@ from serving.backends.base import (
 )
 from serving.batcher import BatchPolicy, DynamicBatcher
 from serving.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
+from serving.scheduler import SchedulerConfig
+from serving.stepper import onnxruntime_runner
 from serving.tensors import classification, datatype_of
+from serving.translator import Translator, TranslatorPool
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,9 @@ class OnnxRuntimeBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
         self._stopping = False
+        self._translators = TranslatorPool(
+            repository, scheduler_config=_scheduler_config(self.options), observer=metrics
+        )
 
     async def start(self) -> None:
         """Create the sessions (in a thread, they can take a while) and start one batcher per version."""
@@ -96,12 +102,15 @@ class OnnxRuntimeBackend:
                 self._failed[entry.name] = str(exc)
                 continue
             self._models[(entry.name, version)] = self._make_model(entry, version, sessions)
+        await self._translators.start(self._step_runner)
+        self._failed.update(self._translators.failed)
         self._started = True
         log.info("onnxruntime backend serving %s", sorted({name for name, _ in self._models}))
 
     async def stop(self) -> None:
         """Finish queued and running requests, then release the sessions."""
         self._stopping = True
+        await self._translators.stop(self.options.shutdown_grace_s)
         await asyncio.gather(*(m.batcher.stop(self.options.shutdown_grace_s) for m in self._models.values()))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -122,7 +131,8 @@ class OnnxRuntimeBackend:
             version = entry.resolve_version(version)
         except ModelNotFound:
             return False
-        return self._started and not self._stopping and (name, version) in self._models
+        served = (name, version) in self._models or self._translators.get(name) is not None
+        return self._started and not self._stopping and served
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         entry = self.repository.get(name)
@@ -134,6 +144,8 @@ class OnnxRuntimeBackend:
         return self.repository.get(name).config_dict()
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        if request.model in self._translators.names():  # KServe: BYTES text in, BYTES translation out
+            return await self.translator(request.model).infer(request)
         model = self._loaded(request.model, request.version)
         classify = _classification_counts(request, model.entry)
         wanted = request.outputs or model.output_names
@@ -154,7 +166,32 @@ class OnnxRuntimeBackend:
             result[name] = value
         return InferResponse(request.model, model.version, result, request.request_id)
 
+    def translator(self, name: str) -> Translator:
+        """The translation service of a ``task == "translate"`` entry (iteration-level batched)."""
+        entry = self.repository.get(name)
+        translator = self._translators.get(name)
+        if translator is None or self._stopping:
+            if entry.task != "translate":
+                raise BadRequest(
+                    f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate"
+                )
+            reason = self._failed.get(name, "the gateway is starting or stopping")
+            raise Unavailable(
+                f"translator {name!r} is not ready: {reason}", retry_after=self.options.retry_after_s
+            )
+        return translator
+
+    def _step_runner(self, name: str) -> Any:
+        """A stepper Runner over the first session of an encoder/decoder entry (the scheduler batches)."""
+        entry = self.repository.get(name)
+        model = self._models.get((name, entry.resolve_version("")))
+        if model is None:
+            raise RuntimeError(f"entry {name!r} is not loaded: {self._failed.get(name, 'unknown reason')}")
+        return onnxruntime_runner(model.sessions[0])
+
     def _servable(self, entry: RepositoryEntry) -> bool:
+        if entry.task == "translate":
+            return False  # served by the translator pool over its encoder/decoder entries
         if entry.platform not in ONNX_PLATFORMS:
             log.info(
                 "model %s: platform %r is not served by the onnxruntime backend", entry.name, entry.platform
@@ -251,6 +288,14 @@ def _classification_counts(request: InferRequest, entry: RepositoryEntry) -> dic
         if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
             raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
     return counts
+
+
+def _scheduler_config(options: OrtOptions) -> SchedulerConfig:
+    return SchedulerConfig(
+        max_queue=options.max_queue_size,
+        timeout_s=options.default_timeout_s or 30.0,
+        retry_after_s=options.retry_after_s,
+    )
 
 
 def _instance_count(config: Any) -> int:
