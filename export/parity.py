@@ -1,7 +1,7 @@
 """PyTorch vs ONNX Runtime parity, in the style of optimum's ``_run_validation`` (STYLE.md item 6).
 
 For every check: the output names must match the spec, then the shapes, then the values of each
-output within the spec's tolerance; the max abs diff of every output is recorded so a failure names
+output within the spec's tolerance (absolute, times the output's magnitude when that exceeds 1); the max abs diff of every output is recorded so a failure names
 the output, the inputs' sizes and the difference.
 """
 
@@ -121,9 +121,16 @@ def compare_outputs(
             delta = np.where(both_inf, 0.0, np.abs(ref.astype(np.float64) - got.astype(np.float64)))
             diff = float(np.nan_to_num(delta, nan=np.inf).max()) if delta.size else 0.0
         diffs[name] = diff
-        if not diff <= atol:
-            errors.append(f"{spec.name}.{name}: max abs diff {diff:.3g} > tolerance {atol:g}")
+        bound = atol * max(1.0, _scale(ref))
+        if not diff <= bound:
+            errors.append(f"{spec.name}.{name}: max abs diff {diff:.3g} > tolerance {bound:.3g}")
     return diffs, errors
+
+
+def _scale(ref: np.ndarray) -> float:
+    """Largest finite magnitude: the tolerance is absolute up to 1 and relative above (float32 rounding)."""
+    finite = np.abs(ref[np.isfinite(ref)]) if ref.size and ref.dtype.kind == "f" else np.zeros(0)
+    return float(finite.max()) if finite.size else 0.0
 
 
 def check_feeds(

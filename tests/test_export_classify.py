@@ -1,0 +1,263 @@
+"""Export of every registered classifier: freeze, ONNX without BN/Dropout, parity, precisions, repository."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from export.classifier import ImageData
+from export.freeze import ChannelAffine, freeze, training_only_modules
+from export.onnx_export import forbidden_nodes
+from export.parity import ParityError
+from export.pipeline import export_checkpoint
+from export.quantize import GateResult
+from export.repository import RepositoryError
+from export.triton_config import parse_pbtxt
+from training.checkpoint import make_checkpoint, save_checkpoint
+from training.models import build_model, list_models
+
+# Small settings per family (coverage guard below): every registered classifier must appear here.
+SMALL: dict[str, dict] = {
+    "lenet": {},
+    "alexnet": {"width_mult": 0.25, "hidden": 32},
+    "vgg11": {"width_mult": 0.125, "hidden": 32},
+    "vgg16": {"width_mult": 0.125, "hidden": 32},
+    "nin": {"width_mult": 0.25},
+    "googlenet": {"width_mult": 0.25, "aux_logits": True},
+    "resnet18": {"width": 8},
+    "resnet34": {"width": 8},
+    "resnet50": {"width": 8},
+    "densenet121": {"growth_rate": 4, "block_config": [2, 2], "num_init_features": 8, "drop_rate": 0.2},
+}
+SIZE = 32
+
+
+def test_every_registered_classifier_has_small_export_settings():
+    missing = sorted(set(list_models("classify")) - set(SMALL))
+    assert not missing, f"add export test settings for {missing}"
+
+
+def randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so folding actually changes the weights.
+
+    Variances above 1 and gammas below 1 keep activations of deep random nets O(1), like a trained net's.
+    """
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+            m.running_var.copy_(2 * torch.rand(m.running_var.shape, generator=gen) + 1.0)
+            if m.weight is not None:
+                m.weight.data.copy_(0.5 * torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.data.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+    return model
+
+
+def small_model(name: str) -> tuple[nn.Module, dict]:
+    args = {"num_classes": 5, "in_channels": 1, **SMALL[name]}
+    torch.manual_seed(0)
+    return randomize_batchnorm(build_model(name, **args)), args
+
+
+def write_checkpoint(tmp: Path, name: str, data: dict | None = None) -> Path:
+    model, args = small_model(name)
+    ckpt = make_checkpoint(
+        task="classify", model_name=name, model_args=args, model=model, train_config={}, metrics={},
+        preprocessing={"input_size": [SIZE, SIZE], "channels": 1, "mean": [0.4], "std": [0.3]},
+        labels=[f"class_{i}" for i in range(5)], data=data,
+    )  # fmt: skip
+    return save_checkpoint(ckpt, tmp / f"{name}.pt")
+
+
+def tiny_images(n: int = 24) -> ImageData:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, SIZE, SIZE, 1), dtype=np.uint8)
+    return ImageData(images, images, rng.integers(0, 5, n), "test images")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, list]]:
+    """Every registered classifier exported once (fp32) into one repository."""
+    root = tmp_path_factory.mktemp("classify")
+    out = {}
+    for name in list_models("classify"):
+        ckpt = write_checkpoint(root / "ckpt", name)
+        out[name] = (
+            root / "repo",
+            export_checkpoint(ckpt, root / "repo", validation=tiny_images(), tensorrt="off"),
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", list_models("classify"))
+def test_freezing_keeps_outputs_and_leaves_no_batchnorm_or_dropout(name):
+    model, _ = small_model(name)
+    x = torch.randn(3, 1, SIZE, SIZE)
+    frozen, report = freeze(model, (x,))
+    assert training_only_modules(frozen) == []
+    with torch.no_grad():
+        reference = model.eval()(x)
+        reference = reference if isinstance(reference, torch.Tensor) else reference[0]
+        bound = 1e-4 * max(1.0, reference.abs().max().item())  # float32 rounding of large logits
+        assert (frozen(x) - reference).abs().max() <= bound
+    assert report.max_abs_diff <= bound
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        assert report.folded or report.affine
+
+
+@pytest.mark.parametrize("name", list_models("classify"))
+def test_exported_graph_has_no_batchnorm_or_dropout_node_and_matches_pytorch(exported, name):
+    repo, results = exported[name]
+    fp32 = next(r for r in results if r.entry == name)
+    assert fp32.status == "written"
+    graph = onnx.load(str(repo / name / "1" / "model.onnx"))
+    assert forbidden_nodes(graph) == []
+    meta = json.loads((repo / name / "kiln.json").read_text())
+    sizes = [c["sizes"]["batch"] for c in meta["parity"]["checks"]]
+    assert sizes == [1, 7, 64]
+    assert meta["parity"]["passed"] and meta["parity"]["outputs"]["probabilities"]["max_abs_diff"] <= 1e-4
+    assert meta["parity"]["top1_agreement"] == 1.0
+    parse_pbtxt((repo / name / "config.pbtxt").read_text())
+
+
+def test_a_batchnorm_without_a_foldable_predecessor_becomes_a_channel_affine():
+    model = randomize_batchnorm(
+        nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.Dropout(0.3))
+    )
+    x = torch.randn(2, 3, 8, 8)
+    frozen, report = freeze(model, (x,))
+    assert isinstance(frozen[0], ChannelAffine) and report.affine == ["0"]
+    assert isinstance(frozen[3], nn.Identity) and report.dropouts == ["3"]
+    assert report.max_abs_diff <= 1e-5
+
+
+def test_conv_followed_by_batchnorm_is_folded_into_the_conv():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 6),
+                                              nn.BatchNorm1d(6)))  # fmt: skip
+    frozen, report = freeze(model, (torch.randn(2, 3, 8, 8),))
+    assert report.folded == [("0", "1"), ("3", "4")]
+    assert isinstance(frozen[1], nn.Identity) and isinstance(frozen[4], nn.Identity)
+
+
+def test_kiln_json_describes_the_entry(exported):
+    repo, _ = exported["lenet"]
+    meta = json.loads((repo / "lenet" / "kiln.json").read_text())
+    assert meta["task"] == "classify" and meta["name"] == "lenet" and meta["precision"] == "fp32"
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "dims": [-1, SIZE, SIZE, 1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities"]
+    assert meta["preprocessing"]["layout"] == "NHWC" and meta["preprocessing"]["mean"] == [0.4]
+    assert (repo / "lenet" / "labels.txt").read_text().splitlines() == [f"class_{i}" for i in range(5)]
+    assert set(meta["artifacts"]) == {"1/model.onnx", "config.pbtxt", "labels.txt"}
+    assert meta["source_checkpoint"]["sha256"]
+
+
+def test_incremental_export_changes_nothing_and_force_rebuilds(tmp_path):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    repo = tmp_path / "repo"
+    export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    files = sorted(p for p in (repo / "lenet").rglob("*") if p.is_file())
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    again = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    assert [r.status for r in again if r.entry == "lenet"] == ["up to date"]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
+    forced = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off", force=True)
+    assert [r.status for r in forced if r.entry == "lenet"] == ["written"]
+    assert any(p.stat().st_mtime_ns != before[p][0] for p in files)
+
+
+def test_a_tampered_artifact_makes_the_entry_stale(tmp_path):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    export_checkpoint(ckpt, tmp_path / "repo", validation=tiny_images(), tensorrt="off")
+    (tmp_path / "repo" / "lenet" / "labels.txt").write_text("tampered\n")
+    again = export_checkpoint(ckpt, tmp_path / "repo", validation=tiny_images(), tensorrt="off")
+    assert [r.status for r in again if r.entry == "lenet"] == ["written"]
+
+
+def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    (tmp_path / "repo" / "lenet").mkdir(parents=True)
+    (tmp_path / "repo" / "lenet" / "precious.txt").write_text("mine")
+    with pytest.raises(RepositoryError, match="not a Kiln export"):
+        export_checkpoint(ckpt, tmp_path / "repo", validation=tiny_images(), tensorrt="off")
+    assert (tmp_path / "repo" / "lenet" / "precious.txt").read_text() == "mine"
+
+
+def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_path):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "fp16", "int8"), int8_max_drop=100.0,
+                                validation=tiny_images(), tensorrt="off")  # fmt: skip
+    status = {r.entry: r.status for r in results}
+    assert status["lenet_fp16"] == "written" and status["lenet_int8"] == "written"
+    int8 = onnx.load(str(tmp_path / "repo" / "lenet_int8" / "1" / "model.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    fp16 = onnx.load(str(tmp_path / "repo" / "lenet_fp16" / "1" / "model.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+
+    def doctored(gate: GateResult) -> GateResult:  # pretend int8 lost 10 points of accuracy
+        return GateResult(gate.accuracy_fp32, gate.accuracy_fp32 - 0.10, gate.max_drop)
+
+    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "int8"), int8_max_drop=0.5,
+                                validation=tiny_images(), tensorrt="off", accuracy_hook=doctored)  # fmt: skip
+    int8 = next(r for r in results if r.entry == "lenet_int8")
+    assert int8.status == "rejected" and "10.00 > 0.5" in int8.message
+    assert not (tmp_path / "repo" / "lenet_int8").exists()
+
+
+def test_int8_gate_of_minus_one_point_always_rejects(tmp_path):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "int8"), int8_max_drop=-1.0,
+                                validation=tiny_images(), tensorrt="off")  # fmt: skip
+    assert {r.entry: r.status for r in results}["lenet_int8"] == "rejected"
+
+
+def test_parity_failure_fails_loudly_and_writes_nothing(tmp_path, monkeypatch):
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    import export.classifier as classifier
+
+    real = classifier.classifier_graph
+
+    def broken(model, prep):  # the exported graph gets a different normalisation than the reference
+        return (
+            real(model, {**prep, "mean": [0.9]})
+            if model.training is False and _is_frozen(model)
+            else real(model, prep)
+        )
+
+    monkeypatch.setattr(classifier, "classifier_graph", broken)
+    with pytest.raises(ParityError, match=r"lenet.*logits: max abs diff"):
+        export_checkpoint(ckpt, tmp_path / "repo", validation=tiny_images(), tensorrt="off")
+    assert not (tmp_path / "repo" / "lenet").exists()
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]
+
+
+def _is_frozen(model: nn.Module) -> bool:
+    return not training_only_modules(model)
+
+
+def test_validation_split_from_the_checkpoint_is_used_for_top1_agreement(tmp_path):
+    data = {"dataset": "digits", "image_size": SIZE, "channels": 1, "seed": 0, "val_fraction": 0.2,
+            "limit_train": 32, "limit_val": 40}  # fmt: skip
+    ckpt = write_checkpoint(tmp_path, "lenet", data=data)
+    results = export_checkpoint(ckpt, tmp_path / "repo", tensorrt="off")
+    parity = results[0].parity
+    assert parity["data"] == "validation split" and parity["validation_images"] == 40
+    assert parity["top1_agreement"] == 1.0
+
+
+def test_the_cli_exports_a_directory_and_prints_a_summary(tmp_path, capsys):
+    from export.__main__ import main
+
+    write_checkpoint(tmp_path / "ckpts", "lenet")
+    assert main([str(tmp_path / "ckpts"), "--repository", str(tmp_path / "repo"), "--tensorrt", "off"]) == 0
+    assert "lenet" in capsys.readouterr().out
+    assert (tmp_path / "repo" / "lenet" / "1" / "model.onnx").is_file()
+    assert main([str(tmp_path / "missing"), "--repository", str(tmp_path / "repo")]) == 1
+    assert os.path.isdir(tmp_path / "repo")
