@@ -56,7 +56,10 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         inputs=inputs,
         version=version,
         outputs=[o.name for o in outputs] if outputs is not None else None,
-        parameters={"classification": {o.name: o.classification for o in outputs or [] if o.classification}},
+        parameters={  # request parameters reach the backend (e.g. a translator's beam_size)
+            **params,
+            "classification": {o.name: o.classification for o in outputs or [] if o.classification},
+        },
         request_id=str(header.get("id", "")),
         timeout_s=_timeout(params),
     )
