@@ -1,0 +1,341 @@
+"""Translation through the gateway (embedded ONNX Runtime): exact parity with the PyTorch reference,
+iteration-level batching under concurrency, strict input checking, KServe HTTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from serving.app import create_app
+from serving.settings import Settings
+from serving.translator import TranslateOptions
+from tests.repo_fixtures import LiveServer
+
+TRANSLATORS = {
+    "transformer": {"d_model": 32, "heads": 2, "ffn_dim": 64, "encoder_layers": 1, "decoder_layers": 2,
+                    "share_embeddings": True, "tie_output": True},
+    "gru_attention": {"embed_dim": 16, "hidden_size": 32, "encoder_layers": 1, "decoder_layers": 1,
+                      "attention_dim": 16},
+}  # fmt: skip
+MAX_LENGTH = 24
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    from training.data.numbers import generate_pairs
+
+    return generate_pairs(n, lang="fr", seed=seed)
+
+
+def _train_a_little(model: torch.nn.Module, tokenizers, pairs, steps: int = 40) -> None:
+    """A few teacher-forced steps, so hypotheses end with EOS at varied lengths (not at max_length)."""
+    from training.data.text_batches import pad_ids
+
+    src_all = tokenizers.encode_source([s for s, _ in pairs])
+    tgt_all = tokenizers.encode_target([t for _, t in pairs])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(pairs), (32,), generator=gen).tolist()
+        src = pad_ids([src_all[i] for i in idx])
+        tgt_in = pad_ids([[1] + tgt_all[i] for i in idx])  # BOS + target
+        tgt_out = pad_ids([tgt_all[i] + [2] for i in idx])  # target + EOS
+        loss = F.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten(), ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def build_translator_repository(root: Path, names: tuple[str, ...] = tuple(TRANSLATORS)) -> tuple[Path, dict]:
+    """Tiny trained translators exported with export's API; returns (repository, {name: error})."""
+    from export.pipeline import export_checkpoint
+    from training.checkpoint import make_checkpoint, save_checkpoint
+    from training.data.tokenizer import TokenizerConfig, build_tokenizers
+    from training.models import make_config
+    from training.models.registry import get_entry
+
+    pairs = _pairs(400, seed=0)
+    tokenizers = build_tokenizers(pairs, TokenizerConfig(vocab_size=120, shared=True))
+    repository, errors = root / "model_repository", {}
+    for name in names:
+        torch.manual_seed(0)
+        cfg = make_config(
+            name, src_vocab_size=tokenizers.src_vocab_size, tgt_vocab_size=tokenizers.tgt_vocab_size,
+            dropout=0.0, max_positions=64, **TRANSLATORS[name],
+        )  # fmt: skip
+        model = get_entry(name).builder(cfg)
+        _train_a_little(model, tokenizers, pairs)
+        ckpt = make_checkpoint(
+            task="translate", model_name=name, model_args=asdict(cfg), model=model,
+            train_config={"steps": 40}, metrics={}, tokenizers=tokenizers.to_dict(),
+        )  # fmt: skip
+        path = save_checkpoint(ckpt, root / "checkpoints" / f"{name}.pt")
+        try:
+            export_checkpoint(
+                path, repository, max_batch_size=16, beam_sentences=8, validation=[[5, 6, 7], [9]]
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as the reason the model's tests skip
+            errors[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return repository, errors
+
+
+def texts_of_mixed_lengths(n: int, seed: int = 7) -> list[str]:
+    return [src for src, _ in _pairs(n, seed)]
+
+
+def reference(root: Path, name: str, texts: list[str], beam: int) -> list[tuple[list[int], float]]:
+    """training.decoding.beam_search on each text alone: (best tokens, normalized score)."""
+    from tokenizers import Tokenizer
+
+    from training.checkpoint import load_checkpoint, rebuild_model
+    from training.decoding import beam_search
+
+    model = rebuild_model(load_checkpoint(root / "checkpoints" / f"{name}.pt"))
+    tok = Tokenizer.from_file(str(root / "model_repository" / name / "source_tokenizer.json"))
+    out = []
+    for text in texts:
+        src = torch.tensor([tok.encode(text).ids + [2]])
+        (hyps,) = beam_search(model, src, beam_size=beam, max_length=MAX_LENGTH)
+        out.append((hyps[0].tokens, hyps[0].normalized_score))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("translators")
+    repository, errors = build_translator_repository(root)
+    return root, errors
+
+
+@pytest.fixture(scope="module")
+def gateway(exported):
+    root, _ = exported
+    from serving.triton import free_port
+
+    settings = Settings(
+        model_repository=root / "model_repository", grpc_port=free_port(), max_queue_size=512,
+        request_timeout_s=120.0,
+    )  # fmt: skip
+    app = create_app(settings)
+    with LiveServer(app) as server:
+        server.app_state = app.state
+        server.grpc_url = f"127.0.0.1:{settings.grpc_port}"
+        yield server
+
+
+@pytest.fixture(params=sorted(TRANSLATORS))
+def name(request, exported) -> str:
+    _, errors = exported
+    if request.param in errors:
+        pytest.skip(f"export of {request.param} failed (export/ owns this): {errors[request.param]}")
+    return request.param
+
+
+def _post(server, name: str, body: dict | bytes, timeout: float = 60.0) -> httpx.Response:
+    url = f"http://{server.url}/v1/models/{name}/translate"
+    if isinstance(body, bytes):
+        return httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=timeout)
+    return httpx.post(url, json=body, timeout=timeout)
+
+
+def test_translations_one_at_a_time_equal_the_pytorch_reference_token_for_token(
+    exported, gateway, name
+) -> None:
+    root, _ = exported
+    texts = texts_of_mixed_lengths(24)
+    expected = reference(root, name, texts, beam=4)
+    tokens = asyncio.run(_solo_tokens(root / "model_repository", name, texts))
+    assert tokens == [t for t, _ in expected]
+    assert len({len(t) for t in tokens}) > 1, "the tiny model should stop at varied lengths"
+    target = _target_tokenizer(root, name)
+    for text, (want_tokens, want_score) in zip(texts, expected, strict=True):
+        body = {"texts": [text], "beam_size": 4, "max_length": MAX_LENGTH, "return_scores": True}
+        (hyp,) = _post(gateway, name, body).json()["translations"][0]["hypotheses"]
+        assert hyp["text"] == target.decode([t for t in want_tokens if t > 3])
+        assert hyp["normalized_score"] == pytest.approx(want_score, abs=1e-4)
+
+
+async def _solo_tokens(repository: Path, name: str, texts: list[str]) -> list[list[int]]:
+    """The gateway's translator service built in-process on the same entries: ids of each text alone."""
+    from serving.stepper import onnxruntime_runner
+    from serving.translator import translator_from_entry
+
+    kiln = json.loads((repository / name / "kiln.json").read_text())
+    run = {
+        part: onnxruntime_runner(repository / f"{name}_{part}" / "1" / "model.onnx")
+        for part in ("encoder", "decoder")
+    }
+    translator = translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
+    await translator.start()
+    try:
+        options = TranslateOptions(beam_size=4, max_length=MAX_LENGTH)
+        return [(await translator.translate([t], options))[0][0].tokens for t in texts]
+    finally:
+        await translator.stop()
+
+
+def _target_tokenizer(root: Path, name: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(root / "model_repository" / name / "target_tokenizer.json"))
+
+
+def test_64_concurrent_requests_of_mixed_lengths_and_beams_equal_their_solo_results(
+    exported, gateway, name
+) -> None:
+    root, _ = exported
+    texts = texts_of_mixed_lengths(64, seed=11)
+    beams = [(1, 2, 4, 5)[i % 4] for i in range(64)]
+    expected = {b: dict(zip(*_ref_by_beam(root, name, texts, beams, b), strict=True)) for b in set(beams)}
+
+    async def all_at_once():
+        async with httpx.AsyncClient(timeout=120) as client:
+            url = f"http://{gateway.url}/v1/models/{name}/translate"
+            body = {"max_length": MAX_LENGTH, "return_scores": True}
+            return await asyncio.gather(
+                *(
+                    client.post(url, json={**body, "texts": [t], "beam_size": b})
+                    for t, b in zip(texts, beams, strict=True)
+                )
+            )
+
+    replies = asyncio.run(all_at_once())
+    assert [r.status_code for r in replies] == [200] * 64
+    for text, beam, reply in zip(texts, beams, replies, strict=True):
+        (hyp,) = reply.json()["translations"][0]["hypotheses"]
+        want_text, want_score = expected[beam][text]
+        assert hyp["text"] == want_text, (text, beam)
+        assert hyp["normalized_score"] == pytest.approx(want_score, abs=1e-4)
+
+
+def _ref_by_beam(root, name, texts, beams, beam):
+    chosen = [t for t, b in zip(texts, beams, strict=True) if b == beam]
+    target = _target_tokenizer(root, name)
+    refs = reference(root, name, chosen, beam)
+    decoded = [(target.decode([t for t in tokens if t > 3]), score) for tokens, score in refs]
+    return chosen, decoded
+
+
+def _sample(server, metric: str, model: str) -> float:
+    return server.app_state.metrics.sample(metric, model=model) or 0.0
+
+
+def test_200_concurrent_requests_are_all_answered_and_steps_serve_several_requests(gateway) -> None:
+    name = "transformer"
+    texts = texts_of_mixed_lengths(200, seed=3)
+
+    async def flood():
+        async with httpx.AsyncClient(timeout=120) as client:
+            url = f"http://{gateway.url}/v1/models/{name}/translate"
+            return await asyncio.gather(
+                *(client.post(url, json={"texts": [t], "beam_size": 2, "max_length": 16}) for t in texts)
+            )
+
+    replies = asyncio.run(flood())
+    assert [r.status_code for r in replies] == [200] * 200
+    assert all(r.json()["translations"][0]["hypotheses"][0]["text"] is not None for r in replies)
+    metrics = httpx.get(f"http://{gateway.url}/metrics").text
+    assert f'kiln_decoder_steps_total{{model="{name}"}}' in metrics
+    shared = [
+        line for line in metrics.splitlines()
+        if line.startswith("kiln_decoder_requests_per_step_bucket") and f'model="{name}"' in line and 'le="1.0"' in line
+    ]  # fmt: skip
+    single = float(shared[0].rsplit(" ", 1)[1])
+    total = _sample(gateway, "kiln_decoder_requests_per_step_count", name)
+    assert total > single, "some decoder steps must have served rows of several requests"
+    assert _sample(gateway, "kiln_tokens_generated_total", name) > 0
+
+
+BAD_INPUTS = [
+    ("empty list", {"texts": []}, 422),
+    ("empty text", {"texts": ["  "]}, 422),
+    ("text over the character cap", {"texts": ["one " * 300]}, 413),
+    ("too many texts", {"texts": ["one"] * 65}, 413),
+    ("beam_size below 1", {"texts": ["one"], "beam_size": 0}, 422),
+    ("beam_size over the cap", {"texts": ["one"], "beam_size": 17}, 422),
+    ("max_length below 1", {"texts": ["one"], "max_length": 0}, 422),
+    ("max_length over the cap", {"texts": ["one"], "max_length": 100000}, 422),
+    ("n_best over beam_size", {"texts": ["one"], "beam_size": 2, "n_best": 3}, 422),
+    ("unknown length penalty", {"texts": ["one"], "length_penalty": "cubic"}, 422),
+    ("unknown field", {"texts": ["one"], "temperature": 0.7}, 422),
+    ("texts not a list", {"texts": "one"}, 422),
+    ("invalid UTF-8", b'{"texts": ["\xff\xfe"]}', 400),
+    ("invalid JSON", b'{"texts": [', 400),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c for c, _, _ in BAD_INPUTS])
+def test_bad_translate_input_gets_a_clear_4xx_and_the_server_keeps_serving(
+    gateway, case, body, status
+) -> None:
+    reply = _post(gateway, "transformer", body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]
+    ok = _post(gateway, "transformer", {"texts": ["one"], "max_length": 8})
+    assert ok.status_code == 200
+
+
+def test_unknown_models_and_non_translators_are_refused(gateway) -> None:
+    assert _post(gateway, "nope", {"texts": ["one"]}).status_code == 404
+    assert _post(gateway, "transformer_encoder", {"texts": ["one"]}).status_code == 400
+
+
+def test_scores_and_n_best_are_returned_only_when_asked(gateway) -> None:
+    plain = _post(gateway, "transformer", {"texts": ["twelve"], "max_length": 10}).json()
+    assert set(plain["translations"][0]["hypotheses"][0]) == {"text"}
+    scored = _post(
+        gateway,
+        "transformer",
+        {"texts": ["twelve"], "max_length": 10, "beam_size": 3, "n_best": 3, "return_scores": True},
+    ).json()
+    hyps = scored["translations"][0]["hypotheses"]
+    assert len(hyps) == 3 and all({"text", "score", "normalized_score"} <= set(h) for h in hyps)
+    assert [h["normalized_score"] for h in hyps] == sorted(
+        (h["normalized_score"] for h in hyps), reverse=True
+    )
+
+
+def test_tritonclient_http_and_grpc_translate_through_the_gateway(gateway) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    texts = texts_of_mixed_lengths(3, seed=5)
+    want = [
+        h["hypotheses"][0]["text"]
+        for h in _post(gateway, "transformer", {"texts": texts, "beam_size": 2, "max_length": 12}).json()[
+            "translations"
+        ]
+    ]
+    data = np.array([[t.encode()] for t in texts], dtype=np.object_)
+    for module, url in ((httpclient, gateway.url), (grpcclient, gateway.grpc_url)):
+        client = module.InferenceServerClient(url)
+        tensor = module.InferInput("text", [3, 1], "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = client.infer(
+            "transformer", [tensor], outputs=[module.InferRequestedOutput("translation")],
+            parameters={"beam_size": 2, "max_length": 12},
+        )  # fmt: skip
+        got = [v.decode() for v in result.as_numpy("translation").reshape(-1)]
+        assert got == want, module.__name__
+        client.close()
+
+
+def test_kserve_translate_refuses_bad_parameters_with_400(gateway) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(gateway.url)
+    tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"one"]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="beam_size"):
+        client.infer("transformer", [tensor], parameters={"beam_size": "wide"})
+    client.close()
