@@ -63,17 +63,19 @@ class Recipe:
 
 
 # Family (registry-name prefix) -> recipe for 32x32 digits on a CPU; the longest matching prefix wins.
+# fmt: off
 RECIPES: dict[str, Recipe] = {
-    "lenet": Recipe(epochs=30, optimizer="adamw", lr=3e-3, weight_decay=1e-4),
-    "alexnet": Recipe(
-        epochs=25, optimizer="adamw", lr=1e-3, weight_decay=1e-4, model_args={"small_input": True}
-    ),
-    "vgg": Recipe(epochs=15, lr=0.05, model_args={"small_input": True, "width_mult": 0.25}),
-    "nin": Recipe(epochs=25, optimizer="adamw", lr=2e-3, weight_decay=1e-4, model_args={"small_input": True}),
+    "lenet": Recipe(epochs=20, optimizer="adamw", lr=3e-3, weight_decay=1e-4),
+    "alexnet": Recipe(epochs=15, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+                      model_args={"small_input": True, "width_mult": 0.5}),
+    "vgg": Recipe(epochs=15, lr=0.05, model_args={"width_mult": 0.25}),
+    "nin": Recipe(epochs=15, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
+                  model_args={"small_input": True, "width_mult": 0.5}),
     "googlenet": Recipe(epochs=12, lr=0.05, model_args={"small_input": True, "width_mult": 0.25}),
-    "resnet": Recipe(epochs=15, lr=0.1, model_args={"small_input": False}),
-    "densenet": Recipe(epochs=15, lr=0.1, model_args={"small_input": True, "growth_rate": 12}),
+    "resnet": Recipe(epochs=15, optimizer="adamw", lr=2e-3, weight_decay=0.05, model_args={"small_input": False}),
+    "densenet": Recipe(epochs=10, lr=0.05, model_args={"small_input": True, "growth_rate": 12}),
 }
+# fmt: on
 DEFAULT_RECIPE = Recipe()
 
 
@@ -350,7 +352,7 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
                     config.val_fraction, config.limit_train, config.limit_val)  # fmt: skip
     train_ds, val_ds = make_splits(spec)
     mean, std = channel_stats(train_ds.images)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     if resume:
         name, args = resume["model_name"], resume["model_args"]
         module = build_model(name, **args)
@@ -361,13 +363,12 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     model = (
         module
         if d.world_size == 1
-        else DDP(module, device_ids=[d.device.index] if d.device.index is not None else None)
+        else DDP(module, device_ids=None if d.device.type == "cpu" else [d.device])
     )
-    steps = len(
-        train_batches(
-            train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
-        )
+    shard = train_batches(
+        train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
     )
+    steps = len(shard)
     optimizer = build_optimizer(module, config.optimizer, config.lr, config.weight_decay)
     scheduler = build_scheduler(optimizer, schedule=config.schedule, warmup_steps=round(config.warmup_epochs * steps),
                                 total_steps=steps * config.epochs)  # fmt: skip
@@ -479,12 +480,13 @@ def fit(run: Run) -> list[dict[str, Any]]:
     """The epoch loop: train, evaluate, log, keep the best weights, stop early; rank 0 writes files."""
     cfg, out = run.config, Path(run.config.output_dir)
     metrics_path = out / f"{cfg.name}.metrics.jsonl"
-    history = (
-        [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch] if run.start_epoch else []
-    )
-    logger = MetricsLogger(metrics_path) if run.dist.is_main else None
-    for record in history if logger else []:
-        logger.log(record)
+    history, logger = [], None
+    if run.dist.is_main:  # a resumed run keeps the records of the epochs it does not redo
+        if run.start_epoch and metrics_path.is_file():
+            history = [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch]
+        logger = MetricsLogger(metrics_path)
+        for record in history:
+            logger.log(record)
     for epoch in range(run.start_epoch, cfg.epochs):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(run, epoch)
