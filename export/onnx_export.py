@@ -7,6 +7,7 @@ wrappers expose ``encode`` / ``decode_step`` (docs/translator-interface.md).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -149,9 +150,45 @@ def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) ->
     )
 
 
+def specialized_axes(model: onnx.ModelProto, spec: GraphSpec) -> list[str]:
+    """Spec axes that the exported graph's inputs carry as fixed sizes (the exporter specialized them)."""
+    fixed = []
+    for value in model.graph.input:
+        tensor = next((t for t in spec.inputs if t.name == value.name), None)
+        dims = value.type.tensor_type.shape.dim
+        if tensor is None or len(dims) != len(tensor.shape):
+            continue
+        fixed += [f"{value.name}[{i}]={d.dim_value}" for i, (a, d) in enumerate(zip(tensor.shape, dims, strict=True))
+                  if isinstance(a, str) and d.HasField("dim_value")]  # fmt: skip
+    return fixed
+
+
 def export_onnx(module: nn.Module, spec: GraphSpec, example: Sequence[torch.Tensor], path: Path) -> Path:
-    """Export, simplify and check one graph; returns the path of ``model.onnx``."""
+    """Export, simplify and check one graph; returns the path of ``model.onnx``.
+
+    When simplification reveals that the dynamo exporter specialized a dynamic axis (e.g. it unrolls
+    ``nn.GRU`` over the traced length), the graph is exported again with the TorchScript exporter,
+    which emits the ONNX GRU/LSTM ops with a dynamic sequence length.
+    """
     path = Path(path)
+    _export_and_simplify(module, spec, example, path)
+    fixed = specialized_axes(onnx.load(str(path), load_external_data=False), spec)
+    if fixed and spec.dynamo:
+        log.warning(
+            "%s: dynamic axes fixed by torch.export %s; using the TorchScript exporter", spec.name, fixed
+        )
+        _export_and_simplify(module, dataclasses.replace(spec, dynamo=False), example, path)
+        fixed = specialized_axes(onnx.load(str(path), load_external_data=False), spec)
+    if fixed:
+        raise OnnxExportError(f"{spec.name}: dynamic axes became fixed sizes in the graph: {fixed}")
+    check_graph(path)
+    log.info("exported %s (%d bytes)", path, os.path.getsize(path))
+    return path
+
+
+def _export_and_simplify(
+    module: nn.Module, spec: GraphSpec, example: Sequence[torch.Tensor], path: Path
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
@@ -159,6 +196,3 @@ def export_onnx(module: nn.Module, spec: GraphSpec, example: Sequence[torch.Tens
         model = onnx.load(str(raw))  # pulls in any external data the dynamo exporter wrote
         save_model(model, path, external=_weights_bytes(module) > EXTERNAL_DATA_THRESHOLD)
     simplify(path)
-    check_graph(path)
-    log.info("exported %s (%d bytes)", path, os.path.getsize(path))
-    return path
