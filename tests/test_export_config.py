@@ -1,0 +1,88 @@
+"""config.pbtxt generation: golden files for each entry kind, and every generated config parses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, classifier_spec
+from export.translator_entries import python_entry_config
+from export.triton_config import config_from_spec, parse_pbtxt, to_pbtxt
+
+GOLDEN = Path(__file__).parent / "golden"
+PREP = {"input_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.25]}
+AXES = {BATCH: AxisRange(1, 16, 64), "src_len": AxisRange(1, 16, 64), "past_len": AxisRange(0, 16, 63)}
+
+ENCODER = GraphSpec(
+    "transformer_encoder", "encoder",
+    inputs=(TensorSpec("src_ids", "int64", (BATCH, "src_len")),),
+    outputs=(TensorSpec("src_mask", "bool", (BATCH, "src_len")),
+             TensorSpec("cross_k", "float32", (BATCH, 2, 4, "src_len", 8))),
+    axes={k: AXES[k] for k in (BATCH, "src_len")},
+)  # fmt: skip
+DECODER = GraphSpec(
+    "transformer_decoder", "decoder",
+    inputs=(TensorSpec("tokens", "int64", (BATCH,), "tokens"),
+            TensorSpec("self_k", "float32", (BATCH, 2, 4, "past_len", 8), "cache"),
+            TensorSpec("cache_mask", "bool", (BATCH, "past_len"), "cache_mask")),
+    outputs=(TensorSpec("log_probs", "float32", (BATCH, 40)),
+             TensorSpec("new_self_k", "float32", (BATCH, 2, 4, 1, 8))),
+    axes={k: AXES[k] for k in (BATCH, "past_len")}, max_batch_size=256,
+)  # fmt: skip
+
+
+def _graph(spec):
+    import dataclasses
+
+    return dataclasses.replace(config_from_spec(spec), dynamic_batching=False, warmup=False)
+
+
+CONFIGS = {
+    "classifier": lambda: config_from_spec(classifier_spec("lenet", PREP, 10), labels="labels.txt"),
+    "encoder": lambda: _graph(ENCODER),
+    "decoder": lambda: _graph(DECODER),
+    "translator": lambda: python_entry_config(
+        "transformer", 64, "transformer_encoder", "transformer_decoder"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_generated_config_matches_its_golden_file(kind):
+    text = to_pbtxt(CONFIGS[kind]())
+    golden = GOLDEN / f"{kind}.pbtxt"
+    if os.environ.get("KILN_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden} differs; rerun with KILN_UPDATE_GOLDEN=1 if intended"
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_every_generated_config_parses_with_tritons_model_config(kind):
+    config = parse_pbtxt(to_pbtxt(CONFIGS[kind]()))
+    assert config.name and config.max_batch_size > 0
+    assert all(len(t.dims) >= 1 for t in (*config.input, *config.output))
+
+
+def test_classifier_config_has_labels_batching_warmup_and_no_batch_dim():
+    config = parse_pbtxt(to_pbtxt(CONFIGS["classifier"]()))
+    assert config.platform == "onnxruntime_onnx" and list(config.input[0].dims) == [32, 32, 1]
+    assert config.output[1].label_filename == "labels.txt" and not config.output[0].label_filename
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 64]
+    assert config.model_warmup[0].inputs["images"].zero_data
+
+
+def test_a_per_row_scalar_gets_dims_one_and_an_empty_reshape():
+    config = parse_pbtxt(to_pbtxt(CONFIGS["decoder"]()))
+    tokens = config.input[0]
+    assert list(tokens.dims) == [1] and tokens.HasField("reshape") and list(tokens.reshape.shape) == []
+
+
+def test_spec_rejects_undeclared_axes_and_old_opsets():
+    with pytest.raises(ValueError, match="undeclared axes"):
+        GraphSpec("x", "classifier", (TensorSpec("a", "float32", ("rows",)),), (), axes={})
+    with pytest.raises(ValueError, match="opset"):
+        GraphSpec("x", "classifier", (), (), axes={}, opset=13)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        TensorSpec("a", "complex64", (1,))
