@@ -1,0 +1,140 @@
+"""The benchmark's machinery: statistics, load generators, engine runs, the report, CTranslate2 conversion.
+
+Speed is never asserted here; these tests prove the numbers are computed from what really happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench import engines, load, report
+from bench.stats import ratio, summarize, time_calls
+
+
+def test_summarize_reports_percentiles_in_milliseconds():
+    stats = summarize([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert stats.n == 100
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.max_ms == pytest.approx(100.0)
+    assert math.isnan(summarize([]).p50_ms)
+
+
+def test_time_calls_stops_at_the_call_limit_and_ratio_guards_missing_values():
+    calls = []
+    latencies = time_calls(lambda: calls.append(1), warmup=2, max_calls=7, budget_s=10)
+    assert len(latencies) == 7 and len(calls) == 9
+    assert math.isnan(ratio(1.0, 0.0)) and ratio(3.0, 2.0) == 1.5
+
+
+def test_closed_loop_keeps_exactly_the_requested_number_of_requests_in_flight():
+    state = {"now": 0, "peak": 0, "n": 0}
+
+    async def send() -> bool:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.002)
+        state["now"] -= 1
+        state["n"] += 1
+        return state["n"] % 5 != 0  # every fifth request fails
+
+    result = asyncio.run(load.closed_loop(send, concurrency=4, duration_s=0.3, warmup_s=0.05))
+    assert state["peak"] == 4
+    assert result.ok > 0 and result.errors > 0
+    assert result.errors == pytest.approx((result.ok + result.errors) / 5, abs=4)
+    assert len(result.latencies_s) == result.ok
+    assert result.as_dict()["throughput_rps"] == pytest.approx(result.ok / result.duration_s)
+
+
+def test_open_loop_sends_at_the_fixed_rate_and_counts_raised_errors():
+    async def send() -> bool:
+        await asyncio.sleep(0.001)
+        raise ConnectionError("server gone")
+
+    result = asyncio.run(load.open_loop(send, rate_rps=200, duration_s=0.25))
+    assert result.ok == 0 and result.errors == 50
+
+
+def test_report_writes_json_markdown_with_ratios_and_plots(tmp_path):
+    engines_rows = [
+        {"engine": "pytorch", "precision": "fp32", "batch": 1, "p50_ms": 4.0, "p90_ms": 5, "p99_ms": 6,
+         "throughput_ips": 250.0, "peak_rss_mib": 300},
+        {"engine": "onnxruntime", "precision": "fp32", "batch": 1, "p50_ms": 1.0, "p90_ms": 1, "p99_ms": 2,
+         "throughput_ips": 1000.0, "peak_rss_mib": 100},
+    ]  # fmt: skip
+    closed = [
+        {"target": t, "protocol": "http", "concurrency": c, "throughput_rps": rps, "p50_ms": 1.0, "p90_ms": 2.0,
+         "p99_ms": 3.0, "max_ms": 4.0, "errors": 0}
+        for t, rps in (("gateway", 800.0), ("naive", 100.0)) for c in (1, 64)
+    ]  # fmt: skip
+    results = {
+        "engines": engines_rows,
+        "servers": {"closed": closed, "open": [], "batch_histogram": {"1.0": 3, "8.0": 10, "+Inf": 10}},
+    }
+    text = report.engine_section(engines_rows)
+    assert "| onnxruntime | fp32 | 1 | 1.00 |" in text and "4.00" in text  # speedup 4x over pytorch
+    servers_md = report.server_section(results["servers"], best_direct_ips=1000.0)
+    assert "| gateway | http | 64 | 800.00 |" in servers_md and "| 8.00 | 0.80 |" in servers_md
+    report.write_results(results, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["engines"][1]["engine"] == "onnxruntime"
+    pngs = report.plots(results, tmp_path)
+    assert {p.name for p in pngs} == {"servers.png", "batch_sizes.png", "engines.png"}
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_engine_jobs_measure_pytorch_and_onnxruntime_on_the_exported_entry(tmp_path):
+    from tests.repo_fixtures import build_classifier_repository
+
+    repo = build_classifier_repository(tmp_path / "repo", ("lenet",))
+    jobs = engines.classifier_jobs(repo, tmp_path, "lenet", (1, 4), threads=1, budget_s=0.2)
+    assert [j.engine for j in jobs] == ["pytorch", "onnxruntime"]
+    rows = engines.run_jobs(jobs)
+    assert [(r["engine"], r["batch"]) for r in rows] == [
+        ("pytorch", 1), ("pytorch", 4), ("onnxruntime", 1), ("onnxruntime", 4)
+    ]  # fmt: skip
+    assert all(r["p50_ms"] > 0 and r["peak_rss_mib"] > 0 and r["throughput_ips"] > 0 for r in rows)
+
+
+def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="the bench extra (ctranslate2) is not installed")
+    from bench.ctranslate import build_spec
+    from training.data.tokenizer import TokenizerConfig, build_tokenizers
+    from training.decoding import teacher_forced_logprob
+    from training.models import build_model
+
+    pairs = [
+        (f"{a} and {b}", f"{b} et {a}")
+        for a in ("one", "two", "three", "four")
+        for b in ("five", "six", "seven")
+    ]
+    tok = build_tokenizers(pairs * 4, TokenizerConfig(vocab_size=60, min_frequency=1))
+    model = build_model(
+        "transformer", src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, d_model=32, heads=4,
+        ffn_dim=64, encoder_layers=2, decoder_layers=2, dropout=0.0,
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # move LayerNorm/bias parameters away from their trivial init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    spec = build_spec(model, tok.to_dict())
+    spec.validate()
+    spec.optimize(quantization=None)
+    (tmp_path / "ct2").mkdir()
+    spec.save(str(tmp_path / "ct2"))
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    src_ids = tok.encode_source([s for s, _ in pairs[:4]])
+    tgt_ids = [ids + [2] for ids in tok.encode_target([t for _, t in pairs[:4]])]  # bare ids + EOS
+    src_tokens = [[tok.source.id_to_token(i) for i in ids] for ids in src_ids]
+    tgt_tokens = [[tok.target.id_to_token(i) for i in ids[:-1]] for ids in tgt_ids]
+    scored = translator.score_batch(src_tokens, tgt_tokens)
+    width_s, width_t = max(map(len, src_ids)), max(map(len, tgt_ids))
+    src = torch.tensor([s + [0] * (width_s - len(s)) for s in src_ids])
+    tgt = torch.tensor([t + [0] * (width_t - len(t)) for t in tgt_ids])
+    expected = teacher_forced_logprob(model, src, tgt)
+    got = np.array([sum(r.log_probs) for r in scored])
+    np.testing.assert_allclose(got, expected.numpy(), atol=2e-3)
