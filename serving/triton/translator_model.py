@@ -46,15 +46,25 @@ def _array(tensor) -> np.ndarray:
         return tensor.as_numpy()
 
 
-def bls_runner(model: str, inputs: list[str], outputs: list[str]):
+def reshaped_inputs(config_path: str) -> set[str]:
+    """Inputs declared ``dims: [1]`` with ``reshape {}`` (one value per row): BLS must send them as [rows, 1]."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    with open(config_path) as handle:
+        config = text_format.Parse(handle.read(), model_config_pb2.ModelConfig())
+    return {t.name for t in config.input if t.HasField("reshape") and not t.reshape.shape}
+
+
+def bls_runner(model: str, inputs: list[str], outputs: list[str], as_column: set[str] = frozenset()):
     """A stepper Runner calling another Triton model through BLS with only the inputs it declares."""
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = pb_utils.InferenceRequest(
-            model_name=model,
-            requested_output_names=outputs,
-            inputs=[_tensor(name, feed[name]) for name in inputs],
-        )
+        tensors = []
+        for name in inputs:
+            value = feed[name]
+            tensors.append(_tensor(name, value[:, None] if name in as_column and value.ndim == 1 else value))
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=tensors)
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
@@ -101,7 +111,10 @@ class TritonPythonModel:
             block["encoder"], [t["name"] for t in encoder["inputs"]], list(self.spec.encoder_outputs)
         )
         self.run_decoder = bls_runner(
-            block["decoder"], [t["name"] for t in decoder["inputs"]], list(self.spec.decoder_outputs)
+            block["decoder"],
+            [t["name"] for t in decoder["inputs"]],
+            list(self.spec.decoder_outputs),
+            reshaped_inputs(os.path.join(parent, block["decoder"], "config.pbtxt")),
         )
 
     def execute(self, requests: list) -> list:
