@@ -164,7 +164,9 @@ def test_translations_one_at_a_time_equal_the_pytorch_reference_token_for_token(
         assert hyp["normalized_score"] == pytest.approx(want_score, abs=1e-4)
 
 
-async def _solo_tokens(repository: Path, name: str, texts: list[str]) -> list[list[int]]:
+async def _solo_tokens(
+    repository: Path, name: str, texts: list[str], max_length: int = MAX_LENGTH
+) -> list[list[int]]:
     """The gateway's translator service built in-process on the same entries: ids of each text alone."""
     from serving.stepper import onnxruntime_runner
     from serving.translator import translator_from_entry
@@ -177,7 +179,7 @@ async def _solo_tokens(repository: Path, name: str, texts: list[str]) -> list[li
     translator = translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
     await translator.start()
     try:
-        options = TranslateOptions(beam_size=4, max_length=MAX_LENGTH)
+        options = TranslateOptions(beam_size=4, max_length=max_length)
         return [(await translator.translate([t], options))[0][0].tokens for t in texts]
     finally:
         await translator.stop()
