@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton>=0.5"
+	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment.
+	$(PYTHON_SYS) -m venv $(VENV)/triton-env
+	$(VENV)/triton-env/bin/python -m pip install --quiet "numpy<2" onnxruntime tokenizers
 	@rm -f $(VENV)/.kiln-installed-*
 	@touch $@
 

@@ -16,19 +16,14 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
-def _array(tensor, data_type: str) -> np.ndarray:
-    """A request tensor as numpy; via DLPack because the stub's as_numpy() misreads it under numpy 2."""
-    if data_type == "TYPE_STRING":
-        return tensor.as_numpy()
-    return np.from_dlpack(tensor)
+def _array(tensor) -> np.ndarray:
+    """A request tensor as numpy (the stub runs in the numpy-1 Triton python environment)."""
+    return tensor.as_numpy()
 
 
 def _tensor(name: str, array: np.ndarray):
-    """A pb_utils.Tensor; via DLPack because the stub drops the data of numpy 2 arrays passed directly."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.kind in "biuf":
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)
+    """A pb_utils.Tensor from a contiguous numpy array."""
+    return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
 
 class TritonPythonModel:
@@ -73,10 +68,7 @@ class TritonPythonModel:
         return responses
 
     def _feeds(self, request) -> dict[str, np.ndarray]:
-        return {
-            name: _array(pb_utils.get_input_tensor_by_name(request, name), data_type)
-            for name, data_type in self.inputs.items()
-        }
+        return {name: _array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
 
     def _stackable(self, feeds: list[dict[str, np.ndarray]]) -> bool:
         """True when every request has the same non-batch shape per input."""

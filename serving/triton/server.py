@@ -4,6 +4,11 @@ The wheel carries ``tritonserver``, the python backend and one python stub per P
 stub matching this interpreter must sit next to ``libtriton_python.so``, find this environment's
 packages (its ``bin`` first on PATH) and find libpython and the wheel's bundled libraries
 (LD_LIBRARY_PATH). :class:`TritonServer` does all of that, waits for readiness and stops cleanly.
+
+The stub is compiled against numpy 1 (the wheel pins ``numpy<2``): under numpy 2 it corrupts BYTES
+tensors before ``model.py`` runs. So the models run in a separate *Triton python environment* with
+numpy 1, onnxruntime and tokenizers (``make setup`` creates it at ``.venv/triton-env``), while the
+project itself keeps numpy 2. ``KILN_TRITON_PYTHON_ENV`` names another one.
 """
 
 from __future__ import annotations
@@ -89,10 +94,29 @@ def prepare_backends(install: TritonInstall, workdir: Path) -> Path:
     raise TritonError(f"cannot prepare a python backend directory under {workdir}")
 
 
+def triton_python_env() -> Path:
+    """The Python environment the stub runs models in (see the module docstring for why it is separate)."""
+    named = os.environ.get("KILN_TRITON_PYTHON_ENV")
+    if named:
+        env = Path(named)
+        if not (env / "bin" / "python").exists():
+            raise TritonError(f"KILN_TRITON_PYTHON_ENV={named} is not a Python environment (no bin/python)")
+        return env
+    default = Path(sys.prefix) / "triton-env"
+    if (default / "bin" / "python").exists():
+        return default
+    log.warning(
+        "no Triton python environment at %s (run `make setup`); using this one, where a numpy 2 install "
+        "makes the python stub corrupt BYTES tensors",
+        default,
+    )
+    return Path(sys.prefix)
+
+
 def triton_environment(install: TritonInstall) -> dict[str, str]:
-    """Environment for the server: this venv's bin first on PATH, libpython and wheel libs on LD path."""
+    """Environment for the server: the Triton python env first on PATH, libpython and wheel libs on LD path."""
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(triton_python_env() / "bin"), env.get("PATH", "")])
     libdirs = [str(sysconfig.get_config_var("LIBDIR") or ""), str(install.libs)]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + [env.get("LD_LIBRARY_PATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -31,39 +31,27 @@ LIMITS = {"beam_size": 16, "texts": 64, "chars": 1000}
 
 
 def _tensor(name: str, array: np.ndarray):
-    """A pb_utils.Tensor; numeric/bool via DLPack (the stub drops numpy 2 arrays passed directly)."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.kind in "biuf":
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)
+    """A pb_utils.Tensor (the stub runs in the numpy-1 Triton python environment, see serving.triton)."""
+    return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
 
 def _array(tensor) -> np.ndarray:
-    """A response/request tensor as an owned numpy array (DLPack; BYTES through as_numpy)."""
-    try:
-        return np.array(np.from_dlpack(tensor), copy=True)
-    except (TypeError, RuntimeError, BufferError, ValueError):
-        return tensor.as_numpy()
+    """A request or BLS-response tensor as numpy."""
+    return tensor.as_numpy()
 
 
-def reshaped_inputs(config_path: str) -> set[str]:
-    """Inputs declared ``dims: [1]`` with ``reshape {}`` (one value per row): BLS must send them as [rows, 1]."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+def bls_runner(model: str, inputs: list[str], outputs: list[str]):
+    """A stepper Runner calling another Triton model through BLS with only the inputs it declares.
 
-    with open(config_path) as handle:
-        config = text_format.Parse(handle.read(), model_config_pb2.ModelConfig())
-    return {t.name for t in config.input if t.HasField("reshape") and not t.reshape.shape}
-
-
-def bls_runner(model: str, inputs: list[str], outputs: list[str], as_column: set[str] = frozenset()):
-    """A stepper Runner calling another Triton model through BLS with only the inputs it declares."""
+    A per-row scalar (``tokens``, ``positions``: shape [rows]) is declared ``dims: [1]`` with an empty
+    reshape, since a batched Triton input needs at least one dim: it travels as [rows, 1].
+    """
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
         for name in inputs:
             value = feed[name]
-            tensors.append(_tensor(name, value[:, None] if name in as_column and value.ndim == 1 else value))
+            tensors.append(_tensor(name, value[:, None] if value.ndim == 1 else value))
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=tensors)
         response = request.exec()
         if response.has_error():
@@ -114,7 +102,6 @@ class TritonPythonModel:
             block["decoder"],
             [t["name"] for t in decoder["inputs"]],
             list(self.spec.decoder_outputs),
-            reshaped_inputs(os.path.join(parent, block["decoder"], "config.pbtxt")),
         )
 
     def execute(self, requests: list) -> list:
