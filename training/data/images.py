@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,6 +171,8 @@ def data_info(spec: DataSpec, train: ImageDataset, val: ImageDataset) -> dict[st
     """The checkpoint's ``data`` dict: the spec (with channels resolved) plus the split sizes."""
     info = asdict(spec)
     info["channels"] = train.channels
+    if spec.data_path:  # absolute, so export can rebuild the split from any working directory
+        info["data_path"] = str(Path(spec.data_path).expanduser().resolve())
     info.update(n_train=len(train), n_val=len(val))
     return info
 
