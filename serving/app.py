@@ -54,7 +54,9 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
     if settings.backend == "triton":
         from serving.backends.triton import TritonBackend
 
-        return TritonBackend(settings.triton_url)
+        return TritonBackend(
+            settings.triton_url, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s
+        )
     from serving.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(

@@ -92,3 +92,32 @@ def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> 
     with pytest.raises(InferenceServerException, match="beam_size"):
         client.infer(NAME, [tensor], parameters={"beam_size": 99})
     client.close()
+
+
+def test_the_gateway_with_the_triton_backend_translates_through_tritons_model(
+    triton: TritonServer, exported: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    direct = _infer(
+        __import__("tritonclient.http", fromlist=["x"]),
+        triton.http_url,
+        TEXTS,
+        beam_size=4,
+        max_length=MAX_LENGTH,
+    )
+    settings = Settings(
+        model_repository=exported / "model_repository",
+        backend="triton",
+        triton_url=triton.grpc_url,
+        grpc_port=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        resp = client.post(
+            f"/v1/models/{NAME}/translate", json={"texts": TEXTS, "beam_size": 4, "max_length": MAX_LENGTH}
+        )
+    assert resp.status_code == 200, resp.text
+    assert [t["hypotheses"][0]["text"] for t in resp.json()["translations"]] == direct

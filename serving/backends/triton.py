@@ -240,6 +240,11 @@ class TritonBackend:
         outputs = [module.InferRequestedOutput(name, class_count=int(counts.get(name, 0))) for name in wanted]
         timeout = request.timeout_s or self.timeout_s
         extra = {"client_timeout": timeout} if self.protocol == "grpc" else {}
+        # Decoding options of a translator (beam_size, ...) travel as KServe request parameters;
+        # the gateway-internal classification map is expressed through class_count above instead.
+        parameters = {k: v for k, v in request.parameters.items() if k != "classification"}
+        if parameters:
+            extra["parameters"] = parameters
         result = await self._call(
             "infer",
             request.model,
