@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from serving import tensors
-from serving.backends.base import Backend, BadRequest, InferRequest, ServingError
+from serving.backends.base import Backend, BadRequest, InferRequest, ServingError, model_parameters
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
         """Decode, run on the backend (classification requests travel as a parameter), encode."""
-        parameters = _parameters(request.parameters)
+        parameters = model_parameters(_parameters(request.parameters))
         counts = _classification_counts(request)
         if counts:
             parameters["classification"] = counts

@@ -12,6 +12,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# Request parameters the KServe/Triton protocols consume themselves; they never reach a model, and
+# Triton refuses them when forwarded as model parameters.
+PROTOCOL_PARAMETERS = frozenset(
+    {"binary_data_output", "timeout", "sequence_id", "sequence_start", "sequence_end", "priority", "headers"}
+)
+
+
+def model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters meant for the model (decoding options and the like)."""
+    return {k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}
+
 
 class ServingError(Exception):
     status: int = 500

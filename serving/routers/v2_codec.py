@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import BadRequest, InferRequest, InferResponse
+from serving.backends.base import BadRequest, InferRequest, InferResponse, model_parameters
 from serving.tensors import datatype_of, from_bytes, from_json_data, numpy_dtype, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -57,7 +57,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         version=version,
         outputs=[o.name for o in outputs] if outputs is not None else None,
         parameters={  # request parameters reach the backend (e.g. a translator's beam_size)
-            **params,
+            **model_parameters(params),
             "classification": {o.name: o.classification for o in outputs or [] if o.classification},
         },
         request_id=str(header.get("id", "")),
