@@ -43,13 +43,13 @@ BASE = {
     "vocab_size": 1000, "shared_vocab": True,
     "epochs": 30, "batch_tokens": 3000, "batch_size": None, "lr": 1e-3, "warmup_steps": 300,
     "schedule": "inverse_sqrt", "label_smoothing": 0.1, "clip_norm": 1.0, "weight_decay": 0.0,
-    "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 9.0,
-    "max_decode_length": 64, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
+    "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 8.5,
+    "max_decode_length": 40, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
 }  # fmt: skip
 # Per-model recipes: the measured defaults (see the report in docs/corpus.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "transformer": {
-        "lr": 2e-3, "warmup_steps": 200, "batch_tokens": 1500,
+        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1000,
         "model_args": {"d_model": 128, "heads": 4, "ffn_dim": 512, "encoder_layers": 3, "decoder_layers": 3,
                        "share_embeddings": True, "tie_output": True},
     },
@@ -64,7 +64,14 @@ RECIPES: dict[str, dict[str, Any]] = {
                        "attention_dim": 128},
     },
 }  # fmt: skip
-PRESETS = {"demo": {"n_pairs": 12000, "time_budget": 2.0, "epochs": 12, "val_limit": 200}}
+# Presets: settings for every model plus per-model overrides (a smaller Transformer for the demo).
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "n_pairs": 12000, "time_budget": 2.0, "epochs": 12, "val_limit": 200, "threads": 1,
+        "batch_tokens": 800, "lr": 3e-3, "warmup_steps": 60, "max_decode_length": 32,
+        "per_model": {"transformer": {"model_args": {"encoder_layers": 2, "decoder_layers": 2, "ffn_dim": 256}}},
+    },
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +134,14 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             f"--model {args.model!r} is not a translator; choose from {list_models('translate')}"
         )
     recipe = RECIPES.get(args.model, {})
-    cfg = {**BASE, **recipe, **PRESETS.get(args.preset or "", {})}
-    cfg["model_args"] = {**recipe.get("model_args", {}), **parse_model_args(args.model_arg)}
+    preset = dict(PRESETS.get(args.preset or "", {}))
+    preset_model = preset.pop("per_model", {}).get(args.model, {})
+    cfg = {**BASE, **recipe, **preset, **preset_model}
+    cfg["model_args"] = {
+        **recipe.get("model_args", {}),
+        **preset_model.get("model_args", {}),
+        **parse_model_args(args.model_arg),
+    }
     for key in BASE:
         value = getattr(args, key, None)
         if value is not None and key != "model_args":
@@ -299,13 +312,14 @@ def train(args: argparse.Namespace | list[str] | None = None) -> Path:
     train_time = time.monotonic() - trainer.start
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
-    test = evaluate(
-        model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=cfg["max_decode_length"]
-    )
+    max_len = cfg["max_decode_length"]
+    test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
+    greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
     metrics = {
         "best_val_bleu": trainer.best["val_bleu"], "best_val_exact_match": trainer.best.get("val_exact_match"),
         "best_epoch": trainer.best.get("epoch"), "steps": trainer.step, "train_time_s": round(train_time, 1),
         "test_bleu": test["bleu"], "test_exact_match": test["exact_match"], "test_beam": cfg["test_beam"],
+        "test_bleu_greedy": greedy["bleu"], "test_exact_match_greedy": greedy["exact_match"],
         "total_time_s": round(time.monotonic() - trainer.start, 1),
     }  # fmt: skip
     data = {
