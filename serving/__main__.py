@@ -16,6 +16,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--grpc-port", type=int, help="gRPC port, 0 disables it (default: 8001)")
     parser.add_argument("--backend", choices=["onnxruntime", "triton"], help="default: onnxruntime")
     parser.add_argument("--triton-url", help="Triton address for --backend triton (default: 127.0.0.1:8001)")
+    parser.add_argument(
+        "--triton-translate",
+        choices=["scheduler", "triton"],
+        help="with --backend triton: the gateway's batched beam search over Triton's encoder/decoder "
+        "(scheduler, default) or Triton's own <name> python model (triton)",
+    )
     parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads per session")
     parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")

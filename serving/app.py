@@ -55,8 +55,9 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         from serving.backends.triton import TritonBackend
 
         return TritonBackend(
-            settings.triton_url, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s
-        )
+            settings.triton_url, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s,
+            repository=repository, translate=settings.triton_translate, metrics=metrics,
+        )  # fmt: skip
     from serving.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(

@@ -19,6 +19,11 @@ class Settings(BaseSettings):
         "onnxruntime", description="embedded ORT or a Triton server"
     )
     triton_url: str = Field("127.0.0.1:8001", description="Triton server address (triton backend)")
+    triton_translate: Literal["scheduler", "triton"] = Field(
+        "scheduler",
+        description="triton backend: translate with the gateway's batched beam search over Triton's "
+        "encoder/decoder (scheduler) or by calling Triton's <name> python model (triton)",
+    )
     host: str = Field("127.0.0.1", description="interface to bind")
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="0 disables the gRPC server")

@@ -94,30 +94,28 @@ def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> 
     client.close()
 
 
-def test_the_gateway_with_the_triton_backend_translates_through_tritons_model(
-    triton: TritonServer, exported: Path
+@pytest.mark.parametrize("mode", ["scheduler", "triton"])
+def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_modes(
+    triton: TritonServer, exported: Path, mode: str
 ) -> None:
+    """scheduler: the gateway's beam search over Triton's encoder/decoder; triton: Triton's <name> model."""
+    import tritonclient.http as httpclient
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
     from serving.settings import Settings
 
-    direct = _infer(
-        __import__("tritonclient.http", fromlist=["x"]),
-        triton.http_url,
-        TEXTS,
-        beam_size=4,
-        max_length=MAX_LENGTH,
-    )
+    direct = _infer(httpclient, triton.http_url, TEXTS, beam_size=4, max_length=MAX_LENGTH)
     settings = Settings(
-        model_repository=exported / "model_repository",
-        backend="triton",
-        triton_url=triton.grpc_url,
-        grpc_port=0,
-    )
+        model_repository=exported / "model_repository", backend="triton", triton_url=triton.grpc_url,
+        grpc_port=0, triton_translate=mode,
+    )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         resp = client.post(
             f"/v1/models/{NAME}/translate", json={"texts": TEXTS, "beam_size": 4, "max_length": MAX_LENGTH}
         )
+        metrics = client.get("/metrics").text
     assert resp.status_code == 200, resp.text
     assert [t["hypotheses"][0]["text"] for t in resp.json()["translations"]] == direct
+    steps = [ln for ln in metrics.splitlines() if ln.startswith("kiln_decoder_steps_total")]
+    assert bool(steps and float(steps[0].split()[-1]) > 0) == (mode == "scheduler")

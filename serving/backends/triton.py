@@ -31,6 +31,7 @@ from serving.backends.base import (
     Unavailable,
 )
 from serving.tensors import datatype_of
+from serving.translator import Translator, TranslatorPool
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ STATUS_TO_ERROR: dict[str, type[ServingError]] = {
     "504": DeadlineExceeded,
 }
 PROTOCOLS = ("grpc", "http")
+# How the gateway translates over Triton: "scheduler" runs its own iteration-level beam search over
+# Triton's <name>_encoder / <name>_decoder; "triton" calls Triton's <name> python model (BLS inside).
+TRANSLATE_MODES = ("scheduler", "triton")
 
 
 class TritonBackend:
@@ -62,7 +66,12 @@ class TritonBackend:
         retry_after_s: float = 1.0,
         probe_timeout_s: float = 2.0,
         resync_interval_s: float = 1.0,
+        repository: Any = None,
+        translate: str = "scheduler",
+        metrics: Any = None,
     ) -> None:
+        if translate not in TRANSLATE_MODES:
+            raise ValueError(f"translate must be one of {TRANSLATE_MODES}, got {translate!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if "://" in url:
@@ -75,6 +84,10 @@ class TritonBackend:
         self._synced = False
         self._last_sync = float("-inf")
         self._sync_lock = asyncio.Lock()
+        self.translate_mode = translate if repository is not None else "triton"
+        self._translators = (
+            TranslatorPool(repository, observer=metrics) if self.translate_mode == "scheduler" else None
+        )
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -195,9 +208,52 @@ class TritonBackend:
             await self._sync(force=True)
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
+        if self._translators is not None:
+            await self._translators.start(self._step_runner)
 
     async def stop(self) -> None:
+        if self._translators is not None:
+            await self._translators.stop()
         await self._drop_connection()
+
+    def translator(self, name: str) -> Translator | None:
+        """The gateway's own scheduler over Triton's encoder/decoder, or None to call Triton's model."""
+        if self._translators is None:
+            return None
+        translator = self._translators.get(name)
+        if translator is None:
+            reason = self._translators.failed.get(name, "it is not a translate entry of the repository")
+            raise Unavailable(f"translator {name!r} is not ready: {reason}", retry_after=self.retry_after_s)
+        return translator
+
+    def _step_runner(self, name: str) -> Any:
+        """A blocking stepper Runner calling entry ``name`` on Triton (the scheduler runs it in a thread)."""
+        if self.protocol == "grpc":
+            import tritonclient.grpc as client_module
+
+            client = client_module.InferenceServerClient(self.url)
+            extra = {"client_timeout": self.timeout_s}
+        else:
+            import tritonclient.http as client_module
+
+            client = client_module.InferenceServerClient(self.url, network_timeout=self.timeout_s)
+            extra = {}
+        entry = self._translators.repository.get(name)
+        inputs = [t.name for t in entry.inputs()]
+        outputs = [client_module.InferRequestedOutput(t.name) for t in entry.outputs()]
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            tensors = []
+            for key in inputs:
+                value = np.ascontiguousarray(feed[key])
+                value = value[:, None] if value.ndim == 1 else value  # per-row scalars travel as [rows, 1]
+                tensor = client_module.InferInput(key, list(value.shape), datatype_of(value))
+                tensor.set_data_from_numpy(value)
+                tensors.append(tensor)
+            result = client.infer(name, tensors, outputs=outputs, **extra)
+            return {o.name(): result.as_numpy(o.name()) for o in outputs}
+
+        return run
 
     def list_models(self) -> list[str]:
         return sorted(self._models)

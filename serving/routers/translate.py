@@ -83,9 +83,10 @@ async def translate(
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
     body = parse_body(await request.body())
     finder = getattr(backend, "translator", None)
-    if finder is not None:
-        results = await _observed(metrics, name, finder(name).translate(body.texts, body.options(),
-                                                                        settings.request_timeout_s))  # fmt: skip
+    translator = finder(name) if finder is not None else None  # None: the backend translates via infer
+    if translator is not None:
+        results = await _observed(metrics, name, translator.translate(body.texts, body.options(),
+                                                                      settings.request_timeout_s))  # fmt: skip
     else:
         results = await _via_infer(backend, metrics, name, body, settings.request_timeout_s)
     return TranslateResponse(
