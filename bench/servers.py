@@ -83,7 +83,7 @@ def gateway_cmd(
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", str(threads)]
     cmd += ["--max-queue-size", "4096", "--log-level", "warning"]
     if triton_url:
-        cmd += ["--backend", "triton", "--triton-url", triton_url]
+        cmd += ["--backend", "triton", "--triton-url", triton_url, "--triton-translate", translate]
     return cmd
 
 

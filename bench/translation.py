@@ -174,6 +174,12 @@ def run(
     progress(f"translation: gateway, {len(texts)} sentences, beams {list(beams)}")
     rows += gateway_rows(args.repository, args.translator, texts, refs, beams, profile["translate_concurrency"],
                          args.threads, out / "logs", count)  # fmt: skip
+    try:
+        progress("translation: gateway -> Triton (own scheduler vs Triton's python model)")
+        rows += triton_rows(args.repository, args.translator, texts, refs, max(profile["translate_concurrency"]),
+                            args.threads, out / "logs", count)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
+        errors["triton"] = str(exc)
     progress("translation: PyTorch reference (with and without cache)")
     rows += pytorch_rows(ckpt, texts, refs, beams, args.threads, count)
     try:
