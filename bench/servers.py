@@ -77,7 +77,12 @@ def process(
 
 
 def gateway_cmd(
-    repository: Path, http: int, grpc: int, threads: int, triton_url: str | None = None
+    repository: Path,
+    http: int,
+    grpc: int,
+    threads: int,
+    triton_url: str | None = None,
+    translate: str = "scheduler",
 ) -> list[str]:
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", str(threads)]

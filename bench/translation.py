@@ -158,6 +158,27 @@ def gateway_rows(
     return rows
 
 
+def triton_rows(repository, model, texts, refs, concurrency, threads, out, count) -> list[dict[str, Any]]:
+    """Gateway -> real Triton, both ways to translate: its own scheduler, or Triton's <name> model."""
+    from serving.triton import TritonServer, find_triton
+
+    if find_triton() is None:
+        raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
+    rows = []
+    with TritonServer(repository, out / "triton-translate", threads=threads) as triton:
+        for mode in ("scheduler", "triton"):
+            http, grpc = free_port(), free_port()
+            url = f"http://127.0.0.1:{http}"
+            cmd = gateway_cmd(repository, http, grpc, threads, triton_url=triton.grpc_url, translate=mode)
+            with process(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
+                asyncio.run(_gateway_run(url, model, texts[:8], 4, 4))
+                hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, 4, concurrency))
+            rows.append(
+                _row(f"gateway->triton ({mode})", 4, concurrency, texts, hyps, refs, elapsed, count, lat)
+            )
+    return rows
+
+
 def run(
     args, profile: dict[str, Any], out: Path, progress: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
