@@ -46,7 +46,7 @@ BASE = {
     "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 8.5,
     "max_decode_length": 40, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
 }  # fmt: skip
-# Per-model recipes: the measured defaults (see the report in docs/corpus.md).
+# Per-model recipes: the measured defaults (figures in docs/corpus.md, "Measured recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "transformer": {
         "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1000,
