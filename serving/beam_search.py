@@ -3,9 +3,12 @@
 fairseq mechanics as fixed by docs/translator-interface.md: per sentence ``beam`` live rows (one at step
 0), the best ``2 * beam`` candidates by a stable sort (ties: lower flat index first), EOS candidates among
 the first ``beam`` ranks finalized, the first ``beam`` non-EOS candidates continue, EOS blocked before
-``min_length`` and forced at ``max_length - 1``. The state is per sentence so that an iteration-level
-scheduler can mix the rows of sentences from different requests in one decoder call and let sentences
-join and leave between steps; :func:`advance_batch` and :func:`beam_search` do that mixing.
+``min_length`` and forced at ``max_length - 1``. Stopping follows Hugging Face's non-early-stopping rule:
+a sentence keeps its best ``beam`` finished hypotheses and is done once it has ``beam`` of them and its
+best live row, normalized at the current length, is not better than the worst kept one. The state is
+per sentence so that an iteration-level scheduler can mix the rows of sentences from different requests
+in one decoder call and let sentences join and leave between steps; :func:`advance_batch` and
+:func:`beam_search` do that mixing.
 
 Step function contract (:data:`StepFn`): ``step(tokens: int64[rows], origin: int64[rows])`` first
 reorders the decoder's state rows by ``origin`` (indices into the rows of the previous call; at step 0,
@@ -84,7 +87,8 @@ def normalize_score(score: float, length: int, penalty: str, alpha: float) -> fl
 
 @dataclass(frozen=True)
 class BeamState:
-    """One sentence's search: live prefixes (BOS first), their cumulative scores, finished hypotheses."""
+    """One sentence's search: live prefixes (BOS first), their cumulative scores, the best ``beam``
+    finished hypotheses (best normalized score first; ties: finished first)."""
 
     config: BeamConfig
     step: int  # index of the token the next advance() chooses (0 = first token after BOS)
@@ -158,7 +162,11 @@ def advance(state: BeamState, log_probs: np.ndarray) -> tuple[BeamState, np.ndar
     finite = np.isfinite(cand)
     finalized = _finalize_eos(state, origin, tokens, cand, finite)
     keep = np.flatnonzero((tokens != cfg.eos_id) & finite)[: cfg.beam_size]  # ranks that continue
-    done = len(finalized) >= cfg.beam_size or state.step >= cfg.max_length - 1 or keep.size == 0
+    done = (
+        state.step >= cfg.max_length - 1
+        or keep.size == 0
+        or _cannot_improve(cfg, finalized, float(cand[keep[0]]), state.step + 1)
+    )
     if done:
         keep = keep[:0]
     prefixes = np.concatenate([state.prefixes[origin[keep]], tokens[keep, None]], axis=1)
@@ -176,26 +184,41 @@ def advance(state: BeamState, log_probs: np.ndarray) -> tuple[BeamState, np.ndar
 def _finalize_eos(
     state: BeamState, origin: np.ndarray, tokens: np.ndarray, cand: np.ndarray, finite: np.ndarray
 ) -> tuple[Hypothesis, ...]:
-    """Add the EOS candidates ranked within the first ``beam`` to the finished list, up to ``beam``."""
+    """Offer the EOS candidates ranked within the first ``beam``, in rank order, to the finished list."""
     cfg = state.config
     finished = list(state.finalized)
     length = state.step + 1  # generated tokens including this EOS
     for rank in range(min(cfg.beam_size, tokens.size)):
-        if len(finished) >= cfg.beam_size:
-            break
         if tokens[rank] != cfg.eos_id or not finite[rank]:
             continue
         generated = [int(t) for t in state.prefixes[origin[rank], 1:]] + [cfg.eos_id]
         score = float(cand[rank])
         norm = normalize_score(score, length, cfg.length_penalty, cfg.alpha)
-        finished.append(Hypothesis(tokens=generated, score=score, normalized_score=norm))
+        _keep_best(finished, Hypothesis(tokens=generated, score=score, normalized_score=norm), cfg.beam_size)
     return tuple(finished)
+
+
+def _keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
+    """Insert ``hyp`` after every kept hypothesis at least as good, then drop all beyond the best ``beam``.
+
+    So a newcomer not strictly better than the worst of a full list is dropped (ties: the earlier stays).
+    """
+    at = next((i for i, h in enumerate(finished) if h.normalized_score < hyp.normalized_score), len(finished))
+    finished.insert(at, hyp)
+    del finished[beam:]
+
+
+def _cannot_improve(cfg: BeamConfig, finished: Sequence[Hypothesis], best_live: float, length: int) -> bool:
+    """Whether the list is full and the best live row, normalized at ``length`` (tokens generated so far,
+    without EOS), is not better than the worst kept hypothesis (Hugging Face's non-early-stopping rule)."""
+    if len(finished) < cfg.beam_size:
+        return False
+    return normalize_score(best_live, length, cfg.length_penalty, cfg.alpha) <= finished[-1].normalized_score
 
 
 def finalize(state: BeamState) -> list[Hypothesis]:
     """The ``n_best`` finished hypotheses, best normalized score first (ties: finished first)."""
-    ranked = sorted(state.finalized, key=lambda h: -h.normalized_score)
-    return ranked[: state.config.n_best]
+    return list(state.finalized[: state.config.n_best])  # kept in that order by _keep_best
 
 
 def advance_batch(

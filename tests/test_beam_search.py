@@ -32,6 +32,25 @@ SCRIPT_BEAM3 = {
     (B, B): {EOS: 0.3, A: 0.7},
 }
 SCRIPT_TIE = {(): {EOS: 0.2, A: 0.4, B: 0.4}, (A,): {EOS: 1.0}, (B,): {EOS: 1.0}}
+# A confident model whose junk EOS candidates rank 2nd at steps 0 and 1 (beam 2): fairseq's "done at beam
+# finalized" returned [EOS] and [A, EOS]; the right [A, B, C, EOS] only ends at step 3.
+SCRIPT_JUNK_EOS = {
+    (): {A: 0.9, EOS: 0.06, B: 0.04},
+    (A,): {B: 0.9, EOS: 0.05, C: 0.05},
+    (B,): {EOS: 0.5, C: 0.5},
+    (A, B): {C: 0.95, EOS: 0.05},
+    (A, C): {EOS: 0.5, A: 0.5},
+    (A, B, C): {EOS: 0.99, A: 0.01},
+}
+# Beam 2, no penalty: [EOS] .25 at step 0, then [A, EOS] .25 fills the list and [B, EOS] .25 ties the worst.
+SCRIPT_TIE_FULL = {
+    (): {A: 0.5, EOS: 0.25, B: 0.25},
+    (A,): {EOS: 0.5, C: 0.4, B: 0.1},
+    (B,): {EOS: 1.0},
+}
+# Hand-computed (tokens, probability) with beam 2, n_best 2, no length penalty; shared with test_decoding.
+JUNK_EOS_EXPECTED = [([A, B, C, EOS], 0.761805), ([EOS], 0.06)]  # .9 * .9 * .95 * .99
+TIE_FULL_EXPECTED = [([EOS], 0.25), ([A, EOS], 0.25)]
 
 
 def log_probs_for(script: dict, prefix: tuple[int, ...]) -> np.ndarray:
@@ -90,16 +109,59 @@ def test_beam_two_finds_the_hand_computed_hypotheses_in_score_order():
     assert hyps[1].score == pytest.approx(math.log(0.3) + math.log(0.7) + math.log(0.9), abs=1e-6)
 
 
-def test_beam_three_finalizes_eos_candidates_in_rank_order_and_stops_at_beam_finished():
-    cfg = bs.BeamConfig(beam_size=3, n_best=3, max_length=10, length_penalty="none")
-    decoder = ScriptedDecoder([SCRIPT_BEAM3])
-    state, origin, tokens = bs.start(cfg), np.array([0]), np.array([BOS])
+def stepwise(script: dict, **kwargs) -> tuple[list[list[tuple[list[int], float]]], list[int]]:
+    """Drive advance() by hand: the finished list after every step, and the decoder's row counts."""
+    kwargs = {"beam_size": 2, "n_best": 2, "max_length": 10, "length_penalty": "none"} | kwargs
+    decoder = ScriptedDecoder([script])
+    state, origin, tokens = bs.start(bs.BeamConfig(**kwargs)), np.array([0]), np.array([BOS])
+    history = []
     while not bs.is_done(state):
         state, origin, tokens = bs.advance(state, decoder.step(tokens, origin))
-    finished = [(h.tokens, round(math.exp(h.score), 6)) for h in state.finalized]
-    assert finished == [([A, EOS], 0.3), ([C, EOS], 0.135), ([B, A, EOS], 0.12)]
-    assert decoder.calls == [1, 3, 3]  # one live row at step 0, then the beam
-    assert bs.live_rows(state) == 0
+        history.append(summary(list(state.finalized)))
+    assert bs.live_rows(state) == 0 and tokens.size == 0
+    return history, decoder.calls
+
+
+def test_beam_three_stops_once_no_live_row_can_beat_the_worst_finished():
+    history, calls = stepwise(SCRIPT_BEAM3, beam_size=3, n_best=3)
+    # step 1 finalizes ranks 0 and 2; step 2 fills the list with [B, A, EOS] .12 and drops [A, A, EOS] .05,
+    # and the best live row [A, A, B] .05 cannot beat .12.
+    assert history == [
+        [],
+        [([A, EOS], 0.3), ([C, EOS], 0.135)],
+        [([A, EOS], 0.3), ([C, EOS], 0.135), ([B, A, EOS], 0.12)],
+    ]
+    assert calls == [1, 3, 3]  # one live row at step 0, then the beam
+
+
+def test_junk_eos_candidates_that_fill_the_list_early_do_not_end_the_sentence():
+    history, calls = stepwise(SCRIPT_JUNK_EOS)
+    assert history == [
+        [([EOS], 0.06)],
+        [([EOS], 0.06), ([A, EOS], 0.045)],  # full, but live [A, B] .81 beats .045: go on
+        [([EOS], 0.06), ([A, EOS], 0.045)],  # [A, B, EOS] .0405 is worse than the worst kept: dropped
+        [([A, B, C, EOS], 0.761805), ([EOS], 0.06)],  # evicts [A, EOS]; [A, C, A, EOS] .01125 dropped
+    ]
+    assert calls == [1, 2, 2, 2]  # live [A, B, C, A] .007695 <= .06 ends it after step 3
+    assert summary(run([SCRIPT_JUNK_EOS])[0]) == JUNK_EOS_EXPECTED
+
+
+def test_junk_eos_with_the_average_penalty_keeps_the_best_normalized_finished():
+    hyps = run([SCRIPT_JUNK_EOS], length_penalty="average", alpha=1.0)[0]
+    # step 2: [A, B, EOS] log(.0405)/3 = -1.069 evicts [EOS] log(.06)/1 = -2.813; step 3: [A, B, C, EOS]
+    # log(.761805)/4 = -0.068 evicts [A, EOS] log(.045)/2 = -1.551; live [A, B, C, A] log(.007695)/4 = -1.216.
+    assert [h.tokens for h in hyps] == [[A, B, C, EOS], [A, B, EOS]]
+    assert hyps[0].normalized_score == pytest.approx(math.log(0.761805) / 4, abs=1e-6)
+    assert hyps[1].normalized_score == pytest.approx(math.log(0.0405) / 3, abs=1e-6)
+
+
+def test_a_newcomer_that_only_ties_the_worst_of_a_full_list_is_dropped():
+    history, calls = stepwise(SCRIPT_TIE_FULL)
+    # step 1: [A, EOS] .25 fills the list, [B, EOS] .25 (rank 1) ties the worst and is dropped, and the
+    # best live row [A, C] .2 cannot beat .25.
+    assert history == [[([EOS], 0.25)], TIE_FULL_EXPECTED]
+    assert calls == [1, 2]
+    assert summary(run([SCRIPT_TIE_FULL])[0]) == TIE_FULL_EXPECTED
 
 
 def test_eos_outside_the_first_beam_ranks_is_not_finalized():

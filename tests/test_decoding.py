@@ -13,19 +13,25 @@ from serving import beam_search as bs
 from tests.test_beam_search import (
     BOS,
     EOS,
+    JUNK_EOS_EXPECTED,
     PAD,
     SCRIPT_BEAM2,
     SCRIPT_BEAM3,
+    SCRIPT_JUNK_EOS,
     SCRIPT_TIE,
+    SCRIPT_TIE_FULL,
+    TIE_FULL_EXPECTED,
     VOCAB,
     ScriptedDecoder,
     log_probs_for,
     random_script,
+    summary,
 )
 from training import decoding
 from training.models import build_model, get_entry, list_models
 
 SCRIPTS = [SCRIPT_BEAM2, SCRIPT_BEAM3, SCRIPT_TIE] + [random_script(s) for s in range(4)]
+SCRIPTS += [SCRIPT_JUNK_EOS, SCRIPT_TIE_FULL]  # indices 7 and 8
 
 
 class ScriptedTranslator(nn.Module):
@@ -130,6 +136,20 @@ def test_torch_beam_search_finds_the_hand_computed_hypotheses():
     )
     assert [h.tokens for h in hyps[1]] == [[3, EOS], [5, EOS], [4, 3, EOS]]
     assert [round(float(np.exp(h.score)), 6) for h in hyps[1]] == [0.3, 0.135, 0.12]
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "full_recompute"])
+def test_torch_beam_search_keeps_the_long_hypothesis_that_junk_eos_candidates_would_cut(use_cache):
+    kwargs = {"beam_size": 2, "n_best": 2, "max_length": 10, "length_penalty": "none", "use_cache": use_cache}
+    hyps = decoding.beam_search(ScriptedTranslator(), scripted_src([7, 8]), **kwargs)
+    assert [summary(h) for h in hyps] == [JUNK_EOS_EXPECTED, TIE_FULL_EXPECTED]
+
+
+def test_torch_beam_search_keeps_the_best_normalized_finished_with_the_average_penalty():
+    hyps = decoding.beam_search(ScriptedTranslator(), scripted_src([7]), beam_size=2, n_best=2)
+    assert [h.tokens for h in hyps[0]] == [[3, 4, 5, EOS], [3, 4, EOS]]
+    assert hyps[0][0].normalized_score == pytest.approx(np.log(0.761805) / 4, abs=1e-6)
+    assert hyps[0][1].normalized_score == pytest.approx(np.log(0.0405) / 3, abs=1e-6)
 
 
 def test_greedy_decode_equals_beam_size_one_on_the_scripted_decoder():

@@ -2,9 +2,10 @@
 
 The beam search follows docs/translator-interface.md token for token with ``serving.beam_search`` (the
 numpy library the gateway runs), but is written with batched torch ops: every sentence keeps ``beam``
-rows (rows that have no live candidate carry score -inf and are never finalized), finished sentences
-leave the batch. Decoder state is driven generically by the model's step spec (roles ``tokens``,
-``positions``, ``encoder``, ``state``, ``cache``, ``cache_mask``), never by the model's name.
+rows (rows that have no live candidate carry score -inf and are never finalized), each sentence keeps
+its best ``beam`` finished hypotheses and leaves the batch once no live row can beat them (Hugging
+Face's non-early-stopping rule). Decoder state is driven generically by the model's step spec (roles
+``tokens``, ``positions``, ``encoder``, ``state``, ``cache``, ``cache_mask``), never by the model's name.
 Kept independent of ``serving`` (training never imports the gateway), hence its own ``Hypothesis``.
 """
 
@@ -240,8 +241,8 @@ def beam_search(
             penalty = (length_penalty, alpha)
             _finalize_eos(finished, active, prefixes, top, origin, tok, step, beam_size, eos, penalty)
             scores, origin, tok, alive = _continuing(top, origin, tok, beam_size, eos, pad)  # [n_act, beam]
-            full = torch.tensor([len(finished[s]) >= beam_size for s in active.tolist()], device=device)
-            keep = (alive & ~full).nonzero().squeeze(1) if step < max_length - 1 else active[:0]
+            over = _cannot_improve(finished, active, scores[:, 0], step + 1, beam_size, penalty)  # [n_act]
+            keep = (alive & ~over).nonzero().squeeze(1) if step < max_length - 1 else active[:0]
             if keep.numel() == 0:
                 break
             history = prefixes.gather(1, origin[:, :, None].expand(-1, -1, step + 1))  # [n_act, beam, step+1]
@@ -249,7 +250,7 @@ def beam_search(
             parents = torch.arange(n_act, device=device)[:, None] * rows + origin  # [n_act, beam]
             steps.select(parents[keep].reshape(-1))
             scores, tokens, active = scores[keep], tok[keep].reshape(-1), active[keep]
-    return [sorted(hyps, key=lambda h: -h.normalized_score)[:n_best] for hyps in finished]
+    return [hyps[:n_best] for hyps in finished]  # kept best normalized score first by _keep_best
 
 
 def _top_candidates(scores: Tensor, lp: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,17 +266,36 @@ def _top_candidates(scores: Tensor, lp: Tensor, k: int) -> tuple[Tensor, Tensor,
 
 
 def _finalize_eos(finished, active, prefixes, top, origin, tok, step, beam, eos, penalty) -> None:
-    """Finish the EOS candidates ranked within the first ``beam``, in rank order, up to ``beam``."""
+    """Offer the EOS candidates ranked within the first ``beam``, in rank order, to the finished lists."""
     top_l, origin_l, tok_l = top[:, :beam].tolist(), origin[:, :beam].tolist(), tok[:, :beam].tolist()
     for i, sentence in enumerate(active.tolist()):
         for score, parent, token in zip(top_l[i], origin_l[i], tok_l[i], strict=True):
-            if len(finished[sentence]) >= beam:
-                break
             if token != eos or not math.isfinite(score):
                 continue
             generated = prefixes[i, parent, 1:].tolist() + [eos]
             norm = normalize_score(score, step + 1, *penalty)
-            finished[sentence].append(Hypothesis(generated, score, norm))
+            _keep_best(finished[sentence], Hypothesis(generated, score, norm), beam)
+
+
+def _keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
+    """Insert ``hyp`` after every kept hypothesis at least as good, then drop all beyond the best ``beam``.
+
+    So a newcomer not strictly better than the worst of a full list is dropped (ties: the earlier stays).
+    """
+    at = next((i for i, h in enumerate(finished) if h.normalized_score < hyp.normalized_score), len(finished))
+    finished.insert(at, hyp)
+    del finished[beam:]
+
+
+def _cannot_improve(finished, active: Tensor, best_live: Tensor, length: int, beam: int, penalty) -> Tensor:
+    """Per active sentence: its list is full and its best live score (``[n_act]``), normalized at ``length``
+    (tokens generated so far, without EOS), is not better than the worst kept hypothesis."""
+    flags = [
+        len(finished[s]) >= beam
+        and normalize_score(best, length, *penalty) <= finished[s][-1].normalized_score
+        for s, best in zip(active.tolist(), best_live.tolist(), strict=True)
+    ]
+    return torch.tensor(flags, dtype=torch.bool, device=active.device)  # [n_act]
 
 
 def _continuing(top: Tensor, origin: Tensor, tok: Tensor, beam: int, eos: int, pad: int):
