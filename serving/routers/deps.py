@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, UnprocessableInput
 from serving.metrics import GatewayMetrics
 from serving.repository import Repository
 from serving.settings import Settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def get_backend(request: Request) -> Backend:
@@ -32,3 +35,12 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+def validated(model: type[ModelT], raw: object, what: str) -> ModelT:
+    """Validate a JSON body; schema violations are a 422 naming every offending field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise UnprocessableInput(f"invalid {what}: {problems}") from None

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.backends.base import Backend, BadRequest, InferRequest, UnprocessableInput
 from serving.metrics import GatewayMetrics, observed_infer
-from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep
+from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.translator import TranslateOptions, Translation
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
@@ -103,11 +103,7 @@ def parse_body(raw: bytes) -> TranslateRequest:
         raise BadRequest(f"request body is not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    try:
-        return TranslateRequest.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise UnprocessableInput(f"invalid translate request: {problems}") from None
+    return validated(TranslateRequest, data, "translate request")
 
 
 def _hypothesis(h: Translation, body: TranslateRequest) -> Hypothesis:

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.backends.base import BadRequest, InferRequest, PayloadTooLarge, UnprocessableInput
 from serving.images import decode_base64, decode_image
 from serving.metrics import observed_infer
 from serving.repository import RepositoryEntry
-from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep
+from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 
@@ -146,11 +146,7 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], 
 
 
 def _validate(raw: Any) -> ClassifyRequest:
-    try:
-        return ClassifyRequest.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise UnprocessableInput(f"invalid classify request: {problems}") from None
+    return validated(ClassifyRequest, raw, "classify request")
 
 
 def _check_count(count: int, limit: int) -> None:
