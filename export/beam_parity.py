@@ -20,26 +20,6 @@ log = logging.getLogger(__name__)
 CHUNK = 32
 
 
-def _corpus_test_sources(ckpt: dict[str, Any], n: int) -> list[str]:
-    """Source texts of the checkpoint's held-out test split, rebuilt from its recorded corpus settings."""
-    import dataclasses
-
-    from training.data.corpus import CorpusConfig, load_corpus
-
-    data, train = ckpt.get("data") or {}, ckpt.get("train_config") or {}
-    if "corpus" not in data:
-        raise ValueError("the checkpoint's data block does not record its corpus")
-    known = {f.name for f in dataclasses.fields(CorpusConfig)}
-    args = {k: v for k, v in train.items() if k in known}
-    args.update(
-        {k: data[d] for k, d in (("kind", "corpus"), ("data_path", "data_path"), ("lang", "lang"),
-                                 ("seed", "split_seed")) if d in data}
-    )  # fmt: skip
-    if "corpus" in train and isinstance(train["corpus"], str):
-        args.setdefault("kind", train["corpus"])
-    return [src for src, _ in load_corpus(CorpusConfig(**args)).test[:n]]
-
-
 def held_out_sentences(ctx: ExportContext, spec: dict[str, Any], n: int) -> tuple[list[list[int]], str]:
     """(source ids without EOS, where they came from): given, the test split, or random ids as a last resort."""
     if ctx.validation is not None:
@@ -48,7 +28,9 @@ def held_out_sentences(ctx: ExportContext, spec: dict[str, Any], n: int) -> tupl
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"])
-        texts = _corpus_test_sources(ctx.ckpt, n)
+        from training.translate import held_out_pairs
+
+        texts = [src for src, _ in held_out_pairs(ctx.ckpt, "test")[:n]]
         if texts:
             return [e.ids for e in tok.encode_batch(texts)], "test split"
     except Exception as exc:  # noqa: BLE001 - fall back, and say so in the report

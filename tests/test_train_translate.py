@@ -12,7 +12,7 @@ from training.data.tokenizer import TokenizerPair
 from training.decoding import greedy_decode
 from training.models import list_models
 from training.tracking import read_metrics
-from training.translate import build_parser, parse_model_args, resolve_config, train
+from training.translate import build_parser, held_out_pairs, parse_model_args, resolve_config, train
 
 TINY_ARGS = {
     "transformer": ["d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"],
@@ -44,6 +44,8 @@ def test_a_tiny_tsv_corpus_trains_end_to_end_into_a_loadable_checkpoint(name, ts
     assert ckpt["task"] == "translate" and ckpt["model"]["name"] == name
     assert {"test_bleu", "test_exact_match", "best_val_bleu"} <= set(ckpt["metrics"])
     assert ckpt["data"]["train_size"] + ckpt["data"]["valid_size"] + ckpt["data"]["test_size"] == 240
+    test_pairs = held_out_pairs(ckpt, "test")  # rebuilt from the checkpoint alone, as export and bench do
+    assert len(test_pairs) == ckpt["data"]["test_size"] and all(p[0] in tsv.read_text() for p in test_pairs)
     records = read_metrics(tmp_path / "tiny.metrics.jsonl")
     assert len(records) == 3 and records[-1]["train_loss"] < records[0]["train_loss"]
     assert (tmp_path / "tiny.curves.png").stat().st_size > 0

@@ -152,15 +152,26 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def corpus_config(cfg: dict[str, Any]) -> CorpusConfig:
+    """The corpus settings of a training config (also a checkpoint's ``train_config``)."""
+    return CorpusConfig(
+        kind=cfg["corpus"], data_path=cfg["data_path"], lang=cfg["lang"], n_pairs=cfg["n_pairs"],
+        lowercase=cfg["lowercase"], max_length=cfg["max_length"], valid_size=cfg["valid_size"],
+        test_size=cfg["test_size"], seed=cfg["seed"],
+    )  # fmt: skip
+
+
+def held_out_pairs(ckpt: dict[str, Any], split: str = "test") -> list[tuple[str, str]]:
+    """The (source, reference) pairs of a translator checkpoint's ``valid`` or ``test`` split, rebuilt
+    exactly from its recorded settings (export's beam parity and the benchmark evaluate on them)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    return getattr(load_corpus(corpus_config(ckpt["train_config"])), split)
+
+
 def prepare_data(cfg: dict[str, Any]):
     """Corpus, tokenizers and encoded training examples."""
-    corpus = load_corpus(
-        CorpusConfig(
-            kind=cfg["corpus"], data_path=cfg["data_path"], lang=cfg["lang"], n_pairs=cfg["n_pairs"],
-            lowercase=cfg["lowercase"], max_length=cfg["max_length"], valid_size=cfg["valid_size"],
-            test_size=cfg["test_size"], seed=cfg["seed"],
-        )
-    )  # fmt: skip
+    corpus = load_corpus(corpus_config(cfg))
     tok_cfg = TokenizerConfig(
         vocab_size=cfg["vocab_size"], shared=cfg["shared_vocab"], lowercase=cfg["lowercase"]
     )
