@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import socket
 import subprocess
 import sys
@@ -117,9 +116,8 @@ def show_classify(url: str, model: str) -> None:
     table = Table(title=f"POST /v1/models/{model}/classify (REST, base64 PNG)")
     table.add_column("true digit")
     table.add_column("top-3 (label: score)")
-    for label, result in zip(truth, answer["results"], strict=True):
-        top = ", ".join(f"{p['label']}: {p['score']:.3f}" for p in result["predictions"])
-        table.add_row(str(label), top)
+    for label, predictions in zip(truth, answer["predictions"], strict=True):
+        table.add_row(str(label), ", ".join(f"{p['label']}: {p['score']:.3f}" for p in predictions))
     console.print(table)
 
     client = triton_http.InferenceServerClient(url.removeprefix("http://"))
@@ -149,8 +147,8 @@ def show_translate(url: str, model: str) -> None:
     table.add_column("French")
     table.add_column("score")
     for text, result in zip(DEMO_SENTENCES, resp.json()["translations"], strict=True):
-        best = result["hypotheses"][0] if "hypotheses" in result else result
-        table.add_row(text, best["text"], f"{best.get('score', float('nan')):.3f}")
+        best = result["hypotheses"][0]
+        table.add_row(text, best["text"], f"{best['score']:.3f}")
     console.print(table)
 
 
@@ -167,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     args = parser.parse_args(argv)
+    import httpx
+
     py = sys.executable
     started = time.perf_counter()
     out = ["--output-dir", str(args.checkpoints)]
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository)],
     )
     with gateway(args.repository, free_port(), free_port()) as url:
-        models = json.dumps([m["name"] for m in __import__("httpx").get(f"{url}/v1/models").json()["models"]])
-        console.print(f"GET /v1/models → {models}")
+        models = [f"{m['name']} ({m['task']})" for m in httpx.get(f"{url}/v1/models").json()]
+        console.print(f"GET /v1/models → {', '.join(models)}")
         show_classify(url, "resnet18")
         show_translate(url, "transformer")
     console.rule(f"[bold green]Demo finished in {time.perf_counter() - started:.0f} s")
