@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from training import classify
+from training import classify, classify_loop
 from training.checkpoint import load_checkpoint, rebuild_model
 from training.models import build_model, list_models
 from training.tracking import read_metrics
@@ -94,7 +94,7 @@ def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lene
 def test_load_matching_weights_skips_exactly_the_head_whose_shape_changed(lenet_run):
     source = load_checkpoint(lenet_run)["state_dict"]
     model = build_model("lenet", num_classes=3, in_channels=1)
-    skipped = classify.load_matching_weights(model, source)
+    skipped = classify_loop.load_matching_weights(model, source)
     head = [k for k, v in source.items() if v.shape != model.state_dict()[k].shape]
     assert skipped == sorted(head) and 1 <= len(skipped) <= 2
     kept = next(k for k in source if k not in skipped and source[k].is_floating_point())
@@ -134,7 +134,7 @@ def test_amp_on_cpu_is_ignored_with_a_note(tmp_path, caplog):
 def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
     config = classify.resolve(classify.TrainConfig(model=name))
     assert config.epochs >= 1 and config.lr > 0
-    _, args, model = classify.build_classifier(config, num_classes=10, channels=1)
+    _, args, model = classify_loop.build_classifier(config, num_classes=10, channels=1)
     assert args["num_classes"] == 10 and args["in_channels"] == 1
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -154,7 +154,7 @@ def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(t
     assert rank0 == rank1 and len(rank0) == 64
     ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
     assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
-    assert classify.weights_hash(rebuild_model(ckpt)) == rank0
+    assert classify_loop.weights_hash(rebuild_model(ckpt)) == rank0
 
 
 def test_zoo_picks_one_model_per_family_and_writes_a_markdown_table(tmp_path, capsys):

@@ -1,0 +1,354 @@
+"""The classifier training run behind ``python -m training.classify``: process group, data, model,
+epochs, evaluation, resume files and the final checkpoint (contract 1). The CLI, the recipes and the
+config live in ``training.classify``."""
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from training.classify import TrainConfig, augment_config, recipe_for
+from training.data.augment import Augmenter
+from training.data.images import (
+    DataSpec,
+    ImageDataset,
+    channel_stats,
+    data_info,
+    make_splits,
+    normalize,
+)
+from training.data.loader import eval_batches, train_batches
+from training.models import build_model, get_entry, make_config
+from training.optim import build_optimizer, build_scheduler
+from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+
+log = logging.getLogger("training.classify")
+
+
+@dataclass
+class Dist:
+    """Where this process runs: its rank among ``world_size`` data-parallel workers and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, passed between the small steps below."""
+
+    config: TrainConfig
+    dist: Dist
+    spec: DataSpec
+    train_ds: ImageDataset
+    val_ds: ImageDataset
+    mean: list[float]
+    std: list[float]
+    model_name: str
+    model_args: dict[str, Any]
+    module: nn.Module  # the bare model (what is saved and evaluated)
+    model: nn.Module  # what trains: the module itself or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    augmenter: Augmenter
+    use_amp: bool
+    stopper: EarlyStopping
+    start_epoch: int = 0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
+    train_time_s: float = 0.0
+
+
+def setup_dist(config: TrainConfig) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA) and pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum per-rank counters over all ranks (identity in a single process)."""
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    if d.world_size > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
+    """Registry model from the recipe + ``--model-arg``, or from a ``--finetune`` checkpoint with a new head."""
+    if config.finetune:
+        return finetune_classifier(config, num_classes, channels)
+    fields = {f.name for f in dataclasses.fields(get_entry(config.model).config_cls)}
+    args = {k: v for k, v in recipe_for(config.model).model_args.items() if k in fields}
+    args.update(num_classes=num_classes, in_channels=channels, **config.model_args)
+    args = asdict(make_config(config.model, **args))
+    return config.model, args, build_model(config.model, **args)
+
+
+def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
+    ckpt = load_checkpoint(config.finetune)
+    if ckpt["task"] != "classify":
+        raise ValueError(f"--finetune {config.finetune}: a {ckpt['task']} checkpoint, not a classifier")
+    name = ckpt["model"]["name"]
+    if config.model not in (None, name):
+        raise ValueError(f"--finetune checkpoint holds {name!r} but --model is {config.model!r}")
+    args = {**ckpt["model"]["args"], "num_classes": num_classes, "in_channels": channels, **config.model_args}
+    args = asdict(make_config(name, **args))
+    module = build_model(name, **args)
+    skipped = load_matching_weights(module, ckpt["state_dict"])
+    log.info("finetune from %s: new (re-initialised) tensors: %s", config.finetune, skipped or "none")
+    return name, args, module
+
+
+def load_matching_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor whose name and shape match; return the names left at their fresh init."""
+    own = module.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError("no weight of the checkpoint matches this model (another architecture?)")
+    module.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))
+
+
+def prepare(config: TrainConfig, d: Dist) -> Run:
+    """Data, model, optimizer, schedule and augmentation for a fresh, finetuned or resumed run."""
+    resume = load_resume(config.resume) if config.resume else None
+    if config.finetune and config.channels is None:
+        config = dataclasses.replace(
+            config, channels=load_checkpoint(config.finetune)["preprocessing"]["channels"]
+        )
+    spec = DataSpec(config.dataset, config.data_path, config.image_size, config.channels, config.seed,
+                    config.val_fraction, config.limit_train, config.limit_val)  # fmt: skip
+    train_ds, val_ds = make_splits(spec)
+    mean, std = channel_stats(train_ds.images)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    if resume:
+        name, args = resume["model_name"], resume["model_args"]
+        module = build_model(name, **args)
+        module.load_state_dict(resume["model"])
+    else:
+        name, args, module = build_classifier(config, len(train_ds.classes), train_ds.channels)
+    module.to(d.device)
+    model = (
+        module
+        if d.world_size == 1
+        else DDP(module, device_ids=None if d.device.type == "cpu" else [d.device])
+    )
+    shard = train_batches(
+        train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
+    )
+    steps = len(shard)
+    optimizer = build_optimizer(module, config.optimizer, config.lr, config.weight_decay)
+    scheduler = build_scheduler(optimizer, schedule=config.schedule, warmup_steps=round(config.warmup_epochs * steps),
+                                total_steps=steps * config.epochs)  # fmt: skip
+    use_amp = config.amp and d.device.type == "cuda"
+    if config.amp and not use_amp:
+        log.warning("--amp is ignored on CPU: mixed precision needs CUDA; training in float32")
+    run = Run(config, d, spec, train_ds, val_ds, mean, std, name, args, module, model, optimizer, scheduler,
+              torch.amp.GradScaler("cuda", enabled=use_amp), Augmenter(augment_config(config), config.seed),
+              use_amp, EarlyStopping(config.early_stopping))  # fmt: skip
+    if resume:
+        restore(run, resume)
+    return run
+
+
+def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
+    """One pass over this rank's shard; returns the all-reduced (mean loss, accuracy)."""
+    cfg, d = run.config, run.dist
+    run.model.train()
+    run.augmenter.train()
+    run.augmenter.generator.manual_seed(cfg.seed * 1_000_003 + epoch * d.world_size + d.rank)
+    batches = train_batches(
+        run.train_ds, cfg.batch_size, epoch=epoch, seed=cfg.seed, rank=d.rank, world_size=d.world_size
+    )
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(
+        batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (cfg.progress and d.is_main)
+    )
+    for idx in bar:
+        images = run.train_ds.images[idx].to(d.device).float() / 255.0  # (B, C, H, W) in [0, 1]
+        labels = run.train_ds.labels[idx].to(d.device)  # (B,)
+        x = normalize(run.augmenter(images), run.mean, run.std)  # (B, C, H, W)
+        with torch.autocast(d.device.type, dtype=torch.float16, enabled=run.use_amp):
+            logits = run.model(x)  # (B, classes)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], d)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def evaluate(run: Run, dataset: ImageDataset) -> tuple[float, float]:
+    """All-reduced (mean cross-entropy, accuracy) on ``dataset``, without augmentation."""
+    d = run.dist
+    if d.world_size > 1:  # every rank evaluates the same weights and BatchNorm statistics
+        for buffer in run.module.buffers():
+            dist.broadcast(buffer, 0)
+    run.module.eval()
+    total_loss, correct = 0.0, 0
+    for idx in eval_batches(dataset, 256, rank=d.rank, world_size=d.world_size):
+        x = normalize(dataset.images[idx].to(d.device), run.mean, run.std)  # (B, C, H, W)
+        labels = dataset.labels[idx].to(d.device)  # (B,)
+        logits = run.module(x).float()  # (B, classes)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+    total_loss, correct = all_sum([total_loss, correct], d)
+    return total_loss / len(dataset), correct / len(dataset)
+
+
+def resume_path(path: str | os.PathLike) -> Path:
+    """``x.resume.pt`` itself, or the ``.resume.pt`` next to a final ``x.pt`` checkpoint."""
+    path = Path(path)
+    return path if path.name.endswith(".resume.pt") else path.with_name(f"{path.stem}.resume.pt")
+
+
+def load_resume(path: str) -> dict[str, Any]:
+    file = resume_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--resume {path}: no resume state at {file}")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def save_resume(run: Run, epoch: int) -> None:
+    """After each epoch: weights, optimizer, scheduler, best-so-far and epoch, as plain tensors/dicts."""
+    state = {
+        "epoch": epoch, "model_name": run.model_name, "model_args": run.model_args,
+        "model": run.module.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+        "best_state": run.best_state, "best_epoch": run.best_epoch, "best_val": list(run.best_val),
+        "stopper": {"best": run.stopper.best, "bad_epochs": run.stopper.bad_epochs},
+        "train_time_s": run.train_time_s, "data": asdict(run.spec),
+    }  # fmt: skip
+    save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    if state["data"] != asdict(run.spec):
+        raise ValueError(f"--resume: the data flags differ from the interrupted run's {state['data']}")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.best_epoch, run.best_state = state["epoch"], state["best_epoch"], state["best_state"]
+    run.best_val, run.train_time_s = tuple(state["best_val"]), state["train_time_s"]
+    run.stopper.best, run.stopper.bad_epochs = state["stopper"]["best"], state["stopper"]["bad_epochs"]
+    log.info("resuming %s after epoch %d", run.config.name, run.start_epoch)
+
+
+def fit(run: Run) -> list[dict[str, Any]]:
+    """The epoch loop: train, evaluate, log, keep the best weights, stop early; rank 0 writes files."""
+    cfg, out = run.config, Path(run.config.output_dir)
+    metrics_path = out / f"{cfg.name}.metrics.jsonl"
+    history, logger = [], None
+    if run.dist.is_main:  # a resumed run keeps the records of the epochs it does not redo
+        if run.start_epoch and metrics_path.is_file():
+            history = [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch]
+        logger = MetricsLogger(metrics_path)
+        for record in history:
+            logger.log(record)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(run, epoch)
+        val_loss, val_acc = evaluate(run, run.val_ds)
+        run.train_time_s += time.perf_counter() - start
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                  "val_accuracy": val_acc, "lr": run.optimizer.param_groups[0]["lr"],
+                  "time_s": round(time.perf_counter() - start, 3)}  # fmt: skip
+        history.append(record)
+        if val_acc > run.best_val[0]:
+            run.best_val, run.best_epoch = (val_acc, val_loss), epoch + 1
+            run.best_state = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
+        stop = run.stopper.step(val_acc)
+        if logger:
+            logger.log(record)
+            save_resume(run, epoch + 1)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch + 1, cfg.epochs,
+                     train_loss, train_acc, val_loss, val_acc)  # fmt: skip
+        if stop:
+            log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
+            break
+    return history
+
+
+def finish(run: Run, history: list[dict[str, Any]]) -> Path:
+    """Restore the best weights and (rank 0) write the checkpoint and the learning-curve plot."""
+    if run.best_state is not None:
+        run.module.load_state_dict(run.best_state)
+    cfg, out = run.config, Path(run.config.output_dir)
+    if cfg.debug_rank_hashes:
+        Path(cfg.debug_rank_hashes).mkdir(parents=True, exist_ok=True)
+        Path(cfg.debug_rank_hashes, f"rank{run.dist.rank}.sha256").write_text(weights_hash(run.module))
+    path = out / f"{cfg.name}.pt"
+    if not run.dist.is_main:
+        return path
+    metrics = {"val_accuracy": run.best_val[0], "val_loss": run.best_val[1], "epochs": len(history),
+               "best_epoch": run.best_epoch, "train_time_s": round(run.train_time_s, 2),
+               "params": sum(p.numel() for p in run.module.parameters())}  # fmt: skip
+    preprocessing = {"input_size": list(run.train_ds.image_size), "channels": run.train_ds.channels,
+                     "mean": run.mean, "std": run.std}  # fmt: skip
+    ckpt = make_checkpoint(task="classify", model_name=run.model_name, model_args=run.model_args, model=run.module,
+                           train_config=asdict(cfg), metrics=metrics, preprocessing=preprocessing,
+                           labels=run.train_ds.classes, data=data_info(run.spec, run.train_ds, run.val_ds))  # fmt: skip
+    save_checkpoint(ckpt, path)
+    plot_curves(history, out / f"{cfg.name}.curves.png", title=f"{cfg.name} on {cfg.dataset}")
+    log.info(
+        "%s: val accuracy %.4f (epoch %d), %.1fs", path, run.best_val[0], run.best_epoch, run.train_time_s
+    )
+    return path
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over every parameter, in name order: equal across ranks iff DDP kept them in sync."""
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run(config: TrainConfig) -> Path:
+    """Train one resolved config end to end; the process group (if any) is always torn down."""
+    d = setup_dist(config)
+    try:
+        r = prepare(config, d)
+        return finish(r, fit(r))
+    finally:
+        if d.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
