@@ -56,10 +56,21 @@ def _row(
         "engine": engine, "beam": beam, "concurrency": concurrency, "sentences": len(texts),
         "sentences_per_s": len(texts) / elapsed, "tokens_per_s": count(hyps) / elapsed, "bleu": bleu(hyps, refs),
         "exact_match": 100.0 * sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
+        "hyps": hyps,
     }  # fmt: skip
     if lat is not None:
         row.update({k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p90_ms", "p99_ms")})
     return row
+
+
+def agreement(rows: list[dict[str, Any]]) -> None:
+    """Per row: % of sentences whose translation equals the PyTorch reference (KV cache) at the same beam."""
+    reference = {r["beam"]: r["hyps"] for r in rows if r["engine"] == "pytorch (kv cache)"}
+    for r in rows:
+        beams = r.get("beams") or [r["beam"]] * len(r["hyps"])
+        if all(b in reference for b in set(beams)):
+            same = sum(h == reference[b][i] for i, (h, b) in enumerate(zip(r["hyps"], beams, strict=True)))
+            r["same_as_reference"] = 100.0 * same / len(beams)
 
 
 def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> list[dict[str, Any]]:
@@ -112,10 +123,12 @@ def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count
     return rows
 
 
-async def _gateway_run(url: str, model: str, texts: list[str], beam: int, concurrency: int):
+async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
+    """Each text as its own request from ``concurrency`` clients; ``beam`` may differ per text."""
     import httpx
 
     hyps: list[str | None] = [None] * len(texts)
+    beams = beam if isinstance(beam, list) else [beam] * len(texts)
     latencies: list[float] = []
     queue = list(range(len(texts)))[::-1]
 
@@ -127,7 +140,7 @@ async def _gateway_run(url: str, model: str, texts: list[str], beam: int, concur
                 t0 = time.perf_counter()
                 resp = await client.post(
                     f"{url}/v1/models/{model}/translate",
-                    json={"texts": [texts[i]], "beam_size": beam, "max_length": 64},
+                    json={"texts": [texts[i]], "beam_size": beams[i], "max_length": 64},
                 )
                 resp.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
@@ -155,6 +168,12 @@ def gateway_rows(
                 hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, beam, c))
                 rows.append(_row("gateway", beam, c, texts, hyps, refs, elapsed, count, lat))
                 log.info("gateway beam %d c=%d: %.0f tokens/s", beam, c, rows[-1]["tokens_per_s"])
+        if len(beams) > 1:  # requests of mixed beam sizes share the decoder steps
+            mixed = [beams[i % len(beams)] for i in range(len(texts))]
+            c = max(concurrencies)
+            hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, mixed, c))
+            row = _row("gateway (mixed beams)", 0, c, texts, hyps, refs, elapsed, count, lat)
+            rows.append({**row, "beams": mixed})
     return rows
 
 
@@ -218,7 +237,7 @@ def run(
         "note": f"BLEU gateway {gw['bleu'] if gw else '–'} vs CTranslate2 {ct['bleu'] if ct else '–'}",
     }]  # fmt: skip
     cols = ["engine", "beam", "concurrency", "sentences", "tokens_per_s", "sentences_per_s", "p50_ms", "p99_ms",
-            "bleu", "exact_match"]  # fmt: skip
+            "bleu", "exact_match", "same_as_reference"]  # fmt: skip
     md = "## Translation (`transformer`, held-out test sentences)\n\n" + table(rows, cols) + "\n"
     if errors:
         md += "\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"
