@@ -20,6 +20,7 @@ HTTP_PORT   ?= 8000
 GRPC_PORT   ?= 8001
 BACKEND     ?= onnxruntime
 PROFILE     ?= quick
+PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
 
 .PHONY: help setup demo train train-classifier train-translator export serve triton bench test lint format clean
@@ -51,8 +52,8 @@ train-classifier: $(STAMP)
 train-translator: $(STAMP)
 	$(PY) -m training.translate --model transformer $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
 
-export: $(STAMP) ## export every checkpoint to ONNX (+TensorRT) and write the Triton model repository
-	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY)
+export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8) to ONNX/TensorRT + Triton repository
+	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS)
 
 serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton)
 	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND)

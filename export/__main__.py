@@ -48,15 +48,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def summary_table(results: list[EntryResult]) -> Table:
-    """entry, precision, max abs diff per output, top-1 agreement, status."""
+    """entry, precision, largest abs diff (and its output), top-1 agreement, status; the reasons of
+    skipped/rejected entries go in a caption, each distinct reason once."""
     table = Table(title="Kiln export")
-    for column in ("entry", "precision", "max abs diff", "top-1 agreement", "status"):
+    table.add_column("entry", no_wrap=True)
+    for column in ("precision", "max abs diff", "top-1 / beam agreement", "status"):
         table.add_column(column)
+    notes: dict[str, list[str]] = {}
     for r in results:
-        diff = ", ".join(f"{k}={v:.2g}" for k, v in r.max_abs_diff.items() if v is not None) or "-"
+        diffs = {k: v for k, v in r.max_abs_diff.items() if v is not None}
+        worst = max(diffs, key=diffs.get, default=None)
+        diff = f"{diffs[worst]:.2g} ({worst})" if worst else "-"
         agreement = "-" if r.top1_agreement is None else f"{100 * r.top1_agreement:.2f}%"
-        status = r.status + (f" ({r.message})" if r.message else "")
-        table.add_row(r.entry, r.precision, diff, agreement, status)
+        table.add_row(r.entry, r.precision, diff, agreement, r.status)
+        if r.message:
+            notes.setdefault(r.message, []).append(r.entry)
+    if notes:
+        table.caption = "\n".join(f"{', '.join(entries)}: {message}" for message, entries in notes.items())
     return table
 
 
@@ -67,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    # torch.onnx warns once per export that torchvision's custom ops cannot be registered: Kiln has none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     console = Console(stderr=True)
     results: list[EntryResult] = []
     try:

@@ -8,6 +8,7 @@ the output, the inputs' sizes and the difference.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ class ParityReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "tolerance": self.tolerance,
+            # None = no value tolerance (int8 is gated on accuracy instead); JSON has no Infinity
+            "tolerance": self.tolerance if math.isfinite(self.tolerance) else None,
             "outputs": {n: {"max_abs_diff": d} for n, d in self.outputs.items()},
             **self.metrics,
             "checks": self.checks,
