@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level="INFO", format="%(message)s", handlers=[RichHandler(show_path=False)])
+    for noisy in ("httpx", "matplotlib"):  # one line per request / plot would bury the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         results["engines"] = engines.run_jobs(jobs, progress=log.info)
     if "servers" in wanted:
         results["servers"] = servers.run_servers(
-            args.repository, checkpoint, args.classifier, out / "logs", concurrency=profile["concurrency"],
+            args.repository, checkpoint, args.classifier, out / "logs", concurrencies=profile["concurrency"],
             duration_s=profile["duration_s"], threads=args.threads, progress=log.info,
         )  # fmt: skip
     if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:

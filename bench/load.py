@@ -110,8 +110,9 @@ def kserve_http_sender(
     endpoint = f"{url}/v2/models/{model}/infer"
 
     async def send() -> bool:
-        resp = await client.post(endpoint, content=body, headers=headers)
-        return resp.status_code == 200
+        async with client.post(endpoint, data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status == 200
 
     return send
 
@@ -140,7 +141,8 @@ def naive_http_sender(client: Any, url: str, images: np.ndarray) -> Send:
     headers = {"X-Shape": ",".join(map(str, images.shape)), "Content-Type": "application/octet-stream"}
 
     async def send() -> bool:
-        resp = await client.post(f"{url}/infer", content=body, headers=headers)
-        return resp.status_code == 200
+        async with client.post(f"{url}/infer", data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status == 200
 
     return send

@@ -92,30 +92,38 @@ def gateway_cmd(
     return cmd
 
 
+def _http_session(connections: int) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections + 8), timeout=aiohttp.ClientTimeout(total=60)
+    )
+
+
+def _sender(target: Target, protocol: str, images: np.ndarray, session: Any, channel: Any) -> load.Send:
+    from tritonclient.grpc import service_pb2_grpc
+
+    if protocol == "grpc":
+        return load.kserve_grpc_sender(
+            service_pb2_grpc.GRPCInferenceServiceStub(channel), target.model, images
+        )
+    if target.name == "naive":
+        return load.naive_http_sender(session, target.http_url, images)
+    return load.kserve_http_sender(session, target.http_url, target.model, images)
+
+
 async def _run_target(
     target: Target, images: np.ndarray, concurrencies, duration_s: float, protocols
 ) -> list[dict]:
     import grpc
-    import httpx
-    from tritonclient.grpc import service_pb2_grpc
 
     rows = []
-    limits = httpx.Limits(
-        max_connections=max(concurrencies) + 8, max_keepalive_connections=max(concurrencies) + 8
-    )
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with _http_session(max(concurrencies)) as session:
         for protocol in protocols:
             if protocol == "grpc" and not target.grpc_url:
                 continue
             channel = grpc.aio.insecure_channel(target.grpc_url) if protocol == "grpc" else None
-            if protocol == "grpc":
-                send = load.kserve_grpc_sender(
-                    service_pb2_grpc.GRPCInferenceServiceStub(channel), target.model, images
-                )
-            elif target.name == "naive":
-                send = load.naive_http_sender(client, target.http_url, images)
-            else:
-                send = load.kserve_http_sender(client, target.http_url, target.model, images)
+            send = _sender(target, protocol, images, session, channel)
             for c in concurrencies:
                 result = await load.closed_loop(send, c, duration_s)
                 rows.append({"target": target.name, "protocol": protocol, **result.as_dict()})
@@ -125,13 +133,17 @@ async def _run_target(
     return rows
 
 
-async def _open_loop(target: Target, images: np.ndarray, rate: float, duration_s: float) -> dict:
-    import httpx
+async def _open_loop(
+    target: Target, images: np.ndarray, protocol: str, rate: float, duration_s: float
+) -> dict:
+    import grpc
 
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=512), timeout=60) as client:
-        send = load.kserve_http_sender(client, target.http_url, target.model, images)
-        result = await load.open_loop(send, rate, duration_s)
-    return {"target": target.name, "protocol": "http", **result.as_dict()}
+    async with _http_session(512) as session:
+        channel = grpc.aio.insecure_channel(target.grpc_url) if protocol == "grpc" else None
+        result = await load.open_loop(_sender(target, protocol, images, session, channel), rate, duration_s)
+        if channel is not None:
+            await channel.close()
+    return {"target": target.name, "protocol": protocol, **result.as_dict()}
 
 
 def batch_histogram(metrics_url: str, model: str) -> dict[str, float]:

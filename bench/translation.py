@@ -125,26 +125,28 @@ def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count
 
 async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
     """Each text as its own request from ``concurrency`` clients; ``beam`` may differ per text."""
-    import httpx
+    import aiohttp
 
     hyps: list[str | None] = [None] * len(texts)
     beams = beam if isinstance(beam, list) else [beam] * len(texts)
     latencies: list[float] = []
     queue = list(range(len(texts)))[::-1]
-
-    async with httpx.AsyncClient(timeout=120) as client:
+    endpoint = f"{url}/v1/models/{model}/translate"
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+    ) as session:
 
         async def worker() -> None:
             while queue:
                 i = queue.pop()
                 t0 = time.perf_counter()
-                resp = await client.post(
-                    f"{url}/v1/models/{model}/translate",
-                    json={"texts": [texts[i]], "beam_size": beams[i], "max_length": 64},
-                )
-                resp.raise_for_status()
+                body = {"texts": [texts[i]], "beam_size": beams[i], "max_length": 64}
+                async with session.post(endpoint, json=body) as resp:
+                    resp.raise_for_status()
+                    answer = await resp.json()
                 latencies.append(time.perf_counter() - t0)
-                hyps[i] = resp.json()["translations"][0]["hypotheses"][0]["text"]
+                hyps[i] = answer["translations"][0]["hypotheses"][0]["text"]
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -227,6 +229,7 @@ def run(
         rows += ctranslate2_rows(ckpt_path, ckpt, texts, refs, beams, out, count)
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["ctranslate2"] = str(exc)
+    agreement(rows)
     gw = next(
         (r for r in rows if r["engine"] == "gateway" and r["beam"] == 4 and r["concurrency"] == 32), None
     )
