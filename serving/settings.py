@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     )
     triton_url: str = Field("127.0.0.1:8001", description="Triton server address (triton backend)")
     triton_translate: Literal["scheduler", "triton"] = Field(
-        "scheduler",
+        "triton",
         description="triton backend: translate with the gateway's batched beam search over Triton's "
         "encoder/decoder (scheduler) or by calling Triton's <name> python model (triton)",
     )

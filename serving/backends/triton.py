@@ -51,6 +51,9 @@ STATUS_TO_ERROR: dict[str, type[ServingError]] = {
 PROTOCOLS = ("grpc", "http")
 # How the gateway translates over Triton: "scheduler" runs its own iteration-level beam search over
 # Triton's <name>_encoder / <name>_decoder; "triton" calls Triton's <name> python model (BLS inside).
+# "triton" is the default: `make bench` measured it faster here (754 vs 411 tokens/s at 32 concurrent
+# requests, beam 4): the scheduler pays two gRPC round trips per decoder step into python-backend
+# models, while Triton's model makes its encoder/decoder calls in-process through BLS.
 TRANSLATE_MODES = ("scheduler", "triton")
 
 
@@ -67,7 +70,7 @@ class TritonBackend:
         probe_timeout_s: float = 2.0,
         resync_interval_s: float = 1.0,
         repository: Any = None,
-        translate: str = "scheduler",
+        translate: str = "triton",
         metrics: Any = None,
     ) -> None:
         if translate not in TRANSLATE_MODES:
