@@ -8,13 +8,10 @@ bounded in time; every request's answer status is counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench import load
+from kiln.processes import running
+from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +32,6 @@ class Target:
     grpc_url: str | None
     model: str
     metrics_url: str | None = None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def process(
-    cmd: list[str], ready_url: str, timeout_s: float = 120.0, log_path: Path | None = None
-) -> Iterator[None]:
-    """Start a server process, wait for ``ready_url`` to answer 200, always terminate it."""
-    import httpx
-
-    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{cmd[2:4]} exited with {proc.returncode} before it was ready (log: {log_path})"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[2:4]} not ready after {timeout_s:.0f} s (log: {log_path})")
-            time.sleep(0.3)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log_path:
-            out.close()
 
 
 def gateway_cmd(
@@ -179,20 +137,19 @@ def run_servers(
 
     http, grpc_port = free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{http}"
-    with process(
+    with running(
         gateway_cmd(repository, http, grpc_port, threads),
         f"{gateway_url}/v2/health/ready",
         log_path=workdir / "gateway.log",
     ):
-        bench(Target("gateway", gateway_url, f"127.0.0.1:{grpc_port}", model))
-        peak = max((r["throughput_rps"] for r in results["closed"] if r["target"] == "gateway"), default=0)
-        if peak > 0:
-            progress(f"gateway open loop at half of peak ({peak / 2:.0f} req/s)")
-            results["open"].append(
-                asyncio.run(
-                    _open_loop(Target("gateway", gateway_url, None, model), images, peak / 2, duration_s)
-                )
-            )
+        target = Target("gateway", gateway_url, f"127.0.0.1:{grpc_port}", model)
+        bench(target)
+        best = max(
+            (r for r in results["closed"] if r["target"] == "gateway"), key=lambda r: r["throughput_rps"]
+        )
+        rate = best["throughput_rps"] / 2
+        progress(f"gateway open loop over {best['protocol']} at half of its peak ({rate:.0f} req/s)")
+        results["open"].append(asyncio.run(_open_loop(target, images, best["protocol"], rate, duration_s)))
         results["batch_histogram"] = batch_histogram(f"{gateway_url}/metrics", model)
 
     try:
@@ -205,7 +162,7 @@ def run_servers(
             http2, grpc2 = free_port(), free_port()
             url2 = f"http://127.0.0.1:{http2}"
             cmd = gateway_cmd(repository, http2, grpc2, threads, triton_url=triton.grpc_url)
-            with process(cmd, f"{url2}/v2/health/ready", log_path=workdir / "gateway-triton.log"):
+            with running(cmd, f"{url2}/v2/health/ready", log_path=workdir / "gateway-triton.log"):
                 bench(Target("gateway->triton", url2, f"127.0.0.1:{grpc2}", model))
     except Exception as exc:  # noqa: BLE001 - Triton missing or failing is reported, not fatal
         results["errors"]["triton"] = str(exc)
@@ -222,7 +179,7 @@ def run_servers(
         "--threads",
         str(threads),
     ]
-    with process(naive_cmd, f"http://127.0.0.1:{port}/ready", log_path=workdir / "naive.log"):
+    with running(naive_cmd, f"http://127.0.0.1:{port}/ready", log_path=workdir / "naive.log"):
         bench(Target("naive", f"http://127.0.0.1:{port}", None, model), protocols=("http",))
     return results
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import table
-from bench.servers import free_port, gateway_cmd, process
+from bench.servers import gateway_cmd
 from bench.stats import ratio, summarize
+from kiln.processes import running
+from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ def gateway_rows(
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
     rows = []
-    with process(
+    with running(
         gateway_cmd(repository, http, grpc, threads),
         f"{url}/v2/health/ready",
         log_path=out / "gateway-translate.log",
@@ -191,7 +193,7 @@ def triton_rows(repository, model, texts, refs, concurrency, threads, out, count
             http, grpc = free_port(), free_port()
             url = f"http://127.0.0.1:{http}"
             cmd = gateway_cmd(repository, http, grpc, threads, triton_url=triton.grpc_url, translate=mode)
-            with process(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
+            with running(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
                 asyncio.run(_gateway_run(url, model, texts[:8], 4, 4))
                 hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, 4, concurrency))
             rows.append(

@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from kiln.processes import running
+from serving.triton.server import free_port
 
 console = Console()
 
@@ -49,45 +52,18 @@ def run_stage(title: str, cmd: list[str]) -> float:
     return elapsed
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
-def gateway(repository: Path, http_port: int, grpc_port: int, timeout_s: float = 120.0):
+def gateway(repository: Path, http_port: int, grpc_port: int, timeout_s: float = 120.0) -> Iterator[str]:
     """Start `python -m serving` on 127.0.0.1, wait until ready, and always stop it."""
-    import httpx
-
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository)]
     cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
     cmd += ["--log-level", "warning"]
     console.rule("[bold]Serve")
     console.print(f"$ {' '.join(cmd)}", style="dim")
-    proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the gateway exited with code {proc.returncode} before becoming ready")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the gateway was not ready after {timeout_s:.0f} s")
-            time.sleep(0.5)
+    with running(cmd, f"{url}/v2/health/ready", timeout_s=timeout_s):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        console.print("gateway stopped")
+    console.print("gateway stopped")
 
 
 def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
