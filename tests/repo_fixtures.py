@@ -12,19 +12,23 @@ LABELS = ("zero", "one", "two")
 SIZE, CHANNELS, MAX_BATCH = 16, 1, 8
 
 
-def build_classifier_repository(root: Path, models: tuple[str, ...] = ("lenet",)) -> Path:
-    """Create ``root`` as a model repository holding one tiny classifier per name in ``models``."""
+def build_classifier_repository(
+    root: Path, models: tuple[str, ...] = ("lenet",), *, size: int = SIZE, model_args: dict | None = None
+) -> Path:
+    """Create ``root`` as a model repository holding one tiny classifier per name in ``models``
+    (``model_args``: per-name constructor overrides, e.g. smaller widths)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     from export.pipeline import export_checkpoint
 
     for seed, name in enumerate(models):
-        checkpoint = _tiny_checkpoint(root.parent / f"{root.name}-checkpoints" / f"{name}.pt", name, seed)
+        path = root.parent / f"{root.name}-checkpoints" / f"{name}.pt"
+        checkpoint = _tiny_checkpoint(path, name, seed, size, (model_args or {}).get(name, {}))
         export_checkpoint(checkpoint, root, max_batch_size=MAX_BATCH, tensorrt="off", name=name)
     return root
 
 
-def _tiny_checkpoint(path: Path, name: str, seed: int) -> Path:
+def _tiny_checkpoint(path: Path, name: str, seed: int, size: int = SIZE, extra: dict | None = None) -> Path:
     """A random-init registry model saved as a contract-1 checkpoint (no training)."""
     import torch
 
@@ -32,8 +36,8 @@ def _tiny_checkpoint(path: Path, name: str, seed: int) -> Path:
     from training.models import build_model
 
     torch.manual_seed(seed)
-    args = {"num_classes": len(LABELS), "in_channels": CHANNELS}
-    preprocessing = {"input_size": [SIZE, SIZE], "channels": CHANNELS, "mean": [0.5], "std": [0.25]}
+    args = {"num_classes": len(LABELS), "in_channels": CHANNELS, **(extra or {})}
+    preprocessing = {"input_size": [size, size], "channels": CHANNELS, "mean": [0.5], "std": [0.25]}
     ckpt = make_checkpoint(
         task="classify",
         model_name=name,
