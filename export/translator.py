@@ -45,34 +45,24 @@ def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random
 def decoder_inputs(
     model: torch.nn.Module, spec: dict[str, Any], sizes: dict[str, int], seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Decoder feeds built by role: real encoder outputs, random caches of ``past_len`` entries."""
+    """Decoder feeds built by role (training.decoding's own state code): real encoder outputs, random
+    caches of ``past_len`` entries, and rows after the first left-padded as if they joined later."""
+    from training.decoding import decoder_inputs as step_inputs
+    from training.decoding import init_state
+
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rows, past = sizes["batch"], sizes["past_len"]
     with torch.no_grad():
         encoded = model.encode(random_source(spec, rows, sizes["src_len"], rng))
-    feeds: dict[str, torch.Tensor] = {}
-    for item in spec["decoder"]["inputs"]:
-        name, role = item["name"], item["role"]
-        if role == "tokens":
-            feeds[name] = torch.from_numpy(rng.integers(4, spec["vocab_size"], size=rows).astype(np.int64))
-        elif role == "positions":
-            feeds[name] = torch.full((rows,), past, dtype=torch.int64)
-        elif role == "encoder":
-            feeds[name] = encoded[name]
-        elif role == "state":
-            feeds[name] = encoded[item["init"]]
-        elif role == "cache":
-            shape = [rows if d == -1 else d for d in item["init_shape"]]
-            shape[item["axis"]] = past
-            feeds[name] = torch.randn(*shape, generator=gen)
-        elif role == "cache_mask":
-            mask = torch.ones(rows, past, dtype=torch.bool)
-            mask[1:, :1] = False  # rows that joined later are left-padded
-            feeds[name] = mask
-        else:
-            raise ValueError(f"decoder input {name!r}: unknown role {role!r}")
-    return feeds
+    valid = torch.ones(rows, past, dtype=torch.bool)
+    valid[1:, :1] = False
+    state = init_state(
+        spec, encoded, rows, past=past, past_valid=valid,
+        cache_fill=lambda shape, **_: torch.randn(*shape, generator=gen),
+    )  # fmt: skip
+    tokens = torch.from_numpy(rng.integers(4, spec["vocab_size"], size=rows).astype(np.int64))
+    return step_inputs(spec, state, tokens, past)
 
 
 def _vocab_spec(model: torch.nn.Module) -> dict[str, Any]:

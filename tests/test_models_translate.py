@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_checkpoint, make_checkpoint, rebuild_model, save_checkpoint
+from training.decoding import decoder_inputs, init_state, update_state
 from training.models import build_model, list_models
 
 V_SRC, V_TGT = 40, 50
@@ -43,42 +44,21 @@ def test_every_registered_translator_has_a_tiny_configuration():
 
 
 def run_steps(model, src, tgt, cache_prefix: int = 0):
-    """Drive encode + decode_step generically from the step spec; optionally left-pad caches."""
+    """Drive encode + decode_step generically from the step spec; optionally left-pad caches with junk
+    entries that the cache mask must hide."""
     spec, enc = model.step_spec(), model.encode(src)
-    rows = src.shape[0]
-    state = {}
-    for inp in spec["decoder"]["inputs"]:
-        name, role = inp["name"], inp["role"]
-        if role == "encoder":
-            state[name] = enc[name]
-        elif role == "state":
-            state[name] = enc[inp["init"]]
-        elif role == "cache":
-            shape = [rows if d == -1 else d for d in inp["init_shape"]]
-            shape[inp["axis"]] = cache_prefix
-            state[name] = torch.randn(shape)  # junk entries that cache_mask must hide
-        elif role == "cache_mask":
-            state[name] = torch.zeros(rows, cache_prefix, dtype=torch.bool)
+    state = init_state(
+        spec, enc, src.shape[0], past=cache_prefix, cache_fill=lambda shape, **_: torch.randn(shape)
+    )
     out = []
     for t in range(tgt.shape[1]):
-        step_in = dict(state)
-        for inp in spec["decoder"]["inputs"]:
-            if inp["role"] == "tokens":
-                step_in[inp["name"]] = tgt[:, t]
-            if inp["role"] == "positions":
-                step_in[inp["name"]] = torch.full((rows,), t)
-        result = model.decode_step(step_in)
+        result = model.decode_step(decoder_inputs(spec, state, tgt[:, t], t))
         assert set(result) == set(spec["decoder"]["outputs"])
-        out.append(result["log_probs"])
         for inp in spec["decoder"]["inputs"]:
-            name = inp["name"]
-            if inp["role"] == "state":
-                state[name] = result[inp["output"]]
-            elif inp["role"] == "cache":
+            if inp["role"] == "cache":
                 assert result[inp["output"]].shape[inp["axis"]] == 1
-                state[name] = torch.cat([state[name], result[inp["output"]]], dim=inp["axis"])
-            elif inp["role"] == "cache_mask":
-                state[name] = torch.cat([state[name], torch.ones(rows, 1, dtype=torch.bool)], dim=1)
+        out.append(result["log_probs"])
+        state = update_state(spec, state, result)
     return torch.stack(out, dim=1)  # (B, T, V)
 
 

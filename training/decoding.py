@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -86,8 +86,21 @@ def _check_positions(spec: dict[str, Any], max_length: int) -> None:
 # --- decoder state driven by the step spec ----------------------------------------------------------
 
 
-def init_state(spec: dict[str, Any], encoded: dict[str, Tensor], rows: int) -> dict[str, Tensor]:
-    """Initial decoder state by role: encoder outputs, ``state`` inits, empty caches and cache mask."""
+def init_state(
+    spec: dict[str, Any],
+    encoded: dict[str, Tensor],
+    rows: int,
+    *,
+    past: int = 0,
+    cache_fill: Callable[..., Tensor] = torch.zeros,
+    past_valid: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Initial decoder state by role: encoder outputs, ``state`` inits, caches and the cache mask.
+
+    Decoding starts with empty caches (``past=0``). Export's graph checks and the cache tests start
+    with ``past`` entries already there: ``cache_fill(shape, dtype=, device=)`` makes them and
+    ``past_valid`` (bool ``[rows, past]``, default all False = padding) says which ones attention sees.
+    """
     device = next(iter(encoded.values())).device
     state: dict[str, Tensor] = {}
     for inp in spec["decoder"]["inputs"]:
@@ -98,10 +111,12 @@ def init_state(spec: dict[str, Any], encoded: dict[str, Tensor], rows: int) -> d
             state[name] = encoded[inp["init"]]
         elif role == "cache":
             shape = [rows if d == -1 else d for d in inp["init_shape"]]
+            shape[inp["axis"]] = past
             dtype = _DTYPES[spec.get("dtypes", {}).get(name, "float32")]
-            state[name] = torch.zeros(shape, dtype=dtype, device=device)
+            state[name] = cache_fill(shape, dtype=dtype, device=device)
         elif role == "cache_mask":
-            state[name] = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+            mask = torch.zeros(rows, past, dtype=torch.bool, device=device)
+            state[name] = mask if past_valid is None else past_valid.to(device=device, dtype=torch.bool)
         elif role not in ("tokens", "positions"):
             raise ValueError(f"decoder input {name!r} has unknown role {role!r}")
     return state
