@@ -76,6 +76,13 @@ class Hypothesis:
     normalized_score: float
 
 
+def output_tokens(tokens: list[int], *, eos_id: int, pad_id: int, bos_id: int) -> list[int]:
+    """The ids to detokenize from a hypothesis: up to its first EOS, without BOS and padding."""
+    if eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id)]
+    return [t for t in tokens if t not in (pad_id, bos_id)]
+
+
 def normalize_score(score: float, length: int, penalty: str, alpha: float) -> float:
     """Length-normalized score; ``length`` counts the generated tokens including EOS."""
     if penalty == "average":

@@ -295,3 +295,8 @@ def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed):
     expected = np.argsort(-full, kind="stable")[:8]
     np.testing.assert_array_equal(flat, expected)
     np.testing.assert_array_equal(cand, full[expected])
+
+
+def test_output_tokens_stop_at_the_first_eos_and_drop_bos_and_padding():
+    assert bs.output_tokens([1, 7, 0, 8, 2, 9], eos_id=2, pad_id=0, bos_id=1) == [7, 8]
+    assert bs.output_tokens([7, 8], eos_id=2, pad_id=0, bos_id=1) == [7, 8]

@@ -173,9 +173,7 @@ class TritonPythonModel:
 
     def _detokenize(self, tokens: list[int]) -> str:
         spec = self.spec
-        if spec.eos_id in tokens:
-            tokens = tokens[: tokens.index(spec.eos_id)]
-        kept = [t for t in tokens if t not in (spec.pad_id, spec.bos_id)]
+        kept = bs.output_tokens(tokens, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
         return self.target.decode(kept, skip_special_tokens=True)
 
     @staticmethod
