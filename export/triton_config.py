@@ -34,8 +34,8 @@ class TritonModelConfig:
     max_batch_size: int
     inputs: tuple[TritonTensor, ...]
     outputs: tuple[TritonTensor, ...]
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 1000
+    preferred_batch_sizes: tuple[int, ...] = ()  # Triton's guidance: none unless a model gains from them
+    max_queue_delay_us: int = 0  # Triton's default: a lone request is never held back
     dynamic_batching: bool = True
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
@@ -59,7 +59,11 @@ def tensor_from_spec(tensor: TensorSpec, batched: bool, label_filename: str = ""
 
 
 def preferred_sizes(max_batch_size: int) -> tuple[int, ...]:
-    """Powers of two from 4 up to max_batch_size (Triton forms these as soon as they are queued)."""
+    """Powers of two from 4 up to max_batch_size: bucket sizes for shape-stable (GPU) execution.
+
+    Not a default for CPU entries: Triton's batcher guide says preferred sizes "should not be used for
+    most models", and with them plus a queue delay a lone request waits the whole delay.
+    """
     sizes, size = [], 4
     while size <= max_batch_size:
         sizes.append(size)
@@ -74,9 +78,14 @@ def config_from_spec(
     platform: str = "onnxruntime_onnx",
     instance_kind: str = "KIND_CPU",
     labels: str = "",
-    max_queue_delay_us: int = 1000,
+    max_queue_delay_us: int = 0,
+    preferred_batch_sizes: tuple[int, ...] = (),
 ) -> TritonModelConfig:
-    """The Triton config of one exported graph, derived from the same spec as the ONNX export."""
+    """The Triton config of one exported graph, derived from the same spec as the ONNX export.
+
+    Batching follows Triton's guidance: dynamic batching merges whatever is queued when an instance
+    frees up, with no preferred sizes and no delay unless the caller passes measured ones.
+    """
     batched = spec.max_batch_size > 0
     return TritonModelConfig(
         name=name or spec.name,
@@ -86,7 +95,7 @@ def config_from_spec(
         outputs=tuple(
             tensor_from_spec(t, batched, labels if t.role == "probabilities" else "") for t in spec.outputs
         ),
-        preferred_batch_sizes=preferred_sizes(spec.max_batch_size),
+        preferred_batch_sizes=preferred_batch_sizes,
         max_queue_delay_us=max_queue_delay_us,
         instance_kind=instance_kind,
     )
@@ -122,6 +131,7 @@ def _set_dims(item: mc.ModelInput | mc.ModelOutput, dims: tuple[int, ...], batch
 
 def _set_batching(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
     if config.dynamic_batching and config.max_batch_size > 0:
+        proto.dynamic_batching.SetInParent()  # an empty block is Triton's default batcher
         proto.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
         proto.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
 

@@ -69,8 +69,23 @@ def test_classifier_config_has_labels_batching_warmup_and_no_batch_dim():
     config = parse_pbtxt(to_pbtxt(CONFIGS["classifier"]()))
     assert config.platform == "onnxruntime_onnx" and list(config.input[0].dims) == [32, 32, 1]
     assert config.output[1].label_filename == "labels.txt" and not config.output[0].label_filename
-    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 64]
     assert config.model_warmup[0].inputs["images"].zero_data
+
+
+def test_classifier_batching_follows_tritons_defaults_no_preferred_sizes_and_no_delay():
+    config = parse_pbtxt(to_pbtxt(CONFIGS["classifier"]()))
+    assert config.HasField("dynamic_batching")
+    assert list(config.dynamic_batching.preferred_batch_size) == []
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+
+
+def test_measured_batching_settings_are_written_when_a_caller_passes_them():
+    spec = classifier_spec("lenet", PREP, 10)
+    config = parse_pbtxt(
+        to_pbtxt(config_from_spec(spec, preferred_batch_sizes=(8, 64), max_queue_delay_us=200))
+    )
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 64]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 200
 
 
 def test_a_per_row_scalar_gets_dims_one_and_an_empty_reshape():
