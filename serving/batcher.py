@@ -56,7 +56,7 @@ class BatchPolicy:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     inputs: Tensors
     items: int
@@ -118,21 +118,28 @@ class DynamicBatcher:
                 f"model {self.name!r}: queue is full ({self.policy.max_queue_size} requests waiting)",
                 retry_after=self.retry_after_s,
             )
-        pending = _Pending(
-            inputs,
-            _items(inputs, self.policy),
-            _signature(inputs),
-            asyncio.get_running_loop().create_future(),
-        )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future())
         self._queue.append(pending)
         self._report_depth()
         self._arrived.set()
+        # A timer on the future itself, not wait_for(shield(...)): no extra task per request. A request
+        # that expires or whose caller goes away is done, so the worker skips it or discards its rows.
+        timer = (
+            loop.call_later(timeout_s, self._expire, pending, timeout_s) if timeout_s is not None else None
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
-        except TimeoutError:
-            pending.future.cancel()  # a queued request is dropped; a running one's rows are discarded
+            return await pending.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, pending: _Pending, timeout_s: float) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(
+                DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
+            )
             self._discard_cancelled()
-            raise DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s") from None
 
     async def _worker(self, instance: int) -> None:
         loop = asyncio.get_running_loop()

@@ -50,6 +50,7 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "kiln_queue_depth", "Requests waiting in the batcher queue", ["model"], registry=r
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._add_decoding_metrics()
 
     def _add_decoding_metrics(self) -> None:
@@ -84,15 +85,23 @@ class GatewayMetrics:
             "kiln_tokens_generated", "Tokens in the returned hypotheses", ["model"], registry=r
         )
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: the hot path records without the label lookup."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_queue(self, model: str, seconds: float) -> None:
-        self.queue_latency.labels(model).observe(seconds)
+        self.child(self.queue_latency, model).observe(seconds)
 
     def observe_batch(self, model: str, items: int, compute_s: float) -> None:
-        self.batch_size.labels(model).observe(items)
-        self.compute_latency.labels(model).observe(compute_s)
+        self.child(self.batch_size, model).observe(items)
+        self.child(self.compute_latency, model).observe(compute_s)
 
     def set_queue_depth(self, model: str, depth: int) -> None:
-        self.queue_depth.labels(model).set(depth)
+        self.child(self.queue_depth, model).set(depth)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.decoder_steps.labels(model).inc()
@@ -115,7 +124,7 @@ class GatewayMetrics:
 async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
     """Run ``backend.infer`` (for a model name already validated) counting the outcome, the end-to-end latency and the in-flight gauge."""
     started = time.monotonic()
-    gauge = metrics.in_flight.labels(request.model)
+    gauge = metrics.child(metrics.in_flight, request.model)
     gauge.inc()
     outcome = "failure"
     try:
@@ -124,5 +133,5 @@ async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: Inf
         return response
     finally:
         gauge.dec()
-        metrics.requests.labels(request.model, outcome).inc()
-        metrics.request_latency.labels(request.model).observe(time.monotonic() - started)
+        metrics.child(metrics.requests, request.model, outcome).inc()
+        metrics.child(metrics.request_latency, request.model).observe(time.monotonic() - started)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,9 @@ DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
     "BYTES": np.dtype(np.object_),
 }
 _NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
+
+# The wire layout is little-endian; on little-endian hosts numpy's native arrays already match it.
+_NATIVE_IS_WIRE = sys.byteorder == "little"
 
 # Triton config.pbtxt ``TYPE_*`` names -> KServe v2 datatype names.
 CONFIG_TYPE_TO_DATATYPE = {f"TYPE_{name}": name for name in DATATYPE_TO_NUMPY if name != "BYTES"}
@@ -125,7 +129,9 @@ def from_bytes(buffer: bytes | memoryview, datatype: str, shape: list[int], *, t
         raise BadRequest(
             f"tensor {tensor!r}: {datatype} shape {shape} needs {expected} bytes of binary data, got {len(buffer)}"
         )
-    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).astype(dtype, copy=True).reshape(shape)
+    if _NATIVE_IS_WIRE:  # a read-only view of the request's own bytes: no copy on the hot path
+        return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
 def to_bytes(array: np.ndarray) -> bytes:
@@ -136,6 +142,8 @@ def to_bytes(array: np.ndarray) -> bytes:
             raw = item if isinstance(item, bytes) else str(item).encode()
             parts.append(struct.pack("<I", len(raw)) + raw)
         return b"".join(parts)
+    if _NATIVE_IS_WIRE or array.dtype.itemsize == 1:
+        return array.tobytes()  # row-major bytes whatever the array's strides
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 

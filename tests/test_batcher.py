@@ -143,3 +143,26 @@ def test_the_policy_is_read_from_the_config_dynamic_batching_block():
         model_config_pb2.ModelConfig(max_batch_size=4), max_queue_size=7, instances=1
     )
     assert not plain.merge and plain.max_queue_size == 7
+
+
+def test_a_queued_request_whose_caller_goes_away_is_never_run():
+    gate, started = threading.Event(), threading.Event()
+
+    async def body(batcher):
+        first = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.to_thread(started.wait, 10)  # the only instance is busy with the first request
+        second = asyncio.create_task(batcher.submit(rows(1, 3)))
+        while batcher.queue_depth == 0:
+            await asyncio.sleep(0)
+        second.cancel()
+        gate.set()
+        assert (await first)["y"].shape == (1, 1)
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        third = await batcher.submit(rows(4, 2))  # the next batch holds only the live request
+        return third["y"].shape
+
+    recorder = Recorder(gate)
+    started_model = lambda i, x: (started.set(), recorder(i, x))[1]  # noqa: E731
+    assert run(with_batcher(BatchPolicy(max_batch_size=8), started_model, body)) == (2, 1)
+    assert recorder.sizes == [1, 2]

