@@ -46,6 +46,7 @@ class OrtOptions:
     default_timeout_s: float | None = 30.0
     retry_after_s: float = 1.0
     shutdown_grace_s: float = 30.0
+    inline_max_s: float = 0.003  # see BatchPolicy.inline_max_s; 0 always uses the thread pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +239,10 @@ class OnnxRuntimeBackend:
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: list[Any]) -> _LoadedModel:
         policy = BatchPolicy.from_config(
-            entry.config, max_queue_size=self.options.max_queue_size, instances=len(sessions)
+            entry.config,
+            max_queue_size=self.options.max_queue_size,
+            instances=len(sessions),
+            inline_max_s=self.options.inline_max_s,
         )
         model = _LoadedModel(entry, version, sessions, None)  # type: ignore[arg-type]
         model.batcher = DynamicBatcher(
