@@ -23,7 +23,7 @@ PROFILE     ?= quick
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo train train-classifier train-translator export serve triton bench test lint format clean
+.PHONY: help setup demo train train-classifier train-translator export serve triton bench perf-analyzer test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,15 @@ demo: $(STAMP) ## train small models, export them, serve them and answer real re
 
 bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
+
+# perf_analyzer without Triton's SDK container: the tritonclient 2.48 wheel is the last to ship the binary; it
+# needs libb64 (distribution package) and libcudart.so.12 (a pip wheel; no GPU is used). Kept out of the
+# project venv's site-packages so the newer tritonclient the project uses stays in charge.
+PERF_ANALYZER_DIR := $(VENV)/perf-analyzer
+perf-analyzer: $(STAMP) ## install Triton's perf_analyzer under .venv/perf-analyzer (make bench uses it)
+	@command -v apt-get >/dev/null && { ldconfig -p | grep -q libb64.so.0d || apt-get install -y -qq libb64-0d; } || true
+	$(PY) -m pip install --quiet --no-deps --target $(PERF_ANALYZER_DIR) "tritonclient==2.48.0" "nvidia-cuda-runtime-cu12>=12,<13"
+	LD_LIBRARY_PATH=$(PERF_ANALYZER_DIR)/nvidia/cuda_runtime/lib $(PERF_ANALYZER_DIR)/bin/perf_analyzer --version
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import engines, report, servers
+from bench import engines, perf_analyzer, report, servers
 from bench.machine import machine_info
 from bench.stats import ratio
 
@@ -27,10 +27,12 @@ log = logging.getLogger("bench")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"batches": (1, 8, 64), "engine_budget_s": 1.5, "concurrency": (1, 16, 64), "duration_s": 4.0,
-              "beams": (4,), "translate_concurrency": (1, 32), "sentences": 64},
+              "beams": (4,), "translate_concurrency": (1, 32), "sentences": 64,
+              "pa_concurrency": (1, 64), "pa_rounds": 3},
     "full": {"batches": (1, 2, 4, 8, 16, 32, 64, 128, 256), "engine_budget_s": 3.0,
              "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256), "duration_s": 8.0,
-             "beams": (1, 4, 8), "translate_concurrency": (1, 8, 32, 64), "sentences": 256},
+             "beams": (1, 4, 8), "translate_concurrency": (1, 8, 32, 64), "sentences": 256,
+             "pa_concurrency": (1, 8, 32, 64), "pa_rounds": 5},
 }  # fmt: skip
 
 
@@ -43,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--translator", default="transformer", help="translator entry to measure")
     parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation"])
     parser.add_argument("--threads", type=int, default=engines.default_threads())
+    parser.add_argument(
+        "--gateway-workers", type=int, default=engines.default_threads(),
+        help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
 
@@ -74,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     if "servers" in wanted:
         results["servers"] = servers.run_servers(
             args.repository, checkpoint, args.classifier, out / "logs", concurrencies=profile["concurrency"],
-            duration_s=profile["duration_s"], threads=args.threads, progress=log.info,
+            duration_s=profile["duration_s"], threads=args.threads, workers=args.gateway_workers, progress=log.info,
+        )  # fmt: skip
+        results["servers"]["perf_analyzer"] = perf_analyzer.side_by_side(
+            args.repository, args.classifier, out / "logs", concurrencies=profile["pa_concurrency"],
+            threads=args.threads, rounds=profile["pa_rounds"], workers=args.gateway_workers, progress=log.info,
         )  # fmt: skip
     if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:
         from bench import translation
@@ -105,13 +115,31 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
         (r["throughput_rps"] for r in closed if r["target"] == "naive" and r["concurrency"] == 64),
         default=math.nan,
     )
-    opened = results.get("servers", {}).get("open", [])
+    pa_open = [
+        r
+        for r in results.get("servers", {}).get("perf_analyzer", {}).get("open", [])
+        if r["target"] == "gateway"
+    ]
+    opened = pa_open or results.get("servers", {}).get(
+        "open", []
+    )  # perf_analyzer's C++ client when there is one
+    pa = {
+        (r["target"], r["concurrency"]): r
+        for r in results.get("servers", {}).get("perf_analyzer", {}).get("rows", [])
+    }
+    pa_value = lambda target, c, key: pa.get((target, c), {}).get(key, math.nan)  # noqa: E731
     rows = [
         {"target": f"ORT fp32 >= 2x PyTorch eager at batch 1 ({classifier})", "goal": 2.0,
          "measured": ratio(p50.get(("pytorch", "fp32", 1), math.nan), p50.get(("onnxruntime", "fp32", 1), math.nan))},
         {"target": "gateway c=64 >= 0.8x ORT best-batch direct", "goal": 0.8,
          "measured": ratio(gw64, best_direct_throughput(eng))},
         {"target": "gateway c=64 >= 5x naive baseline", "goal": 5.0, "measured": ratio(gw64, naive64)},
+        {"target": "perf_analyzer gRPC c=1: gateway >= 1.0x Triton", "goal": 1.0,
+         "measured": ratio(pa_value("gateway", 1, "throughput_rps"), pa_value("triton", 1, "throughput_rps"))},
+        {"target": "perf_analyzer gRPC c=64: gateway >= 1.0x Triton", "goal": 1.0,
+         "measured": ratio(pa_value("gateway", 64, "throughput_rps"), pa_value("triton", 64, "throughput_rps"))},
+        {"target": "perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms", "goal": 1.0, "lower_is_better": True,
+         "measured": pa_value("gateway", 1, "p50_ms") - p50.get(("onnxruntime", "fp32", 1), math.nan)},
         {"target": "p99 <= 2x p50 at half of peak (gateway, open loop)", "goal": 2.0,
          "measured": ratio(opened[0]["p99_ms"], opened[0]["p50_ms"]) if opened else math.nan, "lower_is_better": True},
     ]  # fmt: skip

@@ -66,6 +66,28 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
         text += "\n"
     if servers.get("errors"):
         text += "\n" + "\n".join(f"- {k}: {v}" for k, v in servers["errors"].items()) + "\n"
+    return text + perf_analyzer_section(servers.get("perf_analyzer", {}))
+
+
+def perf_analyzer_section(pa: dict[str, Any]) -> str:
+    """perf_analyzer (Triton's own tool) over gRPC: medians of interleaved runs, gateway vs Triton."""
+    if not pa:
+        return ""
+    head = "\n### perf_analyzer over gRPC (interleaved runs, medians)\n\n"
+    if "skipped" in pa:
+        return head + f"Not run: {pa['skipped']}.\n"
+    rows = sorted(pa["rows"], key=lambda r: (r["concurrency"], r["target"]))
+    triton = {r["concurrency"]: r["throughput_rps"] for r in rows if r["target"] == "triton"}
+    for r in rows:
+        r["x_triton"] = ratio(r["throughput_rps"], triton.get(r["concurrency"], math.nan))
+    cols = ["target", "concurrency", "runs", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "x_triton"]
+    text = head + table(rows, cols) + "\n"
+    if pa.get("open"):
+        text += "\nOpen loop (perf_analyzer request-rate mode) at half of each server's closed-loop peak:\n\n"
+        text += (
+            table(pa["open"], ["target", "rate_rps", "throughput_rps", "p50_ms", "p99_ms", "p99_over_p50"])
+            + "\n"
+        )
     return text
 
 

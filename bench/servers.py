@@ -41,10 +41,13 @@ def gateway_cmd(
     threads: int,
     triton_url: str | None = None,
     translate: str = "scheduler",
+    workers: int = 1,
 ) -> list[str]:
+    """The gateway's command; with ``workers`` > 1 the ONNX Runtime threads are split among them."""
+    threads = max(1, threads // workers)
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", str(threads)]
-    cmd += ["--max-queue-size", "4096", "--log-level", "warning"]
+    cmd += ["--max-queue-size", "4096", "--log-level", "warning", "--workers", str(workers)]
     if triton_url:
         cmd += ["--backend", "triton", "--triton-url", triton_url, "--triton-translate", translate]
     return cmd
@@ -121,7 +124,7 @@ def batch_histogram(metrics_url: str, model: str) -> dict[str, float]:
 
 def run_servers(
     repository: Path, checkpoint: Path, model: str, workdir: Path, *, concurrencies, duration_s: float,
-    threads: int, progress: Callable[[str], None] = log.info,
+    threads: int, workers: int = 1, progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:  # fmt: skip
     """Every server target under the same closed-loop load, plus an open-loop run at half peak."""
     meta_dims = _input_dims(repository, model)
@@ -138,7 +141,7 @@ def run_servers(
     http, grpc_port = free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{http}"
     with running(
-        gateway_cmd(repository, http, grpc_port, threads),
+        gateway_cmd(repository, http, grpc_port, threads, workers=workers),
         f"{gateway_url}/v2/health/ready",
         log_path=workdir / "gateway.log",
     ):

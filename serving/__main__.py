@@ -27,11 +27,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
     parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
     parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--workers", type=int, help="gateway processes sharing the ports (default: 1)")
+    parser.add_argument("--reuse-port", action="store_true", default=None, help=argparse.SUPPRESS)
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return Settings(**given)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
     import uvicorn
 
     from serving.app import create_app
@@ -42,13 +46,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not settings.model_repository.is_dir():
         raise SystemExit(f"model repository {settings.model_repository} is not a directory")
-    uvicorn.run(
+    if settings.workers > 1:
+        if not settings.http_port or not settings.grpc_port:
+            raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
+        from serving.workers import run_workers
+
+        raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
+    if settings.reuse_port:
+        from serving.workers import reuse_port_socket
+
+        uvicorn.Server(config).run(sockets=[reuse_port_socket(settings.host, settings.http_port)])
+    else:
+        uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

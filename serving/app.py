@@ -84,7 +84,7 @@ async def start_grpc(settings: Settings, backend: Backend) -> Any:
             "serving.grpc_server is not available; serving HTTP only (no gRPC on port %d)", settings.grpc_port
         )
         return None
-    handle = start_grpc_server(backend, settings.host, settings.grpc_port)
+    handle = start_grpc_server(backend, settings.host, settings.grpc_port, reuse_port=settings.reuse_port)
     return await handle if inspect.isawaitable(handle) else handle
 
 

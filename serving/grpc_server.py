@@ -224,13 +224,21 @@ class GrpcHandle:
 
 
 async def start_grpc_server(
-    backend: Backend, host: str, port: int, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    backend: Backend,
+    host: str,
+    port: int,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    reuse_port: bool = False,
 ) -> GrpcHandle:
-    """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port)."""
+    """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
+
+    ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
+    """
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)

@@ -42,3 +42,7 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1)
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on shutdown")
     log_level: str = Field("info")
+    workers: int = Field(
+        1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"
+    )
+    reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each of several workers)")

@@ -1,0 +1,201 @@
+"""Triton's own load tool, perf_analyzer, driving the gateway and Triton side by side (as users will).
+
+perf_analyzer is a C++ binary. Without Triton's SDK container it comes from the ``tritonclient``
+2.48 wheel (the last one that ships it; newer wheels and this index's ``perf-analyzer`` do not), which
+``make perf-analyzer`` installs under ``.venv/perf-analyzer`` with the two shared libraries it needs
+(``libb64`` from the distribution, ``libcudart.so.12`` from ``nvidia-cuda-runtime-cu12``; no GPU is
+used). Where it is missing the bench says so and keeps its own load generator.
+
+Runs are interleaved (each round visits every server at every concurrency) and summarized by medians,
+because the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV_BINARY = "KILN_PERF_ANALYZER"
+INSTALL_HINT = "install it with `make perf-analyzer` (see the README, 'perf_analyzer')"
+# perf_analyzer's CSV columns (microseconds) -> our names (milliseconds).
+_LATENCIES = {
+    "p50 latency": "p50_ms",
+    "p90 latency": "p90_ms",
+    "p95 latency": "p95_ms",
+    "p99 latency": "p99_ms",
+}
+
+
+@dataclass(frozen=True)
+class PerfAnalyzer:
+    """A runnable perf_analyzer binary and the library path it needs."""
+
+    binary: Path
+    library_path: str = ""
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.library_path:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (self.library_path, env.get("LD_LIBRARY_PATH")) if p
+            )
+        return env
+
+
+def find_perf_analyzer(venv: Path | None = None) -> PerfAnalyzer | None:
+    """``$KILN_PERF_ANALYZER``, then ``.venv/perf-analyzer/bin/perf_analyzer``, then ``perf_analyzer`` on PATH."""
+    prefix = (venv or Path(sys.prefix)) / "perf-analyzer"
+    for candidate in (
+        os.environ.get(ENV_BINARY),
+        prefix / "bin" / "perf_analyzer",
+        shutil.which("perf_analyzer"),
+    ):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            cudart = sorted(prefix.glob("nvidia/cuda_runtime/lib"))
+            return PerfAnalyzer(Path(candidate), str(cudart[0]) if cudart else "")
+    return None
+
+
+def command(
+    tool: PerfAnalyzer, url: str, model: str, concurrency: int, csv_path: Path, *, protocol: str = "grpc",
+    window_ms: int = 1500, rate: float | None = None,
+) -> list[str]:  # fmt: skip
+    """One perf_analyzer run, one image per request, CSV with percentiles: a closed loop at
+    ``concurrency``, or with ``rate`` an open loop sending that many requests per second."""
+    load = (
+        ["--request-rate-range", f"{rate:g}:{rate:g}"]
+        if rate
+        else ["--concurrency-range", f"{concurrency}:{concurrency}"]
+    )
+    return [
+        str(tool.binary), "-m", model, "-u", url, "-i", protocol, "-b", "1", *load,
+        "--measurement-interval", str(window_ms),
+        "--max-trials", "3", "--stability-percentage", "1000", "--percentile", "50", "-f", str(csv_path),
+    ]  # fmt: skip
+
+
+def parse_csv(path: Path) -> dict[str, float]:
+    """Throughput (infer/s) and client latency percentiles (ms) from perf_analyzer's ``-f`` CSV."""
+    with path.open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    result = {"throughput_rps": float(row["Inferences/Second"])}
+    for column, name in _LATENCIES.items():
+        if column in row:
+            result[name] = float(row[column]) / 1e3
+    return result
+
+
+def run_once(tool: PerfAnalyzer, url: str, model: str, concurrency: int, **kwargs: Any) -> dict[str, float]:
+    """Run perf_analyzer once; an unstable or failed run raises with the tool's own last words."""
+    with tempfile.TemporaryDirectory(prefix="kiln-pa-") as tmp:
+        csv_path = Path(tmp) / "pa.csv"
+        cmd = command(tool, url, model, concurrency, csv_path, **kwargs)
+        done = subprocess.run(cmd, env=tool.env(), capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0 or not csv_path.is_file():
+            tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            raise RuntimeError(f"perf_analyzer failed (exit {done.returncode}): {' | '.join(tail)}")
+        return parse_csv(csv_path)
+
+
+def interleaved(
+    tool: PerfAnalyzer, targets: dict[str, str], model: str, concurrencies: Sequence[int], *, rounds: int = 3,
+    progress: Callable[[str], None] = log.info, **kwargs: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair."""
+    samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for r in range(rounds):
+        for c in concurrencies:
+            for name, url in targets.items():
+                try:
+                    sample = run_once(tool, url, model, c, **kwargs)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    progress(f"perf_analyzer {name} c={c} round {r + 1}: {exc}")
+                    continue
+                samples.setdefault((name, c), []).append(sample)
+                progress(
+                    f"perf_analyzer {name} c={c}: {sample['throughput_rps']:.0f} infer/s, p50 {sample.get('p50_ms', 0):.2f} ms"
+                )
+    return [_median_row(name, c, runs) for (name, c), runs in samples.items()]
+
+
+def _median_row(target: str, concurrency: int, runs: list[dict[str, float]]) -> dict[str, Any]:
+    keys = sorted({k for run in runs for k in run})
+    medians = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
+    return {"target": target, "tool": "perf_analyzer", "protocol": "grpc", "concurrency": concurrency,
+            "runs": len(runs), **medians, "samples_rps": [round(run["throughput_rps"], 1) for run in runs]}  # fmt: skip
+
+
+def side_by_side(
+    repository: Path, model: str, workdir: Path, *, concurrencies: Sequence[int], threads: int, rounds: int = 3,
+    workers: int = 1, progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:  # fmt: skip
+    """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC
+    interleaved between them; ``{"rows": [...]}`` or ``{"skipped": why}``."""
+    from contextlib import ExitStack
+
+    from bench.servers import gateway_cmd
+    from kiln.processes import running
+    from serving.triton import TritonServer, find_triton
+    from serving.triton.server import free_port
+
+    tool = find_perf_analyzer()
+    if tool is None:
+        progress(f"perf_analyzer is not installed: {INSTALL_HINT}; using Kiln's own load generator only")
+        return {"skipped": f"perf_analyzer not installed; {INSTALL_HINT}"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        http, grpc = free_port(), free_port()
+        cmd = gateway_cmd(repository, http, grpc, threads, workers=workers)
+        ready = f"http://127.0.0.1:{http}/v2/health/ready"
+        stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
+        targets = {"gateway": f"127.0.0.1:{grpc}"}
+        if find_triton() is not None:
+            triton = stack.enter_context(TritonServer(repository, workdir / "triton-pa", threads=threads))
+            targets["triton"] = triton.grpc_url
+        else:
+            progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
+        progress(
+            f"perf_analyzer over gRPC, {rounds} interleaved rounds: {sorted(targets)} at {list(concurrencies)}"
+        )
+        rows = interleaved(tool, targets, model, concurrencies, rounds=rounds, progress=progress)
+        return {
+            "binary": str(tool.binary),
+            "rows": rows,
+            "open": open_loop_at_half_peak(tool, targets, model, rows),
+        }
+
+
+def open_loop_at_half_peak(
+    tool: PerfAnalyzer, targets: dict[str, str], model: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each target at a fixed arrival rate of half its closed-loop peak (perf_analyzer's request-rate
+    mode: a C++ client, so the client's own CPU does not bend the tail on a small machine)."""
+    out = []
+    for name, url in targets.items():
+        peak = max((r["throughput_rps"] for r in rows if r["target"] == name), default=0.0)
+        if peak <= 0:
+            continue
+        rate = round(peak / 2)
+        try:
+            sample = run_once(tool, url, model, 0, rate=rate, window_ms=3000)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            log.warning("perf_analyzer open loop %s at %d/s: %s", name, rate, exc)
+            continue
+        p50, p99 = sample.get("p50_ms", math.nan), sample.get("p99_ms", math.nan)
+        out.append(
+            {"target": name, "rate_rps": rate, **sample, "p99_over_p50": p99 / p50 if p50 else math.nan}
+        )
+    return out

@@ -1,0 +1,102 @@
+"""perf_analyzer integration: how it is found, what it is asked, how its CSV becomes report rows.
+
+The binary itself runs only where it is installed (``make perf-analyzer``); nothing here times anything.
+"""
+
+from __future__ import annotations
+
+import math
+import stat
+
+import pytest
+
+from bench import perf_analyzer as pa
+from bench import report
+from bench.__main__ import targets
+
+# What perf_analyzer 2.48 writes with -f (latencies in microseconds).
+CSV = (
+    "Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
+)
+CSV += "1,223.476,4,2,3125,8026,9282,12143\n"
+
+
+def test_the_csv_gives_throughput_and_latency_percentiles_in_milliseconds(tmp_path):
+    path = tmp_path / "pa.csv"
+    path.write_text(CSV)
+    assert pa.parse_csv(path) == {
+        "throughput_rps": 223.476, "p50_ms": 3.125, "p90_ms": 8.026, "p95_ms": 9.282, "p99_ms": 12.143,
+    }  # fmt: skip
+
+
+def test_closed_loop_asks_for_one_concurrency_and_open_loop_for_one_rate(tmp_path):
+    tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
+    closed = pa.command(tool, "127.0.0.1:1", "resnet18", 64, tmp_path / "x.csv")
+    assert closed[closed.index("--concurrency-range") + 1] == "64:64" and "-b" in closed
+    assert closed[closed.index("-i") + 1] == "grpc" and closed[closed.index("-f") + 1] == str(
+        tmp_path / "x.csv"
+    )
+    opened = pa.command(tool, "127.0.0.1:1", "resnet18", 0, tmp_path / "x.csv", rate=250.0)
+    assert (
+        opened[opened.index("--request-rate-range") + 1] == "250:250" and "--concurrency-range" not in opened
+    )
+
+
+def test_the_binary_named_by_the_environment_is_used_with_its_cuda_runtime_path(tmp_path, monkeypatch):
+    binary = tmp_path / "perf_analyzer"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "venv" / "perf-analyzer" / "nvidia" / "cuda_runtime" / "lib").mkdir(parents=True)
+    monkeypatch.setenv(pa.ENV_BINARY, str(binary))
+    found = pa.find_perf_analyzer(tmp_path / "venv")
+    assert found is not None and found.binary == binary
+    assert found.env()["LD_LIBRARY_PATH"].startswith(str(tmp_path / "venv" / "perf-analyzer"))
+
+
+def test_a_missing_binary_is_reported_as_not_installed(tmp_path, monkeypatch):
+    monkeypatch.delenv(pa.ENV_BINARY, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert pa.find_perf_analyzer(tmp_path / "venv") is None
+    text = report.perf_analyzer_section({"skipped": f"perf_analyzer not installed; {pa.INSTALL_HINT}"})
+    assert "Not run" in text and "make perf-analyzer" in text
+
+
+def test_interleaved_runs_visit_every_server_each_round_and_keep_medians(monkeypatch):
+    calls = []
+
+    def fake_run(tool, url, model, concurrency, **kwargs):
+        calls.append((url, concurrency))
+        return {"throughput_rps": 100.0 * len(calls), "p50_ms": 1.0}
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    rows = pa.interleaved(
+        None, {"gateway": "g", "triton": "t"}, "m", (1, 64), rounds=3, progress=lambda _: None
+    )
+    assert calls[:4] == [("g", 1), ("t", 1), ("g", 64), ("t", 64)] and len(calls) == 12
+    gateway1 = next(r for r in rows if r["target"] == "gateway" and r["concurrency"] == 1)
+    assert gateway1["runs"] == 3 and gateway1["throughput_rps"] == 500.0  # median of 100, 500, 900
+
+
+def test_targets_compare_the_gateway_with_triton_and_onnxruntime_from_perf_analyzer_rows():
+    rows = [
+        {"target": "gateway", "concurrency": 1, "throughput_rps": 500.0, "p50_ms": 2.5},
+        {"target": "triton", "concurrency": 1, "throughput_rps": 400.0, "p50_ms": 2.4},
+        {"target": "gateway", "concurrency": 64, "throughput_rps": 900.0, "p50_ms": 60.0},
+        {"target": "triton", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 60.0},
+    ]
+    results = {
+        "engines": [
+            {"engine": "onnxruntime", "precision": "fp32", "batch": 1, "p50_ms": 2.0, "throughput_ips": 500.0}
+        ],
+        "servers": {
+            "perf_analyzer": {"rows": rows, "open": [{"target": "gateway", "p50_ms": 4.0, "p99_ms": 6.0}]}
+        },
+    }
+    by_name = {r["target"]: r for r in targets(results, "resnet18")}
+    assert by_name["perf_analyzer gRPC c=1: gateway >= 1.0x Triton"]["measured"] == pytest.approx(1.25)
+    assert by_name["perf_analyzer gRPC c=64: gateway >= 1.0x Triton"]["met"] == "no"
+    assert by_name["perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms"]["measured"] == pytest.approx(
+        0.5
+    )
+    assert by_name["p99 <= 2x p50 at half of peak (gateway, open loop)"]["measured"] == pytest.approx(1.5)
+    assert math.isnan(by_name["gateway c=64 >= 5x naive baseline"]["measured"])  # no naive run here
