@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import quantize, repository, tensorrt
+from export import batching, quantize, repository, tensorrt
 from export.freeze import FreezeReport, freeze
 from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
@@ -249,6 +249,9 @@ def _write_or_reject(
             f"int8 top-1 drop {b.gate['top1_drop_points']:.2f} > {b.gate['max_drop_points']} points"
         )
         return result
+    if b.platform == "onnxruntime_onnx":  # the export summary's measured batching recommendation
+        b.report.metrics["batching"] = batching.measure(session_runner(ort_session(b.model_file)), spec)
+        result.message = f"batching: {b.report.metrics['batching']['recommendation']}"
     result.path = write_built(ctx, spec, b, freeze_report)
     result.status = "written"
     return result

@@ -101,3 +101,16 @@ def test_spec_rejects_undeclared_axes_and_old_opsets():
         GraphSpec("x", "classifier", (), (), axes={}, opset=13)
     with pytest.raises(ValueError, match="unsupported dtype"):
         TensorSpec("a", "complex64", (1,))
+
+
+def test_the_batching_recommendation_keeps_tritons_defaults_and_says_whether_merging_pays():
+    from export import batching
+
+    spec = classifier_spec("lenet", PREP, 10)
+    seen = []
+    result = batching.measure(lambda feeds: seen.append(feeds["images"].shape), spec, budget_s=0.0)
+    assert {(1, 32, 32, 1), (64, 32, 32, 1)} <= set(seen)
+    assert result["preferred_batch_size"] == [] and result["max_queue_delay_microseconds"] == 0
+    assert "batch64_ms_per_item" in result and result["recommendation"]
+    assert batching.recommendation(3.0, 64).startswith("dynamic batching pays")
+    assert "a queue delay would only add latency" in batching.recommendation(1.0, 64)
