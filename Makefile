@@ -19,6 +19,7 @@ EPOCHS      ?=
 HTTP_PORT   ?= 8000
 GRPC_PORT   ?= 8001
 BACKEND     ?= onnxruntime
+WORKERS     ?= 1
 PROFILE     ?= quick
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
@@ -55,8 +56,8 @@ train-translator: $(STAMP)
 export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8) to ONNX/TensorRT + Triton repository
 	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS)
 
-serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton)
-	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND)
+serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton, WORKERS=N)
+	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND) --workers $(WORKERS)
 
 triton: $(STAMP) ## run the real Triton server (python flavour of the repository) on 127.0.0.1
 	$(PY) -m serving.triton --model-repository $(REPOSITORY)

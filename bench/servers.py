@@ -47,7 +47,9 @@ def gateway_cmd(
     threads = max(1, threads // workers)
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--intra-op-threads", str(threads)]
-    cmd += ["--max-queue-size", "4096", "--log-level", "warning", "--workers", str(workers)]
+    cmd += ["--max-queue-size", "4096", "--log-level", "warning"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     if triton_url:
         cmd += ["--backend", "triton", "--triton-url", triton_url, "--triton-translate", translate]
     return cmd
