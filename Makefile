@@ -20,6 +20,10 @@ HTTP_PORT   ?= 8000
 GRPC_PORT   ?= 8001
 BACKEND     ?= onnxruntime
 PROFILE     ?= quick
+DEVICE      ?= cpu
+ifeq ($(DEVICE),gpu)
+PRECISIONS  ?= fp32,fp16
+endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
 
@@ -52,8 +56,8 @@ train-classifier: $(STAMP)
 train-translator: $(STAMP)
 	$(PY) -m training.translate --model transformer $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
 
-export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8) to ONNX/TensorRT + Triton repository
-	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS)
+export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8, DEVICE=cpu|gpu) to ONNX/TensorRT + Triton repository
+	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS) --device $(DEVICE)
 
 serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton)
 	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND)
