@@ -68,7 +68,7 @@ triton: $(STAMP) ## run the real Triton server (python flavour of the repository
 demo: $(STAMP) ## train small models, export them, serve them and answer real requests
 	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY)
 
-bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full)
+bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full|gpu)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
 
 lint: $(STAMP) ## ruff lint and format check
