@@ -37,6 +37,8 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
+	@# onnxruntime and onnxruntime-gpu own the same module: remove the other flavour before installing one.
+	$(PY) -m pip uninstall --quiet -y $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
 	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton>=0.5"
@@ -65,8 +67,8 @@ serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|
 triton: $(STAMP) ## run the real Triton server (python flavour of the repository) on 127.0.0.1
 	$(PY) -m serving.triton --model-repository $(REPOSITORY)
 
-demo: $(STAMP) ## train small models, export them, serve them and answer real requests
-	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY)
+demo: $(STAMP) ## train small models, export them, serve them and answer real requests (GPU=1: on CUDA)
+	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY) $(if $(filter 1,$(GPU)),--gpu)
 
 bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full|gpu)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
