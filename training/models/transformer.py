@@ -78,23 +78,24 @@ class MultiHeadAttention(nn.Module):
         weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, T, K)
         return self._merge(weights @ v)
 
-    def attend_cached(
+    def attend_step(
         self, x: Tensor, past_k: Tensor, past_v: Tensor, new_k: Tensor, new_v: Tensor, mask: Tensor
     ) -> Tensor:
-        """Attention over ``past ++ new`` keys without concatenating them (no copy of the cache per step).
+        """One query per row over ``past ++ new`` keys without concatenating them (no copy of the cache).
 
-        x: (B, T, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, T, hd); mask: Bool (B, T, P+T).
-        Scores are computed per part and only they are concatenated ((B, h, T, P+T), small); the
-        weighted sum is split back over the two parts.
+        x: (B, 1, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); mask: Bool (B, 1, P+1).
+        Only the scores ((B, h, 1, P+1), small) are concatenated; the weighted sum is split back over
+        the two parts. The new entry's score and contribution are elementwise products: a batched GEMM
+        of 1 x hd by hd x 1 per row and head costs far more than the arithmetic it does.
         """
-        q = self.split(self.q_proj(x))  # (B, h, T, hd)
+        q = self.split(self.q_proj(x))  # (B, h, 1, hd)
         scale = math.sqrt(self.head_dim)
-        past_scores = q @ past_k.transpose(-2, -1) / scale  # (B, h, T, P)
-        new_scores = q @ new_k.transpose(-2, -1) / scale  # (B, h, T, T)
-        scores = torch.cat([past_scores, new_scores], dim=-1)  # (B, h, T, P+T)
-        weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, T, P+T)
+        past_scores = q @ past_k.transpose(-2, -1) / scale  # (B, h, 1, P)
+        new_score = (q * new_k).sum(dim=-1, keepdim=True) / scale  # (B, h, 1, 1)
+        scores = torch.cat([past_scores, new_score], dim=-1)  # (B, h, 1, P+1)
+        weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, 1, P+1)
         past = past_k.shape[2]
-        out = weights[..., :past] @ past_v + weights[..., past:] @ new_v  # (B, h, T, hd)
+        out = weights[..., :past] @ past_v + weights[..., past:] * new_v  # (B, h, 1, hd)
         return self._merge(out)
 
     def _merge(self, heads: Tensor) -> Tensor:
@@ -139,17 +140,21 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        past_k: Tensor,
-        past_v: Tensor,
+        cache: tuple[Tensor, Tensor] | None,
         self_mask: Tensor,
         cross_k: Tensor,
         cross_v: Tensor,
         src_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (B, T, D); past_k/v: (B, h, P, hd); self_mask: (B, T, P+T); cross_k/v: (B, h, S, hd)."""
+        """x: (B, T, D); cache: None (teacher forcing, self_mask (B, T, T)) or past k/v (B, h, P, hd) for
+        one step (T = 1, self_mask (B, 1, P+1)); cross_k/v: (B, h, S, hd). Returns x and new k/v (B, h, T, hd)."""
         h = self.self_attn_norm(x)  # (B, T, D)
         new_k, new_v = self.self_attn.keys_values(h)  # (B, h, T, hd)
-        x = x + self.dropout(self.self_attn.attend_cached(h, past_k, past_v, new_k, new_v, self_mask))
+        if cache is None:
+            attended = self.self_attn.attend(h, new_k, new_v, self_mask)  # (B, T, D)
+        else:
+            attended = self.self_attn.attend_step(h, *cache, new_k, new_v, self_mask)  # (B, 1, D)
+        x = x + self.dropout(attended)
         h = self.cross_attn_norm(x)
         x = x + self.dropout(self.cross_attn.attend(h, cross_k, cross_v, src_mask[:, None, :]))  # (B, T, D)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, T, D)
@@ -212,13 +217,13 @@ class Transformer(nn.Module):
         return out
 
     def _decode(
-        self, x: Tensor, caches: list[tuple[Tensor, Tensor]], self_mask: Tensor, enc: dict[str, Tensor]
+        self, x: Tensor, caches: list[tuple[Tensor, Tensor] | None], self_mask: Tensor, enc: dict[str, Tensor]
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """x: (B, T, D), per-layer caches (B, h, P, hd) -> logits (B, T, V), per-layer new k/v (B, h, T, hd)."""
+        """x: (B, T, D), per-layer caches (B, h, P, hd) or None -> logits (B, T, V), new k/v (B, h, T, hd)."""
         new = []
-        for i, (layer, (past_k, past_v)) in enumerate(zip(self.decoder_layers, caches, strict=True)):
+        for i, (layer, cache) in enumerate(zip(self.decoder_layers, caches, strict=True)):
             cross_k, cross_v = enc[f"cross_k_{i}"], enc[f"cross_v_{i}"]
-            x, k, v = layer(x, past_k, past_v, self_mask, cross_k, cross_v, enc["src_mask"])
+            x, k, v = layer(x, cache, self_mask, cross_k, cross_v, enc["src_mask"])
             new.append((k, v))  # 2 x (B, h, T, hd)
         logits = self.output_proj(self.decoder_norm(x))  # (B, T, V)
         return logits, new
@@ -230,9 +235,7 @@ class Transformer(nn.Module):
         pos = torch.arange(t, device=tgt_in.device).expand(b, t)  # (B, T)
         x = self._embed(self.tgt_embed, tgt_in, pos)  # (B, T, D)
         causal = torch.ones(t, t, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T)
-        cfg = self.cfg
-        empty = x.new_zeros(b, cfg.heads, 0, cfg.d_model // cfg.heads)  # (B, h, 0, hd)
-        logits, _ = self._decode(x, [(empty, empty)] * cfg.decoder_layers, causal.expand(b, t, t), enc)
+        logits, _ = self._decode(x, [None] * self.cfg.decoder_layers, causal.expand(b, t, t), enc)
         return logits  # (B, T, V)
 
     def decode_step(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
