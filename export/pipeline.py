@@ -50,6 +50,8 @@ def export_checkpoint(
     force: bool = False,
     precisions: Iterable[str] = ("fp32",),
     int8_max_drop: float = 0.5,
+    int8_min_agreement: float = 0.995,
+    int8_max_bleu_drop: float = 0.2,
     tensorrt: str = "auto",
     max_batch_size: int = 64,
     beam_sentences: int = 200,
@@ -61,9 +63,15 @@ def export_checkpoint(
     """Export one checkpoint into ``repository``; returns one result per entry (written, up to date...)."""
     path = Path(path)
     options = ExportOptions(
-        precisions=tuple(precisions), int8_max_drop=int8_max_drop, tensorrt=tensorrt,
-        max_batch_size=max_batch_size, force=force, beam_sentences=beam_sentences,
-    )  # fmt: skip
+        precisions=tuple(precisions),
+        int8_max_drop=int8_max_drop,
+        int8_min_agreement=int8_min_agreement,
+        int8_max_bleu_drop=int8_max_bleu_drop,
+        tensorrt=tensorrt,
+        max_batch_size=max_batch_size,
+        force=force,
+        beam_sentences=beam_sentences,
+    )
     ckpt = load_checkpoint(path)
     ctx = ExportContext(
         path=path, ckpt=ckpt, model=rebuild_model(ckpt), sha256=file_sha256(path), repository=Path(repository),
