@@ -1,8 +1,8 @@
 """Beam search over the exported ONNX encoder/decoder against the PyTorch reference, token for token,
 and the int8 decoder's gate against the fp32 one.
 
-The numpy side is the serving code itself (``serving.stepper.translate_ids``), so these checks prove
-that what the gateway will run translates exactly like the trained model.
+The numpy side is the serving code itself (``serving.decoding.stepper.translate_ids``), so these
+checks prove that what the gateway will run translates exactly like the trained model.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def _torch_beams(
 def _onnx_beams(
     encoder: Path, decoder: Path, spec: dict[str, Any], sents: list[list[int]], cfg: dict
 ) -> list[list[int]]:
-    from serving.beam_search import BeamConfig
-    from serving.stepper import onnxruntime_runner, translate_ids
+    from serving.decoding.beam_search import BeamConfig
+    from serving.decoding.stepper import translate_ids
+    from serving.execution.onnxruntime import onnxruntime_runner
 
     step_spec = {k: v for k, v in spec.items() if k != "vocab_size_src"}
     enc, dec = onnxruntime_runner(ort_session(encoder)), onnxruntime_runner(ort_session(decoder))
