@@ -50,6 +50,12 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "kiln_queue_depth", "Requests waiting in the batcher queue", ["model"], registry=r
         )
+        self.placement = Gauge(
+            "kiln_model_placement",
+            "Where each loaded model version runs (1 per model): provider, device and bucket sizes",
+            ["model", "version", "provider", "device", "buckets"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._add_decoding_metrics()
 
@@ -92,6 +98,11 @@ class GatewayMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def set_placement(self, model: str, version: str, placement: Any) -> None:
+        """Publish a loaded model's placement (a :class:`~serving.execution.placement.Placement`)."""
+        buckets = ",".join(map(str, placement.buckets)) or "off"
+        self.placement.labels(model, version, placement.provider, placement.device, buckets).set(1)
 
     def observe_queue(self, model: str, seconds: float) -> None:
         self.child(self.queue_latency, model).observe(seconds)

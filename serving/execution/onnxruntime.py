@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
 from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.execution import placement
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from serving.execution.datatypes import classification, datatype_of, numpy_dtype
@@ -58,22 +58,46 @@ def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
     }
 
 
+@dataclass
+class _Sessions:
+    """The sessions of one model version: per instance, one per bucket (key 0 when unbucketed)."""
+
+    placement: placement.Placement
+    per_instance: list[dict[int, Any]]
+
+    def default(self, instance: int) -> Any:
+        """The instance's only session, or its largest bucket's."""
+        sessions = self.per_instance[instance]
+        return sessions[max(sessions)]
+
+
 class _LoadedModel:
     """The sessions and batcher of one model version, and the tables its hot path reads."""
 
     def __init__(
-        self, entry: RepositoryEntry, version: str, sessions: list[Any], batcher: DynamicBatcher
+        self, entry: RepositoryEntry, version: str, sessions: _Sessions, batcher: DynamicBatcher
     ) -> None:
-        self.entry, self.version, self.sessions, self.batcher = entry, version, sessions, batcher
+        self.entry, self.version, self.batcher = entry, version, batcher
+        self.placement, self.buckets = sessions.placement, sessions.per_instance
+        self.sessions = [sessions.default(i) for i in range(len(sessions.per_instance))]
         self.output_names = [o.name for o in entry.config.output]
         self.output_set = frozenset(self.output_names)
         self.rules = input_rules(entry)
         self.batched = entry.max_batch_size > 0
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one merged batch on one instance's session (called from the thread pool)."""
-        values = self.sessions[instance].run(self.output_names, inputs)
-        return dict(zip(self.output_names, values, strict=True))
+        """Run one merged batch on one instance's session (called from the thread pool).
+
+        Bucketed: the batch is padded with zero rows up to its bucket, runs on that bucket's session
+        (which only ever sees that shape), and the padding rows are cut off before anything returns.
+        """
+        if not self.placement.buckets:
+            values = self.sessions[instance].run(self.output_names, inputs)
+            return dict(zip(self.output_names, values, strict=True))
+        rows = next(iter(inputs.values())).shape[0]
+        size = self.placement.bucket_for(rows)
+        values = self.buckets[instance][size].run(self.output_names, placement.pad_rows(inputs, size))
+        return {name: value[:rows] for name, value in zip(self.output_names, values, strict=True)}
 
 
 class OnnxRuntimeBackend:
@@ -150,7 +174,13 @@ class OnnxRuntimeBackend:
         return ModelMetadata(name, list(entry.versions), entry.platform, entry.inputs(), entry.outputs())
 
     def config(self, name: str, version: str = "") -> dict[str, Any]:
-        return self.repository.get(name).config_dict()
+        """The config as Triton shows it, plus where it runs (``kiln_provider/device/buckets`` parameters)."""
+        entry = self.repository.get(name)
+        config = entry.config_dict()
+        model = self._models.get((name, entry.resolve_version(version)))
+        if model is not None:
+            config["parameters"] = {**config.get("parameters", {}), **model.placement.config_parameters()}
+        return config
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._loaded(request.model, request.version)
@@ -198,21 +228,32 @@ class OnnxRuntimeBackend:
         path = entry.model_file(version)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
-        providers = _providers(entry, ort.get_available_providers())
-        sessions = []
+        where = placement.plan(entry.config, ort.get_available_providers())
+        factory = self.session_factory or ort.InferenceSession
+        per_instance = []
         for _ in range(_instance_count(entry.config)):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.options.intra_op_threads
-            opts.inter_op_num_threads = self.options.inter_op_threads
-            factory = self.session_factory or ort.InferenceSession
-            sessions.append(factory(str(path), sess_options=opts, providers=providers))
-        return sessions
+            sessions = {}
+            for size in where.buckets or (0,):
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = self.options.intra_op_threads
+                opts.inter_op_num_threads = self.options.inter_op_threads
+                sessions[size] = factory(str(path), sess_options=opts, providers=where.providers())
+                if size:  # every bucket is warmed at load: its one shape is planned before any request
+                    sessions[size].run(None, placement.zero_inputs(sessions[size], size))
+            per_instance.append(sessions)
+        log.info(
+            "model %s version %s: provider %s, device %s, buckets %s",
+            entry.name, version, where.provider, where.device, list(where.buckets) or "off",
+        )  # fmt: skip
+        return _Sessions(where, per_instance)
 
-    def _make_model(self, entry: RepositoryEntry, version: str, sessions: list[Any]) -> _LoadedModel:
+    def _make_model(self, entry: RepositoryEntry, version: str, sessions: _Sessions) -> _LoadedModel:
+        if self.metrics is not None:
+            self.metrics.set_placement(entry.name, version, sessions.placement)
         policy = BatchPolicy.from_config(
             entry.config,
             max_queue_size=self.options.max_queue_size,
-            instances=len(sessions),
+            instances=len(sessions.per_instance),
             inline_max_s=self.options.inline_max_s,
         )
         model = _LoadedModel(entry, version, sessions, None)  # type: ignore[arg-type]
@@ -313,16 +354,3 @@ def _classification_counts(request: InferRequest, entry: RepositoryEntry) -> dic
 
 def _instance_count(config: Any) -> int:
     return sum(max(1, g.count) for g in config.instance_group) or 1
-
-
-def _providers(entry: RepositoryEntry, available: list[str]) -> list[str]:
-    """CUDA when the config asks for a GPU and ONNX Runtime has it; otherwise CPU, with a log line."""
-    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in entry.config.instance_group}
-    wants_gpu = (
-        bool(kinds & {"KIND_GPU", "KIND_AUTO"}) or not kinds
-    )  # Triton: AUTO means GPU when there is one
-    if wants_gpu and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if "KIND_GPU" in kinds:
-        log.warning("model %s asks for KIND_GPU but ONNX Runtime has no CUDA provider; using CPU", entry.name)
-    return ["CPUExecutionProvider"]

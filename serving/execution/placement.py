@@ -1,0 +1,127 @@
+"""Where an ONNX entry runs (provider, device) and at which batch shapes (buckets), from its config.
+
+Read once at load by the embedded ONNX Runtime backend, and shown: in the load log, in the
+``/v2/models/{name}/config`` response parameters (``kiln_provider``, ``kiln_device``,
+``kiln_buckets``) and as the ``kiln_model_placement`` gauge. The config keys are the GPU export's
+(docs/kiln-json.md, "GPU configs"):
+
+- ``instance_group.kind``: ``KIND_GPU`` needs ONNX Runtime's CUDA provider; without it the model
+  fails to load with a message naming it (never a silent CPU fallback). ``KIND_AUTO`` (or no group)
+  is Triton's "GPU when there is one".
+- ``parameters.kiln_bucketing``: ``"1"`` pads every merged batch up to the smallest bucket that
+  holds it (buckets: the preferred batch sizes plus ``max_batch_size``) and runs it on that bucket's
+  own session, so a CUDA session only ever sees one shape. Absent: on for GPU, off for CPU.
+- ``parameters.cudnn_conv_algo_search``: ``"0"``/``"1"``/``"2"`` = EXHAUSTIVE/HEURISTIC/DEFAULT
+  (Triton's key and encoding), passed to the CUDA provider.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
+
+
+class PlacementError(RuntimeError):
+    """A config asks for something this machine cannot give (e.g. a GPU without a CUDA provider)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The provider, device and bucket sizes of one model."""
+
+    provider: str
+    device: str  # "cpu" or "cuda:<id>"
+    buckets: tuple[int, ...] = ()  # empty: no padding, one session sees every batch size
+    provider_options: dict[str, str] | None = None
+
+    def providers(self) -> list[Any]:
+        """The ``providers=`` argument of ``ort.InferenceSession``."""
+        if self.provider == CUDA:
+            return [(CUDA, dict(self.provider_options or {})), CPU]
+        return [CPU]
+
+    def config_parameters(self) -> dict[str, dict[str, str]]:
+        """The placement as Triton-style model-config parameters (``{"key": {"string_value": ...}}``)."""
+        buckets = ",".join(map(str, self.buckets)) or "off"
+        values = {"kiln_provider": self.provider, "kiln_device": self.device, "kiln_buckets": buckets}
+        return {key: {"string_value": value} for key, value in values.items()}
+
+    def bucket_for(self, items: int) -> int:
+        """The smallest bucket holding ``items`` rows (``items`` itself when unbucketed or too large)."""
+        index = bisect.bisect_left(self.buckets, items)
+        return self.buckets[index] if index < len(self.buckets) else items
+
+
+def plan(config: Any, available: list[str]) -> Placement:
+    """The placement a Triton ModelConfig asks for, on a machine whose ORT has ``available`` providers."""
+    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group}
+    asks_gpu = "KIND_GPU" in kinds
+    if asks_gpu and CUDA not in available:
+        raise PlacementError(
+            f"model {config.name!r} asks for KIND_GPU but ONNX Runtime has no CUDA provider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu on a CUDA machine or export "
+            "with --device cpu"
+        )
+    on_gpu = CUDA in available and (asks_gpu or "KIND_AUTO" in kinds or not kinds)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    if on_gpu:
+        gpus = [gpu for group in config.instance_group for gpu in group.gpus]
+        device_id = str(gpus[0]) if gpus else "0"
+        options = {"device_id": device_id}
+        search = parameters.get("cudnn_conv_algo_search", "")
+        if search:
+            options["cudnn_conv_algo_search"] = CONV_ALGO_SEARCH.get(search, search)
+        placement = Placement(CUDA, f"cuda:{device_id}", provider_options=options)
+    else:
+        placement = Placement(CPU, "cpu")
+    if _bucketing(parameters.get("kiln_bucketing"), on_gpu) and config.max_batch_size > 0:
+        sizes = {
+            int(s) for s in config.dynamic_batching.preferred_batch_size if 0 < s <= config.max_batch_size
+        }
+        placement = Placement(
+            placement.provider, placement.device, tuple(sorted(sizes | {int(config.max_batch_size)})),
+            placement.provider_options,
+        )  # fmt: skip
+    return placement
+
+
+def _bucketing(value: str | None, on_gpu: bool) -> bool:
+    if value in (None, ""):
+        return on_gpu
+    return value.strip().lower() in ("1", "true", "on", "yes")
+
+
+def pad_rows(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Each input with zero rows appended up to ``rows`` along the batch axis (no copy when already there)."""
+    out = {}
+    for name, array in inputs.items():
+        missing = rows - array.shape[0]
+        if missing <= 0:
+            out[name] = array
+            continue
+        padded = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+        padded[: array.shape[0]] = array
+        out[name] = padded
+    return out
+
+
+def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
+    """Zero feeds of ``rows`` rows for a session's inputs (dynamic non-batch axes as 1): the warm-up."""
+    dtypes = {
+        "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+        "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+        "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+    }  # fmt: skip
+    feeds = {}
+    for meta in session.get_inputs():
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]
+        feeds[meta.name] = np.zeros((rows, *dims), dtype=dtypes.get(meta.type, np.float32))
+    return feeds

@@ -1,0 +1,172 @@
+"""Where a model runs and at which shapes: placement read from the config, shown, and bucketed
+execution on CPU that pads merged batches to a bucket and changes no output."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.execution import placement
+from serving.execution.base import InferRequest
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.repository import Repository
+from serving.metrics import GatewayMetrics
+from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
+
+CPU_ONLY = ["CPUExecutionProvider"]
+WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def config(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(f'name: "m" max_batch_size: 8 {text}', model_config_pb2.ModelConfig())
+
+
+def test_a_cpu_config_runs_on_the_cpu_provider_without_buckets_by_default():
+    where = placement.plan(
+        config("instance_group { kind: KIND_CPU } dynamic_batching { preferred_batch_size: 4 }"), WITH_CUDA
+    )
+    assert (where.provider, where.device, where.buckets) == ("CPUExecutionProvider", "cpu", ())
+    assert where.providers() == ["CPUExecutionProvider"]
+
+
+def test_a_gpu_config_without_a_cuda_provider_is_an_error_naming_the_model():
+    with pytest.raises(
+        placement.PlacementError, match="model 'm' asks for KIND_GPU but ONNX Runtime has no CUDA"
+    ):
+        placement.plan(config("instance_group { kind: KIND_GPU }"), CPU_ONLY)
+
+
+def test_a_gpu_config_buckets_by_default_with_its_device_and_conv_algorithm_search():
+    text = (
+        "instance_group { kind: KIND_GPU gpus: 1 } dynamic_batching { preferred_batch_size: [1, 2, 4] } "
+        'parameters { key: "cudnn_conv_algo_search" value { string_value: "1" } }'
+    )
+    where = placement.plan(config(text), WITH_CUDA)
+    assert (where.provider, where.device, where.buckets) == ("CUDAExecutionProvider", "cuda:1", (1, 2, 4, 8))
+    assert where.providers()[0] == (
+        "CUDAExecutionProvider",
+        {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC"},
+    )
+    assert [where.bucket_for(n) for n in (1, 3, 5, 8)] == [1, 4, 8, 8]
+
+
+def test_auto_means_the_gpu_when_there_is_one_and_bucketing_can_be_switched_off():
+    off = 'parameters { key: "kiln_bucketing" value { string_value: "0" } }'
+    assert placement.plan(config(f"instance_group {{ kind: KIND_AUTO }} {off}"), WITH_CUDA).buckets == ()
+    assert (
+        placement.plan(config("instance_group { kind: KIND_AUTO }"), CPU_ONLY).provider
+        == "CPUExecutionProvider"
+    )
+
+
+def test_padding_appends_zero_rows_and_leaves_a_full_batch_alone():
+    x = np.ones((3, 2), np.float32)
+    padded = placement.pad_rows({"x": x}, 4)["x"]
+    assert padded.shape == (4, 2) and padded[:3].sum() == 6 and not padded[3].any()
+    assert placement.pad_rows({"x": x}, 3)["x"] is x
+
+
+@pytest.fixture(scope="module")
+def repositories(tmp_path_factory):
+    """The exported lenet entry as written, and a copy asking for buckets 2, 4 and 8 on CPU."""
+    plain = build_classifier_repository(tmp_path_factory.mktemp("placement") / "plain")
+    bucketed = plain.parent / "bucketed"
+    shutil.copytree(plain, bucketed)
+    path = bucketed / "lenet" / "config.pbtxt"
+    cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    cfg.dynamic_batching.preferred_batch_size.extend([2, 4])
+    cfg.parameters["kiln_bucketing"].string_value = "1"
+    path.write_text(text_format.MessageToString(cfg))
+    return plain, bucketed
+
+
+class Recording:
+    """A session factory that records the batch size of every run, warm-up included."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, path, sess_options=None, providers=None):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, sess_options=sess_options, providers=providers)
+        sizes = self.sizes
+
+        class Session:
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+            def run(self, names, feeds):
+                sizes.append(next(iter(feeds.values())).shape[0])
+                return session.run(names, feeds)
+
+        return Session()
+
+
+async def _answers(root, batches, factory=None, metrics=None):
+    backend = OnnxRuntimeBackend(Repository(root), metrics=metrics, session_factory=factory)
+    await backend.start()
+    try:
+        rng = np.random.default_rng(0)
+        outs = []
+        for rows in batches:
+            images = rng.integers(0, 256, (rows, SIZE, SIZE, 1), dtype=np.uint8)
+            outs.append((await backend.infer(InferRequest("lenet", {"images": images}))).outputs)
+        return outs, backend.config("lenet")
+    finally:
+        await backend.stop()
+
+
+def test_bucketed_execution_on_cpu_changes_no_output_and_no_padding_row_reaches_a_response(repositories):
+    plain, bucketed = repositories
+    batches = [1, 3, 5, MAX_BATCH]
+    expected, _ = asyncio.run(_answers(plain, batches))
+    recorder, metrics = Recording(), GatewayMetrics()
+    got, shown = asyncio.run(_answers(bucketed, batches, recorder, metrics))
+    for rows, want, have in zip(batches, expected, got, strict=True):
+        for name in want:
+            assert have[name].shape[0] == rows
+            np.testing.assert_array_equal(have[name], want[name])
+    assert recorder.sizes == [2, 4, 8, 2, 4, 8, 8]  # every bucket warmed at load, then padded runs only
+    params = shown["parameters"]
+    assert (
+        params["kiln_buckets"] == {"string_value": "2,4,8"}
+        and params["kiln_provider"]["string_value"] == "CPUExecutionProvider"
+    )
+    labels = {
+        "model": "lenet",
+        "version": "1",
+        "provider": "CPUExecutionProvider",
+        "device": "cpu",
+        "buckets": "2,4,8",
+    }
+    assert metrics.sample("kiln_model_placement", **labels) == 1.0
+
+
+def test_a_gpu_config_on_a_machine_without_cuda_fails_to_load_with_the_reason(repositories, tmp_path):
+    plain, _ = repositories
+    root = tmp_path / "gpu"
+    shutil.copytree(plain, root)
+    path = root / "lenet" / "config.pbtxt"
+    path.write_text(path.read_text().replace("KIND_CPU", "KIND_GPU"))
+
+    async def check():
+        backend = OnnxRuntimeBackend(Repository(root))
+        await backend.start()
+        try:
+            assert not await backend.model_ready("lenet")
+            with pytest.raises(Exception, match="asks for KIND_GPU but ONNX Runtime has no CUDA provider"):
+                await backend.infer(InferRequest("lenet", {"images": np.zeros((1, SIZE, SIZE, 1), np.uint8)}))
+        finally:
+            await backend.stop()
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA provider: the GPU config would load")
+    asyncio.run(check())
