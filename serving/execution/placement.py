@@ -13,16 +13,21 @@ Read once at load by the embedded ONNX Runtime backend, and shown: in the load l
   own session, so a CUDA session only ever sees one shape. Absent: on for GPU, off for CPU.
 - ``parameters.cudnn_conv_algo_search``: ``"0"``/``"1"``/``"2"`` = EXHAUSTIVE/HEURISTIC/DEFAULT
   (Triton's key and encoding), passed to the CUDA provider.
+- ``parameters.kiln_cuda_graphs``: not implemented here yet; a warning says so and buckets run as
+  plain sessions.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
+
+log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -82,6 +87,11 @@ def plan(config: Any, available: list[str]) -> Placement:
         placement = Placement(CUDA, f"cuda:{device_id}", provider_options=options)
     else:
         placement = Placement(CPU, "cpu")
+    if parameters.get("kiln_cuda_graphs", "0").strip() not in ("", "0"):
+        log.warning(
+            "model %s: kiln_cuda_graphs is not implemented by this gateway; buckets run without CUDA graphs",
+            config.name,
+        )
     if _bucketing(parameters.get("kiln_bucketing"), on_gpu) and config.max_batch_size > 0:
         sizes = {
             int(s) for s in config.dynamic_batching.preferred_batch_size if 0 < s <= config.max_batch_size
