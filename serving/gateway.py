@@ -39,6 +39,10 @@ class Gateway:
             if repository is not None and getattr(backend, "runs_translators_in_gateway", False)
             else None
         )
+        # Read once: the infer hot path asks this for every request (the repository never changes).
+        self._translate_names = (
+            frozenset(self.translators.names()) if self.translators is not None else frozenset()
+        )
         self._stopping = False
 
     async def start(self) -> None:
@@ -56,7 +60,7 @@ class Gateway:
     # -- translation --------------------------------------------------------------------------------
 
     def _translates(self, name: str) -> bool:
-        return self.translators is not None and name in self.translators.names()
+        return name in self._translate_names
 
     def translator(self, name: str) -> Translator | None:
         """The gateway's translator of ``name``, or None when the backend translates it itself (infer)."""

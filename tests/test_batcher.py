@@ -166,37 +166,3 @@ def test_a_queued_request_whose_caller_goes_away_is_never_run():
     started_model = lambda i, x: (started.set(), recorder(i, x))[1]  # noqa: E731
     assert run(with_batcher(BatchPolicy(max_batch_size=8), started_model, body)) == (2, 1)
     assert recorder.sizes == [1, 2]
-
-
-def test_a_lone_request_on_an_idle_quick_model_skips_the_thread_hand_off_once_measured():
-    threads: list[bool] = []
-
-    def model(instance, inputs):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return {"y": inputs["x"] * 2}
-
-    async def body(batcher):
-        for start in range(3):  # one at a time: the first is measured in the pool, the rest run inline
-            np.testing.assert_array_equal(
-                (await batcher.submit(rows(start, 1)))["y"], rows(start, 1)["x"] * 2
-            )
-        await asyncio.gather(*(batcher.submit(rows(i, 1)) for i in range(4)))  # queued together: the pool
-
-    policy = BatchPolicy(max_batch_size=8, inline_max_s=60.0)
-    run(with_batcher(policy, model, body))
-    assert threads[:3] == [False, True, True] and not any(threads[3:])
-
-
-def test_without_an_inline_budget_every_batch_runs_in_the_pool():
-    threads: list[bool] = []
-
-    def model(instance, inputs):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return {"y": inputs["x"]}
-
-    async def body(batcher):
-        for start in range(3):
-            await batcher.submit(rows(start, 1))
-
-    run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
-    assert threads == [False, False, False]

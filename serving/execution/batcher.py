@@ -39,12 +39,9 @@ class BatchPolicy:
     merge: bool = True  # False when the config has no dynamic_batching block
     max_queue_size: int = 128  # waiting requests beyond this are refused with 429
     instances: int = 1
-    inline_max_s: float = 0.0  # a lone request on an idle model runs on the loop when it is this quick
 
     @classmethod
-    def from_config(
-        cls, config: Any, *, max_queue_size: int, instances: int, inline_max_s: float = 0.0
-    ) -> BatchPolicy:
+    def from_config(cls, config: Any, *, max_queue_size: int, instances: int) -> BatchPolicy:
         """Read ``max_batch_size`` and the ``dynamic_batching`` block of a Triton ModelConfig."""
         merge = config.HasField("dynamic_batching")
         batching = config.dynamic_batching
@@ -56,7 +53,6 @@ class BatchPolicy:
             merge=merge and config.max_batch_size > 0,
             max_queue_size=min(queue_limit, max_queue_size) if queue_limit > 0 else max_queue_size,
             instances=max(1, instances),
-            inline_max_s=inline_max_s,
         )
 
 
@@ -91,7 +87,6 @@ class DynamicBatcher:
         self._workers: list[asyncio.Task] = []
         self._running = 0
         self._closing = False
-        self._lone_compute_s: float | None = None  # moving average of one-item batches' compute time
 
     @property
     def queue_depth(self) -> int:
@@ -198,12 +193,8 @@ class DynamicBatcher:
         if not live:
             return
         merged = _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
-        inline = self._may_run_inline(live)
         try:
-            if inline:  # a lone request on an idle model: no thread hand-off there and back
-                outputs = self.run(instance, merged)
-            else:
-                outputs = await loop.run_in_executor(self.executor, self.run, instance, merged)
+            outputs = await loop.run_in_executor(self.executor, self.run, instance, merged)
         except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
             for pending in live:
@@ -211,10 +202,6 @@ class DynamicBatcher:
                     pending.future.set_exception(exc)
             return
         compute_s = time.monotonic() - started
-        if len(live) == 1 and live[0].items == 1:
-            self._lone_compute_s = (
-                compute_s if self._lone_compute_s is None else (0.8 * self._lone_compute_s + 0.2 * compute_s)
-            )
         if self.observer is not None:
             self.observer.observe_batch(self.name, sum(p.items for p in live), compute_s)
             for pending in live:
@@ -229,25 +216,6 @@ class DynamicBatcher:
             offset += pending.items
             if not pending.future.done():
                 pending.future.set_result(rows)
-
-    def _may_run_inline(self, live: list[_Pending]) -> bool:
-        """Whether this batch may run on the event loop thread instead of the pool.
-
-        Only a single one-item request, with nothing else queued or running for this model, on a model
-        whose one-item compute has been measured (in the pool first) under ``policy.inline_max_s``:
-        then the loop has nothing else of this model's to do, and it is blocked for at most that long,
-        while each thread wake-up there and back costs a scheduler slice on a busy machine.
-        """
-        limit = self.policy.inline_max_s
-        return (
-            limit > 0
-            and len(live) == 1
-            and live[0].items == 1
-            and not self._queue
-            and self._running == 1
-            and self._lone_compute_s is not None
-            and self._lone_compute_s <= limit
-        )
 
     def _discard_cancelled(self) -> None:
         if any(p.future.done() for p in self._queue):

@@ -38,7 +38,6 @@ class OrtOptions:
     default_timeout_s: float | None = 30.0
     retry_after_s: float = 1.0
     shutdown_grace_s: float = 30.0
-    inline_max_s: float = 0.003  # see BatchPolicy.inline_max_s; 0 always uses the thread pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +253,6 @@ class OnnxRuntimeBackend:
             entry.config,
             max_queue_size=self.options.max_queue_size,
             instances=len(sessions.per_instance),
-            inline_max_s=self.options.inline_max_s,
         )
         model = _LoadedModel(entry, version, sessions, None)  # type: ignore[arg-type]
         model.batcher = DynamicBatcher(
