@@ -189,7 +189,7 @@ def markdown(rows: list[dict[str, Any]], kill: dict[str, Any], classifier: str, 
         f"## Gateway replicas behind haproxy (`{classifier}` classify over HTTP and gRPC, translate over HTTP)\n\n"
         "Closed loop through haproxy (least connections; gRPC balanced per request from one channel). "
         "Every replica, haproxy and the clients share this machine's cores: the row shows the cost or gain "
-        ""of scaling out *here*, not a cluster's. "
+        "of scaling out *here*, not a cluster's. "
         f"Load average when it started: {load_average:.1f} on {os.cpu_count()} cores.\n\n"
         + table(rows, [*cols[:1], "http_x", *cols[1:]])
         + f"\n\nOne of three replicas SIGKILLed after {kill['requests_per_protocol'] // 4} answers: "

@@ -129,7 +129,13 @@ def test_the_grace_period_covers_the_prestop_pause_and_the_drain(rendered, targe
         (main,) = spec["containers"]
         pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
         if main["name"] == "gateway":
-            drain = Settings(shutdown_grace_s=env_of(main)["KILN_SHUTDOWN_GRACE_S"]).shutdown_grace_s
+            # uvicorn waits up to shutdown_grace_s; a request it waits on ends by its deadline at the latest.
+            env = env_of(main)
+            settings = Settings(
+                shutdown_grace_s=env["KILN_SHUTDOWN_GRACE_S"],
+                request_timeout_s=env.get("KILN_REQUEST_TIMEOUT_S", Settings().request_timeout_s),
+            )
+            drain = max(settings.shutdown_grace_s, settings.request_timeout_s)
         else:
             (flag,) = [a for a in main["args"] if a.startswith("--exit-timeout-secs=")]
             drain = float(flag.split("=")[1])
