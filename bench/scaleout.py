@@ -173,7 +173,7 @@ def run(
                 rows.append(asyncio.run(_measure(balancer, replicas[:n], workload, profile["duration_s"])))
         progress("replicas: one of three killed mid-load")
         with run_balancer([r.upstream for r in replicas], workdir / "kill") as balancer:
-            kill = asyncio.run(_kill_mid_load(balancer, replicas[-1], workload, total=400))
+            kill = asyncio.run(_kill_mid_load(balancer, replicas[-1], workload, total=200))
     return {"rows": rows, "kill": kill, "load_average": load_average,
             "markdown": markdown(rows, kill, args.classifier, load_average)}  # fmt: skip
 
