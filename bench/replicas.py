@@ -38,15 +38,21 @@ class Replica:
 
 @dataclass
 class Tally:
-    """Answers counted by kind; a few error messages kept to say what failed."""
+    """Answers counted by kind; a few error messages kept to say what failed.
+
+    ``cut``: the replica died after its answer had begun (no balancer can retry those); ``failed``:
+    any other error, such as the balancer giving up on a request no replica answered.
+    """
 
     ok: int = 0
     wrong: int = 0
     failed: int = 0
+    cut: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "wrong": self.wrong, "failed": self.failed, "errors": self.errors[:5]}
+        return {"ok": self.ok, "wrong": self.wrong, "failed": self.failed, "cut": self.cut,
+                "errors": self.errors[:5]}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -135,6 +141,20 @@ def http_translator(session: Any, url: str, model: str, texts: Sequence[str], be
     return ask
 
 
+def cut_mid_response(error: BaseException) -> bool:
+    """True when the answer had begun when the connection broke (HTTP: the body ended early; gRPC: the
+    stream was reset rather than answered with the balancer's own 50x status)."""
+    import aiohttp
+    import grpc
+
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return True
+    if isinstance(error, grpc.aio.AioRpcError):
+        balancer_status = "http2 header with status" in (error.details() or "")
+        return error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) and not balancer_status
+    return False
+
+
 def same_answer(got: Any, want: Any) -> bool:
     """Texts exactly; probabilities to float32 noise (batch composition may change the last bits)."""
     if isinstance(want, np.ndarray):
@@ -160,7 +180,10 @@ async def fixed_load(
             try:
                 answer = await ask(i)
             except Exception as error:  # noqa: BLE001 - a failed request is counted and described
-                tally.failed += 1
+                if cut_mid_response(error):
+                    tally.cut += 1
+                else:
+                    tally.failed += 1
                 tally.errors.append(f"{type(error).__name__}: {str(error)[:160]}")
             else:
                 if same_answer(answer, expected[i]):

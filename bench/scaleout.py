@@ -185,6 +185,7 @@ def markdown(rows: list[dict[str, Any]], kill: dict[str, Any], classifier: str, 
     for r in rows:
         r["http_x"] = r["http_per_s"] / base["http_per_s"] if base["http_per_s"] else float("nan")
     lost = {p: kill[p]["failed"] + kill[p]["wrong"] for p in ("http", "grpc")}
+    cut = {p: kill[p]["cut"] for p in ("http", "grpc")}
     return (
         f"## Gateway replicas behind haproxy (`{classifier}` classify over HTTP and gRPC, translate over HTTP)\n\n"
         "Closed loop through haproxy (least connections; gRPC balanced per request from one channel). "
@@ -194,5 +195,6 @@ def markdown(rows: list[dict[str, Any]], kill: dict[str, Any], classifier: str, 
         + table(rows, [*cols[:1], "http_x", *cols[1:]])
         + f"\n\nOne of three replicas SIGKILLed after {kill['requests_per_protocol'] // 4} answers: "
         f"{kill['requests_per_protocol']} requests per protocol, lost or wrong: HTTP {lost['http']}, "
-        f"gRPC {lost['grpc']}; haproxy retried {kill['wretr']} and redispatched {kill['wredis']}.\n"
+        f"gRPC {lost['grpc']}; cut after the answer had begun (not retryable): HTTP {cut['http']}, gRPC "
+        f"{cut['grpc']}; haproxy retried {kill['wretr']} and redispatched {kill['wredis']}.\n"
     )

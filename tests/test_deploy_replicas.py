@@ -127,7 +127,9 @@ def test_translations_through_the_balancer_equal_one_gateways_and_every_replica_
 
 @needs_haproxy
 def test_a_replica_killed_mid_load_costs_no_request_the_balancer_could_retry(repository, fleet) -> None:
-    """Runs last: SIGKILL one replica once 60 answers are in; haproxy retries what it never answered."""
+    """Runs last: SIGKILL one replica once 60 answers are in; haproxy retries what it never answered.
+
+    At most the requests in flight on it (8 per protocol here) can be cut after their answer began."""
     replicas, balancer = fleet
     victim = replicas[-1]
 
@@ -139,7 +141,10 @@ def test_a_replica_killed_mid_load_costs_no_request_the_balancer_could_retry(rep
     assert victim.process.wait(timeout=30) != 0
     assert sum(retried(balancer).values()) > 0, "nothing was retried: the kill did not land mid-load"
     for tally in (http, grpc):
-        assert (tally.ok, tally.wrong, tally.failed) == (240, 0, 0), tally.as_dict()
+        # Only a request whose answer had already begun when the replica died may fail (rarely seen):
+        # no balancer can retry it. Every other request is answered, and answered right.
+        assert (tally.ok + tally.cut, tally.wrong, tally.failed) == (240, 0, 0), tally.as_dict()
+        assert tally.cut <= 8, tally.as_dict()
     wait_until(
         lambda: server_stats(balancer)[("gateways_http", victim.upstream.name)]["status"] == "DOWN", 30
     )
