@@ -22,6 +22,7 @@ from bench.balancer import (
 from bench.replicas import (
     answered_per_replica,
     classifier_input,
+    cut_mid_response,
     fixed_load,
     grpc_classifier,
     http_classifier,
@@ -54,6 +55,23 @@ def test_the_balancer_spreads_http_and_grpc_per_request_over_every_replica_and_r
     assert backends[1].count(" proto h2 ") == 3, (
         "gRPC goes to the replicas over HTTP/2, one stream per request"
     )
+
+
+def test_only_answers_cut_after_they_began_count_as_unretryable() -> None:
+    """A balancer's own 50x (retryable work it gave up on) is a failure; a body or stream cut is not."""
+    import aiohttp
+    import grpc
+
+    def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+    assert cut_mid_response(aiohttp.ClientPayloadError("Response payload is not completed"))
+    assert cut_mid_response(rpc_error(grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"))
+    assert not cut_mid_response(
+        rpc_error(grpc.StatusCode.UNAVAILABLE, "Received http2 header with status: 503")
+    )
+    assert not cut_mid_response(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"))
+    assert not cut_mid_response(RuntimeError("HTTP 503: no server is available"))
 
 
 @pytest.fixture(scope="module")
