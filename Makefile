@@ -27,8 +27,9 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo )
 
-.PHONY: help setup demo train train-classifier train-translator export serve triton bench perf-analyzer test lint format clean
+.PHONY: help setup demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -71,17 +72,26 @@ triton: $(STAMP) ## run the real Triton server (python flavour of the repository
 demo: $(STAMP) ## train small models, export them, serve them and answer real requests (GPU=1: on CUDA)
 	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY) $(if $(filter 1,$(GPU)),--gpu)
 
-bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full|gpu)
+bench: $(STAMP) balancer perf-analyzer ## latency/throughput side by side (PROFILE=quick|full|gpu)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
+
+balancer: ## install haproxy (Debian/Ubuntu apt) for the multi-replica test and bench row; warns if it cannot
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+	  { $(SUDO)apt-get install -y -qq haproxy || \
+	    { $(SUDO)apt-get update -qq && $(SUDO)apt-get install -y -qq haproxy; } || \
+	    echo "warning: haproxy could not be installed; the multi-replica test and bench row will skip"; }
 
 # perf_analyzer without Triton's SDK container: the tritonclient 2.48 wheel is the last to ship the binary; it
 # needs libb64 (distribution package) and libcudart.so.12 (a pip wheel; no GPU is used). Kept out of the
 # project venv's site-packages so the newer tritonclient the project uses stays in charge.
 PERF_ANALYZER_DIR := $(VENV)/perf-analyzer
 perf-analyzer: $(STAMP) ## install Triton's perf_analyzer under .venv/perf-analyzer (make bench uses it)
-	@command -v apt-get >/dev/null && { ldconfig -p | grep -q libb64.so.0d || apt-get install -y -qq libb64-0d; } || true
-	$(PY) -m pip install --quiet --no-deps --target $(PERF_ANALYZER_DIR) "tritonclient==2.48.0" "nvidia-cuda-runtime-cu12>=12,<13"
-	LD_LIBRARY_PATH=$(PERF_ANALYZER_DIR)/nvidia/cuda_runtime/lib $(PERF_ANALYZER_DIR)/bin/perf_analyzer --version
+	@test -x $(PERF_ANALYZER_DIR)/bin/perf_analyzer || \
+	  { { ldconfig -p | grep -q libb64.so.0d || $(SUDO)apt-get install -y -qq libb64-0d || \
+	      { $(SUDO)apt-get update -qq && $(SUDO)apt-get install -y -qq libb64-0d; }; } && \
+	    $(PY) -m pip install --quiet --no-deps --target $(PERF_ANALYZER_DIR) "tritonclient==2.48.0" "nvidia-cuda-runtime-cu12>=12,<13"; } || \
+	  echo "warning: perf_analyzer could not be installed; make bench uses Kiln's own load generator only"
+	@LD_LIBRARY_PATH=$(PERF_ANALYZER_DIR)/nvidia/cuda_runtime/lib $(PERF_ANALYZER_DIR)/bin/perf_analyzer --version 2>/dev/null || true
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
