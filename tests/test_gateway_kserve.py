@@ -74,7 +74,14 @@ def test_model_config_parses_back_into_the_config_pbtxt(client, repository):
     config = client.get_model_config("lenet")
     expected = model_config_pb2.ModelConfig()
     text_format.Parse((repository / "lenet" / "config.pbtxt").read_text(), expected)
-    assert json_format.ParseDict(config, model_config_pb2.ModelConfig()) == expected
+    shown = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    placement = {
+        key: shown.parameters[key].string_value for key in ("kiln_provider", "kiln_device", "kiln_buckets")
+    }
+    assert placement == {"kiln_provider": "CPUExecutionProvider", "kiln_device": "cpu", "kiln_buckets": "off"}
+    for key in placement:  # where the model runs is added; everything else is the config.pbtxt
+        del shown.parameters[key]
+    assert shown == expected
     assert config["max_batch_size"] == 8
 
 
