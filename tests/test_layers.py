@@ -20,6 +20,7 @@ RANKS = {
     "serving.gateway": 3,
     "serving.app": 4,
     "serving.__main__": 5,
+    "serving.workers": 5,  # several gateway processes on one port, started by __main__
     "serving.triton": 5,
 }
 
