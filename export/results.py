@@ -115,19 +115,39 @@ class ExportContext:
         return out
 
     def needs_rebuild(self, entry: str) -> bool:
+        """Stale unless written, or refused by its gate, from this checkpoint and these settings."""
         if self.options.force:
             return True
         precision = "int8" if "_int8" in entry else "fp32"
-        return not repository.is_up_to_date(self.repository / entry, self.sha256, self.settings(precision))
+        settings = self.settings(precision)
+        if repository.refusal(self.repository, entry, self.sha256, settings) is not None:
+            return False
+        return not repository.is_up_to_date(self.repository / entry, self.sha256, settings)
 
     def skipped(self, entry: str) -> EntryResult:
-        meta = repository.read_kiln_json(self.repository / entry) or {}
+        refused = repository.read_refusal(self.repository, entry)
+        meta = refused or repository.read_kiln_json(self.repository / entry) or {}
         parity = meta.get("parity", {})
         diffs = {k: v.get("max_abs_diff") for k, v in parity.get("outputs", {}).items()}
         agreement = parity.get("top1_agreement", parity.get("beam_agreement"))
-        return EntryResult(
-            entry, meta.get("precision", "?"), "up to date", diffs, agreement, path=self.repository / entry
+        message = f"refused by its gate earlier ({refused['message']}); --force re-gates" if refused else ""
+        path = None if refused else self.repository / entry
+        return EntryResult(entry, meta.get("precision", "?"), "up to date", diffs, agreement, message, path)
+
+    def refuse(self, entry: str, precision: str, report: ParityReport, reason: str) -> EntryResult:
+        """Remove a stale ``entry`` that its gate now refuses and remember why (see ``needs_rebuild``)."""
+        repository.remove_entry(self.repository, entry)
+        result = EntryResult.from_report(entry, precision, report)
+        result.status, result.message = "rejected", reason
+        record = {
+            "source_checkpoint": self.source,
+            "export": self.settings(precision),
+            "precision": precision,
+        }
+        repository.remember_refusal(
+            self.repository, entry, {**record, "message": reason, "parity": report.as_dict()}
         )
+        return result
 
     def labels(self, classes: int) -> list[str]:
         labels = self.ckpt.get("labels") or [str(i) for i in range(classes)]

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import repository
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
 from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
@@ -204,10 +203,4 @@ def _int8_entries(ctx: ExportContext, g: dict[str, Any], work: Path) -> list[Ent
     if gate.passed:
         return write_int8_entries(ctx, g, path, {"decoder": dec_report, "gate": gate_report})
     log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
-    results = []
-    for entry in int8_entry_names(ctx.name):
-        repository.remove_entry(ctx.repository, entry)
-        result = EntryResult.from_report(entry, "int8", gate_report)
-        result.status, result.message = "rejected", gate.reason()
-        results.append(result)
-    return results
+    return [ctx.refuse(entry, "int8", gate_report, gate.reason()) for entry in int8_entry_names(ctx.name)]
