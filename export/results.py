@@ -35,6 +35,7 @@ class ExportOptions:
     cuda_graphs: bool = False  # GPU configs only
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precisions", tuple(self.precisions))  # any iterable, kept hashable
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose from {DEVICES}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
