@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from serving.app import create_app
+from serving.beam_search import DecodingOptions
 from serving.settings import Settings
-from serving.translator import TranslateOptions
 from tests.repo_fixtures import LiveServer
 
 TRANSLATORS = {
@@ -179,7 +179,7 @@ async def _solo_tokens(
     translator = translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
     await translator.start()
     try:
-        options = TranslateOptions(beam_size=4, max_length=max_length)
+        options = DecodingOptions(beam_size=4, max_length=max_length)
         return [(await translator.translate([t], options))[0][0].tokens for t in texts]
     finally:
         await translator.stop()
