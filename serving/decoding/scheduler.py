@@ -1,6 +1,6 @@
 """Iteration-level decoding scheduler: the beams of every in-flight request share each decoder step.
 
-One asyncio task per scheduler drives the loop over one persistent :class:`serving.stepper.DecodeBatch`.
+One asyncio task per scheduler drives the loop over one persistent :class:`serving.decoding.stepper.DecodeBatch`.
 Between two decoder steps it admits waiting sentences while the row budget allows (their encoder run
 batched in one call, joined to the batch at once), then, in one call to its worker thread, removes the
 rows of requests that timed out or whose client left and runs one decoder step plus one vectorized
@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving import beam_search as bs
-from serving import stepper
-from serving.backends.base import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
+from serving.decoding import beam_search as bs
+from serving.decoding import stepper
+from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +256,19 @@ class DecodingScheduler:
         configs = [job.config for job, _ in picked]
         self._batch.join(picked, encoded, configs, [len(s) + 1 for s in sources])
 
-    def _leave_and_step(self) -> list[stepper.Finished]:
-        """In the worker thread: drop the rows of answered requests, then one decoder + search step."""
+    def _leave_and_step(self) -> tuple[int, int, list[stepper.Finished]]:
+        """In the worker thread: drop the rows of answered requests, then one decoder + search step.
+
+        Returns the rows and requests the step ran, and the sentences that left."""
         self._batch.remove(np.array([job.finished for job, _ in self._batch.keys], dtype=bool))
-        return self._batch.step(self.run_decoder)
+        rows, requests = self._batch.live_rows, len(self._running_jobs())
+        return rows, requests, self._batch.step(self.run_decoder)
 
     async def _step(self) -> None:
         """One decoder call over every live row, then answer the requests whose sentences all finished."""
-        rows, requests = self._batch.live_rows, len(self._running_jobs())
         started = time.monotonic()
-        finished = await asyncio.get_running_loop().run_in_executor(self._executor, self._leave_and_step)
+        loop = asyncio.get_running_loop()
+        rows, requests, finished = await loop.run_in_executor(self._executor, self._leave_and_step)
         if self.observer is not None:
             self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
         for done in finished:

@@ -9,7 +9,7 @@ in one copy per step (``cache_mask`` marks each row's valid columns: a sentence 
 the earlier columns masked, so every row computes exactly what it would alone; columns no live
 sentence uses are dropped in the same copy), ``positions`` per row. Sentences
 join (one encoder call, padded once) and leave (their rows compacted) between steps; each step is one
-decoder call and one vectorized :func:`serving.beam_search.step` for all sentences.
+decoder call and one vectorized :func:`serving.decoding.beam_search.step` for all sentences.
 
 :func:`translate_ids` decodes one batch of sentences to the end (export's ONNX parity check, the Triton
 python model); the iteration-level scheduler drives a :class:`DecodeBatch` itself.
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving import beam_search as bs
+from serving.decoding import beam_search as bs
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask")
@@ -383,28 +382,3 @@ def translate_ids(
                 raise FloatingPointError(f"source sentence {done.key}: {done.error}")
             results[done.key] = done.hypotheses
     return [results[i] for i in range(len(src_ids))]
-
-
-# --- runners ------------------------------------------------------------------------------------------
-
-
-def onnxruntime_runner(session: Any) -> Runner:
-    """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU).
-
-    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed.
-    """
-    if isinstance(session, str | Path):
-        import onnxruntime  # lazy: only runners need it
-
-        session = onnxruntime.InferenceSession(str(session), providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [name for name in input_names if name not in inputs]
-        if missing:
-            raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(inputs)}")
-        results = session.run(output_names, {name: inputs[name] for name in input_names})
-        return dict(zip(output_names, results, strict=True))
-
-    return run
