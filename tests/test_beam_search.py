@@ -289,15 +289,24 @@ def test_log_probs_of_the_wrong_shape_are_refused():
         bs.step(beams, np.zeros((2, VOCAB), dtype=np.float32))
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed):
+@pytest.mark.parametrize(("seed", "spread"), [(0, 7), (1, 7), (2, 3000)])
+def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed, spread):
     rng = np.random.default_rng(seed)
-    cand = rng.integers(-7, 0, size=(3, 200)).astype(np.float32)  # 3 sentences, heavy ties
+    cand = rng.integers(-spread, 0, size=(3, 200)).astype(np.float32)  # heavy ties, or values far apart
     cand[rng.random((3, 200)) < 0.2] = -np.inf
-    flat, top = bs.top_candidates(cand, 8)  # 200 > 4 * 8: the partition path
+    flat, top = bs.top_candidates(cand, 8)
     expected = np.argsort(-cand, axis=1, kind="stable")[:, :8]
     np.testing.assert_array_equal(flat, expected)
     np.testing.assert_array_equal(top, np.take_along_axis(cand, expected, axis=1))
+
+
+def test_top_candidates_pad_rows_with_fewer_finite_candidates_with_minus_inf():
+    cand = np.full((2, 10), -np.inf, dtype=np.float32)
+    cand[0, [7, 2]] = [-1.0, -1.0]  # a tie: the lower column first
+    cand[1, :] = -np.arange(10, dtype=np.float32)
+    flat, top = bs.top_candidates(cand, 4)
+    assert flat.tolist() == [[2, 7, 10, 10], [0, 1, 2, 3]]
+    assert top.tolist() == [[-1.0, -1.0, -np.inf, -np.inf], [0.0, -1.0, -2.0, -3.0]]
 
 
 def test_output_tokens_stop_at_the_first_eos_and_drop_bos_and_padding():

@@ -287,22 +287,38 @@ def mask_log_probs(
 
 
 def top_candidates(cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``cand`` ``[S, N]``: the best ``k`` column indices and values by a stable descending sort
-    (ties: lower index first). Columns beyond ``N`` (when ``N < k``) come back as ``-inf`` candidates."""
+    """Per row of ``cand`` ``[S, N]``: the best ``k`` finite column indices and values by a stable
+    descending sort (ties: lower index first), padded with ``-inf`` at index ``N`` where a row has fewer.
+
+    Exact without sorting whole rows: every candidate at or above a threshold no higher than the
+    ``k``-th best (so that value and all its ties) is selected, and only those are sorted. The threshold
+    is 8 nats below the row's best, or, for rows where fewer than ``k`` clear that, the ``k``-th best
+    itself (one partition of those rows only). Non-finite candidates are never used by the search, so
+    they are not selected.
+    """
     n, width = cand.shape
-    if width < k:
+    if width < k:  # e.g. step 0 over a vocabulary smaller than 2 * beam
         cand = np.concatenate([cand, np.full((n, k - width), -np.inf, dtype=cand.dtype)], axis=1)
         width = k
-    if width <= 4 * k:
-        order = np.argsort(-cand, axis=1, kind="stable")[:, :k]  # [S, k]
-        return order, np.take_along_axis(cand, order, axis=1)
-    kth = np.partition(cand, width - k, axis=1)[:, width - k]  # [S] k-th largest value
-    sent, col = np.nonzero(cand >= kth[:, None])  # every tie of the k-th value kept, ascending columns
+    floor = np.finfo(cand.dtype).min
+    best = cand.max(axis=1)  # [S]
+    threshold = np.maximum(best - 8, floor).astype(cand.dtype)  # [S]
+    selected = cand >= threshold[:, None]  # [S, N]
+    short = np.flatnonzero(selected.sum(axis=1) < k)
+    if short.size:  # exact k-th best for those rows (not below the lowest finite value)
+        kth = np.partition(cand[short], width - k, axis=1)[:, width - k]
+        threshold[short] = np.maximum(kth, floor)
+        selected[short] = cand[short] >= threshold[short, None]
+    sent, col = np.divmod(np.flatnonzero(selected), width)  # ascending columns per row
     values = cand[sent, col]
-    order = np.lexsort((col, -values, sent))  # by sentence, value descending, then lower column
-    starts = np.searchsorted(sent[order], np.arange(n))  # [S]
-    picked = order[starts[:, None] + np.arange(k)]  # [S, k]
-    return col[picked], values[picked]
+    order = np.lexsort((col, -values, sent))  # by row, value descending, then lower column
+    counts = np.bincount(sent, minlength=n)  # [S]
+    starts = np.cumsum(counts) - counts  # [S]
+    rank = np.arange(k)
+    present = rank < counts[:, None]  # [S, k]
+    picked = order[np.where(present, starts[:, None] + rank, 0)] if order.size else np.zeros((n, k), np.int64)
+    index = np.where(present, col[picked] if col.size else width, width)
+    return index, np.where(present, values[picked] if values.size else -np.inf, -np.inf).astype(cand.dtype)
 
 
 @dataclass(frozen=True)
