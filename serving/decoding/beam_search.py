@@ -292,8 +292,8 @@ def top_candidates(cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Exact without sorting whole rows: every candidate at or above a threshold no higher than the
     ``k``-th best (so that value and all its ties) is selected, and only those are sorted. The threshold
-    is 8 nats below the row's best, or, for rows where fewer than ``k`` clear that, the ``k``-th best
-    itself (one partition of those rows only). Non-finite candidates are never used by the search, so
+    is 8 nats below the row's best, widened a nat at a time up to 12 for rows where fewer than ``k``
+    clear it, then the ``k``-th best itself (a partition of the rows still short). Non-finite candidates are never used by the search, so
     they are not selected.
     """
     n, width = cand.shape
@@ -305,10 +305,16 @@ def top_candidates(cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     threshold = np.maximum(best - 8, floor).astype(cand.dtype)  # [S]
     selected = cand >= threshold[:, None]  # [S, N]
     short = np.flatnonzero(selected.sum(axis=1) < k)
-    if short.size:  # exact k-th best for those rows (not below the lowest finite value)
-        kth = np.partition(cand[short], width - k, axis=1)[:, width - k]
-        threshold[short] = np.maximum(kth, floor)
+    for spread in (9, 10, 11, 12, None):  # widen for rows still short (tails are dense: a nat at a time)
+        if not short.size:
+            break
+        if spread is None:
+            limit = np.partition(cand[short], width - k, axis=1)[:, width - k]
+        else:
+            limit = best[short] - spread
+        threshold[short] = np.maximum(limit, floor)
         selected[short] = cand[short] >= threshold[short, None]
+        short = short[selected[short].sum(axis=1) < k]
     sent, col = np.divmod(np.flatnonzero(selected), width)  # ascending columns per row
     values = cand[sent, col]
     order = np.lexsort((col, -values, sent))  # by row, value descending, then lower column
