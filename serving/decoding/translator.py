@@ -87,15 +87,19 @@ class Translator:
             raise ValueError(f"translator {name!r} needs at least one scheduler")
         self.limits = limits or bs.LIMITS
         self.spec = self.schedulers[0].spec
-        self._codec_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-codec-{name}")
+        self._codec_thread: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        if self._codec_thread is None:
+            self._codec_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-codec-{self.name}")
         for scheduler in self.schedulers:
             await scheduler.start()
 
     async def stop(self, grace_s: float = 30.0) -> None:
         await asyncio.gather(*(scheduler.stop(grace_s) for scheduler in self.schedulers))
-        self._codec_thread.shutdown(wait=False)
+        if self._codec_thread is not None:
+            self._codec_thread.shutdown(wait=False)
+            self._codec_thread = None
 
     def beam_config(self, options: bs.DecodingOptions) -> bs.BeamConfig:
         """The search settings, refusing values over the limits with the option named (422)."""
