@@ -12,7 +12,9 @@ from torch import nn
 
 from export import repository
 from export.parity import ParityReport
-from export.quantize import PRECISIONS, GateResult
+from export.quantize import PRECISIONS
+
+DEVICES = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -20,14 +22,21 @@ class ExportOptions:
     """What to build; everything that changes the artifacts is recorded in kiln.json ``export``."""
 
     precisions: tuple[str, ...] = ("fp32",)
-    int8_max_drop: float = 0.5
+    int8_max_drop: float = 0.5  # classifiers: max validation top-1 drop (points)
+    int8_min_agreement: float = 0.995  # translators: min share of sentences token-identical to fp32
+    int8_max_bleu_drop: float = 0.2  # translators: max BLEU drop
     tensorrt: str = "auto"
     max_batch_size: int = 64
     force: bool = False
     beam_sentences: int = 200
     beam_size: int = 4
+    device: str = "cpu"  # cpu | gpu: where the written configs place their instances
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # GPU configs only (docs/kiln-json.md)
+    cuda_graphs: bool = False  # GPU configs only
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose from {DEVICES}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise ValueError(f"unknown precision(s) {unknown}; choose from {PRECISIONS}")
@@ -78,7 +87,7 @@ class ExportContext:
     options: ExportOptions
     name: str
     on_step: Callable[[str], None] | None = None
-    accuracy_hook: Callable[[GateResult], GateResult] | None = None
+    accuracy_hook: Callable[[Any], Any] | None = None  # replaces a GateResult / TranslationGate
     validation: Any = None
 
     @property
@@ -97,6 +106,12 @@ class ExportContext:
         }
         if precision == "int8":
             out["int8_max_drop"] = self.options.int8_max_drop
+            out["int8_min_agreement"] = self.options.int8_min_agreement
+            out["int8_max_bleu_drop"] = self.options.int8_max_bleu_drop
+        if self.options.device == "gpu":  # absent on CPU, so CPU entries written before stay up to date
+            out["device"] = "gpu"
+            out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search
+            out["cuda_graphs"] = self.options.cuda_graphs
         return out
 
     def needs_rebuild(self, entry: str) -> bool:
