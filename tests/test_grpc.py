@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from serving.backends.base import (
 )
 from serving.grpc_server import GrpcHandle, start_grpc_server
 from serving.tensors import classification
+from serving.triton.server import free_port, held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 
 IMAGE = (SIZE, SIZE, CHANNELS)  # one image of the tiny test repository, NHWC
@@ -66,12 +66,13 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
     from serving.app import create_app
     from serving.settings import Settings
 
-    http_port, grpc_port = _free_port(), _free_port()
+    http_socket, grpc_port = held_port(), free_port()  # uvicorn serves on the held socket: no race
+    http_port = http_socket.getsockname()[1]
     config = Settings(model_repository=repository, http_port=http_port, grpc_port=grpc_port, **settings)
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=http_port, log_level="warning")
     )
-    task = asyncio.run_coroutine_threadsafe(server.serve(), loop.loop)
+    task = asyncio.run_coroutine_threadsafe(server.serve(sockets=[http_socket]), loop.loop)
     deadline = time.monotonic() + 60
     while not server.started:
         if task.done() or time.monotonic() > deadline:
@@ -82,12 +83,7 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
     finally:
         server.should_exit = True
         task.result(60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        http_socket.close()
 
 
 class FakeBackend:
