@@ -1,6 +1,6 @@
 """Beam search over the exported ONNX encoder/decoder against the PyTorch reference, token for token.
 
-The numpy side is the serving code itself (``serving.stepper.translate_ids``), so this check proves
+The numpy side is the serving code itself (``serving.decoding.stepper.translate_ids``), so this check proves
 that what the gateway will run translates exactly like the trained model.
 """
 
@@ -61,8 +61,9 @@ def _torch_beams(
 def _onnx_beams(
     g: dict[str, Any], spec: dict[str, Any], sents: list[list[int]], cfg: dict
 ) -> list[list[int]]:
-    from serving.beam_search import BeamConfig
-    from serving.stepper import onnxruntime_runner, translate_ids
+    from serving.decoding.beam_search import BeamConfig
+    from serving.decoding.stepper import translate_ids
+    from serving.execution.onnxruntime import onnxruntime_runner
 
     step_spec = {k: v for k, v in spec.items() if k != "vocab_size_src"}
     enc, dec = onnxruntime_runner(ort_session(g["enc_path"])), onnxruntime_runner(ort_session(g["dec_path"]))

@@ -69,11 +69,12 @@ def _copy_runtime(version: Path) -> str:
     if not TEMPLATE.is_file():
         return f"missing: {TEMPLATE.relative_to(ROOT)} did not exist at export time; entry has no model.py"
     shutil.copyfile(TEMPLATE, version / "model.py")
-    package = version / "serving"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
+    package = version / "serving" / "decoding"
+    package.mkdir(parents=True)
+    for level in (package.parent, package):
+        (level / "__init__.py").write_text("")
     for module in RUNTIME_MODULES:
-        shutil.copyfile(ROOT / "serving" / module, package / module)
+        shutil.copyfile(ROOT / "serving" / "decoding" / module, package / module)
     return "model.py"
 
 

@@ -13,11 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.backends.base import Backend, ServingError
-from serving.limits import BodyLimitMiddleware
+from serving.decoding.scheduler import SchedulerConfig
+from serving.errors import ServingError
+from serving.execution.base import Backend
+from serving.execution.repository import Repository
+from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
-from serving.repository import Repository
-from serving.routers import health, metrics, translate, v1, v2
+from serving.protocol import health, metrics, translate, v1, v2
+from serving.protocol.limits import BodyLimitMiddleware
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,8 +31,13 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.repository = Repository(settings.model_repository)
-        app.state.backend = backend or make_backend(settings, app.state.repository, app.state.metrics)
+        app.state.repository = repository = Repository(settings.model_repository)
+        app.state.backend = make_gateway(
+            settings,
+            repository,
+            backend or make_backend(settings, repository, app.state.metrics),
+            app.state.metrics,
+        )
         await app.state.backend.start()
         grpc_handle = await start_grpc(settings, app.state.backend)
         try:
@@ -49,16 +57,31 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     return app
 
 
+def make_gateway(
+    settings: Settings, repository: Repository, backend: Backend, metrics: GatewayMetrics
+) -> Gateway:
+    """The backend behind the translator pool that decodes over its runners (when it asks for one)."""
+    scheduler_config = SchedulerConfig(
+        max_queue=settings.max_queue_size,
+        timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )
+    return Gateway(
+        backend, repository, scheduler_config=scheduler_config, observer=metrics,
+        retry_after_s=settings.retry_after_s, shutdown_grace_s=settings.shutdown_grace_s,
+    )  # fmt: skip
+
+
 def make_backend(settings: Settings, repository: Repository, metrics: GatewayMetrics) -> Backend:
     """The backend ``settings.backend`` names; the Triton one is imported only when chosen."""
     if settings.backend == "triton":
-        from serving.backends.triton import TritonBackend
+        from serving.execution.triton import TritonBackend
 
         return TritonBackend(
             settings.triton_url, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s,
-            repository=repository, translate=settings.triton_translate, metrics=metrics,
+            repository=repository, translate=settings.triton_translate,
         )  # fmt: skip
-    from serving.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(
         intra_op_threads=settings.intra_op_threads,
@@ -76,12 +99,13 @@ async def start_grpc(settings: Settings, backend: Backend) -> Any:
     if not settings.grpc_port:
         return None
     try:
-        from serving.grpc_server import start_grpc_server
+        from serving.protocol.grpc_server import start_grpc_server
     except ModuleNotFoundError as exc:
-        if exc.name != "serving.grpc_server":
+        if exc.name != "serving.protocol.grpc_server":
             raise
         log.warning(
-            "serving.grpc_server is not available; serving HTTP only (no gRPC on port %d)", settings.grpc_port
+            "serving.protocol.grpc_server is not available; serving HTTP only (no gRPC on port %d)",
+            settings.grpc_port,
         )
         return None
     handle = start_grpc_server(backend, settings.host, settings.grpc_port)

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.backends.base import DeadlineExceeded, Overloaded
-from serving.batcher import BatchPolicy, DynamicBatcher
+from serving.errors import DeadlineExceeded, Overloaded
+from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from tests.waiting import DEADLINE_S, until
 
 

@@ -1,4 +1,4 @@
-"""serving.beam_search against a scripted fake decoder with hand-computed hypotheses and scores."""
+"""serving.decoding.beam_search against a scripted fake decoder with hand-computed hypotheses and scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from serving import beam_search as bs
+from serving.decoding import beam_search as bs
 
 PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
 VOCAB = 6

@@ -1,4 +1,4 @@
-"""training.decoding: the PyTorch reference agrees with serving.beam_search token for token."""
+"""training.decoding: the PyTorch reference agrees with serving.decoding.beam_search token for token."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from serving import beam_search as bs
+from serving.decoding import beam_search as bs
 from tests.test_beam_search import (
     BOS,
     EOS,

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from serving.app import create_app
-from serving.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
-from serving.repository import Repository
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
 from tests.waiting import DEADLINE_S, eventually
@@ -247,8 +247,8 @@ def test_requests_past_their_deadline_answer_504_and_leave_the_server_usable(rep
 
 def test_the_gateway_never_imports_torch():
     code = (
-        "import sys, serving, serving.app, serving.__main__, serving.backends.onnxruntime, serving.routers.v1, "
-        "serving.routers.v2, serving.images, serving.tensors, serving.batcher\n"
+        "import sys, serving, serving.app, serving.__main__, serving.execution.onnxruntime, serving.protocol.v1, "
+        "serving.protocol.v2, serving.protocol.images, serving.protocol.tensors, serving.execution.batcher\n"
         "serving.app.create_app(serving.settings.Settings())\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

@@ -17,18 +17,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from serving.backends.base import (
-    BadRequest,
-    InferRequest,
-    InferResponse,
-    ModelMetadata,
-    ModelNotFound,
-    Overloaded,
-    TensorMeta,
-    Unavailable,
-)
-from serving.grpc_server import GrpcHandle, start_grpc_server
-from serving.tensors import classification
+from serving.errors import BadRequest, ModelNotFound, Overloaded, Unavailable
+from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta
+from serving.execution.datatypes import classification
+from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from serving.triton.server import free_port, held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 

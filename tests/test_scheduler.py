@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from serving import beam_search as bs
-from serving import stepper
-from serving.backends.base import DeadlineExceeded, Overloaded, ServingError
-from serving.scheduler import DecodingScheduler, SchedulerConfig
+from serving.decoding import beam_search as bs
+from serving.decoding import stepper
+from serving.decoding.scheduler import DecodingScheduler, SchedulerConfig
+from serving.errors import DeadlineExceeded, Overloaded, ServingError
 from tests.waiting import until
 
 VOCAB = 9

@@ -1,4 +1,4 @@
-"""serving.stepper: spec-driven decoder state; merged rows compute exactly what they would alone."""
+"""serving.decoding.stepper: spec-driven decoder state; merged rows compute exactly what they would alone."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from serving import beam_search as bs
-from serving import stepper as st
+from serving.decoding import beam_search as bs
+from serving.decoding import stepper as st
+from serving.execution.onnxruntime import onnxruntime_runner
 
 PAD, BOS, EOS = 0, 1, 2
 D, V, SRC_V = 4, 9, 12
@@ -230,7 +231,7 @@ def test_onnxruntime_runner_feeds_only_the_declared_inputs(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "neg.onnx")
-    run = st.onnxruntime_runner(tmp_path / "neg.onnx")
+    run = onnxruntime_runner(tmp_path / "neg.onnx")
     out = run({"x": np.ones((3, 2), np.float32), "unused": np.zeros(1)})
     np.testing.assert_array_equal(out["y"], -np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"\['x'\]"):

@@ -4,17 +4,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from serving.backends.base import BadRequest
-from serving.tensors import (
-    DATATYPE_TO_NUMPY,
-    classification,
-    datatype_of,
-    from_bytes,
-    from_json_data,
-    parse_classification,
-    to_bytes,
-    to_json_data,
-)
+from serving.errors import BadRequest
+from serving.execution.datatypes import DATATYPE_TO_NUMPY, classification, datatype_of, parse_classification
+from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 NUMERIC = sorted(set(DATATYPE_TO_NUMPY) - {"BYTES"})
 

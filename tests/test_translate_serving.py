@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from serving.app import create_app
+from serving.decoding.translator import TranslateOptions
 from serving.settings import Settings
-from serving.translator import TranslateOptions
 from tests.repo_fixtures import LiveServer
 
 TRANSLATORS = {
@@ -168,8 +168,8 @@ async def _solo_tokens(
     repository: Path, name: str, texts: list[str], max_length: int = MAX_LENGTH
 ) -> list[list[int]]:
     """The gateway's translator service built in-process on the same entries: ids of each text alone."""
-    from serving.stepper import onnxruntime_runner
-    from serving.translator import translator_from_entry
+    from serving.decoding.translator import translator_from_entry
+    from serving.execution.onnxruntime import onnxruntime_runner
 
     kiln = json.loads((repository / name / "kiln.json").read_text())
     run = {

@@ -16,8 +16,9 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from serving.backends.base import BadRequest, InferRequest, ModelNotFound, Unavailable
-from serving.backends.triton import TritonBackend
+from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.execution.base import InferRequest
+from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.test_grpc import LoopThread, run_gateway

@@ -1,6 +1,6 @@
 """PyTorch reference decoding for translators: greedy, beam search and teacher-forced scoring.
 
-The beam search follows docs/translator-interface.md token for token with ``serving.beam_search`` (the
+The beam search follows docs/translator-interface.md token for token with ``serving.decoding.beam_search`` (the
 numpy library the gateway runs), but is written with batched torch ops: every sentence keeps ``beam``
 rows (rows that have no live candidate carry score -inf and are never finalized), each sentence keeps
 its best ``beam`` finished hypotheses and leaves the batch once no live row can beat them (Hugging

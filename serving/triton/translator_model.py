@@ -1,8 +1,8 @@
 """Triton python-backend model of a translator entry ``<name>``: tokenize, beam search, detokenize.
 
-Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/beam_search.py`` and
-``serving/stepper.py`` beside it (``<version>/serving/``); those copies are imported, so the search
-Triton runs is the one the entry was exported and parity-checked with. The encoder and decoder run as
+Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``
+and ``serving/decoding/stepper.py`` beside it (``<version>/serving/decoding/``); those copies are
+imported, so the search Triton runs is the one the entry was exported and parity-checked with. The encoder and decoder run as
 BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each
 decoder call), in chunks that fit the encoder's and decoder's ``max_batch_size``.
@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from serving import beam_search as bs  # noqa: E402
-from serving import stepper  # noqa: E402
+from serving.decoding import beam_search as bs  # noqa: E402
+from serving.decoding import stepper  # noqa: E402
 
 DEFAULTS = {"beam_size": 4, "n_best": 1, "max_length": 64, "length_penalty": "average", "alpha": 1.0}
 LIMITS = {"beam_size": 16, "texts": 64, "chars": 1000}

@@ -3,7 +3,7 @@
 One asyncio task per translator drives the loop. Between two decoder steps it drops requests that
 timed out or whose client left (their rows simply are not gathered into the next call), admits waiting
 sentences while the row budget allows (their encoder run batched in one call), then runs one decoder
-step over the live rows of all admitted sentences (:func:`serving.stepper.step_sentences`: per-sentence
+step over the live rows of all admitted sentences (:func:`serving.decoding.stepper.step_sentences`: per-sentence
 ``np.take`` by beam origin, caches left-padded and sources right-padded per the step spec, so every
 row computes exactly what it would alone). Sentences that finish leave at once; a request is answered
 when its last sentence is done. Encoder and decoder calls run in a worker thread, so the event loop
@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving import beam_search as bs
-from serving import stepper
-from serving.backends.base import DeadlineExceeded, Overloaded, ServingError, Unavailable
+from serving.decoding import beam_search as bs
+from serving.decoding import stepper
+from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 

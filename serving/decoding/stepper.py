@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving import beam_search as bs
+from serving.decoding import beam_search as bs
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask")
@@ -292,7 +291,7 @@ def _trim(spec: StepSpec, state: RowState) -> RowState:
 
 
 class BatchDecoder:
-    """A :data:`serving.beam_search.StepFn` over one batch of rows that all started together."""
+    """A :data:`serving.decoding.beam_search.StepFn` over one batch of rows that all started together."""
 
     def __init__(self, spec: StepSpec, run_decoder: Runner, rows: RowState) -> None:
         self.spec, self.run_decoder, self.rows = spec, run_decoder, rows
@@ -375,28 +374,3 @@ def step_sentences(spec: StepSpec, run_decoder: Runner, sentences: Sequence[Sent
         beam, origin, tokens = bs.advance(s.beam, lp)
         out.append(dataclasses.replace(s, beam=beam, rows=rows, origin=origin, tokens=tokens))
     return out
-
-
-# --- runners ------------------------------------------------------------------------------------------
-
-
-def onnxruntime_runner(session: Any) -> Runner:
-    """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU).
-
-    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed.
-    """
-    if isinstance(session, str | Path):
-        import onnxruntime  # lazy: only runners need it
-
-        session = onnxruntime.InferenceSession(str(session), providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [name for name in input_names if name not in inputs]
-        if missing:
-            raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(inputs)}")
-        results = session.run(output_names, {name: inputs[name] for name in input_names})
-        return dict(zip(output_names, results, strict=True))
-
-    return run

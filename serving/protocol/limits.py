@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.backends.base import PayloadTooLarge
+from serving.errors import PayloadTooLarge
 
 
 class BodyLimitMiddleware:

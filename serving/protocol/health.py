@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from serving.routers.deps import BackendDep
+from serving.protocol.deps import BackendDep
 
 router = APIRouter(tags=["health"])
 

@@ -7,9 +7,10 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from serving.backends.base import Backend, UnprocessableInput
+from serving.errors import UnprocessableInput
+from serving.execution.base import Backend
+from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
-from serving.repository import Repository
 from serving.settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

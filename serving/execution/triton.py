@@ -18,20 +18,9 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from serving.backends.base import (
-    BadRequest,
-    DeadlineExceeded,
-    InferRequest,
-    InferResponse,
-    ModelMetadata,
-    ModelNotFound,
-    Overloaded,
-    ServingError,
-    TensorMeta,
-    Unavailable,
-)
-from serving.tensors import datatype_of
-from serving.translator import Translator, TranslatorPool
+from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded, ServingError, Unavailable
+from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner, TensorMeta
+from serving.execution.datatypes import datatype_of
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +60,6 @@ class TritonBackend:
         resync_interval_s: float = 1.0,
         repository: Any = None,
         translate: str = "triton",
-        metrics: Any = None,
     ) -> None:
         if translate not in TRANSLATE_MODES:
             raise ValueError(f"translate must be one of {TRANSLATE_MODES}, got {translate!r}")
@@ -88,9 +76,9 @@ class TritonBackend:
         self._last_sync = float("-inf")
         self._sync_lock = asyncio.Lock()
         self.translate_mode = translate if repository is not None else "triton"
-        self._translators = (
-            TranslatorPool(repository, observer=metrics) if self.translate_mode == "scheduler" else None
-        )
+        self.repository = repository
+        # "scheduler": the gateway's translator pool decodes over this backend's runners.
+        self.runs_translators_in_gateway = self.translate_mode == "scheduler"
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -211,26 +199,12 @@ class TritonBackend:
             await self._sync(force=True)
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
-        if self._translators is not None:
-            await self._translators.start(self._step_runner)
 
     async def stop(self) -> None:
-        if self._translators is not None:
-            await self._translators.stop()
         await self._drop_connection()
 
-    def translator(self, name: str) -> Translator | None:
-        """The gateway's own scheduler over Triton's encoder/decoder, or None to call Triton's model."""
-        if self._translators is None:
-            return None
-        translator = self._translators.get(name)
-        if translator is None:
-            reason = self._translators.failed.get(name, "it is not a translate entry of the repository")
-            raise Unavailable(f"translator {name!r} is not ready: {reason}", retry_after=self.retry_after_s)
-        return translator
-
-    def _step_runner(self, name: str) -> Any:
-        """A blocking stepper Runner calling entry ``name`` on Triton (the scheduler runs it in a thread)."""
+    def runner(self, name: str) -> Runner:
+        """A blocking Runner calling entry ``name`` on Triton (the decoding scheduler runs it in a thread)."""
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
 
@@ -241,7 +215,7 @@ class TritonBackend:
 
             client = client_module.InferenceServerClient(self.url, network_timeout=self.timeout_s)
             extra = {}
-        entry = self._translators.repository.get(name)
+        entry = self.repository.get(name)
         inputs = [t.name for t in entry.inputs()]
         outputs = [client_module.InferRequestedOutput(t.name) for t in entry.outputs()]
 

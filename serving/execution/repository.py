@@ -16,8 +16,9 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from serving.backends.base import BadRequest, ModelNotFound, TensorMeta
-from serving.tensors import CONFIG_TYPE_TO_DATATYPE
+from serving.errors import BadRequest, ModelNotFound
+from serving.execution.base import TensorMeta
+from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Uses the protobuf stubs shipped in ``tritonclient.grpc`` so ``tritonclient.grpc`` talks to the gateway
 exactly as it talks to Triton. Tensors travel in ``raw_input_contents`` / ``raw_output_contents`` (the
-layout of :mod:`serving.tensors`); typed ``contents`` are accepted too. Client mistakes come back as
+layout of :mod:`serving.protocol.tensors`); typed ``contents`` are accepted too. Client mistakes come back as
 gRPC status codes derived from :class:`ServingError`, never as INTERNAL.
 """
 
@@ -17,8 +17,10 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from serving import tensors
-from serving.backends.base import Backend, BadRequest, InferRequest, ServingError, model_parameters
+from serving.errors import BadRequest, ServingError
+from serving.execution.base import Backend, InferRequest, model_parameters
+from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.protocol import tensors
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
     """Decode the typed ``contents`` of one input tensor."""
     field = _CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
-        tensors.numpy_dtype(tensor.datatype, tensor=tensor.name)  # raises for unknown datatypes
+        numpy_dtype(tensor.datatype, tensor=tensor.name)  # raises for unknown datatypes
         raise BadRequest(f"tensor {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents")
     values = list(getattr(tensor.contents, field))
     return tensors.from_json_data(values, tensor.datatype, shape, tensor=tensor.name)
@@ -98,7 +100,7 @@ def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> se
     )
     for name, array in response.outputs.items():
         array = np.asarray(array)
-        out = reply.outputs.add(name=name, datatype=tensors.datatype_of(array))
+        out = reply.outputs.add(name=name, datatype=datatype_of(array))
         out.shape.extend(int(d) for d in array.shape)
         reply.raw_output_contents.append(tensors.to_bytes(array))
     return reply

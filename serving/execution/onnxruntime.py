@@ -13,25 +13,17 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from serving.backends.base import (
-    BadRequest,
-    InferRequest,
-    InferResponse,
-    ModelMetadata,
-    ModelNotFound,
-    Unavailable,
-)
-from serving.batcher import BatchPolicy, DynamicBatcher
-from serving.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
-from serving.scheduler import SchedulerConfig
-from serving.stepper import onnxruntime_runner
-from serving.tensors import classification, datatype_of
-from serving.translator import Translator, TranslatorPool
+from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
+from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from serving.execution.datatypes import classification, datatype_of
+from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +58,9 @@ class _LoadedModel:
 class OnnxRuntimeBackend:
     """Serve every ONNX entry of a model repository in-process."""
 
+    # Translate entries are decoded by the gateway's scheduler over this backend's runners.
+    runs_translators_in_gateway = True
+
     def __init__(
         self,
         repository: Repository,
@@ -84,9 +79,6 @@ class OnnxRuntimeBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
         self._stopping = False
-        self._translators = TranslatorPool(
-            repository, scheduler_config=_scheduler_config(self.options), observer=metrics
-        )
 
     async def start(self) -> None:
         """Create the sessions (in a thread, they can take a while) and start one batcher per version."""
@@ -102,15 +94,12 @@ class OnnxRuntimeBackend:
                 self._failed[entry.name] = str(exc)
                 continue
             self._models[(entry.name, version)] = self._make_model(entry, version, sessions)
-        await self._translators.start(self._step_runner)
-        self._failed.update(self._translators.failed)
         self._started = True
         log.info("onnxruntime backend serving %s", sorted({name for name, _ in self._models}))
 
     async def stop(self) -> None:
         """Finish queued and running requests, then release the sessions."""
         self._stopping = True
-        await self._translators.stop(self.options.shutdown_grace_s)
         await asyncio.gather(*(m.batcher.stop(self.options.shutdown_grace_s) for m in self._models.values()))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -131,8 +120,7 @@ class OnnxRuntimeBackend:
             version = entry.resolve_version(version)
         except ModelNotFound:
             return False
-        served = (name, version) in self._models or self._translators.get(name) is not None
-        return self._started and not self._stopping and served
+        return self._started and not self._stopping and (name, version) in self._models
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         entry = self.repository.get(name)
@@ -144,8 +132,6 @@ class OnnxRuntimeBackend:
         return self.repository.get(name).config_dict()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if request.model in self._translators.names():  # KServe: BYTES text in, BYTES translation out
-            return await self.translator(request.model).infer(request)
         model = self._loaded(request.model, request.version)
         classify = _classification_counts(request, model.entry)
         wanted = request.outputs or model.output_names
@@ -166,23 +152,8 @@ class OnnxRuntimeBackend:
             result[name] = value
         return InferResponse(request.model, model.version, result, request.request_id)
 
-    def translator(self, name: str) -> Translator:
-        """The translation service of a ``task == "translate"`` entry (iteration-level batched)."""
-        entry = self.repository.get(name)
-        translator = self._translators.get(name)
-        if translator is None or self._stopping:
-            if entry.task != "translate":
-                raise BadRequest(
-                    f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate"
-                )
-            reason = self._failed.get(name, "the gateway is starting or stopping")
-            raise Unavailable(
-                f"translator {name!r} is not ready: {reason}", retry_after=self.options.retry_after_s
-            )
-        return translator
-
-    def _step_runner(self, name: str) -> Any:
-        """A stepper Runner over the first session of an encoder/decoder entry (the scheduler batches)."""
+    def runner(self, name: str) -> Runner:
+        """A Runner over the first session of an encoder/decoder entry (the decoding scheduler batches)."""
         entry = self.repository.get(name)
         model = self._models.get((name, entry.resolve_version("")))
         if model is None:
@@ -245,6 +216,28 @@ class OnnxRuntimeBackend:
         return model
 
 
+def onnxruntime_runner(session: Any) -> Runner:
+    """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU).
+
+    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed.
+    """
+    if isinstance(session, str | Path):
+        import onnxruntime as ort  # lazy: nothing heavy at import time
+
+        session = ort.InferenceSession(str(session), providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [name for name in input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(inputs)}")
+        results = session.run(output_names, {name: inputs[name] for name in input_names})
+        return dict(zip(output_names, results, strict=True))
+
+    return run
+
+
 def validate_inputs(entry: RepositoryEntry, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Check names, datatypes, shapes and batch size against the config; errors name the input."""
     expected = {meta.name: meta for meta in entry.inputs()}
@@ -288,14 +281,6 @@ def _classification_counts(request: InferRequest, entry: RepositoryEntry) -> dic
         if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
             raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
     return counts
-
-
-def _scheduler_config(options: OrtOptions) -> SchedulerConfig:
-    return SchedulerConfig(
-        max_queue=options.max_queue_size,
-        timeout_s=options.default_timeout_s or 30.0,
-        retry_after_s=options.retry_after_s,
-    )
 
 
 def _instance_count(config: Any) -> int:

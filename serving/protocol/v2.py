@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.backends.base import BadRequest, PayloadTooLarge
+from serving.errors import BadRequest, PayloadTooLarge
+from serving.execution.repository import parse_version
 from serving.metrics import observed_infer
-from serving.repository import parse_version
-from serving.routers.deps import BackendDep, MetricsDep, SettingsDep
-from serving.routers.v2_codec import HEADER_LENGTH, encode_infer, parse_infer
+from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep
+from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer, parse_infer
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]

@@ -1,9 +1,9 @@
 """``POST /v1/models/{name}/translate``: batched beam-search translation of a list of texts.
 
 The body is parsed by hand (invalid UTF-8 or JSON is a 400, not a 422 or 500) and then validated by a
-strict pydantic schema (unknown fields are a 422). Backends that run the scheduler in the gateway
-expose ``translator(name)``; any other backend is reached through KServe infer on the ``<name>``
-entry (BYTES ``text`` in, ``translation`` out, options as request parameters).
+strict pydantic schema (unknown fields are a 422). When the gateway decodes (its translator pool over
+the backend's runners) ``translator(name)`` answers; otherwise the backend is reached through KServe
+infer on the ``<name>`` entry (BYTES ``text`` in, ``translation`` out, options as request parameters).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.backends.base import Backend, BadRequest, InferRequest, UnprocessableInput
+from serving.decoding.translator import TranslateOptions, Translation
+from serving.errors import BadRequest, UnprocessableInput
+from serving.execution.base import Backend, InferRequest
 from serving.metrics import GatewayMetrics, observed_infer
-from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
-from serving.translator import TranslateOptions, Translation
+from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 

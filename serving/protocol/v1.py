@@ -15,11 +15,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from serving.backends.base import BadRequest, InferRequest, PayloadTooLarge, UnprocessableInput
-from serving.images import decode_base64, decode_image
+from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from serving.execution.base import InferRequest
+from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed_infer
-from serving.repository import RepositoryEntry
-from serving.routers.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
+from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
+from serving.protocol.images import decode_base64, decode_image
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 

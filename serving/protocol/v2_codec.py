@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import BadRequest, InferRequest, InferResponse, model_parameters
-from serving.tensors import datatype_of, from_bytes, from_json_data, numpy_dtype, to_bytes, to_json_data
+from serving.errors import BadRequest
+from serving.execution.base import InferRequest, InferResponse, model_parameters
+from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

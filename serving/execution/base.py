@@ -1,12 +1,13 @@
 """The one interface every gateway front end (REST, KServe v2 HTTP, KServe v2 gRPC) calls.
 
 Front ends translate wire formats into :class:`InferRequest` and back; backends never see HTTP or
-gRPC. Errors a client caused are raised as :class:`ServingError` subclasses carrying the HTTP status
-(mapped to gRPC codes by the gRPC server), never as bare exceptions.
+gRPC. Errors a client caused are raised as :class:`serving.errors.ServingError` subclasses carrying
+the HTTP status (mapped to gRPC codes by the gRPC server), never as bare exceptions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,41 +25,8 @@ def model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}
 
 
-class ServingError(Exception):
-    status: int = 500
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class BadRequest(ServingError):
-    status = 400
-
-
-class ModelNotFound(ServingError):
-    status = 404
-
-
-class PayloadTooLarge(ServingError):
-    status = 413
-
-
-class UnprocessableInput(ServingError):
-    status = 422
-
-
-class Overloaded(ServingError):
-    status = 429
-
-
-class Unavailable(ServingError):
-    status = 503
-
-
-class DeadlineExceeded(ServingError):
-    status = 504
+# One model entry as a blocking callable over named arrays (what the decoding scheduler drives).
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from serving import beam_search as bs
-from serving import stepper
-from serving.backends.base import BadRequest, InferRequest, InferResponse, PayloadTooLarge, UnprocessableInput
-from serving.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
+from serving.decoding import beam_search as bs
+from serving.decoding import stepper
+from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
+from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from serving.execution.base import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 

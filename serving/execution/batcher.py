@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import DeadlineExceeded, Overloaded, Unavailable
+from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 

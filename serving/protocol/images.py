@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import BadRequest, PayloadTooLarge
+from serving.errors import BadRequest, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG")
 

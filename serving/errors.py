@@ -1,0 +1,46 @@
+"""The error types every layer raises: each carries the HTTP status a client sees.
+
+Front ends map them to their wire format (JSON ``{"error": ...}`` over HTTP, the gRPC status Triton
+would use); nothing below the protocol layer knows HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """A failure a client is told about, with its HTTP status (and Retry-After when overloaded)."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(ServingError):
+    status = 400
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class UnprocessableInput(ServingError):
+    status = 422
+
+
+class Overloaded(ServingError):
+    status = 429
+
+
+class Unavailable(ServingError):
+    status = 503
+
+
+class DeadlineExceeded(ServingError):
+    status = 504

@@ -1,0 +1,1 @@
+"""Execution: the repository reader, the dynamic batcher and the backends (embedded ONNX Runtime, Triton)."""

@@ -1,0 +1,81 @@
+"""KServe v2 datatypes: names <-> numpy dtypes, Triton config type names, classification strings.
+
+Below every wire format: the repository reader, the backends and the protocol codecs share these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.errors import BadRequest
+
+# KServe v2 datatype -> numpy dtype. BYTES tensors are numpy object arrays of ``bytes``.
+DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
+
+# Triton config.pbtxt ``TYPE_*`` names -> KServe v2 datatype names.
+CONFIG_TYPE_TO_DATATYPE = {f"TYPE_{name}": name for name in DATATYPE_TO_NUMPY if name != "BYTES"}
+CONFIG_TYPE_TO_DATATYPE["TYPE_STRING"] = "BYTES"
+
+
+def numpy_dtype(datatype: str, *, tensor: str = "") -> np.dtype:
+    """The numpy dtype of a KServe datatype; unknown names are a client error."""
+    try:
+        return DATATYPE_TO_NUMPY[datatype]
+    except KeyError:
+        where = f"tensor {tensor!r}: " if tensor else ""
+        raise BadRequest(
+            f"{where}unsupported datatype {datatype!r}; expected one of {sorted(DATATYPE_TO_NUMPY)}"
+        ) from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The KServe datatype name of a numpy array (object and string arrays are BYTES)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    try:
+        return _NUMPY_TO_DATATYPE[array.dtype]
+    except KeyError:
+        raise TypeError(f"numpy dtype {array.dtype} has no KServe v2 datatype") from None
+
+
+def classification(
+    scores: np.ndarray, count: int, labels: Sequence[str] | None, *, batched: bool
+) -> np.ndarray:
+    """Triton's classification extension: the top ``count`` classes as BYTES ``"score:index[:label]"``."""
+    if count <= 0:
+        raise BadRequest(f"classification count must be a positive integer, got {count}")
+    rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
+    count = min(count, rows.shape[1])
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
+    out = np.empty(order.shape, dtype=object)
+    for r, row in enumerate(order):
+        for c, index in enumerate(row):
+            text = f"{float(rows[r, index]):f}:{int(index)}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            out[r, c] = text.encode()
+    return out if batched else out.reshape(count)
+
+
+def parse_classification(entry: bytes | str) -> tuple[float, int, str | None]:
+    """Split one ``"score:index[:label]"`` classification string."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    score, index, *label = text.split(":", 2)
+    return float(score), int(index), (label[0] if label else None)

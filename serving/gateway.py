@@ -1,0 +1,106 @@
+"""The one object every front end calls: a backend, plus the translator pool built over its runners.
+
+Execution (a backend) knows models and runners, decoding (the pool) knows translators; this is the only
+place the two meet, so routers and the gRPC servicer ask the gateway and never reach into a backend
+for a translator. It satisfies :class:`serving.execution.base.Backend`, so front ends see one interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from serving.decoding.scheduler import SchedulerConfig
+from serving.decoding.translator import Translator, TranslatorPool
+from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.execution.base import Backend, InferRequest, InferResponse, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Route each request to the translator pool (``task == "translate"`` entries) or to the backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        repository: Any,
+        *,
+        scheduler_config: SchedulerConfig | None = None,
+        observer: Any = None,
+        retry_after_s: float = 1.0,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
+        self.backend, self.repository = backend, repository
+        self.retry_after_s, self.shutdown_grace_s = retry_after_s, shutdown_grace_s
+        # Backends whose translate entries are served elsewhere (Triton's own <name> model) say so.
+        self.translators = (
+            TranslatorPool(repository, scheduler_config=scheduler_config, observer=observer)
+            if repository is not None and getattr(backend, "runs_translators_in_gateway", False)
+            else None
+        )
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.backend.start()
+        if self.translators is not None:
+            await self.translators.start(self.backend.runner)  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """Finish the translations in flight first (they call the backend), then the backend."""
+        self._stopping = True
+        if self.translators is not None:
+            await self.translators.stop(self.shutdown_grace_s)
+        await self.backend.stop()
+
+    # -- translation --------------------------------------------------------------------------------
+
+    def _translates(self, name: str) -> bool:
+        return self.translators is not None and name in self.translators.names()
+
+    def translator(self, name: str) -> Translator | None:
+        """The gateway's translator of ``name``, or None when the backend translates it itself (infer)."""
+        if self.translators is None:
+            return None
+        entry = self.repository.get(name)  # 404 for unknown names
+        if entry.task != "translate":
+            raise BadRequest(
+                f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate"
+            )
+        translator = self.translators.get(name)
+        if translator is None or self._stopping:
+            reason = self.translators.failed.get(name, "the gateway is starting or stopping")
+            raise Unavailable(f"translator {name!r} is not ready: {reason}", retry_after=self.retry_after_s)
+        return translator
+
+    # -- Backend protocol ---------------------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        return self.backend.list_models()
+
+    def is_live(self) -> bool:
+        return self.backend.is_live()
+
+    async def is_ready(self) -> bool:
+        failed = self.translators.failed if self.translators is not None else {}
+        return not self._stopping and not failed and await self.backend.is_ready()
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        if self._translates(name):
+            try:
+                self.repository.get(name).resolve_version(version)
+            except ModelNotFound:
+                return False
+            return not self._stopping and self.translators.get(name) is not None  # type: ignore[union-attr]
+        return await self.backend.model_ready(name, version)
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self.backend.metadata(name, version)
+
+    def config(self, name: str, version: str = "") -> dict[str, Any]:
+        return self.backend.config(name, version)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self._translates(request.model):  # KServe: BYTES text in, BYTES translation out
+            return await self.translator(request.model).infer(request)  # type: ignore[union-attr]
+        return await self.backend.infer(request)
