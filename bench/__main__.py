@@ -1,8 +1,8 @@
 """`make bench`: every hop side by side in one run; results in bench/results/<timestamp>/.
 
-Profiles: ``quick`` (a few minutes) and ``full`` (every batch size and concurrency). The machine is
-shared and noisy, so the report gives medians and ratios measured in the same run, never absolutes
-from elsewhere.
+Profiles: ``quick`` (a few minutes), ``full`` (every batch size and concurrency) and ``gpu`` (the
+classifier's CUDA engines: ``bench.gpu``). The machine is shared and noisy, so the report gives
+medians and ratios measured in the same run, never absolutes from elsewhere.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import engines, report, servers
+from bench import engines, gpu, report, servers
 from bench.machine import machine_info
 from bench.stats import ratio
 
@@ -31,6 +31,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"batches": (1, 2, 4, 8, 16, 32, 64, 128, 256), "engine_budget_s": 3.0,
              "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256), "duration_s": 8.0,
              "beams": (1, 4, 8), "translate_concurrency": (1, 8, 32, 64), "sentences": 256},
+    # CUDA engines only (bench.gpu); says so and measures nothing on a machine without CUDA.
+    "gpu": {"batches": (1, 8, 64, 256), "engine_budget_s": 2.0},
 }  # fmt: skip
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "matplotlib"):  # one line per request / plot would bury the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
+    if args.profile == "gpu":
+        return run_gpu_profile(args, profile)
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     wanted = set(args.only or ["engines", "servers", "translation"])
@@ -81,6 +85,25 @@ def main(argv: list[str] | None = None) -> None:
 
         results["translation"] = translation.run(args, profile, out, progress=log.info)
     results["targets"] = targets(results, args.classifier)
+    write(results, out)
+
+
+def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
+    """Every CUDA engine on the exported classifier; without CUDA, a message and nothing measured."""
+    status = gpu.cuda_status()
+    if not status.usable:
+        console.print(f"[yellow]PROFILE=gpu needs a CUDA GPU: {status.reason()}. Nothing was measured.")
+        return
+    entry = args.repository / args.classifier
+    if not (entry / "kiln.json").exists():
+        raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
+    log.info("GPU profile on %s: %s", status.device_name, status.reason())
+    out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
+    jobs = gpu.gpu_jobs(args.repository, args.checkpoints, args.classifier, profile["batches"],
+                        profile["engine_budget_s"], status)  # fmt: skip
+    results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads,
+                               "cuda": status.reason(), "targets": []}  # fmt: skip
+    results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
     write(results, out)
 
 
@@ -138,7 +161,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         "## Targets\n\n" + report.table(results["targets"], ["target", "goal", "measured", "met"]) + "\n",
     ]
     if "engines" in results:
-        sections.append(report.engine_section(results["engines"]))
+        section = gpu.engine_section if results["profile"] == "gpu" else report.engine_section
+        sections.append(section(results["engines"]))
     if "servers" in results:
         sections.append(
             report.server_section(results["servers"], best_direct_throughput(results.get("engines", [])))

@@ -71,22 +71,31 @@ def classifier_jobs(
     return jobs
 
 
-def run_jobs(jobs: list[EngineJob], progress: Callable[[str], None] = log.info) -> list[dict[str, Any]]:
-    """Run each job in a fresh spawned process; a failing engine is reported, never fatal."""
+def run_jobs(
+    jobs: list[EngineJob],
+    progress: Callable[[str], None] = log.info,
+    runner: Callable[[EngineJob], Callable[[np.ndarray], Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run each job in a fresh spawned process; a failing engine is reported, never fatal.
+
+    ``runner(job)`` builds the job's callable (default ``make_runner``; the GPU profile passes its own,
+    a module-level function so the spawned process can import it)."""
     ctx = mp.get_context("spawn")
     results = []
     for job in jobs:
         progress(f"engine {job.engine} {job.precision} on {Path(job.artifact).name}")
         with ctx.Pool(1) as pool:
             try:
-                results.extend(pool.apply(_measure, (job,)))
+                results.extend(pool.apply(_measure, (job, runner or make_runner)))
             except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
                 results.append({"engine": job.engine, "precision": job.precision, "error": str(exc)})
     return results
 
 
-def _measure(job: EngineJob) -> list[dict[str, Any]]:
-    run = _make_runner(job)
+def _measure(
+    job: EngineJob, make: Callable[[EngineJob], Callable[[np.ndarray], Any]]
+) -> list[dict[str, Any]]:
+    run = make(job)
     rng = np.random.default_rng(0)
     rows = []
     for batch in job.batch_sizes:
@@ -102,7 +111,7 @@ def _measure(job: EngineJob) -> list[dict[str, Any]]:
     return rows
 
 
-def _make_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
+def make_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
     if job.engine == "pytorch":
         return _torch_runner(job)
     if job.engine == "onnxruntime":

@@ -14,8 +14,12 @@ from rich.table import Table
 from export.parity import ParityError
 from export.quantize import PRECISIONS
 from export.repository import RepositoryError
-from export.results import EntryResult
+from export.results import DEVICES, EntryResult
 from export.tensorrt import MODES, TensorRTError
+from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
+
+# fp16 is what suits a GPU; fp32 stays in every set, as the reference each precision is checked against.
+DEFAULT_PRECISIONS = {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -37,14 +41,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repository", default="model_repository", help="output model repository")
     parser.add_argument("--force", action="store_true", help="rebuild entries even when they are up to date")
     parser.add_argument(
-        "--precisions", type=_precisions, default=("fp32",), help="comma list of fp32,fp16,int8"
+        "--precisions",
+        type=_precisions,
+        help="comma list of fp32,fp16,int8 (default: fp32 on cpu, fp32,fp16 on gpu)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the configs place the models: gpu = KIND_GPU, shape buckets, TensorRT accelerator",
+    )
+    parser.add_argument(
+        "--cudnn-conv-algo-search",
+        choices=sorted(CUDNN_ALGO_SEARCH_VALUES),
+        default="EXHAUSTIVE",
+        help="gpu configs: cuDNN convolution algorithm search (run once per bucket at warm-up)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="gpu configs: ask the gateway to replay each bucket as a CUDA graph",
     )
     parser.add_argument("--int8-max-drop", type=float, default=0.5, help="max validation top-1 drop (points)")
     parser.add_argument("--tensorrt", choices=MODES, default="auto", help="build TensorRT engines")
     parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size")
     parser.add_argument("--beam-sentences", type=int, default=200, help="held-out sentences for beam parity")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.precisions is None:
+        args.precisions = DEFAULT_PRECISIONS[args.device]
+    return args
 
 
 def summary_table(results: list[EntryResult]) -> Table:
@@ -91,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results += export_checkpoint(
                     ckpt, args.repository, force=args.force, precisions=args.precisions,
                     int8_max_drop=args.int8_max_drop, tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
-                    beam_sentences=args.beam_sentences,
+                    beam_sentences=args.beam_sentences, device=args.device,
+                    cudnn_conv_algo_search=args.cudnn_conv_algo_search, cuda_graphs=args.cuda_graphs,
                     on_step=lambda text: progress.update(task, description=text),
                 )  # fmt: skip
                 progress.advance(task)

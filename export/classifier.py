@@ -17,7 +17,7 @@ from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
 from export.results import EntryResult, ExportContext
 from export.specs import GraphSpec, classifier_spec
-from export.triton_config import config_from_spec, to_pbtxt
+from export.triton_config import config_from_spec, gpu_flavour, to_pbtxt
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,14 @@ def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Fr
         config = config_from_spec(
             spec, name=b.entry, platform=b.platform, instance_kind=kind, labels=label_file
         )
+        if ctx.options.device == "gpu" and b.platform == "onnxruntime_onnx":
+            options = ctx.options
+            config = gpu_flavour(
+                config,
+                precision=b.precision,
+                cudnn_conv_algo_search=options.cudnn_conv_algo_search,
+                cuda_graphs=options.cuda_graphs,
+            )
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
         return _metadata(ctx, spec, b, freeze_report)
 

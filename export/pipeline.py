@@ -53,16 +53,23 @@ def export_checkpoint(
     tensorrt: str = "auto",
     max_batch_size: int = 64,
     beam_sentences: int = 200,
+    device: str = "cpu",
+    cudnn_conv_algo_search: str = "EXHAUSTIVE",
+    cuda_graphs: bool = False,
     name: str | None = None,
     on_step: Callable[[str], None] | None = None,
     validation: Any = None,
     accuracy_hook: Callable | None = None,
 ) -> list[EntryResult]:
-    """Export one checkpoint into ``repository``; returns one result per entry (written, up to date...)."""
+    """Export one checkpoint into ``repository``; returns one result per entry (written, up to date...).
+
+    ``device="gpu"`` writes GPU configs (KIND_GPU, bucketed batching, Triton's TensorRT accelerator);
+    the artifacts and their parity checks are the same on either device."""
     path = Path(path)
     options = ExportOptions(
         precisions=tuple(precisions), int8_max_drop=int8_max_drop, tensorrt=tensorrt,
-        max_batch_size=max_batch_size, force=force, beam_sentences=beam_sentences,
+        max_batch_size=max_batch_size, force=force, beam_sentences=beam_sentences, device=device,
+        cudnn_conv_algo_search=cudnn_conv_algo_search, cuda_graphs=cuda_graphs,
     )  # fmt: skip
     ckpt = load_checkpoint(path)
     ctx = ExportContext(

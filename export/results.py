@@ -14,6 +14,8 @@ from export import repository
 from export.parity import ParityReport
 from export.quantize import PRECISIONS, GateResult
 
+DEVICES = ("cpu", "gpu")
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -26,8 +28,13 @@ class ExportOptions:
     force: bool = False
     beam_sentences: int = 200
     beam_size: int = 4
+    device: str = "cpu"  # cpu | gpu: where the written configs place their instances
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # GPU configs only (docs/kiln-json.md)
+    cuda_graphs: bool = False  # GPU configs only
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose from {DEVICES}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise ValueError(f"unknown precision(s) {unknown}; choose from {PRECISIONS}")
@@ -97,6 +104,10 @@ class ExportContext:
         }
         if precision == "int8":
             out["int8_max_drop"] = self.options.int8_max_drop
+        if self.options.device == "gpu":  # absent on CPU, so CPU entries written before stay up to date
+            out["device"] = "gpu"
+            out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search
+            out["cuda_graphs"] = self.options.cuda_graphs
         return out
 
     def needs_rebuild(self, entry: str) -> bool:

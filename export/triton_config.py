@@ -7,6 +7,7 @@ a valid Triton config.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from google.protobuf import text_format
@@ -15,6 +16,24 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.specs import GraphSpec, TensorSpec
 
 PLATFORMS = {"onnxruntime_onnx": "platform", "tensorrt_plan": "platform", "python": "backend"}
+
+# Model-level ``parameters`` of a GPU config (their meaning, for Triton and the gateway: docs/kiln-json.md).
+# Triton's own key (its onnxruntime backend reads it too): "0" EXHAUSTIVE, "1" HEURISTIC, "2" DEFAULT.
+CUDNN_CONV_ALGO_SEARCH = "cudnn_conv_algo_search"
+CUDNN_ALGO_SEARCH_VALUES = {"EXHAUSTIVE": "0", "HEURISTIC": "1", "DEFAULT": "2"}
+KILN_BUCKETING = "kiln_bucketing"  # "1": pad merged batches to a bucket size, one session per bucket
+KILN_CUDA_GRAPHS = "kiln_cuda_graphs"  # "1": each bucket replays a captured CUDA graph (IO binding)
+TRT_PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+TRT_WORKSPACE_BYTES = 1 << 30  # Triton's documented default for max_workspace_size_bytes
+GPU_QUEUE_DELAY_US = 500  # not measured: half of a batch-64 resnet18 call on an H200 (~0.8 ms)
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One entry of ``optimization.execution_accelerators.gpu_execution_accelerator`` (name + parameters)."""
+
+    name: str
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,8 @@ class TritonModelConfig:
     latest_versions: int = 1
     warmup: bool = True
     parameters: dict[str, str] = field(default_factory=dict)
+    gpu_accelerators: tuple[Accelerator, ...] = ()
+    warmup_batch_sizes: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORMS:
@@ -92,6 +113,53 @@ def config_from_spec(
     )
 
 
+def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """GPU buckets: powers of two from 1, then max_batch_size (1, 2, 4, ..., 64 for 64: seven sessions)."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size]
+    return (*sizes, max_batch_size)
+
+
+def gpu_flavour(
+    config: TritonModelConfig,
+    *,
+    precision: str = "fp32",
+    cudnn_conv_algo_search: str = "EXHAUSTIVE",
+    cuda_graphs: bool = False,
+) -> TritonModelConfig:
+    """The GPU variant of an ONNX config: KIND_GPU, buckets as preferred sizes, Triton's TensorRT
+    accelerator block, and the parameters the gateway reads to keep every CUDA session on one shape."""
+    if config.platform != "onnxruntime_onnx":
+        raise ValueError(
+            f"{config.name}: only onnxruntime_onnx configs have a GPU flavour, not {config.platform}"
+        )
+    if cudnn_conv_algo_search not in CUDNN_ALGO_SEARCH_VALUES:
+        raise ValueError(f"cudnn algo search must be one of {sorted(CUDNN_ALGO_SEARCH_VALUES)}")
+    tensorrt = Accelerator(
+        "tensorrt",
+        {
+            "precision_mode": TRT_PRECISION_MODES[precision],
+            "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+        },
+    )
+    batched = config.dynamic_batching and config.max_batch_size > 0
+    buckets = bucket_sizes(config.max_batch_size)
+    parameters = {
+        **config.parameters,
+        CUDNN_CONV_ALGO_SEARCH: CUDNN_ALGO_SEARCH_VALUES[cudnn_conv_algo_search],
+        KILN_BUCKETING: "1" if batched else "0",
+        KILN_CUDA_GRAPHS: "1" if cuda_graphs and batched else "0",
+    }
+    return dataclasses.replace(
+        config,
+        instance_kind="KIND_GPU",
+        preferred_batch_sizes=buckets if batched else config.preferred_batch_sizes,
+        warmup_batch_sizes=buckets if batched else config.warmup_batch_sizes,
+        max_queue_delay_us=GPU_QUEUE_DELAY_US if batched else config.max_queue_delay_us,
+        parameters=parameters,
+        gpu_accelerators=(tensorrt,),
+    )
+
+
 def _set_platform(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
     if PLATFORMS[config.platform] == "backend":
         proto.backend = config.platform
@@ -133,15 +201,18 @@ def _set_instances(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
 
 
 def _set_warmup(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
-    """One zero-data request per model (dynamic dims as 1) so the first real request is not the slow one."""
+    """One zero-data request per warm-up batch size (dynamic dims as 1) so no first real request is slow;
+    a GPU config warms every bucket, since each new shape costs a CUDA session its kernel planning."""
     if not config.warmup:
         return
-    warmup = proto.model_warmup.add(name="zero_batch", batch_size=1 if config.max_batch_size > 0 else 0)
-    for tensor in config.inputs:
-        item = warmup.inputs[tensor.name]
-        item.data_type = mc.DataType.Value(tensor.data_type)
-        item.dims.extend(d if d > 0 else 1 for d in tensor.dims)
-        item.zero_data = True
+    for size in config.warmup_batch_sizes if config.max_batch_size > 0 else (0,):
+        name = "zero_batch" if size <= 1 else f"zero_batch_{size}"
+        warmup = proto.model_warmup.add(name=name, batch_size=size)
+        for tensor in config.inputs:
+            item = warmup.inputs[tensor.name]
+            item.data_type = mc.DataType.Value(tensor.data_type)
+            item.dims.extend(d if d > 0 else 1 for d in tensor.dims)
+            item.zero_data = True
 
 
 def _set_parameters(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
@@ -149,10 +220,19 @@ def _set_parameters(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
         proto.parameters[key].string_value = value
 
 
+def _set_optimization(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
+    """Triton's ``optimization { execution_accelerators { gpu_execution_accelerator [...] } }``."""
+    for accelerator in config.gpu_accelerators:
+        item = proto.optimization.execution_accelerators.gpu_execution_accelerator.add(name=accelerator.name)
+        for key, value in sorted(accelerator.parameters.items()):
+            item.parameters[key] = value
+
+
 def to_proto(config: TritonModelConfig) -> mc.ModelConfig:
     """Build Triton's ModelConfig message step by step."""
     proto = mc.ModelConfig(name=config.name, max_batch_size=config.max_batch_size)
-    for step in (_set_platform, _set_tensors, _set_batching, _set_instances, _set_warmup, _set_parameters):
+    steps = (_set_platform, _set_tensors, _set_batching, _set_instances, _set_warmup, _set_parameters)
+    for step in (*steps, _set_optimization):
         step(proto, config)
     return proto
 

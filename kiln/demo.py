@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -147,41 +148,96 @@ def _to_hwc(img, h: int, w: int, c: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).reshape(h, w, c)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the demo runs: the flags each stage gets, and the words its output uses."""
+
+    name: str  # "CPU" or the GPU's name
+    classify: tuple[str, ...] = ()
+    translate: tuple[str, ...] = ()
+    export: tuple[str, ...] = ()
+
+
+CPU = Target("CPU")
+
+
+def gpu_target() -> Target:
+    """The GPU flags, or SystemExit with the reason when this machine cannot train and serve on CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            "make demo GPU=1 needs a CUDA GPU, and PyTorch sees none here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}). "
+            "Run `make demo` without GPU=1 for the CPU demo."
+        )
+    import onnxruntime as ort  # after torch, whose import loads the CUDA libraries ORT's provider uses
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise SystemExit(
+            "make demo GPU=1 serves on ONNX Runtime's CUDA provider, which this onnxruntime lacks "
+            f"(providers: {', '.join(ort.get_available_providers())}): install the `gpu` extra "
+            '(README, "GPU").'
+        )
+    return Target(
+        torch.cuda.get_device_name(0),
+        classify=("--device", "cuda", "--amp"),
+        translate=("--device", "cuda"),
+        export=("--device", "gpu"),
+    )
+
+
+def show_placement(url: str, model: str) -> None:
+    """The instance kind (and any placement parameters the gateway reports) of one served model."""
+    import httpx
+
+    config = httpx.get(f"{url}/v2/models/{model}/config", timeout=30).json()
+    groups = config.get("instance_group") or config.get("instanceGroup") or [{}]
+    params = config.get("parameters") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in params.items()) if params else "no parameters"
+    console.print(f"{model}: instance kind {groups[0].get('kind', 'KIND_CPU')}; {shown}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
+    parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
     args = parser.parse_args(argv)
+    target = gpu_target() if args.gpu else CPU  # before anything runs: no silent CPU fallback
     import httpx
 
     py = sys.executable
     started = time.perf_counter()
+    console.print(f"Kiln demo on the {target.name}")
     out = ["--output-dir", str(args.checkpoints)]
     if args.fresh or not (args.checkpoints / "resnet18.pt").exists():
         run_stage(
-            "Train a ResNet-18 on the bundled digits", [py, "-m", "training.classify", *DEMO_CLASSIFIER, *out]
+            f"Train a ResNet-18 on the bundled digits ({target.name})",
+            [py, "-m", "training.classify", *DEMO_CLASSIFIER, *target.classify, *out],
         )
     else:
         console.print("reusing checkpoints/resnet18.pt (--fresh retrains)")
     if args.fresh or not (args.checkpoints / "transformer.pt").exists():
         run_stage(
-            "Train the demo Transformer (English → French numbers)",
-            [py, "-m", "training.translate", *DEMO_TRANSLATOR, *out],
+            f"Train the demo Transformer (English → French numbers, {target.name})",
+            [py, "-m", "training.translate", *DEMO_TRANSLATOR, *target.translate, *out],
         )
     else:
         console.print("reusing checkpoints/transformer.pt (--fresh retrains)")
     run_stage(
-        "Export to ONNX + Triton model repository",
-        [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository)],
+        f"Export to ONNX + Triton model repository (configs for the {target.name})",
+        [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],
     )
     grpc_port = free_port()
     with gateway(args.repository, free_port(), grpc_port) as url:
         models = [f"{m['name']} ({m['task']})" for m in httpx.get(f"{url}/v1/models").json()]
         console.print(f"GET /v1/models → {', '.join(models)}")
+        show_placement(url, "resnet18")
         show_classify(url, "resnet18")
         show_translate(url, f"127.0.0.1:{grpc_port}", "transformer")
-    console.rule(f"[bold green]Demo finished in {time.perf_counter() - started:.0f} s")
+    console.rule(f"[bold green]Demo finished on the {target.name} in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -138,3 +138,92 @@ def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):
     expected = teacher_forced_logprob(model, src, tgt)
     got = np.array([sum(r.log_probs) for r in scored])
     np.testing.assert_allclose(got, expected.numpy(), atol=2e-3)
+
+
+def _fake_entries(root, precisions=("fp32", "fp16", "int8")):
+    """kiln.json + empty model files for resnet18's entries: enough for the job lists (nothing runs)."""
+    ckpt = root / "resnet18.pt"
+    ckpt.write_bytes(b"")
+    for precision in precisions:
+        entry = root / ("resnet18" if precision == "fp32" else f"resnet18_{precision}")
+        (entry / "1").mkdir(parents=True)
+        (entry / "1" / "model.onnx").write_bytes(b"")
+        meta = {"task": "classify", "model": {"name": "resnet18"}, "precision": precision, "version": "1",
+                "inputs": [{"dims": [-1, 32, 32, 1]}], "source_checkpoint": {"path": str(ckpt)}}  # fmt: skip
+        (entry / "kiln.json").write_text(json.dumps(meta))
+    return root
+
+
+GPU_FULL = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_the_gpu_profile_measures_every_cuda_engine_on_fp32_and_fp16_but_not_int8(tmp_path):
+    from bench import gpu
+
+    repo = _fake_entries(tmp_path)
+    jobs = gpu.gpu_jobs(repo, tmp_path, "resnet18", (1, 64), 1.0, gpu.CudaStatus(True, GPU_FULL, "H200"))
+    assert sorted((j.engine, j.precision) for j in jobs) == sorted([
+        ("pytorch-cuda", "fp32"), ("pytorch-cuda", "fp16"),
+        *[(e, p) for e in ("onnxruntime-cuda", "onnxruntime-cuda+iobinding", "onnxruntime-tensorrt")
+          for p in ("fp32", "fp16")],
+    ])  # fmt: skip
+    assert all(j.batch_sizes == (1, 64) for j in jobs)
+
+
+def test_the_gpu_profile_keeps_only_the_engines_this_machine_can_run(tmp_path):
+    from bench import gpu
+
+    repo = _fake_entries(tmp_path)
+    torch_only = gpu.gpu_jobs(
+        repo, tmp_path, "resnet18", (1,), 1.0, gpu.CudaStatus(True, ("CPUExecutionProvider",))
+    )
+    assert {j.engine for j in torch_only} == {"pytorch-cuda"}
+    ort_only = gpu.gpu_jobs(repo, tmp_path, "resnet18", (1,), 1.0, gpu.CudaStatus(False, GPU_FULL[1:]))
+    assert {j.engine for j in ort_only} == {"onnxruntime-cuda", "onnxruntime-cuda+iobinding"}
+    status = gpu.CudaStatus(False, ("CPUExecutionProvider",))
+    assert not status.usable and "PyTorch sees no CUDA GPU" in status.reason()
+    assert "no CUDA provider" in status.reason()
+
+
+def test_the_gpu_profile_without_cuda_says_so_and_measures_nothing(tmp_path, monkeypatch, capsys):
+    from bench import __main__ as bench_main
+    from bench import gpu
+
+    monkeypatch.setattr(gpu, "cuda_status", lambda: gpu.CudaStatus(False, ("CPUExecutionProvider",)))
+    bench_main.main(
+        ["--profile", "gpu", "--repository", str(tmp_path / "none"), "--output", str(tmp_path / "out")]
+    )
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_engine_rows_are_compared_with_pytorch_cuda_fp32_at_the_same_batch():
+    from bench import gpu
+
+    rows = [{"engine": "pytorch-cuda", "precision": "fp32", "batch": 8, "p50_ms": 4.0},
+            {"engine": "onnxruntime-cuda+iobinding", "precision": "fp16", "batch": 8, "p50_ms": 1.0},
+            {"engine": "onnxruntime-tensorrt", "precision": "fp16", "error": "TensorrtExecutionProvider did not load"}]  # fmt: skip
+    text = gpu.engine_section(rows)
+    assert rows[1]["speedup_vs_pytorch_cuda_fp32"] == 4.0
+    assert "onnxruntime-tensorrt fp16: TensorrtExecutionProvider did not load" in text
+
+
+def test_the_io_bound_runner_gives_the_outputs_of_a_plain_run(tmp_path):
+    """Its logic on the CPU device (the GPU profile binds to "cuda" the same way)."""
+    import onnxruntime as ort
+
+    from bench import gpu
+    from tests.repo_fixtures import build_classifier_repository
+
+    repo = build_classifier_repository(tmp_path / "repo", ("lenet",))
+    session = ort.InferenceSession(
+        str(repo / "lenet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    run = gpu._io_bound(session, device="cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)  # repo_fixtures.SIZE
+    expected = session.run(None, {"images": images})
+    for _ in range(2):  # the second call reuses the binding of this shape
+        got = run(images).copy_outputs_to_cpu()
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert run(images[:1]).copy_outputs_to_cpu()[0].shape[0] == 1

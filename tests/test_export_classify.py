@@ -261,3 +261,27 @@ def test_the_cli_exports_a_directory_and_prints_a_summary(tmp_path, capsys):
     assert (tmp_path / "repo" / "lenet" / "1" / "model.onnx").is_file()
     assert main([str(tmp_path / "missing"), "--repository", str(tmp_path / "repo")]) == 1
     assert os.path.isdir(tmp_path / "repo")
+
+
+def test_the_gpu_export_writes_fp32_and_fp16_gpu_entries_and_a_cpu_export_rewrites_them(tmp_path, capsys):
+    from export.__main__ import main
+
+    write_checkpoint(tmp_path / "ckpts", "lenet")
+    repo = tmp_path / "repo"
+    assert (
+        main([str(tmp_path / "ckpts"), "--repository", str(repo), "--tensorrt", "off", "--device", "gpu"])
+        == 0
+    )
+    for entry, mode in (("lenet", "FP32"), ("lenet_fp16", "FP16")):
+        config = parse_pbtxt((repo / entry / "config.pbtxt").read_text())
+        assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == mode
+        assert json.loads((repo / entry / "kiln.json").read_text())["export"]["device"] == "gpu"
+    results = export_checkpoint(
+        tmp_path / "ckpts" / "lenet.pt", repo, validation=tiny_images(), tensorrt="off"
+    )
+    assert {r.entry: r.status for r in results}["lenet"] == "written"  # the device changed: stale
+    config = parse_pbtxt((repo / "lenet" / "config.pbtxt").read_text())
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+    assert not config.HasField("optimization") and "kiln_bucketing" not in config.parameters

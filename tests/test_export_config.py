@@ -9,7 +9,13 @@ import pytest
 
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, classifier_spec
 from export.translator_entries import python_entry_config
-from export.triton_config import config_from_spec, parse_pbtxt, to_pbtxt
+from export.triton_config import (
+    bucket_sizes,
+    config_from_spec,
+    gpu_flavour,
+    parse_pbtxt,
+    to_pbtxt,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 PREP = {"input_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.25]}
@@ -39,8 +45,13 @@ def _graph(spec):
     return dataclasses.replace(config_from_spec(spec), dynamic_batching=False, warmup=False)
 
 
+def _classifier():
+    return config_from_spec(classifier_spec("lenet", PREP, 10), labels="labels.txt")
+
+
 CONFIGS = {
-    "classifier": lambda: config_from_spec(classifier_spec("lenet", PREP, 10), labels="labels.txt"),
+    "classifier": _classifier,
+    "classifier_gpu": lambda: gpu_flavour(_classifier(), precision="fp16"),
     "encoder": lambda: _graph(ENCODER),
     "decoder": lambda: _graph(DECODER),
     "translator": lambda: python_entry_config(
@@ -86,3 +97,58 @@ def test_spec_rejects_undeclared_axes_and_old_opsets():
         GraphSpec("x", "classifier", (), (), axes={}, opset=13)
     with pytest.raises(ValueError, match="unsupported dtype"):
         TensorSpec("a", "complex64", (1,))
+
+
+def test_gpu_config_places_the_model_on_a_gpu_with_tritons_tensorrt_accelerator():
+    config = parse_pbtxt(to_pbtxt(CONFIGS["classifier_gpu"]()))
+    assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_GPU]
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert dict(accelerator.parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": "1073741824",
+    }
+    assert not config.optimization.execution_accelerators.cpu_execution_accelerator
+
+
+def test_gpu_config_buckets_are_its_preferred_sizes_and_every_bucket_is_warmed():
+    config = parse_pbtxt(to_pbtxt(CONFIGS["classifier_gpu"]()))
+    assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8, 16, 32, 64]
+    assert [w.batch_size for w in config.model_warmup] == [1, 2, 4, 8, 16, 32, 64]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params == {"cudnn_conv_algo_search": "0", "kiln_bucketing": "1", "kiln_cuda_graphs": "0"}
+
+
+def test_gpu_options_reach_the_parameters_and_the_tensorrt_precision_follows_the_entry():
+    config = gpu_flavour(
+        _classifier(), precision="fp32", cudnn_conv_algo_search="HEURISTIC", cuda_graphs=True
+    )
+    parsed = parse_pbtxt(to_pbtxt(config))
+    params = {k: v.string_value for k, v in parsed.parameters.items()}
+    assert params["cudnn_conv_algo_search"] == "1" and params["kiln_cuda_graphs"] == "1"
+    accelerator = parsed.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.parameters["precision_mode"] == "FP32"
+
+
+def test_an_unbatched_graph_on_gpu_gets_no_buckets_and_no_cuda_graphs():
+    config = gpu_flavour(_graph(DECODER), cuda_graphs=True)
+    parsed = parse_pbtxt(to_pbtxt(config))
+    params = {k: v.string_value for k, v in parsed.parameters.items()}
+    assert params["kiln_bucketing"] == "0" and params["kiln_cuda_graphs"] == "0"
+    assert (
+        not parsed.HasField("dynamic_batching")
+        and parsed.instance_group[0].kind == parsed.instance_group[0].KIND_GPU
+    )
+
+
+def test_bucket_sizes_are_powers_of_two_capped_by_the_max_batch_size():
+    assert bucket_sizes(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert bucket_sizes(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert bucket_sizes(1) == (1,)
+
+
+def test_only_onnx_configs_have_a_gpu_flavour_and_the_algo_search_is_checked():
+    with pytest.raises(ValueError, match="only onnxruntime_onnx"):
+        gpu_flavour(CONFIGS["translator"]())
+    with pytest.raises(ValueError, match="cudnn algo search"):
+        gpu_flavour(_classifier(), cudnn_conv_algo_search="FASTEST")

@@ -84,3 +84,13 @@ def test_bucket_order_is_reshuffled_every_epoch_by_seed():
     second = [b.src.shape for b in epochs]
     assert len(first) == len(epochs) == 13 and first != second
     assert all(isinstance(b.src, torch.Tensor) for b in BucketedBatches(examples, batch_size=16, seed=0))
+
+
+def test_data_parallel_ranks_get_disjoint_buckets_of_equal_count():
+    examples = [([10 + i, 3], [7]) for i in range(100)]  # the first source id names the example
+    ranks = [BucketedBatches(examples, batch_size=8, seed=0, rank=r, world_size=3) for r in range(3)]
+    ids = [[int(i) for batch in r for i in batch.src[:, 0]] for r in ranks]
+    assert [len(r) for r in ranks] == [4, 4, 4]  # 13 buckets: the 13th of the pass is left out
+    assert sum(len(i) for i in ids) == len(set().union(*ids)) >= 92  # disjoint, nearly everything
+    with pytest.raises(ValueError, match="rank 3"):
+        BucketedBatches(examples, batch_size=8, rank=3, world_size=3)

@@ -12,6 +12,7 @@ import torch
 from training import classify, classify_loop
 from training.checkpoint import load_checkpoint, rebuild_model
 from training.models import build_model, list_models
+from training.runtime import weights_hash
 from training.tracking import read_metrics
 
 CLASSIFIERS = list_models("classify")
@@ -142,10 +143,11 @@ def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(tmp_path):
+    # Pinned to the CPU (gloo): with --device auto, a one-GPU machine would give rank 1 no GPU.
     hashes = tmp_path / "hashes"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.classify", "--model", "lenet", "--epochs", "1", "--limit-train", "64",
-           "--limit-val", "32", "--image-size", "16", "--batch-size", "16", "--no-progress",
+           "--limit-val", "32", "--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu",
            "--output-dir", str(tmp_path / "out"), "--debug-rank-hashes", str(hashes)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
@@ -154,7 +156,7 @@ def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(t
     assert rank0 == rank1 and len(rank0) == 64
     ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
     assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
-    assert classify_loop.weights_hash(rebuild_model(ckpt)) == rank0
+    assert weights_hash(rebuild_model(ckpt)) == rank0
 
 
 def test_zoo_picks_one_model_per_family_and_writes_a_markdown_table(tmp_path, capsys):

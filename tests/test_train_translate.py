@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -75,3 +79,51 @@ def test_bad_arguments_are_named():
         resolve_config(build_parser().parse_args(["--model", "nope"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--batch-size", "8", "--batch-tokens", "100"])
+
+
+def tiny_transformer_argv(tsv, out, *extra: str) -> list[str]:
+    argv = ["--model", "transformer", "--corpus", "tsv", "--data-path", str(tsv), "--batch-size", "32",
+            "--lr", "3e-3", "--warmup-steps", "5", "--vocab-size", "120", "--val-limit", "8", "--test-beam", "2",
+            "--max-decode-length", "12", "--threads", "1", "--output-dir", str(out), "--name", "tiny", *extra]  # fmt: skip
+    for arg in TINY_ARGS["transformer"]:
+        argv += ["--model-arg", arg]
+    return argv
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cpu_lowers_the_loss_and_is_recorded(amp, tsv, tmp_path):
+    path = train(tiny_transformer_argv(tsv, tmp_path, "--epochs", "2", "--device", "cpu", "--amp", amp))
+    ckpt = load_checkpoint(path)
+    assert ckpt["train_config"]["amp"] == amp and ckpt["metrics"]["device"] == "cpu"
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    records = read_metrics(tmp_path / "tiny.metrics.jsonl")
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+def test_asking_for_cuda_on_a_machine_without_it_fails_early_with_a_clear_message(tsv, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from training.translate import main
+
+    assert main(tiny_transformer_argv(tsv, tmp_path, "--device", "cuda")) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "tiny.metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_torchrun_with_two_cpu_processes_trains_one_translator_with_identical_weights(tsv, tmp_path):
+    hashes = tmp_path / "hashes"
+    argv = tiny_transformer_argv(tsv, tmp_path / "out", "--epochs", "1", "--device", "cpu")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.translate", *argv, "--debug-rank-hashes", str(hashes)]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=110, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
+    assert rank0 == rank1 and len(rank0) == 64
+    ckpt = load_checkpoint(tmp_path / "out" / "tiny.pt")
+    assert (
+        ckpt["metrics"]["world_size"] == 2 and len(read_metrics(tmp_path / "out" / "tiny.metrics.jsonl")) == 1
+    )

@@ -3,7 +3,6 @@ epochs, evaluation, resume files and the final checkpoint (contract 1). The CLI,
 config live in ``training.classify``."""
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -15,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
@@ -32,22 +30,10 @@ from training.data.images import (
 from training.data.loader import eval_batches, train_batches
 from training.models import build_model, get_entry, make_config
 from training.optim import build_optimizer, build_scheduler
+from training.runtime import Dist, all_sum, setup_dist, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
-
-
-@dataclass
-class Dist:
-    """Where this process runs: its rank among ``world_size`` data-parallel workers and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -76,29 +62,6 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_val: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
     train_time_s: float = 0.0
-
-
-def setup_dist(config: TrainConfig) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA) and pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank() if world > 1 else 0, world, device)
-
-
-def all_sum(values: list[float], d: Dist) -> list[float]:
-    """Sum per-rank counters over all ranks (identity in a single process)."""
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    if d.world_size > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
@@ -156,11 +119,7 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     else:
         name, args, module = build_classifier(config, len(train_ds.classes), train_ds.channels)
     module.to(d.device)
-    model = (
-        module
-        if d.world_size == 1
-        else DDP(module, device_ids=None if d.device.type == "cpu" else [d.device])
-    )
+    model = wrap_ddp(module, d)
     shard = train_batches(
         train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
     )
@@ -334,21 +293,11 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
     return path
 
 
-def weights_hash(module: nn.Module) -> str:
-    """sha256 over every parameter, in name order: equal across ranks iff DDP kept them in sync."""
-    digest = hashlib.sha256()
-    for name, param in sorted(module.named_parameters()):
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run(config: TrainConfig) -> Path:
     """Train one resolved config end to end; the process group (if any) is always torn down."""
-    d = setup_dist(config)
+    d = setup_dist(config.device)
     try:
         r = prepare(config, d)
         return finish(r, fit(r))
     finally:
-        if d.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        teardown(d)

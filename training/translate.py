@@ -4,16 +4,18 @@ Teacher forcing with label smoothing, Adam with warmup then inverse-sqrt or cosi
 clipping, early stopping on validation BLEU (greedy decodes, sacrebleu), a wall-clock budget that stops
 gracefully and keeps the best weights, then test BLEU / exact match with beam search and one
 checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table.
+``--device`` and ``--amp bf16|fp16`` choose where and how it computes; under ``torchrun`` it trains
+data-parallel (the loop lives in ``training.translate_loop``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import dataclasses
 import logging
-import time
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,17 +24,15 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from training.checkpoint import make_checkpoint, save_checkpoint
 from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
-from training.data.text_batches import BucketedBatches, TranslationBatch, pad_ids
+from training.data.text_batches import TranslationBatch, pad_ids
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
 from training.decoding import beam_search, greedy_decode
 from training.models import list_models, make_config
 from training.models.registry import get_entry
-from training.optim import SCHEDULES, build_optimizer, build_scheduler
-from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+from training.optim import SCHEDULES
+from training.runtime import AMP_DTYPES, DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ BASE = {
     "schedule": "inverse_sqrt", "label_smoothing": 0.1, "clip_norm": 1.0, "weight_decay": 0.0,
     "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 8.5,
     "max_decode_length": 40, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
+    "device": "auto", "amp": None, "debug_rank_hashes": None,
 }  # fmt: skip
 # Per-model recipes: the measured defaults (figures in docs/corpus.md, "Measured recipes").
 RECIPES: dict[str, dict[str, Any]] = {
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 helps on a busy CPU)"
     )
+    p.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu or cuda")
+    p.add_argument(
+        "--amp", choices=sorted(AMP_DTYPES), help="mixed precision: bf16, or fp16 with a GradScaler"
+    )
+    p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument("--name", help="checkpoint name (default: the model name)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -201,11 +207,12 @@ def translate_texts(
     batch_size: int = 128,
 ) -> list[str]:  # fmt: skip
     """Greedy (beam=1) or beam-search translations, batched by sorted length."""
+    device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = [""] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        src = pad_ids(tokenizers.encode_source([texts[i] for i in idx]))
+        src = pad_ids(tokenizers.encode_source([texts[i] for i in idx])).to(device)
         if beam == 1:
             seqs = greedy_decode(model, src, max_length=max_length)
         else:
@@ -232,127 +239,28 @@ def loss_on(model: nn.Module, batch: TranslationBatch, label_smoothing: float) -
     )
 
 
-class Trainer:
-    """The loop: steps, periodic validation, early stopping, best weights, time budget."""
-
-    def __init__(self, cfg, model, tokenizers, corpus, examples) -> None:
-        self.cfg, self.model, self.tokenizers, self.corpus = cfg, model, tokenizers, corpus
-        self.batches = BucketedBatches(
-            examples, batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], seed=cfg["seed"]
-        )
-        total = cfg["epochs"] * len(self.batches)
-        self.opt = build_optimizer(model, "adam", cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.sched = build_scheduler(
-            self.opt, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"], total_steps=total
-        )
-        self.stopper = EarlyStopping(cfg["patience"], mode="max")
-        out = Path(cfg["output_dir"])
-        self.metrics = MetricsLogger(out / f"{cfg['name']}.metrics.jsonl")
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best = {"val_bleu": -1.0}
-        self.step, self.start = 0, time.monotonic()
-        self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
-        self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
-
-    def validate(self, epoch: float, train_loss: float) -> bool:
-        """Score the validation split, keep the best weights; True means stop (patience exhausted)."""
-        scores = evaluate(
-            self.model, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
-        )
-        record = {
-            "epoch": round(epoch, 3), "train_loss": round(train_loss, 4),
-            "val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"],
-            "lr": self.opt.param_groups[0]["lr"], "time_s": round(time.monotonic() - self.start, 1),
-        }  # fmt: skip
-        self.metrics.log(record)
-        log.info("epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%", epoch, self.step, train_loss,
-                 scores["bleu"], scores["exact_match"])  # fmt: skip
-        if scores["bleu"] > self.best["val_bleu"]:
-            self.best = {"val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"], "epoch": epoch}
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
-
-    def run(self) -> None:
-        cfg = self.cfg
-        for epoch in range(cfg["epochs"]):
-            self.model.train()
-            total, count = 0.0, 0
-            bar = tqdm(
-                self.batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, dynamic_ncols=True
-            )
-            for batch in bar:
-                loss = loss_on(self.model, batch, cfg["label_smoothing"])
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg["clip_norm"]:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg["clip_norm"])
-                self.opt.step()
-                self.sched.step()
-                self.step += 1
-                total, count = total + loss.item(), count + 1
-                bar.set_postfix(loss=f"{total / count:.3f}")
-                out_of_time = time.monotonic() > self.deadline
-                mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
-                if (mid_eval or out_of_time) and self.validate(
-                    epoch + count / len(self.batches), total / count
-                ):
-                    return
-                if out_of_time:
-                    log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
-                    return
-            bar.close()
-            if not cfg["eval_every"] and self.validate(epoch + 1, total / max(1, count)):
-                return
-
-
 def train(args: argparse.Namespace | list[str] | None = None) -> Path:
     """Run a full training from parsed arguments (or an argv list); returns the checkpoint path."""
+    from training.translate_loop import run  # the loop imports this module's data and evaluation helpers
+
     if not isinstance(args, argparse.Namespace):
         args = build_parser().parse_args(args)
-    cfg = resolve_config(args)
-    torch.manual_seed(cfg["seed"])
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    corpus, tokenizers, examples = prepare_data(cfg)
-    model, model_args = build_translator(cfg, tokenizers)
-    log.info(
-        "%s: %d parameters, corpus %s", cfg["model"], sum(p.numel() for p in model.parameters()), corpus.info
-    )
-    trainer = Trainer(cfg, model, tokenizers, corpus, examples)
-    trainer.run()
-    train_time = time.monotonic() - trainer.start
-    if trainer.best_state is not None:
-        model.load_state_dict(trainer.best_state)
-    max_len = cfg["max_decode_length"]
-    test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
-    greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
-    metrics = {
-        "best_val_bleu": trainer.best["val_bleu"], "best_val_exact_match": trainer.best.get("val_exact_match"),
-        "best_epoch": trainer.best.get("epoch"), "steps": trainer.step, "train_time_s": round(train_time, 1),
-        "test_bleu": test["bleu"], "test_exact_match": test["exact_match"], "test_beam": cfg["test_beam"],
-        "test_bleu_greedy": greedy["bleu"], "test_exact_match_greedy": greedy["exact_match"],
-        "total_time_s": round(time.monotonic() - trainer.start, 1),
-    }  # fmt: skip
-    data = {
-        **corpus.info,
-        "vocab_size": {"source": tokenizers.src_vocab_size, "target": tokenizers.tgt_vocab_size},
-    }
-    ckpt = make_checkpoint(
-        task="translate", model_name=cfg["model"], model_args=model_args, model=model, train_config=cfg,
-        metrics=metrics, tokenizers=tokenizers.to_dict(), data=data,
-    )  # fmt: skip
-    out = Path(cfg["output_dir"])
-    path = save_checkpoint(ckpt, out / f"{cfg['name']}.pt")
-    plot_curves(read_metrics(trainer.metrics.path), out / f"{cfg['name']}.curves.png", title=cfg["name"])
-    log.info("saved %s: test BLEU %.2f, exact match %.1f%%", path, test["bleu"], test["exact_match"])
-    return path
+    return run(resolve_config(args))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path = train(argv)
-    print(f"checkpoint: {path}")
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        path = train(argv)
+    except (ValueError, FileNotFoundError) as exc:  # bad flags, a missing GPU: named, without a traceback
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if main_rank:
+        print(f"checkpoint: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

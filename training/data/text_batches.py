@@ -7,6 +7,7 @@ by ``seed + epoch``. Padding is right-padding with ``pad_id``; masks are True on
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ class TranslationBatch:
     @property
     def n_tokens(self) -> int:
         return int(self.tgt_mask.sum())
+
+    def to(self, device: torch.device | str) -> TranslationBatch:
+        """The same batch on ``device`` (the trainer's GPU, or unchanged on CPU)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=True) for f in dataclasses.fields(self)
+        }
+        return TranslationBatch(**moved)
 
 
 def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> torch.Tensor:
@@ -86,7 +94,12 @@ def bucket_batches(
 
 
 class BucketedBatches:
-    """Re-iterable: each pass yields every example once, in shuffled length buckets."""
+    """Re-iterable: each pass yields every example once, in shuffled length buckets.
+
+    Under data parallelism (``world_size`` > 1) every rank shuffles the buckets alike and takes every
+    ``world_size``-th one from ``rank``, so the ranks see disjoint batches and the same number of them
+    (the last ``len % world_size`` buckets of a pass are left out; the next pass's shuffle differs).
+    """
 
     def __init__(
         self,
@@ -95,18 +108,24 @@ class BucketedBatches:
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.examples = examples
         self.batches = bucket_batches(examples, batch_tokens=batch_tokens, batch_size=batch_size, seed=seed)
-        self.seed = seed
+        if len(self.batches) < world_size:
+            raise ValueError(f"{len(self.batches)} batches cannot feed {world_size} processes")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) // self.world_size
 
     def __iter__(self) -> Iterator[TranslationBatch]:
         order = list(range(len(self.batches)))
         random.Random(self.seed * 1000 + self.epoch).shuffle(order)
         self.epoch += 1
-        for b in order:
+        for b in order[self.rank : len(self) * self.world_size : self.world_size]:
             yield collate([self.examples[i] for i in self.batches[b]])

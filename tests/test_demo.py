@@ -1,0 +1,40 @@
+"""`make demo GPU=1`: where each stage runs, and the early, named failure on a machine without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln import demo
+
+
+def test_the_gpu_demo_without_cuda_stops_before_any_stage_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU, and PyTorch sees none") as stopped:
+        demo.main(["--gpu", "--checkpoints", str(tmp_path / "ck"), "--repository", str(tmp_path / "repo")])
+    assert "without GPU=1" in str(stopped.value)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "repo").exists()
+
+
+def test_the_gpu_demo_needs_onnxruntimes_cuda_provider_too(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(SystemExit, match="lacks .*CPUExecutionProvider.*install the `gpu` extra"):
+        demo.gpu_target()
+
+
+def test_on_a_cuda_machine_every_stage_is_sent_to_the_gpu(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    target = demo.gpu_target()
+    assert target.name == "NVIDIA H200"
+    assert target.classify == ("--device", "cuda", "--amp") and target.translate == ("--device", "cuda")
+    assert target.export == ("--device", "gpu")
+    assert demo.CPU.classify == demo.CPU.translate == demo.CPU.export == ()  # the CPU demo is unchanged

@@ -1,0 +1,53 @@
+"""The trainers' shared runtime: device choice, the GPU-count guard of torchrun, mixed precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training import runtime
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine that claims one CUDA GPU (nothing touches it: the guard runs before any CUDA call)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_more_torchrun_processes_than_gpus_is_an_error_naming_both_numbers(one_gpu, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for device in ("cuda", "auto"):
+        with pytest.raises(ValueError, match=r"started 2 processes .* only 1 CUDA GPU\(s\)"):
+            runtime.pick_device(device)
+
+
+def test_each_local_rank_gets_its_own_gpu_and_cpu_stays_cpu(one_gpu, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert runtime.pick_device("auto") == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.pick_device("cpu") == torch.device("cpu")  # --device cpu never counts GPUs
+
+
+def test_asking_for_cuda_without_it_or_for_an_unknown_device_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        runtime.pick_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        runtime.pick_device("tpu")
+    assert runtime.pick_device("auto") == torch.device("cpu")
+
+
+def test_bf16_autocast_runs_matmuls_in_bf16_and_fp16_gets_a_scaler():
+    amp = runtime.make_amp("bf16", torch.device("cpu"))
+    with amp.autocast():
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16 and not amp.scaler.is_enabled()
+    assert runtime.make_amp("fp16", torch.device("cpu")).scaler.is_enabled()
+    plain = runtime.make_amp(None, torch.device("cpu"))
+    with plain.autocast():
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown --amp"):
+        runtime.make_amp("int4", torch.device("cpu"))

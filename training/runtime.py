@@ -1,0 +1,126 @@
+"""Where and how a training run computes, shared by the classifier and translator trainers.
+
+``setup_dist`` joins the torchrun process group (gloo on CPU, nccl on CUDA) and picks this process's
+device; ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler). A run launched with
+more processes per node than visible GPUs stops with an error naming both numbers, before any process
+touches a device that does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Dist:
+    """Where this process runs: its rank among ``world_size`` data-parallel workers and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (which must exist) or ``auto`` (CUDA when available) for this local rank."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    if not (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+    visible = torch.cuda.device_count()
+    if max(local_world, local_rank + 1) > visible:
+        raise ValueError(
+            f"torchrun started {local_world} processes on this node but only {visible} CUDA GPU(s) are "
+            f"visible: use --nproc_per_node {visible} or fewer, or --device cpu"
+        )
+    return torch.device(f"cuda:{local_rank}")
+
+
+def setup_dist(device: str = "auto") -> Dist:
+    """Join the process group when WORLD_SIZE > 1 and pick the device (see ``pick_device``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    chosen = pick_device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return Dist(dist.get_rank() if world > 1 else 0, world, chosen)
+
+
+def teardown(d: Dist) -> None:
+    """Leave the process group (if this run joined one)."""
+    if d.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum per-rank counters over all ranks (identity in a single process)."""
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    if d.world_size > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when ``flag`` is true on at least one (keeps ranks' decisions in step)."""
+    return flag if d.world_size == 1 else all_sum([float(flag)], d)[0] > 0
+
+
+def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
+    """The module itself in one process, its DistributedDataParallel wrapper under torchrun."""
+    if d.world_size == 1:
+        return module
+    return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device])
+
+
+@dataclass
+class Amp:
+    """Mixed precision of a run: autocast dtype (None = float32) and the gradient scaler fp16 needs."""
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    device_type: str
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def make_amp(amp: str | None, device: torch.device) -> Amp:
+    """``bf16`` or ``fp16`` autocast on ``device`` (fp16 with a GradScaler), or None for float32."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"unknown --amp {amp!r}; choose from {sorted(AMP_DTYPES)}")
+    dtype = AMP_DTYPES.get(amp) if amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    return Amp(dtype, scaler, device.type)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over every parameter, in name order: equal across ranks iff DDP kept them in sync."""
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,181 @@
+"""The translator training run behind ``python -m training.translate``: device, mixed precision and
+torchrun data parallelism around the teacher-forced loop, validation on rank 0, and the checkpoint.
+
+Every rank builds the same corpus, tokenizers and initial weights from the seed, trains on its own
+share of the length buckets (DistributedDataParallel: gloo on CPU, nccl on CUDA), and follows rank 0's
+decisions (stop early, out of time), so no rank ever waits on a collective another has left. The CLI,
+recipes and evaluation helpers live in ``training.translate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import make_checkpoint, save_checkpoint
+from training.data.text_batches import BucketedBatches, TranslationBatch
+from training.optim import build_optimizer, build_scheduler
+from training.runtime import Dist, any_rank, make_amp, setup_dist, teardown, weights_hash, wrap_ddp
+from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+from training.translate import build_translator, evaluate, loss_on, prepare_data
+
+log = logging.getLogger("training.translate")
+
+
+class Trainer:
+    """The loop: steps, periodic validation, early stopping, best weights, time budget."""
+
+    def __init__(self, cfg, module: nn.Module, tokenizers, corpus, examples, d: Dist) -> None:
+        self.cfg, self.module, self.tokenizers, self.corpus, self.dist = cfg, module, tokenizers, corpus, d
+        self.model = wrap_ddp(module, d)  # what trains; ``module`` is what is evaluated and saved
+        self.amp = make_amp(cfg["amp"], d.device)
+        self.batches = BucketedBatches(
+            examples, batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+            rank=d.rank, world_size=d.world_size,
+        )  # fmt: skip
+        total = cfg["epochs"] * len(self.batches)
+        self.opt = build_optimizer(module, "adam", cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.sched = build_scheduler(
+            self.opt, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"], total_steps=total
+        )
+        self.stopper = EarlyStopping(cfg["patience"], mode="max")
+        path = Path(cfg["output_dir"]) / f"{cfg['name']}.metrics.jsonl"
+        self.metrics = MetricsLogger(path) if d.is_main else None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best = {"val_bleu": -1.0}
+        self.step, self.start = 0, time.monotonic()
+        self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
+        self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
+
+    def validate(self, epoch: float, train_loss: float) -> bool:
+        """Rank 0 scores the validation split and keeps the best weights; True on every rank means stop."""
+        stop = self._score(epoch, train_loss) if self.dist.is_main else False
+        return any_rank(stop, self.dist)
+
+    def _score(self, epoch: float, train_loss: float) -> bool:
+        scores = evaluate(
+            self.module, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
+        )
+        record = {
+            "epoch": round(epoch, 3), "train_loss": round(train_loss, 4),
+            "val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"],
+            "lr": self.opt.param_groups[0]["lr"], "time_s": round(time.monotonic() - self.start, 1),
+        }  # fmt: skip
+        self.metrics.log(record)
+        log.info("epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%", epoch, self.step, train_loss,
+                 scores["bleu"], scores["exact_match"])  # fmt: skip
+        if scores["bleu"] > self.best["val_bleu"]:
+            self.best = {"val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"], "epoch": epoch}
+            self.best_state = copy.deepcopy(self.module.state_dict())
+        return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
+
+    def train_step(self, batch: TranslationBatch) -> float:
+        """One optimizer step on one batch, under the run's autocast (fp16 through its GradScaler)."""
+        batch = batch.to(self.dist.device)
+        with self.amp.autocast():
+            loss = loss_on(self.model, batch, self.cfg["label_smoothing"])
+        self.opt.zero_grad(set_to_none=True)
+        self.amp.scaler.scale(loss).backward()
+        if self.cfg["clip_norm"]:
+            self.amp.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg["clip_norm"])
+        self.amp.scaler.step(self.opt)
+        self.amp.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return loss.item()
+
+    def run(self) -> None:
+        cfg = self.cfg
+        for epoch in range(cfg["epochs"]):
+            self.model.train()
+            total, count = 0.0, 0
+            bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+                       dynamic_ncols=True, disable=not self.dist.is_main)  # fmt: skip
+            for batch in bar:
+                total, count = total + self.train_step(batch), count + 1
+                bar.set_postfix(loss=f"{total / count:.3f}")
+                out_of_time = any_rank(time.monotonic() > self.deadline, self.dist)
+                mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
+                if (mid_eval or out_of_time) and self.validate(
+                    epoch + count / len(self.batches), total / count
+                ):
+                    return
+                if out_of_time:
+                    log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
+                    return
+            bar.close()
+            if not cfg["eval_every"] and self.validate(epoch + 1, total / max(1, count)):
+                return
+
+
+def run(cfg: dict[str, Any]) -> Path:
+    """Train one resolved config end to end; the process group (if any) is always torn down."""
+    d = setup_dist(cfg["device"])
+    try:
+        return _train(cfg, d)
+    finally:
+        teardown(d)
+
+
+def _train(cfg: dict[str, Any], d: Dist) -> Path:
+    torch.manual_seed(cfg["seed"])  # the same corpus split, tokenizers and initial weights on every rank
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    corpus, tokenizers, examples = prepare_data(cfg)
+    model, model_args = build_translator(cfg, tokenizers)
+    model.to(d.device)
+    torch.manual_seed(cfg["seed"] + d.rank)  # each rank its own dropout masks
+    log.info("%s: %d parameters on %s (%d process(es), amp %s), corpus %s", cfg["model"],
+             sum(p.numel() for p in model.parameters()), d.device, d.world_size, cfg["amp"] or "off",
+             corpus.info)  # fmt: skip
+    trainer = Trainer(cfg, model, tokenizers, corpus, examples, d)
+    trainer.run()
+    train_time = time.monotonic() - trainer.start
+    if cfg["debug_rank_hashes"]:  # the last trained weights, which DDP keeps equal on every rank
+        Path(cfg["debug_rank_hashes"]).mkdir(parents=True, exist_ok=True)
+        Path(cfg["debug_rank_hashes"], f"rank{d.rank}.sha256").write_text(weights_hash(model))
+    path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
+    if not d.is_main:
+        return path
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    return _save(cfg, trainer, model, model_args, tokenizers, corpus, train_time, path)
+
+
+def _save(
+    cfg, trainer: Trainer, model, model_args, tokenizers, corpus, train_time: float, path: Path
+) -> Path:
+    """Test BLEU (beam and greedy), then the checkpoint (contract 1) and the learning curves."""
+    max_len = cfg["max_decode_length"]
+    test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
+    greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
+    metrics = {
+        "best_val_bleu": trainer.best["val_bleu"], "best_val_exact_match": trainer.best.get("val_exact_match"),
+        "best_epoch": trainer.best.get("epoch"), "steps": trainer.step, "train_time_s": round(train_time, 1),
+        "test_bleu": test["bleu"], "test_exact_match": test["exact_match"], "test_beam": cfg["test_beam"],
+        "test_bleu_greedy": greedy["bleu"], "test_exact_match_greedy": greedy["exact_match"],
+        "total_time_s": round(time.monotonic() - trainer.start, 1), "device": str(trainer.dist.device),
+        "world_size": trainer.dist.world_size,
+    }  # fmt: skip
+    data = {
+        **corpus.info,
+        "vocab_size": {"source": tokenizers.src_vocab_size, "target": tokenizers.tgt_vocab_size},
+    }
+    ckpt = make_checkpoint(
+        task="translate", model_name=cfg["model"], model_args=model_args, model=model, train_config=cfg,
+        metrics=metrics, tokenizers=tokenizers.to_dict(), data=data,
+    )  # fmt: skip
+    save_checkpoint(ckpt, path)
+    plot_curves(
+        read_metrics(trainer.metrics.path), path.parent / f"{cfg['name']}.curves.png", title=cfg["name"]
+    )
+    log.info("saved %s: test BLEU %.2f, exact match %.1f%%", path, test["bleu"], test["exact_match"])
+    return path
