@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.app import create_app
 from serving.settings import Settings
@@ -80,3 +81,23 @@ def test_fuzzing_the_openapi_finds_no_server_error_and_no_schema_violation(gatew
     assert generated and generated.group(1) == generated.group(2), report
     print(f"schemathesis: {generated.group(0)} (seed {SEED})")
     assert httpx.get(f"http://{gateway.url}/v2/health/ready").status_code == 200
+
+
+def test_the_openapi_document_lists_real_statuses_content_types_and_no_phantom_parameter():
+    schema = create_app(Settings(grpc_port=0)).openapi()
+    operations = {(m.upper(), p): op for p, ops in schema["paths"].items() for m, op in ops.items()}
+    for key, operation in operations.items():
+        assert not [p for p in operation.get("parameters", []) if p["in"] == "query"], key
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")):
+                assert response["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorBody"
+                }, (key, status)
+    for probe in ("/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready"):
+        assert not operations[("GET", probe)]["responses"]["200"].get("content"), probe
+    assert list(operations[("GET", "/metrics")]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
+    infer = operations[("POST", "/v2/models/{name}/infer")]["responses"]
+    assert sorted(infer) == ["200", "400", "404", "413", "422", "429", "503", "504"]
+    assert "Retry-After" in infer["429"]["headers"]
+    texts = operations[("POST", "/v1/models/{name}/translate")]["requestBody"]["content"]["application/json"]
+    assert texts["schema"]["properties"]["texts"]["items"]["minLength"] == 1
