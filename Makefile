@@ -26,8 +26,9 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo )
 
-.PHONY: help setup demo train train-classifier train-translator export serve triton bench test lint format clean
+.PHONY: help setup demo train train-classifier train-translator export serve triton bench balancer test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -70,8 +71,14 @@ triton: $(STAMP) ## run the real Triton server (python flavour of the repository
 demo: $(STAMP) ## train small models, export them, serve them and answer real requests (GPU=1: on CUDA)
 	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY) $(if $(filter 1,$(GPU)),--gpu)
 
-bench: $(STAMP) ## latency/throughput side by side (PROFILE=quick|full|gpu)
+bench: $(STAMP) balancer ## latency/throughput side by side (PROFILE=quick|full|gpu)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS)
+
+balancer: ## install haproxy (Debian/Ubuntu apt) for the multi-replica test and bench row; warns if it cannot
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+	  { $(SUDO)apt-get install -y -qq haproxy || \
+	    { $(SUDO)apt-get update -qq && $(SUDO)apt-get install -y -qq haproxy; } || \
+	    echo "warning: haproxy could not be installed; the multi-replica test and bench row will skip"; }
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

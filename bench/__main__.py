@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     parser.add_argument("--classifier", default="resnet18", help="classifier entry to measure")
     parser.add_argument("--translator", default="transformer", help="translator entry to measure")
-    parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation"])
+    parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation", "replicas"])
     parser.add_argument("--threads", type=int, default=engines.default_threads())
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         return run_gpu_profile(args, profile)
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["engines", "servers", "translation"])
+    wanted = set(args.only or ["engines", "servers", "translation", "replicas"])
     entry = args.repository / args.classifier
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export` (or `make demo`) first")
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         from bench import translation
 
         results["translation"] = translation.run(args, profile, out, progress=log.info)
+    if "replicas" in wanted:
+        from bench import scaleout
+
+        results["replicas"] = scaleout.run(args, profile, out, progress=log.info)
     results["targets"] = targets(results, args.classifier)
     write(results, out)
 
@@ -169,6 +173,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         )
     if "translation" in results:
         sections.append(results["translation"].get("markdown", ""))
+    if "replicas" in results:
+        sections.append(results["replicas"].get("markdown", ""))
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
     (out / "report.md").write_text("\n".join(sections))
     console.print(f"[green]wrote {out}/results.json, report.md and {len(pngs)} plot(s)")

@@ -63,6 +63,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="gpu configs: ask the gateway to replay each bucket as a CUDA graph",
     )
     parser.add_argument("--int8-max-drop", type=float, default=0.5, help="max validation top-1 drop (points)")
+    parser.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=0.995,
+        help="translators: min share token-identical to fp32",
+    )
+    parser.add_argument("--int8-max-bleu-drop", type=float, default=0.2, help="translators: max BLEU drop")
     parser.add_argument("--tensorrt", choices=MODES, default="auto", help="build TensorRT engines")
     parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size")
     parser.add_argument("--beam-sentences", type=int, default=200, help="held-out sentences for beam parity")
@@ -116,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for ckpt in checkpoints:
                 results += export_checkpoint(
                     ckpt, args.repository, force=args.force, precisions=args.precisions,
-                    int8_max_drop=args.int8_max_drop, tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
-                    beam_sentences=args.beam_sentences, device=args.device,
+                    int8_max_drop=args.int8_max_drop, int8_min_agreement=args.int8_min_agreement,
+                    int8_max_bleu_drop=args.int8_max_bleu_drop, tensorrt=args.tensorrt,
+                    max_batch_size=args.max_batch_size, beam_sentences=args.beam_sentences, device=args.device,
                     cudnn_conv_algo_search=args.cudnn_conv_algo_search, cuda_graphs=args.cuda_graphs,
                     on_step=lambda text: progress.update(task, description=text),
                 )  # fmt: skip

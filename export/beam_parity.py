@@ -1,18 +1,22 @@
-"""Beam search over the exported ONNX encoder/decoder against the PyTorch reference, token for token.
+"""Beam search over the exported ONNX encoder/decoder against the PyTorch reference, token for token,
+and the int8 decoder's gate against the fp32 one.
 
-The numpy side is the serving code itself (``serving.decoding.stepper.translate_ids``), so this check proves
-that what the gateway will run translates exactly like the trained model.
+The numpy side is the serving code itself (``serving.decoding.stepper.translate_ids``), so these
+checks prove that what the gateway will run translates exactly like the trained model.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from export.parity import ParityReport, ort_session
+from export.quantize import TranslationGate
 from export.results import ExportContext
 
 log = logging.getLogger(__name__)
@@ -20,26 +24,41 @@ log = logging.getLogger(__name__)
 CHUNK = 32
 
 
-def held_out_sentences(ctx: ExportContext, spec: dict[str, Any], n: int) -> tuple[list[list[int]], str]:
-    """(source ids without EOS, where they came from): given, the test split, or random ids as a last resort."""
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out source sentences (ids without EOS), their reference translations when known, and origin."""
+
+    sources: list[list[int]]
+    references: list[str] | None
+    origin: str  # given sentences | test split | random ids
+
+
+def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
+    """Given sentences, the checkpoint's test split, or random ids as a last resort; empty ones dropped."""
     if ctx.validation is not None:
-        return [list(map(int, s)) for s in ctx.validation][:n], "given sentences"
+        return HeldOut([list(map(int, s)) for s in ctx.validation if len(s)][:n], None, "given sentences")
     try:
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"])
         from training.translate import held_out_pairs
 
-        texts = [src for src, _ in held_out_pairs(ctx.ckpt, "test")[:n]]
-        if texts:
-            return [e.ids for e in tok.encode_batch(texts)], "test split"
+        tok = Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"])
+        pairs = [(src, ref) for src, ref in held_out_pairs(ctx.ckpt, "test")[:n]]
+        ids = [e.ids for e in tok.encode_batch([src for src, _ in pairs])]
+        kept = [(s, ref) for s, (_, ref) in zip(ids, pairs, strict=True) if s]
+        if kept:
+            return HeldOut([s for s, _ in kept], [ref for _, ref in kept], "test split")
     except Exception as exc:  # noqa: BLE001 - fall back, and say so in the report
         log.warning("%s: test split unavailable (%s); beam parity on random ids", ctx.name, exc)
     rng = np.random.default_rng(0)
     high = spec["vocab_size_src"]
-    return [
-        rng.integers(4, high, size=int(rng.integers(2, 12))).tolist() for _ in range(min(n, 64))
-    ], "random ids"
+    sources = [rng.integers(4, high, size=int(rng.integers(2, 12))).tolist() for _ in range(min(n, 64))]
+    return HeldOut(sources, None, "random ids")
+
+
+def _search_config(spec: dict[str, Any], data: HeldOut, beam_size: int) -> dict[str, int]:
+    longest = max((len(s) for s in data.sources), default=1)
+    return {"beam_size": beam_size, "max_length": int(min(spec["max_positions"], 2 * longest + 10))}
 
 
 def _torch_beams(
@@ -59,41 +78,91 @@ def _torch_beams(
 
 
 def _onnx_beams(
-    g: dict[str, Any], spec: dict[str, Any], sents: list[list[int]], cfg: dict
+    encoder: Path, decoder: Path, spec: dict[str, Any], sents: list[list[int]], cfg: dict
 ) -> list[list[int]]:
     from serving.decoding.beam_search import BeamConfig
     from serving.decoding.stepper import translate_ids
     from serving.execution.onnxruntime import onnxruntime_runner
 
     step_spec = {k: v for k, v in spec.items() if k != "vocab_size_src"}
-    enc, dec = onnxruntime_runner(ort_session(g["enc_path"])), onnxruntime_runner(ort_session(g["dec_path"]))
-    config = BeamConfig(beam_size=cfg["beam_size"], n_best=1, max_length=cfg["max_length"],
-                        eos_id=spec["eos_id"], bos_id=spec["bos_id"])  # fmt: skip
+    enc, dec = onnxruntime_runner(ort_session(encoder)), onnxruntime_runner(ort_session(decoder))
+    bos, eos = spec["bos_id"], spec["eos_id"]
+    config = BeamConfig(cfg["beam_size"], n_best=1, max_length=cfg["max_length"], eos_id=eos, bos_id=bos)
     out = []
     for i in range(0, len(sents), CHUNK):
         out += [list(h[0].tokens) for h in translate_ids(enc, dec, step_spec, sents[i : i + CHUNK], config)]
     return out
 
 
+def _agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float, int | None]:
+    """Fraction of identical token lists and the index of the first difference (None when all agree)."""
+    same = [a == b for a, b in zip(reference, other, strict=True)]
+    first = same.index(False) if False in same else None
+    return (float(np.mean(same)) if same else 1.0), first
+
+
 def beam_parity(ctx: ExportContext, g: dict[str, Any]) -> ParityReport:
     """Fraction of held-out sentences whose best hypothesis is identical; anything below 100% fails."""
     spec = g["spec"]
-    sents, source = held_out_sentences(ctx, spec, ctx.options.beam_sentences)
-    sents = [s for s in sents if s][: ctx.options.beam_sentences]
-    longest = max((len(s) for s in sents), default=1)
-    cfg = {
-        "beam_size": ctx.options.beam_size,
-        "max_length": int(min(spec["max_positions"], 2 * longest + 10)),
-    }
-    ref, got = _torch_beams(ctx.model, spec, sents, cfg), _onnx_beams(g, spec, sents, cfg)
-    same = [a == b for a, b in zip(ref, got, strict=True)]
+    data = held_out(ctx, spec, ctx.options.beam_sentences)
+    cfg = _search_config(spec, data, ctx.options.beam_size)
+    ref = _torch_beams(ctx.model, spec, data.sources, cfg)
+    got = _onnx_beams(g["enc_path"], g["dec_path"], spec, data.sources, cfg)
+    agreement, first = _agreement(ref, got)
     report = ParityReport(tolerance=0.0)
-    agreement = float(np.mean(same)) if same else 1.0
-    report.metrics.update(beam_agreement=agreement, beam_sentences=len(sents), beam_source=source, **cfg)
-    if agreement < 1.0:
-        first = same.index(False)
+    report.metrics.update(
+        beam_agreement=agreement, beam_sentences=len(data.sources), beam_source=data.origin, **cfg
+    )
+    if first is not None:
         report.fail(
-            f"beam search differs on {same.count(False)}/{len(same)} sentences; first: sentence {first} "
-            f"PyTorch {ref[first]} vs ONNX {got[first]}"
+            f"beam search differs on {round((1 - agreement) * len(ref))}/{len(ref)} sentences; first: "
+            f"sentence {first} PyTorch {ref[first]} vs ONNX {got[first]}"
         )
     return report
+
+
+def _detokenize(hyps: list[list[int]], target_tokenizer: str, eos: int) -> list[str]:
+    """Texts of id hypotheses, EOS dropped and specials skipped, as the gateway returns them."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(target_tokenizer).decode_batch([[t for t in h if t != eos] for h in hyps])
+
+
+def _bleu(texts: list[str], refs: list[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(texts, [refs]).score)
+
+
+def int8_gate(
+    ctx: ExportContext, g: dict[str, Any], int8_decoder: Path
+) -> tuple[ParityReport, TranslationGate]:
+    """Beam search with the int8 decoder against the fp32 decoder on the held-out sentences.
+
+    BLEU is measured against the references when the test split is available, else against the fp32
+    translations. ``ctx.accuracy_hook`` may replace the gate (tests force a rejection with it).
+    """
+    spec = g["spec"]
+    data = held_out(ctx, spec, ctx.options.beam_sentences)
+    cfg = _search_config(spec, data, ctx.options.beam_size)
+    fp32 = _onnx_beams(g["enc_path"], g["dec_path"], spec, data.sources, cfg)
+    int8 = _onnx_beams(g["enc_path"], int8_decoder, spec, data.sources, cfg)
+    agreement, _ = _agreement(fp32, int8)
+    target, eos = ctx.ckpt["tokenizers"]["target"], spec["eos_id"]
+    fp32_texts, int8_texts = _detokenize(fp32, target, eos), _detokenize(int8, target, eos)
+    refs = data.references if data.references is not None else fp32_texts
+    gate = TranslationGate(
+        agreement=agreement,
+        sentences=len(data.sources),
+        bleu_fp32=_bleu(fp32_texts, refs),
+        bleu_int8=_bleu(int8_texts, refs),
+        bleu_reference="references" if data.references is not None else "fp32 translations",
+        min_agreement=ctx.options.int8_min_agreement,
+        max_bleu_drop=ctx.options.int8_max_bleu_drop,
+    )
+    if ctx.accuracy_hook is not None:
+        gate = ctx.accuracy_hook(gate)
+    report = ParityReport(tolerance=float("inf"))
+    report.metrics.update(beam_agreement=gate.agreement, beam_sentences=len(data.sources))
+    report.metrics.update(beam_source=data.origin, int8_gate=gate.as_dict(), **cfg)
+    return report, gate

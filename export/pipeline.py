@@ -50,6 +50,8 @@ def export_checkpoint(
     force: bool = False,
     precisions: Iterable[str] = ("fp32",),
     int8_max_drop: float = 0.5,
+    int8_min_agreement: float = 0.995,
+    int8_max_bleu_drop: float = 0.2,
     tensorrt: str = "auto",
     max_batch_size: int = 64,
     beam_sentences: int = 200,
@@ -67,9 +69,10 @@ def export_checkpoint(
     the artifacts and their parity checks are the same on either device."""
     path = Path(path)
     options = ExportOptions(
-        precisions=tuple(precisions), int8_max_drop=int8_max_drop, tensorrt=tensorrt,
-        max_batch_size=max_batch_size, force=force, beam_sentences=beam_sentences, device=device,
-        cudnn_conv_algo_search=cudnn_conv_algo_search, cuda_graphs=cuda_graphs,
+        precisions=tuple(precisions), int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement,
+        int8_max_bleu_drop=int8_max_bleu_drop, tensorrt=tensorrt, max_batch_size=max_batch_size, force=force,
+        beam_sentences=beam_sentences, device=device, cudnn_conv_algo_search=cudnn_conv_algo_search,
+        cuda_graphs=cuda_graphs,
     )  # fmt: skip
     ckpt = load_checkpoint(path)
     ctx = ExportContext(

@@ -12,7 +12,7 @@ from torch import nn
 
 from export import repository
 from export.parity import ParityReport
-from export.quantize import PRECISIONS, GateResult
+from export.quantize import PRECISIONS
 
 DEVICES = ("cpu", "gpu")
 
@@ -22,7 +22,9 @@ class ExportOptions:
     """What to build; everything that changes the artifacts is recorded in kiln.json ``export``."""
 
     precisions: tuple[str, ...] = ("fp32",)
-    int8_max_drop: float = 0.5
+    int8_max_drop: float = 0.5  # classifiers: max validation top-1 drop (points)
+    int8_min_agreement: float = 0.995  # translators: min share of sentences token-identical to fp32
+    int8_max_bleu_drop: float = 0.2  # translators: max BLEU drop
     tensorrt: str = "auto"
     max_batch_size: int = 64
     force: bool = False
@@ -85,7 +87,7 @@ class ExportContext:
     options: ExportOptions
     name: str
     on_step: Callable[[str], None] | None = None
-    accuracy_hook: Callable[[GateResult], GateResult] | None = None
+    accuracy_hook: Callable[[Any], Any] | None = None  # replaces a GateResult / TranslationGate
     validation: Any = None
 
     @property
@@ -104,6 +106,8 @@ class ExportContext:
         }
         if precision == "int8":
             out["int8_max_drop"] = self.options.int8_max_drop
+            out["int8_min_agreement"] = self.options.int8_min_agreement
+            out["int8_max_bleu_drop"] = self.options.int8_max_bleu_drop
         if self.options.device == "gpu":  # absent on CPU, so CPU entries written before stay up to date
             out["device"] = "gpu"
             out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search

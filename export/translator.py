@@ -2,7 +2,8 @@
 
 Everything is driven by the model's own step spec (docs/translator-interface.md): tensor shapes are
 probed through ``encode`` / ``decode_step``, never looked up by model name. Parity covers both graphs
-at several batch sizes and lengths, then beam search over ONNX against the PyTorch reference.
+at several batch sizes and lengths, then beam search over ONNX against the PyTorch reference. With
+``int8`` among the precisions, a dynamically quantized decoder is gated on beam search against fp32.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from export import repository
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
 from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
+from export.quantize import to_int8_dynamic
 from export.results import EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
-from export.translator_entries import write_translator_entries
+from export.translator_entries import int8_entry_names, write_int8_entries, write_translator_entries
 
 log = logging.getLogger(__name__)
 
@@ -132,28 +135,42 @@ def _export_graphs(ctx: ExportContext, work: Path) -> dict[str, Any]:
                 dec_path=dec_path, enc_module=enc_module, dec_module=dec_module)  # fmt: skip
 
 
+def _decoder_cases(g: dict[str, Any]) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
+    return [
+        (s, {k: v.numpy() for k, v in decoder_inputs(g["frozen"], g["spec"], s, seed=i).items()})
+        for i, s in enumerate(DECODER_CASES)
+    ]
+
+
+def decoder_parity(g: dict[str, Any], path: Path, report: ParityReport) -> ParityReport:
+    """The decoder graph at ``path`` against PyTorch at several row counts, source and cache lengths."""
+    reference = torch_runner(g["dec_module"], g["dec"])
+    check_feeds(g["dec"], reference, session_runner(ort_session(path)), _decoder_cases(g), report)
+    return report
+
+
 def graph_parity(g: dict[str, Any]) -> tuple[ParityReport, ParityReport]:
     """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
-    spec, frozen = g["spec"], g["frozen"]
-    enc_report, dec_report = ParityReport(g["enc"].atol), ParityReport(g["dec"].atol)
+    spec = g["spec"]
+    enc_report = ParityReport(g["enc"].atol)
     enc_cases = [
         (s, {"src_ids": random_source(spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
         for i, s in enumerate(ENCODER_CASES)
     ]
-    check_feeds(g["enc"], torch_runner(g["enc_module"], g["enc"]), session_runner(ort_session(g["enc_path"])),
-                enc_cases, enc_report)  # fmt: skip
-    dec_cases = [
-        (s, {k: v.numpy() for k, v in decoder_inputs(frozen, spec, s, seed=i).items()})
-        for i, s in enumerate(DECODER_CASES)
-    ]
-    check_feeds(g["dec"], torch_runner(g["dec_module"], g["dec"]), session_runner(ort_session(g["dec_path"])),
-                dec_cases, dec_report)  # fmt: skip
-    return enc_report, dec_report
+    reference = torch_runner(g["enc_module"], g["enc"])
+    check_feeds(g["enc"], reference, session_runner(ort_session(g["enc_path"])), enc_cases, enc_report)
+    return enc_report, decoder_parity(g, g["dec_path"], ParityReport(g["dec"].atol))
+
+
+def _entry_names(ctx: ExportContext) -> list[str]:
+    names = [f"{ctx.name}_encoder", f"{ctx.name}_decoder", ctx.name]
+    return names + (list(int8_entry_names(ctx.name)) if "int8" in ctx.options.precisions else [])
 
 
 def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
-    """The three entries of one translator checkpoint (all rebuilt together when any is stale)."""
-    names = [f"{ctx.name}_encoder", f"{ctx.name}_decoder", ctx.name]
+    """The entries of one translator checkpoint (all rebuilt together when any is stale); the int8
+    ones only with ``int8`` among the precisions and when they pass their gate."""
+    names = _entry_names(ctx)
     if not any(ctx.needs_rebuild(n) for n in names):
         return [ctx.skipped(n) for n in names]
     ctx.step("freeze")
@@ -167,6 +184,30 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
 
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
-    return write_translator_entries(
+    results = write_translator_entries(
         ctx, graphs, {"encoder": enc_report, "decoder": dec_report, "beam": beam_report}
     )
+    if "int8" in ctx.options.precisions:
+        results += _int8_entries(ctx, graphs, work)
+    return results
+
+
+def _int8_entries(ctx: ExportContext, g: dict[str, Any], work: Path) -> list[EntryResult]:
+    """Quantize the decoder, gate it on beam search against fp32; write or refuse (removing stale ones)."""
+    from export.beam_parity import int8_gate
+
+    ctx.step("int8 decoder")
+    path = to_int8_dynamic(g["dec_path"], work / "int8" / "dec.onnx")
+    dec_report = decoder_parity(g, path, ParityReport(float("inf")))  # diffs recorded, not bounded
+    ctx.step("int8 gate")
+    gate_report, gate = int8_gate(ctx, g, path)
+    if gate.passed:
+        return write_int8_entries(ctx, g, path, {"decoder": dec_report, "gate": gate_report})
+    log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
+    results = []
+    for entry in int8_entry_names(ctx.name):
+        repository.remove_entry(ctx.repository, entry)
+        result = EntryResult.from_report(entry, "int8", gate_report)
+        result.status, result.message = "rejected", gate.reason()
+        results.append(result)
+    return results

@@ -1,4 +1,6 @@
-"""Repository entries of a translator: ``<name>_encoder``, ``<name>_decoder`` and the ``<name>`` python entry."""
+"""Repository entries of a translator: ``<name>_encoder``, ``<name>_decoder`` and the ``<name>`` python entry,
+plus, when int8 passes its gate, ``<name>_decoder_int8`` and the ``<name>_int8`` python entry that pairs the
+shared fp32 encoder with it (docs/kiln-json.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from export import repository
 from export.parity import ParityReport
 from export.results import EntryResult, ExportContext
 from export.specs import GraphSpec
-from export.triton_config import TritonModelConfig, TritonTensor, config_from_spec, preferred_sizes, to_pbtxt
+from export.triton_config import (
+    TritonModelConfig,
+    TritonTensor,
+    config_from_spec,
+    gpu_flavour,
+    preferred_sizes,
+    to_pbtxt,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
@@ -25,12 +34,13 @@ def _tensors(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _common(ctx: ExportContext, step_spec: dict[str, Any]) -> dict[str, Any]:
+def _common(ctx: ExportContext, step_spec: dict[str, Any], precision: str) -> dict[str, Any]:
     return {
         "model": ctx.ckpt["model"],
         "source_checkpoint": ctx.source,
-        "precision": "fp32",
+        "precision": precision,
         "step_spec": step_spec,
+        "export": ctx.settings(precision),
     }
 
 
@@ -43,6 +53,10 @@ def _write_graph(
         shutil.copyfile(onnx_path, repository.version_dir(tmp) / "model.onnx")
         base = config_from_spec(spec)
         config = dataclasses.replace(base, dynamic_batching=False, warmup=False)
+        if ctx.options.device == "gpu":
+            config = gpu_flavour(
+                config, cudnn_conv_algo_search=ctx.options.cudnn_conv_algo_search, tensorrt=False
+            )
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
         return {"task": task, **meta, **_tensors(spec), "roles": spec.roles, "max_batch_size": spec.max_batch_size,
                 "platform": "onnxruntime_onnx"}  # fmt: skip
@@ -78,42 +92,87 @@ def _copy_runtime(version: Path) -> str:
     return "model.py"
 
 
-def _write_python(ctx: ExportContext, g: dict[str, Any], step_spec: dict, reports: dict) -> Path:
-    enc, dec = g["enc"].name, g["dec"].name
+@dataclasses.dataclass(frozen=True)
+class PythonEntry:
+    """One ``task == "translate"`` entry: its name, the graph entries it calls and its precision."""
+
+    name: str
+    encoder: str
+    decoder: str
+    precision: str
+
+
+def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parity: dict[str, Any]) -> Path:
     tokenizers = ctx.ckpt["tokenizers"]
 
     def fill(tmp: Path) -> dict[str, Any]:
         (tmp / "source_tokenizer.json").write_text(tokenizers["source"])
         (tmp / "target_tokenizer.json").write_text(tokenizers["target"])
         model_py = _copy_runtime(repository.version_dir(tmp))
-        config = python_entry_config(ctx.name, ctx.options.max_batch_size, enc, dec)
+        config = python_entry_config(entry.name, ctx.options.max_batch_size, entry.encoder, entry.decoder)
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        translator = {
+            "encoder": entry.encoder,
+            "decoder": entry.decoder,
+            "source_tokenizer": "source_tokenizer.json",
+            "target_tokenizer": "target_tokenizer.json",
+            "step_spec": step_spec,
+        }
         return {
-            "task": "translate", **_common(ctx, step_spec), "platform": "python",
+            "task": "translate",
+            **_common(ctx, step_spec, entry.precision),
+            "platform": "python",
             "inputs": [{"name": "text", "datatype": "BYTES", "dims": [-1, 1]}],
             "outputs": [{"name": "translation", "datatype": "BYTES", "dims": [-1, 1]}],
-            "roles": {"text": "text", "translation": "translation"}, "max_batch_size": ctx.options.max_batch_size,
+            "roles": {"text": "text", "translation": "translation"},
+            "max_batch_size": ctx.options.max_batch_size,
             "model_py": model_py,
-            "translator": {"encoder": enc, "decoder": dec, "source_tokenizer": "source_tokenizer.json",
-                           "target_tokenizer": "target_tokenizer.json", "step_spec": step_spec},
-            "parity": {**reports["beam"].as_dict(), "freeze": g["freeze"].as_dict()},
-            "export": ctx.settings("fp32"),
-        }  # fmt: skip
+            "translator": translator,
+            "parity": parity,
+        }
 
-    return repository.write_entry(ctx.repository, ctx.name, fill)
+    return repository.write_entry(ctx.repository, entry.name, fill)
+
+
+def _step_spec(g: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in g["spec"].items() if k != "vocab_size_src"}
 
 
 def write_translator_entries(ctx: ExportContext, g: dict[str, Any], reports: dict[str, ParityReport]) -> list:
     """Write the three entries; parity reports go to each entry's kiln.json and to the results."""
-    step_spec = {k: v for k, v in g["spec"].items() if k != "vocab_size_src"}
+    step_spec = _step_spec(g)
     results = []
     for key, task in (("enc", "translate_encoder"), ("dec", "translate_decoder")):
         report = reports["encoder" if key == "enc" else "decoder"]
-        meta = {**_common(ctx, step_spec), "parity": report.as_dict(), "export": ctx.settings("fp32")}
+        meta = {**_common(ctx, step_spec, "fp32"), "parity": report.as_dict()}
         path = _write_graph(ctx, g[key], g[f"{key}_path"], task, meta)
         result = EntryResult.from_report(g[key].name, "fp32", report)
         result.status, result.path = "written", path
         results.append(result)
+    entry = PythonEntry(ctx.name, g["enc"].name, g["dec"].name, "fp32")
+    parity = {**reports["beam"].as_dict(), "freeze": g["freeze"].as_dict()}
     result = EntryResult.from_report(ctx.name, "fp32", reports["beam"])
-    result.status, result.path = "written", _write_python(ctx, g, step_spec, reports)
+    result.status, result.path = "written", _write_python(ctx, entry, step_spec, parity)
     return results + [result]
+
+
+def int8_entry_names(name: str) -> tuple[str, str]:
+    """(int8 decoder entry, int8 python entry) of translator ``name``."""
+    return f"{name}_decoder_int8", f"{name}_int8"
+
+
+def write_int8_entries(
+    ctx: ExportContext, g: dict[str, Any], int8_decoder: Path, reports: dict[str, ParityReport]
+) -> list[EntryResult]:
+    """``<name>_decoder_int8`` (the quantized step graph, same tensors as fp32) and ``<name>_int8``,
+    a translate entry over the shared fp32 encoder and that decoder; ``reports``: decoder and gate."""
+    step_spec = _step_spec(g)
+    dec_name, name = int8_entry_names(ctx.name)
+    spec = dataclasses.replace(g["dec"], name=dec_name)
+    meta = {**_common(ctx, step_spec, "int8"), "parity": reports["decoder"].as_dict()}
+    dec = EntryResult.from_report(dec_name, "int8", reports["decoder"])
+    dec.status, dec.path = "written", _write_graph(ctx, spec, int8_decoder, "translate_decoder", meta)
+    entry = PythonEntry(name, g["enc"].name, dec_name, "int8")
+    result = EntryResult.from_report(name, "int8", reports["gate"])
+    result.status, result.path = "written", _write_python(ctx, entry, step_spec, reports["gate"].as_dict())
+    return [dec, result]

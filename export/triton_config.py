@@ -125,16 +125,20 @@ def gpu_flavour(
     precision: str = "fp32",
     cudnn_conv_algo_search: str = "EXHAUSTIVE",
     cuda_graphs: bool = False,
+    tensorrt: bool = True,
 ) -> TritonModelConfig:
     """The GPU variant of an ONNX config: KIND_GPU, buckets as preferred sizes, Triton's TensorRT
-    accelerator block, and the parameters the gateway reads to keep every CUDA session on one shape."""
+    accelerator block, and the parameters the gateway reads to keep every CUDA session on one shape.
+
+    ``tensorrt=False`` leaves the accelerator out: a translator's decoder step changes shape every
+    step (its cache grows), and a TensorRT engine per shape would be rebuilt for ever."""
     if config.platform != "onnxruntime_onnx":
         raise ValueError(
             f"{config.name}: only onnxruntime_onnx configs have a GPU flavour, not {config.platform}"
         )
     if cudnn_conv_algo_search not in CUDNN_ALGO_SEARCH_VALUES:
         raise ValueError(f"cudnn algo search must be one of {sorted(CUDNN_ALGO_SEARCH_VALUES)}")
-    tensorrt = Accelerator(
+    accelerator = Accelerator(
         "tensorrt",
         {
             "precision_mode": TRT_PRECISION_MODES[precision],
@@ -156,7 +160,7 @@ def gpu_flavour(
         warmup_batch_sizes=buckets if batched else config.warmup_batch_sizes,
         max_queue_delay_us=GPU_QUEUE_DELAY_US if batched else config.max_queue_delay_us,
         parameters=parameters,
-        gpu_accelerators=(tensorrt,),
+        gpu_accelerators=(accelerator,) if tensorrt else (),
     )
 
 

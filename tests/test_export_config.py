@@ -141,6 +141,12 @@ def test_an_unbatched_graph_on_gpu_gets_no_buckets_and_no_cuda_graphs():
     )
 
 
+def test_a_decoder_step_on_gpu_gets_no_tensorrt_accelerator_its_shape_changes_every_step():
+    parsed = parse_pbtxt(to_pbtxt(gpu_flavour(_graph(DECODER), tensorrt=False)))
+    assert parsed.instance_group[0].kind == parsed.instance_group[0].KIND_GPU
+    assert not parsed.optimization.execution_accelerators.gpu_execution_accelerator
+
+
 def test_bucket_sizes_are_powers_of_two_capped_by_the_max_batch_size():
     assert bucket_sizes(64) == (1, 2, 4, 8, 16, 32, 64)
     assert bucket_sizes(48) == (1, 2, 4, 8, 16, 32, 48)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
 from export.pipeline import export_checkpoint
+from export.quantize import TranslationGate
 from export.triton_config import parse_pbtxt
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.models import build_model, list_models
@@ -47,11 +51,7 @@ def _tokenizer_json() -> str:
     return Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).to_str()
 
 
-@pytest.fixture(scope="module", params=TRANSLATORS or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no translator registered yet"))])  # fmt: skip
-def exported(request, tmp_path_factory) -> tuple[str, Path, list]:
-    name = request.param
-    root = tmp_path_factory.mktemp(name)
+def _translator_checkpoint(name: str, root: Path) -> Path:
     args = {
         "src_vocab_size": VOCAB,
         "tgt_vocab_size": VOCAB,
@@ -62,9 +62,25 @@ def exported(request, tmp_path_factory) -> tuple[str, Path, list]:
     torch.manual_seed(0)
     model = build_model(name, **args)
     tok = _tokenizer_json()
-    ckpt = make_checkpoint(task="translate", model_name=name, model_args=args, model=model, train_config={},
-                           metrics={}, tokenizers={"source": tok, "target": tok, "shared": True})  # fmt: skip
-    path = save_checkpoint(ckpt, root / f"{name}.pt")
+    tokenizers = {"source": tok, "target": tok, "shared": True}
+    ckpt = make_checkpoint(
+        task="translate",
+        model_name=name,
+        model_args=args,
+        model=model,
+        train_config={},
+        metrics={},
+        tokenizers=tokenizers,
+    )
+    return save_checkpoint(ckpt, root / f"{name}.pt")
+
+
+@pytest.fixture(scope="module", params=TRANSLATORS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no translator registered yet"))])  # fmt: skip
+def exported(request, tmp_path_factory) -> tuple[str, Path, list]:
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    path = _translator_checkpoint(name, root)
     return name, root / "repo", export_checkpoint(path, root / "repo", validation=SENTENCES, tensorrt="off")
 
 
@@ -109,3 +125,94 @@ def test_translator_re_export_is_skipped_when_nothing_changed(exported):
     ckpt = repo.parent / f"{name}.pt"
     again = export_checkpoint(ckpt, repo, validation=SENTENCES, tensorrt="off")
     assert [r.status for r in again] == ["up to date"] * 3
+
+
+@pytest.fixture(scope="module")
+def int8_exported(tmp_path_factory) -> tuple[Path, list]:
+    """The tiny transformer with an int8 decoder; a random model's int8 beams differ from fp32 on some of
+    the 4 sentences, so the gate's thresholds are opened here (the gate's own test uses the real ones)."""
+    root = tmp_path_factory.mktemp("int8")
+    path = _translator_checkpoint("transformer", root)
+    opened = {"int8_min_agreement": 0.0, "int8_max_bleu_drop": 100.0}
+    results = export_checkpoint(
+        path, root / "repo", validation=SENTENCES, tensorrt="off", precisions=("fp32", "int8"), **opened
+    )
+    return root / "repo", results
+
+
+def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_decoder(int8_exported):
+    repo, results = int8_exported
+    status = {r.entry: r.status for r in results}
+    assert status["transformer_decoder_int8"] == status["transformer_int8"] == "written"
+    meta = json.loads((repo / "transformer_int8" / "kiln.json").read_text())
+    assert meta["task"] == "translate" and meta["precision"] == "int8"
+    assert meta["translator"]["encoder"] == "transformer_encoder"
+    assert meta["translator"]["decoder"] == "transformer_decoder_int8"
+    gate = meta["parity"]["int8_gate"]
+    assert (
+        gate["passed"]
+        and gate["sentences"] == len(SENTENCES)
+        and gate["bleu_reference"] == "fp32 translations"
+    )
+    dec = json.loads((repo / "transformer_decoder_int8" / "kiln.json").read_text())
+    fp32 = json.loads((repo / "transformer_decoder" / "kiln.json").read_text())
+    assert dec["task"] == "translate_decoder" and dec["precision"] == "int8"
+    assert (dec["inputs"], dec["outputs"], dec["step_spec"]) == (
+        fp32["inputs"],
+        fp32["outputs"],
+        fp32["step_spec"],
+    )
+    graph = onnx.load(str(repo / "transformer_decoder_int8" / "1" / "model.onnx"))
+    assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
+    config = parse_pbtxt((repo / "transformer_int8" / "config.pbtxt").read_text())
+    assert config.parameters["decoder"].string_value == "transformer_decoder_int8"
+
+
+def test_the_gateway_serves_the_int8_translator_entry(int8_exported):
+    import httpx
+
+    from serving.app import create_app
+    from serving.settings import Settings
+    from serving.triton import free_port
+    from tests.repo_fixtures import LiveServer
+
+    repo, _ = int8_exported
+    app = create_app(Settings(model_repository=repo, grpc_port=free_port()))
+    with LiveServer(app) as server:
+        body = {"texts": ["w5 w9 w12", "w10"], "beam_size": 2, "max_length": 8}
+        url = f"http://{server.url}/v1/models/transformer_int8/translate"
+        response = httpx.post(url, json=body, timeout=60.0)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["translations"]) == 2
+
+
+def test_int8_gate_refuses_the_entries_and_removes_stale_ones_when_translations_drift(
+    int8_exported, tmp_path
+):
+    repo, _ = int8_exported
+    shutil.copytree(repo, tmp_path / "repo")  # starts with int8 entries written by an earlier export
+
+    def drifted(gate: TranslationGate) -> TranslationGate:  # pretend 1% of sentences changed
+        return dataclasses.replace(gate, agreement=0.99)
+
+    options = {"precisions": ("fp32", "int8"), "force": True, "tensorrt": "off", "accuracy_hook": drifted}
+    results = export_checkpoint(
+        repo.parent / "transformer.pt", tmp_path / "repo", validation=SENTENCES, **options
+    )
+    int8 = [r for r in results if r.precision == "int8"]
+    assert [r.status for r in int8] == ["rejected", "rejected"]
+    assert "agreement 99.00% (need >= 99.50%)" in int8[0].message
+    assert not (tmp_path / "repo" / "transformer_int8").exists()
+    assert not (tmp_path / "repo" / "transformer_decoder_int8").exists()
+    assert (tmp_path / "repo" / "transformer").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("agreement", "bleu_int8", "passed"),
+    [(1.0, 30.0, True), (0.995, 29.8, True), (0.994, 30.0, False), (1.0, 29.79, False)],
+)
+def test_translation_gate_needs_995_permille_identical_and_at_most_02_bleu_drop(agreement, bleu_int8, passed):
+    gate = TranslationGate(agreement, 600, bleu_fp32=30.0, bleu_int8=bleu_int8, bleu_reference="references")
+    assert gate.passed is passed
+    assert (gate.reason() == "") is passed
+    assert gate.as_dict()["passed"] is passed

@@ -115,6 +115,27 @@ def test_transformer_cache_mask_hides_left_padded_cache_entries():
     torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
 
 
+def test_transformer_step_over_a_preallocated_cache_equals_a_grown_cache():
+    """The serving-side growth scheme of docs/translator-interface.md: one buffer per cache with room for
+    every step, each new entry written into its column in place, unwritten columns masked out."""
+    model = tiny("transformer")
+    spec, steps = model.step_spec(), TGT.shape[1]
+    with torch.no_grad():
+        enc = model.encode(SRC)
+        state = init_state(spec, enc, 2, past=steps + 2, cache_fill=lambda shape, **_: torch.randn(shape))
+        state["cache_mask"][:] = False
+        out = []
+        for t in range(steps):
+            result = model.decode_step(decoder_inputs(spec, state, TGT[:, t], t))
+            for inp in spec["decoder"]["inputs"]:
+                if inp["role"] == "cache":
+                    state[inp["name"]].narrow(inp["axis"], t, 1).copy_(result[inp["output"]])
+            state["cache_mask"][:, t] = True
+            out.append(result["log_probs"])
+        grown = run_steps(model, SRC, TGT)
+    torch.testing.assert_close(torch.stack(out, dim=1), grown, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     model = tiny(name)

@@ -76,8 +76,31 @@ class MultiHeadAttention(nn.Module):
         q = self.split(self.q_proj(x))  # (B, h, T, hd)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, h, T, K)
         weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, T, K)
-        out = (weights @ v).transpose(1, 2).flatten(2)  # (B, T, D)
-        return self.out_proj(out)
+        return self._merge(weights @ v)
+
+    def attend_step(
+        self, x: Tensor, past_k: Tensor, past_v: Tensor, new_k: Tensor, new_v: Tensor, mask: Tensor
+    ) -> Tensor:
+        """One query per row over ``past ++ new`` keys without concatenating them (no copy of the cache).
+
+        x: (B, 1, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); mask: Bool (B, 1, P+1).
+        Only the scores ((B, h, 1, P+1), small) are concatenated; the weighted sum is split back over
+        the two parts. The new entry's score and contribution are elementwise products: a batched GEMM
+        of 1 x hd by hd x 1 per row and head costs far more than the arithmetic it does.
+        """
+        q = self.split(self.q_proj(x))  # (B, h, 1, hd)
+        scale = math.sqrt(self.head_dim)
+        past_scores = q @ past_k.transpose(-2, -1) / scale  # (B, h, 1, P)
+        new_score = (q * new_k).sum(dim=-1, keepdim=True) / scale  # (B, h, 1, 1)
+        scores = torch.cat([past_scores, new_score], dim=-1)  # (B, h, 1, P+1)
+        weights = self.dropout(F.softmax(_neg_fill(scores, mask[:, None]), dim=-1))  # (B, h, 1, P+1)
+        past = past_k.shape[2]
+        out = weights[..., :past] @ past_v + weights[..., past:] * new_v  # (B, h, 1, hd)
+        return self._merge(out)
+
+    def _merge(self, heads: Tensor) -> Tensor:
+        """(B, h, T, hd) -> output projection of (B, T, D)."""
+        return self.out_proj(heads.transpose(1, 2).flatten(2))  # (B, T, D)
 
 
 class FeedForward(nn.Sequential):
@@ -117,19 +140,21 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        past_k: Tensor,
-        past_v: Tensor,
+        cache: tuple[Tensor, Tensor] | None,
         self_mask: Tensor,
         cross_k: Tensor,
         cross_v: Tensor,
         src_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (B, T, D); past_k/v: (B, h, P, hd); self_mask: (B, T, P+T); cross_k/v: (B, h, S, hd)."""
+        """x: (B, T, D); cache: None (teacher forcing, self_mask (B, T, T)) or past k/v (B, h, P, hd) for
+        one step (T = 1, self_mask (B, 1, P+1)); cross_k/v: (B, h, S, hd). Returns x and new k/v (B, h, T, hd)."""
         h = self.self_attn_norm(x)  # (B, T, D)
         new_k, new_v = self.self_attn.keys_values(h)  # (B, h, T, hd)
-        k = torch.cat([past_k, new_k], dim=2)  # (B, h, P+T, hd)
-        v = torch.cat([past_v, new_v], dim=2)  # (B, h, P+T, hd)
-        x = x + self.dropout(self.self_attn.attend(h, k, v, self_mask))  # (B, T, D)
+        if cache is None:
+            attended = self.self_attn.attend(h, new_k, new_v, self_mask)  # (B, T, D)
+        else:
+            attended = self.self_attn.attend_step(h, *cache, new_k, new_v, self_mask)  # (B, 1, D)
+        x = x + self.dropout(attended)
         h = self.cross_attn_norm(x)
         x = x + self.dropout(self.cross_attn.attend(h, cross_k, cross_v, src_mask[:, None, :]))  # (B, T, D)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, T, D)
@@ -179,42 +204,29 @@ class Transformer(nn.Module):
         return self.dropout(x)
 
     def encode(self, src_ids: Tensor) -> dict[str, Tensor]:
-        """src_ids: Long (B, S) -> src_mask (B, S), cross_k / cross_v (B, layers, h, S, hd)."""
+        """src_ids: Long (B, S) -> src_mask (B, S) and, per decoder layer i, cross_k_i / cross_v_i (B, h, S, hd)."""
         src_mask = src_ids != self.cfg.pad_id  # (B, S)
         pos = torch.arange(src_ids.shape[1], device=src_ids.device).expand_as(src_ids)  # (B, S)
         x = self._embed(self.src_embed, src_ids, pos)  # (B, S, D)
         for layer in self.encoder_layers:
             x = layer(x, src_mask)  # (B, S, D)
         memory = self.encoder_norm(x)  # (B, S, D)
-        kv = [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers]  # L x 2 x (B, h, S, hd)
-        cross_k = torch.stack([k for k, _ in kv], dim=1)  # (B, L, h, S, hd)
-        cross_v = torch.stack([v for _, v in kv], dim=1)  # (B, L, h, S, hd)
-        return {"src_mask": src_mask, "cross_k": cross_k, "cross_v": cross_v}
+        out = {"src_mask": src_mask}
+        for i, layer in enumerate(self.decoder_layers):
+            out[f"cross_k_{i}"], out[f"cross_v_{i}"] = layer.cross_attn.keys_values(memory)  # (B, h, S, hd)
+        return out
 
     def _decode(
-        self, x: Tensor, self_k: Tensor, self_v: Tensor, self_mask: Tensor, enc: dict[str, Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (B, T, D), caches (B, L, h, P, hd) -> log-probs (B, T, V), new k/v (B, L, h, T, hd)."""
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.decoder_layers):
-            x, k, v = layer(
-                x,
-                self_k[:, i],
-                self_v[:, i],
-                self_mask,
-                enc["cross_k"][:, i],
-                enc["cross_v"][:, i],
-                enc["src_mask"],
-            )
-            new_k.append(k)  # (B, h, T, hd)
-            new_v.append(v)
+        self, x: Tensor, caches: list[tuple[Tensor, Tensor] | None], self_mask: Tensor, enc: dict[str, Tensor]
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """x: (B, T, D), per-layer caches (B, h, P, hd) or None -> logits (B, T, V), new k/v (B, h, T, hd)."""
+        new = []
+        for i, (layer, cache) in enumerate(zip(self.decoder_layers, caches, strict=True)):
+            cross_k, cross_v = enc[f"cross_k_{i}"], enc[f"cross_v_{i}"]
+            x, k, v = layer(x, cache, self_mask, cross_k, cross_v, enc["src_mask"])
+            new.append((k, v))  # 2 x (B, h, T, hd)
         logits = self.output_proj(self.decoder_norm(x))  # (B, T, V)
-        return logits, torch.stack(new_k, dim=1), torch.stack(new_v, dim=1)
-
-    def _empty_cache(self, batch: int, ref: Tensor) -> Tensor:
-        cfg = self.cfg
-        shape = (batch, cfg.decoder_layers, cfg.heads, 0, cfg.d_model // cfg.heads)
-        return ref.new_zeros(shape)  # (B, L, h, 0, hd)
+        return logits, new
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src_ids (B, S), tgt_in (B, T) starting with BOS -> logits (B, T, V)."""
@@ -223,58 +235,53 @@ class Transformer(nn.Module):
         pos = torch.arange(t, device=tgt_in.device).expand(b, t)  # (B, T)
         x = self._embed(self.tgt_embed, tgt_in, pos)  # (B, T, D)
         causal = torch.ones(t, t, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T)
-        empty = self._empty_cache(b, enc["cross_k"])
-        logits, _, _ = self._decode(x, empty, empty, causal.expand(b, t, t), enc)
+        logits, _ = self._decode(x, [None] * self.cfg.decoder_layers, causal.expand(b, t, t), enc)
         return logits  # (B, T, V)
 
     def decode_step(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One token per row over the cache; returns log_probs (B, V) and this step's k/v (B, L, h, 1, hd)."""
+        """One token per row over per-layer caches; returns log_probs (B, V) and new_self_k_i / _v_i (B, h, 1, hd)."""
         tokens, positions = inputs["tokens"], inputs["positions"]  # (B,), (B,)
         x = self._embed(self.tgt_embed, tokens[:, None], positions[:, None])  # (B, 1, D)
         cache_mask = inputs["cache_mask"]  # (B, P)
         now = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (B, 1)
         self_mask = torch.cat([cache_mask, now], dim=1)[:, None, :]  # (B, 1, P+1)
-        enc = {k: inputs[k] for k in ("cross_k", "cross_v", "src_mask")}
-        logits, new_k, new_v = self._decode(x, inputs["self_k"], inputs["self_v"], self_mask, enc)
-        log_probs = F.log_softmax(logits[:, 0].float(), dim=-1)  # (B, V)
-        return {"log_probs": log_probs, "new_self_k": new_k, "new_self_v": new_v}
+        layers = range(self.cfg.decoder_layers)
+        caches = [(inputs[f"self_k_{i}"], inputs[f"self_v_{i}"]) for i in layers]
+        logits, new = self._decode(x, caches, self_mask, inputs)
+        out = {"log_probs": F.log_softmax(logits[:, 0].float(), dim=-1)}  # (B, V)
+        for i, (k, v) in enumerate(new):
+            out[f"new_self_k_{i}"], out[f"new_self_v_{i}"] = k, v  # (B, h, 1, hd)
+        return out
 
     def step_spec(self) -> dict:
-        """The JSON step spec of docs/translator-interface.md for this configuration."""
+        """The JSON step spec of docs/translator-interface.md: one cache and one cross-attention pair per layer."""
         cfg = self.cfg
-        init = [-1, cfg.decoder_layers, cfg.heads, 0, cfg.d_model // cfg.heads]
-        floats = ("cross_k", "cross_v", "self_k", "self_v", "log_probs", "new_self_k", "new_self_v")
+        layers = range(cfg.decoder_layers)
+        init = [-1, cfg.heads, 0, cfg.d_model // cfg.heads]
+        caches = [f"self_{kv}_{i}" for i in layers for kv in "kv"]
+        cross = [f"cross_{kv}_{i}" for i in layers for kv in "kv"]
+        cache_inputs = [
+            {"name": n, "role": "cache", "output": f"new_{n}", "axis": 2, "init_shape": init} for n in caches
+        ]
+        cross_inputs = [{"name": n, "role": "encoder", "pad_axis": 2} for n in cross]
+        floats = [*cross, *caches, "log_probs", *(f"new_{n}" for n in caches)]
         return {
             "pad_id": cfg.pad_id,
             "bos_id": cfg.bos_id,
             "eos_id": cfg.eos_id,
             "vocab_size": cfg.tgt_vocab_size,
             "max_positions": cfg.max_positions,
-            "encoder": {"inputs": ["src_ids"], "outputs": ["src_mask", "cross_k", "cross_v"]},
+            "encoder": {"inputs": ["src_ids"], "outputs": ["src_mask", *cross]},
             "decoder": {
                 "inputs": [
                     {"name": "tokens", "role": "tokens"},
                     {"name": "positions", "role": "positions"},
-                    {
-                        "name": "self_k",
-                        "role": "cache",
-                        "output": "new_self_k",
-                        "axis": 3,
-                        "init_shape": init,
-                    },
-                    {
-                        "name": "self_v",
-                        "role": "cache",
-                        "output": "new_self_v",
-                        "axis": 3,
-                        "init_shape": init,
-                    },
+                    *cache_inputs,
                     {"name": "cache_mask", "role": "cache_mask"},
-                    {"name": "cross_k", "role": "encoder", "pad_axis": 3},
-                    {"name": "cross_v", "role": "encoder", "pad_axis": 3},
+                    *cross_inputs,
                     {"name": "src_mask", "role": "encoder", "pad_axis": 1},
                 ],
-                "outputs": ["log_probs", "new_self_k", "new_self_v"],
+                "outputs": ["log_probs", *(f"new_{n}" for n in caches)],
             },
             "dtypes": {
                 "src_ids": "int64",
@@ -282,7 +289,7 @@ class Transformer(nn.Module):
                 "positions": "int64",
                 "src_mask": "bool",
                 "cache_mask": "bool",
-                **{name: "float32" for name in floats},
+                **dict.fromkeys(floats, "float32"),
             },
         }
 

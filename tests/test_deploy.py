@@ -1,0 +1,224 @@
+"""deploy/ validated offline: every kustomization renders with ``kubectl kustomize``, every resource
+passes strict Kubernetes schema validation, the KServe InferenceService passes KServe's CRD schema
+(stored in deploy/schemas/), broken manifests are rejected, and the manifests agree with the gateway's
+real settings, health routes and metric names."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from serving.metrics import GatewayMetrics
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+KUBERNETES_VERSION = "1.32.0"
+KSERVE_SCHEMA = DEPLOY / "schemas" / "kserve-inferenceservice-v1beta1.json"
+ADAPTER_RULES = DEPLOY / "monitoring" / "prometheus-adapter-rules.yaml"
+# Every kustomization a user deploys: the overlays and the KServe one (bases are rendered through them).
+TARGETS = sorted(
+    str(p.parent.relative_to(DEPLOY)) for p in (*DEPLOY.glob("overlays/*/kustomization.yaml"), DEPLOY / "kserve/kustomization.yaml")
+)  # fmt: skip
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed: kustomize cannot render"
+)
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` (offline: it only reads files) and parse every document."""
+    done = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory} failed: {done.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: kustomize cannot render")
+    return {target: render(DEPLOY / target) for target in TARGETS}
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"].startswith(name))]
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+def check_inference_service(doc: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run check-jsonschema (the CLI, as a user would) on one InferenceService against the stored schema."""
+    path = tmp_path / f"{doc['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cmd = [sys.executable, "-m", "check_jsonschema", "--schemafile", str(KSERVE_SCHEMA), str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_there_are_cpu_gpu_and_kserve_targets_to_deploy() -> None:
+    assert {"overlays/cpu", "overlays/gpu", "kserve"} <= set(TARGETS)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_kubernetes_resource_each_target_renders_passes_strict_validation(rendered, target) -> None:
+    docs = [d for d in rendered[target] if d["apiVersion"] != "serving.kserve.io/v1beta1"]
+    assert docs or target == "kserve"
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+def test_the_inference_service_passes_kserves_crd_schema(rendered, tmp_path) -> None:
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == "kserve-tritonserver"
+    done = check_inference_service(isvc, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_kubectl
+def test_an_inference_service_with_a_misspelled_field_is_rejected(rendered, tmp_path) -> None:
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    broken = copy.deepcopy(isvc)
+    model = broken["spec"]["predictor"]["model"]
+    model["storageURI"] = model.pop("storageUri")
+    done = check_inference_service(broken, tmp_path)
+    assert done.returncode != 0 and "storageURI" in done.stdout + done.stderr
+
+
+@needs_kubectl
+def test_a_broken_overlay_renders_but_strict_validation_rejects_it(tmp_path) -> None:
+    """A patch with a misspelled field goes through kustomize untouched; the validator must catch it."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    broken = tmp_path / "deploy" / "overlays" / "broken"
+    broken.mkdir()
+    (broken / "kustomization.yaml").write_text(
+        "resources: [../cpu]\npatches:\n  - path: typo.yaml\n"
+    )  # fmt: skip
+    (broken / "typo.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: kiln-gateway}\n"
+        "spec: {template: {spec: {terminationGracePeriodSecond: 45}}}\n"
+    )
+    (deployment,) = of_kind(render(broken), "Deployment")
+    with pytest.raises(kubernetes_validate.ValidationError, match="terminationGracePeriodSecond"):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("target", ["overlays/cpu", "overlays/gpu"])
+def test_the_grace_period_covers_the_prestop_pause_and_the_drain(rendered, target) -> None:
+    """SIGKILL must not come while a pod still finishes requests it accepted (gateway and Triton)."""
+    for deployment in of_kind(rendered[target], "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        (main,) = spec["containers"]
+        pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+        if main["name"] == "gateway":
+            # uvicorn waits up to shutdown_grace_s; a request it waits on ends by its deadline at the latest.
+            env = env_of(main)
+            settings = Settings(
+                shutdown_grace_s=env["KILN_SHUTDOWN_GRACE_S"],
+                request_timeout_s=env.get("KILN_REQUEST_TIMEOUT_S", Settings().request_timeout_s),
+            )
+            drain = max(settings.shutdown_grace_s, settings.request_timeout_s)
+        else:
+            (flag,) = [a for a in main["args"] if a.startswith("--exit-timeout-secs=")]
+            drain = float(flag.split("=")[1])
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + drain, deployment["metadata"]["name"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("target", ["overlays/cpu", "overlays/gpu"])
+def test_every_kiln_variable_in_the_manifests_is_a_valid_gateway_setting(rendered, target) -> None:
+    (deployment,) = of_kind(rendered[target], "Deployment", "kiln-gateway")
+    given = {k.removeprefix("KILN_").lower(): v for k, v in env_of(container(deployment, "gateway")).items()}
+    assert set(given) <= set(Settings.model_fields), set(given) - set(Settings.model_fields)
+    settings = Settings(**given)
+    ports = {p["name"]: p["containerPort"] for p in container(deployment, "gateway")["ports"]}
+    assert (settings.http_port, settings.grpc_port) == (ports["http"], ports["grpc"])
+
+
+@needs_kubectl
+def test_probes_use_the_kserve_v2_health_routes_the_gateway_serves(rendered) -> None:
+    from serving.app import create_app
+
+    routes = set(create_app(Settings()).openapi()["paths"])
+    for target in ("overlays/cpu", "overlays/gpu"):
+        for deployment in of_kind(rendered[target], "Deployment"):
+            main = deployment["spec"]["template"]["spec"]["containers"][0]
+            assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+            assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {"/v2/health/ready", "/v2/health/live"} <= routes
+
+
+def exposed_series() -> set[str]:
+    """Every series name the gateway's /metrics can carry (histograms as _bucket/_sum/_count)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f.name + s for f in GatewayMetrics().registry.collect() for s in suffixes[f.type]}
+
+
+@needs_kubectl
+def test_autoscalers_scale_on_adapter_metrics_built_from_series_the_gateway_exposes(rendered) -> None:
+    rules = yaml.safe_load(ADAPTER_RULES.read_text())["rules"]["custom"]
+    provided = {rule["name"]["as"] for rule in rules}
+    wanted = set()
+    for target in ("overlays/cpu", "overlays/gpu"):
+        for hpa in of_kind(rendered[target], "HorizontalPodAutoscaler"):
+            assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Pods"}, (
+                "scale on latency signals, not CPU"
+            )
+            wanted |= {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    assert wanted == provided
+    queried = {
+        name
+        for rule in rules
+        for name in re.findall(r"\b(kiln_[a-z_]+)\{", rule["seriesQuery"] + rule["metricsQuery"])
+    }
+    assert queried and queried <= exposed_series(), queried - exposed_series()
+
+
+@needs_kubectl
+def test_gateways_reach_triton_through_a_per_request_balancer_over_the_headless_service(rendered) -> None:
+    docs = rendered["overlays/gpu"]
+    (headless,) = of_kind(docs, "Service", "kiln-triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    (deployment,) = of_kind(docs, "Deployment", "kiln-gateway")
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert sidecar["restartPolicy"] == "Always", "a native sidecar outlives the draining gateway"
+    (config_map,) = of_kind(docs, "ConfigMap", "kiln-triton-balancer")
+    config = config_map["data"]["haproxy.cfg"]
+    bind = re.search(r"bind 127\.0\.0\.1:(\d+) proto h2", config)
+    assert bind and env_of(container(deployment, "gateway"))["KILN_TRITON_URL"] == f"127.0.0.1:{bind[1]}"
+    assert re.search(r"server-template \w+ \d+ \"kiln-triton-headless\.", config)
+    assert "default-server proto h2" in config
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (make balancer)")
+def test_the_triton_balancer_configuration_is_accepted_by_haproxy(tmp_path) -> None:
+    config = DEPLOY / "overlays" / "gpu" / "haproxy.cfg"
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=60,
+        env={"POD_NAMESPACE": "kiln", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_stored_kserve_schema_is_closed_so_unknown_fields_fail() -> None:
+    schema = json.loads(KSERVE_SCHEMA.read_text())
+    model = schema["properties"]["spec"]["properties"]["predictor"]["properties"]["model"]
+    assert model["additionalProperties"] is False and "storageUri" in model["properties"]
