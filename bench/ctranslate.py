@@ -110,14 +110,21 @@ class CT2Translator:
     """CTranslate2 translation over Kiln's tokenizers: same source convention (tokens + EOS, no BOS)."""
 
     def __init__(
-        self, model_dir: Path, tokenizers: dict[str, str], *, inter_threads: int = 2, intra_threads: int = 1
+        self,
+        model_dir: Path,
+        tokenizers: dict[str, str],
+        *,
+        inter_threads: int = 2,
+        intra_threads: int = 1,
+        compute_type: str = "float32",
     ):
         import ctranslate2
         from tokenizers import Tokenizer
 
         self.translator = ctranslate2.Translator(
-            str(model_dir), device="cpu", inter_threads=inter_threads, intra_threads=intra_threads
-        )
+            str(model_dir), device="cpu", inter_threads=inter_threads, intra_threads=intra_threads,
+            compute_type=compute_type,
+        )  # fmt: skip
         self.src = Tokenizer.from_str(tokenizers["source"])
         self.tgt = Tokenizer.from_str(tokenizers["target"])
 

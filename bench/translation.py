@@ -1,5 +1,7 @@
-"""Translation side by side: the gateway (iteration-level batched beam search over ONNX Runtime), the
-PyTorch reference beam search with and without its KV cache, and CTranslate2 on the same weights.
+"""Translation side by side: the gateway (iteration-level batched beam search over ONNX Runtime), Kiln's
+decoding engine in-process (batch engine, scheduler path, batch-1 latency), the PyTorch reference beam
+search with and without its KV cache, and CTranslate2 on the same weights (fp32 and int8, at its best
+layout on two cores and at one thread).
 
 Every engine translates the same held-out test sentences; tokens are counted the same way for all
 (target subwords of the output plus EOS), and each row carries its BLEU so speed and quality are read
@@ -23,6 +25,7 @@ from kiln.processes import running
 from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
+MAX_LENGTH = 64  # every engine: most tokens generated per sentence
 
 
 def bleu(hyps: list[str], refs: list[str]) -> float:
@@ -93,36 +96,123 @@ def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> l
                 src = tok.encode_source(texts[i : i + batch])
                 width = max(map(len, src))
                 x = torch.tensor([s + [0] * (width - len(s)) for s in src])
-                for h in beam_search(model, x, beam_size=beam, max_length=64, use_cache=use_cache):
+                for h in beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache):
                     hyps.append(tok.decode_target(h[0].tokens))
             name = "pytorch (kv cache)" if use_cache else "pytorch (no cache)"
             rows.append(_row(name, beam, batch, texts, hyps, refs, time.perf_counter() - start, count))
     return rows
 
 
+CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}
+
+
 def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count) -> list[dict[str, Any]]:
+    """CTranslate2 at its best layout on two cores and at one thread, fp32 and int8, plus batch-1 latency."""
     from bench.ctranslate import CT2Translator, convert
 
     model_dir = convert(ckpt_path, out / "ctranslate2", force=True)
-    translator = CT2Translator(model_dir, ckpt["tokenizers"], inter_threads=2, intra_threads=1)
+    rows = []
+    for compute in ("float32", "int8"):
+        for layout, (inter, intra) in CT2_LAYOUTS.items():
+            translator = CT2Translator(model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra,
+                                       compute_type=compute)  # fmt: skip
+            name = f"ctranslate2 {'fp32' if compute == 'float32' else compute} ({layout})"
+            for beam in beams:
+                translator.translate(texts[:8], beam_size=beam)  # warm up
+                start = time.perf_counter()
+                hyps = [t for t, _ in translator.translate(texts, beam_size=beam, max_length=MAX_LENGTH)]
+                rows.append(_row(name, beam, 32, texts, hyps, refs, time.perf_counter() - start, count))
+            if layout == "1 thread" and compute == "float32":
+                rows.append(_latency_row(name, texts, refs, count, translator))
+    return rows
+
+
+def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
+    """One sentence at a time, beam 4: the batch-1 latency row (p50 / p99 over ``n`` sentences)."""
+    hyps, lat = [], []
+    for text in texts[:n]:
+        start = time.perf_counter()
+        hyps.append(translator.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+        lat.append(time.perf_counter() - start)
+    return _row(engine, 4, 1, texts[:n], hyps, refs[:n], sum(lat), count, lat)
+
+
+def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
+    """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
+    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
+    import onnxruntime as ort
+
+    from serving.decoding.stepper import translate_ids
+    from serving.decoding.translator import translator_from_entry
+    from serving.execution.onnxruntime import onnxruntime_runner
+    from serving.execution.repository import Repository
+
+    entry = Repository(repository).get(model)
+    block = entry.kiln["translator"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    run = {
+        part: onnxruntime_runner(
+            ort.InferenceSession(str(repository / block[part] / "1" / "model.onnx"), options)
+        )
+        for part in ("encoder", "decoder")
+    }
+    translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])
+    spec = translator.schedulers[0].spec
     rows = []
     for beam in beams:
-        translator.translate(texts[:8], beam_size=beam)  # warm up
-        start = time.perf_counter()
-        hyps = [t for t, _ in translator.translate(texts, beam_size=beam, max_length=64)]
+        config, ids = translator.beam_config(_options(beam)), translator.source_ids(texts)
+        start, hyps = time.perf_counter(), []
+        for i in range(0, len(ids), 32):
+            results = translate_ids(run["encoder"], run["decoder"], spec, ids[i : i + 32], config)
+            hyps += translator.codec.decode([h[0].tokens for h in results])
         rows.append(
-            _row(
-                "ctranslate2 (inter 2, intra 1)",
-                beam,
-                32,
-                texts,
-                hyps,
-                refs,
-                time.perf_counter() - start,
-                count,
-            )
+            _row("kiln engine (batch 32)", beam, 32, texts, hyps, refs, time.perf_counter() - start, count)
         )
+    for beam, concurrency, hyps, elapsed, lat in asyncio.run(_scheduler_runs(translator, texts, beams)):
+        engine = "kiln engine (scheduler)"
+        if concurrency == 1:
+            rows.append(
+                _row(engine, beam, 1, texts[: len(hyps)], hyps, refs[: len(hyps)], elapsed, count, lat)
+            )
+        else:
+            rows.append(_row(engine, beam, concurrency, texts, hyps, refs, elapsed, count, lat))
     return rows
+
+
+def _options(beam: int) -> Any:
+    from serving.decoding.beam_search import DecodingOptions
+
+    return DecodingOptions(beam_size=beam, max_length=MAX_LENGTH)
+
+
+async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tuple]:
+    """Through the Translator in-process: each text its own request from 32 coroutines, per beam; then
+    32 texts one at a time at beam 4 (batch-1 latency). Rows of (beam, concurrency, hyps, s, latencies)."""
+    await translator.start()
+    try:
+        out = [(beam, 32, *await _requests(translator, texts, beam, 32)) for beam in beams]
+        out.append((4, 1, *await _requests(translator, texts[:32], 4, 1)))
+    finally:
+        await translator.stop()
+    return out
+
+
+async def _requests(translator: Any, texts: list[str], beam: int, concurrency: int):
+    hyps: list[str | None] = [None] * len(texts)
+    latencies: list[float] = []
+    queue = list(range(len(texts)))[::-1]
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            t0 = time.perf_counter()
+            hyps[i] = (await translator.translate([texts[i]], _options(beam)))[0][0].text
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return hyps, time.perf_counter() - start, latencies
 
 
 async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
@@ -143,7 +233,7 @@ async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[
             while queue:
                 i = queue.pop()
                 t0 = time.perf_counter()
-                body = {"texts": [texts[i]], "beam_size": beams[i], "max_length": 64}
+                body = {"texts": [texts[i]], "beam_size": beams[i], "max_length": MAX_LENGTH}
                 async with session.post(endpoint, json=body) as resp:
                     resp.raise_for_status()
                     answer = await resp.json()
@@ -178,6 +268,11 @@ def gateway_rows(
             hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, mixed, c))
             row = _row("gateway (mixed beams)", 0, c, texts, hyps, refs, elapsed, count, lat)
             rows.append({**row, "beams": mixed})
+        if (Path(repository) / f"{model}_int8").is_dir():  # the int8 decoder entry, where export wrote one
+            hyps, elapsed, lat = asyncio.run(_gateway_run(url, f"{model}_int8", texts, 4, max(concurrencies)))
+            rows.append(
+                _row("gateway (int8 entry)", 4, max(concurrencies), texts, hyps, refs, elapsed, count, lat)
+            )
     return rows
 
 
@@ -202,6 +297,47 @@ def triton_rows(repository, model, texts, refs, concurrency, threads, out, count
     return rows
 
 
+def _find(rows, engine: str, beam: int = 4, concurrency: int | None = None) -> dict[str, Any] | None:
+    return next(
+        (r for r in rows if r["engine"] == engine and r["beam"] == beam
+         and (concurrency is None or r["concurrency"] == concurrency)), None,
+    )  # fmt: skip
+
+
+def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 10's figures: each measured ratio with its goal (reported, never asserted)."""
+    ct_best = _find(rows, "ctranslate2 fp32 (inter 2, intra 1)")
+    ct_one = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=32)
+    ct_lat = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=1)
+    checks = [
+        ("gateway c=32 beam 4 tokens/s >= 0.5x CTranslate2 fp32 at its best layout", 0.5,
+         _find(rows, "gateway", concurrency=32), ct_best, "tokens_per_s", False),
+        ("gateway c=32 beam 4 >= 4x the PyTorch reference with KV cache", 4.0,
+         _find(rows, "gateway", concurrency=32), _find(rows, "pytorch (kv cache)"), "tokens_per_s", False),
+        ("in-process engine (batch 32, 1 thread) >= 0.6x CTranslate2 fp32 at 1 thread", 0.6,
+         _find(rows, "kiln engine (batch 32)"), ct_one, "tokens_per_s", False),
+        ("int8 entry through the gateway >= 0.7x CTranslate2 fp32 at its best layout", 0.7,
+         _find(rows, "gateway (int8 entry)"), ct_best, "tokens_per_s", False),
+        ("batch-1 latency p50 (beam 4) <= 2x CTranslate2 fp32 at 1 thread", 2.0,
+         _find(rows, "kiln engine (scheduler)", concurrency=1), ct_lat, "p50_ms", True),
+    ]  # fmt: skip
+    out = []
+    for target, goal, ours, theirs, key, lower_is_better in checks:
+        measured = (
+            ratio(ours[key], theirs[key])
+            if ours and theirs and key in ours and key in theirs
+            else float("nan")
+        )
+        note = (
+            f"agreement with the reference: {ours.get('same_as_reference', float('nan')):.1f}%"
+            if ours
+            else "not run"
+        )
+        out.append({"target": target, "goal": goal, "measured": measured, "note": note,
+                    "lower_is_better": lower_is_better})  # fmt: skip
+    return out
+
+
 def run(
     args, profile: dict[str, Any], out: Path, progress: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
@@ -224,6 +360,8 @@ def run(
                             args.threads, out / "logs", count)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["triton"] = str(exc)
+    progress("translation: Kiln's decoding engine in-process (batch, scheduler, batch-1)")
+    rows += engine_rows(args.repository, args.translator, texts, refs, beams, count)
     progress("translation: PyTorch reference (with and without cache)")
     rows += pytorch_rows(ckpt, texts, refs, beams, args.threads, count)
     try:
@@ -232,15 +370,7 @@ def run(
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["ctranslate2"] = str(exc)
     agreement(rows)
-    gw = next(
-        (r for r in rows if r["engine"] == "gateway" and r["beam"] == 4 and r["concurrency"] == 32), None
-    )
-    ct = next((r for r in rows if r["engine"].startswith("ctranslate2") and r["beam"] == 4), None)
-    targets = [{
-        "target": "gateway translate c=32 beam 4 >= 1.0x CTranslate2 tokens/s (same weights, equal BLEU)",
-        "goal": 1.0, "measured": ratio(gw["tokens_per_s"], ct["tokens_per_s"]) if gw and ct else float("nan"),
-        "note": f"BLEU gateway {gw['bleu'] if gw else '–'} vs CTranslate2 {ct['bleu'] if ct else '–'}",
-    }]  # fmt: skip
+    targets = acceptance(rows)
     cols = ["engine", "beam", "concurrency", "sentences", "tokens_per_s", "sentences_per_s", "p50_ms", "p99_ms",
             "bleu", "exact_match", "same_as_reference"]  # fmt: skip
     md = "## Translation (`transformer`, held-out test sentences)\n\n" + table(rows, cols) + "\n"

@@ -6,6 +6,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,6 +83,8 @@ def make_gateway(
         timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
+    if settings.decode_workers is not None:
+        scheduler_config = replace(scheduler_config, workers=settings.decode_workers)
     return Gateway(
         backend, repository, scheduler_config=scheduler_config, observer=metrics,
         retry_after_s=settings.retry_after_s, shutdown_grace_s=settings.shutdown_grace_s,

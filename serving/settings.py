@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session")
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
+    decode_workers: int | None = Field(
+        None,
+        ge=1,
+        description="decode workers (threads, each its own batch) per translator; default: measured",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="request body limit (413 above it)")

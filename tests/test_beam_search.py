@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -110,16 +111,20 @@ def test_beam_two_finds_the_hand_computed_hypotheses_in_score_order():
 
 
 def stepwise(script: dict, **kwargs) -> tuple[list[list[tuple[list[int], float]]], list[int]]:
-    """Drive advance() by hand: the finished list after every step, and the decoder's row counts."""
+    """Drive step() by hand: the finished list after every step, and the decoder's row counts."""
     kwargs = {"beam_size": 2, "n_best": 2, "max_length": 10, "length_penalty": "none"} | kwargs
     decoder = ScriptedDecoder([script])
-    state, origin, tokens = bs.start(bs.BeamConfig(**kwargs)), np.array([0]), np.array([BOS])
+    beams, origin, tokens = bs.start([bs.BeamConfig(**kwargs)]), np.array([0]), np.array([BOS])
     history = []
-    while not bs.is_done(state):
-        state, origin, tokens = bs.advance(state, decoder.step(tokens, origin))
-        history.append(summary(list(state.finalized)))
-    assert bs.live_rows(state) == 0 and tokens.size == 0
+    while not beams.done[0]:
+        beams, origin, tokens = astuple(bs.step(beams, decoder.step(tokens, origin)))
+        history.append(summary(list(beams.finished[0])))
+    assert beams.rows.tolist() == [0] and tokens.size == 0
     return history, decoder.calls
+
+
+def astuple(result: bs.StepResult) -> tuple[bs.Beams, np.ndarray, np.ndarray]:
+    return result.beams, result.origin, result.tokens
 
 
 def test_beam_three_stops_once_no_live_row_can_beat_the_worst_finished():
@@ -166,8 +171,8 @@ def test_a_newcomer_that_only_ties_the_worst_of_a_full_list_is_dropped():
 
 def test_eos_outside_the_first_beam_ranks_is_not_finalized():
     cfg = bs.BeamConfig(beam_size=3, n_best=1, max_length=10)
-    state, origin, tokens = bs.advance(bs.start(cfg), log_probs_for(SCRIPT_BEAM3, ())[None])
-    assert state.finalized == ()  # EOS ranked 4th of 6 candidates
+    beams, origin, tokens = astuple(bs.step(bs.start([cfg]), log_probs_for(SCRIPT_BEAM3, ())[None]))
+    assert beams.finished == ((),)  # EOS ranked 4th of 6 candidates
     assert tokens.tolist() == [A, B, C] and origin.tolist() == [0, 0, 0]
 
 
@@ -248,14 +253,14 @@ def test_finished_sentences_leave_the_batch():
     assert decoder.calls == [2, 4, 4, 2, 2, 2]
 
 
-def test_advance_batch_offsets_origins_into_the_shared_call():
+def test_a_step_offsets_origins_into_the_shared_call():
     cfg = bs.BeamConfig(beam_size=2, max_length=10)
-    states = [bs.start(cfg), bs.start(cfg)]
+    beams = bs.start([cfg, cfg])
     lp = np.stack([log_probs_for(SCRIPT_BEAM2, ()), log_probs_for(SCRIPT_TIE, ())])
-    states, origin, tokens = bs.advance_batch(states, lp)
+    beams, origin, tokens = astuple(bs.step(beams, lp))
     assert origin.tolist() == [0, 0, 1, 1] and tokens.tolist() == [A, B, A, B]
-    with pytest.raises(ValueError, match="rows"):
-        bs.advance_batch(states, lp)
+    with pytest.raises(ValueError, match="log_probs"):
+        bs.step(beams, lp)
 
 
 @pytest.mark.parametrize(
@@ -279,24 +284,94 @@ def test_invalid_configs_raise_a_value_error_naming_the_field(kwargs, message):
 
 
 def test_log_probs_of_the_wrong_shape_are_refused():
-    state = bs.start(bs.BeamConfig(beam_size=2))
+    beams = bs.start([bs.BeamConfig(beam_size=2)])
     with pytest.raises(ValueError, match="log_probs"):
-        bs.advance(state, np.zeros((2, VOCAB), dtype=np.float32))
+        bs.step(beams, np.zeros((2, VOCAB), dtype=np.float32))
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed):
+@pytest.mark.parametrize(("seed", "spread"), [(0, 7), (1, 7), (2, 3000)])
+def test_top_candidates_equal_a_full_stable_sort_even_with_many_ties(seed, spread):
     rng = np.random.default_rng(seed)
-    scores = rng.integers(-3, 0, size=4).astype(np.float32)
-    log_probs = rng.integers(-4, 0, size=(4, 50)).astype(np.float32)  # heavy ties
-    log_probs[rng.random((4, 50)) < 0.2] = -np.inf
-    flat, cand = bs.top_candidates(scores, log_probs, 8)
-    full = (scores[:, None] + log_probs).reshape(-1)
-    expected = np.argsort(-full, kind="stable")[:8]
+    cand = rng.integers(-spread, 0, size=(3, 200)).astype(np.float32)  # heavy ties, or values far apart
+    cand[rng.random((3, 200)) < 0.2] = -np.inf
+    flat, top = bs.top_candidates(cand, 8)
+    expected = np.argsort(-cand, axis=1, kind="stable")[:, :8]
     np.testing.assert_array_equal(flat, expected)
-    np.testing.assert_array_equal(cand, full[expected])
+    np.testing.assert_array_equal(top, np.take_along_axis(cand, expected, axis=1))
+
+
+def test_top_candidates_pad_rows_with_fewer_finite_candidates_with_minus_inf():
+    cand = np.full((2, 10), -np.inf, dtype=np.float32)
+    cand[0, [7, 2]] = [-1.0, -1.0]  # a tie: the lower column first
+    cand[1, :] = -np.arange(10, dtype=np.float32)
+    flat, top = bs.top_candidates(cand, 4)
+    assert flat.tolist() == [[2, 7, 10, 10], [0, 1, 2, 3]]
+    assert top.tolist() == [[-1.0, -1.0, -np.inf, -np.inf], [0.0, -1.0, -2.0, -3.0]]
 
 
 def test_output_tokens_stop_at_the_first_eos_and_drop_bos_and_padding():
     assert bs.output_tokens([1, 7, 0, 8, 2, 9], eos_id=2, pad_id=0, bos_id=1) == [7, 8]
     assert bs.output_tokens([7, 8], eos_id=2, pad_id=0, bos_id=1) == [7, 8]
+
+
+def test_sentences_of_mixed_beam_sizes_share_one_step_and_get_their_solo_results():
+    configs = [bs.BeamConfig(beam_size=b, n_best=1, max_length=10, length_penalty="none") for b in (1, 3, 2)]
+    scripts = [SCRIPT_BEAM2, SCRIPT_BEAM3, SCRIPT_BEAM2]
+    decoder = ScriptedDecoder(scripts)
+    beams, origin, tokens = bs.start(configs), np.arange(3), np.full(3, BOS)
+    beams, origin, tokens = astuple(bs.step(beams, decoder.step(tokens, origin)))
+    # step 0, one row each. Beam 1: A .6. Beam 3: A .5, B .3, C .15 (EOS .05 ranks 4th). Beam 2: A .6, B .3.
+    assert beams.rows.tolist() == [1, 3, 2]
+    assert tokens.tolist() == [A, A, B, C, A, B] and origin.tolist() == [0, 1, 1, 1, 2, 2]
+    np.testing.assert_allclose(np.exp(beams.scores), [0.6, 0.5, 0.3, 0.15, 0.6, 0.3], rtol=1e-6)
+    while tokens.size:
+        beams, origin, tokens = astuple(bs.step(beams, decoder.step(tokens, origin)))
+    together = [bs.results(beams, i) for i in range(3)]
+    alone = [run([s], **dataclasses.asdict(c))[0] for s, c in zip(scripts, configs, strict=True)]
+    assert together == alone
+    assert summary(together[0]) == [([A, EOS], 0.3)]  # greedy: A .6 then EOS .5
+    assert summary(together[1]) == [([A, EOS], 0.3)] and summary(together[2]) == [([A, EOS], 0.3)]
+
+
+def test_a_sentence_joining_between_steps_and_one_leaving_keep_their_solo_results():
+    cfg = bs.BeamConfig(beam_size=2, n_best=2, max_length=10, length_penalty="none")
+    first = ScriptedDecoder([SCRIPT_BEAM2])
+    beams, origin, tokens = astuple(bs.step(bs.start([cfg]), first.step(np.array([BOS]), np.array([0]))))
+    # SCRIPT_TIE joins after one step: its BOS row goes after the two live rows of SCRIPT_BEAM2.
+    beams = bs.concat(beams, bs.start([cfg]))
+    assert beams.rows.tolist() == [2, 1] and beams.step.tolist() == [1, 0]
+    lp = np.concatenate([first.step(tokens, origin), log_probs_for(SCRIPT_TIE, ())[None]])
+    beams, origin, tokens = astuple(bs.step(beams, lp))
+    # SCRIPT_BEAM2 step 1: [B, A] .21 and [A, A] .18 continue; [A, EOS] .3 is finished. SCRIPT_TIE: A, B .4.
+    assert tokens.tolist() == [A, A, A, B] and origin.tolist() == [1, 0, 2, 2]
+    assert summary(list(beams.finished[0])) == [([A, EOS], 0.3)]
+    # SCRIPT_TIE leaves (its client went away): its rows go, SCRIPT_BEAM2's rows stay first.
+    beams, kept = bs.remove(beams, np.array([False, True]))
+    assert kept.tolist() == [0, 1] and beams.sentences == 1
+    assert run([SCRIPT_BEAM2])[0] == _finish(beams, first, tokens[kept], origin[kept])
+
+
+def _finish(beams: bs.Beams, decoder: ScriptedDecoder, tokens: np.ndarray, origin: np.ndarray):
+    while tokens.size:
+        beams, origin, tokens = astuple(bs.step(beams, decoder.step(tokens, origin)))
+    return bs.results(beams, 0)
+
+
+def test_a_sentence_with_nan_log_probs_fails_alone_and_the_others_finish_unchanged():
+    cfg = bs.BeamConfig(beam_size=2, n_best=2, max_length=10, length_penalty="none")
+    decoder = ScriptedDecoder([SCRIPT_BEAM2, SCRIPT_BEAM3, SCRIPT_TIE])
+    beams, origin, tokens = bs.start([cfg] * 3), np.arange(3), np.full(3, BOS)
+    poisoned = False
+    while tokens.size:
+        lp = decoder.step(tokens, origin)
+        if not poisoned:  # the second sentence's row turns to NaN in the first step
+            lp[1, A], poisoned = np.nan, True
+        beams, origin, tokens = astuple(bs.step(beams, lp))
+    assert beams.failed.tolist() == [False, True, False]
+    assert [bs.results(beams, i) for i in (0, 2)] == [run([SCRIPT_BEAM2])[0], run([SCRIPT_TIE])[0]]
+
+
+def test_an_alpha_that_would_overflow_the_length_penalty_is_refused():
+    with pytest.raises(ValueError, match="alpha"):
+        bs.BeamConfig(alpha=1e308, max_length=64)
+    assert bs.BeamConfig(alpha=bs.LIMITS.max_alpha, max_length=bs.LIMITS.max_length).alpha == 10.0

@@ -12,7 +12,7 @@ import pytest
 from serving.decoding import beam_search as bs
 from serving.decoding import stepper
 from serving.decoding.scheduler import DecodingScheduler, SchedulerConfig
-from serving.errors import DeadlineExceeded, Overloaded, ServingError
+from serving.errors import DeadlineExceeded, Overloaded, ServingError, UnprocessableInput
 from tests.waiting import until
 
 VOCAB = 9
@@ -257,3 +257,34 @@ def test_an_empty_request_is_answered_without_decoding() -> None:
         return await scheduler.submit([], config(2)), recorder.steps
 
     assert asyncio.run(_with_scheduler(body)) == ([], [])
+
+
+class PoisonedDecoder(FakeDecoder):
+    """NaN log-probs for every row whose source holds token 9: a failure that belongs to one request."""
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = super().__call__(inputs)
+        poisoned = (
+            (inputs["memory"][:, :, 0] == 9 * np.arange(1, inputs["memory"].shape[1] + 1))
+            & inputs["src_mask"]
+        ).any(1)
+        outputs["log_probs"][poisoned] = np.nan
+        return outputs
+
+
+def test_a_poisoned_request_among_20_concurrent_fails_alone_and_the_others_are_unchanged() -> None:
+    sources = [SOURCES[i % len(SOURCES)] + [3 + i % 5] for i in range(20)]
+    configs = [config(1 + i % 4) for i in range(20)]
+
+    async def body(scheduler, recorder):
+        tasks = [asyncio.create_task(scheduler.submit([s], c)) for s, c in zip(sources, configs, strict=True)]
+        poisoned = asyncio.create_task(scheduler.submit([[5, 9, 6]], config(3)))
+        tasks.insert(7, poisoned)
+        return await asyncio.gather(*tasks, return_exceptions=True), recorder
+
+    results, recorder = asyncio.run(_with_scheduler(body, PoisonedDecoder()))
+    error = results.pop(7)
+    assert isinstance(error, UnprocessableInput) and error.status == 422 and "NaN" in str(error)
+    assert [r[0] for r in results] == [solo(s, c) for s, c in zip(sources, configs, strict=True)]
+    assert any(requests >= 10 for _, requests in recorder.steps)  # the poisoned rows shared steps
+    assert sorted(recorder.outcomes) == ["failure"] + ["success"] * 20

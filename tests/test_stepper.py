@@ -1,4 +1,4 @@
-"""serving.decoding.stepper: spec-driven decoder state; merged rows compute exactly what they would alone."""
+"""serving.decoding.stepper: the persistent batch; rows that join and leave compute exactly what they would alone."""
 
 from __future__ import annotations
 
@@ -84,73 +84,12 @@ PARSED = st.parse_step_spec(SPEC)
 SOURCES = [[5, 9, 7, 11], [6], [3, 4, 10], [], [8, 8, 8, 8, 8, 8]]
 
 
-def encode(sentences) -> st.RowState:
-    encoded = fake_encoder(st.encoder_inputs(PARSED, sentences))
-    return st.initial_rows(PARSED, encoded, len(sentences))
-
-
-def run_alone(rows: st.RowState, feeds) -> st.RowState:
-    """Feed ``(origin, tokens)`` pairs to one sentence's rows, step by step."""
-    for origin, tokens in feeds:
-        _, rows = st.run_step(PARSED, fake_decoder, st.gather_rows(rows, np.array(origin)), np.array(tokens))
-    return rows
-
-
-def assert_same_state(a: st.RowState, b: st.RowState) -> None:
-    assert a.tensors.keys() == b.tensors.keys()
-    for name in a.tensors:
-        np.testing.assert_array_equal(a.tensors[name], b.tensors[name], err_msg=name)
-    np.testing.assert_array_equal(a.positions, b.positions)
-
-
 def test_encoder_inputs_append_eos_and_right_pad():
     feeds = st.encoder_inputs(PARSED, [[5, 9], [], [3]])
     np.testing.assert_array_equal(feeds["src_ids"], [[5, 9, EOS], [EOS, PAD, PAD], [3, EOS, PAD]])
     assert feeds["src_ids"].dtype == np.int64
     with pytest.raises(ValueError, match="source sentence 1"):
         st.encoder_inputs(PARSED, [[5], [-1]])
-
-
-def test_gather_rows_reorders_duplicates_and_drops_rows_by_origin():
-    rows = run_alone(encode([SOURCES[0]]), [([0], [BOS]), ([0, 0, 0], [3, 4, 5])])
-    gathered = st.gather_rows(rows, np.array([2, 2, 0]))
-    for name, value in rows.tensors.items():
-        np.testing.assert_array_equal(gathered.tensors[name], value[[2, 2, 0]], err_msg=name)
-    assert not np.array_equal(rows.tensors["h"][2], rows.tensors["h"][0])  # the rows really differ
-
-
-def test_merged_rows_of_different_source_and_cache_lengths_match_each_sentence_alone():
-    long_rows = run_alone(encode([SOURCES[0]]), [([0], [BOS]), ([0, 0], [3, 4]), ([1, 0], [5, 6])])
-    short_rows = run_alone(encode([SOURCES[1]]), [([0], [BOS])])
-    assert long_rows.tensors["cache_mask"].shape == (2, 3) and short_rows.tensors["cache_mask"].shape == (
-        1,
-        1,
-    )
-    tokens_long, tokens_short = np.array([7, 8]), np.array([4])
-    lp_long, after_long = st.run_step(PARSED, fake_decoder, long_rows, tokens_long)
-    lp_short, after_short = st.run_step(PARSED, fake_decoder, short_rows, tokens_short)
-
-    merged = st.merge_rows(PARSED, [long_rows, short_rows])
-    assert merged.tensors["cache_mask"].tolist()[2] == [False, False, True]  # left-padded
-    assert merged.tensors["memory_t"].shape == (3, D, 5)  # right-padded on pad_axis 2
-    lp, after = st.run_step(PARSED, fake_decoder, merged, np.concatenate([tokens_long, tokens_short]))
-    np.testing.assert_array_equal(lp[:2], lp_long)
-    np.testing.assert_array_equal(lp[2:], lp_short)
-    back_long, back_short = st.split_rows(PARSED, after, [2, 1])
-    assert_same_state(back_long, after_long)
-    assert back_short.tensors["cache_mask"].shape == (1, 2)  # padding columns trimmed on the way out
-    np.testing.assert_array_equal(back_short.tensors["memory"][:, :2], after_short.tensors["memory"])
-
-
-def test_merged_rows_without_the_mask_would_differ_so_the_test_above_can_fail():
-    long_rows = run_alone(encode([SOURCES[0]]), [([0], [BOS]), ([0], [3])])
-    short_rows = encode([SOURCES[1]])
-    merged = st.merge_rows(PARSED, [long_rows, short_rows])
-    merged.tensors["cache_mask"][:] = True
-    merged.tensors["src_mask"][:] = True
-    lp, _ = st.run_step(PARSED, fake_decoder, merged, np.array([4, BOS]))
-    lp_short, _ = st.run_step(PARSED, fake_decoder, short_rows, np.array([BOS]))
-    assert not np.array_equal(lp[1:], lp_short)
 
 
 CONFIG = bs.BeamConfig(beam_size=3, n_best=3, max_length=8, length_penalty="average", eos_id=EOS, bos_id=BOS)
@@ -164,35 +103,87 @@ def test_translate_ids_batched_equals_each_sentence_translated_alone():
     assert st.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
 
 
-def test_sentences_joining_and_leaving_the_scheduler_equal_translate_ids():
-    """Iteration-level batching: sentence i joins at step 2*i, all share every decoder call."""
-    in_flight: list[st.Sentence] = []
+def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None):
+    """Iteration-level batching: sentence i joins before step 2*i; all share every decoder call.
+
+    ``cancel`` (sentence index, step): that sentence is removed before that step, as a client leaving.
+    Returns each sentence's hypotheses and, per step, the live rows and the cache length.
+    """
+    batch = st.DecodeBatch(PARSED)
     finished: dict[int, list[bs.Hypothesis]] = {}
-    ids: list[int] = []
-    step = 0
-    while len(finished) < len(SOURCES):
-        if step % 2 == 0 and step // 2 < len(SOURCES):
-            encoded = fake_encoder(st.encoder_inputs(PARSED, [SOURCES[step // 2]]))
-            in_flight += st.start_sentences(PARSED, encoded, CONFIG)
-            ids.append(step // 2)
-        in_flight = st.step_sentences(PARSED, fake_decoder, in_flight)
-        for i, s in zip(ids, in_flight, strict=True):
-            if s.done:
-                finished[i] = bs.finalize(s.beam)
-        ids = [i for i, s in zip(ids, in_flight, strict=True) if not s.done]
-        in_flight = [s for s in in_flight if not s.done]
+    trace, step = [], 0
+    while len(finished) < len(sources):
+        if step % 2 == 0 and step // 2 < len(sources):
+            i = step // 2
+            encoded = fake_encoder(st.encoder_inputs(PARSED, [sources[i]]))
+            batch.join([i], encoded, [configs[i]], [len(sources[i]) + 1])
+        if cancel is not None and cancel[1] == step:
+            batch.remove(np.array([k == cancel[0] for k in batch.keys]))
+            finished[cancel[0]] = []
+        trace.append((batch.live_rows, batch.column))
+        for done in batch.step(decoder):
+            finished[done.key] = done.hypotheses
         step += 1
-    expected = st.translate_ids(fake_encoder, fake_decoder, SPEC, SOURCES, CONFIG)
-    assert [finished[i] for i in range(len(SOURCES))] == expected
+    return [finished[i] for i in range(len(sources))], trace
 
 
-def test_merge_refuses_rows_whose_state_shapes_disagree():
-    a, b = encode([SOURCES[0]]), encode([SOURCES[1]])
-    b = dataclasses.replace(b, tensors=b.tensors | {"h": np.zeros((1, D + 1), np.float32)})
-    with pytest.raises(ValueError, match="'h'"):
-        st.merge_rows(PARSED, [a, b])
-    with pytest.raises(ValueError, match="sizes"):
-        st.split_rows(PARSED, a, [2])
+def alone(sources, configs):
+    return [
+        st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], c)[0]
+        for s, c in zip(sources, configs, strict=True)
+    ]
+
+
+def test_sentences_joining_and_leaving_between_steps_equal_each_translated_alone():
+    hyps, trace = decode_joining(SOURCES, [CONFIG] * len(SOURCES))
+    assert hyps == alone(SOURCES, [CONFIG] * len(SOURCES))
+    assert max(rows for rows, _ in trace) > CONFIG.beam_size  # several sentences really shared steps
+    assert max(past for _, past in trace) <= CONFIG.max_length  # no column outlives its sentences
+
+
+def test_sentences_of_mixed_beam_sizes_in_one_batch_equal_each_translated_alone():
+    configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1) for b in (1, 4, 2, 3, 1)]
+    hyps, _ = decode_joining(SOURCES, configs)
+    assert hyps == alone(SOURCES, configs)
+
+
+def test_a_sentence_removed_mid_search_leaves_the_others_unchanged():
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), cancel=(1, 4))
+    expected = alone(SOURCES, [CONFIG] * len(SOURCES))
+    assert hyps[1] == [] and hyps[:1] + hyps[2:] == expected[:1] + expected[2:]
+
+
+def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail():
+    def unmasked(inputs):
+        ones = {name: np.ones_like(inputs[name]) for name in ("cache_mask", "src_mask")}
+        return fake_decoder(inputs | ones)
+
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), decoder=unmasked)
+    assert hyps != alone(SOURCES, [CONFIG] * len(SOURCES))
+
+
+def test_cache_columns_only_a_departed_sentence_used_are_dropped_when_it_leaves():
+    batch = st.DecodeBatch(PARSED)
+    short = dataclasses.replace(CONFIG, beam_size=1, n_best=1, max_length=3)
+    batch.join(["early"], fake_encoder(st.encoder_inputs(PARSED, [[5]])), [short], [2])
+    batch.step(fake_decoder)  # column 0
+    stays = dataclasses.replace(CONFIG, min_length=7)  # still running long after "early" left
+    batch.join(["late"], fake_encoder(st.encoder_inputs(PARSED, [[6, 7]])), [stays], [3])
+    assert batch.joined.tolist() == [0, 1] and batch.column == 1
+    late_steps = 0
+    while "early" in batch.keys:
+        batch.step(fake_decoder)
+        late_steps += 1
+    # the step in which "early" finished dropped column 0, which only it used
+    assert batch.keys == ["late"] and batch.joined.tolist() == [0] and batch.column == late_steps
+    assert batch.rows["keys"].shape[1] == batch.column and batch.rows["past"].shape[2] == batch.column
+
+
+def test_a_decoder_that_omits_an_output_is_refused_with_its_name():
+    batch = st.DecodeBatch(PARSED)
+    batch.join([0], fake_encoder(st.encoder_inputs(PARSED, [[5]])), [CONFIG], [2])
+    with pytest.raises(ValueError, match="new_past"):
+        batch.step(lambda inputs: {k: v for k, v in fake_decoder(inputs).items() if k != "new_past"})
 
 
 @pytest.mark.parametrize(
@@ -294,15 +285,25 @@ def test_translate_ids_over_a_torch_translator_equals_the_torch_reference(name):
 
 @needs_translators
 @pytest.mark.parametrize("name", TRANSLATORS or ["transformer"])
-def test_merging_a_torch_translators_rows_keeps_each_rows_log_probs(name):
+def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torch_reference(name):
+    import torch
+
     from tests.test_decoding import tiny_translator
+    from training import decoding
 
     model = tiny_translator(name)
     spec = st.parse_step_spec(model.step_spec())
+    config = bs.BeamConfig(beam_size=3, n_best=2, max_length=7, eos_id=EOS, bos_id=BOS)
     run_encoder, run_decoder = torch_runners(model)
-    rows = [st.initial_rows(spec, run_encoder(st.encoder_inputs(spec, [s])), 1) for s in REAL_SOURCES]
-    for _ in range(2):  # the first sentence is two steps ahead
-        _, rows[0] = st.run_step(spec, run_decoder, rows[0], np.array([4]))
-    alone = [st.run_step(spec, run_decoder, r, np.array([5]))[0] for r in rows]
-    merged, _ = st.run_step(spec, run_decoder, st.merge_rows(spec, rows), np.array([5, 5, 5]))
-    np.testing.assert_allclose(merged, np.concatenate(alone), atol=1e-5)
+    batch, results = st.DecodeBatch(spec), {}
+    for step in range(40):
+        if step < len(REAL_SOURCES):  # one more sentence joins before each of the first steps
+            src = REAL_SOURCES[step]
+            batch.join([step], run_encoder(st.encoder_inputs(spec, [src])), [config], [len(src) + 1])
+        results |= {done.key: done.hypotheses for done in batch.step(run_decoder)}
+    for i, src in enumerate(REAL_SOURCES):
+        ids = torch.from_numpy(st.encoder_inputs(spec, [src])["src_ids"])
+        reference = decoding.beam_search(model, ids, beam_size=3, n_best=2, max_length=7)[0]
+        # tokens identical; scores to float32 rounding (masked columns change the reductions' order)
+        assert [h.tokens for h in results[i]] == [h.tokens for h in reference]
+        np.testing.assert_allclose([h.score for h in results[i]], [h.score for h in reference], rtol=1e-5)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from serving.app import create_app
-from serving.decoding.translator import TranslateOptions
+from serving.decoding.beam_search import DecodingOptions
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer
 
@@ -179,7 +179,7 @@ async def _solo_tokens(
     translator = translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
     await translator.start()
     try:
-        options = TranslateOptions(beam_size=4, max_length=max_length)
+        options = DecodingOptions(beam_size=4, max_length=max_length)
         return [(await translator.translate([t], options))[0][0].tokens for t in texts]
     finally:
         await translator.stop()
@@ -340,4 +340,41 @@ def test_kserve_translate_refuses_bad_parameters_with_400(gateway) -> None:
     tensor.set_data_from_numpy(np.array([[b"one"]], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="beam_size"):
         client.infer("transformer", [tensor], parameters={"beam_size": "wide"})
+    client.close()
+
+
+def test_a_poisoned_request_among_16_concurrent_fails_alone_and_the_others_answer_as_without_it(
+    gateway,
+) -> None:
+    texts = texts_of_mixed_lengths(16, seed=21)
+    body = {"beam_size": 3, "max_length": MAX_LENGTH, "return_scores": True}
+    alone = [_post(gateway, "transformer", {**body, "texts": [t]}).json() for t in texts]
+
+    async def with_poison():
+        async with httpx.AsyncClient(timeout=120) as client:
+            url = f"http://{gateway.url}/v1/models/transformer/translate"
+            posts = [client.post(url, json={**body, "texts": [t]}) for t in texts]
+            posts.insert(5, client.post(url, json={**body, "texts": [texts[0]], "alpha": 1e308}))
+            return await asyncio.gather(*posts)
+
+    replies = asyncio.run(with_poison())
+    poisoned = replies.pop(5)
+    assert poisoned.status_code == 422 and "alpha" in poisoned.json()["error"]
+    assert [r.status_code for r in replies] == [200] * 16
+    for reply, solo in zip(replies, alone, strict=True):  # scores to float32 rounding (batch-dependent)
+        (got,), (want,) = reply.json()["translations"][0]["hypotheses"], solo["translations"][0]["hypotheses"]
+        assert got["text"] == want["text"]
+        assert got["score"] == pytest.approx(want["score"], rel=1e-5)
+
+
+def test_kserve_translate_refuses_an_overflowing_alpha_with_a_4xx(gateway) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(gateway.url)
+    tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"one"]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="alpha") as raised:
+        client.infer("transformer", [tensor], parameters={"alpha": 1e308})
+    assert raised.value.status() in ("400", "422")
     client.close()

@@ -1,24 +1,29 @@
-"""Beam search over an injected decoder step, in numpy (serving never imports torch).
+"""Beam search for every sentence of a decoder step at once, as numpy array operations.
 
 fairseq mechanics as fixed by docs/translator-interface.md: per sentence ``beam`` live rows (one at step
 0), the best ``2 * beam`` candidates by a stable sort (ties: lower flat index first), EOS candidates among
 the first ``beam`` ranks finalized, the first ``beam`` non-EOS candidates continue, EOS blocked before
 ``min_length`` and forced at ``max_length - 1``. Stopping follows Hugging Face's non-early-stopping rule:
 a sentence keeps its best ``beam`` finished hypotheses and is done once it has ``beam`` of them and its
-best live row, normalized at the current length, is not better than the worst kept one. The state is
-per sentence so that an iteration-level scheduler can mix the rows of sentences from different requests
-in one decoder call and let sentences join and leave between steps; :func:`advance_batch` and
-:func:`beam_search` do that mixing.
+best live row, normalized at the current length, is not better than the worst kept one.
 
-Step function contract (:data:`StepFn`): ``step(tokens: int64[rows], origin: int64[rows])`` first
-reorders the decoder's state rows by ``origin`` (indices into the rows of the previous call; at step 0,
-into the one initial row per sentence), then runs one step on ``tokens`` and returns float32 log-probs
-``[rows, V]``.
+:class:`Beams` holds the searches of many sentences (per-sentence arrays, and per-row arrays with each
+sentence's live rows contiguous); :func:`step` advances all of them over one ``[rows, V]`` decoder output,
+with per-sentence beam sizes, lengths and options handled by masks, so the Python work of a step does not
+grow with the number of sentences (only with the EOS candidates that get finalized). Sentences join
+(:func:`concat`) and leave (:func:`remove`) between steps. A sentence whose log-probs hold NaN fails alone
+(``Beams.failed``); the others carry on.
+
+Step function contract (:data:`StepFn`, used by :func:`beam_search`): ``step(tokens: int64[rows],
+origin: int64[rows])`` first reorders the decoder's state rows by ``origin`` (indices into the rows of the
+previous call; at step 0, into the one initial row per sentence), then runs one step on ``tokens`` and
+returns float32 log-probs ``[rows, V]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,23 +36,75 @@ StepFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
-class BeamConfig:
-    """Decoding settings; invalid combinations are refused with a message naming the field."""
+class DecodingOptions:
+    """What a client may choose per request, with the defaults every protocol uses."""
 
     beam_size: int = 4
     n_best: int = 1
-    max_length: int = 128
-    min_length: int = 0
+    max_length: int = 64
     length_penalty: str = "average"
     alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecodingLimits:
+    """Bounds of a request (REST, KServe v2 and Triton's ``<name>`` model derive theirs from here).
+
+    ``max_alpha`` keeps every length-penalty divisor finite up to ``max_length`` (256**10 ~ 1e24), so no
+    option a client may send can overflow in the search.
+    """
+
+    max_beam_size: int = 16
+    max_length: int = 256  # further capped by the model's max_positions
+    max_alpha: float = 10.0
+    max_texts: int = 64
+    max_chars: int = 1000
+
+
+DEFAULTS = DecodingOptions()
+LIMITS = DecodingLimits()
+
+
+def check_options(
+    options: DecodingOptions, limits: DecodingLimits = LIMITS, max_positions: int | None = None
+):
+    """Refuse options outside the limits with a ValueError naming the option (a client's 422)."""
+    longest = min(limits.max_length, max_positions) if max_positions else limits.max_length
+    for name, low, high in (("beam_size", 1, limits.max_beam_size), ("max_length", 1, longest),
+                            ("n_best", 1, options.beam_size)):  # fmt: skip
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if options.length_penalty not in LENGTH_PENALTIES:
+        raise ValueError(f"length_penalty must be one of {LENGTH_PENALTIES}, got {options.length_penalty!r}")
+    alpha = options.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= limits.max_alpha:
+        raise ValueError(f"alpha must be a number in [0, {limits.max_alpha:g}], got {alpha!r}")
+
+
+def config_for(options: DecodingOptions, *, eos_id: int, bos_id: int) -> BeamConfig:
+    """The search settings of checked options for a model's special ids."""
+    return BeamConfig(beam_size=int(options.beam_size), n_best=int(options.n_best),
+                      max_length=int(options.max_length), length_penalty=options.length_penalty,
+                      alpha=float(options.alpha), eos_id=eos_id, bos_id=bos_id)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """Decoding settings of one sentence; invalid combinations are refused with the field named."""
+
+    beam_size: int = DEFAULTS.beam_size
+    n_best: int = DEFAULTS.n_best
+    max_length: int = DEFAULTS.max_length
+    min_length: int = 0
+    length_penalty: str = DEFAULTS.length_penalty
+    alpha: float = DEFAULTS.alpha
     eos_id: int = 2
     bos_id: int = 1
 
     def __post_init__(self) -> None:
-        _check_int("beam_size", self.beam_size, 1)
-        _check_int("n_best", self.n_best, 1)
-        _check_int("max_length", self.max_length, 1)
-        _check_int("min_length", self.min_length, 0)
+        for name, minimum in (("beam_size", 1), ("n_best", 1), ("max_length", 1), ("min_length", 0)):
+            _check_int(name, getattr(self, name), minimum)
         _check_int("eos_id", self.eos_id, 0)
         _check_int("bos_id", self.bos_id, 0)
         if self.n_best > self.beam_size:
@@ -58,6 +115,10 @@ class BeamConfig:
             raise ValueError(f"length_penalty={self.length_penalty!r}; expected one of {LENGTH_PENALTIES}")
         if not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0")
+        if not math.isfinite(_divisor(self.max_length, self.length_penalty, float(self.alpha))):
+            raise ValueError(
+                f"alpha={self.alpha!r} overflows the length penalty at max_length={self.max_length}"
+            )
         if self.eos_id == self.bos_id:
             raise ValueError(f"eos_id and bos_id must differ (both {self.eos_id})")
 
@@ -83,126 +144,270 @@ def output_tokens(tokens: list[int], *, eos_id: int, pad_id: int, bos_id: int) -
     return [t for t in tokens if t not in (pad_id, bos_id)]
 
 
+def _divisor(length: int, penalty: str, alpha: float) -> float:
+    """The length penalty's divisor for ``length`` generated tokens (inf where it overflows)."""
+    try:
+        if penalty == "average":
+            return length**alpha
+        if penalty == "gnmt":
+            return ((5 + length) / 6) ** alpha
+    except OverflowError:
+        return math.inf
+    return 1.0
+
+
 def normalize_score(score: float, length: int, penalty: str, alpha: float) -> float:
     """Length-normalized score; ``length`` counts the generated tokens including EOS."""
-    if penalty == "average":
-        return score / length**alpha
-    if penalty == "gnmt":
-        return score / ((5 + length) / 6) ** alpha
-    return score
+    return score / _divisor(length, penalty, alpha)
+
+
+@functools.lru_cache(maxsize=256)
+def _divisors(penalty: str, alpha: float, width: int) -> np.ndarray:
+    """Divisors for lengths ``0..width`` computed by Python's float power, as the reference does."""
+    table = np.array([_divisor(n, penalty, alpha) for n in range(width + 1)], dtype=np.float64)
+    table.flags.writeable = False
+    return table  # [width + 1]
 
 
 @dataclass(frozen=True)
-class BeamState:
-    """One sentence's search: live prefixes (BOS first), their cumulative scores, the best ``beam``
-    finished hypotheses (best normalized score first; ties: finished first)."""
+class Beams:
+    """The searches of ``S`` sentences; rows ``[R]`` hold each live sentence's rows contiguously, in order."""
 
-    config: BeamConfig
-    step: int  # index of the token the next advance() chooses (0 = first token after BOS)
-    prefixes: np.ndarray  # int64 [rows, step + 1]
-    scores: np.ndarray  # float32 [rows]
-    finalized: tuple[Hypothesis, ...] = ()
-    done: bool = False
+    beam: np.ndarray  # int64 [S]
+    n_best: np.ndarray  # int64 [S]
+    min_length: np.ndarray  # int64 [S]
+    max_length: np.ndarray  # int64 [S]
+    divisors: np.ndarray  # float64 [S, W + 1]: length-penalty divisor by hypothesis length
+    step: np.ndarray  # int64 [S]: index of the token the next step chooses (0 = first after BOS)
+    rows: np.ndarray  # int64 [S]: live rows (0 once done or failed)
+    failed: np.ndarray  # bool [S]: its log-probs were not numbers (NaN)
+    scores: np.ndarray  # float32 [R]: cumulative log-prob of each live row
+    prefixes: np.ndarray  # int64 [R, W + 1]: BOS, then the chosen tokens (0 after column step)
+    finished: tuple[tuple[Hypothesis, ...], ...]  # per sentence, best normalized first (ties: earlier)
+    worst: np.ndarray  # float64 [S]: normalized score of the beam-th finished (-inf until beam finished)
+    eos_id: int
+    bos_id: int
+
+    @property
+    def sentences(self) -> int:
+        return int(self.beam.shape[0])
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [S]: sentences with no live row (finished or failed)."""
+        return self.rows == 0
 
 
-def start(config: BeamConfig) -> BeamState:
-    """A fresh sentence: one live row holding BOS with score 0."""
-    return BeamState(
-        config=config,
-        step=0,
-        prefixes=np.full((1, 1), config.bos_id, dtype=np.int64),
-        scores=np.zeros(1, dtype=np.float32),
+def start(configs: Sequence[BeamConfig]) -> Beams:
+    """Fresh searches: one live row per sentence holding BOS with score 0 (configs share eos/bos ids)."""
+    if not configs:
+        raise ValueError("start() needs at least one BeamConfig")
+    eos, bos = configs[0].eos_id, configs[0].bos_id
+    if any((c.eos_id, c.bos_id) != (eos, bos) for c in configs):
+        raise ValueError("sentences decoded together must share eos_id and bos_id")
+    n, width = len(configs), max(c.max_length for c in configs)
+    prefixes = np.zeros((n, width + 1), dtype=np.int64)
+    prefixes[:, 0] = bos
+    return Beams(
+        beam=np.array([c.beam_size for c in configs], dtype=np.int64),
+        n_best=np.array([c.n_best for c in configs], dtype=np.int64),
+        min_length=np.array([c.min_length for c in configs], dtype=np.int64),
+        max_length=np.array([c.max_length for c in configs], dtype=np.int64),
+        divisors=np.stack([_divisors(c.length_penalty, float(c.alpha), width) for c in configs]),
+        step=np.zeros(n, dtype=np.int64),
+        rows=np.ones(n, dtype=np.int64),
+        failed=np.zeros(n, dtype=bool),
+        scores=np.zeros(n, dtype=np.float32),
+        prefixes=prefixes,
+        finished=((),) * n,
+        worst=np.full(n, -np.inf),
+        eos_id=eos,
+        bos_id=bos,
     )
 
 
-def live_rows(state: BeamState) -> int:
-    """How many decoder rows this sentence needs in the next step (0 once done)."""
-    return 0 if state.done else int(state.prefixes.shape[0])
+def _widen(array: np.ndarray, width: int) -> np.ndarray:
+    """Pad axis 1 with zeros (never read: beyond every sentence's max_length) up to ``width``."""
+    return np.pad(array, ((0, 0), (0, width - array.shape[1]))) if array.shape[1] < width else array
 
 
-def is_done(state: BeamState) -> bool:
-    return state.done
+def concat(first: Beams, second: Beams) -> Beams:
+    """Sentences of ``second`` after those of ``first`` (their rows after ``first``'s rows)."""
+    if (first.eos_id, first.bos_id) != (second.eos_id, second.bos_id):
+        raise ValueError("sentences decoded together must share eos_id and bos_id")
+    width = max(first.prefixes.shape[1], second.prefixes.shape[1])
+    fields = {}
+    for f in dataclasses.fields(Beams):
+        a, b = getattr(first, f.name), getattr(second, f.name)
+        if f.name in ("prefixes", "divisors"):
+            fields[f.name] = np.concatenate([_widen(a, width), _widen(b, width)])
+        elif f.name == "finished":
+            fields[f.name] = a + b
+        elif isinstance(a, np.ndarray):
+            fields[f.name] = np.concatenate([a, b])
+        else:
+            fields[f.name] = a
+    return Beams(**fields)
 
 
-def mask_log_probs(log_probs: np.ndarray, step: int, config: BeamConfig) -> np.ndarray:
-    """Block EOS before ``min_length``; allow only EOS at the last step (copy, float32)."""
+def remove(beams: Beams, leaving: np.ndarray) -> tuple[Beams, np.ndarray]:
+    """Drop the sentences flagged in ``leaving`` (bool [S]) and their rows.
+
+    Returns the smaller search and the indices of the rows that stay (to drop the same decoder rows).
+    """
+    stay = ~np.asarray(leaving, dtype=bool)  # [S]
+    row_stay = np.flatnonzero(np.repeat(stay, beams.rows))  # [R']
+    per_sentence = {f.name for f in dataclasses.fields(Beams)} - {"scores", "prefixes", "eos_id", "bos_id"}
+    fields = {name: getattr(beams, name)[stay] for name in per_sentence if name != "finished"}
+    fields["finished"] = tuple(f for f, s in zip(beams.finished, stay, strict=True) if s)
+    return (
+        Beams(**fields, scores=beams.scores[row_stay], prefixes=beams.prefixes[row_stay],
+              eos_id=beams.eos_id, bos_id=beams.bos_id),
+        row_stay,
+    )  # fmt: skip
+
+
+def results(beams: Beams, sentence: int) -> list[Hypothesis]:
+    """The ``n_best`` finished hypotheses of one sentence, best normalized score first."""
+    return list(beams.finished[sentence][: beams.n_best[sentence]])
+
+
+def mask_log_probs(
+    log_probs: np.ndarray, step: np.ndarray, min_length: np.ndarray, max_length: np.ndarray, eos_id: int
+) -> np.ndarray:
+    """Per row: EOS blocked while ``step < min_length``; only EOS allowed at ``max_length - 1`` (a copy)."""
     lp = np.array(log_probs, dtype=np.float32, copy=True)  # [rows, V]
-    if step < config.min_length:
-        lp[:, config.eos_id] = -np.inf
-    if step >= config.max_length - 1:
-        eos_column = lp[:, config.eos_id].copy()
-        lp[:] = -np.inf
-        lp[:, config.eos_id] = eos_column
+    lp[step < min_length, eos_id] = -np.inf
+    last = step >= max_length - 1  # [rows]
+    if last.any():
+        eos_column = lp[last, eos_id]
+        lp[last] = -np.inf
+        lp[last, eos_id] = eos_column
     return lp
 
 
-def top_candidates(scores: np.ndarray, log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` flat indices over ``[rows, V]`` and their scores, stable (lower index wins ties)."""
-    cand = (scores[:, None] + log_probs).reshape(-1)  # [rows * V] float32
-    pool = np.arange(cand.size)  # [rows * V]
-    if cand.size > 4 * k:  # pre-select with a partition (O(n)); keep every tie of the k-th value
-        kth = np.partition(cand, cand.size - k)[cand.size - k]
-        pool = np.flatnonzero(
-            cand >= kth
-        )  # ascending flat indices, so the stable sort still sees them in order
-    order = pool[np.argsort(-cand[pool], kind="stable")][:k]  # [k]
-    return order, cand[order]
+def top_candidates(cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``cand`` ``[S, N]``: the best ``k`` finite column indices and values by a stable
+    descending sort (ties: lower index first), padded with ``-inf`` at index ``N`` where a row has fewer.
 
-
-def advance(state: BeamState, log_probs: np.ndarray) -> tuple[BeamState, np.ndarray, np.ndarray]:
-    """One search step for one sentence.
-
-    Returns the new state, ``origin`` (int64, index of each new live row's parent among this sentence's
-    current rows) and ``next_tokens`` (int64, the token each new row feeds to the next decoder step);
-    both are empty once the sentence is done.
+    Exact without sorting whole rows: every candidate at or above a threshold no higher than the
+    ``k``-th best (so that value and all its ties) is selected, and only those are sorted. The threshold
+    is 8 nats below the row's best, widened a nat at a time up to 12 for rows where fewer than ``k``
+    clear it, then the ``k``-th best itself (a partition of the rows still short). Non-finite candidates are never used by the search, so
+    they are not selected.
     """
-    cfg = state.config
-    rows = live_rows(state)
-    if state.done:
-        raise ValueError("advance() called on a finished sentence")
-    if log_probs.ndim != 2 or log_probs.shape[0] != rows or log_probs.shape[1] <= cfg.eos_id:
-        raise ValueError(f"log_probs must be [{rows}, V > eos_id={cfg.eos_id}], got {log_probs.shape}")
-    vocab = log_probs.shape[1]
-    lp = mask_log_probs(log_probs, state.step, cfg)  # [rows, V]
-    flat, cand = top_candidates(state.scores, lp, 2 * cfg.beam_size)  # [k], [k]
-    origin, tokens = flat // vocab, flat % vocab  # [k], [k]
-    finite = np.isfinite(cand)
-    finalized = _finalize_eos(state, origin, tokens, cand, finite)
-    keep = np.flatnonzero((tokens != cfg.eos_id) & finite)[: cfg.beam_size]  # ranks that continue
-    done = (
-        state.step >= cfg.max_length - 1
-        or keep.size == 0
-        or _cannot_improve(cfg, finalized, float(cand[keep[0]]), state.step + 1)
-    )
-    if done:
-        keep = keep[:0]
-    prefixes = np.concatenate([state.prefixes[origin[keep]], tokens[keep, None]], axis=1)
-    new_state = dataclasses.replace(
-        state,
-        step=state.step + 1,
-        prefixes=prefixes.astype(np.int64),  # [rows', step + 2]
-        scores=cand[keep].astype(np.float32),  # [rows']
-        finalized=finalized,
-        done=done,
-    )
-    return new_state, origin[keep].astype(np.int64), tokens[keep].astype(np.int64)
+    n, width = cand.shape
+    if width < k:  # e.g. step 0 over a vocabulary smaller than 2 * beam
+        cand = np.concatenate([cand, np.full((n, k - width), -np.inf, dtype=cand.dtype)], axis=1)
+        width = k
+    floor = np.finfo(cand.dtype).min
+    best = cand.max(axis=1)  # [S]
+    threshold = np.maximum(best - 8, floor).astype(cand.dtype)  # [S]
+    selected = cand >= threshold[:, None]  # [S, N]
+    short = np.flatnonzero(selected.sum(axis=1) < k)
+    for spread in (9, 10, 11, 12, None):  # widen for rows still short (tails are dense: a nat at a time)
+        if not short.size:
+            break
+        if spread is None:
+            limit = np.partition(cand[short], width - k, axis=1)[:, width - k]
+        else:
+            limit = best[short] - spread
+        threshold[short] = np.maximum(limit, floor)
+        selected[short] = cand[short] >= threshold[short, None]
+        short = short[selected[short].sum(axis=1) < k]
+    sent, col = np.divmod(np.flatnonzero(selected), width)  # ascending columns per row
+    values = cand[sent, col]
+    order = np.lexsort((col, -values, sent))  # by row, value descending, then lower column
+    counts = np.bincount(sent, minlength=n)  # [S]
+    starts = np.cumsum(counts) - counts  # [S]
+    rank = np.arange(k)
+    present = rank < counts[:, None]  # [S, k]
+    picked = order[np.where(present, starts[:, None] + rank, 0)] if order.size else np.zeros((n, k), np.int64)
+    index = np.where(present, col[picked] if col.size else width, width)
+    return index, np.where(present, values[picked] if values.size else -np.inf, -np.inf).astype(cand.dtype)
 
 
-def _finalize_eos(
-    state: BeamState, origin: np.ndarray, tokens: np.ndarray, cand: np.ndarray, finite: np.ndarray
-) -> tuple[Hypothesis, ...]:
-    """Offer the EOS candidates ranked within the first ``beam``, in rank order, to the finished list."""
-    cfg = state.config
-    finished = list(state.finalized)
-    length = state.step + 1  # generated tokens including this EOS
-    for rank in range(min(cfg.beam_size, tokens.size)):
-        if tokens[rank] != cfg.eos_id or not finite[rank]:
+@dataclass(frozen=True)
+class StepResult:
+    """After one step: the search, and the next decoder call's ``origin`` / ``tokens`` (int64 [rows'])."""
+
+    beams: Beams
+    origin: np.ndarray  # index of each new row's parent among the rows of the call just made
+    tokens: np.ndarray  # the token each new row feeds to the next call
+
+
+def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
+    """Advance every live sentence over one decoder call's ``log_probs`` ``[R, V]`` (rows as in ``beams``)."""
+    rows_total = int(beams.scores.shape[0])
+    if log_probs.ndim != 2 or log_probs.shape[0] != rows_total or log_probs.shape[1] <= beams.eos_id:
+        raise ValueError(
+            f"log_probs must be [{rows_total}, V > eos_id={beams.eos_id}], got {log_probs.shape}"
+        )
+    live = np.flatnonzero(beams.rows)  # [n] sentences with rows, in row order
+    rows = beams.rows[live]  # [n]
+    row_sentence = np.repeat(live, rows)  # [R]
+    lp = mask_log_probs(log_probs, beams.step[row_sentence], beams.min_length[row_sentence],
+                        beams.max_length[row_sentence], beams.eos_id)  # fmt: skip
+    failed = beams.failed.copy()
+    bad_rows = np.isnan(lp).any(axis=1)  # [R]: a poisoned row fails its own sentence only
+    if bad_rows.any():
+        failed[row_sentence[bad_rows]] = True
+        lp[failed[row_sentence]] = -np.inf
+    vocab, width = lp.shape[1], int(rows.max())
+    starts = np.cumsum(rows) - rows  # [n] first row of each live sentence
+    cand = beams.scores[:, None] + lp  # [R, V] float32
+    if not (rows == width).all():  # pad sentences with fewer rows to [n, width, V] with -inf
+        grid = np.full((live.size, width, vocab), -np.inf, dtype=np.float32)
+        grid[np.repeat(np.arange(live.size), rows), np.arange(rows_total) - np.repeat(starts, rows)] = cand
+        cand = grid
+    beam = beams.beam[live][:, None]  # [n, 1]
+    flat, top = top_candidates(cand.reshape(live.size, width * vocab), 2 * int(beam.max()))  # [n, k]
+    origin, tokens = starts[:, None] + flat // vocab, flat % vocab  # [n, k] rows of this call, tokens
+    rank, finite, is_eos = np.arange(top.shape[1]), np.isfinite(top), tokens == beams.eos_id
+    cont = ~is_eos & finite & (rank < 2 * beam)
+    keep = cont & (np.cumsum(cont, axis=1) <= beam)  # [n, k] the first `beam` continuing ranks
+    finished, worst = _finalize(beams, live, is_eos & finite & (rank < beam), top, origin, failed)
+    best = top[np.arange(live.size), np.argmax(keep, axis=1)].astype(np.float64)  # [n] best live score
+    length = beams.step[live] + 1  # tokens generated so far, without EOS
+    with np.errstate(invalid="ignore"):
+        cannot_improve = best / beams.divisors[live, length] <= worst[live]
+    done = (length >= beams.max_length[live]) | ~keep.any(axis=1) | cannot_improve | failed[live]
+    keep &= ~done[:, None]
+    picked = np.nonzero(keep)  # sentence-major, rank order
+    new_origin, new_tokens = origin[picked], tokens[picked]
+    new_rows = beams.rows.copy()
+    new_rows[live] = keep.sum(axis=1)
+    prefixes = beams.prefixes[new_origin]  # [R', W + 1]
+    prefixes[np.arange(new_origin.size), np.repeat(length, new_rows[live])] = new_tokens
+    new = dataclasses.replace(
+        beams, step=np.where(beams.rows > 0, beams.step + 1, beams.step), rows=new_rows, failed=failed,
+        scores=top[picked], prefixes=prefixes, finished=finished, worst=worst,
+    )  # fmt: skip
+    return StepResult(new, new_origin.astype(np.int64), new_tokens.astype(np.int64))
+
+
+def _finalize(
+    beams: Beams, live: np.ndarray, eos: np.ndarray, top: np.ndarray, origin: np.ndarray, failed: np.ndarray
+) -> tuple[tuple[tuple[Hypothesis, ...], ...], np.ndarray]:
+    """Offer the EOS candidates ranked within each sentence's first ``beam``, in rank order, to its list."""
+    finished, worst = list(beams.finished), beams.worst.copy()
+    lists: dict[int, list[Hypothesis]] = {}
+    for i, r in zip(*np.nonzero(eos), strict=True):  # only the EOS candidates: few per step
+        s = int(live[i])
+        length = int(beams.step[s]) + 1  # generated tokens including this EOS
+        generated = beams.prefixes[origin[i, r], 1:length].tolist() + [beams.eos_id]
+        score = float(top[i, r])
+        norm = score / float(beams.divisors[s, length])
+        if not math.isfinite(norm):  # unreachable with a valid BeamConfig; guards the batch anyway
+            failed[s] = True
             continue
-        generated = [int(t) for t in state.prefixes[origin[rank], 1:]] + [cfg.eos_id]
-        score = float(cand[rank])
-        norm = normalize_score(score, length, cfg.length_penalty, cfg.alpha)
-        _keep_best(finished, Hypothesis(tokens=generated, score=score, normalized_score=norm), cfg.beam_size)
-    return tuple(finished)
+        _keep_best(
+            lists.setdefault(s, list(finished[s])), Hypothesis(generated, score, norm), int(beams.beam[s])
+        )
+    for s, kept in lists.items():
+        finished[s] = tuple(kept)
+        worst[s] = kept[-1].normalized_score if len(kept) == beams.beam[s] else -np.inf
+    return tuple(finished), worst
 
 
 def _keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
@@ -215,54 +420,19 @@ def _keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
     del finished[beam:]
 
 
-def _cannot_improve(cfg: BeamConfig, finished: Sequence[Hypothesis], best_live: float, length: int) -> bool:
-    """Whether the list is full and the best live row, normalized at ``length`` (tokens generated so far,
-    without EOS), is not better than the worst kept hypothesis (Hugging Face's non-early-stopping rule)."""
-    if len(finished) < cfg.beam_size:
-        return False
-    return normalize_score(best_live, length, cfg.length_penalty, cfg.alpha) <= finished[-1].normalized_score
-
-
-def finalize(state: BeamState) -> list[Hypothesis]:
-    """The ``n_best`` finished hypotheses, best normalized score first (ties: finished first)."""
-    return list(state.finalized[: state.config.n_best])  # kept in that order by _keep_best
-
-
-def advance_batch(
-    states: Sequence[BeamState], log_probs: np.ndarray
-) -> tuple[list[BeamState], np.ndarray, np.ndarray]:
-    """Advance many sentences whose live rows were stacked in order in one decoder call.
-
-    ``log_probs`` is ``[sum(live_rows), V]``; finished sentences own no rows. The returned ``origin``
-    indexes rows of ``log_probs`` (i.e. of that decoder call), ready to be passed to the next step.
-    """
-    sizes = [live_rows(s) for s in states]
-    if log_probs.shape[0] != sum(sizes):
-        raise ValueError(f"log_probs has {log_probs.shape[0]} rows, the live sentences need {sum(sizes)}")
-    new_states, origins, tokens = [], [], []
-    offset = 0
-    for state, size in zip(states, sizes, strict=True):
-        if size == 0:
-            new_states.append(state)
-            continue
-        state, origin, next_tokens = advance(state, log_probs[offset : offset + size])
-        new_states.append(state)
-        origins.append(origin + offset)
-        tokens.append(next_tokens)
-        offset += size
-    empty = np.zeros(0, dtype=np.int64)
-    origin_all = np.concatenate(origins) if origins else empty
-    tokens_all = np.concatenate(tokens) if tokens else empty
-    return new_states, origin_all, tokens_all
-
-
-def beam_search(step: StepFn, n_sentences: int, config: BeamConfig) -> list[list[Hypothesis]]:
-    """Decode ``n_sentences`` together, all live rows in each ``step`` call; greedy is ``beam_size=1``."""
+def beam_search(step_fn: StepFn, n_sentences: int, config: BeamConfig) -> list[list[Hypothesis]]:
+    """Decode ``n_sentences`` together, all live rows in each ``step_fn`` call; greedy is ``beam_size=1``."""
     _check_int("n_sentences", n_sentences, 0)
-    states = [start(config) for _ in range(n_sentences)]
+    if n_sentences == 0:
+        return []
+    beams = start([config] * n_sentences)
     tokens = np.full(n_sentences, config.bos_id, dtype=np.int64)  # [rows]
     origin = np.arange(n_sentences, dtype=np.int64)  # [rows]: initial row i belongs to sentence i
     while tokens.size:
-        log_probs = np.asarray(step(tokens, origin))  # [rows, V]
-        states, origin, tokens = advance_batch(states, log_probs)
-    return [finalize(s) for s in states]
+        result = step(beams, np.asarray(step_fn(tokens, origin)))  # log-probs [rows, V]
+        beams, origin, tokens = result.beams, result.origin, result.tokens
+    if beams.failed.any():
+        raise FloatingPointError(
+            f"the decoder returned NaN log-probs for sentences {np.flatnonzero(beams.failed)}"
+        )
+    return [results(beams, i) for i in range(n_sentences)]

@@ -1,24 +1,23 @@
 """Iteration-level decoding scheduler: the beams of every in-flight request share each decoder step.
 
-One asyncio task per translator drives the loop. Between two decoder steps it drops requests that
-timed out or whose client left (their rows simply are not gathered into the next call), admits waiting
-sentences while the row budget allows (their encoder run batched in one call), then runs one decoder
-step over the live rows of all admitted sentences (:func:`serving.decoding.stepper.step_sentences`: per-sentence
-``np.take`` by beam origin, caches left-padded and sources right-padded per the step spec, so every
-row computes exactly what it would alone). Sentences that finish leave at once; a request is answered
-when its last sentence is done. Encoder and decoder calls run in a worker thread, so the event loop
-keeps accepting requests while a step runs.
+One decode thread per scheduler runs the loop over one persistent
+:class:`serving.decoding.stepper.DecodeBatch`, without waiting on the event loop between steps: it
+admits waiting sentences while the row budget allows (their encoder run batched in one call, joined to
+the batch at once), removes the rows of requests that timed out or whose client left, and runs one
+decoder step plus one vectorized search step over every live row. Sentences that finish leave at once;
+a request is answered (on the event loop, thread-safely) when its last sentence is done. A sentence
+whose search fails (NaN log-probs) fails its own request only; a failing model call fails the requests
+in the batch, and the loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import stepper
-from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable
+from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,10 @@ class SchedulerConfig:
     max_encoder_batch: int = 64  # sentences per encoder call
     timeout_s: float = 30.0  # default per-request deadline (504 after it)
     retry_after_s: float = 1.0  # sent with 429 / 503
+    workers: int = 1  # decode threads per translator; 2 measured no faster through the gateway on 2 cores
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_queue", "max_encoder_batch"):
+        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.timeout_s <= 0:
@@ -59,7 +59,10 @@ class DecodeObserver(Protocol):
 
 @dataclass(eq=False)
 class _Job:
-    """One submitted request: its sentences, their results and the future its caller awaits."""
+    """One submitted request: its sentences, their results and the future its caller awaits.
+
+    ``closed`` is set once the request is answered or abandoned (by either thread); the decode thread
+    then drops its rows. ``future`` is only touched on the event loop."""
 
     sources: list[list[int]]
     config: bs.BeamConfig
@@ -68,19 +71,7 @@ class _Job:
     started: float = field(default_factory=time.monotonic)
     next_source: int = 0  # sources[:next_source] were admitted
     results: dict[int, list[bs.Hypothesis]] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.future.done()
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A sentence in flight: its job, index in the job and stepper state."""
-
-    job: _Job
-    index: int
-    sentence: stepper.Sentence
+    closed: bool = False
 
 
 class DecodingScheduler:
@@ -95,51 +86,59 @@ class DecodingScheduler:
         config: SchedulerConfig | None = None,
         *,
         observer: DecodeObserver | None = None,
-        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.name = name
         self.spec = stepper.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
         self.config = config or SchedulerConfig()
         self.observer = observer
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"kiln-decode-{name}")
+        self._lock = threading.Lock()  # guards _waiting
         self._waiting: deque[_Job] = deque()
-        self._slots: list[_Slot] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._stopping = False
+        self._wake = threading.Event()
+        self._batch = stepper.DecodeBatch(self.spec)  # decode thread only; keys: (job, sentence index)
+        self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
+        self._thread: threading.Thread | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = self._halt = False
 
-    # --- public API -------------------------------------------------------------------------------
+    # --- public API (event loop) ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the loop on the running event loop (idempotent)."""
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.create_task(self._loop(), name=f"kiln-scheduler-{self.name}")
+        """Start the decode thread, answering on the running event loop (idempotent)."""
+        if self._thread is None:
+            self._event_loop = asyncio.get_running_loop()
+            self._stopping = self._halt = False
+            self._thread = threading.Thread(target=self._run, name=f"kiln-decode-{self.name}", daemon=True)
+            self._thread.start()
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Let in-flight and waiting requests finish for up to ``grace_s``, then fail the rest with 503."""
         self._stopping = True
         deadline = time.monotonic() + grace_s
-        while (self._waiting or self._slots) and time.monotonic() < deadline:
+        while (self._waiting or self._reserved) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for job in {*(s.job for s in self._slots), *self._waiting}:
-            _fail(job, Unavailable(f"translator {self.name!r} is shutting down"))
-        self._slots.clear()
-        self._waiting.clear()
-        if self._own_executor:
-            self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            self._halt = True
+            self._wake.set()
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        with self._lock:
+            left = {*self._running_jobs(), *self._waiting}
+            self._waiting.clear()
+        for job in left:
+            self._answer(job, Unavailable(f"translator {self.name!r} is shutting down"), "failure")
+        self._batch, self._reserved = stepper.DecodeBatch(self.spec), 0
 
     @property
     def active_rows(self) -> int:
         """Decoder rows the next step will run."""
-        return sum(bs.live_rows(s.sentence.beam) for s in self._slots)
+        return self._batch.live_rows
+
+    @property
+    def load(self) -> int:
+        """Rows reserved by running sentences plus those of waiting requests (for choosing a worker)."""
+        waiting = sum((len(j.sources) - j.next_source) * j.config.beam_size for j in list(self._waiting))
+        return self._reserved + waiting
 
     @property
     def queued(self) -> int:
@@ -150,16 +149,11 @@ class DecodingScheduler:
         self, sources: Sequence[Sequence[int]], config: bs.BeamConfig, timeout_s: float | None = None
     ) -> list[list[bs.Hypothesis]]:
         """Beam-search each source (token ids without EOS); 429 when the queue is full, 504 after timeout."""
-        if self._task is None or self._stopping:
+        if self._thread is None or self._stopping:
             raise Unavailable(
                 f"translator {self.name!r} is not running", retry_after=self.config.retry_after_s
             )
         self._check(config)
-        if len(self._waiting) >= self.config.max_queue:
-            raise Overloaded(
-                f"translator {self.name!r}: {len(self._waiting)} requests already waiting; retry later",
-                retry_after=self.config.retry_after_s,
-            )
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
         job = _Job(
             sources=[list(s) for s in sources],
@@ -169,141 +163,131 @@ class DecodingScheduler:
         )
         if not job.sources:
             return []
-        self._waiting.append(job)
+        with self._lock:
+            if len(self._waiting) >= self.config.max_queue:
+                raise Overloaded(
+                    f"translator {self.name!r}: {len(self._waiting)} requests already waiting; retry later",
+                    retry_after=self.config.retry_after_s,
+                )
+            self._waiting.append(job)
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except TimeoutError:
-            _fail(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"))
-            self._observe_done(job, "timeout")
+            self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
             raise job.future.exception() from None
-        except asyncio.CancelledError:  # the client went away: free its rows at the next step
-            _fail(job, Unavailable("request cancelled"))
+        except asyncio.CancelledError:  # the client went away: its rows leave at the next step
+            self._answer(job, Unavailable("request cancelled"), None)
             raise
 
     def _check(self, config: bs.BeamConfig) -> None:
-        if (config.eos_id, config.bos_id) != (self.spec.eos_id, self.spec.bos_id):
-            raise ValueError(
-                f"BeamConfig eos/bos ({config.eos_id}, {config.bos_id}) differ from the model's "
-                f"({self.spec.eos_id}, {self.spec.bos_id})"
-            )
+        stepper.check_config(self.spec, config)
         if config.beam_size > self.config.max_rows:
             raise ValueError(
                 f"beam_size={config.beam_size} exceeds the scheduler's max_rows={self.config.max_rows}"
             )
-        limit = self.spec.max_positions
-        if limit is not None and config.max_length > limit:
-            raise ValueError(f"max_length={config.max_length} exceeds the model's max_positions={limit}")
 
-    # --- the loop ---------------------------------------------------------------------------------
+    def _answer(self, job: _Job, result: Any, outcome: str | None) -> None:
+        """On the event loop: settle the request once (a list of results or an exception)."""
+        job.closed = True
+        if job.future.done():
+            return
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+            job.future.exception()  # mark retrieved: nobody may await a request its client abandoned
+        else:
+            job.future.set_result(result)
+        if outcome is not None and self.observer is not None:
+            tokens = sum(len(h.tokens) for hyps in job.results.values() for h in hyps)
+            self.observer.observe_translation(self.name, time.monotonic() - job.started, tokens, outcome)
 
-    async def _loop(self) -> None:
+    def _post(self, job: _Job, result: Any, outcome: str) -> None:
+        """From the decode thread: answer on the event loop."""
+        job.closed = True
+        self._event_loop.call_soon_threadsafe(self._answer, job, result, outcome)
+
+    # --- the decode thread ------------------------------------------------------------------------
+
+    def _running_jobs(self) -> set[_Job]:
+        return {job for job, _ in self._batch.keys}
+
+    def _run(self) -> None:
         """Admit, step, retire; sleep only when nothing is in flight or waiting."""
-        while True:
-            self._drop_finished()
-            if not self._slots and not self._waiting:
+        while not self._halt:
+            if not self._batch.size and not self._waiting:
+                self._wake.wait()
                 self._wake.clear()
-                await self._wake.wait()
                 continue
             try:
-                await self._admit()
-                if self._slots:
-                    await self._step()
-            except asyncio.CancelledError:
-                raise
+                self._expire()
+                self._admit()
+                if self._batch.size:
+                    self._step()
             except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
                 log.exception("translator %s: decoding failed", self.name)
                 error = ServingError(f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
-                for job in {s.job for s in self._slots}:
-                    _fail(job, error)
-                    self._observe_done(job, "failure")
-                self._slots.clear()
+                for job in self._running_jobs():
+                    self._post(job, error, "failure")
+                self._batch, self._reserved = stepper.DecodeBatch(self.spec), 0
 
-    def _drop_finished(self) -> None:
-        """Forget requests answered, cancelled or past their deadline (their rows leave the batch)."""
+    def _expire(self) -> None:
+        """Fail requests past their deadline; forget waiting ones already answered."""
         now = time.monotonic()
-        for job in {s.job for s in self._slots} | set(self._waiting):
-            if not job.finished and now >= job.deadline:
-                _fail(job, DeadlineExceeded("translation did not finish before its deadline"))
-                self._observe_done(job, "timeout")
-        self._slots = [s for s in self._slots if not s.job.finished]
-        self._waiting = deque(j for j in self._waiting if not j.finished)
+        with self._lock:
+            waiting = list(self._waiting)
+        for job in self._running_jobs() | set(waiting):
+            if not job.closed and now >= job.deadline:
+                self._post(job, DeadlineExceeded("translation did not finish before its deadline"), "timeout")
+        if any(job.closed for job in waiting):
+            with self._lock:
+                self._waiting = deque(j for j in self._waiting if not j.closed)
 
-    def _reserved_rows(self) -> int:
-        return sum(s.job.config.beam_size for s in self._slots)
-
-    async def _admit(self) -> None:
-        """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and add them."""
-        budget = self.config.max_rows - self._reserved_rows()
+    def _admit(self) -> None:
+        """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and join them."""
+        budget = self.config.max_rows - self._reserved
         picked: list[tuple[_Job, int]] = []
-        while self._waiting and len(picked) < self.config.max_encoder_batch:
-            job = self._waiting[0]
-            if job.config.beam_size > budget:
-                break
-            picked.append((job, job.next_source))
-            budget -= job.config.beam_size
-            job.next_source += 1
-            if job.next_source == len(job.sources):
-                self._waiting.popleft()
+        with self._lock:
+            while self._waiting and len(picked) < self.config.max_encoder_batch:
+                job = self._waiting[0]
+                if job.config.beam_size > budget:
+                    break
+                picked.append((job, job.next_source))
+                budget -= job.config.beam_size
+                job.next_source += 1
+                if job.next_source == len(job.sources):
+                    self._waiting.popleft()
         if not picked:
             return
         sources = [job.sources[i] for job, i in picked]
-        loop = asyncio.get_running_loop()
         try:
-            encoded = await loop.run_in_executor(self._executor, self._encode, sources)  # {name: [n, ...]}
+            encoded = self.run_encoder(stepper.encoder_inputs(self.spec, sources))  # {name: [n, ...]}
         except Exception as exc:  # noqa: BLE001 - the encoder failing fails these requests only
             log.exception("translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:
-                _fail(job, ServingError(f"translator {self.name!r} encoder failed: {exc}"))
-                self._observe_done(job, "failure")
+                self._post(job, ServingError(f"translator {self.name!r} encoder failed: {exc}"), "failure")
             return
-        for position, (job, index) in enumerate(picked):
-            one = {name: value[position : position + 1] for name, value in encoded.items()}
-            (sentence,) = stepper.start_sentences(self.spec, one, job.config)
-            self._slots.append(_Slot(job, index, sentence))
+        self._batch.join(picked, encoded, [job.config for job, _ in picked], [len(s) + 1 for s in sources])
+        self._reserved += sum(job.config.beam_size for job, _ in picked)
 
-    def _encode(self, sources: list[list[int]]) -> dict[str, np.ndarray]:
-        return self.run_encoder(stepper.encoder_inputs(self.spec, sources))
-
-    async def _step(self) -> None:
-        """One decoder call over every live row, then retire the sentences that finished."""
-        slots = list(self._slots)
-        rows = sum(bs.live_rows(s.sentence.beam) for s in slots)
-        requests = len({id(s.job) for s in slots})
+    def _step(self) -> None:
+        """Drop answered requests' rows, one decoder + search step, answer requests all of whose
+        sentences finished."""
+        self._batch.remove(np.array([job.closed for job, _ in self._batch.keys], dtype=bool))
+        rows, requests = self._batch.live_rows, len(self._running_jobs())
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        sentences = await loop.run_in_executor(
-            self._executor, stepper.step_sentences, self.spec, self.run_decoder, [s.sentence for s in slots]
-        )
+        finished = self._batch.step(self.run_decoder)
         if self.observer is not None:
             self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
-        for slot, sentence in zip(slots, sentences, strict=True):
-            slot.sentence = sentence
-        self._retire([s for s in slots if s.sentence.done])
-
-    def _retire(self, done: list[_Slot]) -> None:
-        """Record finished sentences; answer requests whose every sentence is done."""
-        if not done:
-            return
-        finished = set(map(id, done))
-        self._slots = [s for s in self._slots if id(s) not in finished]
-        for slot in done:
-            job = slot.job
-            if job.finished:
+        for done in finished:
+            job, index = done.key
+            if job.closed:
                 continue
-            job.results[slot.index] = bs.finalize(slot.sentence.beam)
+            if done.error is not None:  # this sentence's own failure: its request alone fails
+                error = UnprocessableInput(f"text {index}: {done.error}; the request cannot be decoded")
+                self._post(job, error, "failure")
+                continue
+            job.results[index] = done.hypotheses
             if len(job.results) == len(job.sources):
-                job.future.set_result([job.results[i] for i in range(len(job.sources))])
-                self._observe_done(job, "success")
-
-    def _observe_done(self, job: _Job, outcome: str) -> None:
-        if self.observer is None:
-            return
-        tokens = sum(len(h.tokens) for hyps in job.results.values() for h in hyps)
-        self.observer.observe_translation(self.name, time.monotonic() - job.started, tokens, outcome)
-
-
-def _fail(job: _Job, error: Exception) -> None:
-    if not job.future.done():
-        job.future.set_exception(error)
-        job.future.exception()  # mark retrieved: nobody may await a request its client abandoned
+                self._post(job, [job.results[i] for i in range(len(job.sources))], "success")
+        beams = self._batch.beams
+        self._reserved = int(beams.beam.sum()) if beams is not None else 0

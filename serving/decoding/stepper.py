@@ -1,22 +1,22 @@
-"""Decoder-state management for translators, driven by the model's JSON step spec (numpy only).
+"""The persistent decoding batch of a translator, driven by the model's JSON step spec (numpy only).
 
 The encoder and decoder graphs are opaque callables ``run(inputs: dict[str, ndarray]) -> dict[str,
-ndarray]`` (ONNX Runtime, Triton BLS, a torch module wrapped in a test). This module keeps each row's
-decoder state by role (docs/translator-interface.md): ``encoder`` constants, ``state`` replaced by its
-output, ``cache`` appended along its axis with ``cache_mask`` marking valid entries, ``positions``.
+ndarray]`` (ONNX Runtime, Triton BLS, a torch module wrapped in a test). :class:`DecodeBatch` keeps the
+rows of every running sentence in one set of arrays, by role (docs/translator-interface.md):
+``encoder`` constants stored once per sentence and gathered to rows only when the rows change,
+``state`` replaced by its output, ``cache`` gathered by beam origin and grown by the step's entries
+in one copy per step (``cache_mask`` marks each row's valid columns: a sentence that joins later sees
+the earlier columns masked, so every row computes exactly what it would alone; columns no live
+sentence uses are dropped in the same copy), ``positions`` per row. Sentences
+join (one encoder call, padded once) and leave (their rows compacted) between steps; each step is one
+decoder call and one vectorized :func:`serving.decoding.beam_search.step` for all sentences.
 
-Two ways to drive it:
-- :func:`translate_ids`: all sentences of one call batched together in every decoder step (export's
-  ONNX parity check, the Triton python model).
-- :class:`Sentence` + :func:`step_sentences`: the iteration-level scheduler's building blocks; rows of
-  sentences from different requests, with different source and cache lengths, are merged into one
-  decoder call (:func:`merge_rows`) and split back (:func:`split_rows`); sentences join and leave
-  between steps.
+:func:`translate_ids` decodes one batch of sentences to the end (export's ONNX parity check, the Triton
+python model); the iteration-level scheduler drives a :class:`DecodeBatch` itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,19 +125,7 @@ def _check_spec(spec: StepSpec) -> None:
         raise ValueError("a spec with 'cache' inputs needs a 'cache_mask' input")
 
 
-# --- per-row state ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowState:
-    """Decoder state of some rows (axis 0 of every tensor): inputs by name, plus each row's position."""
-
-    tensors: dict[str, np.ndarray]  # encoder / state / cache / cache_mask inputs
-    positions: np.ndarray  # int64 [rows]: target position of the token fed next
-
-    @property
-    def rows(self) -> int:
-        return int(self.positions.shape[0])
+# --- the persistent batch -------------------------------------------------------------------------------
 
 
 def encoder_inputs(spec: StepSpec, src_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
@@ -155,153 +143,8 @@ def encoder_inputs(spec: StepSpec, src_ids: Sequence[Sequence[int]]) -> dict[str
     return {spec.encoder_inputs[0]: out}
 
 
-def initial_rows(spec: StepSpec, encoded: dict[str, np.ndarray], n: int) -> RowState:
-    """One row per sentence from the encoder outputs: constants, state inits, empty caches."""
-    missing = [name for name in spec.encoder_outputs if name not in encoded]
-    if missing:
-        raise ValueError(f"the encoder did not return {missing}")
-    tensors: dict[str, np.ndarray] = {}
-    for inp in spec.decoder_inputs:
-        if inp.role == "encoder":
-            tensors[inp.name] = np.asarray(encoded[inp.name])
-        elif inp.role == "state":
-            tensors[inp.name] = np.asarray(encoded[inp.init])
-        elif inp.role == "cache":
-            shape = [n if d == -1 else d for d in inp.init_shape]
-            tensors[inp.name] = np.zeros(shape, dtype=spec.dtypes.get(inp.name, "float32"))
-        elif inp.role == "cache_mask":
-            tensors[inp.name] = np.zeros((n, 0), dtype=bool)
-    return RowState(tensors=tensors, positions=np.zeros(n, dtype=np.int64))
-
-
-def gather_rows(state: RowState, origin: np.ndarray) -> RowState:
-    """Reorder / duplicate / drop rows by beam origin (``np.take`` on axis 0 of every tensor)."""
-    origin = np.asarray(origin, dtype=np.int64)
-    tensors = {name: np.take(value, origin, axis=0) for name, value in state.tensors.items()}
-    return RowState(tensors=tensors, positions=state.positions[origin])
-
-
-def decoder_feed(spec: StepSpec, state: RowState, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """The named inputs of one decoder call for these rows."""
-    feed = dict(state.tensors)
-    for inp in spec.with_role("tokens"):
-        feed[inp.name] = np.asarray(tokens, dtype=np.int64)  # [rows]
-    for inp in spec.with_role("positions"):
-        feed[inp.name] = state.positions  # [rows]
-    return feed
-
-
-def apply_outputs(spec: StepSpec, state: RowState, outputs: dict[str, np.ndarray]) -> RowState:
-    """State after a step: ``state`` replaced, ``cache`` appended, the new entry marked valid."""
-    tensors = dict(state.tensors)
-    for inp in spec.decoder_inputs:
-        if inp.role == "state":
-            tensors[inp.name] = outputs[inp.output]
-        elif inp.role == "cache":
-            tensors[inp.name] = np.concatenate([state.tensors[inp.name], outputs[inp.output]], axis=inp.axis)
-        elif inp.role == "cache_mask":
-            valid = np.ones((state.rows, 1), dtype=bool)
-            tensors[inp.name] = np.concatenate([state.tensors[inp.name], valid], axis=1)  # [rows, past+1]
-    return RowState(tensors=tensors, positions=state.positions + 1)
-
-
-def run_step(spec: StepSpec, run_decoder: Runner, state: RowState, tokens: np.ndarray):
-    """One decoder call: ``(log_probs float32 [rows, V], state after the step)``."""
-    if len(tokens) != state.rows:
-        raise ValueError(f"{len(tokens)} tokens for {state.rows} decoder rows")
-    outputs = run_decoder(decoder_feed(spec, state, tokens))
-    missing = [name for name in spec.decoder_outputs if name not in outputs]
-    if missing:
-        raise ValueError(f"the decoder did not return {missing}")
-    log_probs = np.asarray(outputs["log_probs"], dtype=np.float32)  # [rows, V]
-    return log_probs, apply_outputs(spec, state, outputs)
-
-
-# --- merging rows of different sentences -------------------------------------------------------------
-
-
-def merge_rows(spec: StepSpec, states: Sequence[RowState]) -> RowState:
-    """Stack rows of several sentences into one call: caches LEFT-padded (mask False), encoder
-    tensors right-padded on ``pad_axis`` (zeros / False), so every row computes what it would alone."""
-    if not states:
-        raise ValueError("merge_rows needs at least one RowState")
-    tensors: dict[str, np.ndarray] = {}
-    past = max((s.tensors[m.name].shape[1] for s in states for m in spec.with_role("cache_mask")), default=0)
-    for inp in spec.with_role("encoder", "state", "cache", "cache_mask"):
-        parts = [s.tensors[inp.name] for s in states]
-        if inp.role == "cache":
-            parts = [_pad_to(p, inp.axis, past, left=True) for p in parts]
-        elif inp.role == "cache_mask":
-            parts = [_pad_to(p, 1, past, left=True) for p in parts]
-        elif inp.role == "encoder" and inp.pad_axis is not None:
-            longest = max(p.shape[inp.pad_axis] for p in parts)
-            parts = [_pad_to(p, inp.pad_axis, longest, left=False) for p in parts]
-        tensors[inp.name] = _concat(inp.name, parts)
-    return RowState(tensors=tensors, positions=np.concatenate([s.positions for s in states]))
-
-
-def _pad_to(value: np.ndarray, axis: int, length: int, *, left: bool) -> np.ndarray:
-    """Zero- (False-) pad ``value`` along ``axis`` to ``length``."""
-    missing = length - value.shape[axis]
-    if missing == 0:
-        return value
-    widths = [(0, 0)] * value.ndim
-    widths[axis] = (missing, 0) if left else (0, missing)
-    return np.pad(value, widths)
-
-
-def _concat(name: str, parts: list[np.ndarray]) -> np.ndarray:
-    shapes = {p.shape[1:] for p in parts}
-    if len(shapes) > 1:
-        raise ValueError(f"cannot merge rows of {name!r}: per-row shapes differ {sorted(shapes)}")
-    return np.concatenate(parts, axis=0)
-
-
-def split_rows(spec: StepSpec, state: RowState, sizes: Sequence[int]) -> list[RowState]:
-    """Cut merged rows back into per-sentence states, dropping cache columns none of its rows uses."""
-    if sum(sizes) != state.rows:
-        raise ValueError(f"sizes {list(sizes)} do not add up to {state.rows} rows")
-    bounds = np.cumsum([0, *sizes])
-    return [_trim(spec, _slice(state, a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _slice(state: RowState, start: int, stop: int) -> RowState:
-    tensors = {name: value[start:stop] for name, value in state.tensors.items()}
-    return RowState(tensors=tensors, positions=state.positions[start:stop])
-
-
-def _trim(spec: StepSpec, state: RowState) -> RowState:
-    """Drop leading cache columns that are padding for every row (left there by a merge)."""
-    masks = spec.with_role("cache_mask")
-    if not masks or state.rows == 0:
-        return state
-    used = state.tensors[masks[0].name].any(axis=0)  # [past]
-    lead = int(np.argmax(used)) if used.any() else used.size
-    if lead == 0:
-        return state
-    tensors = dict(state.tensors)
-    for inp in spec.with_role("cache"):
-        tensors[inp.name] = np.take(tensors[inp.name], np.arange(lead, used.size), axis=inp.axis)
-    for inp in masks:
-        tensors[inp.name] = tensors[inp.name][:, lead:]
-    return RowState(tensors=tensors, positions=state.positions)
-
-
-# --- driving beam search --------------------------------------------------------------------------------
-
-
-class BatchDecoder:
-    """A :data:`serving.decoding.beam_search.StepFn` over one batch of rows that all started together."""
-
-    def __init__(self, spec: StepSpec, run_decoder: Runner, rows: RowState) -> None:
-        self.spec, self.run_decoder, self.rows = spec, run_decoder, rows
-
-    def __call__(self, tokens: np.ndarray, origin: np.ndarray) -> np.ndarray:
-        log_probs, self.rows = run_step(self.spec, self.run_decoder, gather_rows(self.rows, origin), tokens)
-        return log_probs  # [rows, V]
-
-
-def _check_config(spec: StepSpec, config: bs.BeamConfig) -> None:
+def check_config(spec: StepSpec, config: bs.BeamConfig) -> None:
+    """Refuse settings the model cannot honour (other eos/bos ids, more positions than it has)."""
     if (config.eos_id, config.bos_id) != (spec.eos_id, spec.bos_id):
         raise ValueError(
             f"BeamConfig eos/bos ({config.eos_id}, {config.bos_id}) differ from the model's "
@@ -313,6 +156,210 @@ def _check_config(spec: StepSpec, config: bs.BeamConfig) -> None:
         )
 
 
+def _at(axis: int, index: int | slice) -> tuple:
+    """An index selecting ``index`` along ``axis`` (everything on the axes before it)."""
+    return (slice(None),) * axis + (index,)
+
+
+def _pad_axis(value: np.ndarray, axis: int, length: int) -> np.ndarray:
+    """Zero- (False-) pad ``value`` on the right of ``axis`` to ``length``."""
+    if value.shape[axis] >= length:
+        return value
+    widths = [(0, 0)] * value.ndim
+    widths[axis] = (0, length - value.shape[axis])
+    return np.pad(value, widths)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A sentence that left the batch: the caller's key and its hypotheses, or why it failed."""
+
+    key: Any
+    hypotheses: list[bs.Hypothesis]
+    error: str | None = None
+
+
+class DecodeBatch:
+    """Rows of all running sentences in one set of arrays; sentences join and leave between steps.
+
+    Not thread-safe: one thread at a time calls :meth:`join`, :meth:`step` and :meth:`remove`.
+    """
+
+    def __init__(self, spec: dict[str, Any] | StepSpec) -> None:
+        self.spec = parse_step_spec(spec)
+        self.beams: bs.Beams | None = None
+        self.keys: list[Any] = []
+        self.uids = np.zeros(0, dtype=np.int64)  # [S] identity of each sentence (for the row layout)
+        self.lengths = np.zeros(0, dtype=np.int64)  # [S] source length (EOS included)
+        self.joined = np.zeros(0, dtype=np.int64)  # [S] first cache column of each sentence
+        self.encoder: dict[str, np.ndarray] = {}  # [S, ...] per sentence, padded on pad_axis
+        self.rows: dict[str, np.ndarray] = {}  # [R, ...] state and cache buffers ([R, ..., capacity, ...])
+        self.positions = np.zeros(0, dtype=np.int64)  # [R]
+        self.tokens = np.zeros(0, dtype=np.int64)  # [R] what each row feeds to the next call
+        self.column = 0  # cache length along each cache's axis (columns before `joined` are masked)
+        self._row_encoder: dict[str, np.ndarray] = {}  # encoder tensors gathered to the current rows
+        self._layout: tuple[np.ndarray, np.ndarray] | None = None  # (uids, rows) they were gathered for
+        self._next_uid = 0
+
+    @property
+    def size(self) -> int:
+        """Sentences in the batch."""
+        return len(self.keys)
+
+    @property
+    def live_rows(self) -> int:
+        """Decoder rows the next step runs."""
+        return int(self.tokens.shape[0])
+
+    def join(self, keys: Sequence[Any], encoded: dict[str, np.ndarray], configs: Sequence[bs.BeamConfig],
+             lengths: Sequence[int]) -> None:  # fmt: skip
+        """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``)."""
+        n = len(keys)
+        missing = [name for name in self.spec.encoder_outputs if name not in encoded]
+        if missing:
+            raise ValueError(f"the encoder did not return {missing}")
+        for config in configs:
+            check_config(self.spec, config)
+        new = bs.start(configs)
+        self.beams = new if self.beams is None else bs.concat(self.beams, new)
+        self.keys += list(keys)
+        self.uids = np.concatenate([self.uids, np.arange(self._next_uid, self._next_uid + n)])
+        self._next_uid += n
+        self.lengths = np.concatenate([self.lengths, np.asarray(lengths, dtype=np.int64)])
+        self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
+        for inp in self.spec.with_role("encoder"):
+            self.encoder[inp.name] = self._stack(
+                inp, self.encoder.get(inp.name), np.asarray(encoded[inp.name])
+            )
+        for inp in self.spec.with_role("state", "cache"):
+            if inp.role == "state":
+                value = np.asarray(encoded[inp.init])
+            else:
+                shape = [n if d == -1 else d for d in inp.init_shape]
+                shape[inp.axis] = self.column
+                value = np.zeros(shape, dtype=self.spec.dtypes.get(inp.name, "float32"))
+            self.rows[inp.name] = (
+                value if inp.name not in self.rows else np.concatenate([self.rows[inp.name], value])
+            )
+        self.positions = np.concatenate([self.positions, np.zeros(n, dtype=np.int64)])
+        self.tokens = np.concatenate([self.tokens, np.full(n, self.spec.bos_id, dtype=np.int64)])
+
+    def _stack(self, inp: DecoderInput, old: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+        """Per-sentence encoder values after a join, padded on ``pad_axis`` to the longest source."""
+        if old is None:
+            return new
+        if inp.pad_axis is not None:
+            width = max(old.shape[inp.pad_axis], new.shape[inp.pad_axis])
+            old, new = _pad_axis(old, inp.pad_axis, width), _pad_axis(new, inp.pad_axis, width)
+        return np.concatenate([old, new])
+
+    def remove(self, leaving: np.ndarray) -> None:
+        """Drop the sentences flagged in ``leaving`` (bool [S]) with their rows."""
+        leaving = np.asarray(leaving, dtype=bool)
+        if not leaving.any():
+            return
+        self.beams, row_stay = bs.remove(self.beams, leaving)
+        stay = np.flatnonzero(~leaving)
+        self.keys = [self.keys[i] for i in stay]
+        self.uids, self.lengths, self.joined = self.uids[stay], self.lengths[stay], self.joined[stay]
+        width = int(self.lengths.max(initial=1))
+        for inp in self.spec.with_role("encoder"):
+            value = self.encoder[inp.name]
+            if inp.pad_axis is not None:  # sources longer than every remaining one are trimmed away
+                value = value[_at(inp.pad_axis, slice(0, width))]
+            self.encoder[inp.name] = np.take(value, stay, axis=0)
+        if row_stay.size < self.live_rows:
+            self._take_rows(row_stay)
+            self.tokens = self.tokens[row_stay]
+        if not self.keys:  # empty: start afresh (no columns, no encoder width to keep)
+            self.beams, self.encoder, self.rows, self.column, self._layout = None, {}, {}, 0, None
+
+    def _take_rows(self, index: np.ndarray) -> None:
+        """Reorder / duplicate / drop rows (beam origin): every row tensor, positions."""
+        self.rows = {name: np.take(value, index, axis=0) for name, value in self.rows.items()}
+        self.positions = self.positions[index]
+
+    def step(self, run_decoder: Runner) -> list[Finished]:
+        """One decoder call over every live row, one search step; returns the sentences that left."""
+        if self.live_rows == 0:
+            return []
+        outputs = run_decoder(self._feed())
+        missing = [name for name in self.spec.decoder_outputs if name not in outputs]
+        if missing:
+            raise ValueError(f"the decoder did not return {missing}")
+        result = bs.step(self.beams, np.asarray(outputs["log_probs"], dtype=np.float32))  # log-probs [R, V]
+        self.beams, self.tokens = result.beams, result.tokens
+        self._advance_rows(outputs, result.origin)
+        return self._retire()
+
+    def _advance_rows(self, outputs: dict[str, np.ndarray], origin: np.ndarray) -> None:
+        """Rows after a step, gathered by beam ``origin``: states replaced; each cache gathered and grown
+        by this step's entries in one copy, without the leading columns no live sentence uses any more."""
+        live = self.beams.rows > 0
+        lead = int(self.joined[live].min(initial=self.column))
+        for inp in self.spec.with_role("state", "cache"):
+            new = np.asarray(outputs[inp.output])
+            if inp.role == "state":
+                self.rows[inp.name] = np.take(new, origin, axis=0)
+                continue
+            old = self.rows[inp.name]
+            shape = list(old.shape)
+            shape[0], shape[inp.axis] = origin.size, self.column - lead + 1
+            grown = np.empty(shape, dtype=old.dtype)  # [R', ..., kept columns + 1, ...]
+            np.take(
+                old[_at(inp.axis, slice(lead, None))], origin, axis=0, out=grown[_at(inp.axis, slice(0, -1))]
+            )
+            grown[_at(inp.axis, slice(-1, None))] = np.take(new, origin, axis=0)
+            self.rows[inp.name] = grown
+        self.positions = self.positions[origin] + 1
+        self.joined -= lead
+        self.column += 1 - lead
+
+    def _retire(self) -> list[Finished]:
+        done = self.beams.done
+        if not done.any():
+            return []
+        beams = self.beams
+        out = [
+            Finished(self.keys[i], [] if beams.failed[i] else bs.results(beams, i),
+                     "the decoder returned NaN log-probs" if beams.failed[i] else None)
+            for i in np.flatnonzero(done)
+        ]  # fmt: skip
+        self.remove(done)
+        return out
+
+    def _feed(self) -> dict[str, np.ndarray]:
+        """The named inputs of the next decoder call."""
+        feed = dict(self.rows)
+        row_sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R]
+        for inp in self.spec.with_role("tokens"):
+            feed[inp.name] = self.tokens  # [R]
+        for inp in self.spec.with_role("positions"):
+            feed[inp.name] = self.positions  # [R]
+        for inp in self.spec.with_role("cache_mask"):
+            columns = np.arange(self.column)  # [past]
+            feed[inp.name] = columns >= self.joined[row_sentence, None]  # [R, past]
+        feed.update(self._encoder_rows(row_sentence))
+        return feed
+
+    def _encoder_rows(self, row_sentence: np.ndarray) -> dict[str, np.ndarray]:
+        """Encoder tensors gathered to the rows, again only when the sentences' rows changed."""
+        layout = (self.uids, self.beams.rows)
+        if self._layout is not None and all(
+            np.array_equal(a, b) for a, b in zip(self._layout, layout, strict=True)
+        ):
+            return self._row_encoder
+        width = int(self.lengths.max(initial=1))
+        self._row_encoder = {}
+        for inp in self.spec.with_role("encoder"):
+            value = self.encoder[inp.name]
+            if inp.pad_axis is not None:
+                value = value[_at(inp.pad_axis, slice(0, width))]
+            self._row_encoder[inp.name] = np.take(value, row_sentence, axis=0)
+        self._layout = layout
+        return self._row_encoder
+
+
 def translate_ids(
     run_encoder: Runner,
     run_decoder: Runner,
@@ -322,55 +369,16 @@ def translate_ids(
 ) -> list[list[bs.Hypothesis]]:
     """Beam-search every source sentence (ids without EOS), all rows batched in each decoder call."""
     spec = parse_step_spec(spec)
-    _check_config(spec, config)
+    check_config(spec, config)
     if not src_ids:
         return []
+    batch = DecodeBatch(spec)
     encoded = run_encoder(encoder_inputs(spec, src_ids))
-    rows = initial_rows(spec, encoded, len(src_ids))
-    return bs.beam_search(BatchDecoder(spec, run_decoder, rows), len(src_ids), config)
-
-
-@dataclass(frozen=True)
-class Sentence:
-    """One sentence in flight for the scheduler: its search, its decoder rows and what to feed next."""
-
-    beam: bs.BeamState
-    rows: RowState  # state of the rows of the previous call (or the single encoder row)
-    origin: np.ndarray  # int64 [next rows]: which of ``rows`` each next row continues
-    tokens: np.ndarray  # int64 [next rows]
-
-    @property
-    def done(self) -> bool:
-        return bs.is_done(self.beam)
-
-
-def start_sentences(spec: StepSpec, encoded: dict[str, np.ndarray], config: bs.BeamConfig) -> list[Sentence]:
-    """Sentences ready to join the scheduler from one encoder call (one row each, BOS to feed)."""
-    _check_config(spec, config)
-    n = len(next(iter(encoded.values())))
-    rows = split_rows(spec, initial_rows(spec, encoded, n), [1] * n)
-    first = np.zeros(1, dtype=np.int64)
-    bos = np.full(1, spec.bos_id, dtype=np.int64)
-    return [Sentence(bs.start(config), r, first, bos) for r in rows]
-
-
-def step_sentences(spec: StepSpec, run_decoder: Runner, sentences: Sequence[Sentence]) -> list[Sentence]:
-    """One decoder call over the live rows of every unfinished sentence, then one search step each."""
-    live = [s for s in sentences if not s.done]
-    if not live:
-        return list(sentences)
-    merged = merge_rows(spec, [gather_rows(s.rows, s.origin) for s in live])  # [sum rows, ...]
-    log_probs, merged = run_step(spec, run_decoder, merged, np.concatenate([s.tokens for s in live]))
-    sizes = [len(s.tokens) for s in live]
-    parts = iter(
-        zip(split_rows(spec, merged, sizes), np.split(log_probs, np.cumsum(sizes)[:-1]), strict=True)
-    )
-    out = []
-    for s in sentences:
-        if s.done:
-            out.append(s)
-            continue
-        rows, lp = next(parts)
-        beam, origin, tokens = bs.advance(s.beam, lp)
-        out.append(dataclasses.replace(s, beam=beam, rows=rows, origin=origin, tokens=tokens))
-    return out
+    batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
+    results: dict[int, list[bs.Hypothesis]] = {}
+    while batch.size:
+        for done in batch.step(run_decoder):
+            if done.error is not None:
+                raise FloatingPointError(f"source sentence {done.key}: {done.error}")
+            results[done.key] = done.hypotheses
+    return [results[i] for i in range(len(src_ids))]

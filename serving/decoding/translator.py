@@ -8,8 +8,11 @@ encoder/decoder entry names), never from the model's name. The same service answ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -25,28 +28,7 @@ from serving.execution.base import InferRequest, InferResponse
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TranslateLimits:
-    """What one request may ask for (a client asking more gets a 4xx naming the limit)."""
-
-    max_texts: int = 64
-    max_chars: int = 1000
-    max_beam_size: int = 16
-    max_length: int = 256  # further capped by the model's max_positions
-
-
-@dataclass(frozen=True)
-class TranslateOptions:
-    """Decoding options of one request (the friendly API's fields, KServe's request parameters)."""
-
-    beam_size: int = 4
-    n_best: int = 1
-    max_length: int = 64
-    length_penalty: str = "average"
-    alpha: float = 1.0
-
-
-OPTION_NAMES = tuple(f.name for f in fields(TranslateOptions))
+OPTION_NAMES = tuple(f.name for f in fields(bs.DecodingOptions))
 
 
 @dataclass(frozen=True)
@@ -75,51 +57,60 @@ class TextCodec:
         """Source ids without EOS (the stepper appends it)."""
         return [e.ids for e in self.source.encode_batch(texts)]
 
-    def decode(self, tokens: list[int]) -> str:
-        """Text of a hypothesis: ids up to the first EOS, without BOS / padding / specials."""
+    def decode(self, hypotheses: list[list[int]]) -> list[str]:
+        """Texts of hypotheses (one batched call): ids up to the first EOS, without BOS / padding / specials."""
         spec = self.spec
-        kept = bs.output_tokens(tokens, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
-        return self.target.decode(kept, skip_special_tokens=True)
+        kept = [
+            bs.output_tokens(t, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
+            for t in hypotheses
+        ]
+        return self.target.decode_batch(kept, skip_special_tokens=True) if kept else []
 
 
 class Translator:
-    """Validate, tokenize, decode through the shared scheduler, detokenize."""
+    """Validate, tokenize, decode on the least-loaded of its schedulers, detokenize.
+
+    Each scheduler is one decode worker (its own thread and batch: CTranslate2's ``inter_threads``);
+    tokenization and detokenization run batched in a codec thread, off the event loop.
+    """
 
     def __init__(
-        self, name: str, codec: TextCodec, scheduler: DecodingScheduler, limits: TranslateLimits | None = None
+        self,
+        name: str,
+        codec: TextCodec,
+        schedulers: DecodingScheduler | Sequence[DecodingScheduler],
+        limits: bs.DecodingLimits | None = None,
     ) -> None:
-        self.name, self.codec, self.scheduler = name, codec, scheduler
-        self.limits = limits or TranslateLimits()
-        self.spec = scheduler.spec
-        cap = self.spec.max_positions
-        self.max_length = min(self.limits.max_length, cap) if cap else self.limits.max_length
+        self.name, self.codec = name, codec
+        self.schedulers = [schedulers] if isinstance(schedulers, DecodingScheduler) else list(schedulers)
+        if not self.schedulers:
+            raise ValueError(f"translator {name!r} needs at least one scheduler")
+        self.limits = limits or bs.LIMITS
+        self.spec = self.schedulers[0].spec
+        self._codec_thread: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        await self.scheduler.start()
+        if self._codec_thread is None:
+            self._codec_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-codec-{self.name}")
+        for scheduler in self.schedulers:
+            await scheduler.start()
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        await self.scheduler.stop(grace_s)
+        await asyncio.gather(*(scheduler.stop(grace_s) for scheduler in self.schedulers))
+        if self._codec_thread is not None:
+            self._codec_thread.shutdown(wait=False)
+            self._codec_thread = None
 
-    def beam_config(self, options: TranslateOptions) -> bs.BeamConfig:
+    def beam_config(self, options: bs.DecodingOptions) -> bs.BeamConfig:
         """The search settings, refusing values over the limits with the option named (422)."""
-        limits = self.limits
-        if not isinstance(options.beam_size, int) or not 1 <= options.beam_size <= limits.max_beam_size:
-            raise UnprocessableInput(f"beam_size must be an integer in [1, {limits.max_beam_size}]")
-        if not isinstance(options.max_length, int) or not 1 <= options.max_length <= self.max_length:
-            raise UnprocessableInput(f"max_length must be an integer in [1, {self.max_length}]")
-        if not isinstance(options.n_best, int) or not 1 <= options.n_best <= options.beam_size:
-            raise UnprocessableInput(f"n_best must be an integer in [1, beam_size={options.beam_size}]")
         try:
-            return bs.BeamConfig(
-                beam_size=options.beam_size, n_best=options.n_best, max_length=options.max_length,
-                length_penalty=options.length_penalty, alpha=float(options.alpha),
-                eos_id=self.spec.eos_id, bos_id=self.spec.bos_id,
-            )  # fmt: skip
+            bs.check_options(options, self.limits, self.spec.max_positions)
+            return bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
         except (TypeError, ValueError) as exc:
             raise UnprocessableInput(f"invalid decoding options: {exc}") from None
 
-    def source_ids(self, texts: list[str]) -> list[list[int]]:
-        """Tokenized sources; empty, overlong or too many texts are refused naming the text."""
+    def check_texts(self, texts: list[str]) -> None:
+        """Refuse empty, overlong or too many texts, naming the text."""
         limits = self.limits
         if not texts:
             raise UnprocessableInput("texts must hold at least one text")
@@ -134,6 +125,10 @@ class Translator:
                 raise PayloadTooLarge(
                     f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}"
                 )
+
+    def source_ids(self, texts: list[str]) -> list[list[int]]:
+        """Tokenized sources (one batched call); a text longer than the model takes is refused."""
+        self.check_texts(texts)
         ids = self.codec.encode(texts)
         cap = self.spec.max_positions
         for i, row in enumerate(ids):
@@ -141,18 +136,27 @@ class Translator:
                 raise PayloadTooLarge(f"texts[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
         return ids
 
+    def scheduler(self) -> DecodingScheduler:
+        """The decode worker with the fewest rows running or waiting."""
+        return min(self.schedulers, key=lambda s: s.load)
+
     async def translate(
-        self, texts: list[str], options: TranslateOptions, timeout_s: float | None = None
+        self, texts: list[str], options: bs.DecodingOptions, timeout_s: float | None = None
     ) -> list[list[Translation]]:
         """The ``n_best`` translations of each text, best first."""
         config = self.beam_config(options)
-        sources = self.source_ids(texts)
+        loop = asyncio.get_running_loop()
+        sources = await loop.run_in_executor(self._codec_thread, self.source_ids, texts)
         try:
-            results = await self.scheduler.submit(sources, config, timeout_s)
+            results = await self.scheduler().submit(sources, config, timeout_s)
         except ValueError as exc:  # a setting the scheduler cannot honour (e.g. beam over its row cap)
             raise UnprocessableInput(str(exc)) from None
+        flat = [h for hyps in results for h in hyps]
+        texts_out = iter(
+            await loop.run_in_executor(self._codec_thread, self.codec.decode, [h.tokens for h in flat])
+        )
         return [
-            [Translation(self.codec.decode(h.tokens), h.tokens, h.score, h.normalized_score) for h in hyps]
+            [Translation(next(texts_out), h.tokens, h.score, h.normalized_score) for h in hyps]
             for hyps in results
         ]
 
@@ -198,14 +202,14 @@ def _as_text(value: Any, index: int) -> str:
     raise BadRequest(f"text[{index}] must be BYTES (a UTF-8 string), got {type(value).__name__}")
 
 
-def options_from_parameters(params: dict[str, Any]) -> TranslateOptions:
+def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
     """Decoding options from KServe request parameters (unknown option-like names are ignored)."""
     values: dict[str, Any] = {}
     for name in OPTION_NAMES:
         if name not in params:
             continue
         value = params[name]
-        default = getattr(TranslateOptions, name)
+        default = getattr(bs.DEFAULTS, name)
         if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
             if isinstance(value, str) and value.strip().lstrip("-").isdigit():
                 value = int(value)
@@ -219,7 +223,7 @@ def options_from_parameters(params: dict[str, Any]) -> TranslateOptions:
         elif isinstance(default, str) and not isinstance(value, str):
             raise BadRequest(f"parameter {name!r} must be a string, got {value!r}")
         values[name] = value
-    return TranslateOptions(**values)
+    return bs.DecodingOptions(**values)
 
 
 def translator_from_entry(
@@ -229,10 +233,12 @@ def translator_from_entry(
     run_decoder: stepper.Runner,
     *,
     scheduler_config: SchedulerConfig | None = None,
-    limits: TranslateLimits | None = None,
+    limits: bs.DecodingLimits | None = None,
     observer: DecodeObserver | None = None,
 ) -> Translator:
-    """A translator for the ``<name>`` entry at ``path`` (its kiln.json already parsed)."""
+    """A translator for the ``<name>`` entry at ``path`` (its kiln.json already parsed), with
+    ``scheduler_config.workers`` decode workers sharing the runners (ONNX Runtime sessions run
+    concurrently from several threads)."""
     block = kiln.get("translator")
     if not isinstance(block, dict) or "step_spec" not in block:
         raise ValueError(f"{path}/kiln.json has no 'translator' block with a step_spec")
@@ -243,8 +249,13 @@ def translator_from_entry(
         spec,
     )
     name = kiln.get("name", path.name)
-    scheduler = DecodingScheduler(name, spec, run_encoder, run_decoder, scheduler_config, observer=observer)
-    return Translator(name, codec, scheduler, limits)
+    config = scheduler_config or SchedulerConfig()
+    schedulers = [
+        DecodingScheduler(f"{name}" if i == 0 else f"{name}#{i}", spec, run_encoder, run_decoder, config,
+                          observer=observer)
+        for i in range(config.workers)
+    ]  # fmt: skip
+    return Translator(name, codec, schedulers, limits)
 
 
 class TranslatorPool:
@@ -255,7 +266,7 @@ class TranslatorPool:
         repository: Any,
         *,
         scheduler_config: SchedulerConfig | None = None,
-        limits: TranslateLimits | None = None,
+        limits: bs.DecodingLimits | None = None,
         observer: DecodeObserver | None = None,
     ) -> None:
         self.repository = repository

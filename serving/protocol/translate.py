@@ -15,7 +15,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.decoding.translator import TranslateLimits, TranslateOptions, Translation
+from serving.decoding.beam_search import DEFAULTS, LIMITS, DecodingOptions
+from serving.decoding.translator import Translation
 from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import Backend, InferRequest
 from serving.metrics import GatewayMetrics, observed_infer
@@ -32,15 +33,26 @@ class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, 2.0 is not an integer
 
     texts: list[str] = Field(min_length=1, description="texts to translate (each non-empty)")
-    beam_size: int = Field(4, ge=1, description="beam width (1 = greedy)")
-    n_best: int = Field(1, ge=1, description="hypotheses returned per text (<= beam_size)")
-    max_length: int = Field(64, ge=1, description="most tokens generated per text, EOS included")
-    length_penalty: Literal["average", "gnmt", "none"] = "average"
-    alpha: float = Field(1.0, ge=0, allow_inf_nan=False, description="length penalty exponent")
+    beam_size: int = Field(
+        DEFAULTS.beam_size, ge=1, le=LIMITS.max_beam_size, description="beam width (1 = greedy)"
+    )
+    n_best: int = Field(
+        DEFAULTS.n_best, ge=1, le=LIMITS.max_beam_size, description="hypotheses per text (<= beam_size)"
+    )
+    max_length: int = Field(
+        DEFAULTS.max_length,
+        ge=1,
+        le=LIMITS.max_length,
+        description="most tokens generated per text, EOS included",
+    )
+    length_penalty: Literal["average", "gnmt", "none"] = DEFAULTS.length_penalty
+    alpha: float = Field(
+        DEFAULTS.alpha, ge=0, le=LIMITS.max_alpha, allow_inf_nan=False, description="length penalty exponent"
+    )
     return_scores: bool = Field(False, description="add raw and normalized log-prob scores")
 
-    def options(self) -> TranslateOptions:
-        return TranslateOptions(
+    def options(self) -> DecodingOptions:
+        return DecodingOptions(
             beam_size=self.beam_size, n_best=self.n_best, max_length=self.max_length,
             length_penalty=self.length_penalty, alpha=self.alpha,
         )  # fmt: skip
@@ -68,7 +80,7 @@ def request_schema() -> dict[str, Any]:
     ``max_chars`` characters (else 413). A model whose ``max_positions`` is lower than ``max_length``
     refuses longer ``max_length`` values with a 422 naming its own bound.
     """
-    limits = TranslateLimits()
+    limits = LIMITS
     schema = TranslateRequest.model_json_schema()
     properties = schema["properties"]
     properties["texts"].update(

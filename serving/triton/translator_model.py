@@ -13,6 +13,7 @@ Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,9 +26,6 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from serving.decoding import beam_search as bs  # noqa: E402
 from serving.decoding import stepper  # noqa: E402
-
-DEFAULTS = {"beam_size": 4, "n_best": 1, "max_length": 64, "length_penalty": "average", "alpha": 1.0}
-LIMITS = {"beam_size": 16, "texts": 64, "chars": 1000}
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -66,16 +64,16 @@ def _read_json(path: str) -> dict:
         return json.load(handle)
 
 
-def parse_options(raw: str | None) -> dict:
-    """Decoding options from the request's JSON parameters, checked against the limits."""
+def parse_options(raw: str | None, max_positions: int | None = None) -> bs.DecodingOptions:
+    """Decoding options from the request's JSON parameters, checked against the gateway's own limits."""
     params = json.loads(raw) if raw else {}
-    options = dict(DEFAULTS)
-    for key, default in DEFAULTS.items():
-        if key in params:
-            value = params[key]
-            options[key] = type(default)(value) if not isinstance(default, str) else str(value)
-    if not 1 <= options["beam_size"] <= LIMITS["beam_size"]:
-        raise ValueError(f"beam_size must be in [1, {LIMITS['beam_size']}], got {options['beam_size']}")
+    values = {}
+    for field in dataclasses.fields(bs.DecodingOptions):
+        if field.name in params:
+            default = getattr(bs.DEFAULTS, field.name)
+            values[field.name] = type(default)(params[field.name])
+    options = bs.DecodingOptions(**values)
+    bs.check_options(options, bs.LIMITS, max_positions)
     return options
 
 
@@ -107,16 +105,16 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         """Group requests by options, decode each group batched, answer each request (or its error)."""
         responses: list = [None] * len(requests)
-        groups: dict[str, list[tuple[int, list[str]]]] = {}
+        groups: dict[bs.BeamConfig, list[tuple[int, list[str], bs.BeamConfig]]] = {}
         for i, request in enumerate(requests):
             try:
-                options = parse_options(request.parameters())
+                options = parse_options(request.parameters(), self.spec.max_positions)
                 texts = self._texts(request)
-                config = self._config(options)
+                config = bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
             except Exception as error:  # noqa: BLE001 - a bad request gets its own error
                 responses[i] = self._error(error)
                 continue
-            groups.setdefault(json.dumps(options, sort_keys=True), []).append((i, texts, config))
+            groups.setdefault(config, []).append((i, texts, config))
         for members in groups.values():
             config = members[0][2]
             texts = [t for _, ts, _ in members for t in ts]
@@ -137,19 +135,14 @@ class TritonPythonModel:
     def _texts(self, request) -> list[str]:
         values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
         texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+        if len(texts) > bs.LIMITS.max_texts:
+            raise ValueError(f"{len(texts)} texts in one request; the limit is {bs.LIMITS.max_texts}")
         for i, text in enumerate(texts):
             if not text.strip():
                 raise ValueError(f"text[{i}] is empty")
-            if len(text) > LIMITS["chars"]:
-                raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {LIMITS['chars']}")
+            if len(text) > bs.LIMITS.max_chars:
+                raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
         return texts
-
-    def _config(self, options: dict) -> bs.BeamConfig:
-        return bs.BeamConfig(
-            beam_size=options["beam_size"], n_best=options["n_best"], max_length=options["max_length"],
-            length_penalty=options["length_penalty"], alpha=options["alpha"],
-            eos_id=self.spec.eos_id, bos_id=self.spec.bos_id,
-        )  # fmt: skip
 
     def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[str]]:
         """n_best texts per input, decoding as many sentences together as the entries allow."""
@@ -163,7 +156,9 @@ class TritonPythonModel:
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
             results = stepper.translate_ids(self.run_encoder, self.run_decoder, self.spec, part, config)
-            out += [[self._detokenize(h.tokens) for h in self._padded(hyps, config)] for hyps in results]
+            padded = [h.tokens for hyps in results for h in self._padded(hyps, config)]
+            texts_out = iter(self._detokenize(padded))
+            out += [[next(texts_out) for _ in range(config.n_best)] for _ in results]
         return out
 
     @staticmethod
@@ -171,10 +166,14 @@ class TritonPythonModel:
         missing = config.n_best - len(hyps)
         return hyps + [bs.Hypothesis([], float("-inf"), float("-inf"))] * max(0, missing)
 
-    def _detokenize(self, tokens: list[int]) -> str:
+    def _detokenize(self, hypotheses: list[list[int]]) -> list[str]:
+        """Texts of hypotheses in one batched call (ids up to EOS, without BOS / padding / specials)."""
         spec = self.spec
-        kept = bs.output_tokens(tokens, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
-        return self.target.decode(kept, skip_special_tokens=True)
+        kept = [
+            bs.output_tokens(t, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
+            for t in hypotheses
+        ]
+        return self.target.decode_batch(kept, skip_special_tokens=True)
 
     @staticmethod
     def _error(error: Exception):
