@@ -22,6 +22,7 @@ from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
 from serving.protocol import health, metrics, translate, v1, v2
 from serving.protocol.limits import BodyLimitMiddleware
+from serving.protocol.responses import drop_framework_422, error_response
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,22 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
+    _document_this_gateway(app, settings)
     return app
+
+
+def _document_this_gateway(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document with only the statuses handlers produce and this gateway's limits."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()  # cached by FastAPI in app.openapi_schema
+            drop_framework_422(schema)
+            v1.document_limits(schema, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def make_gateway(
@@ -124,18 +140,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         if exc.status >= 500 and exc.status not in (503, 504):
             log.error("request failed: %s", exc.message)
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+        return error_response(exc.message, exc.status, headers)
 
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+        return error_response(f"invalid request: {problems}", 422)
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return error_response(str(exc.detail), exc.status_code, exc.headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RecursionError):  # only a client's deeply nested input recurses this far
+            return error_response("request is nested too deeply", 400)
         log.exception("unexpected error while serving a request")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+        return error_response(f"internal error: {type(exc).__name__}", 500)
 
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -55,11 +55,10 @@ class LiveServer:
     """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
 
     def __init__(self, app: object) -> None:
-        import socket
+        from serving.triton.server import held_port
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
+        self.port = self.socket.getsockname()[1]
         self.app = app
         self.url = f"127.0.0.1:{self.port}"
 
@@ -73,7 +72,7 @@ class LiveServer:
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -85,3 +84,4 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+        self.socket.close()

@@ -11,6 +11,7 @@ import pytest
 
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from tests.waiting import DEADLINE_S, until
 
 
 class Recorder:
@@ -19,8 +20,10 @@ class Recorder:
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.sizes: list[int] = []
         self.gate = gate
+        self.entered = threading.Event()  # set when a batch reaches the model
 
     def __call__(self, instance: int, inputs):
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(timeout=10)
         self.sizes.append(len(inputs["x"]))
@@ -111,12 +114,12 @@ def test_a_full_queue_is_refused_and_a_timed_out_request_is_dropped():
 
     async def body(batcher):
         running = asyncio.create_task(batcher.submit(rows(0, 1)))
-        await asyncio.sleep(0.05)  # taken by the worker, which now blocks on the gate
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)  # the worker blocks on the gate
         with pytest.raises(DeadlineExceeded):
             await batcher.submit(rows(1, 1), timeout_s=0.05)
         assert batcher.queue_depth == 0  # the expired request left the queue
         queued = asyncio.create_task(batcher.submit(rows(2, 1)))
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.queue_depth == 1)
         with pytest.raises(Overloaded) as info:
             await batcher.submit(rows(3, 1))
         assert info.value.retry_after == 1.0

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -19,8 +18,10 @@ from PIL import Image
 from serving.app import create_app
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
+from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+from tests.waiting import DEADLINE_S, eventually
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +173,7 @@ def test_error_messages_name_the_input_and_expected_versus_got(server):
 class SlowSession:
     """An ONNX Runtime session that holds each batch until released, to fill queues deterministically."""
 
+    entered = threading.Event()  # a batch reached the session
     release = threading.Event()
 
     def __init__(self, path, sess_options=None, providers=None):
@@ -180,42 +182,67 @@ class SlowSession:
         self.session = ort.InferenceSession(path, sess_options=sess_options, providers=providers)
 
     def run(self, names, feeds):
-        self.release.wait(timeout=10)
+        self.entered.set()
+        self.release.wait(timeout=60)
         return self.session.run(names, feeds)
 
 
-@pytest.fixture
-def slow_server(repository):
+def slow_gateway(repository, timeout_s: float) -> tuple[LiveServer, GatewayMetrics]:
+    """A gateway whose lenet queue holds 2 requests and whose session waits for ``SlowSession.release``."""
     settings = Settings(model_repository=repository, grpc_port=0, retry_after_s=2, shutdown_grace_s=5)
-    options = OrtOptions(max_queue_size=2, default_timeout_s=0.5, retry_after_s=2, shutdown_grace_s=5)
-    backend = OnnxRuntimeBackend(Repository(repository), options, session_factory=SlowSession)
+    options = OrtOptions(max_queue_size=2, default_timeout_s=timeout_s, retry_after_s=2, shutdown_grace_s=5)
+    metrics = GatewayMetrics()
+    backend = OnnxRuntimeBackend(
+        Repository(repository), options, session_factory=SlowSession, metrics=metrics
+    )
+    SlowSession.entered.clear()
     SlowSession.release.clear()
-    with LiveServer(create_app(settings, backend=backend)) as live:
-        yield live
-        SlowSession.release.set()
+    return LiveServer(create_app(settings, backend=backend)), metrics
 
 
-def test_a_full_queue_answers_429_with_retry_after_and_deadlines_answer_504(slow_server):
-    url = f"http://{slow_server.url}{INFER}"
+def start_calls(url: str, count: int) -> tuple[list[threading.Thread], list[httpx.Response]]:
+    """``count`` infer requests in threads; the first is held by the session, the others queue."""
     results: list[httpx.Response] = []
 
-    def call():
-        results.append(httpx.post(url, json=v2_json(), timeout=30))
+    def call() -> None:
+        results.append(httpx.post(url, json=v2_json(), timeout=120))
 
-    threads = [threading.Thread(target=call) for _ in range(3)]  # one running, two queued
-    for thread in threads:
+    threads = [threading.Thread(target=call) for _ in range(count)]
+    threads[0].start()
+    assert SlowSession.entered.wait(DEADLINE_S)
+    for thread in threads[1:]:
         thread.start()
-        time.sleep(0.1)
-    refused = httpx.post(url, json=v2_json())
-    assert refused.status_code == 429, refused.text
-    assert refused.headers["retry-after"] == "2"
-    assert "queue is full" in refused.json()["error"]
-    for thread in threads:
-        thread.join()
-    assert sorted(r.status_code for r in results) == [504, 504, 504]
-    assert "timed out" in results[0].json()["error"]
-    SlowSession.release.set()
-    assert httpx.post(url, json=v2_json()).status_code == 200  # freed requests leave the server usable
+    return threads, results
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_the_queued_requests_are_served(repository):
+    live, metrics = slow_gateway(repository, timeout_s=120)
+    with live as server:
+        url = f"http://{server.url}{INFER}"
+        threads, results = start_calls(url, 3)  # one running, two queued
+        try:
+            assert eventually(lambda: metrics.sample("kiln_queue_depth", model="lenet") == 2)
+            refused = httpx.post(url, json=v2_json())
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "2"
+            assert "queue is full" in refused.json()["error"]
+        finally:
+            SlowSession.release.set()
+            for thread in threads:
+                thread.join()
+        assert [r.status_code for r in results] == [200, 200, 200]
+
+
+def test_requests_past_their_deadline_answer_504_and_leave_the_server_usable(repository):
+    with slow_gateway(repository, timeout_s=0.5)[0] as server:
+        url = f"http://{server.url}{INFER}"
+        threads, results = start_calls(url, 2)  # one held by the session, one queued: neither can finish
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in results] == [504, 504]
+        assert "timed out" in results[0].json()["error"]
+        SlowSession.release.set()
+        assert httpx.post(url, json=v2_json()).status_code == 200
 
 
 def test_the_gateway_never_imports_torch():

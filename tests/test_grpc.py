@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,13 +15,16 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.errors import BadRequest, ModelNotFound, Overloaded, Unavailable
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta
 from serving.execution.datatypes import classification
-from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
+from serving.protocol.grpc_server import GrpcHandle, InferenceServicer, start_grpc_server
+from serving.triton.server import free_port, held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
+from tests.waiting import eventually
 
 IMAGE = (SIZE, SIZE, CHANNELS)  # one image of the tiny test repository, NHWC
 
@@ -58,12 +60,13 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
     from serving.app import create_app
     from serving.settings import Settings
 
-    http_port, grpc_port = _free_port(), _free_port()
+    http_socket, grpc_port = held_port(), free_port()  # uvicorn serves on the held socket: no race
+    http_port = http_socket.getsockname()[1]
     config = Settings(model_repository=repository, http_port=http_port, grpc_port=grpc_port, **settings)
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=http_port, log_level="warning")
     )
-    task = asyncio.run_coroutine_threadsafe(server.serve(), loop.loop)
+    task = asyncio.run_coroutine_threadsafe(server.serve(sockets=[http_socket]), loop.loop)
     deadline = time.monotonic() + 60
     while not server.started:
         if task.done() or time.monotonic() > deadline:
@@ -74,12 +77,7 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
     finally:
         server.should_exit = True
         task.result(60)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        http_socket.close()
 
 
 class FakeBackend:
@@ -337,3 +335,62 @@ def test_gateway_grpc_maps_client_mistakes_to_status_codes(gateway, model, array
             client.infer(model, [_input("images", array, "FP32" if array.dtype == np.float32 else "UINT8")])
         assert caught.value.status() == code, caught.value.message()
         assert client.is_server_live()  # the mistake did not take the server down
+
+
+class FakeTriton(InferenceServicer):
+    """The gateway's servicer over FakeBackend, plus the repository index TritonBackend reads."""
+
+    async def RepositoryIndex(self, request, context):  # noqa: N802 (gRPC method name)
+        index = service_pb2.RepositoryIndexResponse
+        return index(models=[index.ModelIndex(name=n, state="READY") for n in self.backend.list_models()])
+
+
+async def serve_fake_triton(port: int) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FakeTriton(FakeBackend()), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+def test_the_triton_backend_answers_its_first_call_after_triton_restarts_on_the_same_port(loop) -> None:
+    from serving.execution.triton import TritonBackend
+
+    server, port = loop.run(serve_fake_triton(0))
+    backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=10)
+    request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)})
+    try:
+        loop.run(backend.start())
+        assert loop.run(backend.infer(request)).outputs["y"].tolist() == [[2.0, 2.0, 2.0]]
+        for restart in range(3):
+            loop.run(server.stop(0))
+            for _ in range(5):  # each failure grew gRPC's shared reconnect backoff: 1 s, 1.6 s, 2.6 s...
+                with pytest.raises(Unavailable):
+                    loop.run(backend.infer(request))
+            server, again = loop.run(serve_fake_triton(port))
+            assert again == port, f"restart {restart}: port {port} was taken meanwhile"
+            response = loop.run(backend.infer(request))  # the first call, no retry, no waiting
+            assert response.outputs["y"].tolist() == [[2.0, 2.0, 2.0]], restart
+    finally:
+        loop.run(backend.stop())
+        loop.run(server.stop(0))
+
+
+def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without_a_health_check(loop) -> None:
+    from serving.execution.triton import TritonBackend
+
+    port = free_port()
+    backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=10)
+    request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)})
+    server = None
+    try:
+        loop.run(backend.start())  # nothing listens yet: starts unready
+        with pytest.raises(Unavailable):
+            loop.run(backend.infer(request))
+        server, _ = loop.run(serve_fake_triton(port))
+        assert eventually(lambda: backend.list_models() == ["busy", "double", "echo"])
+        assert loop.run(backend.infer(request)).outputs["y"].tolist() == [[2.0, 2.0, 2.0]]
+    finally:
+        loop.run(backend.stop())
+        if server is not None:
+            loop.run(server.stop(0))

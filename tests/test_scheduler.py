@@ -13,6 +13,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import stepper
 from serving.decoding.scheduler import DecodingScheduler, SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, UnprocessableInput
+from tests.waiting import until
 
 VOCAB = 9
 SPEC = {
@@ -115,24 +116,53 @@ async def _with_scheduler(body, decoder=None, **cfg):
         await scheduler.stop(grace_s=1.0)
 
 
+class SteppedDecoder(FakeDecoder):
+    """Runs one step per ``advance()``, so a test decides at which step each request arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allowed, self.finished = threading.Semaphore(0), threading.Semaphore(0)
+        self.free_running = False
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.free_running:
+            self.allowed.acquire(timeout=30)
+        try:
+            return super().__call__(inputs)
+        finally:
+            self.finished.release()
+
+    async def advance(self) -> None:
+        """Let one step run and wait until it has."""
+        self.allowed.release()
+        assert await asyncio.to_thread(self.finished.acquire, True, 30), "no decoder step ran"
+
+    def run_freely(self) -> None:
+        self.free_running = True
+        self.allowed.release()
+
+
 def test_requests_joining_at_different_steps_get_exactly_their_solo_results() -> None:
     configs = [
-        config(4),
-        config(1),
-        config(3, n_best=2),
-        config(2, length_penalty="gnmt"),
+        config(4, min_length=4),
+        config(1, min_length=4),
+        config(3, n_best=2, min_length=4),
+        config(2, length_penalty="gnmt", min_length=4),
         config(4),
         config(5),
     ]
+    decoder = SteppedDecoder()
 
     async def body(scheduler, recorder):
         tasks = []
         for source, cfg in zip(SOURCES, configs, strict=True):
             tasks.append(asyncio.create_task(scheduler.submit([source], cfg)))
-            await asyncio.sleep(0.012)  # the next request arrives a step or two later
+            await until(lambda: scheduler.queued == 0 and scheduler.active_rows > 0)
+            await decoder.advance()  # the next request arrives a step later
+        decoder.run_freely()
         return await asyncio.gather(*tasks), recorder
 
-    results, recorder = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.005)))
+    results, recorder = asyncio.run(_with_scheduler(body, decoder))
     for source, cfg, (hyps,) in zip(SOURCES, configs, results, strict=True):
         assert hyps == solo(source, cfg)
     assert max(requests for _, requests in recorder.steps) >= 3, recorder.steps
@@ -164,14 +194,14 @@ def test_a_timed_out_request_gets_504_and_frees_its_rows_for_the_others() -> Non
     short = config(1, max_length=30, min_length=29)
 
     async def body(scheduler, recorder):
-        survivor = asyncio.create_task(scheduler.submit([[5, 6]], short, timeout_s=20))
-        with pytest.raises(DeadlineExceeded):
-            await scheduler.submit([[7, 8, 3]], long, timeout_s=0.15)
+        survivor = asyncio.create_task(scheduler.submit([[5, 6]], short, timeout_s=60))
+        with pytest.raises(DeadlineExceeded):  # 30 steps of 50 ms cannot end within 1 s
+            await scheduler.submit([[7, 8, 3]], long, timeout_s=1.0)
         steps_at_timeout = len(recorder.steps)
         await survivor
         return recorder, steps_at_timeout
 
-    recorder, at_timeout = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.01)))
+    recorder, at_timeout = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.05)))
     assert any(rows == 5 for rows, _ in recorder.steps[:at_timeout])  # both shared steps (4 + 1 rows)
     assert [rows for rows, _ in recorder.steps[at_timeout + 1 :]] == [1] * (
         len(recorder.steps) - at_timeout - 1
@@ -185,9 +215,9 @@ def test_a_full_queue_answers_429_with_retry_after() -> None:
 
     async def body(scheduler, _):
         first = asyncio.create_task(scheduler.submit([[5]], config(1)))
-        await asyncio.sleep(0.05)  # first is admitted, its step is blocked on the gate
-        queued = asyncio.create_task(scheduler.submit([[6]], config(2)))
-        await asyncio.sleep(0.01)
+        await until(lambda: scheduler.active_rows == 1)  # admitted; its step is blocked on the gate
+        queued = asyncio.create_task(scheduler.submit([[6]], config(2)))  # needs 2 rows: waits
+        await until(lambda: scheduler.queued == 1)
         with pytest.raises(Overloaded) as raised:
             await scheduler.submit([[7]], config(1))
         decoder.gate.set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import time
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.test_grpc import LoopThread, run_gateway
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.triton
 needs_triton = pytest.mark.skipif(
@@ -97,6 +98,25 @@ def test_python_flavour_keeps_tensors_and_batching(repository: Path, tmp_path: P
 def test_python_flavour_rejects_a_missing_repository(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         derive_python_flavour(tmp_path / "nope", tmp_path / "out")
+
+
+def test_drawn_ports_are_never_handed_out_twice() -> None:
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
+
+@needs_triton
+def test_triton_on_drawn_ports_starts_again_on_new_ones_when_one_was_taken_meanwhile(
+    repository: Path, tmp_path: Path
+) -> None:
+    server = TritonServer(repository, tmp_path / "triton")
+    taken = server.grpc_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with server:
+            assert server.grpc_port != taken and server.is_ready()
+            assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3
 
 
 @needs_triton
@@ -179,7 +199,7 @@ def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, t
         assert "unavailable" in down.json()["error"] and down.headers["Retry-After"] == "1"
         assert httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 400
         with TritonServer(repository, tmp_path / "triton", grpc_port=grpc_port):
-            assert _eventually(
+            assert eventually(
                 lambda: httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 200
             )
             up = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
@@ -201,12 +221,3 @@ def test_backend_before_any_triton_reports_unavailable(loop: LoopThread) -> None
         loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": images(1)})))
     assert caught.value.retry_after == 1.0
     loop.run(backend.stop())
-
-
-def _eventually(check, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False

@@ -167,6 +167,6 @@ def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> l
 
 def parse_version(version: str) -> str:
     """Validate a version path segment (digits only)."""
-    if version and not version.isdigit():
+    if version and not (version.isascii() and version.isdigit()):
         raise BadRequest(f"model version must be a positive integer, got {version!r}")
     return version

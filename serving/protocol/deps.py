@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.errors import UnprocessableInput
 from serving.execution.base import Backend
-from serving.execution.repository import Repository
+from serving.execution.repository import Repository, parse_version
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 
@@ -32,7 +32,13 @@ def get_repository(request: Request) -> Repository:
     return request.app.state.repository
 
 
+def get_version(request: Request) -> str:
+    """The ``{version}`` path segment of a versioned route ("" on the others); not digits is a 400."""
+    return parse_version(request.path_params.get("version", ""))
+
+
 BackendDep = Annotated[Backend, Depends(get_backend)]
+VersionDep = Annotated[str, Depends(get_version)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[Repository, Depends(get_repository)]

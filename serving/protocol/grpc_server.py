@@ -120,8 +120,14 @@ def _classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, 
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:
-    """Plain Python values from a protobuf map of InferParameter."""
-    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()}
+    """Plain Python values from a protobuf map of InferParameter (one with no value set is refused)."""
+    values = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise BadRequest(f"parameter {key!r} has no value")
+        values[key] = getattr(value, choice)
+    return values
 
 
 def _timeout(request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:

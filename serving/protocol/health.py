@@ -1,19 +1,33 @@
-"""KServe v2 health: liveness and readiness (200 or 400 with an empty body, as Triton answers)."""
+"""KServe v2 health: liveness and readiness (200 with an empty body as Triton answers, else a JSON 400)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
 from serving.protocol.deps import BackendDep
+from serving.protocol.responses import empty, error_response, errors
 
 router = APIRouter(tags=["health"])
+NOT_READY = errors(400)
 
 
-@router.get("/v2/health/live", summary="Server liveness")
+@router.get(
+    "/v2/health/live",
+    summary="Server liveness",
+    response_class=Response,
+    responses={200: empty("live"), **NOT_READY},
+)
 async def live(backend: BackendDep) -> Response:
-    return Response(status_code=200 if backend.is_live() else 400)
+    return Response(status_code=200) if backend.is_live() else error_response("server is not live", 400)
 
 
-@router.get("/v2/health/ready", summary="Server readiness (every model loaded)")
+@router.get(
+    "/v2/health/ready",
+    summary="Server readiness (every model loaded)",
+    response_class=Response,
+    responses={200: empty("ready"), **NOT_READY},
+)
 async def ready(backend: BackendDep) -> Response:
-    return Response(status_code=200 if await backend.is_ready() else 400)
+    if await backend.is_ready():
+        return Response(status_code=200)
+    return error_response("server is not ready", 400)

@@ -1,11 +1,27 @@
-"""ASGI middleware refusing request bodies above a byte limit with 413, before they are buffered."""
+"""Request body limits: 413 above a byte limit (before buffering) and JSON that cannot hurt the parser."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from serving.errors import PayloadTooLarge
+from serving.errors import BadRequest, PayloadTooLarge
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Decode a JSON request body; bad UTF-8, bad JSON and nesting too deep to parse are a 400.
+
+    Nesting is bounded by the interpreter's recursion limit (about 1000 levels); the body size is
+    bounded by :class:`BodyLimitMiddleware` before this runs.
+    """
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{what} is not valid UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
 
 
 class BodyLimitMiddleware:

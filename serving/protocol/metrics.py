@@ -10,6 +10,12 @@ from serving.protocol.deps import MetricsDep
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+class PrometheusResponse(Response):
+    """The Prometheus text exposition format (documented under its own content type)."""
+
+    media_type = CONTENT_TYPE_LATEST
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PrometheusResponse)
+async def metrics(metrics: MetricsDep) -> PrometheusResponse:
+    return PrometheusResponse(metrics.render())

@@ -21,14 +21,18 @@ from serving.execution.datatypes import numpy_dtype
 
 # The wire layout is little-endian; on little-endian hosts numpy's native arrays already match it.
 _NATIVE_IS_WIRE = sys.byteorder == "little"
+MAX_DIMS = 32  # numpy 1 (Triton's python backend) allows no more
+_MAX_SPAN = np.iinfo(np.intp).max // 16  # any array numpy can address, even when zero-sized
 
 
 def check_shape(shape: Any, *, tensor: str) -> list[int]:
-    """Validate a wire shape: a list of non-negative integers."""
+    """Validate a wire shape: at most MAX_DIMS non-negative integers numpy can lay out."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise BadRequest(f"tensor {tensor!r}: shape must be a list of integers, got {shape!r}")
+        raise BadRequest(f"tensor {tensor!r}: shape must be a list of integers, got {_brief(shape)}")
     if any(d < 0 for d in shape):
         raise BadRequest(f"tensor {tensor!r}: shape {shape} has a negative dimension")
+    if len(shape) > MAX_DIMS or math.prod(max(d, 1) for d in shape) > _MAX_SPAN:
+        raise BadRequest(f"tensor {tensor!r}: shape {shape} is too large")
     return shape
 
 
@@ -46,25 +50,25 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
             f"tensor {tensor!r}: shape {shape} needs {element_count(shape)} elements, got {len(flat)}"
         )
     if datatype == "BYTES":
-        items = [v.encode() if isinstance(v, str) else v for v in flat]
-        if not all(isinstance(v, bytes) for v in items):
-            raise BadRequest(f"tensor {tensor!r}: BYTES data must be strings")
-        array = np.empty(len(items), dtype=object)
-        array[:] = items
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [_utf8(v, i, tensor) for i, v in enumerate(flat)]
         return array.reshape(shape)
     if any(isinstance(v, (str, dict, list)) or v is None for v in flat):
         raise BadRequest(f"tensor {tensor!r}: {datatype} data must be numbers")
     if datatype == "BOOL" and not all(isinstance(v, bool) or v in (0, 1) for v in flat):
         raise BadRequest(f"tensor {tensor!r}: BOOL data must be true/false")
     if dtype.kind in "iu":
-        if not all(float(v).is_integer() for v in flat):
+        if not all(isinstance(v, int) or v.is_integer() for v in flat):
             raise BadRequest(f"tensor {tensor!r}: {datatype} data must be integers")
         info = np.iinfo(dtype)
         if flat and (min(flat) < info.min or max(flat) > info.max):
             raise BadRequest(
                 f"tensor {tensor!r}: values out of range for {datatype} [{info.min}, {info.max}]"
             )
-    return np.asarray(flat, dtype=dtype).reshape(shape)
+    try:
+        return np.asarray(flat, dtype=dtype).reshape(shape)
+    except OverflowError:  # an integer beyond any float
+        raise BadRequest(f"tensor {tensor!r}: values out of range for {datatype}") from None
 
 
 def to_json_data(array: np.ndarray) -> list:
@@ -103,6 +107,31 @@ def to_bytes(array: np.ndarray) -> bytes:
     if _NATIVE_IS_WIRE or array.dtype.itemsize == 1:
         return array.tobytes()  # row-major bytes whatever the array's strides
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _utf8(value: Any, index: int, tensor: str) -> bytes:
+    """A JSON BYTES element as UTF-8 bytes; a lone surrogate (invalid Unicode) is a client error."""
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise BadRequest(f"tensor {tensor!r}: BYTES data must be strings")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"tensor {tensor!r}: element {index} is not valid Unicode (lone surrogate)"
+        ) from None
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """A bounded description of a client value for an error message (never recurses without bound)."""
+    nested = isinstance(value, (list, dict)) and any(
+        isinstance(v, (list, dict)) for v in (value.values() if isinstance(value, dict) else value)
+    )
+    if nested:
+        return f"a nested {type(value).__name__} of {len(value)} item(s)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _flatten(data: Any, *, tensor: str) -> list:

@@ -8,7 +8,6 @@ infer on the ``<name>`` entry (BYTES ``text`` in, ``translation`` out, options a
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
@@ -22,6 +21,8 @@ from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import Backend, InferRequest
 from serving.metrics import GatewayMetrics, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
+from serving.protocol.limits import parse_json
+from serving.protocol.responses import OVERLOAD, errors
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 
@@ -29,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["friendly"])
 class TranslateRequest(BaseModel):
     """What a client may send; anything else is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, 2.0 is not an integer
 
     texts: list[str] = Field(min_length=1, description="texts to translate (each non-empty)")
     beam_size: int = Field(
@@ -72,8 +73,28 @@ class TranslateResponse(BaseModel):
     translations: list[TranslationResult] = Field(description="one per input text, in order")
 
 
+def request_schema() -> dict[str, Any]:
+    """TranslateRequest's schema with the bounds the translator enforces on texts and options.
+
+    Texts: at most ``max_texts`` (else 413), each with a non-space character (else 422) and at most
+    ``max_chars`` characters (else 413). A model whose ``max_positions`` is lower than ``max_length``
+    refuses longer ``max_length`` values with a 422 naming its own bound.
+    """
+    limits = LIMITS
+    schema = TranslateRequest.model_json_schema()
+    properties = schema["properties"]
+    properties["texts"].update(
+        maxItems=limits.max_texts,
+        items={"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": r"\S"},
+    )
+    for name, high in (("beam_size", limits.max_beam_size), ("n_best", limits.max_beam_size),
+                       ("max_length", limits.max_length)):  # fmt: skip
+        properties[name]["maximum"] = min(properties[name].get("maximum", high), high)
+    return schema
+
+
 TRANSLATE_BODY = {
-    "requestBody": {"content": {"application/json": {"schema": TranslateRequest.model_json_schema()}}}
+    "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}}
 }
 
 
@@ -81,6 +102,7 @@ TRANSLATE_BODY = {
     "/models/{name}/translate",
     summary="Translate texts (batched beam search)",
     openapi_extra=TRANSLATE_BODY,
+    responses=errors(400, 404, 413, 422, *OVERLOAD),
     response_model_exclude_none=True,
 )
 async def translate(
@@ -92,9 +114,9 @@ async def translate(
     repository: RepositoryDep,
 ) -> TranslateResponse:
     entry = repository.get(name)  # 404 before anything else
+    body = parse_body(await request.body())  # then the body, whatever the model
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
-    body = parse_body(await request.body())
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
@@ -110,13 +132,14 @@ async def translate(
 
 def parse_body(raw: bytes) -> TranslateRequest:
     """JSON body -> request; bad bytes are a 400, schema violations a 422 naming the field."""
-    try:
-        data = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"request body is not valid UTF-8: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    return validated(TranslateRequest, data, "translate request")
+    body = validated(TranslateRequest, parse_json(raw, "request body"), "translate request")
+    for i, text in enumerate(body.texts):
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise BadRequest(f"texts[{i}] is not valid Unicode (lone surrogate)") from None
+    return body
 
 
 def _hypothesis(h: Translation, body: TranslateRequest) -> Hypothesis:

@@ -7,12 +7,11 @@ a translate router can sit beside it.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
@@ -21,11 +20,15 @@ from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
+from serving.protocol.limits import parse_json
+from serving.protocol.responses import OVERLOAD, errors
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 
 
 class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # 2.0 is not an integer top_k
+
     images: list[str] = Field(min_length=1, description="base64-encoded PNG or JPEG images")
     top_k: int = Field(5, ge=1, description="classes returned per image")
 
@@ -52,20 +55,36 @@ class ModelSummary(BaseModel):
 
 CLASSIFY_BODY = {
     "requestBody": {
+        "required": True,
         "content": {
             "application/json": {"schema": ClassifyRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "required": ["files"],
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "top_k": {"type": "integer", "default": 5},
+                        "files": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                        "top_k": {"type": "integer", "minimum": 1, "default": 5},
                     },
                 }
             },
-        }
+        },
     }
 }
+
+
+def document_limits(openapi: dict[str, Any], settings: Any) -> None:
+    """Write this gateway's image count (413 above it) and top_k (422 above it) limits into the schema."""
+    body = openapi["paths"]["/v1/models/{name}/classify"]["post"]["requestBody"]["content"]
+    for content in body.values():
+        properties = content["schema"]["properties"]
+        images = properties.get("images") or properties["files"]
+        images["maxItems"] = settings.max_images
+        properties["top_k"]["maximum"] = settings.max_top_k
 
 
 @router.get("/models", summary="Models in the repository")
@@ -92,7 +111,12 @@ async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[Mo
     return summaries
 
 
-@router.post("/models/{name}/classify", summary="Classify images", openapi_extra=CLASSIFY_BODY)
+@router.post(
+    "/models/{name}/classify",
+    summary="Classify images",
+    openapi_extra=CLASSIFY_BODY,
+    responses=errors(400, 404, 413, 422, *OVERLOAD),
+)
 async def classify(
     name: str,
     request: Request,
@@ -133,21 +157,22 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], 
         files = form.getlist("files")
         if not files or any(isinstance(f, str) for f in files):
             raise UnprocessableInput("multipart body needs one or more 'files' parts")
-        raw = {"images": ["-"] * len(files), "top_k": form.get("top_k", 5)}
+        top_k = form.get("top_k", 5)  # form fields are text: digits are the integer
+        raw = {"images": ["-"] * len(files), "top_k": int(top_k) if _digits(top_k) else top_k}
         parsed = _validate(raw)
         _check_count(len(files), max_images)
         return [await f.read() for f in files], parsed.top_k
-    try:
-        raw = json.loads(await request.body())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    parsed = _validate(raw)
+    parsed = _validate(parse_json(await request.body(), "request body"))
     _check_count(len(parsed.images), max_images)
     return [decode_base64(text, index=i) for i, text in enumerate(parsed.images)], parsed.top_k
 
 
 def _validate(raw: Any) -> ClassifyRequest:
     return validated(ClassifyRequest, raw, "classify request")
+
+
+def _digits(value: object) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def _check_count(count: int, limit: int) -> None:

@@ -9,10 +9,18 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, PayloadTooLarge
-from serving.execution.repository import parse_version
 from serving.metrics import observed_infer
-from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep
+from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
+from serving.protocol.responses import (
+    OVERLOAD,
+    VERSION_PARAMETER,
+    VERSIONED,
+    empty,
+    error_response,
+    errors,
+)
 from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer, parse_infer
+from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
@@ -29,10 +37,18 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "kiln", "version": kiln_version, "extensions": EXTENSIONS}
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
-async def model_metadata(name: str, backend: BackendDep, version: str = "") -> dict[str, Any]:
-    meta = backend.metadata(name, parse_version(version))
+LOOKUP_ERRORS = errors(400, 404)  # a version that is not digits; an unknown model or version
+
+
+@router.get("/models/{name}", summary="Model metadata", responses=LOOKUP_ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata of one version",
+    responses=LOOKUP_ERRORS,
+    openapi_extra=VERSIONED,
+)
+async def model_metadata(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
+    meta = backend.metadata(name, version)
     tensors = lambda metas: [{"name": m.name, "datatype": m.datatype, "shape": m.shape} for m in metas]  # noqa: E731
     return {
         "name": meta.name,
@@ -43,30 +59,59 @@ async def model_metadata(name: str, backend: BackendDep, version: str = "") -> d
     }
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
-async def model_ready(name: str, backend: BackendDep, version: str = "") -> Response:
-    ready = await backend.model_ready(name, parse_version(version))
-    return Response(status_code=200 if ready else 400)
+READY = {200: empty("ready"), **errors(400, 404)}  # 400: not ready, or a version that is not digits
 
 
-@router.get("/models/{name}/config", summary="Model configuration (config.pbtxt as JSON)")
-@router.get("/models/{name}/versions/{version}/config", summary="Model configuration of one version")
-async def model_config(name: str, backend: BackendDep, version: str = "") -> dict[str, Any]:
-    return backend.config(name, parse_version(version))
+@router.get("/models/{name}/ready", summary="Model readiness", response_class=Response, responses=READY)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version readiness",
+    response_class=Response,
+    responses=READY,
+    openapi_extra=VERSIONED,
+)
+async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Response:
+    if await backend.model_ready(name, version):
+        return Response(status_code=200)
+    return error_response(f"model {name!r} is not ready" + (f" in version {version}" if version else ""), 400)
 
 
-@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensor data extension)")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
+@router.get(
+    "/models/{name}/config", summary="Model configuration (config.pbtxt as JSON)", responses=LOOKUP_ERRORS
+)
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    summary="Model configuration of one version",
+    responses=LOOKUP_ERRORS,
+    openapi_extra=VERSIONED,
+)
+async def model_config(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
+    return backend.config(name, version)
+
+
+INFER_ERRORS = errors(400, 404, 413, 422, *OVERLOAD)
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference (JSON or binary tensor data extension)",
+    responses={**INFER_RESPONSE, **INFER_ERRORS},
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on one version",
+    responses={**INFER_RESPONSE, **INFER_ERRORS},
+    openapi_extra={**INFER_BODY, "parameters": [*INFER_BODY["parameters"], VERSION_PARAMETER]},
+)
 async def infer(
     name: str,
     request: Request,
     backend: BackendDep,
     metrics: MetricsDep,
     settings: SettingsDep,
-    version: str = "",
+    version: VersionDep,
 ) -> Response:
-    version = parse_version(version)
     backend.metadata(name, version)  # unknown model -> 404 before any work or metric label
     body = _decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
     parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)

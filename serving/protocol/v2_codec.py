@@ -16,6 +16,7 @@ import numpy as np
 from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.protocol.limits import parse_json
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -52,7 +53,11 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         inputs[name] = array
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} byte(s) of binary data after the last binary input")
-    outputs = _parse_outputs(header.get("outputs"), bool(params.get("binary_data_output", False)))
+    binary_default = _flag(params, "binary_data_output", False, "parameters")
+    outputs = _parse_outputs(header.get("outputs"), binary_default)
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string, got {type(request_id).__name__}")
     request = InferRequest(
         model=model,
         inputs=inputs,
@@ -62,10 +67,10 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
             **model_parameters(params),
             "classification": {o.name: o.classification for o in outputs or [] if o.classification},
         },
-        request_id=str(header.get("id", "")),
+        request_id=request_id,
         timeout_s=_timeout(params),
     )
-    return ParsedInfer(request, outputs, bool(params.get("binary_data_output", False)))
+    return ParsedInfer(request, outputs, binary_default)
 
 
 def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, int | None]:
@@ -100,10 +105,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
         size = int(header_length)
         if size == 0 or size > len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
-    try:
-        header = json.loads(body[:size] if size < len(body) else body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"infer request header is not valid JSON: {exc}") from None
+    header = parse_json(body[:size] if size < len(body) else body, "infer request header")
     return header, memoryview(body)[size:]  # binary tensors stay views into the body
 
 
@@ -142,7 +144,8 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
             raise BadRequest(
                 f"output {item['name']!r}: classification must be a non-negative integer, got {count!r}"
             )
-        outputs.append(RequestedOutput(item["name"], bool(params.get("binary_data", binary_default)), count))
+        binary = _flag(params, "binary_data", binary_default, f"output {item['name']!r} parameters")
+        outputs.append(RequestedOutput(item["name"], binary, count))
     return outputs
 
 
@@ -153,6 +156,13 @@ def _timeout(params: dict) -> float | None:
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise BadRequest(f"parameter 'timeout' must be a positive number of microseconds, got {timeout!r}")
     return timeout / 1e6
+
+
+def _flag(params: dict, name: str, default: bool, what: str) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what}: {name!r} must be true or false, got {type(value).__name__}")
+    return value
 
 
 def _dict(value: Any, what: str) -> dict:

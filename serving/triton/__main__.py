@@ -27,9 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the flavour and log go (default: a temp dir)"
     )
-    parser.add_argument("--http-port", type=int, default=8100, help="KServe v2 HTTP port")
-    parser.add_argument("--grpc-port", type=int, default=8101, help="KServe v2 gRPC port")
-    parser.add_argument("--metrics-port", type=int, default=8102, help="Prometheus metrics port")
+    parser.add_argument("--http-port", type=int, default=8100, help="KServe v2 HTTP port (0: a free one)")
+    parser.add_argument("--grpc-port", type=int, default=8101, help="KServe v2 gRPC port (0: a free one)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=8102, help="Prometheus metrics port (0: a free one)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model instance"
     )

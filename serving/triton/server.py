@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -123,10 +124,42 @@ def triton_environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port returned in this process: never returned twice
+_HANDED_OUT_LOCK = threading.Lock()
+BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address in use")
+START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
+
+
+def held_port() -> socket.socket:
+    """A socket bound to a 127.0.0.1 port no earlier call here returned; the caller owns (and closes) it.
+
+    The kernel may hand the same port to two successive bind-to-0-then-close calls, and a server
+    given two equal ports cannot start. Remembering what was handed out keeps every port distinct;
+    servers that accept a bound socket (uvicorn) take this one and leave no window at all.
+    """
+    with _HANDED_OUT_LOCK:
+        rejected: list[socket.socket] = []  # held open so the next bind cannot return them again
+        try:
+            while True:
+                sock = socket.socket()
+                try:
+                    sock.bind(("127.0.0.1", 0))
+                except OSError:
+                    sock.close()
+                    raise
+                port = sock.getsockname()[1]
+                if port not in _HANDED_OUT:
+                    _HANDED_OUT.add(port)
+                    return sock
+                rejected.append(sock)
+        finally:
+            for sock in rejected:
+                sock.close()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    """A TCP port on 127.0.0.1 that nothing listens on now and that no earlier call here returned."""
+    with held_port() as sock:
         return sock.getsockname()[1]
 
 
@@ -147,6 +180,8 @@ class TritonServer:
     ) -> None:
         self.model_repository = Path(model_repository)
         self.workdir = Path(workdir)
+        chosen = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+        self._drawn = [name for name, port in chosen.items() if not port]  # 0: draw one (see free_port)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -187,7 +222,11 @@ class TritonServer:
         ]
 
     def start(self) -> TritonServer:
-        """Start the server and block until it is ready (or raise :class:`TritonError` with its log)."""
+        """Start the server and block until it is ready (or raise :class:`TritonError` with its log).
+
+        When a port this object drew itself was taken before Triton could bind it, Triton exits; the
+        start is then retried on freshly drawn ports (ports the caller chose are never changed).
+        """
         install = find_triton()
         if install is None:
             raise TritonError(
@@ -197,6 +236,25 @@ class TritonServer:
         repository = self.workdir / "model_repository"
         self.flavour = derive_python_flavour(self.model_repository, repository, threads=self.threads)
         backends = prepare_backends(install, self.workdir)
+        attempt = 1
+        while True:
+            self._launch(install, repository, backends)
+            try:
+                self.wait_ready()
+                return self
+            except TritonError as error:
+                self.stop()
+                if attempt == START_ATTEMPTS or not self._redraw_ports(str(error)):
+                    raise
+                log.warning(
+                    "tritonserver could not bind its ports (attempt %d); retrying on new ones", attempt
+                )
+                attempt += 1
+            except BaseException:
+                self.stop()
+                raise
+
+    def _launch(self, install: TritonInstall, repository: Path, backends: Path) -> None:
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 self.command(install, repository, backends),
@@ -206,12 +264,14 @@ class TritonServer:
                 start_new_session=True,
             )
         log.info("tritonserver pid %d: http %s grpc %s", self.process.pid, self.http_url, self.grpc_url)
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def _redraw_ports(self, failure: str) -> bool:
+        """New ports for those this object drew, when ``failure`` is a bind failure; False otherwise."""
+        if not self._drawn or not any(sign in failure.lower() for sign in BIND_FAILURES):
+            return False
+        for name in self._drawn:
+            setattr(self, name, free_port())
+        return True
 
     def wait_ready(self) -> None:
         """Poll /v2/health/ready until it answers 200, the process dies or the timeout passes."""

@@ -1,0 +1,176 @@
+"""Hostile input on every route and both protocols gets its documented 4xx (or the gRPC code Triton
+uses), never a 500, and the gateway stays ready: a hand-written battery of malformed bodies and tensors."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import grpc
+import httpx
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving.app import create_app
+from serving.settings import Settings
+from serving.triton.server import free_port
+from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+
+DEEP_LIST = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+CLASSIFY, TRANSLATE, INFER = (
+    "/v1/models/lenet/classify",
+    "/v1/models/lenet/translate",
+    "/v2/models/lenet/infer",
+)
+PIXELS = SIZE * SIZE
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    repository = build_classifier_repository(tmp_path_factory.mktemp("hostile") / "repo")
+    settings = Settings(model_repository=repository, grpc_port=free_port())
+    with LiveServer(create_app(settings)) as live:
+        live.grpc_url = f"127.0.0.1:{settings.grpc_port}"
+        yield live
+
+
+def tensor(data=None, datatype="UINT8", shape=(1, SIZE, SIZE, 1), name="images", **extra) -> dict:
+    entry = {"name": name, "datatype": datatype, "shape": list(shape), "data": data or [0] * PIXELS}
+    return {"inputs": [entry], **extra}
+
+
+def raw_json(text: str) -> dict:
+    """A body sent byte for byte (JSON escapes such as a lone \\ud800 that json.dumps would not keep)."""
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+BYTES_HEADER = json.dumps(
+    {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 5}}]}
+).encode()
+HTTP_CASES = {
+    "deeply nested list, classify": (CLASSIFY, {"content": DEEP_LIST}, 400, "nested too deeply"),
+    "deeply nested object, classify": (CLASSIFY, {"content": DEEP_OBJECT}, 400, "nested too deeply"),
+    "deeply nested list, translate": (TRANSLATE, {"content": DEEP_LIST}, 400, "nested too deeply"),
+    "deeply nested list, infer": (INFER, {"content": DEEP_LIST}, 400, "nested too deeply"),
+    "deeply nested object, infer": (INFER, {"content": DEEP_OBJECT}, 400, "nested too deeply"),
+    "deeply nested tensor data": (
+        INFER,
+        {
+            "content": b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":'
+            + DEEP_LIST
+            + b"}]}"
+        },
+        400,
+        "nested too deeply",
+    ),
+    "lone surrogate in a text": (TRANSLATE, raw_json('{"texts": ["a\\ud800b"]}'), 400, "lone surrogate"),
+    "lone surrogate in BYTES data": (
+        INFER,
+        raw_json('{"inputs":[{"name":"t","datatype":"BYTES","shape":[1],"data":["\\udfff"]}]}'),
+        400,
+        "lone surrogate",
+    ),
+    "lone surrogate in a tensor name": (
+        INFER,
+        raw_json('{"inputs":[{"name":"\\ud800","datatype":"UINT8","shape":[1],"data":[1]}]}'),
+        400,
+        "unexpected",
+    ),
+    "integer beyond any float": (INFER, {"json": tensor([10**400], "FP32", (1,))}, 400, "out of range"),
+    "integer beyond INT64": (INFER, {"json": tensor([10**40], "INT64", (1,))}, 400, "out of range"),
+    "huge zero-size shape": (INFER, {"json": tensor([], shape=(0, 2**62, 2**62))}, 400, "too large"),
+    "more dimensions than numpy allows": (INFER, {"json": tensor([], shape=(0,) * 40)}, 400, "too large"),
+    "shape that is not a list of integers": (INFER, {"json": tensor(shape=[[1], "2"])}, 400, "shape"),
+    "request id that is not a string": (INFER, {"json": tensor(id={"a": 1})}, 400, "'id' must be a string"),
+    "binary_data_output that is not a boolean": (
+        INFER,
+        {"json": tensor(parameters={"binary_data_output": "yes"})},
+        400,
+        "true or false",
+    ),
+    "BYTES length prefix past the end": (
+        INFER,
+        {
+            "content": BYTES_HEADER + struct.pack("<I", 9) + b"x",
+            "headers": {"Inference-Header-Content-Length": str(len(BYTES_HEADER))},
+        },
+        400,
+        "runs past the end",
+    ),
+    "top_k that is a float": (CLASSIFY, {"json": {"images": ["AA=="], "top_k": 2.0}}, 422, "top_k"),
+    "return_scores that is a number": (
+        TRANSLATE,
+        {"json": {"texts": ["un"], "return_scores": 0}},
+        422,
+        "return_scores",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HTTP_CASES))
+def test_hostile_http_input_gets_its_4xx_with_a_json_error_and_the_gateway_stays_ready(gateway, case):
+    path, kwargs, status, words = HTTP_CASES[case]
+    response = httpx.post(f"http://{gateway.url}{path}", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert httpx.get(f"http://{gateway.url}/v2/health/ready").status_code == 200
+
+
+def grpc_request(**parameters: service_pb2.InferParameter) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="lenet")
+    request.inputs.add(name="images", datatype="UINT8").shape.extend([1, SIZE, SIZE, 1])
+    request.raw_input_contents.append(bytes(PIXELS))
+    for key, value in parameters.items():
+        request.parameters[key].CopyFrom(value)
+    return request
+
+
+def _without_raw(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+    del request.raw_input_contents[:]
+    return request
+
+
+def _shaped(shape: list[int], raw: bytes) -> service_pb2.ModelInferRequest:
+    request = grpc_request()
+    request.inputs[0].shape[:] = shape
+    request.raw_input_contents[0] = raw
+    return request
+
+
+def _bytes_tensor(raw: bytes) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="lenet")
+    request.inputs.add(name="text", datatype="BYTES").shape.extend([1])
+    request.raw_input_contents.append(raw)
+    return request
+
+
+GRPC_CASES = {
+    "a parameter with no value": (grpc_request(beam_size=service_pb2.InferParameter()), "has no value"),
+    "a timeout with no value": (grpc_request(timeout=service_pb2.InferParameter()), "has no value"),
+    "a huge zero-size shape": (_shaped([2**62, 2**62, 0], b""), "too large"),
+    "a negative dimension": (_shaped([-1], b""), "negative dimension"),
+    "raw bytes that do not fill the shape": (_shaped([1, SIZE, SIZE, 1], b"\0" * 7), "bytes of binary data"),
+    "no contents at all": (_without_raw(grpc_request()), "needs"),
+    "a BYTES length prefix past the end": (_bytes_tensor(struct.pack("<I", 9) + b"x"), "runs past the end"),
+    "an unknown datatype": (_shaped([1], b"\0"), "unsupported datatype"),
+}
+GRPC_CASES["an unknown datatype"][0].inputs[0].datatype = "COMPLEX"
+
+
+@pytest.mark.parametrize("case", list(GRPC_CASES))
+def test_hostile_grpc_input_is_invalid_argument_never_internal(gateway, case):
+    request, words = GRPC_CASES[case]
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request, timeout=60)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+        assert words in raised.value.details()
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
+
+
+def test_error_messages_carrying_invalid_unicode_are_still_json(gateway):
+    response = httpx.get(f"http://{gateway.url}/v2/models/%ED%A0%80x")
+    assert response.status_code == 404
+    assert json.loads(response.content)["error"].startswith("unknown model")
