@@ -157,8 +157,8 @@ class OnnxRuntimeBackend:
 
         Each call opens a new session with one intra-op thread: a decode worker is one thread
         stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
-        session and never fight an intra-op pool spinning for the cores (measured 2.5x slower through
-        the gateway at ``--intra-op-threads 2`` on 2 cores).
+        session and no intra-op pool competes with the decode threads for the cores, whatever
+        ``--intra-op-threads`` the batchers' sessions use.
         """
         entry = self.repository.get(name)
         version = entry.resolve_version("")
