@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -14,12 +15,13 @@ from rich.table import Table
 from export.parity import ParityError
 from export.quantize import PRECISIONS
 from export.repository import RepositoryError
-from export.results import DEVICES, EntryResult
+from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
 
 # fp16 is what suits a GPU; fp32 stays in every set, as the reference each precision is checked against.
 DEFAULT_PRECISIONS = {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}
+DEFAULTS = ExportOptions()  # the flags' defaults, defined once there
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -54,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cudnn-conv-algo-search",
         choices=sorted(CUDNN_ALGO_SEARCH_VALUES),
-        default="EXHAUSTIVE",
+        default=DEFAULTS.cudnn_conv_algo_search,
         help="gpu configs: cuDNN convolution algorithm search (run once per bucket at warm-up)",
     )
     parser.add_argument(
@@ -62,22 +64,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="gpu configs: ask the gateway to replay each bucket as a CUDA graph",
     )
-    parser.add_argument("--int8-max-drop", type=float, default=0.5, help="max validation top-1 drop (points)")
+    parser.add_argument(
+        "--int8-max-drop",
+        type=float,
+        default=DEFAULTS.int8_max_drop,
+        help="classifiers: max validation top-1 drop (points)",
+    )
     parser.add_argument(
         "--int8-min-agreement",
         type=float,
-        default=0.995,
+        default=DEFAULTS.int8_min_agreement,
         help="translators: min share token-identical to fp32",
     )
-    parser.add_argument("--int8-max-bleu-drop", type=float, default=0.2, help="translators: max BLEU drop")
-    parser.add_argument("--tensorrt", choices=MODES, default="auto", help="build TensorRT engines")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size")
-    parser.add_argument("--beam-sentences", type=int, default=200, help="held-out sentences for beam parity")
+    parser.add_argument(
+        "--int8-max-bleu-drop",
+        type=float,
+        default=DEFAULTS.int8_max_bleu_drop,
+        help="translators: max BLEU drop",
+    )
+    parser.add_argument("--tensorrt", choices=MODES, default=DEFAULTS.tensorrt, help="build TensorRT engines")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="Triton max_batch_size"
+    )
+    parser.add_argument(
+        "--beam-sentences",
+        type=int,
+        default=DEFAULTS.beam_sentences,
+        help="held-out sentences for beam parity",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = DEFAULT_PRECISIONS[args.device]
     return args
+
+
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    """The options of ``args``: each ExportOptions field from the flag of the same name, when there is one."""
+    given = {f.name: getattr(args, f.name) for f in fields(ExportOptions) if hasattr(args, f.name)}
+    return ExportOptions(**given)
 
 
 def summary_table(results: list[EntryResult]) -> Table:
@@ -113,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     results: list[EntryResult] = []
     try:
+        options = export_options(args)
         checkpoints = find_checkpoints(args.paths)
         if not checkpoints:
             console.print(f"[red]no checkpoints (*.pt) found in {args.paths}")
@@ -122,13 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             task = progress.add_task("export", total=len(checkpoints))
             for ckpt in checkpoints:
                 results += export_checkpoint(
-                    ckpt, args.repository, force=args.force, precisions=args.precisions,
-                    int8_max_drop=args.int8_max_drop, int8_min_agreement=args.int8_min_agreement,
-                    int8_max_bleu_drop=args.int8_max_bleu_drop, tensorrt=args.tensorrt,
-                    max_batch_size=args.max_batch_size, beam_sentences=args.beam_sentences, device=args.device,
-                    cudnn_conv_algo_search=args.cudnn_conv_algo_search, cuda_graphs=args.cuda_graphs,
+                    ckpt,
+                    args.repository,
+                    options,
                     on_step=lambda text: progress.update(task, description=text),
-                )  # fmt: skip
+                )
                 progress.advance(task)
     except (ParityError, RepositoryError, TensorRTError, FileNotFoundError, ValueError) as exc:
         if results:

@@ -18,6 +18,7 @@ import torch
 from export.parity import ParityReport, ort_session
 from export.quantize import TranslationGate
 from export.results import ExportContext
+from export.translator_graphs import TranslatorGraphs
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,24 @@ def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
     return HeldOut(sources, None, "random ids")
 
 
-def _search_config(spec: dict[str, Any], data: HeldOut, beam_size: int) -> dict[str, int]:
+@dataclass(frozen=True)
+class SearchSettings:
+    """Beam width and length limit of every parity search (recorded in the reports' metrics)."""
+
+    beam_size: int
+    max_length: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"beam_size": self.beam_size, "max_length": self.max_length}
+
+
+def _search_config(spec: dict[str, Any], data: HeldOut, beam_size: int) -> SearchSettings:
     longest = max((len(s) for s in data.sources), default=1)
-    return {"beam_size": beam_size, "max_length": int(min(spec["max_positions"], 2 * longest + 10))}
+    return SearchSettings(beam_size, int(min(spec["max_positions"], 2 * longest + 10)))
 
 
 def _torch_beams(
-    model: torch.nn.Module, spec: dict[str, Any], sents: list[list[int]], cfg: dict
+    model: torch.nn.Module, spec: dict[str, Any], sents: list[list[int]], cfg: SearchSettings
 ) -> list[list[int]]:
     from training.decoding import beam_search
 
@@ -72,22 +84,23 @@ def _torch_beams(
         src = torch.full((len(chunk), max(map(len, chunk))), spec["pad_id"], dtype=torch.int64)
         for row, ids in enumerate(chunk):
             src[row, : len(ids)] = torch.tensor(ids)
-        hyps = beam_search(model, src, beam_size=cfg["beam_size"], n_best=1, max_length=cfg["max_length"])
+        hyps = beam_search(model, src, beam_size=cfg.beam_size, n_best=1, max_length=cfg.max_length)
         out += [list(h[0].tokens) for h in hyps]
     return out
 
 
 def _onnx_beams(
-    encoder: Path, decoder: Path, spec: dict[str, Any], sents: list[list[int]], cfg: dict
+    g: TranslatorGraphs, decoder: Path, sents: list[list[int]], cfg: SearchSettings
 ) -> list[list[int]]:
+    """Best hypotheses of the serving beam search over ``g``'s encoder graph and the decoder at ``decoder``."""
     from serving.decoding.beam_search import BeamConfig
     from serving.decoding.stepper import translate_ids
     from serving.execution.onnxruntime import onnxruntime_runner
 
-    step_spec = {k: v for k, v in spec.items() if k != "vocab_size_src"}
-    enc, dec = onnxruntime_runner(ort_session(encoder)), onnxruntime_runner(ort_session(decoder))
-    bos, eos = spec["bos_id"], spec["eos_id"]
-    config = BeamConfig(cfg["beam_size"], n_best=1, max_length=cfg["max_length"], eos_id=eos, bos_id=bos)
+    step_spec = g.step_spec
+    enc, dec = onnxruntime_runner(ort_session(g.encoder_path)), onnxruntime_runner(ort_session(decoder))
+    bos, eos = step_spec["bos_id"], step_spec["eos_id"]
+    config = BeamConfig(cfg.beam_size, n_best=1, max_length=cfg.max_length, eos_id=eos, bos_id=bos)
     out = []
     for i in range(0, len(sents), CHUNK):
         out += [list(h[0].tokens) for h in translate_ids(enc, dec, step_spec, sents[i : i + CHUNK], config)]
@@ -101,17 +114,17 @@ def _agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[floa
     return (float(np.mean(same)) if same else 1.0), first
 
 
-def beam_parity(ctx: ExportContext, g: dict[str, Any]) -> ParityReport:
+def beam_parity(ctx: ExportContext, g: TranslatorGraphs) -> ParityReport:
     """Fraction of held-out sentences whose best hypothesis is identical; anything below 100% fails."""
-    spec = g["spec"]
+    spec = g.spec
     data = held_out(ctx, spec, ctx.options.beam_sentences)
     cfg = _search_config(spec, data, ctx.options.beam_size)
     ref = _torch_beams(ctx.model, spec, data.sources, cfg)
-    got = _onnx_beams(g["enc_path"], g["dec_path"], spec, data.sources, cfg)
+    got = _onnx_beams(g, g.decoder_path, data.sources, cfg)
     agreement, first = _agreement(ref, got)
     report = ParityReport(tolerance=0.0)
     report.metrics.update(
-        beam_agreement=agreement, beam_sentences=len(data.sources), beam_source=data.origin, **cfg
+        beam_agreement=agreement, beam_sentences=len(data.sources), beam_source=data.origin, **cfg.as_dict()
     )
     if first is not None:
         report.fail(
@@ -135,18 +148,18 @@ def _bleu(texts: list[str], refs: list[str]) -> float:
 
 
 def int8_gate(
-    ctx: ExportContext, g: dict[str, Any], int8_decoder: Path
+    ctx: ExportContext, g: TranslatorGraphs, int8_decoder: Path
 ) -> tuple[ParityReport, TranslationGate]:
     """Beam search with the int8 decoder against the fp32 decoder on the held-out sentences.
 
     BLEU is measured against the references when the test split is available, else against the fp32
     translations. ``ctx.accuracy_hook`` may replace the gate (tests force a rejection with it).
     """
-    spec = g["spec"]
+    spec = g.spec
     data = held_out(ctx, spec, ctx.options.beam_sentences)
     cfg = _search_config(spec, data, ctx.options.beam_size)
-    fp32 = _onnx_beams(g["enc_path"], g["dec_path"], spec, data.sources, cfg)
-    int8 = _onnx_beams(g["enc_path"], int8_decoder, spec, data.sources, cfg)
+    fp32 = _onnx_beams(g, g.decoder_path, data.sources, cfg)
+    int8 = _onnx_beams(g, int8_decoder, data.sources, cfg)
     agreement, _ = _agreement(fp32, int8)
     target, eos = ctx.ckpt["tokenizers"]["target"], spec["eos_id"]
     fp32_texts, int8_texts = _detokenize(fp32, target, eos), _detokenize(int8, target, eos)
@@ -164,5 +177,5 @@ def int8_gate(
         gate = ctx.accuracy_hook(gate)
     report = ParityReport(tolerance=float("inf"))
     report.metrics.update(beam_agreement=gate.agreement, beam_sentences=len(data.sources))
-    report.metrics.update(beam_source=data.origin, int8_gate=gate.as_dict(), **cfg)
+    report.metrics.update(beam_source=data.origin, int8_gate=gate.as_dict(), **cfg.as_dict())
     return report, gate

@@ -15,7 +15,7 @@ from export import quantize, repository, tensorrt
 from export.freeze import FreezeReport, freeze
 from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
-from export.results import EntryResult, ExportContext
+from export.results import Entry, EntryResult, ExportContext
 from export.specs import GraphSpec, classifier_spec
 from export.triton_config import config_from_spec, gpu_flavour, to_pbtxt
 
@@ -69,9 +69,14 @@ class Built:
     gate: dict[str, Any] | None = None
 
 
-def _entry_names(ctx: ExportContext) -> dict[str, str]:
+def _entries(ctx: ExportContext) -> dict[str, Entry]:
+    """The ONNX entry of each requested precision, by precision."""
     suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-    return {p: f"{ctx.name}{suffix[p]}" for p in ctx.options.precisions}
+    return {p: Entry(f"{ctx.name}{suffix[p]}", p) for p in ctx.options.precisions}
+
+
+def _trt(entry: Entry) -> Entry:
+    return Entry(f"{entry.name}_trt", entry.precision)
 
 
 def _freeze_and_export(ctx: ExportContext, work: Path) -> tuple[GraphSpec, Any, Path, FreezeReport]:
@@ -108,7 +113,9 @@ def _check(
     return report
 
 
-def _build_int8(ctx: ExportContext, spec: GraphSpec, reference: Any, fp32: Path, data: ImageData) -> Built:
+def _build_int8(
+    ctx: ExportContext, entry: Entry, spec: GraphSpec, reference: Any, fp32: Path, data: ImageData
+) -> Built:
     path = quantize.to_int8(fp32, fp32.parent.parent / "int8" / "model.onnx", data.train[:CALIBRATION_IMAGES])
     report = _check(ctx, spec, reference, path, data, atol=float("inf"), min_agreement=0.0)
     acc32 = _accuracy(fp32, data)
@@ -117,7 +124,7 @@ def _build_int8(ctx: ExportContext, spec: GraphSpec, reference: Any, fp32: Path,
     if ctx.accuracy_hook is not None:
         gate = ctx.accuracy_hook(gate)
     report.metrics["int8_gate"] = gate.as_dict()
-    return Built(f"{ctx.name}_int8", "int8", path, "onnxruntime_onnx", report, gate.as_dict())
+    return Built(entry.name, entry.precision, path, "onnxruntime_onnx", report, gate.as_dict())
 
 
 def _accuracy(path: Path, data: ImageData) -> float:
@@ -130,8 +137,8 @@ def _accuracy(path: Path, data: ImageData) -> float:
     return float((preds == data.val_labels).mean())
 
 
-def _want(wanted: set[str], entry: str) -> bool:
-    return entry in wanted or f"{entry}_trt" in wanted
+def _want(wanted: set[str], entry: Entry) -> bool:
+    return entry.name in wanted or _trt(entry).name in wanted
 
 
 def build_candidates(
@@ -145,16 +152,16 @@ def build_candidates(
     report = _check(ctx, spec, reference, fp32, data)
     report.raise_if_failed(f"{ctx.name} (fp32 ONNX vs PyTorch)")
     built = [Built(ctx.name, "fp32", fp32, "onnxruntime_onnx", report)]
-    names = _entry_names(ctx)
-    if "fp16" in ctx.options.precisions and _want(wanted, names["fp16"]):
+    entries = _entries(ctx)
+    if "fp16" in entries and _want(wanted, entries["fp16"]):
         ctx.step("fp16")
         path = quantize.to_fp16(fp32, work / "fp16" / "model.onnx")
         rep = _check(ctx, spec, reference, path, data, atol=FP16_ATOL, min_agreement=FP16_MIN_AGREEMENT)
-        rep.raise_if_failed(f"{names['fp16']} (fp16 ONNX vs PyTorch)")
-        built.append(Built(names["fp16"], "fp16", path, "onnxruntime_onnx", rep))
-    if "int8" in ctx.options.precisions and _want(wanted, names["int8"]):
+        rep.raise_if_failed(f"{entries['fp16'].name} (fp16 ONNX vs PyTorch)")
+        built.append(Built(entries["fp16"].name, "fp16", path, "onnxruntime_onnx", rep))
+    if "int8" in entries and _want(wanted, entries["int8"]):
         ctx.step("int8")
-        built.append(_build_int8(ctx, spec, reference, fp32, data))
+        built.append(_build_int8(ctx, entries["int8"], spec, reference, fp32, data))
     return spec, built, freeze_report
 
 
@@ -224,12 +231,11 @@ def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Fr
 
 def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
     """Every requested entry of one classifier checkpoint; up-to-date entries are skipped."""
-    names = list(_entry_names(ctx).values())
+    entries = list(_entries(ctx).values())
     build_trt, trt_reason = tensorrt.should_build(ctx.options.tensorrt)
-    wanted = {n for n in names if ctx.needs_rebuild(n)}
-    if build_trt:
-        wanted |= {f"{n}_trt" for n in names if ctx.needs_rebuild(f"{n}_trt")}
-    results = [ctx.skipped(n) for n in names if n not in wanted]
+    candidates = entries + ([_trt(e) for e in entries] if build_trt else [])
+    wanted = {e.name for e in candidates if ctx.needs_rebuild(e)}
+    results = [ctx.skipped(e) for e in entries if e.name not in wanted]
     if not wanted:
         return results + (
             [] if build_trt else [EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason)]

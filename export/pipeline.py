@@ -7,6 +7,7 @@ skipped unless ``force``; a parity failure raises :class:`export.parity.ParityEr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -46,40 +47,35 @@ def _exporter(task: str) -> Callable[[ExportContext, Path], list[EntryResult]]:
 def export_checkpoint(
     path: str | os.PathLike,
     repository: str | os.PathLike,
+    options: ExportOptions | None = None,
     *,
-    force: bool = False,
-    precisions: Iterable[str] = ("fp32",),
-    int8_max_drop: float = 0.5,
-    int8_min_agreement: float = 0.995,
-    int8_max_bleu_drop: float = 0.2,
-    tensorrt: str = "auto",
-    max_batch_size: int = 64,
-    beam_sentences: int = 200,
-    device: str = "cpu",
-    cudnn_conv_algo_search: str = "EXHAUSTIVE",
-    cuda_graphs: bool = False,
     name: str | None = None,
     on_step: Callable[[str], None] | None = None,
     validation: Any = None,
     accuracy_hook: Callable | None = None,
+    **settings: Any,
 ) -> list[EntryResult]:
     """Export one checkpoint into ``repository``; returns one result per entry (written, up to date...).
 
+    ``options`` defaults to ``ExportOptions()``; any of its fields given by keyword (``tensorrt="off"``,
+    ``precisions=("fp32", "int8")``...) replaces its value, a convenience for tests and scripts.
     ``device="gpu"`` writes GPU configs (KIND_GPU, bucketed batching, Triton's TensorRT accelerator);
     the artifacts and their parity checks are the same on either device."""
     path = Path(path)
-    options = ExportOptions(
-        precisions=tuple(precisions), int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement,
-        int8_max_bleu_drop=int8_max_bleu_drop, tensorrt=tensorrt, max_batch_size=max_batch_size, force=force,
-        beam_sentences=beam_sentences, device=device, cudnn_conv_algo_search=cudnn_conv_algo_search,
-        cuda_graphs=cuda_graphs,
-    )  # fmt: skip
+    options = dataclasses.replace(options or ExportOptions(), **settings)
     ckpt = load_checkpoint(path)
     ctx = ExportContext(
-        path=path, ckpt=ckpt, model=rebuild_model(ckpt), sha256=file_sha256(path), repository=Path(repository),
-        options=options, name=name or entry_name(path), on_step=on_step, validation=validation,
+        path=path,
+        ckpt=ckpt,
+        model=rebuild_model(ckpt),
+        sha256=file_sha256(path),
+        repository=Path(repository),
+        options=options,
+        name=name or entry_name(path),
+        on_step=on_step,
+        validation=validation,
         accuracy_hook=accuracy_hook,
-    )  # fmt: skip
+    )
     ctx.repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
         return _exporter(ckpt["task"])(ctx, Path(work))

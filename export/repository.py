@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 KILN_FORMAT = 1
 EXPORT_VERSION = 1  # bump when the export changes what it writes, so old entries are rebuilt
 VERSION = "1"
+REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 
 
 class RepositoryError(RuntimeError):
@@ -86,6 +87,7 @@ def write_entry(
         meta["artifacts"] = hash_artifacts(staging)
         (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
         _swap_in(staging, final)
+        forget_refusal(repository, name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -112,6 +114,48 @@ def remove_entry(repository: Path, name: str) -> bool:
     check_not_foreign(entry)
     shutil.rmtree(entry)
     return True
+
+
+def _refusals(repository: Path) -> dict[str, Any]:
+    try:
+        return json.loads((repository / REFUSALS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_refusals(repository: Path, refusals: dict[str, Any]) -> None:
+    path = repository / REFUSALS
+    if not refusals:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f"{REFUSALS}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(refusals, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def remember_refusal(repository: Path, name: str, record: dict[str, Any]) -> None:
+    """Record that entry ``name`` was refused by its gate (``record``: source_checkpoint, export settings,
+    precision, message, parity) in the repository's hidden ``.kiln_refused.json``."""
+    _write_refusals(repository, {**_refusals(repository), name: record})
+
+
+def forget_refusal(repository: Path, name: str) -> None:
+    refusals = _refusals(repository)
+    if refusals.pop(name, None) is not None:
+        _write_refusals(repository, refusals)
+
+
+def read_refusal(repository: Path, name: str) -> dict[str, Any] | None:
+    """The recorded refusal of entry ``name``, or None."""
+    return _refusals(repository).get(name)
+
+
+def refusal(repository: Path, name: str, source_sha256: str, settings: dict[str, Any]) -> dict | None:
+    """The recorded refusal of ``name`` when it came from the same checkpoint and settings, else None."""
+    record = read_refusal(repository, name)
+    if not record or record.get("source_checkpoint", {}).get("sha256") != source_sha256:
+        return None
+    return record if record.get("export") == settings else None
 
 
 def write_labels(entry_dir: Path, labels: list[str]) -> str:

@@ -35,6 +35,7 @@ class ExportOptions:
     cuda_graphs: bool = False  # GPU configs only
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precisions", tuple(self.precisions))  # any iterable, kept hashable
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose from {DEVICES}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -46,6 +47,14 @@ class ExportOptions:
             )
         if self.max_batch_size < 1:
             raise ValueError(f"max batch size must be >= 1, got {self.max_batch_size}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A repository entry an exporter may build: its name and the precision its settings depend on."""
+
+    name: str
+    precision: str
 
 
 @dataclass
@@ -114,20 +123,35 @@ class ExportContext:
             out["cuda_graphs"] = self.options.cuda_graphs
         return out
 
-    def needs_rebuild(self, entry: str) -> bool:
+    def needs_rebuild(self, entry: Entry) -> bool:
+        """Stale unless written, or refused by its gate, from this checkpoint and these settings."""
         if self.options.force:
             return True
-        precision = "int8" if "_int8" in entry else "fp32"
-        return not repository.is_up_to_date(self.repository / entry, self.sha256, self.settings(precision))
+        settings = self.settings(entry.precision)
+        if repository.refusal(self.repository, entry.name, self.sha256, settings) is not None:
+            return False
+        return not repository.is_up_to_date(self.repository / entry.name, self.sha256, settings)
 
-    def skipped(self, entry: str) -> EntryResult:
-        meta = repository.read_kiln_json(self.repository / entry) or {}
+    def skipped(self, entry: Entry) -> EntryResult:
+        """The result of an entry ``needs_rebuild`` found current (written, or refused by its gate)."""
+        refused = repository.read_refusal(self.repository, entry.name)
+        meta = refused or repository.read_kiln_json(self.repository / entry.name) or {}
         parity = meta.get("parity", {})
         diffs = {k: v.get("max_abs_diff") for k, v in parity.get("outputs", {}).items()}
         agreement = parity.get("top1_agreement", parity.get("beam_agreement"))
-        return EntryResult(
-            entry, meta.get("precision", "?"), "up to date", diffs, agreement, path=self.repository / entry
-        )
+        message = f"refused by its gate earlier ({refused['message']}); --force re-gates" if refused else ""
+        path = None if refused else self.repository / entry.name
+        return EntryResult(entry.name, entry.precision, "up to date", diffs, agreement, message, path)
+
+    def refuse(self, entry: Entry, report: ParityReport, reason: str) -> EntryResult:
+        """Remove a stale ``entry`` that its gate now refuses and remember why (see ``needs_rebuild``)."""
+        repository.remove_entry(self.repository, entry.name)
+        result = EntryResult.from_report(entry.name, entry.precision, report)
+        result.status, result.message = "rejected", reason
+        record = {"source_checkpoint": self.source, "export": self.settings(entry.precision)}
+        record.update(precision=entry.precision, message=reason, parity=report.as_dict())
+        repository.remember_refusal(self.repository, entry.name, record)
+        return result
 
     def labels(self, classes: int) -> list[str]:
         labels = self.ckpt.get("labels") or [str(i) for i in range(classes)]

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import repository
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
 from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
 from export.quantize import to_int8_dynamic
-from export.results import EntryResult, ExportContext
+from export.results import Entry, EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
 from export.translator_entries import int8_entry_names, write_int8_entries, write_translator_entries
+from export.translator_graphs import TranslatorGraphs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def decoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_ro
     return GraphSpec(f"{name}_decoder", "decoder", inputs, outputs, axes, max_batch_size=max_rows)
 
 
-def _export_graphs(ctx: ExportContext, work: Path) -> dict[str, Any]:
+def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     spec = _vocab_spec(ctx.model)
     src = random_source(spec, 2, 6, np.random.default_rng(1))
     tgt = torch.full((2, 3), spec["bos_id"], dtype=torch.int64)
@@ -131,48 +131,58 @@ def _export_graphs(ctx: ExportContext, work: Path) -> dict[str, Any]:
     ctx.step("export decoder")
     feeds = decoder_inputs(frozen, spec, {"batch": 3, "src_len": 5, "past_len": 4})
     dec_path = export_onnx(dec_module, dec, tuple(feeds[n] for n in dec.input_names), work / "dec.onnx")
-    return dict(spec=spec, frozen=frozen, freeze=freeze_report, enc=enc, dec=dec, enc_path=enc_path,
-                dec_path=dec_path, enc_module=enc_module, dec_module=dec_module)  # fmt: skip
+    return TranslatorGraphs(
+        spec,
+        frozen,
+        freeze_report,
+        enc,
+        dec,
+        enc_path,
+        dec_path,
+        encoder_module=enc_module,
+        decoder_module=dec_module,
+    )
 
 
-def _decoder_cases(g: dict[str, Any]) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
+def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
     return [
-        (s, {k: v.numpy() for k, v in decoder_inputs(g["frozen"], g["spec"], s, seed=i).items()})
+        (s, {k: v.numpy() for k, v in decoder_inputs(g.frozen, g.spec, s, seed=i).items()})
         for i, s in enumerate(DECODER_CASES)
     ]
 
 
-def decoder_parity(g: dict[str, Any], path: Path, report: ParityReport) -> ParityReport:
+def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
     """The decoder graph at ``path`` against PyTorch at several row counts, source and cache lengths."""
-    reference = torch_runner(g["dec_module"], g["dec"])
-    check_feeds(g["dec"], reference, session_runner(ort_session(path)), _decoder_cases(g), report)
+    reference = torch_runner(g.decoder_module, g.decoder)
+    check_feeds(g.decoder, reference, session_runner(ort_session(path)), _decoder_cases(g), report)
     return report
 
 
-def graph_parity(g: dict[str, Any]) -> tuple[ParityReport, ParityReport]:
+def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
     """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
-    spec = g["spec"]
-    enc_report = ParityReport(g["enc"].atol)
+    spec = g.spec
+    enc_report = ParityReport(g.encoder.atol)
     enc_cases = [
         (s, {"src_ids": random_source(spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
         for i, s in enumerate(ENCODER_CASES)
     ]
-    reference = torch_runner(g["enc_module"], g["enc"])
-    check_feeds(g["enc"], reference, session_runner(ort_session(g["enc_path"])), enc_cases, enc_report)
-    return enc_report, decoder_parity(g, g["dec_path"], ParityReport(g["dec"].atol))
+    reference = torch_runner(g.encoder_module, g.encoder)
+    check_feeds(g.encoder, reference, session_runner(ort_session(g.encoder_path)), enc_cases, enc_report)
+    return enc_report, decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
 
 
-def _entry_names(ctx: ExportContext) -> list[str]:
+def _entries(ctx: ExportContext) -> list[Entry]:
     names = [f"{ctx.name}_encoder", f"{ctx.name}_decoder", ctx.name]
-    return names + (list(int8_entry_names(ctx.name)) if "int8" in ctx.options.precisions else [])
+    int8 = int8_entry_names(ctx.name) if "int8" in ctx.options.precisions else ()
+    return [Entry(n, "fp32") for n in names] + [Entry(n, "int8") for n in int8]
 
 
 def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     """The entries of one translator checkpoint (all rebuilt together when any is stale); the int8
     ones only with ``int8`` among the precisions and when they pass their gate."""
-    names = _entry_names(ctx)
-    if not any(ctx.needs_rebuild(n) for n in names):
-        return [ctx.skipped(n) for n in names]
+    entries = _entries(ctx)
+    if not any(ctx.needs_rebuild(e) for e in entries):
+        return [ctx.skipped(e) for e in entries]
     ctx.step("freeze")
     graphs = _export_graphs(ctx, work)
     ctx.step("parity encoder/decoder")
@@ -184,30 +194,22 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
 
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
-    results = write_translator_entries(
-        ctx, graphs, {"encoder": enc_report, "decoder": dec_report, "beam": beam_report}
-    )
+    results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report)
     if "int8" in ctx.options.precisions:
         results += _int8_entries(ctx, graphs, work)
     return results
 
 
-def _int8_entries(ctx: ExportContext, g: dict[str, Any], work: Path) -> list[EntryResult]:
+def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
     """Quantize the decoder, gate it on beam search against fp32; write or refuse (removing stale ones)."""
     from export.beam_parity import int8_gate
 
     ctx.step("int8 decoder")
-    path = to_int8_dynamic(g["dec_path"], work / "int8" / "dec.onnx")
+    path = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
     dec_report = decoder_parity(g, path, ParityReport(float("inf")))  # diffs recorded, not bounded
     ctx.step("int8 gate")
     gate_report, gate = int8_gate(ctx, g, path)
     if gate.passed:
-        return write_int8_entries(ctx, g, path, {"decoder": dec_report, "gate": gate_report})
+        return write_int8_entries(ctx, g, path, dec_report, gate_report)
     log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
-    results = []
-    for entry in int8_entry_names(ctx.name):
-        repository.remove_entry(ctx.repository, entry)
-        result = EntryResult.from_report(entry, "int8", gate_report)
-        result.status, result.message = "rejected", gate.reason()
-        results.append(result)
-    return results
+    return [ctx.refuse(Entry(n, "int8"), gate_report, gate.reason()) for n in int8_entry_names(ctx.name)]

@@ -13,6 +13,7 @@ from export import repository
 from export.parity import ParityReport
 from export.results import EntryResult, ExportContext
 from export.specs import GraphSpec
+from export.translator_graphs import TranslatorGraphs
 from export.triton_config import (
     TritonModelConfig,
     TritonTensor,
@@ -134,24 +135,24 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
     return repository.write_entry(ctx.repository, entry.name, fill)
 
 
-def _step_spec(g: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in g["spec"].items() if k != "vocab_size_src"}
-
-
-def write_translator_entries(ctx: ExportContext, g: dict[str, Any], reports: dict[str, ParityReport]) -> list:
-    """Write the three entries; parity reports go to each entry's kiln.json and to the results."""
-    step_spec = _step_spec(g)
+def write_translator_entries(
+    ctx: ExportContext, g: TranslatorGraphs, encoder: ParityReport, decoder: ParityReport, beam: ParityReport
+) -> list[EntryResult]:
+    """Write the three entries; each parity report goes to its entry's kiln.json and to the results."""
+    step_spec = g.step_spec
     results = []
-    for key, task in (("enc", "translate_encoder"), ("dec", "translate_decoder")):
-        report = reports["encoder" if key == "enc" else "decoder"]
+    graphs = (
+        (g.encoder, g.encoder_path, "translate_encoder", encoder),
+        (g.decoder, g.decoder_path, "translate_decoder", decoder),
+    )
+    for spec, onnx_path, task, report in graphs:
         meta = {**_common(ctx, step_spec, "fp32"), "parity": report.as_dict()}
-        path = _write_graph(ctx, g[key], g[f"{key}_path"], task, meta)
-        result = EntryResult.from_report(g[key].name, "fp32", report)
-        result.status, result.path = "written", path
+        result = EntryResult.from_report(spec.name, "fp32", report)
+        result.status, result.path = "written", _write_graph(ctx, spec, onnx_path, task, meta)
         results.append(result)
-    entry = PythonEntry(ctx.name, g["enc"].name, g["dec"].name, "fp32")
-    parity = {**reports["beam"].as_dict(), "freeze": g["freeze"].as_dict()}
-    result = EntryResult.from_report(ctx.name, "fp32", reports["beam"])
+    entry = PythonEntry(ctx.name, g.encoder.name, g.decoder.name, "fp32")
+    parity = {**beam.as_dict(), "freeze": g.freeze.as_dict()}
+    result = EntryResult.from_report(ctx.name, "fp32", beam)
     result.status, result.path = "written", _write_python(ctx, entry, step_spec, parity)
     return results + [result]
 
@@ -162,17 +163,17 @@ def int8_entry_names(name: str) -> tuple[str, str]:
 
 
 def write_int8_entries(
-    ctx: ExportContext, g: dict[str, Any], int8_decoder: Path, reports: dict[str, ParityReport]
+    ctx: ExportContext, g: TranslatorGraphs, int8_decoder: Path, decoder: ParityReport, gate: ParityReport
 ) -> list[EntryResult]:
     """``<name>_decoder_int8`` (the quantized step graph, same tensors as fp32) and ``<name>_int8``,
-    a translate entry over the shared fp32 encoder and that decoder; ``reports``: decoder and gate."""
-    step_spec = _step_spec(g)
+    a translate entry over the shared fp32 encoder and that decoder, with their parity reports."""
+    step_spec = g.step_spec
     dec_name, name = int8_entry_names(ctx.name)
-    spec = dataclasses.replace(g["dec"], name=dec_name)
-    meta = {**_common(ctx, step_spec, "int8"), "parity": reports["decoder"].as_dict()}
-    dec = EntryResult.from_report(dec_name, "int8", reports["decoder"])
+    spec = dataclasses.replace(g.decoder, name=dec_name)
+    meta = {**_common(ctx, step_spec, "int8"), "parity": decoder.as_dict()}
+    dec = EntryResult.from_report(dec_name, "int8", decoder)
     dec.status, dec.path = "written", _write_graph(ctx, spec, int8_decoder, "translate_decoder", meta)
-    entry = PythonEntry(name, g["enc"].name, dec_name, "int8")
-    result = EntryResult.from_report(name, "int8", reports["gate"])
-    result.status, result.path = "written", _write_python(ctx, entry, step_spec, reports["gate"].as_dict())
+    entry = PythonEntry(name, g.encoder.name, dec_name, "int8")
+    result = EntryResult.from_report(name, "int8", gate)
+    result.status, result.path = "written", _write_python(ctx, entry, step_spec, gate.as_dict())
     return [dec, result]

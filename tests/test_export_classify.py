@@ -16,7 +16,7 @@ from export.classifier import ImageData
 from export.freeze import ChannelAffine, freeze, training_only_modules
 from export.onnx_export import forbidden_nodes
 from export.parity import ParityError
-from export.pipeline import export_checkpoint
+from export.pipeline import ExportOptions, export_checkpoint
 from export.quantize import GateResult
 from export.repository import RepositoryError
 from export.triton_config import parse_pbtxt
@@ -250,6 +250,36 @@ def test_validation_split_from_the_checkpoint_is_used_for_top1_agreement(tmp_pat
     parity = results[0].parity
     assert parity["data"] == "validation split" and parity["validation_images"] == 40
     assert parity["top1_agreement"] == 1.0
+
+
+def test_the_cli_builds_its_export_options_once_from_every_flag_with_the_options_defaults():
+    from export.__main__ import export_options, parse_args
+
+    assert export_options(parse_args([])) == ExportOptions()
+    flags = "--force --precisions int8 --device gpu --cudnn-conv-algo-search HEURISTIC --cuda-graphs"
+    flags += " --int8-max-drop 1.5 --int8-min-agreement 0.9 --int8-max-bleu-drop 1 --tensorrt off"
+    flags += " --max-batch-size 8 --beam-sentences 20"
+    expected = ExportOptions(
+        precisions=("fp32", "int8"),
+        int8_max_drop=1.5,
+        int8_min_agreement=0.9,
+        int8_max_bleu_drop=1.0,
+        tensorrt="off",
+        max_batch_size=8,
+        force=True,
+        beam_sentences=20,
+        device="gpu",
+        cudnn_conv_algo_search="HEURISTIC",
+        cuda_graphs=True,
+    )
+    assert export_options(parse_args(flags.split())) == expected
+
+
+def test_the_cli_reports_bad_options_as_a_failed_export(tmp_path, capsys):
+    from export.__main__ import main
+
+    assert main([str(tmp_path), "--max-batch-size", "0"]) == 1
+    assert "max batch size must be >= 1" in capsys.readouterr().err
 
 
 def test_the_cli_exports_a_directory_and_prints_a_summary(tmp_path, capsys):

@@ -207,6 +207,40 @@ def test_int8_gate_refuses_the_entries_and_removes_stale_ones_when_translations_
     assert (tmp_path / "repo" / "transformer").is_dir()
 
 
+def test_a_refused_int8_gate_is_remembered_so_a_second_export_is_up_to_date_and_force_re_gates(
+    int8_exported, tmp_path
+):
+    repo, _ = int8_exported
+    shutil.copytree(repo, tmp_path / "repo")
+    gated = []
+
+    def drifted(gate: TranslationGate) -> TranslationGate:
+        gated.append(gate)
+        return dataclasses.replace(gate, agreement=0.99)
+
+    def export(**kw) -> list:
+        options = {"precisions": ("fp32", "int8"), "tensorrt": "off", "accuracy_hook": drifted, **kw}
+        return export_checkpoint(
+            repo.parent / "transformer.pt", tmp_path / "repo", validation=SENTENCES, **options
+        )
+
+    first = export()  # the real thresholds differ from the fixture's: int8 entries stale, then refused
+    assert {r.entry: r.status for r in first if r.precision == "int8"} == {
+        "transformer_decoder_int8": "rejected",
+        "transformer_int8": "rejected",
+    }
+    again = export()
+    assert [r.status for r in again] == ["up to date"] * 5 and len(gated) == 1
+    refused = [r for r in again if r.precision == "int8"]
+    assert len(refused) == 2 and all("refused by its gate" in r.message and r.path is None for r in refused)
+    assert not (tmp_path / "repo" / "transformer_int8").exists()
+    forced = export(force=True)
+    assert len(gated) == 2 and [r.status for r in forced if r.precision == "int8"] == ["rejected"] * 2
+    opened = export(int8_min_agreement=0.0, int8_max_bleu_drop=100.0, accuracy_hook=None)
+    assert [r.status for r in opened] == ["written"] * 5  # other gate settings: re-gated, passes this time
+    assert not (tmp_path / "repo" / ".kiln_refused.json").exists()
+
+
 @pytest.mark.parametrize(
     ("agreement", "bleu_int8", "passed"),
     [(1.0, 30.0, True), (0.995, 29.8, True), (0.994, 30.0, False), (1.0, 29.79, False)],
