@@ -378,3 +378,44 @@ def test_kserve_translate_refuses_an_overflowing_alpha_with_a_4xx(gateway) -> No
         client.infer("transformer", [tensor], parameters={"alpha": 1e308})
     assert raised.value.status() in ("400", "422")
     client.close()
+
+
+def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(exported) -> None:
+    import onnxruntime as ort
+
+    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.repository import Repository
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(8, seed=5)
+    opened: list[tuple[str, int]] = []
+
+    def session(path: str, sess_options, providers):
+        opened.append((Path(path).parent.parent.name, sess_options.intra_op_num_threads))
+        return ort.InferenceSession(path, sess_options=sess_options, providers=providers)
+
+    async def scenario() -> tuple[list, list[str]]:
+        repository = Repository(root / "model_repository")
+        backend = OnnxRuntimeBackend(repository, OrtOptions(intra_op_threads=2), session_factory=session)
+        await backend.start()
+        opened.clear()  # the batchers' sessions; what follows is opened for the decode workers
+        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(workers=2))
+        await pool.start(backend.runner)
+        try:
+            schedulers = pool.get("transformer").schedulers
+            options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
+            answers = await asyncio.gather(*(pool.get("transformer").translate([t], options) for t in texts))
+            return schedulers, [a[0][0].tokens for a in answers]
+        finally:
+            await pool.stop()
+            await backend.stop()
+
+    schedulers, answers = asyncio.run(scenario())
+    assert len(schedulers) == 2
+    assert schedulers[0].run_decoder is not schedulers[1].run_decoder
+    assert schedulers[0].run_encoder is not schedulers[1].run_encoder
+    per_translator = [("transformer_encoder", 1), ("transformer_decoder", 1)] * 2
+    assert sorted(o for o in opened if o[0].startswith("transformer_")) == sorted(per_translator)
+    assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]

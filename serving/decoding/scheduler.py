@@ -39,7 +39,9 @@ class SchedulerConfig:
     max_encoder_batch: int = 64  # sentences per encoder call
     timeout_s: float = 30.0  # default per-request deadline (504 after it)
     retry_after_s: float = 1.0  # sent with 429 / 503
-    workers: int = 1  # decode threads per translator; 2 measured no faster through the gateway on 2 cores
+    # decode threads per translator: on 2 cores, 2 workers (own sessions) spent ~15 % more gateway CPU
+    # per token than 1 at c=32 and were not faster (docs/translator-interface.md, "Decode workers")
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -235,10 +236,11 @@ def translator_from_entry(
     scheduler_config: SchedulerConfig | None = None,
     limits: bs.DecodingLimits | None = None,
     observer: DecodeObserver | None = None,
+    more_runners: Callable[[], tuple[stepper.Runner, stepper.Runner]] | None = None,
 ) -> Translator:
     """A translator for the ``<name>`` entry at ``path`` (its kiln.json already parsed), with
-    ``scheduler_config.workers`` decode workers sharing the runners (ONNX Runtime sessions run
-    concurrently from several threads)."""
+    ``scheduler_config.workers`` decode workers: the first over ``run_encoder``/``run_decoder``, each
+    other over its own ``more_runners()`` pair when given (else they share the first pair)."""
     block = kiln.get("translator")
     if not isinstance(block, dict) or "step_spec" not in block:
         raise ValueError(f"{path}/kiln.json has no 'translator' block with a step_spec")
@@ -250,10 +252,12 @@ def translator_from_entry(
     )
     name = kiln.get("name", path.name)
     config = scheduler_config or SchedulerConfig()
+    runners = [(run_encoder, run_decoder)]
+    runners += [more_runners() if more_runners else runners[0] for _ in range(config.workers - 1)]
     schedulers = [
-        DecodingScheduler(f"{name}" if i == 0 else f"{name}#{i}", spec, run_encoder, run_decoder, config,
+        DecodingScheduler(f"{name}" if i == 0 else f"{name}#{i}", spec, encoder, decoder, config,
                           observer=observer)
-        for i in range(config.workers)
+        for i, (encoder, decoder) in enumerate(runners)
     ]  # fmt: skip
     return Translator(name, codec, schedulers, limits)
 
@@ -280,16 +284,20 @@ class TranslatorPool:
         return sorted(n for n, e in self.repository.entries.items() if e.task == "translate")
 
     async def start(self, runner_for: Any) -> None:
-        """Build and start one translator per entry; ``runner_for(entry_name)`` gives a Runner or raises."""
+        """Build and start one translator per entry; ``runner_for(entry_name)`` gives a Runner or raises.
+
+        Each decode worker gets its own encoder/decoder runners (a backend may give each call its
+        own session)."""
         for name in self.names():
             entry = self.repository.entries[name]
             try:
                 block = entry.kiln.get("translator") or {}
                 encoder, decoder = block["encoder"], block["decoder"]
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
+                pair = partial(_runner_pair, runner_for, encoder, decoder)
                 translator = translator_from_entry(
-                    entry.path, entry.kiln, runner_for(encoder), runner_for(decoder),
-                    scheduler_config=config, limits=self.limits, observer=self.observer,
+                    entry.path, entry.kiln, *pair(), scheduler_config=config, limits=self.limits,
+                    observer=self.observer, more_runners=pair,
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
                 log.error("translator %s cannot be served: %s", name, exc)
@@ -305,6 +313,11 @@ class TranslatorPool:
 
     def get(self, name: str) -> Translator | None:
         return self.translators.get(name)
+
+
+def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[stepper.Runner, stepper.Runner]:
+    """One decode worker's encoder and decoder runners."""
+    return runner_for(encoder), runner_for(decoder)
 
 
 def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:

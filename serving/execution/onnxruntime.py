@@ -203,12 +203,20 @@ class OnnxRuntimeBackend:
         return InferResponse(request.model, model.version, result, request.request_id)
 
     def runner(self, name: str) -> Runner:
-        """A Runner over the first session of an encoder/decoder entry (the decoding scheduler batches)."""
+        """A Runner over a session of its own for an encoder/decoder entry (one per decode worker).
+
+        Each call opens a new session with one intra-op thread: a decode worker is one thread
+        stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
+        session and no intra-op pool competes with the decode threads for the cores, whatever
+        ``--intra-op-threads`` the batchers' sessions use.
+        """
         entry = self.repository.get(name)
-        model = self._models.get((name, entry.resolve_version("")))
+        version = entry.resolve_version("")
+        model = self._models.get((name, version))
         if model is None:
             raise RuntimeError(f"entry {name!r} is not loaded: {self._failed.get(name, 'unknown reason')}")
-        return onnxruntime_runner(model.sessions[0])
+        session = self._open_session(entry.model_file(version), model.placement, intra_op_threads=1)
+        return onnxruntime_runner(session)
 
     def _servable(self, entry: RepositoryEntry) -> bool:
         if entry.task == "translate":
@@ -221,22 +229,19 @@ class OnnxRuntimeBackend:
             return False
         return True
 
-    def _open_sessions(self, entry: RepositoryEntry, version: str) -> list[Any]:
+    def _open_sessions(self, entry: RepositoryEntry, version: str) -> _Sessions:
+        """One session per bucket (one in all when bucketing is off) per instance of ``instance_group``."""
         import onnxruntime as ort  # imported lazily: nothing heavy at import time
 
         path = entry.model_file(version)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         where = placement.plan(entry.config, ort.get_available_providers())
-        factory = self.session_factory or ort.InferenceSession
         per_instance = []
         for _ in range(_instance_count(entry.config)):
             sessions = {}
             for size in where.buckets or (0,):
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = self.options.intra_op_threads
-                opts.inter_op_num_threads = self.options.inter_op_threads
-                sessions[size] = factory(str(path), sess_options=opts, providers=where.providers())
+                sessions[size] = self._open_session(path, where)
                 if size:  # every bucket is warmed at load: its one shape is planned before any request
                     sessions[size].run(None, placement.zero_inputs(sessions[size], size))
             per_instance.append(sessions)
@@ -245,6 +250,20 @@ class OnnxRuntimeBackend:
             entry.name, version, where.provider, where.device, list(where.buckets) or "off",
         )  # fmt: skip
         return _Sessions(where, per_instance)
+
+    def _open_session(
+        self, path: Path, where: placement.Placement, intra_op_threads: int | None = None
+    ) -> Any:
+        """One ONNX Runtime session on the placement's providers (``intra_op_threads`` overrides the option)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = (
+            self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
+        )
+        opts.inter_op_num_threads = self.options.inter_op_threads
+        factory = self.session_factory or ort.InferenceSession
+        return factory(str(path), sess_options=opts, providers=where.providers())
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: _Sessions) -> _LoadedModel:
         if self.metrics is not None:
