@@ -194,7 +194,8 @@ def show_placement(url: str, model: str) -> None:
     config = httpx.get(f"{url}/v2/models/{model}/config", timeout=30).json()
     groups = config.get("instance_group") or config.get("instanceGroup") or [{}]
     params = config.get("parameters") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in params.items()) if params else "no parameters"
+    values = {k: v.get("string_value", v) if isinstance(v, dict) else v for k, v in params.items()}
+    shown = ", ".join(f"{k}={v}" for k, v in values.items()) if values else "no parameters"
     console.print(f"{model}: instance kind {groups[0].get('kind', 'KIND_CPU')}; {shown}")
 
 
