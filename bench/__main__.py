@@ -26,16 +26,31 @@ console = Console()
 log = logging.getLogger("bench")
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"batches": (1, 8, 64), "engine_budget_s": 1.5, "concurrency": (1, 16, 64), "duration_s": 4.0,
-              "beams": (4,), "translate_concurrency": (1, 32), "sentences": 64,
-              "pa_concurrency": (1, 64), "pa_rounds": 3},
-    "full": {"batches": (1, 2, 4, 8, 16, 32, 64, 128, 256), "engine_budget_s": 3.0,
-             "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256), "duration_s": 8.0,
-             "beams": (1, 4, 8), "translate_concurrency": (1, 8, 32, 64), "sentences": 256,
-             "pa_concurrency": (1, 8, 32, 64), "pa_rounds": 5},
+    "quick": {
+        "batches": (1, 8, 64),
+        "engine_budget_s": 1.5,
+        "concurrency": (1, 16, 64),
+        "duration_s": 4.0,
+        "beams": (4,),
+        "translate_concurrency": (1, 32),
+        "sentences": 64,
+        "pa_concurrency": (1, 64),
+        "pa_rounds": 3,
+    },
+    "full": {
+        "batches": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        "engine_budget_s": 3.0,
+        "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        "duration_s": 8.0,
+        "beams": (1, 4, 8),
+        "translate_concurrency": (1, 8, 32, 64),
+        "sentences": 256,
+        "pa_concurrency": (1, 8, 32, 64),
+        "pa_rounds": 5,
+    },
     # CUDA engines only (bench.gpu); says so and measures nothing on a machine without CUDA.
     "gpu": {"batches": (1, 8, 64, 256), "engine_budget_s": 2.0},
-}  # fmt: skip
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,9 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation", "replicas"])
     parser.add_argument("--threads", type=int, default=engines.default_threads())
     parser.add_argument(
-        "--gateway-workers", type=int, default=engines.default_threads(),
+        "--gateway-workers",
+        type=int,
+        default=engines.default_threads(),
         help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
-    )  # fmt: skip
+    )
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
 
@@ -83,13 +100,26 @@ def main(argv: list[str] | None = None) -> None:
         results["engines"] = engines.run_jobs(jobs, progress=log.info)
     if "servers" in wanted:
         results["servers"] = servers.run_servers(
-            args.repository, checkpoint, args.classifier, out / "logs", concurrencies=profile["concurrency"],
-            duration_s=profile["duration_s"], threads=args.threads, workers=args.gateway_workers, progress=log.info,
-        )  # fmt: skip
+            args.repository,
+            checkpoint,
+            args.classifier,
+            out / "logs",
+            concurrencies=profile["concurrency"],
+            duration_s=profile["duration_s"],
+            threads=args.threads,
+            workers=args.gateway_workers,
+            progress=log.info,
+        )
         results["servers"]["perf_analyzer"] = perf_analyzer.side_by_side(
-            args.repository, args.classifier, out / "logs", concurrencies=profile["pa_concurrency"],
-            threads=args.threads, rounds=profile["pa_rounds"], workers=args.gateway_workers, progress=log.info,
-        )  # fmt: skip
+            args.repository,
+            args.classifier,
+            out / "logs",
+            concurrencies=profile["pa_concurrency"],
+            threads=args.threads,
+            rounds=profile["pa_rounds"],
+            workers=args.gateway_workers,
+            progress=log.info,
+        )
     if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:
         from bench import translation
 
@@ -113,10 +143,21 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
     log.info("GPU profile on %s: %s", status.device_name, status.reason())
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
-    jobs = gpu.gpu_jobs(args.repository, args.checkpoints, args.classifier, profile["batches"],
-                        profile["engine_budget_s"], status)  # fmt: skip
-    results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads,
-                               "cuda": status.reason(), "targets": []}  # fmt: skip
+    jobs = gpu.gpu_jobs(
+        args.repository,
+        args.checkpoints,
+        args.classifier,
+        profile["batches"],
+        profile["engine_budget_s"],
+        status,
+    )
+    results: dict[str, Any] = {
+        "profile": args.profile,
+        "machine": machine_info(),
+        "threads": args.threads,
+        "cuda": status.reason(),
+        "targets": [],
+    }
     results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
     write(results, out)
 
@@ -156,20 +197,46 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     }
     pa_value = lambda target, c, key: pa.get((target, c), {}).get(key, math.nan)  # noqa: E731
     rows = [
-        {"target": f"ORT fp32 >= 2x PyTorch eager at batch 1 ({classifier})", "goal": 2.0,
-         "measured": ratio(p50.get(("pytorch", "fp32", 1), math.nan), p50.get(("onnxruntime", "fp32", 1), math.nan))},
-        {"target": "gateway c=64 >= 0.8x ORT best-batch direct", "goal": 0.8,
-         "measured": ratio(gw64, best_direct_throughput(eng))},
+        {
+            "target": f"ORT fp32 >= 2x PyTorch eager at batch 1 ({classifier})",
+            "goal": 2.0,
+            "measured": ratio(
+                p50.get(("pytorch", "fp32", 1), math.nan), p50.get(("onnxruntime", "fp32", 1), math.nan)
+            ),
+        },
+        {
+            "target": "gateway c=64 >= 0.8x ORT best-batch direct",
+            "goal": 0.8,
+            "measured": ratio(gw64, best_direct_throughput(eng)),
+        },
         {"target": "gateway c=64 >= 5x naive baseline", "goal": 5.0, "measured": ratio(gw64, naive64)},
-        {"target": "perf_analyzer gRPC c=1: gateway >= 1.0x Triton", "goal": 1.0,
-         "measured": ratio(pa_value("gateway", 1, "throughput_rps"), pa_value("triton", 1, "throughput_rps"))},
-        {"target": "perf_analyzer gRPC c=64: gateway >= 1.0x Triton", "goal": 1.0,
-         "measured": ratio(pa_value("gateway", 64, "throughput_rps"), pa_value("triton", 64, "throughput_rps"))},
-        {"target": "perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms", "goal": 1.0, "lower_is_better": True,
-         "measured": pa_value("gateway", 1, "p50_ms") - p50.get(("onnxruntime", "fp32", 1), math.nan)},
-        {"target": "p99 <= 2x p50 at half of peak (gateway, open loop)", "goal": 2.0,
-         "measured": ratio(opened[0]["p99_ms"], opened[0]["p50_ms"]) if opened else math.nan, "lower_is_better": True},
-    ]  # fmt: skip
+        {
+            "target": "perf_analyzer gRPC c=1: gateway >= 1.0x Triton",
+            "goal": 1.0,
+            "measured": ratio(
+                pa_value("gateway", 1, "throughput_rps"), pa_value("triton", 1, "throughput_rps")
+            ),
+        },
+        {
+            "target": "perf_analyzer gRPC c=64: gateway >= 1.0x Triton",
+            "goal": 1.0,
+            "measured": ratio(
+                pa_value("gateway", 64, "throughput_rps"), pa_value("triton", 64, "throughput_rps")
+            ),
+        },
+        {
+            "target": "perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms",
+            "goal": 1.0,
+            "lower_is_better": True,
+            "measured": pa_value("gateway", 1, "p50_ms") - p50.get(("onnxruntime", "fp32", 1), math.nan),
+        },
+        {
+            "target": "p99 <= 2x p50 at half of peak (gateway, open loop)",
+            "goal": 2.0,
+            "measured": ratio(opened[0]["p99_ms"], opened[0]["p50_ms"]) if opened else math.nan,
+            "lower_is_better": True,
+        },
+    ]
     rows += results.get("translation", {}).get("targets", [])
     for r in rows:
         m = r["measured"]

@@ -122,9 +122,12 @@ class CT2Translator:
         from tokenizers import Tokenizer
 
         self.translator = ctranslate2.Translator(
-            str(model_dir), device="cpu", inter_threads=inter_threads, intra_threads=intra_threads,
+            str(model_dir),
+            device="cpu",
+            inter_threads=inter_threads,
+            intra_threads=intra_threads,
             compute_type=compute_type,
-        )  # fmt: skip
+        )
         self.src = Tokenizer.from_str(tokenizers["source"])
         self.tgt = Tokenizer.from_str(tokenizers["target"])
 
@@ -136,9 +139,13 @@ class CT2Translator:
     ):
         """Best hypothesis per text as (text, token ids)."""
         results = self.translator.translate_batch(
-            self.source_tokens(texts), beam_size=beam_size, max_decoding_length=max_length,
-            max_batch_size=max_batch_size, length_penalty=1.0, num_hypotheses=1,
-        )  # fmt: skip
+            self.source_tokens(texts),
+            beam_size=beam_size,
+            max_decoding_length=max_length,
+            max_batch_size=max_batch_size,
+            length_penalty=1.0,
+            num_hypotheses=1,
+        )
         out = []
         for result in results:
             ids = [self.tgt.token_to_id(t) for t in result.hypotheses[0]]

@@ -102,12 +102,17 @@ def _measure(
         images = rng.integers(0, 256, size=(batch, *job.input_shape), dtype=np.uint8)
         lat = time_calls(lambda images=images: run(images), budget_s=job.budget_s, max_calls=500)
         stats = summarize(lat)
-        rows.append({
-            "engine": job.engine, "precision": job.precision, "batch": batch, **stats.as_dict(),
-            "throughput_ips": batch / (stats.mean_ms / 1e3),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": job.threads,
-        })  # fmt: skip
+        rows.append(
+            {
+                "engine": job.engine,
+                "precision": job.precision,
+                "batch": batch,
+                **stats.as_dict(),
+                "throughput_ips": batch / (stats.mean_ms / 1e3),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "threads": job.threads,
+            }
+        )
     return rows
 
 

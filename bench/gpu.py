@@ -101,14 +101,25 @@ def gpu_jobs(
 
 
 def _as(job: EngineJob, engine: str, precision: str | None = None) -> EngineJob:
-    return EngineJob(engine, precision or job.precision, job.artifact, job.input_shape, job.batch_sizes,
-                     job.threads, job.budget_s)  # fmt: skip
+    return EngineJob(
+        engine,
+        precision or job.precision,
+        job.artifact,
+        job.input_shape,
+        job.batch_sizes,
+        job.threads,
+        job.budget_s,
+    )
 
 
 def make_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
     """The runner of a GPU job (CPU engines fall through to ``engines.make_runner``)."""
-    makers = {TORCH_CUDA: _torch_cuda_runner, ORT_CUDA: _ort_cuda_runner,
-              ORT_CUDA_IOBINDING: _ort_cuda_runner, ORT_TENSORRT: _ort_tensorrt_runner}  # fmt: skip
+    makers = {
+        TORCH_CUDA: _torch_cuda_runner,
+        ORT_CUDA: _ort_cuda_runner,
+        ORT_CUDA_IOBINDING: _ort_cuda_runner,
+        ORT_TENSORRT: _ort_tensorrt_runner,
+    }
     return makers.get(job.engine, engines.make_runner)(job)
 
 
@@ -181,8 +192,12 @@ def _ort_tensorrt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
     """ONNX Runtime's TensorRT provider (fp16 kernels for the fp16 job), CUDA for what it leaves."""
     cache = Path(tempfile.gettempdir()) / "kiln-bench-trt-cache"
     cache.mkdir(exist_ok=True)
-    options = {"device_id": 0, "trt_fp16_enable": job.precision == "fp16", "trt_engine_cache_enable": True,
-               "trt_engine_cache_path": str(cache)}  # fmt: skip
+    options = {
+        "device_id": 0,
+        "trt_fp16_enable": job.precision == "fp16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+    }
     providers = [
         ("TensorrtExecutionProvider", options),
         ("CUDAExecutionProvider", CUDA_OPTIONS),
@@ -199,8 +214,16 @@ def engine_section(rows: list[dict[str, Any]]) -> str:
     base = {r["batch"]: r["p50_ms"] for r in ok if (r["engine"], r["precision"]) == (TORCH_CUDA, "fp32")}
     for r in ok:
         r["speedup_vs_pytorch_cuda_fp32"] = ratio(base.get(r["batch"], float("nan")), r["p50_ms"])
-    cols = ["engine", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
-            "speedup_vs_pytorch_cuda_fp32"]  # fmt: skip
+    cols = [
+        "engine",
+        "precision",
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "throughput_ips",
+        "speedup_vs_pytorch_cuda_fp32",
+    ]
     errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
     text = "## Engines on the GPU (classifier)\n\n" + report.table(ok, cols)
     return text + (f"\n\nFailed:{errors}" if errors else "") + "\n"

@@ -35,10 +35,15 @@ class LoadResult:
     def as_dict(self) -> dict[str, Any]:
         stats = summarize(self.latencies_s).as_dict()
         return {
-            "mode": self.mode, "concurrency": self.concurrency, "rate_rps": self.rate_rps,
-            "duration_s": round(self.duration_s, 3), "ok": self.ok, "errors": self.errors,
-            "throughput_rps": self.ok / self.duration_s if self.duration_s else float("nan"), **stats,
-        }  # fmt: skip
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "rate_rps": self.rate_rps,
+            "duration_s": round(self.duration_s, 3),
+            "ok": self.ok,
+            "errors": self.errors,
+            "throughput_rps": self.ok / self.duration_s if self.duration_s else float("nan"),
+            **stats,
+        }
 
 
 async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s: float = 0.5) -> LoadResult:
@@ -100,10 +105,16 @@ def kserve_http_sender(
 ) -> Send:
     """KServe v2 HTTP infer with binary input and output tensors, body encoded once."""
     header = {
-        "inputs": [{"name": input_name, "shape": list(images.shape), "datatype": "UINT8",
-                    "parameters": {"binary_data_size": images.nbytes}}],
+        "inputs": [
+            {
+                "name": input_name,
+                "shape": list(images.shape),
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": images.nbytes},
+            }
+        ],
         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-    }  # fmt: skip
+    }
     head = json.dumps(header).encode()
     body = head + images.tobytes()
     headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}

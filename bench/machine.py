@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 LIBRARIES = (
-    "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "ctranslate2", "numpy", "fastapi", "uvicorn",
-    "tritonclient", "nvidia-pytriton", "grpcio",
-)  # fmt: skip
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "ctranslate2",
+    "numpy",
+    "fastapi",
+    "uvicorn",
+    "tritonclient",
+    "nvidia-pytriton",
+    "grpcio",
+)
 
 
 def cpu_model() -> str:

@@ -70,9 +70,16 @@ def find_perf_analyzer(venv: Path | None = None) -> PerfAnalyzer | None:
 
 
 def command(
-    tool: PerfAnalyzer, url: str, model: str, concurrency: int, csv_path: Path, *, protocol: str = "grpc",
-    window_ms: int = 1500, rate: float | None = None,
-) -> list[str]:  # fmt: skip
+    tool: PerfAnalyzer,
+    url: str,
+    model: str,
+    concurrency: int,
+    csv_path: Path,
+    *,
+    protocol: str = "grpc",
+    window_ms: int = 1500,
+    rate: float | None = None,
+) -> list[str]:
     """One perf_analyzer run, one image per request, CSV with percentiles: a closed loop at
     ``concurrency``, or with ``rate`` an open loop sending that many requests per second."""
     load = (
@@ -81,10 +88,27 @@ def command(
         else ["--concurrency-range", f"{concurrency}:{concurrency}"]
     )
     return [
-        str(tool.binary), "-m", model, "-u", url, "-i", protocol, "-b", "1", *load,
-        "--measurement-interval", str(window_ms),
-        "--max-trials", "3", "--stability-percentage", "1000", "--percentile", "50", "-f", str(csv_path),
-    ]  # fmt: skip
+        str(tool.binary),
+        "-m",
+        model,
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "-b",
+        "1",
+        *load,
+        "--measurement-interval",
+        str(window_ms),
+        "--max-trials",
+        "3",
+        "--stability-percentage",
+        "1000",
+        "--percentile",
+        "50",
+        "-f",
+        str(csv_path),
+    ]
 
 
 def parse_csv(path: Path) -> dict[str, float]:
@@ -111,9 +135,15 @@ def run_once(tool: PerfAnalyzer, url: str, model: str, concurrency: int, **kwarg
 
 
 def interleaved(
-    tool: PerfAnalyzer, targets: dict[str, str], model: str, concurrencies: Sequence[int], *, rounds: int = 3,
-    progress: Callable[[str], None] = log.info, **kwargs: Any,
-) -> list[dict[str, Any]]:  # fmt: skip
+    tool: PerfAnalyzer,
+    targets: dict[str, str],
+    model: str,
+    concurrencies: Sequence[int],
+    *,
+    rounds: int = 3,
+    progress: Callable[[str], None] = log.info,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
     """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair."""
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     for r in range(rounds):
@@ -134,14 +164,28 @@ def interleaved(
 def _median_row(target: str, concurrency: int, runs: list[dict[str, float]]) -> dict[str, Any]:
     keys = sorted({k for run in runs for k in run})
     medians = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
-    return {"target": target, "tool": "perf_analyzer", "protocol": "grpc", "concurrency": concurrency,
-            "runs": len(runs), **medians, "samples_rps": [round(run["throughput_rps"], 1) for run in runs]}  # fmt: skip
+    return {
+        "target": target,
+        "tool": "perf_analyzer",
+        "protocol": "grpc",
+        "concurrency": concurrency,
+        "runs": len(runs),
+        **medians,
+        "samples_rps": [round(run["throughput_rps"], 1) for run in runs],
+    }
 
 
 def side_by_side(
-    repository: Path, model: str, workdir: Path, *, concurrencies: Sequence[int], threads: int, rounds: int = 3,
-    workers: int = 1, progress: Callable[[str], None] = log.info,
-) -> dict[str, Any]:  # fmt: skip
+    repository: Path,
+    model: str,
+    workdir: Path,
+    *,
+    concurrencies: Sequence[int],
+    threads: int,
+    rounds: int = 3,
+    workers: int = 1,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
     """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC
     interleaved between them; ``{"rows": [...]}`` or ``{"skipped": why}``."""
     from contextlib import ExitStack

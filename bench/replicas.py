@@ -51,8 +51,13 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "wrong": self.wrong, "failed": self.failed, "cut": self.cut,
-                "errors": self.errors[:5]}  # fmt: skip
+        return {
+            "ok": self.ok,
+            "wrong": self.wrong,
+            "failed": self.failed,
+            "cut": self.cut,
+            "errors": self.errors[:5],
+        }
 
 
 @contextlib.contextmanager
@@ -91,10 +96,16 @@ def http_classifier(session: Any, url: str, model: str, input_name: str, images:
     async def ask(i: int) -> np.ndarray:
         image = images[i : i + 1]
         header = {
-            "inputs": [{"name": input_name, "shape": list(image.shape), "datatype": "UINT8",
-                        "parameters": {"binary_data_size": image.nbytes}}],
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(image.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": image.nbytes},
+                }
+            ],
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }  # fmt: skip
+        }
         head = json.dumps(header).encode()
         headers = {
             "Inference-Header-Content-Length": str(len(head)),
@@ -168,9 +179,12 @@ async def references(ask: Ask, count: int) -> list[Any]:
 
 
 async def fixed_load(
-    ask: Ask, expected: Sequence[Any], total: int, concurrency: int,
+    ask: Ask,
+    expected: Sequence[Any],
+    total: int,
+    concurrency: int,
     on_answer: Callable[[int], None] | None = None,
-) -> Tally:  # fmt: skip
+) -> Tally:
     """``total`` requests from ``concurrency`` workers, inputs in turn; ``on_answer(n)`` after each."""
     tally, issued = Tally(), iter(range(total))
 

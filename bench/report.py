@@ -40,8 +40,17 @@ def engine_section(rows: list[dict[str, Any]]) -> str:
     base = {r["batch"]: r["p50_ms"] for r in ok if r["engine"] == "pytorch"}
     for r in ok:
         r["speedup_vs_pytorch_p50"] = ratio(base.get(r["batch"], math.nan), r["p50_ms"])
-    cols = ["engine", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mib",
-            "speedup_vs_pytorch_p50"]  # fmt: skip
+    cols = [
+        "engine",
+        "precision",
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "throughput_ips",
+        "peak_rss_mib",
+        "speedup_vs_pytorch_p50",
+    ]
     errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
     return "## Engines (classifier)\n\n" + table(ok, cols) + (f"\n\nFailed:{errors}" if errors else "") + "\n"
 
@@ -52,8 +61,19 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
     for r in rows:
         r["x_naive"] = ratio(r["throughput_rps"], naive.get(r["concurrency"], math.nan))
         r["x_ort_best_batch"] = ratio(r["throughput_rps"], best_direct_ips)
-    cols = ["target", "protocol", "concurrency", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-            "errors", "x_naive", "x_ort_best_batch"]  # fmt: skip
+    cols = [
+        "target",
+        "protocol",
+        "concurrency",
+        "throughput_rps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "x_naive",
+        "x_ort_best_batch",
+    ]
     text = "## Servers (classifier, one image per request, closed loop)\n\n" + table(rows, cols) + "\n"
     if servers.get("open"):
         for r in servers["open"]:

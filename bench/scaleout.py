@@ -113,7 +113,7 @@ async def _references(replica: Replica, workload: dict[str, Any]) -> dict[str, l
         if workload["texts"]:
             ask = http_translator(session, replica.url, workload["translator"], workload["texts"])
             expected["translate"] = await references(ask, len(workload["texts"]))
-    return expected  # fmt: skip
+    return expected
 
 
 async def _kill_mid_load(
@@ -127,13 +127,20 @@ async def _kill_mid_load(
         if answered >= total // 4 and victim.process.poll() is None:
             victim.process.kill()
 
-    name, images, model, expected = workload["input_name"], workload["images"], workload["classifier"], workload["expected"]["http"]  # fmt: skip
+    name, images, model, expected = (
+        workload["input_name"],
+        workload["images"],
+        workload["classifier"],
+        workload["expected"]["http"],
+    )
     async with http_session(16) as session, grpc.aio.insecure_channel(balancer.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         http, grpc_ = await asyncio.gather(
-            fixed_load(http_classifier(session, balancer.http_url, model, name, images), expected, total, 8, kill),
+            fixed_load(
+                http_classifier(session, balancer.http_url, model, name, images), expected, total, 8, kill
+            ),
             fixed_load(grpc_classifier(stub, model, name, images), expected, total, 8, kill),
-        )  # fmt: skip
+        )
     return {
         "requests_per_protocol": total,
         "http": http.as_dict(),
@@ -160,8 +167,13 @@ def run(
     repository: Path = args.repository
     input_name, images = classifier_input(repository, args.classifier, INPUTS)
     translate = (repository / args.translator / "kiln.json").exists()
-    workload = {"classifier": args.classifier, "translator": args.translator, "input_name": input_name,
-                "images": images, "texts": _texts(INPUTS) if translate else []}  # fmt: skip
+    workload = {
+        "classifier": args.classifier,
+        "translator": args.translator,
+        "input_name": input_name,
+        "images": images,
+        "texts": _texts(INPUTS) if translate else [],
+    }
     workdir = out / "logs" / "replicas"
     load_average = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
@@ -174,13 +186,26 @@ def run(
         progress("replicas: one of three killed mid-load")
         with run_balancer([r.upstream for r in replicas], workdir / "kill") as balancer:
             kill = asyncio.run(_kill_mid_load(balancer, replicas[-1], workload, total=200))
-    return {"rows": rows, "kill": kill, "load_average": load_average,
-            "markdown": markdown(rows, kill, args.classifier, load_average)}  # fmt: skip
+    return {
+        "rows": rows,
+        "kill": kill,
+        "load_average": load_average,
+        "markdown": markdown(rows, kill, args.classifier, load_average),
+    }
 
 
 def markdown(rows: list[dict[str, Any]], kill: dict[str, Any], classifier: str, load_average: float) -> str:
-    cols = ["replicas", "http_per_s", "grpc_per_s", "translate_per_s", "http_spread", "grpc_spread",
-            "rows_per_step", "wrong", "failed"]  # fmt: skip
+    cols = [
+        "replicas",
+        "http_per_s",
+        "grpc_per_s",
+        "translate_per_s",
+        "http_spread",
+        "grpc_spread",
+        "rows_per_step",
+        "wrong",
+        "failed",
+    ]
     base = rows[0]
     for r in rows:
         r["http_x"] = r["http_per_s"] / base["http_per_s"] if base["http_per_s"] else float("nan")

@@ -125,9 +125,17 @@ def batch_histogram(metrics_url: str, model: str) -> dict[str, float]:
 
 
 def run_servers(
-    repository: Path, checkpoint: Path, model: str, workdir: Path, *, concurrencies, duration_s: float,
-    threads: int, workers: int = 1, progress: Callable[[str], None] = log.info,
-) -> dict[str, Any]:  # fmt: skip
+    repository: Path,
+    checkpoint: Path,
+    model: str,
+    workdir: Path,
+    *,
+    concurrencies,
+    duration_s: float,
+    threads: int,
+    workers: int = 1,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
     """Every server target under the same closed-loop load, plus an open-loop run at half peak."""
     meta_dims = _input_dims(repository, model)
     images = np.random.default_rng(0).integers(0, 256, size=(1, *meta_dims), dtype=np.uint8)

@@ -58,11 +58,16 @@ def _row(
     lat=None,
 ):
     row = {
-        "engine": engine, "beam": beam, "concurrency": concurrency, "sentences": len(texts),
-        "sentences_per_s": len(texts) / elapsed, "tokens_per_s": count(hyps) / elapsed, "bleu": bleu(hyps, refs),
+        "engine": engine,
+        "beam": beam,
+        "concurrency": concurrency,
+        "sentences": len(texts),
+        "sentences_per_s": len(texts) / elapsed,
+        "tokens_per_s": count(hyps) / elapsed,
+        "bleu": bleu(hyps, refs),
         "exact_match": 100.0 * sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
         "hyps": hyps,
-    }  # fmt: skip
+    }
     if lat is not None:
         row.update({k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p90_ms", "p99_ms")})
     return row
@@ -114,8 +119,9 @@ def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count
     rows = []
     for compute in ("float32", "int8"):
         for layout, (inter, intra) in CT2_LAYOUTS.items():
-            translator = CT2Translator(model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra,
-                                       compute_type=compute)  # fmt: skip
+            translator = CT2Translator(
+                model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra, compute_type=compute
+            )
             name = f"ctranslate2 {'fp32' if compute == 'float32' else compute} ({layout})"
             for beam in beams:
                 translator.translate(texts[:8], beam_size=beam)  # warm up
@@ -249,8 +255,10 @@ def _median_run(
     url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, repeats: int = 3
 ):
     """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x)."""
-    runs = sorted((asyncio.run(_gateway_run(url, model, texts, beam, concurrency)) for _ in range(repeats)),
-                  key=lambda run: run[1])  # fmt: skip
+    runs = sorted(
+        (asyncio.run(_gateway_run(url, model, texts, beam, concurrency)) for _ in range(repeats)),
+        key=lambda run: run[1],
+    )
     return runs[len(runs) // 2]
 
 
@@ -310,9 +318,15 @@ def triton_rows(repository, model, texts, refs, concurrency, threads, out, count
 
 def _find(rows, engine: str, beam: int = 4, concurrency: int | None = None) -> dict[str, Any] | None:
     return next(
-        (r for r in rows if r["engine"] == engine and r["beam"] == beam
-         and (concurrency is None or r["concurrency"] == concurrency)), None,
-    )  # fmt: skip
+        (
+            r
+            for r in rows
+            if r["engine"] == engine
+            and r["beam"] == beam
+            and (concurrency is None or r["concurrency"] == concurrency)
+        ),
+        None,
+    )
 
 
 def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,17 +335,47 @@ def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ct_one = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=32)
     ct_lat = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=1)
     checks = [
-        ("gateway c=32 beam 4 tokens/s >= 0.5x CTranslate2 fp32 at its best layout", 0.5,
-         _find(rows, "gateway", concurrency=32), ct_best, "tokens_per_s", False),
-        ("gateway c=32 beam 4 >= 4x the PyTorch reference with KV cache", 4.0,
-         _find(rows, "gateway", concurrency=32), _find(rows, "pytorch (kv cache)"), "tokens_per_s", False),
-        ("in-process engine (batch 32, 1 thread) >= 0.6x CTranslate2 fp32 at 1 thread", 0.6,
-         _find(rows, "kiln engine (batch 32)"), ct_one, "tokens_per_s", False),
-        ("int8 entry through the gateway >= 0.7x CTranslate2 fp32 at its best layout", 0.7,
-         _find(rows, "gateway (int8 entry)"), ct_best, "tokens_per_s", False),
-        ("batch-1 latency p50 (beam 4) <= 2x CTranslate2 fp32 at 1 thread", 2.0,
-         _find(rows, "kiln engine (scheduler)", concurrency=1), ct_lat, "p50_ms", True),
-    ]  # fmt: skip
+        (
+            "gateway c=32 beam 4 tokens/s >= 0.5x CTranslate2 fp32 at its best layout",
+            0.5,
+            _find(rows, "gateway", concurrency=32),
+            ct_best,
+            "tokens_per_s",
+            False,
+        ),
+        (
+            "gateway c=32 beam 4 >= 4x the PyTorch reference with KV cache",
+            4.0,
+            _find(rows, "gateway", concurrency=32),
+            _find(rows, "pytorch (kv cache)"),
+            "tokens_per_s",
+            False,
+        ),
+        (
+            "in-process engine (batch 32, 1 thread) >= 0.6x CTranslate2 fp32 at 1 thread",
+            0.6,
+            _find(rows, "kiln engine (batch 32)"),
+            ct_one,
+            "tokens_per_s",
+            False,
+        ),
+        (
+            "int8 entry through the gateway >= 0.7x CTranslate2 fp32 at its best layout",
+            0.7,
+            _find(rows, "gateway (int8 entry)"),
+            ct_best,
+            "tokens_per_s",
+            False,
+        ),
+        (
+            "batch-1 latency p50 (beam 4) <= 2x CTranslate2 fp32 at 1 thread",
+            2.0,
+            _find(rows, "kiln engine (scheduler)", concurrency=1),
+            ct_lat,
+            "p50_ms",
+            True,
+        ),
+    ]
     out = []
     for target, goal, ours, theirs, key, lower_is_better in checks:
         measured = (
@@ -344,8 +388,15 @@ def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if ours
             else "not run"
         )
-        out.append({"target": target, "goal": goal, "measured": measured, "note": note,
-                    "lower_is_better": lower_is_better})  # fmt: skip
+        out.append(
+            {
+                "target": target,
+                "goal": goal,
+                "measured": measured,
+                "note": note,
+                "lower_is_better": lower_is_better,
+            }
+        )
     return out
 
 
@@ -363,12 +414,29 @@ def run(
     beams, rows, errors = profile["beams"], [], {}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     progress(f"translation: gateway, {len(texts)} sentences, beams {list(beams)}")
-    rows += gateway_rows(args.repository, args.translator, texts, refs, beams, profile["translate_concurrency"],
-                         args.threads, out / "logs", count)  # fmt: skip
+    rows += gateway_rows(
+        args.repository,
+        args.translator,
+        texts,
+        refs,
+        beams,
+        profile["translate_concurrency"],
+        args.threads,
+        out / "logs",
+        count,
+    )
     try:
         progress("translation: gateway -> Triton (own scheduler vs Triton's python model)")
-        rows += triton_rows(args.repository, args.translator, texts, refs, max(profile["translate_concurrency"]),
-                            args.threads, out / "logs", count)  # fmt: skip
+        rows += triton_rows(
+            args.repository,
+            args.translator,
+            texts,
+            refs,
+            max(profile["translate_concurrency"]),
+            args.threads,
+            out / "logs",
+            count,
+        )
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["triton"] = str(exc)
     progress("translation: Kiln's decoding engine in-process (batch, scheduler, batch-1)")
@@ -382,8 +450,19 @@ def run(
         errors["ctranslate2"] = str(exc)
     agreement(rows)
     targets = acceptance(rows)
-    cols = ["engine", "beam", "concurrency", "sentences", "tokens_per_s", "sentences_per_s", "p50_ms", "p99_ms",
-            "bleu", "exact_match", "same_as_reference"]  # fmt: skip
+    cols = [
+        "engine",
+        "beam",
+        "concurrency",
+        "sentences",
+        "tokens_per_s",
+        "sentences_per_s",
+        "p50_ms",
+        "p99_ms",
+        "bleu",
+        "exact_match",
+        "same_as_reference",
+    ]
     md = "## Translation (`transformer`, held-out test sentences)\n\n" + table(rows, cols) + "\n"
     if errors:
         md += "\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"

@@ -174,9 +174,12 @@ def _trt_candidates(
             continue
         ctx.step(f"TensorRT {b.precision}")
         plan = tensorrt.build_engine(
-            b.model_file, work / f"trt_{b.precision}" / "model.plan", spec, precision=b.precision,
+            b.model_file,
+            work / f"trt_{b.precision}" / "model.plan",
+            spec,
+            precision=b.precision,
             timing_cache=ctx.repository / ".kiln_trt_timing.cache",
-        )  # fmt: skip
+        )
         report = ParityReport(
             tolerance=spec.atol, metrics={"note": "engine built from the checked ONNX graph"}
         )

@@ -158,8 +158,11 @@ def specialized_axes(model: onnx.ModelProto, spec: GraphSpec) -> list[str]:
         dims = value.type.tensor_type.shape.dim
         if tensor is None or len(dims) != len(tensor.shape):
             continue
-        fixed += [f"{value.name}[{i}]={d.dim_value}" for i, (a, d) in enumerate(zip(tensor.shape, dims, strict=True))
-                  if isinstance(a, str) and d.HasField("dim_value")]  # fmt: skip
+        fixed += [
+            f"{value.name}[{i}]={d.dim_value}"
+            for i, (a, d) in enumerate(zip(tensor.shape, dims, strict=True))
+            if isinstance(a, str) and d.HasField("dim_value")
+        ]
     return fixed
 
 

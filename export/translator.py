@@ -61,9 +61,13 @@ def decoder_inputs(
     valid = torch.ones(rows, past, dtype=torch.bool)
     valid[1:, :1] = False
     state = init_state(
-        spec, encoded, rows, past=past, past_valid=valid,
+        spec,
+        encoded,
+        rows,
+        past=past,
+        past_valid=valid,
         cache_fill=lambda shape, **_: torch.randn(*shape, generator=gen),
-    )  # fmt: skip
+    )
     tokens = torch.from_numpy(rng.integers(4, spec["vocab_size"], size=rows).astype(np.int64))
     return step_inputs(spec, state, tokens, past)
 
@@ -90,8 +94,10 @@ def encoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_ba
     rng = np.random.default_rng(0)
     outputs = probe_tensor_specs(
         lambda s: model.encode(random_source(spec, s["batch"], s["src_len"], rng)),
-        spec["encoder"]["outputs"], [BATCH, "src_len"], {},
-    )  # fmt: skip
+        spec["encoder"]["outputs"],
+        [BATCH, "src_len"],
+        {},
+    )
     inputs = (TensorSpec("src_ids", "int64", (BATCH, "src_len"), "src_ids"),)
     axes = _axes(spec, max_batch, (BATCH, "src_len"))
     return GraphSpec(f"{name}_encoder", "encoder", inputs, outputs, axes, max_batch_size=max_batch)

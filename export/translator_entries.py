@@ -59,8 +59,14 @@ def _write_graph(
                 config, cudnn_conv_algo_search=ctx.options.cudnn_conv_algo_search, tensorrt=False
             )
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
-        return {"task": task, **meta, **_tensors(spec), "roles": spec.roles, "max_batch_size": spec.max_batch_size,
-                "platform": "onnxruntime_onnx"}  # fmt: skip
+        return {
+            "task": task,
+            **meta,
+            **_tensors(spec),
+            "roles": spec.roles,
+            "max_batch_size": spec.max_batch_size,
+            "platform": "onnxruntime_onnx",
+        }
 
     return repository.write_entry(ctx.repository, spec.name, fill)
 

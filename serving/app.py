@@ -86,9 +86,13 @@ def make_gateway(
     if settings.decode_workers is not None:
         scheduler_config = replace(scheduler_config, workers=settings.decode_workers)
     return Gateway(
-        backend, repository, scheduler_config=scheduler_config, observer=metrics,
-        retry_after_s=settings.retry_after_s, shutdown_grace_s=settings.shutdown_grace_s,
-    )  # fmt: skip
+        backend,
+        repository,
+        scheduler_config=scheduler_config,
+        observer=metrics,
+        retry_after_s=settings.retry_after_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
 
 
 def make_backend(settings: Settings, repository: Repository, metrics: GatewayMetrics) -> Backend:
@@ -97,9 +101,12 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         from serving.execution.triton import TritonBackend
 
         return TritonBackend(
-            settings.triton_url, timeout_s=settings.request_timeout_s, retry_after_s=settings.retry_after_s,
-            repository=repository, translate=settings.triton_translate,
-        )  # fmt: skip
+            settings.triton_url,
+            timeout_s=settings.request_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            repository=repository,
+            translate=settings.triton_translate,
+        )
     from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(

@@ -63,16 +63,42 @@ def test_open_loop_sends_at_the_fixed_rate_and_counts_raised_errors():
 
 def test_report_writes_json_markdown_with_ratios_and_plots(tmp_path):
     engines_rows = [
-        {"engine": "pytorch", "precision": "fp32", "batch": 1, "p50_ms": 4.0, "p90_ms": 5, "p99_ms": 6,
-         "throughput_ips": 250.0, "peak_rss_mib": 300},
-        {"engine": "onnxruntime", "precision": "fp32", "batch": 1, "p50_ms": 1.0, "p90_ms": 1, "p99_ms": 2,
-         "throughput_ips": 1000.0, "peak_rss_mib": 100},
-    ]  # fmt: skip
+        {
+            "engine": "pytorch",
+            "precision": "fp32",
+            "batch": 1,
+            "p50_ms": 4.0,
+            "p90_ms": 5,
+            "p99_ms": 6,
+            "throughput_ips": 250.0,
+            "peak_rss_mib": 300,
+        },
+        {
+            "engine": "onnxruntime",
+            "precision": "fp32",
+            "batch": 1,
+            "p50_ms": 1.0,
+            "p90_ms": 1,
+            "p99_ms": 2,
+            "throughput_ips": 1000.0,
+            "peak_rss_mib": 100,
+        },
+    ]
     closed = [
-        {"target": t, "protocol": "http", "concurrency": c, "throughput_rps": rps, "p50_ms": 1.0, "p90_ms": 2.0,
-         "p99_ms": 3.0, "max_ms": 4.0, "errors": 0}
-        for t, rps in (("gateway", 800.0), ("naive", 100.0)) for c in (1, 64)
-    ]  # fmt: skip
+        {
+            "target": t,
+            "protocol": "http",
+            "concurrency": c,
+            "throughput_rps": rps,
+            "p50_ms": 1.0,
+            "p90_ms": 2.0,
+            "p99_ms": 3.0,
+            "max_ms": 4.0,
+            "errors": 0,
+        }
+        for t, rps in (("gateway", 800.0), ("naive", 100.0))
+        for c in (1, 64)
+    ]
     results = {
         "engines": engines_rows,
         "servers": {"closed": closed, "open": [], "batch_histogram": {"1.0": 3, "8.0": 10, "+Inf": 10}},
@@ -96,8 +122,11 @@ def test_engine_jobs_measure_pytorch_and_onnxruntime_on_the_exported_entry(tmp_p
     assert [j.engine for j in jobs] == ["pytorch", "onnxruntime"]
     rows = engines.run_jobs(jobs)
     assert [(r["engine"], r["batch"]) for r in rows] == [
-        ("pytorch", 1), ("pytorch", 4), ("onnxruntime", 1), ("onnxruntime", 4)
-    ]  # fmt: skip
+        ("pytorch", 1),
+        ("pytorch", 4),
+        ("onnxruntime", 1),
+        ("onnxruntime", 4),
+    ]
     assert all(r["p50_ms"] > 0 and r["peak_rss_mib"] > 0 and r["throughput_ips"] > 0 for r in rows)
 
 
@@ -115,9 +144,16 @@ def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):
     ]
     tok = build_tokenizers(pairs * 4, TokenizerConfig(vocab_size=60, min_frequency=1))
     model = build_model(
-        "transformer", src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, d_model=32, heads=4,
-        ffn_dim=64, encoder_layers=2, decoder_layers=2, dropout=0.0,
-    ).eval()  # fmt: skip
+        "transformer",
+        src_vocab_size=tok.src_vocab_size,
+        tgt_vocab_size=tok.tgt_vocab_size,
+        d_model=32,
+        heads=4,
+        ffn_dim=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.0,
+    ).eval()
     with torch.no_grad():  # move LayerNorm/bias parameters away from their trivial init
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -148,8 +184,14 @@ def _fake_entries(root, precisions=("fp32", "fp16", "int8")):
         entry = root / ("resnet18" if precision == "fp32" else f"resnet18_{precision}")
         (entry / "1").mkdir(parents=True)
         (entry / "1" / "model.onnx").write_bytes(b"")
-        meta = {"task": "classify", "model": {"name": "resnet18"}, "precision": precision, "version": "1",
-                "inputs": [{"dims": [-1, 32, 32, 1]}], "source_checkpoint": {"path": str(ckpt)}}  # fmt: skip
+        meta = {
+            "task": "classify",
+            "model": {"name": "resnet18"},
+            "precision": precision,
+            "version": "1",
+            "inputs": [{"dims": [-1, 32, 32, 1]}],
+            "source_checkpoint": {"path": str(ckpt)},
+        }
         (entry / "kiln.json").write_text(json.dumps(meta))
     return root
 
@@ -162,11 +204,17 @@ def test_the_gpu_profile_measures_every_cuda_engine_on_fp32_and_fp16_but_not_int
 
     repo = _fake_entries(tmp_path)
     jobs = gpu.gpu_jobs(repo, tmp_path, "resnet18", (1, 64), 1.0, gpu.CudaStatus(True, GPU_FULL, "H200"))
-    assert sorted((j.engine, j.precision) for j in jobs) == sorted([
-        ("pytorch-cuda", "fp32"), ("pytorch-cuda", "fp16"),
-        *[(e, p) for e in ("onnxruntime-cuda", "onnxruntime-cuda+iobinding", "onnxruntime-tensorrt")
-          for p in ("fp32", "fp16")],
-    ])  # fmt: skip
+    assert sorted((j.engine, j.precision) for j in jobs) == sorted(
+        [
+            ("pytorch-cuda", "fp32"),
+            ("pytorch-cuda", "fp16"),
+            *[
+                (e, p)
+                for e in ("onnxruntime-cuda", "onnxruntime-cuda+iobinding", "onnxruntime-tensorrt")
+                for p in ("fp32", "fp16")
+            ],
+        ]
+    )
     assert all(j.batch_sizes == (1, 64) for j in jobs)
 
 
@@ -200,9 +248,15 @@ def test_the_gpu_profile_without_cuda_says_so_and_measures_nothing(tmp_path, mon
 def test_gpu_engine_rows_are_compared_with_pytorch_cuda_fp32_at_the_same_batch():
     from bench import gpu
 
-    rows = [{"engine": "pytorch-cuda", "precision": "fp32", "batch": 8, "p50_ms": 4.0},
-            {"engine": "onnxruntime-cuda+iobinding", "precision": "fp16", "batch": 8, "p50_ms": 1.0},
-            {"engine": "onnxruntime-tensorrt", "precision": "fp16", "error": "TensorrtExecutionProvider did not load"}]  # fmt: skip
+    rows = [
+        {"engine": "pytorch-cuda", "precision": "fp32", "batch": 8, "p50_ms": 4.0},
+        {"engine": "onnxruntime-cuda+iobinding", "precision": "fp16", "batch": 8, "p50_ms": 1.0},
+        {
+            "engine": "onnxruntime-tensorrt",
+            "precision": "fp16",
+            "error": "TensorrtExecutionProvider did not load",
+        },
+    ]
     text = gpu.engine_section(rows)
     assert rows[1]["speedup_vs_pytorch_cuda_fp32"] == 4.0
     assert "onnxruntime-tensorrt fp16: TensorrtExecutionProvider did not load" in text

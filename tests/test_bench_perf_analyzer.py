@@ -25,8 +25,12 @@ def test_the_csv_gives_throughput_and_latency_percentiles_in_milliseconds(tmp_pa
     path = tmp_path / "pa.csv"
     path.write_text(CSV)
     assert pa.parse_csv(path) == {
-        "throughput_rps": 223.476, "p50_ms": 3.125, "p90_ms": 8.026, "p95_ms": 9.282, "p99_ms": 12.143,
-    }  # fmt: skip
+        "throughput_rps": 223.476,
+        "p50_ms": 3.125,
+        "p90_ms": 8.026,
+        "p95_ms": 9.282,
+        "p99_ms": 12.143,
+    }
 
 
 def test_closed_loop_asks_for_one_concurrency_and_open_loop_for_one_rate(tmp_path):

@@ -28,8 +28,9 @@ KSERVE_SCHEMA = DEPLOY / "schemas" / "kserve-inferenceservice-v1beta1.json"
 ADAPTER_RULES = DEPLOY / "monitoring" / "prometheus-adapter-rules.yaml"
 # Every kustomization a user deploys: the overlays and the KServe one (bases are rendered through them).
 TARGETS = sorted(
-    str(p.parent.relative_to(DEPLOY)) for p in (*DEPLOY.glob("overlays/*/kustomization.yaml"), DEPLOY / "kserve/kustomization.yaml")
-)  # fmt: skip
+    str(p.parent.relative_to(DEPLOY))
+    for p in (*DEPLOY.glob("overlays/*/kustomization.yaml"), DEPLOY / "kserve/kustomization.yaml")
+)
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl is not installed: kustomize cannot render"
@@ -108,9 +109,7 @@ def test_a_broken_overlay_renders_but_strict_validation_rejects_it(tmp_path) -> 
     shutil.copytree(DEPLOY, tmp_path / "deploy")
     broken = tmp_path / "deploy" / "overlays" / "broken"
     broken.mkdir()
-    (broken / "kustomization.yaml").write_text(
-        "resources: [../cpu]\npatches:\n  - path: typo.yaml\n"
-    )  # fmt: skip
+    (broken / "kustomization.yaml").write_text("resources: [../cpu]\npatches:\n  - path: typo.yaml\n")
     (broken / "typo.yaml").write_text(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: kiln-gateway}\n"
         "spec: {template: {spec: {terminationGracePeriodSecond: 45}}}\n"
@@ -212,9 +211,12 @@ def test_gateways_reach_triton_through_a_per_request_balancer_over_the_headless_
 def test_the_triton_balancer_configuration_is_accepted_by_haproxy(tmp_path) -> None:
     config = DEPLOY / "overlays" / "gpu" / "haproxy.cfg"
     done = subprocess.run(
-        ["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=60,
+        ["haproxy", "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"POD_NAMESPACE": "kiln", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

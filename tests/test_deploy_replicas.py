@@ -103,9 +103,15 @@ async def _classify_everywhere(repository: Path, replicas, balancer, total: int,
         )
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         return await asyncio.gather(
-            fixed_load(http_classifier(session, balancer.http_url, CLASSIFIER, name, images), expected, total, 8, on_answer),
+            fixed_load(
+                http_classifier(session, balancer.http_url, CLASSIFIER, name, images),
+                expected,
+                total,
+                8,
+                on_answer,
+            ),
             fixed_load(grpc_classifier(stub, CLASSIFIER, name, images), expected, total, 8, on_answer),
-        )  # fmt: skip
+        )
 
 
 @needs_haproxy

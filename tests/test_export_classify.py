@@ -69,10 +69,16 @@ def small_model(name: str) -> tuple[nn.Module, dict]:
 def write_checkpoint(tmp: Path, name: str, data: dict | None = None) -> Path:
     model, args = small_model(name)
     ckpt = make_checkpoint(
-        task="classify", model_name=name, model_args=args, model=model, train_config={}, metrics={},
+        task="classify",
+        model_name=name,
+        model_args=args,
+        model=model,
+        train_config={},
+        metrics={},
         preprocessing={"input_size": [SIZE, SIZE], "channels": 1, "mean": [0.4], "std": [0.3]},
-        labels=[f"class_{i}" for i in range(5)], data=data,
-    )  # fmt: skip
+        labels=[f"class_{i}" for i in range(5)],
+        data=data,
+    )
     return save_checkpoint(ckpt, tmp / f"{name}.pt")
 
 
@@ -139,8 +145,11 @@ def test_a_batchnorm_without_a_foldable_predecessor_becomes_a_channel_affine():
 
 
 def test_conv_followed_by_batchnorm_is_folded_into_the_conv():
-    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 6),
-                                              nn.BatchNorm1d(6)))  # fmt: skip
+    model = randomize_batchnorm(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 6), nn.BatchNorm1d(6)
+        )
+    )
     frozen, report = freeze(model, (torch.randn(2, 3, 8, 8),))
     assert report.folded == [("0", "1"), ("3", "4")]
     assert isinstance(frozen[1], nn.Identity) and isinstance(frozen[4], nn.Identity)
@@ -191,8 +200,14 @@ def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path):
 
 def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_path):
     ckpt = write_checkpoint(tmp_path, "lenet")
-    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "fp16", "int8"), int8_max_drop=100.0,
-                                validation=tiny_images(), tensorrt="off")  # fmt: skip
+    results = export_checkpoint(
+        ckpt,
+        tmp_path / "repo",
+        precisions=("fp32", "fp16", "int8"),
+        int8_max_drop=100.0,
+        validation=tiny_images(),
+        tensorrt="off",
+    )
     status = {r.entry: r.status for r in results}
     assert status["lenet_fp16"] == "written" and status["lenet_int8"] == "written"
     int8 = onnx.load(str(tmp_path / "repo" / "lenet_int8" / "1" / "model.onnx"))
@@ -204,8 +219,15 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
     def doctored(gate: GateResult) -> GateResult:  # pretend int8 lost 10 points of accuracy
         return GateResult(gate.accuracy_fp32, gate.accuracy_fp32 - 0.10, gate.max_drop)
 
-    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "int8"), int8_max_drop=0.5,
-                                validation=tiny_images(), tensorrt="off", accuracy_hook=doctored)  # fmt: skip
+    results = export_checkpoint(
+        ckpt,
+        tmp_path / "repo",
+        precisions=("fp32", "int8"),
+        int8_max_drop=0.5,
+        validation=tiny_images(),
+        tensorrt="off",
+        accuracy_hook=doctored,
+    )
     int8 = next(r for r in results if r.entry == "lenet_int8")
     assert int8.status == "rejected" and "10.00 > 0.5" in int8.message
     assert not (tmp_path / "repo" / "lenet_int8").exists()
@@ -213,8 +235,14 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
 
 def test_int8_gate_of_minus_one_point_always_rejects(tmp_path):
     ckpt = write_checkpoint(tmp_path, "lenet")
-    results = export_checkpoint(ckpt, tmp_path / "repo", precisions=("fp32", "int8"), int8_max_drop=-1.0,
-                                validation=tiny_images(), tensorrt="off")  # fmt: skip
+    results = export_checkpoint(
+        ckpt,
+        tmp_path / "repo",
+        precisions=("fp32", "int8"),
+        int8_max_drop=-1.0,
+        validation=tiny_images(),
+        tensorrt="off",
+    )
     assert {r.entry: r.status for r in results}["lenet_int8"] == "rejected"
 
 
@@ -243,8 +271,15 @@ def _is_frozen(model: nn.Module) -> bool:
 
 
 def test_validation_split_from_the_checkpoint_is_used_for_top1_agreement(tmp_path):
-    data = {"dataset": "digits", "image_size": SIZE, "channels": 1, "seed": 0, "val_fraction": 0.2,
-            "limit_train": 32, "limit_val": 40}  # fmt: skip
+    data = {
+        "dataset": "digits",
+        "image_size": SIZE,
+        "channels": 1,
+        "seed": 0,
+        "val_fraction": 0.2,
+        "limit_train": 32,
+        "limit_val": 40,
+    }
     ckpt = write_checkpoint(tmp_path, "lenet", data=data)
     results = export_checkpoint(ckpt, tmp_path / "repo", tensorrt="off")
     parity = results[0].parity

@@ -22,21 +22,30 @@ PREP = {"input_size": [32, 32], "channels": 1, "mean": [0.5], "std": [0.25]}
 AXES = {BATCH: AxisRange(1, 16, 64), "src_len": AxisRange(1, 16, 64), "past_len": AxisRange(0, 16, 63)}
 
 ENCODER = GraphSpec(
-    "transformer_encoder", "encoder",
+    "transformer_encoder",
+    "encoder",
     inputs=(TensorSpec("src_ids", "int64", (BATCH, "src_len")),),
-    outputs=(TensorSpec("src_mask", "bool", (BATCH, "src_len")),
-             TensorSpec("cross_k", "float32", (BATCH, 2, 4, "src_len", 8))),
+    outputs=(
+        TensorSpec("src_mask", "bool", (BATCH, "src_len")),
+        TensorSpec("cross_k", "float32", (BATCH, 2, 4, "src_len", 8)),
+    ),
     axes={k: AXES[k] for k in (BATCH, "src_len")},
-)  # fmt: skip
+)
 DECODER = GraphSpec(
-    "transformer_decoder", "decoder",
-    inputs=(TensorSpec("tokens", "int64", (BATCH,), "tokens"),
-            TensorSpec("self_k", "float32", (BATCH, 2, 4, "past_len", 8), "cache"),
-            TensorSpec("cache_mask", "bool", (BATCH, "past_len"), "cache_mask")),
-    outputs=(TensorSpec("log_probs", "float32", (BATCH, 40)),
-             TensorSpec("new_self_k", "float32", (BATCH, 2, 4, 1, 8))),
-    axes={k: AXES[k] for k in (BATCH, "past_len")}, max_batch_size=256,
-)  # fmt: skip
+    "transformer_decoder",
+    "decoder",
+    inputs=(
+        TensorSpec("tokens", "int64", (BATCH,), "tokens"),
+        TensorSpec("self_k", "float32", (BATCH, 2, 4, "past_len", 8), "cache"),
+        TensorSpec("cache_mask", "bool", (BATCH, "past_len"), "cache_mask"),
+    ),
+    outputs=(
+        TensorSpec("log_probs", "float32", (BATCH, 40)),
+        TensorSpec("new_self_k", "float32", (BATCH, 2, 4, 1, 8)),
+    ),
+    axes={k: AXES[k] for k in (BATCH, "past_len")},
+    max_batch_size=256,
+)
 
 
 def _graph(spec):

@@ -75,8 +75,10 @@ def _translator_checkpoint(name: str, root: Path) -> Path:
     return save_checkpoint(ckpt, root / f"{name}.pt")
 
 
-@pytest.fixture(scope="module", params=TRANSLATORS or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no translator registered yet"))])  # fmt: skip
+@pytest.fixture(
+    scope="module",
+    params=TRANSLATORS or [pytest.param(None, marks=pytest.mark.skip(reason="no translator registered yet"))],
+)
 def exported(request, tmp_path_factory) -> tuple[str, Path, list]:
     name = request.param
     root = tmp_path_factory.mktemp(name)

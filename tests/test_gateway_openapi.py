@@ -69,11 +69,29 @@ def test_fuzzing_the_openapi_finds_no_server_error_and_no_schema_violation(gatew
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(models=gateway.models))
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run",
-        f"http://{gateway.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
-        "--seed", str(SEED), "--workers", "1", "--request-timeout", "60", "--generation-database", "none",
-        "--phases", "examples,coverage,fuzzing" + (",stateful" if LONG_RUN else ""),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"http://{gateway.url}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--generation-database",
+        "none",
+        "--phases",
+        "examples,coverage,fuzzing" + (",stateful" if LONG_RUN else ""),
+    ]
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=1800)
     report = run.stdout[-6000:] + run.stderr[-2000:]
     assert run.returncode == 0, report

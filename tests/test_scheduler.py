@@ -17,7 +17,11 @@ from tests.waiting import until
 
 VOCAB = 9
 SPEC = {
-    "pad_id": 0, "bos_id": 1, "eos_id": 2, "vocab_size": VOCAB, "max_positions": 40,
+    "pad_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "vocab_size": VOCAB,
+    "max_positions": 40,
     "encoder": {"inputs": ["src_ids"], "outputs": ["memory", "src_mask", "h0"]},
     "decoder": {
         "inputs": [
@@ -31,9 +35,17 @@ SPEC = {
         ],
         "outputs": ["log_probs", "new_past", "h_out"],
     },
-    "dtypes": {"src_ids": "int64", "tokens": "int64", "positions": "int64", "src_mask": "bool",
-               "cache_mask": "bool", "memory": "float32", "past": "float32", "h0": "float32"},
-}  # fmt: skip
+    "dtypes": {
+        "src_ids": "int64",
+        "tokens": "int64",
+        "positions": "int64",
+        "src_mask": "bool",
+        "cache_mask": "bool",
+        "memory": "float32",
+        "past": "float32",
+        "h0": "float32",
+    },
+}
 
 
 def fake_encoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -84,9 +84,19 @@ def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lene
     from tests.test_data_images import write_folder
 
     root = write_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=6, size=(16, 16))
-    path = classify.train(classify.TrainConfig(dataset="folder", data_path=str(root), image_size=16, epochs=1,
-                                               finetune=str(lenet_run), output_dir=str(tmp_path / "ft"),
-                                               name="lenet_abc", batch_size=8, progress=False))  # fmt: skip
+    path = classify.train(
+        classify.TrainConfig(
+            dataset="folder",
+            data_path=str(root),
+            image_size=16,
+            epochs=1,
+            finetune=str(lenet_run),
+            output_dir=str(tmp_path / "ft"),
+            name="lenet_abc",
+            batch_size=8,
+            progress=False,
+        )
+    )
     ckpt = load_checkpoint(path)
     assert ckpt["model"]["args"]["num_classes"] == 3 and ckpt["labels"] == ["a", "b", "c"]
     assert ckpt["preprocessing"]["channels"] == 1  # taken from the finetuned checkpoint
@@ -145,10 +155,35 @@ def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
 def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(tmp_path):
     # Pinned to the CPU (gloo): with --device auto, a one-GPU machine would give rank 1 no GPU.
     hashes = tmp_path / "hashes"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.classify", "--model", "lenet", "--epochs", "1", "--limit-train", "64",
-           "--limit-val", "32", "--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu",
-           "--output-dir", str(tmp_path / "out"), "--debug-rank-hashes", str(hashes)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.classify",
+        "--model",
+        "lenet",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-val",
+        "32",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--debug-rank-hashes",
+        str(hashes),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

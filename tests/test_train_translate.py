@@ -38,9 +38,36 @@ def tsv(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(TINY_ARGS))
 def test_a_tiny_tsv_corpus_trains_end_to_end_into_a_loadable_checkpoint(name, tsv, tmp_path):
-    argv = ["--model", name, "--corpus", "tsv", "--data-path", str(tsv), "--epochs", "3", "--batch-size", "32",
-            "--lr", "3e-3", "--warmup-steps", "5", "--vocab-size", "120", "--val-limit", "8", "--test-beam", "2",
-            "--max-decode-length", "12", "--threads", "1", "--output-dir", str(tmp_path), "--name", "tiny"]  # fmt: skip
+    argv = [
+        "--model",
+        name,
+        "--corpus",
+        "tsv",
+        "--data-path",
+        str(tsv),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--vocab-size",
+        "120",
+        "--val-limit",
+        "8",
+        "--test-beam",
+        "2",
+        "--max-decode-length",
+        "12",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--name",
+        "tiny",
+    ]
     for arg in TINY_ARGS[name]:
         argv += ["--model-arg", arg]
     path = train(argv)
@@ -82,9 +109,35 @@ def test_bad_arguments_are_named():
 
 
 def tiny_transformer_argv(tsv, out, *extra: str) -> list[str]:
-    argv = ["--model", "transformer", "--corpus", "tsv", "--data-path", str(tsv), "--batch-size", "32",
-            "--lr", "3e-3", "--warmup-steps", "5", "--vocab-size", "120", "--val-limit", "8", "--test-beam", "2",
-            "--max-decode-length", "12", "--threads", "1", "--output-dir", str(out), "--name", "tiny", *extra]  # fmt: skip
+    argv = [
+        "--model",
+        "transformer",
+        "--corpus",
+        "tsv",
+        "--data-path",
+        str(tsv),
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--vocab-size",
+        "120",
+        "--val-limit",
+        "8",
+        "--test-beam",
+        "2",
+        "--max-decode-length",
+        "12",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(out),
+        "--name",
+        "tiny",
+        *extra,
+    ]
     for arg in TINY_ARGS["transformer"]:
         argv += ["--model-arg", arg]
     return argv
@@ -115,8 +168,19 @@ def test_asking_for_cuda_on_a_machine_without_it_fails_early_with_a_clear_messag
 def test_torchrun_with_two_cpu_processes_trains_one_translator_with_identical_weights(tsv, tmp_path):
     hashes = tmp_path / "hashes"
     argv = tiny_transformer_argv(tsv, tmp_path / "out", "--epochs", "1", "--device", "cpu")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.translate", *argv, "--debug-rank-hashes", str(hashes)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training.translate",
+        *argv,
+        "--debug-rank-hashes",
+        str(hashes),
+    ]
     done = subprocess.run(
         cmd, capture_output=True, text=True, timeout=110, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

@@ -20,11 +20,23 @@ from serving.settings import Settings
 from tests.repo_fixtures import LiveServer
 
 TRANSLATORS = {
-    "transformer": {"d_model": 32, "heads": 2, "ffn_dim": 64, "encoder_layers": 1, "decoder_layers": 2,
-                    "share_embeddings": True, "tie_output": True},
-    "gru_attention": {"embed_dim": 16, "hidden_size": 32, "encoder_layers": 1, "decoder_layers": 1,
-                      "attention_dim": 16},
-}  # fmt: skip
+    "transformer": {
+        "d_model": 32,
+        "heads": 2,
+        "ffn_dim": 64,
+        "encoder_layers": 1,
+        "decoder_layers": 2,
+        "share_embeddings": True,
+        "tie_output": True,
+    },
+    "gru_attention": {
+        "embed_dim": 16,
+        "hidden_size": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "attention_dim": 16,
+    },
+}
 MAX_LENGTH = 24
 
 
@@ -69,15 +81,24 @@ def build_translator_repository(root: Path, names: tuple[str, ...] = tuple(TRANS
     for name in names:
         torch.manual_seed(0)
         cfg = make_config(
-            name, src_vocab_size=tokenizers.src_vocab_size, tgt_vocab_size=tokenizers.tgt_vocab_size,
-            dropout=0.0, max_positions=64, **TRANSLATORS[name],
-        )  # fmt: skip
+            name,
+            src_vocab_size=tokenizers.src_vocab_size,
+            tgt_vocab_size=tokenizers.tgt_vocab_size,
+            dropout=0.0,
+            max_positions=64,
+            **TRANSLATORS[name],
+        )
         model = get_entry(name).builder(cfg)
         _train_a_little(model, tokenizers, pairs)
         ckpt = make_checkpoint(
-            task="translate", model_name=name, model_args=asdict(cfg), model=model,
-            train_config={"steps": 40}, metrics={}, tokenizers=tokenizers.to_dict(),
-        )  # fmt: skip
+            task="translate",
+            model_name=name,
+            model_args=asdict(cfg),
+            model=model,
+            train_config={"steps": 40},
+            metrics={},
+            tokenizers=tokenizers.to_dict(),
+        )
         path = save_checkpoint(ckpt, root / "checkpoints" / f"{name}.pt")
         try:
             export_checkpoint(
@@ -122,9 +143,11 @@ def gateway(exported):
     from serving.triton import free_port
 
     settings = Settings(
-        model_repository=root / "model_repository", grpc_port=free_port(), max_queue_size=512,
+        model_repository=root / "model_repository",
+        grpc_port=free_port(),
+        max_queue_size=512,
         request_timeout_s=120.0,
-    )  # fmt: skip
+    )
     app = create_app(settings)
     with LiveServer(app) as server:
         server.app_state = app.state
@@ -248,9 +271,12 @@ def test_200_concurrent_requests_are_all_answered_and_steps_serve_several_reques
     metrics = httpx.get(f"http://{gateway.url}/metrics").text
     assert f'kiln_decoder_steps_total{{model="{name}"}}' in metrics
     shared = [
-        line for line in metrics.splitlines()
-        if line.startswith("kiln_decoder_requests_per_step_bucket") and f'model="{name}"' in line and 'le="1.0"' in line
-    ]  # fmt: skip
+        line
+        for line in metrics.splitlines()
+        if line.startswith("kiln_decoder_requests_per_step_bucket")
+        and f'model="{name}"' in line
+        and 'le="1.0"' in line
+    ]
     single = float(shared[0].rsplit(" ", 1)[1])
     total = _sample(gateway, "kiln_decoder_requests_per_step_count", name)
     assert total > single, "some decoder steps must have served rows of several requests"
@@ -323,9 +349,11 @@ def test_tritonclient_http_and_grpc_translate_through_the_gateway(gateway) -> No
         tensor = module.InferInput("text", [3, 1], "BYTES")
         tensor.set_data_from_numpy(data)
         result = client.infer(
-            "transformer", [tensor], outputs=[module.InferRequestedOutput("translation")],
+            "transformer",
+            [tensor],
+            outputs=[module.InferRequestedOutput("translation")],
             parameters={"beam_size": 2, "max_length": 12},
-        )  # fmt: skip
+        )
         got = [v.decode() for v in result.as_numpy("translation").reshape(-1)]
         assert got == want, module.__name__
         client.close()

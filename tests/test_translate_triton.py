@@ -107,9 +107,12 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
 
     direct = _infer(httpclient, triton.http_url, TEXTS, beam_size=4, max_length=MAX_LENGTH)
     settings = Settings(
-        model_repository=exported / "model_repository", backend="triton", triton_url=triton.grpc_url,
-        grpc_port=0, triton_translate=mode,
-    )  # fmt: skip
+        model_repository=exported / "model_repository",
+        backend="triton",
+        triton_url=triton.grpc_url,
+        grpc_port=0,
+        triton_translate=mode,
+    )
     with TestClient(create_app(settings)) as client:
         resp = client.post(
             f"/v1/models/{NAME}/translate", json={"texts": TEXTS, "beam_size": 4, "max_length": MAX_LENGTH}

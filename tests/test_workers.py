@@ -21,6 +21,14 @@ def test_two_workers_can_listen_on_the_same_port():
 def test_a_worker_runs_the_same_flags_as_one_worker_sharing_its_ports():
     argv = ["--model-repository", "repo", "--workers", "2", "--http-port", "8000", "--workers=3"]
     assert worker_argv(argv) == [
-        sys.executable, "-m", "serving", "--model-repository", "repo", "--http-port", "8000",
-        "--workers", "1", "--reuse-port",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "serving",
+        "--model-repository",
+        "repo",
+        "--http-port",
+        "8000",
+        "--workers",
+        "1",
+        "--reuse-port",
+    ]

@@ -160,8 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", help="registry name, e.g. lenet or resnet18 (default: resnet18)")
-    p.add_argument("--model-arg", action="append", default=[], type=parse_model_arg, metavar="KEY=VALUE",
-                   help="override a model config field (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        type=parse_model_arg,
+        metavar="KEY=VALUE",
+        help="override a model config field (repeatable)",
+    )
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
     p.add_argument("--image-size", type=int, default=32)
@@ -183,8 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch)"
     )
-    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a better val accuracy; 0 = off")  # fmt: skip
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better val accuracy; 0 = off",
+    )
     p.add_argument("--finetune", help="start from this checkpoint; a classifier head of another shape is new")
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument("--name", help="output file stem (default: the model name)")

@@ -107,8 +107,16 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
         config = dataclasses.replace(
             config, channels=load_checkpoint(config.finetune)["preprocessing"]["channels"]
         )
-    spec = DataSpec(config.dataset, config.data_path, config.image_size, config.channels, config.seed,
-                    config.val_fraction, config.limit_train, config.limit_val)  # fmt: skip
+    spec = DataSpec(
+        config.dataset,
+        config.data_path,
+        config.image_size,
+        config.channels,
+        config.seed,
+        config.val_fraction,
+        config.limit_train,
+        config.limit_val,
+    )
     train_ds, val_ds = make_splits(spec)
     mean, std = channel_stats(train_ds.images)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -125,14 +133,34 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     )
     steps = len(shard)
     optimizer = build_optimizer(module, config.optimizer, config.lr, config.weight_decay)
-    scheduler = build_scheduler(optimizer, schedule=config.schedule, warmup_steps=round(config.warmup_epochs * steps),
-                                total_steps=steps * config.epochs)  # fmt: skip
+    scheduler = build_scheduler(
+        optimizer,
+        schedule=config.schedule,
+        warmup_steps=round(config.warmup_epochs * steps),
+        total_steps=steps * config.epochs,
+    )
     use_amp = config.amp and d.device.type == "cuda"
     if config.amp and not use_amp:
         log.warning("--amp is ignored on CPU: mixed precision needs CUDA; training in float32")
-    run = Run(config, d, spec, train_ds, val_ds, mean, std, name, args, module, model, optimizer, scheduler,
-              torch.amp.GradScaler("cuda", enabled=use_amp), Augmenter(augment_config(config), config.seed),
-              use_amp, EarlyStopping(config.early_stopping))  # fmt: skip
+    run = Run(
+        config,
+        d,
+        spec,
+        train_ds,
+        val_ds,
+        mean,
+        std,
+        name,
+        args,
+        module,
+        model,
+        optimizer,
+        scheduler,
+        torch.amp.GradScaler("cuda", enabled=use_amp),
+        Augmenter(augment_config(config), config.seed),
+        use_amp,
+        EarlyStopping(config.early_stopping),
+    )
     if resume:
         restore(run, resume)
     return run
@@ -209,13 +237,20 @@ def load_resume(path: str) -> dict[str, Any]:
 def save_resume(run: Run, epoch: int) -> None:
     """After each epoch: weights, optimizer, scheduler, best-so-far and epoch, as plain tensors/dicts."""
     state = {
-        "epoch": epoch, "model_name": run.model_name, "model_args": run.model_args,
-        "model": run.module.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-        "best_state": run.best_state, "best_epoch": run.best_epoch, "best_val": list(run.best_val),
+        "epoch": epoch,
+        "model_name": run.model_name,
+        "model_args": run.model_args,
+        "model": run.module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "best_state": run.best_state,
+        "best_epoch": run.best_epoch,
+        "best_val": list(run.best_val),
         "stopper": {"best": run.stopper.best, "bad_epochs": run.stopper.bad_epochs},
-        "train_time_s": run.train_time_s, "data": asdict(run.spec),
-    }  # fmt: skip
+        "train_time_s": run.train_time_s,
+        "data": asdict(run.spec),
+    }
     save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
 
 
@@ -247,9 +282,15 @@ def fit(run: Run) -> list[dict[str, Any]]:
         train_loss, train_acc = train_epoch(run, epoch)
         val_loss, val_acc = evaluate(run, run.val_ds)
         run.train_time_s += time.perf_counter() - start
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                  "val_accuracy": val_acc, "lr": run.optimizer.param_groups[0]["lr"],
-                  "time_s": round(time.perf_counter() - start, 3)}  # fmt: skip
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "time_s": round(time.perf_counter() - start, 3),
+        }
         history.append(record)
         if val_acc > run.best_val[0]:
             run.best_val, run.best_epoch = (val_acc, val_loss), epoch + 1
@@ -258,8 +299,15 @@ def fit(run: Run) -> list[dict[str, Any]]:
         if logger:
             logger.log(record)
             save_resume(run, epoch + 1)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f", epoch + 1, cfg.epochs,
-                     train_loss, train_acc, val_loss, val_acc)  # fmt: skip
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f",
+                epoch + 1,
+                cfg.epochs,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+            )
         if stop:
             log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
             break
@@ -277,14 +325,31 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
     path = out / f"{cfg.name}.pt"
     if not run.dist.is_main:
         return path
-    metrics = {"val_accuracy": run.best_val[0], "val_loss": run.best_val[1], "epochs": len(history),
-               "best_epoch": run.best_epoch, "train_time_s": round(run.train_time_s, 2),
-               "params": sum(p.numel() for p in run.module.parameters())}  # fmt: skip
-    preprocessing = {"input_size": list(run.train_ds.image_size), "channels": run.train_ds.channels,
-                     "mean": run.mean, "std": run.std}  # fmt: skip
-    ckpt = make_checkpoint(task="classify", model_name=run.model_name, model_args=run.model_args, model=run.module,
-                           train_config=asdict(cfg), metrics=metrics, preprocessing=preprocessing,
-                           labels=run.train_ds.classes, data=data_info(run.spec, run.train_ds, run.val_ds))  # fmt: skip
+    metrics = {
+        "val_accuracy": run.best_val[0],
+        "val_loss": run.best_val[1],
+        "epochs": len(history),
+        "best_epoch": run.best_epoch,
+        "train_time_s": round(run.train_time_s, 2),
+        "params": sum(p.numel() for p in run.module.parameters()),
+    }
+    preprocessing = {
+        "input_size": list(run.train_ds.image_size),
+        "channels": run.train_ds.channels,
+        "mean": run.mean,
+        "std": run.std,
+    }
+    ckpt = make_checkpoint(
+        task="classify",
+        model_name=run.model_name,
+        model_args=run.model_args,
+        model=run.module,
+        train_config=asdict(cfg),
+        metrics=metrics,
+        preprocessing=preprocessing,
+        labels=run.train_ds.classes,
+        data=data_info(run.spec, run.train_ds, run.val_ds),
+    )
     save_checkpoint(ckpt, path)
     plot_curves(history, out / f"{cfg.name}.curves.png", title=f"{cfg.name} on {cfg.dataset}")
     log.info(

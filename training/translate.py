@@ -38,41 +38,97 @@ log = logging.getLogger(__name__)
 
 # Everything a run needs, with the values used when neither the recipe nor the command line says.
 BASE = {
-    "corpus": "numbers", "data_path": None, "lang": "fr", "n_pairs": 36000, "lowercase": False,
-    "valid_size": 0.05, "test_size": 0.05, "max_length": 64,
-    "vocab_size": 1000, "shared_vocab": True,
-    "epochs": 30, "batch_tokens": 3000, "batch_size": None, "lr": 1e-3, "warmup_steps": 300,
-    "schedule": "inverse_sqrt", "label_smoothing": 0.1, "clip_norm": 1.0, "weight_decay": 0.0,
-    "dropout": 0.1, "patience": 4, "eval_every": 0, "val_limit": 500, "time_budget": 8.5,
-    "max_decode_length": 40, "test_beam": 4, "seed": 0, "threads": 0, "model_args": {},
-    "device": "auto", "amp": None, "debug_rank_hashes": None,
-}  # fmt: skip
+    "corpus": "numbers",
+    "data_path": None,
+    "lang": "fr",
+    "n_pairs": 36000,
+    "lowercase": False,
+    "valid_size": 0.05,
+    "test_size": 0.05,
+    "max_length": 64,
+    "vocab_size": 1000,
+    "shared_vocab": True,
+    "epochs": 30,
+    "batch_tokens": 3000,
+    "batch_size": None,
+    "lr": 1e-3,
+    "warmup_steps": 300,
+    "schedule": "inverse_sqrt",
+    "label_smoothing": 0.1,
+    "clip_norm": 1.0,
+    "weight_decay": 0.0,
+    "dropout": 0.1,
+    "patience": 4,
+    "eval_every": 0,
+    "val_limit": 500,
+    "time_budget": 8.5,
+    "max_decode_length": 40,
+    "test_beam": 4,
+    "seed": 0,
+    "threads": 0,
+    "model_args": {},
+    "device": "auto",
+    "amp": None,
+    "debug_rank_hashes": None,
+}
 # Per-model recipes: the measured defaults (figures in docs/corpus.md, "Measured recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "transformer": {
-        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1000,
-        "model_args": {"d_model": 128, "heads": 4, "ffn_dim": 512, "encoder_layers": 3, "decoder_layers": 3,
-                       "share_embeddings": True, "tie_output": True},
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "batch_tokens": 1000,
+        "model_args": {
+            "d_model": 128,
+            "heads": 4,
+            "ffn_dim": 512,
+            "encoder_layers": 3,
+            "decoder_layers": 3,
+            "share_embeddings": True,
+            "tie_output": True,
+        },
     },
     "gru_attention": {
-        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1500,
-        "model_args": {"embed_dim": 128, "hidden_size": 256, "encoder_layers": 1, "decoder_layers": 1,
-                       "attention_dim": 128},
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "batch_tokens": 1500,
+        "model_args": {
+            "embed_dim": 128,
+            "hidden_size": 256,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "attention_dim": 128,
+        },
     },
     "lstm_attention": {
-        "lr": 2e-3, "warmup_steps": 100, "batch_tokens": 1500,
-        "model_args": {"embed_dim": 128, "hidden_size": 256, "encoder_layers": 1, "decoder_layers": 1,
-                       "attention_dim": 128},
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "batch_tokens": 1500,
+        "model_args": {
+            "embed_dim": 128,
+            "hidden_size": 256,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "attention_dim": 128,
+        },
     },
-}  # fmt: skip
+}
 # Presets: settings for every model plus per-model overrides (a smaller Transformer for the demo).
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        "n_pairs": 12000, "time_budget": 2.0, "epochs": 12, "val_limit": 200, "threads": 1,
-        "batch_tokens": 800, "lr": 3e-3, "warmup_steps": 60, "max_decode_length": 32,
-        "per_model": {"transformer": {"model_args": {"encoder_layers": 2, "decoder_layers": 2, "ffn_dim": 256}}},
+        "n_pairs": 12000,
+        "time_budget": 2.0,
+        "epochs": 12,
+        "val_limit": 200,
+        "threads": 1,
+        "batch_tokens": 800,
+        "lr": 3e-3,
+        "warmup_steps": 60,
+        "max_decode_length": 32,
+        "per_model": {
+            "transformer": {"model_args": {"encoder_layers": 2, "decoder_layers": 2, "ffn_dim": 256}}
+        },
     },
-}  # fmt: skip
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,10 +217,16 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 def corpus_config(cfg: dict[str, Any]) -> CorpusConfig:
     """The corpus settings of a training config (also a checkpoint's ``train_config``)."""
     return CorpusConfig(
-        kind=cfg["corpus"], data_path=cfg["data_path"], lang=cfg["lang"], n_pairs=cfg["n_pairs"],
-        lowercase=cfg["lowercase"], max_length=cfg["max_length"], valid_size=cfg["valid_size"],
-        test_size=cfg["test_size"], seed=cfg["seed"],
-    )  # fmt: skip
+        kind=cfg["corpus"],
+        data_path=cfg["data_path"],
+        lang=cfg["lang"],
+        n_pairs=cfg["n_pairs"],
+        lowercase=cfg["lowercase"],
+        max_length=cfg["max_length"],
+        valid_size=cfg["valid_size"],
+        test_size=cfg["test_size"],
+        seed=cfg["seed"],
+    )
 
 
 def held_out_pairs(ckpt: dict[str, Any], split: str = "test") -> list[tuple[str, str]]:
@@ -190,10 +252,15 @@ def prepare_data(cfg: dict[str, Any]):
 def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn.Module, dict[str, Any]]:
     """The registered model with vocabulary sizes and special ids taken from the tokenizers."""
     args = {
-        "src_vocab_size": tokenizers.src_vocab_size, "tgt_vocab_size": tokenizers.tgt_vocab_size,
-        "dropout": cfg["dropout"], "pad_id": PAD_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
-        "max_positions": max(256, cfg["max_length"] * 4), **cfg["model_args"],
-    }  # fmt: skip
+        "src_vocab_size": tokenizers.src_vocab_size,
+        "tgt_vocab_size": tokenizers.tgt_vocab_size,
+        "dropout": cfg["dropout"],
+        "pad_id": PAD_ID,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "max_positions": max(256, cfg["max_length"] * 4),
+        **cfg["model_args"],
+    }
     if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
         raise ValueError("share_embeddings=True needs a joint vocabulary (drop --separate-vocab)")
     fields = {f.name for f in dataclasses.fields(get_entry(cfg["model"]).config_cls)}
@@ -203,9 +270,14 @@ def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn
 
 
 def translate_texts(
-    model: nn.Module, tokenizers: TokenizerPair, texts: list[str], *, beam: int = 1, max_length: int = 64,
+    model: nn.Module,
+    tokenizers: TokenizerPair,
+    texts: list[str],
+    *,
+    beam: int = 1,
+    max_length: int = 64,
     batch_size: int = 128,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Greedy (beam=1) or beam-search translations, batched by sorted length."""
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

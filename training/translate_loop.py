@@ -37,9 +37,13 @@ class Trainer:
         self.model = wrap_ddp(module, d)  # what trains; ``module`` is what is evaluated and saved
         self.amp = make_amp(cfg["amp"], d.device)
         self.batches = BucketedBatches(
-            examples, batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], seed=cfg["seed"],
-            rank=d.rank, world_size=d.world_size,
-        )  # fmt: skip
+            examples,
+            batch_tokens=cfg["batch_tokens"],
+            batch_size=cfg["batch_size"],
+            seed=cfg["seed"],
+            rank=d.rank,
+            world_size=d.world_size,
+        )
         total = cfg["epochs"] * len(self.batches)
         self.opt = build_optimizer(module, "adam", cfg["lr"], weight_decay=cfg["weight_decay"])
         self.sched = build_scheduler(
@@ -64,13 +68,22 @@ class Trainer:
             self.module, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
         )
         record = {
-            "epoch": round(epoch, 3), "train_loss": round(train_loss, 4),
-            "val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"],
-            "lr": self.opt.param_groups[0]["lr"], "time_s": round(time.monotonic() - self.start, 1),
-        }  # fmt: skip
+            "epoch": round(epoch, 3),
+            "train_loss": round(train_loss, 4),
+            "val_bleu": scores["bleu"],
+            "val_exact_match": scores["exact_match"],
+            "lr": self.opt.param_groups[0]["lr"],
+            "time_s": round(time.monotonic() - self.start, 1),
+        }
         self.metrics.log(record)
-        log.info("epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%", epoch, self.step, train_loss,
-                 scores["bleu"], scores["exact_match"])  # fmt: skip
+        log.info(
+            "epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%",
+            epoch,
+            self.step,
+            train_loss,
+            scores["bleu"],
+            scores["exact_match"],
+        )
         if scores["bleu"] > self.best["val_bleu"]:
             self.best = {"val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"], "epoch": epoch}
             self.best_state = copy.deepcopy(self.module.state_dict())
@@ -97,8 +110,13 @@ class Trainer:
         for epoch in range(cfg["epochs"]):
             self.model.train()
             total, count = 0.0, 0
-            bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                       dynamic_ncols=True, disable=not self.dist.is_main)  # fmt: skip
+            bar = tqdm(
+                self.batches,
+                desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                leave=False,
+                dynamic_ncols=True,
+                disable=not self.dist.is_main,
+            )
             for batch in bar:
                 total, count = total + self.train_step(batch), count + 1
                 bar.set_postfix(loss=f"{total / count:.3f}")
@@ -133,9 +151,15 @@ def _train(cfg: dict[str, Any], d: Dist) -> Path:
     model, model_args = build_translator(cfg, tokenizers)
     model.to(d.device)
     torch.manual_seed(cfg["seed"] + d.rank)  # each rank its own dropout masks
-    log.info("%s: %d parameters on %s (%d process(es), amp %s), corpus %s", cfg["model"],
-             sum(p.numel() for p in model.parameters()), d.device, d.world_size, cfg["amp"] or "off",
-             corpus.info)  # fmt: skip
+    log.info(
+        "%s: %d parameters on %s (%d process(es), amp %s), corpus %s",
+        cfg["model"],
+        sum(p.numel() for p in model.parameters()),
+        d.device,
+        d.world_size,
+        cfg["amp"] or "off",
+        corpus.info,
+    )
     trainer = Trainer(cfg, model, tokenizers, corpus, examples, d)
     trainer.run()
     train_time = time.monotonic() - trainer.start
@@ -158,21 +182,34 @@ def _save(
     test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
     greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
     metrics = {
-        "best_val_bleu": trainer.best["val_bleu"], "best_val_exact_match": trainer.best.get("val_exact_match"),
-        "best_epoch": trainer.best.get("epoch"), "steps": trainer.step, "train_time_s": round(train_time, 1),
-        "test_bleu": test["bleu"], "test_exact_match": test["exact_match"], "test_beam": cfg["test_beam"],
-        "test_bleu_greedy": greedy["bleu"], "test_exact_match_greedy": greedy["exact_match"],
-        "total_time_s": round(time.monotonic() - trainer.start, 1), "device": str(trainer.dist.device),
+        "best_val_bleu": trainer.best["val_bleu"],
+        "best_val_exact_match": trainer.best.get("val_exact_match"),
+        "best_epoch": trainer.best.get("epoch"),
+        "steps": trainer.step,
+        "train_time_s": round(train_time, 1),
+        "test_bleu": test["bleu"],
+        "test_exact_match": test["exact_match"],
+        "test_beam": cfg["test_beam"],
+        "test_bleu_greedy": greedy["bleu"],
+        "test_exact_match_greedy": greedy["exact_match"],
+        "total_time_s": round(time.monotonic() - trainer.start, 1),
+        "device": str(trainer.dist.device),
         "world_size": trainer.dist.world_size,
-    }  # fmt: skip
+    }
     data = {
         **corpus.info,
         "vocab_size": {"source": tokenizers.src_vocab_size, "target": tokenizers.tgt_vocab_size},
     }
     ckpt = make_checkpoint(
-        task="translate", model_name=cfg["model"], model_args=model_args, model=model, train_config=cfg,
-        metrics=metrics, tokenizers=tokenizers.to_dict(), data=data,
-    )  # fmt: skip
+        task="translate",
+        model_name=cfg["model"],
+        model_args=model_args,
+        model=model,
+        train_config=cfg,
+        metrics=metrics,
+        tokenizers=tokenizers.to_dict(),
+        data=data,
+    )
     save_checkpoint(ckpt, path)
     plot_curves(
         read_metrics(trainer.metrics.path), path.parent / f"{cfg['name']}.curves.png", title=cfg["name"]

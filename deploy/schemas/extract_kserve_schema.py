@@ -21,10 +21,24 @@ from typing import Any
 import yaml
 
 FULL_PREDICTOR_FIELDS = {
-    "model", "minReplicas", "maxReplicas", "autoScaling", "scaleMetric", "scaleMetricType", "scaleTarget",
-    "containerConcurrency", "timeout", "deploymentStrategy", "terminationGracePeriodSeconds",
-    "serviceAccountName", "nodeSelector", "tolerations", "annotations", "labels", "volumes",
-}  # fmt: skip
+    "model",
+    "minReplicas",
+    "maxReplicas",
+    "autoScaling",
+    "scaleMetric",
+    "scaleMetricType",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "deploymentStrategy",
+    "terminationGracePeriodSeconds",
+    "serviceAccountName",
+    "nodeSelector",
+    "tolerations",
+    "annotations",
+    "labels",
+    "volumes",
+}
 
 
 def type_only(schema: dict[str, Any]) -> dict[str, Any]:

@@ -70,8 +70,11 @@ def check_options(
 ):
     """Refuse options outside the limits with a ValueError naming the option (a client's 422)."""
     longest = min(limits.max_length, max_positions) if max_positions else limits.max_length
-    for name, low, high in (("beam_size", 1, limits.max_beam_size), ("max_length", 1, longest),
-                            ("n_best", 1, options.beam_size)):  # fmt: skip
+    for name, low, high in (
+        ("beam_size", 1, limits.max_beam_size),
+        ("max_length", 1, longest),
+        ("n_best", 1, options.beam_size),
+    ):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -84,9 +87,15 @@ def check_options(
 
 def config_for(options: DecodingOptions, *, eos_id: int, bos_id: int) -> BeamConfig:
     """The search settings of checked options for a model's special ids."""
-    return BeamConfig(beam_size=int(options.beam_size), n_best=int(options.n_best),
-                      max_length=int(options.max_length), length_penalty=options.length_penalty,
-                      alpha=float(options.alpha), eos_id=eos_id, bos_id=bos_id)  # fmt: skip
+    return BeamConfig(
+        beam_size=int(options.beam_size),
+        n_best=int(options.n_best),
+        max_length=int(options.max_length),
+        length_penalty=options.length_penalty,
+        alpha=float(options.alpha),
+        eos_id=eos_id,
+        bos_id=bos_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -261,10 +270,15 @@ def remove(beams: Beams, leaving: np.ndarray) -> tuple[Beams, np.ndarray]:
     fields = {name: getattr(beams, name)[stay] for name in per_sentence if name != "finished"}
     fields["finished"] = tuple(f for f, s in zip(beams.finished, stay, strict=True) if s)
     return (
-        Beams(**fields, scores=beams.scores[row_stay], prefixes=beams.prefixes[row_stay],
-              eos_id=beams.eos_id, bos_id=beams.bos_id),
+        Beams(
+            **fields,
+            scores=beams.scores[row_stay],
+            prefixes=beams.prefixes[row_stay],
+            eos_id=beams.eos_id,
+            bos_id=beams.bos_id,
+        ),
         row_stay,
-    )  # fmt: skip
+    )
 
 
 def results(beams: Beams, sentence: int) -> list[Hypothesis]:
@@ -346,8 +360,13 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
     live = np.flatnonzero(beams.rows)  # [n] sentences with rows, in row order
     rows = beams.rows[live]  # [n]
     row_sentence = np.repeat(live, rows)  # [R]
-    lp = mask_log_probs(log_probs, beams.step[row_sentence], beams.min_length[row_sentence],
-                        beams.max_length[row_sentence], beams.eos_id)  # fmt: skip
+    lp = mask_log_probs(
+        log_probs,
+        beams.step[row_sentence],
+        beams.min_length[row_sentence],
+        beams.max_length[row_sentence],
+        beams.eos_id,
+    )
     failed = beams.failed.copy()
     bad_rows = np.isnan(lp).any(axis=1)  # [R]: a poisoned row fails its own sentence only
     if bad_rows.any():
@@ -380,9 +399,15 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
     prefixes = beams.prefixes[new_origin]  # [R', W + 1]
     prefixes[np.arange(new_origin.size), np.repeat(length, new_rows[live])] = new_tokens
     new = dataclasses.replace(
-        beams, step=np.where(beams.rows > 0, beams.step + 1, beams.step), rows=new_rows, failed=failed,
-        scores=top[picked], prefixes=prefixes, finished=finished, worst=worst,
-    )  # fmt: skip
+        beams,
+        step=np.where(beams.rows > 0, beams.step + 1, beams.step),
+        rows=new_rows,
+        failed=failed,
+        scores=top[picked],
+        prefixes=prefixes,
+        finished=finished,
+        worst=worst,
+    )
     return StepResult(new, new_origin.astype(np.int64), new_tokens.astype(np.int64))
 
 

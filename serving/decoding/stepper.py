@@ -211,8 +211,13 @@ class DecodeBatch:
         """Decoder rows the next step runs."""
         return int(self.tokens.shape[0])
 
-    def join(self, keys: Sequence[Any], encoded: dict[str, np.ndarray], configs: Sequence[bs.BeamConfig],
-             lengths: Sequence[int]) -> None:  # fmt: skip
+    def join(
+        self,
+        keys: Sequence[Any],
+        encoded: dict[str, np.ndarray],
+        configs: Sequence[bs.BeamConfig],
+        lengths: Sequence[int],
+    ) -> None:
         """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``)."""
         n = len(keys)
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
@@ -321,10 +326,13 @@ class DecodeBatch:
             return []
         beams = self.beams
         out = [
-            Finished(self.keys[i], [] if beams.failed[i] else bs.results(beams, i),
-                     "the decoder returned NaN log-probs" if beams.failed[i] else None)
+            Finished(
+                self.keys[i],
+                [] if beams.failed[i] else bs.results(beams, i),
+                "the decoder returned NaN log-probs" if beams.failed[i] else None,
+            )
             for i in np.flatnonzero(done)
-        ]  # fmt: skip
+        ]
         self.remove(done)
         return out
 

@@ -255,10 +255,11 @@ def translator_from_entry(
     runners = [(run_encoder, run_decoder)]
     runners += [more_runners() if more_runners else runners[0] for _ in range(config.workers - 1)]
     schedulers = [
-        DecodingScheduler(f"{name}" if i == 0 else f"{name}#{i}", spec, encoder, decoder, config,
-                          observer=observer)
+        DecodingScheduler(
+            f"{name}" if i == 0 else f"{name}#{i}", spec, encoder, decoder, config, observer=observer
+        )
         for i, (encoder, decoder) in enumerate(runners)
-    ]  # fmt: skip
+    ]
     return Translator(name, codec, schedulers, limits)
 
 
@@ -296,9 +297,14 @@ class TranslatorPool:
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
                 pair = partial(_runner_pair, runner_for, encoder, decoder)
                 translator = translator_from_entry(
-                    entry.path, entry.kiln, *pair(), scheduler_config=config, limits=self.limits,
-                    observer=self.observer, more_runners=pair,
-                )  # fmt: skip
+                    entry.path,
+                    entry.kiln,
+                    *pair(),
+                    scheduler_config=config,
+                    limits=self.limits,
+                    observer=self.observer,
+                    more_runners=pair,
+                )
             except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
                 log.error("translator %s cannot be served: %s", name, exc)
                 self.failed[name] = f"{type(exc).__name__}: {exc}"

@@ -247,8 +247,12 @@ class OnnxRuntimeBackend:
             per_instance.append(sessions)
         log.info(
             "model %s version %s: provider %s, device %s, buckets %s",
-            entry.name, version, where.provider, where.device, list(where.buckets) or "off",
-        )  # fmt: skip
+            entry.name,
+            version,
+            where.provider,
+            where.device,
+            list(where.buckets) or "off",
+        )
         return _Sessions(where, per_instance)
 
     def _open_session(

@@ -97,9 +97,11 @@ def plan(config: Any, available: list[str]) -> Placement:
             int(s) for s in config.dynamic_batching.preferred_batch_size if 0 < s <= config.max_batch_size
         }
         placement = Placement(
-            placement.provider, placement.device, tuple(sorted(sizes | {int(config.max_batch_size)})),
+            placement.provider,
+            placement.device,
+            tuple(sorted(sizes | {int(config.max_batch_size)})),
             placement.provider_options,
-        )  # fmt: skip
+        )
     return placement
 
 
@@ -126,10 +128,15 @@ def pad_rows(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
 def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
     """Zero feeds of ``rows`` rows for a session's inputs (dynamic non-batch axes as 1): the warm-up."""
     dtypes = {
-        "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-        "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
-        "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
-    }  # fmt: skip
+        "tensor(float)": np.float32,
+        "tensor(float16)": np.float16,
+        "tensor(double)": np.float64,
+        "tensor(uint8)": np.uint8,
+        "tensor(int8)": np.int8,
+        "tensor(int32)": np.int32,
+        "tensor(int64)": np.int64,
+        "tensor(bool)": np.bool_,
+    }
     feeds = {}
     for meta in session.get_inputs():
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]

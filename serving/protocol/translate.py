@@ -53,9 +53,12 @@ class TranslateRequest(BaseModel):
 
     def options(self) -> DecodingOptions:
         return DecodingOptions(
-            beam_size=self.beam_size, n_best=self.n_best, max_length=self.max_length,
-            length_penalty=self.length_penalty, alpha=self.alpha,
-        )  # fmt: skip
+            beam_size=self.beam_size,
+            n_best=self.n_best,
+            max_length=self.max_length,
+            length_penalty=self.length_penalty,
+            alpha=self.alpha,
+        )
 
 
 class Hypothesis(BaseModel):
@@ -87,8 +90,11 @@ def request_schema() -> dict[str, Any]:
         maxItems=limits.max_texts,
         items={"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": r"\S"},
     )
-    for name, high in (("beam_size", limits.max_beam_size), ("n_best", limits.max_beam_size),
-                       ("max_length", limits.max_length)):  # fmt: skip
+    for name, high in (
+        ("beam_size", limits.max_beam_size),
+        ("n_best", limits.max_beam_size),
+        ("max_length", limits.max_length),
+    ):
         properties[name]["maximum"] = min(properties[name].get("maximum", high), high)
     return schema
 
@@ -120,8 +126,9 @@ async def translate(
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
-        results = await _observed(metrics, name, translator.translate(body.texts, body.options(),
-                                                                      settings.request_timeout_s))  # fmt: skip
+        results = await _observed(
+            metrics, name, translator.translate(body.texts, body.options(), settings.request_timeout_s)
+        )
     else:
         results = await _via_infer(backend, metrics, name, body, settings.request_timeout_s)
     return TranslateResponse(
