@@ -24,7 +24,6 @@ import numpy as np
 
 from bench import engines, report
 from bench.engines import EngineJob
-from bench.stats import ratio
 
 TORCH_CUDA = "pytorch-cuda"
 ORT_CUDA = "onnxruntime-cuda"
@@ -210,20 +209,10 @@ def _ort_tensorrt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
 
 def engine_section(rows: list[dict[str, Any]]) -> str:
     """The GPU engines table, each row's p50 against PyTorch eager CUDA fp32 at the same batch."""
-    ok = [r for r in rows if "error" not in r]
-    base = {r["batch"]: r["p50_ms"] for r in ok if (r["engine"], r["precision"]) == (TORCH_CUDA, "fp32")}
-    for r in ok:
-        r["speedup_vs_pytorch_cuda_fp32"] = ratio(base.get(r["batch"], float("nan")), r["p50_ms"])
-    cols = [
-        "engine",
-        "precision",
-        "batch",
-        "p50_ms",
-        "p90_ms",
-        "p99_ms",
-        "throughput_ips",
-        "speedup_vs_pytorch_cuda_fp32",
-    ]
-    errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
-    text = "## Engines on the GPU (classifier)\n\n" + report.table(ok, cols)
-    return text + (f"\n\nFailed:{errors}" if errors else "") + "\n"
+    return report.engine_section(
+        rows,
+        baseline=(TORCH_CUDA, "fp32"),
+        speedup="speedup_vs_pytorch_cuda_fp32",
+        title="Engines on the GPU (classifier)",
+        extra_columns=(),
+    )

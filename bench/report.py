@@ -35,11 +35,22 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def engine_section(rows: list[dict[str, Any]]) -> str:
+def engine_section(
+    rows: list[dict[str, Any]],
+    *,
+    baseline: tuple[str, str | None] = ("pytorch", None),
+    speedup: str = "speedup_vs_pytorch_p50",
+    title: str = "Engines (classifier)",
+    extra_columns: tuple[str, ...] = ("peak_rss_mib",),
+) -> str:
+    """The engines table, each row's p50 against the ``baseline`` (engine, precision or any) at its batch."""
     ok = [r for r in rows if "error" not in r]
-    base = {r["batch"]: r["p50_ms"] for r in ok if r["engine"] == "pytorch"}
+    engine, precision = baseline
+    base = {
+        r["batch"]: r["p50_ms"] for r in ok if r["engine"] == engine and precision in (None, r["precision"])
+    }
     for r in ok:
-        r["speedup_vs_pytorch_p50"] = ratio(base.get(r["batch"], math.nan), r["p50_ms"])
+        r[speedup] = ratio(base.get(r["batch"], math.nan), r["p50_ms"])
     cols = [
         "engine",
         "precision",
@@ -48,11 +59,11 @@ def engine_section(rows: list[dict[str, Any]]) -> str:
         "p90_ms",
         "p99_ms",
         "throughput_ips",
-        "peak_rss_mib",
-        "speedup_vs_pytorch_p50",
+        *extra_columns,
+        speedup,
     ]
     errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
-    return "## Engines (classifier)\n\n" + table(ok, cols) + (f"\n\nFailed:{errors}" if errors else "") + "\n"
+    return f"## {title}\n\n" + table(ok, cols) + (f"\n\nFailed:{errors}" if errors else "") + "\n"
 
 
 def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:

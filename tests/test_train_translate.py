@@ -38,39 +38,7 @@ def tsv(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(TINY_ARGS))
 def test_a_tiny_tsv_corpus_trains_end_to_end_into_a_loadable_checkpoint(name, tsv, tmp_path):
-    argv = [
-        "--model",
-        name,
-        "--corpus",
-        "tsv",
-        "--data-path",
-        str(tsv),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "32",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--vocab-size",
-        "120",
-        "--val-limit",
-        "8",
-        "--test-beam",
-        "2",
-        "--max-decode-length",
-        "12",
-        "--threads",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--name",
-        "tiny",
-    ]
-    for arg in TINY_ARGS[name]:
-        argv += ["--model-arg", arg]
-    path = train(argv)
+    path = train(tiny_argv(name, tsv, tmp_path, "--epochs", "3"))
     ckpt = load_checkpoint(path)
     assert ckpt["task"] == "translate" and ckpt["model"]["name"] == name
     assert {"test_bleu", "test_exact_match", "best_val_bleu"} <= set(ckpt["metrics"])
@@ -108,39 +76,19 @@ def test_bad_arguments_are_named():
         build_parser().parse_args(["--batch-size", "8", "--batch-tokens", "100"])
 
 
-def tiny_transformer_argv(tsv, out, *extra: str) -> list[str]:
-    argv = [
-        "--model",
-        "transformer",
-        "--corpus",
-        "tsv",
-        "--data-path",
-        str(tsv),
-        "--batch-size",
-        "32",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--vocab-size",
-        "120",
-        "--val-limit",
-        "8",
-        "--test-beam",
-        "2",
-        "--max-decode-length",
-        "12",
-        "--threads",
-        "1",
-        "--output-dir",
-        str(out),
-        "--name",
-        "tiny",
-        *extra,
-    ]
-    for arg in TINY_ARGS["transformer"]:
+def tiny_argv(name: str, tsv, out, *extra: str) -> list[str]:
+    """The trainer's flags for a tiny ``name`` on the TSV corpus, written to ``out``."""
+    argv = ["--model", name, "--corpus", "tsv", "--data-path", str(tsv), "--batch-size", "32"]
+    argv += ["--lr", "3e-3", "--warmup-steps", "5", "--vocab-size", "120", "--val-limit", "8"]
+    argv += ["--test-beam", "2", "--max-decode-length", "12", "--threads", "1"]
+    argv += ["--output-dir", str(out), "--name", "tiny", *extra]
+    for arg in TINY_ARGS[name]:
         argv += ["--model-arg", arg]
     return argv
+
+
+def tiny_transformer_argv(tsv, out, *extra: str) -> list[str]:
+    return tiny_argv("transformer", tsv, out, *extra)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
