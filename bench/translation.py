@@ -168,6 +168,7 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     rows = []
     for beam in beams:
         config, ids = translator.beam_config(_options(beam)), translator.source_ids(texts)
+        translate_ids(run["encoder"], run["decoder"], spec, ids[:8], config)  # warm up, as CTranslate2's rows
         start, hyps = time.perf_counter(), []
         for i in range(0, len(ids), 32):
             results = translate_ids(run["encoder"], run["decoder"], spec, ids[i : i + 32], config)
@@ -194,10 +195,14 @@ def _options(beam: int) -> Any:
 
 async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tuple]:
     """Through the Translator in-process: each text its own request from 32 coroutines, per beam; then
-    32 texts one at a time at beam 4 (batch-1 latency). Rows of (beam, concurrency, hyps, s, latencies)."""
+    32 texts one at a time at beam 4 (batch-1 latency). Each beam is warmed up by one short untimed pass
+    first, as CTranslate2's rows are. Rows of (beam, concurrency, hyps, s, latencies)."""
     await translator.start()
     try:
-        out = [(beam, 32, *await _requests(translator, texts, beam, 32)) for beam in beams]
+        out = []
+        for beam in beams:
+            await _requests(translator, texts[:8], beam, 8)  # warm up
+            out.append((beam, 32, *await _requests(translator, texts, beam, 32)))
         out.append((4, 1, *await _requests(translator, texts[:32], 4, 1)))
     finally:
         await translator.stop()
