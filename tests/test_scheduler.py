@@ -129,14 +129,17 @@ async def _with_scheduler(body, decoder=None, **cfg):
 
 
 class SteppedDecoder(FakeDecoder):
-    """Runs one step per ``advance()``, so a test decides at which step each request arrives."""
+    """Runs one step per ``advance()``, so a test decides at which step each request arrives; records
+    the rows of each call as it starts waiting for its turn (``entered``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.allowed, self.finished = threading.Semaphore(0), threading.Semaphore(0)
         self.free_running = False
+        self.entered: list[int] = []
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.append(len(inputs["tokens"]))
         if not self.free_running:
             self.allowed.acquire(timeout=30)
         try:
@@ -154,6 +157,46 @@ class SteppedDecoder(FakeDecoder):
         self.allowed.release()
 
 
+class CountingEncoder:
+    """The fake encoder, recording how many sentences each call encodes."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.sizes.append(len(inputs["src_ids"]))
+        return fake_encoder(inputs)
+
+
+LONG = config(1, min_length=9, max_length=10)  # ten steps, whatever the decoder says
+
+
+async def _stepped_run(join: list[tuple[int, list[list[int]], bs.BeamConfig]], **cfg):
+    """Submit ``(after_step, sources, config)`` requests, each once that many decoder steps ran (the
+    batch must not run empty before the last arrives); check every result equals its solo decoding and
+    return the decoder (rows of each call), the encoder (sentences of each call) and the recorder."""
+    decoder, encoder, recorder = SteppedDecoder(), CountingEncoder(), Recorder()
+    scheduler = DecodingScheduler("fake", SPEC, encoder, decoder, SchedulerConfig(**cfg), observer=recorder)
+    await scheduler.start()
+    try:
+        tasks, steps = [], 0
+        for after, sources, cfg_ in join:
+            while steps < after:
+                await decoder.advance()
+                steps += 1
+                await until(lambda: len(decoder.entered) == steps + 1)  # the next call waits its turn
+            calls = len(decoder.entered)  # the thread is idle (no call yet) or waits in call `calls`
+            tasks.append(asyncio.create_task(scheduler.submit(sources, cfg_)))
+            await until(lambda: scheduler.queued > 0 or len(decoder.entered) > calls)
+        decoder.run_freely()
+        results = await asyncio.gather(*tasks)
+    finally:
+        await scheduler.stop(grace_s=1.0)
+    for (_, sources, cfg_), result in zip(join, results, strict=True):
+        assert result == [solo(s, cfg_) for s in sources]  # sharing steps never changes a result
+    return decoder, encoder, recorder
+
+
 def test_requests_joining_at_different_steps_get_exactly_their_solo_results() -> None:
     configs = [
         config(4, min_length=4),
@@ -163,20 +206,11 @@ def test_requests_joining_at_different_steps_get_exactly_their_solo_results() ->
         config(4),
         config(5),
     ]
-    decoder = SteppedDecoder()
-
-    async def body(scheduler, recorder):
-        tasks = []
-        for source, cfg in zip(SOURCES, configs, strict=True):
-            tasks.append(asyncio.create_task(scheduler.submit([source], cfg)))
-            await until(lambda: scheduler.queued == 0 and scheduler.active_rows > 0)
-            await decoder.advance()  # the next request arrives a step later
-        decoder.run_freely()
-        return await asyncio.gather(*tasks), recorder
-
-    results, recorder = asyncio.run(_with_scheduler(body, decoder))
-    for source, cfg, (hyps,) in zip(SOURCES, configs, results, strict=True):
-        assert hyps == solo(source, cfg)
+    join = [(step, [source], cfg) for step, (source, cfg) in enumerate(zip(SOURCES, configs, strict=True))]
+    # join_wait_steps=0: each request joins at the step after it arrives, however few join
+    decoder, _, recorder = asyncio.run(_stepped_run(join, join_wait_steps=0))
+    # request 0 alone (1 row, then 4), then each arrival's first row a step later: 4 + 1, 4 + 1 + 1
+    assert decoder.entered[:4] == [1, 4, 5, 6]
     assert max(requests for _, requests in recorder.steps) >= 3, recorder.steps
     assert recorder.outcomes == ["success"] * len(SOURCES)
 
@@ -300,3 +334,26 @@ def test_a_poisoned_request_among_20_concurrent_fails_alone_and_the_others_are_u
     assert [r[0] for r in results] == [solo(s, c) for s, c in zip(sources, configs, strict=True)]
     assert any(requests >= 10 for _, requests in recorder.steps)  # the poisoned rows shared steps
     assert sorted(recorder.outcomes) == ["failure"] + ["success"] * 20
+
+
+def test_joiners_into_a_running_batch_are_grouped_into_one_encoder_call() -> None:
+    join = [(0, SOURCES[:4], LONG), (1, [SOURCES[4]], LONG), (2, [SOURCES[5]], LONG)]
+    decoder, encoder, _ = asyncio.run(_stepped_run(join, join_fraction=0.5, join_wait_steps=100))
+    # 1 waiting < 0.5 x 4 running: the first joiner waits for the second, then both join at once
+    assert encoder.sizes == [4, 2]
+    assert decoder.entered[:4] == [4, 4, 4, 6]
+
+
+def test_a_request_into_an_idle_batch_joins_at_once_and_a_lone_joiner_waits_at_most_join_wait_steps() -> None:
+    join = [(0, SOURCES[:4], LONG), (1, [SOURCES[4]], LONG)]
+    decoder, encoder, _ = asyncio.run(_stepped_run(join, join_fraction=1.0, join_wait_steps=2))
+    assert decoder.entered[0] == 4  # no step ran before the first request joined
+    assert encoder.sizes == [4, 1]
+    assert decoder.entered[:5] == [4, 4, 4, 5, 5]  # queued after step 1, joined after step 3
+
+
+def test_with_join_wait_steps_0_every_waiting_request_joins_at_the_next_step() -> None:
+    join = [(0, SOURCES[:4], LONG), (1, [SOURCES[4]], LONG), (2, [SOURCES[5]], LONG)]
+    decoder, encoder, _ = asyncio.run(_stepped_run(join, join_fraction=1.0, join_wait_steps=0))
+    assert encoder.sizes == [4, 1, 1]
+    assert decoder.entered[:4] == [4, 4, 5, 6]
