@@ -184,10 +184,10 @@ async def _stepped_run(join: list[tuple[int, list[list[int]], bs.BeamConfig]], *
             while steps < after:
                 await decoder.advance()
                 steps += 1
-                await until(lambda: len(decoder.entered) == steps + 1)  # the next call waits its turn
+                await until(lambda n=steps + 1: len(decoder.entered) == n)  # the next call waits its turn
             calls = len(decoder.entered)  # the thread is idle (no call yet) or waits in call `calls`
             tasks.append(asyncio.create_task(scheduler.submit(sources, cfg_)))
-            await until(lambda: scheduler.queued > 0 or len(decoder.entered) > calls)
+            await until(lambda c=calls: scheduler.queued > 0 or len(decoder.entered) > c)
         decoder.run_freely()
         results = await asyncio.gather(*tasks)
     finally:
