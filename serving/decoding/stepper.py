@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
+from serving.decoding.rows import EncoderRows, capacity_for, dense_slots, with_capacity
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask")
@@ -161,15 +162,6 @@ def _at(axis: int, index: int | slice) -> tuple:
     return (slice(None),) * axis + (index,)
 
 
-def _pad_axis(value: np.ndarray, axis: int, length: int) -> np.ndarray:
-    """Zero- (False-) pad ``value`` on the right of ``axis`` to ``length``."""
-    if value.shape[axis] >= length:
-        return value
-    widths = [(0, 0)] * value.ndim
-    widths[axis] = (0, length - value.shape[axis])
-    return np.pad(value, widths)
-
-
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch: the caller's key and its hypotheses, or why it failed."""
@@ -182,23 +174,29 @@ class Finished:
 class DecodeBatch:
     """Rows of all running sentences in one set of arrays; sentences join and leave between steps.
 
-    Not thread-safe: one thread at a time calls :meth:`join`, :meth:`step` and :meth:`remove`.
+    Search rows (``beams``: each sentence's rows contiguous, in sentence order) live in physical rows
+    ``slot`` (:mod:`serving.decoding.rows`): state, cache, positions and tokens are stored in physical
+    order with spare capacity, and rows keep their slot across steps, so a layout change rewrites only
+    the encoder rows whose sentence changed. Not thread-safe: one thread at a time calls :meth:`join`,
+    :meth:`step` and :meth:`remove`.
     """
 
     def __init__(self, spec: dict[str, Any] | StepSpec) -> None:
         self.spec = parse_step_spec(spec)
         self.beams: bs.Beams | None = None
         self.keys: list[Any] = []
-        self.uids = np.zeros(0, dtype=np.int64)  # [S] identity of each sentence (for the row layout)
+        self.uids = np.zeros(0, dtype=np.int64)  # [S] identity of each sentence
         self.lengths = np.zeros(0, dtype=np.int64)  # [S] source length (EOS included)
         self.joined = np.zeros(0, dtype=np.int64)  # [S] first cache column of each sentence
-        self.encoder: dict[str, np.ndarray] = {}  # [S, ...] per sentence, padded on pad_axis
-        self.rows: dict[str, np.ndarray] = {}  # [R, ...] state and cache buffers ([R, ..., capacity, ...])
-        self.positions = np.zeros(0, dtype=np.int64)  # [R]
-        self.tokens = np.zeros(0, dtype=np.int64)  # [R] what each row feeds to the next call
+        self.owner = np.zeros(0, dtype=np.int64)  # [S] its slot in the encoder store
+        self.slot = np.zeros(0, dtype=np.int64)  # [R] physical row of each search row
+        self.rows: dict[str, np.ndarray] = {}  # [capacity, ...] state and cache, physical order
+        self.positions = np.zeros(0, dtype=np.int64)  # [R] physical order
+        self.tokens = np.zeros(0, dtype=np.int64)  # [R] physical order: what each row feeds next
         self.column = 0  # cache length along each cache's axis (columns before `joined` are masked)
-        self._row_encoder: dict[str, np.ndarray] = {}  # encoder tensors gathered to the current rows
-        self._layout: tuple[np.ndarray, np.ndarray] | None = None  # (uids, rows) they were gathered for
+        self._encoder = EncoderRows({inp.name: inp.pad_axis for inp in self.spec.with_role("encoder")})
+        self._capacity = 0  # rows allocated in `rows`
+        self._in_order = True  # slot == arange(R): physical order is the search order
         self._next_uid = 0
 
     @property
@@ -209,7 +207,7 @@ class DecodeBatch:
     @property
     def live_rows(self) -> int:
         """Decoder rows the next step runs."""
-        return int(self.tokens.shape[0])
+        return int(self.slot.shape[0])
 
     def join(
         self,
@@ -218,8 +216,9 @@ class DecodeBatch:
         configs: Sequence[bs.BeamConfig],
         lengths: Sequence[int],
     ) -> None:
-        """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``)."""
-        n = len(keys)
+        """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``); their rows
+        go after the others, physically too."""
+        n, size = len(keys), self.live_rows
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
             raise ValueError(f"the encoder did not return {missing}")
@@ -230,33 +229,31 @@ class DecodeBatch:
         self.keys += list(keys)
         self.uids = np.concatenate([self.uids, np.arange(self._next_uid, self._next_uid + n)])
         self._next_uid += n
-        self.lengths = np.concatenate([self.lengths, np.asarray(lengths, dtype=np.int64)])
+        lengths = np.asarray(lengths, dtype=np.int64)
+        self.lengths = np.concatenate([self.lengths, lengths])
         self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
-        for inp in self.spec.with_role("encoder"):
-            self.encoder[inp.name] = self._stack(
-                inp, self.encoder.get(inp.name), np.asarray(encoded[inp.name])
-            )
+        encoder = {inp.name: encoded[inp.name] for inp in self.spec.with_role("encoder")}
+        self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
+        self.slot = np.concatenate([self.slot, np.arange(size, size + n)])
         for inp in self.spec.with_role("state", "cache"):
             if inp.role == "state":
                 value = np.asarray(encoded[inp.init])
-            else:
+            else:  # zero entries for the columns before it joined (masked)
                 shape = [n if d == -1 else d for d in inp.init_shape]
                 shape[inp.axis] = self.column
                 value = np.zeros(shape, dtype=self.spec.dtypes.get(inp.name, "float32"))
-            self.rows[inp.name] = (
-                value if inp.name not in self.rows else np.concatenate([self.rows[inp.name], value])
-            )
+            self._reserve(inp.name, value, size)[size : size + n] = value
         self.positions = np.concatenate([self.positions, np.zeros(n, dtype=np.int64)])
         self.tokens = np.concatenate([self.tokens, np.full(n, self.spec.bos_id, dtype=np.int64)])
 
-    def _stack(self, inp: DecoderInput, old: np.ndarray | None, new: np.ndarray) -> np.ndarray:
-        """Per-sentence encoder values after a join, padded on ``pad_axis`` to the longest source."""
-        if old is None:
-            return new
-        if inp.pad_axis is not None:
-            width = max(old.shape[inp.pad_axis], new.shape[inp.pad_axis])
-            old, new = _pad_axis(old, inp.pad_axis, width), _pad_axis(new, inp.pad_axis, width)
-        return np.concatenate([old, new])
+    def _reserve(self, name: str, value: np.ndarray, size: int) -> np.ndarray:
+        """The buffer of ``name`` (``size`` rows in use) with room for the rows of ``value`` after them."""
+        if size + value.shape[0] > self._capacity:
+            self._capacity = capacity_for(size + value.shape[0], self._capacity)
+            self.rows = {k: with_capacity(v[:size], self._capacity) for k, v in self.rows.items()}
+        if name not in self.rows:
+            self.rows[name] = np.empty((self._capacity, *value.shape[1:]), dtype=value.dtype)
+        return self.rows[name]
 
     def remove(self, leaving: np.ndarray) -> None:
         """Drop the sentences flagged in ``leaving`` (bool [S]) with their rows."""
@@ -265,24 +262,30 @@ class DecodeBatch:
             return
         self.beams, row_stay = bs.remove(self.beams, leaving)
         stay = np.flatnonzero(~leaving)
+        self._encoder.release(self.owner[leaving])
         self.keys = [self.keys[i] for i in stay]
         self.uids, self.lengths, self.joined = self.uids[stay], self.lengths[stay], self.joined[stay]
-        width = int(self.lengths.max(initial=1))
-        for inp in self.spec.with_role("encoder"):
-            value = self.encoder[inp.name]
-            if inp.pad_axis is not None:  # sources longer than every remaining one are trimmed away
-                value = value[_at(inp.pad_axis, slice(0, width))]
-            self.encoder[inp.name] = np.take(value, stay, axis=0)
+        self.owner = self.owner[stay]
+        if not self.keys:  # empty: start afresh (no columns, no rows)
+            self.beams, self.rows, self.column, self._capacity = None, {}, 0, 0
+            self.slot = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
+            self._in_order = True
+            return
         if row_stay.size < self.live_rows:
-            self._take_rows(row_stay)
-            self.tokens = self.tokens[row_stay]
-        if not self.keys:  # empty: start afresh (no columns, no encoder width to keep)
-            self.beams, self.encoder, self.rows, self.column, self._layout = None, {}, {}, 0, None
+            self._compact(self.slot[row_stay])
+        self._encoder.fit(int(self.lengths.max()))
 
-    def _take_rows(self, index: np.ndarray) -> None:
-        """Reorder / duplicate / drop rows (beam origin): every row tensor, positions."""
-        self.rows = {name: np.take(value, index, axis=0) for name, value in self.rows.items()}
-        self.positions = self.positions[index]
+    def _compact(self, kept: np.ndarray) -> None:
+        """Physical rows ``0..R'-1`` for the rows that stay (at slots ``kept``): those beyond move into
+        the freed slots, the others stay put."""
+        size = kept.size
+        self.slot = dense_slots(kept, size)
+        moved = np.flatnonzero(self.slot != kept)
+        src, dst = kept[moved], self.slot[moved]  # src >= size > dst: no overlap
+        for value in (*self.rows.values(), self.positions, self.tokens):
+            value[dst] = value[src]
+        self.positions, self.tokens = self.positions[:size], self.tokens[:size]
+        self._in_order = bool(np.array_equal(self.slot, np.arange(size)))
 
     def step(self, run_decoder: Runner) -> list[Finished]:
         """One decoder call over every live row, one search step; returns the sentences that left."""
@@ -292,31 +295,66 @@ class DecodeBatch:
         missing = [name for name in self.spec.decoder_outputs if name not in outputs]
         if missing:
             raise ValueError(f"the decoder did not return {missing}")
-        result = bs.step(self.beams, np.asarray(outputs["log_probs"], dtype=np.float32))  # log-probs [R, V]
-        self.beams, self.tokens = result.beams, result.tokens
-        self._advance_rows(outputs, result.origin)
+        log_probs = np.asarray(outputs["log_probs"], dtype=np.float32)  # [R, V] physical order
+        before = self.beams.rows
+        result = bs.step(self.beams, log_probs if self._in_order else log_probs[self.slot])
+        self.beams = result.beams
+        self._advance_rows(outputs, result.origin, before, result.tokens)
         return self._retire()
 
-    def _advance_rows(self, outputs: dict[str, np.ndarray], origin: np.ndarray) -> None:
-        """Rows after a step, gathered by beam ``origin``: states replaced; each cache gathered and grown
-        by this step's entries in one copy, without the leading columns no live sentence uses any more."""
+    def _next_slots(self, before: np.ndarray) -> np.ndarray:
+        """Physical rows after a step: sentence ``s``'s ``k``-th row keeps the slot of its ``k``-th row
+        before, where it had one; new rows take freed slots. Back to the search order when most rows
+        change anyway (e.g. every sentence widening from one row to ``beam``)."""
+        after = self.beams.rows
+        size = int(after.sum())
+        if self._in_order and np.array_equal(before, after):
+            return self.slot
+        sentence = np.repeat(np.arange(after.size), after)  # [R']
+        rank = np.arange(size) - (np.cumsum(after) - after)[sentence]
+        had = rank < before[sentence]
+        old = np.where(had, (np.cumsum(before) - before)[sentence] + rank, 0)
+        preferred = np.where(had, self.slot[old] if self.slot.size else 0, -1)  # [R']
+        if 2 * np.count_nonzero((preferred >= 0) & (preferred < size)) < size:
+            return np.arange(size)
+        return dense_slots(preferred, size)
+
+    def _advance_rows(
+        self, outputs: dict[str, np.ndarray], origin: np.ndarray, before: np.ndarray, tokens: np.ndarray
+    ) -> None:
+        """Rows after a step, in their new slots, gathered by beam ``origin``: states replaced; each cache
+        gathered and grown by this step's entries in one copy, without the leading columns no live
+        sentence uses any more."""
+        slot = self._next_slots(before)
+        size = slot.size
+        if self._in_order and slot is self.slot:
+            source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
+        else:
+            source = np.empty(size, dtype=np.int64)
+            source[slot] = self.slot[origin]
+            self.tokens = np.empty(size, dtype=np.int64)
+            self.tokens[slot] = tokens
+            self._in_order = bool(np.array_equal(slot, np.arange(size)))
+        self.slot = slot
+        if size > self._capacity:  # new buffers below: allocate the room now
+            self._capacity = capacity_for(size, self._capacity)
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
         for inp in self.spec.with_role("state", "cache"):
             new = np.asarray(outputs[inp.output])
             if inp.role == "state":
-                self.rows[inp.name] = np.take(new, origin, axis=0)
+                self.rows[inp.name] = np.empty((self._capacity, *new.shape[1:]), dtype=new.dtype)
+                np.take(new, source, axis=0, out=self.rows[inp.name][:size], mode="clip")
                 continue
             old = self.rows[inp.name]
             shape = list(old.shape)
-            shape[0], shape[inp.axis] = origin.size, self.column - lead + 1
-            grown = np.empty(shape, dtype=old.dtype)  # [R', ..., kept columns + 1, ...]
-            np.take(
-                old[_at(inp.axis, slice(lead, None))], origin, axis=0, out=grown[_at(inp.axis, slice(0, -1))]
-            )
-            grown[_at(inp.axis, slice(-1, None))] = np.take(new, origin, axis=0)
+            shape[0], shape[inp.axis] = self._capacity, self.column - lead + 1
+            grown = np.empty(shape, dtype=old.dtype)  # [capacity, ..., kept columns + 1, ...]
+            kept = old[_at(inp.axis, slice(lead, None))]
+            np.take(kept, source, axis=0, out=grown[:size][_at(inp.axis, slice(0, -1))], mode="clip")
+            grown[:size][_at(inp.axis, slice(-1, None))] = np.take(new, source, axis=0)
             self.rows[inp.name] = grown
-        self.positions = self.positions[origin] + 1
+        self.positions = self.positions[source] + 1
         self.joined -= lead
         self.column += 1 - lead
 
@@ -337,35 +375,23 @@ class DecodeBatch:
         return out
 
     def _feed(self) -> dict[str, np.ndarray]:
-        """The named inputs of the next decoder call."""
-        feed = dict(self.rows)
-        row_sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R]
+        """The named inputs of the next decoder call, in physical row order."""
+        size = self.live_rows
+        sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
+        if not self._in_order:
+            physical = np.empty_like(sentence)
+            physical[self.slot] = sentence
+            sentence = physical  # [R] physical order
+        feed = {name: value[:size] for name, value in self.rows.items()}
         for inp in self.spec.with_role("tokens"):
             feed[inp.name] = self.tokens  # [R]
         for inp in self.spec.with_role("positions"):
             feed[inp.name] = self.positions  # [R]
         for inp in self.spec.with_role("cache_mask"):
             columns = np.arange(self.column)  # [past]
-            feed[inp.name] = columns >= self.joined[row_sentence, None]  # [R, past]
-        feed.update(self._encoder_rows(row_sentence))
+            feed[inp.name] = columns >= self.joined[sentence, None]  # [R, past]
+        feed.update(self._encoder.for_rows(self.owner[sentence], self.uids[sentence]))
         return feed
-
-    def _encoder_rows(self, row_sentence: np.ndarray) -> dict[str, np.ndarray]:
-        """Encoder tensors gathered to the rows, again only when the sentences' rows changed."""
-        layout = (self.uids, self.beams.rows)
-        if self._layout is not None and all(
-            np.array_equal(a, b) for a, b in zip(self._layout, layout, strict=True)
-        ):
-            return self._row_encoder
-        width = int(self.lengths.max(initial=1))
-        self._row_encoder = {}
-        for inp in self.spec.with_role("encoder"):
-            value = self.encoder[inp.name]
-            if inp.pad_axis is not None:
-                value = value[_at(inp.pad_axis, slice(0, width))]
-            self._row_encoder[inp.name] = np.take(value, row_sentence, axis=0)
-        self._layout = layout
-        return self._row_encoder
 
 
 def translate_ids(
