@@ -286,18 +286,25 @@ def results(beams: Beams, sentence: int) -> list[Hypothesis]:
     return list(beams.finished[sentence][: beams.n_best[sentence]])
 
 
-def mask_log_probs(
-    log_probs: np.ndarray, step: np.ndarray, min_length: np.ndarray, max_length: np.ndarray, eos_id: int
-) -> np.ndarray:
-    """Per row: EOS blocked while ``step < min_length``; only EOS allowed at ``max_length - 1`` (a copy)."""
-    lp = np.array(log_probs, dtype=np.float32, copy=True)  # [rows, V]
-    lp[step < min_length, eos_id] = -np.inf
-    last = step >= max_length - 1  # [rows]
+def mask_candidates(
+    cand: np.ndarray,
+    rows: np.ndarray,
+    step: np.ndarray,
+    min_length: np.ndarray,
+    max_length: np.ndarray,
+    eos_id: int,
+) -> None:
+    """In place over ``cand`` ``[R, V]`` (``rows[i]`` rows per sentence ``i``): EOS blocked while
+    ``step < min_length``; only EOS allowed at ``max_length - 1``. Per-sentence tests, so a step with
+    no sentence at either bound touches no row."""
+    early, last = step < min_length, step >= max_length - 1  # [n]
+    if early.any():
+        cand[np.repeat(early, rows), eos_id] = -np.inf
     if last.any():
-        eos_column = lp[last, eos_id]
-        lp[last] = -np.inf
-        lp[last, eos_id] = eos_column
-    return lp
+        last = np.repeat(last, rows)  # [R]
+        eos_column = cand[last, eos_id]
+        cand[last] = -np.inf
+        cand[last, eos_id] = eos_column
 
 
 def top_candidates(cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -359,22 +366,18 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
         )
     live = np.flatnonzero(beams.rows)  # [n] sentences with rows, in row order
     rows = beams.rows[live]  # [n]
-    row_sentence = np.repeat(live, rows)  # [R]
-    lp = mask_log_probs(
-        log_probs,
-        beams.step[row_sentence],
-        beams.min_length[row_sentence],
-        beams.max_length[row_sentence],
-        beams.eos_id,
+    cand = beams.scores[:, None] + np.asarray(log_probs, dtype=np.float32)  # [R, V] float32, a new array
+    mask_candidates(
+        cand, rows, beams.step[live], beams.min_length[live], beams.max_length[live], beams.eos_id
     )
-    failed = beams.failed.copy()
-    bad_rows = np.isnan(lp).any(axis=1)  # [R]: a poisoned row fails its own sentence only
+    failed = beams.failed.copy()  # [S] (_finalize may add to it)
+    bad_rows = np.isnan(cand).any(axis=1)  # [R]: a poisoned row fails its own sentence only
     if bad_rows.any():
+        row_sentence = np.repeat(live, rows)  # [R]
         failed[row_sentence[bad_rows]] = True
-        lp[failed[row_sentence]] = -np.inf
-    vocab, width = lp.shape[1], int(rows.max())
+        cand[failed[row_sentence]] = -np.inf
+    vocab, width = cand.shape[1], int(rows.max())
     starts = np.cumsum(rows) - rows  # [n] first row of each live sentence
-    cand = beams.scores[:, None] + lp  # [R, V] float32
     if not (rows == width).all():  # pad sentences with fewer rows to [n, width, V] with -inf
         grid = np.full((live.size, width, vocab), -np.inf, dtype=np.float32)
         grid[np.repeat(np.arange(live.size), rows), np.arange(rows_total) - np.repeat(starts, rows)] = cand

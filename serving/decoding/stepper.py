@@ -195,6 +195,8 @@ class DecodeBatch:
         self.tokens = np.zeros(0, dtype=np.int64)  # [R] physical order: what each row feeds next
         self.column = 0  # cache length along each cache's axis (columns before `joined` are masked)
         self._encoder = EncoderRows({inp.name: inp.pad_axis for inp in self.spec.with_role("encoder")})
+        self._carried = self.spec.with_role("state", "cache")  # looked up once: used at every step
+        self._named = {role: [i.name for i in self.spec.with_role(role)] for role in ROLES}
         self._capacity = 0  # rows allocated in `rows`
         self._in_order = True  # slot == arange(R): physical order is the search order
         self._next_uid = 0
@@ -232,10 +234,10 @@ class DecodeBatch:
         lengths = np.asarray(lengths, dtype=np.int64)
         self.lengths = np.concatenate([self.lengths, lengths])
         self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
-        encoder = {inp.name: encoded[inp.name] for inp in self.spec.with_role("encoder")}
+        encoder = {name: encoded[name] for name in self._named["encoder"]}
         self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
         self.slot = np.concatenate([self.slot, np.arange(size, size + n)])
-        for inp in self.spec.with_role("state", "cache"):
+        for inp in self._carried:
             if inp.role == "state":
                 value = np.asarray(encoded[inp.init])
             else:  # zero entries for the columns before it joined (masked)
@@ -340,7 +342,7 @@ class DecodeBatch:
             self._capacity = capacity_for(size, self._capacity)
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
-        for inp in self.spec.with_role("state", "cache"):
+        for inp in self._carried:
             new = np.asarray(outputs[inp.output])
             if inp.role == "state":
                 self.rows[inp.name] = np.empty((self._capacity, *new.shape[1:]), dtype=new.dtype)
@@ -383,13 +385,12 @@ class DecodeBatch:
             physical[self.slot] = sentence
             sentence = physical  # [R] physical order
         feed = {name: value[:size] for name, value in self.rows.items()}
-        for inp in self.spec.with_role("tokens"):
-            feed[inp.name] = self.tokens  # [R]
-        for inp in self.spec.with_role("positions"):
-            feed[inp.name] = self.positions  # [R]
-        for inp in self.spec.with_role("cache_mask"):
-            columns = np.arange(self.column)  # [past]
-            feed[inp.name] = columns >= self.joined[sentence, None]  # [R, past]
+        for name in self._named["tokens"]:
+            feed[name] = self.tokens  # [R]
+        for name in self._named["positions"]:
+            feed[name] = self.positions  # [R]
+        for name in self._named["cache_mask"]:
+            feed[name] = np.arange(self.column) >= self.joined[sentence, None]  # [R, past]
         feed.update(self._encoder.for_rows(self.owner[sentence], self.uids[sentence]))
         return feed
 
