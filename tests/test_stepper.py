@@ -307,3 +307,20 @@ def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torc
         # tokens identical; scores to float32 rounding (masked columns change the reductions' order)
         assert [h.tokens for h in results[i]] == [h.tokens for h in reference]
         np.testing.assert_allclose([h.score for h in results[i]], [h.score for h in reference], rtol=1e-5)
+
+
+def test_a_leaving_sentences_rows_are_refilled_from_the_tail_and_the_others_stay_put():
+    two = dataclasses.replace(CONFIG, beam_size=2, n_best=1, min_length=6)
+    batch = st.DecodeBatch(PARSED)
+    sources = SOURCES[:3]
+    batch.join(
+        range(3), fake_encoder(st.encoder_inputs(PARSED, sources)), [two] * 3, [len(s) + 1 for s in sources]
+    )
+    batch.step(fake_decoder)  # every sentence widens from 1 row to 2: back to the search order
+    assert batch.slot.tolist() == [0, 1, 2, 3, 4, 5]
+    batch.remove(np.array([True, False, False]))
+    assert batch.slot.tolist() == [2, 3, 0, 1]  # sentence 2 moved into the freed rows; sentence 1 stayed
+    finished = {}
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(fake_decoder)}
+    assert [finished[1], finished[2]] == alone(sources[1:], [two, two])

@@ -317,7 +317,7 @@ class DecodeBatch:
         had = rank < before[sentence]
         old = np.where(had, (np.cumsum(before) - before)[sentence] + rank, 0)
         preferred = np.where(had, self.slot[old] if self.slot.size else 0, -1)  # [R']
-        if 2 * np.count_nonzero((preferred >= 0) & (preferred < size)) < size:
+        if 2 * np.count_nonzero((preferred >= 0) & (preferred < size)) <= size:
             return np.arange(size)
         return dense_slots(preferred, size)
 
