@@ -3,7 +3,8 @@
 One decode thread per scheduler runs the loop over one persistent
 :class:`serving.decoding.stepper.DecodeBatch`, without waiting on the event loop between steps: it
 admits waiting sentences while the row budget allows (their encoder run batched in one call, joined to
-the batch at once), removes the rows of requests that timed out or whose client left, and runs one
+the batch at once; into a running batch only once enough wait or the oldest has waited a few steps,
+see :meth:`DecodingScheduler._ready_to_admit`), removes the rows of requests that timed out or whose client left, and runs one
 decoder step plus one vectorized search step over every live row. Sentences that finish leave at once;
 a request is answered (on the event loop, thread-safely) when its last sentence is done. A sentence
 whose search fails (NaN log-probs) fails its own request only; a failing model call fails the requests

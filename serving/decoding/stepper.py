@@ -3,13 +3,14 @@
 The encoder and decoder graphs are opaque callables ``run(inputs: dict[str, ndarray]) -> dict[str,
 ndarray]`` (ONNX Runtime, Triton BLS, a torch module wrapped in a test). :class:`DecodeBatch` keeps the
 rows of every running sentence in one set of arrays, by role (docs/translator-interface.md):
-``encoder`` constants stored once per sentence and gathered to rows only when the rows change,
+``encoder`` constants stored once per sentence and expanded to rows, rewritten only for rows whose
+sentence changed (:mod:`serving.decoding.rows`: rows keep their physical slot across steps),
 ``state`` replaced by its output, ``cache`` gathered by beam origin and grown by the step's entries
 in one copy per step (``cache_mask`` marks each row's valid columns: a sentence that joins later sees
 the earlier columns masked, so every row computes exactly what it would alone; columns no live
-sentence uses are dropped in the same copy), ``positions`` per row. Sentences
-join (one encoder call, padded once) and leave (their rows compacted) between steps; each step is one
-decoder call and one vectorized :func:`serving.decoding.beam_search.step` for all sentences.
+sentence uses are dropped in the same copy), ``positions`` per row. Sentences join (one encoder call,
+rows written into spare capacity) and leave (rows from the tail refill theirs) between steps; each step
+is one decoder call and one vectorized :func:`serving.decoding.beam_search.step` for all sentences.
 
 :func:`translate_ids` decodes one batch of sentences to the end (export's ONNX parity check, the Triton
 python model); the iteration-level scheduler drives a :class:`DecodeBatch` itself.
