@@ -186,8 +186,9 @@ async def _stepped_run(join: list[tuple[int, list[list[int]], bs.BeamConfig]], *
                 steps += 1
                 await until(lambda n=steps + 1: len(decoder.entered) == n)  # the next call waits its turn
             calls = len(decoder.entered)  # the thread is idle (no call yet) or waits in call `calls`
+            queued = scheduler.queued
             tasks.append(asyncio.create_task(scheduler.submit(sources, cfg_)))
-            await until(lambda c=calls: scheduler.queued > 0 or len(decoder.entered) > c)
+            await until(lambda c=calls, q=queued: scheduler.queued > q or len(decoder.entered) > c)
         decoder.run_freely()
         results = await asyncio.gather(*tasks)
     finally:

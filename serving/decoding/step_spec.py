@@ -1,0 +1,139 @@
+"""The step spec of a translator (the ``step_spec`` of its kiln.json): decoder inputs by role, parsed and
+validated once, and the encoder inputs and settings checks derived from it (docs/translator-interface.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.decoding import beam_search as bs
+
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask")
+_REQUIRED = {"state": ("output", "init"), "cache": ("output", "axis", "init_shape")}
+
+
+@dataclass(frozen=True)
+class DecoderInput:
+    """One decoder input of the step spec and how its value is produced each step."""
+
+    name: str
+    role: str
+    output: str | None = None  # state / cache: the decoder output that updates it
+    init: str | None = None  # state: the encoder output holding its initial value
+    axis: int | None = None  # cache: the axis entries are appended along
+    init_shape: tuple[int, ...] | None = None  # cache: initial shape, -1 = rows, 0 on axis
+    pad_axis: int | None = None  # encoder: where rows of different source lengths are padded
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The parsed, validated step spec of a translator (the ``step_spec`` of its kiln.json)."""
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    vocab_size: int
+    max_positions: int | None
+    encoder_inputs: tuple[str, ...]
+    encoder_outputs: tuple[str, ...]
+    decoder_inputs: tuple[DecoderInput, ...]
+    decoder_outputs: tuple[str, ...]
+    dtypes: dict[str, str]
+
+    def with_role(self, *roles: str) -> list[DecoderInput]:
+        return [inp for inp in self.decoder_inputs if inp.role in roles]
+
+
+def parse_step_spec(spec: dict[str, Any] | StepSpec) -> StepSpec:
+    """Validate a JSON step spec; every problem is reported with the offending input's name."""
+    if isinstance(spec, StepSpec):
+        return spec
+    try:
+        inputs = tuple(_parse_input(d) for d in spec["decoder"]["inputs"])
+        parsed = StepSpec(
+            pad_id=int(spec["pad_id"]),
+            bos_id=int(spec["bos_id"]),
+            eos_id=int(spec["eos_id"]),
+            vocab_size=int(spec["vocab_size"]),
+            max_positions=spec.get("max_positions"),
+            encoder_inputs=tuple(spec["encoder"]["inputs"]),
+            encoder_outputs=tuple(spec["encoder"]["outputs"]),
+            decoder_inputs=inputs,
+            decoder_outputs=tuple(spec["decoder"]["outputs"]),
+            dtypes=dict(spec.get("dtypes", {})),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed step spec: missing or invalid {exc}") from None
+    _check_spec(parsed)
+    return parsed
+
+
+def _parse_input(d: dict[str, Any]) -> DecoderInput:
+    role = d.get("role")
+    if role not in ROLES:
+        raise ValueError(
+            f"decoder input {d.get('name')!r} has unknown role {role!r}; expected one of {ROLES}"
+        )
+    missing = [key for key in _REQUIRED.get(role, ()) if key not in d]
+    if missing:
+        raise ValueError(f"decoder input {d['name']!r} (role {role}) lacks {missing}")
+    shape = d.get("init_shape")
+    return DecoderInput(
+        name=d["name"],
+        role=role,
+        output=d.get("output"),
+        init=d.get("init"),
+        axis=d.get("axis"),
+        init_shape=tuple(shape) if shape is not None else None,
+        pad_axis=d.get("pad_axis"),
+    )
+
+
+def _check_spec(spec: StepSpec) -> None:
+    if len(spec.encoder_inputs) != 1:
+        raise ValueError(f"the encoder must take exactly one input (source ids), got {spec.encoder_inputs}")
+    if "log_probs" not in spec.decoder_outputs:
+        raise ValueError(f"decoder outputs {spec.decoder_outputs} lack 'log_probs'")
+    if len(spec.with_role("tokens")) != 1:
+        raise ValueError("the decoder needs exactly one input with role 'tokens'")
+    for inp in spec.decoder_inputs:
+        if inp.role in ("state", "cache") and inp.output not in spec.decoder_outputs:
+            raise ValueError(f"{inp.name!r}: output {inp.output!r} is not a decoder output")
+        if inp.role == "state" and inp.init not in spec.encoder_outputs:
+            raise ValueError(f"{inp.name!r}: init {inp.init!r} is not an encoder output")
+        if inp.role == "encoder" and inp.name not in spec.encoder_outputs:
+            raise ValueError(f"{inp.name!r}: role 'encoder' but not an encoder output")
+    if spec.with_role("cache") and not spec.with_role("cache_mask"):
+        raise ValueError("a spec with 'cache' inputs needs a 'cache_mask' input")
+
+
+def encoder_inputs(spec: StepSpec, src_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """Source ids + EOS, right-padded with ``pad_id``: ``{encoder input: int64 [B, S]}``."""
+    rows = []
+    for i, ids in enumerate(src_ids):
+        ids = list(ids)
+        if not all(isinstance(t, int | np.integer) and t >= 0 for t in ids):
+            raise ValueError(f"source sentence {i} must be a list of non-negative token ids, got {ids!r}")
+        rows.append(ids + [spec.eos_id])
+    width = max((len(r) for r in rows), default=1)
+    out = np.full((len(rows), width), spec.pad_id, dtype=np.int64)  # [B, S]
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return {spec.encoder_inputs[0]: out}
+
+
+def check_config(spec: StepSpec, config: bs.BeamConfig) -> None:
+    """Refuse settings the model cannot honour (other eos/bos ids, more positions than it has)."""
+    if (config.eos_id, config.bos_id) != (spec.eos_id, spec.bos_id):
+        raise ValueError(
+            f"BeamConfig eos/bos ({config.eos_id}, {config.bos_id}) differ from the model's "
+            f"({spec.eos_id}, {spec.bos_id})"
+        )
+    if spec.max_positions is not None and config.max_length > spec.max_positions:
+        raise ValueError(
+            f"max_length={config.max_length} exceeds the model's max_positions={spec.max_positions}"
+        )
