@@ -469,9 +469,9 @@ def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_co
         for part in ("encode", "decode"):
             work = getattr(translator.codec, part)
 
-            def recorded(items, work=work, part=part):
+            def recorded(items, batched=True, work=work, part=part):
                 on_loop.append((part, threading.current_thread() is threading.main_thread()))
-                return work(items)
+                return work(items, batched)
 
             setattr(translator.codec, part, recorded)
         await translator.start()
@@ -486,3 +486,14 @@ def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_co
     solo, together = asyncio.run(scenario())
     assert on_loop[:5] == [("encode", True), ("decode", True)] * 2 + [("encode", False)]
     assert together[:2] == solo
+
+
+def test_the_codec_gives_the_same_ids_and_texts_text_by_text_and_batched(exported) -> None:
+    root, _ = exported
+    codec = _translator(root / "model_repository", "transformer").codec
+    texts = texts_of_mixed_lengths(16, seed=3)
+    ids = codec.encode(texts, batched=True)
+    assert codec.encode(texts, batched=False) == ids
+    hypotheses = [[1, *row, 2, 0, 0] for row in ids]  # BOS, ids, EOS, padding
+    assert codec.decode(hypotheses, batched=False) == codec.decode(hypotheses, batched=True)
+    assert codec.decode([], batched=False) == codec.decode([], batched=True) == []

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(bs.DecodingOptions))
-# Requests this small are tokenized / detokenized on the event loop: measured ~10 us for a 40-character
-# sentence and ~3 us for its translation, far less than a hop to the codec thread and back.
+# Requests this small are tokenized / detokenized on the event loop, text by text holding the GIL:
+# measured ~10 us for a 40-character sentence and ~3 us for its translation, far less than a hop to
+# the codec thread and back.
 INLINE_CHARS = 1024
 INLINE_TOKENS = 512
 
@@ -58,18 +59,28 @@ class TextCodec:
 
         return cls(Tokenizer.from_file(str(source)), Tokenizer.from_file(str(target)), spec)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Source ids without EOS (the stepper appends it)."""
-        return [e.ids for e in self.source.encode_batch(texts)]
+    def encode(self, texts: list[str], batched: bool = True) -> list[list[int]]:
+        """Source ids without EOS (the stepper appends it).
 
-    def decode(self, hypotheses: list[list[int]]) -> list[str]:
-        """Texts of hypotheses (one batched call): ids up to the first EOS, without BOS / padding / specials."""
+        ``batched``: one call that gives up the GIL and runs in parallel, for a worker thread; else one
+        call per text that keeps the GIL, for the event loop, where giving the GIL up costs a switch
+        interval (up to 5 ms) whenever the decode thread runs Python (measured on the gateway).
+        """
+        if batched:
+            return [e.ids for e in self.source.encode_batch(texts)]
+        return [self.source.encode(text).ids for text in texts]
+
+    def decode(self, hypotheses: list[list[int]], batched: bool = True) -> list[str]:
+        """Texts of hypotheses: ids up to the first EOS, without BOS / padding / specials (``batched``:
+        as in :meth:`encode`)."""
         spec = self.spec
         kept = [
             bs.output_tokens(t, eos_id=spec.eos_id, pad_id=spec.pad_id, bos_id=spec.bos_id)
             for t in hypotheses
         ]
-        return self.target.decode_batch(kept, skip_special_tokens=True) if kept else []
+        if batched:
+            return self.target.decode_batch(kept, skip_special_tokens=True) if kept else []
+        return [self.target.decode(ids, skip_special_tokens=True) for ids in kept]
 
 
 class Translator:
@@ -138,8 +149,8 @@ class Translator:
         self.check_texts(texts)
         return self._encode(texts)
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        ids = self.codec.encode(texts)
+    def _encode(self, texts: list[str], batched: bool = True) -> list[list[int]]:
+        ids = self.codec.encode(texts, batched)
         cap = self.spec.max_positions
         for i, row in enumerate(ids):
             if cap and len(row) + 1 > cap:
@@ -168,13 +179,11 @@ class Translator:
             for hyps in results
         ]
 
-    async def _codec(
-        self, work: Callable[[list[Any]], list[Any]], items: list[Any], inline: bool
-    ) -> list[Any]:
-        """``work(items)`` here when ``inline``, else in the codec thread."""
+    async def _codec(self, work: Callable[..., list[Any]], items: list[Any], inline: bool) -> list[Any]:
+        """``work(items)`` here, text by text, when ``inline``; else batched in the codec thread."""
         if inline:
-            return work(items)
-        return await asyncio.get_running_loop().run_in_executor(self._codec_thread, work, items)
+            return work(items, False)
+        return await asyncio.get_running_loop().run_in_executor(self._codec_thread, work, items, True)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation`` [n, n_best] (+ FP32 ``score`` on ask)."""
