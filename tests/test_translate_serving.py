@@ -497,3 +497,26 @@ def test_the_codec_gives_the_same_ids_and_texts_text_by_text_and_batched(exporte
     hypotheses = [[1, *row, 2, 0, 0] for row in ids]  # BOS, ids, EOS, padding
     assert codec.decode(hypotheses, batched=False) == codec.decode(hypotheses, batched=True)
     assert codec.decode([], batched=False) == codec.decode([], batched=True) == []
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_the_translate_response_written_directly_is_what_its_documented_model_would_send(scores) -> None:
+    from serving.decoding.translator import Translation
+    from serving.protocol.translate import TranslateResponse, response_json
+
+    results = [
+        [Translation("vingt et un", [5, 6, 2], -1.25, -0.4166), Translation("vingt", [5, 2], -3.5, -1.75)],
+        [Translation('é ü — 漢字 "q" \\', [7, 2], float("-inf"), float("nan"))],
+    ]
+    written = json.loads(response_json("transformer", results, scores).body)
+    hypotheses = [
+        [
+            {"text": h.text, **({"score": h.score, "normalized_score": h.normalized_score} if scores else {})}
+            for h in hyps
+        ]
+        for hyps in results
+    ]
+    documented = TranslateResponse.model_validate(
+        {"model": "transformer", "translations": [{"hypotheses": hyps} for hyps in hypotheses]}
+    )
+    assert written == json.loads(documented.model_dump_json(exclude_none=True))
