@@ -9,7 +9,7 @@ sentence changed (:mod:`serving.decoding.rows`: rows keep their physical slot ac
 in one copy per step (``cache_mask`` marks each row's valid columns: a sentence that joins later sees
 the earlier columns masked, so every row computes exactly what it would alone; columns no live
 sentence uses are dropped in the same copy), ``positions`` per row. Sentences join (one encoder call,
-rows written into spare capacity) and leave (rows from the tail refill theirs) between steps; each step
+their rows appended) and leave (rows from the tail refill theirs) between steps; each step
 is one decoder call and one vectorized :func:`serving.decoding.beam_search.step` for all sentences.
 
 :func:`translate_ids` decodes one batch of sentences to the end (export's ONNX parity check, the Triton
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding.rows import EncoderRows, capacity_for, dense_slots, with_capacity
+from serving.decoding.rows import EncoderRows, dense_slots, with_capacity
 from serving.decoding.step_spec import ROLES, Runner, StepSpec, check_config, encoder_inputs, parse_step_spec
 
 
@@ -48,8 +48,8 @@ class DecodeBatch:
 
     Search rows (``beams``: each sentence's rows contiguous, in sentence order) live in physical rows
     ``slot`` (:mod:`serving.decoding.rows`): state, cache, positions and tokens are stored in physical
-    order with spare capacity, and rows keep their slot across steps, so a layout change rewrites only
-    the encoder rows whose sentence changed. Not thread-safe: one thread at a time calls :meth:`join`,
+    order, and rows keep their slot across steps, so a layout change rewrites only the encoder rows
+    whose sentence changed. Not thread-safe: one thread at a time calls :meth:`join`,
     :meth:`step` and :meth:`remove`.
     """
 
@@ -69,7 +69,8 @@ class DecodeBatch:
         self._encoder = EncoderRows({inp.name: inp.pad_axis for inp in self.spec.with_role("encoder")})
         self._carried = self.spec.with_role("state", "cache")  # looked up once: used at every step
         self._named = {role: [i.name for i in self.spec.with_role(role)] for role in ROLES}
-        self._capacity = 0  # rows allocated in `rows`
+        self._capacity = 0  # rows allocated in `rows` (the live rows after a step: exact-size buffers
+        # reuse freed heap memory; spare rows made each step's new buffers fresh, page-faulting memory)
         self._in_order = True  # slot == arange(R): physical order is the search order
         self._next_uid = 0
 
@@ -123,7 +124,7 @@ class DecodeBatch:
     def _reserve(self, name: str, value: np.ndarray, size: int) -> np.ndarray:
         """The buffer of ``name`` (``size`` rows in use) with room for the rows of ``value`` after them."""
         if size + value.shape[0] > self._capacity:
-            self._capacity = capacity_for(size + value.shape[0], self._capacity)
+            self._capacity = size + value.shape[0]
             self.rows = {k: with_capacity(v[:size], self._capacity) for k, v in self.rows.items()}
         if name not in self.rows:
             self.rows[name] = np.empty((self._capacity, *value.shape[1:]), dtype=value.dtype)
@@ -210,20 +211,19 @@ class DecodeBatch:
             self.tokens[slot] = tokens
             self._in_order = bool(np.array_equal(slot, np.arange(size)))
         self.slot = slot
-        if size > self._capacity:  # new buffers below: allocate the room now
-            self._capacity = capacity_for(size, self._capacity)
+        self._capacity = size  # new buffers below hold exactly the live rows (a join reallocates)
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
         for inp in self._carried:
             new = np.asarray(outputs[inp.output])
             if inp.role == "state":
-                self.rows[inp.name] = np.empty((self._capacity, *new.shape[1:]), dtype=new.dtype)
+                self.rows[inp.name] = np.empty((size, *new.shape[1:]), dtype=new.dtype)
                 np.take(new, source, axis=0, out=self.rows[inp.name][:size], mode="clip")
                 continue
             old = self.rows[inp.name]
             shape = list(old.shape)
-            shape[0], shape[inp.axis] = self._capacity, self.column - lead + 1
-            grown = np.empty(shape, dtype=old.dtype)  # [capacity, ..., kept columns + 1, ...]
+            shape[0], shape[inp.axis] = size, self.column - lead + 1
+            grown = np.empty(shape, dtype=old.dtype)  # [R', ..., kept columns + 1, ...]
             kept = old[_at(inp.axis, slice(lead, None))]
             np.take(kept, source, axis=0, out=grown[:size][_at(inp.axis, slice(0, -1))], mode="clip")
             grown[:size][_at(inp.axis, slice(-1, None))] = np.take(new, source, axis=0)
