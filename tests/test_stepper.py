@@ -324,3 +324,18 @@ def test_a_leaving_sentences_rows_are_refilled_from_the_tail_and_the_others_stay
     while batch.size:
         finished |= {done.key: done.hypotheses for done in batch.step(fake_decoder)}
     assert [finished[1], finished[2]] == alone(sources[1:], [two, two])
+
+
+def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_not_padded():
+    widths = []
+
+    def recording(inputs):
+        widths.append(inputs["memory"].shape[1])
+        return fake_decoder(inputs)
+
+    batch = st.DecodeBatch(PARSED)
+    for source in ([8] * 12, [5]):  # a long sentence alone, then a short one alone
+        batch.join([0], fake_encoder(st.encoder_inputs(PARSED, [source])), [CONFIG], [len(source) + 1])
+        while batch.size:
+            batch.step(recording)
+    assert widths[0] == 13 and widths[-1] == 2

@@ -141,8 +141,9 @@ class DecodeBatch:
         self.keys = [self.keys[i] for i in stay]
         self.uids, self.lengths, self.joined = self.uids[stay], self.lengths[stay], self.joined[stay]
         self.owner = self.owner[stay]
-        if not self.keys:  # empty: start afresh (no columns, no rows)
+        if not self.keys:  # empty: start afresh (no columns, no rows, no source width)
             self.beams, self.rows, self.column, self._capacity = None, {}, 0, 0
+            self._encoder = EncoderRows(self._encoder.pad_axes)
             self.slot = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
             self._in_order = True
             return
