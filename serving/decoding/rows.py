@@ -83,7 +83,7 @@ class EncoderRows:
             if axis is not None and value.shape[axis] != self.width:
                 value = _fit_axis(value, axis, self.width)
             if name not in self.store:
-                self.store[name] = np.zeros((self.used.size, *value.shape[1:]), dtype=value.dtype)
+                self.store[name] = np.empty((self.used.size, *value.shape[1:]), dtype=value.dtype)
             self.store[name][slots] = value
         self.used[slots] = True
         return slots
@@ -116,7 +116,7 @@ class EncoderRows:
         if stale.size:
             for name, value in self.store.items():
                 if name not in self.rows:
-                    self.rows[name] = np.zeros((self.row_uid.size, *value.shape[1:]), dtype=value.dtype)
+                    self.rows[name] = np.empty((self.row_uid.size, *value.shape[1:]), dtype=value.dtype)
                 self.rows[name][stale] = value[owner[stale]]
             self.row_uid[stale] = uid[stale]
         return {name: value[:size] for name, value in self.rows.items()}

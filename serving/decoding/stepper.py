@@ -72,6 +72,7 @@ class DecodeBatch:
         self._capacity = 0  # rows allocated in `rows` (the live rows after a step: exact-size buffers
         # reuse freed heap memory; spare rows made each step's new buffers fresh, page-faulting memory)
         self._in_order = True  # slot == arange(R): physical order is the search order
+        self._layout: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # row sentences, encoder feed
         self._next_uid = 0
 
     @property
@@ -94,6 +95,7 @@ class DecodeBatch:
         """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``); their rows
         go after the others, physically too."""
         n, size = len(keys), self.live_rows
+        self._layout = None
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
             raise ValueError(f"the encoder did not return {missing}")
@@ -135,6 +137,7 @@ class DecodeBatch:
         leaving = np.asarray(leaving, dtype=bool)
         if not leaving.any():
             return
+        self._layout = None
         self.beams, row_stay = bs.remove(self.beams, leaving)
         stay = np.flatnonzero(~leaving)
         self._encoder.release(self.owner[leaving])
@@ -206,6 +209,7 @@ class DecodeBatch:
         if self._in_order and slot is self.slot:
             source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
         else:
+            self._layout = None
             source = np.empty(size, dtype=np.int64)
             source[slot] = self.slot[origin]
             self.tokens = np.empty(size, dtype=np.int64)
@@ -252,11 +256,14 @@ class DecodeBatch:
     def _feed(self) -> dict[str, np.ndarray]:
         """The named inputs of the next decoder call, in physical row order."""
         size = self.live_rows
-        sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
-        if not self._in_order:
-            physical = np.empty_like(sentence)
-            physical[self.slot] = sentence
-            sentence = physical  # [R] physical order
+        if self._layout is None:  # rows changed sentence since the last call
+            sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
+            if not self._in_order:
+                physical = np.empty_like(sentence)
+                physical[self.slot] = sentence
+                sentence = physical  # [R] physical order
+            self._layout = sentence, self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
+        sentence, encoder = self._layout
         feed = {name: value[:size] for name, value in self.rows.items()}
         for name in self._named["tokens"]:
             feed[name] = self.tokens  # [R]
@@ -264,7 +271,7 @@ class DecodeBatch:
             feed[name] = self.positions  # [R]
         for name in self._named["cache_mask"]:
             feed[name] = np.arange(self.column) >= self.joined[sentence, None]  # [R, past]
-        feed.update(self._encoder.for_rows(self.owner[sentence], self.uids[sentence]))
+        feed.update(encoder)
         return feed
 
 
