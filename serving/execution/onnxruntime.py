@@ -123,6 +123,7 @@ class OnnxRuntimeBackend:
         self.metrics = metrics
         self._models: dict[tuple[str, str], _LoadedModel] = {}
         self._failed: dict[str, str] = dict(repository.errors)
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
         self._stopping = False
@@ -170,10 +171,15 @@ class OnnxRuntimeBackend:
         return self._started and not self._stopping and (name, version) in self._models
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        entry = self.repository.get(name)
-        if version:
-            entry.resolve_version(version)
-        return ModelMetadata(name, list(entry.versions), entry.platform, entry.inputs(), entry.outputs())
+        """Built once per (name, version) asked for: the HTTP infer route asks on every request."""
+        found = self._metadata.get((name, version))
+        if found is None:
+            entry = self.repository.get(name)  # unknown names raise: only real entries are cached
+            if version:
+                entry.resolve_version(version)
+            found = ModelMetadata(name, list(entry.versions), entry.platform, entry.inputs(), entry.outputs())
+            self._metadata[(name, version)] = found
+        return found
 
     def config(self, name: str, version: str = "") -> dict[str, Any]:
         """The config as Triton shows it, plus where it runs (``kiln_provider/device/buckets`` parameters)."""
