@@ -117,14 +117,14 @@ class GatewayMetrics:
         self.child(self.queue_depth, model).set_function(read)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
-        self.decoder_steps.labels(model).inc()
-        self.rows_per_step.labels(model).observe(rows)
-        self.requests_per_step.labels(model).observe(requests)
-        self.decoder_step_latency.labels(model).observe(seconds)
+        self.child(self.decoder_steps, model).inc()
+        self.child(self.rows_per_step, model).observe(rows)
+        self.child(self.requests_per_step, model).observe(requests)
+        self.child(self.decoder_step_latency, model).observe(seconds)
 
     def observe_translation(self, model: str, seconds: float, tokens: int, outcome: str) -> None:
-        self.translate_latency.labels(model, outcome).observe(seconds)
-        self.tokens_generated.labels(model).inc(tokens)
+        self.child(self.translate_latency, model, outcome).observe(seconds)
+        self.child(self.tokens_generated, model).inc(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -281,3 +281,32 @@ def test_the_io_bound_runner_gives_the_outputs_of_a_plain_run(tmp_path):
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert run(images[:1]).copy_outputs_to_cpu()[0].shape[0] == 1
+
+
+def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_it():
+    from bench.translation import acceptance, gateway_engine
+
+    def row(engine: str, tokens_per_s: float, concurrency: int = 32, **extra) -> dict:
+        return {
+            "engine": engine,
+            "beam": 4,
+            "concurrency": concurrency,
+            "tokens_per_s": tokens_per_s,
+            **extra,
+        }
+
+    rows = [
+        row(gateway_engine("", 1), 3000.0, workers=1),
+        row(gateway_engine("", 2), 5000.0, workers=2),
+        row(gateway_engine("", 2), 9000.0, concurrency=64, workers=2),  # not the c=32 target
+        row(gateway_engine("int8 entry", 1), 4000.0, workers=1),
+        row(gateway_engine("int8 entry", 2), 2000.0, workers=2),
+        row("ctranslate2 fp32 (inter 2, intra 1)", 10000.0),
+        row("pytorch (kv cache)", 1000.0),
+    ]
+    measured = {t["target"]: t["measured"] for t in acceptance(rows)}
+    ct2 = "CTranslate2 fp32 at its best layout"
+    assert measured[f"gateway (2 workers) c=32 beam 4 tokens/s >= 0.5x {ct2}"] == pytest.approx(0.5)
+    assert measured["gateway (2 workers) c=32 beam 4 >= 4x the PyTorch reference with KV cache"] == 5.0
+    assert measured[f"gateway (int8 entry, 1 worker) >= 0.7x {ct2}"] == pytest.approx(0.4)
+    assert gateway_engine("mixed beams", 2) == "gateway (mixed beams, 2 workers)"

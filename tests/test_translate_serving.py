@@ -191,6 +191,17 @@ async def _solo_tokens(
     repository: Path, name: str, texts: list[str], max_length: int = MAX_LENGTH
 ) -> list[list[int]]:
     """The gateway's translator service built in-process on the same entries: ids of each text alone."""
+    translator = _translator(repository, name)
+    await translator.start()
+    try:
+        options = DecodingOptions(beam_size=4, max_length=max_length)
+        return [(await translator.translate([t], options))[0][0].tokens for t in texts]
+    finally:
+        await translator.stop()
+
+
+def _translator(repository: Path, name: str):
+    """The gateway's translator service of ``name``, built in-process over its ONNX entries (not started)."""
     from serving.decoding.translator import translator_from_entry
     from serving.execution.onnxruntime import onnxruntime_runner
 
@@ -199,13 +210,7 @@ async def _solo_tokens(
         part: onnxruntime_runner(repository / f"{name}_{part}" / "1" / "model.onnx")
         for part in ("encoder", "decoder")
     }
-    translator = translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
-    await translator.start()
-    try:
-        options = DecodingOptions(beam_size=4, max_length=max_length)
-        return [(await translator.translate([t], options))[0][0].tokens for t in texts]
-    finally:
-        await translator.stop()
+    return translator_from_entry(repository / name, kiln, run["encoder"], run["decoder"])
 
 
 def _target_tokenizer(root: Path, name: str):
@@ -447,3 +452,71 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     per_translator = [("transformer_encoder", 1), ("transformer_decoder", 1)] * 2
     assert sorted(o for o in opened if o[0].startswith("transformer_")) == sorted(per_translator)
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
+
+
+def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_codec_thread(exported) -> None:
+    import threading
+
+    from serving.decoding.translator import INLINE_CHARS
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(64, seed=11)
+    size = next(n for n in range(1, len(texts) + 1) if sum(map(len, texts[:n])) > INLINE_CHARS)
+    on_loop: list[tuple[str, bool]] = []  # (codec call, ran on the event loop's thread)
+
+    async def scenario() -> tuple[list[list[int]], list[list[int]]]:
+        translator = _translator(root / "model_repository", "transformer")
+        for part in ("encode", "decode"):
+            work = getattr(translator.codec, part)
+
+            def recorded(items, batched=True, work=work, part=part):
+                on_loop.append((part, threading.current_thread() is threading.main_thread()))
+                return work(items, batched)
+
+            setattr(translator.codec, part, recorded)
+        await translator.start()
+        try:
+            options = DecodingOptions(beam_size=2, max_length=MAX_LENGTH)
+            solo = [(await translator.translate([t], options))[0][0].tokens for t in texts[:2]]
+            together = await translator.translate(texts[:size], options)
+            return solo, [hyps[0].tokens for hyps in together]
+        finally:
+            await translator.stop()
+
+    solo, together = asyncio.run(scenario())
+    assert on_loop[:5] == [("encode", True), ("decode", True)] * 2 + [("encode", False)]
+    assert together[:2] == solo
+
+
+def test_the_codec_gives_the_same_ids_and_texts_text_by_text_and_batched(exported) -> None:
+    root, _ = exported
+    codec = _translator(root / "model_repository", "transformer").codec
+    texts = texts_of_mixed_lengths(16, seed=3)
+    ids = codec.encode(texts, batched=True)
+    assert codec.encode(texts, batched=False) == ids
+    hypotheses = [[1, *row, 2, 0, 0] for row in ids]  # BOS, ids, EOS, padding
+    assert codec.decode(hypotheses, batched=False) == codec.decode(hypotheses, batched=True)
+    assert codec.decode([], batched=False) == codec.decode([], batched=True) == []
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_the_translate_response_written_directly_is_what_its_documented_model_would_send(scores) -> None:
+    from serving.decoding.translator import Translation
+    from serving.protocol.translate import TranslateResponse, response_json
+
+    results = [
+        [Translation("vingt et un", [5, 6, 2], -1.25, -0.4166), Translation("vingt", [5, 2], -3.5, -1.75)],
+        [Translation('é ü — 漢字 "q" \\', [7, 2], float("-inf"), float("nan"))],
+    ]
+    written = json.loads(response_json("transformer", results, scores).body)
+    hypotheses = [
+        [
+            {"text": h.text, **({"score": h.score, "normalized_score": h.normalized_score} if scores else {})}
+            for h in hyps
+        ]
+        for hyps in results
+    ]
+    documented = TranslateResponse.model_validate(
+        {"model": "transformer", "translations": [{"hypotheses": hyps} for hyps in hypotheses]}
+    )
+    assert written == json.loads(documented.model_dump_json(exclude_none=True))
