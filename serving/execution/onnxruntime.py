@@ -275,8 +275,9 @@ class OnnxRuntimeBackend:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
-        if not self.options.allow_spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", str(int(self.options.allow_spinning))
+        )
         factory = self.session_factory or ort.InferenceSession
         return factory(str(path), sess_options=opts, providers=where.providers())
 
