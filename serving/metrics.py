@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -111,8 +112,9 @@ class GatewayMetrics:
         self.child(self.batch_size, model).observe(items)
         self.child(self.compute_latency, model).observe(compute_s)
 
-    def set_queue_depth(self, model: str, depth: int) -> None:
-        self.child(self.queue_depth, model).set(depth)
+    def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
+        """Read a batcher's queue depth when scraped: always current, and nothing to record per request."""
+        self.child(self.queue_depth, model).set_function(read)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.child(self.decoder_steps, model).inc()

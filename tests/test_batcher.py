@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from serving.errors import DeadlineExceeded, Overloaded
+from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from tests.waiting import DEADLINE_S, until
 
@@ -35,14 +34,12 @@ def run(coro):
 
 
 async def with_batcher(policy, model, body):
-    executor = ThreadPoolExecutor(max_workers=policy.instances)
-    batcher = DynamicBatcher("m", model, policy, executor)
+    batcher = DynamicBatcher("m", model, policy)
     batcher.start()
     try:
         return await body(batcher)
     finally:
         await batcher.stop(grace_s=5)
-        executor.shutdown()
 
 
 def rows(start: int, count: int) -> dict:
@@ -158,10 +155,11 @@ def test_a_queued_request_whose_caller_goes_away_is_never_run():
         while batcher.queue_depth == 0:
             await asyncio.sleep(0)
         second.cancel()
-        gate.set()
-        assert (await first)["y"].shape == (1, 1)
         with pytest.raises(asyncio.CancelledError):
             await second
+        assert batcher.queue_depth == 0  # its caller went away: it left the queue at once
+        gate.set()
+        assert (await first)["y"].shape == (1, 1)
         third = await batcher.submit(rows(4, 2))  # the next batch holds only the live request
         return third["y"].shape
 
@@ -169,3 +167,128 @@ def test_a_queued_request_whose_caller_goes_away_is_never_run():
     started_model = lambda i, x: (started.set(), recorder(i, x))[1]  # noqa: E731
     assert run(with_batcher(BatchPolicy(max_batch_size=8), started_model, body)) == (2, 1)
     assert recorder.sizes == [1, 2]
+
+
+def test_a_request_that_finds_the_instance_idle_runs_at_once_on_the_instance_thread():
+    seen: list[str] = []
+
+    def model(instance, inputs):
+        seen.append(threading.current_thread().name)
+        return {"y": inputs["x"] * 2}
+
+    async def body(batcher):
+        assert batcher.queue_depth == 0
+        return await asyncio.wait_for(batcher.submit(rows(0, 2)), timeout=DEADLINE_S)
+
+    result = run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
+    np.testing.assert_array_equal(result["y"], rows(0, 2)["x"] * 2)
+    assert seen == ["kiln-batch-m-0"]  # not the event loop's thread, not a shared pool
+
+
+def test_requests_arriving_while_the_instance_is_busy_form_the_next_batch_together():
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def body(batcher):
+        first = asyncio.create_task(batcher.submit(rows(0, 1)))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        waiting = [asyncio.create_task(batcher.submit(rows(i, 1))) for i in range(1, 4)]
+        await until(lambda: batcher.queue_depth == 3)
+        gate.set()
+        results = await asyncio.gather(first, *waiting)
+        return [r["y"].ravel().tolist() for r in results]
+
+    answers = run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
+    assert answers == [[0.0], [2.0], [4.0], [6.0]]
+    assert model.sizes == [1, 3]
+
+
+def test_two_instances_run_two_batches_at_the_same_time():
+    both_running = threading.Barrier(2, timeout=DEADLINE_S)
+
+    def model(instance, inputs):
+        both_running.wait()  # only returns once the other instance is inside a batch too
+        return {"y": inputs["x"] + instance * 0}
+
+    async def body(batcher):
+        return await asyncio.gather(batcher.submit(rows(0, 1)), batcher.submit(rows(5, 1)))
+
+    policy = BatchPolicy(max_batch_size=1, instances=2)
+    first, second = run(with_batcher(policy, model, body))
+    assert first["y"].tolist() == [[0.0]] and second["y"].tolist() == [[5.0]]
+
+
+def test_a_request_that_times_out_during_its_batch_fails_alone_and_the_others_get_their_rows():
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def body(batcher):
+        patient = asyncio.create_task(batcher.submit(rows(0, 1)))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(rows(1, 1), timeout_s=0.01)
+        gate.set()
+        return await patient
+
+    assert run(with_batcher(BatchPolicy(max_batch_size=8), model, body))["y"].tolist() == [[0.0]]
+
+
+def test_a_failing_batch_fails_its_own_requests_and_the_next_batch_still_runs():
+    calls = []
+
+    def model(instance, inputs):
+        calls.append(len(inputs["x"]))
+        if len(calls) == 1:
+            raise RuntimeError("the session broke")
+        return {"y": inputs["x"]}
+
+    async def body(batcher):
+        with pytest.raises(RuntimeError, match="the session broke"):
+            await batcher.submit(rows(0, 1))
+        return await batcher.submit(rows(7, 1))
+
+    assert run(with_batcher(BatchPolicy(max_batch_size=8), model, body))["y"].tolist() == [[7.0]]
+
+
+def test_stopping_finishes_queued_requests_then_refuses_new_ones():
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def body():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(rows(0, 1)))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        queued = asyncio.create_task(batcher.submit(rows(1, 1)))
+        await until(lambda: batcher.queue_depth == 1)
+        stopping = asyncio.create_task(batcher.stop(grace_s=DEADLINE_S))
+        await asyncio.sleep(0)  # the stop task runs up to its first wait: the batcher is closing
+        with pytest.raises(Unavailable):
+            await batcher.submit(rows(2, 1))
+        gate.set()
+        await stopping
+        return (await running)["y"].tolist(), (await queued)["y"].tolist()
+
+    assert run(body()) == ([[0.0]], [[2.0]])
+    assert model.sizes == [1, 1]
+
+
+def test_requests_still_queued_when_the_grace_period_ends_are_answered_unavailable():
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def body():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
+        batcher.start()
+        stuck = asyncio.create_task(batcher.submit(rows(0, 1)))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        queued = asyncio.create_task(batcher.submit(rows(1, 1)))
+        await until(lambda: batcher.queue_depth == 1)
+        await batcher.stop(grace_s=0.0)  # the running batch outlives the grace period
+        with pytest.raises(Unavailable):
+            await queued
+        gate.set()
+        return (await stuck)["y"].tolist()  # the batch that was running still answers
+
+    assert run(body()) == [[0.0]]
+    assert model.sizes == [1]  # the queued request never ran

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.execution import placement
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
@@ -170,3 +170,23 @@ def test_a_gpu_config_on_a_machine_without_cuda_fails_to_load_with_the_reason(re
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has a CUDA provider: the GPU config would load")
     asyncio.run(check())
+
+
+def test_intra_op_threads_do_not_spin_between_runs_unless_asked(repositories):
+    plain, _ = repositories
+    seen: list[str] = []
+
+    def factory(path, sess_options=None, providers=None):
+        import onnxruntime as ort
+
+        seen.append(sess_options.get_session_config_entry("session.intra_op.allow_spinning"))
+        return ort.InferenceSession(path, sess_options=sess_options, providers=providers)
+
+    async def load(options):
+        backend = OnnxRuntimeBackend(Repository(plain), options, session_factory=factory)
+        await backend.start()
+        await backend.stop()
+
+    asyncio.run(load(OrtOptions()))
+    asyncio.run(load(OrtOptions(allow_spinning=True)))
+    assert seen == ["0", "1"]
