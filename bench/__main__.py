@@ -33,7 +33,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "duration_s": 4.0,
         "beams": (4,),
         "translate_concurrency": (1, 32),
-        "sentences": 64,
+        "sentences": 128,
         "pa_concurrency": (1, 64),
         "pa_rounds": 3,
     },

@@ -20,210 +20,13 @@ from typing import Any
 
 from bench.report import table
 from bench.servers import gateway_cmd
-from bench.stats import ratio, summarize
+from bench.stats import ratio
+from bench.translation_engines import ctranslate2_rows, engine_rows, pytorch_rows
+from bench.translation_rows import MAX_LENGTH, Counter, agreement, make_row
 from kiln.processes import running
 from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
-MAX_LENGTH = 64  # every engine: most tokens generated per sentence
-
-
-def bleu(hyps: list[str], refs: list[str]) -> float:
-    import sacrebleu
-
-    return round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
-
-
-class Counter:
-    """Counts output tokens identically for every engine: target subwords + EOS."""
-
-    def __init__(self, tokenizer_json: str) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_str(tokenizer_json)
-
-    def __call__(self, texts: list[str]) -> int:
-        return sum(len(self.tok.encode(t).ids) + 1 for t in texts)
-
-
-def _row(
-    engine: str,
-    beam: int,
-    concurrency: int,
-    texts: list[str],
-    hyps: list[str],
-    refs,
-    elapsed,
-    count,
-    lat=None,
-):
-    row = {
-        "engine": engine,
-        "beam": beam,
-        "concurrency": concurrency,
-        "sentences": len(texts),
-        "sentences_per_s": len(texts) / elapsed,
-        "tokens_per_s": count(hyps) / elapsed,
-        "bleu": bleu(hyps, refs),
-        "exact_match": 100.0 * sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
-        "hyps": hyps,
-    }
-    if lat is not None:
-        row.update({k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p90_ms", "p99_ms")})
-    return row
-
-
-def agreement(rows: list[dict[str, Any]]) -> None:
-    """Per row: % of sentences whose translation equals the PyTorch reference (KV cache) at the same beam."""
-    reference = {r["beam"]: r["hyps"] for r in rows if r["engine"] == "pytorch (kv cache)"}
-    for r in rows:
-        beams = r.get("beams") or [r["beam"]] * len(r["hyps"])
-        if all(b in reference for b in set(beams)):
-            same = sum(h == reference[b][i] for i, (h, b) in enumerate(zip(r["hyps"], beams, strict=True)))
-            r["same_as_reference"] = 100.0 * same / len(beams)
-
-
-def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> list[dict[str, Any]]:
-    import torch
-
-    from training.checkpoint import rebuild_model
-    from training.data.tokenizer import TokenizerPair
-    from training.decoding import beam_search
-
-    torch.set_num_threads(threads)
-    model = rebuild_model(ckpt)
-    tok = TokenizerPair.from_dict(ckpt["tokenizers"])
-    rows = []
-    for use_cache in (True, False):
-        for beam in beams:
-            hyps, start = [], time.perf_counter()
-            for i in range(0, len(texts), batch):
-                src = tok.encode_source(texts[i : i + batch])
-                width = max(map(len, src))
-                x = torch.tensor([s + [0] * (width - len(s)) for s in src])
-                for h in beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache):
-                    hyps.append(tok.decode_target(h[0].tokens))
-            name = "pytorch (kv cache)" if use_cache else "pytorch (no cache)"
-            rows.append(_row(name, beam, batch, texts, hyps, refs, time.perf_counter() - start, count))
-    return rows
-
-
-CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}
-
-
-def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count) -> list[dict[str, Any]]:
-    """CTranslate2 at its best layout on two cores and at one thread, fp32 and int8, plus batch-1 latency."""
-    from bench.ctranslate import CT2Translator, convert
-
-    model_dir = convert(ckpt_path, out / "ctranslate2", force=True)
-    rows = []
-    for compute in ("float32", "int8"):
-        for layout, (inter, intra) in CT2_LAYOUTS.items():
-            translator = CT2Translator(
-                model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra, compute_type=compute
-            )
-            name = f"ctranslate2 {'fp32' if compute == 'float32' else compute} ({layout})"
-            for beam in beams:
-                translator.translate(texts[:8], beam_size=beam)  # warm up
-                start = time.perf_counter()
-                hyps = [t for t, _ in translator.translate(texts, beam_size=beam, max_length=MAX_LENGTH)]
-                rows.append(_row(name, beam, 32, texts, hyps, refs, time.perf_counter() - start, count))
-            if layout == "1 thread" and compute == "float32":
-                rows.append(_latency_row(name, texts, refs, count, translator))
-    return rows
-
-
-def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
-    """One sentence at a time, beam 4: the batch-1 latency row (p50 / p99 over ``n`` sentences)."""
-    hyps, lat = [], []
-    for text in texts[:n]:
-        start = time.perf_counter()
-        hyps.append(translator.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
-        lat.append(time.perf_counter() - start)
-    return _row(engine, 4, 1, texts[:n], hyps, refs[:n], sum(lat), count, lat)
-
-
-def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
-    """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
-    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
-    import onnxruntime as ort
-
-    from serving.decoding.stepper import translate_ids
-    from serving.decoding.translator import translator_from_entry
-    from serving.execution.onnxruntime import onnxruntime_runner
-    from serving.execution.repository import Repository
-
-    entry = Repository(repository).get(model)
-    block = entry.kiln["translator"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    run = {
-        part: onnxruntime_runner(
-            ort.InferenceSession(str(repository / block[part] / "1" / "model.onnx"), options)
-        )
-        for part in ("encoder", "decoder")
-    }
-    translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])
-    spec = translator.schedulers[0].spec
-    rows = []
-    for beam in beams:
-        config, ids = translator.beam_config(_options(beam)), translator.source_ids(texts)
-        translate_ids(run["encoder"], run["decoder"], spec, ids[:8], config)  # warm up, as CTranslate2's rows
-        start, hyps = time.perf_counter(), []
-        for i in range(0, len(ids), 32):
-            results = translate_ids(run["encoder"], run["decoder"], spec, ids[i : i + 32], config)
-            hyps += translator.codec.decode([h[0].tokens for h in results])
-        rows.append(
-            _row("kiln engine (batch 32)", beam, 32, texts, hyps, refs, time.perf_counter() - start, count)
-        )
-    for beam, concurrency, hyps, elapsed, lat in asyncio.run(_scheduler_runs(translator, texts, beams)):
-        engine = "kiln engine (scheduler)"
-        if concurrency == 1:
-            rows.append(
-                _row(engine, beam, 1, texts[: len(hyps)], hyps, refs[: len(hyps)], elapsed, count, lat)
-            )
-        else:
-            rows.append(_row(engine, beam, concurrency, texts, hyps, refs, elapsed, count, lat))
-    return rows
-
-
-def _options(beam: int) -> Any:
-    from serving.decoding.beam_search import DecodingOptions
-
-    return DecodingOptions(beam_size=beam, max_length=MAX_LENGTH)
-
-
-async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tuple]:
-    """Through the Translator in-process: each text its own request from 32 coroutines, per beam; then
-    32 texts one at a time at beam 4 (batch-1 latency). Each beam is warmed up by one short untimed pass
-    first, as CTranslate2's rows are. Rows of (beam, concurrency, hyps, s, latencies)."""
-    await translator.start()
-    try:
-        out = []
-        for beam in beams:
-            await _requests(translator, texts[:8], beam, 8)  # warm up
-            out.append((beam, 32, *await _requests(translator, texts, beam, 32)))
-        out.append((4, 1, *await _requests(translator, texts[:32], 4, 1)))
-    finally:
-        await translator.stop()
-    return out
-
-
-async def _requests(translator: Any, texts: list[str], beam: int, concurrency: int):
-    hyps: list[str | None] = [None] * len(texts)
-    latencies: list[float] = []
-    queue = list(range(len(texts)))[::-1]
-
-    async def worker() -> None:
-        while queue:
-            i = queue.pop()
-            t0 = time.perf_counter()
-            hyps[i] = (await translator.translate([texts[i]], _options(beam)))[0][0].text
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return hyps, time.perf_counter() - start, latencies
 
 
 async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
@@ -295,7 +98,9 @@ def _layout_rows(
     def add(kind: str, beam, c: int, entry: str = model) -> dict[str, Any]:
         hyps, elapsed, lat = _median_run(url, entry, texts, beam, c)
         engine = gateway_engine(kind, workers)
-        row = _row(engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat)
+        row = make_row(
+            engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat
+        )
         rows.append({**row, "workers": workers})
         log.info("%s beam %s c=%d: %.0f tokens/s", engine, row["beam"], c, row["tokens_per_s"])
         return rows[-1]
@@ -336,7 +141,7 @@ def triton_rows(repository, model, texts, refs, concurrency, threads, out, count
                 asyncio.run(_gateway_run(url, model, texts[:8], 4, 4))
                 hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, 4, concurrency))
             rows.append(
-                _row(f"gateway->triton ({mode})", 4, concurrency, texts, hyps, refs, elapsed, count, lat)
+                make_row(f"gateway->triton ({mode})", 4, concurrency, texts, hyps, refs, elapsed, count, lat)
             )
     return rows
 

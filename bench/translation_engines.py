@@ -1,0 +1,166 @@
+"""Translation engines in-process, without HTTP, on the same sentences: Kiln's decoding engine over ONNX
+Runtime (batch engine, scheduler path, batch-1 latency), the PyTorch reference beam search with and
+without its KV cache, and CTranslate2 on the same weights. Each is warmed up, then timed as the median
+of several passes (:func:`bench.translation_rows.median_pass`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.translation_rows import MAX_LENGTH, make_row, median_pass
+
+
+def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> list[dict[str, Any]]:
+    import torch
+
+    from training.checkpoint import rebuild_model
+    from training.data.tokenizer import TokenizerPair
+    from training.decoding import beam_search
+
+    torch.set_num_threads(threads)
+    model = rebuild_model(ckpt)
+    tok = TokenizerPair.from_dict(ckpt["tokenizers"])
+
+    def translate(beam: int, use_cache: bool) -> list[str]:
+        hyps = []
+        for i in range(0, len(texts), batch):
+            src = tok.encode_source(texts[i : i + batch])
+            width = max(map(len, src))
+            x = torch.tensor([s + [0] * (width - len(s)) for s in src])
+            for h in beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache):
+                hyps.append(tok.decode_target(h[0].tokens))
+        return hyps
+
+    rows = []
+    for use_cache in (True, False):
+        for beam in beams:
+            hyps, seconds = median_pass(lambda b=beam, c=use_cache: translate(b, c), repeats=3)
+            name = "pytorch (kv cache)" if use_cache else "pytorch (no cache)"
+            rows.append(make_row(name, beam, batch, texts, hyps, refs, seconds, count))
+    return rows
+
+
+CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}
+
+
+def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count) -> list[dict[str, Any]]:
+    """CTranslate2 at its best layout on two cores and at one thread, fp32 and int8, plus batch-1 latency."""
+    from bench.ctranslate import CT2Translator, convert
+
+    model_dir = convert(ckpt_path, out / "ctranslate2", force=True)
+    rows = []
+    for compute in ("float32", "int8"):
+        for layout, (inter, intra) in CT2_LAYOUTS.items():
+            translator = CT2Translator(
+                model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra, compute_type=compute
+            )
+            name = f"ctranslate2 {'fp32' if compute == 'float32' else compute} ({layout})"
+            for beam in beams:
+                answers, seconds = median_pass(
+                    lambda t=translator, b=beam: t.translate(texts, beam_size=b, max_length=MAX_LENGTH)
+                )
+                rows.append(make_row(name, beam, 32, texts, [t for t, _ in answers], refs, seconds, count))
+            if layout == "1 thread" and compute == "float32":
+                rows.append(_latency_row(name, texts, refs, count, translator))
+    return rows
+
+
+def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
+    """One sentence at a time, beam 4: the batch-1 latency row (p50 / p99 over ``n`` sentences)."""
+    hyps, lat = [], []
+    for text in texts[:n]:
+        start = time.perf_counter()
+        hyps.append(translator.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+        lat.append(time.perf_counter() - start)
+    return make_row(engine, 4, 1, texts[:n], hyps, refs[:n], sum(lat), count, lat)
+
+
+def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
+    """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
+    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
+    import onnxruntime as ort
+
+    from serving.decoding.stepper import translate_ids
+    from serving.decoding.translator import translator_from_entry
+    from serving.execution.onnxruntime import onnxruntime_runner
+    from serving.execution.repository import Repository
+
+    entry = Repository(repository).get(model)
+    block = entry.kiln["translator"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    run = {
+        part: onnxruntime_runner(
+            ort.InferenceSession(str(repository / block[part] / "1" / "model.onnx"), options)
+        )
+        for part in ("encoder", "decoder")
+    }
+    translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])
+    spec = translator.schedulers[0].spec
+    rows = []
+    for beam in beams:
+        config = translator.beam_config(_options(beam))
+        ids = [i for k in range(0, len(texts), 32) for i in translator.source_ids(texts[k : k + 32])]
+
+        def batches(config=config, ids=ids) -> list[str]:
+            hyps = []
+            for i in range(0, len(ids), 32):
+                results = translate_ids(run["encoder"], run["decoder"], spec, ids[i : i + 32], config)
+                hyps += translator.codec.decode([h[0].tokens for h in results])
+            return hyps
+
+        hyps, seconds = median_pass(batches)  # warmed up and timed as CTranslate2's rows
+        rows.append(make_row("kiln engine (batch 32)", beam, 32, texts, hyps, refs, seconds, count))
+    for beam, concurrency, hyps, elapsed, lat in asyncio.run(_scheduler_runs(translator, texts, beams)):
+        engine = "kiln engine (scheduler)"
+        if concurrency == 1:
+            rows.append(
+                make_row(engine, beam, 1, texts[: len(hyps)], hyps, refs[: len(hyps)], elapsed, count, lat)
+            )
+        else:
+            rows.append(make_row(engine, beam, concurrency, texts, hyps, refs, elapsed, count, lat))
+    return rows
+
+
+def _options(beam: int) -> Any:
+    from serving.decoding.beam_search import DecodingOptions
+
+    return DecodingOptions(beam_size=beam, max_length=MAX_LENGTH)
+
+
+async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tuple]:
+    """Through the Translator in-process: each text its own request from 32 coroutines, per beam; then
+    32 texts one at a time at beam 4 (batch-1 latency). Each beam is warmed up by one short untimed pass
+    first, as CTranslate2's rows are, and the run of median duration among three counts. Rows of (beam, concurrency, hyps, s, latencies)."""
+    await translator.start()
+    try:
+        out = []
+        for beam in beams:
+            await _requests(translator, texts[:8], beam, 8)  # warm up
+            runs = [await _requests(translator, texts, beam, 32) for _ in range(3)]
+            out.append((beam, 32, *sorted(runs, key=lambda run: run[1])[1]))  # the median of three
+        out.append((4, 1, *await _requests(translator, texts[:32], 4, 1)))
+    finally:
+        await translator.stop()
+    return out
+
+
+async def _requests(translator: Any, texts: list[str], beam: int, concurrency: int):
+    hyps: list[str | None] = [None] * len(texts)
+    latencies: list[float] = []
+    queue = list(range(len(texts)))[::-1]
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            t0 = time.perf_counter()
+            hyps[i] = (await translator.translate([texts[i]], _options(beam)))[0][0].text
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return hyps, time.perf_counter() - start, latencies
