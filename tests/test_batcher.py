@@ -250,17 +250,23 @@ def test_a_failing_batch_fails_its_own_requests_and_the_next_batch_still_runs():
     assert run(with_batcher(BatchPolicy(max_batch_size=8), model, body))["y"].tolist() == [[7.0]]
 
 
+async def one_running_one_queued(model) -> tuple[DynamicBatcher, asyncio.Task, asyncio.Task]:
+    """A started batch-1 batcher whose instance runs one request (held by ``model``) while one waits."""
+    batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(rows(0, 1)))
+    assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+    queued = asyncio.create_task(batcher.submit(rows(1, 1)))
+    await until(lambda: batcher.queue_depth == 1)
+    return batcher, running, queued
+
+
 def test_stopping_finishes_queued_requests_then_refuses_new_ones():
     gate = threading.Event()
     model = Recorder(gate)
 
     async def body():
-        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
-        batcher.start()
-        running = asyncio.create_task(batcher.submit(rows(0, 1)))
-        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
-        queued = asyncio.create_task(batcher.submit(rows(1, 1)))
-        await until(lambda: batcher.queue_depth == 1)
+        batcher, running, queued = await one_running_one_queued(model)
         stopping = asyncio.create_task(batcher.stop(grace_s=DEADLINE_S))
         await asyncio.sleep(0)  # the stop task runs up to its first wait: the batcher is closing
         with pytest.raises(Unavailable):
@@ -278,12 +284,7 @@ def test_requests_still_queued_when_the_grace_period_ends_are_answered_unavailab
     model = Recorder(gate)
 
     async def body():
-        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
-        batcher.start()
-        stuck = asyncio.create_task(batcher.submit(rows(0, 1)))
-        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
-        queued = asyncio.create_task(batcher.submit(rows(1, 1)))
-        await until(lambda: batcher.queue_depth == 1)
+        batcher, stuck, queued = await one_running_one_queued(model)
         await batcher.stop(grace_s=0.0)  # the running batch outlives the grace period
         with pytest.raises(Unavailable):
             await queued

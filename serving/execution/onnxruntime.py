@@ -88,7 +88,7 @@ class _LoadedModel:
         self.batched = entry.max_batch_size > 0
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one merged batch on one instance's session (called from the thread pool).
+        """Run one merged batch on one instance's session (called from that instance's batcher thread).
 
         Bucketed: the batch is padded with zero rows up to its bucket, runs on that bucket's session
         (which only ever sees that shape), and the padding rows are cut off before anything returns.
