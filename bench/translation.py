@@ -27,6 +27,7 @@ from kiln.processes import running
 from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
+TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concurrency (issue 10)
 
 
 async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
@@ -120,8 +121,9 @@ def _layout_rows(
         if len(beams) > 1:  # requests of mixed beam sizes share the decoder steps
             mixed = [beams[i % len(beams)] for i in range(len(texts))]
             add("mixed beams", mixed, max(concurrencies))["beams"] = mixed
-        if int8:
-            add("int8 entry", 4, max(concurrencies), int8)
+        if int8:  # at the concurrency its target reads, where the profile measures it
+            c = TARGET_CONCURRENCY if TARGET_CONCURRENCY in concurrencies else max(concurrencies)
+            add("int8 entry", 4, c, int8)
     return rows
 
 
@@ -159,7 +161,9 @@ def _find(rows, engine: str, beam: int = 4, concurrency: int | None = None) -> d
     )
 
 
-def best_gateway(rows, kind: str = "", beam: int = 4, concurrency: int = 32) -> dict[str, Any] | None:
+def best_gateway(
+    rows, kind: str = "", beam: int = 4, concurrency: int = TARGET_CONCURRENCY
+) -> dict[str, Any] | None:
     """The gateway layout with the most tokens/s for this kind of row (the one the targets use)."""
     found = [
         r
