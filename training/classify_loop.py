@@ -359,10 +359,9 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
 
 
 def run(config: TrainConfig) -> Path:
-    """Train one resolved config end to end; the process group (if any) is always torn down."""
+    """Train one resolved config end to end; then every rank leaves the process group (if any) together."""
     d = setup_dist(config.device)
-    try:
-        r = prepare(config, d)
-        return finish(r, fit(r))
-    finally:
-        teardown(d)
+    r = prepare(config, d)
+    path = finish(r, fit(r))
+    teardown(d)  # not after an error: see teardown
+    return path

@@ -135,12 +135,11 @@ class Trainer:
 
 
 def run(cfg: dict[str, Any]) -> Path:
-    """Train one resolved config end to end; the process group (if any) is always torn down."""
+    """Train one resolved config end to end; then every rank leaves the process group (if any) together."""
     d = setup_dist(cfg["device"])
-    try:
-        return _train(cfg, d)
-    finally:
-        teardown(d)
+    path = _train(cfg, d)
+    teardown(d)  # not after an error: see teardown
+    return path
 
 
 def _train(cfg: dict[str, Any], d: Dist) -> Path:
