@@ -110,8 +110,7 @@ def test_a_full_queue_is_refused_and_a_timed_out_request_is_dropped():
     policy = BatchPolicy(max_batch_size=1, max_queue_size=1)
 
     async def body(batcher):
-        running = asyncio.create_task(batcher.submit(rows(0, 1)))
-        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)  # the worker blocks on the gate
+        running = await busy_instance(batcher, model)  # the worker blocks on the gate
         with pytest.raises(DeadlineExceeded):
             await batcher.submit(rows(1, 1), timeout_s=0.05)
         assert batcher.queue_depth == 0  # the expired request left the queue
@@ -190,8 +189,7 @@ def test_requests_arriving_while_the_instance_is_busy_form_the_next_batch_togeth
     model = Recorder(gate)
 
     async def body(batcher):
-        first = asyncio.create_task(batcher.submit(rows(0, 1)))
-        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        first = await busy_instance(batcher, model)
         waiting = [asyncio.create_task(batcher.submit(rows(i, 1))) for i in range(1, 4)]
         await until(lambda: batcher.queue_depth == 3)
         gate.set()
@@ -223,8 +221,7 @@ def test_a_request_that_times_out_during_its_batch_fails_alone_and_the_others_ge
     model = Recorder(gate)
 
     async def body(batcher):
-        patient = asyncio.create_task(batcher.submit(rows(0, 1)))
-        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        patient = await busy_instance(batcher, model)
         with pytest.raises(DeadlineExceeded):
             await batcher.submit(rows(1, 1), timeout_s=0.01)
         gate.set()
@@ -250,12 +247,18 @@ def test_a_failing_batch_fails_its_own_requests_and_the_next_batch_still_runs():
     assert run(with_batcher(BatchPolicy(max_batch_size=8), model, body))["y"].tolist() == [[7.0]]
 
 
+async def busy_instance(batcher: DynamicBatcher, model) -> asyncio.Task:
+    """Submit one request and return once ``model`` (a gated Recorder) is running it: the instance is busy."""
+    task = asyncio.create_task(batcher.submit(rows(0, 1)))
+    assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+    return task
+
+
 async def one_running_one_queued(model) -> tuple[DynamicBatcher, asyncio.Task, asyncio.Task]:
     """A started batch-1 batcher whose instance runs one request (held by ``model``) while one waits."""
     batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=1))
     batcher.start()
-    running = asyncio.create_task(batcher.submit(rows(0, 1)))
-    assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+    running = await busy_instance(batcher, model)
     queued = asyncio.create_task(batcher.submit(rows(1, 1)))
     await until(lambda: batcher.queue_depth == 1)
     return batcher, running, queued

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from tests.torchrun import two_ranks_weights_hash
 from training import classify, classify_loop
 from training.checkpoint import load_checkpoint, rebuild_model
 from training.models import build_model, list_models
@@ -155,40 +152,29 @@ def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
 def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(tmp_path):
     # Pinned to the CPU (gloo): with --device auto, a one-GPU machine would give rank 1 no GPU.
     hashes = tmp_path / "hashes"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
+    rank0 = two_ranks_weights_hash(
         "training.classify",
-        "--model",
-        "lenet",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "64",
-        "--limit-val",
-        "32",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--debug-rank-hashes",
-        str(hashes),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
-    assert rank0 == rank1 and len(rank0) == 64
+        [
+            "--model",
+            "lenet",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "64",
+            "--limit-val",
+            "32",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "16",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        hashes,
+    )
     ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
     assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
     assert weights_hash(rebuild_model(ckpt)) == rank0

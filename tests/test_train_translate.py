@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from tests.torchrun import two_ranks_weights_hash
 from training.checkpoint import load_checkpoint, rebuild_model
 from training.data.numbers import generate_pairs
 from training.data.text_batches import pad_ids
@@ -116,25 +113,7 @@ def test_asking_for_cuda_on_a_machine_without_it_fails_early_with_a_clear_messag
 def test_torchrun_with_two_cpu_processes_trains_one_translator_with_identical_weights(tsv, tmp_path):
     hashes = tmp_path / "hashes"
     argv = tiny_transformer_argv(tsv, tmp_path / "out", "--epochs", "1", "--device", "cpu")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "training.translate",
-        *argv,
-        "--debug-rank-hashes",
-        str(hashes),
-    ]
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=110, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
-    assert rank0 == rank1 and len(rank0) == 64
+    two_ranks_weights_hash("training.translate", argv, hashes)
     ckpt = load_checkpoint(tmp_path / "out" / "tiny.pt")
     assert (
         ckpt["metrics"]["world_size"] == 2 and len(read_metrics(tmp_path / "out" / "tiny.metrics.jsonl")) == 1

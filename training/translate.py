@@ -71,6 +71,19 @@ BASE = {
     "amp": None,
     "debug_rank_hashes": None,
 }
+# The recurrent translators (GRU and LSTM with attention) train with one recipe.
+RNN_RECIPE: dict[str, Any] = {
+    "lr": 2e-3,
+    "warmup_steps": 100,
+    "batch_tokens": 1500,
+    "model_args": {
+        "embed_dim": 128,
+        "hidden_size": 256,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "attention_dim": 128,
+    },
+}
 # Per-model recipes: the measured defaults (figures in docs/corpus.md, "Measured recipes").
 RECIPES: dict[str, dict[str, Any]] = {
     "transformer": {
@@ -87,30 +100,8 @@ RECIPES: dict[str, dict[str, Any]] = {
             "tie_output": True,
         },
     },
-    "gru_attention": {
-        "lr": 2e-3,
-        "warmup_steps": 100,
-        "batch_tokens": 1500,
-        "model_args": {
-            "embed_dim": 128,
-            "hidden_size": 256,
-            "encoder_layers": 1,
-            "decoder_layers": 1,
-            "attention_dim": 128,
-        },
-    },
-    "lstm_attention": {
-        "lr": 2e-3,
-        "warmup_steps": 100,
-        "batch_tokens": 1500,
-        "model_args": {
-            "embed_dim": 128,
-            "hidden_size": 256,
-            "encoder_layers": 1,
-            "decoder_layers": 1,
-            "attention_dim": 128,
-        },
-    },
+    "gru_attention": RNN_RECIPE,
+    "lstm_attention": RNN_RECIPE,
 }
 # Presets: settings for every model plus per-model overrides (a smaller Transformer for the demo).
 PRESETS: dict[str, dict[str, Any]] = {
