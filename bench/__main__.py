@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     parser.add_argument("--classifier", default="resnet18", help="classifier entry to measure")
     parser.add_argument("--translator", default="transformer", help="translator entry to measure")
+    parser.add_argument(
+        "--identity-translators",
+        nargs="*",
+        help="translators checked for identity with their PyTorch reference through the gateway and Triton, "
+        "trained small and exported when missing (default: every other registered translator; the flag alone: none)",
+    )
     parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation", "replicas"])
     parser.add_argument("--threads", type=int, default=engines.default_threads())
     parser.add_argument(

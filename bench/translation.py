@@ -1,151 +1,31 @@
 """Translation side by side: the gateway (iteration-level batched beam search over ONNX Runtime), Kiln's
 decoding engine in-process (batch engine, scheduler path, batch-1 latency), the PyTorch reference beam
 search with and without its KV cache, and CTranslate2 on the same weights (fp32 and int8, at its best
-layout on two cores and at one thread).
+layout on two cores and at one thread); then every other registered translator (``gru_attention``,
+``lstm_attention``) checked for identity with its PyTorch reference through the gateway, and every
+translator through real Triton (:mod:`bench.translation_identity`).
 
 Every engine translates the same held-out test sentences; tokens are counted the same way for all
-(target subwords of the output plus EOS), and each row carries its BLEU so speed and quality are read
-together.
+(target subwords of the output plus EOS), and each row carries its BLEU and its agreement with the
+PyTorch reference (the share identical and how many differ), so speed and quality are read together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import translation_identity as identity
 from bench.report import table
-from bench.servers import gateway_cmd
 from bench.stats import ratio
 from bench.translation_engines import ctranslate2_rows, engine_rows, pytorch_rows
-from bench.translation_rows import MAX_LENGTH, Counter, agreement, make_row
-from kiln.processes import running
-from serving.triton.server import free_port
+from bench.translation_gateway import TARGET_CONCURRENCY, gateway_engine, gateway_rows, triton_rows
+from bench.translation_rows import Workload, agreement
 
 log = logging.getLogger(__name__)
-TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concurrency (issue 10)
-
-
-async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
-    """Each text as its own request from ``concurrency`` clients; ``beam`` may differ per text."""
-    import aiohttp
-
-    hyps: list[str | None] = [None] * len(texts)
-    beams = beam if isinstance(beam, list) else [beam] * len(texts)
-    latencies: list[float] = []
-    queue = list(range(len(texts)))[::-1]
-    endpoint = f"{url}/v1/models/{model}/translate"
-    connector = aiohttp.TCPConnector(limit=concurrency + 4)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=300)
-    ) as session:
-
-        async def worker() -> None:
-            while queue:
-                i = queue.pop()
-                t0 = time.perf_counter()
-                body = {"texts": [texts[i]], "beam_size": beams[i], "max_length": MAX_LENGTH}
-                async with session.post(endpoint, json=body) as resp:
-                    resp.raise_for_status()
-                    answer = await resp.json()
-                latencies.append(time.perf_counter() - t0)
-                hyps[i] = answer["translations"][0]["hypotheses"][0]["text"]
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return hyps, time.perf_counter() - start, latencies
-
-
-def _median_run(
-    url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, repeats: int = 3
-):
-    """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x)."""
-    runs = sorted(
-        (asyncio.run(_gateway_run(url, model, texts, beam, concurrency)) for _ in range(repeats)),
-        key=lambda run: run[1],
-    )
-    return runs[len(runs) // 2]
-
-
-def gateway_engine(kind: str, workers: int) -> str:
-    """A gateway row's engine name, stating its layout: "gateway (2 workers)", "gateway (int8 entry, 1 worker)"."""
-    layout = f"{workers} worker{'s' if workers > 1 else ''}"
-    return f"gateway ({kind}, {layout})" if kind else f"gateway ({layout})"
-
-
-def gateway_rows(
-    repository, model, texts, refs, beams, concurrencies, threads, out, count, layouts=(1,)
-) -> list[dict[str, Any]]:
-    """Every gateway row once per layout (``layouts``: gateway processes, the ``threads`` split among them)."""
-    rows = []
-    for workers in layouts:
-        rows += _layout_rows(
-            repository, model, texts, refs, beams, concurrencies, threads, out, count, workers
-        )
-    return rows
-
-
-def _layout_rows(
-    repository, model, texts, refs, beams, concurrencies, threads, out, count, workers
-) -> list[dict[str, Any]]:
-    http, grpc = free_port(), free_port()
-    url = f"http://127.0.0.1:{http}"
-    rows = []
-
-    def add(kind: str, beam, c: int, entry: str = model) -> dict[str, Any]:
-        hyps, elapsed, lat = _median_run(url, entry, texts, beam, c)
-        engine = gateway_engine(kind, workers)
-        row = make_row(
-            engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat
-        )
-        rows.append({**row, "workers": workers})
-        log.info("%s beam %s c=%d: %.0f tokens/s", engine, row["beam"], c, row["tokens_per_s"])
-        return rows[-1]
-
-    with running(
-        gateway_cmd(repository, http, grpc, threads, workers=workers),
-        f"{url}/v2/health/ready",
-        log_path=out / f"gateway-translate-{workers}w.log",
-    ):
-        int8 = f"{model}_int8" if (Path(repository) / f"{model}_int8").is_dir() else None  # export wrote one
-        for entry in filter(None, (model, int8)):  # warm up every entry measured (first runs are slow)
-            for _ in range(workers):  # each worker process has its own sessions to warm
-                asyncio.run(_gateway_run(url, entry, texts[:8], 4, 4))
-        for beam in beams:
-            for c in concurrencies:
-                add("", beam, c)
-        if len(beams) > 1:  # requests of mixed beam sizes share the decoder steps
-            mixed = [beams[i % len(beams)] for i in range(len(texts))]
-            add("mixed beams", mixed, max(concurrencies))["beams"] = mixed
-        if int8:  # at the concurrency its target reads, where the profile measures it
-            c = TARGET_CONCURRENCY if TARGET_CONCURRENCY in concurrencies else max(concurrencies)
-            add("int8 entry", 4, c, int8)
-    return rows
-
-
-def triton_rows(repository, model, texts, refs, concurrency, threads, out, count) -> list[dict[str, Any]]:
-    """Gateway -> real Triton, both ways to translate: its own scheduler, or Triton's <name> model."""
-    from serving.triton import TritonServer, find_triton
-
-    if find_triton() is None:
-        raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
-    rows = []
-    with TritonServer(repository, out / "triton-translate", threads=threads) as triton:
-        for mode in ("scheduler", "triton"):
-            http, grpc = free_port(), free_port()
-            url = f"http://127.0.0.1:{http}"
-            cmd = gateway_cmd(repository, http, grpc, threads, triton_url=triton.grpc_url, translate=mode)
-            with running(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
-                asyncio.run(_gateway_run(url, model, texts[:8], 4, 4))
-                hyps, elapsed, lat = asyncio.run(_gateway_run(url, model, texts, 4, concurrency))
-            rows.append(
-                make_row(f"gateway->triton ({mode})", 4, concurrency, texts, hyps, refs, elapsed, count, lat)
-            )
-    return rows
 
 
 def _find(rows, engine: str, beam: int = 4, concurrency: int | None = None) -> dict[str, Any] | None:
@@ -250,79 +130,124 @@ def _target(target: str, goal: float, ours, theirs, key: str, lower_is_better: b
     }
 
 
+MAIN_COLUMNS = [
+    "engine",
+    "beam",
+    "concurrency",
+    "sentences",
+    "tokens_per_s",
+    "sentences_per_s",
+    "p50_ms",
+    "p99_ms",
+    "bleu",
+    "exact_match",
+    "same_as_reference",
+    "differs_from_reference",
+]
+
+
 def run(
     args, profile: dict[str, Any], out: Path, progress: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
-    from training.checkpoint import load_checkpoint
-    from training.translate import held_out_pairs
+    """The main translator measured side by side, every other registered translator checked for identity
+    with the PyTorch reference, Triton for all; agreement, targets and the report's section."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    errors: dict[str, str] = {}
+    main = Workload.load(args.checkpoints, args.translator, profile["sentences"])
+    others = identity.prepare(args, profile["sentences"], errors, progress)
+    rows = {main.model: _measured_rows(args, profile, main, out, errors, progress)}
+    for w in others:
+        rows[w.model] = _identity_rows(args, profile, w, logs, progress)
+    try:
+        progress("translation: gateway -> Triton (own scheduler vs Triton's <name> model), every translator")
+        concurrency = max(profile["translate_concurrency"])
+        workloads = [main, *others]
+        found = triton_rows(args.repository, workloads, profile["beams"], concurrency, args.threads, logs)
+        for model, extra in found.items():
+            rows[model] += extra
+    except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
+        errors["triton"] = str(exc)
+    for w in (main, *others):
+        agreement(rows[w.model], w.texts)
+    targets = acceptance(rows[main.model]) + [identity.identity_target(m, r) for m, r in rows.items()]
+    return {
+        "rows": rows[main.model],
+        "identity": {w.model: rows[w.model] for w in others},
+        "errors": errors,
+        "targets": targets,
+        "markdown": _markdown(main.model, rows, errors),
+        "python": sys.version.split()[0],
+    }
 
-    ckpt_path = args.checkpoints / f"{args.translator}.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    pairs = held_out_pairs(ckpt, "test")[: profile["sentences"]]
-    texts, refs = [s for s, _ in pairs], [t for _, t in pairs]
-    count = Counter(ckpt["tokenizers"]["target"])
-    beams, rows, errors = profile["beams"], [], {}
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+def _measured_rows(args, profile, w: Workload, out: Path, errors, progress) -> list[dict[str, Any]]:
+    """The main translator: gateway at both layouts, Kiln's engine in-process, PyTorch, CTranslate2."""
+    beams = profile["beams"]
     progress(
-        f"translation: gateway (1 and {args.gateway_workers} workers), {len(texts)} sentences, beams {list(beams)}"
+        f"translation: gateway (1 and {args.gateway_workers} workers), {len(w.texts)} sentences, beams {list(beams)}"
     )
-    rows += gateway_rows(
+    rows = gateway_rows(
         args.repository,
-        args.translator,
-        texts,
-        refs,
+        w.model,
+        w.texts,
+        w.refs,
         beams,
         profile["translate_concurrency"],
         args.threads,
         out / "logs",
-        count,
+        w.count,
         layouts=sorted({1, args.gateway_workers}),
     )
-    try:
-        progress("translation: gateway -> Triton (own scheduler vs Triton's python model)")
-        rows += triton_rows(
-            args.repository,
-            args.translator,
-            texts,
-            refs,
-            max(profile["translate_concurrency"]),
-            args.threads,
-            out / "logs",
-            count,
-        )
-    except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
-        errors["triton"] = str(exc)
     progress("translation: Kiln's decoding engine in-process (batch, scheduler, batch-1)")
-    rows += engine_rows(args.repository, args.translator, texts, refs, beams, count)
+    rows += engine_rows(args.repository, w.model, w.texts, w.refs, beams, w.count)
     progress("translation: PyTorch reference (with and without cache)")
-    rows += pytorch_rows(ckpt, texts, refs, beams, args.threads, count)
+    rows += pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count)
     try:
         progress("translation: CTranslate2 on the same weights")
-        rows += ctranslate2_rows(ckpt_path, ckpt, texts, refs, beams, out, count)
+        rows += ctranslate2_rows(w.checkpoint, w.ckpt, w.texts, w.refs, beams, out, w.count)
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["ctranslate2"] = str(exc)
-    agreement(rows)
-    targets = acceptance(rows)
-    cols = [
-        "engine",
-        "beam",
-        "concurrency",
-        "sentences",
-        "tokens_per_s",
-        "sentences_per_s",
-        "p50_ms",
-        "p99_ms",
-        "bleu",
-        "exact_match",
-        "same_as_reference",
-    ]
-    md = "## Translation (`transformer`, held-out test sentences)\n\n" + table(rows, cols) + "\n"
+    return rows
+
+
+def _identity_rows(args, profile, w: Workload, logs: Path, progress) -> list[dict[str, Any]]:
+    """An identity translator: the PyTorch reference (KV cache) translated once, and the gateway (one
+    layout) at every beam and concurrency of the profile and mixed beams, each run once."""
+    beams = profile["beams"]
+    progress(f"translation identity: {w.model}, {len(w.texts)} sentences, beams {list(beams)}")
+    rows = pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count, caches=(True,), timed=False)
+    rows += gateway_rows(
+        args.repository,
+        w.model,
+        w.texts,
+        w.refs,
+        beams,
+        profile["translate_concurrency"],
+        args.threads,
+        logs,
+        w.count,
+        layouts=(args.gateway_workers,),
+        repeats=1,
+    )
+    return rows
+
+
+def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -> str:
+    """The main translator's table, the identity table of the others, the differing translations, errors."""
+    md = f"## Translation (`{main}`, held-out test sentences)\n\n" + table(rows[main], MAIN_COLUMNS) + "\n"
+    others = [m for m in rows if m != main]
+    if others:
+        md += (
+            f"\n### Identity of the other translators ({', '.join(f'`{m}`' for m in others)})\n\n"
+            "Each on its own held-out test sentences; PyTorch translated once, each gateway row one run "
+            "(read for agreement; only c=32 beam 4 for speed).\n\n"
+        )
+        md += table([{**r, "model": m} for m in others for r in rows[m]], identity.TABLE_COLUMNS) + "\n"
+    differences = "\n".join(filter(None, (identity.differences_markdown(m, r) for m, r in rows.items())))
+    if differences:
+        md += "\nTranslations that differ from the PyTorch reference (the first 5 of each row):\n\n"
+        md += differences + "\n"
     if errors:
         md += "\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"
-    return {
-        "rows": rows,
-        "errors": errors,
-        "targets": targets,
-        "markdown": md,
-        "python": sys.version.split()[0],
-    }
+    return md

@@ -14,7 +14,11 @@ from typing import Any
 from bench.translation_rows import MAX_LENGTH, make_row, median_pass
 
 
-def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> list[dict[str, Any]]:
+def pytorch_rows(
+    ckpt, texts, refs, beams, threads, count, batch: int = 32, caches=(True, False), timed: bool = True
+) -> list[dict[str, Any]]:
+    """The PyTorch reference beam search, 32 sentences a call, with its KV cache and without (``caches``);
+    ``timed=False`` translates once, unwarmed, when only its translations count (the identity check)."""
     import torch
 
     from training.checkpoint import rebuild_model
@@ -36,9 +40,10 @@ def pytorch_rows(ckpt, texts, refs, beams, threads, count, batch: int = 32) -> l
         return hyps
 
     rows = []
-    for use_cache in (True, False):
+    for use_cache in caches:
         for beam in beams:
-            hyps, seconds = median_pass(lambda b=beam, c=use_cache: translate(b, c), repeats=3)
+            run = lambda b=beam, c=use_cache: translate(b, c)  # noqa: E731
+            hyps, seconds = median_pass(run, repeats=3) if timed else median_pass(run, 1, warmup=False)
             name = "pytorch (kv cache)" if use_cache else "pytorch (no cache)"
             rows.append(make_row(name, beam, batch, texts, hyps, refs, seconds, count))
     return rows

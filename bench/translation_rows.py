@@ -1,11 +1,13 @@
-"""What every translation row shares: BLEU, the token count, the row itself, agreement with the PyTorch
-reference, and the median timing of in-process passes."""
+"""What every translation row shares: the sentences of one translator (its workload), BLEU, the token
+count, the row itself, agreement with the PyTorch reference, and the median timing of in-process passes."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.stats import summarize
@@ -15,15 +17,15 @@ REPEATS = 5  # timed passes per in-process row (the median counts)
 T = TypeVar("T")
 
 
-def median_pass(run: Callable[[], T], repeats: int = REPEATS) -> tuple[T, float]:
-    """Call ``run`` once untimed (warm-up) and ``repeats`` times timed: its last result and the median
-    seconds of one pass.
+def median_pass(run: Callable[[], T], repeats: int = REPEATS, warmup: bool = True) -> tuple[T, float]:
+    """Call ``run`` once untimed (warm-up, unless ``warmup`` is False) and ``repeats`` times timed: its
+    last result and the median seconds of one pass.
 
     One pass over 64 sentences lasts tens of milliseconds for the fastest engines;
     a single timing of it on two shared cores varied up to 2x (CTranslate2's two-thread layout once
     measured slower than its one-thread layout), so every in-process engine is timed the same way.
     """
-    result = run()
+    result = run() if warmup else None
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -48,6 +50,30 @@ class Counter:
 
     def __call__(self, texts: list[str]) -> int:
         return sum(len(self.tok.encode(t).ids) + 1 for t in texts)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One translator's checkpoint and the held-out test sentences every engine translates for it."""
+
+    model: str
+    checkpoint: Path
+    ckpt: dict[str, Any]
+    texts: list[str]
+    refs: list[str]
+    count: Counter
+
+    @classmethod
+    def load(cls, checkpoints: Path, model: str, sentences: int) -> Workload:
+        """The first ``sentences`` test pairs of ``checkpoints/<model>.pt``, rebuilt from its settings."""
+        from training.checkpoint import load_checkpoint
+        from training.translate import held_out_pairs
+
+        path = Path(checkpoints) / f"{model}.pt"
+        ckpt = load_checkpoint(path)
+        pairs = held_out_pairs(ckpt, "test")[:sentences]
+        count = Counter(ckpt["tokenizers"]["target"])
+        return cls(model, path, ckpt, [s for s, _ in pairs], [t for _, t in pairs], count)
 
 
 def make_row(
@@ -77,11 +103,19 @@ def make_row(
     return row
 
 
-def agreement(rows: list[dict[str, Any]]) -> None:
-    """Per row: % of sentences whose translation equals the PyTorch reference (KV cache) at the same beam."""
+def agreement(rows: list[dict[str, Any]], texts: list[str], shown: int = 5) -> None:
+    """Per row: % of sentences whose translation equals the PyTorch reference (KV cache) at the same beam,
+    how many differ, and the first ``shown`` that differ (index, beam, source, output, reference)."""
     reference = {r["beam"]: r["hyps"] for r in rows if r["engine"] == "pytorch (kv cache)"}
     for r in rows:
         beams = r.get("beams") or [r["beam"]] * len(r["hyps"])
-        if all(b in reference for b in set(beams)):
-            same = sum(h == reference[b][i] for i, (h, b) in enumerate(zip(r["hyps"], beams, strict=True)))
-            r["same_as_reference"] = 100.0 * same / len(beams)
+        if not all(b in reference for b in set(beams)):
+            continue
+        differ = [
+            {"index": i, "beam": b, "source": texts[i], "output": h, "reference": reference[b][i]}
+            for i, (h, b) in enumerate(zip(r["hyps"], beams, strict=True))
+            if h != reference[b][i]
+        ]
+        r["same_as_reference"] = 100.0 * (len(beams) - len(differ)) / len(beams)
+        r["differs_from_reference"] = len(differ)
+        r["first_differences"] = differ[:shown]

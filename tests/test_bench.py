@@ -284,7 +284,8 @@ def test_the_io_bound_runner_gives_the_outputs_of_a_plain_run(tmp_path):
 
 
 def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_it():
-    from bench.translation import acceptance, gateway_engine
+    from bench.translation import acceptance
+    from bench.translation_gateway import gateway_engine
 
     def row(engine: str, tokens_per_s: float, concurrency: int = 32, **extra) -> dict:
         return {
@@ -310,3 +311,102 @@ def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_
     assert measured["gateway (2 workers) c=32 beam 4 >= 4x the PyTorch reference with KV cache"] == 5.0
     assert measured[f"gateway (int8 entry, 1 worker) >= 0.7x {ct2}"] == pytest.approx(0.4)
     assert gateway_engine("mixed beams", 2) == "gateway (mixed beams, 2 workers)"
+
+
+def _translation_row(engine: str, beam: int, hyps: list[str], **extra) -> dict:
+    return {"engine": engine, "beam": beam, "concurrency": 8, "hyps": hyps, **extra}
+
+
+def test_agreement_counts_each_translation_that_differs_from_the_reference_at_its_own_beam_and_shows_it():
+    from bench.translation_gateway import mixed_beams
+    from bench.translation_rows import agreement
+
+    texts = ["one", "two", "three", "four"]
+    mixed = mixed_beams((1, 4), len(texts))
+    rows = [
+        _translation_row("pytorch (kv cache)", 1, ["un", "deux", "trois", "quatre"]),
+        _translation_row("pytorch (kv cache)", 4, ["un", "deux", "trois", "quatre!"]),
+        _translation_row("gateway (2 workers)", 4, ["un", "deux", "troi", "quatre!"]),
+        _translation_row(
+            "gateway (mixed beams, 2 workers)", 0, ["un", "deux", "trois", "quatre"], beams=mixed
+        ),
+        _translation_row("ctranslate2 fp32 (1 thread)", 8, ["un", "deux", "trois", "quatre"]),
+    ]
+    agreement(rows, texts)
+    gateway, mixed_row, no_reference = rows[2], rows[3], rows[4]
+    assert mixed == [1, 4, 1, 4]
+    assert gateway["same_as_reference"] == 75.0 and gateway["differs_from_reference"] == 1
+    assert gateway["first_differences"] == [
+        {"index": 2, "beam": 4, "source": "three", "output": "troi", "reference": "trois"}
+    ]
+    # sentence 3 ran at beam 4, whose reference ends with "!": the mixed row is compared per sentence
+    assert mixed_row["differs_from_reference"] == 1
+    assert mixed_row["first_differences"][0]["index"] == 3
+    assert "same_as_reference" not in no_reference  # no reference at beam 8: nothing claimed
+
+
+def test_the_identity_target_reads_the_worst_served_row_and_counts_every_differing_translation():
+    from bench.translation_identity import differences_markdown, identity_target
+
+    difference = {"index": 7, "beam": 8, "source": "nine", "output": "neuf neuf", "reference": "neuf"}
+    rows = [
+        _translation_row("pytorch (kv cache)", 8, [], same_as_reference=100.0, differs_from_reference=0),
+        _translation_row("gateway (2 workers)", 8, [], same_as_reference=100.0, differs_from_reference=0),
+        _translation_row(
+            "gateway->triton (triton)",
+            8,
+            [],
+            same_as_reference=98.0,
+            differs_from_reference=3,
+            first_differences=[difference],
+        ),
+        _translation_row("kiln engine (batch 32)", 8, [], same_as_reference=50.0, differs_from_reference=9),
+    ]
+    target = identity_target("gru_attention", rows)
+    assert target["measured"] == 98.0 and target["goal"] == 100.0
+    assert target["note"] == "1 of 2 gateway/Triton rows identical; 3 translations differ in all"
+    shown = differences_markdown("gru_attention", rows)
+    assert "gateway->triton (triton) beam 8 c=8, sentence 7 'nine': 'neuf neuf' vs reference 'neuf'" in shown
+
+
+def test_identity_translators_default_to_every_other_registered_translator():
+    from bench.translation_identity import identity_models
+
+    assert identity_models("transformer", None) == ["gru_attention", "lstm_attention"]
+    assert identity_models("gru_attention", ["gru_attention", "lstm_attention"]) == ["lstm_attention"]
+    assert identity_models("transformer", []) == []
+
+
+def test_a_missing_identity_checkpoint_is_trained_then_exported_and_a_failure_is_reported_not_raised(
+    tmp_path, monkeypatch
+):
+    import argparse
+
+    from bench import translation_identity
+
+    (tmp_path / "lstm_attention.pt").write_bytes(b"")  # present: exported, not trained
+    stages = []
+
+    def stage(title: str, cmd: list[str], progress) -> None:
+        stages.append(cmd[cmd.index("-m") + 1 :])
+        if "export" in cmd:
+            raise RuntimeError(f"{title} failed")
+
+    monkeypatch.setattr(translation_identity, "_stage", stage)
+    args = argparse.Namespace(
+        translator="transformer",
+        identity_translators=None,
+        checkpoints=tmp_path,
+        repository=tmp_path / "repo",
+        threads=2,
+    )
+    errors: dict[str, str] = {}
+    assert translation_identity.prepare(args, 16, errors) == []
+    trained = stages[0]
+    assert trained[:3] == ["training.translate", "--model", "gru_attention"]
+    assert trained[-4:] == ["--threads", "2", "--output-dir", str(tmp_path)]
+    assert stages[1:] == [
+        ["export", str(tmp_path / "gru_attention.pt"), "--repository", str(tmp_path / "repo")],
+        ["export", str(tmp_path / "lstm_attention.pt"), "--repository", str(tmp_path / "repo")],
+    ]
+    assert set(errors) == {"identity gru_attention", "identity lstm_attention"}

@@ -1,0 +1,166 @@
+"""The gateway's translation rows, over HTTP as a client sees it: each held-out sentence its own request
+from ``concurrency`` clients, at every beam, mixed beams, the int8 entry, at one or several gateway
+processes; and the gateway forwarding to one real Triton that serves every translator (through its own
+scheduler or Triton's ``<name>`` model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.servers import gateway_cmd
+from bench.translation_rows import MAX_LENGTH, Workload, make_row
+from kiln.processes import running
+from serving.triton.server import free_port
+
+log = logging.getLogger(__name__)
+TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concurrency (issue 10)
+
+
+async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
+    """Each text as its own request from ``concurrency`` clients; ``beam`` may differ per text."""
+    import aiohttp
+
+    hyps: list[str | None] = [None] * len(texts)
+    beams = beam if isinstance(beam, list) else [beam] * len(texts)
+    latencies: list[float] = []
+    queue = list(range(len(texts)))[::-1]
+    endpoint = f"{url}/v1/models/{model}/translate"
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+    ) as session:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                t0 = time.perf_counter()
+                body = {"texts": [texts[i]], "beam_size": beams[i], "max_length": MAX_LENGTH}
+                async with session.post(endpoint, json=body) as resp:
+                    resp.raise_for_status()
+                    answer = await resp.json()
+                latencies.append(time.perf_counter() - t0)
+                hyps[i] = answer["translations"][0]["hypotheses"][0]["text"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return hyps, time.perf_counter() - start, latencies
+
+
+def _median_run(
+    url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, repeats: int = 3
+):
+    """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x;
+    the identity check of the other translators runs each once)."""
+    runs = sorted(
+        (asyncio.run(_gateway_run(url, model, texts, beam, concurrency)) for _ in range(repeats)),
+        key=lambda run: run[1],
+    )
+    return runs[len(runs) // 2]
+
+
+def gateway_engine(kind: str, workers: int) -> str:
+    """A gateway row's engine name, stating its layout: "gateway (2 workers)", "gateway (int8 entry, 1 worker)"."""
+    layout = f"{workers} worker{'s' if workers > 1 else ''}"
+    return f"gateway ({kind}, {layout})" if kind else f"gateway ({layout})"
+
+
+def gateway_rows(
+    repository, model, texts, refs, beams, concurrencies, threads, out, count, layouts=(1,), repeats=3
+) -> list[dict[str, Any]]:
+    """Every gateway row once per layout (``layouts``: gateway processes, the ``threads`` split among
+    them), each the run of median duration among ``repeats``."""
+    rows = []
+    for workers in layouts:
+        rows += _layout_rows(
+            repository, model, texts, refs, beams, concurrencies, threads, out, count, workers, repeats
+        )
+    return rows
+
+
+def _layout_rows(
+    repository, model, texts, refs, beams, concurrencies, threads, out, count, workers, repeats
+) -> list[dict[str, Any]]:
+    http, grpc = free_port(), free_port()
+    url = f"http://127.0.0.1:{http}"
+    rows = []
+
+    def add(kind: str, beam, c: int, entry: str = model) -> dict[str, Any]:
+        hyps, elapsed, lat = _median_run(url, entry, texts, beam, c, repeats)
+        engine = gateway_engine(kind, workers)
+        row = make_row(
+            engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat
+        )
+        rows.append({**row, "workers": workers})
+        log.info("%s %s beam %s c=%d: %.0f tokens/s", entry, engine, row["beam"], c, row["tokens_per_s"])
+        return rows[-1]
+
+    with running(
+        gateway_cmd(repository, http, grpc, threads, workers=workers),
+        f"{url}/v2/health/ready",
+        log_path=out / f"gateway-translate-{model}-{workers}w.log",
+    ):
+        int8 = f"{model}_int8" if (Path(repository) / f"{model}_int8").is_dir() else None  # export wrote one
+        for entry in filter(None, (model, int8)):  # warm up every entry measured (first runs are slow)
+            for _ in range(workers):  # each worker process has its own sessions to warm
+                asyncio.run(_gateway_run(url, entry, texts[:8], 4, 4))
+        for beam in beams:
+            for c in concurrencies:
+                add("", beam, c)
+        if len(beams) > 1:  # requests of mixed beam sizes share the decoder steps
+            mixed = mixed_beams(beams, len(texts))
+            add("mixed beams", mixed, max(concurrencies))["beams"] = mixed
+        if int8:  # at the concurrency its target reads, where the profile measures it
+            c = TARGET_CONCURRENCY if TARGET_CONCURRENCY in concurrencies else max(concurrencies)
+            add("int8 entry", 4, c, int8)
+    return rows
+
+
+def mixed_beams(beams, n: int) -> list[int]:
+    """Per-request beam sizes cycling through ``beams``: requests of mixed beam sizes share decoder steps."""
+    return [beams[i % len(beams)] for i in range(n)]
+
+
+def triton_rows(
+    repository, workloads: list[Workload], beams, concurrency, threads, out
+) -> dict[str, list[dict[str, Any]]]:
+    """Gateway -> one real Triton serving every translator, both ways to translate: the gateway's own
+    scheduler over Triton's encoder/decoder entries (beam 4), and Triton's ``<name>`` model (every beam,
+    and mixed beams where there are several). Rows per translator, each on its own sentences."""
+    from serving.triton import TritonServer, find_triton
+
+    if find_triton() is None:
+        raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
+    rows: dict[str, list[dict[str, Any]]] = {w.model: [] for w in workloads}
+    with TritonServer(repository, out / "triton-translate", threads=threads) as triton:
+        for mode, mode_beams in (("scheduler", (4,)), ("triton", tuple(beams))):
+            http, grpc = free_port(), free_port()
+            url = f"http://127.0.0.1:{http}"
+            cmd = gateway_cmd(repository, http, grpc, threads, triton_url=triton.grpc_url, translate=mode)
+            with running(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
+                for w in workloads:
+                    rows[w.model] += _triton_mode_rows(
+                        url, w, f"gateway->triton ({mode})", mode_beams, concurrency
+                    )
+    return rows
+
+
+def _triton_mode_rows(url: str, w: Workload, engine: str, beams, concurrency: int) -> list[dict[str, Any]]:
+    asyncio.run(_gateway_run(url, w.model, w.texts[:8], 4, 4))  # warm-up
+    runs: list[tuple[int, int | list[int]]] = [(b, b) for b in beams]
+    if len(beams) > 1:
+        runs.append((0, mixed_beams(beams, len(w.texts))))
+    rows = []
+    for label, beam in runs:
+        hyps, elapsed, lat = asyncio.run(_gateway_run(url, w.model, w.texts, beam, concurrency))
+        rows.append(make_row(engine, label, concurrency, w.texts, hyps, w.refs, elapsed, w.count, lat))
+        if isinstance(beam, list):
+            rows[-1]["beams"] = beam
+        log.info(
+            "%s %s beam %s c=%d: %.0f tokens/s", w.model, engine, label, concurrency, rows[-1]["tokens_per_s"]
+        )
+    return rows
