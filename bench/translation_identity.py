@@ -24,7 +24,7 @@ from bench.translation_rows import Workload
 
 log = logging.getLogger(__name__)
 
-# A small recurrent translator in 1.5 minutes on two cores (test BLEU 35-97, by how busy they are): the
+# A small recurrent translator in ~1.5-2 minutes on two busy cores (measured test BLEU 84 GRU, 94 LSTM): the
 # demo's corpus (so the same held-out sentences as the demo Transformer), a smaller network, a higher
 # learning rate, fewer validation sentences, and a wall-clock budget that keeps the best weights.
 TRAIN_ARGS = shlex.split(
