@@ -369,12 +369,17 @@ def test_the_identity_target_reads_the_worst_served_row_and_counts_every_differi
     assert "gateway->triton (triton) beam 8 c=8, sentence 7 'nine': 'neuf neuf' vs reference 'neuf'" in shown
 
 
-def test_identity_translators_default_to_every_other_registered_translator():
+def test_identity_translators_default_to_every_other_registered_translator_and_the_bare_flag_means_none():
+    from bench.__main__ import parse_args
     from bench.translation_identity import identity_models
 
-    assert identity_models("transformer", None) == ["gru_attention", "lstm_attention"]
+    default, bare = parse_args([]), parse_args(["--identity-translators"])
+    assert identity_models(default.translator, default.identity_translators) == [
+        "gru_attention",
+        "lstm_attention",
+    ]
     assert identity_models("gru_attention", ["gru_attention", "lstm_attention"]) == ["lstm_attention"]
-    assert identity_models("transformer", []) == []
+    assert identity_models(bare.translator, bare.identity_translators) == []
 
 
 def test_a_missing_identity_checkpoint_is_trained_then_exported_and_a_failure_is_reported_not_raised(
