@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads per session")
+    parser.add_argument(
+        "--lone-request-threads",
+        type=int,
+        help="intra-op threads for a lone request (one item, nothing waiting); default: all cores; 0: off",
+    )
     parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
     parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
     parser.add_argument("--log-level", help="debug, info, warning, error")

@@ -114,6 +114,7 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
     options = OrtOptions(
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        lone_request_threads=settings.lone_request_threads,
         max_queue_size=settings.max_queue_size,
         default_timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,

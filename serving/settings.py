@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"
     )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session")
+    lone_request_threads: int | None = Field(
+        None,
+        ge=0,
+        description="intra-op threads of the session a lone request (one item, nothing waiting) runs "
+        "on; default: the cores this process may use; 0 or not above --intra-op-threads: off",
+    )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
     decode_workers: int | None = Field(
         None,

@@ -190,7 +190,14 @@ class SlowSession:
 def slow_gateway(repository, timeout_s: float) -> tuple[LiveServer, GatewayMetrics]:
     """A gateway whose lenet queue holds 2 requests and whose session waits for ``SlowSession.release``."""
     settings = Settings(model_repository=repository, grpc_port=0, retry_after_s=2, shutdown_grace_s=5)
-    options = OrtOptions(max_queue_size=2, default_timeout_s=timeout_s, retry_after_s=2, shutdown_grace_s=5)
+    # No lone-request session: its warm-up at load would be held by SlowSession too.
+    options = OrtOptions(
+        max_queue_size=2,
+        default_timeout_s=timeout_s,
+        retry_after_s=2,
+        shutdown_grace_s=5,
+        lone_request_threads=0,
+    )
     metrics = GatewayMetrics()
     backend = OnnxRuntimeBackend(
         Repository(repository), options, session_factory=SlowSession, metrics=metrics

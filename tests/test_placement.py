@@ -187,6 +187,6 @@ def test_intra_op_threads_do_not_spin_between_runs_unless_asked(repositories):
         await backend.start()
         await backend.stop()
 
-    asyncio.run(load(OrtOptions()))
-    asyncio.run(load(OrtOptions(allow_spinning=True)))
+    asyncio.run(load(OrtOptions(lone_request_threads=0)))  # the batch sessions only
+    asyncio.run(load(OrtOptions(allow_spinning=True, lone_request_threads=0)))
     assert seen == ["0", "1"]

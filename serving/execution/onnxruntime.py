@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
-from serving.execution.datatypes import classification, datatype_of, numpy_dtype
+from serving.execution.datatypes import classification
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
+from serving.execution.validation import classification_counts, input_rules, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +39,25 @@ class OrtOptions:
     # ONNX Runtime's intra-op threads spin after each run by default; on a small machine they take the
     # cores the event loop needs to answer (measured on 2 cores: c=1 p50 4.4 -> 1.7 ms without spinning).
     allow_spinning: bool = False
+    # A lone request (one item, nothing waiting) runs on a session of its own with this many intra-op
+    # threads, spinning only while its run lasts: at low load the idle cores speed it up, under load
+    # batches form and run on the batch sessions. None: the cores this process may use; 0 (or not
+    # more than ``intra_op_threads``): off. Costs one more session (the weights once more) per instance.
+    lone_request_threads: int | None = None
     max_queue_size: int = 128
     default_timeout_s: float | None = 30.0
     retry_after_s: float = 1.0
     shutdown_grace_s: float = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class InputRule:
-    """What one input must look like, read from the config once at load (not per request)."""
-
-    datatype: str
-    dtype: np.dtype
-    shape: tuple[int, ...]  # -1: any size
-
-
-def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
-    """The validation table of an entry's inputs."""
-    return {
-        meta.name: InputRule(meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape))
-        for meta in entry.inputs()
-    }
-
-
 @dataclass
 class _Sessions:
-    """The sessions of one model version: per instance, one per bucket (key 0 when unbucketed)."""
+    """The sessions of one model version: per instance, one per bucket (key 0 when unbucketed), and
+    per instance the lone-request session (``OrtOptions.lone_request_threads``) where there is one."""
 
     placement: placement.Placement
     per_instance: list[dict[int, Any]]
+    lone: list[Any] | None = None
 
     def default(self, instance: int) -> Any:
         """The instance's only session, or its largest bucket's."""
@@ -82,6 +74,7 @@ class _LoadedModel:
         self.entry, self.version, self.batcher = entry, version, batcher
         self.placement, self.buckets = sessions.placement, sessions.per_instance
         self.sessions = [sessions.default(i) for i in range(len(sessions.per_instance))]
+        self.lone = sessions.lone
         self.output_names = [o.name for o in entry.config.output]
         self.output_set = frozenset(self.output_names)
         self.rules = input_rules(entry)
@@ -94,9 +87,12 @@ class _LoadedModel:
         (which only ever sees that shape), and the padding rows are cut off before anything returns.
         """
         if not self.placement.buckets:
-            values = self.sessions[instance].run(self.output_names, inputs)
+            session = self.sessions[instance]
+            if self.lone is not None and _rows(inputs) == 1 and not self.batcher.queue_depth:
+                session = self.lone[instance]
+            values = session.run(self.output_names, inputs)
             return dict(zip(self.output_names, values, strict=True))
-        rows = next(iter(inputs.values())).shape[0]
+        rows = _rows(inputs)
         size = self.placement.bucket_for(rows)
         values = self.buckets[instance][size].run(self.output_names, placement.pad_rows(inputs, size))
         return {name: value[:rows] for name, value in zip(self.output_names, values, strict=True)}
@@ -192,7 +188,7 @@ class OnnxRuntimeBackend:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._loaded(request.model, request.version)
-        classify = _classification_counts(request, model.entry)
+        classify = classification_counts(request, model.entry)
         wanted = request.outputs or model.output_names
         if not model.output_set.issuperset(wanted):
             unknown = sorted(set(wanted) - model.output_set)
@@ -254,20 +250,44 @@ class OnnxRuntimeBackend:
                 if size:  # every bucket is warmed at load: its one shape is planned before any request
                     sessions[size].run(None, placement.zero_inputs(sessions[size], size))
             per_instance.append(sessions)
+        threads = self._lone_request_threads(entry, where)
+        lone = None
+        if threads:
+            lone = [self._open_session(path, where, threads, spin_within_run=True) for _ in per_instance]
+            for session in lone:  # planned before the first lone request
+                session.run(None, placement.zero_inputs(session, 1))
         log.info(
-            "model %s version %s: provider %s, device %s, buckets %s",
+            "model %s version %s: provider %s, device %s, buckets %s, lone-request threads %s",
             entry.name,
             version,
             where.provider,
             where.device,
             list(where.buckets) or "off",
+            threads or "off",
         )
-        return _Sessions(where, per_instance)
+        return _Sessions(where, per_instance, lone)
+
+    def _lone_request_threads(self, entry: RepositoryEntry, where: placement.Placement) -> int:
+        """Intra-op threads of the lone-request session (0: none). Only for batching models on the CPU
+        provider without buckets (a bucketed session must only ever see its own shape)."""
+        wanted = self.options.lone_request_threads
+        if wanted is None:
+            wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        batch_threads = self.options.intra_op_threads or wanted
+        usable = entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
+        return wanted if usable and wanted > batch_threads else 0
 
     def _open_session(
-        self, path: Path, where: placement.Placement, intra_op_threads: int | None = None
+        self,
+        path: Path,
+        where: placement.Placement,
+        intra_op_threads: int | None = None,
+        *,
+        spin_within_run: bool = False,
     ) -> Any:
-        """One ONNX Runtime session on the placement's providers (``intra_op_threads`` overrides the option)."""
+        """One ONNX Runtime session on the placement's providers (``intra_op_threads`` overrides the
+        option). ``spin_within_run``: its threads spin between the operators of a run (a sleep and a
+        wake-up per operator cost more) and stop at the end of it, so they never hold a core idle."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -275,9 +295,10 @@ class OnnxRuntimeBackend:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
-        opts.add_session_config_entry(
-            "session.intra_op.allow_spinning", str(int(self.options.allow_spinning))
-        )
+        spinning = spin_within_run or self.options.allow_spinning
+        opts.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+        if spin_within_run:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         factory = self.session_factory or ort.InferenceSession
         return factory(str(path), sess_options=opts, providers=where.providers())
 
@@ -335,53 +356,8 @@ def onnxruntime_runner(session: Any) -> Runner:
     return run
 
 
-def validate_inputs(
-    entry: RepositoryEntry, inputs: dict[str, np.ndarray], rules: dict[str, InputRule] | None = None
-) -> dict[str, np.ndarray]:
-    """Check names, datatypes, shapes and batch size against the config; errors name the input.
-
-    ``rules`` is the entry's table from :func:`input_rules`, built once at load by the backend.
-    """
-    expected = rules if rules is not None else input_rules(entry)
-    if inputs.keys() != expected.keys():
-        missing = sorted(set(expected) - set(inputs))
-        extra = sorted(set(inputs) - set(expected))
-        raise BadRequest(
-            f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
-        )
-    batch_sizes = set()
-    for name, array in inputs.items():
-        rule = expected[name]
-        if array.dtype != rule.dtype and (got := datatype_of(array)) != rule.datatype:
-            raise BadRequest(f"input {name!r}: expected datatype {rule.datatype}, got {got}")
-        shape = array.shape
-        if len(shape) != len(rule.shape) or any(
-            e != -1 and e != g for e, g in zip(rule.shape, shape, strict=True)
-        ):
-            raise BadRequest(f"input {name!r}: expected shape {list(rule.shape)}, got {list(shape)}")
-        if entry.max_batch_size > 0:
-            batch_sizes.add(shape[0])
-    if len(batch_sizes) > 1:
-        raise BadRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
-    if batch_sizes:
-        (batch,) = batch_sizes
-        if not 1 <= batch <= entry.max_batch_size:
-            raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
-    return inputs
-
-
-def _classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
-    counts = request.parameters.get("classification") or {}
-    if not isinstance(counts, dict):
-        raise BadRequest("parameter 'classification' must map output names to class counts")
-    for name, count in counts.items():
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise BadRequest(
-                f"output {name!r}: classification count must be a positive integer, got {count!r}"
-            )
-        if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
-            raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
-    return counts
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
 
 
 def _instance_count(config: Any) -> int:

@@ -1,0 +1,81 @@
+"""What a request to an ONNX entry must look like, checked before it is queued (a 400 naming the input).
+
+The per-entry tables are built once at load (:func:`input_rules`), so the hot path only compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.errors import BadRequest
+from serving.execution.base import InferRequest
+from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.execution.repository import RepositoryEntry
+
+
+@dataclass(frozen=True, slots=True)
+class InputRule:
+    """What one input must look like, read from the config once at load (not per request)."""
+
+    datatype: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1: any size
+
+
+def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
+    """The validation table of an entry's inputs."""
+    return {
+        meta.name: InputRule(meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape))
+        for meta in entry.inputs()
+    }
+
+
+def validate_inputs(
+    entry: RepositoryEntry, inputs: dict[str, np.ndarray], rules: dict[str, InputRule] | None = None
+) -> dict[str, np.ndarray]:
+    """Check names, datatypes, shapes and batch size against the config; errors name the input.
+
+    ``rules`` is the entry's table from :func:`input_rules`, built once at load by the backend.
+    """
+    expected = rules if rules is not None else input_rules(entry)
+    if inputs.keys() != expected.keys():
+        missing = sorted(set(expected) - set(inputs))
+        extra = sorted(set(inputs) - set(expected))
+        raise BadRequest(
+            f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
+        )
+    batch_sizes = set()
+    for name, array in inputs.items():
+        rule = expected[name]
+        if array.dtype != rule.dtype and (got := datatype_of(array)) != rule.datatype:
+            raise BadRequest(f"input {name!r}: expected datatype {rule.datatype}, got {got}")
+        shape = array.shape
+        if len(shape) != len(rule.shape) or any(
+            e != -1 and e != g for e, g in zip(rule.shape, shape, strict=True)
+        ):
+            raise BadRequest(f"input {name!r}: expected shape {list(rule.shape)}, got {list(shape)}")
+        if entry.max_batch_size > 0:
+            batch_sizes.add(shape[0])
+    if len(batch_sizes) > 1:
+        raise BadRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    if batch_sizes:
+        (batch,) = batch_sizes
+        if not 1 <= batch <= entry.max_batch_size:
+            raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
+    return inputs
+
+
+def classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
+    counts = request.parameters.get("classification") or {}
+    if not isinstance(counts, dict):
+        raise BadRequest("parameter 'classification' must map output names to class counts")
+    for name, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise BadRequest(
+                f"output {name!r}: classification count must be a positive integer, got {count!r}"
+            )
+        if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
+            raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
+    return counts

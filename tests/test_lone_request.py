@@ -1,0 +1,151 @@
+"""The lone-request session: a request that finds nothing else waiting runs with every core's thread,
+spinning only within its run; merged batches and requests with others waiting run on the batch
+session; the answers are the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.execution.base import InferRequest
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.repository import Repository
+from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
+from tests.waiting import DEADLINE_S, eventually
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    return build_classifier_repository(tmp_path_factory.mktemp("lone") / "repo")
+
+
+class Sessions:
+    """A session factory recording each session's options and each run's (threads, rows); a run of
+    ``hold_rows`` rows waits for ``release`` once (so others can queue behind it)."""
+
+    def __init__(self, hold_rows: int | None = None) -> None:
+        self.options: list[tuple[int, str, str]] = []  # (intra-op threads, spinning, stop after run)
+        self.runs: list[tuple[int, int]] = []
+        self.hold_rows, self.held, self.release = hold_rows, threading.Event(), threading.Event()
+
+    def __call__(self, path, sess_options=None, providers=None):
+        import onnxruntime as ort
+
+        def entry(key: str) -> str:
+            try:
+                return sess_options.get_session_config_entry(key)
+            except RuntimeError:  # not set: ORT's default
+                return "0"
+
+        threads = sess_options.intra_op_num_threads
+        spinning, stop = entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")
+        self.options.append((threads, spinning, stop))
+        session = ort.InferenceSession(path, sess_options=sess_options, providers=providers)
+        factory = self
+
+        class Session:
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+            def run(self, names, feeds):
+                rows = next(iter(feeds.values())).shape[0]
+                factory.runs.append((threads, rows))
+                if rows == factory.hold_rows and not factory.held.is_set():
+                    factory.held.set()
+                    factory.release.wait(DEADLINE_S)
+                return session.run(names, feeds)
+
+        return Session()
+
+
+def images(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (rows, SIZE, SIZE, 1), dtype=np.uint8)
+
+
+async def answers(root, options, factory, batches):
+    backend = OnnxRuntimeBackend(Repository(root), options, session_factory=factory)
+    await backend.start()
+    try:
+        return [
+            (await backend.infer(InferRequest("lenet", {"images": images(rows, i)}))).outputs
+            for i, rows in enumerate(batches)
+        ]
+    finally:
+        await backend.stop()
+
+
+def test_a_lone_request_runs_on_the_wide_session_and_a_batch_on_the_batch_session(repository):
+    sessions = Sessions()
+    asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), sessions, [1, 3]))
+    # the batch session (1 thread, no spinning), then the lone one (spins only within a run)
+    assert sessions.options == [(1, "0", "0"), (2, "1", "1")]
+    assert sessions.runs == [(2, 1), (2, 1), (1, 3)]  # warm-up at load, the lone request, the batch
+
+
+def test_the_answers_are_the_same_on_either_session(repository):
+    batches = [1, 1, 2, 1]
+    wide = asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), Sessions(), batches))
+    plain = asyncio.run(answers(repository, OrtOptions(lone_request_threads=0), Sessions(), batches))
+    for got, want in zip(wide, plain, strict=True):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_a_one_item_request_with_others_waiting_runs_on_the_batch_session(repository):
+    sessions = Sessions(hold_rows=MAX_BATCH)
+
+    async def scenario():
+        backend = OnnxRuntimeBackend(
+            Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
+        )
+        await backend.start()
+        try:
+            infer = backend.infer
+            first = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
+            assert await asyncio.to_thread(sessions.held.wait, DEADLINE_S)
+            # queued behind the held batch: one item, then a full batch that cannot join it
+            lone = asyncio.create_task(infer(InferRequest("lenet", {"images": images(1)})))
+            full = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
+            model = backend._models[("lenet", "1")]
+            assert await asyncio.to_thread(eventually, lambda: model.batcher.queue_depth == 2)
+            sessions.release.set()
+            await asyncio.gather(first, lone, full)
+        finally:
+            await backend.stop()
+
+    asyncio.run(scenario())
+    # warm-up, the held batch, the one-item request (a batch waited behind it), the last batch
+    assert sessions.runs == [(2, 1), (1, MAX_BATCH), (1, 1), (1, MAX_BATCH)]
+
+
+@pytest.mark.parametrize(
+    ("options", "bucketed"),
+    [
+        (OrtOptions(lone_request_threads=0), False),
+        (OrtOptions(intra_op_threads=2, lone_request_threads=2), False),
+        (OrtOptions(lone_request_threads=2), True),
+    ],
+    ids=["switched-off", "not-wider-than-the-batch-session", "bucketed"],
+)
+def test_no_lone_request_session_where_it_cannot_help_or_must_not_exist(
+    repository, tmp_path, options, bucketed
+):
+    root = repository
+    if bucketed:  # a bucketed session must only ever see its own shapes
+        root = tmp_path / "bucketed"
+        shutil.copytree(repository, root)
+        path = root / "lenet" / "config.pbtxt"
+        cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        cfg.dynamic_batching.preferred_batch_size.append(4)
+        cfg.parameters["kiln_bucketing"].string_value = "1"
+        path.write_text(text_format.MessageToString(cfg))
+    sessions = Sessions()
+    asyncio.run(answers(root, options, sessions, [1]))
+    assert len(sessions.options) == (2 if bucketed else 1)  # buckets 4 and 8 here, and no lone session
+    assert all(threads == options.intra_op_threads for threads, _, _ in sessions.options)
