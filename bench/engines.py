@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,4 +190,6 @@ def _trt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from serving.execution.cpus import usable_cpus
+
+    return usable_cpus()

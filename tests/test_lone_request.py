@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from serving.execution.base import InferRequest
+from serving.execution.cpus import cgroup_cpu_quota, usable_cpus
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
@@ -149,3 +150,25 @@ def test_no_lone_request_session_where_it_cannot_help_or_must_not_exist(
     asyncio.run(answers(root, options, sessions, [1]))
     assert len(sessions.options) == (2 if bucketed else 1)  # buckets 4 and 8 here, and no lone session
     assert all(threads == options.intra_op_threads for threads, _, _ in sessions.options)
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+    ids=["v2-unlimited", "v2-one-and-a-half", "v1-two", "v1-unlimited", "no-cgroup"],
+)
+def test_a_cgroup_cpu_quota_caps_the_threads_a_lone_request_may_use(tmp_path, files, quota):
+    import os
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (cores if quota is None else max(1, min(cores, int(quota))))

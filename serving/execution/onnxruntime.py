@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.execution.validation import classification_counts, input_rules, validate_inputs
@@ -41,8 +41,9 @@ class OrtOptions:
     allow_spinning: bool = False
     # A lone request (one item, nothing waiting) runs on a session of its own with this many intra-op
     # threads, spinning only while its run lasts: at low load the idle cores speed it up, under load
-    # batches form and run on the batch sessions. None: the cores this process may use; 0 (or not
-    # more than ``intra_op_threads``): off. Costs one more session (the weights once more) per instance.
+    # batches form and run on the batch sessions. None: the CPUs this process may use (affinity capped
+    # by a cgroup quota); 0, or not more than ``intra_op_threads``: off. Costs one more session (the
+    # weights once more) per instance.
     lone_request_threads: int | None = None
     max_queue_size: int = 128
     default_timeout_s: float | None = 30.0
@@ -272,7 +273,7 @@ class OnnxRuntimeBackend:
         provider without buckets (a bucketed session must only ever see its own shape)."""
         wanted = self.options.lone_request_threads
         if wanted is None:
-            wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            wanted = usable_cpus()
         batch_threads = self.options.intra_op_threads or wanted
         usable = entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
         return wanted if usable and wanted > batch_threads else 0
