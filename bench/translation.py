@@ -187,18 +187,7 @@ def _measured_rows(args, profile, w: Workload, out: Path, errors, progress) -> l
     progress(
         f"translation: gateway (1 and {args.gateway_workers} workers), {len(w.texts)} sentences, beams {list(beams)}"
     )
-    rows = gateway_rows(
-        args.repository,
-        w.model,
-        w.texts,
-        w.refs,
-        beams,
-        profile["translate_concurrency"],
-        args.threads,
-        out / "logs",
-        w.count,
-        layouts=sorted({1, args.gateway_workers}),
-    )
+    rows = _gateway(args, profile, w, out / "logs", layouts=sorted({1, args.gateway_workers}))
     progress("translation: Kiln's decoding engine in-process (batch, scheduler, batch-1)")
     rows += engine_rows(args.repository, w.model, w.texts, w.refs, beams, w.count)
     progress("translation: PyTorch reference (with and without cache)")
@@ -217,20 +206,24 @@ def _identity_rows(args, profile, w: Workload, logs: Path, progress) -> list[dic
     beams = profile["beams"]
     progress(f"translation identity: {w.model}, {len(w.texts)} sentences, beams {list(beams)}")
     rows = pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count, caches=(True,), timed=False)
-    rows += gateway_rows(
+    rows += _gateway(args, profile, w, logs, layouts=(args.gateway_workers,), repeats=1)
+    return rows
+
+
+def _gateway(args, profile, w: Workload, logs: Path, **options: Any) -> list[dict[str, Any]]:
+    """``w`` through the gateway at the profile's beams and concurrencies (``options``: layouts, repeats)."""
+    return gateway_rows(
         args.repository,
         w.model,
         w.texts,
         w.refs,
-        beams,
+        profile["beams"],
         profile["translate_concurrency"],
         args.threads,
         logs,
         w.count,
-        layouts=(args.gateway_workers,),
-        repeats=1,
+        **options,
     )
-    return rows
 
 
 def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -> str:
