@@ -1,6 +1,6 @@
-"""The lone-request session: a request that finds nothing else waiting runs with every core's thread,
-spinning only within its run; merged batches and requests with others waiting run on the batch
-session; the answers are the same either way."""
+"""The lone-request session: a request that finds nothing else waiting runs with a thread per usable
+CPU; merged batches and requests with others waiting run on the batch session; the answers are the same
+either way. Usable CPUs: the affinity mask capped by a cgroup CPU quota."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ async def answers(root, options, factory, batches):
 def test_a_lone_request_runs_on_the_wide_session_and_a_batch_on_the_batch_session(repository):
     sessions = Sessions()
     asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), sessions, [1, 3]))
-    # the batch session (1 thread, no spinning), then the lone one (spins only within a run)
-    assert sessions.options == [(1, "0", "0"), (2, "1", "1")]
+    # the batch session (1 thread), then the lone one (2 threads); neither spins between runs
+    assert sessions.options == [(1, "0", "0"), (2, "0", "0")]
     assert sessions.runs == [(2, 1), (2, 1), (1, 3)]  # warm-up at load, the lone request, the batch
 
 
