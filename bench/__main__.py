@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import engines, gpu, perf_analyzer, report, servers
+from bench import classify_identity, engines, gpu, perf_analyzer, report, servers
 from bench.machine import machine_info
 from bench.stats import ratio
 
@@ -241,6 +241,11 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
             "goal": 2.0,
             "measured": ratio(opened[0]["p99_ms"], opened[0]["p50_ms"]) if opened else math.nan,
             "lower_is_better": True,
+        },
+        {
+            "target": "classify answers through the gateway identical to ONNX Runtime direct (%)",
+            "goal": 100.0,
+            "measured": classify_identity.identical_percent(results.get("servers", {}).get("identity", {})),
         },
     ]
     rows += results.get("translation", {}).get("targets", [])

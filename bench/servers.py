@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import load
+from bench import classify_identity, load
 from kiln.processes import running
 from serving.triton.server import free_port
 
@@ -164,6 +164,13 @@ def run_servers(
         progress(f"gateway open loop over {best['protocol']} at half of its peak ({rate:.0f} req/s)")
         results["open"].append(asyncio.run(_open_loop(target, images, best["protocol"], rate, duration_s)))
         results["batch_histogram"] = batch_histogram(f"{gateway_url}/metrics", model)
+        progress("gateway answers against ONNX Runtime called directly (alone and at c=64)")
+        try:
+            results["identity"] = classify_identity.check(
+                f"127.0.0.1:{grpc_port}", repository, model, meta_dims
+            )
+        except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
+            results["errors"]["identity"] = str(exc)
 
     try:
         from serving.triton import TritonServer, find_triton

@@ -415,3 +415,25 @@ def test_a_missing_identity_checkpoint_is_trained_then_exported_and_a_failure_is
         ["export", str(tmp_path / "lstm_attention.pt"), "--repository", str(tmp_path / "repo")],
     ]
     assert set(errors) == {"identity gru_attention", "identity lstm_attention"}
+
+
+def test_classify_identity_counts_an_answer_identical_only_when_every_output_matches_bit_for_bit():
+    from bench import classify_identity
+
+    want = [
+        {"logits": np.array([[1.0, 2.0]], np.float32), "probabilities": np.array([[0.3, 0.7]], np.float32)}
+    ] * 3
+    got = [
+        {"logits": np.array([1.0, 2.0], np.float32), "probabilities": np.array([0.3, 0.7], np.float32)},
+        {
+            "logits": np.array([1.0, 2.0 + 1e-6], np.float32),
+            "probabilities": np.array([0.3, 0.7], np.float32),
+        },
+        {"logits": np.array([1.0, 2.0], np.float32), "probabilities": np.array([0.3, 0.5], np.float32)},
+    ]
+    result = classify_identity.compare(got, want)
+    assert (result["sent"], result["identical"]) == (3, 1)
+    assert result["max_abs_diff"] == pytest.approx(0.2, abs=1e-6)
+    both = {"alone": result, "under_load": {"sent": 1, "identical": 1, "max_abs_diff": 0.0}}
+    assert classify_identity.identical_percent(both) == 50.0
+    assert np.isnan(classify_identity.identical_percent({}))
