@@ -87,6 +87,43 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "im
     return dst
 
 
+def gemms_as_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite in place each plain ``Gemm`` (alpha = beta = 1, A not transposed) with a constant B as
+    ``MatMul`` by B (transposed ahead of time when ``transB``), plus ``Add`` of its bias C if any.
+
+    ONNX Runtime's dynamic quantization rewrites MatMuls only; a step that keeps its rows 2-D exports
+    its projections as Gemm (the faster fp32 form). Returns the number of Gemms rewritten.
+    """
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = (
+            attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        )
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            transposed = onnx.numpy_helper.to_array(weights[weight]).T.copy()
+            weight = f"{node.input[1]}__transposed_{rewritten}"
+            model.graph.initializer.append(onnx.numpy_helper.from_array(transposed, weight))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        product = f"{node.output[0]}__matmul" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if has_bias:
+            nodes.append(
+                onnx.helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
+                )
+            )
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
 def weight_matmuls(model: onnx.ModelProto) -> list[str]:
     """Names of the MatMul nodes whose second input is a constant weight (projections, FFN, vocabulary)."""
     weights = {t.name for t in model.graph.initializer}
@@ -95,7 +132,8 @@ def weight_matmuls(model: onnx.ModelProto) -> list[str]:
 
 
 def to_int8_dynamic(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantization of the weight MatMuls only (int8 weights, uint8 activations per call).
+    """Dynamic int8 quantization of the weight MatMuls (and Gemms, as MatMul + Add) only: int8
+    weights, uint8 activations per call.
 
     Activation x activation MatMuls (attention scores and weighted sums) stay fp32: they have no
     constant operand to quantize ahead of time and are a small share of a decoder step.
@@ -103,11 +141,17 @@ def to_int8_dynamic(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
+    gemms_as_matmuls(model)
     nodes = weight_matmuls(model)
     if not nodes:
-        raise ValueError(f"{src}: no MatMul with a constant weight to quantize")
+        raise ValueError(f"{src}: no MatMul or Gemm with a constant weight to quantize")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    prepared = dst.with_name("prepared.onnx")
+    save_model(model, prepared)
+    try:
+        quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    finally:
+        prepared.unlink(missing_ok=True)
     onnx.checker.check_model(str(dst), full_check=True)
     return dst
 

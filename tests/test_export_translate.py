@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from export.pipeline import export_checkpoint
-from export.quantize import TranslationGate
+from export.quantize import TranslationGate, gemms_as_matmuls, weight_matmuls
 from export.triton_config import parse_pbtxt
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.models import build_model, list_models
@@ -252,3 +252,33 @@ def test_translation_gate_needs_995_permille_identical_and_at_most_02_bleu_drop(
     assert gate.passed is passed
     assert (gate.reason() == "") is passed
     assert gate.as_dict()["passed"] is passed
+
+
+@pytest.mark.parametrize("trans_b, bias", [(1, True), (0, True), (1, False)])
+def test_gemms_with_constant_weights_become_matmuls_that_compute_the_same(trans_b, bias, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((5, 3) if trans_b else (3, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b"))
+        inputs.append("b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", inputs, ["y"], name="proj", transB=trans_b)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert gemms_as_matmuls(model) == 1
+    assert [n.op_type for n in model.graph.node] == (["MatMul", "Add"] if bias else ["MatMul"])
+    assert weight_matmuls(model) == ["proj"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
