@@ -124,3 +124,15 @@ def _sample(text: str, key: str) -> float:
         if line.startswith(key + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{key} not in /metrics")
+
+
+def test_objects_loaded_at_startup_are_frozen_out_of_the_collector_until_shutdown(repository):
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    gc.unfreeze()  # process-wide: another gateway of this module may be running
+    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert gc.get_freeze_count() > 1000  # the loaded gateway: modules, sessions, routes
+    assert gc.get_freeze_count() == 0
