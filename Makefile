@@ -47,6 +47,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment.
 	$(PYTHON_SYS) -m venv $(VENV)/triton-env
 	$(VENV)/triton-env/bin/python -m pip install --quiet "numpy<2" onnxruntime tokenizers
+	@# The compiled beam step, built now rather than by the first translator (numpy step if no C compiler).
+	$(PY) -c "import logging; logging.basicConfig(); from serving.decoding import native; native.load()"
 	@rm -f $(VENV)/.kiln-installed-*
 	@touch $@
 

@@ -25,7 +25,15 @@ from export.triton_config import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
-RUNTIME_MODULES = ("beam_search.py", "rows.py", "step_spec.py", "stepper.py")
+RUNTIME_MODULES = (
+    "beam_search.py",
+    "compiled_step.py",
+    "native.py",
+    "beam_step.c",
+    "rows.py",
+    "step_spec.py",
+    "stepper.py",
+)
 
 
 def _tensors(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:

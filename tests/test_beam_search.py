@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.decoding import beam_search as bs
+from serving.decoding import compiled_step, native
 
 PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
 VOCAB = 6
@@ -52,6 +53,16 @@ SCRIPT_TIE_FULL = {
 # Hand-computed (tokens, probability) with beam 2, n_best 2, no length penalty; shared with test_decoding.
 JUNK_EOS_EXPECTED = [([A, B, C, EOS], 0.761805), ([EOS], 0.06)]  # .9 * .9 * .95 * .99
 TIE_FULL_EXPECTED = [([EOS], 0.25), ([A, EOS], 0.25)]
+
+
+@pytest.fixture(autouse=True, params=["numpy", "compiled"])
+def implementation(request, monkeypatch):
+    """Every test here runs on the numpy step (the definition) and on the compiled one."""
+    if request.param == "compiled":
+        if native.load() is None:
+            pytest.skip("the compiled beam step could not be built here (no C compiler, or KILN_NATIVE=0)")
+        monkeypatch.setattr(bs, "step", compiled_step.step)
+    return request.param
 
 
 def log_probs_for(script: dict, prefix: tuple[int, ...]) -> np.ndarray:

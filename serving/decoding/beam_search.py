@@ -194,6 +194,7 @@ class Beams:
     prefixes: np.ndarray  # int64 [R, W + 1]: BOS, then the chosen tokens (0 after column step)
     finished: tuple[tuple[Hypothesis, ...], ...]  # per sentence, best normalized first (ties: earlier)
     worst: np.ndarray  # float64 [S]: normalized score of the beam-th finished (-inf until beam finished)
+    finished_norms: np.ndarray  # float64 [S, max beam]: normalized scores of ``finished``, -inf padded
     eos_id: int
     bos_id: int
 
@@ -230,14 +231,16 @@ def start(configs: Sequence[BeamConfig]) -> Beams:
         prefixes=prefixes,
         finished=((),) * n,
         worst=np.full(n, -np.inf),
+        finished_norms=np.full((n, max(c.beam_size for c in configs)), -np.inf),
         eos_id=eos,
         bos_id=bos,
     )
 
 
-def _widen(array: np.ndarray, width: int) -> np.ndarray:
-    """Pad axis 1 with zeros (never read: beyond every sentence's max_length) up to ``width``."""
-    return np.pad(array, ((0, 0), (0, width - array.shape[1]))) if array.shape[1] < width else array
+def _widen(array: np.ndarray, width: int, fill: float = 0) -> np.ndarray:
+    """Pad axis 1 with ``fill`` up to ``width`` (zeros are never read: beyond every max_length)."""
+    pad = ((0, 0), (0, width - array.shape[1]))
+    return np.pad(array, pad, constant_values=fill) if array.shape[1] < width else array
 
 
 def concat(first: Beams, second: Beams) -> Beams:
@@ -245,11 +248,14 @@ def concat(first: Beams, second: Beams) -> Beams:
     if (first.eos_id, first.bos_id) != (second.eos_id, second.bos_id):
         raise ValueError("sentences decoded together must share eos_id and bos_id")
     width = max(first.prefixes.shape[1], second.prefixes.shape[1])
+    kept = max(first.finished_norms.shape[1], second.finished_norms.shape[1])
     fields = {}
     for f in dataclasses.fields(Beams):
         a, b = getattr(first, f.name), getattr(second, f.name)
         if f.name in ("prefixes", "divisors"):
             fields[f.name] = np.concatenate([_widen(a, width), _widen(b, width)])
+        elif f.name == "finished_norms":
+            fields[f.name] = np.concatenate([_widen(a, kept, -np.inf), _widen(b, kept, -np.inf)])
         elif f.name == "finished":
             fields[f.name] = a + b
         elif isinstance(a, np.ndarray):
@@ -357,13 +363,22 @@ class StepResult:
     tokens: np.ndarray  # the token each new row feeds to the next call
 
 
-def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
-    """Advance every live sentence over one decoder call's ``log_probs`` ``[R, V]`` (rows as in ``beams``)."""
+def check_log_probs(beams: Beams, log_probs: np.ndarray) -> None:
+    """Refuse a decoder output that is not ``[live rows, V > eos_id]``."""
     rows_total = int(beams.scores.shape[0])
     if log_probs.ndim != 2 or log_probs.shape[0] != rows_total or log_probs.shape[1] <= beams.eos_id:
         raise ValueError(
             f"log_probs must be [{rows_total}, V > eos_id={beams.eos_id}], got {log_probs.shape}"
         )
+
+
+def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
+    """Advance every live sentence over one decoder call's ``log_probs`` ``[R, V]`` (rows as in ``beams``).
+
+    The definition, as numpy array operations; :mod:`serving.decoding.compiled_step` runs the same
+    decisions compiled and is tested against it."""
+    check_log_probs(beams, log_probs)
+    rows_total = int(beams.scores.shape[0])
     live = np.flatnonzero(beams.rows)  # [n] sentences with rows, in row order
     rows = beams.rows[live]  # [n]
     cand = beams.scores[:, None] + np.asarray(log_probs, dtype=np.float32)  # [R, V] float32, a new array
@@ -388,7 +403,7 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
     rank, finite, is_eos = np.arange(top.shape[1]), np.isfinite(top), tokens == beams.eos_id
     cont = ~is_eos & finite & (rank < 2 * beam)
     keep = cont & (np.cumsum(cont, axis=1) <= beam)  # [n, k] the first `beam` continuing ranks
-    finished, worst = _finalize(beams, live, is_eos & finite & (rank < beam), top, origin, failed)
+    finished, worst, norms = _finalize(beams, live, is_eos & finite & (rank < beam), top, origin, failed)
     best = top[np.arange(live.size), np.argmax(keep, axis=1)].astype(np.float64)  # [n] best live score
     length = beams.step[live] + 1  # tokens generated so far, without EOS
     with np.errstate(invalid="ignore"):
@@ -410,15 +425,16 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
         prefixes=prefixes,
         finished=finished,
         worst=worst,
+        finished_norms=norms,
     )
     return StepResult(new, new_origin.astype(np.int64), new_tokens.astype(np.int64))
 
 
 def _finalize(
     beams: Beams, live: np.ndarray, eos: np.ndarray, top: np.ndarray, origin: np.ndarray, failed: np.ndarray
-) -> tuple[tuple[tuple[Hypothesis, ...], ...], np.ndarray]:
+) -> tuple[tuple[tuple[Hypothesis, ...], ...], np.ndarray, np.ndarray]:
     """Offer the EOS candidates ranked within each sentence's first ``beam``, in rank order, to its list."""
-    finished, worst = list(beams.finished), beams.worst.copy()
+    finished, worst, norms = list(beams.finished), beams.worst.copy(), beams.finished_norms
     lists: dict[int, list[Hypothesis]] = {}
     for i, r in zip(*np.nonzero(eos), strict=True):  # only the EOS candidates: few per step
         s = int(live[i])
@@ -429,16 +445,20 @@ def _finalize(
         if not math.isfinite(norm):  # unreachable with a valid BeamConfig; guards the batch anyway
             failed[s] = True
             continue
-        _keep_best(
+        keep_best(
             lists.setdefault(s, list(finished[s])), Hypothesis(generated, score, norm), int(beams.beam[s])
         )
+    if lists:
+        norms = norms.copy()
     for s, kept in lists.items():
         finished[s] = tuple(kept)
         worst[s] = kept[-1].normalized_score if len(kept) == beams.beam[s] else -np.inf
-    return tuple(finished), worst
+        norms[s] = -np.inf
+        norms[s, : len(kept)] = [h.normalized_score for h in kept]
+    return tuple(finished), worst, norms
 
 
-def _keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
+def keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
     """Insert ``hyp`` after every kept hypothesis at least as good, then drop all beyond the best ``beam``.
 
     So a newcomer not strictly better than the worst of a full list is dropped (ties: the earlier stays).

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import stepper
+from serving.decoding import native, stepper
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class DecodingScheduler:
     # --- public API (event loop) ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the decode thread, answering on the running event loop (idempotent)."""
+        """Start the decode thread, answering on the running event loop (idempotent); the compiled beam
+        step is built (once per machine, ~0.5 s) or found here, not on the first request."""
+        await asyncio.to_thread(native.load)
         if self._thread is None:
             self._event_loop = asyncio.get_running_loop()
             self._stopping = self._halt = False

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
+from serving.decoding import compiled_step
 from serving.decoding.rows import EncoderRows, dense_slots, with_capacity
 from serving.decoding.step_spec import ROLES, Runner, StepSpec, check_config, encoder_inputs, parse_step_spec
 
@@ -176,7 +177,7 @@ class DecodeBatch:
             raise ValueError(f"the decoder did not return {missing}")
         log_probs = np.asarray(outputs["log_probs"], dtype=np.float32)  # [R, V] physical order
         before = self.beams.rows
-        result = bs.step(self.beams, log_probs if self._in_order else log_probs[self.slot])
+        result = compiled_step.step(self.beams, log_probs, None if self._in_order else self.slot)
         self.beams = result.beams
         self._advance_rows(outputs, result.origin, before, result.tokens)
         return self._retire()

@@ -1,0 +1,111 @@
+"""The compiled beam step (``beam_step.c``) through ctypes, or ``None`` where it cannot be built.
+
+Built on first use with the machine's C compiler (``$CC``, else ``cc``) into a per-user cache named by a
+hash of the source and flags, so every process of a gateway reuses one build; no Python headers are
+needed, and the file works under any Python or numpy (Triton's numpy-1 environment too). Where no
+compiler exists or the build fails, :func:`load` returns ``None`` once with a warning and the numpy
+step runs: the same decisions, slower. ``KILN_NATIVE=0`` turns the compiled step off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("beam_step.c")
+# IEEE arithmetic as numpy does it: no fast-math, no fused multiply-add contraction.
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+MAX_BEAM = 32  # the kernel's per-sentence scratch
+
+_lock = threading.Lock()
+_loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
+
+
+def cache_dir() -> Path:
+    """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    if os.environ.get("KILN_CACHE_DIR"):
+        return Path(os.environ["KILN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kiln"
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: ``$CC`` or ``cc``, if it exists."""
+    name = os.environ.get("CC", "cc").split()[0]
+    return shutil.which(name)
+
+
+def library_path(cc: str) -> Path:
+    """Where the build of this source with these flags and this compiler lives."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join((cc, *FLAGS, platform.machine())).encode())
+    return cache_dir() / f"beam_step-{digest.hexdigest()[:16]}.so"
+
+
+def build(cc: str, target: Path) -> Path:
+    """Compile into ``target`` atomically (a concurrent build of the same file is harmless), then delete
+    the builds of other versions (a process that loaded one keeps its mapping)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        subprocess.run(
+            [cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120
+        )
+        os.replace(out, target)
+    for old in target.parent.glob("beam_step-*.so"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    fn = lib.kiln_beam_step
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 26
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled step's library, built if needed; ``None`` (decided once per process) if unavailable."""
+    with _lock:
+        if not _loaded:
+            _loaded.append(_load())
+        return _loaded[0]
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("KILN_NATIVE", "1") == "0":
+        log.info("compiled beam step off (KILN_NATIVE=0): numpy step")
+        return None
+    cc = compiler()
+    if cc is None:
+        log.warning("no C compiler (cc or $CC): beam search runs its numpy step, ~10 %% slower")
+        return None
+    path = library_path(cc)
+    try:
+        if not path.exists():
+            build(cc, path)
+        return _open(path)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning(
+            "compiled beam step unavailable (%s %s): numpy step", exc, detail.decode(errors="replace")
+        )
+        return None
+
+
+def reset() -> None:
+    """Forget the decision of :func:`load` (tests switch ``KILN_NATIVE``)."""
+    with _lock:
+        _loaded.clear()
