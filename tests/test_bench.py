@@ -437,3 +437,43 @@ def test_classify_identity_counts_an_answer_identical_only_when_every_output_mat
     both = {"alone": result, "under_load": {"sent": 1, "identical": 1, "max_abs_diff": 0.0}}
     assert classify_identity.identical_percent(both) == 50.0
     assert np.isnan(classify_identity.identical_percent({}))
+
+
+def _stub_translator(status: int = 200):
+    """A gateway stand-in answering each translate request with its text upper-cased."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen = []
+
+    async def translate(request):
+        body = await request.json()
+        seen.append((request.path_params["name"], body["texts"], body["beam_size"]))
+        answer = {"translations": [{"hypotheses": [{"text": body["texts"][0].upper()}]}]}
+        return JSONResponse(answer if status == 200 else {"error": "busy"}, status_code=status)
+
+    return Starlette(routes=[Route("/v1/models/{name}/translate", translate, methods=["POST"])]), seen
+
+
+def test_the_translation_load_client_sends_each_text_alone_and_keeps_each_answer_with_its_text():
+    from bench.translation_gateway import _gateway_run
+    from tests.repo_fixtures import LiveServer
+
+    app, seen = _stub_translator()
+    texts = [f"text {i}" for i in range(9)]
+    with LiveServer(app) as live:
+        hyps, elapsed, latencies = asyncio.run(
+            _gateway_run(f"http://{live.url}", "m", texts, list(range(9)), 4)
+        )
+    assert hyps == [t.upper() for t in texts] and len(latencies) == 9 and elapsed > 0
+    assert sorted(seen) == [("m", [t], i) for i, t in enumerate(texts)]
+
+
+def test_the_translation_load_client_fails_on_an_error_status_naming_it():
+    from bench.translation_gateway import _gateway_run
+    from tests.repo_fixtures import LiveServer
+
+    app, _ = _stub_translator(status=503)
+    with LiveServer(app) as live, pytest.raises(RuntimeError, match="HTTP 503 for text 0"):
+        asyncio.run(_gateway_run(f"http://{live.url}", "m", ["x"], 4, 1))
