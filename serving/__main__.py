@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        # Access lines are INFO: above that level they are never printed, so do not build them at all.
+        access_log=settings.log_level.lower() in {"trace", "debug", "info"},
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
     )
     if settings.reuse_port:
