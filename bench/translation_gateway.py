@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concurrency (issue 10)
 
 
-async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int):
-    """Each text as its own request from ``concurrency`` clients; ``beam`` may differ per text.
+async def _gateway_run(
+    url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, rounds: int = 1
+):
+    """Each text as its own request from ``concurrency`` clients, ``rounds`` times over; ``beam`` may
+    differ per text. Returns each text's translation (an ``<inconsistent ...>`` marker, which no
+    reference equals, if its rounds disagreed), the seconds of the whole run and every latency.
 
     Each client holds one keep-alive HTTP/1.1 connection and sends bodies encoded before the clock
     starts, as load generators do (wrk, perf_analyzer): the clients share the 2 cores with the gateway,
@@ -39,7 +43,9 @@ async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[
     ]
     hyps: list[str | None] = [None] * len(texts)
     latencies: list[float] = []
-    queue = list(range(len(texts)))[::-1]
+    inconsistent: set[int] = set()
+    queue = list(range(len(texts))) * rounds
+    queue.reverse()
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -52,7 +58,12 @@ async def _gateway_run(url: str, model: str, texts: list[str], beam: int | list[
                 if status != 200:
                     raise RuntimeError(f"{url}: HTTP {status} for text {i}: {body[:300]!r}")
                 latencies.append(time.perf_counter() - t0)
-                hyps[i] = json.loads(body)["translations"][0]["hypotheses"][0]["text"]
+                text = json.loads(body)["translations"][0]["hypotheses"][0]["text"]
+                if hyps[i] is None:
+                    hyps[i] = text
+                elif hyps[i] != text and i not in inconsistent:
+                    inconsistent.add(i)
+                    hyps[i] = f"<inconsistent across rounds: {hyps[i]!r} then {text!r}>"
         finally:
             writer.close()
 
@@ -78,16 +89,28 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return int(lines[0].split(b" ", 2)[1]), await reader.readexactly(length)
 
 
+STEADY_REQUESTS = 16  # per client in a timed run: the ramp-down (fewer than c in flight) stays ~1/16 of it
+
+
+def steady_rounds(texts: int, concurrency: int) -> int:
+    """Passes over the texts so that each of ``concurrency`` clients sends ``STEADY_REQUESTS``: 128
+    texts at c=32 last ~0.14 s, a quarter of it in the ramp-down while the last requests finish."""
+    return max(1, -(-STEADY_REQUESTS * concurrency // texts))
+
+
 def _median_run(
     url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, repeats: int = 3
 ):
     """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x;
-    the identity check of the other translators runs each once)."""
+    the identity check of the other translators runs each once), each :func:`steady_rounds` passes over
+    the texts; the seconds returned are those of one pass."""
+    rounds = steady_rounds(len(texts), concurrency)
     runs = sorted(
-        (asyncio.run(_gateway_run(url, model, texts, beam, concurrency)) for _ in range(repeats)),
+        (asyncio.run(_gateway_run(url, model, texts, beam, concurrency, rounds)) for _ in range(repeats)),
         key=lambda run: run[1],
     )
-    return runs[len(runs) // 2]
+    hyps, seconds, latencies = runs[len(runs) // 2]
+    return hyps, seconds / rounds, latencies
 
 
 def gateway_engine(kind: str, workers: int) -> str:

@@ -439,8 +439,9 @@ def test_classify_identity_counts_an_answer_identical_only_when_every_output_mat
     assert np.isnan(classify_identity.identical_percent({}))
 
 
-def _stub_translator(status: int = 200):
-    """A gateway stand-in answering each translate request with its text upper-cased."""
+def _stub_translator(status: int = 200, flaky: str | None = None):
+    """A gateway stand-in answering each translate request with its text upper-cased (``flaky``: that
+    text is answered lower-cased from its second request on)."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -450,7 +451,9 @@ def _stub_translator(status: int = 200):
     async def translate(request):
         body = await request.json()
         seen.append((request.path_params["name"], body["texts"], body["beam_size"]))
-        answer = {"translations": [{"hypotheses": [{"text": body["texts"][0].upper()}]}]}
+        text = body["texts"][0]
+        again = text == flaky and sum(texts == [text] for _, texts, _ in seen) > 1
+        answer = {"translations": [{"hypotheses": [{"text": text.lower() if again else text.upper()}]}]}
         return JSONResponse(answer if status == 200 else {"error": "busy"}, status_code=status)
 
     return Starlette(routes=[Route("/v1/models/{name}/translate", translate, methods=["POST"])]), seen
@@ -477,3 +480,14 @@ def test_the_translation_load_client_fails_on_an_error_status_naming_it():
     app, _ = _stub_translator(status=503)
     with LiveServer(app) as live, pytest.raises(RuntimeError, match="HTTP 503 for text 0"):
         asyncio.run(_gateway_run(f"http://{live.url}", "m", ["x"], 4, 1))
+
+
+def test_a_text_translated_differently_across_rounds_is_marked_so_that_it_counts_as_differing():
+    from bench.translation_gateway import _gateway_run, steady_rounds
+    from tests.repo_fixtures import LiveServer
+
+    app, seen = _stub_translator(flaky="b")
+    with LiveServer(app) as live:
+        hyps, _, latencies = asyncio.run(_gateway_run(f"http://{live.url}", "m", ["a", "b"], 4, 1, rounds=3))
+    assert hyps == ["A", "<inconsistent across rounds: 'B' then 'b'>"] and len(latencies) == len(seen) == 6
+    assert steady_rounds(128, 32) == 4 and steady_rounds(128, 1) == 1 and steady_rounds(100, 64) == 11
