@@ -39,6 +39,8 @@ def native_step(
 ) -> StepResult:
     """:func:`step` by the kernel (see ``kiln_beam_step`` in ``beam_step.c`` for its arrays)."""
     n, vocab, width1 = beams.sentences, int(log_probs.shape[1]), int(beams.prefixes.shape[1])
+    if beams.divisors.shape[1] != width1:  # the kernel indexes both with one width
+        raise ValueError(f"divisors width {beams.divisors.shape[1]} != prefixes width {width1}")
     live = beams.rows > 0
     k, room = 2 * int(beams.beam[live].max()), int(beams.beam[live].sum())  # candidates, rows kept at most
     state = {"rows": beams.rows.copy(), "failed": beams.failed.copy(), "worst": beams.worst.copy()}
