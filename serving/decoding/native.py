@@ -90,7 +90,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     cc = compiler()
     if cc is None:
-        log.warning("no C compiler (cc or $CC): beam search runs its numpy step, ~10 %% slower")
+        log.warning("no C compiler (cc or $CC): beam search runs its numpy step, ~10 % slower")
         return None
     path = library_path(cc)
     try:
