@@ -96,16 +96,12 @@ def _load() -> ctypes.CDLL | None:
     try:
         if not path.exists():
             build(cc, path)
-        return _open(path)
+        library = _open(path)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         log.warning(
             "compiled beam step unavailable (%s %s): numpy step", exc, detail.decode(errors="replace")
         )
         return None
-
-
-def reset() -> None:
-    """Forget the decision of :func:`load` (tests switch ``KILN_NATIVE``)."""
-    with _lock:
-        _loaded.clear()
+    log.info("compiled beam step: %s", path)
+    return library
