@@ -8,6 +8,7 @@ at several batch sizes and lengths, then beam search over ONNX against the PyTor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ DECODER_CASES = (
     {"batch": 7, "src_len": 9, "past_len": 3},
     {"batch": 64, "src_len": 5, "past_len": 6},
 )
+# Rows grouped by sentence (``grouped_rows`` decoders only): ``batch`` rows of ``sentences`` sentences.
+GROUPED_CASES = (
+    {"batch": 8, "sentences": 2, "src_len": 6, "past_len": 2},
+    {"batch": 12, "sentences": 4, "src_len": 9, "past_len": 5},
+    {"batch": 64, "sentences": 64, "src_len": 5, "past_len": 1},
+)
+SENTENCES = "sentences"  # the batch axis of a grouped_rows decoder's encoder inputs
 
 
 def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random.Generator) -> torch.Tensor:
@@ -72,6 +80,19 @@ def decoder_inputs(
     return step_inputs(spec, state, tokens, past)
 
 
+def grouped_inputs(spec: dict[str, Any], feeds: dict[str, Any], sentences: int) -> dict[str, Any]:
+    """Per-row decoder feeds made grouped: rows stay, encoder inputs are kept once per sentence (the
+    first row of each of ``sentences`` equal runs of rows), as the decoding engine feeds them."""
+    rows = len(feeds[spec["decoder"]["inputs"][0]["name"]])
+    if rows % sentences:
+        raise ValueError(f"{rows} rows do not split into {sentences} sentences")
+    out = dict(feeds)
+    for inp in spec["decoder"]["inputs"]:
+        if inp["role"] == "encoder":
+            out[inp["name"]] = feeds[inp["name"]][:: rows // sentences]
+    return out
+
+
 def _vocab_spec(model: torch.nn.Module) -> dict[str, Any]:
     spec = dict(model.step_spec())
     cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
@@ -85,6 +106,7 @@ def _axes(spec: dict[str, Any], max_rows: int, names: tuple[str, ...]) -> dict[s
         BATCH: AxisRange(1, max(1, max_rows // 4), max_rows),
         "src_len": AxisRange(1, min(16, longest), longest),
         "past_len": AxisRange(0, min(16, longest - 1), longest - 1),
+        SENTENCES: AxisRange(1, max(1, max_rows // 4), max_rows),
     }
     return {n: table[n] for n in names}
 
@@ -114,8 +136,13 @@ def decoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_ro
 
     axes_names = (BATCH, "src_len", "past_len")
     probed = probe_tensor_specs(run, in_names + spec["decoder"]["outputs"], list(axes_names), roles)
+    if spec["decoder"].get("grouped_rows"):  # encoder inputs: a batch axis of their own (sentences)
+        probed = tuple(
+            dataclasses.replace(t, shape=(SENTENCES, *t.shape[1:])) if t.role == "encoder" else t
+            for t in probed
+        )
     used = {a for t in probed for a in t.shape if isinstance(a, str)}
-    axes = _axes(spec, max_rows, tuple(a for a in axes_names if a in used))
+    axes = _axes(spec, max_rows, tuple(a for a in (*axes_names, SENTENCES) if a in used))
     inputs, outputs = probed[: len(in_names)], probed[len(in_names) :]
     return GraphSpec(f"{name}_decoder", "decoder", inputs, outputs, axes, max_batch_size=max_rows)
 
@@ -135,7 +162,9 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         enc_module, enc, (random_source(spec, 3, 5, np.random.default_rng(2)),), work / "enc.onnx"
     )
     ctx.step("export decoder")
-    feeds = decoder_inputs(frozen, spec, {"batch": 3, "src_len": 5, "past_len": 4})
+    feeds = decoder_inputs(frozen, spec, {"batch": 6, "src_len": 5, "past_len": 4})
+    if spec["decoder"].get("grouped_rows"):  # 3 sentences of 2 rows: the two batch axes differ
+        feeds = grouped_inputs(spec, feeds, 3)
     dec_path = export_onnx(dec_module, dec, tuple(feeds[n] for n in dec.input_names), work / "dec.onnx")
     return TranslatorGraphs(
         spec,
@@ -151,10 +180,13 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
 
 
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    return [
-        (s, {k: v.numpy() for k, v in decoder_inputs(g.frozen, g.spec, s, seed=i).items()})
-        for i, s in enumerate(DECODER_CASES)
-    ]
+    """Per-row cases, and grouped ones where the decoder declares ``grouped_rows``."""
+    cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(DECODER_CASES)]
+    if g.spec["decoder"].get("grouped_rows"):
+        for i, s in enumerate(GROUPED_CASES):
+            feeds = decoder_inputs(g.frozen, g.spec, s, seed=len(DECODER_CASES) + i)
+            cases.append((s, grouped_inputs(g.spec, feeds, s["sentences"])))
+    return [(s, {k: v.numpy() for k, v in feeds.items()}) for s, feeds in cases]
 
 
 def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:

@@ -81,6 +81,29 @@ def fake_decoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 PARSED = st.parse_step_spec(SPEC)
+GROUPED_SPEC = {**SPEC, "decoder": {**SPEC["decoder"], "grouped_rows": True}}
+GROUPED = st.parse_step_spec(GROUPED_SPEC)
+ENCODER_INPUTS = ("memory", "memory_t", "src_mask")
+
+
+class GroupedDecoder:
+    """``fake_decoder`` over grouped rows: encoder inputs come once per sentence and are expanded to the
+    rows here (sentence i's rows are rows i*W ... i*W+W-1), so every row computes what it would alone.
+    Records (rows, sentences) per call, and says it takes grouped rows as an ONNX Runtime runner would."""
+
+    first_axes = {"tokens": "batch", **dict.fromkeys(ENCODER_INPUTS, "sentences")}
+
+    def __init__(self, inner=fake_decoder) -> None:
+        self.inner, self.calls = inner, []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, sentences = len(inputs["tokens"]), len(inputs["memory"])
+        assert rows % sentences == 0, (rows, sentences)
+        self.calls.append((rows, sentences))
+        expanded = {name: np.repeat(inputs[name], rows // sentences, axis=0) for name in ENCODER_INPUTS}
+        return self.inner(inputs | expanded)
+
+
 SOURCES = [[5, 9, 7, 11], [6], [3, 4, 10], [], [8, 8, 8, 8, 8, 8]]
 
 
@@ -99,17 +122,22 @@ def test_translate_ids_batched_equals_each_sentence_translated_alone():
     together = st.translate_ids(fake_encoder, fake_decoder, SPEC, SOURCES, CONFIG)
     alone = [st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
     assert together == alone
+    grouped = GroupedDecoder()
+    assert st.translate_ids(fake_encoder, grouped, GROUPED_SPEC, SOURCES, CONFIG) == alone
+    assert (5, 5) in grouped.calls and (15, 5) in grouped.calls  # one row each, then 3 (beam) each
     assert all(len(h) == 3 and h[0].tokens[-1] == EOS for h in together)
     assert st.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
 
 
-def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None):
+def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, grouped=False):
     """Iteration-level batching: sentence i joins before step 2*i; all share every decoder call.
 
     ``cancel`` (sentence index, step): that sentence is removed before that step, as a client leaving.
+    ``grouped``: rows grouped by sentence (``decoder`` is wrapped in :class:`GroupedDecoder`).
     Returns each sentence's hypotheses and, per step, the live rows and the cache length.
     """
-    batch = st.DecodeBatch(PARSED)
+    decoder = GroupedDecoder(decoder) if grouped else decoder
+    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
     finished: dict[int, list[bs.Hypothesis]] = {}
     trace, step = [], 0
     while len(finished) < len(sources):
@@ -120,7 +148,7 @@ def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None):
         if cancel is not None and cancel[1] == step:
             batch.remove(np.array([k == cancel[0] for k in batch.keys]))
             finished[cancel[0]] = []
-        trace.append((batch.live_rows, batch.column))
+        trace.append((batch.live_rows, batch.column, batch.physical))
         for done in batch.step(decoder):
             finished[done.key] = done.hypotheses
         step += 1
@@ -134,31 +162,37 @@ def alone(sources, configs):
     ]
 
 
-def test_sentences_joining_and_leaving_between_steps_equal_each_translated_alone():
-    hyps, trace = decode_joining(SOURCES, [CONFIG] * len(SOURCES))
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_sentences_joining_and_leaving_between_steps_equal_each_translated_alone(grouped):
+    hyps, trace = decode_joining(SOURCES, [CONFIG] * len(SOURCES), grouped=grouped)
     assert hyps == alone(SOURCES, [CONFIG] * len(SOURCES))
-    assert max(rows for rows, _ in trace) > CONFIG.beam_size  # several sentences really shared steps
-    assert max(past for _, past in trace) <= CONFIG.max_length  # no column outlives its sentences
+    assert max(rows for rows, _, _ in trace) > CONFIG.beam_size  # several sentences really shared steps
+    assert max(past for _, past, _ in trace) <= CONFIG.max_length  # no column outlives its sentences
+    # grouped: joiners' one row padded to the width at times; per row: never a padding row
+    assert any(physical > rows for rows, _, physical in trace) == grouped
 
 
-def test_sentences_of_mixed_beam_sizes_in_one_batch_equal_each_translated_alone():
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_sentences_of_mixed_beam_sizes_in_one_batch_equal_each_translated_alone(grouped):
     configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1) for b in (1, 4, 2, 3, 1)]
-    hyps, _ = decode_joining(SOURCES, configs)
+    hyps, _ = decode_joining(SOURCES, configs, grouped=grouped)
     assert hyps == alone(SOURCES, configs)
 
 
-def test_a_sentence_removed_mid_search_leaves_the_others_unchanged():
-    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), cancel=(1, 4))
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_a_sentence_removed_mid_search_leaves_the_others_unchanged(grouped):
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), cancel=(1, 4), grouped=grouped)
     expected = alone(SOURCES, [CONFIG] * len(SOURCES))
     assert hyps[1] == [] and hyps[:1] + hyps[2:] == expected[:1] + expected[2:]
 
 
-def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail():
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail(grouped):
     def unmasked(inputs):
         ones = {name: np.ones_like(inputs[name]) for name in ("cache_mask", "src_mask")}
         return fake_decoder(inputs | ones)
 
-    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), decoder=unmasked)
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), decoder=unmasked, grouped=grouped)
     assert hyps != alone(SOURCES, [CONFIG] * len(SOURCES))
 
 
@@ -223,6 +257,7 @@ def test_onnxruntime_runner_feeds_only_the_declared_inputs(tmp_path):
     model.ir_version = 8
     onnx.save(model, tmp_path / "neg.onnx")
     run = onnxruntime_runner(tmp_path / "neg.onnx")
+    assert run.first_axes == {"x": None}  # an unnamed dynamic axis: no grouped rows for this graph
     out = run({"x": np.ones((3, 2), np.float32), "unused": np.zeros(1)})
     np.testing.assert_array_equal(out["y"], -np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"\['x'\]"):
@@ -281,26 +316,40 @@ def test_translate_ids_over_a_torch_translator_equals_the_torch_reference(name):
     assert [[(h.tokens, h.score) for h in s] for s in ours] == [
         [(h.tokens, h.score) for h in s] for s in reference
     ]
+    if st.parse_step_spec(model.step_spec()).grouped_rows:  # the transformer: rows grouped by sentence
+        grouped = st.translate_ids(run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config, True)
+        # tokens identical; scores to float32 rounding (one product per sentence, not per row)
+        assert [[h.tokens for h in s] for s in grouped] == [[h.tokens for h in s] for s in reference]
+        np.testing.assert_allclose(
+            [h.score for s in grouped for h in s], [h.score for s in reference for h in s], rtol=1e-5
+        )
 
 
 @needs_translators
 @pytest.mark.parametrize("name", TRANSLATORS or ["transformer"])
 def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torch_reference(name):
-    import torch
 
     from tests.test_decoding import tiny_translator
-    from training import decoding
 
     model = tiny_translator(name)
     spec = st.parse_step_spec(model.step_spec())
     config = bs.BeamConfig(beam_size=3, n_best=2, max_length=7, eos_id=EOS, bos_id=BOS)
     run_encoder, run_decoder = torch_runners(model)
-    batch, results = st.DecodeBatch(spec), {}
-    for step in range(40):
-        if step < len(REAL_SOURCES):  # one more sentence joins before each of the first steps
-            src = REAL_SOURCES[step]
-            batch.join([step], run_encoder(st.encoder_inputs(spec, [src])), [config], [len(src) + 1])
-        results |= {done.key: done.hypotheses for done in batch.step(run_decoder)}
+    for grouped in sorted({False, spec.grouped_rows}):  # both layouts where the model takes both
+        batch, results = st.DecodeBatch(spec, grouped), {}
+        for step in range(40):
+            if step < len(REAL_SOURCES):  # one more sentence joins before each of the first steps
+                src = REAL_SOURCES[step]
+                batch.join([step], run_encoder(st.encoder_inputs(spec, [src])), [config], [len(src) + 1])
+            results |= {done.key: done.hypotheses for done in batch.step(run_decoder)}
+        _assert_reference(model, spec, config, results)
+
+
+def _assert_reference(model, spec, config, results):
+    import torch
+
+    from training import decoding
+
     for i, src in enumerate(REAL_SOURCES):
         ids = torch.from_numpy(st.encoder_inputs(spec, [src])["src_ids"])
         reference = decoding.beam_search(model, ids, beam_size=3, n_best=2, max_length=7)[0]
@@ -324,6 +373,41 @@ def test_a_leaving_sentences_rows_are_refilled_from_the_tail_and_the_others_stay
     while batch.size:
         finished |= {done.key: done.hypotheses for done in batch.step(fake_decoder)}
     assert [finished[1], finished[2]] == alone(sources[1:], [two, two])
+
+
+def test_a_cancelled_sentences_place_is_refilled_from_the_tail_in_a_grouped_batch():
+    two = dataclasses.replace(CONFIG, beam_size=2, n_best=1, min_length=6)
+    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
+    sources = SOURCES[:3]
+    batch.join(
+        range(3), fake_encoder(st.encoder_inputs(GROUPED, sources)), [two] * 3, [len(s) + 1 for s in sources]
+    )
+    assert (batch.width, batch.physical, batch.slot.tolist()) == (1, 3, [0, 1, 2])
+    batch.step(decoder)  # every sentence widens from 1 row to 2
+    assert (batch.width, batch.place.tolist(), batch.slot.tolist()) == (2, [0, 1, 2], [0, 1, 2, 3, 4, 5])
+    batch.join([3], fake_encoder(st.encoder_inputs(GROUPED, [[7, 7]])), [two], [3])
+    assert batch.slot.tolist()[-1] == 6 and batch.physical == 8  # the joiner's row and its padding row
+    batch.remove(np.array([True, False, False, False]))
+    # sentence 3 (the tail) moved into sentence 0's place; sentences 1 and 2 stayed put
+    assert batch.place.tolist() == [1, 2, 0] and batch.slot.tolist() == [2, 3, 4, 5, 0]
+    finished = {}
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+    assert [finished[k] for k in (1, 2, 3)] == alone([*sources[1:], [7, 7]], [two] * 3)
+    assert all(rows == 2 * sentences for rows, sentences in decoder.calls[1:])  # one (n, 2) grid each
+
+
+def test_grouped_rows_only_where_the_spec_declares_them_and_the_graph_takes_them():
+    grouped = GroupedDecoder()
+    assert st.takes_grouped_rows(GROUPED, grouped)
+    assert not st.takes_grouped_rows(PARSED, grouped)  # the spec does not declare them
+    assert not st.takes_grouped_rows(GROUPED, fake_decoder)  # the runner says nothing (Triton)
+    one_axis = type(
+        "OneAxis", (GroupedDecoder,), {"first_axes": dict.fromkeys(GroupedDecoder.first_axes, "b")}
+    )
+    assert not st.takes_grouped_rows(GROUPED, one_axis())  # every input shares the rows' batch axis
+    with pytest.raises(ValueError, match="grouped_rows"):
+        st.DecodeBatch(PARSED, grouped=True)
 
 
 def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_not_padded():

@@ -363,12 +363,19 @@ class StepResult:
     tokens: np.ndarray  # the token each new row feeds to the next call
 
 
-def check_log_probs(beams: Beams, log_probs: np.ndarray) -> None:
-    """Refuse a decoder output that is not ``[live rows, V > eos_id]``."""
+def check_log_probs(beams: Beams, log_probs: np.ndarray, row_index: np.ndarray | None = None) -> None:
+    """Refuse a decoder output that is not ``[live rows, V > eos_id]`` (read through ``row_index``,
+    one index per live row: ``[rows beyond every index, V > eos_id]``)."""
     rows_total = int(beams.scores.shape[0])
-    if log_probs.ndim != 2 or log_probs.shape[0] != rows_total or log_probs.shape[1] <= beams.eos_id:
+    if row_index is None:
+        rows_ok = log_probs.ndim == 2 and log_probs.shape[0] == rows_total
+    else:
+        rows_ok = log_probs.ndim == 2 and row_index.shape == (rows_total,)
+        rows_ok = rows_ok and (not rows_total or 0 <= row_index.min() <= row_index.max() < log_probs.shape[0])
+    if not rows_ok or log_probs.shape[1] <= beams.eos_id:
         raise ValueError(
-            f"log_probs must be [{rows_total}, V > eos_id={beams.eos_id}], got {log_probs.shape}"
+            f"log_probs must be [{rows_total}, V > eos_id={beams.eos_id}]"
+            f"{'' if row_index is None else ' read through a row index'}, got {log_probs.shape}"
         )
 
 

@@ -27,7 +27,7 @@ TOP_BYTES = 16  # one candidate in the kernel's scratch: float32 value, padding,
 def step(beams: Beams, log_probs: np.ndarray, row_index: np.ndarray | None = None) -> StepResult:
     """One step over ``log_probs`` ``[R, V]``, search row ``i`` reading row ``row_index[i]`` (default
     ``i``): compiled where available (and beams fit its scratch), else the numpy step."""
-    check_log_probs(beams, log_probs)
+    check_log_probs(beams, log_probs, row_index)
     library = native.load()
     if library is None or not beams.scores.size or int(beams.beam.max()) > native.MAX_BEAM:
         return numpy_step(beams, log_probs if row_index is None else log_probs[row_index])

@@ -103,12 +103,15 @@ class DecodingScheduler:
         self.name = name
         self.spec = stepper.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
+        self.grouped = stepper.takes_grouped_rows(self.spec, run_decoder)  # rows grouped by sentence
         self.config = config or SchedulerConfig()
         self.observer = observer
         self._lock = threading.Lock()  # guards _waiting
         self._waiting: deque[_Job] = deque()
         self._wake = threading.Event()
-        self._batch = stepper.DecodeBatch(self.spec)  # decode thread only; keys: (job, sentence index)
+        self._batch = stepper.DecodeBatch(
+            self.spec, self.grouped
+        )  # decode thread only; keys: (job, sentence index)
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
         self._steps = 0  # decoder steps run (written by the decode thread)
         self._thread: threading.Thread | None = None
@@ -143,7 +146,7 @@ class DecodingScheduler:
             self._waiting.clear()
         for job in left:
             self._answer(job, Unavailable(f"translator {self.name!r} is shutting down"), "failure")
-        self._batch, self._reserved = stepper.DecodeBatch(self.spec), 0
+        self._batch, self._reserved = stepper.DecodeBatch(self.spec, self.grouped), 0
 
     @property
     def active_rows(self) -> int:
@@ -245,7 +248,7 @@ class DecodingScheduler:
                 error = ServingError(f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
                 for job in self._running_jobs():
                     self._post(job, error, "failure")
-                self._batch, self._reserved = stepper.DecodeBatch(self.spec), 0
+                self._batch, self._reserved = stepper.DecodeBatch(self.spec, self.grouped), 0
 
     def _expire(self) -> None:
         """Fail requests past their deadline; forget waiting ones already answered."""

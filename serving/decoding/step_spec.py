@@ -43,6 +43,7 @@ class StepSpec:
     decoder_inputs: tuple[DecoderInput, ...]
     decoder_outputs: tuple[str, ...]
     dtypes: dict[str, str]
+    grouped_rows: bool = False  # the decoder also takes its encoder inputs once per sentence (grid rows)
 
     def with_role(self, *roles: str) -> list[DecoderInput]:
         return [inp for inp in self.decoder_inputs if inp.role in roles]
@@ -65,6 +66,7 @@ def parse_step_spec(spec: dict[str, Any] | StepSpec) -> StepSpec:
             decoder_inputs=inputs,
             decoder_outputs=tuple(spec["decoder"]["outputs"]),
             dtypes=dict(spec.get("dtypes", {})),
+            grouped_rows=bool(spec["decoder"].get("grouped_rows", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed step spec: missing or invalid {exc}") from None
@@ -109,6 +111,19 @@ def _check_spec(spec: StepSpec) -> None:
             raise ValueError(f"{inp.name!r}: role 'encoder' but not an encoder output")
     if spec.with_role("cache") and not spec.with_role("cache_mask"):
         raise ValueError("a spec with 'cache' inputs needs a 'cache_mask' input")
+
+
+def takes_grouped_rows(spec: StepSpec, run_decoder: Runner) -> bool:
+    """Whether to feed ``run_decoder`` grouped rows: the spec declares them and the runner says its
+    graph's encoder inputs have a batch axis of their own (``first_axes``: input name -> name of its
+    first axis, as an ONNX Runtime runner reports it). A runner that says nothing (Triton, whose
+    configs give every decoder input one batch axis) gets one row per encoder input."""
+    axes = getattr(run_decoder, "first_axes", None)
+    if not spec.grouped_rows or not axes:
+        return False
+    rows = axes.get(spec.with_role("tokens")[0].name)
+    sentence = [axes.get(inp.name) for inp in spec.with_role("encoder")]
+    return isinstance(rows, str) and all(isinstance(a, str) and a != rows for a in sentence)
 
 
 def encoder_inputs(spec: StepSpec, src_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:

@@ -27,7 +27,15 @@ import numpy as np
 from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step
 from serving.decoding.rows import EncoderRows, dense_slots, with_capacity
-from serving.decoding.step_spec import ROLES, Runner, StepSpec, check_config, encoder_inputs, parse_step_spec
+from serving.decoding.step_spec import (
+    ROLES,
+    Runner,
+    StepSpec,
+    check_config,
+    encoder_inputs,
+    parse_step_spec,
+    takes_grouped_rows,
+)
 
 
 def _at(axis: int, index: int | slice) -> tuple:
@@ -50,12 +58,18 @@ class DecodeBatch:
     Search rows (``beams``: each sentence's rows contiguous, in sentence order) live in physical rows
     ``slot`` (:mod:`serving.decoding.rows`): state, cache, positions and tokens are stored in physical
     order, and rows keep their slot across steps, so a layout change rewrites only the encoder rows
-    whose sentence changed. Not thread-safe: one thread at a time calls :meth:`join`,
-    :meth:`step` and :meth:`remove`.
+    whose sentence changed. With ``grouped`` (a decoder whose spec declares ``grouped_rows``), physical
+    rows form a grid instead: sentence ``s``'s ``k``-th row is row ``place[s] * width + k``, a sentence
+    with fewer than ``width`` rows has padding rows copying its first one, and encoder inputs are fed
+    once per place (docs/translator-interface.md). Not thread-safe: one thread at a time calls
+    :meth:`join`, :meth:`step` and :meth:`remove`.
     """
 
-    def __init__(self, spec: dict[str, Any] | StepSpec) -> None:
+    def __init__(self, spec: dict[str, Any] | StepSpec, grouped: bool = False) -> None:
         self.spec = parse_step_spec(spec)
+        if grouped and not self.spec.grouped_rows:
+            raise ValueError("grouped rows need a decoder whose step spec declares 'grouped_rows'")
+        self.grouped = grouped  # rows in a [sentences, width] grid, encoder inputs once per sentence
         self.beams: bs.Beams | None = None
         self.keys: list[Any] = []
         self.uids = np.zeros(0, dtype=np.int64)  # [S] identity of each sentence
@@ -63,6 +77,9 @@ class DecodeBatch:
         self.joined = np.zeros(0, dtype=np.int64)  # [S] first cache column of each sentence
         self.owner = np.zeros(0, dtype=np.int64)  # [S] its slot in the encoder store
         self.slot = np.zeros(0, dtype=np.int64)  # [R] physical row of each search row
+        self.place = np.zeros(0, dtype=np.int64)  # [S] grouped: grid row of each sentence (-1: no rows)
+        self.width = 1  # grouped: physical rows per sentence (the widest sentence's rows)
+        self.physical = 0  # physical rows the next call runs (grouped: places * width, else R)
         self.rows: dict[str, np.ndarray] = {}  # [capacity, ...] state and cache, physical order
         self.positions = np.zeros(0, dtype=np.int64)  # [R] physical order
         self.tokens = np.zeros(0, dtype=np.int64)  # [R] physical order: what each row feeds next
@@ -95,7 +112,8 @@ class DecodeBatch:
     ) -> None:
         """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``); their rows
         go after the others, physically too."""
-        n, size = len(keys), self.live_rows
+        n, size = len(keys), self.physical
+        copies = self.width if self.grouped else 1  # physical rows per joining sentence
         self._layout = None
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
@@ -112,7 +130,9 @@ class DecodeBatch:
         self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
         encoder = {name: encoded[name] for name in self._named["encoder"]}
         self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
-        self.slot = np.concatenate([self.slot, np.arange(size, size + n)])
+        if self.grouped:  # grid rows after the others' (a joiner's padding rows copy its one row)
+            self.place = np.concatenate([self.place, np.arange(n) + size // copies])
+        self.slot = np.concatenate([self.slot, size + np.arange(n) * copies])
         for inp in self._carried:
             if inp.role == "state":
                 value = np.asarray(encoded[inp.init])
@@ -120,9 +140,12 @@ class DecodeBatch:
                 shape = [n if d == -1 else d for d in inp.init_shape]
                 shape[inp.axis] = self.column
                 value = np.zeros(shape, dtype=self.spec.dtypes.get(inp.name, "float32"))
-            self._reserve(inp.name, value, size)[size : size + n] = value
-        self.positions = np.concatenate([self.positions, np.zeros(n, dtype=np.int64)])
-        self.tokens = np.concatenate([self.tokens, np.full(n, self.spec.bos_id, dtype=np.int64)])
+            value = np.repeat(value, copies, axis=0) if copies > 1 else value
+            self._reserve(inp.name, value, size)[size : size + n * copies] = value
+        self.positions = np.concatenate([self.positions, np.zeros(n * copies, dtype=np.int64)])
+        self.tokens = np.concatenate([self.tokens, np.full(n * copies, self.spec.bos_id, dtype=np.int64)])
+        self.physical = size + n * copies
+        self._in_order = self._in_order and copies == 1
 
     def _reserve(self, name: str, value: np.ndarray, size: int) -> np.ndarray:
         """The buffer of ``name`` (``size`` rows in use) with room for the rows of ``value`` after them."""
@@ -148,10 +171,13 @@ class DecodeBatch:
         if not self.keys:  # empty: start afresh (no columns, no rows, no source width)
             self.beams, self.rows, self.column, self._capacity = None, {}, 0, 0
             self._encoder = EncoderRows(self._encoder.pad_axes)
-            self.slot = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
-            self._in_order = True
+            self.slot = self.place = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
+            self._in_order, self.width, self.physical = True, 1, 0
             return
-        if row_stay.size < self.live_rows:
+        if self.grouped:
+            self.place = self.place[stay]
+            self._regroup(row_stay)
+        elif row_stay.size < self.live_rows:
             self._compact(self.slot[row_stay])
         self._encoder.fit(int(self.lengths.max()))
 
@@ -166,6 +192,42 @@ class DecodeBatch:
             value[dst] = value[src]
         self.positions, self.tokens = self.positions[:size], self.tokens[:size]
         self._in_order = bool(np.array_equal(self.slot, np.arange(size)))
+        self.physical = size
+
+    def _grid(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """The grouped layout of the search as it is now: each sentence's place (the one it had where
+        that is below the number of sentences with rows, else a freed one; -1 without rows), the width
+        (the most rows a sentence has), each search row's physical row (``place * width + rank``), and
+        the search row each physical row holds (a padding row holds its sentence's first row)."""
+        rows = self.beams.rows
+        live = rows > 0
+        count, width = int(np.count_nonzero(live)), max(int(rows.max(initial=1)), 1)
+        place = np.full(rows.size, -1, dtype=np.int64)
+        place[live] = dense_slots(self.place[live], count)
+        first = np.cumsum(rows) - rows  # [S] each sentence's first search row
+        sentence = np.repeat(np.arange(rows.size), rows)  # [R]
+        slot = place[sentence] * width + np.arange(sentence.size) - first[sentence]  # [R]
+        at_place = np.empty(count, dtype=np.int64)
+        at_place[place[live]] = first[live]
+        holder = np.repeat(at_place, width)  # [places * width]
+        holder[slot] = np.arange(sentence.size)
+        return place, width, slot, holder
+
+    def _regroup(self, row_stay: np.ndarray) -> None:
+        """The grid after sentences left (search rows ``row_stay`` stay): rows move only when a staying
+        sentence changes place or the width shrinks (a departure outside a step, e.g. a cancelled
+        request; those retired after a step were given no place by :meth:`_advance_rows`)."""
+        place, width, slot, holder = self._grid()
+        if width != self.width or not np.array_equal(place, self.place):
+            index = self.slot[row_stay][holder]  # [P'] the physical row each new one copies
+            self.rows = {name: value[index] for name, value in self.rows.items()}
+            self.positions, self.tokens, self._capacity = (
+                self.positions[index],
+                self.tokens[index],
+                index.size,
+            )
+        self.place, self.width, self.slot, self.physical = place, width, slot, holder.size
+        self._in_order = holder.size == slot.size and bool(np.array_equal(slot, np.arange(slot.size)))
 
     def step(self, run_decoder: Runner) -> list[Finished]:
         """One decoder call over every live row, one search step; returns the sentences that left."""
@@ -205,18 +267,26 @@ class DecodeBatch:
         """Rows after a step, in their new slots, gathered by beam ``origin``: states replaced; each cache
         gathered and grown by this step's entries in one copy, without the leading columns no live
         sentence uses any more."""
-        slot = self._next_slots(before)
-        size = slot.size
-        if self._in_order and slot is self.slot:
-            source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
+        if self.grouped:
+            place, width, slot, holder = self._grid()
+            if width != self.width or not np.array_equal(place, self.place):
+                self._layout = None
+            source, self.tokens = self.slot[origin[holder]], tokens[holder]  # [P'] (holder: [P'] rows)
+            self.place, self.width, size = place, width, holder.size
+            self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
         else:
-            self._layout = None
-            source = np.empty(size, dtype=np.int64)
-            source[slot] = self.slot[origin]
-            self.tokens = np.empty(size, dtype=np.int64)
-            self.tokens[slot] = tokens
-            self._in_order = bool(np.array_equal(slot, np.arange(size)))
-        self.slot = slot
+            slot = self._next_slots(before)
+            size = slot.size
+            if self._in_order and slot is self.slot:
+                source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
+            else:
+                self._layout = None
+                source = np.empty(size, dtype=np.int64)
+                source[slot] = self.slot[origin]
+                self.tokens = np.empty(size, dtype=np.int64)
+                self.tokens[slot] = tokens
+                self._in_order = bool(np.array_equal(slot, np.arange(size)))
+        self.slot, self.physical = slot, size
         self._capacity = size  # new buffers below hold exactly the live rows (a join reallocates)
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
@@ -256,14 +326,21 @@ class DecodeBatch:
 
     def _feed(self) -> dict[str, np.ndarray]:
         """The named inputs of the next decoder call, in physical row order."""
-        size = self.live_rows
+        size = self.physical
         if self._layout is None:  # rows changed sentence since the last call
-            sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
-            if not self._in_order:
-                physical = np.empty_like(sentence)
-                physical[self.slot] = sentence
-                sentence = physical  # [R] physical order
-            self._layout = sentence, self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
+            if self.grouped:  # encoder inputs once per place; every physical row's sentence
+                live = np.flatnonzero(self.place >= 0)
+                at_place = np.empty(live.size, dtype=np.int64)
+                at_place[self.place[live]] = live
+                encoder = self._encoder.for_rows(self.owner[at_place], self.uids[at_place])
+                self._layout = np.repeat(at_place, self.width), encoder
+            else:
+                sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
+                if not self._in_order:
+                    physical = np.empty_like(sentence)
+                    physical[self.slot] = sentence
+                    sentence = physical  # [R] physical order
+                self._layout = sentence, self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
         sentence, encoder = self._layout
         feed = {name: value[:size] for name, value in self.rows.items()}
         for name in self._named["tokens"]:
@@ -282,13 +359,15 @@ def translate_ids(
     spec: dict[str, Any] | StepSpec,
     src_ids: Sequence[Sequence[int]],
     config: bs.BeamConfig,
+    grouped: bool | None = None,
 ) -> list[list[bs.Hypothesis]]:
-    """Beam-search every source sentence (ids without EOS), all rows batched in each decoder call."""
+    """Beam-search every source sentence (ids without EOS), all rows batched in each decoder call;
+    rows grouped by sentence where the decoder takes them (``grouped=None``: ask the runner)."""
     spec = parse_step_spec(spec)
     check_config(spec, config)
     if not src_ids:
         return []
-    batch = DecodeBatch(spec)
+    batch = DecodeBatch(spec, takes_grouped_rows(spec, run_decoder) if grouped is None else grouped)
     encoded = run_encoder(encoder_inputs(spec, src_ids))
     batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
     results: dict[int, list[bs.Hypothesis]] = {}

@@ -331,7 +331,9 @@ class OnnxRuntimeBackend:
 def onnxruntime_runner(session: Any) -> Runner:
     """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU).
 
-    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed.
+    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed. The
+    runner's ``first_axes`` (input name -> its first axis: a name where dynamic) tells the decoding
+    engine whether a decoder graph takes grouped rows (:func:`serving.decoding.step_spec.takes_grouped_rows`).
     """
     if isinstance(session, str | Path):
         import onnxruntime as ort  # lazy: nothing heavy at import time
@@ -347,6 +349,7 @@ def onnxruntime_runner(session: Any) -> Runner:
         results = session.run(output_names, {name: inputs[name] for name in input_names})
         return dict(zip(output_names, results, strict=True))
 
+    run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
     return run
 
 
