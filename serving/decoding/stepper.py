@@ -80,6 +80,7 @@ class DecodeBatch:
         self.place = np.zeros(0, dtype=np.int64)  # [S] grouped: grid row of each sentence (-1: no rows)
         self.width = 1  # grouped: physical rows per sentence (the widest sentence's rows)
         self.physical = 0  # physical rows the next call runs (grouped: places * width, else R)
+        self._holder: np.ndarray | None = None  # grouped: the search row each physical row holds
         self.rows: dict[str, np.ndarray] = {}  # [capacity, ...] state and cache, physical order
         self.positions = np.zeros(0, dtype=np.int64)  # [R] physical order
         self.tokens = np.zeros(0, dtype=np.int64)  # [R] physical order: what each row feeds next
@@ -114,7 +115,7 @@ class DecodeBatch:
         go after the others, physically too."""
         n, size = len(keys), self.physical
         copies = self.width if self.grouped else 1  # physical rows per joining sentence
-        self._layout = None
+        self._layout = self._holder = None
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
             raise ValueError(f"the encoder did not return {missing}")
@@ -161,7 +162,7 @@ class DecodeBatch:
         leaving = np.asarray(leaving, dtype=bool)
         if not leaving.any():
             return
-        self._layout = None
+        self._layout = self._holder = None
         self.beams, row_stay = bs.remove(self.beams, leaving)
         stay = np.flatnonzero(~leaving)
         self._encoder.release(self.owner[leaving])
@@ -226,7 +227,13 @@ class DecodeBatch:
                 self.tokens[index],
                 index.size,
             )
-        self.place, self.width, self.slot, self.physical = place, width, slot, holder.size
+        self.place, self.width, self.slot, self.physical, self._holder = (
+            place,
+            width,
+            slot,
+            holder.size,
+            holder,
+        )
         self._in_order = holder.size == slot.size and bool(np.array_equal(slot, np.arange(slot.size)))
 
     def step(self, run_decoder: Runner) -> list[Finished]:
@@ -268,11 +275,14 @@ class DecodeBatch:
         gathered and grown by this step's entries in one copy, without the leading columns no live
         sentence uses any more."""
         if self.grouped:
-            place, width, slot, holder = self._grid()
-            if width != self.width or not np.array_equal(place, self.place):
-                self._layout = None
+            if self._holder is not None and np.array_equal(before, self.beams.rows):
+                place, width, slot, holder = self.place, self.width, self.slot, self._holder  # as before
+            else:  # a sentence widened, narrowed or finished: the grid is laid out again
+                place, width, slot, holder = self._grid()
+                if width != self.width or not np.array_equal(place, self.place):
+                    self._layout = None
             source, self.tokens = self.slot[origin[holder]], tokens[holder]  # [P'] (holder: [P'] rows)
-            self.place, self.width, size = place, width, holder.size
+            self.place, self.width, size, self._holder = place, width, holder.size, holder
             self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
         else:
             slot = self._next_slots(before)
