@@ -397,6 +397,39 @@ def test_a_cancelled_sentences_place_is_refilled_from_the_tail_in_a_grouped_batc
     assert all(rows == 2 * sentences for rows, sentences in decoder.calls[1:])  # one (n, 2) grid each
 
 
+def test_a_wide_sentence_takes_several_places_instead_of_padding_every_other_sentence():
+    configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1, min_length=4) for b in (4, 2, 2, 2, 2)]
+    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
+    batch.join(
+        range(5), fake_encoder(st.encoder_inputs(GROUPED, SOURCES)), configs, [len(s) + 1 for s in SOURCES]
+    )
+    layouts, finished = [], {}
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+        layouts.append((batch.width, batch.physical, batch.live_rows, batch.place_sentence.tolist()))
+    # after widening: 12 rows; a width of 4 would run 20 (every beam-2 sentence padded), so the width is
+    # 2 and sentence 0's 4 rows fill places 0 and 1, with no padding row
+    assert layouts[0] == (2, 12, 12, [0, 0, 1, 2, 3, 4])
+    assert finished == dict(enumerate(alone(SOURCES, configs)))
+
+
+@pytest.mark.parametrize(
+    ("rows", "width"),
+    [
+        ([4, 4, 4], 4),
+        ([4, 4, 1], 4),
+        ([4, 1, 1, 1], 1),
+        ([8] + [4] * 31, 4),
+        ([1] * 24 + [4] * 8, 1),
+        ([2, 3], 3),
+    ],
+)
+def test_the_grid_width_is_the_widest_row_count_that_pads_at_most_half_the_rows(rows, width):
+    from serving.decoding.rows import grid_width
+
+    assert grid_width(np.array(rows)) == width
+
+
 def test_grouped_rows_only_where_the_spec_declares_them_and_the_graph_takes_them():
     grouped = GroupedDecoder()
     assert st.takes_grouped_rows(GROUPED, grouped)

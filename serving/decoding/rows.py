@@ -27,6 +27,25 @@ def dense_slots(preferred: np.ndarray, size: int) -> np.ndarray:
     return slots
 
 
+GRID_SLACK = 1.5  # a grouped grid may run this many times the live rows (padding) before narrowing
+
+
+def grid_width(rows: np.ndarray) -> int:
+    """Rows per place of a grouped batch whose sentences have ``rows`` live rows (each > 0): the widest
+    of their row counts that pads the grid to at most ``GRID_SLACK`` times the live rows, a sentence
+    with more rows taking several places; else the narrowest. One beam-8 request among beam-4 ones
+    then takes two places of 4 instead of doubling every sentence's rows, and joiners' one row pads to
+    the running sentences' width only while they are few."""
+    if not rows.size:
+        return 1
+    total = int(rows.sum())
+    counts = np.unique(rows)  # ascending
+    for width in counts[::-1].tolist():
+        if int(-(-rows // width).sum()) * width <= GRID_SLACK * total:
+            return int(width)
+    return int(counts[0])
+
+
 def capacity_for(rows: int, current: int) -> int:
     """Rows to allocate for at least ``rows``: at least double ``current``, so growth is rare."""
     return max(rows, 2 * current, 8)

@@ -26,7 +26,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step
-from serving.decoding.rows import EncoderRows, dense_slots, with_capacity
+from serving.decoding.rows import EncoderRows, dense_slots, grid_width, with_capacity
 from serving.decoding.step_spec import (
     ROLES,
     Runner,
@@ -77,7 +77,8 @@ class DecodeBatch:
         self.joined = np.zeros(0, dtype=np.int64)  # [S] first cache column of each sentence
         self.owner = np.zeros(0, dtype=np.int64)  # [S] its slot in the encoder store
         self.slot = np.zeros(0, dtype=np.int64)  # [R] physical row of each search row
-        self.place = np.zeros(0, dtype=np.int64)  # [S] grouped: grid row of each sentence (-1: no rows)
+        self.place = np.zeros(0, dtype=np.int64)  # [S] grouped: each sentence's first place (-1: no rows)
+        self.place_sentence = np.zeros(0, dtype=np.int64)  # [places] grouped: the sentence of each place
         self.width = 1  # grouped: physical rows per sentence (the widest sentence's rows)
         self.physical = 0  # physical rows the next call runs (grouped: places * width, else R)
         self._holder: np.ndarray | None = None  # grouped: the search row each physical row holds
@@ -133,6 +134,7 @@ class DecodeBatch:
         self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
         if self.grouped:  # grid rows after the others' (a joiner's padding rows copy its one row)
             self.place = np.concatenate([self.place, np.arange(n) + size // copies])
+            self.place_sentence = np.concatenate([self.place_sentence, np.arange(self.size - n, self.size)])
         self.slot = np.concatenate([self.slot, size + np.arange(n) * copies])
         for inp in self._carried:
             if inp.role == "state":
@@ -172,7 +174,8 @@ class DecodeBatch:
         if not self.keys:  # empty: start afresh (no columns, no rows, no source width)
             self.beams, self.rows, self.column, self._capacity = None, {}, 0, 0
             self._encoder = EncoderRows(self._encoder.pad_axes)
-            self.slot = self.place = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
+            self.slot = self.place = self.place_sentence = np.zeros(0, dtype=np.int64)
+            self.positions = self.tokens = np.zeros(0, dtype=np.int64)
             self._in_order, self.width, self.physical = True, 1, 0
             return
         if self.grouped:
@@ -195,30 +198,39 @@ class DecodeBatch:
         self._in_order = bool(np.array_equal(self.slot, np.arange(size)))
         self.physical = size
 
-    def _grid(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-        """The grouped layout of the search as it is now: each sentence's place (the one it had where
-        that is below the number of sentences with rows, else a freed one; -1 without rows), the width
-        (the most rows a sentence has), each search row's physical row (``place * width + rank``), and
-        the search row each physical row holds (a padding row holds its sentence's first row)."""
+    def _grid(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+        """The grouped layout of the search as it is now: each sentence's first place, the width (rows per
+        place, :func:`~serving.decoding.rows.grid_width`), each search row's physical row (``place *
+        width + rank``: a sentence with more rows than the width fills consecutive places), the search
+        row each physical row holds (a padding row holds its sentence's first row), and the sentence of
+        each place. While every sentence fits one place, each keeps the place it had where that is
+        below the number of places (else it takes a freed one); otherwise places follow sentence order.
+        """
         rows = self.beams.rows
         live = rows > 0
-        count, width = int(np.count_nonzero(live)), max(int(rows.max(initial=1)), 1)
+        width = grid_width(rows[live])
+        chunks = -(-rows // width)  # [S] places per sentence (0 without rows)
+        count = int(chunks.sum())
         place = np.full(rows.size, -1, dtype=np.int64)
-        place[live] = dense_slots(self.place[live], count)
         first = np.cumsum(rows) - rows  # [S] each sentence's first search row
+        if (chunks <= 1).all():
+            place[live] = dense_slots(self.place[live], count)
+            place_sentence = np.empty(count, dtype=np.int64)
+            place_sentence[place[live]] = np.flatnonzero(live)
+        else:
+            place[live] = (np.cumsum(chunks) - chunks)[live]
+            place_sentence = np.repeat(np.arange(rows.size), chunks)
         sentence = np.repeat(np.arange(rows.size), rows)  # [R]
         slot = place[sentence] * width + np.arange(sentence.size) - first[sentence]  # [R]
-        at_place = np.empty(count, dtype=np.int64)
-        at_place[place[live]] = first[live]
-        holder = np.repeat(at_place, width)  # [places * width]
+        holder = np.repeat(first[place_sentence], width)  # [places * width]
         holder[slot] = np.arange(sentence.size)
-        return place, width, slot, holder
+        return place, width, slot, holder, place_sentence
 
     def _regroup(self, row_stay: np.ndarray) -> None:
         """The grid after sentences left (search rows ``row_stay`` stay): rows move only when a staying
-        sentence changes place or the width shrinks (a departure outside a step, e.g. a cancelled
+        sentence changes place or the width changes (a departure outside a step, e.g. a cancelled
         request; those retired after a step were given no place by :meth:`_advance_rows`)."""
-        place, width, slot, holder = self._grid()
+        place, width, slot, holder, self.place_sentence = self._grid()
         if width != self.width or not np.array_equal(place, self.place):
             index = self.slot[row_stay][holder]  # [P'] the physical row each new one copies
             self.rows = {name: value[index] for name, value in self.rows.items()}
@@ -278,9 +290,10 @@ class DecodeBatch:
             if self._holder is not None and np.array_equal(before, self.beams.rows):
                 place, width, slot, holder = self.place, self.width, self.slot, self._holder  # as before
             else:  # a sentence widened, narrowed or finished: the grid is laid out again
-                place, width, slot, holder = self._grid()
-                if width != self.width or not np.array_equal(place, self.place):
-                    self._layout = None
+                place, width, slot, holder, place_sentence = self._grid()
+                if width != self.width or not np.array_equal(place_sentence, self.place_sentence):
+                    self._layout = None  # another sentence in a place, or another width
+                self.place_sentence = place_sentence
             source, self.tokens = self.slot[origin[holder]], tokens[holder]  # [P'] (holder: [P'] rows)
             self.place, self.width, size, self._holder = place, width, holder.size, holder
             self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
@@ -339,9 +352,7 @@ class DecodeBatch:
         size = self.physical
         if self._layout is None:  # rows changed sentence since the last call
             if self.grouped:  # encoder inputs once per place; every physical row's sentence
-                live = np.flatnonzero(self.place >= 0)
-                at_place = np.empty(live.size, dtype=np.int64)
-                at_place[self.place[live]] = live
+                at_place = self.place_sentence
                 encoder = self._encoder.for_rows(self.owner[at_place], self.uids[at_place])
                 self._layout = np.repeat(at_place, self.width), encoder
             else:
