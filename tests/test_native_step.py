@@ -142,3 +142,16 @@ def test_a_fresh_cache_gets_one_build_that_later_processes_reuse(tmp_path):
         )
         assert run.returncode == 0, run.stderr
         assert [p.name for p in tmp_path.iterdir()] == [native.library_path(native.compiler()).name]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(6, dtype=np.int64),  # writable: through the buffer protocol
+        lambda: np.broadcast_to(np.arange(3.0), (2, 3)),  # read-only view: numpy's ctypes address
+        lambda: np.empty(0, np.float32),  # empty: no buffer to export
+    ],
+)
+def test_kernel_arguments_are_the_arrays_own_addresses(make):
+    array = make()
+    assert compiled_step._address(array) == array.ctypes.data
