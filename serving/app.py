@@ -53,7 +53,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
                 await grpc_handle.stop(settings.shutdown_grace_s)
             await app.state.backend.stop()
 
-    app = FastAPI(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
+    app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
@@ -64,6 +64,15 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     _install_error_handlers(app)
     _document_this_gateway(app, settings)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the translate route answered ahead of the middleware stack
+    (:class:`serving.protocol.translate.LeanTranslate`)."""
+
+    def build_middleware_stack(self) -> Any:
+        stack = super().build_middleware_stack()
+        return translate.LeanTranslate(self, stack, self.state.settings.max_body_bytes)
 
 
 def _document_this_gateway(app: FastAPI, settings: Settings) -> None:

@@ -174,3 +174,46 @@ def test_error_messages_carrying_invalid_unicode_are_still_json(gateway):
     response = httpx.get(f"http://{gateway.url}/v2/models/%ED%A0%80x")
     assert response.status_code == 404
     assert json.loads(response.content)["error"].startswith("unknown model")
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/models/transformer/translate", "transformer"),
+        ("/v1/models/a%20b/translate", "a%20b"),
+        ("/v1/models//translate", None),  # the router needs a name: 404 there
+        ("/v1/models/a/b/translate", None),  # two segments: the router's 404
+        ("/v1/models/transformer/classify", None),
+        ("/v2/models/transformer/translate", None),
+    ],
+)
+def test_the_lean_translate_layer_takes_exactly_the_routes_translate_path(path, name):
+    from serving.protocol.translate import translate_target
+
+    assert translate_target({"type": "http", "method": "POST", "path": path}) == name
+    assert translate_target({"type": "http", "method": "GET", "path": path}) is None
+
+
+@pytest.fixture(scope="module")
+def small_limit_gateway(gateway):
+    """The same repository served with a 1 KiB body limit."""
+    repository = gateway.app.state.settings.model_repository
+    with LiveServer(create_app(Settings(model_repository=repository, max_body_bytes=1024))) as live:
+        yield live
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
+def test_a_translate_body_over_the_limit_is_a_413_on_the_lean_layer_too(small_limit_gateway, declared):
+    """Translate requests skip the middleware stack (LeanTranslate); its body limit still holds."""
+    body = json.dumps({"texts": ["x" * 2000]}).encode()
+    content = body if declared else iter([body[i : i + 256] for i in range(0, len(body), 256)])
+    reply = httpx.post(f"http://{small_limit_gateway.url}{TRANSLATE}", content=content)
+    assert reply.status_code == 413 and "1024 byte limit" in reply.json()["error"]
+    ready = httpx.get(f"http://{small_limit_gateway.url}/v2/health/ready")
+    assert ready.status_code == 200
+
+
+def test_translate_with_another_method_or_path_is_still_the_routers_answer(gateway):
+    assert httpx.get(f"http://{gateway.url}{TRANSLATE}").status_code == 405
+    reply = httpx.post(f"http://{gateway.url}/v1/models/a/b/translate", json={"texts": ["x"]})
+    assert reply.status_code == 404
