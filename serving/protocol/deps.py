@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -14,6 +15,7 @@ from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 
 def get_backend(request: Request) -> Backend:
@@ -37,11 +39,23 @@ def get_version(request: Request) -> str:
     return parse_version(request.path_params.get("version", ""))
 
 
-BackendDep = Annotated[Backend, Depends(get_backend)]
-VersionDep = Annotated[str, Depends(get_version)]
-MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RepositoryDep = Annotated[Repository, Depends(get_repository)]
+def _on_the_loop(read: Callable[[Request], T]) -> Callable[[Request], Awaitable[T]]:
+    """``read`` as an ``async`` dependency. FastAPI runs a plain ``def`` dependency on a worker thread,
+    a thread hop per dependency and request (four on an infer request); these only read ``app.state``
+    or the path, so they run on the event loop."""
+
+    async def dependency(request: Request) -> T:
+        return read(request)
+
+    dependency.__name__ = read.__name__
+    return dependency
+
+
+BackendDep = Annotated[Backend, Depends(_on_the_loop(get_backend))]
+VersionDep = Annotated[str, Depends(_on_the_loop(get_version))]
+MetricsDep = Annotated[GatewayMetrics, Depends(_on_the_loop(get_metrics))]
+SettingsDep = Annotated[Settings, Depends(_on_the_loop(get_settings))]
+RepositoryDep = Annotated[Repository, Depends(_on_the_loop(get_repository))]
 
 
 def validated(model: type[ModelT], raw: object, what: str) -> ModelT:
