@@ -181,8 +181,14 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     eng = [r for r in results.get("engines", []) if "error" not in r]
     p50 = {(r["engine"], r["precision"], r["batch"]): r["p50_ms"] for r in eng}
     closed = results.get("servers", {}).get("closed", [])
+    # the gateway's best c=64 figure, whichever client measured it: Kiln's Python generator (HTTP, gRPC)
+    # or perf_analyzer (C++, lighter on the 2 cores the gateway shares with it); ORT direct has no client
     gw64 = max(
-        (r["throughput_rps"] for r in closed if r["target"] == "gateway" and r["concurrency"] == 64),
+        (
+            r["throughput_rps"]
+            for r in (*closed, *results.get("servers", {}).get("perf_analyzer", {}).get("rows", []))
+            if r["target"] == "gateway" and r["concurrency"] == 64
+        ),
         default=math.nan,
     )
     naive64 = max(
@@ -211,7 +217,7 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
             ),
         },
         {
-            "target": "gateway c=64 >= 0.8x ORT best-batch direct",
+            "target": "gateway c=64 (best client) >= 0.8x ORT best-batch direct",
             "goal": 0.8,
             "measured": ratio(gw64, best_direct_throughput(eng)),
         },

@@ -104,3 +104,37 @@ def test_targets_compare_the_gateway_with_triton_and_onnxruntime_from_perf_analy
     )
     assert by_name["p99 <= 2x p50 at half of peak (gateway, open loop)"]["measured"] == pytest.approx(1.5)
     assert math.isnan(by_name["gateway c=64 >= 5x naive baseline"]["measured"])  # no naive run here
+
+
+def test_the_gateway_c64_ceiling_row_takes_the_best_client_that_measured_it():
+    """Kiln's Python generator shares the 2 cores with the gateway; perf_analyzer (C++) less so."""
+    results = {
+        "engines": [
+            {
+                "engine": "onnxruntime",
+                "precision": "fp32",
+                "batch": 64,
+                "p50_ms": 9.0,
+                "throughput_ips": 2000.0,
+            }
+        ],
+        "servers": {
+            "closed": [
+                {"target": "gateway", "protocol": "http", "concurrency": 64, "throughput_rps": 800.0},
+                {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 900.0},
+                {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1900.0},
+            ],
+            "perf_analyzer": {
+                "rows": [{"target": "gateway", "concurrency": 64, "throughput_rps": 1200.0, "p50_ms": 50.0}]
+            },
+        },
+    }
+    by_name = {r["target"]: r for r in targets(results, "resnet18")}
+    assert by_name["gateway c=64 (best client) >= 0.8x ORT best-batch direct"]["measured"] == pytest.approx(
+        0.6
+    )
+    results["servers"]["perf_analyzer"] = {"skipped": "not installed"}
+    by_name = {r["target"]: r for r in targets(results, "resnet18")}
+    assert by_name["gateway c=64 (best client) >= 0.8x ORT best-batch direct"]["measured"] == pytest.approx(
+        0.45
+    )
