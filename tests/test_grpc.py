@@ -394,3 +394,20 @@ def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without
         loop.run(backend.stop())
         if server is not None:
             loop.run(server.stop(0))
+
+
+def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake_server) -> None:
+    """Every method is served through one generic handler (none registered with gRPC core, see
+    ``grpc_server._GenericOnly``): the servicer's own UNIMPLEMENTED for the service's other methods,
+    gRPC's for a method the service does not have, and the server keeps serving."""
+    port = fake_server[1].port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as index:
+            stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+        assert index.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        unknown = channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as missing:
+            unknown(b"")
+        assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
