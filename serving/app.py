@@ -21,7 +21,7 @@ from serving.execution.base import Backend
 from serving.execution.repository import Repository
 from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
-from serving.protocol import health, metrics, translate, v1, v2
+from serving.protocol import health, lean, metrics, translate, v1, v2
 from serving.protocol.limits import BodyLimitMiddleware
 from serving.protocol.responses import drop_framework_422, error_response
 from serving.settings import Settings
@@ -66,13 +66,20 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     return app
 
 
+# The hot routes, answered ahead of the middleware stack (serving.protocol.lean); still declared on
+# their routers, which document them and answer their other methods.
+LEAN_ROUTES = (
+    lean.LeanRoute("/v1/models/", "/translate", translate.translate),
+    lean.LeanRoute("/v2/models/", "/infer", v2.lean_infer, versioned=True),
+)
+
+
 class GatewayApp(FastAPI):
-    """FastAPI with the translate route answered ahead of the middleware stack
-    (:class:`serving.protocol.translate.LeanTranslate`)."""
+    """FastAPI with :data:`LEAN_ROUTES` answered ahead of the middleware stack."""
 
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
-        return translate.LeanTranslate(self, stack, self.state.settings.max_body_bytes)
+        return lean.LeanRoutes(self, stack, self.state.settings.max_body_bytes, LEAN_ROUTES)
 
 
 def _document_this_gateway(app: FastAPI, settings: Settings) -> None:

@@ -177,21 +177,30 @@ def test_error_messages_carrying_invalid_unicode_are_still_json(gateway):
 
 
 @pytest.mark.parametrize(
-    ("path", "name"),
+    ("path", "params"),
     [
-        ("/v1/models/transformer/translate", "transformer"),
-        ("/v1/models/a%20b/translate", "a%20b"),
-        ("/v1/models//translate", None),  # the router needs a name: 404 there
+        ("/v1/models/transformer/translate", {"name": "transformer"}),
+        ("/v1/models/a%20b/translate", {"name": "a%20b"}),
+        ("/v1/models//translate", None),  # the router needs a name: its 404
         ("/v1/models/a/b/translate", None),  # two segments: the router's 404
+        ("/v1/models/a/versions/1/translate", None),  # translate has no versioned route
         ("/v1/models/transformer/classify", None),
-        ("/v2/models/transformer/translate", None),
+        ("/v2/models/lenet/infer", {"name": "lenet"}),
+        ("/v2/models/lenet/versions/1/infer", {"name": "lenet", "version": "1"}),
+        ("/v2/models/lenet/versions/x/infer", {"name": "lenet", "version": "x"}),  # the endpoint's 400
+        ("/v2/models/lenet/versions//infer", None),
+        ("/v2/models/lenet/versions/1/2/infer", None),
+        ("/v2/models/lenet/ready", None),
     ],
 )
-def test_the_lean_translate_layer_takes_exactly_the_routes_translate_path(path, name):
-    from serving.protocol.translate import translate_target
+def test_the_lean_layer_takes_exactly_the_paths_of_its_routes(path, params):
+    from serving.app import LEAN_ROUTES
+    from serving.protocol.lean import LeanRoutes
 
-    assert translate_target({"type": "http", "method": "POST", "path": path}) == name
-    assert translate_target({"type": "http", "method": "GET", "path": path}) is None
+    layer = LeanRoutes(None, None, 1024, LEAN_ROUTES)
+    found = layer.target({"type": "http", "method": "POST", "path": path})
+    assert (found[1] if found else None) == params
+    assert layer.target({"type": "http", "method": "GET", "path": path}) is None
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +213,7 @@ def small_limit_gateway(gateway):
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
 def test_a_translate_body_over_the_limit_is_a_413_on_the_lean_layer_too(small_limit_gateway, declared):
-    """Translate requests skip the middleware stack (LeanTranslate); its body limit still holds."""
+    """Translate requests skip the middleware stack (serving.protocol.lean); its body limit still holds."""
     body = json.dumps({"texts": ["x" * 2000]}).encode()
     content = body if declared else iter([body[i : i + 256] for i in range(0, len(body), 256)])
     reply = httpx.post(f"http://{small_limit_gateway.url}{TRANSLATE}", content=content)
@@ -213,7 +222,20 @@ def test_a_translate_body_over_the_limit_is_a_413_on_the_lean_layer_too(small_li
     assert ready.status_code == 200
 
 
-def test_translate_with_another_method_or_path_is_still_the_routers_answer(gateway):
-    assert httpx.get(f"http://{gateway.url}{TRANSLATE}").status_code == 405
-    reply = httpx.post(f"http://{gateway.url}/v1/models/a/b/translate", json={"texts": ["x"]})
-    assert reply.status_code == 404
+def test_lean_routes_with_another_method_or_path_get_the_routers_answer(gateway):
+    for path in (TRANSLATE, INFER, "/v2/models/lenet/versions/1/infer"):
+        assert httpx.get(f"http://{gateway.url}{path}").status_code == 405, path
+    for path in ("/v1/models/a/b/translate", "/v2/models/a/b/infer"):
+        assert httpx.post(f"http://{gateway.url}{path}", json={"texts": ["x"]}).status_code == 404, path
+
+
+@pytest.mark.parametrize("version", ["1", "x"])
+def test_versioned_infer_on_the_lean_layer_answers_as_the_router_did(gateway, version):
+    body = tensor()
+    reply = httpx.post(f"http://{gateway.url}/v2/models/lenet/versions/{version}/infer", json=body)
+    if version == "1":
+        plain = httpx.post(f"http://{gateway.url}{INFER}", json=body)
+        assert reply.status_code == 200 and reply.json()["outputs"] == plain.json()["outputs"]
+        assert reply.json()["model_version"] == "1"
+    else:
+        assert reply.status_code == 400 and "version" in reply.json()["error"]

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, PayloadTooLarge
+from serving.execution.repository import parse_version
 from serving.metrics import observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.responses import (
@@ -122,6 +123,12 @@ async def infer(
     return Response(
         content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
     )
+
+
+async def lean_infer(request: Request, name: str, version: str = "") -> Response:
+    """:func:`infer` for :mod:`serving.protocol.lean`: its dependencies read here, as they read them."""
+    state = request.app.state
+    return await infer(name, request, state.backend, state.metrics, state.settings, parse_version(version))
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
