@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         # Access lines are INFO: above that level they are never printed, so do not build them at all.
         access_log=settings.log_level.lower() in {"trace", "debug", "info"},
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     if settings.reuse_port:
         from serving.workers import reuse_port_socket

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     )
     max_top_k: int = Field(100, ge=1)
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on shutdown")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="seconds an idle HTTP keep-alive connection stays open: above a load balancer's idle "
+        "timeout (60 s on most), so it never sends a request on a connection the gateway is closing",
+    )
     log_level: str = Field("info")
     workers: int = Field(
         1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"

@@ -68,8 +68,15 @@ class LiveServer:
 
         import uvicorn
 
+        # Keep-alive longer than any test: uvicorn's 5 s default closes a connection whose next request
+        # a stalled loop has not read yet (its timer runs before the read), and the client gets a reset.
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=300,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
