@@ -132,7 +132,7 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
 
 
 def _options(beam: int) -> Any:
-    from serving.decoding.beam_search import DecodingOptions
+    from serving.decoding.options import DecodingOptions
 
     return DecodingOptions(beam_size=beam, max_length=MAX_LENGTH)
 

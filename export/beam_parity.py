@@ -93,7 +93,7 @@ def _onnx_beams(
     g: TranslatorGraphs, decoder: Path, sents: list[list[int]], cfg: SearchSettings
 ) -> list[list[int]]:
     """Best hypotheses of the serving beam search over ``g``'s encoder graph and the decoder at ``decoder``."""
-    from serving.decoding.beam_search import BeamConfig
+    from serving.decoding.options import BeamConfig
     from serving.decoding.stepper import translate_ids
     from serving.execution.onnxruntime import onnxruntime_runner
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
 RUNTIME_MODULES = (
     "beam_search.py",
+    "options.py",
     "compiled_step.py",
     "native.py",
     "beam_step.c",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from serving.app import create_app
-from serving.decoding.beam_search import DecodingOptions
+from serving.decoding.options import DecodingOptions
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer
 

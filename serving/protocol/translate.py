@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.decoding.beam_search import DEFAULTS, LIMITS, DecodingOptions
+from serving.decoding.options import DEFAULTS, LIMITS, DecodingOptions
 from serving.decoding.translator import Translation
 from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import Backend, InferRequest

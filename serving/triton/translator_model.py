@@ -1,11 +1,10 @@
 """Triton python-backend model of a translator entry ``<name>``: tokenize, beam search, detokenize.
 
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
-``compiled_step.py``, ``native.py`` and ``beam_step.c`` (the compiled step, built on first use),
-``rows.py``, ``step_spec.py`` and ``stepper.py`` beside it (``<version>/serving/decoding/``); those
-copies are imported, so the search Triton runs is the one the entry was exported and parity-checked
-with. The encoder and decoder run as
-BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
+``options.py``, ``compiled_step.py``, ``native.py`` and ``beam_step.c`` (the compiled step, built on
+first use), ``rows.py``, ``step_spec.py`` and ``stepper.py`` beside it
+(``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
+the entry was exported and parity-checked with. The encoder and decoder run as BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each
 decoder call), in chunks that fit the encoder's and decoder's ``max_batch_size``.
 

@@ -1,0 +1,160 @@
+"""Decoding options, their limits and defaults, and the per-sentence search settings derived from them.
+
+One definition each (docs/translator-interface.md, "Decoding defaults and limits"): the REST schema,
+the KServe v2 parameters and Triton's ``<name>`` model read :data:`DEFAULTS` and :data:`LIMITS` from
+here; :class:`BeamConfig` is what :mod:`serving.decoding.beam_search` searches with, :class:`Hypothesis`
+what it returns, and :func:`normalize_score` the length penalty it ranks finished hypotheses by.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LENGTH_PENALTIES = ("none", "average", "gnmt")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """What a client may choose per request, with the defaults every protocol uses."""
+
+    beam_size: int = 4
+    n_best: int = 1
+    max_length: int = 64
+    length_penalty: str = "average"
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecodingLimits:
+    """Bounds of a request (REST, KServe v2 and Triton's ``<name>`` model derive theirs from here).
+
+    ``max_alpha`` keeps every length-penalty divisor finite up to ``max_length`` (256**10 ~ 1e24), so no
+    option a client may send can overflow in the search.
+    """
+
+    max_beam_size: int = 16
+    max_length: int = 256  # further capped by the model's max_positions
+    max_alpha: float = 10.0
+    max_texts: int = 64
+    max_chars: int = 1000
+
+
+DEFAULTS = DecodingOptions()
+LIMITS = DecodingLimits()
+
+
+def check_options(
+    options: DecodingOptions, limits: DecodingLimits = LIMITS, max_positions: int | None = None
+):
+    """Refuse options outside the limits with a ValueError naming the option (a client's 422)."""
+    longest = min(limits.max_length, max_positions) if max_positions else limits.max_length
+    for name, low, high in (
+        ("beam_size", 1, limits.max_beam_size),
+        ("max_length", 1, longest),
+        ("n_best", 1, options.beam_size),
+    ):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if options.length_penalty not in LENGTH_PENALTIES:
+        raise ValueError(f"length_penalty must be one of {LENGTH_PENALTIES}, got {options.length_penalty!r}")
+    alpha = options.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= limits.max_alpha:
+        raise ValueError(f"alpha must be a number in [0, {limits.max_alpha:g}], got {alpha!r}")
+
+
+def config_for(options: DecodingOptions, *, eos_id: int, bos_id: int) -> BeamConfig:
+    """The search settings of checked options for a model's special ids."""
+    return BeamConfig(
+        beam_size=int(options.beam_size),
+        n_best=int(options.n_best),
+        max_length=int(options.max_length),
+        length_penalty=options.length_penalty,
+        alpha=float(options.alpha),
+        eos_id=eos_id,
+        bos_id=bos_id,
+    )
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """Decoding settings of one sentence; invalid combinations are refused with the field named."""
+
+    beam_size: int = DEFAULTS.beam_size
+    n_best: int = DEFAULTS.n_best
+    max_length: int = DEFAULTS.max_length
+    min_length: int = 0
+    length_penalty: str = DEFAULTS.length_penalty
+    alpha: float = DEFAULTS.alpha
+    eos_id: int = 2
+    bos_id: int = 1
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("beam_size", 1), ("n_best", 1), ("max_length", 1), ("min_length", 0)):
+            _check_int(name, getattr(self, name), minimum)
+        _check_int("eos_id", self.eos_id, 0)
+        _check_int("bos_id", self.bos_id, 0)
+        if self.n_best > self.beam_size:
+            raise ValueError(f"n_best={self.n_best} must be <= beam_size={self.beam_size}")
+        if self.min_length >= self.max_length:
+            raise ValueError(f"min_length={self.min_length} must be < max_length={self.max_length}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            raise ValueError(f"length_penalty={self.length_penalty!r}; expected one of {LENGTH_PENALTIES}")
+        if not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0")
+        if not math.isfinite(_divisor(self.max_length, self.length_penalty, float(self.alpha))):
+            raise ValueError(
+                f"alpha={self.alpha!r} overflows the length penalty at max_length={self.max_length}"
+            )
+        if self.eos_id == self.bos_id:
+            raise ValueError(f"eos_id and bos_id must differ (both {self.eos_id})")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One finished translation: generated ids (EOS included, no BOS), raw and normalized score."""
+
+    tokens: list[int]
+    score: float
+    normalized_score: float
+
+
+def output_tokens(tokens: list[int], *, eos_id: int, pad_id: int, bos_id: int) -> list[int]:
+    """The ids to detokenize from a hypothesis: up to its first EOS, without BOS and padding."""
+    if eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id)]
+    return [t for t in tokens if t not in (pad_id, bos_id)]
+
+
+def _divisor(length: int, penalty: str, alpha: float) -> float:
+    """The length penalty's divisor for ``length`` generated tokens (inf where it overflows)."""
+    try:
+        if penalty == "average":
+            return length**alpha
+        if penalty == "gnmt":
+            return ((5 + length) / 6) ** alpha
+    except OverflowError:
+        return math.inf
+    return 1.0
+
+
+def normalize_score(score: float, length: int, penalty: str, alpha: float) -> float:
+    """Length-normalized score; ``length`` counts the generated tokens including EOS."""
+    return score / _divisor(length, penalty, alpha)
+
+
+@functools.lru_cache(maxsize=256)
+def _divisors(penalty: str, alpha: float, width: int) -> np.ndarray:
+    """Divisors for lengths ``0..width`` computed by Python's float power, as the reference does."""
+    table = np.array([_divisor(n, penalty, alpha) for n in range(width + 1)], dtype=np.float64)
+    table.flags.writeable = False
+    return table  # [width + 1]
