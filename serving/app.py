@@ -75,10 +75,16 @@ LEAN_ROUTES = (
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with :data:`LEAN_ROUTES` answered ahead of the middleware stack."""
+    """FastAPI with :data:`LEAN_ROUTES` answered ahead of the middleware stack, unless FastAPI's own
+    OpenTelemetry instrumentation is on when the stack is built (at the first request): its spans get
+    their ``http.route`` from the router, so then every route goes through the stack."""
 
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
+        telemetry = getattr(self, "_native_telemetry", None)
+        if telemetry is not None and telemetry.enabled():
+            log.info("FastAPI telemetry is on: the hot routes go through the middleware stack")
+            return stack
         return lean.LeanRoutes(self, stack, self.state.settings.max_body_bytes, LEAN_ROUTES)
 
 

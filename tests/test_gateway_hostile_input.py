@@ -239,3 +239,16 @@ def test_versioned_infer_on_the_lean_layer_answers_as_the_router_did(gateway, ve
         assert reply.json()["model_version"] == "1"
     else:
         assert reply.status_code == 400 and "version" in reply.json()["error"]
+
+
+def test_with_fastapi_telemetry_on_every_route_goes_through_the_stack(tmp_path, monkeypatch):
+    """Traces must cover every route: the lean layer steps aside when FastAPI's telemetry is on."""
+    from serving.protocol.lean import LeanRoutes
+
+    app = create_app(Settings(model_repository=tmp_path))
+    assert isinstance(app.build_middleware_stack(), LeanRoutes)
+    telemetry = getattr(app, "_native_telemetry", None)
+    if telemetry is None:
+        pytest.skip("this FastAPI has no native telemetry to turn on")
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    assert not isinstance(app.build_middleware_stack(), LeanRoutes)

@@ -8,6 +8,8 @@ answers their errors with the app's own exception handlers (looked up by the exc
 Starlette does), so they are answered exactly as through the stack, without its three middleware
 layers, the router's matching of every route and FastAPI's dependency solving. Everything else goes
 through the stack. The routes stay declared on their routers, so the OpenAPI document is unchanged.
+Where FastAPI's own OpenTelemetry instrumentation is on, the app does not install this layer
+(:class:`serving.app.GatewayApp`): its spans take their ``http.route`` from the router.
 
 Measured (interleaved): translate, one process at c=32, event-loop CPU 0.37 -> 0.29 ms a request
 (749 -> 818 sentences/s; two workers 1 023 -> 1 082); see the README for KServe v2 infer.
