@@ -138,8 +138,19 @@ class CT2Translator:
         self, texts: list[str], *, beam_size: int = 4, max_length: int = 64, max_batch_size: int = 32
     ):
         """Best hypothesis per text as (text, token ids)."""
-        results = self.translator.translate_batch(
+        return self.translate_tokens(
             self.source_tokens(texts),
+            beam_size=beam_size,
+            max_length=max_length,
+            max_batch_size=max_batch_size,
+        )
+
+    def translate_tokens(
+        self, sources: list[list[str]], *, beam_size: int = 4, max_length: int = 64, max_batch_size: int = 32
+    ):
+        """:meth:`translate` of sources already tokenized (:meth:`source_tokens`)."""
+        results = self.translator.translate_batch(
+            sources,
             beam_size=beam_size,
             max_decoding_length=max_length,
             max_batch_size=max_batch_size,
