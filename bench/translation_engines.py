@@ -93,7 +93,7 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
     import onnxruntime as ort
 
-    from serving.decoding.stepper import translate_ids
+    from serving.decoding.stepper import translate_in_batches
     from serving.decoding.translator import translator_from_entry
     from serving.execution.onnxruntime import onnxruntime_runner
     from serving.execution.repository import Repository
@@ -116,11 +116,9 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
         ids = [i for k in range(0, len(texts), 32) for i in translator.source_ids(texts[k : k + 32])]
 
         def batches(config=config, ids=ids) -> list[str]:
-            hyps = []
-            for i in range(0, len(ids), 32):
-                results = translate_ids(run["encoder"], run["decoder"], spec, ids[i : i + 32], config)
-                hyps += translator.codec.decode([h[0].tokens for h in results])
-            return hyps
+            # batches of 32 by source length, as CTranslate2's translate_batch forms them (max_batch_size)
+            results = translate_in_batches(run["encoder"], run["decoder"], spec, ids, config, 32)
+            return translator.codec.decode([h[0].tokens for h in results])
 
         hyps, seconds = median_pass(batches)  # warmed up and timed as CTranslate2's rows
         rows.append(make_row("kiln engine (batch 32)", beam, 32, texts, hyps, refs, seconds, count))

@@ -129,6 +129,20 @@ def test_translate_ids_batched_equals_each_sentence_translated_alone():
     assert st.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
 
 
+def test_translate_in_batches_groups_sentences_by_source_length_and_keeps_their_order():
+    batches = []
+
+    def encoder(inputs):
+        batches.append(sorted(int((row != PAD).sum()) - 1 for row in inputs["src_ids"]))  # without EOS
+        return fake_encoder(inputs)
+
+    got = st.translate_in_batches(encoder, fake_decoder, SPEC, SOURCES, CONFIG, max_sentences=2)
+    alone = [st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
+    assert got == alone  # in the order given, each as it decodes alone
+    assert batches == [[0, 1], [3, 4], [6]]  # by source length, at most 2 a batch
+    assert st.translate_in_batches(fake_encoder, fake_decoder, SPEC, [], CONFIG, 2) == []
+
+
 def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, grouped=False):
     """Iteration-level batching: sentence i joins before step 2*i; all share every decoder call.
 

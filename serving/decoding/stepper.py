@@ -398,3 +398,24 @@ def translate_ids(
                 raise FloatingPointError(f"source sentence {done.key}: {done.error}")
             results[done.key] = done.hypotheses
     return [results[i] for i in range(len(src_ids))]
+
+
+def translate_in_batches(
+    run_encoder: Runner,
+    run_decoder: Runner,
+    spec: dict[str, Any] | StepSpec,
+    src_ids: Sequence[Sequence[int]],
+    config: bs.BeamConfig,
+    max_sentences: int,
+) -> list[list[bs.Hypothesis]]:
+    """:func:`translate_ids` over batches of at most ``max_sentences``, sentences grouped by source
+    length (as CTranslate2's ``translate_batch`` does with ``max_batch_size``): less padding, and a
+    batch's sentences finish at closer steps. Results in the order of ``src_ids``."""
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    results: list[list[bs.Hypothesis]] = [[] for _ in src_ids]
+    for start in range(0, len(order), max(1, max_sentences)):
+        part = order[start : start + max(1, max_sentences)]
+        batch = translate_ids(run_encoder, run_decoder, spec, [src_ids[i] for i in part], config)
+        for i, hypotheses in zip(part, batch, strict=True):
+            results[i] = hypotheses
+    return results

@@ -6,7 +6,8 @@ first use), ``rows.py``, ``step_spec.py`` and ``stepper.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
 the entry was exported and parity-checked with. The encoder and decoder run as BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each
-decoder call), in chunks that fit the encoder's and decoder's ``max_batch_size``.
+decoder call), in batches of similar source lengths that fit the encoder's and decoder's
+``max_batch_size`` (:func:`serving.decoding.stepper.translate_in_batches`).
 
 Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_length``,
 ``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]``.
@@ -153,14 +154,12 @@ class TritonPythonModel:
             if cap and len(row) + 1 > cap:
                 raise ValueError(f"text[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
         chunk = max(1, min(self.max_sentences, self.max_rows // config.beam_size))
-        out: list[list[str]] = []
-        for start in range(0, len(ids), chunk):
-            part = ids[start : start + chunk]
-            results = stepper.translate_ids(self.run_encoder, self.run_decoder, self.spec, part, config)
-            padded = [h.tokens for hyps in results for h in self._padded(hyps, config)]
-            texts_out = iter(self._detokenize(padded))
-            out += [[next(texts_out) for _ in range(config.n_best)] for _ in results]
-        return out
+        results = stepper.translate_in_batches(
+            self.run_encoder, self.run_decoder, self.spec, ids, config, chunk
+        )
+        padded = [h.tokens for hyps in results for h in self._padded(hyps, config)]
+        texts_out = iter(self._detokenize(padded))
+        return [[next(texts_out) for _ in range(config.n_best)] for _ in results]
 
     @staticmethod
     def _padded(hyps: list, config: bs.BeamConfig) -> list:
