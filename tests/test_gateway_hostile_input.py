@@ -252,3 +252,48 @@ def test_with_fastapi_telemetry_on_every_route_goes_through_the_stack(tmp_path, 
         pytest.skip("this FastAPI has no native telemetry to turn on")
     monkeypatch.setattr(telemetry, "enabled", lambda: True)
     assert not isinstance(app.build_middleware_stack(), LeanRoutes)
+
+
+def test_the_lean_layer_answers_an_endpoints_error_once_and_never_after_its_answer_began():
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastapi.responses import JSONResponse
+
+    from serving.protocol.lean import LeanRoute, LeanRoutes
+
+    class Broken:  # a response that fails after it started
+        async def __call__(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise RuntimeError("the connection went away")
+
+    async def refuse(request, name):
+        raise ValueError(f"no {name}")
+
+    async def broken(request, name):
+        return Broken()
+
+    async def handled(request, exc):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    app = SimpleNamespace(exception_handlers={Exception: handled})
+    routes = [LeanRoute("/refuse/", "/x", refuse), LeanRoute("/broken/", "/x", broken)]
+    layer = LeanRoutes(app, None, 1024, routes)
+
+    def run(path):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+        return sent, asyncio.run(layer(scope, receive, send))
+
+    sent, _ = run("/refuse/a/x")  # an error before any answer: the app's handler answers it
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [400]
+    assert b"no a" in sent[-1]["body"]
+    with pytest.raises(RuntimeError, match="went away"):  # after the answer began: raised, not re-answered
+        run("/broken/a/x")

@@ -2,8 +2,8 @@
 
 One request per sentence is how translation clients call, and one image per request how most
 inference clients do, so the event loop's time per request is a share of the gateway's CPU.
-:class:`LeanRoutes`, the app's outermost ASGI layer, sends ``POST`` requests whose path is one of
-:data:`ROUTES` straight to the route's endpoint, through the same :class:`BodyLimitMiddleware`, and
+:class:`LeanRoutes`, the app's outermost ASGI layer, sends ``POST`` requests whose path is one of its
+routes (``serving.app.LEAN_ROUTES``) straight to the route's endpoint, through the same :class:`BodyLimitMiddleware`, and
 answers their errors with the app's own exception handlers (looked up by the exception's classes, as
 Starlette does), so they are answered exactly as through the stack, without its three middleware
 layers, the router's matching of every route and FastAPI's dependency solving. Everything else goes
@@ -77,6 +77,8 @@ class LeanRoutes:
         try:
             await self.limited(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - answered by the app's handler for it, as the stack would
+            if scope.get("kiln.lean_sending"):
+                raise  # the answer had begun: nothing else can be sent (Starlette re-raises too)
             request = Request(scope)
             for cls in type(exc).__mro__:
                 if cls in self.app.exception_handlers:
@@ -89,4 +91,5 @@ class LeanRoutes:
     async def _endpoint(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route: LeanRoute = scope["kiln.lean_route"]
         response = await route.endpoint(Request(scope, receive), **scope["path_params"])
+        scope["kiln.lean_sending"] = True
         await response(scope, receive, send)
