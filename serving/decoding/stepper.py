@@ -412,9 +412,10 @@ def translate_in_batches(
     length (as CTranslate2's ``translate_batch`` does with ``max_batch_size``): less padding, and a
     batch's sentences finish at closer steps. Results in the order of ``src_ids``."""
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    size = max(1, max_sentences)
     results: list[list[bs.Hypothesis]] = [[] for _ in src_ids]
-    for start in range(0, len(order), max(1, max_sentences)):
-        part = order[start : start + max(1, max_sentences)]
+    for start in range(0, len(order), size):
+        part = order[start : start + size]
         batch = translate_ids(run_encoder, run_decoder, spec, [src_ids[i] for i in part], config)
         for i, hypotheses in zip(part, batch, strict=True):
             results[i] = hypotheses
