@@ -29,11 +29,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         type=int,
         help="intra-op threads for a lone request (one item, nothing waiting); default: all cores; 0: off",
     )
+    parser.add_argument(
+        "--spin-us",
+        type=int,
+        help="microseconds an idle ONNX Runtime intra-op thread spins before it sleeps (default 20; 0: never)",
+    )
     parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
     parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
     parser.add_argument("--log-level", help="debug, info, warning, error")
     parser.add_argument("--workers", type=int, help="gateway processes sharing the ports (default: 1)")
     parser.add_argument("--reuse-port", action="store_true", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-board", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return Settings(**given)
 

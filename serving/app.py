@@ -135,18 +135,21 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
             repository=repository,
             translate=settings.triton_translate,
         )
+    from serving.execution.occupancy import Occupancy
     from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         lone_request_threads=settings.lone_request_threads,
+        spin_us=settings.spin_us,
         max_queue_size=settings.max_queue_size,
         default_timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
         shutdown_grace_s=settings.shutdown_grace_s,
     )
-    return OnnxRuntimeBackend(repository, options, metrics=metrics)
+    occupancy = Occupancy(settings.worker_board, settings.worker_index)
+    return OnnxRuntimeBackend(repository, options, metrics=metrics, occupancy=occupancy)
 
 
 def freeze_loaded_objects() -> bool:

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="intra-op threads of the session a lone request (one item, nothing waiting) runs "
         "on; default: the cores this process may use; 0 or not above --intra-op-threads: off",
     )
+    spin_us: int = Field(
+        20,
+        ge=0,
+        description="microseconds an idle ONNX Runtime intra-op thread spins before it sleeps "
+        "(bridges one run's operators, stops right after it); 0: never spin",
+    )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
     decode_workers: int | None = Field(
         None,
@@ -63,3 +69,7 @@ class Settings(BaseSettings):
         1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"
     )
     reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each of several workers)")
+    worker_board: Path | None = Field(
+        None, description="the workers' shared occupancy board (set for each of several workers)"
+    )
+    worker_index: int = Field(0, ge=0, description="this worker's byte on the occupancy board")

@@ -17,7 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
+
+from serving.execution.occupancy import create_board
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,9 @@ def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socke
     return sock
 
 
-def worker_argv(argv: list[str]) -> list[str]:
-    """The command of one worker: the same flags, one worker, sharing its ports."""
+def worker_argv(argv: list[str], board: Path | None = None, index: int = 0) -> list[str]:
+    """The command of one worker: the same flags, one worker, sharing its ports (and the occupancy
+    ``board``, where this worker is ``index``)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -47,13 +51,22 @@ def worker_argv(argv: list[str]) -> list[str]:
         if arg.startswith("--workers="):
             continue
         kept.append(arg)
-    return [sys.executable, "-m", "serving", *kept, "--workers", "1", "--reuse-port"]
+    shared = ["--worker-board", str(board), "--worker-index", str(index)] if board is not None else []
+    return [sys.executable, "-m", "serving", *kept, "--workers", "1", "--reuse-port", *shared]
 
 
 def run_workers(argv: list[str], workers: int) -> int:
     """Start ``workers`` gateway processes and wait; SIGTERM/SIGINT stop them all; one dying stops all."""
-    procs = [subprocess.Popen(worker_argv(argv)) for _ in range(workers)]
-    log.info("started %d gateway workers: %s", workers, [p.pid for p in procs])
+    board = create_board(workers)  # where each worker publishes its model runs in flight
+    try:
+        return _supervise([subprocess.Popen(worker_argv(argv, board, i)) for i in range(workers)])
+    finally:
+        board.unlink(missing_ok=True)
+
+
+def _supervise(procs: list[subprocess.Popen]) -> int:
+    """Wait on the workers; a signal goes to them all, and one ending stops the others."""
+    log.info("started %d gateway workers: %s", len(procs), [p.pid for p in procs])
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         for proc in procs:

@@ -15,7 +15,8 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.execution.base import InferRequest
 from serving.execution.cpus import cgroup_cpu_quota, usable_cpus
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.occupancy import Occupancy, create_board
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
 from serving.execution.repository import Repository
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
 from tests.waiting import DEADLINE_S, eventually
@@ -31,7 +32,7 @@ class Sessions:
     ``hold_rows`` rows waits for ``release`` once (so others can queue behind it)."""
 
     def __init__(self, hold_rows: int | None = None) -> None:
-        self.options: list[tuple[int, str, str]] = []  # (intra-op threads, spinning, stop after run)
+        self.options: list[tuple[int, str, str]] = []  # (intra-op threads, spinning, spin duration)
         self.runs: list[tuple[int, int]] = []
         self.hold_rows, self.held, self.release = hold_rows, threading.Event(), threading.Event()
 
@@ -45,8 +46,11 @@ class Sessions:
                 return "0"
 
         threads = sess_options.intra_op_num_threads
-        spinning, stop = entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")
-        self.options.append((threads, spinning, stop))
+        spinning, duration = (
+            entry("session.intra_op.allow_spinning"),
+            entry("session.intra_op.spin_duration_us"),
+        )
+        self.options.append((threads, spinning, duration))
         session = ort.InferenceSession(path, sess_options=sess_options, providers=providers)
         factory = self
 
@@ -69,8 +73,8 @@ def images(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (rows, SIZE, SIZE, 1), dtype=np.uint8)
 
 
-async def answers(root, options, factory, batches):
-    backend = OnnxRuntimeBackend(Repository(root), options, session_factory=factory)
+async def answers(root, options, factory, batches, occupancy=None):
+    backend = OnnxRuntimeBackend(Repository(root), options, session_factory=factory, occupancy=occupancy)
     await backend.start()
     try:
         return [
@@ -84,8 +88,12 @@ async def answers(root, options, factory, batches):
 def test_a_lone_request_runs_on_the_wide_session_and_a_batch_on_the_batch_session(repository):
     sessions = Sessions()
     asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), sessions, [1, 3]))
-    # the batch session (1 thread), then the lone one (2 threads); neither spins between runs
-    assert sessions.options == [(1, "0", "0"), (2, "0", "0")]
+    # the batch session (1 thread), then the lone one (2 threads); both spin 20 us at most when idle
+    import onnxruntime as ort
+
+    spin = spin_entries(20, ort.__version__)
+    expected = (spin["session.intra_op.allow_spinning"], spin.get("session.intra_op.spin_duration_us", "0"))
+    assert sessions.options == [(1, *expected), (2, *expected)]
     assert sessions.runs == [(2, 1), (2, 1), (1, 3)]  # warm-up at load, the lone request, the batch
 
 
@@ -172,3 +180,47 @@ def test_a_cgroup_cpu_quota_caps_the_threads_a_lone_request_may_use(tmp_path, fi
     assert cgroup_cpu_quota(tmp_path) == quota
     cores = len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path) == (cores if quota is None else max(1, min(cores, int(quota))))
+
+
+def test_a_lone_request_runs_on_the_batch_session_while_another_worker_runs_a_model(repository, tmp_path):
+    board = create_board(2)
+    other = Occupancy(board, 1)  # the other worker, running a batch of its own
+    sessions = Sessions()
+    other.enter()
+    try:
+        asyncio.run(
+            answers(repository, OrtOptions(lone_request_threads=2), sessions, [1], Occupancy(board, 0))
+        )
+    finally:
+        other.leave()
+        other.close()
+    second = Sessions()
+    asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), second, [1], Occupancy(board, 0)))
+    assert sessions.runs == [(2, 1), (1, 1)]  # warm-up at load, then the narrow session
+    assert second.runs == [(2, 1), (2, 1)]  # the other worker idle: the wide one
+
+
+def test_a_lone_request_right_after_a_run_joined_by_new_work_runs_on_the_batch_session(repository):
+    sessions = Sessions(hold_rows=MAX_BATCH)
+
+    async def scenario():
+        backend = OnnxRuntimeBackend(
+            Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
+        )
+        await backend.start()
+        try:
+            infer = backend.infer
+            first = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
+            assert await asyncio.to_thread(sessions.held.wait, DEADLINE_S)
+            joined = asyncio.create_task(infer(InferRequest("lenet", {"images": images(1)})))
+            model = backend._models[("lenet", "1")]
+            assert await asyncio.to_thread(eventually, lambda: model.batcher.queue_depth == 1)
+            sessions.release.set()
+            await asyncio.gather(first, joined)  # found the queue empty, but came while a run ran
+            for i in range(2):  # a closed loop of one client: no run is joined any more
+                await infer(InferRequest("lenet", {"images": images(1, i)}))
+        finally:
+            await backend.stop()
+
+    asyncio.run(scenario())
+    assert sessions.runs == [(2, 1), (1, MAX_BATCH), (1, 1), (2, 1), (2, 1)]

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.execution import placement
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
@@ -172,14 +172,25 @@ def test_a_gpu_config_on_a_machine_without_cuda_fails_to_load_with_the_reason(re
     asyncio.run(check())
 
 
-def test_intra_op_threads_do_not_spin_between_runs_unless_asked(repositories):
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.intra_op.spin_duration_us")
+
+
+def test_idle_intra_op_threads_spin_only_as_long_as_asked(repositories):
+    import onnxruntime as ort
+
     plain, _ = repositories
-    seen: list[str] = []
+    seen: list[tuple[str, str]] = []
 
     def factory(path, sess_options=None, providers=None):
         import onnxruntime as ort
 
-        seen.append(sess_options.get_session_config_entry("session.intra_op.allow_spinning"))
+        def entry(key):
+            try:
+                return sess_options.get_session_config_entry(key)
+            except RuntimeError:  # not set: ONNX Runtime's default
+                return "default"
+
+        seen.append(tuple(entry(key) for key in SPIN_KEYS))
         return ort.InferenceSession(path, sess_options=sess_options, providers=providers)
 
     async def load(options):
@@ -187,6 +198,18 @@ def test_intra_op_threads_do_not_spin_between_runs_unless_asked(repositories):
         await backend.start()
         await backend.stop()
 
-    asyncio.run(load(OrtOptions(lone_request_threads=0)))  # the batch sessions only
-    asyncio.run(load(OrtOptions(allow_spinning=True, lone_request_threads=0)))
-    assert seen == ["0", "1"]
+    for spin_us in (20, 0, None):  # the batch sessions only
+        asyncio.run(load(OrtOptions(spin_us=spin_us, lone_request_threads=0)))
+    bounded = tuple(spin_entries(20, ort.__version__).get(key, "default") for key in SPIN_KEYS)
+    assert seen == [bounded, ("0", "default"), ("default", "default")]
+
+
+def test_a_bounded_spin_is_no_spin_where_onnx_runtime_would_not_bound_it():
+    assert spin_entries(50, "1.26.0") == {
+        "session.intra_op.allow_spinning": "1",
+        "session.intra_op.spin_duration_us": "50",
+    }
+    assert spin_entries(50, "1.25.2") == {"session.intra_op.allow_spinning": "0"}
+    assert spin_entries(50, "1.22.0.dev20250101") == {"session.intra_op.allow_spinning": "0"}
+    assert spin_entries(0, "1.32.0") == {"session.intra_op.allow_spinning": "0"}
+    assert spin_entries(None, "1.18.0") == {}
