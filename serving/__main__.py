@@ -34,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         type=int,
         help="microseconds an idle ONNX Runtime intra-op thread spins before it sleeps (default 20; 0: never)",
     )
+    parser.add_argument(
+        "--lone-spin-us",
+        type=int,
+        help="microseconds the lone-request session's idle threads spin (default 1000; 0: never)",
+    )
     parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
     parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
     parser.add_argument("--log-level", help="debug, info, warning, error")

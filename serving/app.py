@@ -143,6 +143,7 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         inter_op_threads=settings.inter_op_threads,
         lone_request_threads=settings.lone_request_threads,
         spin_us=settings.spin_us,
+        lone_spin_us=settings.lone_spin_us,
         max_queue_size=settings.max_queue_size,
         default_timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         description="microseconds an idle ONNX Runtime intra-op thread spins before it sleeps "
         "(bridges one run's operators, stops right after it); 0: never spin",
     )
+    lone_spin_us: int = Field(
+        1000,
+        ge=0,
+        description="microseconds the lone-request session's idle threads spin (through the gap to a "
+        "lone client's next request; it runs only while nothing else does); 0: never spin",
+    )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
     decode_workers: int | None = Field(
         None,
