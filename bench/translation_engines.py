@@ -93,7 +93,7 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
     import onnxruntime as ort
 
-    from serving.decoding.stepper import translate_in_batches
+    from serving.decoding.offline import translate_in_batches
     from serving.decoding.translator import translator_from_entry
     from serving.execution.onnxruntime import onnxruntime_runner
     from serving.execution.repository import Repository

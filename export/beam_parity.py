@@ -1,7 +1,7 @@
 """Beam search over the exported ONNX encoder/decoder against the PyTorch reference, token for token,
 and the int8 decoder's gate against the fp32 one.
 
-The numpy side is the serving code itself (``serving.decoding.stepper.translate_ids``), so these
+The numpy side is the serving code itself (``serving.decoding.offline.translate_ids``), so these
 checks prove that what the gateway will run translates exactly like the trained model.
 """
 
@@ -93,8 +93,8 @@ def _onnx_beams(
     g: TranslatorGraphs, decoder: Path, sents: list[list[int]], cfg: SearchSettings
 ) -> list[list[int]]:
     """Best hypotheses of the serving beam search over ``g``'s encoder graph and the decoder at ``decoder``."""
+    from serving.decoding.offline import translate_ids
     from serving.decoding.options import BeamConfig
-    from serving.decoding.stepper import translate_ids
     from serving.execution.onnxruntime import onnxruntime_runner
 
     step_spec = g.step_spec

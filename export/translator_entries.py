@@ -34,6 +34,7 @@ RUNTIME_MODULES = (
     "rows.py",
     "step_spec.py",
     "stepper.py",
+    "offline.py",
 )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.decoding import beam_search as bs
-from serving.decoding import stepper
+from serving.decoding import offline
 from serving.decoding.scheduler import DecodingScheduler, SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, UnprocessableInput
 from tests.waiting import until
@@ -112,7 +112,7 @@ def config(beam: int, max_length: int = 12, **kw) -> bs.BeamConfig:
 
 def solo(source: list[int], cfg: bs.BeamConfig) -> list[bs.Hypothesis]:
     """The reference: the sentence decoded alone."""
-    (hyps,) = stepper.translate_ids(fake_encoder, FakeDecoder(), SPEC, [source], cfg)
+    (hyps,) = offline.translate_ids(fake_encoder, FakeDecoder(), SPEC, [source], cfg)
     return hyps
 
 

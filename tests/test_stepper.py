@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from serving.decoding import beam_search as bs
+from serving.decoding import offline
+from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
 from serving.execution.onnxruntime import onnxruntime_runner
 
@@ -80,9 +82,9 @@ def fake_decoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-PARSED = st.parse_step_spec(SPEC)
+PARSED = sp.parse_step_spec(SPEC)
 GROUPED_SPEC = {**SPEC, "decoder": {**SPEC["decoder"], "grouped_rows": True}}
-GROUPED = st.parse_step_spec(GROUPED_SPEC)
+GROUPED = sp.parse_step_spec(GROUPED_SPEC)
 ENCODER_INPUTS = ("memory", "memory_t", "src_mask")
 
 
@@ -108,25 +110,25 @@ SOURCES = [[5, 9, 7, 11], [6], [3, 4, 10], [], [8, 8, 8, 8, 8, 8]]
 
 
 def test_encoder_inputs_append_eos_and_right_pad():
-    feeds = st.encoder_inputs(PARSED, [[5, 9], [], [3]])
+    feeds = sp.encoder_inputs(PARSED, [[5, 9], [], [3]])
     np.testing.assert_array_equal(feeds["src_ids"], [[5, 9, EOS], [EOS, PAD, PAD], [3, EOS, PAD]])
     assert feeds["src_ids"].dtype == np.int64
     with pytest.raises(ValueError, match="source sentence 1"):
-        st.encoder_inputs(PARSED, [[5], [-1]])
+        sp.encoder_inputs(PARSED, [[5], [-1]])
 
 
 CONFIG = bs.BeamConfig(beam_size=3, n_best=3, max_length=8, length_penalty="average", eos_id=EOS, bos_id=BOS)
 
 
 def test_translate_ids_batched_equals_each_sentence_translated_alone():
-    together = st.translate_ids(fake_encoder, fake_decoder, SPEC, SOURCES, CONFIG)
-    alone = [st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
+    together = offline.translate_ids(fake_encoder, fake_decoder, SPEC, SOURCES, CONFIG)
+    alone = [offline.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
     assert together == alone
     grouped = GroupedDecoder()
-    assert st.translate_ids(fake_encoder, grouped, GROUPED_SPEC, SOURCES, CONFIG) == alone
+    assert offline.translate_ids(fake_encoder, grouped, GROUPED_SPEC, SOURCES, CONFIG) == alone
     assert (5, 5) in grouped.calls and (15, 5) in grouped.calls  # one row each, then 3 (beam) each
     assert all(len(h) == 3 and h[0].tokens[-1] == EOS for h in together)
-    assert st.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
+    assert offline.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
 
 
 def test_translate_in_batches_groups_sentences_by_source_length_and_keeps_their_order():
@@ -136,11 +138,11 @@ def test_translate_in_batches_groups_sentences_by_source_length_and_keeps_their_
         batches.append(sorted(int((row != PAD).sum()) - 1 for row in inputs["src_ids"]))  # without EOS
         return fake_encoder(inputs)
 
-    got = st.translate_in_batches(encoder, fake_decoder, SPEC, SOURCES, CONFIG, max_sentences=2)
-    alone = [st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
+    got = offline.translate_in_batches(encoder, fake_decoder, SPEC, SOURCES, CONFIG, max_sentences=2)
+    alone = [offline.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
     assert got == alone  # in the order given, each as it decodes alone
     assert batches == [[0, 1], [3, 4], [6]]  # by source length, at most 2 a batch
-    assert st.translate_in_batches(fake_encoder, fake_decoder, SPEC, [], CONFIG, 2) == []
+    assert offline.translate_in_batches(fake_encoder, fake_decoder, SPEC, [], CONFIG, 2) == []
 
 
 def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, grouped=False):
@@ -157,7 +159,7 @@ def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, group
     while len(finished) < len(sources):
         if step % 2 == 0 and step // 2 < len(sources):
             i = step // 2
-            encoded = fake_encoder(st.encoder_inputs(PARSED, [sources[i]]))
+            encoded = fake_encoder(sp.encoder_inputs(PARSED, [sources[i]]))
             batch.join([i], encoded, [configs[i]], [len(sources[i]) + 1])
         if cancel is not None and cancel[1] == step:
             batch.remove(np.array([k == cancel[0] for k in batch.keys]))
@@ -171,7 +173,7 @@ def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, group
 
 def alone(sources, configs):
     return [
-        st.translate_ids(fake_encoder, fake_decoder, SPEC, [s], c)[0]
+        offline.translate_ids(fake_encoder, fake_decoder, SPEC, [s], c)[0]
         for s, c in zip(sources, configs, strict=True)
     ]
 
@@ -213,10 +215,10 @@ def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail
 def test_cache_columns_only_a_departed_sentence_used_are_dropped_when_it_leaves():
     batch = st.DecodeBatch(PARSED)
     short = dataclasses.replace(CONFIG, beam_size=1, n_best=1, max_length=3)
-    batch.join(["early"], fake_encoder(st.encoder_inputs(PARSED, [[5]])), [short], [2])
+    batch.join(["early"], fake_encoder(sp.encoder_inputs(PARSED, [[5]])), [short], [2])
     batch.step(fake_decoder)  # column 0
     stays = dataclasses.replace(CONFIG, min_length=7)  # still running long after "early" left
-    batch.join(["late"], fake_encoder(st.encoder_inputs(PARSED, [[6, 7]])), [stays], [3])
+    batch.join(["late"], fake_encoder(sp.encoder_inputs(PARSED, [[6, 7]])), [stays], [3])
     assert batch.joined.tolist() == [0, 1] and batch.column == 1
     late_steps = 0
     while "early" in batch.keys:
@@ -229,7 +231,7 @@ def test_cache_columns_only_a_departed_sentence_used_are_dropped_when_it_leaves(
 
 def test_a_decoder_that_omits_an_output_is_refused_with_its_name():
     batch = st.DecodeBatch(PARSED)
-    batch.join([0], fake_encoder(st.encoder_inputs(PARSED, [[5]])), [CONFIG], [2])
+    batch.join([0], fake_encoder(sp.encoder_inputs(PARSED, [[5]])), [CONFIG], [2])
     with pytest.raises(ValueError, match="new_past"):
         batch.step(lambda inputs: {k: v for k, v in fake_decoder(inputs).items() if k != "new_past"})
 
@@ -250,14 +252,16 @@ def test_malformed_step_specs_are_refused_with_the_reason(change, message):
     spec["decoder"]["inputs"] = [dict(d) for d in spec["decoder"]["inputs"]]
     change(spec)
     with pytest.raises(ValueError, match=message):
-        st.parse_step_spec(spec)
+        sp.parse_step_spec(spec)
 
 
 def test_a_beam_config_that_disagrees_with_the_model_is_refused():
     with pytest.raises(ValueError, match="eos/bos"):
-        st.translate_ids(fake_encoder, fake_decoder, SPEC, [[3]], dataclasses.replace(CONFIG, eos_id=3))
+        offline.translate_ids(fake_encoder, fake_decoder, SPEC, [[3]], dataclasses.replace(CONFIG, eos_id=3))
     with pytest.raises(ValueError, match="max_positions"):
-        st.translate_ids(fake_encoder, fake_decoder, SPEC, [[3]], dataclasses.replace(CONFIG, max_length=17))
+        offline.translate_ids(
+            fake_encoder, fake_decoder, SPEC, [[3]], dataclasses.replace(CONFIG, max_length=17)
+        )
 
 
 def test_onnxruntime_runner_feeds_only_the_declared_inputs(tmp_path):
@@ -324,14 +328,16 @@ def test_translate_ids_over_a_torch_translator_equals_the_torch_reference(name):
     model = tiny_translator(name)
     config = bs.BeamConfig(beam_size=3, n_best=2, max_length=7, eos_id=EOS, bos_id=BOS)
     run_encoder, run_decoder = torch_runners(model)
-    ours = st.translate_ids(run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config)
-    src = torch.from_numpy(st.encoder_inputs(st.parse_step_spec(model.step_spec()), REAL_SOURCES)["src_ids"])
+    ours = offline.translate_ids(run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config)
+    src = torch.from_numpy(sp.encoder_inputs(sp.parse_step_spec(model.step_spec()), REAL_SOURCES)["src_ids"])
     reference = decoding.beam_search(model, src, beam_size=3, n_best=2, max_length=7)
     assert [[(h.tokens, h.score) for h in s] for s in ours] == [
         [(h.tokens, h.score) for h in s] for s in reference
     ]
-    if st.parse_step_spec(model.step_spec()).grouped_rows:  # the transformer: rows grouped by sentence
-        grouped = st.translate_ids(run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config, True)
+    if sp.parse_step_spec(model.step_spec()).grouped_rows:  # the transformer: rows grouped by sentence
+        grouped = offline.translate_ids(
+            run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config, True
+        )
         # tokens identical; scores to float32 rounding (one product per sentence, not per row)
         assert [[h.tokens for h in s] for s in grouped] == [[h.tokens for h in s] for s in reference]
         np.testing.assert_allclose(
@@ -346,7 +352,7 @@ def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torc
     from tests.test_decoding import tiny_translator
 
     model = tiny_translator(name)
-    spec = st.parse_step_spec(model.step_spec())
+    spec = sp.parse_step_spec(model.step_spec())
     config = bs.BeamConfig(beam_size=3, n_best=2, max_length=7, eos_id=EOS, bos_id=BOS)
     run_encoder, run_decoder = torch_runners(model)
     for grouped in sorted({False, spec.grouped_rows}):  # both layouts where the model takes both
@@ -354,7 +360,7 @@ def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torc
         for step in range(40):
             if step < len(REAL_SOURCES):  # one more sentence joins before each of the first steps
                 src = REAL_SOURCES[step]
-                batch.join([step], run_encoder(st.encoder_inputs(spec, [src])), [config], [len(src) + 1])
+                batch.join([step], run_encoder(sp.encoder_inputs(spec, [src])), [config], [len(src) + 1])
             results |= {done.key: done.hypotheses for done in batch.step(run_decoder)}
         _assert_reference(model, spec, config, results)
 
@@ -365,7 +371,7 @@ def _assert_reference(model, spec, config, results):
     from training import decoding
 
     for i, src in enumerate(REAL_SOURCES):
-        ids = torch.from_numpy(st.encoder_inputs(spec, [src])["src_ids"])
+        ids = torch.from_numpy(sp.encoder_inputs(spec, [src])["src_ids"])
         reference = decoding.beam_search(model, ids, beam_size=3, n_best=2, max_length=7)[0]
         # tokens identical; scores to float32 rounding (masked columns change the reductions' order)
         assert [h.tokens for h in results[i]] == [h.tokens for h in reference]
@@ -377,7 +383,7 @@ def test_a_leaving_sentences_rows_are_refilled_from_the_tail_and_the_others_stay
     batch = st.DecodeBatch(PARSED)
     sources = SOURCES[:3]
     batch.join(
-        range(3), fake_encoder(st.encoder_inputs(PARSED, sources)), [two] * 3, [len(s) + 1 for s in sources]
+        range(3), fake_encoder(sp.encoder_inputs(PARSED, sources)), [two] * 3, [len(s) + 1 for s in sources]
     )
     batch.step(fake_decoder)  # every sentence widens from 1 row to 2: back to the search order
     assert batch.slot.tolist() == [0, 1, 2, 3, 4, 5]
@@ -394,12 +400,12 @@ def test_a_cancelled_sentences_place_is_refilled_from_the_tail_in_a_grouped_batc
     batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
     sources = SOURCES[:3]
     batch.join(
-        range(3), fake_encoder(st.encoder_inputs(GROUPED, sources)), [two] * 3, [len(s) + 1 for s in sources]
+        range(3), fake_encoder(sp.encoder_inputs(GROUPED, sources)), [two] * 3, [len(s) + 1 for s in sources]
     )
     assert (batch.width, batch.physical, batch.slot.tolist()) == (1, 3, [0, 1, 2])
     batch.step(decoder)  # every sentence widens from 1 row to 2
     assert (batch.width, batch.place.tolist(), batch.slot.tolist()) == (2, [0, 1, 2], [0, 1, 2, 3, 4, 5])
-    batch.join([3], fake_encoder(st.encoder_inputs(GROUPED, [[7, 7]])), [two], [3])
+    batch.join([3], fake_encoder(sp.encoder_inputs(GROUPED, [[7, 7]])), [two], [3])
     assert batch.slot.tolist()[-1] == 6 and batch.physical == 8  # the joiner's row and its padding row
     batch.remove(np.array([True, False, False, False]))
     # sentence 3 (the tail) moved into sentence 0's place; sentences 1 and 2 stayed put
@@ -415,7 +421,7 @@ def test_a_wide_sentence_takes_several_places_instead_of_padding_every_other_sen
     configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1, min_length=4) for b in (4, 2, 2, 2, 2)]
     batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
     batch.join(
-        range(5), fake_encoder(st.encoder_inputs(GROUPED, SOURCES)), configs, [len(s) + 1 for s in SOURCES]
+        range(5), fake_encoder(sp.encoder_inputs(GROUPED, SOURCES)), configs, [len(s) + 1 for s in SOURCES]
     )
     layouts, finished = [], {}
     while batch.size:
@@ -446,13 +452,13 @@ def test_the_grid_width_is_the_widest_row_count_that_pads_at_most_half_the_rows(
 
 def test_grouped_rows_only_where_the_spec_declares_them_and_the_graph_takes_them():
     grouped = GroupedDecoder()
-    assert st.takes_grouped_rows(GROUPED, grouped)
-    assert not st.takes_grouped_rows(PARSED, grouped)  # the spec does not declare them
-    assert not st.takes_grouped_rows(GROUPED, fake_decoder)  # the runner says nothing (Triton)
+    assert sp.takes_grouped_rows(GROUPED, grouped)
+    assert not sp.takes_grouped_rows(PARSED, grouped)  # the spec does not declare them
+    assert not sp.takes_grouped_rows(GROUPED, fake_decoder)  # the runner says nothing (Triton)
     one_axis = type(
         "OneAxis", (GroupedDecoder,), {"first_axes": dict.fromkeys(GroupedDecoder.first_axes, "b")}
     )
-    assert not st.takes_grouped_rows(GROUPED, one_axis())  # every input shares the rows' batch axis
+    assert not sp.takes_grouped_rows(GROUPED, one_axis())  # every input shares the rows' batch axis
     with pytest.raises(ValueError, match="grouped_rows"):
         st.DecodeBatch(PARSED, grouped=True)
 
@@ -466,7 +472,7 @@ def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_
 
     batch = st.DecodeBatch(PARSED)
     for source in ([8] * 12, [5]):  # a long sentence alone, then a short one alone
-        batch.join([0], fake_encoder(st.encoder_inputs(PARSED, [source])), [CONFIG], [len(source) + 1])
+        batch.join([0], fake_encoder(sp.encoder_inputs(PARSED, [source])), [CONFIG], [len(source) + 1])
         while batch.size:
             batch.step(recording)
     assert widths[0] == 13 and widths[-1] == 2

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import native, stepper
+from serving.decoding import native, step_spec, stepper
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,17 @@ class DecodingScheduler:
     def __init__(
         self,
         name: str,
-        spec: dict[str, Any] | stepper.StepSpec,
-        run_encoder: stepper.Runner,
-        run_decoder: stepper.Runner,
+        spec: dict[str, Any] | step_spec.StepSpec,
+        run_encoder: step_spec.Runner,
+        run_decoder: step_spec.Runner,
         config: SchedulerConfig | None = None,
         *,
         observer: DecodeObserver | None = None,
     ) -> None:
         self.name = name
-        self.spec = stepper.parse_step_spec(spec)
+        self.spec = step_spec.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
-        self.grouped = stepper.takes_grouped_rows(self.spec, run_decoder)  # rows grouped by sentence
+        self.grouped = step_spec.takes_grouped_rows(self.spec, run_decoder)  # rows grouped by sentence
         self.config = config or SchedulerConfig()
         self.observer = observer
         self._lock = threading.Lock()  # guards _waiting
@@ -201,7 +201,7 @@ class DecodingScheduler:
             raise
 
     def _check(self, config: bs.BeamConfig) -> None:
-        stepper.check_config(self.spec, config)
+        step_spec.check_config(self.spec, config)
         if config.beam_size > self.config.max_rows:
             raise ValueError(
                 f"beam_size={config.beam_size} exceeds the scheduler's max_rows={self.config.max_rows}"
@@ -295,7 +295,7 @@ class DecodingScheduler:
             return
         sources = [job.sources[i] for job, i in picked]
         try:
-            encoded = self.run_encoder(stepper.encoder_inputs(self.spec, sources))  # {name: [n, ...]}
+            encoded = self.run_encoder(step_spec.encoder_inputs(self.spec, sources))  # {name: [n, ...]}
         except Exception as exc:  # noqa: BLE001 - the encoder failing fails these requests only
             log.exception("translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:

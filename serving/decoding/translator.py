@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import stepper
+from serving.decoding import step_spec
 from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import InferRequest, InferResponse
@@ -50,11 +50,11 @@ class Translation:
 class TextCodec:
     """The entry's serialized tokenizers: text -> source ids, target ids -> text."""
 
-    def __init__(self, source: Any, target: Any, spec: stepper.StepSpec) -> None:
+    def __init__(self, source: Any, target: Any, spec: step_spec.StepSpec) -> None:
         self.source, self.target, self.spec = source, target, spec
 
     @classmethod
-    def from_files(cls, source: Path, target: Path, spec: stepper.StepSpec) -> TextCodec:
+    def from_files(cls, source: Path, target: Path, spec: step_spec.StepSpec) -> TextCodec:
         from tokenizers import Tokenizer  # lazy: nothing heavy at import time
 
         return cls(Tokenizer.from_file(str(source)), Tokenizer.from_file(str(target)), spec)
@@ -254,13 +254,13 @@ def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
 def translator_from_entry(
     path: Path,
     kiln: dict[str, Any],
-    run_encoder: stepper.Runner,
-    run_decoder: stepper.Runner,
+    run_encoder: step_spec.Runner,
+    run_decoder: step_spec.Runner,
     *,
     scheduler_config: SchedulerConfig | None = None,
     limits: bs.DecodingLimits | None = None,
     observer: DecodeObserver | None = None,
-    more_runners: Callable[[], tuple[stepper.Runner, stepper.Runner]] | None = None,
+    more_runners: Callable[[], tuple[step_spec.Runner, step_spec.Runner]] | None = None,
 ) -> Translator:
     """A translator for the ``<name>`` entry at ``path`` (its kiln.json already parsed), with
     ``scheduler_config.workers`` decode workers: the first over ``run_encoder``/``run_decoder``, each
@@ -268,7 +268,7 @@ def translator_from_entry(
     block = kiln.get("translator")
     if not isinstance(block, dict) or "step_spec" not in block:
         raise ValueError(f"{path}/kiln.json has no 'translator' block with a step_spec")
-    spec = stepper.parse_step_spec(block["step_spec"])
+    spec = step_spec.parse_step_spec(block["step_spec"])
     codec = TextCodec.from_files(
         path / block.get("source_tokenizer", "source_tokenizer.json"),
         path / block.get("target_tokenizer", "target_tokenizer.json"),
@@ -345,7 +345,7 @@ class TranslatorPool:
         return self.translators.get(name)
 
 
-def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[stepper.Runner, stepper.Runner]:
+def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
     """One decode worker's encoder and decoder runners."""
     return runner_for(encoder), runner_for(decoder)
 

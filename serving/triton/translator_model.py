@@ -2,12 +2,12 @@
 
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
 ``options.py``, ``compiled_step.py``, ``native.py`` and ``beam_step.c`` (the compiled step, built on
-first use), ``rows.py``, ``step_spec.py`` and ``stepper.py`` beside it
+first use), ``rows.py``, ``step_spec.py``, ``stepper.py`` and ``offline.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
 the entry was exported and parity-checked with. The encoder and decoder run as BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each
 decoder call), in batches of similar source lengths that fit the encoder's and decoder's
-``max_batch_size`` (:func:`serving.decoding.stepper.translate_in_batches`).
+``max_batch_size`` (:func:`serving.decoding.offline.translate_in_batches`).
 
 Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_length``,
 ``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]``.
@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from serving.decoding import beam_search as bs  # noqa: E402
-from serving.decoding import stepper  # noqa: E402
+from serving.decoding import offline, step_spec  # noqa: E402
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -87,7 +87,7 @@ class TritonPythonModel:
         here = args["model_repository"]  # this entry's directory
         kiln = _read_json(os.path.join(here, "kiln.json"))
         block = kiln["translator"]
-        self.spec = stepper.parse_step_spec(block["step_spec"])
+        self.spec = step_spec.parse_step_spec(block["step_spec"])
         self.source = Tokenizer.from_file(os.path.join(here, block["source_tokenizer"]))
         self.target = Tokenizer.from_file(os.path.join(here, block["target_tokenizer"]))
         parent = os.path.dirname(here)
@@ -154,7 +154,7 @@ class TritonPythonModel:
             if cap and len(row) + 1 > cap:
                 raise ValueError(f"text[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
         chunk = max(1, min(self.max_sentences, self.max_rows // config.beam_size))
-        results = stepper.translate_in_batches(
+        results = offline.translate_in_batches(
             self.run_encoder, self.run_decoder, self.spec, ids, config, chunk
         )
         padded = [h.tokens for hyps in results for h in self._padded(hyps, config)]
