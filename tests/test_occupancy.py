@@ -56,3 +56,18 @@ def test_a_worker_index_outside_the_board_is_refused(board):
 
 def test_a_new_board_is_zeroed_and_sized_for_the_workers(board):
     assert board.read_bytes() == bytes(3)
+
+
+def test_a_board_falls_back_to_the_temporary_directory_without_shared_memory(monkeypatch, tmp_path):
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def no_shm(prefix="", dir=None):  # noqa: A002 - mkstemp's own keyword
+        if dir == "/dev/shm":
+            raise PermissionError("read-only /dev/shm")
+        return real(prefix=prefix, dir=tmp_path)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_shm)
+    path = create_board(2)
+    assert path.parent == tmp_path and path.read_bytes() == bytes(2)

@@ -62,9 +62,14 @@ class Occupancy:
 
 
 def create_board(workers: int) -> Path:
-    """A zeroed board for ``workers`` processes, in shared memory where the system has it."""
-    where = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    fd, name = tempfile.mkstemp(prefix="kiln-occupancy-", dir=where)
-    with os.fdopen(fd, "wb") as file:
-        file.write(bytes(workers))
-    return Path(name)
+    """A zeroed board for ``workers`` processes, in shared memory where the system lets us write it
+    (a page-cache file in the temporary directory otherwise: the same to the workers)."""
+    for where in ("/dev/shm", None):
+        try:
+            fd, name = tempfile.mkstemp(prefix="kiln-occupancy-", dir=where)
+        except OSError:  # no /dev/shm, or not writable here
+            continue
+        with os.fdopen(fd, "wb") as file:
+            file.write(bytes(workers))
+        return Path(name)
+    raise OSError("no writable directory for the workers' occupancy board")
