@@ -5,6 +5,7 @@ either way. Usable CPUs: the affinity mask capped by a cgroup CPU quota."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 
@@ -15,14 +16,9 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.execution.base import InferRequest
 from serving.execution.cpus import cgroup_cpu_quota, usable_cpus
+from serving.execution.loaded_model import CROWDING_LIMIT, CROWDING_WEIGHT
 from serving.execution.occupancy import Occupancy, create_board
-from serving.execution.onnxruntime import (
-    CROWDING_LIMIT,
-    CROWDING_WEIGHT,
-    OnnxRuntimeBackend,
-    OrtOptions,
-    spin_entries,
-)
+from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
 from serving.execution.repository import Repository
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
 from tests.waiting import DEADLINE_S, eventually
@@ -116,18 +112,28 @@ def test_the_answers_are_the_same_on_either_session(repository):
             np.testing.assert_array_equal(got[name], want[name])
 
 
+@contextlib.asynccontextmanager
+async def holding_a_batch(repository, sessions):
+    """A started backend (lone session of 2 threads) whose first batch, ``MAX_BATCH`` rows, is held in
+    its run until ``sessions.release`` is set; yields the backend and that batch's task."""
+    backend = OnnxRuntimeBackend(
+        Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
+    )
+    await backend.start()
+    try:
+        first = asyncio.create_task(backend.infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
+        assert await asyncio.to_thread(sessions.held.wait, DEADLINE_S)
+        yield backend, first
+    finally:
+        await backend.stop()
+
+
 def test_a_one_item_request_with_others_waiting_runs_on_the_batch_session(repository):
     sessions = Sessions(hold_rows=MAX_BATCH)
 
     async def scenario():
-        backend = OnnxRuntimeBackend(
-            Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
-        )
-        await backend.start()
-        try:
+        async with holding_a_batch(repository, sessions) as (backend, first):
             infer = backend.infer
-            first = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
-            assert await asyncio.to_thread(sessions.held.wait, DEADLINE_S)
             # queued behind the held batch: one item, then a full batch that cannot join it
             lone = asyncio.create_task(infer(InferRequest("lenet", {"images": images(1)})))
             full = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
@@ -135,8 +141,6 @@ def test_a_one_item_request_with_others_waiting_runs_on_the_batch_session(reposi
             assert await asyncio.to_thread(eventually, lambda: model.batcher.queue_depth == 2)
             sessions.release.set()
             await asyncio.gather(first, lone, full)
-        finally:
-            await backend.stop()
 
     asyncio.run(scenario())
     # warm-up, the held batch, the one-item request (a batch waited behind it), the last batch
@@ -214,14 +218,8 @@ def test_a_lone_request_right_after_a_run_joined_by_new_work_runs_on_the_batch_s
     sessions = Sessions(hold_rows=MAX_BATCH)
 
     async def scenario():
-        backend = OnnxRuntimeBackend(
-            Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
-        )
-        await backend.start()
-        try:
+        async with holding_a_batch(repository, sessions) as (backend, first):
             infer = backend.infer
-            first = asyncio.create_task(infer(InferRequest("lenet", {"images": images(MAX_BATCH)})))
-            assert await asyncio.to_thread(sessions.held.wait, DEADLINE_S)
             joined = asyncio.create_task(infer(InferRequest("lenet", {"images": images(1)})))
             model = backend._models[("lenet", "1")]
             assert await asyncio.to_thread(eventually, lambda: model.batcher.queue_depth == 1)
@@ -229,8 +227,6 @@ def test_a_lone_request_right_after_a_run_joined_by_new_work_runs_on_the_batch_s
             await asyncio.gather(first, joined)  # found the queue empty, but came while a run ran
             for i in range(alone_after + 2):  # a closed loop of one client: no run is joined any more
                 await infer(InferRequest("lenet", {"images": images(1, i)}))
-        finally:
-            await backend.stop()
 
     # runs alone before the share of joined runs is back under the limit
     crowding, alone_after = CROWDING_WEIGHT * (1 - CROWDING_WEIGHT), 0  # after the joined item's run

@@ -24,9 +24,10 @@ from serving.execution.base import InferRequest, InferResponse, ModelMetadata, R
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
+from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
-from serving.execution.validation import classification_counts, input_rules, validate_inputs
+from serving.execution.validation import classification_counts, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -61,94 +62,6 @@ class OrtOptions:
     shutdown_grace_s: float = 30.0
 
 
-# The share of recent runs joined by new work is a moving average of this weight (about the last ten
-# runs); while it is at or above the limit, lone requests run on the narrow batch session. After a
-# joined run it takes ~15 runs alone to come back under it: an open load's lulls are seldom that long,
-# a closed loop of one client never joins its own runs.
-CROWDING_WEIGHT = 0.1
-CROWDING_LIMIT = 0.02
-
-
-@dataclass
-class _Sessions:
-    """The sessions of one model version: per instance, one per bucket (key 0 when unbucketed), and
-    per instance the lone-request session (``OrtOptions.lone_request_threads``) where there is one."""
-
-    placement: placement.Placement
-    per_instance: list[dict[int, Any]]
-    lone: list[Any] | None = None
-
-    def default(self, instance: int) -> Any:
-        """The instance's only session, or its largest bucket's."""
-        sessions = self.per_instance[instance]
-        return sessions[max(sessions)]
-
-
-class _LoadedModel:
-    """The sessions and batcher of one model version, and the tables its hot path reads."""
-
-    def __init__(
-        self,
-        entry: RepositoryEntry,
-        version: str,
-        sessions: _Sessions,
-        batcher: DynamicBatcher,
-        occupancy: Occupancy,
-    ) -> None:
-        self.entry, self.version, self.batcher, self.occupancy = entry, version, batcher, occupancy
-        self.placement, self.buckets = sessions.placement, sessions.per_instance
-        self.sessions = [sessions.default(i) for i in range(len(sessions.per_instance))]
-        self.lone = sessions.lone
-        self.output_names = [o.name for o in entry.config.output]
-        self.output_set = frozenset(self.output_names)
-        self.rules = input_rules(entry)
-        self.batched = entry.max_batch_size > 0
-        self.crowding = 0.0  # moving share of recent runs that new work joined (see _quiet)
-
-    def run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one merged batch on one instance's session (called from that instance's batcher thread).
-
-        Bucketed: the batch is padded with zero rows up to its bucket, runs on that bucket's session
-        (which only ever sees that shape), and the padding rows are cut off before anything returns.
-        A lone request takes the wide session only while its run would have the cores to itself
-        (:meth:`_quiet`).
-        """
-        self.occupancy.enter()
-        try:
-            outputs = self._run(instance, inputs)
-            # new work arrived here, or another run started anywhere, while this one ran
-            crowded = bool(self.batcher.queue_depth) or not self.occupancy.alone()
-            self.crowding += CROWDING_WEIGHT * (crowded - self.crowding)
-            return outputs
-        finally:
-            self.occupancy.leave()
-
-    def _quiet(self) -> bool:
-        """Whether a run now would have the cores to itself: nothing else runs in any worker, and
-        lately runs have seldom been joined by new work (which the event loop must take in meanwhile).
-        A lone request under an open load is not alone for long: measured with perf_analyzer, one
-        worker at 500 requests/s, a run took 1.22 ms on the wide session against 1.03 on the narrow
-        one, p99 8.6 against 5.6 ms; a closed loop of one client is never joined."""
-        return self.crowding < CROWDING_LIMIT and self.occupancy.alone()
-
-    def _run(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self.placement.buckets:
-            session = self.sessions[instance]
-            if (
-                self.lone is not None
-                and _rows(inputs) == 1
-                and not self.batcher.queue_depth
-                and self._quiet()
-            ):
-                session = self.lone[instance]
-            values = session.run(self.output_names, inputs)
-            return dict(zip(self.output_names, values, strict=True))
-        rows = _rows(inputs)
-        size = self.placement.bucket_for(rows)
-        values = self.buckets[instance][size].run(self.output_names, placement.pad_rows(inputs, size))
-        return {name: value[:rows] for name, value in zip(self.output_names, values, strict=True)}
-
-
 class OnnxRuntimeBackend:
     """Serve every ONNX entry of a model repository in-process."""
 
@@ -171,7 +84,7 @@ class OnnxRuntimeBackend:
         self.session_factory = session_factory
         self.options = options or OrtOptions()
         self.metrics = metrics
-        self._models: dict[tuple[str, str], _LoadedModel] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
         self._failed: dict[str, str] = dict(repository.errors)
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -289,7 +202,7 @@ class OnnxRuntimeBackend:
             return False
         return True
 
-    def _open_sessions(self, entry: RepositoryEntry, version: str) -> _Sessions:
+    def _open_sessions(self, entry: RepositoryEntry, version: str) -> Sessions:
         """One session per bucket (one in all when bucketing is off) per instance of ``instance_group``."""
         import onnxruntime as ort  # imported lazily: nothing heavy at import time
 
@@ -323,7 +236,7 @@ class OnnxRuntimeBackend:
             list(where.buckets) or "off",
             threads or "off",
         )
-        return _Sessions(where, per_instance, lone)
+        return Sessions(where, per_instance, lone)
 
     def _lone_request_threads(self, entry: RepositoryEntry, where: placement.Placement) -> int:
         """Intra-op threads of the lone-request session (0: none). Only for batching models on the CPU
@@ -358,7 +271,7 @@ class OnnxRuntimeBackend:
         factory = self.session_factory or ort.InferenceSession
         return factory(str(path), sess_options=opts, providers=where.providers())
 
-    def _make_model(self, entry: RepositoryEntry, version: str, sessions: _Sessions) -> _LoadedModel:
+    def _make_model(self, entry: RepositoryEntry, version: str, sessions: Sessions) -> LoadedModel:
         if self.metrics is not None:
             self.metrics.set_placement(entry.name, version, sessions.placement)
         policy = BatchPolicy.from_config(
@@ -366,7 +279,7 @@ class OnnxRuntimeBackend:
             max_queue_size=self.options.max_queue_size,
             instances=len(sessions.per_instance),
         )
-        model = _LoadedModel(entry, version, sessions, None, self.occupancy)  # type: ignore[arg-type]
+        model = LoadedModel(entry, version, sessions, None, self.occupancy)  # type: ignore[arg-type]
         model.batcher = DynamicBatcher(
             entry.name,
             model.run,
@@ -377,7 +290,7 @@ class OnnxRuntimeBackend:
         model.batcher.start()
         return model
 
-    def _loaded(self, name: str, version: str) -> _LoadedModel:
+    def _loaded(self, name: str, version: str) -> LoadedModel:
         entry = self.repository.get(name)
         version = entry.resolve_version(version)
         model = self._models.get((name, version))
@@ -422,10 +335,6 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
 
     run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
     return run
-
-
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    return int(next(iter(inputs.values())).shape[0])
 
 
 # ONNX Runtime reads ``session.intra_op.spin_duration_us`` from 1.26 on (microsoft/onnxruntime#27916);
