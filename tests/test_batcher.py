@@ -296,3 +296,142 @@ def test_requests_still_queued_when_the_grace_period_ends_are_answered_unavailab
 
     assert run(body()) == [[0.0]]
     assert model.sizes == [1]  # the queued request never ran
+
+
+class Inline:
+    """An owner's ``inline(backlogged)`` leave: records what it was asked and answers ``allow``."""
+
+    def __init__(self, allow: bool = True) -> None:
+        self.allow, self.asked = allow, []
+
+    def __call__(self, backlogged: bool) -> bool:
+        self.asked.append(backlogged)
+        return self.allow
+
+
+class ThreadRecorder(Recorder):
+    """A Recorder that also notes the thread each batch ran on."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        super().__init__(gate)
+        self.threads: list[int] = []
+
+    def __call__(self, instance: int, inputs):
+        self.threads.append(threading.get_ident())
+        return super().__call__(instance, inputs)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.batches, self.queued = [], []
+
+    def watch_queue_depth(self, name, read) -> None:
+        pass
+
+    def observe_batch(self, name, size, seconds) -> None:
+        self.batches.append(size)
+
+    def observe_queue(self, name, seconds) -> None:
+        self.queued.append(seconds)
+
+
+def test_a_lone_request_the_owner_lets_through_runs_on_the_event_loop_and_is_observed():
+    model, inline, observer = ThreadRecorder(), Inline(), Observer()
+
+    async def body():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=inline, observer=observer)
+        batcher.start()
+        try:
+            result = await batcher.submit(rows(3, 1))
+        finally:
+            await batcher.stop(grace_s=5)
+        return result, threading.get_ident()
+
+    result, loop_thread = run(body())
+    np.testing.assert_array_equal(result["y"], rows(3, 1)["x"] * 2)
+    assert model.threads == [loop_thread] and inline.asked == [False]
+    assert observer.batches == [1] and observer.queued == [0.0]
+
+
+def test_a_request_refused_by_the_owner_or_of_several_items_goes_through_the_queue():
+    model = ThreadRecorder()
+
+    async def body(inline, items):
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=inline)
+        batcher.start()
+        try:
+            await batcher.submit(rows(0, items))
+        finally:
+            await batcher.stop(grace_s=5)
+        return threading.get_ident()
+
+    loops = [run(body(Inline(allow=False), 1)), run(body(Inline(), 2)), run(body(None, 1))]
+    assert all(ran != loop for ran, loop in zip(model.threads, loops, strict=True))
+
+
+def test_a_request_sent_right_after_a_run_on_the_loop_is_told_backlogged(monkeypatch):
+    import serving.execution.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "INLINE_GAP_S", 60.0)  # "right after": within a minute
+    inline = Inline()
+
+    async def body(batcher):
+        await batcher.submit(rows(0, 1))
+        await batcher.submit(rows(1, 1))
+
+    async def scenario():
+        batcher = DynamicBatcher("m", Recorder(), BatchPolicy(max_batch_size=4), inline=inline)
+        batcher.start()
+        try:
+            await body(batcher)
+        finally:
+            await batcher.stop(grace_s=5)
+
+    run(scenario())
+    assert inline.asked == [False, True]
+
+
+def test_nothing_runs_on_the_loop_while_a_batch_runs_on_an_instance_thread():
+    gate = threading.Event()
+    model, inline = ThreadRecorder(gate), Inline()
+
+    async def scenario():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=Inline(allow=False))
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(rows(0, 2)))
+            assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+            batcher.inline = inline  # the owner would allow it now, but an instance is busy
+            second = asyncio.create_task(batcher.submit(rows(2, 1)))
+            await until(lambda: batcher.queue_depth == 1)
+            gate.set()
+            await asyncio.gather(first, second)
+            return threading.get_ident()
+        finally:
+            await batcher.stop(grace_s=5)
+
+    loop_thread = run(scenario())
+    assert inline.asked == [] and loop_thread not in model.threads and model.sizes == [2, 1]
+
+
+def test_a_failing_run_on_the_loop_fails_its_request_alone_and_the_next_still_runs():
+    calls = []
+
+    def model(instance, inputs):
+        calls.append(float(inputs["x"][0, 0]))
+        if inputs["x"][0, 0] == 13:
+            raise RuntimeError("the runtime failed")
+        return {"y": inputs["x"] * 2}
+
+    async def scenario():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=Inline())
+        batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="the runtime failed"):
+                await batcher.submit(rows(13, 1))
+            return await batcher.submit(rows(2, 1))
+        finally:
+            await batcher.stop(grace_s=5)
+
+    np.testing.assert_array_equal(run(scenario())["y"], rows(2, 1)["x"] * 2)
+    assert calls == [13.0, 2.0]

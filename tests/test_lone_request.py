@@ -36,6 +36,7 @@ class Sessions:
     def __init__(self, hold_rows: int | None = None) -> None:
         self.options: list[tuple[int, str, str]] = []  # (intra-op threads, spinning, spin duration)
         self.runs: list[tuple[int, int]] = []
+        self.threads: list[int] = []  # the thread each run ran on
         self.hold_rows, self.held, self.release = hold_rows, threading.Event(), threading.Event()
 
     def __call__(self, path, sess_options=None, providers=None):
@@ -63,6 +64,7 @@ class Sessions:
             def run(self, names, feeds):
                 rows = next(iter(feeds.values())).shape[0]
                 factory.runs.append((threads, rows))
+                factory.threads.append(threading.get_ident())
                 if rows == factory.hold_rows and not factory.held.is_set():
                     factory.held.set()
                     factory.release.wait(DEADLINE_S)
@@ -235,3 +237,40 @@ def test_a_lone_request_right_after_a_run_joined_by_new_work_runs_on_the_batch_s
     asyncio.run(scenario())
     narrow = [(1, 1)] * (1 + alone_after)  # the joined item, then the clean runs it takes
     assert sessions.runs == [(2, 1), (1, MAX_BATCH), *narrow, (2, 1), (2, 1)]
+
+
+@pytest.mark.parametrize(("max_s", "on_the_loop"), [(60.0, True), (0.0, False)])
+def test_a_quiet_lone_request_runs_on_the_event_loop_once_its_runs_are_known_short(
+    repository, monkeypatch, max_s, on_the_loop
+):
+    import serving.execution.batcher as batcher
+    import serving.execution.loaded_model as loaded_model
+
+    monkeypatch.setattr(loaded_model, "INLINE_MAX_S", max_s)  # what "short" means here
+    # this client sends its next request at once, with no network round trip in between: not backlogged
+    monkeypatch.setattr(batcher, "INLINE_GAP_S", 0.0)
+    sessions = Sessions()
+
+    async def scenario():
+        backend = OnnxRuntimeBackend(
+            Repository(repository), OrtOptions(lone_request_threads=2), session_factory=sessions
+        )
+        await backend.start()
+        try:
+            for i in range(3):
+                await backend.infer(InferRequest("lenet", {"images": images(1, i)}))
+        finally:
+            await backend.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    # warm-up at load, the first lone request (its run time unknown yet), then two more
+    assert sessions.runs == [(2, 1)] * 4
+    assert sessions.threads[1] != loop_thread
+    assert [t == loop_thread for t in sessions.threads[2:]] == [on_the_loop] * 2
+
+
+def test_a_merged_batch_counts_as_crowded(repository):
+    sessions = Sessions()
+    asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), sessions, [3, 1]))
+    assert sessions.runs == [(2, 1), (1, 3), (1, 1)]  # after a batch of 3, a lone one runs narrow

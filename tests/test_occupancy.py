@@ -71,3 +71,17 @@ def test_a_board_falls_back_to_the_temporary_directory_without_shared_memory(mon
     monkeypatch.setattr(tempfile, "mkstemp", no_shm)
     path = create_board(2)
     assert path.parent == tmp_path and path.read_bytes() == bytes(2)
+
+
+def test_idle_means_no_run_here_nor_in_any_worker(board):
+    mine, other = Occupancy(board, 0), Occupancy(board, 1)
+    assert mine.idle()
+    other.enter()
+    assert not mine.idle()
+    other.leave()
+    mine.enter()
+    assert not mine.idle()
+    mine.leave()
+    assert mine.idle()
+    for worker in (mine, other):
+        worker.close()

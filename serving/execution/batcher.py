@@ -10,6 +10,12 @@ Why threads and not an asyncio worker task: a request that finds an instance idl
 wake-up there and one loop wake-up back, instead of an Event wake-up of a task, an executor future
 wrapped into an asyncio one and a further task step (with a no-op model, 43 -> 27 us a request at
 concurrency 1). The event loop holds the queue's lock only for an append.
+
+Where the owner allows it (``inline``), a one-item request that finds the queue empty and every
+instance idle runs on the event loop itself, without those two wake-ups: perf_analyzer gRPC c=1,
+resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs have been, and a
+request that was waiting while the previous one ran on the loop (submitted within ``INLINE_GAP_S`` of
+its end) is never run there: it goes through the queue, so batches form again under load.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -29,6 +36,10 @@ import numpy as np
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
+
+# A closed loop of one client sends its next request a round trip after the answer (~0.4 ms measured
+# with perf_analyzer on 2 cores); one submitted sooner after a run on the loop was waiting behind it.
+INLINE_GAP_S = 0.0002
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
@@ -81,8 +92,10 @@ class DynamicBatcher:
         *,
         observer: Any = None,
         retry_after_s: float = 1.0,
+        inline: Callable[[bool], bool] | None = None,
     ) -> None:
-        self.name, self.run, self.policy = name, run, policy
+        """``inline(backlogged)``: whether a lone request may run on the event loop now (None: never)."""
+        self.name, self.run, self.policy, self.inline = name, run, policy, inline
         self.observer = observer  # GatewayMetrics-like: observe_queue / observe_batch / watch_queue_depth
         self.retry_after_s = retry_after_s
         self._queue: deque[_Pending] = deque()
@@ -90,6 +103,8 @@ class DynamicBatcher:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._running = 0  # batches taken by the instance threads and not yet delivered
+        self._inline_ended = -math.inf  # when the last run on the event loop ended (monotonic)
 
     @property
     def queue_depth(self) -> int:
@@ -126,6 +141,8 @@ class DynamicBatcher:
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name!r} is shutting down", retry_after=self.retry_after_s)
         loop = self._loop
+        if self._may_run_inline(inputs):
+            return self._run_inline(inputs)
         pending = _Pending(
             inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future(), time.monotonic()
         )
@@ -154,6 +171,27 @@ class DynamicBatcher:
             if timer is not None:
                 timer.cancel()
 
+    def _may_run_inline(self, inputs: Tensors) -> bool:
+        """A one-item request, nothing queued or running here, and the owner's leave."""
+        if self.inline is None or self._queue or self._running or _items(inputs, self.policy) != 1:
+            return False
+        return self.inline(time.monotonic() - self._inline_ended < INLINE_GAP_S)
+
+    def _run_inline(self, inputs: Tensors) -> Tensors:
+        """Run a lone request on the calling thread (the event loop), as instance 0 would."""
+        started = time.monotonic()
+        try:
+            outputs = self.run(0, inputs)
+        except Exception:
+            log.exception("model %s: a lone request failed", self.name)
+            raise
+        finally:
+            self._inline_ended = time.monotonic()
+        if self.observer is not None:
+            self.observer.observe_batch(self.name, 1, self._inline_ended - started)
+            self.observer.observe_queue(self.name, 0.0)
+        return outputs
+
     def _expire(self, future: asyncio.Future, timeout_s: float) -> None:
         if not future.done():
             future.set_exception(
@@ -174,6 +212,9 @@ class DynamicBatcher:
                 self._execute(instance, batch)
             except Exception:  # noqa: BLE001 - a bug here must not kill the instance
                 log.exception("model %s: instance %d failed to deliver a batch", self.name, instance)
+            finally:
+                with self._ready:
+                    self._running -= 1
 
     def _next_batch(self) -> list[_Pending] | None:
         """Wait until a batch should be dispatched, then take it off the queue (None: shut down)."""
@@ -187,6 +228,7 @@ class DynamicBatcher:
                 take, ready = self._plan()
                 wait_s = self._queue[0].arrival + self.policy.max_queue_delay_s - time.monotonic()
                 if ready or wait_s <= 0 or self._closing:
+                    self._running += 1  # before the queue empties: see submit's inline path
                     return [self._queue.popleft() for _ in range(take)]
                 self._ready.wait(wait_s)
 

@@ -55,6 +55,12 @@ class Occupancy:
             return False
         return self._map is None or self._map[:] == self._only_mine
 
+    def idle(self) -> bool:
+        """Whether no run is in flight in this process nor in any worker."""
+        if self._count:
+            return False
+        return self._map is None or not any(self._map[:])
+
     def close(self) -> None:
         if self._map is not None:
             self._map.close()

@@ -286,6 +286,7 @@ class OnnxRuntimeBackend:
             policy,
             observer=self.metrics,
             retry_after_s=self.options.retry_after_s,
+            inline=model.may_run_inline if sessions.lone is not None else None,
         )
         model.batcher.start()
         return model
