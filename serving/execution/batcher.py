@@ -212,9 +212,6 @@ class DynamicBatcher:
                 self._execute(instance, batch)
             except Exception:  # noqa: BLE001 - a bug here must not kill the instance
                 log.exception("model %s: instance %d failed to deliver a batch", self.name, instance)
-            finally:
-                with self._ready:
-                    self._running -= 1
 
     def _next_batch(self) -> list[_Pending] | None:
         """Wait until a batch should be dispatched, then take it off the queue (None: shut down)."""
@@ -254,20 +251,29 @@ class DynamicBatcher:
         """Run one batch on this thread; one loop wake-up delivers every request's rows (or the error)."""
         started = time.monotonic()
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
-        if not live:
-            return
-        merged = _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
         try:
-            outputs = self.run(instance, merged)
+            if live:
+                outputs = self.run(
+                    instance, _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
+                )
         except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
+            self._ran()
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
             self._hand_back(_fail, live, exc)
+            return
+        self._ran()  # before the answers leave: the next request may run on the loop at once
+        if not live:
             return
         self._hand_back(_deliver, live, _split(outputs, live))
         if self.observer is not None:  # after the hand-back: off the requests' critical path
             self.observer.observe_batch(self.name, sum(p.items for p in live), time.monotonic() - started)
             for pending in live:
                 self.observer.observe_queue(self.name, started - pending.arrival)
+
+    def _ran(self) -> None:
+        """This instance's batch has run (see ``_running``)."""
+        with self._ready:
+            self._running -= 1
 
     def _hand_back(self, callback: Callable[..., None], *args: Any) -> None:
         try:
