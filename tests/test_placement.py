@@ -64,6 +64,38 @@ def test_auto_means_the_gpu_when_there_is_one_and_bucketing_can_be_switched_off(
     )
 
 
+class FakeSession:
+    def __init__(self, active):
+        self.active = active
+
+    def get_providers(self):
+        return self.active
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused_not_served():
+    where = placement.plan(config("instance_group { kind: KIND_GPU }"), WITH_CUDA)
+    placement.check_session(FakeSession(WITH_CUDA), where, "m")  # the CUDA provider loaded
+    with pytest.raises(
+        placement.PlacementError,
+        match=r"model 'm': CUDAExecutionProvider did not load \(active providers: CPUExecutionProvider\)",
+    ):
+        placement.check_session(FakeSession(CPU_ONLY), where, "m")
+    placement.check_session(FakeSession(CPU_ONLY), placement.plan(config(""), CPU_ONLY), "m")
+
+
+def test_the_cuda_libraries_are_preloaded_once_per_process(monkeypatch):
+    calls = []
+
+    class FakeOrt:
+        def preload_dlls(self):
+            calls.append("preload")
+
+    monkeypatch.setattr(placement, "_cuda_libraries_loaded", False)
+    placement.load_cuda_libraries(FakeOrt())
+    placement.load_cuda_libraries(FakeOrt())
+    assert calls == ["preload"]
+
+
 def test_padding_appends_zero_rows_and_leaves_a_full_batch_alone():
     x = np.ones((3, 2), np.float32)
     padded = placement.pad_rows({"x": x}, 4)["x"]

@@ -268,8 +268,12 @@ class OnnxRuntimeBackend:
         spin = self.options.spin_us if spin_us == -1 else spin_us
         for key, value in spin_entries(spin, ort.__version__).items():
             opts.add_session_config_entry(key, value)
+        if where.provider == placement.CUDA:
+            placement.load_cuda_libraries(ort)
         factory = self.session_factory or ort.InferenceSession
-        return factory(str(path), sess_options=opts, providers=where.providers())
+        session = factory(str(path), sess_options=opts, providers=where.providers())
+        placement.check_session(session, where, path.parent.parent.name)
+        return session
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: Sessions) -> LoadedModel:
         if self.metrics is not None:

@@ -20,6 +20,7 @@ Read once at load by the embedded ONNX Runtime backend, and shown: in the load l
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,39 @@ def plan(config: Any, available: list[str]) -> Placement:
             placement.provider_options,
         )
     return placement
+
+
+_cuda_libraries_loaded = False
+
+
+def load_cuda_libraries(ort: Any) -> None:
+    """Make the CUDA and cuDNN libraries that ONNX Runtime's CUDA provider links against loadable, once
+    per process: ``import torch`` (a CUDA build loads its own) where torch is installed, then
+    ``onnxruntime.preload_dlls()`` (ORT >= 1.21: the ``nvidia-*`` wheels' libraries). Without them the
+    provider fails to load and ONNX Runtime falls back to the CPU, which :func:`check_session` refuses."""
+    global _cuda_libraries_loaded
+    if _cuda_libraries_loaded:
+        return
+    _cuda_libraries_loaded = True
+    with contextlib.suppress(ImportError):
+        import torch  # noqa: F401 - imported for its side effect: the CUDA libraries it loads
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - check_session reports what finally did not load
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
+def check_session(session: Any, where: Placement, name: str) -> None:
+    """Refuse a session whose wanted provider did not load: ONNX Runtime would run it on the CPU and
+    only log an error, so a GPU config would silently serve from the CPU."""
+    active = getattr(session, "get_providers", lambda: [where.provider])()
+    if active and active[0] != where.provider:
+        raise PlacementError(
+            f"model {name!r}: {where.provider} did not load (active providers: {', '.join(active)}); "
+            "ONNX Runtime's log above says which library it could not open (CUDA and cuDNN must match "
+            "the onnxruntime-gpu build: its `cuda` and `cudnn` extras install them)"
+        )
 
 
 def _bucketing(value: str | None, on_gpu: bool) -> bool:
