@@ -49,7 +49,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pa_rounds": 5,
     },
     # CUDA engines only (bench.gpu); says so and measures nothing on a machine without CUDA.
-    "gpu": {"batches": (1, 8, 64, 256), "engine_budget_s": 2.0},
+    # and, with --cpu-repository, the gateway on the GPU against the same gateway on this machine's CPU
+    # (bench.gpu_serving)
+    "gpu": {
+        "batches": (1, 8, 64, 256),
+        "engine_budget_s": 2.0,
+        "serving_workers": (1, 4, 8),
+        "serving_concurrency": (1, 64),
+        "serving_duration_s": 3.0,
+        "client_processes": 8,
+        "translate_concurrency": 32,
+        "sentences": 256,
+    },
 }
 
 
@@ -73,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=engines.default_threads(),
         help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
+    )
+    parser.add_argument(
+        "--cpu-repository",
+        type=Path,
+        help="PROFILE=gpu: the same checkpoints exported with --device cpu; the gateway serving it is "
+        "measured beside the gateway serving --repository on the GPU",
     )
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
@@ -139,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
-    """Every CUDA engine on the exported classifier; without CUDA, a message and nothing measured."""
+    """Every CUDA engine on the exported classifier, and the gateway on the GPU against the same gateway
+    on the CPU (``--cpu-repository``); without CUDA, a message and nothing measured."""
     status = gpu.cuda_status()
     if not status.usable:
         console.print(f"[yellow]PROFILE=gpu needs a CUDA GPU: {status.reason()}. Nothing was measured.")
@@ -164,7 +182,29 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         "cuda": status.reason(),
         "targets": [],
     }
-    results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
+    wanted = set(args.only or ("engines", "servers"))  # servers: the gateway on the GPU against the CPU
+    if "engines" in wanted:
+        results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
+    if "servers" in wanted:
+        if args.cpu_repository is None or not status.ort_cuda:
+            why = status.reason() if args.cpu_repository else "no --cpu-repository"
+            log.info("the gateway on the GPU against the CPU is not measured: %s", why)
+        else:
+            from bench import gpu_serving
+
+            out.mkdir(parents=True, exist_ok=True)
+            results["serving"] = gpu_serving.run(
+                args.repository,
+                args.cpu_repository,
+                args.checkpoints,
+                profile,
+                out,
+                classifier=args.classifier,
+                translator=args.translator,
+                threads=args.threads,
+                progress=log.info,
+            )
+            results["targets"] = results["serving"]["summary"]
     write(results, out)
 
 
@@ -285,6 +325,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         )
     if "translation" in results:
         sections.append(results["translation"].get("markdown", ""))
+    if "serving" in results:
+        sections.append(results["serving"]["markdown"])
     if "replicas" in results:
         sections.append(results["replicas"].get("markdown", ""))
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]

@@ -433,10 +433,71 @@ def test_classify_identity_counts_an_answer_identical_only_when_every_output_mat
     ]
     result = classify_identity.compare(got, want)
     assert (result["sent"], result["identical"]) == (3, 1)
+    assert result["same_top1"] == 3  # close answers (a GPU's) still rank the same class first
     assert result["max_abs_diff"] == pytest.approx(0.2, abs=1e-6)
+    flipped = [
+        {"logits": np.array([2.0, 1.0], np.float32), "probabilities": np.array([0.7, 0.3], np.float32)}
+    ]
+    assert classify_identity.compare(flipped, want[:1])["same_top1"] == 0
     both = {"alone": result, "under_load": {"sent": 1, "identical": 1, "max_abs_diff": 0.0}}
     assert classify_identity.identical_percent(both) == 50.0
     assert np.isnan(classify_identity.identical_percent({}))
+
+
+GPU_METRICS = """\
+kiln_batch_size_bucket{model="resnet18",le="1.0"} 10.0
+kiln_batch_size_bucket{model="resnet18",le="2.0"} 10.0
+kiln_batch_size_bucket{model="resnet18",le="4.0"} 14.0
+kiln_batch_size_bucket{model="resnet18",le="+Inf"} 14.0
+kiln_batch_size_sum{model="resnet18"} 24.0
+kiln_batch_size_count{model="resnet18"} 14.0
+kiln_batch_size_bucket{model="other",le="1.0"} 99.0
+kiln_decoder_step_seconds_sum{model="transformer"} 0.5
+kiln_decoder_step_seconds_count{model="transformer"} 200.0
+kiln_decoder_rows_per_step_sum{model="transformer"} 1600.0
+kiln_decoder_rows_per_step_count{model="transformer"} 200.0
+"""
+
+
+def test_the_gpu_gateway_batch_mix_is_read_per_size_bucket_and_differenced_between_readings():
+    from bench import gpu_serving
+
+    mix = gpu_serving.batch_mix(GPU_METRICS, "resnet18")
+    assert mix == {"batches": {1: 10.0, 4: 4.0}, "items": 24.0}  # 10 single-item batches, 4 of 3-4 items
+    later = gpu_serving.batch_mix(GPU_METRICS.replace('le="4.0"} 14.0', 'le="4.0"} 20.0'), "resnet18")
+    assert gpu_serving.mix_delta(mix, {**later, "items": 44.0}) == {"batches": {4: 6.0}, "items": 20.0}
+    assert gpu_serving.step_means(GPU_METRICS, "transformer") == {"step_ms": 2.5, "rows_per_step": 8.0}
+    assert math.isnan(gpu_serving.step_means(GPU_METRICS, "absent")["step_ms"])
+
+
+def test_the_gpu_serving_summary_compares_the_best_layout_of_each_device_and_the_worst_identity():
+    from bench import gpu_serving
+
+    classify = [
+        {
+            "device": "gpu",
+            "workers": 1,
+            "concurrency": 64,
+            "throughput_rps": 5000.0,
+            "gateway_over_direct": 0.7,
+        },
+        {
+            "device": "gpu",
+            "workers": 4,
+            "concurrency": 64,
+            "throughput_rps": 12000.0,
+            "gateway_over_direct": 0.4,
+        },
+        {"device": "gpu", "workers": 4, "concurrency": 1, "throughput_rps": 500.0},
+        {"device": "cpu", "workers": 8, "concurrency": 64, "throughput_rps": 8000.0},
+    ]
+    translate = [
+        {"device": "gpu", "workers": 1, "tokens_per_s": 5000.0, "same_as_reference": 100.0},
+        {"device": "cpu", "workers": 8, "tokens_per_s": 10000.0, "same_as_reference": 99.0},
+    ]
+    rows = {r["target"]: r for r in gpu_serving.summary({"classify": classify, "translate": translate})}
+    assert [r["measured"] for r in rows.values()] == [1.5, 0.4, 0.5, 99.0]
+    assert [r["met"] for r in rows.values()] == ["no", "no", "no", "no"]
 
 
 def _stub_translator(status: int = 200, flaky: str | None = None):
@@ -491,3 +552,15 @@ def test_a_text_translated_differently_across_rounds_is_marked_so_that_it_counts
         hyps, _, latencies = asyncio.run(_gateway_run(f"http://{live.url}", "m", ["a", "b"], 4, 1, rounds=3))
     assert hyps == ["A", "<inconsistent across rounds: 'B' then 'b'>"] and len(latencies) == len(seen) == 6
     assert steady_rounds(128, 32) == 4 and steady_rounds(128, 1) == 1 and steady_rounds(100, 64) == 11
+
+
+def test_the_direct_run_on_the_gateway_mix_counts_only_the_real_rows_of_its_padded_batches(tmp_path):
+    """On this machine the sessions fall back to the CPU provider; the logic is the same on CUDA."""
+    from bench import gpu_serving
+    from tests.repo_fixtures import build_classifier_repository
+
+    repo = build_classifier_repository(tmp_path / "repo")
+    mix = {"batches": {1: 2.0, 4: 2.0}, "items": 8.0}  # 10 padded rows held 8 items
+    result = gpu_serving.direct_on_mix(repo / "lenet" / "1" / "model.onnx", mix, parallel=2, budget_s=0.2)
+    assert (result["parallel"], result["fill"]) == (2, 0.8)
+    assert result["throughput_ips"] > 0

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Kiln's GPU checks, end to end, on a CUDA machine where the project is not installed (an offline GPU
+# machine with PyTorch, onnxruntime-gpu and the project's dependencies on PYTHONPATH, as
+# ../shared/gpu/prepare.sh prepares them; or a `make setup GPU=1` .venv, with PYTHON=.venv/bin/python).
+#
+#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench demo (default: all four)
+#
+# train   the classifier on CUDA with AMP; the demo Transformer on CUDA in fp32 and with bf16 AMP (same
+#         recipe and epochs, so their test BLEU compare), all three at once
+# export  the checkpoints for the GPU (WORKDIR/repo-gpu) and for the CPU (WORKDIR/repo-cpu, fp32)
+# bench   `python -m bench --profile gpu`: the CUDA engines, and the gateway on the GPU against the same
+#         gateway on this machine's CPU (WORKDIR/bench/report.md)
+# demo    `python -m kiln.demo --gpu` on those checkpoints
+#
+# BENCH_ONLY=servers (or engines) runs one half of the bench stage.
+# Each stage logs to WORKDIR/<stage>.log; a failing stage is reported and the next ones still run.
+set -uo pipefail
+W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|demo ...]}
+shift
+STAGES=${*:-train export bench demo}
+PY=${PYTHON:-python3}
+mkdir -p "$W"
+export PYTHONUNBUFFERED=1
+
+train() {
+  "$PY" -m training.classify --model resnet18 --device cuda --amp --output-dir "$W/ckpt" >"$W/train-resnet18.log" 2>&1 &
+  local c=$!
+  local recipe=(--model transformer --preset demo --device cuda --time-budget 10)
+  "$PY" -m training.translate "${recipe[@]}" --output-dir "$W/ckpt" >"$W/train-transformer.log" 2>&1 &
+  local t=$!
+  "$PY" -m training.translate "${recipe[@]}" --amp bf16 --output-dir "$W/ckpt-amp" >"$W/train-transformer-amp.log" 2>&1 &
+  local a=$!
+  local rc=0
+  wait $c || { echo "classifier training failed"; rc=1; }
+  wait $t || { echo "transformer training failed"; rc=1; }
+  wait $a || { echo "transformer AMP training failed"; rc=1; }
+  "$PY" - "$W" <<'EOF'
+import sys
+from pathlib import Path
+
+from training.checkpoint import load_checkpoint
+
+for path in sorted(p for p in Path(sys.argv[1]).glob("ckpt*/*.pt") if not p.name.endswith(".resume.pt")):
+    metrics = load_checkpoint(path).get("metrics", {})
+    keys = ("device", "train_time_s", "steps", "best_epoch", "test_bleu", "test_exact_match", "val_accuracy")
+    print(path, {k: metrics[k] for k in keys if k in metrics})
+EOF
+  return $rc
+}
+
+export_() {
+  "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu" --device gpu >"$W/export-gpu.log" 2>&1 &
+  local g=$!
+  "$PY" -m export "$W/ckpt" --repository "$W/repo-cpu" --precisions fp32 >"$W/export-cpu.log" 2>&1 &
+  local c=$!
+  local rc=0
+  wait $g || { echo "GPU export failed"; tail -20 "$W/export-gpu.log"; rc=1; }
+  wait $c || { echo "CPU export failed"; tail -20 "$W/export-cpu.log"; rc=1; }
+  return $rc
+}
+
+bench() {
+  "$PY" -m bench --profile gpu ${BENCH_ONLY:+--only $BENCH_ONLY} --repository "$W/repo-gpu" --cpu-repository "$W/repo-cpu" \
+    --checkpoints "$W/ckpt" --output "$W/bench"
+}
+
+demo() {
+  "$PY" -m kiln.demo --gpu --checkpoints "$W/ckpt" --repository "$W/repo-gpu"
+}
+
+for stage in $STAGES; do
+  fn=$stage
+  [ "$stage" = export ] && fn=export_
+  start=$(date +%s)
+  echo "== $stage: started $(date +%T)"
+  if $fn >"$W/$stage.log" 2>&1; then status=ok; else status="FAILED (rc $?)"; fi
+  echo "== $stage: $status in $(($(date +%s) - start)) s (log: $W/$stage.log)"
+  tail -n 25 "$W/$stage.log"
+done
