@@ -23,6 +23,7 @@ import multiprocessing
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,12 @@ def batch_mix(metrics_text: str, model: str) -> dict[str, Any]:
             batches[int(le)] = cumulative[le] - below
         below = max(below, cumulative[le])
     return {"batches": batches, "items": items}
+
+
+def worker_of(metrics_text: str) -> str | None:
+    """Which gateway process answered a scrape (its ``kiln_worker_info`` labels), None if unnamed."""
+    m = re.search(r"^kiln_worker_info\{([^}]*)\}", metrics_text, re.MULTILINE)
+    return m[1] if m else None
 
 
 def mix_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +205,80 @@ def histogram_means(metrics_text: str, model: str, names: tuple[str, ...]) -> di
     return {name: (total / count if count else float("nan")) for name, (total, count) in sums.items()}
 
 
+@dataclass(frozen=True)
+class Layout:
+    """One gateway under test: which repository's device, how many processes, where it listens."""
+
+    device: str
+    workers: int
+    url: str
+    grpc_url: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}, {self.workers} worker{'s' if self.workers > 1 else ''}"
+
+    def metrics(self, worker: str | None = None, tries: int = 64) -> str:
+        """A ``/metrics`` page; with ``worker``, that worker's (each --workers process keeps its own
+        registry and the kernel spreads new connections among them, so scrape until it answers)."""
+        import httpx
+
+        for _ in range(tries):
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text  # a new connection each time
+            if worker is None or worker_of(text) == worker:
+                return text
+        raise RuntimeError(f"{self.name}: worker {worker} did not answer {tries} scrapes")
+
+
+def classify_rows(
+    layout: Layout, model: str, images: np.ndarray, profile: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Closed-loop gRPC classify at each concurrency, each row with the batches the gateway ran for it."""
+    rows = []
+    for c in profile["serving_concurrency"]:
+        first = layout.metrics()
+        before = batch_mix(first, model)
+        row = closed_loop_processes(
+            layout.grpc_url, model, images, c, profile["serving_duration_s"], profile["client_processes"]
+        )
+        # one worker's batches, read before and after: their sizes stand for every worker's
+        mix = mix_delta(before, batch_mix(layout.metrics(worker_of(first)), model))
+        rows.append({"device": layout.device, "workers": layout.workers, **row, "mix": mix})
+    return rows
+
+
+def translate_row(layout: Layout, work: Any, concurrency: int) -> dict[str, Any]:
+    """Each held-out sentence its own request at ``concurrency``, beam 4, with the mean decoder step."""
+    from bench.translation_gateway import _median_run
+
+    hyps, seconds, lat = _median_run(layout.url, work.model, work.texts, 4, concurrency, repeats=1)
+    return {
+        "device": layout.device,
+        "workers": layout.workers,
+        "concurrency": concurrency,
+        "sentences_per_s": len(work.texts) / seconds,
+        "tokens_per_s": work.count(hyps) / seconds,
+        **{k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p99_ms")},
+        "hyps": hyps,
+        **step_means(layout.metrics(), work.model),
+    }
+
+
+def add_direct(rows: list[dict[str, Any]], model_file: Path, errors: dict[str, str]) -> None:
+    """ONNX Runtime CUDA directly on each concurrent GPU row's batches, with as many threads as the
+    gateway had processes, and the gateway's share of it."""
+    for row in rows:
+        if row["device"] != "gpu" or row["concurrency"] == 1 or not row["mix"]["batches"]:
+            continue
+        try:
+            direct = direct_on_mix(model_file, row["mix"], parallel=row["workers"])
+        except Exception as exc:  # noqa: BLE001 - reported with the results
+            errors[f"direct, {row['workers']} threads, c={row['concurrency']}"] = str(exc)
+            continue
+        row["direct_on_mix_ips"] = direct["throughput_ips"]
+        row["gateway_over_direct"] = ratio(row["throughput_rps"], direct["throughput_ips"])
+
+
 def run(
     gpu_repository: Path,
     cpu_repository: Path,
@@ -211,98 +292,43 @@ def run(
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Every layout of the gateway on both repositories, then the direct and reference baselines."""
-    import httpx
-
-    from bench.translation_gateway import _median_run
+    from bench.translation_engines import pytorch_rows
     from bench.translation_rows import Workload
 
     dims = _input_dims(gpu_repository, classifier)
     images = np.random.default_rng(0).integers(0, 256, size=(1, *dims), dtype=np.uint8)
     work = Workload.load(checkpoints, translator, profile["sentences"])
     results: dict[str, Any] = {"classify": [], "translate": [], "identity": {}, "errors": {}}
-    mixes = {}
     for device, repository in zip(DEVICES, (gpu_repository, cpu_repository), strict=True):
         for workers in profile["serving_workers"]:
-            layout = f"{device}, {workers} worker{'s' if workers > 1 else ''}"
             http, grpc_port = free_port(), free_port()
-            url, grpc_url = f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}"
+            layout = Layout(device, workers, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
             cmd = gateway_cmd(repository, http, grpc_port, threads, workers=workers)
-            progress(f"gateway on the {layout}: starting")
+            log_path = out / f"gateway-{device}-{workers}.log"
+            progress(f"gateway on the {layout.name}")
             try:
-                with running(
-                    cmd,
-                    f"{url}/v2/health/ready",
-                    timeout_s=300,
-                    log_path=out / f"gateway-{device}-{workers}.log",
-                ):
-                    for c in profile["serving_concurrency"]:
-                        before = batch_mix(httpx.get(f"{url}/metrics").text, classifier)
-                        row = closed_loop_processes(
-                            grpc_url,
-                            classifier,
-                            images,
-                            c,
-                            profile["serving_duration_s"],
-                            profile["client_processes"],
-                        )
-                        mix = mix_delta(before, batch_mix(httpx.get(f"{url}/metrics").text, classifier))
-                        results["classify"].append({"device": device, "workers": workers, **row, "mix": mix})
-                        mixes[(device, workers, c)] = mix
-                        progress(
-                            f"  classify c={c}: {row['throughput_rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms"
-                        )
-                    identity = classify_identity.check(grpc_url, repository, classifier, dims)
-                    results["identity"][layout] = identity
-                    progress(f"  classify answers vs ONNX Runtime CPU: {identity}")
-                    c = profile["translate_concurrency"]
-                    hyps, seconds, lat = _median_run(url, translator, work.texts, 4, c, repeats=1)
-                    results["translate"].append(
-                        {
-                            "device": device,
-                            "workers": workers,
-                            "concurrency": c,
-                            "sentences_per_s": len(work.texts) / seconds,
-                            "tokens_per_s": work.count(hyps) / seconds,
-                            **{
-                                k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p99_ms")
-                            },
-                            "hyps": hyps,
-                            **step_means(httpx.get(f"{url}/metrics").text, translator),
-                        }
-                    )
-                    progress(
-                        f"  translate c={c} beam 4: {results['translate'][-1]['tokens_per_s']:.0f} tokens/s"
-                    )
+                with running(cmd, f"{layout.url}/v2/health/ready", timeout_s=300, log_path=log_path):
+                    rows = classify_rows(layout, classifier, images, profile)
+                    results["classify"] += rows
+                    for r in rows:
+                        progress(f"  classify c={r['concurrency']}: {r['throughput_rps']:.0f} req/s")
+                    identity = classify_identity.check(layout.grpc_url, repository, classifier, dims)
+                    results["identity"][layout.name] = identity
+                    results["translate"].append(translate_row(layout, work, profile["translate_concurrency"]))
+                    progress(f"  translate: {results['translate'][-1]['tokens_per_s']:.0f} tokens/s")
             except Exception as exc:  # noqa: BLE001 - one layout failing is reported, the others still run
-                results["errors"][layout] = f"{type(exc).__name__}: {exc}"
-                progress(f"gateway on the {layout} failed: {exc}")
+                results["errors"][layout.name] = f"{type(exc).__name__}: {exc}"
+                progress(f"gateway on the {layout.name} failed: {exc}")
     progress("ONNX Runtime CUDA directly on the GPU gateway's batches")
-    model_file = max(
-        (gpu_repository / classifier).glob("[0-9]*/model.onnx"), key=lambda p: int(p.parent.name)
-    )
-    for (device, workers, c), mix in mixes.items():
-        if device == "gpu" and mix["batches"] and c > 1:
-            try:
-                direct = direct_on_mix(model_file, mix, parallel=workers)
-            except Exception as exc:  # noqa: BLE001
-                results["errors"][f"direct {workers} {c}"] = str(exc)
-                continue
-            for row in results["classify"]:
-                if (row["device"], row["workers"], row["concurrency"]) == (device, workers, c):
-                    row["direct_on_mix_ips"] = direct["throughput_ips"]
-                    row["gateway_over_direct"] = ratio(row["throughput_rps"], direct["throughput_ips"])
+    versions = (gpu_repository / classifier).glob("[0-9]*/model.onnx")
+    add_direct(results["classify"], max(versions, key=lambda p: int(p.parent.name)), results["errors"])
     progress("PyTorch reference translations (beam 4, KV cache)")
-    from bench.translation_engines import pytorch_rows
-
     reference = pytorch_rows(
         work.ckpt, work.texts, work.refs, [4], threads, work.count, caches=(True,), timed=False
-    )
+    )[0]["hyps"]
     for row in results["translate"]:
-        row["same_as_reference"] = (
-            100.0
-            * sum(h == r for h, r in zip(row["hyps"], reference[0]["hyps"], strict=True))
-            / len(work.texts)
-        )
+        same = sum(h == r for h, r in zip(row["hyps"], reference, strict=True))
+        row["same_as_reference"] = 100.0 * same / len(reference)
     results["summary"] = summary(results)
     results["markdown"] = markdown(results)
     return results

@@ -55,7 +55,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
 
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.metrics = GatewayMetrics()
+    app.state.metrics = GatewayMetrics(worker=settings.worker_index)
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, v1.router, metrics.router):

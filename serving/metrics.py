@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class GatewayMetrics:
     """Request counts, latency histograms (queue, compute, end to end), batch sizes, in-flight, queue depth."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int = 0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Each --workers process keeps its own registry and a scrape reaches one of them: this says which.
+        Gauge(
+            "kiln_worker_info", "The gateway process that answered this scrape", ["worker", "pid"], registry=r
+        ).labels(str(worker), str(os.getpid())).set(1)
         self.requests = Counter(
             "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 
 import httpx
 import numpy as np
@@ -110,6 +111,7 @@ def test_500_concurrent_requests_are_all_answered_with_their_own_result_and_batc
     assert _sample(metrics, 'kiln_requests_total{model="lenet",outcome="success"}') >= 550
     assert 'kiln_queue_latency_seconds_bucket{le="0.0005",model="lenet"}' in metrics
     assert 'kiln_in_flight_requests{model="lenet"} 0.0' in metrics
+    assert re.search(r'^kiln_worker_info\{pid="\d+",worker="0"\} 1\.0$', metrics, re.MULTILINE)
 
 
 def test_openapi_docs_describe_the_friendly_and_kserve_routes(server):
