@@ -31,7 +31,8 @@ ORT_CUDA_IOBINDING = "onnxruntime-cuda+iobinding"
 ORT_TENSORRT = "onnxruntime-tensorrt"
 GPU_PRECISIONS = ("fp32", "fp16")  # int8 QDQ graphs target the CPU provider
 # One input shape per batch size, so EXHAUSTIVE search plans each shape once, during the warm-up calls.
-CUDA_OPTIONS = {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}
+# No device_id: device 0 is the default, and naming it makes ONNX Runtime >= 1.26 warn at every session.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,6 @@ def _ort_tensorrt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
     cache = Path(tempfile.gettempdir()) / "kiln-bench-trt-cache"
     cache.mkdir(exist_ok=True)
     options = {
-        "device_id": 0,
         "trt_fp16_enable": job.precision == "fp16",
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),

@@ -53,6 +53,8 @@ def test_a_gpu_config_buckets_by_default_with_its_device_and_conv_algorithm_sear
         {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC"},
     )
     assert [where.bucket_for(n) for n in (1, 3, 5, 8)] == [1, 4, 8, 8]
+    default = placement.plan(config("instance_group { kind: KIND_GPU }"), WITH_CUDA)
+    assert (default.device, default.providers()[0]) == ("cuda:0", ("CUDAExecutionProvider", {}))
 
 
 def test_auto_means_the_gpu_when_there_is_one_and_bucketing_can_be_switched_off():

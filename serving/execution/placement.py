@@ -81,7 +81,9 @@ def plan(config: Any, available: list[str]) -> Placement:
     if on_gpu:
         gpus = [gpu for group in config.instance_group for gpu in group.gpus]
         device_id = str(gpus[0]) if gpus else "0"
-        options = {"device_id": device_id}
+        # device 0 is the provider's default; naming it makes ONNX Runtime >= 1.26 first look for a plugin
+        # EP device and warn, for every session, that it found none
+        options = {"device_id": device_id} if device_id != "0" else {}
         search = parameters.get("cudnn_conv_algo_search", "")
         if search:
             options["cudnn_conv_algo_search"] = CONV_ALGO_SEARCH.get(search, search)
