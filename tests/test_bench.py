@@ -572,3 +572,13 @@ def test_the_direct_run_on_the_gateway_mix_counts_only_the_real_rows_of_its_padd
         result = gpu_serving.direct_on_mix(repo / "lenet" / "1" / "model.onnx", mix, parallel=2, budget_s=0.2)
     assert (result["parallel"], result["fill"]) == (2, 0.8)
     assert result["throughput_ips"] > 0
+
+
+def test_the_gpu_check_script_parses_and_names_its_usage_without_a_workdir():
+    import subprocess
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    bare = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert bare.returncode != 0 and "usage: bench/gpu_check.sh WORKDIR" in bare.stderr
