@@ -54,7 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
         "batches": (1, 8, 64, 256),
         "engine_budget_s": 2.0,
-        "serving_workers": (1, 4, 8),
+        "serving_workers": None,  # 1, a quarter and half of the cores (1, 4, 8 on 16 cores)
         "serving_concurrency": (1, 64),
         "serving_duration_s": 3.0,
         "client_processes": 8,

@@ -33,6 +33,7 @@ from bench import classify_identity, load, report
 from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
 from kiln.processes import running
+from serving.execution.cpus import usable_cpus
 from serving.triton.server import free_port
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,12 @@ def add_direct(rows: list[dict[str, Any]], model_file: Path, errors: dict[str, s
         row["gateway_over_direct"] = ratio(row["throughput_rps"], direct["throughput_ips"])
 
 
+def default_layouts(cores: int) -> tuple[int, ...]:
+    """Gateway processes to measure on ``cores`` cores: one, a quarter and half of the cores (the
+    other half drives the load and the GPU)."""
+    return tuple(sorted({1, max(1, cores // 4), max(1, cores // 2)}))
+
+
 def run(
     gpu_repository: Path,
     cpu_repository: Path,
@@ -300,7 +307,7 @@ def run(
     work = Workload.load(checkpoints, translator, profile["sentences"])
     results: dict[str, Any] = {"classify": [], "translate": [], "identity": {}, "errors": {}}
     for device, repository in zip(DEVICES, (gpu_repository, cpu_repository), strict=True):
-        for workers in profile["serving_workers"]:
+        for workers in profile["serving_workers"] or default_layouts(usable_cpus()):
             http, grpc_port = free_port(), free_port()
             layout = Layout(device, workers, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
             cmd = gateway_cmd(repository, http, grpc_port, threads, workers=workers)

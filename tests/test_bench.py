@@ -472,6 +472,12 @@ def test_the_gpu_gateway_batch_mix_is_read_per_size_bucket_and_differenced_betwe
     assert math.isnan(gpu_serving.step_means(GPU_METRICS, "absent")["step_ms"])
 
 
+def test_the_gpu_serving_layouts_follow_the_cores():
+    from bench import gpu_serving
+
+    assert [gpu_serving.default_layouts(n) for n in (1, 2, 4, 16)] == [(1,), (1,), (1, 2), (1, 4, 8)]
+
+
 def test_the_gpu_serving_summary_compares_the_best_layout_of_each_device_and_the_worst_identity():
     from bench import gpu_serving
 
