@@ -74,7 +74,7 @@ triton: $(STAMP) ## run the real Triton server (python flavour of the repository
 demo: $(STAMP) ## train small models, export them, serve them and answer real requests (GPU=1: on CUDA)
 	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY) $(if $(filter 1,$(GPU)),--gpu)
 
-bench: $(STAMP) balancer perf-analyzer ## latency/throughput side by side (PROFILE=quick|full|gpu; gpu: CPU_REPOSITORY=dir adds the gateway GPU vs CPU)
+bench: $(STAMP) balancer perf-analyzer ## latency/throughput side by side (PROFILE=quick|full|gpu; gpu: CPU_REPOSITORY=dir for the CPU side)
 	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS) $(if $(CPU_REPOSITORY),--cpu-repository $(CPU_REPOSITORY))
 
 balancer: ## install haproxy (Debian/Ubuntu apt) for the multi-replica test and bench row; warns if it cannot

@@ -88,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-repository",
         type=Path,
-        help="PROFILE=gpu: the same checkpoints exported with --device cpu; the gateway serving it is "
-        "measured beside the gateway serving --repository on the GPU",
+        help="PROFILE=gpu: the same checkpoints exported with --device cpu, whose gateway is measured "
+        "beside the gateway serving --repository on the GPU (default: exported to <repository>-cpu)",
     )
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     """Every CUDA engine on the exported classifier, and the gateway on the GPU against the same gateway
-    on the CPU (``--cpu-repository``); without CUDA, a message and nothing measured."""
+    on the CPU (``--cpu-repository``, else exported beside the GPU repository); without CUDA, a message
+    and nothing measured."""
     status = gpu.cuda_status()
     if not status.usable:
         console.print(f"[yellow]PROFILE=gpu needs a CUDA GPU: {status.reason()}. Nothing was measured.")
@@ -165,16 +166,18 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     entry = args.repository / args.classifier
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
+    wanted = set(args.only or ("engines", "servers"))  # servers: the gateway on the GPU against the CPU
+    serving = "servers" in wanted and status.ort_cuda
+    if serving:
+        from bench import gpu_serving
+
+        problem = gpu_serving.gpu_config_problem(args.repository, args.classifier)
+        if problem:  # before anything runs
+            raise SystemExit(problem)
+    elif "servers" in wanted:
+        log.info("the gateway on the GPU against the CPU is not measured: %s", status.reason())
     log.info("GPU profile on %s: %s", status.device_name, status.reason())
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
-    jobs = gpu.gpu_jobs(
-        args.repository,
-        args.checkpoints,
-        args.classifier,
-        profile["batches"],
-        profile["engine_budget_s"],
-        status,
-    )
     results: dict[str, Any] = {
         "profile": args.profile,
         "machine": machine_info(),
@@ -182,29 +185,35 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         "cuda": status.reason(),
         "targets": [],
     }
-    wanted = set(args.only or ("engines", "servers"))  # servers: the gateway on the GPU against the CPU
     if "engines" in wanted:
+        jobs = gpu.gpu_jobs(
+            args.repository,
+            args.checkpoints,
+            args.classifier,
+            profile["batches"],
+            profile["engine_budget_s"],
+            status,
+        )
         results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
-    if "servers" in wanted:
-        if args.cpu_repository is None or not status.ort_cuda:
-            why = status.reason() if args.cpu_repository else "no --cpu-repository"
-            log.info("the gateway on the GPU against the CPU is not measured: %s", why)
-        else:
-            from bench import gpu_serving
-
-            out.mkdir(parents=True, exist_ok=True)
-            results["serving"] = gpu_serving.run(
-                args.repository,
-                args.cpu_repository,
-                args.checkpoints,
-                profile,
-                out,
-                classifier=args.classifier,
-                translator=args.translator,
-                threads=args.threads,
-                progress=log.info,
-            )
-            results["targets"] = results["serving"]["summary"]
+    if serving:
+        cpu_repository = args.cpu_repository
+        if cpu_repository is None:
+            cpu_repository = gpu_serving.cpu_repository_for(args.repository)
+            models = (args.classifier, args.translator)
+            gpu_serving.export_cpu_side(args.checkpoints, models, cpu_repository, log.info)
+        out.mkdir(parents=True, exist_ok=True)
+        results["serving"] = gpu_serving.run(
+            args.repository,
+            cpu_repository,
+            args.checkpoints,
+            profile,
+            out,
+            classifier=args.classifier,
+            translator=args.translator,
+            threads=args.threads,
+            progress=log.info,
+        )
+        results["targets"] = results["serving"]["summary"]
     write(results, out)
 
 

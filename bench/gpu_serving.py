@@ -21,6 +21,8 @@ import concurrent.futures
 import logging
 import multiprocessing
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +280,41 @@ def add_direct(rows: list[dict[str, Any]], model_file: Path, errors: dict[str, s
             continue
         row["direct_on_mix_ips"] = direct["throughput_ips"]
         row["gateway_over_direct"] = ratio(row["throughput_rps"], direct["throughput_ips"])
+
+
+def gpu_config_problem(repository: Path, model: str) -> str | None:
+    """Why ``repository``'s ``model`` would not measure the GPU (it is not a KIND_GPU config), or None."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = repository / model / "config.pbtxt"
+    if not path.is_file():
+        return f"{repository / model} is not an exported entry: run `make export DEVICE=gpu` first"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group}
+    if "KIND_GPU" not in kinds:
+        return (
+            f"{path} asks for {', '.join(sorted(kinds)) or 'no instance kind'}, not KIND_GPU: the gateway "
+            "on the GPU needs `make export DEVICE=gpu` (python -m export --device gpu)"
+        )
+    return None
+
+
+def cpu_repository_for(gpu_repository: Path) -> Path:
+    """Where the CPU side is exported when ``--cpu-repository`` is not given: beside the GPU one."""
+    return gpu_repository.with_name(f"{gpu_repository.name}-cpu")
+
+
+def export_cpu_side(
+    checkpoints: Path, models: tuple[str, ...], repository: Path, progress: Callable[[str], None] = log.info
+) -> None:
+    """The same checkpoints exported for the CPU (fp32) into ``repository``; export itself skips the
+    entries that are already up to date."""
+    cmd = [sys.executable, "-m", "export", *(str(checkpoints / f"{m}.pt") for m in models)]
+    cmd += ["--repository", str(repository), "--precisions", "fp32"]
+    progress(f"exporting the CPU side of the comparison into {repository}")
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError(f"the CPU export failed: {' '.join(cmd)}")
 
 
 def default_layouts(cores: int) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -243,6 +244,50 @@ def test_the_gpu_profile_without_cuda_says_so_and_measures_nothing(tmp_path, mon
     )
     assert "needs a CUDA GPU" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_the_gpu_gateway_comparison_refuses_a_cpu_config_before_anything_runs(tmp_path, monkeypatch):
+    from bench import __main__ as bench_main
+    from bench import gpu, gpu_serving
+    from tests.repo_fixtures import build_classifier_repository
+
+    repo = build_classifier_repository(tmp_path / "repo")
+    monkeypatch.setattr(gpu, "cuda_status", lambda: gpu.CudaStatus(True, GPU_FULL, "H200"))
+    ran = []
+    monkeypatch.setattr(bench_main.engines, "run_jobs", lambda *a, **k: ran.append("engines") or [])
+    argv = ["--profile", "gpu", "--repository", str(repo), "--classifier", "lenet"]
+    with pytest.raises(SystemExit, match=r"asks for KIND_CPU, not KIND_GPU: .*make export DEVICE=gpu"):
+        bench_main.main([*argv, "--output", str(tmp_path / "out")])
+    assert not ran and not (tmp_path / "out").exists()
+    config = repo / "lenet" / "config.pbtxt"
+    config.write_text(config.read_text().replace("KIND_CPU", "KIND_GPU"))
+    assert gpu_serving.gpu_config_problem(repo, "lenet") is None
+    assert "is not an exported entry" in gpu_serving.gpu_config_problem(repo, "absent")
+
+
+def test_the_cpu_side_is_exported_beside_the_gpu_repository_from_the_same_checkpoints(tmp_path, monkeypatch):
+    from bench import gpu_serving
+
+    calls = []
+    monkeypatch.setattr(
+        gpu_serving.subprocess, "run", lambda cmd: calls.append(cmd) or SimpleNamespace(returncode=0)
+    )
+    cpu = gpu_serving.cpu_repository_for(tmp_path / "model_repository")
+    assert cpu == tmp_path / "model_repository-cpu"
+    gpu_serving.export_cpu_side(tmp_path / "ckpt", ("resnet18", "transformer"), cpu)
+    assert calls[0][1:] == [
+        "-m",
+        "export",
+        str(tmp_path / "ckpt" / "resnet18.pt"),
+        str(tmp_path / "ckpt" / "transformer.pt"),
+        "--repository",
+        str(cpu),
+        "--precisions",
+        "fp32",
+    ]
+    monkeypatch.setattr(gpu_serving.subprocess, "run", lambda cmd: SimpleNamespace(returncode=1))
+    with pytest.raises(RuntimeError, match="the CPU export failed"):
+        gpu_serving.export_cpu_side(tmp_path / "ckpt", ("resnet18",), cpu)
 
 
 def test_gpu_engine_rows_are_compared_with_pytorch_cuda_fp32_at_the_same_batch():
