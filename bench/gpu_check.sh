@@ -3,13 +3,15 @@
 # machine with PyTorch, onnxruntime-gpu and the project's dependencies on PYTHONPATH, as
 # ../shared/gpu/prepare.sh prepares them; or a `make setup GPU=1` .venv, with PYTHON=.venv/bin/python).
 #
-#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench demo (default: all four)
+#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench graphs demo (default: all five)
 #
 # train   the classifier on CUDA with AMP; the demo Transformer on CUDA in fp32 and with bf16 AMP (same
 #         recipe and epochs, so their test BLEU compare), all three at once
 # export  the checkpoints for the GPU (WORKDIR/repo-gpu) and for the CPU (WORKDIR/repo-cpu, fp32)
 # bench   `python -m bench --profile gpu`: the CUDA engines, and the gateway on the GPU against the same
 #         gateway on this machine's CPU (WORKDIR/bench/report.md)
+# graphs  the same GPU export with --cuda-graphs (WORKDIR/repo-gpu-graphs: each bucket replayed as a CUDA
+#         graph), and the bench's serving half on it (WORKDIR/bench-graphs/report.md)
 # demo    `python -m kiln.demo --gpu` on those checkpoints
 #
 # BENCH_ONLY=servers (or engines) runs one half of the bench stage.
@@ -17,7 +19,7 @@
 set -uo pipefail
 W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|demo ...]}
 shift
-STAGES=${*:-train export bench demo}
+STAGES=${*:-train export bench graphs demo}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1
@@ -62,6 +64,12 @@ export_() {
 bench() {
   "$PY" -m bench --profile gpu ${BENCH_ONLY:+--only $BENCH_ONLY} --repository "$W/repo-gpu" --cpu-repository "$W/repo-cpu" \
     --checkpoints "$W/ckpt" --output "$W/bench"
+}
+
+graphs() {
+  "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu-graphs" --device gpu --cuda-graphs &&
+    "$PY" -m bench --profile gpu --only servers --repository "$W/repo-gpu-graphs" \
+      --cpu-repository "$W/repo-cpu" --checkpoints "$W/ckpt" --output "$W/bench-graphs"
 }
 
 demo() {

@@ -75,10 +75,14 @@ def test_model_config_parses_back_into_the_config_pbtxt(client, repository):
     expected = model_config_pb2.ModelConfig()
     text_format.Parse((repository / "lenet" / "config.pbtxt").read_text(), expected)
     shown = json_format.ParseDict(config, model_config_pb2.ModelConfig())
-    placement = {
-        key: shown.parameters[key].string_value for key in ("kiln_provider", "kiln_device", "kiln_buckets")
+    keys = ("kiln_provider", "kiln_device", "kiln_buckets", "kiln_cuda_graph_replay")
+    placement = {key: shown.parameters[key].string_value for key in keys}
+    assert placement == {
+        "kiln_provider": "CPUExecutionProvider",
+        "kiln_device": "cpu",
+        "kiln_buckets": "off",
+        "kiln_cuda_graph_replay": "off",
     }
-    assert placement == {"kiln_provider": "CPUExecutionProvider", "kiln_device": "cpu", "kiln_buckets": "off"}
     for key in placement:  # where the model runs is added; everything else is the config.pbtxt
         del shown.parameters[key]
     assert shown == expected

@@ -4,14 +4,17 @@ execution on CPU that pads merged batches to a bucket and changes no output."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from serving.execution import placement
+from serving.execution import bound_session, placement
 from serving.execution.base import InferRequest
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
 from serving.execution.repository import Repository
@@ -247,3 +250,61 @@ def test_a_bounded_spin_is_no_spin_where_onnx_runtime_would_not_bound_it():
     assert spin_entries(50, "1.22.0.dev20250101") == {"session.intra_op.allow_spinning": "0"}
     assert spin_entries(0, "1.32.0") == {"session.intra_op.allow_spinning": "0"}
     assert spin_entries(None, "1.18.0") == {}
+
+
+GRAPHS = 'parameters { key: "kiln_cuda_graphs" value { string_value: "1" } }'
+
+
+def test_cuda_graphs_need_the_cuda_provider_and_buckets(caplog):
+    text = f"instance_group {{ kind: KIND_GPU }} dynamic_batching {{ preferred_batch_size: 4 }} {GRAPHS}"
+    gpu = placement.plan(config(text), WITH_CUDA)
+    assert gpu.cuda_graphs and gpu.buckets == (4, 8)
+    assert gpu.providers()[0] == ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+    assert gpu.config_parameters()["kiln_cuda_graph_replay"] == {"string_value": "on"}
+    off = 'parameters { key: "kiln_bucketing" value { string_value: "0" } }'
+    with caplog.at_level(logging.WARNING):
+        unbucketed = placement.plan(config(f"instance_group {{ kind: KIND_GPU }} {GRAPHS} {off}"), WITH_CUDA)
+        cpu = placement.plan(config(f"instance_group {{ kind: KIND_CPU }} {GRAPHS}"), WITH_CUDA)
+    assert not unbucketed.cuda_graphs and not cpu.cuda_graphs
+    assert "enable_cuda_graph" not in (unbucketed.provider_options or {})
+    assert caplog.text.count("kiln_cuda_graphs needs the CUDA provider and bucketing") == 2
+
+
+def test_a_bound_session_answers_as_its_session_from_its_fixed_buffers(repositories):
+    import onnxruntime as ort
+
+    from serving.execution.bound_session import BoundSession
+
+    plain, _ = repositories
+    model = str(plain / "lenet" / "1" / "model.onnx")
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    bound = BoundSession(session, 4, "cpu")
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(1)
+    for _ in range(2):  # the second batch is copied over the first, into the same buffers
+        feeds = {"images": rng.integers(0, 256, (4, SIZE, SIZE, 1), dtype=np.uint8)}
+        for want, have in zip(session.run(names, feeds), bound.run(names, feeds), strict=True):
+            np.testing.assert_array_equal(have, want)
+    np.testing.assert_array_equal(bound.run(names[-1:], feeds)[0], session.run(names[-1:], feeds)[0])
+    dynamic = SimpleNamespace(name="tokens", shape=["batch", "length"], type="tensor(int64)")
+    with pytest.raises(ValueError, match="tokens has dynamic non-batch dimensions"):
+        bound_session._shape(dynamic, 4)
+
+
+def test_cuda_graph_buckets_run_on_bound_buffers_and_change_no_output(repositories, monkeypatch):
+    """On this machine the bound buffers are on the CPU and no graph is captured; the path is the same."""
+    from serving.execution import onnxruntime as backend_module
+
+    plain, bucketed = repositories
+    batches = [1, 3, 5, MAX_BATCH]
+    expected, _ = asyncio.run(_answers(plain, batches))
+    plan = placement.plan
+    monkeypatch.setattr(placement, "plan", lambda *a: dataclasses.replace(plan(*a), cuda_graphs=True))
+    bound, real = [], backend_module.BoundSession
+    monkeypatch.setattr(backend_module, "BoundSession", lambda *a: bound.append(a[1:]) or real(*a))
+    got, shown = asyncio.run(_answers(bucketed, batches))
+    for want, have in zip(expected, got, strict=True):
+        for name in want:
+            np.testing.assert_array_equal(have[name], want[name])
+    assert bound == [(2, "cpu", 0), (4, "cpu", 0), (8, "cpu", 0)]
+    assert shown["parameters"]["kiln_cuda_graph_replay"] == {"string_value": "on"}

@@ -22,6 +22,7 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from serving.execution.bound_session import BoundSession
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
 from serving.execution.loaded_model import LoadedModel, Sessions
@@ -215,7 +216,9 @@ class OnnxRuntimeBackend:
             sessions = {}
             for size in where.buckets or (0,):
                 sessions[size] = self._open_session(path, where)
-                if size:  # every bucket is warmed at load: its one shape is planned before any request
+                if where.cuda_graphs:
+                    sessions[size] = _bound(sessions[size], size, where, entry.name)
+                if size:  # every bucket is warmed at load: its one shape is planned (or captured) first
                     sessions[size].run(None, placement.zero_inputs(sessions[size], size))
             per_instance.append(sessions)
         threads = self._lone_request_threads(entry, where)
@@ -355,6 +358,16 @@ def spin_entries(spin_us: int | None, ort_version: str) -> dict[str, str]:
     if spin_us <= 0 or release < BOUNDED_SPIN_SINCE:
         return {"session.intra_op.allow_spinning": "0"}
     return {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(spin_us)}
+
+
+def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> BoundSession:
+    """A bucket's session on bound device buffers, replayed as a CUDA graph (``kiln_cuda_graphs``)."""
+    device = "cuda" if where.provider == placement.CUDA else "cpu"
+    device_id = int(where.device.partition(":")[2] or 0)
+    try:
+        return BoundSession(session, rows, device, device_id)
+    except ValueError as exc:
+        raise placement.PlacementError(f"model {name!r}: kiln_cuda_graphs: {exc}") from exc
 
 
 def _instance_count(config: Any) -> int:

@@ -2,7 +2,7 @@
 
 Read once at load by the embedded ONNX Runtime backend, and shown: in the load log, in the
 ``/v2/models/{name}/config`` response parameters (``kiln_provider``, ``kiln_device``,
-``kiln_buckets``) and as the ``kiln_model_placement`` gauge. The config keys are the GPU export's
+``kiln_buckets``, ``kiln_cuda_graph_replay``) and as the ``kiln_model_placement`` gauge. The config keys are the GPU export's
 (docs/kiln-json.md, "GPU configs"):
 
 - ``instance_group.kind``: ``KIND_GPU`` needs ONNX Runtime's CUDA provider; without it the model
@@ -13,14 +13,16 @@ Read once at load by the embedded ONNX Runtime backend, and shown: in the load l
   own session, so a CUDA session only ever sees one shape. Absent: on for GPU, off for CPU.
 - ``parameters.cudnn_conv_algo_search``: ``"0"``/``"1"``/``"2"`` = EXHAUSTIVE/HEURISTIC/DEFAULT
   (Triton's key and encoding), passed to the CUDA provider.
-- ``parameters.kiln_cuda_graphs``: not implemented here yet; a warning says so and buckets run as
-  plain sessions.
+- ``parameters.kiln_cuda_graphs``: ``"1"`` replays each bucket's session as a CUDA graph on bound
+  buffers (:mod:`serving.execution.bound_session`); it needs the CUDA provider and bucketing, and is
+  ignored with a warning otherwise.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,16 @@ from tritonclient.grpc import model_config_pb2
 
 log = logging.getLogger(__name__)
 
+ONNX_DTYPES = {  # ONNX Runtime's type names of tensors, as numpy types
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
@@ -47,6 +59,7 @@ class Placement:
     device: str  # "cpu" or "cuda:<id>"
     buckets: tuple[int, ...] = ()  # empty: no padding, one session sees every batch size
     provider_options: dict[str, str] | None = None
+    cuda_graphs: bool = False  # each bucket's session replayed as a CUDA graph on bound buffers
 
     def providers(self) -> list[Any]:
         """The ``providers=`` argument of ``ort.InferenceSession``."""
@@ -58,6 +71,9 @@ class Placement:
         """The placement as Triton-style model-config parameters (``{"key": {"string_value": ...}}``)."""
         buckets = ",".join(map(str, self.buckets)) or "off"
         values = {"kiln_provider": self.provider, "kiln_device": self.device, "kiln_buckets": buckets}
+        values["kiln_cuda_graph_replay"] = (
+            "on" if self.cuda_graphs else "off"
+        )  # the config asks kiln_cuda_graphs
         return {key: {"string_value": value} for key, value in values.items()}
 
     def bucket_for(self, items: int) -> int:
@@ -90,21 +106,23 @@ def plan(config: Any, available: list[str]) -> Placement:
         placement = Placement(CUDA, f"cuda:{device_id}", provider_options=options)
     else:
         placement = Placement(CPU, "cpu")
-    if parameters.get("kiln_cuda_graphs", "0").strip() not in ("", "0"):
-        log.warning(
-            "model %s: kiln_cuda_graphs is not implemented by this gateway; buckets run without CUDA graphs",
-            config.name,
-        )
     if _bucketing(parameters.get("kiln_bucketing"), on_gpu) and config.max_batch_size > 0:
         sizes = {
             int(s) for s in config.dynamic_batching.preferred_batch_size if 0 < s <= config.max_batch_size
         }
-        placement = Placement(
-            placement.provider,
-            placement.device,
-            tuple(sorted(sizes | {int(config.max_batch_size)})),
-            placement.provider_options,
+        placement = dataclasses.replace(
+            placement, buckets=tuple(sorted(sizes | {int(config.max_batch_size)}))
         )
+    if parameters.get("kiln_cuda_graphs", "0").strip() not in ("", "0"):
+        if on_gpu and placement.buckets:
+            options = {**(placement.provider_options or {}), "enable_cuda_graph": "1"}
+            placement = dataclasses.replace(placement, provider_options=options, cuda_graphs=True)
+        else:
+            log.warning(
+                "model %s: kiln_cuda_graphs needs the CUDA provider and bucketing; its sessions run "
+                "without CUDA graphs",
+                config.name,
+            )
     return placement
 
 
@@ -163,18 +181,8 @@ def pad_rows(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
 
 def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
     """Zero feeds of ``rows`` rows for a session's inputs (dynamic non-batch axes as 1): the warm-up."""
-    dtypes = {
-        "tensor(float)": np.float32,
-        "tensor(float16)": np.float16,
-        "tensor(double)": np.float64,
-        "tensor(uint8)": np.uint8,
-        "tensor(int8)": np.int8,
-        "tensor(int32)": np.int32,
-        "tensor(int64)": np.int64,
-        "tensor(bool)": np.bool_,
-    }
     feeds = {}
     for meta in session.get_inputs():
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]
-        feeds[meta.name] = np.zeros((rows, *dims), dtype=dtypes.get(meta.type, np.float32))
+        feeds[meta.name] = np.zeros((rows, *dims), dtype=ONNX_DTYPES.get(meta.type, np.float32))
     return feeds
