@@ -505,16 +505,16 @@ kiln_decoder_rows_per_step_count{model="transformer"} 200.0
 
 
 def test_the_gpu_gateway_batch_mix_is_read_per_size_bucket_and_differenced_between_readings():
-    from bench import gpu_serving
+    from bench import scrape
 
-    mix = gpu_serving.batch_mix(GPU_METRICS, "resnet18")
+    mix = scrape.batch_mix(GPU_METRICS, "resnet18")
     assert mix == {"batches": {1: 10.0, 4: 4.0}, "items": 24.0}  # 10 single-item batches, 4 of 3-4 items
-    later = gpu_serving.batch_mix(GPU_METRICS.replace('le="4.0"} 14.0', 'le="4.0"} 20.0'), "resnet18")
-    assert gpu_serving.mix_delta(mix, {**later, "items": 44.0}) == {"batches": {4: 6.0}, "items": 20.0}
-    assert gpu_serving.step_means(GPU_METRICS, "transformer") == {"step_ms": 2.5, "rows_per_step": 8.0}
+    later = scrape.batch_mix(GPU_METRICS.replace('le="4.0"} 14.0', 'le="4.0"} 20.0'), "resnet18")
+    assert scrape.mix_delta(mix, {**later, "items": 44.0}) == {"batches": {4: 6.0}, "items": 20.0}
+    assert scrape.step_means(GPU_METRICS, "transformer") == {"step_ms": 2.5, "rows_per_step": 8.0}
     named = 'kiln_worker_info{pid="41",worker="1"} 1.0\n' + GPU_METRICS
-    assert (gpu_serving.worker_of(named), gpu_serving.worker_of(GPU_METRICS)) == ('pid="41",worker="1"', None)
-    assert math.isnan(gpu_serving.step_means(GPU_METRICS, "absent")["step_ms"])
+    assert (scrape.worker_of(named), scrape.worker_of(GPU_METRICS)) == ('pid="41",worker="1"', None)
+    assert math.isnan(scrape.step_means(GPU_METRICS, "absent")["step_ms"])
 
 
 def test_the_gpu_serving_layouts_follow_the_cores():
