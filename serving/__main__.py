@@ -4,50 +4,72 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import ValidationError
 
 from serving.settings import Settings
 
+# Set by serving.workers on each worker's command line, not by users.
+INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`~serving.settings.Settings` field (``max_queue_size`` -> ``--max-queue-size``),
+    typed and described by the field, so every setting is a flag and the help matches the code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description=__doc__,
+        epilog="Every flag is also an environment variable, KILN_<FLAG> (KILN_MAX_QUEUE_SIZE=256); "
+        "flags win.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name in INTERNAL:
+            help_text = argparse.SUPPRESS
+        else:
+            default = field.default.as_posix() if isinstance(field.default, Path) else field.default
+            shown = "" if default is None else f" (default: {default})"
+            help_text = f"{field.description or name.replace('_', ' ')}{shown}"
+        kind = _base_type(field.annotation)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif get_origin(kind) is Literal:
+            parser.add_argument(flag, choices=get_args(kind), type=str.lower, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; anything else as it is."""
+    if get_origin(annotation) in (Union, UnionType):
+        kinds = [a for a in get_args(annotation) if a is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return annotation
+
 
 def parse_args(argv: list[str] | None = None) -> Settings:
-    """Flags override ``KILN_*`` environment variables, which override the defaults."""
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
-    parser.add_argument("--model-repository", help="Triton model repository (default: model_repository)")
-    parser.add_argument("--http-port", type=int, help="HTTP port (default: 8000)")
-    parser.add_argument("--grpc-port", type=int, help="gRPC port, 0 disables it (default: 8001)")
-    parser.add_argument("--backend", choices=["onnxruntime", "triton"], help="default: onnxruntime")
-    parser.add_argument("--triton-url", help="Triton address for --backend triton (default: 127.0.0.1:8001)")
-    parser.add_argument(
-        "--triton-translate",
-        choices=["scheduler", "triton"],
-        help="with --backend triton: Triton's own <name> python model (triton, default: measured faster) "
-        "or the gateway's batched beam search over Triton's encoder/decoder (scheduler)",
-    )
-    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime intra-op threads per session")
-    parser.add_argument(
-        "--lone-request-threads",
-        type=int,
-        help="intra-op threads for a lone request (one item, nothing waiting); default: all cores; 0: off",
-    )
-    parser.add_argument(
-        "--spin-us",
-        type=int,
-        help="microseconds an idle ONNX Runtime intra-op thread spins before it sleeps (default 20; 0: never)",
-    )
-    parser.add_argument(
-        "--lone-spin-us",
-        type=int,
-        help="microseconds the lone-request session's idle threads spin (default 1000; 0: never)",
-    )
-    parser.add_argument("--max-queue-size", type=int, help="waiting requests per model before 429")
-    parser.add_argument("--request-timeout-s", type=float, help="per-request deadline in seconds")
-    parser.add_argument("--log-level", help="debug, info, warning, error")
-    parser.add_argument("--workers", type=int, help="gateway processes sharing the ports (default: 1)")
-    parser.add_argument("--reuse-port", action="store_true", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-board", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    """Flags override ``KILN_*`` environment variables, which override the defaults; a value out of
+    range (from either) is a usage error naming the flag, not a traceback."""
+    parser = build_parser()
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        parser.error(problems)
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error as the flag and variable it came from and what is wrong."""
+    if not error["loc"]:
+        return str(error["msg"])
+    name = str(error["loc"][0])
+    return f"--{name.replace('_', '-')} (or KILN_{name.upper()}): {error['msg']}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,8 +25,8 @@ class Settings(BaseSettings):
         "encoder/decoder (scheduler) or by calling Triton's <name> python model (triton)",
     )
     host: str = Field("127.0.0.1", description="interface to bind")
-    http_port: int = Field(8000, ge=0, le=65535)
-    grpc_port: int = Field(8001, ge=0, le=65535, description="0 disables the gRPC server")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables the gRPC server")
     intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"
     )
@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(
         None,
         ge=1,
-        description="decode workers (threads, each its own batch) per translator; default: measured",
+        description="decode workers (threads, each its own batch and sessions) per translator; default: 1, "
+        "the measured best on 2 cores (docs/translator-interface.md, 'Decode workers')",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="decoded pixels per image (decompression bombs)"
     )
-    max_top_k: int = Field(100, ge=1)
+    max_top_k: int = Field(100, ge=1, description="largest top_k a friendly classify request may ask")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on shutdown")
     keep_alive_s: int = Field(
         75,
@@ -70,7 +71,9 @@ class Settings(BaseSettings):
         description="seconds an idle HTTP keep-alive connection stays open: above a load balancer's idle "
         "timeout (60 s on most), so it never sends a request on a connection the gateway is closing",
     )
-    log_level: str = Field("info")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="log level (uvicorn's names)"
+    )
     workers: int = Field(
         1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"
     )
@@ -79,3 +82,8 @@ class Settings(BaseSettings):
         None, description="the workers' shared occupancy board (set for each of several workers)"
     )
     worker_index: int = Field(0, ge=0, description="this worker's byte on the occupancy board")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

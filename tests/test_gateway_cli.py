@@ -1,0 +1,93 @@
+"""``python -m serving``'s flags: one per setting, typed by it, and bad values as usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.__main__ import INTERNAL, build_parser, parse_args
+from serving.settings import Settings
+
+
+def test_every_setting_is_a_flag_and_the_internal_ones_are_not_advertised():
+    parser = build_parser()
+    flags = {action.dest: action for action in parser._actions if action.dest != "help"}
+    assert set(flags) == set(Settings.model_fields)
+    text = parser.format_help()
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert (flag in text) is (name not in INTERNAL), flag
+
+
+def test_flags_reach_the_settings_with_their_types(tmp_path):
+    settings = parse_args(
+        [
+            "--model-repository",
+            str(tmp_path),
+            "--decode-workers",
+            "2",
+            "--request-timeout-s",
+            "2.5",
+            "--log-level",
+            "WARNING",
+            "--reuse-port",
+            "--worker-board",
+            "/dev/shm/board",
+        ]
+    )
+    assert settings.model_repository == tmp_path
+    assert settings.decode_workers == 2
+    assert settings.request_timeout_s == 2.5
+    assert settings.log_level == "warning"
+    assert settings.reuse_port is True
+    assert settings.worker_board == Path("/dev/shm/board")
+    assert parse_args([]) == Settings()  # nothing given: the defaults
+
+
+def test_flags_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("KILN_MAX_QUEUE_SIZE", "7")
+    assert parse_args([]).max_queue_size == 7
+    assert parse_args(["--max-queue-size", "9"]).max_queue_size == 9
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (
+            ["--http-port", "70000"],
+            {},
+            "--http-port (or KILN_HTTP_PORT): Input should be less than or equal to 65535",
+        ),
+        (
+            [],
+            {"KILN_DECODE_WORKERS": "0"},
+            "--decode-workers (or KILN_DECODE_WORKERS): Input should be greater",
+        ),
+        (["--workers", "two"], {}, "argument --workers: invalid int value: 'two'"),
+        (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_a_bad_value_is_a_usage_error_naming_its_flag(monkeypatch, capsys, argv, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_the_command_prints_the_usage_error_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path), "--grpc-port", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--grpc-port (or KILN_GRPC_PORT): Input should be greater than or equal to 0" in done.stderr
+    assert "Traceback" not in done.stderr
