@@ -123,3 +123,8 @@ def test_load_corpus_reads_a_parallel_prefix_and_records_sizes(tmp_path):
     assert corpus.info["train_size"] == 32 and len(corpus.valid) == 4 and len(corpus.test) == 4
     with pytest.raises(CorpusError, match="needs --data-path"):
         load_corpus(CorpusConfig(kind="tsv"))
+
+
+def test_files_given_to_the_generated_corpus_are_refused_not_ignored(tmp_path):
+    with pytest.raises(CorpusError, match="needs --corpus tsv or parallel"):
+        load_corpus(CorpusConfig(kind="numbers", data_path=str(tmp_path / "pairs.tsv")))

@@ -125,6 +125,14 @@ def test_cli_prints_help_and_rejects_an_unknown_model_by_name(tmp_path, capsys):
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err
 
 
+def test_a_data_path_without_its_dataset_format_is_refused_not_ignored(tmp_path, capsys):
+    (tmp_path / "cats").mkdir()
+    argv = ["--model", "lenet", "--data-path", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    assert classify.main(argv) == 2  # digits, the default, would train on scikit-learn's bundled scans
+    assert "needs --dataset naming its format (folder, cifar10" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_model_args_parse_python_literals_and_bad_ones_are_named():
     assert classify.parse_model_arg("width=32") == ("width", 32)
     assert classify.parse_model_arg("small_input=False") == ("small_input", False)

@@ -125,6 +125,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
     if out.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {out.dataset!r}; choose from {DATASETS}")
+    if out.dataset == "digits" and out.data_path:  # else the path would be silently ignored
+        formats = ", ".join(d for d in DATASETS if d != "digits")
+        raise ValueError(
+            f"--data-path {out.data_path} needs --dataset naming its format ({formats}); "
+            "the default dataset, digits, is bundled with scikit-learn and reads no files"
+        )
     for name in ("epochs", "batch_size"):
         if getattr(out, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")

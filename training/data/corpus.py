@@ -155,6 +155,11 @@ def _count(size: float, n: int) -> int:
 def read_pairs(config: CorpusConfig) -> list[Pair]:
     """The raw pairs of the configured source, before cleaning."""
     if config.kind == "numbers":
+        if config.data_path:  # else the files would be silently ignored for generated pairs
+            raise CorpusError(
+                f"--data-path {config.data_path} needs --corpus tsv or parallel; the default corpus, "
+                "numbers, is generated and reads no files"
+            )
         return generate_pairs(config.n_pairs, lang=config.lang, seed=config.seed)
     if not config.data_path:
         raise CorpusError(f"--corpus {config.kind} needs --data-path")
