@@ -92,8 +92,13 @@ def test_loading_a_file_that_is_not_a_checkpoint_says_why(tmp_path):
     with pytest.raises(ckpt_mod.CheckpointError, match="no such checkpoint"):
         ckpt_mod.load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ckpt_mod.CheckpointError, match="weights_only"):
+    with pytest.raises(ckpt_mod.CheckpointError, match="not a PyTorch checkpoint"):
         ckpt_mod.load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a module, not its weights
+    with pytest.raises(
+        ckpt_mod.CheckpointError, match=r"weights_only=True\) \(Unsupported global: .*Linear\)"
+    ):
+        ckpt_mod.load_checkpoint(tmp_path / "pickled.pt")
     torch.save({"task": "classify"}, tmp_path / "partial.pt")
     with pytest.raises(ckpt_mod.CheckpointError, match="missing key"):
         ckpt_mod.load_checkpoint(tmp_path / "partial.pt")

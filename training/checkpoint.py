@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a Kiln checkpoint"
-        raise CheckpointError(f"{path}: not loadable with weights_only=True ({exc})") from exc
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)"
+            ) from exc
+        reason = str(exc).rpartition("WeightsUnpickler error:")[2].strip() or str(exc)
+        reason = reason.splitlines()[0].split(" was not an allowed")[0].strip()
+        raise CheckpointError(
+            f"{path}: refused by torch.load(weights_only=True) ({reason}): a Kiln checkpoint holds "
+            "only plain containers, strings, numbers and tensors (training/checkpoint.py)"
+        ) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
