@@ -66,9 +66,25 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="quick",
+        help="quick (~6 min on 2 cores), full (every batch, concurrency and beam), gpu (CUDA engines and "
+        "the gateway on the GPU against the CPU); default: quick",
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        help="the exported repository to serve (default: model_repository)",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path("checkpoints"),
+        help="the checkpoints it was exported from: the PyTorch and CTranslate2 rows (default: checkpoints)",
+    )
     parser.add_argument("--classifier", default="resnet18", help="classifier entry to measure")
     parser.add_argument("--translator", default="transformer", help="translator entry to measure")
     parser.add_argument(
@@ -77,8 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="translators checked for identity with their PyTorch reference through the gateway and Triton, "
         "trained small and exported when missing (default: every other registered translator; the flag alone: none)",
     )
-    parser.add_argument("--only", nargs="+", choices=["engines", "servers", "translation", "replicas"])
-    parser.add_argument("--threads", type=int, default=engines.default_threads())
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["engines", "servers", "translation", "replicas"],
+        help="run only these parts (default: all; with --profile gpu: engines, servers)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=engines.default_threads(),
+        help="threads per engine and per server (default: the cores this process may use)",
+    )
     parser.add_argument(
         "--gateway-workers",
         type=int,
