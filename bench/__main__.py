@@ -244,9 +244,12 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
 
 
 def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
-    """ONNX Runtime fp32 called directly, at its best batch size (the gateway's ceiling)."""
+    """ONNX Runtime fp32 called directly, at its best batch size and best layout (one session of every
+    thread, or one single-thread session per thread called at once): the gateway's ceiling."""
     ort = [
-        r["throughput_ips"] for r in rows if r.get("engine") == "onnxruntime" and r.get("precision") == "fp32"
+        r["throughput_ips"]
+        for r in rows
+        if str(r.get("engine", "")).split(" x")[0] == "onnxruntime" and r.get("precision") == "fp32"
     ]
     return max(ort, default=math.nan)
 

@@ -8,10 +8,13 @@ memory is its own and one engine's thread pools never slow another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import resource
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,12 @@ class EngineJob:
     batch_sizes: tuple[int, ...]
     threads: int
     budget_s: float
+    sessions: int = 1  # > 1: that many sessions of ``threads`` threads, called at once (see _measure)
+
+    @property
+    def label(self) -> str:
+        """The engine as the tables name it: ``onnxruntime``, or ``onnxruntime x2`` for two sessions."""
+        return self.engine if self.sessions == 1 else f"{self.engine} x{self.sessions}"
 
 
 def classifier_jobs(
@@ -64,6 +73,10 @@ def classifier_jobs(
                 budget_s,
             )
         )
+        if engine == "onnxruntime" and meta.get("precision", "fp32") == "fp32" and threads > 1:
+            # ONNX Runtime's other layout for the same cores: one single-thread session per core, each
+            # running its own batch (as the gateway's workers do); its best batch is the fair ceiling
+            jobs.append(dataclasses.replace(jobs[-1], threads=1, sessions=threads))
         ckpt = Path(meta.get("source_checkpoint", {}).get("path", checkpoints / f"{model}.pt"))
         if meta.get("precision", "fp32") == "fp32" and ckpt.exists():
             jobs.insert(0, EngineJob("pytorch", "fp32", str(ckpt), (h, w, c), batch_sizes, threads, budget_s))
@@ -94,25 +107,67 @@ def run_jobs(
 def _measure(
     job: EngineJob, make: Callable[[EngineJob], Callable[[np.ndarray], Any]]
 ) -> list[dict[str, Any]]:
-    run = make(job)
+    """Each batch size: latency of one call and throughput; with ``job.sessions`` > 1, that many
+    sessions called at once from as many threads (throughput: all of them together)."""
+    runs = [make(dataclasses.replace(job, sessions=1)) for _ in range(job.sessions)]
     rng = np.random.default_rng(0)
     rows = []
     for batch in job.batch_sizes:
         images = rng.integers(0, 256, size=(batch, *job.input_shape), dtype=np.uint8)
-        lat = time_calls(lambda images=images: run(images), budget_s=job.budget_s, max_calls=500)
-        stats = summarize(lat)
+        if len(runs) == 1:
+            lat = time_calls(lambda images=images: runs[0](images), budget_s=job.budget_s, max_calls=500)
+            throughput = batch / (summarize(lat).mean_ms / 1e3)
+        else:
+            lat, throughput = _concurrent_calls(runs, images, job.budget_s)
         rows.append(
             {
-                "engine": job.engine,
+                "engine": job.label,
                 "precision": job.precision,
                 "batch": batch,
-                **stats.as_dict(),
-                "throughput_ips": batch / (stats.mean_ms / 1e3),
+                **summarize(lat).as_dict(),
+                "throughput_ips": throughput,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "threads": job.threads,
+                "sessions": job.sessions,
             }
         )
     return rows
+
+
+def _concurrent_calls(
+    runs: list[Callable[[np.ndarray], Any]], images: np.ndarray, budget_s: float, warmup: int = 3
+) -> tuple[list[float], float]:
+    """Every run called back to back from its own thread, started together after warm-up, for
+    ``budget_s``: the latencies of all calls, and images per second over the first start to the last
+    finish (a call under way at the deadline is waited for and counted)."""
+    for run in runs:
+        for _ in range(warmup):
+            run(images)
+    latencies: list[list[float]] = [[] for _ in runs]
+    finished = [0.0] * len(runs)
+    ready = threading.Barrier(len(runs) + 1)
+    start = deadline = 0.0
+
+    def loop(i: int) -> None:
+        ready.wait()
+        while True:
+            began = time.perf_counter()
+            runs[i](images)
+            finished[i] = time.perf_counter()
+            latencies[i].append(finished[i] - began)
+            if finished[i] >= deadline:
+                return
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(runs))]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    deadline = start + budget_s
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    calls = sum(len(lat) for lat in latencies)
+    return [x for lat in latencies for x in lat], calls * images.shape[0] / (max(finished) - start)
 
 
 def make_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:

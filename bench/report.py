@@ -63,7 +63,15 @@ def engine_section(
         speedup,
     ]
     errors = "".join(f"\n- {r['engine']} {r['precision']}: {r['error']}" for r in rows if "error" in r)
-    return f"## {title}\n\n" + table(ok, cols) + (f"\n\nFailed:{errors}" if errors else "") + "\n"
+    parallel = sorted({r["engine"] for r in ok if r.get("sessions", 1) > 1})
+    note = (
+        f"\n\n{', '.join(parallel)}: that many single-thread sessions called at once, each on its own "
+        "batch of the size shown (the gateway workers' layout); throughput is theirs together, "
+        "latency that of one call."
+        if parallel
+        else ""
+    )
+    return f"## {title}\n\n" + table(ok, cols) + note + (f"\n\nFailed:{errors}" if errors else "") + "\n"
 
 
 def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -129,6 +130,38 @@ def test_engine_jobs_measure_pytorch_and_onnxruntime_on_the_exported_entry(tmp_p
         ("onnxruntime", 4),
     ]
     assert all(r["p50_ms"] > 0 and r["peak_rss_mib"] > 0 and r["throughput_ips"] > 0 for r in rows)
+
+
+def test_with_two_threads_onnxruntime_is_also_measured_as_two_single_thread_sessions_at_once(tmp_path):
+    """The gateway runs one single-thread session per worker; its ceiling is ORT's best layout."""
+    from tests.repo_fixtures import build_classifier_repository
+
+    repo = build_classifier_repository(tmp_path / "repo", ("lenet",))
+    jobs = engines.classifier_jobs(repo, tmp_path, "lenet", (4,), threads=2, budget_s=0.2)
+    assert [(j.label, j.threads, j.sessions) for j in jobs] == [
+        ("pytorch", 2, 1),
+        ("onnxruntime", 2, 1),
+        ("onnxruntime x2", 1, 2),
+    ]
+    rows = engines.run_jobs(jobs[2:])
+    assert [(r["engine"], r["batch"], r["threads"], r["sessions"]) for r in rows] == [
+        ("onnxruntime x2", 4, 1, 2)
+    ]
+    assert rows[0]["throughput_ips"] > 0 and rows[0]["p50_ms"] > 0
+
+
+def test_concurrent_calls_count_every_call_of_every_session_over_the_wall_time():
+    calls = []
+
+    def run(images):  # ~2 ms a call, releasing the GIL as ONNX Runtime does
+        calls.append(images.shape[0])
+        time.sleep(0.002)
+
+    latencies, throughput = engines._concurrent_calls([run, run], np.zeros((8, 1)), budget_s=0.1, warmup=1)
+    timed = len(calls) - 2  # less the warm-up calls
+    assert len(latencies) == timed and min(latencies) >= 0.002
+    assert timed >= 2 * 0.1 / 0.004  # both sessions ran side by side, not one after the other
+    assert 0.5 * (2 * 8 / 0.002) < throughput < 1.1 * (2 * 8 / 0.002)
 
 
 def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from bench import perf_analyzer as pa
 from bench import report
-from bench.__main__ import targets
+from bench.__main__ import best_direct_throughput, targets
 
 # What perf_analyzer 2.48 writes with -f (latencies in microseconds).
 CSV = (
@@ -138,3 +138,13 @@ def test_the_gateway_c64_ceiling_row_takes_the_best_client_that_measured_it():
     assert by_name["gateway c=64 (best client) >= 0.8x ORT best-batch direct"]["measured"] == pytest.approx(
         0.45
     )
+
+
+def test_the_ceiling_is_onnxruntimes_best_layout_whichever_it_is():
+    rows = [
+        {"engine": "onnxruntime", "precision": "fp32", "batch": 64, "throughput_ips": 3200.0},
+        {"engine": "onnxruntime x2", "precision": "fp32", "batch": 64, "throughput_ips": 3600.0},
+        {"engine": "onnxruntime", "precision": "fp16", "batch": 64, "throughput_ips": 9000.0},
+        {"engine": "pytorch", "precision": "fp32", "batch": 64, "throughput_ips": 9999.0},
+    ]
+    assert best_direct_throughput(rows) == 3600.0
