@@ -49,6 +49,38 @@ def pytorch_rows(
     return rows
 
 
+def pytorch_parallel_row(
+    ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4
+) -> dict[str, Any] | None:
+    """The PyTorch reference with its KV cache in ``processes`` processes of one thread each, started
+    together on the same sentences (PyTorch's own layout for throughput on a few cores, as
+    CTranslate2's ``inter_threads``): one row whose tokens/s and sentences/s are theirs together."""
+    import multiprocessing as mp
+
+    if processes < 2:
+        return None
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(processes)
+        with ctx.Pool(processes) as pool:
+            rows = pool.starmap(
+                _pytorch_worker, [(str(ckpt_path), texts, refs, beam, count, barrier)] * processes
+            )
+    row = dict(rows[0])
+    row["engine"] = f"pytorch (kv cache, {processes} processes x 1 thread)"
+    for key in ("tokens_per_s", "sentences_per_s"):
+        row[key] = sum(r[key] for r in rows)
+    return row
+
+
+def _pytorch_worker(ckpt_path: str, texts, refs, beam: int, count, barrier) -> dict[str, Any]:
+    from training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    barrier.wait()  # every process loaded: their timed passes overlap
+    return pytorch_rows(ckpt, texts, refs, (beam,), 1, count, caches=(True,))[0]
+
+
 CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}
 
 

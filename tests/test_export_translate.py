@@ -51,11 +51,11 @@ def _tokenizer_json() -> str:
     return Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).to_str()
 
 
-def _translator_checkpoint(name: str, root: Path) -> Path:
+def _translator_checkpoint(name: str, root: Path, max_positions: int = 32) -> Path:
     args = {
         "src_vocab_size": VOCAB,
         "tgt_vocab_size": VOCAB,
-        "max_positions": 32,
+        "max_positions": max_positions,
         "dropout": 0.1,
         **SMALL[name],
     }
