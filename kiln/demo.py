@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -67,6 +68,19 @@ def gateway(repository: Path, http_port: int, grpc_port: int, timeout_s: float =
     console.print("gateway stopped")
 
 
+def _answer(response: Any) -> Any:
+    """The JSON of a successful answer; any other stops the demo (exit 1) with the gateway's words,
+    since the demo exists to show requests answered."""
+    if response.status_code != 200:
+        request = response.request
+        console.print(
+            f"[red]{request.method} {request.url.path} answered {response.status_code}: {response.text}",
+            soft_wrap=True,  # the gateway's words on one line, as it sent them
+        )
+        raise SystemExit(1)
+    return response.json()
+
+
 def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
     """PNG-encoded digits from scikit-learn's bundled scans (the demo's offline data)."""
     from PIL import Image
@@ -92,7 +106,7 @@ def show_classify(url: str, model: str) -> None:
 
     pngs, truth = sample_digits()
     body = {"images": [base64.b64encode(p).decode() for p in pngs], "top_k": 3}
-    answer = httpx.post(f"{url}/v1/models/{model}/classify", json=body, timeout=30).json()
+    answer = _answer(httpx.post(f"{url}/v1/models/{model}/classify", json=body, timeout=30))
     table = Table(title=f"POST /v1/models/{model}/classify (REST, base64 PNG)")
     table.add_column("true digit")
     table.add_column("top-3 (label: score)")
@@ -120,15 +134,12 @@ def show_translate(url: str, grpc_url: str, model: str) -> None:
     import tritonclient.grpc as triton_grpc
 
     body = {"texts": DEMO_SENTENCES, "beam_size": 4, "return_scores": True}
-    resp = httpx.post(f"{url}/v1/models/{model}/translate", json=body, timeout=60)
-    if resp.status_code != 200:
-        console.print(f"[yellow]translate answered {resp.status_code}: {resp.text}")
-        return
+    resp = _answer(httpx.post(f"{url}/v1/models/{model}/translate", json=body, timeout=60))
     table = Table(title=f"POST /v1/models/{model}/translate (beam 4)")
     table.add_column("English")
     table.add_column("French")
     table.add_column("score")
-    for text, result in zip(DEMO_SENTENCES, resp.json()["translations"], strict=True):
+    for text, result in zip(DEMO_SENTENCES, resp["translations"], strict=True):
         best = result["hypotheses"][0]
         table.add_row(text, best["text"], f"{best['score']:.3f}")
     console.print(table)
@@ -191,7 +202,7 @@ def show_placement(url: str, model: str) -> None:
     """The instance kind (and any placement parameters the gateway reports) of one served model."""
     import httpx
 
-    config = httpx.get(f"{url}/v2/models/{model}/config", timeout=30).json()
+    config = _answer(httpx.get(f"{url}/v2/models/{model}/config", timeout=30))
     groups = config.get("instance_group") or config.get("instanceGroup") or [{}]
     params = config.get("parameters") or {}
     values = {k: v.get("string_value", v) if isinstance(v, dict) else v for k, v in params.items()}
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     grpc_port = free_port()
     with gateway(args.repository, free_port(), grpc_port) as url:
-        models = [f"{m['name']} ({m['task']})" for m in httpx.get(f"{url}/v1/models").json()]
+        models = [f"{m['name']} ({m['task']})" for m in _answer(httpx.get(f"{url}/v1/models"))]
         console.print(f"GET /v1/models → {', '.join(models)}")
         show_placement(url, "resnet18")
         show_classify(url, "resnet18")

@@ -38,3 +38,17 @@ def test_on_a_cuda_machine_every_stage_is_sent_to_the_gpu(monkeypatch):
     assert target.classify == ("--device", "cuda", "--amp") and target.translate == ("--device", "cuda")
     assert target.export == ("--device", "gpu")
     assert demo.CPU.classify == demo.CPU.translate == demo.CPU.export == ()  # the CPU demo is unchanged
+
+
+def test_a_request_the_gateway_refuses_stops_the_demo_with_its_answer(capsys):
+    """The demo shows requests answered: an error answer is a failed demo, not a yellow line."""
+    import httpx
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/models/transformer/translate")
+    refused = httpx.Response(422, json={"error": "beam_size: too large"}, request=request)
+    with pytest.raises(SystemExit) as stopped:
+        demo._answer(refused)
+    assert stopped.value.code == 1
+    out = capsys.readouterr().out
+    assert "POST /v1/models/transformer/translate answered 422" in out and "beam_size: too large" in out
+    assert demo._answer(httpx.Response(200, json={"ok": 1}, request=request)) == {"ok": 1}
