@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not settings.model_repository.is_dir():
-        raise SystemExit(f"model repository {settings.model_repository} is not a directory")
+        raise SystemExit(
+            f"model repository {settings.model_repository} is not a directory: run `make export` to "
+            "write one, or pass --model-repository"
+        )
     if settings.workers > 1:
         if not settings.http_port or not settings.grpc_port:
             raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")

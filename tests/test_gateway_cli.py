@@ -91,3 +91,10 @@ def test_the_command_prints_the_usage_error_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "--grpc-port (or KILN_GRPC_PORT): Input should be greater than or equal to 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_missing_repository_says_how_to_make_one(tmp_path):
+    from serving.__main__ import main
+
+    with pytest.raises(SystemExit, match="is not a directory: run `make export`"):
+        main(["--model-repository", str(tmp_path / "none")])
