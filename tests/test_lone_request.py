@@ -274,3 +274,20 @@ def test_a_merged_batch_counts_as_crowded(repository):
     sessions = Sessions()
     asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), sessions, [3, 1]))
     assert sessions.runs == [(2, 1), (1, 3), (1, 1)]  # after a batch of 3, a lone one runs narrow
+
+
+@pytest.mark.parametrize(
+    ("task", "lone"),
+    [("classify", True), (None, True), ("translate_encoder", False), ("translate_decoder", False)],
+)
+def test_a_translators_encoder_and_decoder_get_no_lone_request_session(tmp_path, task, lone):
+    """The decode workers run those graphs on sessions of their own: a lone session there would only
+    hold the weights once more (classifiers and plain ONNX models keep theirs)."""
+    from types import SimpleNamespace
+
+    from serving.execution import placement
+
+    backend = OnnxRuntimeBackend(Repository(tmp_path), OrtOptions(lone_request_threads=2))
+    entry = SimpleNamespace(task=task, max_batch_size=8)
+    cpu = placement.Placement(placement.CPU, "cpu")
+    assert backend._lone_request_threads(entry, cpu) == (2 if lone else 0)

@@ -243,12 +243,15 @@ class OnnxRuntimeBackend:
 
     def _lone_request_threads(self, entry: RepositoryEntry, where: placement.Placement) -> int:
         """Intra-op threads of the lone-request session (0: none). Only for batching models on the CPU
-        provider without buckets (a bucketed session must only ever see its own shape)."""
+        provider without buckets (a bucketed session must only ever see its own shape), and not for a
+        translator's encoder and decoder: the decode workers run them on sessions of their own, so a
+        lone session there would hold the weights once more for the rare direct KServe call."""
         wanted = self.options.lone_request_threads
         if wanted is None:
             wanted = usable_cpus()
         batch_threads = self.options.intra_op_threads or wanted
         usable = entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
+        usable = usable and entry.task not in TRANSLATOR_PARTS
         return wanted if usable and wanted > batch_threads else 0
 
     def _open_session(
@@ -368,6 +371,9 @@ def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> Bo
         return BoundSession(session, rows, device, device_id)
     except ValueError as exc:
         raise placement.PlacementError(f"model {name!r}: kiln_cuda_graphs: {exc}") from exc
+
+
+TRANSLATOR_PARTS = ("translate_encoder", "translate_decoder")  # kiln.json tasks of a translator's graphs
 
 
 def _instance_count(config: Any) -> int:
