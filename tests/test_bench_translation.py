@@ -1,0 +1,269 @@
+"""The bench's translation section: CTranslate2, the PyTorch reference, the gateway client, targets and identity.
+
+Speed is never asserted here; these tests prove the numbers are computed from what really happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="the bench extra (ctranslate2) is not installed")
+    from bench.ctranslate import build_spec
+    from training.data.tokenizer import TokenizerConfig, build_tokenizers
+    from training.decoding import teacher_forced_logprob
+    from training.models import build_model
+
+    pairs = [
+        (f"{a} and {b}", f"{b} et {a}")
+        for a in ("one", "two", "three", "four")
+        for b in ("five", "six", "seven")
+    ]
+    tok = build_tokenizers(pairs * 4, TokenizerConfig(vocab_size=60, min_frequency=1))
+    model = build_model(
+        "transformer",
+        src_vocab_size=tok.src_vocab_size,
+        tgt_vocab_size=tok.tgt_vocab_size,
+        d_model=32,
+        heads=4,
+        ffn_dim=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.0,
+    ).eval()
+    with torch.no_grad():  # move LayerNorm/bias parameters away from their trivial init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    spec = build_spec(model, tok.to_dict())
+    spec.validate()
+    spec.optimize(quantization=None)
+    (tmp_path / "ct2").mkdir()
+    spec.save(str(tmp_path / "ct2"))
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    src_ids = tok.encode_source([s for s, _ in pairs[:4]])
+    tgt_ids = [ids + [2] for ids in tok.encode_target([t for _, t in pairs[:4]])]  # bare ids + EOS
+    src_tokens = [[tok.source.id_to_token(i) for i in ids] for ids in src_ids]
+    tgt_tokens = [[tok.target.id_to_token(i) for i in ids[:-1]] for ids in tgt_ids]
+    scored = translator.score_batch(src_tokens, tgt_tokens)
+    width_s, width_t = max(map(len, src_ids)), max(map(len, tgt_ids))
+    src = torch.tensor([s + [0] * (width_s - len(s)) for s in src_ids])
+    tgt = torch.tensor([t + [0] * (width_t - len(t)) for t in tgt_ids])
+    expected = teacher_forced_logprob(model, src, tgt)
+    got = np.array([sum(r.log_probs) for r in scored])
+    np.testing.assert_allclose(got, expected.numpy(), atol=2e-3)
+
+
+def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_it():
+    from bench.translation import acceptance
+    from bench.translation_gateway import gateway_engine
+
+    def row(engine: str, tokens_per_s: float, concurrency: int = 32, **extra) -> dict:
+        return {
+            "engine": engine,
+            "beam": 4,
+            "concurrency": concurrency,
+            "tokens_per_s": tokens_per_s,
+            **extra,
+        }
+
+    rows = [
+        row(gateway_engine("", 1), 3000.0, workers=1),
+        row(gateway_engine("", 2), 5000.0, workers=2),
+        row(gateway_engine("", 2), 9000.0, concurrency=64, workers=2),  # not the c=32 target
+        row(gateway_engine("int8 entry", 1), 4000.0, workers=1),
+        row(gateway_engine("int8 entry", 2), 2000.0, workers=2),
+        row("ctranslate2 fp32 (inter 2, intra 1)", 10000.0),
+        row("pytorch (kv cache)", 1000.0),
+    ]
+    measured = {t["target"]: t["measured"] for t in acceptance(rows)}
+    ct2 = "CTranslate2 fp32 at its best layout"
+    pytorch = "gateway (2 workers) c=32 beam 4 >= 4x the PyTorch reference with KV cache (best layout)"
+    assert measured[f"gateway (2 workers) c=32 beam 4 tokens/s >= 0.5x {ct2}"] == pytest.approx(0.5)
+    assert measured[pytorch] == 5.0
+    # PyTorch in one single-thread process per core, where faster, is the reference's best layout
+    rows.append(row("pytorch (kv cache, 2 processes x 1 thread)", 2000.0))
+    assert {t["target"]: t["measured"] for t in acceptance(rows)}[pytorch] == 2.5
+    assert measured[f"gateway (int8 entry, 1 worker) >= 0.7x {ct2}"] == pytest.approx(0.4)
+    assert gateway_engine("mixed beams", 2) == "gateway (mixed beams, 2 workers)"
+
+
+def _translation_row(engine: str, beam: int, hyps: list[str], **extra) -> dict:
+    return {"engine": engine, "beam": beam, "concurrency": 8, "hyps": hyps, **extra}
+
+
+def test_agreement_counts_each_translation_that_differs_from_the_reference_at_its_own_beam_and_shows_it():
+    from bench.translation_gateway import mixed_beams
+    from bench.translation_rows import agreement
+
+    texts = ["one", "two", "three", "four"]
+    mixed = mixed_beams((1, 4), len(texts))
+    rows = [
+        _translation_row("pytorch (kv cache)", 1, ["un", "deux", "trois", "quatre"]),
+        _translation_row("pytorch (kv cache)", 4, ["un", "deux", "trois", "quatre!"]),
+        _translation_row("gateway (2 workers)", 4, ["un", "deux", "troi", "quatre!"]),
+        _translation_row(
+            "gateway (mixed beams, 2 workers)", 0, ["un", "deux", "trois", "quatre"], beams=mixed
+        ),
+        _translation_row("ctranslate2 fp32 (1 thread)", 8, ["un", "deux", "trois", "quatre"]),
+    ]
+    agreement(rows, texts)
+    gateway, mixed_row, no_reference = rows[2], rows[3], rows[4]
+    assert mixed == [1, 4, 1, 4]
+    assert gateway["same_as_reference"] == 75.0 and gateway["differs_from_reference"] == 1
+    assert gateway["first_differences"] == [
+        {"index": 2, "beam": 4, "source": "three", "output": "troi", "reference": "trois"}
+    ]
+    # sentence 3 ran at beam 4, whose reference ends with "!": the mixed row is compared per sentence
+    assert mixed_row["differs_from_reference"] == 1
+    assert mixed_row["first_differences"][0]["index"] == 3
+    assert "same_as_reference" not in no_reference  # no reference at beam 8: nothing claimed
+
+
+def test_the_identity_target_reads_the_worst_served_row_and_counts_every_differing_translation():
+    from bench.translation_identity import differences_markdown, identity_target
+
+    difference = {"index": 7, "beam": 8, "source": "nine", "output": "neuf neuf", "reference": "neuf"}
+    rows = [
+        _translation_row("pytorch (kv cache)", 8, [], same_as_reference=100.0, differs_from_reference=0),
+        _translation_row("gateway (2 workers)", 8, [], same_as_reference=100.0, differs_from_reference=0),
+        _translation_row(
+            "gateway->triton (triton)",
+            8,
+            [],
+            same_as_reference=98.0,
+            differs_from_reference=3,
+            first_differences=[difference],
+        ),
+        _translation_row("kiln engine (batch 32)", 8, [], same_as_reference=50.0, differs_from_reference=9),
+    ]
+    target = identity_target("gru_attention", rows)
+    assert target["measured"] == 98.0 and target["goal"] == 100.0
+    assert target["note"] == "1 of 2 gateway/Triton rows identical; 3 translations differ in all"
+    shown = differences_markdown("gru_attention", rows)
+    assert "gateway->triton (triton) beam 8 c=8, sentence 7 'nine': 'neuf neuf' vs reference 'neuf'" in shown
+
+
+def test_identity_translators_default_to_every_other_registered_translator_and_the_bare_flag_means_none():
+    from bench.__main__ import parse_args
+    from bench.translation_identity import identity_models
+
+    default, bare = parse_args([]), parse_args(["--identity-translators"])
+    assert identity_models(default.translator, default.identity_translators) == [
+        "gru_attention",
+        "lstm_attention",
+    ]
+    assert identity_models("gru_attention", ["gru_attention", "lstm_attention"]) == ["lstm_attention"]
+    assert identity_models(bare.translator, bare.identity_translators) == []
+
+
+def test_a_missing_identity_checkpoint_is_trained_then_exported_and_a_failure_is_reported_not_raised(
+    tmp_path, monkeypatch
+):
+    import argparse
+
+    from bench import translation_identity
+
+    (tmp_path / "lstm_attention.pt").write_bytes(b"")  # present: exported, not trained
+    stages = []
+
+    def stage(title: str, cmd: list[str], progress) -> None:
+        stages.append(cmd[cmd.index("-m") + 1 :])
+        if "export" in cmd:
+            raise RuntimeError(f"{title} failed")
+
+    monkeypatch.setattr(translation_identity, "_stage", stage)
+    args = argparse.Namespace(
+        translator="transformer",
+        identity_translators=None,
+        checkpoints=tmp_path,
+        repository=tmp_path / "repo",
+        threads=2,
+    )
+    errors: dict[str, str] = {}
+    assert translation_identity.prepare(args, 16, errors) == []
+    trained = stages[0]
+    assert trained[:3] == ["training.translate", "--model", "gru_attention"]
+    assert trained[-4:] == ["--threads", "2", "--output-dir", str(tmp_path)]
+    assert stages[1:] == [
+        ["export", str(tmp_path / "gru_attention.pt"), "--repository", str(tmp_path / "repo")],
+        ["export", str(tmp_path / "lstm_attention.pt"), "--repository", str(tmp_path / "repo")],
+    ]
+    assert set(errors) == {"identity gru_attention", "identity lstm_attention"}
+
+
+def _stub_translator(status: int = 200, flaky: str | None = None):
+    """A gateway stand-in answering each translate request with its text upper-cased (``flaky``: that
+    text is answered lower-cased from its second request on)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen = []
+
+    async def translate(request):
+        body = await request.json()
+        seen.append((request.path_params["name"], body["texts"], body["beam_size"]))
+        text = body["texts"][0]
+        again = text == flaky and sum(texts == [text] for _, texts, _ in seen) > 1
+        answer = {"translations": [{"hypotheses": [{"text": text.lower() if again else text.upper()}]}]}
+        return JSONResponse(answer if status == 200 else {"error": "busy"}, status_code=status)
+
+    return Starlette(routes=[Route("/v1/models/{name}/translate", translate, methods=["POST"])]), seen
+
+
+def test_the_translation_load_client_sends_each_text_alone_and_keeps_each_answer_with_its_text():
+    from bench.translation_gateway import _gateway_run
+    from tests.repo_fixtures import LiveServer
+
+    app, seen = _stub_translator()
+    texts = [f"text {i}" for i in range(9)]
+    with LiveServer(app) as live:
+        hyps, elapsed, latencies = asyncio.run(
+            _gateway_run(f"http://{live.url}", "m", texts, list(range(9)), 4)
+        )
+    assert hyps == [t.upper() for t in texts] and len(latencies) == 9 and elapsed > 0
+    assert sorted(seen) == [("m", [t], i) for i, t in enumerate(texts)]
+
+
+def test_the_translation_load_client_fails_on_an_error_status_naming_it():
+    from bench.translation_gateway import _gateway_run
+    from tests.repo_fixtures import LiveServer
+
+    app, _ = _stub_translator(status=503)
+    with LiveServer(app) as live, pytest.raises(RuntimeError, match="HTTP 503 for text 0"):
+        asyncio.run(_gateway_run(f"http://{live.url}", "m", ["x"], 4, 1))
+
+
+def test_a_text_translated_differently_across_rounds_is_marked_so_that_it_counts_as_differing():
+    from bench.translation_gateway import _gateway_run, steady_rounds
+    from tests.repo_fixtures import LiveServer
+
+    app, seen = _stub_translator(flaky="b")
+    with LiveServer(app) as live:
+        hyps, _, latencies = asyncio.run(_gateway_run(f"http://{live.url}", "m", ["a", "b"], 4, 1, rounds=3))
+    assert hyps == ["A", "<inconsistent across rounds: 'B' then 'b'>"] and len(latencies) == len(seen) == 6
+    assert steady_rounds(128, 32) == 4 and steady_rounds(128, 1) == 1 and steady_rounds(100, 64) == 11
+
+
+def test_the_parallel_pytorch_reference_adds_its_processes_and_translates_as_one(tmp_path):
+    """Two single-thread processes on the same sentences: their throughput summed, the same output."""
+    from bench.translation_engines import MAX_LENGTH, pytorch_parallel_row, pytorch_rows
+    from bench.translation_rows import Counter
+    from tests.test_export_translate import _translator_checkpoint
+    from training.checkpoint import load_checkpoint
+
+    path = _translator_checkpoint("transformer", tmp_path, max_positions=MAX_LENGTH + 1)
+    ckpt = load_checkpoint(path)
+    count = Counter(ckpt["tokenizers"]["target"])
+    texts = ["w4 w5 w6", "w7 w8", "w9 w10 w11 w12"]
+    row = pytorch_parallel_row(path, texts, texts, 2, count)
+    one = pytorch_rows(ckpt, texts, texts, (4,), 1, count, caches=(True,))[0]
+    assert row["engine"] == "pytorch (kv cache, 2 processes x 1 thread)"
+    assert row["hyps"] == one["hyps"] and row["bleu"] == one["bleu"]
+    assert row["tokens_per_s"] > 0 and row["sentences_per_s"] > 0
+    assert pytorch_parallel_row(path, texts, texts, 1, count) is None  # one process: the plain row
