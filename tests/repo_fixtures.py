@@ -6,6 +6,8 @@ registry models saved as checkpoints, so the gateway is always tested on what ex
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LABELS = ("zero", "one", "two")
@@ -49,6 +51,20 @@ def _tiny_checkpoint(path: Path, name: str, seed: int, size: int = SIZE, extra: 
         labels=list(LABELS),
     )
     return save_checkpoint(ckpt, path)
+
+
+@contextmanager
+def held_grpc_port() -> Iterator[int]:
+    """A port for an in-process gateway's gRPC server (``Settings(grpc_port=port, reuse_port=True)``),
+    held until the block ends: bound with SO_REUSEPORT and never listening, so that server binds it
+    beside this socket and no other server can take it in between (servers bind ports they hold)."""
+    from serving.triton.server import held_port
+
+    sock = held_port(reuse_port=True)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
 
 
 class LiveServer:

@@ -186,15 +186,15 @@ def test_the_gateway_serves_the_int8_translator_entry(int8_exported):
 
     from serving.app import create_app
     from serving.settings import Settings
-    from serving.triton import free_port
-    from tests.repo_fixtures import LiveServer
+    from tests.repo_fixtures import LiveServer, held_grpc_port
 
     repo, _ = int8_exported
-    app = create_app(Settings(model_repository=repo, grpc_port=free_port()))
-    with LiveServer(app) as server:
-        body = {"texts": ["w5 w9 w12", "w10"], "beam_size": 2, "max_length": 8}
-        url = f"http://{server.url}/v1/models/transformer_int8/translate"
-        response = httpx.post(url, json=body, timeout=60.0)
+    with held_grpc_port() as grpc_port:
+        app = create_app(Settings(model_repository=repo, grpc_port=grpc_port, reuse_port=True))
+        with LiveServer(app) as server:
+            body = {"texts": ["w5 w9 w12", "w10"], "beam_size": 2, "max_length": 8}
+            url = f"http://{server.url}/v1/models/transformer_int8/translate"
+            response = httpx.post(url, json=body, timeout=60.0)
     assert response.status_code == 200, response.text
     assert len(response.json()["translations"]) == 2
 

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.repo_fixtures import CHANNELS, LABELS, LiveServer, build_classifier_repository
+from tests.repo_fixtures import CHANNELS, LABELS, LiveServer, build_classifier_repository, held_grpc_port
 from tests.test_models_classify import CASES
 from training.models import list_models
 
@@ -28,11 +28,12 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repository):
-    from serving.triton.server import free_port
-
-    settings = Settings(model_repository=repository, grpc_port=free_port(), intra_op_threads=1)
-    with LiveServer(create_app(settings)) as live:
-        yield live, settings.grpc_port
+    with held_grpc_port() as grpc_port:
+        settings = Settings(
+            model_repository=repository, grpc_port=grpc_port, reuse_port=True, intra_op_threads=1
+        )
+        with LiveServer(create_app(settings)) as live:
+            yield live, settings.grpc_port
 
 
 def _direct(repository, name: str, images: np.ndarray) -> list[np.ndarray]:

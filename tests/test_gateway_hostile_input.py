@@ -13,8 +13,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
 from serving.settings import Settings
-from serving.triton.server import free_port
-from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
 
 DEEP_LIST = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
@@ -29,10 +28,11 @@ PIXELS = SIZE * SIZE
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     repository = build_classifier_repository(tmp_path_factory.mktemp("hostile") / "repo")
-    settings = Settings(model_repository=repository, grpc_port=free_port())
-    with LiveServer(create_app(settings)) as live:
-        live.grpc_url = f"127.0.0.1:{settings.grpc_port}"
-        yield live
+    with held_grpc_port() as grpc_port:
+        settings = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
+        with LiveServer(create_app(settings)) as live:
+            live.grpc_url = f"127.0.0.1:{settings.grpc_port}"
+            yield live
 
 
 def tensor(data=None, datatype="UINT8", shape=(1, SIZE, SIZE, 1), name="images", **extra) -> dict:

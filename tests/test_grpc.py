@@ -60,9 +60,12 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
     from serving.app import create_app
     from serving.settings import Settings
 
-    http_socket, grpc_port = held_port(), free_port()  # uvicorn serves on the held socket: no race
-    http_port = http_socket.getsockname()[1]
-    config = Settings(model_repository=repository, http_port=http_port, grpc_port=grpc_port, **settings)
+    # uvicorn serves on the held HTTP socket; gRPC binds beside its held one (SO_REUSEPORT): no race
+    http_socket, grpc_socket = held_port(), held_port(reuse_port=True)
+    http_port, grpc_port = http_socket.getsockname()[1], grpc_socket.getsockname()[1]
+    config = Settings(
+        model_repository=repository, http_port=http_port, grpc_port=grpc_port, reuse_port=True, **settings
+    )
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=http_port, log_level="warning")
     )
@@ -78,6 +81,7 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
         server.should_exit = True
         task.result(60)
         http_socket.close()
+        grpc_socket.close()
 
 
 class FakeBackend:

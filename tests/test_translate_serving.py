@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from serving.app import create_app
 from serving.decoding.options import DecodingOptions
 from serving.settings import Settings
-from tests.repo_fixtures import LiveServer
+from tests.repo_fixtures import LiveServer, held_grpc_port
 
 TRANSLATORS = {
     "transformer": {
@@ -140,19 +140,19 @@ def exported(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def gateway(exported):
     root, _ = exported
-    from serving.triton import free_port
-
-    settings = Settings(
-        model_repository=root / "model_repository",
-        grpc_port=free_port(),
-        max_queue_size=512,
-        request_timeout_s=120.0,
-    )
-    app = create_app(settings)
-    with LiveServer(app) as server:
-        server.app_state = app.state
-        server.grpc_url = f"127.0.0.1:{settings.grpc_port}"
-        yield server
+    with held_grpc_port() as grpc_port:
+        settings = Settings(
+            model_repository=root / "model_repository",
+            grpc_port=grpc_port,
+            reuse_port=True,
+            max_queue_size=512,
+            request_timeout_s=120.0,
+        )
+        app = create_app(settings)
+        with LiveServer(app) as server:
+            server.app_state = app.state
+            server.grpc_url = f"127.0.0.1:{settings.grpc_port}"
+            yield server
 
 
 @pytest.fixture(params=sorted(TRANSLATORS))

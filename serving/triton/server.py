@@ -130,12 +130,15 @@ BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address i
 START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
 
 
-def held_port() -> socket.socket:
+def held_port(reuse_port: bool = False) -> socket.socket:
     """A socket bound to a 127.0.0.1 port no earlier call here returned; the caller owns (and closes) it.
 
     The kernel may hand the same port to two successive bind-to-0-then-close calls, and a server
     given two equal ports cannot start. Remembering what was handed out keeps every port distinct;
-    servers that accept a bound socket (uvicorn) take this one and leave no window at all.
+    servers that accept a bound socket (uvicorn) take this one and leave no window at all. With
+    ``reuse_port`` the socket is bound with SO_REUSEPORT, so a server that binds its own socket the
+    same way (the gateway's gRPC server with ``reuse_port``) can take the port while this one, bound
+    but never listening, keeps everyone else off it: no window either.
     """
     with _HANDED_OUT_LOCK:
         rejected: list[socket.socket] = []  # held open so the next bind cannot return them again
@@ -143,6 +146,8 @@ def held_port() -> socket.socket:
             while True:
                 sock = socket.socket()
                 try:
+                    if reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     sock.bind(("127.0.0.1", 0))
                 except OSError:
                     sock.close()
