@@ -105,6 +105,25 @@ def test_drawn_ports_are_never_handed_out_twice() -> None:
     assert len(set(ports)) == len(ports)
 
 
+def test_a_port_held_for_reuse_admits_a_reusing_server_and_nobody_else() -> None:
+    """How the in-process gateways hold their gRPC port until grpc core binds it (tests/repo_fixtures)."""
+    import socket
+
+    from serving.triton.server import held_port
+
+    with held_port(reuse_port=True) as hold:
+        port = hold.getsockname()[1]
+        with socket.socket() as plain, pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                accepted, _ = server.accept()  # the listening socket gets the connection, not the hold
+                accepted.close()
+
+
 @needs_triton
 def test_triton_on_drawn_ports_starts_again_on_new_ones_when_one_was_taken_meanwhile(
     repository: Path, tmp_path: Path
