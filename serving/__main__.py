@@ -76,12 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     import uvicorn
+    from uvicorn.config import LOG_LEVELS
 
     from serving.app import create_app
 
     settings = parse_args(argv)
+    logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=LOG_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not settings.model_repository.is_dir():
         raise SystemExit(

@@ -98,3 +98,24 @@ def test_a_missing_repository_says_how_to_make_one(tmp_path):
 
     with pytest.raises(SystemExit, match="is not a directory: run `make export`"):
         main(["--model-repository", str(tmp_path / "none")])
+
+
+def test_uvicorns_trace_level_configures_logging_too(tmp_path):
+    """``trace`` is uvicorn's level below DEBUG; the standard library must know it before the gateway
+    configures logging (a fresh process: under pytest logging is already configured)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--log-level",
+            "trace",
+            "--model-repository",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "is not a directory" in done.stderr and "Traceback" not in done.stderr
