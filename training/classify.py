@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.data.augment import AugmentConfig, default_augment
 from training.data.images import (
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.classify",
         description="Train an image classifier from the Kiln registry (unset flags come from the family recipe).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", help="registry name, e.g. lenet or resnet18 (default: resnet18)")
     p.add_argument(

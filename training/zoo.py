@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.classify import RECIPES, TrainConfig, family_of, train
 from training.models import list_models
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.zoo",
         description="Train each classifier family with its default recipe on digits; print a Markdown table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--models", nargs="+", help="registry names (default: one per family)")
     p.add_argument("--output", type=Path, help="also write the table to this Markdown file")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from kiln.cli import HelpFormatter
 from serving.triton.server import TritonError, TritonServer
 
 
@@ -19,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m serving.triton",
         description="Derive the python flavour of a Kiln model repository and serve it with the Triton "
         "Inference Server binary from nvidia-pytriton, bound to 127.0.0.1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--model-repository", type=Path, default=Path("model_repository"), help="exported repository"
