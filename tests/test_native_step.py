@@ -155,3 +155,50 @@ def test_a_fresh_cache_gets_one_build_that_later_processes_reuse(tmp_path):
 def test_kernel_arguments_are_the_arrays_own_addresses(make):
     array = make()
     assert compiled_step._address(array) == array.ctypes.data
+
+
+def numpy_gather_grow(
+    old: np.ndarray, new: np.ndarray, source: np.ndarray, axis: int, lead: int
+) -> np.ndarray:
+    """The definition: gather rows, drop the first ``lead`` columns, append the step's column."""
+    kept = np.take(old, source, axis=0)[(slice(None),) * axis + (slice(lead, None),)]
+    return np.concatenate([kept, np.take(new, source, axis=0)], axis=axis)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "lead", "dtype"),
+    [
+        ((7, 3, 5, 4), 2, 0, np.float32),  # [rows, heads, past, head_dim]: the Transformer's caches
+        ((7, 3, 5, 4), 2, 3, np.float32),  # leading columns no live sentence uses any more
+        ((6, 5, 8), 1, 2, np.float16),  # the cache axis right after rows; another element size
+        ((6, 2, 3, 0), 2, 1, np.float32),  # empty inner dimension
+        ((5, 2, 4, 3), 3, 3, np.float64),  # every old column dropped: only the new one stays
+    ],
+)
+def test_cache_gather_grow_kernel_equals_its_numpy_definition(monkeypatch, shape, axis, lead, dtype):
+    rng = np.random.default_rng(sum(shape) + lead)
+    rows = shape[0]
+    old = rng.standard_normal((rows + 2, *shape[1:])).astype(dtype)  # spare rows beyond those in use
+    new_shape = list(shape)
+    new_shape[axis] = 1
+    new = rng.standard_normal(new_shape).astype(dtype)
+    source = rng.integers(0, rows, size=rows + 3).astype(np.int64)  # rows repeat, as beams do
+    want = numpy_gather_grow(old, new, source, axis, lead)
+    for load in (native.load, lambda: None):  # compiled, then numpy
+        monkeypatch.setattr(native, "load", load)
+        out = np.full((source.size + 1, *want.shape[1:]), 7, dtype=dtype)  # one spare row: untouched
+        compiled_step.gather_grow(old, new, source, axis, lead, out)
+        np.testing.assert_array_equal(out[: source.size], want)
+        assert (out[source.size :] == 7).all()
+
+
+def test_cache_gather_grow_of_non_contiguous_arrays_runs_on_numpy(monkeypatch):
+    old = np.asfortranarray(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4))
+    new = np.arange(2 * 3, dtype=np.float32).reshape(2, 3, 1) + 100
+    source = np.array([1, 0, 1], np.int64)
+    out = np.empty((3, 3, 5), np.float32)
+    monkeypatch.setattr(
+        native.load(), "kiln_gather_grow", lambda *a: pytest.fail("the kernel got a Fortran array")
+    )
+    compiled_step.gather_grow(old, new, source, 2, 0, out)
+    np.testing.assert_array_equal(out, numpy_gather_grow(old, new, source, 2, 0))

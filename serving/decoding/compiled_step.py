@@ -1,4 +1,4 @@
-"""The beam step compiled (``beam_step.c``), with the numpy step as its fallback and its definition.
+"""The compiled kernels of a decode step (``beam_step.c``), each with its numpy definition as fallback.
 
 :func:`step` is what the decode batch calls: the compiled kernel where it could be built
 (:mod:`serving.decoding.native`), else :func:`serving.decoding.beam_search.step`. Both make the same
@@ -8,11 +8,18 @@ bit on random searches); the compiled one does a step's work in one call instead
 gateway). The kernel decides everything, including which finished hypotheses a sentence keeps; the
 :class:`~serving.decoding.beam_search.Hypothesis` objects of the kept ones are made here, in its order,
 by the rule it applied.
+
+:func:`gather_grow` is the other per-step kernel: a cache gathered by beam origin and grown by the
+step's entries as one contiguous copy per row and head, where numpy's take into the strided column
+slice of the new buffer moved the same bytes ~2.5x slower (19 vs 49 us for a ``[104, 4, 10, 32]``
+float32 cache). Measured in-process on the demo Transformer (interleaved, medians of 5): scheduler
+path at c=32 810-823 -> 869-895 sentences/s, batch engine 1 144-1 156 -> 1 207-1 227.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 
@@ -43,6 +50,48 @@ def _address(array: np.ndarray) -> int:
         return ctypes.addressof(_char.from_buffer(array))
     except (TypeError, ValueError):
         return array.ctypes.data
+
+
+def _at(axis: int, index: int | slice) -> tuple:
+    """An index selecting ``index`` along ``axis`` (everything on the axes before it)."""
+    return (slice(None),) * axis + (index,)
+
+
+def gather_grow(
+    old: np.ndarray, new: np.ndarray, source: np.ndarray, axis: int, lead: int, out: np.ndarray
+) -> None:
+    """``out[:R]`` = row ``source[r]`` of ``old`` without its first ``lead`` columns on ``axis``, followed by
+    row ``source[r]`` of ``new`` (one column on ``axis``), for ``R = len(source)``: the compiled kernel
+    where it could be built and the arrays are C-contiguous with one dtype, else numpy."""
+    size = source.shape[0]
+    library = native.load()
+    if (
+        library is None
+        or axis < 1
+        or new.shape[axis] != 1
+        or not (old.flags.c_contiguous and new.flags.c_contiguous and out.flags.c_contiguous)
+        or not (old.dtype == new.dtype == out.dtype)
+        or source.dtype != np.int64
+        or not source.flags.c_contiguous
+    ):
+        kept = old[_at(axis, slice(lead, None))]
+        np.take(kept, source, axis=0, out=out[:size][_at(axis, slice(0, -1))], mode="clip")
+        out[:size][_at(axis, slice(-1, None))] = np.take(new, source, axis=0)
+        return
+    outer = math.prod(old.shape[1:axis])
+    inner = math.prod(old.shape[axis + 1 :])
+    library.kiln_gather_grow(
+        size,
+        outer,
+        old.shape[axis],
+        lead,
+        inner,
+        old.itemsize,
+        _address(old),
+        _address(new),
+        _address(source),
+        _address(out),
+    )
 
 
 def native_step(

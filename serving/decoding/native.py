@@ -73,6 +73,9 @@ def _open(path: Path) -> ctypes.CDLL:
     fn = lib.kiln_beam_step
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 26
+    fn = lib.kiln_gather_grow
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 4
     return lib
 
 

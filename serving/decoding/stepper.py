@@ -37,11 +37,6 @@ from serving.decoding.step_spec import (
 )
 
 
-def _at(axis: int, index: int | slice) -> tuple:
-    """An index selecting ``index`` along ``axis`` (everything on the axes before it)."""
-    return (slice(None),) * axis + (index,)
-
-
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch: the caller's key and its hypotheses, or why it failed."""
@@ -322,9 +317,7 @@ class DecodeBatch:
             shape = list(old.shape)
             shape[0], shape[inp.axis] = size, self.column - lead + 1
             grown = np.empty(shape, dtype=old.dtype)  # [R', ..., kept columns + 1, ...]
-            kept = old[_at(inp.axis, slice(lead, None))]
-            np.take(kept, source, axis=0, out=grown[:size][_at(inp.axis, slice(0, -1))], mode="clip")
-            grown[:size][_at(inp.axis, slice(-1, None))] = np.take(new, source, axis=0)
+            compiled_step.gather_grow(old, new, source, inp.axis, lead, grown)
             self.rows[inp.name] = grown
         self.positions = self.positions[source] + 1
         self.joined -= lead
