@@ -476,3 +476,27 @@ def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_
         while batch.size:
             batch.step(recording)
     assert widths[0] == 13 and widths[-1] == 2
+
+
+def test_sentences_finishing_in_a_step_leave_without_laying_the_grid_out_again():
+    """A sentence that finishes has no rows left: the step already laid the grid out without it, so its
+    removal renumbers the others and the next steps reuse that grid while no sentence changes rows."""
+    two = dataclasses.replace(CONFIG, beam_size=2, n_best=1, min_length=5)
+    short = dataclasses.replace(CONFIG, beam_size=2, n_best=1, max_length=2)
+    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
+    sources = SOURCES[:3]
+    configs = [two, short, two]
+    batch.join(
+        range(3), fake_encoder(sp.encoder_inputs(GROUPED, sources)), configs, [len(s) + 1 for s in sources]
+    )
+    grids = []
+    layout = batch._grid
+    batch._grid = lambda: grids.append(batch.size) or layout()
+    finished = {}
+    while batch.size:
+        grids.append("step")
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+    # step 1 widens every sentence (a grid); step 2 finishes sentence 1 (a grid without it, no other);
+    # then the two staying sentences keep theirs to the end
+    assert grids[:5] == ["step", 3, "step", 3, "step"] and 2 not in grids[:-1]
+    assert [finished[k] for k in range(3)] == alone(sources, configs)

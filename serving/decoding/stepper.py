@@ -158,6 +158,8 @@ class DecodeBatch:
         leaving = np.asarray(leaving, dtype=bool)
         if not leaving.any():
             return
+        rows_stay = not self.beams.rows[leaving].any()  # e.g. sentences retired after a step
+        layout, holder = self._layout, self._holder
         self._layout = self._holder = None
         self.beams, row_stay = bs.remove(self.beams, leaving)
         stay = np.flatnonzero(~leaving)
@@ -172,12 +174,22 @@ class DecodeBatch:
             self.positions = self.tokens = np.zeros(0, dtype=np.int64)
             self._in_order, self.width, self.physical = True, 1, 0
             return
-        if self.grouped:
+        width = self._encoder.width
+        if rows_stay:  # no row leaves: the layout stands, with the staying sentences renumbered
+            renumber = np.cumsum(~leaving) - 1  # [S] old sentence index -> new (for the staying ones)
+            if self.grouped:
+                self.place, self.place_sentence = self.place[stay], renumber[self.place_sentence]
+                self._holder = holder
+            if layout is not None:
+                self._layout = renumber[layout[0]], layout[1]
+        elif self.grouped:
             self.place = self.place[stay]
             self._regroup(row_stay)
         elif row_stay.size < self.live_rows:
             self._compact(self.slot[row_stay])
         self._encoder.fit(int(self.lengths.max()))
+        if self._encoder.width != width:  # the encoder rows were re-padded: fed anew
+            self._layout = None
 
     def _compact(self, kept: np.ndarray) -> None:
         """Physical rows ``0..R'-1`` for the rows that stay (at slots ``kept``): those beyond move into
