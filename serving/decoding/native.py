@@ -69,7 +69,10 @@ def build(cc: str, target: Path) -> Path:
 
 
 def _open(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
+    # PyDLL: the kernels run holding the GIL. They take microseconds; a CDLL call releases the GIL and
+    # must win it back from the event-loop thread after each one (gateway at c=32, interleaved:
+    # +2-3 % sentences/s over CDLL).
+    lib = ctypes.PyDLL(str(path))
     fn = lib.kiln_beam_step
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 26
