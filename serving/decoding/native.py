@@ -73,9 +73,9 @@ def _open(path: Path) -> ctypes.CDLL:
     # must win it back from the event-loop thread after each one (gateway at c=32, interleaved:
     # +2-3 % sentences/s over CDLL).
     lib = ctypes.PyDLL(str(path))
-    fn = lib.kiln_beam_step
+    fn = lib.kiln_beam_step_packed  # kiln_beam_step's arguments packed in one int64 array
     fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 26
+    fn.argtypes = [ctypes.c_void_p]
     fn = lib.kiln_gather_grow
     fn.restype = None
     fn.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 4
