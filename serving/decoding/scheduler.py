@@ -226,18 +226,6 @@ class DecodingScheduler:
         job.closed = True
         self._event_loop.call_soon_threadsafe(self._answer, job, result, outcome)
 
-    def _post_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
-        """From the decode thread: answer several requests with one wake-up of the event loop (a step
-        finishes several sentences at once; each wake-up is a write to the loop's self-pipe)."""
-        for job, _, _ in answers:
-            job.closed = True
-        if answers:
-            self._event_loop.call_soon_threadsafe(self._answer_all, answers)
-
-    def _answer_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
-        for job, result, outcome in answers:
-            self._answer(job, result, outcome)
-
     # --- the decode thread ------------------------------------------------------------------------
 
     def _running_jobs(self) -> set[_Job]:
@@ -326,19 +314,16 @@ class DecodingScheduler:
         self._steps += 1
         if self.observer is not None:
             self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
-        answers: list[tuple[_Job, Any, str]] = []
         for done in finished:
             job, index = done.key
             if job.closed:
                 continue
             if done.error is not None:  # this sentence's own failure: its request alone fails
                 error = UnprocessableInput(f"text {index}: {done.error}; the request cannot be decoded")
-                job.closed = True  # its other sentences finishing in this step are not answered twice
-                answers.append((job, error, "failure"))
+                self._post(job, error, "failure")
                 continue
             job.results[index] = done.hypotheses
             if len(job.results) == len(job.sources):
-                answers.append((job, [job.results[i] for i in range(len(job.sources))], "success"))
-        self._post_all(answers)
+                self._post(job, [job.results[i] for i in range(len(job.sources))], "success")
         beams = self._batch.beams
         self._reserved = int(beams.beam.sum()) if beams is not None else 0
