@@ -1,7 +1,8 @@
 /* One beam-search step for every live sentence of a decode batch, compiled: the same arithmetic and
  * the same decisions as serving.decoding.beam_search.step_numpy (its docstring and
- * docs/translator-interface.md define them), without numpy's ~50 calls per step. Loaded through ctypes
- * by serving/decoding/native.py; no Python headers, so any C99 compiler builds it.
+ * docs/translator-interface.md define them), without numpy's ~50 calls per step; and, at the end of the
+ * file, the decode batch's per-step cache copy (kiln_gather_grow). Loaded through ctypes by
+ * serving/decoding/native.py; no Python headers, so any C99 compiler builds it.
  *
  * Arrays are C-contiguous. Rows [R] are in search order (each live sentence's rows contiguous, in
  * sentence order); row_index maps them to rows of log_probs (NULL: the same order). IEEE arithmetic

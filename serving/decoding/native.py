@@ -1,10 +1,12 @@
-"""The compiled beam step (``beam_step.c``) through ctypes, or ``None`` where it cannot be built.
+"""The compiled decode kernels (``beam_step.c``: the beam step and the cache gather-grow) through ctypes,
+or ``None`` where they cannot be built.
 
 Built on first use with the machine's C compiler (``$CC``, else ``cc``) into a per-user cache named by a
 hash of the source and flags, so every process of a gateway reuses one build; no Python headers are
 needed, and the file works under any Python or numpy (Triton's numpy-1 environment too). Where no
 compiler exists or the build fails, :func:`load` returns ``None`` once with a warning and the numpy
-step runs: the same decisions, slower. ``KILN_NATIVE=0`` turns the compiled step off.
+step runs: the same decisions, slower (and caches grow by numpy copies). ``KILN_NATIVE=0`` turns
+the compiled kernels off.
 """
 
 from __future__ import annotations
