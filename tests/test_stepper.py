@@ -500,3 +500,35 @@ def test_sentences_finishing_in_a_step_leave_without_laying_the_grid_out_again()
     # then the two staying sentences keep theirs to the end
     assert grids[:5] == ["step", 3, "step", 3, "step"] and 2 not in grids[:-1]
     assert [finished[k] for k in range(3)] == alone(sources, configs)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_a_join_the_step_before_made_room_for_copies_no_cache(grouped):
+    """step(joining=n) writes its buffers with rows for n joiners: the join then fills them in place
+    (the caches stay the same arrays), and every sentence still decodes as it would alone."""
+    decoder = GroupedDecoder() if grouped else fake_decoder
+    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
+    sources, configs = SOURCES[:3], [CONFIG] * 3
+
+    def join(keys):
+        chosen = [sources[k] for k in keys]
+        encoded = fake_encoder(sp.encoder_inputs(PARSED, chosen))
+        batch.join(keys, encoded, [configs[k] for k in keys], [len(s) + 1 for s in chosen])
+
+    join([0])
+    finished = {done.key: done.hypotheses for done in batch.step(decoder)}
+    finished |= {done.key: done.hypotheses for done in batch.step(decoder, joining=2)}
+    before = {name: id(value) for name, value in batch.rows.items()}
+    join([1, 2])
+    assert {name: id(value) for name, value in batch.rows.items()} == before  # filled in place
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+    assert [finished[k] for k in range(3)] == alone(sources, configs)
+    # without the room, the same join copies every cache into new arrays
+    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
+    join([0])
+    batch.step(decoder)
+    batch.step(decoder)
+    before = {name: id(value) for name, value in batch.rows.items()}
+    join([1, 2])
+    assert all(id(value) != before[name] for name, value in batch.rows.items())

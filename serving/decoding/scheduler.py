@@ -114,6 +114,7 @@ class DecodingScheduler:
         )  # decode thread only; keys: (job, sentence index)
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
         self._steps = 0  # decoder steps run (written by the decode thread)
+        self._left = 0  # sentences that left the batch at the last step (decode thread)
         self._thread: threading.Thread | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = self._halt = False
@@ -275,22 +276,45 @@ class DecodingScheduler:
         waiting = sum(len(job.sources) - job.next_source for job in self._waiting)
         return waiting >= self.config.join_fraction * self._batch.size
 
+    def _joining(self) -> int:
+        """Sentences likely to join after the step about to run (the step allocates its buffers with
+        room for their rows): those waiting now that would fit, plus as many as left at the last
+        step, whose clients typically send their next request while this step runs. Too many costs
+        untouched memory; too few, the copy a join makes without room."""
+        with self._lock:
+            waiting = (
+                len(self._pick(self.config.max_rows - self._reserved, take=False)) if self._waiting else 0
+            )
+        return waiting + self._left
+
+    def _pick(self, budget: int, take: bool) -> list[tuple[_Job, int]]:
+        """The waiting sentences (FIFO) that fit ``budget`` rows and one encoder call (caller holds the
+        lock); ``take`` marks them admitted."""
+        picked: list[tuple[_Job, int]] = []
+        jobs, job_index, source = self._waiting, 0, None
+        while job_index < len(jobs) and len(picked) < self.config.max_encoder_batch:
+            job = jobs[job_index]
+            source = job.next_source if source is None else source
+            if job.config.beam_size > budget:
+                break
+            picked.append((job, source))
+            budget -= job.config.beam_size
+            source += 1
+            if source == len(job.sources):
+                job_index, source = job_index + 1, None
+        if take:
+            for job, index in picked:
+                job.next_source = index + 1
+            for _ in range(job_index):
+                jobs.popleft()
+        return picked
+
     def _admit(self) -> None:
         """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and join them."""
-        budget = self.config.max_rows - self._reserved
-        picked: list[tuple[_Job, int]] = []
         with self._lock:
             if not self._waiting or not self._ready_to_admit():
                 return
-            while self._waiting and len(picked) < self.config.max_encoder_batch:
-                job = self._waiting[0]
-                if job.config.beam_size > budget:
-                    break
-                picked.append((job, job.next_source))
-                budget -= job.config.beam_size
-                job.next_source += 1
-                if job.next_source == len(job.sources):
-                    self._waiting.popleft()
+            picked = self._pick(self.config.max_rows - self._reserved, take=True)
         if not picked:
             return
         sources = [job.sources[i] for job, i in picked]
@@ -310,8 +334,8 @@ class DecodingScheduler:
         self._batch.remove(np.array([job.closed for job, _ in self._batch.keys], dtype=bool))
         rows, requests = self._batch.live_rows, len(self._running_jobs())
         started = time.monotonic()
-        finished = self._batch.step(self.run_decoder)
-        self._steps += 1
+        finished = self._batch.step(self.run_decoder, self._joining())
+        self._steps, self._left = self._steps + 1, len(finished)
         if self.observer is not None:
             self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
         for done in finished:
