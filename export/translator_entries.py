@@ -31,6 +31,8 @@ RUNTIME_MODULES = (
     "compiled_step.py",
     "native.py",
     "beam_step.c",
+    "ort_step.c",  # built with beam_step.c into one library (unused there: Triton runs the decoder)
+    "native_decoder.py",
     "rows.py",
     "step_spec.py",
     "stepper.py",

@@ -154,7 +154,7 @@ def test_a_fresh_cache_gets_one_build_that_later_processes_reuse(tmp_path):
 )
 def test_kernel_arguments_are_the_arrays_own_addresses(make):
     array = make()
-    assert compiled_step._address(array) == array.ctypes.data
+    assert compiled_step.address(array) == array.ctypes.data
 
 
 def numpy_gather_grow(

@@ -43,7 +43,7 @@ def step(beams: Beams, log_probs: np.ndarray, row_index: np.ndarray | None = Non
 _char = ctypes.c_char
 
 
-def _address(array: np.ndarray) -> int:
+def address(array: np.ndarray) -> int:
     """The address of ``array``'s first byte: through the buffer protocol (~0.2 us) where the array is
     writable and not empty, else numpy's ctypes view (~1 us): the kernel takes 26 arrays a step."""
     try:
@@ -87,10 +87,10 @@ def gather_grow(
         lead,
         inner,
         old.itemsize,
-        _address(old),
-        _address(new),
-        _address(source),
-        _address(out),
+        address(old),
+        address(new),
+        address(source),
+        address(out),
     )
 
 
@@ -100,6 +100,83 @@ def native_step(
     """:func:`step` by the kernel (see ``kiln_beam_step`` in ``beam_step.c`` for its arrays; they go
     packed in one int64 array, ``kiln_beam_step_packed``, and its outputs in four blocks: 38 -> 29 us a
     call at batch 1, 128 -> 113 us at batch 32 on replayed steps)."""
+    packed = pack(beams, log_probs, row_index)
+    return packed.result(library.kiln_beam_step_packed(address(packed.args)))
+
+
+class PackedStep:
+    """The kernel's arguments for one step (``args``, an int64 array of integers and addresses) and the
+    blocks its outputs land in; :meth:`result` reads them once the kernel has run. The arrays the
+    kernel reads are held here until then."""
+
+    __slots__ = ("args", "second", "beams", "held", "ints", "reals", "scores", "flags", "room", "offsets")
+
+    def result(self, total: int, which: int = 0, steps: int = 1) -> StepResult:
+        """The outcome after ``steps`` steps (more than one: ``kiln_decode_step``'s, alternating between
+        ``args`` and ``second``, the last by ``which``), the last keeping ``total`` rows."""
+        beams, ints, reals, flags = self.beams, self.ints, self.reals, self.flags
+        n, room = beams.sentences, self.room
+        o_origin, o_offers, o_prefixes, o_failed, width_b = self.offsets
+        width1 = int(beams.prefixes.shape[1])
+        rows, worst = ints[:n], reals[:n]
+        norms = reals[n : n * (1 + width_b)].reshape(n, width_b)
+        failed = flags[o_failed : o_failed + n].view(np.bool_)
+        outputs = (ints, self.scores) if which == 0 else self.second[1:]  # origin, tokens, prefixes; scores
+        origin = outputs[0][o_origin : o_origin + total]
+        tokens = outputs[0][o_origin + room : o_origin + room + total]
+        prefixes, scores = outputs[0][o_prefixes:].reshape(room, width1), outputs[1]
+        if steps == 1:  # the prefixes the last step extended
+            extended = beams.prefixes
+        else:
+            extended = (ints if which == 1 else self.second[1])[o_prefixes:].reshape(room, width1)
+        n_offers = int(ints[o_prefixes - 1])
+        finished = beams.finished
+        if n_offers:
+            offer_sentence, offer_origin, offer_length = (
+                ints[o_offers + j * room : o_offers + j * room + n_offers].tolist() for j in range(3)
+            )
+            start = n * (1 + width_b)
+            offer_score = reals[start : start + n_offers].tolist()
+            offer_norm = reals[start + room : start + room + n_offers].tolist()
+            finished = list(finished)
+            for i in range(n_offers):
+                s, length = offer_sentence[i], offer_length[i]
+                hypothesis = Hypothesis(
+                    extended[offer_origin[i], 1:length].tolist() + [beams.eos_id],
+                    offer_score[i],
+                    offer_norm[i],
+                )
+                kept = list(finished[s])
+                keep_best(kept, hypothesis, int(beams.beam[s]))
+                finished[s] = tuple(kept)
+            finished = tuple(finished)
+        new = Beams(
+            beam=beams.beam,
+            n_best=beams.n_best,
+            min_length=beams.min_length,
+            max_length=beams.max_length,
+            divisors=beams.divisors,
+            step=beams.step + steps * (beams.rows > 0),  # the live sentences' next token
+            rows=rows,
+            failed=failed,
+            worst=worst,
+            scores=scores[:total],
+            prefixes=prefixes[:total],
+            finished=finished,
+            finished_norms=norms,
+            eos_id=beams.eos_id,
+            bos_id=beams.bos_id,
+        )
+        return StepResult(new, origin[:total], tokens[:total])
+
+
+def pack(
+    beams: Beams, log_probs: np.ndarray, row_index: np.ndarray | None = None, second: bool = False
+) -> PackedStep:
+    """The kernel's arguments for a step over ``log_probs`` (float32 ``[rows, V]``, C-contiguous: the
+    kernel reads it at its address when it runs, so a buffer still to be written may be passed). With
+    ``second``, also ``second``: the same arguments with other outputs (kept rows' origin, tokens,
+    scores and prefixes), for steps that alternate (``kiln_decode_step``)."""
     n, vocab, width1 = beams.sentences, int(log_probs.shape[1]), int(beams.prefixes.shape[1])
     if beams.divisors.shape[1] != width1:  # the kernel indexes both with one width
         raise ValueError(f"divisors width {beams.divisors.shape[1]} != prefixes width {width1}")
@@ -117,16 +194,17 @@ def native_step(
     flags = np.empty(n * k * TOP_BYTES + 2 * n, np.uint8)  # candidates (at 0: aligned), failed, NaN
     o_origin, o_offers, o_prefixes = 3 * n, 3 * n + 2 * room, 3 * n + 5 * room + 1
     o_failed = n * k * TOP_BYTES
-    rows, worst = ints[:n], reals[:n]
+    ints[:n], worst = beams.rows, reals[:n]
     norms = reals[n : n * (1 + width_b)].reshape(n, width_b)
-    failed = flags[o_failed : o_failed + n].view(np.bool_)
-    rows[:], failed[:], worst[:], norms[:] = beams.rows, beams.failed, beams.worst, beams.finished_norms
+    flags[o_failed : o_failed + n].view(np.bool_)[:] = beams.failed
+    worst[:], norms[:] = beams.worst, beams.finished_norms
     log_probs = np.ascontiguousarray(log_probs, dtype=np.float32)  # held: the kernel reads its address
     index = None if row_index is None else np.ascontiguousarray(row_index, dtype=np.int64)
     inputs = (beams.scores, beams.prefixes, beams.beam, beams.min_length, beams.max_length, beams.divisors)
     inputs = tuple(map(np.ascontiguousarray, (*inputs, beams.step)))  # held while the kernel reads them
-    a_int, a_real, a_flag = _address(ints), _address(reals), _address(flags)
-    args = np.array(
+    a_int, a_real, a_flag = address(ints), address(reals), address(flags)
+    packed = PackedStep()
+    packed.args = np.array(
         [
             n,
             vocab,
@@ -134,10 +212,10 @@ def native_step(
             k,
             width1,
             width_b,
-            _address(log_probs),
+            address(log_probs),
             vocab,
-            0 if index is None else _address(index),
-            *map(_address, inputs),
+            0 if index is None else address(index),
+            *map(address, inputs),
             a_int,  # rows
             a_flag + o_failed,  # failed
             a_real,  # worst
@@ -145,7 +223,7 @@ def native_step(
             a_int + 8 * n,  # counts (computed by the kernel)
             a_int + 8 * o_origin,  # origin
             a_int + 8 * (o_origin + room),  # tokens
-            _address(scores),
+            address(scores),
             a_int + 8 * o_prefixes,  # prefixes
             a_int + 8 * o_offers,  # offer sentence, origin, length
             a_int + 8 * (o_offers + room),
@@ -159,46 +237,15 @@ def native_step(
         ],
         dtype=np.int64,
     )
-    total = library.kiln_beam_step_packed(_address(args))
-    origin, tokens = ints[o_origin : o_origin + total], ints[o_origin + room : o_origin + room + total]
-    prefixes = ints[o_prefixes:].reshape(room, width1)
-    n_offers = int(ints[o_prefixes - 1])
-    if n_offers:
-        offer_sentence, offer_origin, offer_length = (
-            ints[o_offers + j * room : o_offers + j * room + n_offers].tolist() for j in range(3)
-        )
-        start = n * (1 + width_b)
-        offer_score = reals[start : start + n_offers].tolist()
-        offer_norm = reals[start + room : start + room + n_offers].tolist()
-    finished = beams.finished
-    if n_offers:
-        finished = list(finished)
-        for i in range(n_offers):
-            s, length = offer_sentence[i], offer_length[i]
-            hypothesis = Hypothesis(
-                beams.prefixes[offer_origin[i], 1:length].tolist() + [beams.eos_id],
-                offer_score[i],
-                offer_norm[i],
-            )
-            kept = list(finished[s])
-            keep_best(kept, hypothesis, int(beams.beam[s]))
-            finished[s] = tuple(kept)
-        finished = tuple(finished)
-    new = Beams(
-        beam=beams.beam,
-        n_best=beams.n_best,
-        min_length=beams.min_length,
-        max_length=beams.max_length,
-        divisors=beams.divisors,
-        step=beams.step + live,  # the live sentences' next token
-        rows=rows,
-        failed=failed,
-        worst=worst,
-        scores=scores[:total],
-        prefixes=prefixes[:total],
-        finished=finished,
-        finished_norms=norms,
-        eos_id=beams.eos_id,
-        bos_id=beams.bos_id,
-    )
-    return StepResult(new, origin[:total], tokens[:total])
+    packed.second = None
+    if second:
+        ints2, scores2 = np.empty_like(ints), np.empty_like(scores)
+        args2 = packed.args.copy()
+        a_int2 = address(ints2)
+        args2[21:25] = (a_int2 + 8 * o_origin, a_int2 + 8 * (o_origin + room), address(scores2), 0)
+        args2[24] = a_int2 + 8 * o_prefixes  # origin, tokens, scores, prefixes
+        packed.second = (args2, ints2, scores2)
+    packed.beams, packed.held = beams, (log_probs, index, inputs)
+    packed.ints, packed.reals, packed.scores, packed.flags, packed.room = ints, reals, scores, flags, room
+    packed.offsets = (o_origin, o_offers, o_prefixes, o_failed, width_b)
+    return packed

@@ -25,6 +25,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("beam_step.c")
+# the decoder step over ONNX Runtime's C API (serving.decoding.native_decoder), built into the same library
+SOURCES = (SOURCE, Path(__file__).with_name("ort_step.c"))
 # IEEE arithmetic as numpy does it: no fast-math, no fused multiply-add contraction.
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
 MAX_BEAM = 32  # the kernel's per-sentence scratch
@@ -49,7 +51,7 @@ def compiler() -> str | None:
 
 def library_path(cc: str) -> Path:
     """Where the build of this source with these flags and this compiler lives."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
     digest.update(" ".join((cc, *FLAGS, platform.machine())).encode())
     return cache_dir() / f"beam_step-{digest.hexdigest()[:16]}.so"
 
@@ -61,7 +63,10 @@ def build(cc: str, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         subprocess.run(
-            [cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120
+            [cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm"],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         os.replace(out, target)
     for old in target.parent.glob("beam_step-*.so"):

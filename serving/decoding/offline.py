@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.decoding import beam_search as bs
+from serving.decoding.native_decoder import MAX_STEPS
 from serving.decoding.step_spec import (
     Runner,
     StepSpec,
@@ -40,7 +41,7 @@ def translate_ids(
     batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
     results: dict[int, list[bs.Hypothesis]] = {}
     while batch.size:
-        for done in batch.step(run_decoder):
+        for done in batch.step(run_decoder, steps=MAX_STEPS):
             if done.error is not None:
                 raise FloatingPointError(f"source sentence {done.key}: {done.error}")
             results[done.key] = done.hypotheses

@@ -26,6 +26,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
+from serving.decoding.native_decoder import MAX_STEPS
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ class DecodingScheduler:
         self._lock = threading.Lock()  # guards _waiting
         self._waiting: deque[_Job] = deque()
         self._wake = threading.Event()
-        self._batch = stepper.DecodeBatch(
-            self.spec, self.grouped
-        )  # decode thread only; keys: (job, sentence index)
+        # set when a request is queued: a compiled multi-step call then returns after its current step
+        self._stop = np.zeros(1, dtype=np.int64)
+        self._batch = self._new_batch()  # decode thread only; keys: (job, sentence index)
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
         self._steps = 0  # decoder steps run (written by the decode thread)
         self._left = 0  # sentences that left the batch at the last step (decode thread)
@@ -147,7 +148,12 @@ class DecodingScheduler:
             self._waiting.clear()
         for job in left:
             self._answer(job, Unavailable(f"translator {self.name!r} is shutting down"), "failure")
-        self._batch, self._reserved = stepper.DecodeBatch(self.spec, self.grouped), 0
+        self._batch, self._reserved = self._new_batch(), 0
+
+    def _new_batch(self) -> stepper.DecodeBatch:
+        batch = stepper.DecodeBatch(self.spec, self.grouped)
+        batch.stop = self._stop
+        return batch
 
     @property
     def active_rows(self) -> int:
@@ -191,6 +197,7 @@ class DecodingScheduler:
                     retry_after=self.config.retry_after_s,
                 )
             self._waiting.append(job)
+            self._stop[0] = 1
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
@@ -249,7 +256,7 @@ class DecodingScheduler:
                 error = ServingError(f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
                 for job in self._running_jobs():
                     self._post(job, error, "failure")
-                self._batch, self._reserved = stepper.DecodeBatch(self.spec, self.grouped), 0
+                self._batch, self._reserved = self._new_batch(), 0
 
     def _expire(self) -> None:
         """Fail requests past their deadline; forget waiting ones already answered."""
@@ -333,11 +340,17 @@ class DecodingScheduler:
         sentences finished."""
         self._batch.remove(np.array([job.closed for job, _ in self._batch.keys], dtype=bool))
         rows, requests = self._batch.live_rows, len(self._running_jobs())
+        with self._lock:  # nothing waiting: a compiled step may run several steps, until a request comes
+            steps = 1 if self._waiting else MAX_STEPS
+            self._stop[0] = steps == 1
         started = time.monotonic()
-        finished = self._batch.step(self.run_decoder, self._joining())
-        self._steps, self._left = self._steps + 1, len(finished)
+        finished = self._batch.step(self.run_decoder, self._joining(), steps)
+        ran = self._batch.last_steps
+        self._steps, self._left = self._steps + ran, len(finished)
         if self.observer is not None:
-            self.observer.observe_decode_step(self.name, rows, requests, time.monotonic() - started)
+            seconds = (time.monotonic() - started) / ran
+            for _ in range(ran):
+                self.observer.observe_decode_step(self.name, rows, requests, seconds)
         for done in finished:
             job, index = done.key
             if job.closed:

@@ -19,6 +19,7 @@ parity check, the Triton python model, the bench); the iteration-level scheduler
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import compiled_step
+from serving.decoding import compiled_step, native, native_decoder
+from serving.decoding.compiled_step import address
+from serving.decoding.native_decoder import NativeDecoder, tensor_fields
 from serving.decoding.rows import EncoderRows, dense_slots, grid_width, with_capacity
 from serving.decoding.step_spec import (
     ROLES,
@@ -83,10 +86,17 @@ class DecodeBatch:
         self._encoder = EncoderRows({inp.name: inp.pad_axis for inp in self.spec.with_role("encoder")})
         self._carried = self.spec.with_role("state", "cache")  # looked up once: used at every step
         self._named = {role: [i.name for i in self.spec.with_role(role)] for role in ROLES}
+        # a NativeDecoder can run this spec's steps: its roles are the ones kiln_decode_step feeds
+        self._native_roles = not self._named["state"] and all(
+            len(inp.init_shape) <= 4 for inp in self.spec.with_role("cache")
+        )
         self._capacity = 0  # rows allocated in `rows` (the live rows after a step: exact-size buffers
         # reuse freed heap memory; spare rows made each step's new buffers fresh, page-faulting memory)
         self._in_order = True  # slot == arange(R): physical order is the search order
         self._layout: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # row sentences, encoder feed
+        self._plan: tuple | None = None  # kiln_decode_step's plan for the layout (see _native_plan)
+        self.stop: np.ndarray | None = None  # int64 [1]: a compiled multi-step call stops once nonzero
+        self.last_steps = 1  # decoder steps the last step() call ran
         self._next_uid = 0
 
     @property
@@ -254,15 +264,23 @@ class DecodeBatch:
         )
         self._in_order = holder.size == slot.size and bool(np.array_equal(slot, np.arange(slot.size)))
 
-    def step(self, run_decoder: Runner, joining: int = 0) -> list[Finished]:
+    def step(self, run_decoder: Runner, joining: int = 0, steps: int = 1) -> list[Finished]:
         """One decoder call over every live row, one search step; returns the sentences that left.
 
         ``joining``: sentences expected to :meth:`join` before the next step. The buffers this step
         writes anyway get room for their rows, so the join copies nothing; otherwise a join copies
         every cache into bigger buffers (~0.4 ms a join at c=32). A wrong guess costs nothing but
-        that copy (too few) or unused rows (too many)."""
+        that copy (too few) or unused rows (too many).
+
+        ``steps``: a decoder with a compiled step (``run_decoder.native``) may run up to this many steps
+        in one call while no sentence changes its rows (:meth:`_native_step`); :attr:`last_steps` says
+        how many ran."""
+        self.last_steps = 1
         if self.live_rows == 0:
             return []
+        decoder = getattr(run_decoder, "native", None)
+        if decoder is not None and self._native_roles and int(self.beams.beam.max()) <= native.MAX_BEAM:
+            return self._native_step(decoder, joining, min(steps, native_decoder.MAX_STEPS))
         outputs = run_decoder(self._feed())
         missing = [name for name in self.spec.decoder_outputs if name not in outputs]
         if missing:
@@ -273,6 +291,148 @@ class DecodeBatch:
         self.beams = result.beams
         self._advance_rows(outputs, result.origin, before, result.tokens, joining)
         return self._retire()
+
+    def _native_step(self, decoder: NativeDecoder, joining: int, steps: int) -> list[Finished]:
+        """:meth:`step` through ``kiln_decode_step`` (:mod:`serving.decoding.native_decoder`): each step's
+        decoder run and beam step in C, and the rows' advance too while no sentence changes its rows
+        and the layout stands (what :meth:`_advance_rows` would then keep); up to ``steps`` such steps
+        in one call, as long as none offers a finished hypothesis and :attr:`stop` stays 0. A step that
+        does not advance there is advanced by :meth:`_advance_rows` over its outputs."""
+        size, column, n, beams = self.physical, self.column, self.size, self.beams
+        sentence, encoder = self._current_layout()
+        holder = self._holder if self.grouped else (self.slot if self._in_order else None)
+        steps = steps if holder is not None else 1
+        plan, log_probs, entries = self._native_plan(decoder, sentence, encoder, holder)
+        packed = compiled_step.pack(beams, log_probs, None if self._in_order else self.slot, second=steps > 1)
+        capacity = size + joining * (self.width if self.grouped else 1)
+        turn = decoder.turn
+        tokens = [decoder.buffer(f"tokens#{turn ^ j}", size, np.int64) for j in (0, 1)]
+        positions = [decoder.buffer(f"positions#{turn ^ j}", size, np.int64) for j in (0, 1)]
+        joined = self.joined = np.ascontiguousarray(self.joined, dtype=np.int64)  # advanced in place
+        held = [
+            np.ascontiguousarray(self.tokens, dtype=np.int64),
+            np.ascontiguousarray(self.positions, dtype=np.int64),
+        ]
+        mask = (
+            decoder.buffer("cache_mask", size * (column + steps), np.bool_)
+            if self._named["cache_mask"]
+            else None
+        )
+        dyn = [
+            address(packed.args),
+            0 if packed.second is None else address(packed.second[0]),
+            steps,
+            column,
+            address(joined),
+            address(held[0]),
+            address(held[1]),
+            address(tokens[0]),
+            address(tokens[1]),
+            address(positions[0]),
+            address(positions[1]),
+            0 if mask is None else address(mask),
+        ]
+        grown = []
+        for inp in self._carried:  # cache roles only (see _native_roles)
+            old = self.rows[inp.name][:size]
+            shape, axis = old.shape, inp.axis
+            room = capacity * math.prod(shape[1:axis]) * (column + steps) * math.prod(shape[axis + 1 :])
+            after = [decoder.buffer(f"{inp.name}#{turn ^ j}", room, old.dtype) for j in (0, 1)]
+            held.append(np.ascontiguousarray(old))
+            dyn += [address(held[-1]), address(after[0]), address(after[1])]
+            grown.append((inp.name, after, shape, axis))
+        dyn = np.array(dyn, dtype=np.int64)
+        decoder.step(plan, dyn)
+        ran, advanced, kept, columns, which, advances = decoder.result[:6].tolist()
+        result = packed.result(kept, which, ran)
+        self.beams, self.last_steps = result.beams, ran
+        if advances:  # the state after the last advance, in the buffers it wrote
+            now = 0 if advances & 1 else 1
+            self.tokens, self.positions = tokens[now][:size], positions[now][:size]
+            for name, after, shape, axis in grown:
+                dims = (capacity, *shape[1:axis], columns, *shape[axis + 1 :])
+                self.rows[name] = after[now][: math.prod(dims)].reshape(dims)
+            self.column, self._capacity = columns, capacity
+            decoder.turn ^= advances & 1  # the next call's first buffers are not these
+        if not advanced:
+            before = decoder.result[8 : 8 + n]
+            self._advance_rows(
+                {"log_probs": log_probs, **entries}, result.origin, before, result.tokens, joining
+            )
+        return self._retire()
+
+    def _native_plan(
+        self, decoder: NativeDecoder, sentence: np.ndarray, encoder: dict[str, np.ndarray], holder: Any
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """``kiln_decode_step``'s plan for the current layout (built again only when the layout, the
+        rows or a buffer changed), the log-probs buffer and the buffers of each cache's new entries."""
+        size, n = self.physical, self.size
+        key, sizes = (decoder, self._layout, holder, self.slot, self.stop), (decoder.generation, size, n)
+        cached = self._plan
+        if (
+            cached is not None
+            and cached[1] == sizes
+            and all(a is b for a, b in zip(cached[0], key, strict=True))
+        ):
+            return cached[2], cached[3], cached[4]
+        vocab = self.spec.vocab_size
+        log_probs = decoder.buffer("log_probs", size * vocab, np.float32)[: size * vocab].reshape(size, vocab)
+        kinds: dict[str, tuple[int, Any]] = {
+            name: (native_decoder.FIXED, value) for name, value in encoder.items()
+        }
+        for name in self._named["tokens"]:
+            kinds[name] = (native_decoder.TOKENS, self.tokens)
+        for name in self._named["positions"]:
+            kinds[name] = (native_decoder.POSITIONS, self.positions)
+        for name in self._named["cache_mask"]:
+            kinds[name] = (native_decoder.MASK, np.empty((size, self.column), dtype=np.bool_))
+        entries, caches = {}, []
+        for index, inp in enumerate(self._carried):
+            value = self.rows[inp.name][:size]
+            kinds[inp.name] = (native_decoder.CACHE + index, value)
+            shape, axis = value.shape, inp.axis
+            entry_shape = (size, *shape[1:axis], 1, *shape[axis + 1 :])
+            count = math.prod(entry_shape)
+            entries[inp.output] = decoder.buffer(inp.output, count, value.dtype)[:count].reshape(entry_shape)
+            caches += [
+                math.prod(shape[1:axis]),
+                math.prod(shape[axis + 1 :]),
+                value.itemsize,
+                index + 1,
+                axis,
+            ]
+        tensors: list[int] = []
+        held = [log_probs, *entries.values()]
+        for name in decoder.inputs:
+            if name not in kinds:
+                raise ValueError(f"the ONNX graph needs inputs [{name!r}]; got {sorted(kinds)}")
+            kind, value = kinds[name]
+            value = np.ascontiguousarray(value)
+            held.append(value)
+            tensors += tensor_fields(decoder.name_address[name], value, kind)
+        for name, value in {"log_probs": log_probs, **entries}.items():
+            tensors += tensor_fields(decoder.name_address[name], value, native_decoder.FIXED)
+        result = decoder.result = decoder.buffer("result", 8 + n + size, np.int64)
+        steps_scratch = decoder.buffer("steps", n, np.int64)
+        head = [
+            decoder.session,
+            len(decoder.inputs),
+            1 + len(entries),
+            address(result),
+            0,
+            address(sentence),
+            0 if holder is None else address(holder),
+            address(self.slot),
+            size,
+            n,
+            address(result) + 8 * 8,
+            len(entries),
+            0 if self.stop is None else address(self.stop),
+            address(steps_scratch),
+        ]
+        plan = np.array(head + tensors + caches, dtype=np.int64)
+        self._plan = (key, sizes, plan, log_probs, entries, held)
+        return plan, log_probs, entries
 
     def _next_slots(self, before: np.ndarray) -> np.ndarray:
         """Physical rows after a step: sentence ``s``'s ``k``-th row keeps the slot of its ``k``-th row
@@ -365,6 +525,20 @@ class DecodeBatch:
     def _feed(self) -> dict[str, np.ndarray]:
         """The named inputs of the next decoder call, in physical row order."""
         size = self.physical
+        sentence, encoder = self._current_layout()
+        feed = {name: value[:size] for name, value in self.rows.items()}
+        for name in self._named["tokens"]:
+            feed[name] = self.tokens  # [R]
+        for name in self._named["positions"]:
+            feed[name] = self.positions  # [R]
+        for name in self._named["cache_mask"]:
+            feed[name] = np.arange(self.column) >= self.joined[sentence, None]  # [R, past]
+        feed.update(encoder)
+        return feed
+
+    def _current_layout(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Each physical row's sentence and the encoder inputs of the next call, laid out again only
+        after rows changed sentence."""
         if self._layout is None:  # rows changed sentence since the last call
             if self.grouped:  # encoder inputs once per place; every physical row's sentence
                 at_place = self.place_sentence
@@ -377,13 +551,4 @@ class DecodeBatch:
                     physical[self.slot] = sentence
                     sentence = physical  # [R] physical order
                 self._layout = sentence, self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
-        sentence, encoder = self._layout
-        feed = {name: value[:size] for name, value in self.rows.items()}
-        for name in self._named["tokens"]:
-            feed[name] = self.tokens  # [R]
-        for name in self._named["positions"]:
-            feed[name] = self.positions  # [R]
-        for name in self._named["cache_mask"]:
-            feed[name] = np.arange(self.column) >= self.joined[sentence, None]  # [R, past]
-        feed.update(encoder)
-        return feed
+        return self._layout

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import step_spec
+from serving.decoding import native_decoder, step_spec
 from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import InferRequest, InferResponse
@@ -346,8 +346,8 @@ class TranslatorPool:
 
 
 def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
-    """One decode worker's encoder and decoder runners."""
-    return runner_for(encoder), runner_for(decoder)
+    """One decode worker's encoder and decoder runners (the decoder's steps compiled where it can be)."""
+    return runner_for(encoder), native_decoder.attach(runner_for(decoder))
 
 
 def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:

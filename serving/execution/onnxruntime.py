@@ -189,8 +189,15 @@ class OnnxRuntimeBackend:
         model = self._models.get((name, version))
         if model is None:
             raise RuntimeError(f"entry {name!r} is not loaded: {self._failed.get(name, 'unknown reason')}")
-        session = self._open_session(entry.model_file(version), model.placement, intra_op_threads=1)
-        return onnxruntime_runner(session, self.occupancy)
+        import onnxruntime as ort
+
+        path = entry.model_file(version)
+        session = self._open_session(path, model.placement, intra_op_threads=1)
+        run = onnxruntime_runner(session, self.occupancy)
+        # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
+        run.model_file = path  # type: ignore[attr-defined]
+        run.session_config = spin_entries(self.options.spin_us, ort.__version__)  # type: ignore[attr-defined]
+        return run
 
     def _servable(self, entry: RepositoryEntry) -> bool:
         if entry.task == "translate":
@@ -345,6 +352,8 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
         return dict(zip(output_names, results, strict=True))
 
     run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
+    run.session = session  # type: ignore[attr-defined]
+    run.occupancy = occupancy  # type: ignore[attr-defined]
     return run
 
 

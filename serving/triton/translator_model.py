@@ -1,8 +1,10 @@
 """Triton python-backend model of a translator entry ``<name>``: tokenize, beam search, detokenize.
 
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
-``options.py``, ``compiled_step.py``, ``native.py`` and ``beam_step.c`` (the compiled step, built on
-first use), ``rows.py``, ``step_spec.py``, ``stepper.py`` and ``offline.py`` beside it
+``options.py``, ``compiled_step.py``, ``native.py``, ``beam_step.c`` and ``ort_step.c`` (the compiled
+step, built on first use), ``native_decoder.py`` (imported by the stepper; the decoder runs as a BLS
+call here, so its compiled whole step is not used), ``rows.py``, ``step_spec.py``, ``stepper.py`` and
+``offline.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
 the entry was exported and parity-checked with. The encoder and decoder run as BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each

@@ -1,0 +1,155 @@
+"""serving.decoding.native_decoder: a decoder step in one compiled call decodes exactly as the Python step.
+
+Over a tiny exported Transformer (the gateway's own export path), every search is compared bit for bit
+(tokens and scores) with the Python step over the same ONNX model: one sentence, batches with mixed
+beam sizes, sentences joining and leaving between steps, several steps in one call and the stop flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving.decoding import native_decoder, offline
+from serving.decoding import step_spec as sp
+from serving.decoding import stepper as st
+from serving.decoding.options import DecodingOptions, config_for
+from serving.execution.onnxruntime import onnxruntime_runner
+from serving.execution.repository import Repository
+from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+
+pytestmark = pytest.mark.skipif(
+    native_decoder._c_library() is None, reason="no C compiler or no ONNX Runtime C library here"
+)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """(spec, encoder runner, Python decoder runner, compiled decoder runner, source ids)."""
+    root = tmp_path_factory.mktemp("native")
+    repository, errors = build_translator_repository(root, ("transformer",))
+    if errors:
+        pytest.skip(f"export failed (export/ owns this): {errors}")
+    entry = Repository(repository).get("transformer")
+    block = entry.kiln["translator"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+
+    def runner(part: str):
+        path = repository / block[part] / "1" / "model.onnx"
+        run = onnxruntime_runner(ort.InferenceSession(str(path), options))
+        run.model_file = path
+        return run
+
+    spec = sp.parse_step_spec(block["step_spec"])
+    compiled = native_decoder.attach(runner("decoder"))
+    assert compiled.native is not None
+    from serving.decoding.translator import translator_from_entry
+
+    translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))
+    sources = translator.source_ids(texts_of_mixed_lengths(24))
+    return spec, runner("encoder"), runner("decoder"), compiled, sources
+
+
+def _config(spec, beam: int, **changes):
+    options = dataclasses.replace(DecodingOptions(beam_size=beam, max_length=24), **changes)
+    return config_for(options, eos_id=spec.eos_id, bos_id=spec.bos_id)
+
+
+def _plain(hypotheses):
+    return [[(h.tokens, h.score, h.normalized_score) for h in hyps] for hyps in hypotheses]
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_one_sentence_at_a_time_decodes_bit_for_bit_as_the_python_step(model, beam):
+    spec, encoder, python, compiled, sources = model
+    config = _config(spec, beam)
+    for source in sources[:12]:
+        want = offline.translate_ids(encoder, python, spec, [source], config)
+        assert _plain(offline.translate_ids(encoder, compiled, spec, [source], config)) == _plain(want)
+
+
+def test_batches_of_mixed_beam_sizes_decode_bit_for_bit_as_the_python_step(model):
+    spec, encoder, python, compiled, sources = model
+    for beam, sentences in ((2, sources[:8]), (4, sources[8:24]), (8, sources[:5])):
+        config = _config(spec, beam, n_best=2)
+        want = offline.translate_ids(encoder, python, spec, sentences, config)
+        assert _plain(offline.translate_ids(encoder, compiled, spec, sentences, config)) == _plain(want)
+
+
+def _joining(spec, encoder, decoder, sources, configs, steps: int, grouped: bool, stop=None):
+    """Sentence i joins before decode step 2*i (iteration-level batching); returns hypotheses and steps per call.
+
+    A call never runs past the next join, so every step sees the same rows whatever `steps` is: scores
+    are then bit-identical, not just close (a GEMM over other rows may round differently)."""
+    batch = st.DecodeBatch(spec, grouped=grouped)
+    batch.stop = stop
+    finished, done_steps, joined, ran = {}, 0, 0, []
+    while len(finished) < len(sources):
+        if joined < len(sources) and done_steps >= 2 * joined:
+            batch.join(
+                [joined],
+                encoder(sp.encoder_inputs(spec, [sources[joined]])),
+                [configs[joined]],
+                [len(sources[joined]) + 1],
+            )
+            joined += 1
+        budget = steps if joined == len(sources) else max(1, min(steps, 2 * joined - done_steps))
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder, steps=budget)}
+        ran.append(batch.last_steps)
+        done_steps += batch.last_steps
+    return _plain([finished[i] for i in range(len(sources))]), ran
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
+def test_sentences_joining_and_leaving_decode_bit_for_bit_as_the_python_step(model, grouped):
+    spec, encoder, python, compiled, sources = model
+    configs = [_config(spec, beam) for beam in (4, 1, 2, 4, 3, 4, 1, 4)]
+    want, _ = _joining(spec, encoder, python, sources[:8], configs, 1, grouped)
+    one, ran = _joining(spec, encoder, compiled, sources[:8], configs, 1, grouped)
+    assert one == want and set(ran) == {1}
+    several, ran = _joining(spec, encoder, compiled, sources[:8], configs, 16, grouped)
+    assert several == want
+    assert max(ran) > 1  # steady stretches really ran as several steps in one call
+
+
+def test_the_stop_flag_ends_a_call_after_its_current_step(model):
+    spec, encoder, python, compiled, sources = model
+    configs = [_config(spec, 4)] * 4
+    want, _ = _joining(spec, encoder, python, sources[:4], configs, 1, True)
+    stopped, ran = _joining(spec, encoder, compiled, sources[:4], configs, 16, True, np.ones(1, np.int64))
+    assert stopped == want and set(ran) == {1}
+
+
+def test_runners_that_do_not_say_which_file_they_run_keep_stepping_in_python(model):
+    spec, encoder, python, compiled, sources = model
+
+    def triton_like(inputs):
+        return python(inputs)
+
+    assert native_decoder.attach(triton_like) is triton_like
+    assert getattr(triton_like, "native", None) is None
+    assert native_decoder.open_native_decoder(Path("/nonexistent.onnx"), python.session) is None
+
+
+def test_each_compiled_call_counts_as_a_model_run_in_the_runners_occupancy(model):
+    spec, encoder, python, compiled, sources = model
+    events = []
+
+    class Recorder:
+        def enter(self):
+            events.append("enter")
+
+        def leave(self):
+            events.append("leave")
+
+    run = onnxruntime_runner(python.session, Recorder())
+    run.model_file = python.model_file
+    native_decoder.attach(run)
+    assert run.native is not None and run.native.occupancy is run.occupancy
+    offline.translate_ids(encoder, run, spec, [sources[0]], _config(spec, 4))
+    assert events and events == ["enter", "leave"] * (len(events) // 2)
