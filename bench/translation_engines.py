@@ -122,9 +122,11 @@ def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
 
 def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
     """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
-    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1."""
+    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1,
+    the decoder's steps compiled as the gateway runs them (serving.decoding.native_decoder)."""
     import onnxruntime as ort
 
+    from serving.decoding import native_decoder
     from serving.decoding.offline import translate_in_batches
     from serving.decoding.translator import translator_from_entry
     from serving.execution.onnxruntime import onnxruntime_runner
@@ -134,12 +136,12 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     block = entry.kiln["translator"]
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    run = {
-        part: onnxruntime_runner(
-            ort.InferenceSession(str(repository / block[part] / "1" / "model.onnx"), options)
-        )
-        for part in ("encoder", "decoder")
-    }
+    run = {}
+    for part in ("encoder", "decoder"):
+        path = repository / block[part] / "1" / "model.onnx"
+        run[part] = onnxruntime_runner(ort.InferenceSession(str(path), options))
+        run[part].model_file = path  # as the gateway's backend says it: the decoder's steps compiled
+    native_decoder.attach(run["decoder"])
     translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])
     spec = translator.schedulers[0].spec
     rows = []
