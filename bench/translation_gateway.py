@@ -145,7 +145,9 @@ def _layout_rows(
         row = make_row(
             engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat
         )
-        rows.append({**row, "workers": workers})
+        # a text translated differently from one round to the next (see _gateway_run's marker)
+        inconsistent = sum(1 for h in hyps if (h or "").startswith("<inconsistent across rounds"))
+        rows.append({**row, "workers": workers, "inconsistent_across_rounds": inconsistent})
         log.info("%s %s beam %s c=%d: %.0f tokens/s", entry, engine, row["beam"], c, row["tokens_per_s"])
         return rows[-1]
 

@@ -97,14 +97,27 @@ def prepare(
 
 def identity_target(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Issue 10's identity figure for one translator: the lowest agreement with the PyTorch reference of
-    any gateway or gateway->Triton row (goal 100 %), with how many rows and sentences differ."""
+    any gateway or gateway->Triton row (goal 100 %), with how many rows and sentences differ.
+
+    The int8 entry is another model (export's gate holds it to >= 99.5 % agreement with fp32), so its
+    rows are not held to identity; the note reports their agreement and how many of its sentences were
+    translated differently from one round to the next (dynamic int8 quantizes a step's activations
+    with one scale for all of the batch's rows, so a sentence's int8 steps depend on its batch)."""
     served = [r for r in rows if r["engine"].startswith("gateway") and "same_as_reference" in r]
+    int8 = [r for r in served if "int8 entry" in r["engine"]]
+    served = [r for r in served if r not in int8]
     worst = min((r["same_as_reference"] for r in served), default=float("nan"))
     differing = [r for r in served if r["differs_from_reference"]]
     note = (
         f"{len(served) - len(differing)} of {len(served)} gateway/Triton rows identical; "
         f"{sum(r['differs_from_reference'] for r in served)} translations differ in all"
     )
+    if int8:
+        note += (
+            f"; int8 entry (gate-checked, not held to identity): "
+            f"{min(r['same_as_reference'] for r in int8):.2f} % agree, "
+            f"{sum(r.get('inconsistent_across_rounds', 0) for r in int8)} inconsistent across rounds"
+        )
     return {
         "target": f"`{model}` through the gateway and Triton identical to the PyTorch reference (%)",
         "goal": 100.0,

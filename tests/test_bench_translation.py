@@ -144,6 +144,14 @@ def test_the_identity_target_reads_the_worst_served_row_and_counts_every_differi
     target = identity_target("gru_attention", rows)
     assert target["measured"] == 98.0 and target["goal"] == 100.0
     assert target["note"] == "1 of 2 gateway/Triton rows identical; 3 translations differ in all"
+    int8 = _translation_row(
+        "gateway (int8 entry, 2 workers)", 4, [], same_as_reference=99.22, differs_from_reference=1
+    )
+    target = identity_target("gru_attention", [*rows, {**int8, "inconsistent_across_rounds": 1}])
+    assert target["measured"] == 98.0  # another model: its agreement is the export gate's matter
+    assert target["note"].endswith(
+        "; int8 entry (gate-checked, not held to identity): 99.22 % agree, 1 inconsistent across rounds"
+    )
     shown = differences_markdown("gru_attention", rows)
     assert "gateway->triton (triton) beam 8 c=8, sentence 7 'nine': 'neuf neuf' vs reference 'neuf'" in shown
 
