@@ -93,21 +93,23 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """One query per row over ``past ++ new`` keys without concatenating them (no copy of the cache).
 
-        x: (B, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); bias: (B, 1, 1, P+1), 0 where the
-        row may attend and the dtype's lowest value where not (:func:`mask_bias`). Only the scores
+        x: (B, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); bias: (B, 1, 1, P), 0 where the
+        row may attend its past entry and the dtype's lowest value where not (:func:`mask_bias`); a
+        row always attends its new entry (adding 0 would change nothing). Only the scores
         ((B, h, 1, P+1), small) are concatenated; the weighted sum is split back over the two parts. The
         new entry's score and contribution are elementwise products: a batched GEMM of 1 x hd by hd x 1
-        per row and head costs far more than the arithmetic it does.
+        per row and head costs far more than the arithmetic it does. Every shape here is a constant or
+        read from a slice's end (``-1``), so the exported step computes no shapes at run time.
         """
         q = self.split_row(self.q_proj(x))  # (B, h, 1, hd)
         scale = math.sqrt(self.head_dim)
-        past_scores = q @ past_k.transpose(-2, -1) / scale  # (B, h, 1, P)
+        past_scores = q @ past_k.transpose(-2, -1) / scale + bias  # (B, h, 1, P)
         new_score = (q * new_k).sum(dim=-1, keepdim=True) / scale  # (B, h, 1, 1)
-        scores = torch.cat([past_scores, new_score], dim=-1) + bias  # (B, h, 1, P+1)
-        weights = self.dropout(F.softmax(scores, dim=-1))  # (B, h, 1, P+1)
-        past = past_k.shape[2]
-        out = weights[..., :past] @ past_v + weights[..., past:] * new_v  # (B, h, 1, hd)
-        return self.out_proj(out.flatten(1))  # (B, D)
+        weights = self.dropout(
+            F.softmax(torch.cat([past_scores, new_score], dim=-1), dim=-1)
+        )  # (B, h, 1, P+1)
+        out = weights[..., :-1] @ past_v + weights[..., -1:] * new_v  # (B, h, 1, hd)
+        return self.out_proj(out.reshape(-1, self.heads * self.head_dim))  # (B, D)
 
     def attend_rows(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
         """One query per row, rows grouped by sentence: x (R, D), R = n * W rows, sentence i's W rows at
@@ -119,12 +121,12 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(x).view(n, -1, self.heads, self.head_dim).transpose(1, 2)  # (n, h, W, hd)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + bias  # (n, h, W, K)
         out = self.dropout(F.softmax(scores, dim=-1)) @ v  # (n, h, W, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], -1))  # (R, D)
+        return self.out_proj(out.transpose(1, 2).reshape(-1, self.heads * self.head_dim))  # (R, D)
 
     def split_row(self, x: Tensor) -> Tensor:
         """(B, D) -> (B, h, 1, hd): one position per row, kept 2-D up to here so that each projection
         is one GEMM with its bias fused (ONNX Runtime fuses MatMul + Add into Gemm only in 2-D)."""
-        return x.view(x.shape[0], self.heads, 1, self.head_dim)
+        return x.view(-1, self.heads, 1, self.head_dim)
 
     def _merge(self, heads: Tensor) -> Tensor:
         """(B, h, T, hd) -> output projection of (B, T, D)."""
@@ -185,7 +187,7 @@ class DecoderLayer(nn.Module):
         cross: tuple[Tensor, Tensor],
         src_bias: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One token per row: x (B, D); cache: past k/v (B, h, P, hd); self_bias (B, 1, 1, P+1);
+        """One token per row: x (B, D); cache: past k/v (B, h, P, hd); self_bias (B, 1, 1, P);
         cross: k/v (n, h, S, hd) and src_bias (n, 1, 1, S), once per row (n = B) or once per sentence
         of B = n * W rows grouped by sentence (:meth:`MultiHeadAttention.attend_rows`). Returns x (B, D)
         and new k/v (B, h, 1, hd)."""
@@ -276,8 +278,7 @@ class Transformer(nn.Module):
         """
         tokens, positions = inputs["tokens"], inputs["positions"]  # (B,), (B,)
         x = self._embed(self.tgt_embed, tokens, positions)  # (B, D)
-        now = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (B, 1)
-        self_bias = mask_bias(torch.cat([inputs["cache_mask"], now], dim=1), x.dtype)  # (B, 1, 1, P+1)
+        self_bias = mask_bias(inputs["cache_mask"], x.dtype)  # (B, 1, 1, P): the new entry is never masked
         src_bias = mask_bias(inputs["src_mask"], x.dtype)  # (B, 1, 1, S)
         out = {}
         for i, layer in enumerate(self.decoder_layers):
