@@ -153,3 +153,27 @@ def test_each_compiled_call_counts_as_a_model_run_in_the_runners_occupancy(model
     assert run.native is not None and run.native.occupancy is run.occupancy
     offline.translate_ids(encoder, run, spec, [sources[0]], _config(spec, 4))
     assert events and events == ["enter", "leave"] * (len(events) // 2)
+
+
+def test_calls_run_on_past_finished_hypotheses_and_hand_them_over_in_order(model, monkeypatch):
+    """A step that offers a finished hypothesis no longer ends the call: the call keeps the hypotheses
+    (``PackedStep.found``) and Python files them in the order the steps offered them, as if every step
+    had handed back (``FOUND_STEPS = 0``: the old behaviour), with fewer calls."""
+    spec, encoder, python, compiled, sources = model
+    config = _config(spec, 4, n_best=4)
+
+    def one_at_a_time(source):
+        batch = st.DecodeBatch(spec, grouped=True)
+        batch.join([0], encoder(sp.encoder_inputs(spec, [source])), [config], [len(source) + 1])
+        calls, finished = 0, []
+        while batch.size:
+            finished += batch.step(compiled, steps=16)
+            calls += 1
+        return _plain([finished[0].hypotheses]), calls
+
+    want = [_plain(offline.translate_ids(encoder, python, spec, [s], config)) for s in sources[:12]]
+    kept = [one_at_a_time(s) for s in sources[:12]]
+    monkeypatch.setattr(native_decoder, "FOUND_STEPS", 0)
+    handed = [one_at_a_time(s) for s in sources[:12]]
+    assert [h for h, _ in kept] == want == [h for h, _ in handed]
+    assert sum(n for _, n in kept) < sum(n for _, n in handed)

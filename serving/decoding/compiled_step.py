@@ -107,9 +107,23 @@ def native_step(
 class PackedStep:
     """The kernel's arguments for one step (``args``, an int64 array of integers and addresses) and the
     blocks its outputs land in; :meth:`result` reads them once the kernel has run. The arrays the
-    kernel reads are held here until then."""
+    kernel reads are held here until then. ``found`` (set by ``kiln_decode_step``'s caller; ``None``
+    otherwise): the finished hypotheses offered by the steps before the last, ``found[0]`` records of
+    4 + W1 int64 after it (sentence, length, raw and normalized score as double bits, the prefix)."""
 
-    __slots__ = ("args", "second", "beams", "held", "ints", "reals", "scores", "flags", "room", "offsets")
+    __slots__ = (
+        "args",
+        "second",
+        "found",
+        "beams",
+        "held",
+        "ints",
+        "reals",
+        "scores",
+        "flags",
+        "room",
+        "offsets",
+    )
 
     def result(self, total: int, which: int = 0, steps: int = 1) -> StepResult:
         """The outcome after ``steps`` steps (more than one: ``kiln_decode_step``'s, alternating between
@@ -130,7 +144,14 @@ class PackedStep:
         else:
             extended = (ints if which == 1 else self.second[1])[o_prefixes:].reshape(room, width1)
         n_offers = int(ints[o_prefixes - 1])
-        finished = beams.finished
+        offered: list[tuple[int, Hypothesis]] = []  # in the order the steps offered them
+        found = self.found
+        if found is not None and found[0]:  # the steps before the last (kiln_decode_step)
+            records = found[1 : 1 + int(found[0]) * (4 + width1)].reshape(-1, 4 + width1)
+            reals_of = records[:, 2:4].copy().view(np.float64)  # raw and normalized score
+            for record, (score, norm) in zip(records.tolist(), reals_of.tolist(), strict=True):
+                generated = record[5 : 4 + record[1]] + [beams.eos_id]  # the prefix after BOS, then EOS
+                offered.append((record[0], Hypothesis(generated, score, norm)))
         if n_offers:
             offer_sentence, offer_origin, offer_length = (
                 ints[o_offers + j * room : o_offers + j * room + n_offers].tolist() for j in range(3)
@@ -138,14 +159,13 @@ class PackedStep:
             start = n * (1 + width_b)
             offer_score = reals[start : start + n_offers].tolist()
             offer_norm = reals[start + room : start + room + n_offers].tolist()
-            finished = list(finished)
             for i in range(n_offers):
-                s, length = offer_sentence[i], offer_length[i]
-                hypothesis = Hypothesis(
-                    extended[offer_origin[i], 1:length].tolist() + [beams.eos_id],
-                    offer_score[i],
-                    offer_norm[i],
-                )
+                generated = extended[offer_origin[i], 1 : offer_length[i]].tolist() + [beams.eos_id]
+                offered.append((offer_sentence[i], Hypothesis(generated, offer_score[i], offer_norm[i])))
+        finished = beams.finished
+        if offered:
+            finished = list(finished)
+            for s, hypothesis in offered:
                 kept = list(finished[s])
                 keep_best(kept, hypothesis, int(beams.beam[s]))
                 finished[s] = tuple(kept)
@@ -237,7 +257,7 @@ def pack(
         ],
         dtype=np.int64,
     )
-    packed.second = None
+    packed.second = packed.found = None  # found: set by kiln_decode_step's caller (see result)
     if second:
         ints2, scores2 = np.empty_like(ints), np.empty_like(scores)
         args2 = packed.args.copy()

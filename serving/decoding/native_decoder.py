@@ -44,6 +44,9 @@ ONNX_TYPES = {
 }
 MAX_RANK = 4  # ort_step.c's tensor descriptor holds four dimensions
 MAX_STEPS = 16  # steps one call may run (bounds the columns its buffers make room for)
+# steps' worth of finished hypotheses (each step offers at most its kept rows) a call keeps for the
+# caller and goes on; a call that would keep more hands back
+FOUND_STEPS = 4
 FIXED, TOKENS, POSITIONS, MASK, CACHE = 0, 1, 2, 3, 16  # what ort_step.c fills in a tensor (CACHE + index)
 ERROR_BYTES = 1024
 

@@ -188,11 +188,15 @@ release:
  * positions (two buffers each: one advance writes the first, the next the second, and so on),
  * [11] the cache mask bool [P, column] written here before each run (0: the decoder takes none; room
  * for the columns of every step checked by the caller), then per cache: its buffer [P, outer, column, inner] and the two it advances into (room for the
- * columns of every step checked by the caller).
+ * columns of every step checked by the caller), then `found` (int64*, 0: none) and its capacity in records:
+ * the finished hypotheses offered by the steps before the last, in order, found[0] of them, each a record
+ * of 4 + W1 int64 after it: sentence, length (EOS included), raw score and normalized score (double bits),
+ * the prefix it extended (W1 tokens, BOS first).
  *
  * A step's rows advance here while every sentence keeps its rows (none finished, widened or failed)
- * and the plan has a holder; steps go on while they advance, offered no finished hypothesis, the stop
- * flag stays 0 and fewer than dyn[2] ran. result: [0] steps run, [1] 1 if the last one advanced here
+ * and the plan has a holder; steps go on while they advance, the finished hypotheses they offer fit in
+ * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than dyn[2]
+ * ran. result: [0] steps run, [1] 1 if the last one advanced here
  * (else the caller advances it, over its outputs), [2] the rows the last beam step kept, [3] the
  * cache column count, [4] which beam arguments the last step used (0: dyn[0], 1: dyn[1]),
  * [5] advances made (the current tokens, positions and caches are in their first buffers when odd).
@@ -272,7 +276,24 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         positions = next_positions;
         advances++;
         int64_t offers = *(int64_t *)(intptr_t)(args[30]);
-        if (offers || steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
+        if (steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
+        if (offers) { /* kept for the caller in `found`, where they fit, and the steps go on */
+            int64_t *found = D(12 + 3 * n_caches, int64_t *), width1 = args[4];
+            if (!found || found[0] + offers > dyn[13 + 3 * n_caches]) break;
+            const int64_t *prefixes = BEAM(args, 10, const int64_t *); /* this step's, which it extended */
+            const int64_t *o_sentence = BEAM(args, 25, const int64_t *), *o_origin = BEAM(args, 26, const int64_t *);
+            const int64_t *o_length = BEAM(args, 27, const int64_t *);
+            const double *o_score = BEAM(args, 28, const double *), *o_norm = BEAM(args, 29, const double *);
+            for (int64_t j = 0; j < offers; j++) {
+                int64_t *record = found + 1 + (found[0] + j) * (4 + width1);
+                record[0] = o_sentence[j];
+                record[1] = o_length[j];
+                memcpy(record + 2, o_score + j, sizeof(double));
+                memcpy(record + 3, o_norm + j, sizeof(double));
+                memcpy(record + 4, prefixes + o_origin[j] * width1, (size_t)width1 * sizeof(int64_t));
+            }
+            found[0] += offers;
+        }
         /* the next step reads this one's kept rows and writes the other arguments' outputs */
         int64_t *next = beam_args[which ^ 1];
         const int64_t *step_in = BEAM(args, 15, const int64_t *);

@@ -296,7 +296,8 @@ class DecodeBatch:
         """:meth:`step` through ``kiln_decode_step`` (:mod:`serving.decoding.native_decoder`): each step's
         decoder run and beam step in C, and the rows' advance too while no sentence changes its rows
         and the layout stands (what :meth:`_advance_rows` would then keep); up to ``steps`` such steps
-        in one call, as long as none offers a finished hypothesis and :attr:`stop` stays 0. A step that
+        in one call, as long as the finished hypotheses they offer fit the call's record of them
+        (``PackedStep.found``) and :attr:`stop` stays 0. A step that
         does not advance there is advanced by :meth:`_advance_rows` over its outputs."""
         size, column, n, beams = self.physical, self.column, self.size, self.beams
         sentence, encoder = self._current_layout()
@@ -341,6 +342,13 @@ class DecodeBatch:
             held.append(np.ascontiguousarray(old))
             dyn += [address(held[-1]), address(after[0]), address(after[1])]
             grown.append((inp.name, after, shape, axis))
+        if steps > 1:  # the finished hypotheses of the steps before the last: [count, records]
+            records, width = native_decoder.FOUND_STEPS * packed.room, 4 + beams.prefixes.shape[1]
+            packed.found = decoder.buffer("found", 1 + records * width, np.int64)
+            packed.found[0] = 0
+            dyn += [address(packed.found), records]
+        else:
+            dyn += [0, 0]
         dyn = np.array(dyn, dtype=np.int64)
         decoder.step(plan, dyn)
         ran, advanced, kept, columns, which, advances = decoder.result[:6].tolist()
