@@ -177,3 +177,22 @@ def test_calls_run_on_past_finished_hypotheses_and_hand_them_over_in_order(model
     handed = [one_at_a_time(s) for s in sources[:12]]
     assert [h for h, _ in kept] == want == [h for h, _ in handed]
     assert sum(n for _, n in kept) < sum(n for _, n in handed)
+
+
+def test_a_lone_sentence_widens_within_its_grid_in_the_compiled_call(model):
+    """A lone sentence into an empty batch starts at its beam's width (padding rows), so its first step,
+    one row widening to ``beam``, advances in C too and the call runs on: its search is one call per
+    16 steps (bit for bit as the Python step: test_one_sentence_at_a_time_...)."""
+    spec, encoder, python, compiled, sources = model
+    config = _config(spec, 4)
+    for source in sources[:6]:
+        batch = st.DecodeBatch(spec, grouped=True)
+        batch.join([0], encoder(sp.encoder_inputs(spec, [source])), [config], [len(source) + 1])
+        assert (batch.width, batch.physical, batch.live_rows) == (4, 4, 1)
+        batch.step(compiled, steps=16)
+        assert compiled.native.result[6] == 1  # widened in place, in C, and went on
+        calls, steps = 1, batch.last_steps
+        while batch.size:
+            batch.step(compiled, steps=16)
+            calls, steps = calls + 1, steps + batch.last_steps
+        assert steps > 1 and calls == -(-steps // 16)  # no call handed back before its 16 steps

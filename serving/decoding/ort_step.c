@@ -164,6 +164,50 @@ release:
     return rc;
 }
 
+/* rows.grid_width: the widest of the sentences' row counts (each > 0) whose grid pads to at most
+ * GRID_SLACK = 1.5 times the live rows (a sentence with more rows taking several places), else the
+ * narrowest. */
+static int64_t grid_width(const int64_t *rows, int64_t sentences) {
+    int64_t total = 0, narrowest = INT64_MAX, above = INT64_MAX;
+    for (int64_t s = 0; s < sentences; s++) {
+        total += rows[s];
+        narrowest = rows[s] < narrowest ? rows[s] : narrowest;
+    }
+    for (;;) { /* the distinct row counts, widest first */
+        int64_t width = 0, places = 0;
+        for (int64_t s = 0; s < sentences; s++)
+            if (rows[s] < above && rows[s] > width) width = rows[s];
+        if (!width) return narrowest;
+        for (int64_t s = 0; s < sentences; s++) places += (rows[s] + width - 1) / width;
+        if (2 * places * width <= 3 * total) return width;
+        above = width;
+    }
+}
+
+/* The grouped layout after a step that changed some sentences' row counts (e.g. a joiner widening
+ * from one row to its beam) where the grid stands as it is: every sentence keeps its place, every
+ * row count fits one place of the same width, and that width is the one rows.grid_width picks for
+ * the new counts (what DecodeBatch._grid would lay out then). Writes each search row's physical row
+ * (slot, [sum of rows]) and the search row each physical row holds (holder, [P]: a padding row holds
+ * its sentence's first); 1 if the grid stands, 0 if the caller must lay it out again. */
+static int widen_in_place(int64_t width, int64_t sentences, int64_t physical, const int64_t *before,
+                          const int64_t *rows, const int64_t *old_slot, int64_t *slot, int64_t *holder) {
+    if (width <= 0 || !slot || !holder || physical != sentences * width) return 0;
+    for (int64_t s = 0; s < sentences; s++)
+        if (rows[s] <= 0 || rows[s] > width || before[s] <= 0 || before[s] > width) return 0;
+    if (grid_width(rows, sentences) != width) return 0;
+    int64_t first = 0, first_before = 0;
+    for (int64_t s = 0; s < sentences; s++) {
+        int64_t at = old_slot[first_before]; /* the physical row of its first row: its place's first */
+        if (at % width || at < 0 || at >= physical) return 0;
+        for (int64_t rank = 0; rank < width; rank++) holder[at + rank] = first + (rank < rows[s] ? rank : 0);
+        for (int64_t rank = 0; rank < rows[s]; rank++) slot[first + rank] = at + rank;
+        first += rows[s];
+        first_before += before[s];
+    }
+    return 1;
+}
+
 #define P(i, type) ((type)(intptr_t)plan[i])
 #define D(i, type) ((type)(intptr_t)dyn[i])
 #define BEAM(args, i, type) ((type)(intptr_t)(args)[i])
@@ -171,7 +215,8 @@ release:
 /* Decode steps over the caller's buffers, their arguments in two int64 arrays (addresses as integers).
  *
  * `plan`, what stays while the batch's layout does: [0] session, [1] inputs, [2] outputs (the first is
- * the log-probs the beam step reads), [3] result int64[8] (below), [4] unused, [5] each physical
+ * the log-probs the beam step reads), [3] result int64[8] (below), [4] the grid width of a grouped
+ * layout (0: per-row layout, never widened here), [5] each physical
  * row's sentence [P], [6] holder: the search
  * row each physical row holds [P] (0: never advance here), [7] slot: each search row's physical row,
  * [8] P (physical rows), [9] S (sentences), [10] scratch int64 [S + P], [11] caches, [12] stop flag
@@ -191,15 +236,19 @@ release:
  * columns of every step checked by the caller), then `found` (int64*, 0: none) and its capacity in records:
  * the finished hypotheses offered by the steps before the last, in order, found[0] of them, each a record
  * of 4 + W1 int64 after it: sentence, length (EOS included), raw score and normalized score (double bits),
- * the prefix it extended (W1 tokens, BOS first).
+ * the prefix it extended (W1 tokens, BOS first); then the buffers [P] a widening writes the new slot and
+ * holder to (0: none).
  *
- * A step's rows advance here while every sentence keeps its rows (none finished, widened or failed)
- * and the plan has a holder; steps go on while they advance, the finished hypotheses they offer fit in
+ * A step's rows advance here while every sentence keeps its rows (none finished or failed) and the
+ * plan has a holder; once a call, a step whose sentences changed their row counts within the grid as
+ * it stands (widen_in_place: e.g. joiners widening from one row to their beam) advances here too,
+ * under the layout it writes; steps go on while they advance, the finished hypotheses they offer fit in
  * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than dyn[2]
  * ran. result: [0] steps run, [1] 1 if the last one advanced here
  * (else the caller advances it, over its outputs), [2] the rows the last beam step kept, [3] the
  * cache column count, [4] which beam arguments the last step used (0: dyn[0], 1: dyn[1]),
- * [5] advances made (the current tokens, positions and caches are in their first buffers when odd).
+ * [5] advances made (the current tokens, positions and caches are in their first buffers when odd),
+ * [6] 1 if a step widened in place (the new slot and holder are in their buffers), [7] its search rows.
  * Returns 0, or -1 with ONNX Runtime's message in error. */
 int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t size) {
     const int64_t n_in = plan[1], n_out = plan[2], physical = plan[8], sentences = plan[9], n_caches = plan[11];
@@ -207,6 +256,8 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     int64_t *result = P(3, int64_t *), *joined = D(4, int64_t *), *before = P(10, int64_t *);
     int64_t *source = before + sentences, *steps_scratch = P(13, int64_t *);
     const int64_t *sentence = P(5, const int64_t *), *holder = P(6, const int64_t *), *slot = P(7, const int64_t *);
+    int64_t *new_slot = D(14 + 3 * n_caches, int64_t *), *new_holder = D(15 + 3 * n_caches, int64_t *);
+    int64_t widened = 0, search_rows = 0;
     const volatile int64_t *stop = P(12, const volatile int64_t *);
     uint8_t *mask = D(11, uint8_t *);
     int64_t *beam_args[2] = {D(0, int64_t *), D(1, int64_t *)};
@@ -250,16 +301,21 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         }
         kept = kiln_beam_step_packed(args);
         steps++;
-        for (int64_t s = 0; s < sentences && steady; s++) steady = rows[s] == before[s];
+        int same = 1, widen = 0;
+        for (int64_t s = 0; s < sentences; s++) same &= rows[s] == before[s];
+        if (steady && !same) /* once a call: the layout it writes replaces the plan's */
+            widen = !widened && widen_in_place(plan[4], sentences, physical, before, rows, slot, new_slot, new_holder);
+        steady = steady && (same || widen);
         advanced = steady;
         if (!steady) break;
+        const int64_t *holding = widen ? new_holder : holder;
         const int64_t *origin = BEAM(args, 21, const int64_t *), *chosen = BEAM(args, 22, const int64_t *);
         int64_t *next_tokens = D(7 + (advances & 1), int64_t *), *next_positions = D(9 + (advances & 1), int64_t *);
         int64_t lead = column;
         for (int64_t s = 0; s < sentences; s++) lead = joined[s] < lead ? joined[s] : lead;
         for (int64_t r = 0; r < physical; r++) {
-            source[r] = slot[origin[holder[r]]];
-            next_tokens[r] = chosen[holder[r]];
+            source[r] = slot[origin[holding[r]]];
+            next_tokens[r] = chosen[holding[r]];
             next_positions[r] = positions[source[r]] + 1;
         }
         for (int64_t i = 0; i < n_caches; i++) {
@@ -275,6 +331,12 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         tokens = next_tokens;
         positions = next_positions;
         advances++;
+        if (widen) {
+            slot = new_slot;
+            holder = new_holder;
+            widened = 1;
+            search_rows = kept;
+        }
         int64_t offers = *(int64_t *)(intptr_t)(args[30]);
         if (steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
         if (offers) { /* kept for the caller in `found`, where they fit, and the steps go on */
@@ -300,6 +362,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         for (int64_t s = 0; s < sentences; s++) steps_scratch[s] = step_in[s] + (rows[s] > 0);
         next[9] = args[23];
         next[10] = args[24];
+        next[8] = (int64_t)(intptr_t)slot; /* the search rows' physical rows (another after a widening) */
         next[15] = (int64_t)(intptr_t)steps_scratch;
         which ^= 1;
     }
@@ -309,6 +372,8 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     result[3] = column;
     result[4] = which;
     result[5] = advances;
+    result[6] = widened;
+    result[7] = search_rows;
     return 0;
 }
 #undef P

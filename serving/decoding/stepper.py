@@ -118,14 +118,21 @@ class DecodeBatch:
     ) -> None:
         """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``); their rows
         go after the others, physically too."""
-        n, size = len(keys), self.physical
-        copies = self.width if self.grouped else 1  # physical rows per joining sentence
-        self._layout = self._holder = None
+        n, size, empty = len(keys), self.physical, not self.keys
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
             raise ValueError(f"the encoder did not return {missing}")
         for config in configs:
             check_config(self.spec, config)
+        if self.grouped and empty and n == 1:
+            # a lone sentence into an empty batch takes its beam's width from the start: its first
+            # step widens within the grid (the width _grid keeps for it), so the compiled step runs its
+            # whole search in one call instead of handing the widening back (batch-1 latency)
+            self.width = configs[0].beam_size
+        copies = self.width if self.grouped else 1  # physical rows per joining sentence
+        # each physical row's search row where this join lays out a fresh grid; else laid out at the step
+        self._layout = None
+        self._holder = np.repeat(np.arange(n), copies) if self.grouped and empty else None
         new = bs.start(configs)
         self.beams = new if self.beams is None else bs.concat(self.beams, new)
         self.keys += list(keys)
@@ -349,9 +356,15 @@ class DecodeBatch:
             dyn += [address(packed.found), records]
         else:
             dyn += [0, 0]
+        # where a step that widens sentences within the grid writes the layout (see _advance_rows)
+        laid = [decoder.buffer(f"{name}_out", size, np.int64) for name in ("slot", "holder")]
+        dyn += list(map(address, laid)) if self.grouped else [0, 0]
         dyn = np.array(dyn, dtype=np.int64)
         decoder.step(plan, dyn)
-        ran, advanced, kept, columns, which, advances = decoder.result[:6].tolist()
+        ran, advanced, kept, columns, which, advances, widened, rows = decoder.result[:8].tolist()
+        if widened:  # as _advance_rows's _grid lays it out: same places and width, rows within them
+            self.slot, self._holder = laid[0][:rows].copy(), laid[1][:size].copy()
+            self._in_order = size == rows and bool(np.array_equal(self.slot, np.arange(size)))
         result = packed.result(kept, which, ran)
         self.beams, self.last_steps = result.beams, ran
         if advances:  # the state after the last advance, in the buffers it wrote
@@ -427,7 +440,7 @@ class DecodeBatch:
             len(decoder.inputs),
             1 + len(entries),
             address(result),
-            0,
+            self.width if self.grouped and holder is not None else 0,  # a grid a step may widen within
             address(sentence),
             0 if holder is None else address(holder),
             address(self.slot),
