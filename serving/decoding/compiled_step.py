@@ -19,6 +19,7 @@ path at c=32 810-823 -> 869-895 sentences/s, batch engine 1 144-1 156 -> 1 207-1
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 
 import numpy as np
@@ -170,12 +171,8 @@ class PackedStep:
                 keep_best(kept, hypothesis, int(beams.beam[s]))
                 finished[s] = tuple(kept)
             finished = tuple(finished)
-        new = Beams(
-            beam=beams.beam,
-            n_best=beams.n_best,
-            min_length=beams.min_length,
-            max_length=beams.max_length,
-            divisors=beams.divisors,
+        new = dataclasses.replace(  # what a step changes, as the numpy step's result
+            beams,
             step=beams.step + steps * (beams.rows > 0),  # the live sentences' next token
             rows=rows,
             failed=failed,
@@ -184,8 +181,6 @@ class PackedStep:
             prefixes=prefixes[:total],
             finished=finished,
             finished_norms=norms,
-            eos_id=beams.eos_id,
-            bos_id=beams.bos_id,
         )
         return StepResult(new, origin[:total], tokens[:total])
 
