@@ -196,3 +196,37 @@ def test_a_lone_sentence_widens_within_its_grid_in_the_compiled_call(model):
             batch.step(compiled, steps=16)
             calls, steps = calls + 1, steps + batch.last_steps
         assert steps > 1 and calls == -(-steps // 16)  # no call handed back before its 16 steps
+
+
+def test_joins_and_departures_are_laid_out_in_the_compiled_call(model, monkeypatch):
+    """Sentences of one beam joining a running batch while others finish: the step that widens the
+    joiners (one row to ``beam``, within the places they joined into) and the step that finishes a
+    sentence (its place freed, a sentence beyond the new number of places moving into it) are laid
+    out and advanced in C, as :meth:`DecodeBatch._grid` lays them out (checked at each one), bit for
+    bit as the Python step; Python advances no step."""
+    spec, encoder, python, compiled, sources = model
+    configs = [_config(spec, 4)] * 10
+    want, _ = _joining(spec, encoder, python, sources[:10], configs, 1, True)
+    relaid, advanced = [], []
+    original_relaid, original_advance = st.DecodeBatch._relaid, st.DecodeBatch._advance_rows
+
+    def relaid_as_grid(self, slot, holder, rows):
+        assert rows is self.beams.rows  # the call's last step was laid out (and ended it: a departure)
+        place, width, grid_slot, grid_holder, place_sentence = self._grid()
+        assert width == self.width
+        np.testing.assert_array_equal(slot, grid_slot)
+        np.testing.assert_array_equal(holder[: grid_holder.size], grid_holder)
+        size = original_relaid(self, slot, holder, rows)
+        np.testing.assert_array_equal(self.place, place)
+        np.testing.assert_array_equal(self.place_sentence, place_sentence)
+        relaid.append((int(np.count_nonzero(rows == 0)), size))
+        return size
+
+    monkeypatch.setattr(st.DecodeBatch, "_relaid", relaid_as_grid)
+    monkeypatch.setattr(
+        st.DecodeBatch, "_advance_rows", lambda self, *a: advanced.append(1) or original_advance(self, *a)
+    )
+    got, _ = _joining(spec, encoder, compiled, sources[:10], configs, 1, True)
+    assert got == want
+    assert any(left for left, _ in relaid) and any(not left for left, _ in relaid)
+    assert not advanced

@@ -164,12 +164,13 @@ release:
     return rc;
 }
 
-/* rows.grid_width: the widest of the sentences' row counts (each > 0) whose grid pads to at most
- * GRID_SLACK = 1.5 times the live rows (a sentence with more rows taking several places), else the
- * narrowest. */
+/* rows.grid_width over the sentences with rows (those with none are skipped): the widest of their row
+ * counts whose grid pads to at most GRID_SLACK = 1.5 times the live rows (a sentence with more rows
+ * taking several places), else the narrowest. */
 static int64_t grid_width(const int64_t *rows, int64_t sentences) {
     int64_t total = 0, narrowest = INT64_MAX, above = INT64_MAX;
     for (int64_t s = 0; s < sentences; s++) {
+        if (rows[s] <= 0) continue;
         total += rows[s];
         narrowest = rows[s] < narrowest ? rows[s] : narrowest;
     }
@@ -178,34 +179,54 @@ static int64_t grid_width(const int64_t *rows, int64_t sentences) {
         for (int64_t s = 0; s < sentences; s++)
             if (rows[s] < above && rows[s] > width) width = rows[s];
         if (!width) return narrowest;
-        for (int64_t s = 0; s < sentences; s++) places += (rows[s] + width - 1) / width;
+        for (int64_t s = 0; s < sentences; s++)
+            if (rows[s] > 0) places += (rows[s] + width - 1) / width;
         if (2 * places * width <= 3 * total) return width;
         above = width;
     }
 }
 
-/* The grouped layout after a step that changed some sentences' row counts (e.g. a joiner widening
- * from one row to its beam) where the grid stands as it is: every sentence keeps its place, every
- * row count fits one place of the same width, and that width is the one rows.grid_width picks for
- * the new counts (what DecodeBatch._grid would lay out then). Writes each search row's physical row
- * (slot, [sum of rows]) and the search row each physical row holds (holder, [P]: a padding row holds
- * its sentence's first); 1 if the grid stands, 0 if the caller must lay it out again. */
-static int widen_in_place(int64_t width, int64_t sentences, int64_t physical, const int64_t *before,
-                          const int64_t *rows, const int64_t *old_slot, int64_t *slot, int64_t *holder) {
-    if (width <= 0 || !slot || !holder || physical != sentences * width) return 0;
-    for (int64_t s = 0; s < sentences; s++)
-        if (rows[s] <= 0 || rows[s] > width || before[s] <= 0 || before[s] > width) return 0;
-    if (grid_width(rows, sentences) != width) return 0;
-    int64_t first = 0, first_before = 0;
+/* The grouped layout after a step that changed some sentences' row counts where the grid keeps its
+ * width: joiners widening from one row to their beam, sentences that finished (no rows left) giving up
+ * their place. Every sentence had one place of `width` rows before (physical == sentences * width) and
+ * every live one fits one place after; the width is the one rows.grid_width picks for the live counts
+ * (what DecodeBatch._grid lays out then): a live sentence keeps its place where that is below the
+ * number of live sentences, the others take the free places in order (rows.dense_slots). Writes each
+ * search row's physical row (slot, [sum of rows]) and the search row each physical row holds (holder,
+ * [live sentences * width]: a padding row holds its sentence's first). Returns the physical rows after,
+ * or 0 if the caller must lay the grid out again. `place` is scratch for [2 * sentences]. */
+static int64_t relayout(int64_t width, int64_t sentences, int64_t physical, const int64_t *before,
+                        const int64_t *rows, const int64_t *old_slot, int64_t *slot, int64_t *holder,
+                        int64_t *place) {
+    if (width <= 0 || !slot || !holder || !place || physical != sentences * width) return 0;
+    int64_t count = 0, *taken = place + sentences;
     for (int64_t s = 0; s < sentences; s++) {
+        if (rows[s] < 0 || rows[s] > width || before[s] <= 0 || before[s] > width) return 0;
+        count += rows[s] > 0;
+    }
+    if (!count || grid_width(rows, sentences) != width) return 0;
+    for (int64_t p = 0; p < count; p++) taken[p] = 0;
+    for (int64_t s = 0, first_before = 0; s < sentences; first_before += before[s], s++) {
         int64_t at = old_slot[first_before]; /* the physical row of its first row: its place's first */
         if (at % width || at < 0 || at >= physical) return 0;
+        place[s] = rows[s] > 0 ? at / width : -1;
+        if (place[s] >= count) place[s] = count; /* moves to a free place below */
+        else if (place[s] >= 0) taken[place[s]] = 1;
+    }
+    for (int64_t s = 0, free_place = 0; s < sentences; s++) {
+        if (place[s] != count) continue;
+        while (taken[free_place]) free_place++;
+        place[s] = free_place;
+        taken[free_place] = 1;
+    }
+    for (int64_t s = 0, first = 0; s < sentences; s++) {
+        if (place[s] < 0) continue;
+        int64_t at = place[s] * width;
         for (int64_t rank = 0; rank < width; rank++) holder[at + rank] = first + (rank < rows[s] ? rank : 0);
         for (int64_t rank = 0; rank < rows[s]; rank++) slot[first + rank] = at + rank;
         first += rows[s];
-        first_before += before[s];
     }
-    return 1;
+    return count * width;
 }
 
 #define P(i, type) ((type)(intptr_t)plan[i])
@@ -219,7 +240,7 @@ static int widen_in_place(int64_t width, int64_t sentences, int64_t physical, co
  * layout (0: per-row layout, never widened here), [5] each physical
  * row's sentence [P], [6] holder: the search
  * row each physical row holds [P] (0: never advance here), [7] slot: each search row's physical row,
- * [8] P (physical rows), [9] S (sentences), [10] scratch int64 [S + P], [11] caches, [12] stop flag
+ * [8] P (physical rows), [9] S (sentences), [10] scratch int64 [3 * S + P], [11] caches, [12] stop flag
  * (int64*: stop after the current step once it is nonzero; 0: none), [13] scratch int64 [S] for the
  * step counts of steps after the first; then TENSOR fields per input and per output (the data, and
  * the dimension on the cache axis, of TOKENS, POSITIONS, MASK and CACHE tensors are filled here), then
@@ -240,21 +261,23 @@ static int widen_in_place(int64_t width, int64_t sentences, int64_t physical, co
  * holder to (0: none).
  *
  * A step's rows advance here while every sentence keeps its rows (none finished or failed) and the
- * plan has a holder; once a call, a step whose sentences changed their row counts within the grid as
- * it stands (widen_in_place: e.g. joiners widening from one row to their beam) advances here too,
- * under the layout it writes; steps go on while they advance, the finished hypotheses they offer fit in
+ * plan has a holder; once a call, a step whose sentences changed their row counts while the grid keeps
+ * its width (relayout: joiners widening from one row to their beam, finished sentences leaving their
+ * places) advances here too, under the layout it writes, and a step that left a sentence without rows
+ * is the call's last (the caller retires it); steps go on while they advance, the finished hypotheses they offer fit in
  * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than dyn[2]
  * ran. result: [0] steps run, [1] 1 if the last one advanced here
  * (else the caller advances it, over its outputs), [2] the rows the last beam step kept, [3] the
  * cache column count, [4] which beam arguments the last step used (0: dyn[0], 1: dyn[1]),
  * [5] advances made (the current tokens, positions and caches are in their first buffers when odd),
- * [6] 1 if a step widened in place (the new slot and holder are in their buffers), [7] its search rows.
+ * [6] 1 if a step was laid out again here (the new slot and holder are in their buffers, the holder
+ * for the live sentences' places only), [7] its search rows.
  * Returns 0, or -1 with ONNX Runtime's message in error. */
 int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t size) {
     const int64_t n_in = plan[1], n_out = plan[2], physical = plan[8], sentences = plan[9], n_caches = plan[11];
     const int64_t n_tensors = n_in + n_out, *caches = plan + 14 + n_tensors * TENSOR;
     int64_t *result = P(3, int64_t *), *joined = D(4, int64_t *), *before = P(10, int64_t *);
-    int64_t *source = before + sentences, *steps_scratch = P(13, int64_t *);
+    int64_t *source = before + sentences, *place = source + physical, *steps_scratch = P(13, int64_t *);
     const int64_t *sentence = P(5, const int64_t *), *holder = P(6, const int64_t *), *slot = P(7, const int64_t *);
     int64_t *new_slot = D(14 + 3 * n_caches, int64_t *), *new_holder = D(15 + 3 * n_caches, int64_t *);
     int64_t widened = 0, search_rows = 0;
@@ -301,19 +324,26 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         }
         kept = kiln_beam_step_packed(args);
         steps++;
-        int same = 1, widen = 0;
-        for (int64_t s = 0; s < sentences; s++) same &= rows[s] == before[s];
-        if (steady && !same) /* once a call: the layout it writes replaces the plan's */
-            widen = !widened && widen_in_place(plan[4], sentences, physical, before, rows, slot, new_slot, new_holder);
+        int same = 1, widen = 0, left = 0;
+        int64_t laid = physical; /* physical rows after this step */
+        for (int64_t s = 0; s < sentences; s++) {
+            same &= rows[s] == before[s];
+            left |= rows[s] <= 0;
+        }
+        if (steady && !same && !widened) { /* once a call: the layout it writes replaces the plan's */
+            laid = relayout(plan[4], sentences, physical, before, rows, slot, new_slot, new_holder, place);
+            widen = laid > 0;
+        }
         steady = steady && (same || widen);
         advanced = steady;
         if (!steady) break;
         const int64_t *holding = widen ? new_holder : holder;
         const int64_t *origin = BEAM(args, 21, const int64_t *), *chosen = BEAM(args, 22, const int64_t *);
         int64_t *next_tokens = D(7 + (advances & 1), int64_t *), *next_positions = D(9 + (advances & 1), int64_t *);
-        int64_t lead = column;
-        for (int64_t s = 0; s < sentences; s++) lead = joined[s] < lead ? joined[s] : lead;
-        for (int64_t r = 0; r < physical; r++) {
+        int64_t lead = column; /* the first column a live sentence still uses */
+        for (int64_t s = 0; s < sentences; s++)
+            if (rows[s] > 0) lead = joined[s] < lead ? joined[s] : lead;
+        for (int64_t r = 0; r < laid; r++) {
             source[r] = slot[origin[holding[r]]];
             next_tokens[r] = chosen[holding[r]];
             next_positions[r] = positions[source[r]] + 1;
@@ -322,7 +352,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
             const int64_t *c = caches + i * CACHE_FIELDS;
             const int64_t *entry = tensors + (n_in + c[3]) * TENSOR;
             char *to = D(13 + 3 * i + (advances & 1), char *);
-            kiln_gather_grow(physical, c[0], column, lead, c[1], c[2], cache_data[i],
+            kiln_gather_grow(laid, c[0], column, lead, c[1], c[2], cache_data[i],
                              (const char *)(intptr_t)entry[1], source, to);
             cache_data[i] = to;
         }
@@ -338,7 +368,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
             search_rows = kept;
         }
         int64_t offers = *(int64_t *)(intptr_t)(args[30]);
-        if (steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
+        if (left || steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
         if (offers) { /* kept for the caller in `found`, where they fit, and the steps go on */
             int64_t *found = D(12 + 3 * n_caches, int64_t *), width1 = args[4];
             if (!found || found[0] + offers > dyn[13 + 3 * n_caches]) break;

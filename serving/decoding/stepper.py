@@ -130,9 +130,16 @@ class DecodeBatch:
             # whole search in one call instead of handing the widening back (batch-1 latency)
             self.width = configs[0].beam_size
         copies = self.width if self.grouped else 1  # physical rows per joining sentence
-        # each physical row's search row where this join lays out a fresh grid; else laid out at the step
+        # each physical row's search row: the joiners' places follow the grid as it stands (a joiner's
+        # one search row, after the others', held by all of its place's rows), so their first step can
+        # widen within the grid in the compiled call; unknown (None) where the grid was not laid out
         self._layout = None
-        self._holder = np.repeat(np.arange(n), copies) if self.grouped and empty else None
+        if self.grouped and (empty or self._holder is not None):
+            first = 0 if empty else int(self.beams.rows.sum())
+            joiners = np.repeat(first + np.arange(n, dtype=np.int64), copies)
+            self._holder = joiners if empty else np.concatenate([self._holder, joiners])
+        else:
+            self._holder = None
         new = bs.start(configs)
         self.beams = new if self.beams is None else bs.concat(self.beams, new)
         self.keys += list(keys)
@@ -362,11 +369,12 @@ class DecodeBatch:
         dyn = np.array(dyn, dtype=np.int64)
         decoder.step(plan, dyn)
         ran, advanced, kept, columns, which, advances, widened, rows = decoder.result[:8].tolist()
-        if widened:  # as _advance_rows's _grid lays it out: same places and width, rows within them
-            self.slot, self._holder = laid[0][:rows].copy(), laid[1][:size].copy()
-            self._in_order = size == rows and bool(np.array_equal(self.slot, np.arange(size)))
         result = packed.result(kept, which, ran)
         self.beams, self.last_steps = result.beams, ran
+        if widened:  # laid out again in C (see _relaid) for the rows after that step: the last's, or
+            # those before the last where it did not advance (the steps after a relayout keep the rows)
+            after = self.beams.rows if advanced else decoder.result[8 : 8 + n]
+            size = self._relaid(laid[0][:rows].copy(), laid[1], after)
         if advances:  # the state after the last advance, in the buffers it wrote
             now = 0 if advances & 1 else 1
             self.tokens, self.positions = tokens[now][:size], positions[now][:size]
@@ -375,12 +383,34 @@ class DecodeBatch:
                 self.rows[name] = after[now][: math.prod(dims)].reshape(dims)
             self.column, self._capacity = columns, capacity
             decoder.turn ^= advances & 1  # the next call's first buffers are not these
-        if not advanced:
+        if not advanced and self.beams.rows.any():  # (none left: the batch empties, nothing to lay out)
             before = decoder.result[8 : 8 + n]
             self._advance_rows(
                 {"log_probs": log_probs, **entries}, result.origin, before, result.tokens, joining
             )
         return self._retire()
+
+    def _relaid(self, slot: np.ndarray, holder: np.ndarray, rows: np.ndarray) -> int:
+        """The grid as ``kiln_decode_step`` laid it out after a step that changed row counts within the
+        width (``relayout`` in ort_step.c, what :meth:`_grid` lays out then): sentences widened within
+        their places, those left without rows gave theirs up and the live ones beyond the new number of
+        places moved into the freed ones; ``rows``: each sentence's rows under that layout. Returns the
+        physical rows."""
+        width = self.width
+        live = rows > 0
+        count = int(np.count_nonzero(live))
+        size = count * width
+        if count < rows.size:  # places after the departures: where each live sentence's first row is
+            place = np.full(rows.size, -1, dtype=np.int64)
+            place[live] = slot[(np.cumsum(rows) - rows)[live]] // width
+            place_sentence = np.empty(count, dtype=np.int64)
+            place_sentence[place[live]] = np.flatnonzero(live)
+            if not np.array_equal(place_sentence, self.place_sentence):
+                self._layout = None  # another sentence in a place
+            self.place, self.place_sentence = place, place_sentence
+        self.slot, self._holder, self.physical = slot, holder[:size].copy(), size
+        self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
+        return size
 
     def _native_plan(
         self, decoder: NativeDecoder, sentence: np.ndarray, encoder: dict[str, np.ndarray], holder: Any
@@ -433,7 +463,7 @@ class DecodeBatch:
             tensors += tensor_fields(decoder.name_address[name], value, kind)
         for name, value in {"log_probs": log_probs, **entries}.items():
             tensors += tensor_fields(decoder.name_address[name], value, native_decoder.FIXED)
-        result = decoder.result = decoder.buffer("result", 8 + n + size, np.int64)
+        result = decoder.result = decoder.buffer("result", 8 + 3 * n + size, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
         head = [
             decoder.session,
