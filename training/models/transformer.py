@@ -123,6 +123,18 @@ class MultiHeadAttention(nn.Module):
         out = self.dropout(F.softmax(scores, dim=-1)) @ v  # (n, h, W, hd)
         return self.out_proj(out.transpose(1, 2).reshape(-1, self.heads * self.head_dim))  # (R, D)
 
+    def attend_self(self, x: Tensor, bias: Tensor) -> Tensor:
+        """Self-attention over each sentence's positions: x (B*S, D), sentence ``b``'s S positions at
+        rows b*S ... b*S+S-1; bias (B, 1, 1, S). Queries, keys and values come from one product with
+        the three projections side by side, and every product stays 2-D (one GEMM with its bias fused)."""
+        b, length = bias.shape[0], bias.shape[-1]
+        qkv = F.linear(x, *_stacked([self.q_proj, self.k_proj, self.v_proj]))  # (B*S, 3D)
+        qkv = qkv.view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, hd)
+        q, k, v = qkv.unbind(0)  # 3 x (B, h, S, hd)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + bias  # (B, h, S, S)
+        out = self.dropout(F.softmax(scores, dim=-1)) @ v  # (B, h, S, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(-1, self.heads * self.head_dim))  # (B*S, D)
+
     def split_row(self, x: Tensor) -> Tensor:
         """(B, D) -> (B, h, 1, hd): one position per row, kept 2-D up to here so that each projection
         is one GEMM with its bias fused (ONNX Runtime fuses MatMul + Add into Gemm only in 2-D)."""
@@ -131,6 +143,13 @@ class MultiHeadAttention(nn.Module):
     def _merge(self, heads: Tensor) -> Tensor:
         """(B, h, T, hd) -> output projection of (B, T, D)."""
         return self.out_proj(heads.transpose(1, 2).flatten(2))  # (B, T, D)
+
+
+def _stacked(projections: list[nn.Linear]) -> tuple[Tensor, Tensor]:
+    """The weights and biases of ``projections`` side by side: one product computes them all (the
+    exported graph gets one GEMM whose constant weights ONNX Runtime folds at load)."""
+    weight = torch.cat([p.weight for p in projections])  # (n*D_out, D_in)
+    return weight, torch.cat([p.bias for p in projections])
 
 
 class FeedForward(nn.Sequential):
@@ -149,11 +168,10 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        h = self.self_attn_norm(x)  # (B, S, D)
-        k, v = self.self_attn.keys_values(h)  # (B, h, S, hd)
-        x = x + self.dropout(self.self_attn.attend(h, k, v, src_mask[:, None, :]))  # (B, S, D)
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, S, D)
+    def forward(self, x: Tensor, src_bias: Tensor) -> Tensor:
+        """x: (B*S, D), a sentence's S positions consecutive; src_bias (B, 1, 1, S) (:func:`mask_bias`)."""
+        x = x + self.dropout(self.self_attn.attend_self(self.self_attn_norm(x), src_bias))  # (B*S, D)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B*S, D)
 
 
 class DecoderLayer(nn.Module):
@@ -244,15 +262,24 @@ class Transformer(nn.Module):
 
     def encode(self, src_ids: Tensor) -> dict[str, Tensor]:
         """src_ids: Long (B, S) -> src_mask (B, S) and, per decoder layer i, cross_k_i / cross_v_i (B, h, S, hd)."""
+        b, length = src_ids.shape
         src_mask = src_ids != self.cfg.pad_id  # (B, S)
-        pos = torch.arange(src_ids.shape[1], device=src_ids.device).expand_as(src_ids)  # (B, S)
-        x = self._embed(self.src_embed, src_ids, pos)  # (B, S, D)
+        pos = torch.arange(length, device=src_ids.device).expand_as(src_ids)  # (B, S)
+        # positions as rows (B*S, D): every projection is one 2-D product with its bias (ONNX Runtime
+        # fuses MatMul + Add into Gemm only in 2-D); attention sees (B, h, S, hd) views of them
+        x = self._embed(self.src_embed, src_ids, pos).reshape(-1, self.cfg.d_model)  # (B*S, D)
+        bias = mask_bias(src_mask, x.dtype)  # (B, 1, 1, S)
         for layer in self.encoder_layers:
-            x = layer(x, src_mask)  # (B, S, D)
-        memory = self.encoder_norm(x)  # (B, S, D)
+            x = layer(x, bias)  # (B*S, D)
+        memory = self.encoder_norm(x)  # (B*S, D)
+        # every decoder layer's cross-attention keys and values in one product, then split
+        kv = [p for layer in self.decoder_layers for p in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        heads, head_dim = self.cfg.heads, self.cfg.d_model // self.cfg.heads
+        kv = F.linear(memory, *_stacked(kv)).view(b, length, len(kv), heads, head_dim)  # (B, S, 2L, h, hd)
+        parts = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2L x (B, h, S, hd)
         out = {"src_mask": src_mask}
-        for i, layer in enumerate(self.decoder_layers):
-            out[f"cross_k_{i}"], out[f"cross_v_{i}"] = layer.cross_attn.keys_values(memory)  # (B, h, S, hd)
+        for i in range(len(self.decoder_layers)):
+            out[f"cross_k_{i}"], out[f"cross_v_{i}"] = parts[2 * i], parts[2 * i + 1]
         return out
 
     def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
