@@ -36,6 +36,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sentences": 128,
         "pa_concurrency": (1, 64),
         "pa_rounds": 3,
+        "paired_rounds": 5,  # gateway / CTranslate2 alternations behind the translation targets
     },
     "full": {
         "batches": (1, 2, 4, 8, 16, 32, 64, 128, 256),
@@ -47,6 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sentences": 256,
         "pa_concurrency": (1, 8, 32, 64),
         "pa_rounds": 5,
+        "paired_rounds": 7,
     },
     # CUDA engines only (bench.gpu); says so and measures nothing on a machine without CUDA.
     # and, with --cpu-repository, the gateway on the GPU against the same gateway on this machine's CPU

@@ -92,6 +92,40 @@ def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_
     assert gateway_engine("mixed beams", 2) == "gateway (mixed beams, 2 workers)"
 
 
+def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they_ran():
+    """The separate rows of one run are minutes apart on a machine whose speed drifts; where the paired
+    alternation ran (bench.translation_paired), the gateway's ratios to CTranslate2's best layout are
+    the median of its per-round ratios, and the note gives the separate rows' ratio beside it."""
+    from bench.translation import acceptance
+    from bench.translation_gateway import gateway_engine
+    from bench.translation_paired import CT2_BEST, PAIRED
+
+    gateway = gateway_engine("", 2)
+    rows = [
+        {"engine": gateway, "beam": 4, "concurrency": 32, "tokens_per_s": 3000.0, "workers": 2},
+        {"engine": CT2_BEST, "beam": 4, "concurrency": 32, "tokens_per_s": 12000.0},
+        {"engine": "pytorch (kv cache)", "beam": 4, "concurrency": 32, "tokens_per_s": 1000.0},
+    ]
+    target = f"{gateway} c=32 beam 4 tokens/s >= 0.5x CTranslate2 fp32 at its best layout"
+    separate = {t["target"]: t for t in acceptance(rows)}[target]
+    assert separate["measured"] == pytest.approx(0.25) and "paired" not in separate["note"]
+    rows.append(
+        {
+            "engine": gateway + PAIRED,
+            "beam": 4,
+            "concurrency": 32,
+            "ratios": [0.4, 0.6, 0.5],
+            "paired_ratio": 0.5,
+        }
+    )
+    paired = {t["target"]: t for t in acceptance(rows)}
+    assert paired[target]["measured"] == 0.5
+    assert "median of 3 paired rounds (the separate rows: 0.25)" in paired[target]["note"]
+    # the PyTorch target is not paired: it still divides the separate rows
+    pytorch = f"{gateway} c=32 beam 4 >= 4x the PyTorch reference with KV cache (best layout)"
+    assert paired[pytorch]["measured"] == 3.0
+
+
 def _translation_row(engine: str, beam: int, hyps: list[str], **extra) -> dict:
     return {"engine": engine, "beam": beam, "concurrency": 8, "hyps": hyps, **extra}
 

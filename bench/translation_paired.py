@@ -1,0 +1,107 @@
+"""The gateway's translation targets measured next to CTranslate2, round by round.
+
+On a shared 2-core VM the machine's speed drifts over minutes: CTranslate2's best layout read 7 699,
+8 970, 8 980 and 13 741 tokens/s in four runs of the same code, while the gateway and CTranslate2 rows
+of one run are minutes apart, so their ratio mixed the code with the minute each ran in (0.29x and
+0.50x for the same gateway code). Here the gateway (fp32 and its int8 entry, c=32, beam 4, the bench's
+layout) and CTranslate2 fp32 at its best layout (inter 2, intra 1) alternate ``rounds`` times over the
+same sentences, each round's ratio taken within seconds, and the targets read the median of those
+ratios (the separate rows stay in the table). Nothing is handicapped: each engine keeps its own best
+layout and warm-up, and the gateway's processes sit idle while CTranslate2 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.servers import gateway_cmd
+from bench.translation_gateway import TARGET_CONCURRENCY, _gateway_run, gateway_engine, steady_rounds
+from bench.translation_rows import MAX_LENGTH, Workload, median_pass
+from kiln.processes import running
+from serving.triton.server import free_port
+
+log = logging.getLogger(__name__)
+
+CT2_BEST = "ctranslate2 fp32 (inter 2, intra 1)"
+PAIRED = " [paired]"  # suffix of the rows measured here
+
+
+def paired_rows(
+    repository: Path, w: Workload, out: Path, threads: int, workers: int, rounds: int, beam: int = 4
+) -> list[dict[str, Any]]:
+    """One row per engine (the gateway, its int8 entry where export wrote one, CTranslate2 at its best
+    layout), each with its tokens/s per round and their median; the gateway rows also carry each
+    round's ratio to CTranslate2's (``ratios``) and its median (``paired_ratio``)."""
+    from bench.ctranslate import CT2Translator, convert
+
+    translator = CT2Translator(
+        convert(w.checkpoint, out / "ctranslate2", force=False),
+        w.ckpt["tokenizers"],
+        inter_threads=2,
+        intra_threads=1,
+        compute_type="float32",
+    )
+    sources = translator.source_tokens(w.texts)
+    int8 = f"{w.model}_int8" if (Path(repository) / f"{w.model}_int8").is_dir() else None
+    entries = {gateway_engine("", workers): w.model}
+    if int8:
+        entries[gateway_engine("int8 entry", workers)] = int8
+    passes = steady_rounds(len(w.texts), TARGET_CONCURRENCY)
+    http, grpc = free_port(), free_port()
+    url = f"http://127.0.0.1:{http}"
+    tokens: dict[str, list[float]] = {name: [] for name in (*entries, CT2_BEST)}
+    last: dict[str, list[str]] = {}  # each engine's translations in its last round (read for agreement)
+
+    def ctranslate2() -> float:
+        answers, seconds = median_pass(
+            lambda: translator.translate_tokens(sources, beam_size=beam, max_length=MAX_LENGTH),
+            repeats=3,
+            warmup=False,
+        )
+        last[CT2_BEST] = [text for text, _ in answers]
+        return w.count(last[CT2_BEST]) / seconds
+
+    def gateway(name: str) -> float:
+        hyps, seconds, _ = asyncio.run(
+            _gateway_run(url, entries[name], w.texts, beam, TARGET_CONCURRENCY, passes)
+        )
+        last[name] = hyps
+        return w.count(hyps) * passes / seconds
+
+    with running(
+        gateway_cmd(repository, http, grpc, threads, workers=workers),
+        f"{url}/v2/health/ready",
+        log_path=out / f"gateway-paired-{w.model}.log",
+    ):
+        for name in entries:  # warm-up: every worker's sessions and buffers at the load measured
+            gateway(name)
+        ctranslate2()
+        for r in range(rounds):
+            order = [*entries, CT2_BEST] if r % 2 == 0 else [CT2_BEST, *entries]  # alternate who goes first
+            for name in order:
+                tokens[name].append(ctranslate2() if name == CT2_BEST else gateway(name))
+            log.info(
+                "paired round %d: %s",
+                r + 1,
+                ", ".join(f"{n} {v[-1]:.0f} tokens/s" for n, v in tokens.items()),
+            )
+    rows = []
+    for name, values in tokens.items():
+        row = {
+            "engine": name + PAIRED,
+            "beam": beam,
+            "concurrency": TARGET_CONCURRENCY,
+            "sentences": len(w.texts),
+            "tokens_per_s": statistics.median(values),
+            "rounds": values,
+            "hyps": last[name],
+        }
+        if name != CT2_BEST:
+            row["ratios"] = [ours / theirs for ours, theirs in zip(values, tokens[CT2_BEST], strict=True)]
+            row["paired_ratio"] = statistics.median(row["ratios"])
+        rows.append(row)
+    return rows
