@@ -120,14 +120,12 @@ def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
     return make_row(engine, 4, 1, texts[:n], hyps, refs[:n], sum(lat), count, lat)
 
 
-def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
-    """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
-    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1,
-    the decoder's steps compiled as the gateway runs them (serving.decoding.native_decoder)."""
+def kiln_translator(repository: Path, model: str) -> tuple[Any, dict[str, Any]]:
+    """Kiln's Translator for ``model`` in-process over ONNX Runtime (one intra-op thread), the decoder's
+    steps compiled as the gateway runs them, and its encoder and decoder runners."""
     import onnxruntime as ort
 
     from serving.decoding import native_decoder
-    from serving.decoding.offline import translate_in_batches
     from serving.decoding.translator import translator_from_entry
     from serving.execution.onnxruntime import onnxruntime_runner
     from serving.execution.repository import Repository
@@ -138,11 +136,20 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     run = {}
     for part in ("encoder", "decoder"):
-        path = repository / block[part] / "1" / "model.onnx"
+        path = Path(repository) / block[part] / "1" / "model.onnx"
         run[part] = onnxruntime_runner(ort.InferenceSession(str(path), options))
         run[part].model_file = path  # as the gateway's backend says it: the decoder's steps compiled
     native_decoder.attach(run["decoder"])
-    translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])
+    return translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"]), run
+
+
+def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
+    """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
+    engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1,
+    the decoder's steps compiled as the gateway runs them (serving.decoding.native_decoder)."""
+    from serving.decoding.offline import translate_in_batches
+
+    translator, run = kiln_translator(repository, model)
     spec = translator.schedulers[0].spec
     rows = []
     for beam in beams:

@@ -6,7 +6,9 @@ of one run are minutes apart, so their ratio mixed the code with the minute each
 0.50x for the same gateway code). Here the gateway (fp32 and its int8 entry, c=32, beam 4, the bench's
 layout) and CTranslate2 fp32 at its best layout (inter 2, intra 1) alternate ``rounds`` times over the
 same sentences, each round's ratio taken within seconds, and the targets read the median of those
-ratios (the separate rows stay in the table). Nothing is handicapped: each engine keeps its own best
+ratios (the separate rows stay in the table). Batch-1 latency is paired the same way: Kiln's
+in-process translator (one request at a time, beam 4) and CTranslate2 at one thread, 32 sentences
+each per round, the ratio of their p50s. Nothing is handicapped: each engine keeps its own best
 layout and warm-up, and the gateway's processes sit idle while CTranslate2 runs.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,9 @@ from serving.triton.server import free_port
 log = logging.getLogger(__name__)
 
 CT2_BEST = "ctranslate2 fp32 (inter 2, intra 1)"
+CT2_ONE = "ctranslate2 fp32 (1 thread)"
+KILN_ONE = "kiln engine (scheduler)"  # its c=1 row: one request at a time
+LATENCY_SENTENCES = 32
 PAIRED = " [paired]"  # suffix of the rows measured here
 
 
@@ -102,6 +108,73 @@ def paired_rows(
         }
         if name != CT2_BEST:
             row["ratios"] = [ours / theirs for ours, theirs in zip(values, tokens[CT2_BEST], strict=True)]
-            row["paired_ratio"] = statistics.median(row["ratios"])
+            row["paired_ratio"], row["against"] = statistics.median(row["ratios"]), CT2_BEST
+        rows.append(row)
+    return rows
+
+
+def paired_latency_rows(repository: Path, w: Workload, out: Path, rounds: int) -> list[dict[str, Any]]:
+    """Batch-1 latency paired: per round, Kiln's in-process translator and CTranslate2 at one thread each
+    translate the first 32 sentences one at a time (beam 4); rows with each round's p50 (ms) and their
+    median, Kiln's with each round's ratio of p50s (``ratios``) and its median (``paired_ratio``)."""
+    from bench.ctranslate import CT2Translator, convert
+    from bench.translation_engines import _requests, kiln_translator
+
+    texts = w.texts[:LATENCY_SENTENCES]
+    ct2 = CT2Translator(
+        convert(w.checkpoint, out / "ctranslate2", force=False),
+        w.ckpt["tokenizers"],
+        inter_threads=1,
+        intra_threads=1,
+        compute_type="float32",
+    )
+    translator, _ = kiln_translator(repository, w.model)
+    p50: dict[str, list[float]] = {KILN_ONE: [], CT2_ONE: []}
+    last: dict[str, list[str]] = {}
+
+    def ctranslate2() -> float:
+        latencies, last[CT2_ONE] = [], []
+        for text in texts:
+            start = time.perf_counter()
+            last[CT2_ONE].append(ct2.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+            latencies.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(latencies)
+
+    async def kiln() -> float:
+        hyps, _, latencies = await _requests(translator, texts, 4, 1)
+        last[KILN_ONE] = hyps
+        return 1e3 * statistics.median(latencies)
+
+    async def alternate() -> None:
+        await translator.start()
+        try:
+            await kiln()  # warm-up, as each engine's rows are
+            ctranslate2()
+            for r in range(rounds):
+                for name in (KILN_ONE, CT2_ONE) if r % 2 == 0 else (CT2_ONE, KILN_ONE):
+                    p50[name].append(await kiln() if name == KILN_ONE else ctranslate2())
+                log.info(
+                    "paired batch-1 round %d: %s",
+                    r + 1,
+                    ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in p50.items()),
+                )
+        finally:
+            await translator.stop()
+
+    asyncio.run(alternate())
+    rows = []
+    for name, values in p50.items():
+        row = {
+            "engine": name + PAIRED,
+            "beam": 4,
+            "concurrency": 1,
+            "sentences": len(texts),
+            "p50_ms": statistics.median(values),
+            "rounds": values,
+            "hyps": last[name],
+        }
+        if name == KILN_ONE:
+            row["ratios"] = [ours / theirs for ours, theirs in zip(values, p50[CT2_ONE], strict=True)]
+            row["paired_ratio"], row["against"] = statistics.median(row["ratios"]), CT2_ONE
         rows.append(row)
     return rows

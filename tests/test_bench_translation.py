@@ -115,12 +115,31 @@ def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they
             "beam": 4,
             "concurrency": 32,
             "ratios": [0.4, 0.6, 0.5],
+            "against": CT2_BEST,
             "paired_ratio": 0.5,
         }
     )
     paired = {t["target"]: t for t in acceptance(rows)}
     assert paired[target]["measured"] == 0.5
     assert "median of 3 paired rounds (the separate rows: 0.25)" in paired[target]["note"]
+    # batch-1 latency (lower is better) pairs Kiln's one-at-a-time row with CTranslate2 at one thread
+    rows += [
+        {"engine": "kiln engine (scheduler)", "beam": 4, "concurrency": 1, "p50_ms": 9.0},
+        {"engine": "ctranslate2 fp32 (1 thread)", "beam": 4, "concurrency": 1, "p50_ms": 3.0},
+    ]
+    latency = "batch-1 latency p50 (beam 4) <= 2x CTranslate2 fp32 at 1 thread"
+    assert {t["target"]: t["measured"] for t in acceptance(rows)}[latency] == 3.0
+    rows.append(
+        {
+            "engine": "kiln engine (scheduler)" + PAIRED,
+            "beam": 4,
+            "concurrency": 1,
+            "ratios": [1.9, 1.7],
+            "paired_ratio": 1.8,
+            "against": "ctranslate2 fp32 (1 thread)",
+        }
+    )
+    assert {t["target"]: t["measured"] for t in acceptance(rows)}[latency] == 1.8
     # the PyTorch target is not paired: it still divides the separate rows
     pytorch = f"{gateway} c=32 beam 4 >= 4x the PyTorch reference with KV cache (best layout)"
     assert paired[pytorch]["measured"] == 3.0
