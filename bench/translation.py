@@ -241,12 +241,12 @@ def _measured_rows(args, profile, w: Workload, out: Path, errors, progress) -> l
         progress(f"translation: the gateway and CTranslate2 alternating, {rounds} rounds (paired ratios)")
         try:
             layout = args.gateway_workers
-            rows += paired_rows(args.repository, w, out / "logs", args.threads, layout, rounds)
+            rows += paired_rows(args.repository, w, out, args.threads, layout, rounds)
         except Exception as exc:  # noqa: BLE001 - the targets fall back to the separate rows
             errors["paired"] = str(exc)
         progress(f"translation: Kiln and CTranslate2 batch-1 latency alternating, {rounds} rounds")
         try:
-            rows += paired_latency_rows(args.repository, w, out / "logs", rounds)
+            rows += paired_latency_rows(args.repository, w, out, rounds)
         except Exception as exc:  # noqa: BLE001 - the target falls back to the separate rows
             errors["paired batch-1"] = str(exc)
     return rows

@@ -36,21 +36,24 @@ LATENCY_SENTENCES = 32
 PAIRED = " [paired]"  # suffix of the rows measured here
 
 
+def _ctranslate2(w: Workload, out: Path, inter_threads: int) -> Any:
+    """CTranslate2 fp32 on ``w``'s weights (``out/ctranslate2``: converted where the CTranslate2 rows did
+    not already), one intra-op thread per translator."""
+    from bench.ctranslate import CT2Translator, convert
+
+    model_dir = convert(w.checkpoint, out / "ctranslate2", force=False)
+    return CT2Translator(
+        model_dir, w.ckpt["tokenizers"], inter_threads=inter_threads, intra_threads=1, compute_type="float32"
+    )
+
+
 def paired_rows(
     repository: Path, w: Workload, out: Path, threads: int, workers: int, rounds: int, beam: int = 4
 ) -> list[dict[str, Any]]:
     """One row per engine (the gateway, its int8 entry where export wrote one, CTranslate2 at its best
     layout), each with its tokens/s per round and their median; the gateway rows also carry each
     round's ratio to CTranslate2's (``ratios``) and its median (``paired_ratio``)."""
-    from bench.ctranslate import CT2Translator, convert
-
-    translator = CT2Translator(
-        convert(w.checkpoint, out / "ctranslate2", force=False),
-        w.ckpt["tokenizers"],
-        inter_threads=2,
-        intra_threads=1,
-        compute_type="float32",
-    )
+    translator = _ctranslate2(w, out, inter_threads=2)
     sources = translator.source_tokens(w.texts)
     int8 = f"{w.model}_int8" if (Path(repository) / f"{w.model}_int8").is_dir() else None
     entries = {gateway_engine("", workers): w.model}
@@ -81,7 +84,7 @@ def paired_rows(
     with running(
         gateway_cmd(repository, http, grpc, threads, workers=workers),
         f"{url}/v2/health/ready",
-        log_path=out / f"gateway-paired-{w.model}.log",
+        log_path=out / "logs" / f"gateway-paired-{w.model}.log",
     ):
         for name in entries:  # warm-up: every worker's sessions and buffers at the load measured
             gateway(name)
@@ -117,17 +120,10 @@ def paired_latency_rows(repository: Path, w: Workload, out: Path, rounds: int) -
     """Batch-1 latency paired: per round, Kiln's in-process translator and CTranslate2 at one thread each
     translate the first 32 sentences one at a time (beam 4); rows with each round's p50 (ms) and their
     median, Kiln's with each round's ratio of p50s (``ratios``) and its median (``paired_ratio``)."""
-    from bench.ctranslate import CT2Translator, convert
     from bench.translation_engines import _requests, kiln_translator
 
     texts = w.texts[:LATENCY_SENTENCES]
-    ct2 = CT2Translator(
-        convert(w.checkpoint, out / "ctranslate2", force=False),
-        w.ckpt["tokenizers"],
-        inter_threads=1,
-        intra_threads=1,
-        compute_type="float32",
-    )
+    ct2 = _ctranslate2(w, out, inter_threads=1)
     translator, _ = kiln_translator(repository, w.model)
     p50: dict[str, list[float]] = {KILN_ONE: [], CT2_ONE: []}
     last: dict[str, list[str]] = {}
