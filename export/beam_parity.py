@@ -134,6 +134,26 @@ def beam_parity(ctx: ExportContext, g: TranslatorGraphs) -> ParityReport:
     return report
 
 
+def fused_agreement(ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path) -> ParityReport:
+    """Beam search over the fused-attention step graph ``fused`` against the graph it replaces
+    (``plain``, already proved against PyTorch or gated) on the held-out sentences: anything below
+    100 % identical best hypotheses fails (the fused graph is then not written)."""
+    data = held_out(ctx, g.spec, ctx.options.beam_sentences)
+    cfg = _search_config(g.spec, data, ctx.options.beam_size)
+    ref, got = _onnx_beams(g, plain, data.sources, cfg), _onnx_beams(g, fused, data.sources, cfg)
+    agreement, first = _agreement(ref, got)
+    report = ParityReport(tolerance=0.0)
+    report.metrics.update(
+        beam_agreement=agreement, beam_sentences=len(data.sources), beam_source=data.origin, **cfg.as_dict()
+    )
+    if first is not None:
+        report.fail(
+            f"fused attention changes beam search on {round((1 - agreement) * len(ref))}/{len(ref)} "
+            f"sentences; first: sentence {first} {ref[first]} vs {got[first]}"
+        )
+    return report
+
+
 def _detokenize(hyps: list[list[int]], target_tokenizer: str, eos: int) -> list[str]:
     """Texts of id hypotheses, EOS dropped and specials skipped, as the gateway returns them."""
     from tokenizers import Tokenizer

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ from export.specs import GraphSpec
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
+KILN_DOMAIN = "kiln.ai"  # the fused attention operators (serving/decoding/attention.c)
 
 
 class ParityError(AssertionError):
@@ -76,7 +78,18 @@ def ort_session(path: Path | str, threads: int = 2) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if uses_kiln_operators(path):  # a fused-attention step graph: its operators are compiled
+        from serving.decoding import native
+
+        if not native.register_kernels(options):
+            raise RuntimeError(f"{path} needs Kiln's compiled attention operators, which could not be built")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def uses_kiln_operators(path: Path | str) -> bool:
+    """Whether the graph at ``path`` imports the ``kiln.ai`` operator domain."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(o.domain == KILN_DOMAIN for o in model.opset_import)
 
 
 def session_runner(session: Any) -> Callable[[Feeds], Feeds]:

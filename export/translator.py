@@ -23,7 +23,7 @@ from export.quantize import to_int8_dynamic
 from export.results import Entry, EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
 from export.translator_entries import int8_entry_names, write_int8_entries, write_translator_entries
-from export.translator_graphs import TranslatorGraphs
+from export.translator_graphs import FusedStep, TranslatorGraphs
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     feeds = decoder_inputs(frozen, spec, {"batch": 6, "src_len": 5, "past_len": 4})
     if spec["decoder"].get("grouped_rows"):  # 3 sentences of 2 rows: the two batch axes differ
         feeds = grouped_inputs(spec, feeds, 3)
-    dec_path = export_onnx(dec_module, dec, tuple(feeds[n] for n in dec.input_names), work / "dec.onnx")
+    example = tuple(feeds[n] for n in dec.input_names)
+    dec_path = export_onnx(dec_module, dec, example, work / "dec.onnx")
+    fused = _export_fused(ctx, frozen, dec_module, dec, example, work)
     return TranslatorGraphs(
         spec,
         frozen,
@@ -176,7 +178,57 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         dec_path,
         encoder_module=enc_module,
         decoder_module=dec_module,
+        fused_decoder_path=fused,
     )
+
+
+def _export_fused(
+    ctx: ExportContext,
+    frozen: torch.nn.Module,
+    module: torch.nn.Module,
+    spec: GraphSpec,
+    example: tuple[torch.Tensor, ...],
+    work: Path,
+) -> Path | None:
+    """The decoder step with its attentions as ``kiln.ai`` operators, for a model that has them
+    (``fused_attention``, the Transformer) where the compiled kernels load; TorchScript exporter (its
+    ``symbolic`` hook emits the custom nodes). None otherwise: serving then runs ``model.onnx``."""
+    if not hasattr(frozen, "fused_attention"):
+        return None
+    from serving.decoding import native
+
+    if native.load() is None:
+        log.warning(
+            "%s: no compiled attention operators here (no C compiler?): no fused step graph", ctx.name
+        )
+        return None
+    ctx.step("export decoder (fused attention)")
+    with frozen.fused_attention():
+        return export_onnx(
+            module, dataclasses.replace(spec, dynamo=False), example, work / "fused" / "dec.onnx"
+        )
+
+
+def _checked_fused(
+    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path | None
+) -> FusedStep | None:
+    """``fused`` (the fused-attention twin of the decoder graph ``plain``) checked against PyTorch at the
+    decoder's tolerance (an int8 one: its diffs recorded, as the int8 graph's are) and by beam search
+    against ``plain`` (100 % identical); refused, with a warning, when a check fails (serving then
+    runs ``plain``)."""
+    if fused is None:
+        return None
+    from export.beam_parity import fused_agreement
+
+    ctx.step("fused attention parity")
+    fp32 = plain == g.decoder_path  # int8: its diffs from PyTorch are the quantization's, recorded only
+    parity = decoder_parity(g, fused, ParityReport(g.decoder.atol if fp32 else float("inf")))
+    beams = fused_agreement(ctx, g, plain, fused)
+    problems = (parity.errors if fp32 else []) + beams.errors
+    if problems:
+        log.warning("%s: fused step graph refused: %s", ctx.name, problems[0])
+        return FusedStep(None, parity, beams, reason=problems[0])
+    return FusedStep(fused, parity, beams)
 
 
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
@@ -232,7 +284,8 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
 
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
-    results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report)
+    fused = _checked_fused(ctx, graphs, graphs.decoder_path, graphs.fused_decoder_path)
+    results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused)
     if "int8" in ctx.options.precisions:
         results += _int8_entries(ctx, graphs, work)
     return results
@@ -244,10 +297,14 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
 
     ctx.step("int8 decoder")
     path = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
+    fused = None
+    if g.fused_decoder_path is not None:
+        fused = to_int8_dynamic(g.fused_decoder_path, work / "int8" / "fused" / "dec.onnx")
     dec_report = decoder_parity(g, path, ParityReport(float("inf")))  # diffs recorded, not bounded
     ctx.step("int8 gate")
     gate_report, gate = int8_gate(ctx, g, path)
     if gate.passed:
-        return write_int8_entries(ctx, g, path, dec_report, gate_report)
+        step = _checked_fused(ctx, g, path, fused)
+        return write_int8_entries(ctx, g, path, dec_report, gate_report, step)
     log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
     return [ctx.refuse(Entry(n, "int8"), gate_report, gate.reason()) for n in int8_entry_names(ctx.name)]

@@ -13,7 +13,7 @@ from export import repository
 from export.parity import ParityReport
 from export.results import EntryResult, ExportContext
 from export.specs import GraphSpec
-from export.translator_graphs import TranslatorGraphs
+from export.translator_graphs import FusedStep, TranslatorGraphs
 from export.triton_config import (
     TritonModelConfig,
     TritonTensor,
@@ -22,6 +22,7 @@ from export.triton_config import (
     preferred_sizes,
     to_pbtxt,
 )
+from serving.decoding.native import FUSED_GRAPH
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
@@ -32,6 +33,7 @@ RUNTIME_MODULES = (
     "native.py",
     "beam_step.c",
     "ort_step.c",  # built with beam_step.c into one library (unused there: Triton runs the decoder)
+    "attention.c",  # likewise (the fused step graph's operators; Triton runs model.onnx)
     "native_decoder.py",
     "rows.py",
     "step_spec.py",
@@ -58,12 +60,22 @@ def _common(ctx: ExportContext, step_spec: dict[str, Any], precision: str) -> di
 
 
 def _write_graph(
-    ctx: ExportContext, spec: GraphSpec, onnx_path: Path, task: str, meta: dict[str, Any]
+    ctx: ExportContext,
+    spec: GraphSpec,
+    onnx_path: Path,
+    task: str,
+    meta: dict[str, Any],
+    fused: Path | None = None,
 ) -> Path:
-    """An ONNX entry; Triton's dynamic batcher is off: shapes differ per call, the gateway batches steps."""
+    """An ONNX entry; Triton's dynamic batcher is off: shapes differ per call, the gateway batches steps.
+    ``fused``: the step graph with fused attention, written beside ``model.onnx`` as
+    ``native.FUSED_GRAPH`` (the gateway's decode workers open it where the compiled operators load;
+    Triton and everything else open ``model.onnx``)."""
 
     def fill(tmp: Path) -> dict[str, Any]:
         shutil.copyfile(onnx_path, repository.version_dir(tmp) / "model.onnx")
+        if fused is not None:
+            shutil.copyfile(fused, repository.version_dir(tmp) / FUSED_GRAPH)
         base = config_from_spec(spec)
         config = dataclasses.replace(base, dynamic_batching=False, warmup=False)
         if ctx.options.device == "gpu":
@@ -154,19 +166,28 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
 
 
 def write_translator_entries(
-    ctx: ExportContext, g: TranslatorGraphs, encoder: ParityReport, decoder: ParityReport, beam: ParityReport
+    ctx: ExportContext,
+    g: TranslatorGraphs,
+    encoder: ParityReport,
+    decoder: ParityReport,
+    beam: ParityReport,
+    fused: FusedStep | None = None,
 ) -> list[EntryResult]:
-    """Write the three entries; each parity report goes to its entry's kiln.json and to the results."""
+    """Write the three entries; each parity report goes to its entry's kiln.json and to the results;
+    the decoder's ``fused_step`` says whether its fused-attention graph was written and with what parity."""
     step_spec = g.step_spec
     results = []
     graphs = (
-        (g.encoder, g.encoder_path, "translate_encoder", encoder),
-        (g.decoder, g.decoder_path, "translate_decoder", decoder),
+        (g.encoder, g.encoder_path, "translate_encoder", encoder, None),
+        (g.decoder, g.decoder_path, "translate_decoder", decoder, fused),
     )
-    for spec, onnx_path, task, report in graphs:
+    for spec, onnx_path, task, report, step in graphs:
         meta = {**_common(ctx, step_spec, "fp32"), "parity": report.as_dict()}
+        if step is not None:
+            meta["fused_step"] = step.as_dict()
+        path = step.path if step is not None else None
         result = EntryResult.from_report(spec.name, "fp32", report)
-        result.status, result.path = "written", _write_graph(ctx, spec, onnx_path, task, meta)
+        result.status, result.path = "written", _write_graph(ctx, spec, onnx_path, task, meta, path)
         results.append(result)
     entry = PythonEntry(ctx.name, g.encoder.name, g.decoder.name, "fp32")
     parity = {**beam.as_dict(), "freeze": g.freeze.as_dict()}
@@ -181,7 +202,12 @@ def int8_entry_names(name: str) -> tuple[str, str]:
 
 
 def write_int8_entries(
-    ctx: ExportContext, g: TranslatorGraphs, int8_decoder: Path, decoder: ParityReport, gate: ParityReport
+    ctx: ExportContext,
+    g: TranslatorGraphs,
+    int8_decoder: Path,
+    decoder: ParityReport,
+    gate: ParityReport,
+    fused: FusedStep | None = None,
 ) -> list[EntryResult]:
     """``<name>_decoder_int8`` (the quantized step graph, same tensors as fp32) and ``<name>_int8``,
     a translate entry over the shared fp32 encoder and that decoder, with their parity reports."""
@@ -189,8 +215,11 @@ def write_int8_entries(
     dec_name, name = int8_entry_names(ctx.name)
     spec = dataclasses.replace(g.decoder, name=dec_name)
     meta = {**_common(ctx, step_spec, "int8"), "parity": decoder.as_dict()}
+    if fused is not None:
+        meta["fused_step"] = fused.as_dict()
     dec = EntryResult.from_report(dec_name, "int8", decoder)
-    dec.status, dec.path = "written", _write_graph(ctx, spec, int8_decoder, "translate_decoder", meta)
+    path = fused.path if fused is not None else None
+    dec.status, dec.path = "written", _write_graph(ctx, spec, int8_decoder, "translate_decoder", meta, path)
     entry = PythonEntry(name, g.encoder.name, dec_name, "int8")
     result = EntryResult.from_report(name, "int8", gate)
     result.status, result.path = "written", _write_python(ctx, entry, step_spec, gate.as_dict())

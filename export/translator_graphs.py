@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from export.freeze import FreezeReport
+from export.parity import ParityReport
 from export.specs import GraphSpec
 
 
@@ -26,8 +27,32 @@ class TranslatorGraphs:
     decoder_path: Path
     encoder_module: nn.Module
     decoder_module: nn.Module
+    # the decoder step with its attentions as kiln.ai operators (Transformer, where they compile)
+    fused_decoder_path: Path | None = None
 
     @property
     def step_spec(self) -> dict[str, Any]:
         """The step spec as entries record it and serving reads it (without the export-only source vocab)."""
         return {k: v for k, v in self.spec.items() if k != "vocab_size_src"}
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    """A decoder entry's fused-attention step graph: the file written beside ``model.onnx`` (``path``,
+    None when refused), its decoder parity against PyTorch and its beam search against the graph it
+    replaces; ``reason`` says why it was refused."""
+
+    path: Path | None
+    parity: ParityReport
+    beams: ParityReport
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        from serving.decoding.native import FUSED_GRAPH
+
+        return {
+            "file": FUSED_GRAPH if self.path is not None else None,
+            "refused": self.reason or None,
+            "parity": self.parity.as_dict(),
+            "beams": self.beams.as_dict(),
+        }

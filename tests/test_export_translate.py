@@ -14,6 +14,7 @@ import torch
 from export.pipeline import export_checkpoint
 from export.quantize import TranslationGate, gemms_as_matmuls, weight_matmuls
 from export.triton_config import parse_pbtxt
+from serving.decoding.native import FUSED_GRAPH
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.models import build_model, list_models
 
@@ -116,6 +117,35 @@ def test_beam_search_over_onnx_equals_the_pytorch_reference(exported):
     assert meta["parity"]["beam_sentences"] == len(SENTENCES)
 
 
+def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_the_plain_one(exported):
+    """Beside model.onnx, the Transformer's decoder entry holds the same step with each attention one
+    kiln.ai node (what the gateway's decode workers run), checked against PyTorch at the decoder's
+    tolerance and by beam search against model.onnx; the recurrent decoders have no such graph."""
+    name, repo, _ = exported
+    meta = json.loads((repo / f"{name}_decoder" / "kiln.json").read_text())
+    fused = repo / f"{name}_decoder" / "1" / FUSED_GRAPH
+    if name != "transformer":
+        assert "fused_step" not in meta and not fused.exists()
+        return
+    step = meta["fused_step"]
+    assert step["file"] == FUSED_GRAPH and step["refused"] is None and fused.is_file()
+    assert step["parity"]["passed"] and step["parity"]["tolerance"] == meta["parity"]["tolerance"]
+    assert max(d["max_abs_diff"] for d in step["parity"]["outputs"].values()) <= 1e-4
+    assert step["beams"]["beam_agreement"] == 1.0 and step["beams"]["beam_sentences"] == len(SENTENCES)
+    ops = [(n.domain, n.op_type) for n in onnx.load(str(fused), load_external_data=False).graph.node]
+    layers = SMALL["transformer"]["decoder_layers"]
+    assert (
+        ops.count(("kiln.ai", "StepSelfAttention"))
+        == ops.count(("kiln.ai", "GroupedCrossAttention"))
+        == layers
+    )
+    assert ("", "Softmax") not in ops  # no attention left in plain ops
+    plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
+    graph = onnx.load(str(fused), load_external_data=False).graph
+    assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
+    assert [o.name for o in graph.output] == [o.name for o in plain.output]
+
+
 def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exported):
     name, repo, _ = exported
     meta = json.loads((repo / name / "kiln.json").read_text())
@@ -177,6 +207,11 @@ def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_de
     )
     graph = onnx.load(str(repo / "transformer_decoder_int8" / "1" / "model.onnx"))
     assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
+    fused = onnx.load(str(repo / "transformer_decoder_int8" / "1" / FUSED_GRAPH))
+    assert {"MatMulInteger", "StepSelfAttention", "GroupedCrossAttention"} <= {
+        n.op_type for n in fused.graph.node
+    }
+    assert dec["fused_step"]["refused"] is None and dec["fused_step"]["beams"]["beam_agreement"] == 1.0
     config = parse_pbtxt((repo / "transformer_int8" / "config.pbtxt").read_text())
     assert config.parameters["decoder"].string_value == "transformer_decoder_int8"
 

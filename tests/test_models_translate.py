@@ -136,6 +136,22 @@ def test_transformer_step_over_a_preallocated_cache_equals_a_grown_cache():
     torch.testing.assert_close(torch.stack(out, dim=1), grown, atol=1e-5, rtol=0)
 
 
+def test_transformer_fused_attention_steps_compute_the_same_in_pytorch_and_are_scoped():
+    """Inside ``fused_attention()`` the step's attentions go through the autograd functions that export
+    as kiln.ai nodes: PyTorch computes exactly what the plain step does, and on leaving (even by an
+    exception) every attention is plain again."""
+    model = tiny("transformer")
+    with torch.no_grad():
+        plain = run_steps(model, SRC, TGT)
+        with model.fused_attention():
+            assert all(layer.self_attn.fused and layer.cross_attn.fused for layer in model.decoder_layers)
+            fused = run_steps(model, SRC, TGT)
+        with pytest.raises(RuntimeError), model.fused_attention():
+            raise RuntimeError("export failed")
+    assert not any(layer.self_attn.fused or layer.cross_attn.fused for layer in model.decoder_layers)
+    assert torch.equal(fused, plain)
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     model = tiny(name)

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from serving.decoding import native_decoder, offline
+from serving.decoding import native, native_decoder, offline
 from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
 from serving.decoding.options import DecodingOptions, config_for
@@ -36,18 +36,19 @@ def model(tmp_path_factory):
         pytest.skip(f"export failed (export/ owns this): {errors}")
     entry = Repository(repository).get("transformer")
     block = entry.kiln["translator"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
 
     def runner(part: str):
-        path = repository / block[part] / "1" / "model.onnx"
-        run = onnxruntime_runner(ort.InferenceSession(str(path), options))
+        options = ort.SessionOptions()  # one per session: custom operators register once per options
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        # the graph the gateway's decode workers open: the decoder's fused-attention step where written
+        path = native.step_graph(repository / block[part] / "1" / "model.onnx")
+        run = onnxruntime_runner(ort.InferenceSession(str(path), native.session_options(path, options)))
         run.model_file = path
         return run
 
     spec = sp.parse_step_spec(block["step_spec"])
     compiled = native_decoder.attach(runner("decoder"))
-    assert compiled.native is not None
+    assert compiled.native is not None and Path(compiled.model_file).name == native.FUSED_GRAPH
     from serving.decoding.translator import translator_from_entry
 
     translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))

@@ -21,18 +21,23 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("beam_step.c")
-# the decoder step over ONNX Runtime's C API (serving.decoding.native_decoder), built into the same library
-SOURCES = (SOURCE, Path(__file__).with_name("ort_step.c"))
+# the decoder step over ONNX Runtime's C API (serving.decoding.native_decoder) and the fused attention
+# operators of the Transformer's step graph (attention.c), built into the same library
+SOURCES = (SOURCE, Path(__file__).with_name("ort_step.c"), Path(__file__).with_name("attention.c"))
+# the step graph whose attentions are kiln.ai custom operators (export writes it beside model.onnx)
+FUSED_GRAPH = "model.fused.onnx"
 # IEEE arithmetic as numpy does it: no fast-math, no fused multiply-add contraction.
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
 MAX_BEAM = 32  # the kernel's per-sentence scratch
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
+_loaded_path: list[Path] = []  # the file load() opened
 
 
 def cache_dir() -> Path:
@@ -63,7 +68,7 @@ def build(cc: str, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         subprocess.run(
-            [cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm"],
+            [cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"],
             check=True,
             capture_output=True,
             timeout=120,
@@ -110,6 +115,7 @@ def _load() -> ctypes.CDLL | None:
         if not path.exists():
             build(cc, path)
         library = _open(path)
+        _loaded_path[:] = [path]
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         log.warning(
@@ -118,3 +124,28 @@ def _load() -> ctypes.CDLL | None:
         return None
     log.info("compiled beam step: %s", path)
     return library
+
+
+def register_kernels(options: Any) -> bool:
+    """Register the compiled ``kiln.ai`` attention operators (``attention.c``) on ``options`` (an
+    ``onnxruntime.SessionOptions``); False where the library is unavailable."""
+    if load() is None:
+        return False
+    options.register_custom_ops_library(str(_loaded_path[0]))
+    return True
+
+
+def step_graph(model_file: Path) -> Path:
+    """The decoder step graph a CPU session should open for the entry file ``model_file``: its
+    fused-attention twin (:data:`FUSED_GRAPH`, beside it) where export wrote one and the compiled
+    operators load (a session opening it needs :func:`register_kernels`), else ``model_file``."""
+    fused = Path(model_file).with_name(FUSED_GRAPH)
+    return fused if fused.is_file() and load() is not None else Path(model_file)
+
+
+def session_options(path: Path, options: Any) -> Any:
+    """``options`` (an ``onnxruntime.SessionOptions``) ready to open ``path``: with the compiled
+    operators registered when it is a :data:`FUSED_GRAPH`."""
+    if Path(path).name == FUSED_GRAPH and not register_kernels(options):
+        raise RuntimeError(f"{path} needs Kiln's compiled attention operators, which could not be built")
+    return options

@@ -15,6 +15,7 @@
 #include <string.h>
 
 int64_t kiln_beam_step_packed(const int64_t *a);
+void *kiln_attention_ops(void *options, const void *const *table); /* attention.c */
 void kiln_gather_grow(int64_t rows, int64_t outer, int64_t columns, int64_t lead, int64_t inner, int64_t size,
                       const char *old, const char *new_entries, const int64_t *source, char *out);
 
@@ -95,6 +96,8 @@ void *kiln_ort_session(const char *path, int64_t intra, int64_t inter, const cha
         failed(CALL(API_SET_INTER_OP_NUM_THREADS, status_t (*)(void *, int))(options, (int)inter), error, size) ||
         failed(CALL(API_SET_GRAPH_OPTIMIZATION_LEVEL, status_t (*)(void *, int))(options, 99), error, size))
         goto done; /* 99: ORT_ENABLE_ALL, the Python API's default */
+    /* the fused attention operators (attention.c), for a step graph that uses them; unused otherwise */
+    if (failed(kiln_attention_ops(options, api), error, size)) goto done;
     for (int64_t i = 0; i < entries; i++)
         if (failed(CALL(API_ADD_SESSION_CONFIG_ENTRY, status_t (*)(void *, const char *, const char *))(
                        options, keys[i], values[i]),

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.decoding import native
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
@@ -192,6 +193,8 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         path = entry.model_file(version)
+        if model.placement.provider == placement.CPU:  # the fused-attention step graph where it can run
+            path = native.step_graph(path)
         session = self._open_session(path, model.placement, intra_op_threads=1)
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
@@ -278,6 +281,7 @@ class OnnxRuntimeBackend:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
+        native.session_options(path, opts)
         spin = self.options.spin_us if spin_us == -1 else spin_us
         for key, value in spin_entries(spin, ort.__version__).items():
             opts.add_session_config_entry(key, value)

@@ -1,8 +1,8 @@
 """Triton python-backend model of a translator entry ``<name>``: tokenize, beam search, detokenize.
 
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
-``options.py``, ``compiled_step.py``, ``native.py``, ``beam_step.c`` and ``ort_step.c`` (the compiled
-step, built on first use), ``native_decoder.py`` (imported by the stepper; the decoder runs as a BLS
+``options.py``, ``compiled_step.py``, ``native.py``, ``beam_step.c``, ``ort_step.c`` and
+``attention.c`` (the compiled step, built on first use into one library), ``native_decoder.py`` (imported by the stepper; the decoder runs as a BLS
 call here, so its compiled whole step is not used), ``rows.py``, ``step_spec.py``, ``stepper.py`` and
 ``offline.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one

@@ -8,7 +8,9 @@ projections, bias-free output projection). Attention is written out rather than 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +62,77 @@ def mask_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
 
 
+def step_attention(
+    q: Tensor, past_k: Tensor, past_v: Tensor, new_k: Tensor, new_v: Tensor, bias: Tensor
+) -> Tensor:
+    """One query per row over ``past ++ new`` keys without concatenating them (no copy of the cache).
+
+    q: (B, D) projected queries; past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); bias: (B, 1, 1, P),
+    0 where the row may attend its past entry and the dtype's lowest value where not (:func:`mask_bias`);
+    a row always attends its new entry (adding 0 would change nothing). Returns the heads merged,
+    (B, D), before the output projection. Only the scores ((B, h, 1, P+1), small) are concatenated; the
+    weighted sum is split back over the two parts. The new entry's score and contribution are
+    elementwise products: a batched GEMM of 1 x hd by hd x 1 per row and head costs far more than the
+    arithmetic it does. Every shape here is a constant or read from a slice's end (``-1``), so the
+    exported step computes no shapes at run time.
+    """
+    heads, head_dim = past_k.shape[1], past_k.shape[3]
+    q = q.view(-1, heads, 1, head_dim)  # (B, h, 1, hd)
+    scale = math.sqrt(head_dim)
+    past_scores = q @ past_k.transpose(-2, -1) / scale + bias  # (B, h, 1, P)
+    new_score = (q * new_k).sum(dim=-1, keepdim=True) / scale  # (B, h, 1, 1)
+    weights = F.softmax(torch.cat([past_scores, new_score], dim=-1), dim=-1)  # (B, h, 1, P+1)
+    out = weights[..., :-1] @ past_v + weights[..., -1:] * new_v  # (B, h, 1, hd)
+    return out.reshape(-1, heads * head_dim)  # (B, D)
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """One query per row, rows grouped by sentence: q (R, D) projected queries, R = n * W rows, sentence
+    i's W rows at i*W ... i*W+W-1; k, v: (n, h, K, hd) and bias (n, 1, 1, K) (:func:`step_attention`),
+    once per sentence. Returns the heads merged, (R, D), before the output projection. With n == R (one
+    row per sentence, W = 1) it is one query per row; with W > 1 each sentence's rows share one
+    (W x hd) @ (hd x K) product per head instead of W (1 x hd) ones, and the sentence's keys and
+    values are never copied per row."""
+    n, heads, _, head_dim = k.shape
+    q = q.view(n, -1, heads, head_dim).transpose(1, 2)  # (n, h, W, hd)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim) + bias  # (n, h, W, K)
+    out = F.softmax(scores, dim=-1) @ v  # (n, h, W, hd)
+    return out.transpose(1, 2).reshape(-1, heads * head_dim)  # (R, D)
+
+
+class FusedStepAttention(torch.autograd.Function):
+    """:func:`step_attention`, exported as one ``kiln.ai::StepSelfAttention`` node (TorchScript
+    exporter; the kernel: ``serving/decoding/attention.c``)."""
+
+    @staticmethod
+    def forward(ctx, q, past_k, past_v, new_k, new_v, bias):  # noqa: ANN001, ANN205 - autograd's signature
+        return step_attention(q, past_k, past_v, new_k, new_v, bias)
+
+    @staticmethod
+    def symbolic(g, q, past_k, past_v, new_k, new_v, bias):  # noqa: ANN001, ANN205
+        return g.op("kiln.ai::StepSelfAttention", q, past_k, past_v, new_k, new_v, bias).setType(q.type())
+
+
+class FusedGroupedAttention(torch.autograd.Function):
+    """:func:`grouped_attention`, exported as one ``kiln.ai::GroupedCrossAttention`` node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias):  # noqa: ANN001, ANN205
+        return grouped_attention(q, k, v, bias)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias):  # noqa: ANN001, ANN205
+        return g.op("kiln.ai::GroupedCrossAttention", q, k, v, bias).setType(q.type())
+
+
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention over precomputed or fresh keys/values."""
+    """Scaled dot-product attention over precomputed or fresh keys/values.
+
+    ``fused`` (set by :meth:`Transformer.fused_attention` for an export) routes the decoder step's two
+    attentions through :class:`FusedStepAttention` / :class:`FusedGroupedAttention`: the same
+    arithmetic in PyTorch, one custom node each in the exported graph."""
+
+    fused = False
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -91,37 +162,15 @@ class MultiHeadAttention(nn.Module):
     def attend_step(
         self, x: Tensor, past_k: Tensor, past_v: Tensor, new_k: Tensor, new_v: Tensor, bias: Tensor
     ) -> Tensor:
-        """One query per row over ``past ++ new`` keys without concatenating them (no copy of the cache).
-
-        x: (B, D); past_k/v: (B, h, P, hd); new_k/v: (B, h, 1, hd); bias: (B, 1, 1, P), 0 where the
-        row may attend its past entry and the dtype's lowest value where not (:func:`mask_bias`); a
-        row always attends its new entry (adding 0 would change nothing). Only the scores
-        ((B, h, 1, P+1), small) are concatenated; the weighted sum is split back over the two parts. The
-        new entry's score and contribution are elementwise products: a batched GEMM of 1 x hd by hd x 1
-        per row and head costs far more than the arithmetic it does. Every shape here is a constant or
-        read from a slice's end (``-1``), so the exported step computes no shapes at run time.
-        """
-        q = self.split_row(self.q_proj(x))  # (B, h, 1, hd)
-        scale = math.sqrt(self.head_dim)
-        past_scores = q @ past_k.transpose(-2, -1) / scale + bias  # (B, h, 1, P)
-        new_score = (q * new_k).sum(dim=-1, keepdim=True) / scale  # (B, h, 1, 1)
-        weights = self.dropout(
-            F.softmax(torch.cat([past_scores, new_score], dim=-1), dim=-1)
-        )  # (B, h, 1, P+1)
-        out = weights[..., :-1] @ past_v + weights[..., -1:] * new_v  # (B, h, 1, hd)
-        return self.out_proj(out.reshape(-1, self.heads * self.head_dim))  # (B, D)
+        """x: (B, D) normed rows; the rest as :func:`step_attention` takes them. Returns (B, D). A decode
+        step is inference only: no dropout (training runs :meth:`attend` over whole sequences)."""
+        attention = FusedStepAttention.apply if self.fused else step_attention
+        return self.out_proj(attention(self.q_proj(x), past_k, past_v, new_k, new_v, bias))
 
     def attend_rows(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """One query per row, rows grouped by sentence: x (R, D), R = n * W rows, sentence i's W rows at
-        i*W ... i*W+W-1; k, v: (n, h, K, hd) and bias (n, 1, 1, K) (:meth:`attend_step`), once per
-        sentence. With n == R (one row per sentence, W = 1) it is one query per row; with W > 1 each
-        sentence's rows share one (W x hd) @ (hd x K) product per head instead of W (1 x hd) ones,
-        and the sentence's keys and values are never copied per row."""
-        n = k.shape[0]
-        q = self.q_proj(x).view(n, -1, self.heads, self.head_dim).transpose(1, 2)  # (n, h, W, hd)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + bias  # (n, h, W, K)
-        out = self.dropout(F.softmax(scores, dim=-1)) @ v  # (n, h, W, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(-1, self.heads * self.head_dim))  # (R, D)
+        """x: (R, D) normed rows grouped by sentence; the rest as :func:`grouped_attention` takes them."""
+        attention = FusedGroupedAttention.apply if self.fused else grouped_attention
+        return self.out_proj(attention(self.q_proj(x), k, v, bias))
 
     def attend_self(self, x: Tensor, bias: Tensor) -> Tensor:
         """Self-attention over each sentence's positions: x (B*S, D), sentence ``b``'s S positions at
@@ -316,6 +365,20 @@ class Transformer(nn.Module):
             )
         logits = self.output_proj(self.decoder_norm(x))  # (B, V)
         return {"log_probs": F.log_softmax(logits.float(), dim=-1), **out}  # (B, V)
+
+    @contextlib.contextmanager
+    def fused_attention(self) -> Iterator[None]:
+        """Within it, :meth:`decode_step`'s attentions export as ``kiln.ai`` custom nodes (the step graph
+        that serving runs where the compiled kernels exist, ``serving/decoding/attention.c``); PyTorch
+        computes the same either way."""
+        modules = [m for layer in self.decoder_layers for m in (layer.self_attn, layer.cross_attn)]
+        for module in modules:
+            module.fused = True
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.fused = False
 
     def step_spec(self) -> dict:
         """The JSON step spec of docs/translator-interface.md: one cache and one cross-attention pair per layer."""

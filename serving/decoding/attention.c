@@ -1,0 +1,300 @@
+/* The Transformer decoder step's two attentions as ONNX Runtime custom operators (domain "kiln.ai").
+ *
+ * In the plain step graph each attention is a batched MatMul of one query row against each row's
+ * (or sentence's) keys per head, a softmax and another batched MatMul, plus the reshapes, transposes,
+ * slices and concatenation around them: ONNX Runtime runs a batched MatMul as one MLAS product per
+ * row and head (256 products of 1 x 32 by 32 x P at 64 rows), ~0.3 us each for a few dozen
+ * multiply-adds, so at 64 rows a fifth of the step's kernel time went to attention arithmetic worth
+ * a few microseconds. These kernels do each attention of a layer in one pass over the rows:
+ *
+ *   kiln.ai::StepSelfAttention(q [R, D], past_k [R, H, P, hd], past_v [R, H, P, hd],
+ *                              new_k [R, H, 1, hd], new_v [R, H, 1, hd], bias [R, 1, 1, P]) -> [R, D]
+ *     each row's query against its past entries (plus bias: 0 or the lowest float) and its new one
+ *     (never masked), softmax, weighted sum of the values; heads merged into the row (h * hd + d);
+ *   kiln.ai::GroupedCrossAttention(q [R, D], k [n, H, S, hd], v [n, H, S, hd], bias [n, 1, 1, S])
+ *       -> [R, D]
+ *     the R = n * W rows grouped by sentence (sentence i's rows at i*W ... i*W+W-1) against their
+ *     sentence's keys and values.
+ *
+ * The arithmetic is that of the plain graph (training/models/transformer.py, attend_step and
+ * attend_rows): score = q.k / sqrt(hd) (+ bias), softmax as exp(s - max) / sum, then the weighted sum
+ * of the values in key order. Sums run in a different order than MLAS's, so results agree to float
+ * rounding (~1e-6), not bit for bit; export's parity and beam-parity checks hold the fused graph to
+ * the same bounds as the plain one.
+ *
+ * The operators are registered on a session's options by kiln_attention_ops (ort_step.c's sessions)
+ * or RegisterCustomOps (ONNX Runtime's entry point for SessionOptions.register_custom_ops_library).
+ * Like ort_step.c this file declares the OrtApi entries it calls by index instead of including
+ * onnxruntime_c_api.h, and the OrtCustomOp structure's first fields (version 7: ONNX Runtime reads no
+ * later field from an operator of that version).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum {
+    OP_CREATE_CUSTOM_OP_DOMAIN = 26,
+    OP_CUSTOM_OP_DOMAIN_ADD = 27,
+    OP_ADD_CUSTOM_OP_DOMAIN = 28,
+    OP_GET_TENSOR_MUTABLE_DATA = 51,
+    OP_GET_DIMENSIONS_COUNT = 61,
+    OP_GET_DIMENSIONS = 62,
+    OP_GET_TENSOR_TYPE_AND_SHAPE = 65,
+    OP_KERNEL_CONTEXT_GET_INPUT = 90,
+    OP_KERNEL_CONTEXT_GET_OUTPUT = 91,
+    OP_RELEASE_STATUS = 93,
+    OP_RELEASE_TENSOR_TYPE_AND_SHAPE_INFO = 99,
+};
+#define OP_CALL(index, type) ((type)ops_api[index])
+#define DOMAIN "kiln.ai"
+#define OP_VERSION 7 /* no optional/variadic inputs, KernelCompute without a status */
+#define MAX_KEYS 4096
+#define MAX_HEAD_DIM 1024
+#define LANES 8
+
+typedef void *op_status_t;
+static const void *const *ops_api;
+
+typedef struct custom_op {
+    uint32_t version;
+    void *(*create_kernel)(const struct custom_op *op, const void *api, const void *info);
+    const char *(*get_name)(const struct custom_op *op);
+    const char *(*get_execution_provider_type)(const struct custom_op *op);
+    int (*get_input_type)(const struct custom_op *op, size_t index);
+    size_t (*get_input_type_count)(const struct custom_op *op);
+    int (*get_output_type)(const struct custom_op *op, size_t index);
+    size_t (*get_output_type_count)(const struct custom_op *op);
+    void (*kernel_compute)(void *kernel, void *context);
+    void (*kernel_destroy)(void *kernel);
+    /* read whatever the version (ONNX Runtime's schema check calls them): every input and output required */
+    int (*get_input_characteristic)(const struct custom_op *op, size_t index);
+    int (*get_output_characteristic)(const struct custom_op *op, size_t index);
+    void *later[32]; /* fields of later versions: never read for OP_VERSION, zero regardless */
+} custom_op_t;
+
+/* q.k over hd floats in LANES independent partial sums (vectorizable without reassociating a sum). */
+static float dot(const float *q, const float *k, int64_t hd) {
+    float lane[LANES] = {0};
+    int64_t d = 0;
+    for (; d + LANES <= hd; d += LANES)
+        for (int l = 0; l < LANES; l++) lane[l] += q[d + l] * k[d + l];
+    float sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    for (; d < hd; d++) sum += q[d] * k[d];
+    return sum;
+}
+
+/* scores[0..n) -> softmax weights in place: exp(s - max) / sum. */
+static void softmax(float *scores, int64_t n) {
+    float top = scores[0];
+    for (int64_t j = 1; j < n; j++) top = scores[j] > top ? scores[j] : top;
+    float total = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        scores[j] = expf(scores[j] - top);
+        total += scores[j];
+    }
+    for (int64_t j = 0; j < n; j++) scores[j] /= total;
+}
+
+/* out[0..hd) = sum_j w[j] * v[j * hd ...], in key order. */
+static void weighted(const float *w, const float *v, int64_t keys, int64_t hd, float *out) {
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j < keys; j++) {
+        const float *row = v + j * hd;
+        for (int64_t d = 0; d < hd; d++) out[d] += w[j] * row[d];
+    }
+}
+
+/* Attention of one row's query (heads x hd at q) over `keys` keys/values of stride hd per head
+ * (head h's block at k + h * head_stride), bias per key (NULL: none) and optionally one extra
+ * never-masked entry per head (extra_k/extra_v + h * hd). */
+static void attend(const float *q, const float *k, const float *v, int64_t head_stride, const float *bias,
+                   int64_t keys, const float *extra_k, const float *extra_v, int64_t heads, int64_t hd,
+                   float scale, float *out) {
+    float scores[MAX_KEYS + 1], extra_out[MAX_HEAD_DIM];
+    for (int64_t h = 0; h < heads; h++) {
+        const float *qh = q + h * hd, *kh = k + h * head_stride, *vh = v + h * head_stride;
+        for (int64_t j = 0; j < keys; j++) scores[j] = dot(qh, kh + j * hd, hd);
+        int64_t n = keys;
+        if (extra_k) scores[n++] = dot(qh, extra_k + h * hd, hd);
+        for (int64_t j = 0; j < n; j++) scores[j] /= scale;
+        if (bias)
+            for (int64_t j = 0; j < keys; j++) scores[j] += bias[j];
+        softmax(scores, n);
+        weighted(scores, vh, keys, hd, out + h * hd);
+        if (extra_k) {
+            const float *ev = extra_v + h * hd;
+            for (int64_t d = 0; d < hd; d++) extra_out[d] = scores[keys] * ev[d];
+            for (int64_t d = 0; d < hd; d++) out[h * hd + d] += extra_out[d];
+        }
+    }
+}
+
+/* Input `index`'s data and dims (up to 4; rank returned, -1 on failure). */
+static int64_t input(void *context, size_t index, const float **data, int64_t *dims) {
+    const void *value = NULL;
+    void *info = NULL;
+    size_t rank = 0;
+    op_status_t status = OP_CALL(OP_KERNEL_CONTEXT_GET_INPUT, op_status_t (*)(void *, size_t, const void **))(
+        context, index, &value);
+    if (status || !value) goto fail;
+    if ((status = OP_CALL(OP_GET_TENSOR_TYPE_AND_SHAPE, op_status_t (*)(const void *, void **))(value, &info)))
+        goto fail;
+    if ((status = OP_CALL(OP_GET_DIMENSIONS_COUNT, op_status_t (*)(const void *, size_t *))(info, &rank)) ||
+        rank > 4 ||
+        (status = OP_CALL(OP_GET_DIMENSIONS, op_status_t (*)(const void *, int64_t *, size_t))(info, dims, rank)))
+        goto fail;
+    OP_CALL(OP_RELEASE_TENSOR_TYPE_AND_SHAPE_INFO, void (*)(void *))(info);
+    info = NULL;
+    if ((status = OP_CALL(OP_GET_TENSOR_MUTABLE_DATA, op_status_t (*)(const void *, void **))(value, (void **)data)))
+        goto fail;
+    return (int64_t)rank;
+fail:
+    if (status) OP_CALL(OP_RELEASE_STATUS, void (*)(op_status_t))(status);
+    if (info) OP_CALL(OP_RELEASE_TENSOR_TYPE_AND_SHAPE_INFO, void (*)(void *))(info);
+    return -1;
+}
+
+static float *output(void *context, int64_t rows, int64_t width) {
+    int64_t dims[2] = {rows, width};
+    void *value = NULL, *data = NULL;
+    op_status_t status = OP_CALL(OP_KERNEL_CONTEXT_GET_OUTPUT, op_status_t (*)(void *, size_t, const int64_t *,
+                                                                                size_t, void **))(
+        context, 0, dims, 2, &value);
+    if (!status) status = OP_CALL(OP_GET_TENSOR_MUTABLE_DATA, op_status_t (*)(void *, void **))(value, &data);
+    if (status) {
+        OP_CALL(OP_RELEASE_STATUS, void (*)(op_status_t))(status);
+        return NULL;
+    }
+    return (float *)data;
+}
+
+/* A kernel cannot return an error at OP_VERSION; inputs whose shapes disagree (which the exported
+ * graphs cannot produce) give an output of NaN, which every parity check and the beam step refuse. */
+static void poison(void *context, int64_t rows, int64_t width) {
+    float *out = rows >= 0 && width >= 0 ? output(context, rows, width) : NULL;
+    for (int64_t i = 0; out && i < rows * width; i++) out[i] = NAN;
+}
+
+static void self_compute(void *kernel, void *context) {
+    (void)kernel;
+    const float *q, *pk, *pv, *nk, *nv, *bias;
+    int64_t dq[4], dk[4], dv[4], dnk[4], dnv[4], db[4];
+    if (input(context, 0, &q, dq) != 2 || input(context, 1, &pk, dk) != 4 || input(context, 2, &pv, dv) != 4 ||
+        input(context, 3, &nk, dnk) != 4 || input(context, 4, &nv, dnv) != 4 || input(context, 5, &bias, db) != 4)
+        return poison(context, 0, 0);
+    int64_t rows = dq[0], width = dq[1], heads = dk[1], keys = dk[2], hd = dk[3];
+    if (dk[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof dk) || dnk[0] != rows || dnk[1] != heads ||
+        dnk[2] != 1 || dnk[3] != hd || memcmp(dnk, dnv, sizeof dnk) || db[0] != rows || db[3] != keys ||
+        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        return poison(context, rows, width);
+    float *out = output(context, rows, width);
+    if (!out) return;
+    float scale = sqrtf((float)hd);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t cache = r * heads * keys * hd;
+        attend(q + r * width, pk + cache, pv + cache, keys * hd, bias + r * keys, keys, nk + r * width,
+               nv + r * width, heads, hd, scale, out + r * width);
+    }
+}
+
+static void cross_compute(void *kernel, void *context) {
+    (void)kernel;
+    const float *q, *k, *v, *bias;
+    int64_t dq[4], dk[4], dv[4], db[4];
+    if (input(context, 0, &q, dq) != 2 || input(context, 1, &k, dk) != 4 || input(context, 2, &v, dv) != 4 ||
+        input(context, 3, &bias, db) != 4)
+        return poison(context, 0, 0);
+    int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
+    if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
+        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        return poison(context, rows, width);
+    float *out = output(context, rows, width);
+    if (!out) return;
+    int64_t per = rows / n;
+    float scale = sqrtf((float)hd);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t s = r / per, block = s * heads * keys * hd;
+        attend(q + r * width, k + block, v + block, keys * hd, bias + s * keys, keys, NULL, NULL, heads, hd,
+               scale, out + r * width);
+    }
+}
+
+static void *create_kernel(const custom_op_t *op, const void *api, const void *info) {
+    (void)api;
+    (void)info;
+    return (void *)op; /* stateless: any non-NULL handle */
+}
+static void destroy_kernel(void *kernel) { (void)kernel; }
+static const char *cpu_provider(const custom_op_t *op) {
+    (void)op;
+    return "CPUExecutionProvider";
+}
+static int float_type(const custom_op_t *op, size_t index) {
+    (void)op;
+    (void)index;
+    return 1; /* ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT */
+}
+static int required(const custom_op_t *op, size_t index) {
+    (void)op;
+    (void)index;
+    return 0; /* INPUT_OUTPUT_REQUIRED */
+}
+static size_t one(const custom_op_t *op) {
+    (void)op;
+    return 1;
+}
+static size_t six(const custom_op_t *op) {
+    (void)op;
+    return 6;
+}
+static size_t four(const custom_op_t *op) {
+    (void)op;
+    return 4;
+}
+static const char *self_name(const custom_op_t *op) {
+    (void)op;
+    return "StepSelfAttention";
+}
+static const char *cross_name(const custom_op_t *op) {
+    (void)op;
+    return "GroupedCrossAttention";
+}
+
+static custom_op_t self_op = {OP_VERSION, create_kernel, self_name, cpu_provider, float_type, six,
+                              float_type, one, self_compute, destroy_kernel, required, required, {0}};
+static custom_op_t cross_op = {OP_VERSION, create_kernel, cross_name, cpu_provider, float_type, four,
+                               float_type, one, cross_compute, destroy_kernel, required, required, {0}};
+static void *domain; /* one domain for every session of the process (ONNX Runtime keeps a reference) */
+static pthread_mutex_t domain_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Register the operators on session options `options` with the OrtApi table `table`; NULL on
+ * success, else the failed call's OrtStatus (the caller reads and releases it). */
+void *kiln_attention_ops(void *options, const void *const *table) {
+    op_status_t status = NULL;
+    pthread_mutex_lock(&domain_lock);
+    ops_api = table;
+    if (!domain) {
+        void *made = NULL;
+        status = OP_CALL(OP_CREATE_CUSTOM_OP_DOMAIN, op_status_t (*)(const char *, void **))(DOMAIN, &made);
+        if (!status) status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &self_op);
+        if (!status) status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &cross_op);
+        if (!status) domain = made; /* else kept out of use (and leaked: once, on a broken runtime) */
+    }
+    if (!status) status = OP_CALL(OP_ADD_CUSTOM_OP_DOMAIN, op_status_t (*)(void *, void *))(options, domain);
+    pthread_mutex_unlock(&domain_lock);
+    return status;
+}
+
+typedef struct {
+    const void *const *(*get_api)(uint32_t version);
+    const char *(*get_version_string)(void);
+} ops_api_base_t;
+
+/* ONNX Runtime's entry point for a custom-operator library (SessionOptions.register_custom_ops_library). */
+void *RegisterCustomOps(void *options, const ops_api_base_t *base) {
+    const void *const *table = base->get_api(17); /* as native_decoder.API_VERSION: ONNX Runtime 1.17+ */
+    return table ? kiln_attention_ops(options, table) : NULL; /* an older runtime: the graph will not load */
+}

@@ -1,0 +1,115 @@
+"""The fused attention operators (serving/decoding/attention.c) against the PyTorch definitions they replace.
+
+Each operator runs alone in an ONNX Runtime session (registered as the gateway registers them) and is
+compared with ``step_attention`` / ``grouped_attention`` of training/models/transformer.py on cases
+the decoder step meets: an empty cache (the first step), masked past entries, a row whose past is all
+masked (it attends only its new entry), sentences of several rows sharing their keys, one row per
+sentence, and a head size that is not a multiple of the kernel's 8 lanes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from serving.decoding import native
+from training.models.transformer import grouped_attention, mask_bias, step_attention
+
+pytestmark = pytest.mark.skipif(
+    native.load() is None, reason="no C compiler here: the operators cannot be built"
+)
+
+LOWEST = np.finfo(np.float32).min
+
+
+def _session(op: str, shapes: dict[str, list[int]]):
+    node = helper.make_node(op, list(shapes), ["out"], domain="kiln.ai")
+    graph = helper.make_graph(
+        [node],
+        op,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("kiln.ai", 1)]
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    assert native.register_kernels(options)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _bias(mask: np.ndarray) -> np.ndarray:
+    return mask_bias(torch.from_numpy(mask), torch.float32).numpy()
+
+
+@pytest.mark.parametrize(
+    ("rows", "heads", "head_dim", "past"),
+    [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1)],
+)
+def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, past):
+    rng = np.random.default_rng(rows * 100 + past)
+    width = heads * head_dim
+    q = rng.standard_normal((rows, width), dtype=np.float32)
+    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
+    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
+    mask = rng.random((rows, past)) > 0.3
+    if rows > 1 and past:
+        mask[0] = False  # a row whose whole past is masked attends only its new entry
+    bias = _bias(mask)
+    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": bias}
+    session = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()})
+    got = session.run(None, feeds)[0]
+    want = step_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    assert got.shape == (rows, width)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    if rows > 1 and past:  # all-masked past: exactly the new entry's value
+        np.testing.assert_allclose(got[0], new_v[0].reshape(-1), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(("sentences", "per_sentence", "keys"), [(1, 1, 1), (3, 4, 5), (6, 1, 7), (2, 8, 12)])
+def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentence, keys):
+    rng = np.random.default_rng(sentences * 10 + keys)
+    heads, head_dim = 2, 12
+    rows = sentences * per_sentence
+    q = rng.standard_normal((rows, heads * head_dim), dtype=np.float32)
+    k, v = (rng.standard_normal((sentences, heads, keys, head_dim), dtype=np.float32) for _ in range(2))
+    mask = rng.random((sentences, keys)) > 0.25
+    mask[:, 0] = True  # a source has at least one token
+    feeds = {"q": q, "k": k, "v": v, "bias": _bias(mask)}
+    session = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in feeds.items()})
+    got = session.run(None, feeds)[0]
+    want = grouped_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    if per_sentence > 1:  # each row its own query: rows of one sentence differ
+        assert not np.array_equal(got[0], got[1])
+
+
+def test_inconsistent_shapes_give_nan_not_a_crash_or_a_plausible_answer():
+    """A kernel of this version cannot return an error: shapes the exported graphs never produce (here
+    keys and values of different lengths) give NaN, which every parity check and the beam step refuse."""
+    feeds = {
+        "q": np.ones((2, 8), np.float32),
+        "k": np.ones((2, 2, 3, 4), np.float32),
+        "v": np.ones((2, 2, 5, 4), np.float32),
+        "bias": np.zeros((2, 1, 1, 3), np.float32),
+    }
+    session = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in feeds.items()})
+    out = session.run(None, feeds)[0]
+    assert out.shape == (2, 8) and np.isnan(out).all()
+
+
+def test_the_fused_graph_is_chosen_only_where_it_exists_and_needs_the_operators(tmp_path):
+    plain = tmp_path / "1" / "model.onnx"
+    plain.parent.mkdir()
+    plain.write_bytes(b"")
+    assert native.step_graph(plain) == plain
+    fused = plain.with_name(native.FUSED_GRAPH)
+    fused.write_bytes(b"")
+    assert native.step_graph(plain) == fused
+    options = ort.SessionOptions()
+    assert native.session_options(plain, options) is options  # nothing to register for model.onnx
+    assert native.session_options(fused, options) is options
