@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import native_decoder, step_spec
+from serving.decoding import native, native_decoder, step_spec
 from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
-from serving.execution.base import InferRequest, InferResponse
+from serving.execution.base import GraphChoice, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
+# what decode workers ask a backend's decoder runner to open: the fused-attention step graph where
+# export wrote one and its operators compile (serving.decoding.native)
+FUSED_STEP = GraphChoice(native.step_graph, native.session_options)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(bs.DecodingOptions))
@@ -347,7 +350,8 @@ class TranslatorPool:
 
 def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
     """One decode worker's encoder and decoder runners (the decoder's steps compiled where it can be)."""
-    return runner_for(encoder), native_decoder.attach(runner_for(decoder))
+    decoder_runner = runner_for(decoder, graph=FUSED_STEP)  # its fused-attention step where written
+    return runner_for(encoder), native_decoder.attach(decoder_runner)
 
 
 def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +28,17 @@ def model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 # One model entry as a blocking callable over named arrays (what the decoding scheduler drives).
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """Which file of an entry a runner's CPU session opens instead of its model file, and what that
+    session's options need for it, said by the layer that knows (the decoding layer's fused-attention
+    step graph, :data:`serving.decoding.native.FUSED_STEP`): ``path(model_file)`` is the file to open,
+    ``prepare(path, session_options)`` readies the options for it."""
+
+    path: Callable[[Path], Path]
+    prepare: Callable[[Path, Any], Any]
 
 
 @dataclass

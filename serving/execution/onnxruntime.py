@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.decoding import native
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
-from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
+from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from serving.execution.bound_session import BoundSession
 from serving.execution.cpus import usable_cpus
@@ -177,13 +176,14 @@ class OnnxRuntimeBackend:
             result[name] = value
         return InferResponse(request.model, model.version, result, request.request_id)
 
-    def runner(self, name: str) -> Runner:
+    def runner(self, name: str, graph: GraphChoice | None = None) -> Runner:
         """A Runner over a session of its own for an encoder/decoder entry (one per decode worker).
 
         Each call opens a new session with one intra-op thread: a decode worker is one thread
         stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
         session and no intra-op pool competes with the decode threads for the cores, whatever
-        ``--intra-op-threads`` the batchers' sessions use.
+        ``--intra-op-threads`` the batchers' sessions use. ``graph``: the file a CPU session opens
+        instead of the entry's model file (the decoder's fused-attention step graph).
         """
         entry = self.repository.get(name)
         version = entry.resolve_version("")
@@ -193,9 +193,11 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         path = entry.model_file(version)
-        if model.placement.provider == placement.CPU:  # the fused-attention step graph where it can run
-            path = native.step_graph(path)
-        session = self._open_session(path, model.placement, intra_op_threads=1)
+        if graph is not None and model.placement.provider == placement.CPU:
+            path = graph.path(path)
+        else:
+            graph = None
+        session = self._open_session(path, model.placement, intra_op_threads=1, graph=graph)
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
         run.model_file = path  # type: ignore[attr-defined]
@@ -271,9 +273,11 @@ class OnnxRuntimeBackend:
         intra_op_threads: int | None = None,
         *,
         spin_us: int | None = -1,
+        graph: GraphChoice | None = None,
     ) -> Any:
         """One ONNX Runtime session on the placement's providers (``intra_op_threads`` and ``spin_us``
-        override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``)."""
+        override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
+        options for the file it chose)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -281,7 +285,8 @@ class OnnxRuntimeBackend:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
-        native.session_options(path, opts)
+        if graph is not None:
+            graph.prepare(path, opts)
         spin = self.options.spin_us if spin_us == -1 else spin_us
         for key, value in spin_entries(spin, ort.__version__).items():
             opts.add_session_config_entry(key, value)

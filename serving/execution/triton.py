@@ -249,8 +249,9 @@ class TritonBackend:
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self._drop_connection()
 
-    def runner(self, name: str) -> Runner:
-        """A blocking Runner calling entry ``name`` on Triton (the decoding scheduler runs it in a thread)."""
+    def runner(self, name: str, graph: Any = None) -> Runner:
+        """A blocking Runner calling entry ``name`` on Triton (the decoding scheduler runs it in a thread);
+        ``graph`` is ignored: Triton runs the entry's own model file."""
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
 
