@@ -138,8 +138,11 @@ def register_kernels(options: Any) -> bool:
 def step_graph(model_file: Path) -> Path:
     """The decoder step graph a CPU session should open for the entry file ``model_file``: its
     fused-attention twin (:data:`FUSED_GRAPH`, beside it) where export wrote one and the compiled
-    operators load (a session opening it needs :func:`register_kernels`), else ``model_file``."""
+    operators load (a session opening it needs :func:`register_kernels`), else ``model_file``.
+    ``KILN_FUSED_ATTENTION=0`` keeps ``model_file`` (to compare, or to rule the operators out)."""
     fused = Path(model_file).with_name(FUSED_GRAPH)
+    if os.environ.get("KILN_FUSED_ATTENTION", "1") == "0":
+        return Path(model_file)
     return fused if fused.is_file() and load() is not None else Path(model_file)
 
 
