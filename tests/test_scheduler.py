@@ -256,6 +256,30 @@ def test_a_timed_out_request_gets_504_and_frees_its_rows_for_the_others() -> Non
     assert "timeout" in recorder.outcomes and "success" in recorder.outcomes
 
 
+def test_a_cancelled_request_leaves_its_rows_and_the_others_finish() -> None:
+    """A client that goes away cancels its request: no answer is owed, its rows leave at the next step,
+    and the request beside it still gets its result."""
+    long = config(4, max_length=30, min_length=29)  # never stops early
+    short = config(1, max_length=30, min_length=29)
+
+    async def body(scheduler, recorder):
+        survivor = asyncio.create_task(scheduler.submit([[5, 6]], short, timeout_s=60))
+        leaver = asyncio.create_task(scheduler.submit([[7, 8, 3]], long, timeout_s=60))
+        await until(lambda: scheduler.active_rows == 5)  # both decoding (4 + 1 rows)
+        leaver.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaver
+        at_cancel = len(recorder.steps)
+        return recorder, at_cancel, await survivor
+
+    recorder, at_cancel, result = asyncio.run(_with_scheduler(body, FakeDecoder(delay_s=0.02)))
+    assert len(result) == 1 and len(result[0][0].tokens) == 30
+    assert [rows for rows, _ in recorder.steps[at_cancel + 1 :]] == [1] * (
+        len(recorder.steps) - at_cancel - 1
+    )
+    assert "success" in recorder.outcomes and "timeout" not in recorder.outcomes
+
+
 def test_a_full_queue_answers_429_with_retry_after() -> None:
     decoder = FakeDecoder()
     decoder.gate = threading.Event()  # hold the first step until the queue has filled

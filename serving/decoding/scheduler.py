@@ -199,14 +199,20 @@ class DecodingScheduler:
             self._waiting.append(job)
             self._stop[0] = 1
         self._wake.set()
+        # the deadline as one timer on the loop, awaiting the future itself (wait_for + shield built a
+        # task, two more futures and their callbacks per request)
+        expiry = asyncio.get_running_loop().call_later(timeout, self._expire_job, job, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except TimeoutError:
-            self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
-            raise job.future.exception() from None
-        except asyncio.CancelledError:  # the client went away: its rows leave at the next step
-            self._answer(job, Unavailable("request cancelled"), None)
+            return await job.future
+        except asyncio.CancelledError:  # the client went away (the future is cancelled with it): its
+            self._answer(job, Unavailable("request cancelled"), None)  # rows leave at the next step
             raise
+        finally:
+            expiry.cancel()
+
+    def _expire_job(self, job: _Job, timeout: float) -> None:
+        """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
+        self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
 
     def _check(self, config: bs.BeamConfig) -> None:
         step_spec.check_config(self.spec, config)
