@@ -121,17 +121,7 @@ def beam_parity(ctx: ExportContext, g: TranslatorGraphs) -> ParityReport:
     cfg = _search_config(spec, data, ctx.options.beam_size)
     ref = _torch_beams(ctx.model, spec, data.sources, cfg)
     got = _onnx_beams(g, g.decoder_path, data.sources, cfg)
-    agreement, first = _agreement(ref, got)
-    report = ParityReport(tolerance=0.0)
-    report.metrics.update(
-        beam_agreement=agreement, beam_sentences=len(data.sources), beam_source=data.origin, **cfg.as_dict()
-    )
-    if first is not None:
-        report.fail(
-            f"beam search differs on {round((1 - agreement) * len(ref))}/{len(ref)} sentences; first: "
-            f"sentence {first} PyTorch {ref[first]} vs ONNX {got[first]}"
-        )
-    return report
+    return _identity_report(ref, got, data, cfg, "beam search differs", ("PyTorch", "ONNX"))
 
 
 def fused_agreement(ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path) -> ParityReport:
@@ -141,6 +131,19 @@ def fused_agreement(ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused:
     data = held_out(ctx, g.spec, ctx.options.beam_sentences)
     cfg = _search_config(g.spec, data, ctx.options.beam_size)
     ref, got = _onnx_beams(g, plain, data.sources, cfg), _onnx_beams(g, fused, data.sources, cfg)
+    return _identity_report(ref, got, data, cfg, "fused attention changes beam search", ("plain", "fused"))
+
+
+def _identity_report(
+    ref: list[list[int]],
+    got: list[list[int]],
+    data: HeldOut,
+    cfg: SearchSettings,
+    what: str,
+    names: tuple[str, str],
+) -> ParityReport:
+    """A report that fails unless every best hypothesis in ``got`` equals ``ref``'s (``what`` and the
+    two sides' ``names`` word the failure)."""
     agreement, first = _agreement(ref, got)
     report = ParityReport(tolerance=0.0)
     report.metrics.update(
@@ -148,8 +151,8 @@ def fused_agreement(ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused:
     )
     if first is not None:
         report.fail(
-            f"fused attention changes beam search on {round((1 - agreement) * len(ref))}/{len(ref)} "
-            f"sentences; first: sentence {first} {ref[first]} vs {got[first]}"
+            f"{what} on {round((1 - agreement) * len(ref))}/{len(ref)} sentences; first: "
+            f"sentence {first} {names[0]} {ref[first]} vs {names[1]} {got[first]}"
         )
     return report
 
