@@ -458,6 +458,33 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 
 
+def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
+    exported, tmp_path, caplog
+) -> None:
+    """A fused step graph that cannot open (here: not a graph at all) costs a warning, not the translator."""
+    from serving.execution.base import GraphChoice
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.repository import Repository
+
+    root, _ = exported
+    broken = tmp_path / "model.fused.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    graph = GraphChoice(lambda _: broken, lambda _path, options: options)
+
+    async def scenario():
+        backend = OnnxRuntimeBackend(Repository(root / "model_repository"), OrtOptions())
+        await backend.start()
+        try:
+            return backend.runner("transformer_decoder", graph=graph)
+        finally:
+            await backend.stop()
+
+    with caplog.at_level("WARNING"):
+        run = asyncio.run(scenario())
+    assert Path(run.model_file).name == "model.onnx"
+    assert "model.fused.onnx did not open" in caplog.text
+
+
 def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_codec_thread(exported) -> None:
     import threading
 

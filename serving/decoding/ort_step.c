@@ -96,8 +96,10 @@ void *kiln_ort_session(const char *path, int64_t intra, int64_t inter, const cha
         failed(CALL(API_SET_INTER_OP_NUM_THREADS, status_t (*)(void *, int))(options, (int)inter), error, size) ||
         failed(CALL(API_SET_GRAPH_OPTIMIZATION_LEVEL, status_t (*)(void *, int))(options, 99), error, size))
         goto done; /* 99: ORT_ENABLE_ALL, the Python API's default */
-    /* the fused attention operators (attention.c), for a step graph that uses them; unused otherwise */
-    if (failed(kiln_attention_ops(options, api), error, size)) goto done;
+    /* the fused attention operators (attention.c), for a step graph that uses them; unused otherwise.
+     * Not fatal here: a graph that needs them then fails to open, saying which operator is missing. */
+    status_t ops = kiln_attention_ops(options, api);
+    if (ops) CALL(API_RELEASE_STATUS, void (*)(status_t))(ops);
     for (int64_t i = 0; i < entries; i++)
         if (failed(CALL(API_ADD_SESSION_CONFIG_ENTRY, status_t (*)(void *, const char *, const char *))(
                        options, keys[i], values[i]),

@@ -193,11 +193,16 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         path = entry.model_file(version)
-        if graph is not None and model.placement.provider == placement.CPU:
-            path = graph.path(path)
-        else:
-            graph = None
-        session = self._open_session(path, model.placement, intra_op_threads=1, graph=graph)
+        chosen = graph.path(path) if graph is not None and model.placement.provider == placement.CPU else path
+        session = None
+        if chosen != path:
+            try:
+                session = self._open_session(chosen, model.placement, intra_op_threads=1, graph=graph)
+                path = chosen
+            except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
+                log.warning("entry %s: %s did not open (%s); using %s", name, chosen.name, exc, path.name)
+        if session is None:
+            session = self._open_session(path, model.placement, intra_op_threads=1)
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
         run.model_file = path  # type: ignore[attr-defined]
