@@ -107,6 +107,68 @@ static void weighted(const float *w, const float *v, int64_t keys, int64_t hd, f
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+/* scores[j] = q.k_j for `keys` keys hd apart (hd a multiple of 8): AVX2 and FMA, four keys' sums
+ * reduced together. Another order of sums than dot() (and fused multiply-adds): the two paths agree
+ * to float rounding, and one process always takes the same one. */
+__attribute__((target("avx2,fma"))) static void dots_avx2(const float *q, const float *k, int64_t keys,
+                                                          int64_t hd, float *scores) {
+    int64_t j = 0;
+    for (; j + 4 <= keys; j += 4) {
+        const float *k0 = k + j * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < hd; d += 8) {
+            __m256 x = _mm256_loadu_ps(q + d);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + d), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + d), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + d), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + d), a3);
+        }
+        __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3)); /* per 128-bit half */
+        _mm_storeu_ps(scores + j, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+    }
+    for (; j < keys; j++) {
+        const float *kj = k + j * hd;
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), a);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        h = _mm_hadd_ps(h, h);
+        scores[j] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+    }
+}
+
+/* out[0..hd) = sum_j w[j] * v[j * hd ...] (hd a multiple of 8, at most 64): AVX2 and FMA. */
+__attribute__((target("avx2,fma"))) static void weighted_avx2(const float *w, const float *v, int64_t keys,
+                                                              int64_t hd, float *out) {
+    __m256 acc[8];
+    int64_t blocks = hd / 8;
+    for (int64_t b = 0; b < blocks; b++) acc[b] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < keys; j++) {
+        __m256 x = _mm256_set1_ps(w[j]);
+        for (int64_t b = 0; b < blocks; b++) acc[b] = _mm256_fmadd_ps(x, _mm256_loadu_ps(v + j * hd + 8 * b), acc[b]);
+    }
+    for (int64_t b = 0; b < blocks; b++) _mm256_storeu_ps(out + 8 * b, acc[b]);
+}
+
+/* Whether this head size takes the AVX2 path: the CPU has AVX2 and FMA (asked once per process) and
+ * KILN_ATTENTION_PORTABLE was not set when the first attention ran. */
+static int avx2_path(int64_t hd) {
+    static int supported = -1;
+    if (supported < 0)
+        supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    getenv("KILN_ATTENTION_PORTABLE") == NULL;
+    return supported && hd % 8 == 0 && hd <= 64;
+}
+#else
+static int avx2_path(int64_t hd) {
+    (void)hd;
+    return 0;
+}
+#endif
+
 /* Attention of one row's query (heads x hd at q) over `keys` keys/values of stride hd per head
  * (head h's block at k + h * head_stride), bias per key (NULL: none) and optionally one extra
  * never-masked entry per head (extra_k/extra_v + h * hd). */
@@ -114,16 +176,30 @@ static void attend(const float *q, const float *k, const float *v, int64_t head_
                    int64_t keys, const float *extra_k, const float *extra_v, int64_t heads, int64_t hd,
                    float scale, float *out) {
     float scores[MAX_KEYS + 1], extra_out[MAX_HEAD_DIM];
+    int vector = avx2_path(hd);
     for (int64_t h = 0; h < heads; h++) {
         const float *qh = q + h * hd, *kh = k + h * head_stride, *vh = v + h * head_stride;
-        for (int64_t j = 0; j < keys; j++) scores[j] = dot(qh, kh + j * hd, hd);
         int64_t n = keys;
-        if (extra_k) scores[n++] = dot(qh, extra_k + h * hd, hd);
+#ifdef HAVE_AVX2_PATH
+        if (vector) {
+            dots_avx2(qh, kh, keys, hd, scores);
+            if (extra_k) dots_avx2(qh, extra_k + h * hd, 1, hd, scores + n++);
+        } else
+#endif
+        {
+            for (int64_t j = 0; j < keys; j++) scores[j] = dot(qh, kh + j * hd, hd);
+            if (extra_k) scores[n++] = dot(qh, extra_k + h * hd, hd);
+        }
         for (int64_t j = 0; j < n; j++) scores[j] /= scale;
         if (bias)
             for (int64_t j = 0; j < keys; j++) scores[j] += bias[j];
         softmax(scores, n);
-        weighted(scores, vh, keys, hd, out + h * hd);
+#ifdef HAVE_AVX2_PATH
+        if (vector)
+            weighted_avx2(scores, vh, keys, hd, out + h * hd);
+        else
+#endif
+            weighted(scores, vh, keys, hd, out + h * hd);
         if (extra_k) {
             const float *ev = extra_v + h * hd;
             for (int64_t d = 0; d < hd; d++) extra_out[d] = scores[keys] * ev[d];
