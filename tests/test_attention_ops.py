@@ -9,6 +9,11 @@ sentence, and a head size that is not a multiple of the kernel's 8 lanes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -48,7 +53,7 @@ def _bias(mask: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("rows", "heads", "head_dim", "past"),
-    [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1)],
+    [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1), (6, 4, 32, 7), (4, 4, 32, 16)],
 )
 def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 100 + past)
@@ -66,14 +71,17 @@ def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, pas
     want = step_attention(*map(torch.from_numpy, feeds.values())).numpy()
     assert got.shape == (rows, width)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
-    if rows > 1 and past:  # all-masked past: exactly the new entry's value
-        np.testing.assert_allclose(got[0], new_v[0].reshape(-1), rtol=0, atol=1e-7)
+    if rows > 1 and past:  # all-masked past: masked entries weigh exactly 0, so the new entry's value
+        np.testing.assert_array_equal(got[0], new_v[0].reshape(-1))
 
 
-@pytest.mark.parametrize(("sentences", "per_sentence", "keys"), [(1, 1, 1), (3, 4, 5), (6, 1, 7), (2, 8, 12)])
-def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentence, keys):
+@pytest.mark.parametrize(
+    ("sentences", "per_sentence", "keys", "head_dim"),
+    [(1, 1, 1, 12), (3, 4, 5, 12), (6, 1, 7, 12), (2, 8, 12, 12), (3, 4, 8, 32), (2, 4, 17, 32)],
+)
+def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentence, keys, head_dim):
     rng = np.random.default_rng(sentences * 10 + keys)
-    heads, head_dim = 2, 12
+    heads = 2
     rows = sentences * per_sentence
     q = rng.standard_normal((rows, heads * head_dim), dtype=np.float32)
     k, v = (rng.standard_normal((sentences, heads, keys, head_dim), dtype=np.float32) for _ in range(2))
@@ -86,6 +94,48 @@ def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentenc
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     if per_sentence > 1:  # each row its own query: rows of one sentence differ
         assert not np.array_equal(got[0], got[1])
+
+
+PORTABLE_RUN = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from tests.test_attention_ops import _path_cases
+np.savez(sys.argv[2], *_path_cases())
+"""
+
+
+def _path_cases() -> list[np.ndarray]:
+    """Outputs of both operators at head size 32 (the vector path's where the CPU has AVX2): keys in a
+    full block of 8 lanes and a tail, masked entries, one row attending only its new entry."""
+    rng = np.random.default_rng(7)
+    rows, heads, head_dim, past = 6, 4, 32, 11
+    width = heads * head_dim
+    q = rng.standard_normal((rows, width), dtype=np.float32)
+    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
+    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
+    mask = rng.random((rows, past)) > 0.3
+    mask[0] = False
+    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
+    step = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()}).run(None, feeds)[0]
+    k, v = (rng.standard_normal((2, heads, 9, head_dim), dtype=np.float32) for _ in range(2))
+    source = np.ones((2, 9), dtype=bool)
+    source[1, 5:] = False
+    cross_feeds = {"q": q, "k": k, "v": v, "bias": _bias(source)}
+    cross = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in cross_feeds.items()})
+    return [step, cross.run(None, cross_feeds)[0]]
+
+
+def test_the_portable_kernels_agree_with_the_vector_ones(tmp_path):
+    """A process takes one path for good (AVX2 and FMA where the CPU has them, else the portable C;
+    KILN_ATTENTION_PORTABLE=1 forces the latter): both give the same answers to float rounding."""
+    out = tmp_path / "portable.npz"
+    env = {**os.environ, "KILN_ATTENTION_PORTABLE": "1"}
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", PORTABLE_RUN, str(root), str(out)], env=env, check=True)
+    portable = np.load(out)
+    for index, here in enumerate(_path_cases()):
+        np.testing.assert_allclose(here, portable[f"arr_{index}"], rtol=0, atol=2e-6)
 
 
 def test_inconsistent_shapes_give_nan_not_a_crash_or_a_plausible_answer():
