@@ -96,6 +96,56 @@ def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentenc
         assert not np.array_equal(got[0], got[1])
 
 
+def test_masked_entries_change_nothing_however_they_lie_and_whatever_they_hold():
+    """Masked entries, in runs at either end (a row's columns from before its sentence joined; a
+    place's padded source) or alone, weigh exactly 0 (their exp is below EXP_FLOOR): the outputs are
+    those of PyTorch, and bit for bit the same whatever the masked keys and values hold."""
+    rng = np.random.default_rng(11)
+    rows, heads, head_dim, past = 4, 4, 32, 13
+    width = heads * head_dim
+    q = rng.standard_normal((rows, width), dtype=np.float32)
+    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
+    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
+    mask = np.ones((rows, past), dtype=bool)
+    mask[0, :9] = False  # joined late: the leading columns masked
+    mask[1, 4:] = False  # (a trailing run)
+    mask[2, [0, 5, 12]] = False  # both ends and a hole
+    mask[3] = False  # nothing but its new entry
+    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
+    session = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()})
+    got = session.run(None, feeds)[0]
+    want = step_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    hidden = ~mask[:, None, :, None]
+    for name in ("past_k", "past_v"):  # what lies under the mask: other finite values
+        feeds[name] = np.where(
+            hidden, rng.standard_normal(feeds[name].shape, dtype=np.float32) * 50, feeds[name]
+        )
+    np.testing.assert_array_equal(session.run(None, feeds)[0], got)
+
+    sentences, per_sentence, keys = 3, 4, 10
+    k, v = (rng.standard_normal((sentences, heads, keys, head_dim), dtype=np.float32) for _ in range(2))
+    source = np.ones((sentences, keys), dtype=bool)
+    source[0, 3:] = False  # a short source padded to the longest running
+    source[1, 7:] = False
+    cross_feeds = {
+        "q": rng.standard_normal((sentences * per_sentence, width), dtype=np.float32),
+        "k": k,
+        "v": v,
+        "bias": _bias(source),
+    }
+    cross = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in cross_feeds.items()})
+    got = cross.run(None, cross_feeds)[0]
+    want = grouped_attention(*map(torch.from_numpy, cross_feeds.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    padded = ~source[:, None, :, None]
+    for name in ("k", "v"):
+        cross_feeds[name] = np.where(
+            padded, rng.standard_normal(cross_feeds[name].shape, dtype=np.float32) * 50, cross_feeds[name]
+        )
+    np.testing.assert_array_equal(cross.run(None, cross_feeds)[0], got)
+
+
 PORTABLE_RUN = """
 import sys
 import numpy as np
