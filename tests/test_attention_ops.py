@@ -51,6 +51,18 @@ def _bias(mask: np.ndarray) -> np.ndarray:
     return mask_bias(torch.from_numpy(mask), torch.float32).numpy()
 
 
+def _self_feeds(
+    rng: np.random.Generator, heads: int, head_dim: int, mask: np.ndarray
+) -> dict[str, np.ndarray]:
+    """StepSelfAttention's inputs for ``mask`` (bool [rows, past], True = may attend): random queries,
+    past and new keys and values."""
+    rows, past = mask.shape
+    q = rng.standard_normal((rows, heads * head_dim), dtype=np.float32)
+    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
+    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
+    return {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
+
+
 @pytest.mark.parametrize(
     ("rows", "heads", "head_dim", "past"),
     [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1), (6, 4, 32, 7), (4, 4, 32, 16)],
@@ -58,21 +70,17 @@ def _bias(mask: np.ndarray) -> np.ndarray:
 def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 100 + past)
     width = heads * head_dim
-    q = rng.standard_normal((rows, width), dtype=np.float32)
-    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
-    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
     mask = rng.random((rows, past)) > 0.3
     if rows > 1 and past:
         mask[0] = False  # a row whose whole past is masked attends only its new entry
-    bias = _bias(mask)
-    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": bias}
+    feeds = _self_feeds(rng, heads, head_dim, mask)
     session = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()})
     got = session.run(None, feeds)[0]
     want = step_attention(*map(torch.from_numpy, feeds.values())).numpy()
     assert got.shape == (rows, width)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     if rows > 1 and past:  # all-masked past: masked entries weigh exactly 0, so the new entry's value
-        np.testing.assert_array_equal(got[0], new_v[0].reshape(-1))
+        np.testing.assert_array_equal(got[0], feeds["new_v"][0].reshape(-1))
 
 
 @pytest.mark.parametrize(
@@ -103,15 +111,12 @@ def test_masked_entries_change_nothing_however_they_lie_and_whatever_they_hold()
     rng = np.random.default_rng(11)
     rows, heads, head_dim, past = 4, 4, 32, 13
     width = heads * head_dim
-    q = rng.standard_normal((rows, width), dtype=np.float32)
-    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
-    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
     mask = np.ones((rows, past), dtype=bool)
     mask[0, :9] = False  # joined late: the leading columns masked
     mask[1, 4:] = False  # (a trailing run)
     mask[2, [0, 5, 12]] = False  # both ends and a hole
     mask[3] = False  # nothing but its new entry
-    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
+    feeds = _self_feeds(rng, heads, head_dim, mask)
     session = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()})
     got = session.run(None, feeds)[0]
     want = step_attention(*map(torch.from_numpy, feeds.values())).numpy()
@@ -160,18 +165,14 @@ def _path_cases() -> list[np.ndarray]:
     full block of 8 lanes and a tail, masked entries, one row attending only its new entry."""
     rng = np.random.default_rng(7)
     rows, heads, head_dim, past = 6, 4, 32, 11
-    width = heads * head_dim
-    q = rng.standard_normal((rows, width), dtype=np.float32)
-    past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
-    new_k, new_v = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
     mask = rng.random((rows, past)) > 0.3
     mask[0] = False
-    feeds = {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
+    feeds = _self_feeds(rng, heads, head_dim, mask)
     step = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()}).run(None, feeds)[0]
     k, v = (rng.standard_normal((2, heads, 9, head_dim), dtype=np.float32) for _ in range(2))
     source = np.ones((2, 9), dtype=bool)
     source[1, 5:] = False
-    cross_feeds = {"q": q, "k": k, "v": v, "bias": _bias(source)}
+    cross_feeds = {"q": feeds["q"], "k": k, "v": v, "bias": _bias(source)}
     cross = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in cross_feeds.items()})
     return [step, cross.run(None, cross_feeds)[0]]
 
