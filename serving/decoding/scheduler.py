@@ -237,8 +237,20 @@ class DecodingScheduler:
 
     def _post(self, job: _Job, result: Any, outcome: str) -> None:
         """From the decode thread: answer on the event loop."""
-        job.closed = True
-        self._event_loop.call_soon_threadsafe(self._answer, job, result, outcome)
+        self._post_all([(job, result, outcome)])
+
+    def _post_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
+        """From the decode thread: settle ``answers`` (job, result, outcome) on the event loop, in one
+        wake-up of it (at c=32 a step finishes ~3 requests: one self-pipe write instead of three)."""
+        if not answers:
+            return
+        for job, _, _ in answers:
+            job.closed = True
+        self._event_loop.call_soon_threadsafe(self._answer_all, answers)
+
+    def _answer_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
+        for job, result, outcome in answers:
+            self._answer(job, result, outcome)
 
     # --- the decode thread ------------------------------------------------------------------------
 
@@ -269,9 +281,9 @@ class DecodingScheduler:
         now = time.monotonic()
         with self._lock:
             waiting = list(self._waiting)
-        for job in self._running_jobs() | set(waiting):
-            if not job.closed and now >= job.deadline:
-                self._post(job, DeadlineExceeded("translation did not finish before its deadline"), "timeout")
+        late = [job for job in self._running_jobs() | set(waiting) if not job.closed and now >= job.deadline]
+        message = "translation did not finish before its deadline"
+        self._post_all([(job, DeadlineExceeded(message), "timeout") for job in late])
         if any(job.closed for job in waiting):
             with self._lock:
                 self._waiting = deque(j for j in self._waiting if not j.closed)
@@ -357,16 +369,19 @@ class DecodingScheduler:
             seconds = (time.monotonic() - started) / ran
             for _ in range(ran):
                 self.observer.observe_decode_step(self.name, rows, requests, seconds)
+        answers: list[tuple[_Job, Any, str]] = []
         for done in finished:
             job, index = done.key
             if job.closed:
                 continue
             if done.error is not None:  # this sentence's own failure: its request alone fails
                 error = UnprocessableInput(f"text {index}: {done.error}; the request cannot be decoded")
-                self._post(job, error, "failure")
+                answers.append((job, error, "failure"))
+                job.closed = True  # its other sentences finishing in this step answer nothing more
                 continue
             job.results[index] = done.hypotheses
             if len(job.results) == len(job.sources):
-                self._post(job, [job.results[i] for i in range(len(job.sources))], "success")
+                answers.append((job, [job.results[i] for i in range(len(job.sources))], "success"))
+        self._post_all(answers)
         beams = self._batch.beams
         self._reserved = int(beams.beam.sum()) if beams is not None else 0
