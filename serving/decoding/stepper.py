@@ -157,24 +157,26 @@ class DecodeBatch:
         for inp in self._carried:
             if inp.role == "state":
                 value = np.asarray(encoded[inp.init])
-            else:  # zero entries for the columns before it joined (masked)
-                shape = [n if d == -1 else d for d in inp.init_shape]
+                value = np.repeat(value, copies, axis=0) if copies > 1 else value
+                self._reserve(inp.name, value.shape, value.dtype, size)[size : size + n * copies] = value
+            else:  # zero entries for the columns before it joined (masked), written in place
+                shape = [n * copies if d == -1 else d for d in inp.init_shape]
                 shape[inp.axis] = self.column
-                value = np.zeros(shape, dtype=self.spec.dtypes.get(inp.name, "float32"))
-            value = np.repeat(value, copies, axis=0) if copies > 1 else value
-            self._reserve(inp.name, value, size)[size : size + n * copies] = value
+                dtype = np.dtype(self.spec.dtypes.get(inp.name, "float32"))
+                self._reserve(inp.name, tuple(shape), dtype, size)[size : size + n * copies] = 0
         self.positions = np.concatenate([self.positions, np.zeros(n * copies, dtype=np.int64)])
         self.tokens = np.concatenate([self.tokens, np.full(n * copies, self.spec.bos_id, dtype=np.int64)])
         self.physical = size + n * copies
         self._in_order = self._in_order and copies == 1
 
-    def _reserve(self, name: str, value: np.ndarray, size: int) -> np.ndarray:
-        """The buffer of ``name`` (``size`` rows in use) with room for the rows of ``value`` after them."""
-        if size + value.shape[0] > self._capacity:
-            self._capacity = size + value.shape[0]
+    def _reserve(self, name: str, shape: tuple[int, ...], dtype: np.dtype, size: int) -> np.ndarray:
+        """The buffer of ``name`` (``size`` rows in use) with room for ``shape[0]`` rows (of ``shape[1:]``
+        and ``dtype``) after them."""
+        if size + shape[0] > self._capacity:
+            self._capacity = size + shape[0]
             self.rows = {k: with_capacity(v[:size], self._capacity) for k, v in self.rows.items()}
         if name not in self.rows:
-            self.rows[name] = np.empty((self._capacity, *value.shape[1:]), dtype=value.dtype)
+            self.rows[name] = np.empty((self._capacity, *shape[1:]), dtype=dtype)
         return self.rows[name]
 
     def remove(self, leaving: np.ndarray) -> None:
