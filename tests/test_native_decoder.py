@@ -231,3 +231,30 @@ def test_joins_and_departures_are_laid_out_in_the_compiled_call(model, monkeypat
     assert got == want
     assert any(left for left, _ in relaid) and any(not left for left, _ in relaid)
     assert not advanced
+
+
+def test_the_plans_tensor_fields_are_built_once_while_the_buffers_stay(model, monkeypatch):
+    """Rows change at almost every call (sentences join, widen, leave): a plan copies the fields built
+    for an earlier one and writes its row counts, rebuilding them only when a buffer was reallocated or
+    the encoder rows were (a longer source, more places); the answers stay bit for bit the Python
+    step's."""
+    spec, encoder, python, compiled, sources = model
+    configs = [_config(spec, beam) for beam in (4, 1, 2, 4, 3, 4, 1, 4)]
+    want, _ = _joining(spec, encoder, python, sources[:8], configs, 1, True)
+    calls = []  # per plan: (rows, buffers and encoder rows as they were, fields built for it)
+    original_plan = st.DecodeBatch._native_plan
+
+    def plan(self, decoder, sentence, encoder_rows, holder):
+        before = self._fields
+        out = original_plan(self, decoder, sentence, encoder_rows, holder)
+        buffers = (decoder.generation, tuple(v.ctypes.data for v in encoder_rows.values()))
+        calls.append((self.physical, buffers, self._fields is not before))
+        return out
+
+    monkeypatch.setattr(st.DecodeBatch, "_native_plan", plan)
+    got, _ = _joining(spec, encoder, compiled, sources[:8], configs, 1, True)
+    assert got == want
+    assert len({rows for rows, _, _ in calls}) > 3  # the row count changed from call to call
+    pairs = zip(calls, calls[1:], strict=False)  # each call with the one before
+    same = [built for (_, previous, _), (_, buffers, built) in pairs if buffers == previous]
+    assert len(same) > len(calls) / 3 and not any(same)  # same buffers: the fields were reused

@@ -48,6 +48,7 @@ MAX_STEPS = 16  # steps one call may run (bounds the columns its buffers make ro
 # caller and goes on; a call that would keep more hands back
 FOUND_STEPS = 4
 FIXED, TOKENS, POSITIONS, MASK, CACHE = 0, 1, 2, 3, 16  # what ort_step.c fills in a tensor (CACHE + index)
+TENSOR = 9  # the plan's fields per tensor (tensor_fields; ort_step.c's TENSOR): dims from the fifth
 ERROR_BYTES = 1024
 
 _lock = threading.Lock()

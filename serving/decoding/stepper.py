@@ -40,6 +40,10 @@ from serving.decoding.step_spec import (
 )
 
 
+def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :]
+
+
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch: the caller's key and its hypotheses, or why it failed."""
@@ -95,6 +99,7 @@ class DecodeBatch:
         self._in_order = True  # slot == arange(R): physical order is the search order
         self._layout: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # row sentences, encoder feed
         self._plan: tuple | None = None  # kiln_decode_step's plan for the layout (see _native_plan)
+        self._fields: tuple | None = None  # the plan's tensor fields but the row counts (_tensor_fields)
         self.stop: np.ndarray | None = None  # int64 [1]: a compiled multi-step call stops once nonzero
         self.last_steps = 1  # decoder steps the last step() call ran
         self._next_uid = 0
@@ -428,43 +433,8 @@ class DecodeBatch:
             and all(a is b for a, b in zip(cached[0], key, strict=True))
         ):
             return cached[2], cached[3], cached[4]
-        vocab = self.spec.vocab_size
-        log_probs = decoder.buffer("log_probs", size * vocab, np.float32)[: size * vocab].reshape(size, vocab)
-        kinds: dict[str, tuple[int, Any]] = {
-            name: (native_decoder.FIXED, value) for name, value in encoder.items()
-        }
-        for name in self._named["tokens"]:
-            kinds[name] = (native_decoder.TOKENS, self.tokens)
-        for name in self._named["positions"]:
-            kinds[name] = (native_decoder.POSITIONS, self.positions)
-        for name in self._named["cache_mask"]:
-            kinds[name] = (native_decoder.MASK, np.empty((size, self.column), dtype=np.bool_))
-        entries, caches = {}, []
-        for index, inp in enumerate(self._carried):
-            value = self.rows[inp.name][:size]
-            kinds[inp.name] = (native_decoder.CACHE + index, value)
-            shape, axis = value.shape, inp.axis
-            entry_shape = (size, *shape[1:axis], 1, *shape[axis + 1 :])
-            count = math.prod(entry_shape)
-            entries[inp.output] = decoder.buffer(inp.output, count, value.dtype)[:count].reshape(entry_shape)
-            caches += [
-                math.prod(shape[1:axis]),
-                math.prod(shape[axis + 1 :]),
-                value.itemsize,
-                index + 1,
-                axis,
-            ]
-        tensors: list[int] = []
-        held = [log_probs, *entries.values()]
-        for name in decoder.inputs:
-            if name not in kinds:
-                raise ValueError(f"the ONNX graph needs inputs [{name!r}]; got {sorted(kinds)}")
-            kind, value = kinds[name]
-            value = np.ascontiguousarray(value)
-            held.append(value)
-            tensors += tensor_fields(decoder.name_address[name], value, kind)
-        for name, value in {"log_probs": log_probs, **entries}.items():
-            tensors += tensor_fields(decoder.name_address[name], value, native_decoder.FIXED)
+        log_probs, entries = self._outputs(decoder, size)
+        tensors, caches, held = self._tensor_fields(decoder, encoder, size)
         result = decoder.result = decoder.buffer("result", 8 + 3 * n + size, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
         head = [
@@ -483,9 +453,92 @@ class DecodeBatch:
             0 if self.stop is None else address(self.stop),
             address(steps_scratch),
         ]
-        plan = np.array(head + tensors + caches, dtype=np.int64)
+        plan = np.concatenate([np.array(head, dtype=np.int64), tensors, caches])
         self._plan = (key, sizes, plan, log_probs, entries, held)
         return plan, log_probs, entries
+
+    def _outputs(self, decoder: NativeDecoder, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The buffers a call over ``size`` rows writes: the log-probs ``[size, V]`` and each cache's new
+        entries (one column on its axis), by output name."""
+        vocab = self.spec.vocab_size
+        log_probs = decoder.buffer("log_probs", size * vocab, np.float32)[: size * vocab].reshape(size, vocab)
+        entries = {}
+        for inp in self._carried:
+            shape, axis, dtype = self.rows[inp.name].shape, inp.axis, self.rows[inp.name].dtype
+            entry_shape = (size, *shape[1:axis], 1, *shape[axis + 1 :])
+            count = math.prod(entry_shape)
+            entries[inp.output] = decoder.buffer(inp.output, count, dtype)[:count].reshape(entry_shape)
+        return log_probs, entries
+
+    def _tensor_fields(
+        self, decoder: NativeDecoder, encoder: dict[str, np.ndarray], size: int
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """The plan's TENSOR fields of every input and output (``ort_step.c``) for ``size`` physical rows,
+        its CACHE fields, and the arrays whose addresses they hold. What does not change from step to
+        step (names, types, trailing dimensions, the addresses of the encoder rows and of the output
+        buffers) is built once per set of buffers; each call copies it and writes the row counts (a
+        rebuild of every field cost ~150 us a call, and the layout changes at almost every call)."""
+        key = (
+            decoder.generation,
+            tuple((address(v), v.shape[1:], v.dtype.str) for v in encoder.values()),
+            tuple(_without(self.rows[inp.name].shape[1:], inp.axis - 1) for inp in self._carried),
+        )  # the cache axis is not in it: the column count is written by kiln_decode_step
+        cached = self._fields
+        if cached is None or cached[0] is not decoder or cached[1] != key:
+            cached = self._fields = (decoder, key, *self._build_fields(decoder, encoder, size))
+        _, _, fields, rows_at, encoder_at, caches, held = cached
+        fields = fields.copy()
+        fields[rows_at] = size
+        for at, name in encoder_at:
+            fields[at] = encoder[name].shape[0]  # sentences' places (grouped) or rows
+        return fields.ravel(), caches, held
+
+    def _build_fields(self, decoder: NativeDecoder, encoder: dict[str, np.ndarray], size: int) -> tuple:
+        """:meth:`_tensor_fields`' template: the fields [tensors, TENSOR] for ``size`` rows, the indices
+        of the row counts to write (those of the encoder inputs apart, by name), the CACHE fields and
+        the arrays the fields point into. The data of tokens, positions, mask and caches, and the
+        column count on the cache axis, are written by ``kiln_decode_step`` at each step."""
+        kinds: dict[str, tuple[int, Any]] = {
+            name: (native_decoder.FIXED, value) for name, value in encoder.items()
+        }
+        for name in self._named["tokens"]:
+            kinds[name] = (native_decoder.TOKENS, np.empty(size, dtype=np.int64))
+        for name in self._named["positions"]:
+            kinds[name] = (native_decoder.POSITIONS, np.empty(size, dtype=np.int64))
+        for name in self._named["cache_mask"]:
+            kinds[name] = (native_decoder.MASK, np.empty((size, self.column), dtype=np.bool_))
+        log_probs, entries = self._outputs(decoder, size)
+        outputs = {"log_probs": log_probs, **entries}
+        caches = []
+        for index, inp in enumerate(self._carried):
+            value = self.rows[inp.name][:size]
+            kinds[inp.name] = (native_decoder.CACHE + index, value)
+            shape, axis = value.shape, inp.axis
+            caches += [
+                math.prod(shape[1:axis]),
+                math.prod(shape[axis + 1 :]),
+                value.itemsize,
+                index + 1,
+                axis,
+            ]
+        tensors: list[int] = []
+        held, rows_at, encoder_at = list(outputs.values()), [], []
+        named = [(name, *kinds[name]) for name in decoder.inputs if name in kinds]
+        if len(named) < len(decoder.inputs):
+            missing = [name for name in decoder.inputs if name not in kinds]
+            raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(kinds)}")
+        named += [(name, native_decoder.FIXED, value) for name, value in outputs.items()]
+        for index, (name, kind, value) in enumerate(named):
+            value = np.ascontiguousarray(value)
+            held.append(value)
+            tensors += tensor_fields(decoder.name_address[name], value, kind)
+            dim0 = index * native_decoder.TENSOR + 4
+            if name in encoder:
+                encoder_at.append((dim0, name))
+            else:
+                rows_at.append(dim0)
+        fields = np.array(tensors, dtype=np.int64)
+        return fields, np.array(rows_at, dtype=np.int64), encoder_at, np.array(caches, dtype=np.int64), held
 
     def _next_slots(self, before: np.ndarray) -> np.ndarray:
         """Physical rows after a step: sentence ``s``'s ``k``-th row keeps the slot of its ``k``-th row
