@@ -160,15 +160,19 @@ class PackedStep:
             start = n * (1 + width_b)
             offer_score = reals[start : start + n_offers].tolist()
             offer_norm = reals[start + room : start + room + n_offers].tolist()
+            extended_rows = extended[offer_origin].tolist()  # one gather for every offer's prefix
             for i in range(n_offers):
-                generated = extended[offer_origin[i], 1 : offer_length[i]].tolist() + [beams.eos_id]
+                generated = extended_rows[i][1 : offer_length[i]] + [beams.eos_id]
                 offered.append((offer_sentence[i], Hypothesis(generated, offer_score[i], offer_norm[i])))
         finished = beams.finished
         if offered:
-            finished = list(finished)
+            finished, changed, beam = list(finished), {}, beams.beam.tolist()
             for s, hypothesis in offered:
-                kept = list(finished[s])
-                keep_best(kept, hypothesis, int(beams.beam[s]))
+                kept = changed.get(s)
+                if kept is None:
+                    kept = changed[s] = list(finished[s])
+                keep_best(kept, hypothesis, beam[s])
+            for s, kept in changed.items():
                 finished[s] = tuple(kept)
             finished = tuple(finished)
         new = dataclasses.replace(  # what a step changes, as the numpy step's result
