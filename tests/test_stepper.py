@@ -113,8 +113,12 @@ def test_encoder_inputs_append_eos_and_right_pad():
     feeds = sp.encoder_inputs(PARSED, [[5, 9], [], [3]])
     np.testing.assert_array_equal(feeds["src_ids"], [[5, 9, EOS], [EOS, PAD, PAD], [3, EOS, PAD]])
     assert feeds["src_ids"].dtype == np.int64
-    with pytest.raises(ValueError, match="source sentence 1"):
-        sp.encoder_inputs(PARSED, [[5], [-1]])
+    for bad in ([-1], [1.5], [True], [2**70], [[1]], ["a"], np.array([2**63], np.uint64)):
+        with pytest.raises(ValueError, match="source sentence 1 must be a list of non-negative token ids"):
+            sp.encoder_inputs(PARSED, [[5], bad])
+    np.testing.assert_array_equal(
+        sp.encoder_inputs(PARSED, [np.array([4, 6], np.int32)])["src_ids"], [[4, 6, EOS]]
+    )
 
 
 CONFIG = bs.BeamConfig(beam_size=3, n_best=3, max_length=8, length_penalty="average", eos_id=EOS, bos_id=BOS)
