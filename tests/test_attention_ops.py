@@ -30,13 +30,13 @@ pytestmark = pytest.mark.skipif(
 LOWEST = np.finfo(np.float32).min
 
 
-def _session(op: str, shapes: dict[str, list[int]]):
-    node = helper.make_node(op, list(shapes), ["out"], domain="kiln.ai")
+def _session(op: str, shapes: dict[str, list[int]], outputs: tuple[str, ...] = ("out",)):
+    node = helper.make_node(op, list(shapes), list(outputs), domain="kiln.ai")
     graph = helper.make_graph(
         [node],
         op,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("kiln.ai", 1)]
@@ -151,6 +151,48 @@ def test_masked_entries_change_nothing_however_they_lie_and_whatever_they_hold()
     np.testing.assert_array_equal(cross.run(None, cross_feeds)[0], got)
 
 
+def _add_norm(rows: int, width: int, seed: int = 0, eps: float = 1e-5) -> tuple[dict, list[np.ndarray]]:
+    """AddLayerNorm's inputs (a residual stream and a sublayer's output at the decoder's scales, a
+    trained-looking gain and bias) and its outputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {
+        "x": (rng.standard_normal((rows, width)) * 3 + 1).astype(np.float32),
+        "y": rng.standard_normal((rows, width), dtype=np.float32),
+        "gamma": (1 + 0.2 * rng.standard_normal(width)).astype(np.float32),
+        "beta": (0.1 * rng.standard_normal(width)).astype(np.float32),
+        "eps": np.array([eps], np.float32),
+    }
+    session = _session("AddLayerNorm", {n: list(a.shape) for n, a in feeds.items()}, ("sum", "normed"))
+    return feeds, session.run(None, feeds)
+
+
+@pytest.mark.parametrize(("rows", "width"), [(1, 128), (54, 128), (7, 32), (5, 20), (3, 3)])
+def test_add_layer_norm_matches_pytorchs_residual_add_and_layer_norm(rows, width):
+    """The pre-norm decoder's ``x = x + sublayer; h = norm(x)`` as one node: the sum exactly, the
+    normalized rows to float rounding, at the decoder's width (8-lane blocks) and at widths with a
+    tail or below one block."""
+    feeds, (got_sum, got) = _add_norm(rows, width, seed=rows + width)
+    x, y, gamma, beta = (torch.from_numpy(feeds[n]) for n in ("x", "y", "gamma", "beta"))
+    want_sum = x + y
+    want = torch.nn.functional.layer_norm(want_sum, (width,), gamma, beta, float(feeds["eps"][0]))
+    np.testing.assert_array_equal(got_sum, want_sum.numpy())
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=3e-6)
+
+
+def test_add_layer_norm_of_a_constant_row_is_its_bias_and_of_bad_shapes_nan():
+    feeds, (_, normed) = _add_norm(2, 16)
+    feeds["x"][:] = 4.0
+    feeds["y"][:] = 1.0  # zero variance: (0 / sqrt(eps)) * gamma + beta
+    session = _session("AddLayerNorm", {n: list(a.shape) for n, a in feeds.items()}, ("sum", "normed"))
+    total, normed = session.run(None, feeds)
+    assert (total == 5.0).all()
+    np.testing.assert_allclose(normed, np.broadcast_to(feeds["beta"], normed.shape), rtol=0, atol=1e-6)
+    feeds["gamma"] = feeds["gamma"][:8]  # a gain of another width than the rows'
+    session = _session("AddLayerNorm", {n: list(a.shape) for n, a in feeds.items()}, ("sum", "normed"))
+    total, normed = session.run(None, feeds)
+    assert np.isnan(total).all() and np.isnan(normed).all()
+
+
 PORTABLE_RUN = """
 import sys
 import numpy as np
@@ -161,8 +203,9 @@ np.savez(sys.argv[2], *_path_cases())
 
 
 def _path_cases() -> list[np.ndarray]:
-    """Outputs of both operators at head size 32 (the vector path's where the CPU has AVX2): keys in a
-    full block of 8 lanes and a tail, masked entries, one row attending only its new entry."""
+    """Outputs of both attention operators at head size 32 (the vector path's where the CPU has AVX2):
+    keys in a full block of 8 lanes and a tail, masked entries, one row attending only its new entry;
+    and AddLayerNorm's at the decoder's width and at one with a tail."""
     rng = np.random.default_rng(7)
     rows, heads, head_dim, past = 6, 4, 32, 11
     mask = rng.random((rows, past)) > 0.3
@@ -174,7 +217,7 @@ def _path_cases() -> list[np.ndarray]:
     source[1, 5:] = False
     cross_feeds = {"q": feeds["q"], "k": k, "v": v, "bias": _bias(source)}
     cross = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in cross_feeds.items()})
-    return [step, cross.run(None, cross_feeds)[0]]
+    return [step, cross.run(None, cross_feeds)[0], *_add_norm(9, 128)[1], *_add_norm(4, 20)[1]]
 
 
 def test_the_portable_kernels_agree_with_the_vector_ones(tmp_path):

@@ -140,6 +140,9 @@ def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_t
         == layers
     )
     assert ("", "Softmax") not in ops  # no attention left in plain ops
+    # each sublayer's residual add and the norm after it: three a layer, the last into the final norm
+    assert ops.count(("kiln.ai", "AddLayerNorm")) == 3 * layers
+    assert ops.count(("", "LayerNormalization")) == 1  # the first layer's first, on the embeddings
     plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
     graph = onnx.load(str(fused), load_external_data=False).graph
     assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
@@ -208,7 +211,7 @@ def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_de
     graph = onnx.load(str(repo / "transformer_decoder_int8" / "1" / "model.onnx"))
     assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
     fused = onnx.load(str(repo / "transformer_decoder_int8" / "1" / FUSED_GRAPH))
-    assert {"MatMulInteger", "StepSelfAttention", "GroupedCrossAttention"} <= {
+    assert {"MatMulInteger", "StepSelfAttention", "GroupedCrossAttention", "AddLayerNorm"} <= {
         n.op_type for n in fused.graph.node
     }
     assert dec["fused_step"]["refused"] is None and dec["fused_step"]["beams"]["beam_agreement"] == 1.0

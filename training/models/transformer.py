@@ -125,6 +125,32 @@ class FusedGroupedAttention(torch.autograd.Function):
         return g.op("kiln.ai::GroupedCrossAttention", q, k, v, bias).setType(q.type())
 
 
+class FusedAddNorm(torch.autograd.Function):
+    """:func:`add_norm`, exported as one ``kiln.ai::AddLayerNorm`` node (outputs: the sum, its
+    normalization): ONNX Runtime runs an Add and a LayerNormalization over a few dozen rows of 128 at
+    ~7 and ~11 us each, mostly per-node overhead, nine times a decoder step."""
+
+    @staticmethod
+    def forward(ctx, x, y, weight, bias, eps):  # noqa: ANN001, ANN205 - autograd's signature
+        total = x + y
+        return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
+
+    @staticmethod
+    def symbolic(g, x, y, weight, bias, eps):  # noqa: ANN001, ANN205
+        eps = g.op("Constant", value_t=torch.tensor([eps], dtype=torch.float32))
+        total, normed = g.op("kiln.ai::AddLayerNorm", x, y, weight, bias, eps, outputs=2)
+        return total.setType(x.type()), normed.setType(x.type())
+
+
+def add_norm(x: Tensor, y: Tensor, norm: nn.LayerNorm, fused: bool = False) -> tuple[Tensor, Tensor]:
+    """The pre-norm residual ``x + y`` and ``norm`` of it (what the next sublayer reads); with ``fused``,
+    one ``kiln.ai::AddLayerNorm`` node in an export (:class:`FusedAddNorm`)."""
+    if fused:
+        return FusedAddNorm.apply(x, y, norm.weight, norm.bias, norm.eps)
+    total = x + y
+    return total, norm(total)
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over precomputed or fresh keys/values.
 
@@ -224,6 +250,8 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    fused = False  # set by Transformer.fused_attention: step's residual adds and norms as custom nodes
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(cfg.d_model)
@@ -249,22 +277,27 @@ class DecoderLayer(nn.Module):
     def step(
         self,
         x: Tensor,
+        h: Tensor,
         cache: tuple[Tensor, Tensor],
         self_bias: Tensor,
         cross: tuple[Tensor, Tensor],
         src_bias: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One token per row: x (B, D); cache: past k/v (B, h, P, hd); self_bias (B, 1, 1, P);
-        cross: k/v (n, h, S, hd) and src_bias (n, 1, 1, S), once per row (n = B) or once per sentence
-        of B = n * W rows grouped by sentence (:meth:`MultiHeadAttention.attend_rows`). Returns x (B, D)
-        and new k/v (B, h, 1, hd)."""
-        h = self.self_attn_norm(x)  # (B, D)
+        next_norm: nn.LayerNorm,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One token per row: x (B, D) and h = self_attn_norm(x); cache: past k/v (B, h, P, hd);
+        self_bias (B, 1, 1, P); cross: k/v (n, h, S, hd) and src_bias (n, 1, 1, S), once per row (n = B)
+        or once per sentence of B = n * W rows grouped by sentence (:meth:`MultiHeadAttention.attend_rows`).
+        Returns x (B, D), ``next_norm`` of it (the next layer's first norm, or the final one) and new
+        k/v (B, h, 1, hd): each residual add and the norm after it are one :func:`add_norm`."""
         new_k = self.self_attn.split_row(self.self_attn.k_proj(h))  # (B, h, 1, hd)
         new_v = self.self_attn.split_row(self.self_attn.v_proj(h))  # (B, h, 1, hd)
-        x = x + self.dropout(self.self_attn.attend_step(h, *cache, new_k, new_v, self_bias))  # (B, D)
-        x = x + self.dropout(self.cross_attn.attend_rows(self.cross_attn_norm(x), *cross, src_bias))
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B, D)
-        return x, new_k, new_v
+        attended = self.dropout(self.self_attn.attend_step(h, *cache, new_k, new_v, self_bias))  # (B, D)
+        x, h = add_norm(x, attended, self.cross_attn_norm, self.fused)
+        x, h = add_norm(
+            x, self.dropout(self.cross_attn.attend_rows(h, *cross, src_bias)), self.ffn_norm, self.fused
+        )
+        x, h = add_norm(x, self.dropout(self.ffn(h)), next_norm, self.fused)  # (B, D)
+        return x, h, new_k, new_v
 
 
 class Transformer(nn.Module):
@@ -357,21 +390,24 @@ class Transformer(nn.Module):
         self_bias = mask_bias(inputs["cache_mask"], x.dtype)  # (B, 1, 1, P): the new entry is never masked
         src_bias = mask_bias(inputs["src_mask"], x.dtype)  # (B, 1, 1, S)
         out = {}
-        for i, layer in enumerate(self.decoder_layers):
+        layers = list(self.decoder_layers)
+        h = layers[0].self_attn_norm(x)
+        for i, layer in enumerate(layers):
             cache = inputs[f"self_k_{i}"], inputs[f"self_v_{i}"]  # (B, h, P, hd)
             cross = inputs[f"cross_k_{i}"], inputs[f"cross_v_{i}"]  # (B, h, S, hd)
-            x, out[f"new_self_k_{i}"], out[f"new_self_v_{i}"] = layer.step(
-                x, cache, self_bias, cross, src_bias
+            after = layers[i + 1].self_attn_norm if i + 1 < len(layers) else self.decoder_norm
+            x, h, out[f"new_self_k_{i}"], out[f"new_self_v_{i}"] = layer.step(
+                x, h, cache, self_bias, cross, src_bias, after
             )
-        logits = self.output_proj(self.decoder_norm(x))  # (B, V)
+        logits = self.output_proj(h)  # (B, V): h = decoder_norm(x)
         return {"log_probs": F.log_softmax(logits.float(), dim=-1), **out}  # (B, V)
 
     @contextlib.contextmanager
     def fused_attention(self) -> Iterator[None]:
-        """Within it, :meth:`decode_step`'s attentions export as ``kiln.ai`` custom nodes (the step graph
-        that serving runs where the compiled kernels exist, ``serving/decoding/attention.c``); PyTorch
-        computes the same either way."""
-        modules = [m for layer in self.decoder_layers for m in (layer.self_attn, layer.cross_attn)]
+        """Within it, :meth:`decode_step`'s attentions, and each residual add with the norm after it,
+        export as ``kiln.ai`` custom nodes (the step graph that serving runs where the compiled kernels
+        exist, ``serving/decoding/attention.c``); PyTorch computes the same either way."""
+        modules = [m for layer in self.decoder_layers for m in (layer, layer.self_attn, layer.cross_attn)]
         for module in modules:
             module.fused = True
         try:
