@@ -492,38 +492,25 @@ static int required(const custom_op_t *op, size_t index) {
     (void)index;
     return 0; /* INPUT_OUTPUT_REQUIRED */
 }
-static size_t one(const custom_op_t *op) {
-    (void)op;
-    return 1;
-}
-static size_t six(const custom_op_t *op) {
-    (void)op;
-    return 6;
-}
-static size_t four(const custom_op_t *op) {
-    (void)op;
-    return 4;
-}
-static size_t two(const custom_op_t *op) {
-    (void)op;
-    return 2;
-}
-static size_t five(const custom_op_t *op) {
-    (void)op;
-    return 5;
-}
-static const char *self_name(const custom_op_t *op) {
-    (void)op;
-    return "StepSelfAttention";
-}
-static const char *cross_name(const custom_op_t *op) {
-    (void)op;
-    return "GroupedCrossAttention";
-}
-static const char *add_norm_name(const custom_op_t *op) {
-    (void)op;
-    return "AddLayerNorm";
-}
+/* The operators' counts and names, each a callback ONNX Runtime asks through the operator. */
+#define OP_COUNT(fn, n) \
+    static size_t fn(const custom_op_t *op) { \
+        (void)op; \
+        return n; \
+    }
+#define OP_NAME(fn, text) \
+    static const char *fn(const custom_op_t *op) { \
+        (void)op; \
+        return text; \
+    }
+OP_COUNT(one, 1)
+OP_COUNT(two, 2)
+OP_COUNT(four, 4)
+OP_COUNT(five, 5)
+OP_COUNT(six, 6)
+OP_NAME(self_name, "StepSelfAttention")
+OP_NAME(cross_name, "GroupedCrossAttention")
+OP_NAME(add_norm_name, "AddLayerNorm")
 
 static custom_op_t self_op = {OP_VERSION, create_kernel, self_name, cpu_provider, float_type, six,
                               float_type, one, self_compute, destroy_kernel, required, required, {0}};
