@@ -491,12 +491,12 @@ class DecodeBatch:
         fields[rows_at] = size
         for at, name in encoder_at:
             fields[at] = encoder[name].shape[0]  # sentences' places (grouped) or rows
-        return fields.ravel(), caches, held
+        return fields, caches, held
 
     def _build_fields(self, decoder: NativeDecoder, encoder: dict[str, np.ndarray], size: int) -> tuple:
-        """:meth:`_tensor_fields`' template: the fields [tensors, TENSOR] for ``size`` rows, the indices
-        of the row counts to write (those of the encoder inputs apart, by name), the CACHE fields and
-        the arrays the fields point into. The data of tokens, positions, mask and caches, and the
+        """:meth:`_tensor_fields`' template: the fields for ``size`` rows (TENSOR integers a tensor, one
+        flat array), the positions of the row counts to write (those of the encoder inputs apart, by
+        name), the CACHE fields and the arrays the fields point into. The data of tokens, positions, mask and caches, and the
         column count on the cache axis, are written by ``kiln_decode_step`` at each step."""
         kinds: dict[str, tuple[int, Any]] = {
             name: (native_decoder.FIXED, value) for name, value in encoder.items()
