@@ -264,6 +264,61 @@ def test_finished_sentences_leave_the_batch():
     assert decoder.calls == [2, 4, 4, 2, 2, 2]
 
 
+def test_evolve_equals_dataclasses_replace_and_refuses_unknown_fields():
+    beams = bs.start([bs.BeamConfig(beam_size=2, max_length=5), bs.BeamConfig(beam_size=3, max_length=4)])
+    rows = np.array([2, 0], dtype=np.int64)
+    evolved = bs.evolve(beams, rows=rows, finished=((), ()))
+    replaced = dataclasses.replace(beams, rows=rows, finished=((), ()))
+    for field in dataclasses.fields(bs.Beams):
+        a, b = getattr(evolved, field.name), getattr(replaced, field.name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, field.name
+    assert beams.rows.tolist() == [1, 1]  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolved.rows = rows
+    with pytest.raises(TypeError, match="no fields"):
+        bs.evolve(beams, row=rows)
+
+
+def test_keep_best_inserts_after_every_hypothesis_at_least_as_good_and_keeps_the_best_beam():
+    def hyp(norm: float) -> bs.Hypothesis:
+        return bs.Hypothesis([7], norm, norm)
+
+    kept: list[bs.Hypothesis] = []
+    for norm in (-2.0, -1.0, -3.0, -1.0, -0.5, -4.0, float("nan")):
+        bs.keep_best(kept, hyp(norm), 3)
+    assert [h.normalized_score for h in kept] == [-0.5, -1.0, -1.0]
+    first_tie = kept[1]
+    bs.keep_best(kept, hyp(-1.0), 3)  # ties the worst of a full list: dropped, the earlier stays
+    assert kept[1] is first_tie and [h.normalized_score for h in kept] == [-0.5, -1.0, -1.0]
+    rng = np.random.default_rng(0)  # the rule as written, on random offers with ties and NaN
+    for _ in range(200):
+        beam, got, want = int(rng.integers(1, 5)), [], []
+        for norm in rng.choice([-3.0, -2.0, -1.0, -0.5, float("nan")], size=int(rng.integers(1, 12))):
+            h = hyp(float(norm))
+            bs.keep_best(got, h, beam)
+            at = next((i for i, k in enumerate(want) if k.normalized_score < h.normalized_score), len(want))
+            want.insert(at, h)
+            del want[beam:]
+        assert [id(h) for h in got] == [id(h) for h in want]
+
+
+def test_removing_sentences_without_rows_keeps_every_row_and_drops_their_per_sentence_fields():
+    configs = [bs.BeamConfig(beam_size=b, max_length=6) for b in (1, 2, 3)]
+    beams = bs.evolve(
+        bs.start(configs),
+        rows=np.array([1, 0, 2], dtype=np.int64),
+        scores=np.array([-1.0, -2.0, -3.0], dtype=np.float32),
+        prefixes=np.arange(21, dtype=np.int64).reshape(3, 7),
+    )
+    smaller, row_stay = bs.remove(beams, np.array([False, True, False]))
+    assert row_stay.tolist() == [0, 1, 2]
+    assert smaller.beam.tolist() == [1, 3] and smaller.rows.tolist() == [1, 2]
+    assert smaller.scores.tolist() == [-1.0, -2.0, -3.0] and smaller.prefixes.shape == (3, 7)
+    assert len(smaller.finished) == 2
+    leaving_rows, row_stay = bs.remove(beams, np.array([True, False, False]))
+    assert row_stay.tolist() == [1, 2] and leaving_rows.scores.tolist() == [-2.0, -3.0]
+
+
 def test_a_step_offsets_origins_into_the_shared_call():
     cfg = bs.BeamConfig(beam_size=2, max_length=10)
     beams = bs.start([cfg, cfg])

@@ -61,6 +61,7 @@ __all__ = [  # the search, and the settings and results it is used with (serving
     "check_options",
     "concat",
     "config_for",
+    "evolve",
     "keep_best",
     "mask_candidates",
     "normalize_score",
@@ -103,6 +104,23 @@ class Beams:
     def done(self) -> np.ndarray:
         """bool [S]: sentences with no live row (finished or failed)."""
         return self.rows == 0
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Beams))
+# the fields indexed by sentence (the others: per row, or the ids)
+_PER_SENTENCE = tuple(sorted(_FIELDS - {"scores", "prefixes", "eos_id", "bos_id", "finished"}))
+
+
+def evolve(beams: Beams, **changes: object) -> Beams:
+    """``dataclasses.replace(beams, **changes)`` without its walk over the fields and ``__init__`` (a step
+    makes one a step: ~25 -> ~3 us); ``Beams`` has no checks in ``__init__`` to skip."""
+    unknown = changes.keys() - _FIELDS
+    if unknown:
+        raise TypeError(f"Beams has no fields {sorted(unknown)}")
+    new = object.__new__(Beams)
+    new.__dict__.update(beams.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def start(configs: Sequence[BeamConfig]) -> Beams:
@@ -168,20 +186,14 @@ def remove(beams: Beams, leaving: np.ndarray) -> tuple[Beams, np.ndarray]:
     Returns the smaller search and the indices of the rows that stay (to drop the same decoder rows).
     """
     stay = ~np.asarray(leaving, dtype=bool)  # [S]
+    kept = np.flatnonzero(stay)  # [S']
+    fields = {name: getattr(beams, name)[kept] for name in _PER_SENTENCE}
+    finished = beams.finished
+    fields["finished"] = tuple(finished[i] for i in kept.tolist())
+    if stay[beams.rows > 0].all():  # e.g. sentences retired after a step: no row leaves
+        return evolve(beams, **fields), np.arange(beams.scores.shape[0])
     row_stay = np.flatnonzero(np.repeat(stay, beams.rows))  # [R']
-    per_sentence = {f.name for f in dataclasses.fields(Beams)} - {"scores", "prefixes", "eos_id", "bos_id"}
-    fields = {name: getattr(beams, name)[stay] for name in per_sentence if name != "finished"}
-    fields["finished"] = tuple(f for f, s in zip(beams.finished, stay, strict=True) if s)
-    return (
-        Beams(
-            **fields,
-            scores=beams.scores[row_stay],
-            prefixes=beams.prefixes[row_stay],
-            eos_id=beams.eos_id,
-            bos_id=beams.bos_id,
-        ),
-        row_stay,
-    )
+    return evolve(beams, **fields, scores=beams.scores[row_stay], prefixes=beams.prefixes[row_stay]), row_stay
 
 
 def results(beams: Beams, sentence: int) -> list[Hypothesis]:
@@ -320,7 +332,7 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
     new_rows[live] = keep.sum(axis=1)
     prefixes = beams.prefixes[new_origin]  # [R', W + 1]
     prefixes[np.arange(new_origin.size), np.repeat(length, new_rows[live])] = new_tokens
-    new = dataclasses.replace(
+    new = evolve(
         beams,
         step=np.where(beams.rows > 0, beams.step + 1, beams.step),
         rows=new_rows,
@@ -367,8 +379,13 @@ def keep_best(finished: list[Hypothesis], hyp: Hypothesis, beam: int) -> None:
 
     So a newcomer not strictly better than the worst of a full list is dropped (ties: the earlier stays).
     """
-    at = next((i for i, h in enumerate(finished) if h.normalized_score < hyp.normalized_score), len(finished))
-    finished.insert(at, hyp)
+    score = hyp.normalized_score
+    for at, kept in enumerate(finished):
+        if kept.normalized_score < score:
+            finished.insert(at, hyp)
+            break
+    else:
+        finished.append(hyp)
     del finished[beam:]
 
 

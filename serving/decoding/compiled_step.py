@@ -19,13 +19,12 @@ path at c=32 810-823 -> 869-895 sentences/s, batch engine 1 144-1 156 -> 1 207-1
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import math
 
 import numpy as np
 
 from serving.decoding import native
-from serving.decoding.beam_search import Beams, Hypothesis, StepResult, check_log_probs, keep_best
+from serving.decoding.beam_search import Beams, Hypothesis, StepResult, check_log_probs, evolve, keep_best
 from serving.decoding.beam_search import step as numpy_step
 
 TOP_BYTES = 16  # one candidate in the kernel's scratch: float32 value, padding, int64 flat index
@@ -160,7 +159,8 @@ class PackedStep:
             start = n * (1 + width_b)
             offer_score = reals[start : start + n_offers].tolist()
             offer_norm = reals[start + room : start + room + n_offers].tolist()
-            extended_rows = extended[offer_origin].tolist()  # one gather for every offer's prefix
+            # one gather for every offer's prefix, up to the longest (rows are as wide as max_length)
+            extended_rows = extended[offer_origin, : max(offer_length)].tolist()
             for i in range(n_offers):
                 generated = extended_rows[i][1 : offer_length[i]] + [beams.eos_id]
                 offered.append((offer_sentence[i], Hypothesis(generated, offer_score[i], offer_norm[i])))
@@ -175,7 +175,7 @@ class PackedStep:
             for s, kept in changed.items():
                 finished[s] = tuple(kept)
             finished = tuple(finished)
-        new = dataclasses.replace(  # what a step changes, as the numpy step's result
+        new = evolve(  # what a step changes, as the numpy step's result
             beams,
             step=beams.step + steps * (beams.rows > 0),  # the live sentences' next token
             rows=rows,
