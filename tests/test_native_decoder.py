@@ -258,3 +258,22 @@ def test_the_plans_tensor_fields_are_built_once_while_the_buffers_stay(model, mo
     pairs = zip(calls, calls[1:], strict=False)  # each call with the one before
     same = [built for (_, previous, _), (_, buffers, built) in pairs if buffers == previous]
     assert len(same) > len(calls) / 3 and not any(same)  # same buffers: the fields were reused
+    pairs = zip(calls, calls[1:], strict=False)
+    moved = [built for (_, previous, _), (_, buffers, built) in pairs if buffers != previous]
+    assert moved and all(moved)  # a buffer or an encoder row array moved: the fields were rebuilt
+
+
+def test_a_decoders_buffers_keep_their_address_until_they_grow():
+    decoder = object.__new__(native_decoder.NativeDecoder)  # its buffers only: no session needed
+    decoder._buffers, decoder.generation, decoder.turn = {}, 0, 0
+    small, at = decoder.buffer_at("cache", 100, np.float32)
+    assert at == small.ctypes.data and small.size >= 100 and decoder.generation == 1
+    again, at_again = decoder.buffer_at("cache", 80, np.float32)
+    assert again is small and at_again == at and decoder.generation == 1
+    bigger, at_bigger = decoder.buffer_at("cache", 1000, np.float32)
+    assert bigger.size >= 1000 and at_bigger == bigger.ctypes.data and decoder.generation == 2
+    (first, second), (at_first, at_second) = decoder.pair("tokens", 10, np.int64)
+    decoder.turn = 1  # the next call's first advance writes the other buffer first
+    (first_after, second_after), addresses = decoder.pair("tokens", 10, np.int64)
+    assert first_after is second and second_after is first and addresses == (at_second, at_first)
+    assert decoder.buffer("tokens#0", 10, np.int64) is first

@@ -48,3 +48,19 @@ def test_encoder_rows_widen_for_a_longer_source_and_narrow_only_once_well_past_i
     rows.fit(2)
     assert rows.width == 2
     assert rows.for_rows(np.array([a]), np.array([0]))["memory"][:, :, 0].tolist() == [[10, 11]]
+
+
+def test_encoder_rows_count_each_replacement_of_their_row_arrays():
+    rows = EncoderRows({"memory": 1})
+    (a,) = rows.add(_encoded(2), longest=2)
+    before = rows.version
+    rows.for_rows(np.array([a]), np.array([0]))  # the row arrays are made
+    made = rows.version
+    assert made > before
+    same = rows.for_rows(np.array([a]), np.array([0]))["memory"]
+    assert rows.version == made  # nothing replaced: the same arrays at the same addresses
+    (b,) = rows.add(_encoded(12), longest=12)  # wider: every array re-padded
+    assert rows.version > made
+    wider = rows.version
+    grown = rows.for_rows(np.array([a, b] * 8), np.arange(16) % 2)["memory"]
+    assert rows.version > wider and grown.shape[0] == 16 and same.shape[0] == 1

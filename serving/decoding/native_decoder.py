@@ -136,7 +136,7 @@ class NativeDecoder:
         )
         if not self.session:
             raise RuntimeError(f"ONNX Runtime could not open {self.path}: {self.error.value.decode()}")
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, tuple[np.ndarray, int]] = {}  # key: (buffer, its address)
         self.generation = 0  # counts buffer reallocations (a plan holding their addresses is rebuilt)
         self.turn = 0  # which of each pair of advance buffers the next call's first advance writes
         self.result = np.zeros(8, dtype=np.int64)  # the last call's result block (see ort_step.c)
@@ -151,12 +151,23 @@ class NativeDecoder:
 
     def buffer(self, key: str, elements: int, dtype: Any) -> np.ndarray:
         """A flat buffer of at least ``elements`` reused across steps (grown by doubling)."""
-        current = self._buffers.get(key)
-        if current is None or current.size < elements or current.dtype != dtype:
-            size = max(elements, 2 * current.size if current is not None else 0, 64)
-            current = self._buffers[key] = np.empty(size, dtype=dtype)
+        return self.buffer_at(key, elements, dtype)[0]
+
+    def buffer_at(self, key: str, elements: int, dtype: Any) -> tuple[np.ndarray, int]:
+        """:meth:`buffer` and its address (looked up once per allocation: a call passes ~20 of them)."""
+        found = self._buffers.get(key)
+        if found is None or found[0].size < elements or found[0].dtype != dtype:
+            size = max(elements, 2 * found[0].size if found is not None else 0, 64)
+            current = np.empty(size, dtype=dtype)
+            found = self._buffers[key] = (current, address(current))
             self.generation += 1
-        return current
+        return found
+
+    def pair(self, key: str, elements: int, dtype: Any) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
+        """The two buffers a call's advances alternate between (``key#0`` and ``key#1``, the one the
+        first advance writes first: see :attr:`turn`) and their addresses."""
+        found = [self.buffer_at(f"{key}#{self.turn ^ j}", elements, dtype) for j in (0, 1)]
+        return (found[0][0], found[1][0]), (found[0][1], found[1][1])
 
     def step(self, plan: np.ndarray, dyn: np.ndarray) -> None:
         """``kiln_decode_step`` over ``plan`` and ``dyn``; raises with ONNX Runtime's message if a run

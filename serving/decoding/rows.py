@@ -84,6 +84,7 @@ class EncoderRows:
         self.store: dict[str, np.ndarray] = {}  # [sentence slots, ...]
         self.used = np.zeros(0, dtype=bool)  # [sentence slots]
         self.rows: dict[str, np.ndarray] = {}  # [row capacity, ...]
+        self.version = 0  # counts replacements of the arrays in `rows` (their addresses and shapes)
         self.row_uid = np.zeros(0, dtype=np.int64)  # [row capacity] uid of the sentence held (-1: none)
 
     def add(self, encoded: dict[str, np.ndarray], longest: int) -> np.ndarray:
@@ -121,6 +122,7 @@ class EncoderRows:
                     if name in copy:
                         copy[name] = _fit_axis(copy[name], axis, longest)
         self.width = longest
+        self.version += 1
 
     def for_rows(self, owner: np.ndarray, uid: np.ndarray) -> dict[str, np.ndarray]:
         """The tensors of physical rows ``0..R-1`` holding sentences (slots ``owner``, ids ``uid``, [R]):
@@ -129,6 +131,7 @@ class EncoderRows:
         if size > self.row_uid.size:  # grow the rows
             capacity = capacity_for(size, self.row_uid.size)
             self.rows = {name: with_capacity(v, capacity) for name, v in self.rows.items()}
+            self.version += 1
             pad = capacity - self.row_uid.size
             self.row_uid = np.concatenate([self.row_uid, np.full(pad, -1, dtype=np.int64)])
         stale = np.flatnonzero(self.row_uid[:size] != uid)  # [changed rows]
@@ -136,6 +139,7 @@ class EncoderRows:
             for name, value in self.store.items():
                 if name not in self.rows:
                     self.rows[name] = np.empty((self.row_uid.size, *value.shape[1:]), dtype=value.dtype)
+                    self.version += 1
                 self.rows[name][stale] = value[owner[stale]]
             self.row_uid[stale] = uid[stale]
         return {name: value[:size] for name, value in self.rows.items()}

@@ -327,18 +327,17 @@ class DecodeBatch:
         plan, log_probs, entries = self._native_plan(decoder, sentence, encoder, holder)
         packed = compiled_step.pack(beams, log_probs, None if self._in_order else self.slot, second=steps > 1)
         capacity = size + joining * (self.width if self.grouped else 1)
-        turn = decoder.turn
-        tokens = [decoder.buffer(f"tokens#{turn ^ j}", size, np.int64) for j in (0, 1)]
-        positions = [decoder.buffer(f"positions#{turn ^ j}", size, np.int64) for j in (0, 1)]
+        tokens, at_tokens = decoder.pair("tokens", size, np.int64)
+        positions, at_positions = decoder.pair("positions", size, np.int64)
         joined = self.joined = np.ascontiguousarray(self.joined, dtype=np.int64)  # advanced in place
         held = [
             np.ascontiguousarray(self.tokens, dtype=np.int64),
             np.ascontiguousarray(self.positions, dtype=np.int64),
         ]
         mask = (
-            decoder.buffer("cache_mask", size * (column + steps), np.bool_)
+            decoder.buffer_at("cache_mask", size * (column + steps), np.bool_)[1]
             if self._named["cache_mask"]
-            else None
+            else 0
         )
         dyn = [
             address(packed.args),
@@ -348,20 +347,18 @@ class DecodeBatch:
             address(joined),
             address(held[0]),
             address(held[1]),
-            address(tokens[0]),
-            address(tokens[1]),
-            address(positions[0]),
-            address(positions[1]),
-            0 if mask is None else address(mask),
+            *at_tokens,
+            *at_positions,
+            mask,
         ]
         grown = []
         for inp in self._carried:  # cache roles only (see _native_roles)
             old = self.rows[inp.name][:size]
             shape, axis = old.shape, inp.axis
             room = capacity * math.prod(shape[1:axis]) * (column + steps) * math.prod(shape[axis + 1 :])
-            after = [decoder.buffer(f"{inp.name}#{turn ^ j}", room, old.dtype) for j in (0, 1)]
+            after, at_after = decoder.pair(inp.name, room, old.dtype)
             held.append(np.ascontiguousarray(old))
-            dyn += [address(held[-1]), address(after[0]), address(after[1])]
+            dyn += [address(held[-1]), *at_after]
             grown.append((inp.name, after, shape, axis))
         if steps > 1:  # the finished hypotheses of the steps before the last: [count, records]
             records, width = native_decoder.FOUND_STEPS * packed.room, 4 + beams.prefixes.shape[1]
@@ -371,8 +368,10 @@ class DecodeBatch:
         else:
             dyn += [0, 0]
         # where a step that widens sentences within the grid writes the layout (see _advance_rows)
-        laid = [decoder.buffer(f"{name}_out", size, np.int64) for name in ("slot", "holder")]
-        dyn += list(map(address, laid)) if self.grouped else [0, 0]
+        (laid_slot, at_slot), (laid_holder, at_holder) = (
+            decoder.buffer_at(f"{name}_out", size, np.int64) for name in ("slot", "holder")
+        )
+        dyn += [at_slot, at_holder] if self.grouped else [0, 0]
         dyn = np.array(dyn, dtype=np.int64)
         decoder.step(plan, dyn)
         ran, advanced, kept, columns, which, advances, widened, rows = decoder.result[:8].tolist()
@@ -381,7 +380,7 @@ class DecodeBatch:
         if widened:  # laid out again in C (see _relaid) for the rows after that step: the last's, or
             # those before the last where it did not advance (the steps after a relayout keep the rows)
             after = self.beams.rows if advanced else decoder.result[8 : 8 + n]
-            size = self._relaid(laid[0][:rows].copy(), laid[1], after)
+            size = self._relaid(laid_slot[:rows].copy(), laid_holder, after)
         if advances:  # the state after the last advance, in the buffers it wrote
             now = 0 if advances & 1 else 1
             self.tokens, self.positions = tokens[now][:size], positions[now][:size]
@@ -480,7 +479,8 @@ class DecodeBatch:
         rebuild of every field cost ~150 us a call, and the layout changes at almost every call)."""
         key = (
             decoder.generation,
-            tuple((address(v), v.shape[1:], v.dtype.str) for v in encoder.values()),
+            self._encoder,  # encoder: views of its rows, whose addresses and shapes change with
+            self._encoder.version,  # its version
             tuple(_without(self.rows[inp.name].shape[1:], inp.axis - 1) for inp in self._carried),
         )  # the cache axis is not in it: the column count is written by kiln_decode_step
         cached = self._fields
