@@ -109,6 +109,8 @@ class Beams:
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Beams))
 # the fields indexed by sentence (the others: per row, or the ids)
 _PER_SENTENCE = tuple(sorted(_FIELDS - {"scores", "prefixes", "eos_id", "bos_id", "finished"}))
+# the arrays concat() joins as they are (the others are widened first)
+_STACKED = tuple(sorted(_FIELDS - {"prefixes", "divisors", "finished_norms", "finished", "eos_id", "bos_id"}))
 
 
 def evolve(beams: Beams, **changes: object) -> Beams:
@@ -164,20 +166,14 @@ def concat(first: Beams, second: Beams) -> Beams:
         raise ValueError("sentences decoded together must share eos_id and bos_id")
     width = max(first.prefixes.shape[1], second.prefixes.shape[1])
     kept = max(first.finished_norms.shape[1], second.finished_norms.shape[1])
-    fields = {}
-    for f in dataclasses.fields(Beams):
-        a, b = getattr(first, f.name), getattr(second, f.name)
-        if f.name in ("prefixes", "divisors"):
-            fields[f.name] = np.concatenate([_widen(a, width), _widen(b, width)])
-        elif f.name == "finished_norms":
-            fields[f.name] = np.concatenate([_widen(a, kept, -np.inf), _widen(b, kept, -np.inf)])
-        elif f.name == "finished":
-            fields[f.name] = a + b
-        elif isinstance(a, np.ndarray):
-            fields[f.name] = np.concatenate([a, b])
-        else:
-            fields[f.name] = a
-    return Beams(**fields)
+    fields = {name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in _STACKED}
+    for name in ("prefixes", "divisors"):
+        fields[name] = np.concatenate(
+            [_widen(getattr(first, name), width), _widen(getattr(second, name), width)]
+        )
+    norms = (_widen(first.finished_norms, kept, -np.inf), _widen(second.finished_norms, kept, -np.inf))
+    fields["finished_norms"] = np.concatenate(norms)
+    return evolve(first, **fields, finished=first.finished + second.finished)
 
 
 def remove(beams: Beams, leaving: np.ndarray) -> tuple[Beams, np.ndarray]:

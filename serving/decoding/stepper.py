@@ -44,6 +44,12 @@ def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
+def _is_identity(slot: np.ndarray, size: int) -> bool:
+    """Whether ``slot`` is ``0..size-1`` in order (as Python ints: ~1.5 us at 52 rows against ~6 for
+    numpy's array_equal with an arange, at nearly every step)."""
+    return slot.size == size and slot.tolist() == list(range(size))
+
+
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch: the caller's key and its hypotheses, or why it failed."""
@@ -232,7 +238,7 @@ class DecodeBatch:
         for value in (*self.rows.values(), self.positions, self.tokens):
             value[dst] = value[src]
         self.positions, self.tokens = self.positions[:size], self.tokens[:size]
-        self._in_order = bool(np.array_equal(self.slot, np.arange(size)))
+        self._in_order = _is_identity(self.slot, size)
         self.physical = size
 
     def _grid(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
@@ -283,7 +289,7 @@ class DecodeBatch:
             holder.size,
             holder,
         )
-        self._in_order = holder.size == slot.size and bool(np.array_equal(slot, np.arange(slot.size)))
+        self._in_order = _is_identity(slot, holder.size)
 
     def step(self, run_decoder: Runner, joining: int = 0, steps: int = 1) -> list[Finished]:
         """One decoder call over every live row, one search step; returns the sentences that left.
@@ -415,7 +421,7 @@ class DecodeBatch:
                 self._layout = None  # another sentence in a place
             self.place, self.place_sentence = place, place_sentence
         self.slot, self._holder, self.physical = slot, holder[:size].copy(), size
-        self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
+        self._in_order = _is_identity(slot, size)
         return size
 
     def _native_plan(
@@ -578,7 +584,7 @@ class DecodeBatch:
                 self.place_sentence = place_sentence
             source, self.tokens = self.slot[origin[holder]], tokens[holder]  # [P'] (holder: [P'] rows)
             self.place, self.width, size, self._holder = place, width, holder.size, holder
-            self._in_order = size == slot.size and bool(np.array_equal(slot, np.arange(size)))
+            self._in_order = _is_identity(slot, size)
         else:
             slot = self._next_slots(before)
             size = slot.size
@@ -590,7 +596,7 @@ class DecodeBatch:
                 source[slot] = self.slot[origin]
                 self.tokens = np.empty(size, dtype=np.int64)
                 self.tokens[slot] = tokens
-                self._in_order = bool(np.array_equal(slot, np.arange(size)))
+                self._in_order = _is_identity(slot, size)
         self.slot, self.physical = slot, size
         # new buffers below hold the live rows and the expected joiners' (a join beyond them reallocates)
         self._capacity = size + joining * (self.width if self.grouped else 1)
