@@ -277,3 +277,25 @@ def test_a_decoders_buffers_keep_their_address_until_they_grow():
     (first_after, second_after), addresses = decoder.pair("tokens", 10, np.int64)
     assert first_after is second and second_after is first and addresses == (at_second, at_first)
     assert decoder.buffer("tokens#0", 10, np.int64) is first
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_decode_replay_splits_each_sentences_cpu_and_answers_as_the_python_step(model, grouped):
+    """bench.decode_replay (the scheduler's admission pattern on one thread, for timing the decode
+    side's Python): every sentence finishes, and the compiled calls answer as the Python step does; the split adds up and the compiled decoder's calls are put back afterwards."""
+    from bench.decode_replay import replay
+
+    spec, encoder, python, compiled, sources = model
+    config = _config(spec, 4)
+    common = dict(grouped=grouped, concurrency=5, sentences=30)
+    split, got = replay(spec, encoder, compiled, sources, config, **common)
+    _, want = replay(spec, encoder, python, sources, config, **common)
+    assert _plain(got) == _plain(want) and all(got)
+    assert len(got) == 30 > len(sources)  # the sources cycled (the same tokens are likely, not
+    # asserted: scores beside other rows may round differently, and a near tie may then flip)
+    assert split.sentences == 30 and 30 / 5 < split.calls < 30 * 25
+    assert (
+        split.decoder_us > 0 and split.encoder_us > 0 and split.total_us > split.decoder_us + split.encoder_us
+    )
+    assert split.python_us == pytest.approx(split.total_us - split.decoder_us - split.encoder_us)
+    assert "step" not in vars(compiled.native)  # the timing wrapper is gone

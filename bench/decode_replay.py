@@ -1,0 +1,165 @@
+"""The decode side of a translator's scheduler replayed on one thread, to measure its Python.
+
+Through the gateway, run-to-run noise (±20 % on the 2-core machine) hides changes of a few percent in
+the decode thread's Python, and in-process the event loop's GIL contention blurs them. This replays
+what :class:`serving.decoding.scheduler.DecodingScheduler` does to its batch, on the calling thread:
+``concurrency`` sentences in flight, a finished sentence replaced by the next source, joiners admitted
+in one encoder call once they are a quarter of the running sentences or have waited two steps (the
+scheduler's defaults), one step a call, over the real encoder and decoder runners. It reports each
+sentence's CPU split into the decoder's runs (the compiled ``kiln_decode_step`` calls where the decoder
+has them), the encoder's and the Python around them; identical runs agree within ~±4 %. To compare two
+versions of the code, run it from both checkouts alternately and compare Python per unit of encoder
+time (the same code on both sides, so it tracks the machine's speed)::
+
+    python -m bench.decode_replay --repository R --checkpoints C [--concurrency 16] [--sentences 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.decoding import beam_search as bs
+from serving.decoding import step_spec, stepper
+
+
+@dataclass(frozen=True)
+class Replay:
+    """CPU a sentence (microseconds) and the calls behind it."""
+
+    sentences: int
+    calls: int
+    total_us: float
+    decoder_us: float
+    encoder_us: float
+
+    @property
+    def python_us(self) -> float:
+        return self.total_us - self.decoder_us - self.encoder_us
+
+    @property
+    def python_per_call_us(self) -> float:
+        return self.python_us * self.sentences / self.calls
+
+    def line(self) -> str:
+        return (
+            f"per sentence us: total {self.total_us:.0f} decoder {self.decoder_us:.0f} "
+            f"encoder {self.encoder_us:.0f} python {self.python_us:.0f}; python per call "
+            f"{self.python_per_call_us:.0f} us, {self.calls / self.sentences:.3f} calls a sentence"
+        )
+
+
+def replay(
+    spec: Any,
+    run_encoder: step_spec.Runner,
+    run_decoder: step_spec.Runner,
+    sources: Sequence[Sequence[int]],
+    config: bs.BeamConfig,
+    *,
+    grouped: bool,
+    concurrency: int = 16,
+    sentences: int = 1500,
+    join_fraction: float = 0.25,
+    join_wait_steps: int = 2,
+) -> tuple[Replay, list[list[bs.Hypothesis]]]:
+    """Decode ``sentences`` sources (``sources`` cycled) as the scheduler would at ``concurrency``;
+    returns the CPU split and each sentence's hypotheses, in the order they were admitted."""
+    spent: collections.Counter[str] = collections.Counter()
+    native = getattr(run_decoder, "native", None)
+    if native is not None:  # the compiled calls: time them on the instance, put back after
+        step = native.step
+
+        def timed_step(plan: np.ndarray, dyn: np.ndarray) -> None:
+            started = time.thread_time()
+            try:
+                step(plan, dyn)
+            finally:
+                spent["decoder"] += time.thread_time() - started
+
+        native.step = timed_step
+        decoder = run_decoder
+    else:
+
+        def decoder(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            started = time.thread_time()
+            try:
+                return run_decoder(feeds)
+            finally:
+                spent["decoder"] += time.thread_time() - started
+
+    batch = stepper.DecodeBatch(spec, grouped)
+    batch.stop = np.zeros(1, dtype=np.int64)
+    results: dict[int, list[bs.Hypothesis]] = {}
+    waiting: list[int] = []  # sentence numbers (source: number modulo the sources)
+    admitted, waited, calls = 0, 0, 0
+    started = time.thread_time()
+    try:
+        while len(results) < sentences:
+            while admitted < sentences and batch.size + len(waiting) < concurrency:
+                waiting.append(admitted)
+                admitted += 1
+            if waiting and (
+                not batch.size or waited >= join_wait_steps or len(waiting) >= join_fraction * batch.size
+            ):
+                texts = [sources[i % len(sources)] for i in waiting]
+                encoding = time.thread_time()
+                encoded = run_encoder(step_spec.encoder_inputs(spec, texts))
+                spent["encoder"] += time.thread_time() - encoding
+                batch.join(waiting, encoded, [config] * len(waiting), [len(t) + 1 for t in texts])
+                waiting, waited = [], 0
+            elif waiting:
+                waited += 1
+            for done in batch.step(decoder, len(waiting), 1):
+                if done.error is not None:
+                    raise RuntimeError(f"sentence {done.key}: {done.error}")
+                results[done.key] = done.hypotheses
+            calls += 1
+    finally:
+        total = time.thread_time() - started
+        if native is not None:
+            del native.step  # the class's method again
+    per = 1e6 / sentences
+    split = Replay(sentences, calls, total * per, spent["decoder"] * per, spent["encoder"] * per)
+    return split, [results[i] for i in range(sentences)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from bench.translation_engines import kiln_translator
+    from bench.translation_rows import Workload
+    from serving.decoding.options import DecodingOptions
+
+    parser = argparse.ArgumentParser(prog="python -m bench.decode_replay", description=__doc__.split("\n")[0])
+    parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")
+    parser.add_argument("--model", default="transformer")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="sentences in flight (a gateway worker's share)"
+    )
+    parser.add_argument("--sentences", type=int, default=1500)
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=300, help="sentences replayed first, not counted")
+    args = parser.parse_args(argv)
+    texts = Workload.load(args.checkpoints, args.model, 128).texts
+    translator, _ = kiln_translator(args.repository, args.model)
+    limit = translator.limits.max_texts
+    sources = [
+        ids for i in range(0, len(texts), limit) for ids in translator.source_ids(texts[i : i + limit])
+    ]
+    config = translator.beam_config(DecodingOptions(beam_size=args.beam, max_length=64))
+    scheduler = translator.schedulers[0]
+    common = dict(grouped=scheduler.grouped, concurrency=args.concurrency)
+    run = (scheduler.spec, scheduler.run_encoder, scheduler.run_decoder, sources, config)
+    replay(*run, sentences=args.warmup, **common)
+    split, _ = replay(*run, sentences=args.sentences, **common)
+    print(split.line())
+
+
+if __name__ == "__main__":
+    main()
