@@ -28,6 +28,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import step_spec, stepper
+from serving.decoding.scheduler import SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ def replay(
     grouped: bool,
     concurrency: int = 16,
     sentences: int = 1500,
-    join_fraction: float = 0.25,
-    join_wait_steps: int = 2,
+    join_fraction: float = SchedulerConfig.join_fraction,
+    join_wait_steps: int = SchedulerConfig.join_wait_steps,
 ) -> tuple[Replay, list[list[bs.Hypothesis]]]:
     """Decode ``sentences`` sources (``sources`` cycled) as the scheduler would at ``concurrency``;
     returns the CPU split and each sentence's hypotheses, in the order they were admitted."""
