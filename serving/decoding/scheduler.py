@@ -28,6 +28,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
 from serving.decoding.native_decoder import MAX_STEPS
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
+from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ class DecodingScheduler:
 
     def _run(self) -> None:
         """Admit, step, retire; sleep only when nothing is in flight or waiting."""
+        name_os_thread()
         while not self._halt:
             if not self._batch.size and not self._waiting:
                 self._wake.wait()

@@ -26,6 +26,7 @@ from serving.decoding.fast_tokens import FastEncoder
 from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
+from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 # what decode workers ask a backend's decoder runner to open: the fused-attention step graph where
@@ -120,7 +121,9 @@ class Translator:
 
     async def start(self) -> None:
         if self._codec_thread is None:
-            self._codec_thread = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-codec-{self.name}")
+            self._codec_thread = ThreadPoolExecutor(
+                1, thread_name_prefix=f"kiln-codec-{self.name}", initializer=name_os_thread
+            )
         for scheduler in self.schedulers:
             await scheduler.start()
 

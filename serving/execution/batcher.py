@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
+from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class DynamicBatcher:
 
     def _serve(self, instance: int) -> None:
         """One instance's thread: form a batch (Triton rules), run it, hand the rows back; repeat."""
+        name_os_thread()
         while (batch := self._next_batch()) is not None:
             try:
                 self._execute(instance, batch)

@@ -29,6 +29,7 @@ from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.execution.validation import classification_counts, validate_inputs
+from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ class OnnxRuntimeBackend:
         """Create the sessions (in a thread, they can take a while) and start one batcher per version."""
         plans = [(e, v) for e in self.repository.entries.values() if self._servable(e) for v in e.versions]
         # Only for loading: each batcher runs its batches on execution threads of its own.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-ort-load")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="kiln-ort-load", initializer=name_os_thread
+        )
         loop = asyncio.get_running_loop()
         for entry, version in plans:
             try:
