@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -551,3 +552,59 @@ def test_the_translate_response_written_directly_is_what_its_documented_model_wo
         {"model": "transformer", "translations": [{"hypotheses": hyps} for hyps in hypotheses]}
     )
     assert written == json.loads(documented.model_dump_json(exclude_none=True))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names in /proc are Linux's")
+def test_the_decode_threads_carry_their_names_to_the_os(gateway) -> None:
+    """``top -H``, ``ps -L`` and bench.frontend_cost tell the decode threads from the event loop."""
+    import threading
+
+    assert (
+        _post(gateway, "transformer", {"texts": ["un"], "beam_size": 2}).status_code == 200
+    )  # its thread ran
+    decode = [t for t in threading.enumerate() if t.name.startswith("kiln-decode-transformer")]
+    assert decode
+    for thread in decode:
+        assert Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip() == thread.name[:15]
+
+
+def test_the_echo_submit_answers_each_text_with_its_source_after_checking_the_options(
+    exported, gateway, monkeypatch
+) -> None:
+    """bench.frontend_cost's gateway without a decode side: the route, tokenizer and answer as served,
+    the options refused as the real scheduler refuses them."""
+    from bench.frontend_cost import echo_submit
+    from serving.decoding.scheduler import DecodingScheduler
+
+    root, _ = exported
+    translator = _translator(root / "model_repository", "transformer")
+    texts = texts_of_mixed_lengths(3, seed=11)
+    echoed = [
+        translator.codec.decode([ids + [translator.spec.eos_id]])[0] for ids in translator.source_ids(texts)
+    ]
+    monkeypatch.setattr(DecodingScheduler, "submit", echo_submit())
+    got = [_post(gateway, "transformer", {"texts": [t], "beam_size": 3, "n_best": 2}) for t in texts]
+    assert [[h["text"] for h in r.json()["translations"][0]["hypotheses"]] for r in got] == [
+        [e, e] for e in echoed
+    ]
+    refused = _post(gateway, "transformer", {"texts": ["un"], "beam_size": 3, "max_length": 100})
+    assert refused.status_code == 422 and "max_length" in refused.text  # the model's 64 positions
+
+
+def test_the_front_end_cost_runs_read_each_threads_cpu_from_a_gateway_process(exported, tmp_path) -> None:
+    """bench.frontend_cost: the real gateway spends decode-thread CPU, the echoing ones none; every run
+    counts its requests and the event loop's CPU (speed itself is never asserted)."""
+    from bench.frontend_cost import MODES, compare, thread_cpu
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(6, seed=12)
+    costs = compare(root / "model_repository", "transformer", texts, concurrency=2, rounds=2, out=tmp_path)
+    assert [c.mode for c in costs] == list(MODES)
+    real, paced, instant = costs
+    assert all(c.requests == 12 and c.per_s > 0 and c.loop_ms > 0 and c.client_ms >= 0 for c in costs)
+    assert (
+        real.decode_ms > 0
+        and paced.decode_ms < real.decode_ms / 10
+        and instant.decode_ms < real.decode_ms / 10
+    )
+    assert set(thread_cpu(os.getpid())) == {"loop", "decode", "other"}
