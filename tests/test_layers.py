@@ -13,6 +13,7 @@ SERVING = Path(__file__).resolve().parent.parent / "serving"
 RANKS = {
     "serving.errors": 0,
     "serving.settings": 0,
+    "serving.threads": 0,  # OS names for the gateway's threads (decoding and execution both start some)
     "serving.execution": 1,
     "serving.metrics": 2,
     "serving.decoding": 2,
