@@ -58,9 +58,14 @@ class Cost:
 def thread_cpu(pid: int) -> dict[str, float]:
     """Seconds on a CPU so far of ``pid``'s threads, summed as ``loop`` (the main thread), ``decode``
     (``kiln-decode-*``) and ``other``; a thread that ended between listing and reading is skipped."""
+    if not Path("/proc/self/task").is_dir() or not Path(f"/proc/self/task/{os.getpid()}/schedstat").is_file():
+        raise RuntimeError(
+            "bench.frontend_cost reads each thread's CPU from /proc/<pid>/task/<tid>/schedstat, which this "
+            "system does not have (Linux with scheduler statistics)"
+        )
     spent = {"loop": 0.0, "decode": 0.0, "other": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             name = (task / "comm").read_text().strip()
             seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
             kind = (
@@ -181,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from bench.translation_rows import Workload
 
+    try:
+        thread_cpu(os.getpid())  # refuse before starting anything where per-thread CPU cannot be read
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     parser = argparse.ArgumentParser(prog="python -m bench.frontend_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
     parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")

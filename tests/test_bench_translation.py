@@ -328,3 +328,23 @@ def test_the_parallel_pytorch_reference_adds_its_processes_and_translates_as_one
     assert row["hyps"] == one["hyps"] and row["bleu"] == one["bleu"]
     assert row["tokens_per_s"] > 0 and row["sentences_per_s"] > 0
     assert pytorch_parallel_row(path, texts, texts, 1, count) is None  # one process: the plain row
+
+
+def test_the_front_end_cost_refuses_a_system_without_per_thread_cpu_before_starting_anything(monkeypatch):
+    import os
+    from pathlib import Path
+
+    from bench import frontend_cost
+
+    class WithoutProc(type(Path())):
+        def is_dir(self) -> bool:
+            return False
+
+    monkeypatch.setattr(frontend_cost, "Path", WithoutProc)
+    with pytest.raises(RuntimeError, match="schedstat"):
+        frontend_cost.thread_cpu(os.getpid())
+    started = []
+    monkeypatch.setattr(frontend_cost, "compare", lambda *a, **k: started.append(a))
+    with pytest.raises(SystemExit, match="schedstat"):
+        frontend_cost.main(["--repository", "repo", "--checkpoints", "ckpt"])
+    assert not started
