@@ -16,12 +16,10 @@ time (the same code on both sides, so it tracks the machine's speed)::
 
 from __future__ import annotations
 
-import argparse
 import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,15 +131,13 @@ def replay(
 
 def main(argv: Sequence[str] | None = None) -> None:
     from bench.translation_engines import kiln_translator
-    from bench.translation_rows import Workload
+    from bench.translation_rows import Workload, workload_parser
     from serving.decoding.options import DecodingOptions
 
-    parser = argparse.ArgumentParser(prog="python -m bench.decode_replay", description=__doc__.split("\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
-    parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")
-    parser.add_argument("--model", default="transformer")
-    parser.add_argument(
-        "--concurrency", type=int, default=16, help="sentences in flight (a gateway worker's share)"
+    parser = workload_parser(
+        "python -m bench.decode_replay",
+        __doc__.split("\n")[0],
+        "sentences in flight (a gateway worker's share)",
     )
     parser.add_argument("--sentences", type=int, default=1500)
     parser.add_argument("--beam", type=int, default=4)

@@ -24,7 +24,6 @@ hand-off of requests and answers); ``paced - instant`` what a low rate costs it:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -184,18 +183,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("usage: python -m bench.frontend_cost --serve DELAY_S -- GATEWAY_ARGS")
         serve(float(args[1]), args[3:])
         return
-    from bench.translation_rows import Workload
+    from bench.translation_rows import Workload, workload_parser
 
     try:
         thread_cpu(os.getpid())  # refuse before starting anything where per-thread CPU cannot be read
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
-    parser = argparse.ArgumentParser(prog="python -m bench.frontend_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
-    parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")
-    parser.add_argument("--model", default="transformer")
-    parser.add_argument(
-        "--concurrency", type=int, default=16, help="keep-alive clients (one worker's share of c=32)"
+    parser = workload_parser(
+        "python -m bench.frontend_cost",
+        __doc__.split("\n")[0],
+        "keep-alive clients (one worker's share of c=32)",
     )
     parser.add_argument(
         "--requests", type=int, default=2000, help="requests a run (whole passes over the texts)"

@@ -3,6 +3,7 @@ count, the row itself, agreement with the PyTorch reference, and the median timi
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -74,6 +75,17 @@ class Workload:
         pairs = held_out_pairs(ckpt, "test")[:sentences]
         count = Counter(ckpt["tokenizers"]["target"])
         return cls(model, path, ckpt, [s for s, _ in pairs], [t for _, t in pairs], count)
+
+
+def workload_parser(prog: str, description: str, concurrency_help: str) -> argparse.ArgumentParser:
+    """A measuring tool's parser with the flags of a translation workload: ``--repository`` (exported
+    entries), ``--checkpoints`` (the held-out sentences), ``--model`` and ``--concurrency`` (16)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")
+    parser.add_argument("--model", default="transformer")
+    parser.add_argument("--concurrency", type=int, default=16, help=concurrency_help)
+    return parser
 
 
 def make_row(
