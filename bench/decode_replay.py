@@ -12,21 +12,65 @@ versions of the code, run it from both checkouts alternately and compare Python 
 time (the same code on both sides, so it tracks the machine's speed)::
 
     python -m bench.decode_replay --repository R --checkpoints C [--concurrency 16] [--sentences 1500]
+
+``--functions`` then replays once more with each function of the decode path (:data:`DECODE_FUNCTIONS`)
+timed, and lists each one's own CPU a call (its time less that of the timed functions it calls), so a
+change to one function can be read apart from the rest; the timers add ~0.5 us to each timed call.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import step_spec, stepper
+from serving.decoding import compiled_step, native_decoder, rows, step_spec, stepper
 from serving.decoding.scheduler import SchedulerConfig
+
+# What --functions times: (owner, attribute) of the functions a decode step runs through. Module-level
+# functions are replaced on their module, so only calls made through it (``compiled_step.pack(...)``,
+# as stepper makes them) are timed.
+DECODE_FUNCTIONS: tuple[tuple[Any, str], ...] = (
+    *(
+        (stepper.DecodeBatch, name)
+        for name in (
+            "step",
+            "_native_step",
+            "_native_plan",
+            "_outputs",
+            "_tensor_fields",
+            "_current_layout",
+            "_relaid",
+            "_advance_rows",
+            "_grid",
+            "_regroup",
+            "_compact",
+            "_retire",
+            "remove",
+            "join",
+        )
+    ),
+    (native_decoder.NativeDecoder, "step"),
+    (compiled_step, "pack"),
+    (compiled_step, "step"),
+    (compiled_step, "gather_grow"),
+    (compiled_step.PackedStep, "result"),
+    (rows.EncoderRows, "add"),
+    (rows.EncoderRows, "fit"),
+    (rows.EncoderRows, "for_rows"),
+    (bs, "start"),
+    (bs, "concat"),
+    (bs, "remove"),
+    (bs, "results"),
+    (step_spec, "encoder_inputs"),
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +97,62 @@ class Replay:
             f"encoder {self.encoder_us:.0f} python {self.python_us:.0f}; python per call "
             f"{self.python_per_call_us:.0f} us, {self.calls / self.sentences:.3f} calls a sentence"
         )
+
+
+@dataclass
+class FunctionSplit:
+    """Each timed function's own thread CPU (ns: its time less that of the timed calls it made) and
+    its calls, by label (``Owner.name``)."""
+
+    own_ns: collections.Counter[str]
+    calls: collections.Counter[str]
+
+    def lines(self, per: int, unit: str) -> list[str]:
+        """One line per function that ran, the most CPU first, in microseconds per ``unit`` (``per`` of them)."""
+        return [
+            f"  {label:42s} {ns / 1e3 / per:8.1f} us a {unit}"
+            + (f"  ({self.calls[label] / per:.2f} calls a {unit})" if self.calls[label] else "")
+            for label, ns in self.own_ns.most_common()
+        ]
+
+
+@contextlib.contextmanager
+def function_split(
+    targets: Sequence[tuple[Any, str]] = DECODE_FUNCTIONS,
+) -> Iterator[tuple[FunctionSplit, Callable[[str, Callable[..., Any]], Callable[..., Any]]]]:
+    """Time every ``(owner, attribute)`` of ``targets`` on the calling thread while the block runs (each
+    put back afterwards); yields the split and ``timed(label, fn)``, which wraps one more callable (e.g.
+    a runner passed in) the same way."""
+    split = FunctionSplit(collections.Counter(), collections.Counter())
+    nested: list[int] = []  # per active timed call: the time of the timed calls made inside it
+
+    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time_ns()
+            nested.append(0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.thread_time_ns() - started
+                split.own_ns[label] += spent - nested.pop()
+                split.calls[label] += 1
+                if nested:
+                    nested[-1] += spent
+
+        return run
+
+    saved = []
+    try:
+        for owner, name in targets:
+            original = vars(owner)[name]  # raises for a name the owner does not define itself
+            saved.append((owner, name, original))
+            label = f"{getattr(owner, '__name__', owner).rpartition('.')[2]}.{name}"
+            setattr(owner, name, timed(label, original))
+        yield split, timed
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
 
 
 def replay(
@@ -142,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sentences", type=int, default=1500)
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=300, help="sentences replayed first, not counted")
+    parser.add_argument(
+        "--functions",
+        action="store_true",
+        help="then replay once more with the decode path's functions timed: each one's own CPU a call",
+    )
     args = parser.parse_args(argv)
     texts = Workload.load(args.checkpoints, args.model, 128).texts
     translator, _ = kiln_translator(args.repository, args.model)
@@ -156,6 +261,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     replay(*run, sentences=args.warmup, **common)
     split, _ = replay(*run, sentences=args.sentences, **common)
     print(split.line())
+    if args.functions:
+        with function_split() as (functions, timed):
+            encoder = timed("encoder (ONNX Runtime)", scheduler.run_encoder)
+            timed_run = (scheduler.spec, encoder, scheduler.run_decoder, sources, config)
+            started = time.thread_time_ns()
+            again, _ = replay(*timed_run, sentences=args.sentences, **common)
+            total = time.thread_time_ns() - started
+        functions.own_ns["(the replay's own loop)"] = total - sum(functions.own_ns.values())
+        print(f"own CPU a call ({again.calls} calls; the decoder's runs are NativeDecoder.step):")
+        print("\n".join(functions.lines(again.calls, "call")))
 
 
 if __name__ == "__main__":

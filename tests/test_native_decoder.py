@@ -299,3 +299,31 @@ def test_the_decode_replay_splits_each_sentences_cpu_and_answers_as_the_python_s
     )
     assert split.python_us == pytest.approx(split.total_us - split.decoder_us - split.encoder_us)
     assert "step" not in vars(compiled.native)  # the timing wrapper is gone
+
+
+def test_the_function_split_times_each_decode_function_apart_and_puts_every_one_back(model):
+    """bench.decode_replay --functions: each timed function's own CPU excludes the timed calls it makes
+    (the decode call's own time is far below the compiled decoder runs inside it, which are counted
+    apart), the calls are counted, the answers do not change, and every function is put back after."""
+    from bench.decode_replay import DECODE_FUNCTIONS, function_split, replay
+
+    spec, encoder, _python, compiled, sources = model
+    config = _config(spec, 4)
+    common = dict(grouped=True, concurrency=5, sentences=20)
+    originals = [vars(owner)[name] for owner, name in DECODE_FUNCTIONS]
+    _, want = replay(spec, encoder, compiled, sources, config, **common)
+    with function_split() as (split, timed):
+        timed_encoder = timed("encoder", encoder)
+        done, got = replay(spec, timed_encoder, compiled, sources, config, **common)
+    assert _plain(got) == _plain(want)
+    assert [vars(owner)[name] for owner, name in DECODE_FUNCTIONS] == originals
+    assert "step" not in vars(compiled.native)
+    calls, own = split.calls, split.own_ns
+    assert calls["DecodeBatch.step"] == done.calls == calls["NativeDecoder.step"]
+    assert (
+        calls["encoder"] == calls["DecodeBatch.join"] > 0 and calls["beam_search.start"] == calls["encoder"]
+    )
+    assert 0 < own["DecodeBatch.step"] < own["NativeDecoder.step"]  # the runs inside it counted apart
+    assert set(own) <= {f"{o.__name__.rpartition('.')[2]}.{n}" for o, n in DECODE_FUNCTIONS} | {"encoder"}
+    lines = split.lines(done.calls, "call")
+    assert len(lines) == len(own) and all(" us a call  (" in line for line in lines)
