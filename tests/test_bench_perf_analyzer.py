@@ -44,6 +44,42 @@ def test_closed_loop_asks_for_one_concurrency_and_open_loop_for_one_rate(tmp_pat
     assert (
         opened[opened.index("--request-rate-range") + 1] == "250:250" and "--concurrency-range" not in opened
     )
+    # the open loop's calls are asynchronous (synchronous ones cap it at --max-threads in flight); the
+    # closed loop keeps one synchronous client per concurrency, as Triton's own rows are measured
+    assert "--async" in opened and "--async" not in closed
+
+
+def test_the_open_loop_interleaves_the_servers_at_half_their_peaks_and_reports_what_was_delivered(
+    monkeypatch,
+):
+    calls = []
+
+    def fake_run(tool, url, model, concurrency, *, rate, **kwargs):
+        calls.append((url, rate))
+        slow = url == "g" and len(calls) == 3  # one gateway run fell behind with a long tail
+        p50 = 4.0 if url == "g" else 3.0
+        return {
+            "throughput_rps": rate * (0.5 if slow else 1.0),
+            "p50_ms": p50,
+            "p99_ms": p50 * (9 if slow else 2),
+        }
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    rows = [
+        {"target": "gateway", "concurrency": 64, "throughput_rps": 1000.0},
+        {"target": "gateway", "concurrency": 1, "throughput_rps": 300.0},
+        {"target": "triton", "concurrency": 64, "throughput_rps": 1100.0},
+    ]
+    opened = pa.open_loop_at_half_peak(
+        None, {"gateway": "g", "triton": "t"}, "m", rows, rounds=3, progress=lambda _: None
+    )
+    assert calls[:4] == [("g", 500), ("t", 550), ("g", 500), ("t", 550)] and len(calls) == 6
+    gateway = next(r for r in opened if r["target"] == "gateway")
+    assert gateway["runs"] == 3 and gateway["rate_rps"] == 500
+    assert gateway["p99_over_p50_runs"] == [2.0, 9.0, 2.0] and gateway["p99_over_p50"] == 2.0  # median
+    assert gateway["delivered"] == pytest.approx(1.0)  # the median throughput over the offered rate
+    text = report.perf_analyzer_section({"rows": [], "open": opened})
+    assert "delivered" in text and "asynchronous" in text
 
 
 def test_the_binary_named_by_the_environment_is_used_with_its_cuda_runtime_path(tmp_path, monkeypatch):
