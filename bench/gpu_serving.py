@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench import classify_identity, load, report
-from bench.scrape import batch_mix, mix_delta, step_means, worker_of
+from bench.scrape import batch_mix, mix_delta, step_means
 from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
 from kiln.processes import running
@@ -162,16 +162,11 @@ class Layout:
     def name(self) -> str:
         return f"{self.device}, {self.workers} worker{'s' if self.workers > 1 else ''}"
 
-    def metrics(self, worker: str | None = None, tries: int = 64) -> str:
-        """A ``/metrics`` page; with ``worker``, that worker's (each --workers process keeps its own
-        registry and the kernel spreads new connections among them, so scrape until it answers)."""
+    def metrics(self) -> str:
+        """The ``/metrics`` page (every ``--workers`` process counted, whichever one answers)."""
         import httpx
 
-        for _ in range(tries):
-            text = httpx.get(f"{self.url}/metrics", timeout=10).text  # a new connection each time
-            if worker is None or worker_of(text) == worker:
-                return text
-        raise RuntimeError(f"{self.name}: worker {worker} did not answer {tries} scrapes")
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
 
 
 def classify_rows(
@@ -180,13 +175,11 @@ def classify_rows(
     """Closed-loop gRPC classify at each concurrency, each row with the batches the gateway ran for it."""
     rows = []
     for c in profile["serving_concurrency"]:
-        first = layout.metrics()
-        before = batch_mix(first, model)
+        before = batch_mix(layout.metrics(), model)
         row = closed_loop_processes(
             layout.grpc_url, model, images, c, profile["serving_duration_s"], profile["client_processes"]
         )
-        # one worker's batches, read before and after: their sizes stand for every worker's
-        mix = mix_delta(before, batch_mix(layout.metrics(worker_of(first)), model))
+        mix = mix_delta(before, batch_mix(layout.metrics(), model))  # every worker's batches
         rows.append({"device": layout.device, "workers": layout.workers, **row, "mix": mix})
     return rows
 

@@ -1,5 +1,5 @@
 """What the bench reads off a gateway's ``/metrics`` page (Prometheus text): the batches a model ran
-by size, the decoder's mean step, and which ``--workers`` process answered the scrape."""
+by size and the decoder's mean step (every ``--workers`` process counted: ``serving.metrics``)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,6 @@ def batch_mix(metrics_text: str, model: str) -> dict[str, Any]:
             batches[int(le)] = cumulative[le] - below
         below = max(below, cumulative[le])
     return {"batches": batches, "items": items}
-
-
-def worker_of(metrics_text: str) -> str | None:
-    """Which gateway process answered a scrape (its ``kiln_worker_info`` labels), None if unnamed."""
-    m = re.search(r"^kiln_worker_info\{([^}]*)\}", metrics_text, re.MULTILINE)
-    return m[1] if m else None
 
 
 def mix_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

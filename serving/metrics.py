@@ -1,7 +1,17 @@
-"""Prometheus metrics of one gateway app (its own CollectorRegistry, so apps and tests never collide)."""
+"""Prometheus metrics of one gateway app (its own CollectorRegistry, so apps and tests never collide).
+
+Several ``--workers`` processes answer on one port, and a scrape reaches one of them. So that every
+scrape counts every worker (a series that switched between two processes' counters from one scrape to
+the next would read to Prometheus as a counter reset, and rates and autoscalers built on it would be
+wrong), ``serving.workers`` gives its workers one directory in ``PROMETHEUS_MULTIPROC_DIR``:
+prometheus_client then keeps each process's values in files there (its multiprocess mode) and
+:meth:`GatewayMetrics.render` sums them over every worker, gauges of requests in flight and waiting
+over the live ones.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -10,6 +20,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from serving.execution.base import Backend, InferRequest, InferResponse
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
+SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -21,9 +34,16 @@ class GatewayMetrics:
     def __init__(self, worker: int = 0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        # Each --workers process keeps its own registry and a scrape reaches one of them: this says which.
+        # the workers' values live in files that render() sums (module docstring); set at start-up only
+        self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        self._depths: dict[str, Callable[[], int]] = {}  # shared: queue depths published periodically
+        self._refresh: asyncio.TimerHandle | None = None
         Gauge(
-            "kiln_worker_info", "The gateway process that answered this scrape", ["worker", "pid"], registry=r
+            "kiln_worker_info",
+            "The gateway processes serving (one series per live worker)",
+            ["worker", "pid"],
+            registry=r,
+            multiprocess_mode="liveall",
         ).labels(str(worker), str(os.getpid())).set(1)
         self.requests = Counter(
             "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
@@ -52,15 +72,27 @@ class GatewayMetrics:
         self.batch_size = Histogram(
             "kiln_batch_size", "Items per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("kiln_in_flight_requests", "Requests being handled", ["model"], registry=r)
+        self.in_flight = Gauge(
+            "kiln_in_flight_requests",
+            "Requests being handled",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.queue_depth = Gauge(
-            "kiln_queue_depth", "Requests waiting in the batcher queue", ["model"], registry=r
+            "kiln_queue_depth",
+            "Requests waiting in the batcher queue",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.placement = Gauge(
             "kiln_model_placement",
-            "Where each loaded model version runs (1 per model): provider, device and bucket sizes",
+            "Where each loaded model version runs (1 per model, and per worker pid with --workers): "
+            "provider, device and bucket sizes",
             ["model", "version", "provider", "device", "buckets"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._add_decoding_metrics()
@@ -118,8 +150,20 @@ class GatewayMetrics:
         self.child(self.compute_latency, model).observe(compute_s)
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
-        """Read a batcher's queue depth when scraped: always current, and nothing to record per request."""
-        self.child(self.queue_depth, model).set_function(read)
+        """Read a batcher's queue depth when scraped: always current, and nothing to record per request.
+        With the workers' metrics shared, a scrape cannot call into the other workers: each one
+        publishes its depths every ``SHARED_REFRESH_S`` from its event loop (the caller's)."""
+        if self.shared_dir is None:
+            self.child(self.queue_depth, model).set_function(read)
+            return
+        self._depths[model] = read
+        if self._refresh is None:
+            self._publish_depths()
+
+    def _publish_depths(self) -> None:
+        for model, read in self._depths.items():
+            self.child(self.queue_depth, model).set(read())
+        self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_depths)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.child(self.decoder_steps, model).inc()
@@ -132,7 +176,17 @@ class GatewayMetrics:
         self.child(self.tokens_generated, model).inc(tokens)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this app's registry, or, with the workers' metrics shared, every
+        worker's values summed (``prometheus_client.multiprocess``)."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        for model, read in self._depths.items():  # this worker's own, current at the scrape
+            self.child(self.queue_depth, model).set(read())
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, self.shared_dir)
+        return generate_latest(registry)
 
     def sample(self, name: str, **labels: Any) -> float | None:
         """One sample's value (for tests and the bench)."""

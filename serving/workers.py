@@ -6,21 +6,28 @@ served 1.6x the requests of one process at concurrency 64 (README, "Front-end pa
 is a whole gateway: its own sessions (one model instance) and its own dynamic batcher per model, so a
 batch never waits on another process. The kernel spreads connections over the workers.
 
-Limits: each worker has its own ``/metrics`` registry (a scrape sees one worker), and ports must be
-fixed (port 0 would give each worker a different port).
+``/metrics`` counts every worker whichever one a scrape reaches (their values are shared through
+files, ``serving.metrics``). Limit: ports must be fixed (port 0 would give each worker a different
+port).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import multiprocess
+
 from serving.execution.occupancy import create_board
+from serving.metrics import MULTIPROCESS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +63,38 @@ def worker_argv(argv: list[str], board: Path | None = None, index: int = 0) -> l
 
 
 def run_workers(argv: list[str], workers: int) -> int:
-    """Start ``workers`` gateway processes and wait; SIGTERM/SIGINT stop them all; one dying stops all."""
+    """Start ``workers`` gateway processes and wait; SIGTERM/SIGINT stop them all; one dying stops all.
+
+    The workers share an occupancy board (``serving.execution.occupancy``) and a directory for their
+    metrics (``serving.metrics``: a scrape reaching any of them counts them all); a
+    ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place)."""
     board = create_board(workers)  # where each worker publishes its model runs in flight
+    given = os.environ.get(MULTIPROCESS_ENV)
+    shared = Path(given) if given else _metrics_dir()
+    env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
     try:
-        return _supervise([subprocess.Popen(worker_argv(argv, board, i)) for i in range(workers)])
+        procs = [subprocess.Popen(worker_argv(argv, board, i), env=env) for i in range(workers)]
+        return _supervise(procs, shared)
     finally:
         board.unlink(missing_ok=True)
+        if not given:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
-def _supervise(procs: list[subprocess.Popen]) -> int:
-    """Wait on the workers; a signal goes to them all, and one ending stops the others."""
+def _metrics_dir() -> Path:
+    """A new directory for the workers' metrics, in shared memory where the system lets us write it
+    (their values are memory-mapped files: nothing to write back to a disk), else the temporary one."""
+    for where in ("/dev/shm", None):
+        try:
+            return Path(tempfile.mkdtemp(prefix="kiln-metrics-", dir=where))
+        except OSError:  # no /dev/shm, or not writable here
+            continue
+    raise OSError("no writable directory for the workers' metrics")
+
+
+def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -> int:
+    """Wait on the workers; a signal goes to them all, and one ending stops the others (its live
+    gauges leave the shared metrics at once)."""
     log.info("started %d gateway workers: %s", len(procs), [p.pid for p in procs])
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -83,6 +112,8 @@ def _supervise(procs: list[subprocess.Popen]) -> int:
                 except subprocess.TimeoutExpired:
                     continue
                 procs.remove(proc)
+                if metrics_dir is not None:
+                    multiprocess.mark_process_dead(proc.pid, str(metrics_dir))
                 code = code or rc
                 stop(signal.SIGTERM, None)  # one worker gone: take the others down too
         return code

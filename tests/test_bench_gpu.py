@@ -187,8 +187,6 @@ def test_the_gpu_gateway_batch_mix_is_read_per_size_bucket_and_differenced_betwe
     later = scrape.batch_mix(GPU_METRICS.replace('le="4.0"} 14.0', 'le="4.0"} 20.0'), "resnet18")
     assert scrape.mix_delta(mix, {**later, "items": 44.0}) == {"batches": {4: 6.0}, "items": 20.0}
     assert scrape.step_means(GPU_METRICS, "transformer") == {"step_ms": 2.5, "rows_per_step": 8.0}
-    named = 'kiln_worker_info{pid="41",worker="1"} 1.0\n' + GPU_METRICS
-    assert (scrape.worker_of(named), scrape.worker_of(GPU_METRICS)) == ('pid="41",worker="1"', None)
     assert math.isnan(scrape.step_means(GPU_METRICS, "absent")["step_ms"])
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 from pathlib import Path
 
 from serving.workers import reuse_port_socket, worker_argv
@@ -69,3 +71,70 @@ def test_the_command_line_reaches_the_sessions_and_the_board(tmp_path):
         backend.occupancy.close()
     finally:
         board.unlink()
+
+
+def _held_port(host: str = "127.0.0.1") -> socket.socket:
+    """A port the test holds (bound with SO_REUSEPORT, not listening: no connection reaches it), which
+    the workers bind as well: no other process can take it between here and their start."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def _samples(text: str, name: str, **labels: str) -> list[float]:
+    """The values of the samples ``name`` with ``labels`` in the exposition ``text``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
+    """Two workers on one port: whichever one a scrape reaches, it lists both workers and counts every
+    request answered by either (each request and each scrape on a new connection, which the kernel
+    spreads over the workers). Each process used to answer with its own counters only, so a series
+    jumped between two processes' values from one scrape to the next (a counter reset to Prometheus)."""
+    import httpx
+
+    from kiln.processes import running
+    from tests.repo_fixtures import SIZE, build_classifier_repository
+
+    repository = build_classifier_repository(tmp_path / "repo")
+    held = [_held_port(), _held_port()]
+    port, grpc_port = (sock.getsockname()[1] for sock in held)
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2"]
+    url = f"http://127.0.0.1:{port}"
+    shape = [1, SIZE, SIZE, 1]
+    image = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": shape, "data": [1] * SIZE * SIZE}]}
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection for every request
+    try:
+        with (
+            running(cmd, f"{url}/v2/health/ready", log_path=tmp_path / "gateway.log"),
+            httpx.Client(base_url=url, limits=fresh, timeout=30) as client,
+        ):
+            # ready means one worker is: wait until the page shows both with the model loaded
+            deadline = time.monotonic() + 60
+            while (
+                len(_samples(text := client.get("/metrics").text, "kiln_model_placement", model="lenet")) < 2
+            ):
+                assert time.monotonic() < deadline, f"both workers should load the model:\n{text}"
+                time.sleep(0.05)
+            assert sorted(_samples(text, "kiln_worker_info")) == [1.0, 1.0]  # one series a worker
+            sent = 24
+            for _ in range(sent):
+                assert client.post("/v2/models/lenet/infer", json=image).status_code == 200
+            pages = [client.get("/metrics").text for _ in range(8)]
+    finally:
+        for sock in held:
+            sock.close()
+    for page in pages:
+        assert _samples(page, "kiln_requests_total", model="lenet", outcome="success") == [sent]
+        assert _samples(page, "kiln_request_latency_seconds_count", model="lenet") == [sent]
+        assert _samples(page, "kiln_queue_depth", model="lenet") == [0.0]  # summed over the live workers
+        assert _samples(page, "kiln_in_flight_requests", model="lenet") == [0.0]
