@@ -26,7 +26,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
-from serving.execution.occupancy import create_board
+from serving.execution.occupancy import BOARD_PREFIX, create_board
 from serving.metrics import MULTIPROCESS_ENV
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def run_workers(argv: list[str], workers: int) -> int:
     The workers share an occupancy board (``serving.execution.occupancy``) and a directory for their
     metrics (``serving.metrics``: a scrape reaching any of them counts them all); a
     ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place)."""
+    sweep_stale()
     board = create_board(workers)  # where each worker publishes its model runs in flight
     given = os.environ.get(MULTIPROCESS_ENV)
     shared = Path(given) if given else _metrics_dir()
@@ -81,15 +82,55 @@ def run_workers(argv: list[str], workers: int) -> int:
             shutil.rmtree(shared, ignore_errors=True)
 
 
+METRICS_PREFIX = "kiln-metrics-"  # then the pid of the parent that made the directory
+
+
 def _metrics_dir() -> Path:
     """A new directory for the workers' metrics, in shared memory where the system lets us write it
     (their values are memory-mapped files: nothing to write back to a disk), else the temporary one."""
     for where in ("/dev/shm", None):
         try:
-            return Path(tempfile.mkdtemp(prefix="kiln-metrics-", dir=where))
+            return Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=where))
         except OSError:  # no /dev/shm, or not writable here
             continue
     raise OSError("no writable directory for the workers' metrics")
+
+
+def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
+    """Remove the occupancy boards and metrics directories that gateways killed before they could
+    clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary directory): each name
+    carries the pid of the parent that made it, and those whose parent no longer runs go. Returns what
+    was removed; never fails (a gateway starts whatever it finds)."""
+    places = places or (Path("/dev/shm"), Path(tempfile.gettempdir()))
+    removed = []
+    for place in places:
+        try:
+            entries = list(place.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            prefix = next((p for p in (BOARD_PREFIX, METRICS_PREFIX) if entry.name.startswith(p)), None)
+            pid = entry.name[len(prefix) :].partition("-")[0] if prefix else ""
+            if not pid.isdigit() or _running(int(pid)):
+                continue
+            try:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+    if removed:
+        log.info("removed %d boards and metrics directories of gateways that are gone", len(removed))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -> int:

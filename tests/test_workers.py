@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -138,3 +139,28 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
         assert _samples(page, "kiln_request_latency_seconds_count", model="lenet") == [sent]
         assert _samples(page, "kiln_queue_depth", model="lenet") == [0.0]  # summed over the live workers
         assert _samples(page, "kiln_in_flight_requests", model="lenet") == [0.0]
+
+
+def test_boards_and_metrics_left_by_a_killed_gateway_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+
+    from serving.execution.occupancy import BOARD_PREFIX
+    from serving.workers import METRICS_PREFIX, sweep_stale
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has now (reused only after the counter wraps)
+    live = os.getpid()
+    stale_board = tmp_path / f"{BOARD_PREFIX}{gone.pid}-abc"
+    stale_metrics = tmp_path / f"{METRICS_PREFIX}{gone.pid}-def"
+    live_board = tmp_path / f"{BOARD_PREFIX}{live}-ghi"
+    live_metrics = tmp_path / f"{METRICS_PREFIX}{live}-jkl"
+    unrelated = [tmp_path / "kiln-occupancy-x1y2z3", tmp_path / f"other-{gone.pid}-x"]  # no pid: kept
+    for path in (stale_board, live_board, *unrelated):
+        path.write_bytes(b"\x00\x00")
+    for path in (stale_metrics, live_metrics):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"\x00")
+    assert sorted(sweep_stale((tmp_path, tmp_path / "absent"))) == sorted([stale_board, stale_metrics])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (live_board, live_metrics, *unrelated)
+    )

@@ -67,12 +67,15 @@ class Occupancy:
             self._map = None
 
 
+BOARD_PREFIX = "kiln-occupancy-"  # then the pid of the process that made it (serving.workers sweeps)
+
+
 def create_board(workers: int) -> Path:
     """A zeroed board for ``workers`` processes, in shared memory where the system lets us write it
     (a page-cache file in the temporary directory otherwise: the same to the workers)."""
     for where in ("/dev/shm", None):
         try:
-            fd, name = tempfile.mkstemp(prefix="kiln-occupancy-", dir=where)
+            fd, name = tempfile.mkstemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-", dir=where)
         except OSError:  # no /dev/shm, or not writable here
             continue
         with os.fdopen(fd, "wb") as file:
