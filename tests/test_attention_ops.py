@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 from serving.decoding import native
-from training.models.transformer import grouped_attention, mask_bias, step_attention
+from training.models.transformer import grouped_attention, indexed_attention, mask_bias, step_attention
 
 pytestmark = pytest.mark.skipif(
     native.load() is None, reason="no C compiler here: the operators cannot be built"
@@ -30,12 +31,18 @@ pytestmark = pytest.mark.skipif(
 LOWEST = np.finfo(np.float32).min
 
 
-def _session(op: str, shapes: dict[str, list[int]], outputs: tuple[str, ...] = ("out",)):
+def _session(
+    op: str,
+    shapes: dict[str, list[int]],
+    outputs: tuple[str, ...] = ("out",),
+    types: dict[str, int] | None = None,
+):
     node = helper.make_node(op, list(shapes), list(outputs), domain="kiln.ai")
+    types = types or {}
     graph = helper.make_graph(
         [node],
         op,
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), s) for n, s in shapes.items()],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
     )
     model = helper.make_model(
@@ -102,6 +109,50 @@ def test_grouped_cross_attention_matches_the_pytorch_step(sentences, per_sentenc
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     if per_sentence > 1:  # each row its own query: rows of one sentence differ
         assert not np.array_equal(got[0], got[1])
+
+
+def _indexed_session(feeds: dict[str, np.ndarray]):
+    shapes = {n: list(a.shape) for n, a in feeds.items()}
+    return _session("IndexedCrossAttention", shapes, types={"row_place": TensorProto.INT64})
+
+
+@pytest.mark.parametrize(
+    ("places", "row_place", "keys", "head_dim"),
+    [
+        (1, [0], 1, 12),
+        (3, [2, 2, 2, 2, 0, 1, 1, 1, 1], 5, 12),  # a joiner's one row between beams of four
+        (5, [4, 0, 3], 7, 32),  # rows of places 1 and 2 absent (free or finished in the store)
+        (2, [1, 0, 1, 0, 1], 17, 32),
+        (4, [3, 3, 3, 3, 3, 3, 3, 3], 8, 6),  # one place, eight rows; a head size off the 8 lanes
+    ],
+)
+def test_indexed_cross_attention_reads_each_rows_place_of_the_store(places, row_place, keys, head_dim):
+    rng = np.random.default_rng(places * 10 + keys)
+    heads, rows = 2, len(row_place)
+    q = rng.standard_normal((rows, heads * head_dim), dtype=np.float32)
+    k, v = (rng.standard_normal((places, heads, keys, head_dim), dtype=np.float32) for _ in range(2))
+    mask = rng.random((places, keys)) > 0.25
+    mask[:, 0] = True
+    feeds = {"q": q, "k": k, "v": v, "bias": _bias(mask), "row_place": np.array(row_place, dtype=np.int64)}
+    got = _indexed_session(feeds).run(None, feeds)[0]
+    want = indexed_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    # the same rows as the grouped operator computes them over per-row copies of their places
+    index = feeds["row_place"]
+    per_row = {"q": q, "k": k[index], "v": v[index], "bias": feeds["bias"][index]}
+    grouped = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in per_row.items()})
+    np.testing.assert_allclose(got, grouped.run(None, per_row)[0], rtol=0, atol=2e-6)
+
+
+def test_a_row_place_outside_the_store_gives_nan_rows_not_a_read_past_it():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((3, 16), dtype=np.float32)
+    k, v = (rng.standard_normal((2, 2, 4, 8), dtype=np.float32) for _ in range(2))
+    bias = np.zeros((2, 1, 1, 4), dtype=np.float32)
+    for bad in ([0, 2, 1], [0, -1, 1]):
+        feeds = {"q": q, "k": k, "v": v, "bias": bias, "row_place": np.array(bad, dtype=np.int64)}
+        got = _indexed_session(feeds).run(None, feeds)[0]
+        assert got.shape == (3, 16) and np.isnan(got).all()
 
 
 def test_masked_entries_change_nothing_however_they_lie_and_whatever_they_hold():
@@ -257,3 +308,37 @@ def test_the_fused_graph_is_chosen_only_where_it_exists_and_needs_the_operators(
     options = ort.SessionOptions()
     assert native.session_options(plain, options) is options  # nothing to register for model.onnx
     assert native.session_options(fused, options) is options
+
+
+def test_the_indexed_attention_exports_as_the_operator_and_runs_as_pytorch_computes_it(tmp_path):
+    """TorchScript's exporter emits FusedIndexedAttention's ``symbolic`` node, which the operator runs."""
+    from training.models.transformer import FusedIndexedAttention
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v, bias, row_place):  # noqa: ANN001, ANN201
+            return FusedIndexedAttention.apply(q, k, v, bias, row_place)
+
+    rng = np.random.default_rng(3)
+    feeds = {
+        "q": rng.standard_normal((5, 64), dtype=np.float32),
+        "k": rng.standard_normal((3, 2, 6, 32), dtype=np.float32),
+        "v": rng.standard_normal((3, 2, 6, 32), dtype=np.float32),
+        "bias": np.zeros((3, 1, 1, 6), dtype=np.float32),
+        "row_place": np.array([2, 2, 0, 1, 1], dtype=np.int64),
+    }
+    path = tmp_path / "indexed.onnx"
+    torch.onnx.export(
+        Attend(),
+        tuple(map(torch.from_numpy, feeds.values())),
+        str(path),
+        input_names=list(feeds),
+        output_names=["out"],
+        custom_opsets={"kiln.ai": 1},
+        dynamo=False,
+    )
+    options = ort.SessionOptions()
+    assert native.register_kernels(options)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["IndexedCrossAttention"]
+    want = indexed_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=0, atol=2e-6)

@@ -16,6 +16,11 @@
  *       -> [R, D]
  *     the R = n * W rows grouped by sentence (sentence i's rows at i*W ... i*W+W-1) against their
  *     sentence's keys and values;
+ *   kiln.ai::IndexedCrossAttention(q [R, D], k [N, H, S, hd], v [N, H, S, hd], bias [N, 1, 1, S],
+ *                                  row_place int64 [R]) -> [R, D]
+ *     row r against the keys and values at place row_place[r] of a store of N sentences (the decode
+ *     batch's encoder store itself: no per-row or per-place copies, rows in any order and any number
+ *     per sentence); a place outside the store gives NaN rows, as inconsistent shapes do;
  *   kiln.ai::AddLayerNorm(x [R, D], y [R, D], gamma [D], beta [D], eps [1]) -> (x + y [R, D], normed [R, D])
  *     a pre-norm layer's residual add and the layer norm after it (add_norm in transformer.py): an
  *     Add and a LayerNormalization node cost ONNX Runtime ~7 and ~11 us at a few dozen rows of 128,
@@ -373,6 +378,30 @@ static void cross_compute(void *kernel, void *context) {
     }
 }
 
+static void indexed_compute(void *kernel, void *context) {
+    (void)kernel;
+    const float *q, *k, *v, *bias, *raw;
+    int64_t dq[4], dk[4], dv[4], db[4], dr[4];
+    if (input(context, 0, &q, dq) != 2 || input(context, 1, &k, dk) != 4 || input(context, 2, &v, dv) != 4 ||
+        input(context, 3, &bias, db) != 4 || input(context, 4, &raw, dr) != 1)
+        return poison(context, 0, 0);
+    const int64_t *place = (const int64_t *)raw;
+    int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
+    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
+        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        return poison(context, rows, width);
+    for (int64_t r = 0; r < rows; r++)
+        if (place[r] < 0 || place[r] >= n) return poison(context, rows, width);
+    float *out = output(context, rows, width);
+    if (!out) return;
+    float scale = sqrtf((float)hd);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t s = place[r], block = s * heads * keys * hd;
+        attend(q + r * width, k + block, v + block, keys * hd, bias + s * keys, keys, NULL, NULL, heads, hd,
+               scale, out + r * width);
+    }
+}
+
 /* One row of AddLayerNorm: sum = x + y, normed = (sum - mean) / sqrt(var + eps) * gamma + beta, mean
  * and (biased) variance over the row's `width` values, two passes, partial sums in LANES lanes. */
 static void add_norm_row(const float *x, const float *y, const float *gamma, const float *beta, float eps,
@@ -487,6 +516,10 @@ static int float_type(const custom_op_t *op, size_t index) {
     (void)index;
     return 1; /* ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT */
 }
+static int indexed_input_type(const custom_op_t *op, size_t index) {
+    (void)op;
+    return index == 4 ? 7 : 1; /* row_place: ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; the rest float */
+}
 static int required(const custom_op_t *op, size_t index) {
     (void)op;
     (void)index;
@@ -511,6 +544,7 @@ OP_COUNT(six, 6)
 OP_NAME(self_name, "StepSelfAttention")
 OP_NAME(cross_name, "GroupedCrossAttention")
 OP_NAME(add_norm_name, "AddLayerNorm")
+OP_NAME(indexed_name, "IndexedCrossAttention")
 
 static custom_op_t self_op = {OP_VERSION, create_kernel, self_name, cpu_provider, float_type, six,
                               float_type, one, self_compute, destroy_kernel, required, required, {0}};
@@ -518,6 +552,8 @@ static custom_op_t cross_op = {OP_VERSION, create_kernel, cross_name, cpu_provid
                                float_type, one, cross_compute, destroy_kernel, required, required, {0}};
 static custom_op_t add_norm_op = {OP_VERSION, create_kernel, add_norm_name, cpu_provider, float_type, five,
                                   float_type, two, add_norm_compute, destroy_kernel, required, required, {0}};
+static custom_op_t indexed_op = {OP_VERSION, create_kernel, indexed_name, cpu_provider, indexed_input_type, five,
+                                 float_type, one, indexed_compute, destroy_kernel, required, required, {0}};
 static void *domain; /* one domain for every session of the process (ONNX Runtime keeps a reference) */
 static pthread_mutex_t domain_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -534,6 +570,8 @@ void *kiln_attention_ops(void *options, const void *const *table) {
         if (!status) status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &cross_op);
         if (!status)
             status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &add_norm_op);
+        if (!status)
+            status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &indexed_op);
         if (!status) domain = made; /* else kept out of use (and leaked: once, on a broken runtime) */
     }
     if (!status) status = OP_CALL(OP_ADD_CUSTOM_OP_DOMAIN, op_status_t (*)(void *, void *))(options, domain);

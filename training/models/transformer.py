@@ -100,6 +100,18 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     return out.transpose(1, 2).reshape(-1, heads * head_dim)  # (R, D)
 
 
+def indexed_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, row_place: Tensor) -> Tensor:
+    """One query per row against a store of sentences: q (R, D) projected queries; k, v (N, h, K, hd)
+    and bias (N, 1, 1, K), one place per sentence of the store; row_place (R,) int64, the place row
+    ``r`` attends. Rows may come in any order and any number per place (the decode batch's rows in
+    search order over its encoder store, without per-row copies). Returns the heads merged, (R, D)."""
+    heads, head_dim = k.shape[1], k.shape[3]
+    k, v, bias = k.index_select(0, row_place), v.index_select(0, row_place), bias.index_select(0, row_place)
+    q = q.view(-1, heads, 1, head_dim)  # (R, h, 1, hd)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim) + bias  # (R, h, 1, K)
+    return (F.softmax(scores, dim=-1) @ v).reshape(-1, heads * head_dim)  # (R, D)
+
+
 class FusedStepAttention(torch.autograd.Function):
     """:func:`step_attention`, exported as one ``kiln.ai::StepSelfAttention`` node (TorchScript
     exporter; the kernel: ``serving/decoding/attention.c``)."""
@@ -123,6 +135,18 @@ class FusedGroupedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, bias):  # noqa: ANN001, ANN205
         return g.op("kiln.ai::GroupedCrossAttention", q, k, v, bias).setType(q.type())
+
+
+class FusedIndexedAttention(torch.autograd.Function):
+    """:func:`indexed_attention`, exported as one ``kiln.ai::IndexedCrossAttention`` node."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, row_place):  # noqa: ANN001, ANN205
+        return indexed_attention(q, k, v, bias, row_place)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, row_place):  # noqa: ANN001, ANN205
+        return g.op("kiln.ai::IndexedCrossAttention", q, k, v, bias, row_place).setType(q.type())
 
 
 class FusedAddNorm(torch.autograd.Function):
