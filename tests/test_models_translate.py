@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -169,3 +170,33 @@ def test_unknown_rnn_type_and_bad_heads_are_refused():
         build_model("gru_attention", rnn_type="lstm")
     with pytest.raises(ValueError, match="not divisible"):
         build_model("transformer", d_model=30, heads=4)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_transformer_step_reads_a_store_of_sentences_through_row_place(fused):
+    """Rows in any order over a store of sentences (some places unused, some read by several rows)
+    compute what each row computes with its own copy of its sentence's encoder outputs, with the plain
+    attention and with the fused operators' PyTorch side alike."""
+    from export.translator import decoder_inputs as step_feeds
+
+    model = tiny("transformer")
+    spec = model.step_spec()
+    spec["vocab_size_src"] = V_SRC
+    per_row = step_feeds(model, spec, {"batch": 6, "src_len": 5, "past_len": 3}, seed=4)
+    encoder = [i["name"] for i in spec["decoder"]["inputs"] if i["role"] == "encoder"]
+    # a store of 8 places: row r's sentence at place order[r]; places 2 and 6 hold junk nobody reads
+    order = torch.tensor([5, 0, 7, 3, 1, 4])
+    store = {}
+    for name in encoder:
+        value = per_row[name]
+        junk = torch.full((8, *value.shape[1:]), 7, dtype=value.dtype)
+        junk[order] = value
+        store[name] = junk
+    indexed = {**per_row, **store, "row_place": order}
+    context = model.fused_attention() if fused else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        want = model.decode_step(dict(per_row))
+        got = model.decode_step(indexed)
+    assert want.keys() == got.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6)
