@@ -356,6 +356,21 @@ static void self_compute(void *kernel, void *context) {
     }
 }
 
+/* Each row's query against the keys and values of its place (place[r], or r / per where place is
+ * NULL: the grouped operator's rows) of k and v ([places, heads, keys, hd], checked by the caller). */
+static void cross_rows(void *context, const float *q, const float *k, const float *v, const float *bias,
+                       const int64_t *dq, const int64_t *dk, const int64_t *place, int64_t per) {
+    int64_t rows = dq[0], width = dq[1], heads = dk[1], keys = dk[2], hd = dk[3];
+    float *out = output(context, rows, width);
+    if (!out) return;
+    float scale = sqrtf((float)hd);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t s = place ? place[r] : r / per, block = s * heads * keys * hd;
+        attend(q + r * width, k + block, v + block, keys * hd, bias + s * keys, keys, NULL, NULL, heads, hd,
+               scale, out + r * width);
+    }
+}
+
 static void cross_compute(void *kernel, void *context) {
     (void)kernel;
     const float *q, *k, *v, *bias;
@@ -367,15 +382,7 @@ static void cross_compute(void *kernel, void *context) {
     if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
-    float *out = output(context, rows, width);
-    if (!out) return;
-    int64_t per = rows / n;
-    float scale = sqrtf((float)hd);
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t s = r / per, block = s * heads * keys * hd;
-        attend(q + r * width, k + block, v + block, keys * hd, bias + s * keys, keys, NULL, NULL, heads, hd,
-               scale, out + r * width);
-    }
+    cross_rows(context, q, k, v, bias, dq, dk, NULL, rows / n);
 }
 
 static void indexed_compute(void *kernel, void *context) {
@@ -385,21 +392,14 @@ static void indexed_compute(void *kernel, void *context) {
     if (input(context, 0, &q, dq) != 2 || input(context, 1, &k, dk) != 4 || input(context, 2, &v, dv) != 4 ||
         input(context, 3, &bias, db) != 4 || input(context, 4, &raw, dr) != 1)
         return poison(context, 0, 0);
-    const int64_t *place = (const int64_t *)raw;
+    const int64_t *place = (const int64_t *)raw; /* input 4 is int64 (indexed_input_type) */
     int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
     if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     for (int64_t r = 0; r < rows; r++)
         if (place[r] < 0 || place[r] >= n) return poison(context, rows, width);
-    float *out = output(context, rows, width);
-    if (!out) return;
-    float scale = sqrtf((float)hd);
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t s = place[r], block = s * heads * keys * hd;
-        attend(q + r * width, k + block, v + block, keys * hd, bias + s * keys, keys, NULL, NULL, heads, hd,
-               scale, out + r * width);
-    }
+    cross_rows(context, q, k, v, bias, dq, dk, place, 1);
 }
 
 /* One row of AddLayerNorm: sum = x + y, normed = (sum - mean) / sqrt(var + eps) * gamma + beta, mean
