@@ -47,10 +47,8 @@ DECODE_FUNCTIONS: tuple[tuple[Any, str], ...] = (
             "_outputs",
             "_tensor_fields",
             "_current_layout",
-            "_relaid",
             "_advance_rows",
-            "_grid",
-            "_regroup",
+            "_gather",
             "_compact",
             "_retire",
             "remove",
@@ -162,7 +160,7 @@ def replay(
     sources: Sequence[Sequence[int]],
     config: bs.BeamConfig,
     *,
-    grouped: bool,
+    indexed: bool,
     concurrency: int = 16,
     sentences: int = 1500,
     join_fraction: float = SchedulerConfig.join_fraction,
@@ -193,7 +191,7 @@ def replay(
             finally:
                 spent["decoder"] += time.thread_time() - started
 
-    batch = stepper.DecodeBatch(spec, grouped)
+    batch = stepper.DecodeBatch(spec, indexed)
     batch.stop = np.zeros(1, dtype=np.int64)
     results: dict[int, list[bs.Hypothesis]] = {}
     waiting: list[int] = []  # sentence numbers (source: number modulo the sources)
@@ -256,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     config = translator.beam_config(DecodingOptions(beam_size=args.beam, max_length=64))
     scheduler = translator.schedulers[0]
-    common = dict(grouped=scheduler.grouped, concurrency=args.concurrency)
+    common = dict(indexed=scheduler.indexed, concurrency=args.concurrency)
     run = (scheduler.spec, scheduler.run_encoder, scheduler.run_decoder, sources, config)
     replay(*run, sentences=args.warmup, **common)
     split, _ = replay(*run, sentences=args.sentences, **common)

@@ -33,13 +33,14 @@ DECODER_CASES = (
     {"batch": 7, "src_len": 9, "past_len": 3},
     {"batch": 64, "src_len": 5, "past_len": 6},
 )
-# Rows grouped by sentence (``grouped_rows`` decoders only): ``batch`` rows of ``sentences`` sentences.
-GROUPED_CASES = (
-    {"batch": 8, "sentences": 2, "src_len": 6, "past_len": 2},
-    {"batch": 12, "sentences": 4, "src_len": 9, "past_len": 5},
+# Rows over a store of sentences (decoders with a ``row_place`` input only): ``batch`` rows reading
+# ``sentences`` places, in no order, some places read by no row.
+INDEXED_CASES = (
+    {"batch": 8, "sentences": 3, "src_len": 6, "past_len": 2},
+    {"batch": 12, "sentences": 5, "src_len": 9, "past_len": 5},
     {"batch": 64, "sentences": 64, "src_len": 5, "past_len": 1},
 )
-SENTENCES = "sentences"  # the batch axis of a grouped_rows decoder's encoder inputs
+SENTENCES = "sentences"  # the batch axis of a row_place decoder's encoder inputs (its store)
 
 
 def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random.Generator) -> torch.Tensor:
@@ -80,17 +81,28 @@ def decoder_inputs(
     return step_inputs(spec, state, tokens, past)
 
 
-def grouped_inputs(spec: dict[str, Any], feeds: dict[str, Any], sentences: int) -> dict[str, Any]:
-    """Per-row decoder feeds made grouped: rows stay, encoder inputs are kept once per sentence (the
-    first row of each of ``sentences`` equal runs of rows), as the decoding engine feeds them."""
+def indexed_inputs(
+    spec: dict[str, Any], feeds: dict[str, Any], sentences: int, seed: int = 0
+) -> dict[str, Any]:
+    """Per-row decoder feeds made indexed, as the decoding engine feeds them: the encoder inputs of
+    ``sentences`` rows taken as a store, and each row reading a random place of it (``row_place``)."""
     rows = len(feeds[spec["decoder"]["inputs"][0]["name"]])
-    if rows % sentences:
-        raise ValueError(f"{rows} rows do not split into {sentences} sentences")
+    if not 0 < sentences <= rows:
+        raise ValueError(f"a store of {sentences} sentences from {rows} rows")
+    gen = torch.Generator().manual_seed(seed)
+    place = torch.randint(0, sentences, (rows,), generator=gen)
+    place[: min(rows, 2)] = sentences - 1  # the last place read, and twice
     out = dict(feeds)
     for inp in spec["decoder"]["inputs"]:
         if inp["role"] == "encoder":
-            out[inp["name"]] = feeds[inp["name"]][:: rows // sentences]
+            out[inp["name"]] = feeds[inp["name"]][torch.randperm(rows, generator=gen)[:sentences]]
+        elif inp["role"] == "row_place":
+            out[inp["name"]] = place
     return out
+
+
+def _indexed(spec: dict[str, Any]) -> bool:
+    return any(inp["role"] == "row_place" for inp in spec["decoder"]["inputs"])
 
 
 def _vocab_spec(model: torch.nn.Module) -> dict[str, Any]:
@@ -136,7 +148,7 @@ def decoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_ro
 
     axes_names = (BATCH, "src_len", "past_len")
     probed = probe_tensor_specs(run, in_names + spec["decoder"]["outputs"], list(axes_names), roles)
-    if spec["decoder"].get("grouped_rows"):  # encoder inputs: a batch axis of their own (sentences)
+    if _indexed(spec):  # encoder inputs: a batch axis of their own (the store's places)
         probed = tuple(
             dataclasses.replace(t, shape=(SENTENCES, *t.shape[1:])) if t.role == "encoder" else t
             for t in probed
@@ -163,8 +175,8 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     )
     ctx.step("export decoder")
     feeds = decoder_inputs(frozen, spec, {"batch": 6, "src_len": 5, "past_len": 4})
-    if spec["decoder"].get("grouped_rows"):  # 3 sentences of 2 rows: the two batch axes differ
-        feeds = grouped_inputs(spec, feeds, 3)
+    if _indexed(spec):  # a store of 4 places for 6 rows: the two batch axes differ
+        feeds = indexed_inputs(spec, feeds, 4)
     example = tuple(feeds[n] for n in dec.input_names)
     dec_path = export_onnx(dec_module, dec, example, work / "dec.onnx")
     fused = _export_fused(ctx, frozen, dec_module, dec, example, work)
@@ -232,12 +244,13 @@ def _checked_fused(
 
 
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    """Per-row cases, and grouped ones where the decoder declares ``grouped_rows``."""
+    """Per-row cases, and indexed ones where the decoder takes ``row_place``."""
     cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(DECODER_CASES)]
-    if g.spec["decoder"].get("grouped_rows"):
-        for i, s in enumerate(GROUPED_CASES):
-            feeds = decoder_inputs(g.frozen, g.spec, s, seed=len(DECODER_CASES) + i)
-            cases.append((s, grouped_inputs(g.spec, feeds, s["sentences"])))
+    if _indexed(g.spec):
+        for i, s in enumerate(INDEXED_CASES):
+            seed = len(DECODER_CASES) + i
+            feeds = decoder_inputs(g.frozen, g.spec, s, seed=seed)
+            cases.append((s, indexed_inputs(g.spec, feeds, s["sentences"], seed)))
     return [(s, {k: v.numpy() for k, v in feeds.items()}) for s, feeds in cases]
 
 

@@ -94,19 +94,22 @@ def test_encoder_and_decoder_graphs_match_pytorch_at_several_batch_sizes_and_len
         meta = json.loads((repo / entry / "kiln.json").read_text())
         assert meta["parity"]["passed"]
         checks = meta["parity"]["checks"]
-        grouped = entry.endswith("_decoder") and meta["step_spec"]["decoder"].get("grouped_rows", False)
-        assert grouped == (entry == "transformer_decoder")  # recurrent decoders: one row per sentence
-        assert len({tuple(sorted(c["sizes"].items())) for c in checks}) == (6 if grouped else 3)
+        roles = {i["role"] for i in meta["step_spec"]["decoder"]["inputs"]}
+        indexed = entry.endswith("_decoder") and "row_place" in roles
+        assert indexed == (entry == "transformer_decoder")  # recurrent decoders: one row per sentence
+        assert len({tuple(sorted(c["sizes"].items())) for c in checks}) == (6 if indexed else 3)
         assert max(d["max_abs_diff"] for d in meta["parity"]["outputs"].values()) <= 1e-4
         assert {c["sizes"]["batch"] for c in checks if "sentences" not in c["sizes"]} == {1, 7, 64}
-        # grouped rows: 8 rows of 2 sentences, 12 of 4, 64 of 64, and an axis of their own in the graph
+        # indexed rows: 8 rows over a store of 3 sentences, 12 over 5, 64 over 64, and an axis of the
+        # store's own in the graph
         assert [
             (c["sizes"]["batch"], c["sizes"]["sentences"]) for c in checks if "sentences" in c["sizes"]
-        ] == ([(8, 2), (12, 4), (64, 64)] if grouped else [])
-        if grouped:
+        ] == ([(8, 3), (12, 5), (64, 64)] if indexed else [])
+        if indexed:
             graph = onnx.load(str(repo / entry / "1" / "model.onnx"), load_external_data=False).graph
             first = {i.name: i.type.tensor_type.shape.dim[0].dim_param for i in graph.input}
-            assert first["cross_k_0"] == first["src_mask"] == "sentences" and first["tokens"] == "batch"
+            assert first["cross_k_0"] == first["src_mask"] == "sentences"
+            assert first["tokens"] == first["row_place"] == "batch"
         parse_pbtxt((repo / entry / "config.pbtxt").read_text())
 
 
@@ -136,7 +139,7 @@ def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_t
     layers = SMALL["transformer"]["decoder_layers"]
     assert (
         ops.count(("kiln.ai", "StepSelfAttention"))
-        == ops.count(("kiln.ai", "GroupedCrossAttention"))
+        == ops.count(("kiln.ai", "IndexedCrossAttention"))
         == layers
     )
     assert ("", "Softmax") not in ops  # no attention left in plain ops
@@ -211,7 +214,7 @@ def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_de
     graph = onnx.load(str(repo / "transformer_decoder_int8" / "1" / "model.onnx"))
     assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
     fused = onnx.load(str(repo / "transformer_decoder_int8" / "1" / FUSED_GRAPH))
-    assert {"MatMulInteger", "StepSelfAttention", "GroupedCrossAttention", "AddLayerNorm"} <= {
+    assert {"MatMulInteger", "StepSelfAttention", "IndexedCrossAttention", "AddLayerNorm"} <= {
         n.op_type for n in fused.graph.node
     }
     assert dec["fused_step"]["refused"] is None and dec["fused_step"]["beams"]["beam_agreement"] == 1.0

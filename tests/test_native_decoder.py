@@ -82,12 +82,12 @@ def test_batches_of_mixed_beam_sizes_decode_bit_for_bit_as_the_python_step(model
         assert _plain(offline.translate_ids(encoder, compiled, spec, sentences, config)) == _plain(want)
 
 
-def _joining(spec, encoder, decoder, sources, configs, steps: int, grouped: bool, stop=None):
+def _joining(spec, encoder, decoder, sources, configs, steps: int, indexed: bool, stop=None):
     """Sentence i joins before decode step 2*i (iteration-level batching); returns hypotheses and steps per call.
 
     A call never runs past the next join, so every step sees the same rows whatever `steps` is: scores
     are then bit-identical, not just close (a GEMM over other rows may round differently)."""
-    batch = st.DecodeBatch(spec, grouped=grouped)
+    batch = st.DecodeBatch(spec, indexed=indexed)
     batch.stop = stop
     finished, done_steps, joined, ran = {}, 0, 0, []
     while len(finished) < len(sources):
@@ -106,14 +106,14 @@ def _joining(spec, encoder, decoder, sources, configs, steps: int, grouped: bool
     return _plain([finished[i] for i in range(len(sources))]), ran
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_sentences_joining_and_leaving_decode_bit_for_bit_as_the_python_step(model, grouped):
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_sentences_joining_and_leaving_decode_bit_for_bit_as_the_python_step(model, indexed):
     spec, encoder, python, compiled, sources = model
     configs = [_config(spec, beam) for beam in (4, 1, 2, 4, 3, 4, 1, 4)]
-    want, _ = _joining(spec, encoder, python, sources[:8], configs, 1, grouped)
-    one, ran = _joining(spec, encoder, compiled, sources[:8], configs, 1, grouped)
+    want, _ = _joining(spec, encoder, python, sources[:8], configs, 1, indexed)
+    one, ran = _joining(spec, encoder, compiled, sources[:8], configs, 1, indexed)
     assert one == want and set(ran) == {1}
-    several, ran = _joining(spec, encoder, compiled, sources[:8], configs, 16, grouped)
+    several, ran = _joining(spec, encoder, compiled, sources[:8], configs, 16, indexed)
     assert several == want
     assert max(ran) > 1  # steady stretches really ran as several steps in one call
 
@@ -164,7 +164,7 @@ def test_calls_run_on_past_finished_hypotheses_and_hand_them_over_in_order(model
     config = _config(spec, 4, n_best=4)
 
     def one_at_a_time(source):
-        batch = st.DecodeBatch(spec, grouped=True)
+        batch = st.DecodeBatch(spec, indexed=True)
         batch.join([0], encoder(sp.encoder_inputs(spec, [source])), [config], [len(source) + 1])
         calls, finished = 0, []
         while batch.size:
@@ -180,18 +180,18 @@ def test_calls_run_on_past_finished_hypotheses_and_hand_them_over_in_order(model
     assert sum(n for _, n in kept) < sum(n for _, n in handed)
 
 
-def test_a_lone_sentence_widens_within_its_grid_in_the_compiled_call(model):
-    """A lone sentence into an empty batch starts at its beam's width (padding rows), so its first step,
-    one row widening to ``beam``, advances in C too and the call runs on: its search is one call per
-    16 steps (bit for bit as the Python step: test_one_sentence_at_a_time_...)."""
+def test_a_lone_sentence_widens_in_the_compiled_call(model):
+    """A lone sentence's first step, one row widening to ``beam``, advances in C too (indexed rows:
+    search order over the encoder store) and the call runs on: its search is one call per 16 steps
+    (bit for bit as the Python step: test_one_sentence_at_a_time_...)."""
     spec, encoder, python, compiled, sources = model
     config = _config(spec, 4)
     for source in sources[:6]:
-        batch = st.DecodeBatch(spec, grouped=True)
+        batch = st.DecodeBatch(spec, indexed=True)
         batch.join([0], encoder(sp.encoder_inputs(spec, [source])), [config], [len(source) + 1])
-        assert (batch.width, batch.physical, batch.live_rows) == (4, 4, 1)
+        assert (batch.physical, batch.live_rows) == (1, 1)  # no padding rows
         batch.step(compiled, steps=16)
-        assert compiled.native.result[6] == 1  # widened in place, in C, and went on
+        assert compiled.native.result[6] == 1 and batch.last_steps > 1  # widened in C, and went on
         calls, steps = 1, batch.last_steps
         while batch.size:
             batch.step(compiled, steps=16)
@@ -199,37 +199,32 @@ def test_a_lone_sentence_widens_within_its_grid_in_the_compiled_call(model):
         assert steps > 1 and calls == -(-steps // 16)  # no call handed back before its 16 steps
 
 
-def test_joins_and_departures_are_laid_out_in_the_compiled_call(model, monkeypatch):
+def test_joins_and_departures_advance_in_the_compiled_call(model, monkeypatch):
     """Sentences of one beam joining a running batch while others finish: the step that widens the
-    joiners (one row to ``beam``, within the places they joined into) and the step that finishes a
-    sentence (its place freed, a sentence beyond the new number of places moving into it) are laid
-    out and advanced in C, as :meth:`DecodeBatch._grid` lays them out (checked at each one), bit for
-    bit as the Python step; Python advances no step."""
+    joiners (one row to ``beam``) and the step that finishes a sentence (its rows gone) advance in C,
+    the rows after them in search order, each reading its sentence's place of the store, bit for bit
+    as the Python step; Python advances no step."""
     spec, encoder, python, compiled, sources = model
     configs = [_config(spec, 4)] * 10
     want, _ = _joining(spec, encoder, python, sources[:10], configs, 1, True)
-    relaid, advanced = [], []
-    original_relaid, original_advance = st.DecodeBatch._relaid, st.DecodeBatch._advance_rows
+    changed, advanced = [], []
+    original_step, original_advance = st.DecodeBatch._native_step, st.DecodeBatch._advance_rows
 
-    def relaid_as_grid(self, slot, holder, rows):
-        assert rows is self.beams.rows  # the call's last step was laid out (and ended it: a departure)
-        place, width, grid_slot, grid_holder, place_sentence = self._grid()
-        assert width == self.width
-        np.testing.assert_array_equal(slot, grid_slot)
-        np.testing.assert_array_equal(holder[: grid_holder.size], grid_holder)
-        size = original_relaid(self, slot, holder, rows)
-        np.testing.assert_array_equal(self.place, place)
-        np.testing.assert_array_equal(self.place_sentence, place_sentence)
-        relaid.append((int(np.count_nonzero(rows == 0)), size))
-        return size
+    def native_step(self, decoder, *args):
+        finished = original_step(self, decoder, *args)
+        if decoder.result[6]:  # the rows changed in C: the batch takes them as C left them
+            assert self.slot.tolist() == list(range(self.physical))  # search order
+            assert self.beams is None or self.physical == int(self.beams.rows.sum())
+            changed.append(bool(finished))
+        return finished
 
-    monkeypatch.setattr(st.DecodeBatch, "_relaid", relaid_as_grid)
+    monkeypatch.setattr(st.DecodeBatch, "_native_step", native_step)
     monkeypatch.setattr(
         st.DecodeBatch, "_advance_rows", lambda self, *a: advanced.append(1) or original_advance(self, *a)
     )
     got, _ = _joining(spec, encoder, compiled, sources[:10], configs, 1, True)
     assert got == want
-    assert any(left for left, _ in relaid) and any(not left for left, _ in relaid)
+    assert any(changed) and not all(changed)  # departures and widenings
     assert not advanced
 
 
@@ -244,9 +239,9 @@ def test_the_plans_tensor_fields_are_built_once_while_the_buffers_stay(model, mo
     calls = []  # per plan: (rows, buffers and encoder rows as they were, fields built for it)
     original_plan = st.DecodeBatch._native_plan
 
-    def plan(self, decoder, sentence, encoder_rows, holder):
+    def plan(self, decoder, sentence, encoder_rows, holder, most):
         before = self._fields
-        out = original_plan(self, decoder, sentence, encoder_rows, holder)
+        out = original_plan(self, decoder, sentence, encoder_rows, holder, most)
         buffers = (decoder.generation, tuple(v.ctypes.data for v in encoder_rows.values()))
         calls.append((self.physical, buffers, self._fields is not before))
         return out
@@ -279,15 +274,15 @@ def test_a_decoders_buffers_keep_their_address_until_they_grow():
     assert decoder.buffer("tokens#0", 10, np.int64) is first
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_the_decode_replay_splits_each_sentences_cpu_and_answers_as_the_python_step(model, grouped):
+@pytest.mark.parametrize("indexed", [False, True])
+def test_the_decode_replay_splits_each_sentences_cpu_and_answers_as_the_python_step(model, indexed):
     """bench.decode_replay (the scheduler's admission pattern on one thread, for timing the decode
     side's Python): every sentence finishes, and the compiled calls answer as the Python step does; the split adds up and the compiled decoder's calls are put back afterwards."""
     from bench.decode_replay import replay
 
     spec, encoder, python, compiled, sources = model
     config = _config(spec, 4)
-    common = dict(grouped=grouped, concurrency=5, sentences=30)
+    common = dict(indexed=indexed, concurrency=5, sentences=30)
     split, got = replay(spec, encoder, compiled, sources, config, **common)
     _, want = replay(spec, encoder, python, sources, config, **common)
     assert _plain(got) == _plain(want) and all(got)
@@ -309,7 +304,7 @@ def test_the_function_split_times_each_decode_function_apart_and_puts_every_one_
 
     spec, encoder, _python, compiled, sources = model
     config = _config(spec, 4)
-    common = dict(grouped=True, concurrency=5, sentences=20)
+    common = dict(indexed=True, concurrency=5, sentences=20)
     originals = [vars(owner)[name] for owner, name in DECODE_FUNCTIONS]
     _, want = replay(spec, encoder, compiled, sources, config, **common)
     with function_split() as (split, timed):

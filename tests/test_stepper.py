@@ -83,26 +83,28 @@ def fake_decoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 PARSED = sp.parse_step_spec(SPEC)
-GROUPED_SPEC = {**SPEC, "decoder": {**SPEC["decoder"], "grouped_rows": True}}
-GROUPED = sp.parse_step_spec(GROUPED_SPEC)
+ROW_PLACE = {"name": "row_place", "role": "row_place"}
+INDEXED_SPEC = {**SPEC, "decoder": {**SPEC["decoder"], "inputs": [*SPEC["decoder"]["inputs"], ROW_PLACE]}}
+INDEXED = sp.parse_step_spec(INDEXED_SPEC)
 ENCODER_INPUTS = ("memory", "memory_t", "src_mask")
 
 
-class GroupedDecoder:
-    """``fake_decoder`` over grouped rows: encoder inputs come once per sentence and are expanded to the
-    rows here (sentence i's rows are rows i*W ... i*W+W-1), so every row computes what it would alone.
-    Records (rows, sentences) per call, and says it takes grouped rows as an ONNX Runtime runner would."""
+class IndexedDecoder:
+    """``fake_decoder`` over indexed rows: encoder inputs come as a store of sentences and each row's
+    are read here at its place (``row_place``), so every row computes what it would alone. Records
+    (rows, places of the store, row_place) per call, and says it takes indexed rows as an ONNX Runtime
+    runner would."""
 
-    first_axes = {"tokens": "batch", **dict.fromkeys(ENCODER_INPUTS, "sentences")}
+    first_axes = {"tokens": "batch", "row_place": "batch", **dict.fromkeys(ENCODER_INPUTS, "sentences")}
 
     def __init__(self, inner=fake_decoder) -> None:
         self.inner, self.calls = inner, []
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows, sentences = len(inputs["tokens"]), len(inputs["memory"])
-        assert rows % sentences == 0, (rows, sentences)
-        self.calls.append((rows, sentences))
-        expanded = {name: np.repeat(inputs[name], rows // sentences, axis=0) for name in ENCODER_INPUTS}
+        rows, places, row_place = len(inputs["tokens"]), len(inputs["memory"]), inputs["row_place"]
+        assert row_place.shape == (rows,) and ((row_place >= 0) & (row_place < places)).all()
+        self.calls.append((rows, places, row_place.tolist()))
+        expanded = {name: inputs[name][row_place] for name in ENCODER_INPUTS}
         return self.inner(inputs | expanded)
 
 
@@ -128,9 +130,11 @@ def test_translate_ids_batched_equals_each_sentence_translated_alone():
     together = offline.translate_ids(fake_encoder, fake_decoder, SPEC, SOURCES, CONFIG)
     alone = [offline.translate_ids(fake_encoder, fake_decoder, SPEC, [s], CONFIG)[0] for s in SOURCES]
     assert together == alone
-    grouped = GroupedDecoder()
-    assert offline.translate_ids(fake_encoder, grouped, GROUPED_SPEC, SOURCES, CONFIG) == alone
-    assert (5, 5) in grouped.calls and (15, 5) in grouped.calls  # one row each, then 3 (beam) each
+    indexed = IndexedDecoder()
+    assert offline.translate_ids(fake_encoder, indexed, INDEXED_SPEC, SOURCES, CONFIG) == alone
+    rows = [r for r, _, _ in indexed.calls]
+    assert rows[:2] == [5, 15]  # one row each, then 3 (beam) each, over one store of the 5 sentences
+    assert indexed.calls[1][2] == [p for p in range(5) for _ in range(3)]
     assert all(len(h) == 3 and h[0].tokens[-1] == EOS for h in together)
     assert offline.translate_ids(fake_encoder, fake_decoder, SPEC, [], CONFIG) == []
 
@@ -149,15 +153,15 @@ def test_translate_in_batches_groups_sentences_by_source_length_and_keeps_their_
     assert offline.translate_in_batches(fake_encoder, fake_decoder, SPEC, [], CONFIG, 2) == []
 
 
-def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, grouped=False):
+def decode_joining(sources, configs, decoder=fake_decoder, *, cancel=None, indexed=False):
     """Iteration-level batching: sentence i joins before step 2*i; all share every decoder call.
 
     ``cancel`` (sentence index, step): that sentence is removed before that step, as a client leaving.
-    ``grouped``: rows grouped by sentence (``decoder`` is wrapped in :class:`GroupedDecoder`).
-    Returns each sentence's hypotheses and, per step, the live rows and the cache length.
+    ``indexed``: rows over the encoder store (``decoder`` is wrapped in :class:`IndexedDecoder`).
+    Returns each sentence's hypotheses and, per step, the live rows, the cache length and the rows run.
     """
-    decoder = GroupedDecoder(decoder) if grouped else decoder
-    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
+    decoder = IndexedDecoder(decoder) if indexed else decoder
+    batch = st.DecodeBatch(INDEXED if indexed else PARSED, indexed=indexed)
     finished: dict[int, list[bs.Hypothesis]] = {}
     trace, step = [], 0
     while len(finished) < len(sources):
@@ -182,37 +186,36 @@ def alone(sources, configs):
     ]
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_sentences_joining_and_leaving_between_steps_equal_each_translated_alone(grouped):
-    hyps, trace = decode_joining(SOURCES, [CONFIG] * len(SOURCES), grouped=grouped)
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_sentences_joining_and_leaving_between_steps_equal_each_translated_alone(indexed):
+    hyps, trace = decode_joining(SOURCES, [CONFIG] * len(SOURCES), indexed=indexed)
     assert hyps == alone(SOURCES, [CONFIG] * len(SOURCES))
     assert max(rows for rows, _, _ in trace) > CONFIG.beam_size  # several sentences really shared steps
     assert max(past for _, past, _ in trace) <= CONFIG.max_length  # no column outlives its sentences
-    # grouped: joiners' one row padded to the width at times; per row: never a padding row
-    assert any(physical > rows for rows, _, physical in trace) == grouped
+    assert all(physical == rows for rows, _, physical in trace)  # never a padding row
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_sentences_of_mixed_beam_sizes_in_one_batch_equal_each_translated_alone(grouped):
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_sentences_of_mixed_beam_sizes_in_one_batch_equal_each_translated_alone(indexed):
     configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1) for b in (1, 4, 2, 3, 1)]
-    hyps, _ = decode_joining(SOURCES, configs, grouped=grouped)
+    hyps, _ = decode_joining(SOURCES, configs, indexed=indexed)
     assert hyps == alone(SOURCES, configs)
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_a_sentence_removed_mid_search_leaves_the_others_unchanged(grouped):
-    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), cancel=(1, 4), grouped=grouped)
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_a_sentence_removed_mid_search_leaves_the_others_unchanged(indexed):
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), cancel=(1, 4), indexed=indexed)
     expected = alone(SOURCES, [CONFIG] * len(SOURCES))
     assert hyps[1] == [] and hyps[:1] + hyps[2:] == expected[:1] + expected[2:]
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail(grouped):
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_without_the_masks_late_joiners_would_differ_so_the_tests_above_can_fail(indexed):
     def unmasked(inputs):
         ones = {name: np.ones_like(inputs[name]) for name in ("cache_mask", "src_mask")}
         return fake_decoder(inputs | ones)
 
-    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), decoder=unmasked, grouped=grouped)
+    hyps, _ = decode_joining(SOURCES, [CONFIG] * len(SOURCES), decoder=unmasked, indexed=indexed)
     assert hyps != alone(SOURCES, [CONFIG] * len(SOURCES))
 
 
@@ -279,7 +282,7 @@ def test_onnxruntime_runner_feeds_only_the_declared_inputs(tmp_path):
     model.ir_version = 8
     onnx.save(model, tmp_path / "neg.onnx")
     run = onnxruntime_runner(tmp_path / "neg.onnx")
-    assert run.first_axes == {"x": None}  # an unnamed dynamic axis: no grouped rows for this graph
+    assert run.first_axes == {"x": None}  # an unnamed dynamic axis: no indexed rows for this graph
     out = run({"x": np.ones((3, 2), np.float32), "unused": np.zeros(1)})
     np.testing.assert_array_equal(out["y"], -np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"\['x'\]"):
@@ -338,14 +341,14 @@ def test_translate_ids_over_a_torch_translator_equals_the_torch_reference(name):
     assert [[(h.tokens, h.score) for h in s] for s in ours] == [
         [(h.tokens, h.score) for h in s] for s in reference
     ]
-    if sp.parse_step_spec(model.step_spec()).grouped_rows:  # the transformer: rows grouped by sentence
-        grouped = offline.translate_ids(
+    if sp.parse_step_spec(model.step_spec()).indexed:  # the transformer: rows over a store
+        indexed = offline.translate_ids(
             run_encoder, run_decoder, model.step_spec(), REAL_SOURCES, config, True
         )
-        # tokens identical; scores to float32 rounding (one product per sentence, not per row)
-        assert [[h.tokens for h in s] for s in grouped] == [[h.tokens for h in s] for s in reference]
+        # tokens identical; scores to float32 rounding
+        assert [[h.tokens for h in s] for s in indexed] == [[h.tokens for h in s] for s in reference]
         np.testing.assert_allclose(
-            [h.score for s in grouped for h in s], [h.score for s in reference for h in s], rtol=1e-5
+            [h.score for s in indexed for h in s], [h.score for s in reference for h in s], rtol=1e-5
         )
 
 
@@ -359,8 +362,8 @@ def test_a_torch_translators_sentences_joining_at_different_steps_equal_the_torc
     spec = sp.parse_step_spec(model.step_spec())
     config = bs.BeamConfig(beam_size=3, n_best=2, max_length=7, eos_id=EOS, bos_id=BOS)
     run_encoder, run_decoder = torch_runners(model)
-    for grouped in sorted({False, spec.grouped_rows}):  # both layouts where the model takes both
-        batch, results = st.DecodeBatch(spec, grouped), {}
+    for indexed in sorted({False, spec.indexed}):  # both layouts where the model takes both
+        batch, results = st.DecodeBatch(spec, indexed), {}
         for step in range(40):
             if step < len(REAL_SOURCES):  # one more sentence joins before each of the first steps
                 src = REAL_SOURCES[step]
@@ -399,72 +402,56 @@ def test_a_leaving_sentences_rows_are_refilled_from_the_tail_and_the_others_stay
     assert [finished[1], finished[2]] == alone(sources[1:], [two, two])
 
 
-def test_a_cancelled_sentences_place_is_refilled_from_the_tail_in_a_grouped_batch():
+def test_indexed_rows_stay_in_search_order_and_a_joiner_takes_a_cancelled_sentences_place():
     two = dataclasses.replace(CONFIG, beam_size=2, n_best=1, min_length=6)
-    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
+    batch, decoder = st.DecodeBatch(INDEXED, indexed=True), IndexedDecoder()
     sources = SOURCES[:3]
     batch.join(
-        range(3), fake_encoder(sp.encoder_inputs(GROUPED, sources)), [two] * 3, [len(s) + 1 for s in sources]
+        range(3), fake_encoder(sp.encoder_inputs(INDEXED, sources)), [two] * 3, [len(s) + 1 for s in sources]
     )
-    assert (batch.width, batch.physical, batch.slot.tolist()) == (1, 3, [0, 1, 2])
     batch.step(decoder)  # every sentence widens from 1 row to 2
-    assert (batch.width, batch.place.tolist(), batch.slot.tolist()) == (2, [0, 1, 2], [0, 1, 2, 3, 4, 5])
-    batch.join([3], fake_encoder(sp.encoder_inputs(GROUPED, [[7, 7]])), [two], [3])
-    assert batch.slot.tolist()[-1] == 6 and batch.physical == 8  # the joiner's row and its padding row
-    batch.remove(np.array([True, False, False, False]))
-    # sentence 3 (the tail) moved into sentence 0's place; sentences 1 and 2 stayed put
-    assert batch.place.tolist() == [1, 2, 0] and batch.slot.tolist() == [2, 3, 4, 5, 0]
+    assert (batch.physical, batch.slot.tolist()) == (6, [0, 1, 2, 3, 4, 5])
+    batch.remove(np.array([True, False, False]))
+    assert batch.slot.tolist() == [0, 1, 2, 3] and batch.owner.tolist() == [1, 2]  # rows gathered, in order
+    batch.join([3], fake_encoder(sp.encoder_inputs(INDEXED, [[7, 7]])), [two], [3])
+    assert batch.owner.tolist() == [1, 2, 0]  # the joiner is stored in the cancelled sentence's place
     finished = {}
     while batch.size:
         finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
     assert [finished[k] for k in (1, 2, 3)] == alone([*sources[1:], [7, 7]], [two] * 3)
-    assert all(rows == 2 * sentences for rows, sentences in decoder.calls[1:])  # one (n, 2) grid each
+    # each row read its own sentence's place: sentences 1 and 2 (2 rows each), then the joiner's one
+    assert decoder.calls[1][2] == [1, 1, 2, 2, 0]
 
 
-def test_a_wide_sentence_takes_several_places_instead_of_padding_every_other_sentence():
-    configs = [dataclasses.replace(CONFIG, beam_size=b, n_best=1, min_length=4) for b in (4, 2, 2, 2, 2)]
-    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
-    batch.join(
-        range(5), fake_encoder(sp.encoder_inputs(GROUPED, SOURCES)), configs, [len(s) + 1 for s in SOURCES]
-    )
-    layouts, finished = [], {}
-    while batch.size:
-        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
-        layouts.append((batch.width, batch.physical, batch.live_rows, batch.place_sentence.tolist()))
-    # after widening: 12 rows; a width of 4 would run 20 (every beam-2 sentence padded), so the width is
-    # 2 and sentence 0's 4 rows fill places 0 and 1, with no padding row
-    assert layouts[0] == (2, 12, 12, [0, 0, 1, 2, 3, 4])
-    assert finished == dict(enumerate(alone(SOURCES, configs)))
-
-
-@pytest.mark.parametrize(
-    ("rows", "width"),
-    [
-        ([4, 4, 4], 4),
-        ([4, 4, 1], 4),
-        ([4, 1, 1, 1], 1),
-        ([8] + [4] * 31, 4),
-        ([1] * 24 + [4] * 8, 1),
-        ([2, 3], 3),
-    ],
-)
-def test_the_grid_width_is_the_widest_row_count_that_pads_at_most_half_the_rows(rows, width):
-    from serving.decoding.rows import grid_width
-
-    assert grid_width(np.array(rows)) == width
-
-
-def test_grouped_rows_only_where_the_spec_declares_them_and_the_graph_takes_them():
-    grouped = GroupedDecoder()
-    assert sp.takes_grouped_rows(GROUPED, grouped)
-    assert not sp.takes_grouped_rows(PARSED, grouped)  # the spec does not declare them
-    assert not sp.takes_grouped_rows(GROUPED, fake_decoder)  # the runner says nothing (Triton)
+def test_indexed_rows_only_where_the_spec_has_row_place_and_the_graph_takes_a_store():
+    indexed = IndexedDecoder()
+    assert sp.takes_indexed_rows(INDEXED, indexed)
+    assert not sp.takes_indexed_rows(PARSED, indexed)  # the spec has no row_place input
+    assert not sp.takes_indexed_rows(INDEXED, fake_decoder)  # the runner says nothing (Triton)
     one_axis = type(
-        "OneAxis", (GroupedDecoder,), {"first_axes": dict.fromkeys(GroupedDecoder.first_axes, "b")}
+        "OneAxis", (IndexedDecoder,), {"first_axes": dict.fromkeys(IndexedDecoder.first_axes, "b")}
     )
-    assert not sp.takes_grouped_rows(GROUPED, one_axis())  # every input shares the rows' batch axis
-    with pytest.raises(ValueError, match="grouped_rows"):
-        st.DecodeBatch(PARSED, grouped=True)
+    assert not sp.takes_indexed_rows(INDEXED, one_axis())  # every input shares the rows' batch axis
+    with pytest.raises(ValueError, match="row_place"):
+        st.DecodeBatch(PARSED, indexed=True)
+    with pytest.raises(ValueError, match="at most one input with role 'row_place'"):
+        twice = [*INDEXED_SPEC["decoder"]["inputs"], {"name": "again", "role": "row_place"}]
+        sp.parse_step_spec({**INDEXED_SPEC, "decoder": {**INDEXED_SPEC["decoder"], "inputs": twice}})
+
+
+def test_per_row_feeds_of_a_row_place_decoder_give_each_row_its_own_place():
+    """Where the runner takes no store (Triton), a decoder with ``row_place`` gets its encoder inputs
+    per row and ``row_place`` 0..R-1, and decodes as it would alone."""
+    places = []
+
+    def recording(inputs):
+        places.append(inputs["row_place"].tolist())
+        assert len(inputs["memory"]) == len(inputs["tokens"])
+        return fake_decoder(inputs)
+
+    got = offline.translate_ids(fake_encoder, recording, INDEXED_SPEC, SOURCES, CONFIG)
+    assert got == alone(SOURCES, [CONFIG] * len(SOURCES))
+    assert places[1] == list(range(15))
 
 
 def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_not_padded():
@@ -482,36 +469,12 @@ def test_an_emptied_batch_forgets_its_source_width_so_a_later_short_sentence_is_
     assert widths[0] == 13 and widths[-1] == 2
 
 
-def test_sentences_finishing_in_a_step_leave_without_laying_the_grid_out_again():
-    """A sentence that finishes has no rows left: the step already laid the grid out without it, so its
-    removal renumbers the others and the next steps reuse that grid while no sentence changes rows."""
-    two = dataclasses.replace(CONFIG, beam_size=2, n_best=1, min_length=5)
-    short = dataclasses.replace(CONFIG, beam_size=2, n_best=1, max_length=2)
-    batch, decoder = st.DecodeBatch(GROUPED, grouped=True), GroupedDecoder()
-    sources = SOURCES[:3]
-    configs = [two, short, two]
-    batch.join(
-        range(3), fake_encoder(sp.encoder_inputs(GROUPED, sources)), configs, [len(s) + 1 for s in sources]
-    )
-    grids = []
-    layout = batch._grid
-    batch._grid = lambda: grids.append(batch.size) or layout()
-    finished = {}
-    while batch.size:
-        grids.append("step")
-        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
-    # step 1 widens every sentence (a grid); step 2 finishes sentence 1 (a grid without it, no other);
-    # then the two staying sentences keep theirs to the end
-    assert grids[:5] == ["step", 3, "step", 3, "step"] and 2 not in grids[:-1]
-    assert [finished[k] for k in range(3)] == alone(sources, configs)
-
-
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-row", "grouped"])
-def test_a_join_the_step_before_made_room_for_copies_no_cache(grouped):
+@pytest.mark.parametrize("indexed", [False, True], ids=["per-row", "indexed"])
+def test_a_join_the_step_before_made_room_for_copies_no_cache(indexed):
     """step(joining=n) writes its buffers with rows for n joiners: the join then fills them in place
     (the caches stay the same arrays), and every sentence still decodes as it would alone."""
-    decoder = GroupedDecoder() if grouped else fake_decoder
-    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
+    decoder = IndexedDecoder() if indexed else fake_decoder
+    batch = st.DecodeBatch(INDEXED if indexed else PARSED, indexed=indexed)
     sources, configs = SOURCES[:3], [CONFIG] * 3
 
     def join(keys):
@@ -529,7 +492,7 @@ def test_a_join_the_step_before_made_room_for_copies_no_cache(grouped):
         finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
     assert [finished[k] for k in range(3)] == alone(sources, configs)
     # without the room, the same join copies every cache into new arrays
-    batch = st.DecodeBatch(GROUPED if grouped else PARSED, grouped=grouped)
+    batch = st.DecodeBatch(INDEXED if indexed else PARSED, indexed=indexed)
     join([0])
     batch.step(decoder)
     batch.step(decoder)

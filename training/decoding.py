@@ -117,7 +117,7 @@ def init_state(
         elif role == "cache_mask":
             mask = torch.zeros(rows, past, dtype=torch.bool, device=device)
             state[name] = mask if past_valid is None else past_valid.to(device=device, dtype=torch.bool)
-        elif role not in ("tokens", "positions"):
+        elif role not in ("tokens", "positions", "row_place"):
             raise ValueError(f"decoder input {name!r} has unknown role {role!r}")
     return state
 
@@ -130,6 +130,8 @@ def decoder_inputs(spec: dict[str, Any], state: dict[str, Tensor], tokens: Tenso
             inputs[inp["name"]] = tokens  # [rows]
         elif inp["role"] == "positions":
             inputs[inp["name"]] = torch.full_like(tokens, step)  # [rows]
+        elif inp["role"] == "row_place":  # encoder inputs held per row: row r reads its own
+            inputs[inp["name"]] = torch.arange(tokens.shape[0], device=tokens.device)  # [rows]
     return inputs
 
 

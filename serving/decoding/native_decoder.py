@@ -6,8 +6,9 @@ with Python between them: at one sentence (4 rows) ~140 us of Python around a ~1
 ``kiln_decode_step`` (``ort_step.c``) does all three in one call, without the GIL: the decoder runs
 through ONNX Runtime's C API on a session of its own (same library version, same options, so the
 same kernels and bit-identical outputs), over buffers the batch owns; the beam step is the same
-kernel; and when no sentence changed its rows (no sentence finished, widened or joined), the advance
-is done there too, into buffers kept here. Other steps hand the advance back to the Python code,
+kernel; and when no sentence changed its rows (no sentence finished, widened or joined), or whatever
+they did where the rows are in search order over the encoder store (``row_place``), the advance is
+done there too, into buffers kept here. Other steps hand the advance back to the Python code,
 which stays the definition (``tests/test_native_decoder.py`` checks both agree bit for bit).
 
 :func:`open_native_decoder` gives ``None`` (and the batch steps in Python) where the compiled library,
@@ -47,7 +48,8 @@ MAX_STEPS = 16  # steps one call may run (bounds the columns its buffers make ro
 # steps' worth of finished hypotheses (each step offers at most its kept rows) a call keeps for the
 # caller and goes on; a call that would keep more hands back
 FOUND_STEPS = 4
-FIXED, TOKENS, POSITIONS, MASK, CACHE = 0, 1, 2, 3, 16  # what ort_step.c fills in a tensor (CACHE + index)
+# what ort_step.c fills in a tensor at each step (CACHE + index); every kind but FIXED: its row count
+FIXED, TOKENS, POSITIONS, MASK, ROWS, ROW_PLACE, CACHE = 0, 1, 2, 3, 4, 5, 16
 TENSOR = 9  # the plan's fields per tensor (tensor_fields; ort_step.c's TENSOR): dims from the fifth
 ERROR_BYTES = 1024
 

@@ -17,7 +17,7 @@ from serving.decoding.step_spec import (
     check_config,
     encoder_inputs,
     parse_step_spec,
-    takes_grouped_rows,
+    takes_indexed_rows,
 )
 from serving.decoding.stepper import DecodeBatch
 
@@ -28,15 +28,16 @@ def translate_ids(
     spec: dict[str, Any] | StepSpec,
     src_ids: Sequence[Sequence[int]],
     config: bs.BeamConfig,
-    grouped: bool | None = None,
+    indexed: bool | None = None,
 ) -> list[list[bs.Hypothesis]]:
     """Beam-search every source sentence (ids without EOS), all rows batched in each decoder call;
-    rows grouped by sentence where the decoder takes them (``grouped=None``: ask the runner)."""
+    the encoder inputs stored once per sentence where the decoder takes them (``indexed=None``: ask
+    the runner)."""
     spec = parse_step_spec(spec)
     check_config(spec, config)
     if not src_ids:
         return []
-    batch = DecodeBatch(spec, takes_grouped_rows(spec, run_decoder) if grouped is None else grouped)
+    batch = DecodeBatch(spec, takes_indexed_rows(spec, run_decoder) if indexed is None else indexed)
     encoded = run_encoder(encoder_inputs(spec, src_ids))
     batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
     results: dict[int, list[bs.Hypothesis]] = {}

@@ -130,7 +130,8 @@ static int64_t element_size(int64_t type) {
 
 #define MAX_TENSORS 64
 #define TENSOR 9 /* fields of a tensor in the plan: name, data, type, rank, dims[4], kind (below) */
-enum { FIXED = 0, TOKENS = 1, POSITIONS = 2, MASK = 3, CACHE = 16 /* + the cache's index */ };
+/* FIXED: as given (the encoder store or rows); ROWS: data as given, one row per decoder row (outputs) */
+enum { FIXED = 0, TOKENS = 1, POSITIONS = 2, MASK = 3, ROWS = 4, ROW_PLACE = 5, CACHE = 16 /* + index */ };
 #define CACHE_FIELDS 5 /* outer, inner, element size, index of the output with its entries, axis */
 
 /* One decoder run over n_in inputs and n_out outputs described by `t` (TENSOR fields each, kind
@@ -169,71 +170,6 @@ release:
     return rc;
 }
 
-/* rows.grid_width over the sentences with rows (those with none are skipped): the widest of their row
- * counts whose grid pads to at most GRID_SLACK = 1.5 times the live rows (a sentence with more rows
- * taking several places), else the narrowest. */
-static int64_t grid_width(const int64_t *rows, int64_t sentences) {
-    int64_t total = 0, narrowest = INT64_MAX, above = INT64_MAX;
-    for (int64_t s = 0; s < sentences; s++) {
-        if (rows[s] <= 0) continue;
-        total += rows[s];
-        narrowest = rows[s] < narrowest ? rows[s] : narrowest;
-    }
-    for (;;) { /* the distinct row counts, widest first */
-        int64_t width = 0, places = 0;
-        for (int64_t s = 0; s < sentences; s++)
-            if (rows[s] < above && rows[s] > width) width = rows[s];
-        if (!width) return narrowest;
-        for (int64_t s = 0; s < sentences; s++)
-            if (rows[s] > 0) places += (rows[s] + width - 1) / width;
-        if (2 * places * width <= 3 * total) return width;
-        above = width;
-    }
-}
-
-/* The grouped layout after a step that changed some sentences' row counts where the grid keeps its
- * width: joiners widening from one row to their beam, sentences that finished (no rows left) giving up
- * their place. Every sentence had one place of `width` rows before (physical == sentences * width) and
- * every live one fits one place after; the width is the one rows.grid_width picks for the live counts
- * (what DecodeBatch._grid lays out then): a live sentence keeps its place where that is below the
- * number of live sentences, the others take the free places in order (rows.dense_slots). Writes each
- * search row's physical row (slot, [sum of rows]) and the search row each physical row holds (holder,
- * [live sentences * width]: a padding row holds its sentence's first). Returns the physical rows after,
- * or 0 if the caller must lay the grid out again. `place` is scratch for [2 * sentences]. */
-static int64_t relayout(int64_t width, int64_t sentences, int64_t physical, const int64_t *before,
-                        const int64_t *rows, const int64_t *old_slot, int64_t *slot, int64_t *holder,
-                        int64_t *place) {
-    if (width <= 0 || !slot || !holder || !place || physical != sentences * width) return 0;
-    int64_t count = 0, *taken = place + sentences;
-    for (int64_t s = 0; s < sentences; s++) {
-        if (rows[s] < 0 || rows[s] > width || before[s] <= 0 || before[s] > width) return 0;
-        count += rows[s] > 0;
-    }
-    if (!count || grid_width(rows, sentences) != width) return 0;
-    for (int64_t p = 0; p < count; p++) taken[p] = 0;
-    for (int64_t s = 0, first_before = 0; s < sentences; first_before += before[s], s++) {
-        int64_t at = old_slot[first_before]; /* the physical row of its first row: its place's first */
-        if (at % width || at < 0 || at >= physical) return 0;
-        place[s] = rows[s] > 0 ? at / width : -1;
-        if (place[s] >= count) place[s] = count; /* moves to a free place below */
-        else if (place[s] >= 0) taken[place[s]] = 1;
-    }
-    for (int64_t s = 0, free_place = 0; s < sentences; s++) {
-        if (place[s] != count) continue;
-        while (taken[free_place]) free_place++;
-        place[s] = free_place;
-        taken[free_place] = 1;
-    }
-    for (int64_t s = 0, first = 0; s < sentences; s++) {
-        if (place[s] < 0) continue;
-        int64_t at = place[s] * width;
-        for (int64_t rank = 0; rank < width; rank++) holder[at + rank] = first + (rank < rows[s] ? rank : 0);
-        for (int64_t rank = 0; rank < rows[s]; rank++) slot[first + rank] = at + rank;
-        first += rows[s];
-    }
-    return count * width;
-}
-
 #define P(i, type) ((type)(intptr_t)plan[i])
 #define D(i, type) ((type)(intptr_t)dyn[i])
 #define BEAM(args, i, type) ((type)(intptr_t)(args)[i])
@@ -241,11 +177,12 @@ static int64_t relayout(int64_t width, int64_t sentences, int64_t physical, cons
 /* Decode steps over the caller's buffers, their arguments in two int64 arrays (addresses as integers).
  *
  * `plan`, what stays while the batch's layout does: [0] session, [1] inputs, [2] outputs (the first is
- * the log-probs the beam step reads), [3] result int64[8] (below), [4] the grid width of a grouped
- * layout (0: per-row layout, never widened here), [5] each physical
- * row's sentence [P], [6] holder: the search
- * row each physical row holds [P] (0: never advance here), [7] slot: each search row's physical row,
- * [8] P (physical rows), [9] S (sentences), [10] scratch int64 [3 * S + P], [11] caches, [12] stop flag
+ * the log-probs the beam step reads), [3] result int64[8] (below), [4] 1 if the rows are the search
+ * rows in search order (indexed: a step may change their number here; 0: never), [5] each physical
+ * row's sentence [P], [6] holder: the search row each physical row holds [P] (0: never advance here;
+ * indexed: 0, 1, 2, ... for the most rows of any step), [7] slot: each search row's physical row (the
+ * same when indexed), [8] P (physical rows), [9] S (sentences), [10] scratch int64 [S + the most
+ * rows of any step], [11] caches, [12] stop flag
  * (int64*: stop after the current step once it is nonzero; 0: none), [13] scratch int64 [S] for the
  * step counts of steps after the first; then TENSOR fields per input and per output (the data, and
  * the dimension on the cache axis, of TOKENS, POSITIONS, MASK and CACHE tensors are filled here), then
@@ -262,30 +199,33 @@ static int64_t relayout(int64_t width, int64_t sentences, int64_t physical, cons
  * columns of every step checked by the caller), then `found` (int64*, 0: none) and its capacity in records:
  * the finished hypotheses offered by the steps before the last, in order, found[0] of them, each a record
  * of 4 + W1 int64 after it: sentence, length (EOS included), raw score and normalized score (double bits),
- * the prefix it extended (W1 tokens, BOS first); then the buffers [P] a widening writes the new slot and
- * holder to (0: none).
+ * the prefix it extended (W1 tokens, BOS first); then each row's sentence (indexed: int64 [the most
+ * rows], written by the caller for the first step and here when the rows change; 0: plan[5]), each
+ * row's place in the encoder store (int64 [the most rows], the ROW_PLACE tensor's data; indexed:
+ * rewritten here when the rows change; 0: no such input) and each sentence's place (indexed: int64 [S]).
  *
  * A step's rows advance here while every sentence keeps its rows (none finished or failed) and the
- * plan has a holder; once a call, a step whose sentences changed their row counts while the grid keeps
- * its width (relayout: joiners widening from one row to their beam, finished sentences leaving their
- * places) advances here too, under the layout it writes, and a step that left a sentence without rows
- * is the call's last (the caller retires it); steps go on while they advance, the finished hypotheses they offer fit in
- * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than dyn[2]
- * ran. result: [0] steps run, [1] 1 if the last one advanced here
- * (else the caller advances it, over its outputs), [2] the rows the last beam step kept, [3] the
- * cache column count, [4] which beam arguments the last step used (0: dyn[0], 1: dyn[1]),
- * [5] advances made (the current tokens, positions and caches are in their first buffers when odd),
- * [6] 1 if a step was laid out again here (the new slot and holder are in their buffers, the holder
- * for the live sentences' places only), [7] its search rows.
+ * plan has a holder, and, with indexed rows, whatever the row counts do (joiners widening from one row
+ * to their beam, sentences narrowing, finished ones leaving): the next step then runs the rows the beam
+ * step kept, in search order, and a step that left a sentence without rows is the call's last (the
+ * caller retires it). Steps go on while they advance, the finished hypotheses they offer fit in
+ * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than
+ * dyn[2] ran. result: [0] steps run, [1] 1 if the last one advanced here (else the caller advances
+ * it, over its outputs), [2] the rows the last beam step kept, [3] the cache column count, [4] which
+ * beam arguments the last step used (0: dyn[0], 1: dyn[1]), [5] advances made (the current tokens,
+ * positions and caches are in their first buffers when odd), [6] 1 if the rows changed here (indexed),
+ * [7] the rows after the last advance.
  * Returns 0, or -1 with ONNX Runtime's message in error. */
 int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t size) {
-    const int64_t n_in = plan[1], n_out = plan[2], physical = plan[8], sentences = plan[9], n_caches = plan[11];
+    const int64_t n_in = plan[1], n_out = plan[2], sentences = plan[9], n_caches = plan[11], indexed = plan[4];
     const int64_t n_tensors = n_in + n_out, *caches = plan + 14 + n_tensors * TENSOR;
     int64_t *result = P(3, int64_t *), *joined = D(4, int64_t *), *before = P(10, int64_t *);
-    int64_t *source = before + sentences, *place = source + physical, *steps_scratch = P(13, int64_t *);
-    const int64_t *sentence = P(5, const int64_t *), *holder = P(6, const int64_t *), *slot = P(7, const int64_t *);
-    int64_t *new_slot = D(14 + 3 * n_caches, int64_t *), *new_holder = D(15 + 3 * n_caches, int64_t *);
-    int64_t widened = 0, search_rows = 0;
+    int64_t *source = before + sentences, *steps_scratch = P(13, int64_t *);
+    const int64_t *holder = P(6, const int64_t *), *slot = P(7, const int64_t *);
+    int64_t *row_sentence = D(14 + 3 * n_caches, int64_t *), *row_place = D(15 + 3 * n_caches, int64_t *);
+    const int64_t *owner = D(16 + 3 * n_caches, const int64_t *);
+    const int64_t *sentence = row_sentence ? row_sentence : P(5, const int64_t *);
+    int64_t physical = plan[8], changed = 0;
     const volatile int64_t *stop = P(12, const volatile int64_t *);
     uint8_t *mask = D(11, uint8_t *);
     int64_t *beam_args[2] = {D(0, int64_t *), D(1, int64_t *)};
@@ -298,14 +238,20 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
                  MAX_TENSORS);
         return -1;
     }
+    if (indexed && (!row_sentence || !owner || !holder)) {
+        snprintf(error, (size_t)size, "indexed rows need each row's sentence, the sentences' places and a holder");
+        return -1;
+    }
     memcpy(tensors, plan + 14, (size_t)(n_tensors * TENSOR) * sizeof(int64_t));
     for (int64_t i = 0; i < n_caches; i++) cache_data[i] = (const char *)(intptr_t)dyn[12 + 3 * i];
     for (;;) {
         int64_t *args = beam_args[which];
-        for (int64_t i = 0; i < n_tensors; i++) { /* this step's data and cache widths */
+        for (int64_t i = 0; i < n_tensors; i++) { /* this step's data, row counts and cache widths */
             int64_t *t = tensors + i * TENSOR, kind = t[8];
+            if (kind != FIXED) t[4] = physical; /* one row per decoder row */
             if (kind == TOKENS) t[1] = (int64_t)(intptr_t)tokens;
             else if (kind == POSITIONS) t[1] = (int64_t)(intptr_t)positions;
+            else if (kind == ROW_PLACE) t[1] = (int64_t)(intptr_t)row_place;
             else if (kind == MASK) {
                 t[1] = (int64_t)(intptr_t)mask;
                 t[5] = column;
@@ -329,28 +275,24 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         }
         kept = kiln_beam_step_packed(args);
         steps++;
-        int same = 1, widen = 0, left = 0;
-        int64_t laid = physical; /* physical rows after this step */
+        int same = 1, left = 0;
         for (int64_t s = 0; s < sentences; s++) {
             same &= rows[s] == before[s];
             left |= rows[s] <= 0;
         }
-        if (steady && !same && !widened) { /* once a call: the layout it writes replaces the plan's */
-            laid = relayout(plan[4], sentences, physical, before, rows, slot, new_slot, new_holder, place);
-            widen = laid > 0;
-        }
-        steady = steady && (same || widen);
+        /* rows that change their number advance here only in search order (the rows kept, as kept) */
+        steady = steady && (same || indexed);
         advanced = steady;
         if (!steady) break;
-        const int64_t *holding = widen ? new_holder : holder;
+        const int64_t laid = same ? physical : kept; /* the rows after this step */
         const int64_t *origin = BEAM(args, 21, const int64_t *), *chosen = BEAM(args, 22, const int64_t *);
         int64_t *next_tokens = D(7 + (advances & 1), int64_t *), *next_positions = D(9 + (advances & 1), int64_t *);
         int64_t lead = column; /* the first column a live sentence still uses */
         for (int64_t s = 0; s < sentences; s++)
             if (rows[s] > 0) lead = joined[s] < lead ? joined[s] : lead;
         for (int64_t r = 0; r < laid; r++) {
-            source[r] = slot[origin[holding[r]]];
-            next_tokens[r] = chosen[holding[r]];
+            source[r] = slot[origin[holder[r]]];
+            next_tokens[r] = chosen[holder[r]];
             next_positions[r] = positions[source[r]] + 1;
         }
         for (int64_t i = 0; i < n_caches; i++) {
@@ -366,11 +308,14 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         tokens = next_tokens;
         positions = next_positions;
         advances++;
-        if (widen) {
-            slot = new_slot;
-            holder = new_holder;
-            widened = 1;
-            search_rows = kept;
+        if (!same) { /* indexed: each row's sentence and place for the rows kept */
+            for (int64_t s = 0, r = 0; s < sentences; s++)
+                for (int64_t k = 0; k < rows[s]; k++, r++) {
+                    row_sentence[r] = s;
+                    if (row_place) row_place[r] = owner[s];
+                }
+            physical = laid;
+            changed = 1;
         }
         int64_t offers = *(int64_t *)(intptr_t)(args[30]);
         if (left || steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
@@ -397,7 +342,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         for (int64_t s = 0; s < sentences; s++) steps_scratch[s] = step_in[s] + (rows[s] > 0);
         next[9] = args[23];
         next[10] = args[24];
-        next[8] = (int64_t)(intptr_t)slot; /* the search rows' physical rows (another after a widening) */
+        next[8] = (int64_t)(intptr_t)slot; /* the search rows' physical rows */
         next[15] = (int64_t)(intptr_t)steps_scratch;
         which ^= 1;
     }
@@ -407,8 +352,8 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     result[3] = column;
     result[4] = which;
     result[5] = advances;
-    result[6] = widened;
-    result[7] = search_rows;
+    result[6] = changed;
+    result[7] = physical;
     return 0;
 }
 #undef P

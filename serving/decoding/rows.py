@@ -6,7 +6,9 @@ a ``slot`` per search row (its physical row, a permutation of ``0..R-1``) and le
 slots from step to step (:func:`dense_slots`), so when sentences join, leave or widen from one row to
 ``beam`` rows, only the rows whose sentence changed are rewritten. :class:`EncoderRows` keeps the
 encoder tensors that way: stored once per sentence (stable sentence slots), expanded to the physical
-rows, and rewritten only for rows that now hold another sentence (numpy only).
+rows, and rewritten only for rows that now hold another sentence (numpy only). A decoder with a
+``row_place`` input reads the store itself, each row at its sentence's place, and its rows stay in
+search order (no slots, no per-row copies).
 """
 
 from __future__ import annotations
@@ -25,25 +27,6 @@ def dense_slots(preferred: np.ndarray, size: int) -> np.ndarray:
     slots = preferred.copy()
     slots[~keep] = np.flatnonzero(~taken)
     return slots
-
-
-GRID_SLACK = 1.5  # a grouped grid may run this many times the live rows (padding) before narrowing
-
-
-def grid_width(rows: np.ndarray) -> int:
-    """Rows per place of a grouped batch whose sentences have ``rows`` live rows (each > 0): the widest
-    of their row counts that pads the grid to at most ``GRID_SLACK`` times the live rows, a sentence
-    with more rows taking several places; else the narrowest. One beam-8 request among beam-4 ones
-    then takes two places of 4 instead of doubling every sentence's rows, and joiners' one row pads to
-    the running sentences' width only while they are few."""
-    if not rows.size:
-        return 1
-    total = int(rows.sum())
-    counts = np.flatnonzero(np.bincount(rows))  # the distinct row counts, ascending (np.unique sorts)
-    for width in counts[::-1].tolist():
-        if int(-(-rows // width).sum()) * width <= GRID_SLACK * total:
-            return int(width)
-    return int(counts[0])
 
 
 def capacity_for(rows: int, current: int) -> int:
@@ -84,7 +67,7 @@ class EncoderRows:
         self.store: dict[str, np.ndarray] = {}  # [sentence slots, ...]
         self.used = np.zeros(0, dtype=bool)  # [sentence slots]
         self.rows: dict[str, np.ndarray] = {}  # [row capacity, ...]
-        self.version = 0  # counts replacements of the arrays in `rows` (their addresses and shapes)
+        self.version = 0  # counts replacements of the arrays in `store` and `rows` (addresses, shapes)
         self.row_uid = np.zeros(0, dtype=np.int64)  # [row capacity] uid of the sentence held (-1: none)
 
     def add(self, encoded: dict[str, np.ndarray], longest: int) -> np.ndarray:
@@ -97,6 +80,7 @@ class EncoderRows:
             self.store = {name: with_capacity(v, capacity) for name, v in self.store.items()}
             self.used = np.concatenate([self.used, np.zeros(capacity - self.used.size, dtype=bool)])
             free = np.flatnonzero(~self.used)
+            self.version += 1
         slots = free[:n]
         for name, axis in self.pad_axes.items():
             value = np.asarray(encoded[name])
@@ -104,6 +88,7 @@ class EncoderRows:
                 value = _fit_axis(value, axis, self.width)
             if name not in self.store:
                 self.store[name] = np.empty((self.used.size, *value.shape[1:]), dtype=value.dtype)
+                self.version += 1
             self.store[name][slots] = value
         self.used[slots] = True
         return slots

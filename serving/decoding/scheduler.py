@@ -105,7 +105,7 @@ class DecodingScheduler:
         self.name = name
         self.spec = step_spec.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
-        self.grouped = step_spec.takes_grouped_rows(self.spec, run_decoder)  # rows grouped by sentence
+        self.indexed = step_spec.takes_indexed_rows(self.spec, run_decoder)  # rows over an encoder store
         self.config = config or SchedulerConfig()
         self.observer = observer
         self._lock = threading.Lock()  # guards _waiting
@@ -152,7 +152,7 @@ class DecodingScheduler:
         self._batch, self._reserved = self._new_batch(), 0
 
     def _new_batch(self) -> stepper.DecodeBatch:
-        batch = stepper.DecodeBatch(self.spec, self.grouped)
+        batch = stepper.DecodeBatch(self.spec, self.indexed)
         batch.stop = self._stop
         return batch
 

@@ -12,7 +12,7 @@ import numpy as np
 from serving.decoding import beam_search as bs
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask")
+ROLES = ("tokens", "positions", "encoder", "state", "cache", "cache_mask", "row_place")
 _REQUIRED = {"state": ("output", "init"), "cache": ("output", "axis", "init_shape")}
 
 
@@ -43,10 +43,15 @@ class StepSpec:
     decoder_inputs: tuple[DecoderInput, ...]
     decoder_outputs: tuple[str, ...]
     dtypes: dict[str, str]
-    grouped_rows: bool = False  # the decoder also takes its encoder inputs once per sentence (grid rows)
 
     def with_role(self, *roles: str) -> list[DecoderInput]:
         return [inp for inp in self.decoder_inputs if inp.role in roles]
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the decoder takes a ``row_place`` input: its encoder inputs may then come once per
+        sentence (a store with an axis of its own), row ``r`` reading place ``row_place[r]``."""
+        return bool(self.with_role("row_place"))
 
 
 def parse_step_spec(spec: dict[str, Any] | StepSpec) -> StepSpec:
@@ -66,7 +71,6 @@ def parse_step_spec(spec: dict[str, Any] | StepSpec) -> StepSpec:
             decoder_inputs=inputs,
             decoder_outputs=tuple(spec["decoder"]["outputs"]),
             dtypes=dict(spec.get("dtypes", {})),
-            grouped_rows=bool(spec["decoder"].get("grouped_rows", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed step spec: missing or invalid {exc}") from None
@@ -111,19 +115,22 @@ def _check_spec(spec: StepSpec) -> None:
             raise ValueError(f"{inp.name!r}: role 'encoder' but not an encoder output")
     if spec.with_role("cache") and not spec.with_role("cache_mask"):
         raise ValueError("a spec with 'cache' inputs needs a 'cache_mask' input")
+    if len(spec.with_role("row_place")) > 1:
+        raise ValueError("the decoder takes at most one input with role 'row_place'")
 
 
-def takes_grouped_rows(spec: StepSpec, run_decoder: Runner) -> bool:
-    """Whether to feed ``run_decoder`` grouped rows: the spec declares them and the runner says its
-    graph's encoder inputs have a batch axis of their own (``first_axes``: input name -> name of its
-    first axis, as an ONNX Runtime runner reports it). A runner that says nothing (Triton, whose
-    configs give every decoder input one batch axis) gets one row per encoder input."""
+def takes_indexed_rows(spec: StepSpec, run_decoder: Runner) -> bool:
+    """Whether to feed ``run_decoder`` its encoder inputs once per sentence (a store) with ``row_place``:
+    the spec has a ``row_place`` input and the runner says its graph's encoder inputs have a batch axis
+    of their own (``first_axes``: input name -> name of its first axis, as an ONNX Runtime runner
+    reports it). A runner that says nothing (Triton, whose configs give every decoder input one batch
+    axis) gets its encoder inputs once per row, and ``row_place`` ``0..R-1``."""
     axes = getattr(run_decoder, "first_axes", None)
-    if not spec.grouped_rows or not axes:
+    if not spec.indexed or not axes:
         return False
     rows = axes.get(spec.with_role("tokens")[0].name)
-    sentence = [axes.get(inp.name) for inp in spec.with_role("encoder")]
-    return isinstance(rows, str) and all(isinstance(a, str) and a != rows for a in sentence)
+    store = [axes.get(inp.name) for inp in spec.with_role("encoder")]
+    return isinstance(rows, str) and all(isinstance(a, str) and a != rows for a in store)
 
 
 _INT64_MAX = np.iinfo(np.int64).max

@@ -30,7 +30,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step, native, native_decoder
 from serving.decoding.compiled_step import address
 from serving.decoding.native_decoder import NativeDecoder, tensor_fields
-from serving.decoding.rows import EncoderRows, dense_slots, grid_width, with_capacity
+from serving.decoding.rows import EncoderRows, dense_slots, with_capacity
 from serving.decoding.step_spec import (
     ROLES,
     Runner,
@@ -65,30 +65,28 @@ class DecodeBatch:
     Search rows (``beams``: each sentence's rows contiguous, in sentence order) live in physical rows
     ``slot`` (:mod:`serving.decoding.rows`): state, cache, positions and tokens are stored in physical
     order, and rows keep their slot across steps, so a layout change rewrites only the encoder rows
-    whose sentence changed. With ``grouped`` (a decoder whose spec declares ``grouped_rows``), physical
-    rows form a grid instead: sentence ``s``'s ``k``-th row is row ``place[s] * width + k``, a sentence
-    with fewer than ``width`` rows has padding rows copying its first one, and encoder inputs are fed
-    once per place (docs/translator-interface.md). Not thread-safe: one thread at a time calls
-    :meth:`join`, :meth:`step` and :meth:`remove`.
+    whose sentence changed. With ``indexed`` (a decoder with a ``row_place`` input whose encoder inputs
+    have an axis of their own), physical rows are the search rows in search order, and the encoder
+    inputs are fed once per sentence, as stored, with each row's place in that store (``row_place``):
+    no encoder rows are copied, and a step that widens or narrows sentences moves only their cache rows
+    (docs/translator-interface.md). Not thread-safe: one thread at a time calls :meth:`join`,
+    :meth:`step` and :meth:`remove`.
     """
 
-    def __init__(self, spec: dict[str, Any] | StepSpec, grouped: bool = False) -> None:
+    def __init__(self, spec: dict[str, Any] | StepSpec, indexed: bool = False) -> None:
         self.spec = parse_step_spec(spec)
-        if grouped and not self.spec.grouped_rows:
-            raise ValueError("grouped rows need a decoder whose step spec declares 'grouped_rows'")
-        self.grouped = grouped  # rows in a [sentences, width] grid, encoder inputs once per sentence
+        if indexed and not self.spec.indexed:
+            raise ValueError("indexed rows need a decoder whose step spec has a 'row_place' input")
+        self.indexed = indexed  # rows in search order over the encoder store (row_place)
         self.beams: bs.Beams | None = None
         self.keys: list[Any] = []
         self.uids = np.zeros(0, dtype=np.int64)  # [S] identity of each sentence
         self.lengths = np.zeros(0, dtype=np.int64)  # [S] source length (EOS included)
         self.joined = np.zeros(0, dtype=np.int64)  # [S] first cache column of each sentence
         self.owner = np.zeros(0, dtype=np.int64)  # [S] its slot in the encoder store
-        self.slot = np.zeros(0, dtype=np.int64)  # [R] physical row of each search row
-        self.place = np.zeros(0, dtype=np.int64)  # [S] grouped: each sentence's first place (-1: no rows)
-        self.place_sentence = np.zeros(0, dtype=np.int64)  # [places] grouped: the sentence of each place
-        self.width = 1  # grouped: physical rows per sentence (the widest sentence's rows)
-        self.physical = 0  # physical rows the next call runs (grouped: places * width, else R)
-        self._holder: np.ndarray | None = None  # grouped: the search row each physical row holds
+        self.slot = np.zeros(0, dtype=np.int64)  # [R] physical row of each search row (indexed: r)
+        self.physical = 0  # physical rows the next call runs (R)
+        self._identity = np.zeros(0, dtype=np.int64)  # indexed: 0..n-1 for n >= the rows of any step
         self.rows: dict[str, np.ndarray] = {}  # [capacity, ...] state and cache, physical order
         self.positions = np.zeros(0, dtype=np.int64)  # [R] physical order
         self.tokens = np.zeros(0, dtype=np.int64)  # [R] physical order: what each row feeds next
@@ -129,28 +127,13 @@ class DecodeBatch:
     ) -> None:
         """Add sentences from one encoder call (row ``i`` of every output is sentence ``i``); their rows
         go after the others, physically too."""
-        n, size, empty = len(keys), self.physical, not self.keys
+        n, size = len(keys), self.physical
         missing = [name for name in self.spec.encoder_outputs if name not in encoded]
         if missing:
             raise ValueError(f"the encoder did not return {missing}")
         for config in configs:
             check_config(self.spec, config)
-        if self.grouped and empty and n == 1:
-            # a lone sentence into an empty batch takes its beam's width from the start: its first
-            # step widens within the grid (the width _grid keeps for it), so the compiled step runs its
-            # whole search in one call instead of handing the widening back (batch-1 latency)
-            self.width = configs[0].beam_size
-        copies = self.width if self.grouped else 1  # physical rows per joining sentence
-        # each physical row's search row: the joiners' places follow the grid as it stands (a joiner's
-        # one search row, after the others', held by all of its place's rows), so their first step can
-        # widen within the grid in the compiled call; unknown (None) where the grid was not laid out
         self._layout = None
-        if self.grouped and (empty or self._holder is not None):
-            first = 0 if empty else int(self.beams.rows.sum())
-            joiners = np.repeat(first + np.arange(n, dtype=np.int64), copies)
-            self._holder = joiners if empty else np.concatenate([self._holder, joiners])
-        else:
-            self._holder = None
         new = bs.start(configs)
         self.beams = new if self.beams is None else bs.concat(self.beams, new)
         self.keys += list(keys)
@@ -161,24 +144,19 @@ class DecodeBatch:
         self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
         encoder = {name: encoded[name] for name in self._named["encoder"]}
         self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
-        if self.grouped:  # grid rows after the others' (a joiner's padding rows copy its one row)
-            self.place = np.concatenate([self.place, np.arange(n) + size // copies])
-            self.place_sentence = np.concatenate([self.place_sentence, np.arange(self.size - n, self.size)])
-        self.slot = np.concatenate([self.slot, size + np.arange(n) * copies])
+        self.slot = np.concatenate([self.slot, size + np.arange(n)])
         for inp in self._carried:
             if inp.role == "state":
                 value = np.asarray(encoded[inp.init])
-                value = np.repeat(value, copies, axis=0) if copies > 1 else value
-                self._reserve(inp.name, value.shape, value.dtype, size)[size : size + n * copies] = value
+                self._reserve(inp.name, value.shape, value.dtype, size)[size : size + n] = value
             else:  # zero entries for the columns before it joined (masked), written in place
-                shape = [n * copies if d == -1 else d for d in inp.init_shape]
+                shape = [n if d == -1 else d for d in inp.init_shape]
                 shape[inp.axis] = self.column
                 dtype = np.dtype(self.spec.dtypes.get(inp.name, "float32"))
-                self._reserve(inp.name, tuple(shape), dtype, size)[size : size + n * copies] = 0
-        self.positions = np.concatenate([self.positions, np.zeros(n * copies, dtype=np.int64)])
-        self.tokens = np.concatenate([self.tokens, np.full(n * copies, self.spec.bos_id, dtype=np.int64)])
-        self.physical = size + n * copies
-        self._in_order = self._in_order and copies == 1
+                self._reserve(inp.name, tuple(shape), dtype, size)[size : size + n] = 0
+        self.positions = np.concatenate([self.positions, np.zeros(n, dtype=np.int64)])
+        self.tokens = np.concatenate([self.tokens, np.full(n, self.spec.bos_id, dtype=np.int64)])
+        self.physical = size + n
 
     def _reserve(self, name: str, shape: tuple[int, ...], dtype: np.dtype, size: int) -> np.ndarray:
         """The buffer of ``name`` (``size`` rows in use) with room for ``shape[0]`` rows (of ``shape[1:]``
@@ -196,8 +174,7 @@ class DecodeBatch:
         if not leaving.any():
             return
         rows_stay = not self.beams.rows[leaving].any()  # e.g. sentences retired after a step
-        layout, holder = self._layout, self._holder
-        self._layout = self._holder = None
+        layout, self._layout = self._layout, None
         self.beams, row_stay = bs.remove(self.beams, leaving)
         stay = np.flatnonzero(~leaving)
         self._encoder.release(self.owner[leaving])
@@ -207,21 +184,16 @@ class DecodeBatch:
         if not self.keys:  # empty: start afresh (no columns, no rows, no source width)
             self.beams, self.rows, self.column, self._capacity = None, {}, 0, 0
             self._encoder = EncoderRows(self._encoder.pad_axes)
-            self.slot = self.place = self.place_sentence = np.zeros(0, dtype=np.int64)
-            self.positions = self.tokens = np.zeros(0, dtype=np.int64)
-            self._in_order, self.width, self.physical = True, 1, 0
+            self.slot = self.positions = self.tokens = np.zeros(0, dtype=np.int64)
+            self._in_order, self.physical = True, 0
             return
         width = self._encoder.width
         if rows_stay:  # no row leaves: the layout stands, with the staying sentences renumbered
             renumber = np.cumsum(~leaving) - 1  # [S] old sentence index -> new (for the staying ones)
-            if self.grouped:
-                self.place, self.place_sentence = self.place[stay], renumber[self.place_sentence]
-                self._holder = holder
             if layout is not None:
-                self._layout = renumber[layout[0]], layout[1]
-        elif self.grouped:
-            self.place = self.place[stay]
-            self._regroup(row_stay)
+                self._layout = renumber[layout[0]], *layout[1:]
+        elif self.indexed:  # rows stay in search order: the staying ones gathered
+            self._gather(row_stay)
         elif row_stay.size < self.live_rows:
             self._compact(self.slot[row_stay])
         self._encoder.fit(int(self.lengths.max()))
@@ -241,55 +213,11 @@ class DecodeBatch:
         self._in_order = _is_identity(self.slot, size)
         self.physical = size
 
-    def _grid(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
-        """The grouped layout of the search as it is now: each sentence's first place, the width (rows per
-        place, :func:`~serving.decoding.rows.grid_width`), each search row's physical row (``place *
-        width + rank``: a sentence with more rows than the width fills consecutive places), the search
-        row each physical row holds (a padding row holds its sentence's first row), and the sentence of
-        each place. While every sentence fits one place, each keeps the place it had where that is
-        below the number of places (else it takes a freed one); otherwise places follow sentence order.
-        """
-        rows = self.beams.rows
-        live = rows > 0
-        width = grid_width(rows[live])
-        chunks = -(-rows // width)  # [S] places per sentence (0 without rows)
-        count = int(chunks.sum())
-        place = np.full(rows.size, -1, dtype=np.int64)
-        first = np.cumsum(rows) - rows  # [S] each sentence's first search row
-        if (chunks <= 1).all():
-            place[live] = dense_slots(self.place[live], count)
-            place_sentence = np.empty(count, dtype=np.int64)
-            place_sentence[place[live]] = np.flatnonzero(live)
-        else:
-            place[live] = (np.cumsum(chunks) - chunks)[live]
-            place_sentence = np.repeat(np.arange(rows.size), chunks)
-        sentence = np.repeat(np.arange(rows.size), rows)  # [R]
-        slot = place[sentence] * width + np.arange(sentence.size) - first[sentence]  # [R]
-        holder = np.repeat(first[place_sentence], width)  # [places * width]
-        holder[slot] = np.arange(sentence.size)
-        return place, width, slot, holder, place_sentence
-
-    def _regroup(self, row_stay: np.ndarray) -> None:
-        """The grid after sentences left (search rows ``row_stay`` stay): rows move only when a staying
-        sentence changes place or the width changes (a departure outside a step, e.g. a cancelled
-        request; those retired after a step were given no place by :meth:`_advance_rows`)."""
-        place, width, slot, holder, self.place_sentence = self._grid()
-        if width != self.width or not np.array_equal(place, self.place):
-            index = self.slot[row_stay][holder]  # [P'] the physical row each new one copies
-            self.rows = {name: value[index] for name, value in self.rows.items()}
-            self.positions, self.tokens, self._capacity = (
-                self.positions[index],
-                self.tokens[index],
-                index.size,
-            )
-        self.place, self.width, self.slot, self.physical, self._holder = (
-            place,
-            width,
-            slot,
-            holder.size,
-            holder,
-        )
-        self._in_order = _is_identity(slot, holder.size)
+    def _gather(self, index: np.ndarray) -> None:
+        """Physical rows ``0..R'-1`` holding the rows at ``index`` (search order kept: indexed rows)."""
+        self.rows = {name: value[index] for name, value in self.rows.items()}
+        self.positions, self.tokens, self._capacity = self.positions[index], self.tokens[index], index.size
+        self.slot, self.physical = np.arange(index.size), index.size
 
     def step(self, run_decoder: Runner, joining: int = 0, steps: int = 1) -> list[Finished]:
         """One decoder call over every live row, one search step; returns the sentences that left.
@@ -322,26 +250,31 @@ class DecodeBatch:
     def _native_step(self, decoder: NativeDecoder, joining: int, steps: int) -> list[Finished]:
         """:meth:`step` through ``kiln_decode_step`` (:mod:`serving.decoding.native_decoder`): each step's
         decoder run and beam step in C, and the rows' advance too while no sentence changes its rows
-        and the layout stands (what :meth:`_advance_rows` would then keep); up to ``steps`` such steps
-        in one call, as long as the finished hypotheses they offer fit the call's record of them
-        (``PackedStep.found``) and :attr:`stop` stays 0. A step that
-        does not advance there is advanced by :meth:`_advance_rows` over its outputs."""
+        and the layout stands (what :meth:`_advance_rows` would then keep), or, with indexed rows,
+        whatever the rows do; up to ``steps`` such steps in one call, as long as no sentence leaves,
+        the finished hypotheses they offer fit the call's record of them (``PackedStep.found``) and
+        :attr:`stop` stays 0. A step that does not advance there is advanced by :meth:`_advance_rows`
+        over its outputs."""
         size, column, n, beams = self.physical, self.column, self.size, self.beams
-        sentence, encoder = self._current_layout()
-        holder = self._holder if self.grouped else (self.slot if self._in_order else None)
+        sentence, encoder, row_place = self._current_layout()
+        # rows any step of this call may run: a sentence's rows never exceed its beam
+        most = max(size, int(beams.beam.sum())) if self.indexed else size
+        if self.indexed and self._identity.size < most:
+            self._identity = np.arange(max(most, 2 * self._identity.size), dtype=np.int64)
+        holder = self._identity if self.indexed else (self.slot if self._in_order else None)
         steps = steps if holder is not None else 1
-        plan, log_probs, entries = self._native_plan(decoder, sentence, encoder, holder)
+        plan, log_probs, entries = self._native_plan(decoder, sentence, encoder, holder, most)
         packed = compiled_step.pack(beams, log_probs, None if self._in_order else self.slot, second=steps > 1)
-        capacity = size + joining * (self.width if self.grouped else 1)
-        tokens, at_tokens = decoder.pair("tokens", size, np.int64)
-        positions, at_positions = decoder.pair("positions", size, np.int64)
+        capacity = max(most, size + joining)
+        tokens, at_tokens = decoder.pair("tokens", capacity, np.int64)
+        positions, at_positions = decoder.pair("positions", capacity, np.int64)
         joined = self.joined = np.ascontiguousarray(self.joined, dtype=np.int64)  # advanced in place
         held = [
             np.ascontiguousarray(self.tokens, dtype=np.int64),
             np.ascontiguousarray(self.positions, dtype=np.int64),
         ]
         mask = (
-            decoder.buffer_at("cache_mask", size * (column + steps), np.bool_)[1]
+            decoder.buffer_at("cache_mask", most * (column + steps), np.bool_)[1]
             if self._named["cache_mask"]
             else 0
         )
@@ -373,20 +306,24 @@ class DecodeBatch:
             dyn += [address(packed.found), records]
         else:
             dyn += [0, 0]
-        # where a step that widens sentences within the grid writes the layout (see _advance_rows)
-        (laid_slot, at_slot), (laid_holder, at_holder) = (
-            decoder.buffer_at(f"{name}_out", size, np.int64) for name in ("slot", "holder")
-        )
-        dyn += [at_slot, at_holder] if self.grouped else [0, 0]
+        if self.indexed:  # each row's sentence and place, which a step that changes the rows rewrites
+            (row_sentence, at_sentence), (places, at_places) = (
+                decoder.buffer_at(name, most, np.int64) for name in ("row_sentence", "row_place")
+            )
+            row_sentence[:size], places[:size] = sentence, row_place
+            held.append(np.ascontiguousarray(self.owner, dtype=np.int64))
+            dyn += [at_sentence, at_places, address(held[-1])]
+        else:
+            dyn += [0, 0 if row_place is None else address(row_place), 0]
         dyn = np.array(dyn, dtype=np.int64)
         decoder.step(plan, dyn)
-        ran, advanced, kept, columns, which, advances, widened, rows = decoder.result[:8].tolist()
+        ran, advanced, kept, columns, which, advances, changed, rows = decoder.result[:8].tolist()
         result = packed.result(kept, which, ran)
         self.beams, self.last_steps = result.beams, ran
-        if widened:  # laid out again in C (see _relaid) for the rows after that step: the last's, or
-            # those before the last where it did not advance (the steps after a relayout keep the rows)
-            after = self.beams.rows if advanced else decoder.result[8 : 8 + n]
-            size = self._relaid(laid_slot[:rows].copy(), laid_holder, after)
+        if changed:  # rows widened, narrowed or left in C: search order, `rows` of them
+            if not advanced:
+                raise RuntimeError("kiln_decode_step changed the rows and handed the step back")
+            self._layout, self.slot, size, self.physical = None, np.arange(rows), rows, rows
         if advances:  # the state after the last advance, in the buffers it wrote
             now = 0 if advances & 1 else 1
             self.tokens, self.positions = tokens[now][:size], positions[now][:size]
@@ -402,35 +339,20 @@ class DecodeBatch:
             )
         return self._retire()
 
-    def _relaid(self, slot: np.ndarray, holder: np.ndarray, rows: np.ndarray) -> int:
-        """The grid as ``kiln_decode_step`` laid it out after a step that changed row counts within the
-        width (``relayout`` in ort_step.c, what :meth:`_grid` lays out then): sentences widened within
-        their places, those left without rows gave theirs up and the live ones beyond the new number of
-        places moved into the freed ones; ``rows``: each sentence's rows under that layout. Returns the
-        physical rows."""
-        width = self.width
-        live = rows > 0
-        count = int(np.count_nonzero(live))
-        size = count * width
-        if count < rows.size:  # places after the departures: where each live sentence's first row is
-            place = np.full(rows.size, -1, dtype=np.int64)
-            place[live] = slot[(np.cumsum(rows) - rows)[live]] // width
-            place_sentence = np.empty(count, dtype=np.int64)
-            place_sentence[place[live]] = np.flatnonzero(live)
-            if not np.array_equal(place_sentence, self.place_sentence):
-                self._layout = None  # another sentence in a place
-            self.place, self.place_sentence = place, place_sentence
-        self.slot, self._holder, self.physical = slot, holder[:size].copy(), size
-        self._in_order = _is_identity(slot, size)
-        return size
-
     def _native_plan(
-        self, decoder: NativeDecoder, sentence: np.ndarray, encoder: dict[str, np.ndarray], holder: Any
+        self,
+        decoder: NativeDecoder,
+        sentence: np.ndarray,
+        encoder: dict[str, np.ndarray],
+        holder: Any,
+        most: int,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """``kiln_decode_step``'s plan for the current layout (built again only when the layout, the
-        rows or a buffer changed), the log-probs buffer and the buffers of each cache's new entries."""
+        rows or a buffer changed), the log-probs buffer and the buffers of each cache's new entries
+        (room for ``most`` rows: the rows of a call's later steps, with indexed rows)."""
         size, n = self.physical, self.size
-        key, sizes = (decoder, self._layout, holder, self.slot, self.stop), (decoder.generation, size, n)
+        key = (decoder, self._layout, holder, self.slot, self.stop)
+        sizes = (decoder.generation, size, n, most)
         cached = self._plan
         if (
             cached is not None
@@ -438,19 +360,20 @@ class DecodeBatch:
             and all(a is b for a, b in zip(cached[0], key, strict=True))
         ):
             return cached[2], cached[3], cached[4]
-        log_probs, entries = self._outputs(decoder, size)
-        tensors, caches, held = self._tensor_fields(decoder, encoder, size)
-        result = decoder.result = decoder.buffer("result", 8 + 3 * n + size, np.int64)
+        log_probs, entries = self._outputs(decoder, size, most)
+        result = decoder.result = decoder.buffer("result", 8 + n + most, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
+        sizes = (decoder.generation, size, n, most)  # after the buffers above grew, if they did
+        tensors, caches, held = self._tensor_fields(decoder, encoder, size)
         head = [
             decoder.session,
             len(decoder.inputs),
             1 + len(entries),
             address(result),
-            self.width if self.grouped and holder is not None else 0,  # a grid a step may widen within
+            int(self.indexed),  # steps may change the rows (search order, row_place)
             address(sentence),
             0 if holder is None else address(holder),
-            address(self.slot),
+            address(holder if self.indexed else self.slot),
             size,
             n,
             address(result) + 8 * 8,
@@ -462,17 +385,20 @@ class DecodeBatch:
         self._plan = (key, sizes, plan, log_probs, entries, held)
         return plan, log_probs, entries
 
-    def _outputs(self, decoder: NativeDecoder, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The buffers a call over ``size`` rows writes: the log-probs ``[size, V]`` and each cache's new
-        entries (one column on its axis), by output name."""
-        vocab = self.spec.vocab_size
-        log_probs = decoder.buffer("log_probs", size * vocab, np.float32)[: size * vocab].reshape(size, vocab)
+    def _outputs(
+        self, decoder: NativeDecoder, size: int, room: int = 0
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The buffers a call over ``size`` rows writes (with room for ``room`` rows): the log-probs
+        ``[size, V]`` and each cache's new entries (one column on its axis), by output name."""
+        vocab, room = self.spec.vocab_size, max(room, size)
+        log_probs = decoder.buffer("log_probs", room * vocab, np.float32)[: size * vocab].reshape(size, vocab)
         entries = {}
         for inp in self._carried:
             shape, axis, dtype = self.rows[inp.name].shape, inp.axis, self.rows[inp.name].dtype
             entry_shape = (size, *shape[1:axis], 1, *shape[axis + 1 :])
-            count = math.prod(entry_shape)
-            entries[inp.output] = decoder.buffer(inp.output, count, dtype)[:count].reshape(entry_shape)
+            count, per_row = math.prod(entry_shape), math.prod(entry_shape[1:])
+            buffer = decoder.buffer(inp.output, room * per_row, dtype)
+            entries[inp.output] = buffer[:count].reshape(entry_shape)
         return log_probs, entries
 
     def _tensor_fields(
@@ -485,8 +411,8 @@ class DecodeBatch:
         rebuild of every field cost ~150 us a call, and the layout changes at almost every call)."""
         key = (
             decoder.generation,
-            self._encoder,  # encoder: views of its rows, whose addresses and shapes change with
-            self._encoder.version,  # its version
+            self._encoder,  # encoder: its store or views of its rows, whose addresses and shapes
+            self._encoder.version,  # change with its version
             tuple(_without(self.rows[inp.name].shape[1:], inp.axis - 1) for inp in self._carried),
         )  # the cache axis is not in it: the column count is written by kiln_decode_step
         cached = self._fields
@@ -496,14 +422,15 @@ class DecodeBatch:
         fields = fields.copy()
         fields[rows_at] = size
         for at, name in encoder_at:
-            fields[at] = encoder[name].shape[0]  # sentences' places (grouped) or rows
+            fields[at] = encoder[name].shape[0]  # places of the store (indexed) or rows
         return fields, caches, held
 
     def _build_fields(self, decoder: NativeDecoder, encoder: dict[str, np.ndarray], size: int) -> tuple:
         """:meth:`_tensor_fields`' template: the fields for ``size`` rows (TENSOR integers a tensor, one
         flat array), the positions of the row counts to write (those of the encoder inputs apart, by
-        name), the CACHE fields and the arrays the fields point into. The data of tokens, positions, mask and caches, and the
-        column count on the cache axis, are written by ``kiln_decode_step`` at each step."""
+        name), the CACHE fields and the arrays the fields point into. The data of tokens, positions,
+        mask, row places and caches, the column count on the cache axis and the row counts are written
+        by ``kiln_decode_step`` at each step."""
         kinds: dict[str, tuple[int, Any]] = {
             name: (native_decoder.FIXED, value) for name, value in encoder.items()
         }
@@ -513,6 +440,8 @@ class DecodeBatch:
             kinds[name] = (native_decoder.POSITIONS, np.empty(size, dtype=np.int64))
         for name in self._named["cache_mask"]:
             kinds[name] = (native_decoder.MASK, np.empty((size, self.column), dtype=np.bool_))
+        for name in self._named["row_place"]:
+            kinds[name] = (native_decoder.ROW_PLACE, np.empty(size, dtype=np.int64))
         log_probs, entries = self._outputs(decoder, size)
         outputs = {"log_probs": log_probs, **entries}
         caches = []
@@ -533,7 +462,7 @@ class DecodeBatch:
         if len(named) < len(decoder.inputs):
             missing = [name for name in decoder.inputs if name not in kinds]
             raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(kinds)}")
-        named += [(name, native_decoder.FIXED, value) for name, value in outputs.items()]
+        named += [(name, native_decoder.ROWS, value) for name, value in outputs.items()]
         for index, (name, kind, value) in enumerate(named):
             value = np.ascontiguousarray(value)
             held.append(value)
@@ -574,17 +503,12 @@ class DecodeBatch:
         """Rows after a step, in their new slots, gathered by beam ``origin``: states replaced; each cache
         gathered and grown by this step's entries in one copy, without the leading columns no live
         sentence uses any more; with room for the rows of ``joining`` sentences after the live ones."""
-        if self.grouped:
-            if self._holder is not None and np.array_equal(before, self.beams.rows):
-                place, width, slot, holder = self.place, self.width, self.slot, self._holder  # as before
-            else:  # a sentence widened, narrowed or finished: the grid is laid out again
-                place, width, slot, holder, place_sentence = self._grid()
-                if width != self.width or not np.array_equal(place_sentence, self.place_sentence):
-                    self._layout = None  # another sentence in a place, or another width
-                self.place_sentence = place_sentence
-            source, self.tokens = self.slot[origin[holder]], tokens[holder]  # [P'] (holder: [P'] rows)
-            self.place, self.width, size, self._holder = place, width, holder.size, holder
-            self._in_order = _is_identity(slot, size)
+        if self.indexed:  # search order: row r of the call just made is search row r
+            source, self.tokens, size = origin, tokens, int(self.beams.rows.sum())
+            if np.array_equal(before, self.beams.rows):
+                slot = self.slot
+            else:  # a sentence widened, narrowed or finished: other rows, other places
+                slot, self._layout = np.arange(size), None
         else:
             slot = self._next_slots(before)
             size = slot.size
@@ -599,7 +523,7 @@ class DecodeBatch:
                 self._in_order = _is_identity(slot, size)
         self.slot, self.physical = slot, size
         # new buffers below hold the live rows and the expected joiners' (a join beyond them reallocates)
-        self._capacity = size + joining * (self.width if self.grouped else 1)
+        self._capacity = size + joining
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
         for inp in self._carried:
@@ -637,8 +561,10 @@ class DecodeBatch:
     def _feed(self) -> dict[str, np.ndarray]:
         """The named inputs of the next decoder call, in physical row order."""
         size = self.physical
-        sentence, encoder = self._current_layout()
+        sentence, encoder, row_place = self._current_layout()
         feed = {name: value[:size] for name, value in self.rows.items()}
+        for name in self._named["row_place"]:
+            feed[name] = row_place  # [R]
         for name in self._named["tokens"]:
             feed[name] = self.tokens  # [R]
         for name in self._named["positions"]:
@@ -648,19 +574,20 @@ class DecodeBatch:
         feed.update(encoder)
         return feed
 
-    def _current_layout(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Each physical row's sentence and the encoder inputs of the next call, laid out again only
-        after rows changed sentence."""
+    def _current_layout(self) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """Each physical row's sentence, the encoder inputs of the next call and each row's place in
+        them (``row_place``; None where the decoder takes none), laid out again only after rows changed
+        sentence."""
         if self._layout is None:  # rows changed sentence since the last call
-            if self.grouped:  # encoder inputs once per place; every physical row's sentence
-                at_place = self.place_sentence
-                encoder = self._encoder.for_rows(self.owner[at_place], self.uids[at_place])
-                self._layout = np.repeat(at_place, self.width), encoder
+            sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
+            if self.indexed:  # the store as it is, each row reading its sentence's place
+                self._layout = sentence, self._encoder.store, self.owner[sentence]
             else:
-                sentence = np.repeat(np.arange(self.size), self.beams.rows)  # [R] search order
                 if not self._in_order:
                     physical = np.empty_like(sentence)
                     physical[self.slot] = sentence
                     sentence = physical  # [R] physical order
-                self._layout = sentence, self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
+                encoder = self._encoder.for_rows(self.owner[sentence], self.uids[sentence])
+                row_place = np.arange(sentence.size) if self.spec.indexed else None  # its own row
+                self._layout = sentence, encoder, row_place
         return self._layout

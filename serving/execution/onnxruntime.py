@@ -343,7 +343,7 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
 
     Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed. The
     runner's ``first_axes`` (input name -> its first axis: a name where dynamic) tells the decoding
-    engine whether a decoder graph takes grouped rows (:func:`serving.decoding.step_spec.takes_grouped_rows`).
+    engine whether a decoder graph takes indexed rows (:func:`serving.decoding.step_spec.takes_indexed_rows`).
     With ``occupancy``, each run is counted in it (a lone classify request then leaves the cores alone).
     """
     if isinstance(session, str | Path):
