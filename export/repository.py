@@ -16,16 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiln.versions import EXPORT_VERSION  # noqa: F401 - export writes it (results.settings)
 from training.checkpoint import file_sha256
 
 log = logging.getLogger(__name__)
 
 KILN_FORMAT = 1
-EXPORT_VERSION = 5  # bump when the export changes what it writes, so old entries are rebuilt
-# 2: the Transformer decoder takes grouped rows (encoder inputs once per sentence, an axis of their own)
-# 3: the Transformer decoder entries also hold the step with fused attention (model.fused.onnx)
-# 5: the Transformer decoder reads its encoder inputs from a store of sentences (row_place), rows in
-#    any order, instead of grouped rows
 VERSION = "1"
 REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 

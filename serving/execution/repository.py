@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from kiln.versions import EXPORT_VERSION
 from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import TensorMeta
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
@@ -106,6 +107,15 @@ class Repository:
             except (OSError, ValueError, text_format.ParseError) as exc:
                 log.error("model %s: cannot load its repository entry: %s", directory.name, exc)
                 self.errors[directory.name] = str(exc)
+        stale = sorted(name for name, entry in self.entries.items() if exported_before(entry, EXPORT_VERSION))
+        if stale:
+            log.warning(
+                "%s exported by an older Kiln (export version below %d): served as written, but without "
+                "what export does since (e.g. the Transformer decoder's row_place: faster translation); "
+                "`make export` rebuilds them (docs/kiln-json.md)",
+                ", ".join(stale),
+                EXPORT_VERSION,
+            )
 
     def names(self) -> list[str]:
         return sorted([*self.entries, *self.errors])
@@ -142,6 +152,13 @@ def load_entry(directory: Path) -> RepositoryEntry:
     return RepositoryEntry(
         directory.name, directory, config, kiln, labels, _select_versions(directory, config)
     )
+
+
+def exported_before(entry: RepositoryEntry, version: int) -> bool:
+    """Whether Kiln's export wrote ``entry`` at an export version below ``version`` (foreign entries,
+    without a kiln.json, never are)."""
+    written = entry.kiln.get("export", {}).get("export_version") if isinstance(entry.kiln, dict) else None
+    return isinstance(written, int) and written < version
 
 
 def _read_labels(path: Path) -> list[str]:
