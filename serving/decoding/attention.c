@@ -15,7 +15,8 @@
  *   kiln.ai::GroupedCrossAttention(q [R, D], k [n, H, S, hd], v [n, H, S, hd], bias [n, 1, 1, S])
  *       -> [R, D]
  *     the R = n * W rows grouped by sentence (sentence i's rows at i*W ... i*W+W-1) against their
- *     sentence's keys and values;
+ *     sentence's keys and values (what decoders exported before export version 5 use; the exported
+ *     Transformer takes the indexed one since);
  *   kiln.ai::IndexedCrossAttention(q [R, D], k [N, H, S, hd], v [N, H, S, hd], bias [N, 1, 1, S],
  *                                  row_place int64 [R]) -> [R, D]
  *     row r against the keys and values at place row_place[r] of a store of N sentences (the decode
