@@ -330,6 +330,14 @@ static float *output(void *context, int64_t rows, int64_t width) { return output
 
 /* A kernel cannot return an error at OP_VERSION; inputs whose shapes disagree (which the exported
  * graphs cannot produce) give an output of NaN, which every parity check and the beam step refuse. */
+/* Inputs 0, 1, ... of the ranks `ranks` names ("24": a matrix, then a rank-4 tensor): their data and
+ * dimensions into data[i] and dims[i]; 0 if one is missing or of another rank. */
+static int inputs(void *context, const char *ranks, const float **data, int64_t (*dims)[4]) {
+    for (size_t i = 0; ranks[i]; i++)
+        if (input(context, i, &data[i], dims[i]) != ranks[i] - '0') return 0;
+    return 1;
+}
+
 static void poison(void *context, int64_t rows, int64_t width) {
     float *out = rows >= 0 && width >= 0 ? output(context, rows, width) : NULL;
     for (int64_t i = 0; out && i < rows * width; i++) out[i] = NAN;
@@ -337,14 +345,14 @@ static void poison(void *context, int64_t rows, int64_t width) {
 
 static void self_compute(void *kernel, void *context) {
     (void)kernel;
-    const float *q, *pk, *pv, *nk, *nv, *bias;
-    int64_t dq[4], dk[4], dv[4], dnk[4], dnv[4], db[4];
-    if (input(context, 0, &q, dq) != 2 || input(context, 1, &pk, dk) != 4 || input(context, 2, &pv, dv) != 4 ||
-        input(context, 3, &nk, dnk) != 4 || input(context, 4, &nv, dnv) != 4 || input(context, 5, &bias, db) != 4)
-        return poison(context, 0, 0);
+    const float *in[6];
+    int64_t d[6][4];
+    if (!inputs(context, "244444", in, d)) return poison(context, 0, 0);
+    const float *q = in[0], *pk = in[1], *pv = in[2], *nk = in[3], *nv = in[4], *bias = in[5];
+    const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *dnk = d[3], *dnv = d[4], *db = d[5];
     int64_t rows = dq[0], width = dq[1], heads = dk[1], keys = dk[2], hd = dk[3];
-    if (dk[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof dk) || dnk[0] != rows || dnk[1] != heads ||
-        dnk[2] != 1 || dnk[3] != hd || memcmp(dnk, dnv, sizeof dnk) || db[0] != rows || db[3] != keys ||
+    if (dk[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || dnk[0] != rows || dnk[1] != heads ||
+        dnk[2] != 1 || dnk[3] != hd || memcmp(dnk, dnv, sizeof d[0]) || db[0] != rows || db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     float *out = output(context, rows, width);
@@ -374,13 +382,13 @@ static void cross_rows(void *context, const float *q, const float *k, const floa
 
 static void cross_compute(void *kernel, void *context) {
     (void)kernel;
-    const float *q, *k, *v, *bias;
-    int64_t dq[4], dk[4], dv[4], db[4];
-    if (input(context, 0, &q, dq) != 2 || input(context, 1, &k, dk) != 4 || input(context, 2, &v, dv) != 4 ||
-        input(context, 3, &bias, db) != 4)
-        return poison(context, 0, 0);
+    const float *in[4];
+    int64_t d[4][4];
+    if (!inputs(context, "2444", in, d)) return poison(context, 0, 0);
+    const float *q = in[0], *k = in[1], *v = in[2], *bias = in[3];
+    const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *db = d[3];
     int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
-    if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
+    if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     cross_rows(context, q, k, v, bias, dq, dk, NULL, rows / n);
@@ -388,14 +396,14 @@ static void cross_compute(void *kernel, void *context) {
 
 static void indexed_compute(void *kernel, void *context) {
     (void)kernel;
-    const float *q, *k, *v, *bias, *raw;
-    int64_t dq[4], dk[4], dv[4], db[4], dr[4];
-    if (input(context, 0, &q, dq) != 2 || input(context, 1, &k, dk) != 4 || input(context, 2, &v, dv) != 4 ||
-        input(context, 3, &bias, db) != 4 || input(context, 4, &raw, dr) != 1)
-        return poison(context, 0, 0);
-    const int64_t *place = (const int64_t *)raw; /* input 4 is int64 (indexed_input_type) */
+    const float *in[5];
+    int64_t d[5][4];
+    if (!inputs(context, "24441", in, d)) return poison(context, 0, 0);
+    const float *q = in[0], *k = in[1], *v = in[2], *bias = in[3];
+    const int64_t *place = (const int64_t *)in[4]; /* input 4 is int64 (indexed_input_type) */
+    const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *db = d[3], *dr = d[4];
     int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
-    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof dk) || db[0] != n || db[3] != keys ||
+    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     for (int64_t r = 0; r < rows; r++)
@@ -477,11 +485,11 @@ __attribute__((target("avx2,fma"))) static float lanes_total(__m256 v) {
 
 static void add_norm_compute(void *kernel, void *context) {
     (void)kernel;
-    const float *x, *y, *gamma, *beta, *eps;
-    int64_t dx[4], dy[4], dg[4], db[4], de[4];
-    if (input(context, 0, &x, dx) != 2 || input(context, 1, &y, dy) != 2 || input(context, 2, &gamma, dg) != 1 ||
-        input(context, 3, &beta, db) != 1 || input(context, 4, &eps, de) != 1)
-        return poison(context, 0, 0);
+    const float *in[5];
+    int64_t d[5][4];
+    if (!inputs(context, "22111", in, d)) return poison(context, 0, 0);
+    const float *x = in[0], *y = in[1], *gamma = in[2], *beta = in[3], *eps = in[4];
+    const int64_t *dx = d[0], *dy = d[1], *dg = d[2], *db = d[3], *de = d[4];
     int64_t rows = dx[0], width = dx[1];
     if (dy[0] != rows || dy[1] != width || dg[0] != width || db[0] != width || de[0] != 1 || width <= 0) {
         float *sum = output_at(context, 1, rows, width);
