@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kiln.versions import EXPORT_VERSION  # noqa: F401 - export writes it (results.settings)
+from kiln.versions import EXPORT_VERSION, current_version  # noqa: F401 - export writes it (results.settings)
 from training.checkpoint import file_sha256
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,27 @@ def hash_artifacts(entry_dir: Path) -> dict[str, str]:
     return {p.relative_to(entry_dir).as_posix(): file_sha256(p) for p in files}
 
 
-def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any]) -> bool:
-    """True when the entry came from the same checkpoint and settings and every artifact hashes right."""
+def current_settings(recorded: Any, settings: dict[str, Any], model: str | None) -> bool:
+    """Whether an entry of registry model ``model`` written with the export settings ``recorded`` is
+    current for ``settings``: the same settings, written at or after the export version that last
+    changed what export writes for that model (``kiln.versions.CHANGED``: a bump for the Transformer
+    leaves classifiers current)."""
+    if not isinstance(recorded, dict):
+        return False
+    written = recorded.get("export_version")
+    if not isinstance(written, int) or written < current_version(model):
+        return False
+    rest = {k: v for k, v in recorded.items() if k != "export_version"}
+    return rest == {k: v for k, v in settings.items() if k != "export_version"}
+
+
+def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any], model: str | None) -> bool:
+    """True when the entry came from the same checkpoint and settings (``current_settings``) and every
+    artifact hashes right."""
     meta = read_kiln_json(entry_dir)
     if not meta or meta.get("source_checkpoint", {}).get("sha256") != source_sha256:
         return False
-    if meta.get("export") != settings:
+    if not current_settings(meta.get("export"), settings, model):
         return False
     artifacts = meta.get("artifacts") or {}
     for rel, digest in artifacts.items():
@@ -150,12 +165,15 @@ def read_refusal(repository: Path, name: str) -> dict[str, Any] | None:
     return _refusals(repository).get(name)
 
 
-def refusal(repository: Path, name: str, source_sha256: str, settings: dict[str, Any]) -> dict | None:
-    """The recorded refusal of ``name`` when it came from the same checkpoint and settings, else None."""
+def refusal(
+    repository: Path, name: str, source_sha256: str, settings: dict[str, Any], model: str | None
+) -> dict | None:
+    """The recorded refusal of ``name`` when it came from the same checkpoint and settings
+    (``current_settings``), else None."""
     record = read_refusal(repository, name)
     if not record or record.get("source_checkpoint", {}).get("sha256") != source_sha256:
         return None
-    return record if record.get("export") == settings else None
+    return record if current_settings(record.get("export"), settings, model) else None
 
 
 def write_labels(entry_dir: Path, labels: list[str]) -> str:

@@ -128,9 +128,10 @@ class ExportContext:
         if self.options.force:
             return True
         settings = self.settings(entry.precision)
-        if repository.refusal(self.repository, entry.name, self.sha256, settings) is not None:
+        model = self.ckpt["model"]["name"]
+        if repository.refusal(self.repository, entry.name, self.sha256, settings, model) is not None:
             return False
-        return not repository.is_up_to_date(self.repository / entry.name, self.sha256, settings)
+        return not repository.is_up_to_date(self.repository / entry.name, self.sha256, settings, model)
 
     def skipped(self, entry: Entry) -> EntryResult:
         """The result of an entry ``needs_rebuild`` found current (written, or refused by its gate)."""

@@ -1,8 +1,41 @@
 """Versions that export writes and serving reads (no heavy imports: the gateway imports this)."""
 
-EXPORT_VERSION = 5  # bump when the export changes what it writes, so old entries are rebuilt
-# 2: the Transformer decoder takes grouped rows (encoder inputs once per sentence, an axis of their own)
-# 3: the Transformer decoder entries also hold the step with fused attention (model.fused.onnx)
-# 4: the fused step also fuses each residual add with the norm after it (kiln.ai::AddLayerNorm)
-# 5: the Transformer decoder reads its encoder inputs from a store of sentences (row_place), rows in
-#    any order, instead of grouped rows
+from __future__ import annotations
+
+EXPORT_VERSION = 5  # bump when the export changes what it writes, and say for which models in CHANGED
+
+# What each version changed, and for which models (registry names, kiln.json's ``model.name``): an
+# entry is stale only when a version after the one that wrote it changed what export writes for its
+# model, so a bump for the Transformer neither rebuilds nor flags a classifier.
+CHANGED: dict[int, tuple[tuple[str, ...], str]] = {
+    2: (
+        ("transformer",),
+        "the Transformer decoder takes grouped rows (encoder inputs once per sentence, an axis of their own)",
+    ),
+    3: (
+        ("transformer",),
+        "the Transformer decoder entries also hold the step with fused attention (model.fused.onnx)",
+    ),
+    4: (
+        ("transformer",),
+        "the Transformer's fused step also fuses each residual add with the norm after it (kiln.ai::AddLayerNorm)",
+    ),
+    5: (
+        ("transformer",),
+        "the Transformer decoder reads its encoder inputs from a store of sentences (row_place), rows in any order, "
+        "instead of grouped rows",
+    ),
+}
+
+
+def current_version(model: str | None) -> int:
+    """The oldest export version whose entries of registry model ``model`` are current: the last version
+    that changed what export writes for it (1, the first, when none did)."""
+    return max((v for v, (models, _) in CHANGED.items() if model in models), default=1)
+
+
+def changes_since(version: int, model: str | None) -> list[str]:
+    """What export has changed for ``model`` since ``version`` wrote an entry of it (oldest first)."""
+    return [
+        f"{v}: {what}" for v, (models, what) in sorted(CHANGED.items()) if v > version and model in models
+    ]

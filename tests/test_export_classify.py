@@ -20,6 +20,7 @@ from export.pipeline import ExportOptions, export_checkpoint
 from export.quantize import GateResult
 from export.repository import RepositoryError
 from export.triton_config import parse_pbtxt
+from kiln.versions import EXPORT_VERSION, current_version
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.models import build_model, list_models
 
@@ -179,6 +180,27 @@ def test_incremental_export_changes_nothing_and_force_rebuilds(tmp_path):
     forced = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off", force=True)
     assert [r.status for r in forced if r.entry == "lenet"] == ["written"]
     assert any(p.stat().st_mtime_ns != before[p][0] for p in files)
+
+
+def test_an_entry_stays_current_across_export_versions_that_did_not_change_its_model(tmp_path):
+    """Versions 2-5 changed only what export writes for the Transformer (kiln.versions.CHANGED): a
+    classifier written by version 1 is current, one without a version is not."""
+    ckpt = write_checkpoint(tmp_path, "lenet")
+    repo = tmp_path / "repo"
+    export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    meta_path = repo / "lenet" / "kiln.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["export"]["export_version"] == EXPORT_VERSION
+    assert current_version("lenet") == 1 < current_version("transformer") == EXPORT_VERSION
+    meta["export"]["export_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    again = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    assert [r.status for r in again if r.entry == "lenet"] == ["up to date"]
+    del meta["export"]["export_version"]  # not written by a Kiln that versions its export
+    meta_path.write_text(json.dumps(meta))
+    again = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    assert [r.status for r in again if r.entry == "lenet"] == ["written"]
+    assert json.loads(meta_path.read_text())["export"]["export_version"] == EXPORT_VERSION
 
 
 def test_a_tampered_artifact_makes_the_entry_stale(tmp_path):

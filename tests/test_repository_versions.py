@@ -1,11 +1,12 @@
-"""The gateway names entries written by an older export at start-up, and still serves them."""
+"""The gateway names entries written by an older export at start-up, and still serves them; an entry is
+older only when a later export version changed what export writes for its model."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from kiln.versions import EXPORT_VERSION
+from kiln.versions import CHANGED, EXPORT_VERSION, changes_since, current_version
 from serving.execution.repository import Repository, exported_before
 
 
@@ -17,22 +18,49 @@ def _entry(root, name, kiln):
         (directory / "kiln.json").write_text(json.dumps(kiln))
 
 
+def _kiln(model, version):
+    return {"model": {"name": model, "args": {}}, "export": {"export_version": version}}
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_load(tmp_path, caplog):
-    _entry(tmp_path, "old", {"export": {"export_version": EXPORT_VERSION - 1}})
-    _entry(tmp_path, "current", {"export": {"export_version": EXPORT_VERSION}})
+    _entry(tmp_path, "old", _kiln("transformer", EXPORT_VERSION - 1))
+    _entry(tmp_path, "current", _kiln("transformer", EXPORT_VERSION))
     _entry(tmp_path, "foreign", None)  # no kiln.json: not Kiln's to judge
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         repository = Repository(tmp_path)
     assert sorted(repository.entries) == ["current", "foreign", "old"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = _warnings(caplog)
     assert len(warnings) == 1 and warnings[0].startswith("old exported by an older Kiln")
     assert "make export" in warnings[0]
-    assert not exported_before(repository.get("current"), EXPORT_VERSION)
+    assert f"{EXPORT_VERSION}: {CHANGED[EXPORT_VERSION][1]}" in warnings[0]  # says what it lacks
+    assert exported_before(repository.get("old"))
+    assert not exported_before(repository.get("current"))
     assert not exported_before(repository.get("foreign"), EXPORT_VERSION)
 
 
+def test_a_model_no_later_version_changed_is_current_however_old_its_entry(tmp_path, caplog):
+    _entry(tmp_path, "classifier", _kiln("resnet18", 1))
+    _entry(tmp_path, "recurrent", _kiln("gru_attention", 3))
+    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+        repository = Repository(tmp_path)
+    assert not _warnings(caplog)
+    assert not exported_before(repository.get("classifier"))
+    assert exported_before(repository.get("classifier"), EXPORT_VERSION)  # an explicit version still counts
+
+
+def test_the_versions_table_is_consistent():
+    assert max(CHANGED) == EXPORT_VERSION  # a bump says what it changed, and for which models
+    assert current_version("transformer") == EXPORT_VERSION and current_version("lenet") == 1
+    assert changes_since(EXPORT_VERSION, "transformer") == [] and changes_since(0, "lenet") == []
+    assert [c.split(":")[0] for c in changes_since(3, "transformer")] == ["4", "5"]
+
+
 def test_a_repository_written_by_this_export_loads_without_a_warning(tmp_path, caplog):
-    _entry(tmp_path, "current", {"export": {"export_version": EXPORT_VERSION}})
+    _entry(tmp_path, "current", _kiln("transformer", EXPORT_VERSION))
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         Repository(tmp_path)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not _warnings(caplog)

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from kiln.versions import EXPORT_VERSION
+from kiln.versions import changes_since, current_version
 from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import TensorMeta
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
@@ -107,14 +107,14 @@ class Repository:
             except (OSError, ValueError, text_format.ParseError) as exc:
                 log.error("model %s: cannot load its repository entry: %s", directory.name, exc)
                 self.errors[directory.name] = str(exc)
-        stale = sorted(name for name, entry in self.entries.items() if exported_before(entry, EXPORT_VERSION))
+        stale = sorted(name for name, entry in self.entries.items() if exported_before(entry))
         if stale:
+            changes = sorted({c for name in stale for c in _changes(self.entries[name])})
             log.warning(
-                "%s exported by an older Kiln (export version below %d): served as written, but without "
-                "what export does since (e.g. the Transformer decoder's row_place: faster translation); "
-                "`make export` rebuilds them (docs/kiln-json.md)",
+                "%s exported by an older Kiln: served as written, but without what export has done since "
+                "(export version %s); `make export` rebuilds them (docs/kiln-json.md)",
                 ", ".join(stale),
-                EXPORT_VERSION,
+                "; ".join(changes),
             )
 
     def names(self) -> list[str]:
@@ -154,11 +154,28 @@ def load_entry(directory: Path) -> RepositoryEntry:
     )
 
 
-def exported_before(entry: RepositoryEntry, version: int) -> bool:
-    """Whether Kiln's export wrote ``entry`` at an export version below ``version`` (foreign entries,
-    without a kiln.json, never are)."""
+def exported_before(entry: RepositoryEntry, version: int | None = None) -> bool:
+    """Whether Kiln's export wrote ``entry`` at an export version below ``version``, by default the
+    version that last changed what export writes for its model (``kiln.versions.CHANGED``). Foreign
+    entries, without a kiln.json, never are."""
+    written = _written_version(entry)
+    if written is None:
+        return False
+    return written < (current_version(_model_name(entry)) if version is None else version)
+
+
+def _written_version(entry: RepositoryEntry) -> int | None:
     written = entry.kiln.get("export", {}).get("export_version") if isinstance(entry.kiln, dict) else None
-    return isinstance(written, int) and written < version
+    return written if isinstance(written, int) else None
+
+
+def _model_name(entry: RepositoryEntry) -> str | None:
+    model = entry.kiln.get("model") if isinstance(entry.kiln, dict) else None
+    return model.get("name") if isinstance(model, dict) else None
+
+
+def _changes(entry: RepositoryEntry) -> list[str]:
+    return changes_since(_written_version(entry) or 0, _model_name(entry))
 
 
 def _read_labels(path: Path) -> list[str]:
