@@ -134,7 +134,7 @@ def kiln_translator(repository: Path, model: str) -> tuple[Any, dict[str, Any]]:
     block = entry.kiln["translator"]
     run = {}
     for part in ("encoder", "decoder"):
-        path = native.step_graph(
+        path = native.graph_to_open(
             Path(repository) / block[part] / "1" / "model.onnx"
         )  # as the gateway opens it
         options = ort.SessionOptions()

@@ -90,15 +90,21 @@ def _torch_beams(
 
 
 def _onnx_beams(
-    g: TranslatorGraphs, decoder: Path, sents: list[list[int]], cfg: SearchSettings
+    g: TranslatorGraphs,
+    decoder: Path,
+    sents: list[list[int]],
+    cfg: SearchSettings,
+    encoder: Path | None = None,
 ) -> list[list[int]]:
-    """Best hypotheses of the serving beam search over ``g``'s encoder graph and the decoder at ``decoder``."""
+    """Best hypotheses of the serving beam search over the encoder graph at ``encoder`` (``g``'s by
+    default) and the decoder at ``decoder``."""
     from serving.decoding.offline import translate_ids
     from serving.decoding.options import BeamConfig
     from serving.execution.onnxruntime import onnxruntime_runner
 
     step_spec = g.step_spec
-    enc, dec = onnxruntime_runner(ort_session(g.encoder_path)), onnxruntime_runner(ort_session(decoder))
+    enc = onnxruntime_runner(ort_session(encoder or g.encoder_path))
+    dec = onnxruntime_runner(ort_session(decoder))
     bos, eos = step_spec["bos_id"], step_spec["eos_id"]
     config = BeamConfig(cfg.beam_size, n_best=1, max_length=cfg.max_length, eos_id=eos, bos_id=bos)
     out = []
@@ -124,13 +130,17 @@ def beam_parity(ctx: ExportContext, g: TranslatorGraphs) -> ParityReport:
     return _identity_report(ref, got, data, cfg, "beam search differs", ("PyTorch", "ONNX"))
 
 
-def fused_agreement(ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path) -> ParityReport:
-    """Beam search over the fused-attention step graph ``fused`` against the graph it replaces
-    (``plain``, already proved against PyTorch or gated) on the held-out sentences: anything below
-    100 % identical best hypotheses fails (the fused graph is then not written)."""
+def fused_agreement(
+    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path, fused_encoder: Path | None = None
+) -> ParityReport:
+    """Beam search over the fused-attention step graph ``fused`` (and the fused encoder graph
+    ``fused_encoder``, if given) against the graphs they replace (``plain`` and ``g``'s encoder, already
+    proved against PyTorch or gated) on the held-out sentences: anything below 100 % identical best
+    hypotheses fails (the fused graph is then not written)."""
     data = held_out(ctx, g.spec, ctx.options.beam_sentences)
     cfg = _search_config(g.spec, data, ctx.options.beam_size)
-    ref, got = _onnx_beams(g, plain, data.sources, cfg), _onnx_beams(g, fused, data.sources, cfg)
+    ref = _onnx_beams(g, plain, data.sources, cfg)
+    got = _onnx_beams(g, fused, data.sources, cfg, fused_encoder)
     return _identity_report(ref, got, data, cfg, "fused attention changes beam search", ("plain", "fused"))
 
 

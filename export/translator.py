@@ -179,7 +179,16 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         feeds = indexed_inputs(spec, feeds, 4)
     example = tuple(feeds[n] for n in dec.input_names)
     dec_path = export_onnx(dec_module, dec, example, work / "dec.onnx")
-    fused = _export_fused(ctx, frozen, dec_module, dec, example, work)
+    fused = _export_fused(ctx, frozen, dec_module, dec, example, work / "fused" / "dec.onnx", "decoder")
+    fused_encoder = _export_fused(
+        ctx,
+        frozen,
+        enc_module,
+        enc,
+        (random_source(spec, 3, 5, np.random.default_rng(2)),),
+        work / "fused" / "enc.onnx",
+        "encoder",
+    )
     return TranslatorGraphs(
         spec,
         frozen,
@@ -191,6 +200,7 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         encoder_module=enc_module,
         decoder_module=dec_module,
         fused_decoder_path=fused,
+        fused_encoder_path=fused_encoder,
     )
 
 
@@ -200,25 +210,25 @@ def _export_fused(
     module: torch.nn.Module,
     spec: GraphSpec,
     example: tuple[torch.Tensor, ...],
-    work: Path,
+    path: Path,
+    what: str,
 ) -> Path | None:
-    """The decoder step with its attentions as ``kiln.ai`` operators, for a model that has them
-    (``fused_attention``, the Transformer) where the compiled kernels load; TorchScript exporter (its
-    ``symbolic`` hook emits the custom nodes). None otherwise: serving then runs ``model.onnx``."""
+    """The decoder step or the encoder (``what``) with its attentions as ``kiln.ai`` operators, for a
+    model that has them (``fused_attention``, the Transformer) where the compiled kernels load;
+    TorchScript exporter (its ``symbolic`` hook emits the custom nodes). None otherwise: serving then
+    runs ``model.onnx``."""
     if not hasattr(frozen, "fused_attention"):
         return None
     from serving.decoding import native
 
     if native.load() is None:
         log.warning(
-            "%s: no compiled attention operators here (no C compiler?): no fused step graph", ctx.name
+            "%s: no compiled attention operators here (no C compiler?): no fused %s graph", ctx.name, what
         )
         return None
-    ctx.step("export decoder (fused attention)")
+    ctx.step(f"export {what} (fused attention)")
     with frozen.fused_attention():
-        return export_onnx(
-            module, dataclasses.replace(spec, dynamo=False), example, work / "fused" / "dec.onnx"
-        )
+        return export_onnx(module, dataclasses.replace(spec, dynamo=False), example, path)
 
 
 def _checked_fused(
@@ -243,6 +253,24 @@ def _checked_fused(
     return FusedStep(fused, parity, beams)
 
 
+def _checked_fused_encoder(ctx: ExportContext, g: TranslatorGraphs) -> FusedStep | None:
+    """The fused-attention twin of the encoder graph checked against PyTorch at the encoder's
+    tolerance and by beam search (with the plain decoder) against the plain encoder (100 % identical);
+    refused, with a warning, when a check fails (serving then runs ``model.onnx``)."""
+    if g.fused_encoder_path is None:
+        return None
+    from export.beam_parity import fused_agreement
+
+    ctx.step("fused encoder parity")
+    parity = encoder_parity(g, g.fused_encoder_path)
+    beams = fused_agreement(ctx, g, g.decoder_path, g.decoder_path, g.fused_encoder_path)
+    problems = parity.errors + beams.errors
+    if problems:
+        log.warning("%s: fused encoder graph refused: %s", ctx.name, problems[0])
+        return FusedStep(None, parity, beams, reason=problems[0])
+    return FusedStep(g.fused_encoder_path, parity, beams)
+
+
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
     """Per-row cases, and indexed ones where the decoder takes ``row_place``."""
     cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(DECODER_CASES)]
@@ -261,17 +289,21 @@ def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> Par
     return report
 
 
-def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
-    """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
-    spec = g.spec
-    enc_report = ParityReport(g.encoder.atol)
-    enc_cases = [
-        (s, {"src_ids": random_source(spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
+def encoder_parity(g: TranslatorGraphs, path: Path) -> ParityReport:
+    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths."""
+    report = ParityReport(g.encoder.atol)
+    cases = [
+        (s, {"src_ids": random_source(g.spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
         for i, s in enumerate(ENCODER_CASES)
     ]
     reference = torch_runner(g.encoder_module, g.encoder)
-    check_feeds(g.encoder, reference, session_runner(ort_session(g.encoder_path)), enc_cases, enc_report)
-    return enc_report, decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
+    check_feeds(g.encoder, reference, session_runner(ort_session(path)), cases, report)
+    return report
+
+
+def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
+    """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
+    return encoder_parity(g, g.encoder_path), decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
 
 
 def _entries(ctx: ExportContext) -> list[Entry]:
@@ -298,7 +330,8 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
     fused = _checked_fused(ctx, graphs, graphs.decoder_path, graphs.fused_decoder_path)
-    results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused)
+    fused_encoder = _checked_fused_encoder(ctx, graphs)
+    results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused, fused_encoder)
     if "int8" in ctx.options.precisions:
         results += _int8_entries(ctx, graphs, work)
     return results

@@ -68,7 +68,7 @@ def _write_graph(
     fused: Path | None = None,
 ) -> Path:
     """An ONNX entry; Triton's dynamic batcher is off: shapes differ per call, the gateway batches steps.
-    ``fused``: the step graph with fused attention, written beside ``model.onnx`` as
+    ``fused``: the same graph with fused attention, written beside ``model.onnx`` as
     ``native.FUSED_GRAPH`` (the gateway's decode workers open it where the compiled operators load;
     Triton and everything else open ``model.onnx``)."""
 
@@ -172,13 +172,15 @@ def write_translator_entries(
     decoder: ParityReport,
     beam: ParityReport,
     fused: FusedStep | None = None,
+    fused_encoder: FusedStep | None = None,
 ) -> list[EntryResult]:
     """Write the three entries; each parity report goes to its entry's kiln.json and to the results;
-    the decoder's ``fused_step`` says whether its fused-attention graph was written and with what parity."""
+    the encoder's and the decoder's ``fused_step`` say whether their fused-attention graph was written
+    and with what parity."""
     step_spec = g.step_spec
     results = []
     graphs = (
-        (g.encoder, g.encoder_path, "translate_encoder", encoder, None),
+        (g.encoder, g.encoder_path, "translate_encoder", encoder, fused_encoder),
         (g.decoder, g.decoder_path, "translate_decoder", decoder, fused),
     )
     for spec, onnx_path, task, report, step in graphs:

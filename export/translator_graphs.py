@@ -27,8 +27,10 @@ class TranslatorGraphs:
     decoder_path: Path
     encoder_module: nn.Module
     decoder_module: nn.Module
-    # the decoder step with its attentions as kiln.ai operators (Transformer, where they compile)
+    # the decoder step, and the encoder, with their attentions as kiln.ai operators (Transformer, where
+    # they compile)
     fused_decoder_path: Path | None = None
+    fused_encoder_path: Path | None = None
 
     @property
     def step_spec(self) -> dict[str, Any]:
@@ -38,8 +40,8 @@ class TranslatorGraphs:
 
 @dataclass(frozen=True)
 class FusedStep:
-    """A decoder entry's fused-attention step graph: the file written beside ``model.onnx`` (``path``,
-    None when refused), its decoder parity against PyTorch and its beam search against the graph it
+    """An encoder or decoder entry's fused-attention graph: the file written beside ``model.onnx``
+    (``path``, None when refused), its parity against PyTorch and its beam search against the graph it
     replaces; ``reason`` says why it was refused."""
 
     path: Path | None

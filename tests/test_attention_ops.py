@@ -23,7 +23,13 @@ import torch
 from onnx import TensorProto, helper
 
 from serving.decoding import native
-from training.models.transformer import grouped_attention, indexed_attention, mask_bias, step_attention
+from training.models.transformer import (
+    encoder_attention,
+    grouped_attention,
+    indexed_attention,
+    mask_bias,
+    step_attention,
+)
 
 pytestmark = pytest.mark.skipif(
     native.load() is None, reason="no C compiler here: the operators cannot be built"
@@ -145,6 +151,50 @@ def test_indexed_cross_attention_reads_each_rows_place_of_the_store(places, row_
     np.testing.assert_allclose(got, grouped.run(None, per_row)[0], rtol=0, atol=2e-6)
 
 
+def _encoder_feeds(rng: np.random.Generator, lengths: list[int], keys: int, heads: int, head_dim: int):
+    """EncoderSelfAttention's inputs: random projections of sentences of ``lengths`` padded to ``keys``."""
+    qkv = rng.standard_normal((len(lengths), keys, 3 * heads, head_dim), dtype=np.float32)
+    mask = np.arange(keys)[None, :] < np.array(lengths)[:, None]
+    return {"qkv": qkv, "bias": _bias(mask)}
+
+
+@pytest.mark.parametrize(
+    ("lengths", "keys", "heads", "head_dim"),
+    [
+        ([1], 1, 1, 8),
+        ([13, 9, 4, 13, 1], 13, 4, 32),  # the encoder's sentences of a join, padded to the longest
+        ([20, 17], 20, 4, 32),  # keys past one block of 8 lanes, a tail
+        ([5, 3, 6], 6, 2, 12),  # a head size off the 8 lanes
+        ([2], 9, 3, 8),  # most of the sentence padding
+    ],
+)
+def test_encoder_self_attention_matches_the_pytorch_encoder(lengths, keys, heads, head_dim):
+    rng = np.random.default_rng(sum(lengths) + keys)
+    feeds = _encoder_feeds(rng, lengths, keys, heads, head_dim)
+    session = _session("EncoderSelfAttention", {n: list(a.shape) for n, a in feeds.items()})
+    got = session.run(None, feeds)[0]
+    want = encoder_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    assert got.shape == (len(lengths) * keys, heads * head_dim)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    # a padded position's key and value change nothing in its sentence's real positions
+    if lengths[0] < keys:
+        feeds["qkv"][0, lengths[0] :, heads:] = 1e6
+        again = session.run(None, feeds)[0]
+        np.testing.assert_array_equal(again[: lengths[0]], got[: lengths[0]])
+
+
+def test_encoder_self_attention_of_inconsistent_shapes_gives_nan():
+    feeds = {
+        "qkv": np.ones((2, 5, 7, 8), np.float32),
+        "bias": np.zeros((2, 1, 1, 5), np.float32),
+    }  # 7: not 3h
+    out = _session("EncoderSelfAttention", {n: list(a.shape) for n, a in feeds.items()}).run(None, feeds)[0]
+    assert np.isnan(out).all()
+    feeds = {"qkv": np.ones((2, 5, 6, 8), np.float32), "bias": np.zeros((3, 1, 1, 5), np.float32)}
+    out = _session("EncoderSelfAttention", {n: list(a.shape) for n, a in feeds.items()}).run(None, feeds)[0]
+    assert out.shape == (10, 16) and np.isnan(out).all()
+
+
 def test_a_row_place_outside_the_store_gives_nan_rows_not_a_read_past_it():
     rng = np.random.default_rng(0)
     q = rng.standard_normal((3, 16), dtype=np.float32)
@@ -255,7 +305,7 @@ np.savez(sys.argv[2], *_path_cases())
 
 
 def _path_cases() -> list[np.ndarray]:
-    """Outputs of both attention operators at head size 32 (the vector path's where the CPU has AVX2):
+    """Outputs of the attention operators at head size 32 (the vector path's where the CPU has AVX2):
     keys in a full block of 8 lanes and a tail, masked entries, one row attending only its new entry;
     and AddLayerNorm's at the decoder's width and at one with a tail."""
     rng = np.random.default_rng(7)
@@ -269,7 +319,11 @@ def _path_cases() -> list[np.ndarray]:
     source[1, 5:] = False
     cross_feeds = {"q": feeds["q"], "k": k, "v": v, "bias": _bias(source)}
     cross = _session("GroupedCrossAttention", {n: list(a.shape) for n, a in cross_feeds.items()})
-    return [step, cross.run(None, cross_feeds)[0], *_add_norm(9, 128)[1], *_add_norm(4, 20)[1]]
+    encoder = _encoder_feeds(rng, [11, 4, 9], 11, heads, head_dim)
+    encoded = _session("EncoderSelfAttention", {n: list(a.shape) for n, a in encoder.items()}).run(
+        None, encoder
+    )
+    return [step, cross.run(None, cross_feeds)[0], encoded[0], *_add_norm(9, 128)[1], *_add_norm(4, 20)[1]]
 
 
 def test_the_portable_kernels_agree_with_the_vector_ones(tmp_path):
@@ -302,10 +356,10 @@ def test_the_fused_graph_is_chosen_only_where_it_exists_and_needs_the_operators(
     plain = tmp_path / "1" / "model.onnx"
     plain.parent.mkdir()
     plain.write_bytes(b"")
-    assert native.step_graph(plain) == plain
+    assert native.graph_to_open(plain) == plain
     fused = plain.with_name(native.FUSED_GRAPH)
     fused.write_bytes(b"")
-    assert native.step_graph(plain) == fused
+    assert native.graph_to_open(plain) == fused
     options = ort.SessionOptions()
     assert native.session_options(plain, options) is options  # nothing to register for model.onnx
     assert native.session_options(fused, options) is options

@@ -183,7 +183,7 @@ def test_incremental_export_changes_nothing_and_force_rebuilds(tmp_path):
 
 
 def test_an_entry_stays_current_across_export_versions_that_did_not_change_its_model(tmp_path):
-    """Versions 2-5 changed only what export writes for the Transformer (kiln.versions.CHANGED): a
+    """Every version after the first changed only what export writes for the Transformer (CHANGED): a
     classifier written by version 1 is current, one without a version is not."""
     ckpt = write_checkpoint(tmp_path, "lenet")
     repo = tmp_path / "repo"

@@ -152,6 +152,30 @@ def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_t
     assert [o.name for o in graph.output] == [o.name for o in plain.output]
 
 
+def test_the_transformer_encoder_gets_a_fused_attention_graph_proved_like_the_plain_one(exported):
+    """Beside model.onnx, the Transformer's encoder entry holds the same encoder with each layer's
+    self-attention one kiln.ai node and each residual add with the norm after it another, checked
+    against PyTorch at the encoder's tolerance and by beam search against model.onnx."""
+    name, repo, _ = exported
+    meta = json.loads((repo / f"{name}_encoder" / "kiln.json").read_text())
+    fused = repo / f"{name}_encoder" / "1" / FUSED_GRAPH
+    if name != "transformer":
+        assert "fused_step" not in meta and not fused.exists()
+        return
+    step = meta["fused_step"]
+    assert step["file"] == FUSED_GRAPH and step["refused"] is None and fused.is_file()
+    assert step["parity"]["passed"] and step["parity"]["tolerance"] == meta["parity"]["tolerance"]
+    assert step["beams"]["beam_agreement"] == 1.0 and step["beams"]["beam_sentences"] == len(SENTENCES)
+    ops = [(n.domain, n.op_type) for n in onnx.load(str(fused), load_external_data=False).graph.node]
+    layers = SMALL["transformer"]["encoder_layers"]
+    assert ops.count(("kiln.ai", "EncoderSelfAttention")) == layers and ("", "Softmax") not in ops
+    assert ops.count(("kiln.ai", "AddLayerNorm")) == 2 * layers  # the last into the encoder's norm
+    plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
+    graph = onnx.load(str(fused), load_external_data=False).graph
+    assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
+    assert [o.name for o in graph.output] == [o.name for o in plain.output]
+
+
 def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exported):
     name, repo, _ = exported
     meta = json.loads((repo / name / "kiln.json").read_text())

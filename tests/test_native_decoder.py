@@ -41,7 +41,7 @@ def model(tmp_path_factory):
         options = ort.SessionOptions()  # one per session: custom operators register once per options
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         # the graph the gateway's decode workers open: the decoder's fused-attention step where written
-        path = native.step_graph(repository / block[part] / "1" / "model.onnx")
+        path = native.graph_to_open(repository / block[part] / "1" / "model.onnx")
         run = onnxruntime_runner(ort.InferenceSession(str(path), native.session_options(path, options)))
         run.model_file = path
         return run

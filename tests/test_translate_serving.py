@@ -450,11 +450,11 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     assert len(schedulers) == 2
     assert schedulers[0].run_decoder is not schedulers[1].run_decoder
     assert schedulers[0].run_encoder is not schedulers[1].run_encoder
-    # the decoder's step graph with fused attention (export wrote it; the operators compile here)
+    # the encoder and the decoder step with fused attention (export wrote them; the operators compile here)
     from serving.decoding import native
 
-    step = native.FUSED_GRAPH if native.load() is not None else "model.onnx"
-    per_translator = [("transformer_encoder", "model.onnx", 1), ("transformer_decoder", step, 1)] * 2
+    graph = native.FUSED_GRAPH if native.load() is not None else "model.onnx"
+    per_translator = [("transformer_encoder", graph, 1), ("transformer_decoder", graph, 1)] * 2
     assert sorted(o for o in opened if o[0].startswith("transformer_")) == sorted(per_translator)
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 

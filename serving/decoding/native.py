@@ -135,8 +135,8 @@ def register_kernels(options: Any) -> bool:
     return True
 
 
-def step_graph(model_file: Path) -> Path:
-    """The decoder step graph a CPU session should open for the entry file ``model_file``: its
+def graph_to_open(model_file: Path) -> Path:
+    """The graph a CPU session should open for the encoder or decoder entry file ``model_file``: its
     fused-attention twin (:data:`FUSED_GRAPH`, beside it) where export wrote one and the compiled
     operators load (a session opening it needs :func:`register_kernels`), else ``model_file``.
     ``KILN_FUSED_ATTENTION=0`` keeps ``model_file`` (to compare, or to rule the operators out)."""

@@ -29,9 +29,9 @@ from serving.execution.base import GraphChoice, InferRequest, InferResponse
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
-# what decode workers ask a backend's decoder runner to open: the fused-attention step graph where
-# export wrote one and its operators compile (serving.decoding.native)
-FUSED_STEP = GraphChoice(native.step_graph, native.session_options)
+# what decode workers ask a backend's encoder and decoder runners to open: the fused-attention graph
+# where export wrote one and its operators compile (serving.decoding.native)
+FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(bs.DecodingOptions))
@@ -360,9 +360,10 @@ class TranslatorPool:
 
 
 def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
-    """One decode worker's encoder and decoder runners (the decoder's steps compiled where it can be)."""
-    decoder_runner = runner_for(decoder, graph=FUSED_STEP)  # its fused-attention step where written
-    return runner_for(encoder), native_decoder.attach(decoder_runner)
+    """One decode worker's encoder and decoder runners, on their fused-attention graphs where written
+    (the decoder's steps compiled where it can be)."""
+    decoder_runner = runner_for(decoder, graph=FUSED_ATTENTION)
+    return runner_for(encoder, graph=FUSED_ATTENTION), native_decoder.attach(decoder_runner)
 
 
 def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:

@@ -34,7 +34,7 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 class GraphChoice:
     """Which file of an entry a runner's CPU session opens instead of its model file, and what that
     session's options need for it, said by the layer that knows (the decoding layer's fused-attention
-    step graph, :data:`serving.decoding.native.FUSED_STEP`): ``path(model_file)`` is the file to open,
+    graphs, :data:`serving.decoding.translator.FUSED_ATTENTION`): ``path(model_file)`` is the file to open,
     ``prepare(path, session_options)`` readies the options for it."""
 
     path: Callable[[Path], Path]

@@ -186,7 +186,7 @@ class OnnxRuntimeBackend:
         stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
         session and no intra-op pool competes with the decode threads for the cores, whatever
         ``--intra-op-threads`` the batchers' sessions use. ``graph``: the file a CPU session opens
-        instead of the entry's model file (the decoder's fused-attention step graph).
+        instead of the entry's model file (the fused-attention graph of an encoder or decoder).
         """
         entry = self.repository.get(name)
         version = entry.resolve_version("")

@@ -112,6 +112,20 @@ def indexed_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, row_place: 
     return (F.softmax(scores, dim=-1) @ v).reshape(-1, heads * head_dim)  # (R, D)
 
 
+def encoder_attention(qkv: Tensor, bias: Tensor, dropout: nn.Module | None = None) -> Tensor:
+    """Self-attention over each sentence's positions: qkv (B, S, 3h, hd), position s of sentence b's
+    projected query, key and value heads side by side at [b, s]; bias (B, 1, 1, S) masks padded keys;
+    ``dropout`` (training) on the weights. Returns the heads merged, (B*S, D), a sentence's positions
+    consecutive."""
+    b, length, three, head_dim = qkv.shape
+    q, k, v = (
+        qkv.view(b, length, 3, three // 3, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    )  # 3 x (B, h, S, hd)
+    weights = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim) + bias, dim=-1)  # (B, h, S, S)
+    out = (weights if dropout is None else dropout(weights)) @ v  # (B, h, S, hd)
+    return out.transpose(1, 2).reshape(-1, three // 3 * head_dim)  # (B*S, D)
+
+
 class FusedStepAttention(torch.autograd.Function):
     """:func:`step_attention`, exported as one ``kiln.ai::StepSelfAttention`` node (TorchScript
     exporter; the kernel: ``serving/decoding/attention.c``)."""
@@ -147,6 +161,19 @@ class FusedIndexedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, bias, row_place):  # noqa: ANN001, ANN205
         return g.op("kiln.ai::IndexedCrossAttention", q, k, v, bias, row_place).setType(q.type())
+
+
+class FusedEncoderAttention(torch.autograd.Function):
+    """:func:`encoder_attention`, exported as one ``kiln.ai::EncoderSelfAttention`` node."""
+
+    @staticmethod
+    def forward(ctx, qkv, bias):  # noqa: ANN001, ANN205
+        return encoder_attention(qkv, bias)
+
+    @staticmethod
+    def symbolic(g, qkv, bias):  # noqa: ANN001, ANN205
+        out = g.op("kiln.ai::EncoderSelfAttention", qkv, bias)
+        return out.setType(qkv.type().with_sizes([None, None]))  # (B*S, D): rank 2, sizes at run time
 
 
 class FusedAddNorm(torch.autograd.Function):
@@ -235,11 +262,10 @@ class MultiHeadAttention(nn.Module):
         the three projections side by side, and every product stays 2-D (one GEMM with its bias fused)."""
         b, length = bias.shape[0], bias.shape[-1]
         qkv = F.linear(x, *_stacked([self.q_proj, self.k_proj, self.v_proj]))  # (B*S, 3D)
-        qkv = qkv.view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, hd)
-        q, k, v = qkv.unbind(0)  # 3 x (B, h, S, hd)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + bias  # (B, h, S, S)
-        out = self.dropout(F.softmax(scores, dim=-1)) @ v  # (B, h, S, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(-1, self.heads * self.head_dim))  # (B*S, D)
+        qkv = qkv.view(b, length, 3 * self.heads, self.head_dim)  # (B, S, 3h, hd)
+        if self.fused:
+            return self.out_proj(FusedEncoderAttention.apply(qkv, bias))  # (B*S, D)
+        return self.out_proj(encoder_attention(qkv, bias, self.dropout))  # (B*S, D)
 
     def split_row(self, x: Tensor) -> Tensor:
         """(B, D) -> (B, h, 1, hd): one position per row, kept 2-D up to here so that each projection
@@ -274,10 +300,17 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, src_bias: Tensor) -> Tensor:
-        """x: (B*S, D), a sentence's S positions consecutive; src_bias (B, 1, 1, S) (:func:`mask_bias`)."""
-        x = x + self.dropout(self.self_attn.attend_self(self.self_attn_norm(x), src_bias))  # (B*S, D)
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (B*S, D)
+    fused = False  # set by Transformer.fused_attention: residual adds and norms as custom nodes
+
+    def forward(
+        self, x: Tensor, h: Tensor, src_bias: Tensor, next_norm: nn.LayerNorm
+    ) -> tuple[Tensor, Tensor]:
+        """x: (B*S, D), a sentence's S positions consecutive, and h = self_attn_norm(x); src_bias
+        (B, 1, 1, S) (:func:`mask_bias`). Returns x and ``next_norm`` of it (the next layer's first
+        norm, or the encoder's last): each residual add and the norm after it are one :func:`add_norm`."""
+        attended = self.dropout(self.self_attn.attend_self(h, src_bias))  # (B*S, D)
+        x, h = add_norm(x, attended, self.ffn_norm, self.fused)
+        return add_norm(x, self.dropout(self.ffn(h)), next_norm, self.fused)  # (B*S, D) twice
 
 
 class DecoderLayer(nn.Module):
@@ -386,9 +419,12 @@ class Transformer(nn.Module):
         # fuses MatMul + Add into Gemm only in 2-D); attention sees (B, h, S, hd) views of them
         x = self._embed(self.src_embed, src_ids, pos).reshape(-1, self.cfg.d_model)  # (B*S, D)
         bias = mask_bias(src_mask, x.dtype)  # (B, 1, 1, S)
-        for layer in self.encoder_layers:
-            x = layer(x, bias)  # (B*S, D)
-        memory = self.encoder_norm(x)  # (B*S, D)
+        layers = list(self.encoder_layers)
+        memory = (layers[0].self_attn_norm if layers else self.encoder_norm)(x)  # (B*S, D)
+        for i, layer in enumerate(layers):
+            after = layers[i + 1].self_attn_norm if i + 1 < len(layers) else self.encoder_norm
+            x, memory = layer(x, memory, bias, after)  # memory: after(x), the encoder_norm of the last
+
         # every decoder layer's cross-attention keys and values in one product, then split
         kv = [p for layer in self.decoder_layers for p in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
         heads, head_dim = self.cfg.heads, self.cfg.d_model // self.cfg.heads
@@ -444,6 +480,7 @@ class Transformer(nn.Module):
         export as ``kiln.ai`` custom nodes (the step graph that serving runs where the compiled kernels
         exist, ``serving/decoding/attention.c``); PyTorch computes the same either way."""
         modules = [m for layer in self.decoder_layers for m in (layer, layer.self_attn, layer.cross_attn)]
+        modules += [m for layer in self.encoder_layers for m in (layer, layer.self_attn)]
         for module in modules:
             module.fused = True
         try:
