@@ -120,22 +120,35 @@ def test_beam_search_over_onnx_equals_the_pytorch_reference(exported):
     assert meta["parity"]["beam_sentences"] == len(SENTENCES)
 
 
-def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_the_plain_one(exported):
-    """Beside model.onnx, the Transformer's decoder entry holds the same step with each attention one
-    kiln.ai node (what the gateway's decode workers run), checked against PyTorch at the decoder's
-    tolerance and by beam search against model.onnx; the recurrent decoders have no such graph."""
+def _fused_graph_ops(exported, part: str) -> list[tuple[str, str]] | None:
+    """The ops of ``<name>_<part>``'s fused-attention graph, after checking what its kiln.json records
+    (written, parity against PyTorch at the entry's tolerance, beam search equal to model.onnx's) and
+    that it has model.onnx's inputs and outputs; None (and checked absent) for the recurrent models."""
     name, repo, _ = exported
-    meta = json.loads((repo / f"{name}_decoder" / "kiln.json").read_text())
-    fused = repo / f"{name}_decoder" / "1" / FUSED_GRAPH
+    meta = json.loads((repo / f"{name}_{part}" / "kiln.json").read_text())
+    fused = repo / f"{name}_{part}" / "1" / FUSED_GRAPH
     if name != "transformer":
         assert "fused_step" not in meta and not fused.exists()
-        return
+        return None
     step = meta["fused_step"]
     assert step["file"] == FUSED_GRAPH and step["refused"] is None and fused.is_file()
     assert step["parity"]["passed"] and step["parity"]["tolerance"] == meta["parity"]["tolerance"]
     assert max(d["max_abs_diff"] for d in step["parity"]["outputs"].values()) <= 1e-4
     assert step["beams"]["beam_agreement"] == 1.0 and step["beams"]["beam_sentences"] == len(SENTENCES)
-    ops = [(n.domain, n.op_type) for n in onnx.load(str(fused), load_external_data=False).graph.node]
+    plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
+    graph = onnx.load(str(fused), load_external_data=False).graph
+    assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
+    assert [o.name for o in graph.output] == [o.name for o in plain.output]
+    return [(n.domain, n.op_type) for n in graph.node]
+
+
+def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_the_plain_one(exported):
+    """Beside model.onnx, the Transformer's decoder entry holds the same step with each attention one
+    kiln.ai node (what the gateway's decode workers run), checked against PyTorch at the decoder's
+    tolerance and by beam search against model.onnx; the recurrent decoders have no such graph."""
+    ops = _fused_graph_ops(exported, "decoder")
+    if ops is None:
+        return
     layers = SMALL["transformer"]["decoder_layers"]
     assert (
         ops.count(("kiln.ai", "StepSelfAttention"))
@@ -146,34 +159,20 @@ def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_t
     # each sublayer's residual add and the norm after it: three a layer, the last into the final norm
     assert ops.count(("kiln.ai", "AddLayerNorm")) == 3 * layers
     assert ops.count(("", "LayerNormalization")) == 1  # the first layer's first, on the embeddings
-    plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
-    graph = onnx.load(str(fused), load_external_data=False).graph
-    assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
-    assert [o.name for o in graph.output] == [o.name for o in plain.output]
 
 
 def test_the_transformer_encoder_gets_a_fused_attention_graph_proved_like_the_plain_one(exported):
     """Beside model.onnx, the Transformer's encoder entry holds the same encoder with each layer's
     self-attention one kiln.ai node and each residual add with the norm after it another, checked
-    against PyTorch at the encoder's tolerance and by beam search against model.onnx."""
-    name, repo, _ = exported
-    meta = json.loads((repo / f"{name}_encoder" / "kiln.json").read_text())
-    fused = repo / f"{name}_encoder" / "1" / FUSED_GRAPH
-    if name != "transformer":
-        assert "fused_step" not in meta and not fused.exists()
+    against PyTorch at the encoder's tolerance and by beam search (with the plain decoder) against
+    model.onnx; the recurrent encoders have no such graph."""
+    ops = _fused_graph_ops(exported, "encoder")
+    if ops is None:
         return
-    step = meta["fused_step"]
-    assert step["file"] == FUSED_GRAPH and step["refused"] is None and fused.is_file()
-    assert step["parity"]["passed"] and step["parity"]["tolerance"] == meta["parity"]["tolerance"]
-    assert step["beams"]["beam_agreement"] == 1.0 and step["beams"]["beam_sentences"] == len(SENTENCES)
-    ops = [(n.domain, n.op_type) for n in onnx.load(str(fused), load_external_data=False).graph.node]
     layers = SMALL["transformer"]["encoder_layers"]
     assert ops.count(("kiln.ai", "EncoderSelfAttention")) == layers and ("", "Softmax") not in ops
     assert ops.count(("kiln.ai", "AddLayerNorm")) == 2 * layers  # the last into the encoder's norm
-    plain = onnx.load(str(fused.with_name("model.onnx")), load_external_data=False).graph
-    graph = onnx.load(str(fused), load_external_data=False).graph
-    assert [(i.name, i.type) for i in graph.input] == [(i.name, i.type) for i in plain.input]
-    assert [o.name for o in graph.output] == [o.name for o in plain.output]
+    assert ops.count(("", "LayerNormalization")) == 1  # the first layer's first, on the embeddings
 
 
 def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exported):
