@@ -131,16 +131,21 @@ def beam_parity(ctx: ExportContext, g: TranslatorGraphs) -> ParityReport:
 
 
 def fused_agreement(
-    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path, fused_encoder: Path | None = None
+    ctx: ExportContext,
+    g: TranslatorGraphs,
+    plain: Path,
+    fused: Path,
+    fused_encoder: Path | None = None,
+    plain_encoder: Path | None = None,
 ) -> ParityReport:
     """Beam search over the fused-attention step graph ``fused`` (and the fused encoder graph
-    ``fused_encoder``, if given) against the graphs they replace (``plain`` and ``g``'s encoder, already
-    proved against PyTorch or gated) on the held-out sentences: anything below 100 % identical best
-    hypotheses fails (the fused graph is then not written)."""
+    ``fused_encoder``, if given) against the graphs they replace (``plain`` and ``plain_encoder``,
+    ``g``'s encoder by default, already proved against PyTorch or gated) on the held-out sentences:
+    anything below 100 % identical best hypotheses fails (the fused graph is then not written)."""
     data = held_out(ctx, g.spec, ctx.options.beam_sentences)
     cfg = _search_config(g.spec, data, ctx.options.beam_size)
-    ref = _onnx_beams(g, plain, data.sources, cfg)
-    got = _onnx_beams(g, fused, data.sources, cfg, fused_encoder)
+    ref = _onnx_beams(g, plain, data.sources, cfg, plain_encoder)
+    got = _onnx_beams(g, fused, data.sources, cfg, fused_encoder or plain_encoder)
     return _identity_report(ref, got, data, cfg, "fused attention changes beam search", ("plain", "fused"))
 
 
@@ -181,9 +186,10 @@ def _bleu(texts: list[str], refs: list[str]) -> float:
 
 
 def int8_gate(
-    ctx: ExportContext, g: TranslatorGraphs, int8_decoder: Path
+    ctx: ExportContext, g: TranslatorGraphs, int8_decoder: Path, int8_encoder: Path | None = None
 ) -> tuple[ParityReport, TranslationGate]:
-    """Beam search with the int8 decoder against the fp32 decoder on the held-out sentences.
+    """Beam search with the int8 decoder (and encoder, if given) against the fp32 graphs on the
+    held-out sentences.
 
     BLEU is measured against the references when the test split is available, else against the fp32
     translations. ``ctx.accuracy_hook`` may replace the gate (tests force a rejection with it).
@@ -192,7 +198,7 @@ def int8_gate(
     data = held_out(ctx, spec, ctx.options.beam_sentences)
     cfg = _search_config(spec, data, ctx.options.beam_size)
     fp32 = _onnx_beams(g, g.decoder_path, data.sources, cfg)
-    int8 = _onnx_beams(g, int8_decoder, data.sources, cfg)
+    int8 = _onnx_beams(g, int8_decoder, data.sources, cfg, int8_encoder)
     agreement, _ = _agreement(fp32, int8)
     target, eos = ctx.ckpt["tokenizers"]["target"], spec["eos_id"]
     fp32_texts, int8_texts = _detokenize(fp32, target, eos), _detokenize(int8, target, eos)

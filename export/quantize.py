@@ -131,6 +131,10 @@ def weight_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
+class NoWeightProducts(ValueError):
+    """A graph has no MatMul or Gemm with a constant weight: dynamic quantization has nothing to do."""
+
+
 def to_int8_dynamic(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantization of the weight MatMuls (and Gemms, as MatMul + Add) only: int8
     weights, uint8 activations per call.
@@ -144,7 +148,7 @@ def to_int8_dynamic(src: Path, dst: Path) -> Path:
     gemms_as_matmuls(model)
     nodes = weight_matmuls(model)
     if not nodes:
-        raise ValueError(f"{src}: no MatMul or Gemm with a constant weight to quantize")
+        raise NoWeightProducts(f"{src}: no MatMul or Gemm with a constant weight to quantize")
     dst.parent.mkdir(parents=True, exist_ok=True)
     prepared = dst.with_name("prepared.onnx")
     save_model(model, prepared)

@@ -19,10 +19,15 @@ import torch
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
 from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
-from export.quantize import to_int8_dynamic
+from export.quantize import NoWeightProducts, to_int8_dynamic
 from export.results import Entry, EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
-from export.translator_entries import int8_entry_names, write_int8_entries, write_translator_entries
+from export.translator_entries import (
+    Int8Graph,
+    int8_entry_names,
+    write_int8_entries,
+    write_translator_entries,
+)
 from export.translator_graphs import FusedStep, TranslatorGraphs
 
 log = logging.getLogger(__name__)
@@ -253,22 +258,26 @@ def _checked_fused(
     return FusedStep(fused, parity, beams)
 
 
-def _checked_fused_encoder(ctx: ExportContext, g: TranslatorGraphs) -> FusedStep | None:
-    """The fused-attention twin of the encoder graph checked against PyTorch at the encoder's
-    tolerance and by beam search (with the plain decoder) against the plain encoder (100 % identical);
-    refused, with a warning, when a check fails (serving then runs ``model.onnx``)."""
-    if g.fused_encoder_path is None:
+def _checked_fused_encoder(
+    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path | None, decoder: Path
+) -> FusedStep | None:
+    """``fused`` (the fused-attention twin of the encoder graph ``plain``) checked against PyTorch at the
+    encoder's tolerance (an int8 one: its diffs recorded) and by beam search with ``decoder`` against
+    ``plain`` (100 % identical); refused, with a warning, when a check fails (serving then runs
+    ``plain``)."""
+    if fused is None:
         return None
     from export.beam_parity import fused_agreement
 
     ctx.step("fused encoder parity")
-    parity = encoder_parity(g, g.fused_encoder_path)
-    beams = fused_agreement(ctx, g, g.decoder_path, g.decoder_path, g.fused_encoder_path)
-    problems = parity.errors + beams.errors
+    fp32 = plain == g.encoder_path
+    parity = encoder_parity(g, fused, ParityReport(g.encoder.atol if fp32 else float("inf")))
+    beams = fused_agreement(ctx, g, decoder, decoder, fused, plain)
+    problems = (parity.errors if fp32 else []) + beams.errors
     if problems:
         log.warning("%s: fused encoder graph refused: %s", ctx.name, problems[0])
         return FusedStep(None, parity, beams, reason=problems[0])
-    return FusedStep(g.fused_encoder_path, parity, beams)
+    return FusedStep(fused, parity, beams)
 
 
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
@@ -289,9 +298,8 @@ def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> Par
     return report
 
 
-def encoder_parity(g: TranslatorGraphs, path: Path) -> ParityReport:
+def encoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
     """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths."""
-    report = ParityReport(g.encoder.atol)
     cases = [
         (s, {"src_ids": random_source(g.spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
         for i, s in enumerate(ENCODER_CASES)
@@ -303,7 +311,8 @@ def encoder_parity(g: TranslatorGraphs, path: Path) -> ParityReport:
 
 def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
     """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
-    return encoder_parity(g, g.encoder_path), decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
+    encoder = encoder_parity(g, g.encoder_path, ParityReport(g.encoder.atol))
+    return encoder, decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
 
 
 def _entries(ctx: ExportContext) -> list[Entry]:
@@ -330,7 +339,9 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
     fused = _checked_fused(ctx, graphs, graphs.decoder_path, graphs.fused_decoder_path)
-    fused_encoder = _checked_fused_encoder(ctx, graphs)
+    fused_encoder = _checked_fused_encoder(
+        ctx, graphs, graphs.encoder_path, graphs.fused_encoder_path, graphs.decoder_path
+    )
     results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused, fused_encoder)
     if "int8" in ctx.options.precisions:
         results += _int8_entries(ctx, graphs, work)
@@ -338,19 +349,39 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
 
 
 def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
-    """Quantize the decoder, gate it on beam search against fp32; write or refuse (removing stale ones)."""
+    """Quantize the encoder and the decoder, gate them on beam search against fp32; write or refuse
+    (removing stale ones)."""
     from export.beam_parity import int8_gate
 
-    ctx.step("int8 decoder")
-    path = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
-    fused = None
+    ctx.step("int8 encoder and decoder")
+    decoder = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
+    encoder = _quantized_encoder(g, work / "int8" / "enc.onnx")
+    fused = fused_encoder = None
     if g.fused_decoder_path is not None:
         fused = to_int8_dynamic(g.fused_decoder_path, work / "int8" / "fused" / "dec.onnx")
-    dec_report = decoder_parity(g, path, ParityReport(float("inf")))  # diffs recorded, not bounded
+    if g.fused_encoder_path is not None:  # quantized as its plain twin is (fp32 where that one is)
+        fused_encoder = g.fused_encoder_path
+        if encoder != g.encoder_path:
+            fused_encoder = to_int8_dynamic(fused_encoder, work / "int8" / "fused" / "enc.onnx")
+    dec_report = decoder_parity(g, decoder, ParityReport(float("inf")))  # diffs recorded, not bounded
+    enc_report = encoder_parity(g, encoder, ParityReport(float("inf")))
     ctx.step("int8 gate")
-    gate_report, gate = int8_gate(ctx, g, path)
+    gate_report, gate = int8_gate(ctx, g, decoder, encoder)
     if gate.passed:
-        step = _checked_fused(ctx, g, path, fused)
-        return write_int8_entries(ctx, g, path, dec_report, gate_report, step)
+        step = _checked_fused(ctx, g, decoder, fused)
+        encoded = _checked_fused_encoder(ctx, g, encoder, fused_encoder, decoder)
+        return write_int8_entries(
+            ctx, g, Int8Graph(encoder, enc_report, encoded), Int8Graph(decoder, dec_report, step), gate_report
+        )
     log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
     return [ctx.refuse(Entry(n, "int8"), gate_report, gate.reason()) for n in int8_entry_names(ctx.name)]
+
+
+def _quantized_encoder(g: TranslatorGraphs, path: Path) -> Path:
+    """The encoder with its weight products quantized, or the fp32 graph itself where it has none (a
+    recurrent encoder could hold all its weights in its GRU or LSTM nodes; Kiln's have a projection
+    or two): ``<name>_encoder_int8`` is then a copy of the fp32 encoder (its parity, fp32's)."""
+    try:
+        return to_int8_dynamic(g.encoder_path, path)
+    except NoWeightProducts:
+        return g.encoder_path

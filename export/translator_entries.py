@@ -1,6 +1,6 @@
 """Repository entries of a translator: ``<name>_encoder``, ``<name>_decoder`` and the ``<name>`` python entry,
-plus, when int8 passes its gate, ``<name>_decoder_int8`` and the ``<name>_int8`` python entry that pairs the
-shared fp32 encoder with it (docs/kiln-json.md)."""
+plus, when int8 passes its gate, ``<name>_encoder_int8``, ``<name>_decoder_int8`` and the ``<name>_int8``
+python entry that pairs them (docs/kiln-json.md)."""
 
 from __future__ import annotations
 
@@ -198,31 +198,42 @@ def write_translator_entries(
     return results + [result]
 
 
-def int8_entry_names(name: str) -> tuple[str, str]:
-    """(int8 decoder entry, int8 python entry) of translator ``name``."""
-    return f"{name}_decoder_int8", f"{name}_int8"
+def int8_entry_names(name: str) -> tuple[str, str, str]:
+    """(int8 encoder entry, int8 decoder entry, int8 python entry) of translator ``name``."""
+    return f"{name}_encoder_int8", f"{name}_decoder_int8", f"{name}_int8"
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Graph:
+    """A quantized encoder or decoder graph, its parity against PyTorch (recorded, unbounded) and its
+    checked fused-attention twin (None where the model has none)."""
+
+    path: Path
+    parity: ParityReport
+    fused: FusedStep | None = None
 
 
 def write_int8_entries(
-    ctx: ExportContext,
-    g: TranslatorGraphs,
-    int8_decoder: Path,
-    decoder: ParityReport,
-    gate: ParityReport,
-    fused: FusedStep | None = None,
+    ctx: ExportContext, g: TranslatorGraphs, encoder: Int8Graph, decoder: Int8Graph, gate: ParityReport
 ) -> list[EntryResult]:
-    """``<name>_decoder_int8`` (the quantized step graph, same tensors as fp32) and ``<name>_int8``,
-    a translate entry over the shared fp32 encoder and that decoder, with their parity reports."""
+    """``<name>_encoder_int8`` and ``<name>_decoder_int8`` (the quantized graphs, same tensors as fp32)
+    and ``<name>_int8``, a translate entry over them, with their parity reports."""
     step_spec = g.step_spec
-    dec_name, name = int8_entry_names(ctx.name)
-    spec = dataclasses.replace(g.decoder, name=dec_name)
-    meta = {**_common(ctx, step_spec, "int8"), "parity": decoder.as_dict()}
-    if fused is not None:
-        meta["fused_step"] = fused.as_dict()
-    dec = EntryResult.from_report(dec_name, "int8", decoder)
-    path = fused.path if fused is not None else None
-    dec.status, dec.path = "written", _write_graph(ctx, spec, int8_decoder, "translate_decoder", meta, path)
-    entry = PythonEntry(name, g.encoder.name, dec_name, "int8")
+    enc_name, dec_name, name = int8_entry_names(ctx.name)
+    results = []
+    for base, graph, entry, task in (
+        (g.encoder, encoder, enc_name, "translate_encoder"),
+        (g.decoder, decoder, dec_name, "translate_decoder"),
+    ):
+        meta = {**_common(ctx, step_spec, "int8"), "parity": graph.parity.as_dict()}
+        if graph.fused is not None:
+            meta["fused_step"] = graph.fused.as_dict()
+        fused = graph.fused.path if graph.fused is not None else None
+        result = EntryResult.from_report(entry, "int8", graph.parity)
+        spec = dataclasses.replace(base, name=entry)
+        result.status, result.path = "written", _write_graph(ctx, spec, graph.path, task, meta, fused)
+        results.append(result)
+    entry = PythonEntry(name, enc_name, dec_name, "int8")
     result = EntryResult.from_report(name, "int8", gate)
     result.status, result.path = "written", _write_python(ctx, entry, step_spec, gate.as_dict())
-    return [dec, result]
+    return results + [result]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-EXPORT_VERSION = 6  # bump when the export changes what it writes, and say for which models in CHANGED
+EXPORT_VERSION = 7  # bump when the export changes what it writes, and say for which models in CHANGED
 
 # What each version changed, and for which models (registry names, kiln.json's ``model.name``): an
 # entry is stale only when a version after the one that wrote it changed what export writes for its
@@ -29,6 +29,10 @@ CHANGED: dict[int, tuple[tuple[str, ...], str]] = {
         ("transformer",),
         "the Transformer encoder entry also holds the encoder with fused attention (model.fused.onnx: "
         "kiln.ai::EncoderSelfAttention, AddLayerNorm)",
+    ),
+    7: (
+        ("transformer", "gru_attention", "lstm_attention"),
+        "a translator's int8 entries quantize its encoder too (<name>_encoder_int8, gated with the decoder)",
     ),
 }
 

@@ -212,13 +212,14 @@ def int8_exported(tmp_path_factory) -> tuple[Path, list]:
     return root / "repo", results
 
 
-def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_decoder(int8_exported):
+def test_int8_translator_entry_pairs_a_quantized_encoder_with_a_quantized_decoder(int8_exported):
     repo, results = int8_exported
     status = {r.entry: r.status for r in results}
-    assert status["transformer_decoder_int8"] == status["transformer_int8"] == "written"
+    assert status["transformer_encoder_int8"] == status["transformer_decoder_int8"] == "written"
+    assert status["transformer_int8"] == "written"
     meta = json.loads((repo / "transformer_int8" / "kiln.json").read_text())
     assert meta["task"] == "translate" and meta["precision"] == "int8"
-    assert meta["translator"]["encoder"] == "transformer_encoder"
+    assert meta["translator"]["encoder"] == "transformer_encoder_int8"
     assert meta["translator"]["decoder"] == "transformer_decoder_int8"
     gate = meta["parity"]["int8_gate"]
     assert (
@@ -241,7 +242,17 @@ def test_int8_translator_entry_pairs_the_shared_fp32_encoder_with_a_quantized_de
         n.op_type for n in fused.graph.node
     }
     assert dec["fused_step"]["refused"] is None and dec["fused_step"]["beams"]["beam_agreement"] == 1.0
+    enc = json.loads((repo / "transformer_encoder_int8" / "kiln.json").read_text())
+    fp32 = json.loads((repo / "transformer_encoder" / "kiln.json").read_text())
+    assert enc["task"] == "translate_encoder" and enc["precision"] == "int8"
+    assert (enc["inputs"], enc["outputs"]) == (fp32["inputs"], fp32["outputs"])
+    graph = onnx.load(str(repo / "transformer_encoder_int8" / "1" / "model.onnx"))
+    assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
+    fused = onnx.load(str(repo / "transformer_encoder_int8" / "1" / FUSED_GRAPH))
+    assert {"MatMulInteger", "EncoderSelfAttention", "AddLayerNorm"} <= {n.op_type for n in fused.graph.node}
+    assert enc["fused_step"]["refused"] is None and enc["fused_step"]["beams"]["beam_agreement"] == 1.0
     config = parse_pbtxt((repo / "transformer_int8" / "config.pbtxt").read_text())
+    assert config.parameters["encoder"].string_value == "transformer_encoder_int8"
     assert config.parameters["decoder"].string_value == "transformer_decoder_int8"
 
 
@@ -277,10 +288,10 @@ def test_int8_gate_refuses_the_entries_and_removes_stale_ones_when_translations_
         repo.parent / "transformer.pt", tmp_path / "repo", validation=SENTENCES, **options
     )
     int8 = [r for r in results if r.precision == "int8"]
-    assert [r.status for r in int8] == ["rejected", "rejected"]
+    assert [r.status for r in int8] == ["rejected"] * 3
     assert "agreement 99.00% (need >= 99.50%)" in int8[0].message
-    assert not (tmp_path / "repo" / "transformer_int8").exists()
-    assert not (tmp_path / "repo" / "transformer_decoder_int8").exists()
+    for entry in ("transformer_int8", "transformer_decoder_int8", "transformer_encoder_int8"):
+        assert not (tmp_path / "repo" / entry).exists()
     assert (tmp_path / "repo" / "transformer").is_dir()
 
 
@@ -303,18 +314,19 @@ def test_a_refused_int8_gate_is_remembered_so_a_second_export_is_up_to_date_and_
 
     first = export()  # the real thresholds differ from the fixture's: int8 entries stale, then refused
     assert {r.entry: r.status for r in first if r.precision == "int8"} == {
+        "transformer_encoder_int8": "rejected",
         "transformer_decoder_int8": "rejected",
         "transformer_int8": "rejected",
     }
     again = export()
-    assert [r.status for r in again] == ["up to date"] * 5 and len(gated) == 1
+    assert [r.status for r in again] == ["up to date"] * 6 and len(gated) == 1
     refused = [r for r in again if r.precision == "int8"]
-    assert len(refused) == 2 and all("refused by its gate" in r.message and r.path is None for r in refused)
+    assert len(refused) == 3 and all("refused by its gate" in r.message and r.path is None for r in refused)
     assert not (tmp_path / "repo" / "transformer_int8").exists()
     forced = export(force=True)
-    assert len(gated) == 2 and [r.status for r in forced if r.precision == "int8"] == ["rejected"] * 2
+    assert len(gated) == 2 and [r.status for r in forced if r.precision == "int8"] == ["rejected"] * 3
     opened = export(int8_min_agreement=0.0, int8_max_bleu_drop=100.0, accuracy_hook=None)
-    assert [r.status for r in opened] == ["written"] * 5  # other gate settings: re-gated, passes this time
+    assert [r.status for r in opened] == ["written"] * 6  # other gate settings: re-gated, passes this time
     assert not (tmp_path / "repo" / ".kiln_refused.json").exists()
 
 

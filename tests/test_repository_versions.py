@@ -44,12 +44,23 @@ def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_l
 
 def test_a_model_no_later_version_changed_is_current_however_old_its_entry(tmp_path, caplog):
     _entry(tmp_path, "classifier", _kiln("resnet18", 1))
-    _entry(tmp_path, "recurrent", _kiln("gru_attention", 3))
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         repository = Repository(tmp_path)
     assert not _warnings(caplog)
     assert not exported_before(repository.get("classifier"))
     assert exported_before(repository.get("classifier"), EXPORT_VERSION)  # an explicit version still counts
+
+
+def test_the_warning_names_only_the_changes_of_the_stale_entries_models(tmp_path, caplog):
+    recurrent = [v for v, (models, _) in CHANGED.items() if "gru_attention" in models]
+    others = [v for v, (models, _) in CHANGED.items() if "gru_attention" not in models]
+    assert recurrent and others  # the table has both kinds, or this test says nothing
+    _entry(tmp_path, "recurrent", _kiln("gru_attention", recurrent[-1] - 1))
+    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+        Repository(tmp_path)
+    (warning,) = _warnings(caplog)
+    assert f"{recurrent[-1]}: {CHANGED[recurrent[-1]][1]}" in warning
+    assert not any(CHANGED[v][1] in warning for v in others)
 
 
 def test_the_versions_table_is_consistent():
