@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     texts = Workload.load(args.checkpoints, args.model, 128).texts
-    translator, _ = kiln_translator(args.repository, args.model)
+    translator, _ = kiln_translator(args.repository, args.entry or args.model)
     limit = translator.limits.max_texts
     sources = [
         ids for i in range(0, len(texts), limit) for ids in translator.source_ids(texts[i : i + limit])

@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = Workload.load(parsed.checkpoints, parsed.model, 128).texts
     rounds = max(1, -(-parsed.requests // len(texts)))
     for cost in compare(
-        parsed.repository, parsed.model, texts, concurrency=parsed.concurrency, rounds=rounds
+        parsed.repository, parsed.entry or parsed.model, texts, concurrency=parsed.concurrency, rounds=rounds
     ):
         print(cost.line(), flush=True)
 

@@ -79,11 +79,15 @@ class Workload:
 
 def workload_parser(prog: str, description: str, concurrency_help: str) -> argparse.ArgumentParser:
     """A measuring tool's parser with the flags of a translation workload: ``--repository`` (exported
-    entries), ``--checkpoints`` (the held-out sentences), ``--model`` and ``--concurrency`` (16)."""
+    entries), ``--checkpoints`` (the held-out sentences), ``--model``, ``--entry`` (the entry to run,
+    default ``--model``) and ``--concurrency`` (16)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--repository", type=Path, required=True, help="an exported model repository")
     parser.add_argument("--checkpoints", type=Path, required=True, help="where the held-out sentences are")
-    parser.add_argument("--model", default="transformer")
+    parser.add_argument("--model", default="transformer", help="the translator whose held-out sentences run")
+    parser.add_argument(
+        "--entry", help="the repository entry to run (default: --model; e.g. transformer_int8, its int8 twin)"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help=concurrency_help)
     return parser
 

@@ -6,6 +6,7 @@ Speed is never asserted here; these tests prove the numbers are computed from wh
 from __future__ import annotations
 
 import asyncio
+import types
 
 import numpy as np
 import pytest
@@ -348,3 +349,30 @@ def test_the_front_end_cost_refuses_a_system_without_per_thread_cpu_before_start
     with pytest.raises(SystemExit, match="schedstat"):
         frontend_cost.main(["--repository", "repo", "--checkpoints", "ckpt"])
     assert not started
+
+
+def test_the_decode_replay_runs_the_named_entry_on_its_models_sentences(monkeypatch):
+    """``--entry transformer_int8`` replays the int8 twin on the held-out sentences of ``--model``'s
+    checkpoint (an int8 entry has no checkpoint of its own); without it, ``--model`` is the entry."""
+    from bench import decode_replay, translation_engines, translation_rows
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def load(checkpoints, model, sentences):
+        seen.append(("sentences", model))
+        return types.SimpleNamespace(texts=["a b"])
+
+    def translator(repository, entry):
+        seen.append(("entry", entry))
+        raise Stop
+
+    monkeypatch.setattr(translation_rows.Workload, "load", staticmethod(load))
+    monkeypatch.setattr(translation_engines, "kiln_translator", translator)
+    for extra, entry in (([], "transformer"), (["--entry", "transformer_int8"], "transformer_int8")):
+        seen.clear()
+        with pytest.raises(Stop):
+            decode_replay.main(["--repository", "r", "--checkpoints", "c", "--model", "transformer", *extra])
+        assert seen == [("sentences", "transformer"), ("entry", entry)]
