@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     from uvicorn.config import LOG_LEVELS
 
     from serving.app import create_app
+    from serving.protocol.http1 import http_protocol
 
     settings = parse_args(argv)
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=settings.log_level.lower() in {"trace", "debug", "info"},
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         timeout_keep_alive=settings.keep_alive_s,
+        http=http_protocol(),  # one write a response (serving/protocol/http1.py)
     )
     if settings.reuse_port:
         from serving.workers import reuse_port_socket

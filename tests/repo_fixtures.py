@@ -70,12 +70,13 @@ def held_grpc_port() -> Iterator[int]:
 class LiveServer:
     """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, http: object | None = None) -> None:
         from serving.triton.server import held_port
 
         self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
         self.port = self.socket.getsockname()[1]
         self.app = app
+        self.http = http  # uvicorn's HTTP protocol; None: the gateway's (serving.protocol.http1)
         self.url = f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> LiveServer:
@@ -83,6 +84,8 @@ class LiveServer:
         import time
 
         import uvicorn
+
+        from serving.protocol.http1 import http_protocol
 
         # Keep-alive longer than any test: uvicorn's 5 s default closes a connection whose next request
         # a stalled loop has not read yet (its timer runs before the read), and the client gets a reset.
@@ -93,6 +96,7 @@ class LiveServer:
             log_level="warning",
             lifespan="on",
             timeout_keep_alive=300,
+            http=self.http or http_protocol(),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
