@@ -75,16 +75,24 @@ def _problem(error: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     import sys
 
+    from serving.protocol import grpc_io
+
+    settings = parse_args(argv)
+    # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
+    experiments, inherited = grpc_io.choose(settings.grpc_io)
+
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 
     from serving.app import create_app
     from serving.protocol.http1 import http_protocol
 
-    settings = parse_args(argv)
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
     logging.basicConfig(
         level=LOG_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger(__name__).debug(
+        "gRPC sockets: %s=%r%s", grpc_io.ENV, experiments, " (from the environment)" if inherited else ""
     )
     if not settings.model_repository.is_dir():
         raise SystemExit(
