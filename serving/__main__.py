@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = parse_args(argv)
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
-    experiments, inherited = grpc_io.choose(settings.grpc_io)
+    grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
 
     import uvicorn
     from uvicorn.config import LOG_LEVELS
@@ -90,9 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
     logging.basicConfig(
         level=LOG_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger(__name__).debug(
-        "gRPC sockets: %s=%r%s", grpc_io.ENV, experiments, " (from the environment)" if inherited else ""
     )
     if not settings.model_repository.is_dir():
         raise SystemExit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -149,6 +150,24 @@ class FakeBackend:
         return InferResponse(
             model=request.model, version="1", outputs={"y": y}, request_id=request.request_id
         )
+
+
+@pytest.mark.parametrize("experiments", ["-event_engine_listener", None])
+def test_the_start_up_line_names_the_grpc_experiments_set(loop, monkeypatch, caplog, experiments) -> None:
+    if experiments is None:
+        monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    else:
+        monkeypatch.setenv("GRPC_EXPERIMENTS", experiments)
+    with caplog.at_level(logging.INFO, logger="serving.protocol.grpc_server"):
+        handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0))
+    try:
+        lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+        assert lines == [
+            f"KServe v2 gRPC listening on 127.0.0.1:{handle.port}"
+            + (f" (GRPC_EXPERIMENTS={experiments})" if experiments else "")
+        ]
+    finally:
+        loop.run(handle.stop(0.5))
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ gRPC status codes derived from :class:`ServingError`, never as INTERNAL.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
-from serving.protocol import tensors
+from serving.protocol import grpc_io, tensors
 
 log = logging.getLogger(__name__)
 
@@ -292,5 +293,11 @@ async def start_grpc_server(
     if bound == 0:
         raise OSError(f"cannot bind the gRPC server to {host}:{port}")
     await server.start()
-    log.info("KServe v2 gRPC listening on %s:%d", host, bound)
+    experiments = os.environ.get(grpc_io.ENV)  # as python -m serving set it before grpc started (grpc_io.py)
+    log.info(
+        "KServe v2 gRPC listening on %s:%d%s",
+        host,
+        bound,
+        f" ({grpc_io.ENV}={experiments})" if experiments else "",
+    )
     return GrpcHandle(server=server, port=bound)
