@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from bench import classify_identity, engines, gpu, perf_analyzer, report, servers
-from bench.machine import machine_info
+from bench.machine import cpu_ticks, machine_info, speed_line, speed_probe, steal_share
 from bench.stats import ratio
 
 console = Console()
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export` (or `make demo`) first")
     results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads}
+    ticks = cpu_ticks()
+    results["machine"]["speed"] = {"start": speed_probe()}
     checkpoint = args.checkpoints / f"{args.classifier}.pt"
     if "engines" in wanted:
         jobs = engines.classifier_jobs(
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         from bench import scaleout
 
         results["replicas"] = scaleout.run(args, profile, out, progress=log.info)
+    results["machine"]["speed"]["end"] = speed_probe()
+    results["machine"]["steal_pct"] = steal_share(ticks, cpu_ticks())
     results["targets"] = targets(results, args.classifier)
     write(results, out)
 
@@ -357,6 +361,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"# Kiln benchmark ({results['profile']} profile)\n",
         f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gib']} GiB, "
         f"GPU: {machine['gpu'] or 'none'}; threads per engine: {results['threads']}.\n",
+        speed_line(machine),
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
         "## Targets\n\n" + report.table(results["targets"], ["target", "goal", "measured", "met"]) + "\n",
     ]

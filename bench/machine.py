@@ -1,12 +1,21 @@
-"""What the benchmark ran on: CPU, cores, memory, accelerator and library versions."""
+"""What the benchmark ran on: CPU, cores, memory, accelerator and library versions, and how fast the
+machine was while it ran (:func:`speed_probe`, :func:`steal_share`)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import math
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
+
+# A float32 product of the decoder's size class (rows x inner x columns) and a copy larger than a
+# server core's share of the last-level cache: one thread's compute and one thread's memory traffic.
+PROBE_PRODUCT = (128, 512, 512)
+PROBE_COPY_MIB = 64
 
 LIBRARIES = (
     "torch",
@@ -84,3 +93,91 @@ def _gpu() -> str | None:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001 - an info probe must never break the benchmark
         return None
+
+
+def speed_probe(budget_s: float = 0.3) -> dict[str, float]:
+    """How fast one thread of this machine is right now: a float32 matrix product (``product_gflops``)
+    and a 64 MiB memory copy (``copy_gbps``, bytes read plus written), each the best of its repeats
+    within half of ``budget_s``. A VM's speed drifts: the same code measured ~40 % apart on two days
+    (the memory side more than the arithmetic), so the report prints this at the start and the end of
+    a run and ratios are read against the machine each run had."""
+    import numpy as np
+
+    rows, inner, columns = PROBE_PRODUCT
+    rng = np.random.default_rng(0)
+    a = rng.random((rows, inner), dtype=np.float32)
+    b = rng.random((inner, columns), dtype=np.float32)
+    source = np.ones(PROBE_COPY_MIB * 2**20 // 8)
+    target = np.empty_like(source)
+    with _one_blas_thread():
+        product = _best_seconds(lambda: a @ b, budget_s / 2)
+    copy = _best_seconds(lambda: np.copyto(target, source), budget_s / 2)
+    return {
+        "product_gflops": round(2 * rows * inner * columns / product / 1e9, 1),
+        "copy_gbps": round(2 * source.nbytes / copy / 1e9, 1),
+    }
+
+
+def _best_seconds(run: Any, budget_s: float) -> float:
+    """The fastest of ``run()``'s calls (after one warm-up) within ``budget_s``, at least three."""
+    run()
+    best, calls, stop = math.inf, 0, time.perf_counter() + budget_s
+    while calls < 3 or time.perf_counter() < stop:
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+        calls += 1
+    return best
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the product then runs on numpy's BLAS threads; still comparable run to run
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user, nice, system, idle, iowait, irq, softirq,
+    steal, ...), or None where there are none."""
+    try:
+        line = Path("/proc/stat").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = line.split()
+    return [int(v) for v in fields[1:]] if fields and fields[0] == "cpu" else None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The percentage of the machine's CPU time between two :func:`cpu_ticks` readings that the host
+    gave to other guests (``steal``): time this VM's cores were ready and not running; None without
+    counters."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(spent[:8])  # guest time is counted in user and nice already
+    return round(100 * spent[7] / total, 2) if total > 0 else None
+
+
+def speed_line(machine: dict[str, Any]) -> str:
+    """The report's line on the machine's speed during the run ('' where the run did not probe it)."""
+    speed = machine.get("speed") or {}
+    start, end = speed.get("start"), speed.get("end")
+    if not start:
+        return ""
+
+    def span(key: str) -> str:
+        return f"{start[key]:g}" + (f" → {end[key]:g}" if end else "")
+
+    line = (
+        f"Machine speed on one thread, at the start{' → the end' if end else ''} of the run: float32 "
+        f"product {span('product_gflops')} GFLOP/s, {PROBE_COPY_MIB} MiB copy {span('copy_gbps')} GB/s"
+    )
+    steal = machine.get("steal_pct")
+    if steal is not None:
+        line += f"; CPU time taken by the host for other guests during the run: {steal:g} %"
+    return line + ".\n"

@@ -114,6 +114,54 @@ def test_report_writes_json_markdown_with_ratios_and_plots(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
+def test_the_speed_probe_measures_a_product_and_a_copy_on_this_machine():
+    from bench.machine import speed_probe
+
+    speed = speed_probe(budget_s=0.02)
+    assert set(speed) == {"product_gflops", "copy_gbps"}
+    assert all(math.isfinite(v) and v > 0 for v in speed.values())
+
+
+def test_steal_share_is_the_hosts_part_of_the_cpu_time_between_two_readings():
+    from bench.machine import cpu_ticks, steal_share
+
+    #         user nice sys idle iowait irq softirq steal guest guest_nice
+    before = [100, 0, 50, 800, 0, 0, 0, 50, 40, 0]
+    after = [200, 0, 100, 1600, 0, 0, 0, 150, 90, 0]  # 1 050 ticks spent, 100 of them stolen
+    assert steal_share(before, after) == pytest.approx(9.52, abs=0.01)
+    assert steal_share(before, before) is None  # no time passed
+    assert steal_share(None, after) is None and steal_share(before[:4], after[:4]) is None
+    ticks = cpu_ticks()
+    if ticks is not None:  # Linux: the counters only grow
+        assert len(ticks) >= 8 and all(b >= a for a, b in zip(ticks, cpu_ticks(), strict=False))
+
+
+def test_the_report_prints_the_machines_speed_at_the_start_and_end_of_the_run(tmp_path):
+    from bench.__main__ import write
+    from bench.machine import speed_line
+
+    machine = {
+        "cpu": "AMD EPYC",
+        "usable_cores": 2,
+        "memory_gib": 23.5,
+        "gpu": None,
+        "libraries": {"numpy": "2"},
+        "speed": {
+            "start": {"product_gflops": 94.6, "copy_gbps": 18.2},
+            "end": {"product_gflops": 90.1, "copy_gbps": 12.5},
+        },
+        "steal_pct": 3.5,
+    }
+    write({"profile": "quick", "machine": machine, "threads": 2, "targets": []}, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "product 94.6 → 90.1 GFLOP/s, 64 MiB copy 18.2 → 12.5 GB/s" in text
+    assert "other guests during the run: 3.5 %" in text
+    only_start = {"speed": {"start": {"product_gflops": 94.6, "copy_gbps": 18.2}}}
+    line = speed_line(only_start)
+    assert "at the start of the run: float32 product 94.6 GFLOP/s, 64 MiB copy 18.2 GB/s." in line
+    assert speed_line({}) == ""  # results written before the probe existed
+
+
 def test_engine_jobs_measure_pytorch_and_onnxruntime_on_the_exported_entry(tmp_path):
     from tests.repo_fixtures import build_classifier_repository
 
