@@ -9,6 +9,7 @@ counted (no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -128,8 +129,9 @@ def kserve_http_sender(
     return send
 
 
-def kserve_grpc_sender(stub: Any, model: str, images: np.ndarray, input_name: str = "images") -> Send:
-    """KServe v2 gRPC ModelInfer with raw input contents, request built once."""
+def kserve_grpc_sender(stubs: Any, model: str, images: np.ndarray, input_name: str = "images") -> Send:
+    """KServe v2 gRPC ModelInfer with raw input contents, request built once. ``stubs``: one stub, or
+    a list of stubs over separate connections (:func:`bench.servers.grpc_channels`) taken in turn."""
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest(model_name=model)
@@ -138,9 +140,10 @@ def kserve_grpc_sender(stub: Any, model: str, images: np.ndarray, input_name: st
     tensor.shape.extend(images.shape)
     request.raw_input_contents.append(images.tobytes())
     request.outputs.add().name = "probabilities"
+    turn = itertools.cycle(stubs if isinstance(stubs, list | tuple) else [stubs])
 
     async def send() -> bool:
-        await stub.ModelInfer(request)
+        await next(turn).ModelInfer(request)
         return True
 
     return send

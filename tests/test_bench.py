@@ -114,6 +114,52 @@ def test_report_writes_json_markdown_with_ratios_and_plots(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
+def test_grpc_load_spreads_over_connections_of_its_own_taken_in_turn():
+    """A channel is one connection, and a gateway worker takes whole connections: the load client's
+    channels must not share one (gRPC pools subchannels globally) and its requests rotate over them."""
+    import grpc
+
+    from bench.servers import grpc_channels
+
+    peers: list[str] = []
+
+    async def infer(request: bytes, context) -> bytes:
+        peers.append(context.peer())  # "ipv4:127.0.0.1:<the client's port>": one per connection
+        return b""
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "inference.GRPCInferenceService",
+                    {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            from tritonclient.grpc import service_pb2_grpc
+
+            images = np.zeros((1, 4, 4, 1), dtype=np.uint8)
+            for count in (3, 1):
+                channels = grpc_channels(f"127.0.0.1:{port}", count)
+                stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
+                send = load.kserve_grpc_sender(stubs, "m", images)
+                for _ in range(2 * count):
+                    assert await send()
+                for channel in channels:
+                    await channel.close()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+    three, one = peers[:6], peers[6:]
+    assert len(set(three)) == 3 and three[:3] == three[3:]  # three connections, in turn
+    assert len(set(one)) == 1 and len(one) == 2
+
+
 def test_the_speed_probe_measures_a_product_and_a_copy_on_this_machine():
     from bench.machine import speed_probe
 
