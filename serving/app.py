@@ -184,7 +184,13 @@ async def start_grpc(settings: Settings, backend: Backend) -> Any:
             settings.grpc_port,
         )
         return None
-    handle = start_grpc_server(backend, settings.host, settings.grpc_port, reuse_port=settings.reuse_port)
+    handle = start_grpc_server(
+        backend,
+        settings.host,
+        settings.grpc_port,
+        reuse_port=settings.reuse_port,
+        server=settings.grpc_server,
+    )
     return await handle if inspect.isawaitable(handle) else handle
 
 

@@ -27,11 +27,16 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to bind")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables the gRPC server")
+    grpc_server: Literal["kiln", "grpcio"] = Field(
+        "kiln",
+        description="the gRPC server: Kiln's own HTTP/2 server on the event loop (no hand-offs between "
+        "threads a call) or grpcio's grpc.aio (serving/protocol/grpc_h2.py says why)",
+    )
     grpc_io: Literal["iomgr", "event-engine"] = Field(
         "iomgr",
         description="gRPC core's socket layer for accepted connections: iomgr reads them on the poller "
-        "thread (fewer thread wake-ups a call), event-engine is grpc's own default; a GRPC_EXPERIMENTS "
-        "in the environment wins (serving/protocol/grpc_io.py)",
+        "thread (fewer thread wake-ups a call), event-engine is grpc's own default; only for --grpc-server "
+        "grpcio; a GRPC_EXPERIMENTS in the environment wins (serving/protocol/grpc_io.py)",
     )
     intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"

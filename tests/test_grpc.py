@@ -159,7 +159,7 @@ def test_the_start_up_line_names_the_grpc_experiments_set(loop, monkeypatch, cap
     else:
         monkeypatch.setenv("GRPC_EXPERIMENTS", experiments)
     with caplog.at_level(logging.INFO, logger="serving.protocol.grpc_server"):
-        handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0))
+        handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server="grpcio"))
     try:
         lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
         assert lines == [
@@ -177,10 +177,11 @@ def loop() -> Iterator[LoopThread]:
     thread.close()
 
 
-@pytest.fixture(scope="module")
-def fake_server(loop: LoopThread) -> Iterator[tuple[FakeBackend, GrpcHandle]]:
+@pytest.fixture(scope="module", params=["kiln", "grpcio"])
+def fake_server(loop: LoopThread, request: pytest.FixtureRequest) -> Iterator[tuple[FakeBackend, GrpcHandle]]:
+    """Each test of the servicer runs against both servers: Kiln's own HTTP/2 one and grpcio's."""
     backend = FakeBackend()
-    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
+    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0, server=request.param))
     yield backend, handle
     loop.run(handle.stop(1.0))
 
@@ -297,12 +298,13 @@ def test_malformed_raw_contents_are_invalid_argument(fake_server) -> None:
     assert "needs 12 bytes" in caught.value.details()
 
 
-def test_unavailable_backend_sets_retry_after(loop: LoopThread) -> None:
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_unavailable_backend_sets_retry_after(loop: LoopThread, server: str) -> None:
     class DownBackend(FakeBackend):
         async def infer(self, request: InferRequest) -> InferResponse:
             raise Unavailable("triton is unreachable", retry_after=1)
 
-    handle = loop.run(start_grpc_server(DownBackend(), "127.0.0.1", 0))
+    handle = loop.run(start_grpc_server(DownBackend(), "127.0.0.1", 0, server=server))
     try:
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -24,6 +24,8 @@ from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import grpc_io, tensors
 
 log = logging.getLogger(__name__)
+
+GrpcServerKind = Literal["kiln", "grpcio"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_NAME = "kiln"
@@ -248,6 +250,24 @@ class _GenericOnly:
         """Not registered with gRPC core (see the class docstring); the generic handler serves them."""
 
 
+def unary_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
+    """``{b"/inference.GRPCInferenceService/<Method>": (handler, request class)}`` for the methods
+    ``servicer`` implements (those it inherits answer UNIMPLEMENTED), for Kiln's own server."""
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    base = service_pb2_grpc.GRPCInferenceServiceServicer
+    table = {}
+    for method in service.methods:
+        own = getattr(type(servicer), method.name, None)
+        if method.client_streaming or method.server_streaming or own is getattr(base, method.name, None):
+            continue
+        request_class = getattr(service_pb2, method.input_type.name)
+        table[f"/{service.full_name}/{method.name}".encode()] = (
+            getattr(servicer, method.name),
+            request_class,
+        )
+    return table
+
+
 def generic_handlers(servicer: InferenceServicer) -> list[Any]:
     """The KServe service's method handlers as one generic handler (every method, implemented or not)."""
     capture = _GenericOnly()
@@ -259,7 +279,7 @@ def generic_handlers(servicer: InferenceServicer) -> list[Any]:
 class GrpcHandle:
     """A running gRPC server: its bound port and how to stop it."""
 
-    server: grpc.aio.Server
+    server: Any  # grpc.aio.Server or grpc_h2.H2GrpcServer: both stop(grace_s)
     port: int
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -274,25 +294,30 @@ async def start_grpc_server(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     reuse_port: bool = False,
+    server: GrpcServerKind = "kiln",
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
     ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
+    ``server`` is Kiln's own HTTP/2 server on this event loop (serving/protocol/grpc_h2.py) or grpcio's
+    grpc.aio; both serve the same servicer.
     """
+    if server == "kiln":
+        return await _start_kiln_server(InferenceServicer(backend), host, port, max_message_bytes, reuse_port)
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers(generic_handlers(InferenceServicer(backend)))
+    aio = grpc.aio.server(options=options)
+    aio.add_generic_rpc_handlers(generic_handlers(InferenceServicer(backend)))
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = aio.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
         bound = 0
     if bound == 0:
         raise OSError(f"cannot bind the gRPC server to {host}:{port}")
-    await server.start()
+    await aio.start()
     experiments = os.environ.get(grpc_io.ENV)  # as python -m serving set it before grpc started (grpc_io.py)
     log.info(
         "KServe v2 gRPC listening on %s:%d%s",
@@ -300,4 +325,18 @@ async def start_grpc_server(
         bound,
         f" ({grpc_io.ENV}={experiments})" if experiments else "",
     )
+    return GrpcHandle(server=aio, port=bound)
+
+
+async def _start_kiln_server(
+    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int, reuse_port: bool
+) -> GrpcHandle:
+    from serving.protocol.grpc_h2 import H2GrpcServer
+
+    server = H2GrpcServer(unary_methods(servicer), max_message_bytes)
+    try:
+        bound = await server.listen(host, port, reuse_port)
+    except OSError as error:
+        raise OSError(f"cannot bind the gRPC server to {host}:{port}: {error}") from error
+    log.info("KServe v2 gRPC listening on %s:%d (Kiln's HTTP/2 server)", host, bound)
     return GrpcHandle(server=server, port=bound)

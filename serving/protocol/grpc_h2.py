@@ -1,0 +1,583 @@
+"""The gateway's own gRPC server: unary calls over HTTP/2 on the event loop the backend runs on.
+
+grpc.aio serves a call through gRPC core's threads: its poller thread reads the socket and hands
+each of a call's four completions to the event loop by a one-byte socket write and a loop wake-up,
+27-42 system calls a unary call, and grpc's Cython took ~0.25 ms of event loop a request at
+concurrency 64 against ~0.07 ms of Kiln's own Python (docs/performance-log.md, the twenty-sixth
+session). Here the event loop reads the connection itself: one ``recv`` carries the frames of many
+calls, each call is parsed, dispatched to the servicer as a task and answered with its three frames
+(headers, message, trailers) joined into the connection's one write of that loop step.
+
+What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC client reaches an insecure
+port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
+requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
+CONTINUATION and GOAWAY. Servicers see a context with ``abort``, ``time_remaining`` and
+``set_trailing_metadata``, the part of grpc.aio's ``ServicerContext`` the KServe servicer uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from serving.protocol import h2_wire as w
+
+log = logging.getLogger(__name__)
+
+MAX_STREAMS = 1024  # concurrent calls a connection may open (more are refused, and clients retry)
+STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
+CONNECTION_WINDOW = 1 << 30
+FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
+MAX_HEADER_LIST = 1 << 16
+
+Handler = Callable[[Any, "Call"], Awaitable[Any]]
+
+_RESPONSE_HEADERS = b"\x88" + w.literal_indexed_name(31, b"application/grpc")  # :status 200, content-type
+_OK_TRAILERS = w.literal(b"grpc-status", b"0")
+
+
+class Aborted(Exception):
+    """Raised by :meth:`Call.abort`: the call ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class Call:
+    """One unary call: its request as it arrives, its answer as it leaves, and the servicer's context."""
+
+    __slots__ = (
+        "stream",
+        "handler",
+        "request_class",
+        "encoding",
+        "deadline",
+        "parts",
+        "size",
+        "ended",
+        "unacked",
+        "send_window",
+        "pending",
+        "trailers",
+        "trailing",
+        "task",
+        "loop",
+    )
+
+    def __init__(
+        self, stream: int, handler: Handler, request_class: Any, send_window: int, loop: Any
+    ) -> None:
+        self.stream, self.handler, self.request_class = stream, handler, request_class
+        self.encoding: bytes | None = None
+        self.deadline: float | None = None
+        self.parts: list[bytes] = []
+        self.size = self.unacked = 0
+        self.ended = False  # the client sent END_STREAM
+        self.send_window = send_window
+        self.pending: memoryview | None = None  # message bytes waiting for flow-control window
+        self.trailers = b""
+        self.trailing: tuple[tuple[str, str], ...] = ()
+        self.task: asyncio.Task | None = None
+        self.loop = loop
+
+    # --- the part of grpc.aio.ServicerContext the servicer uses ---
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Aborted(code, details)
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - self.loop.time(), 0.0)
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = tuple(metadata)
+
+
+def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
+    """The HPACK block of a call's trailers: its status, message and the servicer's metadata."""
+    if code == 0 and not trailing:
+        return _OK_TRAILERS
+    parts = [w.literal(b"grpc-status", str(code).encode())]
+    if details:
+        parts.append(w.literal(b"grpc-message", w.percent_encode(details[:4096])))
+    parts.extend(w.literal(key.lower().encode(), str(value).encode()) for key, value in trailing)
+    return b"".join(parts)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames in, calls dispatched, answers out within flow control."""
+
+    def __init__(self, server: H2GrpcServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.preface = False
+        self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
+        self.calls: dict[int, Call] = {}
+        self.blocked: dict[int, Call] = {}  # calls whose message waits for window, in order
+        self.last_stream = 0
+        self.continuing: tuple[int, int, list[bytes]] | None = None
+        self.out: list[bytes] = []
+        self.flush_pending = False
+        self.send_window = w.DEFAULT_WINDOW
+        self.peer_window = w.DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self.peer_frame = w.DEFAULT_FRAME_SIZE
+        self.unacked = 0
+        self.table_update = b""  # a size update owed at the start of our next header block
+        self.closing = False
+        self.frames = {
+            w.DATA: self._data,
+            w.HEADERS: self._headers,
+            w.PRIORITY: self._priority,
+            w.RST_STREAM: self._rst_stream,
+            w.SETTINGS: self._settings,
+            w.PUSH_PROMISE: self._push_promise,
+            w.PING: self._ping,
+            w.GOAWAY: self._goaway,
+            w.WINDOW_UPDATE: self._window_update,
+            w.CONTINUATION: self._continuation,
+        }
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        settings = {
+            w.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            w.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            w.MAX_FRAME_SIZE: FRAME_SIZE,
+            w.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        }
+        transport.write(w.settings_frame(settings) + w.window_update(0, CONNECTION_WINDOW - w.DEFAULT_WINDOW))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        for call in self.calls.values():
+            if call.task is not None:
+                call.task.cancel()
+        self.calls.clear()
+        self.blocked.clear()
+        self.server.idle.set()
+
+    def pause_writing(self) -> None:  # a client that does not read stops being read
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.buffer:
+            data, self.buffer = self.buffer + data, b""
+        if not self.preface:
+            if len(data) < len(w.PREFACE):
+                if w.PREFACE.startswith(data):
+                    self.buffer = data
+                else:
+                    self._close_quietly()
+                return
+            if not data.startswith(w.PREFACE):
+                self._close_quietly()  # not HTTP/2 with prior knowledge: nothing to answer in
+                return
+            self.preface, data = True, data[len(w.PREFACE) :]
+        try:
+            self._frames(data)
+        except w.H2Error as error:
+            self._fail(error.code, str(error))
+            return
+        self._flush()
+
+    def _frames(self, data: bytes) -> None:
+        at, size, head, frames = 0, len(data), w.HEAD.unpack_from, self.frames
+        while size - at >= 9 and not self.closing:
+            high, low, kind, flags, stream = head(data, at)
+            length = high << 16 | low
+            if length > FRAME_SIZE:
+                raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {length}-byte frame, above {FRAME_SIZE}")
+            end = at + 9 + length
+            if end > size:
+                break
+            payload = data[at + 9 : end]
+            at = end
+            if self.continuing is not None and kind != w.CONTINUATION:
+                raise w.H2Error(w.PROTOCOL_ERROR, "a header block was interrupted")
+            handle = frames.get(kind)
+            if handle is not None:  # unknown frame types are ignored (RFC 9113 section 4.1)
+                handle(flags, stream & 0x7FFFFFFF, payload)
+        if at < size:
+            self.buffer = data[at:]
+
+    # --- frames in ---
+    def _data(self, flags: int, stream: int, payload: bytes) -> None:
+        self.unacked += len(payload)
+        if self.unacked >= CONNECTION_WINDOW // 2:
+            self._write(w.window_update(0, self.unacked))
+            self.unacked = 0
+        call = self.calls.get(stream)
+        if call is None or call.ended:
+            if stream == 0 or stream > self.last_stream:
+                raise w.H2Error(w.PROTOCOL_ERROR, f"DATA on stream {stream}, which is not open")
+            return  # a call we answered or reset already: the bytes are counted above, then dropped
+        received = len(payload)
+        if flags & w.PADDED:
+            payload = payload[1 : len(payload) - _padding(payload)]
+        call.parts.append(payload)
+        call.size += len(payload)
+        if call.size > self.server.max_message_bytes + 5:
+            message = (
+                f"received message larger than max ({call.size - 5} vs. {self.server.max_message_bytes})"
+            )
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message)
+        elif flags & w.END_STREAM:
+            call.ended = True
+            self._dispatch(call)
+        else:
+            call.unacked += received
+            if call.unacked >= STREAM_WINDOW // 2:
+                self._write(w.window_update(stream, call.unacked))
+                call.unacked = 0
+
+    def _headers(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream == 0 or not stream & 1:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"HEADERS on stream {stream}")
+        start, end = 0, len(payload)
+        if flags & w.PADDED:
+            start, end = 1, end - _padding(payload)
+        if flags & w.PRIORITY_FLAG:
+            start += 5
+        if start > end:
+            raise w.H2Error(w.PROTOCOL_ERROR, "HEADERS shorter than its padding and priority")
+        block = payload[start:end]
+        if flags & w.END_HEADERS:
+            self._header_block(stream, flags, block)
+        else:
+            self.continuing = (stream, flags, [block])
+
+    def _continuation(self, flags: int, stream: int, payload: bytes) -> None:
+        if self.continuing is None or self.continuing[0] != stream:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"CONTINUATION on stream {stream} without its HEADERS")
+        parts = self.continuing[2]
+        parts.append(payload)
+        if sum(map(len, parts)) > 2 * MAX_HEADER_LIST:
+            raise w.H2Error(w.COMPRESSION_ERROR, "header block too large")
+        if flags & w.END_HEADERS:
+            first_flags = self.continuing[1]
+            self.continuing = None
+            self._header_block(stream, first_flags, b"".join(parts))
+
+    def _header_block(self, stream: int, flags: int, block: bytes) -> None:
+        headers = self.decoder.decode(block)  # always: the table must follow every block
+        call = self.calls.get(stream)
+        if call is not None:  # the client's trailers end its half of the call
+            if not flags & w.END_STREAM:
+                raise w.H2Error(w.PROTOCOL_ERROR, f"second HEADERS on stream {stream} without END_STREAM")
+            call.ended = True
+            self._dispatch(call)
+            return
+        if stream <= self.last_stream:
+            return  # a call we reset already
+        self.last_stream = stream
+        if self.server.stopping or len(self.calls) >= MAX_STREAMS:
+            self._write(w.rst_stream(stream, w.REFUSED_STREAM))  # clients retry these elsewhere
+            return
+        self._open(stream, flags, headers)
+
+    def _open(self, stream: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
+        path = method = content_type = timeout = encoding = None
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b":method":
+                method = value
+        ended = bool(flags & w.END_STREAM)
+        if method != b"POST" or content_type is None or not content_type.startswith(b"application/grpc"):
+            status = b"405" if method != b"POST" else b"415"  # what gRPC's servers answer
+            self._headers_only(stream, w.literal_indexed_name(8, status), ended)
+            return
+        target = self.server.methods.get(path)
+        if target is None:
+            code = grpc.StatusCode.UNIMPLEMENTED.value[0]
+            name = (path or b"").decode(errors="replace")
+            self._headers_only(stream, self._trailers_only(code, f"Method not found: {name}", ()), ended)
+            return
+        call = Call(stream, target[0], target[1], self.peer_window, self.loop)
+        call.encoding = encoding if encoding != b"identity" else None
+        if timeout is not None and (seconds := w.parse_timeout(timeout)) is not None:
+            call.deadline = self.loop.time() + seconds
+        self.calls[stream] = call
+        if ended:
+            call.ended = True
+            self._dispatch(call)
+
+    def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream == 0 or len(payload) != 4:
+            raise w.H2Error(w.PROTOCOL_ERROR, "malformed RST_STREAM")
+        call = self.calls.pop(stream, None)
+        self.blocked.pop(stream, None)
+        if call is not None and call.task is not None:
+            call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
+        self._maybe_idle()
+
+    def _settings(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream != 0 or len(payload) % 6 or (flags & w.ACK and payload):
+            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed SETTINGS")
+        if flags & w.ACK:
+            return
+        for at in range(0, len(payload), 6):
+            key, value = (
+                int.from_bytes(payload[at : at + 2], "big"),
+                int.from_bytes(payload[at + 2 : at + 6], "big"),
+            )
+            if key == w.INITIAL_WINDOW_SIZE:
+                if value > w.MAX_WINDOW:
+                    raise w.H2Error(w.FLOW_CONTROL_ERROR, f"initial window {value}")
+                delta, self.peer_window = value - self.peer_window, value
+                for call in self.calls.values():
+                    call.send_window += delta
+            elif key == w.MAX_FRAME_SIZE:
+                if not w.DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
+                    raise w.H2Error(w.PROTOCOL_ERROR, f"max frame size {value}")
+                self.peer_frame = value
+            elif key == w.HEADER_TABLE_SIZE:
+                self.table_update = b"\x20"  # we keep no dynamic table: say so, size 0, in our next block
+        self._write(w.frame(w.SETTINGS, w.ACK, 0))
+        self._pump()
+
+    def _ping(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream != 0 or len(payload) != 8:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed PING")
+        if not flags & w.ACK:
+            self._write(w.frame(w.PING, w.ACK, 0, payload))
+
+    def _priority(self, flags: int, stream: int, payload: bytes) -> None:
+        """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes."""
+
+    def _goaway(self, flags: int, stream: int, payload: bytes) -> None:
+        """The client opens no more calls; those open finish, and it closes the connection itself."""
+
+    def _push_promise(self, flags: int, stream: int, payload: bytes) -> None:
+        raise w.H2Error(w.PROTOCOL_ERROR, "a client may not push")
+
+    def _window_update(self, flags: int, stream: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if stream == 0:
+            if increment == 0 or self.send_window + increment > w.MAX_WINDOW:
+                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"connection window update of {increment}")
+            self.send_window += increment
+        elif (call := self.calls.get(stream)) is not None:
+            call.send_window += increment
+        if self.blocked:
+            self._pump()
+
+    # --- calls ---
+    def _dispatch(self, call: Call) -> None:
+        """Parse the call's one message and start the servicer on it."""
+        body = call.parts[0] if len(call.parts) == 1 else b"".join(call.parts)
+        call.parts = []
+        problem = None
+        if len(body) < 5:
+            problem = "the call carried no request message"
+        elif int.from_bytes(body[1:5], "big") != len(body) - 5:
+            problem = "a unary call must carry exactly one request message"
+        if problem is not None:
+            self._finish(call, grpc.StatusCode.INTERNAL.value[0], problem)
+            return
+        message = body[5:]
+        try:
+            if body[0]:
+                message = self._decompress(call.encoding, message)
+            request = call.request_class.FromString(message)
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+            return
+        except DecodeError:
+            self._finish(call, grpc.StatusCode.INTERNAL.value[0], "cannot parse the request message")
+            return
+        call.task = self.loop.create_task(self._serve(call, request))
+
+    def _decompress(self, encoding: bytes | None, message: bytes) -> bytes:
+        window = {b"gzip": 31, b"deflate": 15}.get(encoding or b"")
+        if window is None:
+            name = (encoding or b"identity").decode(errors="replace")
+            raise Aborted(
+                grpc.StatusCode.UNIMPLEMENTED, f"compressed with {name}, which this server does not read"
+            )
+        inflater = zlib.decompressobj(window)
+        try:
+            plain = inflater.decompress(message, self.server.max_message_bytes + 1)
+        except zlib.error as error:
+            raise Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the request: {error}") from None
+        if len(plain) > self.server.max_message_bytes:
+            raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
+        return plain
+
+    async def _serve(self, call: Call, request: Any) -> None:
+        try:
+            response = await call.handler(request, call)
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+        except asyncio.CancelledError:
+            return  # the client reset the call or went away: nobody to answer
+        except Exception as error:  # a servicer bug: answer UNKNOWN as grpcio does, keep serving
+            log.exception("gRPC call on stream %d failed", call.stream)
+            self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {type(error).__name__}")
+        else:
+            self._answer(call, response.SerializeToString())
+
+    def _answer(self, call: Call, data: bytes) -> None:
+        """Headers, the message and the trailers: one write when the windows allow, else in turns."""
+        if self.calls.get(call.stream) is not call:
+            return  # reset meanwhile
+        size = len(data) + 5
+        message = b"\x00" + len(data).to_bytes(4, "big")  # not compressed, then the length
+        stream = call.stream
+        headers = w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(_RESPONSE_HEADERS))
+        trailers = trailers_block(0, "", call.trailing)
+        if size <= min(self.send_window, call.send_window, self.peer_frame) and not self.blocked:
+            self.send_window -= size
+            self._write(
+                headers
+                + w.frame(w.DATA, 0, stream, message + data)
+                + w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(trailers))
+            )
+            self._close_call(call)
+            return
+        self._write(headers)
+        call.pending = memoryview(message + data)
+        call.trailers = trailers
+        self.blocked[stream] = call
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what waiting messages the windows now allow, in the order they waited."""
+        for stream, call in list(self.blocked.items()):
+            pending = call.pending
+            while pending and self.send_window > 0 and call.send_window > 0:
+                size = min(len(pending), self.send_window, call.send_window, self.peer_frame)
+                self._write(w.frame(w.DATA, 0, stream, bytes(pending[:size])))
+                pending = pending[size:]
+                self.send_window -= size
+                call.send_window -= size
+            call.pending = pending
+            if pending:
+                if self.send_window <= 0:
+                    return
+                continue
+            del self.blocked[stream]
+            self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
+            self._close_call(call)
+
+    def _finish(self, call: Call, code: int, details: str) -> None:
+        """End a call with a status and no message (gRPC's trailers-only answer)."""
+        if self.calls.get(call.stream) is not call:
+            return
+        self._headers_only(call.stream, self._trailers_only(code, details, call.trailing), True)
+        self._close_call(call)
+
+    def _trailers_only(self, code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
+        return _RESPONSE_HEADERS + trailers_block(code, details, trailing)
+
+    def _headers_only(self, stream: int, block: bytes, ended: bool) -> None:
+        self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))
+        if not ended:  # answered before the client finished sending: tell it to stop
+            self._write(w.rst_stream(stream, w.NO_ERROR))
+
+    def _close_call(self, call: Call) -> None:
+        del self.calls[call.stream]
+        if not call.ended:
+            self._write(w.rst_stream(call.stream, w.NO_ERROR))
+        self._maybe_idle()
+
+    def _block(self, block: bytes) -> bytes:
+        if self.table_update:
+            block, self.table_update = self.table_update + block, b""
+        return block
+
+    # --- bytes out ---
+    def _write(self, data: bytes) -> None:
+        """Queue bytes for this loop step's one write (a batch's answers leave together)."""
+        self.out.append(data)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_pending = False
+        if self.out and not self.closing:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def _fail(self, code: int, message: str) -> None:
+        log.warning("closing a gRPC connection: %s", message)
+        self.out.append(w.goaway(self.last_stream, code, message))
+        self._flush()
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        self.closing = True
+        self.transport.close()
+
+    def goaway(self) -> None:
+        """Stop taking calls (server shutdown): those open finish, new ones are refused."""
+        self._write(w.goaway(self.last_stream, w.NO_ERROR))
+
+    def _maybe_idle(self) -> None:
+        if not self.calls and self.server.stopping:
+            self.server.idle.set()
+
+
+def _padding(payload: bytes) -> int:
+    pad = payload[0] if payload else 0
+    if pad >= len(payload):
+        raise w.H2Error(w.PROTOCOL_ERROR, "padding longer than its frame")
+    return pad
+
+
+class H2GrpcServer:
+    """Listens, accepts connections, and stops gracefully: GOAWAY, open calls finish, then close."""
+
+    def __init__(self, methods: dict[bytes, tuple[Handler, Any]], max_message_bytes: int) -> None:
+        self.methods = methods
+        self.max_message_bytes = max_message_bytes
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.idle = asyncio.Event()
+        self.listener: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int, reuse_port: bool) -> int:
+        self.listener = await self.loop.create_server(
+            lambda: Connection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        return self.listener.sockets[0].getsockname()[1]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.stopping = True
+        if self.listener is not None:
+            self.listener.close()
+        for connection in list(self.connections):
+            connection.goaway()
+        loop_end = self.loop.time() + grace_s
+        while any(c.calls for c in self.connections) and (left := loop_end - self.loop.time()) > 0:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), left)
+            except TimeoutError:
+                break
+        for connection in list(self.connections):
+            connection._flush()
+            connection.transport.close()

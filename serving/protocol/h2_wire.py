@@ -1,0 +1,245 @@
+"""HTTP/2 wire pieces for the gateway's own gRPC server: frames, HPACK, gRPC's header values.
+
+RFC 9113 (HTTP/2) frames and RFC 7541 (HPACK) header blocks, only as much as a gRPC server needs:
+the decoder reads any header block a client may send (indexed fields, literals with and without
+indexing, Huffman strings through the ``hpack`` package's table, dynamic table size updates); the
+encoder writes the server's few headers as literals that never touch the client's dynamic table, so
+it keeps no state. A decoded block is remembered while the dynamic table stays unchanged: a client
+repeating one request sends the same few bytes of indexed fields every time (8 bytes a call from
+perf_analyzer and tritonclient), and the same bytes then give the same headers without decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Frame types (RFC 9113 section 6)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
+# Flags
+END_STREAM = ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+# Error codes (section 7)
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+# Settings (section 6.5.2)
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 1, 2, 3
+INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 4, 5, 6
+DEFAULT_WINDOW = 65_535
+DEFAULT_FRAME_SIZE = 16_384
+MAX_WINDOW = 2**31 - 1
+
+HEAD = struct.Struct(">BHBBL")  # length (high byte, low 16 bits), type, flags, stream id
+
+
+class H2Error(Exception):
+    """A connection error: the connection ends with GOAWAY carrying ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """One frame: the 9-byte header, then ``payload``."""
+    size = len(payload)
+    return HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream) + payload
+
+
+def settings_frame(values: dict[int, int]) -> bytes:
+    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", key, value) for key, value in values.items()))
+
+
+def window_update(stream: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream, increment.to_bytes(4, "big"))
+
+
+def rst_stream(stream: int, code: int) -> bytes:
+    return frame(RST_STREAM, 0, stream, code.to_bytes(4, "big"))
+
+
+def goaway(last_stream: int, code: int, message: str = "") -> bytes:
+    return frame(GOAWAY, 0, 0, struct.pack(">LL", last_stream, code) + message.encode()[:256])
+
+
+# --- HPACK: integers and strings -------------------------------------------------------------------
+
+
+def encode_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer with ``prefix_bits`` in the first byte, whose other bits are ``first``."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _decode_int(block: bytes, at: int, prefix_bits: int) -> tuple[int, int]:
+    """(value, position after it) of the integer starting at ``block[at]``."""
+    limit = (1 << prefix_bits) - 1
+    value = block[at] & limit
+    at += 1
+    if value < limit:
+        return value, at
+    shift = 0
+    while True:
+        if at >= len(block) or shift > 28:
+            raise H2Error(COMPRESSION_ERROR, "malformed HPACK integer")
+        byte = block[at]
+        at += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _decode_string(block: bytes, at: int) -> tuple[bytes, int]:
+    huffman = block[at] & 0x80
+    size, at = _decode_int(block, at, 7)
+    end = at + size
+    if end > len(block):
+        raise H2Error(COMPRESSION_ERROR, "HPACK string runs past its header block")
+    raw = block[at:end]
+    if huffman:
+        try:
+            raw = decode_huffman(raw)
+        except Exception as error:  # hpack's HPACKDecodingError: bad padding or EOS inside
+            raise H2Error(COMPRESSION_ERROR, f"bad Huffman string: {error}") from None
+    return raw, end
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header as a literal never added to the peer's dynamic table (RFC 7541 section 6.2.2)."""
+    return b"\x00" + encode_int(len(name), 7) + name + encode_int(len(value), 7) + value
+
+
+def literal_indexed_name(index: int, value: bytes) -> bytes:
+    """A literal without indexing whose name is the static table's entry ``index``."""
+    return encode_int(index, 4) + encode_int(len(value), 7) + value
+
+
+_STATIC = (None, *HeaderTable.STATIC_TABLE)  # 1-based, as HPACK numbers it
+
+
+class HeaderDecoder:
+    """HPACK decoding with the connection's dynamic table (RFC 7541), bounded in what it accepts."""
+
+    def __init__(self, max_table_size: int = 4096, max_list_size: int = 65_536) -> None:
+        self.max_table_size = max_table_size  # what we advertise in SETTINGS_HEADER_TABLE_SIZE
+        self.table_size = max_table_size  # the encoder's current choice, at most the above
+        self.max_list_size = max_list_size
+        self.entries: deque[tuple[bytes, bytes]] = deque()
+        self.used = 0
+        self._seen: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The (name, value) pairs of one complete header block."""
+        known = self._seen.get(block)
+        if known is not None:
+            return known
+        headers: list[tuple[bytes, bytes]] = []
+        changed, listed, at, end = False, 0, 0, len(block)
+        while at < end:
+            byte = block[at]
+            if byte & 0x80:  # indexed field
+                index, at = _decode_int(block, at, 7)
+                name, value = self._entry(index)
+            elif byte & 0x40 or not byte & 0x20:  # a literal (incremental indexing, without, never)
+                indexing = byte & 0x40
+                index, at = _decode_int(block, at, 6 if indexing else 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, at = _decode_string(block, at)
+                value, at = _decode_string(block, at)
+                if indexing:
+                    self._add(name, value)
+                    changed = True
+            else:  # dynamic table size update
+                size, at = _decode_int(block, at, 5)
+                if size > self.max_table_size:
+                    raise H2Error(
+                        COMPRESSION_ERROR, f"table size {size} above the {self.max_table_size} allowed"
+                    )
+                self.table_size = size
+                self._evict()
+                changed = True
+                continue
+            listed += len(name) + len(value) + 32
+            if listed > self.max_list_size:
+                raise H2Error(COMPRESSION_ERROR, f"header list above {self.max_list_size} bytes")
+            headers.append((name, value))
+        if changed:
+            self._seen.clear()  # indices now name other entries
+        elif len(self._seen) < 64:
+            self._seen[block] = headers
+        return headers
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index < len(_STATIC):
+            return _STATIC[index]
+        dynamic = index - len(_STATIC)
+        if 0 <= dynamic < len(self.entries):
+            return self.entries[dynamic]
+        raise H2Error(COMPRESSION_ERROR, f"HPACK index {index} is not in the table")
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 32
+        if size > self.table_size:
+            self.entries.clear()
+            self.used = 0
+            return
+        self.entries.appendleft((name, value))
+        self.used += size
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.used > self.table_size:
+            name, value = self.entries.pop()
+            self.used -= len(name) + len(value) + 32
+
+
+# --- gRPC's header values --------------------------------------------------------------------------
+
+_TIMEOUT_UNITS = {
+    ord("H"): 3600.0,
+    ord("M"): 60.0,
+    ord("S"): 1.0,
+    ord("m"): 1e-3,
+    ord("u"): 1e-6,
+    ord("n"): 1e-9,
+}
+
+
+def parse_timeout(value: bytes) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (``<1-8 digits><unit>``); None when malformed."""
+    unit = _TIMEOUT_UNITS.get(value[-1]) if value else None
+    digits = value[:-1]
+    if unit is None or not 0 < len(digits) <= 8 or not digits.isdigit():
+        return None
+    return int(digits) * unit
+
+
+def percent_encode(message: str) -> bytes:
+    """``grpc-message``'s encoding: printable ASCII but '%' as is, every other byte as %XX."""
+    out = bytearray()
+    for byte in message.encode():
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)

@@ -1,0 +1,331 @@
+"""Kiln's own gRPC server speaks HTTP/2 as gRPC clients expect: flow control, compression, resets,
+protocol errors and a graceful stop, with the HPACK decoder checked against the ``hpack`` package."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import grpc
+import hpack
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving.execution.base import InferRequest, InferResponse
+from serving.protocol import h2_wire as w
+from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
+from tests.test_grpc import FakeBackend, LoopThread
+
+# --- HPACK and gRPC header values ------------------------------------------------------------------
+
+
+def _expected(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in headers]
+
+
+@pytest.mark.parametrize("huffman", [True, False], ids=["huffman", "plain"])
+def test_the_header_decoder_reads_what_hpack_encodes_as_its_table_fills_evicts_and_shrinks(huffman) -> None:
+    encoder, decoder = hpack.Encoder(), w.HeaderDecoder()
+    requests = [
+        [(":method", "POST"), (":path", "/inference.GRPCInferenceService/ModelInfer"), ("te", "trailers")],
+        [(":method", "POST"), (":path", "/inference.GRPCInferenceService/ModelInfer"), ("te", "trailers")],
+        [("x-request", f"value-{'v' * 300}-{i}") for i in range(20)],  # evicts the first entries
+        [(":path", "/inference.GRPCInferenceService/ModelInfer"), ("grpc-timeout", "99m")],
+    ]
+    for headers in requests:
+        assert decoder.decode(encoder.encode(headers, huffman=huffman)) == _expected(headers)
+    encoder.header_table_size = 64  # the next block starts with a table size update
+    headers = [("x-small", "1"), (":path", "/a")]
+    assert decoder.decode(encoder.encode(headers, huffman=huffman)) == _expected(headers)
+    assert decoder.table_size == 64
+
+
+def test_the_same_indexed_bytes_name_whatever_the_table_holds_now() -> None:
+    decoder = w.HeaderDecoder()
+    add = b"\x40" + bytes((3,)) + b"x-a" + bytes((1,)) + b"1"  # literal with incremental indexing
+    decoder.decode(add)
+    assert decoder.decode(b"\xbe") == [(b"x-a", b"1")]  # index 62: the newest dynamic entry
+    decoder.decode(b"\x40" + bytes((3,)) + b"x-b" + bytes((1,)) + b"2")
+    assert decoder.decode(b"\xbe") == [(b"x-b", b"2")]  # the remembered block no longer applies
+    assert decoder.decode(b"\xbf") == [(b"x-a", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("block", "fragment"),
+    [(b"\xff\x00", "not in the table"), (b"\x3f\xe2\x1f", "table size"), (b"\x00\x05ab", "runs past")],
+    ids=["index-beyond-the-table", "size-update-above-the-setting", "truncated-string"],
+)
+def test_a_malformed_header_block_is_a_compression_error(block: bytes, fragment: str) -> None:
+    with pytest.raises(w.H2Error, match=fragment) as caught:
+        w.HeaderDecoder().decode(block)
+    assert caught.value.code == w.COMPRESSION_ERROR
+
+
+@pytest.mark.parametrize("bits", [4, 5, 6, 7])
+def test_hpack_integers_round_trip_across_their_prefix(bits: int) -> None:
+    for value in (0, 1, 14, 15, 16, 62, 63, 127, 128, 300, 16_384, 2**20):
+        encoded = w.encode_int(value, bits)
+        assert w._decode_int(encoded, 0, bits) == (value, len(encoded)), value
+
+
+def test_grpc_timeouts_and_messages_are_read_and_written_as_grpc_specifies() -> None:
+    assert w.parse_timeout(b"100m") == pytest.approx(0.1)
+    assert w.parse_timeout(b"5S") == 5.0
+    assert w.parse_timeout(b"2H") == 7200.0
+    assert w.parse_timeout(b"7u") == pytest.approx(7e-6)
+    for bad in (b"", b"S", b"123456789S", b"10x", b"1.5S"):
+        assert w.parse_timeout(bad) is None, bad
+    assert w.percent_encode("a%b\nc é") == b"a%25b%0Ac %C3%A9"
+
+
+# --- the server, through real gRPC clients ---------------------------------------------------------
+
+
+class BlockingBackend(FakeBackend):
+    """``double`` waits for :attr:`release`; records when a call arrives and when it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Event()
+        self.cancelled = threading.Event()
+        self.release: asyncio.Event | None = None
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self.release is None:
+            self.release = asyncio.Event()
+        self.arrived.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return await super().infer(request)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def server(loop: LoopThread) -> Iterator[GrpcHandle]:
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, max_message_bytes=16 << 20))
+    yield handle
+    loop.run(handle.stop(1.0))
+
+
+def _request(x: np.ndarray, model: str = "double") -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def _doubled(reply: service_pb2.ModelInferResponse, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(shape)
+
+
+def _stub(channel: grpc.Channel) -> service_pb2_grpc.GRPCInferenceServiceStub:
+    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _channel(port: int, **kwargs) -> grpc.Channel:
+    limits = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=limits, **kwargs)
+
+
+def test_messages_larger_than_every_window_cross_both_ways(server: GrpcHandle) -> None:
+    x = np.random.default_rng(0).standard_normal((700_000, 3)).astype(np.float32)  # 8.4 MB each way
+    with _channel(server.port) as channel:
+        reply = _stub(channel).ModelInfer(_request(x), timeout=60)
+    np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
+
+
+@pytest.mark.parametrize(
+    "compression", [grpc.Compression.Gzip, grpc.Compression.Deflate], ids=["gzip", "deflate"]
+)
+def test_compressed_requests_are_read(server: GrpcHandle, compression: grpc.Compression) -> None:
+    x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    with _channel(server.port, compression=compression) as channel:
+        reply = _stub(channel).ModelInfer(_request(x), timeout=10)
+    np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
+
+
+def test_a_method_the_servicer_lacks_is_unimplemented_and_the_connection_serves_on(server) -> None:
+    with _channel(server.port) as channel:
+        index = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            request_serializer=service_pb2.RepositoryIndexRequest.SerializeToString,
+            response_deserializer=service_pb2.RepositoryIndexResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            index(service_pb2.RepositoryIndexRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "RepositoryIndex" in caught.value.details()
+        assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+
+def test_a_message_above_the_limit_is_resource_exhausted_and_the_next_call_is_answered(loop) -> None:
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, max_message_bytes=1 << 20))
+    try:
+        with _channel(handle.port) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                _stub(channel).ModelInfer(_request(np.ones((200_000, 3), np.float32)), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in caught.value.details()
+            x = np.ones((2, 3), np.float32)
+            np.testing.assert_array_equal(
+                _doubled(_stub(channel).ModelInfer(_request(x), timeout=10), (2, 3)), x * 2
+            )
+    finally:
+        loop.run(handle.stop(1.0))
+
+
+def test_many_calls_in_flight_on_one_connection_each_get_their_own_answer(server: GrpcHandle) -> None:
+    with _channel(server.port) as channel:
+        stub = _stub(channel)
+        inputs = [np.full((i % 7 + 1, 3), i, np.float32) for i in range(300)]
+        futures = [stub.ModelInfer.future(_request(x), timeout=30) for x in inputs]
+        for x, future in zip(inputs, futures, strict=True):
+            np.testing.assert_array_equal(_doubled(future.result(), x.shape), x * 2)
+
+
+def test_tritonclient_with_its_own_options_is_answered(server: GrpcHandle) -> None:
+    x = np.ones((4, 3), np.float32)
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+        tensor = grpcclient.InferInput("x", [4, 3], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("double", [tensor], compression_algorithm="gzip", client_timeout=10)
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 2)
+
+
+def test_a_client_deadline_cancels_the_servicer_and_the_server_serves_on(loop: LoopThread) -> None:
+    backend = BlockingBackend()
+    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
+    try:
+        with _channel(handle.port) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                _stub(channel).ModelInfer(_request(np.ones((1, 3), np.float32)), timeout=0.5)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert backend.cancelled.wait(10), "the client's RST_STREAM did not cancel the servicer"
+            assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+    finally:
+        loop.run(handle.stop(0.5))
+
+
+def test_stopping_lets_a_call_in_flight_finish_then_refuses_connections(loop: LoopThread) -> None:
+    backend = BlockingBackend()
+    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
+    x = np.ones((2, 3), np.float32)
+    with _channel(handle.port) as channel:
+        call = _stub(channel).ModelInfer.future(_request(x), timeout=30)
+        assert backend.arrived.wait(10)
+        stopping = asyncio.run_coroutine_threadsafe(handle.stop(10.0), loop.loop)
+        loop.loop.call_soon_threadsafe(backend.release.set)
+        np.testing.assert_array_equal(_doubled(call.result(), x.shape), x * 2)
+        stopping.result(15)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", handle.port), timeout=5).close()
+
+
+# --- the server, frame by frame --------------------------------------------------------------------
+
+
+class RawClient:
+    """A socket speaking HTTP/2 frames by hand, for what real clients never send."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.data = b""
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def _read(self, size: int) -> bytes | None:
+        while len(self.data) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.data += chunk
+        out, self.data = self.data[:size], self.data[size:]
+        return out
+
+    def frame(self) -> tuple[int, int, int, bytes] | None:
+        """(type, flags, stream, payload) of the next frame; None once the server closed."""
+        head = self._read(9)
+        if head is None:
+            return None
+        high, low, kind, flags, stream = w.HEAD.unpack(head)
+        payload = self._read(high << 16 | low)
+        return None if payload is None else (kind, flags, stream, payload)
+
+    def until(self, kind: int) -> tuple[int, int, int, bytes] | None:
+        while (got := self.frame()) is not None and got[0] != kind:
+            pass
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(server: GrpcHandle) -> Iterator[RawClient]:
+    client = RawClient(server.port)
+    client.send(w.PREFACE, w.settings_frame({}))
+    yield client
+    client.close()
+
+
+def test_a_ping_is_answered_with_its_own_payload(raw: RawClient) -> None:
+    raw.send(w.frame(w.PING, 0, 0, b"kiln-ok!"))
+    assert raw.until(w.PING) == (w.PING, w.ACK, 0, b"kiln-ok!")
+
+
+def test_settings_are_acknowledged(raw: RawClient) -> None:
+    assert raw.until(w.SETTINGS)[1] == 0  # the server's own settings first
+    raw.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 1 << 20}))
+    assert raw.until(w.SETTINGS) == (w.SETTINGS, w.ACK, 0, b"")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (w.frame(w.WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"), w.FRAME_SIZE_ERROR),
+        (w.frame(w.DATA, w.END_STREAM, 7, b"\x00\x00\x00\x00\x00"), w.PROTOCOL_ERROR),
+        (w.frame(w.HEADERS, w.END_HEADERS, 1, b"\xff\x00"), w.COMPRESSION_ERROR),
+        (w.frame(w.HEADERS, w.END_HEADERS, 2, b"\x83"), w.PROTOCOL_ERROR),
+    ],
+    ids=["short-window-update", "data-on-an-idle-stream", "bad-hpack-index", "even-stream-id"],
+)
+def test_a_protocol_error_ends_that_connection_with_goaway_and_others_are_served(
+    raw: RawClient, server: GrpcHandle, frame: bytes, code: int
+) -> None:
+    raw.send(frame)
+    goaway = raw.until(w.GOAWAY)
+    assert goaway is not None and int.from_bytes(goaway[3][4:8], "big") == code
+    assert raw.frame() is None  # then the server closed the connection
+    with _channel(server.port) as channel:
+        assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+
+def test_a_client_that_is_not_http2_is_disconnected(server: GrpcHandle) -> None:
+    client = RawClient(server.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: kiln\r\n\r\n")
+    while client.frame() is not None:  # whatever came before, the connection ends
+        pass
+    client.close()
+    with _channel(server.port) as channel:
+        assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+
+def test_a_post_that_is_not_grpc_gets_415(raw: RawClient) -> None:
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/x"), ("content-type", "text/plain")])
+    raw.send(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
+    headers = raw.until(w.HEADERS)
+    assert hpack.Decoder().decode(headers[3]) == [(":status", "415")]
