@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.execution.base import InferRequest, InferResponse
+from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from tests.test_grpc import FakeBackend, LoopThread
@@ -329,3 +330,22 @@ def test_a_post_that_is_not_grpc_gets_415(raw: RawClient) -> None:
     raw.send(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
     headers = raw.until(w.HEADERS)
     assert hpack.Decoder().decode(headers[3]) == [(":status", "415")]
+
+
+def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: GrpcHandle) -> None:
+    encoder = hpack.Encoder()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/inference.GRPCInferenceService/ServerLive"),
+        ("content-type", "application/grpc"),
+    ]
+    frames = []
+    for stream in range(1, 2 * (grpc_h2.RESET_BURST + 50), 2):  # opened, then reset before its message
+        frames.append(w.frame(w.HEADERS, w.END_HEADERS, stream, encoder.encode(headers)))
+        frames.append(w.rst_stream(stream, w.CANCEL))
+    raw.send(*frames)
+    goaway = raw.until(w.GOAWAY)
+    assert goaway is not None and int.from_bytes(goaway[3][4:8], "big") == w.ENHANCE_YOUR_CALM
+    with _channel(server.port) as channel:  # other connections are served
+        assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live

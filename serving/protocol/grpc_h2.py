@@ -35,6 +35,11 @@ STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
 CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
+# Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
+# ("rapid reset", CVE-2023-44487) costs the server a dispatch each and the client nothing; a
+# connection past its budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
+RESET_BURST = 200
+RESET_RATE = 100.0
 
 Handler = Callable[[Any, "Call"], Awaitable[Any]]
 
@@ -131,6 +136,7 @@ class Connection(asyncio.Protocol):
         self.unacked = 0
         self.table_update = b""  # a size update owed at the start of our next header block
         self.closing = False
+        self.reset_budget, self.reset_at = float(RESET_BURST), self.loop.time()
         self.frames = {
             w.DATA: self._data,
             w.HEADERS: self._headers,
@@ -326,7 +332,14 @@ class Connection(asyncio.Protocol):
             raise w.H2Error(w.PROTOCOL_ERROR, "malformed RST_STREAM")
         call = self.calls.pop(stream, None)
         self.blocked.pop(stream, None)
-        if call is not None and call.task is not None:
+        if call is None:
+            return
+        now = self.loop.time()
+        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
+        self.reset_at = now
+        if self.reset_budget < 0:
+            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many calls reset by the client")
+        if call.task is not None:
             call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
         self._maybe_idle()
 
