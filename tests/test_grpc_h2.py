@@ -349,3 +349,33 @@ def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: G
     assert goaway is not None and int.from_bytes(goaway[3][4:8], "big") == w.ENHANCE_YOUR_CALM
     with _channel(server.port) as channel:  # other connections are served
         assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+
+def test_a_call_arriving_a_few_bytes_at_a_time_is_answered(server: GrpcHandle) -> None:
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/inference.GRPCInferenceService/ModelInfer"),
+        ("content-type", "application/grpc"),
+    ]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    message = _request(x).SerializeToString()
+    wire = b"".join(
+        (
+            w.PREFACE,
+            w.settings_frame({}),
+            w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)),
+            w.frame(w.DATA, w.END_STREAM, 1, b"\x00" + len(message).to_bytes(4, "big") + message),
+        )
+    )
+    client = RawClient(server.port)
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for at in range(0, len(wire), 7):
+            client.send(wire[at : at + 7])
+        data = client.until(w.DATA)
+        assert data is not None and data[2] == 1
+        reply = service_pb2.ModelInferResponse.FromString(data[3][5:])
+        np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
+    finally:
+        client.close()

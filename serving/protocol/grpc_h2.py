@@ -121,7 +121,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.buffer = b""
+        self.buffer = bytearray()  # the start of a frame not yet whole
         self.preface = False
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
         self.calls: dict[int, Call] = {}
@@ -179,12 +179,15 @@ class Connection(asyncio.Protocol):
         self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.buffer:
-            data, self.buffer = self.buffer + data, b""
+        if self.buffer:  # the rest of a frame: gathered until it is whole, then read with what follows
+            self.buffer += data
+            if not self._whole(self.buffer):
+                return
+            data, self.buffer = bytes(self.buffer), bytearray()
         if not self.preface:
             if len(data) < len(w.PREFACE):
                 if w.PREFACE.startswith(data):
-                    self.buffer = data
+                    self.buffer = bytearray(data)
                 else:
                     self._close_quietly()
                 return
@@ -217,7 +220,16 @@ class Connection(asyncio.Protocol):
             if handle is not None:  # unknown frame types are ignored (RFC 9113 section 4.1)
                 handle(flags, stream & 0x7FFFFFFF, payload)
         if at < size:
-            self.buffer = data[at:]
+            self.buffer = bytearray(data[at:])
+
+    def _whole(self, buffer: bytearray) -> bool:
+        """Whether ``buffer`` holds the preface or its first frame whole (or a frame too large to wait for)."""
+        if not self.preface:
+            return len(buffer) >= len(w.PREFACE) or not w.PREFACE.startswith(buffer)
+        if len(buffer) < 9:
+            return False
+        length = buffer[0] << 16 | buffer[1] << 8 | buffer[2]
+        return length > FRAME_SIZE or len(buffer) >= 9 + length
 
     # --- frames in ---
     def _data(self, flags: int, stream: int, payload: bytes) -> None:
