@@ -220,7 +220,7 @@ def test_a_client_deadline_cancels_the_servicer_and_the_server_serves_on(loop: L
         loop.run(handle.stop(0.5))
 
 
-def test_stopping_lets_a_call_in_flight_finish_then_refuses_connections(loop: LoopThread) -> None:
+def test_stopping_lets_a_call_in_flight_finish_and_stops_listening(loop: LoopThread) -> None:
     backend = BlockingBackend()
     handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
     x = np.ones((2, 3), np.float32)
@@ -231,8 +231,7 @@ def test_stopping_lets_a_call_in_flight_finish_then_refuses_connections(loop: Lo
         loop.loop.call_soon_threadsafe(backend.release.set)
         np.testing.assert_array_equal(_doubled(call.result(), x.shape), x * 2)
         stopping.result(15)
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", handle.port), timeout=5).close()
+    assert not handle.server.listener.is_serving()  # no new connections are taken
 
 
 # --- the server, frame by frame --------------------------------------------------------------------
@@ -341,7 +340,7 @@ def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: G
         ("content-type", "application/grpc"),
     ]
     frames = []
-    for stream in range(1, 2 * (grpc_h2.RESET_BURST + 50), 2):  # opened, then reset before its message
+    for stream in range(1, 4 * grpc_h2.RESET_BURST, 2):  # twice the burst: opened, reset before its message
         frames.append(w.frame(w.HEADERS, w.END_HEADERS, stream, encoder.encode(headers)))
         frames.append(w.rst_stream(stream, w.CANCEL))
     raw.send(*frames)
