@@ -102,7 +102,7 @@ def measure(
     """One gateway process (``mode`` real, or answering at once after ``answer_delay_s``), warmed up,
     then ``rounds`` passes over ``texts`` (beam 4) from ``concurrency`` keep-alive clients."""
     from bench.servers import gateway_cmd
-    from bench.translation_gateway import _gateway_run
+    from bench.translation_gateway import _gateway_run, run_client
     from kiln.processes import running
 
     if mode not in MODES:
@@ -121,9 +121,9 @@ def measure(
             ]
         url = f"http://127.0.0.1:{http}"
         with running(cmd, f"{url}/v2/health/ready", log_path=log_path) as process:
-            asyncio.run(_gateway_run(url, model, list(texts[: 4 * concurrency]), 4, concurrency))  # warm-up
+            run_client(_gateway_run(url, model, list(texts[: 4 * concurrency]), 4, concurrency))  # warm-up
             before, client = thread_cpu(process.pid), _own_cpu()
-            _, seconds, _ = asyncio.run(_gateway_run(url, model, list(texts), 4, concurrency, rounds))
+            _, seconds, _ = run_client(_gateway_run(url, model, list(texts), 4, concurrency, rounds))
             after, client = thread_cpu(process.pid), _own_cpu() - client
     n = len(texts) * rounds
     ms = {kind: (after[kind] - before[kind]) * 1e3 / n for kind in after}

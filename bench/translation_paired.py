@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import gateway_cmd
-from bench.translation_gateway import TARGET_CONCURRENCY, _gateway_run, gateway_engine, steady_rounds
+from bench.translation_gateway import (
+    TARGET_CONCURRENCY,
+    _gateway_run,
+    gateway_engine,
+    run_client,
+    steady_rounds,
+)
 from bench.translation_rows import MAX_LENGTH, Workload, median_pass
 from kiln.processes import running
 from serving.triton.server import free_port
@@ -75,7 +81,7 @@ def paired_rows(
         return w.count(last[CT2_BEST]) / seconds
 
     def gateway(name: str) -> float:
-        hyps, seconds, _ = asyncio.run(
+        hyps, seconds, _ = run_client(
             _gateway_run(url, entries[name], w.texts, beam, TARGET_CONCURRENCY, passes)
         )
         last[name] = hyps
