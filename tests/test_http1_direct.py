@@ -4,6 +4,7 @@ request (and a lean one it cannot take whole) left to uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -20,6 +21,8 @@ from tests.repo_fixtures import LiveServer
 
 LIMIT = 4096
 background_runs = threading.Semaphore(0)  # released by each background task run
+entered, released = threading.Event(), threading.Event()  # a request held in its endpoint ("hold")
+stopping = threading.Event()  # set once the server has told its connections it stops
 
 
 class Refused(Exception):
@@ -32,6 +35,9 @@ async def echo(request: Request, name: str) -> Response:
         raise Refused(name)
     if body == b"crash":
         raise RuntimeError("boom")
+    if body == b"hold":
+        entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, released.wait, 30)
     task = BackgroundTask(background_runs.release) if body == b"later" else None
     answer = {"name": name, "echo": body.decode(), "query": request.scope["query_string"].decode()}
     return JSONResponse(answer, headers={"x-kiln": "yes"}, background=task)
@@ -75,6 +81,10 @@ def served():
         async def _answer(self, cycle):
             direct.append(cycle.scope["path"])
             await super()._answer(cycle)
+
+        def shutdown(self):
+            super().shutdown()
+            stopping.set()
 
     with LiveServer(make_app(), http=Counted) as live:
         yield live, direct
@@ -207,3 +217,21 @@ def test_without_a_lean_layer_every_request_goes_through_uvicorn():
     with LiveServer(plain, http=Counted) as live:
         (status, _, body) = exchange(live.port, post("/v1/models/m/echo", b""))[0]
     assert (status, json.loads(body), direct) == (200, {"name": "m"}, [])
+
+
+def test_a_server_stopping_finishes_a_direct_answer_in_flight_then_closes_its_connection(served):
+    live, direct = served
+    entered.clear(), released.clear(), stopping.clear()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=30) as sock:
+        sock.sendall(post("/v1/models/m/echo", b"hold"))
+        assert entered.wait(30)
+        live.server.should_exit = True  # uvicorn's graceful stop, with the answer still to come
+        assert stopping.wait(30)
+        released.set()
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close\r\n" in received
+    assert received.endswith(b'"echo":"hold","query":""}') and direct == ["/v1/models/m/echo"]
+    live.thread.join(timeout=60)
+    assert not live.thread.is_alive()
