@@ -301,9 +301,9 @@ def test_the_translation_load_client_fails_on_an_error_status_naming_it():
         asyncio.run(_gateway_run(f"http://{live.url}", "m", ["x"], 4, 1))
 
 
-async def _dribbling_server(answer: bytes, piece: int = 3):
-    """A raw server answering every request (whatever its bytes, one request per read) with ``answer``,
-    written ``piece`` bytes at a time, each piece its own write and loop step."""
+def _dribbling(answer: bytes, piece: int = 3):
+    """A raw server's handler answering every request (whatever its bytes, one request per read) with
+    ``answer``, written ``piece`` bytes at a time, each piece its own write and loop step."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(65536):
@@ -313,56 +313,44 @@ async def _dribbling_server(answer: bytes, piece: int = 3):
                 await asyncio.sleep(0)
         writer.close()
 
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    return serve
+
+
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw server's handler closing the connection once a request has arrived."""
+    await reader.read(65536)
+    writer.close()
+
+
+def _client_against(handler, texts: list[str], concurrency: int, rounds: int = 1):
+    """The translation load client's run against a raw server of ``handler`` on a free port."""
+    from bench.translation_gateway import _gateway_run, run_client
+
+    async def scenario():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await _gateway_run(f"http://127.0.0.1:{port}", "m", texts, 4, concurrency, rounds)
+
+    return run_client(scenario())
 
 
 def test_the_translation_load_client_reads_answers_that_arrive_a_few_bytes_at_a_time():
-    from bench.translation_gateway import _gateway_run, run_client
-
     body = b'{"translations": [{"hypotheses": [{"text": "bonjour"}]}]}'
-    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(body),
-        body,
-    )
-
-    async def scenario():
-        server = await _dribbling_server(answer)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            return await _gateway_run(f"http://127.0.0.1:{port}", "m", ["a", "b", "c"], 4, 2, rounds=2)
-
-    hyps, elapsed, latencies = run_client(scenario())
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+    hyps, elapsed, latencies = _client_against(_dribbling(head + body), ["a", "b", "c"], 2, rounds=2)
     assert hyps == ["bonjour"] * 3 and len(latencies) == 6 and elapsed > 0
 
 
 def test_the_translation_load_client_refuses_an_answer_without_a_length():
-    from bench.translation_gateway import _gateway_run, run_client
-
-    async def scenario():
-        server = await _dribbling_server(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            return await _gateway_run(f"http://127.0.0.1:{port}", "m", ["a"], 4, 1)
-
+    chunked = _dribbling(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
     with pytest.raises(RuntimeError, match="without a Content-Length"):
-        run_client(scenario())
+        _client_against(chunked, ["a"], 1)
 
 
 def test_the_translation_load_client_fails_when_the_server_closes_with_a_request_in_flight():
-    from bench.translation_gateway import _gateway_run, run_client
-
-    async def scenario():
-        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read(65536)
-            writer.close()
-
-        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            return await _gateway_run(f"http://127.0.0.1:{port}", "m", ["a"], 4, 1)
-
     with pytest.raises(ConnectionError, match="request in flight"):
-        run_client(scenario())
+        _client_against(_hang_up, ["a"], 1)
 
 
 def test_a_text_translated_differently_across_rounds_is_marked_so_that_it_counts_as_differing():
