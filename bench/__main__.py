@@ -287,9 +287,10 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     opened = pa_open or results.get("servers", {}).get(
         "open", []
     )  # perf_analyzer's C++ client when there is one
-    pa = {
+    pa = {  # the targets against Triton read perf_analyzer over gRPC (rows without a protocol: older runs)
         (r["target"], r["concurrency"]): r
         for r in results.get("servers", {}).get("perf_analyzer", {}).get("rows", [])
+        if r.get("protocol", "grpc") == "grpc"
     }
     pa_value = lambda target, c, key: pa.get((target, c), {}).get(key, math.nan)  # noqa: E731
     rows = [

@@ -149,7 +149,9 @@ def interleaved(
     progress: Callable[[str], None] = log.info,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair."""
+    """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair (its
+    ``protocol`` that of ``kwargs``, gRPC unless given)."""
+    protocol = kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     for r in range(rounds):
         for c in concurrencies:
@@ -157,22 +159,25 @@ def interleaved(
                 try:
                     sample = run_once(tool, url, model, c, **kwargs)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    progress(f"perf_analyzer {name} c={c} round {r + 1}: {exc}")
+                    progress(f"perf_analyzer {protocol} {name} c={c} round {r + 1}: {exc}")
                     continue
                 samples.setdefault((name, c), []).append(sample)
                 progress(
-                    f"perf_analyzer {name} c={c}: {sample['throughput_rps']:.0f} infer/s, p50 {sample.get('p50_ms', 0):.2f} ms"
+                    f"perf_analyzer {protocol} {name} c={c}: {sample['throughput_rps']:.0f} infer/s, "
+                    f"p50 {sample.get('p50_ms', 0):.2f} ms"
                 )
-    return [_median_row(name, c, runs) for (name, c), runs in samples.items()]
+    return [_median_row(name, c, runs, protocol) for (name, c), runs in samples.items()]
 
 
-def _median_row(target: str, concurrency: int, runs: list[dict[str, float]]) -> dict[str, Any]:
+def _median_row(
+    target: str, concurrency: int, runs: list[dict[str, float]], protocol: str = "grpc"
+) -> dict[str, Any]:
     keys = sorted({k for run in runs for k in run})
     medians = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
     return {
         "target": target,
         "tool": "perf_analyzer",
-        "protocol": "grpc",
+        "protocol": protocol,
         "concurrency": concurrency,
         "runs": len(runs),
         **medians,
@@ -192,7 +197,9 @@ def side_by_side(
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC
-    interleaved between them; ``{"rows": [...]}`` or ``{"skipped": why}``."""
+    and then over HTTP (KServe v2 REST, binary tensors as perf_analyzer sends them), interleaved
+    between them, and the open loop over gRPC; ``{"rows": [...], "open": [...]}`` (each row with its
+    ``protocol``) or ``{"skipped": why}``."""
     from contextlib import ExitStack
 
     from bench.servers import gateway_cmd
@@ -211,18 +218,23 @@ def side_by_side(
         ready = f"http://127.0.0.1:{http}/v2/health/ready"
         stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
         targets = {"gateway": f"127.0.0.1:{grpc}"}
+        rest = {"gateway": f"127.0.0.1:{http}"}
         if find_triton() is not None:
             triton = stack.enter_context(TritonServer(repository, workdir / "triton-pa", threads=threads))
-            targets["triton"] = triton.grpc_url
+            targets["triton"], rest["triton"] = triton.grpc_url, triton.http_url
         else:
             progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
         progress(
-            f"perf_analyzer over gRPC, {rounds} interleaved rounds: {sorted(targets)} at {list(concurrencies)}"
+            f"perf_analyzer over gRPC, then HTTP, {rounds} interleaved rounds: {sorted(targets)} at "
+            f"{list(concurrencies)}"
         )
         rows = interleaved(tool, targets, model, concurrencies, rounds=rounds, progress=progress)
+        over_http = interleaved(
+            tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http"
+        )
         return {
             "binary": str(tool.binary),
-            "rows": rows,
+            "rows": rows + over_http,
             "open": open_loop_at_half_peak(tool, targets, model, rows, rounds=rounds, progress=progress),
         }
 

@@ -109,17 +109,31 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
 
 
 def perf_analyzer_section(pa: dict[str, Any]) -> str:
-    """perf_analyzer (Triton's own tool) over gRPC: medians of interleaved runs, gateway vs Triton."""
+    """perf_analyzer (Triton's own tool) over gRPC and HTTP: medians of interleaved runs, gateway vs
+    Triton over the same protocol."""
     if not pa:
         return ""
-    head = "\n### perf_analyzer over gRPC (interleaved runs, medians)\n\n"
+    head = "\n### perf_analyzer over gRPC and HTTP (interleaved runs, medians)\n\n"
     if "skipped" in pa:
         return head + f"Not run: {pa['skipped']}.\n"
-    rows = sorted(pa["rows"], key=lambda r: (r["concurrency"], r["target"]))
-    triton = {r["concurrency"]: r["throughput_rps"] for r in rows if r["target"] == "triton"}
+    for r in pa["rows"]:
+        r.setdefault("protocol", "grpc")
+    order = {"grpc": 0, "http": 1}
+    rows = sorted(pa["rows"], key=lambda r: (order.get(r["protocol"], 2), r["concurrency"], r["target"]))
+    triton = {(r["protocol"], r["concurrency"]): r["throughput_rps"] for r in rows if r["target"] == "triton"}
     for r in rows:
-        r["x_triton"] = ratio(r["throughput_rps"], triton.get(r["concurrency"], math.nan))
-    cols = ["target", "concurrency", "runs", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "x_triton"]
+        r["x_triton"] = ratio(r["throughput_rps"], triton.get((r["protocol"], r["concurrency"]), math.nan))
+    cols = [
+        "target",
+        "protocol",
+        "concurrency",
+        "runs",
+        "throughput_rps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "x_triton",
+    ]
     text = head + table(rows, cols) + "\n"
     if pa.get("open"):
         text += (

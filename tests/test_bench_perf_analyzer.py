@@ -184,3 +184,46 @@ def test_the_ceiling_is_onnxruntimes_best_layout_whichever_it_is():
         {"engine": "pytorch", "precision": "fp32", "batch": 64, "throughput_ips": 9999.0},
     ]
     assert best_direct_throughput(rows) == 3600.0
+
+
+def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_only(monkeypatch):
+    seen = []
+
+    def fake_run(tool, url, model, concurrency, **kwargs):
+        seen.append(kwargs.get("protocol"))
+        return {"throughput_rps": {"g": 900.0, "t": 600.0}[url], "p50_ms": 1.0}
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    http_rows = pa.interleaved(
+        None, {"gateway": "g", "triton": "t"}, "m", (64,), rounds=1, progress=lambda _: None, protocol="http"
+    )
+    assert seen == ["http", "http"] and {r["protocol"] for r in http_rows} == {"http"}
+    grpc_rows = [
+        {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 500.0, "p50_ms": 9.0},
+        {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 9.0},
+    ]
+    results = {
+        "engines": [
+            {
+                "engine": "onnxruntime",
+                "precision": "fp32",
+                "batch": 64,
+                "p50_ms": 9.0,
+                "throughput_ips": 1000.0,
+            }
+        ],
+        "servers": {"perf_analyzer": {"rows": grpc_rows + http_rows}},
+    }
+    by_name = {r["target"]: r for r in targets(results, "resnet18")}
+    # against Triton: gRPC with gRPC (0.5), not the gateway's HTTP row against Triton's gRPC one
+    assert by_name["perf_analyzer gRPC c=64: gateway >= 1.0x Triton"]["measured"] == pytest.approx(0.5)
+    # the ceiling: the best client, whichever protocol it used
+    assert by_name["gateway c=64 (best client) >= 0.8x ORT best-batch direct"]["measured"] == pytest.approx(
+        0.9
+    )
+    text = report.perf_analyzer_section(results["servers"]["perf_analyzer"])
+    lines = [line for line in text.splitlines() if line.startswith("| gateway")]
+    assert lines == [
+        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |",
+        "| gateway | http | 64 | 1 | 900.00 | 1.00 |  |  | 1.50 |",
+    ]
