@@ -142,18 +142,23 @@ def test_targets_compare_the_gateway_with_triton_and_onnxruntime_from_perf_analy
     assert math.isnan(by_name["gateway c=64 >= 5x naive baseline"]["measured"])  # no naive run here
 
 
+def _onnxruntime_at_batch_64(throughput_ips: float) -> list[dict]:
+    """An engines table whose only row is ONNX Runtime at batch 64 (the c=64 ceiling's divisor)."""
+    return [
+        {
+            "engine": "onnxruntime",
+            "precision": "fp32",
+            "batch": 64,
+            "p50_ms": 9.0,
+            "throughput_ips": throughput_ips,
+        }
+    ]
+
+
 def test_the_gateway_c64_ceiling_row_takes_the_best_client_that_measured_it():
     """Kiln's Python generator shares the 2 cores with the gateway; perf_analyzer (C++) less so."""
     results = {
-        "engines": [
-            {
-                "engine": "onnxruntime",
-                "precision": "fp32",
-                "batch": 64,
-                "p50_ms": 9.0,
-                "throughput_ips": 2000.0,
-            }
-        ],
+        "engines": _onnxruntime_at_batch_64(2000.0),
         "servers": {
             "closed": [
                 {"target": "gateway", "protocol": "http", "concurrency": 64, "throughput_rps": 800.0},
@@ -203,15 +208,7 @@ def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_o
         {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 9.0},
     ]
     results = {
-        "engines": [
-            {
-                "engine": "onnxruntime",
-                "precision": "fp32",
-                "batch": 64,
-                "p50_ms": 9.0,
-                "throughput_ips": 1000.0,
-            }
-        ],
+        "engines": _onnxruntime_at_batch_64(1000.0),
         "servers": {"perf_analyzer": {"rows": grpc_rows + http_rows}},
     }
     by_name = {r["target"]: r for r in targets(results, "resnet18")}
