@@ -261,7 +261,7 @@ def test_the_plans_tensor_fields_are_built_once_while_the_buffers_stay(model, mo
 
 def test_a_decoders_buffers_keep_their_address_until_they_grow():
     decoder = object.__new__(native_decoder.NativeDecoder)  # its buffers only: no session needed
-    decoder._buffers, decoder.generation, decoder.turn = {}, 0, 0
+    decoder._buffers, decoder._pair_keys, decoder.generation, decoder.turn = {}, {}, 0, 0
     small, at = decoder.buffer_at("cache", 100, np.float32)
     assert at == small.ctypes.data and small.size >= 100 and decoder.generation == 1
     again, at_again = decoder.buffer_at("cache", 80, np.float32)

@@ -139,6 +139,7 @@ class NativeDecoder:
         if not self.session:
             raise RuntimeError(f"ONNX Runtime could not open {self.path}: {self.error.value.decode()}")
         self._buffers: dict[str, tuple[np.ndarray, int]] = {}  # key: (buffer, its address)
+        self._pair_keys: dict[str, tuple[str, str]] = {}  # key: the keys of its two buffers (pair)
         self.generation = 0  # counts buffer reallocations (a plan holding their addresses is rebuilt)
         self.turn = 0  # which of each pair of advance buffers the next call's first advance writes
         self.result = np.zeros(8, dtype=np.int64)  # the last call's result block (see ort_step.c)
@@ -168,8 +169,12 @@ class NativeDecoder:
     def pair(self, key: str, elements: int, dtype: Any) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
         """The two buffers a call's advances alternate between (``key#0`` and ``key#1``, the one the
         first advance writes first: see :attr:`turn`) and their addresses."""
-        found = [self.buffer_at(f"{key}#{self.turn ^ j}", elements, dtype) for j in (0, 1)]
-        return (found[0][0], found[1][0]), (found[0][1], found[1][1])
+        keys = self._pair_keys.get(key)
+        if keys is None:  # formatted once: a call asks for eight pairs
+            keys = self._pair_keys[key] = (f"{key}#0", f"{key}#1")
+        first = self.buffer_at(keys[self.turn], elements, dtype)
+        second = self.buffer_at(keys[self.turn ^ 1], elements, dtype)
+        return (first[0], second[0]), (first[1], second[1])
 
     def step(self, plan: np.ndarray, dyn: np.ndarray) -> None:
         """``kiln_decode_step`` over ``plan`` and ``dyn``; raises with ONNX Runtime's message if a run

@@ -153,7 +153,6 @@ def normalize_score(score: float, length: int, penalty: str, alpha: float) -> fl
 
 
 @functools.lru_cache(maxsize=256)
-@functools.lru_cache(maxsize=256)
 def _divisors(penalty: str, alpha: float, width: int) -> np.ndarray:
     """Divisors for lengths ``0..width`` computed by Python's float power, as the reference does (a
     read-only table, shared by the sentences with these options: ~15 us a joiner to build)."""

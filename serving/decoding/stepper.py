@@ -98,6 +98,16 @@ class DecodeBatch:
         self._native_roles = not self._named["state"] and all(
             len(inp.init_shape) <= 4 for inp in self.spec.with_role("cache")
         )
+        # each cache's output and the elements of one row's entry (one column on its axis): the sizes of
+        # the buffers a compiled call writes, looked up at every call (the other dims are fixed by its spec)
+        self._entry_sizes = [
+            (
+                inp.output,
+                math.prod(d for i, d in enumerate(inp.init_shape) if i not in (0, inp.axis)),
+                np.dtype(self.spec.dtypes.get(inp.name, "float32")),
+            )
+            for inp in self.spec.with_role("cache")
+        ]
         self._capacity = 0  # rows allocated in `rows` (the live rows after a step: exact-size buffers
         # reuse freed heap memory; spare rows made each step's new buffers fresh, page-faulting memory)
         self._in_order = True  # slot == arange(R): physical order is the search order
@@ -189,8 +199,8 @@ class DecodeBatch:
             return
         width = self._encoder.width
         if rows_stay:  # no row leaves: the layout stands, with the staying sentences renumbered
-            renumber = np.cumsum(~leaving) - 1  # [S] old sentence index -> new (for the staying ones)
             if layout is not None:
+                renumber = np.cumsum(~leaving) - 1  # [S] old sentence index -> new (the staying ones)
                 self._layout = renumber[layout[0]], *layout[1:]
         elif self.indexed:  # rows stay in search order: the staying ones gathered
             self._gather(row_stay)
@@ -263,7 +273,7 @@ class DecodeBatch:
             self._identity = np.arange(max(most, 2 * self._identity.size), dtype=np.int64)
         holder = self._identity if self.indexed else (self.slot if self._in_order else None)
         steps = steps if holder is not None else 1
-        plan, log_probs, entries = self._native_plan(decoder, sentence, encoder, holder, most)
+        plan, log_probs = self._native_plan(decoder, sentence, encoder, holder, most)
         packed = compiled_step.pack(beams, log_probs, None if self._in_order else self.slot, second=steps > 1)
         capacity = max(most, size + joining)
         tokens, at_tokens = decoder.pair("tokens", capacity, np.int64)
@@ -291,11 +301,10 @@ class DecodeBatch:
             mask,
         ]
         grown = []
-        for inp in self._carried:  # cache roles only (see _native_roles)
-            old = self.rows[inp.name][:size]
+        for inp, (_, per_row, _) in zip(self._carried, self._entry_sizes, strict=True):  # caches only
+            old = self.rows[inp.name][:size]  # (see _native_roles)
             shape, axis = old.shape, inp.axis
-            room = capacity * math.prod(shape[1:axis]) * (column + steps) * math.prod(shape[axis + 1 :])
-            after, at_after = decoder.pair(inp.name, room, old.dtype)
+            after, at_after = decoder.pair(inp.name, capacity * per_row * (column + steps), old.dtype)
             held.append(np.ascontiguousarray(old))
             dyn += [address(held[-1]), *at_after]
             grown.append((inp.name, after, shape, axis))
@@ -334,6 +343,7 @@ class DecodeBatch:
             decoder.turn ^= advances & 1  # the next call's first buffers are not these
         if not advanced and self.beams.rows.any():  # (none left: the batch empties, nothing to lay out)
             before = decoder.result[8 : 8 + n]
+            _, entries = self._outputs(decoder, size, most)  # the buffers the plan has the call write
             self._advance_rows(
                 {"log_probs": log_probs, **entries}, result.origin, before, result.tokens, joining
             )
@@ -346,10 +356,11 @@ class DecodeBatch:
         encoder: dict[str, np.ndarray],
         holder: Any,
         most: int,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``kiln_decode_step``'s plan for the current layout (built again only when the layout, the
-        rows or a buffer changed), the log-probs buffer and the buffers of each cache's new entries
-        (room for ``most`` rows: the rows of a call's later steps, with indexed rows)."""
+        rows or a buffer changed) and the log-probs it writes; the buffers of the outputs have room for
+        ``most`` rows (the rows of a call's later steps, with indexed rows). The views of each cache's
+        new entries (:meth:`_outputs`) are only made where Python advances a step itself."""
         size, n = self.physical, self.size
         key = (decoder, self._layout, holder, self.slot, self.stop)
         sizes = (decoder.generation, size, n, most)
@@ -359,8 +370,11 @@ class DecodeBatch:
             and cached[1] == sizes
             and all(a is b for a, b in zip(cached[0], key, strict=True))
         ):
-            return cached[2], cached[3], cached[4]
-        log_probs, entries = self._outputs(decoder, size, most)
+            return cached[2], cached[3]
+        vocab = self.spec.vocab_size
+        log_probs = decoder.buffer("log_probs", most * vocab, np.float32)[: size * vocab].reshape(size, vocab)
+        for output, per_row, dtype in self._entry_sizes:  # grown here: the plan holds their addresses
+            decoder.buffer(output, most * per_row, dtype)
         result = decoder.result = decoder.buffer("result", 8 + n + most, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
         sizes = (decoder.generation, size, n, most)  # after the buffers above grew, if they did
@@ -368,7 +382,7 @@ class DecodeBatch:
         head = [
             decoder.session,
             len(decoder.inputs),
-            1 + len(entries),
+            1 + len(self._carried),
             address(result),
             int(self.indexed),  # steps may change the rows (search order, row_place)
             address(sentence),
@@ -377,13 +391,13 @@ class DecodeBatch:
             size,
             n,
             address(result) + 8 * 8,
-            len(entries),
+            len(self._carried),
             0 if self.stop is None else address(self.stop),
             address(steps_scratch),
         ]
         plan = np.concatenate([np.array(head, dtype=np.int64), tensors, caches])
-        self._plan = (key, sizes, plan, log_probs, entries, held)
-        return plan, log_probs, entries
+        self._plan = (key, sizes, plan, log_probs, held)
+        return plan, log_probs
 
     def _outputs(
         self, decoder: NativeDecoder, size: int, room: int = 0
