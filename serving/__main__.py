@@ -11,6 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from serving.settings import Settings
+from serving.threads import set_cpu_policy
 
 # Set by serving.workers on each worker's command line, not by users.
 INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index"})
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         from serving.workers import run_workers
 
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
+    # before the gateway starts a thread (they inherit it); each worker process sets its own
+    if set_cpu_policy(settings.cpu_policy) is None:
+        logging.getLogger("serving").warning(
+            "cpu policy %s is not available here: the gateway's threads keep the system's",
+            settings.cpu_policy,
+        )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

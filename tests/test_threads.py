@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from pathlib import Path
@@ -60,3 +61,80 @@ def test_the_batchers_execution_threads_name_themselves():
             await batcher.stop(grace_s=5)
 
     assert asyncio.run(scenario()) == ["kiln-batch-resn"]
+
+
+_POLICY_PROBE = """
+import os, sys, threading
+from serving.threads import set_cpu_policy
+names = {os.SCHED_BATCH: "batch", os.SCHED_OTHER: "normal"}
+before = names.get(os.sched_getscheduler(0))
+go, seen = threading.Event(), {}
+def read(key):
+    go.wait(30)
+    seen[key] = names.get(os.sched_getscheduler(0))
+earlier = threading.Thread(target=read, args=("earlier",))  # running before the policy is set
+earlier.start()
+result = set_cpu_policy(sys.argv[1])
+later = threading.Thread(target=read, args=("later",))
+later.start()
+go.set(); earlier.join(); later.join()
+print(before, result, names.get(os.sched_getscheduler(0)), seen["earlier"], seen["later"], os.nice(0))
+"""
+
+
+@pytest.mark.parametrize("policy", ["batch", "normal"])
+def test_the_cpu_policy_holds_for_every_thread_running_and_started_after(policy):
+    """In a process of its own: the policy must not reach this test process's threads."""
+    import subprocess
+
+    nice = os.nice(0)
+    done = subprocess.run(
+        [sys.executable, "-c", _POLICY_PROBE, policy], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["normal", policy, policy, policy, policy, str(nice)]  # nice unchanged
+
+
+@pytest.mark.parametrize("policy", ["batch", "normal"])
+def test_a_gateway_runs_every_thread_under_its_cpu_policy(tmp_path, policy):
+    """``python -m serving`` sets the policy before its first thread: the event loop, model loading,
+    batch and ONNX Runtime threads of a running gateway all read it back."""
+    import socket
+
+    from kiln.processes import running
+    from tests.repo_fixtures import build_classifier_repository
+
+    repository = build_classifier_repository(tmp_path / "repo")
+    held = []
+    for _ in range(2):  # held (SO_REUSEPORT, not listening) while the gateway binds them too
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+    http, grpc = (sock.getsockname()[1] for sock in held)
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--reuse-port", "--cpu-policy", policy]
+    wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
+    try:
+        with running(
+            cmd, f"http://127.0.0.1:{http}/v2/health/ready", log_path=tmp_path / "gateway.log"
+        ) as gw:
+            seen = {}
+            for task in Path(f"/proc/{gw.pid}/task").iterdir():
+                try:
+                    seen[(task / "comm").read_text().strip() + "/" + task.name] = os.sched_getscheduler(
+                        int(task.name)
+                    )
+                except ProcessLookupError:  # a thread that ended meanwhile
+                    continue
+    finally:
+        for sock in held:
+            sock.close()
+    assert len(seen) > 2 and set(seen.values()) == {wanted}, seen
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # this test process was never touched
+
+
+def test_an_unknown_cpu_policy_is_refused():
+    from serving.threads import set_cpu_policy
+
+    with pytest.raises(ValueError, match="expected 'batch' or 'normal'"):
+        set_cpu_policy("fifo")  # type: ignore[arg-type]
