@@ -39,8 +39,13 @@ from serving.threads import name_os_thread
 log = logging.getLogger(__name__)
 
 # A closed loop of one client sends its next request a round trip after the answer (~0.4 ms measured
-# with perf_analyzer on 2 cores); one submitted sooner after a run on the loop was waiting behind it.
-INLINE_GAP_S = 0.0002
+# with perf_analyzer on 2 cores in the tenth session, ~0.1-0.2 ms on the thirtieth session's faster VM);
+# one submitted sooner after a run on the loop was waiting behind it. At 0.2 ms the faster VM's gRPC
+# client looked backlogged at c=1 and its requests took the queue: perf_analyzer gRPC c=1 988-1 075 ->
+# 1 582-2 021 req/s at 0.1 ms, the open loop at 1 800 req/s no worse (p99 8.9-15.8 -> 4.7-11.7 ms,
+# three alternating rounds); at 0.05 ms more requests ran on the loop under the open load (p99 6.2-11.2
+# against 3.3-5.2 ms).
+INLINE_GAP_S = 0.0001
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
