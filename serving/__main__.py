@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         from serving.workers import run_workers
 
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
-    # before the gateway starts a thread (they inherit it); each worker process sets its own
-    if set_cpu_policy(settings.cpu_policy) is None:
+    # before the gateway starts a thread (they inherit it); each worker process sets its own. auto:
+    # SCHED_OTHER here, the event loop under SCHED_BATCH only while a decode thread is busy
+    fixed = "normal" if settings.cpu_policy == "auto" else settings.cpu_policy
+    if set_cpu_policy(fixed) is None:
         logging.getLogger("serving").warning(
             "cpu policy %s is not available here: the gateway's threads keep the system's",
             settings.cpu_policy,

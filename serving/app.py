@@ -110,6 +110,7 @@ def make_gateway(
         max_queue=settings.max_queue_size,
         timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
+        busy_loop_policy=settings.cpu_policy == "auto",
     )
     if settings.decode_workers is not None:
         scheduler_config = replace(scheduler_config, workers=settings.decode_workers)

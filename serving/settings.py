@@ -61,11 +61,13 @@ class Settings(BaseSettings):
         "lone client's next request; it runs only while nothing else does); 0: never spin",
     )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
-    cpu_policy: Literal["batch", "normal"] = Field(
-        "batch",
-        description="Linux scheduling policy of the gateway's threads: batch (SCHED_BATCH: a thread that "
-        "wakes, such as the event loop on a request, does not preempt a decode step; about a quarter more translation "
-        "throughput on 2 cores, classify unchanged) or normal (SCHED_OTHER); see serving/threads.py",
+    cpu_policy: Literal["auto", "batch", "normal"] = Field(
+        "auto",
+        description="Linux scheduling policy of the gateway's threads: auto (the event loop under "
+        "SCHED_BATCH while a translation decodes, so its wake-ups do not preempt decode steps: about a "
+        "quarter more translation throughput on 2 cores), batch (every thread always: wake-ups wait "
+        "for a time slice, which hurts tails when the cores are full) or normal (SCHED_OTHER); see "
+        "serving/threads.py",
     )
     decode_workers: int | None = Field(
         None,

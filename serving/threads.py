@@ -5,13 +5,16 @@ Python 3.11 names a thread for Python only: ``top -H``, ``ps -L``, a native prof
 threads (decode, batch execution, tokenization, model loading) call :func:`name_os_thread` as they
 start, so their role shows outside Python too (``bench.frontend_cost`` reads each role's CPU that way).
 
-:func:`set_cpu_policy` puts the gateway's threads under Linux's ``SCHED_BATCH`` (``--cpu-policy``): a
-thread of the gateway that wakes (the event loop on a request or an answer, a batch thread on new work)
-then waits for the running one's time slice instead of preempting it, so a decode thread runs its steps
-without being switched out a few times a request. On 2 cores, translation through two workers at c=32
-went from 1 607-1 825 to 2 116-2 290 sentences/s (fp32) and 2 520-2 860 to 3 211-3 400 (int8), three
-alternating rounds each; classify under perf_analyzer (c=1, c=64, the open loop) was unchanged, and
-CTranslate2 in-process gained nothing from it (docs/performance-log.md, thirtieth session).
+:func:`set_cpu_policy` puts threads under Linux's ``SCHED_BATCH``, and :class:`BusyLoopPolicy` puts the
+event loop's thread under it only while a decode thread of its process is busy (``--cpu-policy``,
+``auto`` by default). A thread under ``SCHED_BATCH`` that wakes (the event loop on a request or an
+answer) waits for the running one's time slice instead of preempting it, so a decode thread runs its
+steps without being switched out a few times a request. On 2 cores, translation through two workers at
+c=32 went from 1 607-1 825 to 2 116-2 290 sentences/s (fp32) and 2 520-2 860 to 3 211-3 400 (int8),
+three alternating rounds each, with every thread under it; the decode threads alone under it gained
+nothing (the waker decides). Every thread under it also delays the wake-ups classify's tail depends on
+when the cores are full: with the bench's Python load client on the same cores, its open loop read
+p99 95-143 ms against 17 ms, hence ``auto`` (docs/performance-log.md, thirtieth session).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-CpuPolicy = Literal["batch", "normal"]
+CpuPolicy = Literal["batch", "normal"]  # what set_cpu_policy applies (settings add "auto")
 
 _PR_SET_NAME = 15  # prctl option (linux/prctl.h)
 NAME_BYTES = 15  # what Linux keeps of a thread's name (16 with the terminating NUL)
@@ -68,3 +71,47 @@ def set_cpu_policy(policy: CpuPolicy) -> str | None:
         except OSError:  # ended meanwhile, or not ours to change: it keeps its own
             continue
     return policy
+
+
+class BusyLoopPolicy:
+    """One thread (the event loop's) under ``SCHED_BATCH`` while any decode thread of the process is busy,
+    back to ``SCHED_OTHER`` once all are idle: a translation's steps are not preempted by the loop's
+    wake-ups, and classify alone keeps prompt ones. :meth:`busy` and :meth:`idle` are called by the decode
+    threads as they start and stop stepping (a system call at each change of the count from or to 0)."""
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        self._busy = 0
+        self._lock = threading.Lock()
+        self.available = hasattr(os, "SCHED_BATCH") and hasattr(os, "sched_setscheduler")
+
+    def _set(self, policy: int) -> None:
+        try:
+            os.sched_setscheduler(self.tid, policy, os.sched_param(0))
+        except OSError:  # the thread ended, or the OS refused: it keeps what it has
+            self.available = False
+
+    def busy(self) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._busy == 1 and self.available:
+                self._set(os.SCHED_BATCH)
+
+    def idle(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if self._busy == 0 and self.available:
+                self._set(os.SCHED_OTHER)
+
+
+_loop_policies: dict[int, BusyLoopPolicy] = {}  # by the event loop's thread id
+_loop_policies_lock = threading.Lock()
+
+
+def busy_loop_policy(tid: int) -> BusyLoopPolicy:
+    """The one :class:`BusyLoopPolicy` of the thread ``tid`` (shared by every scheduler it serves)."""
+    with _loop_policies_lock:
+        found = _loop_policies.get(tid)
+        if found is None:
+            found = _loop_policies[tid] = BusyLoopPolicy(tid)
+        return found

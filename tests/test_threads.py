@@ -94,10 +94,11 @@ def test_the_cpu_policy_holds_for_every_thread_running_and_started_after(policy)
     assert done.stdout.split() == ["normal", policy, policy, policy, policy, str(nice)]  # nice unchanged
 
 
-@pytest.mark.parametrize("policy", ["batch", "normal"])
+@pytest.mark.parametrize("policy", ["batch", "normal", "auto"])
 def test_a_gateway_runs_every_thread_under_its_cpu_policy(tmp_path, policy):
     """``python -m serving`` sets the policy before its first thread: the event loop, model loading,
-    batch and ONNX Runtime threads of a running gateway all read it back."""
+    batch and ONNX Runtime threads of a running gateway all read it back (``auto``: the system's
+    ``SCHED_OTHER`` while no translation decodes; this repository has none)."""
     import socket
 
     from kiln.processes import running
@@ -113,7 +114,7 @@ def test_a_gateway_runs_every_thread_under_its_cpu_policy(tmp_path, policy):
     http, grpc = (sock.getsockname()[1] for sock in held)
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--reuse-port", "--cpu-policy", policy]
-    wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
+    wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER  # auto: idle, so the system's
     try:
         with running(
             cmd, f"http://127.0.0.1:{http}/v2/health/ready", log_path=tmp_path / "gateway.log"
@@ -138,3 +139,35 @@ def test_an_unknown_cpu_policy_is_refused():
 
     with pytest.raises(ValueError, match="expected 'batch' or 'normal'"):
         set_cpu_policy("fifo")  # type: ignore[arg-type]
+
+
+def test_the_busy_loop_policy_holds_batch_while_any_decode_thread_is_busy():
+    """On a thread of its own (never this test's): SCHED_BATCH from the first busy holder to the last
+    idle one, SCHED_OTHER again after; one policy per thread id."""
+    from serving.threads import busy_loop_policy
+
+    started, parked, tid = threading.Event(), threading.Event(), []
+
+    def park() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        parked.wait(timeout=30)
+
+    thread = threading.Thread(target=park)
+    thread.start()
+    try:
+        assert started.wait(timeout=30)
+        policy = busy_loop_policy(tid[0])
+        assert busy_loop_policy(tid[0]) is policy and policy.available
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_OTHER
+        policy.busy()  # first decode thread starts stepping
+        policy.busy()  # a second one
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_BATCH
+        policy.idle()  # one still busy
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_BATCH
+        policy.idle()
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_OTHER
+    finally:
+        parked.set()
+        thread.join(timeout=30)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # this thread untouched

@@ -28,7 +28,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
 from serving.decoding.native_decoder import MAX_STEPS
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
-from serving.threads import name_os_thread
+from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ class SchedulerConfig:
     # decode threads per translator: on 2 cores, 2 workers (own sessions) spent ~15 % more gateway CPU
     # per token than 1 at c=32 and were not faster (docs/translator-interface.md, "Decode workers")
     workers: int = 1
+    # the event loop's thread under SCHED_BATCH while this decode thread is busy (serving.threads,
+    # --cpu-policy auto): its wake-ups then do not preempt decode steps
+    busy_loop_policy: bool = False
 
     def __post_init__(self) -> None:
         if self.join_wait_steps < 0:
@@ -119,6 +122,7 @@ class DecodingScheduler:
         self._left = 0  # sentences that left the batch at the last step (decode thread)
         self._thread: threading.Thread | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_policy: BusyLoopPolicy | None = None
         self._stopping = self._halt = False
 
     # --- public API (event loop) ------------------------------------------------------------------
@@ -129,6 +133,9 @@ class DecodingScheduler:
         await asyncio.to_thread(native.load)
         if self._thread is None:
             self._event_loop = asyncio.get_running_loop()
+            self._loop_policy = (
+                busy_loop_policy(threading.get_native_id()) if self.config.busy_loop_policy else None
+            )
             self._stopping = self._halt = False
             self._thread = threading.Thread(target=self._run, name=f"kiln-decode-{self.name}", daemon=True)
             self._thread.start()
@@ -261,11 +268,18 @@ class DecodingScheduler:
     def _run(self) -> None:
         """Admit, step, retire; sleep only when nothing is in flight or waiting."""
         name_os_thread()
+        policy, busy = self._loop_policy, False
         while not self._halt:
             if not self._batch.size and not self._waiting:
+                if busy:
+                    policy.idle()
+                    busy = False
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            if policy is not None and not busy:
+                policy.busy()
+                busy = True
             try:
                 self._expire()
                 self._admit()
@@ -277,6 +291,8 @@ class DecodingScheduler:
                 for job in self._running_jobs():
                     self._post(job, error, "failure")
                 self._batch, self._reserved = self._new_batch(), 0
+        if busy:
+            policy.idle()
 
     def _expire(self) -> None:
         """Fail requests past their deadline; forget waiting ones already answered."""
