@@ -125,7 +125,7 @@ def test_a_gateway_runs_every_thread_under_its_cpu_policy(tmp_path, policy):
                     seen[(task / "comm").read_text().strip() + "/" + task.name] = os.sched_getscheduler(
                         int(task.name)
                     )
-                except ProcessLookupError:  # a thread that ended meanwhile
+                except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
                     continue
     finally:
         for sock in held:
