@@ -60,7 +60,13 @@ def best_gateway(
 def best_pytorch(rows, beam: int = 4) -> dict[str, Any] | None:
     """The PyTorch reference with its KV cache at its faster layout: one process on every thread, or
     one single-thread process per thread (:func:`~bench.translation_engines.pytorch_parallel_row`)."""
-    found = [r for r in rows if r["engine"].startswith("pytorch (kv cache") and r["beam"] == beam]
+    found = [
+        r
+        for r in rows
+        if r["engine"].startswith("pytorch (kv cache")
+        and not r["engine"].endswith(PAIRED)
+        and r["beam"] == beam
+    ]
     return max(found, key=lambda r: r["tokens_per_s"], default=None)
 
 
@@ -119,8 +125,9 @@ def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _paired(rows, row: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``row`` with the ratio its paired row measured (:mod:`bench.translation_paired`) where there is one
-    for its engine and concurrency: the CTranslate2 targets read that median of round-by-round ratios."""
+    """``row`` with the ratios its paired row measured (:mod:`bench.translation_paired`) where there is one
+    for its engine and concurrency: the CTranslate2 and PyTorch targets read those medians of
+    round-by-round ratios (``paired``: the engine compared against -> the median)."""
     paired = next(
         (
             r
@@ -131,12 +138,9 @@ def _paired(rows, row: dict[str, Any] | None) -> dict[str, Any] | None:
     )
     if paired is None:
         return row
-    return {
-        **row,
-        "paired_ratio": paired["paired_ratio"],
-        "against": paired["against"],
-        "rounds": len(paired["ratios"]),
-    }
+    medians = {paired["against"]: paired["paired_ratio"]}
+    medians.update({engine: v["paired_ratio"] for engine, v in paired.get("versus", {}).items()})
+    return {**row, "paired": medians, "rounds": len(paired["ratios"])}
 
 
 def _name(row: dict[str, Any] | None, fallback: str) -> str:
@@ -152,9 +156,9 @@ def _target(target: str, goal: float, ours, theirs, key: str, lower_is_better: b
         if ours
         else "not run"
     )
-    if ours and "paired_ratio" in ours and theirs and theirs["engine"] == ours["against"]:
+    if ours and theirs and theirs["engine"] in ours.get("paired", {}):
         note += f"; median of {ours['rounds']} paired rounds (the separate rows: {measured:.2f})"
-        measured = ours["paired_ratio"]
+        measured = ours["paired"][theirs["engine"]]
     return {
         "target": target,
         "goal": goal,
@@ -297,7 +301,7 @@ def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str
     if paired:
         md += (
             "\nRows marked [paired] alternate round by round, seconds apart (bench.translation_paired); "
-            "the CTranslate2 targets read the median of their per-round ratios:\n\n"
+            "the CTranslate2 and PyTorch targets read the median of their per-round ratios:\n\n"
         )
         md += (
             "\n".join(
@@ -308,6 +312,10 @@ def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str
                     else f"tokens/s {', '.join(f'{v:.0f}' for v in r['rounds'])}"
                 )
                 + (f"; ratios {', '.join(f'{v:.2f}' for v in r['ratios'])}" if "ratios" in r else "")
+                + "".join(
+                    f"; to {engine} {', '.join(f'{v:.2f}' for v in versus['ratios'])}"
+                    for engine, versus in r.get("versus", {}).items()
+                )
                 for r in paired
             )
             + "\n"

@@ -55,30 +55,64 @@ def pytorch_parallel_row(
     """The PyTorch reference with its KV cache in ``processes`` processes of one thread each, started
     together on the same sentences (PyTorch's own layout for throughput on a few cores, as
     CTranslate2's ``inter_threads``): one row whose tokens/s and sentences/s are theirs together."""
-    import multiprocessing as mp
-
     if processes < 2:
         return None
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        barrier = manager.Barrier(processes)
-        with ctx.Pool(processes) as pool:
-            rows = pool.starmap(
-                _pytorch_worker, [(str(ckpt_path), texts, refs, beam, count, barrier)] * processes
-            )
-    row = dict(rows[0])
-    row["engine"] = f"pytorch (kv cache, {processes} processes x 1 thread)"
-    for key in ("tokens_per_s", "sentences_per_s"):
-        row[key] = sum(r[key] for r in rows)
-    return row
+    with PyTorchProcesses(ckpt_path, texts, refs, processes, count, beam) as parallel:
+        return parallel.row()
 
 
-def _pytorch_worker(ckpt_path: str, texts, refs, beam: int, count, barrier) -> dict[str, Any]:
+def pytorch_parallel_engine(processes: int) -> str:
+    return f"pytorch (kv cache, {processes} processes x 1 thread)"
+
+
+class PyTorchProcesses:
+    """``processes`` spawned processes of one thread each, each holding the checkpoint loaded, that
+    translate the same sentences with the PyTorch reference together whenever :meth:`row` asks: once
+    for the separate row, or once a round where it alternates with the gateway
+    (:mod:`bench.translation_paired`), without paying the processes' start each time."""
+
+    def __init__(self, ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4) -> None:
+        self.args = (texts, refs, beam, count)
+        self.ckpt_path, self.processes = str(ckpt_path), processes
+        self.engine = pytorch_parallel_engine(processes)
+
+    def __enter__(self) -> PyTorchProcesses:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._manager = ctx.Manager()
+        self._pool = ctx.Pool(self.processes, initializer=_pytorch_load, initargs=(self.ckpt_path,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.terminate()
+        self._pool.join()
+        self._manager.shutdown()
+
+    def row(self) -> dict[str, Any]:
+        """Every process warmed up, then timed (median of 3 passes) after a shared barrier, so their
+        passes overlap: one row whose tokens/s and sentences/s are theirs together."""
+        barrier = self._manager.Barrier(self.processes)
+        rows = self._pool.starmap(_pytorch_worker, [(*self.args, barrier)] * self.processes)
+        row = dict(rows[0])
+        row["engine"] = self.engine
+        for key in ("tokens_per_s", "sentences_per_s"):
+            row[key] = sum(r[key] for r in rows)
+        return row
+
+
+_process_ckpt: list[Any] = []  # a PyTorchProcesses process's checkpoint, loaded once
+
+
+def _pytorch_load(ckpt_path: str) -> None:
     from training.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
-    barrier.wait()  # every process loaded: their timed passes overlap
-    return pytorch_rows(ckpt, texts, refs, (beam,), 1, count, caches=(True,))[0]
+    _process_ckpt[:] = [load_checkpoint(ckpt_path)]
+
+
+def _pytorch_worker(texts, refs, beam: int, count, barrier) -> dict[str, Any]:
+    barrier.wait()  # every process ready: their timed passes overlap
+    return pytorch_rows(_process_ckpt[0], texts, refs, (beam,), 1, count, caches=(True,))[0]
 
 
 CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}

@@ -6,7 +6,11 @@ of one run are minutes apart, so their ratio mixed the code with the minute each
 0.50x for the same gateway code). Here the gateway (fp32 and its int8 entry, c=32, beam 4, the bench's
 layout) and CTranslate2 fp32 at its best layout (inter 2, intra 1) alternate ``rounds`` times over the
 same sentences, each round's ratio taken within seconds, and the targets read the median of those
-ratios (the separate rows stay in the table). Batch-1 latency is paired the same way: Kiln's
+ratios (the separate rows stay in the table). The PyTorch reference at its faster layout on a few
+cores (one single-thread process per core, loaded once) takes its turn in each round too, and the
+"4x the PyTorch reference" target reads the median of the gateway's ratios to it the same way: it
+divided rows minutes apart before (3.17x in one run where the paired rounds' gateway read 9 % more
+than its separate row). Batch-1 latency is paired the same way: Kiln's
 in-process translator (one request at a time, beam 4) and CTranslate2 at one thread, 32 sentences
 each per round, the ratio of their p50s. Nothing is handicapped: each engine keeps its own best
 layout and warm-up, and the gateway's processes sit idle while CTranslate2 runs.
@@ -15,6 +19,7 @@ layout and warm-up, and the gateway's processes sit idle while CTranslate2 runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import time
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import gateway_cmd
+from bench.translation_engines import PyTorchProcesses
 from bench.translation_gateway import (
     TARGET_CONCURRENCY,
     _gateway_run,
@@ -57,8 +63,29 @@ def paired_rows(
     repository: Path, w: Workload, out: Path, threads: int, workers: int, rounds: int, beam: int = 4
 ) -> list[dict[str, Any]]:
     """One row per engine (the gateway, its int8 entry where export wrote one, CTranslate2 at its best
-    layout), each with its tokens/s per round and their median; the gateway rows also carry each
-    round's ratio to CTranslate2's (``ratios``) and its median (``paired_ratio``)."""
+    layout, and with ``threads`` > 1 the PyTorch reference in ``threads`` single-thread processes, its
+    faster layout on a few cores), each with its tokens/s per round and their median; the gateway rows
+    also carry each round's ratio to CTranslate2's (``ratios``) and its median (``paired_ratio``), and
+    to the PyTorch reference's (``versus[engine]``: ``ratios`` and ``paired_ratio``)."""
+    with contextlib.ExitStack() as stack:
+        pytorch = None
+        if threads > 1:
+            pytorch = stack.enter_context(
+                PyTorchProcesses(w.checkpoint, w.texts, w.refs, threads, w.count, beam)
+            )
+        return _paired_rows(repository, w, out, threads, workers, rounds, beam, pytorch)
+
+
+def _paired_rows(
+    repository: Path,
+    w: Workload,
+    out: Path,
+    threads: int,
+    workers: int,
+    rounds: int,
+    beam: int,
+    pytorch: PyTorchProcesses | None,
+) -> list[dict[str, Any]]:
     translator = _ctranslate2(w, out, inter_threads=2)
     sources = translator.source_tokens(w.texts)
     int8 = f"{w.model}_int8" if (Path(repository) / f"{w.model}_int8").is_dir() else None
@@ -68,7 +95,8 @@ def paired_rows(
     passes = steady_rounds(len(w.texts), TARGET_CONCURRENCY)
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
-    tokens: dict[str, list[float]] = {name: [] for name in (*entries, CT2_BEST)}
+    references = [CT2_BEST] + ([pytorch.engine] if pytorch else [])
+    tokens: dict[str, list[float]] = {name: [] for name in (*entries, *references)}
     last: dict[str, list[str]] = {}  # each engine's translations in its last round (read for agreement)
 
     def ctranslate2() -> float:
@@ -79,6 +107,13 @@ def paired_rows(
         )
         last[CT2_BEST] = [text for text, _ in answers]
         return w.count(last[CT2_BEST]) / seconds
+
+    def reference(name: str) -> float:
+        if name == CT2_BEST:
+            return ctranslate2()
+        row = pytorch.row()
+        last[name] = row["hyps"]
+        return row["tokens_per_s"]
 
     def gateway(name: str) -> float:
         hyps, seconds, _ = run_client(
@@ -96,9 +131,9 @@ def paired_rows(
             gateway(name)
         ctranslate2()
         for r in range(rounds):
-            order = [*entries, CT2_BEST] if r % 2 == 0 else [CT2_BEST, *entries]  # alternate who goes first
+            order = [*entries, *references] if r % 2 == 0 else [*references, *entries]  # who goes first
             for name in order:
-                tokens[name].append(ctranslate2() if name == CT2_BEST else gateway(name))
+                tokens[name].append(reference(name) if name in references else gateway(name))
             log.info(
                 "paired round %d: %s",
                 r + 1,
@@ -115,9 +150,13 @@ def paired_rows(
             "rounds": values,
             "hyps": last[name],
         }
-        if name != CT2_BEST:
+        if name in entries:
             row["ratios"] = [ours / theirs for ours, theirs in zip(values, tokens[CT2_BEST], strict=True)]
             row["paired_ratio"], row["against"] = statistics.median(row["ratios"]), CT2_BEST
+            row["versus"] = {}
+            for other in references[1:]:
+                ratios = [ours / theirs for ours, theirs in zip(values, tokens[other], strict=True)]
+                row["versus"][other] = {"ratios": ratios, "paired_ratio": statistics.median(ratios)}
         rows.append(row)
     return rows
 

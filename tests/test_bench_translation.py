@@ -141,9 +141,21 @@ def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they
         }
     )
     assert {t["target"]: t["measured"] for t in acceptance(rows)}[latency] == 1.8
-    # the PyTorch target is not paired: it still divides the separate rows
+    # the PyTorch target divides the separate rows unless the paired rounds ran against its best layout
     pytorch = f"{gateway} c=32 beam 4 >= 4x the PyTorch reference with KV cache (best layout)"
     assert paired[pytorch]["measured"] == 3.0
+    parallel = "pytorch (kv cache, 2 processes x 1 thread)"
+    rows.append({"engine": parallel, "beam": 4, "concurrency": 32, "tokens_per_s": 1500.0})
+    assert {t["target"]: t["measured"] for t in acceptance(rows)}[pytorch] == 2.0
+    next(r for r in rows if r["engine"] == gateway + PAIRED)["versus"] = {
+        parallel: {"ratios": [2.5, 4.5, 4.0], "paired_ratio": 4.0}
+    }
+    # the paired PyTorch row itself (its median tokens/s) is never taken for the separate best layout
+    rows.append({"engine": parallel + PAIRED, "beam": 4, "concurrency": 32, "tokens_per_s": 99999.0})
+    targets = {t["target"]: t for t in acceptance(rows)}
+    assert targets[pytorch]["measured"] == 4.0
+    assert "median of 3 paired rounds (the separate rows: 2.00)" in targets[pytorch]["note"]
+    assert targets[target]["measured"] == 0.5  # CTranslate2's pairing unchanged
 
 
 def _translation_row(engine: str, beam: int, hyps: list[str], **extra) -> dict:
@@ -365,8 +377,9 @@ def test_a_text_translated_differently_across_rounds_is_marked_so_that_it_counts
 
 
 def test_the_parallel_pytorch_reference_adds_its_processes_and_translates_as_one(tmp_path):
-    """Two single-thread processes on the same sentences: their throughput summed, the same output."""
-    from bench.translation_engines import MAX_LENGTH, pytorch_parallel_row, pytorch_rows
+    """Two single-thread processes on the same sentences: their throughput summed, the same output,
+    row after row from the same processes."""
+    from bench.translation_engines import MAX_LENGTH, PyTorchProcesses, pytorch_parallel_row, pytorch_rows
     from bench.translation_rows import Counter
     from tests.test_export_translate import _translator_checkpoint
     from training.checkpoint import load_checkpoint
@@ -375,11 +388,14 @@ def test_the_parallel_pytorch_reference_adds_its_processes_and_translates_as_one
     ckpt = load_checkpoint(path)
     count = Counter(ckpt["tokenizers"]["target"])
     texts = ["w4 w5 w6", "w7 w8", "w9 w10 w11 w12"]
-    row = pytorch_parallel_row(path, texts, texts, 2, count)
     one = pytorch_rows(ckpt, texts, texts, (4,), 1, count, caches=(True,))[0]
-    assert row["engine"] == "pytorch (kv cache, 2 processes x 1 thread)"
-    assert row["hyps"] == one["hyps"] and row["bleu"] == one["bleu"]
-    assert row["tokens_per_s"] > 0 and row["sentences_per_s"] > 0
+    # the processes stay loaded between rows (the paired rounds ask for one a round)
+    with PyTorchProcesses(path, texts, texts, 2, count) as parallel:
+        rows = [parallel.row(), parallel.row()]
+    for row in rows:
+        assert row["engine"] == "pytorch (kv cache, 2 processes x 1 thread)"
+        assert row["hyps"] == one["hyps"] and row["bleu"] == one["bleu"]
+        assert row["tokens_per_s"] > 0 and row["sentences_per_s"] > 0
     assert pytorch_parallel_row(path, texts, texts, 1, count) is None  # one process: the plain row
 
 
