@@ -185,15 +185,22 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     example = tuple(feeds[n] for n in dec.input_names)
     dec_path = export_onnx(dec_module, dec, example, work / "dec.onnx")
     fused = _export_fused(ctx, frozen, dec_module, dec, example, work / "fused" / "dec.onnx", "decoder")
+    enc_example = (random_source(spec, 3, 5, np.random.default_rng(2)),)
     fused_encoder = _export_fused(
-        ctx,
-        frozen,
-        enc_module,
-        enc,
-        (random_source(spec, 3, 5, np.random.default_rng(2)),),
-        work / "fused" / "enc.onnx",
-        "encoder",
+        ctx, frozen, enc_module, enc, enc_example, work / "fused" / "enc.onnx", "encoder"
     )
+    padded_encoder = None
+    if fused_encoder is not None and "int8" in ctx.options.precisions:
+        padded_encoder = _export_fused(
+            ctx,
+            frozen,
+            enc_module,
+            enc,
+            enc_example,
+            work / "fused" / "enc-padded.onnx",
+            "encoder",
+            packed=False,
+        )
     return TranslatorGraphs(
         spec,
         frozen,
@@ -206,6 +213,7 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         decoder_module=dec_module,
         fused_decoder_path=fused,
         fused_encoder_path=fused_encoder,
+        padded_fused_encoder_path=padded_encoder,
     )
 
 
@@ -217,11 +225,12 @@ def _export_fused(
     example: tuple[torch.Tensor, ...],
     path: Path,
     what: str,
+    packed: bool = True,
 ) -> Path | None:
     """The decoder step or the encoder (``what``) with its attentions as ``kiln.ai`` operators, for a
     model that has them (``fused_attention``, the Transformer) where the compiled kernels load;
     TorchScript exporter (its ``symbolic`` hook emits the custom nodes). None otherwise: serving then
-    runs ``model.onnx``."""
+    runs ``model.onnx``. ``packed``: the encoder computes its real positions only (``fused_attention``)."""
     if not hasattr(frozen, "fused_attention"):
         return None
     from serving.decoding import native
@@ -231,8 +240,8 @@ def _export_fused(
             "%s: no compiled attention operators here (no C compiler?): no fused %s graph", ctx.name, what
         )
         return None
-    ctx.step(f"export {what} (fused attention)")
-    with frozen.fused_attention():
+    ctx.step(f"export {what} (fused attention{'' if packed else ', padded'})")
+    with frozen.fused_attention(packed=packed):
         return export_onnx(module, dataclasses.replace(spec, dynamo=False), example, path)
 
 
@@ -362,7 +371,10 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
     if g.fused_encoder_path is not None:  # quantized as its plain twin is (fp32 where that one is)
         fused_encoder = g.fused_encoder_path
         if encoder != g.encoder_path:
-            fused_encoder = to_int8_dynamic(fused_encoder, work / "int8" / "fused" / "enc.onnx")
+            # from the padded fused graph: dynamic quantization scales each product by the range of
+            # its rows, padding's too in the plain graph, so the packed one's int8 answers differ
+            padded = g.padded_fused_encoder_path or fused_encoder
+            fused_encoder = to_int8_dynamic(padded, work / "int8" / "fused" / "enc.onnx")
     dec_report = decoder_parity(g, decoder, ParityReport(float("inf")))  # diffs recorded, not bounded
     enc_report = encoder_parity(g, encoder, ParityReport(float("inf")))
     ctx.step("int8 gate")

@@ -30,7 +30,10 @@ class TranslatorGraphs:
     # the decoder step, and the encoder, with their attentions as kiln.ai operators (Transformer, where
     # they compile)
     fused_decoder_path: Path | None = None
-    fused_encoder_path: Path | None = None
+    fused_encoder_path: Path | None = None  # computes the real positions only (packed rows)
+    # the same over every padded position: what the int8 fused encoder is quantized from (exported
+    # with int8 among the precisions)
+    padded_fused_encoder_path: Path | None = None
 
     @property
     def step_spec(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -173,6 +174,38 @@ def test_the_transformer_encoder_gets_a_fused_attention_graph_proved_like_the_pl
     assert ops.count(("kiln.ai", "EncoderSelfAttention")) == layers and ("", "Softmax") not in ops
     assert ops.count(("kiln.ai", "AddLayerNorm")) == 2 * layers  # the last into the encoder's norm
     assert ops.count(("", "LayerNormalization")) == 1  # the first layer's first, on the embeddings
+    assert ops.count(("", "NonZero")) == 1  # its products run on the real positions only
+
+
+def test_the_fused_encoder_graph_gives_the_plain_graphs_outputs_for_sources_of_mixed_lengths(exported):
+    """The fused encoder computes only the real positions of a padded batch: its outputs are the plain
+    graph's, and both are zero at padded positions."""
+    import onnxruntime as ort
+
+    from serving.decoding import native
+
+    if _fused_graph_ops(exported, "encoder") is None:  # a recurrent encoder: none (checked there)
+        return
+    name, repo, _ = exported
+    fused = repo / f"{name}_encoder" / "1" / FUSED_GRAPH
+    options = ort.SessionOptions()
+    assert native.register_kernels(options)
+    src = np.zeros((3, 9), dtype=np.int64)
+    for i, length in enumerate((9, 3, 6)):
+        src[i, :length] = np.arange(5, 5 + length)
+        src[i, length - 1] = 2
+    plain = ort.InferenceSession(str(fused.with_name("model.onnx")), providers=["CPUExecutionProvider"])
+    names = [o.name for o in plain.get_outputs()]
+    want = dict(zip(names, plain.run(None, {"src_ids": src}), strict=True))
+    got = dict(
+        zip(names, ort.InferenceSession(str(fused), options).run(names, {"src_ids": src}), strict=True)
+    )
+    padded = src == 0
+    for output in [n for n in names if n.startswith("cross_")]:
+        np.testing.assert_allclose(got[output], want[output], atol=1e-5, rtol=0)
+        for values in (got[output], want[output]):  # (B, h, S, hd)
+            assert not values.transpose(0, 2, 1, 3)[padded].any()
+    assert np.array_equal(got["src_mask"], ~padded)
 
 
 def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exported):
@@ -250,6 +283,8 @@ def test_int8_translator_entry_pairs_a_quantized_encoder_with_a_quantized_decode
     assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
     fused = onnx.load(str(repo / "transformer_encoder_int8" / "1" / FUSED_GRAPH))
     assert {"MatMulInteger", "EncoderSelfAttention", "AddLayerNorm"} <= {n.op_type for n in fused.graph.node}
+    # quantized from the padded fused encoder: its dynamic scales span the rows the plain graph's do
+    assert "NonZero" not in {n.op_type for n in fused.graph.node}
     assert enc["fused_step"]["refused"] is None and enc["fused_step"]["beams"]["beam_agreement"] == 1.0
     config = parse_pbtxt((repo / "transformer_int8" / "config.pbtxt").read_text())
     assert config.parameters["encoder"].string_value == "transformer_encoder_int8"

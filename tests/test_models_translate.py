@@ -153,6 +153,26 @@ def test_transformer_fused_attention_steps_compute_the_same_in_pytorch_and_are_s
     assert torch.equal(fused, plain)
 
 
+def test_transformer_encoder_for_serving_computes_real_positions_only_with_the_same_outputs():
+    """Inside ``fused_attention()`` (the encoder graph serving runs) the encoder's products run on the
+    real positions only (packed rows) and are unpacked for each attention and for the outputs: the
+    same outputs bit for bit as the padded encoder, whose cross-attention keys and values are zero at
+    padded positions (the padding an interface's ``pad_axis`` leaves inert, made one value)."""
+    model = tiny("transformer")
+    src = torch.tensor([[5, 6, 7, 2, 0, 0, 0], [8, 9, 10, 11, 12, 13, 2], [14, 2, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        plain = model.encode(src)
+        with model.fused_attention():
+            packed = model.encode(src)
+    assert plain.keys() == packed.keys() and all(torch.equal(plain[k], packed[k]) for k in plain)
+    padded = ~plain["src_mask"]  # (B, S)
+    assert padded.sum() == 8
+    for name in [k for k in plain if k.startswith("cross_")]:
+        assert plain[name].shape[2] == src.shape[1]
+        assert not plain[name].permute(0, 2, 1, 3)[padded].any()  # (B, S, h, hd) at padded positions
+        assert plain[name].permute(0, 2, 1, 3)[~padded].abs().sum(-1).all()  # the real ones are not zero
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     model = tiny(name)

@@ -256,16 +256,26 @@ class MultiHeadAttention(nn.Module):
         attention = FusedGroupedAttention.apply if self.fused else grouped_attention
         return self.out_proj(attention(q, k, v, bias))
 
-    def attend_self(self, x: Tensor, bias: Tensor) -> Tensor:
+    def attend_self(self, x: Tensor, bias: Tensor, kept: Tensor | None = None) -> Tensor:
         """Self-attention over each sentence's positions: x (B*S, D), sentence ``b``'s S positions at
         rows b*S ... b*S+S-1; bias (B, 1, 1, S). Queries, keys and values come from one product with
-        the three projections side by side, and every product stays 2-D (one GEMM with its bias fused)."""
+        the three projections side by side, and every product stays 2-D (one GEMM with its bias fused).
+
+        With ``kept`` (int64 (T,), the rows of x's real positions among the B*S, :func:`packed_rows`),
+        x holds only those T rows: the projections run on them, and only the attention sees the
+        padded layout (zeros at padded positions, whose keys the bias masks). Returns x's rows."""
         b, length = bias.shape[0], bias.shape[-1]
-        qkv = F.linear(x, *_stacked([self.q_proj, self.k_proj, self.v_proj]))  # (B*S, 3D)
+        qkv = F.linear(x, *_stacked([self.q_proj, self.k_proj, self.v_proj]))  # (B*S | T, 3D)
+        if kept is not None:
+            qkv = unpack_rows(qkv, kept, b * length)  # (B*S, 3D)
         qkv = qkv.view(b, length, 3 * self.heads, self.head_dim)  # (B, S, 3h, hd)
         if self.fused:
-            return self.out_proj(FusedEncoderAttention.apply(qkv, bias))  # (B*S, D)
-        return self.out_proj(encoder_attention(qkv, bias, self.dropout))  # (B*S, D)
+            attended = FusedEncoderAttention.apply(qkv, bias)  # (B*S, D)
+        else:
+            attended = encoder_attention(qkv, bias, self.dropout)  # (B*S, D)
+        if kept is not None:
+            attended = attended.index_select(0, kept)  # (T, D)
+        return self.out_proj(attended)
 
     def split_row(self, x: Tensor) -> Tensor:
         """(B, D) -> (B, h, 1, hd): one position per row, kept 2-D up to here so that each projection
@@ -275,6 +285,21 @@ class MultiHeadAttention(nn.Module):
     def _merge(self, heads: Tensor) -> Tensor:
         """(B, h, T, hd) -> output projection of (B, T, D)."""
         return self.out_proj(heads.transpose(1, 2).flatten(2))  # (B, T, D)
+
+
+def packed_rows(mask: Tensor) -> Tensor:
+    """Bool (B, S) -> int64 (T,): the rows of a (B*S, ...) layout that hold real positions, in order.
+
+    The encoder exported for serving (:meth:`Transformer.fused_attention`) runs its per-position
+    products on these T rows only: a join of sentences of 3 to 12 tokens pads every one to 12, and
+    on the demo Transformer a third of the encoder's products went to padding."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def unpack_rows(rows: Tensor, kept: Tensor, total: int) -> Tensor:
+    """(T, F) rows back into the (total, F) layout they were packed from (:func:`packed_rows`), zero
+    elsewhere."""
+    return rows.new_zeros(total, rows.shape[1]).index_put((kept,), rows)
 
 
 def _stacked(projections: list[nn.Linear]) -> tuple[Tensor, Tensor]:
@@ -303,12 +328,13 @@ class EncoderLayer(nn.Module):
     fused = False  # set by Transformer.fused_attention: residual adds and norms as custom nodes
 
     def forward(
-        self, x: Tensor, h: Tensor, src_bias: Tensor, next_norm: nn.LayerNorm
+        self, x: Tensor, h: Tensor, src_bias: Tensor, next_norm: nn.LayerNorm, kept: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """x: (B*S, D), a sentence's S positions consecutive, and h = self_attn_norm(x); src_bias
-        (B, 1, 1, S) (:func:`mask_bias`). Returns x and ``next_norm`` of it (the next layer's first
-        norm, or the encoder's last): each residual add and the norm after it are one :func:`add_norm`."""
-        attended = self.dropout(self.self_attn.attend_self(h, src_bias))  # (B*S, D)
+        (B, 1, 1, S) (:func:`mask_bias`); with ``kept``, x and h hold only the real positions' rows
+        (:meth:`MultiHeadAttention.attend_self`). Returns x and ``next_norm`` of it (the next layer's
+        first norm, or the encoder's last): each residual add and the norm after it are one :func:`add_norm`."""
+        attended = self.dropout(self.self_attn.attend_self(h, src_bias, kept))  # (B*S | T, D)
         x, h = add_norm(x, attended, self.ffn_norm, self.fused)
         return add_norm(x, self.dropout(self.ffn(h)), next_norm, self.fused)  # (B*S, D) twice
 
@@ -420,15 +446,28 @@ class Transformer(nn.Module):
         x = self._embed(self.src_embed, src_ids, pos).reshape(-1, self.cfg.d_model)  # (B*S, D)
         bias = mask_bias(src_mask, x.dtype)  # (B, 1, 1, S)
         layers = list(self.encoder_layers)
-        memory = (layers[0].self_attn_norm if layers else self.encoder_norm)(x)  # (B*S, D)
+        # the graph serving runs (fused_attention) computes the real positions only (packed_rows)
+        kept = packed_rows(src_mask) if self.packed_encoder else None
+        if kept is not None:
+            x = x.index_select(0, kept)  # (T, D)
+        memory = (layers[0].self_attn_norm if layers else self.encoder_norm)(x)  # (B*S | T, D)
         for i, layer in enumerate(layers):
             after = layers[i + 1].self_attn_norm if i + 1 < len(layers) else self.encoder_norm
-            x, memory = layer(x, memory, bias, after)  # memory: after(x), the encoder_norm of the last
+            x, memory = layer(x, memory, bias, after, kept)  # memory: after(x), the encoder_norm of the last
 
-        # every decoder layer's cross-attention keys and values in one product, then split
-        kv = [p for layer in self.decoder_layers for p in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
+        # every decoder layer's cross-attention keys and values in one product, then split; zero at
+        # padded positions (docs/translator-interface.md: masked, so any value would do; zero is what
+        # the packed graph has there, so both graphs give the same outputs)
+        projections = [
+            p for layer in self.decoder_layers for p in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)
+        ]
         heads, head_dim = self.cfg.heads, self.cfg.d_model // self.cfg.heads
-        kv = F.linear(memory, *_stacked(kv)).view(b, length, len(kv), heads, head_dim)  # (B, S, 2L, h, hd)
+        kv = F.linear(memory, *_stacked(projections))  # (B*S | T, 2L*D)
+        if kept is not None:
+            kv = unpack_rows(kv, kept, b * length)
+        else:
+            kv = torch.where(src_mask.reshape(-1, 1), kv, 0.0)
+        kv = kv.view(b, length, len(projections), heads, head_dim)  # (B, S, 2L, h, hd)
         parts = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2L x (B, h, S, hd)
         out = {"src_mask": src_mask}
         for i in range(len(self.decoder_layers)):
@@ -475,19 +514,25 @@ class Transformer(nn.Module):
         return {"log_probs": F.log_softmax(logits.float(), dim=-1), **out}  # (B, V)
 
     @contextlib.contextmanager
-    def fused_attention(self) -> Iterator[None]:
+    def fused_attention(self, packed: bool = True) -> Iterator[None]:
         """Within it, :meth:`decode_step`'s attentions, and each residual add with the norm after it,
         export as ``kiln.ai`` custom nodes (the step graph that serving runs where the compiled kernels
-        exist, ``serving/decoding/attention.c``); PyTorch computes the same either way."""
+        exist, ``serving/decoding/attention.c``); PyTorch computes the same either way. With ``packed``,
+        :meth:`encode` also runs its products on the real positions only (:func:`packed_rows`): the
+        same outputs, except where a quantization's dynamic scales would have spanned the padding."""
         modules = [m for layer in self.decoder_layers for m in (layer, layer.self_attn, layer.cross_attn)]
         modules += [m for layer in self.encoder_layers for m in (layer, layer.self_attn)]
         for module in modules:
             module.fused = True
+        self.packed_encoder = packed
         try:
             yield
         finally:
             for module in modules:
                 module.fused = False
+            self.packed_encoder = False
+
+    packed_encoder = False  # set by fused_attention
 
     def step_spec(self) -> dict:
         """The JSON step spec of docs/translator-interface.md: one cache and one cross-attention pair per layer."""
