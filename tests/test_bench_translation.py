@@ -158,6 +158,27 @@ def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they
     assert targets[target]["measured"] == 0.5  # CTranslate2's pairing unchanged
 
 
+def test_the_targets_take_the_layout_whose_paired_rounds_read_faster_than_the_others_single_row():
+    """A layout whose paired rounds ran is judged by their median tokens/s, not by its one separate
+    row: a slow spell during that row must not hand the targets a layout the rounds did not measure."""
+    from bench.translation import best_gateway
+    from bench.translation_gateway import gateway_engine
+    from bench.translation_paired import CT2_BEST, PAIRED
+
+    one, two = gateway_engine("", 1), gateway_engine("", 2)
+    rows = [
+        {"engine": one, "beam": 4, "concurrency": 32, "tokens_per_s": 8775.0, "workers": 1},
+        {"engine": two, "beam": 4, "concurrency": 32, "tokens_per_s": 6155.0, "workers": 2},
+    ]
+    assert best_gateway(rows)["engine"] == one  # the separate rows alone
+    paired = {"engine": two + PAIRED, "beam": 4, "concurrency": 32, "against": CT2_BEST}
+    rows.append({**paired, "tokens_per_s": 9675.0, "ratios": [0.5], "paired_ratio": 0.5})
+    assert best_gateway(rows)["engine"] == two  # the row itself, judged by its rounds
+    rows[-1]["tokens_per_s"] = 8000.0  # rounds slower than the other layout's row: that one
+    assert best_gateway(rows)["engine"] == one
+    assert best_gateway(rows, concurrency=8) is None
+
+
 def _translation_row(engine: str, beam: int, hyps: list[str], **extra) -> dict:
     return {"engine": engine, "beam": beam, "concurrency": 8, "hyps": hyps, **extra}
 
