@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from bench import classify_identity, engines, gpu, perf_analyzer, report, servers
-from bench.machine import cpu_ticks, machine_info, speed_line, speed_probe, steal_share
+from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
 from bench.stats import ratio
 
 console = Console()
@@ -360,7 +360,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     machine = results["machine"]
     sections = [
         f"# Kiln benchmark ({results['profile']} profile)\n",
-        f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gib']} GiB, "
+        f"Machine: {describe_cpu(machine)}, {machine['usable_cores']} usable cores, {machine['memory_gib']} GiB, "
         f"GPU: {machine['gpu'] or 'none'}; threads per engine: {results['threads']}.\n",
         speed_line(machine),
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",

@@ -62,6 +62,40 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
+def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, str]:
+    """The data and unified caches CPU 0 sees, by level (``{"L1d": "48 KiB", "L2": "2 MiB", "L3": "105
+    MiB"}``; {} where sysfs does not say). The benchmark's ratios move with them: a decoder's weights
+    and caches that fit one core's L2 on one VM spill to a slower L3 on the next."""
+    caches = {}
+    try:
+        for index in sorted(root.glob("index*")):
+            kind = (index / "type").read_text().strip()
+            if kind == "Instruction":
+                continue
+            name = f"L{(index / 'level').read_text().strip()}" + ("d" if kind == "Data" else "")
+            caches[name] = _size((index / "size").read_text().strip())
+    except OSError:
+        return {}
+    return caches
+
+
+def _size(text: str) -> str:
+    """sysfs's cache size (``48K``, ``107520K``, ``2M``) in binary units."""
+    units = {"K": 1, "M": 2**10, "G": 2**20}
+    if not text or text[-1] not in units or not text[:-1].isdigit():
+        return text
+    kib = int(text[:-1]) * units[text[-1]]
+    return f"{kib // 2**10} MiB" if kib >= 2**10 and kib % 2**10 == 0 else f"{kib} KiB"
+
+
+def describe_cpu(machine: dict[str, Any]) -> str:
+    """The CPU as the report's machine line gives it: model, the vector extensions that change which
+    kernels run, and the caches."""
+    details = list(machine.get("cpu_flags") or [])
+    details += [f"{level} {size}" for level, size in (machine.get("caches") or {}).items()]
+    return machine["cpu"] + (f" ({', '.join(details)})" if details else "")
+
+
 def versions() -> dict[str, str]:
     found = {}
     for name in LIBRARIES:
@@ -76,6 +110,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "caches": cpu_caches(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": memory_gib(),

@@ -168,6 +168,33 @@ def test_the_speed_probe_measures_a_product_and_a_copy_on_this_machine():
     assert all(math.isfinite(v) and v > 0 for v in speed.values())
 
 
+def test_cpu_caches_reads_the_data_and_unified_caches_of_cpu0_from_sysfs(tmp_path):
+    from bench.machine import cpu_caches, describe_cpu
+
+    for index, (level, kind, size) in enumerate(
+        [
+            ("1", "Data", "48K"),
+            ("1", "Instruction", "32K"),
+            ("2", "Unified", "2048K"),
+            ("3", "Unified", "107520K"),
+        ]
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    caches = cpu_caches(tmp_path)
+    assert caches == {"L1d": "48 KiB", "L2": "2 MiB", "L3": "105 MiB"}  # the instruction cache left out
+    assert cpu_caches(tmp_path / "missing") == {}
+    (tmp_path / "index0" / "size").unlink()
+    assert cpu_caches(tmp_path) == {}  # an unreadable entry: nothing rather than half
+    assert (
+        describe_cpu({"cpu": "Xeon", "cpu_flags": [], "caches": caches})
+        == "Xeon (L1d 48 KiB, L2 2 MiB, L3 105 MiB)"
+    )
+    assert describe_cpu({"cpu": "Xeon"}) == "Xeon"  # results written before the probe existed
+
+
 def test_steal_share_is_the_hosts_part_of_the_cpu_time_between_two_readings():
     from bench.machine import cpu_ticks, steal_share
 
@@ -188,6 +215,8 @@ def test_the_report_prints_the_machines_speed_at_the_start_and_end_of_the_run(tm
 
     machine = {
         "cpu": "AMD EPYC",
+        "cpu_flags": ["avx2", "avx512f"],
+        "caches": {"L1d": "32 KiB", "L2": "1 MiB", "L3": "32 MiB"},
         "usable_cores": 2,
         "memory_gib": 23.5,
         "gpu": None,
@@ -200,6 +229,7 @@ def test_the_report_prints_the_machines_speed_at_the_start_and_end_of_the_run(tm
     }
     write({"profile": "quick", "machine": machine, "threads": 2, "targets": []}, tmp_path)
     text = (tmp_path / "report.md").read_text()
+    assert "Machine: AMD EPYC (avx2, avx512f, L1d 32 KiB, L2 1 MiB, L3 32 MiB), 2 usable cores" in text
     assert "product 94.6 → 90.1 GFLOP/s, 64 MiB copy 18.2 → 12.5 GB/s" in text
     assert "other guests during the run: 3.5 %" in text
     only_start = {"speed": {"start": {"product_gflops": 94.6, "copy_gbps": 18.2}}}
