@@ -229,6 +229,43 @@ def test_joins_and_departures_advance_in_the_compiled_call(model, monkeypatch):
     assert not advanced
 
 
+def _finish_steps(spec, encoder, decoder, sources, configs, hold: int, steps: int):
+    """The sources joined at once, stepped to the end with ``steps`` a call and ``hold_steps`` = ``hold``:
+    each sentence's hypotheses, the steps run when its call returned, and the calls made."""
+    batch = st.DecodeBatch(spec, indexed=True)
+    batch.hold_steps = hold
+    batch.join(list(range(len(sources))), encoder(sp.encoder_inputs(spec, sources)), configs,
+               [len(s) + 1 for s in sources])
+    finished, returned, done_steps, calls = {}, {}, 0, 0
+    while batch.size:
+        left = batch.step(decoder, steps=steps)
+        done_steps, calls = done_steps + batch.last_steps, calls + 1
+        for done in left:
+            finished[done.key], returned[done.key] = done.hypotheses, done_steps
+    keys = range(len(sources))
+    return _plain([finished[i] for i in keys]), [returned[i] for i in keys], calls
+
+
+@pytest.mark.parametrize("hold", [1, 3, 16])
+def test_finished_sentences_are_held_at_most_hold_steps_and_decode_bit_for_bit(model, hold):
+    """With ``hold_steps``, a step that finishes a sentence does not end the compiled call: the sentence
+    keeps its place without rows and is answered when the call returns, at most ``hold`` steps after the
+    step that finished the call's first; the others' searches are bit for bit the Python step's (the
+    rows of every step are the same), with fewer returns to Python."""
+    spec, encoder, python, compiled, sources = model
+    configs = [_config(spec, beam) for beam in (4, 2, 4, 1, 4, 3, 4, 4)]
+    chosen = sources[:8]
+    want, finished_at, _ = _finish_steps(spec, encoder, python, chosen, configs, 0, 1)
+    assert len(set(finished_at)) > 3  # the sentences finish at different steps
+    got, returned_at, calls = _finish_steps(spec, encoder, compiled, chosen, configs, hold, 16)
+    assert got == want
+    delays = [r - f for r, f in zip(returned_at, finished_at, strict=True)]
+    assert min(delays) >= 0 and max(delays) <= hold
+    assert max(delays) > 0  # a finished sentence did wait for a later step's
+    _, _, calls_without = _finish_steps(spec, encoder, compiled, chosen, configs, 0, 16)
+    assert calls < calls_without
+
+
 def test_the_plans_tensor_fields_are_built_once_while_the_buffers_stay(model, monkeypatch):
     """Rows change at almost every call (sentences join, widen, leave): a plan copies the fields built
     for an earlier one and writes its row counts, rebuilding them only when a buffer was reallocated or

@@ -299,6 +299,35 @@ def test_a_full_queue_answers_429_with_retry_after() -> None:
     assert error.status == 429 and error.retry_after == 2.0
 
 
+def test_a_call_may_run_steps_while_joiners_wait_until_one_makes_them_join_fraction(monkeypatch) -> None:
+    """The steps each decoder call may run (several, for the compiled step) and its stop flag: while
+    nothing waits, up to MAX_STEPS; a joiner below ``join_fraction`` does not stop the call in flight,
+    and the next may run until it has waited ``join_wait_steps``; the joiner that makes the waiting
+    ones the fraction stops the call after its step, and they join together."""
+    from serving.decoding import stepper
+    from serving.decoding.native_decoder import MAX_STEPS
+
+    calls = []  # (steps allowed, stop flag as the call started, as it ended)
+    original = stepper.DecodeBatch.step
+
+    def recording(self, run_decoder, joining=0, steps=1):
+        if self.stop is None:  # a batch of the reference decodings, not the scheduler's
+            return original(self, run_decoder, joining, steps)
+        start = int(self.stop[0])
+        try:
+            return original(self, run_decoder, joining, steps)
+        finally:
+            calls.append((steps, start, int(self.stop[0])))
+
+    monkeypatch.setattr(stepper.DecodeBatch, "step", recording)
+    join = [(0, SOURCES[:4], LONG), (1, [SOURCES[4]], LONG), (2, [SOURCES[5]], LONG)]
+    _, encoder, _ = asyncio.run(_stepped_run(join, join_fraction=0.5, join_wait_steps=3))
+    # call 1: the first joiner (1 < 0.5 x 4) came during it; call 2: it had waited 1 step of 3, and
+    # the second joiner came during it
+    assert calls[:3] == [(MAX_STEPS, 0, 0), (MAX_STEPS, 0, 0), (2, 0, 1)]
+    assert encoder.sizes == [4, 2]
+
+
 def test_a_failing_decoder_fails_its_requests_and_the_loop_keeps_serving() -> None:
     decoder = FakeDecoder()
 

@@ -184,7 +184,9 @@ release:
  * same when indexed), [8] P (physical rows), [9] S (sentences), [10] scratch int64 [S + the most
  * rows of any step], [11] caches, [12] stop flag
  * (int64*: stop after the current step once it is nonzero; 0: none), [13] scratch int64 [S] for the
- * step counts of steps after the first; then TENSOR fields per input and per output (the data, and
+ * step counts of steps after the first, [14] hold: the steps a call may run on after the first step
+ * that left a sentence without rows (indexed rows only; 0: that step is the call's last); then TENSOR
+ * fields per input and per output (the data, and
  * the dimension on the cache axis, of TOKENS, POSITIONS, MASK and CACHE tensors are filled here), then
  * CACHE_FIELDS per cache.
  *
@@ -207,8 +209,10 @@ release:
  * A step's rows advance here while every sentence keeps its rows (none finished or failed) and the
  * plan has a holder, and, with indexed rows, whatever the row counts do (joiners widening from one row
  * to their beam, sentences narrowing, finished ones leaving): the next step then runs the rows the beam
- * step kept, in search order, and a step that left a sentence without rows is the call's last (the
- * caller retires it). Steps go on while they advance, the finished hypotheses they offer fit in
+ * step kept, in search order. A sentence left without rows keeps its place in the batch with none
+ * (the beam step skips it, no row reads its place) until the call ends and the caller retires it:
+ * the call ends `hold` steps after the first step that left one (at once with hold 0), so one return
+ * to Python retires the sentences of several steps. Steps go on while they advance, the finished hypotheses they offer fit in
  * `found` (the last step's stay in the beam step's outputs), the stop flag stays 0 and fewer than
  * dyn[2] ran. result: [0] steps run, [1] 1 if the last one advanced here (else the caller advances
  * it, over its outputs), [2] the rows the last beam step kept, [3] the cache column count, [4] which
@@ -218,7 +222,7 @@ release:
  * Returns 0, or -1 with ONNX Runtime's message in error. */
 int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t size) {
     const int64_t n_in = plan[1], n_out = plan[2], sentences = plan[9], n_caches = plan[11], indexed = plan[4];
-    const int64_t n_tensors = n_in + n_out, *caches = plan + 14 + n_tensors * TENSOR;
+    const int64_t n_tensors = n_in + n_out, *caches = plan + 15 + n_tensors * TENSOR, hold = plan[14];
     int64_t *result = P(3, int64_t *), *joined = D(4, int64_t *), *before = P(10, int64_t *);
     int64_t *source = before + sentences, *steps_scratch = P(13, int64_t *);
     const int64_t *holder = P(6, const int64_t *), *slot = P(7, const int64_t *);
@@ -232,7 +236,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     int64_t tensors[MAX_TENSORS * TENSOR];
     const char *cache_data[MAX_TENSORS];
     const int64_t *tokens = D(5, const int64_t *), *positions = D(6, const int64_t *);
-    int64_t column = dyn[3], steps = 0, advances = 0, kept = 0, which = 0, advanced = 0;
+    int64_t column = dyn[3], steps = 0, advances = 0, kept = 0, which = 0, advanced = 0, first_left = -1;
     if (n_tensors > MAX_TENSORS || n_caches > MAX_TENSORS) {
         snprintf(error, (size_t)size, "the decoder has %lld inputs and outputs; at most %d", (long long)n_tensors,
                  MAX_TENSORS);
@@ -242,7 +246,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         snprintf(error, (size_t)size, "indexed rows need each row's sentence, the sentences' places and a holder");
         return -1;
     }
-    memcpy(tensors, plan + 14, (size_t)(n_tensors * TENSOR) * sizeof(int64_t));
+    memcpy(tensors, plan + 15, (size_t)(n_tensors * TENSOR) * sizeof(int64_t));
     for (int64_t i = 0; i < n_caches; i++) cache_data[i] = (const char *)(intptr_t)dyn[12 + 3 * i];
     for (;;) {
         int64_t *args = beam_args[which];
@@ -269,16 +273,16 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
         if (run(P(0, void *), n_in, n_out, tensors, error, size)) return -1;
         int64_t *rows = BEAM(args, 16, int64_t *);
         int steady = holder != NULL;
-        for (int64_t s = 0; s < sentences; s++) {
+        for (int64_t s = 0; s < sentences; s++) { /* a sentence without rows: one held (indexed) */
             before[s] = rows[s];
-            steady &= rows[s] > 0;
+            steady &= rows[s] > 0 || (indexed && hold > 0);
         }
         kept = kiln_beam_step_packed(args);
         steps++;
-        int same = 1, left = 0;
+        int same = 1;
         for (int64_t s = 0; s < sentences; s++) {
             same &= rows[s] == before[s];
-            left |= rows[s] <= 0;
+            if (first_left < 0 && before[s] > 0 && rows[s] <= 0) first_left = steps;
         }
         /* rows that change their number advance here only in search order (the rows kept, as kept) */
         steady = steady && (same || indexed);
@@ -318,7 +322,8 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
             changed = 1;
         }
         int64_t offers = *(int64_t *)(intptr_t)(args[30]);
-        if (left || steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
+        int held_out = first_left >= 0 && steps - first_left >= hold; /* the held sentences' wait is over */
+        if (kept == 0 || held_out || steps >= dyn[2] || !beam_args[1] || (stop && *stop)) break;
         if (offers) { /* kept for the caller in `found`, where they fit, and the steps go on */
             int64_t *found = D(12 + 3 * n_caches, int64_t *), width1 = args[4];
             if (!found || found[0] + offers > dyn[13 + 3 * n_caches]) break;

@@ -115,6 +115,9 @@ class DecodeBatch:
         self._plan: tuple | None = None  # kiln_decode_step's plan for the layout (see _native_plan)
         self._fields: tuple | None = None  # the plan's tensor fields but the row counts (_tensor_fields)
         self.stop: np.ndarray | None = None  # int64 [1]: a compiled multi-step call stops once nonzero
+        # steps a compiled call (indexed rows) runs on after a step that finished a sentence, which waits
+        # for its answer meanwhile; 0: that step ends the call (see _native_step)
+        self.hold_steps = 0
         self.last_steps = 1  # decoder steps the last step() call ran
         self._next_uid = 0
 
@@ -264,7 +267,9 @@ class DecodeBatch:
         whatever the rows do; up to ``steps`` such steps in one call, as long as no sentence leaves,
         the finished hypotheses they offer fit the call's record of them (``PackedStep.found``) and
         :attr:`stop` stays 0. A step that does not advance there is advanced by :meth:`_advance_rows`
-        over its outputs."""
+        over its outputs. With indexed rows, a step that finishes sentences ends the call only
+        :attr:`hold_steps` steps later (at once by default): the finished ones keep their place without
+        rows until then, and are retired together when the call returns."""
         size, column, n, beams = self.physical, self.column, self.size, self.beams
         sentence, encoder, row_place = self._current_layout()
         # rows any step of this call may run: a sentence's rows never exceed its beam
@@ -363,7 +368,7 @@ class DecodeBatch:
         new entries (:meth:`_outputs`) are only made where Python advances a step itself."""
         size, n = self.physical, self.size
         key = (decoder, self._layout, holder, self.slot, self.stop)
-        sizes = (decoder.generation, size, n, most)
+        sizes = (decoder.generation, size, n, most, self.hold_steps)
         cached = self._plan
         if (
             cached is not None
@@ -377,7 +382,7 @@ class DecodeBatch:
             decoder.buffer(output, most * per_row, dtype)
         result = decoder.result = decoder.buffer("result", 8 + n + most, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
-        sizes = (decoder.generation, size, n, most)  # after the buffers above grew, if they did
+        sizes = (decoder.generation, size, n, most, self.hold_steps)  # after the buffers above grew
         tensors, caches, held = self._tensor_fields(decoder, encoder, size)
         head = [
             decoder.session,
@@ -394,6 +399,7 @@ class DecodeBatch:
             len(self._carried),
             0 if self.stop is None else address(self.stop),
             address(steps_scratch),
+            self.hold_steps if self.indexed else 0,
         ]
         plan = np.concatenate([np.array(head, dtype=np.int64), tensors, caches])
         self._plan = (key, sizes, plan, log_probs, held)
