@@ -5,7 +5,9 @@ the decode thread's Python, and in-process the event loop's GIL contention blurs
 what :class:`serving.decoding.scheduler.DecodingScheduler` does to its batch, on the calling thread:
 ``concurrency`` sentences in flight, a finished sentence replaced by the next source, joiners admitted
 in one encoder call once they are a quarter of the running sentences or have waited two steps (the
-scheduler's defaults), one step a call, over the real encoder and decoder runners. It reports each
+scheduler's defaults), each call running the steps the scheduler's would (up to 16 while nothing waits,
+else until the oldest joiner has waited two; finished sentences held up to ``finish_hold_steps``), over
+the real encoder and decoder runners. It reports each
 sentence's CPU split into the decoder's runs (the compiled ``kiln_decode_step`` calls where the decoder
 has them), the encoder's and the Python around them; identical runs agree within ~±4 %. To compare two
 versions of the code, run it from both checkouts alternately and compare Python per unit of encoder
@@ -165,6 +167,7 @@ def replay(
     sentences: int = 1500,
     join_fraction: float = SchedulerConfig.join_fraction,
     join_wait_steps: int = SchedulerConfig.join_wait_steps,
+    finish_hold_steps: int = SchedulerConfig.finish_hold_steps,
 ) -> tuple[Replay, list[list[bs.Hypothesis]]]:
     """Decode ``sentences`` sources (``sources`` cycled) as the scheduler would at ``concurrency``;
     returns the CPU split and each sentence's hypotheses, in the order they were admitted."""
@@ -192,7 +195,8 @@ def replay(
                 spent["decoder"] += time.thread_time() - started
 
     batch = stepper.DecodeBatch(spec, indexed)
-    batch.stop = np.zeros(1, dtype=np.int64)
+    batch.stop = np.zeros(1, dtype=np.int64)  # arrivals come between calls here: never set
+    batch.hold_steps = finish_hold_steps
     results: dict[int, list[bs.Hypothesis]] = {}
     waiting: list[int] = []  # sentence numbers (source: number modulo the sources)
     admitted, waited, calls = 0, 0, 0
@@ -211,13 +215,14 @@ def replay(
                 spent["encoder"] += time.thread_time() - encoding
                 batch.join(waiting, encoded, [config] * len(waiting), [len(t) + 1 for t in texts])
                 waiting, waited = [], 0
-            elif waiting:
-                waited += 1
-            for done in batch.step(decoder, len(waiting), 1):
+            steps = max(1, join_wait_steps - waited) if waiting else native_decoder.MAX_STEPS
+            for done in batch.step(decoder, len(waiting), steps):
                 if done.error is not None:
                     raise RuntimeError(f"sentence {done.key}: {done.error}")
                 results[done.key] = done.hypotheses
             calls += 1
+            if waiting:
+                waited += batch.last_steps
     finally:
         total = time.thread_time() - started
         if native is not None:
