@@ -106,22 +106,29 @@ def make_gateway(
     settings: Settings, repository: Repository, backend: Backend, metrics: GatewayMetrics
 ) -> Gateway:
     """The backend behind the translator pool that decodes over its runners (when it asks for one)."""
-    scheduler_config = SchedulerConfig(
+    return Gateway(
+        backend,
+        repository,
+        scheduler_config=scheduler_config(settings),
+        observer=metrics,
+        retry_after_s=settings.retry_after_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
+def scheduler_config(settings: Settings) -> SchedulerConfig:
+    """The translators' decoding schedulers as the settings say (the scheduler's defaults where unset)."""
+    config = SchedulerConfig(
         max_queue=settings.max_queue_size,
         timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
         busy_loop_policy=settings.cpu_policy == "auto",
     )
     if settings.decode_workers is not None:
-        scheduler_config = replace(scheduler_config, workers=settings.decode_workers)
-    return Gateway(
-        backend,
-        repository,
-        scheduler_config=scheduler_config,
-        observer=metrics,
-        retry_after_s=settings.retry_after_s,
-        shutdown_grace_s=settings.shutdown_grace_s,
-    )
+        config = replace(config, workers=settings.decode_workers)
+    if settings.finish_hold_steps is not None:
+        config = replace(config, finish_hold_steps=settings.finish_hold_steps)
+    return config
 
 
 def make_backend(settings: Settings, repository: Repository, metrics: GatewayMetrics) -> Backend:

@@ -29,6 +29,8 @@ def test_flags_reach_the_settings_with_their_types(tmp_path):
             str(tmp_path),
             "--decode-workers",
             "2",
+            "--finish-hold-steps",
+            "0",
             "--request-timeout-s",
             "2.5",
             "--log-level",
@@ -40,11 +42,27 @@ def test_flags_reach_the_settings_with_their_types(tmp_path):
     )
     assert settings.model_repository == tmp_path
     assert settings.decode_workers == 2
+    assert settings.finish_hold_steps == 0
     assert settings.request_timeout_s == 2.5
     assert settings.log_level == "warning"
     assert settings.reuse_port is True
     assert settings.worker_board == Path("/dev/shm/board")
     assert parse_args([]) == Settings()  # nothing given: the defaults
+
+
+def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_defaults():
+    from serving.app import scheduler_config
+    from serving.decoding.scheduler import SchedulerConfig
+
+    given = scheduler_config(
+        parse_args(["--decode-workers", "2", "--finish-hold-steps", "0", "--max-queue-size", "5"])
+    )
+    assert (given.workers, given.finish_hold_steps, given.max_queue) == (2, 0, 5)
+    default = scheduler_config(parse_args([]))
+    assert (default.workers, default.finish_hold_steps) == (
+        SchedulerConfig.workers,
+        SchedulerConfig.finish_hold_steps,
+    )
 
 
 def test_flags_win_over_the_environment(monkeypatch):
@@ -67,6 +85,11 @@ def test_flags_win_over_the_environment(monkeypatch):
             "--decode-workers (or KILN_DECODE_WORKERS): Input should be greater",
         ),
         (["--workers", "two"], {}, "argument --workers: invalid int value: 'two'"),
+        (
+            ["--finish-hold-steps", "-1"],
+            {},
+            "--finish-hold-steps (or KILN_FINISH_HOLD_STEPS): Input should be greater than or equal to 0",
+        ),
         (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
     ],
 )
