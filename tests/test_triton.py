@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from collections.abc import Iterator
@@ -240,3 +241,65 @@ def test_backend_before_any_triton_reports_unavailable(loop: LoopThread) -> None
         loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": images(1)})))
     assert caught.value.retry_after == 1.0
     loop.run(backend.stop())
+
+
+class _ClosedUnderTheCall:
+    """A tritonclient whose calls end as grpc.aio ends a call whose channel another call closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def is_server_ready(self) -> bool:
+        raise asyncio.CancelledError  # what grpc.aio raises in a call when its channel closes
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_call_whose_connection_another_call_closed_is_unavailable_not_a_crash(loop: LoopThread) -> None:
+    """The start-up watcher and a readiness probe share the client: when one finds Triton gone and
+    closes it, the other's call ends cancelled; that probe answers not ready (was a 500)."""
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
+    backend._client = _ClosedUnderTheCall()
+    assert loop.run(backend.is_ready()) is False
+    with pytest.raises(Unavailable, match="connection closed during the call"):
+        loop.run(backend._call("is_server_ready"))
+
+
+def test_a_cancelled_call_stays_cancelled(loop: LoopThread) -> None:
+    """A request's own cancellation (its client left, the gateway stops) is not turned into a 503."""
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
+    started = asyncio.Event()
+
+    class Hanging:
+        async def is_server_ready(self) -> bool:
+            started.set()
+            await asyncio.Event().wait()
+            return True
+
+    backend._client = Hanging()
+
+    async def cancel_it() -> None:
+        call = asyncio.ensure_future(backend._call("is_server_ready", timeout_s=60))
+        await started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    loop.run(cancel_it())
+
+
+def test_a_failure_on_a_replaced_client_leaves_the_new_one_open(loop: LoopThread) -> None:
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
+    old, new = _ClosedUnderTheCall(), _ClosedUnderTheCall()
+
+    class Refused(_ClosedUnderTheCall):
+        async def is_server_ready(self) -> bool:
+            backend._client = new  # another call reconnected meanwhile
+            raise ConnectionRefusedError("refused")
+
+    old = Refused()
+    backend._client = old
+    with pytest.raises(Unavailable, match="refused"):
+        loop.run(backend._call("is_server_ready"))
+    assert backend._client is new and not new.closed

@@ -124,7 +124,11 @@ class TritonBackend:
             self._client = self._module().InferenceServerClient(self.url, **extra)
         return self._client
 
-    async def _drop_connection(self) -> None:
+    async def _drop_connection(self, failed: Any = None) -> None:
+        """Close the current client (only if it is ``failed``, when given: a call that failed on a client
+        another call already replaced leaves the new one alone)."""
+        if failed is not None and failed is not self._client:
+            return
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -138,27 +142,35 @@ class TritonBackend:
     async def _call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Call a client method with a deadline; map failures to ServingError, reconnect on lost links."""
         timeout = timeout_s or self.probe_timeout_s
+        client = self._connection()
         try:
-            return await asyncio.wait_for(getattr(self._connection(), method)(*args, **kwargs), timeout)
+            return await asyncio.wait_for(getattr(client, method)(*args, **kwargs), timeout)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this call was cancelled (its request's client left, the gateway stops)
+            # grpc.aio cancels the calls in flight on a channel that closes: a concurrent call (the
+            # start-up watcher, a probe) found Triton gone and dropped the client under this one
+            raise self._unavailable("the connection closed during the call") from None
         except TimeoutError:
             raise DeadlineExceeded(f"Triton did not answer {method} within {timeout:g}s") from None
         except InferenceServerException as error:
-            raise await self._mapped(error) from None
+            raise await self._mapped(error, client) from None
         except (OSError, ConnectionError) as error:
-            await self._drop_connection()
+            await self._drop_connection(client)
             raise self._unavailable(error) from None
         except Exception as error:
             if type(error).__module__.startswith(("aiohttp", "grpc")):  # connection errors of the clients
-                await self._drop_connection()
+                await self._drop_connection(client)
                 raise self._unavailable(error) from None
             raise
 
-    async def _mapped(self, error: InferenceServerException) -> ServingError:
+    async def _mapped(self, error: InferenceServerException, client: Any = None) -> ServingError:
         """The gateway error for a tritonclient error (dropping the connection when Triton is gone)."""
         cls = STATUS_TO_ERROR.get(str(error.status()), ServingError)
         message = error.message() or str(error)
         if cls is Unavailable:
-            await self._drop_connection()
+            await self._drop_connection(client)
             return self._unavailable(message)
         if cls is Overloaded:
             return Overloaded(f"Triton: {message}", retry_after=self.retry_after_s)
