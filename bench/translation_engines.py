@@ -157,25 +157,16 @@ def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
 def kiln_translator(repository: Path, model: str) -> tuple[Any, dict[str, Any]]:
     """Kiln's Translator for ``model`` in-process over ONNX Runtime (one intra-op thread), the decoder's
     steps compiled as the gateway runs them, and its encoder and decoder runners."""
-    import onnxruntime as ort
-
-    from serving.decoding import native, native_decoder
+    from serving.decoding.native_decoder import open_runner
     from serving.decoding.translator import translator_from_entry
-    from serving.execution.onnxruntime import onnxruntime_runner
     from serving.execution.repository import Repository
 
     entry = Repository(repository).get(model)
     block = entry.kiln["translator"]
-    run = {}
-    for part in ("encoder", "decoder"):
-        path = native.graph_to_open(
-            Path(repository) / block[part] / "1" / "model.onnx"
-        )  # as the gateway opens it
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        run[part] = onnxruntime_runner(ort.InferenceSession(str(path), native.session_options(path, options)))
-        run[part].model_file = path  # as the gateway's backend says it: the decoder's steps compiled
-    native_decoder.attach(run["decoder"])
+    run = {  # as the gateway opens them: fused attention, the decoder's steps compiled
+        part: open_runner(Path(repository) / block[part] / "1" / "model.onnx", decoder=part == "decoder")
+        for part in ("encoder", "decoder")
+    }
     return translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"]), run
 
 

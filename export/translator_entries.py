@@ -32,8 +32,8 @@ RUNTIME_MODULES = (
     "compiled_step.py",
     "native.py",
     "beam_step.c",
-    "ort_step.c",  # built with beam_step.c into one library (unused there: Triton runs the decoder)
-    "attention.c",  # likewise (the fused step graph's operators; Triton runs model.onnx)
+    "ort_step.c",  # built with beam_step.c into one library: the decoder's compiled steps (in_process)
+    "attention.c",  # likewise: the fused step graph's operators
     "native_decoder.py",
     "rows.py",
     "step_spec.py",
@@ -95,8 +95,20 @@ def _write_graph(
     return repository.write_entry(ctx.repository, spec.name, fill)
 
 
-def python_entry_config(name: str, max_batch_size: int, encoder: str, decoder: str) -> TritonModelConfig:
-    """``text`` in, ``translation`` out (TYPE_STRING, dims [1]), python backend, dynamically batched."""
+def python_steps(device: str) -> str:
+    """Where the ``<name>`` python entry runs its encoder and decoder: in its own ONNX Runtime sessions
+    on CPU (no BLS round trips a step: ~3-7x the BLS path's tokens/s, performance log, thirty-sixth
+    session), through BLS to the GPU entries for a GPU export."""
+    return "bls" if device == "gpu" else "in_process"
+
+
+def python_entry_config(
+    name: str, max_batch_size: int, encoder: str, decoder: str, steps: str = "in_process"
+) -> TritonModelConfig:
+    """``text`` in, ``translation`` out (TYPE_STRING, dims [1]), python backend, dynamically batched.
+    ``steps``: ``in_process`` (the encoder's and decoder's graphs in the model's own ONNX Runtime
+    sessions, the decoder's steps compiled) or ``bls`` (every step a BLS call to those entries: a GPU
+    export, so that Triton's GPU entries compute); serving/triton/translator_model.py says more."""
     return TritonModelConfig(
         name=name,
         platform="python",
@@ -105,7 +117,7 @@ def python_entry_config(name: str, max_batch_size: int, encoder: str, decoder: s
         outputs=(TritonTensor("translation", "TYPE_STRING", (1,)),),
         preferred_batch_sizes=preferred_sizes(max_batch_size),
         warmup=False,
-        parameters={"encoder": encoder, "decoder": decoder},
+        parameters={"encoder": encoder, "decoder": decoder, "steps": steps},
     )
 
 
@@ -140,7 +152,10 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
         (tmp / "source_tokenizer.json").write_text(tokenizers["source"])
         (tmp / "target_tokenizer.json").write_text(tokenizers["target"])
         model_py = _copy_runtime(repository.version_dir(tmp))
-        config = python_entry_config(entry.name, ctx.options.max_batch_size, entry.encoder, entry.decoder)
+        steps = python_steps(ctx.options.device)
+        config = python_entry_config(
+            entry.name, ctx.options.max_batch_size, entry.encoder, entry.decoder, steps
+        )
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
         translator = {
             "encoder": entry.encoder,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, classifier_spec
-from export.translator_entries import python_entry_config
+from export.translator_entries import python_entry_config, python_steps
 from export.triton_config import (
     bucket_sizes,
     config_from_spec,
@@ -195,3 +195,10 @@ def test_the_batching_recommendation_keeps_tritons_defaults_and_says_whether_mer
     assert "batch64_ms_per_item" in result and result["recommendation"]
     assert batching.recommendation(3.0, 64).startswith("dynamic batching pays")
     assert "a queue delay would only add latency" in batching.recommendation(1.0, 64)
+
+
+def test_the_translate_entry_steps_in_process_on_cpu_and_through_bls_on_gpu():
+    assert python_steps("cpu") == "in_process"
+    assert python_steps("gpu") == "bls"
+    parsed = parse_pbtxt(to_pbtxt(python_entry_config("t", 8, "t_encoder", "t_decoder", python_steps("gpu"))))
+    assert parsed.parameters["steps"].string_value == "bls"

@@ -1,9 +1,12 @@
 """The real Triton server (nvidia-pytriton) translates through the exported ``<name>`` python model
-(BLS to ``<name>_encoder`` / ``<name>_decoder``) exactly like the gateway does."""
+exactly like the gateway does: with the encoder's and decoder's graphs in its own sessions (``steps``
+``in_process``, what a CPU export writes) and through BLS calls to ``<name>_encoder`` /
+``<name>_decoder`` (``bls``, what a GPU export writes)."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +70,43 @@ def test_triton_translates_like_the_gateway(triton: TritonServer, exported: Path
     tokens = asyncio.run(_solo_tokens(exported / "model_repository", NAME, TEXTS, max_length=MAX_LENGTH))
     target = _target_tokenizer(exported, NAME)
     assert got == [target.decode([t for t in ids if t > 3]) for ids in tokens]
+
+
+def _decoder_runs(url: str) -> int:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(f"{NAME}_decoder")["model_stats"]
+    finally:
+        client.close()
+    return sum(int(s.get("inference_count", 0)) for s in stats)
+
+
+def test_the_exported_model_decodes_in_its_own_process_without_bls_calls(triton: TritonServer) -> None:
+    import tritonclient.http as httpclient
+
+    before = _decoder_runs(triton.http_url)
+    assert _infer(httpclient, triton.http_url, TEXTS[:2], beam_size=4, max_length=MAX_LENGTH)
+    assert _decoder_runs(triton.http_url) == before  # no step went through <name>_decoder
+
+
+def test_bls_steps_translate_the_same_through_the_decoder_entry(
+    triton: TritonServer, exported: Path, tmp_path: Path
+) -> None:
+    """``steps: bls`` (a GPU export's): every step a BLS call to ``<name>_decoder``, the same answers."""
+    import tritonclient.http as httpclient
+
+    repository = tmp_path / "model_repository"
+    shutil.copytree(exported / "model_repository", repository)
+    config = repository / NAME / "config.pbtxt"
+    text = config.read_text()
+    assert 'string_value: "in_process"' in text
+    config.write_text(text.replace('string_value: "in_process"', 'string_value: "bls"'))
+    expected = _infer(httpclient, triton.http_url, TEXTS, beam_size=4, max_length=MAX_LENGTH)
+    with TritonServer(repository, tmp_path / "triton") as bls:
+        assert _infer(httpclient, bls.http_url, TEXTS, beam_size=4, max_length=MAX_LENGTH) == expected
+        assert _decoder_runs(bls.http_url) > 0
 
 
 def test_triton_honours_decoding_parameters_and_n_best(triton: TritonServer) -> None:

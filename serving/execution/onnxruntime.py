@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from serving.decoding.native_decoder import session_runner
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
@@ -339,39 +338,14 @@ class OnnxRuntimeBackend:
 
 
 def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runner:
-    """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU).
-
-    Inputs the graph does not declare (e.g. ones the exporter pruned as unused) are not fed. The
-    runner's ``first_axes`` (input name -> its first axis: a name where dynamic) tells the decoding
-    engine whether a decoder graph takes indexed rows (:func:`serving.decoding.step_spec.takes_indexed_rows`).
-    With ``occupancy``, each run is counted in it (a lone classify request then leaves the cores alone).
-    """
+    """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU):
+    :func:`serving.decoding.native_decoder.session_runner`. With ``occupancy``, each run is counted in
+    it (a lone classify request then leaves the cores alone)."""
     if isinstance(session, str | Path):
         import onnxruntime as ort  # lazy: nothing heavy at import time
 
         session = ort.InferenceSession(str(session), providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    output_names = [o.name for o in session.get_outputs()]
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [name for name in input_names if name not in inputs]
-        if missing:
-            raise ValueError(f"the ONNX graph needs inputs {missing}; got {sorted(inputs)}")
-        feeds = {name: inputs[name] for name in input_names}
-        if occupancy is None:
-            results = session.run(output_names, feeds)
-        else:
-            occupancy.enter()
-            try:
-                results = session.run(output_names, feeds)
-            finally:
-                occupancy.leave()
-        return dict(zip(output_names, results, strict=True))
-
-    run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
-    run.session = session  # type: ignore[attr-defined]
-    run.occupancy = occupancy  # type: ignore[attr-defined]
-    return run
+    return session_runner(session, occupancy)
 
 
 # ONNX Runtime reads ``session.intra_op.spin_duration_us`` from 1.26 on (microsoft/onnxruntime#27916);

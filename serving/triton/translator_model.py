@@ -2,11 +2,17 @@
 
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
 ``options.py``, ``compiled_step.py``, ``native.py``, ``beam_step.c``, ``ort_step.c`` and
-``attention.c`` (the compiled step, built on first use into one library), ``native_decoder.py`` (imported by the stepper; the decoder runs as a BLS
-call here, so its compiled whole step is not used), ``rows.py``, ``step_spec.py``, ``stepper.py`` and
+``attention.c`` (the compiled step, built on first use into one library), ``native_decoder.py``, ``rows.py``, ``step_spec.py``, ``stepper.py`` and
 ``offline.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
-the entry was exported and parity-checked with. The encoder and decoder run as BLS calls to the ``<name>_encoder`` / ``<name>_decoder`` entries named in kiln.json. Requests of one
+the entry was exported and parity-checked with. Where the encoder and decoder run is the config's
+``steps`` parameter: ``in_process`` (what a CPU export writes) opens the ``<name>_encoder`` /
+``<name>_decoder`` entries' graphs (named in kiln.json, their latest version) in this model's own
+ONNX Runtime sessions, as the gateway's decode workers do: the fused-attention graph and the
+decoder's steps compiled (``native_decoder.py``), one intra-op thread per instance by default
+(``intra_op_num_threads``), each instance with its own copy of the weights; ``bls`` (what a GPU export
+writes, so that Triton's GPU entries compute) calls those entries through BLS at every step, two
+round trips a step with the cache in them. Requests of one
 ``execute`` call that ask for the same decoding options are decoded together (all their beams in each
 decoder call), in batches of similar source lengths that fit the encoder's and decoder's
 ``max_batch_size`` (:func:`serving.decoding.offline.translate_in_batches`).
@@ -29,7 +35,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from serving.decoding import beam_search as bs  # noqa: E402
-from serving.decoding import offline, step_spec  # noqa: E402
+from serving.decoding import native_decoder, offline, step_spec  # noqa: E402
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -81,8 +87,20 @@ def parse_options(raw: str | None, max_positions: int | None = None) -> bs.Decod
     return options
 
 
+def _latest_version(entry_dir: str) -> str:
+    """The entry's highest numbered version directory (Triton's default version policy, ``latest``)."""
+    versions = [v for v in os.listdir(entry_dir) if v.isdigit() and os.path.isdir(os.path.join(entry_dir, v))]
+    if not versions:
+        raise ValueError(f"{entry_dir} has no numbered version directory")
+    return os.path.join(entry_dir, max(versions, key=int))
+
+
+STEPS = ("in_process", "bls")
+
+
 class TritonPythonModel:
-    """Beam search over the ``<name>_encoder`` / ``<name>_decoder`` entries through BLS."""
+    """Beam search over the ``<name>_encoder`` / ``<name>_decoder`` graphs, in this process or
+    through BLS (the config's ``steps``)."""
 
     def initialize(self, args: dict) -> None:
         """Read kiln.json, the tokenizers and the sibling entries' tensors and batch limits."""
@@ -97,6 +115,22 @@ class TritonPythonModel:
         decoder = _read_json(os.path.join(parent, block["decoder"], "kiln.json"))
         self.max_sentences = int(encoder.get("max_batch_size") or 64)
         self.max_rows = int(decoder.get("max_batch_size") or 256)
+        params = {
+            k: v.get("string_value", "")
+            for k, v in json.loads(args["model_config"]).get("parameters", {}).items()
+        }
+        self.steps = params.get("steps") or "in_process"
+        if self.steps not in STEPS:
+            raise ValueError(f"parameter steps must be one of {STEPS}, got {self.steps!r}")
+        if self.steps == "in_process":
+            threads = int(params.get("intra_op_num_threads") or 1)
+            for part in ("encoder", "decoder"):
+                graph = os.path.join(_latest_version(os.path.join(parent, block[part])), "model.onnx")
+                runner = native_decoder.open_runner(
+                    graph, intra_op_threads=threads, decoder=part == "decoder"
+                )
+                setattr(self, f"run_{part}", runner)
+            return
         self.run_encoder = bls_runner(
             block["encoder"], [t["name"] for t in encoder["inputs"]], list(self.spec.encoder_outputs)
         )
