@@ -40,6 +40,7 @@ RUNTIME_MODULES = (
     "stepper.py",
     "offline.py",
 )
+EXECUTION_MODULES = ("runner.py",)  # serving/execution modules the decoding copies import
 
 
 def _tensors(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:
@@ -126,12 +127,14 @@ def _copy_runtime(version: Path) -> str:
     if not TEMPLATE.is_file():
         return f"missing: {TEMPLATE.relative_to(ROOT)} did not exist at export time; entry has no model.py"
     shutil.copyfile(TEMPLATE, version / "model.py")
-    package = version / "serving" / "decoding"
-    package.mkdir(parents=True)
-    for level in (package.parent, package):
-        (level / "__init__.py").write_text("")
-    for module in RUNTIME_MODULES:
-        shutil.copyfile(ROOT / "serving" / "decoding" / module, package / module)
+    (version / "serving").mkdir()
+    (version / "serving" / "__init__.py").write_text("")
+    for name, modules in (("decoding", RUNTIME_MODULES), ("execution", EXECUTION_MODULES)):
+        package = version / "serving" / name
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for module in modules:
+            shutil.copyfile(ROOT / "serving" / name / module, package / module)
     return "model.py"
 
 

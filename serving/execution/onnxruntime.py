@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.decoding.native_decoder import session_runner
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
@@ -27,6 +26,7 @@ from serving.execution.datatypes import classification
 from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
+from serving.execution.runner import session_runner
 from serving.execution.validation import classification_counts, validate_inputs
 from serving.threads import name_os_thread
 
@@ -339,7 +339,7 @@ class OnnxRuntimeBackend:
 
 def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runner:
     """A :data:`Runner` over an ONNX Runtime session (or a path to a .onnx file, opened on CPU):
-    :func:`serving.decoding.native_decoder.session_runner`. With ``occupancy``, each run is counted in
+    :func:`serving.execution.runner.session_runner`. With ``occupancy``, each run is counted in
     it (a lone classify request then leaves the cores alone)."""
     if isinstance(session, str | Path):
         import onnxruntime as ort  # lazy: nothing heavy at import time
