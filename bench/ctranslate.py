@@ -49,7 +49,7 @@ def build_spec(model: Any, tokenizers: dict[str, str]) -> Any:
     """A ``TransformerSpec`` filled with the model's weights and the tokenizers' vocabularies."""
     from ctranslate2.specs import TransformerSpec, common_spec
 
-    from training.models.transformer import sinusoidal_positions
+    from training.models.attention import sinusoidal_positions
 
     cfg = model.cfg
     spec = TransformerSpec.from_config(

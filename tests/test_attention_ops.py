@@ -1,7 +1,7 @@
 """The fused attention operators (serving/decoding/attention.c) against the PyTorch definitions they replace.
 
 Each operator runs alone in an ONNX Runtime session (registered as the gateway registers them) and is
-compared with ``step_attention`` / ``grouped_attention`` of training/models/transformer.py on cases
+compared with ``step_attention`` / ``grouped_attention`` of training/models/attention.py on cases
 the decoder step meets: an empty cache (the first step), masked past entries, a row whose past is all
 masked (it attends only its new entry), sentences of several rows sharing their keys, one row per
 sentence, and a head size that is not a multiple of the kernel's 8 lanes.
@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto, helper
 
 from serving.decoding import native
-from training.models.transformer import (
+from training.models.attention import (
     encoder_attention,
     grouped_attention,
     indexed_attention,
@@ -367,7 +367,7 @@ def test_the_fused_graph_is_chosen_only_where_it_exists_and_needs_the_operators(
 
 def test_the_indexed_attention_exports_as_the_operator_and_runs_as_pytorch_computes_it(tmp_path):
     """TorchScript's exporter emits FusedIndexedAttention's ``symbolic`` node, which the operator runs."""
-    from training.models.transformer import FusedIndexedAttention
+    from training.models.attention import FusedIndexedAttention
 
     class Attend(torch.nn.Module):
         def forward(self, q, k, v, bias, row_place):  # noqa: ANN001, ANN201

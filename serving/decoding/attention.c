@@ -32,7 +32,7 @@
  *     Add and a LayerNormalization node cost ONNX Runtime ~7 and ~11 us at a few dozen rows of 128,
  *     mostly per node, nine times a step.
  *
- * The arithmetic is that of the plain graph (training/models/transformer.py, attend_step,
+ * The arithmetic is that of the plain graph (training/models/attention.py, attend_step,
  * attend_rows and attend_self): score = q.k / sqrt(hd) (+ bias), softmax as exp(s - max) / sum, then the weighted sum
  * of the values in key order. Sums run in a different order than MLAS's, so results agree to float
  * rounding (~1e-6), not bit for bit; export's parity and beam-parity checks hold the fused graph to
