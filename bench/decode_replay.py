@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from serving.decoding import beam_search as bs
-from serving.decoding import compiled_step, native_decoder, rows, step_spec, stepper
+from serving.decoding import compiled_step, native_batch, native_decoder, rows, step_spec, stepper
 from serving.decoding.scheduler import SchedulerConfig
 
 # What --functions times: (owner, attribute) of the functions a decode step runs through. Module-level
@@ -41,13 +41,13 @@ from serving.decoding.scheduler import SchedulerConfig
 # as stepper makes them) are timed.
 DECODE_FUNCTIONS: tuple[tuple[Any, str], ...] = (
     *(
+        (native_batch.NativeSteps, name)
+        for name in ("_native_step", "_native_plan", "_outputs", "_tensor_fields")
+    ),
+    *(
         (stepper.DecodeBatch, name)
         for name in (
             "step",
-            "_native_step",
-            "_native_plan",
-            "_outputs",
-            "_tensor_fields",
             "_current_layout",
             "_advance_rows",
             "_gather",

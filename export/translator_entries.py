@@ -35,6 +35,7 @@ RUNTIME_MODULES = (
     "ort_step.c",  # built with beam_step.c into one library: the decoder's compiled steps (in_process)
     "attention.c",  # likewise: the fused step graph's operators
     "native_decoder.py",
+    "native_batch.py",
     "rows.py",
     "step_spec.py",
     "stepper.py",

@@ -3,7 +3,8 @@
 One definition each (docs/translator-interface.md, "Decoding defaults and limits"): the REST schema,
 the KServe v2 parameters and Triton's ``<name>`` model read :data:`DEFAULTS` and :data:`LIMITS` from
 here; :class:`BeamConfig` is what :mod:`serving.decoding.beam_search` searches with, :class:`Hypothesis`
-what it returns, and :func:`normalize_score` the length penalty it ranks finished hypotheses by.
+what it returns, :class:`Finished` a sentence's outcome in a decode batch, and :func:`normalize_score`
+the length penalty it ranks finished hypotheses by.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +128,15 @@ class Hypothesis:
     tokens: list[int]
     score: float
     normalized_score: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A sentence that left a decode batch: the caller's key and its hypotheses, or why it failed."""
+
+    key: Any
+    hypotheses: list[Hypothesis]
+    error: str | None = None
 
 
 def output_tokens(tokens: list[int], *, eos_id: int, pad_id: int, bos_id: int) -> list[int]:

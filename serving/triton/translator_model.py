@@ -3,7 +3,7 @@
 Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding/beam_search.py``,
 ``options.py``, ``compiled_step.py``, ``native.py``, ``beam_step.c``, ``ort_step.c`` and
 ``attention.c`` (the compiled step, built on first use into one library), ``native_decoder.py`` (with
-``serving/execution/runner.py``), ``rows.py``, ``step_spec.py``, ``stepper.py`` and
+``serving/execution/runner.py``), ``native_batch.py``, ``rows.py``, ``step_spec.py``, ``stepper.py`` and
 ``offline.py`` beside it
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
 the entry was exported and parity-checked with. Where the encoder and decoder run is the config's
