@@ -12,21 +12,21 @@ What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC clien
 port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
 CONTINUATION and GOAWAY. Servicers see a context with ``abort``, ``time_remaining`` and
-``set_trailing_metadata``, the part of grpc.aio's ``ServicerContext`` the KServe servicer uses.
+``set_trailing_metadata``, the part of grpc.aio's ``ServicerContext`` the KServe servicer uses
+(:class:`serving.protocol.grpc_call.Call`, which also carries the call through this module).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from serving.protocol import h2_wire as w
+from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, Handler, decompress, trailers_block
 
 log = logging.getLogger(__name__)
 
@@ -40,78 +40,6 @@ MAX_HEADER_LIST = 1 << 16
 # connection past its budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
 RESET_BURST = 200
 RESET_RATE = 100.0
-
-Handler = Callable[[Any, "Call"], Awaitable[Any]]
-
-_RESPONSE_HEADERS = b"\x88" + w.literal_indexed_name(31, b"application/grpc")  # :status 200, content-type
-_OK_TRAILERS = w.literal(b"grpc-status", b"0")
-
-
-class Aborted(Exception):
-    """Raised by :meth:`Call.abort`: the call ends with this status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class Call:
-    """One unary call: its request as it arrives, its answer as it leaves, and the servicer's context."""
-
-    __slots__ = (
-        "stream",
-        "handler",
-        "request_class",
-        "encoding",
-        "deadline",
-        "parts",
-        "size",
-        "ended",
-        "unacked",
-        "send_window",
-        "pending",
-        "trailers",
-        "trailing",
-        "task",
-        "loop",
-    )
-
-    def __init__(
-        self, stream: int, handler: Handler, request_class: Any, send_window: int, loop: Any
-    ) -> None:
-        self.stream, self.handler, self.request_class = stream, handler, request_class
-        self.encoding: bytes | None = None
-        self.deadline: float | None = None
-        self.parts: list[bytes] = []
-        self.size = self.unacked = 0
-        self.ended = False  # the client sent END_STREAM
-        self.send_window = send_window
-        self.pending: memoryview | None = None  # message bytes waiting for flow-control window
-        self.trailers = b""
-        self.trailing: tuple[tuple[str, str], ...] = ()
-        self.task: asyncio.Task | None = None
-        self.loop = loop
-
-    # --- the part of grpc.aio.ServicerContext the servicer uses ---
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise Aborted(code, details)
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else max(self.deadline - self.loop.time(), 0.0)
-
-    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.trailing = tuple(metadata)
-
-
-def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
-    """The HPACK block of a call's trailers: its status, message and the servicer's metadata."""
-    if code == 0 and not trailing:
-        return _OK_TRAILERS
-    parts = [w.literal(b"grpc-status", str(code).encode())]
-    if details:
-        parts.append(w.literal(b"grpc-message", w.percent_encode(details[:4096])))
-    parts.extend(w.literal(key.lower().encode(), str(value).encode()) for key, value in trailing)
-    return b"".join(parts)
 
 
 class Connection(asyncio.Protocol):
@@ -424,7 +352,7 @@ class Connection(asyncio.Protocol):
         message = body[5:]
         try:
             if body[0]:
-                message = self._decompress(call.encoding, message)
+                message = decompress(call.encoding, message, self.server.max_message_bytes)
             request = call.request_class.FromString(message)
         except Aborted as stop:
             self._finish(call, stop.code.value[0], stop.details)
@@ -433,22 +361,6 @@ class Connection(asyncio.Protocol):
             self._finish(call, grpc.StatusCode.INTERNAL.value[0], "cannot parse the request message")
             return
         call.task = self.loop.create_task(self._serve(call, request))
-
-    def _decompress(self, encoding: bytes | None, message: bytes) -> bytes:
-        window = {b"gzip": 31, b"deflate": 15}.get(encoding or b"")
-        if window is None:
-            name = (encoding or b"identity").decode(errors="replace")
-            raise Aborted(
-                grpc.StatusCode.UNIMPLEMENTED, f"compressed with {name}, which this server does not read"
-            )
-        inflater = zlib.decompressobj(window)
-        try:
-            plain = inflater.decompress(message, self.server.max_message_bytes + 1)
-        except zlib.error as error:
-            raise Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the request: {error}") from None
-        if len(plain) > self.server.max_message_bytes:
-            raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
-        return plain
 
     async def _serve(self, call: Call, request: Any) -> None:
         try:
@@ -470,7 +382,7 @@ class Connection(asyncio.Protocol):
         size = len(data) + 5
         message = b"\x00" + len(data).to_bytes(4, "big")  # not compressed, then the length
         stream = call.stream
-        headers = w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(_RESPONSE_HEADERS))
+        headers = w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(RESPONSE_HEADERS))
         trailers = trailers_block(0, "", call.trailing)
         if size <= min(self.send_window, call.send_window, self.peer_frame) and not self.blocked:
             self.send_window -= size
@@ -514,7 +426,7 @@ class Connection(asyncio.Protocol):
         self._close_call(call)
 
     def _trailers_only(self, code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
-        return _RESPONSE_HEADERS + trailers_block(code, details, trailing)
+        return RESPONSE_HEADERS + trailers_block(code, details, trailing)
 
     def _headers_only(self, stream: int, block: bytes, ended: bool) -> None:
         self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))

@@ -1,0 +1,110 @@
+"""A unary gRPC call as Kiln's HTTP/2 server (:mod:`serving.protocol.grpc_h2`) holds it, and the
+servicer's view of it.
+
+:class:`Call` is one call's request as it arrives and its answer as it leaves, and also the context
+the servicer gets: ``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
+``ServicerContext`` the KServe servicer uses. :func:`trailers_block` encodes how a call ends and
+:func:`decompress` reads a compressed request, each with the statuses grpcio would answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from serving.protocol import h2_wire as w
+
+Handler = Callable[[Any, "Call"], Awaitable[Any]]
+
+RESPONSE_HEADERS = b"\x88" + w.literal_indexed_name(31, b"application/grpc")  # :status 200, content-type
+_OK_TRAILERS = w.literal(b"grpc-status", b"0")
+
+
+class Aborted(Exception):
+    """Raised by :meth:`Call.abort`: the call ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class Call:
+    """One unary call: its request as it arrives, its answer as it leaves, and the servicer's context."""
+
+    __slots__ = (
+        "stream",
+        "handler",
+        "request_class",
+        "encoding",
+        "deadline",
+        "parts",
+        "size",
+        "ended",
+        "unacked",
+        "send_window",
+        "pending",
+        "trailers",
+        "trailing",
+        "task",
+        "loop",
+    )
+
+    def __init__(
+        self, stream: int, handler: Handler, request_class: Any, send_window: int, loop: Any
+    ) -> None:
+        self.stream, self.handler, self.request_class = stream, handler, request_class
+        self.encoding: bytes | None = None
+        self.deadline: float | None = None
+        self.parts: list[bytes] = []
+        self.size = self.unacked = 0
+        self.ended = False  # the client sent END_STREAM
+        self.send_window = send_window
+        self.pending: memoryview | None = None  # message bytes waiting for flow-control window
+        self.trailers = b""
+        self.trailing: tuple[tuple[str, str], ...] = ()
+        self.task: asyncio.Task | None = None
+        self.loop = loop
+
+    # --- the part of grpc.aio.ServicerContext the servicer uses ---
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Aborted(code, details)
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - self.loop.time(), 0.0)
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = tuple(metadata)
+
+
+def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
+    """The HPACK block of a call's trailers: its status, message and the servicer's metadata."""
+    if code == 0 and not trailing:
+        return _OK_TRAILERS
+    parts = [w.literal(b"grpc-status", str(code).encode())]
+    if details:
+        parts.append(w.literal(b"grpc-message", w.percent_encode(details[:4096])))
+    parts.extend(w.literal(key.lower().encode(), str(value).encode()) for key, value in trailing)
+    return b"".join(parts)
+
+
+def decompress(encoding: bytes | None, message: bytes, max_bytes: int) -> bytes:
+    """A compressed request message, inflated (gzip or deflate, what grpc-encoding names), at most
+    ``max_bytes``; anything else aborts the call with the status grpcio answers."""
+    window = {b"gzip": 31, b"deflate": 15}.get(encoding or b"")
+    if window is None:
+        name = (encoding or b"identity").decode(errors="replace")
+        raise Aborted(
+            grpc.StatusCode.UNIMPLEMENTED, f"compressed with {name}, which this server does not read"
+        )
+    inflater = zlib.decompressobj(window)
+    try:
+        plain = inflater.decompress(message, max_bytes + 1)
+    except zlib.error as error:
+        raise Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the request: {error}") from None
+    if len(plain) > max_bytes:
+        raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
+    return plain
