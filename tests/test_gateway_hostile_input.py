@@ -98,7 +98,7 @@ HTTP_CASES = {
         400,
         "runs past the end",
     ),
-    "top_k that is a float": (CLASSIFY, {"json": {"images": ["AA=="], "top_k": 2.0}}, 422, "top_k"),
+    "top_k with a fraction": (CLASSIFY, {"json": {"images": ["AA=="], "top_k": 2.5}}, 422, "top_k"),
     "return_scores that is a number": (
         TRANSLATE,
         {"json": {"texts": ["un"], "return_scores": 0}},

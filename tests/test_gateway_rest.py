@@ -74,6 +74,20 @@ def test_base64_and_multipart_uploads_get_the_same_ranked_labels(server):
     ) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_whole_number_written_as_a_float_is_that_integer_and_a_fraction_is_refused(server):
+    """JSON has one number type and the published schema's "integer" admits 2.0 (JSON Schema), as
+    clients that write every number as a float send it; 2.5, true and "2" are still a 422."""
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    image = b64(png(3))
+    as_int = httpx.post(url, json={"images": [image], "top_k": 2})
+    as_float = httpx.post(url, json={"images": [image], "top_k": 2.0})
+    assert as_int.status_code == as_float.status_code == 200, (as_int.text, as_float.text)
+    assert as_float.json() == as_int.json() and len(as_int.json()["predictions"][0]) == 2
+    for refused in (2.5, True, "2"):
+        response = httpx.post(url, json={"images": [image], "top_k": refused})
+        assert response.status_code == 422 and "top_k" in response.json()["error"], response.text
+
+
 def test_more_images_than_max_batch_size_are_split_and_answered_in_order(server):
     images = [png(seed) for seed in range(11)]
     url = f"http://{server.url}/v1/models/lenet/classify"

@@ -338,6 +338,16 @@ def test_scores_and_n_best_are_returned_only_when_asked(gateway) -> None:
     )
 
 
+def test_decoding_options_written_as_whole_floats_decode_as_their_integers(gateway) -> None:
+    body = {"texts": ["twelve"], "max_length": 10, "beam_size": 3, "n_best": 2, "return_scores": True}
+    as_int = _post(gateway, "transformer", body)
+    as_float = _post(gateway, "transformer", {**body, "beam_size": 3.0, "n_best": 2.0, "max_length": 10.0})
+    assert as_int.status_code == as_float.status_code == 200, (as_int.text, as_float.text)
+    assert as_float.json() == as_int.json()
+    refused = _post(gateway, "transformer", {**body, "beam_size": 2.5})
+    assert refused.status_code == 422 and "beam_size" in refused.json()["error"]
+
+
 def test_tritonclient_http_and_grpc_translate_through_the_gateway(gateway) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient

@@ -1,9 +1,12 @@
-"""Request body limits: 413 above a byte limit (before buffering) and JSON that cannot hurt the parser."""
+"""Request body limits: 413 above a byte limit (before buffering), JSON that cannot hurt the parser,
+and JSON integers read as the published schema reads them."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from serving.errors import BadRequest, PayloadTooLarge
 
@@ -22,6 +25,19 @@ def parse_json(raw: bytes, what: str) -> Any:
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None
+
+
+def _integral(value: Any) -> Any:
+    """A float with no fractional part as the integer it equals; anything else unchanged."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field of a strict request model. JSON has one number type, and the OpenAPI document's
+# ``"type": "integer"`` (JSON Schema) admits 2.0 as the integer 2, as clients that write every number
+# as a float send it; 2.5, true and "2" stay refused (422), as strict validation refuses them.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class BodyLimitMiddleware:

@@ -31,7 +31,7 @@ from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import Backend, InferRequest
 from serving.metrics import GatewayMetrics, observed_infer
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
-from serving.protocol.limits import parse_json
+from serving.protocol.limits import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 
 
@@ -58,16 +58,16 @@ router = APIRouter(prefix="/v1", tags=["friendly"], route_class=DirectRoute)
 class TranslateRequest(BaseModel):
     """What a client may send; anything else is refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, 2.0 is not an integer
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "2" is not an integer
 
     texts: list[str] = Field(min_length=1, description="texts to translate (each non-empty)")
-    beam_size: int = Field(
+    beam_size: JsonInt = Field(
         DEFAULTS.beam_size, ge=1, le=LIMITS.max_beam_size, description="beam width (1 = greedy)"
     )
-    n_best: int = Field(
+    n_best: JsonInt = Field(
         DEFAULTS.n_best, ge=1, le=LIMITS.max_beam_size, description="hypotheses per text (<= beam_size)"
     )
-    max_length: int = Field(
+    max_length: JsonInt = Field(
         DEFAULTS.max_length,
         ge=1,
         le=LIMITS.max_length,

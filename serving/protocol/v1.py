@@ -20,17 +20,17 @@ from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
-from serving.protocol.limits import parse_json
+from serving.protocol.limits import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 
 
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(strict=True)  # 2.0 is not an integer top_k
+    model_config = ConfigDict(strict=True)  # JsonInt: 2.0 is the integer 2, 2.5 and "2" are refused
 
     images: list[str] = Field(min_length=1, description="base64-encoded PNG or JPEG images")
-    top_k: int = Field(5, ge=1, description="classes returned per image")
+    top_k: JsonInt = Field(5, ge=1, description="classes returned per image")
 
 
 class Prediction(BaseModel):
