@@ -11,6 +11,7 @@ import pytest
 
 from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step, native
+from serving.decoding.options import options_from_parameters
 
 PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
 VOCAB = 6
@@ -347,6 +348,38 @@ def test_a_step_offsets_origins_into_the_shared_call():
 def test_invalid_configs_raise_a_value_error_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bs.BeamConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, bs.DEFAULTS),
+        ({"beam_size": 3, "n_best": 2.0, "max_length": "12"}, bs.DecodingOptions(3, 2, 12)),
+        (
+            {"alpha": 1, "length_penalty": "gnmt", "other": "ignored"},
+            bs.DecodingOptions(alpha=1.0, length_penalty="gnmt"),
+        ),
+        ({"alpha": "0.5"}, bs.DecodingOptions(alpha=0.5)),
+    ],
+)
+def test_request_parameters_become_options_typed_by_their_defaults(params, expected):
+    assert options_from_parameters(params) == expected
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"beam_size": 2.5},
+        {"beam_size": True},
+        {"beam_size": "wide"},
+        {"alpha": "high"},
+        {"alpha": False},
+        {"length_penalty": 1},
+    ],
+)
+def test_request_parameters_of_the_wrong_type_raise_a_value_error_naming_them(params):
+    with pytest.raises(ValueError, match=next(iter(params))):
+        options_from_parameters(params)
 
 
 def test_log_probs_of_the_wrong_shape_are_refused():

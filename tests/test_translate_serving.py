@@ -382,8 +382,9 @@ def test_kserve_translate_refuses_bad_parameters_with_400(gateway) -> None:
     client = httpclient.InferenceServerClient(gateway.url)
     tensor = httpclient.InferInput("text", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"one"]], dtype=np.object_))
-    with pytest.raises(InferenceServerException, match="beam_size"):
-        client.infer("transformer", [tensor], parameters={"beam_size": "wide"})
+    for wrong in ("wide", 2.5, True):
+        with pytest.raises(InferenceServerException, match="beam_size"):
+            client.infer("transformer", [tensor], parameters={"beam_size": wrong})
     client.close()
 
 

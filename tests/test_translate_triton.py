@@ -131,6 +131,8 @@ def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> 
     tensor.set_data_from_numpy(np.array([[b"twelve"]], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="beam_size"):
         client.infer(NAME, [tensor], parameters={"beam_size": 99})
+    with pytest.raises(InferenceServerException, match="beam_size"):  # read as the gateway reads it
+        client.infer(NAME, [tensor], parameters={"beam_size": 2.5})
     client.close()
 
 

@@ -9,6 +9,7 @@ the length penalty it ranks finished hypotheses by.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class DecodingLimits:
 
 DEFAULTS = DecodingOptions()
 LIMITS = DecodingLimits()
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(DecodingOptions))
 
 
 def check_options(
@@ -67,6 +69,40 @@ def check_options(
     alpha = options.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= limits.max_alpha:
         raise ValueError(f"alpha must be a number in [0, {limits.max_alpha:g}], got {alpha!r}")
+
+
+def options_from_parameters(params: dict) -> DecodingOptions:
+    """Decoding options from request parameters (KServe v2 ``parameters``, Triton's request parameters),
+    typed by their defaults; other names are ignored. An integer option takes an integer, a float with
+    no fractional part or a string of digits (gRPC clients send ``string_param``); a float option any
+    number or numeric string. Anything else is a ValueError naming the parameter (a client's 400). The
+    bounds are :func:`check_options`'s."""
+    values: dict = {}
+    for name in _OPTION_NAMES:
+        if name not in params:
+            continue
+        value, default = params[name], getattr(DEFAULTS, name)
+        if isinstance(default, bool) or isinstance(value, bool):
+            raise ValueError(f"parameter {name!r} must be {type(default).__name__}, got {value!r}")
+        if isinstance(default, int):
+            if (
+                isinstance(value, float)
+                and value.is_integer()
+                or isinstance(value, str)
+                and value.strip().lstrip("-").isdigit()
+            ):
+                value = int(value)
+            elif not isinstance(value, int):
+                raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter {name!r} must be a number, got {value!r}") from None
+        elif not isinstance(value, str):
+            raise ValueError(f"parameter {name!r} must be a string, got {value!r}")
+        values[name] = value
+    return DecodingOptions(**values)
 
 
 def config_for(options: DecodingOptions, *, eos_id: int, bos_id: int) -> BeamConfig:

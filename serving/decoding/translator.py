@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 from serving.decoding import beam_search as bs
 from serving.decoding import native, native_decoder, step_spec
 from serving.decoding.fast_tokens import FastEncoder
+from serving.decoding.options import options_from_parameters as parse_parameters
 from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
 
-OPTION_NAMES = tuple(f.name for f in fields(bs.DecodingOptions))
 # Requests this small are tokenized / detokenized on the event loop, text by text holding the GIL:
 # measured ~10 us for a 40-character sentence and ~3 us for its translation, far less than a hop to
 # the codec thread and back.
@@ -242,27 +242,13 @@ def _as_text(value: Any, index: int) -> str:
 
 
 def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
-    """Decoding options from KServe request parameters (unknown option-like names are ignored)."""
-    values: dict[str, Any] = {}
-    for name in OPTION_NAMES:
-        if name not in params:
-            continue
-        value = params[name]
-        default = getattr(bs.DEFAULTS, name)
-        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-            else:
-                raise BadRequest(f"parameter {name!r} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise BadRequest(f"parameter {name!r} must be a number, got {value!r}") from None
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise BadRequest(f"parameter {name!r} must be a string, got {value!r}")
-        values[name] = value
-    return bs.DecodingOptions(**values)
+    """Decoding options from KServe request parameters (:func:`serving.decoding.options.
+    options_from_parameters`, which Triton's ``<name>`` model reads them with too); a parameter of the
+    wrong type is a 400."""
+    try:
+        return parse_parameters(params)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
 
 
 def translator_from_entry(

@@ -24,7 +24,6 @@ Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from serving.decoding import beam_search as bs  # noqa: E402
 from serving.decoding import native_decoder, offline, step_spec  # noqa: E402
+from serving.decoding.options import options_from_parameters  # noqa: E402
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -77,13 +77,7 @@ def _read_json(path: str) -> dict:
 
 def parse_options(raw: str | None, max_positions: int | None = None) -> bs.DecodingOptions:
     """Decoding options from the request's JSON parameters, checked against the gateway's own limits."""
-    params = json.loads(raw) if raw else {}
-    values = {}
-    for field in dataclasses.fields(bs.DecodingOptions):
-        if field.name in params:
-            default = getattr(bs.DEFAULTS, field.name)
-            values[field.name] = type(default)(params[field.name])
-    options = bs.DecodingOptions(**values)
+    options = options_from_parameters(json.loads(raw) if raw else {})
     bs.check_options(options, bs.LIMITS, max_positions)
     return options
 
