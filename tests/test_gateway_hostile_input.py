@@ -4,11 +4,14 @@ uses), never a 500, and the gateway stays ready: a hand-written battery of malfo
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import grpc
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
@@ -297,3 +300,129 @@ def test_the_lean_layer_answers_an_endpoints_error_once_and_never_after_its_answ
     assert b"no a" in sent[-1]["body"]
     with pytest.raises(RuntimeError, match="went away"):  # after the answer began: raised, not re-answered
         run("/broken/a/x")
+
+
+# --- property-based: generated KServe v2 gRPC requests, near-valid and not ---
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "INT8",
+    "INT32",
+    "INT64",
+    "UINT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+    "",
+    "COMPLEX",
+)
+CONTENTS = (
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+)
+SUITE_GRPC_EXAMPLES = 300
+GRPC_FUZZ_EXAMPLES = int(os.environ.get("KILN_GRPC_FUZZ_EXAMPLES", SUITE_GRPC_EXAMPLES))
+# what a request may be refused with: a client's mistake is never UNKNOWN or INTERNAL (a 500)
+CLIENT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _content_values(draw, field: str) -> list:
+    if field == "bool_contents":
+        return draw(st.lists(st.booleans(), max_size=8))
+    if field == "bytes_contents":
+        return draw(st.lists(st.binary(max_size=12), max_size=4))
+    if field.startswith("fp"):
+        return draw(st.lists(st.floats(width=32), max_size=8))
+    low = 0 if field.startswith("uint") else -(2**31 if field == "int_contents" else 2**63)
+    high = 2**32 - 1 if field == "uint_contents" else 2**64 - 1 if field == "uint64_contents" else -low - 1
+    return draw(st.lists(st.integers(low, high), max_size=8))
+
+
+@st.composite
+def infer_requests(draw) -> service_pb2.ModelInferRequest:
+    """A valid lenet request with some of its fields replaced: model, version, id, each input's name,
+    datatype, shape and contents (raw bytes or typed fields), parameters of every kind, outputs."""
+    request = grpc_request()
+    if draw(st.booleans()):
+        request.model_name = draw(st.sampled_from(["nope", "", "lenet\x00", "LENET"]))
+    request.model_version = draw(st.sampled_from(["", "", "1", "2", "x", "-1"]))
+    request.id = draw(st.text(max_size=6))
+    if draw(st.booleans()):  # inputs rebuilt from scratch
+        del request.inputs[:]
+        del request.raw_input_contents[:]
+        raw = draw(st.booleans())
+        for _ in range(draw(st.integers(0, 3))):
+            tensor = request.inputs.add(
+                name=draw(st.sampled_from(["images", "images", "text", "x", ""])),
+                datatype=draw(st.sampled_from(DATATYPES)),
+            )
+            dims = st.one_of(st.integers(-2, 32), st.sampled_from([SIZE, 2**31, 2**62]))
+            tensor.shape.extend(draw(st.lists(dims, max_size=5)))
+            if raw:
+                request.raw_input_contents.append(draw(st.binary(max_size=2 * PIXELS)))
+            elif (field := draw(st.sampled_from((*CONTENTS, None)))) is not None:
+                getattr(tensor.contents, field).extend(_content_values(draw, field))
+    for key in draw(
+        st.lists(st.sampled_from(["timeout", "binary_data_output", "priority", "beam_size", "x"]), max_size=3)
+    ):
+        kind = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", None]))
+        value = {
+            "bool_param": st.booleans(),
+            "int64_param": st.integers(-(2**63), 2**63 - 1),
+            "string_param": st.text(max_size=6),
+            "double_param": st.floats(),
+        }.get(kind)
+        parameter = request.parameters[key]
+        if value is not None:
+            setattr(parameter, kind, draw(value))
+    for name in draw(st.lists(st.sampled_from(["probabilities", "x", ""]), max_size=2)):
+        request.outputs.add(name=name)
+    return request
+
+
+def test_generated_grpc_requests_are_answered_or_refused_as_a_client_error_and_never_break_the_server(
+    gateway,
+):
+    """Hypothesis, derandomized in the suite (the same requests every run; ``KILN_GRPC_FUZZ_EXAMPLES=5000``
+    explores at random): each request is answered, or refused
+    with INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED and a message; never UNKNOWN or INTERNAL,
+    and the server stays ready."""
+    seen: dict[str, int] = {}
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        @settings(
+            max_examples=GRPC_FUZZ_EXAMPLES,
+            derandomize=GRPC_FUZZ_EXAMPLES <= SUITE_GRPC_EXAMPLES,  # a longer run explores at random
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(infer_requests())
+        def answered_or_refused(request):
+            try:
+                response = stub.ModelInfer(request, timeout=60)
+            except grpc.RpcError as error:
+                assert error.code() in CLIENT_CODES, (error.code(), error.details(), request)
+                assert error.details(), request
+                seen[error.code().name] = seen.get(error.code().name, 0) + 1
+            else:
+                assert response.model_name == "lenet" and response.outputs, request
+                seen["OK"] = seen.get("OK", 0) + 1
+
+        answered_or_refused()
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
+    print(f"generated gRPC requests by outcome: {seen}")
+    assert seen.get("OK", 0) > 0 and seen.get("INVALID_ARGUMENT", 0) > 0, seen  # both sides were reached
