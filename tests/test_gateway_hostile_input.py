@@ -1,5 +1,7 @@
 """Hostile input on every route and both protocols gets its documented 4xx (or the gRPC code Triton
-uses), never a 500, and the gateway stays ready: a hand-written battery of malformed bodies and tensors."""
+uses), never a 500, and the gateway stays ready: a hand-written battery of malformed bodies and
+tensors, then generated gRPC requests and binary-extension bodies (hypothesis: derandomized in the
+suite, ``KILN_WIRE_FUZZ_EXAMPLES=5000`` explores at random)."""
 
 from __future__ import annotations
 
@@ -328,8 +330,8 @@ CONTENTS = (
     "fp64_contents",
     "bytes_contents",
 )
-SUITE_GRPC_EXAMPLES = 300
-GRPC_FUZZ_EXAMPLES = int(os.environ.get("KILN_GRPC_FUZZ_EXAMPLES", SUITE_GRPC_EXAMPLES))
+SUITE_WIRE_EXAMPLES = 300
+WIRE_FUZZ_EXAMPLES = int(os.environ.get("KILN_WIRE_FUZZ_EXAMPLES", SUITE_WIRE_EXAMPLES))
 # what a request may be refused with: a client's mistake is never UNKNOWN or INTERNAL (a 500)
 CLIENT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -395,7 +397,7 @@ def infer_requests(draw) -> service_pb2.ModelInferRequest:
 def test_generated_grpc_requests_are_answered_or_refused_as_a_client_error_and_never_break_the_server(
     gateway,
 ):
-    """Hypothesis, derandomized in the suite (the same requests every run; ``KILN_GRPC_FUZZ_EXAMPLES=5000``
+    """Hypothesis, derandomized in the suite (the same requests every run; ``KILN_WIRE_FUZZ_EXAMPLES=5000``
     explores at random): each request is answered, or refused
     with INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED and a message; never UNKNOWN or INTERNAL,
     and the server stays ready."""
@@ -404,8 +406,8 @@ def test_generated_grpc_requests_are_answered_or_refused_as_a_client_error_and_n
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
         @settings(
-            max_examples=GRPC_FUZZ_EXAMPLES,
-            derandomize=GRPC_FUZZ_EXAMPLES <= SUITE_GRPC_EXAMPLES,  # a longer run explores at random
+            max_examples=WIRE_FUZZ_EXAMPLES,
+            derandomize=WIRE_FUZZ_EXAMPLES <= SUITE_WIRE_EXAMPLES,  # a longer run explores at random
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -426,3 +428,75 @@ def test_generated_grpc_requests_are_answered_or_refused_as_a_client_error_and_n
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
     print(f"generated gRPC requests by outcome: {seen}")
     assert seen.get("OK", 0) > 0 and seen.get("INVALID_ARGUMENT", 0) > 0, seen  # both sides were reached
+
+
+@st.composite
+def binary_infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 binary-extension body (JSON header, then raw tensor bytes), from a valid lenet
+    request with its header's inputs, sizes and parameters, the bytes and the header length changed."""
+    entries = [{"name": "images", "datatype": "UINT8", "shape": [1, SIZE, SIZE, 1], "parameters": {}}]
+    blobs = [bytes(PIXELS)]
+    if draw(st.booleans()):
+        entries, blobs = [], []
+        for _ in range(draw(st.integers(0, 3))):
+            size = draw(st.integers(0, 2 * PIXELS))
+            entries.append(
+                {
+                    "name": draw(st.sampled_from(["images", "text", ""])),
+                    "datatype": draw(st.sampled_from(DATATYPES)),
+                    "shape": draw(st.lists(st.integers(-2, 2**40), max_size=4)),
+                    "parameters": {
+                        "binary_data_size": draw(st.one_of(st.just(size), st.integers(-5, 10**12)))
+                    },
+                }
+            )
+            blobs.append(draw(st.binary(min_size=size, max_size=size)))
+    else:
+        entries[0]["parameters"]["binary_data_size"] = draw(
+            st.sampled_from([PIXELS, PIXELS - 1, PIXELS + 1, 0])
+        )
+    header = {"inputs": entries}
+    if draw(st.booleans()):
+        header["outputs"] = [
+            {
+                "name": draw(st.sampled_from(["probabilities", "x"])),
+                "parameters": {
+                    "binary_data": draw(st.sampled_from([True, False, True, False, 1, "yes"])),
+                    "classification": draw(st.sampled_from([0, 3, 0, 3, -1, 10**9, "2"])),
+                },
+            }
+        ]
+    raw_header = json.dumps(header).encode()
+    length = draw(st.sampled_from([len(raw_header)] * 3 + [0, len(raw_header) + 7, -3, 10**12]))
+    headers = {"Inference-Header-Content-Length": str(length), "Content-Type": "application/octet-stream"}
+    trailing = draw(st.sampled_from([b"", b"", b"", b"\0junk"]))  # bytes past the last tensor
+    return raw_header + b"".join(blobs) + trailing, headers
+
+
+def test_generated_binary_extension_bodies_get_a_4xx_or_an_answer_and_never_a_5xx(gateway):
+    """The KServe v2 binary tensor extension, generated (schemathesis sees only the JSON form):
+    every body is answered or refused with a 4xx carrying a JSON error; the gateway stays ready."""
+    seen: dict[int, int] = {}
+    url = f"http://{gateway.url}{INFER}"
+    with httpx.Client(timeout=60) as client:
+
+        @settings(
+            max_examples=WIRE_FUZZ_EXAMPLES,
+            derandomize=WIRE_FUZZ_EXAMPLES <= SUITE_WIRE_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(binary_infer_bodies())
+        def answered_or_refused(body):
+            content, headers = body
+            response = client.post(url, content=content, headers=headers)
+            assert response.status_code < 500, (response.status_code, response.text, headers, content[:300])
+            if response.status_code >= 400:
+                assert response.json()["error"], response.text
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+
+        answered_or_refused()
+        assert client.get(f"http://{gateway.url}/v2/health/ready").status_code == 200
+    print(f"generated binary-extension bodies by status: {seen}")
+    assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0, seen  # both sides were reached
