@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving.app import create_app
 from serving.decoding.options import DecodingOptions
@@ -619,3 +621,94 @@ def test_the_front_end_cost_runs_read_each_threads_cpu_from_a_gateway_process(ex
         and instant.decode_ms < real.decode_ms / 10
     )
     assert set(thread_cpu(os.getpid())) == {"loop", "decode", "other"}
+
+
+@st.composite
+def translate_requests(draw):
+    """A KServe gRPC translate request with its model, texts (valid, empty, not UTF-8, too many),
+    shape and decoding parameters (every parameter kind, in and out of bounds) generated."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(
+        model_name=draw(st.sampled_from([*sorted(TRANSLATORS), "transformer_decoder", "nope"]))
+    )
+    texts = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from([b"twelve", b"one hundred and three", b"", b" ", b"\xff\xfe", "é".encode()]),
+                st.text(max_size=12).map(lambda t: t.encode("utf-8", "surrogatepass")),
+            ),
+            max_size=4,
+        )
+    )
+    name = draw(st.sampled_from(["text", "text", "text", "images"]))
+    tensor = request.inputs.add(name=name, datatype=draw(st.sampled_from(["BYTES", "BYTES", "UINT8"])))
+    tensor.shape.extend(
+        draw(st.sampled_from([[len(texts), 1], [len(texts)], [1, len(texts)], [len(texts) + 1, 1]]))
+    )
+    tensor.contents.bytes_contents.extend(texts)
+    for key in draw(
+        st.lists(
+            st.sampled_from(["beam_size", "n_best", "max_length", "alpha", "length_penalty", "timeout"]),
+            max_size=3,
+            unique=True,
+        )
+    ):
+        kind, value = draw(
+            st.sampled_from(
+                [
+                    ("int64_param", st.integers(-2, 300)),
+                    ("double_param", st.one_of(st.sampled_from([2.0, 2.5, 1e300]), st.floats())),
+                    ("string_param", st.sampled_from(["3", "wide", "gnmt", "none", "-1", ""])),
+                    ("bool_param", st.booleans()),
+                ]
+            )
+        )
+        setattr(request.parameters[key], kind, draw(value))
+    return request
+
+
+def test_generated_grpc_translate_requests_are_answered_or_refused_as_client_errors(gateway) -> None:
+    """Hypothesis (derandomized): KServe gRPC translate requests with generated texts, shapes and
+    decoding parameters are answered with one row of translations a text, or refused with a client's
+    code and a message (a too-short timeout may expire: DEADLINE_EXCEEDED); never UNKNOWN or INTERNAL,
+    and the gateway still translates afterwards."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    allowed = {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    seen: dict[str, int] = {}
+    examples = int(os.environ.get("KILN_WIRE_FUZZ_EXAMPLES", 150))
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        @settings(
+            max_examples=examples,
+            derandomize=examples <= 150,  # the suite's 150; KILN_WIRE_FUZZ_EXAMPLES explores at random
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(translate_requests())
+        def answered_or_refused(request):
+            try:
+                response = stub.ModelInfer(request, timeout=120)
+            except grpc.RpcError as error:
+                assert error.code() in allowed, (error.code(), error.details(), request)
+                assert error.details(), request
+                seen[error.code().name] = seen.get(error.code().name, 0) + 1
+            else:
+                rows = response.outputs[0].shape[0]
+                assert rows == len(request.inputs[0].contents.bytes_contents) > 0, (response, request)
+                seen["OK"] = seen.get("OK", 0) + 1
+
+        answered_or_refused()
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
+    print(f"generated gRPC translate requests by outcome: {seen}")
+    assert seen.get("OK", 0) > 0 and seen.get("INVALID_ARGUMENT", 0) > 0, seen
+    assert _post(gateway, "transformer", {"texts": ["twelve"], "max_length": 10}).status_code == 200
