@@ -6,9 +6,14 @@ registry models saved as checkpoints, so the gateway is always tested on what ex
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import grpc
+from hypothesis import HealthCheck, settings
 
 LABELS = ("zero", "one", "two")
 SIZE, CHANNELS, MAX_BATCH = 16, 1, 8
@@ -112,3 +117,30 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         self.socket.close()
+
+
+def wire_fuzz_settings(suite_examples: int) -> settings:
+    """Hypothesis settings of the generated wire-input tests: ``suite_examples`` derandomized cases
+    (the same every run: no flake), or ``KILN_WIRE_FUZZ_EXAMPLES`` of them explored at random."""
+    examples = int(os.environ.get("KILN_WIRE_FUZZ_EXAMPLES", suite_examples))
+    return settings(
+        max_examples=examples,
+        derandomize=examples <= suite_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
+def infer_or_refusal(stub: Any, request: Any, allowed: set, seen: dict[str, int], timeout: float) -> Any:
+    """``stub.ModelInfer(request)``: its response, or None when refused with one of the ``allowed``
+    status codes and a message (anything else fails the test); ``seen`` counts outcomes by name."""
+    try:
+        response = stub.ModelInfer(request, timeout=timeout)
+    except grpc.RpcError as error:
+        assert error.code() in allowed, (error.code(), error.details(), request)
+        assert error.details(), request
+        seen[error.code().name] = seen.get(error.code().name, 0) + 1
+        return None
+    seen["OK"] = seen.get("OK", 0) + 1
+    return response

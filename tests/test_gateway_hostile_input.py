@@ -6,19 +6,25 @@ suite, ``KILN_WIRE_FUZZ_EXAMPLES=5000`` explores at random)."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 
 import grpc
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
+from tests.repo_fixtures import (
+    SIZE,
+    LiveServer,
+    build_classifier_repository,
+    held_grpc_port,
+    infer_or_refusal,
+    wire_fuzz_settings,
+)
 
 DEEP_LIST = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
@@ -331,7 +337,6 @@ CONTENTS = (
     "bytes_contents",
 )
 SUITE_WIRE_EXAMPLES = 300
-WIRE_FUZZ_EXAMPLES = int(os.environ.get("KILN_WIRE_FUZZ_EXAMPLES", SUITE_WIRE_EXAMPLES))
 # what a request may be refused with: a client's mistake is never UNKNOWN or INTERNAL (a 500)
 CLIENT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -405,24 +410,11 @@ def test_generated_grpc_requests_are_answered_or_refused_as_a_client_error_and_n
     with grpc.insecure_channel(gateway.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
-        @settings(
-            max_examples=WIRE_FUZZ_EXAMPLES,
-            derandomize=WIRE_FUZZ_EXAMPLES <= SUITE_WIRE_EXAMPLES,  # a longer run explores at random
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        )
+        @wire_fuzz_settings(SUITE_WIRE_EXAMPLES)
         @given(infer_requests())
         def answered_or_refused(request):
-            try:
-                response = stub.ModelInfer(request, timeout=60)
-            except grpc.RpcError as error:
-                assert error.code() in CLIENT_CODES, (error.code(), error.details(), request)
-                assert error.details(), request
-                seen[error.code().name] = seen.get(error.code().name, 0) + 1
-            else:
-                assert response.model_name == "lenet" and response.outputs, request
-                seen["OK"] = seen.get("OK", 0) + 1
+            response = infer_or_refusal(stub, request, CLIENT_CODES, seen, timeout=60)
+            assert response is None or (response.model_name == "lenet" and response.outputs), request
 
         answered_or_refused()
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
@@ -480,13 +472,7 @@ def test_generated_binary_extension_bodies_get_a_4xx_or_an_answer_and_never_a_5x
     url = f"http://{gateway.url}{INFER}"
     with httpx.Client(timeout=60) as client:
 
-        @settings(
-            max_examples=WIRE_FUZZ_EXAMPLES,
-            derandomize=WIRE_FUZZ_EXAMPLES <= SUITE_WIRE_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        )
+        @wire_fuzz_settings(SUITE_WIRE_EXAMPLES)
         @given(binary_infer_bodies())
         def answered_or_refused(body):
             content, headers = body

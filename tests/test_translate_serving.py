@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from serving.app import create_app
 from serving.decoding.options import DecodingOptions
 from serving.settings import Settings
-from tests.repo_fixtures import LiveServer, held_grpc_port
+from tests.repo_fixtures import LiveServer, held_grpc_port, infer_or_refusal, wire_fuzz_settings
 
 TRANSLATORS = {
     "transformer": {
@@ -683,29 +683,16 @@ def test_generated_grpc_translate_requests_are_answered_or_refused_as_client_err
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
     seen: dict[str, int] = {}
-    examples = int(os.environ.get("KILN_WIRE_FUZZ_EXAMPLES", 150))
     with grpc.insecure_channel(gateway.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
-        @settings(
-            max_examples=examples,
-            derandomize=examples <= 150,  # the suite's 150; KILN_WIRE_FUZZ_EXAMPLES explores at random
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        )
+        @wire_fuzz_settings(150)
         @given(translate_requests())
         def answered_or_refused(request):
-            try:
-                response = stub.ModelInfer(request, timeout=120)
-            except grpc.RpcError as error:
-                assert error.code() in allowed, (error.code(), error.details(), request)
-                assert error.details(), request
-                seen[error.code().name] = seen.get(error.code().name, 0) + 1
-            else:
+            response = infer_or_refusal(stub, request, allowed, seen, timeout=120)
+            if response is not None:
                 rows = response.outputs[0].shape[0]
                 assert rows == len(request.inputs[0].contents.bytes_contents) > 0, (response, request)
-                seen["OK"] = seen.get("OK", 0) + 1
 
         answered_or_refused()
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
