@@ -55,10 +55,29 @@ def test_the_same_indexed_bytes_name_whatever_the_table_holds_now() -> None:
     assert decoder.decode(b"\xbf") == [(b"x-a", b"1")]
 
 
+_BOMB = b"\x40" + w.encode_int(1, 7) + b"a" + w.encode_int(4000, 7) + b"v" * 4000 + b"\xbe" * 20
+
+
 @pytest.mark.parametrize(
     ("block", "fragment"),
-    [(b"\xff\x00", "not in the table"), (b"\x3f\xe2\x1f", "table size"), (b"\x00\x05ab", "runs past")],
-    ids=["index-beyond-the-table", "size-update-above-the-setting", "truncated-string"],
+    [
+        (b"\xff\x00", "not in the table"),
+        (b"\x3f\xe2\x1f", "table size"),
+        (b"\x00\x05ab", "runs past"),
+        (b"\x04", "missing"),  # a literal with :path's name, the block ending before its value
+        (b"\x40\x01a", "missing"),
+        (b"\x00", "missing"),
+        (_BOMB, "header list above"),  # one 4 KB entry, then 20 one-byte references to it
+    ],
+    ids=[
+        "index-beyond-the-table",
+        "size-update-above-the-setting",
+        "truncated-string",
+        "value-missing",
+        "indexed-literal-value-missing",
+        "name-missing",
+        "hpack-bomb",
+    ],
 )
 def test_a_malformed_header_block_is_a_compression_error(block: bytes, fragment: str) -> None:
     with pytest.raises(w.H2Error, match=fragment) as caught:

@@ -109,6 +109,8 @@ def _decode_int(block: bytes, at: int, prefix_bits: int) -> tuple[int, int]:
 
 
 def _decode_string(block: bytes, at: int) -> tuple[bytes, int]:
+    if at >= len(block):  # a literal whose name or value the block ends before
+        raise H2Error(COMPRESSION_ERROR, "HPACK string missing at the end of its header block")
     huffman = block[at] & 0x80
     size, at = _decode_int(block, at, 7)
     end = at + size
