@@ -19,6 +19,7 @@ from serving.execution.base import InferRequest, InferResponse
 from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
+from tests.h2_client import RawClient
 from tests.test_grpc import FakeBackend, LoopThread
 
 # --- HPACK and gRPC header values ------------------------------------------------------------------
@@ -254,43 +255,6 @@ def test_stopping_lets_a_call_in_flight_finish_and_stops_listening(loop: LoopThr
 
 
 # --- the server, frame by frame --------------------------------------------------------------------
-
-
-class RawClient:
-    """A socket speaking HTTP/2 frames by hand, for what real clients never send."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.data = b""
-
-    def send(self, *frames: bytes) -> None:
-        self.sock.sendall(b"".join(frames))
-
-    def _read(self, size: int) -> bytes | None:
-        while len(self.data) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.data += chunk
-        out, self.data = self.data[:size], self.data[size:]
-        return out
-
-    def frame(self) -> tuple[int, int, int, bytes] | None:
-        """(type, flags, stream, payload) of the next frame; None once the server closed."""
-        head = self._read(9)
-        if head is None:
-            return None
-        high, low, kind, flags, stream = w.HEAD.unpack(head)
-        payload = self._read(high << 16 | low)
-        return None if payload is None else (kind, flags, stream, payload)
-
-    def until(self, kind: int) -> tuple[int, int, int, bytes] | None:
-        while (got := self.frame()) is not None and got[0] != kind:
-            pass
-        return got
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

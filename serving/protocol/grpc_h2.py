@@ -36,8 +36,9 @@ CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
 # Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
-# ("rapid reset", CVE-2023-44487) costs the server a dispatch each and the client nothing; a
-# connection past its budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
+# ("rapid reset", CVE-2023-44487), or making the server reset them with a malformed frame ("MadeYouReset",
+# CVE-2025-8671), costs the server a dispatch each and the client nothing; a connection past its
+# budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
 RESET_BURST = 200
 RESET_RATE = 100.0
 
@@ -166,10 +167,13 @@ class Connection(asyncio.Protocol):
             self._write(w.window_update(0, self.unacked))
             self.unacked = 0
         call = self.calls.get(stream)
-        if call is None or call.ended:
+        if call is None:
             if stream == 0 or stream > self.last_stream:
                 raise w.H2Error(w.PROTOCOL_ERROR, f"DATA on stream {stream}, which is not open")
             return  # a call we answered or reset already: the bytes are counted above, then dropped
+        if call.ended:  # DATA after the client's END_STREAM (RFC 9113 section 5.1)
+            self._reset(call, w.STREAM_CLOSED)
+            return
         received = len(payload)
         if flags & w.PADDED:
             payload = payload[1 : len(payload) - _padding(payload)]
@@ -221,6 +225,9 @@ class Connection(asyncio.Protocol):
         headers = self.decoder.decode(block)  # always: the table must follow every block
         call = self.calls.get(stream)
         if call is not None:  # the client's trailers end its half of the call
+            if call.ended:  # its half was over already (RFC 9113 section 5.1): a stream error
+                self._reset(call, w.STREAM_CLOSED)
+                return
             if not flags & w.END_STREAM:
                 raise w.H2Error(w.PROTOCOL_ERROR, f"second HEADERS on stream {stream} without END_STREAM")
             call.ended = True
@@ -268,24 +275,24 @@ class Connection(asyncio.Protocol):
             self._dispatch(call)
 
     def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream == 0 or len(payload) != 4:
-            raise w.H2Error(w.PROTOCOL_ERROR, "malformed RST_STREAM")
+        if len(payload) != 4:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte RST_STREAM")
+        if stream == 0 or stream > self.last_stream:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"RST_STREAM on stream {stream}, which was never opened")
         call = self.calls.pop(stream, None)
         self.blocked.pop(stream, None)
         if call is None:
             return
-        now = self.loop.time()
-        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
-        self.reset_at = now
-        if self.reset_budget < 0:
-            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many calls reset by the client")
+        self._spend_reset()
         if call.task is not None:
             call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
         self._maybe_idle()
 
     def _settings(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream != 0 or len(payload) % 6 or (flags & w.ACK and payload):
-            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed SETTINGS")
+        if stream != 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"SETTINGS on stream {stream}")
+        if len(payload) % 6 or (flags & w.ACK and payload):
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte SETTINGS")
         if flags & w.ACK:
             return
         for at in range(0, len(payload), 6):
@@ -303,19 +310,27 @@ class Connection(asyncio.Protocol):
                 if not w.DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
                     raise w.H2Error(w.PROTOCOL_ERROR, f"max frame size {value}")
                 self.peer_frame = value
+            elif key == w.ENABLE_PUSH and value > 1:
+                raise w.H2Error(w.PROTOCOL_ERROR, f"enable push {value}")
             elif key == w.HEADER_TABLE_SIZE:
                 self.table_update = b"\x20"  # we keep no dynamic table: say so, size 0, in our next block
         self._write(w.frame(w.SETTINGS, w.ACK, 0))
         self._pump()
 
     def _ping(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream != 0 or len(payload) != 8:
-            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed PING")
+        if stream != 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"PING on stream {stream}")
+        if len(payload) != 8:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte PING")
         if not flags & w.ACK:
             self._write(w.frame(w.PING, w.ACK, 0, payload))
 
     def _priority(self, flags: int, stream: int, payload: bytes) -> None:
         """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes."""
+        if stream == 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5 and (call := self.calls.get(stream)) is not None:
+            self._reset(call, w.FRAME_SIZE_ERROR)
 
     def _goaway(self, flags: int, stream: int, payload: bytes) -> None:
         """The client opens no more calls; those open finish, and it closes the connection itself."""
@@ -325,14 +340,21 @@ class Connection(asyncio.Protocol):
 
     def _window_update(self, flags: int, stream: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise w.H2Error(w.FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte WINDOW_UPDATE")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if stream == 0:
-            if increment == 0 or self.send_window + increment > w.MAX_WINDOW:
-                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"connection window update of {increment}")
+            if increment == 0:
+                raise w.H2Error(w.PROTOCOL_ERROR, "a connection window update of 0")
+            if self.send_window + increment > w.MAX_WINDOW:
+                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"connection window above 2^31-1 by {increment}")
             self.send_window += increment
-        elif (call := self.calls.get(stream)) is not None:
+        elif (call := self.calls.get(stream)) is not None:  # errors on a call's window end that call
+            if increment == 0 or call.send_window + increment > w.MAX_WINDOW:
+                self._reset(call, w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR)
+                return
             call.send_window += increment
+        elif stream > self.last_stream:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream}, which was never opened")
         if self.blocked:
             self._pump()
 
@@ -432,6 +454,25 @@ class Connection(asyncio.Protocol):
         self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))
         if not ended:  # answered before the client finished sending: tell it to stop
             self._write(w.rst_stream(stream, w.NO_ERROR))
+
+    def _spend_reset(self) -> None:
+        """A call ended before its answer, by the client's RST_STREAM or by a stream error it provoked
+        (which would otherwise reset calls past the budget: "MadeYouReset", CVE-2025-8671)."""
+        now = self.loop.time()
+        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
+        self.reset_at = now
+        if self.reset_budget < 0:
+            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many calls reset")
+
+    def _reset(self, call: Call, code: int) -> None:
+        """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""
+        self._spend_reset()
+        del self.calls[call.stream]
+        self.blocked.pop(call.stream, None)
+        if call.task is not None:
+            call.task.cancel()
+        self._write(w.rst_stream(call.stream, code))
+        self._maybe_idle()
 
     def _close_call(self, call: Call) -> None:
         del self.calls[call.stream]

@@ -1,0 +1,220 @@
+"""Speaking HTTP/2 to Kiln's gRPC server by hand, for what real gRPC clients never send.
+
+:class:`RawClient` is a socket sending and reading frames; :class:`Harness` is one server connection
+over an in-memory transport, fed bytes and read back frame by frame with no socket and no timing, so
+a test can cut the input anywhere and see exactly what the server answered to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import hpack
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from serving.protocol import grpc_h2
+from serving.protocol import h2_wire as w
+from serving.protocol.grpc_server import InferenceServicer, unary_methods
+from tests.test_grpc import FakeBackend
+
+Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def call_headers(path: str = MODEL_INFER, **extra: str) -> list[tuple[str, str]]:
+    """The request headers of a gRPC call to ``path``, with ``extra`` ones (``grpc_encoding=...``)."""
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        ("content-type", "application/grpc"),
+    ]
+    return headers + [(name.replace("_", "-"), value) for name, value in extra.items()]
+
+
+def doubling_request(x: np.ndarray, model: str = "double") -> service_pb2.ModelInferRequest:
+    """A ModelInfer request of FakeBackend's ``double`` model on FP32 ``x``."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def grpc_message(message: bytes, compressed: bool = False) -> bytes:
+    """gRPC's length-prefixed message: the compressed flag, the length, the bytes."""
+    return bytes((int(compressed),)) + len(message).to_bytes(4, "big") + message
+
+
+def parse_frames(data: bytes) -> tuple[list[Frame], bytes]:
+    """The whole frames at the start of ``data``, and what is left of it."""
+    frames, at = [], 0
+    while len(data) - at >= 9:
+        high, low, kind, flags, stream = w.HEAD.unpack_from(data, at)
+        end = at + 9 + (high << 16 | low)
+        if end > len(data):
+            break
+        frames.append((kind, flags, stream, data[at + 9 : end]))
+        at = end
+    return frames, data[at:]
+
+
+def goaway_code(frame: Frame) -> int:
+    return int.from_bytes(frame[3][4:8], "big")
+
+
+def rst_code(frame: Frame) -> int:
+    return int.from_bytes(frame[3], "big")
+
+
+class RawClient:
+    """A socket speaking HTTP/2 frames by hand."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.data = b""
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def _read(self, size: int) -> bytes | None:
+        while len(self.data) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.data += chunk
+        out, self.data = self.data[:size], self.data[size:]
+        return out
+
+    def frame(self) -> Frame | None:
+        """(type, flags, stream, payload) of the next frame; None once the server closed."""
+        head = self._read(9)
+        if head is None:
+            return None
+        high, low, kind, flags, stream = w.HEAD.unpack(head)
+        payload = self._read(high << 16 | low)
+        return None if payload is None else (kind, flags, stream, payload)
+
+    def until(self, kind: int) -> Frame | None:
+        while (got := self.frame()) is not None and got[0] != kind:
+            pass
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Transport:
+    """What a Connection writes to, kept in memory."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = self.paused = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Harness:
+    """One connection of Kiln's gRPC server (FakeBackend's models) on its own event loop, in memory.
+
+    :meth:`send` hands bytes to the connection and runs the loop until every call it started has
+    finished; :meth:`frames` returns what the server wrote since the last look. An exception anywhere
+    (out of ``data_received`` or in a task) fails the test that caused it.
+    """
+
+    def __init__(self, max_message_bytes: int = 1 << 20, preface: bool = True) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
+        self.server = self.loop.run_until_complete(self._server(max_message_bytes))
+        self.connection = grpc_h2.Connection(self.server)
+        self.transport = _Transport()
+        self.connection.connection_made(self.transport)
+        self.read_at = 0
+        self.encoder = hpack.Encoder()
+        if preface:
+            self.send(w.PREFACE, w.settings_frame({}))
+
+    @staticmethod
+    async def _server(max_message_bytes: int) -> grpc_h2.H2GrpcServer:
+        return grpc_h2.H2GrpcServer(unary_methods(InferenceServicer(FakeBackend())), max_message_bytes)
+
+    def send(self, *frames: bytes, chunk: int = 0) -> None:
+        """Feed ``frames`` (in pieces of ``chunk`` bytes when given), then let the calls finish."""
+        data = b"".join(frames)
+        step = chunk or max(len(data), 1)
+        for at in range(0, len(data), step):
+            if self.transport.closed:
+                break
+            self.connection.data_received(data[at : at + step])
+            self.loop.run_until_complete(self._settle())
+        assert not self.errors, self.errors
+
+    async def _settle(self) -> None:
+        for _ in range(1000):
+            tasks = [
+                c.task for c in self.connection.calls.values() if c.task is not None and not c.task.done()
+            ]
+            if not tasks:
+                break
+            await asyncio.wait(tasks)
+        await asyncio.sleep(0)  # the connection's write of this loop step
+        await asyncio.sleep(0)
+
+    def frames(self) -> list[Frame]:
+        """The frames written since the last call (the server's SETTINGS first of all)."""
+        frames, rest = parse_frames(bytes(self.transport.written[self.read_at :]))
+        assert not rest, f"a torn frame in the server's output: {rest!r}"
+        self.read_at = len(self.transport.written)
+        return frames
+
+    def headers(self, stream: int, headers: list[tuple[str, str]], flags: int = w.END_HEADERS) -> bytes:
+        return w.frame(w.HEADERS, flags, stream, self.encoder.encode(headers))
+
+    def call(self, stream: int, message: bytes, **extra: str) -> bytes:
+        """The frames of a whole ModelInfer call carrying ``message`` (already length-prefixed)."""
+        return self.headers(stream, call_headers(**extra)) + w.frame(w.DATA, w.END_STREAM, stream, message)
+
+    def close(self) -> None:
+        self.connection.connection_lost(None)
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+
+def answer(frames: Iterable[Frame], stream: int) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """A call's response headers, message bytes and trailers, from the frames the server wrote."""
+    decoder = hpack.Decoder()
+    blocks: list[dict[str, str]] = []
+    body = b""
+    for kind, _, on, payload in frames:
+        if kind == w.HEADERS:  # decoded for every stream: the HPACK state is the connection's
+            block = dict(decoder.decode(payload))
+            if on == stream:
+                blocks.append(block)
+        elif kind == w.DATA and on == stream:
+            body += payload
+    if len(blocks) == 1:  # trailers-only
+        return {}, b"", blocks[0]
+    assert len(blocks) == 2, blocks
+    return blocks[0], body[5:], blocks[1]
