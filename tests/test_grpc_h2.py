@@ -19,7 +19,7 @@ from serving.execution.base import InferRequest, InferResponse
 from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
-from tests.h2_client import RawClient
+from tests.h2_client import RawClient, call_headers, doubling_request, grpc_message
 from tests.test_grpc import FakeBackend, LoopThread
 
 # --- HPACK and gRPC header values ------------------------------------------------------------------
@@ -141,13 +141,6 @@ def server(loop: LoopThread) -> Iterator[GrpcHandle]:
     loop.run(handle.stop(1.0))
 
 
-def _request(x: np.ndarray, model: str = "double") -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.tobytes())
-    return request
-
-
 def _doubled(reply: service_pb2.ModelInferResponse, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(shape)
 
@@ -164,7 +157,7 @@ def _channel(port: int, **kwargs) -> grpc.Channel:
 def test_messages_larger_than_every_window_cross_both_ways(server: GrpcHandle) -> None:
     x = np.random.default_rng(0).standard_normal((700_000, 3)).astype(np.float32)  # 8.4 MB each way
     with _channel(server.port) as channel:
-        reply = _stub(channel).ModelInfer(_request(x), timeout=60)
+        reply = _stub(channel).ModelInfer(doubling_request(x), timeout=60)
     np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
 
 
@@ -174,7 +167,7 @@ def test_messages_larger_than_every_window_cross_both_ways(server: GrpcHandle) -
 def test_compressed_requests_are_read(server: GrpcHandle, compression: grpc.Compression) -> None:
     x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
     with _channel(server.port, compression=compression) as channel:
-        reply = _stub(channel).ModelInfer(_request(x), timeout=10)
+        reply = _stub(channel).ModelInfer(doubling_request(x), timeout=10)
     np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
 
 
@@ -197,12 +190,12 @@ def test_a_message_above_the_limit_is_resource_exhausted_and_the_next_call_is_an
     try:
         with _channel(handle.port) as channel:
             with pytest.raises(grpc.RpcError) as caught:
-                _stub(channel).ModelInfer(_request(np.ones((200_000, 3), np.float32)), timeout=30)
+                _stub(channel).ModelInfer(doubling_request(np.ones((200_000, 3), np.float32)), timeout=30)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in caught.value.details()
             x = np.ones((2, 3), np.float32)
             np.testing.assert_array_equal(
-                _doubled(_stub(channel).ModelInfer(_request(x), timeout=10), (2, 3)), x * 2
+                _doubled(_stub(channel).ModelInfer(doubling_request(x), timeout=10), (2, 3)), x * 2
             )
     finally:
         loop.run(handle.stop(1.0))
@@ -212,7 +205,7 @@ def test_many_calls_in_flight_on_one_connection_each_get_their_own_answer(server
     with _channel(server.port) as channel:
         stub = _stub(channel)
         inputs = [np.full((i % 7 + 1, 3), i, np.float32) for i in range(300)]
-        futures = [stub.ModelInfer.future(_request(x), timeout=30) for x in inputs]
+        futures = [stub.ModelInfer.future(doubling_request(x), timeout=30) for x in inputs]
         for x, future in zip(inputs, futures, strict=True):
             np.testing.assert_array_equal(_doubled(future.result(), x.shape), x * 2)
 
@@ -232,7 +225,7 @@ def test_a_client_deadline_cancels_the_servicer_and_the_server_serves_on(loop: L
     try:
         with _channel(handle.port) as channel:
             with pytest.raises(grpc.RpcError) as caught:
-                _stub(channel).ModelInfer(_request(np.ones((1, 3), np.float32)), timeout=0.5)
+                _stub(channel).ModelInfer(doubling_request(np.ones((1, 3), np.float32)), timeout=0.5)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert backend.cancelled.wait(10), "the client's RST_STREAM did not cancel the servicer"
             assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
@@ -245,7 +238,7 @@ def test_stopping_lets_a_call_in_flight_finish_and_stops_listening(loop: LoopThr
     handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0))
     x = np.ones((2, 3), np.float32)
     with _channel(handle.port) as channel:
-        call = _stub(channel).ModelInfer.future(_request(x), timeout=30)
+        call = _stub(channel).ModelInfer.future(doubling_request(x), timeout=30)
         assert backend.arrived.wait(10)
         stopping = asyncio.run_coroutine_threadsafe(handle.stop(10.0), loop.loop)
         loop.loop.call_soon_threadsafe(backend.release.set)
@@ -334,20 +327,13 @@ def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: G
 
 
 def test_a_call_arriving_a_few_bytes_at_a_time_is_answered(server: GrpcHandle) -> None:
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/inference.GRPCInferenceService/ModelInfer"),
-        ("content-type", "application/grpc"),
-    ]
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    message = _request(x).SerializeToString()
     wire = b"".join(
         (
             w.PREFACE,
             w.settings_frame({}),
-            w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)),
-            w.frame(w.DATA, w.END_STREAM, 1, b"\x00" + len(message).to_bytes(4, "big") + message),
+            w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(call_headers())),
+            w.frame(w.DATA, w.END_STREAM, 1, grpc_message(doubling_request(x).SerializeToString())),
         )
     )
     client = RawClient(server.port)
@@ -359,5 +345,55 @@ def test_a_call_arriving_a_few_bytes_at_a_time_is_answered(server: GrpcHandle) -
         assert data is not None and data[2] == 1
         reply = service_pb2.ModelInferResponse.FromString(data[3][5:])
         np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
+    finally:
+        client.close()
+
+
+def test_a_client_that_stops_reading_is_no_longer_read_and_is_answered_in_full_once_it_reads(
+    server: GrpcHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paused = threading.Event()
+    pause = grpc_h2.Connection.pause_writing
+
+    def recording(self: grpc_h2.Connection) -> None:
+        paused.set()
+        pause(self)
+
+    monkeypatch.setattr(grpc_h2.Connection, "pause_writing", recording)
+    x = np.random.default_rng(1).standard_normal((8_000, 3)).astype(np.float32)  # ~96 KB each way
+    message = grpc_message(doubling_request(x).SerializeToString())
+    calls, encoder = 120, hpack.Encoder()  # ~11.5 MB of answers: more than the kernel buffers hold
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    client.connect(("127.0.0.1", server.port))
+    raw = RawClient.__new__(RawClient)
+    raw.sock, raw.data = client, b""
+    frames = [
+        w.PREFACE,
+        w.settings_frame({w.INITIAL_WINDOW_SIZE: w.MAX_WINDOW}),
+        w.window_update(0, w.MAX_WINDOW - w.DEFAULT_WINDOW),
+        *(
+            w.frame(w.HEADERS, w.END_HEADERS, s, encoder.encode(call_headers()))
+            + w.frame(w.DATA, w.END_STREAM, s, message)
+            for s in range(1, 2 * calls, 2)
+        ),
+    ]
+    sender = threading.Thread(target=raw.send, args=frames, daemon=True)  # blocks once it is not read
+    try:
+        sender.start()
+        assert paused.wait(30), "the server never saw its writes back up"
+        bodies: dict[int, bytes] = {}
+        ended = 0
+        while ended < calls:  # now read: every call is answered, whole
+            kind, flags, stream, payload = raw.frame()
+            if kind == w.DATA:
+                bodies[stream] = bodies.get(stream, b"") + payload
+            ended += kind == w.HEADERS and bool(flags & w.END_STREAM)
+        sender.join(30)
+        assert not sender.is_alive(), "the server did not read again once its answers were read"
+        assert sorted(bodies) == list(range(1, 2 * calls, 2))
+        for body in bodies.values():
+            reply = service_pb2.ModelInferResponse.FromString(body[5:])
+            np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
     finally:
         client.close()
