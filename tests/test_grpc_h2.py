@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.execution.base import InferRequest, InferResponse
-from serving.protocol import grpc_h2
+from serving.protocol import grpc_h2, h2_control
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from tests.h2_client import RawClient, call_headers, doubling_request, grpc_message
@@ -316,7 +316,9 @@ def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: G
         ("content-type", "application/grpc"),
     ]
     frames = []
-    for stream in range(1, 4 * grpc_h2.RESET_BURST, 2):  # twice the burst: opened, reset before its message
+    for stream in range(
+        1, 4 * h2_control.RESET_BURST, 2
+    ):  # twice the burst: opened, reset before its message
         frames.append(w.frame(w.HEADERS, w.END_HEADERS, stream, encoder.encode(headers)))
         frames.append(w.rst_stream(stream, w.CANCEL))
     raw.send(*frames)

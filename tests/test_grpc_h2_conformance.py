@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
-from serving.protocol import grpc_h2
+from serving.protocol import grpc_h2, h2_control
 from serving.protocol import h2_wire as w
 from tests.h2_client import (
     Harness,
@@ -95,6 +95,12 @@ _CONNECTION_ERRORS = {
     "connection-window-update-of-0": (w.window_update(0, 0), False, w.PROTOCOL_ERROR),
     "connection-window-above-2^31-1": (w.window_update(0, 2**31 - 1), False, w.FLOW_CONTROL_ERROR),
     "window-update-on-an-idle-stream": (w.window_update(7, 1), OPEN, w.PROTOCOL_ERROR),
+    "settings-pushing-a-call-window-above-2^31-1": (
+        w.window_update(1, w.MAX_WINDOW - w.DEFAULT_WINDOW)
+        + w.settings_frame({w.INITIAL_WINDOW_SIZE: 65_536}),
+        OPEN,
+        w.FLOW_CONTROL_ERROR,
+    ),
     "headers-padding-past-the-frame": (
         w.frame(w.HEADERS, w.END_HEADERS | w.PADDED, 3, b"\x09\x83"),
         False,
@@ -145,15 +151,15 @@ def test_a_stream_error_resets_that_call_alone_and_the_connection_serves_on(
 def test_stream_errors_provoked_in_a_loop_spend_the_reset_budget_and_end_the_connection(
     h2: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(grpc_h2, "RESET_RATE", 0.0)  # no refill while the test runs: an exact count
+    monkeypatch.setattr(h2_control, "RESET_RATE", 0.0)  # no refill while the test runs: an exact count
     frames = [  # "MadeYouReset": calls the server itself must reset, twice the budget of them
         h2.call(stream, MESSAGE) + w.window_update(stream, 0)
-        for stream in range(1, 4 * grpc_h2.RESET_BURST, 2)
+        for stream in range(1, 4 * h2_control.RESET_BURST, 2)
     ]
     h2.send(*frames)
     written = h2.frames()
     assert written[-1][0] == w.GOAWAY and goaway_code(written[-1]) == w.ENHANCE_YOUR_CALM
-    assert len([f for f in written if f[0] == w.RST_STREAM]) == grpc_h2.RESET_BURST
+    assert len([f for f in written if f[0] == w.RST_STREAM]) == h2_control.RESET_BURST
     assert h2.transport.closed
 
 

@@ -11,7 +11,8 @@ calls, each call is parsed, dispatched to the servicer as a task and answered wi
 What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC client reaches an insecure
 port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
-CONTINUATION and GOAWAY. Servicers see a context with ``abort``, ``time_remaining`` and
+CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
+connection and stream errors (tests/test_grpc_h2_conformance.py). Servicers see a context with ``abort``, ``time_remaining`` and
 ``set_trailing_metadata``, the part of grpc.aio's ``ServicerContext`` the KServe servicer uses
 (:class:`serving.protocol.grpc_call.Call`, which also carries the call through this module).
 """
@@ -27,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, Handler, decompress, trailers_block
+from serving.protocol.h2_control import RESET_BURST, ControlFrames
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,9 @@ STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
 CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
-# Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
-# ("rapid reset", CVE-2023-44487), or making the server reset them with a malformed frame ("MadeYouReset",
-# CVE-2025-8671), costs the server a dispatch each and the client nothing; a connection past its
-# budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
-RESET_BURST = 200
-RESET_RATE = 100.0
 
 
-class Connection(asyncio.Protocol):
+class Connection(ControlFrames, asyncio.Protocol):
     """One client connection: frames in, calls dispatched, answers out within flow control."""
 
     def __init__(self, server: H2GrpcServer) -> None:
@@ -65,7 +61,7 @@ class Connection(asyncio.Protocol):
         self.unacked = 0
         self.table_update = b""  # a size update owed at the start of our next header block
         self.closing = False
-        self.reset_budget, self.reset_at = float(RESET_BURST), self.loop.time()
+        self.reset_budget, self.reset_at = float(RESET_BURST), self.loop.time()  # h2_control's budget
         self.frames = {
             w.DATA: self._data,
             w.HEADERS: self._headers,
@@ -274,90 +270,6 @@ class Connection(asyncio.Protocol):
             call.ended = True
             self._dispatch(call)
 
-    def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte RST_STREAM")
-        if stream == 0 or stream > self.last_stream:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"RST_STREAM on stream {stream}, which was never opened")
-        call = self.calls.pop(stream, None)
-        self.blocked.pop(stream, None)
-        if call is None:
-            return
-        self._spend_reset()
-        if call.task is not None:
-            call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
-        self._maybe_idle()
-
-    def _settings(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream != 0:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"SETTINGS on stream {stream}")
-        if len(payload) % 6 or (flags & w.ACK and payload):
-            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte SETTINGS")
-        if flags & w.ACK:
-            return
-        for at in range(0, len(payload), 6):
-            key, value = (
-                int.from_bytes(payload[at : at + 2], "big"),
-                int.from_bytes(payload[at + 2 : at + 6], "big"),
-            )
-            if key == w.INITIAL_WINDOW_SIZE:
-                if value > w.MAX_WINDOW:
-                    raise w.H2Error(w.FLOW_CONTROL_ERROR, f"initial window {value}")
-                delta, self.peer_window = value - self.peer_window, value
-                for call in self.calls.values():
-                    call.send_window += delta
-            elif key == w.MAX_FRAME_SIZE:
-                if not w.DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
-                    raise w.H2Error(w.PROTOCOL_ERROR, f"max frame size {value}")
-                self.peer_frame = value
-            elif key == w.ENABLE_PUSH and value > 1:
-                raise w.H2Error(w.PROTOCOL_ERROR, f"enable push {value}")
-            elif key == w.HEADER_TABLE_SIZE:
-                self.table_update = b"\x20"  # we keep no dynamic table: say so, size 0, in our next block
-        self._write(w.frame(w.SETTINGS, w.ACK, 0))
-        self._pump()
-
-    def _ping(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream != 0:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"PING on stream {stream}")
-        if len(payload) != 8:
-            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte PING")
-        if not flags & w.ACK:
-            self._write(w.frame(w.PING, w.ACK, 0, payload))
-
-    def _priority(self, flags: int, stream: int, payload: bytes) -> None:
-        """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes."""
-        if stream == 0:
-            raise w.H2Error(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
-        if len(payload) != 5 and (call := self.calls.get(stream)) is not None:
-            self._reset(call, w.FRAME_SIZE_ERROR)
-
-    def _goaway(self, flags: int, stream: int, payload: bytes) -> None:
-        """The client opens no more calls; those open finish, and it closes the connection itself."""
-
-    def _push_promise(self, flags: int, stream: int, payload: bytes) -> None:
-        raise w.H2Error(w.PROTOCOL_ERROR, "a client may not push")
-
-    def _window_update(self, flags: int, stream: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte WINDOW_UPDATE")
-        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
-        if stream == 0:
-            if increment == 0:
-                raise w.H2Error(w.PROTOCOL_ERROR, "a connection window update of 0")
-            if self.send_window + increment > w.MAX_WINDOW:
-                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"connection window above 2^31-1 by {increment}")
-            self.send_window += increment
-        elif (call := self.calls.get(stream)) is not None:  # errors on a call's window end that call
-            if increment == 0 or call.send_window + increment > w.MAX_WINDOW:
-                self._reset(call, w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR)
-                return
-            call.send_window += increment
-        elif stream > self.last_stream:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream}, which was never opened")
-        if self.blocked:
-            self._pump()
-
     # --- calls ---
     def _dispatch(self, call: Call) -> None:
         """Parse the call's one message and start the servicer on it."""
@@ -454,15 +366,6 @@ class Connection(asyncio.Protocol):
         self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))
         if not ended:  # answered before the client finished sending: tell it to stop
             self._write(w.rst_stream(stream, w.NO_ERROR))
-
-    def _spend_reset(self) -> None:
-        """A call ended before its answer, by the client's RST_STREAM or by a stream error it provoked
-        (which would otherwise reset calls past the budget: "MadeYouReset", CVE-2025-8671)."""
-        now = self.loop.time()
-        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
-        self.reset_at = now
-        if self.reset_budget < 0:
-            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many calls reset")
 
     def _reset(self, call: Call, code: int) -> None:
         """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""

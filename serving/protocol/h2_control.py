@@ -1,0 +1,140 @@
+"""The control frames of Kiln's HTTP/2 gRPC connection, checked as RFC 9113 section 6 says: SETTINGS,
+PING, PRIORITY, GOAWAY, PUSH_PROMISE, WINDOW_UPDATE and RST_STREAM, and the budget of calls a client
+may end early, by resetting them or by making the server reset them.
+
+:class:`ControlFrames` is a mixin of :class:`serving.protocol.grpc_h2.Connection`: it reads and changes
+the connection's state (its calls, windows and peer settings) and answers through its writer; a
+connection error raises :class:`~serving.protocol.h2_wire.H2Error`, which the connection turns into
+GOAWAY, and a stream error ends that call alone (``Connection._reset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from serving.protocol import h2_wire as w
+from serving.protocol.grpc_call import Call
+
+# Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
+# ("rapid reset", CVE-2023-44487), or making the server reset them with a malformed frame ("MadeYouReset",
+# CVE-2025-8671), costs the server a dispatch each and the client nothing; a connection past its
+# budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
+RESET_BURST = 200
+RESET_RATE = 100.0
+
+
+class ControlFrames:
+    """SETTINGS, PING, PRIORITY, GOAWAY, PUSH_PROMISE, WINDOW_UPDATE and RST_STREAM of a connection."""
+
+    # the connection's state these read and change (set in Connection.__init__)
+    calls: dict[int, Call]
+    blocked: dict[int, Call]
+    last_stream: int
+    send_window: int
+    peer_window: int
+    peer_frame: int
+    table_update: bytes
+    reset_budget: float
+    reset_at: float
+    loop: Any
+    # and what the connection does
+    _write: Callable[[bytes], None]
+    _pump: Callable[[], None]
+    _reset: Callable[[Call, int], None]
+    _maybe_idle: Callable[[], None]
+
+    def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte RST_STREAM")
+        if stream == 0 or stream > self.last_stream:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"RST_STREAM on stream {stream}, which was never opened")
+        call = self.calls.pop(stream, None)
+        self.blocked.pop(stream, None)
+        if call is None:
+            return
+        self._spend_reset()
+        if call.task is not None:
+            call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
+        self._maybe_idle()
+
+    def _settings(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream != 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"SETTINGS on stream {stream}")
+        if len(payload) % 6 or (flags & w.ACK and payload):
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte SETTINGS")
+        if flags & w.ACK:
+            return
+        for at in range(0, len(payload), 6):
+            key, value = (
+                int.from_bytes(payload[at : at + 2], "big"),
+                int.from_bytes(payload[at + 2 : at + 6], "big"),
+            )
+            if key == w.INITIAL_WINDOW_SIZE:
+                if value > w.MAX_WINDOW:
+                    raise w.H2Error(w.FLOW_CONTROL_ERROR, f"initial window {value}")
+                delta, self.peer_window = value - self.peer_window, value
+                for call in self.calls.values():
+                    call.send_window += delta
+                    if call.send_window > w.MAX_WINDOW:
+                        raise w.H2Error(w.FLOW_CONTROL_ERROR, f"stream {call.stream}'s window above 2^31-1")
+            elif key == w.MAX_FRAME_SIZE:
+                if not w.DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
+                    raise w.H2Error(w.PROTOCOL_ERROR, f"max frame size {value}")
+                self.peer_frame = value
+            elif key == w.ENABLE_PUSH and value > 1:
+                raise w.H2Error(w.PROTOCOL_ERROR, f"enable push {value}")
+            elif key == w.HEADER_TABLE_SIZE:
+                self.table_update = b"\x20"  # we keep no dynamic table: say so, size 0, in our next block
+        self._write(w.frame(w.SETTINGS, w.ACK, 0))
+        self._pump()
+
+    def _ping(self, flags: int, stream: int, payload: bytes) -> None:
+        if stream != 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"PING on stream {stream}")
+        if len(payload) != 8:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte PING")
+        if not flags & w.ACK:
+            self._write(w.frame(w.PING, w.ACK, 0, payload))
+
+    def _priority(self, flags: int, stream: int, payload: bytes) -> None:
+        """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes."""
+        if stream == 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5 and (call := self.calls.get(stream)) is not None:
+            self._reset(call, w.FRAME_SIZE_ERROR)
+
+    def _goaway(self, flags: int, stream: int, payload: bytes) -> None:
+        """The client opens no more calls; those open finish, and it closes the connection itself."""
+
+    def _push_promise(self, flags: int, stream: int, payload: bytes) -> None:
+        raise w.H2Error(w.PROTOCOL_ERROR, "a client may not push")
+
+    def _window_update(self, flags: int, stream: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte WINDOW_UPDATE")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if stream == 0:
+            if increment == 0:
+                raise w.H2Error(w.PROTOCOL_ERROR, "a connection window update of 0")
+            if self.send_window + increment > w.MAX_WINDOW:
+                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"connection window above 2^31-1 by {increment}")
+            self.send_window += increment
+        elif (call := self.calls.get(stream)) is not None:  # errors on a call's window end that call
+            if increment == 0 or call.send_window + increment > w.MAX_WINDOW:
+                self._reset(call, w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR)
+                return
+            call.send_window += increment
+        elif stream > self.last_stream:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream}, which was never opened")
+        if self.blocked:
+            self._pump()
+
+    def _spend_reset(self) -> None:
+        """A call ended before its answer, by the client's RST_STREAM or by a stream error it provoked
+        (which would otherwise reset calls past the budget: "MadeYouReset", CVE-2025-8671)."""
+        now = self.loop.time()
+        self.reset_budget = min(RESET_BURST, self.reset_budget + (now - self.reset_at) * RESET_RATE) - 1
+        self.reset_at = now
+        if self.reset_budget < 0:
+            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many calls reset")
