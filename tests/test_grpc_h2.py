@@ -300,6 +300,25 @@ def test_a_client_that_is_not_http2_is_disconnected(server: GrpcHandle) -> None:
         assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
 
+def test_a_connection_that_never_begins_http2_is_closed_and_one_that_did_is_kept(
+    server: GrpcHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(grpc_h2, "HANDSHAKE_TIMEOUT_S", 0.2)
+    began, silent, half = RawClient(server.port), RawClient(server.port), RawClient(server.port)
+    try:
+        began.send(w.PREFACE, w.settings_frame({}))
+        half.send(w.PREFACE[:10])
+        while silent.frame() is not None:  # the server's SETTINGS, then the close
+            pass
+        while half.frame() is not None:
+            pass
+        began.send(w.frame(w.PING, 0, 0, b"still-on"))  # its timer ran out too, long ago
+        assert began.until(w.PING) == (w.PING, w.ACK, 0, b"still-on")
+    finally:
+        for client in (began, silent, half):
+            client.close()
+
+
 def test_a_post_that_is_not_grpc_gets_415(raw: RawClient) -> None:
     block = hpack.Encoder().encode([(":method", "POST"), (":path", "/x"), ("content-type", "text/plain")])
     raw.send(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))

@@ -37,6 +37,7 @@ STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
 CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
+HANDSHAKE_TIMEOUT_S = 120.0  # a client must begin HTTP/2 (its preface) within this: grpc core's default
 
 
 class Connection(ControlFrames, asyncio.Protocol):
@@ -48,6 +49,7 @@ class Connection(ControlFrames, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()  # the start of a frame not yet whole
         self.preface = False
+        self.handshake: asyncio.TimerHandle | None = None
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
         self.calls: dict[int, Call] = {}
         self.blocked: dict[int, Call] = {}  # calls whose message waits for window, in order
@@ -79,6 +81,7 @@ class Connection(ControlFrames, asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        self.handshake = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._no_preface)
         settings = {
             w.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             w.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -89,6 +92,8 @@ class Connection(ControlFrames, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.handshake is not None:
+            self.handshake.cancel()
         self.server.connections.discard(self)
         for call in self.calls.values():
             if call.task is not None:
@@ -120,6 +125,7 @@ class Connection(ControlFrames, asyncio.Protocol):
                 self._close_quietly()  # not HTTP/2 with prior knowledge: nothing to answer in
                 return
             self.preface, data = True, data[len(w.PREFACE) :]
+            self.handshake.cancel()
         try:
             self._frames(data)
         except w.H2Error as error:
@@ -407,6 +413,12 @@ class Connection(ControlFrames, asyncio.Protocol):
         self.out.append(w.goaway(self.last_stream, code, message))
         self._flush()
         self._close_quietly()
+
+    def _no_preface(self) -> None:
+        """A connection that never began HTTP/2 holds a socket for nothing: closed, as grpc core does."""
+        if not self.preface and not self.closing:
+            log.info("closing a gRPC connection that sent no HTTP/2 preface in %.0f s", HANDSHAKE_TIMEOUT_S)
+            self._close_quietly()
 
     def _close_quietly(self) -> None:
         self.closing = True
