@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serving.decoding.scheduler import SchedulerConfig
 from serving.errors import ServingError
@@ -220,6 +221,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(str(exc.detail), exc.status_code, exc.headers)
 
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client closed the connection before its body ended: its mistake, and nobody to answer
+        log.debug("a client disconnected before its request body ended")
+        return error_response("the client disconnected before its request body ended", 400)
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RecursionError):  # only a client's deeply nested input recurses this far
             return error_response("request is nested too deeply", 400)
@@ -229,4 +235,5 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)

@@ -6,6 +6,8 @@ suite, ``KILN_WIRE_FUZZ_EXAMPLES=5000`` explores at random)."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import struct
 
 import grpc
@@ -25,6 +27,7 @@ from tests.repo_fixtures import (
     infer_or_refusal,
     wire_fuzz_settings,
 )
+from tests.waiting import eventually
 
 DEEP_LIST = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
@@ -179,6 +182,27 @@ def test_hostile_grpc_input_is_invalid_argument_never_internal(gateway, case):
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
         assert words in raised.value.details()
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
+
+
+@pytest.mark.parametrize("path", [CLASSIFY, TRANSLATE, INFER])
+def test_a_client_gone_before_its_body_ends_is_no_server_error_and_the_gateway_serves_on(
+    gateway, caplog, path
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="serving.app")
+    uvicorn_errors = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not reach the root
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        host, port = gateway.url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(  # a chunked body (not read whole by the protocol), cut off mid-chunk
+                f"POST {path} HTTP/1.1\r\nHost: kiln\r\ncontent-type: application/json\r\n"
+                'transfer-encoding: chunked\r\n\r\n20\r\n{"texts"'.encode()
+            )
+        assert eventually(lambda: any("disconnected before" in r.getMessage() for r in caplog.records))
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+    assert httpx.get(f"http://{gateway.url}/v2/health/ready", timeout=10).status_code == 200
 
 
 def test_error_messages_carrying_invalid_unicode_are_still_json(gateway):
