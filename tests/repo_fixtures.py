@@ -75,13 +75,14 @@ def held_grpc_port() -> Iterator[int]:
 class LiveServer:
     """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
 
-    def __init__(self, app: object, http: object | None = None) -> None:
+    def __init__(self, app: object, http: object | None = None, keep_alive_s: int = 300) -> None:
         from serving.triton.server import held_port
 
         self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
         self.port = self.socket.getsockname()[1]
         self.app = app
         self.http = http  # uvicorn's HTTP protocol; None: the gateway's (serving.protocol.http1)
+        self.keep_alive_s = keep_alive_s
         self.url = f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> LiveServer:
@@ -100,7 +101,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            timeout_keep_alive=300,
+            timeout_keep_alive=self.keep_alive_s,
             http=self.http or http_protocol(),
         )
         self.server = uvicorn.Server(config)

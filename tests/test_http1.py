@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -181,3 +182,19 @@ def test_a_streamed_body_still_arrives_whole_and_a_failing_app_still_gets_its_50
     response = connection.getresponse()
     assert (response.status, response.read()) == (500, b"Internal Server Error")
     connection.close()
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_after_the_keep_alive_allowance():
+    protocol = http_protocol()
+    if isinstance(protocol, str):
+        pytest.skip("httptools is not installed: uvicorn's h11 protocol serves without Kiln's")
+    with LiveServer(app, keep_alive_s=1) as live:
+        silent = socket.create_connection(("127.0.0.1", live.port), timeout=30)
+        talking = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+        try:
+            assert silent.recv(1) == b""  # closed by the server, well before the socket's timeout
+            talking.request("POST", "/json", body="late but welcome")  # a new connection is served
+            assert talking.getresponse().status == 200
+        finally:
+            silent.close()
+            talking.close()

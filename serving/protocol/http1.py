@@ -121,6 +121,12 @@ def http_protocol() -> Any:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
+            # uvicorn arms its keep-alive timer only after a response, so a connection that never sent
+            # a request was held (a socket and a file descriptor) for as long as its client liked; it
+            # gets the allowance of an idle connection between requests (the first byte cancels it)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
         def _lean(self) -> tuple[Any, LeanRoutes] | None:
             """The FastAPI app under uvicorn's layers and its lean layer, once the app has built it."""
