@@ -12,9 +12,10 @@ What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC clien
 port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
 CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
-connection and stream errors (tests/test_grpc_h2_conformance.py). Servicers see a context with ``abort``, ``time_remaining`` and
-``set_trailing_metadata``, the part of grpc.aio's ``ServicerContext`` the KServe servicer uses
-(:class:`serving.protocol.grpc_call.Call`, which also carries the call through this module).
+connection and stream errors (tests/test_grpc_h2_conformance.py). Servicers see a context with
+``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
+``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`, which also
+carries the call through this module).
 """
 
 from __future__ import annotations
