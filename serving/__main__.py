@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=settings.log_level.lower() in {"trace", "debug", "info"},
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         timeout_keep_alive=settings.keep_alive_s,
-        http=http_protocol(),  # one write a response (serving/protocol/http1.py)
+        # one write a response, bounded request heads and reads (serving/protocol/http1.py)
+        http=http_protocol(settings.read_timeout_s, settings.max_header_bytes),
     )
     if settings.reuse_port:
         from serving.workers import reuse_port_socket

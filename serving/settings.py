@@ -98,6 +98,18 @@ class Settings(BaseSettings):
         description="seconds an idle HTTP keep-alive connection stays open: above a load balancer's idle "
         "timeout (60 s on most), so it never sends a request on a connection the gateway is closing",
     )
+    read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request's line and headers may take to arrive after its first byte, and "
+        "its body may pause between reads (408 after it, the connection closed: slowloris)",
+    )
+    max_header_bytes: int = Field(
+        64 << 10,
+        ge=1024,
+        description="HTTP request line and headers limit in bytes (414 for a longer request line, 431 "
+        "for longer headers)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="log level (uvicorn's names)"
     )

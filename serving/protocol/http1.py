@@ -15,6 +15,7 @@ request whole (:func:`http_protocol`): ~0.06-0.1 ms less of event loop a transla
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 
@@ -95,9 +96,23 @@ INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-le
 # what uvicorn answers when the app raises before answering (with "connection: close")
 
 
-def http_protocol() -> Any:
+READ_TIMEOUT_S = 30.0  # a request's head must arrive within this of its first byte; its body may
+# pause no longer between reads (408 after it): nginx's client_header_timeout / client_body_timeout
+MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): nginx's are 32 KiB
+
+
+def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
     """The ``http`` argument of ``uvicorn.Config``: httptools' protocol with coalesced writes where
     httptools is installed (``uvicorn[standard]``), else uvicorn's own choice (``"auto"``, h11).
+
+    It bounds what one connection's request may take before the app sees it, which uvicorn does not
+    with httptools (its h11 protocol caps a head at 16 KiB, and neither has a read timeout): a request
+    line longer than ``max_head_bytes`` is answered 414 and a head longer than that (give or take one
+    read of the socket) 431, where uvicorn buffered a header without end (600 MB of headers on one
+    connection grew the gateway by 700 MB); a head that has not arrived ``read_timeout_s`` after its first
+    byte, or a body that pauses longer than that between two reads while the gateway is reading it, is
+    answered 408 (slowloris: each such connection was held for as long as its client liked). Each closes
+    the connection.
 
     It also answers the app's lean routes (:mod:`serving.protocol.lean`) without uvicorn's ASGI cycle:
     a ``POST`` to one of them, with a Content-Length within the body limit, no ``Expect`` and no
@@ -118,6 +133,14 @@ def http_protocol() -> Any:
     from serving.protocol.lean import LeanRoutes
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+        read_timeout = read_timeout_s
+        max_head = max_head_bytes
+        # the request being read: its head not yet whole, bytes of it counted, the read watchdog
+        _in_request = _in_head = False
+        _messages = _head_bytes = 0
+        _read_timer: asyncio.TimerHandle | None = None
+        _read_since = _last_read = 0.0
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
@@ -127,6 +150,96 @@ def http_protocol() -> Any:
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_watch()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            # a head begun in an earlier read and still not whole: all of this read is head (of the read
+            # a head began in, what the parser has handed over: the rest may be the request before's)
+            head_of = self._messages if self._in_head else -1
+            super().data_received(data)
+            if not self._in_request or self.transport.is_closing():
+                return  # the usual case: each request arrives whole in one read
+            self._last_read = self.loop.time()
+            if self._in_head:
+                if head_of == self._messages:
+                    self._head_bytes += len(data)
+                if len(self.url) > self.max_head:
+                    return self._refuse(414, f"request line longer than {self.max_head} bytes")
+                if max(self._head_bytes, self._head_parsed()) > self.max_head:
+                    return self._refuse(431, f"request line and headers longer than {self.max_head} bytes")
+            if self._read_timer is None:
+                self._read_since = self._last_read
+                self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
+
+        def _head_parsed(self) -> int:
+            """The bytes of this request's head that the parser has handed over (its URL and whole
+            headers): the part of the read it began in that is this request's, at least."""
+            return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+        def on_message_begin(self) -> None:
+            self._in_request = self._in_head = True
+            self._head_bytes = 0
+            self._messages += 1
+            super().on_message_begin()
+
+        def _read_watch(self) -> None:
+            """The read watchdog: 408 to a head not whole ``read_timeout`` after it began, or a body
+            silent that long, unless the gateway itself is the wait (reading paused, or an earlier
+            request of the connection still being answered); else armed again for what is left."""
+            self._read_timer = None
+            if not self._in_request or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            if self.flow.read_paused or self._answering():
+                self._read_since = self._last_read = now  # the client waits on us: its clock restarts
+            left = (self._read_since if self._in_head else self._last_read) + self.read_timeout - now
+            if left > 0:
+                self._read_timer = self.loop.call_later(left, self._read_watch)
+                return
+            part = "headers" if self._in_head else "body"
+            self.logger.debug("closing a connection whose request %s took over %g s", part, self.read_timeout)
+            self._refuse(408, f"request {part} not received within {self.read_timeout:g} s")
+
+        def on_response_complete(self) -> None:
+            if self._in_request:  # a request that arrived while its predecessor was answered: its
+                self._read_since = self._last_read = self.loop.time()  # allowance starts now
+            super().on_response_complete()
+
+        def _stop_watch(self) -> None:
+            self._in_request = self._in_head = False
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _answering(self) -> bool:
+            """Whether the connection is writing an answer: to an earlier request while this one's head
+            arrives (pipelining), or to this one before its body is whole (an app that answers early)."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return False
+            return self._in_head or getattr(cycle, "response_started", False)
+
+        def _refuse(self, status: int, message: str) -> None:
+            """Answer a request the protocol will not read further, and close the connection (closed
+            without an answer where one is under way: the two would interleave)."""
+            answering = self._answering()
+            self._stop_watch()
+            if status != 408:
+                self.logger.warning("refused a request: %s", message)
+            if answering:
+                self.transport.close()
+                return
+            body = json.dumps({"error": message}).encode("ascii")  # the gateway's error body
+            head = [
+                STATUS_LINE[status],
+                *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
+            ]
+            head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+            self.transport.write(b"".join((*head, b"connection: close\r\n\r\n", body)))
+            self.transport.close()
 
         def _lean(self) -> tuple[Any, LeanRoutes] | None:
             """The FastAPI app under uvicorn's layers and its lean layer, once the app has built it."""
@@ -139,6 +252,7 @@ def http_protocol() -> Any:
             return (app, routes) if isinstance(routes, LeanRoutes) else None
 
         def on_headers_complete(self) -> None:
+            self._in_head = False
             cycle = self.cycle
             if (
                 (cycle is None or cycle.response_complete)
@@ -191,6 +305,7 @@ def http_protocol() -> Any:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
+            self._stop_watch()
             cycle = self.cycle
             if isinstance(cycle, DirectCycle):
                 task = self.loop.create_task(self._answer(cycle))

@@ -1,0 +1,234 @@
+"""serving.protocol.http1 bounds what one connection's request may take before the app sees it: the
+size of its head (414 / 431) and the time its head and body take to arrive (408), on uvicorn's ASGI
+cycle and on the lean routes alike, without touching requests that arrive whole or steadily, or a
+connection whose earlier request is still being answered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import select
+import socket
+import time
+
+import pytest
+
+from serving.protocol.http1 import http_protocol
+from tests.repo_fixtures import LiveServer
+from tests.test_http1_direct import make_app
+
+HEAD_LIMIT = 2048
+QUICK = 0.5  # the read timeout where the test waits for it to fire
+PATIENT = 2.0  # where the test checks that it does not: far above any pause of the client
+LEAN = b"/v1/models/m/echo"  # answered by the protocol itself
+CYCLE = b"/cycle"  # through uvicorn's ASGI cycle
+CLOSED = (BrokenPipeError, ConnectionResetError)  # a client writing to a connection the server closed
+
+
+def app_with_routes():
+    app = make_app()
+
+    @app.post("/cycle")
+    async def cycle(body: dict) -> dict:
+        return {"cycle": body}
+
+    @app.post("/slow")
+    async def slow(seconds: float) -> dict:
+        await asyncio.sleep(seconds)
+        return {"slow": True}
+
+    return app
+
+
+def serve(read_timeout_s: float) -> LiveServer:
+    protocol = http_protocol(read_timeout_s=read_timeout_s, max_head_bytes=HEAD_LIMIT)
+    if isinstance(protocol, str):
+        pytest.skip("httptools is not installed: uvicorn serves with h11, which caps heads at 16 KiB itself")
+    return LiveServer(app_with_routes(), http=protocol)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    with serve(QUICK) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def patient():
+    with serve(PATIENT) as live:
+        yield live
+
+
+def connect(live: LiveServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", live.port), timeout=30)
+
+
+def request(path: bytes, body: bytes = b'{"a": 1}', extra: bytes = b"") -> bytes:
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % path
+    return head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed: the server
+    closes with the client's unread bytes still in its buffer)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def responses(data: bytes) -> list[tuple[int, dict]]:
+    """The (status, JSON body) of each response in ``data``."""
+    found = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")
+        )
+        found.append((int(lines[0].split()[1]), json.loads(rest[:length])))
+        data = rest[length:]
+    return found
+
+
+def answered(sock: socket.socket, count: int) -> list[tuple[int, dict]]:
+    """Read ``count`` whole responses of a connection that stays open."""
+    data = b""
+    while True:
+        try:
+            found = responses(data)
+            if len(found) == count:
+                return found
+        except (ValueError, StopIteration, json.JSONDecodeError):
+            pass  # a response not whole yet
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+
+
+def still_serves(live: LiveServer) -> None:
+    with connect(live) as sock:
+        sock.sendall(request(CYCLE))
+        assert answered(sock, 1) == [(200, {"cycle": {"a": 1}})]
+
+
+@pytest.mark.parametrize("path", [LEAN, CYCLE])
+def test_headers_over_the_limit_get_431_and_the_connection_is_closed(quick, path):
+    with connect(quick) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n" % path)
+        sent = 0
+        try:
+            while sent < 64 * HEAD_LIMIT:  # a header without end: refused long before this
+                sock.sendall(b"X-Pad: " + b"a" * 500 + b"\r\n")
+                sent += 509
+        except CLOSED:
+            pass
+        [(status, body)] = responses(read_until_closed(sock))
+    assert status == 431
+    assert body == {"error": f"request line and headers longer than {HEAD_LIMIT} bytes"}
+    still_serves(quick)
+
+
+def test_one_endless_header_value_gets_431(quick):
+    with connect(quick) as sock:
+        sock.sendall(b"POST /cycle HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        try:  # more than one read of the socket (256 KiB) holds: the value is counted from the second
+            for _ in range(64):
+                sock.sendall(b"a" * 16384)
+        except CLOSED:
+            pass
+        assert [status for status, _ in responses(read_until_closed(sock))] == [431]
+
+
+def test_a_request_line_over_the_limit_gets_414(quick):
+    with connect(quick) as sock:
+        sock.sendall(b"GET /" + b"a" * (HEAD_LIMIT + 1))
+        with contextlib.suppress(*CLOSED):
+            sock.sendall(b"a" * HEAD_LIMIT)
+        [(status, body)] = responses(read_until_closed(sock))
+    assert status == 414
+    assert body == {"error": f"request line longer than {HEAD_LIMIT} bytes"}
+
+
+def test_a_head_within_the_limit_is_served_however_it_is_cut(patient):
+    """Headers just under the limit, sent a few bytes at a time (each read counted once), then again on
+    the same connection with the next request's head in the same write as the last body."""
+    pad = b"X-Pad: " + b"a" * (HEAD_LIMIT - 200) + b"\r\n"
+    whole = request(LEAN, b'{"b": 2}', pad) + request(CYCLE, extra=pad)
+    with connect(patient) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(0, len(whole), 97):
+            sock.sendall(whole[at : at + 97])
+        [(first, lean_body), (second, cycle_body)] = answered(sock, 2)
+    assert (first, second) == (200, 200)
+    assert lean_body["echo"] == '{"b": 2}' and cycle_body == {"cycle": {"a": 1}}
+
+
+@pytest.mark.parametrize("path", [LEAN, CYCLE])
+def test_a_head_that_stops_arriving_gets_408(quick, path):
+    with connect(quick) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Le" % path)
+        [(status, body)] = responses(read_until_closed(sock))  # before the socket's 30 s
+    assert status == 408
+    assert body == {"error": f"request headers not received within {QUICK:g} s"}
+
+
+def test_a_head_trickled_past_the_timeout_gets_408_though_bytes_keep_coming(quick):
+    """The head's allowance counts from its first byte (nginx's client_header_timeout), so a client
+    cannot hold the connection by sending a byte now and then."""
+    with connect(quick) as sock:
+        sock.sendall(b"POST /cycle HTTP/1.1\r\n")
+        deadline = time.monotonic() + 30
+        try:  # a header line each tenth of the allowance, until the server answers
+            while time.monotonic() < deadline and not select.select([sock], [], [], QUICK / 10)[0]:
+                sock.sendall(b"X-Slow: 1\r\n")
+        except CLOSED:
+            pass
+        status = [s for s, _ in responses(read_until_closed(sock))]
+    assert status == [408]
+
+
+@pytest.mark.parametrize("path", [LEAN, CYCLE])
+def test_a_body_that_stops_arriving_gets_408(quick, path):
+    with connect(quick) as sock:
+        sock.sendall(request(path, b'{"a": 1}')[:-3])  # all but the body's last bytes
+        [(status, body)] = responses(read_until_closed(sock))
+    assert status == 408
+    assert body == {"error": f"request body not received within {QUICK:g} s"}
+    still_serves(quick)
+
+
+@pytest.mark.parametrize("path", [LEAN, CYCLE])
+def test_a_body_arriving_steadily_is_read_however_long_it_takes(patient, path):
+    """The body's allowance is between two reads (nginx's client_body_timeout): a slow upload that keeps
+    coming is read whole, here over more than the timeout."""
+    body = b'{"a": "' + b"x" * 5 + b'"}'
+    whole = request(path, body)
+    cut = len(whole) - len(body)
+    with connect(patient) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(whole[:cut])
+        for at in range(cut, len(whole), 2):  # 6 writes 1.5x the allowance apart from the first
+            time.sleep(PATIENT / 4)  # the client's pace: a quarter of the allowance between writes
+            sock.sendall(whole[at : at + 2])
+        [(status, answer)] = answered(sock, 1)
+    assert status == 200
+    assert answer.get("echo", answer.get("cycle")) in (body.decode(), {"a": "x" * 5})
+
+
+def test_a_pipelined_head_waits_while_the_request_before_it_is_answered(patient):
+    """A head that arrives part by part while the connection's earlier request is still answered (here
+    for longer than the timeout) is not timed out: the client waits on the gateway, and gets the
+    allowance from that answer on."""
+    first = b"POST /slow?seconds=%g HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (1.25 * PATIENT)
+    second = request(CYCLE)
+    with connect(patient) as sock:
+        sock.sendall(first + second[:20])
+        [(status, body)] = answered(sock, 1)
+        assert (status, body) == (200, {"slow": True})
+        sock.sendall(second[20:])
+        assert answered(sock, 1) == [(200, {"cycle": {"a": 1}})]
