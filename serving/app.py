@@ -199,6 +199,7 @@ async def start_grpc(settings: Settings, backend: Backend) -> Any:
         settings.grpc_port,
         reuse_port=settings.reuse_port,
         server=settings.grpc_server,
+        read_timeout_s=settings.read_timeout_s,
     )
     return await handle if inspect.isawaitable(handle) else handle
 

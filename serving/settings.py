@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="seconds a request's line and headers may take to arrive after its first byte, and "
-        "its body may pause between reads (408 after it, the connection closed: slowloris)",
+        description="seconds an HTTP request's line and headers may take to arrive after its first byte, "
+        "and its body may pause between reads (408 after it, the connection closed: slowloris); a gRPC "
+        "call's request may pause as long between DATA frames (DEADLINE_EXCEEDED after it)",
     )
     max_header_bytes: int = Field(
         64 << 10,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import hpack
@@ -143,11 +143,13 @@ class Harness:
     (out of ``data_received`` or in a task) fails the test that caused it.
     """
 
-    def __init__(self, max_message_bytes: int = 1 << 20, preface: bool = True) -> None:
+    def __init__(
+        self, max_message_bytes: int = 1 << 20, preface: bool = True, read_timeout_s: float = 30.0
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
-        self.server = self.loop.run_until_complete(self._server(max_message_bytes))
+        self.server = self.loop.run_until_complete(self._server(max_message_bytes, read_timeout_s))
         self.connection = grpc_h2.Connection(self.server)
         self.transport = _Transport()
         self.connection.connection_made(self.transport)
@@ -157,8 +159,9 @@ class Harness:
             self.send(w.PREFACE, w.settings_frame({}))
 
     @staticmethod
-    async def _server(max_message_bytes: int) -> grpc_h2.H2GrpcServer:
-        return grpc_h2.H2GrpcServer(unary_methods(InferenceServicer(FakeBackend())), max_message_bytes)
+    async def _server(max_message_bytes: int, read_timeout_s: float) -> grpc_h2.H2GrpcServer:
+        methods = unary_methods(InferenceServicer(FakeBackend()))
+        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s)
 
     def send(self, *frames: bytes, chunk: int = 0) -> None:
         """Feed ``frames`` (in pieces of ``chunk`` bytes when given), then let the calls finish."""
@@ -181,6 +184,16 @@ class Harness:
             await asyncio.wait(tasks)
         await asyncio.sleep(0)  # the connection's write of this loop step
         await asyncio.sleep(0)
+
+    def run_until(self, done: Callable[[], bool], limit_s: float = 30.0) -> None:
+        """Run the connection's loop (its timers) until ``done()`` holds; fail after ``limit_s``."""
+
+        async def wait() -> None:
+            while not done():
+                await asyncio.sleep(0.005)
+
+        self.loop.run_until_complete(asyncio.wait_for(wait(), limit_s))
+        assert not self.errors, self.errors
 
     def frames(self) -> list[Frame]:
         """The frames written since the last call (the server's SETTINGS first of all)."""

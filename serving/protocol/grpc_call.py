@@ -41,6 +41,7 @@ class Call:
         "request_class",
         "encoding",
         "deadline",
+        "last_read",
         "parts",
         "size",
         "ended",
@@ -59,6 +60,7 @@ class Call:
         self.stream, self.handler, self.request_class = stream, handler, request_class
         self.encoding: bytes | None = None
         self.deadline: float | None = None
+        self.last_read = 0.0  # when its latest DATA arrived, while its request is arriving
         self.parts: list[bytes] = []
         self.size = self.unacked = 0
         self.ended = False  # the client sent END_STREAM

@@ -12,7 +12,8 @@ What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC clien
 port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
 CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
-connection and stream errors (tests/test_grpc_h2_conformance.py). Servicers see a context with
+connection and stream errors (tests/test_grpc_h2_conformance.py); a call whose request does not arrive
+in time ends DEADLINE_EXCEEDED (:mod:`serving.protocol.h2_watch`). Servicers see a context with
 ``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
 ``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`, which also
 carries the call through this module).
@@ -30,6 +31,7 @@ from google.protobuf.message import DecodeError
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, Handler, decompress, trailers_block
 from serving.protocol.h2_control import RESET_BURST, ControlFrames
+from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ MAX_HEADER_LIST = 1 << 16
 HANDSHAKE_TIMEOUT_S = 120.0  # a client must begin HTTP/2 (its preface) within this: grpc core's default
 
 
-class Connection(ControlFrames, asyncio.Protocol):
+class Connection(ControlFrames, PartialCalls, asyncio.Protocol):
     """One client connection: frames in, calls dispatched, answers out within flow control."""
 
     def __init__(self, server: H2GrpcServer) -> None:
@@ -53,6 +55,9 @@ class Connection(ControlFrames, asyncio.Protocol):
         self.handshake: asyncio.TimerHandle | None = None
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
         self.calls: dict[int, Call] = {}
+        self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, and their timer
+        self.watch: asyncio.TimerHandle | None = None
+        self.reading_paused = False
         self.blocked: dict[int, Call] = {}  # calls whose message waits for window, in order
         self.last_stream = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None
@@ -96,6 +101,7 @@ class Connection(ControlFrames, asyncio.Protocol):
         if self.handshake is not None:
             self.handshake.cancel()
         self.server.connections.discard(self)
+        self._stop_watch()
         for call in self.calls.values():
             if call.task is not None:
                 call.task.cancel()
@@ -104,9 +110,11 @@ class Connection(ControlFrames, asyncio.Protocol):
         self.server.idle.set()
 
     def pause_writing(self) -> None:  # a client that does not read stops being read
+        self.reading_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.reading_paused = False
         self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -132,6 +140,8 @@ class Connection(ControlFrames, asyncio.Protocol):
         except w.H2Error as error:
             self._fail(error.code, str(error))
             return
+        if self.partial and self.watch is None:
+            self._arm_watch()
         self._flush()
 
     def _frames(self, data: bytes) -> None:
@@ -191,6 +201,7 @@ class Connection(ControlFrames, asyncio.Protocol):
             call.ended = True
             self._dispatch(call)
         else:
+            call.last_read = self.loop.time()
             call.unacked += received
             if call.unacked >= STREAM_WINDOW // 2:
                 self._write(w.window_update(stream, call.unacked))
@@ -276,10 +287,14 @@ class Connection(ControlFrames, asyncio.Protocol):
         if ended:
             call.ended = True
             self._dispatch(call)
+        else:
+            call.last_read = self.loop.time()
+            self.partial[stream] = call
 
     # --- calls ---
     def _dispatch(self, call: Call) -> None:
         """Parse the call's one message and start the servicer on it."""
+        self.partial.pop(call.stream, None)
         body = call.parts[0] if len(call.parts) == 1 else b"".join(call.parts)
         call.parts = []
         problem = None
@@ -378,6 +393,7 @@ class Connection(ControlFrames, asyncio.Protocol):
         """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""
         self._spend_reset()
         del self.calls[call.stream]
+        self.partial.pop(call.stream, None)
         self.blocked.pop(call.stream, None)
         if call.task is not None:
             call.task.cancel()
@@ -386,6 +402,7 @@ class Connection(ControlFrames, asyncio.Protocol):
 
     def _close_call(self, call: Call) -> None:
         del self.calls[call.stream]
+        self.partial.pop(call.stream, None)
         if not call.ended:
             self._write(w.rst_stream(call.stream, w.NO_ERROR))
         self._maybe_idle()
@@ -444,9 +461,15 @@ def _padding(payload: bytes) -> int:
 class H2GrpcServer:
     """Listens, accepts connections, and stops gracefully: GOAWAY, open calls finish, then close."""
 
-    def __init__(self, methods: dict[bytes, tuple[Handler, Any]], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        methods: dict[bytes, tuple[Handler, Any]],
+        max_message_bytes: int,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
+        self.read_timeout_s = read_timeout_s  # h2_watch: how long a call's DATA may pause
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -22,6 +22,7 @@ from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import grpc_io, tensors
+from serving.protocol.h2_watch import READ_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -295,15 +296,18 @@ async def start_grpc_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     reuse_port: bool = False,
     server: GrpcServerKind = "kiln",
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
     ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
     ``server`` is Kiln's own HTTP/2 server on this event loop (serving/protocol/grpc_h2.py) or grpcio's
-    grpc.aio; both serve the same servicer.
+    grpc.aio; both serve the same servicer. Kiln's ends a call whose request pauses longer than
+    ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py); grpc.aio has no such limit.
     """
     if server == "kiln":
-        return await _start_kiln_server(InferenceServicer(backend), host, port, max_message_bytes, reuse_port)
+        servicer = InferenceServicer(backend)
+        return await _start_kiln_server(servicer, host, port, max_message_bytes, reuse_port, read_timeout_s)
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -329,11 +333,16 @@ async def start_grpc_server(
 
 
 async def _start_kiln_server(
-    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int, reuse_port: bool
+    servicer: InferenceServicer,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    reuse_port: bool,
+    read_timeout_s: float,
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
-    server = H2GrpcServer(unary_methods(servicer), max_message_bytes)
+    server = H2GrpcServer(unary_methods(servicer), max_message_bytes, read_timeout_s)
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:

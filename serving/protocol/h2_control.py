@@ -30,6 +30,7 @@ class ControlFrames:
     # the connection's state these read and change (set in Connection.__init__)
     calls: dict[int, Call]
     blocked: dict[int, Call]
+    partial: dict[int, Call]
     last_stream: int
     send_window: int
     peer_window: int
@@ -51,6 +52,7 @@ class ControlFrames:
             raise w.H2Error(w.PROTOCOL_ERROR, f"RST_STREAM on stream {stream}, which was never opened")
         call = self.calls.pop(stream, None)
         self.blocked.pop(stream, None)
+        self.partial.pop(stream, None)
         if call is None:
             return
         self._spend_reset()
