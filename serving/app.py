@@ -23,7 +23,7 @@ from serving.execution.repository import Repository
 from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
 from serving.protocol import health, lean, metrics, translate, v1, v2
-from serving.protocol.limits import BodyLimitMiddleware
+from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 from serving.protocol.responses import drop_framework_422, error_response
 from serving.settings import Settings
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
             app.state.metrics,
         )
         await app.state.backend.start()
-        grpc_handle = await start_grpc(settings, app.state.backend)
+        grpc_handle = await start_grpc(settings, app.state.backend, app.state.body_budget)
         frozen = freeze_loaded_objects()
         try:
             yield
@@ -57,11 +57,13 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics(worker=settings.worker_index)
+    # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
+    app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, v1.router, metrics.router):
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, budget=budget)
     _install_error_handlers(app)
     _document_this_gateway(app, settings)
     return app
@@ -86,7 +88,8 @@ class GatewayApp(FastAPI):
         if telemetry is not None and telemetry.enabled():
             log.info("FastAPI telemetry is on: the hot routes go through the middleware stack")
             return stack
-        return lean.LeanRoutes(self, stack, self.state.settings.max_body_bytes, LEAN_ROUTES)
+        max_bytes, budget = self.state.settings.max_body_bytes, self.state.body_budget
+        return lean.LeanRoutes(self, stack, max_bytes, LEAN_ROUTES, budget)
 
 
 def _document_this_gateway(app: FastAPI, settings: Settings) -> None:
@@ -179,7 +182,7 @@ def freeze_loaded_objects() -> bool:
     return True
 
 
-async def start_grpc(settings: Settings, backend: Backend) -> Any:
+async def start_grpc(settings: Settings, backend: Backend, budget: BodyBudget | None = None) -> Any:
     """Start the KServe gRPC server beside HTTP when the port is set and the module exists."""
     if not settings.grpc_port:
         return None
@@ -200,6 +203,7 @@ async def start_grpc(settings: Settings, backend: Backend) -> Any:
         reuse_port=settings.reuse_port,
         server=settings.grpc_server,
         read_timeout_s=settings.read_timeout_s,
+        budget=budget,
     )
     return await handle if inspect.isawaitable(handle) else handle
 

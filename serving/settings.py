@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="request body limit (413 above it)")
+    max_inflight_body_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="request body bytes one gateway process may hold at once, over all connections and "
+        "both protocols; past it a request is refused (503 with Retry-After, gRPC UNAVAILABLE) and the "
+        "rest served; at least --max-body-bytes",
+    )
     max_images: int = Field(64, ge=1, description="images per friendly classify request")
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="decoded pixels per image (decompression bombs)"
@@ -122,6 +129,16 @@ class Settings(BaseSettings):
         None, description="the workers' shared occupancy board (set for each of several workers)"
     )
     worker_index: int = Field(0, ge=0, description="this worker's byte on the occupancy board")
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"--max-inflight-body-bytes (or KILN_MAX_INFLIGHT_BODY_BYTES) {self.max_inflight_body_bytes}"
+                f" is below --max-body-bytes {self.max_body_bytes}: a body of the largest size would "
+                "always be refused"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2
 from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import InferenceServicer, unary_methods
+from serving.protocol.limits import BodyBudget
 from tests.test_grpc import FakeBackend
 
 Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
@@ -144,12 +145,16 @@ class Harness:
     """
 
     def __init__(
-        self, max_message_bytes: int = 1 << 20, preface: bool = True, read_timeout_s: float = 30.0
+        self,
+        max_message_bytes: int = 1 << 20,
+        preface: bool = True,
+        read_timeout_s: float = 30.0,
+        budget: BodyBudget | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
-        self.server = self.loop.run_until_complete(self._server(max_message_bytes, read_timeout_s))
+        self.server = self.loop.run_until_complete(self._server(max_message_bytes, read_timeout_s, budget))
         self.connection = grpc_h2.Connection(self.server)
         self.transport = _Transport()
         self.connection.connection_made(self.transport)
@@ -159,9 +164,11 @@ class Harness:
             self.send(w.PREFACE, w.settings_frame({}))
 
     @staticmethod
-    async def _server(max_message_bytes: int, read_timeout_s: float) -> grpc_h2.H2GrpcServer:
+    async def _server(
+        max_message_bytes: int, read_timeout_s: float, budget: BodyBudget | None
+    ) -> grpc_h2.H2GrpcServer:
         methods = unary_methods(InferenceServicer(FakeBackend()))
-        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s)
+        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget)
 
     def send(self, *frames: bytes, chunk: int = 0) -> None:
         """Feed ``frames`` (in pieces of ``chunk`` bytes when given), then let the calls finish."""

@@ -91,6 +91,11 @@ def test_flags_win_over_the_environment(monkeypatch):
             "--finish-hold-steps (or KILN_FINISH_HOLD_STEPS): Input should be greater than or equal to 0",
         ),
         (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
+        (
+            ["--max-inflight-body-bytes", "2048"],
+            {"KILN_MAX_BODY_BYTES": "4096"},
+            "--max-inflight-body-bytes (or KILN_MAX_INFLIGHT_BODY_BYTES) 2048 is below --max-body-bytes 4096",
+        ),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_its_flag(monkeypatch, capsys, argv, env, message):

@@ -44,6 +44,7 @@ class Call:
         "last_read",
         "parts",
         "size",
+        "held",
         "ended",
         "unacked",
         "send_window",
@@ -63,6 +64,7 @@ class Call:
         self.last_read = 0.0  # when its latest DATA arrived, while its request is arriving
         self.parts: list[bytes] = []
         self.size = self.unacked = 0
+        self.held = 0  # its request bytes counted in the server's BodyBudget
         self.ended = False  # the client sent END_STREAM
         self.send_window = send_window
         self.pending: memoryview | None = None  # message bytes waiting for flow-control window

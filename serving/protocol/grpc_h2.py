@@ -32,6 +32,7 @@ from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, Handler, decompress, trailers_block
 from serving.protocol.h2_control import RESET_BURST, ControlFrames
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
+from serving.protocol.limits import BodyBudget
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Connection(ControlFrames, PartialCalls, asyncio.Protocol):
         self.server.connections.discard(self)
         self._stop_watch()
         for call in self.calls.values():
+            self._release(call)
             if call.task is not None:
                 call.task.cancel()
         self.calls.clear()
@@ -190,6 +192,12 @@ class Connection(ControlFrames, PartialCalls, asyncio.Protocol):
         received = len(payload)
         if flags & w.PADDED:
             payload = payload[1 : len(payload) - _padding(payload)]
+        budget = self.server.budget
+        if budget is not None:
+            if not budget.take(len(payload)):
+                self._finish(call, grpc.StatusCode.UNAVAILABLE.value[0], budget.refusal().message)
+                return
+            call.held += len(payload)
         call.parts.append(payload)
         call.size += len(payload)
         if call.size > self.server.max_message_bytes + 5:
@@ -394,6 +402,7 @@ class Connection(ControlFrames, PartialCalls, asyncio.Protocol):
         self._spend_reset()
         del self.calls[call.stream]
         self.partial.pop(call.stream, None)
+        self._release(call)
         self.blocked.pop(call.stream, None)
         if call.task is not None:
             call.task.cancel()
@@ -403,9 +412,16 @@ class Connection(ControlFrames, PartialCalls, asyncio.Protocol):
     def _close_call(self, call: Call) -> None:
         del self.calls[call.stream]
         self.partial.pop(call.stream, None)
+        self._release(call)
         if not call.ended:
             self._write(w.rst_stream(call.stream, w.NO_ERROR))
         self._maybe_idle()
+
+    def _release(self, call: Call) -> None:
+        """The call's request bytes no longer held (it ended): back to the budget."""
+        if call.held:
+            self.server.budget.give(call.held)
+            call.held = 0
 
     def _block(self, block: bytes) -> bytes:
         if self.table_update:
@@ -466,10 +482,12 @@ class H2GrpcServer:
         methods: dict[bytes, tuple[Handler, Any]],
         max_message_bytes: int,
         read_timeout_s: float = READ_TIMEOUT_S,
+        budget: BodyBudget | None = None,
     ) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
         self.read_timeout_s = read_timeout_s  # h2_watch: how long a call's DATA may pause
+        self.budget = budget  # the request bytes the process may hold (shared with HTTP)
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -23,6 +23,7 @@ from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
+from serving.protocol.limits import BodyBudget
 
 log = logging.getLogger(__name__)
 
@@ -297,17 +298,20 @@ async def start_grpc_server(
     reuse_port: bool = False,
     server: GrpcServerKind = "kiln",
     read_timeout_s: float = READ_TIMEOUT_S,
+    budget: BodyBudget | None = None,
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
     ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
     ``server`` is Kiln's own HTTP/2 server on this event loop (serving/protocol/grpc_h2.py) or grpcio's
     grpc.aio; both serve the same servicer. Kiln's ends a call whose request pauses longer than
-    ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py); grpc.aio has no such limit.
+    ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py) and holds its calls' request
+    bytes in the HTTP side's ``budget`` (UNAVAILABLE past it); grpc.aio has neither.
     """
     if server == "kiln":
         servicer = InferenceServicer(backend)
-        return await _start_kiln_server(servicer, host, port, max_message_bytes, reuse_port, read_timeout_s)
+        limits = (max_message_bytes, reuse_port, read_timeout_s, budget)
+        return await _start_kiln_server(servicer, host, port, *limits)
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -339,10 +343,11 @@ async def _start_kiln_server(
     max_message_bytes: int,
     reuse_port: bool,
     read_timeout_s: float,
+    budget: BodyBudget | None,
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
-    server = H2GrpcServer(unary_methods(servicer), max_message_bytes, read_timeout_s)
+    server = H2GrpcServer(unary_methods(servicer), max_message_bytes, read_timeout_s, budget)
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:

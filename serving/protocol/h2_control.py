@@ -44,6 +44,7 @@ class ControlFrames:
     _pump: Callable[[], None]
     _reset: Callable[[Call, int], None]
     _maybe_idle: Callable[[], None]
+    _release: Callable[[Call], None]
 
     def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -55,6 +56,7 @@ class ControlFrames:
         self.partial.pop(stream, None)
         if call is None:
             return
+        self._release(call)
         self._spend_reset()
         if call.task is not None:
             call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer

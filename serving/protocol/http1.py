@@ -68,6 +68,7 @@ class DirectCycle:
     __slots__ = (
         "scope",
         "routes",
+        "held",
         "body",
         "keep_alive",
         "response_complete",
@@ -75,8 +76,9 @@ class DirectCycle:
         "message_event",
     )
 
-    def __init__(self, scope: dict[str, Any], routes: Any, keep_alive: bool) -> None:
+    def __init__(self, scope: dict[str, Any], routes: Any, keep_alive: bool, held: int) -> None:
         self.scope, self.routes, self.keep_alive = scope, routes, keep_alive
+        self.held = held  # its Content-Length, counted in the routes' BodyBudget until it is answered
         self.body = bytearray()
         self.response_complete = self.disconnected = False
         self.message_event = _NOBODY_WAITS  # the protocol sets it when the connection is lost
@@ -90,6 +92,13 @@ class _NobodyWaits:
 
 
 _NOBODY_WAITS = _NobodyWaits()
+
+
+def _release(cycle: DirectCycle) -> None:
+    """The cycle's body no longer held (answered, or its connection gone): back to the budget."""
+    if cycle.held:
+        cycle.routes.limited.budget.give(cycle.held)
+        cycle.held = 0
 
 
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -153,6 +162,8 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_watch()
+            if isinstance(self.cycle, DirectCycle):
+                _release(self.cycle)  # a body that will never be whole (else its answer releases it)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -292,10 +303,15 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             target = routes.target(scope)
             if target is None:
                 return None
+            budget, held = routes.limited.budget, 0
+            if budget is not None:
+                if not budget.take(int(length)):
+                    return None  # uvicorn's path answers it (503) through the same budget
+                held = int(length)
             scope["kiln.lean_route"], scope["path_params"] = target
             scope["app"] = app
             keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
-            return DirectCycle(scope, routes, keep_alive)
+            return DirectCycle(scope, routes, keep_alive, held)
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle
@@ -323,6 +339,8 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
                 status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"
                 cycle.keep_alive, response = False, None
+            finally:
+                _release(cycle)
             if cycle.disconnected or self.transport.is_closing():
                 return
             if self.access_log:

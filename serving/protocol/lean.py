@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from serving.protocol.limits import BodyLimitMiddleware
+from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,15 @@ class LeanRoutes:
     """The app's outermost ASGI layer (see the module docstring); ``stack`` is the app's middleware stack."""
 
     def __init__(
-        self, app: FastAPI, stack: Callable[..., Any], max_bytes: int, routes: Sequence[LeanRoute]
+        self,
+        app: FastAPI,
+        stack: Callable[..., Any],
+        max_bytes: int,
+        routes: Sequence[LeanRoute],
+        budget: BodyBudget | None = None,
     ) -> None:
         self.app, self.stack, self.routes = app, stack, tuple(routes)
-        self.limited = BodyLimitMiddleware(self._endpoint, max_bytes)
+        self.limited = BodyLimitMiddleware(self._endpoint, max_bytes, budget)
 
     def target(self, scope: dict[str, Any]) -> tuple[LeanRoute, dict[str, str]] | None:
         """The lean route ``scope`` is for, with its path parameters; None for everything else."""

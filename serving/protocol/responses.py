@@ -44,7 +44,8 @@ MEANING = {
     PayloadTooLarge.status: "body, image, text or count over its limit",
     UnprocessableInput.status: "the request violates this schema (the message names the field)",
     Overloaded.status: "queue full: retry after Retry-After seconds",
-    Unavailable.status: "not ready, shutting down or the backend is unreachable (Retry-After)",
+    Unavailable.status: "not ready, shutting down, the backend is unreachable, or the request bodies "
+    "held fill the gateway's budget (Retry-After)",
     DeadlineExceeded.status: "the request did not finish within the gateway's deadline",
 }
 # Statuses every inference route can answer beyond its own input checks.

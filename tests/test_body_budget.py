@@ -1,0 +1,230 @@
+"""The gateway's budget of request-body bytes held at once (serving/protocol/limits.py, BodyBudget):
+shared by HTTP's two paths (the protocol's lean requests and uvicorn's ASGI cycle) and the gRPC
+server, a request past it is refused (503 with Retry-After, gRPC UNAVAILABLE) while the others are
+served, and every body is given back once answered, or once its connection is gone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from fastapi import FastAPI, Request
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving.app import create_app
+from serving.protocol import h2_wire as w
+from serving.protocol import lean
+from serving.protocol.http1 import http_protocol
+from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
+from serving.settings import Settings
+from tests.h2_client import Harness, answer, call_headers, doubling_request, grpc_message
+from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
+from tests.test_http1_direct import echo
+from tests.test_http1_limits import answered, responses
+from tests.waiting import eventually
+
+LIMIT = 3000
+PIXELS = SIZE * SIZE
+UNAVAILABLE = "14"
+
+
+def test_the_budget_counts_what_fits_and_warns_once_a_spell(caplog: pytest.LogCaptureFixture) -> None:
+    budget = BodyBudget(100, retry_after=2.0)
+    with caplog.at_level(logging.WARNING, "serving.protocol.limits"):
+        assert budget.take(60) and budget.take(40)
+        assert not budget.take(1) and not budget.take(1)  # nothing counted for a refusal
+        assert budget.used == 100
+        budget.give(60)
+        assert budget.take(10)
+        budget.give(50)  # half free: the next refusal is a new spell
+        assert not budget.take(200)
+    assert len(caplog.records) == 2
+    assert budget.used == 0 and budget.refusal().retry_after == 2.0 and budget.refusal().status == 503
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class App(FastAPI):
+    def build_middleware_stack(self):
+        stack = super().build_middleware_stack()
+        route = lean.LeanRoute("/v1/models/", "/echo", echo)
+        return lean.LeanRoutes(self, stack, 1 << 20, (route,), self.state.budget)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[LiveServer, BodyBudget]]:
+    protocol = http_protocol()
+    if isinstance(protocol, str):
+        pytest.skip("httptools is not installed: uvicorn serves with h11, without the protocol's path")
+    app = App()
+    app.state.budget = budget = BodyBudget(LIMIT, retry_after=3.0)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=1 << 20, budget=budget)
+
+    @app.post("/cycle")
+    async def cycle(request: Request) -> dict:
+        return {"size": len(await request.body())}
+
+    with LiveServer(app, http=protocol) as live:
+        yield live, budget
+
+
+def _connect(live: LiveServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", live.port), timeout=30)
+
+
+def _post(path: str, body: bytes, declared: int | None = None) -> bytes:
+    size = len(body) if declared is None else declared
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), size, body)
+
+
+def _status(live: LiveServer, request: bytes) -> tuple[int, dict, bytes]:
+    with _connect(live) as sock:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    [(status, body)] = responses(data)
+    return status, body, data
+
+
+def _until_returned(budget: BodyBudget) -> None:
+    """Wait until every body is back in the budget (given back as its answer is sent)."""
+    assert eventually(lambda: budget.used == 0), budget.used
+
+
+LEAN = "/v1/models/m/echo"
+
+
+def test_past_the_budget_requests_get_503_on_both_paths_and_the_rest_are_served(served) -> None:
+    live, budget = served
+    holding = _connect(live)
+    try:
+        holding.sendall(_post(LEAN, b"x" * 10, declared=2000))  # its declared 2 000 bytes are held
+        assert eventually(lambda: budget.used == 2000)
+        for path in (LEAN, "/cycle"):  # 2 000 + 1 500 > 3 000
+            status, body, raw = _status(live, _post(path, b"y" * 1500))
+            assert status == 503, raw
+            assert body == {"error": "the gateway holds as many request bodies as it may: retry later"}
+            assert b"retry-after: 3\r\n" in raw.lower()
+        assert _status(live, _post(LEAN, b"z" * 900))[0] == 200  # what fits is served meanwhile
+        chunked = b"POST /cycle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunked += b"3e8\r\n" + b"c" * 1000 + b"\r\n" + b"3e8\r\n" + b"c" * 1000 + b"\r\n0\r\n\r\n"
+        assert _status(live, chunked)[0] == 503  # counted as it arrives: the second chunk is over
+        holding.sendall(b"x" * 1990)
+        [(status, body)] = answered(holding, 1)
+        assert status == 200 and len(body["echo"]) == 2000
+    finally:
+        holding.close()
+    _until_returned(budget)
+    assert _status(live, _post("/cycle", b"y" * 1500))[:2] == (200, {"size": 1500})
+    _until_returned(budget)
+
+
+@pytest.mark.parametrize("path", [LEAN, "/cycle"])
+def test_a_body_whose_connection_goes_is_given_back(served, path: str) -> None:
+    live, budget = served
+    with _connect(live) as sock:
+        sock.sendall(_post(path, b"x" * 10, declared=2500))
+        assert eventually(lambda: budget.used == 2500)
+    _until_returned(budget)
+
+
+# --- gRPC ---------------------------------------------------------------------------------------
+
+MESSAGE = grpc_message(doubling_request(np.arange(6, dtype=np.float32).reshape(2, 3)).SerializeToString())
+
+
+@pytest.fixture
+def h2() -> Iterator[Harness]:
+    harness = Harness(budget=BodyBudget(len(MESSAGE) + 20))
+    harness.frames()
+    yield harness
+    harness.close()
+
+
+def _grpc_status(h2: Harness, stream: int) -> tuple[str, str]:
+    _, _, trailers = answer(h2.frames(), stream)
+    return trailers["grpc-status"], trailers.get("grpc-message", "")
+
+
+def test_a_grpc_call_past_the_budget_is_unavailable_and_the_one_holding_it_is_answered(h2: Harness) -> None:
+    budget = h2.server.budget
+    h2.send(h2.headers(1, call_headers()), w.frame(w.DATA, 0, 1, MESSAGE[:30]))
+    assert budget.used == 30
+    h2.send(h2.call(3, MESSAGE))  # 30 + the whole message > the budget
+    status, message = _grpc_status(h2, 3)
+    assert (status, message) == (
+        UNAVAILABLE,
+        "the gateway holds as many request bodies as it may: retry later",
+    )
+    h2.send(w.frame(w.DATA, w.END_STREAM, 1, MESSAGE[30:]))
+    assert _grpc_status(h2, 1)[0] == "0"
+    assert budget.used == 0
+    h2.send(h2.call(5, MESSAGE))
+    assert _grpc_status(h2, 5)[0] == "0" and budget.used == 0
+
+
+def test_grpc_calls_reset_or_cut_off_give_their_bytes_back(h2: Harness) -> None:
+    budget = h2.server.budget
+    h2.send(h2.headers(1, call_headers()), w.frame(w.DATA, 0, 1, MESSAGE[:30]))
+    h2.send(w.rst_stream(1, w.CANCEL))
+    assert budget.used == 0
+    h2.send(h2.headers(3, call_headers()), w.frame(w.DATA, 0, 3, MESSAGE[:30]))
+    assert budget.used == 30
+    h2.connection.connection_lost(None)
+    assert budget.used == 0
+
+
+# --- the gateway: one budget for both protocols ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """A gateway whose budget holds 4 096 bytes of request bodies at once."""
+    repository = build_classifier_repository(tmp_path_factory.mktemp("budget") / "repo")
+    with held_grpc_port() as grpc_port:
+        settings = Settings(
+            model_repository=repository,
+            grpc_port=grpc_port,
+            reuse_port=True,
+            max_body_bytes=4096,
+            max_inflight_body_bytes=4096,
+        )
+        with LiveServer(create_app(settings)) as live:
+            live.grpc_url = f"127.0.0.1:{grpc_port}"
+            yield live
+
+
+def _infer_body() -> bytes:
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [1, SIZE, SIZE, 1], "data": [0] * PIXELS}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def test_the_gateways_http_and_grpc_share_one_budget(gateway) -> None:
+    budget = gateway.app.state.body_budget
+    infer = "/v2/models/lenet/infer"
+    grpc_request = service_pb2.ModelInferRequest(model_name="lenet")
+    grpc_request.inputs.add(name="images", datatype="UINT8").shape.extend([1, SIZE, SIZE, 1])
+    grpc_request.raw_input_contents.append(bytes(PIXELS))
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ModelInfer(grpc_request, timeout=60).outputs  # served while the budget is free
+        with _connect(gateway) as holding:
+            holding.sendall(_post(infer, b"{", declared=3900))
+            assert eventually(lambda: budget.used == 3900)
+            status, body, _ = _status(gateway, _post(infer, _infer_body()))
+            assert status == 503 and "retry later" in body["error"]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(grpc_request, timeout=60)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        assert eventually(lambda: budget.used == 0)  # the held body's connection went
+        assert stub.ModelInfer(grpc_request, timeout=60).outputs
+    assert _status(gateway, _post(infer, _infer_body()))[0] == 200
