@@ -108,6 +108,11 @@ INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-le
 READ_TIMEOUT_S = 30.0  # a request's head must arrive within this of its first byte; its body may
 # pause no longer between reads (408 after it): nginx's client_header_timeout / client_body_timeout
 MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): nginx's are 32 KiB
+# After such a refusal the client's bytes are read and dropped for a while, and the connection closed
+# when the client ends its half: closing a socket with unread bytes resets it, and the reset can reach
+# the client before the answer it has not read yet (nginx's lingering close does the same).
+LINGER_S = 2.0
+LINGER_BYTES = 4 << 20
 
 
 def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
@@ -149,6 +154,8 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
         _messages = _head_bytes = 0
         _read_timer: asyncio.TimerHandle | None = None
         _read_since = _last_read = 0.0
+        _lingering: asyncio.TimerHandle | None = None  # a refusal written: reading to drop, then close
+        _dropped = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -162,11 +169,18 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_watch()
+            if self._lingering is not None:
+                self._lingering.cancel()
             if isinstance(self.cycle, DirectCycle):
                 _release(self.cycle)  # a body that will never be whole (else its answer releases it)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:  # refused: what the client still sends is dropped
+                self._dropped += len(data)
+                if self._dropped > LINGER_BYTES:
+                    self.transport.close()
+                return
             # a head begun in an earlier read and still not whole: all of this read is head (of the read
             # a head began in, what the parser has handed over: the rest may be the request before's)
             head_of = self._messages if self._in_head else -1
@@ -234,8 +248,9 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             return self._in_head or getattr(cycle, "response_started", False)
 
         def _refuse(self, status: int, message: str) -> None:
-            """Answer a request the protocol will not read further, and close the connection (closed
-            without an answer where one is under way: the two would interleave)."""
+            """Answer a request the protocol will not read further, and close the connection after a
+            lingering close (at once, without an answer, where one is under way: the two would
+            interleave)."""
             answering = self._answering()
             self._stop_watch()
             if status != 408:
@@ -250,7 +265,9 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             ]
             head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
             self.transport.write(b"".join((*head, b"connection: close\r\n\r\n", body)))
-            self.transport.close()
+            self.transport.write_eof()  # the answer, then our end of the connection (the client's
+            # end closes it: eof_received; or LINGER_S, or LINGER_BYTES more from it)
+            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
         def _lean(self) -> tuple[Any, LeanRoutes] | None:
             """The FastAPI app under uvicorn's layers and its lean layer, once the app has built it."""
