@@ -149,13 +149,17 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         read_timeout = read_timeout_s
         max_head = max_head_bytes
-        # the request being read: its head not yet whole, bytes of it counted, the read watchdog
-        _in_request = _in_head = False
-        _messages = _head_bytes = 0
-        _read_timer: asyncio.TimerHandle | None = None
-        _read_since = _last_read = 0.0
-        _lingering: asyncio.TimerHandle | None = None  # a refusal written: reading to drop, then close
-        _dropped = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # the request being read: its head not yet whole, bytes of it counted, the read watchdog
+            self._in_request = self._in_head = False
+            self._head_bytes = 0
+            self._waited: Any = None  # the answer the watch last found the client waiting on
+            self._read_timer: asyncio.TimerHandle | None = None
+            self._read_since = self._last_read = 0.0
+            self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
+            self._dropped = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -183,20 +187,20 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
                 return
             # a head begun in an earlier read and still not whole: all of this read is head (of the read
             # a head began in, what the parser has handed over: the rest may be the request before's)
-            head_of = self._messages if self._in_head else -1
-            super().data_received(data)
+            head_of = self.headers if self._in_head else None  # each request has its own list
+            HttpToolsProtocol.data_received(self, data)  # (not super(): a lookup less a request)
             if not self._in_request or self.transport.is_closing():
                 return  # the usual case: each request arrives whole in one read
             self._last_read = self.loop.time()
             if self._in_head:
-                if head_of == self._messages:
+                if head_of is self.headers:
                     self._head_bytes += len(data)
                 if len(self.url) > self.max_head:
                     return self._refuse(414, f"request line longer than {self.max_head} bytes")
                 if max(self._head_bytes, self._head_parsed()) > self.max_head:
                     return self._refuse(431, f"request line and headers longer than {self.max_head} bytes")
             if self._read_timer is None:
-                self._read_since = self._last_read
+                self._read_since, self._waited = self._last_read, None
                 self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
 
         def _head_parsed(self) -> int:
@@ -207,8 +211,7 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
         def on_message_begin(self) -> None:
             self._in_request = self._in_head = True
             self._head_bytes = 0
-            self._messages += 1
-            super().on_message_begin()
+            HttpToolsProtocol.on_message_begin(self)
 
         def _read_watch(self) -> None:
             """The read watchdog: 408 to a head not whole ``read_timeout`` after it began, or a body
@@ -220,6 +223,10 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             now = self.loop.time()
             if self.flow.read_paused or self._answering():
                 self._read_since = self._last_read = now  # the client waits on us: its clock restarts
+                self._waited = self.cycle
+            elif self._waited is not None:  # that answer has gone out since: the allowance starts again
+                self._read_since = self._last_read = now
+                self._waited = None
             left = (self._read_since if self._in_head else self._last_read) + self.read_timeout - now
             if left > 0:
                 self._read_timer = self.loop.call_later(left, self._read_watch)
@@ -227,11 +234,6 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             part = "headers" if self._in_head else "body"
             self.logger.debug("closing a connection whose request %s took over %g s", part, self.read_timeout)
             self._refuse(408, f"request {part} not received within {self.read_timeout:g} s")
-
-        def on_response_complete(self) -> None:
-            if self._in_request:  # a request that arrived while its predecessor was answered: its
-                self._read_since = self._last_read = self.loop.time()  # allowance starts now
-            super().on_response_complete()
 
         def _stop_watch(self) -> None:
             self._in_request = self._in_head = False
@@ -338,7 +340,10 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
-            self._stop_watch()
+            self._in_request = self._in_head = False  # _stop_watch, inline: every request passes here
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
             cycle = self.cycle
             if isinstance(cycle, DirectCycle):
                 task = self.loop.create_task(self._answer(cycle))
@@ -357,7 +362,9 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
                 status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"
                 cycle.keep_alive, response = False, None
             finally:
-                _release(cycle)
+                if cycle.held:  # _release, inline: every lean request passes here
+                    cycle.routes.limited.budget.give(cycle.held)
+                    cycle.held = 0
             if cycle.disconnected or self.transport.is_closing():
                 return
             if self.access_log:
