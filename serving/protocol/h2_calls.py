@@ -1,0 +1,169 @@
+"""A gRPC call's life after its request has arrived, for Kiln's HTTP/2 server (:mod:`grpc_h2`): its
+message parsed and handed to the servicer, its answer sent within the client's flow-control windows
+(in turns where they are short), and its end: a status, a stream reset, the bytes it held given back.
+
+:class:`Calls` is a mixin of :class:`serving.protocol.grpc_h2.Connection`, as the control frames
+(:mod:`h2_control`) and the read watch (:mod:`h2_watch`) are: it reads and changes the connection's
+state and writes through the connection's writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from serving.protocol import h2_wire as w
+from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, decompress, trailers_block
+
+log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
+
+
+class Calls:
+    """Dispatch, answer and end the calls of a connection."""
+
+    # the connection's state these read and change (set in Connection.__init__)
+    server: Any
+    loop: asyncio.AbstractEventLoop
+    calls: dict[int, Call]
+    partial: dict[int, Call]
+    blocked: dict[int, Call]
+    send_window: int
+    peer_frame: int
+    table_update: bytes
+    # and what the connection does
+    _write: Callable[[bytes], None]
+    _spend_reset: Callable[[], None]
+    _maybe_idle: Callable[[], None]
+
+    def _dispatch(self, call: Call) -> None:
+        """Parse the call's one message and start the servicer on it."""
+        self.partial.pop(call.stream, None)
+        body = call.parts[0] if len(call.parts) == 1 else b"".join(call.parts)
+        call.parts = []
+        problem = None
+        if len(body) < 5:
+            problem = "the call carried no request message"
+        elif int.from_bytes(body[1:5], "big") != len(body) - 5:
+            problem = "a unary call must carry exactly one request message"
+        if problem is not None:
+            self._finish(call, grpc.StatusCode.INTERNAL.value[0], problem)
+            return
+        message = body[5:]
+        try:
+            if body[0]:
+                message = decompress(call.encoding, message, self.server.max_message_bytes)
+            request = call.request_class.FromString(message)
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+            return
+        except DecodeError:
+            self._finish(call, grpc.StatusCode.INTERNAL.value[0], "cannot parse the request message")
+            return
+        call.task = self.loop.create_task(self._serve(call, request))
+
+    async def _serve(self, call: Call, request: Any) -> None:
+        try:
+            response = await call.handler(request, call)
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+        except asyncio.CancelledError:
+            return  # the client reset the call or went away: nobody to answer
+        except Exception as error:  # a servicer bug: answer UNKNOWN as grpcio does, keep serving
+            log.exception("gRPC call on stream %d failed", call.stream)
+            self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {type(error).__name__}")
+        else:
+            self._answer(call, response.SerializeToString())
+
+    def _answer(self, call: Call, data: bytes) -> None:
+        """Headers, the message and the trailers: one write when the windows allow, else in turns."""
+        if self.calls.get(call.stream) is not call:
+            return  # reset meanwhile
+        size = len(data) + 5
+        message = b"\x00" + len(data).to_bytes(4, "big")  # not compressed, then the length
+        stream = call.stream
+        headers = w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(RESPONSE_HEADERS))
+        trailers = trailers_block(0, "", call.trailing)
+        if size <= min(self.send_window, call.send_window, self.peer_frame) and not self.blocked:
+            self.send_window -= size
+            self._write(
+                headers
+                + w.frame(w.DATA, 0, stream, message + data)
+                + w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(trailers))
+            )
+            self._close_call(call)
+            return
+        self._write(headers)
+        call.pending = memoryview(message + data)
+        call.trailers = trailers
+        self.blocked[stream] = call
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what waiting messages the windows now allow, in the order they waited."""
+        for stream, call in list(self.blocked.items()):
+            pending = call.pending
+            while pending and self.send_window > 0 and call.send_window > 0:
+                size = min(len(pending), self.send_window, call.send_window, self.peer_frame)
+                self._write(w.frame(w.DATA, 0, stream, bytes(pending[:size])))
+                pending = pending[size:]
+                self.send_window -= size
+                call.send_window -= size
+            call.pending = pending
+            if pending:
+                if self.send_window <= 0:
+                    return
+                continue
+            del self.blocked[stream]
+            self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
+            self._close_call(call)
+
+    def _finish(self, call: Call, code: int, details: str) -> None:
+        """End a call with a status and no message (gRPC's trailers-only answer)."""
+        if self.calls.get(call.stream) is not call:
+            return
+        self._headers_only(call.stream, self._trailers_only(code, details, call.trailing), True)
+        self._close_call(call)
+
+    def _trailers_only(self, code: int, details: str, trailing: tuple[tuple[str, str], ...]) -> bytes:
+        return RESPONSE_HEADERS + trailers_block(code, details, trailing)
+
+    def _headers_only(self, stream: int, block: bytes, ended: bool) -> None:
+        self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))
+        if not ended:  # answered before the client finished sending: tell it to stop
+            self._write(w.rst_stream(stream, w.NO_ERROR))
+
+    def _reset(self, call: Call, code: int) -> None:
+        """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""
+        self._spend_reset()
+        del self.calls[call.stream]
+        self.partial.pop(call.stream, None)
+        self._release(call)
+        self.blocked.pop(call.stream, None)
+        if call.task is not None:
+            call.task.cancel()
+        self._write(w.rst_stream(call.stream, code))
+        self._maybe_idle()
+
+    def _close_call(self, call: Call) -> None:
+        del self.calls[call.stream]
+        self.partial.pop(call.stream, None)
+        self._release(call)
+        if not call.ended:
+            self._write(w.rst_stream(call.stream, w.NO_ERROR))
+        self._maybe_idle()
+
+    def _release(self, call: Call) -> None:
+        """The call's request bytes no longer held (it ended): back to the budget."""
+        if call.held:
+            self.server.budget.give(call.held)
+            call.held = 0
+
+    def _block(self, block: bytes) -> bytes:
+        if self.table_update:
+            block, self.table_update = self.table_update + block, b""
+        return block
