@@ -306,7 +306,22 @@ BAD_INPUTS = [
     ("texts not a list", {"texts": "one"}, 422),
     ("invalid UTF-8", b'{"texts": ["\xff\xfe"]}', 400),
     ("invalid JSON", b'{"texts": [', 400),
+    ("longer than any valid request (not parsed)", b"[" + b"1," * 500_000 + b"1]", 413),
 ]
+
+
+def test_the_longest_valid_translate_body_is_within_the_bound_checked_before_parsing() -> None:
+    """Every character a surrogate pair escaped as JSON writes it (12 bytes), pretty-printed: still
+    read; a byte more than the bound is refused before any parse (an unparsable body shows it)."""
+    from serving.errors import PayloadTooLarge
+    from serving.protocol.translate import MAX_BODY_BYTES, parse_body
+
+    texts = ["\U0001f600" * 1000] * 64
+    body = json.dumps({"texts": texts, "beam_size": 16, "return_scores": True}, indent=4).encode()
+    assert b"\\ud83d\\ude00" in body and len(body) <= MAX_BODY_BYTES
+    assert parse_body(body).texts == texts
+    with pytest.raises(PayloadTooLarge, match=f"at most {MAX_BODY_BYTES} bytes"):
+        parse_body(b"{" * (MAX_BODY_BYTES + 1))
 
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c for c, _, _ in BAD_INPUTS])
