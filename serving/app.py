@@ -23,6 +23,7 @@ from serving.execution.repository import Repository
 from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
 from serving.protocol import health, lean, metrics, translate, v1, v2
+from serving.protocol.json_offload import JsonOffload
 from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 from serving.protocol.responses import drop_framework_422, error_response
 from serving.settings import Settings
@@ -53,12 +54,14 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
             if grpc_handle is not None:
                 await grpc_handle.stop(settings.shutdown_grace_s)
             await app.state.backend.stop()
+            app.state.json_offload.close()
 
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics(worker=settings.worker_index)
     # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
     app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
+    app.state.json_offload = JsonOffload(settings.json_offload_bytes)  # large v2 JSON bodies, off the loop
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, v1.router, metrics.router):

@@ -20,7 +20,7 @@ from serving.protocol.responses import (
     error_response,
     errors,
 )
-from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer, parse_infer
+from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -115,7 +115,9 @@ async def infer(
 ) -> Response:
     backend.metadata(name, version)  # unknown model -> 404 before any work or metric label
     body = _decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
-    parsed = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+    parsed = await request.app.state.json_offload.parse_infer(
+        body, request.headers.get(HEADER_LENGTH), name, version
+    )
     result = await observed_infer(backend, metrics, parsed.request)
     content, header_length = encode_infer(result, parsed)
     if header_length is None:

@@ -1,0 +1,76 @@
+"""Large KServe v2 JSON bodies parsed in a helper process, off the event loop.
+
+Parsing JSON holds the interpreter's lock from start to end: a thread does not help. A KServe v2 infer
+body with its tensors as JSON numbers is slow to parse: here one 224×224×3 FP32 image (3 MB of JSON)
+took ~147 ms of ``parse_infer``, a batch of 8 ~1.2 s, and every other request of the process waited
+behind it (health probes included). A body whose JSON part is at least ``offload_bytes`` is therefore
+parsed by :func:`~serving.protocol.v2_codec.parse_infer` in a helper process, which returns the request
+with its arrays (pickled as their bytes, a copy); the event loop serves the other requests meanwhile,
+and the parse runs on another core. Smaller bodies, and the binary tensor data extension (what
+tritonclient and perf_analyzer send, read without copies), are parsed in place as before.
+
+One helper process a gateway process, started on the first large body (a forkserver child: never a
+fork of a process running ONNX Runtime's threads) and stopped with the app; large bodies wait their
+turn for it, which also bounds what a client sending many of them can take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from serving.protocol.v2_codec import ParsedInfer, parse_infer
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_BYTES = 256 << 10  # ~12 ms of event loop for a body of FP32 numbers this long
+
+
+class JsonOffload:
+    """Parse infer bodies in place or, from ``offload_bytes`` of JSON up (0: never), in the helper."""
+
+    def __init__(self, offload_bytes: int = OFFLOAD_BYTES) -> None:
+        self.offload_bytes = offload_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def parse_infer(
+        self, body: bytes, header_length: str | None, model: str, version: str
+    ) -> ParsedInfer:
+        """:func:`~serving.protocol.v2_codec.parse_infer`, in the helper process for a large JSON part."""
+        if not self.offload_bytes or _json_bytes(body, header_length) < self.offload_bytes:
+            return parse_infer(body, header_length, model, version)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._helper(), parse_infer, body, header_length, model, version
+            )
+        except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
+            self._pool = None
+            log.error("the JSON parse process died; parsing this body in place")
+            return parse_infer(body, header_length, model, version)
+
+    def _helper(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            log.info(
+                "starting the JSON parse process (bodies of %d bytes of JSON and more)", self.offload_bytes
+            )
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the helper process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _json_bytes(body: bytes, header_length: str | None) -> int:
+    """The length of the body's JSON part (the whole body without the binary extension's header; a
+    malformed header length counts the whole body, and ``parse_infer`` names the error)."""
+    if header_length is not None and header_length.strip().isdigit():
+        return min(int(header_length), len(body))
+    return len(body)
