@@ -5,6 +5,7 @@ replaced, and through the gateway the same answers as the binary extension gives
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from serving.protocol.json_offload import JsonOffload
 from serving.protocol.v2_codec import HEADER_LENGTH, parse_infer
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+from tests.test_gateway_rest import png
 
 X = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5) / 7
 
@@ -132,3 +134,21 @@ def test_the_gateway_answers_a_large_json_body_as_it_answers_the_same_tensor_in_
     assert answers[0][0][0] == 8 and len(answers[0][1]) == 8 * answers[0][0][1]
     bad = httpx.post(url, content=as_json.replace(b'"UINT8"', b'"UINT9"'), timeout=60)
     assert bad.status_code == 400 and "UINT9" in bad.json()["error"]
+
+
+def test_the_gateway_classifies_a_large_json_body_as_it_classifies_the_same_images_sent_as_files(
+    gateway,
+) -> None:
+    """The friendly classify route's JSON (base64 images) is read by the helper when large; errors too."""
+    images = [png(seed) for seed in range(6)]
+    url = f"http://{gateway.url}/v1/models/lenet/classify"
+    body = json.dumps({"images": [base64.b64encode(i).decode() for i in images], "top_k": 3}).encode()
+    assert len(body) > 1024  # read by the helper
+    as_json = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+    files = [("files", (f"{n}.png", image, "image/png")) for n, image in enumerate(images)]
+    as_files = httpx.post(url, files=files, data={"top_k": "3"}, timeout=60)
+    assert as_json.status_code == as_files.status_code == 200, (as_json.text, as_files.text)
+    assert as_json.json() == as_files.json()
+    refused = json.dumps({"images": ["*" * 2000], "top_k": 3}).encode()
+    bad = httpx.post(url, content=refused, headers={"content-type": "application/json"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"] == "image 0: not valid base64"

@@ -1,4 +1,4 @@
-"""Large KServe v2 JSON bodies parsed in a helper process, off the event loop.
+"""Large JSON request bodies parsed in a helper process, off the event loop.
 
 Parsing JSON holds the interpreter's lock from start to end: a thread does not help. A KServe v2 infer
 body with its tensors as JSON numbers is slow to parse: here one 224×224×3 FP32 image (3 MB of JSON)
@@ -7,7 +7,11 @@ behind it (health probes included). A body whose JSON part is at least ``offload
 parsed by :func:`~serving.protocol.v2_codec.parse_infer` in a helper process, which returns the request
 with its arrays (pickled as their bytes, a copy); the event loop serves the other requests meanwhile,
 and the parse runs on another core. Smaller bodies, and the binary tensor data extension (what
-tritonclient and perf_analyzer send, read without copies), are parsed in place as before.
+tritonclient and perf_analyzer send, read without copies), are parsed in place as before. The
+friendly classify route's JSON body (base64 images) goes the same way, decoded to the images' bytes
+in the helper (:func:`serving.protocol.v1.read_json_images`). Translate bodies stay in place: no
+valid one is longer than :data:`serving.protocol.translate.MAX_BODY_BYTES` (~0.8 MB, ~15 ms of parse
+at worst), and a longer one is refused unread.
 
 One helper process a gateway process, started on the first large body (a forkserver child: never a
 fork of a process running ONNX Runtime's threads) and stopped with the app; large bodies wait their
@@ -19,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from serving.protocol.v2_codec import ParsedInfer, parse_infer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OFFLOAD_BYTES = 256 << 10  # ~12 ms of event loop for a body of FP32 numbers this long
 
@@ -40,17 +47,22 @@ class JsonOffload:
         self, body: bytes, header_length: str | None, model: str, version: str
     ) -> ParsedInfer:
         """:func:`~serving.protocol.v2_codec.parse_infer`, in the helper process for a large JSON part."""
-        if not self.offload_bytes or _json_bytes(body, header_length) < self.offload_bytes:
-            return parse_infer(body, header_length, model, version)
+        return await self.call(
+            _json_bytes(body, header_length), parse_infer, body, header_length, model, version
+        )
+
+    async def call(self, json_bytes: int, parse: Callable[..., T], *args: Any) -> T:
+        """``parse(*args)``: in place, or in the helper from ``offload_bytes`` of JSON up. ``parse`` is a
+        module-level function (the helper imports it by name) whose result and errors pickle."""
+        if not self.offload_bytes or json_bytes < self.offload_bytes:
+            return parse(*args)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._helper(), parse_infer, body, header_length, model, version
-            )
+            return await loop.run_in_executor(self._helper(), parse, *args)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
             self._pool = None
             log.error("the JSON parse process died; parsing this body in place")
-            return parse_infer(body, header_length, model, version)
+            return parse(*args)
 
     def _helper(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -162,7 +162,14 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], 
         parsed = _validate(raw)
         _check_count(len(files), max_images)
         return [await f.read() for f in files], parsed.top_k
-    parsed = _validate(parse_json(await request.body(), "request body"))
+    raw = await request.body()
+    return await request.app.state.json_offload.call(len(raw), read_json_images, raw, max_images)
+
+
+def read_json_images(raw: bytes, max_images: int) -> tuple[list[bytes], int]:
+    """The images (decoded from base64) and top_k of a JSON classify body: parsed where it arrived, or
+    in the JSON helper process when large (:mod:`serving.protocol.json_offload`)."""
+    parsed = _validate(parse_json(raw, "request body"))
     _check_count(len(parsed.images), max_images)
     return [decode_base64(text, index=i) for i, text in enumerate(parsed.images)], parsed.top_k
 
