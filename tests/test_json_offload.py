@@ -100,6 +100,18 @@ def test_the_helpers_errors_are_the_ones_parsing_in_place_raises(
         _parse(offload, body, header_length)
 
 
+def test_a_large_translate_body_is_validated_by_the_helper(offload) -> None:
+    from serving.errors import UnprocessableInput
+    from serving.protocol.translate import parse_body
+
+    raw = json.dumps({"texts": ["\u00e9t\u00e9 " * 50, "one two"], "beam_size": 3, "n_best": 2}).encode()
+    request = asyncio.run(offload.call(len(raw), parse_body, raw))
+    assert request == parse_body(raw) and _helper_pids(offload)
+    bad = json.dumps({"texts": ["one"] * 10, "beam_size": 99}).encode()
+    with pytest.raises(UnprocessableInput, match="beam_size"):
+        asyncio.run(offload.call(len(bad), parse_body, bad))
+
+
 def test_a_helper_that_died_is_replaced(offload) -> None:
     _parse(offload, _json_body())
     for pid in _helper_pids(offload):

@@ -9,9 +9,9 @@ with its arrays (pickled as their bytes, a copy); the event loop serves the othe
 and the parse runs on another core. Smaller bodies, and the binary tensor data extension (what
 tritonclient and perf_analyzer send, read without copies), are parsed in place as before. The
 friendly classify route's JSON body (base64 images) goes the same way, decoded to the images' bytes
-in the helper (:func:`serving.protocol.v1.read_json_images`). Translate bodies stay in place: no
-valid one is longer than :data:`serving.protocol.translate.MAX_BODY_BYTES` (~0.8 MB, ~15 ms of parse
-at worst), and a longer one is refused unread.
+in the helper (:func:`serving.protocol.v1.read_json_images`), and so does a large translate body
+(:func:`serving.protocol.translate.parse_body`; no valid one is longer than
+:data:`~serving.protocol.translate.MAX_BODY_BYTES`, ~0.8 MB, and a longer one is refused unread).
 
 One helper process a gateway process, started on the first large body (a forkserver child: never a
 fork of a process running ONNX Runtime's threads) and stopped with the app; large bodies wait their

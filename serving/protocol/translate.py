@@ -142,7 +142,8 @@ TRANSLATE_BODY = {
 )
 async def translate(request: Request, name: str) -> Response:
     entry = get_repository(request).get(name)  # 404 before anything else
-    body = parse_body(await request.body())  # then the body, whatever the model
+    raw = await request.body()  # then the body, whatever the model (a large one off the event loop)
+    body = await request.app.state.json_offload.call(len(raw), parse_body, raw)
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
     backend, metrics = get_backend(request), get_metrics(request)
