@@ -155,6 +155,7 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             # the request being read: its head not yet whole, bytes of it counted, the read watchdog
             self._in_request = self._in_head = False
             self._head_bytes = 0
+            self._counted = self._counted_bytes = 0  # headers of this head summed so far, their bytes
             self._waited: Any = None  # the answer the watch last found the client waiting on
             self._read_timer: asyncio.TimerHandle | None = None
             self._read_since = self._last_read = 0.0
@@ -205,12 +206,17 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
 
         def _head_parsed(self) -> int:
             """The bytes of this request's head that the parser has handed over (its URL and whole
-            headers): the part of the read it began in that is this request's, at least."""
-            return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            headers): the part of the read it began in that is this request's, at least. Each header
+            is summed once (a head trickled a header a read would otherwise cost its square)."""
+            headers = self.headers
+            if len(headers) > self._counted:
+                self._counted_bytes += sum(len(n) + len(v) + 4 for n, v in headers[self._counted :])
+                self._counted = len(headers)
+            return len(self.url) + self._counted_bytes
 
         def on_message_begin(self) -> None:
             self._in_request = self._in_head = True
-            self._head_bytes = 0
+            self._head_bytes = self._counted = self._counted_bytes = 0
             HttpToolsProtocol.on_message_begin(self)
 
         def _read_watch(self) -> None:
