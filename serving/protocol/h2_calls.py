@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -19,26 +18,13 @@ from google.protobuf.message import DecodeError
 
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, decompress, trailers_block
+from serving.protocol.h2_state import ConnectionState
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
 
 
-class Calls:
+class Calls(ConnectionState):
     """Dispatch, answer and end the calls of a connection."""
-
-    # the connection's state these read and change (set in Connection.__init__)
-    server: Any
-    loop: asyncio.AbstractEventLoop
-    calls: dict[int, Call]
-    partial: dict[int, Call]
-    blocked: dict[int, Call]
-    send_window: int
-    peer_frame: int
-    table_update: bytes
-    # and what the connection does
-    _write: Callable[[bytes], None]
-    _spend_reset: Callable[[], None]
-    _maybe_idle: Callable[[], None]
 
     def _dispatch(self, call: Call) -> None:
         """Parse the call's one message and start the servicer on it."""

@@ -10,11 +10,8 @@ GOAWAY, and a stream error ends that call alone (``Connection._reset``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_call import Call
+from serving.protocol.h2_state import ConnectionState
 
 # Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
 # ("rapid reset", CVE-2023-44487), or making the server reset them with a malformed frame ("MadeYouReset",
@@ -24,27 +21,8 @@ RESET_BURST = 200
 RESET_RATE = 100.0
 
 
-class ControlFrames:
+class ControlFrames(ConnectionState):
     """SETTINGS, PING, PRIORITY, GOAWAY, PUSH_PROMISE, WINDOW_UPDATE and RST_STREAM of a connection."""
-
-    # the connection's state these read and change (set in Connection.__init__)
-    calls: dict[int, Call]
-    blocked: dict[int, Call]
-    partial: dict[int, Call]
-    last_stream: int
-    send_window: int
-    peer_window: int
-    peer_frame: int
-    table_update: bytes
-    reset_budget: float
-    reset_at: float
-    loop: Any
-    # and what the connection does
-    _write: Callable[[bytes], None]
-    _pump: Callable[[], None]
-    _reset: Callable[[Call, int], None]
-    _maybe_idle: Callable[[], None]
-    _release: Callable[[Call], None]
 
     def _rst_stream(self, flags: int, stream: int, payload: bytes) -> None:
         if len(payload) != 4:

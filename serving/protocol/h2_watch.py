@@ -13,14 +13,12 @@ insert and removal; the watch is one timer a connection, armed only while a call
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 
 from serving.protocol.grpc_call import Call
+from serving.protocol.h2_state import ConnectionState
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +26,9 @@ READ_TIMEOUT_S = 30.0  # a call's DATA may pause this long (the gateway passes K
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 
 
-class PartialCalls:
+class PartialCalls(ConnectionState):
     """A mixin of :class:`grpc_h2.Connection`: the calls whose request is still arriving, and the timer
     that ends those that take too long."""
-
-    # the connection's state these read and change (set in Connection.__init__)
-    loop: asyncio.AbstractEventLoop
-    server: Any
-    closing: bool
-    partial: dict[int, Call]  # by stream: the calls whose client has not ended its half yet
-    watch: asyncio.TimerHandle | None
-    reading_paused: bool
-    # and what the connection does
-    _finish: Callable[[Call, int, str], None]
 
     def _expiry(self, call: Call) -> float:
         """When ``call`` ends unless more of it arrives: its deadline, or a read timeout after its last DATA."""

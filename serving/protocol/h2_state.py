@@ -1,0 +1,45 @@
+"""The state and the steps of a Kiln HTTP/2 gRPC connection that its mixins share, declared once.
+
+:class:`serving.protocol.grpc_h2.Connection` sets the state in ``__init__`` and is made of mixins, each
+a part of the connection's work: :class:`~serving.protocol.h2_control.ControlFrames` (the control
+frames), :class:`~serving.protocol.h2_watch.PartialCalls` (calls still arriving) and
+:class:`~serving.protocol.h2_calls.Calls` (calls answered and ended). They read and change this state
+and call each other's steps; :class:`ConnectionState` names both for all of them (annotations only:
+nothing here is set or run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from serving.protocol.grpc_call import Call
+
+
+class ConnectionState:
+    """What every part of a connection may read, change or call (set in ``Connection.__init__``)."""
+
+    server: Any  # the H2GrpcServer: its methods, limits and body budget
+    loop: asyncio.AbstractEventLoop
+    closing: bool
+    calls: dict[int, Call]  # by stream: the calls open
+    partial: dict[int, Call]  # those whose client has not ended its half yet
+    blocked: dict[int, Call]  # those whose answer waits for flow-control window, in order
+    last_stream: int
+    send_window: int
+    peer_window: int  # the client's SETTINGS_INITIAL_WINDOW_SIZE
+    peer_frame: int
+    table_update: bytes  # an HPACK size update owed at the start of the next header block
+    reset_budget: float
+    reset_at: float
+    watch: asyncio.TimerHandle | None
+    reading_paused: bool
+    # the steps, wherever they are defined
+    _write: Callable[[bytes], None]
+    _pump: Callable[[], None]
+    _finish: Callable[[Call, int, str], None]
+    _reset: Callable[[Call, int], None]
+    _release: Callable[[Call], None]
+    _spend_reset: Callable[[], None]
+    _maybe_idle: Callable[[], None]
