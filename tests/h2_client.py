@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import hpack
@@ -141,7 +141,9 @@ class Harness:
 
     :meth:`send` hands bytes to the connection and runs the loop until every call it started has
     finished; :meth:`frames` returns what the server wrote since the last look. An exception anywhere
-    (out of ``data_received`` or in a task) fails the test that caused it.
+    (out of ``data_received`` or in a task) fails the test that caused it. The loop's clock is the
+    harness's own: it stands still until :meth:`advance` moves it, so the server's timers (deadlines,
+    read timeouts) fire exactly when a test says, however slow the machine running it.
     """
 
     def __init__(
@@ -152,6 +154,8 @@ class Harness:
         budget: BodyBudget | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
+        self.now = 1000.0
+        self.loop.time = lambda: self.now  # type: ignore[method-assign]  # the manual clock
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
         self.server = self.loop.run_until_complete(self._server(max_message_bytes, read_timeout_s, budget))
@@ -192,14 +196,11 @@ class Harness:
         await asyncio.sleep(0)  # the connection's write of this loop step
         await asyncio.sleep(0)
 
-    def run_until(self, done: Callable[[], bool], limit_s: float = 30.0) -> None:
-        """Run the connection's loop (its timers) until ``done()`` holds; fail after ``limit_s``."""
-
-        async def wait() -> None:
-            while not done():
-                await asyncio.sleep(0.005)
-
-        self.loop.run_until_complete(asyncio.wait_for(wait(), limit_s))
+    def advance(self, seconds: float) -> None:
+        """Move the clock on by ``seconds`` and run what fell due (the connection's timers, the calls
+        and writes they started)."""
+        self.now += seconds
+        self.loop.run_until_complete(self._settle())
         assert not self.errors, self.errors
 
     def frames(self) -> list[Frame]:

@@ -56,6 +56,19 @@ def test_the_same_indexed_bytes_name_whatever_the_table_holds_now() -> None:
     assert decoder.decode(b"\xbf") == [(b"x-a", b"1")]
 
 
+def test_the_decoder_remembers_only_small_blocks() -> None:
+    """Blocks read again are answered from memory, but only a call's usual small ones: remembering
+    any block up to the limit let one client make a connection hold ~12 MB of them for its life."""
+    decoder = w.HeaderDecoder()
+    small = b"\x00" + bytes((3,)) + b"x-a" + bytes((1,)) + b"1"  # a literal without indexing
+    assert decoder.decode(small) is decoder.decode(small)  # remembered
+    for i in range(200):
+        value = f"{i:04d}".encode() * 500  # 2 KB
+        block = b"\x00" + bytes((3,)) + b"x-b" + w.encode_int(len(value), 7) + value
+        assert decoder.decode(block) == [(b"x-b", value)]
+    assert sum(map(len, decoder._seen)) <= 64 * 1024
+
+
 _BOMB = b"\x40" + w.encode_int(1, 7) + b"a" + w.encode_int(4000, 7) + b"v" * 4000 + b"\xbe" * 20
 
 

@@ -75,6 +75,12 @@ _CONNECTION_ERRORS = {
         "open-unended",
         w.COMPRESSION_ERROR,
     ),
+    # empty frames count too (their heads): a flood of them once cost the square of its length in CPU
+    "continuation-flood-of-empty-frames": (
+        w.frame(w.CONTINUATION, 0, 1, b"") * 15_000,
+        "open-unended",
+        w.COMPRESSION_ERROR,
+    ),
     "push-promise": (w.frame(w.PUSH_PROMISE, w.END_HEADERS, 1, b"\x00\x00\x00\x02"), OPEN, w.PROTOCOL_ERROR),
     "rst-stream-on-stream-0": (w.rst_stream(0, w.CANCEL), False, w.PROTOCOL_ERROR),
     "rst-stream-of-5-bytes": (w.frame(w.RST_STREAM, 0, 1, b"\x00" * 5), OPEN, w.FRAME_SIZE_ERROR),

@@ -1,18 +1,27 @@
 """Kiln's gRPC server ends a call whose request does not arrive in time (serving/protocol/h2_watch.py):
 at its client's deadline (``grpc-timeout``) or when its DATA pauses longer than the read timeout, with
 DEADLINE_EXCEEDED and the connection serving on; a request that keeps arriving, or one the server
-itself stopped reading, is never cut. Each test drives one connection in memory (tests/h2_client.py)."""
+itself stopped reading, is never cut. A frame left unfinished over the read timeout, or a header block
+not whole within it, ends the connection. Each test drives one connection in memory on a clock that
+moves only when the test moves it (tests/h2_client.py), so no test depends on the machine's pace."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from serving.protocol import h2_wire as w
-from tests.h2_client import Harness, answer, call_headers, doubling_request, grpc_message, rst_code
+from tests.h2_client import (
+    Harness,
+    answer,
+    call_headers,
+    doubling_request,
+    goaway_code,
+    grpc_message,
+    rst_code,
+)
 
 READ_TIMEOUT = 0.3
 MESSAGE = grpc_message(doubling_request(np.arange(6, dtype=np.float32).reshape(2, 3)).SerializeToString())
@@ -27,9 +36,13 @@ def h2() -> Iterator[Harness]:
     harness.close()
 
 
-def _ended(h2: Harness, stream: int) -> tuple[str, str, list[int]]:
-    """Wait for the server to end ``stream``: its grpc-status, grpc-message and the RST_STREAM codes."""
-    h2.run_until(lambda: stream not in h2.connection.calls)
+def _ended(h2: Harness, stream: int, after: float = READ_TIMEOUT) -> tuple[str, str, list[int]]:
+    """How the server ends ``stream`` once ``after`` seconds pass (and not a moment before): its
+    grpc-status, grpc-message and the RST_STREAM codes."""
+    h2.advance(after * 0.99)
+    assert stream in h2.connection.calls, "ended early"
+    h2.advance(after * 0.02)
+    assert stream not in h2.connection.calls
     frames = h2.frames()
     _, _, trailers = answer(frames, stream)
     resets = [rst_code(frame) for frame in frames if frame[0] == w.RST_STREAM and frame[2] == stream]
@@ -45,7 +58,7 @@ def _still_serves(h2: Harness, stream: int) -> None:
 def test_a_call_not_whole_by_its_deadline_ends_deadline_exceeded(h2: Harness) -> None:
     h2.send(h2.headers(1, call_headers(**{"grpc-timeout": "50m"})), w.frame(w.DATA, 0, 1, MESSAGE[:10]))
     assert 1 in h2.connection.calls  # held while it may still arrive
-    status, message, resets = _ended(h2, 1)
+    status, message, resets = _ended(h2, 1, after=0.05)
     # trailers-only, then RST_STREAM(NO_ERROR): the client's half was still open (RFC 9113 section 8.1)
     assert (status, message, resets) == (DEADLINE_EXCEEDED, "Deadline Exceeded", [w.NO_ERROR])
     assert not h2.connection.partial
@@ -64,13 +77,13 @@ def test_a_call_whose_request_pauses_past_the_read_timeout_ends(h2: Harness, sen
 
 
 def test_a_request_that_keeps_arriving_is_answered_however_long_it_takes(h2: Harness) -> None:
-    """The allowance is between DATA frames: a message sent a byte a tenth of the allowance apart,
-    over twice the allowance in all, is read whole and answered."""
+    """The allowance is between DATA frames: a message sent a byte nine tenths of the allowance apart,
+    over seven times the allowance in all, is read whole and answered."""
     h2.send(h2.headers(1, call_headers()))
     pieces = [MESSAGE[:-8], *(MESSAGE[at : at + 1] for at in range(len(MESSAGE) - 8, len(MESSAGE)))]
     for piece in pieces[:-1]:
         h2.send(w.frame(w.DATA, 0, 1, piece))
-        h2.loop.run_until_complete(asyncio.sleep(READ_TIMEOUT / 4))  # the client's pace
+        h2.advance(READ_TIMEOUT * 0.9)  # the client's pace
     h2.send(w.frame(w.DATA, w.END_STREAM, 1, pieces[-1]))
     _, _, trailers = answer(h2.frames(), 1)
     assert trailers["grpc-status"] == "0"
@@ -81,8 +94,8 @@ def test_a_call_the_server_stopped_reading_is_not_cut(h2: Harness) -> None:
     so the calls it was sending wait on the server, not on the client: their clock stops."""
     h2.send(h2.headers(1, call_headers()))
     h2.connection.pause_writing()
-    started = h2.loop.time()
-    h2.run_until(lambda: h2.loop.time() - started > 3 * READ_TIMEOUT)
+    for _ in range(3):
+        h2.advance(READ_TIMEOUT)
     assert 1 in h2.connection.calls
     h2.connection.resume_writing()
     h2.send(w.frame(w.DATA, w.END_STREAM, 1, MESSAGE))
@@ -94,5 +107,80 @@ def test_a_call_the_client_resets_is_forgotten_by_the_watch(h2: Harness) -> None
     h2.send(h2.headers(1, call_headers()), w.frame(w.DATA, 0, 1, MESSAGE[:10]))
     h2.send(w.rst_stream(1, w.CANCEL))
     assert not h2.connection.partial
-    h2.run_until(lambda: h2.connection.watch is None)  # it fires, finds nothing, and stays off
+    h2.advance(READ_TIMEOUT)
+    assert h2.connection.watch is None  # it fired, found nothing, and stays off
     assert [frame for frame in h2.frames() if frame[2] == 1] == []
+
+
+def test_empty_data_frames_neither_pile_up_nor_keep_a_call_alive(h2: Harness) -> None:
+    """An empty DATA frame without END_STREAM carries nothing: it is not held, and it is not the
+    progress the read timeout waits for (a stream of them used to grow the call's parts without end)."""
+    h2.send(h2.headers(1, call_headers()))
+    for _ in range(3):
+        h2.send(w.frame(w.DATA, 0, 1, b"") * 1000)
+        assert h2.connection.calls[1].parts == []
+        h2.advance(READ_TIMEOUT / 4)
+    status, _, _ = _ended(h2, 1, after=READ_TIMEOUT / 4)
+    assert status == DEADLINE_EXCEEDED
+    _still_serves(h2, 3)
+
+
+def test_a_frame_arriving_in_pieces_keeps_its_call_alive(h2: Harness) -> None:
+    """A DATA frame's bytes are progress before the frame is whole (once its head has named the call):
+    its call is not cut while they come, however long the frame takes."""
+    h2.send(h2.headers(1, call_headers()))
+    data = w.frame(w.DATA, w.END_STREAM, 1, MESSAGE)
+    pieces = [data[:9], *(data[at : at + 4] for at in range(9, len(data), 4))]
+    for piece in pieces[:-1]:
+        h2.send(piece)
+        h2.advance(READ_TIMEOUT * 0.9)
+    assert len(pieces) > 8  # many times the allowance in all
+    h2.send(pieces[-1])
+    _, _, trailers = answer(h2.frames(), 1)
+    assert trailers["grpc-status"] == "0"
+
+
+def _closed(h2: Harness, after: float) -> str:
+    """The connection is closed once ``after`` seconds pass, not before: the GOAWAY's message."""
+    h2.advance(after * 0.99)
+    assert not h2.transport.closed, "closed early"
+    h2.advance(after * 0.02)
+    assert h2.transport.closed
+    goaway = [frame for frame in h2.frames() if frame[0] == w.GOAWAY]
+    assert len(goaway) == 1 and goaway_code(goaway[0]) == w.PROTOCOL_ERROR
+    return goaway[0][3][8:].decode()
+
+
+def test_a_frame_left_unfinished_ends_the_connection(h2: Harness) -> None:
+    h2.send(w.frame(w.PING, 0, 0, b"8 bytes!")[:12])
+    assert _closed(h2, READ_TIMEOUT) == f"a frame not received whole within {READ_TIMEOUT:g} s"
+
+
+def test_a_header_block_left_open_ends_the_connection(h2: Harness) -> None:
+    """While a header block is open nothing else may arrive on the connection (RFC 9113 section 6.10):
+    one left open would hold the connection for ever."""
+    h2.send(h2.headers(1, call_headers(), flags=0))
+    message = _closed(h2, READ_TIMEOUT)
+    assert message == f"a header block not received whole within {READ_TIMEOUT:g} s"
+
+
+def test_a_header_block_must_be_whole_within_the_read_timeout_however_it_trickles(h2: Harness) -> None:
+    """Its CONTINUATION frames are progress, but the block's allowance runs from its first bytes on,
+    as an HTTP/1 head's does: a block trickled in empty frames is cut at the read timeout."""
+    h2.send(h2.headers(1, call_headers(), flags=0))
+    for _ in range(3):
+        h2.advance(READ_TIMEOUT / 4)
+        h2.send(w.frame(w.CONTINUATION, 0, 1, b""))
+    assert _closed(h2, READ_TIMEOUT / 4).startswith("a header block not received whole")
+
+
+def test_a_header_block_and_a_frame_the_server_stopped_reading_are_not_cut(h2: Harness) -> None:
+    h2.send(h2.headers(1, call_headers(), flags=0))
+    h2.connection.pause_writing()
+    for _ in range(3):
+        h2.advance(READ_TIMEOUT)
+    assert not h2.transport.closed
+    h2.connection.resume_writing()
+    h2.send(w.frame(w.CONTINUATION, w.END_HEADERS, 1, b""), w.frame(w.DATA, w.END_STREAM, 1, MESSAGE))
+    _, _, trailers = answer(h2.frames(), 1)
+    assert trailers["grpc-status"] == "0"

@@ -63,6 +63,9 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.blocked: dict[int, Call] = {}  # calls whose message waits for window, in order
         self.last_stream = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None
+        self.block_bytes = 0  # the open header block's bytes, its frames' heads counted
+        self.frame_read: float | None = None  # h2_watch's: the last read into a frame not yet whole
+        self.block_began: float | None = None  # h2_watch's: when the header block not yet whole began
         self.out: list[bytes] = []
         self.flush_pending = False
         self.send_window = w.DEFAULT_WINDOW
@@ -124,6 +127,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         if self.buffer:  # the rest of a frame: gathered until it is whole, then read with what follows
             self.buffer += data
             if not self._whole(self.buffer):
+                self._unfinished()
                 return
             data, self.buffer = bytes(self.buffer), bytearray()
         if not self.preface:
@@ -143,6 +147,10 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         except w.H2Error as error:
             self._fail(error.code, str(error))
             return
+        if self.buffer or self.continuing is not None:
+            self._unfinished()
+        elif self.frame_read is not None or self.block_began is not None:
+            self.frame_read = self.block_began = None
         if self.partial and self.watch is None:
             self._arm_watch()
         self._flush()
@@ -191,6 +199,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._reset(call, w.STREAM_CLOSED)
             return
         received = len(payload)
+        if not received and not flags & w.END_STREAM:
+            return  # an empty frame: nothing held, and no progress for the read timeout to see
         if flags & w.PADDED:
             payload = payload[1 : len(payload) - _padding(payload)]
         budget = self.server.budget
@@ -231,13 +241,17 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._header_block(stream, flags, block)
         else:
             self.continuing = (stream, flags, [block])
+            self.block_bytes = w.HEAD.size + len(payload)
 
     def _continuation(self, flags: int, stream: int, payload: bytes) -> None:
         if self.continuing is None or self.continuing[0] != stream:
             raise w.H2Error(w.PROTOCOL_ERROR, f"CONTINUATION on stream {stream} without its HEADERS")
         parts = self.continuing[2]
         parts.append(payload)
-        if sum(map(len, parts)) > 2 * MAX_HEADER_LIST:
+        # a running count, frame heads included: empty CONTINUATION frames add up too (a sum over the
+        # parts at each frame made a flood of them cost the square of its length: CVE-2024-27316's kind)
+        self.block_bytes += w.HEAD.size + len(payload)
+        if self.block_bytes > 2 * MAX_HEADER_LIST:
             raise w.H2Error(w.COMPRESSION_ERROR, "header block too large")
         if flags & w.END_HEADERS:
             first_flags = self.continuing[1]
@@ -245,6 +259,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._header_block(stream, first_flags, b"".join(parts))
 
     def _header_block(self, stream: int, flags: int, block: bytes) -> None:
+        self.block_began = None  # whole (h2_watch's clock for the next block starts afresh)
         headers = self.decoder.decode(block)  # always: the table must follow every block
         call = self.calls.get(stream)
         if call is not None:  # the client's trailers end its half of the call

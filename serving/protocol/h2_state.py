@@ -35,6 +35,11 @@ class ConnectionState:
     reset_at: float
     watch: asyncio.TimerHandle | None
     reading_paused: bool
+    preface: bool  # the client's HTTP/2 preface has arrived
+    buffer: bytearray  # the start of a frame not yet whole
+    continuing: tuple[int, int, list[bytes]] | None  # a header block still arriving: stream, flags, parts
+    frame_read: float | None  # h2_watch's: the last read into a frame not yet whole
+    block_began: float | None  # h2_watch's: when the header block not yet whole began
     # the steps, wherever they are defined
     _write: Callable[[bytes], None]
     _pump: Callable[[], None]
@@ -43,3 +48,5 @@ class ConnectionState:
     _release: Callable[[Call], None]
     _spend_reset: Callable[[], None]
     _maybe_idle: Callable[[], None]
+    _flush: Callable[[], None]
+    _close_quietly: Callable[[], None]

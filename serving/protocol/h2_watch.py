@@ -1,4 +1,4 @@
-"""How long a gRPC call's request may take to arrive, for Kiln's HTTP/2 server (:mod:`grpc_h2`).
+"""How long a gRPC call's request, or a frame, may take to arrive, for Kiln's HTTP/2 server (:mod:`grpc_h2`).
 
 A call is dispatched when its client ends its half of the stream; until then its bytes are held. The
 server used to hold such a call for as long as the connection lasted, past the deadline its client
@@ -8,7 +8,15 @@ core's servers end it, and one whose DATA pauses longer than the read timeout (t
 ``KILN_READ_TIMEOUT_S``, the same allowance HTTP/1 bodies get between reads) ends DEADLINE_EXCEEDED
 too. The clock stops while the server is not reading the connection (its client is not reading the
 answers: :meth:`grpc_h2.Connection.pause_writing`). A call that arrives whole in one read costs a dict
-insert and removal; the watch is one timer a connection, armed only while a call is half-sent.
+insert and removal; the watch is one timer a connection, armed only while a call is half-sent or a
+frame unfinished.
+
+The connection itself is watched the same way. A frame begun and then left unfinished over the read
+timeout, or a header block (HEADERS and its CONTINUATION frames) not whole within the read timeout of
+its first bytes, ends the connection: while a header block is open no other frame may arrive (RFC
+9113 section 6.10), so a client stalling one would hold the connection, and the bytes it sent, forever.
+This is HTTP/1's rule too (:mod:`serving.protocol.http1`: a head whole within the timeout, a body that
+may pause that long between reads).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 
 import grpc
 
+from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import Call
 from serving.protocol.h2_state import ConnectionState
 
@@ -35,17 +44,58 @@ class PartialCalls(ConnectionState):
         paused = call.last_read + self.server.read_timeout_s
         return paused if call.deadline is None else min(paused, call.deadline)
 
+    def _connection_expiry(self) -> float | None:
+        """When the connection ends unless its unfinished frame or header block moves on (None: none)."""
+        timeout, frame, block = self.server.read_timeout_s, self.frame_read, self.block_began
+        if frame is None:
+            return None if block is None else block + timeout
+        return frame + timeout if block is None else min(frame, block) + timeout
+
     def _arm_watch(self) -> None:
-        """Arm the watch for the first half-sent call to expire (none armed yet: the caller checks)."""
-        if self.partial and not self.closing:
-            first = min(map(self._expiry, self.partial.values()))
+        """Arm the watch for the first half-sent call or unfinished frame to expire (none armed yet)."""
+        if self.closing:
+            return
+        first = self._connection_expiry()
+        if self.partial:
+            calls = min(map(self._expiry, self.partial.values()))
+            first = calls if first is None else min(first, calls)
+        if first is not None:
             self.watch = self.loop.call_at(first, self._expire_partial)
+
+    def _unfinished(self) -> None:
+        """A read left a frame or a header block unfinished: note when, and make sure the watch runs."""
+        if not self.preface:
+            return  # the handshake's own timer waits for the preface
+        now, buffer = self.loop.time(), self.buffer
+        self.frame_read = now if buffer else None
+        if len(buffer) >= 9 and buffer[3] == w.DATA:  # a call's DATA arriving in pieces: it is moving
+            call = self.partial.get(int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF)
+            if call is not None:
+                call.last_read = now
+        if self.continuing is None and not (len(buffer) >= 4 and buffer[3] in (w.HEADERS, w.CONTINUATION)):
+            self.block_began = None
+        elif self.block_began is None:
+            self.block_began = now
+        if self.watch is None:
+            self._arm_watch()
 
     def _expire_partial(self) -> None:
         self.watch = None
         if self.closing:
             return
         now = self.loop.time()
+        if self.reading_paused:  # the server is the wait: the clocks restart
+            self.frame_read = None if self.frame_read is None else now
+            self.block_began = None if self.block_began is None else now
+        expiry = self._connection_expiry()
+        if expiry is not None and expiry <= now:
+            what = "a header block" if self.block_began is not None else "a frame"
+            message = f"{what} not received whole within {self.server.read_timeout_s:g} s"
+            log.info("closing a gRPC connection: %s", message)
+            self._write(w.goaway(self.last_stream, w.PROTOCOL_ERROR, message))
+            self._flush()
+            self._close_quietly()
+            return
         for call in list(self.partial.values()):
             if self.reading_paused:
                 call.last_read = now  # the server is the wait, not the client
@@ -61,6 +111,7 @@ class PartialCalls(ConnectionState):
 
     def _stop_watch(self) -> None:
         self.partial.clear()
+        self.frame_read = self.block_began = None
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None

@@ -188,7 +188,7 @@ class HeaderDecoder:
             headers.append((name, value))
         if changed:
             self._seen.clear()  # indices now name other entries
-        elif len(self._seen) < 64:
+        elif len(self._seen) < 64 and len(block) <= 1024:  # a call's usual blocks, not any block
             self._seen[block] = headers
         return headers
 
