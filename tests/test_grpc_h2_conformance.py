@@ -261,6 +261,59 @@ def test_a_window_shrunk_to_zero_by_settings_waits_for_a_grant(h2: Harness) -> N
     _assert_answered(written + h2.frames(), 1)
 
 
+def test_an_answer_waiting_on_its_own_window_does_not_hold_up_the_others(h2: Harness) -> None:
+    """Answers wait in two lines: those with window of their own wait for the connection's, in order;
+    those without are parked until the client grants them some, and the others go past them."""
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}), h2.call(1, MESSAGE), h2.call(3, MESSAGE))
+    first = h2.frames()
+    assert [f[0] for f in first] == [w.SETTINGS, w.HEADERS, w.HEADERS]  # both wait
+    assert set(h2.connection.parked) == {1, 3} and not h2.connection.blocked
+    h2.send(w.window_update(3, 1 << 16))
+    _assert_answered(first + h2.frames(), 3)
+    assert set(h2.connection.parked) == {1}
+    grants = []
+    for _ in range(10):  # a byte at a time: each grant sends that byte
+        h2.send(w.window_update(1, 1))
+        grants.append(h2.frames())
+    assert [[(f[0], len(f[3])) for f in frames] for frames in grants] == [[(w.DATA, 1)]] * 10
+    h2.send(w.window_update(1, 1 << 16))
+    _assert_answered(first + sum(grants, []) + h2.frames(), 1)
+    assert not h2.connection.parked and not h2.connection.calls
+
+
+def test_answers_move_between_waiting_lines_as_the_initial_window_changes(h2: Harness) -> None:
+    """An answer larger than the connection's window waits for it; the client's SETTINGS then shut and
+    reopen every call's window, and the answer leaves whole once both windows allow."""
+    x = np.random.default_rng(1).standard_normal((7_000, 3)).astype(np.float32)  # 84 KB
+    message = grpc_message(doubling_request(x).SerializeToString())
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 1 << 20}), h2.call(1, message))
+    first = h2.frames()
+    assert set(h2.connection.blocked) == {1}  # the connection's 65 535 bytes spent
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}))  # its own window now below zero
+    assert set(h2.connection.parked) == {1} and not h2.connection.blocked
+    h2.send(w.window_update(0, 1 << 20))
+    shut = h2.frames()
+    assert not [f for f in shut if f[0] == w.DATA]  # the connection's window alone is not enough
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 1 << 20}))
+    _, body, trailers = answer(first + shut + h2.frames(), 1)
+    assert trailers["grpc-status"] == "0" and not h2.connection.calls
+    reply = service_pb2.ModelInferResponse.FromString(body)
+    np.testing.assert_array_equal(np.frombuffer(reply.raw_output_contents[0], np.float32), (x * 2).ravel())
+
+
+def test_changes_of_the_initial_window_are_budgeted(h2: Harness) -> None:
+    """Each change walks the connection's calls, so changes past the budget end the connection with
+    ENHANCE_YOUR_CALM; a setting sent again unchanged costs nothing and is not counted."""
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}) * 1000)
+    assert not h2.transport.closed
+    flips = [
+        w.settings_frame({w.INITIAL_WINDOW_SIZE: size}) for size in (1, 0)
+    ] * h2_control.WINDOW_CHANGE_BURST
+    h2.send(*flips)
+    goaway = [f for f in h2.frames() if f[0] == w.GOAWAY]
+    assert h2.transport.closed and goaway_code(goaway[0]) == w.ENHANCE_YOUR_CALM
+
+
 def test_the_clients_header_table_size_is_acknowledged_in_the_next_header_block(h2: Harness) -> None:
     h2.send(w.settings_frame({w.HEADER_TABLE_SIZE: 0}), h2.call(1, MESSAGE))
     first_block = next(f for f in h2.frames() if f[0] == w.HEADERS)[3]

@@ -31,7 +31,7 @@ import grpc
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import Call, Handler
 from serving.protocol.h2_calls import Calls
-from serving.protocol.h2_control import RESET_BURST, ControlFrames
+from serving.protocol.h2_control import RESET_BURST, WINDOW_CHANGE_BURST, ControlFrames
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 from serving.protocol.limits import BodyBudget
 
@@ -60,7 +60,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, and their timer
         self.watch: asyncio.TimerHandle | None = None
         self.reading_paused = False
-        self.blocked: dict[int, Call] = {}  # calls whose message waits for window, in order
+        self.blocked: dict[int, Call] = {}  # calls whose message waits for the connection's window, in order
+        self.parked: dict[int, Call] = {}  # calls whose message waits for their own window
         self.last_stream = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None
         self.block_bytes = 0  # the open header block's bytes, its frames' heads counted
@@ -74,7 +75,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.unacked = 0
         self.table_update = b""  # a size update owed at the start of our next header block
         self.closing = False
-        self.reset_budget, self.reset_at = float(RESET_BURST), self.loop.time()  # h2_control's budget
+        self.reset_budget, self.reset_at = float(RESET_BURST), self.loop.time()  # h2_control's budgets
+        self.window_budget, self.window_at = float(WINDOW_CHANGE_BURST), self.reset_at
         self.frames = {
             w.DATA: self._data,
             w.HEADERS: self._headers,
@@ -113,6 +115,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
                 call.task.cancel()
         self.calls.clear()
         self.blocked.clear()
+        self.parked.clear()
         self.server.idle.set()
 
     def pause_writing(self) -> None:  # a client that does not read stops being read

@@ -86,12 +86,20 @@ class Calls(ConnectionState):
         self._write(headers)
         call.pending = memoryview(message + data)
         call.trailers = trailers
-        self.blocked[stream] = call
+        (self.blocked if call.send_window > 0 else self.parked)[stream] = call
         self._pump()
 
     def _pump(self) -> None:
-        """Send what waiting messages the windows now allow, in the order they waited."""
-        for stream, call in list(self.blocked.items()):
+        """Send what waiting messages the windows now allow, in the order they waited.
+
+        Only calls with window of their own wait here (the others are parked until the client grants
+        them some), so each turn of the loop sends bytes or ends: a client granting window a byte at a
+        time costs a step, not a walk over every waiting call (which made 13 bytes of WINDOW_UPDATE
+        cost ~165 µs of the loop with 1 000 answers waiting)."""
+        blocked = self.blocked
+        while blocked and self.send_window > 0:
+            stream = next(iter(blocked))
+            call = blocked[stream]
             pending = call.pending
             while pending and self.send_window > 0 and call.send_window > 0:
                 size = min(len(pending), self.send_window, call.send_window, self.peer_frame)
@@ -101,10 +109,11 @@ class Calls(ConnectionState):
                 call.send_window -= size
             call.pending = pending
             if pending:
-                if self.send_window <= 0:
-                    return
+                if call.send_window <= 0:
+                    del blocked[stream]
+                    self.parked[stream] = call
                 continue
-            del self.blocked[stream]
+            del blocked[stream]
             self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
             self._close_call(call)
 
@@ -130,6 +139,7 @@ class Calls(ConnectionState):
         self.partial.pop(call.stream, None)
         self._release(call)
         self.blocked.pop(call.stream, None)
+        self.parked.pop(call.stream, None)
         if call.task is not None:
             call.task.cancel()
         self._write(w.rst_stream(call.stream, code))

@@ -19,6 +19,10 @@ from serving.protocol.h2_state import ConnectionState
 # budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
 RESET_BURST = 200
 RESET_RATE = 100.0
+# changes of SETTINGS_INITIAL_WINDOW_SIZE a connection may make (each walks its open calls): a burst,
+# then so many a second (grpc's window tuning makes a few in a call's first seconds, then rarely)
+WINDOW_CHANGE_BURST = 100
+WINDOW_CHANGE_RATE = 10.0
 
 
 class ControlFrames(ConnectionState):
@@ -31,6 +35,7 @@ class ControlFrames(ConnectionState):
             raise w.H2Error(w.PROTOCOL_ERROR, f"RST_STREAM on stream {stream}, which was never opened")
         call = self.calls.pop(stream, None)
         self.blocked.pop(stream, None)
+        self.parked.pop(stream, None)
         self.partial.pop(stream, None)
         if call is None:
             return
@@ -56,10 +61,8 @@ class ControlFrames(ConnectionState):
                 if value > w.MAX_WINDOW:
                     raise w.H2Error(w.FLOW_CONTROL_ERROR, f"initial window {value}")
                 delta, self.peer_window = value - self.peer_window, value
-                for call in self.calls.values():
-                    call.send_window += delta
-                    if call.send_window > w.MAX_WINDOW:
-                        raise w.H2Error(w.FLOW_CONTROL_ERROR, f"stream {call.stream}'s window above 2^31-1")
+                if delta:
+                    self._change_windows(delta)
             elif key == w.MAX_FRAME_SIZE:
                 if not w.DEFAULT_FRAME_SIZE <= value <= (1 << 24) - 1:
                     raise w.H2Error(w.PROTOCOL_ERROR, f"max frame size {value}")
@@ -107,10 +110,34 @@ class ControlFrames(ConnectionState):
                 self._reset(call, w.PROTOCOL_ERROR if increment == 0 else w.FLOW_CONTROL_ERROR)
                 return
             call.send_window += increment
+            if call.send_window > 0 and self.parked.pop(stream, None) is not None:
+                self.blocked[stream] = call  # its answer may move again
         elif stream > self.last_stream:
             raise w.H2Error(w.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream}, which was never opened")
         if self.blocked:
             self._pump()
+
+    def _change_windows(self, delta: int) -> None:
+        """The client changed its initial window: every open call's window moves by ``delta`` (RFC 9113
+        section 6.9.2), and waiting answers move between parked and blocked. A walk over the calls,
+        so a client may make only so many of these changes (past them, ENHANCE_YOUR_CALM)."""
+        now = self.loop.time()
+        self.window_budget = (
+            min(WINDOW_CHANGE_BURST, self.window_budget + (now - self.window_at) * WINDOW_CHANGE_RATE) - 1
+        )
+        self.window_at = now
+        if self.window_budget < 0:
+            raise w.H2Error(w.ENHANCE_YOUR_CALM, "too many changes of the initial window size")
+        for call in self.calls.values():
+            call.send_window += delta
+            if call.send_window > w.MAX_WINDOW:
+                raise w.H2Error(w.FLOW_CONTROL_ERROR, f"stream {call.stream}'s window above 2^31-1")
+        now_open = [s for s, call in self.parked.items() if call.send_window > 0]
+        now_shut = [s for s, call in self.blocked.items() if call.send_window <= 0]
+        for stream in now_open:
+            self.blocked[stream] = self.parked.pop(stream)
+        for stream in now_shut:
+            self.parked[stream] = self.blocked.pop(stream)
 
     def _spend_reset(self) -> None:
         """A call ended before its answer, by the client's RST_STREAM or by a stream error it provoked

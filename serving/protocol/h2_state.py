@@ -25,7 +25,8 @@ class ConnectionState:
     closing: bool
     calls: dict[int, Call]  # by stream: the calls open
     partial: dict[int, Call]  # those whose client has not ended its half yet
-    blocked: dict[int, Call]  # those whose answer waits for flow-control window, in order
+    blocked: dict[int, Call]  # those whose answer waits for the connection's window, in order
+    parked: dict[int, Call]  # those whose answer waits for the call's own window
     last_stream: int
     send_window: int
     peer_window: int  # the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -33,6 +34,8 @@ class ConnectionState:
     table_update: bytes  # an HPACK size update owed at the start of the next header block
     reset_budget: float
     reset_at: float
+    window_budget: float
+    window_at: float
     watch: asyncio.TimerHandle | None
     reading_paused: bool
     preface: bool  # the client's HTTP/2 preface has arrived
