@@ -184,3 +184,25 @@ def test_a_header_block_and_a_frame_the_server_stopped_reading_are_not_cut(h2: H
     h2.send(w.frame(w.CONTINUATION, w.END_HEADERS, 1, b""), w.frame(w.DATA, w.END_STREAM, 1, MESSAGE))
     _, _, trailers = answer(h2.frames(), 1)
     assert trailers["grpc-status"] == "0"
+
+
+def test_a_shorter_deadline_opened_later_is_kept(h2: Harness) -> None:
+    """The watch is armed for the first call to expire; a call opened after it with an earlier deadline
+    is ended at its own deadline, not when the watch would have woken for the first."""
+    h2.send(h2.headers(1, call_headers()))  # ends at the read timeout
+    h2.advance(READ_TIMEOUT / 10)
+    h2.send(h2.headers(3, call_headers(**{"grpc-timeout": "50m"})))
+    status, message, _ = _ended(h2, 3, after=0.05)
+    assert (status, message) == (DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert 1 in h2.connection.calls
+
+
+def test_calls_expiring_one_by_one_are_each_ended_on_time(h2: Harness) -> None:
+    """Many half-sent calls with deadlines a millisecond apart: each ends at its own."""
+    h2.send(*(h2.headers(1 + 2 * k, call_headers(**{"grpc-timeout": f"{100 + k}m"})) for k in range(200)))
+    start = h2.now
+    for k in range(200):
+        h2.advance(start + 0.1 + k * 0.001 + 0.0005 - h2.now)  # half a millisecond past the k-th
+        assert 1 + 2 * k not in h2.connection.calls
+        assert k == 199 or 3 + 2 * k in h2.connection.calls
+    assert not h2.connection.partial

@@ -57,7 +57,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.handshake: asyncio.TimerHandle | None = None
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
         self.calls: dict[int, Call] = {}
-        self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, and their timer
+        self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, when they expire, the timer
+        self.expiries: list[tuple[float, int]] = []
         self.watch: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.blocked: dict[int, Call] = {}  # calls whose message waits for the connection's window, in order
@@ -154,8 +155,6 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._unfinished()
         elif self.frame_read is not None or self.block_began is not None:
             self.frame_read = self.block_began = None
-        if self.partial and self.watch is None:
-            self._arm_watch()
         self._flush()
 
     def _frames(self, data: bytes) -> None:
@@ -316,7 +315,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._dispatch(call)
         else:
             call.last_read = self.loop.time()
-            self.partial[stream] = call
+            self._watch_call(call)
 
     # --- bytes out ---
     def _write(self, data: bytes) -> None:

@@ -7,9 +7,11 @@ forever. Now a call whose request has not arrived whole by its deadline ends DEA
 core's servers end it, and one whose DATA pauses longer than the read timeout (the gateway's
 ``KILN_READ_TIMEOUT_S``, the same allowance HTTP/1 bodies get between reads) ends DEADLINE_EXCEEDED
 too. The clock stops while the server is not reading the connection (its client is not reading the
-answers: :meth:`grpc_h2.Connection.pause_writing`). A call that arrives whole in one read costs a dict
-insert and removal; the watch is one timer a connection, armed only while a call is half-sent or a
-frame unfinished.
+answers: :meth:`grpc_h2.Connection.pause_writing`). A call that arrives whole in one read costs
+nothing here; a half-sent one a dict entry and a place in a heap of expiries, so the watch, one timer
+a connection armed only while a call is half-sent or a frame unfinished, wakes for the first call to
+expire and looks at no other (it walked every half-sent call at each wake-up: 1 024 calls whose
+deadlines fell a millisecond apart cost a million steps).
 
 The connection itself is watched the same way. A frame begun and then left unfinished over the read
 timeout, or a header block (HEADERS and its CONTINUATION frames) not whole within the read timeout of
@@ -21,6 +23,7 @@ may pause that long between reads).
 
 from __future__ import annotations
 
+import heapq
 import logging
 
 import grpc
@@ -51,13 +54,28 @@ class PartialCalls(ConnectionState):
             return None if block is None else block + timeout
         return frame + timeout if block is None else min(frame, block) + timeout
 
+    def _watch_call(self, call: Call) -> None:
+        """``call`` is half-sent: it joins the heap, and the watch wakes for it if it expires first."""
+        self.partial[call.stream] = call
+        expiry = self._expiry(call)
+        expiries = self.expiries
+        heapq.heappush(expiries, (expiry, call.stream))
+        if len(expiries) > 2 * len(self.partial) + 64:  # mostly calls long gone: keep the live ones
+            self.expiries = [(self._expiry(c), s) for s, c in self.partial.items()]
+            heapq.heapify(self.expiries)
+        if self.watch is None or expiry < self.watch.when():
+            self._arm_watch()
+
     def _arm_watch(self) -> None:
-        """Arm the watch for the first half-sent call or unfinished frame to expire (none armed yet)."""
+        """Arm the watch for the first half-sent call or unfinished frame to expire."""
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
         if self.closing:
             return
         first = self._connection_expiry()
-        if self.partial:
-            calls = min(map(self._expiry, self.partial.values()))
+        if self.expiries:  # the first may be a call gone since: the watch then wakes for nothing
+            calls = self.expiries[0][0]
             first = calls if first is None else min(first, calls)
         if first is not None:
             self.watch = self.loop.call_at(first, self._expire_partial)
@@ -76,7 +94,8 @@ class PartialCalls(ConnectionState):
             self.block_began = None
         elif self.block_began is None:
             self.block_began = now
-        if self.watch is None:
+        expiry = self._connection_expiry()
+        if expiry is not None and (self.watch is None or expiry < self.watch.when()):
             self._arm_watch()
 
     def _expire_partial(self) -> None:
@@ -96,10 +115,17 @@ class PartialCalls(ConnectionState):
             self._flush()
             self._close_quietly()
             return
-        for call in list(self.partial.values()):
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            stream = heapq.heappop(expiries)[1]
+            call = self.partial.get(stream)
+            if call is None:
+                continue  # dispatched, reset or ended meanwhile
             if self.reading_paused:
                 call.last_read = now  # the server is the wait, not the client
-            if self._expiry(call) > now:
+            expiry = self._expiry(call)
+            if expiry > now:  # more of it arrived: back in line for its new expiry
+                heapq.heappush(expiries, (expiry, stream))
                 continue
             if call.deadline is not None and call.deadline <= now:
                 self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")  # grpc core's words
@@ -111,6 +137,7 @@ class PartialCalls(ConnectionState):
 
     def _stop_watch(self) -> None:
         self.partial.clear()
+        self.expiries.clear()
         self.frame_read = self.block_began = None
         if self.watch is not None:
             self.watch.cancel()
