@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         timeout_keep_alive=settings.keep_alive_s,
         # one write a response, bounded request heads and reads (serving/protocol/http1.py)
-        http=http_protocol(settings.read_timeout_s, settings.max_header_bytes),
+        http=http_protocol(settings.read_timeout_s, settings.max_header_bytes, settings.send_timeout_s),
     )
     if settings.reuse_port:
         from serving.workers import reuse_port_socket

@@ -207,6 +207,7 @@ async def start_grpc(settings: Settings, backend: Backend, budget: BodyBudget | 
         server=settings.grpc_server,
         read_timeout_s=settings.read_timeout_s,
         budget=budget,
+        send_timeout_s=settings.send_timeout_s,
     )
     return await handle if inspect.isawaitable(handle) else handle
 

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         "and its body may pause between reads (408 after it, the connection closed: slowloris); a gRPC "
         "call's request may pause as long between DATA frames (DEADLINE_EXCEEDED after it)",
     )
+    send_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a client may leave the gateway's answers unread once its connection's "
+        "buffers are full (none of them taken in that time: the connection is aborted), HTTP and gRPC; "
+        "nginx's send_timeout",
+    )
     max_header_bytes: int = Field(
         64 << 10,
         ge=1024,

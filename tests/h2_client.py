@@ -114,7 +114,8 @@ class _Transport:
 
     def __init__(self) -> None:
         self.written = bytearray()
-        self.closed = self.paused = False
+        self.closed = self.paused = self.aborted = False
+        self.buffered = 0  # what get_write_buffer_size says: a test sets it to play a client not reading
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
@@ -122,6 +123,12 @@ class _Transport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def is_closing(self) -> bool:
         return self.closed
@@ -152,13 +159,16 @@ class Harness:
         preface: bool = True,
         read_timeout_s: float = 30.0,
         budget: BodyBudget | None = None,
+        send_timeout_s: float = 60.0,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.now = 1000.0
         self.loop.time = lambda: self.now  # type: ignore[method-assign]  # the manual clock
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _, context: self.errors.append(context))
-        self.server = self.loop.run_until_complete(self._server(max_message_bytes, read_timeout_s, budget))
+        self.server = self.loop.run_until_complete(
+            self._server(max_message_bytes, read_timeout_s, budget, send_timeout_s)
+        )
         self.connection = grpc_h2.Connection(self.server)
         self.transport = _Transport()
         self.connection.connection_made(self.transport)
@@ -169,10 +179,10 @@ class Harness:
 
     @staticmethod
     async def _server(
-        max_message_bytes: int, read_timeout_s: float, budget: BodyBudget | None
+        max_message_bytes: int, read_timeout_s: float, budget: BodyBudget | None, send_timeout_s: float
     ) -> grpc_h2.H2GrpcServer:
         methods = unary_methods(InferenceServicer(FakeBackend()))
-        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget)
+        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
 
     def send(self, *frames: bytes, chunk: int = 0) -> None:
         """Feed ``frames`` (in pieces of ``chunk`` bytes when given), then let the calls finish."""

@@ -24,13 +24,14 @@ from tests.h2_client import (
 )
 
 READ_TIMEOUT = 0.3
+SEND_TIMEOUT = 2.0
 MESSAGE = grpc_message(doubling_request(np.arange(6, dtype=np.float32).reshape(2, 3)).SerializeToString())
 DEADLINE_EXCEEDED = "4"
 
 
 @pytest.fixture
 def h2() -> Iterator[Harness]:
-    harness = Harness(read_timeout_s=READ_TIMEOUT)
+    harness = Harness(read_timeout_s=READ_TIMEOUT, send_timeout_s=SEND_TIMEOUT)
     harness.frames()  # the server's SETTINGS and its ack of ours
     yield harness
     harness.close()
@@ -206,3 +207,30 @@ def test_calls_expiring_one_by_one_are_each_ended_on_time(h2: Harness) -> None:
         assert 1 + 2 * k not in h2.connection.calls
         assert k == 199 or 3 + 2 * k in h2.connection.calls
     assert not h2.connection.partial
+
+
+def test_a_client_that_reads_none_of_its_answers_is_cut_at_the_send_timeout(h2: Harness) -> None:
+    """While the client does not read, the server does not read it and its calls' clocks stop (above):
+    that pause is bounded, or a client could hold half-sent calls, and the bytes they hold, for ever."""
+    h2.send(h2.headers(1, call_headers()), w.frame(w.DATA, 0, 1, MESSAGE[:10]))
+    h2.transport.buffered = 100_000  # answers the client is not taking
+    h2.connection.pause_writing()
+    h2.advance(SEND_TIMEOUT * 0.99)
+    assert not h2.transport.closed and 1 in h2.connection.calls
+    h2.advance(SEND_TIMEOUT * 0.02)
+    assert h2.transport.aborted
+
+
+def test_a_client_reading_slowly_is_never_cut(h2: Harness) -> None:
+    """The allowance runs between two takes of the client, as nginx's send_timeout does."""
+    h2.send(h2.headers(1, call_headers()))
+    h2.transport.buffered = 100_000
+    h2.connection.pause_writing()
+    for _ in range(5):  # a little taken in the middle of each allowance
+        h2.advance(SEND_TIMEOUT / 2)
+        h2.transport.buffered -= 1_000
+        h2.advance(SEND_TIMEOUT / 2)
+    assert not h2.transport.closed
+    h2.connection.resume_writing()
+    h2.advance(SEND_TIMEOUT * 3)  # back to the read timeout: the call, not the connection, ends
+    assert not h2.transport.closed and 1 not in h2.connection.calls

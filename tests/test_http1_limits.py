@@ -12,10 +12,12 @@ import socket
 import time
 
 import pytest
+from fastapi import Response
 
 from serving.protocol.http1 import http_protocol
 from tests.repo_fixtures import LiveServer
 from tests.test_http1_direct import make_app
+from tests.waiting import eventually
 
 HEAD_LIMIT = 2048
 QUICK = 0.5  # the read timeout where the test waits for it to fire
@@ -36,11 +38,20 @@ def app_with_routes():
         await asyncio.sleep(seconds)
         return {"slow": True}
 
+    @app.get("/big")
+    async def big() -> Response:
+        return Response(b"x" * BIG, media_type="application/octet-stream")
+
     return app
 
 
-def serve(read_timeout_s: float) -> LiveServer:
-    protocol = http_protocol(read_timeout_s=read_timeout_s, max_head_bytes=HEAD_LIMIT)
+BIG = 16 << 20  # an answer larger than the socket buffers of both ends (4 MiB each at most here)
+
+
+def serve(read_timeout_s: float, send_timeout_s: float = 60.0) -> LiveServer:
+    protocol = http_protocol(
+        read_timeout_s=read_timeout_s, max_head_bytes=HEAD_LIMIT, send_timeout_s=send_timeout_s
+    )
     if isinstance(protocol, str):
         pytest.skip("httptools is not installed: uvicorn serves with h11, which caps heads at 16 KiB itself")
     return LiveServer(app_with_routes(), http=protocol)
@@ -218,3 +229,26 @@ def test_a_pipelined_head_waits_while_the_request_before_it_is_answered(patient)
         assert (status, body) == (200, {"slow": True})
         sock.sendall(second[20:])
         assert answered(sock, 1) == [(200, {"cycle": {"a": 1}})]
+
+
+def test_a_client_that_reads_none_of_its_answer_is_cut_at_the_send_timeout():
+    """Its connection's writes pause once the socket buffers fill, and the gateway stops reading it
+    (back-pressure): without a bound the connection, and whatever it held, stayed for ever."""
+    with serve(PATIENT, send_timeout_s=QUICK) as live:
+        connections = live.server.server_state.connections
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", live.port))
+        with sock:
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # then never read
+            assert eventually(lambda: len(connections) == 1)
+            assert eventually(lambda: not connections, timeout_s=30), "the gateway kept the connection"
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < BIG  # cut, not finished
+        still_serves(live)

@@ -34,6 +34,7 @@ from serving.protocol.h2_calls import Calls
 from serving.protocol.h2_control import RESET_BURST, WINDOW_CHANGE_BURST, ControlFrames
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 from serving.protocol.limits import BodyBudget
+from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.expiries: list[tuple[float, int]] = []
         self.watch: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.send_watch: SendWatch | None = None  # while the client is not reading our answers
         self.blocked: dict[int, Call] = {}  # calls whose message waits for the connection's window, in order
         self.parked: dict[int, Call] = {}  # calls whose message waits for their own window
         self.last_stream = 0
@@ -108,6 +110,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.closing = True
         if self.handshake is not None:
             self.handshake.cancel()
+        if self.send_watch is not None:
+            self.send_watch.stop()
         self.server.connections.discard(self)
         self._stop_watch()
         for call in self.calls.values():
@@ -119,13 +123,22 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.parked.clear()
         self.server.idle.set()
 
-    def pause_writing(self) -> None:  # a client that does not read stops being read
+    def pause_writing(self) -> None:  # a client that does not read stops being read, for a while
         self.reading_paused = True
         self.transport.pause_reading()
+        if self.send_watch is None:
+            self.send_watch = SendWatch(self.loop, self.transport, self.server.send_timeout_s, self._abort)
 
     def resume_writing(self) -> None:
         self.reading_paused = False
         self.transport.resume_reading()
+        if self.send_watch is not None:
+            self.send_watch.stop()
+            self.send_watch = None
+
+    def _abort(self) -> None:
+        self.closing = True
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.buffer:  # the rest of a frame: gathered until it is whole, then read with what follows
@@ -372,10 +385,12 @@ class H2GrpcServer:
         max_message_bytes: int,
         read_timeout_s: float = READ_TIMEOUT_S,
         budget: BodyBudget | None = None,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.methods = methods
         self.max_message_bytes = max_message_bytes
         self.read_timeout_s = read_timeout_s  # h2_watch: how long a call's DATA may pause
+        self.send_timeout_s = send_timeout_s  # send_watch: how long a client may leave answers unread
         self.budget = budget  # the request bytes the process may hold (shared with HTTP)
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()

@@ -24,6 +24,7 @@ from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
+from serving.protocol.send_watch import SEND_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -299,18 +300,20 @@ async def start_grpc_server(
     server: GrpcServerKind = "kiln",
     read_timeout_s: float = READ_TIMEOUT_S,
     budget: BodyBudget | None = None,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
     ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
     ``server`` is Kiln's own HTTP/2 server on this event loop (serving/protocol/grpc_h2.py) or grpcio's
     grpc.aio; both serve the same servicer. Kiln's ends a call whose request pauses longer than
-    ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py) and holds its calls' request
-    bytes in the HTTP side's ``budget`` (UNAVAILABLE past it); grpc.aio has neither.
+    ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py), aborts a connection whose
+    client leaves its answers unread ``send_timeout_s`` (serving/protocol/send_watch.py) and holds its
+    calls' request bytes in the HTTP side's ``budget`` (UNAVAILABLE past it); grpc.aio has none of these.
     """
     if server == "kiln":
         servicer = InferenceServicer(backend)
-        limits = (max_message_bytes, reuse_port, read_timeout_s, budget)
+        limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
         return await _start_kiln_server(servicer, host, port, *limits)
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -344,10 +347,12 @@ async def _start_kiln_server(
     reuse_port: bool,
     read_timeout_s: float,
     budget: BodyBudget | None,
+    send_timeout_s: float,
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
-    server = H2GrpcServer(unary_methods(servicer), max_message_bytes, read_timeout_s, budget)
+    methods = unary_methods(servicer)
+    server = H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:

@@ -18,6 +18,8 @@ import asyncio
 import json
 from typing import Any
 
+from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
+
 
 class CoalescedWrites:
     """A transport whose ``write`` calls within one event-loop step reach the socket as one write, in
@@ -115,7 +117,11 @@ LINGER_S = 2.0
 LINGER_BYTES = 4 << 20
 
 
-def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
+def http_protocol(
+    read_timeout_s: float = READ_TIMEOUT_S,
+    max_head_bytes: int = MAX_HEAD_BYTES,
+    send_timeout_s: float = SEND_TIMEOUT_S,
+) -> Any:
     """The ``http`` argument of ``uvicorn.Config``: httptools' protocol with coalesced writes where
     httptools is installed (``uvicorn[standard]``), else uvicorn's own choice (``"auto"``, h11).
 
@@ -126,7 +132,8 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
     connection grew the gateway by 700 MB); a head that has not arrived ``read_timeout_s`` after its first
     byte, or a body that pauses longer than that between two reads while the gateway is reading it, is
     answered 408 (slowloris: each such connection was held for as long as its client liked). Each closes
-    the connection.
+    the connection. A client that reads none of its answers for ``send_timeout_s`` while they wait on it
+    has its connection aborted (:mod:`serving.protocol.send_watch`).
 
     It also answers the app's lean routes (:mod:`serving.protocol.lean`) without uvicorn's ASGI cycle:
     a ``POST`` to one of them, with a Content-Length within the body limit, no ``Expect`` and no
@@ -149,6 +156,7 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         read_timeout = read_timeout_s
         max_head = max_head_bytes
+        send_timeout = send_timeout_s
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -161,6 +169,7 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
             self._read_since = self._last_read = 0.0
             self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
             self._dropped = 0
+            self._send_watch: SendWatch | None = None  # while the client is not reading our answers
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -174,11 +183,26 @@ def http_protocol(read_timeout_s: float = READ_TIMEOUT_S, max_head_bytes: int = 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_watch()
+            if self._send_watch is not None:
+                self._send_watch.stop()
             if self._lingering is not None:
                 self._lingering.cancel()
             if isinstance(self.cycle, DirectCycle):
                 _release(self.cycle)  # a body that will never be whole (else its answer releases it)
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            HttpToolsProtocol.pause_writing(self)
+            if self._send_watch is None:
+                self._send_watch = SendWatch(
+                    self.loop, self.transport, self.send_timeout, self.transport.abort
+                )
+
+        def resume_writing(self) -> None:
+            HttpToolsProtocol.resume_writing(self)
+            if self._send_watch is not None:
+                self._send_watch.stop()
+                self._send_watch = None
 
         def data_received(self, data: bytes) -> None:
             if self._lingering is not None:  # refused: what the client still sends is dropped
