@@ -401,13 +401,24 @@ def _frame(draw: st.DrawFn) -> bytes:
 
 
 @wire_fuzz_settings(400)
-@given(frames=st.lists(_frame(), min_size=1, max_size=10), chunk=st.sampled_from([0, 1, 5, 64]))
+@given(
+    frames=st.lists(_frame(), min_size=1, max_size=10),
+    chunk=st.sampled_from([0, 1, 5, 64]),
+    later=st.sampled_from([0.0, 0.0, 20.0, 40.0]),  # then the clock moves: past the read timeout (30 s)
+)
 def test_generated_frame_sequences_are_served_or_refused_with_goaway_never_raised(
-    frames: list[bytes], chunk: int
+    frames: list[bytes], chunk: int, later: float
 ) -> None:
     h2 = Harness()
     try:
         h2.send(*frames, chunk=chunk)  # fails on any exception out of the server or its tasks
+        if later:
+            h2.advance(later)  # the watches' timers run (and fail the test if they raise)
+        connection = h2.connection
+        if not h2.transport.closed:  # the waiting lines only ever hold open calls, each in one
+            assert set(connection.partial) <= set(connection.calls)
+            assert set(connection.blocked) | set(connection.parked) <= set(connection.calls)
+            assert not set(connection.blocked) & set(connection.parked)
         written, rest = parse_frames(bytes(h2.transport.written))
         assert not rest
         goaways = [i for i, f in enumerate(written) if f[0] == w.GOAWAY]
