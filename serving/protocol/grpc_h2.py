@@ -13,7 +13,11 @@ port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, a
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
 CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
 connection and stream errors (tests/test_grpc_h2_conformance.py); a call whose request does not arrive
-in time ends DEADLINE_EXCEEDED (:mod:`serving.protocol.h2_watch`). A call's life once its request has
+in time ends DEADLINE_EXCEEDED, and a frame or header block left unfinished ends the connection
+(:mod:`serving.protocol.h2_watch`); a client that stops reading is cut after the send timeout
+(:mod:`serving.protocol.send_watch`). No frame a client may repeat costs the server more than a step:
+header blocks are counted as they arrive, empty DATA frames dropped, answers waiting for window visited
+only when they can move, and changes of the initial window budgeted. A call's life once its request has
 arrived (dispatch, answer within flow control, end) is :mod:`serving.protocol.h2_calls`. Servicers see a context with
 ``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
 ``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`, which also
