@@ -64,6 +64,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.calls: dict[int, Call] = {}
         self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, when they expire, the timer
         self.expiries: list[tuple[float, int]] = []
+        self.fresh: list[Call] = []
         self.watch: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.send_watch: SendWatch | None = None  # while the client is not reading our answers
@@ -172,6 +173,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._unfinished()
         elif self.frame_read is not None or self.block_began is not None:
             self.frame_read = self.block_began = None
+        if self.fresh:
+            self._watch_fresh()
         self._flush()
 
     def _frames(self, data: bytes) -> None:
@@ -332,7 +335,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self._dispatch(call)
         else:
             call.last_read = self.loop.time()
-            self._watch_call(call)
+            self.partial[stream] = call
+            self.fresh.append(call)  # h2_watch's, after this read
 
     # --- bytes out ---
     def _write(self, data: bytes) -> None:

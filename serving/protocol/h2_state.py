@@ -26,6 +26,7 @@ class ConnectionState:
     calls: dict[int, Call]  # by stream: the calls open
     partial: dict[int, Call]  # those whose client has not ended its half yet
     expiries: list[tuple[float, int]]  # h2_watch's heap of (when, stream) of the calls in ``partial``
+    fresh: list[Call]  # the calls the current read opened half-sent (h2_watch's, after the read)
     blocked: dict[int, Call]  # those whose answer waits for the connection's window, in order
     parked: dict[int, Call]  # those whose answer waits for the call's own window
     last_stream: int

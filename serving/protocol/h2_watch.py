@@ -54,16 +54,24 @@ class PartialCalls(ConnectionState):
             return None if block is None else block + timeout
         return frame + timeout if block is None else min(frame, block) + timeout
 
-    def _watch_call(self, call: Call) -> None:
-        """``call`` is half-sent: it joins the heap, and the watch wakes for it if it expires first."""
-        self.partial[call.stream] = call
-        expiry = self._expiry(call)
-        expiries = self.expiries
-        heapq.heappush(expiries, (expiry, call.stream))
-        if len(expiries) > 2 * len(self.partial) + 64:  # mostly calls long gone: keep the live ones
-            self.expiries = [(self._expiry(c), s) for s, c in self.partial.items()]
+    def _watch_fresh(self) -> None:
+        """The calls opened by the last read and still half-sent after it join the heap, and the watch
+        wakes for the first to expire. (Most calls arrive whole in the read that opens them: their
+        HEADERS open them half-sent, their DATA ends them, and they never reach the heap.)"""
+        fresh, partial, expiries = self.fresh, self.partial, self.expiries
+        first = None
+        for call in fresh:
+            if partial.get(call.stream) is call:
+                expiry = self._expiry(call)
+                heapq.heappush(expiries, (expiry, call.stream))
+                first = expiry if first is None else min(first, expiry)
+        fresh.clear()
+        if first is None:
+            return
+        if len(expiries) > 2 * len(partial) + 64:  # mostly calls long gone: keep the live ones
+            self.expiries = [(self._expiry(c), s) for s, c in partial.items()]
             heapq.heapify(self.expiries)
-        if self.watch is None or expiry < self.watch.when():
+        if self.watch is None or first < self.watch.when():
             self._arm_watch()
 
     def _arm_watch(self) -> None:
@@ -137,6 +145,7 @@ class PartialCalls(ConnectionState):
 
     def _stop_watch(self) -> None:
         self.partial.clear()
+        self.fresh.clear()
         self.expiries.clear()
         self.frame_read = self.block_began = None
         if self.watch is not None:
