@@ -183,6 +183,59 @@ def test_grpc_calls_reset_or_cut_off_give_their_bytes_back(h2: Harness) -> None:
     assert budget.used == 0
 
 
+BIG_X = np.arange(69_999, dtype=np.float32).reshape(-1, 3)
+BIG = grpc_message(doubling_request(BIG_X).SerializeToString())  # ~280 KB: one DATA frame
+
+
+def test_a_data_frame_is_counted_from_its_head_not_once_whole() -> None:
+    """A frame's declared length is held in the budget as soon as its head arrives, as HTTP/1's
+    Content-Length is: frames left unfinished on many connections were held outside the budget."""
+    h2 = Harness(budget=BodyBudget(1 << 20))
+    try:
+        budget = h2.server.budget
+        frame = w.frame(w.DATA, w.END_STREAM, 1, BIG)
+        h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 1 << 24}), w.window_update(0, 1 << 24))  # room
+        h2.send(h2.headers(1, call_headers()), frame[:1000])
+        assert budget.used == len(BIG)
+        h2.send(frame[1000:])
+        headers, message, trailers = answer(h2.frames(), 1)
+        assert trailers["grpc-status"] == "0" and budget.used == 0
+        h2.send(
+            h2.headers(3, call_headers()), frame.replace(b"\x00\x00\x00\x01", b"\x00\x00\x00\x03", 1)[:1000]
+        )
+        assert budget.used == len(BIG)
+        h2.connection.connection_lost(None)  # cut off mid-frame: given back
+        assert budget.used == 0
+    finally:
+        h2.loop.close()
+
+
+def test_a_data_frame_past_the_budget_ends_its_call_and_is_dropped_as_it_arrives(h2: Harness) -> None:
+    budget, connection = h2.server.budget, h2.connection
+    frame = w.frame(w.DATA, w.END_STREAM, 1, BIG)
+    h2.send(h2.headers(1, call_headers()), frame[:1000])
+    status, message = _grpc_status(h2, 1)  # refused at the frame's head
+    assert (status, message) == (
+        UNAVAILABLE,
+        "the gateway holds as many request bodies as it may: retry later",
+    )
+    for at in range(1000, len(frame), 50_000):  # the rest is read and dropped, never gathered
+        h2.send(frame[at : at + 50_000])
+        assert not connection.buffer and budget.used == 0
+    h2.send(h2.call(3, MESSAGE))
+    assert _grpc_status(h2, 3)[0] == "0" and budget.used == 0
+
+
+def test_a_data_frame_for_a_call_already_answered_is_dropped_as_it_arrives(h2: Harness) -> None:
+    h2.send(h2.call(1, MESSAGE))
+    assert _grpc_status(h2, 1)[0] == "0"
+    frame = w.frame(w.DATA, 0, 1, BIG)
+    h2.send(frame[:1000])
+    assert not h2.connection.buffer and h2.connection.skip == len(frame) - 1000
+    h2.send(frame[1000:], h2.call(3, MESSAGE))
+    assert _grpc_status(h2, 3)[0] == "0" and h2.server.budget.used == 0
+
+
 # --- the gateway: one budget for both protocols ---------------------------------------------------
 
 

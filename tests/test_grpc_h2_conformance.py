@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2
 
 from serving.protocol import grpc_h2, h2_control
 from serving.protocol import h2_wire as w
+from serving.protocol.limits import BodyBudget
 from tests.h2_client import (
     Harness,
     answer,
@@ -390,7 +391,7 @@ def _frame(draw: st.DrawFn) -> bytes:
         )
     )
     payload = {
-        w.DATA: st.sampled_from([MESSAGE, MESSAGE[:9], b""]) | st.binary(max_size=16),
+        w.DATA: st.sampled_from([MESSAGE, MESSAGE[:9], b"", bytes(200)]) | st.binary(max_size=16),
         w.HEADERS: _HEADER_BLOCK,
         w.CONTINUATION: _HEADER_BLOCK,
         w.SETTINGS: _SETTINGS,
@@ -405,11 +406,12 @@ def _frame(draw: st.DrawFn) -> bytes:
     frames=st.lists(_frame(), min_size=1, max_size=10),
     chunk=st.sampled_from([0, 1, 5, 64]),
     later=st.sampled_from([0.0, 0.0, 20.0, 40.0]),  # then the clock moves: past the read timeout (30 s)
+    budget=st.sampled_from([None, 64, 1 << 20]),  # request bytes the server may hold
 )
 def test_generated_frame_sequences_are_served_or_refused_with_goaway_never_raised(
-    frames: list[bytes], chunk: int, later: float
+    frames: list[bytes], chunk: int, later: float, budget: int | None
 ) -> None:
-    h2 = Harness()
+    h2 = Harness(budget=None if budget is None else BodyBudget(budget))
     try:
         h2.send(*frames, chunk=chunk)  # fails on any exception out of the server or its tasks
         if later:
@@ -429,3 +431,5 @@ def test_generated_frame_sequences_are_served_or_refused_with_goaway_never_raise
             assert stream & 1 or kind in (w.SETTINGS, w.PING, w.GOAWAY, w.WINDOW_UPDATE)
     finally:
         h2.close()
+    if budget is not None:
+        assert h2.server.budget.used == 0  # every byte held given back once the connection is gone

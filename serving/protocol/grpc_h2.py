@@ -58,6 +58,8 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()  # the start of a frame not yet whole
+        self.reserved = 0  # h2_watch's: the body budget held for the DATA frame in the buffer
+        self.skip = 0  # h2_watch's: bytes still to drop of a DATA frame nobody will read
         self.preface = False
         self.handshake: asyncio.TimerHandle | None = None
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
@@ -119,6 +121,9 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             self.send_watch.stop()
         self.server.connections.discard(self)
         self._stop_watch()
+        if self.reserved:
+            self.server.budget.give(self.reserved)
+            self.reserved = 0
         for call in self.calls.values():
             self._release(call)
             if call.task is not None:
@@ -146,12 +151,21 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.skip:  # the rest of a DATA frame nobody will read (h2_watch's _hold_frame): dropped
+            if len(data) <= self.skip:
+                self.skip -= len(data)
+                self.frame_read = self.loop.time() if self.skip else None
+                return
+            data, self.skip = data[self.skip :], 0
         if self.buffer:  # the rest of a frame: gathered until it is whole, then read with what follows
             self.buffer += data
             if not self._whole(self.buffer):
                 self._unfinished()
                 return
             data, self.buffer = bytes(self.buffer), bytearray()
+            if self.reserved:  # its bytes are the call's now (_data counts them)
+                self.server.budget.give(self.reserved)
+                self.reserved = 0
         if not self.preface:
             if len(data) < len(w.PREFACE):
                 if w.PREFACE.startswith(data):
@@ -169,7 +183,7 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         except w.H2Error as error:
             self._fail(error.code, str(error))
             return
-        if self.buffer or self.continuing is not None:
+        if self.buffer or self.continuing is not None or self.skip:
             self._unfinished()
         elif self.frame_read is not None or self.block_began is not None:
             self.frame_read = self.block_began = None
@@ -247,6 +261,13 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             if call.unacked >= STREAM_WINDOW // 2:
                 self._write(w.window_update(stream, call.unacked))
                 call.unacked = 0
+
+    def _received(self, size: int) -> None:
+        """``size`` bytes of DATA count against the connection's window whether read or dropped."""
+        self.unacked += size
+        if self.unacked >= CONNECTION_WINDOW // 2:
+            self._write(w.window_update(0, self.unacked))
+            self.unacked = 0
 
     def _headers(self, flags: int, stream: int, payload: bytes) -> None:
         if stream == 0 or not stream & 1:

@@ -42,6 +42,8 @@ class ConnectionState:
     reading_paused: bool
     preface: bool  # the client's HTTP/2 preface has arrived
     buffer: bytearray  # the start of a frame not yet whole
+    reserved: int  # the body budget held for the DATA frame in ``buffer``
+    skip: int  # bytes still to drop of a DATA frame nobody will read
     continuing: tuple[int, int, list[bytes]] | None  # a header block still arriving: stream, flags, parts
     frame_read: float | None  # h2_watch's: the last read into a frame not yet whole
     block_began: float | None  # h2_watch's: when the header block not yet whole began
@@ -54,4 +56,5 @@ class ConnectionState:
     _spend_reset: Callable[[], None]
     _maybe_idle: Callable[[], None]
     _flush: Callable[[], None]
+    _received: Callable[[int], None]
     _close_quietly: Callable[[], None]

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 30.0  # a call's DATA may pause this long (the gateway passes KILN_READ_TIMEOUT_S)
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 class PartialCalls(ConnectionState):
@@ -93,11 +94,15 @@ class PartialCalls(ConnectionState):
         if not self.preface:
             return  # the handshake's own timer waits for the preface
         now, buffer = self.loop.time(), self.buffer
-        self.frame_read = now if buffer else None
         if len(buffer) >= 9 and buffer[3] == w.DATA:  # a call's DATA arriving in pieces: it is moving
-            call = self.partial.get(int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF)
+            stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+            call = self.partial.get(stream)
             if call is not None:
                 call.last_read = now
+            if not self.reserved and self.server.budget is not None:
+                self._hold_frame(stream, buffer)
+            buffer = self.buffer
+        self.frame_read = now if buffer or self.skip else None
         if self.continuing is None and not (len(buffer) >= 4 and buffer[3] in (w.HEADERS, w.CONTINUATION)):
             self.block_began = None
         elif self.block_began is None:
@@ -105,6 +110,28 @@ class PartialCalls(ConnectionState):
         expiry = self._connection_expiry()
         if expiry is not None and (self.watch is None or expiry < self.watch.when()):
             self._arm_watch()
+
+    def _hold_frame(self, stream: int, buffer: bytearray) -> None:
+        """A DATA frame begun in the buffer: the bytes it will hold are counted in the body budget now,
+        as the frame's declared length (as HTTP/1's Content-Length is at the head), not only once it is
+        whole, or clients leaving frames unfinished on many connections held up to 1 MiB each outside
+        the budget. A frame for a call already gone, or past the budget (its call ends UNAVAILABLE),
+        is dropped as it arrives instead of gathered."""
+        length = buffer[0] << 16 | buffer[1] << 8 | buffer[2]
+        call = self.calls.get(stream)
+        if call is None:
+            if not 0 < stream <= self.last_stream:
+                return  # not a call's: an error once whole
+        elif call.ended:
+            return  # a stream error once whole
+        elif self.server.budget.take(length):
+            self.reserved = length
+            return
+        else:
+            self._finish(call, UNAVAILABLE, self.server.budget.refusal().message)
+        self.skip = w.HEAD.size + length - len(buffer)
+        self.buffer = bytearray()
+        self._received(length)
 
     def _expire_partial(self) -> None:
         self.watch = None
