@@ -18,7 +18,9 @@ timeout, or a header block (HEADERS and its CONTINUATION frames) not whole withi
 its first bytes, ends the connection: while a header block is open no other frame may arrive (RFC
 9113 section 6.10), so a client stalling one would hold the connection, and the bytes it sent, forever.
 This is HTTP/1's rule too (:mod:`serving.protocol.http1`: a head whole within the timeout, a body that
-may pause that long between reads).
+may pause that long between reads). And a DATA frame still arriving holds its declared length in the
+process's body budget from its head on (:meth:`PartialCalls._hold_frame`), as an HTTP/1 body holds its
+Content-Length.
 """
 
 from __future__ import annotations
