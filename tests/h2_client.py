@@ -51,6 +51,10 @@ def grpc_message(message: bytes, compressed: bool = False) -> bytes:
     return bytes((int(compressed),)) + len(message).to_bytes(4, "big") + message
 
 
+MESSAGE = grpc_message(doubling_request(np.arange(6, dtype=np.float32).reshape(2, 3)).SerializeToString())
+# a whole ModelInfer message of FakeBackend's ``double`` on a 2×3 tensor: what most frame tests send
+
+
 def parse_frames(data: bytes) -> tuple[list[Frame], bytes]:
     """The whole frames at the start of ``data``, and what is left of it."""
     frames, at = [], 0

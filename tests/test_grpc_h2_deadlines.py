@@ -9,23 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
 from serving.protocol import h2_wire as w
-from tests.h2_client import (
-    Harness,
-    answer,
-    call_headers,
-    doubling_request,
-    goaway_code,
-    grpc_message,
-    rst_code,
-)
+from tests.h2_client import MESSAGE, Harness, answer, call_headers, goaway_code, rst_code
 
 READ_TIMEOUT = 0.3
 SEND_TIMEOUT = 2.0
-MESSAGE = grpc_message(doubling_request(np.arange(6, dtype=np.float32).reshape(2, 3)).SerializeToString())
 DEADLINE_EXCEEDED = "4"
 
 
