@@ -1,6 +1,9 @@
-"""Shared fixtures: seeded, single-threaded torch so tests are reproducible and polite on shared CPUs."""
+"""Shared fixtures: seeded, single-threaded torch so tests are reproducible and polite on shared CPUs;
+the export of every classifier that several test modules read."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +19,12 @@ def _single_torch_thread() -> None:
 def _seed() -> None:
     """Every test starts from the same RNG state, whatever ran before it."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def exported_classifiers(tmp_path_factory) -> tuple[Path, dict[str, list]]:
+    """Every registered classifier exported once (fp32) into one repository, read-only for its users:
+    the repository and each model's export results (``tests/classifier_exports.py``)."""
+    from tests.classifier_exports import export_every_classifier
+
+    return export_every_classifier(tmp_path_factory.mktemp("classifiers"))

@@ -6,13 +6,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
-from export.classifier import ImageData
 from export.freeze import ChannelAffine, freeze, training_only_modules
 from export.onnx_export import forbidden_nodes
 from export.parity import ParityError
@@ -21,23 +19,15 @@ from export.quantize import GateResult
 from export.repository import RepositoryError
 from export.triton_config import parse_pbtxt
 from kiln.versions import EXPORT_VERSION, current_version
-from training.checkpoint import make_checkpoint, save_checkpoint
-from training.models import build_model, list_models
-
-# Small settings per family (coverage guard below): every registered classifier must appear here.
-SMALL: dict[str, dict] = {
-    "lenet": {},
-    "alexnet": {"width_mult": 0.25, "hidden": 32},
-    "vgg11": {"width_mult": 0.125, "hidden": 32},
-    "vgg16": {"width_mult": 0.125, "hidden": 32},
-    "nin": {"width_mult": 0.25},
-    "googlenet": {"width_mult": 0.25, "aux_logits": True},
-    "resnet18": {"width": 8},
-    "resnet34": {"width": 8},
-    "resnet50": {"width": 8},
-    "densenet121": {"growth_rate": 4, "block_config": [2, 2], "num_init_features": 8, "drop_rate": 0.2},
-}
-SIZE = 32
+from tests.classifier_exports import (
+    SIZE,
+    SMALL,
+    randomize_batchnorm,
+    small_model,
+    tiny_images,
+    write_checkpoint,
+)
+from training.models import list_models
 
 
 def test_every_registered_classifier_has_small_export_settings():
@@ -45,62 +35,11 @@ def test_every_registered_classifier_has_small_export_settings():
     assert not missing, f"add export test settings for {missing}"
 
 
-def randomize_batchnorm(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so folding actually changes the weights.
-
-    Variances above 1 and gammas below 1 keep activations of deep random nets O(1), like a trained net's.
-    """
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(2 * torch.rand(m.running_var.shape, generator=gen) + 1.0)
-            if m.weight is not None:
-                m.weight.data.copy_(0.5 * torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.data.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
-    return model
-
-
-def small_model(name: str) -> tuple[nn.Module, dict]:
-    args = {"num_classes": 5, "in_channels": 1, **SMALL[name]}
-    torch.manual_seed(0)
-    return randomize_batchnorm(build_model(name, **args)), args
-
-
-def write_checkpoint(tmp: Path, name: str, data: dict | None = None) -> Path:
-    model, args = small_model(name)
-    ckpt = make_checkpoint(
-        task="classify",
-        model_name=name,
-        model_args=args,
-        model=model,
-        train_config={},
-        metrics={},
-        preprocessing={"input_size": [SIZE, SIZE], "channels": 1, "mean": [0.4], "std": [0.3]},
-        labels=[f"class_{i}" for i in range(5)],
-        data=data,
-    )
-    return save_checkpoint(ckpt, tmp / f"{name}.pt")
-
-
-def tiny_images(n: int = 24) -> ImageData:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, SIZE, SIZE, 1), dtype=np.uint8)
-    return ImageData(images, images, rng.integers(0, 5, n), "test images")
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, tuple[Path, list]]:
-    """Every registered classifier exported once (fp32) into one repository."""
-    root = tmp_path_factory.mktemp("classify")
-    out = {}
-    for name in list_models("classify"):
-        ckpt = write_checkpoint(root / "ckpt", name)
-        out[name] = (
-            root / "repo",
-            export_checkpoint(ckpt, root / "repo", validation=tiny_images(), tensorrt="off"),
-        )
-    return out
+def exported(exported_classifiers) -> dict[str, tuple[Path, list]]:
+    """Every registered classifier exported once (fp32) into one repository: name -> (repository, results)."""
+    repo, results = exported_classifiers
+    return {name: (repo, result) for name, result in results.items()}
 
 
 @pytest.mark.parametrize("name", list_models("classify"))

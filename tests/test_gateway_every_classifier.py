@@ -10,20 +10,16 @@ import tritonclient.http as httpclient
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.repo_fixtures import CHANNELS, LABELS, LiveServer, build_classifier_repository, held_grpc_port
-from tests.test_models_classify import CASES
+from tests.classifier_exports import CHANNELS, LABELS, SIZE
+from tests.repo_fixtures import LiveServer, held_grpc_port
 from training.models import list_models
 
 CLASSIFIERS = list_models("classify")
-SIZE = 32  # every family's small-input stem accepts 32x32 (16x16 is below VGG's five poolings)
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory):
-    args = {name: case.args for name, case in CASES.items()}
-    return build_classifier_repository(
-        tmp_path_factory.mktemp("every") / "repo", tuple(CLASSIFIERS), size=SIZE, model_args=args
-    )
+def repository(exported_classifiers):
+    return exported_classifiers[0]  # the export tests' repository: every family, exported once
 
 
 @pytest.fixture(scope="module")
