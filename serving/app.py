@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
             app.state.metrics,
         )
         await app.state.backend.start()
-        grpc_handle = await start_grpc(settings, app.state.backend, app.state.body_budget)
+        grpc_handle = await start_grpc(settings, app.state.backend, app.state.body_budget, app.state.metrics)
         frozen = freeze_loaded_objects()
         try:
             yield
@@ -185,8 +185,14 @@ def freeze_loaded_objects() -> bool:
     return True
 
 
-async def start_grpc(settings: Settings, backend: Backend, budget: BodyBudget | None = None) -> Any:
-    """Start the KServe gRPC server beside HTTP when the port is set and the module exists."""
+async def start_grpc(
+    settings: Settings,
+    backend: Backend,
+    budget: BodyBudget | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> Any:
+    """Start the KServe gRPC server beside HTTP when the port is set and the module exists; its
+    inference calls are counted in ``metrics`` as HTTP's are."""
     if not settings.grpc_port:
         return None
     try:
@@ -208,6 +214,7 @@ async def start_grpc(settings: Settings, backend: Backend, budget: BodyBudget | 
         read_timeout_s=settings.read_timeout_s,
         budget=budget,
         send_timeout_s=settings.send_timeout_s,
+        metrics=metrics,
     )
     return await handle if inspect.isawaitable(handle) else handle
 

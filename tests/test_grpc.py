@@ -362,6 +362,40 @@ def test_gateway_grpc_maps_client_mistakes_to_status_codes(gateway, model, array
         assert client.is_server_live()  # the mistake did not take the server down
 
 
+def _request_series(http_url: str) -> dict[str, float]:
+    """The gateway's request series (``kiln_requests_total``, ``kiln_request_latency_seconds_count``,
+    ``kiln_in_flight_requests``) from its /metrics page, by line name and labels."""
+    import httpx
+
+    page = httpx.get(f"http://{http_url}/metrics", timeout=10).text
+    prefixes = ("kiln_requests_total{", "kiln_request_latency_seconds_count{", "kiln_in_flight_requests{")
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith(prefixes)
+    }
+
+
+def test_grpc_inference_calls_are_counted_in_the_request_metrics_as_http_ones_are(gateway) -> None:
+    _, running = gateway
+    success = 'kiln_requests_total{model="lenet",outcome="success"}'
+    failure = 'kiln_requests_total{model="lenet",outcome="failure"}'
+    latency = 'kiln_request_latency_seconds_count{model="lenet"}'
+    before = _request_series(running.http_url)
+    with grpcclient.InferenceServerClient(running.grpc_url) as client:
+        for _ in range(3):
+            client.infer("lenet", [_input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")])
+        for model, array in [("lenet", np.zeros((1, 2, 2, CHANNELS), np.uint8)), ("nope", np.zeros((1, 1)))]:
+            with pytest.raises(InferenceServerException):
+                client.infer(model, [_input("images", array, "UINT8")])
+    after = _request_series(running.http_url)
+    assert after[success] - before.get(success, 0) == 3
+    assert after[failure] - before.get(failure, 0) == 1  # the bad shape; the unknown model has no series
+    assert after[latency] - before.get(latency, 0) == 4
+    assert after['kiln_in_flight_requests{model="lenet"}'] == 0
+    assert not any('model="nope"' in key for key in after)
+
+
 class FakeTriton(InferenceServicer):
     """The gateway's servicer over FakeBackend, plus the repository index TritonBackend reads."""
 

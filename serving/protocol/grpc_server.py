@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.metrics import GatewayMetrics, observed_infer
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
@@ -159,10 +160,12 @@ def _timeout(request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerC
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED."""
+    """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED. With ``metrics``, every ModelInfer
+    call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, metrics: GatewayMetrics | None = None) -> None:
         self.backend = backend
+        self.metrics = metrics
 
     async def ServerLive(self, request, context):  # noqa: N802 (gRPC method names)
         return service_pb2.ServerLiveResponse(live=self.backend.is_live())
@@ -231,7 +234,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             request_id=request.id,
             timeout_s=_timeout(request, context),
         )
-        return encode_response(await self.backend.infer(infer_request), request)
+        if self.metrics is None:
+            return encode_response(await self.backend.infer(infer_request), request)
+        self.backend.metadata(request.model_name, request.model_version)  # unknown: NOT_FOUND, no label
+        return encode_response(await observed_infer(self.backend, self.metrics, infer_request), request)
 
 
 class _GenericOnly:
@@ -301,6 +307,7 @@ async def start_grpc_server(
     read_timeout_s: float = READ_TIMEOUT_S,
     budget: BodyBudget | None = None,
     send_timeout_s: float = SEND_TIMEOUT_S,
+    metrics: GatewayMetrics | None = None,
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
@@ -310,9 +317,10 @@ async def start_grpc_server(
     ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py), aborts a connection whose
     client leaves its answers unread ``send_timeout_s`` (serving/protocol/send_watch.py) and holds its
     calls' request bytes in the HTTP side's ``budget`` (UNAVAILABLE past it); grpc.aio has none of these.
+    ``metrics`` counts the inference calls beside HTTP's (:class:`InferenceServicer`).
     """
     if server == "kiln":
-        servicer = InferenceServicer(backend)
+        servicer = InferenceServicer(backend, metrics)
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
         return await _start_kiln_server(servicer, host, port, *limits)
     options = [
@@ -321,7 +329,7 @@ async def start_grpc_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     aio = grpc.aio.server(options=options)
-    aio.add_generic_rpc_handlers(generic_handlers(InferenceServicer(backend)))
+    aio.add_generic_rpc_handlers(generic_handlers(InferenceServicer(backend, metrics)))
     try:
         bound = aio.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
