@@ -75,7 +75,9 @@ def held_grpc_port() -> Iterator[int]:
 class LiveServer:
     """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
 
-    def __init__(self, app: object, http: object | None = None, keep_alive_s: int = 300) -> None:
+    def __init__(
+        self, app: object, http: object | None = None, keep_alive_s: int = 300, log_level: str = "warning"
+    ) -> None:
         from serving.triton.server import held_port
 
         self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
@@ -83,6 +85,7 @@ class LiveServer:
         self.app = app
         self.http = http  # uvicorn's HTTP protocol; None: the gateway's (serving.protocol.http1)
         self.keep_alive_s = keep_alive_s
+        self.log_level = log_level  # "info" and below: uvicorn's access log on, as `python -m serving` has it
         self.url = f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> LiveServer:
@@ -99,7 +102,7 @@ class LiveServer:
             self.app,
             host="127.0.0.1",
             port=self.port,
-            log_level="warning",
+            log_level=self.log_level,
             lifespan="on",
             timeout_keep_alive=self.keep_alive_s,
             http=self.http or http_protocol(),

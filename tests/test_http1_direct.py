@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import socket
 import threading
 
@@ -134,6 +135,33 @@ def test_a_lean_request_is_answered_directly_exactly_as_the_asgi_cycle_answers_i
         assert headers["x-kiln"] == "yes" and headers["server"] == "uvicorn"
     if body == b"later":
         assert all(background_runs.acquire(timeout=30) for _ in range(2))  # after each answer, both ways
+
+
+def test_a_lean_request_writes_the_access_line_uvicorns_cycle_writes():
+    from uvicorn.logging import AccessFormatter
+
+    lines: list[str] = []
+
+    class Formatted(logging.Handler):  # formats as uvicorn's default access handler does
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                lines.append(self.format(record))
+            except Exception as exc:  # noqa: BLE001 - what logging would print as "--- Logging error ---"
+                lines.append(f"error: {exc!r}")
+
+    handler = Formatted()
+    handler.setFormatter(
+        AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+    )
+    access = logging.getLogger("uvicorn.access")
+    with LiveServer(make_app(), log_level="info") as live:  # the gateway's default level: access log on
+        access.addHandler(handler)
+        try:
+            exchange(live.port, post("/v1/models/m/echo?x=1", b"hello"))
+            exchange(live.port, chunked("/v1/models/m/echo?x=1", b"hello"))
+        finally:
+            access.removeHandler(handler)
+    assert [line.split(" - ", 1)[1] for line in lines] == ['"POST /v1/models/m/echo?x=1 HTTP/1.1" 200 OK'] * 2
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order_on_one_connection(served):

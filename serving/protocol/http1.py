@@ -398,9 +398,10 @@ def http_protocol(
             if cycle.disconnected or self.transport.is_closing():
                 return
             if self.access_log:
-                self.access_logger.info(
-                    '%s - "POST %s HTTP/%s" %d',
+                self.access_logger.info(  # uvicorn's arguments: its AccessFormatter unpacks five
+                    '%s - "%s %s HTTP/%s" %d',
                     get_client_addr(cycle.scope),  # type: ignore[arg-type]
+                    cycle.scope["method"],
                     get_path_with_query_string(cycle.scope),  # type: ignore[arg-type]
                     cycle.scope["http_version"],
                     status,
