@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.datatypes import DATATYPE_TO_NUMPY, classification, datatype_of, parse_classification
-from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
+from serving.protocol.tensors import MAX_BYTES_ELEMENTS, from_bytes, from_json_data, to_bytes, to_json_data
 
 NUMERIC = sorted(set(DATATYPE_TO_NUMPY) - {"BYTES"})
 
@@ -55,8 +55,32 @@ def test_bad_json_tensors_raise_bad_request_naming_the_tensor(data, datatype, sh
 def test_binary_data_of_the_wrong_size_is_a_bad_request():
     with pytest.raises(BadRequest, match="needs 16 bytes"):
         from_bytes(b"\0" * 15, "FP32", [4], tensor="x")
-    with pytest.raises(BadRequest, match="truncated"):
+    with pytest.raises(BadRequest, match="need at least 4 bytes"):
         from_bytes(b"\1\0", "BYTES", [1], tensor="x")
+
+
+@pytest.mark.parametrize(
+    ("data", "shape", "message"),
+    [
+        (b"\3\0\0\0abc\0", [2], "expected 2 BYTES elements, got 1"),
+        (b"\x09\0\0\0ab\0\0\0\0", [2], "element 0 runs past the end"),
+        (b"\1\0\0\0a" + b"\0" * (1 << 20), [1], "1048576 bytes of data after its 1 BYTES elements"),
+    ],
+)
+def test_binary_bytes_tensors_hold_exactly_their_shapes_elements(data, shape, message):
+    with pytest.raises(BadRequest, match=message):
+        from_bytes(data, "BYTES", shape, tensor="text")
+
+
+def test_a_bytes_tensor_of_more_elements_than_any_model_takes_is_refused_before_it_is_read():
+    count = MAX_BYTES_ELEMENTS + 1
+    for decode in (
+        lambda: from_bytes(b"\0" * 4 * count, "BYTES", [count, 1], tensor="text"),
+        lambda: from_json_data([""] * count, "BYTES", [count, 1], tensor="text"),
+    ):
+        with pytest.raises(PayloadTooLarge, match=f"{count} BYTES elements; a tensor may hold at most"):
+            decode()
+    assert len(from_bytes(b"\0" * 4 * (count - 1), "BYTES", [count - 1], tensor="text")) == count - 1
 
 
 def test_classification_strings_follow_triton_score_index_label():

@@ -16,13 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.datatypes import numpy_dtype
 
 # The wire layout is little-endian; on little-endian hosts numpy's native arrays already match it.
 _NATIVE_IS_WIRE = sys.byteorder == "little"
 MAX_DIMS = 32  # numpy 1 (Triton's python backend) allows no more
 _MAX_SPAN = np.iinfo(np.intp).max // 16  # any array numpy can address, even when zero-sized
+# BYTES elements decode one by one in Python (~0.75 us each, on the event loop): a tensor may hold this
+# many (~12 ms), far above what any Kiln model takes (a translator: 64 texts), so that one request
+# cannot hold every other for seconds (64 MiB of 4-byte empty strings: 16 M elements, ~12 s).
+MAX_BYTES_ELEMENTS = 16_384
 
 
 def check_shape(shape: Any, *, tensor: str) -> list[int]:
@@ -47,6 +51,8 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
     """Decode the ``data`` member of a JSON tensor (flat or nested lists, row-major)."""
     dtype = numpy_dtype(datatype, tensor=tensor)
     check_shape(shape, tensor=tensor)
+    if datatype == "BYTES":
+        _check_bytes_count(element_count(shape), tensor)
     flat = _flatten(data, tensor=tensor)
     if len(flat) != element_count(shape):
         raise BadRequest(
@@ -88,6 +94,7 @@ def from_bytes(buffer: bytes | memoryview, datatype: str, shape: list[int], *, t
     check_shape(shape, tensor=tensor)
     count = element_count(shape)
     if datatype == "BYTES":
+        _check_bytes_count(count, tensor)
         return _deserialize_bytes(bytes(buffer), count, tensor=tensor).reshape(shape)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
@@ -153,19 +160,35 @@ def _flatten(data: Any, *, tensor: str) -> list:
     return flat
 
 
+def _check_bytes_count(count: int, tensor: str) -> None:
+    if count > MAX_BYTES_ELEMENTS:
+        raise PayloadTooLarge(
+            f"tensor {tensor!r}: {count} BYTES elements; a tensor may hold at most {MAX_BYTES_ELEMENTS}"
+        )
+
+
 def _deserialize_bytes(buffer: bytes, count: int, *, tensor: str) -> np.ndarray:
+    """``count`` length-prefixed elements, exactly: the walk stops at ``count`` (bytes left over, or
+    too few for ``count`` prefixes, are refused before any element is read)."""
+    if 4 * count > len(buffer):
+        raise BadRequest(
+            f"tensor {tensor!r}: {count} BYTES elements need at least {4 * count} bytes "
+            f"(a 4-byte length each), got {len(buffer)}"
+        )
     items, offset = [], 0
-    while offset < len(buffer):
+    for index in range(count):
         if offset + 4 > len(buffer):
-            raise BadRequest(f"tensor {tensor!r}: truncated BYTES length prefix at offset {offset}")
+            raise BadRequest(f"tensor {tensor!r}: expected {count} BYTES elements, got {index}")
         (length,) = struct.unpack_from("<I", buffer, offset)
         offset += 4
         if offset + length > len(buffer):
-            raise BadRequest(f"tensor {tensor!r}: BYTES element {len(items)} runs past the end of the data")
+            raise BadRequest(f"tensor {tensor!r}: BYTES element {index} runs past the end of the data")
         items.append(buffer[offset : offset + length])
         offset += length
-    if len(items) != count:
-        raise BadRequest(f"tensor {tensor!r}: expected {count} BYTES elements, got {len(items)}")
+    if offset != len(buffer):
+        raise BadRequest(
+            f"tensor {tensor!r}: {len(buffer) - offset} bytes of data after its {count} BYTES elements"
+        )
     array = np.empty(count, dtype=object)
     array[:] = items
     return array
