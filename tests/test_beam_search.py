@@ -374,6 +374,8 @@ def test_request_parameters_become_options_typed_by_their_defaults(params, expec
         {"beam_size": "wide"},
         {"alpha": "high"},
         {"alpha": False},
+        {"alpha": 10**400},  # an integer beyond any float
+        {"beam_size": "\u00b2"},  # a digit to str.isdigit, not to int
         {"length_penalty": 1},
     ],
 )

@@ -92,6 +92,35 @@ HTTP_CASES = {
         "unexpected",
     ),
     "integer beyond any float": (INFER, {"json": tensor([10**400], "FP32", (1,))}, 400, "out of range"),
+    "integer literal over Python's 4 300 digits, infer": (
+        INFER,
+        {
+            "content": b'{"inputs":[{"name":"images","datatype":"UINT8","shape":[1],"data":['
+            + b"1" * 5000
+            + b"]}]}"
+        },
+        400,
+        "not valid JSON",
+    ),
+    "integer literal over Python's 4 300 digits, classify": (
+        CLASSIFY,
+        {"content": b'{"images":["AA=="],"top_k":' + b"1" * 5000 + b"}"},
+        400,
+        "not valid JSON",
+    ),
+    "integer literal over Python's 4 300 digits, translate": (
+        TRANSLATE,
+        {"content": b'{"texts":["un"],"beam_size":' + b"1" * 5000 + b"}"},
+        400,
+        "not valid JSON",
+    ),
+    "timeout beyond int64": (INFER, {"json": tensor(parameters={"timeout": 10**400})}, 400, "'timeout'"),
+    "header length in digits int() refuses": (
+        INFER,
+        {"content": BYTES_HEADER, "headers": {"Inference-Header-Content-Length": b"\xb2"}},
+        400,
+        "non-negative integer",
+    ),
     "integer beyond INT64": (INFER, {"json": tensor([10**40], "INT64", (1,))}, 400, "out of range"),
     "huge zero-size shape": (INFER, {"json": tensor([], shape=(0, 2**62, 2**62))}, 400, "too large"),
     "more dimensions than numpy allows": (INFER, {"json": tensor([], shape=(0,) * 40)}, 400, "too large"),

@@ -89,6 +89,7 @@ def options_from_parameters(params: dict) -> DecodingOptions:
                 isinstance(value, float)
                 and value.is_integer()
                 or isinstance(value, str)
+                and value.strip().lstrip("-").isascii()
                 and value.strip().lstrip("-").isdigit()
             ):
                 value = int(value)
@@ -97,8 +98,8 @@ def options_from_parameters(params: dict) -> DecodingOptions:
         elif isinstance(default, float):
             try:
                 value = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"parameter {name!r} must be a number, got {value!r}") from None
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
+                raise ValueError(f"parameter {name!r} must be a number, got {repr(value)[:40]}") from None
         elif not isinstance(value, str):
             raise ValueError(f"parameter {name!r} must be a string, got {value!r}")
         values[name] = value

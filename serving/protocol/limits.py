@@ -57,7 +57,8 @@ class BodyBudget:
 
 
 def parse_json(raw: bytes, what: str) -> Any:
-    """Decode a JSON request body; bad UTF-8, bad JSON and nesting too deep to parse are a 400.
+    """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
+    deep to parse are a 400.
 
     Nesting is bounded by the interpreter's recursion limit (about 1000 levels); the body size is
     bounded by :class:`BodyLimitMiddleware` before this runs.
@@ -67,6 +68,8 @@ def parse_json(raw: bytes, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"{what} is not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer literal over Python's 4 300 digits (sys.int_info)
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None

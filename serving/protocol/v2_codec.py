@@ -20,6 +20,7 @@ from serving.protocol.limits import parse_json
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_TIMEOUT_US = 2**63 - 1  # Triton reads the ``timeout`` parameter as an int64 of microseconds
 
 
 @dataclass
@@ -96,11 +97,16 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     return text + b"".join(blobs), len(text)
 
 
+def is_ascii_digits(text: str) -> bool:
+    """All ASCII digits (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     if header_length is None:
         size = len(body)
     else:
-        if not header_length.strip().isdigit():
+        if not is_ascii_digits(header_length.strip()):
             raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
         size = int(header_length)
         if size == 0 or size > len(body):
@@ -153,8 +159,11 @@ def _timeout(params: dict) -> float | None:
     timeout = params.get("timeout")
     if timeout is None:
         return None
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise BadRequest(f"parameter 'timeout' must be a positive number of microseconds, got {timeout!r}")
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT_US:
+        raise BadRequest(
+            f"parameter 'timeout' must be a positive number of microseconds up to {MAX_TIMEOUT_US}, "
+            f"got {repr(timeout)[:40]}"
+        )
     return timeout / 1e6
 
 
