@@ -29,6 +29,12 @@ def test_bytes_tensors_use_the_same_layout_as_tritonclient():
     assert list(back) == list(deserialize_bytes_tensor(to_bytes(array)))
 
 
+def test_non_finite_floats_are_null_in_json_which_has_no_infinities():
+    array = np.array([[1.5, -np.inf], [np.nan, np.inf]], dtype=np.float32)
+    assert to_json_data(array) == [1.5, None, None, None]
+    assert to_json_data(np.array([0.25, 2.0])) == [0.25, 2.0]
+
+
 def test_json_data_may_be_nested_like_the_shape():
     array = from_json_data([[1, 2], [3, 4]], "INT64", [2, 2], tensor="x")
     np.testing.assert_array_equal(array, [[1, 2], [3, 4]])

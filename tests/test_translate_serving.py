@@ -405,6 +405,24 @@ def test_kserve_translate_refuses_bad_parameters_with_400(gateway) -> None:
     client.close()
 
 
+def test_kserve_json_scores_of_hypotheses_the_search_did_not_find_are_null_not_infinity(gateway) -> None:
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["twelve"]}],
+        "outputs": [{"name": "translation"}, {"name": "score"}],
+        "parameters": {"beam_size": 4, "n_best": 4, "max_length": 1},  # one step: fewer than 4 finish
+    }
+    reply = httpx.post(f"http://{gateway.url}/v2/models/transformer/infer", json=body, timeout=60)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON (RFC 8259)")
+
+    outputs = {o["name"]: o for o in json.loads(reply.content, parse_constant=refuse)["outputs"]}
+    scores, found = outputs["score"]["data"], outputs["score"]["data"].index(None)
+    assert outputs["score"]["shape"] == outputs["translation"]["shape"] == [1, 4]
+    assert found >= 1 and all(isinstance(s, float) for s in scores[:found])  # what the search found,
+    assert scores[found:] == [None] * (4 - found)  # then the padding
+
+
 def test_a_poisoned_request_among_16_concurrent_fails_alone_and_the_others_answer_as_without_it(
     gateway,
 ) -> None:

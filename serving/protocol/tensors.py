@@ -81,10 +81,13 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
 
 
 def to_json_data(array: np.ndarray) -> list:
-    """Flat row-major list for a JSON response tensor (BYTES elements as UTF-8 text)."""
+    """Flat row-major list for a JSON response tensor (BYTES elements as UTF-8 text). JSON has no
+    infinities or NaN (RFC 8259): a non-finite float is ``null``, as the REST routes write it."""
     flat = array.reshape(-1)
     if array.dtype.kind in ("O", "S"):
         return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in flat]
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [v if math.isfinite(v) else None for v in flat.tolist()]
     return flat.tolist()
 
 

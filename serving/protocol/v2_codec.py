@@ -91,7 +91,7 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     if parsed.request.request_id:
         header["id"] = parsed.request.request_id
     header["outputs"] = entries
-    text = json.dumps(header).encode()
+    text = json.dumps(header, allow_nan=False).encode()  # valid JSON only (to_json_data)
     if not blobs:
         return text, None
     return text + b"".join(blobs), len(text)
