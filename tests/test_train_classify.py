@@ -7,7 +7,7 @@ import torch
 
 from tests.torchrun import two_ranks_weights_hash
 from training import classify, classify_loop
-from training.checkpoint import load_checkpoint, rebuild_model
+from training.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from training.models import build_model, list_models
 from training.runtime import weights_hash
 from training.tracking import read_metrics
@@ -75,6 +75,38 @@ def test_resume_continues_from_the_saved_epoch_with_the_optimizer_and_schedule(t
 def test_resume_without_saved_state_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no resume state"):
         classify.train(tiny(tmp_path, epochs=1, resume=str(tmp_path / "ghost.pt")))
+
+
+def test_resume_without_model_continues_the_resume_files_model_under_its_own_name(tmp_path):
+    classify.train(tiny(tmp_path, epochs=1))
+    path = classify.train(tiny(tmp_path, model=None, epochs=2, resume=str(tmp_path / "lenet.pt")))
+    assert path == tmp_path / "lenet.pt" and not (tmp_path / "resnet18.pt").exists()
+    ckpt = load_checkpoint(path)
+    assert ckpt["model"]["name"] == "lenet" and ckpt["train_config"]["model"] == "lenet"
+    assert ckpt["metrics"]["epochs"] == 2
+    with pytest.raises(ValueError, match="holds 'lenet' but --model is 'resnet18'"):
+        classify.train(tiny(tmp_path, model="resnet18", epochs=3, resume=str(tmp_path / "lenet.pt")))
+
+
+def test_bad_flags_and_wrong_files_are_error_lines_before_any_training(lenet_run, tmp_path, capsys):
+    translator = load_checkpoint(lenet_run)
+    translator.update(task="translate")
+    del translator["preprocessing"]
+    save_checkpoint(translator, tmp_path / "translator.pt")
+    (tmp_path / "file").write_text("")
+    out = ["--output-dir", str(tmp_path / "out")]
+    cases = {
+        "--model-arg nosuch: not a field of lenet": ["--model", "lenet", "--model-arg", "nosuch=1", *out],
+        "'gru_attention' is a translate model, not a classifier": ["--model", "gru_attention", *out],
+        "is a file, not a directory": ["--model", "lenet", "--output-dir", str(tmp_path / "file" / "sub")],
+        "a translate checkpoint, not a classifier": ["--finetune", str(tmp_path / "translator.pt"), *out],
+        "--label-smoothing must be in [0, 1), got 1.0": ["--model", "lenet", "--label-smoothing", "1", *out],
+    }
+    for message, argv in cases.items():
+        assert classify.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lenet_run, tmp_path):

@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.data.augment import AugmentConfig, default_augment
 from training.data.images import (
     DATASETS,
 )
+from training.models import get_entry, list_models
 from training.optim import OPTIMIZERS
+from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
 
@@ -67,7 +71,7 @@ DEFAULT_RECIPE = Recipe()
 class TrainConfig:
     """Every knob of a run; ``None`` means "from the recipe" (resolved by ``resolve``)."""
 
-    model: str | None = None  # default: resnet18, or the --finetune checkpoint's model
+    model: str | None = None  # default: the --resume / --finetune file's model, else resnet18
     dataset: str = "digits"
     data_path: str | None = None
     image_size: int = 32
@@ -110,11 +114,69 @@ def recipe_for(model: str) -> Recipe:
     return RECIPES.get(family_of(model), DEFAULT_RECIPE)
 
 
+def resume_path(path: str | os.PathLike) -> Path:
+    """``x.resume.pt`` itself, or the ``.resume.pt`` next to a final ``x.pt`` checkpoint."""
+    path = Path(path)
+    return path if path.name.endswith(".resume.pt") else path.with_name(f"{path.stem}.resume.pt")
+
+
+def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
+    """The resume state behind ``--resume path`` (``mmap`` reads only what is used: resolve's peek)."""
+    file = resume_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--resume {path}: no resume state at {file}")
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def source_models(config: TrainConfig) -> list[tuple[str, str]]:
+    """(flag, model name) of each file the run starts from: ``--resume`` state, ``--finetune`` checkpoint."""
+    held = []
+    if config.resume:
+        held.append((f"--resume {config.resume}", load_resume(config.resume, mmap=True)["model_name"]))
+    if config.finetune:
+        ckpt = load_checkpoint(config.finetune)
+        if ckpt["task"] != "classify":
+            raise ValueError(f"--finetune {config.finetune}: a {ckpt['task']} checkpoint, not a classifier")
+        held.append((f"--finetune {config.finetune}", ckpt["model"]["name"]))
+    return held
+
+
+def model_of(config: TrainConfig) -> str:
+    """``--model``, else the model of the file the run starts from, else resnet18; a ``--model`` that
+    differs from that file's is an error (it would name, and overwrite, one model with another's weights)."""
+    held = source_models(config)
+    model = config.model or (held[0][1] if held else "resnet18")
+    for flag, name in held:
+        if name != model:
+            raise ValueError(f"{flag} holds {name!r} but --model is {model!r}")
+    task = get_entry(model).task
+    if task != "classify":
+        raise ValueError(
+            f"--model {model!r} is a {task} model, not a classifier; choose from {list_models('classify')}"
+        )
+    return model
+
+
+def check_ranges(out: TrainConfig) -> None:
+    """Numeric flags outside their range, named before any data is read."""
+    for name in ("epochs", "batch_size"):
+        if getattr(out, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")
+    if out.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {out.lr}")
+    if not 0 <= out.label_smoothing < 1:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {out.label_smoothing}")
+    fields = {f.name for f in dataclasses.fields(get_entry(out.model).config_cls)}
+    unknown = sorted(set(out.model_args) - fields)
+    if unknown:
+        raise ValueError(
+            f"--model-arg {', '.join(unknown)}: not a field of {out.model}; accepted: {sorted(fields)}"
+        )
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill every ``None`` hyper-parameter from the model's recipe and check the choices."""
-    model = config.model or (
-        load_checkpoint(config.finetune)["model"]["name"] if config.finetune else "resnet18"
-    )
+    model = model_of(config)
     recipe = recipe_for(model)
     filled = {
         f.name: getattr(recipe, f.name)
@@ -132,11 +194,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
             f"--data-path {out.data_path} needs --dataset naming its format ({formats}); "
             "the default dataset, digits, is bundled with scikit-learn and reads no files"
         )
-    for name in ("epochs", "batch_size"):
-        if getattr(out, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")
-    if out.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {out.lr}")
+    check_ranges(out)
+    check_output_dir(out.output_dir)
     return out
 
 
@@ -166,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an image classifier from the Kiln registry (unset flags come from the family recipe).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", help="registry name, e.g. lenet or resnet18 (default: resnet18)")
+    p.add_argument(
+        "--model",
+        help="registry name, e.g. lenet or resnet18 (default: the --resume/--finetune file's, else resnet18)",
+    )
     p.add_argument(
         "--model-arg",
         action="append",

@@ -4,7 +4,6 @@ config live in ``training.classify``."""
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.classify import TrainConfig, augment_config, recipe_for
+from training.classify import TrainConfig, augment_config, load_resume, recipe_for
 from training.data.augment import Augmenter
 from training.data.images import (
     DataSpec,
@@ -177,7 +176,10 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     )
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(
-        batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (cfg.progress and d.is_main)
+        batches,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        disable=not (cfg.progress and d.is_main),
     )
     for idx in bar:
         images = run.train_ds.images[idx].to(d.device).float() / 255.0  # (B, C, H, W) in [0, 1]
@@ -219,19 +221,6 @@ def evaluate(run: Run, dataset: ImageDataset) -> tuple[float, float]:
         correct += int((logits.argmax(1) == labels).sum())
     total_loss, correct = all_sum([total_loss, correct], d)
     return total_loss / len(dataset), correct / len(dataset)
-
-
-def resume_path(path: str | os.PathLike) -> Path:
-    """``x.resume.pt`` itself, or the ``.resume.pt`` next to a final ``x.pt`` checkpoint."""
-    path = Path(path)
-    return path if path.name.endswith(".resume.pt") else path.with_name(f"{path.stem}.resume.pt")
-
-
-def load_resume(path: str) -> dict[str, Any]:
-    file = resume_path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--resume {path}: no resume state at {file}")
-    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def save_resume(run: Run, epoch: int) -> None:

@@ -12,6 +12,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse an ``--output-dir`` that is (or lies under) a file, before training rather than at the save."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"--output-dir {path}: {part} is a file, not a directory")
+            return
+
+
 class MetricsLogger:
     """Appends one JSON object per line (one per epoch); the file is readable while training runs."""
 
