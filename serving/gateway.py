@@ -8,6 +8,7 @@ for a translator. It satisfies :class:`serving.execution.base.Backend`, so front
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from serving.decoding.scheduler import SchedulerConfig
@@ -106,5 +107,7 @@ class Gateway:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._translates(request.model):  # KServe: BYTES text in, BYTES translation out
-            return await self.translator(request.model).infer(request)  # type: ignore[union-attr]
+            version = self.repository.get(request.model).resolve_version(request.version)
+            response = await self.translator(request.model).infer(request)  # type: ignore[union-attr]
+            return replace(response, version=version)  # the version served, as metadata lists it
         return await self.backend.infer(request)

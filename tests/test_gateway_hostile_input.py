@@ -141,6 +141,31 @@ HTTP_CASES = {
         400,
         "runs past the end",
     ),
+    "an output asked for twice": (
+        INFER,
+        {
+            "json": tensor(
+                outputs=[{"name": "logits"}, {"name": "logits", "parameters": {"binary_data": True}}]
+            )
+        },
+        400,
+        "requested twice",
+    ),
+    "an output to shared memory": (
+        INFER,
+        {
+            "json": tensor(
+                outputs=[
+                    {
+                        "name": "logits",
+                        "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 12},
+                    }
+                ]
+            )
+        },
+        400,
+        "shared memory is not supported",
+    ),
     "top_k with a fraction": (CLASSIFY, {"json": {"images": ["AA=="], "top_k": 2.5}}, 422, "top_k"),
     "return_scores that is a number": (
         TRANSLATE,
@@ -188,6 +213,15 @@ def _bytes_tensor(raw: bytes) -> service_pb2.ModelInferRequest:
     return request
 
 
+def _outputs(*outputs: tuple[str, dict[str, service_pb2.InferParameter]]) -> service_pb2.ModelInferRequest:
+    request = grpc_request()
+    for name, parameters in outputs:
+        output = request.outputs.add(name=name)
+        for key, value in parameters.items():
+            output.parameters[key].CopyFrom(value)
+    return request
+
+
 GRPC_CASES = {
     "a parameter with no value": (grpc_request(beam_size=service_pb2.InferParameter()), "has no value"),
     "a timeout with no value": (grpc_request(timeout=service_pb2.InferParameter()), "has no value"),
@@ -197,6 +231,11 @@ GRPC_CASES = {
     "no contents at all": (_without_raw(grpc_request()), "needs"),
     "a BYTES length prefix past the end": (_bytes_tensor(struct.pack("<I", 9) + b"x"), "runs past the end"),
     "an unknown datatype": (_shaped([1], b"\0"), "unsupported datatype"),
+    "an output asked for twice": (_outputs(("logits", {}), ("logits", {})), "requested twice"),
+    "an output to shared memory": (
+        _outputs(("logits", {"shared_memory_region": service_pb2.InferParameter(string_param="r")})),
+        "shared memory is not supported",
+    ),
 }
 GRPC_CASES["an unknown datatype"][0].inputs[0].datatype = "COMPLEX"
 

@@ -205,8 +205,13 @@ class Translator:
             raise BadRequest(
                 f"model {self.name!r} takes exactly one input 'text'; got {sorted(request.inputs)}"
             )
-        texts = [_as_text(value, i) for i, value in enumerate(np.asarray(request.inputs["text"]).reshape(-1))]
         params = request.parameters or {}
+        if params.get("classification"):
+            raise BadRequest(
+                f"model {self.name!r}: the classification extension needs a numeric output; "
+                f"{sorted(params['classification'])} are BYTES (or not outputs)"
+            )
+        texts = [_as_text(value, i) for i, value in enumerate(np.asarray(request.inputs["text"]).reshape(-1))]
         options = options_from_parameters(params)
         results = await self.translate(texts, options, request.timeout_s)
         width = options.n_best

@@ -26,6 +26,7 @@ from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S
+from serving.protocol.v2_codec import check_requested_output
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,12 @@ def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> se
 
 
 def _classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:
-    """``{output: count}`` for requested outputs asking for Triton's classification extension."""
-    counts = {}
+    """``{output: count}`` for requested outputs asking for Triton's classification extension (the
+    requested outputs checked as HTTP's are: :func:`~serving.protocol.v2_codec.check_requested_output`)."""
+    counts, earlier = {}, []
     for out in request.outputs:
+        check_requested_output(out.name, out.parameters, earlier)
+        earlier.append(out.name)
         if "classification" in out.parameters:
             value = out.parameters["classification"]
             count = value.int64_param or value.uint64_param

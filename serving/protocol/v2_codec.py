@@ -97,6 +97,17 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     return text + b"".join(blobs), len(text)
 
 
+def check_requested_output(name: str, parameters: Any, earlier: list[str]) -> None:
+    """Refuse what Triton refuses and Kiln cannot honour: an output asked for twice, or written to a
+    shared-memory region (Kiln has no shared-memory extension: outputs travel in the response)."""
+    if name in earlier:
+        raise BadRequest(f"output {name!r} is requested twice")
+    if "shared_memory_region" in parameters:
+        raise BadRequest(
+            f"output {name!r}: shared memory is not supported here (outputs travel in the response)"
+        )
+
+
 def is_ascii_digits(text: str) -> bool:
     """All ASCII digits (``str.isdigit`` also takes '²', which ``int`` refuses)."""
     return text.isascii() and text.isdigit()
@@ -140,11 +151,12 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
         return None
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
-    outputs = []
+    outputs: list[RequestedOutput] = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest("each requested output must be an object with a string 'name'")
         params = _dict(item.get("parameters"), f"output {item['name']!r} parameters")
+        check_requested_output(item["name"], params, [o.name for o in outputs])
         count = params.get("classification", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise BadRequest(
