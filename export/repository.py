@@ -2,16 +2,22 @@
 
 An entry is staged in a hidden temp directory inside the repository and renamed into place, so a
 failure never leaves a half-written entry. A directory that exists without a Kiln ``kiln.json`` is
-foreign and is never overwritten.
+foreign and is never overwritten. Staging directories are named after the host and process that made
+them (``.<entry>.tmp-<host>-<pid>-<hex>``), so those of a killed export are recognised and swept by the
+next write of the entry (``sweep_leftovers``): Triton would otherwise try to load them as models.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,11 @@ log = logging.getLogger(__name__)
 
 KILN_FORMAT = 1
 VERSION = "1"
-REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
+REFUSALS = ".kiln_refused.json"
+LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is swept once this old
+_HOST = (
+    re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+)  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 
 
 class RepositoryError(RuntimeError):
@@ -92,10 +102,11 @@ def write_entry(
         raise RepositoryError(f"invalid entry name {name!r}")
     repository.mkdir(parents=True, exist_ok=True)
     final = repository / name
+    sweep_leftovers(repository, name)
     check_not_foreign(final)
     if final.exists() and not overwrite:
         raise RepositoryError(f"{final} exists; use --force to rebuild it")
-    staging = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.tmp-"))
+    staging = _make_staging(repository, name)
     try:
         meta = fill(staging)
         meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
@@ -110,15 +121,71 @@ def write_entry(
     return final
 
 
+def _make_staging(repository: Path, name: str) -> Path:
+    """A new ``.<name>.tmp-<host>-<pid>-<hex>`` directory, made by a plain mkdir so it gets the mode
+    every directory of this process gets (0o777 & ~umask): ``tempfile.mkdtemp``'s 0700 would follow
+    the entry into place and lock out a Triton or gateway running as another user."""
+    for _ in range(100):
+        path = repository / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RepositoryError(f"cannot create a staging directory for {name!r} in {repository}")
+
+
 def _swap_in(staging: Path, final: Path) -> None:
     """Replace ``final`` by ``staging`` with renames only (the old entry is removed last)."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = staging.with_name(staging.name.replace(".tmp-", ".old-", 1))
         os.replace(final, old)
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _owner_gone(path: Path, suffix: str) -> bool:
+    """Whether the export that made leftover ``path`` (``suffix``: its name after ``.tmp-``/``.old-``)
+    has certainly ended: it names this host and a process that no longer exists, or (another host's,
+    or named as Kilns before this one named them) it has not changed for ``LEFTOVER_MAX_AGE_S``."""
+    match = re.fullmatch(r"(?P<host>\w+)-(?P<pid>\d+)-[0-9a-f]+", suffix)
+    if match and match["host"] == _HOST:
+        pid = int(match["pid"])
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists, owned by another user
+            return False
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > LEFTOVER_MAX_AGE_S
+    except OSError:
+        return False
+
+
+def sweep_leftovers(repository: Path, name: str) -> list[Path]:
+    """Remove the staging (``.<name>.tmp-*``) and swapped-out (``.<name>.old-*``) directories that an
+    export killed while writing entry ``name`` left behind (``_owner_gone``); an ``.old-`` one is put
+    back as the entry when the kill came between the two renames and left no entry. Returns them."""
+    swept = []
+    for kind in ("tmp", "old"):
+        prefix = f".{name}.{kind}-"
+        for path in sorted(repository.glob(f"{glob.escape(prefix)}*")):
+            if not path.is_dir() or not _owner_gone(path, path.name[len(prefix) :]):
+                continue
+            if kind == "old" and not (repository / name).exists() and read_kiln_json(path):
+                os.replace(path, repository / name)
+                log.warning("restored %s from %s, left by a killed export", name, path.name)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                log.warning("removed %s, left by a killed export", path.name)
+            swept.append(path)
+    return swept
 
 
 def remove_entry(repository: Path, name: str) -> bool:

@@ -1,0 +1,78 @@
+"""Repository entries as files on disk: their modes, and what a killed export leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from export import repository
+from export.repository import write_entry
+
+
+def _fill(tmp: Path) -> dict[str, Any]:
+    (repository.version_dir(tmp) / "model.onnx").write_bytes(b"graph")
+    (tmp / "config.pbtxt").write_text('name: "m"\n')
+    return {"task": "classify"}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_written_entry_directory_has_the_mode_a_plain_mkdir_gives_it(tmp_path):
+    entry = write_entry(tmp_path / "repo", "m", _fill)
+    expected = 0o777 & ~_umask()
+    assert stat.S_IMODE(entry.stat().st_mode) == expected
+    assert stat.S_IMODE((entry / "1").stat().st_mode) == expected
+    for path in entry.rglob("*"):  # readable by whoever can read the repository
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask(), path
+
+
+def test_a_rewritten_entry_keeps_that_mode(tmp_path):
+    write_entry(tmp_path / "repo", "m", _fill)
+    entry = write_entry(tmp_path / "repo", "m", _fill)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~_umask()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]
+
+
+def test_writing_an_entry_sweeps_what_a_killed_export_of_it_left_behind(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    host, dead = repository._HOST, _dead_pid()
+    killed = repo / f".m.tmp-{host}-{dead}-0badf00d"
+    swapped = repo / f".m.old-{host}-{dead}-0badf00d"
+    legacy = repo / ".m.tmp-abc_123x"  # an older Kiln's mkdtemp name: swept once a day old
+    for leftover in (killed, swapped, legacy):
+        (leftover / "1").mkdir(parents=True)
+    os.utime(legacy, (0, 0))
+    live = repo / f".m.tmp-{host}-{os.getppid()}-0badf00d"  # a running export's: kept
+    fresh = repo / ".m.tmp-zzz_9999"  # no owner to check, and recent: kept
+    other = repo / f".other.tmp-{host}-{dead}-0badf00d"  # another entry's: not this write's business
+    for kept in (live, fresh, other):
+        kept.mkdir()
+    write_entry(repo, "m", _fill)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["m", live.name, fresh.name, other.name])
+
+
+def test_an_entry_swapped_out_by_an_export_killed_between_its_renames_is_put_back(tmp_path):
+    repo = tmp_path / "repo"
+    write_entry(repo, "m", _fill)
+    swapped = repo / f".m.old-{repository._HOST}-{_dead_pid()}-0badf00d"
+    os.replace(repo / "m", swapped)
+    assert repository.sweep_leftovers(repo, "m") == [swapped]
+    assert json.loads((repo / "m" / "kiln.json").read_text())["name"] == "m"
+    assert not swapped.exists()
