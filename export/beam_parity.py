@@ -37,7 +37,10 @@ class HeldOut:
 def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
     """Given sentences, the checkpoint's test split, or random ids as a last resort; empty ones dropped."""
     if ctx.validation is not None:
-        return HeldOut([list(map(int, s)) for s in ctx.validation if len(s)][:n], None, "given sentences")
+        given = [list(map(int, s)) for s in ctx.validation if len(s)][:n]
+        if not given:  # beam parity on nothing would pass, and BLEU on nothing fails
+            raise ValueError(f"{ctx.name}: no non-empty validation sentences for beam parity")
+        return HeldOut(given, None, "given sentences")
     try:
         from tokenizers import Tokenizer
 

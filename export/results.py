@@ -47,6 +47,20 @@ class ExportOptions:
             )
         if self.max_batch_size < 1:
             raise ValueError(f"max batch size must be >= 1, got {self.max_batch_size}")
+        self._check_gates()
+
+    def _check_gates(self) -> None:
+        """Refuse gate settings that would measure nothing (no sentences) or no threshold at all."""
+        if self.beam_sentences < 1:
+            raise ValueError(f"beam sentences must be >= 1, got {self.beam_sentences}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam size must be >= 1, got {self.beam_size}")
+        if not 0.0 <= self.int8_min_agreement <= 1.0:
+            raise ValueError(f"int8 min agreement must be in [0, 1], got {self.int8_min_agreement}")
+        if not self.int8_max_drop >= 0.0:  # written so that NaN fails too
+            raise ValueError(f"int8 max drop must be >= 0 points, got {self.int8_max_drop}")
+        if not self.int8_max_bleu_drop >= 0.0:
+            raise ValueError(f"int8 max BLEU drop must be >= 0, got {self.int8_max_bleu_drop}")
 
 
 @dataclass(frozen=True)

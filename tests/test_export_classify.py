@@ -194,17 +194,28 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
     assert not (tmp_path / "repo" / "lenet_int8").exists()
 
 
-def test_int8_gate_of_minus_one_point_always_rejects(tmp_path):
-    ckpt = write_checkpoint(tmp_path, "lenet")
-    results = export_checkpoint(
-        ckpt,
-        tmp_path / "repo",
-        precisions=("fp32", "int8"),
-        int8_max_drop=-1.0,
-        validation=tiny_images(),
-        tensorrt="off",
-    )
-    assert {r.entry: r.status for r in results}["lenet_int8"] == "rejected"
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--beam-sentences", "0", "beam sentences must be >= 1, got 0"),
+        ("--beam-sentences", "-3", "beam sentences must be >= 1, got -3"),
+        ("--int8-min-agreement", "1.5", "int8 min agreement must be in [0, 1], got 1.5"),
+        ("--int8-min-agreement", "-0.1", "int8 min agreement must be in [0, 1], got -0.1"),
+        ("--int8-max-drop", "-1", "int8 max drop must be >= 0 points, got -1.0"),
+        ("--int8-max-drop", "nan", "int8 max drop must be >= 0 points, got nan"),
+        ("--int8-max-bleu-drop", "-0.5", "int8 max BLEU drop must be >= 0, got -0.5"),
+    ],
+)
+def test_the_cli_refuses_gate_settings_that_measure_nothing_before_any_work(
+    tmp_path, capsys, flag, value, message
+):
+    from export.__main__ import main
+
+    assert main([str(tmp_path / "no-such-checkpoints"), flag, value]) == 1
+    err = capsys.readouterr().err
+    assert f"export failed: {message}" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        ExportOptions(**{flag[2:].replace("-", "_"): float(value)})
 
 
 def test_parity_failure_fails_loudly_and_writes_nothing(tmp_path, monkeypatch):
