@@ -64,6 +64,32 @@ def env_of(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
+QUANTITY_SUFFIXES = {
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity as a number: "500m" -> 0.5, "4Gi" -> 4 * 2**30."""
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    assert match and (not match[2] or match[2] in QUANTITY_SUFFIXES), f"not a quantity: {value!r}"
+    return float(match[1]) * QUANTITY_SUFFIXES.get(match[2], 1)
+
+
+# What KServe's kserve-tritonserver ClusterServingRuntime sets (config/runtimes in kserve/kserve): the
+# predictor's container is strategic-merged onto it, so a resource the predictor does not limit keeps
+# the runtime's limit.
+KSERVE_TRITON_RUNTIME_LIMITS = {"cpu": "1", "memory": "2Gi"}
+
+
 def check_inference_service(doc: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess:
     """Run check-jsonschema (the CLI, as a user would) on one InferenceService against the stored schema."""
     path = tmp_path / f"{doc['metadata']['name']}.yaml"
@@ -91,6 +117,19 @@ def test_the_inference_service_passes_kserves_crd_schema(rendered, tmp_path) -> 
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "kserve-tritonserver"
     done = check_inference_service(isvc, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_kubectl
+def test_the_inference_service_limits_cover_its_requests_once_merged_onto_the_runtime(rendered) -> None:
+    """A request above the runtime's limit (cpu 4 against the runtime's 1) makes the pod invalid."""
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    resources = isvc["spec"]["predictor"]["model"]["resources"]
+    limits = {**KSERVE_TRITON_RUNTIME_LIMITS, **resources.get("limits", {})}
+    for name, request in resources["requests"].items():
+        assert name in limits, f"{name} is requested without a limit"
+        assert quantity(limits[name]) >= quantity(request), (
+            f"{name}: limit {limits[name]} < request {request}"
+        )
 
 
 @needs_kubectl
