@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -13,7 +15,14 @@ from training.data.tokenizer import TokenizerPair
 from training.decoding import greedy_decode
 from training.models import list_models
 from training.tracking import read_metrics
-from training.translate import build_parser, held_out_pairs, parse_model_args, resolve_config, train
+from training.translate import (
+    build_parser,
+    held_out_pairs,
+    main,
+    parse_model_args,
+    resolve_config,
+    train,
+)
 
 TINY_ARGS = {
     "transformer": ["d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"],
@@ -71,6 +80,52 @@ def test_bad_arguments_are_named():
         resolve_config(build_parser().parse_args(["--model", "nope"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--batch-size", "8", "--batch-tokens", "100"])
+
+
+def test_flags_that_would_fail_after_training_are_error_lines_before_it(tsv, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    cases = {
+        "--test-beam must be >= 1, got 0": ["--test-beam", "0"],
+        "--max-decode-length must be >= 1, got 0": ["--max-decode-length", "0"],
+        "--max-decode-length 300 is above the model's max_positions 256": ["--max-decode-length", "300"],
+        "--lr must be > 0, got 0.0": ["--lr", "0"],
+        "--epochs must be >= 1, got 0": ["--epochs", "0"],
+        "--batch-size must be >= 1, got 0": ["--batch-size", "0"],
+        "--label-smoothing must be in [0, 1), got 1.0": ["--label-smoothing", "1"],
+        "--model-arg nosuch: not a field of transformer": ["--model-arg", "nosuch=1"],
+        "is a file, not a directory": ["--output-dir", str(tmp_path / "file")],
+    }
+    for message, extra in cases.items():
+        assert main(tiny_transformer_argv(tsv, tmp_path / "out", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    argv = ["--batch-tokens", "0", "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2 and "--batch-tokens must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_data_path_is_stored_absolute_in_each_of_its_parts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tsv = resolve_config(build_parser().parse_args(["--corpus", "tsv", "--data-path", "data/a.tsv"]))
+    assert tsv["data_path"] == str(tmp_path / "data" / "a.tsv")
+    pair = build_parser().parse_args(["--corpus", "parallel", "--data-path", "a.en,../b.fr"])
+    assert resolve_config(pair)["data_path"] == f"{tmp_path / 'a.en'},{tmp_path.parent / 'b.fr'}"
+
+
+def test_pairs_longer_than_the_position_table_are_dropped_from_every_split(tsv, tmp_path):
+    rng = random.Random(0)
+    long_pairs = []
+    for i in range(30):  # one word each (passes the word filter), hundreds of subword tokens
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(1200))
+        long_pairs.append(f"{word}\tun{i}\n" if i % 2 else f"seven {i}\t{word}\n")
+    corpus = tmp_path / "long.tsv"
+    corpus.write_text(tsv.read_text() + "".join(long_pairs))
+    argv = tiny_transformer_argv(corpus, tmp_path, "--epochs", "1")
+    ckpt = load_checkpoint(train(argv))  # used to stop with IndexError: index 256 is out of bounds
+    dropped = ckpt["data"]["too_long_pairs"]
+    assert sum(dropped.values()) == 30 and dropped["train"] > 0
+    assert sum(ckpt["data"][f"{split}_size"] for split in ("train", "valid", "test")) == 240
+    assert len(held_out_pairs(ckpt, "test")) == ckpt["data"]["test_size"]
 
 
 def tiny_argv(name: str, tsv, out, *extra: str) -> list[str]:

@@ -33,6 +33,7 @@ from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
 from training.runtime import AMP_DTYPES, DEVICES
+from training.tracking import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,39 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size is not None:
         cfg["batch_tokens"] = None
     cfg.update(model=args.model, preset=args.preset, output_dir=args.output_dir, name=args.name or args.model)
+    if cfg["data_path"]:  # absolute, so export and bench rebuild the held-out splits from anywhere
+        cfg["data_path"] = ",".join(os.path.abspath(part) for part in cfg["data_path"].split(","))
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Flags that would only fail after training (or mid-way), named before any data is read."""
+    at_least_one = ["epochs", "test_beam", "max_decode_length", "batch_size", "batch_tokens"]
+    for key in at_least_one:
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if cfg["lr"] <= 0:
+        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    if not 0 <= cfg["label_smoothing"] < 1:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg['label_smoothing']}")
+    fields = {f.name for f in dataclasses.fields(get_entry(cfg["model"]).config_cls)}
+    unknown = sorted(set(cfg["model_args"]) - fields)
+    if unknown:
+        raise ValueError(
+            f"--model-arg {', '.join(unknown)}: not a field of {cfg['model']}; accepted: {sorted(fields)}"
+        )
+    if cfg["max_decode_length"] > max_positions(cfg):
+        raise ValueError(
+            f"--max-decode-length {cfg['max_decode_length']} is above the model's max_positions "
+            f"{max_positions(cfg)}"
+        )
+    check_output_dir(cfg["output_dir"])
+
+
+def max_positions(cfg: dict[str, Any]) -> int:
+    """The longest sequence the model takes: ``--model-arg max_positions`` or 4x the word limit, >= 256."""
+    return cfg["model_args"].get("max_positions", max(256, cfg["max_length"] * 4))
 
 
 def corpus_config(cfg: dict[str, Any]) -> CorpusConfig:
@@ -225,7 +258,25 @@ def held_out_pairs(ckpt: dict[str, Any], split: str = "test") -> list[tuple[str,
     exactly from its recorded settings (export's beam parity and the benchmark evaluate on them)."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    return getattr(load_corpus(corpus_config(ckpt["train_config"])), split)
+    tokenizers = TokenizerPair.from_dict(ckpt["tokenizers"])
+    pairs = getattr(load_corpus(corpus_config(ckpt["train_config"])), split)
+    return fitting_pairs(pairs, tokenizers, ckpt["model"]["args"]["max_positions"])[0]
+
+
+def fits(src: list[int], tgt: list[int], limit: int) -> bool:
+    """Whether an encoded pair fits ``limit`` positions: the source with its EOS, the target with the
+    BOS (decoder input) or EOS (decoder output) it is trained with."""
+    return len(src) <= limit and len(tgt) + 1 <= limit
+
+
+def fitting_pairs(
+    pairs: list[tuple[str, str]], tokenizers: TokenizerPair, limit: int
+) -> tuple[list[tuple[str, str]], int]:
+    """The text pairs whose encodings fit ``limit`` positions, and how many were dropped."""
+    src = tokenizers.encode_source([s for s, _ in pairs])
+    tgt = tokenizers.encode_target([t for _, t in pairs])
+    kept = [p for p, s, t in zip(pairs, src, tgt, strict=True) if fits(s, t, limit)]
+    return kept, len(pairs) - len(kept)
 
 
 def prepare_data(cfg: dict[str, Any]):
@@ -235,6 +286,14 @@ def prepare_data(cfg: dict[str, Any]):
         vocab_size=cfg["vocab_size"], shared=cfg["shared_vocab"], lowercase=cfg["lowercase"]
     )
     tokenizers = build_tokenizers(corpus.train, tok_cfg)
+    limit, dropped = max_positions(cfg), {}
+    for split in ("train", "valid", "test"):  # longer pairs would index past the position table
+        kept, dropped[split] = fitting_pairs(getattr(corpus, split), tokenizers, limit)
+        setattr(corpus, split, kept)
+        corpus.info[f"{split}_size"] = len(kept)
+    corpus.info["too_long_pairs"] = dropped
+    if any(dropped.values()):
+        log.warning("dropped pairs longer than max_positions %d tokens: %s", limit, dropped)
     src = tokenizers.encode_source([s for s, _ in corpus.train])
     tgt = tokenizers.encode_target([t for _, t in corpus.train])
     return corpus, tokenizers, list(zip(src, tgt, strict=True))
@@ -249,7 +308,7 @@ def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn
         "pad_id": PAD_ID,
         "bos_id": BOS_ID,
         "eos_id": EOS_ID,
-        "max_positions": max(256, cfg["max_length"] * 4),
+        "max_positions": max_positions(cfg),
         **cfg["model_args"],
     }
     if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
