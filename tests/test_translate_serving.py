@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -447,7 +448,7 @@ def test_a_poisoned_request_among_16_concurrent_fails_alone_and_the_others_answe
         assert got["score"] == pytest.approx(want["score"], rel=1e-5)
 
 
-def test_kserve_translate_refuses_classification_of_its_bytes_output_and_reports_its_version(gateway) -> None:
+def test_kserve_translate_refuses_other_shapes_and_classification_and_reports_its_version(gateway) -> None:
     url = f"http://{gateway.url}/v2/models/transformer/versions/1/infer"
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["twelve"]}]}
     asked = {**body, "outputs": [{"name": "translation", "parameters": {"classification": 2}}]}
@@ -455,6 +456,11 @@ def test_kserve_translate_refuses_classification_of_its_bytes_output_and_reports
     assert refused.status_code == 400 and "classification" in refused.json()["error"]
     answered = httpx.post(url, json=body, timeout=60)
     assert answered.status_code == 200 and answered.json()["model_version"] == "1"
+    for shape in ([1, 2], [2], [1, 1, 2]):  # not its metadata's [-1, 1]
+        data = ["twelve", "three"][: math.prod(shape)]
+        wrong = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape, "data": data}]}
+        refused = httpx.post(url, json=wrong, timeout=60)
+        assert refused.status_code == 400 and "[-1, 1]" in refused.json()["error"], shape
 
 
 def test_kserve_translate_refuses_an_overflowing_alpha_with_a_4xx(gateway) -> None:

@@ -211,7 +211,10 @@ class Translator:
                 f"model {self.name!r}: the classification extension needs a numeric output; "
                 f"{sorted(params['classification'])} are BYTES (or not outputs)"
             )
-        texts = [_as_text(value, i) for i, value in enumerate(np.asarray(request.inputs["text"]).reshape(-1))]
+        given = np.asarray(request.inputs["text"])
+        if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
+            raise BadRequest(f"model {self.name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
+        texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
         options = options_from_parameters(params)
         results = await self.translate(texts, options, request.timeout_s)
         width = options.n_best
