@@ -5,6 +5,7 @@ real settings, health routes and metric names."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import re
@@ -26,6 +27,7 @@ DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.32.0"
 KSERVE_SCHEMA = DEPLOY / "schemas" / "kserve-inferenceservice-v1beta1.json"
 ADAPTER_RULES = DEPLOY / "monitoring" / "prometheus-adapter-rules.yaml"
+TRITON_DOCKERFILE = DEPLOY / "triton" / "Dockerfile"
 # Every kustomization a user deploys: the overlays and the KServe one (bases are rendered through them).
 TARGETS = sorted(
     str(p.parent.relative_to(DEPLOY))
@@ -257,6 +259,68 @@ def test_the_triton_balancer_configuration_is_accepted_by_haproxy(tmp_path) -> N
         env={"POD_NAMESPACE": "kiln", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def exported_python_model_sources() -> list[Path]:
+    """The Python files an export puts in Triton's python-backend models: the translator's model.py and
+    the serving/ modules copied beside it (export/translator_entries.py, read without importing it),
+    and the python flavour's ONNX model."""
+    tree = ast.parse((ROOT / "export" / "translator_entries.py").read_text())
+    copied = {
+        target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id in {"RUNTIME_MODULES", "EXECUTION_MODULES"}
+    }
+    assert set(copied) == {"RUNTIME_MODULES", "EXECUTION_MODULES"}, "export/translator_entries.py changed"
+    triton = ROOT / "serving" / "triton"
+    return [
+        triton / "translator_model.py",
+        triton / "onnx_model.py",
+        *(ROOT / "serving" / "decoding" / m for m in copied["RUNTIME_MODULES"] if m.endswith(".py")),
+        *(ROOT / "serving" / "execution" / m for m in copied["EXECUTION_MODULES"] if m.endswith(".py")),
+    ]
+
+
+def third_party_imports(paths: list[Path]) -> set[str]:
+    """Top-level modules these files import (lazy imports too), less the standard library, Kiln's own
+    copies and the utilities the python backend itself provides."""
+    modules = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"serving", "triton_python_backend_utils", "__future__"}
+
+
+def triton_image_release() -> str:
+    """The Triton release the image in deploy/triton/Dockerfile is built on (24.08)."""
+    (release,) = re.findall(
+        r"^FROM nvcr\.io/nvidia/tritonserver:(\d+\.\d+)-py3\s*$", TRITON_DOCKERFILE.read_text(), re.M
+    )
+    return release
+
+
+def test_the_triton_image_installs_every_package_the_python_models_import_pinned() -> None:
+    """The stock Triton image has no tokenizers: without these packages no translator loads."""
+    pins = dict(re.findall(r"\b([A-Za-z][A-Za-z0-9_.-]*)==([0-9][^\s\"']*)", TRITON_DOCKERFILE.read_text()))
+    needed = third_party_imports(exported_python_model_sources())
+    assert {"numpy", "tokenizers"} <= needed, needed
+    assert needed <= set(pins), f"not installed (pinned) in the Triton image: {needed - set(pins)}"
+    assert int(pins["numpy"].split(".")[0]) < 2, "the python backend's stub is built against numpy 1"
+    assert triton_image_release()
+
+
+@needs_kubectl
+def test_triton_runs_the_image_built_with_the_python_models_packages(rendered) -> None:
+    wanted = f"kiln-triton:{triton_image_release()}-py3"
+    (deployment,) = of_kind(rendered["overlays/gpu"], "Deployment", "kiln-triton")
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    for image in (container(deployment, "triton")["image"], isvc["spec"]["predictor"]["model"]["image"]):
+        assert image.rsplit("/", 1)[-1] == wanted, f"{image}: build deploy/triton/Dockerfile ({wanted})"
 
 
 def test_the_stored_kserve_schema_is_closed_so_unknown_fields_fail() -> None:
