@@ -14,6 +14,7 @@ from training.data.text_batches import pad_ids
 from training.data.tokenizer import TokenizerPair
 from training.decoding import greedy_decode
 from training.models import list_models
+from training.runtime import Dist, show_progress
 from training.tracking import read_metrics
 from training.translate import (
     build_parser,
@@ -112,6 +113,17 @@ def test_a_relative_data_path_is_stored_absolute_in_each_of_its_parts(tmp_path, 
     assert resolve_config(pair)["data_path"] == f"{tmp_path / 'a.en'},{tmp_path.parent / 'b.fr'}"
 
 
+def test_progress_bars_are_off_with_no_progress_and_off_a_terminal(monkeypatch):
+    assert resolve_config(build_parser().parse_args([]))["progress"] is True
+    assert resolve_config(build_parser().parse_args(["--no-progress"]))["progress"] is False
+    main_rank, other_rank = Dist(0, 2, torch.device("cpu")), Dist(1, 2, torch.device("cpu"))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert show_progress(True, main_rank) and not show_progress(False, main_rank)
+    assert not show_progress(True, other_rank)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert not show_progress(True, main_rank)
+
+
 def test_pairs_longer_than_the_position_table_are_dropped_from_every_split(tsv, tmp_path):
     rng = random.Random(0)
     long_pairs = []
@@ -126,6 +138,14 @@ def test_pairs_longer_than_the_position_table_are_dropped_from_every_split(tsv, 
     assert sum(dropped.values()) == 30 and dropped["train"] > 0
     assert sum(ckpt["data"][f"{split}_size"] for split in ("train", "valid", "test")) == 240
     assert len(held_out_pairs(ckpt, "test")) == ckpt["data"]["test_size"]
+
+
+def test_the_steps_after_the_last_eval_every_validation_are_validated_at_the_end(tsv, tmp_path):
+    path = train(tiny_transformer_argv(tsv, tmp_path, "--epochs", "1", "--eval-every", "5"))
+    steps = load_checkpoint(path)["metrics"]["steps"]
+    assert steps % 5 != 0  # else the test proves nothing
+    records = read_metrics(tmp_path / "tiny.metrics.jsonl")
+    assert len(records) == 1 + steps // 5 and records[-1]["epoch"] == 1
 
 
 def tiny_argv(name: str, tsv, out, *extra: str) -> list[str]:

@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
     p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (none off a terminal)"
+    )
     return p
 
 

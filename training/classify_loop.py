@@ -29,7 +29,7 @@ from training.data.images import (
 from training.data.loader import eval_batches, train_batches
 from training.models import build_model, get_entry, make_config
 from training.optim import build_optimizer, build_scheduler
-from training.runtime import Dist, all_sum, setup_dist, teardown, weights_hash, wrap_ddp
+from training.runtime import Dist, all_sum, setup_dist, show_progress, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
@@ -179,7 +179,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         batches,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         leave=False,
-        disable=not (cfg.progress and d.is_main),
+        disable=not show_progress(cfg.progress, d),
     )
     for idx in bar:
         images = run.train_ds.images[idx].to(d.device).float() / 255.0  # (B, C, H, W) in [0, 1]

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,11 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
 def any_rank(flag: bool, d: Dist) -> bool:
     """True on every rank when ``flag`` is true on at least one (keeps ranks' decisions in step)."""
     return flag if d.world_size == 1 else all_sum([float(flag)], d)[0] > 0
+
+
+def show_progress(wanted: bool, d: Dist) -> bool:
+    """A progress bar only when asked, on rank 0, and on a terminal (not in logs or CI output)."""
+    return wanted and d.is_main and sys.stderr.isatty()
 
 
 def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:

@@ -71,6 +71,7 @@ BASE = {
     "device": "auto",
     "amp": None,
     "debug_rank_hashes": None,
+    "progress": True,
 }
 # The recurrent translators (GRU and LSTM with attention) train with one recipe.
 RNN_RECIPE: dict[str, Any] = {
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument("--name", help="checkpoint name (default: the model name)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (none off a terminal)",
+    )
     return p
 
 

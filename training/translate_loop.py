@@ -22,7 +22,16 @@ from tqdm import tqdm
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.data.text_batches import BucketedBatches, TranslationBatch
 from training.optim import build_optimizer, build_scheduler
-from training.runtime import Dist, any_rank, make_amp, setup_dist, teardown, weights_hash, wrap_ddp
+from training.runtime import (
+    Dist,
+    any_rank,
+    make_amp,
+    setup_dist,
+    show_progress,
+    teardown,
+    weights_hash,
+    wrap_ddp,
+)
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 from training.translate import build_translator, evaluate, loss_on, prepare_data
 
@@ -55,11 +64,13 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best = {"val_bleu": -1.0}
         self.step, self.start = 0, time.monotonic()
+        self.validated_step = -1  # the step whose weights were last validated
         self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
         self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
 
     def validate(self, epoch: float, train_loss: float) -> bool:
         """Rank 0 scores the validation split and keeps the best weights; True on every rank means stop."""
+        self.validated_step = self.step
         stop = self._score(epoch, train_loss) if self.dist.is_main else False
         return any_rank(stop, self.dist)
 
@@ -115,7 +126,7 @@ class Trainer:
                 desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                 leave=False,
                 dynamic_ncols=True,
-                disable=not self.dist.is_main,
+                disable=not show_progress(cfg["progress"], self.dist),
             )
             for batch in bar:
                 total, count = total + self.train_step(batch), count + 1
@@ -132,6 +143,8 @@ class Trainer:
             bar.close()
             if not cfg["eval_every"] and self.validate(epoch + 1, total / max(1, count)):
                 return
+        if self.validated_step != self.step:  # the steps after the last --eval-every validation
+            self.validate(cfg["epochs"], total / max(1, count))
 
 
 def run(cfg: dict[str, Any]) -> Path:
