@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from export.parity import ParityError
 from export.quantize import PRECISIONS
-from export.repository import RepositoryError
+from export.repository import RepositoryError, check_repository
 from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not checkpoints:
             console.print(f"[red]no checkpoints (*.pt) found in {args.paths}")
             return 2
+        check_repository(Path(args.repository))
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("export", total=len(checkpoints))
@@ -154,10 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     on_step=lambda text: progress.update(task, description=text),
                 )
                 progress.advance(task)
-    except (ParityError, RepositoryError, TensorRTError, FileNotFoundError, ValueError) as exc:
+    except (ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
+        # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk
         if results:
             console.print(summary_table(results))
-        console.print(f"[red]export failed: {exc}")
+        console.print(f"export failed: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     Console().print(summary_table(results))
     return 0

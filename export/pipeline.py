@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import ParityError
+from export.repository import check_repository
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
-from training.checkpoint import file_sha256, load_checkpoint, rebuild_model
+from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "EntryResult",
     "ExportOptions",
     "ParityError",
@@ -44,6 +46,47 @@ def _exporter(task: str) -> Callable[[ExportContext, Path], list[EntryResult]]:
     raise ValueError(f"unknown task {task!r}; expected classify or translate")
 
 
+# What each task's exporter reads from the checkpoint beyond the contract's required keys.
+TASK_KEYS = {"classify": ("preprocessing",), "translate": ("tokenizers",)}
+PREPROCESSING_KEYS = ("input_size", "channels", "mean", "std")
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that lacks what its task's exporter reads, naming what is missing."""
+    task = ckpt["task"]
+    if task not in TASK_KEYS:
+        raise CheckpointError(f"{path}: unknown task {task!r}; expected classify or translate")
+    missing = [k for k in TASK_KEYS[task] if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: a {task} checkpoint needs {missing}; it has none")
+    if task == "classify":
+        prep = ckpt["preprocessing"]
+        lacking = [k for k in PREPROCESSING_KEYS if not isinstance(prep, dict) or k not in prep]
+        if lacking:
+            raise CheckpointError(f"{path}: its 'preprocessing' lacks {lacking}")
+
+
+def rebuild_checked(ckpt: dict[str, Any], path: Path) -> Any:
+    """``rebuild_model``, with an unknown model, unknown constructor arguments or weights that do not
+    fit the architecture refused as a :class:`CheckpointError` naming the file, not a traceback."""
+    try:
+        return rebuild_model(ckpt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    except KeyError as exc:  # the registry's "unknown model" (its message is the KeyError's argument)
+        raise CheckpointError(f"{path}: {exc.args[0] if exc.args else exc}") from exc
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: the model's arguments do not fit it ({exc})") from exc
+    except RuntimeError as exc:
+        message = _one_line(str(exc))
+        raise CheckpointError(f"{path}: the weights do not fit the architecture ({message})") from exc
+
+
 def export_checkpoint(
     path: str | os.PathLike,
     repository: str | os.PathLike,
@@ -63,11 +106,15 @@ def export_checkpoint(
     the artifacts and their parity checks are the same on either device."""
     path = Path(path)
     options = dataclasses.replace(options or ExportOptions(), **settings)
+    check_repository(Path(repository))
     ckpt = load_checkpoint(path)
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["model"].get("args"), dict):
+        raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'args': dict}}")
+    check_task_keys(ckpt, path)
     ctx = ExportContext(
         path=path,
         ckpt=ckpt,
-        model=rebuild_model(ckpt),
+        model=rebuild_checked(ckpt, path),
         sha256=file_sha256(path),
         repository=Path(repository),
         options=options,
@@ -76,7 +123,6 @@ def export_checkpoint(
         validation=validation,
         accuracy_hook=accuracy_hook,
     )
-    ctx.repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
         return _exporter(ckpt["task"])(ctx, Path(work))
 

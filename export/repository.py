@@ -94,6 +94,25 @@ def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any],
     return bool(artifacts)
 
 
+def check_repository(repository: Path) -> None:
+    """Create ``repository`` if need be and prove it a writable directory, before any export work
+    (a read-only one would otherwise be found out after the whole freeze/ONNX/parity run)."""
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RepositoryError(f"repository {repository} exists and is not a directory") from None
+    except OSError as exc:
+        raise RepositoryError(f"cannot create repository {repository}: {exc.strerror or exc}") from None
+    if not repository.is_dir():
+        raise RepositoryError(f"repository {repository} is not a directory")
+    probe = repository / f".kiln-probe-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise RepositoryError(f"repository {repository} is not writable: {exc.strerror or exc}") from None
+
+
 def write_entry(
     repository: Path, name: str, fill: Callable[[Path], dict[str, Any]], *, overwrite: bool = True
 ) -> Path:
