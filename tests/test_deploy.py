@@ -194,6 +194,26 @@ def test_every_kiln_variable_in_the_manifests_is_a_valid_gateway_setting(rendere
 
 
 @needs_kubectl
+@pytest.mark.parametrize("target", ["overlays/cpu", "overlays/gpu"])
+def test_onnx_runtime_threads_fit_the_cpus_the_gateway_pod_asks_for(rendered, target) -> None:
+    """Thread counts left to their defaults follow the CPUs the process may use: without a CPU limit,
+    every core of the node (a 64-thread lone-request session per model on a 64-core node)."""
+    (deployment,) = of_kind(rendered[target], "Deployment", "kiln-gateway")
+    gateway = container(deployment, "gateway")
+    env = env_of(gateway)
+    settings = Settings(**{k.removeprefix("KILN_").lower(): v for k, v in env.items()})
+    if settings.backend != "onnxruntime":
+        return
+    limits, requests = gateway["resources"].get("limits", {}), gateway["resources"]["requests"]
+    cpus = quantity(limits.get("cpu", requests["cpu"]))
+    if "cpu" not in limits:
+        assert "KILN_LONE_REQUEST_THREADS" in env, "no CPU limit: the default is one thread per node core"
+        assert settings.intra_op_threads > 0, "no CPU limit: 0 (ONNX Runtime's default) is one per node core"
+    assert 0 < settings.intra_op_threads * settings.workers <= cpus
+    assert (settings.lone_request_threads or 0) <= cpus
+
+
+@needs_kubectl
 def test_probes_use_the_kserve_v2_health_routes_the_gateway_serves(rendered) -> None:
     from serving.app import create_app
 
