@@ -89,6 +89,24 @@ def test_image_folder_converts_to_one_channel_when_asked(tmp_path):
     assert ds.images.shape == (12, 1, 8, 8)
 
 
+def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits_not_saturated(tmp_path):
+    for name, value in (("dark", 0x1000), ("bright", 0xC000)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.fromarray(np.full((6, 6), value, dtype=np.uint16)).save(tmp_path / "imgs" / name / "a.png")
+    ds = load_dataset(DataSpec(dataset="folder", data_path=str(tmp_path / "imgs"), image_size=6))
+    assert ds.images.shape == (2, 1, 6, 6)
+    assert ds.images[:, 0, 0, 0].tolist() == [0xC0, 0x10]  # classes sorted: bright, dark
+
+
+def test_one_colour_image_makes_the_folder_three_channel_even_after_grey_ones(tmp_path):
+    for name, mode, colour in (("a_grey", "L", 90), ("b_red", "RGB", (200, 10, 10))):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        Image.new(mode, (6, 6), colour).save(tmp_path / "imgs" / name / "a.png")
+    ds = load_dataset(DataSpec(dataset="folder", data_path=str(tmp_path / "imgs"), image_size=6))
+    assert ds.images.shape == (2, 3, 6, 6)
+    assert ds.images[0, :, 0, 0].tolist() == [90, 90, 90] and ds.images[1, :, 0, 0].tolist() == [200, 10, 10]
+
+
 def test_image_folder_errors_name_the_missing_path_the_empty_class_and_the_corrupt_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset(DataSpec(dataset="folder", data_path=str(tmp_path / "nope")))

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow modes
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow reads 16-bit grey PNGs as I;16 (or I)
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -78,15 +80,14 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
         if not files:
             raise DatasetError(f"{class_dir}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} files)")
     if channels is None:
-        with Image.open(files_per_class[0][0]) as first:
-            channels = 1 if first.mode in ("1", "L", "I", "I;16", "F") else 3
+        channels = folder_channels([f for files in files_per_class for f in files])
     mode = {1: "L", 3: "RGB"}[channels]
     arrays, labels = [], []
     for index, files in enumerate(files_per_class):
         for file in files:
             try:
                 with Image.open(file) as img:
-                    img = img.convert(mode)
+                    img = to_8bit(img, mode)
                     if size is not None and img.size != (size, size):
                         img = img.resize((size, size), Image.Resampling.BILINEAR)
                     arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels))
@@ -100,6 +101,30 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     return RawImages(images, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs])
+
+
+def folder_channels(files: list[Path]) -> int:
+    """3 if any image is in colour, else 1: a grey first image must not make a colour folder grey."""
+    from PIL import Image, UnidentifiedImageError
+
+    for file in files:
+        try:
+            with Image.open(file) as img:  # the header only
+                if img.mode not in GRAY_MODES:
+                    return 3
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"{file}: not a readable image ({exc})") from exc
+    return 1
+
+
+def to_8bit(img, mode: str):
+    """``img`` converted to ``mode`` (L or RGB); 16-bit grey is scaled (>> 8), where Pillow clips it at 255."""
+    from PIL import Image
+
+    if img.mode in WIDE_MODES:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)  # (H, W)
+        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    return img.convert(mode)
 
 
 def read_cifar10(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
