@@ -160,6 +160,21 @@ def test_a_broken_overlay_renders_but_strict_validation_rejects_it(tmp_path) -> 
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
+def gateway_shutdown_s(settings: Settings) -> float:
+    """The longest a gateway process takes from SIGTERM to exit: its steps run one after another
+    (serving/__main__.py, serving/app.py's lifespan, serving/gateway.py's stop), each bounded alone."""
+    http_drain = int(settings.shutdown_grace_s)  # uvicorn's timeout_graceful_shutdown (0: None, unbounded)
+    assert http_drain > 0, "KILN_SHUTDOWN_GRACE_S below 1 s leaves uvicorn's HTTP drain unbounded"
+    grpc = settings.shutdown_grace_s if settings.grpc_port else 0.0  # the gRPC server's stop(grace)
+    # Gateway.stop: the translators' schedulers first (where the gateway decodes), then the backend
+    # (ONNX Runtime: every model's batcher, in parallel; Triton: its connection, at once).
+    translators = settings.shutdown_grace_s if settings.backend == "onnxruntime" else 0.0
+    if settings.backend == "triton" and settings.triton_translate == "scheduler":
+        translators = settings.shutdown_grace_s
+    batchers = settings.shutdown_grace_s if settings.backend == "onnxruntime" else 0.0
+    return http_drain + grpc + translators + batchers
+
+
 @needs_kubectl
 @pytest.mark.parametrize("target", ["overlays/cpu", "overlays/gpu"])
 def test_the_grace_period_covers_the_prestop_pause_and_the_drain(rendered, target) -> None:
@@ -169,17 +184,21 @@ def test_the_grace_period_covers_the_prestop_pause_and_the_drain(rendered, targe
         (main,) = spec["containers"]
         pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
         if main["name"] == "gateway":
-            # uvicorn waits up to shutdown_grace_s; a request it waits on ends by its deadline at the latest.
-            env = env_of(main)
-            settings = Settings(
-                shutdown_grace_s=env["KILN_SHUTDOWN_GRACE_S"],
-                request_timeout_s=env.get("KILN_REQUEST_TIMEOUT_S", Settings().request_timeout_s),
-            )
-            drain = max(settings.shutdown_grace_s, settings.request_timeout_s)
+            given = {k.removeprefix("KILN_").lower(): v for k, v in env_of(main).items()}
+            assert "shutdown_grace_s" in given, "set KILN_SHUTDOWN_GRACE_S where the grace period is set"
+            shutdown = gateway_shutdown_s(Settings(**given))
         else:
             (flag,) = [a for a in main["args"] if a.startswith("--exit-timeout-secs=")]
-            drain = float(flag.split("=")[1])
-        assert spec["terminationGracePeriodSeconds"] > pre_stop + drain, deployment["metadata"]["name"]
+            shutdown = float(flag.split("=")[1])
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + shutdown, deployment["metadata"]["name"]
+
+
+@needs_kubectl
+def test_the_inference_services_grace_period_covers_tritons_exit_timeout(rendered) -> None:
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    (flag,) = [a for a in predictor["model"]["args"] if a.startswith("--exit-timeout-secs=")]
+    assert predictor["terminationGracePeriodSeconds"] > float(flag.split("=")[1])
 
 
 @needs_kubectl
