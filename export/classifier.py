@@ -66,7 +66,7 @@ class Built:
     model_file: Path
     platform: str
     report: ParityReport
-    gate: dict[str, Any] | None = None
+    gate: quantize.GateResult | quantize.AgreementGate | None = None  # int8 only
 
 
 def _entries(ctx: ExportContext) -> dict[str, Entry]:
@@ -118,23 +118,27 @@ def _build_int8(
 ) -> Built:
     path = quantize.to_int8(fp32, fp32.parent.parent / "int8" / "model.onnx", data.train[:CALIBRATION_IMAGES])
     report = _check(ctx, spec, reference, path, data, atol=float("inf"), min_agreement=0.0)
-    acc32 = _accuracy(fp32, data)
-    acc8 = _accuracy(path, data)
-    gate = quantize.GateResult(acc32, acc8, ctx.options.int8_max_drop)
+    gate = _int8_gate(ctx, fp32, path, data)
     if ctx.accuracy_hook is not None:
         gate = ctx.accuracy_hook(gate)
     report.metrics["int8_gate"] = gate.as_dict()
-    return Built(entry.name, entry.precision, path, "onnxruntime_onnx", report, gate.as_dict())
+    return Built(entry.name, entry.precision, path, "onnxruntime_onnx", report, gate)
 
 
-def _accuracy(path: Path, data: ImageData) -> float:
-    """Top-1 accuracy on the validation labels (agreement with nothing when there are no labels)."""
+def _int8_gate(
+    ctx: ExportContext, fp32: Path, int8: Path, data: ImageData
+) -> quantize.GateResult | quantize.AgreementGate:
+    """The top-1 accuracy drop on the validation labels; without labels (random images), top-1
+    agreement with fp32, as 0 % vs 0 % accuracy would measure nothing and always pass."""
     from export.parity import predict
 
+    preds32 = predict(session_runner(ort_session(fp32)), data.val)
+    preds8 = predict(session_runner(ort_session(int8)), data.val)
     if data.val_labels is None:
-        return 0.0
-    preds = predict(session_runner(ort_session(path)), data.val)
-    return float((preds == data.val_labels).mean())
+        agreement = float((preds32 == preds8).mean()) if len(preds32) else 0.0
+        return quantize.AgreementGate(agreement, len(preds32), ctx.options.int8_max_drop, data.source)
+    acc32, acc8 = (float((p == data.val_labels).mean()) for p in (preds32, preds8))
+    return quantize.GateResult(acc32, acc8, ctx.options.int8_max_drop)
 
 
 def _want(wanted: set[str], entry: Entry) -> bool:
@@ -170,7 +174,7 @@ def _trt_candidates(
 ) -> list[Built]:
     out = []
     for b in built:
-        if f"{b.entry}_trt" not in wanted or (b.gate is not None and not b.gate["passed"]):
+        if f"{b.entry}_trt" not in wanted or (b.gate is not None and not b.gate.passed):
             continue
         ctx.step(f"TensorRT {b.precision}")
         plan = tensorrt.build_engine(
@@ -259,12 +263,10 @@ def _write_or_reject(
     ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport
 ) -> EntryResult:
     result = EntryResult.from_report(b.entry, b.precision, b.report)
-    if b.gate is not None and not b.gate["passed"]:
+    if b.gate is not None and not b.gate.passed:
         repository.remove_entry(ctx.repository, b.entry)
         result.status = "rejected"
-        result.message = (
-            f"int8 top-1 drop {b.gate['top1_drop_points']:.2f} > {b.gate['max_drop_points']} points"
-        )
+        result.message = b.gate.reason()
         return result
     if b.platform == "onnxruntime_onnx":  # the export summary's measured batching recommendation
         b.report.metrics["batching"] = batching.measure(session_runner(ort_session(b.model_file)), spec)

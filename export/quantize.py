@@ -2,7 +2,9 @@
 
 Classifier int8 uses ONNX Runtime static quantization in QDQ format: uint8 activations (all
 convolutions become integer on AVX-512 VNNI CPUs), int8 per-channel weights, calibrated on training
-images; the entry is only written when validation top-1 drops by at most ``max_drop`` points.
+images; the entry is only written when validation top-1 drops by at most ``max_drop`` points
+(:class:`GateResult`), or, without validation labels, when int8 picks fp32's class on at least
+``1 - max_drop / 100`` of the images (:class:`AgreementGate`).
 Translator int8 quantizes the decoder step's weight MatMuls dynamically (activation ranges measured
 per call, so no calibration set); the entry is only written when beam search over it stays
 token-identical to fp32 on enough held-out sentences and BLEU barely moves (:class:`TranslationGate`).
@@ -213,11 +215,58 @@ class GateResult:
     def passed(self) -> bool:
         return self.drop <= self.max_drop
 
+    def reason(self) -> str:
+        """Why the gate refused (empty when it passed)."""
+        return "" if self.passed else f"int8 top-1 drop {self.drop:.2f} > {self.max_drop} points"
+
     def as_dict(self) -> dict[str, float | bool]:
         return {
             "accuracy_fp32": self.accuracy_fp32,
             "accuracy_int8": self.accuracy_int8,
             "top1_drop_points": self.drop,
+            "max_drop_points": self.max_drop,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class AgreementGate:
+    """The classifier int8 gate when no labelled validation split exists: accuracy cannot be measured,
+    so int8 must give fp32's top-1 class on at least ``1 - max_drop / 100`` of the images. Accuracy
+    can drop by no more than the share of images whose class changed, so this bounds the drop by
+    ``max_drop`` points whatever the labels would have been (and refuses when nothing was measured)."""
+
+    agreement: float  # share of images where int8's top-1 class is fp32's
+    images: int
+    max_drop: float
+    data: str  # what the images were (e.g. "random")
+
+    GATE = "top-1 agreement with fp32 (no labels)"
+
+    @property
+    def min_agreement(self) -> float:
+        return 1.0 - self.max_drop / 100.0
+
+    @property
+    def passed(self) -> bool:
+        return self.images > 0 and self.agreement >= self.min_agreement
+
+    def reason(self) -> str:
+        """Why the gate refused (empty when it passed)."""
+        if self.passed:
+            return ""
+        return (
+            f"int8 top-1 agreement with fp32 {100 * self.agreement:.2f}% < "
+            f"{100 * self.min_agreement:.2f}% on {self.images} unlabelled ({self.data}) images"
+        )
+
+    def as_dict(self) -> dict[str, float | int | str | bool]:
+        return {
+            "gate": self.GATE,
+            "top1_agreement": self.agreement,
+            "min_agreement": self.min_agreement,
+            "images": self.images,
+            "data": self.data,
             "max_drop_points": self.max_drop,
             "passed": self.passed,
         }

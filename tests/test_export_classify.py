@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from export.classifier import ImageData
 from export.freeze import ChannelAffine, freeze, training_only_modules
 from export.onnx_export import forbidden_nodes
 from export.parity import ParityError
 from export.pipeline import ExportOptions, export_checkpoint
-from export.quantize import GateResult
+from export.quantize import AgreementGate, GateResult
 from export.repository import RepositoryError
 from export.triton_config import parse_pbtxt
 from kiln.versions import EXPORT_VERSION, current_version
@@ -176,6 +177,9 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
     fp16 = onnx.load(str(tmp_path / "repo" / "lenet_fp16" / "1" / "model.onnx"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    gate = json.loads((tmp_path / "repo" / "lenet_int8" / "kiln.json").read_text())["parity"]["int8_gate"]
+    assert set(gate) == {"accuracy_fp32", "accuracy_int8", "top1_drop_points", "max_drop_points", "passed"}
+    assert gate["top1_drop_points"] == pytest.approx(100 * (gate["accuracy_fp32"] - gate["accuracy_int8"]))
 
     def doctored(gate: GateResult) -> GateResult:  # pretend int8 lost 10 points of accuracy
         return GateResult(gate.accuracy_fp32, gate.accuracy_fp32 - 0.10, gate.max_drop)
@@ -192,6 +196,26 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
     int8 = next(r for r in results if r.entry == "lenet_int8")
     assert int8.status == "rejected" and "10.00 > 0.5" in int8.message
     assert not (tmp_path / "repo" / "lenet_int8").exists()
+
+
+def test_without_labels_the_int8_gate_measures_top1_agreement_with_fp32_not_zero_accuracies(tmp_path):
+    ckpt, repo = write_checkpoint(tmp_path, "lenet"), tmp_path / "repo"
+    images = tiny_images()
+    unlabelled = ImageData(images.train, images.val, None, "random")
+    options = {"precisions": ("fp32", "int8"), "validation": unlabelled, "tensorrt": "off"}
+    export_checkpoint(ckpt, repo, int8_max_drop=100.0, **options)
+    gate = json.loads((repo / "lenet_int8" / "kiln.json").read_text())["parity"]["int8_gate"]
+    assert gate["gate"] == "top-1 agreement with fp32 (no labels)" and "accuracy_fp32" not in gate
+    assert gate["images"] == len(images.val) and gate["data"] == "random" and gate["min_agreement"] == 0.0
+    assert 0.0 < gate["top1_agreement"] <= 1.0 and gate["passed"]
+
+    def drifted(gate: AgreementGate) -> AgreementGate:  # pretend int8 changed the class of 1 image in 10
+        return AgreementGate(0.9, gate.images, gate.max_drop, gate.data)
+
+    results = export_checkpoint(ckpt, repo, int8_max_drop=5.0, accuracy_hook=drifted, **options)
+    int8 = next(r for r in results if r.entry == "lenet_int8")
+    assert int8.status == "rejected" and not (repo / "lenet_int8").exists()
+    assert int8.message == "int8 top-1 agreement with fp32 90.00% < 95.00% on 24 unlabelled (random) images"
 
 
 @pytest.mark.parametrize(
