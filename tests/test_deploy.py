@@ -242,7 +242,29 @@ def test_probes_use_the_kserve_v2_health_routes_the_gateway_serves(rendered) -> 
             main = deployment["spec"]["template"]["spec"]["containers"][0]
             assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
             assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+            assert main["startupProbe"]["httpGet"]["path"] in {"/v2/health/ready", "/v2/health/live"}
     assert {"/v2/health/ready", "/v2/health/live"} <= routes
+
+
+def probe_budget_s(probe: dict[str, Any]) -> float:
+    """How long a probe may keep failing before the kubelet acts."""
+    return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get(
+        "failureThreshold", 3
+    )
+
+
+@needs_kubectl
+def test_a_forwarding_gateway_is_not_restarted_while_triton_loads_its_models(rendered) -> None:
+    """With KILN_BACKEND=triton the gateway's /v2/health/ready is Triton's readiness: a startup probe on
+    it must wait longer than Triton's own, or probe the gateway's liveness instead."""
+    docs = rendered["overlays/gpu"]
+    gateway = container(of_kind(docs, "Deployment", "kiln-gateway")[0], "gateway")
+    triton = container(of_kind(docs, "Deployment", "kiln-triton")[0], "triton")
+    assert env_of(gateway)["KILN_BACKEND"] == "triton"
+    startup = gateway["startupProbe"]
+    if startup["httpGet"]["path"] != "/v2/health/live":
+        assert probe_budget_s(startup) > probe_budget_s(triton["startupProbe"])
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
 def exposed_series() -> set[str]:
