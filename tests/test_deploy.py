@@ -135,6 +135,23 @@ def test_the_inference_service_limits_cover_its_requests_once_merged_onto_the_ru
 
 
 @needs_kubectl
+def test_prometheus_scrapes_the_series_the_inference_services_autoscaler_reads(rendered) -> None:
+    """KEDA's query reads Triton's nv_inference_* series: its pods must be scraped on Triton's metrics
+    port (KServe adds no prometheus.io annotations), as the kiln-triton Deployment's are."""
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    (metric,) = predictor["autoScaling"]["metrics"]
+    assert re.search(r"\bnv_inference_\w+\{", metric["external"]["metric"]["query"])
+    (triton,) = of_kind(rendered["overlays/gpu"], "Deployment", "kiln-triton")
+    ports = {p["name"]: p["containerPort"] for p in container(triton, "triton")["ports"]}
+    annotations = predictor.get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert annotations.get("prometheus.io/port") == str(ports["metrics"])
+    assert annotations.get("prometheus.io/path") == "/metrics"
+    assert triton["spec"]["template"]["metadata"]["annotations"] == annotations
+
+
+@needs_kubectl
 def test_an_inference_service_with_a_misspelled_field_is_rejected(rendered, tmp_path) -> None:
     (isvc,) = of_kind(rendered["kserve"], "InferenceService")
     broken = copy.deepcopy(isvc)
