@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import ParityError
-from export.repository import check_repository
+from export.repository import check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
@@ -124,7 +124,30 @@ def export_checkpoint(
         accuracy_hook=accuracy_hook,
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
-        return _exporter(ckpt["task"])(ctx, Path(work))
+        results = _exporter(ckpt["task"])(ctx, Path(work))
+    return results + stale_entries(ctx.repository, path, ctx.sha256, {r.entry for r in results})
+
+
+def stale_entries(repository: Path, path: Path, sha256: str, done: set[str]) -> list[EntryResult]:
+    """Entries an earlier run wrote from checkpoint file ``path`` when it held other weights, that this
+    run did not produce (e.g. ``<name>_int8`` of a run with more precisions): still in the repository
+    and served, so reported (status "stale") rather than left silent. Entries are never removed here."""
+    stale = []
+    for entry in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        meta = read_kiln_json(entry) if entry.name not in done else None
+        source = meta.get("source_checkpoint") if isinstance(meta, dict) else None
+        if not isinstance(source, dict) or source.get("sha256") in (None, sha256):
+            continue
+        if not isinstance(source.get("path"), str) or Path(source["path"]).resolve() != path.resolve():
+            continue
+        message = (
+            f"stale: written from an earlier {path} (sha256 {source['sha256'][:12]}), not requested this "
+            "run, still served; export its precision again or remove it"
+        )
+        stale.append(
+            EntryResult(entry.name, str(meta.get("precision", "-")), "stale", message=message, path=entry)
+        )
+    return stale
 
 
 def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:

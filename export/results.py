@@ -77,7 +77,7 @@ class EntryResult:
 
     entry: str
     precision: str
-    status: str  # written | up to date | rejected | skipped
+    status: str  # written | up to date | rejected | skipped | stale (an earlier run's, see pipeline)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     top1_agreement: float | None = None
     message: str = ""

@@ -7,11 +7,13 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from export import repository
 from export.repository import write_entry
+from training.checkpoint import file_sha256
 
 
 def _fill(tmp: Path) -> dict[str, Any]:
@@ -76,3 +78,29 @@ def test_an_entry_swapped_out_by_an_export_killed_between_its_renames_is_put_bac
     assert repository.sweep_leftovers(repo, "m") == [swapped]
     assert json.loads((repo / "m" / "kiln.json").read_text())["name"] == "m"
     assert not swapped.exists()
+
+
+def test_entries_an_earlier_run_wrote_from_other_weights_of_the_checkpoint_are_reported_stale(tmp_path):
+    from export.pipeline import export_checkpoint
+    from tests.classifier_exports import tiny_images, write_checkpoint
+
+    ckpt, repo = write_checkpoint(tmp_path, "lenet"), tmp_path / "repo"
+
+    def earlier(path: Path, sha256: str) -> Callable[[Path], dict[str, Any]]:
+        def fill(tmp: Path) -> dict[str, Any]:
+            return {
+                **_fill(tmp),
+                "precision": "int8",
+                "source_checkpoint": {"path": str(path), "sha256": sha256},
+            }
+
+        return fill
+
+    write_entry(repo, "lenet_int8", earlier(ckpt, "0" * 64))  # an earlier run's, other weights
+    write_entry(repo, "lenet_fp16", earlier(ckpt, file_sha256(ckpt)))  # same weights: current
+    write_entry(repo, "other_int8", earlier(tmp_path / "other.pt", "0" * 64))  # another checkpoint's
+    results = export_checkpoint(ckpt, repo, validation=tiny_images(), tensorrt="off")
+    stale = [r for r in results if r.status == "stale"]
+    assert [(r.entry, r.precision, r.path) for r in stale] == [("lenet_int8", "int8", repo / "lenet_int8")]
+    assert "not requested this run, still served" in stale[0].message
+    assert (repo / "lenet_int8").is_dir()  # reported, never removed
