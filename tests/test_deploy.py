@@ -250,6 +250,21 @@ def test_onnx_runtime_threads_fit_the_cpus_the_gateway_pod_asks_for(rendered, ta
 
 
 @needs_kubectl
+@pytest.mark.parametrize("target", ["overlays/cpu", "overlays/gpu"])
+def test_the_request_bodies_a_gateway_holds_fit_well_inside_its_memory_limit(rendered, target) -> None:
+    """A JSON body parses into Python objects several times its size, beside the models: the bodies all
+    of a pod's processes may hold at once stay within an eighth of its memory limit."""
+    (deployment,) = of_kind(rendered[target], "Deployment", "kiln-gateway")
+    gateway = container(deployment, "gateway")
+    env = env_of(gateway)
+    assert "KILN_MAX_INFLIGHT_BODY_BYTES" in env, "the default (1 GiB) ignores the pod's memory"
+    settings = Settings(**{k.removeprefix("KILN_").lower(): v for k, v in env.items()})
+    memory_limit = quantity(gateway["resources"]["limits"]["memory"])
+    assert settings.max_inflight_body_bytes * settings.workers <= memory_limit / 8
+    assert settings.max_inflight_body_bytes >= settings.max_body_bytes
+
+
+@needs_kubectl
 def test_probes_use_the_kserve_v2_health_routes_the_gateway_serves(rendered) -> None:
     from serving.app import create_app
 
