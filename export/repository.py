@@ -29,11 +29,9 @@ log = logging.getLogger(__name__)
 
 KILN_FORMAT = 1
 VERSION = "1"
-REFUSALS = ".kiln_refused.json"
+REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is swept once this old
-_HOST = (
-    re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-)  # entries refused by their gate, so an unchanged checkpoint is not re-gated
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"  # in staging names
 
 
 class RepositoryError(RuntimeError):
