@@ -364,7 +364,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"GPU: {machine['gpu'] or 'none'}; threads per engine: {results['threads']}.\n",
         speed_line(machine),
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
-        "## Targets\n\n" + report.table(results["targets"], ["target", "goal", "measured", "met"]) + "\n",
+        "## Targets\n\n" + report.targets_table(results["targets"]) + "\n",
     ]
     if "engines" in results:
         section = gpu.engine_section if results["profile"] == "gpu" else report.engine_section
@@ -382,7 +382,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
     (out / "report.md").write_text("\n".join(sections))
     console.print(f"[green]wrote {out}/results.json, report.md and {len(pngs)} plot(s)")
-    console.print(report.table(results["targets"], ["target", "goal", "measured", "met"]))
+    console.print(report.targets_table(results["targets"]))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,33 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def measured_text(measured: float, goal: float, most: int = 6) -> str:
+    """``measured`` with two decimals, or as many more as it takes not to print the goal's figure when
+    it differs from the goal: the verdict reads the unrounded value, so "2.00 | 2.00 | no" (2.003
+    measured) would contradict itself."""
+    if math.isnan(measured):
+        return "–"
+    for digits in range(2, most + 1):
+        if measured == goal or f"{measured:.{digits}f}" != f"{goal:.{digits}f}":
+            break
+    return f"{measured:.{digits}f}"
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    """The targets with their verdicts, each measured value printed apart from its goal (see
+    :func:`measured_text`)."""
+    shown = [
+        {
+            **r,
+            "measured": measured_text(r["measured"], r["goal"])
+            if isinstance(r["measured"], float)
+            else r["measured"],
+        }
+        for r in rows
+    ]
+    return table(shown, ["target", "goal", "measured", "met"])
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]

@@ -311,3 +311,17 @@ def test_classify_identity_counts_an_answer_identical_only_when_every_output_mat
     both = {"alone": result, "under_load": {"sent": 1, "identical": 1, "max_abs_diff": 0.0}}
     assert classify_identity.identical_percent(both) == 50.0
     assert np.isnan(classify_identity.identical_percent({}))
+
+
+def test_a_target_measured_just_past_its_goal_prints_enough_digits_not_to_read_as_the_goal():
+    rows = [
+        {"target": "p99 <= 2x p50", "goal": 2.0, "measured": 2.00289, "met": "no"},
+        {"target": "ratio >= 5x", "goal": 5.0, "measured": 16.0, "met": "yes"},
+        {"target": "exactly met", "goal": 1.0, "measured": 1.0, "met": "yes"},
+        {"target": "not run", "goal": 1.0, "measured": math.nan, "met": "–"},
+    ]
+    text = report.targets_table(rows)
+    assert "| p99 <= 2x p50 | 2.00 | 2.003 | no |" in text
+    assert "| ratio >= 5x | 5.00 | 16.00 | yes |" in text and "| exactly met | 1.00 | 1.00 | yes |" in text
+    assert "| not run | 1.00 | – | – |" in text
+    assert report.measured_text(1.99999, 2.0) == "1.99999" and report.measured_text(0.4999, 0.5) == "0.4999"
