@@ -48,7 +48,12 @@ class LoadResult:
 
 
 async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s: float = 0.5) -> LoadResult:
-    """``concurrency`` workers, each sending its next request as soon as the previous one is answered."""
+    """``concurrency`` workers, each sending its next request as soon as the previous one is answered.
+
+    A request counts (in ``ok``/``errors`` and its latency) when its reply arrives inside the
+    measurement window ``[start + warmup_s, start + warmup_s + duration_s)``, and throughput is those
+    replies over the window's length: the replies still in flight at the window's end are waited for but
+    not counted, so a slow server's last latency is not added to the time it is credited with."""
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
     start = time.perf_counter()
@@ -58,14 +63,13 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s:
         while (now := time.perf_counter()) < stop_at:
             ok = await _guarded(send)
             done = time.perf_counter()
-            if now >= measure_from:
+            if measure_from <= done < stop_at:
                 counts["ok" if ok else "errors"] += 1
                 if ok:
                     latencies.append(done - now)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - measure_from
-    return LoadResult("closed", concurrency, None, elapsed, counts["ok"], counts["errors"], latencies)
+    return LoadResult("closed", concurrency, None, duration_s, counts["ok"], counts["errors"], latencies)
 
 
 async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_flight: int = 1024) -> LoadResult:

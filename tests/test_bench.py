@@ -325,3 +325,16 @@ def test_a_target_measured_just_past_its_goal_prints_enough_digits_not_to_read_a
     assert "| ratio >= 5x | 5.00 | 16.00 | yes |" in text and "| exactly met | 1.00 | 1.00 | yes |" in text
     assert "| not run | 1.00 | – | – |" in text
     assert report.measured_text(1.99999, 2.0) == "1.99999" and report.measured_text(0.4999, 0.5) == "0.4999"
+
+
+def test_closed_loop_throughput_is_the_replies_inside_the_window_over_the_window_not_the_last_reply():
+    """8 clients of a 200 ms server complete 40 requests a second; dividing the requests started in a
+    1 s window by the time until the last reply (1.1 s) would read 36."""
+
+    async def send() -> bool:
+        await asyncio.sleep(0.2)
+        return True
+
+    result = asyncio.run(load.closed_loop(send, concurrency=8, duration_s=1.0, warmup_s=0.1))
+    assert result.duration_s == 1.0
+    assert 38 <= result.as_dict()["throughput_rps"] <= 41
