@@ -275,10 +275,13 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
         ),
         default=math.nan,
     )
-    naive64 = max(
-        (r["throughput_rps"] for r in closed if r["target"] == "naive" and r["concurrency"] == 64),
-        default=math.nan,
-    )
+    # the naive baseline is measured with Kiln's own HTTP client only, so the gateway's side of that
+    # ratio is the same client's HTTP row, never a lighter client's (perf_analyzer)
+    own_http64 = {
+        r["target"]: r["throughput_rps"]
+        for r in closed
+        if r["concurrency"] == 64 and r.get("protocol", "http") == "http"
+    }
     pa_open = [
         r
         for r in results.get("servers", {}).get("perf_analyzer", {}).get("open", [])
@@ -306,7 +309,11 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
             "goal": 0.8,
             "measured": ratio(gw64, best_direct_throughput(eng)),
         },
-        {"target": "gateway c=64 >= 5x naive baseline", "goal": 5.0, "measured": ratio(gw64, naive64)},
+        {
+            "target": "gateway c=64 >= 5x naive baseline (both over Kiln's HTTP client)",
+            "goal": 5.0,
+            "measured": ratio(own_http64.get("gateway", math.nan), own_http64.get("naive", math.nan)),
+        },
         {
             "target": "perf_analyzer gRPC c=1: gateway >= 1.0x Triton",
             "goal": 1.0,
