@@ -18,7 +18,11 @@ def pytorch_rows(
     ckpt, texts, refs, beams, threads, count, batch: int = 32, caches=(True, False), timed: bool = True
 ) -> list[dict[str, Any]]:
     """The PyTorch reference beam search, 32 sentences a call, with its KV cache and without (``caches``);
-    ``timed=False`` translates once, unwarmed, when only its translations count (the identity check)."""
+    ``timed=False`` translates once, unwarmed, when only its translations count (the identity check).
+
+    Laid out as Kiln's engine and CTranslate2 are, so the peer is measured at its best: tokenized ahead
+    (each pass still pads and detokenizes inside its timing) and batched by source length
+    (:func:`length_batches`), the translations returned in the order of ``texts``."""
     import torch
 
     from training.checkpoint import rebuild_model
@@ -28,15 +32,18 @@ def pytorch_rows(
     torch.set_num_threads(threads)
     model = rebuild_model(ckpt)
     tok = TokenizerPair.from_dict(ckpt["tokenizers"])
+    pad = model.step_spec()["pad_id"]
+    sources = tok.encode_source(texts)
+    parts = length_batches([len(s) for s in sources], batch)
 
     def translate(beam: int, use_cache: bool) -> list[str]:
-        hyps = []
-        for i in range(0, len(texts), batch):
-            src = tok.encode_source(texts[i : i + batch])
-            width = max(map(len, src))
-            x = torch.tensor([s + [0] * (width - len(s)) for s in src])
-            for h in beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache):
-                hyps.append(tok.decode_target(h[0].tokens))
+        hyps = [""] * len(texts)
+        for part in parts:
+            width = max(len(sources[i]) for i in part)
+            x = torch.tensor([sources[i] + [pad] * (width - len(sources[i])) for i in part])
+            found = beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache)
+            for i, h in zip(part, found, strict=True):
+                hyps[i] = tok.decode_target(h[0].tokens)
         return hyps
 
     rows = []
@@ -47,6 +54,13 @@ def pytorch_rows(
             name = "pytorch (kv cache)" if use_cache else "pytorch (no cache)"
             rows.append(make_row(name, beam, batch, texts, hyps, refs, seconds, count))
     return rows
+
+
+def length_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``size`` by source length, shortest first (the grouping of
+    :func:`serving.decoding.offline.translate_in_batches` and CTranslate2's ``max_batch_size``)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[k : k + max(1, size)] for k in range(0, len(order), max(1, size))]
 
 
 def pytorch_parallel_row(

@@ -465,3 +465,43 @@ def test_the_decode_replay_runs_the_named_entry_on_its_models_sentences(monkeypa
         with pytest.raises(Stop):
             decode_replay.main(["--repository", "r", "--checkpoints", "c", "--model", "transformer", *extra])
         assert seen == [("sentences", "transformer"), ("entry", entry)]
+
+
+@pytest.mark.parametrize("name", ["transformer", "gru_attention", "lstm_attention"])
+def test_the_pytorch_reference_batches_by_source_length_and_translates_as_in_input_order_batches(
+    name, tmp_path
+):
+    """Sorting by length changes which sentences share a batch (and its padding), not what each one is
+    translated to; the translations come back in the order of the texts."""
+    from bench.translation_engines import MAX_LENGTH, length_batches, pytorch_rows
+    from bench.translation_rows import Counter
+    from tests.test_export_translate import _translator_checkpoint
+    from training.checkpoint import load_checkpoint, rebuild_model
+    from training.data.tokenizer import TokenizerPair
+    from training.decoding import beam_search
+
+    assert length_batches([3, 1, 2, 1, 5], 2) == [[1, 3], [2, 0], [4]]
+    ckpt = load_checkpoint(_translator_checkpoint(name, tmp_path, max_positions=MAX_LENGTH + 1))
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{w}" for w in rng.integers(4, 40, size=n)) for n in rng.integers(1, 12, size=20)]
+    model, tok = rebuild_model(ckpt), TokenizerPair.from_dict(ckpt["tokenizers"])
+    for beam in (1, 4):
+        in_order = []
+        for k in range(0, len(texts), 8):  # the layout the reference had before: input order, padded
+            src = tok.encode_source(texts[k : k + 8])
+            x = torch.tensor([s + [0] * (max(map(len, src)) - len(s)) for s in src])
+            in_order += [
+                tok.decode_target(h[0].tokens) for h in beam_search(model, x, beam, max_length=MAX_LENGTH)
+            ]
+        row = pytorch_rows(
+            ckpt,
+            texts,
+            texts,
+            (beam,),
+            1,
+            Counter(ckpt["tokenizers"]["target"]),
+            batch=8,
+            caches=(True,),
+            timed=False,
+        )[0]
+        assert row["hyps"] == in_order
