@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import socket
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from serving.app import create_app
 from serving.decoding.options import DecodingOptions
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, held_grpc_port, infer_or_refusal, wire_fuzz_settings
+from tests.waiting import eventually
 
 TRANSLATORS = {
     "transformer": {
@@ -422,6 +424,28 @@ def test_kserve_json_scores_of_hypotheses_the_search_did_not_find_are_null_not_i
     assert outputs["score"]["shape"] == outputs["translation"]["shape"] == [1, 4]
     assert found >= 1 and all(isinstance(s, float) for s in scores[:found])  # what the search found,
     assert scores[found:] == [None] * (4 - found)  # then the padding
+
+
+def test_a_client_that_hangs_up_mid_translation_stops_its_decode(gateway) -> None:
+    metrics = gateway.app_state.metrics
+
+    def sample(name: str) -> float:
+        return metrics.sample(name, model="transformer") or 0.0
+
+    body = {"texts": texts_of_mixed_lengths(64, seed=31), "beam_size": 16, "max_length": 60}
+    first = sample("kiln_decoder_steps_total")
+    assert _post(gateway, "transformer", body).status_code == 200
+    whole = sample("kiln_decoder_steps_total") - first  # the steps the request takes when answered
+    raw = json.dumps(body).encode()
+    head = f"POST /v1/models/transformer/translate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n\r\n"
+    start = sample("kiln_decoder_steps_total")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(head.encode() + raw)  # the lean path: a Content-Length body
+        assert eventually(lambda: sample("kiln_decoder_steps_total") > start)  # decoding, then gone
+    assert eventually(lambda: sample("kiln_in_flight_requests") == 0)
+    stopped = sample("kiln_decoder_steps_total") - start
+    assert stopped < whole / 2, (stopped, whole)  # its rows left within a compiled call or so
+    assert _post(gateway, "transformer", {"texts": ["twelve"]}).status_code == 200  # serving on
 
 
 def test_a_poisoned_request_among_16_concurrent_fails_alone_and_the_others_answer_as_without_it(

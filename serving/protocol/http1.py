@@ -170,6 +170,7 @@ def http_protocol(
             self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
             self._dropped = 0
             self._send_watch: SendWatch | None = None  # while the client is not reading our answers
+            self._answering: asyncio.Task | None = None  # the lean answer being computed (one at a time)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -189,6 +190,8 @@ def http_protocol(
                 self._lingering.cancel()
             if isinstance(self.cycle, DirectCycle):
                 _release(self.cycle)  # a body that will never be whole (else its answer releases it)
+            if self._answering is not None:  # nobody will read it: stop the work (a translation's rows)
+                self._answering.cancel()
             super().connection_lost(exc)
 
         def pause_writing(self) -> None:
@@ -376,7 +379,7 @@ def http_protocol(
                 self._read_timer = None
             cycle = self.cycle
             if isinstance(cycle, DirectCycle):
-                task = self.loop.create_task(self._answer(cycle))
+                task = self._answering = self.loop.create_task(self._answer(cycle))
                 task.add_done_callback(self.tasks.discard)
                 self.tasks.add(task)  # the server waits for these when it shuts down
             else:
@@ -387,6 +390,10 @@ def http_protocol(
             try:
                 response = await cycle.routes.respond(cycle.scope, bytes(cycle.body))
                 status, headers, body = response.status_code, response.raw_headers, response.body
+            except asyncio.CancelledError:
+                if cycle.disconnected or self.transport.is_closing():
+                    return  # its client left (connection_lost): no answer to write
+                raise
             except BaseException as exc:  # as uvicorn's cycle: logged, a 500, the connection closed
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
                 status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"
