@@ -262,6 +262,24 @@ def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:
     assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0, 4.0, 6.0]
 
 
+def test_typed_contents_too_many_to_decode_on_the_loop_are_decoded_in_a_thread_alike(fake_server) -> None:
+    from serving.protocol.grpc_server import LOOP_ELEMENTS
+
+    rows = LOOP_ELEMENTS // 3 + 1  # just over what the event loop decodes itself
+    x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) % 1000
+    options = [("grpc.max_receive_message_length", 64 << 20)]  # the answer is over 4 MiB
+    with grpc.insecure_channel(f"127.0.0.1:{fake_server[1].port}", options=options) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="double")
+        request.inputs.add(name="x", datatype="FP32", shape=[rows, 3]).contents.fp32_contents.extend(
+            x.ravel()
+        )
+        reply = stub.ModelInfer(request, timeout=60)
+    np.testing.assert_array_equal(
+        np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(rows, 3), 2 * x
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "array", "datatype", "code", "fragment"),
     [

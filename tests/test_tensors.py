@@ -6,7 +6,14 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.datatypes import DATATYPE_TO_NUMPY, classification, datatype_of, parse_classification
-from serving.protocol.tensors import MAX_BYTES_ELEMENTS, from_bytes, from_json_data, to_bytes, to_json_data
+from serving.protocol.tensors import (
+    MAX_BYTES_ELEMENTS,
+    from_bytes,
+    from_contents,
+    from_json_data,
+    to_bytes,
+    to_json_data,
+)
 
 NUMERIC = sorted(set(DATATYPE_TO_NUMPY) - {"BYTES"})
 
@@ -109,3 +116,38 @@ def test_a_binary_input_is_decoded_as_a_view_of_the_request_bytes_not_a_copy():
 def test_a_strided_output_is_encoded_row_major():
     array = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not C-contiguous
     assert to_bytes(array) == np.ascontiguousarray(array).tobytes()
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+def test_typed_grpc_contents_decode_like_json_data(datatype):
+    values = [b"a", b"", b"c", b"d", b"e", b"f"] if datatype == "BYTES" else [0, 1, 1, 0, 1, 0]
+    if datatype == "BOOL":
+        values = [bool(v) for v in values]
+    np.testing.assert_array_equal(
+        from_contents(values, datatype, [2, 3], tensor="x"),
+        from_json_data(values, datatype, [2, 3], tensor="x"),
+    )
+    assert from_contents(values, datatype, [2, 3], tensor="x").dtype == DATATYPE_TO_NUMPY[datatype]
+
+
+class Unreadable(list):
+    """A repeated field whose values must not be read: only its length may be asked."""
+
+    def __iter__(self):
+        raise AssertionError("the values were read before the count was checked")
+
+
+@pytest.mark.parametrize(
+    ("values", "datatype", "message"),
+    [
+        (Unreadable([0] * 1000), "UINT8", "needs 4 elements, got 1000"),
+        ([0, 256, 0, 0], "UINT8", "out of range for UINT8"),
+        ([0, -129, 0, 0], "INT8", "out of range for INT8"),
+        ([0, 70000, 0, 0], "UINT16", "out of range for UINT16"),
+    ],
+)
+def test_typed_grpc_contents_are_counted_before_they_are_read_and_narrowed_in_range(
+    values, datatype, message
+):
+    with pytest.raises(BadRequest, match=message):
+        from_contents(values, datatype, [2, 2], tensor="images")
