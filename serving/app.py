@@ -215,6 +215,7 @@ async def start_grpc(
         budget=budget,
         send_timeout_s=settings.send_timeout_s,
         metrics=metrics,
+        max_message_bytes=settings.max_body_bytes,  # KILN_MAX_BODY_BYTES bounds a gRPC message too
     )
     return await handle if inspect.isawaitable(handle) else handle
 

@@ -380,6 +380,18 @@ def test_gateway_grpc_maps_client_mistakes_to_status_codes(gateway, model, array
         assert client.is_server_live()  # the mistake did not take the server down
 
 
+def test_a_grpc_message_over_the_body_limit_is_resource_exhausted(loop, tmp_path) -> None:
+    repository = build_classifier_repository(tmp_path / "repo", ("lenet",))
+    with (
+        run_gateway(loop, repository, backend="onnxruntime", max_body_bytes=1 << 20) as running,
+        grpcclient.InferenceServerClient(running.grpc_url) as client,
+    ):
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("lenet", [_input("images", np.zeros((2 << 20,), np.uint8), "UINT8")])
+        assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED", raised.value.message()
+        assert client.infer("lenet", [_input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")])
+
+
 def _request_series(http_url: str) -> dict[str, float]:
     """The gateway's request series (``kiln_requests_total``, ``kiln_request_latency_seconds_count``,
     ``kiln_in_flight_requests``) from its /metrics page, by line name and labels."""
