@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import struct
+from typing import Any
 
 import grpc
 import httpx
@@ -194,8 +195,15 @@ def grpc_request(**parameters: service_pb2.InferParameter) -> service_pb2.ModelI
     return request
 
 
-def _without_raw(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+def _without_raw(request: service_pb2.ModelInferRequest, **parameters: Any) -> service_pb2.ModelInferRequest:
     del request.raw_input_contents[:]
+    for key, value in parameters.items():  # the input's own parameters
+        request.inputs[0].parameters[key].CopyFrom(value)
+    return request
+
+
+def _typed_too(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+    request.inputs[0].contents.uint_contents.extend([0] * PIXELS)
     return request
 
 
@@ -232,6 +240,11 @@ GRPC_CASES = {
     "a BYTES length prefix past the end": (_bytes_tensor(struct.pack("<I", 9) + b"x"), "runs past the end"),
     "an unknown datatype": (_shaped([1], b"\0"), "unsupported datatype"),
     "an output asked for twice": (_outputs(("logits", {}), ("logits", {})), "requested twice"),
+    "raw and typed contents for one input": (_typed_too(grpc_request()), "must not be set with raw_input"),
+    "an input from shared memory": (
+        _without_raw(grpc_request(), shared_memory_region=service_pb2.InferParameter(string_param="r")),
+        "shared memory is not supported",
+    ),
     "an output to shared memory": (
         _outputs(("logits", {"shared_memory_region": service_pb2.InferParameter(string_param="r")})),
         "shared memory is not supported",

@@ -392,6 +392,23 @@ def test_a_grpc_message_over_the_body_limit_is_resource_exhausted(loop, tmp_path
         assert client.infer("lenet", [_input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")])
 
 
+@pytest.mark.parametrize("version", ["x", "-1", "1.0"])
+def test_a_version_that_is_not_digits_is_invalid_argument_on_every_rpc_as_on_http(gateway, version) -> None:
+    image = _input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")
+    with grpcclient.InferenceServerClient(gateway[1].grpc_url) as client:
+        for call in (
+            lambda: client.get_model_metadata("lenet", version),
+            lambda: client.get_model_config("lenet", version),
+            lambda: client.is_model_ready("lenet", version),
+            lambda: client.infer("lenet", [image], model_version=version),
+        ):
+            with pytest.raises(InferenceServerException) as raised:
+                call()
+            assert raised.value.status() == "StatusCode.INVALID_ARGUMENT", raised.value.message()
+            assert "positive integer" in raised.value.message()
+        assert client.is_model_ready("lenet", "1") and not client.is_model_ready("lenet", "7")
+
+
 def _request_series(http_url: str) -> dict[str, float]:
     """The gateway's request series (``kiln_requests_total``, ``kiln_request_latency_seconds_count``,
     ``kiln_in_flight_requests``) from its /metrics page, by line name and labels."""

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.execution.repository import parse_version
 from serving.metrics import GatewayMetrics, observed_infer
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
@@ -87,7 +88,11 @@ def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarra
         if tensor.name in arrays:
             raise BadRequest(f"input {tensor.name!r} appears more than once")
         shape = list(tensor.shape)
+        if "shared_memory_region" in tensor.parameters:
+            raise BadRequest(f"input {tensor.name!r}: shared memory is not supported here (send the data)")
         if raw:
+            if tensor.HasField("contents"):  # Triton refuses the pair as well
+                raise BadRequest(f"input {tensor.name!r}: contents must not be set with raw_input_contents")
             arrays[tensor.name] = tensors.from_bytes(raw[index], tensor.datatype, shape, tensor=tensor.name)
         else:
             arrays[tensor.name] = _from_contents(tensor, shape)
@@ -194,7 +199,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):  # noqa: N802
         try:
-            ready = await self.backend.model_ready(request.name, request.version)
+            ready = await self.backend.model_ready(request.name, parse_version(request.version))
         except ServingError as error:
             if error.status != 404:
                 await _abort(context, error)
@@ -210,7 +215,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         try:
-            meta = self.backend.metadata(request.name, request.version)
+            meta = self.backend.metadata(request.name, parse_version(request.version))
         except ServingError as error:
             await _abort(context, error)
         reply = service_pb2.ModelMetadataResponse(
@@ -223,7 +228,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):  # noqa: N802
         try:
-            config = self.backend.config(request.name, request.version)
+            config = self.backend.config(request.name, parse_version(request.version))
         except ServingError as error:
             await _abort(context, error)
         message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
@@ -246,7 +251,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parameters["classification"] = counts
         infer_request = InferRequest(
             model=request.model_name,
-            version=request.model_version,
+            version=parse_version(request.model_version),
             inputs=await _decoded_inputs(request),
             outputs=[out.name for out in request.outputs] or None,
             parameters=parameters,
