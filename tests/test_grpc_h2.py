@@ -184,6 +184,25 @@ def test_compressed_requests_are_read(server: GrpcHandle, compression: grpc.Comp
     np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
 
 
+@pytest.mark.parametrize(
+    ("encoding", "code"),
+    [
+        (None, grpc.StatusCode.INTERNAL),
+        (b"identity", grpc.StatusCode.INTERNAL),
+        (b"snappy", grpc.StatusCode.UNIMPLEMENTED),
+    ],
+)
+def test_a_compressed_message_without_an_encoding_this_server_reads_ends_as_grpc_says(encoding, code) -> None:
+    import gzip
+
+    from serving.protocol.grpc_call import Aborted, decompress
+
+    with pytest.raises(Aborted) as caught:
+        decompress(encoding, gzip.compress(b"x" * 10), 1 << 20)
+    assert caught.value.code == code, caught.value.details  # gRPC's doc/compression.md
+    assert decompress(b"gzip", gzip.compress(b"x" * 10), 1 << 20) == b"x" * 10
+
+
 def test_a_method_the_servicer_lacks_is_unimplemented_and_the_connection_serves_on(server) -> None:
     with _channel(server.port) as channel:
         index = channel.unary_unary(

@@ -97,12 +97,18 @@ def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...
 
 def decompress(encoding: bytes | None, message: bytes, max_bytes: int) -> bytes:
     """A compressed request message, inflated (gzip or deflate, what grpc-encoding names), at most
-    ``max_bytes``; anything else aborts the call with the status grpcio answers."""
-    window = {b"gzip": 31, b"deflate": 15}.get(encoding or b"")
-    if window is None:
-        name = (encoding or b"identity").decode(errors="replace")
+    ``max_bytes``. As gRPC's compression.md says: the flag set without an encoding (or with
+    ``identity``) is INTERNAL, an encoding this server does not read UNIMPLEMENTED."""
+    if encoding in (None, b"identity"):
         raise Aborted(
-            grpc.StatusCode.UNIMPLEMENTED, f"compressed with {name}, which this server does not read"
+            grpc.StatusCode.INTERNAL, "compressed-flag set but no grpc-encoding names a compression"
+        )
+    window = {b"gzip": 31, b"deflate": 15}.get(encoding)
+    if window is None:
+        name = encoding.decode(errors="replace")
+        raise Aborted(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"compressed with {name}, which this server does not read (it reads gzip and deflate)",
         )
     inflater = zlib.decompressobj(window)
     try:
