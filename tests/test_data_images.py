@@ -98,6 +98,19 @@ def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits_not_saturated(tmp_path):
     assert ds.images[:, 0, 0, 0].tolist() == [0xC0, 0x10]  # classes sorted: bright, dark
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_gateway_decodes_a_sixteen_bit_grey_png_to_the_pixels_training_reads(channels):
+    import io
+
+    from serving.protocol.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)).save(buffer, format="PNG")
+    preprocessing = {"input_size": [8, 8], "channels": channels}
+    served = decode_image(buffer.getvalue(), preprocessing, index=0, max_pixels=1 << 20)
+    assert served[:, :, 0].reshape(-1).tolist() == [(v * 1024) >> 8 for v in range(64)]  # not clipped at 255
+
+
 def test_one_colour_image_makes_the_folder_three_channel_even_after_grey_ones(tmp_path):
     for name, mode, colour in (("a_grey", "L", 90), ("b_red", "RGB", (200, 10, 10))):
         (tmp_path / "imgs" / name).mkdir(parents=True)

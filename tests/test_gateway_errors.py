@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 
 import httpx
 import numpy as np
@@ -22,6 +24,8 @@ from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
 from tests.waiting import DEADLINE_S, eventually
+
+MAX_IMAGES = Settings.model_fields["max_images"].default  # the fixture keeps the default
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +46,16 @@ def png(size: int = SIZE) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((size, size), 7, dtype=np.uint8), "L").save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG declaring ``width`` x ``height`` grey pixels in its IHDR, with a few bytes of pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64)))
 
 
 def noisy_png(size: int = 32) -> bytes:
@@ -89,6 +103,25 @@ BAD_REQUESTS = {
     ),
     "not base64": ("post", CLASSIFY, {"json": {"images": ["***"]}}, 400),
     "decompression bomb": ("post", CLASSIFY, {"json": {"images": [b64(png(size=100))]}}, 413),
+    "a header over Pillow's own 89 M pixels": (
+        "post",
+        CLASSIFY,
+        {"json": {"images": [b64(png_header(10_000, 9_000))]}},
+        413,
+    ),
+    "unknown field classify": ("post", CLASSIFY, {"json": {"images": [b64(png())], "foo": 1}}, 422),
+    "multipart top_k of 5000 digits": (
+        "post",
+        CLASSIFY,
+        {"data": {"top_k": "9" * 5000}, "files": {"files": ("a.png", png())}},
+        422,
+    ),
+    "multipart with two files over the limit": (
+        "post",
+        CLASSIFY,
+        {"files": [("files", (f"{i}.png", b"x")) for i in range(MAX_IMAGES + 2)]},
+        413,
+    ),
     "negative top_k": ("post", CLASSIFY, {"json": {"images": [b64(png())], "top_k": -1}}, 422),
     "huge top_k": ("post", CLASSIFY, {"json": {"images": [b64(png())], "top_k": 10**6}}, 422),
     "no images": ("post", CLASSIFY, {"json": {"images": []}}, 422),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
 from typing import Any
 
 import numpy as np
 
+from kiln.images import to_8bit
 from serving.errors import BadRequest, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG")
@@ -35,16 +35,17 @@ def decode_image(data: bytes, preprocessing: dict[str, Any], *, index: int, max_
     """One encoded image -> array shaped for the model input (HWC or CHW, its channels, its size)."""
     from PIL import Image, UnidentifiedImageError  # imported lazily: nothing heavy at import time
 
+    # The max_pixels guard below (the header's size, before a pixel is decoded) replaces Pillow's own,
+    # which refused images over its 89 M pixels with a 400 before ours, whatever KILN_MAX_IMAGE_PIXELS said.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
-            image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadRequest(f"image {index}: not a decodable PNG/JPEG image ({exc})") from None
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
+        image.load()
+    except UnidentifiedImageError:
+        raise BadRequest(f"image {index}: not a decodable PNG/JPEG image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(f"image {index}: corrupt or truncated image ({exc})") from None
     return to_model_array(image, preprocessing)
@@ -59,7 +60,7 @@ def to_model_array(image: Any, preprocessing: dict[str, Any]) -> np.ndarray:
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise BadRequest(f"model expects {channels} channels; only 1 (grey) and 3 (RGB) images are supported")
-    image = image.convert(mode)
+    image = to_8bit(image, mode)  # as training reads images: 16-bit grey scaled, not clipped white
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)  # (H, W, C)

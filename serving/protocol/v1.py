@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import InferRequest
@@ -27,7 +28,8 @@ router = APIRouter(prefix="/v1", tags=["friendly"])
 
 
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(strict=True)  # JsonInt: 2.0 is the integer 2, 2.5 and "2" are refused
+    # JsonInt: 2.0 is the integer 2, 2.5 and "2" are refused; an unknown field is refused too (422)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     images: list[str] = Field(min_length=1, description="base64-encoded PNG or JPEG images")
     top_k: JsonInt = Field(5, ge=1, description="classes returned per image")
@@ -153,7 +155,14 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], 
     """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=max_images + 1)
+        try:
+            form = await request.form(max_files=max_images + 1)
+        except StarletteHTTPException as exc:  # Starlette's 400 for the file over max_files
+            if "Too many files" not in str(exc.detail):
+                raise
+            raise PayloadTooLarge(
+                f"more than {max_images + 1} images in one request; the limit is {max_images}"
+            ) from None
         files = form.getlist("files")
         if not files or any(isinstance(f, str) for f in files):
             raise UnprocessableInput("multipart body needs one or more 'files' parts")
@@ -179,7 +188,8 @@ def _validate(raw: Any) -> ClassifyRequest:
 
 
 def _digits(value: object) -> bool:
-    return isinstance(value, str) and value.isascii() and value.isdigit()
+    """A form field of digits ``int`` reads (Python refuses over 4 300; no valid top_k has 32)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 32
 
 
 def _check_count(count: int, limit: int) -> None:

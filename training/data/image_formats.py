@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiln.images import to_8bit
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow modes
-WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow reads 16-bit grey PNGs as I;16 (or I)
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -115,16 +116,6 @@ def folder_channels(files: list[Path]) -> int:
         except (UnidentifiedImageError, OSError) as exc:
             raise DatasetError(f"{file}: not a readable image ({exc})") from exc
     return 1
-
-
-def to_8bit(img, mode: str):
-    """``img`` converted to ``mode`` (L or RGB); 16-bit grey is scaled (>> 8), where Pillow clips it at 255."""
-    from PIL import Image
-
-    if img.mode in WIDE_MODES:
-        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)  # (H, W)
-        img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
-    return img.convert(mode)
 
 
 def read_cifar10(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
