@@ -126,12 +126,24 @@ def _measure(
                 "batch": batch,
                 **summarize(lat).as_dict(),
                 "throughput_ips": throughput,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": peak_rss_mib(),
                 "threads": job.threads,
                 "sessions": job.sessions,
             }
         )
     return rows
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory: ``VmHWM``, which a new process image starts afresh. Not
+    ``ru_maxrss``: Linux carries it over fork and exec, so every spawned engine read its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no procfs: the best there is
 
 
 def _concurrent_calls(

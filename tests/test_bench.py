@@ -338,3 +338,16 @@ def test_closed_loop_throughput_is_the_replies_inside_the_window_over_the_window
     result = asyncio.run(load.closed_loop(send, concurrency=8, duration_s=1.0, warmup_s=0.1))
     assert result.duration_s == 1.0
     assert 38 <= result.as_dict()["throughput_rps"] <= 41
+
+
+def test_a_spawned_engine_reports_its_own_peak_memory_not_the_parent_that_touched_more():
+    """ru_maxrss survives fork and exec, so each engine process read the parent's peak (366.69 MiB on
+    every row); VmHWM starts afresh with the child's own image."""
+    import multiprocessing as mp
+
+    touched = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident in this process
+    parent = engines.peak_rss_mib()
+    with mp.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(engines.peak_rss_mib)
+    del touched
+    assert parent >= 400 and child < parent / 2
