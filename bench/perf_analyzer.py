@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stats import ratio
+
 log = logging.getLogger(__name__)
+
+MIN_DELIVERED = 0.95  # an open-loop run counts when it delivered this share of its offered rate
 
 ENV_BINARY = "KILN_PERF_ANALYZER"
 INSTALL_HINT = "install it with `make perf-analyzer` (see the README, 'perf_analyzer')"
@@ -273,12 +277,45 @@ def open_loop_at_half_peak(
                 f"perf_analyzer open loop {name} at {rate}/s: {sample['throughput_rps']:.0f} infer/s, "
                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
             )
-    out = []
-    for name, runs in samples.items():
-        row = _median_row(name, 0, runs)
-        del row["concurrency"]
-        row["rate_rps"] = rates[name]
-        row["delivered"] = row["throughput_rps"] / rates[name]
-        row["p99_over_p50_runs"] = [round(run["p99_over_p50"], 2) for run in runs]
-        out.append(row)
-    return out
+    return [_open_row(name, rates[name], runs) for name, runs in samples.items()]
+
+
+def _open_row(target: str, rate: float, runs: list[dict[str, float]]) -> dict[str, Any]:
+    """One target's open-loop runs: medians of all of them, each run's ``delivered`` share and
+    ``p99_over_p50``, and the median ratio of only the runs that kept up (``kept_runs``; NaN when none
+    did): a run that fell behind measured a growing queue, not the tail at the offered rate."""
+    row = _median_row(target, 0, runs)
+    del row["concurrency"]
+    delivered = [run["throughput_rps"] / rate for run in runs]
+    kept = [run["p99_over_p50"] for run, share in zip(runs, delivered, strict=True) if share >= MIN_DELIVERED]
+    row["rate_rps"] = rate
+    row["delivered"] = row["throughput_rps"] / rate
+    row["delivered_runs"] = [round(share, 2) for share in delivered]
+    row["p99_over_p50_runs"] = [round(run["p99_over_p50"], 2) for run in runs]
+    row["kept_runs"] = len(kept)
+    row["left_out_delivered"] = [round(share, 3) for share in delivered if share < MIN_DELIVERED]
+    row["p99_over_p50"] = statistics.median(kept) if kept else math.nan
+    return row
+
+
+def open_loop_target(row: dict[str, Any] | None) -> tuple[float, str]:
+    """The p99/p50 target's value from a gateway open-loop row (perf_analyzer's, or Kiln's own single
+    run), and a note naming the runs left out because they delivered under ``MIN_DELIVERED`` of the
+    offered rate (NaN when none is left)."""
+    if row is None:
+        return math.nan, ""
+    if "kept_runs" in row:  # perf_analyzer's runs, judged by _open_row
+        kept, dropped = row["kept_runs"], row["left_out_delivered"]
+    elif row.get("rate_rps") and "throughput_rps" in row:  # Kiln's own single run
+        share = row["throughput_rps"] / row["rate_rps"]
+        kept, dropped = int(share >= MIN_DELIVERED), [round(share, 3)] if share < MIN_DELIVERED else []
+    else:  # a row from before rates were recorded, taken as it is
+        kept, dropped = 1, []
+    if not kept:
+        return (
+            math.nan,
+            f"no open-loop run delivered {MIN_DELIVERED} of its offered rate (delivered {dropped})",
+        )
+    value = row.get("p99_over_p50", ratio(row["p99_ms"], row["p50_ms"]))
+    note = f"{len(dropped)} of {kept + len(dropped)} runs left out: delivered {dropped}" if dropped else ""
+    return value, note

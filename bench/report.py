@@ -53,7 +53,8 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
         }
         for r in rows
     ]
-    return table(shown, ["target", "goal", "measured", "met"])
+    notes = "".join(f"\n- {r['target']}: {r['note']}" for r in rows if r.get("note"))
+    return table(shown, ["target", "goal", "measured", "met"]) + ("\n" + notes if notes else "")
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -166,7 +167,9 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         text += (
             "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "
             "of each server's closed-loop peak, interleaved runs, medians; `delivered` is the throughput "
-            "over the offered rate (below ~0.95 the queue grew through the run):\n\n"
+            "over the offered rate (below ~0.95 the queue grew through the run), `delivered_runs` and "
+            "`p99_over_p50_runs` each run's; `p99_over_p50` is the median ratio of the `kept_runs`, those "
+            "that delivered at least 0.95:\n\n"
         )
         cols = [
             "target",
@@ -174,8 +177,11 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
             "runs",
             "throughput_rps",
             "delivered",
+            "delivered_runs",
             "p50_ms",
             "p99_ms",
+            "p99_over_p50_runs",
+            "kept_runs",
             "p99_over_p50",
         ]
         text += table(pa["open"], cols) + "\n"

@@ -78,6 +78,7 @@ def test_the_open_loop_interleaves_the_servers_at_half_their_peaks_and_reports_w
     assert gateway["runs"] == 3 and gateway["rate_rps"] == 500
     assert gateway["p99_over_p50_runs"] == [2.0, 9.0, 2.0] and gateway["p99_over_p50"] == 2.0  # median
     assert gateway["delivered"] == pytest.approx(1.0)  # the median throughput over the offered rate
+    assert gateway["delivered_runs"] == [1.0, 0.5, 1.0] and gateway["kept_runs"] == 2
     text = report.perf_analyzer_section({"rows": [], "open": opened})
     assert "delivered" in text and "asynchronous" in text
 
@@ -246,3 +247,33 @@ def test_the_naive_baseline_target_compares_the_gateway_and_naive_through_the_sa
     }
     by_name = {r["target"]: r for r in targets(results, "resnet18")}
     assert by_name["gateway c=64 >= 5x naive baseline (both over Kiln's HTTP client)"]["measured"] == 10.0
+
+
+def _open_runs(rate: float, runs: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """perf_analyzer open-loop samples of (throughput, p99/p50) with p50 at 8 ms."""
+    return [{"throughput_rps": t, "p50_ms": 8.0, "p99_ms": 8.0 * q, "p99_over_p50": q} for t, q in runs]
+
+
+def test_an_open_loop_run_that_fell_behind_its_rate_is_left_out_of_the_p99_target_and_shown():
+    """The stored run: 751.6, 751.1 and 563.3 infer/s at 752 offered; the median ratio came from the
+    run that delivered 0.75, while the row's median throughput read 1.00 delivered."""
+    row = pa._open_row("gateway", 752, _open_runs(752, [(751.6, 2.54), (751.1, 1.81), (563.3, 2.0)]))
+    assert row["delivered"] == pytest.approx(751.1 / 752) and row["delivered_runs"] == [1.0, 1.0, 0.75]
+    assert row["kept_runs"] == 2 and row["p99_over_p50"] == pytest.approx((2.54 + 1.81) / 2)
+    value, note = pa.open_loop_target(row)
+    assert value == row["p99_over_p50"] and note == "1 of 3 runs left out: delivered [0.749]"
+    results = {"servers": {"perf_analyzer": {"rows": [], "open": [row]}}}
+    target = next(r for r in targets(results, "resnet18") if r["target"].startswith("p99 <= 2x p50"))
+    assert target["met"] == "no" and "left out" in report.targets_table([target])
+    assert "| [1.0, 1.0, 0.75] |" in report.perf_analyzer_section({"rows": [], "open": [row]})
+
+
+def test_the_p99_target_is_not_measured_when_no_open_loop_run_kept_up_and_says_why():
+    row = pa._open_row("gateway", 752, _open_runs(752, [(600.0, 1.5), (650.0, 1.4)]))
+    results = {"servers": {"perf_analyzer": {"rows": [], "open": [row]}}}
+    target = next(r for r in targets(results, "resnet18") if r["target"].startswith("p99 <= 2x p50"))
+    assert math.isnan(target["measured"]) and target["met"] == "–"
+    assert "no open-loop run delivered 0.95 of its offered rate" in report.targets_table([target])
+    own = {"target": "gateway", "rate_rps": 500.0, "throughput_rps": 400.0, "p50_ms": 4.0, "p99_ms": 6.0}
+    assert math.isnan(pa.open_loop_target(own)[0])  # Kiln's own single run, equally behind
+    assert pa.open_loop_target({**own, "throughput_rps": 499.0}) == (1.5, "")
