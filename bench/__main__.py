@@ -360,8 +360,8 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
 
 
 def write(results: dict[str, Any], out: Path) -> None:
-    report.write_results(results, out)
-    pngs = report.plots(results, out)
+    """report.md, the plots and results.json; the sections add their derived columns (x_naive,
+    x_triton, speedups, p99_over_p50) to the rows, so results.json is written after them and keeps them."""
     machine = results["machine"]
     sections = [
         f"# Kiln benchmark ({results['profile']} profile)\n",
@@ -384,6 +384,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         sections.append(results["serving"]["markdown"])
     if "replicas" in results:
         sections.append(results["replicas"].get("markdown", ""))
+    report.write_results(results, out)
+    pngs = report.plots(results, out)
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
     (out / "report.md").write_text("\n".join(sections))
     console.print(f"[green]wrote {out}/results.json, report.md and {len(pngs)} plot(s)")

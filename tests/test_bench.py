@@ -351,3 +351,27 @@ def test_a_spawned_engine_reports_its_own_peak_memory_not_the_parent_that_touche
         child = pool.apply(engines.peak_rss_mib)
     del touched
     assert parent >= 400 and child < parent / 2
+
+
+def test_results_json_keeps_the_ratios_the_report_derives_for_its_tables(tmp_path):
+    from bench.__main__ import write
+
+    machine = {"cpu": "x", "usable_cores": 2, "memory_gib": 1, "gpu": None, "libraries": {}}
+    row = {"protocol": "http", "concurrency": 64, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 2.0}
+    closed = [
+        {**row, "target": "gateway", "throughput_rps": 800.0},
+        {**row, "target": "naive", "throughput_rps": 100.0},
+    ]
+    opened = [{**row, "target": "gateway", "rate_rps": 400.0, "throughput_rps": 400.0, "errors": 0}]
+    engines_rows = [
+        {"engine": e, "precision": "fp32", "batch": 1, "p50_ms": p50, "throughput_ips": 1000.0 / p50}
+        for e, p50 in (("pytorch", 4.0), ("onnxruntime", 1.0))
+    ]
+    results = {"profile": "quick", "machine": machine, "threads": 2, "targets": [], "engines": engines_rows}
+    results["servers"] = {"closed": closed, "open": opened}
+    write(results, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (
+        saved["servers"]["closed"][0]["x_naive"] == 8.0 and saved["servers"]["open"][0]["p99_over_p50"] == 2.0
+    )
+    assert saved["engines"][1]["speedup_vs_pytorch_p50"] == 4.0
