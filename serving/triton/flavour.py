@@ -39,24 +39,40 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
         raise ValueError(f"{path}: not a valid Triton config.pbtxt: {error}") from None
 
 
-def python_config(config: model_config_pb2.ModelConfig, *, threads: int = 1) -> model_config_pb2.ModelConfig:
-    """The python-backend twin of an ONNX config: same tensors, batching and instances, on CPU."""
+def python_config(
+    config: model_config_pb2.ModelConfig, *, threads: int = 1, instances: int | None = None
+) -> model_config_pb2.ModelConfig:
+    """The python-backend twin of an ONNX config: same tensors, batching and instances, on CPU.
+
+    ``instances`` replaces every instance group's count (one CPU group of that count where the config
+    has none), so a peer can be served at another layout, e.g. 2 instances x 1 thread against the
+    export's 1 x 2; without it the export's instance groups stay as they are.
+    """
+    if instances is not None and instances < 1:
+        raise ValueError(f"instances must be at least 1, not {instances}")
     wrapped = model_config_pb2.ModelConfig()
     wrapped.CopyFrom(config)
     wrapped.platform = ""
     wrapped.backend = "python"
     wrapped.default_model_filename = ""
     wrapped.ClearField("optimization")  # execution accelerators of the onnxruntime backend
+    if instances is not None and not wrapped.instance_group:
+        wrapped.instance_group.add()
     for group in wrapped.instance_group:
         group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
         del group.gpus[:]
+        if instances is not None:
+            group.count = instances
     wrapped.parameters["intra_op_num_threads"].string_value = str(threads)
     wrapped.parameters["onnx_file"].string_value = config.default_model_filename or "model.onnx"
     return wrapped
 
 
-def derive_python_flavour(repository: Path, output: Path, *, threads: int = 1) -> FlavourReport:
-    """Write the python flavour of ``repository`` into ``output`` (replacing what a previous run left)."""
+def derive_python_flavour(
+    repository: Path, output: Path, *, threads: int = 1, instances: int | None = None
+) -> FlavourReport:
+    """Write the python flavour of ``repository`` into ``output`` (replacing what a previous run left);
+    ``threads`` and ``instances`` set the layout of the ONNX entries (see :func:`python_config`)."""
     repository, output = Path(repository), Path(output)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist or is not a directory")
@@ -70,7 +86,7 @@ def derive_python_flavour(repository: Path, output: Path, *, threads: int = 1) -
         config = read_config(entry / "config.pbtxt")
         kind = config.platform or config.backend
         if kind in ONNX_PLATFORMS:
-            _wrap_onnx_entry(entry, output / entry.name, config, threads)
+            _wrap_onnx_entry(entry, output / entry.name, config, threads, instances)
             report.wrapped.append(entry.name)
         elif kind == "python":
             shutil.copytree(entry, output / entry.name)
@@ -83,7 +99,9 @@ def derive_python_flavour(repository: Path, output: Path, *, threads: int = 1) -
     return report
 
 
-def _wrap_onnx_entry(source: Path, target: Path, config: model_config_pb2.ModelConfig, threads: int) -> None:
+def _wrap_onnx_entry(
+    source: Path, target: Path, config: model_config_pb2.ModelConfig, threads: int, instances: int | None
+) -> None:
     """Copy the entry's files and give every version directory the ONNX Runtime model.py."""
     onnx_file = config.default_model_filename or "model.onnx"
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
@@ -93,5 +111,5 @@ def _wrap_onnx_entry(source: Path, target: Path, config: model_config_pb2.ModelC
     for version in versions:
         if (version / onnx_file).is_file():
             shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
-    text = text_format.MessageToString(python_config(config, threads=threads))
+    text = text_format.MessageToString(python_config(config, threads=threads, instances=instances))
     (target / "config.pbtxt").write_text(text)

@@ -181,6 +181,7 @@ class TritonServer:
         metrics_port: int = 0,
         log_verbose: int = 0,
         threads: int = 1,
+        instances: int | None = None,
         ready_timeout_s: float = 120.0,
     ) -> None:
         self.model_repository = Path(model_repository)
@@ -192,6 +193,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.log_verbose = log_verbose
         self.threads = threads
+        self.instances = instances  # None: each entry's exported instance_group count
         self.ready_timeout_s = ready_timeout_s
         self.log_path = self.workdir / "tritonserver.log"
         self.flavour: FlavourReport | None = None
@@ -239,7 +241,9 @@ class TritonServer:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         repository = self.workdir / "model_repository"
-        self.flavour = derive_python_flavour(self.model_repository, repository, threads=self.threads)
+        self.flavour = derive_python_flavour(
+            self.model_repository, repository, threads=self.threads, instances=self.instances
+        )
         backends = prepare_backends(install, self.workdir)
         attempt = 1
         while True:
