@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import classify_identity, engines, gpu, perf_analyzer, report, servers
+from bench import classify_identity, engines, gpu, perf_analyzer, report, servers, triton_layouts
 from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
 from bench.stats import ratio
 
@@ -315,20 +315,7 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
             "goal": 5.0,
             "measured": ratio(own_http64.get("gateway", math.nan), own_http64.get("naive", math.nan)),
         },
-        {
-            "target": "perf_analyzer gRPC c=1: gateway >= 1.0x Triton",
-            "goal": 1.0,
-            "measured": ratio(
-                pa_value("gateway", 1, "throughput_rps"), pa_value("triton", 1, "throughput_rps")
-            ),
-        },
-        {
-            "target": "perf_analyzer gRPC c=64: gateway >= 1.0x Triton",
-            "goal": 1.0,
-            "measured": ratio(
-                pa_value("gateway", 64, "throughput_rps"), pa_value("triton", 64, "throughput_rps")
-            ),
-        },
+        *triton_layouts.triton_targets(results.get("servers", {}).get("perf_analyzer", {})),
         {
             "target": "perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms",
             "goal": 1.0,

@@ -21,12 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.stats import ratio
+from bench.triton_layouts import TARGET_CONCURRENCIES, TritonLayout, start_layouts, triton_layouts
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +152,19 @@ def interleaved(
     *,
     rounds: int = 3,
     progress: Callable[[str], None] = log.info,
+    only: Mapping[str, Collection[int]] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair (its
-    ``protocol`` that of ``kwargs``, gRPC unless given)."""
+    ``protocol`` that of ``kwargs``, gRPC unless given). A target named in ``only`` runs at those of
+    the concurrencies only (an extra layout where the targets read it, to keep the bench short)."""
     protocol = kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     for r in range(rounds):
         for c in concurrencies:
             for name, url in targets.items():
+                if only and name in only and c not in only[name]:
+                    continue
                 try:
                     sample = run_once(tool, url, model, c, **kwargs)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -203,12 +208,14 @@ def side_by_side(
     """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC
     and then over HTTP (KServe v2 REST, binary tensors as perf_analyzer sends them), interleaved
     between them, and the open loop over gRPC; ``{"rows": [...], "open": [...]}`` (each row with its
-    ``protocol``) or ``{"skipped": why}``."""
+    ``protocol``) or ``{"skipped": why}``. Over gRPC at the targets' concurrencies Triton also runs at
+    its other layouts (:mod:`bench.triton_layouts`), interleaved with the rest; one that fails to start
+    is named in ``layout_failures`` and the others stand in for it."""
     from contextlib import ExitStack
 
     from bench.servers import gateway_cmd
     from kiln.processes import running
-    from serving.triton import TritonServer, find_triton
+    from serving.triton import find_triton
     from serving.triton.server import free_port
 
     tool = find_perf_analyzer()
@@ -223,23 +230,33 @@ def side_by_side(
         stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
         targets = {"gateway": f"127.0.0.1:{grpc}"}
         rest = {"gateway": f"127.0.0.1:{http}"}
+        layouts: list[TritonLayout] = []
+        failed: dict[str, str] = {}
+        extra = stack.enter_context(ExitStack())  # the extra layouts, stopped after the gRPC runs
         if find_triton() is not None:
-            triton = stack.enter_context(TritonServer(repository, workdir / "triton-pa", threads=threads))
-            targets["triton"], rest["triton"] = triton.grpc_url, triton.http_url
+            layouts = triton_layouts(threads)
+            tritons, failed = start_layouts(stack, extra, repository, workdir, layouts, progress)
+            targets |= {name: server.grpc_url for name, server in tritons.items()}
+            rest[layouts[0].name] = tritons[layouts[0].name].http_url
         else:
             progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
         progress(
             f"perf_analyzer over gRPC, then HTTP, {rounds} interleaved rounds: {sorted(targets)} at "
             f"{list(concurrencies)}"
         )
-        rows = interleaved(tool, targets, model, concurrencies, rounds=rounds, progress=progress)
+        extras = {layout.name: TARGET_CONCURRENCIES for layout in layouts[1:]}
+        rows = interleaved(tool, targets, model, concurrencies, rounds=rounds, progress=progress, only=extras)
+        extra.close()
         over_http = interleaved(
             tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http"
         )
+        opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
         return {
             "binary": str(tool.binary),
             "rows": rows + over_http,
-            "open": open_loop_at_half_peak(tool, targets, model, rows, rounds=rounds, progress=progress),
+            "open": open_loop_at_half_peak(tool, opened, model, rows, rounds=rounds, progress=progress),
+            "triton_layouts": {layout.name: layout.describe() for layout in layouts},
+            "layout_failures": failed,
         }
 
 

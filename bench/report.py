@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import ratio
+from bench.triton_layouts import best_triton
 
 
 def write_results(results: dict[str, Any], out: Path) -> Path:
@@ -148,9 +149,12 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         r.setdefault("protocol", "grpc")
     order = {"grpc": 0, "http": 1}
     rows = sorted(pa["rows"], key=lambda r: (order.get(r["protocol"], 2), r["concurrency"], r["target"]))
-    triton = {(r["protocol"], r["concurrency"]): r["throughput_rps"] for r in rows if r["target"] == "triton"}
+    triton = {
+        (r["protocol"], r["concurrency"]): best_triton(rows, r["concurrency"], r["protocol"]) for r in rows
+    }
     for r in rows:
-        r["x_triton"] = ratio(r["throughput_rps"], triton.get((r["protocol"], r["concurrency"]), math.nan))
+        best = triton[(r["protocol"], r["concurrency"])]
+        r["x_triton"] = ratio(r["throughput_rps"], best["throughput_rps"] if best else math.nan)
     cols = [
         "target",
         "protocol",
@@ -162,7 +166,7 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         "p99_ms",
         "x_triton",
     ]
-    text = head + table(rows, cols) + "\n"
+    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton)
     if pa.get("open"):
         text += (
             "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "
@@ -186,6 +190,22 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         ]
         text += table(pa["open"], cols) + "\n"
     return text
+
+
+def _layouts_note(pa: dict[str, Any], best: dict[tuple[str, int], dict | None]) -> str:
+    """Which Triton layouts ran, which one each ``x_triton`` divides by where several did, and those
+    that failed (empty for a run with Triton at one layout)."""
+    layouts = pa.get("triton_layouts", {})
+    if len(layouts) < 2:
+        return ""
+    text = "\nTriton ran at " + "; ".join(f"`{name}`: {how}" for name, how in layouts.items())
+    text += ". `x_triton` divides by the better layout at each protocol and concurrency: "
+    text += ", ".join(
+        f"{protocol} c={c} `{row['target']}`" for (protocol, c), row in sorted(best.items()) if row
+    )
+    failures = pa.get("layout_failures", {})
+    text += "".join(f"; `{name}` not measured ({why})" for name, why in failures.items())
+    return text + ".\n"
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
