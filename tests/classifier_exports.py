@@ -61,17 +61,15 @@ def small_model(name: str) -> tuple[nn.Module, dict]:
 
 def write_checkpoint(tmp: Path, name: str, data: dict | None = None) -> Path:
     model, args = small_model(name)
-    ckpt = make_checkpoint(
-        task="classify",
-        model_name=name,
-        model_args=args,
-        model=model,
-        train_config={},
-        metrics={},
-        preprocessing={"input_size": [SIZE, SIZE], "channels": CHANNELS, "mean": [0.4], "std": [0.3]},
-        labels=LABELS,
-        data=data,
-    )
+    preprocessing = {"input_size": [SIZE, SIZE], "channels": CHANNELS, "mean": [0.4], "std": [0.3]}
+    fields = {
+        "train_config": {},
+        "metrics": {},
+        "preprocessing": preprocessing,
+        "labels": LABELS,
+        "data": data,
+    }
+    ckpt = make_checkpoint(task="classify", model_name=name, model_args=args, model=model, **fields)
     return save_checkpoint(ckpt, tmp / f"{name}.pt")
 
 

@@ -145,6 +145,14 @@ def test_targets_compare_the_gateway_with_triton_and_onnxruntime_from_perf_analy
     )  # no naive run here
 
 
+def _servers(closed: list[tuple[str, str, int, float]], pa_c64_rps: float, pa_c64_p50_ms: float) -> dict:
+    """The servers section: closed-loop rows (target, protocol, concurrency, requests/s) and the
+    gateway's perf_analyzer row at c=64."""
+    rows = [{"target": t, "protocol": p, "concurrency": c, "throughput_rps": r} for t, p, c, r in closed]
+    gateway = {"target": "gateway", "concurrency": 64, "throughput_rps": pa_c64_rps, "p50_ms": pa_c64_p50_ms}
+    return {"closed": rows, "perf_analyzer": {"rows": [gateway]}}
+
+
 def _onnxruntime_at_batch_64(throughput_ips: float) -> list[dict]:
     """An engines table whose only row is ONNX Runtime at batch 64 (the c=64 ceiling's divisor)."""
     return [
@@ -160,19 +168,8 @@ def _onnxruntime_at_batch_64(throughput_ips: float) -> list[dict]:
 
 def test_the_gateway_c64_ceiling_row_takes_the_best_client_that_measured_it():
     """Kiln's Python generator shares the 2 cores with the gateway; perf_analyzer (C++) less so."""
-    results = {
-        "engines": _onnxruntime_at_batch_64(2000.0),
-        "servers": {
-            "closed": [
-                {"target": "gateway", "protocol": "http", "concurrency": 64, "throughput_rps": 800.0},
-                {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 900.0},
-                {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1900.0},
-            ],
-            "perf_analyzer": {
-                "rows": [{"target": "gateway", "concurrency": 64, "throughput_rps": 1200.0, "p50_ms": 50.0}]
-            },
-        },
-    }
+    closed = [("gateway", "http", 64, 800.0), ("gateway", "grpc", 64, 900.0), ("triton", "grpc", 64, 1900.0)]
+    results = {"engines": _onnxruntime_at_batch_64(2000.0), "servers": _servers(closed, 1200.0, 50.0)}
     by_name = {r["target"]: r for r in targets(results, "resnet18")}
     assert by_name["gateway c=64 (best client) >= 0.8x ORT best-batch direct"]["measured"] == pytest.approx(
         0.6
@@ -232,19 +229,13 @@ def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_o
 def test_the_naive_baseline_target_compares_the_gateway_and_naive_through_the_same_http_client():
     """perf_analyzer's gRPC figure is higher on a loaded machine; the naive server was never measured
     with it, so the ratio reads the gateway's own-client HTTP row."""
-    results = {
-        "servers": {
-            "closed": [
-                {"target": "gateway", "protocol": "http", "concurrency": 64, "throughput_rps": 1000.0},
-                {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1500.0},
-                {"target": "gateway", "protocol": "http", "concurrency": 1, "throughput_rps": 300.0},
-                {"target": "naive", "protocol": "http", "concurrency": 64, "throughput_rps": 100.0},
-            ],
-            "perf_analyzer": {
-                "rows": [{"target": "gateway", "concurrency": 64, "throughput_rps": 2000.0, "p50_ms": 30.0}]
-            },
-        },
-    }
+    closed = [
+        ("gateway", "http", 64, 1000.0),
+        ("gateway", "grpc", 64, 1500.0),
+        ("gateway", "http", 1, 300.0),
+        ("naive", "http", 64, 100.0),
+    ]
+    results = {"servers": _servers(closed, 2000.0, 30.0)}
     by_name = {r["target"]: r for r in targets(results, "resnet18")}
     assert by_name["gateway c=64 >= 5x naive baseline (both over Kiln's HTTP client)"]["measured"] == 10.0
 

@@ -79,13 +79,18 @@ def test_each_target_divides_by_the_better_triton_layout_at_its_concurrency_and_
     )
 
 
-def test_a_layout_that_failed_to_start_leaves_the_other_as_divisor_with_a_note():
-    rows = [
+def _export_layout_rows() -> list[dict]:
+    """The gateway and Triton at the export's layout, at both target concurrencies."""
+    return [
         _row("gateway", 1, 900.0),
         _row(TRITON, 1, 800.0),
         _row("gateway", 64, 1500.0),
         _row(TRITON, 64, 1000.0),
     ]
+
+
+def test_a_layout_that_failed_to_start_leaves_the_other_as_divisor_with_a_note():
+    rows = _export_layout_rows()
     failures = {SPLIT: "tritonserver exited with code 1 before it was ready"}
     by_name = _by_name({"rows": rows, "triton_layouts": LAYOUTS, "layout_failures": failures})
     assert by_name[C64]["measured"] == pytest.approx(1.5)
@@ -96,12 +101,7 @@ def test_a_layout_that_failed_to_start_leaves_the_other_as_divisor_with_a_note()
 
 
 def test_a_layout_whose_runs_all_failed_at_one_concurrency_is_named_there_only():
-    rows = [
-        _row("gateway", 1, 900.0),
-        _row(TRITON, 1, 800.0),
-        _row("gateway", 64, 1500.0),
-        _row(TRITON, 64, 1000.0),
-    ]
+    rows = _export_layout_rows()
     rows.append(_row(SPLIT, 1, 850.0))
     by_name = _by_name({"rows": rows, "triton_layouts": LAYOUTS, "layout_failures": {}})
     assert by_name[C1]["measured"] == pytest.approx(900 / 850) and "left out" not in by_name[C1]["note"]
