@@ -170,7 +170,7 @@ def http_protocol(
             self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
             self._dropped = 0
             self._send_watch: SendWatch | None = None  # while the client is not reading our answers
-            self._answering: asyncio.Task | None = None  # the lean answer being computed (one at a time)
+            self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -190,8 +190,8 @@ def http_protocol(
                 self._lingering.cancel()
             if isinstance(self.cycle, DirectCycle):
                 _release(self.cycle)  # a body that will never be whole (else its answer releases it)
-            if self._answering is not None:  # nobody will read it: stop the work (a translation's rows)
-                self._answering.cancel()
+            if self._answer_task is not None:  # nobody will read it: stop the work (a translation's rows)
+                self._answer_task.cancel()
             super().connection_lost(exc)
 
         def pause_writing(self) -> None:
@@ -379,7 +379,7 @@ def http_protocol(
                 self._read_timer = None
             cycle = self.cycle
             if isinstance(cycle, DirectCycle):
-                task = self._answering = self.loop.create_task(self._answer(cycle))
+                task = self._answer_task = self.loop.create_task(self._answer(cycle))
                 task.add_done_callback(self.tasks.discard)
                 self.tasks.add(task)  # the server waits for these when it shuts down
             else:
