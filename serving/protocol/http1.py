@@ -417,6 +417,7 @@ def http_protocol(
             end = b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n"
             self.transport.write(b"".join((STATUS_LINE[status], *lines, end, body)))
             cycle.response_complete = True
+            self._answer_task = None  # answered: its background task runs whether the client stays or not
             if not cycle.keep_alive:
                 self.transport.close()
             self.on_response_complete()
