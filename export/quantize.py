@@ -253,12 +253,9 @@ class AgreementGate:
 
     def reason(self) -> str:
         """Why the gate refused (empty when it passed)."""
-        if self.passed:
-            return ""
-        return (
-            f"int8 top-1 agreement with fp32 {100 * self.agreement:.2f}% < "
-            f"{100 * self.min_agreement:.2f}% on {self.images} unlabelled ({self.data}) images"
-        )
+        measured = f"{100 * self.agreement:.2f}% < {100 * self.min_agreement:.2f}%"
+        where = f"on {self.images} unlabelled ({self.data}) images"
+        return "" if self.passed else f"int8 top-1 agreement with fp32 {measured} {where}"
 
     def as_dict(self) -> dict[str, float | int | str | bool]:
         return {
