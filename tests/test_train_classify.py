@@ -88,6 +88,18 @@ def test_resume_without_model_continues_the_resume_files_model_under_its_own_nam
         classify.train(tiny(tmp_path, model="resnet18", epochs=3, resume=str(tmp_path / "lenet.pt")))
 
 
+def test_resume_refuses_a_model_arg_that_differs_from_the_files_and_accepts_the_same(tmp_path, capsys):
+    classify.train(tiny(tmp_path, epochs=1, model_args={"width_mult": 0.5}))
+    argv = ["--resume", str(tmp_path / "lenet.pt"), "--epochs", "2", "--output-dir", str(tmp_path)]
+    argv += ["--image-size", "16", "--limit-train", "96", "--limit-val", "48", "--batch-size", "32"]
+    assert classify.main([*argv, "--model-arg", "width_mult=1.0"]) == 2  # would be silently ignored
+    err = capsys.readouterr().err
+    assert "--model-arg width_mult=1.0 (the file has 0.5) differs from --resume" in err, err
+    assert torch.load(tmp_path / "lenet.resume.pt", weights_only=True)["epoch"] == 1  # nothing trained
+    assert classify.main([*argv, "--model-arg", "width_mult=0.5", "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "lenet.pt")["model"]["args"]["width_mult"] == 0.5
+
+
 def test_bad_flags_and_wrong_files_are_error_lines_before_any_training(lenet_run, tmp_path, capsys):
     translator = load_checkpoint(lenet_run)
     translator.update(task="translate")

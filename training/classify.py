@@ -195,8 +195,35 @@ def resolve(config: TrainConfig) -> TrainConfig:
             "the default dataset, digits, is bundled with scikit-learn and reads no files"
         )
     check_ranges(out)
+    check_resume_model_args(out)
     check_output_dir(out.output_dir)
     return out
+
+
+def check_resume_model_args(config: TrainConfig) -> None:
+    """A ``--model-arg`` on ``--resume`` must match the resume file's architecture: the run rebuilds the
+    model from that file, so a different value would be silently ignored (the same value is fine)."""
+    if not (config.resume and config.model_args):
+        return
+    held = load_resume(config.resume, mmap=True)["model_args"]
+    differ = [
+        f"{key}={value!r} (the file has {held.get(key)!r})"
+        for key, value in config.model_args.items()
+        if _as_lists(value) != _as_lists(held.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            f"--model-arg {', '.join(differ)} differs from --resume {config.resume}: a resumed run keeps "
+            "the architecture it was started with; drop the --model-arg, or start a new run (--finetune "
+            "to start from these weights)"
+        )
+
+
+def _as_lists(value: Any) -> Any:
+    """``value`` with tuples as lists, so ``(1, 2)`` from the command line equals a stored ``[1, 2]``."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
 
 
 def augment_config(config: TrainConfig) -> AugmentConfig:
@@ -235,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=parse_model_arg,
         metavar="KEY=VALUE",
-        help="override a model config field (repeatable)",
+        help="override a model config field (repeatable); with --resume, only the file's own values",
     )
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
