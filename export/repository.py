@@ -1,14 +1,17 @@
 """Write Triton model repository entries atomically, with their kiln.json (docs/kiln-json.md).
 
-An entry is staged in a hidden temp directory inside the repository and renamed into place, so a
-failure never leaves a half-written entry. A directory that exists without a Kiln ``kiln.json`` is
-foreign and is never overwritten. Staging directories are named after the host and process that made
-them (``.<entry>.tmp-<host>-<pid>-<hex>``), so those of a killed export are recognised and swept by the
-next write of the entry (``sweep_leftovers``): Triton would otherwise try to load them as models.
+An entry is staged in a temp directory and renamed into place, so a failure never leaves a
+half-written entry. Staging happens beside the repository, in ``.<repository>.kiln-staging/``
+(``staging_area``), not inside it: Triton takes every subdirectory of its repository for a model, hidden
+ones too, so a staging directory there fails its load (and a Triton start with it). A directory that
+exists without a Kiln ``kiln.json`` is foreign and is never overwritten. Staging directories are named
+after the host and process that made them (``.<entry>.tmp-<host>-<pid>-<hex>``), so those of a killed
+export are recognised and swept by the next write of the entry (``sweep_leftovers``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -32,6 +35,8 @@ VERSION = "1"
 REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is swept once this old
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"  # in staging names
+STAGING_SUFFIX = ".kiln-staging"  # .<repository name><this>: the staging area beside the repository
+_AREAS: dict[Path, Path] = {}  # repository -> its staging area, probed once per process
 
 
 class RepositoryError(RuntimeError):
@@ -103,12 +108,65 @@ def check_repository(repository: Path) -> None:
         raise RepositoryError(f"cannot create repository {repository}: {exc.strerror or exc}") from None
     if not repository.is_dir():
         raise RepositoryError(f"repository {repository} is not a directory")
-    probe = repository / f".kiln-probe-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = repository / _probe_name()  # a file: Triton takes only directories for models
     try:
-        probe.mkdir()
-        probe.rmdir()
+        probe.touch(exist_ok=False)
+        probe.unlink()
     except OSError as exc:
         raise RepositoryError(f"repository {repository} is not writable: {exc.strerror or exc}") from None
+
+
+def _probe_name() -> str:
+    return f".kiln-probe-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def staging_area(repository: Path) -> Path:
+    """Where entries of ``repository`` are staged: ``.<repository>.kiln-staging`` beside it, where no
+    Triton looks, when a rename from there reaches the repository (same filesystem and mount); else the
+    repository itself (a mount point's root, a read-only parent), with a warning."""
+    key = repository.resolve()
+    if key not in _AREAS:
+        area = _area_path(key)
+        if key.parent != key and _reaches(area, key):
+            _AREAS[key] = area
+        else:
+            log.warning(
+                "staging entries inside %s (no rename from %s reaches it): a Triton polling the "
+                "repository may log a failed load of a staging directory while an export runs",
+                key,
+                key.parent,
+            )
+            _AREAS[key] = key
+    return _AREAS[key]
+
+
+def _area_path(repository: Path) -> Path:
+    resolved = repository.resolve()
+    return resolved.parent / f".{resolved.name}{STAGING_SUFFIX}"
+
+
+def _reaches(area: Path, repository: Path) -> bool:
+    """Whether a file renamed from ``area`` lands in ``repository``: proved by doing it, since a bind
+    mount shares its parent's device yet refuses renames across it (EXDEV)."""
+    name = _probe_name()
+    try:
+        area.mkdir(exist_ok=True)
+        (area / name).touch(exist_ok=False)
+        os.rename(area / name, repository / name)  # a file: Triton takes only directories for models
+        return True
+    except OSError:
+        return False
+    finally:
+        for path in (area / name, repository / name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        _tidy(area)
+
+
+def _tidy(area: Path) -> None:
+    """Remove the staging area once empty (another export's staging keeps it, and it is remade)."""
+    with contextlib.suppress(OSError):
+        area.rmdir()
 
 
 def write_entry(
@@ -123,7 +181,8 @@ def write_entry(
     check_not_foreign(final)
     if final.exists() and not overwrite:
         raise RepositoryError(f"{final} exists; use --force to rebuild it")
-    staging = _make_staging(repository, name)
+    area = staging_area(repository)
+    staging = _make_staging(area, name)
     try:
         meta = fill(staging)
         meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
@@ -134,26 +193,30 @@ def write_entry(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if area != repository.resolve():
+            _tidy(area)
     log.info("wrote %s", final)
     return final
 
 
-def _make_staging(repository: Path, name: str) -> Path:
-    """A new ``.<name>.tmp-<host>-<pid>-<hex>`` directory, made by a plain mkdir so it gets the mode
-    every directory of this process gets (0o777 & ~umask): ``tempfile.mkdtemp``'s 0700 would follow
-    the entry into place and lock out a Triton or gateway running as another user."""
+def _make_staging(area: Path, name: str) -> Path:
+    """A new ``.<name>.tmp-<host>-<pid>-<hex>`` directory in ``area``, made by a plain mkdir so it gets
+    the mode every directory of this process gets (0o777 & ~umask): ``tempfile.mkdtemp``'s 0700 would
+    follow the entry into place and lock out a Triton or gateway running as another user."""
     for _ in range(100):
-        path = repository / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        path = area / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
+            area.mkdir(exist_ok=True)
             path.mkdir()
             return path
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # a name taken, or the area tidied away meanwhile
             continue
-    raise RepositoryError(f"cannot create a staging directory for {name!r} in {repository}")
+    raise RepositoryError(f"cannot create a staging directory for {name!r} in {area}")
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` with renames only (the old entry is removed last)."""
+    """Replace ``final`` by ``staging`` with renames only (the old entry, moved out beside the staging
+    directory, is removed last)."""
     old = None
     if final.exists():
         old = staging.with_name(staging.name.replace(".tmp-", ".old-", 1))
@@ -187,12 +250,15 @@ def _owner_gone(path: Path, suffix: str) -> bool:
 
 def sweep_leftovers(repository: Path, name: str) -> list[Path]:
     """Remove the staging (``.<name>.tmp-*``) and swapped-out (``.<name>.old-*``) directories that an
-    export killed while writing entry ``name`` left behind (``_owner_gone``); an ``.old-`` one is put
-    back as the entry when the kill came between the two renames and left no entry. Returns them."""
+    export killed while writing entry ``name`` left behind (``_owner_gone``), in the staging area and in
+    the repository (where earlier Kilns staged); an ``.old-`` one is put back as the entry when the kill
+    came between the two renames and left no entry. Returns them."""
+    area = _area_path(repository)
+    places = [repository, *([area] if area.is_dir() else [])]
     swept = []
-    for kind in ("tmp", "old"):
+    for kind, place in ((kind, place) for place in places for kind in ("tmp", "old")):
         prefix = f".{name}.{kind}-"
-        for path in sorted(repository.glob(f"{glob.escape(prefix)}*")):
+        for path in sorted(place.glob(f"{glob.escape(prefix)}*")):
             if not path.is_dir() or not _owner_gone(path, path.name[len(prefix) :]):
                 continue
             if kind == "old" and not (repository / name).exists() and read_kiln_json(path):

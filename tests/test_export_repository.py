@@ -104,3 +104,66 @@ def test_entries_an_earlier_run_wrote_from_other_weights_of_the_checkpoint_are_r
     assert [(r.entry, r.precision, r.path) for r in stale] == [("lenet_int8", "int8", repo / "lenet_int8")]
     assert "not requested this run, still served" in stale[0].message
     assert (repo / "lenet_int8").is_dir()  # reported, never removed
+
+
+def test_an_entry_is_staged_outside_the_repository_since_triton_loads_hidden_directories_too(tmp_path):
+    repo, seen = tmp_path / "repo", {}
+    write_entry(repo, "m", _fill)
+
+    def watching(tmp: Path) -> dict[str, Any]:
+        seen["staging"] = tmp
+        seen["repository"] = sorted(p.name for p in repo.iterdir() if p.is_dir())
+        return _fill(tmp)
+
+    write_entry(repo, "m", watching)
+    assert seen["repository"] == ["m"]  # what a polling Triton lists meanwhile: the served entry alone
+    assert seen["staging"].parent == tmp_path / f".repo{repository.STAGING_SUFFIX}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # the empty staging area is tidied
+    assert json.loads((repo / "m" / "kiln.json").read_text())["name"] == "m"
+
+
+def test_a_killed_exports_leftovers_in_the_staging_area_are_swept_and_its_entry_put_back(tmp_path):
+    repo = tmp_path / "repo"
+    write_entry(repo, "m", _fill)
+    area, dead = tmp_path / f".repo{repository.STAGING_SUFFIX}", _dead_pid()
+    killed = area / f".m.tmp-{repository._HOST}-{dead}-0badf00d"
+    (killed / "1").mkdir(parents=True)
+    swapped = area / f".m.old-{repository._HOST}-{dead}-0badf00d"
+    os.replace(repo / "m", swapped)
+    assert sorted(repository.sweep_leftovers(repo, "m")) == sorted([killed, swapped])
+    assert json.loads((repo / "m" / "kiln.json").read_text())["name"] == "m"
+    assert sorted(area.iterdir()) == []
+
+
+def test_a_repository_no_rename_from_beside_it_reaches_is_staged_inside_with_a_warning(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(repository, "_reaches", lambda area, repo: False)  # a mount point's root
+    repo, seen = tmp_path / "repo", {}
+
+    def watching(tmp: Path) -> dict[str, Any]:
+        seen["staging"] = tmp
+        return _fill(tmp)
+
+    with caplog.at_level("WARNING", logger="export.repository"):
+        write_entry(repo, "m", watching)
+    assert seen["staging"].parent == repo.resolve() and seen["staging"].name.startswith(".m.tmp-")
+    assert "a Triton polling the repository may log a failed load" in caplog.text
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]
+
+
+def test_probing_a_repository_leaves_no_directory_in_it_for_triton_to_load(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    made: list[Path] = []
+    mkdir = Path.mkdir
+
+    def recording(self: Path, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", recording)
+    repository.check_repository(repo)
+    write_entry(repo, "m", _fill)
+    inside = [p for p in made if p.resolve().parent == repo.resolve()]
+    assert [p.name for p in inside] == []  # the entry arrives by rename, never made in place
