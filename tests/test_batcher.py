@@ -435,3 +435,52 @@ def test_a_failing_run_on_the_loop_fails_its_request_alone_and_the_next_still_ru
 
     np.testing.assert_array_equal(run(scenario())["y"], rows(2, 1)["x"] * 2)
     assert calls == [13.0, 2.0]
+
+
+class OneBadRow(Recorder):
+    """A gated Recorder whose model refuses any batch holding a negative value (as ONNX Runtime refuses
+    an out-of-range token id), whatever else the batch holds."""
+
+    def __call__(self, instance: int, inputs):
+        outputs = super().__call__(instance, inputs)
+        if (inputs["x"] < 0).any():
+            raise ValueError("indices element out of data bounds")
+        return outputs
+
+
+def test_a_request_that_fails_a_merged_batch_fails_alone_and_the_others_get_their_rows():
+    gate = threading.Event()
+    model = OneBadRow(gate)
+
+    async def body(batcher):
+        running = await busy_instance(batcher, model)
+        good, bad, other = (
+            asyncio.create_task(batcher.submit(x)) for x in (rows(1, 2), rows(-5, 1), rows(3, 1))
+        )
+        await until(lambda: batcher.queue_depth == 3)
+        gate.set()
+        with pytest.raises(ValueError, match="out of data bounds"):
+            await bad
+        return await running, await good, await other
+
+    answers = run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
+    assert model.sizes[:2] == [1, 4]  # the three queued requests did run as one merged batch first
+    assert [a["y"].ravel().tolist() for a in answers] == [[0.0], [2.0, 4.0], [6.0]]
+
+
+def test_requests_whose_merged_outputs_cannot_be_split_are_answered_not_left_waiting():
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    def no_batch_axis(instance: int, inputs):  # a broken graph: a 0-d output for a batched model
+        return {"y": np.asarray(model(instance, inputs)["y"].sum())}
+
+    async def body(batcher):
+        running = await busy_instance(batcher, model)
+        queued = [asyncio.create_task(batcher.submit(rows(i, 1))) for i in (1, 2)]
+        await until(lambda: batcher.queue_depth == 2)
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(running, *queued), DEADLINE_S)
+
+    answers = run(with_batcher(BatchPolicy(max_batch_size=8), no_batch_axis, body))
+    assert [float(a["y"]) for a in answers] == [0.0, 2.0, 4.0]

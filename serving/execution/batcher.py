@@ -260,22 +260,33 @@ class DynamicBatcher:
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
         try:
             if live:
-                outputs = self.run(
-                    instance, _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
-                )
-        except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
-            self._ran()
+                merged = _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
+                rows = _split(self.run(instance, merged), live)
+        except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
-            self._hand_back(_fail, live, exc)
+            answers = self._one_by_one(instance, live) if len(live) > 1 else [exc]
+            self._ran()
+            self._hand_back(_settle, live, answers)
             return
         self._ran()  # before the answers leave: the next request may run on the loop at once
         if not live:
             return
-        self._hand_back(_deliver, live, _split(outputs, live))
+        self._hand_back(_deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
             self.observer.observe_batch(self.name, sum(p.items for p in live), time.monotonic() - started)
             for pending in live:
                 self.observer.observe_queue(self.name, started - pending.arrival)
+
+    def _one_by_one(self, instance: int, live: list[_Pending]) -> list[Tensors | Exception]:
+        """Each request of a failed batch run alone: one request's bad input fails only that request
+        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing."""
+        answers: list[Tensors | Exception] = []
+        for pending in live:
+            try:
+                answers.append(_split(self.run(instance, pending.inputs), [pending])[0])
+            except Exception as exc:  # noqa: BLE001 - this request's own answer
+                answers.append(exc)
+        return answers
 
     def _ran(self) -> None:
         """This instance's batch has run (see ``_running``)."""
@@ -295,10 +306,15 @@ def _deliver(live: list[_Pending], rows: list[Tensors]) -> None:
             pending.future.set_result(result)
 
 
-def _fail(live: list[_Pending], exc: BaseException) -> None:
-    for pending in live:
-        if not pending.future.done():
-            pending.future.set_exception(exc)
+def _settle(live: list[_Pending], answers: list[Tensors | Exception]) -> None:
+    """Each request's own rows or its own error (after a failed batch)."""
+    for pending, answer in zip(live, answers, strict=True):
+        if pending.future.done():
+            continue
+        if isinstance(answer, Exception):
+            pending.future.set_exception(answer)
+        else:
+            pending.future.set_result(answer)
 
 
 def _split(outputs: Tensors, live: list[_Pending]) -> list[Tensors]:
