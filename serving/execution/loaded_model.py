@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import BadRequest
 from serving.execution import placement
 from serving.execution.batcher import DynamicBatcher
 from serving.execution.occupancy import Occupancy
@@ -84,6 +85,10 @@ class LoadedModel:
             crowded = _rows(inputs) > 1 or bool(self.batcher.queue_depth) or not self.occupancy.alone()
             self.crowding += CROWDING_WEIGHT * (crowded - self.crowding)
             return outputs
+        except Exception as exc:
+            if _refused_input(exc):  # validated inputs ONNX Runtime refuses for their values
+                raise BadRequest(f"model {self.entry.name!r}: ONNX Runtime refused the input: {exc}") from exc
+            raise
         finally:
             self.occupancy.leave()
 
@@ -129,6 +134,14 @@ class LoadedModel:
         size = self.placement.bucket_for(rows)
         values = self.buckets[instance][size].run(self.output_names, placement.pad_rows(inputs, size))
         return {name: value[:rows] for name, value in zip(self.output_names, values, strict=True)}
+
+
+def _refused_input(exc: Exception) -> bool:
+    """ONNX Runtime's INVALID_ARGUMENT: names, dtypes and shapes are validated before a request is
+    queued, so what is left is a value the graph refuses (a token id outside the vocabulary), the
+    client's mistake: a 400, as Triton's onnxruntime backend answers it."""
+    kind = type(exc)
+    return kind.__name__ == "InvalidArgument" and kind.__module__.startswith("onnxruntime")
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
