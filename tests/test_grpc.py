@@ -250,6 +250,23 @@ def test_classification_extension_returns_top_labelled_classes(
     assert [entry.decode().split(":", 1)[1] for entry in top[0]] == ["1:b", "2:c"]
 
 
+@pytest.mark.parametrize("value", [3, "y", True], ids=["int", "string", "bool"])
+def test_a_request_parameter_named_classification_is_not_taken_for_the_outputs_classification(
+    client: grpcclient.InferenceServerClient, fake_server, value: object
+) -> None:
+    """Triton reads the classification extension from an output's parameters only; a request-level
+    parameter of that name is the model's, and never becomes the backends' classification map."""
+    x = np.array([[0.1, 0.7, 0.2]], np.float32)
+    plain = client.infer("double", [_input("x", x, "FP32")], parameters={"classification": value})
+    np.testing.assert_array_equal(plain.as_numpy("y"), 2 * x)
+    assert fake_server[0].last_request.parameters["classification"] == {}
+    wanted = [grpcclient.InferRequestedOutput("y", class_count=1)]
+    both = client.infer(
+        "double", [_input("x", x, "FP32")], outputs=wanted, parameters={"classification": value}
+    )
+    assert [entry.decode().split(":", 1)[1] for entry in both.as_numpy("y")[0]] == ["1:b"]
+
+
 def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -390,6 +407,13 @@ def test_a_grpc_message_over_the_body_limit_is_resource_exhausted(loop, tmp_path
             client.infer("lenet", [_input("images", np.zeros((2 << 20,), np.uint8), "UINT8")])
         assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED", raised.value.message()
         assert client.infer("lenet", [_input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")])
+
+
+def test_a_request_parameter_named_classification_leaves_a_classifier_answering_as_on_http(gateway) -> None:
+    image = _input("images", np.zeros((1, *IMAGE), np.uint8), "UINT8")
+    with grpcclient.InferenceServerClient(gateway[1].grpc_url) as client:
+        result = client.infer("lenet", [image], parameters={"classification": 2})
+        assert result.as_numpy("logits").dtype == np.float32  # raw scores, not classification strings
 
 
 @pytest.mark.parametrize("version", ["x", "-1", "1.0"])

@@ -244,11 +244,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
-        """Decode, run on the backend (classification requests travel as a parameter), encode."""
+        """Decode, run on the backend, encode. The backends read the outputs' classification counts
+        from the ``classification`` parameter, always set here from the requested outputs (as
+        v2_codec sets it for HTTP): a request-level parameter of that name, which Triton hands the
+        model as any other, must not reach them as the map (a 500 for a translator or the Triton
+        backend, a refusal for a classifier)."""
         parameters = model_parameters(_parameters(request.parameters))
-        counts = _classification_counts(request)
-        if counts:
-            parameters["classification"] = counts
+        parameters["classification"] = _classification_counts(request)
         infer_request = InferRequest(
             model=request.model_name,
             version=parse_version(request.model_version),
