@@ -14,11 +14,12 @@ handlers; the OpenAPI document is still generated from the endpoint's signature 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -151,10 +152,65 @@ async def translate(request: Request, name: str) -> Response:
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
-        results = await _observed(metrics, name, translator.translate(body.texts, body.options(), timeout_s))
+        work = _observed(metrics, name, translator.translate(body.texts, body.options(), timeout_s))
     else:
-        results = await _via_infer(backend, metrics, name, body, timeout_s)
+        work = _via_infer(backend, metrics, name, body, timeout_s)
+    results = await until_client_leaves(request, work)
+    if results is None:
+        return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
     return response_json(name, results, body.return_scores)
+
+
+T = TypeVar("T")
+CLIENT_LEFT = 499  # nginx's "client closed request": what a request whose client left ends with
+
+
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``await work``, cancelled (a translation's rows leave the decode batch) and None if the client
+    disconnects first: the ASGI server's ``http.disconnect``, watched beside the work once the body is read.
+
+    Only a receive that waits is watched. The gateway's HTTP/1 protocol answers a request it took whole
+    without the ASGI cycle (:mod:`serving.protocol.http1`): it cancels the answer itself when the
+    connection is lost, and its receive gives the body again at once, so no watcher task is made there.
+    """
+    message = _without_waiting(request.receive)
+    if message is not None and message["type"] != "http.disconnect":
+        return await work  # a receive that reports no disconnect (the protocol's own): nothing to watch
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and not watch.result():  # a receive that spoke of something else: unwatched
+            return await task
+    except BaseException:  # this request was cancelled (the server stops), or its receive failed
+        task.cancel()
+        watch.cancel()
+        raise
+    watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()  # its client left: its rows leave the decode batch at the next step
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # retrieved: whatever it ended with, nobody is there to be told
+    return None
+
+
+def _without_waiting(receive: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The message ``receive()`` gives without suspending, or None when it would wait for one (its
+    wait undone: closing the coroutine runs the ``finally`` of whatever it awaited)."""
+    call = receive()
+    try:
+        call.send(None)  # type: ignore[attr-defined]
+    except StopIteration as answered:
+        return answered.value
+    call.close()  # type: ignore[attr-defined]
+    return None
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bool:
+    """Whether the next message is the client gone (after the body, ASGI sends nothing else)."""
+    return (await receive())["type"] == "http.disconnect"
 
 
 def response_json(name: str, results: list[list[Translation]], scores: bool) -> Response:

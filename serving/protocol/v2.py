@@ -20,6 +20,7 @@ from serving.protocol.responses import (
     error_response,
     errors,
 )
+from serving.protocol.translate import CLIENT_LEFT, until_client_leaves
 from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
@@ -118,7 +119,9 @@ async def infer(
     parsed = await request.app.state.json_offload.parse_infer(
         body, request.headers.get(HEADER_LENGTH), name, version
     )
-    result = await observed_infer(backend, metrics, parsed.request)
+    result = await until_client_leaves(request, observed_infer(backend, metrics, parsed.request))
+    if result is None:  # its client left (a translation's rows left the decode batch): nobody to answer
+        return Response(status_code=CLIENT_LEFT)
     content, header_length = encode_infer(result, parsed)
     if header_length is None:
         return Response(content, media_type="application/json")
