@@ -242,7 +242,7 @@ def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
     build_trt, trt_reason = tensorrt.should_build(ctx.options.tensorrt)
     candidates = entries + ([_trt(e) for e in entries] if build_trt else [])
     wanted = {e.name for e in candidates if ctx.needs_rebuild(e)}
-    results = [ctx.skipped(e) for e in entries if e.name not in wanted]
+    results = [ctx.skipped(e) for e in candidates if e.name not in wanted]
     if not wanted:
         return results + (
             [] if build_trt else [EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason)]
@@ -251,23 +251,24 @@ def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
     if build_trt:
         built += _trt_candidates(ctx, spec, built, work, wanted)
     for b in built:
-        if b.entry not in wanted:
-            continue
-        results.append(_write_or_reject(ctx, spec, b, freeze_report))
+        if b.gate is not None and not b.gate.passed:
+            results += _refuse(ctx, b, wanted)
+        elif b.entry in wanted:
+            results.append(_write(ctx, spec, b, freeze_report))
     if not build_trt:
         results.append(EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason))
     return results
 
 
-def _write_or_reject(
-    ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport
-) -> EntryResult:
+def _refuse(ctx: ExportContext, b: Built, wanted: set[str]) -> list[EntryResult]:
+    """A candidate its gate refused, and its TensorRT twin: stale entries removed and the refusal
+    remembered, so the next export of the unchanged checkpoint does not re-gate (as translators)."""
+    entries = [Entry(b.entry, b.precision), _trt(Entry(b.entry, b.precision))]
+    return [ctx.refuse(e, b.report, b.gate.reason()) for e in entries if e.name in wanted]
+
+
+def _write(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport) -> EntryResult:
     result = EntryResult.from_report(b.entry, b.precision, b.report)
-    if b.gate is not None and not b.gate.passed:
-        repository.remove_entry(ctx.repository, b.entry)
-        result.status = "rejected"
-        result.message = b.gate.reason()
-        return result
     if b.platform == "onnxruntime_onnx":  # the export summary's measured batching recommendation
         b.report.metrics["batching"] = batching.measure(session_runner(ort_session(b.model_file)), spec)
         result.message = f"batching: {b.report.metrics['batching']['recommendation']}"

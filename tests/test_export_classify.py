@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from export import quantize
 from export.classifier import ImageData
 from export.freeze import ChannelAffine, freeze, training_only_modules
 from export.onnx_export import forbidden_nodes
@@ -160,7 +161,9 @@ def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path):
     assert (tmp_path / "repo" / "lenet" / "precious.txt").read_text() == "mine"
 
 
-def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_path):
+def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop_and_remembers_it(
+    tmp_path, monkeypatch
+):
     ckpt = write_checkpoint(tmp_path, "lenet")
     results = export_checkpoint(
         ckpt,
@@ -195,6 +198,15 @@ def test_fp16_and_int8_entries_pass_and_the_int8_gate_rejects_a_large_drop(tmp_p
     )
     int8 = next(r for r in results if r.entry == "lenet_int8")
     assert int8.status == "rejected" and "10.00 > 0.5" in int8.message
+    assert not (tmp_path / "repo" / "lenet_int8").exists()
+    # the unchanged checkpoint with the same gate settings is not re-gated (--force or a change re-gates)
+    monkeypatch.setattr(quantize, "to_int8", lambda *a: pytest.fail("an unchanged refusal was re-gated"))
+    options = {"precisions": ("fp32", "int8"), "int8_max_drop": 0.5, "tensorrt": "off"}
+    again = {
+        r.entry: r for r in export_checkpoint(ckpt, tmp_path / "repo", validation=tiny_images(), **options)
+    }
+    assert again["lenet_int8"].status == "up to date" and again["lenet"].status == "up to date"
+    assert "refused by its gate earlier (int8 top-1 drop 10.00 > 0.5" in again["lenet_int8"].message
     assert not (tmp_path / "repo" / "lenet_int8").exists()
 
 

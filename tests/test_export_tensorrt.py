@@ -56,3 +56,49 @@ def test_tensorrt_builds_an_engine_from_an_exported_classifier(tmp_path: Path):
     )
     assert plan.stat().st_size > 0 and cache.stat().st_size > 0
     tensorrt.build_engine(onnx_path, tmp_path / "again.plan", spec, precision="fp16", timing_cache=cache)
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """TensorRT 'available' without TensorRT: each engine built is a small file; returns their precisions."""
+    built: list[str] = []
+
+    def build_engine(onnx_path: Path, plan_path: Path, spec: object, *, precision: str, **_: object) -> Path:
+        built.append(precision)
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        plan_path.write_bytes(b"plan " + precision.encode())
+        return plan_path
+
+    monkeypatch.setattr(tensorrt, "should_build", lambda mode: (True, "TensorRT available"))
+    monkeypatch.setattr(tensorrt, "build_engine", build_engine)
+    return built
+
+
+def test_an_int8_refusal_removes_and_remembers_the_tensorrt_twin_too(
+    tmp_path: Path, fake_tensorrt: list[str]
+):
+    from export.pipeline import export_checkpoint
+    from export.quantize import GateResult
+    from export.repository import write_entry
+    from tests.classifier_exports import tiny_images, write_checkpoint
+
+    ckpt, repo = write_checkpoint(tmp_path, "lenet"), tmp_path / "repo"
+
+    def earlier_engine(tmp: Path) -> dict[str, object]:  # an int8 engine a run that passed the gate wrote
+        (tmp / "1").mkdir()
+        (tmp / "1" / "model.plan").write_bytes(b"plan")
+        return {"task": "classify", "precision": "int8"}
+
+    write_entry(repo, "lenet_int8_trt", earlier_engine)
+
+    def dropped(gate: GateResult) -> GateResult:  # int8 now loses 10 points of accuracy
+        return GateResult(gate.accuracy_fp32, gate.accuracy_fp32 - 0.10, gate.max_drop)
+
+    options = {"precisions": ("fp32", "int8"), "validation": tiny_images(), "tensorrt": "auto"}
+    status = {r.entry: r.status for r in export_checkpoint(ckpt, repo, accuracy_hook=dropped, **options)}
+    assert status["lenet_int8"] == status["lenet_int8_trt"] == "rejected"
+    assert status["lenet_trt"] == "written" and fake_tensorrt == ["fp32"]
+    assert not (repo / "lenet_int8_trt").exists()  # no longer served
+    again = {r.entry: r for r in export_checkpoint(ckpt, repo, **options)}
+    assert {again[e].status for e in ("lenet_int8", "lenet_int8_trt", "lenet_trt")} == {"up to date"}
+    assert "refused by its gate earlier" in again["lenet_int8_trt"].message and fake_tensorrt == ["fp32"]
