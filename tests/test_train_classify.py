@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.torchrun import two_ranks_weights_hash
+from tests.torchrun import SLOW_RANK0_TIMEOUT_S, two_ranks_weights_hash
 from training import classify, classify_loop
 from training.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from training.models import build_model, list_models
@@ -230,6 +230,20 @@ def test_torchrun_with_two_processes_keeps_the_weights_identical_on_every_rank(t
     ckpt = load_checkpoint(tmp_path / "out" / "lenet.pt")
     assert ckpt["data"]["n_train"] == 64  # the whole limited split, sharded between the ranks
     assert weights_hash(rebuild_model(ckpt)) == rank0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_torchrun_ranks_do_not_wait_in_a_collective_while_rank_0_writes_the_checkpoint(tmp_path):
+    argv = ["--model", "lenet", "--epochs", "1", "--limit-train", "64", "--limit-val", "32"]
+    argv += ["--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    two_ranks_weights_hash(  # rank 0's writing outlasts the process group's timeout
+        "training.classify",
+        [*argv, "--output-dir", str(tmp_path / "out")],
+        tmp_path / "hashes",
+        slow_rank0=f"training.classify_loop:finish={SLOW_RANK0_TIMEOUT_S + 3}",
+    )
+    assert load_checkpoint(tmp_path / "out" / "lenet.pt")["data"]["n_train"] == 64
 
 
 def test_zoo_picks_one_model_per_family_and_writes_a_markdown_table(tmp_path, capsys):

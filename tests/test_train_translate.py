@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tests.torchrun import two_ranks_weights_hash
+from tests.torchrun import SLOW_RANK0_TIMEOUT_S, two_ranks_weights_hash
 from training.checkpoint import load_checkpoint, rebuild_model
 from training.data.numbers import generate_pairs
 from training.data.text_batches import pad_ids
@@ -193,3 +193,21 @@ def test_torchrun_with_two_cpu_processes_trains_one_translator_with_identical_we
     assert (
         ckpt["metrics"]["world_size"] == 2 and len(read_metrics(tmp_path / "out" / "tiny.metrics.jsonl")) == 1
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_torchrun_ranks_share_validation_and_none_waits_out_rank_0s_long_test_evaluation(tsv, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    argv = tiny_transformer_argv(tsv, tmp_path / "out", "--epochs", "1", "--device", "cpu")
+    two_ranks_weights_hash(  # rank 0's test evaluation outlasts the process group's timeout
+        "training.translate",
+        argv,
+        tmp_path / "hashes",
+        slow_rank0=f"training.translate_loop:evaluate={SLOW_RANK0_TIMEOUT_S + 3}",
+        env={"KILN_TEST_TEXTS_LOG": str(texts)},
+    )
+    assert load_checkpoint(tmp_path / "out" / "tiny.pt")["metrics"]["world_size"] == 2
+    # --val-limit 8: each rank decoded 4 of the validation sentences, rank 0 did not decode them alone
+    assert [(texts / f"rank{r}.texts").read_text().split() for r in (0, 1)] == [["4"], ["4"]]
