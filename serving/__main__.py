@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         # Access lines are INFO: above that level they are never printed, so do not build them at all.
         access_log=settings.log_level.lower() in {"trace", "debug", "info"},
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        # uvicorn takes the seconds as they are (asyncio.timeout); ``int(grace) or None`` made any grace
+        # under a second no limit at all
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         timeout_keep_alive=settings.keep_alive_s,
         # one write a response, bounded request heads and reads (serving/protocol/http1.py)
         http=http_protocol(settings.read_timeout_s, settings.max_header_bytes, settings.send_timeout_s),

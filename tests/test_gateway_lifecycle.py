@@ -1,0 +1,104 @@
+"""How ``python -m serving`` starts and stops as a process: busy ports, signals, the shutdown grace,
+and its workers (never left behind, never two gateways on one port)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.repo_fixtures import SIZE, build_classifier_repository
+from tests.waiting import eventually
+
+BODY = json.dumps(
+    {
+        "inputs": [
+            {"name": "images", "datatype": "UINT8", "shape": [1, SIZE, SIZE, 1], "data": [1] * SIZE * SIZE}
+        ]
+    }
+).encode()
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    return build_classifier_repository(tmp_path_factory.mktemp("lifecycle") / "repo")
+
+
+def _free_ports(count: int = 2) -> list[int]:
+    """Ports nothing listens on now (the gateway must bind them itself: that is what is tested)."""
+    from serving.triton.server import free_port
+
+    return [free_port() for _ in range(count)]
+
+
+@contextmanager
+def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``python -m serving`` in a session of its own (a terminal's Ctrl-C reaches its whole group),
+    ready; killed with its group on the way out whatever the test did."""
+    http, grpc = _free_ports()
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc), *flags]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert eventually(lambda: proc.poll() is not None or _ready(http), 60), log.read_text()
+        assert proc.poll() is None, log.read_text()
+        yield proc, http
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _request_in_flight(port: int) -> socket.socket:
+    """A KServe infer request the gateway has started (it answered ``Expect: 100-continue``) and whose
+    body is only partly sent: in flight until the test sends the rest."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = "POST /v2/models/lenet/infer HTTP/1.1\r\nhost: kiln\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(BODY)}\r\nexpect: 100-continue\r\n\r\n"
+    conn.sendall(head.encode())
+    assert conn.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+    conn.sendall(BODY[:10])
+    return conn
+
+
+def _finish(conn: socket.socket) -> bytes:
+    """Send the rest of the request's body; the status line of its answer (b"" when none came)."""
+    conn.sendall(BODY[10:])
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.partition(b"\r\n")[0]
+
+
+def test_a_shutdown_grace_under_a_second_still_bounds_the_drain(repository, tmp_path):
+    """``--shutdown-grace-s 0`` (or 0.5) reached uvicorn as ``int(grace) or None``: no limit at all, so
+    a request left unfinished held the stopping gateway until its read timeout (here 60 s)."""
+    flags = ("--shutdown-grace-s", "0.5", "--read-timeout-s", "60")
+    with _gateway(repository, *flags, log=tmp_path / "gateway.log") as (proc, port):
+        conn = _request_in_flight(port)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the gateway was still draining 20 s after SIGTERM with a 0.5 s grace")
+        conn.close()
