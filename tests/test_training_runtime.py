@@ -51,3 +51,8 @@ def test_bf16_autocast_runs_matmuls_in_bf16_and_fp16_gets_a_scaler():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="unknown --amp"):
         runtime.make_amp("int4", torch.device("cpu"))
+
+
+def test_shards_taken_by_rank_stride_merge_back_in_the_original_order():
+    for n, items in [(2, list(range(9))), (3, list("abcdefg")), (4, [1, 2]), (1, [5, 6])]:
+        assert runtime.merge_shards([items[r::n] for r in range(n)]) == items

@@ -7,13 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Long enough for the ranks' own skew on a busy machine, short beside the slowed rank-0 work.
+SLOW_RANK0_TIMEOUT_S = 5.0
 
-def two_ranks_weights_hash(module: str, args: list[str], hashes: Path) -> str:
+
+def two_ranks_weights_hash(
+    module: str, args: list[str], hashes: Path, *, slow_rank0: str | None = None, env: dict | None = None
+) -> str:
     """``python -m torch.distributed.run --nproc_per_node 2 -m <module> <args>``; the weights' hash, the
-    same on both ranks (each rank writes its own with ``--debug-rank-hashes``)."""
+    same on both ranks (each rank writes its own with ``--debug-rank-hashes``).
+
+    ``slow_rank0`` (``module:attr=seconds``) runs the trainer through ``tests.torchrun_slow_rank0``
+    with a process-group timeout of ``SLOW_RANK0_TIMEOUT_S`` and that function slowed on rank 0.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", module, *args, "--debug-rank-hashes", str(hashes)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    launcher = ["-m", module]
+    if slow_rank0:
+        launcher = ["-m", "tests.torchrun_slow_rank0", module]
+        env.update(KILN_TEST_SLOW_RANK0=slow_rank0, KILN_TEST_PG_TIMEOUT_S=str(SLOW_RANK0_TIMEOUT_S))
+    cmd += [*launcher, *args, "--debug-rank-hashes", str(hashes)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()

@@ -303,17 +303,20 @@ def fit(run: Run) -> list[dict[str, Any]]:
     return history
 
 
-def finish(run: Run, history: list[dict[str, Any]]) -> Path:
-    """Restore the best weights and (rank 0) write the checkpoint and the learning-curve plot."""
+def keep_best(run: Run) -> None:
+    """Every rank: restore the best epoch's weights (and write their hash with --debug-rank-hashes)."""
     if run.best_state is not None:
         run.module.load_state_dict(run.best_state)
-    cfg, out = run.config, Path(run.config.output_dir)
+    cfg = run.config
     if cfg.debug_rank_hashes:
         Path(cfg.debug_rank_hashes).mkdir(parents=True, exist_ok=True)
         Path(cfg.debug_rank_hashes, f"rank{run.dist.rank}.sha256").write_text(weights_hash(run.module))
+
+
+def finish(run: Run, history: list[dict[str, Any]]) -> Path:
+    """Rank 0: write the checkpoint and the learning-curve plot; returns the checkpoint's path."""
+    cfg, out = run.config, Path(run.config.output_dir)
     path = out / f"{cfg.name}.pt"
-    if not run.dist.is_main:
-        return path
     metrics = {
         "val_accuracy": run.best_val[0],
         "val_loss": run.best_val[1],
@@ -348,9 +351,13 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
 
 
 def run(config: TrainConfig) -> Path:
-    """Train one resolved config end to end; then every rank leaves the process group (if any) together."""
+    """Train one resolved config end to end: every rank trains and leaves the process group (if any)
+    with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it)."""
     d = setup_dist(config.device)
     r = prepare(config, d)
-    path = finish(r, fit(r))
-    teardown(d)  # not after an error: see teardown
-    return path
+    history = fit(r)
+    keep_best(r)
+    teardown(d)  # before rank 0's writing, and not after an error: see teardown
+    if d.is_main:
+        return finish(r, history)
+    return Path(config.output_dir) / f"{config.name}.pt"

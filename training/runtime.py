@@ -72,10 +72,12 @@ def setup_dist(device: str = "auto") -> Dist:
 def teardown(d: Dist) -> None:
     """Leave the process group (if this run joined one), every rank together: call it after a clean finish.
 
-    The barrier first: rank 0 still writes the checkpoint when the others are done, and a rank that
-    destroyed its gloo group while rank 0 worked was aborted at exit (SIGABRT, "terminate called
-    without an active exception") in about one run in ten of the two-rank test. After an error, do not
-    call it: the other ranks may never reach the barrier, and torchrun stops them anyway.
+    Call it as soon as training is over, before the work rank 0 does alone (test evaluation, the
+    checkpoint, plots): a rank waiting in this barrier meanwhile would hit the process group's timeout
+    (10 minutes for nccl). The barrier itself stays: a rank that destroyed its gloo group while
+    rank 0 still used it was aborted at exit (SIGABRT, "terminate called without an active
+    exception") in about one run in ten of the two-rank test. After an error, do not call it: the
+    other ranks may never reach the barrier, and torchrun stops them anyway.
     """
     if d.world_size > 1 and dist.is_initialized():
         dist.barrier()
@@ -88,6 +90,25 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
     if d.world_size > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def gather_shards(shard: list, d: Dist) -> list:
+    """Every rank's ``items[rank::world_size]`` put back into one list, in ``items`` order, on every rank.
+
+    Lets all ranks share work (such as decoding the validation split) instead of waiting in a
+    collective while rank 0 does it alone, which could outlast the process group's timeout.
+    """
+    if d.world_size == 1:
+        return list(shard)
+    shards: list[list | None] = [None] * d.world_size
+    dist.all_gather_object(shards, list(shard))
+    return merge_shards(shards)
+
+
+def merge_shards(shards: list[list]) -> list:
+    """The inverse of ``[items[r::n] for r in range(n)]``: the items back in their order."""
+    total = sum(len(s) for s in shards)
+    return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
 
 
 def any_rank(flag: bool, d: Dist) -> bool:

@@ -355,7 +355,11 @@ def translate_texts(
 def evaluate(model, tokenizers, pairs, *, beam: int = 1, max_length: int = 64) -> dict[str, float]:
     """Corpus BLEU (sacrebleu) and exact-match rate of the translations of ``pairs``."""
     hyps = translate_texts(model, tokenizers, [s for s, _ in pairs], beam=beam, max_length=max_length)
-    refs = [t for _, t in pairs]
+    return score_translations(hyps, [t for _, t in pairs])
+
+
+def score_translations(hyps: list[str], refs: list[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu) and exact-match rate of ``hyps`` against ``refs``, in the same order."""
     bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
     exact = sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(1, len(refs))
     return {"bleu": round(bleu, 3), "exact_match": round(100.0 * exact, 3)}

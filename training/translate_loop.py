@@ -1,10 +1,12 @@
 """The translator training run behind ``python -m training.translate``: device, mixed precision and
-torchrun data parallelism around the teacher-forced loop, validation on rank 0, and the checkpoint.
+torchrun data parallelism around the teacher-forced loop, validation, and the checkpoint.
 
 Every rank builds the same corpus, tokenizers and initial weights from the seed, trains on its own
-share of the length buckets (DistributedDataParallel: gloo on CPU, nccl on CUDA), and follows rank 0's
-decisions (stop early, out of time), so no rank ever waits on a collective another has left. The CLI,
-recipes and evaluation helpers live in ``training.translate``.
+share of the length buckets (DistributedDataParallel: gloo on CPU, nccl on CUDA), decodes its share of
+the validation split, and follows rank 0's decisions (stop early, out of time), so no rank ever waits
+on a collective another has left, nor on one while rank 0 works alone: the ranks leave the process
+group before rank 0's test evaluation and checkpoint, however long those take. The CLI, recipes and
+evaluation helpers live in ``training.translate``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from training.optim import build_optimizer, build_scheduler
 from training.runtime import (
     Dist,
     any_rank,
+    gather_shards,
     make_amp,
     setup_dist,
     show_progress,
@@ -33,7 +36,14 @@ from training.runtime import (
     wrap_ddp,
 )
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
-from training.translate import build_translator, evaluate, loss_on, prepare_data
+from training.translate import (
+    build_translator,
+    evaluate,
+    loss_on,
+    prepare_data,
+    score_translations,
+    translate_texts,
+)
 
 log = logging.getLogger("training.translate")
 
@@ -63,21 +73,26 @@ class Trainer:
         self.metrics = MetricsLogger(path) if d.is_main else None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best = {"val_bleu": -1.0}
-        self.step, self.start = 0, time.monotonic()
+        self.step, self.start, self.train_time = 0, time.monotonic(), 0.0
         self.validated_step = -1  # the step whose weights were last validated
         self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
         self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
 
     def validate(self, epoch: float, train_loss: float) -> bool:
-        """Rank 0 scores the validation split and keeps the best weights; True on every rank means stop."""
+        """Every rank decodes its share of the validation split, rank 0 scores it all and keeps the best
+        weights; True on every rank means stop."""
         self.validated_step = self.step
-        stop = self._score(epoch, train_loss) if self.dist.is_main else False
-        return any_rank(stop, self.dist)
-
-    def _score(self, epoch: float, train_loss: float) -> bool:
-        scores = evaluate(
-            self.module, self.tokenizers, self.val_pairs, max_length=self.cfg["max_decode_length"]
+        d = self.dist
+        share = self.val_pairs[d.rank :: d.world_size]
+        hyps = translate_texts(
+            self.module, self.tokenizers, [s for s, _ in share], max_length=self.cfg["max_decode_length"]
         )
+        hyps = gather_shards(hyps, d)
+        stop = self._score(epoch, train_loss, hyps) if d.is_main else False
+        return any_rank(stop, d)
+
+    def _score(self, epoch: float, train_loss: float, hyps: list[str]) -> bool:
+        scores = score_translations(hyps, [t for _, t in self.val_pairs])
         record = {
             "epoch": round(epoch, 3),
             "train_loss": round(train_loss, 4),
@@ -148,14 +163,20 @@ class Trainer:
 
 
 def run(cfg: dict[str, Any]) -> Path:
-    """Train one resolved config end to end; then every rank leaves the process group (if any) together."""
+    """Train one resolved config end to end: every rank trains, leaves the process group (if any) with
+    the others, then rank 0 alone evaluates on the test split and writes the checkpoint."""
     d = setup_dist(cfg["device"])
-    path = _train(cfg, d)
-    teardown(d)  # not after an error: see teardown
+    trainer, model_args = _train(cfg, d)
+    teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
+    path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
+    if d.is_main:
+        _save(cfg, trainer, model_args, path)
     return path
 
 
-def _train(cfg: dict[str, Any], d: Dist) -> Path:
+def _train(cfg: dict[str, Any], d: Dist) -> tuple[Trainer, dict[str, Any]]:
+    """Data, model and the training loop, on every rank; the trainer (with its best weights) and the
+    model's constructor arguments."""
     torch.manual_seed(cfg["seed"])  # the same corpus split, tokenizers and initial weights on every rank
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -174,22 +195,18 @@ def _train(cfg: dict[str, Any], d: Dist) -> Path:
     )
     trainer = Trainer(cfg, model, tokenizers, corpus, examples, d)
     trainer.run()
-    train_time = time.monotonic() - trainer.start
+    trainer.train_time = time.monotonic() - trainer.start
     if cfg["debug_rank_hashes"]:  # the last trained weights, which DDP keeps equal on every rank
         Path(cfg["debug_rank_hashes"]).mkdir(parents=True, exist_ok=True)
         Path(cfg["debug_rank_hashes"], f"rank{d.rank}.sha256").write_text(weights_hash(model))
-    path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
-    if not d.is_main:
-        return path
+    return trainer, model_args
+
+
+def _save(cfg, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path:
+    """The best weights' test BLEU (beam and greedy), then the checkpoint (contract 1) and the curves."""
+    model, tokenizers, corpus = trainer.module, trainer.tokenizers, trainer.corpus
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
-    return _save(cfg, trainer, model, model_args, tokenizers, corpus, train_time, path)
-
-
-def _save(
-    cfg, trainer: Trainer, model, model_args, tokenizers, corpus, train_time: float, path: Path
-) -> Path:
-    """Test BLEU (beam and greedy), then the checkpoint (contract 1) and the learning curves."""
     max_len = cfg["max_decode_length"]
     test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
     greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
@@ -198,7 +215,7 @@ def _save(
         "best_val_exact_match": trainer.best.get("val_exact_match"),
         "best_epoch": trainer.best.get("epoch"),
         "steps": trainer.step,
-        "train_time_s": round(train_time, 1),
+        "train_time_s": round(trainer.train_time, 1),
         "test_bleu": test["bleu"],
         "test_exact_match": test["exact_match"],
         "test_beam": cfg["test_beam"],
