@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import InferRequest
@@ -303,3 +305,84 @@ def test_a_failure_on_a_replaced_client_leaves_the_new_one_open(loop: LoopThread
     with pytest.raises(Unavailable, match="refused"):
         loop.run(backend._call("is_server_ready"))
     assert backend._client is new and not new.closed
+
+
+class _ChannelIn:
+    def __init__(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.state
+
+
+class _QueueFull(_ClosedUnderTheCall):
+    """A gRPC client whose channel is in ``state`` and whose call Triton refuses: its queue is full."""
+
+    def __init__(self, state: grpc.ChannelConnectivity) -> None:
+        super().__init__()
+        self._channel = _ChannelIn(state)
+
+    async def is_server_ready(self) -> bool:
+        raise InferenceServerException("[request id: 1] Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
+    ("state", "dropped"),
+    [(grpc.ChannelConnectivity.READY, False), (grpc.ChannelConnectivity.TRANSIENT_FAILURE, True)],
+)
+def test_an_unavailable_answer_closes_the_shared_client_only_when_its_link_is_lost(loop, state, dropped):
+    """Triton answers UNAVAILABLE for a full queue over a live link: closing the client then cancelled
+    every other request in flight on it (a 503 for requests Triton had admitted)."""
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
+    client = backend._client = _QueueFull(state)
+    with pytest.raises(Unavailable, match="Exceeds maximum queue size"):
+        loop.run(backend._call("is_server_ready"))
+    assert client.closed is dropped and (backend._client is None) is dropped
+
+
+SLOW_CONFIG = """name: "slow"
+backend: "python"
+max_batch_size: 1
+input [{ name: "x" data_type: TYPE_FP32 dims: [ 2 ] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }]
+dynamic_batching { default_queue_policy { max_queue_size: 1 } }
+instance_group [{ count: 1 kind: KIND_CPU }]
+"""
+SLOW_MODEL = """import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(1.0)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", 2 * pb_utils.get_input_tensor_by_name(r, "x").as_numpy())]) for r in requests]
+"""
+
+
+@needs_triton
+def test_requests_triton_admitted_are_answered_while_it_refuses_others_for_a_full_queue(
+    loop: LoopThread, tmp_path: Path
+) -> None:
+    (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "slow" / "config.pbtxt").write_text(SLOW_CONFIG)
+    (tmp_path / "repo" / "slow" / "1" / "model.py").write_text(SLOW_MODEL)
+    x = np.ones((1, 2), np.float32)
+
+    async def one(backend: TritonBackend, delay_s: float) -> str:
+        await asyncio.sleep(delay_s)
+        try:
+            response = await backend.infer(InferRequest(model="slow", inputs={"x": x}))
+        except Unavailable as error:
+            return "refused" if "Exceeds maximum queue size" in error.message else error.message
+        return "answered" if response.outputs["y"].tolist() == [[2.0, 2.0]] else "wrong rows"
+
+    async def five_at_once(url: str, protocol: str) -> list[str]:
+        backend = TritonBackend(url, protocol=protocol, timeout_s=30)
+        await backend.start()
+        try:
+            return await asyncio.gather(*(one(backend, 0.02 * i) for i in range(5)))
+        finally:
+            await backend.stop()
+
+    with TritonServer(tmp_path / "repo", tmp_path / "triton") as server:
+        outcomes = loop.run(five_at_once(server.grpc_url, "grpc"))
+    assert set(outcomes) == {"answered", "refused"}, outcomes

@@ -170,11 +170,26 @@ class TritonBackend:
         cls = STATUS_TO_ERROR.get(str(error.status()), ServingError)
         message = error.message() or str(error)
         if cls is Unavailable:
-            await self._drop_connection(client)
+            if self._link_lost(client):
+                await self._drop_connection(client)
             return self._unavailable(message)
         if cls is Overloaded:
             return Overloaded(f"Triton: {message}", retry_after=self.retry_after_s)
         return cls(f"Triton: {message}")
+
+    def _link_lost(self, client: Any) -> bool:
+        """Whether an UNAVAILABLE status means the link to Triton is gone, rather than Triton's own
+        answer (a full queue, a model not ready): closing the shared client then would cancel every
+        other request in flight on it. An HTTP status is always Triton's answer (a lost link raises
+        an aiohttp or OS error); a gRPC channel that is still READY carried Triton's answer."""
+        if self.protocol == "http":
+            return False
+        channel = getattr(client, "_channel", None)
+        if channel is None:
+            return True
+        import grpc
+
+        return channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY
 
     # -- model cache ------------------------------------------------------------------------------
 
