@@ -4,6 +4,7 @@ error naming its cause (a 400 for the request, the file for a broken entry), nev
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import InferRequest
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
@@ -59,3 +60,28 @@ def test_a_token_id_outside_the_vocabulary_is_a_400_naming_it_and_the_next_reque
             await backend.stop()
 
     assert asyncio.run(body()).outputs["hidden"].tolist() == [[[8.0, 9.0, 10.0, 11.0]]]
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "fragment"),
+    [
+        ("config.pbtxt", "max_batch_size: four", "config.pbtxt: not a valid Triton config.pbtxt"),
+        ("kiln.json", "{not json", "kiln.json: not valid JSON"),
+        ("kiln.json", "[1, 2]", "kiln.json: must hold a JSON object, not a list"),
+        ("kiln.json", '{"export": "v3"}', "kiln.json: 'export' must be a JSON object"),
+        ("kiln.json", '{"roles": ["images"]}', "kiln.json: 'roles' must be a JSON object"),
+    ],
+)
+def test_a_malformed_entry_file_is_reported_by_name_and_the_other_entries_still_load(
+    tmp_path, file, text, fragment
+):
+    embedding_repository(tmp_path)
+    shutil.copytree(tmp_path / "embed", tmp_path / "broken")
+    config = tmp_path / "broken" / "config.pbtxt"
+    config.write_text(config.read_text().replace('"embed"', '"broken"'))
+    (tmp_path / "broken" / file).write_text(text)
+    repository = Repository(tmp_path)
+    assert list(repository.entries) == ["embed"]
+    assert fragment in repository.errors["broken"]
+    with pytest.raises(ModelNotFound, match=fragment):
+        repository.get("broken")

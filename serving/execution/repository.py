@@ -132,8 +132,12 @@ class Repository:
 
 def load_entry(directory: Path) -> RepositoryEntry:
     """Parse one model directory."""
+    config_path = directory / "config.pbtxt"
     config = model_config_pb2.ModelConfig()
-    text_format.Parse((directory / "config.pbtxt").read_text(), config)
+    try:
+        text_format.Parse(config_path.read_text(), config)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_path}: not a valid Triton config.pbtxt: {exc}") from None
     if not config.name:
         config.name = directory.name
     if config.name != directory.name:
@@ -141,7 +145,7 @@ def load_entry(directory: Path) -> RepositoryEntry:
             f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
         )
     kiln_path = directory / "kiln.json"
-    kiln = json.loads(kiln_path.read_text()) if kiln_path.is_file() else {}
+    kiln = _read_kiln(kiln_path) if kiln_path.is_file() else {}
     labels = {}
     for output in config.output:
         if output.label_filename:
@@ -152,6 +156,26 @@ def load_entry(directory: Path) -> RepositoryEntry:
     return RepositoryEntry(
         directory.name, directory, config, kiln, labels, _select_versions(directory, config)
     )
+
+
+# The kiln.json fields the gateway reads as JSON objects (docs/kiln-json.md); the others it reads
+# tolerate any type (a ``labels`` that is no file name is ignored, a non-string ``task`` serves nothing).
+KILN_OBJECTS = ("roles", "preprocessing", "export")
+
+
+def _read_kiln(path: Path) -> dict[str, Any]:
+    """Parse a kiln.json; a file that is no JSON object, or a field of the wrong type, names itself
+    (instead of an AttributeError stopping the gateway at start-up or a 500 at a request)."""
+    try:
+        kiln = json.loads(path.read_text())
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(kiln, dict):
+        raise ValueError(f"{path}: must hold a JSON object, not a {type(kiln).__name__}")
+    for key in KILN_OBJECTS:
+        if key in kiln and not isinstance(kiln[key], dict):
+            raise ValueError(f"{path}: {key!r} must be a JSON object, got {kiln[key]!r}")
+    return kiln
 
 
 def exported_before(entry: RepositoryEntry, version: int | None = None) -> bool:
