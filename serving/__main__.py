@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 from types import UnionType
@@ -125,12 +126,14 @@ def main(argv: list[str] | None = None) -> None:
         # one write a response, bounded request heads and reads (serving/protocol/http1.py)
         http=http_protocol(settings.read_timeout_s, settings.max_header_bytes, settings.send_timeout_s),
     )
+    sockets = None
     if settings.reuse_port:
         from serving.workers import reuse_port_socket
 
-        uvicorn.Server(config).run(sockets=[reuse_port_socket(settings.host, settings.http_port)])
-    else:
-        uvicorn.Server(config).run()
+        sockets = [reuse_port_socket(settings.host, settings.http_port)]
+    # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=sockets)
 
 
 if __name__ == "__main__":

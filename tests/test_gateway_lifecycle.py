@@ -102,3 +102,15 @@ def test_a_shutdown_grace_under_a_second_still_bounds_the_drain(repository, tmp_
         except subprocess.TimeoutExpired:
             pytest.fail("the gateway was still draining 20 s after SIGTERM with a 0.5 s grace")
         conn.close()
+
+
+def test_ctrl_c_drains_the_gateway_and_exits_cleanly_without_a_traceback(repository, tmp_path):
+    """uvicorn raises the SIGINT it caught again once it has drained; its own command line swallows
+    the KeyboardInterrupt, Kiln's printed it as a traceback after a clean shutdown."""
+    log = tmp_path / "gateway.log"
+    with _gateway(repository, log=log) as (proc, port):
+        conn = _request_in_flight(port)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+        assert _finish(conn) == b"HTTP/1.1 200 OK"
+        assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in log.read_text()
