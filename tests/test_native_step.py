@@ -192,6 +192,27 @@ def test_cache_gather_grow_kernel_equals_its_numpy_definition(monkeypatch, shape
         assert (out[source.size :] == 7).all()
 
 
+@pytest.mark.parametrize(
+    ("new_shape", "out_shape", "lead"),
+    [
+        ((3, 2, 1, 5), (4, 3, 5, 4), 0),  # entries of other heads and width: read beyond them
+        ((3, 3, 1, 4), (4, 3, 4, 4), 0),  # a buffer one column short: written beyond it
+        ((3, 3, 1, 4), (2, 3, 5, 4), 0),  # fewer buffer rows than sources
+        ((3, 3, 1, 4), (4, 3, 0, 4), 5),  # more leading columns dropped than the cache has
+    ],
+)
+def test_cache_gather_grow_refuses_arrays_that_disagree_with_the_cache_on_both_paths(
+    monkeypatch, new_shape, out_shape, lead
+):
+    old = np.zeros((3, 3, 4, 4), np.float32)  # [rows, heads, columns, head_dim]
+    source = np.array([0, 2, 1], np.int64)
+    for load in (native.load, lambda: None):  # compiled, then numpy
+        monkeypatch.setattr(native, "load", load)
+        new, out = np.zeros(new_shape, np.float32), np.zeros(out_shape, np.float32)
+        with pytest.raises(ValueError, match="cannot be grown"):
+            compiled_step.gather_grow(old, new, source, 2, lead, out)
+
+
 def test_cache_gather_grow_of_non_contiguous_arrays_runs_on_numpy(monkeypatch):
     old = np.asfortranarray(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4))
     new = np.arange(2 * 3, dtype=np.float32).reshape(2, 3, 1) + 100

@@ -243,6 +243,37 @@ def test_a_decoder_that_omits_an_output_is_refused_with_its_name():
         batch.step(lambda inputs: {k: v for k, v in fake_decoder(inputs).items() if k != "new_past"})
 
 
+def _one_row_short(value: np.ndarray) -> np.ndarray:
+    return value[:-1]
+
+
+def _one_wider(value: np.ndarray) -> np.ndarray:
+    return np.concatenate([value, value[..., -1:]], axis=-1)
+
+
+@pytest.mark.parametrize(
+    ("output", "change"),
+    [
+        ("new_keys", _one_row_short),
+        ("new_past", _one_row_short),
+        ("h_out", _one_row_short),  # a state's gather clipped to its last row
+        ("new_keys", _one_wider),  # the compiled copy read past the entries by the cache's sizes
+        ("new_past", _one_wider),
+    ],
+)
+def test_a_decoder_output_of_another_shape_than_its_rows_is_refused_with_its_name(output, change):
+    batch = st.DecodeBatch(PARSED)
+    batch.join([0, 1], fake_encoder(sp.encoder_inputs(PARSED, [[5, 6], [7]])), [CONFIG] * 2, [3, 2])
+    batch.step(fake_decoder)  # both widen to their beam: 6 rows
+
+    def misshapen(inputs):
+        outputs = fake_decoder(inputs)
+        return outputs | {output: change(outputs[output])}
+
+    with pytest.raises(ValueError, match=f"the decoder's '{output}'"):
+        batch.step(misshapen)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -62,8 +62,25 @@ def gather_grow(
 ) -> None:
     """``out[:R]`` = row ``source[r]`` of ``old`` without its first ``lead`` columns on ``axis``, followed by
     row ``source[r]`` of ``new`` (one column on ``axis``), for ``R = len(source)``: the compiled kernel
-    where it could be built and the arrays are C-contiguous with one dtype, else numpy."""
+    where it could be built and the arrays are C-contiguous with one dtype, else numpy. ``new`` and
+    ``out`` must have ``old``'s dimensions but rows and ``axis`` (a ValueError otherwise: the kernel
+    copies by ``old``'s sizes); ``source`` holds rows of both ``old`` and ``new`` (the caller's)."""
     size = source.shape[0]
+    shape, entries, grown = old.shape, new.shape, out.shape  # slices compared: ~0.5 us a call
+    if (
+        entries[1:axis] != shape[1:axis]
+        or entries[axis + 1 :] != shape[axis + 1 :]
+        or grown[1:axis] != shape[1:axis]
+        or grown[axis + 1 :] != shape[axis + 1 :]
+        or entries[axis : axis + 1] != (1,)
+        or grown[axis : axis + 1] != (shape[axis] - lead + 1,)
+        or grown[:1] < (size,)
+        or not 0 <= lead <= shape[axis]
+    ):
+        raise ValueError(
+            f"a cache of shape {shape} on axis {axis} without {lead} leading columns cannot be grown by "
+            f"entries of shape {entries} into a buffer of shape {grown} for {size} rows"
+        )
     library = native.load()
     if (
         library is None

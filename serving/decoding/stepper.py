@@ -275,7 +275,9 @@ class DecodeBatch(NativeSteps):
     ) -> None:
         """Rows after a step, in their new slots, gathered by beam ``origin``: states replaced; each cache
         gathered and grown by this step's entries in one copy, without the leading columns no live
-        sentence uses any more; with room for the rows of ``joining`` sentences after the live ones."""
+        sentence uses any more; with room for the rows of ``joining`` sentences after the live ones.
+        Each output must have one row per row of the call (``origin`` indexes them), as ``log_probs``."""
+        called = self.physical
         if self.indexed:  # search order: row r of the call just made is search row r
             source, self.tokens, size = origin, tokens, int(self.beams.rows.sum())
             if np.array_equal(before, self.beams.rows):
@@ -301,6 +303,10 @@ class DecodeBatch(NativeSteps):
         lead = int(self.joined[live].min(initial=self.column))
         for inp in self._carried:
             new = np.asarray(outputs[inp.output])
+            if new.shape[:1] != (called,):  # rows a gather would clip to (state) or read beyond (cache)
+                raise ValueError(
+                    f"the decoder's {inp.output!r} has shape {new.shape}; the call had {called} rows"
+                )
             if inp.role == "state":
                 self.rows[inp.name] = np.empty((self._capacity, *new.shape[1:]), dtype=new.dtype)
                 np.take(new, source, axis=0, out=self.rows[inp.name][:size], mode="clip")
@@ -309,7 +315,10 @@ class DecodeBatch(NativeSteps):
             shape = list(old.shape)
             shape[0], shape[inp.axis] = self._capacity, self.column - lead + 1
             grown = np.empty(shape, dtype=old.dtype)  # [R', ..., kept columns + 1, ...]
-            compiled_step.gather_grow(old, new, source, inp.axis, lead, grown)
+            try:
+                compiled_step.gather_grow(old, new, source, inp.axis, lead, grown)
+            except ValueError as exc:  # entries of another shape than the cache's
+                raise ValueError(f"the decoder's {inp.output!r}: {exc}") from None
             self.rows[inp.name] = grown
         self.positions = self.positions[source] + 1
         self.joined -= lead
