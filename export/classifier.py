@@ -76,7 +76,7 @@ def _entries(ctx: ExportContext) -> dict[str, Entry]:
 
 
 def _trt(entry: Entry) -> Entry:
-    return Entry(f"{entry.name}_trt", entry.precision)
+    return Entry(f"{entry.name}_trt", entry.precision, engine=True)
 
 
 def _freeze_and_export(ctx: ExportContext, work: Path) -> tuple[GraphSpec, Any, Path, FreezeReport]:
@@ -207,7 +207,7 @@ def _metadata(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Free
         "labels": "labels.txt",
         "max_batch_size": spec.max_batch_size,
         "parity": {**b.report.as_dict(), "freeze": freeze_report.as_dict()},
-        "export": ctx.settings(b.precision),
+        "export": ctx.settings(b.precision, engine=b.platform == "tensorrt_plan"),
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from export import repository
+from export import repository, tensorrt
 from export.parity import ParityReport
 from export.quantize import PRECISIONS
 
@@ -69,6 +69,7 @@ class Entry:
 
     name: str
     precision: str
+    engine: bool = False  # a TensorRT plan: tied to the TensorRT version and GPU it is built with
 
 
 @dataclass
@@ -121,8 +122,9 @@ class ExportContext:
         if self.on_step is not None:
             self.on_step(f"{self.name}: {what}")
 
-    def settings(self, precision: str) -> dict[str, Any]:
-        """Export settings an entry depends on; a change makes the entry stale."""
+    def settings(self, precision: str, engine: bool = False) -> dict[str, Any]:
+        """Export settings an entry depends on (a TensorRT plan's ``engine``: its target too); a change
+        makes the entry stale."""
         out: dict[str, Any] = {
             "export_version": repository.EXPORT_VERSION,
             "max_batch_size": self.options.max_batch_size,
@@ -135,13 +137,15 @@ class ExportContext:
             out["device"] = "gpu"
             out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search
             out["cuda_graphs"] = self.options.cuda_graphs
+        if engine:
+            out["tensorrt"] = tensorrt.engine_target()
         return out
 
     def needs_rebuild(self, entry: Entry) -> bool:
         """Stale unless written, or refused by its gate, from this checkpoint and these settings."""
         if self.options.force:
             return True
-        settings = self.settings(entry.precision)
+        settings = self.settings(entry.precision, entry.engine)
         model = self.ckpt["model"]["name"]
         if repository.refusal(self.repository, entry.name, self.sha256, settings, model) is not None:
             return False
@@ -163,7 +167,7 @@ class ExportContext:
         repository.remove_entry(self.repository, entry.name)
         result = EntryResult.from_report(entry.name, entry.precision, report)
         result.status, result.message = "rejected", reason
-        record = {"source_checkpoint": self.source, "export": self.settings(entry.precision)}
+        record = {"source_checkpoint": self.source, "export": self.settings(entry.precision, entry.engine)}
         record.update(precision=entry.precision, message=reason, parity=report.as_dict())
         repository.remember_refusal(self.repository, entry.name, record)
         return result

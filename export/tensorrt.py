@@ -2,11 +2,14 @@
 
 Used when ``tensorrt`` imports and a CUDA GPU is present; otherwise the ``<name>_trt`` entries are
 skipped with a one-line reason. Optimization profiles come from the same :class:`GraphSpec` that drove
-the ONNX export; int8 engines come from the QDQ graph (explicit quantization, no calibrator).
+the ONNX export; int8 engines come from the QDQ graph (explicit quantization, no calibrator). A plan
+runs only under the TensorRT version and on the GPU model it was built with, so each records
+``engine_target()`` in its kiln.json ``export`` settings, and a different target rebuilds it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,26 @@ def unavailable_reason() -> str | None:
     except ImportError:  # pragma: no cover - torch is a hard dependency
         return "TensorRT skipped: torch is missing"
     return None
+
+
+def engine_target() -> dict[str, str]:
+    """What a plan built here is tied to: the TensorRT version, and the name and compute capability of
+    the GPU it is built on (TensorRT's engine compatibility: engines are portable across neither)."""
+    return dict(_engine_target())
+
+
+@functools.cache
+def _engine_target() -> dict[str, str]:
+    import tensorrt as trt
+    import torch
+
+    device = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(device)
+    return {
+        "version": str(trt.__version__),
+        "device": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+    }
 
 
 def should_build(mode: str) -> tuple[bool, str]:

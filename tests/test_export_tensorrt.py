@@ -9,6 +9,7 @@ import pytest
 from export import tensorrt
 from export.specs import classifier_spec
 
+H200 = {"version": "10.3.0", "device": "NVIDIA H200", "compute_capability": "9.0"}
 PREP = {"input_size": [28, 28], "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
 
 
@@ -71,6 +72,7 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(tensorrt, "should_build", lambda mode: (True, "TensorRT available"))
     monkeypatch.setattr(tensorrt, "build_engine", build_engine)
+    monkeypatch.setattr(tensorrt, "engine_target", lambda: dict(H200))
     return built
 
 
@@ -102,3 +104,40 @@ def test_an_int8_refusal_removes_and_remembers_the_tensorrt_twin_too(
     again = {r.entry: r for r in export_checkpoint(ckpt, repo, **options)}
     assert {again[e].status for e in ("lenet_int8", "lenet_int8_trt", "lenet_trt")} == {"up to date"}
     assert "refused by its gate earlier" in again["lenet_int8_trt"].message and fake_tensorrt == ["fp32"]
+
+
+def test_a_plan_records_its_tensorrt_version_and_gpu_and_is_rebuilt_for_another(
+    tmp_path: Path, fake_tensorrt: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    import json
+
+    from export.pipeline import export_checkpoint
+    from tests.classifier_exports import tiny_images, write_checkpoint
+
+    ckpt, repo = write_checkpoint(tmp_path, "lenet"), tmp_path / "repo"
+    options = {"validation": tiny_images(), "tensorrt": "auto"}
+    target = dict(H200)
+    monkeypatch.setattr(tensorrt, "engine_target", lambda: dict(target))
+
+    def export() -> dict[str, str]:
+        return {r.entry: r.status for r in export_checkpoint(ckpt, repo, **options)}
+
+    assert export() == {"lenet": "written", "lenet_trt": "written"}
+    meta = json.loads((repo / "lenet_trt" / "kiln.json").read_text())
+    assert meta["platform"] == "tensorrt_plan" and meta["export"]["tensorrt"] == H200
+    assert "tensorrt" not in json.loads((repo / "lenet" / "kiln.json").read_text())["export"]
+    assert export() == {"lenet": "up to date", "lenet_trt": "up to date"} and fake_tensorrt == ["fp32"]
+    target.update(device="NVIDIA A100-SXM4-80GB", compute_capability="8.0")  # the repository moved
+    assert export() == {"lenet": "up to date", "lenet_trt": "written"} and fake_tensorrt == ["fp32"] * 2
+    target.update(H200, version="10.4.0")  # another TensorRT on the same GPU
+    assert export()["lenet_trt"] == "written" and len(fake_tensorrt) == 3
+    assert json.loads((repo / "lenet_trt" / "kiln.json").read_text())["export"]["tensorrt"] == target
+
+
+def test_engine_target_names_the_tensorrt_version_and_the_gpu():
+    reason = tensorrt.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    target = tensorrt.engine_target()
+    assert set(target) == {"version", "device", "compute_capability"}
+    assert all(isinstance(v, str) and v for v in target.values())
