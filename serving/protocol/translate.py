@@ -105,19 +105,28 @@ class TranslateResponse(BaseModel):
     translations: list[TranslationResult] = Field(description="one per input text, in order")
 
 
+# What the translator strips (str.strip: the characters str.isspace takes), as a regex class written out:
+# a text of only these is empty (422). JSON Schema's regexes are ECMA-262's, whose \s lacks \x1c-\x1f
+# and \x85 and has \ufeff (Rust's, pydantic's, lacks \x1c-\x1f), so a schema pattern of \S accepted
+# "\x1c" that the server refused and refused "\ufeff" that it translates; this class reads alike in all.
+WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+TEXT_PATTERN = f"[^{WHITESPACE}]"  # a text the translator takes has a character outside it
+
+
 def request_schema() -> dict[str, Any]:
     """TranslateRequest's schema with the bounds the translator enforces on texts and options.
 
-    Texts: at most ``max_texts`` (else 413), each with a non-space character (else 422) and at most
-    ``max_chars`` characters (else 413). A model whose ``max_positions`` is lower than ``max_length``
-    refuses longer ``max_length`` values with a 422 naming its own bound.
+    Texts: at most ``max_texts`` (else 413), each with a character other than whitespace
+    (:data:`TEXT_PATTERN`, else 422) and at most ``max_chars`` characters (else 413). A model whose
+    ``max_positions`` is lower than ``max_length`` refuses longer ``max_length`` values with a 422
+    naming its own bound.
     """
     limits = LIMITS
     schema = TranslateRequest.model_json_schema()
     properties = schema["properties"]
     properties["texts"].update(
         maxItems=limits.max_texts,
-        items={"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": r"\S"},
+        items={"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": TEXT_PATTERN},
     )
     for name, high in (
         ("beam_size", limits.max_beam_size),
