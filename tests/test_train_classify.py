@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -98,6 +100,21 @@ def test_resume_refuses_a_model_arg_that_differs_from_the_files_and_accepts_the_
     assert torch.load(tmp_path / "lenet.resume.pt", weights_only=True)["epoch"] == 1  # nothing trained
     assert classify.main([*argv, "--model-arg", "width_mult=0.5", "--no-progress"]) == 0
     assert load_checkpoint(tmp_path / "lenet.pt")["model"]["args"]["width_mult"] == 0.5
+
+
+def test_resume_takes_unset_optimizer_flags_from_the_file_and_refuses_different_ones(tmp_path):
+    classify.train(tiny(tmp_path, epochs=1, lr=1e-3, weight_decay=0.0))
+    resume = str(tmp_path / "lenet.pt")
+    for flags, named in [
+        ({"lr": 0.5}, "--lr 0.5 (the run used 0.001)"),  # the restored optimizer would keep 0.001
+        ({"optimizer": "nesterov"}, "--optimizer nesterov (the run used adamw)"),  # a KeyError before
+        ({"batch_size": 8}, "--batch-size 8 (the run used 32)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            classify.train(tiny(tmp_path, epochs=2, resume=resume, **flags))
+    classify.train(tiny(tmp_path, epochs=2, resume=resume, lr=1e-3))  # the same value is fine
+    config = load_checkpoint(tmp_path / "lenet.pt")["train_config"]
+    assert (config["lr"], config["weight_decay"]) == (1e-3, 0.0)  # the file's, not the recipe's 3e-3
 
 
 def test_bad_flags_and_wrong_files_are_error_lines_before_any_training(lenet_run, tmp_path, capsys):

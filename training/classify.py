@@ -175,8 +175,10 @@ def check_ranges(out: TrainConfig) -> None:
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill every ``None`` hyper-parameter from the model's recipe and check the choices."""
+    """Fill every ``None`` hyper-parameter from the ``--resume`` file, else the model's recipe, and check
+    the choices."""
     model = model_of(config)
+    config = dataclasses.replace(config, **resume_defaults(config))
     recipe = recipe_for(model)
     filled = {
         f.name: getattr(recipe, f.name)
@@ -198,6 +200,33 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_resume_model_args(out)
     check_output_dir(out.output_dir)
     return out
+
+
+# Flags a resumed run keeps: the optimizer and schedule it restores were built with them.
+RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
+
+
+def resume_defaults(config: TrainConfig) -> dict[str, Any]:
+    """On ``--resume``: the interrupted run's values of the ``RESUME_FIXED`` flags left unset (not the
+    recipe's). A flag set to another value is an error, not ignored: the restored optimizer keeps its
+    learning rate and weight decay, another optimizer cannot load its state, and the schedule counts
+    steps of the old batch size. Resume files written before they held their config skip the check."""
+    if not config.resume:
+        return {}
+    saved = load_resume(config.resume, mmap=True).get("train_config")
+    if saved is None:
+        return {}
+    differ = [
+        f"--{key.replace('_', '-')} {getattr(config, key)} (the run used {saved[key]})"
+        for key in RESUME_FIXED
+        if getattr(config, key) is not None and getattr(config, key) != saved[key]
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume {config.resume}: {', '.join(differ)}: a resumed run continues with its own "
+            "optimizer, learning-rate schedule and batch size; leave these flags unset"
+        )
+    return {key: saved[key] for key in RESUME_FIXED if getattr(config, key) is None}
 
 
 def check_resume_model_args(config: TrainConfig) -> None:

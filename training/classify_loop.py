@@ -239,6 +239,7 @@ def save_resume(run: Run, epoch: int) -> None:
         "stopper": {"best": run.stopper.best, "bad_epochs": run.stopper.bad_epochs},
         "train_time_s": run.train_time_s,
         "data": asdict(run.spec),
+        "train_config": asdict(run.config),  # --resume's defaults and checks (classify.resume_defaults)
     }
     save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
 
