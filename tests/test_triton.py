@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.test_grpc import LoopThread, run_gateway
-from tests.waiting import eventually
+from tests.waiting import DEADLINE_S, eventually
 
 pytestmark = pytest.mark.triton
 needs_triton = pytest.mark.skipif(
@@ -386,3 +390,32 @@ def test_requests_triton_admitted_are_answered_while_it_refuses_others_for_a_ful
     with TritonServer(tmp_path / "repo", tmp_path / "triton") as server:
         outcomes = loop.run(five_at_once(server.grpc_url, "grpc"))
     assert set(outcomes) == {"answered", "refused"}, outcomes
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stopping_a_server_that_already_exited_still_ends_the_stubs_left_in_its_process_group(
+    tmp_path: Path,
+) -> None:
+    """A tritonserver that died (or exited before it was ready) leaves its python stubs running; stop()
+    returned at once for an exited server and left them to linger (up to ~20 s, measured)."""
+    spawn_stub = "import subprocess, sys; print(subprocess.Popen(['sleep', '60']).pid, flush=True)"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", spawn_stub], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    stub = int(leader.stdout.readline())
+    leader.wait(DEADLINE_S)  # the "server" exited; its "stub" lives on in its process group
+    server = TritonServer(tmp_path, tmp_path / "work")
+    server.process = leader
+    try:
+        server.stop()
+        assert eventually(lambda: not _running(stub), timeout_s=5)
+    finally:
+        if _running(stub):
+            os.kill(stub, signal.SIGKILL)

@@ -312,18 +312,20 @@ class TritonServer:
         return "\n".join(["--- tritonserver log (tail) ---", *text[-lines:]])
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL it if it outlives ``grace_s``."""
+        """SIGTERM the server, SIGKILL it if it outlives ``grace_s``, then its whole process group."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", grace_s)
-            process.kill()
-            process.wait(5)
-        # python-backend stubs left behind by a killed server share its process group
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", grace_s)
+                process.kill()
+                process.wait(5)
+        # python-backend stubs left behind by a killed server (or one that died or exited before it
+        # was ready) share its process group
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 
