@@ -340,6 +340,34 @@ def test_a_failing_decoder_fails_its_requests_and_the_loop_keeps_serving() -> No
     assert asyncio.run(_with_scheduler(body, decoder)) == [solo([5, 6], config(2))]
 
 
+def test_texts_whose_encoder_output_cannot_join_fail_at_once_and_the_running_request_finishes() -> None:
+    """An encoder call whose outputs the batch cannot take fails its own requests when it happens (they
+    were off the queue and in no batch: they used to wait for their deadline) and nothing else."""
+
+    def encoder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = fake_encoder(inputs)
+        return {k: v for k, v in outputs.items() if k != "h0"} if (inputs["src_ids"] == 3).any() else outputs
+
+    decoder = SteppedDecoder()
+    scheduler = DecodingScheduler("fake", SPEC, encoder, decoder, SchedulerConfig(timeout_s=60))
+
+    async def body():
+        await scheduler.start()
+        try:
+            running = asyncio.create_task(scheduler.submit([[5, 6]], LONG))
+            await until(lambda: len(decoder.entered) == 1)  # its first step waits for its turn
+            broken = asyncio.create_task(scheduler.submit([[3, 4]], config(2)))
+            await until(lambda: scheduler.queued == 1)
+            decoder.run_freely()
+            with pytest.raises(ServingError, match=r"encoder failed: the encoder did not return \['h0'\]"):
+                await asyncio.wait_for(broken, 30)
+            return await running
+        finally:
+            await scheduler.stop(grace_s=1.0)
+
+    assert asyncio.run(body()) == [solo([5, 6], LONG)]
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [(config(9), "max_rows"), (config(2, max_length=41), "max_positions"), (config(2, eos_id=3), "eos")],

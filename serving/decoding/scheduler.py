@@ -377,14 +377,18 @@ class DecodingScheduler:
         if not picked:
             return
         sources = [job.sources[i] for job, i in picked]
+        beams = self._batch.beams  # replaced by a join's first change to the batch
         try:
             encoded = self.run_encoder(step_spec.encoder_inputs(self.spec, sources))  # {name: [n, ...]}
-        except Exception as exc:  # noqa: BLE001 - the encoder failing fails these requests only
+            configs, lengths = [job.config for job, _ in picked], [len(s) + 1 for s in sources]
+            self._batch.join(picked, encoded, configs, lengths)
+        except Exception as exc:  # noqa: BLE001 - an encoder call that fails or cannot join fails its requests
             log.exception("translator %s: encoder failed", self.name)
-            for job in {job for job, _ in picked}:
+            for job in {job for job, _ in picked}:  # taken off the queue: answered here or never
                 self._post(job, ServingError(f"translator {self.name!r} encoder failed: {exc}"), "failure")
+            if self._batch.beams is not beams:  # half joined: the loop fails the batch and starts afresh
+                raise
             return
-        self._batch.join(picked, encoded, [job.config for job, _ in picked], [len(s) + 1 for s in sources])
         self._reserved += sum(job.config.beam_size for job, _ in picked)
 
     def _step(self) -> None:
