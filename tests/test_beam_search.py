@@ -376,6 +376,8 @@ def test_request_parameters_become_options_typed_by_their_defaults(params, expec
         {"alpha": False},
         {"alpha": 10**400},  # an integer beyond any float
         {"beam_size": "\u00b2"},  # a digit to str.isdigit, not to int
+        {"beam_size": "--5"},  # digits after every leading minus, not an integer to int
+        {"max_length": "9" * 5000},  # more digits than int() converts
         {"length_penalty": 1},
     ],
 )

@@ -92,7 +92,10 @@ def options_from_parameters(params: dict) -> DecodingOptions:
                 and value.strip().lstrip("-").isascii()
                 and value.strip().lstrip("-").isdigit()
             ):
-                value = int(value)
+                try:
+                    value = int(value)
+                except ValueError:  # "--5", or more digits than int() converts
+                    raise ValueError(f"parameter {name!r} must be an integer, got {value[:40]!r}") from None
             elif not isinstance(value, int):
                 raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
         elif isinstance(default, float):
