@@ -1,5 +1,6 @@
-"""One rule for a text the translator takes (a character that str.strip keeps), read alike by the published
-schema's pattern in every regex dialect and by the server, with a 422 on REST and KServe v2 otherwise."""
+"""What REST translate and KServe v2 take and give: one rule for a text (a character that str.strip
+keeps), read alike by the published schema's pattern in every regex dialect and by the server (else a
+422 on both), and the hypotheses of a search that finished fewer than n_best."""
 
 from __future__ import annotations
 
@@ -113,3 +114,30 @@ def test_a_text_of_exotic_characters_is_translated_or_refused_with_422_as_the_sc
     else:
         assert reply.status_code == 422, reply.text
         assert reply.json()["error"] == "texts[1] is empty"
+
+
+def test_rest_returns_the_hypotheses_the_search_found_where_kserve_pads_its_tensors_to_n_best(
+    gateway,
+) -> None:
+    options = {"beam_size": 4, "n_best": 4, "max_length": 1}  # one step: fewer than 4 finish
+    rest = httpx.post(
+        f"http://{gateway.url}/v1/models/{NAME}/translate",
+        json={"texts": ["twelve"], "return_scores": True, **options},
+        timeout=60,
+    )
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["twelve"]}],
+        "outputs": [{"name": "translation"}, {"name": "score"}],
+        "parameters": options,
+    }
+    kserve = httpx.post(f"http://{gateway.url}/v2/models/{NAME}/infer", json=body, timeout=60)
+    assert rest.status_code == kserve.status_code == 200, (rest.text, kserve.text)
+    hypotheses = rest.json()["translations"][0]["hypotheses"]
+    outputs = {o["name"]: o["data"] for o in kserve.json()["outputs"]}
+    found = sum(score is not None for score in outputs["score"])
+    assert 1 <= len(hypotheses) == found < 4  # what the search found, no padding
+    assert all(isinstance(h["score"], float) and isinstance(h["normalized_score"], float) for h in hypotheses)
+    assert [h["text"] for h in hypotheses] == outputs["translation"][:found]
+    assert outputs["translation"][found:] == [""] * (4 - found)  # KServe's tensors: padded
+    schema = httpx.get(f"http://{gateway.url}/openapi.json").json()["components"]["schemas"]
+    assert "fewer" in schema["TranslationResult"]["properties"]["hypotheses"]["description"]  # as documented

@@ -66,7 +66,10 @@ class TranslateRequest(BaseModel):
         DEFAULTS.beam_size, ge=1, le=LIMITS.max_beam_size, description="beam width (1 = greedy)"
     )
     n_best: JsonInt = Field(
-        DEFAULTS.n_best, ge=1, le=LIMITS.max_beam_size, description="hypotheses per text (<= beam_size)"
+        DEFAULTS.n_best,
+        ge=1,
+        le=LIMITS.max_beam_size,
+        description="hypotheses per text (<= beam_size); fewer where the search finishes fewer",
     )
     max_length: JsonInt = Field(
         DEFAULTS.max_length,
@@ -97,7 +100,10 @@ class Hypothesis(BaseModel):
 
 
 class TranslationResult(BaseModel):
-    hypotheses: list[Hypothesis] = Field(description="n_best hypotheses, best first")
+    hypotheses: list[Hypothesis] = Field(
+        description="the n_best best hypotheses, best first; fewer (at least one, never padding) where "
+        "the search finished fewer before max_length, e.g. at max_length 1"
+    )
 
 
 class TranslateResponse(BaseModel):
