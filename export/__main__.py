@@ -128,7 +128,7 @@ def summary_table(results: list[EntryResult]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from export.pipeline import export_checkpoint, find_checkpoints
+    from export.pipeline import check_entry_names, export_checkpoint, find_checkpoints
 
     args = parse_args(argv)
     logging.basicConfig(
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not checkpoints:
             console.print(f"[red]no checkpoints (*.pt) found in {args.paths}")
             return 2
+        check_entry_names(checkpoints)
         check_repository(Path(args.repository))
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:

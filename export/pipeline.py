@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import ParityError
-from export.repository import check_repository, read_kiln_json
+from export.repository import RepositoryError, check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
@@ -27,6 +27,7 @@ __all__ = [
     "EntryResult",
     "ExportOptions",
     "ParityError",
+    "check_entry_names",
     "export_all",
     "export_checkpoint",
     "find_checkpoints",
@@ -151,7 +152,8 @@ def stale_entries(repository: Path, path: Path, sha256: str, done: set[str]) -> 
 
 
 def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Checkpoint files named directly, plus every ``*.pt`` (not ``*.resume.pt``) of named directories."""
+    """Checkpoint files named directly, plus every ``*.pt`` (not ``*.resume.pt``) of named directories;
+    each file once, however many of ``paths`` name it."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -160,7 +162,27 @@ def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such checkpoint file or directory")
-    return found
+    unique: dict[Path, Path] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
+
+
+def check_entry_names(checkpoints: Iterable[Path]) -> None:
+    """Refuse, before any work, two checkpoints whose file names give the same entry name (``a/x.pt``
+    and ``b/x.pt``, or ``x-1.pt`` and ``x_1.pt``): the second would overwrite the first's entries."""
+    owners: dict[str, Path] = {}
+    for path in checkpoints:
+        try:
+            name = entry_name(path)
+        except ValueError:
+            continue  # reported when its turn comes, as before
+        if name in owners:
+            raise RepositoryError(
+                f"{owners[name]} and {path} would both be exported as entry {name!r} (entry names come "
+                "from file names): rename one, or export them into separate repositories"
+            )
+        owners[name] = path
 
 
 def export_all(
@@ -170,7 +192,9 @@ def export_all(
 ) -> list[EntryResult]:
     """Export every checkpoint found in ``paths`` (files or directories) into ``repository``."""
     results: list[EntryResult] = []
-    for ckpt in find_checkpoints(paths):
+    checkpoints = find_checkpoints(paths)
+    check_entry_names(checkpoints)
+    for ckpt in checkpoints:
         log.info("exporting %s", ckpt)
         results += export_checkpoint(ckpt, repository, **kw)
     return results

@@ -107,3 +107,49 @@ def test_a_repository_that_is_a_file_is_refused_by_the_library_too(tmp_path):
     (tmp_path / "repo").write_text("not a directory")
     with pytest.raises(RepositoryError, match="exists and is not a directory"):
         export_checkpoint(ckpt, tmp_path / "repo", tensorrt="off")
+
+
+def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.pipeline
+
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoint", no_work)
+
+
+def test_two_checkpoints_of_one_file_name_are_refused_naming_both_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    _no_work(monkeypatch)
+    first = _tiny_checkpoint(tmp_path / "a" / "lenet.pt", "lenet", seed=0)
+    second = _tiny_checkpoint(tmp_path / "b" / "lenet.pt", "lenet", seed=1)
+    line = _fail([str(tmp_path / "a"), str(second), "--repository", str(tmp_path / "repo")], capsys)
+    assert line == (
+        f"export failed: {first} and {second} would both be exported as entry 'lenet' (entry names come "
+        "from file names): rename one, or export them into separate repositories"
+    )
+    assert not (tmp_path / "repo").exists()
+
+
+def test_file_names_that_sanitize_to_one_entry_name_are_refused_by_the_library_too(tmp_path, monkeypatch):
+    from export.pipeline import export_all
+    from export.repository import RepositoryError
+
+    _no_work(monkeypatch)
+    _tiny_checkpoint(tmp_path / "ckpts" / "lenet.v1.pt", "lenet", seed=0)
+    _tiny_checkpoint(tmp_path / "ckpts" / "lenet+v1.pt", "lenet", seed=1)
+    with pytest.raises(
+        RepositoryError, match=r"lenet\+v1\.pt and .*lenet\.v1\.pt would both be .* entry 'lenet_v1'"
+    ):
+        export_all([tmp_path / "ckpts"], tmp_path / "repo", tensorrt="off")
+
+
+def test_a_checkpoint_named_twice_is_exported_once_not_refused_as_its_own_twin(tmp_path):
+    from export.pipeline import check_entry_names, find_checkpoints
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpts" / "lenet.pt", "lenet", seed=0)
+    other = _tiny_checkpoint(tmp_path / "ckpts" / "other.pt", "lenet", seed=1)
+    found = find_checkpoints([tmp_path / "ckpts", ckpt, tmp_path / "ckpts" / ".." / "ckpts" / "lenet.pt"])
+    assert found == [ckpt, other]
+    check_entry_names(found)
