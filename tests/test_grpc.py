@@ -86,17 +86,19 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
 
 
 class FakeBackend:
-    """``double`` returns 2*x (FP32 [-1, 3]); ``echo`` returns BYTES as given; ``busy`` is overloaded."""
+    """``double`` returns 2*x (FP32 [-1, 3]); ``echo`` returns BYTES as given; ``busy`` is overloaded;
+    ``hang`` never answers, whatever its deadline (``abandoned`` is set once its work is cancelled)."""
 
     def __init__(self) -> None:
         self.last_request: InferRequest | None = None
+        self.abandoned = threading.Event()
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
     def list_models(self) -> list[str]:
-        return ["double", "echo", "busy"]
+        return ["double", "echo", "busy", "hang"]
 
     def is_live(self) -> bool:
         return True
@@ -139,6 +141,11 @@ class FakeBackend:
         self._check(request.model)
         if request.model == "busy":
             raise Overloaded("queue is full", retry_after=2)
+        if request.model == "hang":
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.abandoned.set()
         x = request.inputs.get("x")
         if x is None or x.ndim != 2 or x.shape[1] != 3:
             raise BadRequest(f"input 'x' must have shape [-1, 3], got {None if x is None else list(x.shape)}")
@@ -518,7 +525,7 @@ def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without
         with pytest.raises(Unavailable):
             loop.run(backend.infer(request))
         server, _ = loop.run(serve_fake_triton(port))
-        assert eventually(lambda: backend.list_models() == ["busy", "double", "echo"])
+        assert eventually(lambda: backend.list_models() == ["busy", "double", "echo", "hang"])
         assert loop.run(backend.infer(request)).outputs["y"].tolist() == [[2.0, 2.0, 2.0]]
     finally:
         loop.run(backend.stop())

@@ -2,17 +2,33 @@
 at its client's deadline (``grpc-timeout``) or when its DATA pauses longer than the read timeout, with
 DEADLINE_EXCEEDED and the connection serving on; a request that keeps arriving, or one the server
 itself stopped reading, is never cut. A frame left unfinished over the read timeout, or a header block
-not whole within it, ends the connection. Each test drives one connection in memory on a clock that
-moves only when the test moves it (tests/h2_client.py), so no test depends on the machine's pace."""
+not whole within it, ends the connection. Once the request has arrived the call is held to its
+deadline until its answer has left (serving/protocol/h2_calls.py), as grpc core's servers hold it. Each
+test but the one over a socket drives one connection in memory on a clock that moves only when the
+test moves it (tests/h2_client.py), so no test depends on the machine's pace."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import hpack
+import numpy as np
 import pytest
 
 from serving.protocol import h2_wire as w
-from tests.h2_client import MESSAGE, Harness, answer, call_headers, goaway_code, rst_code
+from serving.protocol.grpc_server import start_grpc_server
+from tests.h2_client import (
+    MESSAGE,
+    Harness,
+    RawClient,
+    answer,
+    call_headers,
+    doubling_request,
+    goaway_code,
+    grpc_message,
+    rst_code,
+)
+from tests.test_grpc import FakeBackend, LoopThread
 
 READ_TIMEOUT = 0.3
 SEND_TIMEOUT = 2.0
@@ -224,3 +240,86 @@ def test_a_client_reading_slowly_is_never_cut(h2: Harness) -> None:
     h2.connection.resume_writing()
     h2.advance(SEND_TIMEOUT * 3)  # back to the read timeout: the call, not the connection, ends
     assert not h2.transport.closed and 1 not in h2.connection.calls
+
+
+# --- once the request has arrived: the call is held to its deadline until its answer has left ---
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+def _status(client: RawClient, stream: int) -> dict[str, str]:
+    """The trailers (or trailers-only headers) ``stream`` ends with."""
+    decoder = hpack.Decoder()  # every header block goes through it: the table is the connection's
+    while (frame := client.frame()) is not None:
+        if frame[0] == w.HEADERS:
+            block = dict(decoder.decode(frame[3]))
+            if frame[2] == stream and "grpc-status" in block:
+                return block
+    raise AssertionError("the connection closed before the call ended")
+
+
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_a_call_whose_deadline_passes_while_it_runs_ends_deadline_exceeded_and_its_work_is_cancelled(
+    loop: LoopThread, server: str
+) -> None:
+    """Not every client keeps its own deadline: the server does, as grpc core's servers do, whether or
+    not the servicer bounds its work (``hang`` never answers)."""
+    backend = FakeBackend()
+    handle = loop.run(start_grpc_server(backend, "127.0.0.1", 0, server=server))
+    client = RawClient(handle.port)
+    try:
+        headers = [(":authority", "kiln"), *call_headers(te="trailers", grpc_timeout="100m")]
+        message = grpc_message(
+            doubling_request(np.ones((1, 3), np.float32), model="hang").SerializeToString()
+        )
+        client.send(
+            w.PREFACE,
+            w.settings_frame({}),
+            w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)),
+            w.frame(w.DATA, w.END_STREAM, 1, message),
+        )
+        trailers = _status(client, 1)
+        assert (trailers["grpc-status"], trailers["grpc-message"]) == (DEADLINE_EXCEEDED, "Deadline Exceeded")
+        assert backend.abandoned.wait(10)
+    finally:
+        client.close()
+        loop.run(handle.stop(0.5))
+
+
+def test_a_call_whose_deadline_has_passed_when_it_arrives_is_not_served(h2: Harness) -> None:
+    h2.send(h2.call(1, MESSAGE, grpc_timeout="0n"))
+    _, _, trailers = answer(h2.frames(), 1)
+    assert trailers["grpc-status"] == DEADLINE_EXCEEDED
+    assert (
+        h2.server.methods[b"/inference.GRPCInferenceService/ModelInfer"][0].__self__.backend.last_request
+        is None
+    )
+    _still_serves(h2, 3)
+
+
+def test_an_answer_still_waiting_for_window_at_the_deadline_is_reset(h2: Harness) -> None:
+    """Its headers have left, so the call ends with RST_STREAM(CANCEL), not a status after a cut message,
+    and the answer stops waiting for window the client may never grant."""
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 8}))
+    h2.send(h2.call(1, MESSAGE, grpc_timeout="50m"))
+    assert 1 in h2.connection.parked  # its message waits for window
+    h2.advance(0.049)
+    assert 1 in h2.connection.calls
+    h2.advance(0.002)
+    assert 1 not in h2.connection.calls and not h2.connection.parked
+    resets = [rst_code(frame) for frame in h2.frames() if frame[0] == w.RST_STREAM and frame[2] == 1]
+    assert resets == [w.CANCEL]
+
+
+def test_a_call_answered_before_its_deadline_leaves_no_timer_behind(h2: Harness) -> None:
+    h2.send(h2.call(1, MESSAGE, grpc_timeout="1S"))
+    _, _, trailers = answer(h2.frames(), 1)
+    assert trailers["grpc-status"] == "0"
+    assert all(handle.cancelled() for handle in h2.loop._scheduled)  # type: ignore[attr-defined]
+    h2.advance(2.0)
+    assert h2.frames() == []

@@ -52,6 +52,7 @@ class Call:
         "trailers",
         "trailing",
         "task",
+        "timer",
         "loop",
     )
 
@@ -71,6 +72,7 @@ class Call:
         self.trailers = b""
         self.trailing: tuple[tuple[str, str], ...] = ()
         self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None  # its deadline, from dispatch to its end (h2_calls)
         self.loop = loop
 
     # --- the part of grpc.aio.ServicerContext the servicer uses ---

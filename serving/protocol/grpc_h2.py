@@ -18,7 +18,7 @@ in time ends DEADLINE_EXCEEDED, and a frame or header block left unfinished ends
 (:mod:`serving.protocol.send_watch`). No frame a client may repeat costs the server more than a step:
 header blocks are counted as they arrive, empty DATA frames dropped, answers waiting for window visited
 only when they can move, and changes of the initial window budgeted. A call's life once its request has
-arrived (dispatch, answer within flow control, end) is :mod:`serving.protocol.h2_calls`. Servicers see a context with
+arrived (dispatch, its deadline, answer within flow control, end) is :mod:`serving.protocol.h2_calls`. Servicers see a context with
 ``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
 ``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`, which also
 carries the call through this module).

@@ -2,6 +2,12 @@
 message parsed and handed to the servicer, its answer sent within the client's flow-control windows
 (in turns where they are short), and its end: a status, a stream reset, the bytes it held given back.
 
+A call whose client sent a deadline (``grpc-timeout``) is held to it until its answer has left, as
+grpc core's servers hold it: past it the servicer's task is cancelled (a request waiting in a batcher
+leaves its queue) and the client told DEADLINE_EXCEEDED, or, once its answer has begun, the stream
+reset. Before dispatch :mod:`h2_watch` holds it to its deadline; the backends also get the time left
+(``time_remaining``) to bound their own work.
+
 :class:`Calls` is a mixin of :class:`serving.protocol.grpc_h2.Connection`, as the control frames
 (:mod:`h2_control`) and the read watch (:mod:`h2_watch`) are: it reads and changes the connection's
 state and writes through the connection's writer.
@@ -19,6 +25,7 @@ from google.protobuf.message import DecodeError
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, decompress, trailers_block
 from serving.protocol.h2_state import ConnectionState
+from serving.protocol.h2_watch import DEADLINE_EXCEEDED
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
 
@@ -29,6 +36,8 @@ class Calls(ConnectionState):
     def _dispatch(self, call: Call) -> None:
         """Parse the call's one message and start the servicer on it."""
         self.partial.pop(call.stream, None)
+        if call.deadline is not None and not self._watch_deadline(call):
+            return
         body = call.parts[0] if len(call.parts) == 1 else b"".join(call.parts)
         call.parts = []
         problem = None
@@ -51,6 +60,31 @@ class Calls(ConnectionState):
             self._finish(call, grpc.StatusCode.INTERNAL.value[0], "cannot parse the request message")
             return
         call.task = self.loop.create_task(self._serve(call, request))
+
+    def _watch_deadline(self, call: Call) -> bool:
+        """Arm the timer that ends ``call`` at its deadline; False (and the call ended) if it has passed."""
+        if call.deadline <= self.loop.time():
+            self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")  # grpc core's words
+            return False
+        call.timer = self.loop.call_at(call.deadline, self._deadline_passed, call)
+        return True
+
+    def _deadline_passed(self, call: Call) -> None:
+        """``call``'s deadline came before its answer left: its work is cancelled and the client told
+        (DEADLINE_EXCEEDED; or, its answer begun, the stream reset, as a cut message is no answer)."""
+        call.timer = None
+        if self.calls.get(call.stream) is not call:
+            return
+        if call.task is not None:
+            call.task.cancel()
+        if call.pending is None:
+            self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return
+        self.blocked.pop(call.stream, None)
+        self.parked.pop(call.stream, None)
+        call.pending = None
+        self._write(w.rst_stream(call.stream, w.CANCEL))
+        self._close_call(call)
 
     async def _serve(self, call: Call, request: Any) -> None:
         try:
@@ -154,7 +188,10 @@ class Calls(ConnectionState):
         self._maybe_idle()
 
     def _release(self, call: Call) -> None:
-        """The call's request bytes no longer held (it ended): back to the budget."""
+        """The call ended: its request bytes go back to the budget, its deadline's timer stops."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         if call.held:
             self.server.budget.give(call.held)
             call.held = 0
