@@ -134,14 +134,16 @@ def _running(pid: int) -> bool:
 
 
 def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -> int:
-    """Wait on the workers; a signal goes to them all, and one ending stops the others (its live
-    gauges leave the shared metrics at once)."""
+    """Wait on the workers; SIGTERM or SIGINT drains them all (each gets SIGTERM), and one ending
+    stops the others (its live gauges leave the shared metrics at once)."""
     log.info("started %d gateway workers: %s", len(procs), [p.pid for p in procs])
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM whatever the parent got: a terminal's Ctrl-C has already sent every worker SIGINT,
+        # and a second SIGINT is uvicorn's force quit, which drops the requests still in flight
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signum)
+                proc.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

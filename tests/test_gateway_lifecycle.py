@@ -114,3 +114,31 @@ def test_ctrl_c_drains_the_gateway_and_exits_cleanly_without_a_traceback(reposit
         assert _finish(conn) == b"HTTP/1.1 200 OK"
         assert proc.wait(timeout=30) == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_ctrl_c_drains_every_worker(repository, tmp_path):
+    """A terminal's Ctrl-C reaches the workers as well as their parent, and the parent passed on the
+    same SIGINT: a second SIGINT is uvicorn's force quit, so in-flight requests were dropped."""
+    with _gateway(repository, "--workers", "2", log=tmp_path / "gateway.log") as (proc, port):
+        conn = _request_in_flight(port)
+        for worker in _children(proc.pid):  # the terminal's SIGINT, as the workers get it ...
+            os.kill(worker, signal.SIGINT)
+        assert eventually(lambda: not _accepts(port))  # both workers are draining
+        proc.send_signal(signal.SIGINT)  # ... and as their parent gets it
+        # a forced quit ends the workers, then the parent, within a tick (0.1 s): give it ample time to
+        # show, then the request must still be answered and the gateway stop once it is
+        assert not eventually(lambda: proc.poll() is not None, timeout_s=2)
+        assert _finish(conn) == b"HTTP/1.1 200 OK"
+        proc.wait(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
