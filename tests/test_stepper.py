@@ -283,6 +283,13 @@ def test_a_decoder_output_of_another_shape_than_its_rows_is_refused_with_its_nam
         (lambda s: s["decoder"]["outputs"].remove("log_probs"), "log_probs"),
         (lambda s: s["decoder"]["inputs"][5].update(init="nope"), "init"),
         (lambda s: s.pop("eos_id"), "eos_id"),
+        # cache and pad axes index dimensions (the compiled step's tensor fields too): never the rows
+        (lambda s: s["decoder"]["inputs"][2].update(axis=-2), "'keys': cache axis -2"),
+        (lambda s: s["decoder"]["inputs"][2].update(axis=0), "'keys': cache axis 0"),
+        (lambda s: s["decoder"]["inputs"][2].update(axis=3), "'keys': cache axis 3"),
+        (lambda s: s["decoder"]["inputs"][2].update(axis=1.0), "'keys': cache axis 1.0"),
+        (lambda s: s["decoder"]["inputs"][6].update(pad_axis=-2), "'memory': pad_axis -2"),
+        (lambda s: s["decoder"]["inputs"][6].update(pad_axis=0), "'memory': pad_axis 0"),
     ],
 )
 def test_malformed_step_specs_are_refused_with_the_reason(change, message):

@@ -113,10 +113,23 @@ def _check_spec(spec: StepSpec) -> None:
             raise ValueError(f"{inp.name!r}: init {inp.init!r} is not an encoder output")
         if inp.role == "encoder" and inp.name not in spec.encoder_outputs:
             raise ValueError(f"{inp.name!r}: role 'encoder' but not an encoder output")
+        # numpy would take a negative axis from the end, and the compiled step writes the column count
+        # at the tensor's field 4 + axis: an axis that is not a dimension after the rows is refused
+        if inp.role == "cache" and not _is_axis(inp.axis, len(inp.init_shape or ())):
+            raise ValueError(
+                f"{inp.name!r}: cache axis {inp.axis!r} is not a dimension 1.. of {list(inp.init_shape or ())}"
+            )
+        if inp.role == "encoder" and inp.pad_axis is not None and not _is_axis(inp.pad_axis):
+            raise ValueError(f"{inp.name!r}: pad_axis {inp.pad_axis!r} is not a dimension after the rows")
     if spec.with_role("cache") and not spec.with_role("cache_mask"):
         raise ValueError("a spec with 'cache' inputs needs a 'cache_mask' input")
     if len(spec.with_role("row_place")) > 1:
         raise ValueError("the decoder takes at most one input with role 'row_place'")
+
+
+def _is_axis(axis: object, rank: int | None = None) -> bool:
+    """Whether ``axis`` is an integer naming a dimension after the rows (below ``rank`` where given)."""
+    return type(axis) is int and axis >= 1 and (rank is None or axis < rank)
 
 
 def takes_indexed_rows(spec: StepSpec, run_decoder: Runner) -> bool:
