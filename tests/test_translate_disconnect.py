@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from serving.app import create_app
+from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.translate import until_client_leaves
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, held_grpc_port
@@ -87,15 +88,15 @@ def test_a_chunked_translation_whose_client_stays_is_answered_as_a_sized_one(gat
 
 
 class _Request:
-    """What until_client_leaves reads of a request: its ASGI receive."""
+    """What until_client_leaves reads of a request: its scope and its ASGI receive."""
 
-    def __init__(self, receive) -> None:
-        self.receive = receive
+    def __init__(self, receive, scope: dict | None = None) -> None:
+        self.receive, self.scope = receive, scope or {}
 
 
-def test_a_receive_that_answers_at_once_is_not_watched_and_the_work_runs_in_the_callers_task() -> None:
-    async def body_again() -> dict:  # the HTTP/1 protocol's own receive: the body, at once
-        return {"type": "http.request", "body": b"{}", "more_body": False}
+def test_a_request_its_protocol_watches_is_not_watched_again_and_the_work_runs_in_the_callers_task() -> None:
+    async def never_called() -> dict:
+        raise AssertionError("the protocol's own request must not be watched")
 
     async def scenario() -> bool:
         caller = asyncio.current_task()
@@ -103,7 +104,7 @@ def test_a_receive_that_answers_at_once_is_not_watched_and_the_work_runs_in_the_
         async def work() -> bool:
             return asyncio.current_task() is caller
 
-        return await until_client_leaves(_Request(body_again), work())
+        return await until_client_leaves(_Request(never_called, {WATCHED_BY_PROTOCOL: True}), work())
 
     assert asyncio.run(scenario()) is True
 

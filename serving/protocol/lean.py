@@ -28,6 +28,8 @@ from fastapi import FastAPI, Request, Response
 
 from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 
+WATCHED_BY_PROTOCOL = "kiln.watched"  # scope key: the server cancels the request when its client leaves
+
 
 @dataclass(frozen=True)
 class LeanRoute:
@@ -108,6 +110,7 @@ class LeanRoutes:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
+        scope[WATCHED_BY_PROTOCOL] = True  # http1 cancels the answer on connection_lost
         request = Request(scope, receive)
         try:
             return await scope["kiln.lean_route"].endpoint(request, **scope["path_params"])

@@ -32,6 +32,7 @@ from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import Backend, InferRequest
 from serving.metrics import GatewayMetrics, observed_infer
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
+from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.limits import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 
@@ -184,13 +185,12 @@ async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) ->
     """``await work``, cancelled (a translation's rows leave the decode batch) and None if the client
     disconnects first: the ASGI server's ``http.disconnect``, watched beside the work once the body is read.
 
-    Only a receive that waits is watched. The gateway's HTTP/1 protocol answers a request it took whole
-    without the ASGI cycle (:mod:`serving.protocol.http1`): it cancels the answer itself when the
-    connection is lost, and its receive gives the body again at once, so no watcher task is made there.
+    A request the gateway's HTTP/1 protocol took whole (:mod:`serving.protocol.http1`, through
+    :meth:`LeanRoutes.respond`) is not watched: that protocol cancels the answer itself when its
+    connection is lost, and marks the scope so no watcher task is made there.
     """
-    message = _without_waiting(request.receive)
-    if message is not None and message["type"] != "http.disconnect":
-        return await work  # a receive that reports no disconnect (the protocol's own): nothing to watch
+    if request.scope.get(WATCHED_BY_PROTOCOL):
+        return await work
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_disconnected(request.receive))
     try:
@@ -208,18 +208,6 @@ async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) ->
     await asyncio.wait((task,))
     if not task.cancelled():
         task.exception()  # retrieved: whatever it ended with, nobody is there to be told
-    return None
-
-
-def _without_waiting(receive: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
-    """The message ``receive()`` gives without suspending, or None when it would wait for one (its
-    wait undone: closing the coroutine runs the ``finally`` of whatever it awaited)."""
-    call = receive()
-    try:
-        call.send(None)  # type: ignore[attr-defined]
-    except StopIteration as answered:
-        return answered.value
-    call.close()  # type: ignore[attr-defined]
     return None
 
 
