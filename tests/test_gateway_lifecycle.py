@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -54,7 +54,7 @@ def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subproc
         assert proc.poll() is None, log.read_text()
         yield proc, http
     finally:
-        if proc.poll() is None:
+        with suppress(ProcessLookupError):  # the group outlives its leader where workers are left
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -142,3 +142,23 @@ def _accepts(port: int) -> bool:
     except ConnectionRefusedError:
         return False
     return True
+
+
+def test_workers_stop_when_their_parent_is_killed(repository, tmp_path):
+    """SIGKILL leaves the parent no time to stop its workers: they kept serving the port (with the
+    models of that start) beside whatever gateway came next. The kernel now sends them SIGTERM."""
+    with _gateway(repository, "--workers", "2", log=tmp_path / "gateway.log") as (proc, port):
+        assert eventually(lambda: len(_children(proc.pid)) == 2)
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        assert eventually(lambda: not any(_alive(pid) for pid in workers), timeout_s=15)
+        assert not _accepts(port)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not: the process has ended, nobody reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
