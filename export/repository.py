@@ -148,19 +148,23 @@ def _area_path(repository: Path) -> Path:
 def _reaches(area: Path, repository: Path) -> bool:
     """Whether a file renamed from ``area`` lands in ``repository``: proved by doing it, since a bind
     mount shares its parent's device yet refuses renames across it (EXDEV)."""
-    name = _probe_name()
-    try:
-        area.mkdir(exist_ok=True)
-        (area / name).touch(exist_ok=False)
-        os.rename(area / name, repository / name)  # a file: Triton takes only directories for models
-        return True
-    except OSError:
-        return False
-    finally:
-        for path in (area / name, repository / name):
-            with contextlib.suppress(OSError):
-                path.unlink()
-        _tidy(area)
+    for _ in range(3):  # another export may tidy the area away between its mkdir and the probe
+        name = _probe_name()
+        try:
+            area.mkdir(exist_ok=True)
+            (area / name).touch(exist_ok=False)
+            os.rename(area / name, repository / name)  # a file: Triton takes only directories for models
+            return True
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        finally:
+            for path in (area / name, repository / name):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            _tidy(area)
+    return False
 
 
 def _tidy(area: Path) -> None:

@@ -167,3 +167,18 @@ def test_probing_a_repository_leaves_no_directory_in_it_for_triton_to_load(tmp_p
     write_entry(repo, "m", _fill)
     inside = [p for p in made if p.resolve().parent == repo.resolve()]
     assert [p.name for p in inside] == []  # the entry arrives by rename, never made in place
+
+
+def test_an_area_another_export_tidied_away_during_the_probe_is_made_again(tmp_path, monkeypatch):
+    repo, area, touch = tmp_path / "repo", tmp_path / f".repo{repository.STAGING_SUFFIX}", Path.touch
+    raced: list[Path] = []
+
+    def racing(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.parent == area and not raced:
+            raced.append(self)
+            area.rmdir()  # the other export's _tidy, between this one's mkdir and its probe
+        touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", racing)
+    repo.mkdir()
+    assert repository.staging_area(repo) == area.resolve() and raced
