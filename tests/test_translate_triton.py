@@ -129,11 +129,36 @@ def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> 
     client = httpclient.InferenceServerClient(triton.http_url)
     tensor = httpclient.InferInput("text", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"twelve"]], dtype=np.object_))
-    with pytest.raises(InferenceServerException, match="beam_size"):
+    with pytest.raises(InferenceServerException, match="beam_size") as refused:
         client.infer(NAME, [tensor], parameters={"beam_size": 99})
+    assert refused.value.status() == "400"  # the client's mistake (INVALID_ARG), as the gateway answers it
     with pytest.raises(InferenceServerException, match="beam_size"):  # read as the gateway reads it
         client.infer(NAME, [tensor], parameters={"beam_size": 2.5})
     client.close()
+
+
+def test_triton_refuses_a_token_id_outside_the_vocabulary_with_a_400_and_serves_the_next(
+    triton: TritonServer,
+) -> None:
+    """The python flavour's ONNX model answers ONNX Runtime's INVALID_ARGUMENT as INVALID_ARG (400),
+    as Triton's onnxruntime backend and the gateway do, and the entry keeps serving."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(triton.http_url)
+
+    def encode(ids: list[int]):
+        tensor = httpclient.InferInput("src_ids", [1, len(ids)], "INT64")
+        tensor.set_data_from_numpy(np.array([ids], dtype=np.int64))
+        return client.infer(f"{NAME}_encoder", [tensor])
+
+    try:
+        with pytest.raises(InferenceServerException, match="onnxruntime") as refused:
+            encode([1, 10**9, 2])
+        assert refused.value.status() == "400", refused.value
+        assert encode([1, 5, 2]).as_numpy("src_mask").shape == (1, 3)
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("mode", ["scheduler", "triton"])

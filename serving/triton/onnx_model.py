@@ -45,15 +45,19 @@ class TritonPythonModel:
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
 
     def execute(self, requests: list) -> list:
-        """Run all requests of a dynamic batch at once when their shapes allow, else one by one."""
+        """Run all requests of a dynamic batch at once when their shapes allow, else (or when the merged
+        run fails: one request's values may be what the graph refuses) one by one, so each request gets
+        its own answer or its own error, as the gateway's batcher answers them."""
         feeds = [self._feeds(request) for request in requests]
+        results = None
         if self.max_batch_size > 0 and len(feeds) > 1 and self._stackable(feeds):
             sizes = [next(iter(f.values())).shape[0] for f in feeds]
             merged = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
             try:
                 results = self._run(merged)
-            except Exception as error:  # noqa: BLE001 (report to every client of the batch)
-                return [self._error(error) for _ in requests]
+            except Exception:  # noqa: BLE001 - one request's values may have failed it: each runs alone below
+                results = None
+        if results is not None:
             bounds = np.cumsum([0, *sizes])
             return [
                 self._response({k: v[lo:hi] for k, v in results.items()}, request)
@@ -89,8 +93,13 @@ class TritonPythonModel:
 
     @staticmethod
     def _error(error: Exception):
+        """ONNX Runtime's INVALID_ARGUMENT (a value the graph refuses: the client's) as INVALID_ARG, a
+        400 over HTTP, as Triton's onnxruntime backend answers it; anything else INTERNAL."""
+        kind = type(error)
+        refused = kind.__name__ == "InvalidArgument" and kind.__module__.startswith("onnxruntime")
+        code = pb_utils.TritonError.INVALID_ARG if refused else pb_utils.TritonError.INTERNAL
         return pb_utils.InferenceResponse(
-            output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}")
+            output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}", code)
         )
 
     def finalize(self) -> None:

@@ -208,7 +208,14 @@ class TritonPythonModel:
 
     @staticmethod
     def _error(error: Exception):
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+        """A request's own mistake (a ValueError: its options, its texts) as INVALID_ARG, a 400 over
+        HTTP as the gateway answers it; anything else INTERNAL."""
+        code = (
+            pb_utils.TritonError.INVALID_ARG
+            if isinstance(error, ValueError)
+            else pb_utils.TritonError.INTERNAL
+        )
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error), code))
 
     def finalize(self) -> None:
         self.run_encoder = self.run_decoder = None
