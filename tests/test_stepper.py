@@ -236,6 +236,34 @@ def test_cache_columns_only_a_departed_sentence_used_are_dropped_when_it_leaves(
     assert batch.rows["keys"].shape[1] == batch.column and batch.rows["past"].shape[2] == batch.column
 
 
+STATE_ONLY = {  # a recurrent decoder fed its state alone: no encoder input (each role is optional)
+    **{k: SPEC[k] for k in ("pad_id", "bos_id", "eos_id", "vocab_size")},
+    "encoder": {"inputs": ["src_ids"], "outputs": ["h0"]},
+    "decoder": {
+        "inputs": [
+            {"name": "tokens", "role": "tokens"},
+            {"name": "h", "role": "state", "output": "h_out", "init": "h0"},
+        ],
+        "outputs": ["log_probs", "h_out"],
+    },
+}
+
+
+def test_a_decoder_without_encoder_inputs_decodes_each_sentence_as_alone():
+    def encoder(inputs):
+        return {"h0": fake_encoder(inputs)["h0"]}  # [B, D]
+
+    def decoder(inputs):
+        h = np.tanh(inputs["h"] + TGT_EMB[inputs["tokens"]]).astype(np.float32)  # [rows, D]
+        logits = h @ W_OUT  # [rows, V]
+        log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return {"log_probs": log_probs.astype(np.float32), "h_out": h}
+
+    together = offline.translate_ids(encoder, decoder, STATE_ONLY, SOURCES, CONFIG)
+    assert together == [offline.translate_ids(encoder, decoder, STATE_ONLY, [s], CONFIG)[0] for s in SOURCES]
+    assert all(together)
+
+
 def test_a_decoder_that_omits_an_output_is_refused_with_its_name():
     batch = st.DecodeBatch(PARSED)
     batch.join([0], fake_encoder(sp.encoder_inputs(PARSED, [[5]])), [CONFIG], [2])

@@ -70,9 +70,11 @@ class EncoderRows:
         self.version = 0  # counts replacements of the arrays in `store` and `rows` (addresses, shapes)
         self.row_uid = np.zeros(0, dtype=np.int64)  # [row capacity] uid of the sentence held (-1: none)
 
-    def add(self, encoded: dict[str, np.ndarray], longest: int) -> np.ndarray:
-        """Store the sentences of one encoder call; returns their sentence slots (int64 [n])."""
-        n = len(next(iter(encoded.values()))) if encoded else 0
+    def add(self, encoded: dict[str, np.ndarray], longest: int, count: int | None = None) -> np.ndarray:
+        """Store the sentences of one encoder call; returns their sentence slots (int64 [n]). ``count``:
+        the sentences (default: the rows of ``encoded``, which a decoder with no encoder input leaves
+        empty while each sentence still needs its slot)."""
+        n = count if count is not None else len(next(iter(encoded.values()))) if encoded else 0
         self.fit(max(longest, self.width))
         free = np.flatnonzero(~self.used)
         if free.size < n:  # grow the store

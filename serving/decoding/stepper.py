@@ -144,7 +144,7 @@ class DecodeBatch(NativeSteps):
         self.lengths = np.concatenate([self.lengths, lengths])
         self.joined = np.concatenate([self.joined, np.full(n, self.column, dtype=np.int64)])
         encoder = {name: encoded[name] for name in self._named["encoder"]}
-        self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)))])
+        self.owner = np.concatenate([self.owner, self._encoder.add(encoder, int(lengths.max(initial=1)), n)])
         self.slot = np.concatenate([self.slot, size + np.arange(n)])
         for inp in self._carried:
             if inp.role == "state":
