@@ -6,6 +6,7 @@ these run without exporting a model or starting the server.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,13 @@ def test_the_triton_server_derives_its_flavour_at_the_instance_count_it_was_give
     with pytest.raises(Stop):
         triton.start()
     assert (tmp_path / "work/model_repository/tiny/config.pbtxt").read_text() == GOLDEN_TWO_INSTANCES
+
+
+def test_hidden_directories_an_export_leaves_are_not_carried_into_the_flavour(tmp_path: Path) -> None:
+    """A killed export's staging copy (``.<entry>.tmp-*``) holds a whole entry; Triton would refuse
+    the repository ("unexpected directory name") if the flavour carried it."""
+    repository = _repository(tmp_path / "repo")
+    shutil.copytree(repository / "tiny", repository / ".tiny.tmp-host-1-abcd")
+    report = derive_python_flavour(repository, tmp_path / "out", threads=1)
+    assert report.wrapped == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny"]

@@ -31,6 +31,12 @@ class FlavourReport:
     skipped: dict[str, str] = field(default_factory=dict)  # entry -> reason
 
 
+def _entries(repository: Path) -> list[Path]:
+    """The model directories of ``repository``: hidden ones (an export's staging or swapped-out entry,
+    ``.<entry>.tmp-*`` / ``.old-*``) are not models, and Triton would refuse to start on them."""
+    return [p for p in repository.iterdir() if not p.name.startswith(".") and (p / "config.pbtxt").is_file()]
+
+
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parse a config.pbtxt with Triton's ModelConfig proto; a broken file names itself in the error."""
     try:
@@ -82,7 +88,7 @@ def derive_python_flavour(
         shutil.rmtree(output)
     output.mkdir(parents=True)
     report = FlavourReport()
-    for entry in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
+    for entry in sorted(_entries(repository)):
         config = read_config(entry / "config.pbtxt")
         kind = config.platform or config.backend
         if kind in ONNX_PLATFORMS:
