@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import hpack
@@ -16,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.execution.base import InferRequest, InferResponse
-from serving.protocol import grpc_h2, h2_control
+from serving.protocol import grpc_call, grpc_h2, h2_control
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from tests.h2_client import RawClient, call_headers, doubling_request, grpc_message
@@ -182,6 +184,37 @@ def test_compressed_requests_are_read(server: GrpcHandle, compression: grpc.Comp
     with _channel(server.port, compression=compression) as channel:
         reply = _stub(channel).ModelInfer(doubling_request(x), timeout=10)
     np.testing.assert_array_equal(_doubled(reply, x.shape), x * 2)
+
+
+def test_a_message_inflating_past_what_the_loop_takes_inflates_while_other_calls_are_answered(
+    server: GrpcHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message of KILN_MAX_BODY_BYTES (64 MiB) inflates from 64 KiB of gzip in 0.2-0.5 s: on the event
+    loop, every other call of the worker waited that long. Here the inflation of the whole message
+    waits until a health call has been answered, which it can only be if it is not on the loop."""
+    inflating, release = threading.Event(), threading.Event()
+
+    class GatedInflater:
+        def __init__(self, window: int) -> None:
+            self.inner = zlib.decompressobj(window)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            if max_length > grpc_call.LOOP_INFLATE_BYTES + 1:  # the whole of a large message
+                inflating.set()
+                assert release.wait(30)
+            return self.inner.decompress(data, max_length)
+
+    monkeypatch.setattr(grpc_call, "zlib", SimpleNamespace(decompressobj=GatedInflater, error=zlib.error))
+    x = np.zeros((grpc_call.LOOP_INFLATE_BYTES // 12 + 1, 3), np.float32)  # just over what the loop takes
+    with _channel(server.port, compression=grpc.Compression.Gzip) as channel:
+        stub = _stub(channel)
+        inflated = stub.ModelInfer.future(doubling_request(x), timeout=60)
+        assert inflating.wait(30)
+        try:
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        finally:
+            release.set()
+        np.testing.assert_array_equal(_doubled(inflated.result(), x.shape), x * 2)
 
 
 @pytest.mark.parametrize(

@@ -345,6 +345,40 @@ def test_a_malformed_call_gets_grpcs_status_and_the_next_is_answered(
     _assert_answered(h2.frames(), 3)
 
 
+def _corrupt_near_its_end(data: bytes) -> bytes:
+    at = len(data) - 100  # far past the first MiB of what it inflates to: found by the thread
+    return data[:at] + bytes(b ^ 0xFF for b in data[at : at + 8]) + data[at + 8 :]
+
+
+@pytest.mark.parametrize(
+    ("compressed", "status", "fragment"),
+    [
+        (gzip.compress(bytes(3 << 20)), "8", "decompressed message larger than max"),
+        (
+            _corrupt_near_its_end(gzip.compress(np.random.default_rng(0).bytes(1 << 19) + bytes(1 << 20))),
+            "13",
+            "decompress",
+        ),
+        (gzip.compress(b"\xff" * (3 << 19)), "13", "cannot parse"),
+    ],
+    ids=["over-the-limit", "corrupt", "not-protobuf"],
+)
+def test_a_message_inflated_in_a_thread_ends_with_the_status_one_inflated_on_the_loop_would(
+    compressed: bytes, status: str, fragment: str
+) -> None:
+    """Messages inflating past what the event loop takes (1 MiB) are inflated in a thread: what goes
+    wrong there ends the call as it would on the loop, and the connection serves on."""
+    h2 = Harness(max_message_bytes=2 << 20)
+    try:
+        h2.send(h2.call(1, grpc_message(compressed, compressed=True), grpc_encoding="gzip"))
+        got, message = _status(h2.frames(), 1)
+        assert got == status and fragment in message, (got, message)
+        h2.send(h2.call(3, MESSAGE))
+        _assert_answered(h2.frames(), 3)
+    finally:
+        h2.close()
+
+
 def test_a_get_is_405_and_a_call_past_the_stream_limit_is_refused(h2: Harness) -> None:
     h2.send(
         h2.headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http")], w.END_HEADERS | w.END_STREAM)

@@ -22,6 +22,10 @@ Handler = Callable[[Any, "Call"], Awaitable[Any]]
 
 RESPONSE_HEADERS = b"\x88" + w.literal_indexed_name(31, b"application/grpc")  # :status 200, content-type
 _OK_TRAILERS = w.literal(b"grpc-status", b"0")
+# What a compressed message may inflate to on the event loop (1-8 ms a MiB here, by how well it
+# compressed); a larger one (64 MiB, KILN_MAX_BODY_BYTES' default: 0.2-0.55 s) inflates in a thread,
+# where zlib lets go of the GIL, so the worker's other calls are answered meanwhile.
+LOOP_INFLATE_BYTES = 1 << 20
 
 
 class Aborted(Exception):
@@ -101,6 +105,21 @@ def decompress(encoding: bytes | None, message: bytes, max_bytes: int) -> bytes:
     """A compressed request message, inflated (gzip or deflate, what grpc-encoding names), at most
     ``max_bytes``. As gRPC's compression.md says: the flag set without an encoding (or with
     ``identity``) is INTERNAL, an encoding this server does not read UNIMPLEMENTED."""
+    plain = _inflate(encoding, message, max_bytes + 1)
+    if len(plain) > max_bytes:
+        raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
+    return plain
+
+
+def decompress_small(encoding: bytes | None, message: bytes, limit: int = LOOP_INFLATE_BYTES) -> bytes | None:
+    """:func:`decompress` for a message that inflates to at most ``limit`` bytes; None for a larger one
+    (only its first ``limit + 1`` bytes inflated), which the server then inflates in a thread."""
+    plain = _inflate(encoding, message, limit + 1)
+    return plain if len(plain) <= limit else None
+
+
+def _inflate(encoding: bytes | None, message: bytes, at_most: int) -> bytes:
+    """Up to ``at_most`` bytes of ``message`` inflated as ``encoding`` says (the statuses: :func:`decompress`)."""
     if encoding in (None, b"identity"):
         raise Aborted(
             grpc.StatusCode.INTERNAL, "compressed-flag set but no grpc-encoding names a compression"
@@ -112,11 +131,7 @@ def decompress(encoding: bytes | None, message: bytes, max_bytes: int) -> bytes:
             grpc.StatusCode.UNIMPLEMENTED,
             f"compressed with {name}, which this server does not read (it reads gzip and deflate)",
         )
-    inflater = zlib.decompressobj(window)
     try:
-        plain = inflater.decompress(message, max_bytes + 1)
+        return zlib.decompressobj(window).decompress(message, at_most)
     except zlib.error as error:
         raise Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the request: {error}") from None
-    if len(plain) > max_bytes:
-        raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
-    return plain

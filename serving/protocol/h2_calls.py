@@ -1,6 +1,7 @@
 """A gRPC call's life after its request has arrived, for Kiln's HTTP/2 server (:mod:`grpc_h2`): its
-message parsed and handed to the servicer, its answer sent within the client's flow-control windows
-(in turns where they are short), and its end: a status, a stream reset, the bytes it held given back.
+message parsed (inflated in a thread if it inflates past ``LOOP_INFLATE_BYTES``) and handed to the
+servicer, its answer sent within the client's flow-control windows (in turns where they are short),
+and its end: a status, a stream reset, the bytes it held given back.
 
 A call whose client sent a deadline (``grpc-timeout``) is held to it until its answer has left, as
 grpc core's servers hold it: past it the servicer's task is cancelled (a request waiting in a batcher
@@ -23,11 +24,25 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_call import RESPONSE_HEADERS, Aborted, Call, decompress, trailers_block
+from serving.protocol.grpc_call import (
+    RESPONSE_HEADERS,
+    Aborted,
+    Call,
+    decompress,
+    decompress_small,
+    trailers_block,
+)
 from serving.protocol.h2_state import ConnectionState
 from serving.protocol.h2_watch import DEADLINE_EXCEEDED
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
+
+INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+
+
+def _inflated_request(request_class: Any, encoding: bytes | None, message: bytes, max_bytes: int) -> Any:
+    """A compressed request message inflated and parsed (in a thread: see ``Calls._inflate_and_serve``)."""
+    return request_class.FromString(decompress(encoding, message, max_bytes))
 
 
 class Calls(ConnectionState):
@@ -46,20 +61,40 @@ class Calls(ConnectionState):
         elif int.from_bytes(body[1:5], "big") != len(body) - 5:
             problem = "a unary call must carry exactly one request message"
         if problem is not None:
-            self._finish(call, grpc.StatusCode.INTERNAL.value[0], problem)
+            self._finish(call, INTERNAL, problem)
             return
         message = body[5:]
         try:
             if body[0]:
-                message = decompress(call.encoding, message, self.server.max_message_bytes)
+                plain = decompress_small(call.encoding, message)
+                if plain is None:  # it inflates to more than the loop should hold for
+                    call.task = self.loop.create_task(self._inflate_and_serve(call, message))
+                    return
+                message = plain
             request = call.request_class.FromString(message)
         except Aborted as stop:
             self._finish(call, stop.code.value[0], stop.details)
             return
         except DecodeError:
-            self._finish(call, grpc.StatusCode.INTERNAL.value[0], "cannot parse the request message")
+            self._finish(call, INTERNAL, "cannot parse the request message")
             return
         call.task = self.loop.create_task(self._serve(call, request))
+
+    async def _inflate_and_serve(self, call: Call, message: bytes) -> None:
+        """A compressed message too large to inflate on the event loop: inflated and parsed in a thread
+        (a reset or the deadline cancels the wait; the thread's work, bounded by the limit, runs out)."""
+        size = self.server.max_message_bytes
+        try:
+            request = await asyncio.to_thread(
+                _inflated_request, call.request_class, call.encoding, message, size
+            )
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+            return
+        except DecodeError:
+            self._finish(call, INTERNAL, "cannot parse the request message")
+            return
+        await self._serve(call, request)
 
     def _watch_deadline(self, call: Call) -> bool:
         """Arm the timer that ends ``call`` at its deadline; False (and the call ended) if it has passed."""
