@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import socket
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -74,6 +75,28 @@ def _problem(error: Any) -> str:
     return f"--{name.replace('_', '-')} (or KILN_{name.upper()}): {error['msg']}"
 
 
+def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
+    """Stop with a message naming the flag when the HTTP or gRPC port is taken; with ``hold``, keep
+    both for this gateway's workers (:func:`serving.workers.claim_port`). Nothing is checked under
+    ``--reuse-port``: whoever passes it holds the ports and means them to be shared."""
+    from serving.workers import claim_port
+
+    held = []
+    for name in ("http_port", "grpc_port"):
+        port = getattr(settings, name)
+        if not port or settings.reuse_port:
+            continue
+        try:
+            sock = claim_port(settings.host, port, hold=hold)
+        except OSError as exc:
+            raise SystemExit(
+                f"--{name.replace('_', '-')} (or KILN_{name.upper()}) {port}: {settings.host}:{port} is in use "
+                f"or cannot be bound ({exc.strerror or exc}): stop what listens there or choose another port"
+            ) from None
+        held += [sock] if sock is not None else []
+    return held
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
@@ -103,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
         from serving.workers import run_workers
 
+        held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
+    claim_ports(settings, hold=False)  # a busy port fails now, not once the models are loaded
     # before the gateway starts a thread (they inherit it); each worker process sets its own. auto:
     # SCHED_OTHER here, the event loop under SCHED_BATCH only while a decode thread is busy
     fixed = "normal" if settings.cpu_policy == "auto" else settings.cpu_policy

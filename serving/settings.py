@@ -138,7 +138,11 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"
     )
-    reuse_port: bool = Field(False, description="bind with SO_REUSEPORT (set for each of several workers)")
+    reuse_port: bool = Field(
+        False,
+        description="bind with SO_REUSEPORT beside sockets already bound so, and skip the busy-port check "
+        "(set for each of several workers, and by callers holding the ports for the gateway)",
+    )
     worker_board: Path | None = Field(
         None, description="the workers' shared occupancy board (set for each of several workers)"
     )

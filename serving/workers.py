@@ -46,6 +46,26 @@ def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socke
     return sock
 
 
+def claim_port(host: str, port: int, *, hold: bool) -> socket.socket | None:
+    """Fail (OSError) when anything is bound to ``port`` on ``host``, a gateway's workers sharing it
+    with SO_REUSEPORT included; with ``hold``, a socket that keeps it for this gateway (SO_REUSEPORT,
+    never listening: its workers bind beside it, nobody else can)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # what a server without SO_REUSEPORT does
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    if not hold:
+        return None
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((host, port))
+    except OSError:
+        held.close()
+        raise
+    return held
+
+
 def worker_argv(argv: list[str], board: Path | None = None, index: int = 0) -> list[str]:
     """The command of one worker: the same flags, one worker, sharing its ports (and the occupancy
     ``board``, where this worker is ``index``)."""

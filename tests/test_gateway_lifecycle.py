@@ -162,3 +162,44 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _listening(reuse_port: bool) -> socket.socket:
+    sock = socket.socket()
+    if reuse_port:  # as a gateway's workers bind: any other process of this user could join them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    "busy, workers",
+    [
+        # workers bind with SO_REUSEPORT: a second `--workers 2` gateway on the ports of a running one
+        # started and shared them silently (the kernel spreading connections over old and new)
+        pytest.param("http", "2", id="workers-beside-another-gateway's-workers"),
+        pytest.param("grpc", "2", id="workers-grpc-port"),
+        # one process: the gRPC port is bound while the app starts, and a busy one was a traceback
+        pytest.param("grpc", "1", id="one-process-grpc-port"),
+    ],
+)
+def test_a_busy_port_stops_the_gateway_at_once_naming_its_flag(tmp_path, busy, workers):
+    holder = _listening(reuse_port=workers != "1")
+    try:
+        ports = {"http": _free_ports(1)[0], "grpc": _free_ports(1)[0], busy: holder.getsockname()[1]}
+        cmd = [sys.executable, "-m", "serving", "--model-repository", str(tmp_path), "--host", "127.0.0.1"]
+        cmd += ["--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--workers", workers]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"the gateway started on the busy {busy} port")
+    finally:
+        holder.close()
+    assert proc.returncode == 1, err
+    flag = f"--{busy}-port (or KILN_{busy.upper()}_PORT) {ports[busy]}"
+    assert f"{flag}: 127.0.0.1:{ports[busy]} is in use" in err
+    assert "Traceback" not in err

@@ -109,7 +109,8 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
     held = [_held_port(), _held_port()]
     port, grpc_port = (sock.getsockname()[1] for sock in held)
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
-    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2"]
+    # --reuse-port: the ports are held here and meant to be shared (a gateway refuses busy ones)
+    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2", "--reuse-port"]
     url = f"http://127.0.0.1:{port}"
     shape = [1, SIZE, SIZE, 1]
     image = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": shape, "data": [1] * SIZE * SIZE}]}
