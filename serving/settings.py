@@ -158,6 +158,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _two_ports(self) -> Settings:
+        if self.http_port and self.http_port == self.grpc_port:
+            raise ValueError(
+                f"--http-port (or KILN_HTTP_PORT) and --grpc-port (or KILN_GRPC_PORT) are both {self.http_port}: "
+                "the gRPC server would take it and HTTP fail to bind once the models are loaded"
+            )
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

@@ -92,6 +92,11 @@ def test_flags_win_over_the_environment(monkeypatch):
         ),
         (["--log-level", "loud"], {}, "argument --log-level: invalid choice: 'loud'"),
         (
+            ["--grpc-port", "9000"],
+            {"KILN_HTTP_PORT": "9000"},
+            "--http-port (or KILN_HTTP_PORT) and --grpc-port (or KILN_GRPC_PORT) are both 9000",
+        ),
+        (
             ["--max-inflight-body-bytes", "2048"],
             {"KILN_MAX_BODY_BYTES": "4096"},
             "--max-inflight-body-bytes (or KILN_MAX_INFLIGHT_BODY_BYTES) 2048 is below --max-body-bytes 4096",
