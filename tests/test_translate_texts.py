@@ -113,7 +113,7 @@ def test_a_text_of_exotic_characters_is_translated_or_refused_with_422_as_the_sc
         assert reply.status_code == 200, reply.text
     else:
         assert reply.status_code == 422, reply.text
-        assert reply.json()["error"] == "texts[1] is empty"
+        assert reply.json()["error"] == "texts[1] is empty or only whitespace"
 
 
 def test_rest_returns_the_hypotheses_the_search_found_where_kserve_pads_its_tensors_to_n_best(

@@ -152,7 +152,7 @@ class Translator:
             if not isinstance(text, str):
                 raise BadRequest(f"texts[{i}] must be a string")
             if not text.strip():
-                raise UnprocessableInput(f"texts[{i}] is empty")
+                raise UnprocessableInput(f"texts[{i}] is empty or only whitespace")
             if len(text) > limits.max_chars:
                 raise PayloadTooLarge(
                     f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}"

@@ -172,7 +172,7 @@ class TritonPythonModel:
             raise ValueError(f"{len(texts)} texts in one request; the limit is {bs.LIMITS.max_texts}")
         for i, text in enumerate(texts):
             if not text.strip():
-                raise ValueError(f"text[{i}] is empty")
+                raise ValueError(f"text[{i}] is empty or only whitespace")
             if len(text) > bs.LIMITS.max_chars:
                 raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
         return texts
