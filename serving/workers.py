@@ -179,12 +179,16 @@ def _running(pid: int) -> bool:
 
 def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -> int:
     """Wait on the workers; SIGTERM or SIGINT drains them all (each gets SIGTERM), and one ending
-    stops the others (its live gauges leave the shared metrics at once)."""
+    unasked stops the others (its live gauges leave the shared metrics at once). Returns 0 when the
+    stop was asked for and went cleanly, else the first failed worker's status as a shell shows it."""
     log.info("started %d gateway workers: %s", len(procs), [p.pid for p in procs])
+    stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         # SIGTERM whatever the parent got: a terminal's Ctrl-C has already sent every worker SIGINT,
         # and a second SIGINT is uvicorn's force quit, which drops the requests still in flight
+        nonlocal stopping
+        stopping = True
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -201,9 +205,29 @@ def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -
                 procs.remove(proc)
                 if metrics_dir is not None:
                     multiprocess.mark_process_dead(proc.pid, str(metrics_dir))
-                code = code or rc
-                stop(signal.SIGTERM, None)  # one worker gone: take the others down too
+                if not stopping:  # the gateway ends whole: its supervisor restarts it at full strength
+                    log.error("gateway worker %d %s: stopping the others", proc.pid, _ended(rc))
+                    code = _exit_status(rc) or 1
+                    stop(signal.SIGTERM, None)
+                elif rc not in (0, -signal.SIGTERM, -signal.SIGINT):  # uvicorn re-raises the signal
+                    log.error("gateway worker %d %s while stopping", proc.pid, _ended(rc))
+                    code = code or _exit_status(rc)
         return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _ended(rc: int) -> str:
+    """How a worker ended, from its Popen return code (a signal's number negated)."""
+    if rc >= 0:
+        return f"exited with status {rc}"
+    try:
+        return f"ended by {signal.Signals(-rc).name}"
+    except ValueError:  # a signal Python has no name for (real-time ones)
+        return f"ended by signal {-rc}"
+
+
+def _exit_status(rc: int) -> int:
+    """A Popen return code as a shell's status (128 + the signal), not sys.exit(-9)'s 247."""
+    return 128 - rc if rc < 0 else rc

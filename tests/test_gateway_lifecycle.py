@@ -203,3 +203,25 @@ def test_a_busy_port_stops_the_gateway_at_once_naming_its_flag(tmp_path, busy, w
     flag = f"--{busy}-port (or KILN_{busy.upper()}_PORT) {ports[busy]}"
     assert f"{flag}: 127.0.0.1:{ports[busy]} is in use" in err
     assert "Traceback" not in err
+
+
+def test_a_worker_that_dies_stops_the_gateway_which_says_so_and_exits_as_it_did(repository, tmp_path):
+    """One worker killed (the OOM killer's SIGKILL): the others are stopped and the gateway ends, so its
+    supervisor restarts it whole rather than it serving on at part strength. The exit status was
+    sys.exit(-9), 247 to a shell, and nothing said which worker ended or how."""
+    log = tmp_path / "gateway.log"
+    with _gateway(repository, "--workers", "2", log=log) as (proc, _):
+        assert eventually(lambda: len(_children(proc.pid)) == 2)
+        victim, other = _children(proc.pid)
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+        assert not _alive(other)
+    assert f"gateway worker {victim} ended by SIGKILL: stopping the others" in log.read_text()
+
+
+def test_a_stopped_gateway_of_workers_exits_zero(repository, tmp_path):
+    """SIGTERM drains the workers, each of which ends by the SIGTERM uvicorn raises again: the parent
+    passed that on as sys.exit(-15), 241 to a shell, for a stop that went as asked."""
+    with _gateway(repository, "--workers", "2", log=tmp_path / "gateway.log") as (proc, _):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
