@@ -167,7 +167,10 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("log_level", mode="before")
+    @field_validator(
+        "backend", "triton_translate", "grpc_server", "grpc_io", "cpu_policy", "log_level", mode="before"
+    )
     @classmethod
-    def _lower_level(cls, value: object) -> object:
+    def _lower_choice(cls, value: object) -> object:
+        """A choice in any case, from a variable as from its flag (which lower-cases it)."""
         return value.lower() if isinstance(value, str) else value

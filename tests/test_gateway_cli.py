@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
 
-from serving.__main__ import INTERNAL, build_parser, parse_args
+from serving.__main__ import INTERNAL, _base_type, build_parser, parse_args
 from serving.settings import Settings
 
 
@@ -152,3 +153,15 @@ def test_uvicorns_trace_level_configures_logging_too(tmp_path):
     )
     assert done.returncode == 1
     assert "is not a directory" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, f in Settings.model_fields.items() if get_origin(_base_type(f.annotation)) is Literal]
+)
+def test_a_choice_is_read_in_any_case_from_its_variable_as_from_its_flag(monkeypatch, name):
+    """The flags lower-case a choice (``--backend ONNXRUNTIME``); the variables refused the same word."""
+    choice = get_args(_base_type(Settings.model_fields[name].annotation))[-1]
+    flag = "--" + name.replace("_", "-")
+    assert getattr(parse_args([flag, choice.upper()]), name) == choice
+    monkeypatch.setenv(f"KILN_{name.upper()}", choice.upper())
+    assert getattr(parse_args([]), name) == choice
