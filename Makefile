@@ -65,8 +65,11 @@ train-translator: $(STAMP)
 export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8, DEVICE=cpu|gpu) to ONNX/TensorRT + Triton repository
 	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS) --device $(DEVICE)
 
-serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton, WORKERS=N)
-	$(PY) -m serving --model-repository $(REPOSITORY) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --backend $(BACKEND) --workers $(WORKERS)
+# make serve passes a variable as a flag only when it was given to make (command line or environment):
+# otherwise the gateway's own default or KILN_* variable applies (a flag would win over KILN_WORKERS=2).
+serve_flag = $(if $(filter-out file,$(origin $(1))), $(2) $($(1)))
+serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton, WORKERS=N; or KILN_* variables)
+	$(PY) -m serving$(call serve_flag,REPOSITORY,--model-repository)$(call serve_flag,HTTP_PORT,--http-port)$(call serve_flag,GRPC_PORT,--grpc-port)$(call serve_flag,BACKEND,--backend)$(call serve_flag,WORKERS,--workers)
 
 triton: $(STAMP) ## run the real Triton server (python flavour of the repository) on 127.0.0.1
 	$(PY) -m serving.triton --model-repository $(REPOSITORY)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +167,28 @@ def test_a_choice_is_read_in_any_case_from_its_variable_as_from_its_flag(monkeyp
     assert getattr(parse_args([flag, choice.upper()]), name) == choice
     monkeypatch.setenv(f"KILN_{name.upper()}", choice.upper())
     assert getattr(parse_args([]), name) == choice
+
+
+def _make_serve(*args: str, **env: str) -> list[str]:
+    """The command ``make serve`` would run (``make -n``), as words."""
+    done = subprocess.run(
+        ["make", "-n", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return next(line.split() for line in done.stdout.splitlines() if "-m serving" in line)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_serve_leaves_the_settings_it_is_not_given_to_their_variables():
+    """``make serve`` passed every setting it knows as a flag, its own defaults included, and flags win:
+    ``KILN_WORKERS=2 make serve`` ran one worker, ``KILN_HTTP_PORT=9000 make serve`` served on 8000."""
+    plain = _make_serve(KILN_WORKERS="2", KILN_HTTP_PORT="9000")
+    assert "--workers" not in plain and "--http-port" not in plain
+    given = _make_serve("WORKERS=3", "HTTP_PORT=9001", KILN_WORKERS="2")
+    assert given[given.index("--workers") + 1] == "3"
+    assert given[given.index("--http-port") + 1] == "9001"
