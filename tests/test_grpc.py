@@ -150,7 +150,7 @@ class FakeBackend:
         if x is None or x.ndim != 2 or x.shape[1] != 3:
             raise BadRequest(f"input 'x' must have shape [-1, 3], got {None if x is None else list(x.shape)}")
         y = x if request.model == "echo" else x * 2
-        for name, count in request.parameters.get("classification", {}).items():
+        for name, count in request.classification.items():
             labels = ["a", "b", "c"]
             assert name == "y"
             y = classification(y, count, labels, batched=True)
@@ -266,7 +266,8 @@ def test_a_request_parameter_named_classification_is_not_taken_for_the_outputs_c
     x = np.array([[0.1, 0.7, 0.2]], np.float32)
     plain = client.infer("double", [_input("x", x, "FP32")], parameters={"classification": value})
     np.testing.assert_array_equal(plain.as_numpy("y"), 2 * x)
-    assert fake_server[0].last_request.parameters["classification"] == {}
+    assert fake_server[0].last_request.classification == {}
+    assert fake_server[0].last_request.parameters["classification"] == value  # the model's, as Triton
     wanted = [grpcclient.InferRequestedOutput("y", class_count=1)]
     both = client.infer(
         "double", [_input("x", x, "FP32")], outputs=wanted, parameters={"classification": value}

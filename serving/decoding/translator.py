@@ -206,10 +206,10 @@ class Translator:
                 f"model {self.name!r} takes exactly one input 'text'; got {sorted(request.inputs)}"
             )
         params = request.parameters or {}
-        if params.get("classification"):
+        if request.classification:
             raise BadRequest(
                 f"model {self.name!r}: the classification extension needs a numeric output; "
-                f"{sorted(params['classification'])} are BYTES (or not outputs)"
+                f"{sorted(request.classification)} are BYTES (or not outputs)"
             )
         given = np.asarray(request.inputs["text"])
         if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it

@@ -63,9 +63,12 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     version: str = ""
     outputs: list[str] | None = None  # None: all outputs
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request's own, for the model
     request_id: str = ""
     timeout_s: float | None = None
+    # Triton's classification extension, {output: top-k count}, from the outputs' parameters: a field,
+    # never a key of ``parameters``, so a request parameter of that name reaches the model untouched
+    classification: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

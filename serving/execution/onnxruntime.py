@@ -3,7 +3,7 @@
 Instance count and device come from the config's ``instance_group``; batching from its
 ``dynamic_batching`` block. Requests are validated against the config (names, datatypes, shapes,
 batch size) before they are queued, so a client's mistake is a 400 naming the input, never a 500.
-Classification (Triton's extension) is requested with ``InferRequest.parameters["classification"] =
+Classification (Triton's extension) is requested with ``InferRequest.classification =
 {output_name: count}`` and answered here with BYTES ``"score:index:label"`` strings.
 """
 

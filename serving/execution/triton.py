@@ -342,16 +342,15 @@ class TritonBackend:
         self._cached(request.model, request.version)
         module = self._module()
         inputs = [self._input(module, name, array) for name, array in request.inputs.items()]
-        counts = request.parameters.get("classification") or {}
+        counts = request.classification
         wanted = request.outputs or list(counts)
         outputs = [module.InferRequestedOutput(name, class_count=int(counts.get(name, 0))) for name in wanted]
         timeout = request.timeout_s or self.timeout_s
         extra = {"client_timeout": timeout} if self.protocol == "grpc" else {}
-        # Decoding options of a translator (beam_size, ...) travel as KServe request parameters;
-        # the gateway-internal classification map is expressed through class_count above instead.
-        parameters = {k: v for k, v in request.parameters.items() if k != "classification"}
-        if parameters:
-            extra["parameters"] = parameters
+        # Decoding options of a translator (beam_size, ...) travel as KServe request parameters, as
+        # does any other the client sent (Triton hands them to the model); classification is class_count.
+        if request.parameters:
+            extra["parameters"] = request.parameters
         result = await self._call(
             "infer",
             request.model,

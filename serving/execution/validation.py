@@ -68,9 +68,7 @@ def validate_inputs(
 
 
 def classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
-    counts = request.parameters.get("classification") or {}
-    if not isinstance(counts, dict):
-        raise BadRequest("parameter 'classification' must map output names to class counts")
+    counts = request.classification
     for name, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise BadRequest(

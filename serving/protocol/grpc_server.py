@@ -244,13 +244,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
-        """Decode, run on the backend, encode. The backends read the outputs' classification counts
-        from the ``classification`` parameter, always set here from the requested outputs (as
-        v2_codec sets it for HTTP): a request-level parameter of that name, which Triton hands the
-        model as any other, must not reach them as the map (a 500 for a translator or the Triton
-        backend, a refusal for a classifier)."""
+        """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
+        a request-level parameter named ``classification`` is the model's, as Triton hands it on."""
         parameters = model_parameters(_parameters(request.parameters))
-        parameters["classification"] = _classification_counts(request)
         infer_request = InferRequest(
             model=request.model_name,
             version=parse_version(request.model_version),
@@ -259,6 +255,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parameters=parameters,
             request_id=request.id,
             timeout_s=_timeout(request, context),
+            classification=_classification_counts(request),
         )
         if self.metrics is None:
             return encode_response(await self.backend.infer(infer_request), request)

@@ -64,12 +64,10 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         inputs=inputs,
         version=version,
         outputs=[o.name for o in outputs] if outputs is not None else None,
-        parameters={  # request parameters reach the backend (e.g. a translator's beam_size)
-            **model_parameters(params),
-            "classification": {o.name: o.classification for o in outputs or [] if o.classification},
-        },
+        parameters=model_parameters(params),  # they reach the backend (e.g. a translator's beam_size)
         request_id=request_id,
         timeout_s=_timeout(params),
+        classification={o.name: o.classification for o in outputs or [] if o.classification},
     )
     return ParsedInfer(request, outputs, binary_default)
 
