@@ -88,6 +88,8 @@ def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
             continue
         try:
             sock = claim_port(settings.host, port, hold=hold)
+        except socket.gaierror as exc:  # not the port's fault
+            raise SystemExit(f"--host (or KILN_HOST) {settings.host}: {exc.strerror or exc}") from None
         except OSError as exc:
             raise SystemExit(
                 f"--{name.replace('_', '-')} (or KILN_{name.upper()}) {port}: {settings.host}:{port} is in use "

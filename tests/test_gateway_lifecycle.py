@@ -225,3 +225,23 @@ def test_a_stopped_gateway_of_workers_exits_zero(repository, tmp_path):
     with _gateway(repository, "--workers", "2", log=tmp_path / "gateway.log") as (proc, _):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_a_host_that_does_not_resolve_is_named_as_the_host(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model-repository",
+            str(tmp_path),
+            "--host",
+            "no-such-host.invalid",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--host (or KILN_HOST) no-such-host.invalid: " in done.stderr
+    assert "--http-port" not in done.stderr and "Traceback" not in done.stderr
