@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.server import held_port
 
 console = Console()
 
@@ -55,16 +55,23 @@ def run_stage(title: str, cmd: list[str]) -> float:
 
 
 @contextmanager
-def gateway(repository: Path, http_port: int, grpc_port: int, timeout_s: float = 120.0) -> Iterator[str]:
-    """Start `python -m serving` on 127.0.0.1, wait until ready, and always stop it."""
-    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository)]
-    cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
-    cmd += ["--log-level", "warning"]
-    console.rule("[bold]Serve")
-    console.print(f"$ {' '.join(cmd)}", style="dim")
-    url = f"http://127.0.0.1:{http_port}"
-    with running(cmd, f"{url}/v2/health/ready", timeout_s=timeout_s):
-        yield url
+def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, str]]:
+    """Start `python -m serving` on 127.0.0.1, wait until ready, and always stop it; yields its HTTP
+    URL and gRPC target.
+
+    Its two ports are bound here first (SO_REUSEPORT, never listening) and held until it stops: the
+    gateway binds beside them (``--reuse-port``), and no other process can take one in between, as it
+    could a port drawn, closed and bound again seconds later."""
+    with held_port(reuse_port=True) as http_socket, held_port(reuse_port=True) as grpc_socket:
+        http_port, grpc_port = http_socket.getsockname()[1], grpc_socket.getsockname()[1]
+        cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository)]
+        cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
+        cmd += ["--log-level", "warning"]
+        console.rule("[bold]Serve")
+        console.print(f"$ {' '.join(cmd)}", style="dim")  # as a user types it: --reuse-port is internal
+        url = f"http://127.0.0.1:{http_port}"
+        with running([*cmd, "--reuse-port"], f"{url}/v2/health/ready", timeout_s=timeout_s):
+            yield url, f"127.0.0.1:{grpc_port}"
     console.print("gateway stopped")
 
 
@@ -242,13 +249,12 @@ def main(argv: list[str] | None = None) -> None:
         f"Export to ONNX + Triton model repository (configs for the {target.name})",
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],
     )
-    grpc_port = free_port()
-    with gateway(args.repository, free_port(), grpc_port) as url:
+    with gateway(args.repository) as (url, grpc_url):
         models = [f"{m['name']} ({m['task']})" for m in _answer(httpx.get(f"{url}/v1/models"))]
         console.print(f"GET /v1/models → {', '.join(models)}")
         show_placement(url, "resnet18")
         show_classify(url, "resnet18")
-        show_translate(url, f"127.0.0.1:{grpc_port}", "transformer")
+        show_translate(url, grpc_url, "transformer")
     console.rule(f"[bold green]Demo finished on the {target.name} in {time.perf_counter() - started:.0f} s")
 
 

@@ -52,3 +52,38 @@ def test_a_request_the_gateway_refuses_stops_the_demo_with_its_answer(capsys):
     out = capsys.readouterr().out
     assert "POST /v1/models/transformer/translate answered 422" in out and "beam_size: too large" in out
     assert demo._answer(httpx.Response(200, json={"ok": 1}, request=request)) == {"ok": 1}
+
+
+def test_the_demo_gateway_binds_ports_the_demo_holds_until_it_stops(monkeypatch, tmp_path):
+    """A port drawn, closed and handed to the gateway seconds later could be taken in between: the
+    demo keeps both bound (SO_REUSEPORT) while the gateway runs, which binds beside them."""
+    import contextlib
+    import errno
+    import socket
+
+    seen: dict[str, object] = {}
+
+    def taken(port: int) -> bool:
+        """Whether a server binding as servers do (no SO_REUSEPORT) is refused ``port``."""
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                other.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return exc.errno == errno.EADDRINUSE
+            return False
+
+    @contextlib.contextmanager
+    def fake_running(cmd, ready_url, **kwargs):
+        seen["cmd"] = cmd
+        ports = [int(cmd[cmd.index(flag) + 1]) for flag in ("--http-port", "--grpc-port")]
+        seen["ports"], seen["taken while starting"] = ports, [taken(port) for port in ports]
+        yield None
+
+    monkeypatch.setattr(demo, "running", fake_running)
+    with demo.gateway(tmp_path) as (url, grpc_url):
+        http_port, grpc_port = seen["ports"]
+        assert (url, grpc_url) == (f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+        assert [taken(port) for port in seen["ports"]] == [True, True]
+    assert seen["taken while starting"] == [True, True]
+    assert "--reuse-port" in seen["cmd"] and http_port != grpc_port
