@@ -1,13 +1,15 @@
-"""``create_app(settings)``: the FastAPI gateway; backend and gRPC server open in ``lifespan``."""
+"""``create_app(settings)``: the FastAPI gateway; its parts (backend, gRPC server) open in ``lifespan``."""
 
 from __future__ import annotations
 
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,25 +38,18 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.repository = repository = Repository(settings.model_repository)
-        app.state.backend = make_gateway(
-            settings,
-            repository,
-            backend or make_backend(settings, repository, app.state.metrics),
-            app.state.metrics,
-        )
-        await app.state.backend.start()
-        grpc_handle = await start_grpc(settings, app.state.backend, app.state.body_budget, app.state.metrics)
-        frozen = freeze_loaded_objects()
+        parts = Parts()
+        try:
+            await start_parts(app, settings, backend, parts)
+        except BaseException:
+            await parts.stop()
+            raise
         try:
             yield
         finally:
-            if frozen:
-                gc.unfreeze()
-            if grpc_handle is not None:
-                await grpc_handle.stop(settings.shutdown_grace_s)
-            await app.state.backend.stop()
-            app.state.json_offload.close()
+            failed = await parts.stop()
+            if failed:
+                raise LifespanFailed(f"gateway shutdown: stopping {'; '.join(failed)}")
 
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -72,6 +67,72 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     return app
 
 
+class LifespanFailed(RuntimeError):
+    """A start-up or shutdown step of the gateway failed: the message is the one line the server logs
+    (:meth:`GatewayApp.__call__`), naming the step and why."""
+
+
+class Parts:
+    """The gateway's parts as they start, each with its stop. :meth:`stop` stops them last started
+    first, and every one of them even when another's stop fails (a failed start stops what started)."""
+
+    def __init__(self) -> None:
+        self._stops: list[tuple[str, Callable[[], Any]]] = []
+
+    def on_stop(self, what: str, stop: Callable[[], Any]) -> None:
+        """Call ``stop()`` (a coroutine function or a plain one) when the gateway stops."""
+        self._stops.append((what, stop))
+
+    @staticmethod
+    @contextmanager
+    def starting(what: str) -> Iterator[None]:
+        """An error inside the block becomes :class:`LifespanFailed` naming ``what``, in one line."""
+        try:
+            yield
+        except Exception as exc:
+            log.debug("gateway start-up failed: %s", what, exc_info=True)  # the traceback, for debugging
+            raise LifespanFailed(f"gateway start-up failed: {what}: {_one_line(exc)}") from exc
+
+    async def stop(self) -> list[str]:
+        """Stop every part registered; returns those whose stop failed (each logged with its traceback)."""
+        failed = []
+        while self._stops:
+            what, stop = self._stops.pop()
+            try:
+                result = stop()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - the other parts must still stop
+                log.error("gateway shutdown: stopping %s failed: %s", what, exc, exc_info=True)
+                failed.append(f"{what} failed: {_one_line(exc)}")
+        return failed
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, parts: Parts) -> None:
+    """Open the gateway's parts in order: the model repository, the backend (with the workers' board
+    it publishes its runs on) and its translator pool, the gRPC server. Each stop is registered before
+    its part starts, so a part that fails half-started is stopped too."""
+    state = app.state
+    parts.on_stop("the JSON helper process", state.json_offload.close)
+    with parts.starting("the model repository"):
+        state.repository = Repository(settings.model_repository)
+    with parts.starting("the backend"):
+        inner = given or make_backend(settings, state.repository, state.metrics)
+        state.backend = make_gateway(settings, state.repository, inner, state.metrics)
+        parts.on_stop("the backend and its translators", state.backend.stop)
+        await state.backend.start()
+    with parts.starting(f"the gRPC server (--grpc-port {settings.grpc_port})"):
+        grpc_handle = await start_grpc(settings, state.backend, state.body_budget, state.metrics)
+    if grpc_handle is not None:
+        parts.on_stop("the gRPC server", partial(grpc_handle.stop, settings.shutdown_grace_s))
+    if freeze_loaded_objects():
+        parts.on_stop("the garbage collector's freeze", gc.unfreeze)
+
+
 # The hot routes, answered ahead of the middleware stack (serving.protocol.lean); still declared on
 # their routers, which document them and answer their other methods.
 LEAN_ROUTES = (
@@ -85,6 +146,11 @@ class GatewayApp(FastAPI):
     OpenTelemetry instrumentation is on when the stack is built (at the first request): its spans get
     their ``http.route`` from the router, so then every route goes through the stack."""
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            send = _one_line_failures(send)
+        await super().__call__(scope, receive, send)
+
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
         telemetry = getattr(self, "_native_telemetry", None)
@@ -93,6 +159,19 @@ class GatewayApp(FastAPI):
             return stack
         max_bytes, budget = self.state.settings.max_body_bytes, self.state.body_budget
         return lean.LeanRoutes(self, stack, max_bytes, LEAN_ROUTES, budget)
+
+
+def _one_line_failures(send: Any) -> Any:
+    """The lifespan's ``send``, with a :class:`LifespanFailed`'s message in place of the traceback
+    Starlette sends in ``lifespan.*.failed`` (the server logs that message: now one line)."""
+
+    async def one_line(message: dict[str, Any]) -> None:
+        failure = sys.exc_info()[1]  # Starlette sends the failure while it handles the exception
+        if message["type"].endswith(".failed") and isinstance(failure, LifespanFailed):
+            message = {**message, "message": str(failure)}
+        await send(message)
+
+    return one_line
 
 
 def _document_this_gateway(app: FastAPI, settings: Settings) -> None:
