@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from serving.errors import ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
@@ -47,6 +48,7 @@ LATENCY_BUCKETS = (
     30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CLIENT_LEFT = 499  # nginx's "client closed request": a request cancelled before it was answered
 
 
 class GatewayMetrics:
@@ -68,6 +70,13 @@ class GatewayMetrics:
         ).labels(str(worker), str(os.getpid())).set(1)
         self.requests = Counter(
             "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
+        )
+        self.request_failures = Counter(
+            "kiln_request_failures",
+            "Failed inference requests by model and the HTTP status they ended with (gRPC: the status "
+            f"its code stands for; {CLIENT_LEFT}: cancelled, its client gone or the gateway stopping)",
+            ["model", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
             "kiln_request_latency_seconds",
@@ -214,8 +223,17 @@ class GatewayMetrics:
         return self.registry.get_sample_value(name, labels)
 
 
+def failure_status(error: BaseException) -> str:
+    """The status label of a failed request: its error's HTTP status, 499 when it was cancelled (its
+    client left, or the gateway stopped), 500 for anything else (a bug of ours)."""
+    if isinstance(error, ServingError):
+        return str(error.status)
+    return str(CLIENT_LEFT) if isinstance(error, asyncio.CancelledError) else "500"
+
+
 async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
-    """Run ``backend.infer`` (for a model name already validated) counting the outcome, the end-to-end latency and the in-flight gauge."""
+    """Run ``backend.infer`` (for a model name already validated) counting the outcome (a failure also
+    by its status), the end-to-end latency and the in-flight gauge."""
     started = time.monotonic()
     gauge = metrics.child(metrics.in_flight, request.model)
     gauge.inc()
@@ -224,6 +242,9 @@ async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: Inf
         response = await backend.infer(request)
         outcome = "success"
         return response
+    except BaseException as error:  # counted and raised on: nothing added on the success path
+        metrics.child(metrics.request_failures, request.model, failure_status(error)).inc()
+        raise
     finally:
         gauge.dec()
         metrics.child(metrics.requests, request.model, outcome).inc()

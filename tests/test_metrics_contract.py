@@ -4,17 +4,27 @@ only for the repository's models whatever a client names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.errors import DeadlineExceeded
+from serving.execution.base import InferRequest, InferResponse
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings
-from tests.repo_fixtures import SIZE, build_classifier_repository
+from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+from tests.waiting import DEADLINE_S, eventually
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +52,59 @@ def test_latency_histograms_resolve_sub_millisecond_runs_and_multi_second_transl
     translate = "kiln_translate_latency_seconds_bucket"
     assert metrics.sample(translate, model="gru", outcome="success", le="10.0") == 1
     assert metrics.sample(translate, model="gru", outcome="success", le="30.0") == 2
+
+
+class Scripted:
+    """The ONNX Runtime backend, except for requests whose id scripts another end: ``timeout`` (504),
+    ``bug`` (an unexpected error) or ``hold`` (never answered: ``held`` is set once it waits)."""
+
+    def __init__(self, repository: Path) -> None:
+        self.inner = OnnxRuntimeBackend(Repository(repository))
+        self.held = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if request.request_id == "timeout":
+            raise DeadlineExceeded("timed out")
+        if request.request_id == "bug":
+            raise RuntimeError("a bug")
+        if request.request_id == "hold":
+            self.held.set()
+            await asyncio.Event().wait()
+        return await self.inner.infer(request)
+
+
+def _leave_while_held(port: int, backend: Scripted) -> None:
+    """A request whose client disconnects while the backend holds it."""
+    body = _body(request_id="hold")
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as conn:
+        head = f"POST /v2/models/lenet/infer HTTP/1.1\r\nhost: kiln\r\ncontent-length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode() + body)
+        assert backend.held.wait(DEADLINE_S)
+
+
+def test_failed_requests_are_counted_by_status_and_none_stays_in_flight(repository):
+    backend = Scripted(repository)
+    app = create_app(Settings(model_repository=repository, grpc_port=0), backend=backend)
+    metrics = app.state.metrics
+    with LiveServer(app) as server:
+        url = f"http://{server.url}/v2/models/lenet/infer"
+        assert httpx.post(url, content=_body()).status_code == 200
+        assert httpx.post(url, content=_body((1, SIZE, SIZE))).status_code == 400  # the model refuses it
+        assert httpx.post(url, content=_body(request_id="timeout")).status_code == 504
+        assert httpx.post(url, content=_body(request_id="bug")).status_code == 500
+        _leave_while_held(server.port, backend)
+        assert eventually(lambda: metrics.sample("kiln_in_flight_requests", model="lenet") == 0)
+    failures = {
+        status: metrics.sample("kiln_request_failures_total", model="lenet", status=status)
+        for status in ("400", "499", "500", "504")
+    }
+    assert failures == {"400": 1, "499": 1, "500": 1, "504": 1}
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="failure") == 4
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="success") == 1
+    assert metrics.sample("kiln_request_latency_seconds_count", model="lenet") == 5
 
 
 def _series(page: str) -> set[str]:
