@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from serving.errors import ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
+
+T = TypeVar("T")
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
 SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
@@ -232,20 +234,25 @@ def failure_status(error: BaseException) -> str:
 
 
 async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
-    """Run ``backend.infer`` (for a model name already validated) counting the outcome (a failure also
-    by its status), the end-to-end latency and the in-flight gauge."""
+    """Run ``backend.infer`` (for a model name already validated), observed as :func:`observed`."""
+    return await observed(metrics, request.model, backend.infer(request))
+
+
+async def observed(metrics: GatewayMetrics, name: str, work: Awaitable[T]) -> T:
+    """Await ``work`` for model ``name`` counting the outcome (a failure also by its status), the
+    end-to-end latency and the in-flight gauge."""
     started = time.monotonic()
-    gauge = metrics.child(metrics.in_flight, request.model)
+    gauge = metrics.child(metrics.in_flight, name)
     gauge.inc()
     outcome = "failure"
     try:
-        response = await backend.infer(request)
+        result = await work
         outcome = "success"
-        return response
+        return result
     except BaseException as error:  # counted and raised on: nothing added on the success path
-        metrics.child(metrics.request_failures, request.model, failure_status(error)).inc()
+        metrics.child(metrics.request_failures, name, failure_status(error)).inc()
         raise
     finally:
         gauge.dec()
-        metrics.child(metrics.requests, request.model, outcome).inc()
-        metrics.child(metrics.request_latency, request.model).observe(time.monotonic() - started)
+        metrics.child(metrics.requests, name, outcome).inc()
+        metrics.child(metrics.request_latency, name).observe(time.monotonic() - started)

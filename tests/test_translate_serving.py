@@ -439,12 +439,14 @@ def test_a_client_that_hangs_up_mid_translation_stops_its_decode(gateway) -> Non
     raw = json.dumps(body).encode()
     head = f"POST /v1/models/transformer/translate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n\r\n"
     start = sample("kiln_decoder_steps_total")
+    left = metrics.sample("kiln_request_failures_total", model="transformer", status="499") or 0.0
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
         sock.sendall(head.encode() + raw)  # the lean path: a Content-Length body
         assert eventually(lambda: sample("kiln_decoder_steps_total") > start)  # decoding, then gone
     assert eventually(lambda: sample("kiln_in_flight_requests") == 0)
     stopped = sample("kiln_decoder_steps_total") - start
     assert stopped < whole / 2, (stopped, whole)  # its rows left within a compiled call or so
+    assert metrics.sample("kiln_request_failures_total", model="transformer", status="499") == left + 1
     assert _post(gateway, "transformer", {"texts": ["twelve"]}).status_code == 200  # serving on
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
@@ -30,7 +29,7 @@ from serving.decoding.options import DEFAULTS, LIMITS, DecodingOptions
 from serving.decoding.translator import Translation
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import Backend, InferRequest
-from serving.metrics import GatewayMetrics, observed_infer
+from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed, observed_infer
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.limits import JsonInt, parse_json
@@ -168,7 +167,7 @@ async def translate(request: Request, name: str) -> Response:
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
-        work = _observed(metrics, name, translator.translate(body.texts, body.options(), timeout_s))
+        work = observed(metrics, name, translator.translate(body.texts, body.options(), timeout_s))
     else:
         work = _via_infer(backend, metrics, name, body, timeout_s)
     results = await until_client_leaves(request, work)
@@ -178,7 +177,6 @@ async def translate(request: Request, name: str) -> Response:
 
 
 T = TypeVar("T")
-CLIENT_LEFT = 499  # nginx's "client closed request": what a request whose client left ends with
 
 
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
@@ -259,22 +257,6 @@ def _hypothesis(h: Translation, scores: bool) -> dict[str, Any]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-async def _observed(metrics: GatewayMetrics, name: str, work: Any) -> Any:
-    """Await ``work`` counting the request outcome, its latency and the in-flight gauge."""
-    started = time.monotonic()
-    gauge = metrics.child(metrics.in_flight, name)
-    gauge.inc()
-    outcome = "failure"
-    try:
-        result = await work
-        outcome = "success"
-        return result
-    finally:
-        gauge.dec()
-        metrics.child(metrics.requests, name, outcome).inc()
-        metrics.child(metrics.request_latency, name).observe(time.monotonic() - started)
 
 
 async def _via_infer(

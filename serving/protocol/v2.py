@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.repository import parse_version
-from serving.metrics import observed_infer
+from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.responses import (
     OVERLOAD,
@@ -20,7 +20,7 @@ from serving.protocol.responses import (
     error_response,
     errors,
 )
-from serving.protocol.translate import CLIENT_LEFT, until_client_leaves
+from serving.protocol.translate import until_client_leaves
 from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
