@@ -152,3 +152,17 @@ def test_objects_loaded_at_startup_are_frozen_out_of_the_collector_until_shutdow
         assert client.get("/v2/health/ready").status_code == 200
         assert gc.get_freeze_count() > 1000  # the loaded gateway: modules, sessions, routes
     assert gc.get_freeze_count() == 0
+
+
+def test_a_classify_request_over_max_batch_size_counts_as_one_request(server):
+    """17 images take three max_batch_size (8) runs; the request metrics see one request."""
+
+    def count() -> float:
+        return server.app.state.metrics.sample("kiln_requests_total", model="lenet", outcome="success") or 0.0
+
+    before = count()
+    reply = httpx.post(
+        f"http://{server.url}/v1/models/lenet/classify", json={"images": [b64(png(k)) for k in range(17)]}
+    )
+    assert reply.status_code == 200 and len(reply.json()["predictions"]) == 17
+    assert count() == before + 1

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import InferRequest
 from serving.execution.repository import RepositoryEntry
-from serving.metrics import observed_infer
+from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
 from serving.protocol.limits import JsonInt, parse_json
@@ -209,7 +209,10 @@ async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, met
         InferRequest(entry.name, {input_name: c}, outputs=[output], timeout_s=settings.request_timeout_s)
         for c in chunks
     ]
-    results = await asyncio.gather(*(observed_infer(backend, metrics, r) for r in requests))
+    if len(requests) == 1:
+        results = [await observed(metrics, entry.name, backend.infer(requests[0]))]
+    else:  # one client request, one observation, however many max_batch_size chunks it takes
+        results = await observed(metrics, entry.name, asyncio.gather(*(backend.infer(r) for r in requests)))
     arrays = [np.asarray(r.outputs[output], dtype=np.float64) for r in results]
     scores = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])  # (images, classes)
     if output != entry.role("probabilities"):
