@@ -337,17 +337,33 @@ class TranslatorPool:
                     observer=self.observer,
                     more_runners=pair,
                 )
+                self.translators[name] = translator  # stopped by stop() even if its start fails half-way
+                await translator.start()
             except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
                 log.error("translator %s cannot be served: %s", name, exc)
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
-                continue
-            await translator.start()
-            self.translators[name] = translator
+                broken = self.translators.pop(name, None)
+                if broken is not None:
+                    try:
+                        await broken.stop(0.0)
+                    except Exception:  # noqa: BLE001 - already reported as not served
+                        log.debug("translator %s: stop after a failed start", name, exc_info=True)
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        for translator in self.translators.values():
-            await translator.stop(grace_s)
+        """Stop every translator together, each within ``grace_s``; one that fails to stop is logged
+        and does not leave the others running (the first such error is raised once all are stopped)."""
+        translators = list(self.translators.items())
         self.translators.clear()
+        results = await asyncio.gather(*(t.stop(grace_s) for _, t in translators), return_exceptions=True)
+        errors = [
+            (name, r)
+            for (name, _), r in zip(translators, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        for name, error in errors:
+            log.error("translator %s did not stop cleanly", name, exc_info=error)
+        if errors:
+            raise errors[0][1]
 
     def get(self, name: str) -> Translator | None:
         return self.translators.get(name)

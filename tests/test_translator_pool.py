@@ -1,0 +1,63 @@
+"""The translator pool's start and stop: one translator's failure never leaves another running or
+keeps the gateway from serving the rest."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from serving.decoding import translator as translator_module
+from serving.decoding.translator import TranslatorPool
+
+
+class _Translator:
+    def __init__(self, name: str, fail_start: bool = False, fail_stop: bool = False) -> None:
+        self.name, self.fail_start, self.fail_stop = name, fail_start, fail_stop
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+        if self.fail_start:
+            raise RuntimeError(f"{self.name}: no decode thread")
+
+    async def stop(self, grace_s: float) -> None:
+        self.stopped = True
+        if self.fail_stop:
+            raise RuntimeError(f"{self.name}: stuck")
+
+
+def _pool(names: list[str]) -> TranslatorPool:
+    entry = SimpleNamespace(
+        task="translate", path=None, kiln={"translator": {"encoder": "e", "decoder": "d"}}
+    )
+    return TranslatorPool(SimpleNamespace(entries={n: entry for n in names}))
+
+
+def test_a_translator_that_fails_to_stop_does_not_leave_the_others_running() -> None:
+    pool = _pool([])
+    made = {n: _Translator(n, fail_stop=n == "b") for n in ("a", "b", "c")}
+    pool.translators = dict(made)
+    with pytest.raises(RuntimeError, match="b: stuck"):
+        asyncio.run(pool.stop(1.0))
+    assert all(t.stopped for t in made.values())
+    assert pool.translators == {}
+
+
+def test_a_translator_that_fails_to_start_is_stopped_and_reported_and_the_others_serve(monkeypatch) -> None:
+    made: dict[str, _Translator] = {}
+
+    def build(path, kiln, *runners, **options):
+        name = f"t{len(made)}"
+        made[name] = _Translator(name, fail_start=name == "t0")
+        return made[name]
+
+    monkeypatch.setattr(translator_module, "translator_from_entry", build)
+    monkeypatch.setattr(translator_module, "_capped", lambda config, *args: config)
+    monkeypatch.setattr(translator_module, "_runner_pair", lambda *args: (None, None))
+    pool = _pool(["first", "second"])
+    asyncio.run(pool.start(lambda *args, **kwargs: None))
+    assert list(pool.translators) == ["second"] and pool.translators["second"] is made["t1"]
+    assert "no decode thread" in pool.failed["first"]
+    assert made["t0"].stopped  # what its start left running is stopped
