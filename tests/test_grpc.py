@@ -150,6 +150,7 @@ class FakeBackend:
         if x is None or x.ndim != 2 or x.shape[1] != 3:
             raise BadRequest(f"input 'x' must have shape [-1, 3], got {None if x is None else list(x.shape)}")
         y = x if request.model == "echo" else x * 2
+        y = np.tile(y, (int(request.parameters.get("tile", 1)), 1))  # an answer larger than its request
         for name, count in request.classification.items():
             labels = ["a", "b", "c"]
             assert name == "y"
@@ -273,6 +274,24 @@ def test_a_request_parameter_named_classification_is_not_taken_for_the_outputs_c
         "double", [_input("x", x, "FP32")], outputs=wanted, parameters={"classification": value}
     )
     assert [entry.decode().split(":", 1)[1] for entry in both.as_numpy("y")[0]] == ["1:b"]
+
+
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_an_answer_larger_than_the_request_limit_is_sent_as_triton_sends_it(
+    loop: LoopThread, server: str
+) -> None:
+    """The message limit bounds what a client sends; answers are not capped (grpc core's default
+    send limit and Triton's), whichever server serves."""
+    handle = loop.run(
+        start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=server, max_message_bytes=64 << 10)
+    )
+    try:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{handle.port}") as client:
+            x = np.array([[1.0, 2.0, 3.0]], np.float32)
+            result = client.infer("double", [_input("x", x, "FP32")], parameters={"tile": 10_000})
+            assert result.as_numpy("y").shape == (10_000, 3)  # 120 KB against a 64 KiB limit
+    finally:
+        loop.run(handle.stop(1.0))
 
 
 def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:

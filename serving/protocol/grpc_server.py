@@ -347,8 +347,7 @@ async def start_grpc_server(
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
         return await _start_kiln_server(servicer, host, port, *limits)
     options = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),  # answers uncapped, as Kiln's and Triton's
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     aio = grpc.aio.server(options=options)
