@@ -72,11 +72,8 @@ class Calls(ConnectionState):
                     return
                 message = plain
             request = call.request_class.FromString(message)
-        except Aborted as stop:
-            self._finish(call, stop.code.value[0], stop.details)
-            return
-        except DecodeError:
-            self._finish(call, INTERNAL, "cannot parse the request message")
+        except (Aborted, DecodeError) as error:
+            self._refuse(call, error)
             return
         call.task = self.loop.create_task(self._serve(call, request))
 
@@ -88,13 +85,18 @@ class Calls(ConnectionState):
             request = await asyncio.to_thread(
                 _inflated_request, call.request_class, call.encoding, message, size
             )
-        except Aborted as stop:
-            self._finish(call, stop.code.value[0], stop.details)
-            return
-        except DecodeError:
-            self._finish(call, INTERNAL, "cannot parse the request message")
+        except (Aborted, DecodeError) as error:
+            self._refuse(call, error)
             return
         await self._serve(call, request)
+
+    def _refuse(self, call: Call, error: Aborted | DecodeError) -> None:
+        """End ``call`` whose request message cannot be served: with the status an inflation aborted
+        with, or INTERNAL for a message that does not parse (grpc core's answer to both)."""
+        if isinstance(error, Aborted):
+            self._finish(call, error.code.value[0], error.details)
+        else:
+            self._finish(call, INTERNAL, "cannot parse the request message")
 
     def _watch_deadline(self, call: Call) -> bool:
         """Arm the timer that ends ``call`` at its deadline; False (and the call ended) if it has passed."""
