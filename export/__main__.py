@@ -40,8 +40,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m export",
         description="Freeze checkpoints, export them to ONNX (+TensorRT), prove parity, write a Triton repository.",
     )
-    parser.add_argument("paths", nargs="*", default=["checkpoints"], help="checkpoint files or directories")
-    parser.add_argument("--repository", default="model_repository", help="output model repository")
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        default=["checkpoints"],
+        help="checkpoint files or directories (default: checkpoints)",
+    )
+    parser.add_argument(
+        "--repository", default="model_repository", help="output model repository (default: %(default)s)"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild entries even when they are up to date")
     parser.add_argument(
         "--precisions",
@@ -52,13 +59,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--device",
         choices=DEVICES,
         default="cpu",
-        help="where the configs place the models: gpu = KIND_GPU, shape buckets, TensorRT accelerator",
+        help="where the configs place the models: gpu = KIND_GPU, shape buckets, TensorRT accelerator (default: %(default)s)",
     )
     parser.add_argument(
         "--cudnn-conv-algo-search",
         choices=sorted(CUDNN_ALGO_SEARCH_VALUES),
         default=DEFAULTS.cudnn_conv_algo_search,
-        help="gpu configs: cuDNN convolution algorithm search (run once per bucket at warm-up)",
+        help="gpu configs: cuDNN convolution algorithm search, run once per bucket at warm-up (default: %(default)s)",
     )
     parser.add_argument(
         "--cuda-graphs",
@@ -69,29 +76,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--int8-max-drop",
         type=float,
         default=DEFAULTS.int8_max_drop,
-        help="classifiers: max validation top-1 drop (points)",
+        help="classifiers: max validation top-1 drop (points) (default: %(default)s)",
     )
     parser.add_argument(
         "--int8-min-agreement",
         type=float,
         default=DEFAULTS.int8_min_agreement,
-        help="translators: min share token-identical to fp32",
+        help="translators: min share token-identical to fp32 (default: %(default)s)",
     )
     parser.add_argument(
         "--int8-max-bleu-drop",
         type=float,
         default=DEFAULTS.int8_max_bleu_drop,
-        help="translators: max BLEU drop",
+        help="translators: max BLEU drop (default: %(default)s)",
     )
-    parser.add_argument("--tensorrt", choices=MODES, default=DEFAULTS.tensorrt, help="build TensorRT engines")
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULTS.max_batch_size, help="Triton max_batch_size"
+        "--tensorrt",
+        choices=MODES,
+        default=DEFAULTS.tensorrt,
+        help="build TensorRT engines (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULTS.max_batch_size,
+        help="Triton max_batch_size (default: %(default)s)",
     )
     parser.add_argument(
         "--beam-sentences",
         type=int,
         default=DEFAULTS.beam_sentences,
-        help="held-out sentences for beam parity",
+        help="held-out sentences for beam parity (default: %(default)s)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     args = parser.parse_args(argv)

@@ -105,7 +105,11 @@ class Settings(BaseSettings):
         4096 * 4096, ge=1, description="decoded pixels per image (decompression bombs)"
     )
     max_top_k: int = Field(100, ge=1, description="largest top_k a friendly classify request may ask")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on shutdown")
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds each shutdown step (HTTP drain, gRPC, translators, batchers) waits for work in flight; 0: none",
+    )
     keep_alive_s: int = Field(
         75,
         ge=1,

@@ -312,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--resume", help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch)"
+        "--resume",
+        help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
+        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
+        "and a value that differs from the file's is an error",
     )
     p.add_argument(
         "--early-stopping",
