@@ -149,21 +149,28 @@ class TritonPythonModel:
                 continue
             groups.setdefault(config, []).append((i, texts, config))
         for members in groups.values():
-            config = members[0][2]
-            texts = [t for _, ts, _ in members for t in ts]
-            try:
-                translations = self._translate(texts, config)
-            except Exception as error:  # noqa: BLE001 - report to every request of the group
-                for i, _, _ in members:
-                    responses[i] = self._error(error)
-                continue
-            offset = 0
-            for i, ts, _ in members:
-                rows = translations[offset : offset + len(ts)]
-                offset += len(ts)
-                out = np.array([[h.encode() for h in hyps] for hyps in rows], dtype=np.object_)  # [b, n_best]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[_tensor("translation", out)])
+            self._answer_group(members, responses)
         return responses
+
+    def _answer_group(self, members: list, responses: list) -> None:
+        """Decode one options group's texts together; if that fails, each request alone, so one
+        request's texts (too long a text, say) fail that request only, as the gateway answers them."""
+        config = members[0][2]
+        try:
+            translations = self._translate([t for _, ts, _ in members for t in ts], config)
+        except Exception as error:  # noqa: BLE001 - whose it is, the requests run alone to tell
+            if len(members) > 1:
+                for member in members:
+                    self._answer_group([member], responses)
+                return
+            responses[members[0][0]] = self._error(error)
+            return
+        offset = 0
+        for i, ts, _ in members:
+            rows = translations[offset : offset + len(ts)]
+            offset += len(ts)
+            out = np.array([[h.encode() for h in hyps] for hyps in rows], dtype=np.object_)  # [b, n_best]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[_tensor("translation", out)])
 
     def _texts(self, request) -> list[str]:
         values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
