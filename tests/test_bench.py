@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
+import selectors
+import threading
+from collections.abc import Coroutine
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +37,58 @@ def test_time_calls_stops_at_the_call_limit_and_ratio_guards_missing_values():
     assert math.isnan(ratio(1.0, 0.0)) and ratio(3.0, 2.0) == 1.5
 
 
-def test_closed_loop_keeps_exactly_the_requested_number_of_requests_in_flight():
+class _SkippingSelector(selectors.DefaultSelector):
+    """Polls without blocking; a wait with a timeout moves the loop's clock on instead of sleeping."""
+
+    def __init__(self, loop: _VirtualTimeLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list:
+        if timeout is None:  # nothing scheduled: only I/O can wake the loop
+            return super().select(None)
+        ready = super().select(0)
+        if not ready:
+            self.loop.now += timeout
+        return ready
+
+
+class _VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when every task waits on a timer: a send that sleeps 200 ms
+    takes exactly 200 ms of its time however busy the machine, so counts over a window are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(_SkippingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def _in_virtual_time(monkeypatch, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on a virtual-time loop, with ``bench.load`` reading that loop's clock."""
+    loop = _VirtualTimeLoop()
+    monkeypatch.setattr(load, "time", SimpleNamespace(perf_counter=loop.time))
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+def test_a_virtual_time_loop_moves_its_clock_by_the_timers_alone():
+    async def two_sleepers() -> float:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(asyncio.sleep(0.2), asyncio.sleep(0.5))
+        return loop.time()
+
+    loop = _VirtualTimeLoop()
+    try:
+        assert loop.run_until_complete(two_sleepers()) == pytest.approx(0.5, abs=1e-9)
+    finally:
+        loop.close()
+
+
+def test_closed_loop_keeps_exactly_the_requested_number_of_requests_in_flight(monkeypatch):
     state = {"now": 0, "peak": 0, "n": 0}
 
     async def send() -> bool:
@@ -44,8 +99,11 @@ def test_closed_loop_keeps_exactly_the_requested_number_of_requests_in_flight():
         state["n"] += 1
         return state["n"] % 5 != 0  # every fifth request fails
 
-    result = asyncio.run(load.closed_loop(send, concurrency=4, duration_s=0.3, warmup_s=0.05))
+    result = _in_virtual_time(
+        monkeypatch, load.closed_loop(send, concurrency=4, duration_s=0.3, warmup_s=0.05)
+    )
     assert state["peak"] == 4
+    assert result.ok + result.errors == pytest.approx(4 * 0.3 / 0.002, abs=4)  # every reply in the window
     assert result.ok > 0 and result.errors > 0
     assert result.errors == pytest.approx((result.ok + result.errors) / 5, abs=4)
     assert len(result.latencies_s) == result.ok
@@ -272,18 +330,35 @@ def test_with_two_threads_onnxruntime_is_also_measured_as_two_single_thread_sess
     assert rows[0]["throughput_ips"] > 0 and rows[0]["p50_ms"] > 0
 
 
-def test_concurrent_calls_count_every_call_of_every_session_over_the_wall_time():
+def test_concurrent_calls_count_every_call_of_every_session_over_the_wall_time(monkeypatch):
+    """Two sessions whose calls meet (a barrier: run one after the other, they would never meet) and
+    take 2 ms of a clock they move themselves: every call is counted, over the time they took."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(engines, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    meet = threading.Barrier(2, timeout=30)  # a failure bound: sessions run in turn break it
     calls = []
 
-    def run(images):  # ~2 ms a call, releasing the GIL as ONNX Runtime does
-        calls.append(images.shape[0])
-        time.sleep(0.002)
+    def session():
+        made = []
 
-    latencies, throughput = engines._concurrent_calls([run, run], np.zeros((8, 1)), budget_s=0.1, warmup=1)
+        def run(images):
+            calls.append(images.shape[0])
+            made.append(images.shape[0])
+            if len(made) == 1:  # the warm-up call, made alone from the calling thread
+                return
+            if meet.wait() == 0:  # both sessions in a call: one moves the clock 2 ms on
+                clock.now += 0.002
+            meet.wait()  # neither reads the clock before it has moved
+
+        return run
+
+    latencies, throughput = engines._concurrent_calls(
+        [session(), session()], np.zeros((8, 1)), budget_s=0.1, warmup=1
+    )
     timed = len(calls) - 2  # less the warm-up calls
-    assert len(latencies) == timed and min(latencies) >= 0.002
-    assert timed >= 2 * 0.1 / 0.004  # both sessions ran side by side, not one after the other
-    assert 0.5 * (2 * 8 / 0.002) < throughput < 1.1 * (2 * 8 / 0.002)
+    assert timed == len(latencies) and timed == pytest.approx(2 * 0.1 / 0.002, abs=2)
+    assert latencies == pytest.approx([0.002] * timed)
+    assert throughput == pytest.approx(2 * 8 / 0.002)  # both sessions' images over the time they took
 
 
 def test_classify_identity_counts_an_answer_identical_only_when_every_output_matches_bit_for_bit():
@@ -327,7 +402,9 @@ def test_a_target_measured_just_past_its_goal_prints_enough_digits_not_to_read_a
     assert report.measured_text(1.99999, 2.0) == "1.99999" and report.measured_text(0.4999, 0.5) == "0.4999"
 
 
-def test_closed_loop_throughput_is_the_replies_inside_the_window_over_the_window_not_the_last_reply():
+def test_closed_loop_throughput_is_the_replies_inside_the_window_over_the_window_not_the_last_reply(
+    monkeypatch,
+):
     """8 clients of a 200 ms server complete 40 requests a second; dividing the requests started in a
     1 s window by the time until the last reply (1.1 s) would read 36."""
 
@@ -335,9 +412,12 @@ def test_closed_loop_throughput_is_the_replies_inside_the_window_over_the_window
         await asyncio.sleep(0.2)
         return True
 
-    result = asyncio.run(load.closed_loop(send, concurrency=8, duration_s=1.0, warmup_s=0.1))
+    result = _in_virtual_time(
+        monkeypatch, load.closed_loop(send, concurrency=8, duration_s=1.0, warmup_s=0.1)
+    )
     assert result.duration_s == 1.0
-    assert 38 <= result.as_dict()["throughput_rps"] <= 41
+    assert (result.ok, result.errors) == (40, 0)  # replies at 0.2 .. 1.0 s; those at 1.2 s are out
+    assert result.as_dict()["throughput_rps"] == pytest.approx(40)
 
 
 def test_a_spawned_engine_reports_its_own_peak_memory_not_the_parent_that_touched_more():
