@@ -27,6 +27,7 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import InferRequest
 from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
+from serving.triton.server import held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.test_grpc import LoopThread, run_gateway
 from tests.waiting import DEADLINE_S, eventually
@@ -206,9 +207,15 @@ def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, 
             assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
 
 
+class _TritonOnAHeldGrpcPort(TritonServer):
+    """Triton binding its gRPC port with SO_REUSEPORT, beside a socket the test holds on it."""
+
+    def command(self, *args: object) -> list[str]:
+        return [*super().command(*args), "--reuse-grpc-port=true"]
+
+
 @needs_triton
 def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, tmp_path: Path) -> None:
-    grpc_port = free_port()
     body = {
         "inputs": [
             {
@@ -219,34 +226,46 @@ def test_unreachable_triton_is_503_then_the_gateway_recovers(repository, loop, t
             }
         ]
     }
-    with run_gateway(loop, repository, backend="triton", triton_url=f"127.0.0.1:{grpc_port}") as gateway:
-        down = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
-        assert down.status_code == 503, down.text
-        assert "unavailable" in down.json()["error"] and down.headers["Retry-After"] == "1"
-        assert httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 400
-        with TritonServer(repository, tmp_path / "triton", grpc_port=grpc_port):
-            assert eventually(
-                lambda: httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 200
-            )
-            up = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
-            assert up.status_code == 200, up.text
-            want = reference(repository, "lenet", np.zeros((1, *IMAGE), np.uint8))["logits"]
-            logits = next(o for o in up.json()["outputs"] if o["name"] == "logits")
-            np.testing.assert_allclose(
-                np.asarray(logits["data"], np.float32), want.reshape(-1), rtol=1e-5, atol=1e-6
-            )
-        again = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
-        assert again.status_code == 503, again.text
+    # held (SO_REUSEPORT, never listening) for the whole test: connections are refused until Triton
+    # binds beside it and again once it stops, and no other process can take the port meanwhile
+    with held_port(reuse_port=True) as hold:
+        grpc_port = hold.getsockname()[1]
+        with run_gateway(loop, repository, backend="triton", triton_url=f"127.0.0.1:{grpc_port}") as gateway:
+            _down_up_down(gateway, repository, body, grpc_port, tmp_path)
+
+
+def _down_up_down(gateway, repository: Path, body: dict, grpc_port: int, tmp_path: Path) -> None:
+    """503 while nothing listens on ``grpc_port``, answers once Triton serves there, 503 after it stops."""
+    down = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+    assert down.status_code == 503, down.text
+    assert "unavailable" in down.json()["error"] and down.headers["Retry-After"] == "1"
+    assert httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 400
+    with _TritonOnAHeldGrpcPort(repository, tmp_path / "triton", grpc_port=grpc_port):
+        assert eventually(
+            lambda: httpx.get(f"http://{gateway.http_url}/v2/health/ready", timeout=30).status_code == 200
+        )
+        up = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+        assert up.status_code == 200, up.text
+        want = reference(repository, "lenet", np.zeros((1, *IMAGE), np.uint8))["logits"]
+        logits = next(o for o in up.json()["outputs"] if o["name"] == "logits")
+        np.testing.assert_allclose(
+            np.asarray(logits["data"], np.float32), want.reshape(-1), rtol=1e-5, atol=1e-6
+        )
+    again = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
+    assert again.status_code == 503, again.text
 
 
 def test_backend_before_any_triton_reports_unavailable(loop: LoopThread) -> None:
-    backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5)
-    loop.run(backend.start())
-    assert not loop.run(backend.is_ready())
-    with pytest.raises(Unavailable, match="unavailable") as caught:
-        loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": images(1)})))
-    assert caught.value.retry_after == 1.0
-    loop.run(backend.stop())
+    with held_port() as hold:  # bound, never listening: refused, and no other server can take it
+        backend = TritonBackend(f"127.0.0.1:{hold.getsockname()[1]}", timeout_s=5)
+        loop.run(backend.start())
+        try:
+            assert not loop.run(backend.is_ready())
+            with pytest.raises(Unavailable, match="unavailable") as caught:
+                loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": images(1)})))
+            assert caught.value.retry_after == 1.0
+        finally:
+            loop.run(backend.stop())
 
 
 class _ClosedUnderTheCall:
@@ -415,7 +434,7 @@ def test_stopping_a_server_that_already_exited_still_ends_the_stubs_left_in_its_
     server.process = leader
     try:
         server.stop()
-        assert eventually(lambda: not _running(stub), timeout_s=5)
+        assert eventually(lambda: not _running(stub))
     finally:
         if _running(stub):
             os.kill(stub, signal.SIGKILL)
