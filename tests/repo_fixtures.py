@@ -76,7 +76,12 @@ class LiveServer:
     """Run an ASGI app with uvicorn in a background thread on a free 127.0.0.1 port (a context manager)."""
 
     def __init__(
-        self, app: object, http: object | None = None, keep_alive_s: int = 300, log_level: str = "warning"
+        self,
+        app: object,
+        http: object | None = None,
+        keep_alive_s: int = 300,
+        log_level: str = "warning",
+        start_timeout_s: float = 60.0,
     ) -> None:
         from serving.triton.server import held_port
 
@@ -87,6 +92,7 @@ class LiveServer:
         self.keep_alive_s = keep_alive_s
         self.log_level = log_level  # "info" and below: uvicorn's access log on, as `python -m serving` has it
         self.url = f"127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s  # a failure bound, never waited out by a server that starts
 
     def __enter__(self) -> LiveServer:
         import threading
@@ -110,16 +116,18 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
+                self.__exit__()  # __exit__ is not called when __enter__ raises: stop and free the port here
+                ended = "its start-up failed (see the log)" if not self.thread.is_alive() else "timed out"
+                raise RuntimeError(f"the gateway did not start: {ended}")
             time.sleep(0.02)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=60)  # a failure bound: a start-up that hangs leaves a daemon thread
         self.socket.close()
 
 
