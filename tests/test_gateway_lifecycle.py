@@ -40,17 +40,29 @@ def _free_ports(count: int = 2) -> list[int]:
     return [free_port() for _ in range(count)]
 
 
-@contextmanager
-def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    """``python -m serving`` in a session of its own (a terminal's Ctrl-C reaches its whole group),
-    ready; killed with its group on the way out whatever the test did."""
+def _start(repository: Path, flags: tuple[str, ...], log: Path) -> tuple[subprocess.Popen, int]:
+    """``python -m serving`` on two ports drawn free, once it is ready or has exited (killed if neither)."""
     http, grpc = _free_ports()
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), *flags]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if not eventually(lambda: proc.poll() is not None or _ready(http), 60):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"the gateway neither served nor exited within 60 s:\n{log.read_text()}")
+    return proc, http
+
+
+@contextmanager
+def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``python -m serving`` in a session of its own (a terminal's Ctrl-C reaches its whole group),
+    ready; killed with its group on the way out whatever the test did."""
+    for attempt in range(3):  # a port drawn free may be taken before the gateway binds it: draw again
+        proc, http = _start(repository, flags, log)
+        if proc.poll() is None or "is in use" not in log.read_text() or attempt == 2:
+            break
     try:
-        assert eventually(lambda: proc.poll() is not None or _ready(http), 60), log.read_text()
         assert proc.poll() is None, log.read_text()
         yield proc, http
     finally:

@@ -71,18 +71,20 @@ def run_gateway(loop: LoopThread, repository: Path, **settings: Any) -> Iterator
         uvicorn.Config(create_app(config), host="127.0.0.1", port=http_port, log_level="warning")
     )
     task = asyncio.run_coroutine_threadsafe(server.serve(sockets=[http_socket]), loop.loop)
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if task.done() or time.monotonic() > deadline:
-            raise RuntimeError(f"gateway did not start: {task.exception() if task.done() else 'timeout'}")
-        time.sleep(0.05)
-    try:
+    try:  # a gateway that fails to start is stopped and its sockets closed too
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if task.done() or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start: {task.exception() if task.done() else 'timeout'}")
+            time.sleep(0.05)
         yield Gateway(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
     finally:
         server.should_exit = True
-        task.result(60)
-        http_socket.close()
-        grpc_socket.close()
+        try:
+            task.result(60)
+        finally:
+            http_socket.close()
+            grpc_socket.close()
 
 
 class FakeBackend:
