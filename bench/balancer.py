@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.server import held_port
 
 HAPROXY_HINT = "haproxy is not installed: `make balancer` (apt-get install haproxy) installs it"
 
@@ -105,7 +105,19 @@ def run_balancer(
     if binary is None:
         raise RuntimeError(HAPROXY_HINT)
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port, stats_port = free_port(), free_port(), free_port()
+    # held (SO_REUSEPORT, never listening) while haproxy runs: it binds its listeners with SO_REUSEPORT
+    # too, so it takes them beside these and no other process can between the draw and its bind
+    with contextlib.ExitStack() as held:
+        ports = [held.enter_context(held_port(reuse_port=True)).getsockname()[1] for _ in range(3)]
+        with _haproxy(binary, upstreams, workdir, ports, timeout_s) as balancer:
+            yield balancer
+
+
+@contextlib.contextmanager
+def _haproxy(
+    binary: str, upstreams: Sequence[Upstream], workdir: Path, ports: list[int], timeout_s: float
+) -> Iterator[Balancer]:
+    http_port, grpc_port, stats_port = ports
     config = workdir / "haproxy.cfg"
     config.write_text(haproxy_config(upstreams, http_port, grpc_port, stats_port))
     stats = f"http://127.0.0.1:{stats_port}"

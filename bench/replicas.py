@@ -21,7 +21,7 @@ import numpy as np
 from bench.balancer import Balancer, Upstream, server_stats
 from bench.servers import gateway_cmd
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.server import held_port
 
 Ask = Callable[[int], Awaitable[Any]]  # input index -> answer
 
@@ -67,10 +67,13 @@ def run_replicas(repository: Path, n: int, workdir: Path, threads: int = 1) -> I
     with contextlib.ExitStack() as stack:
         replicas = []
         for i in range(n):
-            http, grpc = free_port(), free_port()
+            # held (SO_REUSEPORT, never listening) until the replica is stopped: it binds beside them
+            # with --reuse-port, and no other process can take one between the draw and its bind
+            held = [stack.enter_context(held_port(reuse_port=True)) for _ in range(2)]
+            http, grpc = (sock.getsockname()[1] for sock in held)
             proc = stack.enter_context(
                 running(
-                    gateway_cmd(repository, http, grpc, threads),
+                    [*gateway_cmd(repository, http, grpc, threads), "--reuse-port"],
                     f"http://127.0.0.1:{http}/v2/health/ready",
                     log_path=workdir / f"replica{i}.log",
                 )
