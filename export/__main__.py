@@ -35,6 +35,15 @@ def _precisions(text: str) -> tuple[str, ...]:
     return values if "fp32" in values else ("fp32", *values)
 
 
+NUMERIC_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("--int8-max-drop", float, "classifiers: max validation top-1 drop (points)"),
+    ("--int8-min-agreement", float, "translators: min share token-identical to fp32"),
+    ("--int8-max-bleu-drop", float, "translators: max BLEU drop"),
+    ("--max-batch-size", int, "Triton max_batch_size"),
+    ("--beam-sentences", int, "held-out sentences for beam parity"),
+)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m export",
@@ -73,41 +82,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="gpu configs: ask the gateway to replay each bucket as a CUDA graph",
     )
     parser.add_argument(
-        "--int8-max-drop",
-        type=float,
-        default=DEFAULTS.int8_max_drop,
-        help="classifiers: max validation top-1 drop (points) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--int8-min-agreement",
-        type=float,
-        default=DEFAULTS.int8_min_agreement,
-        help="translators: min share token-identical to fp32 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--int8-max-bleu-drop",
-        type=float,
-        default=DEFAULTS.int8_max_bleu_drop,
-        help="translators: max BLEU drop (default: %(default)s)",
-    )
-    parser.add_argument(
         "--tensorrt",
         choices=MODES,
         default=DEFAULTS.tensorrt,
         help="build TensorRT engines (default: %(default)s)",
     )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=DEFAULTS.max_batch_size,
-        help="Triton max_batch_size (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--beam-sentences",
-        type=int,
-        default=DEFAULTS.beam_sentences,
-        help="held-out sentences for beam parity (default: %(default)s)",
-    )
+    for flag, kind, text in NUMERIC_FLAGS:  # each default is ExportOptions' (DEFAULTS), by the flag's name
+        default = getattr(DEFAULTS, flag.removeprefix("--").replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     args = parser.parse_args(argv)
     if args.precisions is None:
