@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 
-    from serving.app import create_app
+    from serving.app import GatewayServer, create_app
     from serving.protocol.http1 import http_protocol
 
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         sockets = [reuse_port_socket(settings.host, settings.http_port)]
     # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=sockets)
+        GatewayServer(config).run(sockets=sockets)
 
 
 if __name__ == "__main__":

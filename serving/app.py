@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -12,6 +13,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -128,6 +130,7 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
     with parts.starting(f"the gRPC server (--grpc-port {settings.grpc_port})"):
         grpc_handle = await start_grpc(settings, state.backend, state.body_budget, state.metrics)
     if grpc_handle is not None:
+        state.grpc = grpc_handle
         parts.on_stop("the gRPC server", partial(grpc_handle.stop, settings.shutdown_grace_s))
     if freeze_loaded_objects():
         parts.on_stop("the garbage collector's freeze", gc.unfreeze)
@@ -262,6 +265,19 @@ def freeze_loaded_objects() -> bool:
     gc.freeze()
     log.debug("gc: %d objects frozen after loading", gc.get_freeze_count())
     return True
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, whose drain stops the gRPC server taking calls at the same moment (GOAWAY, its
+    listener closed): it went on accepting them until the HTTP drain was over, up to the grace, and
+    only then drained for a grace of its own. The lifespan's stop waits on that same drain."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        grpc_handle = getattr(getattr(app, "state", None), "grpc", None)
+        if grpc_handle is not None:
+            grpc_handle.begin_stop(app.state.settings.shutdown_grace_s)
+        await super().shutdown(sockets)
 
 
 async def start_grpc(

@@ -116,6 +116,21 @@ def test_a_shutdown_grace_under_a_second_still_bounds_the_drain(repository, tmp_
         conn.close()
 
 
+def test_sigterm_stops_grpc_taking_calls_at_once_while_http_requests_drain(repository, tmp_path):
+    """The gRPC server went on accepting connections and calls for as long as HTTP requests drained (up
+    to the grace), and only then drained for a grace of its own: both stop taking work at SIGTERM now."""
+    flags = ("--shutdown-grace-s", "120", "--read-timeout-s", "120")
+    with _gateway(repository, *flags, log=tmp_path / "gateway.log") as (proc, port):
+        grpc_port = int(proc.args[proc.args.index("--grpc-port") + 1])
+        assert _accepts(grpc_port)
+        conn = _request_in_flight(port)
+        proc.send_signal(signal.SIGTERM)
+        assert eventually(lambda: not _accepts(grpc_port), timeout_s=20), "gRPC still accepts"
+        assert proc.poll() is None  # the HTTP request is still being waited for
+        assert _finish(conn) == b"HTTP/1.1 200 OK"
+        proc.wait(timeout=30)
+
+
 def test_ctrl_c_drains_the_gateway_and_exits_cleanly_without_a_traceback(repository, tmp_path):
     """uvicorn raises the SIGINT it caught again once it has drained; its own command line swallows
     the KeyboardInterrupt, Kiln's printed it as a traceback after a clean shutdown."""

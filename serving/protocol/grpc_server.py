@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
@@ -313,10 +313,17 @@ class GrpcHandle:
 
     server: Any  # grpc.aio.Server or grpc_h2.H2GrpcServer: both stop(grace_s)
     port: int
+    stopping: asyncio.Future | None = field(default=None, repr=False)
+
+    def begin_stop(self, grace_s: float = 5.0) -> asyncio.Future:
+        """Refuse new RPCs from now on and start draining; a later call returns the same drain."""
+        if self.stopping is None:
+            self.stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        return self.stopping
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Refuse new RPCs, let in-flight ones finish within ``grace_s``, then close."""
-        await self.server.stop(grace_s)
+        """Refuse new RPCs, let in-flight ones finish within ``grace_s``, then close (once)."""
+        await self.begin_stop(grace_s)
 
 
 async def start_grpc_server(
