@@ -352,6 +352,32 @@ def test_inconsistent_shapes_give_nan_not_a_crash_or_a_plausible_answer():
     assert out.shape == (2, 8) and np.isnan(out).all()
 
 
+@pytest.mark.parametrize("middle", [(2, 1), (1, 3), (0, 1), (1, 0)])
+@pytest.mark.parametrize("op", ["StepSelfAttention", "GroupedCrossAttention", "IndexedCrossAttention"])
+def test_a_bias_of_the_wrong_middle_dimensions_gives_nan_not_a_read_of_its_wrong_entries(op, middle):
+    """The bias is [n, 1, 1, keys]: its first and last dimensions were checked, its middle ones not, so
+    [n, 2, 1, keys] read the first entries as if they were each row's (a plausible answer) and an empty
+    one read past its buffer."""
+    rng = np.random.default_rng(0)
+    rows, heads, head_dim, keys = 2, 2, 8, 3
+    bias = np.zeros((rows, *middle, keys), np.float32)
+    q = rng.standard_normal((rows, heads * head_dim), dtype=np.float32)
+    k, v = (rng.standard_normal((rows, heads, keys, head_dim), dtype=np.float32) for _ in range(2))
+    if op == "StepSelfAttention":
+        new = (rng.standard_normal((rows, heads, 1, head_dim), dtype=np.float32) for _ in range(2))
+        feeds = dict(zip(["q", "past_k", "past_v", "new_k", "new_v"], [q, k, v, *new], strict=True))
+    else:
+        feeds = {"q": q, "k": k, "v": v}
+    feeds["bias"] = bias
+    if op == "IndexedCrossAttention":
+        feeds["row_place"] = np.arange(rows, dtype=np.int64)
+        session = _indexed_session(feeds)
+    else:
+        session = _session(op, {n: list(a.shape) for n, a in feeds.items()})
+    out = session.run(None, feeds)[0]
+    assert out.shape == (rows, heads * head_dim) and np.isnan(out).all()
+
+
 def test_the_fused_graph_is_chosen_only_where_it_exists_and_needs_the_operators(tmp_path):
     plain = tmp_path / "1" / "model.onnx"
     plain.parent.mkdir()

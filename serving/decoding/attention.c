@@ -344,6 +344,9 @@ static int inputs(void *context, const char *ranks, const float **data, int64_t 
     return 1;
 }
 
+/* A bias's middle dimensions ([n, 1, 1, keys]): anything else is read as if it were that layout. */
+static int unit_middle(const int64_t *dims) { return dims[1] == 1 && dims[2] == 1; }
+
 static void poison(void *context, int64_t rows, int64_t width) {
     float *out = rows >= 0 && width >= 0 ? output(context, rows, width) : NULL;
     for (int64_t i = 0; out && i < rows * width; i++) out[i] = NAN;
@@ -358,8 +361,8 @@ static void self_compute(void *kernel, void *context) {
     const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *dnk = d[3], *dnv = d[4], *db = d[5];
     int64_t rows = dq[0], width = dq[1], heads = dk[1], keys = dk[2], hd = dk[3];
     if (dk[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || dnk[0] != rows || dnk[1] != heads ||
-        dnk[2] != 1 || dnk[3] != hd || memcmp(dnk, dnv, sizeof d[0]) || db[0] != rows || db[3] != keys ||
-        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        dnk[2] != 1 || dnk[3] != hd || memcmp(dnk, dnv, sizeof d[0]) || db[0] != rows || !unit_middle(db) ||
+        db[3] != keys || keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     float *out = output(context, rows, width);
     if (!out) return;
@@ -394,7 +397,8 @@ static void cross_compute(void *kernel, void *context) {
     const float *q = in[0], *k = in[1], *v = in[2], *bias = in[3];
     const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *db = d[3];
     int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
-    if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || db[3] != keys ||
+    if (n <= 0 || rows % n || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || !unit_middle(db) ||
+        db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     cross_rows(context, q, k, v, bias, dq, dk, NULL, rows / n);
@@ -409,7 +413,8 @@ static void indexed_compute(void *kernel, void *context) {
     const int64_t *place = (const int64_t *)in[4]; /* input 4 is int64 (indexed_input_type) */
     const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *db = d[3], *dr = d[4];
     int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
-    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || db[3] != keys ||
+    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || db[0] != n || !unit_middle(db) ||
+        db[3] != keys ||
         keys > MAX_KEYS || hd > MAX_HEAD_DIM)
         return poison(context, rows, width);
     for (int64_t r = 0; r < rows; r++)
@@ -430,7 +435,7 @@ static void encoder_compute(void *kernel, void *context) {
     const float *qkv = in[0], *bias = in[1];
     const int64_t *dx = d[0], *db = d[1];
     int64_t n = dx[0], keys = dx[1], heads = dx[2] / 3, hd = dx[3], width = heads * hd;
-    if (dx[2] % 3 || db[0] != n || db[1] != 1 || db[2] != 1 || db[3] != keys || keys > MAX_KEYS ||
+    if (dx[2] % 3 || db[0] != n || !unit_middle(db) || db[3] != keys || keys > MAX_KEYS ||
         hd > MAX_HEAD_DIM)
         return poison(context, n * keys, width);
     float *out = output(context, n * keys, width);
