@@ -178,8 +178,9 @@ def test_a_broken_overlay_renders_but_strict_validation_rejects_it(tmp_path) -> 
 
 
 def gateway_shutdown_s(settings: Settings) -> float:
-    """The longest a gateway process takes from SIGTERM to exit: its steps run one after another
-    (serving/__main__.py, serving/app.py's lifespan, serving/gateway.py's stop), each bounded alone."""
+    """The longest a gateway process takes from SIGTERM to exit: the HTTP and gRPC drains side by side
+    (serving/app.py's GatewayServer), then the lifespan's steps one after another (serving/gateway.py's
+    stop), each bounded alone."""
     http_drain = int(settings.shutdown_grace_s)  # uvicorn's timeout_graceful_shutdown (0: None, unbounded)
     assert http_drain > 0, "KILN_SHUTDOWN_GRACE_S below 1 s leaves uvicorn's HTTP drain unbounded"
     grpc = settings.shutdown_grace_s if settings.grpc_port else 0.0  # the gRPC server's stop(grace)
@@ -189,7 +190,7 @@ def gateway_shutdown_s(settings: Settings) -> float:
     if settings.backend == "triton" and settings.triton_translate == "scheduler":
         translators = settings.shutdown_grace_s
     batchers = settings.shutdown_grace_s if settings.backend == "onnxruntime" else 0.0
-    return http_drain + grpc + translators + batchers
+    return max(http_drain, grpc) + translators + batchers
 
 
 @needs_kubectl
