@@ -1,7 +1,8 @@
 """Write Triton model repository entries atomically, with their kiln.json (docs/kiln-json.md).
 
 An entry is staged in a temp directory and renamed into place, so a failure never leaves a
-half-written entry. Staging happens beside the repository, in ``.<repository>.kiln-staging/``
+half-written entry; an existing entry is exchanged with its replacement in one ``renameat2`` call where
+Linux allows it, so a Triton or gateway polling the repository never finds it missing (``_swap_in``). Staging happens beside the repository, in ``.<repository>.kiln-staging/``
 (``staging_area``), not inside it: Triton takes every subdirectory of its repository for a model, hidden
 ones too, so a staging directory there fails its load (and a Triton start with it). A directory that
 exists without a Kiln ``kiln.json`` is foreign and is never overwritten. Staging directories are named
@@ -12,6 +13,9 @@ export are recognised and swept by the next write of the entry (``sweep_leftover
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import glob
 import json
 import logging
@@ -20,6 +24,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +42,10 @@ LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is sw
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"  # in staging names
 STAGING_SUFFIX = ".kiln-staging"  # .<repository name><this>: the staging area beside the repository
 _AREAS: dict[Path, Path] = {}  # repository -> its staging area, probed once per process
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+# what renameat2(RENAME_EXCHANGE) answers where it cannot exchange: a filesystem without the flag
+# (EINVAL, EOPNOTSUPP), a kernel without the call (ENOSYS), or the entry removed meanwhile (ENOENT)
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOENT}
 
 
 class RepositoryError(RuntimeError):
@@ -219,8 +228,15 @@ def _make_staging(area: Path, name: str) -> Path:
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` with renames only (the old entry, moved out beside the staging
-    directory, is removed last)."""
+    """Replace ``final`` by ``staging``: an exchange where the platform has one (the old entry then
+    lies in the staging directory, removed once the new one is in place), else two renames (the old
+    entry moved out beside the staging directory, removed last), between which ``final`` is absent."""
+    if final.exists():
+        why = _exchange(staging, final)
+        if why is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        log.debug("replacing %s with two renames (%s): it is absent for an instant between them", final, why)
     old = None
     if final.exists():
         old = staging.with_name(staging.name.replace(".tmp-", ".old-", 1))
@@ -228,6 +244,34 @@ def _swap_in(staging: Path, final: Path) -> None:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (glibc >= 2.28; Python has no binding), or None off Linux or without it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: Path, b: Path) -> str | None:
+    """Swap paths ``a`` and ``b`` atomically (``RENAME_EXCHANGE``): None once done, else why it cannot
+    be done here; any other failure raises as a rename's would."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return "renameat2 unavailable: not Linux, or a libc older than glibc 2.28"
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return None
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return f"renameat2(RENAME_EXCHANGE) refused: {os.strerror(code)}"
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def _owner_gone(path: Path, suffix: str) -> bool:

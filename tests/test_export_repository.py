@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from export import repository
 from export.repository import write_entry
@@ -182,3 +187,73 @@ def test_an_area_another_export_tidied_away_during_the_probe_is_made_again(tmp_p
     monkeypatch.setattr(Path, "touch", racing)
     repo.mkdir()
     assert repository.staging_area(repo) == area.resolve() and raced
+
+
+def _fill_saying(text: str) -> Callable[[Path], dict[str, Any]]:
+    """A fill whose config.pbtxt says ``text``, to tell an old entry from its replacement."""
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        meta = _fill(tmp)
+        (tmp / "config.pbtxt").write_text(text)
+        return meta
+
+    return fill
+
+
+def _config_seen(entry: Path) -> str | None:
+    try:
+        return (entry / "config.pbtxt").read_text()
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2(RENAME_EXCHANGE) is Linux's")
+def test_a_replaced_entry_is_exchanged_so_a_polling_server_never_finds_it_missing(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    entry = write_entry(repo, "m", _fill_saying("old"))
+    seen: list[tuple[str, str | None]] = []  # (call, the entry's config.pbtxt then), before and after
+    removed: list[tuple[str | None, str | None]] = []  # (the removed tree's config, the entry's)
+    replace, rmtree = os.replace, shutil.rmtree
+
+    def watched_replace(src: Any, dst: Any) -> None:
+        seen.append(("replace", _config_seen(entry)))
+        replace(src, dst)
+        seen.append(("replaced", _config_seen(entry)))
+
+    def watched_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).exists():
+            removed.append((_config_seen(Path(path)), _config_seen(entry)))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", watched_replace)
+    monkeypatch.setattr(shutil, "rmtree", watched_rmtree)
+    write_entry(repo, "m", _fill_saying("new"))
+    assert [config for _, config in seen if config is None] == []  # never absent between two renames
+    assert removed == [("old", "new")]  # the old tree goes once the new one is in place
+    assert _config_seen(entry) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # staging area tidied
+
+
+def _einval(*args: Any) -> int:
+    """libc's renameat2 on a filesystem that cannot exchange: -1 with errno EINVAL."""
+    ctypes.set_errno(errno.EINVAL)
+    return -1
+
+
+@pytest.mark.parametrize(
+    ("renameat2", "why"),
+    [(None, "renameat2 unavailable"), (_einval, "Invalid argument")],
+    ids=["no renameat2 in libc", "a filesystem refusing the exchange"],
+)
+def test_where_no_exchange_is_possible_an_entry_is_replaced_by_two_renames_with_a_debug_note(
+    tmp_path, monkeypatch, caplog, renameat2, why
+):
+    monkeypatch.setattr(repository, "_renameat2", lambda: renameat2)
+    repo = tmp_path / "repo"
+    entry = write_entry(repo, "m", _fill_saying("old"))
+    with caplog.at_level("DEBUG", logger="export.repository"):
+        write_entry(repo, "m", _fill_saying("new"))
+    assert _config_seen(entry) == "new"
+    assert why in caplog.text and "two renames" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]
