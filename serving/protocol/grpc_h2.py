@@ -239,21 +239,12 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             return  # an empty frame: nothing held, and no progress for the read timeout to see
         if flags & w.PADDED:
             payload = payload[1 : len(payload) - _padding(payload)]
-        budget = self.server.budget
-        if budget is not None:
-            if not budget.take(len(payload)):
-                self._finish(call, grpc.StatusCode.UNAVAILABLE.value[0], budget.refusal().message)
-                return
-            call.held += len(payload)
-        call.parts.append(payload)
-        call.size += len(payload)
-        if call.size > self.server.max_message_bytes + 5:
-            message = (
-                f"received message larger than max ({call.size - 5} vs. {self.server.max_message_bytes})"
-            )
-            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message)
-        elif flags & w.END_STREAM:
+        refusal = call.gather(payload, self.server.max_message_bytes, self.server.budget)
+        if flags & w.END_STREAM:
             call.ended = True
+        if refusal is not None:
+            self._finish(call, *refusal)
+        elif call.ended:
             self._dispatch(call)
         else:
             call.last_read = self.loop.time()

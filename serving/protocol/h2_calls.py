@@ -1,7 +1,8 @@
 """A gRPC call's life after its request has arrived, for Kiln's HTTP/2 server (:mod:`grpc_h2`): its
-message parsed (inflated in a thread if it inflates past ``LOOP_INFLATE_BYTES``) and handed to the
-servicer, its answer sent within the client's flow-control windows (in turns where they are short),
-and its end: a status, a stream reset, the bytes it held given back.
+message parsed (inflated in a thread if it inflates past ``LOOP_INFLATE_BYTES``, and held in the body
+budget at its inflated size) and handed to the servicer, its answer sent within the client's
+flow-control windows (in turns where they are short), and its end: a status, a stream reset, the bytes
+it held given back.
 
 A call whose client sent a deadline (``grpc-timeout``) is held to it until its answer has left, as
 grpc core's servers hold it: past it the servicer's task is cancelled (a request waiting in a batcher
@@ -38,11 +39,16 @@ from serving.protocol.h2_watch import DEADLINE_EXCEEDED
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
 
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
-def _inflated_request(request_class: Any, encoding: bytes | None, message: bytes, max_bytes: int) -> Any:
-    """A compressed request message inflated and parsed (in a thread: see ``Calls._inflate_and_serve``)."""
-    return request_class.FromString(decompress(encoding, message, max_bytes))
+def _inflated_request(
+    request_class: Any, encoding: bytes | None, message: bytes, max_bytes: int
+) -> tuple[Any, int]:
+    """A compressed request message inflated and parsed, and the size it inflated to (in a thread: see
+    ``Calls._inflate_and_serve``)."""
+    plain = decompress(encoding, message, max_bytes)
+    return request_class.FromString(plain), len(plain)
 
 
 class Calls(ConnectionState):
@@ -53,25 +59,21 @@ class Calls(ConnectionState):
         self.partial.pop(call.stream, None)
         if call.deadline is not None and not self._watch_deadline(call):
             return
-        body = call.parts[0] if len(call.parts) == 1 else b"".join(call.parts)
-        call.parts = []
-        problem = None
-        if len(body) < 5:
-            problem = "the call carried no request message"
-        elif int.from_bytes(body[1:5], "big") != len(body) - 5:
-            problem = "a unary call must carry exactly one request message"
+        problem = call.unfinished()
         if problem is not None:
             self._finish(call, INTERNAL, problem)
             return
-        message = body[5:]
+        message = call.message()
         try:
-            if body[0]:
+            if call.compressed:
                 plain = decompress_small(call.encoding, message)
                 if plain is None:  # it inflates to more than the loop should hold for
                     call.task = self.loop.create_task(self._inflate_and_serve(call, message))
                     return
+                if not self._hold_inflated(call, len(plain)):
+                    return
                 message = plain
-            request = call.request_class.FromString(message)
+            request = call.request_class.FromString(message)  # a large one: from its buffer, uncopied
         except (Aborted, DecodeError) as error:
             self._refuse(call, error)
             return
@@ -82,13 +84,25 @@ class Calls(ConnectionState):
         (a reset or the deadline cancels the wait; the thread's work, bounded by the limit, runs out)."""
         size = self.server.max_message_bytes
         try:
-            request = await asyncio.to_thread(
+            request, inflated = await asyncio.to_thread(
                 _inflated_request, call.request_class, call.encoding, message, size
             )
         except (Aborted, DecodeError) as error:
             self._refuse(call, error)
             return
-        await self._serve(call, request)
+        del message  # the compressed bytes: no longer held while the call is served
+        if self._hold_inflated(call, inflated):
+            await self._serve(call, request)
+
+    def _hold_inflated(self, call: Call, size: int) -> bool:
+        """Hold what ``call``'s message inflated to in the body budget while it is served (its
+        compressed bytes, dropped by then, counted in); False, and the call ended UNAVAILABLE as a
+        message that large sent plain would be, where it does not fit."""
+        budget = self.server.budget
+        if budget is None or call.hold(size, budget):
+            return True
+        self._finish(call, UNAVAILABLE, budget.refusal().message)
+        return False
 
     def _refuse(self, call: Call, error: Aborted | DecodeError) -> None:
         """End ``call`` whose request message cannot be served: with the status an inflation aborted
