@@ -125,7 +125,7 @@ def summary_table(results: list[EntryResult]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from export.pipeline import check_entry_names, export_checkpoint, find_checkpoints
+    from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint, find_checkpoints
 
     args = parse_args(argv)
     logging.basicConfig(
@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         check_entry_names(checkpoints)
         check_repository(Path(args.repository))
+        check_entry_plan(checkpoints, Path(args.repository), options)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("export", total=len(checkpoints))

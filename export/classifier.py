@@ -15,7 +15,7 @@ from export import batching, quantize, repository, tensorrt
 from export.freeze import FreezeReport, freeze
 from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
-from export.results import Entry, EntryResult, ExportContext
+from export.results import Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec, classifier_spec
 from export.triton_config import config_from_spec, gpu_flavour, to_pbtxt
 
@@ -71,8 +71,20 @@ class Built:
 
 def _entries(ctx: ExportContext) -> dict[str, Entry]:
     """The ONNX entry of each requested precision, by precision."""
+    return _precision_entries(ctx.name, ctx.options.precisions)
+
+
+def _precision_entries(name: str, precisions: tuple[str, ...]) -> dict[str, Entry]:
     suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-    return {p: Entry(f"{ctx.name}{suffix[p]}", p) for p in ctx.options.precisions}
+    return {p: Entry(f"{name}{suffix[p]}", p) for p in precisions}
+
+
+def entry_names(name: str, options: ExportOptions) -> tuple[str, ...]:
+    """Every entry classifier ``name`` may write with ``options``: one per precision, and their
+    TensorRT twins where engines are built (``export_classifier``)."""
+    entries = list(_precision_entries(name, options.precisions).values())
+    engines = [_trt(e) for e in entries] if tensorrt.should_build(options.tensorrt)[0] else []
+    return tuple(e.name for e in entries + engines)
 
 
 def _trt(entry: Entry) -> Entry:

@@ -2,7 +2,8 @@
 
 ``export_checkpoint`` turns one Kiln checkpoint into its repository entries; ``export_all`` does every
 checkpoint of a list of files/directories. Entries whose checkpoint and artifacts are unchanged are
-skipped unless ``force``; a parity failure raises :class:`export.parity.ParityError`.
+skipped unless ``force``; a parity failure raises :class:`export.parity.ParityError`. Before any work, a
+run is refused where two models would write one entry (``check_entry_names``, ``entry_plan``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
 from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
@@ -28,6 +30,7 @@ __all__ = [
     "ExportOptions",
     "ParityError",
     "check_entry_names",
+    "check_entry_plan",
     "export_all",
     "export_checkpoint",
     "find_checkpoints",
@@ -46,6 +49,9 @@ def _exporter(task: str) -> Callable[[ExportContext, Path], list[EntryResult]]:
         return export_translator
     raise ValueError(f"unknown task {task!r}; expected classify or translate")
 
+
+# The keywords of export_checkpoint / export_all that set an ExportOptions field.
+OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(ExportOptions))
 
 # What each task's exporter reads from the checkpoint beyond the contract's required keys.
 TASK_KEYS = {"classify": ("preprocessing",), "translate": ("tokenizers",)}
@@ -112,6 +118,8 @@ def export_checkpoint(
     if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["model"].get("args"), dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'args': dict}}")
     check_task_keys(ckpt, path)
+    name = name or entry_name(path)
+    check_owners(Path(repository), [Plan(path, name, task_entries(ckpt["task"], name, options))])
     ctx = ExportContext(
         path=path,
         ckpt=ckpt,
@@ -119,7 +127,7 @@ def export_checkpoint(
         sha256=file_sha256(path),
         repository=Path(repository),
         options=options,
-        name=name or entry_name(path),
+        name=name,
         on_step=on_step,
         validation=validation,
         accuracy_hook=accuracy_hook,
@@ -170,7 +178,8 @@ def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def check_entry_names(checkpoints: Iterable[Path]) -> None:
     """Refuse, before any work, two checkpoints whose file names give the same entry name (``a/x.pt``
-    and ``b/x.pt``, or ``x-1.pt`` and ``x_1.pt``): the second would overwrite the first's entries."""
+    and ``b/x.pt``, or ``x-1.pt`` and ``x_1.pt``): the second would overwrite the first's entries. The
+    names derived from them (``x_encoder``, ``x_int8``...) are ``entry_plan.check_entry_plan``'s."""
     owners: dict[str, Path] = {}
     for path in checkpoints:
         try:
@@ -194,6 +203,9 @@ def export_all(
     results: list[EntryResult] = []
     checkpoints = find_checkpoints(paths)
     check_entry_names(checkpoints)
+    settings = {k: v for k, v in kw.items() if k in OPTION_FIELDS}
+    options = dataclasses.replace(kw.get("options") or ExportOptions(), **settings)
+    check_entry_plan(checkpoints, Path(repository), options)
     for ckpt in checkpoints:
         log.info("exporting %s", ckpt)
         results += export_checkpoint(ckpt, repository, **kw)

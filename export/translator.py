@@ -25,6 +25,7 @@ from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_s
 from export.translator_entries import (
     Int8Graph,
     int8_entry_names,
+    translator_entries,
     write_int8_entries,
     write_translator_entries,
 )
@@ -324,16 +325,10 @@ def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
     return encoder, decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
 
 
-def _entries(ctx: ExportContext) -> list[Entry]:
-    names = [f"{ctx.name}_encoder", f"{ctx.name}_decoder", ctx.name]
-    int8 = int8_entry_names(ctx.name) if "int8" in ctx.options.precisions else ()
-    return [Entry(n, "fp32") for n in names] + [Entry(n, "int8") for n in int8]
-
-
 def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     """The entries of one translator checkpoint (all rebuilt together when any is stale); the int8
     ones only with ``int8`` among the precisions and when they pass their gate."""
-    entries = _entries(ctx)
+    entries = translator_entries(ctx.name, ctx.options)
     if not any(ctx.needs_rebuild(e) for e in entries):
         return [ctx.skipped(e) for e in entries]
     ctx.step("freeze")

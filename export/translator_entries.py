@@ -11,7 +11,7 @@ from typing import Any
 
 from export import repository
 from export.parity import ParityReport
-from export.results import EntryResult, ExportContext
+from export.results import Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec
 from export.translator_graphs import FusedStep, TranslatorGraphs
 from export.triton_config import (
@@ -220,6 +220,19 @@ def write_translator_entries(
 def int8_entry_names(name: str) -> tuple[str, str, str]:
     """(int8 encoder entry, int8 decoder entry, int8 python entry) of translator ``name``."""
     return f"{name}_encoder_int8", f"{name}_decoder_int8", f"{name}_int8"
+
+
+def translator_entries(name: str, options: ExportOptions) -> list[Entry]:
+    """The entries translator ``name`` may write with ``options``: the encoder, the decoder and the
+    python entry, and their int8 twins with ``int8`` among the precisions."""
+    names = [f"{name}_encoder", f"{name}_decoder", name]
+    int8 = int8_entry_names(name) if "int8" in options.precisions else ()
+    return [Entry(n, "fp32") for n in names] + [Entry(n, "int8") for n in int8]
+
+
+def entry_names(name: str, options: ExportOptions) -> tuple[str, ...]:
+    """Every entry translator ``name`` may write with ``options`` (``export_translator``)."""
+    return tuple(e.name for e in translator_entries(name, options))
 
 
 @dataclasses.dataclass(frozen=True)

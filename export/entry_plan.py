@@ -1,0 +1,121 @@
+"""The entries each checkpoint of a run may write, checked before any work: no two models write one entry.
+
+An entry's name is its model's name (the checkpoint's file name, ``results.entry_name``) plus the suffix
+its exporter gives it (``_encoder``, ``_decoder_int8``, ``_fp16_trt``...), so a checkpoint ``foo_encoder.pt``
+would write the entry translator ``foo`` writes for its encoder, in the same run or in the repository.
+An existing entry belongs to the model named after its source checkpoint's file (kiln.json
+``source_checkpoint``): that model, or that very file, may rewrite it; any other is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.repository import RepositoryError, check_not_foreign, read_kiln_json
+from export.results import ExportOptions, entry_name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One checkpoint of a run: its file, its model's name and every entry its export may write."""
+
+    path: Path
+    model: str
+    entries: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.path} (model {self.model!r}: entries {', '.join(map(repr, sorted(self.entries)))})"
+
+
+def task_entries(task: str, name: str, options: ExportOptions) -> tuple[str, ...]:
+    """The entries model ``name`` of ``task`` may write with ``options``, from its task's exporter
+    (imported lazily, as ``pipeline._exporter`` does); an unknown task's checkpoint is refused later."""
+    if task == "classify":
+        from export.classifier import entry_names
+    elif task == "translate":
+        from export.translator_entries import entry_names
+    else:
+        return (name,)
+    return entry_names(name, options)
+
+
+def read_task(path: Path) -> str | None:
+    """The task of checkpoint ``path``, its weights mapped, not read; None when it cannot be read (its
+    export reports why when its turn comes)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint names the failure when the file's turn comes
+        return None
+    task = ckpt.get("task") if isinstance(ckpt, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def plan_run(checkpoints: Iterable[Path], options: ExportOptions) -> list[Plan]:
+    """The plan of each checkpoint whose name and task can be read (the others fail at their turn)."""
+    plans = []
+    for path in checkpoints:
+        try:
+            name = entry_name(path)
+        except ValueError:
+            continue
+        task = read_task(path)
+        if task is not None:
+            plans.append(Plan(path, name, task_entries(task, name, options)))
+    return plans
+
+
+def check_run(plans: Iterable[Plan]) -> None:
+    """Refuse two checkpoints of one run that would write one entry (``foo`` and ``foo_encoder``)."""
+    writers: dict[str, Plan] = {}
+    for plan in plans:
+        for entry in plan.entries:
+            other = writers.setdefault(entry, plan)
+            if other is not plan:
+                raise RepositoryError(
+                    f"{other.describe()} and {plan.describe()} would both write entry {entry!r}: rename "
+                    "one, or export them into separate repositories"
+                )
+
+
+def _owner(entry_dir: Path) -> tuple[str, Path] | None:
+    """(model, source checkpoint) of an existing Kiln entry; None when it records no source."""
+    meta = read_kiln_json(entry_dir) or {}
+    source = meta.get("source_checkpoint")
+    path = source.get("path") if isinstance(source, dict) else None
+    if not isinstance(path, str):
+        return None
+    try:
+        return entry_name(Path(path)), Path(path)
+    except ValueError:
+        return None
+
+
+def check_owners(repository: Path, plans: Iterable[Plan]) -> None:
+    """Refuse a plan that would overwrite an entry of ``repository`` another model wrote, or a directory
+    Kiln did not write, before any work (either would be found out only when the entry is written)."""
+    for plan in plans:
+        for entry in plan.entries:
+            entry_dir = repository / entry
+            if not entry_dir.exists():
+                continue
+            check_not_foreign(entry_dir)
+            owner = _owner(entry_dir)
+            if owner is None or owner[0] == plan.model or owner[1].resolve() == plan.path.resolve():
+                continue
+            raise RepositoryError(
+                f"entry {entry!r} in {repository} belongs to model {owner[0]!r} (from {owner[1]}); "
+                f"exporting {plan.path} as model {plan.model!r} would overwrite it: rename the "
+                "checkpoint, remove that entry, or export into another repository"
+            )
+
+
+def check_entry_plan(checkpoints: Iterable[Path], repository: Path, options: ExportOptions) -> None:
+    """Before any work: no two checkpoints of the run write one entry, and none overwrites an entry
+    another model wrote into ``repository``."""
+    plans = plan_run(checkpoints, options)
+    check_run(plans)
+    check_owners(Path(repository), plans)
