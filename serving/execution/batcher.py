@@ -16,6 +16,12 @@ instance idle runs on the event loop itself, without those two wake-ups: perf_an
 resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs have been, and a
 request that was waiting while the previous one ran on the loop (submitted within ``INLINE_GAP_S`` of
 its end) is never run there: it goes through the queue, so batches form again under load.
+
+Triton's queue policy (``default_queue_policy``): a request waits in the queue at most
+``default_timeout_microseconds`` (0: no limit), or its own ``timeout`` where ``allow_timeout_override``
+lets that shorten (never lengthen) the default. Past it, REJECT answers it UNAVAILABLE "Request timeout
+expired" (503) and never runs it; DELAY keeps it queued behind every request still within its timeout.
+A request already in a batch is not affected. Without a default timeout the hot path tests one number.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -61,13 +68,17 @@ class BatchPolicy:
     merge: bool = True  # False when the config has no dynamic_batching block
     max_queue_size: int = 128  # waiting requests beyond this are refused with 429
     instances: int = 1
+    queue_timeout_s: float = 0.0  # default_timeout_microseconds: how long a request may wait (0: forever)
+    timeout_delays: bool = False  # timeout_action DELAY (a timed-out request yields), else REJECT (503)
+    allow_timeout_override: bool = False  # a request's own timeout may shorten queue_timeout_s
 
     @classmethod
     def from_config(cls, config: Any, *, max_queue_size: int, instances: int) -> BatchPolicy:
         """Read ``max_batch_size`` and the ``dynamic_batching`` block of a Triton ModelConfig."""
         merge = config.HasField("dynamic_batching")
         batching = config.dynamic_batching
-        queue_limit = batching.default_queue_policy.max_queue_size if merge else 0
+        queue = batching.default_queue_policy
+        queue_limit = queue.max_queue_size if merge else 0
         return cls(
             max_batch_size=int(config.max_batch_size),
             preferred_batch_sizes=tuple(sorted(int(s) for s in batching.preferred_batch_size)),
@@ -75,6 +86,9 @@ class BatchPolicy:
             merge=merge and config.max_batch_size > 0,
             max_queue_size=min(queue_limit, max_queue_size) if queue_limit > 0 else max_queue_size,
             instances=max(1, instances),
+            queue_timeout_s=queue.default_timeout_microseconds / 1e6 if merge else 0.0,
+            timeout_delays=merge and queue.timeout_action == queue.DELAY,
+            allow_timeout_override=merge and queue.allow_timeout_override,
         )
 
 
@@ -85,6 +99,7 @@ class _Pending:
     signature: tuple
     future: asyncio.Future  # resolved on the event loop only
     arrival: float
+    queue_timeout_s: float = math.inf  # how long it may wait in the queue (inf: no limit, or delayed)
 
 
 class DynamicBatcher:
@@ -99,13 +114,19 @@ class DynamicBatcher:
         observer: Any = None,
         retry_after_s: float = 1.0,
         inline: Callable[[bool], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``inline(backlogged)``: whether a lone request may run on the event loop now (None: never)."""
+        """``inline(backlogged)``: whether a lone request may run on the event loop now (None: never).
+        ``clock``: what queue delays and timeouts are measured on (tests move their own)."""
         self.name, self.run, self.policy, self.inline = name, run, policy, inline
         self.observer = observer  # GatewayMetrics-like: observe_queue / observe_batch / watch_queue_depth
         self.retry_after_s = retry_after_s
+        self._clock = clock
+        self._queue_timeout_s = policy.queue_timeout_s  # 0: no queue policy to apply (the common case)
+        self._rejects = policy.queue_timeout_s > 0 and not policy.timeout_delays
         self._queue: deque[_Pending] = deque()
-        self._ready = threading.Condition(threading.Lock())  # guards _queue; signals arrivals
+        self._delayed: deque[_Pending] = deque()  # DELAY: timed out, behind every request in _queue
+        self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -114,13 +135,14 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting, delayed ones included (they count against ``max_queue_size`` too)."""
+        return len(self._queue) + len(self._delayed)
 
     def start(self) -> None:
         """Start one execution thread per instance; results go back to the running loop."""
         self._loop = asyncio.get_running_loop()
         if self.observer is not None:
-            self.observer.watch_queue_depth(self.name, self._queue.__len__)
+            self.observer.watch_queue_depth(self.name, lambda: self.queue_depth)
         self._threads = [
             threading.Thread(target=self._serve, args=(i,), name=f"kiln-batch-{self.name}-{i}", daemon=True)
             for i in range(self.policy.instances)
@@ -137,7 +159,9 @@ class DynamicBatcher:
         for thread in self._threads:
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
         with self._ready:
-            left, self._queue = list(self._queue), deque()
+            left = [*self._queue, *self._delayed]
+            self._queue.clear()
+            self._delayed.clear()
         for pending in left:  # only when a batch outlived the grace period
             if not pending.future.done():
                 pending.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
@@ -150,10 +174,12 @@ class DynamicBatcher:
         if self._may_run_inline(inputs):
             return self._run_inline(inputs)
         pending = _Pending(
-            inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future(), time.monotonic()
+            inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future(), self._clock()
         )
+        if self._queue_timeout_s:
+            pending.queue_timeout_s = self._queue_wait(timeout_s)
         with self._ready:
-            if len(self._queue) >= self.policy.max_queue_size:
+            if len(self._queue) + len(self._delayed) >= self.policy.max_queue_size:
                 raise Overloaded(
                     f"model {self.name!r}: queue is full ({self.policy.max_queue_size} requests waiting)",
                     retry_after=self.retry_after_s,
@@ -164,9 +190,10 @@ class DynamicBatcher:
         # that expires or whose caller goes away leaves the queue at once; if its batch already left,
         # the execution thread's rows for it are dropped.
         timer = (
-            loop.call_later(timeout_s, self._expire, pending.future, timeout_s)
-            if timeout_s is not None
-            else None
+            loop.call_later(timeout_s, self._expire, pending, timeout_s) if timeout_s is not None else None
+        )
+        reject = (
+            loop.call_later(pending.queue_timeout_s, self._reject_queued, pending) if self._rejects else None
         )
         try:
             return await pending.future
@@ -176,12 +203,22 @@ class DynamicBatcher:
         finally:
             if timer is not None:
                 timer.cancel()
+            if reject is not None:
+                reject.cancel()
+
+    def _queue_wait(self, timeout_s: float | None) -> float:
+        """How long a request may wait in the queue (Triton's PolicyQueue::Enqueue): the default, or the
+        request's own timeout where ``allow_timeout_override`` lets it shorten (never lengthen) that."""
+        default = self._queue_timeout_s
+        if self.policy.allow_timeout_override and timeout_s is not None and 0 < timeout_s < default:
+            return timeout_s
+        return default
 
     def _may_run_inline(self, inputs: Tensors) -> bool:
-        """A one-item request, nothing queued or running here, and the owner's leave."""
+        """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""
         if self.inline is None or self._queue or self._running or _items(inputs, self.policy) != 1:
             return False
-        return self.inline(time.monotonic() - self._inline_ended < INLINE_GAP_S)
+        return not self._delayed and self.inline(time.monotonic() - self._inline_ended < INLINE_GAP_S)
 
     def _run_inline(self, inputs: Tensors) -> Tensors:
         """Run a lone request on the calling thread (the event loop), as instance 0 would."""
@@ -198,16 +235,41 @@ class DynamicBatcher:
             self.observer.observe_queue(self.name, 0.0)
         return outputs
 
-    def _expire(self, future: asyncio.Future, timeout_s: float) -> None:
-        if not future.done():
-            future.set_exception(
+    def _expire(self, pending: _Pending, timeout_s: float) -> None:
+        """Its deadline passed (504); if REJECT's queue timeout passed with it (its own timeout, as an
+        override) and it is still queued, it is rejected as Triton would (whichever timer ran first)."""
+        if self._rejects and pending.queue_timeout_s <= timeout_s:
+            self._reject_queued(pending)
+        if not pending.future.done():
+            pending.future.set_exception(
                 DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
             )
 
+    def _reject_queued(self, pending: _Pending) -> None:
+        """REJECT: a request still queued when its queue timeout passes is answered now, never run; one
+        that a batch took already is not affected."""
+        with self._ready:
+            try:
+                self._queue.remove(pending)
+            except ValueError:
+                return
+        if not pending.future.done():
+            pending.future.set_exception(self._timed_out(pending))
+
+    def _timed_out(self, pending: _Pending) -> Unavailable:
+        """Triton's answer to a request that outwaited its queue timeout (UNAVAILABLE), with Retry-After."""
+        return Unavailable(
+            f"model {self.name!r}: Request timeout expired ({pending.queue_timeout_s:g} s in the queue)",
+            retry_after=self.retry_after_s,
+        )
+
     def _withdraw(self, pending: _Pending) -> None:
         """Take a request that will not be answered out of the queue (if no batch took it yet)."""
-        with self._ready, contextlib.suppress(ValueError):
-            self._queue.remove(pending)
+        with self._ready:
+            for queue in (self._queue, self._delayed):
+                with contextlib.suppress(ValueError):
+                    queue.remove(pending)
+                    return
 
     # -- execution threads ---------------------------------------------------------------------------
 
@@ -224,25 +286,61 @@ class DynamicBatcher:
         """Wait until a batch should be dispatched, then take it off the queue (None: shut down)."""
         with self._ready:
             while True:
-                if not self._queue:
+                # when the next queued request times out: the batch may change then (Triton wakes too)
+                soonest = self._apply_queue_policy(self._clock()) if self._queue_timeout_s else math.inf
+                if not self._queue and not self._delayed:
                     if self._closing:
                         return None
                     self._ready.wait()
                     continue
-                take, ready = self._plan()
-                wait_s = self._queue[0].arrival + self.policy.max_queue_delay_s - time.monotonic()
+                first = self._queue[0] if self._queue else self._delayed[0]
+                take, ready = self._plan(
+                    first, chain(self._queue, self._delayed) if self._delayed else self._queue
+                )
+                now = self._clock()
+                wait_s = first.arrival + self.policy.max_queue_delay_s - now
                 if ready or wait_s <= 0 or self._closing:
                     self._running += 1  # before the queue empties: see submit's inline path
+                    if self._delayed:
+                        return self._take(take)
                     return [self._queue.popleft() for _ in range(take)]
-                self._ready.wait(wait_s)
+                self._ready.wait(min(wait_s, soonest - now))
 
-    def _plan(self) -> tuple[int, bool]:
-        """How many queued requests the next batch takes, and whether it must leave now."""
+    def _apply_queue_policy(self, now: float) -> float:
+        """Triton's ``timeout_action`` on queued requests past their queue timeout: REJECT answers them,
+        DELAY puts them behind every request still within its own (never to time out again). Returns
+        when the next queued request times out."""
+        soonest, expired = math.inf, []
+        for pending in self._queue:
+            expiry = pending.arrival + pending.queue_timeout_s
+            if expiry <= now:
+                expired.append(pending)
+            elif expiry < soonest:
+                soonest = expiry
+        if expired:
+            kept = [p for p in self._queue if p.arrival + p.queue_timeout_s > now]
+            self._queue.clear()
+            self._queue.extend(kept)
+            if self.policy.timeout_delays:
+                for pending in expired:
+                    pending.queue_timeout_s = math.inf
+                self._delayed.extend(expired)
+            else:
+                self._hand_back(_settle, expired, [self._timed_out(p) for p in expired])
+        return soonest
+
+    def _take(self, count: int) -> list[_Pending]:
+        """The next batch where requests were delayed: those within their queue timeout first."""
+        batch = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
+        return batch + [self._delayed.popleft() for _ in range(count - len(batch))]
+
+    def _plan(self, first: _Pending, waiting: Iterable[_Pending]) -> tuple[int, bool]:
+        """How many of the ``waiting`` requests (in order) the next batch takes, and whether it must leave now."""
         policy = self.policy
         if not policy.merge:
             return 1, True
-        first, total, take, best_preferred = self._queue[0], 0, 0, 0
-        for pending in self._queue:
+        total, take, best_preferred = 0, 0, 0
+        for pending in waiting:
             if pending.signature != first.signature or total + pending.items > policy.max_batch_size:
                 return max(take, 1), True  # the next request cannot join: send what fits
             total, take = total + pending.items, take + 1
@@ -256,7 +354,7 @@ class DynamicBatcher:
 
     def _execute(self, instance: int, batch: list[_Pending]) -> None:
         """Run one batch on this thread; one loop wake-up delivers every request's rows (or the error)."""
-        started = time.monotonic()
+        started = self._clock()
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
         try:
             if live:
@@ -273,7 +371,7 @@ class DynamicBatcher:
             return
         self._hand_back(_deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
-            self.observer.observe_batch(self.name, sum(p.items for p in live), time.monotonic() - started)
+            self.observer.observe_batch(self.name, sum(p.items for p in live), self._clock() - started)
             for pending in live:
                 self.observer.observe_queue(self.name, started - pending.arrival)
 
