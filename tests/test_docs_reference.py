@@ -1,0 +1,38 @@
+"""The README's reference tables name everything they list from the code: a series, setting or target
+added without its row fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from serving.metrics import GatewayMetrics
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def section(title: str) -> str:
+    """The README's text from heading ``title`` to the next heading of the same or a higher level."""
+    text = README.read_text()
+    match = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
+    assert match, f"README has no heading {title!r}"
+    rest = text[match.end() :]
+    end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.M)
+    return rest[: end.start() if end else None]
+
+
+def table_names(text: str) -> set[str]:
+    """The first cell of each table row, without its backquotes."""
+    return {m.group(1) for m in re.finditer(r"^\| `([^`]+)`", text, re.M)}
+
+
+def exposed_series() -> set[str]:
+    """Every series family a gateway exposes, named as a scrape shows it (counters with ``_total``)."""
+    families = GatewayMetrics().registry.collect()
+    return {f.name + ("_total" if f.type == "counter" else "") for f in families}
+
+
+def test_every_metric_the_gateway_exposes_is_in_the_readme_metrics_table():
+    documented = table_names(section("Metrics"))
+    assert exposed_series() - documented == set(), "add them to README's Metrics table"
+    assert documented - exposed_series() == set(), "README's Metrics table names series that do not exist"
