@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         64 << 10,
         ge=1024,
-        description="HTTP request line and headers limit in bytes (414 for a longer request line, 431 "
-        "for longer headers)",
+        description="HTTP request line and headers limit in bytes while a head is still arriving (414 for "
+        "a longer request line, 431 for longer headers), counted from its second read of the socket: a "
+        "head that arrives whole in one read is served whatever its size",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="log level (uvicorn's names)"
