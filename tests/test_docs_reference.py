@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from serving.__main__ import INTERNAL
 from serving.metrics import GatewayMetrics
+from serving.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -36,3 +38,25 @@ def test_every_metric_the_gateway_exposes_is_in_the_readme_metrics_table():
     documented = table_names(section("Metrics"))
     assert exposed_series() - documented == set(), "add them to README's Metrics table"
     assert documented - exposed_series() == set(), "README's Metrics table names series that do not exist"
+
+
+def settings_rows() -> dict[str, str]:
+    """The README's Settings table: each flag's default cell."""
+    rows = re.finditer(r"^\| `(--[a-z-]+)` \| ([^|]+) \|", section("Settings"), re.M)
+    return {m.group(1): m.group(2).strip() for m in rows}
+
+
+def test_every_gateway_setting_is_in_the_readme_settings_table_with_its_default():
+    rows = settings_rows()
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name in INTERNAL:
+            assert flag not in rows, f"{flag} is set by the gateway for its workers, not by users"
+            continue
+        assert flag in rows, f"README's Settings table has no row for {flag}"
+        default = field.default.as_posix() if isinstance(field.default, Path) else field.default
+        if default is None:  # the help says what an unset value means
+            assert rows[flag].startswith("unset"), f"{flag}: {rows[flag]!r}"
+        else:
+            assert rows[flag] == f"`{default}`", f"{flag}: README says {rows[flag]}, the code {default}"
+    assert len(rows) == len(Settings.model_fields) - len(INTERNAL), "README names a flag that does not exist"
