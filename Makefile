@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 setup: $(STAMP) ## create .venv and install what is missing
 
-train: train-classifier train-translator ## train the default classifier and translator (MODEL=..., EPOCHS=...)
+train: train-classifier train-translator ## train the classifier MODEL (resnet18) and the transformer translator (EPOCHS=...)
 
 train-classifier: $(STAMP)
 	$(PY) -m training.classify --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)

@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from kiln.cli import HelpFormatter
 from kiln.processes import running
 from serving.triton.server import held_port
 
@@ -218,9 +219,18 @@ def show_placement(url: str, model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser = argparse.ArgumentParser(
+        prog="python -m kiln.demo", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path("checkpoints"),
+        help="where resnet18.pt and transformer.pt are reused or trained; every checkpoint here is exported",
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"), help="exported to and served"
+    )
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
     args = parser.parse_args(argv)

@@ -60,3 +60,11 @@ def test_every_gateway_setting_is_in_the_readme_settings_table_with_its_default(
         else:
             assert rows[flag] == f"`{default}`", f"{flag}: README says {rows[flag]}, the code {default}"
     assert len(rows) == len(Settings.model_fields) - len(INTERNAL), "README names a flag that does not exist"
+
+
+def test_every_make_target_make_help_lists_is_in_the_readme_make_table():
+    makefile = (README.parent / "Makefile").read_text()
+    listed = set(re.findall(r"^([a-z-]+):.*## ", makefile, re.M))
+    first_cells = re.findall(r"^\| ([^|]+) \|", section("`make` targets and variables"), re.M)
+    documented = {target for cell in first_cells for target in re.findall(r"`make ([a-z-]+)`", cell)}
+    assert listed - documented == set(), "add them to README's make table"
