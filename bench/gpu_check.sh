@@ -17,7 +17,7 @@
 # BENCH_ONLY=servers (or engines) runs one half of the bench stage.
 # Each stage logs to WORKDIR/<stage>.log; a failing stage is reported and the next ones still run.
 set -uo pipefail
-W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|demo ...]}
+W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|graphs|demo ...]}
 shift
 STAGES=${*:-train export bench graphs demo}
 PY=${PYTHON:-python3}
