@@ -12,6 +12,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,24 @@ def test_cache_gather_grow_of_non_contiguous_arrays_runs_on_numpy(monkeypatch):
     )
     compiled_step.gather_grow(old, new, source, 2, 0, out)
     np.testing.assert_array_equal(out, numpy_gather_grow(old, new, source, 2, 0))
+
+
+def test_missing_kernel_sources_leave_the_numpy_step_with_a_warning_not_a_crash(monkeypatch, caplog):
+    """A wheel shipped only beam_step.c: reading the other two sources raised FileNotFoundError out of
+    ``load()``, and the gateway refused to serve any translator."""
+    monkeypatch.setattr(native, "SOURCES", (*native.SOURCES, native.SOURCE.with_name("absent.c")))
+    with caplog.at_level("WARNING", logger=native.log.name):
+        assert native._load() is None
+    assert "absent.c" in caplog.text
+
+
+def test_the_package_ships_every_kernel_source_the_build_reads():
+    """pyproject's package data must hold every file ``native.SOURCES`` compiles (a wheel had one of three)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["serving.decoding"]
+    for source in native.SOURCES:
+        assert any(fnmatch.fnmatch(source.name, p) for p in patterns), source.name

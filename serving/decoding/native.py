@@ -110,8 +110,8 @@ def _load() -> ctypes.CDLL | None:
     if cc is None:
         log.warning("no C compiler (cc or $CC): beam search runs its numpy step, ~10 % slower")
         return None
-    path = library_path(cc)
     try:
+        path = library_path(cc)  # reads the sources: an install without them is a warning, not a crash
         if not path.exists():
             build(cc, path)
         library = _open(path)
