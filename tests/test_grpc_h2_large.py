@@ -161,6 +161,22 @@ def test_a_large_message_whose_declared_length_does_not_fit_the_budget_is_refuse
         h2.close()
 
 
+def test_a_large_message_holding_its_buffer_is_not_refused_for_a_frame_arriving_in_pieces() -> None:
+    """A DATA frame arriving in pieces holds its length in the budget from its head on (h2_watch); a
+    call that already holds its whole message was charged again, and refused with little room left."""
+    h2 = Harness(max_message_bytes=4 << 20, budget=BodyBudget(len(LARGE) + 1000))
+    try:
+        _room_for_answers(h2)
+        first, *rest = _data_frames(1, LARGE, 16_384)
+        h2.send(h2.headers(1, call_headers()), first)
+        assert h2.server.budget.used == len(LARGE)
+        h2.send(*rest, chunk=4096)
+        _assert_doubled(h2.frames(), 1, LARGE_X)
+        assert h2.server.budget.used == 0
+    finally:
+        h2.close()
+
+
 def test_a_large_message_reset_while_arriving_gives_its_bytes_back(h2: Harness) -> None:
     h2.send(h2.headers(1, call_headers()), *_data_frames(1, LARGE, 65_536)[:5])
     assert h2.server.budget.used == len(LARGE)

@@ -137,6 +137,10 @@ class Call:
         self.held = size
         return True
 
+    def holds_message(self) -> bool:
+        """Whether the budget holds this call's whole message already (a large one's, from its prefix on)."""
+        return self.declared is not None and self.held >= self.declared + 5
+
     def _buffer(self, payload: bytes) -> None:
         """Move to one buffer of the declared length, the prefix left out, written in place from now on.
 

@@ -126,6 +126,8 @@ class PartialCalls(ConnectionState):
                 return  # not a call's: an error once whole
         elif call.ended:
             return  # a stream error once whole
+        elif call.holds_message():
+            return  # counted already: a large message's buffer is held whole from its prefix on
         elif self.server.budget.take(length):
             self.reserved = length
             return
