@@ -19,7 +19,6 @@ from export.triton_config import (
     TritonTensor,
     config_from_spec,
     gpu_flavour,
-    preferred_sizes,
     to_pbtxt,
 )
 from serving.decoding.native import FUSED_GRAPH
@@ -117,7 +116,8 @@ def python_entry_config(
         max_batch_size=max_batch_size,
         inputs=(TritonTensor("text", "TYPE_STRING", (1,)),),
         outputs=(TritonTensor("translation", "TYPE_STRING", (1,)),),
-        preferred_batch_sizes=preferred_sizes(max_batch_size),
+        # no preferred sizes (Triton's default, DESIGN's batching rule): with them Triton splits what is
+        # queued into preferred-size batches (7 texts: 4, then 3 after them), decoded one after another
         warmup=False,
         parameters={"encoder": encoder, "decoder": decoder, "steps": steps},
     )
