@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
-from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from serving.execution.batch_policy import BatchPolicy
+from serving.execution.batcher import DynamicBatcher
 from tests.test_batcher import Recorder, busy_instance, rows, run, with_batcher
 from tests.waiting import DEADLINE_S, until
 
@@ -160,28 +161,51 @@ def test_a_delayed_request_counts_against_the_queue_size_and_joins_a_batch_behin
     assert model.ran == [2.0, 1.0] and model.sizes == [2]
 
 
+async def queued_outcome(
+    policy: BatchPolicy, timeout_s: float, own_timeout_s: float | None
+) -> type[Exception]:
+    """How a request queued behind a busy instance ends: its deadline ``timeout_s`` (504) or its queue
+    timeout (503), given its own ``timeout`` parameter ``own_timeout_s``."""
+    gate = threading.Event()
+    model = Recorder(gate)
+
+    async def body(batcher):
+        running = await busy_instance(batcher, model)
+        try:
+            with pytest.raises((Unavailable, DeadlineExceeded)) as info:
+                await batcher.submit(rows(1, 1), timeout_s=timeout_s, own_timeout_s=own_timeout_s)
+            return info.type
+        finally:
+            gate.set()
+            await running
+
+    return await with_batcher(policy, model, body)
+
+
 def test_a_request_timeout_shortens_the_queue_timeout_only_where_the_config_allows_it():
-    async def outcome(policy: BatchPolicy, timeout_s: float) -> type[Exception]:
-        gate = threading.Event()
-        model = Recorder(gate)
-
-        async def body(batcher):
-            running = await busy_instance(batcher, model)
-            try:
-                with pytest.raises((Unavailable, DeadlineExceeded)) as info:
-                    await batcher.submit(rows(1, 1), timeout_s=timeout_s)
-                return info.type
-            finally:
-                gate.set()
-                await running
-
-        return await with_batcher(policy, model, body)
+    def outcome(policy: BatchPolicy, timeout_s: float) -> type[Exception]:
+        return run(queued_outcome(policy, timeout_s, own_timeout_s=timeout_s))
 
     allowed = BatchPolicy(max_batch_size=8, queue_timeout_s=60.0, allow_timeout_override=True)
-    assert run(outcome(allowed, 0.05)) is Unavailable  # its own 50 ms replaced the default minute
+    assert outcome(allowed, 0.05) is Unavailable  # its own 50 ms replaced the default minute
     refused = BatchPolicy(max_batch_size=8, queue_timeout_s=60.0)
-    assert run(outcome(refused, 0.05)) is DeadlineExceeded  # only its deadline ended it
+    assert outcome(refused, 0.05) is DeadlineExceeded  # only its deadline ended it
     never_longer = BatchPolicy(max_batch_size=8, queue_timeout_s=0.05, allow_timeout_override=True)
-    assert run(outcome(never_longer, 60.0)) is Unavailable  # a request may not lengthen the default
+    assert outcome(never_longer, 60.0) is Unavailable  # a request may not lengthen the default
     no_default = BatchPolicy(max_batch_size=8, allow_timeout_override=True)
-    assert run(outcome(no_default, 0.05)) is DeadlineExceeded  # no default timeout: none to shorten
+    assert outcome(no_default, 0.05) is DeadlineExceeded  # no default timeout: none to shorten
+
+
+def test_a_deadline_that_is_not_the_requests_own_timeout_never_shortens_the_queue_timeout():
+    """The server's default deadline or a gRPC deadline is no request ``timeout`` parameter: with
+    ``allow_timeout_override`` it still ends the request at its deadline (504), not as a queue timeout
+    (503, the override Triton gives the parameter alone)."""
+    allowed = BatchPolicy(max_batch_size=8, queue_timeout_s=60.0, allow_timeout_override=True)
+    assert run(queued_outcome(allowed, 0.05, own_timeout_s=None)) is DeadlineExceeded
+    assert run(queued_outcome(allowed, 0.05, own_timeout_s=120.0)) is DeadlineExceeded
+
+
+def test_the_policy_gives_the_queue_wait_triton_gives_a_request():
+    allowed = BatchPolicy(max_batch_size=8, queue_timeout_s=1.0, allow_timeout_override=True)
+    assert [allowed.queue_wait(t) for t in (None, 0.25, 5.0, 0.0)] == [1.0, 0.25, 1.0, 1.0]
+    assert BatchPolicy(max_batch_size=8, queue_timeout_s=1.0).queue_wait(0.25) == 1.0

@@ -247,7 +247,21 @@ def test_requested_outputs_and_deadline_reach_the_backend(client, fake_server) -
     )
     request = fake_server[0].last_request
     assert request.outputs == ["y"]
-    assert 0 < request.timeout_s <= 5.1  # the deadline crosses the wire with gRPC's rounding
+    assert 0 < request.deadline_s <= 5.1  # the deadline crosses the wire with gRPC's rounding
+    assert request.timeout_s is None  # no timeout parameter: nothing to shorten a queue timeout with
+
+
+def test_the_timeout_parameter_reaches_the_backend_apart_from_the_deadline(client, fake_server) -> None:
+    """Only Triton's ``timeout`` parameter may shorten a model's queue timeout, so the backend gets it
+    and the gRPC deadline as two values (each may only shorten the server's limit)."""
+    x = np.ones((1, 3), np.float32)
+    client.infer("double", [_input("x", x, "FP32")], timeout=250_000, client_timeout=60)
+    request = fake_server[0].last_request
+    assert request.timeout_s == 0.25
+    assert 0.25 < request.deadline_s <= 60.1
+    assert "timeout" not in request.parameters
+    client.infer("double", [_input("x", x, "FP32")], timeout=250_000)
+    assert (fake_server[0].last_request.timeout_s, fake_server[0].last_request.deadline_s) == (0.25, None)
 
 
 def test_classification_extension_returns_top_labelled_classes(
@@ -553,6 +567,25 @@ def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without
         loop.run(backend.stop())
         if server is not None:
             loop.run(server.stop(0))
+
+
+@pytest.mark.parametrize("given", ["timeout_s", "deadline_s"])
+def test_the_triton_backends_limit_is_not_extended_by_a_longer_client_timeout(loop, given) -> None:
+    """A request's own timeout or gRPC deadline may only shorten ``--request-timeout-s``: one of an hour
+    to a model that never answers ends at the backend's limit."""
+    from serving.errors import DeadlineExceeded
+    from serving.execution.triton import TritonBackend
+
+    server, port = loop.run(serve_fake_triton(0))
+    backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=0.2)
+    request = InferRequest(model="hang", inputs={"x": np.ones((1, 3), np.float32)}, **{given: 3600.0})
+    try:
+        loop.run(backend.start())
+        with pytest.raises(DeadlineExceeded):
+            loop.run(backend.infer(request))
+    finally:
+        loop.run(backend.stop())
+        loop.run(server.stop(0))
 
 
 def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake_server) -> None:

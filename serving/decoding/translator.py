@@ -178,12 +178,16 @@ class Translator:
     async def translate(
         self, texts: list[str], options: bs.DecodingOptions, timeout_s: float | None = None
     ) -> list[list[Translation]]:
-        """The ``n_best`` translations of each text, best first."""
+        """The ``n_best`` translations of each text, best first, within ``timeout_s``: the client's, which
+        may only shorten the server's limit (its schedulers' ``timeout_s``, ``--request-timeout-s``)."""
         config = self.beam_config(options)
         self.check_texts(texts)
         sources = await self._codec(self._encode, texts, sum(map(len, texts)) <= INLINE_CHARS)
+        scheduler = self.scheduler()
+        limit = scheduler.config.timeout_s
+        timeout = limit if timeout_s is None else min(timeout_s, limit)
         try:
-            results = await self.scheduler().submit(sources, config, timeout_s)
+            results = await scheduler.submit(sources, config, timeout)
         except ValueError as exc:  # a setting the scheduler cannot honour (e.g. beam over its row cap)
             raise UnprocessableInput(str(exc)) from None
         tokens = [h.tokens for hyps in results for h in hyps]
@@ -216,7 +220,7 @@ class Translator:
             raise BadRequest(f"model {self.name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
         texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
         options = options_from_parameters(params)
-        results = await self.translate(texts, options, request.timeout_s)
+        results = await self.translate(texts, options, request.time_limit(None))
         width = options.n_best
         text = np.array(
             [[_pad(hyps, j).text.encode() for j in range(width)] for hyps in results], dtype=np.object_

@@ -65,10 +65,21 @@ class InferRequest:
     outputs: list[str] | None = None  # None: all outputs
     parameters: dict[str, Any] = field(default_factory=dict)  # the request's own, for the model
     request_id: str = ""
+    # The request's own ``timeout`` parameter (KServe v2 / Triton: microseconds on the wire), in seconds:
+    # it may shorten the request's deadline, and its queue timeout where the model's config allows
+    # (``allow_timeout_override``, :mod:`serving.execution.batch_policy`). None: not given.
     timeout_s: float | None = None
+    # The client's deadline from its transport (gRPC's ``grpc-timeout``), in seconds: it may shorten the
+    # request's deadline, never its queue timeout. None: none sent.
+    deadline_s: float | None = None
     # Triton's classification extension, {output: top-k count}, from the outputs' parameters: a field,
     # never a key of ``parameters``, so a request parameter of that name reaches the model untouched
     classification: dict[str, int] = field(default_factory=dict)
+
+    def time_limit(self, server_s: float | None) -> float | None:
+        """How long this request may take: the server's limit ``server_s`` (``--request-timeout-s``) as a
+        ceiling, shortened, never lengthened, by the client's own timeout or deadline (None: no limit)."""
+        return min((t for t in (server_s, self.timeout_s, self.deadline_s) if t is not None), default=None)
 
 
 @dataclass

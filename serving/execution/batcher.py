@@ -17,11 +17,12 @@ resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs
 request that was waiting while the previous one ran on the loop (submitted within ``INLINE_GAP_S`` of
 its end) is never run there: it goes through the queue, so batches form again under load.
 
-Triton's queue policy (``default_queue_policy``): a request waits in the queue at most
-``default_timeout_microseconds`` (0: no limit), or its own ``timeout`` where ``allow_timeout_override``
-lets that shorten (never lengthen) the default. Past it, REJECT answers it UNAVAILABLE "Request timeout
-expired" (503) and never runs it; DELAY keeps it queued behind every request still within its timeout.
-A request already in a batch is not affected. Without a default timeout the hot path tests one number.
+Triton's queue policy (``default_queue_policy``, :mod:`serving.execution.batch_policy`): how long a
+request may wait in the queue, the config's default or its own ``timeout`` parameter where that may
+shorten it, apart from its deadline (504), which is the server's limit or the client's shorter one. Past
+its queue timeout, REJECT answers it UNAVAILABLE "Request timeout expired" (503) and never runs it; DELAY
+keeps it queued behind every request still within its timeout. A request already in a batch is not
+affected. Without a default timeout the hot path tests one number.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
+from serving.execution.batch_policy import BatchPolicy
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -56,40 +58,6 @@ INLINE_GAP_S = 0.0001
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How requests of one model are grouped (from its config.pbtxt)."""
-
-    max_batch_size: int = 0  # 0: the model has no batch axis; every request runs alone
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_s: float = 0.0
-    merge: bool = True  # False when the config has no dynamic_batching block
-    max_queue_size: int = 128  # waiting requests beyond this are refused with 429
-    instances: int = 1
-    queue_timeout_s: float = 0.0  # default_timeout_microseconds: how long a request may wait (0: forever)
-    timeout_delays: bool = False  # timeout_action DELAY (a timed-out request yields), else REJECT (503)
-    allow_timeout_override: bool = False  # a request's own timeout may shorten queue_timeout_s
-
-    @classmethod
-    def from_config(cls, config: Any, *, max_queue_size: int, instances: int) -> BatchPolicy:
-        """Read ``max_batch_size`` and the ``dynamic_batching`` block of a Triton ModelConfig."""
-        merge = config.HasField("dynamic_batching")
-        batching = config.dynamic_batching
-        queue = batching.default_queue_policy
-        queue_limit = queue.max_queue_size if merge else 0
-        return cls(
-            max_batch_size=int(config.max_batch_size),
-            preferred_batch_sizes=tuple(sorted(int(s) for s in batching.preferred_batch_size)),
-            max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
-            merge=merge and config.max_batch_size > 0,
-            max_queue_size=min(queue_limit, max_queue_size) if queue_limit > 0 else max_queue_size,
-            instances=max(1, instances),
-            queue_timeout_s=queue.default_timeout_microseconds / 1e6 if merge else 0.0,
-            timeout_delays=merge and queue.timeout_action == queue.DELAY,
-            allow_timeout_override=merge and queue.allow_timeout_override,
-        )
 
 
 @dataclass(eq=False, slots=True)
@@ -166,8 +134,12 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
 
-    async def submit(self, inputs: Tensors, timeout_s: float | None = None) -> Tensors:
-        """Queue one request (already validated) and wait for its own output rows."""
+    async def submit(
+        self, inputs: Tensors, timeout_s: float | None = None, own_timeout_s: float | None = None
+    ) -> Tensors:
+        """Queue one request (already validated) and wait for its own output rows. ``timeout_s``: its
+        deadline (504 past it); ``own_timeout_s``: its own KServe ``timeout`` parameter, what may shorten
+        the queue timeout (:meth:`BatchPolicy.queue_wait`), never a server default or a gRPC deadline."""
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name!r} is shutting down", retry_after=self.retry_after_s)
         loop = self._loop
@@ -177,7 +149,7 @@ class DynamicBatcher:
             inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future(), self._clock()
         )
         if self._queue_timeout_s:
-            pending.queue_timeout_s = self._queue_wait(timeout_s)
+            pending.queue_timeout_s = self.policy.queue_wait(own_timeout_s)
         with self._ready:
             if len(self._queue) + len(self._delayed) >= self.policy.max_queue_size:
                 raise Overloaded(
@@ -205,14 +177,6 @@ class DynamicBatcher:
                 timer.cancel()
             if reject is not None:
                 reject.cancel()
-
-    def _queue_wait(self, timeout_s: float | None) -> float:
-        """How long a request may wait in the queue (Triton's PolicyQueue::Enqueue): the default, or the
-        request's own timeout where ``allow_timeout_override`` lets it shorten (never lengthen) that."""
-        default = self._queue_timeout_s
-        if self.policy.allow_timeout_override and timeout_s is not None and 0 < timeout_s < default:
-            return timeout_s
-        return default
 
     def _may_run_inline(self, inputs: Tensors) -> bool:
         """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""

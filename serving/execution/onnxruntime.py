@@ -19,7 +19,8 @@ from typing import Any
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
 from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
-from serving.execution.batcher import BatchPolicy, DynamicBatcher
+from serving.execution.batch_policy import BatchPolicy
+from serving.execution.batcher import DynamicBatcher
 from serving.execution.bound_session import BoundSession
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
@@ -167,8 +168,9 @@ class OnnxRuntimeBackend:
                 f"model {request.model!r} has no output(s) {unknown}; outputs: {model.output_names}"
             )
         inputs = validate_inputs(model.entry, request.inputs, model.rules)
-        timeout = request.timeout_s if request.timeout_s is not None else self.options.default_timeout_s
-        outputs = await model.batcher.submit(inputs, timeout)
+        # the server's limit bounds the client's; only the request's own timeout may shorten a queue's
+        timeout = request.time_limit(self.options.default_timeout_s)
+        outputs = await model.batcher.submit(inputs, timeout, own_timeout_s=request.timeout_s)
         result = {}
         for name in wanted:
             value = outputs[name]

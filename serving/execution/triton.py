@@ -141,7 +141,7 @@ class TritonBackend:
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Call a client method with a deadline; map failures to ServingError, reconnect on lost links."""
-        timeout = timeout_s or self.probe_timeout_s
+        timeout = self.probe_timeout_s if timeout_s is None else timeout_s
         client = self._connection()
         try:
             return await asyncio.wait_for(getattr(client, method)(*args, **kwargs), timeout)
@@ -345,7 +345,7 @@ class TritonBackend:
         counts = request.classification
         wanted = request.outputs or list(counts)
         outputs = [module.InferRequestedOutput(name, class_count=int(counts.get(name, 0))) for name in wanted]
-        timeout = request.timeout_s or self.timeout_s
+        timeout = request.time_limit(self.timeout_s)  # the gateway's limit bounds the client's
         extra = {"client_timeout": timeout} if self.protocol == "grpc" else {}
         # Decoding options of a translator (beam_size, ...) travel as KServe request parameters, as
         # does any other the client sent (Triton hands them to the model); classification is class_count.

@@ -170,17 +170,19 @@ def _parameters(parameters: Any) -> dict[str, Any]:
     return values
 
 
-def _timeout(request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
-    """The tighter of the client's gRPC deadline and Triton's ``timeout`` parameter (microseconds)."""
-    candidates = []
+def _timeout(request: service_pb2.ModelInferRequest) -> float | None:
+    """The request's own ``timeout`` parameter (Triton's, microseconds) in seconds; None when not given.
+    Kept apart from the gRPC deadline: only this one may shorten a model's queue timeout."""
+    if "timeout" not in request.parameters:
+        return None
+    micros = request.parameters["timeout"].int64_param or request.parameters["timeout"].uint64_param
+    return micros / 1e6 if micros > 0 else None
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left of the client's gRPC deadline; None when it sent none."""
     remaining = context.time_remaining()
-    if remaining is not None:
-        candidates.append(max(remaining, 0.0))
-    if "timeout" in request.parameters:
-        micros = request.parameters["timeout"].int64_param or request.parameters["timeout"].uint64_param
-        if micros > 0:
-            candidates.append(micros / 1e6)
-    return min(candidates) if candidates else None
+    return None if remaining is None else max(remaining, 0.0)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -254,7 +256,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[out.name for out in request.outputs] or None,
             parameters=parameters,
             request_id=request.id,
-            timeout_s=_timeout(request, context),
+            timeout_s=_timeout(request),  # both only shorten the server's limit (InferRequest.time_limit)
+            deadline_s=_deadline(context),
             classification=_classification_counts(request),
         )
         if self.metrics is None:
