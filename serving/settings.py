@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,6 +174,27 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _triton_is_not_this_gateway(self) -> Settings:
+        """``--backend triton`` pointed at the gateway's own port would forward every request to itself,
+        never become ready and loop on "too many calls reset" (the defaults did: 127.0.0.1:8001 is also
+        ``--grpc-port``'s): refused before anything starts."""
+        if self.backend != "triton":
+            return self
+        host, port = _host_port(self.triton_url)
+        if not port or not _same_host(host, self.host.strip("[]").lower()):
+            return self
+        for name, kind in (("grpc_port", "gRPC"), ("http_port", "HTTP")):
+            if port == getattr(self, name):
+                flag = name.replace("_", "-")
+                raise ValueError(
+                    f"--triton-url (or KILN_TRITON_URL) {self.triton_url} is this gateway's own {kind} "
+                    f"address (--host {self.host}, --{flag} (or KILN_{name.upper()}) {port}): the triton "
+                    f"backend would forward every request to the gateway itself; point --triton-url at the "
+                    f"Triton server, or move --{flag}"
+                )
+        return self
+
     @field_validator(
         "backend", "triton_translate", "grpc_server", "grpc_io", "cpu_policy", "log_level", mode="before"
     )
@@ -179,3 +202,30 @@ class Settings(BaseSettings):
     def _lower_choice(cls, value: object) -> object:
         """A choice in any case, from a variable as from its flag (which lower-cases it)."""
         return value.lower() if isinstance(value, str) else value
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    """The host (lower case, IPv6 without brackets) and port of a ``host:port`` address; no port: None."""
+    try:
+        parts = urlsplit(f"//{url.strip()}")
+        return parts.hostname or "", parts.port
+    except ValueError:  # a port out of range or not a number: the backend reports it when it connects
+        return "", None
+
+
+def _same_host(host: str, bound: str) -> bool:
+    """Whether connecting to ``host`` reaches a socket bound to ``bound``: the same name or address, or
+    both local ones (loopback, ``localhost``, a wildcard address: a wildcard bind takes every interface,
+    and a connect to a wildcard address reaches this machine). Names are not resolved, so another
+    interface's address or the machine's own name is not recognised."""
+    return host == bound or (_is_local(host) and _is_local(bound))
+
+
+def _is_local(host: str) -> bool:
+    if host in ("", "localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified

@@ -104,6 +104,28 @@ def test_flags_win_over_the_environment(monkeypatch):
             {"KILN_MAX_BODY_BYTES": "4096"},
             "--max-inflight-body-bytes (or KILN_MAX_INFLIGHT_BODY_BYTES) 2048 is below --max-body-bytes 4096",
         ),
+        (  # the defaults: --triton-url 127.0.0.1:8001 is --grpc-port 8001 on --host 127.0.0.1
+            ["--backend", "triton"],
+            {},
+            "--triton-url (or KILN_TRITON_URL) 127.0.0.1:8001 is this gateway's own gRPC address "
+            "(--host 127.0.0.1, --grpc-port (or KILN_GRPC_PORT) 8001)",
+        ),
+        (
+            ["--backend", "triton", "--triton-url", "localhost:9000", "--host", "0.0.0.0"],
+            {"KILN_HTTP_PORT": "9000"},
+            "--triton-url (or KILN_TRITON_URL) localhost:9000 is this gateway's own HTTP address "
+            "(--host 0.0.0.0, --http-port (or KILN_HTTP_PORT) 9000)",
+        ),
+        (
+            ["--triton-url", "[::1]:7001", "--grpc-port", "7001", "--host", "::"],
+            {"KILN_BACKEND": "triton"},
+            "--triton-url (or KILN_TRITON_URL) [::1]:7001 is this gateway's own gRPC address",
+        ),
+        (
+            ["--backend", "triton", "--triton-url", "GATEWAY.example:8001", "--host", "gateway.example"],
+            {},
+            "point --triton-url at the Triton server, or move --grpc-port",
+        ),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_its_flag(monkeypatch, capsys, argv, env, message):
@@ -115,6 +137,20 @@ def test_a_bad_value_is_a_usage_error_naming_its_flag(monkeypatch, capsys, argv,
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--triton-url", "127.0.0.1:8001"],  # the onnxruntime backend never connects to it
+        ["--backend", "triton", "--triton-url", "127.0.0.1:9001"],  # another port
+        ["--backend", "triton", "--grpc-port", "0"],  # no gRPC server here
+        ["--backend", "triton", "--host", "10.0.0.5"],  # the gateway listens elsewhere: a local Triton
+        ["--backend", "triton", "--triton-url", "triton.internal:8001"],  # another machine
+    ],
+)
+def test_a_triton_url_that_is_not_this_gateway_is_accepted(argv):
+    assert isinstance(parse_args(argv), Settings)  # no usage error
 
 
 def test_the_command_prints_the_usage_error_without_a_traceback(tmp_path):
@@ -164,6 +200,7 @@ def test_a_choice_is_read_in_any_case_from_its_variable_as_from_its_flag(monkeyp
     """The flags lower-case a choice (``--backend ONNXRUNTIME``); the variables refused the same word."""
     choice = get_args(_base_type(Settings.model_fields[name].annotation))[-1]
     flag = "--" + name.replace("_", "-")
+    monkeypatch.setenv("KILN_TRITON_URL", "127.0.0.1:9001")  # --backend triton: not the gateway's own port
     assert getattr(parse_args([flag, choice.upper()]), name) == choice
     monkeypatch.setenv(f"KILN_{name.upper()}", choice.upper())
     assert getattr(parse_args([]), name) == choice
