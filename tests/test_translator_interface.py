@@ -1,5 +1,6 @@
-"""A translator's KServe interface over a scripted scheduler (no model, no export): a client's timeout
-only ever shortens the server's limit."""
+"""A translator's KServe interface over a scripted scheduler (no model, no export): what its metadata
+declares is what its infer answers, a wrong output is refused naming every real one before any decoding,
+and a client's timeout only ever shortens the server's limit."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import beam_search as bs
 from serving.decoding.scheduler import SchedulerConfig
-from serving.decoding.translator import Translator
+from serving.decoding.translator import OUTPUTS, Translator, TranslatorPool, declare_outputs
+from serving.errors import BadRequest
 from serving.execution.base import InferRequest
+from serving.execution.repository import RepositoryEntry
 
 SERVER_S = 30.0
+# what export writes for a translator's <name> entry (export/translator_entries.py python_entry_config)
+EXPORTED_CONFIG = """name: "t" platform: "python" max_batch_size: 8
+input [{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }]
+output [{ name: "translation" data_type: TYPE_STRING dims: [ 1 ] }]
+"""
 
 
 class ScriptedScheduler:
@@ -50,6 +60,44 @@ def translator() -> tuple[Translator, ScriptedScheduler]:
 def kserve(outputs: list[str] | None = None, **fields: Any) -> InferRequest:
     text = np.array([[b"cinq"], [b"six"]], dtype=np.object_)
     return InferRequest("t", {"text": text}, outputs=outputs, parameters={"n_best": 2}, **fields)
+
+
+def exported_entry() -> RepositoryEntry:
+    config = text_format.Parse(EXPORTED_CONFIG, model_config_pb2.ModelConfig())
+    return RepositoryEntry("t", None, config, {"task": "translate"}, versions=["1"])  # type: ignore[arg-type]
+
+
+def test_the_declared_outputs_are_what_an_infer_asking_for_each_returns() -> None:
+    entry = exported_entry()
+    declare_outputs(entry)
+    declared = {t.name: (t.datatype, t.shape) for t in entry.outputs()}
+    assert declared == {"translation": ("BYTES", [-1, -1]), "score": ("FP32", [-1, -1])}
+    assert [o.name for o in entry.config.output] == [name for name, _ in OUTPUTS]
+    service, _ = translator()
+    answer = asyncio.run(service.infer(kserve(["translation", "score"])))
+    for name, (datatype, shape) in declared.items():
+        value = answer.outputs[name]
+        assert value.shape == (2, 2) and len(shape) == value.ndim  # [n, n_best]: n_best is not 1 here
+        assert (value.dtype == np.object_) == (datatype == "BYTES")
+    assert list(asyncio.run(service.infer(kserve())).outputs) == ["translation"]  # score only on ask
+
+
+def test_a_translator_pool_declares_its_entries_outputs_once_and_leaves_other_entries_alone() -> None:
+    entry, other = exported_entry(), exported_entry()
+    other.name, other.kiln = "c", {"task": "classify"}
+    repository = SimpleNamespace(entries={"t": entry, "c": other})
+    TranslatorPool(repository)
+    TranslatorPool(repository)  # a second pool over the same repository changes nothing more
+    assert [(o.name, list(o.dims)) for o in entry.config.output] == [("translation", [-1]), ("score", [-1])]
+    assert [o.name for o in other.config.output] == ["translation"]
+
+
+def test_an_unknown_output_is_refused_naming_every_real_one_before_any_decoding() -> None:
+    service, scheduler = translator()
+    with pytest.raises(BadRequest) as refused:
+        asyncio.run(service.infer(kserve(["translation", "scores"])))
+    assert refused.value.message == "model 't' has no output(s) ['scores']; outputs: ['translation', 'score']"
+    assert scheduler.timeouts == []  # refused before its texts were decoded
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import translator as translator_module
 from serving.decoding.translator import TranslatorPool
@@ -30,7 +31,11 @@ class _Translator:
 
 def _pool(names: list[str]) -> TranslatorPool:
     entry = SimpleNamespace(
-        task="translate", path=None, kiln={"translator": {"encoder": "e", "decoder": "d"}}
+        name="t",
+        task="translate",
+        path=None,
+        kiln={"translator": {"encoder": "e", "decoder": "d"}},
+        config=model_config_pb2.ModelConfig(max_batch_size=8),  # the pool declares its outputs in it
     )
     return TranslatorPool(SimpleNamespace(entries={n: entry for n in names}))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import beam_search as bs
 from serving.decoding import native, native_decoder, step_spec
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 # where export wrote one and its operators compile (serving.decoding.native)
 FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
+
+# The KServe outputs of a translator's ``<name>`` entry as :meth:`Translator.infer` answers them, (name,
+# config data type) in metadata order: BYTES ``translation`` and, asked for by name, FP32 ``score``
+# (normalized), both [n, n_best] for ``text`` [n, 1].
+OUTPUTS = (("translation", "TYPE_STRING"), ("score", "TYPE_FP32"))
+DEFAULT_OUTPUTS = ["translation"]  # what a request naming no output gets
 
 # Requests this small are tokenized / detokenized on the event loop, text by text holding the GIL:
 # measured ~10 us for a 40-character sentence and ~3 us for its translation, far less than a hop to
@@ -219,6 +226,11 @@ class Translator:
         if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
             raise BadRequest(f"model {self.name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
         texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
+        wanted = request.outputs or DEFAULT_OUTPUTS
+        served = [name for name, _ in OUTPUTS]
+        unknown = sorted(set(wanted) - set(served))
+        if unknown:  # before any decoding: the client's mistake costs no work
+            raise BadRequest(f"model {self.name!r} has no output(s) {unknown}; outputs: {served}")
         options = options_from_parameters(params)
         results = await self.translate(texts, options, request.time_limit(None))
         width = options.n_best
@@ -226,14 +238,10 @@ class Translator:
             [[_pad(hyps, j).text.encode() for j in range(width)] for hyps in results], dtype=np.object_
         )  # [n, n_best]
         outputs = {"translation": text}
-        wanted = request.outputs or ["translation"]
         if "score" in wanted:
             outputs["score"] = np.array(
                 [[_pad(hyps, j).normalized_score for j in range(width)] for hyps in results], dtype=np.float32
             )  # [n, n_best]
-        unknown = sorted(set(wanted) - set(outputs) - {"score"})
-        if unknown:
-            raise BadRequest(f"model {self.name!r} has no output(s) {unknown}; outputs: ['translation']")
         return InferResponse(self.name, "", {k: outputs[k] for k in wanted}, request.request_id)
 
 
@@ -315,6 +323,8 @@ class TranslatorPool:
         self.limits, self.observer = limits, observer
         self.translators: dict[str, Translator] = {}
         self.failed: dict[str, str] = {}
+        for name in self.names():  # their metadata and config list what their infer answers
+            declare_outputs(repository.entries[name])
 
     def names(self) -> list[str]:
         """The translate entries of the repository (served by this pool, never by a batcher)."""
@@ -371,6 +381,24 @@ class TranslatorPool:
 
     def get(self, name: str) -> Translator | None:
         return self.translators.get(name)
+
+
+def declare_outputs(entry: Any) -> None:
+    """Make a ``<name>`` entry's config declare the outputs its translator answers (:data:`OUTPUTS`, each
+    [n, n_best]: one variable dim after the batch axis), whatever its export wrote (``translation`` alone,
+    as [n, 1]), so the gateway's metadata and config of it list what an infer returns."""
+    config = entry.config
+    dims = [-1] if config.max_batch_size > 0 else [-1, -1]
+    served = [(name, data_type, dims) for name, data_type in OUTPUTS]
+    declared = [(o.name, model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in config.output]
+    if declared == served:
+        return
+    log.debug(
+        "translator %s: serving outputs %s where its config.pbtxt declares %s", entry.name, served, declared
+    )
+    del config.output[:]
+    for name, data_type, shape in served:
+        config.output.add(name=name, data_type=data_type, dims=shape)
 
 
 def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
