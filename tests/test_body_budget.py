@@ -5,22 +5,27 @@ served, and every body is given back once answered, or once its connection is go
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
+from serving.errors import ServingError
 from serving.protocol import h2_wire as w
 from serving.protocol import lean
 from serving.protocol.http1 import http_protocol
-from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
+from serving.protocol.limits import BodyBudget, BodyLimitMiddleware, request_body
 from serving.settings import Settings
 from tests.h2_client import Harness, answer, call_headers, doubling_request, grpc_message
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
@@ -50,11 +55,25 @@ def test_the_budget_counts_what_fits_and_warns_once_a_spell(caplog: pytest.LogCa
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
+proceed = threading.Event()  # lets an /inflate request whose body begins with "wait" be answered
+
+
+async def inflating(request: Request, name: str = "") -> JSONResponse:
+    """The size of the request's body once inflated (held in the budget meanwhile)."""
+    body = await request_body(request, 1 << 20)
+    if body.startswith(b"wait"):
+        await asyncio.to_thread(proceed.wait, 30)
+    return JSONResponse({"size": len(body)})
+
+
 class App(FastAPI):
     def build_middleware_stack(self):
         stack = super().build_middleware_stack()
-        route = lean.LeanRoute("/v1/models/", "/echo", echo)
-        return lean.LeanRoutes(self, stack, 1 << 20, (route,), self.state.budget)
+        routes = (
+            lean.LeanRoute("/v1/models/", "/echo", echo),
+            lean.LeanRoute("/v1/models/", "/inflate", inflating),
+        )
+        return lean.LeanRoutes(self, stack, 1 << 20, routes, self.state.budget)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +88,13 @@ def served() -> Iterator[tuple[LiveServer, BodyBudget]]:
     @app.post("/cycle")
     async def cycle(request: Request) -> dict:
         return {"size": len(await request.body())}
+
+    app.add_api_route("/inflate", inflating, methods=["POST"])
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        retry = {"retry-after": f"{exc.retry_after:g}"} if exc.retry_after is not None else None
+        return JSONResponse({"error": exc.message}, exc.status, headers=retry)
 
     with LiveServer(app, http=protocol) as live:
         yield live, budget
@@ -134,6 +160,44 @@ def test_a_body_whose_connection_goes_is_given_back(served, path: str) -> None:
     with _connect(live) as sock:
         sock.sendall(_post(path, b"x" * 10, declared=2500))
         assert eventually(lambda: budget.used == 2500)
+    _until_returned(budget)
+
+
+INFLATE = {"lean": "/v1/models/m/inflate", "cycle": "/inflate"}
+
+
+def _gzipped(path: str, body: bytes) -> bytes:
+    packed = gzip.compress(body)
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+    return head % (path.encode(), len(packed)) + packed
+
+
+@pytest.mark.parametrize("path", list(INFLATE))
+@pytest.mark.parametrize("ending", ["answered", "client gone"])
+def test_what_a_body_inflates_to_is_held_until_its_request_ends(served, path: str, ending: str) -> None:
+    live, budget = served
+    proceed.clear()
+    body = b"wait" + b" " * 2000  # 2 004 bytes from ~40
+    with _connect(live) as sock:
+        sock.sendall(_gzipped(INFLATE[path], body))
+        assert eventually(lambda: budget.used == len(body))  # the larger of compressed and inflated
+        if ending == "answered":
+            proceed.set()
+            assert answered(sock, 1) == [(200, {"size": len(body)})]
+    proceed.set()  # a request whose client left ends once its work does (the ASGI cycle's)
+    _until_returned(budget)
+
+
+@pytest.mark.parametrize("path", list(INFLATE))
+def test_a_body_that_inflates_past_the_budget_gets_503_and_holds_nothing(served, path: str) -> None:
+    live, budget = served
+    status, body, raw = _status(live, _gzipped(INFLATE[path], b" " * (LIMIT + 500)))
+    assert status == 503, raw
+    assert body == {"error": "the gateway holds as many request bodies as it may: retry later"}
+    assert b"retry-after: 3\r\n" in raw.lower()
+    _until_returned(budget)
+    status, body, raw = _status(live, _gzipped(INFLATE[path], b" " * (LIMIT - 500)))
+    assert (status, body) == (200, {"size": LIMIT - 500})  # one that fits is served
     _until_returned(budget)
 
 
@@ -281,3 +345,30 @@ def test_the_gateways_http_and_grpc_share_one_budget(gateway) -> None:
         assert eventually(lambda: budget.used == 0)  # the held body's connection went
         assert stub.ModelInfer(grpc_request, timeout=60).outputs
     assert _status(gateway, _post(infer, _infer_body()))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/models/lenet/infer", _infer_body()),
+        ("/v1/models/lenet/classify", json.dumps({"images": ["A" * 2000]}).encode()),
+        ("/v1/models/lenet/translate", json.dumps({"texts": ["un deux trois " * 150]}).encode()),
+    ],
+    ids=["infer", "classify", "translate"],
+)
+def test_a_compressed_http_body_is_held_at_what_it_inflates_to(gateway, path: str, body: bytes) -> None:
+    """Its compressed bytes fit beside a body holding the rest of the budget; what they inflate to does
+    not: 503 with Retry-After, as a plain body that large gets (the inflated bytes were held nowhere)."""
+    budget = gateway.app.state.body_budget
+    packed = gzip.compress(body)
+    assert len(packed) < len(body) <= 4096  # the compressed bytes fit beside the holder, the inflated not
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+    with _connect(gateway) as holding:
+        holding.sendall(_post("/v2/models/lenet/infer", b"{", declared=4096 - len(packed)))
+        assert eventually(lambda: budget.used == 4096 - len(packed))
+        status, answer, raw = _status(gateway, head % (path.encode(), len(packed)) + packed)
+        assert status == 503, raw
+        assert answer == {"error": "the gateway holds as many request bodies as it may: retry later"}
+        assert b"retry-after: 1\r\n" in raw.lower()
+        assert budget.used == 4096 - len(packed)  # the refused request's bytes are back
+    assert eventually(lambda: budget.used == 0)

@@ -5,10 +5,12 @@ suite, ``KILN_WIRE_FUZZ_EXAMPLES=5000`` explores at random)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import socket
 import struct
+import zlib
 from typing import Any
 
 import grpc
@@ -591,3 +593,37 @@ def test_generated_binary_extension_bodies_get_a_4xx_or_an_answer_and_never_a_5x
         assert client.get(f"http://{gateway.url}/v2/health/ready").status_code == 200
     print(f"generated binary-extension bodies by status: {seen}")
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0, seen  # both sides were reached
+
+
+@pytest.mark.parametrize("path", [CLASSIFY, TRANSLATE, INFER])
+def test_a_compressed_body_that_inflates_past_the_limit_is_a_413_on_every_route(small_limit_gateway, path):
+    """Inflation stops at the body limit (1 KiB here), on the friendly routes as on KServe infer."""
+    bomb = gzip.compress(b" " * (1 << 18))  # 256 KiB of whitespace in 290 bytes
+    reply = httpx.post(
+        f"http://{small_limit_gateway.url}{path}", content=bomb, headers={"content-encoding": "gzip"}
+    )
+    assert reply.status_code == 413, reply.text
+    assert reply.json() == {"error": "decompressed request body exceeds the 1024 byte limit"}
+
+
+@pytest.mark.parametrize("path", [CLASSIFY, TRANSLATE, INFER])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_cut_short_or_with_bytes_after_its_end_is_a_400_naming_it(gateway, path, encoding):
+    """zlib hands back what a cut stream holds so far without a word: that prefix was parsed as the body."""
+    body = json.dumps(tensor() if path == INFER else {"texts": ["un"]}).encode()
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    for bad in (packed[:-6], packed + b"trailing"):
+        headers = {"content-encoding": encoding, "content-type": "application/json"}
+        reply = httpx.post(f"http://{gateway.url}{path}", content=bad, headers=headers)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"].startswith(f"request body is not valid {encoding} data")
+
+
+def test_a_gzip_body_of_several_members_is_read_whole_and_within_the_limit_over_all():
+    """RFC 1952's members one after another, as gzip.decompress reads them (only the first was read)."""
+    from serving.errors import PayloadTooLarge
+    from serving.protocol.limits import inflate
+
+    assert inflate(gzip.compress(b"ab") + gzip.compress(b"cd"), "x-gzip", 10) == b"abcd"
+    with pytest.raises(PayloadTooLarge):
+        inflate(gzip.compress(b"a" * 6) + gzip.compress(b"b" * 6), "gzip", 10)

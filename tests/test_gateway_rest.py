@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
+import json
 import re
+import zlib
 
 import httpx
 import numpy as np
@@ -166,3 +169,54 @@ def test_a_classify_request_over_max_batch_size_counts_as_one_request(server):
     )
     assert reply.status_code == 200 and len(reply.json()["predictions"]) == 17
     assert count() == before + 1
+
+
+# --- Content-Encoding: the friendly routes read gzip and deflate as KServe v2 infer does -------------
+
+
+def _packed(body: bytes, encoding: str) -> bytes:
+    return {"gzip": gzip.compress, "deflate": zlib.compress, "identity": bytes}[encoding](body)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity"])
+def test_a_compressed_classify_body_json_or_multipart_gets_the_answer_its_plain_body_gets(server, encoding):
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    images = [png(5), png(6)]
+    by_json = httpx.Request("POST", url, json={"images": [b64(i) for i in images], "top_k": 3})
+    files = [("files", (f"{i}.png", data)) for i, data in enumerate(images)]
+    by_form = httpx.Request("POST", url, files=files, data={"top_k": "3"})
+    for plain in (by_json, by_form):
+        body, content_type = plain.read(), plain.headers["content-type"]
+        want = httpx.post(url, content=body, headers={"content-type": content_type})
+        got = httpx.post(
+            url,
+            content=_packed(body, encoding),
+            headers={"content-type": content_type, "content-encoding": encoding},
+        )
+        assert want.status_code == got.status_code == 200, (want.text, got.text)
+        assert got.json() == want.json()
+
+
+def test_a_compressed_translate_body_is_parsed_as_its_plain_body(server):
+    """The body is read before the model's task is checked: a classifier's 400 for translating says the
+    gzip body was inflated and parsed (it was 'not valid UTF-8')."""
+    url = f"http://{server.url}/v1/models/lenet/translate"
+    body = json.dumps({"texts": ["un deux trois"]}).encode()
+    plain = httpx.post(url, content=body)
+    packed = httpx.post(url, content=gzip.compress(body), headers={"content-encoding": "GZip"})
+    assert plain.status_code == packed.status_code == 400
+    assert packed.json() == plain.json() and "cannot translate" in plain.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["classify", "translate"])
+def test_a_content_encoding_the_gateway_does_not_read_is_refused_naming_those_it_reads(server, route):
+    """'br' on a plain body was served as if plain; now the answer KServe v2 infer gives it."""
+    url = f"http://{server.url}/v1/models/lenet/{route}"
+    body = {"images": [b64(png(7))]} if route == "classify" else {"texts": ["un"]}
+    reply = httpx.post(url, json=body, headers={"content-encoding": "br"})
+    infer = httpx.post(
+        f"http://{server.url}/v2/models/lenet/infer", content=b"{}", headers={"content-encoding": "br"}
+    )
+    assert reply.status_code == infer.status_code == 400, reply.text
+    assert reply.json() == infer.json()
+    assert "'br'" in reply.json()["error"] and "gzip or deflate" in reply.json()["error"]

@@ -18,6 +18,7 @@ import asyncio
 import json
 from typing import Any
 
+from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 
@@ -65,12 +66,12 @@ class CoalescedWrites:
 class DirectCycle:
     """A request the protocol answers itself (:func:`http_protocol`): what uvicorn's protocol reads of its
     ``cycle`` (``response_complete``, ``keep_alive``, ``disconnected``, ``message_event``), the scope a
-    lean route needs and the body as it arrives."""
+    lean route needs, the body as it arrives and what it holds of the body budget."""
 
     __slots__ = (
         "scope",
         "routes",
-        "held",
+        "hold",
         "body",
         "keep_alive",
         "response_complete",
@@ -78,9 +79,9 @@ class DirectCycle:
         "message_event",
     )
 
-    def __init__(self, scope: dict[str, Any], routes: Any, keep_alive: bool, held: int) -> None:
+    def __init__(self, scope: dict[str, Any], routes: Any, keep_alive: bool, hold: BodyHold | None) -> None:
         self.scope, self.routes, self.keep_alive = scope, routes, keep_alive
-        self.held = held  # its Content-Length, counted in the routes' BodyBudget until it is answered
+        self.hold = hold  # its Content-Length (then what it inflates to) in the budget until answered
         self.body = bytearray()
         self.response_complete = self.disconnected = False
         self.message_event = _NOBODY_WAITS  # the protocol sets it when the connection is lost
@@ -98,9 +99,8 @@ _NOBODY_WAITS = _NobodyWaits()
 
 def _release(cycle: DirectCycle) -> None:
     """The cycle's body no longer held (answered, or its connection gone): back to the budget."""
-    if cycle.held:
-        cycle.routes.limited.budget.give(cycle.held)
-        cycle.held = 0
+    if cycle.hold is not None:
+        cycle.hold.release()
 
 
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -355,15 +355,16 @@ def http_protocol(
             target = routes.target(scope)
             if target is None:
                 return None
-            budget, held = routes.limited.budget, 0
+            budget, hold = routes.limited.budget, None
             if budget is not None:
-                if not budget.take(int(length)):
+                hold = BodyHold(budget)
+                if not hold.hold(int(length)):
                     return None  # uvicorn's path answers it (503) through the same budget
-                held = int(length)
+                scope[BODY_HOLD] = hold
             scope["kiln.lean_route"], scope["path_params"] = target
             scope["app"] = app
             keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
-            return DirectCycle(scope, routes, keep_alive, held)
+            return DirectCycle(scope, routes, keep_alive, hold)
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle
@@ -399,9 +400,7 @@ def http_protocol(
                 status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"
                 cycle.keep_alive, response = False, None
             finally:
-                if cycle.held:  # _release, inline: every lean request passes here
-                    cycle.routes.limited.budget.give(cycle.held)
-                    cycle.held = 0
+                _release(cycle)
             if cycle.disconnected or self.transport.is_closing():
                 return
             if self.access_log:

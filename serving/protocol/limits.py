@@ -1,11 +1,12 @@
 """Request body limits: 413 above a byte limit (before buffering), 503 while the bodies the gateway
-holds already fill its memory budget, JSON that cannot hurt the parser, and JSON integers read as the
-published schema reads them."""
+holds already fill its memory budget, compressed bodies inflated within both, JSON that cannot hurt
+the parser, and JSON integers read as the published schema reads them."""
 
 from __future__ import annotations
 
 import json
 import logging
+import zlib
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -13,6 +14,18 @@ from pydantic import BeforeValidator
 from serving.errors import BadRequest, PayloadTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
+
+BODY_HOLD = "kiln.body_hold"  # scope key: the request's BodyHold, where the gateway has a budget
+# The Content-Encodings an HTTP body may have (tritonclient's request_compression_algorithm), with the
+# zlib window that reads each; x-gzip is gzip (RFC 9110 8.4.1.3). Names are case-insensitive.
+CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+CONTENT_ENCODING_PARAMETER = {  # the header as a route's OpenAPI operation documents it
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
+    "description": "the body's compression, inflated within the body limit",
+    "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
+}
 
 
 class BodyBudget:
@@ -56,6 +69,81 @@ class BodyBudget:
         return Unavailable(message, retry_after=self.retry_after)
 
 
+class BodyHold:
+    """What one HTTP request holds of a :class:`BodyBudget`: its body as it arrives (or its declared
+    length), then what the body inflates to, the larger of the two (as a gRPC call's ``Call.hold``);
+    all of it given back once, when the request ends, however it ends."""
+
+    __slots__ = ("budget", "held", "ended")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget, self.held, self.ended = budget, 0, False
+
+    def hold(self, size: int) -> bool:
+        """Hold ``size`` bytes for the request in all (what it holds counted in); False, and nothing
+        more held, where they do not fit. A request already ended holds nothing more."""
+        if size <= self.held or self.ended:
+            return True
+        if not self.budget.take(size - self.held):
+            return False
+        self.held = size
+        return True
+
+    def release(self) -> None:
+        """The request has ended: what it holds goes back to the budget (once, whoever calls first)."""
+        self.ended = True
+        if self.held:
+            self.budget.give(self.held)
+            self.held = 0
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """``body`` as its Content-Encoding says (gzip or deflate inflated, at most ``limit`` bytes: 413
+    past it; none or ``identity``: as sent); an encoding the gateway does not read, or a stream that
+    is corrupt, cut short or followed by other bytes, is a 400 naming it. One definition for every
+    HTTP route that reads a body."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    window = CONTENT_CODINGS.get(name)
+    if window is None:
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:  # gzip: one member after another (RFC 1952), as gzip.decompress reads them
+        decoder = zlib.decompressobj(window)
+        try:
+            part = decoder.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"request body is not valid {name} data: {exc}") from None
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"decompressed request body exceeds the {limit} byte limit")
+        if not decoder.eof:  # zlib hands back a cut stream's prefix without a word
+            raise BadRequest(f"request body is not valid {name} data: the stream is cut short")
+        rest = decoder.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if window != CONTENT_CODINGS["gzip"]:
+            raise BadRequest(f"request body is not valid {name} data: bytes follow the end of its stream")
+
+
+async def request_body(request: Any, limit: int) -> bytes:
+    """A Starlette request's body, inflated as its Content-Encoding says (:func:`inflate`), what it
+    inflates to held in the request's :class:`BodyHold` until the request ends (503 with Retry-After,
+    as for a plain body that large, where the budget has no room for it)."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding")
+    if encoding is None:
+        return body
+    plain = inflate(body, encoding, limit)
+    hold: BodyHold | None = request.scope.get(BODY_HOLD)
+    if plain is not body and hold is not None and not hold.hold(len(plain)):
+        raise hold.budget.refusal()
+    return plain
+
+
 def parse_json(raw: bytes, what: str) -> Any:
     """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
     deep to parse are a 400.
@@ -90,7 +178,8 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 class BodyLimitMiddleware:
     """Reject by Content-Length when declared, otherwise count streamed bytes; hold the body's bytes in
-    the ``budget`` (a declared length whole before the body is read) until the request is answered."""
+    the ``budget`` (a declared length whole before the body is read), and what the endpoint inflates it
+    to (:func:`request_body`), until the request is answered."""
 
     def __init__(self, app: Any, max_bytes: int, budget: BodyBudget | None = None) -> None:
         self.app, self.max_bytes, self.budget = app, max_bytes, budget
@@ -104,28 +193,25 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await _too_large(send, self.max_bytes)
             return
-        budget = self.budget
-        held = 0
-        if budget is not None and declared is not None:
-            if not budget.take(declared):
-                await _refused(send, budget)
+        hold = None if self.budget is None else BodyHold(self.budget)
+        if hold is not None:
+            if declared is not None and not hold.hold(declared):
+                await _refused(send, hold.budget)
                 return
-            held = declared
+            scope[BODY_HOLD] = hold  # the endpoint holds what the body inflates to in it too
         received = 0
         responded = False
 
         async def limited_receive() -> dict:
-            nonlocal received, held
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 size = len(message.get("body", b""))
                 received += size
                 if received > self.max_bytes:
                     raise _BodyTooLarge
-                if budget is not None and received > held:  # a body without Content-Length
-                    if not budget.take(received - held):
-                        raise _BudgetSpent
-                    held = received
+                if hold is not None and not hold.hold(received):  # a body without Content-Length
+                    raise _BudgetSpent
             return message
 
         async def tracking_send(message: dict) -> None:
@@ -140,10 +226,10 @@ class BodyLimitMiddleware:
                 await _too_large(send, self.max_bytes)
         except _BudgetSpent:
             if not responded:
-                await _refused(send, budget)  # type: ignore[arg-type]
+                await _refused(send, hold.budget)  # type: ignore[union-attr]
         finally:
-            if held:
-                budget.give(held)  # type: ignore[union-attr]
+            if hold is not None:
+                hold.release()
 
 
 class _BudgetSpent(Exception):

@@ -32,7 +32,7 @@ from serving.execution.base import Backend, InferRequest
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed, observed_infer
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
-from serving.protocol.limits import JsonInt, parse_json
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, JsonInt, parse_json, request_body
 from serving.protocol.responses import OVERLOAD, errors
 
 
@@ -144,7 +144,8 @@ def request_schema() -> dict[str, Any]:
 
 
 TRANSLATE_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}}
+    "parameters": [CONTENT_ENCODING_PARAMETER],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}},
 }
 
 
@@ -158,12 +159,15 @@ TRANSLATE_BODY = {
 )
 async def translate(request: Request, name: str) -> Response:
     entry = get_repository(request).get(name)  # 404 before anything else
-    raw = await request.body()  # then the body, whatever the model (a large one off the event loop)
+    settings = get_settings(request)
+    # then the body, whatever the model (inflated no further than a valid body can be long; a large one
+    # parsed off the event loop)
+    raw = await request_body(request, min(settings.max_body_bytes, MAX_BODY_BYTES))
     body = await request.app.state.json_offload.call(len(raw), parse_body, raw)
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
     backend, metrics = get_backend(request), get_metrics(request)
-    timeout_s = get_settings(request).request_timeout_s
+    timeout_s = settings.request_timeout_s
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:

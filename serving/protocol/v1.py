@@ -21,8 +21,9 @@ from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
-from serving.protocol.limits import JsonInt, parse_json
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, JsonInt, parse_json, request_body
 from serving.protocol.responses import OVERLOAD, errors
+from serving.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
 
@@ -56,6 +57,7 @@ class ModelSummary(BaseModel):
 
 
 CLASSIFY_BODY = {
+    "parameters": [CONTENT_ENCODING_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {
@@ -75,7 +77,7 @@ CLASSIFY_BODY = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -132,7 +134,7 @@ async def classify(
         raise BadRequest(
             f"model {name!r} is a {entry.task or 'non-classify'} model; it cannot classify images"
         )
-    blobs, top_k = await _read_images(request, settings.max_images)
+    blobs, top_k = await _read_images(request, settings)
     if top_k > settings.max_top_k:
         raise UnprocessableInput(f"top_k {top_k} exceeds the limit of {settings.max_top_k}")
     pre = entry.kiln.get("preprocessing", {})
@@ -151,28 +153,46 @@ async def classify(
     return ClassifyResponse(model=name, predictions=predictions)
 
 
-async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], int]:
-    """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_images + 1)
-        except StarletteHTTPException as exc:  # Starlette's 400 for the file over max_files
-            if "Too many files" not in str(exc.detail):
-                raise
-            raise PayloadTooLarge(
-                f"more than {max_images + 1} images in one request; the limit is {max_images}"
-            ) from None
-        files = form.getlist("files")
-        if not files or any(isinstance(f, str) for f in files):
-            raise UnprocessableInput("multipart body needs one or more 'files' parts")
-        top_k = form.get("top_k", 5)  # form fields are text: digits are the integer
-        raw = {"images": ["-"] * len(files), "top_k": int(top_k) if _digits(top_k) else top_k}
-        parsed = _validate(raw)
-        _check_count(len(files), max_images)
-        return [await f.read() for f in files], parsed.top_k
-    raw = await request.body()
+async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], int]:
+    """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``), either
+    compressed as KServe v2 infer bodies may be (a plain form is parsed as it arrives)."""
+    max_images = settings.max_images
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request.headers.get("content-encoding") is not None:
+            body = await request_body(request, settings.max_body_bytes)
+            request = Request(request.scope, _whole(body))  # the form parsed from what it inflated to
+        return await _read_form(request, max_images)
+    raw = await request_body(request, settings.max_body_bytes)
     return await request.app.state.json_offload.call(len(raw), read_json_images, raw, max_images)
+
+
+def _whole(body: bytes) -> Any:
+    """An ASGI ``receive`` that hands over ``body`` whole."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _read_form(request: Request, max_images: int) -> tuple[list[bytes], int]:
+    """Images and top_k from a multipart form."""
+    try:
+        form = await request.form(max_files=max_images + 1)
+    except StarletteHTTPException as exc:  # Starlette's 400 for the file over max_files
+        if "Too many files" not in str(exc.detail):
+            raise
+        raise PayloadTooLarge(
+            f"more than {max_images + 1} images in one request; the limit is {max_images}"
+        ) from None
+    files = form.getlist("files")
+    if not files or any(isinstance(f, str) for f in files):
+        raise UnprocessableInput("multipart body needs one or more 'files' parts")
+    top_k = form.get("top_k", 5)  # form fields are text: digits are the integer
+    raw = {"images": ["-"] * len(files), "top_k": int(top_k) if _digits(top_k) else top_k}
+    parsed = _validate(raw)
+    _check_count(len(files), max_images)
+    return [await f.read() for f in files], parsed.top_k
 
 
 def read_json_images(raw: bytes, max_images: int) -> tuple[list[bytes], int]:

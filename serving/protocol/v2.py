@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.repository import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
+from serving.protocol.limits import request_body
 from serving.protocol.responses import (
     OVERLOAD,
     VERSION_PARAMETER,
@@ -115,7 +113,7 @@ async def infer(
     version: VersionDep,
 ) -> Response:
     backend.metadata(name, version)  # unknown model -> 404 before any work or metric label
-    body = _decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
+    body = await request_body(request, settings.max_body_bytes)  # gzip/deflate inflated, held in the budget
     parsed = await request.app.state.json_offload.parse_infer(
         body, request.headers.get(HEADER_LENGTH), name, version
     )
@@ -134,20 +132,3 @@ async def lean_infer(request: Request, name: str, version: str = "") -> Response
     """:func:`infer` for :mod:`serving.protocol.lean`: its dependencies read here, as they read them."""
     state = request.app.state
     return await infer(name, request, state.backend, state.metrics, state.settings, parse_version(version))
-
-
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo gzip/deflate request compression (tritonclient's request_compression_algorithm), bounded."""
-    if not encoding or encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decoder = zlib.decompressobj(wbits)
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise BadRequest(f"request body is not valid {encoding} data: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"decompressed request body exceeds the {limit} byte limit")
-    return out
