@@ -139,9 +139,65 @@ def test_headers_over_the_limit_get_431_and_the_connection_is_closed(quick, path
 def test_one_endless_header_value_gets_431(quick):
     with connect(quick) as sock:
         sock.sendall(b"POST /cycle HTTP/1.1\r\nHost: x\r\nX-Pad: ")
-        for _ in range(64):  # more than one read of the socket (256 KiB): counted from the second
+        for _ in range(64):  # more than one read of the socket (256 KiB)
             sock.sendall(b"a" * 16384)
         assert [status for status, _ in responses(read_until_closed(sock))] == [431]
+
+
+ONE_READ_PADS = {  # heads of ~8 KB, four times the limit: each arrives in one read of the socket
+    "one long header": b"X-Pad: " + b"a" * 8000 + b"\r\n",
+    "many short headers": b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 90) for i in range(80)),
+}
+
+
+@pytest.mark.parametrize("pad", list(ONE_READ_PADS))
+@pytest.mark.parametrize("path", [LEAN, CYCLE])
+def test_a_head_over_the_limit_that_arrives_whole_at_once_gets_431(patient, path, pad):
+    """A head is counted from its first byte: one that arrived whole in a read, body and all, was served
+    whatever its size (a 140 KB head at a 2 KiB limit was answered 200)."""
+    with connect(patient) as sock:
+        sock.sendall(request(path, extra=ONE_READ_PADS[pad]))
+        [(status, body)] = answered(sock, 1)
+        assert read_until_closed(sock) == b""
+    assert status == 431
+    assert body == {"error": f"request line and headers longer than {HEAD_LIMIT} bytes"}
+    still_serves(patient)
+
+
+def test_a_head_over_the_limit_still_arriving_gets_431_from_its_first_read(patient):
+    """Not once more of it arrives, nor at the read timeout (408), which is what it got."""
+    with connect(patient) as sock:
+        sock.sendall(b"POST /cycle HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000)  # then waits
+        [(status, _)] = responses(read_until_closed(sock))
+    assert status == 431
+
+
+@pytest.mark.parametrize("first", [LEAN, CYCLE])
+def test_a_pipelined_head_over_the_limit_gets_431_after_the_answer_before_it(patient, first):
+    """Two requests in one write, the second's head over the limit: the first is answered, then the
+    second refused and the connection closed (the second was served, its head never counted)."""
+    pad = ONE_READ_PADS["one long header"]
+    with connect(patient) as sock:
+        sock.sendall(request(first, b'{"c": 3}') + request(CYCLE, extra=pad))
+        [(status, body), (refused, error)] = answered(sock, 2)
+        assert read_until_closed(sock) == b""
+    assert status == 200 and body.get("echo", body.get("cycle")) in ('{"c": 3}', {"c": 3})
+    assert refused == 431
+    assert error == {"error": f"request line and headers longer than {HEAD_LIMIT} bytes"}
+
+
+def test_bodies_read_with_a_head_are_not_counted_as_head(patient):
+    """The limit bounds heads: a 60 KB body in the read a head arrives in, and the next request's head
+    begun after it in the same read (pipelining) and ended in a later one, are served."""
+    big = json.dumps({"a": "x" * (60 << 10)}).encode()
+    second = request(CYCLE, extra=b"X-Pad: " + b"a" * (HEAD_LIMIT - 300) + b"\r\n")
+    with connect(patient) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(request(CYCLE, big) + second[: HEAD_LIMIT // 2])
+        [(status, body)] = answered(sock, 1)
+        assert status == 200 and body == {"cycle": {"a": "x" * (60 << 10)}}
+        sock.sendall(second[HEAD_LIMIT // 2 :])
+        assert answered(sock, 1) == [(200, {"cycle": {"a": 1}})]
 
 
 def test_a_request_line_over_the_limit_gets_414(quick):

@@ -115,6 +115,11 @@ MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): ng
 # the client before the answer it has not read yet (nginx's lingering close does the same).
 LINGER_S = 2.0
 LINGER_BYTES = 4 << 20
+HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
+
+
+class HeadRefused(Exception):
+    """Raised in the parser's callback when a head is refused whole: the parse stops there."""
 
 
 def http_protocol(
@@ -127,13 +132,14 @@ def http_protocol(
 
     It bounds what one connection's request may take before the app sees it, which uvicorn does not
     with httptools (its h11 protocol caps a head at 16 KiB, and neither has a read timeout): a request
-    line longer than ``max_head_bytes`` is answered 414 and a head longer than that (give or take one
-    read of the socket) 431, where uvicorn buffered a header without end (600 MB of headers on one
-    connection grew the gateway by 700 MB); a head that has not arrived ``read_timeout_s`` after its first
-    byte, or a body that pauses longer than that between two reads while the gateway is reading it, is
-    answered 408 (slowloris: each such connection was held for as long as its client liked). Each closes
-    the connection. A client that reads none of its answers for ``send_timeout_s`` while they wait on it
-    has its connection aborted (:mod:`serving.protocol.send_watch`).
+    line longer than ``max_head_bytes`` is answered 414 and a head longer than that 431, counted from its
+    first byte, whether it arrives at once or not (its body never counts), where uvicorn buffered a
+    header without end (600 MB of headers on one connection grew the gateway by 700 MB); a head that has
+    not arrived ``read_timeout_s`` after its first byte, or a body that pauses longer than that between
+    two reads while the gateway is reading it, is answered 408 (slowloris: each such connection was held
+    for as long as its client liked). Each closes the connection (a head refused while requests before it
+    are answered: once they are). A client that reads none of its answers for ``send_timeout_s`` while
+    they wait on it has its connection aborted (:mod:`serving.protocol.send_watch`).
 
     It also answers the app's lean routes (:mod:`serving.protocol.lean`) without uvicorn's ASGI cycle:
     a ``POST`` to one of them, with a Content-Length within the body limit, no ``Expect`` and no
@@ -163,11 +169,13 @@ def http_protocol(
             # the request being read: its head not yet whole, bytes of it counted, the read watchdog
             self._in_request = self._in_head = False
             self._head_bytes = 0
+            self._begun = 0  # requests begun on the connection (whether a read's head began it)
             self._counted = self._counted_bytes = 0  # headers of this head summed so far, their bytes
             self._waited: Any = None  # the answer the watch last found the client waiting on
             self._read_timer: asyncio.TimerHandle | None = None
             self._read_since = self._last_read = 0.0
             self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
+            self._deferred: tuple[int, str] | None = None  # a head refused while an answer goes out
             self._dropped = 0
             self._send_watch: SendWatch | None = None  # while the client is not reading our answers
             self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
@@ -208,14 +216,16 @@ def http_protocol(
                 self._send_watch = None
 
         def data_received(self, data: bytes) -> None:
-            if self._lingering is not None:  # refused: what the client still sends is dropped
-                self._dropped += len(data)
+            if self._lingering is not None or self._deferred is not None:  # refused: what the client
+                self._dropped += len(data)  # still sends is dropped
                 if self._dropped > LINGER_BYTES:
                     self.transport.close()
                 return
-            # a head begun in an earlier read and still not whole: all of this read is head (of the read
-            # a head began in, what the parser has handed over: the rest may be the request before's)
+            # A head still not whole after this read: all of the read is head where the head began in an
+            # earlier one, or at this read's first byte (no request under way before it, none begun
+            # since); where it began after another request in the read, what the parser handed over.
             head_of = self.headers if self._in_head else None  # each request has its own list
+            fresh, begun = not self._in_request, self._begun
             HttpToolsProtocol.data_received(self, data)  # (not super(): a lookup less a request)
             if not self._in_request or self.transport.is_closing():
                 return  # the usual case: each request arrives whole in one read
@@ -223,10 +233,10 @@ def http_protocol(
             if self._in_head:
                 if head_of is self.headers:
                     self._head_bytes += len(data)
-                if len(self.url) > self.max_head:
-                    return self._refuse(414, f"request line longer than {self.max_head} bytes")
-                if max(self._head_bytes, self._head_parsed()) > self.max_head:
-                    return self._refuse(431, f"request line and headers longer than {self.max_head} bytes")
+                elif fresh and self._begun == begun + 1:
+                    self._head_bytes = len(data)
+                if self._head_over(max(self._head_bytes, self._head_parsed())):
+                    return
             if self._read_timer is None:
                 self._read_since, self._waited = self._last_read, None
                 self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
@@ -241,9 +251,39 @@ def http_protocol(
                 self._counted = len(headers)
             return len(self.url) + self._counted_bytes
 
+        def _head_over(self, size: int) -> bool:
+            """Whether this request's head, ``size`` bytes so far, is over the limit: then refused, 414
+            for its request line alone, else 431, once the answers before it have gone out."""
+            if len(self.url) > self.max_head:
+                status, message = 414, f"request line longer than {self.max_head} bytes"
+            elif size > self.max_head:
+                status, message = 431, f"request line and headers longer than {self.max_head} bytes"
+            else:
+                return False
+            if self._answering():  # (in a head: an earlier request's answer) it goes out first
+                self._stop_watch()
+                self._deferred = (status, message)
+            else:
+                self._refuse(status, message)
+            return True
+
+        def on_response_complete(self) -> None:
+            HttpToolsProtocol.on_response_complete(self)
+            if self._deferred is not None and self.cycle.response_complete:  # every answer before it out
+                (status, message), self._deferred = self._deferred, None
+                if not self.transport.is_closing():
+                    self._refuse(status, message)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request the parser refuses, unless on_headers_complete stopped the
+            parser (uvicorn logs "Invalid HTTP request received." for that too): refused already."""
+            if self._lingering is None and self._deferred is None:
+                HttpToolsProtocol.send_400_response(self, msg)
+
         def on_message_begin(self) -> None:
             self._in_request = self._in_head = True
             self._head_bytes = self._counted = self._counted_bytes = 0
+            self._begun += 1
             HttpToolsProtocol.on_message_begin(self)
 
         def _read_watch(self) -> None:
@@ -315,6 +355,9 @@ def http_protocol(
             return (app, routes) if isinstance(routes, LeanRoutes) else None
 
         def on_headers_complete(self) -> None:
+            # the whole head, counted however it arrived: its headers, URL and the request line's rest
+            if self._head_over(self._head_parsed() + len(self.parser.get_method()) + HEAD_FRAMING):
+                raise HeadRefused  # stops the parser, before the request is dispatched
             self._in_head = False
             cycle = self.cycle
             if (
