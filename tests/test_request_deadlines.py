@@ -113,3 +113,31 @@ def test_a_requests_time_limit_is_the_servers_shortened_never_lengthened(
 ):
     request = InferRequest("m", {}, timeout_s=timeout_s, deadline_s=deadline_s)
     assert request.time_limit(server_s) == limit
+
+
+def test_the_friendly_classify_route_sends_no_timeout_of_its_own(tmp_path):
+    """It set the server's --request-timeout-s as the request's ``timeout_s``, which is the client's own
+    KServe ``timeout``: on a model allowing the override it shortened the queue timeout (60 s here) to
+    the server's 30 s. The backend applies the server's limit itself."""
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+    from tests.repo_fixtures import build_classifier_repository
+    from tests.test_gateway_rest import b64, png
+
+    root = build_classifier_repository(tmp_path / "repo")
+    backend = OnnxRuntimeBackend(Repository(root))
+    seen: list[InferRequest] = []
+    infer = backend.infer
+
+    async def recording(request: InferRequest) -> Any:
+        seen.append(request)
+        return await infer(request)
+
+    backend.infer = recording  # type: ignore[method-assign]
+    app = create_app(Settings(model_repository=root, grpc_port=0), backend=backend)
+    with TestClient(app) as client:
+        answer = client.post("/v1/models/lenet/classify", json={"images": [b64(png(1))]})
+    assert answer.status_code == 200, answer.text
+    assert seen and all(r.timeout_s is None for r in seen)

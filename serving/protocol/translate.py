@@ -167,13 +167,12 @@ async def translate(request: Request, name: str) -> Response:
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
     backend, metrics = get_backend(request), get_metrics(request)
-    timeout_s = settings.request_timeout_s
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
-        work = observed(metrics, name, translator.translate(body.texts, body.options(), timeout_s))
+        work = observed(metrics, name, translator.translate(body.texts, body.options()))
     else:
-        work = _via_infer(backend, metrics, name, body, timeout_s)
+        work = _via_infer(backend, metrics, name, body)
     results = await until_client_leaves(request, work)
     if results is None:
         return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
@@ -264,7 +263,7 @@ def _finite(value: float) -> float | None:
 
 
 async def _via_infer(
-    backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest, timeout_s: float
+    backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest
 ) -> list[list[Translation]]:
     """Translate through KServe infer on ``<name>`` (e.g. Triton's python model); no scores there."""
     if body.return_scores:
@@ -273,9 +272,8 @@ async def _via_infer(
         raise UnprocessableInput(f"model {name!r}: this backend returns one hypothesis per text (n_best=1)")
     texts = np.array([[t.encode()] for t in body.texts], dtype=np.object_)  # [n, 1]
     params = body.options().__dict__
-    request = InferRequest(
-        name, {"text": texts}, outputs=["translation"], parameters=params, timeout_s=timeout_s
-    )
+    # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
+    request = InferRequest(name, {"text": texts}, outputs=["translation"], parameters=params)
     response = await observed_infer(backend, metrics, request)
     out = np.asarray(response.outputs["translation"]).reshape(len(body.texts), -1)  # [n, n_best]
     return [[Translation(_text(row[0]), [], float("nan"), float("nan"))] for row in out]

@@ -226,7 +226,8 @@ async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, met
     if entry.max_batch_size <= 0:
         chunks = [c[0] for c in chunks]
     requests = [
-        InferRequest(entry.name, {input_name: c}, outputs=[output], timeout_s=settings.request_timeout_s)
+        # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
+        InferRequest(entry.name, {input_name: c}, outputs=[output])
         for c in chunks
     ]
     if len(requests) == 1:
