@@ -135,9 +135,8 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         64 << 10,
         ge=1024,
-        description="HTTP request line and headers limit in bytes while a head is still arriving (414 for "
-        "a longer request line, 431 for longer headers), counted from its second read of the socket: a "
-        "head that arrives whole in one read is served whatever its size",
+        description="HTTP request line and headers limit in bytes (414 for a longer request line, 431 for "
+        "longer headers), counted from the head's first byte, whether it arrives whole or in pieces",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="log level (uvicorn's names)"

@@ -143,7 +143,7 @@ async def classify(
             decode_image(b, pre, index=i, max_pixels=settings.max_image_pixels) for i, b in enumerate(blobs)
         ]
     )
-    scores = await _infer_scores(entry, np.stack(arrays), backend, metrics, settings)
+    scores = await _infer_scores(entry, np.stack(arrays), backend, metrics)
     labels = _labels(entry, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     predictions = [
@@ -217,7 +217,7 @@ def _check_count(count: int, limit: int) -> None:
         raise PayloadTooLarge(f"{count} images in one request; the limit is {limit}")
 
 
-async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, metrics, settings) -> np.ndarray:
+async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, metrics) -> np.ndarray:
     """Per-image class scores (probabilities, or softmax of logits), in chunks of max_batch_size."""
     input_name = entry.role("images") or entry.config.input[0].name
     output = entry.role("probabilities") or entry.role("logits") or entry.config.output[0].name
