@@ -21,11 +21,18 @@ from fastapi.responses import JSONResponse
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
-from serving.errors import ServingError
+from serving.errors import PayloadTooLarge, ServingError
 from serving.protocol import h2_wire as w
 from serving.protocol import lean
 from serving.protocol.http1 import http_protocol
-from serving.protocol.limits import BodyBudget, BodyLimitMiddleware, request_body
+from serving.protocol.limits import (
+    BODY_HOLD,
+    LOOP_INFLATE_BYTES,
+    BodyBudget,
+    BodyHold,
+    BodyLimitMiddleware,
+    request_body,
+)
 from serving.settings import Settings
 from tests.h2_client import Harness, answer, call_headers, doubling_request, grpc_message
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
@@ -372,3 +379,24 @@ def test_a_compressed_http_body_is_held_at_what_it_inflates_to(gateway, path: st
         assert b"retry-after: 1\r\n" in raw.lower()
         assert budget.used == 4096 - len(packed)  # the refused request's bytes are back
     assert eventually(lambda: budget.used == 0)
+
+
+class _Request:
+    """What request_body reads of a Starlette request: its body, Content-Encoding and scope."""
+
+    def __init__(self, body: bytes, hold: BodyHold) -> None:
+        self._body, self.headers, self.scope = body, {"content-encoding": "gzip"}, {BODY_HOLD: hold}
+
+    async def body(self) -> bytes:
+        return self._body
+
+
+def test_a_body_inflated_in_steps_off_the_loop_is_whole_held_at_its_size_and_413_past_the_limit() -> None:
+    """Two gzip members of several steps each: inflated whole, in order; one byte more is a 413."""
+    plain = np.random.default_rng(0).integers(0, 4, 3 * LOOP_INFLATE_BYTES, dtype=np.uint8).tobytes()
+    packed = gzip.compress(plain[:LOOP_INFLATE_BYTES]) + gzip.compress(plain[LOOP_INFLATE_BYTES:])
+    hold = BodyHold(BodyBudget(8 * LOOP_INFLATE_BYTES))
+    assert asyncio.run(request_body(_Request(packed, hold), len(plain))) == plain
+    assert hold.held == len(plain)
+    with pytest.raises(PayloadTooLarge, match=f"exceeds the {len(plain) - 1} byte limit"):
+        asyncio.run(request_body(_Request(packed, BodyHold(BodyBudget(1 << 30))), len(plain) - 1))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import threading
+
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -10,6 +15,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from serving.app import create_app
+from serving.protocol import limits
 from serving.settings import Settings
 from tests.repo_fixtures import CHANNELS, LABELS, SIZE, LiveServer, build_classifier_repository
 
@@ -136,6 +142,37 @@ def test_compressed_requests_are_accepted(client, direct):
     tensor.set_data_from_numpy(batch)
     result = client.infer("lenet", [tensor], request_compression_algorithm="gzip")
     np.testing.assert_allclose(result.as_numpy("logits"), direct(batch)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_body_inflating_past_what_the_loop_takes_is_inflated_in_a_thread_and_answered_the_same(
+    server, monkeypatch
+):
+    """A gzip body inflating past LOOP_INFLATE_BYTES held the event loop (every other request of the
+    worker) while it inflated; now it inflates in a thread, as gRPC's do, and gets its plain answer."""
+    threads: list[int] = []
+    real = limits.inflate
+
+    def recording(*args):
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(limits, "inflate", recording)
+    batch = images(2, seed=5)
+    tensor = {
+        "name": "images",
+        "shape": list(batch.shape),
+        "datatype": "UINT8",
+        "data": batch.ravel().tolist(),
+    }
+    body = (
+        json.dumps({"inputs": [tensor]}).encode() + b" " * limits.LOOP_INFLATE_BYTES
+    )  # JSON may end in spaces
+    url = f"http://{server.url}/v2/models/lenet/infer"
+    plain = httpx.post(url, content=body, timeout=60)
+    packed = httpx.post(url, content=gzip.compress(body), headers={"content-encoding": "gzip"}, timeout=60)
+    assert plain.status_code == packed.status_code == 200, (plain.text, packed.text)
+    assert packed.json() == plain.json()
+    assert threads and server.thread.ident not in threads  # inflated, and not on the server's loop
 
 
 def test_client_errors_reach_tritonclient_as_messages(client):

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import re
+import threading
 import zlib
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from serving.app import create_app
+from serving.protocol import limits
 from serving.settings import Settings
 from tests.repo_fixtures import LABELS, SIZE, LiveServer, build_classifier_repository
 
@@ -206,6 +208,25 @@ def test_a_compressed_translate_body_is_parsed_as_its_plain_body(server):
     packed = httpx.post(url, content=gzip.compress(body), headers={"content-encoding": "GZip"})
     assert plain.status_code == packed.status_code == 400
     assert packed.json() == plain.json() and "cannot translate" in plain.json()["error"]
+
+
+def test_a_classify_body_inflating_past_what_the_loop_takes_is_inflated_in_a_thread(server, monkeypatch):
+    """Inflated off the event loop (zlib lets go of the GIL), so the worker's other requests go on."""
+    threads: list[int] = []
+    real = limits.inflate
+
+    def recording(*args):
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(limits, "inflate", recording)
+    url = f"http://{server.url}/v1/models/lenet/classify"
+    body = json.dumps({"images": [b64(png(8))], "top_k": 2}).encode() + b" " * limits.LOOP_INFLATE_BYTES
+    plain = httpx.post(url, content=body, timeout=60)
+    packed = httpx.post(url, content=gzip.compress(body), headers={"content-encoding": "gzip"}, timeout=60)
+    assert plain.status_code == packed.status_code == 200, (plain.text, packed.text)
+    assert packed.json() == plain.json()
+    assert threads and server.thread.ident not in threads
 
 
 @pytest.mark.parametrize("route", ["classify", "translate"])

@@ -20,16 +20,12 @@ from typing import Any
 import grpc
 
 from serving.protocol import h2_wire as w
-from serving.protocol.limits import BodyBudget
+from serving.protocol.limits import LOOP_INFLATE_BYTES, BodyBudget
 
 Handler = Callable[[Any, "Call"], Awaitable[Any]]
 
 RESPONSE_HEADERS = b"\x88" + w.literal_indexed_name(31, b"application/grpc")  # :status 200, content-type
 _OK_TRAILERS = w.literal(b"grpc-status", b"0")
-# What a compressed message may inflate to on the event loop (1-8 ms a MiB here, by how well it
-# compressed); a larger one (64 MiB, KILN_MAX_BODY_BYTES' default: 0.2-0.55 s) inflates in a thread,
-# where zlib lets go of the GIL, so the worker's other calls are answered meanwhile.
-LOOP_INFLATE_BYTES = 1 << 20
 # A request message larger than this is written into one buffer as its DATA arrives, a frame at a
 # time, and parsed from it: gathered as frames and joined at dispatch, 64 MiB of 16 KiB frames held
 # the event loop 28-166 ms for the join alone (its fresh pages faulted in at once).
