@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.execution.datatypes import DATATYPE_TO_NUMPY
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER
 from serving.protocol.tensors import MAX_DIMS
 from serving.protocol.v2_codec import HEADER_LENGTH
 
@@ -71,12 +72,7 @@ INFER_BODY: dict[str, Any] = {
             "description": "length of the JSON header when binary tensor data follows it",
             "schema": {"type": "integer", "minimum": 1},
         },
-        {
-            "name": "Content-Encoding",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
-        },
+        CONTENT_ENCODING_PARAMETER,
     ],
     "requestBody": {
         "required": True,
