@@ -15,9 +15,9 @@ request whole (:func:`http_protocol`): ~0.06-0.1 ms less of event loop a transla
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from serving.protocol.http1_heads import MAX_HEAD_BYTES, READ_TIMEOUT_S, HeadLimits
 from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
@@ -107,21 +107,6 @@ INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-le
 # what uvicorn answers when the app raises before answering (with "connection: close")
 
 
-READ_TIMEOUT_S = 30.0  # a request's head must arrive within this of its first byte; its body may
-# pause no longer between reads (408 after it): nginx's client_header_timeout / client_body_timeout
-MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): nginx's are 32 KiB
-# After such a refusal the client's bytes are read and dropped for a while, and the connection closed
-# when the client ends its half: closing a socket with unread bytes resets it, and the reset can reach
-# the client before the answer it has not read yet (nginx's lingering close does the same).
-LINGER_S = 2.0
-LINGER_BYTES = 4 << 20
-HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
-
-
-class HeadRefused(Exception):
-    """Raised in the parser's callback when a head is refused whole: the parse stops there."""
-
-
 def http_protocol(
     read_timeout_s: float = READ_TIMEOUT_S,
     max_head_bytes: int = MAX_HEAD_BYTES,
@@ -159,24 +144,14 @@ def http_protocol(
 
     from serving.protocol.lean import LeanRoutes
 
-    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         read_timeout = read_timeout_s
         max_head = max_head_bytes
         send_timeout = send_timeout_s
+        status_lines = STATUS_LINE
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # the request being read: its head not yet whole, bytes of it counted, the read watchdog
-            self._in_request = self._in_head = False
-            self._head_bytes = 0
-            self._begun = 0  # requests begun on the connection (whether a read's head began it)
-            self._counted = self._counted_bytes = 0  # headers of this head summed so far, their bytes
-            self._waited: Any = None  # the answer the watch last found the client waiting on
-            self._read_timer: asyncio.TimerHandle | None = None
-            self._read_since = self._last_read = 0.0
-            self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
-            self._deferred: tuple[int, str] | None = None  # a head refused while an answer goes out
-            self._dropped = 0
             self._send_watch: SendWatch | None = None  # while the client is not reading our answers
             self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
 
@@ -216,133 +191,14 @@ def http_protocol(
                 self._send_watch = None
 
         def data_received(self, data: bytes) -> None:
-            if self._lingering is not None or self._deferred is not None:  # refused: what the client
-                self._dropped += len(data)  # still sends is dropped
-                if self._dropped > LINGER_BYTES:
-                    self.transport.close()
+            if self._dropping(data):  # refused
                 return
-            # A head still not whole after this read: all of the read is head where the head began in an
-            # earlier one, or at this read's first byte (no request under way before it, none begun
-            # since); where it began after another request in the read, what the parser handed over.
             head_of = self.headers if self._in_head else None  # each request has its own list
             fresh, begun = not self._in_request, self._begun
             HttpToolsProtocol.data_received(self, data)  # (not super(): a lookup less a request)
             if not self._in_request or self.transport.is_closing():
                 return  # the usual case: each request arrives whole in one read
-            self._last_read = self.loop.time()
-            if self._in_head:
-                if head_of is self.headers:
-                    self._head_bytes += len(data)
-                elif fresh and self._begun == begun + 1:
-                    self._head_bytes = len(data)
-                if self._head_over(max(self._head_bytes, self._head_parsed())):
-                    return
-            if self._read_timer is None:
-                self._read_since, self._waited = self._last_read, None
-                self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
-
-        def _head_parsed(self) -> int:
-            """The bytes of this request's head that the parser has handed over (its URL and whole
-            headers): the part of the read it began in that is this request's, at least. Each header
-            is summed once (a head trickled a header a read would otherwise cost its square)."""
-            headers = self.headers
-            if len(headers) > self._counted:
-                self._counted_bytes += sum(len(n) + len(v) + 4 for n, v in headers[self._counted :])
-                self._counted = len(headers)
-            return len(self.url) + self._counted_bytes
-
-        def _head_over(self, size: int) -> bool:
-            """Whether this request's head, ``size`` bytes so far, is over the limit: then refused, 414
-            for its request line alone, else 431, once the answers before it have gone out."""
-            if len(self.url) > self.max_head:
-                status, message = 414, f"request line longer than {self.max_head} bytes"
-            elif size > self.max_head:
-                status, message = 431, f"request line and headers longer than {self.max_head} bytes"
-            else:
-                return False
-            if self._answering():  # (in a head: an earlier request's answer) it goes out first
-                self._stop_watch()
-                self._deferred = (status, message)
-            else:
-                self._refuse(status, message)
-            return True
-
-        def on_response_complete(self) -> None:
-            HttpToolsProtocol.on_response_complete(self)
-            if self._deferred is not None and self.cycle.response_complete:  # every answer before it out
-                (status, message), self._deferred = self._deferred, None
-                if not self.transport.is_closing():
-                    self._refuse(status, message)
-
-        def send_400_response(self, msg: str) -> None:
-            """uvicorn's answer to a request the parser refuses, unless on_headers_complete stopped the
-            parser (uvicorn logs "Invalid HTTP request received." for that too): refused already."""
-            if self._lingering is None and self._deferred is None:
-                HttpToolsProtocol.send_400_response(self, msg)
-
-        def on_message_begin(self) -> None:
-            self._in_request = self._in_head = True
-            self._head_bytes = self._counted = self._counted_bytes = 0
-            self._begun += 1
-            HttpToolsProtocol.on_message_begin(self)
-
-        def _read_watch(self) -> None:
-            """The read watchdog: 408 to a head not whole ``read_timeout`` after it began, or a body
-            silent that long, unless the gateway itself is the wait (reading paused, or an earlier
-            request of the connection still being answered); else armed again for what is left."""
-            self._read_timer = None
-            if not self._in_request or self.transport.is_closing():
-                return
-            now = self.loop.time()
-            if self.flow.read_paused or self._answering():
-                self._read_since = self._last_read = now  # the client waits on us: its clock restarts
-                self._waited = self.cycle
-            elif self._waited is not None:  # that answer has gone out since: the allowance starts again
-                self._read_since = self._last_read = now
-                self._waited = None
-            left = (self._read_since if self._in_head else self._last_read) + self.read_timeout - now
-            if left > 0:
-                self._read_timer = self.loop.call_later(left, self._read_watch)
-                return
-            part = "headers" if self._in_head else "body"
-            self.logger.debug("closing a connection whose request %s took over %g s", part, self.read_timeout)
-            self._refuse(408, f"request {part} not received within {self.read_timeout:g} s")
-
-        def _stop_watch(self) -> None:
-            self._in_request = self._in_head = False
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
-
-        def _answering(self) -> bool:
-            """Whether the connection is writing an answer: to an earlier request while this one's head
-            arrives (pipelining), or to this one before its body is whole (an app that answers early)."""
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                return False
-            return self._in_head or getattr(cycle, "response_started", False)
-
-        def _refuse(self, status: int, message: str) -> None:
-            """Answer a request the protocol will not read further, and close the connection after a
-            lingering close (at once, without an answer, where one is under way: the two would
-            interleave)."""
-            answering = self._answering()
-            self._stop_watch()
-            if status != 408:
-                self.logger.warning("refused a request: %s", message)
-            if answering:
-                self.transport.close()
-                return
-            body = json.dumps({"error": message}).encode("ascii")  # the gateway's error body
-            head = [
-                STATUS_LINE[status],
-                *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
-            ]
-            head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-            self.transport.write(b"".join((*head, b"connection: close\r\n\r\n", body)))
-            self.transport.write_eof()  # the answer, then our end of the connection (the client's
-            # end closes it: eof_received; or LINGER_S, or LINGER_BYTES more from it)
-            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+            self._read_more(data, head_of, fresh, begun)
 
         def _lean(self) -> tuple[Any, LeanRoutes] | None:
             """The FastAPI app under uvicorn's layers and its lean layer, once the app has built it."""
@@ -355,10 +211,7 @@ def http_protocol(
             return (app, routes) if isinstance(routes, LeanRoutes) else None
 
         def on_headers_complete(self) -> None:
-            # the whole head, counted however it arrived: its headers, URL and the request line's rest
-            if self._head_over(self._head_parsed() + len(self.parser.get_method()) + HEAD_FRAMING):
-                raise HeadRefused  # stops the parser, before the request is dispatched
-            self._in_head = False
+            self._head_whole()  # HeadRefused past the limit
             cycle = self.cycle
             if (
                 (cycle is None or cycle.response_complete)
