@@ -22,7 +22,7 @@ BODY_HOLD = "kiln.body_hold"  # scope key: the request's BodyHold, where the gat
 # by how well it compressed); a larger one (64 MiB, KILN_MAX_BODY_BYTES' default: 0.2-0.55 s) inflates
 # in a thread, where zlib lets go of the GIL, so the worker's other requests are answered meanwhile.
 LOOP_INFLATE_BYTES = 1 << 20
-INFLATE_STEP = 1 << 20  # what a body inflates by at a time (class _Inflated)
+INFLATE_STEP = 1 << 20  # what a body inflates by at a time (class Inflated)
 # The Content-Encodings an HTTP body may have (tritonclient's request_compression_algorithm), with the
 # zlib window that reads each; x-gzip is gzip (RFC 9110 8.4.1.3). Names are case-insensitive.
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -129,7 +129,7 @@ def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
     window = CONTENT_CODINGS.get(name)
     if window is None:
         raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
-    out, view, at = _Inflated(limit), memoryview(body), 0
+    out, view, at = Inflated(limit), memoryview(body), 0
     while True:  # gzip: one member after another (RFC 1952), as gzip.decompress reads them
         decoder = zlib.decompressobj(window)
         try:
@@ -147,7 +147,7 @@ def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
         at = end
 
 
-class _Inflated:
+class Inflated:
     """What a body inflates to, at most ``limit`` bytes, inflated ``INFLATE_STEP`` bytes of input and of
     output at a time into one growing buffer. In a thread zlib lets go of the GIL while it inflates, but
     what one call does besides held it, and the event loop with it: joining 64 MiB of output (~30 ms),
