@@ -319,12 +319,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"error": ...}``; client mistakes keep their 4xx status."""
 
     async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
-        headers = (
-            {"Retry-After": f"{max(1, round(exc.retry_after))}"} if exc.retry_after is not None else None
-        )
+        headers = dict(exc.headers or {})
+        if exc.retry_after is not None:
+            headers["Retry-After"] = f"{max(1, round(exc.retry_after))}"
         if exc.status >= 500 and exc.status not in (503, 504):
             log.error("request failed: %s", exc.message)
-        return error_response(exc.message, exc.status, headers)
+        return error_response(exc.message, exc.status, headers or None)
 
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -12,10 +12,13 @@ class ServingError(Exception):
 
     status: int = 500
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.headers = headers  # more response headers an HTTP answer carries (e.g. Accept-Encoding)
 
 
 class BadRequest(ServingError):
@@ -28,6 +31,12 @@ class ModelNotFound(ServingError):
 
 class PayloadTooLarge(ServingError):
     status = 413
+
+
+class UnsupportedMediaType(ServingError):
+    """A body in a Content-Encoding the gateway does not read (RFC 9110: 415, with Accept-Encoding)."""
+
+    status = 415
 
 
 class UnprocessableInput(ServingError):

@@ -177,7 +177,7 @@ BAD_REQUESTS = {
         "post",
         INFER,
         {"content": b"{}", "headers": {"content-encoding": "br"}},
-        400,
+        415,
     ),
 }
 

@@ -115,8 +115,9 @@ def test_the_openapi_document_lists_real_statuses_content_types_and_no_phantom_p
         assert not operations[("GET", probe)]["responses"]["200"].get("content"), probe
     assert list(operations[("GET", "/metrics")]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
     infer = operations[("POST", "/v2/models/{name}/infer")]["responses"]
-    assert sorted(infer) == ["200", "400", "404", "413", "422", "429", "503", "504"]
+    assert sorted(infer) == ["200", "400", "404", "413", "415", "422", "429", "503", "504"]
     assert "Retry-After" in infer["429"]["headers"]
+    assert "Accept-Encoding" in infer["415"]["headers"]
     texts = operations[("POST", "/v1/models/{name}/translate")]["requestBody"]["content"]["application/json"]
     assert texts["schema"]["properties"]["texts"]["items"]["minLength"] == 1
 

@@ -238,6 +238,7 @@ def test_a_content_encoding_the_gateway_does_not_read_is_refused_naming_those_it
     infer = httpx.post(
         f"http://{server.url}/v2/models/lenet/infer", content=b"{}", headers={"content-encoding": "br"}
     )
-    assert reply.status_code == infer.status_code == 400, reply.text
+    assert reply.status_code == infer.status_code == 415, reply.text  # RFC 9110: with Accept-Encoding
+    assert reply.headers["accept-encoding"] == infer.headers["accept-encoding"] == "gzip, deflate"
     assert reply.json() == infer.json()
     assert "'br'" in reply.json()["error"] and "gzip or deflate" in reply.json()["error"]

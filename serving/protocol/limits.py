@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from serving.errors import BadRequest, PayloadTooLarge, Unavailable
+from serving.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,10 @@ def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
         return body
     window = CONTENT_CODINGS.get(name)
     if window is None:
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+        raise UnsupportedMediaType(
+            f"unsupported Content-Encoding {encoding!r}; use gzip or deflate",
+            headers={"Accept-Encoding": "gzip, deflate"},
+        )
     out, view, at = Inflated(limit), memoryview(body), 0
     while True:  # gzip: one member after another (RFC 1952), as gzip.decompress reads them
         decoder = zlib.decompressobj(window)

@@ -20,6 +20,7 @@ from serving.errors import (
     PayloadTooLarge,
     Unavailable,
     UnprocessableInput,
+    UnsupportedMediaType,
 )
 
 
@@ -38,10 +39,17 @@ def error_response(message: str, status: int, headers: dict[str, str] | None = N
 RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 }
+ACCEPT_ENCODING = {
+    "Accept-Encoding": {
+        "description": "the Content-Encodings the gateway reads",
+        "schema": {"type": "string"},
+    }
+}
 MEANING = {
     BadRequest.status: "malformed input: not JSON/UTF-8, undecodable image or tensor, wrong model task",
     ModelNotFound.status: "unknown model or version",
     PayloadTooLarge.status: "body, image, text or count over its limit",
+    UnsupportedMediaType.status: "a Content-Encoding the gateway does not read (Accept-Encoding names those it reads)",
     UnprocessableInput.status: "the request violates this schema (the message names the field)",
     Overloaded.status: "queue full: retry after Retry-After seconds",
     Unavailable.status: "not ready, shutting down, the backend is unreachable, or the request bodies "
@@ -53,12 +61,15 @@ OVERLOAD = (Overloaded.status, Unavailable.status, DeadlineExceeded.status)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these error statuses (JSON ErrorBody, Retry-After on 429/503)."""
+    """OpenAPI ``responses`` entries for these error statuses (JSON ErrorBody, Retry-After on 429/503,
+    Accept-Encoding on 415)."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         entry: dict[str, Any] = {"model": ErrorBody, "description": MEANING[status]}
         if status in (Overloaded.status, Unavailable.status):
             entry["headers"] = RETRY_AFTER
+        elif status == UnsupportedMediaType.status:
+            entry["headers"] = ACCEPT_ENCODING
         responses[status] = entry
     return responses
 

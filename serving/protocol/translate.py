@@ -153,7 +153,7 @@ TRANSLATE_BODY = {
     "/models/{name}/translate",
     summary="Translate texts (batched beam search)",
     openapi_extra=TRANSLATE_BODY,
-    responses=errors(400, 404, 413, 422, *OVERLOAD),
+    responses=errors(400, 404, 413, 415, 422, *OVERLOAD),
     response_model=TranslateResponse,
     response_model_exclude_none=True,
 )

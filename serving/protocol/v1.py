@@ -119,7 +119,7 @@ async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[Mo
     "/models/{name}/classify",
     summary="Classify images",
     openapi_extra=CLASSIFY_BODY,
-    responses=errors(400, 404, 413, 422, *OVERLOAD),
+    responses=errors(400, 404, 413, 415, 422, *OVERLOAD),
 )
 async def classify(
     name: str,

@@ -89,7 +89,7 @@ async def model_config(name: str, backend: BackendDep, version: VersionDep) -> d
     return backend.config(name, version)
 
 
-INFER_ERRORS = errors(400, 404, 413, 422, *OVERLOAD)
+INFER_ERRORS = errors(400, 404, 413, 415, 422, *OVERLOAD)
 
 
 @router.post(
