@@ -25,7 +25,7 @@ from serving.errors import ServingError
 from serving.execution.base import Backend
 from serving.execution.repository import Repository
 from serving.gateway import Gateway
-from serving.metrics import GatewayMetrics
+from serving.metrics import CLIENT_LEFT, GatewayMetrics
 from serving.protocol import health, lean, metrics, translate, v1, v2
 from serving.protocol.json_offload import JsonOffload
 from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
@@ -142,6 +142,24 @@ LEAN_ROUTES = (
     lean.LeanRoute("/v1/models/", "/translate", translate.translate),
     lean.LeanRoute("/v2/models/", "/infer", v2.lean_infer, versioned=True),
 )
+
+
+# Every inference route, lean or not: a refusal answered on one is counted for the model it names.
+INFERENCE_ROUTES = (*LEAN_ROUTES, lean.LeanRoute("/v1/models/", "/classify", v1.classify))
+
+
+def count_refusal(request: Request, exc: BaseException, status: int) -> None:
+    """A refused inference request (its body, tensors or options; counted once, whoever answers it)
+    in the failure series of the model it names, where that model is in the repository."""
+    state = request.app.state
+    if request.method != "POST" or getattr(state, "repository", None) is None:
+        return
+    for route in INFERENCE_ROUTES:
+        params = route.match(request.url.path)
+        if params is not None:
+            if params["name"] in state.repository.names():
+                state.metrics.refused(params["name"], exc, status)
+            return
 
 
 class GatewayApp(FastAPI):
@@ -318,7 +336,8 @@ async def start_grpc(
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"error": ...}``; client mistakes keep their 4xx status."""
 
-    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        count_refusal(request, exc, exc.status)
         headers = dict(exc.headers or {})
         if exc.retry_after is not None:
             headers["Retry-After"] = f"{max(1, round(exc.retry_after))}"
@@ -326,21 +345,26 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.error("request failed: %s", exc.message)
         return error_response(exc.message, exc.status, headers or None)
 
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_refusal(request, exc, 422)
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return error_response(f"invalid request: {problems}", 422)
 
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        count_refusal(request, exc, exc.status_code)
         return error_response(str(exc.detail), exc.status_code, exc.headers)
 
-    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        count_refusal(request, exc, CLIENT_LEFT)
         # the client closed the connection before its body ended: its mistake, and nobody to answer
         log.debug("a client disconnected before its request body ended")
         return error_response("the client disconnected before its request body ended", 400)
 
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RecursionError):  # only a client's deeply nested input recurses this far
+            count_refusal(request, exc, 400)
             return error_response("request is nested too deeply", 400)
+        count_refusal(request, exc, 500)
         log.exception("unexpected error while serving a request")
         return error_response(f"internal error: {type(exc).__name__}", 500)
 

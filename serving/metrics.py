@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serving.errors import ServingError
+from serving.errors import ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 
 T = TypeVar("T")
+
+COUNTED = "_kiln_counted"  # set on an error observed() has counted
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
 SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
@@ -169,6 +171,16 @@ class GatewayMetrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def refused(self, name: str, error: BaseException, status: int) -> None:
+        """A request for model ``name`` (one of the repository's: labels stay bounded) that ended before
+        :func:`observed` saw it (its body, tensors or options refused): counted as a failure by the
+        ``status`` it was answered with in ``kiln_requests_total`` and ``kiln_request_failures_total``,
+        once; no latency."""
+        if getattr(error, COUNTED, False) or status == ModelNotFound.status:  # 404: not that model's
+            return
+        self.child(self.request_failures, name, str(status)).inc()
+        self.child(self.requests, name, "failure").inc()
+
     def set_placement(self, model: str, version: str, placement: Any) -> None:
         """Publish a loaded model's placement (a :class:`~serving.execution.placement.Placement`)."""
         buckets = ",".join(map(str, placement.buckets)) or "off"
@@ -251,6 +263,7 @@ async def observed(metrics: GatewayMetrics, name: str, work: Awaitable[T]) -> T:
         return result
     except BaseException as error:  # counted and raised on: nothing added on the success path
         metrics.child(metrics.request_failures, name, failure_status(error)).inc()
+        setattr(error, COUNTED, True)  # the front end's handler does not count it again (refused)
         raise
     finally:
         gauge.dec()

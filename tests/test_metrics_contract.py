@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ from serving.execution.onnxruntime import OnnxRuntimeBackend
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings
-from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
+from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository, held_grpc_port
 from tests.waiting import DEADLINE_S, eventually
 
 
@@ -107,6 +108,44 @@ def test_failed_requests_are_counted_by_status_and_none_stays_in_flight(reposito
     assert metrics.sample("kiln_request_latency_seconds_count", model="lenet") == 5
 
 
+def test_requests_refused_before_their_model_runs_are_counted_for_it_once(repository):
+    """Refusals answered while the body or tensors were read (not JSON, a schema 422, an image that does
+    not decode, a gzip stream cut short) reached no request series: a gateway refusing every request
+    read idle. Now counted for the model named, once, over HTTP (lean and not) and gRPC."""
+    with held_grpc_port() as grpc_port:
+        settings = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
+        app = create_app(settings, backend=Scripted(repository))
+        _refuse_over_both_protocols(app, grpc_port)
+    metrics = app.state.metrics
+    # the last HTTP one the model itself refused (observed, with its latency); the others before it ran
+    assert metrics.sample("kiln_request_failures_total", model="lenet", status="400") == 5
+    assert metrics.sample("kiln_request_failures_total", model="lenet", status="422") == 1
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="failure") == 6
+    assert metrics.sample("kiln_request_latency_seconds_count", model="lenet") == 1
+
+
+def _refuse_over_both_protocols(app: Any, grpc_port: int) -> None:
+    import gzip
+
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with LiveServer(app) as server:
+        base = f"http://{server.url}"
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=b"{").status_code == 400
+        assert httpx.post(f"{base}/v1/models/lenet/classify", json={"images": ["%%"]}).status_code == 400
+        assert httpx.post(f"{base}/v1/models/lenet/classify", json={"pictures": []}).status_code == 422
+        cut = gzip.compress(_body())[:-9]
+        headers = {"content-encoding": "gzip"}
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=cut, headers=headers).status_code == 400
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=_body((1, SIZE, SIZE))).status_code == 400
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            bad = service_pb2.ModelInferRequest(model_name="lenet")
+            bad.inputs.add(name="images", datatype="UINT8", shape=[1, SIZE, SIZE, 1])  # no contents
+            with pytest.raises(grpc.RpcError):
+                stub.ModelInfer(bad, timeout=10)
+
+
 def _series(page: str) -> set[str]:
     """Every series of a /metrics page, by name and labels (values left out)."""
     return {line.rsplit(" ", 1)[0] for line in page.splitlines() if line and not line.startswith("#")}
@@ -115,6 +154,7 @@ def _series(page: str) -> set[str]:
 def test_unknown_models_and_versions_a_client_names_add_no_series(repository):
     with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
         assert client.post("/v2/models/lenet/infer", content=_body()).status_code == 200
+        assert client.post("/v2/models/lenet/infer", content=b"{").status_code == 400  # lenet's 400 series
         before = _series(client.get("/metrics").text)
         for _ in range(3):
             name, version = f"m-{uuid.uuid4().hex}", str(uuid.uuid4().int)

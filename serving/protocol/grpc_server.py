@@ -23,7 +23,7 @@ from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.execution.repository import parse_version
-from serving.metrics import GatewayMetrics, observed_infer
+from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
@@ -241,10 +241,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, context)
         except ServingError as error:
+            self._refused(request.model_name, error, error.status)
             await _abort(context, error)
         except Exception as error:  # a bug of ours: log it, answer INTERNAL, keep serving
+            self._refused(request.model_name, error, 500)
             log.exception("ModelInfer failed for model %r", request.model_name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+    def _refused(self, name: str, error: BaseException, status: int) -> None:
+        """A call that ended before its model ran (its tensors or options refused), counted for the
+        model it names where that is one of the backend's (unknown names add no series)."""
+        if self.metrics is None or getattr(error, COUNTED, False):
+            return
+        try:
+            self.backend.metadata(name, "")
+        except ServingError:
+            return
+        self.metrics.refused(name, error, status)
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
