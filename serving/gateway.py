@@ -100,9 +100,17 @@ class Gateway:
         return await self.backend.model_ready(name, version)
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """A translator the gateway serves: its entry, with the outputs its infer answers (the pool
+        declares them); with Triton behind, Triton's view was its ``<name>`` model's (one hypothesis)."""
+        if self._translates(name):
+            return self.repository.get(name).metadata(version)
         return self.backend.metadata(name, version)
 
     def config(self, name: str, version: str = "") -> dict[str, Any]:
+        if self._translates(name):
+            entry = self.repository.get(name)
+            entry.resolve_version(version)
+            return entry.config_dict()
         return self.backend.config(name, version)
 
     async def infer(self, request: InferRequest) -> InferResponse:

@@ -66,3 +66,32 @@ def test_a_translator_that_fails_to_start_is_stopped_and_reported_and_the_others
     assert list(pool.translators) == ["second"] and pool.translators["second"] is made["t1"]
     assert "no decode thread" in pool.failed["first"]
     assert made["t0"].stopped  # what its start left running is stopped
+
+
+def test_the_gateways_translator_shows_its_own_outputs_whichever_backend_runs_its_graphs(tmp_path) -> None:
+    """With Triton behind (``--triton-translate scheduler``) metadata and config came from Triton's
+    ``<name>`` model: ``translation`` [-1, 1] alone, while the gateway's translator answers n_best
+    columns and, asked, ``score``."""
+    from serving.execution.base import ModelMetadata, TensorMeta
+    from serving.execution.repository import Repository
+    from serving.gateway import Gateway
+
+    entry = tmp_path / "t"
+    (entry / "1").mkdir(parents=True)
+    (entry / "1" / "model.py").write_text("")
+    (entry / "config.pbtxt").write_text(
+        'name: "t"\nbackend: "python"\nmax_batch_size: 8\n'
+        'input { name: "text" data_type: TYPE_STRING dims: 1 }\n'
+        'output { name: "translation" data_type: TYPE_STRING dims: 1 }\n'
+    )
+    (entry / "kiln.json").write_text('{"task": "translate", "translator": {"encoder": "e", "decoder": "d"}}')
+    triton_view = ModelMetadata("t", ["1"], "python", [], [TensorMeta("translation", "BYTES", [-1, 1])])
+    backend = SimpleNamespace(
+        runs_translators_in_gateway=True,
+        metadata=lambda name, version="": triton_view,
+        config=lambda name, version="": {"name": name, "output": [{"name": "translation"}]},
+    )
+    gateway = Gateway(backend, Repository(tmp_path))
+    outputs = {t.name: (t.datatype, t.shape) for t in gateway.metadata("t").outputs}
+    assert outputs == {"translation": ("BYTES", [-1, -1]), "score": ("FP32", [-1, -1])}
+    assert [o["name"] for o in gateway.config("t", "1")["output"]] == ["translation", "score"]

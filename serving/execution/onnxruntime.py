@@ -142,11 +142,8 @@ class OnnxRuntimeBackend:
         """Built once per (name, version) asked for: the HTTP infer route asks on every request."""
         found = self._metadata.get((name, version))
         if found is None:
-            entry = self.repository.get(name)  # unknown names raise: only real entries are cached
-            if version:
-                entry.resolve_version(version)
-            found = ModelMetadata(name, list(entry.versions), entry.platform, entry.inputs(), entry.outputs())
-            self._metadata[(name, version)] = found
+            # unknown names raise: only real entries are cached
+            found = self._metadata[(name, version)] = self.repository.get(name).metadata(version)
         return found
 
     def config(self, name: str, version: str = "") -> dict[str, Any]:

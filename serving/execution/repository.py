@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2
 
 from kiln.versions import changes_since, current_version
 from serving.errors import BadRequest, ModelNotFound
-from serving.execution.base import TensorMeta
+from serving.execution.base import ModelMetadata, TensorMeta
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ class RepositoryEntry:
     def model_file(self, version: str) -> Path:
         filename = self.config.default_model_filename or "model.onnx"
         return self.path / self.resolve_version(version) / filename
+
+    def metadata(self, version: str = "") -> ModelMetadata:
+        """Its KServe metadata as its config declares it (``version``, where given, must be one of its)."""
+        if version:
+            self.resolve_version(version)
+        return ModelMetadata(self.name, list(self.versions), self.platform, self.inputs(), self.outputs())
 
     def inputs(self) -> list[TensorMeta]:
         return [self._meta(t) for t in self.config.input]
