@@ -88,6 +88,9 @@ def _owner(entry_dir: Path) -> tuple[str, Path] | None:
     path = source.get("path") if isinstance(source, dict) else None
     if not isinstance(path, str):
         return None
+    model = source.get("model")
+    if isinstance(model, str) and model:  # recorded since the forty-third session; else the file's name
+        return model, Path(path)
     try:
         return entry_name(Path(path)), Path(path)
     except ValueError:

@@ -116,7 +116,9 @@ class ExportContext:
 
     @property
     def source(self) -> dict[str, str]:
-        return {"path": str(self.path), "sha256": self.sha256}
+        """The checkpoint an entry was written from, and the model name it was exported as (which owns
+        the entry: ``export.entry_plan``; not always the file's name, where ``name=`` gave another)."""
+        return {"path": str(self.path), "sha256": self.sha256, "model": self.name}
 
     def step(self, what: str) -> None:
         if self.on_step is not None:

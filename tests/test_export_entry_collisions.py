@@ -159,3 +159,20 @@ def test_a_foreign_directory_at_a_derived_entry_name_is_refused_before_any_work(
         f"export failed: {repo / 'foo_decoder'} exists and is not a Kiln export (no valid kiln.json); "
         "refusing to overwrite it"
     )
+
+
+def test_a_named_export_rewrites_its_entry_from_another_checkpoint_file(tmp_path):
+    """``export_checkpoint(..., name="digits")`` from a retrained ``lenet_retrained.pt`` was refused: the
+    entry's owner was read from its source file's name ('lenet'). kiln.json records the model name now."""
+    from export.pipeline import export_checkpoint
+    from tests.classifier_exports import tiny_images, write_checkpoint
+
+    repo = tmp_path / "repo"
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    options = {"validation": tiny_images(), "tensorrt": "off", "precisions": ("fp32",)}
+    export_checkpoint(write_checkpoint(tmp_path / "v1", "lenet"), repo, name="digits", **options)
+    second = write_checkpoint(tmp_path / "v2", "lenet").rename(tmp_path / "v2" / "lenet_retrained.pt")
+    export_checkpoint(second, repo, name="digits", **options)
+    source = json.loads((repo / "digits" / "kiln.json").read_text())["source_checkpoint"]
+    assert source["path"] == str(second) and source["model"] == "digits"
