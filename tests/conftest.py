@@ -3,6 +3,7 @@ the export of every classifier that several test modules read."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,20 @@ def exported_classifiers(tmp_path_factory) -> tuple[Path, dict[str, list]]:
     from tests.classifier_exports import export_every_classifier
 
     return export_every_classifier(tmp_path_factory.mktemp("classifiers"))
+
+
+@pytest.fixture
+def inflation_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads ``serving.protocol.limits.inflate`` runs on during the test (the event loop's, or a
+    worker's for a body that inflates past what the loop takes)."""
+    from serving.protocol import limits
+
+    threads: list[int] = []
+    real = limits.inflate
+
+    def recording(*args: object) -> bytes:
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(limits, "inflate", recording)
+    return threads

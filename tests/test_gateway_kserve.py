@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 
 import httpx
 import numpy as np
@@ -145,18 +144,11 @@ def test_compressed_requests_are_accepted(client, direct):
 
 
 def test_a_body_inflating_past_what_the_loop_takes_is_inflated_in_a_thread_and_answered_the_same(
-    server, monkeypatch
+    server, inflation_threads
 ):
     """A gzip body inflating past LOOP_INFLATE_BYTES held the event loop (every other request of the
     worker) while it inflated; now it inflates in a thread, as gRPC's do, and gets its plain answer."""
-    threads: list[int] = []
-    real = limits.inflate
-
-    def recording(*args):
-        threads.append(threading.get_ident())
-        return real(*args)
-
-    monkeypatch.setattr(limits, "inflate", recording)
+    threads = inflation_threads
     batch = images(2, seed=5)
     tensor = {
         "name": "images",

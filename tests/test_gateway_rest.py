@@ -8,7 +8,6 @@ import gzip
 import io
 import json
 import re
-import threading
 import zlib
 
 import httpx
@@ -210,16 +209,11 @@ def test_a_compressed_translate_body_is_parsed_as_its_plain_body(server):
     assert packed.json() == plain.json() and "cannot translate" in plain.json()["error"]
 
 
-def test_a_classify_body_inflating_past_what_the_loop_takes_is_inflated_in_a_thread(server, monkeypatch):
+def test_a_classify_body_inflating_past_what_the_loop_takes_is_inflated_in_a_thread(
+    server, inflation_threads
+):
     """Inflated off the event loop (zlib lets go of the GIL), so the worker's other requests go on."""
-    threads: list[int] = []
-    real = limits.inflate
-
-    def recording(*args):
-        threads.append(threading.get_ident())
-        return real(*args)
-
-    monkeypatch.setattr(limits, "inflate", recording)
+    threads = inflation_threads
     url = f"http://{server.url}/v1/models/lenet/classify"
     body = json.dumps({"images": [b64(png(8))], "top_k": 2}).encode() + b" " * limits.LOOP_INFLATE_BYTES
     plain = httpx.post(url, content=body, timeout=60)
