@@ -14,18 +14,23 @@ from tests.waiting import DEADLINE_S, until
 
 
 class Recorder:
-    """A model that doubles its input and records each batch size it ran."""
+    """A model that doubles its input and records each batch it ran: its size, its thread and which
+    requests (each row's first value) it held."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.sizes: list[int] = []
+        self.threads: list[int] = []
+        self.ran: list[float] = []
         self.gate = gate
         self.entered = threading.Event()  # set when a batch reaches the model
 
     def __call__(self, instance: int, inputs):
+        self.threads.append(threading.get_ident())
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(timeout=10)
         self.sizes.append(len(inputs["x"]))
+        self.ran.extend(float(v) for v in inputs["x"][:, 0])
         return {"y": inputs["x"] * 2}
 
 
@@ -309,18 +314,6 @@ class Inline:
         return self.allow
 
 
-class ThreadRecorder(Recorder):
-    """A Recorder that also notes the thread each batch ran on."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        super().__init__(gate)
-        self.threads: list[int] = []
-
-    def __call__(self, instance: int, inputs):
-        self.threads.append(threading.get_ident())
-        return super().__call__(instance, inputs)
-
-
 class Observer:
     def __init__(self) -> None:
         self.batches, self.queued = [], []
@@ -336,7 +329,7 @@ class Observer:
 
 
 def test_a_lone_request_the_owner_lets_through_runs_on_the_event_loop_and_is_observed():
-    model, inline, observer = ThreadRecorder(), Inline(), Observer()
+    model, inline, observer = Recorder(), Inline(), Observer()
 
     async def body():
         batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=inline, observer=observer)
@@ -354,7 +347,7 @@ def test_a_lone_request_the_owner_lets_through_runs_on_the_event_loop_and_is_obs
 
 
 def test_a_request_refused_by_the_owner_or_of_several_items_goes_through_the_queue():
-    model = ThreadRecorder()
+    model = Recorder()
 
     async def body(inline, items):
         batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=inline)
@@ -393,7 +386,7 @@ def test_a_request_sent_right_after_a_run_on_the_loop_is_told_backlogged(monkeyp
 
 def test_nothing_runs_on_the_loop_while_a_batch_runs_on_an_instance_thread():
     gate = threading.Event()
-    model, inline = ThreadRecorder(gate), Inline()
+    model, inline = Recorder(gate), Inline()
 
     async def scenario():
         batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=Inline(allow=False))

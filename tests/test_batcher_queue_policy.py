@@ -27,19 +27,6 @@ class Clock:
         return self.now
 
 
-class OrderRecorder(Recorder):
-    """A gated Recorder that also notes which request (its first value) each batch ran."""
-
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        super().__init__(gate)
-        self.ran: list[float] = []
-
-    def __call__(self, instance: int, inputs):
-        outputs = super().__call__(instance, inputs)
-        self.ran.extend(float(v) for v in inputs["x"][:, 0])
-        return outputs
-
-
 async def with_clock(policy: BatchPolicy, model, clock: Clock, body):
     batcher = DynamicBatcher("m", model, policy, clock=clock)
     batcher.start()
@@ -99,7 +86,7 @@ def test_a_request_queued_past_its_timeout_is_answered_unavailable_and_never_run
 
 def test_a_timed_out_request_the_instance_finds_in_the_queue_is_rejected_not_run():
     gate, clock = threading.Event(), Clock()
-    model = OrderRecorder(gate)
+    model = Recorder(gate)
     policy = BatchPolicy(max_batch_size=8, queue_timeout_s=60.0)
 
     async def body(batcher):
@@ -120,7 +107,7 @@ def test_a_timed_out_request_the_instance_finds_in_the_queue_is_rejected_not_run
 
 def test_with_delay_a_timed_out_request_runs_after_those_still_within_their_timeout():
     gate, clock = threading.Event(), Clock()
-    model = OrderRecorder(gate)
+    model = Recorder(gate)
     policy = BatchPolicy(max_batch_size=1, queue_timeout_s=1.0, timeout_delays=True)
 
     async def body(batcher):
@@ -139,7 +126,7 @@ def test_with_delay_a_timed_out_request_runs_after_those_still_within_their_time
 
 
 def test_a_delayed_request_counts_against_the_queue_size_and_joins_a_batch_behind_the_others():
-    clock, model = Clock(), OrderRecorder()
+    clock, model = Clock(), Recorder()
     policy = BatchPolicy(
         max_batch_size=4, max_queue_delay_s=60.0, queue_timeout_s=1.0, timeout_delays=True, max_queue_size=2
     )
