@@ -119,6 +119,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PROFILE=gpu: the same checkpoints exported with --device cpu, whose gateway is measured "
         "beside the gateway serving --repository on the GPU (default: exported to <repository>-cpu)",
     )
+    parser.add_argument(
+        "--serving-workers",
+        type=int,
+        nargs="+",
+        help="PROFILE=gpu: the gateway processes of each layout measured (default: 1, a quarter and half "
+        "of the cores)",
+    )
+    parser.add_argument(
+        "--serving-devices",
+        nargs="+",
+        choices=["gpu", "cpu"],
+        default=["gpu", "cpu"],
+        help="PROFILE=gpu: the gateways measured, on the GPU repository, the CPU one or both (default: "
+        "both; gpu alone exports and measures no CPU side)",
+    )
     parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
     return parser.parse_args(argv)
 
@@ -229,7 +244,9 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
     if serving:
         cpu_repository = args.cpu_repository
-        if cpu_repository is None:
+        if args.serving_workers:
+            profile = {**profile, "serving_workers": tuple(args.serving_workers)}
+        if cpu_repository is None and "cpu" in args.serving_devices:
             cpu_repository = gpu_serving.cpu_repository_for(args.repository)
             models = (args.classifier, args.translator)
             gpu_serving.export_cpu_side(args.checkpoints, models, cpu_repository, log.info)
@@ -243,6 +260,7 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
             classifier=args.classifier,
             translator=args.translator,
             threads=args.threads,
+            devices=tuple(args.serving_devices),
             progress=log.info,
         )
         results["targets"] = results["serving"]["summary"]

@@ -11,10 +11,12 @@
 # bench   `python -m bench --profile gpu`: the CUDA engines, and the gateway on the GPU against the same
 #         gateway on this machine's CPU (WORKDIR/bench/report.md)
 # graphs  the same GPU export with --cuda-graphs (WORKDIR/repo-gpu-graphs: each bucket replayed as a CUDA
-#         graph), and the bench's serving half on it (WORKDIR/bench-graphs/report.md)
+#         graph), and the bench's serving half on it, GPU side only (WORKDIR/bench-graphs/report.md; the
+#         CPU side is the bench stage's)
 # demo    `python -m kiln.demo --gpu` on those checkpoints
 #
-# BENCH_ONLY=servers (or engines) runs one half of the bench stage.
+# BENCH_ONLY=servers (or engines) runs one half of the bench stage; WORKERS="1 4" sets the gateway
+# processes of each serving layout (default: 1, a quarter and half of the cores).
 # Each stage logs to WORKDIR/<stage>.log; a failing stage is reported and the next ones still run.
 set -uo pipefail
 W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|graphs|demo ...]}
@@ -62,14 +64,14 @@ export_() {
 }
 
 bench() {
-  "$PY" -m bench --profile gpu ${BENCH_ONLY:+--only $BENCH_ONLY} --repository "$W/repo-gpu" --cpu-repository "$W/repo-cpu" \
-    --checkpoints "$W/ckpt" --output "$W/bench"
+  "$PY" -m bench --profile gpu ${BENCH_ONLY:+--only $BENCH_ONLY} ${WORKERS:+--serving-workers $WORKERS} \
+    --repository "$W/repo-gpu" --cpu-repository "$W/repo-cpu" --checkpoints "$W/ckpt" --output "$W/bench"
 }
 
 graphs() {
   "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu-graphs" --device gpu --cuda-graphs &&
-    "$PY" -m bench --profile gpu --only servers --repository "$W/repo-gpu-graphs" \
-      --cpu-repository "$W/repo-cpu" --checkpoints "$W/ckpt" --output "$W/bench-graphs"
+    "$PY" -m bench --profile gpu --only servers --serving-devices gpu ${WORKERS:+--serving-workers $WORKERS} \
+      --repository "$W/repo-gpu-graphs" --checkpoints "$W/ckpt" --output "$W/bench-graphs"
 }
 
 demo() {

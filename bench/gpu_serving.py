@@ -259,7 +259,7 @@ def default_layouts(cores: int) -> tuple[int, ...]:
 
 def run(
     gpu_repository: Path,
-    cpu_repository: Path,
+    cpu_repository: Path | None,
     checkpoints: Path,
     profile: dict[str, Any],
     out: Path,
@@ -267,9 +267,15 @@ def run(
     classifier: str,
     translator: str,
     threads: int,
+    devices: tuple[str, ...] = DEVICES,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Every layout of the gateway on both repositories, then the direct and reference baselines."""
+    """Every layout of the gateway on the repository of each of ``devices`` (the GPU one, the CPU one or
+    both), then the direct and reference baselines."""
+    sides = {"gpu": gpu_repository, "cpu": cpu_repository}
+    missing = [device for device in devices if sides.get(device) is None]
+    if missing:
+        raise ValueError(f"no repository for the {', '.join(missing)} side of the comparison")
     from bench.translation_engines import pytorch_rows
     from bench.translation_rows import Workload
 
@@ -277,7 +283,8 @@ def run(
     images = np.random.default_rng(0).integers(0, 256, size=(1, *dims), dtype=np.uint8)
     work = Workload.load(checkpoints, translator, profile["sentences"])
     results: dict[str, Any] = {"classify": [], "translate": [], "identity": {}, "errors": {}}
-    for device, repository in zip(DEVICES, (gpu_repository, cpu_repository), strict=True):
+    for device in devices:
+        repository = sides[device]
         for workers in profile["serving_workers"] or default_layouts(usable_cpus()):
             http, grpc_port = free_port(), free_port()
             layout = Layout(device, workers, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")

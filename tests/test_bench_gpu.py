@@ -252,3 +252,34 @@ def test_the_gpu_check_script_parses_and_names_its_usage_without_a_workdir():
     assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
     bare = subprocess.run(["bash", script], capture_output=True, text=True)
     assert bare.returncode != 0 and "usage: bench/gpu_check.sh WORKDIR" in bare.stderr
+
+
+def test_the_gpu_serving_run_measures_only_the_sides_and_layouts_asked_for(tmp_path, monkeypatch):
+    """``--serving-devices gpu --serving-workers 1 4`` (the graphs stage): two GPU gateways start, no CPU
+    one, and no CPU repository is needed; a side asked for without a repository is refused first."""
+    import contextlib
+
+    from bench import gpu_serving, translation_engines, translation_rows
+
+    started = []
+
+    @contextlib.contextmanager
+    def refuse(cmd, *args, **kwargs):
+        started.append(cmd)
+        raise RuntimeError("not started in this test")
+        yield
+
+    monkeypatch.setattr(gpu_serving, "running", refuse)
+    monkeypatch.setattr(gpu_serving, "_input_dims", lambda repository, model: (32, 32, 1))
+    work = SimpleNamespace(ckpt=None, texts=[], refs=[], count=len)
+    monkeypatch.setattr(translation_rows.Workload, "load", staticmethod(lambda *a: work))
+    monkeypatch.setattr(translation_engines, "pytorch_rows", lambda *a, **k: [{"hyps": []}])
+    (tmp_path / "gpu" / "resnet18" / "1").mkdir(parents=True)
+    (tmp_path / "gpu" / "resnet18" / "1" / "model.onnx").write_bytes(b"")
+    profile = {"serving_workers": (1, 4), "sentences": 4}
+    kwargs = {"classifier": "resnet18", "translator": "transformer", "threads": 2, "progress": lambda m: None}
+    results = gpu_serving.run(tmp_path / "gpu", None, tmp_path, profile, tmp_path, devices=("gpu",), **kwargs)
+    assert [cmd[cmd.index("--model-repository") + 1] for cmd in started] == [str(tmp_path / "gpu")] * 2
+    assert sorted(results["errors"]) == ["gpu, 1 worker", "gpu, 4 workers"]
+    with pytest.raises(ValueError, match="no repository for the cpu side"):
+        gpu_serving.run(tmp_path / "gpu", None, tmp_path, profile, tmp_path, **kwargs)
