@@ -308,3 +308,37 @@ def test_cuda_graph_buckets_run_on_bound_buffers_and_change_no_output(repositori
             np.testing.assert_array_equal(have[name], want[name])
     assert bound == [(2, "cpu", 0), (4, "cpu", 0), (8, "cpu", 0)]
     assert shown["parameters"]["kiln_cuda_graph_replay"] == {"string_value": "on"}
+
+
+def test_a_model_whose_cuda_graphs_cannot_be_captured_serves_without_them(repositories, monkeypatch, caplog):
+    """Graphs are the GPU export's default, so a capture that fails at load (a node off the CUDA provider,
+    say) must not cost the model: it loads on plain bucket sessions, says why, and answers the same."""
+    from serving.execution import onnxruntime as backend_module
+
+    plain, bucketed = repositories
+    batches = [1, 3, MAX_BATCH]
+    expected, _ = asyncio.run(_answers(plain, batches))
+    plan = placement.plan
+    graphs = dict(provider_options={"enable_cuda_graph": "1"}, cuda_graphs=True)
+    monkeypatch.setattr(placement, "plan", lambda *a: dataclasses.replace(plan(*a), **graphs))
+
+    class Uncapturable(backend_module.BoundSession):
+        def run(self, names, feeds):
+            raise RuntimeError("This session cannot use the graph capture feature")
+
+    monkeypatch.setattr(backend_module, "BoundSession", Uncapturable)
+    opened = []
+    real_open = backend_module.OnnxRuntimeBackend._open_session
+    monkeypatch.setattr(
+        backend_module.OnnxRuntimeBackend,
+        "_open_session",
+        lambda self, path, where, *a, **k: opened.append(where) or real_open(self, path, where, *a, **k),
+    )
+    with caplog.at_level(logging.WARNING):
+        got, shown = asyncio.run(_answers(bucketed, batches))
+    for want, have in zip(expected, got, strict=True):
+        for name in want:
+            np.testing.assert_array_equal(have[name], want[name])
+    assert shown["parameters"]["kiln_cuda_graph_replay"] == {"string_value": "off"}
+    assert "its CUDA graphs could not be captured (This session cannot use the graph capture" in caplog.text
+    assert opened[-1].provider_options == {} and not opened[-1].cuda_graphs  # reopened without the option

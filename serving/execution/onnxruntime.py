@@ -229,16 +229,19 @@ class OnnxRuntimeBackend:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         where = placement.plan(entry.config, ort.get_available_providers())
-        per_instance = []
-        for _ in range(_instance_count(entry.config)):
-            sessions = {}
-            for size in where.buckets or (0,):
-                sessions[size] = self._open_session(path, where)
-                if where.cuda_graphs:
-                    sessions[size] = _bound(sessions[size], size, where, entry.name)
-                if size:  # every bucket is warmed at load: its one shape is planned (or captured) first
-                    sessions[size].run(None, placement.zero_inputs(sessions[size], size))
-            per_instance.append(sessions)
+        try:
+            per_instance = self._bucket_sessions(entry, path, where)
+        except Exception as exc:  # noqa: BLE001 - only a graph's capture is retried; the rest re-raises
+            if not where.cuda_graphs:
+                raise
+            # a graph needs fixed shapes and every node on the CUDA provider; the model still serves
+            log.warning(
+                "model %s: its CUDA graphs could not be captured (%s); its buckets run without them",
+                entry.name,
+                exc,
+            )
+            where = placement.without_cuda_graphs(where)
+            per_instance = self._bucket_sessions(entry, path, where)
         threads = self._lone_request_threads(entry, where)
         lone = None
         if threads:
@@ -271,6 +274,23 @@ class OnnxRuntimeBackend:
         usable = entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
         usable = usable and entry.task not in TRANSLATOR_PARTS
         return wanted if usable and wanted > batch_threads else 0
+
+    def _bucket_sessions(
+        self, entry: RepositoryEntry, path: Path, where: placement.Placement
+    ) -> list[dict[int, Any]]:
+        """Each instance's session per bucket (one, keyed 0, when bucketing is off), each bucket warmed
+        at its one shape: planned, or captured as a CUDA graph, before the first request."""
+        per_instance = []
+        for _ in range(_instance_count(entry.config)):
+            sessions = {}
+            for size in where.buckets or (0,):
+                sessions[size] = self._open_session(path, where)
+                if where.cuda_graphs:
+                    sessions[size] = _bound(sessions[size], size, where, entry.name)
+                if size:
+                    sessions[size].run(None, placement.zero_inputs(sessions[size], size))
+            per_instance.append(sessions)
+        return per_instance
 
     def _open_session(
         self,

@@ -15,7 +15,9 @@ Read once at load by the embedded ONNX Runtime backend, and shown: in the load l
   (Triton's key and encoding), passed to the CUDA provider.
 - ``parameters.kiln_cuda_graphs``: ``"1"`` replays each bucket's session as a CUDA graph on bound
   buffers (:mod:`serving.execution.bound_session`); it needs the CUDA provider and bucketing, and is
-  ignored with a warning otherwise.
+  ignored with a warning otherwise. A model whose graphs cannot be bound or captured at load (a
+  non-batch dimension not fixed, a node the CUDA provider does not run) serves without them, with
+  a warning naming why, and ``kiln_cuda_graph_replay`` says ``off``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ class Placement:
         """The smallest bucket holding ``items`` rows (``items`` itself when unbucketed or too large)."""
         index = bisect.bisect_left(self.buckets, items)
         return self.buckets[index] if index < len(self.buckets) else items
+
+
+def without_cuda_graphs(where: Placement) -> Placement:
+    """``where`` with its buckets run as plain sessions (a graph that could not be captured)."""
+    options = {k: v for k, v in (where.provider_options or {}).items() if k != "enable_cuda_graph"}
+    return dataclasses.replace(where, provider_options=options, cuda_graphs=False)
 
 
 def plan(config: Any, available: list[str]) -> Placement:
