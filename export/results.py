@@ -32,7 +32,7 @@ class ExportOptions:
     beam_size: int = 4
     device: str = "cpu"  # cpu | gpu: where the written configs place their instances
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # GPU configs only (docs/kiln-json.md)
-    cuda_graphs: bool = False  # GPU configs only
+    cuda_graphs: bool = True  # GPU configs only: each bucket replayed as a CUDA graph (docs/kiln-json.md)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", tuple(self.precisions))  # any iterable, kept hashable

@@ -316,6 +316,9 @@ def test_the_cli_builds_its_export_options_once_from_every_flag_with_the_options
         cuda_graphs=True,
     )
     assert export_options(parse_args(flags.split())) == expected
+    # CUDA graphs are the GPU default (measured on an H200); --no-cuda-graphs writes plain buckets
+    assert export_options(parse_args(["--device", "gpu"])).cuda_graphs is True
+    assert export_options(parse_args(["--device", "gpu", "--no-cuda-graphs"])).cuda_graphs is False
 
 
 def test_the_cli_reports_bad_options_as_a_failed_export(tmp_path, capsys):
