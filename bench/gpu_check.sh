@@ -3,28 +3,34 @@
 # machine with PyTorch, onnxruntime-gpu and the project's dependencies on PYTHONPATH, as
 # ../shared/gpu/prepare.sh prepares them; or a `make setup GPU=1` .venv, with PYTHON=.venv/bin/python).
 #
-#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench graphs demo (default: all five)
+#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench plain demo (default: all five)
 #
 # train   the classifier on CUDA with AMP; the demo Transformer on CUDA in fp32 and with bf16 AMP (same
 #         recipe and epochs, so their test BLEU compare), all three at once
-# export  the checkpoints for the GPU (WORKDIR/repo-gpu) and for the CPU (WORKDIR/repo-cpu, fp32)
+# export  the checkpoints for the GPU (WORKDIR/repo-gpu: each bucket a CUDA graph, the default) and for
+#         the CPU (WORKDIR/repo-cpu, fp32)
 # bench   `python -m bench --profile gpu`: the CUDA engines, and the gateway on the GPU against the same
 #         gateway on this machine's CPU (WORKDIR/bench/report.md)
-# graphs  the same GPU export with --cuda-graphs (WORKDIR/repo-gpu-graphs: each bucket replayed as a CUDA
-#         graph), and the bench's serving half on it, GPU side only (WORKDIR/bench-graphs/report.md; the
-#         CPU side is the bench stage's)
+# plain   the same GPU export with --no-cuda-graphs (WORKDIR/repo-gpu-plain: plain bucket sessions), and
+#         the bench's serving half on it, GPU side only (WORKDIR/bench-plain/report.md; the CPU side is
+#         the bench stage's)
 # demo    `python -m kiln.demo --gpu` on those checkpoints
 #
 # BENCH_ONLY=servers (or engines) runs one half of the bench stage; WORKERS="1 4" sets the gateway
 # processes of each serving layout (default: 1, a quarter and half of the cores).
 # Each stage logs to WORKDIR/<stage>.log; a failing stage is reported and the next ones still run.
+# First `python -m bench.gpu_preflight` names every module missing on this machine and stops the run
+# (SKIP_PREFLIGHT=1 runs anyway, e.g. `train` while onnxruntime-gpu is still on its way).
 set -uo pipefail
-W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|graphs|demo ...]}
+W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|plain|demo ...]}
 shift
-STAGES=${*:-train export bench graphs demo}
+STAGES=${*:-train export bench plain demo}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1
+if [ "${SKIP_PREFLIGHT:-0}" != 1 ]; then
+  "$PY" -m bench.gpu_preflight || exit 1
+fi
 
 train() {
   "$PY" -m training.classify --model resnet18 --device cuda --amp --output-dir "$W/ckpt" >"$W/train-resnet18.log" 2>&1 &
@@ -68,10 +74,10 @@ bench() {
     --repository "$W/repo-gpu" --cpu-repository "$W/repo-cpu" --checkpoints "$W/ckpt" --output "$W/bench"
 }
 
-graphs() {
-  "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu-graphs" --device gpu --cuda-graphs &&
+plain() {
+  "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu-plain" --device gpu --no-cuda-graphs &&
     "$PY" -m bench --profile gpu --only servers --serving-devices gpu ${WORKERS:+--serving-workers $WORKERS} \
-      --repository "$W/repo-gpu-graphs" --checkpoints "$W/ckpt" --output "$W/bench-graphs"
+      --repository "$W/repo-gpu-plain" --checkpoints "$W/ckpt" --output "$W/bench-plain"
 }
 
 demo() {

@@ -283,3 +283,23 @@ def test_the_gpu_serving_run_measures_only_the_sides_and_layouts_asked_for(tmp_p
     assert sorted(results["errors"]) == ["gpu, 1 worker", "gpu, 4 workers"]
     with pytest.raises(ValueError, match="no repository for the cpu side"):
         gpu_serving.run(tmp_path / "gpu", None, tmp_path, profile, tmp_path, **kwargs)
+
+
+def test_the_gpu_preflight_knows_every_dependency_and_names_what_is_missing(monkeypatch, capsys):
+    """The GPU machine is prepared by hand from a list of wheels: when the project gained hpack, the
+    gateway stopped there at start-up, stage after stage. The preflight's list is pyproject's."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from bench import gpu_preflight
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    deps = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert set(gpu_preflight.MODULES) == deps
+    assert gpu_preflight.missing(gpu_preflight.MODULES) == {}  # this machine has them all
+    monkeypatch.setitem(gpu_preflight.MODULES, "hpack", ("hpack_absent_here",))
+    monkeypatch.setitem(gpu_preflight.EXTRA, "onnxruntime-gpu", ("onnxruntime",))
+    assert gpu_preflight.main() == 1
+    err = capsys.readouterr().err
+    assert "hpack missing (hpack_absent_here does not import)" in err and "-d deps hpack\n" in err
