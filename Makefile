@@ -27,7 +27,7 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
-SUDO        := $(if $(filter 0,$(shell id -u)),,sudo )
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo -n )
 
 .PHONY: help setup demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
 
@@ -106,7 +106,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint ## lint, then the whole test suite
+test: lint balancer ## lint, haproxy where it can be installed (the replica tests), then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove generated artifacts (keeps .venv)
