@@ -63,7 +63,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, v1.router, metrics.router):
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, budget=budget)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, budget=budget, on_refused=count_body_refusal
+    )
     _install_error_handlers(app)
     _document_this_gateway(app, settings)
     return app
@@ -162,6 +164,13 @@ def count_refusal(request: Request, exc: BaseException, status: int) -> None:
             return
 
 
+def count_body_refusal(scope: dict[str, Any], exc: BaseException, status: int) -> None:
+    """A body the limit layer refused before the request reached a route (413 for its size, 503 for
+    the body budget): counted as :func:`count_refusal` counts a refusal, for the model it names."""
+    if "app" in scope:
+        count_refusal(Request(scope), exc, status)
+
+
 class GatewayApp(FastAPI):
     """FastAPI with :data:`LEAN_ROUTES` answered ahead of the middleware stack, unless FastAPI's own
     OpenTelemetry instrumentation is on when the stack is built (at the first request): its spans get
@@ -179,7 +188,7 @@ class GatewayApp(FastAPI):
             log.info("FastAPI telemetry is on: the hot routes go through the middleware stack")
             return stack
         max_bytes, budget = self.state.settings.max_body_bytes, self.state.body_budget
-        return lean.LeanRoutes(self, stack, max_bytes, LEAN_ROUTES, budget)
+        return lean.LeanRoutes(self, stack, max_bytes, LEAN_ROUTES, budget, count_body_refusal)
 
 
 def _one_line_failures(send: Any) -> Any:

@@ -168,3 +168,39 @@ def test_unknown_models_and_versions_a_client_names_add_no_series(repository):
                 assert client.post(path, content=_body()).status_code in (400, 404), path
             assert client.get(f"/v2/models/{name}/versions/{version}/ready").status_code in (400, 404)
         assert _series(client.get("/metrics").text) == before
+
+
+def test_bodies_refused_before_they_are_read_are_counted_for_the_model_named(repository):
+    """A body refused for its size (413: declared, or streamed past the limit) or for the body budget
+    (503) before any of it was read reached no request series: a gateway refusing every request
+    looked idle. Now counted once for the model the URL names (lean and routed paths alike); a model
+    not in the repository adds no series."""
+    settings = Settings(model_repository=repository, grpc_port=0, max_body_bytes=4096)
+    app = create_app(settings, backend=Scripted(repository))
+    metrics = app.state.metrics
+    big = b"{" + b" " * 8192 + b"}"
+
+    def chunks():
+        for _ in range(8):
+            yield b" " * 1024
+
+    with LiveServer(app) as server:
+        base = f"http://{server.url}"
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=big).status_code == 413
+        assert httpx.post(f"{base}/v1/models/lenet/classify", content=big).status_code == 413
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=chunks()).status_code == 413
+        assert httpx.post(f"{base}/v2/models/nothere/infer", content=big).status_code == 413
+        budget = app.state.body_budget
+        assert budget.take(budget.limit)  # every byte of the budget held, as by bodies in flight
+        try:
+            for path in ("/v2/models/lenet/infer", "/v1/models/lenet/classify"):
+                refused = httpx.post(f"{base}{path}", content=_body())
+                assert refused.status_code == 503 and refused.headers["retry-after"]
+        finally:
+            budget.give(budget.limit)
+        assert httpx.post(f"{base}/v2/models/lenet/infer", content=_body()).status_code == 200
+    assert metrics.sample("kiln_request_failures_total", model="lenet", status="413") == 3
+    assert metrics.sample("kiln_request_failures_total", model="lenet", status="503") == 2
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="failure") == 5
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="success") == 1
+    assert metrics.sample("kiln_request_failures_total", model="nothere", status="413") is None

@@ -64,9 +64,10 @@ class LeanRoutes:
         max_bytes: int,
         routes: Sequence[LeanRoute],
         budget: BodyBudget | None = None,
+        on_refused: Callable[[dict, BaseException, int], None] | None = None,
     ) -> None:
         self.app, self.stack, self.routes = app, stack, tuple(routes)
-        self.limited = BodyLimitMiddleware(self._endpoint, max_bytes, budget)
+        self.limited = BodyLimitMiddleware(self._endpoint, max_bytes, budget, on_refused)
 
     def target(self, scope: dict[str, Any]) -> tuple[LeanRoute, dict[str, str]] | None:
         """The lean route ``scope`` is for, with its path parameters; None for everything else."""

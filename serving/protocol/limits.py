@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import zlib
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -252,10 +253,17 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 class BodyLimitMiddleware:
     """Reject by Content-Length when declared, otherwise count streamed bytes; hold the body's bytes in
     the ``budget`` (a declared length whole before the body is read), and what the endpoint inflates it
-    to (:func:`request_body`), until the request is answered."""
+    to (:func:`request_body`), until the request is answered. ``on_refused(scope, error, status)`` hears
+    of each request this layer answers itself (413, 503), which no endpoint or handler sees."""
 
-    def __init__(self, app: Any, max_bytes: int, budget: BodyBudget | None = None) -> None:
-        self.app, self.max_bytes, self.budget = app, max_bytes, budget
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int,
+        budget: BodyBudget | None = None,
+        on_refused: Callable[[dict, BaseException, int], None] | None = None,
+    ) -> None:
+        self.app, self.max_bytes, self.budget, self.on_refused = app, max_bytes, budget, on_refused
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -264,12 +272,12 @@ class BodyLimitMiddleware:
         length = dict(scope.get("headers") or []).get(b"content-length")
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+            await self._too_large(scope, send)
             return
         hold = None if self.budget is None else BodyHold(self.budget)
         if hold is not None:
             if declared is not None and not hold.hold(declared):
-                await _refused(send, hold.budget)
+                await self._refused(scope, send, hold.budget)
                 return
             scope[BODY_HOLD] = hold  # the endpoint holds what the body inflates to in it too
         received = 0
@@ -296,13 +304,35 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not responded:
-                await _too_large(send, self.max_bytes)
+                await self._too_large(scope, send)
         except _BudgetSpent:
             if not responded:
-                await _refused(send, hold.budget)  # type: ignore[union-attr]
+                await self._refused(scope, send, hold.budget)  # type: ignore[union-attr]
         finally:
             if hold is not None:
                 hold.release()
+
+    async def _too_large(self, scope: dict, send: Any) -> None:
+        error = PayloadTooLarge(f"request body exceeds the {self.max_bytes} byte limit")
+        if self.on_refused is not None:
+            self.on_refused(scope, error, error.status)
+        body = json.dumps({"error": error.message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _refused(self, scope: dict, send: Any, budget: BodyBudget) -> None:
+        error = budget.refusal()
+        if self.on_refused is not None:
+            self.on_refused(scope, error, error.status)
+        body = json.dumps({"error": error.message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"%d" % max(1, round(budget.retry_after))),
+        ]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _BudgetSpent(Exception):
@@ -312,22 +342,3 @@ class _BudgetSpent(Exception):
 class _BodyTooLarge(PayloadTooLarge):
     def __init__(self) -> None:
         super().__init__("request body exceeds the size limit")
-
-
-async def _refused(send: Any, budget: BodyBudget) -> None:
-    error = budget.refusal()
-    body = json.dumps({"error": error.message}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"%d" % max(1, round(budget.retry_after))),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps({"error": f"request body exceeds the {limit} byte limit"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
