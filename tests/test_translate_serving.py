@@ -424,6 +424,9 @@ def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_
     answered = {o["name"]: o for o in httpx.post(f"{url}/infer", json=body, timeout=60).json()["outputs"]}
     assert [(n, answered[n]["datatype"]) for n, _, _ in served] == [(n, d) for n, d, _ in served]
     assert answered["translation"]["shape"] == answered["score"]["shape"] == [2, 3]  # [n, n_best]
+    unnamed = {k: v for k, v in body.items() if k != "outputs"}  # KServe v2: every output, as Triton's
+    every = [o["name"] for o in httpx.post(f"{url}/infer", json=unnamed, timeout=60).json()["outputs"]]
+    assert every == ["translation", "score"]
     wrong = {**body, "outputs": [{"name": "scores"}]}
     refused = httpx.post(f"{url}/infer", json=wrong, timeout=60)
     assert refused.status_code == 400

@@ -116,9 +116,10 @@ def test_triton_honours_decoding_parameters_and_n_best(triton: TritonServer) -> 
     tensor = httpclient.InferInput("text", [2, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"twelve"], [b"one hundred"]], dtype=np.object_))
     result = client.infer(NAME, [tensor], parameters={"beam_size": 3, "n_best": 3, "max_length": 4})
-    out = result.as_numpy("translation")
+    out, score = result.as_numpy("translation"), result.as_numpy("score")  # none named: both (KServe v2)
     client.close()
-    assert out.shape == (2, 3)
+    assert out.shape == (2, 3) and score.shape == (2, 3) and score.dtype == np.float32
+    assert all(list(row) == sorted(row, reverse=True) and row[0] < 0 for row in score)  # best first
     assert all(len(v.decode().split()) <= 3 for v in out.reshape(-1))  # max_length 4 = at most 3 words + EOS
 
 

@@ -28,11 +28,14 @@ class _Response:
 
 
 class _Request:
-    def __init__(self, texts: list[str], **options) -> None:
-        self.texts, self.options = texts, options
+    def __init__(self, texts: list[str], outputs: tuple[str, ...] = (), **options) -> None:
+        self.texts, self.options, self.outputs = texts, options, list(outputs)
 
     def parameters(self) -> str:
         return json.dumps(self.options)
+
+    def requested_output_names(self) -> list[str]:
+        return self.outputs
 
 
 @pytest.fixture
@@ -50,10 +53,10 @@ def model(monkeypatch: pytest.MonkeyPatch):
     instance = module.TritonPythonModel()
     instance.spec = SimpleNamespace(max_positions=64, eos_id=2, bos_id=1)
 
-    def translate(texts: list[str], config: bs.BeamConfig) -> list[list[str]]:
+    def translate(texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float]]]:
         if "poison" in texts:
             raise ValueError("text[0] is 99 tokens long; the model takes 64")
-        return [[t.upper()] for t in texts]
+        return [[(t.upper(), -0.25 * j) for j in range(config.n_best)] for t in texts]
 
     instance._translate = translate
     yield instance
@@ -74,3 +77,17 @@ def test_bad_options_are_invalid_arg_and_leave_the_others_answered(model) -> Non
     responses = model.execute([_Request(["one"], beam_size=99), _Request(["two"])])
     assert responses[0].error.code == _Error.INVALID_ARG and "beam_size" in responses[0].error.message
     assert responses[1].error is None
+
+
+def test_the_model_answers_translation_and_score_as_the_gateways_translators_do(model) -> None:
+    """Triton's ``<name>`` answered ``translation`` alone: a tritonclient user got no ``score`` from
+    Triton where the gateway's translators give one. Both, [b, n_best], unless the request names one."""
+    from serving.decoding.translator import OUTPUTS
+
+    module = sys.modules["serving.triton.translator_model"]
+    assert tuple(name for name, _ in OUTPUTS) == module.OUTPUTS
+    both, named = model.execute([_Request(["a", "b"], n_best=2), _Request(["c"], outputs=("score",))])
+    answers = dict(both.outputs)
+    assert answers["translation"].tolist() == [[b"A", b"A"], [b"B", b"B"]]
+    assert answers["score"].dtype == np.float32 and answers["score"].tolist() == [[0.0, -0.25], [0.0, -0.25]]
+    assert [name for name, _ in named.outputs] == ["score"]

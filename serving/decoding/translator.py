@@ -37,10 +37,11 @@ FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
 
 # The KServe outputs of a translator's ``<name>`` entry as :meth:`Translator.infer` answers them, (name,
-# config data type) in metadata order: BYTES ``translation`` and, asked for by name, FP32 ``score``
-# (normalized), both [n, n_best] for ``text`` [n, 1].
+# config data type) in metadata order: BYTES ``translation`` and FP32 ``score`` (normalized), both
+# [n, n_best] for ``text`` [n, 1]; a request naming no output gets both (KServe v2: "if not specified
+# all outputs produced by the model will be returned"), as Triton's ``<name>`` model answers it.
 OUTPUTS = (("translation", "TYPE_STRING"), ("score", "TYPE_FP32"))
-DEFAULT_OUTPUTS = ["translation"]  # what a request naming no output gets
+DEFAULT_OUTPUTS = [name for name, _ in OUTPUTS]
 
 # Requests this small are tokenized / detokenized on the event loop, text by text holding the GIL:
 # measured ~10 us for a 40-character sentence and ~3 us for its translation, far less than a hop to

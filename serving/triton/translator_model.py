@@ -19,7 +19,9 @@ decoder call), in batches of similar source lengths that fit the encoder's and d
 ``max_batch_size`` (:func:`serving.decoding.offline.translate_in_batches`).
 
 Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_length``,
-``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]``.
+``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]`` and ``score`` FP32
+``[batch, n_best]`` (each hypothesis's length-normalized log-probability), as the gateway's own
+translators answer them; a request naming no output gets both (KServe v2).
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def _tensor(name: str, array: np.ndarray):
 def _array(tensor) -> np.ndarray:
     """A request or BLS-response tensor as numpy."""
     return tensor.as_numpy()
+
+
+OUTPUTS = ("translation", "score")  # the gateway's translators' outputs (serving/decoding/translator.py)
+
+
+def _requested(request) -> set[str]:
+    """The outputs ``request`` asks for; every output where it names none (KServe v2's rule)."""
+    names = getattr(request, "requested_output_names", lambda: [])()
+    return set(names or OUTPUTS)
 
 
 def bls_runner(model: str, inputs: list[str], outputs: list[str]):
@@ -147,7 +158,7 @@ class TritonPythonModel:
             except Exception as error:  # noqa: BLE001 - a bad request gets its own error
                 responses[i] = self._error(error)
                 continue
-            groups.setdefault(config, []).append((i, texts, config))
+            groups.setdefault(config, []).append((i, texts, config, _requested(request)))
         for members in groups.values():
             self._answer_group(members, responses)
         return responses
@@ -157,7 +168,7 @@ class TritonPythonModel:
         request's texts (too long a text, say) fail that request only, as the gateway answers them."""
         config = members[0][2]
         try:
-            translations = self._translate([t for _, ts, _ in members for t in ts], config)
+            translations = self._translate([t for _, ts, _, _ in members for t in ts], config)
         except Exception as error:  # noqa: BLE001 - whose it is, the requests run alone to tell
             if len(members) > 1:
                 for member in members:
@@ -166,11 +177,15 @@ class TritonPythonModel:
             responses[members[0][0]] = self._error(error)
             return
         offset = 0
-        for i, ts, _ in members:
+        for i, ts, _, wanted in members:
             rows = translations[offset : offset + len(ts)]
             offset += len(ts)
-            out = np.array([[h.encode() for h in hyps] for hyps in rows], dtype=np.object_)  # [b, n_best]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[_tensor("translation", out)])
+            outputs = {  # each [b, n_best], as the gateway's own translators answer them
+                "translation": np.array([[t.encode() for t, _ in hyps] for hyps in rows], dtype=np.object_),
+                "score": np.array([[s for _, s in hyps] for hyps in rows], dtype=np.float32),
+            }
+            tensors = [_tensor(name, outputs[name]) for name in OUTPUTS if name in wanted]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _texts(self, request) -> list[str]:
         values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
@@ -184,8 +199,9 @@ class TritonPythonModel:
                 raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
         return texts
 
-    def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[str]]:
-        """n_best texts per input, decoding as many sentences together as the entries allow."""
+    def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float]]]:
+        """n_best (text, normalized score) per input, decoding as many sentences together as the
+        entries allow; a search that finished fewer has empty texts scored -inf after them."""
         ids = [e.ids for e in self.source.encode_batch(texts)]
         cap = self.spec.max_positions
         for i, row in enumerate(ids):
@@ -195,9 +211,10 @@ class TritonPythonModel:
         results = offline.translate_in_batches(
             self.run_encoder, self.run_decoder, self.spec, ids, config, chunk
         )
-        padded = [h.tokens for hyps in results for h in self._padded(hyps, config)]
-        texts_out = iter(self._detokenize(padded))
-        return [[next(texts_out) for _ in range(config.n_best)] for _ in results]
+        padded = [h for hyps in results for h in self._padded(hyps, config)]
+        texts_out = iter(self._detokenize([h.tokens for h in padded]))
+        scores = iter([h.normalized_score for h in padded])
+        return [[(next(texts_out), next(scores)) for _ in range(config.n_best)] for _ in results]
 
     @staticmethod
     def _padded(hyps: list, config: bs.BeamConfig) -> list:
