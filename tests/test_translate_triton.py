@@ -181,12 +181,21 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
         grpc_port=0,
         triton_translate=mode,
     )
+    n_best = _infer(httpclient, triton.http_url, TEXTS, beam_size=4, n_best=3, max_length=MAX_LENGTH)
     with TestClient(create_app(settings)) as client:
         resp = client.post(
             f"/v1/models/{NAME}/translate", json={"texts": TEXTS, "beam_size": 4, "max_length": MAX_LENGTH}
         )
+        several = client.post(
+            f"/v1/models/{NAME}/translate",
+            json={"texts": TEXTS, "beam_size": 4, "n_best": 3, "max_length": MAX_LENGTH},
+        )
         metrics = client.get("/metrics").text
     assert resp.status_code == 200, resp.text
     assert [t["hypotheses"][0]["text"] for t in resp.json()["translations"]] == direct
+    assert several.status_code == 200, several.text  # n_best through Triton's <name> too (was a 422)
+    got = [[h["text"] for h in t["hypotheses"]] for t in several.json()["translations"]]
+    assert got == [n_best[3 * i : 3 * i + len(hyps)] for i, hyps in enumerate(got)]
+    assert all(1 <= len(hyps) <= 3 for hyps in got)
     steps = [ln for ln in metrics.splitlines() if ln.startswith("kiln_decoder_steps_total")]
     assert bool(steps and float(steps[0].split()[-1]) > 0) == (mode == "scheduler")

@@ -265,18 +265,34 @@ def _finite(value: float) -> float | None:
 async def _via_infer(
     backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest
 ) -> list[list[Translation]]:
-    """Translate through KServe infer on ``<name>`` (e.g. Triton's python model); no scores there."""
+    """Translate through KServe infer on ``<name>`` (e.g. Triton's python model), which answers
+    ``translation`` and the normalized ``score``, [n, n_best], padded with -inf where a search found
+    fewer; no raw score there, so ``return_scores`` is refused."""
     if body.return_scores:
-        raise UnprocessableInput(f"model {name!r}: this backend returns no scores; drop return_scores")
-    if body.n_best > 1:
-        raise UnprocessableInput(f"model {name!r}: this backend returns one hypothesis per text (n_best=1)")
+        raise UnprocessableInput(
+            f"model {name!r}: this backend returns no raw scores; drop return_scores (the KServe v2 "
+            "route's 'score' output has the normalized ones)"
+        )
     texts = np.array([[t.encode()] for t in body.texts], dtype=np.object_)  # [n, 1]
     params = body.options().__dict__
+    # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
+    outputs = ["translation", "score"] if body.n_best > 1 else ["translation"]
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
-    request = InferRequest(name, {"text": texts}, outputs=["translation"], parameters=params)
+    request = InferRequest(name, {"text": texts}, outputs=outputs, parameters=params)
     response = await observed_infer(backend, metrics, request)
-    out = np.asarray(response.outputs["translation"]).reshape(len(body.texts), -1)  # [n, n_best]
-    return [[Translation(_text(row[0]), [], float("nan"), float("nan"))] for row in out]
+    n = len(body.texts)
+    out = np.asarray(response.outputs["translation"]).reshape(n, -1)  # [n, n_best]
+    if body.n_best == 1:
+        return [[Translation(_text(row[0]), [], float("nan"), float("nan"))] for row in out]
+    scores = np.asarray(response.outputs["score"], dtype=np.float64).reshape(n, -1)
+    return [
+        [
+            Translation(_text(text), [], float("nan"), float(score))
+            for j, (text, score) in enumerate(zip(row, row_scores, strict=True))
+            if j == 0 or math.isfinite(score)  # the best is always real; padding after it is -inf
+        ]
+        for row, row_scores in zip(out, scores, strict=True)
+    ]
 
 
 def _text(value: Any) -> str:
