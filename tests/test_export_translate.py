@@ -220,7 +220,10 @@ def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exporte
     assert (repo / name / meta["translator"]["source_tokenizer"]).is_file()
     config = parse_pbtxt((repo / name / "config.pbtxt").read_text())
     assert config.backend == "python" and config.max_batch_size > 0
-    assert [i.name for i in config.input] == ["text"] and [o.name for o in config.output] == ["translation"]
+    assert [i.name for i in config.input] == ["text"] and [o.name for o in config.output] == [
+        "translation",
+        "score",
+    ]
     dec = json.loads((repo / f"{name}_decoder" / "kiln.json").read_text())
     assert dec["task"] == "translate_decoder" and dec["step_spec"] == meta["translator"]["step_spec"]
 

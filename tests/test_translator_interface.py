@@ -79,7 +79,8 @@ def test_the_declared_outputs_are_what_an_infer_asking_for_each_returns() -> Non
         value = answer.outputs[name]
         assert value.shape == (2, 2) and len(shape) == value.ndim  # [n, n_best]: n_best is not 1 here
         assert (value.dtype == np.object_) == (datatype == "BYTES")
-    assert list(asyncio.run(service.infer(kserve())).outputs) == ["translation"]  # score only on ask
+    assert list(asyncio.run(service.infer(kserve())).outputs) == ["translation", "score"]  # none named: all
+    assert list(asyncio.run(service.infer(kserve(["translation"]))).outputs) == ["translation"]
 
 
 def test_a_translator_pool_declares_its_entries_outputs_once_and_leaves_other_entries_alone() -> None:
