@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.repository import RepositoryError, check_not_foreign, read_kiln_json
+from export.repository import REFUSALS, RepositoryError, check_not_foreign, read_kiln_json, read_refusal
 from export.results import ExportOptions, entry_name
 
 
@@ -83,13 +83,17 @@ def check_run(plans: Iterable[Plan]) -> None:
 
 def _owner(entry_dir: Path) -> tuple[str, Path] | None:
     """(model, source checkpoint) of an existing Kiln entry; None when it records no source."""
-    meta = read_kiln_json(entry_dir) or {}
-    source = meta.get("source_checkpoint")
+    return _source_owner((read_kiln_json(entry_dir) or {}).get("source_checkpoint"))
+
+
+def _source_owner(source: object) -> tuple[str, Path] | None:
+    """(model, checkpoint) of a recorded ``source_checkpoint``: the model it names (recorded since the
+    forty-third session), else its file's; None when it records no path."""
     path = source.get("path") if isinstance(source, dict) else None
     if not isinstance(path, str):
         return None
-    model = source.get("model")
-    if isinstance(model, str) and model:  # recorded since the forty-third session; else the file's name
+    model = source.get("model")  # type: ignore[union-attr]
+    if isinstance(model, str) and model:
         return model, Path(path)
     try:
         return entry_name(Path(path)), Path(path)
@@ -97,14 +101,29 @@ def _owner(entry_dir: Path) -> tuple[str, Path] | None:
         return None
 
 
+def _refused_owner(repository: Path, entry: str) -> tuple[str, Path] | None:
+    """(model, source checkpoint) of a refusal recorded for ``entry`` (a gate's; no entry written)."""
+    return _source_owner((read_refusal(repository, entry) or {}).get("source_checkpoint"))
+
+
 def check_owners(repository: Path, plans: Iterable[Plan]) -> None:
-    """Refuse a plan that would overwrite an entry of ``repository`` another model wrote, or a directory
-    Kiln did not write, before any work (either would be found out only when the entry is written)."""
+    """Refuse a plan that would overwrite an entry of ``repository`` another model wrote, take the name
+    of an entry another model's gate refused (its record would be dropped, its slot taken), or write
+    over a directory Kiln did not write, before any work (each would be found out only when the entry
+    is written)."""
     for plan in plans:
         for entry in plan.entries:
             entry_dir = repository / entry
             if not entry_dir.exists():
-                continue
+                owner = _refused_owner(repository, entry)
+                if owner is None or owner[0] == plan.model or owner[1].resolve() == plan.path.resolve():
+                    continue
+                raise RepositoryError(
+                    f"entry {entry!r} in {repository} is model {owner[0]!r}'s (from {owner[1]}), refused "
+                    f"by its gate (recorded in {repository / REFUSALS}); exporting {plan.path} as model "
+                    f"{plan.model!r} would take its name: rename the checkpoint, or export into another "
+                    "repository"
+                )
             check_not_foreign(entry_dir)
             owner = _owner(entry_dir)
             if owner is None or owner[0] == plan.model or owner[1].resolve() == plan.path.resolve():

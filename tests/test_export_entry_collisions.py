@@ -176,3 +176,29 @@ def test_a_named_export_rewrites_its_entry_from_another_checkpoint_file(tmp_path
     export_checkpoint(second, repo, name="digits", **options)
     source = json.loads((repo / "digits" / "kiln.json").read_text())["source_checkpoint"]
     assert source["path"] == str(second) and source["model"] == "digits"
+
+
+def test_a_checkpoint_named_like_another_models_refused_entry_is_refused_and_the_record_kept(
+    tmp_path, capsys, monkeypatch
+):
+    """Translator ``foo``'s int8 twin refused by its gate leaves no ``foo_int8`` entry, only its record
+    in ``.kiln_refused.json``: a classifier ``foo_int8.pt`` wrote that entry and dropped the record (the
+    next ``foo`` export then met a stranger's entry in its slot). The record claims the name as an entry
+    does, so the classifier is refused before any work and the record stays."""
+    from export.repository import read_refusal, remember_refusal
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    translator = tmp_path / "translators" / "foo.pt"
+    source = {"path": str(translator), "sha256": "0" * 64, "model": "foo"}
+    remember_refusal(repo, "foo_int8", {"source_checkpoint": source, "precision": "int8"})
+    _no_work(monkeypatch)
+    ckpt = _classifier(tmp_path / "foo_int8.pt")
+    line = _fail([str(ckpt), "--repository", str(repo), "--tensorrt", "off"], capsys)
+    assert line == (
+        f"export failed: entry 'foo_int8' in {repo} is model 'foo''s (from {translator}), refused by its "
+        f"gate (recorded in {repo / '.kiln_refused.json'}); exporting {ckpt} as model 'foo_int8' would "
+        "take its name: rename the checkpoint, or export into another repository"
+    )
+    assert read_refusal(repo, "foo_int8")["source_checkpoint"]["model"] == "foo"
+    assert not (repo / "foo_int8").exists()
