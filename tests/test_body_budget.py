@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 
 import grpc
@@ -400,3 +401,33 @@ def test_a_body_inflated_in_steps_off_the_loop_is_whole_held_at_its_size_and_413
     assert hold.held == len(plain)
     with pytest.raises(PayloadTooLarge, match=f"exceeds the {len(plain) - 1} byte limit"):
         asyncio.run(request_body(_Request(packed, BodyHold(BodyBudget(1 << 30))), len(plain) - 1))
+
+
+def test_a_body_inflated_off_the_loop_is_held_as_it_grows_and_stopped_where_the_budget_ends() -> None:
+    """Inflated bytes were held only once a body was whole: many large inflations at once each built
+    their buffer before the budget knew of it. Now held ahead of the output, on the event loop; past
+    the budget the inflation stops there (503) and gives every byte back."""
+    from serving.errors import Unavailable
+    from serving.protocol.limits import HOLD_AHEAD, Inflated, NoBudget
+
+    plain = bytes(24 * LOOP_INFLATE_BYTES)
+    packed = gzip.compress(plain)
+    asked: list[int] = []
+    out = Inflated(len(plain), lambda size: asked.append(size) or size <= 8 * LOOP_INFLATE_BYTES)
+    decoder = zlib.decompressobj(31)
+    with pytest.raises(NoBudget):
+        out.stream(decoder, memoryview(packed), 0)
+    assert (
+        asked == sorted(asked) and asked[0] <= HOLD_AHEAD + LOOP_INFLATE_BYTES
+    )  # held ahead, not at the end
+    assert asked[-1] > 8 * LOOP_INFLATE_BYTES and len(asked) >= 2
+    assert out.size <= 8 * LOOP_INFLATE_BYTES + LOOP_INFLATE_BYTES  # stopped within a step of the no
+    budget = BodyBudget(12 * LOOP_INFLATE_BYTES)
+    hold = BodyHold(budget)
+    with pytest.raises(Unavailable, match="holds as many request bodies"):
+        asyncio.run(request_body(_Request(packed, hold), len(plain)))
+    hold.release()
+    assert budget.used == 0
+    fits = BodyHold(BodyBudget(32 * LOOP_INFLATE_BYTES))
+    assert asyncio.run(request_body(_Request(packed, fits), len(plain))) == plain
+    assert fits.held == len(plain)  # what it held ahead of the output given back at the end

@@ -5,6 +5,7 @@ the parser, and JSON integers read as the published schema reads them."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import logging
@@ -24,6 +25,8 @@ BODY_HOLD = "kiln.body_hold"  # scope key: the request's BodyHold, where the gat
 # in a thread, where zlib lets go of the GIL, so the worker's other requests are answered meanwhile.
 LOOP_INFLATE_BYTES = 1 << 20
 INFLATE_STEP = 1 << 20  # what a body inflates by at a time (class Inflated)
+HOLD_AHEAD = 4 << 20  # what an inflation in a thread holds of the body budget ahead of its output
+HOLD_WAIT_S = 10.0  # an inflation thread's longest wait for the event loop to hold more (then it stops)
 # The Content-Encodings an HTTP body may have (tritonclient's request_compression_algorithm), with the
 # zlib window that reads each; x-gzip is gzip (RFC 9110 8.4.1.3). Names are case-insensitive.
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -97,6 +100,12 @@ class BodyHold:
         self.held = size
         return True
 
+    def trim(self, size: int) -> None:
+        """Hold no more than ``size`` bytes (what an inflation held ahead of its output, given back)."""
+        if self.held > size and not self.ended:
+            self.budget.give(self.held - size)
+            self.held = size
+
     def release(self) -> None:
         """The request has ended: what it holds goes back to the budget (once, whoever calls first)."""
         self.ended = True
@@ -105,12 +114,15 @@ class BodyHold:
             self.held = 0
 
 
-def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+def inflate(
+    body: bytes, encoding: str | None, limit: int, grow: Callable[[int], bool] | None = None
+) -> bytes:
     """``body`` as its Content-Encoding says (gzip or deflate inflated, at most ``limit`` bytes: 413
     past it; none or ``identity``: as sent); an encoding the gateway does not read, or a stream that
     is corrupt, cut short or followed by other bytes, is a 400 naming it. One definition for every
-    HTTP route that reads a body."""
-    plain = _inflate(body, encoding, limit)
+    HTTP route that reads a body. ``grow(size)`` is asked before the output passes what it granted
+    last (:class:`Inflated`); where it says no, :class:`NoBudget` stops the inflation."""
+    plain = _inflate(body, encoding, limit, grow)
     if plain is None:
         raise PayloadTooLarge(f"decompressed request body exceeds the {limit} byte limit")
     return plain
@@ -122,7 +134,9 @@ def inflate_small(body: bytes, encoding: str | None, limit: int = LOOP_INFLATE_B
     return _inflate(body, encoding, limit)
 
 
-def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
+def _inflate(
+    body: bytes, encoding: str | None, limit: int, grow: Callable[[int], bool] | None = None
+) -> bytes | None:
     """``body`` inflated as :func:`inflate` reads it (its 400s), or None past ``limit`` bytes."""
     name = (encoding or "identity").strip().lower()
     if name == "identity":
@@ -133,7 +147,7 @@ def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
             f"unsupported Content-Encoding {encoding!r}; use gzip or deflate",
             headers={"Accept-Encoding": "gzip, deflate"},
         )
-    out, view, at = Inflated(limit), memoryview(body), 0
+    out, view, at = Inflated(limit, grow), memoryview(body), 0
     while True:  # gzip: one member after another (RFC 1952), as gzip.decompress reads them
         decoder = zlib.decompressobj(window)
         try:
@@ -151,17 +165,24 @@ def _inflate(body: bytes, encoding: str | None, limit: int) -> bytes | None:
         at = end
 
 
+class NoBudget(Exception):
+    """An inflation stopped: the body budget has no room for what the body inflates to."""
+
+
 class Inflated:
     """What a body inflates to, at most ``limit`` bytes, inflated ``INFLATE_STEP`` bytes of input and of
     output at a time into one growing buffer. In a thread zlib lets go of the GIL while it inflates, but
     what one call does besides held it, and the event loop with it: joining 64 MiB of output (~30 ms),
     copying the input left over after each step (~20 ms for 16 MiB). A step's copies hold it well under
-    a millisecond, and the buffer is handed over uncopied (``BytesIO.getvalue``)."""
+    a millisecond, and the buffer is handed over uncopied (``BytesIO.getvalue``). With ``grow``, the
+    output is held in the body budget as it grows, ``HOLD_AHEAD`` bytes ahead (many large inflations
+    at once were held only once each had ended, their buffers already there)."""
 
-    __slots__ = ("limit", "first", "buffer", "size")
+    __slots__ = ("limit", "first", "buffer", "size", "grow", "granted")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, grow: Callable[[int], bool] | None = None) -> None:
         self.limit, self.size = limit, 0
+        self.grow, self.granted = grow, 0
         self.first: bytes | None = None  # the first step's output: all of a small body's, handed over
         self.buffer: io.BytesIO | None = None  # from a second step on
 
@@ -191,6 +212,11 @@ class Inflated:
                 self.buffer.write(self.first)
             self.buffer.write(part)
         self.size += len(part)
+        if self.grow is not None and self.size > self.granted:
+            wanted = min(self.size + HOLD_AHEAD, self.limit + 1)
+            if not self.grow(wanted):
+                raise NoBudget
+            self.granted = wanted
 
     def value(self) -> bytes:
         """The inflated body, handed over (a large one: the buffer itself)."""
@@ -206,16 +232,42 @@ async def request_body(request: Any, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding")
     if encoding is None:
         return body
+    hold: BodyHold | None = request.scope.get(BODY_HOLD)
     if limit <= LOOP_INFLATE_BYTES:
         plain = inflate(body, encoding, limit)
     else:
         plain = inflate_small(body, encoding)
         if plain is None:  # (a cancelled wait leaves the thread's work, bounded by the limit, to run out)
-            plain = await asyncio.to_thread(inflate, body, encoding, limit)
-    hold: BodyHold | None = request.scope.get(BODY_HOLD)
+            grow = None if hold is None else _holding_from_a_thread(hold)
+            try:
+                plain = await asyncio.to_thread(inflate, body, encoding, limit, grow)
+            except NoBudget:
+                raise hold.budget.refusal() from None  # type: ignore[union-attr]
+            if hold is not None:
+                hold.trim(max(len(body), len(plain)))
     if plain is not body and hold is not None and not hold.hold(len(plain)):
         raise hold.budget.refusal()
     return plain
+
+
+def _holding_from_a_thread(hold: BodyHold) -> Callable[[int], bool]:
+    """``hold.hold`` for an inflation thread: run on the event loop (the budget is the loop's alone),
+    the thread waiting for its answer; no answer within ``HOLD_WAIT_S`` (the loop gone) is a no."""
+    loop = asyncio.get_running_loop()
+
+    def grow(size: int) -> bool:
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def on_loop() -> None:
+            answer.set_result(hold.hold(size))
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+            return answer.result(timeout=HOLD_WAIT_S)
+        except (RuntimeError, concurrent.futures.TimeoutError):  # the loop closed or stopped
+            return False
+
+    return grow
 
 
 def parse_json(raw: bytes, what: str) -> Any:
