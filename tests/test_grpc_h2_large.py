@@ -242,3 +242,25 @@ def test_a_compressed_message_inflating_past_the_budget_is_unavailable(rows: int
         assert _status(h2.frames(), 3)[0] == "0" and h2.server.budget.used == 0
     finally:
         h2.close()
+
+
+def test_a_message_inflated_in_a_thread_asks_the_budget_as_it_grows_and_stops_at_a_no() -> None:
+    """HTTP's rule for gRPC: the output is held as it grows, a step ahead, not once whole; where the
+    budget says no the inflation stops there (the call then ends UNAVAILABLE, as the test above)."""
+    from tritonclient.grpc import service_pb2
+
+    from serving.protocol.h2_calls import _inflated_request
+    from serving.protocol.limits import INFLATE_STEP, NoBudget
+
+    plain = doubling_request(np.zeros((1_000_000, 3), np.float32)).SerializeToString()  # ~12 MB
+    asked: list[int] = []
+
+    def grow(size: int) -> bool:
+        asked.append(size)
+        return size <= 4 * INFLATE_STEP
+
+    with pytest.raises(NoBudget):
+        _inflated_request(service_pb2.ModelInferRequest, b"gzip", gzip.compress(plain), 16 << 20, grow)
+    assert asked == sorted(asked) and asked[0] <= 2 * INFLATE_STEP and asked[-1] <= 6 * INFLATE_STEP
+    request, size = _inflated_request(service_pb2.ModelInferRequest, b"gzip", gzip.compress(plain), 16 << 20)
+    assert size == len(plain) and request.model_name

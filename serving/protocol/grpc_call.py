@@ -133,6 +133,12 @@ class Call:
         self.held = size
         return True
 
+    def trim(self, size: int, budget: BodyBudget) -> None:
+        """Hold no more than ``size`` bytes (what an inflation held ahead of its output, given back)."""
+        if self.held > size:
+            budget.give(self.held - size)
+            self.held = size
+
     def holds_message(self) -> bool:
         """Whether the budget holds this call's whole message already (a large one's, from its prefix on)."""
         return self.declared is not None and self.held >= self.declared + 5
@@ -189,11 +195,14 @@ def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...
     return b"".join(parts)
 
 
-def decompress(encoding: bytes | None, message: bytes, max_bytes: int) -> bytes:
+def decompress(
+    encoding: bytes | None, message: bytes, max_bytes: int, grow: Callable[[int], bool] | None = None
+) -> bytes:
     """A compressed request message, inflated (gzip or deflate, what grpc-encoding names), at most
     ``max_bytes``. As gRPC's compression.md says: the flag set without an encoding (or with
-    ``identity``) is INTERNAL, an encoding this server does not read UNIMPLEMENTED."""
-    plain = _inflate(encoding, message, max_bytes + 1)
+    ``identity``) is INTERNAL, an encoding this server does not read UNIMPLEMENTED. ``grow``: the
+    body budget asked as the output grows (``limits.Inflated``; ``limits.NoBudget`` where it says no)."""
+    plain = _inflate(encoding, message, max_bytes + 1, grow)
     if len(plain) > max_bytes:
         raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
     return plain
@@ -206,7 +215,9 @@ def decompress_small(encoding: bytes | None, message: bytes, limit: int = LOOP_I
     return plain if len(plain) <= limit else None
 
 
-def _inflate(encoding: bytes | None, message: bytes, at_most: int) -> bytes:
+def _inflate(
+    encoding: bytes | None, message: bytes, at_most: int, grow: Callable[[int], bool] | None = None
+) -> bytes:
     """Up to ``at_most`` bytes of ``message`` inflated as ``encoding`` says (the statuses: :func:`decompress`)."""
     if encoding in (None, b"identity"):
         raise Aborted(
@@ -219,7 +230,9 @@ def _inflate(encoding: bytes | None, message: bytes, at_most: int) -> bytes:
             grpc.StatusCode.UNIMPLEMENTED,
             f"compressed with {name}, which this server does not read (it reads gzip and deflate)",
         )
-    out = Inflated(at_most - 1)  # a step at a time, as HTTP's bodies: one call held the GIL ~30 ms at 64 MiB
+    out = Inflated(
+        at_most - 1, grow
+    )  # a step at a time, as HTTP's bodies: one call held the GIL ~30 ms at 64 MiB
     try:
         out.stream(zlib.decompressobj(window), memoryview(message), 0)  # past the limit: at_most bytes kept
         return out.value()

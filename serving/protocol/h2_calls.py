@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -35,6 +36,7 @@ from serving.protocol.grpc_call import (
 )
 from serving.protocol.h2_state import ConnectionState
 from serving.protocol.h2_watch import DEADLINE_EXCEEDED
+from serving.protocol.limits import NoBudget, held_from_a_thread
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
 
@@ -43,11 +45,15 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 def _inflated_request(
-    request_class: Any, encoding: bytes | None, message: bytes, max_bytes: int
+    request_class: Any,
+    encoding: bytes | None,
+    message: bytes,
+    max_bytes: int,
+    grow: Callable[[int], bool] | None = None,
 ) -> tuple[Any, int]:
     """A compressed request message inflated and parsed, and the size it inflated to (in a thread: see
     ``Calls._inflate_and_serve``)."""
-    plain = decompress(encoding, message, max_bytes)
+    plain = decompress(encoding, message, max_bytes, grow)
     return request_class.FromString(plain), len(plain)
 
 
@@ -82,15 +88,22 @@ class Calls(ConnectionState):
     async def _inflate_and_serve(self, call: Call, message: bytes) -> None:
         """A compressed message too large to inflate on the event loop: inflated and parsed in a thread
         (a reset or the deadline cancels the wait; the thread's work, bounded by the limit, runs out)."""
-        size = self.server.max_message_bytes
+        size, budget = self.server.max_message_bytes, self.server.budget
+        # its output held as it grows (not once whole: many such calls at once would each build theirs)
+        grow = None if budget is None else held_from_a_thread(lambda n: call.hold(n, budget))
         try:
             request, inflated = await asyncio.to_thread(
-                _inflated_request, call.request_class, call.encoding, message, size
+                _inflated_request, call.request_class, call.encoding, message, size, grow
             )
         except (Aborted, DecodeError) as error:
             self._refuse(call, error)
             return
+        except NoBudget:
+            self._finish(call, UNAVAILABLE, budget.refusal().message)  # type: ignore[union-attr]
+            return
         del message  # the compressed bytes: no longer held while the call is served
+        if budget is not None:
+            call.trim(inflated, budget)  # what was held ahead of the output, given back
         if self._hold_inflated(call, inflated):
             await self._serve(call, request)
 

@@ -25,7 +25,7 @@ BODY_HOLD = "kiln.body_hold"  # scope key: the request's BodyHold, where the gat
 # in a thread, where zlib lets go of the GIL, so the worker's other requests are answered meanwhile.
 LOOP_INFLATE_BYTES = 1 << 20
 INFLATE_STEP = 1 << 20  # what a body inflates by at a time (class Inflated)
-HOLD_AHEAD = 4 << 20  # what an inflation in a thread holds of the body budget ahead of its output
+HOLD_AHEAD = INFLATE_STEP  # what an inflation in a thread holds of the body budget ahead of its output
 HOLD_WAIT_S = 10.0  # an inflation thread's longest wait for the event loop to hold more (then it stops)
 # The Content-Encodings an HTTP body may have (tritonclient's request_compression_algorithm), with the
 # zlib window that reads each; x-gzip is gzip (RFC 9110 8.4.1.3). Names are case-insensitive.
@@ -175,7 +175,7 @@ class Inflated:
     what one call does besides held it, and the event loop with it: joining 64 MiB of output (~30 ms),
     copying the input left over after each step (~20 ms for 16 MiB). A step's copies hold it well under
     a millisecond, and the buffer is handed over uncopied (``BytesIO.getvalue``). With ``grow``, the
-    output is held in the body budget as it grows, ``HOLD_AHEAD`` bytes ahead (many large inflations
+    output is held in the body budget as it grows, a step (``HOLD_AHEAD``) ahead (many large inflations
     at once were held only once each had ended, their buffers already there)."""
 
     __slots__ = ("limit", "first", "buffer", "size", "grow", "granted")
@@ -213,7 +213,7 @@ class Inflated:
             self.buffer.write(part)
         self.size += len(part)
         if self.grow is not None and self.size > self.granted:
-            wanted = min(self.size + HOLD_AHEAD, self.limit + 1)
+            wanted = min(self.size + HOLD_AHEAD, max(self.limit, self.size))  # never past the limit ahead
             if not self.grow(wanted):
                 raise NoBudget
             self.granted = wanted
@@ -238,7 +238,7 @@ async def request_body(request: Any, limit: int) -> bytes:
     else:
         plain = inflate_small(body, encoding)
         if plain is None:  # (a cancelled wait leaves the thread's work, bounded by the limit, to run out)
-            grow = None if hold is None else _holding_from_a_thread(hold)
+            grow = None if hold is None else held_from_a_thread(hold.hold)
             try:
                 plain = await asyncio.to_thread(inflate, body, encoding, limit, grow)
             except NoBudget:
@@ -250,16 +250,17 @@ async def request_body(request: Any, limit: int) -> bytes:
     return plain
 
 
-def _holding_from_a_thread(hold: BodyHold) -> Callable[[int], bool]:
-    """``hold.hold`` for an inflation thread: run on the event loop (the budget is the loop's alone),
-    the thread waiting for its answer; no answer within ``HOLD_WAIT_S`` (the loop gone) is a no."""
+def held_from_a_thread(hold: Callable[[int], bool]) -> Callable[[int], bool]:
+    """``hold`` (a request's or a call's, on the body budget) for an inflation thread: run on the event
+    loop (the budget is the loop's alone), the thread waiting for its answer; no answer within
+    ``HOLD_WAIT_S`` (the loop gone) is a no. Made on the loop."""
     loop = asyncio.get_running_loop()
 
     def grow(size: int) -> bool:
         answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
         def on_loop() -> None:
-            answer.set_result(hold.hold(size))
+            answer.set_result(hold(size))
 
         try:
             loop.call_soon_threadsafe(on_loop)
