@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import threading
 import uuid
@@ -204,3 +205,91 @@ def test_bodies_refused_before_they_are_read_are_counted_for_the_model_named(rep
     assert metrics.sample("kiln_requests_total", model="lenet", outcome="failure") == 5
     assert metrics.sample("kiln_requests_total", model="lenet", outcome="success") == 1
     assert metrics.sample("kiln_request_failures_total", model="nothere", status="413") is None
+
+
+def _infer_request(name: str, contents: bytes) -> Any:
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, SIZE, SIZE, 1])
+    request.raw_input_contents.append(contents)
+    return request
+
+
+def test_grpc_messages_refused_at_their_length_prefix_are_counted_for_the_model_they_name(repository):
+    """gRPC's 413: a ModelInfer message declaring a length past the limit was refused at its prefix
+    (RESOURCE_EXHAUSTED) unparsed, and counted nowhere, while HTTP counts the same body refused unread.
+    Now counted for the model the message names first, plain or compressed; unknown names add none."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    with held_grpc_port() as grpc_port:
+        settings = Settings(
+            model_repository=repository, grpc_port=grpc_port, reuse_port=True, max_body_bytes=4096
+        )
+        app = create_app(settings, backend=Scripted(repository))
+        big = random.Random(7).randbytes(8192)  # incompressible: past the limit gzipped too
+        with LiveServer(app), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for name, compression in (("lenet", None), ("lenet", grpc.Compression.Gzip), ("nothere", None)):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ModelInfer(_infer_request(name, big), timeout=10, compression=compression)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "larger than max" in refused.value.details()
+            stub.ModelInfer(_infer_request("lenet", bytes(SIZE * SIZE)), timeout=10)
+    metrics = app.state.metrics
+    assert metrics.sample("kiln_request_failures_total", model="lenet", status="413") == 2
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="failure") == 2
+    assert metrics.sample("kiln_requests_total", model="lenet", outcome="success") == 1
+    assert metrics.sample("kiln_request_latency_seconds_count", model="lenet") == 1
+    assert "nothere" not in metrics.render().decode()
+
+
+def test_grpc_calls_refused_unparsed_count_once_where_their_first_bytes_name_a_model_served():
+    """Kiln's gRPC server refuses a message past the limit at its prefix, or past the body budget as it
+    arrives, before it is parsed: counted (413, 503) where its first bytes hold ``model_name`` whole
+    and the backend serves that model; a name not arrived yet, another method's message or a
+    compressed start that does not inflate adds nothing."""
+    import gzip
+
+    from tritonclient.grpc import service_pb2
+
+    from serving.protocol.grpc_call import Call
+    from serving.protocol.grpc_server import InferenceServicer
+    from serving.protocol.limits import BodyBudget
+    from tests.test_grpc import FakeBackend
+
+    metrics = GatewayMetrics()
+    servicer = InferenceServicer(FakeBackend(), metrics)
+    message = _infer_request("double", bytes(64)).SerializeToString()
+
+    def refused(payloads, budget=None, method="ModelInfer", encoding=None, max_bytes=1 << 20):
+        call = Call(1, getattr(servicer, method), getattr(service_pb2, f"{method}Request"), 1 << 16, None)
+        call.encoding = encoding
+        answers = [call.gather(payload, max_bytes, budget) for payload in payloads]
+        assert answers[:-1] == [None] * (len(answers) - 1)
+        return answers[-1]
+
+    def prefixed(data: bytes, compressed: bool = False, length: int | None = None) -> bytes:
+        return bytes((int(compressed),)) + (length or len(data)).to_bytes(4, "big") + data
+
+    full = BodyBudget(1 << 20)
+    assert full.take(full.limit)
+    assert refused([prefixed(message)], full)[0] == grpc.StatusCode.UNAVAILABLE.value[0]
+    roomy = BodyBudget(40)  # the first frame fits, the second does not: the name from the first
+    assert refused([prefixed(message)[:30], prefixed(message)[30:]], roomy)[0] == 14
+    too_long = prefixed(message, length=2 << 20)
+    assert refused([too_long[:3], too_long[3:]])[0] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    packed = gzip.compress(message)
+    assert refused([prefixed(packed, True, 2 << 20)], encoding=b"gzip")[0] == 8
+    # not counted: the name cut short, unknown, not a ModelInfer call, a start that does not inflate
+    assert refused([prefixed(message, length=2 << 20)[:12]])[0] == 8
+    unknown = _infer_request("nothere", b"").SerializeToString()
+    assert refused([prefixed(unknown, length=2 << 20)])[0] == 8
+    metadata = service_pb2.ModelMetadataRequest(name="double").SerializeToString()
+    assert refused([prefixed(metadata, length=2 << 20)], method="ModelMetadata")[0] == 8
+    assert refused([prefixed(b"\x0a\x06double", True, 2 << 20)], encoding=b"gzip")[0] == 8
+    assert refused([prefixed(packed, True, 2 << 20)], encoding=b"snappy")[0] == 8
+    assert metrics.sample("kiln_request_failures_total", model="double", status="503") == 2
+    assert metrics.sample("kiln_request_failures_total", model="double", status="413") == 2
+    assert metrics.sample("kiln_requests_total", model="double", outcome="failure") == 4
+    assert "nothere" not in metrics.render().decode()

@@ -35,6 +35,8 @@ ONE_MESSAGE = "a unary call must carry exactly one request message"
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+_WINDOWS = {b"gzip": 31, b"deflate": 15}  # the zlib window of each grpc-encoding this server reads
+HEAD_BYTES = 4096  # what of a message refused unparsed its servicer is shown (Call.refused)
 
 
 class Aborted(Exception):
@@ -104,16 +106,14 @@ class Call:
             head = (b"".join(self.parts) + payload[:5])[:5]  # the parts so far: under 5 bytes
             self.compressed, self.declared = head[0] != 0, int.from_bytes(head[1:5], "big")
             if self.declared > max_bytes:
-                return (
-                    _RESOURCE_EXHAUSTED,
-                    f"received message larger than max ({self.declared} vs. {max_bytes})",
-                )
+                details = f"received message larger than max ({self.declared} vs. {max_bytes})"
+                return self.refused(payload, _RESOURCE_EXHAUSTED, details)
         if self.declared is not None and size > self.declared + 5:
             return _INTERNAL, ONE_MESSAGE
         large = self.body is None and self.declared is not None and self.declared > LOOP_JOIN_BYTES
         # a large message's buffer is held whole from its prefix on, as HTTP holds a Content-Length
         if budget is not None and not self.hold(self.declared + 5 if large else size, budget):
-            return _UNAVAILABLE, budget.refusal().message
+            return self.refused(payload, _UNAVAILABLE, budget.refusal().message)
         if self.body is not None:
             self.body.write(payload)
         elif large:
@@ -122,6 +122,39 @@ class Call:
             self.parts.append(payload)
         self.size = size
         return None
+
+    def refused(self, payload: bytes, code: int, details: str) -> tuple[int, str]:
+        """A refusal of the message before it is parsed (:meth:`gather`'s; ``payload`` the DATA that
+        arrived last, not gathered), told first to the servicer the handler is a method of, where it
+        has ``refused_unparsed(request_class, head, code, details)`` (the KServe servicer: a ModelInfer
+        call counted for its model, as HTTP counts a body refused unread). Looked up only here: a
+        call served pays nothing for it."""
+        tell = getattr(getattr(self.handler, "__self__", None), "refused_unparsed", None)
+        if tell is not None:
+            tell(self.request_class, self._head(payload), code, details)
+        return code, details
+
+    def _head(self, payload: bytes) -> bytes:
+        """The first bytes of the message as they arrived (``payload`` the latest), at most
+        ``HEAD_BYTES`` of it, inflated where it is compressed (none where they do not inflate). A large
+        message is refused at its prefix if at all (its buffer is held whole from there on): a
+        refusal once its buffer exists has none to show."""
+        if self.body is not None:
+            return b""
+        wanted, pieces, have = HEAD_BYTES + 5, [], 0
+        for part in (*self.parts, payload):
+            pieces.append(part[: wanted - have])
+            have += len(pieces[-1])
+            if have >= wanted:
+                break
+        head = b"".join(pieces)[5:]
+        if not self.compressed:
+            return head
+        window = _WINDOWS.get(self.encoding or b"")
+        try:  # the start of a stream inflates alone; at most HEAD_BYTES of output
+            return b"" if window is None else zlib.decompressobj(window).decompress(head, HEAD_BYTES)
+        except zlib.error:
+            return b""
 
     def hold(self, size: int, budget: BodyBudget) -> bool:
         """Hold ``size`` bytes of the body budget for this call in all (what it holds counted in);
@@ -223,7 +256,7 @@ def _inflate(
         raise Aborted(
             grpc.StatusCode.INTERNAL, "compressed-flag set but no grpc-encoding names a compression"
         )
-    window = {b"gzip": 31, b"deflate": 15}.get(encoding)
+    window = _WINDOWS.get(encoding)
     if window is None:
         name = encoding.decode(errors="replace")
         raise Aborted(

@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from serving.errors import BadRequest, ServingError
+from serving.errors import BadRequest, PayloadTooLarge, ServingError, Unavailable
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.execution.repository import parse_version
@@ -48,6 +48,13 @@ STATUS_TO_CODE = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# The refusals Kiln's server makes before a message is parsed (serving/protocol/grpc_call.py), by gRPC
+# code, as the errors HTTP answers the same refusals with: counted under those statuses.
+UNPARSED_REFUSALS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: PayloadTooLarge,  # its length prefix past the limit
+    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,  # the body budget
 }
 
 LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
@@ -259,6 +266,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return
         self.metrics.refused(name, error, status)
 
+    def refused_unparsed(self, request_class: Any, head: bytes, code: int, details: str) -> None:
+        """A call Kiln's server refused before parsing its message (grpc_call.Call.refused: its length
+        prefix past the limit, or the body budget), shown its first bytes: a ModelInfer call is counted
+        as HTTP counts a body refused unread, for the model its message names where ``model_name``
+        arrived with them and is one of the backend's (grpcio's server refuses these in gRPC core,
+        unseen)."""
+        error_class = UNPARSED_REFUSALS.get(code)
+        if self.metrics is None or error_class is None or request_class is not service_pb2.ModelInferRequest:
+            return
+        name = leading_model_name(head)
+        if name is not None:
+            error = error_class(details)
+            self._refused(name, error, error.status)
+
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
         a request-level parameter named ``classification`` is the model's, as Triton hands it on."""
@@ -278,6 +299,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return encode_response(await self.backend.infer(infer_request), request)
         self.backend.metadata(request.model_name, request.model_version)  # unknown: NOT_FOUND, no label
         return encode_response(await observed_infer(self.backend, self.metrics, infer_request), request)
+
+
+def leading_model_name(head: bytes) -> str | None:
+    """The ``model_name`` of a ModelInferRequest from its first bytes: field 1, which protobuf writes
+    before the others (its tag, a varint length, the UTF-8 name); None where they do not hold it whole."""
+    if head[:1] != b"\x0a":  # field 1, length-delimited
+        return None
+    length, at = 0, 1
+    for shift in range(0, 35, 7):
+        if at >= len(head):
+            return None
+        byte = head[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+    else:
+        return None
+    if at + length > len(head):
+        return None
+    try:
+        return head[at : at + length].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class _GenericOnly:
