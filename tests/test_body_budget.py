@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.app import create_app
 from serving.errors import PayloadTooLarge, ServingError
+from serving.metrics import GatewayMetrics
 from serving.protocol import h2_wire as w
 from serving.protocol import lean
 from serving.protocol.http1 import http_protocol
@@ -431,3 +432,34 @@ def test_a_body_inflated_off_the_loop_is_held_as_it_grows_and_stopped_where_the_
     fits = BodyHold(BodyBudget(32 * LOOP_INFLATE_BYTES))
     assert asyncio.run(request_body(_Request(packed, fits), len(plain))) == plain
     assert fits.held == len(plain)  # what it held ahead of the output given back at the end
+
+
+class _CountingHarness(Harness):
+    """A harness whose servicer records its refusals in :attr:`metrics`."""
+
+    metrics = GatewayMetrics()
+
+    @staticmethod
+    async def _server(max_message_bytes, read_timeout_s, budget, send_timeout_s):
+        from serving.protocol import grpc_h2
+        from serving.protocol.grpc_server import InferenceServicer, unary_methods
+        from tests.test_grpc import FakeBackend
+
+        methods = unary_methods(InferenceServicer(FakeBackend(), _CountingHarness.metrics))
+        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
+
+
+def test_a_data_frame_refused_as_it_arrives_is_counted_for_the_model_its_first_bytes_name() -> None:
+    """The budget's refusal of a DATA frame at its head (before the message is gathered) was the one
+    gRPC refusal unparsed that counted nowhere; the model's name is in the frame's first bytes."""
+    h2 = _CountingHarness(budget=BodyBudget(len(MESSAGE) + 20))
+    try:
+        h2.frames()
+        frame = w.frame(w.DATA, w.END_STREAM, 1, BIG)
+        h2.send(h2.headers(1, call_headers()), frame[:1000])
+        assert _grpc_status(h2, 1)[0] == UNAVAILABLE
+        h2.send(frame[1000:])
+    finally:
+        h2.close()
+    model = doubling_request(BIG_X).model_name
+    assert h2.metrics.sample("kiln_request_failures_total", model=model, status="503") == 1

@@ -131,8 +131,11 @@ class PartialCalls(ConnectionState):
         elif self.server.budget.take(length):
             self.reserved = length
             return
-        else:
-            self._finish(call, UNAVAILABLE, self.server.budget.refusal().message)
+        else:  # the message's first bytes so far shown to its servicer (counted as other refusals are)
+            data = bytes(buffer[w.HEAD.size :])
+            if buffer[4] & w.PADDED:
+                data = data[1:]  # the pad length; the padding itself trails the data
+            self._finish(call, *call.refused(data, UNAVAILABLE, self.server.budget.refusal().message))
         self.skip = w.HEAD.size + length - len(buffer)
         self.buffer = bytearray()
         self._received(length)
