@@ -264,3 +264,28 @@ def test_a_message_inflated_in_a_thread_asks_the_budget_as_it_grows_and_stops_at
     assert asked == sorted(asked) and asked[0] <= 2 * INFLATE_STEP and asked[-1] <= 6 * INFLATE_STEP
     request, size = _inflated_request(service_pb2.ModelInferRequest, b"gzip", gzip.compress(plain), 16 << 20)
     assert size == len(plain) and request.model_name
+
+
+@pytest.mark.parametrize("rows", [50_000, 200_000], ids=["inflated-on-the-loop", "inflated-in-a-thread"])
+def test_a_compressed_message_refused_for_what_it_inflates_to_is_counted_for_its_model(rows: int) -> None:
+    """Refused once whole (past the budget, or inflating past the message limit), before it is parsed:
+    counted, as the refusals made while it arrives are, for the model its start names."""
+    from tests.test_body_budget import _CountingHarness
+
+    plain = doubling_request(np.zeros((rows, 3), np.float32)).SerializeToString()
+    packed = grpc_message(gzip.compress(plain), compressed=True)
+    metrics = _CountingHarness.metrics
+
+    def counted(status: str) -> float:
+        return metrics.sample("kiln_request_failures_total", model="double", status=status) or 0.0
+
+    before = counted("503"), counted("413")
+    for budget, max_bytes, code in ((len(plain) - 1, 4 << 20, UNAVAILABLE), (1 << 30, len(plain) - 1, "8")):
+        h2 = _CountingHarness(max_message_bytes=max_bytes, budget=BodyBudget(budget))
+        try:
+            _room_for_answers(h2)
+            h2.send(h2.call(1, packed, grpc_encoding="gzip"))
+            assert _status(h2.frames(), 1)[0] == code
+        finally:
+            h2.close()
+    assert (counted("503"), counted("413")) == (before[0] + 1, before[1] + 1)

@@ -36,6 +36,7 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 _WINDOWS = {b"gzip": 31, b"deflate": 15}  # the zlib window of each grpc-encoding this server reads
+TOO_LARGE_INFLATED = "decompressed message larger than max"  # grpc core's words
 HEAD_BYTES = 4096  # what of a message refused unparsed its servicer is shown (Call.refused)
 
 
@@ -123,22 +124,26 @@ class Call:
         self.size = size
         return None
 
-    def refused(self, payload: bytes, code: int, details: str) -> tuple[int, str]:
-        """A refusal of the message before it is parsed (:meth:`gather`'s; ``payload`` the DATA that
-        arrived last, not gathered), told first to the servicer the handler is a method of, where it
-        has ``refused_unparsed(request_class, head, code, details)`` (the KServe servicer: a ModelInfer
-        call counted for its model, as HTTP counts a body refused unread). Looked up only here: a
-        call served pays nothing for it."""
+    def refused(
+        self, payload: bytes, code: int, details: str, message: bytes | None = None
+    ) -> tuple[int, str]:
+        """A refusal of the message before it is parsed (:meth:`gather`'s, ``payload`` the DATA that
+        arrived last, not gathered; or, with ``message``, the whole message's as sent, refused for what
+        it inflates to), told first to the servicer the handler is a method of, where it has
+        ``refused_unparsed(request_class, head, code, details)`` (the KServe servicer: a ModelInfer call
+        counted for its model, as HTTP counts a body refused unread). Looked up only here: a call
+        served pays nothing for it."""
         tell = getattr(getattr(self.handler, "__self__", None), "refused_unparsed", None)
         if tell is not None:
-            tell(self.request_class, self._head(payload), code, details)
+            head = self._head(payload) if message is None else self._readable(message[:HEAD_BYTES])
+            tell(self.request_class, head, code, details)
         return code, details
 
     def _head(self, payload: bytes) -> bytes:
         """The first bytes of the message as they arrived (``payload`` the latest), at most
         ``HEAD_BYTES`` of it, inflated where it is compressed (none where they do not inflate). A large
-        message is refused at its prefix if at all (its buffer is held whole from there on): a
-        refusal once its buffer exists has none to show."""
+        message is refused at its prefix if at all while it arrives (its buffer is held whole from
+        there on): a refusal once its buffer exists has none to show here (see ``message``)."""
         if self.body is not None:
             return b""
         wanted, pieces, have = HEAD_BYTES + 5, [], 0
@@ -147,11 +152,15 @@ class Call:
             have += len(pieces[-1])
             if have >= wanted:
                 break
-        head = b"".join(pieces)[5:]
+        return self._readable(b"".join(pieces)[5:])
+
+    def _readable(self, head: bytes) -> bytes:
+        """``head``, the start of the message as sent, inflated where it is compressed (at most
+        ``HEAD_BYTES`` of output; none where it does not inflate)."""
         if not self.compressed:
             return head
         window = _WINDOWS.get(self.encoding or b"")
-        try:  # the start of a stream inflates alone; at most HEAD_BYTES of output
+        try:  # the start of a stream inflates alone
             return b"" if window is None else zlib.decompressobj(window).decompress(head, HEAD_BYTES)
         except zlib.error:
             return b""
@@ -237,7 +246,7 @@ def decompress(
     body budget asked as the output grows (``limits.Inflated``; ``limits.NoBudget`` where it says no)."""
     plain = _inflate(encoding, message, max_bytes + 1, grow)
     if len(plain) > max_bytes:
-        raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max")
+        raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_INFLATED)
     return plain
 
 

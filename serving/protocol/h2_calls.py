@@ -27,7 +27,9 @@ from google.protobuf.message import DecodeError
 
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import (
+    HEAD_BYTES,
     RESPONSE_HEADERS,
+    TOO_LARGE_INFLATED,
     Aborted,
     Call,
     decompress,
@@ -76,12 +78,14 @@ class Calls(ConnectionState):
                 if plain is None:  # it inflates to more than the loop should hold for
                     call.task = self.loop.create_task(self._inflate_and_serve(call, message))
                     return
-                if not self._hold_inflated(call, len(plain)):
+                if len(plain) > self.server.max_message_bytes:  # a limit under the loop's inflation
+                    raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_INFLATED)
+                if not self._hold_inflated(call, len(plain), message):
                     return
                 message = plain
             request = call.request_class.FromString(message)  # a large one: from its buffer, uncopied
         except (Aborted, DecodeError) as error:
-            self._refuse(call, error)
+            self._refuse(call, error, message)
             return
         call.task = self.loop.create_task(self._serve(call, request))
 
@@ -96,32 +100,36 @@ class Calls(ConnectionState):
                 _inflated_request, call.request_class, call.encoding, message, size, grow
             )
         except (Aborted, DecodeError) as error:
-            self._refuse(call, error)
+            self._refuse(call, error, message)
             return
         except NoBudget:
-            self._finish(call, UNAVAILABLE, budget.refusal().message)  # type: ignore[union-attr]
+            refusal = budget.refusal().message  # type: ignore[union-attr]
+            self._finish(call, *call.refused(b"", UNAVAILABLE, refusal, message))
             return
+        head = message[:HEAD_BYTES]  # what tells its model, should it be refused below
         del message  # the compressed bytes: no longer held while the call is served
         if budget is not None:
             call.trim(inflated, budget)  # what was held ahead of the output, given back
-        if self._hold_inflated(call, inflated):
+        if self._hold_inflated(call, inflated, head):
             await self._serve(call, request)
 
-    def _hold_inflated(self, call: Call, size: int) -> bool:
+    def _hold_inflated(self, call: Call, size: int, sent: bytes) -> bool:
         """Hold what ``call``'s message inflated to in the body budget while it is served (its
         compressed bytes, dropped by then, counted in); False, and the call ended UNAVAILABLE as a
-        message that large sent plain would be, where it does not fit."""
+        message that large sent plain would be (and counted for the model ``sent``, its start as
+        sent, names), where it does not fit."""
         budget = self.server.budget
         if budget is None or call.hold(size, budget):
             return True
-        self._finish(call, UNAVAILABLE, budget.refusal().message)
+        self._finish(call, *call.refused(b"", UNAVAILABLE, budget.refusal().message, sent))
         return False
 
-    def _refuse(self, call: Call, error: Aborted | DecodeError) -> None:
+    def _refuse(self, call: Call, error: Aborted | DecodeError, sent: bytes) -> None:
         """End ``call`` whose request message cannot be served: with the status an inflation aborted
-        with, or INTERNAL for a message that does not parse (grpc core's answer to both)."""
+        with (counted for the model ``sent``, the message as sent, names, as a refusal unparsed), or
+        INTERNAL for a message that does not parse (grpc core's answer to both)."""
         if isinstance(error, Aborted):
-            self._finish(call, error.code.value[0], error.details)
+            self._finish(call, *call.refused(b"", error.code.value[0], error.details, sent))
         else:
             self._finish(call, INTERNAL, "cannot parse the request message")
 
