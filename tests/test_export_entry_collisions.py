@@ -202,3 +202,38 @@ def test_a_checkpoint_named_like_another_models_refused_entry_is_refused_and_the
     )
     assert read_refusal(repo, "foo_int8")["source_checkpoint"]["model"] == "foo"
     assert not (repo / "foo_int8").exists()
+
+
+def test_a_translators_int8_twins_refused_by_its_real_gate_keep_their_names_from_a_classifier(
+    tmp_path, capsys, monkeypatch
+):
+    """End to end, with the record the gate itself writes: translator ``foo``'s int8 twins refused
+    (1 % of sentences changed), a classifier ``foo_int8.pt`` is refused before any work, and ``foo``'s
+    next export still finds its refusals (up to date, not re-gated, no stranger in its slot)."""
+    import dataclasses
+
+    from export.pipeline import export_checkpoint
+    from export.repository import REFUSALS
+
+    def drifted(gate: Any) -> Any:
+        return dataclasses.replace(gate, agreement=0.99)
+
+    repo = tmp_path / "repo"
+    translator = _translator(tmp_path / "translators" / "foo.pt")
+    options = {"validation": SENTENCES, "tensorrt": "off", "precisions": ("fp32", "int8")}
+    first = export_checkpoint(translator, repo, accuracy_hook=drifted, **options)
+    int8 = ["foo_encoder_int8", "foo_decoder_int8", "foo_int8"]
+    assert [r.status for r in first if r.entry in int8] == ["rejected"] * 3
+    records = (repo / REFUSALS).read_text()
+    with monkeypatch.context() as patched:
+        _no_work(patched)
+        ckpt = _classifier(tmp_path / "classifiers" / "foo_int8.pt")
+        argv = [str(ckpt), "--repository", str(repo), "--tensorrt", "off", "--precisions", "fp32,int8"]
+        line = _fail(argv, capsys)
+    assert line.startswith(
+        f"export failed: entry 'foo_int8' in {repo} is model 'foo''s (from {translator}), "
+    )
+    assert (repo / REFUSALS).read_text() == records and not (repo / "foo_int8").exists()
+    again = export_checkpoint(translator, repo, accuracy_hook=drifted, **options)
+    assert [r.status for r in again] == ["up to date"] * 6
+    assert all("refused by its gate earlier" in r.message for r in again if r.entry in int8)
