@@ -45,6 +45,16 @@ def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+def _classifier_refused(
+    path: Path, repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, str]:
+    """A classifier checkpoint at ``path`` exported into ``repo`` by the CLI, which must refuse it before
+    any work: (the checkpoint, the one line saying why)."""
+    _no_work(monkeypatch)
+    ckpt = _classifier(path)
+    return ckpt, _fail([str(ckpt), "--repository", str(repo), "--tensorrt", "off"], capsys)
+
+
 def _task(entry: Path) -> str:
     return json.loads((entry / "kiln.json").read_text())["task"]
 
@@ -96,9 +106,7 @@ def test_a_checkpoint_named_like_another_models_entry_in_the_repository_is_refus
     tmp_path, capsys, monkeypatch, translator_repository
 ):
     repo, translator = translator_repository
-    _no_work(monkeypatch)
-    ckpt = _classifier(tmp_path / "foo_encoder.pt")
-    line = _fail([str(ckpt), "--repository", str(repo), "--tensorrt", "off"], capsys)
+    ckpt, line = _classifier_refused(tmp_path / "foo_encoder.pt", repo, capsys, monkeypatch)
     assert line == (
         f"export failed: entry 'foo_encoder' in {repo} belongs to model 'foo' (from {translator}); "
         f"exporting {ckpt} as model 'foo_encoder' would overwrite it: rename the checkpoint, remove "
@@ -192,9 +200,7 @@ def test_a_checkpoint_named_like_another_models_refused_entry_is_refused_and_the
     translator = tmp_path / "translators" / "foo.pt"
     source = {"path": str(translator), "sha256": "0" * 64, "model": "foo"}
     remember_refusal(repo, "foo_int8", {"source_checkpoint": source, "precision": "int8"})
-    _no_work(monkeypatch)
-    ckpt = _classifier(tmp_path / "foo_int8.pt")
-    line = _fail([str(ckpt), "--repository", str(repo), "--tensorrt", "off"], capsys)
+    ckpt, line = _classifier_refused(tmp_path / "foo_int8.pt", repo, capsys, monkeypatch)
     assert line == (
         f"export failed: entry 'foo_int8' in {repo} is model 'foo''s (from {translator}), refused by its "
         f"gate (recorded in {repo / '.kiln_refused.json'}); exporting {ckpt} as model 'foo_int8' would "
