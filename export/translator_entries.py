@@ -12,7 +12,7 @@ from typing import Any
 from export import repository
 from export.parity import ParityReport
 from export.results import Entry, EntryResult, ExportContext, ExportOptions
-from export.specs import GraphSpec
+from export.specs import DTYPES, GraphSpec
 from export.translator_graphs import FusedStep, TranslatorGraphs
 from export.triton_config import (
     TritonModelConfig,
@@ -127,6 +127,17 @@ def python_entry_config(
     )
 
 
+def _kserve_tensors(config: TritonModelConfig) -> dict[str, list[dict[str, Any]]]:
+    """The python entry's inputs and outputs as KServe metadata lists them (batch axis first), for
+    kiln.json: derived from its config, so the two say the same (``translation`` and ``score``)."""
+    datatype = {triton: kserve for kserve, triton in DTYPES.values()}
+
+    def listed(tensors: tuple[TritonTensor, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": datatype[t.data_type], "dims": [-1, *t.dims]} for t in tensors]
+
+    return {"inputs": listed(config.inputs), "outputs": listed(config.outputs)}
+
+
 def _copy_runtime(version: Path) -> str:
     """model.py and the beam search modules from serving/, when the template exists."""
     if not TEMPLATE.is_file():
@@ -176,8 +187,7 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
             "task": "translate",
             **_common(ctx, step_spec, entry.precision),
             "platform": "python",
-            "inputs": [{"name": "text", "datatype": "BYTES", "dims": [-1, 1]}],
-            "outputs": [{"name": "translation", "datatype": "BYTES", "dims": [-1, 1]}],
+            **_kserve_tensors(config),
             "roles": {"text": "text", "translation": "translation"},
             "max_batch_size": ctx.options.max_batch_size,
             "model_py": model_py,

@@ -224,6 +224,11 @@ def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exporte
         "translation",
         "score",
     ]
+    assert [(o["name"], o["datatype"], o["dims"]) for o in meta["outputs"]] == [  # as its config says
+        ("translation", "BYTES", [-1, -1]),
+        ("score", "FP32", [-1, -1]),
+    ]
+    assert [(i["name"], i["datatype"], i["dims"]) for i in meta["inputs"]] == [("text", "BYTES", [-1, 1])]
     dec = json.loads((repo / f"{name}_decoder" / "kiln.json").read_text())
     assert dec["task"] == "translate_decoder" and dec["step_spec"] == meta["translator"]["step_spec"]
 

@@ -16,6 +16,7 @@ import pytest
 
 from serving.triton import TritonServer, find_triton
 from serving.triton.server import triton_python_env
+from tests.repo_fixtures import LiveServer, held_grpc_port
 from tests.test_translate_serving import _solo_tokens, _target_tokenizer, build_translator_repository
 
 pytestmark = pytest.mark.triton
@@ -121,6 +122,62 @@ def test_triton_honours_decoding_parameters_and_n_best(triton: TritonServer) -> 
     assert out.shape == (2, 3) and score.shape == (2, 3) and score.dtype == np.float32
     assert all(list(row) == sorted(row, reverse=True) and row[0] < 0 for row in score)  # best first
     assert all(len(v.decode().split()) <= 3 for v in out.reshape(-1))  # max_length 4 = at most 3 words + EOS
+
+
+@pytest.fixture(scope="module")
+def gateway(exported: Path) -> Iterator[LiveServer]:
+    """The gateway (embedded ONNX Runtime) over the repository Triton serves, over HTTP and gRPC."""
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with held_grpc_port() as grpc_port:
+        settings = Settings(
+            model_repository=exported / "model_repository", grpc_port=grpc_port, reuse_port=True
+        )
+        with LiveServer(create_app(settings)) as server:
+            server.grpc_url = f"127.0.0.1:{grpc_port}"
+            yield server
+
+
+def _answer(module, url: str, options: dict) -> tuple[list, list[str], dict[str, np.ndarray]]:
+    """(``<name>``'s metadata outputs, the outputs an infer naming none answers, their arrays)."""
+    with module.InferenceServerClient(url) as client:
+        meta = client.get_model_metadata(NAME)
+        tensor = module.InferInput("text", [3, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode()] for t in TEXTS[:3]], dtype=np.object_))
+        result = client.infer(NAME, [tensor], parameters=options)
+    if isinstance(meta, dict):  # HTTP: JSON
+        declared = [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]]
+        names = [o["name"] for o in result.get_response()["outputs"]]
+    else:
+        declared = [(t.name, t.datatype, list(t.shape)) for t in meta.outputs]
+        names = [o.name for o in result.get_response().outputs]
+    return declared, names, {name: result.as_numpy(name) for name in names}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("max_length", [1, MAX_LENGTH])  # 1: one hypothesis found, two padded
+def test_triton_and_the_gateway_declare_and_answer_the_same_translation_and_score(
+    triton: TritonServer, gateway: LiveServer, protocol: str, max_length: int
+) -> None:
+    """Triton's ``<name>`` declared and answered ``translation`` alone, one hypothesis a text: a
+    tritonclient user now gets the gateway's outputs, shapes, n-best hypotheses and scores from either."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    options = {"beam_size": 3, "n_best": 3, "max_length": max_length}
+    if protocol == "http":
+        servers = [(httpclient, triton.http_url), (httpclient, gateway.url)]
+    else:
+        servers = [(grpcclient, triton.grpc_url), (grpcclient, gateway.grpc_url)]
+    (t_declared, t_names, t_out), (g_declared, g_names, g_out) = (_answer(m, u, options) for m, u in servers)
+    assert t_declared == g_declared == [("translation", "BYTES", [-1, -1]), ("score", "FP32", [-1, -1])]
+    assert t_names == g_names == ["translation", "score"]  # none named: both, from either server
+    assert t_out["translation"].shape == t_out["score"].shape == (3, 3)  # [texts, n_best]
+    assert t_out["translation"].tolist() == g_out["translation"].tolist()
+    assert t_out["score"].dtype == g_out["score"].dtype == np.float32
+    np.testing.assert_allclose(t_out["score"], g_out["score"], rtol=1e-4)  # -inf where padded, in both
+    assert np.isneginf(t_out["score"][:, 1:]).all() == (max_length == 1)
 
 
 def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> None:
