@@ -19,6 +19,9 @@ from export.repository import RepositoryError, check_repository
 from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
+from export.writer_lock import writer_lock
+
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
 
 # fp16 is what suits a GPU; fp32 stays in every set, as the reference each precision is checked against.
 DEFAULT_PRECISIONS = {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}
@@ -146,9 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         check_entry_names(checkpoints)
         check_repository(Path(args.repository))
-        check_entry_plan(checkpoints, Path(args.repository), options)
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        with writer_lock(Path(args.repository)), Progress(*PROGRESS_COLUMNS, console=console) as progress:
+            check_entry_plan(checkpoints, Path(args.repository), options)
             task = progress.add_task("export", total=len(checkpoints))
             for ckpt in checkpoints:
                 results += export_checkpoint(

@@ -20,6 +20,7 @@ from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
 from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
+from export.writer_lock import writer_lock
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,32 @@ def export_checkpoint(
     path = Path(path)
     options = dataclasses.replace(options or ExportOptions(), **settings)
     check_repository(Path(repository))
+    with writer_lock(Path(repository)):
+        return _export_locked(path, Path(repository), options, name, on_step, validation, accuracy_hook)
+
+
+def _export_locked(
+    path: Path,
+    repository: Path,
+    options: ExportOptions,
+    name: str | None,
+    on_step: Callable[[str], None] | None,
+    validation: Any,
+    accuracy_hook: Callable | None,
+) -> list[EntryResult]:
+    """``export_checkpoint``'s work, under the repository's writer lock."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["model"].get("args"), dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'args': dict}}")
     check_task_keys(ckpt, path)
     name = name or entry_name(path)
-    check_owners(Path(repository), [Plan(path, name, task_entries(ckpt["task"], name, options))])
+    check_owners(repository, [Plan(path, name, task_entries(ckpt["task"], name, options))])
     ctx = ExportContext(
         path=path,
         ckpt=ckpt,
         model=rebuild_checked(ckpt, path),
         sha256=file_sha256(path),
-        repository=Path(repository),
+        repository=repository,
         options=options,
         name=name,
         on_step=on_step,
@@ -205,8 +220,10 @@ def export_all(
     check_entry_names(checkpoints)
     settings = {k: v for k, v in kw.items() if k in OPTION_FIELDS}
     options = dataclasses.replace(kw.get("options") or ExportOptions(), **settings)
-    check_entry_plan(checkpoints, Path(repository), options)
-    for ckpt in checkpoints:
-        log.info("exporting %s", ckpt)
-        results += export_checkpoint(ckpt, repository, **kw)
+    check_repository(Path(repository))
+    with writer_lock(Path(repository)):  # the plan holds until the last checkpoint is written
+        check_entry_plan(checkpoints, Path(repository), options)
+        for ckpt in checkpoints:
+            log.info("exporting %s", ckpt)
+            results += export_checkpoint(ckpt, repository, **kw)
     return results

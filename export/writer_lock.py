@@ -1,0 +1,100 @@
+"""One export at a time per repository: an advisory lock that every export holds from its plan to its
+last write.
+
+Two exports into one repository at once used to interleave: each checks entry ownership up front
+(``entry_plan``) and rewrites the repository's ``.kiln_refused.json`` by read-modify-write, so a second
+export could take a name the first had just claimed, or drop the first one's refusal record. The lock
+is ``flock`` on ``<repository>/.kiln_export.lock`` (a file: Triton takes only directories for models),
+released by the kernel when its holder exits, however it exits; a second export waits for it, saying
+whose it is. Within a process it is re-entrant (``export_all`` holds it across the
+``export_checkpoint`` calls that take it again) and threads take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".kiln_export.lock"
+
+
+class _Held:
+    """This process's hold on one repository's lock: the thread holding it, how deeply, the file."""
+
+    def __init__(self) -> None:
+        self.turn = threading.RLock()  # threads of this process take turns
+        self.depth = 0
+        self.fd: int | None = None
+
+
+_HELD: dict[Path, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it ("pid 123 on host since 12:00:01"), or a plain word."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+@contextlib.contextmanager
+def writer_lock(repository: Path) -> Iterator[None]:
+    """Hold ``repository``'s export lock for the ``with`` block, waiting (with a warning naming the
+    holder) while another export holds it. ``repository`` must exist (``check_repository``)."""
+    key = Path(repository).resolve()
+    with _HELD_GUARD:
+        held = _HELD.setdefault(key, _Held())
+    with held.turn:
+        if held.depth == 0:
+            held.fd = _acquire(key)
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0 and held.fd is not None:
+                os.close(held.fd)  # closing the descriptor releases the flock
+                held.fd = None
+
+
+def _open(path: Path) -> tuple[int, bool]:
+    """The lock file's descriptor, and whether it may be written (a lock file another user made can
+    still be locked, read-only, in a repository shared by a group)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+
+
+def _acquire(repository: Path) -> int:
+    fd, writable = _open(repository / LOCK_NAME)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "%s is being written by another export (%s); waiting for it to finish",
+                repository,
+                _holder(fd),
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if writable:
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
