@@ -58,7 +58,11 @@ def _holder(repo: Path) -> subprocess.Popen:
     """A process holding ``repo``'s lock until its stdin closes (returned once it holds it)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(repo)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", HOLDER, str(repo)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     assert proc.stdout.readline() == "held\n"
     return proc
@@ -93,7 +97,9 @@ def test_an_export_waits_while_another_process_writes_the_repository_and_runs_on
     assert f"pid {os.getpid()} on " in (repo / LOCK_NAME).read_text()
 
 
-def test_the_lock_is_reentrant_in_one_thread_and_other_threads_take_turns(tmp_path: Path, waits: _Waits) -> None:
+def test_the_lock_is_reentrant_in_one_thread_and_other_threads_take_turns(
+    tmp_path: Path, waits: _Waits
+) -> None:
     order: list[str] = []
     inside = threading.Event()
 
