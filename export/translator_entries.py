@@ -106,7 +106,7 @@ def python_steps(device: str) -> str:
 def python_entry_config(
     name: str, max_batch_size: int, encoder: str, decoder: str, steps: str = "in_process"
 ) -> TritonModelConfig:
-    """``text`` in, ``translation`` (TYPE_STRING) and ``score`` (TYPE_FP32) out, each ``[n_best]`` a text
+    """``text`` in, ``translation`` (TYPE_STRING), ``score`` and ``raw_score`` (TYPE_FP32) out, each ``[n_best]`` a text
     (dims [-1]: the request's ``n_best``), python backend, dynamically batched.
     ``steps``: ``in_process`` (the encoder's and decoder's graphs in the model's own ONNX Runtime
     sessions, the decoder's steps compiled) or ``bls`` (every step a BLS call to those entries: a GPU
@@ -119,6 +119,7 @@ def python_entry_config(
         outputs=(
             TritonTensor("translation", "TYPE_STRING", (-1,)),
             TritonTensor("score", "TYPE_FP32", (-1,)),
+            TritonTensor("raw_score", "TYPE_FP32", (-1,)),
         ),
         # no preferred sizes (Triton's default, DESIGN's batching rule): with them Triton splits what is
         # queued into preferred-size batches (7 texts: 4, then 3 after them), decoded one after another

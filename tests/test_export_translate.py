@@ -223,10 +223,12 @@ def test_translator_entry_carries_tokenizers_step_spec_and_python_config(exporte
     assert [i.name for i in config.input] == ["text"] and [o.name for o in config.output] == [
         "translation",
         "score",
+        "raw_score",
     ]
     assert [(o["name"], o["datatype"], o["dims"]) for o in meta["outputs"]] == [  # as its config says
         ("translation", "BYTES", [-1, -1]),
         ("score", "FP32", [-1, -1]),
+        ("raw_score", "FP32", [-1, -1]),
     ]
     assert [(i["name"], i["datatype"], i["dims"]) for i in meta["inputs"]] == [("text", "BYTES", [-1, 1])]
     dec = json.loads((repo / f"{name}_decoder" / "kiln.json").read_text())

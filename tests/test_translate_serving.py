@@ -396,18 +396,23 @@ def test_tritonclient_http_and_grpc_translate_through_the_gateway(gateway) -> No
 
 
 def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_and_grpc(gateway) -> None:
-    """``translation`` and the optional ``score``, both [n, n_best], as infer answers them (and an unknown
-    output's error names both)."""
+    """``translation``, the optional ``score`` and ``raw_score``, each [n, n_best], as infer answers them
+    (and an unknown output's error names them all)."""
     import tritonclient.grpc as grpcclient
 
     url = f"http://{gateway.url}/v2/models/transformer"
-    served = [("translation", "BYTES", [-1, -1]), ("score", "FP32", [-1, -1])]
+    served = [
+        ("translation", "BYTES", [-1, -1]),
+        ("score", "FP32", [-1, -1]),
+        ("raw_score", "FP32", [-1, -1]),
+    ]
     meta = httpx.get(url, timeout=60).json()
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == served
     config = httpx.get(f"{url}/config", timeout=60).json()
     assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
         ("translation", "TYPE_STRING", ["-1"]),
         ("score", "TYPE_FP32", ["-1"]),
+        ("raw_score", "TYPE_FP32", ["-1"]),
     ]
     with grpcclient.InferenceServerClient(gateway.grpc_url) as client:
         outputs = client.get_model_metadata("transformer").outputs
@@ -415,22 +420,26 @@ def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_
         assert [o.name for o in client.get_model_config("transformer").config.output] == [
             "translation",
             "score",
+            "raw_score",
         ]
     body = {
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2, 1], "data": ["twelve", "three"]}],
-        "outputs": [{"name": "translation"}, {"name": "score"}],
+        "outputs": [{"name": "translation"}, {"name": "score"}, {"name": "raw_score"}],
         "parameters": {"beam_size": 3, "n_best": 3, "max_length": 12},
     }
     answered = {o["name"]: o for o in httpx.post(f"{url}/infer", json=body, timeout=60).json()["outputs"]}
     assert [(n, answered[n]["datatype"]) for n, _, _ in served] == [(n, d) for n, d, _ in served]
     assert answered["translation"]["shape"] == answered["score"]["shape"] == [2, 3]  # [n, n_best]
+    assert answered["raw_score"]["shape"] == [2, 3]
     unnamed = {k: v for k, v in body.items() if k != "outputs"}  # KServe v2: every output, as Triton's
     every = [o["name"] for o in httpx.post(f"{url}/infer", json=unnamed, timeout=60).json()["outputs"]]
-    assert every == ["translation", "score"]
+    assert every == ["translation", "score", "raw_score"]
     wrong = {**body, "outputs": [{"name": "scores"}]}
     refused = httpx.post(f"{url}/infer", json=wrong, timeout=60)
     assert refused.status_code == 400
-    assert refused.json()["error"].endswith("no output(s) ['scores']; outputs: ['translation', 'score']")
+    assert refused.json()["error"].endswith(
+        "no output(s) ['scores']; outputs: ['translation', 'score', 'raw_score']"
+    )
 
 
 def test_kserve_translate_refuses_bad_parameters_with_400(gateway) -> None:

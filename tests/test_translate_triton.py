@@ -58,6 +58,21 @@ def _infer(module, url: str, texts: list[str], **parameters) -> list[str]:
         client.close()
 
 
+def _scored(url: str, texts: list[str], **parameters) -> list[tuple[list[str], list[float], list[float]]]:
+    """Triton's ``<name>`` answer for each text: n_best (texts, normalized scores, raw scores)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        tensor = httpclient.InferInput("text", [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        result = client.infer(NAME, [tensor], parameters=parameters)  # none named: every output
+        out = [result.as_numpy(k).tolist() for k in ("translation", "score", "raw_score")]
+        return [([t.decode() for t in row], norms, raws) for row, norms, raws in zip(*out, strict=True)]
+    finally:
+        client.close()
+
+
 TEXTS = ["three hundred and twelve", "forty-two", "the 3rd house", "seven thousand two hundred cars", "nine"]
 
 
@@ -171,13 +186,17 @@ def test_triton_and_the_gateway_declare_and_answer_the_same_translation_and_scor
     else:
         servers = [(grpcclient, triton.grpc_url), (grpcclient, gateway.grpc_url)]
     (t_declared, t_names, t_out), (g_declared, g_names, g_out) = (_answer(m, u, options) for m, u in servers)
-    assert t_declared == g_declared == [("translation", "BYTES", [-1, -1]), ("score", "FP32", [-1, -1])]
-    assert t_names == g_names == ["translation", "score"]  # none named: both, from either server
-    assert t_out["translation"].shape == t_out["score"].shape == (3, 3)  # [texts, n_best]
-    assert t_out["translation"].tolist() == g_out["translation"].tolist()
-    assert t_out["score"].dtype == g_out["score"].dtype == np.float32
-    np.testing.assert_allclose(t_out["score"], g_out["score"], rtol=1e-4)  # -inf where padded, in both
-    assert np.isneginf(t_out["score"][:, 1:]).all() == (max_length == 1)
+    scores = [("score", "FP32", [-1, -1]), ("raw_score", "FP32", [-1, -1])]
+    assert t_declared == g_declared == [("translation", "BYTES", [-1, -1]), *scores]
+    assert t_names == g_names == ["translation", "score", "raw_score"]  # none named: all, from either
+    assert t_out["translation"].shape == t_out["score"].shape == t_out["raw_score"].shape == (3, 3)
+    assert t_out["translation"].tolist() == g_out["translation"].tolist()  # [texts, n_best]
+    for score in ("score", "raw_score"):
+        assert t_out[score].dtype == g_out[score].dtype == np.float32
+        np.testing.assert_allclose(t_out[score], g_out[score], rtol=1e-4)  # -inf where padded, in both
+        assert np.isneginf(t_out[score][:, 1:]).all() == (max_length == 1)
+    real = np.isfinite(t_out["raw_score"])
+    assert (t_out["raw_score"][real] < 0).all() and real[:, 0].all()  # sums of log-probs, the best real
 
 
 def test_triton_refuses_a_bad_beam_size_with_a_message(triton: TritonServer) -> None:
@@ -247,6 +266,16 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
             f"/v1/models/{NAME}/translate",
             json={"texts": TEXTS, "beam_size": 4, "n_best": 3, "max_length": MAX_LENGTH},
         )
+        scored = client.post(
+            f"/v1/models/{NAME}/translate",
+            json={
+                "texts": TEXTS,
+                "beam_size": 4,
+                "n_best": 3,
+                "max_length": MAX_LENGTH,
+                "return_scores": True,
+            },
+        )
         metrics = client.get("/metrics").text
     assert resp.status_code == 200, resp.text
     assert [t["hypotheses"][0]["text"] for t in resp.json()["translations"]] == direct
@@ -254,5 +283,12 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
     got = [[h["text"] for h in t["hypotheses"]] for t in several.json()["translations"]]
     assert got == [n_best[3 * i : 3 * i + len(hyps)] for i, hyps in enumerate(got)]
     assert all(1 <= len(hyps) <= 3 for hyps in got)
+    assert scored.status_code == 200, scored.text  # return_scores through Triton's <name> too (was a 422)
+    want = _scored(triton.http_url, TEXTS, beam_size=4, n_best=3, max_length=MAX_LENGTH)
+    for hyps, (texts, norms, raws) in zip(scored.json()["translations"], want, strict=True):
+        assert [h["text"] for h in hyps["hypotheses"]] == texts[: len(hyps["hypotheses"])]
+        for h, norm, raw in zip(hyps["hypotheses"], norms, raws, strict=False):
+            assert h["normalized_score"] == pytest.approx(norm, rel=1e-4)
+            assert h["score"] == pytest.approx(raw, rel=1e-4) and h["score"] < 0
     steps = [ln for ln in metrics.splitlines() if ln.startswith("kiln_decoder_steps_total")]
     assert bool(steps and float(steps[0].split()[-1]) > 0) == (mode == "scheduler")

@@ -16,8 +16,8 @@ from tritonclient.grpc import model_config_pb2
 from serving.decoding import beam_search as bs
 from serving.decoding.scheduler import SchedulerConfig
 from serving.decoding.translator import OUTPUTS, Translator, TranslatorPool, declare_outputs
-from serving.errors import BadRequest
-from serving.execution.base import InferRequest
+from serving.errors import BadRequest, UnprocessableInput
+from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta
 from serving.execution.repository import RepositoryEntry
 
 SERVER_S = 30.0
@@ -71,15 +71,18 @@ def test_the_declared_outputs_are_what_an_infer_asking_for_each_returns() -> Non
     entry = exported_entry()
     declare_outputs(entry)
     declared = {t.name: (t.datatype, t.shape) for t in entry.outputs()}
-    assert declared == {"translation": ("BYTES", [-1, -1]), "score": ("FP32", [-1, -1])}
+    scores = {"score": ("FP32", [-1, -1]), "raw_score": ("FP32", [-1, -1])}
+    assert declared == {"translation": ("BYTES", [-1, -1]), **scores}
     assert [o.name for o in entry.config.output] == [name for name, _ in OUTPUTS]
     service, _ = translator()
-    answer = asyncio.run(service.infer(kserve(["translation", "score"])))
+    answer = asyncio.run(service.infer(kserve(["translation", "score", "raw_score"])))
+    assert answer.outputs["score"].tolist() == [[-0.5, -1.0]] * 2  # normalized, as the search ranks them
+    assert answer.outputs["raw_score"].tolist() == [[-1.0, -2.0]] * 2  # the sums of log-probs
     for name, (datatype, shape) in declared.items():
         value = answer.outputs[name]
         assert value.shape == (2, 2) and len(shape) == value.ndim  # [n, n_best]: n_best is not 1 here
         assert (value.dtype == np.object_) == (datatype == "BYTES")
-    assert list(asyncio.run(service.infer(kserve())).outputs) == ["translation", "score"]  # none named: all
+    assert list(asyncio.run(service.infer(kserve())).outputs) == ["translation", "score", "raw_score"]  # all
     assert list(asyncio.run(service.infer(kserve(["translation"]))).outputs) == ["translation"]
 
 
@@ -89,7 +92,8 @@ def test_a_translator_pool_declares_its_entries_outputs_once_and_leaves_other_en
     repository = SimpleNamespace(entries={"t": entry, "c": other})
     TranslatorPool(repository)
     TranslatorPool(repository)  # a second pool over the same repository changes nothing more
-    assert [(o.name, list(o.dims)) for o in entry.config.output] == [("translation", [-1]), ("score", [-1])]
+    declared = [(o.name, list(o.dims)) for o in entry.config.output]
+    assert declared == [("translation", [-1]), ("score", [-1]), ("raw_score", [-1])]
     assert [o.name for o in other.config.output] == ["translation"]
 
 
@@ -97,7 +101,10 @@ def test_an_unknown_output_is_refused_naming_every_real_one_before_any_decoding(
     service, scheduler = translator()
     with pytest.raises(BadRequest) as refused:
         asyncio.run(service.infer(kserve(["translation", "scores"])))
-    assert refused.value.message == "model 't' has no output(s) ['scores']; outputs: ['translation', 'score']"
+    assert (
+        refused.value.message
+        == "model 't' has no output(s) ['scores']; outputs: ['translation', 'score', 'raw_score']"
+    )
     assert scheduler.timeouts == []  # refused before its texts were decoded
 
 
@@ -116,3 +123,46 @@ def test_a_client_timeout_only_shortens_the_translators_limit(fields, limit) -> 
     asyncio.run(service.infer(kserve(**fields)))
     asyncio.run(service.translate(["cinq"], bs.DecodingOptions(), fields.get("timeout_s")))
     assert scheduler.timeouts == [limit, min(fields.get("timeout_s", SERVER_S), SERVER_S)]
+
+
+class InferOnlyBackend:
+    """A backend translating through ``<name>``'s KServe infer (as Triton's model answers it), with or
+    without the ``raw_score`` output of exports since it existed; notes the outputs each infer asked for."""
+
+    def __init__(self, outputs: tuple[str, ...]) -> None:
+        self.declared, self.asked = outputs, []
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return ModelMetadata(
+            name, ["1"], "python", [], [TensorMeta(o, "FP32", [-1, -1]) for o in self.declared]
+        )
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self.asked.append(request.outputs)
+        answers = {
+            "translation": np.array([[b"cinq", b""]], dtype=np.object_),
+            "score": np.array([[-0.5, -np.inf]], dtype=np.float32),
+            "raw_score": np.array([[-1.0, -np.inf]], dtype=np.float32),
+        }
+        return InferResponse(request.model, "1", {k: answers[k] for k in request.outputs})
+
+
+def test_rest_return_scores_through_a_backends_name_model_come_from_its_raw_score_output() -> None:
+    """Through Triton's ``<name>`` the REST route refused ``return_scores`` (no raw scores there): now
+    both scores, the padding hypothesis dropped; an entry exported before ``raw_score`` is a 422 saying
+    to export it again, before any work."""
+    from serving.metrics import GatewayMetrics
+    from serving.protocol.translate import TranslateRequest, _via_infer
+
+    body = TranslateRequest(texts=["cinq"], beam_size=2, n_best=2, return_scores=True)
+    backend = InferOnlyBackend(("translation", "score", "raw_score"))
+    [hyps] = asyncio.run(_via_infer(backend, GatewayMetrics(), "t", body))  # type: ignore[arg-type]
+    assert [(h.text, h.score, h.normalized_score) for h in hyps] == [("cinq", -1.0, -0.5)]
+    assert backend.asked == [["translation", "score", "raw_score"]]
+    old = InferOnlyBackend(("translation", "score"))
+    with pytest.raises(UnprocessableInput, match="export it again"):
+        asyncio.run(_via_infer(old, GatewayMetrics(), "t", body))  # type: ignore[arg-type]
+    assert old.asked == []
+    plain = TranslateRequest(texts=["cinq"], beam_size=2)
+    [hyps] = asyncio.run(_via_infer(old, GatewayMetrics(), "t", plain))  # type: ignore[arg-type]
+    assert [h.text for h in hyps] == ["cinq"] and old.asked == [["translation"]]  # no scores asked

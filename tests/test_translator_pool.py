@@ -93,5 +93,9 @@ def test_the_gateways_translator_shows_its_own_outputs_whichever_backend_runs_it
     )
     gateway = Gateway(backend, Repository(tmp_path))
     outputs = {t.name: (t.datatype, t.shape) for t in gateway.metadata("t").outputs}
-    assert outputs == {"translation": ("BYTES", [-1, -1]), "score": ("FP32", [-1, -1])}
-    assert [o["name"] for o in gateway.config("t", "1")["output"]] == ["translation", "score"]
+    assert outputs == {
+        "translation": ("BYTES", [-1, -1]),
+        "score": ("FP32", [-1, -1]),
+        "raw_score": ("FP32", [-1, -1]),
+    }
+    assert [o["name"] for o in gateway.config("t", "1")["output"]] == ["translation", "score", "raw_score"]

@@ -53,10 +53,10 @@ def model(monkeypatch: pytest.MonkeyPatch):
     instance = module.TritonPythonModel()
     instance.spec = SimpleNamespace(max_positions=64, eos_id=2, bos_id=1)
 
-    def translate(texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float]]]:
+    def translate(texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float, float]]]:
         if "poison" in texts:
             raise ValueError("text[0] is 99 tokens long; the model takes 64")
-        return [[(t.upper(), -0.25 * j) for j in range(config.n_best)] for t in texts]
+        return [[(t.upper(), -0.25 * j, -0.5 * j - 1) for j in range(config.n_best)] for t in texts]
 
     instance._translate = translate
     yield instance
@@ -90,4 +90,7 @@ def test_the_model_answers_translation_and_score_as_the_gateways_translators_do(
     answers = dict(both.outputs)
     assert answers["translation"].tolist() == [[b"A", b"A"], [b"B", b"B"]]
     assert answers["score"].dtype == np.float32 and answers["score"].tolist() == [[0.0, -0.25], [0.0, -0.25]]
+    assert answers["raw_score"].dtype == np.float32  # the sums, beside the normalized scores
+    assert answers["raw_score"].tolist() == [[-1.0, -1.5], [-1.0, -1.5]]
+    assert [name for name, _ in both.outputs] == ["translation", "score", "raw_score"]  # none named: all
     assert [name for name, _ in named.outputs] == ["score"]

@@ -37,10 +37,11 @@ FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
 
 # The KServe outputs of a translator's ``<name>`` entry as :meth:`Translator.infer` answers them, (name,
-# config data type) in metadata order: BYTES ``translation`` and FP32 ``score`` (normalized), both
-# [n, n_best] for ``text`` [n, 1]; a request naming no output gets both (KServe v2: "if not specified
-# all outputs produced by the model will be returned"), as Triton's ``<name>`` model answers it.
-OUTPUTS = (("translation", "TYPE_STRING"), ("score", "TYPE_FP32"))
+# config data type) in metadata order: BYTES ``translation``, FP32 ``score`` (normalized: the search's
+# ranking) and FP32 ``raw_score`` (the sum of the tokens' log-probs), each [n, n_best] for ``text``
+# [n, 1]; a request naming no output gets all (KServe v2: "if not specified all outputs produced by the
+# model will be returned"), as Triton's ``<name>`` model answers it.
+OUTPUTS = (("translation", "TYPE_STRING"), ("score", "TYPE_FP32"), ("raw_score", "TYPE_FP32"))
 DEFAULT_OUTPUTS = [name for name, _ in OUTPUTS]
 
 # Requests this small are tokenized / detokenized on the event loop, text by text holding the GIL:
@@ -242,6 +243,10 @@ class Translator:
         if "score" in wanted:
             outputs["score"] = np.array(
                 [[_pad(hyps, j).normalized_score for j in range(width)] for hyps in results], dtype=np.float32
+            )  # [n, n_best]
+        if "raw_score" in wanted:
+            outputs["raw_score"] = np.array(
+                [[_pad(hyps, j).score for j in range(width)] for hyps in results], dtype=np.float32
             )  # [n, n_best]
         return InferResponse(self.name, "", {k: outputs[k] for k in wanted}, request.request_id)
 

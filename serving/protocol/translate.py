@@ -266,32 +266,35 @@ async def _via_infer(
     backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest
 ) -> list[list[Translation]]:
     """Translate through KServe infer on ``<name>`` (e.g. Triton's python model), which answers
-    ``translation`` and the normalized ``score``, [n, n_best], padded with -inf where a search found
-    fewer; no raw score there, so ``return_scores`` is refused."""
-    if body.return_scores:
+    ``translation``, the normalized ``score`` and the ``raw_score``, [n, n_best], padded with -inf where a
+    search found fewer. A ``<name>`` exported before ``raw_score`` existed refuses ``return_scores``."""
+    if body.return_scores and "raw_score" not in {o.name for o in backend.metadata(name).outputs}:
         raise UnprocessableInput(
-            f"model {name!r}: this backend returns no raw scores; drop return_scores (the KServe v2 "
-            "route's 'score' output has the normalized ones)"
+            f"model {name!r} answers no raw scores (exported before its 'raw_score' output; export it "
+            "again), so return_scores cannot be served; its KServe v2 'score' output has the normalized ones"
         )
     texts = np.array([[t.encode()] for t in body.texts], dtype=np.object_)  # [n, 1]
     params = body.options().__dict__
     # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
-    outputs = ["translation", "score"] if body.n_best > 1 else ["translation"]
+    outputs = ["translation"] + (["score"] if body.n_best > 1 or body.return_scores else [])
+    outputs += ["raw_score"] if body.return_scores else []
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
     request = InferRequest(name, {"text": texts}, outputs=outputs, parameters=params)
     response = await observed_infer(backend, metrics, request)
     n = len(body.texts)
     out = np.asarray(response.outputs["translation"]).reshape(n, -1)  # [n, n_best]
-    if body.n_best == 1:
-        return [[Translation(_text(row[0]), [], float("nan"), float("nan"))] for row in out]
-    scores = np.asarray(response.outputs["score"], dtype=np.float64).reshape(n, -1)
+    nan = np.full(out.shape, np.nan)
+    norms, raws = (
+        np.asarray(response.outputs[k], dtype=np.float64).reshape(n, -1) if k in outputs else nan
+        for k in ("score", "raw_score")
+    )
     return [
         [
-            Translation(_text(text), [], float("nan"), float(score))
-            for j, (text, score) in enumerate(zip(row, row_scores, strict=True))
-            if j == 0 or math.isfinite(score)  # the best is always real; padding after it is -inf
+            Translation(_text(text), [], float(raw), float(norm))
+            for j, (text, norm, raw) in enumerate(zip(*rows, strict=True))
+            if j == 0 or math.isfinite(norm)  # the best is always real; padding after it is -inf
         ]
-        for row, row_scores in zip(out, scores, strict=True)
+        for rows in zip(out, norms, raws, strict=True)
     ]
 
 

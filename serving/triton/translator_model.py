@@ -51,7 +51,7 @@ def _array(tensor) -> np.ndarray:
     return tensor.as_numpy()
 
 
-OUTPUTS = ("translation", "score")  # the gateway's translators' outputs (serving/decoding/translator.py)
+OUTPUTS = ("translation", "score", "raw_score")  # the gateway's translators' (serving/decoding/translator.py)
 
 
 def _requested(request) -> set[str]:
@@ -181,8 +181,11 @@ class TritonPythonModel:
             rows = translations[offset : offset + len(ts)]
             offset += len(ts)
             outputs = {  # each [b, n_best], as the gateway's own translators answer them
-                "translation": np.array([[t.encode() for t, _ in hyps] for hyps in rows], dtype=np.object_),
-                "score": np.array([[s for _, s in hyps] for hyps in rows], dtype=np.float32),
+                "translation": np.array(
+                    [[t.encode() for t, _, _ in hyps] for hyps in rows], dtype=np.object_
+                ),
+                "score": np.array([[s for _, s, _ in hyps] for hyps in rows], dtype=np.float32),
+                "raw_score": np.array([[r for _, _, r in hyps] for hyps in rows], dtype=np.float32),
             }
             tensors = [_tensor(name, outputs[name]) for name in OUTPUTS if name in wanted]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
@@ -199,8 +202,8 @@ class TritonPythonModel:
                 raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
         return texts
 
-    def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float]]]:
-        """n_best (text, normalized score) per input, decoding as many sentences together as the
+    def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float, float]]]:
+        """n_best (text, normalized score, raw score) per input, decoding as many sentences together as the
         entries allow; a search that finished fewer has empty texts scored -inf after them."""
         ids = [e.ids for e in self.source.encode_batch(texts)]
         cap = self.spec.max_positions
@@ -213,8 +216,8 @@ class TritonPythonModel:
         )
         padded = [h for hyps in results for h in self._padded(hyps, config)]
         texts_out = iter(self._detokenize([h.tokens for h in padded]))
-        scores = iter([h.normalized_score for h in padded])
-        return [[(next(texts_out), next(scores)) for _ in range(config.n_best)] for _ in results]
+        scores = iter([(h.normalized_score, h.score) for h in padded])
+        return [[(next(texts_out), *next(scores)) for _ in range(config.n_best)] for _ in results]
 
     @staticmethod
     def _padded(hyps: list, config: bs.BeamConfig) -> list:
