@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-EXPORT_VERSION = 8  # bump when the export changes what it writes, and say for which models in CHANGED
+EXPORT_VERSION = 9  # bump when the export changes what it writes, and say for which models in CHANGED
 
 # What each version changed, and for which models (registry names, kiln.json's ``model.name``): an
 # entry is stale only when a version after the one that wrote it changed what export writes for its
@@ -38,6 +38,11 @@ CHANGED: dict[int, tuple[tuple[str, ...], str]] = {
         ("transformer",),
         "the Transformer's fused encoder computes the real source positions only (packed rows), and its "
         "encoders give zero keys and values at padded positions",
+    ),
+    9: (
+        ("transformer", "gru_attention", "lstm_attention"),
+        "a translator's <name> entry declares and answers score (normalized) and raw_score beside translation, "
+        "each [n, n_best]",
     ),
 }
 
