@@ -6,7 +6,9 @@ Two exports into one repository at once used to interleave: each checks entry ow
 export could take a name the first had just claimed, or drop the first one's refusal record. The lock
 is ``flock`` on ``<repository>/.kiln_export.lock`` (a file: Triton takes only directories for models),
 released by the kernel when its holder exits, however it exits; a second export waits for it, saying
-whose it is. Within a process it is re-entrant (``export_all`` holds it across the
+whose it is. The holder removes the file as it lets go, so a repository at rest holds none; a waiter
+that then gets the lock of a removed file opens the path again (the file it holds must be the one the
+path names). Within a process it is re-entrant (``export_all`` holds it across the
 ``export_checkpoint`` calls that take it again) and threads take turns.
 """
 
@@ -65,6 +67,8 @@ def writer_lock(repository: Path) -> Iterator[None]:
         finally:
             held.depth -= 1
             if held.depth == 0 and held.fd is not None:
+                with contextlib.suppress(OSError):  # still held: a waiter finds it gone and reopens
+                    (key / LOCK_NAME).unlink()
                 os.close(held.fd)  # closing the descriptor releases the flock
                 held.fd = None
 
@@ -79,22 +83,38 @@ def _open(path: Path) -> tuple[int, bool]:
 
 
 def _acquire(repository: Path) -> int:
-    fd, writable = _open(repository / LOCK_NAME)
-    try:
+    path, warned = repository / LOCK_NAME, False
+    while True:
+        fd, writable = _open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning(
-                "%s is being written by another export (%s); waiting for it to finish",
-                repository,
-                _holder(fd),
-            )
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        if writable:
-            since = time.strftime("%Y-%m-%d %H:%M:%S")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not warned:
+                    log.warning(
+                        "%s is being written by another export (%s); waiting for it to finish",
+                        repository,
+                        _holder(fd),
+                    )
+                    warned = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(fd, path):
+                if writable:
+                    since = time.strftime("%Y-%m-%d %H:%M:%S")
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed it as it let go: the next export's lock is a new file
+
+
+def _names(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

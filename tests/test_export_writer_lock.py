@@ -1,5 +1,6 @@
 """One export writes a repository at a time: a second export, in another process or thread, waits for the
-first (saying whose export it waits for) and then does its work; a holder that dies releases the lock."""
+first (saying whose export it waits for) and then does its work; a holder that dies releases the lock,
+and one that finishes removes the lock file (a waiter holding the removed file's lock tries again)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from export.pipeline import export_checkpoint
-from export.writer_lock import LOCK_NAME, writer_lock
+from export.writer_lock import LOCK_NAME, _names, writer_lock
 from tests.repo_fixtures import MAX_BATCH, _tiny_checkpoint
 from tests.waiting import DEADLINE_S
 
@@ -94,7 +95,7 @@ def test_an_export_waits_while_another_process_writes_the_repository_and_runs_on
     assert not worker.is_alive()
     assert {r.entry: r.status for r in results[0]}["lenet"] == "written"
     assert (repo / "lenet" / "kiln.json").is_file()
-    assert f"pid {os.getpid()} on " in (repo / LOCK_NAME).read_text()
+    assert not (repo / LOCK_NAME).exists()  # a repository at rest holds no lock file
 
 
 def test_the_lock_is_reentrant_in_one_thread_and_other_threads_take_turns(
@@ -117,3 +118,21 @@ def test_the_lock_is_reentrant_in_one_thread_and_other_threads_take_turns(
     other.join(DEADLINE_S)
     assert order == ["first out", "second in"]
     assert not waits.seen.is_set()  # threads of one process wait in turn, not on the file
+
+
+def test_a_lock_file_removed_by_its_last_holder_is_not_taken_for_the_lock(tmp_path: Path) -> None:
+    """A waiter wins the flock of the file its holder removed as it let go; held, that file would leave
+    the path free for a third export to lock a new file beside it: the waiter must see it is stale."""
+    path = tmp_path / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        assert _names(fd, path)
+        path.unlink()
+        assert not _names(fd, path)
+        path.touch()  # the next export's new file
+        assert not _names(fd, path)
+    finally:
+        os.close(fd)
+    with writer_lock(tmp_path):
+        assert path.exists() and "pid" in path.read_text()
+    assert not path.exists()
