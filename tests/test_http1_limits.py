@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import select
 import socket
 import time
@@ -308,3 +309,45 @@ def test_a_client_that_reads_none_of_its_answer_is_cut_at_the_send_timeout():
                 pass
             assert received < BIG  # cut, not finished
         still_serves(live)
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid method encountered"),
+        (b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n", "Invalid header token"),
+    ],
+)
+def test_a_request_the_parser_refuses_gets_a_json_400_naming_why_logged_once(patient, head, reason):
+    """uvicorn answered these in plain text ("Invalid HTTP request received.", no reason) and logged
+    that line without the client; a head the limits refused was logged twice (theirs and uvicorn's)."""
+    warnings = _Warnings()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(warnings)
+    try:
+        with connect(patient) as sock:
+            sock.sendall(head)
+            [(status, body)] = responses(read_until_closed(sock))
+        with connect(patient) as sock:
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n" % CYCLE + b"X-Pad: " + b"a" * 2 * HEAD_LIMIT)
+            [(too_large, _)] = responses(read_until_closed(sock))
+    finally:
+        logger.removeHandler(warnings)
+    assert (status, body) == (400, {"error": f"invalid HTTP request: {reason}"})
+    assert too_large == 431
+    assert len(warnings.messages) == 2, warnings.messages  # one line a refusal, each with its client
+    assert (
+        warnings.messages[0].startswith("refused a request from 127.0.0.1:")
+        and reason in warnings.messages[0]
+    )
+    assert "longer than" in warnings.messages[1]
+    still_serves(patient)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 from typing import Any
 
 READ_TIMEOUT_S = 30.0  # a request's head must arrive within this of its first byte; its body may
@@ -18,10 +20,27 @@ MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): ng
 LINGER_S = 2.0
 LINGER_BYTES = 4 << 20
 HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
+PARSER_WARNING = "Invalid HTTP request received."  # uvicorn's, for any request its parser refuses
 
 
 class HeadRefused(Exception):
     """Raised in the parser's callback when a head is refused whole: the parse stops there."""
+
+
+class _ParserWarningDropped:
+    """uvicorn's logger for one connection, without the warning uvicorn logs for every request its
+    parser refuses ("Invalid HTTP request received.", no client, no reason): ``send_400_response``
+    logs the refusal with its reason, and a head the limits refused was logged already."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg != PARSER_WARNING:
+            self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 class HeadLimits:
@@ -47,6 +66,7 @@ class HeadLimits:
         self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
         self._deferred: tuple[int, str] | None = None  # a head refused while an answer goes out
         self._dropped = 0
+        self.logger = _ParserWarningDropped(self.logger)
 
     def _dropping(self, data: bytes) -> bool:
         """Whether the connection's request was refused: then what the client still sends is dropped
@@ -117,10 +137,13 @@ class HeadLimits:
                 self._refuse(status, message)
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request the parser refuses, unless on_headers_complete stopped the
-        parser (uvicorn logs "Invalid HTTP request received." for that too): refused already."""
+        """uvicorn's answer to a request its parser refuses (called where it catches the parser's
+        error): the gateway's JSON error naming the parser's reason, logged once and closed as the
+        other refusals are (uvicorn's was plain text, "Invalid HTTP request received."); nothing
+        where on_headers_complete stopped the parser: refused already."""
         if self._lingering is None and self._deferred is None:
-            super().send_400_response(msg)
+            error = sys.exc_info()[1]
+            self._refuse(400, f"invalid HTTP request: {error or msg}")
 
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
@@ -171,7 +194,8 @@ class HeadLimits:
         answering = self._answering()
         self._stop_watch()
         if status != 408:
-            self.logger.warning("refused a request: %s", message)
+            peer = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031 - uvicorn's form
+            self.logger.warning("refused a request from %s: %s", peer, message)
         if answering:
             self.transport.close()
             return
