@@ -229,24 +229,53 @@ class NativeSteps:
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """The plan's TENSOR fields of every input and output (``ort_step.c``) for ``size`` physical rows,
         its CACHE fields, and the arrays whose addresses they hold. What does not change from step to
-        step (names, types, trailing dimensions, the addresses of the encoder rows and of the output
-        buffers) is built once per set of buffers; each call copies it and writes the row counts (a
-        rebuild of every field cost ~150 us a call, and the layout changes at almost every call)."""
+        step (names, types, trailing dimensions, the addresses of the output buffers) is built once per
+        set of buffers; each call copies it and writes the row counts (a rebuild of every field cost
+        ~150 us a call, and the layout changes at almost every call). The encoder's tensors (the store
+        or views of its rows) are written into the copy, address and dims, whenever they were replaced
+        (a longer source, more places, or a batch that emptied and started afresh: at every sentence
+        when requests come one at a time), instead of rebuilding every field for them (~120 -> ~15 us)."""
         key = (
             decoder.generation,
-            self._encoder,  # encoder: its store or views of its rows, whose addresses and shapes
-            self._encoder.version,  # change with its version
             tuple(_without(self.rows[inp.name].shape[1:], inp.axis - 1) for inp in self._carried),
         )  # the cache axis is not in it: the column count is written by kiln_decode_step
         cached = self._fields
         if cached is None or cached[0] is not decoder or cached[1] != key:
-            cached = self._fields = (decoder, key, *self._build_fields(decoder, encoder, size))
-        _, _, fields, rows_at, encoder_at, caches, held = cached
+            cached = self._fields = (decoder, key, *self._build_fields(decoder, encoder, size), None)
+        _, _, fields, rows_at, encoder_at, caches, held, placed = cached
         fields = fields.copy()
         fields[rows_at] = size
+        current = (self._encoder, self._encoder.version)
+        if placed is None or placed[0] is not current[0] or placed[1] != current[1]:
+            placed = self._place_encoder(fields, encoder, encoder_at, current)
+            self._fields = (*cached[:-1], placed)
+        fields[placed[2]] = placed[3]  # the encoder tensors' addresses and dims, as placed
         for at, name in encoder_at:
             fields[at] = encoder[name].shape[0]  # places of the store (indexed) or rows
-        return fields, caches, held
+        return fields, caches, [*held, *placed[4]]
+
+    @staticmethod
+    def _place_encoder(
+        fields: np.ndarray, encoder: dict[str, np.ndarray], encoder_at: list[tuple[int, str]], current: tuple
+    ) -> tuple:
+        """Where the encoder's tensors lie now: (encoder rows, their version, the field positions of
+        each tensor's data address and dims, their values, the arrays they point into)."""
+        positions, values, arrays = [], [], []
+        for dim0, name in encoder_at:
+            value = np.ascontiguousarray(encoder[name])
+            if (native_decoder.ONNX_TYPES[value.dtype], value.ndim) != tuple(fields[dim0 - 2 : dim0]):
+                raise ValueError(
+                    f"encoder tensor {name!r} ({value.dtype}, rank {value.ndim}) does not fit its plan"
+                )
+            positions += [dim0 - 3, *range(dim0, dim0 + value.ndim)]
+            values += [address(value), *value.shape]
+            arrays.append(value)
+        return (
+            *current,
+            np.array(positions, dtype=np.int64),
+            np.array(values, dtype=np.int64),
+            arrays,
+        )
 
     def _build_fields(self, decoder: NativeDecoder, encoder: dict[str, np.ndarray], size: int) -> tuple:
         """:meth:`_tensor_fields`' template: the fields for ``size`` rows (TENSOR integers a tensor, one
@@ -288,7 +317,8 @@ class NativeSteps:
         named += [(name, native_decoder.ROWS, value) for name, value in outputs.items()]
         for index, (name, kind, value) in enumerate(named):
             value = np.ascontiguousarray(value)
-            held.append(value)
+            if name not in encoder:  # the encoder's are placed, and held, at each call that uses them
+                held.append(value)
             tensors += tensor_fields(decoder.name_address[name], value, kind)
             dim0 = index * native_decoder.TENSOR + 4
             if name in encoder:
