@@ -95,12 +95,19 @@ class Recorder:
     def __init__(self) -> None:
         self.steps: list[tuple[int, int]] = []
         self.outcomes: list[str] = []
+        self.models: set[str] = set()  # the model names the observer was told
+        self.texts: list[int] = []  # each translation's texts
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.steps.append((rows, requests))
+        self.models.add(model)
 
-    def observe_translation(self, model: str, seconds: float, tokens: int, outcome: str) -> None:
+    def observe_translation(
+        self, model: str, seconds: float, tokens: int, outcome: str, texts: int = 1
+    ) -> None:
         self.outcomes.append(outcome)
+        self.models.add(model)
+        self.texts.append(texts)
 
 
 SOURCES = [[5, 6, 7], [8], [4, 4, 5, 6, 7, 8, 3], [6, 5], [7, 7, 7, 7], [3, 8, 5, 4, 6]]
@@ -126,6 +133,25 @@ async def _with_scheduler(body, decoder=None, **cfg):
         return await body(scheduler, recorder)
     finally:
         await scheduler.stop(grace_s=1.0)
+
+
+def test_a_second_decode_worker_reports_under_its_translators_name_with_each_requests_texts() -> None:
+    """Workers are named ``<name>#i`` (threads, logs); metrics and statistics want the model's name."""
+    recorder = Recorder()
+    worker = DecodingScheduler(
+        "fake#1", SPEC, fake_encoder, FakeDecoder(), SchedulerConfig(), observer=recorder, model="fake"
+    )
+
+    async def body():
+        await worker.start()
+        try:
+            return await worker.submit(SOURCES[:3], config(2))
+        finally:
+            await worker.stop(grace_s=1.0)
+
+    results = asyncio.run(body())
+    assert len(results) == 3 and recorder.outcomes == ["success"] and recorder.texts == [3]
+    assert recorder.models == {"fake"} and recorder.steps
 
 
 class SteppedDecoder(FakeDecoder):

@@ -78,7 +78,9 @@ class DecodeObserver(Protocol):
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
 
-    def observe_translation(self, model: str, seconds: float, tokens: int, outcome: str) -> None: ...
+    def observe_translation(
+        self, model: str, seconds: float, tokens: int, outcome: str, texts: int = 1
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -111,8 +113,10 @@ class DecodingScheduler:
         config: SchedulerConfig | None = None,
         *,
         observer: DecodeObserver | None = None,
+        model: str | None = None,
     ) -> None:
         self.name = name
+        self.model = model or name  # what the observer is told: the translator's, for every worker
         self.spec = step_spec.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
         self.indexed = step_spec.takes_indexed_rows(self.spec, run_decoder)  # rows over an encoder store
@@ -250,7 +254,8 @@ class DecodingScheduler:
             job.future.set_result(result)
         if outcome is not None and self.observer is not None:
             tokens = sum(len(h.tokens) for hyps in job.results.values() for h in hyps)
-            self.observer.observe_translation(self.name, time.monotonic() - job.started, tokens, outcome)
+            seconds = time.monotonic() - job.started
+            self.observer.observe_translation(self.model, seconds, tokens, outcome, len(job.sources))
 
     def _post(self, job: _Job, result: Any, outcome: str) -> None:
         """From the decode thread: answer on the event loop."""
@@ -414,7 +419,7 @@ class DecodingScheduler:
         if self.observer is not None:
             seconds = (time.monotonic() - started) / ran
             for _ in range(ran):
-                self.observer.observe_decode_step(self.name, rows, requests, seconds)
+                self.observer.observe_decode_step(self.model, rows, requests, seconds)
         answers: list[tuple[_Job, Any, str]] = []
         for done in finished:
             job, index = done.key

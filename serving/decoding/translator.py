@@ -306,7 +306,13 @@ def translator_from_entry(
     runners += [more_runners() if more_runners else runners[0] for _ in range(config.workers - 1)]
     schedulers = [
         DecodingScheduler(
-            f"{name}" if i == 0 else f"{name}#{i}", spec, encoder, decoder, config, observer=observer
+            f"{name}" if i == 0 else f"{name}#{i}",
+            spec,
+            encoder,
+            decoder,
+            config,
+            observer=observer,
+            model=name,
         )
         for i, (encoder, decoder) in enumerate(runners)
     ]
