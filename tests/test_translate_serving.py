@@ -343,6 +343,18 @@ def test_unknown_models_and_non_translators_are_refused(gateway) -> None:
     assert _post(gateway, "transformer_encoder", {"texts": ["one"]}).status_code == 400
 
 
+def test_a_translators_statistics_count_its_texts_and_decoder_steps_and_no_batcher_queue(gateway) -> None:
+    url = f"http://{gateway.url}/v2/models/transformer/stats"
+    (before,) = httpx.get(url).json()["model_stats"]
+    assert _post(gateway, "transformer", {"texts": ["one", "two three"], "beam_size": 2}).status_code == 200
+    (after,) = httpx.get(url).json()["model_stats"]
+    assert after["inference_count"] == before["inference_count"] + 2  # texts, as Triton counts items
+    assert after["execution_count"] > before["execution_count"]  # decoder steps
+    stats = after["inference_stats"]
+    assert stats["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert stats["queue"]["count"] == 0 and after["batch_stats"] == []  # no batcher: steps are shared
+
+
 def test_scores_and_n_best_are_returned_only_when_asked(gateway) -> None:
     plain = _post(gateway, "transformer", {"texts": ["twelve"], "max_length": 10}).json()
     assert set(plain["translations"][0]["hypotheses"][0]) == {"text"}

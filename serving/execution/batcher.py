@@ -195,8 +195,8 @@ class DynamicBatcher:
         finally:
             self._inline_ended = time.monotonic()
         if self.observer is not None:
-            self.observer.observe_batch(self.name, 1, self._inline_ended - started)
             self.observer.observe_queue(self.name, 0.0)
+            self.observer.observe_batch(self.name, 1, 1, 0.0, self._inline_ended - started, 0.0)
         return outputs
 
     def _expire(self, pending: _Pending, timeout_s: float) -> None:
@@ -318,12 +318,16 @@ class DynamicBatcher:
 
     def _execute(self, instance: int, batch: list[_Pending]) -> None:
         """Run one batch on this thread; one loop wake-up delivers every request's rows (or the error)."""
-        started = self._clock()
+        clock = self._clock
+        started = merged_at = ran_at = clock()
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
         try:
             if live:
                 merged = _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
-                rows = _split(self.run(instance, merged), live)
+                merged_at = clock()
+                outputs = self.run(instance, merged)
+                ran_at = clock()
+                rows = _split(outputs, live)
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
             answers = self._one_by_one(instance, live) if len(live) > 1 else [exc]
@@ -333,11 +337,13 @@ class DynamicBatcher:
         self._ran()  # before the answers leave: the next request may run on the loop at once
         if not live:
             return
+        split_at = clock()
         self._hand_back(_deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
-            self.observer.observe_batch(self.name, sum(p.items for p in live), self._clock() - started)
-            for pending in live:
+            for pending in live:  # first: statistics read a batch's items as the sign all of it is in
                 self.observer.observe_queue(self.name, started - pending.arrival)
+            parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
+            self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), *parts)
 
     def _one_by_one(self, instance: int, live: list[_Pending]) -> list[Tensors | Exception]:
         """Each request of a failed batch run alone: one request's bad input fails only that request

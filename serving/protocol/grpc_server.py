@@ -28,15 +28,14 @@ from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S
-from serving.protocol.v2_codec import check_requested_output
+from serving.protocol.statistics import model_statistics
+from serving.protocol.v2_codec import EXTENSIONS, SERVER_NAME, check_requested_output, server_version
 
 log = logging.getLogger(__name__)
 
 GrpcServerKind = Literal["kiln", "grpcio"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SERVER_NAME = "kiln"
-SERVER_VERSION = "0.1.0"
 
 # HTTP status of a ServingError -> gRPC status code (as Triton maps its own errors).
 STATUS_TO_CODE = {
@@ -218,9 +217,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):  # noqa: N802
         return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME,
-            version=SERVER_VERSION,
-            extensions=["classification", "binary_tensor_data", "model_configuration"],
+            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
         )
 
     async def ModelMetadata(self, request, context):  # noqa: N802
@@ -243,6 +240,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await _abort(context, error)
         message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
         return service_pb2.ModelConfigResponse(config=message)
+
+    async def ModelStatistics(self, request, context):  # noqa: N802
+        """Triton's statistics extension (serving.protocol.statistics), as ``GET /v2/models[/{name}]/stats``."""
+        if self.metrics is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "statistics need the gateway's metrics")
+        try:
+            stats = model_statistics(self.backend, self.metrics, request.name, parse_version(request.version))
+        except ServingError as error:
+            await _abort(context, error)
+        return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
     async def ModelInfer(self, request, context):  # noqa: N802
         try:

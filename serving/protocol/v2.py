@@ -18,26 +18,38 @@ from serving.protocol.responses import (
     error_response,
     errors,
 )
+from serving.protocol.statistics import model_statistics
 from serving.protocol.translate import until_client_leaves
-from serving.protocol.v2_codec import HEADER_LENGTH, encode_infer
+from serving.protocol.v2_codec import EXTENSIONS, HEADER_LENGTH, SERVER_NAME, encode_infer, server_version
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration"]
 
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        kiln_version = version("kiln")
-    except PackageNotFoundError:
-        kiln_version = "0"
-    return {"name": "kiln", "version": kiln_version, "extensions": EXTENSIONS}
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
 
 
 LOOKUP_ERRORS = errors(400, 404)  # a version that is not digits; an unknown model or version
+
+
+@router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+async def every_model_statistics(backend: BackendDep, metrics: MetricsDep) -> dict[str, Any]:
+    return {"model_stats": model_statistics(backend, metrics)}  # before /models/{name}: "stats" is no model
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model", responses=LOOKUP_ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    summary="Statistics of a model's version",
+    responses=LOOKUP_ERRORS,
+    openapi_extra=VERSIONED,
+)
+async def statistics(
+    name: str, backend: BackendDep, metrics: MetricsDep, version: VersionDep
+) -> dict[str, Any]:
+    return {"model_stats": model_statistics(backend, metrics, name, version)}
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=LOOKUP_ERRORS)

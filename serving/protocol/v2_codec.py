@@ -20,7 +20,20 @@ from serving.protocol.limits import parse_json
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVER_NAME = "kiln"
+# what the server metadata names, over HTTP and gRPC alike (serving.protocol.statistics: "statistics")
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics"]
 MAX_TIMEOUT_US = 2**63 - 1  # Triton reads the ``timeout`` parameter as an int64 of microseconds
+
+
+def server_version() -> str:
+    """The installed kiln package's version ("0" where it is not installed, e.g. a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kiln")
+    except PackageNotFoundError:
+        return "0"
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""Triton's statistics extension: ``GET /v2/models[/{name}[/versions/{v}]]/stats`` and gRPC
+``ModelStatistics``, so ``tritonclient``'s ``get_inference_statistics`` and perf_analyzer's server-side
+breakdown (queue, compute input / infer / output) work against the gateway as against Triton.
+
+Read from the gateway's Prometheus metrics (:mod:`serving.metrics`), not from counters of its own: with
+``--workers`` every worker's requests count, whichever worker answers. What each field is here:
+
+- ``success`` / ``fail``: requests ended in each outcome, and their end-to-end time summed;
+- ``queue``: requests executed, and their time in the batcher's queue;
+- ``compute_input`` / ``compute_infer`` / ``compute_output``: the same requests, and the time of the
+  batch each ran in (merging it, the model's run, splitting the answers), once per request, as Triton
+  counts them;
+- ``inference_count`` / ``execution_count``: items executed and batches run (a translator: texts of
+  successful requests and decoder steps);
+- ``batch_stats``: per batch size (items), how many ran and their parts' time;
+- ``last_inference``: when the model last ran a batch (a translator: last answered), ms since the epoch.
+
+A translator decodes by iteration-level batching: its requests share each decoder step, so no
+per-request queue or compute time exists (zero counts); its steps' time is ``kiln_decoder_step_seconds``.
+Through ``--backend triton`` the batching happens in Triton: the gateway reports its requests' outcomes,
+and Triton's own statistics endpoint has the rest. Versions: the gateway's metrics are per model, so a
+model's statistics cover the version it serves.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from serving.execution.base import Backend
+from serving.metrics import GatewayMetrics
+
+PARTS = (("compute_input", "input"), ("compute_infer", "infer"), ("compute_output", "output"))
+
+
+class _Samples:
+    """Metric samples by name, summed over the labels a question leaves open."""
+
+    def __init__(self, samples: list[Any]) -> None:
+        self.by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        for sample in samples:
+            self.by_name[sample.name].append((sample.labels, sample.value))
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(
+            value
+            for found, value in self.by_name.get(name, ())
+            if all(found.get(k) == v for k, v in labels.items())
+        )
+
+    def values(self, name: str, label: str, **labels: str) -> set[str]:
+        """The values ``label`` takes among the samples of ``name`` with ``labels``."""
+        return {
+            found[label]
+            for found, _ in self.by_name.get(name, ())
+            if label in found and all(found.get(k) == v for k, v in labels.items())
+        }
+
+
+def _duration(count: float, seconds: float) -> dict[str, int]:
+    return {"count": int(count), "ns": int(round(seconds * 1e9))}
+
+
+def model_statistics(
+    backend: Backend, metrics: GatewayMetrics, name: str = "", version: str = ""
+) -> list[dict]:
+    """``model_stats`` of the statistics response: every model when ``name`` is empty, else that
+    model in ``version`` (an unknown model or version raises ``ModelNotFound``: a 404)."""
+    names = [name] if name else sorted(backend.list_models())
+    served = {model: backend.metadata(model, version if name else "").versions for model in names}
+    samples = _Samples(metrics.samples())
+    return [_model_stat(samples, model, version or (served[model] or [""])[-1]) for model in names]
+
+
+def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
+    executed = s.total("kiln_queue_latency_seconds_count", model=model)
+    inference_stats = {
+        outcome: _duration(
+            s.total("kiln_requests_total", model=model, outcome=label),
+            s.total("kiln_request_seconds_total", model=model, outcome=label),
+        )
+        for outcome, label in (("success", "success"), ("fail", "failure"))
+    }
+    inference_stats["queue"] = _duration(executed, s.total("kiln_queue_latency_seconds_sum", model=model))
+    for field, part in PARTS:
+        inference_stats[field] = _duration(
+            executed, s.total("kiln_request_compute_seconds_total", model=model, part=part)
+        )
+    inference_stats["cache_hit"] = inference_stats["cache_miss"] = _duration(0, 0.0)  # no response cache
+    batch_stats = []
+    for size in sorted(s.values("kiln_batch_runs_total", "size", model=model), key=int):
+        runs = s.total("kiln_batch_runs_total", model=model, size=size)
+        stat: dict[str, Any] = {"batch_size": int(size)}
+        for field, part in PARTS:
+            stat[field] = _duration(
+                runs, s.total("kiln_batch_seconds_total", model=model, size=size, part=part)
+            )
+        batch_stats.append(stat)
+    last = s.total("kiln_last_inference_timestamp_seconds", model=model)
+    return {
+        "name": model,
+        "version": version,
+        "last_inference": int(last * 1000),
+        "inference_count": int(
+            s.total("kiln_batch_size_sum", model=model) + s.total("kiln_translated_texts_total", model=model)
+        ),
+        "execution_count": int(
+            s.total("kiln_batch_size_count", model=model) + s.total("kiln_decoder_steps_total", model=model)
+        ),
+        "inference_stats": inference_stats,
+        "batch_stats": batch_stats,
+    }
