@@ -41,6 +41,11 @@ _LATENCIES = {
     "p90 latency": "p90_ms",
     "p95 latency": "p95_ms",
     "p99 latency": "p99_ms",
+    # the server's own split of a request (its statistics extension; Kiln's gateway and Triton alike)
+    "Server Queue": "server_queue_ms",
+    "Server Compute Input": "server_input_ms",
+    "Server Compute Infer": "server_infer_ms",
+    "Server Compute Output": "server_output_ms",
 }
 
 
@@ -122,7 +127,9 @@ def command(
 
 
 def parse_csv(path: Path) -> dict[str, float]:
-    """Throughput (infer/s) and client latency percentiles (ms) from perf_analyzer's ``-f`` CSV."""
+    """Throughput (infer/s), client latency percentiles and the server's split (queue, compute input /
+    infer / output: averages a request, from the server's statistics) in ms from perf_analyzer's ``-f``
+    CSV."""
     with path.open(newline="") as handle:
         row = next(csv.DictReader(handle))
     result = {"throughput_rps": float(row["Inferences/Second"])}

@@ -137,6 +137,14 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
     return text + perf_analyzer_section(servers.get("perf_analyzer", {}))
 
 
+SERVER_SPLIT = (
+    "\n`server_*_ms`: each server's own account of an average request (its statistics extension, as "
+    "perf_analyzer reads it): time in the batcher's queue, then its batch's merge (`input`), run "
+    "(`infer`) and split (`output`); what the client waited beyond them is the front end and the "
+    "network.\n"
+)
+
+
 def perf_analyzer_section(pa: dict[str, Any]) -> str:
     """perf_analyzer (Triton's own tool) over gRPC and HTTP: medians of interleaved runs, gateway vs
     Triton over the same protocol."""
@@ -165,8 +173,12 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         "p90_ms",
         "p99_ms",
         "x_triton",
+        "server_queue_ms",
+        "server_input_ms",
+        "server_infer_ms",
+        "server_output_ms",
     ]
-    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton)
+    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT
     if pa.get("open"):
         text += (
             "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "

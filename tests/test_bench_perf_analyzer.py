@@ -33,6 +33,22 @@ def test_the_csv_gives_throughput_and_latency_percentiles_in_milliseconds(tmp_pa
     }
 
 
+def test_the_csv_of_a_server_with_statistics_gives_its_split_of_a_request_too(tmp_path):
+    path = tmp_path / "pa.csv"
+    path.write_text(
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+        "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
+        "p50 latency,p90 latency,p95 latency,p99 latency\n"
+        "4,786.96,5,640,1493,41,2476,13,2,4884,6276,6571,7210\n"
+    )
+    parsed = pa.parse_csv(path)
+    assert parsed["server_queue_ms"] == 1.493 and parsed["server_infer_ms"] == 2.476
+    assert parsed["server_input_ms"] == 0.041 and parsed["server_output_ms"] == 0.013
+    row = {"target": "gateway", "protocol": "grpc", "concurrency": 4, "runs": 1, **parsed}
+    section = report.perf_analyzer_section({"rows": [row]})
+    assert "server_queue_ms" in section and "| 1.49" in section and "statistics extension" in section
+
+
 def test_closed_loop_asks_for_one_concurrency_and_open_loop_for_one_rate(tmp_path):
     tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
     closed = pa.command(tool, "127.0.0.1:1", "resnet18", 64, tmp_path / "x.csv")
@@ -221,8 +237,8 @@ def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_o
     text = report.perf_analyzer_section(results["servers"]["perf_analyzer"])
     lines = [line for line in text.splitlines() if line.startswith("| gateway")]
     assert lines == [
-        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |",
-        "| gateway | http | 64 | 1 | 900.00 | 1.00 |  |  | 1.50 |",
+        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |",
+        "| gateway | http | 64 | 1 | 900.00 | 1.00 |  |  | 1.50 |  |  |  |  |",
     ]
 
 
