@@ -15,6 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -133,8 +134,8 @@ class GatewayMetrics:
         self._add_decoding_metrics()
 
     def _add_statistics_metrics(self) -> None:
-        """What Triton's statistics extension reports beyond the histograms (serving.protocol.statistics): sums
-        per outcome, per request and per batch size, kept as counters so workers' values add up."""
+        """What Triton's statistics extension reports (serving.protocol.statistics), as counters only: so
+        the workers' values add up, and a statistics call reads a few counters, not every histogram."""
         r = self.registry
         self.request_seconds = Counter(
             "kiln_request_seconds",
@@ -142,11 +143,18 @@ class GatewayMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        self.request_compute_seconds = Counter(
-            "kiln_request_compute_seconds",
-            "Time of the batch each executed request ran in, summed once per request, by part: input "
-            "(merging the batch), infer (the model's run), output (splitting the answers)",
-            ["model", "part"],
+        self.executed_requests = Counter(
+            "kiln_executed_requests",
+            "Requests the batcher ran (in batches of any size)",
+            ["model"],
+            registry=r,
+        )
+        self.request_stage_seconds = Counter(
+            "kiln_request_stage_seconds",
+            "Time of the requests the batcher ran, summed, by stage: queue (each its own wait), then the "
+            "batch each ran in, once per request: input (merging it), infer (the model's run), output "
+            "(splitting the answers)",
+            ["model", "stage"],
             registry=r,
         )
         self.batch_runs = Counter(
@@ -154,13 +162,13 @@ class GatewayMetrics:
         )
         self.batch_seconds = Counter(
             "kiln_batch_seconds",
-            "Execution time of batches, summed, by batch size (items) and part (as above)",
+            "Execution time of batches, summed, by batch size (items) and part (input, infer, output)",
             ["model", "size", "part"],
             registry=r,
         )
         self.last_inference = Gauge(
             "kiln_last_inference_timestamp_seconds",
-            "When the model last ran a batch (Unix time)",
+            "When the model last ran a batch (a translator: last answered), Unix time",
             ["model"],
             registry=r,
             multiprocess_mode="max",
@@ -228,19 +236,29 @@ class GatewayMetrics:
         self.child(self.queue_latency, model).observe(seconds)
 
     def observe_batch(
-        self, model: str, items: int, requests: int, input_s: float, infer_s: float, output_s: float
+        self,
+        model: str,
+        items: int,
+        requests: int,
+        queued_s: float,
+        input_s: float,
+        infer_s: float,
+        output_s: float,
     ) -> None:
-        """One executed batch of ``items`` from ``requests`` requests, the time of each of its parts
-        (its requests' queue times observed first: the batch's items, counted last, mean all is in)."""
+        """One executed batch of ``items`` from ``requests`` requests: their queue times summed, the time
+        of each of its parts. Its runs by size are counted last: statistics read them as the sign that
+        all of the batch is in."""
         self.child(self.compute_latency, model).observe(input_s + infer_s + output_s)
+        self.child(self.batch_size, model).observe(items)
+        self.child(self.executed_requests, model).inc(requests)
+        self.child(self.request_stage_seconds, model, "queue").inc(queued_s)
         size = str(items)
-        self.child(self.batch_runs, model, size).inc()
         for part, seconds in (("input", input_s), ("infer", infer_s), ("output", output_s)):
             if seconds:  # a lone request run on the loop has no merge or split: ~4 us less
-                self.child(self.request_compute_seconds, model, part).inc(seconds * requests)
+                self.child(self.request_stage_seconds, model, part).inc(seconds * requests)
                 self.child(self.batch_seconds, model, size, part).inc(seconds)
         self.child(self.last_inference, model).set(time.time())
-        self.child(self.batch_size, model).observe(items)
+        self.child(self.batch_runs, model, size).inc()
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
         """Read a batcher's queue depth when scraped: always current, and nothing to record per request.
@@ -290,16 +308,33 @@ class GatewayMetrics:
         """One sample's value (for tests and the bench)."""
         return self.registry.get_sample_value(name, labels)
 
-    def samples(self) -> list[Any]:
-        """Every sample (``prometheus_client.samples.Sample``): this app's, or, with the workers'
-        metrics shared, every worker's values summed as :meth:`render` shows them."""
-        registry = self.registry
-        if self.shared_dir is not None:
-            from prometheus_client import multiprocess
+    def statistics_samples(self) -> list[Any]:
+        """The samples of the series the statistics extension reads (``prometheus_client`` Samples):
+        this app's, or, with the workers' metrics shared, every worker's summed from their counter and
+        max-gauge files only (reading every file, histograms included, cost a statistics call ~3x)."""
+        if self.shared_dir is None:
+            metrics = (
+                self.requests,
+                self.request_seconds,
+                self.executed_requests,
+                self.request_stage_seconds,
+                self.batch_runs,
+                self.batch_seconds,
+                self.last_inference,
+                self.translated_texts,
+                self.decoder_steps,
+            )
+            families = [family for metric in metrics for family in metric.collect()]
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, self.shared_dir)
-        return [sample for family in registry.collect() for sample in family.samples]
+            files = [
+                str(p)
+                for kind in ("counter", "gauge_max")
+                for p in Path(self.shared_dir).glob(f"{kind}_*.db")
+            ]
+            families = MultiProcessCollector.merge(files, accumulate=True)
+        return [sample for family in families for sample in family.samples]
 
 
 def failure_status(error: BaseException) -> str:

@@ -44,8 +44,10 @@ def _body(shape: tuple[int, ...] = (1, SIZE, SIZE, 1), request_id: str = "") -> 
 
 def test_latency_histograms_resolve_sub_millisecond_runs_and_multi_second_translations():
     metrics = GatewayMetrics()
-    metrics.observe_batch("lenet", 1, 1, 0.0, 0.00004, 0.0)  # 40 us and 200 us: a small classifier's batches
-    metrics.observe_batch("lenet", 1, 1, 0.0, 0.0002, 0.0)
+    metrics.observe_batch(
+        "lenet", 1, 1, 0.0, 0.0, 0.00004, 0.0
+    )  # 40 us and 200 us: a small classifier's batches
+    metrics.observe_batch("lenet", 1, 1, 0.0, 0.0, 0.0002, 0.0)
     metrics.observe_translation("gru", 8.0, 10, "success")
     metrics.observe_translation("gru", 20.0, 10, "success")
     compute = "kiln_compute_latency_seconds_bucket"

@@ -132,6 +132,13 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
             for _ in range(sent):
                 assert client.post("/v2/models/lenet/infer", json=image).status_code == 200
             pages = [client.get("/metrics").text for _ in range(8)]
+            # the statistics extension reads the same shared series (a batch is recorded just after
+            # its answer leaves: wait for the last one), whichever worker answers
+            stats_url = "/v2/models/lenet/stats"
+            while client.get(stats_url).json()["model_stats"][0]["inference_count"] < sent:
+                assert time.monotonic() < deadline + 30, "every executed request should be counted"
+                time.sleep(0.05)
+            stats = [client.get(stats_url).json()["model_stats"][0] for _ in range(8)]
     finally:
         for sock in held:
             sock.close()
@@ -140,6 +147,12 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
         assert _samples(page, "kiln_request_latency_seconds_count", model="lenet") == [sent]
         assert _samples(page, "kiln_queue_depth", model="lenet") == [0.0]  # summed over the live workers
         assert _samples(page, "kiln_in_flight_requests", model="lenet") == [0.0]
+    for stat in stats:
+        assert stat["inference_count"] == stat["execution_count"] == sent  # one at a time: one a batch
+        assert (
+            stat["inference_stats"]["success"]["count"] == stat["inference_stats"]["queue"]["count"] == sent
+        )
+        assert stat["last_inference"] > 0
 
 
 def test_boards_and_metrics_left_by_a_killed_gateway_are_swept_and_live_ones_kept(tmp_path):

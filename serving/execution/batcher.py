@@ -196,7 +196,7 @@ class DynamicBatcher:
             self._inline_ended = time.monotonic()
         if self.observer is not None:
             self.observer.observe_queue(self.name, 0.0)
-            self.observer.observe_batch(self.name, 1, 1, 0.0, self._inline_ended - started, 0.0)
+            self.observer.observe_batch(self.name, 1, 1, 0.0, 0.0, self._inline_ended - started, 0.0)
         return outputs
 
     def _expire(self, pending: _Pending, timeout_s: float) -> None:
@@ -340,10 +340,11 @@ class DynamicBatcher:
         split_at = clock()
         self._hand_back(_deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
-            for pending in live:  # first: statistics read a batch's items as the sign all of it is in
-                self.observer.observe_queue(self.name, started - pending.arrival)
+            waits = [started - pending.arrival for pending in live]
+            for wait in waits:
+                self.observer.observe_queue(self.name, wait)
             parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
-            self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), *parts)
+            self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), sum(waits), *parts)
 
     def _one_by_one(self, instance: int, live: list[_Pending]) -> list[Tensors | Exception]:
         """Each request of a failed batch run alone: one request's bad input fails only that request

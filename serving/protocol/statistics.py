@@ -34,27 +34,27 @@ PARTS = (("compute_input", "input"), ("compute_infer", "infer"), ("compute_outpu
 
 
 class _Samples:
-    """Metric samples by name, summed over the labels a question leaves open."""
+    """Metric samples by name and model, summed over the labels a question leaves open."""
 
     def __init__(self, samples: list[Any]) -> None:
-        self.by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        self.found: dict[tuple[str, str], list[tuple[dict[str, str], float]]] = defaultdict(list)
         for sample in samples:
-            self.by_name[sample.name].append((sample.labels, sample.value))
+            self.found[(sample.name, sample.labels.get("model", ""))].append((sample.labels, sample.value))
 
-    def total(self, name: str, **labels: str) -> float:
+    def total(self, name: str, model: str, **labels: str) -> float:
         return sum(
             value
-            for found, value in self.by_name.get(name, ())
+            for found, value in self.found.get((name, model), ())
             if all(found.get(k) == v for k, v in labels.items())
         )
 
-    def values(self, name: str, label: str, **labels: str) -> set[str]:
-        """The values ``label`` takes among the samples of ``name`` with ``labels``."""
-        return {
-            found[label]
-            for found, _ in self.by_name.get(name, ())
-            if label in found and all(found.get(k) == v for k, v in labels.items())
-        }
+    def by(self, name: str, model: str, label: str) -> dict[str, float]:
+        """``label``'s values among the samples of ``name`` for ``model``, each with its total."""
+        totals: dict[str, float] = defaultdict(float)
+        for found, value in self.found.get((name, model), ()):
+            if label in found:
+                totals[found[label]] += value
+        return totals
 
 
 def _duration(count: float, seconds: float) -> dict[str, int]:
@@ -68,45 +68,43 @@ def model_statistics(
     model in ``version`` (an unknown model or version raises ``ModelNotFound``: a 404)."""
     names = [name] if name else sorted(backend.list_models())
     served = {model: backend.metadata(model, version if name else "").versions for model in names}
-    samples = _Samples(metrics.samples())
+    samples = _Samples(metrics.statistics_samples())
     return [_model_stat(samples, model, version or (served[model] or [""])[-1]) for model in names]
 
 
 def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
-    executed = s.total("kiln_queue_latency_seconds_count", model=model)
+    executed = s.total("kiln_executed_requests_total", model)
+    stages = s.by("kiln_request_stage_seconds_total", model, "stage")
     inference_stats = {
         outcome: _duration(
-            s.total("kiln_requests_total", model=model, outcome=label),
-            s.total("kiln_request_seconds_total", model=model, outcome=label),
+            s.total("kiln_requests_total", model, outcome=label),
+            s.total("kiln_request_seconds_total", model, outcome=label),
         )
         for outcome, label in (("success", "success"), ("fail", "failure"))
     }
-    inference_stats["queue"] = _duration(executed, s.total("kiln_queue_latency_seconds_sum", model=model))
+    inference_stats["queue"] = _duration(executed, stages.get("queue", 0.0))
     for field, part in PARTS:
-        inference_stats[field] = _duration(
-            executed, s.total("kiln_request_compute_seconds_total", model=model, part=part)
-        )
+        inference_stats[field] = _duration(executed, stages.get(part, 0.0))
     inference_stats["cache_hit"] = inference_stats["cache_miss"] = _duration(0, 0.0)  # no response cache
+    runs = s.by("kiln_batch_runs_total", model, "size")
+    seconds = s.found.get(("kiln_batch_seconds_total", model), ())
     batch_stats = []
-    for size in sorted(s.values("kiln_batch_runs_total", "size", model=model), key=int):
-        runs = s.total("kiln_batch_runs_total", model=model, size=size)
+    for size in sorted(runs, key=int):
         stat: dict[str, Any] = {"batch_size": int(size)}
         for field, part in PARTS:
-            stat[field] = _duration(
-                runs, s.total("kiln_batch_seconds_total", model=model, size=size, part=part)
+            spent = sum(
+                v for labels, v in seconds if labels.get("size") == size and labels.get("part") == part
             )
+            stat[field] = _duration(runs[size], spent)
         batch_stats.append(stat)
-    last = s.total("kiln_last_inference_timestamp_seconds", model=model)
+    last = s.total("kiln_last_inference_timestamp_seconds", model)
+    items = sum(int(size) * count for size, count in runs.items())
     return {
         "name": model,
         "version": version,
         "last_inference": int(last * 1000),
-        "inference_count": int(
-            s.total("kiln_batch_size_sum", model=model) + s.total("kiln_translated_texts_total", model=model)
-        ),
-        "execution_count": int(
-            s.total("kiln_batch_size_count", model=model) + s.total("kiln_decoder_steps_total", model=model)
-        ),
+        "inference_count": int(items + s.total("kiln_translated_texts_total", model)),
+        "execution_count": int(sum(runs.values()) + s.total("kiln_decoder_steps_total", model)),
         "inference_stats": inference_stats,
         "batch_stats": batch_stats,
     }
