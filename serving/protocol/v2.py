@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
@@ -24,6 +25,7 @@ from serving.protocol.v2_codec import EXTENSIONS, HEADER_LENGTH, SERVER_NAME, en
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+T = TypeVar("T")
 
 
 @router.get("", summary="Server metadata")
@@ -39,26 +41,30 @@ async def every_model_statistics(backend: BackendDep, metrics: MetricsDep) -> di
     return {"model_stats": model_statistics(backend, metrics)}  # before /models/{name}: "stats" is no model
 
 
-@router.get("/models/{name}/stats", summary="Statistics of a model", responses=LOOKUP_ERRORS)
-@router.get(
-    "/models/{name}/versions/{version}/stats",
-    summary="Statistics of a model's version",
-    responses=LOOKUP_ERRORS,
-    openapi_extra=VERSIONED,
-)
+def _model_get(path: str, summary: str, versioned_summary: str, **route: Any) -> Callable[[T], T]:
+    """GET ``/models/{name}<path>`` and ``/models/{name}/versions/{version}<path>`` on one handler (the
+    versioned one registered first, as stacked decorators did)."""
+
+    def register(handler: T) -> T:
+        router.get(
+            f"/models/{{name}}/versions/{{version}}{path}",
+            summary=versioned_summary,
+            openapi_extra=VERSIONED,
+            **route,
+        )(handler)
+        return router.get(f"/models/{{name}}{path}", summary=summary, **route)(handler)
+
+    return register
+
+
+@_model_get("/stats", "Statistics of a model", "Statistics of a model's version", responses=LOOKUP_ERRORS)
 async def statistics(
     name: str, backend: BackendDep, metrics: MetricsDep, version: VersionDep
 ) -> dict[str, Any]:
     return {"model_stats": model_statistics(backend, metrics, name, version)}
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=LOOKUP_ERRORS)
-@router.get(
-    "/models/{name}/versions/{version}",
-    summary="Model metadata of one version",
-    responses=LOOKUP_ERRORS,
-    openapi_extra=VERSIONED,
-)
+@_model_get("", "Model metadata", "Model metadata of one version", responses=LOOKUP_ERRORS)
 async def model_metadata(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
     meta = backend.metadata(name, version)
     tensors = lambda metas: [{"name": m.name, "datatype": m.datatype, "shape": m.shape} for m in metas]  # noqa: E731
@@ -74,28 +80,18 @@ async def model_metadata(name: str, backend: BackendDep, version: VersionDep) ->
 READY = {200: empty("ready"), **errors(400, 404)}  # 400: not ready, or a version that is not digits
 
 
-@router.get("/models/{name}/ready", summary="Model readiness", response_class=Response, responses=READY)
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    summary="Model version readiness",
-    response_class=Response,
-    responses=READY,
-    openapi_extra=VERSIONED,
-)
+@_model_get("/ready", "Model readiness", "Model version readiness", response_class=Response, responses=READY)
 async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Response:
     if await backend.model_ready(name, version):
         return Response(status_code=200)
     return error_response(f"model {name!r} is not ready" + (f" in version {version}" if version else ""), 400)
 
 
-@router.get(
-    "/models/{name}/config", summary="Model configuration (config.pbtxt as JSON)", responses=LOOKUP_ERRORS
-)
-@router.get(
-    "/models/{name}/versions/{version}/config",
-    summary="Model configuration of one version",
+@_model_get(
+    "/config",
+    "Model configuration (config.pbtxt as JSON)",
+    "Model configuration of one version",
     responses=LOOKUP_ERRORS,
-    openapi_extra=VERSIONED,
 )
 async def model_config(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
     return backend.config(name, version)
