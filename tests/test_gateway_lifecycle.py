@@ -147,6 +147,9 @@ def test_ctrl_c_drains_every_worker(repository, tmp_path):
     """A terminal's Ctrl-C reaches the workers as well as their parent, and the parent passed on the
     same SIGINT: a second SIGINT is uvicorn's force quit, so in-flight requests were dropped."""
     with _gateway(repository, "--workers", "2", log=tmp_path / "gateway.log") as (proc, port):
+        # ready means one worker is: the other may still be starting, before uvicorn handles signals
+        # (a SIGINT there is the process's default: lost where the test runner's shell ignores it)
+        assert eventually(lambda: _loaded_workers(port) == 2), "both workers should load the model"
         conn = _request_in_flight(port)
         for worker in _children(proc.pid):  # the terminal's SIGINT, as the workers get it ...
             os.kill(worker, signal.SIGINT)
@@ -157,6 +160,15 @@ def test_ctrl_c_drains_every_worker(repository, tmp_path):
         assert not eventually(lambda: proc.poll() is not None, timeout_s=2)
         assert _finish(conn) == b"HTTP/1.1 200 OK"
         proc.wait(timeout=30)
+
+
+def _loaded_workers(port: int) -> int:
+    """Workers that have loaded lenet (inside uvicorn's serve, so signals are its), from the metrics page
+    every worker's values are on."""
+    page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(
+        line.startswith("kiln_model_placement{") and 'model="lenet"' in line for line in page.splitlines()
+    )
 
 
 def _children(pid: int) -> list[int]:
