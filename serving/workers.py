@@ -113,12 +113,15 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def _stop_with_parent(parent: int) -> Callable[[], None] | None:
     """For ``Popen(preexec_fn=...)``: the worker gets SIGTERM (and drains) when its parent dies, even
-    by SIGKILL, instead of serving the port on as an orphan (Linux; elsewhere nothing)."""
+    by SIGKILL, instead of serving the port on as an orphan (Linux; elsewhere nothing). And SIGINT
+    stops it from its first instruction: a disposition inherited as ignored (a shell's background job)
+    dropped a SIGINT that came before uvicorn handles signals, and that worker served on."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
 
     def arm() -> None:  # in the child, between fork and exec: no locks, no allocation to speak of
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # after exec: Python's KeyboardInterrupt
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the prctl: no signal will come
             os._exit(1)

@@ -162,6 +162,34 @@ def test_ctrl_c_drains_every_worker(repository, tmp_path):
         proc.wait(timeout=30)
 
 
+def test_a_worker_signalled_while_it_starts_stops_even_where_sigint_was_ignored(repository, tmp_path):
+    """Started from a shell's background job, SIGINT comes ignored and the workers inherited that: one
+    signalled before uvicorn handles signals went on serving. Now it stops, and the gateway with it."""
+    http, grpc = _free_ports()
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--workers", "2"]
+    ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as such a shell starts it
+    with open(tmp_path / "gateway.log", "w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=ignored
+        )
+    try:
+        assert eventually(lambda: len(_children(proc.pid)) == 2), "the gateway should start two workers"
+        for worker in _children(proc.pid):  # still importing: seconds before uvicorn serves
+            os.kill(worker, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the gateway still runs with its workers signalled:\n{(tmp_path / 'gateway.log').read_text()}"
+            )
+        assert not _accepts(http)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _loaded_workers(port: int) -> int:
     """Workers that have loaded lenet (inside uvicorn's serve, so signals are its), from the metrics page
     every worker's values are on."""
