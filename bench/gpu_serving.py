@@ -188,6 +188,8 @@ def translate_row(layout: Layout, work: Any, concurrency: int) -> dict[str, Any]
     """Each held-out sentence its own request at ``concurrency``, beam 4, with the mean decoder step."""
     from bench.translation_gateway import _median_run
 
+    # a warm pass first: each side's first steps load what they load lazily (the GPU decoder's layouts)
+    _median_run(layout.url, work.model, work.texts[: 2 * concurrency], 4, concurrency, repeats=1)
     hyps, seconds, lat = _median_run(layout.url, work.model, work.texts, 4, concurrency, repeats=1)
     return {
         "device": layout.device,

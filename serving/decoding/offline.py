@@ -19,7 +19,7 @@ from serving.decoding.step_spec import (
     parse_step_spec,
     takes_indexed_rows,
 )
-from serving.decoding.stepper import DecodeBatch
+from serving.decoding.stepper import decode_batch
 
 
 def translate_ids(
@@ -37,7 +37,7 @@ def translate_ids(
     check_config(spec, config)
     if not src_ids:
         return []
-    batch = DecodeBatch(spec, takes_indexed_rows(spec, run_decoder) if indexed is None else indexed)
+    batch = decode_batch(spec, takes_indexed_rows(spec, run_decoder) if indexed is None else indexed, run_decoder)
     encoded = run_encoder(encoder_inputs(spec, src_ids))
     batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
     results: dict[int, list[bs.Hypothesis]] = {}

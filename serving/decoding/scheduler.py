@@ -142,6 +142,7 @@ class DecodingScheduler:
         """Start the decode thread, answering on the running event loop (idempotent); the compiled beam
         step is built (once per machine, ~0.5 s) or found here, not on the first request."""
         await asyncio.to_thread(native.load)
+        await asyncio.to_thread(self._batch.prepare, self.config.max_rows)
         if self._thread is None:
             self._event_loop = asyncio.get_running_loop()
             self._loop_policy = (
@@ -170,7 +171,7 @@ class DecodingScheduler:
         self._batch, self._reserved = self._new_batch(), 0
 
     def _new_batch(self) -> stepper.DecodeBatch:
-        batch = stepper.DecodeBatch(self.spec, self.indexed)
+        batch = stepper.decode_batch(self.spec, self.indexed, self.run_decoder)
         batch.stop = self._stop
         batch.hold_steps = self.config.finish_hold_steps
         return batch

@@ -41,6 +41,17 @@ from serving.decoding.step_spec import (
 )
 
 
+def decode_batch(spec: dict[str, Any] | StepSpec, indexed: bool, run_decoder: Runner) -> DecodeBatch:
+    """A decode batch for ``run_decoder``: one whose caches stay on the device where the runner asks
+    for it (``run_decoder.resident``, a decoder on the CUDA provider: :mod:`serving.decoding.resident`),
+    else a :class:`DecodeBatch`."""
+    if getattr(run_decoder, "resident", None):
+        from serving.decoding import resident  # imported only then: Triton's copies of this module lack it
+
+        return resident.decode_batch(spec, indexed, run_decoder)
+    return DecodeBatch(spec, indexed)
+
+
 def _is_identity(slot: np.ndarray, size: int) -> bool:
     """Whether ``slot`` is ``0..size-1`` in order (as Python ints: ~1.5 us at 52 rows against ~6 for
     numpy's array_equal with an arange, at nearly every step)."""
@@ -108,6 +119,10 @@ class DecodeBatch(NativeSteps):
         self.hold_steps = 0
         self.last_steps = 1  # decoder steps the last step() call ran
         self._next_uid = 0
+
+    def prepare(self, max_rows: int) -> None:
+        """Make ready whatever the first steps of up to ``max_rows`` rows would make (nothing here: a
+        device-resident batch makes its layouts)."""
 
     @property
     def size(self) -> int:

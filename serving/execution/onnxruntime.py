@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,8 @@ class OnnxRuntimeBackend:
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
         run.model_file = path  # type: ignore[attr-defined]
+        if entry.task == "translate_decoder":  # a GPU decoder's steps keep its cache on the device
+            run.resident = resident_request(model.placement, entry.config, entry.model_file(version))  # type: ignore[attr-defined]
         run.session_config = spin_entries(self.options.spin_us, ort.__version__)  # type: ignore[attr-defined]
         return run
 
@@ -370,6 +373,30 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
 # ONNX Runtime reads ``session.intra_op.spin_duration_us`` from 1.26 on (microsoft/onnxruntime#27916);
 # older versions ignore it and would spin unbounded, so there a bounded spin means no spinning.
 BOUNDED_SPIN_SINCE = (1, 26)
+
+
+def resident_request(where: placement.Placement, config: Any, model_file: Path) -> dict[str, Any] | None:
+    """How a translator decoder placed at ``where`` steps with its cache on the device
+    (:class:`serving.decoding.resident.ResidentDecoder`'s arguments), or None: on the host.
+
+    ``KILN_RESIDENT_DECODER``: unset or ``auto``, decoders on the CUDA provider, each layout replayed
+    as a CUDA graph unless the config's ``kiln_cuda_graphs`` is ``"0"``; ``0``, none; ``force``, CPU
+    decoders too (no graphs: the tests' way to run the device path without a GPU)."""
+    mode = os.environ.get("KILN_RESIDENT_DECODER", "auto").strip().lower()
+    on_gpu = where.provider == placement.CUDA
+    if mode in ("0", "off") or not (on_gpu or mode == "force"):
+        return None
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    graphs = on_gpu and parameters.get("kiln_cuda_graphs", "1").strip() not in ("", "0")
+    device_id = int(where.device.partition(":")[2] or 0)
+    providers = placement.without_cuda_graphs(where).providers()
+    return {
+        "model_file": model_file,  # the entry's own graph (not a CPU-only fused one)
+        "device": "cuda" if on_gpu else "cpu",
+        "device_id": device_id,
+        "providers": providers,
+        "cuda_graphs": graphs,
+    }
 
 
 def spin_entries(spin_us: int | None, ort_version: str) -> dict[str, str]:

@@ -1,0 +1,213 @@
+"""serving.decoding.resident: a decode batch whose caches stay on the device decodes as the host batch.
+
+Run here on ONNX Runtime's CPU provider (the same code as on CUDA, without CUDA graphs): over a tiny
+exported Transformer, every search is compared with the host :class:`DecodeBatch` on the same ONNX
+model: tokens identical, scores to float rounding (the device layout attends over masked padding, a sum
+in another order). Sentences join and leave between steps across layouts (more rows than a bucket, a
+source longer than one, more cache columns than one), so the cache moves between layouts too. The
+advance graph, the buckets and the partial copy are checked on hand-made cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving.decoding import offline, resident
+from serving.decoding import step_spec as sp
+from serving.decoding import stepper as st
+from serving.decoding.options import DecodingOptions, config_for
+from serving.execution import placement
+from serving.execution.onnxruntime import onnxruntime_runner, resident_request
+from serving.execution.repository import Repository
+from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """(spec, encoder runner, host decoder runner, resident decoder runner, source ids)."""
+    root = tmp_path_factory.mktemp("resident")
+    repository, errors = build_translator_repository(root, ("transformer",))
+    if errors:
+        pytest.fail(f"export failed: {errors}")
+    entry = Repository(repository).get("transformer")
+    block = entry.kiln["translator"]
+
+    def runner(part: str):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        path = repository / block[part] / "1" / "model.onnx"
+        run = onnxruntime_runner(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+        run.model_file = path
+        return run
+
+    spec = sp.parse_step_spec(block["step_spec"])
+    on_device = runner("decoder")
+    # narrow widths, so a 40-token source and 48-step searches change layouts (the default is 256)
+    on_device.resident = {"device": "cpu", "source_min": 32, "columns_min": 32}
+    from serving.decoding.translator import translator_from_entry
+
+    translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))
+    sources = translator.source_ids(texts_of_mixed_lengths(24))
+    return spec, runner("encoder"), runner("decoder"), on_device, sources
+
+
+def _config(spec, beam: int, **changes):
+    options = dataclasses.replace(DecodingOptions(beam_size=beam, max_length=24), **changes)
+    return config_for(options, eos_id=spec.eos_id, bos_id=spec.bos_id)
+
+
+def _same(got, want):
+    """Each sentence's hypotheses: the same tokens, scores equal to float32 rounding."""
+    assert len(got) == len(want)
+    for mine, theirs in zip(got, want, strict=True):
+        assert [h.tokens for h in mine] == [h.tokens for h in theirs]
+        np.testing.assert_allclose([h.score for h in mine], [h.score for h in theirs], rtol=1e-5, atol=1e-5)
+
+
+def test_the_runner_gets_a_resident_batch_and_the_host_runner_a_host_one(model):
+    spec, encoder, host, on_device, sources = model
+    assert type(st.decode_batch(spec, True, host)) is st.DecodeBatch
+    batch = st.decode_batch(spec, True, on_device)
+    assert isinstance(batch, resident.ResidentDecodeBatch)
+    assert st.decode_batch(spec, True, on_device).device is batch.device  # one per runner (decode worker)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_one_sentence_at_a_time_decodes_as_the_host_batch(model, beam):
+    spec, encoder, host, on_device, sources = model
+    config = _config(spec, beam)
+    for source in sources[:8]:
+        want = offline.translate_ids(encoder, host, spec, [source], config)
+        _same(offline.translate_ids(encoder, on_device, spec, [source], config), want)
+
+
+def test_batches_of_mixed_beam_sizes_decode_as_the_host_batch(model):
+    spec, encoder, host, on_device, sources = model
+    for beam, sentences in ((2, sources[:8]), (4, sources[8:24]), (8, sources[:5])):
+        config = _config(spec, beam, n_best=2)
+        want = offline.translate_ids(encoder, host, spec, sentences, config)
+        _same(offline.translate_ids(encoder, on_device, spec, sentences, config), want)
+
+
+def _joining(spec, encoder, decoder, sources, configs):
+    """Sentence i joins before decode step 2*i; returns each sentence's hypotheses and the batch."""
+    batch = st.decode_batch(spec, True, decoder)
+    finished, steps, joined = {}, 0, 0
+    while len(finished) < len(sources):
+        if joined < len(sources) and steps >= 2 * joined:
+            source = sources[joined]
+            batch.join(
+                [joined], encoder(sp.encoder_inputs(spec, [source])), [configs[joined]], [len(source) + 1]
+            )
+            joined += 1
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+        steps += 1
+    return [finished[i] for i in range(len(sources))], batch
+
+
+def test_sentences_joining_and_leaving_across_layouts_decode_as_the_host_batch(model):
+    spec, encoder, host, on_device, sources = model
+    # a 40-token source (past the 32-position bucket), beams up to 8 (rows past 8, 16 and 32) and
+    # searches of up to 48 steps (cache columns past 32): the live cache moves between layouts
+    rng = np.random.default_rng(3)
+    long_source = rng.integers(4, spec.vocab_size, size=40).tolist()
+    chosen = [*sources[:6], long_source, *sources[6:10]]
+    beams = (4, 1, 8, 4, 3, 8, 2, 8, 4, 1, 8)
+    configs = [_config(spec, beam, max_length=48, n_best=min(beam, 2)) for beam in beams]
+    want, _ = _joining(spec, encoder, host, chosen, configs)
+    got, batch = _joining(spec, encoder, on_device, chosen, configs)
+    _same(got, want)
+    keys = set(batch.device.layouts)
+    assert len({k.rows for k in keys}) >= 3 and len({k.source for k in keys}) >= 2
+    assert len({k.columns for k in keys}) >= 2
+
+
+def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_default_width(model):
+    spec, encoder, host, on_device, sources = model
+    decoder = resident.ResidentDecoder(on_device.model_file, spec, "cpu")
+    decoder.prepare(40)
+    width = min(256, spec.max_positions or 256)
+    assert sorted(decoder.layouts) == [resident.LayoutKey(rows, width, width) for rows in (8, 16, 32, 64)]
+    batch = resident.ResidentDecodeBatch(spec, decoder)
+    config = _config(spec, 4)
+    want = offline.translate_ids(encoder, host, spec, sources[:6], config)
+    batch.join(
+        range(6),
+        encoder(sp.encoder_inputs(spec, sources[:6])),
+        [config] * 6,
+        [len(s) + 1 for s in sources[:6]],
+    )
+    finished = {}
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(host)}
+    _same([finished[i] for i in range(6)], want)
+    assert len(decoder.layouts) == 4  # nothing made during the search
+
+
+def test_the_advance_writes_the_entry_gathers_rows_and_shifts_columns():
+    shape = (3, 2, 4, 2)  # [B, H, T, D]
+    model = resident.advance_model([("cache", shape, 2, "entry", np.float32)])
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    cache = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    entry = -np.arange(1, 3 * 2 * 2 + 1, dtype=np.float32).reshape(3, 2, 1, 2)
+    write = np.zeros((1, 1, 4, 1), dtype=bool)
+    write[0, 0, 2, 0] = True  # the entry goes to column 2
+    origin = np.array([2, 2, 0], dtype=np.int64)
+    columns = np.array([1, 2, 3, 3], dtype=np.int64)  # one leading column dropped
+    (got,) = session.run(
+        None, {"cache": cache, "entry": entry, "write_2": write, "origin": origin, "columns": columns}
+    )
+    want = cache.copy()
+    want[:, :, 2] = entry[:, :, 0]
+    want = want[[2, 2, 0]][:, :, [1, 2, 3, 3]]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_buckets_grow_past_what_they_hold_and_never_shrink_within_a_batch():
+    assert [resident.bucket(n, 8) for n in (1, 8, 9, 33)] == [8, 8, 16, 64]
+    assert resident.bucket(3, 8, current=64) == 64  # a batch's layout only grows
+    assert resident.bucket(65, 8, current=64) == 128
+
+
+def test_a_partial_copy_writes_its_bytes_at_the_offset_and_refuses_to_overrun():
+    value = ort.OrtValue.ortvalue_from_numpy(np.zeros((4, 3), dtype=np.float32), "cpu", 0)
+    copy = resident.HostCopy("cpu")
+    copy(value, 12, np.array([[1, 2, 3]], dtype=np.float32))
+    np.testing.assert_array_equal(value.numpy(), [[0, 0, 0], [1, 2, 3], [0, 0, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="overruns"):
+        copy(value, 40, np.ones(3, dtype=np.float32))
+
+
+def test_decoders_the_engine_cannot_hold_on_the_device_say_why(model, monkeypatch):
+    spec, encoder, host, on_device, sources = model
+    assert "row_place" in resident.resident_usable(spec, indexed=False)
+    gru_like = dataclasses.replace(
+        spec, decoder_inputs=(*spec.decoder_inputs, sp.DecoderInput("hidden", "state", "new_hidden", "h0"))
+    )
+    assert "state" in resident.resident_usable(gru_like, indexed=True)
+    assert resident.resident_usable(spec, indexed=True) == ""
+    monkeypatch.setenv("KILN_RESIDENT_DECODER", "0")
+    assert type(st.decode_batch(spec, True, on_device)) is st.DecodeBatch
+
+
+def test_the_backend_asks_for_a_resident_decoder_on_cuda_only_unless_forced(monkeypatch, tmp_path):
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig(name="t_decoder")
+    gpu = placement.Placement(placement.CUDA, "cuda:1", provider_options={"enable_cuda_graph": "1"})
+    cpu = placement.Placement(placement.CPU, "cpu")
+    monkeypatch.delenv("KILN_RESIDENT_DECODER", raising=False)
+    wanted = resident_request(gpu, config, tmp_path / "model.onnx")
+    assert wanted["device"] == "cuda" and wanted["device_id"] == 1 and wanted["cuda_graphs"]
+    assert wanted["providers"][0] == (placement.CUDA, {})  # graphs are the layouts' own sessions
+    assert resident_request(cpu, config, tmp_path / "model.onnx") is None
+    config.parameters["kiln_cuda_graphs"].string_value = "0"
+    assert not resident_request(gpu, config, tmp_path / "model.onnx")["cuda_graphs"]
+    monkeypatch.setenv("KILN_RESIDENT_DECODER", "0")
+    assert resident_request(gpu, config, tmp_path / "model.onnx") is None
+    monkeypatch.setenv("KILN_RESIDENT_DECODER", "force")
+    assert resident_request(cpu, config, tmp_path / "model.onnx")["device"] == "cpu"
