@@ -420,10 +420,12 @@ def gateway(
             url = f"http://127.0.0.1:{http}"
             os.environ["KILN_RESIDENT_DECODER"] = mode
             try:
+                log_path = Path(tempfile.gettempdir()) / f"kiln-probe-gateway-{count}-{mode}.log"
                 with running(
                     gateway_cmd(repository, http, grpc, 1, workers=count),
                     f"{url}/v2/health/ready",
                     timeout_s=300,
+                    log_path=log_path,
                 ):
                     _median_run(url, translator, work.texts[: 2 * concurrency], 4, concurrency, repeats=1)
                     hyps, seconds, _ = _median_run(url, translator, work.texts, 4, concurrency, repeats=1)

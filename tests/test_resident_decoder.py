@@ -27,12 +27,18 @@ from tests.test_translate_serving import build_translator_repository, texts_of_m
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """(spec, encoder runner, host decoder runner, resident decoder runner, source ids)."""
+def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("resident")
     repository, errors = build_translator_repository(root, ("transformer",))
     if errors:
         pytest.fail(f"export failed: {errors}")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    """(spec, encoder runner, host decoder runner, resident decoder runner, source ids)."""
+    repository = built
     entry = Repository(repository).get("transformer")
     block = entry.kiln["translator"]
 
@@ -46,7 +52,7 @@ def model(tmp_path_factory):
 
     spec = sp.parse_step_spec(block["step_spec"])
     on_device = runner("decoder")
-    # narrow widths, so a 40-token source and 48-step searches change layouts (the default is 256)
+    # narrow widths, so a 40-token source and 48-step searches change layouts (defaults: 64 and 128)
     on_device.resident = {"device": "cpu", "source_min": 32, "columns_min": 32}
     from serving.decoding.translator import translator_from_entry
 
@@ -126,12 +132,12 @@ def test_sentences_joining_and_leaving_across_layouts_decode_as_the_host_batch(m
     assert len({k.columns for k in keys}) >= 2
 
 
-def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_default_width(model):
+def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_default_widths(model):
     spec, encoder, host, on_device, sources = model
     decoder = resident.ResidentDecoder(on_device.model_file, spec, "cpu")
     decoder.prepare(40)
-    width = min(256, spec.max_positions or 256)
-    assert sorted(decoder.layouts) == [resident.LayoutKey(rows, width, width) for rows in (8, 16, 32, 64)]
+    source, columns = min(32, spec.max_positions), min(128, spec.max_positions)
+    assert sorted(decoder.layouts) == [resident.LayoutKey(rows, source, columns) for rows in (8, 16, 32, 64)]
     batch = resident.ResidentDecodeBatch(spec, decoder)
     config = _config(spec, 4)
     want = offline.translate_ids(encoder, host, spec, sources[:6], config)
@@ -148,23 +154,20 @@ def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_defaul
     assert len(decoder.layouts) == 4  # nothing made during the search
 
 
-def test_the_advance_writes_the_entry_gathers_rows_and_shifts_columns():
+def test_the_advance_writes_the_entry_into_its_column_and_gathers_rows():
     shape = (3, 2, 4, 2)  # [B, H, T, D]
     model = resident.advance_model([("cache", shape, 2, "entry", np.float32)])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     cache = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     entry = -np.arange(1, 3 * 2 * 2 + 1, dtype=np.float32).reshape(3, 2, 1, 2)
-    write = np.zeros((1, 1, 4, 1), dtype=bool)
-    write[0, 0, 2, 0] = True  # the entry goes to column 2
+    write = np.zeros(resident.write_index_shape(shape, 2), dtype=np.int64)  # [3, 2, 1, 3]
+    write[..., :2] = np.moveaxis(np.indices((3, 2)), 0, -1)[:, :, None, :]
+    write[..., 2] = 2  # the entry goes to column 2
     origin = np.array([2, 2, 0], dtype=np.int64)
-    columns = np.array([1, 2, 3, 3], dtype=np.int64)  # one leading column dropped
-    (got,) = session.run(
-        None, {"cache": cache, "entry": entry, "write_2": write, "origin": origin, "columns": columns}
-    )
+    (got,) = session.run(None, {"cache": cache, "entry": entry, "write_2": write, "origin": origin})
     want = cache.copy()
     want[:, :, 2] = entry[:, :, 0]
-    want = want[[2, 2, 0]][:, :, [1, 2, 3, 3]]
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, want[[2, 2, 0]])
 
 
 def test_buckets_grow_past_what_they_hold_and_never_shrink_within_a_batch():
@@ -194,13 +197,17 @@ def test_decoders_the_engine_cannot_hold_on_the_device_say_why(model, monkeypatc
     assert type(st.decode_batch(spec, True, on_device)) is st.DecodeBatch
 
 
-def test_the_backend_asks_for_a_resident_decoder_on_cuda_only_unless_forced(monkeypatch, tmp_path):
+def test_the_backend_asks_for_a_resident_decoder_on_cuda_when_enabled_or_anywhere_forced(
+    monkeypatch, tmp_path
+):
     from tritonclient.grpc import model_config_pb2
 
     config = model_config_pb2.ModelConfig(name="t_decoder")
     gpu = placement.Placement(placement.CUDA, "cuda:1", provider_options={"enable_cuda_graph": "1"})
     cpu = placement.Placement(placement.CPU, "cpu")
     monkeypatch.delenv("KILN_RESIDENT_DECODER", raising=False)
+    assert resident_request(gpu, config, tmp_path / "model.onnx") is None  # off by default (measured)
+    monkeypatch.setenv("KILN_RESIDENT_DECODER", "1")
     wanted = resident_request(gpu, config, tmp_path / "model.onnx")
     assert wanted["device"] == "cuda" and wanted["device_id"] == 1 and wanted["cuda_graphs"]
     assert wanted["providers"][0] == (placement.CUDA, {})  # graphs are the layouts' own sessions
@@ -211,3 +218,52 @@ def test_the_backend_asks_for_a_resident_decoder_on_cuda_only_unless_forced(monk
     assert resident_request(gpu, config, tmp_path / "model.onnx") is None
     monkeypatch.setenv("KILN_RESIDENT_DECODER", "force")
     assert resident_request(cpu, config, tmp_path / "model.onnx")["device"] == "cpu"
+
+
+def _pool_translations(repository, texts, resident_mode: str | None, monkeypatch) -> tuple[list, list]:
+    """Every text its own concurrent request through the backend's translator pool (the gateway's
+    path), with ``KILN_RESIDENT_DECODER`` as given; returns the answers and the decoder runners."""
+    import asyncio
+
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.onnxruntime import OnnxRuntimeBackend
+
+    if resident_mode is None:
+        monkeypatch.delenv("KILN_RESIDENT_DECODER", raising=False)
+    else:
+        monkeypatch.setenv("KILN_RESIDENT_DECODER", resident_mode)
+    repo = Repository(repository)
+    backend = OnnxRuntimeBackend(repo)
+    runners = []
+
+    def runner_for(name, **kwargs):
+        run = backend.runner(name, **kwargs)
+        runners.append(run)
+        return run
+
+    async def go():
+        await backend.start()
+        pool = TranslatorPool(repo)
+        await pool.start(runner_for)
+        try:
+            options = DecodingOptions(beam_size=4, max_length=24)
+            answers = await asyncio.gather(
+                *(pool.translators["transformer"].translate([t], options) for t in texts)
+            )
+        finally:
+            await pool.stop(1.0)
+            await backend.stop()
+        return [a[0][0].tokens for a in answers]
+
+    return asyncio.run(go()), runners
+
+
+def test_the_gateways_translator_pool_decodes_on_a_resident_decoder_as_on_the_host(built, monkeypatch):
+    texts = texts_of_mixed_lengths(16, seed=11)
+    want, host_runners = _pool_translations(built, texts, None, monkeypatch)
+    assert not any(getattr(r, "resident", None) for r in host_runners)  # off by default
+    got, runners = _pool_translations(built, texts, "force", monkeypatch)
+    decoders = [r for r in runners if getattr(r, "resident_decoder", None) is not None]
+    assert decoders, "no decode worker stepped on a resident decoder"
+    assert len(decoders[0].resident_decoder.layouts) >= 2  # made at the scheduler's start (prepare)
+    assert got == want

@@ -37,7 +37,9 @@ def translate_ids(
     check_config(spec, config)
     if not src_ids:
         return []
-    batch = decode_batch(spec, takes_indexed_rows(spec, run_decoder) if indexed is None else indexed, run_decoder)
+    batch = decode_batch(
+        spec, takes_indexed_rows(spec, run_decoder) if indexed is None else indexed, run_decoder
+    )
     encoded = run_encoder(encoder_inputs(spec, src_ids))
     batch.join(range(len(src_ids)), encoded, [config] * len(src_ids), [len(s) + 1 for s in src_ids])
     results: dict[int, list[bs.Hypothesis]] = {}

@@ -55,9 +55,11 @@ log = logging.getLogger(__name__)
 
 ROWS_MIN = 8  # the smallest rows bucket
 # source positions and cache columns a layout holds at least (the model's max_positions where smaller):
-# a GPU step costs about the same over 8 columns or 256 (masked), so one width serves every request
-# and a batch's layouts differ in rows alone, all made before the first request (ResidentDecoder.prepare)
-WIDTH_MIN = 256
+# a GPU step costs about the same over 8 columns or 64 (masked), so one width serves nearly every
+# request and a batch's layouts differ in rows alone, all made before the first request
+# (ResidentDecoder.prepare); a longer source or search grows them. Sources are narrower than cache
+# columns: each joining sentence's encoder rows are copied over at the source width.
+SOURCE_MIN, COLUMNS_MIN = 32, 128
 
 
 def bucket(size: int, minimum: int, current: int = 0) -> int:
@@ -97,32 +99,35 @@ def static_model(path: Path | str, sizes: dict[str, int]) -> bytes:
     return model.SerializeToString()
 
 
+def write_index_shape(shape: Sequence[int], axis: int) -> list[int]:
+    """The ScatterND indices writing one column of a cache ``shape`` on ``axis``: one index tuple per
+    slice before the axis (``[*shape[:axis], 1, axis + 1]``; the updates are the entry)."""
+    return [*shape[:axis], 1, axis + 1]
+
+
 def advance_model(caches: Sequence[tuple[str, tuple[int, ...], int, str, Any]]) -> bytes:
     """The advance graph of one layout: for each cache ``(name, shape [B, ..., T, ...], axis, entry,
-    dtype)``, ``next_<name> = Gather(Gather(Where(write_<axis>, <entry>, <name>), origin, 0), columns,
-    axis)``: the entry ``[B, ..., 1, ...]`` written where ``write_<axis>`` (bool, set at the written
-    column) is, rows gathered by ``origin`` [B], columns by ``columns`` [T] (a shift dropping leading
-    ones)."""
+    dtype)``, ``next_<name> = Gather(ScatterND(<name>, write_<axis>, <entry>), origin, 0)``: the entry
+    ``[B, ..., 1, ...]`` written into the column ``write_<axis>`` names, then the rows gathered by
+    ``origin`` [B]. A copy and a gather: columns are never shifted on the device (the batch moves its
+    column offset instead), and the write touches one column (a broadcast Where over the whole cache
+    was the slowest part of a step)."""
     import onnx
     from onnx import helper
 
-    rows, columns = caches[0][1][0], caches[0][1][caches[0][2]]
-    inputs = [
-        helper.make_tensor_value_info("origin", onnx.TensorProto.INT64, [rows]),
-        helper.make_tensor_value_info("columns", onnx.TensorProto.INT64, [columns]),
-    ]
+    rows = caches[0][1][0]
+    inputs = [helper.make_tensor_value_info("origin", onnx.TensorProto.INT64, [rows])]
     for axis in sorted({c[2] for c in caches}):
-        shape = [columns if i == axis else 1 for i in range(len(caches[0][1]))]
-        inputs.append(helper.make_tensor_value_info(f"write_{axis}", onnx.TensorProto.BOOL, shape))
+        shape = write_index_shape(caches[0][1], axis)
+        inputs.append(helper.make_tensor_value_info(f"write_{axis}", onnx.TensorProto.INT64, shape))
     nodes, outputs = [], []
     for name, shape, axis, entry, dtype in caches:
         kind = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         entry_shape = [1 if i == axis else d for i, d in enumerate(shape)]
         inputs.append(helper.make_tensor_value_info(name, kind, list(shape)))
         inputs.append(helper.make_tensor_value_info(entry, kind, entry_shape))
-        nodes.append(helper.make_node("Where", [f"write_{axis}", entry, name], [f"{name}.written"]))
-        nodes.append(helper.make_node("Gather", [f"{name}.written", "origin"], [f"{name}.rows"], axis=0))
-        nodes.append(helper.make_node("Gather", [f"{name}.rows", "columns"], [f"next_{name}"], axis=axis))
+        nodes.append(helper.make_node("ScatterND", [name, f"write_{axis}", entry], [f"{name}.written"]))
+        nodes.append(helper.make_node("Gather", [f"{name}.written", "origin"], [f"next_{name}"], axis=0))
         outputs.append(helper.make_tensor_value_info(f"next_{name}", kind, list(shape)))
     graph = helper.make_graph(nodes, "kiln_cache_advance", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -170,6 +175,17 @@ class HostCopy:
         )  # cudaMemcpyDefault
         if status:
             raise RuntimeError(f"cudaMemcpy failed with CUDA error {status}")
+
+    def read(self, value: Any, rows: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """The first ``rows`` rows of ``value`` (of ``shape`` and ``dtype``), copied to the host."""
+        out = np.empty([rows, *shape[1:]], dtype=dtype)
+        if self._memcpy is None:
+            ctypes.memmove(out.ctypes.data, value.data_ptr(), out.nbytes)
+            return out
+        status = self._memcpy(out.ctypes.data, value.data_ptr(), out.nbytes, 4)
+        if status:
+            raise RuntimeError(f"cudaMemcpy failed with CUDA error {status}")
+        return out
 
     def done(self) -> None:
         """Wait for the copies: from pageable memory, ``cudaMemcpy`` may return before its DMA lands,
@@ -245,9 +261,11 @@ class ResidentDecoder:
         del probe
         self.caches = spec.with_role("cache")
         self.encoder = spec.with_role("encoder")
-        width = min(WIDTH_MIN, spec.max_positions or WIDTH_MIN)
-        self.source_min, self.columns_min = source_min or width, columns_min or width
+        cap = spec.max_positions or COLUMNS_MIN
+        self.source_min = source_min or min(SOURCE_MIN, cap)
+        self.columns_min = columns_min or min(COLUMNS_MIN, cap)
         self.layouts: dict[LayoutKey, Layout] = {}
+        self.last_key: LayoutKey | None = None  # the layout the last batch grew to: where the next starts
 
     def prepare(self, max_rows: int) -> None:
         """Make (and warm, or capture) the layouts of every rows bucket up to ``max_rows`` at the
@@ -348,56 +366,83 @@ def _with_graphs(provider: Any) -> Any:
 
 class Layout:
     """The buffers and sessions of one :class:`LayoutKey`: two cache sets, the entries, the encoder
-    store, the step's small inputs and ``log_probs``; the decoder and advance sessions bound to them,
-    one binding (one CUDA graph) per cache set."""
+    store and ``log_probs``, and one packed buffer of the few KiB a step writes (tokens, positions,
+    cache mask, row places; beam origins, column shift and write mask for the advance), each input
+    bound at its offset in it, so a step's inputs reach the device in one copy; the decoder and
+    advance sessions bound to them, one binding (one CUDA graph) per cache set."""
+
+    ALIGN = 256  # bytes between packed inputs (CUDA allocations' own alignment)
 
     def __init__(self, owner: ResidentDecoder, key: LayoutKey) -> None:
         self.key = key
-        spec = owner.spec
         sizes = owner.sizes(key)
         self.step_session = owner.session(static_model(owner.model_file, sizes))
 
         def shape_of(dims: list[Any]) -> list[int]:
             return [d if isinstance(d, int) else sizes[d] for d in dims]
 
-        self.inputs: dict[str, Any] = {}  # step inputs but the caches, by name
-        for name, dims in owner.input_dims.items():
-            if name not in {c.name for c in owner.caches}:
-                self.inputs[name] = owner.zeros(shape_of(dims), owner.types[name])
+        caches = {c.name for c in owner.caches}
+        encoder = {inp.name for inp in owner.encoder}
         self.shapes = {name: shape_of(dims) for name, dims in owner.input_dims.items()}
+        self.store = {name: owner.zeros(self.shapes[name], owner.types[name]) for name in encoder}
         self.sets = [
-            {c.name: owner.zeros(self.shapes[c.name], owner.types[c.name]) for c in owner.caches}
-            for _ in range(2)
+            {name: owner.zeros(self.shapes[name], owner.types[name]) for name in caches} for _ in range(2)
         ]
         self.outputs = {
             name: owner.zeros(shape_of(dims), owner.types[name]) for name, dims in owner.output_dims.items()
         }
-        caches = [
+        advance_caches = [
             (c.name, tuple(self.shapes[c.name]), c.axis, c.output, owner.types[c.name]) for c in owner.caches
         ]
-        self.advance_session = owner.session(advance_model(caches))
-        self.origin = owner.zeros([key.rows], np.int64)
-        self.columns = owner.zeros([key.columns], np.int64)
-        self.writes = {
-            axis: owner.zeros(
-                [key.columns if i == axis else 1 for i in range(len(self.shapes[name]))], np.bool_
-            )
-            for name, _, axis, _, _ in caches
+        self.advance_session = owner.session(advance_model(advance_caches))
+        packed = {  # name -> (dtype, shape): the step's small inputs, then the advance's
+            name: (np.dtype(owner.types[name]), self.shapes[name])
+            for name in owner.input_dims
+            if name not in caches and name not in encoder
         }
+        packed["origin"] = (np.dtype(np.int64), [key.rows])
+        for c in owner.caches:
+            packed[f"write_{c.axis}"] = (np.dtype(np.int64), write_index_shape(self.shapes[c.name], c.axis))
+        offsets, total = {}, 0
+        for name, (dtype, shape) in packed.items():
+            offsets[name] = total
+            total += -(-math.prod(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
+        self.packed = owner.zeros([total], np.uint8)  # on the device
+        self.host = np.zeros(total, dtype=np.uint8)  # written by the batch, copied over once a step
+        self.views = {  # the host side of each packed input
+            name: np.ndarray(shape, dtype=dtype, buffer=self.host, offset=offsets[name])
+            for name, (dtype, shape) in packed.items()
+        }
+        for name, view in self.views.items():
+            if name.startswith("write_"):  # each slice's own index; the batch sets the column
+                view[..., :-1] = np.moveaxis(np.indices(view.shape[:-2]), 0, -1)[..., None, :]
+                view[..., -1] = key.columns - 1
+        for c in owner.encoder:  # a masked-out source (zeros) gives the warm-up NaNs: all valid instead
+            if owner.types[c.name] == np.bool_:
+                self.store[c.name].update_inplace(np.ones(self.shapes[c.name], dtype=np.bool_))
+        base = self.packed.data_ptr()
+
+        def bind_packed(binding: Any, name: str) -> None:
+            dtype, shape = packed[name]
+            binding.bind_input(name, owner.device, owner.device_id, dtype.type, shape, base + offsets[name])
+
         self.steps, self.advances = [], []
         for parity in range(2):
             binding = self.step_session.io_binding()
-            for name, value in {**self.inputs, **self.sets[parity]}.items():
-                binding.bind_ortvalue_input(name, value)
+            for name in owner.input_dims:
+                if name in caches:
+                    binding.bind_ortvalue_input(name, self.sets[parity][name])
+                elif name in encoder:
+                    binding.bind_ortvalue_input(name, self.store[name])
+                else:
+                    bind_packed(binding, name)
             for name, value in self.outputs.items():
                 binding.bind_ortvalue_output(name, value)
             self.steps.append(binding)
             binding = self.advance_session.io_binding()
-            binding.bind_ortvalue_input("origin", self.origin)
-            binding.bind_ortvalue_input("columns", self.columns)
-            for axis, value in self.writes.items():
-                binding.bind_ortvalue_input(f"write_{axis}", value)
-            for name, _, _, entry, _ in caches:
+            for name in ("origin", *{f"write_{c.axis}" for c in owner.caches}):
+                bind_packed(binding, name)
+            for name, _, _, entry, _ in advance_caches:
                 binding.bind_ortvalue_input(name, self.sets[parity][name])
                 binding.bind_ortvalue_input(entry, self.outputs[entry])
                 binding.bind_ortvalue_output(f"next_{name}", self.sets[1 - parity][name])
@@ -408,12 +453,14 @@ class Layout:
             if owner.cuda_graphs:
                 options.add_run_config_entry("gpu_graph_id", str(parity))
             self.run_options.append(options)
-        self.encoder_names = [inp.name for inp in spec.with_role("encoder")]
+
+    def send(self) -> None:
+        """The packed inputs, as the batch wrote them into :attr:`views`, to the device (one copy)."""
+        self.packed.update_inplace(self.host)
 
     def warm(self) -> None:
         """Run both cache sets' step and advance twice on the zeroed buffers: planned, or captured as
-        CUDA graphs (the writes are off: the caches stay zero; the outputs are overwritten by the first
-        real step)."""
+        CUDA graphs (finite outputs, written into a column no step reads before it is written again)."""
         for _ in range(2):
             for parity in range(2):
                 self.step_session.run_with_iobinding(self.steps[parity], self.run_options[parity])
@@ -444,9 +491,13 @@ class ResidentDecodeBatch(DecodeBatch):
     def _reset_device(self) -> None:
         """Nothing pending, nothing stored; the layout stays (an emptied batch's next sentences start
         in it: its rows are masked until written)."""
-        self._key: LayoutKey | None = getattr(self, "_key", None)
+        # a batch starts in the last layout its decoder used (batches come and go: offline.translate_ids)
+        self._key: LayoutKey | None = getattr(self, "_key", None) or self.device.last_key
         self._parity = 0
-        self._pending: tuple[np.ndarray, int | None, int] | None = None  # origin, written column, lead
+        # the device column of the host's column 0: the columns are a ring (attention sums over its
+        # columns in any order), so dropped columns move the offset, never the data
+        self._offset = 0
+        self._pending: tuple[np.ndarray, int | None] | None = None  # origin, device column written
         self._stored = False  # whether the device store holds every slot but the fresh ones
         self._fresh: list[int] = []  # store slots written since the device store was last filled
 
@@ -461,15 +512,15 @@ class ResidentDecodeBatch(DecodeBatch):
         super().join(keys, encoded, configs, lengths)
         joined = self.physical - rows
         # the joining rows read row 0 of the last call: finite, and masked (their columns start here)
-        origin, column, lead = self._pending or (np.arange(rows, dtype=np.int64), None, 0)
-        self._pending = np.concatenate([origin, np.zeros(joined, dtype=np.int64)]), column, lead
+        origin, written = self._pending or (np.arange(rows, dtype=np.int64), None)
+        self._pending = np.concatenate([origin, np.zeros(joined, dtype=np.int64)]), written
         self._fresh += self.owner[-len(keys) :].tolist() if len(keys) else []
 
     def _gather(self, index: np.ndarray) -> None:
         rows = self.physical
         super()._gather(index)
-        origin, column, lead = self._pending or (np.arange(rows, dtype=np.int64), None, 0)
-        self._pending = origin[index], column, lead
+        origin, written = self._pending or (np.arange(rows, dtype=np.int64), None)
+        self._pending = origin[index], written
 
     def remove(self, leaving: np.ndarray) -> None:
         super().remove(leaving)
@@ -482,21 +533,30 @@ class ResidentDecodeBatch(DecodeBatch):
         if rows == 0:
             return []
         layout = self._place(rows)
-        self._fill_inputs(layout, rows)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._advance_inputs(layout, *pending)
+        self._step_inputs(layout, rows)
+        layout.send()
+        if pending is not None:
+            layout.advance(self._parity)
+            self._parity = 1 - self._parity
         log_probs = layout.step(self._parity)[:rows]
         before = self.beams.rows
         result = compiled_step.step(self.beams, log_probs, None)
         self.beams = result.beams
         live = self.beams.rows > 0
         lead = int(self.joined[live].min(initial=self.column))
-        written = self.column
+        columns = self._key.columns
+        written = (self._offset + self.column) % columns  # where this step's entries go
         self._advance_rows({}, result.origin, before, result.tokens, joining)
-        self._pending = np.asarray(result.origin, dtype=np.int64), written, lead
+        self._offset = (self._offset + lead) % columns  # dropped columns are skipped, never moved
+        self._pending = np.asarray(result.origin, dtype=np.int64), written
         return self._retire()
 
     def _place(self, rows: int) -> Layout:
-        """The layout of this step, with the last step's advance applied and the encoder store filled:
-        a new layout takes the live cache over through the host."""
+        """This step's layout, with the encoder store filled: a new layout takes the live cache over
+        through the host (the pending advance applied there)."""
         current = self._key
         slots = self._encoder.used.size
         key = LayoutKey(
@@ -504,61 +564,68 @@ class ResidentDecodeBatch(DecodeBatch):
             bucket(max(self._encoder.width, 1), self.device.source_min, current.source if current else 0),
             bucket(self.column + 1, self.device.columns_min, current.columns if current else 0),
         )
-        if current is not None and key.columns < self.column + 1:  # pragma: no cover - bucket() holds it
-            raise AssertionError("cache columns outgrown")
         if key != current:
             cache = self._download(current) if current is not None else None
             layout = self.device.layout(key)
-            self._key, self._parity, self._stored = key, 0, False
-            if cache is not None:
+            self._stored = self._stored and key == current
+            self._key, self._parity, self._offset = key, 0, 0
+            self.device.last_key = key
+            if cache is not None and self.column:
                 self._upload(layout, cache)
         layout = self.device.layout(key)
-        if self._pending is not None:
-            self._advance(layout, *self._pending)
-            self._pending = None
         self._fill_store(layout)
         return layout
 
-    def _advance(self, layout: Layout, origin: np.ndarray, written: int | None, lead: int) -> None:
-        key = layout.key
-        padded = np.zeros(key.rows, dtype=np.int64)
-        padded[: origin.size] = origin
-        layout.origin.update_inplace(padded)
-        layout.columns.update_inplace(np.minimum(np.arange(key.columns) + lead, key.columns - 1))
-        for value in layout.writes.values():
-            write = np.zeros(value.shape(), dtype=bool)
-            if written is not None:
-                write.reshape(-1)[written] = True
-            value.update_inplace(write)
-        layout.advance(self._parity)
-        self._parity = 1 - self._parity
+    def _advance_inputs(self, layout: Layout, origin: np.ndarray, written: int | None) -> None:
+        views = layout.views
+        views["origin"][: origin.size] = origin
+        views["origin"][origin.size :] = 0
+        for name, write in views.items():
+            if name.startswith("write_"):  # nothing to write: the next column, not live until written
+                write[..., -1] = (
+                    (self._offset + self.column) % layout.key.columns if written is None else written
+                )
 
     def _download(self, key: LayoutKey) -> dict[str, np.ndarray]:
         """The live cache ``[live rows, ..., columns, ...]`` per cache, read from layout ``key`` with the
         pending advance applied here on the host (its rows may outnumber that layout's)."""
         layout = self.device.layout(key)
-        origin, written, lead = self._pending or (np.arange(self.live_rows), None, 0)
+        origin, written = self._pending or (np.arange(self.live_rows), None)
         self._pending = None
-        out = {}
+        live = (self._offset + np.arange(self.column)) % key.columns
+        out, copy, rows = {}, self.device.copy, int(origin.max(initial=-1)) + 1
         for inp in self.device.caches:
-            value = layout.sets[self._parity][inp.name].numpy()
+            source = layout.sets[self._parity][inp.name]
+            if copy is None:
+                value = source.numpy()
+            else:  # the rows the origins read, not the whole set
+                value = copy.read(source, rows, layout.shapes[inp.name], self.device.types[inp.name])
             if written is not None:
                 index = [slice(None)] * value.ndim
                 index[inp.axis] = written
-                entry = layout.outputs[inp.output].numpy()
+                entry = layout.outputs[inp.output].numpy()[: value.shape[0]]
                 value[tuple(index)] = np.take(entry, 0, axis=inp.axis)
-            out[inp.name] = np.take(value[origin], np.arange(lead, lead + self.column), axis=inp.axis)
+            out[inp.name] = np.take(value[origin], live, axis=inp.axis)
         return out
 
     def _upload(self, layout: Layout, cache: dict[str, np.ndarray]) -> None:
+        """``cache`` (from :meth:`_download`) into the new layout's current set: its rows alone where
+        a partial copy can (the rows beyond hold zeros or stale rows, masked), else the whole set."""
+        copy = self.device.copy
         for inp in self.device.caches:
-            shape = layout.shapes[inp.name]
-            full = np.zeros(shape, dtype=self.device.types[inp.name])
             value = cache[inp.name]
-            index = [slice(0, value.shape[0])] + [slice(None)] * (value.ndim - 1)
-            index[inp.axis] = slice(0, value.shape[inp.axis])
-            full[tuple(index)] = value
-            layout.sets[self._parity][inp.name].update_inplace(full)
+            shape = list(layout.shapes[inp.name])
+            if copy is not None:
+                shape[0] = value.shape[0]
+            full = np.zeros(shape, dtype=self.device.types[inp.name])
+            full[tuple(slice(0, n) for n in value.shape)] = value
+            target = layout.sets[self._parity][inp.name]
+            if copy is None:
+                target.update_inplace(full)
+            else:
+                copy(target, 0, full)
+        if copy is not None:
+            copy.done()
 
     def _fill_store(self, layout: Layout) -> None:
         """The encoder store on the device: whole after a layout change, else only the slots written
@@ -571,21 +638,23 @@ class ResidentDecodeBatch(DecodeBatch):
         slots = np.unique(np.asarray(self._fresh, dtype=np.int64))
         runs = np.split(slots, np.flatnonzero(np.diff(slots) != 1) + 1) if slots.size else []
         for inp in self.device.encoder:
-            value, shape = layout.inputs[inp.name], layout.shapes[inp.name]
+            value, shape = layout.store[inp.name], layout.shapes[inp.name]
             host = self._encoder.store[inp.name]
-            if whole:
+            if copy is None:
                 value.update_inplace(_fit(host, shape))
                 continue
+            if whole:  # the host store's slots (no more than the layout's rows)
+                runs = [np.arange(host.shape[0])]
             row_bytes = math.prod(shape[1:]) * host.dtype.itemsize
             for run in runs:
                 first, last = int(run[0]), int(run[-1]) + 1
                 copy(value, first * row_bytes, _fit(host[first:last], [last - first, *shape[1:]]))
-        if not whole:
+        if copy is not None:
             copy.done()
         self._stored, self._fresh = True, []
 
-    def _fill_inputs(self, layout: Layout, rows: int) -> None:
-        key = layout.key
+    def _step_inputs(self, layout: Layout, rows: int) -> None:
+        views = layout.views
         sentence, _, row_place = self._current_layout()
         small = {
             "tokens": (self.tokens, self.spec.pad_id),
@@ -594,13 +663,13 @@ class ResidentDecodeBatch(DecodeBatch):
         }
         for role, (value, fill) in small.items():
             for name in self._named[role]:
-                padded = np.full(key.rows, fill, dtype=np.int64)
-                padded[:rows] = value
-                layout.inputs[name].update_inplace(padded)
+                views[name][:rows] = value
+                views[name][rows:] = fill
         for name in self._named["cache_mask"]:
-            mask = np.zeros((key.rows, key.columns), dtype=bool)
-            mask[:rows, : self.column] = np.arange(self.column) >= self.joined[sentence, None]
-            layout.inputs[name].update_inplace(mask)
+            mask = views[name]
+            mask.fill(False)
+            live = (self._offset + np.arange(self.column)) % layout.key.columns
+            mask[:rows, live] = np.arange(self.column) >= self.joined[sentence, None]
 
 
 def _fit(value: np.ndarray, shape: Sequence[int]) -> np.ndarray:

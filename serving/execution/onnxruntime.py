@@ -379,12 +379,15 @@ def resident_request(where: placement.Placement, config: Any, model_file: Path) 
     """How a translator decoder placed at ``where`` steps with its cache on the device
     (:class:`serving.decoding.resident.ResidentDecoder`'s arguments), or None: on the host.
 
-    ``KILN_RESIDENT_DECODER``: unset or ``auto``, decoders on the CUDA provider, each layout replayed
-    as a CUDA graph unless the config's ``kiln_cuda_graphs`` is ``"0"``; ``0``, none; ``force``, CPU
-    decoders too (no graphs: the tests' way to run the device path without a GPU)."""
-    mode = os.environ.get("KILN_RESIDENT_DECODER", "auto").strip().lower()
+    ``KILN_RESIDENT_DECODER``: ``1`` (or ``on``), decoders on the CUDA provider, each layout replayed
+    as a CUDA graph unless the config's ``kiln_cuda_graphs`` is ``"0"``; ``force``, CPU decoders too
+    (no graphs: the tests' way to run the device path without a GPU); unset or ``0``, none. Off by
+    default: on an H200 the engine alone decodes 1.6-2.5x faster with it, but through the gateway
+    (front-end bound at one process) it measured 0.92x, and 0.66x with four processes sharing the GPU
+    (README, "GPU and TensorRT")."""
+    mode = os.environ.get("KILN_RESIDENT_DECODER", "0").strip().lower()
     on_gpu = where.provider == placement.CUDA
-    if mode in ("0", "off") or not (on_gpu or mode == "force"):
+    if mode not in ("1", "on", "force") or not (on_gpu or mode == "force"):
         return None
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     graphs = on_gpu and parameters.get("kiln_cuda_graphs", "1").strip() not in ("", "0")
