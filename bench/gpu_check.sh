@@ -3,7 +3,7 @@
 # machine with PyTorch, onnxruntime-gpu and the project's dependencies on PYTHONPATH, as
 # ../shared/gpu/prepare.sh prepares them; or a `make setup GPU=1` .venv, with PYTHON=.venv/bin/python).
 #
-#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench plain demo (default: all five)
+#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench plain decode demo (default: all)
 #
 # train   the classifier on CUDA with AMP; the demo Transformer on CUDA in fp32 and with bf16 AMP (same
 #         recipe and epochs, so their test BLEU compare), all three at once
@@ -14,6 +14,10 @@
 # plain   the same GPU export with --no-cuda-graphs (WORKDIR/repo-gpu-plain: plain bucket sessions), and
 #         the bench's serving half on it, GPU side only (WORKDIR/bench-plain/report.md; the CPU side is
 #         the bench stage's)
+# decode  `python -m bench.gpu_decode_probe`: the decoder step's variants on CUDA (numpy feeds, resident
+#         inputs, fixed shapes as a CUDA graph), then held-out sentences through the decode engine with
+#         the host batch and the device-resident one (plain and CUDA graphs), and through the gateway
+#         (1 and 4 processes) with KILN_RESIDENT_DECODER=1 and without (WORKDIR/decode-*.json)
 # demo    `python -m kiln.demo --gpu` on those checkpoints
 #
 # BENCH_ONLY=servers (or engines) runs one half of the bench stage; WORKERS="1 4" sets the gateway
@@ -24,7 +28,7 @@
 set -uo pipefail
 W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|plain|demo ...]}
 shift
-STAGES=${*:-train export bench plain demo}
+STAGES=${*:-train export bench plain decode demo}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1
@@ -78,6 +82,13 @@ plain() {
   "$PY" -m export "$W/ckpt" --repository "$W/repo-gpu-plain" --device gpu --no-cuda-graphs &&
     "$PY" -m bench --profile gpu --only servers --serving-devices gpu ${WORKERS:+--serving-workers $WORKERS} \
       --repository "$W/repo-gpu-plain" --checkpoints "$W/ckpt" --output "$W/bench-plain"
+}
+
+decode() {
+  "$PY" -m bench.gpu_decode_probe "$W/repo-gpu/transformer_decoder/1/model.onnx" --profile \
+    --output "$W/decode-step.json" &&
+    "$PY" -m bench.gpu_decode_probe --translate "$W/repo-gpu" --checkpoints "$W/ckpt" \
+      --gateway-workers 1,4 --output "$W/decode-engine.json"
 }
 
 demo() {

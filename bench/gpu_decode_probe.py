@@ -402,8 +402,8 @@ def gateway(
     repository: Path, checkpoints: Path, translator: str, sentences: int, workers: list[int], concurrency: int
 ) -> list[dict[str, Any]]:
     """The gateway serving ``repository`` (its own devices), ``workers`` processes, each held-out
-    sentence its own request at ``concurrency`` (beam 4), with the device-resident decoder (the
-    default) and without (``KILN_RESIDENT_DECODER=0``): target tokens/s after a warm pass."""
+    sentence its own request at ``concurrency`` (beam 4), with the device-resident decoder
+    (``KILN_RESIDENT_DECODER=1``) and without (``0``, the default): target tokens/s after a warm pass."""
     import os
 
     from bench.servers import gateway_cmd
@@ -415,7 +415,7 @@ def gateway(
     work = Workload.load(checkpoints, translator, sentences)
     rows = []
     for count in workers:
-        for mode in ("auto", "0"):
+        for mode in ("1", "0"):
             http, grpc = free_port(), free_port()
             url = f"http://127.0.0.1:{http}"
             os.environ["KILN_RESIDENT_DECODER"] = mode

@@ -267,3 +267,45 @@ def test_the_gateways_translator_pool_decodes_on_a_resident_decoder_as_on_the_ho
     assert decoders, "no decode worker stepped on a resident decoder"
     assert len(decoders[0].resident_decoder.layouts) >= 2  # made at the scheduler's start (prepare)
     assert got == want
+
+
+def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_cpu(
+    built, tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from bench import gpu_decode_probe, translation_rows
+
+    texts = texts_of_mixed_lengths(24, seed=5)  # the tiny checkpoint records no corpus to hold out from
+    monkeypatch.setattr(
+        translation_rows.Workload, "load", staticmethod(lambda *a: SimpleNamespace(texts=texts))
+    )
+
+    decoder = built / "transformer_decoder" / "1" / "model.onnx"
+    out = tmp_path / "probe.json"
+    assert (
+        gpu_decode_probe.main(
+            [
+                str(decoder),
+                "--device",
+                "cpu",
+                "--rows",
+                "8",
+                "--past",
+                "4",
+                "--repeats",
+                "3",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (row,) = __import__("json").loads(out.read_text())["shapes"]
+    assert all(
+        isinstance(row[k], float) and row[k] > 0 for k in ("numpy", "resident", "advance", "numpy_growing")
+    )
+    result = gpu_decode_probe.translate(built, built.parent / "checkpoints", "transformer", "cpu", 24, [8])
+    ways = {r["way"]: r for r in result["rows"]}
+    assert set(ways) == {"host", "resident"}  # CUDA graphs only on CUDA
+    assert ways["resident"]["same_as_host"] == 100.0 and ways["resident"]["layouts"] >= 1
