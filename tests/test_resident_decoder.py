@@ -19,10 +19,11 @@ import pytest
 from serving.decoding import offline, resident
 from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
-from serving.decoding.options import DecodingOptions, config_for
+from serving.decoding.options import DecodingOptions
 from serving.execution import placement
 from serving.execution.onnxruntime import onnxruntime_runner, resident_request
 from serving.execution.repository import Repository
+from tests.test_native_decoder import _config
 from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
 
 
@@ -52,18 +53,13 @@ def model(built):
 
     spec = sp.parse_step_spec(block["step_spec"])
     on_device = runner("decoder")
-    # narrow widths, so a 40-token source and 48-step searches change layouts (defaults: 64 and 128)
+    # narrow widths, so a 40-token source and 48-step searches change layouts (defaults: 32 and 128)
     on_device.resident = {"device": "cpu", "source_min": 32, "columns_min": 32}
     from serving.decoding.translator import translator_from_entry
 
     translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))
     sources = translator.source_ids(texts_of_mixed_lengths(24))
     return spec, runner("encoder"), runner("decoder"), on_device, sources
-
-
-def _config(spec, beam: int, **changes):
-    options = dataclasses.replace(DecodingOptions(beam_size=beam, max_length=24), **changes)
-    return config_for(options, eos_id=spec.eos_id, bos_id=spec.bos_id)
 
 
 def _same(got, want):
