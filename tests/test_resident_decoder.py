@@ -305,3 +305,33 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
     ways = {r["way"]: r for r in result["rows"]}
     assert set(ways) == {"host", "resident"}  # CUDA graphs only on CUDA
     assert ways["resident"]["same_as_host"] == 100.0 and ways["resident"]["layouts"] >= 1
+
+
+def _cancelling(spec, encoder, decoder, sources, config):
+    """All sentences join; after 3 steps sentences 1 and 4 are cancelled with their rows live (the
+    scheduler's timeout and disconnect path); returns the others' hypotheses."""
+    batch = st.decode_batch(spec, True, decoder)
+    batch.join(
+        list(range(len(sources))),
+        encoder(sp.encoder_inputs(spec, sources)),
+        [config] * len(sources),
+        [len(s) + 1 for s in sources],
+    )
+    finished, steps = {}, 0
+    while batch.size:
+        if steps == 3:
+            cancelled = np.isin(np.asarray(batch.keys), [1, 4])
+            assert batch.beams.rows[cancelled].all()  # live rows leave: the rows are gathered
+            batch.remove(cancelled)
+        finished |= {done.key: done.hypotheses for done in batch.step(decoder)}
+        steps += 1
+    return [finished[i] for i in sorted(finished)], sorted(finished)
+
+
+def test_sentences_cancelled_with_live_rows_leave_the_others_decoding_as_on_the_host(model):
+    spec, encoder, host, on_device, sources = model
+    config = _config(spec, 4, max_length=32)
+    want, kept = _cancelling(spec, encoder, host, sources[:8], config)
+    got, kept_here = _cancelling(spec, encoder, on_device, sources[:8], config)
+    assert kept == kept_here == [0, 2, 3, 5, 6, 7]
+    _same(got, want)
