@@ -172,13 +172,16 @@ def test_buckets_grow_past_what_they_hold_and_never_shrink_within_a_batch():
     assert resident.bucket(65, 8, current=64) == 128
 
 
-def test_a_partial_copy_writes_its_bytes_at_the_offset_and_refuses_to_overrun():
+def test_a_partial_copy_writes_and_reads_at_an_offset_and_refuses_to_overrun():
     value = ort.OrtValue.ortvalue_from_numpy(np.zeros((4, 3), dtype=np.float32), "cpu", 0)
     copy = resident.HostCopy("cpu")
     copy(value, 12, np.array([[1, 2, 3]], dtype=np.float32))
     np.testing.assert_array_equal(value.numpy(), [[0, 0, 0], [1, 2, 3], [0, 0, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="overruns"):
         copy(value, 40, np.ones(3, dtype=np.float32))
+    np.testing.assert_array_equal(copy.read(value, 2, [4, 3], np.float32), [[0, 0, 0], [1, 2, 3]])
+    with pytest.raises(ValueError, match="overruns"):
+        copy.read(value, 5, [4, 3], np.float32)
 
 
 def test_decoders_the_engine_cannot_hold_on_the_device_say_why(model, monkeypatch):

@@ -144,10 +144,13 @@ def advance_model(caches: Sequence[tuple[str, tuple[int, ...], int, str, Any]]) 
     return model.SerializeToString()
 
 
+MEMCPY_DEFAULT = 4  # cudaMemcpyDefault: the direction from the pointers (unified addressing)
+
+
 class HostCopy:
-    """Copies host bytes into part of a device buffer (an ``OrtValue``'s memory at an offset), which
-    ONNX Runtime's Python API cannot: ``cudaMemcpy`` from the CUDA runtime ONNX Runtime loaded, or
-    ``memmove`` on the CPU. ``None`` from :meth:`for_device` where no CUDA runtime is found: the
+    """Copies host bytes into part of a device buffer (an ``OrtValue``'s memory at an offset) and reads
+    the first rows of one back, which ONNX Runtime's Python API cannot: ``cudaMemcpy`` from the CUDA
+    runtime ONNX Runtime loaded, or ``memmove`` on the CPU. ``None`` from :meth:`for_device` where no CUDA runtime is found: the
     caller then rewrites the whole buffer."""
 
     def __init__(self, device: str) -> None:
@@ -178,19 +181,19 @@ class HostCopy:
         if self._memcpy is None:
             ctypes.memmove(value.data_ptr() + offset, array.ctypes.data, array.nbytes)
             return
-        status = self._memcpy(
-            value.data_ptr() + offset, array.ctypes.data, array.nbytes, 4
-        )  # cudaMemcpyDefault
+        status = self._memcpy(value.data_ptr() + offset, array.ctypes.data, array.nbytes, MEMCPY_DEFAULT)
         if status:
             raise RuntimeError(f"cudaMemcpy failed with CUDA error {status}")
 
     def read(self, value: Any, rows: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
         """The first ``rows`` rows of ``value`` (of ``shape`` and ``dtype``), copied to the host."""
         out = np.empty([rows, *shape[1:]], dtype=dtype)
+        if out.nbytes > value.tensor_size_in_bytes():
+            raise ValueError(f"a read of {out.nbytes} bytes overruns the buffer")
         if self._memcpy is None:
             ctypes.memmove(out.ctypes.data, value.data_ptr(), out.nbytes)
             return out
-        status = self._memcpy(out.ctypes.data, value.data_ptr(), out.nbytes, 4)
+        status = self._memcpy(out.ctypes.data, value.data_ptr(), out.nbytes, MEMCPY_DEFAULT)
         if status:
             raise RuntimeError(f"cudaMemcpy failed with CUDA error {status}")
         return out
