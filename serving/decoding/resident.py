@@ -30,8 +30,8 @@ columns than the ring holds) moves the live cache through the host once. The lay
 bucket are made when the scheduler starts (:meth:`ResidentDecoder.prepare`).
 
 Measured on an H200 (512 held-out sentences, beam 4): the decode engine 2.55x the host batch at 32
-sentences a batch, 1.62x at 128, token-identical; through the gateway no gain yet (front-end bound at
-one process, a loss with four sharing the GPU), so the backend uses it only with
+sentences a batch, 1.62x at 128, token-identical; through the gateway no gain yet (one process is bound
+elsewhere, a loss with four sharing the GPU), so the backend uses it only with
 ``KILN_RESIDENT_DECODER=1`` (README, "GPU and TensorRT").
 
 Semantics are the decode batch's (docs/translator-interface.md): the same search over the same

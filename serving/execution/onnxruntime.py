@@ -383,7 +383,7 @@ def resident_request(where: placement.Placement, config: Any, model_file: Path) 
     as a CUDA graph unless the config's ``kiln_cuda_graphs`` is ``"0"``; ``force``, CPU decoders too
     (no graphs: the tests' way to run the device path without a GPU); unset or ``0``, none. Off by
     default: on an H200 the engine alone decodes 1.6-2.5x faster with it, but through the gateway
-    (front-end bound at one process) it measured 0.92x, and 0.66x with four processes sharing the GPU
+    (one process bound elsewhere) it measured 0.92x, and 0.66x with four processes sharing the GPU
     (README, "GPU and TensorRT")."""
     mode = os.environ.get("KILN_RESIDENT_DECODER", "0").strip().lower()
     on_gpu = where.provider == placement.CUDA
