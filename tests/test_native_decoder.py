@@ -20,7 +20,7 @@ from serving.decoding import stepper as st
 from serving.decoding.options import DecodingOptions, config_for
 from serving.execution.onnxruntime import onnxruntime_runner
 from serving.execution.repository import Repository
-from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths
 
 pytestmark = pytest.mark.skipif(
     native_decoder._c_library() is None, reason="no C compiler or no ONNX Runtime C library here"
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(spec, encoder runner, Python decoder runner, compiled decoder runner, source ids)."""
-    root = tmp_path_factory.mktemp("native")
-    repository, errors = build_translator_repository(root, ("transformer",))
-    if errors:
-        pytest.fail(f"export failed: {errors}")
+    repository = exported_translators(tmp_path_factory, "native", ("transformer",))
     entry = Repository(repository).get("transformer")
     block = entry.kiln["translator"]
 

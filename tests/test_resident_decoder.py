@@ -24,16 +24,12 @@ from serving.execution import placement
 from serving.execution.onnxruntime import onnxruntime_runner, resident_request
 from serving.execution.repository import Repository
 from tests.test_native_decoder import _config
-from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resident")
-    repository, errors = build_translator_repository(root, ("transformer",))
-    if errors:
-        pytest.fail(f"export failed: {errors}")
-    return repository
+    return exported_translators(tmp_path_factory, "resident", ("transformer",))
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,17 @@ def build_translator_repository(root: Path, names: tuple[str, ...] = tuple(TRANS
     return repository, errors
 
 
+def exported_translators(
+    tmp_path_factory: pytest.TempPathFactory, label: str, names: tuple[str, ...]
+) -> Path:
+    """:func:`build_translator_repository` in a fresh directory of its own (a module fixture's), the
+    test failing with export's errors; returns the repository."""
+    repository, errors = build_translator_repository(tmp_path_factory.mktemp(label), names)
+    if errors:
+        pytest.fail(f"export failed: {errors}")
+    return repository
+
+
 def texts_of_mixed_lengths(n: int, seed: int = 7) -> list[str]:
     return [src for src, _ in _pairs(n, seed)]
 

@@ -17,7 +17,7 @@ import pytest
 from serving.triton import TritonServer, find_triton
 from serving.triton.server import triton_python_env
 from tests.repo_fixtures import LiveServer, held_grpc_port
-from tests.test_translate_serving import _solo_tokens, _target_tokenizer, build_translator_repository
+from tests.test_translate_serving import _solo_tokens, _target_tokenizer, exported_translators
 
 pytestmark = pytest.mark.triton
 NAME = "transformer"
@@ -26,11 +26,7 @@ MAX_LENGTH = 16
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("triton-translators")
-    _, errors = build_translator_repository(root, (NAME,))
-    if errors:
-        pytest.fail(f"export failed: {errors}")
-    return root
+    return exported_translators(tmp_path_factory, "triton-translators", (NAME,)).parent
 
 
 @pytest.fixture(scope="module")

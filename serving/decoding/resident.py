@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 
-from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step
 from serving.decoding.options import Finished
 from serving.decoding.step_spec import Runner, StepSpec
@@ -512,20 +511,12 @@ class ResidentDecodeBatch(DecodeBatch):
         self._stored = False  # whether the device store holds every slot but the fresh ones
         self._fresh: list[int] = []  # store slots written since the device store was last filled
 
-    def join(
-        self,
-        keys: Sequence[Any],
-        encoded: dict[str, np.ndarray],
-        configs: Sequence[bs.BeamConfig],
-        lengths: Sequence[int],
-    ) -> None:
-        rows = self.physical
-        super().join(keys, encoded, configs, lengths)
-        joined = self.physical - rows
+    def _rows_joined(self, before: int, sentences: int) -> None:
+        joined = self.physical - before
         # the joining rows read row 0 of the last call: finite, and masked (their columns start here)
-        origin, written = self._pending or (np.arange(rows, dtype=np.int64), None)
+        origin, written = self._pending or (np.arange(before, dtype=np.int64), None)
         self._pending = np.concatenate([origin, np.zeros(joined, dtype=np.int64)]), written
-        self._fresh += self.owner[-len(keys) :].tolist() if len(keys) else []
+        self._fresh += self.owner[-sentences:].tolist() if sentences else []
 
     def _gather(self, index: np.ndarray) -> None:
         rows = self.physical

@@ -173,6 +173,11 @@ class DecodeBatch(NativeSteps):
         self.positions = np.concatenate([self.positions, np.zeros(n, dtype=np.int64)])
         self.tokens = np.concatenate([self.tokens, np.full(n, self.spec.bos_id, dtype=np.int64)])
         self.physical = size + n
+        self._rows_joined(size, n)
+
+    def _rows_joined(self, before: int, sentences: int) -> None:
+        """Called at the end of :meth:`join`: ``sentences`` joined, their rows after the ``before``
+        there were (a device-resident batch lays them out there too)."""
 
     def _reserve(self, name: str, shape: tuple[int, ...], dtype: np.dtype, size: int) -> np.ndarray:
         """The buffer of ``name`` (``size`` rows in use) with room for ``shape[0]`` rows (of ``shape[1:]``
