@@ -113,6 +113,14 @@ class Gateway:
             return entry.config_dict()
         return self.backend.config(name, version)
 
+    async def batching_statistics(self, models: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """The statistics' batching half for ``models`` from a backend that batches them itself
+        (Triton's ``batching_statistics``); none for translators the gateway decodes (their decoder
+        steps are its own figures, and Triton's ``<name>`` model does not serve them)."""
+        batching = getattr(self.backend, "batching_statistics", None)
+        wanted = [(name, version) for name, version in models if not self._translates(name)]
+        return await batching(wanted) if batching is not None and wanted else {}
+
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._translates(request.model):  # KServe: BYTES text in, BYTES translation out
             version = self.repository.get(request.model).resolve_version(request.version)

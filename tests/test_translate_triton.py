@@ -273,6 +273,7 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
             },
         )
         metrics = client.get("/metrics").text
+        stats = {s["name"]: s for s in client.get("/v2/models/stats").json()["model_stats"]}
     assert resp.status_code == 200, resp.text
     assert [t["hypotheses"][0]["text"] for t in resp.json()["translations"]] == direct
     assert several.status_code == 200, several.text  # n_best through Triton's <name> too (was a 422)
@@ -288,3 +289,12 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
             assert h["score"] == pytest.approx(raw, rel=1e-4) and h["score"] < 0
     steps = [ln for ln in metrics.splitlines() if ln.startswith("kiln_decoder_steps_total")]
     assert bool(steps and float(steps[0].split()[-1]) > 0) == (mode == "scheduler")
+    # statistics: the batching figures of whoever ran it; the gateway's decoder steps in scheduler mode,
+    # Triton's of the entries that ran them (its <name> model, else the decoder the gateway stepped)
+    if mode == "scheduler":
+        assert stats[NAME]["execution_count"] == float(steps[0].split()[-1])
+        assert stats[NAME]["inference_stats"]["queue"]["count"] == 0  # steps shared: no per-request queue
+        assert stats[f"{NAME}_decoder"]["execution_count"] > 0
+    else:
+        assert stats[NAME]["execution_count"] > 0 and stats[NAME]["inference_stats"]["queue"]["count"] >= 3
+    assert stats[NAME]["inference_stats"]["fail"]["count"] == 0

@@ -207,6 +207,97 @@ def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, 
             assert_same_outputs({name: result.as_numpy(name) for name in want}, want)
 
 
+@needs_triton
+def test_through_triton_the_statistics_hold_tritons_batching_and_the_gateways_outcomes(
+    triton, repository, loop: LoopThread
+) -> None:
+    """perf_analyzer's server-side split of a gateway over Triton: queue and compute are Triton's (the
+    gateway runs no batcher there), success and fail the gateway's own requests."""
+    with run_gateway(loop, repository, backend="triton", triton_url=triton.grpc_url) as gateway:
+        x = images(3, seed=5)
+        with httpclient.InferenceServerClient(gateway.http_url) as client:
+            for batch in (1, 1, 3):
+                tensor = httpclient.InferInput("images", [batch, *IMAGE], "UINT8")
+                tensor.set_data_from_numpy(x[:batch])
+                client.infer("lenet", [tensor])
+            ours = client.get_inference_statistics("lenet")["model_stats"][0]
+            everyone = client.get_inference_statistics()["model_stats"]
+        with grpcclient.InferenceServerClient(gateway.grpc_url) as client:
+            over_grpc = client.get_inference_statistics("lenet", as_json=True)["model_stats"][0]
+        with httpclient.InferenceServerClient(triton.http_url) as client:
+            theirs = client.get_inference_statistics("lenet", "1")["model_stats"][0]
+    assert ours["inference_stats"]["success"]["count"] == 3  # this gateway's requests
+    assert ours["inference_stats"]["fail"]["count"] == 0
+    # Triton counted every request any test sent it, and nothing ran between the two reads
+    assert (
+        ours["inference_stats"]["queue"]["count"] >= 3 and ours["inference_stats"]["compute_infer"]["ns"] > 0
+    )
+    for field in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert ours["inference_stats"][field] == theirs["inference_stats"][field], field
+    for field in ("batch_stats", "inference_count", "execution_count", "last_inference"):
+        assert ours[field] == theirs[field], field
+    assert {s["name"]: s["execution_count"] for s in everyone}["lenet"] == theirs["execution_count"]
+    assert int(over_grpc["execution_count"]) == theirs["execution_count"]
+    assert int(over_grpc["inference_stats"]["success"]["count"]) == 3
+
+
+class _Statistics:
+    """A Triton client answering ``get_inference_statistics`` only, as gRPC (a message) or HTTP (JSON)."""
+
+    def __init__(self, protocol: str, names: list[str]) -> None:
+        self.protocol, self.names, self.asked = protocol, names, []
+
+    async def get_inference_statistics(self, name: str = "", version: str = "") -> object:
+        self.asked.append((name, version))
+        reply = {
+            "model_stats": [
+                {
+                    "name": n,
+                    "version": "1",
+                    "last_inference": 1700000000000 + i,
+                    "inference_count": 7 + i,
+                    "execution_count": 2,
+                    "inference_stats": {
+                        "queue": {"count": 2, "ns": 1500},
+                        "compute_infer": {"count": 2, "ns": 9},
+                    },
+                    "batch_stats": [{"batch_size": 4, "compute_infer": {"count": 1, "ns": 5}}],
+                }
+                for i, n in enumerate(self.names)
+                if not name or n == name
+            ]
+        }
+        if self.protocol == "http":
+            return reply
+        from google.protobuf import json_format
+        from tritonclient.grpc import service_pb2
+
+        return json_format.ParseDict(reply, service_pb2.ModelStatisticsResponse())
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tritons_batching_statistics_come_as_plain_ints_one_model_or_all(loop, protocol: str) -> None:
+    names = ["tr_decoder", "lenet"]
+    backend = TritonBackend("127.0.0.1:1", protocol=protocol)
+    backend._client = fake = _Statistics(protocol, names)
+    got = loop.run(backend.batching_statistics([(n, "1") for n in names]))
+    assert fake.asked == [("", "")] and sorted(got) == ["lenet", "tr_decoder"]
+    lenet = got["lenet"]
+    assert lenet["inference_stats"]["queue"] == {"count": 2, "ns": 1500}
+    assert lenet["inference_stats"]["compute_input"] == {"count": 0, "ns": 0}
+    assert lenet["batch_stats"][0]["batch_size"] == 4 and lenet["batch_stats"][0]["compute_infer"]["ns"] == 5
+    assert (lenet["inference_count"], lenet["execution_count"], lenet["last_inference"]) == (
+        8,
+        2,
+        1700000000001,
+    )
+    assert "success" not in lenet["inference_stats"]  # the gateway's own
+    one = loop.run(backend.batching_statistics([("tr_decoder", "1")]))
+    assert fake.asked[-1] == ("tr_decoder", "1") and list(one) == ["tr_decoder"]
+    assert loop.run(backend.batching_statistics([("lenet", "2")])) == {}  # a version Triton did not report
+    assert loop.run(backend.batching_statistics([])) == {} and len(fake.asked) == 3
+
+
 class _TritonOnAHeldGrpcPort(TritonServer):
     """Triton binding its gRPC port with SO_REUSEPORT, beside a socket the test holds on it."""
 
@@ -253,6 +344,9 @@ def _down_up_down(gateway, repository: Path, body: dict, grpc_port: int, tmp_pat
         )
     again = httpx.post(f"http://{gateway.http_url}/v2/models/lenet/infer", json=body, timeout=30)
     assert again.status_code == 503, again.text
+    # statistics need Triton's half: a 503 like its requests, never zeros for what Triton ran
+    stats = httpx.get(f"http://{gateway.http_url}/v2/models/lenet/stats", timeout=30)
+    assert stats.status_code == 503 and "unavailable" in stats.json()["error"], stats.text
 
 
 def test_backend_before_any_triton_reports_unavailable(loop: LoopThread) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
 from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded, ServingError, Unavailable
@@ -63,6 +63,27 @@ def grpc_channel_args() -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 250),
     ]
+
+
+def _batching_fields(stat: Any) -> dict[str, Any]:
+    """The batching half of one ``ModelStatistics`` message (Triton's), as the gateway's statistics
+    answer it (plain ints; the requests' outcomes, ``success`` and ``fail``, stay the gateway's)."""
+    duration = lambda d: {"count": int(d.count), "ns": int(d.ns)}  # noqa: E731
+    parts = ("compute_input", "compute_infer", "compute_output")
+    inference = stat.inference_stats
+    return {
+        "inference_stats": {
+            field: duration(getattr(inference, field))
+            for field in ("queue", *parts, "cache_hit", "cache_miss")
+        },
+        "batch_stats": [
+            {"batch_size": int(b.batch_size), **{part: duration(getattr(b, part)) for part in parts}}
+            for b in stat.batch_stats
+        ],
+        "inference_count": int(stat.inference_count),
+        "execution_count": int(stat.execution_count),
+        "last_inference": int(stat.last_inference),
+    }
 
 
 # How the gateway translates over Triton: "scheduler" runs its own iteration-level beam search over
@@ -367,6 +388,27 @@ class TritonBackend:
             outputs={name: result.as_numpy(name) for name in self._output_names(result)},
             request_id=request.request_id,
         )
+
+    async def batching_statistics(self, models: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """How Triton queued, batched and ran each of ``models`` (``(name, version)`` pairs), by name, in
+        the statistics extension's fields (``queue``, ``compute_*``, ``batch_stats``, the counts, the last
+        inference): the batching is Triton's here, so the gateway's statistics take these figures from
+        it. One call for one model, else one for all (Triton's answer lists every version of every
+        model); a model or version Triton does not report is left out."""
+        wanted = set(models)
+        if not wanted:
+            return {}
+        name, version = next(iter(wanted)) if len(wanted) == 1 else ("", "")
+        reply = await self._call("get_inference_statistics", name, version)
+        if self.protocol == "http":  # JSON numbers; over gRPC the message itself (int64 fields)
+            reply = json_format.ParseDict(
+                reply, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True
+            )
+        return {
+            stat.name: _batching_fields(stat)
+            for stat in reply.model_stats
+            if (stat.name, stat.version) in wanted
+        }
 
     async def _ensure_known(self, name: str) -> None:
         """Refresh the model list when a name is unknown (Triton may have come back or changed)."""

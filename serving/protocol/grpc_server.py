@@ -246,7 +246,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.metrics is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "statistics need the gateway's metrics")
         try:
-            stats = model_statistics(self.backend, self.metrics, request.name, parse_version(request.version))
+            stats = await model_statistics(
+                self.backend, self.metrics, request.name, parse_version(request.version)
+            )
         except ServingError as error:
             await _abort(context, error)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())

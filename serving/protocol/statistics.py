@@ -17,9 +17,11 @@ Read from the gateway's Prometheus metrics (:mod:`serving.metrics`), not from co
 
 A translator decodes by iteration-level batching: its requests share each decoder step, so no
 per-request queue or compute time exists (zero counts); its steps' time is ``kiln_decoder_step_seconds``.
-Through ``--backend triton`` the batching happens in Triton: the gateway reports its requests' outcomes,
-and Triton's own statistics endpoint has the rest. Versions: the gateway's metrics are per model, so a
-model's statistics cover the version it serves.
+Through ``--backend triton`` the batching happens in Triton: ``success`` / ``fail`` stay the gateway's
+(its requests' outcomes, end to end, the hop to Triton included) and the rest (queue, compute, batches,
+counts, last inference) is Triton's own, asked of it at each call (:meth:`serving.gateway.Gateway.batching_statistics`), except for
+translators the gateway decodes itself. Versions: the gateway's metrics are per model, so a model's statistics cover the
+version it serves.
 """
 
 from __future__ import annotations
@@ -61,15 +63,25 @@ def _duration(count: float, seconds: float) -> dict[str, int]:
     return {"count": int(count), "ns": int(round(seconds * 1e9))}
 
 
-def model_statistics(
+async def model_statistics(
     backend: Backend, metrics: GatewayMetrics, name: str = "", version: str = ""
 ) -> list[dict]:
     """``model_stats`` of the statistics response: every model when ``name`` is empty, else that
-    model in ``version`` (an unknown model or version raises ``ModelNotFound``: a 404)."""
+    model in ``version`` (an unknown model or version raises ``ModelNotFound``: a 404). A backend
+    that batches elsewhere (``batching_statistics``: Triton) gives the batching half; an unreachable
+    one makes the call fail as its requests would (503), not answer zeros for what it did."""
     names = [name] if name else sorted(backend.list_models())
     served = {model: backend.metadata(model, version if name else "").versions for model in names}
     samples = _Samples(metrics.statistics_samples())
-    return [_model_stat(samples, model, version or (served[model] or [""])[-1]) for model in names]
+    stats = [_model_stat(samples, model, version or (served[model] or [""])[-1]) for model in names]
+    batching = getattr(backend, "batching_statistics", None)
+    if batching is not None:
+        theirs = await batching([(stat["name"], stat["version"]) for stat in stats])
+        for stat in stats:
+            if (their := theirs.get(stat["name"])) is not None:
+                stat["inference_stats"].update(their.pop("inference_stats"))
+                stat.update(their)
+    return stats
 
 
 def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:

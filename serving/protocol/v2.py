@@ -38,7 +38,9 @@ LOOKUP_ERRORS = errors(400, 404)  # a version that is not digits; an unknown mod
 
 @router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
 async def every_model_statistics(backend: BackendDep, metrics: MetricsDep) -> dict[str, Any]:
-    return {"model_stats": model_statistics(backend, metrics)}  # before /models/{name}: "stats" is no model
+    return {
+        "model_stats": await model_statistics(backend, metrics)
+    }  # before /models/{name}: "stats" is no model
 
 
 def _model_get(path: str, summary: str, versioned_summary: str, **route: Any) -> Callable[[T], T]:
@@ -61,7 +63,7 @@ def _model_get(path: str, summary: str, versioned_summary: str, **route: Any) ->
 async def statistics(
     name: str, backend: BackendDep, metrics: MetricsDep, version: VersionDep
 ) -> dict[str, Any]:
-    return {"model_stats": model_statistics(backend, metrics, name, version)}
+    return {"model_stats": await model_statistics(backend, metrics, name, version)}
 
 
 @_model_get("", "Model metadata", "Model metadata of one version", responses=LOOKUP_ERRORS)
