@@ -74,6 +74,21 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return spent
 
 
+def tree_cpu(pid: int) -> dict[str, float]:
+    """:func:`thread_cpu` summed over ``pid`` and every process below it (a gateway with ``--workers``:
+    its workers; their main threads count as ``loop``). A process that ended meanwhile is skipped."""
+    spent = thread_cpu(pid)
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    for child in children:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for kind, seconds in tree_cpu(child).items():
+                spent[kind] += seconds
+    return spent
+
+
 def _own_cpu() -> float:
     times = os.times()
     return times.user + times.system

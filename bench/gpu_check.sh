@@ -17,7 +17,8 @@
 # decode  `python -m bench.gpu_decode_probe`: the decoder step's variants on CUDA (numpy feeds, resident
 #         inputs, fixed shapes as a CUDA graph), then held-out sentences through the decode engine with
 #         the host batch and the device-resident one (plain and CUDA graphs), and through the gateway
-#         (1 and 4 processes) with KILN_RESIDENT_DECODER=1 and without (WORKDIR/decode-*.json)
+#         (1 and 4 processes, 32 and 256 clients, each run with the gateway's CPU by thread) with
+#         KILN_RESIDENT_DECODER=1 and without (WORKDIR/decode-*.json)
 # demo    `python -m kiln.demo --gpu` on those checkpoints
 #
 # BENCH_ONLY=servers (or engines) runs one half of the bench stage; WORKERS="1 4" sets the gateway

@@ -399,15 +399,25 @@ def translate(
 
 
 def gateway(
-    repository: Path, checkpoints: Path, translator: str, sentences: int, workers: list[int], concurrency: int
+    repository: Path,
+    checkpoints: Path,
+    translator: str,
+    sentences: int,
+    workers: list[int],
+    concurrency: list[int],
 ) -> list[dict[str, Any]]:
     """The gateway serving ``repository`` (its own devices), ``workers`` processes, each held-out
-    sentence its own request at ``concurrency`` (beam 4), with the device-resident decoder
-    (``KILN_RESIDENT_DECODER=1``) and without (``0``, the default): target tokens/s after a warm pass."""
+    sentence its own request at each ``concurrency`` (beam 4), with the device-resident decoder
+    (``KILN_RESIDENT_DECODER=1``) and without (``0``, the default): target tokens/s after a warm pass,
+    and the gateway's CPU a sentence by thread (``bench.frontend_cost.tree_cpu``: event loops, decode
+    threads, the rest) with the decode threads' busy share of the run. A decode thread near 100 % busy
+    is bound by its own Python and calls; well below, it waits (on the device, or for requests: then
+    a higher concurrency gains)."""
     import os
 
+    from bench.frontend_cost import tree_cpu
     from bench.servers import gateway_cmd
-    from bench.translation_gateway import _median_run
+    from bench.translation_gateway import _gateway_run, run_client, steady_rounds
     from bench.translation_rows import Workload
     from kiln.processes import running
     from serving.triton.server import free_port
@@ -426,24 +436,33 @@ def gateway(
                     f"{url}/v2/health/ready",
                     timeout_s=300,
                     log_path=log_path,
-                ):
-                    _median_run(url, translator, work.texts[: 2 * concurrency], 4, concurrency, repeats=1)
-                    hyps, seconds, _ = _median_run(url, translator, work.texts, 4, concurrency, repeats=1)
-                row = {
-                    "workers": count,
-                    "resident": mode,
-                    "tokens_per_s": round(work.count(hyps) / seconds, 1),
-                }
-                row["hyps"] = hyps
+                ) as process:
+                    for clients in concurrency:
+                        row: dict[str, Any] = {"workers": count, "resident": mode, "concurrency": clients}
+                        try:
+                            warm = work.texts[: 2 * clients]
+                            run_client(_gateway_run(url, translator, warm, 4, clients))
+                            rounds = steady_rounds(len(work.texts), clients)
+                            before = tree_cpu(process.pid)
+                            hyps, seconds, _ = run_client(
+                                _gateway_run(url, translator, work.texts, 4, clients, rounds)
+                            )
+                            spent = {k: v - before[k] for k, v in tree_cpu(process.pid).items()}
+                            n = len(work.texts) * rounds
+                            row["tokens_per_s"] = round(work.count(hyps) * rounds / seconds, 1)
+                            row["sentences_per_s"] = round(n / seconds, 1)
+                            row["cpu_ms_a_sentence"] = {k: round(v * 1e3 / n, 3) for k, v in spent.items()}
+                            row["decode_busy"] = round(spent["decode"] / (seconds * count), 3)
+                            row["hyps"] = hyps
+                        except Exception as exc:  # noqa: BLE001 - reported
+                            row["failed"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                        rows.append(row)
             except Exception as exc:  # noqa: BLE001 - reported
-                row = {
-                    "workers": count,
-                    "resident": mode,
-                    "failed": f"{type(exc).__name__}: {str(exc)[:300]}",
-                }
+                rows.append(
+                    {"workers": count, "resident": mode, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                )
             finally:
                 os.environ.pop("KILN_RESIDENT_DECODER", None)
-            rows.append(row)
     base = next((r["hyps"] for r in rows if "hyps" in r), None)
     for row in rows:
         if "hyps" in row:
@@ -471,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gateway-workers", type=_ints, default=[], help="with --translate: the gateway too, these processes"
     )
+    parser.add_argument(
+        "--gateway-concurrency",
+        type=_ints,
+        default=[32, 256],
+        help="the gateway's clients (each a run; more than 32 tells a decoder waiting on the device from one "
+        "bound by its thread)",
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--rows", type=_ints, default=[8, 32, 128])
     parser.add_argument("--past", type=_ints, default=[8, 24])
@@ -487,7 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.gateway_workers:
             result["gateway"] = gateway(
-                args.translate, args.checkpoints, args.translator, args.sentences, args.gateway_workers, 32
+                args.translate,
+                args.checkpoints,
+                args.translator,
+                args.sentences,
+                args.gateway_workers,
+                args.gateway_concurrency,
             )
         if args.output:
             args.output.write_text(json.dumps(result, indent=2))

@@ -440,6 +440,29 @@ def test_the_front_end_cost_refuses_a_system_without_per_thread_cpu_before_start
     assert not started
 
 
+def test_a_process_trees_cpu_counts_its_childrens_threads_too():
+    """How the GPU probe reads a gateway with ``--workers``: the supervisor idles, its workers work."""
+    import subprocess
+    import sys
+
+    from bench import frontend_cost
+
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('burnt', flush=True); input()"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline().strip() == "burnt"  # the grandchild's line, through the child
+        alone, tree = frontend_cost.thread_cpu(parent.pid), frontend_cost.tree_cpu(parent.pid)
+    finally:
+        parent.communicate("\n", timeout=30)
+    assert tree["loop"] >= alone["loop"] + 0.25  # the child's main thread burnt 0.3 s
+    assert set(tree) == {"loop", "decode", "other"}
+
+
 def test_the_decode_replay_runs_the_named_entry_on_its_models_sentences(monkeypatch):
     """``--entry transformer_int8`` replays the int8 twin on the held-out sentences of ``--model``'s
     checkpoint (an int8 entry has no checkpoint of its own); without it, ``--model`` is the entry."""

@@ -273,7 +273,11 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
 
     texts = texts_of_mixed_lengths(24, seed=5)  # the tiny checkpoint records no corpus to hold out from
     monkeypatch.setattr(
-        translation_rows.Workload, "load", staticmethod(lambda *a: SimpleNamespace(texts=texts))
+        translation_rows.Workload,
+        "load",
+        staticmethod(
+            lambda *a: SimpleNamespace(texts=texts, count=lambda hyps: sum(len(h.split()) for h in hyps))
+        ),
     )
 
     decoder = built / "transformer_decoder" / "1" / "model.onnx"
@@ -304,6 +308,10 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
     ways = {r["way"]: r for r in result["rows"]}
     assert set(ways) == {"host", "resident"}  # CUDA graphs only on CUDA
     assert ways["resident"]["same_as_host"] == 100.0 and ways["resident"]["layouts"] >= 1
+    rows = gpu_decode_probe.gateway(built, built.parent / "checkpoints", "transformer", 24, [1], [2, 8])
+    assert [(r["resident"], r["concurrency"]) for r in rows] == [("1", 2), ("1", 8), ("0", 2), ("0", 8)]
+    assert all("failed" not in r and r["same_as_first"] == 100.0 and r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["cpu_ms_a_sentence"]["decode"] > 0 and 0 < r["decode_busy"] <= 1.05 for r in rows)
 
 
 def _cancelling(spec, encoder, decoder, sources, config):
