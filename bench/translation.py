@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import translation_identity as identity
+from bench import translation_work
 from bench.report import table
 from bench.stats import ratio
 from bench.translation_engines import ctranslate2_rows, engine_rows, pytorch_parallel_row, pytorch_rows
@@ -79,9 +80,11 @@ def best_pytorch(rows, beam: int = 4) -> dict[str, Any] | None:
     return max(found, key=lambda r: r["tokens_per_s"], default=None)
 
 
-def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def acceptance(rows: list[dict[str, Any]], work: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Issue 10's figures: each measured ratio with its goal (reported, never asserted); the gateway
-    targets use its best layout measured in this run, named in the target."""
+    targets use its best layout measured in this run, named in the target. With the workload's
+    arithmetic (``work``: :func:`arithmetic`), the PyTorch target's note says how much of the
+    machine's float32 product speed its goal takes, and how much CTranslate2 reaches."""
     ct_best = _find(rows, CT2_BEST)
     ct_one = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=32)
     ct_lat = _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=1)
@@ -130,7 +133,55 @@ def acceptance(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             True,
         ),
     ]
-    return [_target(*check) for check in checks]
+    targets = [_target(*check) for check in checks]
+    shares = arithmetic_shares(rows, work) if work else {}
+    goal = shares.get(GOAL_4X)
+    if goal is not None:
+        ct = shares.get(CT2_BEST)
+        targets[1]["note"] += (
+            f"; 4x the reference is {goal:.0%} of what the machine's float32 products allow this workload's "
+            f"weight products alone ({translation_work.ceiling(work, work['product_gflops'], work['cores']):,.0f} "
+            "tokens/s, bench.translation_work)"
+            + (f", CTranslate2's best layout reaches {ct:.0%}" if ct else "")
+        )
+    return targets
+
+
+GOAL_4X = "4x the PyTorch reference (the target)"
+
+
+def arithmetic_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Engine -> tokens/s of what the fp32 throughput targets compare (their paired rounds' median
+    where those ran), and the 4x goal."""
+    found = {}
+    pytorch = best_pytorch(rows)
+    for row in (best_gateway(rows), _find(rows, CT2_BEST), pytorch):
+        if row is not None:
+            paired = next(
+                (r for r in rows if r["engine"] == row["engine"] + PAIRED and "tokens_per_s" in r), None
+            )
+            found[row["engine"]] = (paired or row)["tokens_per_s"]
+    if pytorch is not None:
+        found[GOAL_4X] = 4 * found[pytorch["engine"]]
+    return found
+
+
+def arithmetic_shares(rows: list[dict[str, Any]], work: dict[str, Any]) -> dict[str, float]:
+    top = translation_work.ceiling(work, work["product_gflops"], work["cores"])
+    return {engine: tokens / top for engine, tokens in arithmetic_rows(rows).items()}
+
+
+def arithmetic(args, w: Workload) -> dict[str, Any]:
+    """This workload's weight products (:func:`bench.translation_work.measure`) and this machine's
+    float32 product speed right now (one thread; the usable cores)."""
+    import os
+
+    from bench.machine import speed_probe
+
+    work = translation_work.measure(args.repository, w.model, w.texts, w.count)
+    work["product_gflops"] = speed_probe()["product_gflops"]
+    work["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return work
 
 
 def _paired(rows, row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -217,13 +268,18 @@ def run(
         errors["triton"] = str(exc)
     for w in (main, *others):
         agreement(rows[w.model], w.texts)
-    targets = acceptance(rows[main.model]) + [identity.identity_target(m, r) for m, r in rows.items()]
+    try:
+        work = arithmetic(args, main)
+    except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
+        errors["arithmetic"], work = str(exc), None
+    targets = acceptance(rows[main.model], work) + [identity.identity_target(m, r) for m, r in rows.items()]
     return {
         "rows": rows[main.model],
         "identity": {w.model: rows[w.model] for w in others},
         "errors": errors,
         "targets": targets,
-        "markdown": _markdown(main.model, rows, errors),
+        "work": work,
+        "markdown": _markdown(main.model, rows, errors, work),
         "python": sys.version.split()[0],
     }
 
@@ -291,8 +347,14 @@ def _gateway(args, profile, w: Workload, logs: Path, **options: Any) -> list[dic
     )
 
 
-def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -> str:
-    """The main translator's table, the identity table of the others, the differing translations, errors."""
+def _markdown(
+    main: str,
+    rows: dict[str, list[dict[str, Any]]],
+    errors: dict[str, str],
+    work: dict[str, Any] | None = None,
+) -> str:
+    """The main translator's table, the identity table of the others, the differing translations, the
+    workload's arithmetic, errors."""
     md = f"## Translation (`{main}`, held-out test sentences)\n\n" + table(rows[main], MAIN_COLUMNS) + "\n"
     others = [m for m in rows if m != main]
     if others:
@@ -329,6 +391,12 @@ def _markdown(main: str, rows: dict[str, list[dict[str, Any]]], errors: dict[str
             )
             + "\n"
         )
+    if work:
+        first, *shares = translation_work.share_lines(
+            work, work["product_gflops"], work["cores"], arithmetic_rows(rows[main])
+        )
+        md += "\nThe arithmetic (bench.translation_work; weight products only, so the real bound is lower): "
+        md += first + ".\n\n" + "\n".join(f"- {line}" for line in shares) + "\n"
     if errors:
         md += "\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()) + "\n"
     return md

@@ -528,3 +528,95 @@ def test_the_pytorch_reference_batches_by_source_length_and_translates_as_in_inp
             timed=False,
         )[0]
         assert row["hyps"] == in_order
+
+
+def test_weight_flops_count_the_initializer_operand_of_every_product_and_nothing_else(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.translation_work import weight_flops
+
+    weights = [
+        numpy_helper.from_array(np.ones((3, 4), np.float32), "w_gemm"),
+        numpy_helper.from_array(np.ones((4, 5), np.float32), "w_matmul"),
+        numpy_helper.from_array(np.ones((5,), np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w_gemm"], ["h"]),
+        helper.make_node("MatMul", ["h", "w_matmul"], ["y"]),
+        helper.make_node("Add", ["y", "bias"], ["z"]),  # an initializer, not a product
+        helper.make_node("MatMul", ["z", "other"], ["out"]),  # two activations: no weight
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("other", TensorProto.FLOAT, [5, "m"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "m"])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert weight_flops(tmp_path / "m.onnx") == 2 * 12 + 2 * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_translator(tmp_path_factory):
+    from tests.test_translate_serving import exported_translators
+
+    return exported_translators(tmp_path_factory, "work", ("transformer",))
+
+
+def test_the_workloads_arithmetic_counts_the_rows_the_search_ran(tiny_translator):
+    """Greedy search runs one decoder row per id it generates, so at beam 1 the tallied rows are the
+    generated ids; a beam of 4 runs more rows for the same sentences, and the sources are counted
+    without padding."""
+    from bench.translation_work import measure, weight_flops
+    from serving.execution.repository import Repository
+    from tests.test_translate_serving import texts_of_mixed_lengths
+
+    texts = texts_of_mixed_lengths(12)
+    count = lambda hyps: sum(len(h.split()) + 1 for h in hyps)  # noqa: E731
+    greedy = measure(tiny_translator, "transformer", texts, count, beam=1)
+    assert greedy["decoder_rows"] == greedy["generated_ids"] > 0
+    entry = Repository(tiny_translator).get("transformer")
+    from tokenizers import Tokenizer
+
+    source = Tokenizer.from_file(str(tiny_translator / "transformer" / "source_tokenizer.json"))
+    assert greedy["source_tokens"] == sum(len(source.encode(t).ids) + 1 for t in texts)  # + EOS
+    block = entry.kiln["translator"]
+    decoder = weight_flops(tiny_translator / block["decoder"] / "1" / "model.onnx")
+    encoder = weight_flops(tiny_translator / block["encoder"] / "1" / "model.onnx")
+    total = greedy["decoder_rows"] * decoder + greedy["source_tokens"] * encoder
+    assert greedy["mflop_a_token"] == pytest.approx(total / greedy["target_tokens"] / 1e6, rel=1e-3)
+    beam = measure(tiny_translator, "transformer", texts, count, beam=4)
+    assert beam["decoder_rows"] > beam["generated_ids"] and beam["source_tokens"] == greedy["source_tokens"]
+
+
+def test_the_pytorch_targets_note_says_what_share_of_the_arithmetic_its_goal_takes():
+    from bench.translation import GOAL_4X, acceptance, arithmetic_rows
+    from bench.translation_gateway import gateway_engine
+    from bench.translation_work import share_lines
+
+    rows = [
+        {"engine": gateway_engine("", 2), "beam": 4, "concurrency": 32, "tokens_per_s": 3000.0, "workers": 2},
+        {
+            "engine": "ctranslate2 fp32 (inter 2, intra 1)",
+            "beam": 4,
+            "concurrency": 32,
+            "tokens_per_s": 5000.0,
+        },
+        {"engine": "pytorch (kv cache)", "beam": 4, "concurrency": 32, "tokens_per_s": 1000.0},
+    ]
+    # 10 MFLOP a token at 50 GFLOP/s x 2 cores: at most 10 000 tokens/s
+    work = {"mflop_a_token": 10.0, "product_gflops": 50.0, "cores": 2}
+    (pytorch,) = [t for t in acceptance(rows, work) if "PyTorch" in t["target"]]
+    assert "4x the reference is 40% of what the machine's float32 products allow" in pytorch["note"]
+    assert "10,000 tokens/s" in pytorch["note"] and "CTranslate2's best layout reaches 50%" in pytorch["note"]
+    assert "4x the reference" not in str(acceptance(rows))  # without the arithmetic, no claim
+    assert arithmetic_rows(rows)[GOAL_4X] == 4000.0
+    work.update(decoder_rows=1, source_tokens=2, target_tokens=3, sentences=4, beam=4)
+    work["mflop_a_row"] = {"decoder": 1.0, "encoder": 0.5}
+    lines = share_lines(work, 50.0, 2, {"ctranslate2": 5000.0})
+    assert "at most 10,000 tokens/s" in lines[0] and lines[1] == "ctranslate2: 5,000 tokens/s, 50% of it"
