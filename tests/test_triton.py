@@ -241,6 +241,27 @@ def test_through_triton_the_statistics_hold_tritons_batching_and_the_gateways_ou
     assert int(over_grpc["inference_stats"]["success"]["count"]) == 3
 
 
+@needs_triton
+def test_a_request_with_tritons_reserved_parameters_is_forwarded_without_them(triton, repository, loop):
+    """perf_analyzer sets triton_enable_empty_final_response on every gRPC request; tritonclient refuses
+    to forward any triton_* name, so every request through the gateway failed before."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    x = images(1, seed=9)
+    with run_gateway(loop, repository, backend="triton", triton_url=triton.grpc_url) as gateway:
+        request = service_pb2.ModelInferRequest(model_name="lenet")
+        request.parameters["triton_enable_empty_final_response"].bool_param = False
+        request.parameters["timeout"].int64_param = 30_000_000  # a protocol parameter, consumed here
+        request.inputs.add(name="images", datatype="UINT8", shape=list(x.shape))
+        request.raw_input_contents.append(x.tobytes())
+        with grpc.insecure_channel(gateway.grpc_url) as channel:
+            reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    outputs = {o.name: i for i, o in enumerate(reply.outputs)}
+    logits = np.frombuffer(reply.raw_output_contents[outputs["logits"]], np.float32)
+    want = reference(repository, "lenet", x)["logits"]
+    np.testing.assert_allclose(logits, want.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
 class _Statistics:
     """A Triton client answering ``get_inference_statistics`` only, as gRPC (a message) or HTTP (JSON)."""
 

@@ -15,15 +15,22 @@ from typing import Any, Protocol
 import numpy as np
 
 # Request parameters the KServe/Triton protocols consume themselves; they never reach a model, and
-# Triton refuses them when forwarded as model parameters.
+# Triton refuses them when forwarded as model parameters. So are names with Triton's reserved prefix
+# (its extension_parameters document): perf_analyzer sends triton_enable_empty_final_response on every
+# gRPC request (a decoupled model's streaming option), which tritonclient refuses to forward.
 PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "timeout", "sequence_id", "sequence_start", "sequence_end", "priority", "headers"}
 )
+RESERVED_PREFIX = "triton_"
 
 
 def model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """The request parameters meant for the model (decoding options and the like)."""
-    return {k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}
+    return {
+        k: v
+        for k, v in parameters.items()
+        if k not in PROTOCOL_PARAMETERS and not k.startswith(RESERVED_PREFIX)
+    }
 
 
 # One model entry as a blocking callable over named arrays (what the decoding scheduler drives).
