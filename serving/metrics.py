@@ -145,7 +145,7 @@ class GatewayMetrics:
         )
         self.executed_requests = Counter(
             "kiln_executed_requests",
-            "Requests the batcher ran (in batches of any size)",
+            "Requests the batcher ran (in batches of any size), or a translator decoded to success",
             ["model"],
             registry=r,
         )
@@ -153,7 +153,8 @@ class GatewayMetrics:
             "kiln_request_stage_seconds",
             "Time of the requests the batcher ran, summed, by stage: queue (each its own wait), then the "
             "batch each ran in, once per request: input (merging it), infer (the model's run), output "
-            "(splitting the answers)",
+            "(splitting the answers); a translator's: queue (until its sentences joined the decode batch) "
+            "and infer (from then to its answer)",
             ["model", "stage"],
             registry=r,
         )
@@ -284,13 +285,23 @@ class GatewayMetrics:
         self.child(self.decoder_step_latency, model).observe(seconds)
 
     def observe_translation(
-        self, model: str, seconds: float, tokens: int, outcome: str, texts: int = 1
+        self,
+        model: str,
+        seconds: float,
+        tokens: int,
+        outcome: str,
+        texts: int = 1,
+        queued: float | None = None,
     ) -> None:
         self.child(self.translate_latency, model, outcome).observe(seconds)
         self.child(self.tokens_generated, model).inc(tokens)
         if outcome == "success":
             self.child(self.translated_texts, model).inc(texts)
             self.child(self.last_inference, model).set(time.time())
+            if queued is not None:  # the statistics' queue and compute (infer) of a decoded request
+                self.child(self.executed_requests, model).inc()
+                self.child(self.request_stage_seconds, model, "queue").inc(queued)
+                self.child(self.request_stage_seconds, model, "infer").inc(max(0.0, seconds - queued))
 
     def render(self) -> bytes:
         """The exposition text: this app's registry, or, with the workers' metrics shared, every

@@ -42,6 +42,18 @@ def _body(shape: tuple[int, ...] = (1, SIZE, SIZE, 1), request_id: str = "") -> 
     return json.dumps({"id": request_id, "inputs": [tensor]}).encode()
 
 
+def test_a_decoded_translation_counts_its_queue_and_decoding_as_the_statistics_read_them():
+    metrics = GatewayMetrics()
+    metrics.observe_translation("gru", 2.0, 10, "success", texts=3, queued=0.5)
+    metrics.observe_translation("gru", 1.0, 0, "timeout", queued=0.25)  # a failure: no executed request
+    metrics.observe_translation("gru", 1.0, 4, "success")  # never joined: nothing to split
+    assert metrics.sample("kiln_executed_requests_total", model="gru") == 1
+    stage = "kiln_request_stage_seconds_total"
+    assert metrics.sample(stage, model="gru", stage="queue") == 0.5
+    assert metrics.sample(stage, model="gru", stage="infer") == 1.5
+    assert metrics.sample("kiln_translated_texts_total", model="gru") == 3 + 1
+
+
 def test_latency_histograms_resolve_sub_millisecond_runs_and_multi_second_translations():
     metrics = GatewayMetrics()
     metrics.observe_batch(

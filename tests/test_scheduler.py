@@ -97,15 +97,25 @@ class Recorder:
         self.outcomes: list[str] = []
         self.models: set[str] = set()  # the model names the observer was told
         self.texts: list[int] = []  # each translation's texts
+        self.queued: list[float | None] = []  # each translation's wait to join the batch
+        self.seconds: list[float] = []
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.steps.append((rows, requests))
         self.models.add(model)
 
     def observe_translation(
-        self, model: str, seconds: float, tokens: int, outcome: str, texts: int = 1
+        self,
+        model: str,
+        seconds: float,
+        tokens: int,
+        outcome: str,
+        texts: int = 1,
+        queued: float | None = None,
     ) -> None:
         self.outcomes.append(outcome)
+        self.queued.append(queued)
+        self.seconds.append(seconds)
         self.models.add(model)
         self.texts.append(texts)
 
@@ -458,6 +468,43 @@ def test_a_request_into_an_idle_batch_joins_at_once_and_a_lone_joiner_waits_at_m
     assert decoder.entered[0] == 4  # no step ran before the first request joined
     assert encoder.sizes == [4, 1]
     assert decoder.entered[:5] == [4, 4, 4, 5, 5]  # queued after step 1, joined after step 3
+
+
+def test_a_translation_reports_its_wait_to_join_the_batch_within_its_time() -> None:
+    """What the statistics call a decoded request's queue: until its last sentence joined the batch.
+    A lone joiner waits ``join_wait_steps`` (2) steps, so its wait spans at least the step the test
+    lets run after it queued; a request into an idle batch waits for no step."""
+
+    async def body():
+        decoder, recorder = SteppedDecoder(), Recorder()
+        scheduler = DecodingScheduler(
+            "fake",
+            SPEC,
+            fake_encoder,
+            decoder,
+            SchedulerConfig(join_fraction=1.0, join_wait_steps=2),
+            observer=recorder,
+        )
+        await scheduler.start()
+        try:
+            first = asyncio.create_task(scheduler.submit(SOURCES[:4], LONG))
+            await until(lambda: len(decoder.entered) == 1)  # joined; its first step waits its turn
+            second = asyncio.create_task(scheduler.submit([SOURCES[4]], LONG))
+            await until(lambda: scheduler.queued == 1)
+            queued_by = time.monotonic()  # the second request's clock started before this
+            await decoder.advance()  # one step: the second has waited 1 of its 2
+            not_joined_before = time.monotonic()
+            decoder.run_freely()
+            await asyncio.gather(first, second)
+        finally:
+            await scheduler.stop(grace_s=1.0)
+        return recorder, not_joined_before - queued_by
+
+    recorder, least = asyncio.run(body())
+    waits = dict(zip(recorder.texts, zip(recorder.queued, recorder.seconds, strict=True), strict=True))
+    assert recorder.outcomes == ["success", "success"] and set(waits) == {4, 1}
+    (alone, alone_s), (joiner, joiner_s) = waits[4], waits[1]
+    assert 0 <= alone <= alone_s and least > 0 and least <= joiner <= joiner_s
 
 
 def test_with_join_wait_steps_0_every_waiting_request_joins_at_the_next_step() -> None:

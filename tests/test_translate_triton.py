@@ -293,7 +293,7 @@ def test_the_gateway_with_the_triton_backend_translates_like_triton_in_both_mode
     # Triton's of the entries that ran them (its <name> model, else the decoder the gateway stepped)
     if mode == "scheduler":
         assert stats[NAME]["execution_count"] == float(steps[0].split()[-1])
-        assert stats[NAME]["inference_stats"]["queue"]["count"] == 0  # steps shared: no per-request queue
+        assert stats[NAME]["inference_stats"]["queue"]["count"] == 3  # each request's wait to join
         assert stats[f"{NAME}_decoder"]["execution_count"] > 0
     else:
         assert stats[NAME]["execution_count"] > 0 and stats[NAME]["inference_stats"]["queue"]["count"] >= 3

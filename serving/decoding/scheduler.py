@@ -79,8 +79,16 @@ class DecodeObserver(Protocol):
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
 
     def observe_translation(
-        self, model: str, seconds: float, tokens: int, outcome: str, texts: int = 1
-    ) -> None: ...
+        self,
+        model: str,
+        seconds: float,
+        tokens: int,
+        outcome: str,
+        texts: int = 1,
+        queued: float | None = None,
+    ) -> None:
+        """One answered request: end to end ``seconds``; ``queued``, of those, the wait until its last
+        sentence joined the batch (None where it never joined: refused, expired or cancelled first)."""
 
 
 @dataclass(eq=False)
@@ -95,6 +103,7 @@ class _Job:
     future: asyncio.Future
     deadline: float
     started: float = field(default_factory=time.monotonic)
+    admitted: float | None = None  # when its last sentence was admitted (decode thread; monotonic)
     next_source: int = 0  # sources[:next_source] were admitted
     queued_step: int = 0  # the scheduler's step count when it was queued
     results: dict[int, list[bs.Hypothesis]] = field(default_factory=dict)
@@ -256,7 +265,8 @@ class DecodingScheduler:
         if outcome is not None and self.observer is not None:
             tokens = sum(len(h.tokens) for hyps in job.results.values() for h in hyps)
             seconds = time.monotonic() - job.started
-            self.observer.observe_translation(self.model, seconds, tokens, outcome, len(job.sources))
+            queued = None if job.admitted is None else job.admitted - job.started
+            self.observer.observe_translation(self.model, seconds, tokens, outcome, len(job.sources), queued)
 
     def _post(self, job: _Job, result: Any, outcome: str) -> None:
         """From the decode thread: answer on the event loop."""
@@ -370,8 +380,9 @@ class DecodingScheduler:
         if take:
             for job, index in picked:
                 job.next_source = index + 1
+            now = time.monotonic()
             for _ in range(job_index):
-                jobs.popleft()
+                jobs.popleft().admitted = now
         return picked
 
     def _admit(self) -> None:

@@ -6,7 +6,7 @@ Read from the gateway's Prometheus metrics (:mod:`serving.metrics`), not from co
 ``--workers`` every worker's requests count, whichever worker answers. What each field is here:
 
 - ``success`` / ``fail``: requests ended in each outcome, and their end-to-end time summed;
-- ``queue``: requests executed, and their time in the batcher's queue;
+- ``queue``: requests executed, and their time in the batcher's queue (a translator's: below);
 - ``compute_input`` / ``compute_infer`` / ``compute_output``: the same requests, and the time of the
   batch each ran in (merging it, the model's run, splitting the answers), once per request, as Triton
   counts them;
@@ -15,8 +15,12 @@ Read from the gateway's Prometheus metrics (:mod:`serving.metrics`), not from co
 - ``batch_stats``: per batch size (items), how many ran and their parts' time;
 - ``last_inference``: when the model last ran a batch (a translator: last answered), ms since the epoch.
 
-A translator decodes by iteration-level batching: its requests share each decoder step, so no
-per-request queue or compute time exists (zero counts); its steps' time is ``kiln_decoder_step_seconds``.
+A translator decodes by iteration-level batching: its requests share each decoder step, so its
+``queue`` is each successful request's wait until its last sentence joined the decode batch, its
+``compute_infer`` the time from then to its answer (the encoder call and the steps it shared; input and
+output count the same requests at zero time), and no ``batch_stats``; its steps' time is
+``kiln_decoder_step_seconds``. perf_analyzer without ``-x`` picks the version whose queue count grew,
+so a translator's must.
 Through ``--backend triton`` the batching happens in Triton: ``success`` / ``fail`` stay the gateway's
 (its requests' outcomes, end to end, the hop to Triton included) and the rest (queue, compute, batches,
 counts, last inference) is Triton's own, asked of it at each call (:meth:`serving.gateway.Gateway.batching_statistics`), except for
