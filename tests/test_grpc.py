@@ -598,6 +598,11 @@ def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake
         with pytest.raises(grpc.RpcError) as index:
             stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
         assert index.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "no model repository extension" in index.value.details()
+        with pytest.raises(grpc.RpcError) as shared:  # perf_analyzer --shared-memory system's first call
+            stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(name="r", key="/k"))
+        assert shared.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "without --shared-memory" in shared.value.details()
         unknown = channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")
         with pytest.raises(grpc.RpcError) as missing:
             unknown(b"")

@@ -192,6 +192,37 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
+# The service's unary methods the gateway does not serve, each with what a client should do instead:
+# UNIMPLEMENTED either way, but gRPC's bare "Method not found" left perf_analyzer --shared-memory
+# users guessing.
+SHARED_MEMORY = (
+    "the gateway has no shared-memory extension (its server metadata lists those it has): send the "
+    "tensors in the request (perf_analyzer: without --shared-memory)"
+)
+NOT_SERVED = {
+    **{
+        f"{kind}SharedMemory{op}": SHARED_MEMORY
+        for kind in ("System", "Cuda")
+        for op in ("Status", "Register", "Unregister")
+    },
+    **{
+        method: "the gateway has no model repository extension: it serves the repository it started with "
+        "(GET /v2/models/stats lists every model; restart it to change them)"
+        for method in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+    },
+    "TraceSetting": "the gateway has no trace extension (its metrics are at GET /metrics)",
+    "LogSettings": "the gateway has no logging extension: its log level is --log-level at start",
+}
+
+
+def _not_served(method: str) -> Any:
+    async def refuse(self, request, context):  # noqa: ANN001, ANN202, ARG001
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {NOT_SERVED[method]}")
+
+    refuse.__name__ = refuse.__qualname__ = method
+    return refuse
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED. With ``metrics``, every ModelInfer
     call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight)."""
@@ -351,6 +382,10 @@ class _GenericOnly:
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         """Not registered with gRPC core (see the class docstring); the generic handler serves them."""
+
+
+for _method in NOT_SERVED:  # UNIMPLEMENTED with what to do instead, over Kiln's server and grpcio's
+    setattr(InferenceServicer, _method, _not_served(_method))
 
 
 def unary_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
