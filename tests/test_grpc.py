@@ -608,3 +608,46 @@ def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake
             unknown(b"")
         assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
+
+
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone_or_kiln_says_to_use_grpcio(
+    loop: LoopThread, server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """perf_analyzer --streaming sends ModelStreamInfer: grpcio's server answers every request on the
+    stream (a failing one with error_message, the stream going on); Kiln's unary server refuses the
+    call naming the flag that serves it, and logs that once (perf_analyzer shows no status)."""
+    from tests.h2_client import doubling_request
+
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=server))
+    requests = []
+    for i in range(4):
+        request = doubling_request(np.full((1, 3), i, np.float32), model="nope" if i == 2 else "double")
+        request.id = f"r{i}"
+        requests.append(request)
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="serving.protocol.grpc_h2"),
+            grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel,
+        ):
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            if server == "kiln":
+                for _ in range(2):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        list(stub.ModelStreamInfer(iter(requests), timeout=30))
+                    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                    assert "--grpc-server grpcio" in refused.value.details()
+                warnings = [r for r in caplog.records if "ModelStreamInfer" in r.getMessage()]
+                assert len(warnings) == 1
+                return
+            replies = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+    finally:
+        loop.run(handle.stop(1.0))
+    assert len(replies) == 4
+    failed = [r for r in replies if r.error_message]
+    assert len(failed) == 1 and "nope" in failed[0].error_message
+    answered = {r.infer_response.id: r.infer_response for r in replies if not r.error_message}
+    assert sorted(answered) == ["r0", "r1", "r3"]
+    for name, response in answered.items():
+        got = np.frombuffer(response.raw_output_contents[0], np.float32)
+        np.testing.assert_array_equal(got, np.full(3, 2 * int(name[1:]), np.float32))

@@ -335,7 +335,12 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
         if target is None:
             code = grpc.StatusCode.UNIMPLEMENTED.value[0]
             name = (path or b"").decode(errors="replace")
-            self._headers_only(stream, self._trailers_only(code, f"Method not found: {name}", ()), ended)
+            details = self.server.refusals.get(path)
+            if details is not None and path not in self.server.warned:  # perf_analyzer shows no status
+                self.server.warned.add(path)
+                log.warning("a %s call was refused: %s", name, details)
+            details = f"{name}: {details}" if details else f"Method not found: {name}"
+            self._headers_only(stream, self._trailers_only(code, details, ()), ended)
             return
         call = Call(stream, target[0], target[1], self.peer_window, self.loop)
         call.encoding = encoding if encoding != b"identity" else None
@@ -408,6 +413,10 @@ class H2GrpcServer:
         send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.methods = methods
+        # methods of the service this server does not run, each with why and what to do instead
+        # (UNIMPLEMENTED with that message, and a warning once: a client may not show it)
+        self.refusals: dict[bytes, str] = {}
+        self.warned: set[bytes] = set()
         self.max_message_bytes = max_message_bytes
         self.read_timeout_s = read_timeout_s  # h2_watch: how long a call's DATA may pause
         self.send_timeout_s = send_timeout_s  # send_watch: how long a client may leave answers unread

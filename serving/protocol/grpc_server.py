@@ -295,6 +295,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("ModelInfer failed for model %r", request.model_name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
+    async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+        """Triton's streaming infer, for models that answer once per request (every model here): each
+        request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
+        merges a stream's requests as it merges calls), and is answered in a response of its own as
+        it finishes (its ``id`` echoed: the order may differ); a request that fails gets
+        ``error_message`` and the stream goes on, as Triton's does. Served with
+        ``--grpc-server grpcio``: Kiln's own server serves unary calls (``STREAMING``)."""
+        answers: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def one(request) -> None:  # noqa: ANN001
+            try:
+                reply = service_pb2.ModelStreamInferResponse(
+                    infer_response=await self._infer(request, context)
+                )
+            except ServingError as error:
+                self._refused(request.model_name, error, error.status)
+                reply = service_pb2.ModelStreamInferResponse(error_message=error.message)
+            except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
+                self._refused(request.model_name, error, 500)
+                log.exception("ModelStreamInfer failed for model %r", request.model_name)
+                reply = service_pb2.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(error).__name__}"
+                )
+            answers.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:  # the client sent its last request: answer what is in flight
+                    await asyncio.wait(list(running))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+            await reader  # a failed read (the client's stream broke) ends the call with it
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
     def _refused(self, name: str, error: BaseException, status: int) -> None:
         """A call that ended before its model ran (its tensors or options refused), counted for the
         model it names where that is one of the backend's (unknown names add no series)."""
@@ -386,6 +433,12 @@ class _GenericOnly:
 
 for _method in NOT_SERVED:  # UNIMPLEMENTED with what to do instead, over Kiln's server and grpcio's
     setattr(InferenceServicer, _method, _not_served(_method))
+
+
+STREAMING = (
+    "Kiln's gRPC server serves unary calls; ModelStreamInfer is served by the gateway started with "
+    "--grpc-server grpcio (or send ModelInfer calls: perf_analyzer without --streaming)"
+)
 
 
 def unary_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
@@ -496,6 +549,7 @@ async def _start_kiln_server(
 
     methods = unary_methods(servicer)
     server = H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
+    server.refusals[b"/inference.GRPCInferenceService/ModelStreamInfer"] = STREAMING
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:
