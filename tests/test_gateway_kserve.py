@@ -67,6 +67,19 @@ def test_server_is_live_and_ready_and_names_its_extensions(client):
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
 
 
+def test_the_repository_index_lists_the_models_as_triton_does(client, server):
+    import httpx
+
+    assert client.get_model_repository_index() == [
+        {"name": "lenet", "version": "1", "state": "READY", "reason": ""}
+    ]
+    url = f"http://{server.url}/v2/repository/index"
+    assert httpx.post(url, json={"ready": True}).json() == client.get_model_repository_index()
+    bad = httpx.post(url, content=b"[1, 2]")
+    assert bad.status_code == 400 and "JSON object" in bad.json()["error"]
+    assert "model_repository" not in client.get_server_metadata()["extensions"]  # no load or unload
+
+
 def test_model_metadata_lists_batched_shapes_like_triton(client):
     meta = client.get_model_metadata("lenet")
     assert meta["name"] == "lenet" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"

@@ -595,10 +595,10 @@ def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake
     port = fake_server[1].port
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as index:
-            stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
-        assert index.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "no model repository extension" in index.value.details()
+        with pytest.raises(grpc.RpcError) as load:
+            stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="double"))
+        assert load.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "serves the repository it started with" in load.value.details()
         with pytest.raises(grpc.RpcError) as shared:  # perf_analyzer --shared-memory system's first call
             stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(name="r", key="/k"))
         assert shared.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -651,3 +651,22 @@ def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone_or_kiln_says
     for name, response in answered.items():
         got = np.frombuffer(response.raw_output_contents[0], np.float32)
         np.testing.assert_array_equal(got, np.full(3, 2 * int(name[1:]), np.float32))
+
+
+def test_the_repository_index_lists_every_version_with_its_state(fake_server) -> None:
+    """tritonclient's get_model_repository_index reads it; ``ready`` keeps the ready ones, as Triton's
+    flag does."""
+    port = fake_server[1].port
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        every = client.get_model_repository_index(as_json=True)["models"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        ready = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True), timeout=10).models
+    assert sorted(m.name for m in ready) == ["double", "echo", "hang"]
+    states = {m["name"]: (m["version"], m["state"]) for m in every}
+    assert states == {
+        "busy": ("1", "UNAVAILABLE"),
+        "double": ("1", "READY"),
+        "echo": ("1", "READY"),
+        "hang": ("1", "READY"),
+    }

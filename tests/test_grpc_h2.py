@@ -273,15 +273,15 @@ def test_a_large_message_inflates_a_step_at_a_time_so_its_thread_lets_the_loop_r
 
 def test_a_method_the_servicer_lacks_is_unimplemented_and_the_connection_serves_on(server) -> None:
     with _channel(server.port) as channel:
-        index = channel.unary_unary(
-            "/inference.GRPCInferenceService/RepositoryIndex",
-            request_serializer=service_pb2.RepositoryIndexRequest.SerializeToString,
-            response_deserializer=service_pb2.RepositoryIndexResponse.FromString,
+        load = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryModelLoad",
+            request_serializer=service_pb2.RepositoryModelLoadRequest.SerializeToString,
+            response_deserializer=service_pb2.RepositoryModelLoadResponse.FromString,
         )
         with pytest.raises(grpc.RpcError) as caught:
-            index(service_pb2.RepositoryIndexRequest(), timeout=10)
+            load(service_pb2.RepositoryModelLoadRequest(model_name="double"), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "RepositoryIndex" in caught.value.details()
+        assert "RepositoryModelLoad" in caught.value.details()
         assert _stub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
 

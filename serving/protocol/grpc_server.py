@@ -27,6 +27,7 @@ from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_io, tensors
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
+from serving.protocol.repository_index import repository_index
 from serving.protocol.send_watch import SEND_TIMEOUT_S
 from serving.protocol.statistics import model_statistics
 from serving.protocol.v2_codec import EXTENSIONS, SERVER_NAME, check_requested_output, server_version
@@ -206,9 +207,9 @@ NOT_SERVED = {
         for op in ("Status", "Register", "Unregister")
     },
     **{
-        method: "the gateway has no model repository extension: it serves the repository it started with "
-        "(GET /v2/models/stats lists every model; restart it to change them)"
-        for method in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+        method: "the gateway loads no models while it runs: it serves the repository it started with "
+        "(RepositoryIndex lists them; restart it to change them)"
+        for method in ("RepositoryModelLoad", "RepositoryModelUnload")
     },
     "TraceSetting": "the gateway has no trace extension (its metrics are at GET /metrics)",
     "LogSettings": "the gateway has no logging extension: its log level is --log-level at start",
@@ -283,6 +284,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             await _abort(context, error)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):  # noqa: N802
+        """Triton's repository index (serving.protocol.repository_index), as ``POST /v2/repository/index``."""
+        index = service_pb2.RepositoryIndexResponse
+        found = await repository_index(self.backend, request.ready)
+        return index(models=[index.ModelIndex(**entry) for entry in found])
 
     async def ModelInfer(self, request, context):  # noqa: N802
         try:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
+from serving.errors import BadRequest
 from serving.execution.repository import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
+from serving.protocol.repository_index import repository_index
 from serving.protocol.responses import (
     OVERLOAD,
     VERSION_PARAMETER,
@@ -34,6 +37,20 @@ async def server_metadata() -> dict[str, Any]:
 
 
 LOOKUP_ERRORS = errors(400, 404)  # a version that is not digits; an unknown model or version
+
+
+@router.post(
+    "/repository/index", summary="Every model and version with its state (Triton's repository index)"
+)
+async def model_repository_index(request: Request, backend: BackendDep) -> list[dict[str, Any]]:
+    body = await request.body()
+    try:
+        ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+    except (ValueError, AttributeError):
+        raise BadRequest(
+            'the repository index takes an empty body or a JSON object such as {"ready": true}'
+        ) from None
+    return await repository_index(backend, ready)
 
 
 @router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")

@@ -1,0 +1,39 @@
+"""Triton's repository index (``POST /v2/repository/index``, gRPC ``RepositoryIndex``): every model the
+gateway serves, each version with its state, as Triton lists its repository. Tools that read a
+server's models from it (``tritonclient``'s ``get_model_repository_index``, the ``triton`` backend
+itself) work against the gateway as against Triton.
+
+Only the index: the gateway serves the repository it started with, so the extension's load and
+unload stay unserved (``model_repository`` is not among the server metadata's extensions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.errors import ServingError
+from serving.execution.base import Backend
+
+
+async def repository_index(backend: Backend, ready_only: bool = False) -> list[dict[str, Any]]:
+    """One entry a version of every model: ``name``, ``version``, ``state`` (``READY``, or
+    ``UNAVAILABLE`` with the ``reason`` where the model does not answer ready); ``ready_only`` keeps the
+    ready ones (Triton's ``ready`` flag)."""
+    index = []
+    for name in sorted(backend.list_models()):
+        try:
+            versions = backend.metadata(name).versions or [""]
+        except ServingError as error:  # listed, yet not described now (a backend that lost it)
+            if not ready_only:
+                index.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": error.message})
+            continue
+        for version in versions:
+            ready = await backend.model_ready(name, version)
+            if ready or not ready_only:
+                state = (
+                    {"state": "READY", "reason": ""}
+                    if ready
+                    else {"state": "UNAVAILABLE", "reason": "not ready"}
+                )
+                index.append({"name": name, "version": version, **state})
+    return index
