@@ -173,7 +173,7 @@ def test_triton_backend_forwards_and_maps_errors(triton, repository, loop: LoopT
     try:
         assert loop.run(backend.is_ready())
         assert backend.list_models() == sorted(MODELS)
-        assert backend.config("lenet")["maxBatchSize"] == 8
+        assert backend.config("lenet")["max_batch_size"] == 8  # as Triton's HTTP shows it
         assert [t.name for t in backend.metadata("lenet").outputs] == ["logits", "probabilities"]
         x = images(2, seed=7)
         response = loop.run(backend.infer(InferRequest(model="lenet", inputs={"images": x})))
@@ -196,6 +196,12 @@ def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, 
         want = reference(repository, "lenet", x)
         with httpclient.InferenceServerClient(gateway.http_url) as client:
             assert client.is_server_ready()
+            # perf_analyzer over HTTP reads max_batch_size from here (camelCase keys: no batch axis)
+            with httpclient.InferenceServerClient(triton.http_url) as direct:
+                ours, theirs = client.get_model_config("lenet"), direct.get_model_config("lenet")
+            assert ours["max_batch_size"] == theirs["max_batch_size"] == 8
+            shapes = lambda config: [(t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]]  # noqa: E731
+            assert shapes(ours) == shapes(theirs)
             tensor = httpclient.InferInput("images", list(x.shape), "UINT8")
             tensor.set_data_from_numpy(x)
             result = client.infer("lenet", [tensor])

@@ -251,12 +251,15 @@ class TritonBackend:
         )
 
     async def _fetch_config(self, name: str) -> dict[str, Any]:
-        """The config as ``MessageToDict`` of Triton's ModelConfig (camelCase), whatever the protocol."""
+        """The config as Triton's HTTP endpoint shows it (proto field names: ``max_batch_size``), whatever
+        the protocol, as the embedded backend's. camelCase keys served at ``/v2/models/{name}/config``
+        made perf_analyzer over HTTP read no ``max_batch_size`` and take the batch axis for a dynamic
+        dimension ("input images contains dynamic shape")."""
         reply = await self._call("get_model_config", name)
         if self.protocol == "grpc":
-            return json_format.MessageToDict(reply.config)
+            return json_format.MessageToDict(reply.config, preserving_proto_field_name=True)
         proto = json_format.ParseDict(reply, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
-        return json_format.MessageToDict(proto)
+        return json_format.MessageToDict(proto, preserving_proto_field_name=True)
 
     def _cached(self, name: str, version: str) -> tuple[ModelMetadata, dict[str, Any]]:
         if name not in self._models:
