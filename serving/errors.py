@@ -43,6 +43,12 @@ class UnprocessableInput(ServingError):
     status = 422
 
 
+class NotServed(ServingError):
+    """A part of Triton's protocol the gateway does not serve (an extension it does not list)."""
+
+    status = 501
+
+
 class Overloaded(ServingError):
     status = 429
 

@@ -80,6 +80,25 @@ def test_the_repository_index_lists_the_models_as_triton_does(client, server):
     assert "model_repository" not in client.get_server_metadata()["extensions"]  # no load or unload
 
 
+def test_tritons_routes_of_extensions_not_served_answer_501_saying_what_to_do(server):
+    import httpx
+
+    base = f"http://{server.url}/v2"
+    for method, path, words in (
+        ("POST", "/systemsharedmemory/region/r/register", "without --shared-memory"),
+        ("GET", "/systemsharedmemory/status", "without --shared-memory"),
+        ("POST", "/cudasharedmemory/region/r/unregister", "without --shared-memory"),
+        ("POST", "/repository/models/lenet/load", "serves the repository it started with"),
+        ("GET", "/trace/setting", "no trace extension"),
+        ("POST", "/models/lenet/trace/setting", "no trace extension"),
+        ("GET", "/logging", "--log-level"),
+    ):
+        reply = httpx.request(method, base + path, json={})
+        assert reply.status_code == 501, (path, reply.text)
+        assert words in reply.json()["error"] and path in reply.json()["error"]
+    assert httpx.get(f"{base}/models/lenet").status_code == 200  # its neighbours still served
+
+
 def test_model_metadata_lists_batched_shapes_like_triton(client):
     meta = client.get_model_metadata("lenet")
     assert meta["name"] == "lenet" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"

@@ -30,7 +30,13 @@ from serving.protocol.limits import BodyBudget
 from serving.protocol.repository_index import repository_index
 from serving.protocol.send_watch import SEND_TIMEOUT_S
 from serving.protocol.statistics import model_statistics
-from serving.protocol.v2_codec import EXTENSIONS, SERVER_NAME, check_requested_output, server_version
+from serving.protocol.v2_codec import (
+    EXTENSIONS,
+    NOT_SERVED,
+    SERVER_NAME,
+    check_requested_output,
+    server_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ STATUS_TO_CODE = {
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.UNIMPLEMENTED,  # an HTTP Content-Encoding; gRPC's own is UNIMPLEMENTED too
+    501: grpc.StatusCode.UNIMPLEMENTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
@@ -193,32 +200,23 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
-# The service's unary methods the gateway does not serve, each with what a client should do instead:
-# UNIMPLEMENTED either way, but gRPC's bare "Method not found" left perf_analyzer --shared-memory
-# users guessing.
-SHARED_MEMORY = (
-    "the gateway has no shared-memory extension (its server metadata lists those it has): send the "
-    "tensors in the request (perf_analyzer: without --shared-memory)"
-)
-NOT_SERVED = {
+# The service's unary methods the gateway does not serve, each with what to do instead (v2_codec).
+NOT_SERVED_METHODS = {
     **{
-        f"{kind}SharedMemory{op}": SHARED_MEMORY
+        f"{kind}SharedMemory{op}": NOT_SERVED["shared_memory"]
         for kind in ("System", "Cuda")
         for op in ("Status", "Register", "Unregister")
     },
-    **{
-        method: "the gateway loads no models while it runs: it serves the repository it started with "
-        "(RepositoryIndex lists them; restart it to change them)"
-        for method in ("RepositoryModelLoad", "RepositoryModelUnload")
-    },
-    "TraceSetting": "the gateway has no trace extension (its metrics are at GET /metrics)",
-    "LogSettings": "the gateway has no logging extension: its log level is --log-level at start",
+    "RepositoryModelLoad": NOT_SERVED["model_load"],
+    "RepositoryModelUnload": NOT_SERVED["model_load"],
+    "TraceSetting": NOT_SERVED["trace"],
+    "LogSettings": NOT_SERVED["logging"],
 }
 
 
 def _not_served(method: str) -> Any:
     async def refuse(self, request, context):  # noqa: ANN001, ANN202, ARG001
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {NOT_SERVED[method]}")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {NOT_SERVED_METHODS[method]}")
 
     refuse.__name__ = refuse.__qualname__ = method
     return refuse
@@ -438,7 +436,7 @@ class _GenericOnly:
         """Not registered with gRPC core (see the class docstring); the generic handler serves them."""
 
 
-for _method in NOT_SERVED:  # UNIMPLEMENTED with what to do instead, over Kiln's server and grpcio's
+for _method in NOT_SERVED_METHODS:  # UNIMPLEMENTED with what to do instead, over Kiln's server and grpcio's
     setattr(InferenceServicer, _method, _not_served(_method))
 
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, NotServed
 from serving.execution.repository import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
@@ -24,7 +24,14 @@ from serving.protocol.responses import (
 )
 from serving.protocol.statistics import model_statistics
 from serving.protocol.translate import until_client_leaves
-from serving.protocol.v2_codec import EXTENSIONS, HEADER_LENGTH, SERVER_NAME, encode_infer, server_version
+from serving.protocol.v2_codec import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    NOT_SERVED,
+    SERVER_NAME,
+    encode_infer,
+    server_version,
+)
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -51,6 +58,23 @@ async def model_repository_index(request: Request, backend: BackendDep) -> list[
             'the repository index takes an empty body or a JSON object such as {"ready": true}'
         ) from None
     return await repository_index(backend, ready)
+
+
+def _not_served(path: str, reason: str) -> None:
+    """Triton's routes of an extension the gateway does not serve: 501 with what to do instead."""
+
+    async def refuse(request: Request) -> None:
+        raise NotServed(f"{request.url.path}: {NOT_SERVED[reason]}")
+
+    router.add_api_route(path, refuse, methods=["GET", "POST"], include_in_schema=False)
+
+
+for _kind in ("systemsharedmemory", "cudasharedmemory"):
+    _not_served(f"/{_kind}/{{rest:path}}", "shared_memory")
+_not_served("/repository/models/{name}/{action}", "model_load")
+_not_served("/trace/setting", "trace")
+_not_served("/models/{name}/trace/setting", "trace")
+_not_served("/logging", "logging")
 
 
 @router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")

@@ -24,6 +24,17 @@ SERVER_NAME = "kiln"
 # what the server metadata names, over HTTP and gRPC alike (serving.protocol.statistics: "statistics")
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics"]
 MAX_TIMEOUT_US = 2**63 - 1  # Triton reads the ``timeout`` parameter as an int64 of microseconds
+# Triton's extensions the gateway does not serve, each with what a client should do instead: their
+# HTTP routes answer 501 and their gRPC methods UNIMPLEMENTED with it (a bare "Not Found" or "Method
+# not found" left perf_analyzer --shared-memory users guessing)
+NOT_SERVED = {
+    "shared_memory": "the gateway has no shared-memory extension (its server metadata lists those it "
+    "has): send the tensors in the request (perf_analyzer: without --shared-memory)",
+    "model_load": "the gateway loads no models while it runs: it serves the repository it started with "
+    "(the repository index lists them; restart it to change them)",
+    "trace": "the gateway has no trace extension (its metrics are at GET /metrics)",
+    "logging": "the gateway has no logging extension: its log level is --log-level at start",
+}
 
 
 def server_version() -> str:
