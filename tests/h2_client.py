@@ -18,13 +18,14 @@ from tritonclient.grpc import service_pb2
 
 from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_server import InferenceServicer, unary_methods
+from serving.protocol.grpc_server import InferenceServicer, stream_methods, unary_methods
 from serving.protocol.limits import BodyBudget
 from tests.test_grpc import FakeBackend
 
 Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def call_headers(path: str = MODEL_INFER, **extra: str) -> list[tuple[str, str]]:
@@ -185,8 +186,11 @@ class Harness:
     async def _server(
         max_message_bytes: int, read_timeout_s: float, budget: BodyBudget | None, send_timeout_s: float
     ) -> grpc_h2.H2GrpcServer:
-        methods = unary_methods(InferenceServicer(FakeBackend()))
-        return grpc_h2.H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
+        servicer = InferenceServicer(FakeBackend())
+        methods, streams = unary_methods(servicer), stream_methods(servicer)
+        return grpc_h2.H2GrpcServer(
+            methods, max_message_bytes, read_timeout_s, budget, send_timeout_s, streams
+        )
 
     def send(self, *frames: bytes, chunk: int = 0) -> None:
         """Feed ``frames`` (in pieces of ``chunk`` bytes when given), then let the calls finish."""
@@ -202,11 +206,16 @@ class Harness:
     async def _settle(self) -> None:
         for _ in range(1000):
             tasks = [
-                c.task for c in self.connection.calls.values() if c.task is not None and not c.task.done()
+                c.task
+                for c in self.connection.calls.values()
+                if c.task is not None and not c.task.done() and not c.streaming
             ]
             if not tasks:
                 break
             await asyncio.wait(tasks)
+        if any(c.streaming for c in self.connection.calls.values()):
+            for _ in range(50):  # a stream's task waits for its client: its requests answered meanwhile
+                await asyncio.sleep(0)
         await asyncio.sleep(0)  # the connection's write of this loop step
         await asyncio.sleep(0)
 
@@ -233,7 +242,8 @@ class Harness:
 
     def close(self) -> None:
         self.connection.connection_lost(None)
-        self.loop.run_until_complete(asyncio.sleep(0))
+        for _ in range(10):  # the cancelled tasks unwind (a stream's servicer, its own tasks in turn)
+            self.loop.run_until_complete(asyncio.sleep(0))
         self.loop.close()
 
 

@@ -611,12 +611,9 @@ def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake
 
 
 @pytest.mark.parametrize("server", ["kiln", "grpcio"])
-def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone_or_kiln_says_to_use_grpcio(
-    loop: LoopThread, server: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """perf_analyzer --streaming sends ModelStreamInfer: grpcio's server answers every request on the
-    stream (a failing one with error_message, the stream going on); Kiln's unary server refuses the
-    call naming the flag that serves it, and logs that once (perf_analyzer shows no status)."""
+def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone(loop: LoopThread, server: str) -> None:
+    """perf_analyzer --streaming sends ModelStreamInfer: both servers answer every request on the
+    stream, a failing one with error_message and the stream going on."""
     from tests.h2_client import doubling_request
 
     handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=server))
@@ -626,20 +623,8 @@ def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone_or_kiln_says
         request.id = f"r{i}"
         requests.append(request)
     try:
-        with (
-            caplog.at_level(logging.WARNING, logger="serving.protocol.grpc_h2"),
-            grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel,
-        ):
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            if server == "kiln":
-                for _ in range(2):
-                    with pytest.raises(grpc.RpcError) as refused:
-                        list(stub.ModelStreamInfer(iter(requests), timeout=30))
-                    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-                    assert "--grpc-server grpcio" in refused.value.details()
-                warnings = [r for r in caplog.records if "ModelStreamInfer" in r.getMessage()]
-                assert len(warnings) == 1
-                return
             replies = list(stub.ModelStreamInfer(iter(requests), timeout=30))
     finally:
         loop.run(handle.stop(1.0))
@@ -651,6 +636,31 @@ def test_a_stream_answers_each_request_by_id_and_a_failed_one_alone_or_kiln_says
     for name, response in answered.items():
         got = np.frombuffer(response.raw_output_contents[0], np.float32)
         np.testing.assert_array_equal(got, np.full(3, 2 * int(name[1:]), np.float32))
+
+
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_tritonclients_stream_gets_every_answer_through_its_callback(loop: LoopThread, server: str) -> None:
+    """tritonclient's start_stream / async_stream_infer, as a user streams requests: each answer
+    reaches the callback with its id, while the stream stays open between requests."""
+    import queue
+
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=server))
+    answers: queue.Queue = queue.Queue()
+    try:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{handle.port}") as client:
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            for i in range(3):  # one at a time: each answered before the next is sent
+                x = np.full((2, 3), i, np.float32)
+                tensor = grpcclient.InferInput("x", [2, 3], "FP32")
+                tensor.set_data_from_numpy(x)
+                client.async_stream_infer("double", [tensor], request_id=f"q{i}")
+                result, error = answers.get(timeout=30)
+                assert error is None, error
+                assert result.get_response().id == f"q{i}"
+                np.testing.assert_array_equal(result.as_numpy("y"), 2 * x)
+            client.stop_stream()
+    finally:
+        loop.run(handle.stop(1.0))
 
 
 def test_the_repository_index_lists_every_version_with_its_state(fake_server) -> None:

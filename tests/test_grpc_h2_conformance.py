@@ -19,6 +19,7 @@ from serving.protocol import grpc_h2, h2_control
 from serving.protocol import h2_wire as w
 from serving.protocol.limits import BodyBudget
 from tests.h2_client import (
+    MODEL_STREAM_INFER,
     Harness,
     answer,
     call_headers,
@@ -397,7 +398,11 @@ _FLAGS = st.sampled_from(
 )
 _STREAMS = st.sampled_from([0, 1, 1, 3, 3, 5, 2]) | st.integers(0, 2**31 - 1)
 _HEADER_BLOCK = st.sampled_from(
-    [hpack.Encoder().encode(call_headers()), hpack.Encoder().encode(call_headers(grpc_encoding="gzip"))]
+    [
+        hpack.Encoder().encode(call_headers()),
+        hpack.Encoder().encode(call_headers(grpc_encoding="gzip")),
+        hpack.Encoder().encode(call_headers(MODEL_STREAM_INFER)),  # a stream: each message as it completes
+    ]
 ) | st.binary(max_size=24)
 _SETTINGS = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2**32 - 1)), max_size=3).map(
     lambda pairs: b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in pairs)

@@ -75,6 +75,8 @@ class Call:
         "loop",
     )
 
+    streaming = False  # a unary call; serving.protocol.h2_streams.StreamCall is the streaming kind
+
     def __init__(
         self, stream: int, handler: Handler, request_class: Any, send_window: int, loop: Any
     ) -> None:

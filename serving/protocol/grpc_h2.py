@@ -1,4 +1,4 @@
-"""The gateway's own gRPC server: unary calls over HTTP/2 on the event loop the backend runs on.
+"""The gateway's own gRPC server: gRPC over HTTP/2 on the event loop the backend runs on.
 
 grpc.aio serves a call through gRPC core's threads: its poller thread reads the socket and hands
 each of a call's four completions to the event loop by a one-byte socket write and a loop wake-up,
@@ -9,7 +9,8 @@ calls, each call is parsed, dispatched to the servicer as a task and answered wi
 (headers, message, trailers) joined into the connection's one write of that loop step.
 
 What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC client reaches an insecure
-port), unary methods of the servicer it is given (others answer UNIMPLEMENTED, as grpcio does),
+port), unary and bidirectional streaming methods of the servicer it is given (streams:
+:mod:`serving.protocol.h2_streams`; others answer UNIMPLEMENTED, as grpcio does),
 requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
 CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
 connection and stream errors (tests/test_grpc_h2_conformance.py); a call whose request does not arrive
@@ -36,6 +37,7 @@ from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import Call, Handler
 from serving.protocol.h2_calls import Calls
 from serving.protocol.h2_control import RESET_BURST, WINDOW_CHANGE_BURST, ControlFrames
+from serving.protocol.h2_streams import StreamCall, StreamCalls
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
@@ -50,7 +52,7 @@ MAX_HEADER_LIST = 1 << 16
 HANDSHAKE_TIMEOUT_S = 120.0  # a client must begin HTTP/2 (its preface) within this: grpc core's default
 
 
-class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
+class Connection(ControlFrames, PartialCalls, Calls, StreamCalls, asyncio.Protocol):
     """One client connection: frames in, calls dispatched, answers out within flow control."""
 
     def __init__(self, server: H2GrpcServer) -> None:
@@ -239,19 +241,24 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             return  # an empty frame: nothing held, and no progress for the read timeout to see
         if flags & w.PADDED:
             payload = payload[1 : len(payload) - _padding(payload)]
-        refusal = call.gather(payload, self.server.max_message_bytes, self.server.budget)
+        if call.streaming:  # each message to its servicer as it completes
+            refusal = call.feed(payload, self.server.max_message_bytes, self.server.budget)
+        else:
+            refusal = call.gather(payload, self.server.max_message_bytes, self.server.budget)
         if flags & w.END_STREAM:
             call.ended = True
         if refusal is not None:
             self._finish(call, *refusal)
-        elif call.ended:
-            self._dispatch(call)
-        else:
+        elif not call.ended:
             call.last_read = self.loop.time()
             call.unacked += received
             if call.unacked >= STREAM_WINDOW // 2:
                 self._write(w.window_update(stream, call.unacked))
                 call.unacked = 0
+        elif call.streaming:
+            call.end_requests()
+        else:
+            self._dispatch(call)
 
     def _received(self, size: int) -> None:
         """``size`` bytes of DATA count against the connection's window whether read or dropped."""
@@ -302,8 +309,11 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
                 return
             if not flags & w.END_STREAM:
                 raise w.H2Error(w.PROTOCOL_ERROR, f"second HEADERS on stream {stream} without END_STREAM")
-            call.ended = True
-            self._dispatch(call)
+            if call.streaming:
+                call.end_requests()
+            else:
+                call.ended = True
+                self._dispatch(call)
             return
         if stream <= self.last_stream:
             return  # a call we reset already
@@ -331,21 +341,22 @@ class Connection(ControlFrames, PartialCalls, Calls, asyncio.Protocol):
             status = b"405" if method != b"POST" else b"415"  # what gRPC's servers answer
             self._headers_only(stream, w.literal_indexed_name(8, status), ended)
             return
-        target = self.server.methods.get(path)
+        target, kind = self.server.methods.get(path), Call
+        if target is None and (target := self.server.streams.get(path)) is not None:
+            kind = StreamCall
         if target is None:
             code = grpc.StatusCode.UNIMPLEMENTED.value[0]
             name = (path or b"").decode(errors="replace")
-            details = self.server.refusals.get(path)
-            if details is not None and path not in self.server.warned:  # perf_analyzer shows no status
-                self.server.warned.add(path)
-                log.warning("a %s call was refused: %s", name, details)
-            details = f"{name}: {details}" if details else f"Method not found: {name}"
+            details = f"Method not found: {name}"
             self._headers_only(stream, self._trailers_only(code, details, ()), ended)
             return
-        call = Call(stream, target[0], target[1], self.peer_window, self.loop)
+        call = kind(stream, target[0], target[1], self.peer_window, self.loop)
         call.encoding = encoding if encoding != b"identity" else None
         if timeout is not None and (seconds := w.parse_timeout(timeout)) is not None:
             call.deadline = self.loop.time() + seconds
+        if kind is StreamCall:
+            self._open_stream(call, ended)
+            return
         self.calls[stream] = call
         if ended:
             call.ended = True
@@ -411,12 +422,10 @@ class H2GrpcServer:
         read_timeout_s: float = READ_TIMEOUT_S,
         budget: BodyBudget | None = None,
         send_timeout_s: float = SEND_TIMEOUT_S,
+        streams: dict[bytes, tuple[Any, Any]] | None = None,
     ) -> None:
         self.methods = methods
-        # methods of the service this server does not run, each with why and what to do instead
-        # (UNIMPLEMENTED with that message, and a warning once: a client may not show it)
-        self.refusals: dict[bytes, str] = {}
-        self.warned: set[bytes] = set()
+        self.streams = streams or {}  # bidirectional streaming methods (h2_streams): (handler, request class)
         self.max_message_bytes = max_message_bytes
         self.read_timeout_s = read_timeout_s  # h2_watch: how long a call's DATA may pause
         self.send_timeout_s = send_timeout_s  # send_watch: how long a client may leave answers unread

@@ -305,8 +305,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
         merges a stream's requests as it merges calls), and is answered in a response of its own as
         it finishes (its ``id`` echoed: the order may differ); a request that fails gets
-        ``error_message`` and the stream goes on, as Triton's does. Served with
-        ``--grpc-server grpcio``: Kiln's own server serves unary calls (``STREAMING``)."""
+        ``error_message`` and the stream goes on, as Triton's does. Served by both gRPC servers (Kiln's:
+        serving.protocol.h2_streams)."""
         answers: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
 
@@ -440,21 +440,25 @@ for _method in NOT_SERVED_METHODS:  # UNIMPLEMENTED with what to do instead, ove
     setattr(InferenceServicer, _method, _not_served(_method))
 
 
-STREAMING = (
-    "Kiln's gRPC server serves unary calls; ModelStreamInfer is served by the gateway started with "
-    "--grpc-server grpcio (or send ModelInfer calls: perf_analyzer without --streaming)"
-)
-
-
 def unary_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
-    """``{b"/inference.GRPCInferenceService/<Method>": (handler, request class)}`` for the methods
+    """``{b"/inference.GRPCInferenceService/<Method>": (handler, request class)}`` for the unary methods
     ``servicer`` implements (those it inherits answer UNIMPLEMENTED), for Kiln's own server."""
+    return _methods(servicer, streaming=False)
+
+
+def stream_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
+    """The same for the bidirectional streaming methods it implements (``ModelStreamInfer``)."""
+    return _methods(servicer, streaming=True)
+
+
+def _methods(servicer: InferenceServicer, streaming: bool) -> dict[bytes, tuple[Any, Any]]:
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     base = service_pb2_grpc.GRPCInferenceServiceServicer
     table = {}
     for method in service.methods:
         own = getattr(type(servicer), method.name, None)
-        if method.client_streaming or method.server_streaming or own is getattr(base, method.name, None):
+        kind = (method.client_streaming, method.server_streaming)
+        if kind != (streaming, streaming) or own is getattr(base, method.name, None):
             continue
         request_class = getattr(service_pb2, method.input_type.name)
         table[f"/{service.full_name}/{method.name}".encode()] = (
@@ -552,9 +556,8 @@ async def _start_kiln_server(
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
-    methods = unary_methods(servicer)
-    server = H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s)
-    server.refusals[b"/inference.GRPCInferenceService/ModelStreamInfer"] = STREAMING
+    methods, streams = unary_methods(servicer), stream_methods(servicer)
+    server = H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s, streams)
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:

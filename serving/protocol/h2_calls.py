@@ -149,7 +149,7 @@ class Calls(ConnectionState):
             return
         if call.task is not None:
             call.task.cancel()
-        if call.pending is None:
+        if not call.pending:  # nothing of a message begun (a stream's earlier messages may have left)
             self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
             return
         self.blocked.pop(call.stream, None)
@@ -220,13 +220,23 @@ class Calls(ConnectionState):
                     self.parked[stream] = call
                 continue
             del blocked[stream]
+            if call.trailers is None:  # a stream whose servicer goes on: its next message may follow
+                call.pending = None
+                continue
             self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
             self._close_call(call)
 
     def _finish(self, call: Call, code: int, details: str) -> None:
-        """End a call with a status and no message (gRPC's trailers-only answer)."""
+        """End a call with a status and no message (gRPC's trailers-only answer), or a stream whose
+        messages have begun with its trailers after them."""
         if self.calls.get(call.stream) is not call:
             return
+        if call.streaming:
+            if call.task is not None and call.task is not asyncio.current_task(self.loop):
+                call.task.cancel()  # ended from outside its servicer (a refused message, the deadline)
+            if call.headers_sent:
+                self._end_stream(call, code, details)
+                return
         self._headers_only(call.stream, self._trailers_only(code, details, call.trailing), True)
         self._close_call(call)
 

@@ -1,0 +1,202 @@
+"""Bidirectional streaming calls on Kiln's HTTP/2 server (:mod:`grpc_h2`): Triton's ``ModelStreamInfer``,
+which perf_analyzer ``--streaming`` and tritonclient's ``start_stream``/``async_stream_infer`` send.
+
+A unary call is dispatched once its client has ended its half of the stream. A streaming call starts
+its servicer when its headers arrive: each message is handed to the servicer's request iterator as
+soon as its last byte arrives (several in one DATA frame, or one across many), and each response the
+servicer yields leaves as a message of its own within the flow-control windows, behind the response
+headers sent with the first. The call ends when the servicer returns (trailers after the last queued
+message), fails (its status in the trailers), passes its deadline, or is reset.
+
+What a stream holds is bounded as a unary call's is: the bytes of messages not yet answered count in
+the body budget (a message's inflated size once inflated), given back one message at a time as the
+servicer answers (``ModelStreamInfer`` answers each request once) and all at the call's end; a message
+over the limit ends the call RESOURCE_EXHAUSTED, past the budget UNAVAILABLE. Pauses between messages
+are the client's to take (a stream may idle, as grpc core allows); the deadline, when sent, holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from serving.protocol import h2_wire as w
+from serving.protocol.grpc_call import (
+    RESPONSE_HEADERS,
+    TOO_LARGE_INFLATED,
+    Aborted,
+    Call,
+    decompress,
+    decompress_small,
+    trailers_block,
+)
+from serving.protocol.h2_state import ConnectionState
+from serving.protocol.limits import BodyBudget
+
+log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
+
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+CUT_MESSAGE = "the client ended the stream inside a message"
+_ENDED = object()  # the client's half is over: the request iterator stops here
+
+
+class StreamCall(Call):
+    """A streaming call: its messages in as they complete, its responses out as they are yielded."""
+
+    __slots__ = ("inbox", "incoming", "unanswered", "headers_sent")
+
+    streaming = True
+
+    def __init__(self, stream: int, handler: Any, request_class: Any, send_window: int, loop: Any) -> None:
+        super().__init__(stream, handler, request_class, send_window, loop)
+        self.inbox: asyncio.Queue = asyncio.Queue()  # (compressed, message) pairs, then _ENDED or Aborted
+        self.incoming = bytearray()  # the start of the next message
+        self.unanswered: deque[int] = deque()  # the budget each message handed over holds till answered
+        self.headers_sent = False
+        self.trailers = None  # set when the servicer is done: what _pump sends after the last message
+
+    def feed(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:
+        """Take a DATA payload; each message it completes goes to the request iterator. The status and
+        details to end the call with where a message declares more than ``max_bytes`` or the bytes do
+        not fit the budget."""
+        if budget is not None:
+            if not budget.take(len(payload)):
+                return _UNAVAILABLE, budget.refusal().message
+            self.held += len(payload)
+        incoming = self.incoming
+        incoming += payload
+        at = 0
+        while len(incoming) - at >= 5:
+            declared = int.from_bytes(incoming[at + 1 : at + 5], "big")
+            if declared > max_bytes:
+                return _RESOURCE_EXHAUSTED, f"received message larger than max ({declared} vs. {max_bytes})"
+            end = at + 5 + declared
+            if end > len(incoming):
+                break
+            self.inbox.put_nowait((incoming[at] != 0, bytes(incoming[at + 5 : end])))
+            at = end
+        if at:
+            del incoming[:at]
+        return None
+
+    def end_requests(self) -> None:
+        """The client ended its half: the iterator stops after the messages before it (or fails, where
+        the stream ended inside one, as grpc core fails such a call)."""
+        self.ended = True
+        self.inbox.put_nowait(Aborted(grpc.StatusCode.INTERNAL, CUT_MESSAGE) if self.incoming else _ENDED)
+
+    async def requests(self, max_bytes: int, budget: BodyBudget | None) -> AsyncIterator[Any]:
+        """The servicer's request iterator: each message parsed (inflated first where compressed, in a
+        thread where it inflates past what the loop should hold), in the order they arrived."""
+        while (item := await self.inbox.get()) is not _ENDED:
+            if isinstance(item, Aborted):
+                raise item
+            compressed, message = item
+            size = len(message) + 5
+            if compressed:
+                plain = decompress_small(self.encoding, message)
+                if plain is None:
+                    plain = await asyncio.to_thread(decompress, self.encoding, message, max_bytes)
+                elif len(plain) > max_bytes:
+                    raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_INFLATED)
+                if budget is not None and len(plain) > size:  # held at its inflated size from now on
+                    if not budget.take(len(plain) - size):
+                        raise Aborted(grpc.StatusCode.UNAVAILABLE, budget.refusal().message)
+                    self.held += len(plain) - size
+                    size = len(plain)
+                message = plain
+            try:
+                request = self.request_class.FromString(message)
+            except DecodeError:
+                raise Aborted(grpc.StatusCode.INTERNAL, "cannot parse the request message") from None
+            self.unanswered.append(size if budget is not None else 0)
+            yield request
+
+    def answered(self, budget: BodyBudget | None) -> None:
+        """A response left the servicer: the oldest request's bytes go back to the budget."""
+        if self.unanswered:
+            size = min(self.unanswered.popleft(), self.held)  # none once the call has given all back
+            if size and budget is not None:
+                budget.give(size)
+                self.held -= size
+
+    def holds_message(self) -> bool:
+        return False  # a frame still arriving is held as it comes (h2_watch), not as a whole message
+
+    def refused(
+        self, payload: bytes, code: int, details: str, message: bytes | None = None
+    ) -> tuple[int, str]:
+        """A refusal ends the stream; no model is told (a frame's bytes need not start a message)."""
+        return code, details
+
+
+class StreamCalls(ConnectionState):
+    """A mixin of :class:`grpc_h2.Connection`: serve, answer and end its streaming calls."""
+
+    def _open_stream(self, call: StreamCall, ended: bool) -> None:
+        """Headers of a streaming call arrived: its servicer starts now, messages follow as they come."""
+        self.calls[call.stream] = call
+        if call.deadline is not None and not self._watch_deadline(call):
+            return
+        if ended:
+            call.end_requests()
+        call.task = self.loop.create_task(self._serve_stream(call))
+
+    async def _serve_stream(self, call: StreamCall) -> None:
+        budget = self.server.budget
+        try:
+            async for response in call.handler(call.requests(self.server.max_message_bytes, budget), call):
+                call.answered(budget)
+                self._send_message(call, response.SerializeToString())
+        except Aborted as stop:
+            self._finish(call, stop.code.value[0], stop.details)
+        except asyncio.CancelledError:
+            return  # the client reset the call or went away: nobody to answer
+        except Exception as error:  # a servicer bug: UNKNOWN as grpcio answers, the connection serves on
+            log.exception("gRPC stream %d failed", call.stream)
+            self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {type(error).__name__}")
+        else:
+            self._finish(call, 0, "")
+
+    def _send_message(self, call: StreamCall, data: bytes) -> None:
+        """One response message: written now where nothing waits before it and the windows allow,
+        else queued behind the call's waiting bytes (and the connection's waiting calls)."""
+        if self.calls.get(call.stream) is not call:
+            return  # reset meanwhile
+        stream = call.stream
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._write(w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(RESPONSE_HEADERS)))
+        message = b"\x00" + len(data).to_bytes(4, "big") + data
+        size = len(message)
+        if (
+            not call.pending
+            and not self.blocked
+            and size <= min(self.send_window, call.send_window, self.peer_frame)
+        ):
+            self.send_window -= size
+            call.send_window -= size
+            self._write(w.frame(w.DATA, 0, stream, message))
+            return
+        call.pending = memoryview(bytes(call.pending) + message if call.pending else message)
+        if stream not in self.blocked and stream not in self.parked:
+            (self.blocked if call.send_window > 0 else self.parked)[stream] = call
+        self._pump()
+
+    def _end_stream(self, call: StreamCall, code: int, details: str) -> None:
+        """End a streaming call whose response headers have left: trailers after its queued messages."""
+        trailers = trailers_block(code, details, call.trailing)
+        if call.pending:
+            call.trailers = trailers  # _pump sends them once the messages before them have left
+            return
+        self.blocked.pop(call.stream, None)
+        self.parked.pop(call.stream, None)
+        self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, call.stream, self._block(trailers)))
+        self._close_call(call)
