@@ -206,3 +206,43 @@ def test_client_errors_reach_tritonclient_as_messages(client):
     tensor.set_data_from_numpy(images(1)[..., 0])
     with pytest.raises(InferenceServerException, match="expected shape"):
         client.infer("lenet", [tensor])
+
+
+def test_tritons_generate_extension_shapes_each_key_as_its_input_and_answers_outputs_by_name(server, direct):
+    """``/generate``: a key naming an input is its flat values, shaped by the model's metadata (256
+    values a ``[-1, 16, 16, 1]`` image: one image, 512 two); outputs by name, as ONNX Runtime's."""
+    base = f"http://{server.url}/v2/models/lenet"
+    for batch in (1, 2):
+        x = images(batch, seed=batch)
+        reply = httpx.post(f"{base}/generate", json={"images": x.reshape(-1).tolist(), "id": "g"})
+        assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+        got = reply.json()
+        assert (got["model_name"], got["model_version"], got["id"]) == ("lenet", "1", "g")
+        for output, want in direct(x).items():
+            np.testing.assert_array_equal(np.asarray(got[output], np.float32), want.reshape(-1))
+    one = images(1, seed=9).reshape(-1).tolist()
+    streamed = httpx.post(f"{base}/versions/1/generate_stream", json={"images": one})
+    assert streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+    event = json.loads(streamed.text.removeprefix("data: "))
+    assert event["logits"] == httpx.post(f"{base}/generate", json={"images": one}).json()["logits"]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"images": list(range(100))}, "do not fit its shape"),
+        ({"images": [[1] * 256]}, "a value or a flat list"),
+        ({"images": [0] * 256, "option": {"a": 1}}, "neither an input"),
+        ({"images": [0] * 256, "parameters": 3}, "'parameters' must be a JSON object"),
+        ({"images": [0] * 256, "k": 1, "parameters": {"k": 2}}, "given twice"),
+        ({"images": [0] * 256, "id": 5}, "'id' must be a string"),
+        ({"images": [300] * 256}, "out of range"),
+    ],
+)
+def test_a_generate_request_that_does_not_map_onto_the_model_is_a_400_naming_why(server, body, words):
+    reply = httpx.post(f"http://{server.url}/v2/models/lenet/generate", json=body)
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["error"]
+    assert httpx.post(f"http://{server.url}/v2/models/nope/generate", json={}).status_code == 404
+    assert httpx.post(f"http://{server.url}/v2/models/lenet/versions/7/generate", json={}).status_code == 404

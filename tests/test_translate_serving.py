@@ -426,6 +426,36 @@ def test_tritonclient_http_and_grpc_translate_through_the_gateway(gateway) -> No
         client.close()
 
 
+def test_tritons_generate_extension_translates_as_the_translate_route_does(gateway) -> None:
+    """``{"text": ...}`` to ``/generate`` (and ``/generate_stream``, one Server-Sent Event): the
+    translation and scores of the REST route, decoding options at the top or in ``parameters``."""
+    texts = texts_of_mixed_lengths(3, seed=11)
+    for name in sorted(TRANSLATORS):
+        body = {"texts": texts, "beam_size": 3, "max_length": 12, "return_scores": True}
+        want = [t["hypotheses"][0] for t in _post(gateway, name, body).json()["translations"]]
+        for i, text in enumerate(texts):
+            options = {"beam_size": 3, "max_length": 12}
+            request = (
+                {"text": text, "id": f"g{i}", "parameters": options} if i % 2 else {"text": text, **options}
+            )
+            reply = httpx.post(f"http://{gateway.url}/v2/models/{name}/generate", json=request, timeout=60)
+            assert reply.status_code == 200, reply.text
+            got = reply.json()
+            assert got["model_name"] == name and got["model_version"] == "1"
+            assert got.get("id") == (f"g{i}" if i % 2 else None)
+            assert got["translation"] == want[i]["text"]
+            assert got["score"] == pytest.approx(want[i]["normalized_score"], abs=1e-6)
+        url = f"http://{gateway.url}/v2/models/{name}/versions/1/generate_stream"
+        streamed = httpx.post(url, json={"text": texts[0], "beam_size": 3, "max_length": 12}, timeout=60)
+        assert streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert streamed.text.startswith("data: ") and streamed.text.endswith("\n\n")
+        assert json.loads(streamed.text[len("data: ") :])["translation"] == want[0]["text"]
+    refused = httpx.post(
+        f"http://{gateway.url}/v2/models/transformer/generate", json={"text": "x", "beam_size": 99}
+    )
+    assert refused.status_code in (400, 422) and "beam_size" in refused.json()["error"]
+
+
 def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_and_grpc(gateway) -> None:
     """``translation``, the optional ``score`` and ``raw_score``, each [n, n_best], as infer answers them
     (and an unknown output's error names them all)."""

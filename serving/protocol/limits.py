@@ -34,8 +34,8 @@ CONTENT_ENCODING_PARAMETER = {  # the header as a route's OpenAPI operation docu
     "name": "Content-Encoding",
     "in": "header",
     "required": False,
-    "description": "the body's compression, inflated within the body limit",
-    "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
+    "description": "the body's compression, inflated within the body limit (empty: none, as identity)",
+    "schema": {"type": "string", "enum": ["gzip", "deflate", "identity", ""]},
 }
 
 
