@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hpack
@@ -247,8 +248,20 @@ class Harness:
         self.loop.close()
 
 
-def answer(frames: Iterable[Frame], stream: int) -> tuple[dict[str, str], bytes, dict[str, str]]:
-    """A call's response headers, message bytes and trailers, from the frames the server wrote."""
+@contextmanager
+def connected(**settings: Any) -> Iterator[Harness]:
+    """A :class:`Harness` (``settings`` its arguments) whose server's opening frames have been read,
+    closed after use however the test ends."""
+    harness = Harness(**settings)
+    try:
+        harness.frames()  # the server's SETTINGS and its ack of ours
+        yield harness
+    finally:
+        harness.close()
+
+
+def stream_parts(frames: Iterable[Frame], stream: int) -> tuple[list[dict[str, str]], bytes]:
+    """The header blocks the server sent on ``stream`` and the bytes of its DATA, in order."""
     decoder = hpack.Decoder()
     blocks: list[dict[str, str]] = []
     body = b""
@@ -259,6 +272,12 @@ def answer(frames: Iterable[Frame], stream: int) -> tuple[dict[str, str], bytes,
                 blocks.append(block)
         elif kind == w.DATA and on == stream:
             body += payload
+    return blocks, body
+
+
+def answer(frames: Iterable[Frame], stream: int) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """A call's response headers, message bytes and trailers, from the frames the server wrote."""
+    blocks, body = stream_parts(frames, stream)
     if len(blocks) == 1:  # trailers-only
         return {}, b"", blocks[0]
     assert len(blocks) == 2, blocks

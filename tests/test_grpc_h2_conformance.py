@@ -23,6 +23,7 @@ from tests.h2_client import (
     Harness,
     answer,
     call_headers,
+    connected,
     doubling_request,
     goaway_code,
     grpc_message,
@@ -37,10 +38,8 @@ MESSAGE = grpc_message(doubling_request(X).SerializeToString())
 
 @pytest.fixture
 def h2() -> Iterator[Harness]:
-    harness = Harness()
-    harness.frames()  # the server's SETTINGS and its ack of ours
-    yield harness
-    harness.close()
+    with connected() as harness:
+        yield harness
 
 
 def _doubled(message: bytes) -> np.ndarray:

@@ -9,7 +9,6 @@ import gzip
 from collections.abc import Iterator
 
 import grpc
-import hpack
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
@@ -17,7 +16,15 @@ from tritonclient.grpc import service_pb2
 from serving.protocol import h2_wire as w
 from serving.protocol.h2_streams import CUT_MESSAGE
 from serving.protocol.limits import BodyBudget
-from tests.h2_client import MODEL_STREAM_INFER, Harness, call_headers, doubling_request, grpc_message
+from tests.h2_client import (
+    MODEL_STREAM_INFER,
+    Harness,
+    call_headers,
+    connected,
+    doubling_request,
+    grpc_message,
+    stream_parts,
+)
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
 
@@ -38,14 +45,7 @@ def _data(stream: int, data: bytes, end: bool = False) -> bytes:
 
 def _replies(frames: list, stream: int) -> tuple[list[dict], list[service_pb2.ModelStreamInferResponse]]:
     """The header blocks the server sent on ``stream`` and the messages of its DATA, in order."""
-    decoder, blocks, body = hpack.Decoder(), [], b""
-    for kind, _, on, payload in frames:
-        if kind == w.HEADERS:  # decoded for every stream: the HPACK state is the connection's
-            block = dict(decoder.decode(payload))
-            if on == stream:
-                blocks.append(block)
-        elif kind == w.DATA and on == stream:
-            body += payload
+    blocks, body = stream_parts(frames, stream)
     replies, at = [], 0
     while at < len(body):
         size = int.from_bytes(body[at + 1 : at + 5], "big")
@@ -64,10 +64,8 @@ def _check_doubled(reply: service_pb2.ModelStreamInferResponse) -> None:
 
 @pytest.fixture
 def h2() -> Iterator[Harness]:
-    harness = Harness()
-    harness.frames()  # the server's SETTINGS and its ack of ours
-    yield harness
-    harness.close()
+    with connected() as harness:
+        yield harness
 
 
 def test_each_message_is_answered_as_it_completes_however_the_frames_cut_them(h2: Harness) -> None:
@@ -131,8 +129,11 @@ def test_answers_wait_for_the_clients_window_and_the_trailers_follow_the_last(h2
 
 
 def test_a_message_over_the_limit_ends_the_stream_and_the_connection_serves_on() -> None:
-    h2 = Harness(max_message_bytes=200)
-    h2.frames()
+    with connected(max_message_bytes=200) as h2:
+        _message_over_the_limit(h2)
+
+
+def _message_over_the_limit(h2: Harness) -> None:
     _open(h2)
     h2.send(_data(1, grpc_message(_request(0))))
     h2.send(_data(1, grpc_message(b"\x00" * 300)[:100]))  # refused at its length, before its bytes
@@ -142,7 +143,6 @@ def test_a_message_over_the_limit_ends_the_stream_and_the_connection_serves_on()
     assert "larger than max" in blocks[-1]["grpc-message"]
     h2.send(h2.call(3, grpc_message(_request(5))))
     assert any(f[2] == 3 and f[0] == w.DATA for f in h2.frames())
-    h2.close()
 
 
 def test_a_stream_ended_inside_a_message_fails_and_what_was_answered_stays(h2: Harness) -> None:
@@ -179,16 +179,14 @@ def test_the_deadline_ends_an_open_stream_and_its_work_after_its_answers(h2: Har
 
 def test_a_reset_stream_cancels_its_work_and_gives_its_bytes_back() -> None:
     budget = BodyBudget(1 << 20)
-    h2 = Harness(budget=budget)
-    h2.frames()
-    _open(h2)
-    hanging = grpc_message(_request(0, model="hang"))
-    h2.send(_data(1, hanging))
-    assert budget.used == len(hanging)  # held while its answer is owed
-    task = h2.connection.calls[1].task
-    h2.send(w.rst_stream(1, w.CANCEL))
-    assert task.done() and budget.used == 0
-    h2.close()
+    with connected(budget=budget) as h2:
+        _open(h2)
+        hanging = grpc_message(_request(0, model="hang"))
+        h2.send(_data(1, hanging))
+        assert budget.used == len(hanging)  # held while its answer is owed
+        task = h2.connection.calls[1].task
+        h2.send(w.rst_stream(1, w.CANCEL))
+        assert task.done() and budget.used == 0
 
 
 def test_a_streams_bytes_are_held_until_each_request_is_answered() -> None:
@@ -196,16 +194,14 @@ def test_a_streams_bytes_are_held_until_each_request_is_answered() -> None:
     stream ends UNAVAILABLE, and everything it held is given back."""
     message, hanging = grpc_message(_request(0)), grpc_message(_request(1, model="hang"))
     budget = BodyBudget(2 * len(hanging) + len(message) - 1)
-    h2 = Harness(budget=budget)
-    h2.frames()
-    _open(h2)
-    h2.send(_data(1, message + message))
-    assert budget.used == 0  # both answered
-    h2.send(_data(1, hanging * 2))
-    assert budget.used == 2 * len(hanging)
-    h2.send(_data(1, message))  # a third unanswered one does not fit
-    blocks, replies = _replies(h2.frames(), 1)
-    assert len(replies) == 2
-    assert blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
-    assert budget.used == 0 and 1 not in h2.connection.calls
-    h2.close()
+    with connected(budget=budget) as h2:
+        _open(h2)
+        h2.send(_data(1, message + message))
+        assert budget.used == 0  # both answered
+        h2.send(_data(1, hanging * 2))
+        assert budget.used == 2 * len(hanging)
+        h2.send(_data(1, message))  # a third unanswered one does not fit
+        blocks, replies = _replies(h2.frames(), 1)
+        assert len(replies) == 2
+        assert blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+        assert budget.used == 0 and 1 not in h2.connection.calls
