@@ -158,6 +158,37 @@ def show_translate(url: str, grpc_url: str, model: str) -> None:
     out = client.infer(model, [text], parameters={"beam_size": 4}).as_numpy("translation")
     answers = [v.decode() for v in out.reshape(-1)]
     console.print(f"KServe v2 gRPC ModelInfer on {model} (tritonclient, BYTES): {answers}")
+    console.print(
+        f"KServe v2 gRPC ModelStreamInfer on {model} (tritonclient stream): {_streamed(client, model)}"
+    )
+    client.close()
+    text = DEMO_SENTENCES[2]
+    generated = _answer(httpx.post(f"{url}/v2/models/{model}/generate", json={"text": text}, timeout=60))
+    console.print(f"Triton generate /v2/models/{model}/generate: {text!r} -> {generated['translation']!r}")
+
+
+def _streamed(client, model: str) -> list[str]:  # noqa: ANN001 - a tritonclient.grpc client
+    """The first two demo sentences sent on one gRPC stream, their answers put back in order by id."""
+    import queue
+
+    import tritonclient.grpc as triton_grpc
+
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for i, sentence in enumerate(DEMO_SENTENCES[:2]):
+            text = triton_grpc.InferInput("text", [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[sentence.encode()]], dtype=np.object_))
+            client.async_stream_infer(model, [text], request_id=str(i), parameters={"beam_size": 4})
+        by_id = {}
+        for _ in range(2):
+            result, error = answers.get(timeout=60)
+            if error is not None:
+                raise SystemExit(f"the gRPC stream failed: {error}")
+            by_id[result.get_response().id] = result.as_numpy("translation").reshape(-1)[0].decode()
+    finally:
+        client.stop_stream()
+    return [by_id[str(i)] for i in range(2)]
 
 
 def _to_hwc(img, h: int, w: int, c: int) -> np.ndarray:
