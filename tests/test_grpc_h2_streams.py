@@ -110,22 +110,47 @@ def test_the_clients_trailers_end_its_half_of_the_stream(h2: Harness) -> None:
     assert len(replies) == 1 and blocks[-1]["grpc-status"] == "0"
 
 
-def test_answers_wait_for_the_clients_window_and_the_trailers_follow_the_last(h2: Harness) -> None:
+def test_answers_wait_for_the_clients_window_and_the_trailers_follow_the_last() -> None:
     """A client granting 10 bytes a stream: the answers leave as it grants more, whole and in order,
     and the trailers only after the last byte of the last."""
-    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 10}))
-    _open(h2)
-    h2.send(_data(1, grpc_message(_request(0)) + grpc_message(_request(1)), end=True))
-    frames = h2.frames()
-    sent = sum(len(f[3]) for f in frames if f[0] == w.DATA)
-    assert sent == 10 and not any(f[0] == w.HEADERS and f[1] & w.END_STREAM for f in frames)
-    while 1 in h2.connection.calls:
-        h2.send(w.window_update(1, 100))
-        frames += h2.frames()
+    with connected() as h2:
+        h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 10}))
+        _open(h2)
+        h2.send(_data(1, grpc_message(_request(0)) + grpc_message(_request(1)), end=True))
+        frames = h2.frames()
+        sent = sum(len(f[3]) for f in frames if f[0] == w.DATA)
+        assert sent == 10 and not any(f[0] == w.HEADERS and f[1] & w.END_STREAM for f in frames)
+        while 1 in h2.connection.calls:
+            h2.send(w.window_update(1, 100))
+            frames += h2.frames()
     blocks, replies = _replies(frames, 1)
     assert [r.infer_response.id for r in replies] == ["r0", "r1"] and blocks[-1]["grpc-status"] == "0"
     for reply in replies:
         _check_doubled(reply)
+
+
+def test_a_request_stays_held_until_its_answer_has_left() -> None:
+    """A client that stops reading its answers (no window) cannot make the server hold them without
+    bound: each request's bytes stay in the body budget until its answer has left, so past the budget
+    the stream is refused; the window granted, the answers leave and the budget empties."""
+    message = grpc_message(_request(0))
+    budget = BodyBudget(3 * len(message))
+    with connected(budget=budget) as h2:
+        h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}))
+        _open(h2)
+        h2.send(_data(1, message * 3))
+        assert budget.used == 3 * len(message)  # answered, but nothing of the answers has left
+        h2.send(w.window_update(1, 1 << 16))
+        assert budget.used == 0
+        _, replies = _replies(h2.frames(), 1)
+        assert [r.infer_response.id for r in replies] == ["r0"] * 3
+        _open(h2, stream=3)  # another stream, whose answers get no window
+        h2.send(_data(3, message * 3))
+        h2.send(_data(3, message))  # a fourth held request is past the budget: the stream is refused,
+        h2.send(w.window_update(3, 1 << 16))  # its status after the answers owed, once they can leave
+        blocks, replies = _replies(h2.frames(), 3)
+        assert len(replies) == 3 and blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+        assert budget.used == 0 and 3 not in h2.connection.calls
 
 
 def test_a_message_over_the_limit_ends_the_stream_and_the_connection_serves_on() -> None:

@@ -222,6 +222,8 @@ class Calls(ConnectionState):
             del blocked[stream]
             if call.trailers is None:  # a stream whose servicer goes on: its next message may follow
                 call.pending = None
+                call.answered(self.server.budget, call.owed)  # the requests of the answers that left
+                call.owed = 0
                 continue
             self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
             self._close_call(call)

@@ -50,7 +50,7 @@ _ENDED = object()  # the client's half is over: the request iterator stops here
 class StreamCall(Call):
     """A streaming call: its messages in as they complete, its responses out as they are yielded."""
 
-    __slots__ = ("inbox", "incoming", "unanswered", "headers_sent")
+    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent")
 
     streaming = True
 
@@ -59,6 +59,7 @@ class StreamCall(Call):
         self.inbox: asyncio.Queue = asyncio.Queue()  # (compressed, message) pairs, then _ENDED or Aborted
         self.incoming = bytearray()  # the start of the next message
         self.unanswered: deque[int] = deque()  # the budget each message handed over holds till answered
+        self.owed = 0  # answers yielded but still waiting for the client's window (their requests held)
         self.headers_sent = False
         self.trailers = None  # set when the servicer is done: what _pump sends after the last message
 
@@ -119,8 +120,12 @@ class StreamCall(Call):
             self.unanswered.append(size if budget is not None else 0)
             yield request
 
-    def answered(self, budget: BodyBudget | None) -> None:
-        """A response left the servicer: the oldest request's bytes go back to the budget."""
+    def answered(self, budget: BodyBudget | None, count: int = 1) -> None:
+        """``count`` answers have left: the oldest requests' bytes go back to the budget."""
+        for _ in range(count):
+            self._give_oldest(budget)
+
+    def _give_oldest(self, budget: BodyBudget | None) -> None:
         if self.unanswered:
             size = min(self.unanswered.popleft(), self.held)  # none once the call has given all back
             if size and budget is not None:
@@ -153,8 +158,11 @@ class StreamCalls(ConnectionState):
         budget = self.server.budget
         try:
             async for response in call.handler(call.requests(self.server.max_message_bytes, budget), call):
-                call.answered(budget)
                 self._send_message(call, response.SerializeToString())
+                if call.pending:  # its request stays held until it has left (a client not reading
+                    call.owed += 1  # its answers cannot make the server hold them without bound)
+                else:
+                    call.answered(budget)
         except Aborted as stop:
             self._finish(call, stop.code.value[0], stop.details)
         except asyncio.CancelledError:
