@@ -456,6 +456,35 @@ def test_tritons_generate_extension_translates_as_the_translate_route_does(gatew
     assert refused.status_code in (400, 422) and "beam_size" in refused.json()["error"]
 
 
+def test_a_gateway_stepping_another_gateways_decoder_translates_as_that_gateway(gateway, exported) -> None:
+    """``--backend triton --triton-translate scheduler`` pointed at a Kiln gateway: its beam search
+    steps the other's ``<name>_decoder`` over KServe, sending the per-row scalars as that entry's
+    metadata lists them (``[n, 1]``, the config's dims, reshaped for the model as Triton reshapes them;
+    ONNX Runtime refused their rank before). The translations and scores are the other gateway's."""
+    from fastapi.testclient import TestClient
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(4, seed=13)
+    body = {"texts": texts, "beam_size": 3, "max_length": 12, "return_scores": True}
+    settings = Settings(
+        model_repository=root / "model_repository",
+        backend="triton",
+        triton_url=gateway.grpc_url,
+        triton_translate="scheduler",
+        grpc_port=0,
+    )
+    with TestClient(create_app(settings)) as front:
+        for name in sorted(TRANSLATORS):
+            got = front.post(f"/v1/models/{name}/translate", json=body)
+            assert got.status_code == 200, got.text
+            want = _post(gateway, name, body).json()["translations"]
+            for mine, theirs in zip(got.json()["translations"], want, strict=True):
+                assert [h["text"] for h in mine["hypotheses"]] == [h["text"] for h in theirs["hypotheses"]]
+                assert mine["hypotheses"][0]["score"] == pytest.approx(
+                    theirs["hypotheses"][0]["score"], abs=1e-4
+                )
+
+
 def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_and_grpc(gateway) -> None:
     """``translation``, the optional ``score`` and ``raw_score``, each [n, n_best], as infer answers them
     (and an unknown output's error names them all)."""

@@ -65,6 +65,10 @@ class LoadedModel:
         self.output_names = [o.name for o in entry.config.output]
         self.output_set = frozenset(self.output_names)
         self.rules = input_rules(entry)
+        # outputs the config reshapes: {name: its dims}, the batch axis left out (validation.reshaped)
+        self.output_dims = {
+            o.name: tuple(int(d) for d in o.dims) for o in entry.config.output if o.HasField("reshape")
+        }
         self.batched = entry.max_batch_size > 0
         self.crowding = 0.0  # moving share of recent runs that new work joined (see _quiet)
         self.lone_run_s = float("inf")  # how long the last run on the lone session took

@@ -29,7 +29,7 @@ from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.execution.runner import session_runner
-from serving.execution.validation import classification_counts, validate_inputs
+from serving.execution.validation import classification_counts, reshaped, validate_inputs
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ class OnnxRuntimeBackend:
         result = {}
         for name in wanted:
             value = outputs[name]
+            if name in model.output_dims:  # as the config's dims say, not as the model made it
+                value = reshaped(value, model.output_dims[name], model.batched)
             if name in classify:
                 labels = model.entry.labels.get(name)
                 value = classification(value, classify[name], labels, batched=model.batched)

@@ -1,6 +1,9 @@
 """What a request to an ONNX entry must look like, checked before it is queued (a 400 naming the input).
 
 The per-entry tables are built once at load (:func:`input_rules`), so the hot path only compares.
+An input or output with a ``reshape`` in its config is reshaped as Triton reshapes it: a client sends
+and receives the config's ``dims`` (what the metadata lists), the model sees its ``reshape.shape``
+(export writes a per-row scalar, a ``[batch]`` tensor, as ``dims: [1]`` reshaped to ``[]``).
 """
 
 from __future__ import annotations
@@ -22,14 +25,25 @@ class InputRule:
     datatype: str
     dtype: np.dtype
     shape: tuple[int, ...]  # -1: any size
+    reshape: tuple[int, ...] | None = None  # the shape the model takes instead, batch axis left out
 
 
 def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
     """The validation table of an entry's inputs."""
+    reshapes = {
+        t.name: tuple(int(d) for d in t.reshape.shape) for t in entry.config.input if t.HasField("reshape")
+    }
     return {
-        meta.name: InputRule(meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape))
+        meta.name: InputRule(
+            meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape), reshapes.get(meta.name)
+        )
         for meta in entry.inputs()
     }
+
+
+def reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """``array`` in ``shape`` (after its batch axis where ``batched``): a view, as Triton's reshape."""
+    return array.reshape((array.shape[0], *shape) if batched else shape)
 
 
 def validate_inputs(
@@ -64,6 +78,12 @@ def validate_inputs(
         (batch,) = batch_sizes
         if not 1 <= batch <= entry.max_batch_size:
             raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
+    if any(expected[name].reshape is not None for name in inputs):
+        batched = entry.max_batch_size > 0
+        return {
+            name: array if (shape := expected[name].reshape) is None else reshaped(array, shape, batched)
+            for name, array in inputs.items()
+        }
     return inputs
 
 
