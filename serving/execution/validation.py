@@ -60,9 +60,10 @@ def validate_inputs(
         raise BadRequest(
             f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
         )
-    batch_sizes = set()
+    batch_sizes, reshape = set(), False
     for name, array in inputs.items():
         rule = expected[name]
+        reshape = reshape or rule.reshape is not None
         if array.dtype != rule.dtype and (got := datatype_of(array)) != rule.datatype:
             raise BadRequest(f"input {name!r}: expected datatype {rule.datatype}, got {got}")
         shape = array.shape
@@ -78,7 +79,7 @@ def validate_inputs(
         (batch,) = batch_sizes
         if not 1 <= batch <= entry.max_batch_size:
             raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
-    if any(expected[name].reshape is not None for name in inputs):
+    if reshape:
         batched = entry.max_batch_size > 0
         return {
             name: array if (shape := expected[name].reshape) is None else reshaped(array, shape, batched)
