@@ -663,6 +663,52 @@ def test_tritonclients_stream_gets_every_answer_through_its_callback(loop: LoopT
         loop.run(handle.stop(1.0))
 
 
+@pytest.mark.parametrize("server", ["kiln", "grpcio"])
+def test_many_streams_and_unary_calls_on_one_channel_each_get_their_own_answers(
+    loop: LoopThread, server: str
+) -> None:
+    """tritonclient.grpc.aio's stream_infer on 8 streams of 40 requests each, beside unary calls on
+    the same connection: every answer reaches its own stream with its own values."""
+    import tritonclient.grpc.aio as aioclient
+
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=server))
+
+    def tensor(value: float) -> aioclient.InferInput:
+        x = aioclient.InferInput("x", [1, 3], "FP32")
+        x.set_data_from_numpy(np.full((1, 3), value, np.float32))
+        return x
+
+    async def requests(stream: int):  # noqa: ANN202 - stream_infer's async iterator of request dicts
+        for i in range(40):
+            yield {
+                "model_name": "double",
+                "inputs": [tensor(stream * 100 + i)],
+                "request_id": f"{stream}:{i}",
+            }
+
+    async def one_stream(client: aioclient.InferenceServerClient, stream: int) -> dict[str, float]:
+        got = {}
+        async for result, error in client.stream_infer(requests(stream)):
+            assert error is None, error
+            got[result.get_response().id] = float(result.as_numpy("y")[0, 0])
+        return got
+
+    async def body() -> tuple[list[dict[str, float]], list[float]]:
+        async with aioclient.InferenceServerClient(f"127.0.0.1:{handle.port}") as client:
+            streams = asyncio.gather(*(one_stream(client, s) for s in range(8)))
+            unary = asyncio.gather(*(client.infer("double", [tensor(-i)]) for i in range(20)))
+            answers, singles = await asyncio.gather(streams, unary)
+        return answers, [float(r.as_numpy("y")[0, 0]) for r in singles]
+
+    try:
+        answers, singles = asyncio.run(body())
+    finally:
+        loop.run(handle.stop(1.0))
+    for stream, got in enumerate(answers):
+        assert got == {f"{stream}:{i}": 2.0 * (stream * 100 + i) for i in range(40)}
+    assert singles == [-2.0 * i for i in range(20)]
+
+
 def test_the_repository_index_lists_every_version_with_its_state(fake_server) -> None:
     """tritonclient's get_model_repository_index reads it; ``ready`` keeps the ready ones, as Triton's
     flag does."""
