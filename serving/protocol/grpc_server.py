@@ -222,6 +222,9 @@ def _not_served(method: str) -> Any:
     return refuse
 
 
+FINAL_RESPONSE = "triton_final_response"  # the parameter Triton sets on each answer of a stream
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED. With ``metrics``, every ModelInfer
     call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight)."""
@@ -305,7 +308,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
         merges a stream's requests as it merges calls), and is answered in a response of its own as
         it finishes (its ``id`` echoed: the order may differ); a request that fails gets
-        ``error_message`` and the stream goes on, as Triton's does. Served by both gRPC servers (Kiln's:
+        ``error_message`` and the stream goes on, as Triton's does; every answer carries Triton's
+        ``triton_final_response: true`` (a request's one answer is its last). Served by both gRPC servers (Kiln's:
         serving.protocol.h2_streams)."""
         answers: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
@@ -324,6 +328,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 reply = service_pb2.ModelStreamInferResponse(
                     error_message=f"internal error: {type(error).__name__}"
                 )
+            # each request's one answer is its last, as Triton marks every answer on a stream (clients
+            # of decoupled models read the flag to know a request is done)
+            reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
             answers.put_nowait(reply)
 
         async def read() -> None:
