@@ -58,6 +58,20 @@ def _tiny_checkpoint(path: Path, name: str, seed: int, size: int = SIZE, extra: 
     return save_checkpoint(ckpt, path)
 
 
+def write_onnx_entry(root: Path, graph: Any, config: str) -> Path:
+    """A repository entry named as ``graph`` is: the graph saved as version 1 (opset 17), ``config``
+    as its config.pbtxt; returns ``root``."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / graph.name / "1").mkdir(parents=True)
+    onnx.save(model, root / graph.name / "1" / "model.onnx")
+    (root / graph.name / "config.pbtxt").write_text(config)
+    return root
+
+
 @contextmanager
 def held_grpc_port() -> Iterator[int]:
     """A port for an in-process gateway's gRPC server (``Settings(grpc_port=port, reuse_port=True)``),

@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -18,6 +17,7 @@ from serving.errors import BadRequest
 from serving.execution.base import InferRequest
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
+from tests.repo_fixtures import write_onnx_entry
 
 CONFIG = """name: "rows"
 platform: "onnxruntime_onnx"
@@ -47,12 +47,7 @@ def _repository(root: Path) -> Path:
         ],
         [one, two],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (root / "rows" / "1").mkdir(parents=True)
-    onnx.save(model, root / "rows" / "1" / "model.onnx")
-    (root / "rows" / "config.pbtxt").write_text(CONFIG)
-    return root
+    return write_onnx_entry(root, graph, CONFIG)
 
 
 def test_inputs_and_outputs_travel_in_the_configs_dims_and_reach_the_model_reshaped(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -16,6 +15,7 @@ from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import InferRequest
 from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
+from tests.repo_fixtures import write_onnx_entry
 
 VOCAB = 10
 EMBEDDING_CONFIG = """name: "embed"
@@ -37,12 +37,7 @@ def embedding_repository(root: Path) -> Path:
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "length", 4])],
         [table],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (root / "embed" / "1").mkdir(parents=True)
-    onnx.save(model, root / "embed" / "1" / "model.onnx")
-    (root / "embed" / "config.pbtxt").write_text(EMBEDDING_CONFIG)
-    return root
+    return write_onnx_entry(root, graph, EMBEDDING_CONFIG)
 
 
 def test_a_token_id_outside_the_vocabulary_is_a_400_naming_it_and_the_next_request_is_served(tmp_path):
