@@ -5,16 +5,17 @@ drives one connection in memory (tests/h2_client.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.protocol import h2_wire as w
-from serving.protocol.h2_streams import CUT_MESSAGE
+from serving.protocol.h2_streams import CUT_MESSAGE, SHUTTING_DOWN
 from serving.protocol.limits import BodyBudget
 from tests.h2_client import (
     MODEL_STREAM_INFER,
@@ -230,3 +231,59 @@ def test_a_streams_bytes_are_held_until_each_request_is_answered() -> None:
         assert len(replies) == 2
         assert blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
         assert budget.used == 0 and 1 not in h2.connection.calls
+
+
+def test_a_stopping_server_ends_each_stream_once_its_requests_are_answered(
+    h2: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream idling at the stop ends at once (UNAVAILABLE: its client opens it again elsewhere);
+    one with a request in flight gets that answer first, instead of holding the stop for its grace."""
+    backend = h2.server.streams[MODEL_STREAM_INFER.encode()][0].__self__.backend
+    gate, infer = asyncio.Event(), backend.infer
+
+    async def held(request):  # noqa: ANN001, ANN202
+        await gate.wait()
+        return await infer(request)
+
+    monkeypatch.setattr(backend, "infer", held)
+    _open(h2, stream=1)
+    _open(h2, stream=3)
+    h2.send(_data(3, grpc_message(_request(7))))  # in flight until the gate opens
+    h2.server.stopping = True  # what H2GrpcServer.stop does, then this:
+    h2.connection.end_idle_streams()
+    h2.advance(0.0)  # the loop turns: the connection's writes leave
+    blocks, replies = _replies(h2.frames(), 1)
+    assert replies == [] and blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+    assert blocks[-1]["grpc-message"] == SHUTTING_DOWN and 3 in h2.connection.calls
+    gate.set()
+    h2.advance(0.0)
+    blocks, replies = _replies(h2.frames(), 3)
+    assert [r.infer_response.id for r in replies] == ["r7"]
+    assert blocks[-1]["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+    assert not h2.connection.calls
+
+
+def test_the_gateways_stop_does_not_wait_its_grace_for_a_client_idling_on_a_stream() -> None:
+    """A real server and client: the stream answered, its client idle, the stop ends it at once and
+    returns well before its grace (30 s); the client learns UNAVAILABLE."""
+    import queue
+
+    from serving.protocol.grpc_server import start_grpc_server
+    from tests.test_grpc import FakeBackend, LoopThread
+
+    loop = LoopThread()
+    try:
+        handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server="kiln"))
+        outbox: queue.Queue = queue.Queue()
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            replies = stub.ModelStreamInfer(iter(outbox.get, None), timeout=60)
+            outbox.put(doubling_request(X))
+            assert not next(replies).error_message
+            loop.run(handle.stop(30.0), timeout=10.0)  # TimeoutError: the stop waited for the idle stream
+            with pytest.raises(grpc.RpcError) as ended:
+                next(replies)
+            outbox.put(None)
+    finally:
+        loop.close()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE

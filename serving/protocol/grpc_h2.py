@@ -448,6 +448,7 @@ class H2GrpcServer:
             self.listener.close()
         for connection in list(self.connections):
             connection.goaway()
+            connection.end_idle_streams()
         loop_end = self.loop.time() + grace_s
         while any(c.calls for c in self.connections) and (left := loop_end - self.loop.time()) > 0:
             self.idle.clear()

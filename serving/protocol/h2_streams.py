@@ -44,6 +44,7 @@ log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichev
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 CUT_MESSAGE = "the client ended the stream inside a message"
+SHUTTING_DOWN = "the server is shutting down: open the stream again (elsewhere)"
 _ENDED = object()  # the client's half is over: the request iterator stops here
 
 
@@ -132,6 +133,10 @@ class StreamCall(Call):
                 budget.give(size)
                 self.held -= size
 
+    def idle(self) -> bool:
+        """Whether no request of this stream waits for its answer (none arriving, queued or served)."""
+        return not self.incoming and self.inbox.empty() and len(self.unanswered) == self.owed
+
     def holds_message(self) -> bool:
         return False  # a frame still arriving is held as it comes (h2_watch), not as a whole message
 
@@ -156,13 +161,17 @@ class StreamCalls(ConnectionState):
 
     async def _serve_stream(self, call: StreamCall) -> None:
         budget = self.server.budget
+        responses = call.handler(call.requests(self.server.max_message_bytes, budget), call)
         try:
-            async for response in call.handler(call.requests(self.server.max_message_bytes, budget), call):
+            async for response in responses:
                 self._send_message(call, response.SerializeToString())
                 if call.pending:  # its request stays held until it has left (a client not reading
                     call.owed += 1  # its answers cannot make the server hold them without bound)
                 else:
                     call.answered(budget)
+                if self.server.stopping and call.idle():  # the server stops: its last answer given
+                    self._finish(call, _UNAVAILABLE, SHUTTING_DOWN)
+                    return
         except Aborted as stop:
             self._finish(call, stop.code.value[0], stop.details)
         except asyncio.CancelledError:
@@ -172,6 +181,16 @@ class StreamCalls(ConnectionState):
             self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {type(error).__name__}")
         else:
             self._finish(call, 0, "")
+        finally:
+            await responses.aclose()  # its own tasks stop (the servicer's finally), however it ended
+
+    def end_idle_streams(self) -> None:
+        """The server stops: each stream with no request in flight ends now (UNAVAILABLE, so its client
+        retries elsewhere), the others once their last answer is given, instead of holding the stop
+        for its whole grace while their clients idle."""
+        for call in list(self.calls.values()):
+            if call.streaming and call.idle():
+                self._finish(call, _UNAVAILABLE, SHUTTING_DOWN)
 
     def _send_message(self, call: StreamCall, data: bytes) -> None:
         """One response message: written now where nothing waits before it and the windows allow,
