@@ -31,6 +31,8 @@ from bench.triton_layouts import TARGET_CONCURRENCIES, TritonLayout, start_layou
 
 log = logging.getLogger(__name__)
 
+STREAM = "grpc-stream"  # the protocol of rows measured with --streaming (gRPC ModelStreamInfer)
+STREAM_TIMEOUT_S = 90.0  # a streaming run takes ~10 s; past this its server has stopped answering
 MIN_DELIVERED = 0.95  # an open-loop run counts when it delivered this share of its offered rate
 
 ENV_BINARY = "KILN_PERF_ANALYZER"
@@ -89,9 +91,11 @@ def command(
     protocol: str = "grpc",
     window_ms: int = 1500,
     rate: float | None = None,
+    streaming: bool = False,
 ) -> list[str]:
     """One perf_analyzer run, one image per request, CSV with percentiles: a closed loop at
-    ``concurrency``, or with ``rate`` an open loop sending that many requests per second.
+    ``concurrency``, or with ``rate`` an open loop sending that many requests per second; with
+    ``streaming``, every request over gRPC streams (``ModelStreamInfer``) instead of unary calls.
 
     The open loop uses the asynchronous API: with synchronous calls perf_analyzer's request-rate mode
     keeps at most ``--max-threads`` (4) requests in flight, so a server whose latency exceeds
@@ -113,6 +117,7 @@ def command(
         "-b",
         "1",
         *load,
+        *(["--streaming"] if streaming else []),
         "--measurement-interval",
         str(window_ms),
         "--max-trials",
@@ -139,12 +144,16 @@ def parse_csv(path: Path) -> dict[str, float]:
     return result
 
 
-def run_once(tool: PerfAnalyzer, url: str, model: str, concurrency: int, **kwargs: Any) -> dict[str, float]:
+def run_once(
+    tool: PerfAnalyzer, url: str, model: str, concurrency: int, timeout_s: float = 300.0, **kwargs: Any
+) -> dict[str, float]:
     """Run perf_analyzer once; an unstable or failed run raises with the tool's own last words."""
     with tempfile.TemporaryDirectory(prefix="kiln-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         cmd = command(tool, url, model, concurrency, csv_path, **kwargs)
-        done = subprocess.run(cmd, env=tool.env(), capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            cmd, env=tool.env(), capture_output=True, text=True, timeout=timeout_s, check=False
+        )
         if done.returncode != 0 or not csv_path.is_file():
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise RuntimeError(f"perf_analyzer failed (exit {done.returncode}): {' | '.join(tail)}")
@@ -160,22 +169,30 @@ def interleaved(
     rounds: int = 3,
     progress: Callable[[str], None] = log.info,
     only: Mapping[str, Collection[int]] | None = None,
+    failures: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair (its
-    ``protocol`` that of ``kwargs``, gRPC unless given). A target named in ``only`` runs at those of
-    the concurrencies only (an extra layout where the targets read it, to keep the bench short)."""
-    protocol = kwargs.get("protocol", "grpc")
+    ``protocol`` that of ``kwargs``, gRPC unless given, ``grpc-stream`` with ``streaming``). A target
+    named in ``only`` runs at those of the concurrencies only (an extra layout where the targets read
+    it, to keep the bench short). ``failures``, where given, gets each target's last failure; a target
+    whose run hung past its timeout is not run again (a server that stopped answering)."""
+    protocol = STREAM if kwargs.get("streaming") else kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+    hung: set[str] = set()
     for r in range(rounds):
         for c in concurrencies:
             for name, url in targets.items():
-                if only and name in only and c not in only[name]:
+                if (only and name in only and c not in only[name]) or name in hung:
                     continue
                 try:
                     sample = run_once(tool, url, model, c, **kwargs)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     progress(f"perf_analyzer {protocol} {name} c={c} round {r + 1}: {exc}")
+                    if failures is not None:
+                        failures[name] = f"c={c} round {r + 1}: {exc}"
+                    if isinstance(exc, subprocess.TimeoutExpired):
+                        hung.add(name)
                     continue
                 samples.setdefault((name, c), []).append(sample)
                 progress(
@@ -212,9 +229,9 @@ def side_by_side(
     workers: int = 1,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC
-    and then over HTTP (KServe v2 REST, binary tensors as perf_analyzer sends them), interleaved
-    between them, and the open loop over gRPC; ``{"rows": [...], "open": [...]}`` (each row with its
+    """The gateway and Triton (python flavour of the same repository) both up, perf_analyzer over gRPC,
+    then over HTTP (KServe v2 REST, binary tensors as perf_analyzer sends them), then over gRPC streams
+    at the targets' concurrencies, interleaved between them, and the open loop over gRPC; ``{"rows": [...], "open": [...]}`` (each row with its
     ``protocol``) or ``{"skipped": why}``. Over gRPC at the targets' concurrencies Triton also runs at
     its other layouts (:mod:`bench.triton_layouts`), interleaved with the rest; one that fails to start
     is named in ``layout_failures`` and the others stand in for it."""
@@ -258,10 +275,26 @@ def side_by_side(
             tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http"
         )
         opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
+        open_rows = open_loop_at_half_peak(tool, opened, model, rows, rounds=rounds, progress=progress)
+        # the same servers through gRPC streams (perf_analyzer --streaming), last: Triton 2.51's python
+        # backend crashed (signal 11) in one such run at c=64, which must not cost the targets' rows
+        stream_failures: dict[str, str] = {}
+        streamed = interleaved(
+            tool,
+            opened,
+            model,
+            TARGET_CONCURRENCIES,
+            rounds=rounds,
+            progress=progress,
+            failures=stream_failures,
+            streaming=True,
+            timeout_s=STREAM_TIMEOUT_S,
+        )
         return {
             "binary": str(tool.binary),
-            "rows": rows + over_http,
-            "open": open_loop_at_half_peak(tool, opened, model, rows, rounds=rounds, progress=progress),
+            "rows": rows + over_http + streamed,
+            "open": open_rows,
+            "stream_failures": stream_failures,
             "triton_layouts": {layout.name: layout.describe() for layout in layouts},
             "layout_failures": failed,
         }

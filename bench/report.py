@@ -146,16 +146,16 @@ SERVER_SPLIT = (
 
 
 def perf_analyzer_section(pa: dict[str, Any]) -> str:
-    """perf_analyzer (Triton's own tool) over gRPC and HTTP: medians of interleaved runs, gateway vs
-    Triton over the same protocol."""
+    """perf_analyzer (Triton's own tool) over gRPC, HTTP and gRPC streams: medians of interleaved runs,
+    gateway vs Triton over the same protocol."""
     if not pa:
         return ""
-    head = "\n### perf_analyzer over gRPC and HTTP (interleaved runs, medians)\n\n"
+    head = "\n### perf_analyzer over gRPC, HTTP and gRPC streams (interleaved runs, medians)\n\n"
     if "skipped" in pa:
         return head + f"Not run: {pa['skipped']}.\n"
     for r in pa["rows"]:
         r.setdefault("protocol", "grpc")
-    order = {"grpc": 0, "http": 1}
+    order = {"grpc": 0, "http": 1, "grpc-stream": 2}
     rows = sorted(pa["rows"], key=lambda r: (order.get(r["protocol"], 2), r["concurrency"], r["target"]))
     triton = {
         (r["protocol"], r["concurrency"]): best_triton(rows, r["concurrency"], r["protocol"]) for r in rows
@@ -179,6 +179,8 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         "server_output_ms",
     ]
     text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT
+    for name, failure in sorted(pa.get("stream_failures", {}).items()):
+        text += f"\nStreaming runs of `{name}` failed (its rows hold the runs that finished): {failure}\n"
     if pa.get("open"):
         text += (
             "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "

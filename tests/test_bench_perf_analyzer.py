@@ -284,3 +284,66 @@ def test_the_p99_target_is_not_measured_when_no_open_loop_run_kept_up_and_says_w
     own = {"target": "gateway", "rate_rps": 500.0, "throughput_rps": 400.0, "p50_ms": 4.0, "p99_ms": 6.0}
     assert math.isnan(pa.open_loop_target(own)[0])  # Kiln's own single run, equally behind
     assert pa.open_loop_target({**own, "throughput_rps": 499.0}) == (1.5, "")
+
+
+def test_stream_rows_run_with_streaming_and_are_compared_with_tritons_streams_only(tmp_path, monkeypatch):
+    """perf_analyzer --streaming (gRPC ModelStreamInfer) rows: labelled ``grpc-stream``, set against
+    Triton's stream rows, and never read by the targets against Triton (those are unary gRPC)."""
+    tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
+    assert "--streaming" in pa.command(tool, "u", "m", 1, tmp_path / "x.csv", streaming=True)
+    assert "--streaming" not in pa.command(tool, "u", "m", 1, tmp_path / "x.csv")
+    seen = []
+
+    def fake_run(tool, url, model, concurrency, **kwargs):
+        seen.append(kwargs.get("streaming"))
+        return {"throughput_rps": {"g": 800.0, "t": 400.0}[url], "p50_ms": 1.0}
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    streamed = pa.interleaved(
+        None, {"gateway": "g", "triton": "t"}, "m", (64,), rounds=1, progress=lambda _: None, streaming=True
+    )
+    assert seen == [True, True] and {r["protocol"] for r in streamed} == {pa.STREAM}
+    grpc_rows = [
+        {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 500.0, "p50_ms": 9.0},
+        {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 9.0},
+    ]
+    results = {"servers": {"perf_analyzer": {"rows": grpc_rows + streamed}}}
+    by_name = {r["target"]: r for r in targets(results, "resnet18")}
+    assert by_name["perf_analyzer gRPC c=64: gateway >= 1.0x Triton"]["measured"] == pytest.approx(0.5)
+    text = report.perf_analyzer_section(results["servers"]["perf_analyzer"])
+    lines = [line for line in text.splitlines() if line.startswith("| gateway")]
+    assert lines == [
+        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |",
+        "| gateway | grpc-stream | 64 | 1 | 800.00 | 1.00 |  |  | 2.00 |  |  |  |  |",
+    ]
+
+
+def test_a_server_that_hangs_a_run_is_not_run_again_and_its_failure_is_reported(monkeypatch):
+    """Triton 2.51 crashed under --streaming at c=64 once: its next run hung to the timeout. That
+    target is left out of the remaining rounds (not one more timeout each) and the report says why."""
+    import subprocess
+
+    calls = []
+
+    def fake_run(tool, url, model, concurrency, **kwargs):
+        calls.append(url)
+        if url == "t":
+            raise subprocess.TimeoutExpired(["perf_analyzer"], 90)
+        return {"throughput_rps": 700.0, "p50_ms": 1.0}
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    failures: dict[str, str] = {}
+    rows = pa.interleaved(
+        None,
+        {"gateway": "g", "triton": "t"},
+        "m",
+        (1, 64),
+        rounds=3,
+        progress=lambda _: None,
+        failures=failures,
+        streaming=True,
+    )
+    assert calls.count("t") == 1 and calls.count("g") == 6
+    assert [r["target"] for r in rows] == ["gateway", "gateway"] and "timed out" in failures["triton"]
+    text = report.perf_analyzer_section({"rows": rows, "stream_failures": failures})
+    assert "Streaming runs of `triton` failed" in text and "c=1 round 1" in text
