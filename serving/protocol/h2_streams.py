@@ -9,10 +9,13 @@ headers sent with the first. The call ends when the servicer returns (trailers a
 message), fails (its status in the trailers), passes its deadline, or is reset.
 
 What a stream holds is bounded as a unary call's is: the bytes of messages not yet answered count in
-the body budget (a message's inflated size once inflated), given back one message at a time as the
-servicer answers (``ModelStreamInfer`` answers each request once) and all at the call's end; a message
-over the limit ends the call RESOURCE_EXHAUSTED, past the budget UNAVAILABLE. Pauses between messages
-are the client's to take (a stream may idle, as grpc core allows); the deadline, when sent, holds.
+the body budget (a message's inflated size once inflated), given back one message at a time as each
+answer leaves (``ModelStreamInfer`` answers each request once; an answer waiting for the client's
+window keeps its request held) and all at the call's end; a message over the limit ends the call
+RESOURCE_EXHAUSTED, past the budget UNAVAILABLE. Pauses between messages are the client's to take (a
+stream may idle, as grpc core allows); the deadline, when sent, holds. When the server stops, a
+stream with nothing in flight ends at once, UNAVAILABLE, and one with requests in flight after their
+answers (:meth:`StreamCalls.end_idle_streams`).
 """
 
 from __future__ import annotations
