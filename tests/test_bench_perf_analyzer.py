@@ -207,18 +207,25 @@ def test_the_ceiling_is_onnxruntimes_best_layout_whichever_it_is():
     assert best_direct_throughput(rows) == 3600.0
 
 
-def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_only(monkeypatch):
+def _one_round_at_64(monkeypatch, gateway_rps: float, triton_rps: float, **kwargs):
+    """``interleaved`` over a fake gateway and Triton at c=64, one round, with ``kwargs``: its rows,
+    and the keyword arguments each perf_analyzer run was given."""
     seen = []
 
-    def fake_run(tool, url, model, concurrency, **kwargs):
-        seen.append(kwargs.get("protocol"))
-        return {"throughput_rps": {"g": 900.0, "t": 600.0}[url], "p50_ms": 1.0}
+    def fake_run(tool, url, model, concurrency, **given):
+        seen.append(given)
+        return {"throughput_rps": {"g": gateway_rps, "t": triton_rps}[url], "p50_ms": 1.0}
 
     monkeypatch.setattr(pa, "run_once", fake_run)
-    http_rows = pa.interleaved(
-        None, {"gateway": "g", "triton": "t"}, "m", (64,), rounds=1, progress=lambda _: None, protocol="http"
-    )
-    assert seen == ["http", "http"] and {r["protocol"] for r in http_rows} == {"http"}
+    targets = {"gateway": "g", "triton": "t"}
+    return pa.interleaved(None, targets, "m", (64,), rounds=1, progress=lambda _: None, **kwargs), seen
+
+
+def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_only(monkeypatch):
+    http_rows, seen = _one_round_at_64(monkeypatch, 900.0, 600.0, protocol="http")
+    assert [run["protocol"] for run in seen] == ["http", "http"] and {r["protocol"] for r in http_rows} == {
+        "http"
+    }
     grpc_rows = [
         {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 500.0, "p50_ms": 9.0},
         {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 9.0},
@@ -292,17 +299,10 @@ def test_stream_rows_run_with_streaming_and_are_compared_with_tritons_streams_on
     tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
     assert "--streaming" in pa.command(tool, "u", "m", 1, tmp_path / "x.csv", streaming=True)
     assert "--streaming" not in pa.command(tool, "u", "m", 1, tmp_path / "x.csv")
-    seen = []
-
-    def fake_run(tool, url, model, concurrency, **kwargs):
-        seen.append(kwargs.get("streaming"))
-        return {"throughput_rps": {"g": 800.0, "t": 400.0}[url], "p50_ms": 1.0}
-
-    monkeypatch.setattr(pa, "run_once", fake_run)
-    streamed = pa.interleaved(
-        None, {"gateway": "g", "triton": "t"}, "m", (64,), rounds=1, progress=lambda _: None, streaming=True
-    )
-    assert seen == [True, True] and {r["protocol"] for r in streamed} == {pa.STREAM}
+    streamed, seen = _one_round_at_64(monkeypatch, 800.0, 400.0, streaming=True)
+    assert [run["streaming"] for run in seen] == [True, True] and {r["protocol"] for r in streamed} == {
+        pa.STREAM
+    }
     grpc_rows = [
         {"target": "gateway", "protocol": "grpc", "concurrency": 64, "throughput_rps": 500.0, "p50_ms": 9.0},
         {"target": "triton", "protocol": "grpc", "concurrency": 64, "throughput_rps": 1000.0, "p50_ms": 9.0},
