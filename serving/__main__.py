@@ -16,7 +16,7 @@ from serving.settings import Settings
 from serving.threads import set_cpu_policy
 
 # Set by serving.workers on each worker's command line, not by users.
-INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index"})
+INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index", "weights_dir"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
     claim_ports(settings, hold=False)  # a busy port fails now, not once the models are loaded
+    if not settings.reuse_port:  # a gateway of one process: what killed ones left (its workers': theirs)
+        from serving.workers import sweep_stale
+
+        sweep_stale()
     # before the gateway starts a thread (they inherit it); each worker process sets its own. auto:
     # SCHED_OTHER here, the event loop under SCHED_BATCH only while a decode thread is busy
     fixed = "normal" if settings.cpu_policy == "auto" else settings.cpu_policy

@@ -272,6 +272,8 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         default_timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        share_weights=settings.share_weights,
+        weights_dir=settings.weights_dir,
     )
     occupancy = Occupancy(settings.worker_board, settings.worker_index)
     return OnnxRuntimeBackend(repository, options, metrics=metrics, occupancy=occupancy)

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="microseconds the lone-request session's idle threads spin (through the gap to a "
         "lone client's next request; it runs only while nothing else does); 0: never spin",
     )
+    share_weights: bool = Field(
+        True,
+        description="every CPU session of a model (each instance's batch and lone-request sessions, in "
+        "every worker) maps one copy of its weights, optimized once for this machine into a file in the "
+        "temporary directory as large as the model (serving/execution/shared_weights.py); "
+        "--no-share-weights: each session loads its own",
+    )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
     cpu_policy: Literal["auto", "batch", "normal"] = Field(
         "auto",
@@ -153,6 +160,10 @@ class Settings(BaseSettings):
         None, description="the workers' shared occupancy board (set for each of several workers)"
     )
     worker_index: int = Field(0, ge=0, description="this worker's byte on the occupancy board")
+    weights_dir: Path | None = Field(
+        None,
+        description="the workers' shared directory of optimized models (set for each of several workers)",
+    )
 
     @model_validator(mode="after")
     def _budget_holds_a_body(self) -> Settings:

@@ -29,6 +29,8 @@ from types import FrameType
 from prometheus_client import multiprocess
 
 from serving.execution.occupancy import BOARD_PREFIX, create_board
+from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
+from serving.execution.shared_weights import create_store_dir
 from serving.metrics import MULTIPROCESS_ENV
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,11 @@ def claim_port(host: str, port: int, *, hold: bool) -> socket.socket | None:
     return held
 
 
-def worker_argv(argv: list[str], board: Path | None = None, index: int = 0) -> list[str]:
+def worker_argv(
+    argv: list[str], board: Path | None = None, index: int = 0, weights: Path | None = None
+) -> list[str]:
     """The command of one worker: the same flags, one worker, sharing its ports (and the occupancy
-    ``board``, where this worker is ``index``)."""
+    ``board``, where this worker is ``index``, and the directory of optimized models, ``weights``)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -81,6 +85,7 @@ def worker_argv(argv: list[str], board: Path | None = None, index: int = 0) -> l
             continue
         kept.append(arg)
     shared = ["--worker-board", str(board), "--worker-index", str(index)] if board is not None else []
+    shared += ["--weights-dir", str(weights)] if weights is not None else []
     return [sys.executable, "-m", "serving", *kept, "--workers", "1", "--reuse-port", *shared]
 
 
@@ -90,20 +95,24 @@ def run_workers(argv: list[str], workers: int) -> int:
 
     The workers share an occupancy board (``serving.execution.occupancy``) and a directory for their
     metrics (``serving.metrics``: a scrape reaching any of them counts them all); a
-    ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place)."""
+    ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place); and a directory
+    of optimized models, whose weights their sessions all map (``serving.execution.shared_weights``)."""
     sweep_stale()
     board = create_board(workers)  # where each worker publishes its model runs in flight
+    weights = create_store_dir()
     given = os.environ.get(MULTIPROCESS_ENV)
     shared = Path(given) if given else _metrics_dir()
     env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
     arm = _stop_with_parent(os.getpid())
     try:
         procs = [
-            subprocess.Popen(worker_argv(argv, board, i), env=env, preexec_fn=arm) for i in range(workers)
+            subprocess.Popen(worker_argv(argv, board, i, weights), env=env, preexec_fn=arm)
+            for i in range(workers)
         ]
         return _supervise(procs, shared)
     finally:
         board.unlink(missing_ok=True)
+        shutil.rmtree(weights, ignore_errors=True)
         if not given:
             shutil.rmtree(shared, ignore_errors=True)
 
@@ -144,10 +153,10 @@ def _metrics_dir() -> Path:
 
 
 def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
-    """Remove the occupancy boards and metrics directories that gateways killed before they could
-    clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary directory): each name
-    carries the pid of the parent that made it, and those whose parent no longer runs go. Returns what
-    was removed; never fails (a gateway starts whatever it finds)."""
+    """Remove the occupancy boards, metrics directories and optimized models that gateways killed
+    before they could clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary
+    directory): each name carries the pid of the process that made it, and those whose maker no longer
+    runs go. Returns what was removed; never fails (a gateway starts whatever it finds)."""
     places = places or (Path("/dev/shm"), Path(tempfile.gettempdir()))
     removed = []
     for place in places:
@@ -156,7 +165,8 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            prefix = next((p for p in (BOARD_PREFIX, METRICS_PREFIX) if entry.name.startswith(p)), None)
+            prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX)
+            prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
             pid = entry.name[len(prefix) :].partition("-")[0] if prefix else ""
             if not pid.isdigit() or _running(int(pid)):
                 continue
@@ -166,7 +176,7 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
                 continue
             removed.append(entry)
     if removed:
-        log.info("removed %d boards and metrics directories of gateways that are gone", len(removed))
+        log.info("removed %d boards and directories of gateways that are gone", len(removed))
     return removed
 
 

@@ -83,6 +83,19 @@ def _held_port(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _mapped_weights(pid: int) -> set[str]:
+    """The shared weight files (serving/execution/shared_weights.py) process ``pid`` maps (Linux)."""
+    from serving.execution.shared_weights import WEIGHTS
+
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split(maxsplit=5)[5] for line in lines if line.endswith(f"/{WEIGHTS}")}
+
+
 def _samples(text: str, name: str, **labels: str) -> list[float]:
     """The values of the samples ``name`` with ``labels`` in the exposition ``text``."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -117,7 +130,7 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection for every request
     try:
         with (
-            running(cmd, f"{url}/v2/health/ready", log_path=tmp_path / "gateway.log"),
+            running(cmd, f"{url}/v2/health/ready", log_path=tmp_path / "gateway.log") as gateway,
             httpx.Client(base_url=url, limits=fresh, timeout=30) as client,
         ):
             # ready means one worker is: wait until the page shows both with the model loaded
@@ -128,6 +141,9 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
                 assert time.monotonic() < deadline, f"both workers should load the model:\n{text}"
                 time.sleep(0.05)
             assert sorted(_samples(text, "kiln_worker_info")) == [1.0, 1.0]  # one series a worker
+            if sys.platform.startswith("linux"):  # both map one copy of the model's weights
+                mapped = [_mapped_weights(pid) for pid in _children(gateway.pid)]
+                assert len(mapped) == 2 and mapped[0] == mapped[1] and len(mapped[0]) == 1, mapped
             sent = 24
             for _ in range(sent):
                 assert client.post("/v2/models/lenet/infer", json=image).status_code == 200
@@ -155,10 +171,11 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
         assert stat["last_inference"] > 0
 
 
-def test_boards_and_metrics_left_by_a_killed_gateway_are_swept_and_live_ones_kept(tmp_path):
+def test_boards_metrics_and_weights_left_by_a_killed_gateway_are_swept_and_live_ones_kept(tmp_path):
     import subprocess
 
     from serving.execution.occupancy import BOARD_PREFIX
+    from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
     from serving.workers import METRICS_PREFIX, sweep_stale
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -166,15 +183,21 @@ def test_boards_and_metrics_left_by_a_killed_gateway_are_swept_and_live_ones_kep
     live = os.getpid()
     stale_board = tmp_path / f"{BOARD_PREFIX}{gone.pid}-abc"
     stale_metrics = tmp_path / f"{METRICS_PREFIX}{gone.pid}-def"
+    stale_weights = tmp_path / f"{WEIGHTS_PREFIX}{gone.pid}-mno"
     live_board = tmp_path / f"{BOARD_PREFIX}{live}-ghi"
     live_metrics = tmp_path / f"{METRICS_PREFIX}{live}-jkl"
+    live_weights = tmp_path / f"{WEIGHTS_PREFIX}{live}-pqr"
     unrelated = [tmp_path / "kiln-occupancy-x1y2z3", tmp_path / f"other-{gone.pid}-x"]  # no pid: kept
     for path in (stale_board, live_board, *unrelated):
         path.write_bytes(b"\x00\x00")
     for path in (stale_metrics, live_metrics):
         path.mkdir()
         (path / "counter_1.db").write_bytes(b"\x00")
-    assert sorted(sweep_stale((tmp_path, tmp_path / "absent"))) == sorted([stale_board, stale_metrics])
+    for path in (stale_weights, live_weights):
+        (path / "0123abcd").mkdir(parents=True)
+        (path / "0123abcd" / "weights.bin").write_bytes(b"\x00" * 64)
+    swept = sweep_stale((tmp_path, tmp_path / "absent"))
+    assert sorted(swept) == sorted([stale_board, stale_metrics, stale_weights])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (live_board, live_metrics, *unrelated)
+        p.name for p in (live_board, live_metrics, live_weights, *unrelated)
     )

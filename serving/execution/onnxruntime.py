@@ -29,6 +29,7 @@ from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.execution.runner import session_runner
+from serving.execution.shared_weights import WeightStore, shared_options
 from serving.execution.validation import classification_counts, reshaped, validate_inputs
 from serving.threads import name_os_thread
 
@@ -63,6 +64,12 @@ class OrtOptions:
     default_timeout_s: float | None = 30.0
     retry_after_s: float = 1.0
     shutdown_grace_s: float = 30.0
+    # Every CPU session of a model (each instance's batch and lone sessions) maps one copy of its
+    # weights, optimized once for this machine (serving.execution.shared_weights); off: one each.
+    share_weights: bool = True
+    # Where the optimized models go: the directory ``serving.workers`` made for all of its workers;
+    # None: one of this backend's own, removed when it stops.
+    weights_dir: Path | None = None
 
 
 class OnnxRuntimeBackend:
@@ -91,6 +98,7 @@ class OnnxRuntimeBackend:
         self._failed: dict[str, str] = dict(repository.errors)
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._weights: WeightStore | None = None
         self._started = False
         self._stopping = False
 
@@ -102,6 +110,9 @@ class OnnxRuntimeBackend:
             max_workers=1, thread_name_prefix="kiln-ort-load", initializer=name_os_thread
         )
         loop = asyncio.get_running_loop()
+        # a session factory (tests' fakes) is handed the entry's own file
+        if self.options.share_weights and self.session_factory is None and plans:
+            self._weights = WeightStore(self.options.weights_dir)
         for entry, version in plans:
             try:
                 sessions = await loop.run_in_executor(self._executor, self._open_sessions, entry, version)
@@ -121,6 +132,8 @@ class OnnxRuntimeBackend:
             self._executor.shutdown(wait=True)
         self._models.clear()
         self.occupancy.close()
+        if self._weights is not None:
+            self._weights.close()
 
     def list_models(self) -> list[str]:
         return self.repository.names()
@@ -251,7 +264,7 @@ class OnnxRuntimeBackend:
         lone = None
         if threads:
             lone = [
-                self._open_session(path, where, threads, spin_us=self.options.lone_spin_us)
+                self._open_session(path, where, threads, spin_us=self.options.lone_spin_us, shared=True)
                 for _ in per_instance
             ]
             for session in lone:  # planned before the first lone request
@@ -289,7 +302,7 @@ class OnnxRuntimeBackend:
         for _ in range(_instance_count(entry.config)):
             sessions = {}
             for size in where.buckets or (0,):
-                sessions[size] = self._open_session(path, where)
+                sessions[size] = self._open_session(path, where, shared=True)
                 if where.cuda_graphs:
                     sessions[size] = _bound(sessions[size], size, where, entry.name)
                 if size:
@@ -305,10 +318,12 @@ class OnnxRuntimeBackend:
         *,
         spin_us: int | None = -1,
         graph: GraphChoice | None = None,
+        shared: bool = False,
     ) -> Any:
         """One ONNX Runtime session on the placement's providers (``intra_op_threads`` and ``spin_us``
         override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
-        options for the file it chose)."""
+        options for the file it chose). ``shared``: on the CPU provider, the session maps the weights
+        every other shared session of ``path`` maps (``OrtOptions.share_weights``)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -323,8 +338,14 @@ class OnnxRuntimeBackend:
             opts.add_session_config_entry(key, value)
         if where.provider == placement.CUDA:
             placement.load_cuda_libraries(ort)
+        source = path
+        if shared and self._weights is not None and where.provider == placement.CPU:
+            optimized = self._weights.graph_for(path, where.providers())
+            if optimized is not None:
+                shared_options(opts)
+                source = optimized
         factory = self.session_factory or ort.InferenceSession
-        session = factory(str(path), sess_options=opts, providers=where.providers())
+        session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
         return session
 
