@@ -17,10 +17,12 @@ import logging
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,20 +146,73 @@ def parse_csv(path: Path) -> dict[str, float]:
     return result
 
 
+class ServerGone(RuntimeError):
+    """The server a perf_analyzer run was measuring ended during the run."""
+
+
+POLL_S = 0.25  # how often a run looks at whether its server still runs
+
+
 def run_once(
-    tool: PerfAnalyzer, url: str, model: str, concurrency: int, timeout_s: float = 300.0, **kwargs: Any
+    tool: PerfAnalyzer,
+    url: str,
+    model: str,
+    concurrency: int,
+    timeout_s: float = 300.0,
+    alive: Callable[[], str | None] | None = None,
+    **kwargs: Any,
 ) -> dict[str, float]:
-    """Run perf_analyzer once; an unstable or failed run raises with the tool's own last words."""
+    """Run perf_analyzer once; an unstable or failed run raises with the tool's own last words.
+
+    ``alive``: None while the server runs, else how it ended; it is asked every ``POLL_S`` and a run
+    whose server ended is stopped at once (``ServerGone``). perf_analyzer itself waited on a dead
+    server's stream until the timeout (Triton 2.51 crashing under ``--streaming``: 90 s lost a run)."""
     with tempfile.TemporaryDirectory(prefix="kiln-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         cmd = command(tool, url, model, concurrency, csv_path, **kwargs)
-        done = subprocess.run(
-            cmd, env=tool.env(), capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-        if done.returncode != 0 or not csv_path.is_file():
-            tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-            raise RuntimeError(f"perf_analyzer failed (exit {done.returncode}): {' | '.join(tail)}")
+        with subprocess.Popen(
+            cmd, env=tool.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    output, _ = proc.communicate(timeout=POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    ended = alive() if alive is not None else None
+                    if ended is None and time.monotonic() < deadline:
+                        continue
+                    proc.kill()
+                    proc.communicate()
+                    if ended is not None:
+                        raise ServerGone(f"the server at {url} {ended} during the run") from None
+                    raise subprocess.TimeoutExpired(cmd, timeout_s) from None
+        if proc.returncode != 0 or not csv_path.is_file():
+            tail = output.strip().splitlines()[-3:]
+            raise RuntimeError(f"perf_analyzer failed (exit {proc.returncode}): {' | '.join(tail)}")
         return parse_csv(csv_path)
+
+
+def process_watch(process: subprocess.Popen | None) -> Callable[[], str | None]:
+    """``run_once``'s ``alive`` for a server running as ``process``: how it ended, once it has."""
+
+    def ended() -> str | None:
+        code = None if process is None else process.poll()
+        if process is not None and code is None:
+            return None
+        return "is not running" if code is None else f"ended ({describe_exit(code)})"
+
+    return ended
+
+
+def describe_exit(code: int) -> str:
+    """A Popen return code as words: a signal's name, or the exit status."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal {-code}, {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def interleaved(
@@ -170,13 +225,15 @@ def interleaved(
     progress: Callable[[str], None] = log.info,
     only: Mapping[str, Collection[int]] | None = None,
     failures: dict[str, str] | None = None,
+    alive: Mapping[str, Callable[[], str | None]] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair (its
     ``protocol`` that of ``kwargs``, gRPC unless given, ``grpc-stream`` with ``streaming``). A target
     named in ``only`` runs at those of the concurrencies only (an extra layout where the targets read
     it, to keep the bench short). ``failures``, where given, gets each target's last failure; a target
-    whose run hung past its timeout is not run again (a server that stopped answering)."""
+    whose run hung past its timeout, or whose server ended (``alive``: each target's
+    :func:`process_watch`), is not run again."""
     protocol = STREAM if kwargs.get("streaming") else kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     hung: set[str] = set()
@@ -185,13 +242,14 @@ def interleaved(
             for name, url in targets.items():
                 if (only and name in only and c not in only[name]) or name in hung:
                     continue
+                watch = {"alive": alive[name]} if alive and name in alive else {}
                 try:
-                    sample = run_once(tool, url, model, c, **kwargs)
+                    sample = run_once(tool, url, model, c, **watch, **kwargs)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     progress(f"perf_analyzer {protocol} {name} c={c} round {r + 1}: {exc}")
                     if failures is not None:
                         failures[name] = f"c={c} round {r + 1}: {exc}"
-                    if isinstance(exc, subprocess.TimeoutExpired):
+                    if isinstance(exc, subprocess.TimeoutExpired | ServerGone):
                         hung.add(name)
                     continue
                 samples.setdefault((name, c), []).append(sample)
@@ -251,8 +309,9 @@ def side_by_side(
         http, grpc = free_port(), free_port()
         cmd = gateway_cmd(repository, http, grpc, threads, workers=workers)
         ready = f"http://127.0.0.1:{http}/v2/health/ready"
-        stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
+        gateway = stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
         targets = {"gateway": f"127.0.0.1:{grpc}"}
+        alive = {"gateway": process_watch(gateway)}  # a run whose server ended stops there
         rest = {"gateway": f"127.0.0.1:{http}"}
         layouts: list[TritonLayout] = []
         failed: dict[str, str] = {}
@@ -261,6 +320,7 @@ def side_by_side(
             layouts = triton_layouts(threads)
             tritons, failed = start_layouts(stack, extra, repository, workdir, layouts, progress)
             targets |= {name: server.grpc_url for name, server in tritons.items()}
+            alive |= {name: process_watch(server.process) for name, server in tritons.items()}
             rest[layouts[0].name] = tritons[layouts[0].name].http_url
         else:
             progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
@@ -269,13 +329,17 @@ def side_by_side(
             f"{list(concurrencies)}"
         )
         extras = {layout.name: TARGET_CONCURRENCIES for layout in layouts[1:]}
-        rows = interleaved(tool, targets, model, concurrencies, rounds=rounds, progress=progress, only=extras)
+        rows = interleaved(
+            tool, targets, model, concurrencies, rounds=rounds, progress=progress, only=extras, alive=alive
+        )
         extra.close()
         over_http = interleaved(
-            tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http"
+            tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http", alive=alive
         )
         opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
-        open_rows = open_loop_at_half_peak(tool, opened, model, rows, rounds=rounds, progress=progress)
+        open_rows = open_loop_at_half_peak(
+            tool, opened, model, rows, rounds=rounds, progress=progress, alive=alive
+        )
         # the same servers through gRPC streams (perf_analyzer --streaming), last: Triton 2.51's python
         # backend crashed (signal 11) in one such run at c=64, which must not cost the targets' rows
         stream_failures: dict[str, str] = {}
@@ -287,6 +351,7 @@ def side_by_side(
             rounds=rounds,
             progress=progress,
             failures=stream_failures,
+            alive=alive,
             streaming=True,
             timeout_s=STREAM_TIMEOUT_S,
         )
@@ -308,6 +373,7 @@ def open_loop_at_half_peak(
     *,
     rounds: int = 3,
     progress: Callable[[str], None] = log.info,
+    alive: Mapping[str, Callable[[], str | None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Each target at a fixed arrival rate of half its closed-loop peak (perf_analyzer's request-rate
     mode: a C++ client, so the client's own CPU does not bend the tail on a small machine), ``rounds``
@@ -323,7 +389,8 @@ def open_loop_at_half_peak(
     for r in range(rounds):
         for name, rate in rates.items():
             try:
-                sample = run_once(tool, targets[name], model, 0, rate=rate, window_ms=3000)
+                watch = (alive or {}).get(name)
+                sample = run_once(tool, targets[name], model, 0, rate=rate, window_ms=3000, alive=watch)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 progress(f"perf_analyzer open loop {name} at {rate}/s round {r + 1}: {exc}")
                 continue

@@ -347,3 +347,80 @@ def test_a_server_that_hangs_a_run_is_not_run_again_and_its_failure_is_reported(
     assert [r["target"] for r in rows] == ["gateway", "gateway"] and "timed out" in failures["triton"]
     text = report.perf_analyzer_section({"rows": rows, "stream_failures": failures})
     assert "Streaming runs of `triton` failed" in text and "c=1 round 1" in text
+
+
+def _fake_tool(tmp_path, body: str) -> pa.PerfAnalyzer:
+    """A perf_analyzer stand-in: a shell script running ``body`` (``$CSV``: the file ``-f`` names)."""
+    binary = tmp_path / "perf_analyzer"
+    script = '#!/bin/sh\nwhile [ "$#" -gt 0 ]; do [ "$1" = -f ] && CSV="$2"; shift; done\n' + body + "\n"
+    binary.write_text(script)
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return pa.PerfAnalyzer(binary)
+
+
+def test_a_run_whose_server_ends_stops_at_once_naming_how_it_ended(tmp_path):
+    """Triton 2.51 crashed under --streaming and perf_analyzer waited on the dead stream until the
+    timeout (90 s a run). The run is watched: once the server's process has ended, perf_analyzer is
+    stopped and the failure says how the server ended."""
+    import subprocess
+    import time
+
+    tool = _fake_tool(tmp_path, "exec sleep 600")
+    server = subprocess.Popen(["sh", "-c", 'kill -SEGV "$$"'])
+    server.wait()
+    started = time.monotonic()
+    with pytest.raises(pa.ServerGone, match="SIGSEGV"):
+        pa.run_once(tool, "u", "m", 64, timeout_s=300, alive=pa.process_watch(server), streaming=True)
+    assert time.monotonic() - started < 60, "not waited out to the timeout"
+
+    live = subprocess.Popen(["sleep", "600"])
+    try:
+        assert pa.process_watch(live)() is None
+    finally:
+        live.kill()
+        live.wait()
+    assert pa.process_watch(live)() == "ended (signal 9, SIGKILL)"
+    assert pa.process_watch(None)() == "is not running"
+
+
+def test_a_watched_run_that_finishes_is_read_and_a_hung_one_still_times_out(tmp_path):
+    import subprocess
+
+    header = "Concurrency,Inferences/Second,p50 latency,p99 latency"
+    tool = _fake_tool(tmp_path, f'printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
+    sample = pa.run_once(tool, "u", "m", 64, alive=lambda: None)
+    assert sample["throughput_rps"] == 1500.5 and sample["p50_ms"] == 2.0 and sample["p99_ms"] == 5.0
+
+    hung = _fake_tool(tmp_path, "exec sleep 600")
+    with pytest.raises(subprocess.TimeoutExpired):
+        pa.run_once(hung, "u", "m", 64, timeout_s=0.5, alive=lambda: None)
+
+    failing = _fake_tool(tmp_path, "echo 'error: no such model'; exit 3")
+    with pytest.raises(RuntimeError, match="exit 3.*no such model"):
+        pa.run_once(failing, "u", "m", 64)
+
+
+def test_a_target_whose_server_ended_is_not_run_again(monkeypatch):
+    calls = []
+
+    def fake_run(tool, url, model, concurrency, **kwargs):
+        calls.append((url, "alive" in kwargs))
+        if url == "t":
+            raise pa.ServerGone("the server at t ended (signal 11, SIGSEGV) during the run")
+        return {"throughput_rps": 700.0, "p50_ms": 1.0}
+
+    monkeypatch.setattr(pa, "run_once", fake_run)
+    failures: dict[str, str] = {}
+    watches = {"gateway": lambda: None, "triton": lambda: None}
+    rows = pa.interleaved(
+        None,
+        {"gateway": "g", "triton": "t"},
+        "m",
+        (1, 64),
+        rounds=3,
+        progress=lambda _: None,
+        failures=failures,
+        alive=watches,
+    )
+    assert calls.count(("t", True)) == 1 and calls.count(("g", True)) == 6
+    assert [r["target"] for r in rows] == ["gateway", "gateway"] and "SIGSEGV" in failures["triton"]
