@@ -215,6 +215,28 @@ def describe_exit(code: int) -> str:
         return f"signal {-code}"
 
 
+def tree_memory_mib(pid: int | None) -> dict[str, float] | None:
+    """Proportional memory (``Pss``: a page shared by n processes counts 1/n to each) summed over
+    process ``pid`` and every process under it, in MiB, and how many they are; None where procfs has
+    none of it (not Linux, or the process is gone). Resident sizes summed would count a model's pages
+    once for every worker that maps them."""
+    if pid is None:
+        return None
+    pending, seen, total = [pid], 0, 0
+    while pending:
+        current = pending.pop()
+        try:
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:  # ended meanwhile, or no procfs
+            continue
+        pss = next((line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), "0")
+        total += int(pss)
+        seen += 1
+        pending += [int(child) for child in children]
+    return {"pss_mib": round(total / 1024, 1), "processes": seen} if seen else None
+
+
 def interleaved(
     tool: PerfAnalyzer,
     targets: dict[str, str],
@@ -312,6 +334,7 @@ def side_by_side(
         gateway = stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
         targets = {"gateway": f"127.0.0.1:{grpc}"}
         alive = {"gateway": process_watch(gateway)}  # a run whose server ended stops there
+        pids = {"gateway": gateway.pid}
         rest = {"gateway": f"127.0.0.1:{http}"}
         layouts: list[TritonLayout] = []
         failed: dict[str, str] = {}
@@ -321,6 +344,8 @@ def side_by_side(
             tritons, failed = start_layouts(stack, extra, repository, workdir, layouts, progress)
             targets |= {name: server.grpc_url for name, server in tritons.items()}
             alive |= {name: process_watch(server.process) for name, server in tritons.items()}
+            first = tritons[layouts[0].name].process  # the extra layouts are stopped before the end
+            pids[layouts[0].name] = first.pid if first is not None else None
             rest[layouts[0].name] = tritons[layouts[0].name].http_url
         else:
             progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
@@ -340,6 +365,8 @@ def side_by_side(
         open_rows = open_loop_at_half_peak(
             tool, opened, model, rows, rounds=rounds, progress=progress, alive=alive
         )
+        # what each server holds once it has served, before the streams, which Triton may not survive
+        memory = {name: tree_memory_mib(pid) for name, pid in pids.items()}
         # the same servers through gRPC streams (perf_analyzer --streaming), last: Triton 2.51's python
         # backend crashed (signal 11) in one such run at c=64, which must not cost the targets' rows
         stream_failures: dict[str, str] = {}
@@ -357,6 +384,7 @@ def side_by_side(
         )
         return {
             "binary": str(tool.binary),
+            "memory": {name: used for name, used in memory.items() if used is not None},
             "rows": rows + over_http + streamed,
             "open": open_rows,
             "stream_failures": stream_failures,

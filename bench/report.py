@@ -179,6 +179,15 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         "server_output_ms",
     ]
     text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT
+    if pa.get("memory"):
+        held = ", ".join(
+            f"`{name}` {used['pss_mib']:.0f} MiB ({used['processes']} processes)"
+            for name, used in sorted(pa["memory"].items())
+        )
+        text += (
+            f"\nMemory after the runs, each server's processes together (proportional set size: pages "
+            f"that processes share count once in all): {held}.\n"
+        )
     for name, failure in sorted(pa.get("stream_failures", {}).items()):
         text += f"\nStreaming runs of `{name}` failed (its rows hold the runs that finished): {failure}\n"
     if pa.get("open"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -424,3 +425,27 @@ def test_a_target_whose_server_ended_is_not_run_again(monkeypatch):
     )
     assert calls.count(("t", True)) == 1 and calls.count(("g", True)) == 6
     assert [r["target"] for r in rows] == ["gateway", "gateway"] and "SIGSEGV" in failures["triton"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="needs Linux's procfs smaps_rollup")
+def test_a_servers_memory_counts_every_process_under_it_and_shared_pages_once(tmp_path):
+    import os
+    import subprocess
+
+    alone = pa.tree_memory_mib(os.getpid())
+    assert alone is not None and alone["pss_mib"] > 0
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        with_child = pa.tree_memory_mib(os.getpid())
+        assert with_child is not None and with_child["processes"] == alone["processes"] + 1
+    finally:
+        child.kill()
+        child.wait()
+    assert pa.tree_memory_mib(child.pid) is None and pa.tree_memory_mib(None) is None
+    text = report.perf_analyzer_section(
+        {
+            "rows": [{"target": "gateway", "concurrency": 1, "throughput_rps": 900.0, "p50_ms": 1.0}],
+            "memory": {"gateway": {"pss_mib": 438.9, "processes": 3}},
+        }
+    )
+    assert "`gateway` 439 MiB (3 processes)" in text
