@@ -412,4 +412,22 @@ def _signature(inputs: Tensors) -> tuple:
 def _merge(requests: list[Tensors], *, batched: bool) -> Tensors:
     if len(requests) == 1 or not batched:
         return requests[0]
-    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
+    return {name: _stacked([r[name] for r in requests]) for name in requests[0]}
+
+
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """``parts`` one after another along the batch axis, copied without letting go of the GIL.
+
+    ``np.concatenate`` releases the GIL around its copy of every part of 500 items or more, and the
+    execution thread then waits to take it back from the event loop, which keeps it until it blocks or
+    the interpreter's switch interval (5 ms) runs out. Under load that happened at nearly every part:
+    perf_analyzer c=64 on resnet18, a batch's merge (18-30 requests) took 1.7-1.9 ms against 0.12-0.15
+    for the batches that formed when the loop was idle; 18 parts of 1 KiB beside a busy Python thread,
+    1.34 ms on average (p99 10 ms) against 1.7 us joined as bytes. ``bytes.join`` copies them all at once
+    (letting go once, above 1 MiB); the result is read-only, as a lone request's view of its body is.
+    Object arrays (BYTES tensors) and non-contiguous parts go through ``np.concatenate``."""
+    first = parts[0]
+    if first.dtype.hasobject or not all(part.flags.c_contiguous for part in parts):
+        return np.concatenate(parts, axis=0)
+    rows = sum(part.shape[0] for part in parts)
+    return np.frombuffer(b"".join(parts), dtype=first.dtype).reshape((rows, *first.shape[1:]))
