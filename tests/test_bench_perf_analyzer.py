@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -319,17 +320,25 @@ def test_stream_rows_run_with_streaming_and_are_compared_with_tritons_streams_on
     ]
 
 
-def test_a_server_that_hangs_a_run_is_not_run_again_and_its_failure_is_reported(monkeypatch):
-    """Triton 2.51 crashed under --streaming at c=64 once: its next run hung to the timeout. That
-    target is left out of the remaining rounds (not one more timeout each) and the report says why."""
-    import subprocess
-
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (subprocess.TimeoutExpired(["perf_analyzer"], 90), "timed out"),
+        (pa.ServerGone("the server at t ended (signal 11, SIGSEGV) during the run"), "SIGSEGV"),
+    ],
+)
+def test_a_server_that_hangs_or_ends_a_run_is_not_run_again_and_its_failure_is_reported(
+    monkeypatch, error, said
+):
+    """Triton 2.51 crashed under --streaming at c=64: perf_analyzer then hung to the timeout, or, with
+    its process watched, stopped as it ended. That target is left out of the remaining rounds (not one
+    more failure each) and the report says why."""
     calls = []
 
     def fake_run(tool, url, model, concurrency, **kwargs):
-        calls.append(url)
+        calls.append((url, "alive" in kwargs))
         if url == "t":
-            raise subprocess.TimeoutExpired(["perf_analyzer"], 90)
+            raise error
         return {"throughput_rps": 700.0, "p50_ms": 1.0}
 
     monkeypatch.setattr(pa, "run_once", fake_run)
@@ -342,10 +351,11 @@ def test_a_server_that_hangs_a_run_is_not_run_again_and_its_failure_is_reported(
         rounds=3,
         progress=lambda _: None,
         failures=failures,
+        alive={"gateway": lambda: None, "triton": lambda: None},
         streaming=True,
     )
-    assert calls.count("t") == 1 and calls.count("g") == 6
-    assert [r["target"] for r in rows] == ["gateway", "gateway"] and "timed out" in failures["triton"]
+    assert calls.count(("t", True)) == 1 and calls.count(("g", True)) == 6
+    assert [r["target"] for r in rows] == ["gateway", "gateway"] and said in failures["triton"]
     text = report.perf_analyzer_section({"rows": rows, "stream_failures": failures})
     assert "Streaming runs of `triton` failed" in text and "c=1 round 1" in text
 
@@ -363,7 +373,6 @@ def test_a_run_whose_server_ends_stops_at_once_naming_how_it_ended(tmp_path):
     """Triton 2.51 crashed under --streaming and perf_analyzer waited on the dead stream until the
     timeout (90 s a run). The run is watched: once the server's process has ended, perf_analyzer is
     stopped and the failure says how the server ended."""
-    import subprocess
     import time
 
     tool = _fake_tool(tmp_path, "exec sleep 600")
@@ -385,8 +394,6 @@ def test_a_run_whose_server_ends_stops_at_once_naming_how_it_ended(tmp_path):
 
 
 def test_a_watched_run_that_finishes_is_read_and_a_hung_one_still_times_out(tmp_path):
-    import subprocess
-
     header = "Concurrency,Inferences/Second,p50 latency,p99 latency"
     tool = _fake_tool(tmp_path, f'printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
     sample = pa.run_once(tool, "u", "m", 64, alive=lambda: None)
@@ -401,36 +408,9 @@ def test_a_watched_run_that_finishes_is_read_and_a_hung_one_still_times_out(tmp_
         pa.run_once(failing, "u", "m", 64)
 
 
-def test_a_target_whose_server_ended_is_not_run_again(monkeypatch):
-    calls = []
-
-    def fake_run(tool, url, model, concurrency, **kwargs):
-        calls.append((url, "alive" in kwargs))
-        if url == "t":
-            raise pa.ServerGone("the server at t ended (signal 11, SIGSEGV) during the run")
-        return {"throughput_rps": 700.0, "p50_ms": 1.0}
-
-    monkeypatch.setattr(pa, "run_once", fake_run)
-    failures: dict[str, str] = {}
-    watches = {"gateway": lambda: None, "triton": lambda: None}
-    rows = pa.interleaved(
-        None,
-        {"gateway": "g", "triton": "t"},
-        "m",
-        (1, 64),
-        rounds=3,
-        progress=lambda _: None,
-        failures=failures,
-        alive=watches,
-    )
-    assert calls.count(("t", True)) == 1 and calls.count(("g", True)) == 6
-    assert [r["target"] for r in rows] == ["gateway", "gateway"] and "SIGSEGV" in failures["triton"]
-
-
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="needs Linux's procfs smaps_rollup")
 def test_a_servers_memory_counts_every_process_under_it_and_shared_pages_once(tmp_path):
     import os
-    import subprocess
 
     alone = pa.tree_memory_mib(os.getpid())
     assert alone is not None and alone["pss_mib"] > 0
