@@ -57,12 +57,15 @@ async def serve(
         await backend.stop()
 
 
-def test_the_batch_and_lone_sessions_answer_as_sessions_of_their_own_and_map_one_file(repository):
+def test_the_batch_and_lone_sessions_answer_as_sessions_of_their_own_and_map_one_file(repository, caplog):
     batches = [1, 1, MAX_BATCH, 3, 1]  # lone requests and merged batches
-    shared, maps, root = asyncio.run(serve(repository, OrtOptions(lone_request_threads=2), batches))
-    own, own_maps, _ = asyncio.run(
-        serve(repository, OrtOptions(lone_request_threads=2, share_weights=False), batches)
-    )
+    with caplog.at_level(logging.INFO, logger="serving.execution.onnxruntime"):
+        shared, maps, root = asyncio.run(serve(repository, OrtOptions(lone_request_threads=2), batches))
+        own, own_maps, _ = asyncio.run(
+            serve(repository, OrtOptions(lone_request_threads=2, share_weights=False), batches)
+        )
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model lenet version")]
+    assert [line.rpartition("weights ")[2] for line in loaded] == ["shared", "one copy a session"], loaded
     assert len(shared) == sum(batches)
     for got, want in zip(shared, own, strict=True):
         assert got.keys() == want.keys()

@@ -99,6 +99,7 @@ class OnnxRuntimeBackend:
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._weights: WeightStore | None = None
+        self._shared: set[Path] = set()  # model files whose sessions map one copy of the weights
         self._started = False
         self._stopping = False
 
@@ -270,13 +271,14 @@ class OnnxRuntimeBackend:
             for session in lone:  # planned before the first lone request
                 session.run(None, placement.zero_inputs(session, 1))
         log.info(
-            "model %s version %s: provider %s, device %s, buckets %s, lone-request threads %s",
+            "model %s version %s: provider %s, device %s, buckets %s, lone-request threads %s, weights %s",
             entry.name,
             version,
             where.provider,
             where.device,
             list(where.buckets) or "off",
             threads or "off",
+            "shared" if path in self._shared else "one copy a session",
         )
         return Sessions(where, per_instance, lone)
 
@@ -344,6 +346,7 @@ class OnnxRuntimeBackend:
             if optimized is not None:
                 shared_options(opts)
                 source = optimized
+                self._shared.add(path)
         factory = self.session_factory or ort.InferenceSession
         session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
