@@ -134,6 +134,9 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
     if grpc_handle is not None:
         state.grpc = grpc_handle
         parts.on_stop("the gRPC server", partial(grpc_handle.stop, settings.shutdown_grace_s))
+        connections = getattr(grpc_handle.server, "connections", None)  # Kiln's server (grpcio: none)
+        if connections is not None:
+            state.metrics.watch_connections("grpc", connections.__len__)
     if freeze_loaded_objects():
         parts.on_stop("the garbage collector's freeze", gc.unfreeze)
 
@@ -299,7 +302,14 @@ def freeze_loaded_objects() -> bool:
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, whose drain stops the gRPC server taking calls at the same moment (GOAWAY, its
     listener closed): it went on accepting them until the HTTP drain was over, up to the grace, and
-    only then drained for a grace of its own. The lifespan's stop waits on that same drain."""
+    only then drained for a grace of its own. The lifespan's stop waits on that same drain. Once it
+    has started, ``kiln_open_connections`` reads the HTTP connections it holds."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        metrics = getattr(getattr(self.config.app, "state", None), "metrics", None)
+        if metrics is not None:  # uvicorn keeps the HTTP connections it serves in its server state
+            metrics.watch_connections("http", self.server_state.connections.__len__)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app

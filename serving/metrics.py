@@ -64,7 +64,9 @@ class GatewayMetrics:
         r = self.registry
         # the workers' values live in files that render() sums (module docstring); set at start-up only
         self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
-        self._depths: dict[str, Callable[[], int]] = {}  # shared: queue depths published periodically
+        # shared: values read from this worker's own objects (queue depths, open connections), published
+        # periodically, keyed by their gauge's child
+        self._watched: dict[Any, Callable[[], int]] = {}
         self._refresh: asyncio.TimerHandle | None = None
         Gauge(
             "kiln_worker_info",
@@ -121,6 +123,15 @@ class GatewayMetrics:
             ["model"],
             registry=r,
             multiprocess_mode="livesum",
+        )
+        # one series per live worker (``pid``): connections reach the workers by the kernel's hash of
+        # their addresses (SO_REUSEPORT), and an uneven split shows here
+        self.open_connections = Gauge(
+            "kiln_open_connections",
+            "Client connections open, by protocol (HTTP, gRPC)",
+            ["protocol"],
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.placement = Gauge(
             "kiln_model_placement",
@@ -263,20 +274,28 @@ class GatewayMetrics:
         self.child(self.batch_runs, model, size).inc()
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
-        """Read a batcher's queue depth when scraped: always current, and nothing to record per request.
-        With the workers' metrics shared, a scrape cannot call into the other workers: each one
-        publishes its depths every ``SHARED_REFRESH_S`` from its event loop (the caller's)."""
-        if self.shared_dir is None:
-            self.child(self.queue_depth, model).set_function(read)
-            return
-        self._depths[model] = read
-        if self._refresh is None:
-            self._publish_depths()
+        """Read a batcher's queue depth when scraped: always current, and nothing to record per request."""
+        self._watch(self.child(self.queue_depth, model), read)
 
-    def _publish_depths(self) -> None:
-        for model, read in self._depths.items():
-            self.child(self.queue_depth, model).set(read())
-        self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_depths)
+    def watch_connections(self, protocol: str, read: Callable[[], int]) -> None:
+        """Read the open connections of a server (``protocol``: http or grpc) when scraped."""
+        self._watch(self.open_connections.labels(protocol), read)
+
+    def _watch(self, child: Any, read: Callable[[], int]) -> None:
+        """``child`` reads ``read()`` when scraped. With the workers' metrics shared, a scrape cannot
+        call into the other workers: each one publishes its values every ``SHARED_REFRESH_S`` from its
+        event loop (the caller's)."""
+        if self.shared_dir is None:
+            child.set_function(read)
+            return
+        self._watched[child] = read
+        if self._refresh is None:
+            self._publish_watched()
+
+    def _publish_watched(self) -> None:
+        for child, read in self._watched.items():
+            child.set(read())
+        self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_watched)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.child(self.decoder_steps, model).inc()
@@ -310,8 +329,8 @@ class GatewayMetrics:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
 
-        for model, read in self._depths.items():  # this worker's own, current at the scrape
-            self.child(self.queue_depth, model).set(read())
+        for child, read in self._watched.items():  # this worker's own, current at the scrape
+            child.set(read())
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, self.shared_dir)
         return generate_latest(registry)

@@ -96,7 +96,10 @@ class LiveServer:
         keep_alive_s: int = 300,
         log_level: str = "warning",
         start_timeout_s: float = 60.0,
+        server_class: type | None = None,
     ) -> None:
+        """``server_class``: the uvicorn server to run (default ``uvicorn.Server``; the gateway's own
+        ``serving.app.GatewayServer`` where a test reads what it adds)."""
         from serving.triton.server import held_port
 
         self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
@@ -107,6 +110,7 @@ class LiveServer:
         self.log_level = log_level  # "info" and below: uvicorn's access log on, as `python -m serving` has it
         self.url = f"127.0.0.1:{self.port}"
         self.start_timeout_s = start_timeout_s  # a failure bound, never waited out by a server that starts
+        self.server_class = server_class
 
     def __enter__(self) -> LiveServer:
         import threading
@@ -127,7 +131,7 @@ class LiveServer:
             timeout_keep_alive=self.keep_alive_s,
             http=self.http or http_protocol(),
         )
-        self.server = uvicorn.Server(config)
+        self.server = (self.server_class or uvicorn.Server)(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + self.start_timeout_s

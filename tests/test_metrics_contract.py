@@ -307,3 +307,30 @@ def test_grpc_calls_refused_unparsed_count_once_where_their_first_bytes_name_a_m
     assert metrics.sample("kiln_request_failures_total", model="double", status="413") == 2
     assert metrics.sample("kiln_requests_total", model="double", outcome="failure") == 4
     assert "nothere" not in metrics.render().decode()
+
+
+def test_open_connections_are_read_per_protocol_when_scraped(repository):
+    """``kiln_open_connections`` counts the HTTP and gRPC connections a gateway holds, read when
+    scraped: the kernel spreads connections over the workers by a hash of their addresses, and this is
+    where an uneven split shows (one series per worker when they share their metrics)."""
+    from serving.app import GatewayServer
+    from tests.test_workers import _samples
+
+    with held_grpc_port() as grpc_port:
+        app = create_app(Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True))
+        with (
+            LiveServer(app, server_class=GatewayServer) as server,
+            httpx.Client(base_url=f"http://{server.url}", timeout=30) as client,
+        ):
+            text = client.get("/metrics").text  # this client's one keep-alive connection
+            assert _samples(text, "kiln_open_connections", protocol="http") == [1.0], text
+            assert _samples(text, "kiln_open_connections", protocol="grpc") == [0.0], text
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+            grpc.channel_ready_future(channel).result(timeout=DEADLINE_S)
+
+            def grpc_open() -> list[float]:
+                return _samples(client.get("/metrics").text, "kiln_open_connections", protocol="grpc")
+
+            assert eventually(lambda: grpc_open() == [1.0]), grpc_open()
+            channel.close()
+            assert eventually(lambda: grpc_open() == [0.0]), grpc_open()
