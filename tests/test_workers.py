@@ -141,9 +141,14 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
                 assert time.monotonic() < deadline, f"both workers should load the model:\n{text}"
                 time.sleep(0.05)
             assert sorted(_samples(text, "kiln_worker_info")) == [1.0, 1.0]  # one series a worker
-            # each worker's open connections, a series each: this scrape's own is one of them
-            for protocol in ("http", "grpc"):
-                assert len(_samples(text, "kiln_open_connections", protocol=protocol)) == 2, text
+            # each worker's open connections, a series each once its servers have started (a worker
+            # loads its models before it serves): this scrape's own connection is one of them
+            while any(
+                len(_samples(text := client.get("/metrics").text, "kiln_open_connections", protocol=p)) < 2
+                for p in ("http", "grpc")
+            ):
+                assert time.monotonic() < deadline, f"both workers should count their connections:\n{text}"
+                time.sleep(0.05)
             assert sum(_samples(text, "kiln_open_connections", protocol="http")) >= 1
             if sys.platform.startswith("linux"):  # both map one copy of the model's weights
                 mapped = [_mapped_weights(pid) for pid in _children(gateway.pid)]
