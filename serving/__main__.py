@@ -16,7 +16,7 @@ from serving.settings import Settings
 from serving.threads import set_cpu_policy
 
 # Set by serving.workers on each worker's command line, not by users.
-INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index", "weights_dir"})
+INTERNAL = frozenset({"reuse_port", "worker_board", "worker_index", "weights_dir", "connection_board"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from serving.errors import ServingError
 from serving.execution.base import Backend
 from serving.execution.repository import Repository
 from serving.gateway import Gateway
+from serving.handoff import balancer_for
 from serving.metrics import CLIENT_LEFT, GatewayMetrics
 from serving.protocol import generate, health, lean, metrics, translate, v1, v2
 from serving.protocol.json_offload import JsonOffload
@@ -56,6 +57,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics(worker=settings.worker_index)
+    # with several workers: the board of their connections, each new one handed to the least loaded
+    app.state.balancer = balancer_for(settings)
     # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
     app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
     app.state.json_offload = JsonOffload(settings.json_offload_bytes)  # large v2 JSON bodies, off the loop
@@ -130,7 +133,9 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
         parts.on_stop("the backend and its translators", state.backend.stop)
         await state.backend.start()
     with parts.starting(f"the gRPC server (--grpc-port {settings.grpc_port})"):
-        grpc_handle = await start_grpc(settings, state.backend, state.body_budget, state.metrics)
+        grpc_handle = await start_grpc(
+            settings, state.backend, state.body_budget, state.metrics, state.balancer
+        )
     if grpc_handle is not None:
         state.grpc = grpc_handle
         parts.on_stop("the gRPC server", partial(grpc_handle.stop, settings.shutdown_grace_s))
@@ -303,20 +308,45 @@ class GatewayServer(uvicorn.Server):
     """uvicorn's server, whose drain stops the gRPC server taking calls at the same moment (GOAWAY, its
     listener closed): it went on accepting them until the HTTP drain was over, up to the grace, and
     only then drained for a grace of its own. The lifespan's stop waits on that same drain. Once it
-    has started, ``kiln_open_connections`` reads the HTTP connections it holds."""
+    has started, ``kiln_open_connections`` reads the HTTP connections it holds. A worker of several
+    counts them on the workers' board and hands each new one to the worker holding fewest
+    (:mod:`serving.handoff`), and takes those handed to it once it serves."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(self.config.app, "state", None)
+        balancer = getattr(state, "balancer", None)
+        serve = self.config.http_protocol_class
+        if balancer is not None:
+            self.server_state.connections = balancer.counted("http")
+
+            def arriving(config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> Any:
+                protocol = partial(
+                    serve, config=config, server_state=server_state, app_state=app_state, _loop=_loop
+                )
+                return balancer.arrival("http", protocol)
+
+            self.config.http_protocol_class = arriving
         await super().startup(sockets)
-        metrics = getattr(getattr(self.config.app, "state", None), "metrics", None)
+        if balancer is not None and self.started:
+            protocol = partial(
+                serve, config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            balancer.adopt("http", protocol)
+        metrics = getattr(state, "metrics", None)
         if metrics is not None:  # uvicorn keeps the HTTP connections it serves in its server state
             metrics.watch_connections("http", self.server_state.connections.__len__)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
+        balancer = getattr(getattr(app, "state", None), "balancer", None)
+        if balancer is not None:  # draining: nothing more from the other workers
+            balancer.stop_adopting()
         grpc_handle = getattr(getattr(app, "state", None), "grpc", None)
         if grpc_handle is not None:
             grpc_handle.begin_stop(app.state.settings.shutdown_grace_s)
         await super().shutdown(sockets)
+        if balancer is not None:
+            balancer.close()
 
 
 async def start_grpc(
@@ -324,9 +354,11 @@ async def start_grpc(
     backend: Backend,
     budget: BodyBudget | None = None,
     metrics: GatewayMetrics | None = None,
+    balancer: Any = None,
 ) -> Any:
     """Start the KServe gRPC server beside HTTP when the port is set and the module exists; its
-    inference calls are counted in ``metrics`` as HTTP's are."""
+    inference calls are counted in ``metrics`` as HTTP's are, its connections placed by ``balancer``
+    (a worker's, :mod:`serving.handoff`)."""
     if not settings.grpc_port:
         return None
     try:
@@ -349,6 +381,7 @@ async def start_grpc(
         budget=budget,
         send_timeout_s=settings.send_timeout_s,
         metrics=metrics,
+        balancer=balancer,
         max_message_bytes=settings.max_body_bytes,  # KILN_MAX_BODY_BYTES bounds a gRPC message too
     )
     return await handle if inspect.isawaitable(handle) else handle

@@ -156,6 +156,16 @@ class Settings(BaseSettings):
         description="bind with SO_REUSEPORT beside sockets already bound so, and skip the busy-port check "
         "(set for each of several workers, and by callers holding the ports for the gateway)",
     )
+    balance_connections: bool = Field(
+        True,
+        description="with several workers, a worker that accepts a connection while another holds fewer "
+        "of that protocol (HTTP, or gRPC on Kiln's server) hands it to that one (serving/handoff.py): the "
+        "kernel's hash alone can put a client's few long-lived connections all on one worker; "
+        "--no-balance-connections: each stays where the kernel put it",
+    )
+    connection_board: Path | None = Field(
+        None, description="the workers' shared connections board (set for each of several workers)"
+    )
     worker_board: Path | None = Field(
         None, description="the workers' shared occupancy board (set for each of several workers)"
     )

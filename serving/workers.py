@@ -4,7 +4,8 @@ One Python process spends its one core on protocol work (gRPC/HTTP parsing, the 
 Runtime waits; measured with perf_analyzer on 2 cores, two processes with one ONNX Runtime thread each
 served 1.6x the requests of one process at concurrency 64 (README, "Front-end parallelism"). Each worker
 is a whole gateway: its own sessions (one model instance) and its own dynamic batcher per model, so a
-batch never waits on another process. The kernel spreads connections over the workers.
+batch never waits on another process. The kernel spreads connections over the workers, and a worker
+that accepts one while another holds fewer hands it on (``serving.handoff``).
 
 ``/metrics`` counts every worker whichever one a scrape reaches (their values are shared through
 files, ``serving.metrics``). Limit: ports must be fixed (port 0 would give each worker a different
@@ -31,6 +32,8 @@ from prometheus_client import multiprocess
 from serving.execution.occupancy import BOARD_PREFIX, create_board
 from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
 from serving.execution.shared_weights import create_store_dir
+from serving.handoff import BOARD_PREFIX as CONNECTIONS_PREFIX
+from serving.handoff import create_board as create_connection_board
 from serving.metrics import MULTIPROCESS_ENV
 
 log = logging.getLogger(__name__)
@@ -69,10 +72,15 @@ def claim_port(host: str, port: int, *, hold: bool) -> socket.socket | None:
 
 
 def worker_argv(
-    argv: list[str], board: Path | None = None, index: int = 0, weights: Path | None = None
+    argv: list[str],
+    board: Path | None = None,
+    index: int = 0,
+    weights: Path | None = None,
+    connections: Path | None = None,
 ) -> list[str]:
     """The command of one worker: the same flags, one worker, sharing its ports (and the occupancy
-    ``board``, where this worker is ``index``, and the directory of optimized models, ``weights``)."""
+    ``board``, where this worker is ``index``, the directory of optimized models, ``weights``, and the
+    board of the workers' open ``connections``)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -86,6 +94,7 @@ def worker_argv(
         kept.append(arg)
     shared = ["--worker-board", str(board), "--worker-index", str(index)] if board is not None else []
     shared += ["--weights-dir", str(weights)] if weights is not None else []
+    shared += ["--connection-board", str(connections)] if connections is not None else []
     return [sys.executable, "-m", "serving", *kept, "--workers", "1", "--reuse-port", *shared]
 
 
@@ -96,22 +105,26 @@ def run_workers(argv: list[str], workers: int) -> int:
     The workers share an occupancy board (``serving.execution.occupancy``) and a directory for their
     metrics (``serving.metrics``: a scrape reaching any of them counts them all); a
     ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place); and a directory
-    of optimized models, whose weights their sessions all map (``serving.execution.shared_weights``)."""
+    of optimized models, whose weights their sessions all map (``serving.execution.shared_weights``);
+    and a board of their open connections, by which they hand new ones to the least loaded
+    (``serving.handoff``)."""
     sweep_stale()
     board = create_board(workers)  # where each worker publishes its model runs in flight
     weights = create_store_dir()
+    connections = create_connection_board(workers)
     given = os.environ.get(MULTIPROCESS_ENV)
     shared = Path(given) if given else _metrics_dir()
     env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
     arm = _stop_with_parent(os.getpid())
     try:
         procs = [
-            subprocess.Popen(worker_argv(argv, board, i, weights), env=env, preexec_fn=arm)
+            subprocess.Popen(worker_argv(argv, board, i, weights, connections), env=env, preexec_fn=arm)
             for i in range(workers)
         ]
         return _supervise(procs, shared)
     finally:
         board.unlink(missing_ok=True)
+        connections.unlink(missing_ok=True)
         shutil.rmtree(weights, ignore_errors=True)
         if not given:
             shutil.rmtree(shared, ignore_errors=True)
@@ -153,8 +166,8 @@ def _metrics_dir() -> Path:
 
 
 def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
-    """Remove the occupancy boards, metrics directories and optimized models that gateways killed
-    before they could clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary
+    """Remove the occupancy and connections boards, metrics directories and optimized models that
+    gateways killed before they could clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary
     directory): each name carries the pid of the process that made it, and those whose maker no longer
     runs go. Returns what was removed; never fails (a gateway starts whatever it finds)."""
     places = places or (Path("/dev/shm"), Path(tempfile.gettempdir()))
@@ -165,7 +178,7 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX)
+            prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX, CONNECTIONS_PREFIX)
             prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
             pid = entry.name[len(prefix) :].partition("-")[0] if prefix else ""
             if not pid.isdigit() or _running(int(pid)):

@@ -41,6 +41,8 @@ def test_a_worker_runs_the_same_flags_as_one_worker_sharing_its_ports():
 def test_each_worker_is_told_the_shared_board_and_its_place_on_it():
     argv = worker_argv(["--model-repository", "repo"], Path("/dev/shm/board"), 1)
     assert argv[-5:] == ["--reuse-port", "--worker-board", "/dev/shm/board", "--worker-index", "1"]
+    argv = worker_argv(["--model-repository", "repo"], Path("/dev/shm/b"), 0, None, Path("/dev/shm/c"))
+    assert argv[-2:] == ["--connection-board", "/dev/shm/c"]
 
 
 def test_the_command_line_reaches_the_sessions_and_the_board(tmp_path):
@@ -185,19 +187,21 @@ def test_boards_metrics_and_weights_left_by_a_killed_gateway_are_swept_and_live_
 
     from serving.execution.occupancy import BOARD_PREFIX
     from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
+    from serving.handoff import BOARD_PREFIX as CONNECTIONS_PREFIX
     from serving.workers import METRICS_PREFIX, sweep_stale
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no process has now (reused only after the counter wraps)
     live = os.getpid()
     stale_board = tmp_path / f"{BOARD_PREFIX}{gone.pid}-abc"
+    stale_connections = tmp_path / f"{CONNECTIONS_PREFIX}{gone.pid}-stu"
     stale_metrics = tmp_path / f"{METRICS_PREFIX}{gone.pid}-def"
     stale_weights = tmp_path / f"{WEIGHTS_PREFIX}{gone.pid}-mno"
     live_board = tmp_path / f"{BOARD_PREFIX}{live}-ghi"
     live_metrics = tmp_path / f"{METRICS_PREFIX}{live}-jkl"
     live_weights = tmp_path / f"{WEIGHTS_PREFIX}{live}-pqr"
     unrelated = [tmp_path / "kiln-occupancy-x1y2z3", tmp_path / f"other-{gone.pid}-x"]  # no pid: kept
-    for path in (stale_board, live_board, *unrelated):
+    for path in (stale_board, stale_connections, live_board, *unrelated):
         path.write_bytes(b"\x00\x00")
     for path in (stale_metrics, live_metrics):
         path.mkdir()
@@ -206,7 +210,64 @@ def test_boards_metrics_and_weights_left_by_a_killed_gateway_are_swept_and_live_
         (path / "0123abcd").mkdir(parents=True)
         (path / "0123abcd" / "weights.bin").write_bytes(b"\x00" * 64)
     swept = sweep_stale((tmp_path, tmp_path / "absent"))
-    assert sorted(swept) == sorted([stale_board, stale_metrics, stale_weights])
+    assert sorted(swept) == sorted([stale_board, stale_connections, stale_metrics, stale_weights])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (live_board, live_metrics, live_weights, *unrelated)
     )
+
+
+def test_connections_are_placed_on_the_worker_holding_fewest(tmp_path):
+    """Two workers: keep-alive HTTP connections and gRPC channels opened one after another end up
+    evenly split whichever worker the kernel hands each one to (a worker holding more passes a new one
+    on), and every connection is served wherever it ended up."""
+    import grpc
+    import httpx
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from kiln.processes import running
+    from tests.repo_fixtures import build_classifier_repository
+
+    repository = build_classifier_repository(tmp_path / "repo")
+    held = [_held_port(), _held_port()]
+    port, grpc_port = (sock.getsockname()[1] for sock in held)
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2", "--reuse-port"]
+    url = f"http://127.0.0.1:{port}"
+    clients: list[httpx.Client] = []
+    channels: list[grpc.Channel] = []
+
+    def counts(client: httpx.Client, protocol: str) -> list[float]:
+        return sorted(_samples(client.get("/metrics").text, "kiln_open_connections", protocol=protocol))
+
+    def settled(client: httpx.Client, protocol: str, total: int) -> list[float]:
+        """The two workers' counts once both publish and they add up to ``total`` (a closed
+        connection leaves its worker's count as soon as that worker reads the close)."""
+        deadline = time.monotonic() + 60
+        while len(seen := counts(client, protocol)) < 2 or sum(seen) != total:
+            assert time.monotonic() < deadline, f"{protocol} connections should add up to {total}: {seen}"
+            time.sleep(0.05)
+        return seen
+
+    try:
+        with running(cmd, f"{url}/v2/health/ready", log_path=tmp_path / "gateway.log"):
+            for n in range(1, 5):  # one keep-alive connection a client, each new one placed by counts
+                clients.append(httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30))
+                assert clients[-1].get("/v2/health/ready").status_code == 200
+                settled(clients[-1], "http", n)
+            assert counts(clients[0], "http") == [2, 2]
+            for n in range(1, 3):  # channels of their own (gRPC shares one connection between equal ones)
+                option = [("grpc.use_local_subchannel_pool", 1)]
+                channels.append(grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=option))
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channels[-1])
+                assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=30).live
+                settled(clients[0], "grpc", n)
+            assert counts(clients[0], "grpc") == [1, 1]
+            for client in clients:  # each connection still served where it was placed
+                assert client.get("/v2/health/live").status_code == 200
+    finally:
+        for client in clients:
+            client.close()
+        for channel in channels:
+            channel.close()
+        for sock in held:
+            sock.close()

@@ -73,12 +73,18 @@ BOARD_PREFIX = "kiln-occupancy-"  # then the pid of the process that made it (se
 def create_board(workers: int) -> Path:
     """A zeroed board for ``workers`` processes, in shared memory where the system lets us write it
     (a page-cache file in the temporary directory otherwise: the same to the workers)."""
+    return zeroed_file(f"{BOARD_PREFIX}{os.getpid()}-", workers, "occupancy board")
+
+
+def zeroed_file(prefix: str, size: int, what: str) -> Path:
+    """A new file of ``size`` zero bytes named ``prefix``..., in /dev/shm where the system lets us
+    write it, else in the temporary directory (memory-mapped by several processes, the same to them)."""
     for where in ("/dev/shm", None):
         try:
-            fd, name = tempfile.mkstemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-", dir=where)
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=where)
         except OSError:  # no /dev/shm, or not writable here
             continue
         with os.fdopen(fd, "wb") as file:
-            file.write(bytes(workers))
+            file.write(bytes(size))
         return Path(name)
-    raise OSError("no writable directory for the workers' occupancy board")
+    raise OSError(f"no writable directory for the workers' {what}")

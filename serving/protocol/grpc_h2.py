@@ -423,6 +423,7 @@ class H2GrpcServer:
         budget: BodyBudget | None = None,
         send_timeout_s: float = SEND_TIMEOUT_S,
         streams: dict[bytes, tuple[Any, Any]] | None = None,
+        balancer: Any = None,
     ) -> None:
         self.methods = methods
         self.streams = streams or {}  # bidirectional streaming methods (h2_streams): (handler, request class)
@@ -431,14 +432,20 @@ class H2GrpcServer:
         self.send_timeout_s = send_timeout_s  # send_watch: how long a client may leave answers unread
         self.budget = budget  # the request bytes the process may hold (shared with HTTP)
         self.loop = asyncio.get_running_loop()
-        self.connections: set[Connection] = set()
+        # a worker's connections are counted on the workers' board (serving/handoff.py), and each one
+        # accepted goes to the worker holding fewest
+        self.balancer = balancer
+        self.connections: set[Connection] = balancer.counted("grpc") if balancer is not None else set()
         self.stopping = False
         self.idle = asyncio.Event()
         self.listener: asyncio.Server | None = None
 
     async def listen(self, host: str, port: int, reuse_port: bool) -> int:
+        factory: Any = lambda: Connection(self)  # noqa: E731
+        if self.balancer is not None:
+            factory = self.balancer.arrivals("grpc", factory)
         self.listener = await self.loop.create_server(
-            lambda: Connection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+            factory, host, port, reuse_port=reuse_port or None, backlog=1024
         )
         return self.listener.sockets[0].getsockname()[1]
 

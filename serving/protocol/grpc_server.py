@@ -513,6 +513,7 @@ async def start_grpc_server(
     budget: BodyBudget | None = None,
     send_timeout_s: float = SEND_TIMEOUT_S,
     metrics: GatewayMetrics | None = None,
+    balancer: Any = None,
 ) -> GrpcHandle:
     """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
 
@@ -522,12 +523,14 @@ async def start_grpc_server(
     ``read_timeout_s`` between DATA frames (serving/protocol/h2_watch.py), aborts a connection whose
     client leaves its answers unread ``send_timeout_s`` (serving/protocol/send_watch.py) and holds its
     calls' request bytes in the HTTP side's ``budget`` (UNAVAILABLE past it); grpc.aio has none of these.
-    ``metrics`` counts the inference calls beside HTTP's (:class:`InferenceServicer`).
+    ``metrics`` counts the inference calls beside HTTP's (:class:`InferenceServicer`). Kiln's server
+    places each connection it accepts with ``balancer`` (a worker's :class:`serving.handoff.Balancer`:
+    handed to the worker holding fewest); grpc.aio's are accepted by gRPC core and stay where they land.
     """
     if server == "kiln":
         servicer = InferenceServicer(backend, metrics)
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
-        return await _start_kiln_server(servicer, host, port, *limits)
+        return await _start_kiln_server(servicer, host, port, *limits, balancer)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),  # answers uncapped, as Kiln's and Triton's
         ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -560,11 +563,13 @@ async def _start_kiln_server(
     read_timeout_s: float,
     budget: BodyBudget | None,
     send_timeout_s: float,
+    balancer: Any = None,
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
     methods, streams = unary_methods(servicer), stream_methods(servicer)
-    server = H2GrpcServer(methods, max_message_bytes, read_timeout_s, budget, send_timeout_s, streams)
+    limits = (max_message_bytes, read_timeout_s, budget, send_timeout_s)
+    server = H2GrpcServer(methods, *limits, streams, balancer)
     try:
         bound = await server.listen(host, port, reuse_port)
     except OSError as error:

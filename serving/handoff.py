@@ -1,0 +1,307 @@
+"""Least-connections placement across gateway workers: a worker that accepts a connection while another
+worker holds fewer connections of that protocol hands the socket to that worker.
+
+The workers share their ports with SO_REUSEPORT, and the kernel picks the worker for each new
+connection by a hash of its addresses: a fair share of many connections, but not of a few long-lived
+ones. perf_analyzer's ``--streaming`` at concurrency 64 opens 3 gRPC connections, and in a quarter of
+the runs all three landed on one worker, whose one ONNX Runtime thread then served everything while the
+other worker idled (~1 550 infer/s against ~2 400 for a 2/1 split); a client of 8 translation
+connections was split 1/7 and 2/6.
+
+Each worker publishes on a shared board (a file the ``--workers`` parent makes, memory-mapped by every
+worker) how many connections of each protocol it holds, and reads the others' counts when it accepts
+one. The socket travels as ``SCM_RIGHTS`` over a Unix datagram socket that each worker listens on
+(a Linux abstract name derived from the board's, so nothing is left on disk), and the receiver adopts
+it with ``loop.connect_accepted_socket`` and the same protocol factory as its own listener. A
+connection is handed on from its first protocol's ``connection_made``, before anything is read from it
+or written to it: the bytes the client has sent wait in the kernel for whichever worker reads them.
+
+Every slot of the board has one writer: a worker's counts are its own; what it adopted from each
+sender is counted by the receiver; a sender remembers what it sent, so sent minus adopted is what is
+still in flight to a worker (counted as held there: a burst of connections does not all go to the one
+worker that looked emptiest). A hand-off that cannot be made (the receiver is stopping or gone, its
+queue is full) keeps the connection where it was accepted.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import mmap
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from serving.execution.occupancy import zeroed_file
+
+log = logging.getLogger(__name__)
+
+KINDS = ("http", "grpc")  # the protocols balanced, each on its own (their connections differ in weight)
+BOARD_PREFIX = "kiln-connections-"  # then the pid of the parent that made it (serving.workers sweeps)
+_INT = 4  # bytes of a board slot (an aligned int32: read and written whole)
+
+
+def _slots(workers: int) -> int:
+    """Slots of a board for ``workers``: per protocol, each worker's count and whether it adopts, and
+    what each worker adopted from each other one."""
+    return len(KINDS) * (2 * workers + workers * workers)
+
+
+def create_board(workers: int) -> Path:
+    """A zeroed connections board for ``workers`` processes (shared memory where there is some)."""
+    return zeroed_file(f"{BOARD_PREFIX}{os.getpid()}-", _slots(workers) * _INT, "connections board")
+
+
+def _workers_of(size: int) -> int:
+    """The worker count a board of ``size`` bytes was made for."""
+    workers = 1
+    while _slots(workers) * _INT < size:
+        workers += 1
+    if _slots(workers) * _INT != size:
+        raise ValueError(f"a connections board of {size} bytes fits no number of workers")
+    return workers
+
+
+class CountedSet(set):
+    """A protocol's set of open connections (uvicorn's ``server_state.connections``, the gRPC server's)
+    that publishes its size on every change."""
+
+    def __init__(self, publish: Callable[[int], None]) -> None:
+        super().__init__()
+        self._publish = publish
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self._publish(len(self))
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        self._publish(len(self))
+
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        self._publish(len(self))
+
+
+class Balancer:
+    """This worker's end of the board at ``board``, where it is ``index``."""
+
+    def __init__(self, board: Path, index: int) -> None:
+        self.workers = _workers_of(board.stat().st_size)
+        if not 0 <= index < self.workers:
+            raise ValueError(f"worker index {index} is outside the board {board} ({self.workers} workers)")
+        with open(board, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), 0)
+        self._slots: memoryview | None = memoryview(self._map).cast("i")
+        self.index = index
+        self._name = board.name
+        self._sent = [[0] * self.workers for _ in KINDS]  # what this worker handed to each, per protocol
+        self._factories: dict[int, Callable[[], asyncio.BaseProtocol]] = {}
+        self._adopting: set[asyncio.Task] = set()
+        self._receiver: socket.socket | None = None
+        self._sender: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.handed = [0] * len(KINDS)  # connections handed on, per protocol (for the log and tests)
+        self.adopted = [0] * len(KINDS)
+
+    # -- the board's slots ---------------------------------------------------------------------------
+
+    def _count_slot(self, kind: int, worker: int) -> int:
+        return kind * (2 * self.workers + self.workers * self.workers) + worker
+
+    def _ready_slot(self, kind: int, worker: int) -> int:
+        return self._count_slot(kind, worker) + self.workers
+
+    def _adopted_slot(self, kind: int, receiver: int, sender: int) -> int:
+        return self._count_slot(kind, 0) + 2 * self.workers + receiver * self.workers + sender
+
+    def counts(self, kind: str) -> list[int]:
+        """Every worker's published count of open ``kind`` connections."""
+        k = KINDS.index(kind)
+        return [self._slots[self._count_slot(k, w)] for w in range(self.workers)]
+
+    def counted(self, kind: str) -> CountedSet:
+        """A set for the ``kind`` server's open connections whose size this worker publishes."""
+        slot = self._count_slot(KINDS.index(kind), self.index)
+
+        def publish(count: int) -> None:
+            if self._slots is not None:
+                self._slots[slot] = count
+
+        return CountedSet(publish)
+
+    # -- accepting ------------------------------------------------------------------------------------
+
+    def arrivals(self, kind: str, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Arrival]:
+        """The protocol factory for this worker's ``kind`` listener (called on its event loop): each
+        connection it accepts is handed on or served by ``factory``'s protocol, which also serves the
+        connections other workers hand here (:meth:`adopt`)."""
+        self.adopt(kind, factory)
+        return lambda: self.arrival(kind, factory)
+
+    def arrival(self, kind: str, factory: Callable[[], asyncio.BaseProtocol]) -> Arrival:
+        """The first protocol of one accepted ``kind`` connection (for a server that builds each
+        connection's protocol itself, as uvicorn does)."""
+        return Arrival(self, KINDS.index(kind), factory)
+
+    def adopt(self, kind: str, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        """Take ``kind`` connections from the other workers from now on, served by ``factory``'s
+        protocol (called on this worker's event loop, once its ``kind`` server is up)."""
+        k = KINDS.index(kind)
+        self._open()
+        self._factories[k] = factory
+        self._slots[self._ready_slot(k, self.index)] = 1  # type: ignore[index]
+
+    def _open(self) -> None:
+        if self._receiver is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            receiver.bind(self._address(self.index))
+        except OSError:
+            receiver.close()
+            raise
+        receiver.setblocking(False)
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._receiver = receiver
+        self._loop.add_reader(receiver.fileno(), self._receive)
+        log.info(
+            "worker %d of %d: a new connection goes to the worker holding fewest of its protocol",
+            self.index,
+            self.workers,
+        )
+
+    def _address(self, worker: int) -> bytes:
+        return f"\0kiln-handoff-{self._name}-{worker}".encode()  # an abstract name: nothing on disk
+
+    def place(self, kind: int, transport: asyncio.BaseTransport) -> bool:
+        """Hand the connection of ``transport`` (just accepted, nothing read) to the worker holding the
+        fewest ``kind`` connections, counting those on their way there, when that is fewer than this
+        worker holds; False when it stays here."""
+        slots, workers, me = self._slots, self.workers, self.index
+        if slots is None or self._sender is None:
+            return False
+        fewest, target = slots[self._count_slot(kind, me)], None
+        for worker in range(workers):
+            if worker == me or not slots[self._ready_slot(kind, worker)]:
+                continue
+            in_flight = self._sent[kind][worker] - slots[self._adopted_slot(kind, worker, me)]
+            held = slots[self._count_slot(kind, worker)] + in_flight
+            if held < fewest:
+                fewest, target = held, worker
+        if target is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            # sendmsg, not socket.send_fds: that drops its address argument (CPython 3.11)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+            self._sender.sendmsg([bytes((kind, me))], rights, 0, self._address(target))
+        except OSError as exc:  # the receiver is gone or stopping (refused), or its queue is full
+            log.debug("kept a %s connection: worker %d did not take it (%s)", KINDS[kind], target, exc)
+            return False
+        self._sent[kind][target] += 1
+        self.handed[kind] += 1
+        return True
+
+    # -- adopting -------------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        while self._receiver is not None:
+            try:
+                data, fds, _flags, _address = socket.recv_fds(self._receiver, 2, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("connection hand-off: receiving failed: %s", exc)
+                return
+            for extra in fds[1:]:
+                os.close(extra)
+            if not fds:
+                continue
+            sock = socket.socket(fileno=fds[0])
+            if len(data) != 2 or data[0] >= len(KINDS) or data[1] >= self.workers:
+                sock.close()
+                continue
+            kind, sender = data
+            factory = self._factories.get(kind)
+            if factory is None:  # stopping: the client sees the connection close unanswered, and retries
+                sock.close()
+                self._note_adopted(kind, sender)
+                continue
+            task = self._loop.create_task(self._adopt(kind, sender, sock, factory))  # type: ignore[union-attr]
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(
+        self, kind: int, sender: int, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> None:
+        try:
+            await self._loop.connect_accepted_socket(factory, sock)  # type: ignore[union-attr]
+            self.adopted[kind] += 1
+        except OSError as exc:  # the client left on the way
+            log.debug("connection hand-off: adopting a %s connection failed: %s", KINDS[kind], exc)
+            sock.close()
+        finally:
+            self._note_adopted(kind, sender)  # counted in this worker's set by now, if it is open
+
+    def _note_adopted(self, kind: int, sender: int) -> None:
+        if self._slots is not None:
+            self._slots[self._adopted_slot(kind, self.index, sender)] += 1
+
+    def stop_adopting(self) -> None:
+        """Take no more connections from other workers (the gateway is draining); those that come
+        anyway are closed unanswered."""
+        for kind in list(self._factories):
+            if self._slots is not None:
+                self._slots[self._ready_slot(kind, self.index)] = 0
+        self._factories.clear()
+
+    def close(self) -> None:
+        self.stop_adopting()
+        if self._receiver is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._receiver.fileno())
+            self._receiver.close()
+            self._receiver = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots.release()
+            self._map.close()
+
+
+class Arrival(asyncio.Protocol):
+    """The first protocol of an accepted connection: hands it to another worker, or replaces itself
+    with the listener's protocol before anything is read."""
+
+    __slots__ = ("_balancer", "_kind", "_factory")
+
+    def __init__(self, balancer: Balancer, kind: int, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._balancer, self._kind, self._factory = balancer, kind, factory
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._balancer.place(self._kind, transport):
+            transport.abort()  # closes this process's descriptor; the other worker's keeps it open
+            return
+        protocol = self._factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # handed on (this process let go of its descriptor); the connection lives on elsewhere
+
+
+def balancer_for(settings: Any) -> Balancer | None:
+    """This worker's balancer, where there are several workers and balancing is on."""
+    if settings.connection_board is None or not settings.balance_connections:
+        return None
+    return Balancer(settings.connection_board, settings.worker_index)
