@@ -58,7 +58,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     app.state.settings = settings
     app.state.metrics = GatewayMetrics(worker=settings.worker_index)
     # with several workers: the board of their connections, each new one handed to the least loaded
-    app.state.balancer = balancer_for(settings)
+    handed = app.state.metrics.connections_handed
+    app.state.balancer = balancer_for(settings, lambda protocol: handed.labels(protocol).inc())
     # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
     app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
     app.state.json_offload = JsonOffload(settings.json_offload_bytes)  # large v2 JSON bodies, off the loop

@@ -89,7 +89,7 @@ class CountedSet(set):
 class Balancer:
     """This worker's end of the board at ``board``, where it is ``index``."""
 
-    def __init__(self, board: Path, index: int) -> None:
+    def __init__(self, board: Path, index: int, on_handed: Callable[[str], None] | None = None) -> None:
         self.workers = _workers_of(board.stat().st_size)
         if not 0 <= index < self.workers:
             raise ValueError(f"worker index {index} is outside the board {board} ({self.workers} workers)")
@@ -104,7 +104,8 @@ class Balancer:
         self._receiver: socket.socket | None = None
         self._sender: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.handed = [0] * len(KINDS)  # connections handed on, per protocol (for the log and tests)
+        self.handed = [0] * len(KINDS)  # connections handed on, per protocol
+        self._on_handed = on_handed  # called with the protocol's name for each (a metric)
         self.adopted = [0] * len(KINDS)
 
     # -- the board's slots ---------------------------------------------------------------------------
@@ -208,6 +209,8 @@ class Balancer:
             return False
         self._sent[kind][target] += 1
         self.handed[kind] += 1
+        if self._on_handed is not None:
+            self._on_handed(KINDS[kind])
         return True
 
     # -- adopting -------------------------------------------------------------------------------------
@@ -300,8 +303,9 @@ class Arrival(asyncio.Protocol):
         pass  # handed on (this process let go of its descriptor); the connection lives on elsewhere
 
 
-def balancer_for(settings: Any) -> Balancer | None:
-    """This worker's balancer, where there are several workers and balancing is on."""
+def balancer_for(settings: Any, on_handed: Callable[[str], None] | None = None) -> Balancer | None:
+    """This worker's balancer, where there are several workers and balancing is on; ``on_handed`` is
+    called with the protocol of each connection it hands on."""
     if settings.connection_board is None or not settings.balance_connections:
         return None
-    return Balancer(settings.connection_board, settings.worker_index)
+    return Balancer(settings.connection_board, settings.worker_index, on_handed)

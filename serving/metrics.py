@@ -125,13 +125,20 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
         )
         # one series per live worker (``pid``): connections reach the workers by the kernel's hash of
-        # their addresses (SO_REUSEPORT), and an uneven split shows here
+        # their addresses (SO_REUSEPORT), and each worker hands on what would leave it holding more
+        # than another (serving/handoff.py): the split shows here
         self.open_connections = Gauge(
             "kiln_open_connections",
             "Client connections open, by protocol (HTTP, gRPC)",
             ["protocol"],
             registry=r,
             multiprocess_mode="liveall",
+        )
+        self.connections_handed = Counter(
+            "kiln_connections_handed",
+            "Accepted connections handed to the worker holding fewest, by protocol",
+            ["protocol"],
+            registry=r,
         )
         self.placement = Gauge(
             "kiln_model_placement",

@@ -78,12 +78,12 @@ def test_counted_sets_publish_each_worker_s_connections_per_protocol(board):
         second.close()
 
 
-async def _two_workers(board, kind="http"):
+async def _two_workers(board, kind="http", handed=None):
     """Two balancers on this loop, each with a listener of its own (the kernel's choice is ours here:
-    the test connects to the worker it means to reach)."""
+    the test connects to the worker it means to reach); worker 0 tells ``handed`` what it hands on."""
     workers = []
     for index in (0, 1):
-        balancer = Balancer(board, index)
+        balancer = Balancer(board, index, handed.append if handed is not None and index == 0 else None)
         held = balancer.counted(kind)
         factory = balancer.arrivals(kind, lambda tag=f"{index}:".encode(), held=held: Tagged(tag, held))
         server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
@@ -100,7 +100,8 @@ async def _ask(port: int, payload: bytes) -> tuple[asyncio.StreamReader, asyncio
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_connections_go_to_the_worker_holding_fewest_and_keep_the_bytes_sent_at_once(board, loop_kind):
     async def main():
-        workers = await _two_workers(board)
+        handed = []
+        workers = await _two_workers(board, handed=handed)
         (first, _, held0, port0), (second, _, held1, _) = workers
         clients = []
         try:
@@ -111,7 +112,7 @@ def test_connections_go_to_the_worker_holding_fewest_and_keep_the_bytes_sent_at_
                 clients.append((reader, writer))
                 assert answer == (b"0:" if n % 2 == 0 else b"1:") + f"hello {n}".encode()
             assert first.counts("http") == [2, 2] and len(held0) == len(held1) == 2
-            assert (first.handed, second.adopted) == ([2, 0], [2, 0])
+            assert (first.handed, second.adopted, handed) == ([2, 0], [2, 0], ["http", "http"])
             # a handed-on connection is the adopting worker's: it answers later requests and closes
             reader, writer = clients[1]
             writer.write(b"again")
@@ -140,7 +141,7 @@ def test_connections_go_to_the_worker_holding_fewest_and_keep_the_bytes_sent_at_
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_burst_counts_connections_on_their_way_and_a_stopping_worker_takes_none(board, loop_kind):
     async def main():
-        workers = await _two_workers(board)
+        workers = await _two_workers(board, "grpc")
         (first, _, _, port0), (second, _, held1, _) = workers
         try:
             # six at once reach worker 0 before worker 1 has adopted any: what is on its way counts

@@ -19,6 +19,7 @@ RANKS = {
     "serving.decoding": 2,
     "serving.protocol": 3,
     "serving.gateway": 3,
+    "serving.handoff": 3,  # the front ends' connections placed across workers (app and workers start it)
     "serving.app": 4,
     "serving.__main__": 5,
     "serving.workers": 5,  # several gateway processes on one port, started by __main__
