@@ -104,6 +104,7 @@ class Balancer:
         self._receiver: socket.socket | None = None
         self._sender: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unavailable = False  # no Unix datagram sockets with abstract names here (not Linux)
         self.handed = [0] * len(KINDS)  # connections handed on, per protocol
         self._on_handed = on_handed  # called with the protocol's name for each (a metric)
         self.adopted = [0] * len(KINDS)
@@ -152,20 +153,26 @@ class Balancer:
         """Take ``kind`` connections from the other workers from now on, served by ``factory``'s
         protocol (called on this worker's event loop, once its ``kind`` server is up)."""
         k = KINDS.index(kind)
-        self._open()
+        if not self._open():
+            return
         self._factories[k] = factory
         self._slots[self._ready_slot(k, self.index)] = 1  # type: ignore[index]
 
-    def _open(self) -> None:
-        if self._receiver is not None:
-            return
+    def _open(self) -> bool:
+        """Listen for hand-offs; False (said once in the log) where this system cannot: this worker
+        then neither hands connections on nor takes any, and serves as without a board."""
+        if self._receiver is not None or self._unavailable:
+            return not self._unavailable
         self._loop = asyncio.get_running_loop()
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            receiver.bind(self._address(self.index))
-        except OSError:
+            receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except (AttributeError, OSError) as exc:  # no Unix sockets here
+            return self._give_up(exc)
+        try:
+            receiver.bind(self._address(self.index))  # Linux's abstract names
+        except OSError as exc:
             receiver.close()
-            raise
+            return self._give_up(exc)
         receiver.setblocking(False)
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
@@ -176,6 +183,17 @@ class Balancer:
             self.index,
             self.workers,
         )
+        return True
+
+    def _give_up(self, exc: BaseException) -> bool:
+        self._unavailable = True
+        log.warning(
+            "worker %d: connections cannot be handed between workers here (%s): each stays on the "
+            "worker the kernel gives it",
+            self.index,
+            exc,
+        )
+        return False
 
     def _address(self, worker: int) -> bytes:
         return f"\0kiln-handoff-{self._name}-{worker}".encode()  # an abstract name: nothing on disk
@@ -198,7 +216,7 @@ class Balancer:
         if target is None:
             return False
         sock = transport.get_extra_info("socket")
-        if sock is None:
+        if sock is None or transport.get_extra_info("sslcontext") is not None:  # TLS has begun here
             return False
         try:
             # sendmsg, not socket.send_fds: that drops its address argument (CPython 3.11)

@@ -270,3 +270,35 @@ def test_only_a_worker_of_several_with_balancing_on_gets_a_balancer(board, tmp_p
     finally:
         balancer.close()
     assert balancer_for(parse_args([*worker, "--no-balance-connections"])) is None
+
+
+def test_where_no_hand_off_socket_can_be_made_each_worker_keeps_what_it_accepts(board, monkeypatch, caplog):
+    """A system without Linux's abstract Unix names: said once in the log, and connections are served
+    where they land (none is handed to a worker that cannot take it, nor lost)."""
+    real = socket.socket
+
+    def no_unix(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_UNIX:
+            raise OSError(97, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    async def main():
+        monkeypatch.setattr(socket, "socket", no_unix)
+        workers = await _two_workers(board)
+        monkeypatch.setattr(socket, "socket", real)
+        (first, _, held0, port0), (second, _, _, _) = workers
+        try:
+            held0.add("an old connection")  # worker 0 holds more: it would hand on if it could
+            _, writer, answer = await _ask(port0, b"here")
+            assert answer == b"0:here" and first.handed == [0, 0]
+            assert first.counts("http") == [2, 0]
+            writer.close()
+        finally:
+            for balancer, server, _, _ in workers:
+                server.close()
+                balancer.close()
+
+    with caplog.at_level("WARNING", logger="serving.handoff"):
+        asyncio.run(main())
+    warned = [r for r in caplog.records if "cannot be handed" in r.getMessage()]
+    assert len(warned) == 2  # once a worker
