@@ -110,6 +110,20 @@ def _samples(text: str, name: str, **labels: str) -> list[float]:
     ]
 
 
+def _two_workers(tmp_path: Path) -> tuple[list[str], str, int, list[socket.socket]]:
+    """The command of a two-worker gateway on a small classifier repository, on ports held here
+    (close them when done), its HTTP URL and its gRPC port."""
+    from tests.repo_fixtures import build_classifier_repository
+
+    repository = build_classifier_repository(tmp_path / "repo")
+    held = [_held_port(), _held_port()]
+    port, grpc_port = (sock.getsockname()[1] for sock in held)
+    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
+    # --reuse-port: the ports are held here and meant to be shared (a gateway refuses busy ones)
+    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2", "--reuse-port"]
+    return cmd, f"http://127.0.0.1:{port}", grpc_port, held
+
+
 def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
     """Two workers on one port: whichever one a scrape reaches, it lists both workers and counts every
     request answered by either (each request and each scrape on a new connection, which the kernel
@@ -118,15 +132,9 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
     import httpx
 
     from kiln.processes import running
-    from tests.repo_fixtures import SIZE, build_classifier_repository
+    from tests.repo_fixtures import SIZE
 
-    repository = build_classifier_repository(tmp_path / "repo")
-    held = [_held_port(), _held_port()]
-    port, grpc_port = (sock.getsockname()[1] for sock in held)
-    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
-    # --reuse-port: the ports are held here and meant to be shared (a gateway refuses busy ones)
-    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2", "--reuse-port"]
-    url = f"http://127.0.0.1:{port}"
+    cmd, url, _, held = _two_workers(tmp_path)
     shape = [1, SIZE, SIZE, 1]
     image = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": shape, "data": [1] * SIZE * SIZE}]}
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection for every request
@@ -225,14 +233,8 @@ def test_connections_are_placed_on_the_worker_holding_fewest(tmp_path):
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from kiln.processes import running
-    from tests.repo_fixtures import build_classifier_repository
 
-    repository = build_classifier_repository(tmp_path / "repo")
-    held = [_held_port(), _held_port()]
-    port, grpc_port = (sock.getsockname()[1] for sock in held)
-    cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
-    cmd += ["--http-port", str(port), "--grpc-port", str(grpc_port), "--workers", "2", "--reuse-port"]
-    url = f"http://127.0.0.1:{port}"
+    cmd, url, grpc_port, held = _two_workers(tmp_path)
     clients: list[httpx.Client] = []
     channels: list[grpc.Channel] = []
 
