@@ -201,17 +201,17 @@ def test_a_cgroup_cpu_quota_caps_the_threads_a_lone_request_may_use(tmp_path, fi
 def test_a_lone_request_runs_on_the_batch_session_while_another_worker_runs_a_model(repository, tmp_path):
     board = create_board(2)
     other = Occupancy(board, 1)  # the other worker, running a batch of its own
-    sessions = Sessions()
+    sessions, second = Sessions(), Sessions()
     other.enter()
     try:
         asyncio.run(
             answers(repository, OrtOptions(lone_request_threads=2), sessions, [1], Occupancy(board, 0))
         )
-    finally:
         other.leave()
+        asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), second, [1], Occupancy(board, 0)))
+    finally:
         other.close()
-    second = Sessions()
-    asyncio.run(answers(repository, OrtOptions(lone_request_threads=2), second, [1], Occupancy(board, 0)))
+        board.unlink()  # in /dev/shm: nothing else removes it
     assert sessions.runs == [(2, 1), (1, 1)]  # warm-up at load, then the narrow session
     assert second.runs == [(2, 1), (2, 1)]  # the other worker idle: the wide one
 
