@@ -151,6 +151,7 @@ class ServerGone(RuntimeError):
 
 
 POLL_S = 0.25  # how often a run looks at whether its server still runs
+PROBE_AFTER_S = 1.5  # when a run reads its server's connections (perf_analyzer has opened them all)
 
 
 def run_once(
@@ -160,25 +161,31 @@ def run_once(
     concurrency: int,
     timeout_s: float = 300.0,
     alive: Callable[[], str | None] | None = None,
+    probe: Callable[[], str | None] | None = None,
     **kwargs: Any,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Run perf_analyzer once; an unstable or failed run raises with the tool's own last words.
 
     ``alive``: None while the server runs, else how it ended; it is asked every ``POLL_S`` and a run
     whose server ended is stopped at once (``ServerGone``). perf_analyzer itself waited on a dead
-    server's stream until the timeout (Triton 2.51 crashing under ``--streaming``: 90 s lost a run)."""
+    server's stream until the timeout (Triton 2.51 crashing under ``--streaming``: 90 s lost a run).
+    ``probe`` is asked once, ``PROBE_AFTER_S`` into the run, how the server's workers hold its
+    connections (:func:`connection_split`); its answer is the sample's ``connections``."""
     with tempfile.TemporaryDirectory(prefix="kiln-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         cmd = command(tool, url, model, concurrency, csv_path, **kwargs)
         with subprocess.Popen(
             cmd, env=tool.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:
-            deadline = time.monotonic() + timeout_s
+            started = time.monotonic()
+            deadline, split = started + timeout_s, None
             while True:
                 try:
                     output, _ = proc.communicate(timeout=POLL_S)
                     break
                 except subprocess.TimeoutExpired:
+                    if probe is not None and time.monotonic() - started >= PROBE_AFTER_S:
+                        split, probe = probe(), None
                     ended = alive() if alive is not None else None
                     if ended is None and time.monotonic() < deadline:
                         continue
@@ -190,7 +197,34 @@ def run_once(
         if proc.returncode != 0 or not csv_path.is_file():
             tail = output.strip().splitlines()[-3:]
             raise RuntimeError(f"perf_analyzer failed (exit {proc.returncode}): {' | '.join(tail)}")
-        return parse_csv(csv_path)
+        sample: dict[str, Any] = parse_csv(csv_path)
+        return sample | ({"connections": split} if split else {})
+
+
+def connection_split(metrics_url: str, protocol: str) -> Callable[[], str | None]:
+    """``run_once``'s ``probe`` for a gateway: its workers' open ``protocol`` connections
+    (``kiln_open_connections``, one series a worker), most first ("6/5"); None when the page cannot
+    be read. Workers hand connections to the one holding fewest (serving/handoff.py); this shows the
+    split a run got."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> str | None:
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        counts = [
+            int(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "kiln_open_connections" and sample.labels.get("protocol") == protocol
+        ]
+        return "/".join(str(n) for n in sorted(counts, reverse=True)) if counts else None
+
+    return read
 
 
 def process_watch(process: subprocess.Popen | None) -> Callable[[], str | None]:
@@ -248,6 +282,7 @@ def interleaved(
     only: Mapping[str, Collection[int]] | None = None,
     failures: dict[str, str] | None = None,
     alive: Mapping[str, Callable[[], str | None]] | None = None,
+    probes: Mapping[str, Callable[[], str | None]] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every (target, concurrency) ``rounds`` times, interleaved; one row of medians per pair (its
@@ -255,7 +290,8 @@ def interleaved(
     named in ``only`` runs at those of the concurrencies only (an extra layout where the targets read
     it, to keep the bench short). ``failures``, where given, gets each target's last failure; a target
     whose run hung past its timeout, or whose server ended (``alive``: each target's
-    :func:`process_watch`), is not run again."""
+    :func:`process_watch`), is not run again. ``probes`` read a target's connection split during each
+    of its runs (:func:`connection_split`)."""
     protocol = STREAM if kwargs.get("streaming") else kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     hung: set[str] = set()
@@ -264,7 +300,9 @@ def interleaved(
             for name, url in targets.items():
                 if (only and name in only and c not in only[name]) or name in hung:
                     continue
-                watch = {"alive": alive[name]} if alive and name in alive else {}
+                watch: dict[str, Any] = {"alive": alive[name]} if alive and name in alive else {}
+                if probes and name in probes:
+                    watch["probe"] = probes[name]
                 try:
                     sample = run_once(tool, url, model, c, **watch, **kwargs)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -283,10 +321,11 @@ def interleaved(
 
 
 def _median_row(
-    target: str, concurrency: int, runs: list[dict[str, float]], protocol: str = "grpc"
+    target: str, concurrency: int, runs: list[dict[str, Any]], protocol: str = "grpc"
 ) -> dict[str, Any]:
-    keys = sorted({k for run in runs for k in run})
+    keys = sorted({k for run in runs for k in run} - {"connections"})
     medians = {k: statistics.median(run[k] for run in runs if k in run) for k in keys}
+    splits = [run["connections"] for run in runs if "connections" in run]
     return {
         "target": target,
         "tool": "perf_analyzer",
@@ -295,6 +334,7 @@ def _median_row(
         "runs": len(runs),
         **medians,
         "samples_rps": [round(run["throughput_rps"], 1) for run in runs],
+        **({"connections": ", ".join(splits)} if splits else {}),
     }
 
 
@@ -334,6 +374,9 @@ def side_by_side(
         gateway = stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
         targets = {"gateway": f"127.0.0.1:{grpc}"}
         alive = {"gateway": process_watch(gateway)}  # a run whose server ended stops there
+        metrics_url = f"http://127.0.0.1:{http}/metrics"
+        # how the gateway's workers held each run's connections (the HTTP reading counts itself)
+        probes = {kind: {"gateway": connection_split(metrics_url, kind)} for kind in ("grpc", "http")}
         pids = {"gateway": gateway.pid}
         rest = {"gateway": f"127.0.0.1:{http}"}
         layouts: list[TritonLayout] = []
@@ -354,12 +397,11 @@ def side_by_side(
             f"{list(concurrencies)}"
         )
         extras = {layout.name: TARGET_CONCURRENCIES for layout in layouts[1:]}
-        rows = interleaved(
-            tool, targets, model, concurrencies, rounds=rounds, progress=progress, only=extras, alive=alive
-        )
+        common = {"rounds": rounds, "progress": progress, "alive": alive}
+        rows = interleaved(tool, targets, model, concurrencies, only=extras, probes=probes["grpc"], **common)
         extra.close()
         over_http = interleaved(
-            tool, rest, model, concurrencies, rounds=rounds, progress=progress, protocol="http", alive=alive
+            tool, rest, model, concurrencies, protocol="http", probes=probes["http"], **common
         )
         opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
         open_rows = open_loop_at_half_peak(
@@ -375,12 +417,11 @@ def side_by_side(
             opened,
             model,
             TARGET_CONCURRENCIES,
-            rounds=rounds,
-            progress=progress,
             failures=stream_failures,
-            alive=alive,
+            probes=probes["grpc"],
             streaming=True,
             timeout_s=STREAM_TIMEOUT_S,
+            **common,
         )
         return {
             "binary": str(tool.binary),

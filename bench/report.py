@@ -144,6 +144,12 @@ SERVER_SPLIT = (
     "network.\n"
 )
 
+CONNECTIONS = (
+    "\n`connections`: the gateway's open connections of the row's protocol in each of its workers, "
+    "most first, read 1.5 s into each run (`kiln_open_connections`; a new connection goes to the "
+    "worker holding fewest, serving/handoff.py); the HTTP rows count the connection that read them.\n"
+)
+
 
 def perf_analyzer_section(pa: dict[str, Any]) -> str:
     """perf_analyzer (Triton's own tool) over gRPC, HTTP and gRPC streams: medians of interleaved runs,
@@ -177,8 +183,9 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
         "server_input_ms",
         "server_infer_ms",
         "server_output_ms",
+        "connections",
     ]
-    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT
+    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT + CONNECTIONS
     if pa.get("memory"):
         held = ", ".join(
             f"`{name}` {used['pss_mib']:.0f} MiB ({used['processes']} processes)"

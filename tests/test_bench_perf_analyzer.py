@@ -246,8 +246,8 @@ def test_http_rows_carry_their_protocol_and_are_compared_with_triton_over_http_o
     text = report.perf_analyzer_section(results["servers"]["perf_analyzer"])
     lines = [line for line in text.splitlines() if line.startswith("| gateway")]
     assert lines == [
-        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |",
-        "| gateway | http | 64 | 1 | 900.00 | 1.00 |  |  | 1.50 |  |  |  |  |",
+        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |  |",
+        "| gateway | http | 64 | 1 | 900.00 | 1.00 |  |  | 1.50 |  |  |  |  |  |",
     ]
 
 
@@ -315,8 +315,8 @@ def test_stream_rows_run_with_streaming_and_are_compared_with_tritons_streams_on
     text = report.perf_analyzer_section(results["servers"]["perf_analyzer"])
     lines = [line for line in text.splitlines() if line.startswith("| gateway")]
     assert lines == [
-        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |",
-        "| gateway | grpc-stream | 64 | 1 | 800.00 | 1.00 |  |  | 2.00 |  |  |  |  |",
+        "| gateway | grpc | 64 |  | 500.00 | 9.00 |  |  | 0.50 |  |  |  |  |  |",
+        "| gateway | grpc-stream | 64 | 1 | 800.00 | 1.00 |  |  | 2.00 |  |  |  |  |  |",
     ]
 
 
@@ -429,3 +429,53 @@ def test_a_servers_memory_counts_every_process_under_it_and_shared_pages_once(tm
         }
     )
     assert "`gateway` 439 MiB (3 processes)" in text
+
+
+def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_them(tmp_path):
+    """How the gateway's workers held a run's connections (they hand new ones to the one holding
+    fewest) is read once, 1.5 s into each run, and listed run by run in the row and the report."""
+    import http.server
+    import threading
+
+    page = (
+        b"# TYPE kiln_open_connections gauge\n"
+        b'kiln_open_connections{pid="1",protocol="grpc"} 5.0\n'
+        b'kiln_open_connections{pid="2",protocol="grpc"} 6.0\n'
+        b'kiln_open_connections{pid="1",protocol="http"} 1.0\n'
+    )
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        assert pa.connection_split(url, "grpc")() == "6/5"
+        assert pa.connection_split(url, "http")() == "1"
+        header = "Concurrency,Inferences/Second,p50 latency,p99 latency"
+        tool = _fake_tool(tmp_path, f'sleep 2; printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
+        asked = []
+
+        def probe():
+            asked.append(1)
+            return pa.connection_split(url, "grpc")()
+
+        rows = pa.interleaved(tool, {"gateway": "u"}, "m", [64], rounds=2, probes={"gateway": probe})
+        assert len(asked) == 2 and rows[0]["connections"] == "6/5, 6/5"
+        assert rows[0]["throughput_rps"] == 1500.5  # the split is no median
+        text = report.perf_analyzer_section({"rows": rows})
+        assert "| 6/5, 6/5 |" in text and "`connections`:" in text
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pa.connection_split(url, "grpc")() is None  # nothing listens now: no split, no failure
+    quick = _fake_tool(tmp_path, f'printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
+    assert "connections" not in pa.run_once(quick, "u", "m", 64, probe=lambda: "never asked")
