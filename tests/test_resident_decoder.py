@@ -308,7 +308,14 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
     ways = {r["way"]: r for r in result["rows"]}
     assert set(ways) == {"host", "resident"}  # CUDA graphs only on CUDA
     assert ways["resident"]["same_as_host"] == 100.0 and ways["resident"]["layouts"] >= 1
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its gateways' logs: here, not in /tmp
     rows = gpu_decode_probe.gateway(built, built.parent / "checkpoints", "transformer", 24, [1], [2, 8])
+    assert sorted(p.name for p in tmp_path.glob("kiln-probe-gateway-*.log")) == [
+        "kiln-probe-gateway-1-0.log",
+        "kiln-probe-gateway-1-1.log",
+    ]
     assert [(r["resident"], r["concurrency"]) for r in rows] == [("1", 2), ("1", 8), ("0", 2), ("0", 8)]
     assert all("failed" not in r and r["same_as_first"] == 100.0 and r["tokens_per_s"] > 0 for r in rows)
     assert all(r["cpu_ms_a_sentence"]["decode"] > 0 and 0 < r["decode_busy"] <= 1.05 for r in rows)
