@@ -24,6 +24,7 @@ from serving.decoding.scheduler import SchedulerConfig
 from serving.errors import ServingError
 from serving.execution.base import Backend
 from serving.execution.repository import Repository
+from serving.execution.shared_weights import return_freed_memory
 from serving.gateway import Gateway
 from serving.handoff import balancer_for
 from serving.metrics import CLIENT_LEFT, GatewayMetrics
@@ -145,6 +146,7 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
             state.metrics.watch_connections("grpc", connections.__len__)
     if freeze_loaded_objects():
         parts.on_stop("the garbage collector's freeze", gc.unfreeze)
+    return_freed_memory()  # what loading the models freed (serving.execution.shared_weights)
 
 
 # The hot routes, answered ahead of the middleware stack (serving.protocol.lean); still declared on

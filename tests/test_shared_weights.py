@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import sys
 from pathlib import Path
 
@@ -149,3 +150,132 @@ def test_the_command_line_turns_sharing_off_and_workers_are_told_the_directory(t
     assert on.options.share_weights is True and on.options.weights_dir == tmp_path
     argv = worker_argv(["--model-repository", "repo"], Path("/dev/shm/board"), 1, tmp_path / "w")
     assert argv[-2:] == ["--weights-dir", str(tmp_path / "w")]
+
+
+def matmul_stack(path: Path, layers: int = 4, width: int = 1024) -> Path:
+    """A graph of ``layers`` MatMuls with constant ``width`` x ``width`` float weights (4 MiB each at
+    1024): the operator whose weights ONNX Runtime's CPU kernels pre-pack."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}")
+        for i in range(layers)
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}"])
+        for i in range(layers)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", width])],
+        [helper.make_tensor_value_info(f"h{layers - 1}", TensorProto.FLOAT, ["rows", width])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_the_store_saves_the_kernels_pre_packed_weights_beside_the_graph(tmp_path):
+    import onnx
+
+    (tmp_path / "store").mkdir()
+    graph = WeightStore(tmp_path / "store").graph_for(
+        matmul_stack(tmp_path / "stack.onnx", 2, 256), PROVIDERS
+    )
+    assert graph is not None
+    saved = onnx.load(str(graph), load_external_data=False)
+    for tensor in saved.graph.initializer:
+        keys = {entry.key for entry in tensor.external_data}
+        assert "location" in keys and any(key.startswith("prepacked") for key in keys), (tensor.name, keys)
+
+
+SESSIONS_PROBE = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from pathlib import Path
+from serving.execution.shared_weights import WeightStore, shared_options
+
+def private_mib():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup") if ":" in line)
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
+
+model, store = Path(sys.argv[1]), Path(sys.argv[2])
+graph = WeightStore(store).graph_for(model, ["CPUExecutionProvider"])
+x = np.ones((4, 1024), np.float32)
+sessions, grown = [], []
+for _ in range(3):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    shared_options(options)
+    before = private_mib()
+    sessions.append(ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"]))
+    sessions[-1].run(None, {"x": x})
+    grown.append(private_mib() - before)
+print(" ".join(f"{g:.1f}" for g in grown))
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/smaps_rollup").exists(), reason="reads Linux's /proc/self/smaps_rollup"
+)
+def test_sessions_of_the_stores_graph_add_no_copy_of_the_weights(tmp_path):
+    """Each session of a graph whose pre-packed weights were not saved packs a copy of its own (16 MiB
+    here, in private memory); sessions of the store's graph map the saved ones."""
+    import subprocess
+
+    model = matmul_stack(tmp_path / "stack.onnx")  # 16 MiB of weights
+    (tmp_path / "store").mkdir()
+    probe = subprocess.run(
+        [sys.executable, "-c", SESSIONS_PROBE, str(model), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    grown = [float(value) for value in probe.stdout.split()]
+    # the second and third sessions: a few MiB of their own at most, where a copy each would be 32
+    assert sum(grown[1:]) < 8, f"private MiB each session added: {grown}"
+
+
+TRIM_PROBE = """
+import numpy as np
+from serving.execution.shared_weights import return_freed_memory
+
+def private_mib():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup") if ":" in line)
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
+
+held = [np.ones(16 * 1024, np.float32) for _ in range(3000)]  # 64 KiB each: from the heap, not mmap
+keep = held[-1]  # one block above the freed ones, as a loaded model's would be
+del held
+freed = private_mib()
+trimmed = return_freed_memory()
+print(trimmed, freed, private_mib())
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/smaps_rollup").exists() or platform.libc_ver()[0] != "glibc",
+    reason="glibc's malloc_trim, read through Linux's /proc/self/smaps_rollup",
+)
+def test_freed_heap_memory_goes_back_to_the_system():
+    """What loading frees (a model read whole, the optimizing session's copies) stays in glibc's heap
+    until trimmed; the gateway trims once its models are loaded."""
+    import subprocess
+
+    probe = subprocess.run(
+        [sys.executable, "-c", TRIM_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    trimmed, freed, after = probe.stdout.split()
+    assert trimmed == "True"
+    assert float(freed) - float(after) > 100, f"private MiB {freed} before the trim, {after} after"

@@ -684,6 +684,55 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 
 
+def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exported) -> None:
+    """Every decode worker's encoder, decoder and compiled-step sessions open the weight store's graphs
+    (serving/execution/shared_weights.py): one optimized file each, its weights and their pre-packed
+    copies mapped, not read into each session; the answers are the reference's."""
+    from serving.decoding import native
+    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.repository import Repository
+    from serving.execution.shared_weights import WEIGHTS
+    from tests.test_shared_weights import mapped_files
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(8, seed=6)
+
+    async def scenario() -> tuple[list, list, set[str], Path]:
+        repository = Repository(root / "model_repository")
+        backend = OnnxRuntimeBackend(repository, OrtOptions())
+        await backend.start()
+        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(workers=2))
+        await pool.start(backend.runner)
+        try:
+            options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
+            answers = await asyncio.gather(*(pool.get("transformer").translate([t], options) for t in texts))
+            store = backend._weights.root
+            return (
+                pool.get("transformer").schedulers,
+                [a[0][0].tokens for a in answers],
+                mapped_files(),
+                store,
+            )
+        finally:
+            await pool.stop()
+            await backend.stop()
+
+    schedulers, answers, maps, store = asyncio.run(scenario())
+    decoders = [s.run_decoder for s in schedulers]
+    encoders = [s.run_encoder for s in schedulers]
+    for run in (*decoders, *encoders):
+        assert run.optimized and Path(run.model_file).is_relative_to(store), run.model_file
+    assert len({d.model_file for d in decoders}) == 1 and len({e.model_file for e in encoders}) == 1
+    assert decoders[0].model_file != encoders[0].model_file
+    if native.load() is not None:  # the compiled steps open the store's graph too, as it is
+        assert all(d.native is not None and d.native.path == str(d.model_file) for d in decoders)
+    for run in (decoders[0], encoders[0]):
+        assert str(Path(run.model_file).parent / WEIGHTS) in maps
+    assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
+
+
 def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
     exported, tmp_path, caplog
 ) -> None:
@@ -707,8 +756,10 @@ def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
 
     with caplog.at_level("WARNING"):
         run = asyncio.run(scenario())
-    assert Path(run.model_file).name == "model.onnx"
+    # the weight store's optimized graph of the entry's own model.onnx, not the fused one
+    assert run.optimized and Path(run.model_file).name == "model.onnx"
     assert "model.fused.onnx did not open" in caplog.text
+    assert f"{broken}: its sessions load their own copies" in caplog.text
 
 
 def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_codec_thread(exported) -> None:

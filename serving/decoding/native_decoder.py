@@ -53,6 +53,9 @@ FOUND_STEPS = 4
 FIXED, TOKENS, POSITIONS, MASK, ROWS, ROW_PLACE, CACHE = 0, 1, 2, 3, 4, 5, 16
 TENSOR = 9  # the plan's fields per tensor (tensor_fields; ort_step.c's TENSOR): dims from the fifth
 ERROR_BYTES = 1024
+# ONNX Runtime's GraphOptimizationLevel: every optimization (the Python API's default), or none (a graph
+# optimized and saved already, whose mapped weights a rewrite would copy)
+ORT_ENABLE_ALL, ORT_DISABLE_ALL = 99, 0
 
 _lock = threading.Lock()
 _library: list[Any] = []  # [] until the first load decides: [CDLL or None]
@@ -87,7 +90,8 @@ def _load() -> Any:
         lib.kiln_ort_init.restype = ctypes.c_int64
         lib.kiln_ort_init.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
         lib.kiln_ort_session.restype = ctypes.c_void_p
-        lib.kiln_ort_session.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        lib.kiln_ort_session.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+        lib.kiln_ort_session.argtypes += [ctypes.c_void_p]
         lib.kiln_ort_session.argtypes += [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
         lib.kiln_ort_release_session.restype = None
         lib.kiln_ort_release_session.argtypes = [ctypes.c_void_p]
@@ -110,7 +114,9 @@ class NativeDecoder:
     """A decoder session opened through ONNX Runtime's C API, and the buffers its steps reuse.
 
     ``inputs`` and ``outputs`` are the graph's names (the batch feeds its inputs by name, in this
-    order). Not thread-safe: one decode thread steps through it (each decode worker has its own).
+    order). ``optimized``: ``path`` is a graph ONNX Runtime optimized and saved already (a weight
+    store's, :mod:`serving.execution.shared_weights`), opened as it is so that its mapped weights stay
+    shared. Not thread-safe: one decode thread steps through it (each decode worker has its own).
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class NativeDecoder:
         *,
         intra_op_threads: int = 1,
         config: dict[str, str] | None = None,
+        optimized: bool = False,
     ) -> None:
         lib = _c_library()
         if lib is None:
@@ -134,8 +141,9 @@ class NativeDecoder:
         keys = (ctypes.c_char_p * max(1, len(items)))(*[k.encode() for k, _ in items])
         values = (ctypes.c_char_p * max(1, len(items)))(*[v.encode() for _, v in items])
         self.error = ctypes.create_string_buffer(ERROR_BYTES)
+        level = ORT_DISABLE_ALL if optimized else ORT_ENABLE_ALL
         self.session = lib.kiln_ort_session(
-            self.path.encode(), intra_op_threads, 1, keys, values, len(items), self.error, ERROR_BYTES
+            self.path.encode(), intra_op_threads, 1, level, keys, values, len(items), self.error, ERROR_BYTES
         )
         if not self.session:
             raise RuntimeError(f"ONNX Runtime could not open {self.path}: {self.error.value.decode()}")
@@ -201,11 +209,16 @@ def tensor_fields(name_address: int, array: np.ndarray, kind: int) -> list[int]:
 
 
 def open_native_decoder(
-    path: str | Path, session: Any, *, intra_op_threads: int = 1, config: dict[str, str] | None = None
+    path: str | Path,
+    session: Any,
+    *,
+    intra_op_threads: int = 1,
+    config: dict[str, str] | None = None,
+    optimized: bool = False,
 ) -> NativeDecoder | None:
     """A :class:`NativeDecoder` over the model at ``path`` for a decoder already open in ``session`` (an
     ONNX Runtime InferenceSession: its input and output names, and CPU only), or ``None`` where it
-    cannot be used (the batch then steps in Python)."""
+    cannot be used (the batch then steps in Python). ``optimized``: see :class:`NativeDecoder`."""
     if "CPUExecutionProvider" not in session.get_providers()[:1]:
         return None
     if any(len(i.shape or ()) > MAX_RANK for i in session.get_inputs()):
@@ -219,6 +232,7 @@ def open_native_decoder(
             [o.name for o in session.get_outputs()],
             intra_op_threads=intra_op_threads,
             config=config,
+            optimized=optimized,
         )
     except RuntimeError as exc:
         log.warning("%s: decoder steps run in Python", exc)
@@ -228,12 +242,13 @@ def open_native_decoder(
 def attach(run_decoder: Any) -> Any:
     """``run_decoder`` with a :class:`NativeDecoder` as ``run_decoder.native`` where it can have one: an
     ONNX Runtime runner (``serving.execution.onnxruntime``) that says which file its session opened
-    (``model_file``) and with which session config entries (``session_config``). Others, e.g. Triton's,
-    keep stepping in Python."""
+    (``model_file``), with which session config entries (``session_config``) and whether that file is
+    a graph optimized already (``optimized``). Others, e.g. Triton's, keep stepping in Python."""
     path, session = getattr(run_decoder, "model_file", None), getattr(run_decoder, "session", None)
     if path is not None and session is not None and getattr(run_decoder, "native", None) is None:
         config = getattr(run_decoder, "session_config", None)
-        run_decoder.native = open_native_decoder(path, session, config=config)
+        optimized = bool(getattr(run_decoder, "optimized", False))
+        run_decoder.native = open_native_decoder(path, session, config=config, optimized=optimized)
         if run_decoder.native is not None:
             run_decoder.native.occupancy = getattr(run_decoder, "occupancy", None)
             log.info("decoder %s: steps compiled (ONNX Runtime C API)", path)

@@ -86,16 +86,18 @@ fail:
     return -1;
 }
 
-/* A session over the model at `path` with these thread counts and session config entries; NULL (and
- * the message in error) on failure. */
-void *kiln_ort_session(const char *path, int64_t intra, int64_t inter, const char *const *keys,
+/* A session over the model at `path` with these thread counts, graph optimization level (ONNX Runtime's
+ * GraphOptimizationLevel: 99 all, the Python API's default; 0 none, for a graph optimized already whose
+ * mapped weights a rewrite would copy) and session config entries; NULL (and the message in error) on
+ * failure. */
+void *kiln_ort_session(const char *path, int64_t intra, int64_t inter, int64_t level, const char *const *keys,
                        const char *const *values, int64_t entries, char *error, int64_t size) {
     void *options = NULL, *session = NULL;
     if (failed(CALL(API_CREATE_SESSION_OPTIONS, status_t (*)(void **))(&options), error, size)) return NULL;
     if (failed(CALL(API_SET_INTRA_OP_NUM_THREADS, status_t (*)(void *, int))(options, (int)intra), error, size) ||
         failed(CALL(API_SET_INTER_OP_NUM_THREADS, status_t (*)(void *, int))(options, (int)inter), error, size) ||
-        failed(CALL(API_SET_GRAPH_OPTIMIZATION_LEVEL, status_t (*)(void *, int))(options, 99), error, size))
-        goto done; /* 99: ORT_ENABLE_ALL, the Python API's default */
+        failed(CALL(API_SET_GRAPH_OPTIMIZATION_LEVEL, status_t (*)(void *, int))(options, (int)level), error, size))
+        goto done;
     /* the fused attention operators (attention.c), for a step graph that uses them; unused otherwise.
      * Not fatal here: a graph that needs them then fails to open, saying which operator is missing. */
     status_t ops = kiln_attention_ops(options, api);

@@ -10,6 +10,7 @@ Classification (Triton's extension) is requested with ``InferRequest.classificat
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -212,18 +213,21 @@ class OnnxRuntimeBackend:
 
         path = entry.model_file(version)
         chosen = graph.path(path) if graph is not None and model.placement.provider == placement.CPU else path
-        session = None
+        opened = None
         if chosen != path:
             try:
-                session = self._open_session(chosen, model.placement, intra_op_threads=1, graph=graph)
-                path = chosen
+                opened = self._open(chosen, model.placement, intra_op_threads=1, graph=graph, shared=True)
             except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
                 log.warning("entry %s: %s did not open (%s); using %s", name, chosen.name, exc, path.name)
-        if session is None:
-            session = self._open_session(path, model.placement, intra_op_threads=1)
+        if opened is None:
+            opened = self._open(path, model.placement, intra_op_threads=1, shared=True)
+        session, source = opened
         run = onnxruntime_runner(session, self.occupancy)
-        # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c)
-        run.model_file = path  # type: ignore[attr-defined]
+        # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c): the
+        # file this session opened, and whether it is the weight store's graph (optimized already,
+        # its weights and their pre-packed copies mapped by every session of every worker)
+        run.model_file = source  # type: ignore[attr-defined]
+        run.optimized = source != chosen and source != path  # type: ignore[attr-defined]
         if entry.task == "translate_decoder":  # a GPU decoder's steps keep its cache on the device
             run.resident = resident_request(model.placement, entry.config, entry.model_file(version))  # type: ignore[attr-defined]
         run.session_config = spin_entries(self.options.spin_us, ort.__version__)  # type: ignore[attr-defined]
@@ -326,6 +330,20 @@ class OnnxRuntimeBackend:
         override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
         options for the file it chose). ``shared``: on the CPU provider, the session maps the weights
         every other shared session of ``path`` maps (``OrtOptions.share_weights``)."""
+        return self._open(path, where, intra_op_threads, spin_us=spin_us, graph=graph, shared=shared)[0]
+
+    def _open(
+        self,
+        path: Path,
+        where: placement.Placement,
+        intra_op_threads: int | None = None,
+        *,
+        spin_us: int | None = -1,
+        graph: GraphChoice | None = None,
+        shared: bool = False,
+    ) -> tuple[Any, Path]:
+        """:meth:`_open_session`, and the file the session opened: ``path``, or the weight store's
+        optimized graph of it."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -342,7 +360,8 @@ class OnnxRuntimeBackend:
             placement.load_cuda_libraries(ort)
         source = path
         if shared and self._weights is not None and where.provider == placement.CPU:
-            optimized = self._weights.graph_for(path, where.providers())
+            prepare = None if graph is None else functools.partial(graph.prepare, path)
+            optimized = self._weights.graph_for(path, where.providers(), prepare)
             if optimized is not None:
                 shared_options(opts)
                 source = optimized
@@ -350,7 +369,7 @@ class OnnxRuntimeBackend:
         factory = self.session_factory or ort.InferenceSession
         session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
-        return session
+        return session, source
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: Sessions) -> LoadedModel:
         if self.metrics is not None:
