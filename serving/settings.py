@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     )
     share_weights: bool = Field(
         True,
-        description="every CPU session of a model (each instance's batch and lone-request sessions, in "
-        "every worker) maps one copy of its weights, optimized once for this machine into a file in the "
-        "temporary directory as large as the model (serving/execution/shared_weights.py); "
-        "--no-share-weights: each session loads its own",
+        description="every CPU session of a model (each instance's batch and lone-request sessions, a "
+        "translator's decode workers, in every worker) maps one copy of its weights and their pre-packed "
+        "forms, optimized once for this machine into a file in the temporary directory about twice as "
+        "large as the model (serving/execution/shared_weights.py); --no-share-weights: each session "
+        "loads its own",
     )
     max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
     cpu_policy: Literal["auto", "batch", "normal"] = Field(
