@@ -21,7 +21,11 @@ def two_ranks_weights_hash(
     with a process-group timeout of ``SLOW_RANK0_TIMEOUT_S`` and that function slowed on rank 0.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # the launcher's torchelastic_* log directories go beside the hashes (the test's own temporary
+    # directory), not into the system's, where every run of the suite left two
+    scratch = hashes.parent / "torchrun-tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch), **(env or {})}
     launcher = ["-m", module]
     if slow_rank0:
         launcher = ["-m", "tests.torchrun_slow_rank0", module]
