@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.stats import ratio
 from bench.triton_layouts import TARGET_CONCURRENCIES, TritonLayout, start_layouts, triton_layouts
+from serving import process_tree
 
 log = logging.getLogger(__name__)
 
@@ -253,22 +254,12 @@ def tree_memory_mib(pid: int | None) -> dict[str, float] | None:
     """Proportional memory (``Pss``: a page shared by n processes counts 1/n to each) summed over
     process ``pid`` and every process under it, in MiB, and how many they are; None where procfs has
     none of it (not Linux, or the process is gone). Resident sizes summed would count a model's pages
-    once for every worker that maps them."""
-    if pid is None:
+    once for every worker that maps them. As the gateway's own ``kiln_process_memory_bytes`` reads it
+    (:mod:`serving.process_tree`), for Triton's processes too."""
+    use = process_tree.usage(pid)
+    if use is None:
         return None
-    pending, seen, total = [pid], 0, 0
-    while pending:
-        current = pending.pop()
-        try:
-            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:  # ended meanwhile, or no procfs
-            continue
-        pss = next((line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), "0")
-        total += int(pss)
-        seen += 1
-        pending += [int(child) for child in children]
-    return {"pss_mib": round(total / 1024, 1), "processes": seen} if seen else None
+    return {"pss_mib": round(use.pss_bytes / 2**20, 1), "processes": use.processes}
 
 
 def interleaved(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -57,7 +58,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
 
     app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.metrics = GatewayMetrics(worker=settings.worker_index)
+    # a worker of several reads the tree of its parent, which holds them all; a single gateway its own
+    tree_root = os.getppid() if settings.worker_board is not None else os.getpid()
+    app.state.metrics = GatewayMetrics(worker=settings.worker_index, tree_root=tree_root)
     # with several workers: the board of their connections, each new one handed to the least loaded
     handed = app.state.metrics.connections_handed
     app.state.balancer = balancer_for(settings, lambda protocol: handed.labels(protocol).inc())

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from serving import process_tree
 from serving.errors import ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 
@@ -59,9 +61,13 @@ CLIENT_LEFT = 499  # nginx's "client closed request": a request cancelled before
 class GatewayMetrics:
     """Request counts, latency histograms (queue, compute, end to end), batch sizes, in-flight, queue depth."""
 
-    def __init__(self, worker: int = 0) -> None:
+    def __init__(self, worker: int = 0, tree_root: int | None = None) -> None:
+        """``worker``: this process's index among ``--workers``; ``tree_root``: the process whose tree is
+        the gateway (``--workers``' parent; by default this process), read at every scrape."""
         self.registry = CollectorRegistry()
         r = self.registry
+        self.tree = ProcessTreeCollector(os.getpid() if tree_root is None else tree_root)
+        r.register(self.tree)
         # the workers' values live in files that render() sums (module docstring); set at start-up only
         self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
         # shared: values read from this worker's own objects (queue depths, open connections), published
@@ -340,6 +346,7 @@ class GatewayMetrics:
             child.set(read())
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, self.shared_dir)
+        registry.register(self.tree)  # the whole tree, whichever worker reads it
         return generate_latest(registry)
 
     def sample(self, name: str, **labels: Any) -> float | None:
@@ -373,6 +380,37 @@ class GatewayMetrics:
             ]
             families = MultiProcessCollector.merge(files, accumulate=True)
         return [sample for family in families for sample in family.samples]
+
+
+class ProcessTreeCollector:
+    """The gateway's processes together, read when scraped (:mod:`serving.process_tree`): memory as
+    their proportional set size (the weights every worker maps count once), CPU time, and how many
+    they are. Nothing where procfs cannot tell (not Linux)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+
+    def collect(self) -> Iterator[Any]:
+        use = process_tree.usage(self.root)
+        if use is None:
+            return
+        yield GaugeMetricFamily(
+            "kiln_process_memory_bytes",
+            "Memory of the gateway's processes together (--workers' parent, its workers and their "
+            "helpers): proportional set size, so pages they share (the models' weights) count once",
+            value=use.pss_bytes,
+        )
+        yield CounterMetricFamily(
+            "kiln_process_cpu_seconds",
+            "User and system CPU time of the gateway's processes together (the live ones and their "
+            "exited children)",
+            value=use.cpu_seconds,
+        )
+        yield GaugeMetricFamily(
+            "kiln_processes",
+            "The gateway's processes (workers, their parent and helpers)",
+            value=use.processes,
+        )
 
 
 def failure_status(error: BaseException) -> str:

@@ -177,11 +177,20 @@ def test_every_scrape_counts_the_requests_of_every_worker(tmp_path):
     finally:
         for sock in held:
             sock.close()
+    memory = []
     for page in pages:
+        if sys.platform.startswith("linux"):  # the parent's tree, whichever worker answered
+            (processes,) = _samples(page, "kiln_processes")
+            assert processes >= 3, page  # the parent and its two workers (and their helpers)
+            (pss,) = _samples(page, "kiln_process_memory_bytes")
+            memory.append(pss)
+            assert _samples(page, "kiln_process_cpu_seconds_total")[0] > 0
         assert _samples(page, "kiln_requests_total", model="lenet", outcome="success") == [sent]
         assert _samples(page, "kiln_request_latency_seconds_count", model="lenet") == [sent]
         assert _samples(page, "kiln_queue_depth", model="lenet") == [0.0]  # summed over the live workers
         assert _samples(page, "kiln_in_flight_requests", model="lenet") == [0.0]
+    if memory:  # one reading of one tree, not one worker's own (each worker alone is well under half)
+        assert max(memory) < 1.5 * min(memory), memory
     for stat in stats:
         assert stat["inference_count"] == stat["execution_count"] == sent  # one at a time: one a batch
         assert (
