@@ -7,9 +7,10 @@ here is the proportional set size (``Pss``: a page that n processes map counts 1
 sums to what the tree holds. CPU time is each live process's own plus what its exited children used
 (``cutime``/``cstime``, counted once they are reaped), so the sum only grows while the tree runs.
 
-Reading costs a few hundred microseconds a process (the kernel walks its mappings); the gateway reads
-it when ``/metrics`` is scraped, not on a timer. Where there is no procfs (not Linux) there is nothing
-to read: :func:`usage` gives None.
+Reading costs what the kernel takes to walk the processes' mappings: ~0.4 ms for a small process, 14
+ms for a two-worker gateway holding a 44M-parameter translator. So the gateway reads it only when
+``/metrics`` is scraped, and off its event loop (serving/protocol/metrics.py). Where there is no
+procfs (not Linux) there is nothing to read: :func:`usage` gives None.
 """
 
 from __future__ import annotations
