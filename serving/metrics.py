@@ -337,12 +337,13 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """The exposition text: this app's registry, or, with the workers' metrics shared, every
-        worker's values summed (``prometheus_client.multiprocess``)."""
+        worker's values summed (``prometheus_client.multiprocess``). Called off the event loop (the
+        ``/metrics`` route): it only reads what the loop owns, from a copy of the watched table."""
         if self.shared_dir is None:
             return generate_latest(self.registry)
         from prometheus_client import multiprocess
 
-        for child, read in self._watched.items():  # this worker's own, current at the scrape
+        for child, read in list(self._watched.items()):  # this worker's own, current at the scrape
             child.set(read())
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, self.shared_dir)
