@@ -202,7 +202,9 @@ class OnnxRuntimeBackend:
         stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
         session and no intra-op pool competes with the decode threads for the cores, whatever
         ``--intra-op-threads`` the batchers' sessions use. ``graph``: the file a CPU session opens
-        instead of the entry's model file (the fused-attention graph of an encoder or decoder).
+        instead of the entry's model file (the fused-attention graph of an encoder or decoder). On the
+        CPU provider the session opens the weight store's optimized graph of that file, whose weights
+        every decode worker's sessions (and the compiled step's, told by ``run.optimized``) map once.
         """
         entry = self.repository.get(name)
         version = entry.resolve_version("")
