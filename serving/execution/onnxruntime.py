@@ -218,11 +218,11 @@ class OnnxRuntimeBackend:
         opened = None
         if chosen != path:
             try:
-                opened = self._open(chosen, model.placement, intra_op_threads=1, graph=graph, shared=True)
+                opened = self._open_session(chosen, model.placement, 1, graph=graph, shared=True)
             except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
                 log.warning("entry %s: %s did not open (%s); using %s", name, chosen.name, exc, path.name)
         if opened is None:
-            opened = self._open(path, model.placement, intra_op_threads=1, shared=True)
+            opened = self._open_session(path, model.placement, 1, shared=True)
         session, source = opened
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c): the
@@ -271,7 +271,7 @@ class OnnxRuntimeBackend:
         lone = None
         if threads:
             lone = [
-                self._open_session(path, where, threads, spin_us=self.options.lone_spin_us, shared=True)
+                self._open_session(path, where, threads, spin_us=self.options.lone_spin_us, shared=True)[0]
                 for _ in per_instance
             ]
             for session in lone:  # planned before the first lone request
@@ -310,7 +310,7 @@ class OnnxRuntimeBackend:
         for _ in range(_instance_count(entry.config)):
             sessions = {}
             for size in where.buckets or (0,):
-                sessions[size] = self._open_session(path, where, shared=True)
+                sessions[size] = self._open_session(path, where, shared=True)[0]
                 if where.cuda_graphs:
                     sessions[size] = _bound(sessions[size], size, where, entry.name)
                 if size:
@@ -327,25 +327,12 @@ class OnnxRuntimeBackend:
         spin_us: int | None = -1,
         graph: GraphChoice | None = None,
         shared: bool = False,
-    ) -> Any:
+    ) -> tuple[Any, Path]:
         """One ONNX Runtime session on the placement's providers (``intra_op_threads`` and ``spin_us``
         override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
-        options for the file it chose). ``shared``: on the CPU provider, the session maps the weights
-        every other shared session of ``path`` maps (``OrtOptions.share_weights``)."""
-        return self._open(path, where, intra_op_threads, spin_us=spin_us, graph=graph, shared=shared)[0]
-
-    def _open(
-        self,
-        path: Path,
-        where: placement.Placement,
-        intra_op_threads: int | None = None,
-        *,
-        spin_us: int | None = -1,
-        graph: GraphChoice | None = None,
-        shared: bool = False,
-    ) -> tuple[Any, Path]:
-        """:meth:`_open_session`, and the file the session opened: ``path``, or the weight store's
-        optimized graph of it."""
+        options for the file it chose), and the file it opened. ``shared``: on the CPU provider, the
+        session opens the weight store's optimized graph of ``path`` and maps the weights every other
+        shared session of ``path`` maps (``OrtOptions.share_weights``); else ``path`` itself."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
