@@ -136,6 +136,9 @@ def test_a_port_held_for_reuse_admits_a_reusing_server_and_nobody_else() -> None
 def test_triton_on_drawn_ports_starts_again_on_new_ones_when_one_was_taken_meanwhile(
     repository: Path, tmp_path: Path
 ) -> None:
+    from serving.triton.server import SHM_DIR, SHM_PREFIX, mapped_files
+
+    before = set(SHM_DIR.glob(f"{SHM_PREFIX}*"))
     server = TritonServer(repository, tmp_path / "triton")
     taken = server.grpc_port
     with socket.socket() as squatter:
@@ -144,6 +147,27 @@ def test_triton_on_drawn_ports_starts_again_on_new_ones_when_one_was_taken_meanw
         with server:
             assert server.grpc_port != taken and server.is_ready()
             assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3
+    # the attempt that could not bind exited with its stubs killed: their shared memory is gone too
+    # (another server of this run, still serving, keeps its own mapped)
+    left = set(SHM_DIR.glob(f"{SHM_PREFIX}*")) - before
+    assert not {str(path) for path in left} - mapped_files(str(SHM_DIR)), left
+
+
+def test_a_stopped_server_s_shared_memory_is_swept_and_nothing_else(tmp_path: Path) -> None:
+    """Regions made since the server started and mapped by no process go; a mapped one (a live
+    server's) and an older one stay."""
+    import mmap
+
+    from serving.triton.server import SHM_PREFIX, sweep_shm_regions
+
+    old, left, live = (tmp_path / f"{SHM_PREFIX}{name}" for name in ("old", "left", "live"))
+    for path in (old, left, live):
+        path.write_bytes(b"\0" * 4096)
+    os.utime(old, (1_000_000, 1_000_000))
+    with open(live, "r+b") as handle, mmap.mmap(handle.fileno(), 0):
+        assert sweep_shm_regions(2_000_000, tmp_path) == [left.name]
+    assert old.exists() and live.exists() and not left.exists()
+    assert sweep_shm_regions(2_000_000, tmp_path / "absent") == []
 
 
 @needs_triton

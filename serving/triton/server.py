@@ -127,6 +127,12 @@ def triton_environment(install: TritonInstall) -> dict[str, str]:
 _HANDED_OUT: set[int] = set()  # ports free_port returned in this process: never returned twice
 _HANDED_OUT_LOCK = threading.Lock()
 BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address in use")
+# The python backend's shared-memory regions (one 1 MiB file a server, more under load), which it
+# unlinks when it shuts down cleanly; a server that died, was killed, or exited before it was ready
+# leaves them behind. Every run of the suite left one (its port-race test), as did every crash of
+# Triton 2.51 under streaming in the bench.
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
 START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
 
 
@@ -168,6 +174,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def sweep_shm_regions(since: float, directory: Path = SHM_DIR) -> list[str]:
+    """Unlink the python backend's shared-memory regions in ``directory`` made since ``since`` (wall
+    time) that no process maps, and name them: what a stopped server left. A region a live server
+    (another one, started meanwhile) maps is in use and stays; so does anything older."""
+    try:
+        candidates = [path for path in directory.glob(f"{SHM_PREFIX}*") if path.stat().st_mtime >= since]
+    except OSError:
+        return []
+    if not candidates:
+        return []
+    mapped = mapped_files(str(directory))
+    removed = []
+    for path in candidates:
+        if str(path) not in mapped:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+def mapped_files(prefix: str) -> set[str]:
+    """The files under ``prefix`` that any process this one may read (procfs) has mapped."""
+    found: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        for line in text.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(prefix):
+                found.add(fields[5].strip())
+    return found
+
+
 class TritonServer:
     """Derive the python flavour of a repository, run Triton on it, and stop it (a context manager)."""
 
@@ -198,6 +239,7 @@ class TritonServer:
         self.log_path = self.workdir / "tritonserver.log"
         self.flavour: FlavourReport | None = None
         self.process: subprocess.Popen | None = None
+        self._launched_at: float | None = None  # wall time of the first launch (see sweep_shm_regions)
 
     @property
     def http_url(self) -> str:
@@ -264,6 +306,8 @@ class TritonServer:
                 raise
 
     def _launch(self, install: TritonInstall, repository: Path, backends: Path) -> None:
+        if self._launched_at is None:
+            self._launched_at = time.time() - 1.0  # file times are coarser than the clock
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 self.command(install, repository, backends),
@@ -328,6 +372,10 @@ class TritonServer:
         # was ready) share its process group
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        if self._launched_at is not None:
+            left = sweep_shm_regions(self._launched_at)
+            if left:
+                log.info("removed %d shared-memory region(s) tritonserver left in %s", len(left), SHM_DIR)
 
     def __enter__(self) -> TritonServer:
         return self.start()
