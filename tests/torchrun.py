@@ -11,6 +11,22 @@ from pathlib import Path
 SLOW_RANK0_TIMEOUT_S = 5.0
 
 
+def torchrun_env(scratch: Path) -> dict[str, str]:
+    """One thread a rank; Python's tracebacks of every thread if a rank dies of a signal (a rank
+    aborted in C++ otherwise leaves only torchrun's "Signal 6 received"); the launcher's
+    ``torchelastic_*`` log directories in ``scratch`` (the test's own temporary directory), not in
+    the system's, where every run of the suite left two."""
+    return {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TMPDIR": str(scratch)}
+
+
+def two_ranks(args: list[str], scratch: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 <args>``, finished."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    env = {**os.environ, **torchrun_env(scratch), **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env, check=False)
+
+
 def two_ranks_weights_hash(
     module: str, args: list[str], hashes: Path, *, slow_rank0: str | None = None, env: dict | None = None
 ) -> str:
@@ -20,18 +36,14 @@ def two_ranks_weights_hash(
     ``slow_rank0`` (``module:attr=seconds``) runs the trainer through ``tests.torchrun_slow_rank0``
     with a process-group timeout of ``SLOW_RANK0_TIMEOUT_S`` and that function slowed on rank 0.
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    # the launcher's torchelastic_* log directories go beside the hashes (the test's own temporary
-    # directory), not into the system's, where every run of the suite left two
-    scratch = hashes.parent / "torchrun-tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch), **(env or {})}
+    env = dict(env or {})
     launcher = ["-m", module]
     if slow_rank0:
         launcher = ["-m", "tests.torchrun_slow_rank0", module]
         env.update(KILN_TEST_SLOW_RANK0=slow_rank0, KILN_TEST_PG_TIMEOUT_S=str(SLOW_RANK0_TIMEOUT_S))
-    cmd += [*launcher, *args, "--debug-rank-hashes", str(hashes)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env, check=False)
+    done = two_ranks(
+        [*launcher, *args, "--debug-rank-hashes", str(hashes)], hashes.parent / "torchrun-tmp", env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
     assert rank0 == rank1 and len(rank0) == 64

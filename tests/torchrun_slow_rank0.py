@@ -23,14 +23,17 @@ import torch.distributed as dist
 
 def short_timeout(seconds: float) -> None:
     """Every process group this process creates gets ``seconds`` as its timeout."""
-    init = dist.init_process_group
+    for name in ("init_process_group", "new_group"):
+        setattr(dist, name, with_timeout(getattr(dist, name), datetime.timedelta(seconds=seconds)))
 
-    @functools.wraps(init)
+
+def with_timeout(make_group, timeout: datetime.timedelta):
+    @functools.wraps(make_group)
     def wrapped(*args, **kwargs):
-        kwargs["timeout"] = datetime.timedelta(seconds=seconds)
-        return init(*args, **kwargs)
+        kwargs["timeout"] = timeout
+        return make_group(*args, **kwargs)
 
-    dist.init_process_group = wrapped
+    return wrapped
 
 
 def slow_on_rank0(target: str) -> None:

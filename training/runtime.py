@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import sys
@@ -65,6 +66,10 @@ def setup_dist(device: str = "auto") -> Dist:
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
+        # before the group exists: this module's functions take ``group=group.WORLD`` as a default
+        # argument, so importing it later (DDP does, through torch._dynamo) pins the default group,
+        # which ``teardown`` could then never destroy
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return Dist(dist.get_rank() if world > 1 else 0, world, chosen)
 
@@ -74,10 +79,11 @@ def teardown(d: Dist) -> None:
 
     Call it as soon as training is over, before the work rank 0 does alone (test evaluation, the
     checkpoint, plots): a rank waiting in this barrier meanwhile would hit the process group's timeout
-    (10 minutes for nccl). The barrier itself stays: a rank that destroyed its gloo group while
-    rank 0 still used it was aborted at exit (SIGABRT, "terminate called without an active
-    exception") in about one run in ten of the two-rank test. After an error, do not call it: the
-    other ranks may never reach the barrier, and torchrun stops them anyway.
+    (10 minutes for nccl). The barrier lets no rank destroy its group while another still uses it.
+    Destroying the default group joins its worker threads (see ``wrap_ddp`` for why DDP has a group of
+    its own), so none of them is left holding a tensor Python made when the interpreter shuts down.
+    After an error, do not call it: the other ranks may never reach the barrier, and torchrun stops
+    them anyway.
     """
     if d.world_size > 1 and dist.is_initialized():
         dist.barrier()
@@ -122,10 +128,21 @@ def show_progress(wanted: bool, d: Dist) -> bool:
 
 
 def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
-    """The module itself in one process, its DistributedDataParallel wrapper under torchrun."""
+    """The module itself in one process, its DistributedDataParallel wrapper under torchrun.
+
+    The wrapper gets a process group of its own (the same ranks and backend), because DDP keeps its
+    group alive after ``destroy_process_group``: a gloo group it holds keeps its worker threads until
+    the process exits. The collectives Python runs (``all_sum``, ``gather_shards``, the barrier) stay
+    on the default group, which ``teardown`` really destroys. Otherwise a worker still dropping a
+    finished collective's tensor (a Python object: freeing it takes the GIL) as the interpreter shut
+    down was ended mid-destructor: the rank aborted at exit ("terminate called without an active
+    exception") after a good run, now and then on a loaded machine. DDP's own collectives (bucket
+    all-reduces, coalesced broadcasts) run on tensors made in C++, which need no GIL to free.
+    """
     if d.world_size == 1:
         return module
-    return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device])
+    group = dist.new_group(backend=dist.get_backend())
+    return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device], process_group=group)
 
 
 @dataclass
