@@ -1,4 +1,4 @@
-"""Run a trainer under torchrun with two CPU processes and check that both ranks end with the same weights."""
+"""Run a module under torchrun with two CPU processes; for trainers, check that both ranks end with the same weights."""
 
 from __future__ import annotations
 
