@@ -273,8 +273,9 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
             repository=repository,
             translate=settings.triton_translate,
         )
+    from serving.decoding.translator import FUSED_ATTENTION
     from serving.execution.occupancy import Occupancy
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import TRANSLATOR_PARTS, OnnxRuntimeBackend, OrtOptions
 
     options = OrtOptions(
         intra_op_threads=settings.intra_op_threads,
@@ -290,7 +291,10 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         weights_dir=settings.weights_dir,
     )
     occupancy = Occupancy(settings.worker_board, settings.worker_index)
-    return OnnxRuntimeBackend(repository, options, metrics=metrics, occupancy=occupancy)
+    # a translator's encoder and decoder entries answer KServe calls on the graphs their decode
+    # workers step on (one mapped copy of the weights for both)
+    graphs = dict.fromkeys(TRANSLATOR_PARTS, FUSED_ATTENTION)
+    return OnnxRuntimeBackend(repository, options, metrics=metrics, occupancy=occupancy, graphs=graphs)
 
 
 def freeze_loaded_objects() -> bool:

@@ -733,6 +733,92 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 
 
+def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_the_entrys_own_file(
+    exported,
+) -> None:
+    """Wired by the app, a translator's encoder and decoder entries answer KServe calls on the graphs
+    their decode workers step on: the weight store holds and maps no other file (before, the batch
+    sessions opened ``model.onnx``, a second copy of every weight), and the answers are those of the
+    entry's own ``model.onnx``."""
+    import onnxruntime as ort
+
+    from serving.app import make_backend
+    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.base import InferRequest
+    from serving.execution.repository import Repository
+    from serving.execution.shared_weights import WEIGHTS
+    from serving.metrics import GatewayMetrics
+    from tests.test_shared_weights import mapped_files
+
+    root, _ = exported
+    repository_dir = root / "model_repository"
+    rng = np.random.default_rng(3)
+    source = np.array([[5, 9, 14, 7, 2]], dtype=np.int64)
+
+    def session(part: str) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            str(repository_dir / part / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+
+    def plain(part: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        run = session(part)
+        return dict(zip([o.name for o in run.get_outputs()], run.run(None, inputs), strict=True))
+
+    encoded = plain("transformer_encoder", {"src_ids": source})
+    cache_shape = {i.name: i.shape for i in session("transformer_decoder").get_inputs()}["self_k_0"]
+    heads, head_dim = cache_shape[1], cache_shape[3]
+    past = 3
+    step = {
+        "tokens": np.array([4], dtype=np.int64),
+        "positions": np.array([past], dtype=np.int64),
+        "cache_mask": np.ones((1, past), dtype=bool),
+        "src_mask": encoded["src_mask"],
+        "row_place": np.zeros(1, dtype=np.int64),
+    }
+    for name, value in encoded.items():
+        if name.startswith("cross_"):
+            step[name] = value
+            layer = name.rpartition("_")[2]
+            for kind in ("k", "v"):
+                step[f"self_{kind}_{layer}"] = rng.standard_normal((1, heads, past, head_dim)).astype(
+                    np.float32
+                )
+    # over KServe a row's token, position and place are [rows, 1] (the config reshapes them)
+    request = {name: value.reshape(-1, 1) if value.ndim == 1 else value for name, value in step.items()}
+
+    async def scenario() -> tuple[dict, dict, list, set[str], Path]:
+        settings = Settings(model_repository=repository_dir)
+        repository = Repository(repository_dir)
+        backend = make_backend(settings, repository, GatewayMetrics())
+        await backend.start()
+        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(workers=1))
+        await pool.start(backend.runner)
+        try:
+            got_encoder = await backend.infer(InferRequest("transformer_encoder", {"src_ids": source}))
+            got_decoder = await backend.infer(InferRequest("transformer_decoder", request))
+            runs = [
+                run
+                for name in sorted(pool.names())
+                for s in pool.get(name).schedulers
+                for run in (s.run_encoder, s.run_decoder)
+            ]
+            return got_encoder.outputs, got_decoder.outputs, runs, mapped_files(), backend._weights.root
+        finally:
+            await pool.stop()
+            await backend.stop()
+
+    got_encoder, got_decoder, runs, maps, store = asyncio.run(scenario())
+    stepped = {Path(run.model_file).parent / WEIGHTS for run in runs}
+    assert all(run.optimized for run in runs)
+    mapped = {Path(path) for path in maps if path.endswith(f"/{WEIGHTS}") and path.startswith(str(store))}
+    assert mapped == stepped, "the KServe sessions map the decode workers' weights and nothing else"
+    for got, want in ((got_encoder, encoded), (got_decoder, plain("transformer_decoder", step))):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
     exported, tmp_path, caplog
 ) -> None:

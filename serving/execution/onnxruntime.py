@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,16 @@ class OnnxRuntimeBackend:
         metrics: Any = None,
         session_factory: Any = None,
         occupancy: Occupancy | None = None,
+        graphs: Mapping[str, GraphChoice] | None = None,
     ) -> None:
         """``session_factory(path, sess_options=, providers=)`` replaces ``ort.InferenceSession`` (tests, bench);
-        ``occupancy`` counts this backend's runs, shared with the other workers where it has a board."""
+        ``occupancy`` counts this backend's runs, shared with the other workers where it has a board.
+        ``graphs``: per kiln.json task, the file a CPU session of such an entry opens instead of its
+        model file, batch sessions and runners alike. The app passes the decoding layer's fused-
+        attention graphs for a translator's encoder and decoder, so an entry's KServe batch session
+        maps the one copy of the weights its decode workers map, not a second graph's."""
         self.repository = repository
+        self.graphs = dict(graphs or {})
         self.occupancy = occupancy or Occupancy()
         self.session_factory = session_factory
         self.options = options or OrtOptions()
@@ -202,9 +209,10 @@ class OnnxRuntimeBackend:
         stepping its own batch (CTranslate2's ``inter_threads``), so workers never queue on a shared
         session and no intra-op pool competes with the decode threads for the cores, whatever
         ``--intra-op-threads`` the batchers' sessions use. ``graph``: the file a CPU session opens
-        instead of the entry's model file (the fused-attention graph of an encoder or decoder). On the
-        CPU provider the session opens the weight store's optimized graph of that file, whose weights
-        every decode worker's sessions (and the compiled step's, told by ``run.optimized``) map once.
+        instead of the entry's model file (the fused-attention graph of an encoder or decoder; by
+        default the backend's ``graphs`` for the entry's task). On the CPU provider the session opens
+        the weight store's optimized graph of that file, whose weights every decode worker's sessions
+        (and the compiled step's, told by ``run.optimized``) and the entry's batch session map once.
         """
         entry = self.repository.get(name)
         version = entry.resolve_version("")
@@ -214,16 +222,8 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         path = entry.model_file(version)
-        chosen = graph.path(path) if graph is not None and model.placement.provider == placement.CPU else path
-        opened = None
-        if chosen != path:
-            try:
-                opened = self._open_session(chosen, model.placement, 1, graph=graph, shared=True)
-            except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
-                log.warning("entry %s: %s did not open (%s); using %s", name, chosen.name, exc, path.name)
-        if opened is None:
-            opened = self._open_session(path, model.placement, 1, shared=True)
-        session, source = opened
+        graph = graph if graph is not None else self.graphs.get(entry.task)
+        session, source, chosen = self._open_chosen(entry, path, model.placement, graph, 1)
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c): the
         # file this session opened, and whether it is the weight store's graph (optimized already,
@@ -306,17 +306,45 @@ class OnnxRuntimeBackend:
     ) -> list[dict[int, Any]]:
         """Each instance's session per bucket (one, keyed 0, when bucketing is off), each bucket warmed
         at its one shape: planned, or captured as a CUDA graph, before the first request."""
+        graph = self.graphs.get(entry.task)
         per_instance = []
         for _ in range(_instance_count(entry.config)):
             sessions = {}
             for size in where.buckets or (0,):
-                sessions[size] = self._open_session(path, where, shared=True)[0]
+                sessions[size] = self._open_chosen(entry, path, where, graph)[0]
                 if where.cuda_graphs:
                     sessions[size] = _bound(sessions[size], size, where, entry.name)
                 if size:
                     sessions[size].run(None, placement.zero_inputs(sessions[size], size))
             per_instance.append(sessions)
         return per_instance
+
+    def _open_chosen(
+        self,
+        entry: RepositoryEntry,
+        path: Path,
+        where: placement.Placement,
+        graph: GraphChoice | None,
+        intra_op_threads: int | None = None,
+    ) -> tuple[Any, Path, Path]:
+        """A shared session of the file ``graph`` chooses for the entry's model file ``path`` on the CPU
+        provider (``path`` itself elsewhere, or without a graph), falling back to ``path`` with a warning
+        when that file does not open; with the file the session opened and the one chosen."""
+        chosen = graph.path(path) if graph is not None and where.provider == placement.CPU else path
+        if chosen != path:
+            try:
+                session, source = self._open_session(
+                    chosen, where, intra_op_threads, graph=graph, shared=True
+                )
+                if chosen in self._shared:  # the entry's sessions map one copy, of the chosen graph
+                    self._shared.add(path)
+                return session, source, chosen
+            except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
+                log.warning(
+                    "entry %s: %s did not open (%s); using %s", entry.name, chosen.name, exc, path.name
+                )
+        session, source = self._open_session(path, where, intra_op_threads, shared=True)
+        return session, source, path
 
     def _open_session(
         self,

@@ -23,7 +23,8 @@ the same speed).
 A translator's decode workers ask the same store for their encoder and decoder graphs (the fused-
 attention twins: :class:`serving.execution.base.GraphChoice` readies the optimizing session too), so
 the Python decoder session, the compiled step's own session over the C API, the encoder session, and
-all of that in every decode worker and gateway worker, map one copy. The graph holds NCHWc operators tuned to this CPU, so
+all of that in every decode worker and gateway worker, map one copy; the entries' KServe batch
+sessions open the same graphs (``OnnxRuntimeBackend``'s ``graphs``), so they add none. The graph holds NCHWc operators tuned to this CPU, so
 the directory lives as long as the gateway that made it (``serving.workers`` makes one for all of its
 workers and removes it; a gateway of one process makes its own) and is never shipped elsewhere.
 
