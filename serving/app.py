@@ -258,6 +258,8 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         config = replace(config, workers=settings.decode_workers)
     if settings.finish_hold_steps is not None:
         config = replace(config, finish_hold_steps=settings.finish_hold_steps)
+    if settings.decode_release_idle_s is not None:
+        config = replace(config, release_idle_s=settings.decode_release_idle_s or None)
     return config
 
 

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         "many steps of latency); default: 8; 0: answered at the step that finished it "
         "(docs/translator-interface.md, 'Finished sentences held')",
     )
+    decode_release_idle_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds a decode worker with nothing to decode waits before handing back the decode "
+        "state its last requests grew (the compiled step's cache buffers: hundreds of MiB after a burst "
+        "on a large model); default: 10; 0: kept until the gateway stops",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="request body limit (413 above it)")

@@ -58,13 +58,19 @@ def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_de
     from serving.decoding.scheduler import SchedulerConfig
 
     given = scheduler_config(
-        parse_args(["--decode-workers", "2", "--finish-hold-steps", "0", "--max-queue-size", "5"])
+        parse_args(
+            ["--decode-workers", "2", "--finish-hold-steps", "0", "--max-queue-size", "5"]
+            + ["--decode-release-idle-s", "2.5"]
+        )
     )
     assert (given.workers, given.finish_hold_steps, given.max_queue) == (2, 0, 5)
+    assert given.release_idle_s == 2.5
+    assert scheduler_config(parse_args(["--decode-release-idle-s", "0"])).release_idle_s is None  # never
     default = scheduler_config(parse_args([]))
-    assert (default.workers, default.finish_hold_steps) == (
+    assert (default.workers, default.finish_hold_steps, default.release_idle_s) == (
         SchedulerConfig.workers,
         SchedulerConfig.finish_hold_steps,
+        SchedulerConfig.release_idle_s,
     )
 
 

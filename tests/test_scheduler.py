@@ -512,3 +512,31 @@ def test_with_join_wait_steps_0_every_waiting_request_joins_at_the_next_step() -
     decoder, encoder, _ = asyncio.run(_stepped_run(join, join_fraction=1.0, join_wait_steps=0))
     assert encoder.sizes == [4, 1, 1]
     assert decoder.entered[:4] == [4, 4, 5, 6]
+
+
+def test_an_idle_decode_thread_releases_its_decode_state_and_the_next_requests_get_their_solo_results() -> (
+    None
+):
+    """After ``release_idle_s`` with nothing in flight or waiting, the decode thread starts a fresh batch
+    (what the last requests grew goes back); a later burst decodes exactly as before and is released
+    in turn."""
+    cfg = config(4, min_length=4)
+
+    async def body(scheduler, _):
+        first_batch = scheduler._batch
+        first = await asyncio.gather(*(scheduler.submit([s], cfg) for s in SOURCES))
+        await until(lambda: scheduler.releases == 1)
+        assert scheduler._batch is not first_batch and scheduler._batch.size == 0
+        again = await asyncio.gather(*(scheduler.submit([s], cfg) for s in SOURCES))
+        await until(lambda: scheduler.releases == 2)
+        return first, again
+
+    first, again = asyncio.run(_with_scheduler(body, release_idle_s=0.05))
+    want = [[solo(s, cfg)] for s in SOURCES]
+    assert first == want and again == want
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_a_release_delay_that_is_not_positive_is_refused(value) -> None:
+    with pytest.raises(ValueError, match="release_idle_s"):
+        SchedulerConfig(release_idle_s=value)

@@ -684,6 +684,55 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 
 
+def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_translates_the_same_after(
+    exported,
+) -> None:
+    """After ``release_idle_s`` with nothing to decode, a decode worker's compiled step holds no buffer
+    (its caches grown by the requests before); translations after it equal the reference."""
+    from serving.decoding import native
+    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.repository import Repository
+    from tests.waiting import until
+
+    root, _ = exported
+    texts = texts_of_mixed_lengths(8, seed=8)
+    options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
+
+    async def scenario() -> tuple[list, list, list[int], int]:
+        repository = Repository(root / "model_repository")
+        backend = OnnxRuntimeBackend(repository, OrtOptions())
+        await backend.start()
+        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(release_idle_s=0.05))
+        await pool.start(backend.runner)
+        try:
+            translator = pool.get("transformer")
+            (scheduler,) = translator.schedulers
+            compiled = getattr(scheduler.run_decoder, "native", None)
+            first = await asyncio.gather(*(translator.translate([t], options) for t in texts))
+            held = sum(buffer.nbytes for buffer, _ in compiled._buffers.values()) if compiled else 0
+            await until(lambda: scheduler.releases == 1)
+            left = sum(buffer.nbytes for buffer, _ in compiled._buffers.values()) if compiled else 0
+            again = await asyncio.gather(*(translator.translate([t], options) for t in texts))
+            return (
+                [a[0][0].tokens for a in first],
+                [a[0][0].tokens for a in again],
+                [held, left],
+                compiled is not None,
+            )
+        finally:
+            await pool.stop()
+            await backend.stop()
+
+    first, again, (held, left), compiled = asyncio.run(scenario())
+    assert compiled == (native.load() is not None)
+    if compiled:
+        assert held > 0 and left == 0, (held, left)
+    want = [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
+    assert first == want and again == want
+
+
 def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exported) -> None:
     """Every decode worker's encoder, decoder and compiled-step sessions open the weight store's graphs
     (serving/execution/shared_weights.py): one optimized file each, its weights and their pre-packed

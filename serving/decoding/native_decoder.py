@@ -175,6 +175,19 @@ class NativeDecoder:
             self.generation += 1
         return found
 
+    def release(self) -> int:
+        """Drop every reused buffer (a burst's decode state: caches, outputs, scratch), to be grown
+        again by the next call; the bytes dropped. Only while no batch holds a view of them or a plan
+        with their addresses (the scheduler's idle decode thread, over a fresh batch): the generation
+        moves on, so a plan made before is rebuilt anyway."""
+        dropped = sum(buffer.nbytes for buffer, _ in self._buffers.values())
+        if self._buffers:
+            self._buffers.clear()
+            self.generation += 1
+        self.turn = 0
+        self.result = np.zeros(8, dtype=np.int64)
+        return dropped
+
     def pair(self, key: str, elements: int, dtype: Any) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
         """The two buffers a call's advances alternate between (``key#0`` and ``key#1``, the one the
         first advance writes first: see :attr:`turn`) and their addresses."""

@@ -28,6 +28,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
 from serving.decoding.native_decoder import MAX_STEPS
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
+from serving.execution.shared_weights import return_freed_memory
 from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ class SchedulerConfig:
     # the event loop's thread under SCHED_BATCH while this decode thread is busy (serving.threads,
     # --cpu-policy auto): its wake-ups then do not preempt decode steps
     busy_loop_policy: bool = False
+    # a decode thread idle for this long hands back the decode state its last requests grew (the
+    # compiled step's cache and output buffers, kept for the next step): memory follows the load, and
+    # the first step after an idle spell allocates again. None: kept until the gateway stops.
+    release_idle_s: float | None = 10.0
 
     def __post_init__(self) -> None:
         for name in ("join_wait_steps", "finish_hold_steps"):
@@ -71,6 +76,8 @@ class SchedulerConfig:
             raise ValueError(f"SchedulerConfig.join_fraction must be in [0, 1], got {self.join_fraction}")
         if self.timeout_s <= 0:
             raise ValueError(f"SchedulerConfig.timeout_s must be > 0, got {self.timeout_s}")
+        if self.release_idle_s is not None and not self.release_idle_s > 0:
+            raise ValueError(f"SchedulerConfig.release_idle_s must be > 0 or None, got {self.release_idle_s}")
 
 
 class DecodeObserver(Protocol):
@@ -140,6 +147,8 @@ class DecodingScheduler:
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
         self._steps = 0  # decoder steps run (written by the decode thread)
         self._left = 0  # sentences that left the batch at the last step (decode thread)
+        self._grown = False  # steps ran since the decode state was last released (decode thread)
+        self.releases = 0  # idle spells that released decode state (decode thread; tests, logs)
         self._thread: threading.Thread | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_policy: BusyLoopPolicy | None = None
@@ -299,8 +308,11 @@ class DecodingScheduler:
                 if busy:
                     policy.idle()
                     busy = False
-                self._wake.wait()
-                self._wake.clear()
+                idle_s = self.config.release_idle_s if self._grown else None
+                if self._wake.wait(idle_s):
+                    self._wake.clear()
+                else:  # idle that long: what the last requests grew goes back
+                    self._release_decode_state()
                 continue
             if policy is not None and not busy:
                 policy.busy()
@@ -318,6 +330,21 @@ class DecodingScheduler:
                 self._batch, self._reserved = self._new_batch(), 0
         if busy:
             policy.idle()
+
+    def _release_decode_state(self) -> None:
+        """Hand back the memory the last requests' steps grew (decode thread, nothing in flight or
+        waiting): a fresh batch, so no view or plan of the old one holds a buffer, the compiled step's
+        buffers, and the heap pages that freed (glibc's ``malloc_trim``). A decoder whose state lives
+        on the device keeps it: its layouts are made once, when the translator starts."""
+        self._grown = False
+        if getattr(self.run_decoder, "resident", None):
+            return
+        self._batch = self._new_batch()
+        compiled = getattr(self.run_decoder, "native", None)
+        dropped = compiled.release() if compiled is not None else 0
+        return_freed_memory()
+        self.releases += 1
+        log.debug("translator %s: idle, %.1f MiB of decode buffers released", self.name, dropped / 2**20)
 
     def _expire(self) -> None:
         """Fail requests past their deadline; forget waiting ones already answered."""
@@ -425,6 +452,7 @@ class DecodingScheduler:
                 steps = max(1, self.config.join_wait_steps - waited)
             self._stop[0] = bool(self._waiting) and self._fraction_waiting()
         started = time.monotonic()
+        self._grown = True
         finished = self._batch.step(self.run_decoder, self._joining(), steps)
         ran = self._batch.last_steps
         self._steps, self._left = self._steps + ran, len(finished)
