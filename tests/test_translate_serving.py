@@ -4,12 +4,15 @@ iteration-level batching under concurrency, strict input checking, KServe HTTP a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -684,6 +687,28 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     assert answers == [tokens for tokens, _ in reference(root, "transformer", texts, beam=4)]
 
 
+@contextlib.asynccontextmanager
+async def backend_and_pool(
+    root: Path, scheduler_config: Any, make_backend: Callable[[Any], Any] | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The exported repository's ONNX Runtime backend (``make_backend(repository)``, else one with the
+    default options) and a translator pool over its runners, both started; stopped on the way out."""
+    from serving.decoding.translator import TranslatorPool
+    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.repository import Repository
+
+    repository = Repository(root / "model_repository")
+    backend = make_backend(repository) if make_backend else OnnxRuntimeBackend(repository, OrtOptions())
+    await backend.start()
+    pool = TranslatorPool(repository, scheduler_config=scheduler_config)
+    await pool.start(backend.runner)
+    try:
+        yield backend, pool
+    finally:
+        await pool.stop()
+        await backend.stop()
+
+
 def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_translates_the_same_after(
     exported,
 ) -> None:
@@ -691,9 +716,6 @@ def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_transla
     (its caches grown by the requests before); translations after it equal the reference."""
     from serving.decoding import native
     from serving.decoding.scheduler import SchedulerConfig
-    from serving.decoding.translator import TranslatorPool
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
-    from serving.execution.repository import Repository
     from tests.waiting import until
 
     root, _ = exported
@@ -701,12 +723,7 @@ def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_transla
     options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
 
     async def scenario() -> tuple[list, list, list[int], int]:
-        repository = Repository(root / "model_repository")
-        backend = OnnxRuntimeBackend(repository, OrtOptions())
-        await backend.start()
-        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(release_idle_s=0.05))
-        await pool.start(backend.runner)
-        try:
+        async with backend_and_pool(root, SchedulerConfig(release_idle_s=0.05)) as (_, pool):
             translator = pool.get("transformer")
             (scheduler,) = translator.schedulers
             compiled = getattr(scheduler.run_decoder, "native", None)
@@ -721,9 +738,6 @@ def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_transla
                 [held, left],
                 compiled is not None,
             )
-        finally:
-            await pool.stop()
-            await backend.stop()
 
     first, again, (held, left), compiled = asyncio.run(scenario())
     assert compiled == (native.load() is not None)
@@ -739,9 +753,6 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
     copies mapped, not read into each session; the answers are the reference's."""
     from serving.decoding import native
     from serving.decoding.scheduler import SchedulerConfig
-    from serving.decoding.translator import TranslatorPool
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
-    from serving.execution.repository import Repository
     from serving.execution.shared_weights import WEIGHTS
     from tests.test_shared_weights import mapped_files
 
@@ -749,12 +760,7 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
     texts = texts_of_mixed_lengths(8, seed=6)
 
     async def scenario() -> tuple[list, list, set[str], Path]:
-        repository = Repository(root / "model_repository")
-        backend = OnnxRuntimeBackend(repository, OrtOptions())
-        await backend.start()
-        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(workers=2))
-        await pool.start(backend.runner)
-        try:
+        async with backend_and_pool(root, SchedulerConfig(workers=2)) as (backend, pool):
             options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
             answers = await asyncio.gather(*(pool.get("transformer").translate([t], options) for t in texts))
             store = backend._weights.root
@@ -764,9 +770,6 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
                 mapped_files(),
                 store,
             )
-        finally:
-            await pool.stop()
-            await backend.stop()
 
     schedulers, answers, maps, store = asyncio.run(scenario())
     decoders = [s.run_decoder for s in schedulers]
@@ -793,9 +796,7 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
 
     from serving.app import make_backend
     from serving.decoding.scheduler import SchedulerConfig
-    from serving.decoding.translator import TranslatorPool
     from serving.execution.base import InferRequest
-    from serving.execution.repository import Repository
     from serving.execution.shared_weights import WEIGHTS
     from serving.metrics import GatewayMetrics
     from tests.test_shared_weights import mapped_files
@@ -836,14 +837,11 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
     # over KServe a row's token, position and place are [rows, 1] (the config reshapes them)
     request = {name: value.reshape(-1, 1) if value.ndim == 1 else value for name, value in step.items()}
 
+    def wired(repository):  # as the app makes it
+        return make_backend(Settings(model_repository=repository_dir), repository, GatewayMetrics())
+
     async def scenario() -> tuple[dict, dict, list, set[str], Path]:
-        settings = Settings(model_repository=repository_dir)
-        repository = Repository(repository_dir)
-        backend = make_backend(settings, repository, GatewayMetrics())
-        await backend.start()
-        pool = TranslatorPool(repository, scheduler_config=SchedulerConfig(workers=1))
-        await pool.start(backend.runner)
-        try:
+        async with backend_and_pool(root, SchedulerConfig(), wired) as (backend, pool):
             got_encoder = await backend.infer(InferRequest("transformer_encoder", {"src_ids": source}))
             got_decoder = await backend.infer(InferRequest("transformer_decoder", request))
             runs = [
@@ -853,9 +851,6 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
                 for run in (s.run_encoder, s.run_decoder)
             ]
             return got_encoder.outputs, got_decoder.outputs, runs, mapped_files(), backend._weights.root
-        finally:
-            await pool.stop()
-            await backend.stop()
 
     got_encoder, got_decoder, runs, maps, store = asyncio.run(scenario())
     stepped = {Path(run.model_file).parent / WEIGHTS for run in runs}
