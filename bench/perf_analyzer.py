@@ -396,7 +396,7 @@ def side_by_side(
         )
         opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
         open_rows = open_loop_at_half_peak(
-            tool, opened, model, rows, rounds=rounds, progress=progress, alive=alive
+            tool, opened, model, rows, rounds=rounds, progress=progress, alive=alive, probes=probes["grpc"]
         )
         # what each server holds once it has served, before the streams, which Triton may not survive
         memory = {name: tree_memory_mib(pid) for name, pid in pids.items()}
@@ -434,12 +434,15 @@ def open_loop_at_half_peak(
     rounds: int = 3,
     progress: Callable[[str], None] = log.info,
     alive: Mapping[str, Callable[[], str | None]] | None = None,
+    probes: Mapping[str, Callable[[], str | None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Each target at a fixed arrival rate of half its closed-loop peak (perf_analyzer's request-rate
     mode: a C++ client, so the client's own CPU does not bend the tail on a small machine), ``rounds``
     runs interleaved between the targets; one row of medians per target. ``delivered``: the
     throughput over the offered rate (below ~0.95 the server, or the client, did not keep up, and the
-    percentiles are those of a growing queue); ``p99_over_p50``: the median of the runs' ratios."""
+    percentiles are those of a growing queue); ``p99_over_p50``: the median of the runs' ratios.
+    ``probes`` read a target's connection split during each run (``connections``): perf_analyzer
+    sends the whole open loop over one gRPC connection, so one gateway worker takes all of it."""
     rates = {}
     for name in targets:
         peak = max((r["throughput_rps"] for r in rows if r["target"] == name), default=0.0)
@@ -449,8 +452,8 @@ def open_loop_at_half_peak(
     for r in range(rounds):
         for name, rate in rates.items():
             try:
-                watch = (alive or {}).get(name)
-                sample = run_once(tool, targets[name], model, 0, rate=rate, window_ms=3000, alive=watch)
+                watch = {"alive": (alive or {}).get(name), "probe": (probes or {}).get(name)}
+                sample = run_once(tool, targets[name], model, 0, rate=rate, window_ms=3000, **watch)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 progress(f"perf_analyzer open loop {name} at {rate}/s round {r + 1}: {exc}")
                 continue

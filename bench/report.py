@@ -203,7 +203,8 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
             "of each server's closed-loop peak, interleaved runs, medians; `delivered` is the throughput "
             "over the offered rate (below ~0.95 the queue grew through the run), `delivered_runs` and "
             "`p99_over_p50_runs` each run's; `p99_over_p50` is the median ratio of the `kept_runs`, those "
-            "that delivered at least 0.95:\n\n"
+            "that delivered at least 0.95; `connections` as above (perf_analyzer sends an open loop over "
+            "one gRPC connection, so one gateway worker takes all of it):\n\n"
         )
         cols = [
             "target",
@@ -217,6 +218,7 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
             "p99_over_p50_runs",
             "kept_runs",
             "p99_over_p50",
+            "connections",
         ]
         text += table(pa["open"], cols) + "\n"
     return text

@@ -72,15 +72,16 @@ def test_the_open_loop_interleaves_the_servers_at_half_their_peaks_and_reports_w
 ):
     calls = []
 
-    def fake_run(tool, url, model, concurrency, *, rate, **kwargs):
+    def fake_run(tool, url, model, concurrency, *, rate, probe=None, **kwargs):
         calls.append((url, rate))
         slow = url == "g" and len(calls) == 3  # one gateway run fell behind with a long tail
         p50 = 4.0 if url == "g" else 3.0
-        return {
+        sample = {
             "throughput_rps": rate * (0.5 if slow else 1.0),
             "p50_ms": p50,
             "p99_ms": p50 * (9 if slow else 2),
         }
+        return sample | ({"connections": probe()} if probe is not None else {})
 
     monkeypatch.setattr(pa, "run_once", fake_run)
     rows = [
@@ -89,7 +90,13 @@ def test_the_open_loop_interleaves_the_servers_at_half_their_peaks_and_reports_w
         {"target": "triton", "concurrency": 64, "throughput_rps": 1100.0},
     ]
     opened = pa.open_loop_at_half_peak(
-        None, {"gateway": "g", "triton": "t"}, "m", rows, rounds=3, progress=lambda _: None
+        None,
+        {"gateway": "g", "triton": "t"},
+        "m",
+        rows,
+        rounds=3,
+        progress=lambda _: None,
+        probes={"gateway": lambda: "1/0"},  # the gateway's workers' connections: one holds them all
     )
     assert calls[:4] == [("g", 500), ("t", 550), ("g", 500), ("t", 550)] and len(calls) == 6
     gateway = next(r for r in opened if r["target"] == "gateway")
@@ -97,8 +104,11 @@ def test_the_open_loop_interleaves_the_servers_at_half_their_peaks_and_reports_w
     assert gateway["p99_over_p50_runs"] == [2.0, 9.0, 2.0] and gateway["p99_over_p50"] == 2.0  # median
     assert gateway["delivered"] == pytest.approx(1.0)  # the median throughput over the offered rate
     assert gateway["delivered_runs"] == [1.0, 0.5, 1.0] and gateway["kept_runs"] == 2
+    assert gateway["connections"] == "1/0, 1/0, 1/0"
+    assert "connections" not in next(r for r in opened if r["target"] == "triton")
     text = report.perf_analyzer_section({"rows": [], "open": opened})
     assert "delivered" in text and "asynchronous" in text
+    assert "| 1/0, 1/0, 1/0 |" in text  # each run's split, in the open loop's table
 
 
 def test_the_binary_named_by_the_environment_is_used_with_its_cuda_runtime_path(tmp_path, monkeypatch):
