@@ -323,7 +323,7 @@ def test_typed_contents_are_accepted_like_raw_bytes(fake_server) -> None:
 
 
 def test_typed_contents_too_many_to_decode_on_the_loop_are_decoded_in_a_thread_alike(fake_server) -> None:
-    from serving.protocol.grpc_server import LOOP_ELEMENTS
+    from serving.protocol.grpc_codec import LOOP_ELEMENTS
 
     rows = LOOP_ELEMENTS // 3 + 1  # just over what the event loop decodes itself
     x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) % 1000

@@ -1,0 +1,146 @@
+"""KServe v2 gRPC messages to and from the gateway's types: a ModelInferRequest's tensors, parameters,
+timeout and classification counts, and the ModelInferResponse of an answer. Shared by both gRPC servers
+(Kiln's own and grpcio's) through :class:`~serving.protocol.grpc_server.InferenceServicer`; client
+mistakes raise :class:`~serving.errors.BadRequest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from serving.errors import BadRequest
+from serving.execution.datatypes import datatype_of, numpy_dtype
+from serving.protocol import tensors
+from serving.protocol.v2_codec import check_requested_output
+
+LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
+
+# InferTensorContents field holding each datatype when a client sends typed contents instead of raw bytes.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_inputs(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Numpy arrays from a ModelInferRequest (raw_input_contents, or typed contents per tensor)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise BadRequest(f"input {tensor.name!r} appears more than once")
+        shape = list(tensor.shape)
+        if "shared_memory_region" in tensor.parameters:
+            raise BadRequest(f"input {tensor.name!r}: shared memory is not supported here (send the data)")
+        if raw:
+            if tensor.HasField("contents"):  # Triton refuses the pair as well
+                raise BadRequest(f"input {tensor.name!r}: contents must not be set with raw_input_contents")
+            arrays[tensor.name] = tensors.from_bytes(raw[index], tensor.datatype, shape, tensor=tensor.name)
+        else:
+            arrays[tensor.name] = _from_contents(tensor, shape)
+    return arrays
+
+
+async def decoded_inputs(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """:func:`decode_inputs`, in a thread when typed contents hold more than ``LOOP_ELEMENTS`` values
+    (raw contents decode as views of the message; typed ones one value at a time, ~50 ns each)."""
+    if request.raw_input_contents or _typed_values(request) <= LOOP_ELEMENTS:
+        return decode_inputs(request)
+    return await asyncio.to_thread(decode_inputs, request)
+
+
+def _typed_values(request: service_pb2.ModelInferRequest) -> int:
+    fields = (_CONTENTS_FIELD.get(tensor.datatype) for tensor in request.inputs)
+    return sum(len(getattr(t.contents, f)) for t, f in zip(request.inputs, fields, strict=True) if f)
+
+
+def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
+    """Decode the typed ``contents`` of one input tensor."""
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        numpy_dtype(tensor.datatype, tensor=tensor.name)  # raises for unknown datatypes
+        raise BadRequest(f"tensor {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents")
+    return tensors.from_contents(getattr(tensor.contents, field), tensor.datatype, shape, tensor=tensor.name)
+
+
+_OutputTensor = service_pb2.ModelInferResponse.InferOutputTensor
+
+
+def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+    """A ModelInferResponse carrying every output in raw_output_contents, in a stable order.
+
+    Built in one constructor call (not ``add()`` + ``extend`` per field: ~25 % less time per reply).
+    """
+    described, raw = [], []
+    for name, array in response.outputs.items():
+        array = np.asarray(array)
+        described.append(_OutputTensor(name=name, datatype=datatype_of(array), shape=array.shape))
+        raw.append(tensors.to_bytes(array))
+    return service_pb2.ModelInferResponse(
+        model_name=response.model,
+        model_version=response.version,
+        id=response.request_id or request.id,
+        outputs=described,
+        raw_output_contents=raw,
+    )
+
+
+def classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:
+    """``{output: count}`` for requested outputs asking for Triton's classification extension (the
+    requested outputs checked as HTTP's are: :func:`~serving.protocol.v2_codec.check_requested_output`)."""
+    counts, earlier = {}, []
+    for out in request.outputs:
+        check_requested_output(out.name, out.parameters, earlier)
+        earlier.append(out.name)
+        if "classification" in out.parameters:
+            value = out.parameters["classification"]
+            count = value.int64_param or value.uint64_param
+            if count <= 0:
+                raise BadRequest(f"output {out.name!r}: classification must be a positive integer")
+            counts[out.name] = int(count)
+    return counts
+
+
+def request_parameters(parameters: Any) -> dict[str, Any]:
+    """Plain Python values from a protobuf map of InferParameter (one with no value set is refused)."""
+    values = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise BadRequest(f"parameter {key!r} has no value")
+        values[key] = getattr(value, choice)
+    return values
+
+
+def request_timeout(request: service_pb2.ModelInferRequest) -> float | None:
+    """The request's own ``timeout`` parameter (Triton's, microseconds) in seconds; None when not given.
+    Kept apart from the gRPC deadline: only this one may shorten a model's queue timeout."""
+    if "timeout" not in request.parameters:
+        return None
+    micros = request.parameters["timeout"].int64_param or request.parameters["timeout"].uint64_param
+    return micros / 1e6 if micros > 0 else None
+
+
+def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left of the client's gRPC deadline; None when it sent none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining, 0.0)
