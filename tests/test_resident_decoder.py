@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from serving.decoding import offline, resident
+from serving.decoding import device_copy, offline, resident, resident_layout
 from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
 from serving.decoding.options import DecodingOptions
@@ -126,10 +126,12 @@ def test_sentences_joining_and_leaving_across_layouts_decode_as_the_host_batch(m
 
 def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_default_widths(model):
     spec, encoder, host, on_device, sources = model
-    decoder = resident.ResidentDecoder(on_device.model_file, spec, "cpu")
+    decoder = resident_layout.ResidentDecoder(on_device.model_file, spec, "cpu")
     decoder.prepare(40)
     source, columns = min(32, spec.max_positions), min(128, spec.max_positions)
-    assert sorted(decoder.layouts) == [resident.LayoutKey(rows, source, columns) for rows in (8, 16, 32, 64)]
+    assert sorted(decoder.layouts) == [
+        resident_layout.LayoutKey(rows, source, columns) for rows in (8, 16, 32, 64)
+    ]
     batch = resident.ResidentDecodeBatch(spec, decoder)
     config = _config(spec, 4)
     want = offline.translate_ids(encoder, host, spec, sources[:6], config)
@@ -148,11 +150,11 @@ def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_defaul
 
 def test_the_advance_writes_the_entry_into_its_column_and_gathers_rows():
     shape = (3, 2, 4, 2)  # [B, H, T, D]
-    model = resident.advance_model([("cache", shape, 2, "entry", np.float32)])
+    model = resident_layout.advance_model([("cache", shape, 2, "entry", np.float32)])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     cache = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     entry = -np.arange(1, 3 * 2 * 2 + 1, dtype=np.float32).reshape(3, 2, 1, 2)
-    write = np.zeros(resident.write_index_shape(shape, 2), dtype=np.int64)  # [3, 2, 1, 3]
+    write = np.zeros(resident_layout.write_index_shape(shape, 2), dtype=np.int64)  # [3, 2, 1, 3]
     write[..., :2] = np.moveaxis(np.indices((3, 2)), 0, -1)[:, :, None, :]
     write[..., 2] = 2  # the entry goes to column 2
     origin = np.array([2, 2, 0], dtype=np.int64)
@@ -163,14 +165,14 @@ def test_the_advance_writes_the_entry_into_its_column_and_gathers_rows():
 
 
 def test_buckets_grow_past_what_they_hold_and_never_shrink_within_a_batch():
-    assert [resident.bucket(n, 8) for n in (1, 8, 9, 33)] == [8, 8, 16, 64]
-    assert resident.bucket(3, 8, current=64) == 64  # a batch's layout only grows
-    assert resident.bucket(65, 8, current=64) == 128
+    assert [resident_layout.bucket(n, 8) for n in (1, 8, 9, 33)] == [8, 8, 16, 64]
+    assert resident_layout.bucket(3, 8, current=64) == 64  # a batch's layout only grows
+    assert resident_layout.bucket(65, 8, current=64) == 128
 
 
 def test_a_partial_copy_writes_and_reads_at_an_offset_and_refuses_to_overrun():
     value = ort.OrtValue.ortvalue_from_numpy(np.zeros((4, 3), dtype=np.float32), "cpu", 0)
-    copy = resident.HostCopy("cpu")
+    copy = device_copy.HostCopy("cpu")
     copy(value, 12, np.array([[1, 2, 3]], dtype=np.float32))
     np.testing.assert_array_equal(value.numpy(), [[0, 0, 0], [1, 2, 3], [0, 0, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="overruns"):

@@ -439,7 +439,7 @@ BOUNDED_SPIN_SINCE = (1, 26)
 
 def resident_request(where: placement.Placement, config: Any, model_file: Path) -> dict[str, Any] | None:
     """How a translator decoder placed at ``where`` steps with its cache on the device
-    (:class:`serving.decoding.resident.ResidentDecoder`'s arguments), or None: on the host.
+    (:class:`serving.decoding.resident_layout.ResidentDecoder`'s arguments), or None: on the host.
 
     ``KILN_RESIDENT_DECODER``: ``1`` (or ``on``), decoders on the CUDA provider, each layout replayed
     as a CUDA graph unless the config's ``kiln_cuda_graphs`` is ``"0"``; ``force``, CPU decoders too
