@@ -133,10 +133,10 @@ def solo(source: list[int], cfg: bs.BeamConfig) -> list[bs.Hypothesis]:
     return hyps
 
 
-async def _with_scheduler(body, decoder=None, **cfg):
+async def _with_scheduler(body, decoder=None, encoder=fake_encoder, **cfg):
     recorder = Recorder()
     scheduler = DecodingScheduler(
-        "fake", SPEC, fake_encoder, decoder or FakeDecoder(), SchedulerConfig(**cfg), observer=recorder
+        "fake", SPEC, encoder, decoder or FakeDecoder(), SchedulerConfig(**cfg), observer=recorder
     )
     await scheduler.start()
     try:
@@ -534,6 +534,39 @@ def test_an_idle_decode_thread_releases_its_decode_state_and_the_next_requests_g
     first, again = asyncio.run(_with_scheduler(body, release_idle_s=0.05))
     want = [[solo(s, cfg)] for s in SOURCES]
     assert first == want and again == want
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_idle_release_shrinks_the_encoders_arena_with_one_lone_eos_run_and_a_failing_shrink_harms_nothing(
+    fails,
+) -> None:
+    """A runner that can shrink its memory arena (``run_encoder.shrink``, ONNX Runtime's) is asked to
+    once per release, over one source of EOS alone; if that fails, the worker releases and answers on."""
+    shrunk: list[dict[str, np.ndarray]] = []
+
+    def encoder(inputs):
+        return fake_encoder(inputs)
+
+    def shrink(inputs):
+        shrunk.append(inputs)
+        if fails:
+            raise RuntimeError("no arena here")
+
+    encoder.shrink = shrink
+    cfg = config(2)
+
+    async def body(scheduler, _):
+        first = await scheduler.submit(SOURCES[:2], cfg)
+        await until(lambda: scheduler.releases == 1)
+        again = await scheduler.submit(SOURCES[:2], cfg)
+        await until(lambda: scheduler.releases == 2)
+        return first, again
+
+    first, again = asyncio.run(_with_scheduler(body, encoder=encoder, release_idle_s=0.05))
+    assert first == again == [solo(s, cfg) for s in SOURCES[:2]]
+    assert len(shrunk) == 2
+    for inputs in shrunk:
+        assert list(inputs) == ["src_ids"] and inputs["src_ids"].tolist() == [[SPEC["eos_id"]]]
 
 
 @pytest.mark.parametrize("value", [0, -1.0])

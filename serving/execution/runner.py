@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+# ONNX Runtime's run option: the devices whose memory arenas shrink at the end of that run
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+
 
 def session_runner(session: Any, occupancy: Any = None) -> Any:
     """A :data:`~serving.decoding.step_spec.Runner` over an ONNX Runtime session.
@@ -35,6 +38,16 @@ def session_runner(session: Any, occupancy: Any = None) -> Any:
                 occupancy.leave()
         return dict(zip(output_names, results, strict=True))
 
+    def shrink(inputs: dict[str, np.ndarray]) -> None:
+        """One run over ``inputs`` (small ones) after which ONNX Runtime's CPU arena hands back every
+        region it no longer uses: what larger runs grew it to (an idle decode worker's release)."""
+        import onnxruntime as ort  # lazy: nothing heavy at import time
+
+        options = ort.RunOptions()
+        options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+        session.run(output_names, {name: inputs[name] for name in input_names}, options)
+
+    run.shrink = shrink  # type: ignore[attr-defined]
     run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
     run.session = session  # type: ignore[attr-defined]
     run.occupancy = occupancy  # type: ignore[attr-defined]
