@@ -292,6 +292,8 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         share_weights=settings.share_weights,
         weights_dir=settings.weights_dir,
     )
+    if settings.batch_release_idle_s is not None:
+        options = replace(options, release_idle_s=settings.batch_release_idle_s or None)
     occupancy = Occupancy(settings.worker_board, settings.worker_index)
     # a translator's encoder and decoder entries answer KServe calls on the graphs their decode
     # workers step on (one mapped copy of the weights for both)

@@ -38,8 +38,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def with_batcher(policy, model, body):
-    batcher = DynamicBatcher("m", model, policy)
+async def with_batcher(policy, model, body, **options):
+    batcher = DynamicBatcher("m", model, policy, **options)
     batcher.start()
     try:
         return await body(batcher)
@@ -204,6 +204,32 @@ def test_requests_arriving_while_the_instance_is_busy_form_the_next_batch_togeth
     answers = run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
     assert answers == [[0.0], [2.0], [4.0], [6.0]]
     assert model.sizes == [1, 3]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_instance_idle_after_a_merged_batch_releases_on_its_own_thread_and_serves_on(fails):
+    """After running more than one item at once and then nothing for ``release_idle_s``, the instance's
+    own thread calls ``release(instance)`` (a model's arena shrink); a failing release is not
+    counted and leaves the instance serving."""
+    model = Recorder()
+    released: list[tuple[int, int]] = []
+
+    def release(instance: int) -> None:
+        released.append((instance, threading.get_ident()))
+        if fails:
+            raise RuntimeError("no arena to shrink")
+
+    async def body(batcher):
+        two = await batcher.submit(rows(1, 2))  # two items in one batch: the arena may have grown
+        await until(lambda: len(released) == 1)
+        one = await batcher.submit(rows(3, 1))
+        return batcher.releases, [r["y"].ravel().tolist() for r in (two, one)]
+
+    policy = BatchPolicy(max_batch_size=8)
+    releases, answers = run(with_batcher(policy, model, body, release=release, release_idle_s=0.05))
+    assert answers == [[2.0, 4.0], [6.0]]
+    assert released[0] == (0, model.threads[0])  # the instance's own thread, between its batches
+    assert releases == (0 if fails else 1)
 
 
 def test_two_instances_run_two_batches_at_the_same_time():

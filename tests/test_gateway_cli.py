@@ -74,6 +74,23 @@ def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_de
     )
 
 
+@pytest.mark.parametrize(
+    ("flag", "want"),
+    [([], 10.0), (["--batch-release-idle-s", "2.5"], 2.5), (["--batch-release-idle-s", "0"], None)],
+)
+def test_the_batch_release_delay_reaches_the_backends_options(tmp_path, flag, want):
+    from serving.app import make_backend
+    from serving.execution.repository import Repository
+    from serving.metrics import GatewayMetrics
+
+    settings = parse_args(["--model-repository", str(tmp_path), *flag])
+    backend = make_backend(settings, Repository(tmp_path), GatewayMetrics())
+    try:
+        assert backend.options.release_idle_s == want  # 0: kept until the gateway stops
+    finally:
+        backend.occupancy.close()
+
+
 def test_flags_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("KILN_MAX_QUEUE_SIZE", "7")
     assert parse_args([]).max_queue_size == 7

@@ -18,6 +18,7 @@ from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from serving.execution.repository import Repository
 from serving.execution.shared_weights import GRAPH, WEIGHTS, WeightStore
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
+from tests.waiting import until
 
 PROVIDERS = ["CPUExecutionProvider"]
 
@@ -77,6 +78,35 @@ def test_the_batch_and_lone_sessions_answer_as_sessions_of_their_own_and_map_one
         assert len(weights) == 1, f"one weights file in {root} mapped, not {weights}"
         assert not any(path.endswith(f"/{WEIGHTS}") for path in own_maps)
     assert not root.exists(), "a backend's own store is removed when it stops"
+
+
+def test_an_idle_instance_shrinks_its_sessions_arena_after_a_merged_batch_and_answers_the_same(repository):
+    """``release_idle_s`` after a merged batch, the instance's batch session runs once with ONNX
+    Runtime's arena shrinkage (``LoadedModel.release``, without error: counted); answers after it
+    equal those before."""
+
+    async def body() -> tuple[list[dict], list[dict], int]:
+        backend = OnnxRuntimeBackend(Repository(repository), OrtOptions(release_idle_s=0.05))
+        await backend.start()
+        try:
+            batcher = backend._loaded("lenet", "").batcher
+            batch = images(MAX_BATCH)
+
+            async def answers() -> list[dict]:
+                requests = [InferRequest("lenet", {"images": batch[i : i + 1]}) for i in range(MAX_BATCH)]
+                return [r.outputs for r in await asyncio.gather(*map(backend.infer, requests))]
+
+            before = await answers()
+            await until(lambda: batcher.releases >= 1)
+            return before, await answers(), batcher.releases
+        finally:
+            await backend.stop()
+
+    before, after, releases = asyncio.run(body())
+    assert releases >= 1
+    for got, want in zip(after, before, strict=True):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_a_store_optimizes_a_model_once_for_every_store_on_its_directory(repository, tmp_path):

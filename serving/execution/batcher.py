@@ -58,6 +58,7 @@ INLINE_GAP_S = 0.0001
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
+_IDLE: list = []  # _next_batch's answer when an instance should release (compared by identity)
 
 
 @dataclass(eq=False, slots=True)
@@ -82,11 +83,19 @@ class DynamicBatcher:
         observer: Any = None,
         retry_after_s: float = 1.0,
         inline: Callable[[bool], bool] | None = None,
+        release: Callable[[int], None] | None = None,
+        release_idle_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``inline(backlogged)``: whether a lone request may run on the event loop now (None: never).
+        ``release(instance)``: hands back what the instance's merged batches grew (its session's
+        memory arena), called by its thread once it has had nothing to run for ``release_idle_s``
+        after running more than one item at once (None: never).
         ``clock``: what queue delays and timeouts are measured on (tests move their own)."""
         self.name, self.run, self.policy, self.inline = name, run, policy, inline
+        self.release = release if release_idle_s else None
+        self.release_idle_s = release_idle_s
+        self.releases = 0  # idle releases made, over all instances
         self.observer = observer  # GatewayMetrics-like: observe_queue / observe_batch / watch_queue_depth
         self.retry_after_s = retry_after_s
         self._clock = clock
@@ -240,14 +249,21 @@ class DynamicBatcher:
     def _serve(self, instance: int) -> None:
         """One instance's thread: form a batch (Triton rules), run it, hand the rows back; repeat."""
         name_os_thread()
-        while (batch := self._next_batch()) is not None:
+        grown = False  # a batch of more than one item ran since the last release
+        while (batch := self._next_batch(grown)) is not None:
+            if batch is _IDLE:
+                grown = False
+                self._release(instance)
+                continue
+            grown = grown or (self.release is not None and (len(batch) > 1 or batch[0].items > 1))
             try:
                 self._execute(instance, batch)
             except Exception:  # noqa: BLE001 - a bug here must not kill the instance
                 log.exception("model %s: instance %d failed to deliver a batch", self.name, instance)
 
-    def _next_batch(self) -> list[_Pending] | None:
-        """Wait until a batch should be dispatched, then take it off the queue (None: shut down)."""
+    def _next_batch(self, grown: bool = False) -> list[_Pending] | None:
+        """Wait until a batch should be dispatched, then take it off the queue (None: shut down;
+        :data:`_IDLE`: ``grown`` and nothing came for ``release_idle_s``)."""
         with self._ready:
             while True:
                 # when the next queued request times out: the batch may change then (Triton wakes too)
@@ -255,7 +271,10 @@ class DynamicBatcher:
                 if not self._queue and not self._delayed:
                     if self._closing:
                         return None
-                    self._ready.wait()
+                    if not grown:
+                        self._ready.wait()
+                    elif not self._ready.wait(self.release_idle_s) and not self._queue and not self._delayed:
+                        return _IDLE
                     continue
                 first = self._queue[0] if self._queue else self._delayed[0]
                 take, ready = self._plan(
@@ -356,6 +375,16 @@ class DynamicBatcher:
             except Exception as exc:  # noqa: BLE001 - this request's own answer
                 answers.append(exc)
         return answers
+
+    def _release(self, instance: int) -> None:
+        """The idle instance's release; a failure only leaves the memory held."""
+        try:
+            self.release(instance)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - memory left held is no reason to stop serving
+            log.debug("model %s: instance %d kept its memory (%s)", self.name, instance, exc)
+            return
+        self.releases += 1
+        log.debug("model %s: instance %d idle, its memory arena shrunk", self.name, instance)
 
     def _ran(self) -> None:
         """This instance's batch has run (see ``_running``)."""

@@ -72,6 +72,10 @@ class OrtOptions:
     # Where the optimized models go: the directory ``serving.workers`` made for all of its workers;
     # None: one of this backend's own, removed when it stops.
     weights_dir: Path | None = None
+    # Seconds a batch instance of a CPU model with nothing to run keeps the memory arena its merged
+    # batches grew (ONNX Runtime keeps its largest batch's activations for good) before shrinking it;
+    # None: kept until the model unloads.
+    release_idle_s: float | None = 10.0
 
 
 class OnnxRuntimeBackend:
@@ -404,6 +408,8 @@ class OnnxRuntimeBackend:
             observer=self.metrics,
             retry_after_s=self.options.retry_after_s,
             inline=model.may_run_inline if sessions.lone is not None else None,
+            release=model.release if _arena_releases(entry, sessions) else None,
+            release_idle_s=self.options.release_idle_s,
         )
         model.batcher.start()
         return model
@@ -489,3 +495,11 @@ TRANSLATOR_PARTS = ("translate_encoder", "translate_decoder")  # kiln.json tasks
 
 def _instance_count(config: Any) -> int:
     return sum(max(1, g.count) for g in config.instance_group) or 1
+
+
+def _arena_releases(entry: RepositoryEntry, sessions: Sessions) -> bool:
+    """Whether an idle instance may shrink its batch session's arena: a model that merges batches (so
+    it grows past one row's needs), on plain CPU sessions (a bucket's session keeps its shape's memory
+    on purpose, and the CUDA provider's arena is the device's)."""
+    where = sessions.placement
+    return entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets

@@ -39,16 +39,22 @@ def session_runner(session: Any, occupancy: Any = None) -> Any:
         return dict(zip(output_names, results, strict=True))
 
     def shrink(inputs: dict[str, np.ndarray]) -> None:
-        """One run over ``inputs`` (small ones) after which ONNX Runtime's CPU arena hands back every
-        region it no longer uses: what larger runs grew it to (an idle decode worker's release)."""
-        import onnxruntime as ort  # lazy: nothing heavy at import time
-
-        options = ort.RunOptions()
-        options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
-        session.run(output_names, {name: inputs[name] for name in input_names}, options)
+        """:func:`shrink_arena` over ``inputs`` (an idle decode worker's release)."""
+        shrink_arena(session, output_names, {name: inputs[name] for name in input_names})
 
     run.shrink = shrink  # type: ignore[attr-defined]
     run.first_axes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}  # type: ignore[attr-defined]
     run.session = session  # type: ignore[attr-defined]
     run.occupancy = occupancy  # type: ignore[attr-defined]
     return run
+
+
+def shrink_arena(session: Any, output_names: list[str], feeds: dict[str, np.ndarray]) -> None:
+    """One run of ``session`` over ``feeds`` (small ones) after which ONNX Runtime's CPU arena hands
+    back every region it no longer uses: what larger runs grew it to, kept otherwise for the
+    session's life (the idle releases of decode workers and batch instances)."""
+    import onnxruntime as ort  # lazy: nothing heavy at import time
+
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+    session.run(output_names, feeds, options)
