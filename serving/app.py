@@ -277,7 +277,8 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         )
     from serving.decoding.translator import FUSED_ATTENTION
     from serving.execution.occupancy import Occupancy
-    from serving.execution.onnxruntime import TRANSLATOR_PARTS, OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import TRANSLATOR_PARTS, OnnxRuntimeBackend
+    from serving.execution.ort_options import OrtOptions
 
     options = OrtOptions(
         intra_op_threads=settings.intra_op_threads,

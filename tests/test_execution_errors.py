@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 
 from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from tests.repo_fixtures import write_onnx_entry
 

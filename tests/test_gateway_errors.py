@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from serving.app import create_app
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings

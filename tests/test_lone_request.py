@@ -18,7 +18,8 @@ from serving.execution.base import InferRequest
 from serving.execution.cpus import cgroup_cpu_quota, usable_cpus
 from serving.execution.loaded_model import CROWDING_LIMIT, CROWDING_WEIGHT
 from serving.execution.occupancy import Occupancy, create_board
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions, spin_entries
 from serving.execution.repository import Repository
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
 from tests.waiting import DEADLINE_S, eventually

@@ -16,7 +16,8 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.execution import bound_session, placement
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions, spin_entries
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions, spin_entries
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository

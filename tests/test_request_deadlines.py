@@ -14,7 +14,8 @@ import pytest
 
 from serving.errors import DeadlineExceeded, Unavailable
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from tests.test_execution_errors import EMBEDDING_CONFIG, embedding_repository
 from tests.waiting import DEADLINE_S, until

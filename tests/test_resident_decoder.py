@@ -21,7 +21,8 @@ from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
 from serving.decoding.options import DecodingOptions
 from serving.execution import placement
-from serving.execution.onnxruntime import onnxruntime_runner, resident_request
+from serving.execution.onnxruntime import onnxruntime_runner
+from serving.execution.ort_options import resident_request
 from serving.execution.repository import Repository
 from tests.test_native_decoder import _config
 from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths

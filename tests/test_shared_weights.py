@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from serving.execution.base import InferRequest
-from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from serving.execution.onnxruntime import OnnxRuntimeBackend
+from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from serving.execution.shared_weights import GRAPH, WEIGHTS, WeightStore
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository

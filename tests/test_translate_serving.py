@@ -647,7 +647,8 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
 
     from serving.decoding.scheduler import SchedulerConfig
     from serving.decoding.translator import TranslatorPool
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import OnnxRuntimeBackend
+    from serving.execution.ort_options import OrtOptions
     from serving.execution.repository import Repository
 
     root, _ = exported
@@ -694,7 +695,8 @@ async def backend_and_pool(
     """The exported repository's ONNX Runtime backend (``make_backend(repository)``, else one with the
     default options) and a translator pool over its runners, both started; stopped on the way out."""
     from serving.decoding.translator import TranslatorPool
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import OnnxRuntimeBackend
+    from serving.execution.ort_options import OrtOptions
     from serving.execution.repository import Repository
 
     repository = Repository(root / "model_repository")
@@ -868,7 +870,8 @@ def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
 ) -> None:
     """A fused step graph that cannot open (here: not a graph at all) costs a warning, not the translator."""
     from serving.execution.base import GraphChoice
-    from serving.execution.onnxruntime import OnnxRuntimeBackend, OrtOptions
+    from serving.execution.onnxruntime import OnnxRuntimeBackend
+    from serving.execution.ort_options import OrtOptions
     from serving.execution.repository import Repository
 
     root, _ = exported
