@@ -233,6 +233,12 @@ class GatewayMetrics:
         self.tokens_generated = Counter(
             "kiln_tokens_generated", "Tokens in the returned hypotheses", ["model"], registry=r
         )
+        self.memory_releases = Counter(
+            "kiln_memory_releases",
+            "Idle releases of the memory a burst grew (kind: decode worker or batch instance)",
+            ["model", "kind"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: the hot path records without the label lookup."""
@@ -315,6 +321,10 @@ class GatewayMetrics:
         self.child(self.rows_per_step, model).observe(rows)
         self.child(self.requests_per_step, model).observe(requests)
         self.child(self.decoder_step_latency, model).observe(seconds)
+
+    def observe_release(self, model: str, kind: str) -> None:
+        """An idle decode worker (``decode``) or batch instance (``batch``) handed back what a burst grew."""
+        self.child(self.memory_releases, model, kind).inc()
 
     def observe_translation(
         self,

@@ -225,11 +225,13 @@ def test_an_instance_idle_after_a_merged_batch_releases_on_its_own_thread_and_se
         one = await batcher.submit(rows(3, 1))
         return batcher.releases, [r["y"].ravel().tolist() for r in (two, one)]
 
-    policy = BatchPolicy(max_batch_size=8)
-    releases, answers = run(with_batcher(policy, model, body, release=release, release_idle_s=0.05))
+    policy, observer = BatchPolicy(max_batch_size=8), Observer()
+    options = {"release": release, "release_idle_s": 0.05, "observer": observer}
+    releases, answers = run(with_batcher(policy, model, body, **options))
     assert answers == [[2.0, 4.0], [6.0]]
     assert released[0] == (0, model.threads[0])  # the instance's own thread, between its batches
     assert releases == (0 if fails else 1)
+    assert observer.released == ([] if fails else [("m", "batch")])  # kiln_memory_releases_total
 
 
 def test_two_instances_run_two_batches_at_the_same_time():
@@ -342,7 +344,7 @@ class Inline:
 
 class Observer:
     def __init__(self) -> None:
-        self.batches, self.queued = [], []
+        self.batches, self.queued, self.released = [], [], []
 
     def watch_queue_depth(self, name, read) -> None:
         pass
@@ -352,6 +354,9 @@ class Observer:
 
     def observe_queue(self, name, seconds) -> None:
         self.queued.append(seconds)
+
+    def observe_release(self, name, kind) -> None:
+        self.released.append((name, kind))
 
 
 def test_a_lone_request_the_owner_lets_through_runs_on_the_event_loop_and_is_observed():

@@ -99,10 +99,14 @@ class Recorder:
         self.texts: list[int] = []  # each translation's texts
         self.queued: list[float | None] = []  # each translation's wait to join the batch
         self.seconds: list[float] = []
+        self.releases: list[tuple[str, str]] = []  # each idle release: (model, kind)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
         self.steps.append((rows, requests))
         self.models.add(model)
+
+    def observe_release(self, model: str, kind: str) -> None:
+        self.releases.append((model, kind))
 
     def observe_translation(
         self,
@@ -522,13 +526,14 @@ def test_an_idle_decode_thread_releases_its_decode_state_and_the_next_requests_g
     in turn."""
     cfg = config(4, min_length=4)
 
-    async def body(scheduler, _):
+    async def body(scheduler, recorder):
         first_batch = scheduler._batch
         first = await asyncio.gather(*(scheduler.submit([s], cfg) for s in SOURCES))
         await until(lambda: scheduler.releases == 1)
         assert scheduler._batch is not first_batch and scheduler._batch.size == 0
         again = await asyncio.gather(*(scheduler.submit([s], cfg) for s in SOURCES))
         await until(lambda: scheduler.releases == 2)
+        assert recorder.releases == [("fake", "decode")] * 2  # each one reported (kiln_memory_releases_total)
         return first, again
 
     first, again = asyncio.run(_with_scheduler(body, release_idle_s=0.05))

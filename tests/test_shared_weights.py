@@ -18,6 +18,7 @@ from serving.execution.onnxruntime import OnnxRuntimeBackend
 from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from serving.execution.shared_weights import GRAPH, WEIGHTS, WeightStore
+from serving.metrics import GatewayMetrics
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository
 from tests.waiting import until
 
@@ -83,11 +84,13 @@ def test_the_batch_and_lone_sessions_answer_as_sessions_of_their_own_and_map_one
 
 def test_an_idle_instance_shrinks_its_sessions_arena_after_a_merged_batch_and_answers_the_same(repository):
     """``release_idle_s`` after a merged batch, the instance's batch session runs once with ONNX
-    Runtime's arena shrinkage (``LoadedModel.release``, without error: counted); answers after it
-    equal those before."""
+    Runtime's arena shrinkage (``LoadedModel.release``, without error: counted, and exported as
+    ``kiln_memory_releases_total``); answers after it equal those before."""
+    metrics = GatewayMetrics()
 
     async def body() -> tuple[list[dict], list[dict], int]:
-        backend = OnnxRuntimeBackend(Repository(repository), OrtOptions(release_idle_s=0.05))
+        options = OrtOptions(release_idle_s=0.05)
+        backend = OnnxRuntimeBackend(Repository(repository), options, metrics=metrics)
         await backend.start()
         try:
             batcher = backend._loaded("lenet", "").batcher
@@ -105,6 +108,7 @@ def test_an_idle_instance_shrinks_its_sessions_arena_after_a_merged_batch_and_an
 
     before, after, releases = asyncio.run(body())
     assert releases >= 1
+    assert metrics.sample("kiln_memory_releases_total", model="lenet", kind="batch") >= 1
     for got, want in zip(after, before, strict=True):
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])

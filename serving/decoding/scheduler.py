@@ -85,6 +85,9 @@ class DecodeObserver(Protocol):
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
 
+    def observe_release(self, model: str, kind: str) -> None:
+        """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""
+
     def observe_translation(
         self,
         model: str,
@@ -345,6 +348,8 @@ class DecodingScheduler:
         self._shrink_encoder()
         return_freed_memory()
         self.releases += 1
+        if self.observer is not None:
+            self.observer.observe_release(self.model, "decode")
         log.debug("translator %s: idle, %.1f MiB of decode buffers released", self.name, dropped / 2**20)
 
     def _shrink_encoder(self) -> None:

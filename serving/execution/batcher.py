@@ -96,7 +96,7 @@ class DynamicBatcher:
         self.release = release if release_idle_s else None
         self.release_idle_s = release_idle_s
         self.releases = 0  # idle releases made, over all instances
-        self.observer = observer  # GatewayMetrics-like: observe_queue / observe_batch / watch_queue_depth
+        self.observer = observer  # GatewayMetrics-like: observe_queue / _batch / _release, watch_queue_depth
         self.retry_after_s = retry_after_s
         self._clock = clock
         self._queue_timeout_s = policy.queue_timeout_s  # 0: no queue policy to apply (the common case)
@@ -384,6 +384,8 @@ class DynamicBatcher:
             log.debug("model %s: instance %d kept its memory (%s)", self.name, instance, exc)
             return
         self.releases += 1
+        if self.observer is not None:
+            self.observer.observe_release(self.name, "batch")
         log.debug("model %s: instance %d idle, its memory arena shrunk", self.name, instance)
 
     def _ran(self) -> None:
