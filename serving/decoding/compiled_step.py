@@ -147,7 +147,7 @@ class PackedStep:
         ``args`` and ``second``, the last by ``which``), the last keeping ``total`` rows."""
         beams, ints, reals, flags = self.beams, self.ints, self.reals, self.flags
         n, room = beams.sentences, self.room
-        o_origin, o_offers, o_prefixes, o_failed, width_b = self.offsets
+        o_origin, _, o_prefixes, o_failed, width_b = self.offsets
         width1 = int(beams.prefixes.shape[1])
         rows, worst = ints[:n], reals[:n]
         norms = reals[n : n * (1 + width_b)].reshape(n, width_b)
@@ -160,27 +160,7 @@ class PackedStep:
             extended = beams.prefixes
         else:
             extended = (ints if which == 1 else self.second[1])[o_prefixes:].reshape(room, width1)
-        n_offers = int(ints[o_prefixes - 1])
-        offered: list[tuple[int, Hypothesis]] = []  # in the order the steps offered them
-        found = self.found
-        if found is not None and found[0]:  # the steps before the last (kiln_decode_step)
-            records = found[1 : 1 + int(found[0]) * (4 + width1)].reshape(-1, 4 + width1)
-            reals_of = records[:, 2:4].copy().view(np.float64)  # raw and normalized score
-            for record, (score, norm) in zip(records.tolist(), reals_of.tolist(), strict=True):
-                generated = record[5 : 4 + record[1]] + [beams.eos_id]  # the prefix after BOS, then EOS
-                offered.append((record[0], Hypothesis(generated, score, norm)))
-        if n_offers:
-            offer_sentence, offer_origin, offer_length = (
-                ints[o_offers + j * room : o_offers + j * room + n_offers].tolist() for j in range(3)
-            )
-            start = n * (1 + width_b)
-            offer_score = reals[start : start + n_offers].tolist()
-            offer_norm = reals[start + room : start + room + n_offers].tolist()
-            # one gather for every offer's prefix, up to the longest (rows are as wide as max_length)
-            extended_rows = extended[offer_origin, : max(offer_length)].tolist()
-            for i in range(n_offers):
-                generated = extended_rows[i][1 : offer_length[i]] + [beams.eos_id]
-                offered.append((offer_sentence[i], Hypothesis(generated, offer_score[i], offer_norm[i])))
+        offered = self._offered(extended, width1)
         finished = beams.finished
         if offered:
             finished, changed, beam = list(finished), {}, beams.beam.tolist()
@@ -204,6 +184,36 @@ class PackedStep:
             finished_norms=norms,
         )
         return StepResult(new, origin[:total], tokens[:total])
+
+    def _offered(self, extended: np.ndarray, width1: int) -> list[tuple[int, Hypothesis]]:
+        """The finished hypotheses the steps offered, in the order they offered them, each with its
+        sentence: the records of the steps before the last (``found``), then the last step's offers,
+        whose prefixes are rows of ``extended`` (the prefixes that step extended)."""
+        beams, ints, reals = self.beams, self.ints, self.reals
+        n, room = beams.sentences, self.room
+        _, o_offers, o_prefixes, _, width_b = self.offsets
+        offered: list[tuple[int, Hypothesis]] = []
+        found = self.found
+        if found is not None and found[0]:  # the steps before the last (kiln_decode_step)
+            records = found[1 : 1 + int(found[0]) * (4 + width1)].reshape(-1, 4 + width1)
+            reals_of = records[:, 2:4].copy().view(np.float64)  # raw and normalized score
+            for record, (score, norm) in zip(records.tolist(), reals_of.tolist(), strict=True):
+                generated = record[5 : 4 + record[1]] + [beams.eos_id]  # the prefix after BOS, then EOS
+                offered.append((record[0], Hypothesis(generated, score, norm)))
+        n_offers = int(ints[o_prefixes - 1])
+        if n_offers:
+            offer_sentence, offer_origin, offer_length = (
+                ints[o_offers + j * room : o_offers + j * room + n_offers].tolist() for j in range(3)
+            )
+            start = n * (1 + width_b)
+            offer_score = reals[start : start + n_offers].tolist()
+            offer_norm = reals[start + room : start + room + n_offers].tolist()
+            # one gather for every offer's prefix, up to the longest (rows are as wide as max_length)
+            extended_rows = extended[offer_origin, : max(offer_length)].tolist()
+            for i in range(n_offers):
+                generated = extended_rows[i][1 : offer_length[i]] + [beams.eos_id]
+                offered.append((offer_sentence[i], Hypothesis(generated, offer_score[i], offer_norm[i])))
+        return offered
 
 
 def pack(

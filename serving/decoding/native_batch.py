@@ -13,7 +13,7 @@ of the batch that speaks to the C call, kept apart so each module reads as one c
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,18 @@ from serving.decoding.step_spec import DecoderInput, StepSpec
 
 def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
+
+
+class _Call(NamedTuple):
+    """One ``kiln_decode_step`` call's changing arguments and the buffers its advances write."""
+
+    dyn: np.ndarray  # addresses and counts, in ort_step.c's order
+    held: list[np.ndarray]  # arrays dyn points into: alive until the call returns
+    tokens: tuple[np.ndarray, ...]  # the pair of buffers the advances alternate between
+    positions: tuple[np.ndarray, ...]
+    grown: list[tuple[str, np.ndarray, tuple[int, ...], int]]  # each cache: name, buffer pair, shape, axis
+    capacity: int  # rows the buffers have room for
+    most: int  # rows any step of the call may run
 
 
 class NativeSteps:
@@ -73,17 +85,44 @@ class NativeSteps:
         over its outputs. With indexed rows, a step that finishes sentences ends the call only
         :attr:`hold_steps` steps later (at once by default): the finished ones keep their place without
         rows until then, and are retired together when the call returns."""
-        size, column, n, beams = self.physical, self.column, self.size, self.beams
+        size, n = self.physical, self.size
         sentence, encoder, row_place = self._current_layout()
-        # rows any step of this call may run: a sentence's rows never exceed its beam
-        most = max(size, int(beams.beam.sum())) if self.indexed else size
-        if self.indexed and self._identity.size < most:
-            self._identity = np.arange(max(most, 2 * self._identity.size), dtype=np.int64)
+        most = self._most_rows(size)
         holder = self._identity if self.indexed else (self.slot if self._in_order else None)
         steps = steps if holder is not None else 1
         plan, log_probs = self._native_plan(decoder, sentence, encoder, holder, most)
-        packed = compiled_step.pack(beams, log_probs, None if self._in_order else self.slot, second=steps > 1)
-        capacity = max(most, size + joining)
+        packed = compiled_step.pack(
+            self.beams, log_probs, None if self._in_order else self.slot, second=steps > 1
+        )
+        call = self._call_arguments(
+            decoder, packed, steps, max(most, size + joining), most, sentence, row_place
+        )
+        decoder.step(plan, call.dyn)  # (call.held keeps what dyn points into alive until here)
+        return self._take_result(decoder, packed, call, size, n, log_probs, joining)
+
+    def _most_rows(self, size: int) -> int:
+        """The rows any step of a call may run: with indexed rows each sentence's beam (a sentence's rows
+        never exceed it), the identity map grown to cover them; else the ``size`` rows there are."""
+        if not self.indexed:
+            return size
+        most = max(size, int(self.beams.beam.sum()))
+        if self._identity.size < most:
+            self._identity = np.arange(max(most, 2 * self._identity.size), dtype=np.int64)
+        return most
+
+    def _call_arguments(
+        self,
+        decoder: NativeDecoder,
+        packed: compiled_step.PackedStep,
+        steps: int,
+        capacity: int,
+        most: int,
+        sentence: np.ndarray,
+        row_place: np.ndarray | None,
+    ) -> _Call:
+        """The call's changing arguments (``dyn``: addresses and counts in ``ort_step.c``'s order) and
+        the buffers its advances write, for up to ``capacity`` rows."""
+        size, column = self.physical, self.column
         tokens, at_tokens = decoder.pair("tokens", capacity, np.int64)
         positions, at_positions = decoder.pair("positions", capacity, np.int64)
         joined = self.joined = np.ascontiguousarray(self.joined, dtype=np.int64)  # advanced in place
@@ -111,13 +150,12 @@ class NativeSteps:
         grown = []
         for inp, (_, per_row, _) in zip(self._carried, self._entry_sizes, strict=True):  # caches only
             old = self.rows[inp.name][:size]  # (see _native_roles)
-            shape, axis = old.shape, inp.axis
             after, at_after = decoder.pair(inp.name, capacity * per_row * (column + steps), old.dtype)
             held.append(np.ascontiguousarray(old))
             dyn += [address(held[-1]), *at_after]
-            grown.append((inp.name, after, shape, axis))
+            grown.append((inp.name, after, old.shape, inp.axis))
         if steps > 1:  # the finished hypotheses of the steps before the last: [count, records]
-            records, width = native_decoder.FOUND_STEPS * packed.room, 4 + beams.prefixes.shape[1]
+            records, width = native_decoder.FOUND_STEPS * packed.room, 4 + self.beams.prefixes.shape[1]
             packed.found = decoder.buffer("found", 1 + records * width, np.int64)
             packed.found[0] = 0
             dyn += [address(packed.found), records]
@@ -132,8 +170,21 @@ class NativeSteps:
             dyn += [at_sentence, at_places, address(held[-1])]
         else:
             dyn += [0, 0 if row_place is None else address(row_place), 0]
-        dyn = np.array(dyn, dtype=np.int64)
-        decoder.step(plan, dyn)
+        return _Call(np.array(dyn, dtype=np.int64), held, tokens, positions, grown, capacity, most)
+
+    def _take_result(
+        self,
+        decoder: NativeDecoder,
+        packed: compiled_step.PackedStep,
+        call: _Call,
+        size: int,
+        n: int,
+        log_probs: np.ndarray,
+        joining: int,
+    ) -> list[Finished]:
+        """The call's result taken into the batch (``size`` rows and ``n`` sentences before it): the
+        search, the rows it changed, the state after its last advance, in the buffers that advance
+        wrote, and the Python advance of a step it handed back."""
         ran, advanced, kept, columns, which, advances, changed, rows = decoder.result[:8].tolist()
         result = packed.result(kept, which, ran)
         self.beams, self.last_steps = result.beams, ran
@@ -141,17 +192,17 @@ class NativeSteps:
             if not advanced:
                 raise RuntimeError("kiln_decode_step changed the rows and handed the step back")
             self._layout, self.slot, size, self.physical = None, np.arange(rows), rows, rows
-        if advances:  # the state after the last advance, in the buffers it wrote
+        if advances:
             now = 0 if advances & 1 else 1
-            self.tokens, self.positions = tokens[now][:size], positions[now][:size]
-            for name, after, shape, axis in grown:
-                dims = (capacity, *shape[1:axis], columns, *shape[axis + 1 :])
+            self.tokens, self.positions = call.tokens[now][:size], call.positions[now][:size]
+            for name, after, shape, axis in call.grown:
+                dims = (call.capacity, *shape[1:axis], columns, *shape[axis + 1 :])
                 self.rows[name] = after[now][: math.prod(dims)].reshape(dims)
-            self.column, self._capacity = columns, capacity
+            self.column, self._capacity = columns, call.capacity
             decoder.turn ^= advances & 1  # the next call's first buffers are not these
         if not advanced and self.beams.rows.any():  # (none left: the batch empties, nothing to lay out)
             before = decoder.result[8 : 8 + n]
-            _, entries = self._outputs(decoder, size, most)  # the buffers the plan has the call write
+            _, entries = self._outputs(decoder, size, call.most)  # the buffers the plan has the call write
             self._advance_rows(
                 {"log_probs": log_probs, **entries}, result.origin, before, result.tokens, joining
             )
