@@ -512,11 +512,11 @@ def test_requests_whose_merged_outputs_cannot_be_split_are_answered_not_left_wai
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32", "float16", "int64", "bool", ">f4"])
 def test_a_merged_input_holds_every_requests_rows_in_order_whatever_its_dtype(dtype):
-    from serving.execution.batcher import _stacked
+    from serving.execution.batches import stacked
 
     rng = np.random.default_rng(0)
     parts = [(rng.random((rows, 3, 2)) * 100).astype(dtype) for rows in (1, 2, 0, 4)]
-    merged = _stacked(parts)
+    merged = stacked(parts)
     np.testing.assert_array_equal(merged, np.concatenate(parts, axis=0))
     assert merged.dtype == np.dtype(dtype) and merged.shape == (7, 3, 2)
     for part in parts:  # a copy: the requests' own buffers are not the batch's
@@ -524,10 +524,10 @@ def test_a_merged_input_holds_every_requests_rows_in_order_whatever_its_dtype(dt
 
 
 def test_object_and_strided_inputs_merge_as_numpy_concatenates_them():
-    from serving.execution.batcher import _stacked
+    from serving.execution.batches import stacked
 
     texts = [np.array([b"a", b"bc"], dtype=object), np.array([b"d"], dtype=object)]
-    assert _stacked(texts).tolist() == [b"a", b"bc", b"d"]
+    assert stacked(texts).tolist() == [b"a", b"bc", b"d"]
     wide = np.arange(24, dtype=np.float32).reshape(4, 6)
     strided = [wide[:, ::2], wide[:2, 1::2]]  # views that are not contiguous
-    np.testing.assert_array_equal(_stacked(strided), np.concatenate(strided, axis=0))
+    np.testing.assert_array_equal(stacked(strided), np.concatenate(strided, axis=0))

@@ -4,7 +4,8 @@ Requests wait in a bounded queue. One execution thread per model instance forms 
 queued requests in order while their items fit ``max_batch_size`` and their non-batch shapes agree,
 sends it at once when a preferred batch size (or ``max_batch_size``) is reached, and otherwise waits
 until the oldest request has waited ``max_queue_delay``. It then runs the merged batch itself and
-hands every request exactly its own rows back with one event-loop wake-up per batch.
+hands every request exactly its own rows back with one event-loop wake-up per batch. That rule, the
+merge and the split are :mod:`serving.execution.batches`; the queue, its threads and its policies here.
 
 Why threads and not an asyncio worker task: a request that finds an instance idle costs one thread
 wake-up there and one loop wake-up back, instead of an Event wake-up of a task, an executor future
@@ -34,15 +35,13 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
-import numpy as np
-
 from serving.errors import DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batch_policy import BatchPolicy
+from serving.execution.batches import Pending, Tensors, deliver, items, merge, plan, settle, signature, split
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -56,19 +55,8 @@ log = logging.getLogger(__name__)
 # against 3.3-5.2 ms).
 INLINE_GAP_S = 0.0001
 
-Tensors = dict[str, np.ndarray]
 RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
 _IDLE: list = []  # _next_batch's answer when an instance should release (compared by identity)
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    inputs: Tensors
-    items: int
-    signature: tuple
-    future: asyncio.Future  # resolved on the event loop only
-    arrival: float
-    queue_timeout_s: float = math.inf  # how long it may wait in the queue (inf: no limit, or delayed)
 
 
 class DynamicBatcher:
@@ -101,8 +89,8 @@ class DynamicBatcher:
         self._clock = clock
         self._queue_timeout_s = policy.queue_timeout_s  # 0: no queue policy to apply (the common case)
         self._rejects = policy.queue_timeout_s > 0 and not policy.timeout_delays
-        self._queue: deque[_Pending] = deque()
-        self._delayed: deque[_Pending] = deque()  # DELAY: timed out, behind every request in _queue
+        self._queue: deque[Pending] = deque()
+        self._delayed: deque[Pending] = deque()  # DELAY: timed out, behind every request in _queue
         self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,8 +142,8 @@ class DynamicBatcher:
         loop = self._loop
         if self._may_run_inline(inputs):
             return self._run_inline(inputs)
-        pending = _Pending(
-            inputs, _items(inputs, self.policy), _signature(inputs), loop.create_future(), self._clock()
+        pending = Pending(
+            inputs, items(inputs, self.policy), signature(inputs), loop.create_future(), self._clock()
         )
         if self._queue_timeout_s:
             pending.queue_timeout_s = self.policy.queue_wait(own_timeout_s)
@@ -189,7 +177,7 @@ class DynamicBatcher:
 
     def _may_run_inline(self, inputs: Tensors) -> bool:
         """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""
-        if self.inline is None or self._queue or self._running or _items(inputs, self.policy) != 1:
+        if self.inline is None or self._queue or self._running or items(inputs, self.policy) != 1:
             return False
         return not self._delayed and self.inline(time.monotonic() - self._inline_ended < INLINE_GAP_S)
 
@@ -208,7 +196,7 @@ class DynamicBatcher:
             self.observer.observe_batch(self.name, 1, 1, 0.0, 0.0, self._inline_ended - started, 0.0)
         return outputs
 
-    def _expire(self, pending: _Pending, timeout_s: float) -> None:
+    def _expire(self, pending: Pending, timeout_s: float) -> None:
         """Its deadline passed (504); if REJECT's queue timeout passed with it (its own timeout, as an
         override) and it is still queued, it is rejected as Triton would (whichever timer ran first)."""
         if self._rejects and pending.queue_timeout_s <= timeout_s:
@@ -218,7 +206,7 @@ class DynamicBatcher:
                 DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
             )
 
-    def _reject_queued(self, pending: _Pending) -> None:
+    def _reject_queued(self, pending: Pending) -> None:
         """REJECT: a request still queued when its queue timeout passes is answered now, never run; one
         that a batch took already is not affected."""
         with self._ready:
@@ -229,14 +217,14 @@ class DynamicBatcher:
         if not pending.future.done():
             pending.future.set_exception(self._timed_out(pending))
 
-    def _timed_out(self, pending: _Pending) -> Unavailable:
+    def _timed_out(self, pending: Pending) -> Unavailable:
         """Triton's answer to a request that outwaited its queue timeout (UNAVAILABLE), with Retry-After."""
         return Unavailable(
             f"model {self.name!r}: Request timeout expired ({pending.queue_timeout_s:g} s in the queue)",
             retry_after=self.retry_after_s,
         )
 
-    def _withdraw(self, pending: _Pending) -> None:
+    def _withdraw(self, pending: Pending) -> None:
         """Take a request that will not be answered out of the queue (if no batch took it yet)."""
         with self._ready:
             for queue in (self._queue, self._delayed):
@@ -261,7 +249,7 @@ class DynamicBatcher:
             except Exception:  # noqa: BLE001 - a bug here must not kill the instance
                 log.exception("model %s: instance %d failed to deliver a batch", self.name, instance)
 
-    def _next_batch(self, grown: bool = False) -> list[_Pending] | None:
+    def _next_batch(self, grown: bool = False) -> list[Pending] | None:
         """Wait until a batch should be dispatched, then take it off the queue (None: shut down;
         :data:`_IDLE`: ``grown`` and nothing came for ``release_idle_s``)."""
         with self._ready:
@@ -277,8 +265,8 @@ class DynamicBatcher:
                         return _IDLE
                     continue
                 first = self._queue[0] if self._queue else self._delayed[0]
-                take, ready = self._plan(
-                    first, chain(self._queue, self._delayed) if self._delayed else self._queue
+                take, ready = plan(
+                    self.policy, first, chain(self._queue, self._delayed) if self._delayed else self._queue
                 )
                 now = self._clock()
                 wait_s = first.arrival + self.policy.max_queue_delay_s - now
@@ -309,55 +297,37 @@ class DynamicBatcher:
                     pending.queue_timeout_s = math.inf
                 self._delayed.extend(expired)
             else:
-                self._hand_back(_settle, expired, [self._timed_out(p) for p in expired])
+                self._hand_back(settle, expired, [self._timed_out(p) for p in expired])
         return soonest
 
-    def _take(self, count: int) -> list[_Pending]:
+    def _take(self, count: int) -> list[Pending]:
         """The next batch where requests were delayed: those within their queue timeout first."""
         batch = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
         return batch + [self._delayed.popleft() for _ in range(count - len(batch))]
 
-    def _plan(self, first: _Pending, waiting: Iterable[_Pending]) -> tuple[int, bool]:
-        """How many of the ``waiting`` requests (in order) the next batch takes, and whether it must leave now."""
-        policy = self.policy
-        if not policy.merge:
-            return 1, True
-        total, take, best_preferred = 0, 0, 0
-        for pending in waiting:
-            if pending.signature != first.signature or total + pending.items > policy.max_batch_size:
-                return max(take, 1), True  # the next request cannot join: send what fits
-            total, take = total + pending.items, take + 1
-            if total in policy.preferred_batch_sizes:
-                best_preferred = take
-        if total >= policy.max_batch_size:
-            return take, True
-        if best_preferred:
-            return best_preferred, True
-        return take, False
-
-    def _execute(self, instance: int, batch: list[_Pending]) -> None:
+    def _execute(self, instance: int, batch: list[Pending]) -> None:
         """Run one batch on this thread; one loop wake-up delivers every request's rows (or the error)."""
         clock = self._clock
         started = merged_at = ran_at = clock()
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
         try:
             if live:
-                merged = _merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
+                merged = merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
                 merged_at = clock()
                 outputs = self.run(instance, merged)
                 ran_at = clock()
-                rows = _split(outputs, live)
+                rows = split(outputs, live)
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
             answers = self._one_by_one(instance, live) if len(live) > 1 else [exc]
             self._ran()
-            self._hand_back(_settle, live, answers)
+            self._hand_back(settle, live, answers)
             return
         self._ran()  # before the answers leave: the next request may run on the loop at once
         if not live:
             return
         split_at = clock()
-        self._hand_back(_deliver, live, rows)
+        self._hand_back(deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
             waits = [started - pending.arrival for pending in live]
             for wait in waits:
@@ -365,13 +335,13 @@ class DynamicBatcher:
             parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
             self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), sum(waits), *parts)
 
-    def _one_by_one(self, instance: int, live: list[_Pending]) -> list[Tensors | Exception]:
+    def _one_by_one(self, instance: int, live: list[Pending]) -> list[Tensors | Exception]:
         """Each request of a failed batch run alone: one request's bad input fails only that request
         (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing."""
         answers: list[Tensors | Exception] = []
         for pending in live:
             try:
-                answers.append(_split(self.run(instance, pending.inputs), [pending])[0])
+                answers.append(split(self.run(instance, pending.inputs), [pending])[0])
             except Exception as exc:  # noqa: BLE001 - this request's own answer
                 answers.append(exc)
         return answers
@@ -398,67 +368,3 @@ class DynamicBatcher:
             self._loop.call_soon_threadsafe(callback, *args)  # type: ignore[union-attr]
         except RuntimeError:  # the loop closed under a batch that outlived the shutdown grace
             log.warning("model %s: event loop closed; a batch's answers were dropped", self.name)
-
-
-def _deliver(live: list[_Pending], rows: list[Tensors]) -> None:
-    for pending, result in zip(live, rows, strict=True):
-        if not pending.future.done():
-            pending.future.set_result(result)
-
-
-def _settle(live: list[_Pending], answers: list[Tensors | Exception]) -> None:
-    """Each request's own rows or its own error (after a failed batch)."""
-    for pending, answer in zip(live, answers, strict=True):
-        if pending.future.done():
-            continue
-        if isinstance(answer, Exception):
-            pending.future.set_exception(answer)
-        else:
-            pending.future.set_result(answer)
-
-
-def _split(outputs: Tensors, live: list[_Pending]) -> list[Tensors]:
-    """Each request's own rows of the merged outputs (views, no copies)."""
-    if len(live) == 1:
-        return [outputs]
-    rows, offset = [], 0
-    for pending in live:
-        rows.append({k: v[offset : offset + pending.items] for k, v in outputs.items()})
-        offset += pending.items
-    return rows
-
-
-def _items(inputs: Tensors, policy: BatchPolicy) -> int:
-    """Batch items in a request: the size of axis 0 of its inputs (1 for non-batching models)."""
-    if policy.max_batch_size <= 0 or not inputs:
-        return 1
-    return int(next(iter(inputs.values())).shape[0])
-
-
-def _signature(inputs: Tensors) -> tuple:
-    """Requests merge only when names, dtypes and non-batch shapes agree."""
-    return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
-
-
-def _merge(requests: list[Tensors], *, batched: bool) -> Tensors:
-    if len(requests) == 1 or not batched:
-        return requests[0]
-    return {name: _stacked([r[name] for r in requests]) for name in requests[0]}
-
-
-def _stacked(parts: list[np.ndarray]) -> np.ndarray:
-    """``parts`` one after another along the batch axis, copied without letting go of the GIL.
-
-    ``np.concatenate`` releases the GIL around its copy of every part of 500 items or more, and the
-    execution thread then waits to take it back from the event loop, which keeps it until it blocks or
-    the interpreter's switch interval (5 ms) runs out. Under load that happened at nearly every part:
-    perf_analyzer c=64 on resnet18, a batch's merge (18-30 requests) took 1.7-1.9 ms against 0.12-0.15
-    for the batches that formed when the loop was idle; 18 parts of 1 KiB beside a busy Python thread,
-    1.34 ms on average (p99 10 ms) against 1.7 us joined as bytes. ``bytes.join`` copies them all at once
-    (letting go once, above 1 MiB); the result is read-only, as a lone request's view of its body is.
-    Object arrays (BYTES tensors) and non-contiguous parts go through ``np.concatenate``."""
-    first = parts[0]
-    if first.dtype.hasobject or not all(part.flags.c_contiguous for part in parts):
-        return np.concatenate(parts, axis=0)
-    rows = sum(part.shape[0] for part in parts)
-    return np.frombuffer(b"".join(parts), dtype=first.dtype).reshape((rows, *first.shape[1:]))
