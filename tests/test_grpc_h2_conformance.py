@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
-from serving.protocol import grpc_h2, h2_control
+from serving.protocol import h2_control, h2_requests
 from serving.protocol import h2_wire as w
 from serving.protocol.limits import BodyBudget
 from tests.h2_client import (
@@ -384,10 +384,10 @@ def test_a_get_is_405_and_a_call_past_the_stream_limit_is_refused(h2: Harness) -
         h2.headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http")], w.END_HEADERS | w.END_STREAM)
     )
     assert answer(h2.frames(), 1)[2][":status"] == "405"
-    opened = b"".join(h2.headers(s, call_headers()) for s in range(3, 3 + 2 * grpc_h2.MAX_STREAMS, 2))
-    h2.send(opened + h2.headers(3 + 2 * grpc_h2.MAX_STREAMS, call_headers()))
+    opened = b"".join(h2.headers(s, call_headers()) for s in range(3, 3 + 2 * h2_requests.MAX_STREAMS, 2))
+    h2.send(opened + h2.headers(3 + 2 * h2_requests.MAX_STREAMS, call_headers()))
     written = h2.frames()
-    assert [(f[2], rst_code(f)) for f in written] == [(3 + 2 * grpc_h2.MAX_STREAMS, w.REFUSED_STREAM)]
+    assert [(f[2], rst_code(f)) for f in written] == [(3 + 2 * h2_requests.MAX_STREAMS, w.REFUSED_STREAM)]
 
 
 # --- generated frame sequences ----------------------------------------------------------------------

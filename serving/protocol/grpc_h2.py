@@ -10,19 +10,21 @@ calls, each call is parsed, dispatched to the servicer as a task and answered wi
 
 What it speaks: HTTP/2 over cleartext with prior knowledge (how every gRPC client reaches an insecure
 port), unary and bidirectional streaming methods of the servicer it is given (streams:
-:mod:`serving.protocol.h2_streams`; others answer UNIMPLEMENTED, as grpcio does),
-requests compressed with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM,
-CONTINUATION and GOAWAY (the control frames in :mod:`serving.protocol.h2_control`), with RFC 9113's
-connection and stream errors (tests/test_grpc_h2_conformance.py); a call whose request does not arrive
-in time ends DEADLINE_EXCEEDED, and a frame or header block left unfinished ends the connection
+:mod:`serving.protocol.h2_streams`; others answer UNIMPLEMENTED, as grpcio does), requests compressed
+with gzip or deflate, flow control both ways, SETTINGS, PING, RST_STREAM, CONTINUATION and GOAWAY (the
+frames that carry a call's request, HEADERS, CONTINUATION and DATA, in
+:mod:`serving.protocol.h2_requests` with the limits the server advertises; the control frames in
+:mod:`serving.protocol.h2_control`), with RFC 9113's connection and stream errors
+(tests/test_grpc_h2_conformance.py); a call whose request does not arrive in time ends
+DEADLINE_EXCEEDED, and a frame or header block left unfinished ends the connection
 (:mod:`serving.protocol.h2_watch`); a client that stops reading is cut after the send timeout
 (:mod:`serving.protocol.send_watch`). No frame a client may repeat costs the server more than a step:
 header blocks are counted as they arrive, empty DATA frames dropped, answers waiting for window visited
 only when they can move, and changes of the initial window budgeted. A call's life once its request has
-arrived (dispatch, its deadline, answer within flow control, end) is :mod:`serving.protocol.h2_calls`. Servicers see a context with
-``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of grpc.aio's
-``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`, which also
-carries the call through this module).
+arrived (dispatch, its deadline, answer within flow control, end) is :mod:`serving.protocol.h2_calls`.
+Servicers see a context with ``abort``, ``time_remaining`` and ``set_trailing_metadata``, the part of
+grpc.aio's ``ServicerContext`` the KServe servicer uses (:class:`serving.protocol.grpc_call.Call`,
+which also carries the call through this module).
 """
 
 from __future__ import annotations
@@ -31,28 +33,29 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
-
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import Call, Handler
 from serving.protocol.h2_calls import Calls
 from serving.protocol.h2_control import RESET_BURST, WINDOW_CHANGE_BURST, ControlFrames
-from serving.protocol.h2_streams import StreamCall, StreamCalls
+from serving.protocol.h2_requests import (
+    CONNECTION_WINDOW,
+    FRAME_SIZE,
+    MAX_HEADER_LIST,
+    MAX_STREAMS,
+    STREAM_WINDOW,
+    RequestFrames,
+)
+from serving.protocol.h2_streams import StreamCalls
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 log = logging.getLogger(__name__)
 
-MAX_STREAMS = 1024  # concurrent calls a connection may open (more are refused, and clients retry)
-STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
-CONNECTION_WINDOW = 1 << 30
-FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
-MAX_HEADER_LIST = 1 << 16
 HANDSHAKE_TIMEOUT_S = 120.0  # a client must begin HTTP/2 (its preface) within this: grpc core's default
 
 
-class Connection(ControlFrames, PartialCalls, Calls, StreamCalls, asyncio.Protocol):
+class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls, asyncio.Protocol):
     """One client connection: frames in, calls dispatched, answers out within flow control."""
 
     def __init__(self, server: H2GrpcServer) -> None:
@@ -222,150 +225,6 @@ class Connection(ControlFrames, PartialCalls, Calls, StreamCalls, asyncio.Protoc
         length = buffer[0] << 16 | buffer[1] << 8 | buffer[2]
         return length > FRAME_SIZE or len(buffer) >= 9 + length
 
-    # --- frames in ---
-    def _data(self, flags: int, stream: int, payload: bytes) -> None:
-        self.unacked += len(payload)
-        if self.unacked >= CONNECTION_WINDOW // 2:
-            self._write(w.window_update(0, self.unacked))
-            self.unacked = 0
-        call = self.calls.get(stream)
-        if call is None:
-            if stream == 0 or stream > self.last_stream:
-                raise w.H2Error(w.PROTOCOL_ERROR, f"DATA on stream {stream}, which is not open")
-            return  # a call we answered or reset already: the bytes are counted above, then dropped
-        if call.ended:  # DATA after the client's END_STREAM (RFC 9113 section 5.1)
-            self._reset(call, w.STREAM_CLOSED)
-            return
-        received = len(payload)
-        if not received and not flags & w.END_STREAM:
-            return  # an empty frame: nothing held, and no progress for the read timeout to see
-        if flags & w.PADDED:
-            payload = payload[1 : len(payload) - _padding(payload)]
-        if call.streaming:  # each message to its servicer as it completes
-            refusal = call.feed(payload, self.server.max_message_bytes, self.server.budget)
-        else:
-            refusal = call.gather(payload, self.server.max_message_bytes, self.server.budget)
-        if flags & w.END_STREAM:
-            call.ended = True
-        if refusal is not None:
-            self._finish(call, *refusal)
-        elif not call.ended:
-            call.last_read = self.loop.time()
-            call.unacked += received
-            if call.unacked >= STREAM_WINDOW // 2:
-                self._write(w.window_update(stream, call.unacked))
-                call.unacked = 0
-        elif call.streaming:
-            call.end_requests()
-        else:
-            self._dispatch(call)
-
-    def _received(self, size: int) -> None:
-        """``size`` bytes of DATA count against the connection's window whether read or dropped."""
-        self.unacked += size
-        if self.unacked >= CONNECTION_WINDOW // 2:
-            self._write(w.window_update(0, self.unacked))
-            self.unacked = 0
-
-    def _headers(self, flags: int, stream: int, payload: bytes) -> None:
-        if stream == 0 or not stream & 1:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"HEADERS on stream {stream}")
-        start, end = 0, len(payload)
-        if flags & w.PADDED:
-            start, end = 1, end - _padding(payload)
-        if flags & w.PRIORITY_FLAG:
-            start += 5
-        if start > end:
-            raise w.H2Error(w.PROTOCOL_ERROR, "HEADERS shorter than its padding and priority")
-        block = payload[start:end]
-        if flags & w.END_HEADERS:
-            self._header_block(stream, flags, block)
-        else:
-            self.continuing = (stream, flags, [block])
-            self.block_bytes = w.HEAD.size + len(payload)
-
-    def _continuation(self, flags: int, stream: int, payload: bytes) -> None:
-        if self.continuing is None or self.continuing[0] != stream:
-            raise w.H2Error(w.PROTOCOL_ERROR, f"CONTINUATION on stream {stream} without its HEADERS")
-        parts = self.continuing[2]
-        parts.append(payload)
-        # a running count, frame heads included: empty CONTINUATION frames add up too (a sum over the
-        # parts at each frame made a flood of them cost the square of its length: CVE-2024-27316's kind)
-        self.block_bytes += w.HEAD.size + len(payload)
-        if self.block_bytes > 2 * MAX_HEADER_LIST:
-            raise w.H2Error(w.COMPRESSION_ERROR, "header block too large")
-        if flags & w.END_HEADERS:
-            first_flags = self.continuing[1]
-            self.continuing = None
-            self._header_block(stream, first_flags, b"".join(parts))
-
-    def _header_block(self, stream: int, flags: int, block: bytes) -> None:
-        self.block_began = None  # whole (h2_watch's clock for the next block starts afresh)
-        headers = self.decoder.decode(block)  # always: the table must follow every block
-        call = self.calls.get(stream)
-        if call is not None:  # the client's trailers end its half of the call
-            if call.ended:  # its half was over already (RFC 9113 section 5.1): a stream error
-                self._reset(call, w.STREAM_CLOSED)
-                return
-            if not flags & w.END_STREAM:
-                raise w.H2Error(w.PROTOCOL_ERROR, f"second HEADERS on stream {stream} without END_STREAM")
-            if call.streaming:
-                call.end_requests()
-            else:
-                call.ended = True
-                self._dispatch(call)
-            return
-        if stream <= self.last_stream:
-            return  # a call we reset already
-        self.last_stream = stream
-        if self.server.stopping or len(self.calls) >= MAX_STREAMS:
-            self._write(w.rst_stream(stream, w.REFUSED_STREAM))  # clients retry these elsewhere
-            return
-        self._open(stream, flags, headers)
-
-    def _open(self, stream: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
-        path = method = content_type = timeout = encoding = None
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b":method":
-                method = value
-        ended = bool(flags & w.END_STREAM)
-        if method != b"POST" or content_type is None or not content_type.startswith(b"application/grpc"):
-            status = b"405" if method != b"POST" else b"415"  # what gRPC's servers answer
-            self._headers_only(stream, w.literal_indexed_name(8, status), ended)
-            return
-        target, kind = self.server.methods.get(path), Call
-        if target is None and (target := self.server.streams.get(path)) is not None:
-            kind = StreamCall
-        if target is None:
-            code = grpc.StatusCode.UNIMPLEMENTED.value[0]
-            name = (path or b"").decode(errors="replace")
-            details = f"Method not found: {name}"
-            self._headers_only(stream, self._trailers_only(code, details, ()), ended)
-            return
-        call = kind(stream, target[0], target[1], self.peer_window, self.loop)
-        call.encoding = encoding if encoding != b"identity" else None
-        if timeout is not None and (seconds := w.parse_timeout(timeout)) is not None:
-            call.deadline = self.loop.time() + seconds
-        if kind is StreamCall:
-            self._open_stream(call, ended)
-            return
-        self.calls[stream] = call
-        if ended:
-            call.ended = True
-            self._dispatch(call)
-        else:
-            call.last_read = self.loop.time()
-            self.partial[stream] = call
-            self.fresh.append(call)  # h2_watch's, after this read
-
     # --- bytes out ---
     def _write(self, data: bytes) -> None:
         """Queue bytes for this loop step's one write (a batch's answers leave together)."""
@@ -403,13 +262,6 @@ class Connection(ControlFrames, PartialCalls, Calls, StreamCalls, asyncio.Protoc
     def _maybe_idle(self) -> None:
         if not self.calls and self.server.stopping:
             self.server.idle.set()
-
-
-def _padding(payload: bytes) -> int:
-    pad = payload[0] if payload else 0
-    if pad >= len(payload):
-        raise w.H2Error(w.PROTOCOL_ERROR, "padding longer than its frame")
-    return pad
 
 
 class H2GrpcServer:

@@ -1,8 +1,9 @@
 """The state and the steps of a Kiln HTTP/2 gRPC connection that its mixins share, declared once.
 
 :class:`serving.protocol.grpc_h2.Connection` sets the state in ``__init__`` and is made of mixins, each
-a part of the connection's work: :class:`~serving.protocol.h2_control.ControlFrames` (the control
-frames), :class:`~serving.protocol.h2_watch.PartialCalls` (calls still arriving) and
+a part of the connection's work: :class:`~serving.protocol.h2_requests.RequestFrames` (the frames that
+carry requests in), :class:`~serving.protocol.h2_control.ControlFrames` (the control frames),
+:class:`~serving.protocol.h2_watch.PartialCalls` (calls still arriving) and
 :class:`~serving.protocol.h2_calls.Calls` (calls answered and ended). They read and change this state
 and call each other's steps; :class:`ConnectionState` names both for all of them (annotations only:
 nothing here is set or run).
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from serving.protocol.grpc_call import Call
+from serving.protocol.h2_wire import HeaderDecoder
 
 
 class ConnectionState:
@@ -30,6 +32,9 @@ class ConnectionState:
     blocked: dict[int, Call]  # those whose answer waits for the connection's window, in order
     parked: dict[int, Call]  # those whose answer waits for the call's own window
     last_stream: int
+    decoder: HeaderDecoder  # the connection's HPACK decoder: every header block goes through it
+    unacked: int  # DATA bytes received on the connection and not yet granted back (WINDOW_UPDATE)
+    block_bytes: int  # the open header block's bytes, its frames' heads counted
     send_window: int
     peer_window: int  # the client's SETTINGS_INITIAL_WINDOW_SIZE
     peer_frame: int
@@ -62,3 +67,7 @@ class ConnectionState:
     _flush: Callable[[], None]
     _received: Callable[[int], None]
     _close_quietly: Callable[[], None]
+    _dispatch: Callable[[Call], None]
+    _open_stream: Callable[[Any, bool], None]
+    _headers_only: Callable[[int, bytes, bool], None]
+    _trailers_only: Callable[[int, str, tuple[tuple[str, str], ...]], bytes]
