@@ -272,14 +272,36 @@ class Layout:
         self.outputs = {
             name: owner.zeros(shape_of(dims), owner.types[name]) for name, dims in owner.output_dims.items()
         }
-        advance_caches = [
-            (c.name, tuple(self.shapes[c.name]), c.axis, c.output, owner.types[c.name]) for c in owner.caches
-        ]
-        self.advance_session = owner.session(advance_model(advance_caches))
+        self.advance_session = owner.session(
+            advance_model(
+                [
+                    (c.name, tuple(self.shapes[c.name]), c.axis, c.output, owner.types[c.name])
+                    for c in owner.caches
+                ]
+            )
+        )
+        self._pack(owner, caches | encoder)
+        for c in owner.encoder:  # a masked-out source (zeros) gives the warm-up NaNs: all valid instead
+            if owner.types[c.name] == np.bool_:
+                self.store[c.name].update_inplace(np.ones(self.shapes[c.name], dtype=np.bool_))
+        self.steps = [self._bind_step(owner, parity) for parity in range(2)]
+        self.advances = [self._bind_advance(owner, parity) for parity in range(2)]
+        self.run_options = []
+        for parity in range(2):
+            options = owner.ort.RunOptions()
+            if owner.cuda_graphs:
+                options.add_run_config_entry("gpu_graph_id", str(parity))
+            self.run_options.append(options)
+
+    def _pack(self, owner: ResidentDecoder, tensors: set[str]) -> None:
+        """One device buffer (:attr:`packed`) and its host side (:attr:`host`, :attr:`views`) for the
+        step's small inputs (every input not in ``tensors``), then the advance's (beam origins and each
+        cache's write index), each at an offset aligned to :attr:`ALIGN`."""
+        key = self.key
         packed = {  # name -> (dtype, shape): the step's small inputs, then the advance's
             name: (np.dtype(owner.types[name]), self.shapes[name])
             for name in owner.input_dims
-            if name not in caches and name not in encoder
+            if name not in tensors
         }
         packed["origin"] = (np.dtype(np.int64), [key.rows])
         for c in owner.caches:
@@ -298,42 +320,38 @@ class Layout:
             if name.startswith("write_"):  # each slice's own index; the batch sets the column
                 view[..., :-1] = np.moveaxis(np.indices(view.shape[:-2]), 0, -1)[..., None, :]
                 view[..., -1] = key.columns - 1
-        for c in owner.encoder:  # a masked-out source (zeros) gives the warm-up NaNs: all valid instead
-            if owner.types[c.name] == np.bool_:
-                self.store[c.name].update_inplace(np.ones(self.shapes[c.name], dtype=np.bool_))
-        base = self.packed.data_ptr()
+        self._packed_at = {name: (dtype, shape, offsets[name]) for name, (dtype, shape) in packed.items()}
 
-        def bind_packed(binding: Any, name: str) -> None:
-            dtype, shape = packed[name]
-            binding.bind_input(name, owner.device, owner.device_id, dtype.type, shape, base + offsets[name])
+    def _bind_packed(self, owner: ResidentDecoder, binding: Any, name: str) -> None:
+        dtype, shape, offset = self._packed_at[name]
+        binding.bind_input(
+            name, owner.device, owner.device_id, dtype.type, shape, self.packed.data_ptr() + offset
+        )
 
-        self.steps, self.advances = [], []
-        for parity in range(2):
-            binding = self.step_session.io_binding()
-            for name in owner.input_dims:
-                if name in caches:
-                    binding.bind_ortvalue_input(name, self.sets[parity][name])
-                elif name in encoder:
-                    binding.bind_ortvalue_input(name, self.store[name])
-                else:
-                    bind_packed(binding, name)
-            for name, value in self.outputs.items():
-                binding.bind_ortvalue_output(name, value)
-            self.steps.append(binding)
-            binding = self.advance_session.io_binding()
-            for name in ("origin", *{f"write_{c.axis}" for c in owner.caches}):
-                bind_packed(binding, name)
-            for name, _, _, entry, _ in advance_caches:
+    def _bind_step(self, owner: ResidentDecoder, parity: int) -> Any:
+        """The decoder step's binding over cache set ``parity``, the encoder store and the packed inputs."""
+        binding = self.step_session.io_binding()
+        for name in owner.input_dims:
+            if name in self.sets[parity]:
                 binding.bind_ortvalue_input(name, self.sets[parity][name])
-                binding.bind_ortvalue_input(entry, self.outputs[entry])
-                binding.bind_ortvalue_output(f"next_{name}", self.sets[1 - parity][name])
-            self.advances.append(binding)
-        self.run_options = []
-        for parity in range(2):
-            options = owner.ort.RunOptions()
-            if owner.cuda_graphs:
-                options.add_run_config_entry("gpu_graph_id", str(parity))
-            self.run_options.append(options)
+            elif name in self.store:
+                binding.bind_ortvalue_input(name, self.store[name])
+            else:
+                self._bind_packed(owner, binding, name)
+        for name, value in self.outputs.items():
+            binding.bind_ortvalue_output(name, value)
+        return binding
+
+    def _bind_advance(self, owner: ResidentDecoder, parity: int) -> Any:
+        """The advance's binding: cache set ``parity`` and the step's entries into set ``1 - parity``."""
+        binding = self.advance_session.io_binding()
+        for name in ("origin", *{f"write_{c.axis}" for c in owner.caches}):
+            self._bind_packed(owner, binding, name)
+        for c in owner.caches:
+            binding.bind_ortvalue_input(c.name, self.sets[parity][c.name])
+            binding.bind_ortvalue_input(c.output, self.outputs[c.output])
+            binding.bind_ortvalue_output(f"next_{c.name}", self.sets[1 - parity][c.name])
+        return binding
 
     def send(self) -> None:
         """The packed inputs, as the batch wrote them into :attr:`views`, to the device (one copy)."""
