@@ -290,24 +290,14 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
     The definition, as numpy array operations; :mod:`serving.decoding.compiled_step` runs the same
     decisions compiled and is tested against it."""
     check_log_probs(beams, log_probs)
-    rows_total = int(beams.scores.shape[0])
     live = np.flatnonzero(beams.rows)  # [n] sentences with rows, in row order
+    cand, failed = _scored(beams, log_probs, live)
     rows = beams.rows[live]  # [n]
-    cand = beams.scores[:, None] + np.asarray(log_probs, dtype=np.float32)  # [R, V] float32, a new array
-    mask_candidates(
-        cand, rows, beams.step[live], beams.min_length[live], beams.max_length[live], beams.eos_id
-    )
-    failed = beams.failed.copy()  # [S] (_finalize may add to it)
-    bad_rows = np.isnan(cand).any(axis=1)  # [R]: a poisoned row fails its own sentence only
-    if bad_rows.any():
-        row_sentence = np.repeat(live, rows)  # [R]
-        failed[row_sentence[bad_rows]] = True
-        cand[failed[row_sentence]] = -np.inf
     vocab, width = cand.shape[1], int(rows.max())
     starts = np.cumsum(rows) - rows  # [n] first row of each live sentence
     if not (rows == width).all():  # pad sentences with fewer rows to [n, width, V] with -inf
         grid = np.full((live.size, width, vocab), -np.inf, dtype=np.float32)
-        grid[np.repeat(np.arange(live.size), rows), np.arange(rows_total) - np.repeat(starts, rows)] = cand
+        grid[np.repeat(np.arange(live.size), rows), np.arange(cand.shape[0]) - np.repeat(starts, rows)] = cand
         cand = grid
     beam = beams.beam[live][:, None]  # [n, 1]
     flat, top = top_candidates(cand.reshape(live.size, width * vocab), 2 * int(beam.max()))  # [n, k]
@@ -340,6 +330,24 @@ def step(beams: Beams, log_probs: np.ndarray) -> StepResult:
         finished_norms=norms,
     )
     return StepResult(new, new_origin.astype(np.int64), new_tokens.astype(np.int64))
+
+
+def _scored(beams: Beams, log_probs: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's candidates ``[R, V]`` (its score plus each token's log-prob, float32, a new array),
+    masked by the length and EOS rules, and the sentences failed after them (``[S]``): a row with a
+    NaN fails its own sentence only, whose candidates all become -inf."""
+    rows = beams.rows[live]  # [n]
+    cand = beams.scores[:, None] + np.asarray(log_probs, dtype=np.float32)
+    mask_candidates(
+        cand, rows, beams.step[live], beams.min_length[live], beams.max_length[live], beams.eos_id
+    )
+    failed = beams.failed.copy()  # [S] (_finalize may add to it)
+    bad_rows = np.isnan(cand).any(axis=1)  # [R]
+    if bad_rows.any():
+        row_sentence = np.repeat(live, rows)  # [R]
+        failed[row_sentence[bad_rows]] = True
+        cand[failed[row_sentence]] = -np.inf
+    return cand, failed
 
 
 def _finalize(

@@ -298,25 +298,8 @@ class DecodeBatch(NativeSteps):
         sentence uses any more; with room for the rows of ``joining`` sentences after the live ones.
         Each output must have one row per row of the call (``origin`` indexes them), as ``log_probs``."""
         called = self.physical
-        if self.indexed:  # search order: row r of the call just made is search row r
-            source, self.tokens, size = origin, tokens, int(self.beams.rows.sum())
-            if np.array_equal(before, self.beams.rows):
-                slot = self.slot
-            else:  # a sentence widened, narrowed or finished: other rows, other places
-                slot, self._layout = np.arange(size), None
-        else:
-            slot = self._next_slots(before)
-            size = slot.size
-            if self._in_order and slot is self.slot:
-                source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
-            else:
-                self._layout = None
-                source = np.empty(size, dtype=np.int64)
-                source[slot] = self.slot[origin]
-                self.tokens = np.empty(size, dtype=np.int64)
-                self.tokens[slot] = tokens
-                self._in_order = _is_identity(slot, size)
-        self.slot, self.physical = slot, size
+        source = self._place_rows(origin, before, tokens)
+        size = self.physical
         # new buffers below hold the live rows and the expected joiners' (a join beyond them reallocates)
         self._capacity = size + joining
         live = self.beams.rows > 0
@@ -343,6 +326,30 @@ class DecodeBatch(NativeSteps):
         self.positions = self.positions[source] + 1
         self.joined -= lead
         self.column += 1 - lead
+
+    def _place_rows(self, origin: np.ndarray, before: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """The rows' slots after a step (:attr:`slot`, :attr:`physical`) and the tokens they feed next;
+        returns, for each new physical row, the row of the call just made it continues (its source)."""
+        if self.indexed:  # search order: row r of the call just made is search row r
+            source, self.tokens, size = origin, tokens, int(self.beams.rows.sum())
+            if np.array_equal(before, self.beams.rows):
+                slot = self.slot
+            else:  # a sentence widened, narrowed or finished: other rows, other places
+                slot, self._layout = np.arange(size), None
+        else:
+            slot = self._next_slots(before)
+            size = slot.size
+            if self._in_order and slot is self.slot:
+                source, self.tokens = origin, tokens  # [R'] physical rows of the call just made
+            else:
+                self._layout = None
+                source = np.empty(size, dtype=np.int64)
+                source[slot] = self.slot[origin]
+                self.tokens = np.empty(size, dtype=np.int64)
+                self.tokens[slot] = tokens
+                self._in_order = _is_identity(slot, size)
+        self.slot, self.physical = slot, size
+        return source
 
     def _retire(self) -> list[Finished]:
         done = self.beams.done
