@@ -10,7 +10,8 @@ import socket
 
 import pytest
 
-from serving.protocol.http1 import CoalescedWrites, http_protocol
+from serving.protocol.http1 import http_protocol
+from serving.protocol.http1_writes import CoalescedWrites
 from tests.repo_fixtures import LiveServer
 
 

@@ -1,0 +1,58 @@
+"""The transport of the gateway's HTTP/1.1 protocol (:mod:`serving.protocol.http1`): each response
+written to the socket once.
+
+uvicorn writes a response's status line and headers, then its body, as two ``transport.write`` calls;
+uvloop sends each at once, and with ``TCP_NODELAY`` (its default) each is its own TCP segment: two
+``send`` system calls for the gateway and two wake-ups for a client reading the headers, then the
+body. On the event loop of a translation gateway those two writes were a third of its samples
+(py-spy, the decode side answering at once). Here the writes one event-loop step makes are held and
+go out joined at the end of that step, so a response sent whole (headers and body in one step, as
+every JSON answer is) costs one send; a streamed body still goes out as it is written, a step later.
+Apart from the protocol, which needs httptools: this needs nothing but asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class CoalescedWrites:
+    """A transport whose ``write`` calls within one event-loop step reach the socket as one write, in
+    order, at the end of that step (``close`` writes what is held first); everything else is the
+    wrapped transport's."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [data]
+            self._loop.call_soon(self.flush)
+        else:
+            self._held.append(data)
+
+    def flush(self) -> None:
+        """Write what is held now (nothing once the connection is closing)."""
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
