@@ -6,7 +6,8 @@ the next would read to Prometheus as a counter reset, and rates and autoscalers 
 wrong), ``serving.workers`` gives its workers one directory in ``PROMETHEUS_MULTIPROC_DIR``:
 prometheus_client then keeps each process's values in files there (its multiprocess mode) and
 :meth:`GatewayMetrics.render` sums them over every worker, gauges of requests in flight and waiting
-over the live ones.
+over the live ones. The series themselves (names, help, labels, buckets) are declared in
+:mod:`serving.metric_families`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
 
-from serving import process_tree
 from serving.errors import ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
+from serving.metric_families import CLIENT_LEFT, MetricFamilies
 
 T = TypeVar("T")
 
@@ -32,213 +32,23 @@ COUNTED = "_kiln_counted"  # set on an error observed() has counted
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
 SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
 
-# From 100 us (a small classifier's batch computes in ~0.2 ms on a CPU core: with 0.5 ms the lowest
-# bound, every such observation fell in one bucket and no quantile could be read) to 30 s (a long
-# translation, and the default request timeout).
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-CLIENT_LEFT = 499  # nginx's "client closed request": a request cancelled before it was answered
 
-
-class GatewayMetrics:
-    """Request counts, latency histograms (queue, compute, end to end), batch sizes, in-flight, queue depth."""
+class GatewayMetrics(MetricFamilies):
+    """The gateway's metrics (:class:`~serving.metric_families.MetricFamilies`: request counts, latency
+    histograms, batch sizes, in-flight, queue depth...), recorded through label children looked up once,
+    and rendered for a scrape: this worker's own values, or every worker's summed."""
 
     def __init__(self, worker: int = 0, tree_root: int | None = None) -> None:
         """``worker``: this process's index among ``--workers``; ``tree_root``: the process whose tree is
         the gateway (``--workers``' parent; by default this process), read at every scrape."""
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.tree = ProcessTreeCollector(os.getpid() if tree_root is None else tree_root)
-        r.register(self.tree)
+        super().__init__(worker, os.getpid() if tree_root is None else tree_root)
         # the workers' values live in files that render() sums (module docstring); set at start-up only
         self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
         # shared: values read from this worker's own objects (queue depths, open connections), published
         # periodically, keyed by their gauge's child
         self._watched: dict[Any, Callable[[], int]] = {}
         self._refresh: asyncio.TimerHandle | None = None
-        Gauge(
-            "kiln_worker_info",
-            "The gateway processes serving (one series per live worker)",
-            ["worker", "pid"],
-            registry=r,
-            multiprocess_mode="liveall",
-        ).labels(str(worker), str(os.getpid())).set(1)
-        self.requests = Counter(
-            "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
-        )
-        self.request_failures = Counter(
-            "kiln_request_failures",
-            "Failed inference requests by model and the HTTP status they ended with (gRPC: the status "
-            f"its code stands for; {CLIENT_LEFT}: cancelled, its client gone or the gateway stopping)",
-            ["model", "status"],
-            registry=r,
-        )
-        self.request_latency = Histogram(
-            "kiln_request_latency_seconds",
-            "End-to-end inference latency",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_latency = Histogram(
-            "kiln_queue_latency_seconds",
-            "Time spent waiting in the batcher queue",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.compute_latency = Histogram(
-            "kiln_compute_latency_seconds",
-            "Model execution time per batch",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "kiln_batch_size", "Items per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=r
-        )
-        self._add_statistics_metrics()
-        self.in_flight = Gauge(
-            "kiln_in_flight_requests",
-            "Requests being handled",
-            ["model"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.queue_depth = Gauge(
-            "kiln_queue_depth",
-            "Requests waiting in the batcher queue",
-            ["model"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        # one series per live worker (``pid``): connections reach the workers by the kernel's hash of
-        # their addresses (SO_REUSEPORT), and each worker hands on what would leave it holding more
-        # than another (serving/handoff.py): the split shows here
-        self.open_connections = Gauge(
-            "kiln_open_connections",
-            "Client connections open, by protocol (HTTP, gRPC)",
-            ["protocol"],
-            registry=r,
-            multiprocess_mode="liveall",
-        )
-        self.connections_handed = Counter(
-            "kiln_connections_handed",
-            "Accepted connections handed to the worker holding fewest, by protocol",
-            ["protocol"],
-            registry=r,
-        )
-        self.placement = Gauge(
-            "kiln_model_placement",
-            "Where each loaded model version runs (1 per model, and per worker pid with --workers): "
-            "provider, device and bucket sizes",
-            ["model", "version", "provider", "device", "buckets"],
-            registry=r,
-            multiprocess_mode="liveall",
-        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._add_decoding_metrics()
-
-    def _add_statistics_metrics(self) -> None:
-        """What Triton's statistics extension reports (serving.protocol.statistics), as counters only: so
-        the workers' values add up, and a statistics call reads a few counters, not every histogram."""
-        r = self.registry
-        self.request_seconds = Counter(
-            "kiln_request_seconds",
-            "End-to-end time of inference requests, summed, by outcome",
-            ["model", "outcome"],
-            registry=r,
-        )
-        self.executed_requests = Counter(
-            "kiln_executed_requests",
-            "Requests the batcher ran (in batches of any size), or a translator decoded to success",
-            ["model"],
-            registry=r,
-        )
-        self.request_stage_seconds = Counter(
-            "kiln_request_stage_seconds",
-            "Time of the requests the batcher ran, summed, by stage: queue (each its own wait), then the "
-            "batch each ran in, once per request: input (merging it), infer (the model's run), output "
-            "(splitting the answers); a translator's: queue (until its sentences joined the decode batch) "
-            "and infer (from then to its answer)",
-            ["model", "stage"],
-            registry=r,
-        )
-        self.batch_runs = Counter(
-            "kiln_batch_runs", "Executed batches by batch size (items)", ["model", "size"], registry=r
-        )
-        self.batch_seconds = Counter(
-            "kiln_batch_seconds",
-            "Execution time of batches, summed, by batch size (items) and part (input, infer, output)",
-            ["model", "size", "part"],
-            registry=r,
-        )
-        self.last_inference = Gauge(
-            "kiln_last_inference_timestamp_seconds",
-            "When the model last ran a batch (a translator: last answered), Unix time",
-            ["model"],
-            registry=r,
-            multiprocess_mode="max",
-        )
-        self.translated_texts = Counter(
-            "kiln_translated_texts", "Texts of successful translation requests", ["model"], registry=r
-        )
-
-    def _add_decoding_metrics(self) -> None:
-        """Translators: decoder steps, rows and requests per step (iteration-level batching), latency, tokens."""
-        r = self.registry
-        self.decoder_steps = Counter("kiln_decoder_steps", "Decoder steps run", ["model"], registry=r)
-        self.rows_per_step = Histogram(
-            "kiln_decoder_rows_per_step",
-            "Beam rows per decoder step",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.requests_per_step = Histogram(
-            "kiln_decoder_requests_per_step",
-            "Distinct requests sharing one decoder step",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.decoder_step_latency = Histogram(
-            "kiln_decoder_step_seconds", "Decoder step time", ["model"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.translate_latency = Histogram(
-            "kiln_translate_latency_seconds",
-            "Translation latency (queue + encode + decode)",
-            ["model", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tokens_generated = Counter(
-            "kiln_tokens_generated", "Tokens in the returned hypotheses", ["model"], registry=r
-        )
-        self.memory_releases = Counter(
-            "kiln_memory_releases",
-            "Idle releases of the memory a burst grew (kind: decode worker or batch instance)",
-            ["model", "kind"],
-            registry=r,
-        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: the hot path records without the label lookup."""
@@ -391,37 +201,6 @@ class GatewayMetrics:
             ]
             families = MultiProcessCollector.merge(files, accumulate=True)
         return [sample for family in families for sample in family.samples]
-
-
-class ProcessTreeCollector:
-    """The gateway's processes together, read when scraped (:mod:`serving.process_tree`): memory as
-    their proportional set size (the weights every worker maps count once), CPU time, and how many
-    they are. Nothing where procfs cannot tell (not Linux)."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-
-    def collect(self) -> Iterator[Any]:
-        use = process_tree.usage(self.root)
-        if use is None:
-            return
-        yield GaugeMetricFamily(
-            "kiln_process_memory_bytes",
-            "Memory of the gateway's processes together (--workers' parent, its workers and their "
-            "helpers): proportional set size, so pages they share (the models' weights) count once",
-            value=use.pss_bytes,
-        )
-        yield CounterMetricFamily(
-            "kiln_process_cpu_seconds",
-            "User and system CPU time of the gateway's processes together (the live ones and their "
-            "exited children)",
-            value=use.cpu_seconds,
-        )
-        yield GaugeMetricFamily(
-            "kiln_processes",
-            "The gateway's processes (workers, their parent and helpers)",
-            value=use.processes,
-        )
 
 
 def failure_status(error: BaseException) -> str:

@@ -17,6 +17,7 @@ RANKS = {
     "serving.threads": 0,  # OS names for the gateway's threads (decoding and execution both start some)
     "serving.execution": 1,
     "serving.metrics": 2,
+    "serving.metric_families": 2,  # what serving.metrics declares: every series the gateway exposes
     "serving.decoding": 2,
     "serving.protocol": 3,
     "serving.gateway": 3,
