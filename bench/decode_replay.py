@@ -34,7 +34,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import compiled_step, native_batch, native_decoder, rows, step_spec, stepper
-from serving.decoding.scheduler import SchedulerConfig
+from serving.decoding.scheduler_config import SchedulerConfig
 
 # What --functions times: (owner, attribute) of the functions a decode step runs through. Module-level
 # functions are replaced on their module, so only calls made through it (``compiled_step.pack(...)``,

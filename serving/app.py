@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from serving.decoding.scheduler import SchedulerConfig
+from serving.decoding.scheduler_config import SchedulerConfig
 from serving.errors import ServingError
 from serving.execution.base import Backend
 from serving.execution.repository import Repository

@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from serving.decoding.scheduler import SchedulerConfig
+from serving.decoding.scheduler_config import SchedulerConfig
 from serving.decoding.translator import Translator, TranslatorPool
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse, ModelMetadata

@@ -55,7 +55,7 @@ def test_flags_reach_the_settings_with_their_types(tmp_path):
 
 def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_defaults():
     from serving.app import scheduler_config
-    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.scheduler_config import SchedulerConfig
 
     given = scheduler_config(
         parse_args(

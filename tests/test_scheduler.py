@@ -11,7 +11,8 @@ import pytest
 
 from serving.decoding import beam_search as bs
 from serving.decoding import offline
-from serving.decoding.scheduler import DecodingScheduler, SchedulerConfig
+from serving.decoding.scheduler import DecodingScheduler
+from serving.decoding.scheduler_config import SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, UnprocessableInput
 from tests.waiting import until
 

@@ -645,7 +645,7 @@ def test_kserve_translate_refuses_an_overflowing_alpha_with_a_4xx(gateway) -> No
 def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(exported) -> None:
     import onnxruntime as ort
 
-    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.scheduler_config import SchedulerConfig
     from serving.decoding.translator import TranslatorPool
     from serving.execution.onnxruntime import OnnxRuntimeBackend
     from serving.execution.ort_options import OrtOptions
@@ -717,7 +717,7 @@ def test_an_idle_decode_worker_hands_back_its_compiled_steps_buffers_and_transla
     """After ``release_idle_s`` with nothing to decode, a decode worker's compiled step holds no buffer
     (its caches grown by the requests before); translations after it equal the reference."""
     from serving.decoding import native
-    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.scheduler_config import SchedulerConfig
     from tests.waiting import until
 
     root, _ = exported
@@ -754,7 +754,7 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
     (serving/execution/shared_weights.py): one optimized file each, its weights and their pre-packed
     copies mapped, not read into each session; the answers are the reference's."""
     from serving.decoding import native
-    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.scheduler_config import SchedulerConfig
     from serving.execution.shared_weights import WEIGHTS
     from tests.test_shared_weights import mapped_files
 
@@ -797,7 +797,7 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
     import onnxruntime as ort
 
     from serving.app import make_backend
-    from serving.decoding.scheduler import SchedulerConfig
+    from serving.decoding.scheduler_config import SchedulerConfig
     from serving.execution.base import InferRequest
     from serving.execution.shared_weights import WEIGHTS
     from serving.metrics import GatewayMetrics

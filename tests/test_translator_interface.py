@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import beam_search as bs
-from serving.decoding.scheduler import SchedulerConfig
+from serving.decoding.scheduler_config import SchedulerConfig
 from serving.decoding.translator import OUTPUTS, Translator, TranslatorPool, declare_outputs
 from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta

@@ -4,11 +4,12 @@ One decode thread per scheduler runs the loop over one persistent
 :class:`serving.decoding.stepper.DecodeBatch`, without waiting on the event loop between steps: it
 admits waiting sentences while the row budget allows (their encoder run batched in one call, joined to
 the batch at once; into a running batch only once enough wait or the oldest has waited a few steps,
-see :meth:`DecodingScheduler._ready_to_admit`), removes the rows of requests that timed out or whose client left, and runs one
-decoder step plus one vectorized search step over every live row. Sentences that finish leave at once;
-a request is answered (on the event loop, thread-safely) when its last sentence is done. A sentence
-whose search fails (NaN log-probs) fails its own request only; a failing model call fails the requests
-in the batch, and the loop keeps serving.
+see :mod:`serving.decoding.admission`), removes the rows of requests that timed out or whose client
+left, and runs one decoder step plus one vectorized search step over every live row. Sentences that
+finish leave at once; a request is answered (on the event loop, thread-safely) when its last sentence
+is done. A sentence whose search fails (NaN log-probs) fails its own request only; a failing model call
+fails the requests in the batch, and the loop keeps serving. Its caps and the observer it reports to
+are in :mod:`serving.decoding.scheduler_config`.
 """
 
 from __future__ import annotations
@@ -19,105 +20,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
+from serving.decoding.admission import Job, fraction_waiting, pick, ready_to_admit
 from serving.decoding.native_decoder import MAX_STEPS
+from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 from serving.execution.shared_weights import return_freed_memory
 from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Caps of one translator's loop."""
-
-    max_rows: int = 256  # decoder rows per step (a sentence reserves beam_size rows)
-    max_queue: int = 128  # requests waiting for admission before 429
-    max_encoder_batch: int = 64  # sentences per encoder call
-    # admission (see DecodingScheduler._ready_to_admit): into an empty batch at once; into a running one
-    # when the waiting sentences reach `join_fraction` of the running ones, or the oldest request has
-    # waited `join_wait_steps` decoder steps, so one encoder call and one join serve several joiners
-    join_fraction: float = 0.25
-    join_wait_steps: int = 2
-    # a compiled call (indexed rows) runs on up to this many steps after one that finished a sentence,
-    # whose answer waits meanwhile, so one return to Python retires the sentences of several steps
-    # (vLLM's multi-step scheduling, bounded): 0 answers at the step that finished it. A joiner still
-    # stops the call (see _step). Measured at c=32 on 2 cores: 0 -> 8, +40-50 % tokens/s, lower p50 and
-    # p99 (docs/translator-interface.md, "Finished sentences held")
-    finish_hold_steps: int = 8
-    timeout_s: float = 30.0  # default per-request deadline (504 after it)
-    retry_after_s: float = 1.0  # sent with 429 / 503
-    # decode threads per translator: on 2 cores, 2 workers (own sessions) spent ~15 % more gateway CPU
-    # per token than 1 at c=32 and were not faster (docs/translator-interface.md, "Decode workers")
-    workers: int = 1
-    # the event loop's thread under SCHED_BATCH while this decode thread is busy (serving.threads,
-    # --cpu-policy auto): its wake-ups then do not preempt decode steps
-    busy_loop_policy: bool = False
-    # a decode thread idle for this long hands back the decode state its last requests grew (the
-    # compiled step's cache and output buffers, kept for the next step): memory follows the load, and
-    # the first step after an idle spell allocates again. None: kept until the gateway stops.
-    release_idle_s: float | None = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("join_wait_steps", "finish_hold_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SchedulerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.join_fraction <= 1:
-            raise ValueError(f"SchedulerConfig.join_fraction must be in [0, 1], got {self.join_fraction}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"SchedulerConfig.timeout_s must be > 0, got {self.timeout_s}")
-        if self.release_idle_s is not None and not self.release_idle_s > 0:
-            raise ValueError(f"SchedulerConfig.release_idle_s must be > 0 or None, got {self.release_idle_s}")
-
-
-class DecodeObserver(Protocol):
-    """Where the loop reports what it does (``serving.metrics.GatewayMetrics`` implements it)."""
-
-    def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
-
-    def observe_release(self, model: str, kind: str) -> None:
-        """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""
-
-    def observe_translation(
-        self,
-        model: str,
-        seconds: float,
-        tokens: int,
-        outcome: str,
-        texts: int = 1,
-        queued: float | None = None,
-    ) -> None:
-        """One answered request: end to end ``seconds``; ``queued``, of those, the wait until its last
-        sentence joined the batch (None where it never joined: refused, expired or cancelled first)."""
-
-
-@dataclass(eq=False)
-class _Job:
-    """One submitted request: its sentences, their results and the future its caller awaits.
-
-    ``closed`` is set once the request is answered or abandoned (by either thread); the decode thread
-    then drops its rows. ``future`` is only touched on the event loop."""
-
-    sources: list[list[int]]
-    config: bs.BeamConfig
-    future: asyncio.Future
-    deadline: float
-    started: float = field(default_factory=time.monotonic)
-    admitted: float | None = None  # when its last sentence was admitted (decode thread; monotonic)
-    next_source: int = 0  # sources[:next_source] were admitted
-    queued_step: int = 0  # the scheduler's step count when it was queued
-    results: dict[int, list[bs.Hypothesis]] = field(default_factory=dict)
-    closed: bool = False
 
 
 class DecodingScheduler:
@@ -142,7 +58,7 @@ class DecodingScheduler:
         self.config = config or SchedulerConfig()
         self.observer = observer
         self._lock = threading.Lock()  # guards _waiting
-        self._waiting: deque[_Job] = deque()
+        self._waiting: deque[Job] = deque()
         self._wake = threading.Event()
         # set when a request is queued: a compiled multi-step call then returns after its current step
         self._stop = np.zeros(1, dtype=np.int64)
@@ -223,7 +139,7 @@ class DecodingScheduler:
             )
         self._check(config)
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
-        job = _Job(
+        job = Job(
             sources=[list(s) for s in sources],
             config=config,
             future=asyncio.get_running_loop().create_future(),
@@ -239,7 +155,8 @@ class DecodingScheduler:
                     retry_after=self.config.retry_after_s,
                 )
             self._waiting.append(job)
-            if self._fraction_waiting():  # it joins after the step in flight (see _step)
+            # enough wait (or the batch is idle): it joins after the step in flight (see _step)
+            if fraction_waiting(self._waiting, self._batch.size, self.config):
                 self._stop[0] = 1
         self._wake.set()
         # the deadline as one timer on the loop, awaiting the future itself (wait_for + shield built a
@@ -253,7 +170,7 @@ class DecodingScheduler:
         finally:
             expiry.cancel()
 
-    def _expire_job(self, job: _Job, timeout: float) -> None:
+    def _expire_job(self, job: Job, timeout: float) -> None:
         """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
         self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
 
@@ -264,7 +181,7 @@ class DecodingScheduler:
                 f"beam_size={config.beam_size} exceeds the scheduler's max_rows={self.config.max_rows}"
             )
 
-    def _answer(self, job: _Job, result: Any, outcome: str | None) -> None:
+    def _answer(self, job: Job, result: Any, outcome: str | None) -> None:
         """On the event loop: settle the request once (a list of results or an exception)."""
         job.closed = True
         if job.future.done():
@@ -280,11 +197,11 @@ class DecodingScheduler:
             queued = None if job.admitted is None else job.admitted - job.started
             self.observer.observe_translation(self.model, seconds, tokens, outcome, len(job.sources), queued)
 
-    def _post(self, job: _Job, result: Any, outcome: str) -> None:
+    def _post(self, job: Job, result: Any, outcome: str) -> None:
         """From the decode thread: answer on the event loop."""
         self._post_all([(job, result, outcome)])
 
-    def _post_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
+    def _post_all(self, answers: list[tuple[Job, Any, str]]) -> None:
         """From the decode thread: settle ``answers`` (job, result, outcome) on the event loop, in one
         wake-up of it (at c=32 a step finishes ~3 requests: one self-pipe write instead of three)."""
         if not answers:
@@ -293,13 +210,13 @@ class DecodingScheduler:
             job.closed = True
         self._event_loop.call_soon_threadsafe(self._answer_all, answers)
 
-    def _answer_all(self, answers: list[tuple[_Job, Any, str]]) -> None:
+    def _answer_all(self, answers: list[tuple[Job, Any, str]]) -> None:
         for job, result, outcome in answers:
             self._answer(job, result, outcome)
 
     # --- the decode thread ------------------------------------------------------------------------
 
-    def _running_jobs(self) -> set[_Job]:
+    def _running_jobs(self) -> set[Job]:
         return {job for job, _ in self._batch.keys}
 
     def _run(self) -> None:
@@ -376,66 +293,24 @@ class DecodingScheduler:
             with self._lock:
                 self._waiting = deque(j for j in self._waiting if not j.closed)
 
-    def _ready_to_admit(self) -> bool:
-        """Whether waiting sentences join now (caller holds the lock; something is waiting).
-
-        A join costs one encoder call and new rows in the batch's arrays whatever the number of joiners,
-        so joiners into a running batch are grouped: they join once they are ``join_fraction`` of the
-        running sentences or the oldest has waited ``join_wait_steps`` steps. An idle batch admits at
-        once (a lone request pays no wait).
-        """
-        if self._steps - self._waiting[0].queued_step >= self.config.join_wait_steps:
-            return True
-        return self._fraction_waiting()
-
-    def _fraction_waiting(self) -> bool:
-        """Whether the batch is idle or the waiting sentences are ``join_fraction`` of the running ones
-        (caller holds the lock): the joiners need not wait for more steps."""
-        if not self._batch.size:
-            return True
-        waiting = sum(len(job.sources) - job.next_source for job in self._waiting)
-        return waiting >= self.config.join_fraction * self._batch.size
-
     def _joining(self) -> int:
         """Sentences likely to join after the step about to run (the step allocates its buffers with
         room for their rows): those waiting now that would fit, plus as many as left at the last
         step, whose clients typically send their next request while this step runs. Too many costs
         untouched memory; too few, the copy a join makes without room."""
         with self._lock:
-            waiting = (
-                len(self._pick(self.config.max_rows - self._reserved, take=False)) if self._waiting else 0
-            )
-        return waiting + self._left
-
-    def _pick(self, budget: int, take: bool) -> list[tuple[_Job, int]]:
-        """The waiting sentences (FIFO) that fit ``budget`` rows and one encoder call (caller holds the
-        lock); ``take`` marks them admitted."""
-        picked: list[tuple[_Job, int]] = []
-        jobs, job_index, source = self._waiting, 0, None
-        while job_index < len(jobs) and len(picked) < self.config.max_encoder_batch:
-            job = jobs[job_index]
-            source = job.next_source if source is None else source
-            if job.config.beam_size > budget:
-                break
-            picked.append((job, source))
-            budget -= job.config.beam_size
-            source += 1
-            if source == len(job.sources):
-                job_index, source = job_index + 1, None
-        if take:
-            for job, index in picked:
-                job.next_source = index + 1
-            now = time.monotonic()
-            for _ in range(job_index):
-                jobs.popleft().admitted = now
-        return picked
+            if not self._waiting:
+                return self._left
+            fit = pick(self._waiting, self.config.max_rows - self._reserved, self.config, take=False)
+        return len(fit) + self._left
 
     def _admit(self) -> None:
         """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and join them."""
         with self._lock:
-            if not self._waiting or not self._ready_to_admit():
+            waiting = self._waiting
+            if not waiting or not ready_to_admit(waiting, self._steps, self._batch.size, self.config):
                 return
-            picked = self._pick(self.config.max_rows - self._reserved, take=True)
+            picked = pick(waiting, self.config.max_rows - self._reserved, self.config, take=True)
         if not picked:
             return
         sources = [job.sources[i] for job, i in picked]
@@ -463,12 +338,13 @@ class DecodingScheduler:
             # wait (for more joiners, or for rows), until the oldest has waited join_wait_steps. A
             # request that makes the waiting ones join_fraction of the batch stops the call after the
             # step in flight (submit), as one waiting already does here.
-            if not self._waiting:
+            waiting = self._waiting
+            if not waiting:
                 steps = MAX_STEPS
             else:
-                waited = self._steps - self._waiting[0].queued_step
+                waited = self._steps - waiting[0].queued_step
                 steps = max(1, self.config.join_wait_steps - waited)
-            self._stop[0] = bool(self._waiting) and self._fraction_waiting()
+            self._stop[0] = bool(waiting) and fraction_waiting(waiting, self._batch.size, self.config)
         started = time.monotonic()
         self._grown = True
         finished = self._batch.step(self.run_decoder, self._joining(), steps)
@@ -478,7 +354,7 @@ class DecodingScheduler:
             seconds = (time.monotonic() - started) / ran
             for _ in range(ran):
                 self.observer.observe_decode_step(self.model, rows, requests, seconds)
-        answers: list[tuple[_Job, Any, str]] = []
+        answers: list[tuple[Job, Any, str]] = []
         for done in finished:
             job, index = done.key
             if job.closed:

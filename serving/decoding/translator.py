@@ -25,7 +25,8 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native, native_decoder, step_spec
 from serving.decoding.fast_tokens import FastEncoder
 from serving.decoding.options import options_from_parameters as parse_parameters
-from serving.decoding.scheduler import DecodeObserver, DecodingScheduler, SchedulerConfig
+from serving.decoding.scheduler import DecodingScheduler
+from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
 from serving.threads import name_os_thread

@@ -1,0 +1,79 @@
+"""What a translator's decoding scheduler is given: its caps and where it reports what it does.
+
+:class:`SchedulerConfig` is set by the gateway's settings (``serving.app.scheduler_config``) and
+:class:`DecodeObserver` implemented by ``serving.metrics.GatewayMetrics``; the loop that honours and
+reports them is :class:`serving.decoding.scheduler.DecodingScheduler`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Caps of one translator's loop."""
+
+    max_rows: int = 256  # decoder rows per step (a sentence reserves beam_size rows)
+    max_queue: int = 128  # requests waiting for admission before 429
+    max_encoder_batch: int = 64  # sentences per encoder call
+    # admission (see serving.decoding.admission.ready_to_admit): into an empty batch at once; into a
+    # running one when the waiting sentences reach `join_fraction` of the running ones, or the oldest
+    # request has waited `join_wait_steps` decoder steps, so one encoder call and one join serve several
+    # joiners
+    join_fraction: float = 0.25
+    join_wait_steps: int = 2
+    # a compiled call (indexed rows) runs on up to this many steps after one that finished a sentence,
+    # whose answer waits meanwhile, so one return to Python retires the sentences of several steps
+    # (vLLM's multi-step scheduling, bounded): 0 answers at the step that finished it. A joiner still
+    # stops the call (see DecodingScheduler._step). Measured at c=32 on 2 cores: 0 -> 8, +40-50 %
+    # tokens/s, lower p50 and p99 (docs/translator-interface.md, "Finished sentences held")
+    finish_hold_steps: int = 8
+    timeout_s: float = 30.0  # default per-request deadline (504 after it)
+    retry_after_s: float = 1.0  # sent with 429 / 503
+    # decode threads per translator: on 2 cores, 2 workers (own sessions) spent ~15 % more gateway CPU
+    # per token than 1 at c=32 and were not faster (docs/translator-interface.md, "Decode workers")
+    workers: int = 1
+    # the event loop's thread under SCHED_BATCH while this decode thread is busy (serving.threads,
+    # --cpu-policy auto): its wake-ups then do not preempt decode steps
+    busy_loop_policy: bool = False
+    # a decode thread idle for this long hands back the decode state its last requests grew (the
+    # compiled step's cache and output buffers, kept for the next step): memory follows the load, and
+    # the first step after an idle spell allocates again. None: kept until the gateway stops.
+    release_idle_s: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("join_wait_steps", "finish_hold_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SchedulerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.join_fraction <= 1:
+            raise ValueError(f"SchedulerConfig.join_fraction must be in [0, 1], got {self.join_fraction}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"SchedulerConfig.timeout_s must be > 0, got {self.timeout_s}")
+        if self.release_idle_s is not None and not self.release_idle_s > 0:
+            raise ValueError(f"SchedulerConfig.release_idle_s must be > 0 or None, got {self.release_idle_s}")
+
+
+class DecodeObserver(Protocol):
+    """Where the loop reports what it does (``serving.metrics.GatewayMetrics`` implements it)."""
+
+    def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None: ...
+
+    def observe_release(self, model: str, kind: str) -> None:
+        """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""
+
+    def observe_translation(
+        self,
+        model: str,
+        seconds: float,
+        tokens: int,
+        outcome: str,
+        texts: int = 1,
+        queued: float | None = None,
+    ) -> None:
+        """One answered request: end to end ``seconds``; ``queued``, of those, the wait until its last
+        sentence joined the batch (None where it never joined: refused, expired or cancelled first)."""
