@@ -99,6 +99,36 @@ def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
     return held
 
 
+def _start_logging(level: str) -> None:
+    from uvicorn.config import LOG_LEVELS
+
+    logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
+    logging.basicConfig(level=LOG_LEVELS[level], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _uvicorn_config(settings: Settings) -> Any:
+    """uvicorn's configuration of the gateway's app and HTTP server from the gateway's ``settings``."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.protocol.http1 import http_protocol
+
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        # Access lines are INFO: above that level they are never printed, so do not build them at all.
+        access_log=settings.log_level.lower() in {"trace", "debug", "info"},
+        # uvicorn takes the seconds as they are (asyncio.timeout); ``int(grace) or None`` made any grace
+        # under a second no limit at all
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_s,
+        # one write a response, bounded request heads and reads (serving/protocol/http1.py)
+        http=http_protocol(settings.read_timeout_s, settings.max_header_bytes, settings.send_timeout_s),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
@@ -108,16 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
     grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
 
-    import uvicorn
-    from uvicorn.config import LOG_LEVELS
+    from serving.app import GatewayServer
 
-    from serving.app import GatewayServer, create_app
-    from serving.protocol.http1 import http_protocol
-
-    logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
-    logging.basicConfig(
-        level=LOG_LEVELS[settings.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _start_logging(settings.log_level)
     if not settings.model_repository.is_dir():
         raise SystemExit(
             f"model repository {settings.model_repository} is not a directory: run `make export` to "
@@ -143,20 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu policy %s is not available here: the gateway's threads keep the system's",
             settings.cpu_policy,
         )
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-        # Access lines are INFO: above that level they are never printed, so do not build them at all.
-        access_log=settings.log_level.lower() in {"trace", "debug", "info"},
-        # uvicorn takes the seconds as they are (asyncio.timeout); ``int(grace) or None`` made any grace
-        # under a second no limit at all
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
-        timeout_keep_alive=settings.keep_alive_s,
-        # one write a response, bounded request heads and reads (serving/protocol/http1.py)
-        http=http_protocol(settings.read_timeout_s, settings.max_header_bytes, settings.send_timeout_s),
-    )
+    config = _uvicorn_config(settings)
     sockets = None
     if settings.reuse_port:
         from serving.workers import reuse_port_socket
