@@ -11,16 +11,15 @@ import argparse
 import datetime as dt
 import importlib.util
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import classify_identity, engines, gpu, perf_analyzer, report, servers, triton_layouts
+from bench import engines, gpu, perf_analyzer, report, servers
 from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
-from bench.stats import ratio
+from bench.targets import best_direct_throughput, targets
 
 console = Console()
 log = logging.getLogger("bench")
@@ -75,6 +74,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="quick (~6 min on 2 cores), full (every batch, concurrency and beam), gpu (CUDA engines and "
         "the gateway on the GPU against the CPU); default: quick",
     )
+    _add_model_options(parser)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["engines", "servers", "translation", "replicas"],
+        help="run only these parts (default: all; with --profile gpu: engines, servers)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=engines.default_threads(),
+        help="threads per engine and per server (default: the cores this process may use)",
+    )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=engines.default_threads(),
+        help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
+    )
+    _add_gpu_options(parser)
+    parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
+    return parser.parse_args(argv)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What is measured: the repository, its checkpoints and the entries."""
     parser.add_argument(
         "--repository",
         type=Path,
@@ -95,24 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="translators checked for identity with their PyTorch reference through the gateway and Triton, "
         "trained small and exported when missing (default: every other registered translator; the flag alone: none)",
     )
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=["engines", "servers", "translation", "replicas"],
-        help="run only these parts (default: all; with --profile gpu: engines, servers)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=engines.default_threads(),
-        help="threads per engine and per server (default: the cores this process may use)",
-    )
-    parser.add_argument(
-        "--gateway-workers",
-        type=int,
-        default=engines.default_threads(),
-        help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
-    )
+
+
+def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
+    """PROFILE=gpu: the gateways on the GPU and on the CPU measured side by side."""
     parser.add_argument(
         "--cpu-repository",
         type=Path,
@@ -134,8 +145,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PROFILE=gpu: the gateways measured, on the GPU repository, the CPU one or both (default: "
         "both; gpu alone exports and measures no CPU side)",
     )
-    parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,39 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads}
     ticks = cpu_ticks()
     results["machine"]["speed"] = {"start": speed_probe()}
-    checkpoint = args.checkpoints / f"{args.classifier}.pt"
     if "engines" in wanted:
-        jobs = engines.classifier_jobs(
-            args.repository,
-            args.checkpoints,
-            args.classifier,
-            profile["batches"],
-            args.threads,
-            profile["engine_budget_s"],
-        )
-        results["engines"] = engines.run_jobs(jobs, progress=log.info)
+        results["engines"] = _classify_engines(args, profile)
     if "servers" in wanted:
-        results["servers"] = servers.run_servers(
-            args.repository,
-            checkpoint,
-            args.classifier,
-            out / "logs",
-            concurrencies=profile["concurrency"],
-            duration_s=profile["duration_s"],
-            threads=args.threads,
-            workers=args.gateway_workers,
-            progress=log.info,
-        )
-        results["servers"]["perf_analyzer"] = perf_analyzer.side_by_side(
-            args.repository,
-            args.classifier,
-            out / "logs",
-            concurrencies=profile["pa_concurrency"],
-            threads=args.threads,
-            rounds=profile["pa_rounds"],
-            workers=args.gateway_workers,
-            progress=log.info,
-        )
+        results["servers"] = _classify_servers(args, profile, out)
     if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:
         from bench import translation
 
@@ -202,6 +182,46 @@ def main(argv: list[str] | None = None) -> None:
     write(results, out)
 
 
+def _classify_engines(args: argparse.Namespace, profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """The classifier on each engine called directly, at the profile's batch sizes."""
+    jobs = engines.classifier_jobs(
+        args.repository,
+        args.checkpoints,
+        args.classifier,
+        profile["batches"],
+        args.threads,
+        profile["engine_budget_s"],
+    )
+    return engines.run_jobs(jobs, progress=log.info)
+
+
+def _classify_servers(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The classifier through each server with Kiln's own clients, then perf_analyzer's rows."""
+    checkpoint = args.checkpoints / f"{args.classifier}.pt"
+    result = servers.run_servers(
+        args.repository,
+        checkpoint,
+        args.classifier,
+        out / "logs",
+        concurrencies=profile["concurrency"],
+        duration_s=profile["duration_s"],
+        threads=args.threads,
+        workers=args.gateway_workers,
+        progress=log.info,
+    )
+    result["perf_analyzer"] = perf_analyzer.side_by_side(
+        args.repository,
+        args.classifier,
+        out / "logs",
+        concurrencies=profile["pa_concurrency"],
+        threads=args.threads,
+        rounds=profile["pa_rounds"],
+        workers=args.gateway_workers,
+        progress=log.info,
+    )
+    return result
+
+
 def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     """Every CUDA engine on the exported classifier, and the gateway on the GPU against the same gateway
     on the CPU (``--cpu-repository``, else exported beside the GPU repository); without CUDA, a message
@@ -214,15 +234,7 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
     wanted = set(args.only or ("engines", "servers"))  # servers: the gateway on the GPU against the CPU
-    serving = "servers" in wanted and status.ort_cuda
-    if serving:
-        from bench import gpu_serving
-
-        problem = gpu_serving.gpu_config_problem(args.repository, args.classifier)
-        if problem:  # before anything runs
-            raise SystemExit(problem)
-    elif "servers" in wanted:
-        log.info("the gateway on the GPU against the CPU is not measured: %s", status.reason())
+    serving = _gpu_serving_wanted(args, status, wanted)
     log.info("GPU profile on %s: %s", status.device_name, status.reason())
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
     results: dict[str, Any] = {
@@ -243,125 +255,51 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         )
         results["engines"] = engines.run_jobs(jobs, progress=log.info, runner=gpu.make_runner)
     if serving:
-        cpu_repository = args.cpu_repository
-        if args.serving_workers:
-            profile = {**profile, "serving_workers": tuple(args.serving_workers)}
-        if cpu_repository is None and "cpu" in args.serving_devices:
-            cpu_repository = gpu_serving.cpu_repository_for(args.repository)
-            models = (args.classifier, args.translator)
-            gpu_serving.export_cpu_side(args.checkpoints, models, cpu_repository, log.info)
-        out.mkdir(parents=True, exist_ok=True)
-        results["serving"] = gpu_serving.run(
-            args.repository,
-            cpu_repository,
-            args.checkpoints,
-            profile,
-            out,
-            classifier=args.classifier,
-            translator=args.translator,
-            threads=args.threads,
-            devices=tuple(args.serving_devices),
-            progress=log.info,
-        )
+        results["serving"] = _gpu_serving(args, profile, out)
         results["targets"] = results["serving"]["summary"]
     write(results, out)
 
 
-def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
-    """ONNX Runtime fp32 called directly, at its best batch size and best layout (one session of every
-    thread, or one single-thread session per thread called at once): the gateway's ceiling."""
-    ort = [
-        r["throughput_ips"]
-        for r in rows
-        if str(r.get("engine", "")).split(" x")[0] == "onnxruntime" and r.get("precision") == "fp32"
-    ]
-    return max(ort, default=math.nan)
+def _gpu_serving_wanted(args: argparse.Namespace, status: gpu.CudaStatus, wanted: set[str]) -> bool:
+    """Whether the gateway on the GPU is measured against the CPU; a GPU repository whose config cannot
+    serve on the GPU stops the bench here, before anything runs."""
+    serving = "servers" in wanted and status.ort_cuda
+    if serving:
+        from bench import gpu_serving
+
+        problem = gpu_serving.gpu_config_problem(args.repository, args.classifier)
+        if problem:  # before anything runs
+            raise SystemExit(problem)
+    elif "servers" in wanted:
+        log.info("the gateway on the GPU against the CPU is not measured: %s", status.reason())
+    return serving
 
 
-def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
-    """Each target of the issue with where it stands in this run."""
-    eng = [r for r in results.get("engines", []) if "error" not in r]
-    p50 = {(r["engine"], r["precision"], r["batch"]): r["p50_ms"] for r in eng}
-    closed = results.get("servers", {}).get("closed", [])
-    # the gateway's best c=64 figure, whichever client measured it: Kiln's Python generator (HTTP, gRPC)
-    # or perf_analyzer (C++, lighter on the 2 cores the gateway shares with it); ORT direct has no client
-    gw64 = max(
-        (
-            r["throughput_rps"]
-            for r in (*closed, *results.get("servers", {}).get("perf_analyzer", {}).get("rows", []))
-            if r["target"] == "gateway" and r["concurrency"] == 64
-        ),
-        default=math.nan,
+def _gpu_serving(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The gateway on the GPU against the same gateway on the CPU (exported beside the GPU repository
+    unless ``--cpu-repository`` names one, or ``--serving-devices`` leaves the CPU out)."""
+    from bench import gpu_serving
+
+    cpu_repository = args.cpu_repository
+    if args.serving_workers:
+        profile = {**profile, "serving_workers": tuple(args.serving_workers)}
+    if cpu_repository is None and "cpu" in args.serving_devices:
+        cpu_repository = gpu_serving.cpu_repository_for(args.repository)
+        models = (args.classifier, args.translator)
+        gpu_serving.export_cpu_side(args.checkpoints, models, cpu_repository, log.info)
+    out.mkdir(parents=True, exist_ok=True)
+    return gpu_serving.run(
+        args.repository,
+        cpu_repository,
+        args.checkpoints,
+        profile,
+        out,
+        classifier=args.classifier,
+        translator=args.translator,
+        threads=args.threads,
+        devices=tuple(args.serving_devices),
+        progress=log.info,
     )
-    # the naive baseline is measured with Kiln's own HTTP client only, so the gateway's side of that
-    # ratio is the same client's HTTP row, never a lighter client's (perf_analyzer)
-    own_http64 = {
-        r["target"]: r["throughput_rps"]
-        for r in closed
-        if r["concurrency"] == 64 and r.get("protocol", "http") == "http"
-    }
-    pa_open = [
-        r
-        for r in results.get("servers", {}).get("perf_analyzer", {}).get("open", [])
-        if r["target"] == "gateway"
-    ]
-    opened = pa_open or results.get("servers", {}).get(
-        "open", []
-    )  # perf_analyzer's C++ client when there is one
-    open_value, open_note = perf_analyzer.open_loop_target(opened[0] if opened else None)
-    pa = {  # the targets against Triton read perf_analyzer over gRPC (rows without a protocol: older runs)
-        (r["target"], r["concurrency"]): r
-        for r in results.get("servers", {}).get("perf_analyzer", {}).get("rows", [])
-        if r.get("protocol", "grpc") == "grpc"
-    }
-    pa_value = lambda target, c, key: pa.get((target, c), {}).get(key, math.nan)  # noqa: E731
-    rows = [
-        {
-            "target": f"ORT fp32 >= 2x PyTorch eager at batch 1 ({classifier})",
-            "goal": 2.0,
-            "measured": ratio(
-                p50.get(("pytorch", "fp32", 1), math.nan), p50.get(("onnxruntime", "fp32", 1), math.nan)
-            ),
-        },
-        {
-            "target": "gateway c=64 (best client) >= 0.8x ORT best-batch direct",
-            "goal": 0.8,
-            "measured": ratio(gw64, best_direct_throughput(eng)),
-        },
-        {
-            "target": "gateway c=64 >= 5x naive baseline (both over Kiln's HTTP client)",
-            "goal": 5.0,
-            "measured": ratio(own_http64.get("gateway", math.nan), own_http64.get("naive", math.nan)),
-        },
-        *triton_layouts.triton_targets(results.get("servers", {}).get("perf_analyzer", {})),
-        {
-            "target": "perf_analyzer c=1 gateway p50 - ORT batch-1 p50 <= 1 ms",
-            "goal": 1.0,
-            "lower_is_better": True,
-            "measured": pa_value("gateway", 1, "p50_ms") - p50.get(("onnxruntime", "fp32", 1), math.nan),
-        },
-        {
-            "target": "p99 <= 2x p50 at half of peak (gateway, open loop)",
-            "goal": 2.0,
-            "measured": open_value,
-            "note": open_note,
-            "lower_is_better": True,
-        },
-        {
-            "target": "classify answers through the gateway identical to ONNX Runtime direct (%)",
-            "goal": 100.0,
-            "measured": classify_identity.identical_percent(results.get("servers", {}).get("identity", {})),
-        },
-    ]
-    rows += results.get("translation", {}).get("targets", [])
-    for r in rows:
-        m = r["measured"]
-        r["met"] = (
-            "–"
-            if math.isnan(m)
-            else ("yes" if (m <= r["goal"] if r.get("lower_is_better") else m >= r["goal"]) else "no")
-        )
-    return rows
 
 
 def write(results: dict[str, Any], out: Path) -> None:

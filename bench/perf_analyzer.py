@@ -1,10 +1,8 @@
 """Triton's own load tool, perf_analyzer, driving the gateway and Triton side by side (as users will).
 
-perf_analyzer is a C++ binary. Without Triton's SDK container it comes from the ``tritonclient``
-2.48 wheel (the last one that ships it; newer wheels and this index's ``perf-analyzer`` do not), which
-``make perf-analyzer`` installs under ``.venv/perf-analyzer`` with the two shared libraries it needs
-(``libb64`` from the distribution, ``libcudart.so.12`` from ``nvidia-cuda-runtime-cu12``; no GPU is
-used). Where it is missing the bench says so and keeps its own load generator.
+The binary, its command line and its CSV are :mod:`bench.perf_analyzer_tool`; what a run watches on
+its server (whether it still runs, its connection split, its memory) is :mod:`bench.server_watch`.
+Where the binary is missing the bench says so and keeps its own load generator.
 
 Runs are interleaved (each round visits every server at every concurrency) and summarized by medians,
 because the machine is shared and noisy.
@@ -12,139 +10,28 @@ because the machine is shared and noisy.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.perf_analyzer_tool import INSTALL_HINT, PerfAnalyzer, command, find_perf_analyzer, parse_csv
+from bench.server_watch import connection_split, process_watch, tree_memory_mib
 from bench.stats import ratio
 from bench.triton_layouts import TARGET_CONCURRENCIES, TritonLayout, start_layouts, triton_layouts
-from serving import process_tree
 
 log = logging.getLogger(__name__)
 
 STREAM = "grpc-stream"  # the protocol of rows measured with --streaming (gRPC ModelStreamInfer)
 STREAM_TIMEOUT_S = 90.0  # a streaming run takes ~10 s; past this its server has stopped answering
 MIN_DELIVERED = 0.95  # an open-loop run counts when it delivered this share of its offered rate
-
-ENV_BINARY = "KILN_PERF_ANALYZER"
-INSTALL_HINT = "install it with `make perf-analyzer` (see the README, 'perf_analyzer')"
-# perf_analyzer's CSV columns (microseconds) -> our names (milliseconds).
-_LATENCIES = {
-    "p50 latency": "p50_ms",
-    "p90 latency": "p90_ms",
-    "p95 latency": "p95_ms",
-    "p99 latency": "p99_ms",
-    # the server's own split of a request (its statistics extension; Kiln's gateway and Triton alike)
-    "Server Queue": "server_queue_ms",
-    "Server Compute Input": "server_input_ms",
-    "Server Compute Infer": "server_infer_ms",
-    "Server Compute Output": "server_output_ms",
-}
-
-
-@dataclass(frozen=True)
-class PerfAnalyzer:
-    """A runnable perf_analyzer binary and the library path it needs."""
-
-    binary: Path
-    library_path: str = ""
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.library_path:
-            env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                p for p in (self.library_path, env.get("LD_LIBRARY_PATH")) if p
-            )
-        return env
-
-
-def find_perf_analyzer(venv: Path | None = None) -> PerfAnalyzer | None:
-    """``$KILN_PERF_ANALYZER``, then ``.venv/perf-analyzer/bin/perf_analyzer``, then ``perf_analyzer`` on PATH."""
-    prefix = (venv or Path(sys.prefix)) / "perf-analyzer"
-    for candidate in (
-        os.environ.get(ENV_BINARY),
-        prefix / "bin" / "perf_analyzer",
-        shutil.which("perf_analyzer"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            cudart = sorted(prefix.glob("nvidia/cuda_runtime/lib"))
-            return PerfAnalyzer(Path(candidate), str(cudart[0]) if cudart else "")
-    return None
-
-
-def command(
-    tool: PerfAnalyzer,
-    url: str,
-    model: str,
-    concurrency: int,
-    csv_path: Path,
-    *,
-    protocol: str = "grpc",
-    window_ms: int = 1500,
-    rate: float | None = None,
-    streaming: bool = False,
-) -> list[str]:
-    """One perf_analyzer run, one image per request, CSV with percentiles: a closed loop at
-    ``concurrency``, or with ``rate`` an open loop sending that many requests per second; with
-    ``streaming``, every request over gRPC streams (``ModelStreamInfer``) instead of unary calls.
-
-    The open loop uses the asynchronous API: with synchronous calls perf_analyzer's request-rate mode
-    keeps at most ``--max-threads`` (4) requests in flight, so a server whose latency exceeds
-    4 / rate is sent fewer requests than the rate (a closed loop of 4 that reports a lower
-    throughput and a tamer tail; 292-380 of 500 requests/s were sent to the gateway that way)."""
-    load = (
-        ["--request-rate-range", f"{rate:g}:{rate:g}", "--async"]
-        if rate
-        else ["--concurrency-range", f"{concurrency}:{concurrency}"]
-    )
-    return [
-        str(tool.binary),
-        "-m",
-        model,
-        "-u",
-        url,
-        "-i",
-        protocol,
-        "-b",
-        "1",
-        *load,
-        *(["--streaming"] if streaming else []),
-        "--measurement-interval",
-        str(window_ms),
-        "--max-trials",
-        "3",
-        "--stability-percentage",
-        "1000",
-        "--percentile",
-        "50",
-        "-f",
-        str(csv_path),
-    ]
-
-
-def parse_csv(path: Path) -> dict[str, float]:
-    """Throughput (infer/s), client latency percentiles and the server's split (queue, compute input /
-    infer / output: averages a request, from the server's statistics) in ms from perf_analyzer's ``-f``
-    CSV."""
-    with path.open(newline="") as handle:
-        row = next(csv.DictReader(handle))
-    result = {"throughput_rps": float(row["Inferences/Second"])}
-    for column, name in _LATENCIES.items():
-        if column in row:
-            result[name] = float(row[column]) / 1e3
-    return result
 
 
 class ServerGone(RuntimeError):
@@ -171,7 +58,7 @@ def run_once(
     whose server ended is stopped at once (``ServerGone``). perf_analyzer itself waited on a dead
     server's stream until the timeout (Triton 2.51 crashing under ``--streaming``: 90 s lost a run).
     ``probe`` is asked once, ``PROBE_AFTER_S`` into the run, how the server's workers hold its
-    connections (:func:`connection_split`); its answer is the sample's ``connections``."""
+    connections (:func:`bench.server_watch.connection_split`); its answer is the sample's ``connections``."""
     with tempfile.TemporaryDirectory(prefix="kiln-pa-") as tmp:
         csv_path = Path(tmp) / "pa.csv"
         cmd = command(tool, url, model, concurrency, csv_path, **kwargs)
@@ -202,66 +89,6 @@ def run_once(
         return sample | ({"connections": split} if split else {})
 
 
-def connection_split(metrics_url: str, protocol: str) -> Callable[[], str | None]:
-    """``run_once``'s ``probe`` for a gateway: its workers' open ``protocol`` connections
-    (``kiln_open_connections``, one series a worker), most first ("6/5"); None when the page cannot
-    be read. Workers hand connections to the one holding fewest (serving/handoff.py); this shows the
-    split a run got."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def read() -> str | None:
-        try:
-            with urllib.request.urlopen(metrics_url, timeout=2) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return None
-        counts = [
-            int(sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "kiln_open_connections" and sample.labels.get("protocol") == protocol
-        ]
-        return "/".join(str(n) for n in sorted(counts, reverse=True)) if counts else None
-
-    return read
-
-
-def process_watch(process: subprocess.Popen | None) -> Callable[[], str | None]:
-    """``run_once``'s ``alive`` for a server running as ``process``: how it ended, once it has."""
-
-    def ended() -> str | None:
-        code = None if process is None else process.poll()
-        if process is not None and code is None:
-            return None
-        return "is not running" if code is None else f"ended ({describe_exit(code)})"
-
-    return ended
-
-
-def describe_exit(code: int) -> str:
-    """A Popen return code as words: a signal's name, or the exit status."""
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        return f"signal {-code}, {signal.Signals(-code).name}"
-    except ValueError:
-        return f"signal {-code}"
-
-
-def tree_memory_mib(pid: int | None) -> dict[str, float] | None:
-    """Proportional memory (``Pss``: a page shared by n processes counts 1/n to each) summed over
-    process ``pid`` and every process under it, in MiB, and how many they are; None where procfs has
-    none of it (not Linux, or the process is gone). Resident sizes summed would count a model's pages
-    once for every worker that maps them. As the gateway's own ``kiln_process_memory_bytes`` reads it
-    (:mod:`serving.process_tree`), for Triton's processes too."""
-    use = process_tree.usage(pid)
-    if use is None:
-        return None
-    return {"pss_mib": round(use.pss_bytes / 2**20, 1), "processes": use.processes}
-
-
 def interleaved(
     tool: PerfAnalyzer,
     targets: dict[str, str],
@@ -281,8 +108,8 @@ def interleaved(
     named in ``only`` runs at those of the concurrencies only (an extra layout where the targets read
     it, to keep the bench short). ``failures``, where given, gets each target's last failure; a target
     whose run hung past its timeout, or whose server ended (``alive``: each target's
-    :func:`process_watch`), is not run again. ``probes`` read a target's connection split during each
-    of its runs (:func:`connection_split`)."""
+    :func:`bench.server_watch.process_watch`), is not run again. ``probes`` read a target's connection split during each
+    of its runs (:func:`bench.server_watch.connection_split`)."""
     protocol = STREAM if kwargs.get("streaming") else kwargs.get("protocol", "grpc")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     hung: set[str] = set()
@@ -329,6 +156,19 @@ def _median_row(
     }
 
 
+@dataclass
+class _Servers:
+    """The servers one side-by-side run measures, by target name: the gateway, then Triton's layouts."""
+
+    grpc: dict[str, str]  # gRPC addresses: every server
+    http: dict[str, str]  # HTTP addresses: the gateway and Triton's first layout
+    alive: dict[str, Callable[[], str | None]]  # a run whose server ended stops there
+    probes: dict[str, dict[str, Callable[[], str | None]]]  # by protocol: the gateway's connection split
+    pids: dict[str, int | None]  # whose memory is read once they have served
+    layouts: list[TritonLayout] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # the layouts that did not start
+
+
 def side_by_side(
     repository: Path,
     model: str,
@@ -346,83 +186,117 @@ def side_by_side(
     ``protocol``) or ``{"skipped": why}``. Over gRPC at the targets' concurrencies Triton also runs at
     its other layouts (:mod:`bench.triton_layouts`), interleaved with the rest; one that fails to start
     is named in ``layout_failures`` and the others stand in for it."""
-    from contextlib import ExitStack
-
-    from bench.servers import gateway_cmd
-    from kiln.processes import running
-    from serving.triton import find_triton
-    from serving.triton.server import free_port
-
     tool = find_perf_analyzer()
     if tool is None:
         progress(f"perf_analyzer is not installed: {INSTALL_HINT}; using Kiln's own load generator only")
         return {"skipped": f"perf_analyzer not installed; {INSTALL_HINT}"}
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        http, grpc = free_port(), free_port()
-        cmd = gateway_cmd(repository, http, grpc, threads, workers=workers)
-        ready = f"http://127.0.0.1:{http}/v2/health/ready"
-        gateway = stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
-        targets = {"gateway": f"127.0.0.1:{grpc}"}
-        alive = {"gateway": process_watch(gateway)}  # a run whose server ended stops there
-        metrics_url = f"http://127.0.0.1:{http}/metrics"
-        # how the gateway's workers held each run's connections (the HTTP reading counts itself)
-        probes = {kind: {"gateway": connection_split(metrics_url, kind)} for kind in ("grpc", "http")}
-        pids = {"gateway": gateway.pid}
-        rest = {"gateway": f"127.0.0.1:{http}"}
-        layouts: list[TritonLayout] = []
-        failed: dict[str, str] = {}
+        servers = _start_gateway(stack, repository, workdir, threads, workers)
         extra = stack.enter_context(ExitStack())  # the extra layouts, stopped after the gRPC runs
-        if find_triton() is not None:
-            layouts = triton_layouts(threads)
-            tritons, failed = start_layouts(stack, extra, repository, workdir, layouts, progress)
-            targets |= {name: server.grpc_url for name, server in tritons.items()}
-            alive |= {name: process_watch(server.process) for name, server in tritons.items()}
-            first = tritons[layouts[0].name].process  # the extra layouts are stopped before the end
-            pids[layouts[0].name] = first.pid if first is not None else None
-            rest[layouts[0].name] = tritons[layouts[0].name].http_url
-        else:
-            progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
+        _start_tritons(servers, stack, extra, repository, workdir, threads, progress)
         progress(
-            f"perf_analyzer over gRPC, then HTTP, {rounds} interleaved rounds: {sorted(targets)} at "
+            f"perf_analyzer over gRPC, then HTTP, {rounds} interleaved rounds: {sorted(servers.grpc)} at "
             f"{list(concurrencies)}"
         )
-        extras = {layout.name: TARGET_CONCURRENCIES for layout in layouts[1:]}
-        common = {"rounds": rounds, "progress": progress, "alive": alive}
-        rows = interleaved(tool, targets, model, concurrencies, only=extras, probes=probes["grpc"], **common)
-        extra.close()
-        over_http = interleaved(
-            tool, rest, model, concurrencies, protocol="http", probes=probes["http"], **common
-        )
-        opened = {name: targets[name] for name in rest}  # over gRPC, the layouts HTTP measures too
-        open_rows = open_loop_at_half_peak(
-            tool, opened, model, rows, rounds=rounds, progress=progress, alive=alive, probes=probes["grpc"]
-        )
-        # what each server holds once it has served, before the streams, which Triton may not survive
-        memory = {name: tree_memory_mib(pid) for name, pid in pids.items()}
-        # the same servers through gRPC streams (perf_analyzer --streaming), last: Triton 2.51's python
-        # backend crashed (signal 11) in one such run at c=64, which must not cost the targets' rows
-        stream_failures: dict[str, str] = {}
-        streamed = interleaved(
-            tool,
-            opened,
-            model,
-            TARGET_CONCURRENCIES,
-            failures=stream_failures,
-            probes=probes["grpc"],
-            streaming=True,
-            timeout_s=STREAM_TIMEOUT_S,
-            **common,
-        )
-        return {
-            "binary": str(tool.binary),
-            "memory": {name: used for name, used in memory.items() if used is not None},
-            "rows": rows + over_http + streamed,
-            "open": open_rows,
-            "stream_failures": stream_failures,
-            "triton_layouts": {layout.name: layout.describe() for layout in layouts},
-            "layout_failures": failed,
-        }
+        return _measure(tool, servers, extra, model, concurrencies, rounds, progress)
+
+
+def _start_gateway(stack: ExitStack, repository: Path, workdir: Path, threads: int, workers: int) -> _Servers:
+    """The gateway, up until ``stack`` closes, and how each run reaches and watches it."""
+    from bench.servers import gateway_cmd
+    from kiln.processes import running
+    from serving.triton.server import free_port
+
+    http, grpc = free_port(), free_port()
+    cmd = gateway_cmd(repository, http, grpc, threads, workers=workers)
+    ready = f"http://127.0.0.1:{http}/v2/health/ready"
+    gateway = stack.enter_context(running(cmd, ready, log_path=workdir / "gateway-pa.log"))
+    metrics_url = f"http://127.0.0.1:{http}/metrics"
+    return _Servers(
+        grpc={"gateway": f"127.0.0.1:{grpc}"},
+        http={"gateway": f"127.0.0.1:{http}"},
+        alive={"gateway": process_watch(gateway)},
+        # how the gateway's workers held each run's connections (the HTTP reading counts itself)
+        probes={kind: {"gateway": connection_split(metrics_url, kind)} for kind in ("grpc", "http")},
+        pids={"gateway": gateway.pid},
+    )
+
+
+def _start_tritons(
+    servers: _Servers,
+    stack: ExitStack,
+    extra: ExitStack,
+    repository: Path,
+    workdir: Path,
+    threads: int,
+    progress: Callable[[str], None],
+) -> None:
+    """Triton at its layouts beside the gateway, where it is installed, added to ``servers``: the first
+    layout up until ``stack`` closes, the others until ``extra`` does."""
+    from serving.triton import find_triton
+
+    if find_triton() is None:
+        progress("perf_analyzer: Triton (nvidia-pytriton) is not installed; measuring the gateway alone")
+        return
+    layouts = triton_layouts(threads)
+    tritons, failed = start_layouts(stack, extra, repository, workdir, layouts, progress)
+    servers.layouts, servers.failed = layouts, failed
+    servers.grpc |= {name: server.grpc_url for name, server in tritons.items()}
+    servers.alive |= {name: process_watch(server.process) for name, server in tritons.items()}
+    first = tritons[layouts[0].name].process  # the extra layouts are stopped before the end
+    servers.pids[layouts[0].name] = first.pid if first is not None else None
+    servers.http[layouts[0].name] = tritons[layouts[0].name].http_url
+
+
+def _measure(
+    tool: PerfAnalyzer,
+    servers: _Servers,
+    extra: ExitStack,
+    model: str,
+    concurrencies: Sequence[int],
+    rounds: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """gRPC (the extra layouts at the targets' concurrencies only, then stopped), HTTP, the open loop,
+    each server's memory, then gRPC streams: :func:`side_by_side`'s result."""
+    extras = {layout.name: TARGET_CONCURRENCIES for layout in servers.layouts[1:]}
+    common = {"rounds": rounds, "progress": progress, "alive": servers.alive}
+    probes = servers.probes["grpc"]
+    rows = interleaved(tool, servers.grpc, model, concurrencies, only=extras, probes=probes, **common)
+    extra.close()
+    over_http = interleaved(
+        tool, servers.http, model, concurrencies, protocol="http", probes=servers.probes["http"], **common
+    )
+    opened = {name: servers.grpc[name] for name in servers.http}  # over gRPC, the layouts HTTP measures too
+    open_rows = open_loop_at_half_peak(
+        tool, opened, model, rows, rounds=rounds, progress=progress, alive=servers.alive, probes=probes
+    )
+    # what each server holds once it has served, before the streams, which Triton may not survive
+    memory = {name: tree_memory_mib(pid) for name, pid in servers.pids.items()}
+    # the same servers through gRPC streams (perf_analyzer --streaming), last: Triton 2.51's python
+    # backend crashed (signal 11) in one such run at c=64, which must not cost the targets' rows
+    stream_failures: dict[str, str] = {}
+    streamed = interleaved(
+        tool,
+        opened,
+        model,
+        TARGET_CONCURRENCIES,
+        failures=stream_failures,
+        probes=probes,
+        streaming=True,
+        timeout_s=STREAM_TIMEOUT_S,
+        **common,
+    )
+    return {
+        "binary": str(tool.binary),
+        "memory": {name: used for name, used in memory.items() if used is not None},
+        "rows": rows + over_http + streamed,
+        "open": open_rows,
+        "stream_failures": stream_failures,
+        "triton_layouts": {layout.name: layout.describe() for layout in servers.layouts},
+        "layout_failures": servers.failed,
+    }
 
 
 def open_loop_at_half_peak(

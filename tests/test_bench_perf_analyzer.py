@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from bench import perf_analyzer as pa
-from bench import report
-from bench.__main__ import best_direct_throughput, targets
+from bench import perf_analyzer_tool as pa_tool
+from bench import report, server_watch
+from bench.targets import best_direct_throughput, targets
 
 # What perf_analyzer 2.48 writes with -f (latencies in microseconds).
 CSV = (
@@ -26,7 +27,7 @@ CSV += "1,223.476,4,2,3125,8026,9282,12143\n"
 def test_the_csv_gives_throughput_and_latency_percentiles_in_milliseconds(tmp_path):
     path = tmp_path / "pa.csv"
     path.write_text(CSV)
-    assert pa.parse_csv(path) == {
+    assert pa_tool.parse_csv(path) == {
         "throughput_rps": 223.476,
         "p50_ms": 3.125,
         "p90_ms": 8.026,
@@ -43,7 +44,7 @@ def test_the_csv_of_a_server_with_statistics_gives_its_split_of_a_request_too(tm
         "p50 latency,p90 latency,p95 latency,p99 latency\n"
         "4,786.96,5,640,1493,41,2476,13,2,4884,6276,6571,7210\n"
     )
-    parsed = pa.parse_csv(path)
+    parsed = pa_tool.parse_csv(path)
     assert parsed["server_queue_ms"] == 1.493 and parsed["server_infer_ms"] == 2.476
     assert parsed["server_input_ms"] == 0.041 and parsed["server_output_ms"] == 0.013
     row = {"target": "gateway", "protocol": "grpc", "concurrency": 4, "runs": 1, **parsed}
@@ -52,13 +53,13 @@ def test_the_csv_of_a_server_with_statistics_gives_its_split_of_a_request_too(tm
 
 
 def test_closed_loop_asks_for_one_concurrency_and_open_loop_for_one_rate(tmp_path):
-    tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
-    closed = pa.command(tool, "127.0.0.1:1", "resnet18", 64, tmp_path / "x.csv")
+    tool = pa_tool.PerfAnalyzer(tmp_path / "perf_analyzer")
+    closed = pa_tool.command(tool, "127.0.0.1:1", "resnet18", 64, tmp_path / "x.csv")
     assert closed[closed.index("--concurrency-range") + 1] == "64:64" and "-b" in closed
     assert closed[closed.index("-i") + 1] == "grpc" and closed[closed.index("-f") + 1] == str(
         tmp_path / "x.csv"
     )
-    opened = pa.command(tool, "127.0.0.1:1", "resnet18", 0, tmp_path / "x.csv", rate=250.0)
+    opened = pa_tool.command(tool, "127.0.0.1:1", "resnet18", 0, tmp_path / "x.csv", rate=250.0)
     assert (
         opened[opened.index("--request-rate-range") + 1] == "250:250" and "--concurrency-range" not in opened
     )
@@ -116,17 +117,17 @@ def test_the_binary_named_by_the_environment_is_used_with_its_cuda_runtime_path(
     binary.write_text("#!/bin/sh\n")
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     (tmp_path / "venv" / "perf-analyzer" / "nvidia" / "cuda_runtime" / "lib").mkdir(parents=True)
-    monkeypatch.setenv(pa.ENV_BINARY, str(binary))
-    found = pa.find_perf_analyzer(tmp_path / "venv")
+    monkeypatch.setenv(pa_tool.ENV_BINARY, str(binary))
+    found = pa_tool.find_perf_analyzer(tmp_path / "venv")
     assert found is not None and found.binary == binary
     assert found.env()["LD_LIBRARY_PATH"].startswith(str(tmp_path / "venv" / "perf-analyzer"))
 
 
 def test_a_missing_binary_is_reported_as_not_installed(tmp_path, monkeypatch):
-    monkeypatch.delenv(pa.ENV_BINARY, raising=False)
+    monkeypatch.delenv(pa_tool.ENV_BINARY, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert pa.find_perf_analyzer(tmp_path / "venv") is None
-    text = report.perf_analyzer_section({"skipped": f"perf_analyzer not installed; {pa.INSTALL_HINT}"})
+    assert pa_tool.find_perf_analyzer(tmp_path / "venv") is None
+    text = report.perf_analyzer_section({"skipped": f"perf_analyzer not installed; {pa_tool.INSTALL_HINT}"})
     assert "Not run" in text and "make perf-analyzer" in text
 
 
@@ -308,9 +309,9 @@ def test_the_p99_target_is_not_measured_when_no_open_loop_run_kept_up_and_says_w
 def test_stream_rows_run_with_streaming_and_are_compared_with_tritons_streams_only(tmp_path, monkeypatch):
     """perf_analyzer --streaming (gRPC ModelStreamInfer) rows: labelled ``grpc-stream``, set against
     Triton's stream rows, and never read by the targets against Triton (those are unary gRPC)."""
-    tool = pa.PerfAnalyzer(tmp_path / "perf_analyzer")
-    assert "--streaming" in pa.command(tool, "u", "m", 1, tmp_path / "x.csv", streaming=True)
-    assert "--streaming" not in pa.command(tool, "u", "m", 1, tmp_path / "x.csv")
+    tool = pa_tool.PerfAnalyzer(tmp_path / "perf_analyzer")
+    assert "--streaming" in pa_tool.command(tool, "u", "m", 1, tmp_path / "x.csv", streaming=True)
+    assert "--streaming" not in pa_tool.command(tool, "u", "m", 1, tmp_path / "x.csv")
     streamed, seen = _one_round_at_64(monkeypatch, 800.0, 400.0, streaming=True)
     assert [run["streaming"] for run in seen] == [True, True] and {r["protocol"] for r in streamed} == {
         pa.STREAM
@@ -370,13 +371,13 @@ def test_a_server_that_hangs_or_ends_a_run_is_not_run_again_and_its_failure_is_r
     assert "Streaming runs of `triton` failed" in text and "c=1 round 1" in text
 
 
-def _fake_tool(tmp_path, body: str) -> pa.PerfAnalyzer:
+def _fake_tool(tmp_path, body: str) -> pa_tool.PerfAnalyzer:
     """A perf_analyzer stand-in: a shell script running ``body`` (``$CSV``: the file ``-f`` names)."""
     binary = tmp_path / "perf_analyzer"
     script = '#!/bin/sh\nwhile [ "$#" -gt 0 ]; do [ "$1" = -f ] && CSV="$2"; shift; done\n' + body + "\n"
     binary.write_text(script)
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-    return pa.PerfAnalyzer(binary)
+    return pa_tool.PerfAnalyzer(binary)
 
 
 def test_a_run_whose_server_ends_stops_at_once_naming_how_it_ended(tmp_path):
@@ -390,17 +391,19 @@ def test_a_run_whose_server_ends_stops_at_once_naming_how_it_ended(tmp_path):
     server.wait()
     started = time.monotonic()
     with pytest.raises(pa.ServerGone, match="SIGSEGV"):
-        pa.run_once(tool, "u", "m", 64, timeout_s=300, alive=pa.process_watch(server), streaming=True)
+        pa.run_once(
+            tool, "u", "m", 64, timeout_s=300, alive=server_watch.process_watch(server), streaming=True
+        )
     assert time.monotonic() - started < 60, "not waited out to the timeout"
 
     live = subprocess.Popen(["sleep", "600"])
     try:
-        assert pa.process_watch(live)() is None
+        assert server_watch.process_watch(live)() is None
     finally:
         live.kill()
         live.wait()
-    assert pa.process_watch(live)() == "ended (signal 9, SIGKILL)"
-    assert pa.process_watch(None)() == "is not running"
+    assert server_watch.process_watch(live)() == "ended (signal 9, SIGKILL)"
+    assert server_watch.process_watch(None)() == "is not running"
 
 
 def test_a_watched_run_that_finishes_is_read_and_a_hung_one_still_times_out(tmp_path):
@@ -422,16 +425,16 @@ def test_a_watched_run_that_finishes_is_read_and_a_hung_one_still_times_out(tmp_
 def test_a_servers_memory_counts_every_process_under_it_and_shared_pages_once(tmp_path):
     import os
 
-    alone = pa.tree_memory_mib(os.getpid())
+    alone = server_watch.tree_memory_mib(os.getpid())
     assert alone is not None and alone["pss_mib"] > 0
     child = subprocess.Popen(["sleep", "600"])
     try:
-        with_child = pa.tree_memory_mib(os.getpid())
+        with_child = server_watch.tree_memory_mib(os.getpid())
         assert with_child is not None and with_child["processes"] == alone["processes"] + 1
     finally:
         child.kill()
         child.wait()
-    assert pa.tree_memory_mib(child.pid) is None and pa.tree_memory_mib(None) is None
+    assert server_watch.tree_memory_mib(child.pid) is None and server_watch.tree_memory_mib(None) is None
     text = report.perf_analyzer_section(
         {
             "rows": [{"target": "gateway", "concurrency": 1, "throughput_rps": 900.0, "p50_ms": 1.0}],
@@ -468,15 +471,15 @@ def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_th
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        assert pa.connection_split(url, "grpc")() == "6/5"
-        assert pa.connection_split(url, "http")() == "1"
+        assert server_watch.connection_split(url, "grpc")() == "6/5"
+        assert server_watch.connection_split(url, "http")() == "1"
         header = "Concurrency,Inferences/Second,p50 latency,p99 latency"
         tool = _fake_tool(tmp_path, f'sleep 2; printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
         asked = []
 
         def probe():
             asked.append(1)
-            return pa.connection_split(url, "grpc")()
+            return server_watch.connection_split(url, "grpc")()
 
         rows = pa.interleaved(tool, {"gateway": "u"}, "m", [64], rounds=2, probes={"gateway": probe})
         assert len(asked) == 2 and rows[0]["connections"] == "6/5, 6/5"
@@ -486,6 +489,6 @@ def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_th
     finally:
         server.shutdown()
         server.server_close()
-    assert pa.connection_split(url, "grpc")() is None  # nothing listens now: no split, no failure
+    assert server_watch.connection_split(url, "grpc")() is None  # nothing listens now: no split, no failure
     quick = _fake_tool(tmp_path, f'printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
     assert "connections" not in pa.run_once(quick, "u", "m", 64, probe=lambda: "never asked")

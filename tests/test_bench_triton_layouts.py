@@ -12,7 +12,7 @@ import pytest
 
 from bench import perf_analyzer as pa
 from bench import report, triton_layouts
-from bench.__main__ import targets
+from bench.targets import targets
 from bench.triton_layouts import TRITON, start_layouts
 
 SPLIT = "triton (2 instances x 1 thread)"

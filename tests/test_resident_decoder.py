@@ -272,7 +272,7 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
 ):
     from types import SimpleNamespace
 
-    from bench import gpu_decode_probe, translation_rows
+    from bench import gpu_decode_gateway, gpu_decode_probe, translation_rows
 
     texts = texts_of_mixed_lengths(24, seed=5)  # the tiny checkpoint records no corpus to hold out from
     monkeypatch.setattr(
@@ -314,7 +314,7 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its gateways' logs: here, not in /tmp
-    rows = gpu_decode_probe.gateway(built, built.parent / "checkpoints", "transformer", 24, [1], [2, 8])
+    rows = gpu_decode_gateway.gateway(built, built.parent / "checkpoints", "transformer", 24, [1], [2, 8])
     assert sorted(p.name for p in tmp_path.glob("kiln-probe-gateway-*.log")) == [
         "kiln-probe-gateway-1-0.log",
         "kiln-probe-gateway-1-1.log",
