@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from serving.decoding.scheduler_config import SchedulerConfig
-from serving.decoding.translator import Translator, TranslatorPool
+from serving.decoding.translator import Translator
+from serving.decoding.translator_pool import TranslatorPool
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse, ModelMetadata
 

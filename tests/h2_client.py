@@ -19,7 +19,8 @@ from tritonclient.grpc import service_pb2
 
 from serving.protocol import grpc_h2
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_server import InferenceServicer, stream_methods, unary_methods
+from serving.protocol.grpc_server import stream_methods, unary_methods
+from serving.protocol.grpc_servicer import InferenceServicer
 from serving.protocol.limits import BodyBudget
 from tests.test_grpc import FakeBackend
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import LifespanFailed, create_app
+from serving.app import create_app
 from serving.execution.onnxruntime import OnnxRuntimeBackend
 from serving.execution.repository import Repository
+from serving.lifespan import LifespanFailed
 from serving.settings import Settings
 from tests.repo_fixtures import build_classifier_repository
 

@@ -443,7 +443,8 @@ class _CountingHarness(Harness):
     @staticmethod
     async def _server(max_message_bytes, read_timeout_s, budget, send_timeout_s):
         from serving.protocol import grpc_h2
-        from serving.protocol.grpc_server import InferenceServicer, unary_methods
+        from serving.protocol.grpc_server import unary_methods
+        from serving.protocol.grpc_servicer import InferenceServicer
         from tests.test_grpc import FakeBackend
 
         methods = unary_methods(InferenceServicer(FakeBackend(), _CountingHarness.metrics))

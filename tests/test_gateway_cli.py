@@ -54,8 +54,8 @@ def test_flags_reach_the_settings_with_their_types(tmp_path):
 
 
 def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_defaults():
-    from serving.app import scheduler_config
     from serving.decoding.scheduler_config import SchedulerConfig
+    from serving.lifespan import scheduler_config
 
     given = scheduler_config(
         parse_args(
@@ -79,8 +79,8 @@ def test_the_decoding_settings_reach_the_schedulers_and_unset_ones_keep_their_de
     [([], 10.0), (["--batch-release-idle-s", "2.5"], 2.5), (["--batch-release-idle-s", "0"], None)],
 )
 def test_the_batch_release_delay_reaches_the_backends_options(tmp_path, flag, want):
-    from serving.app import make_backend
     from serving.execution.repository import Repository
+    from serving.lifespan import make_backend
     from serving.metrics import GatewayMetrics
 
     settings = parse_args(["--model-repository", str(tmp_path), *flag])

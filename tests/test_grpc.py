@@ -22,7 +22,8 @@ from tritonclient.utils import InferenceServerException
 from serving.errors import BadRequest, ModelNotFound, Overloaded, Unavailable
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta
 from serving.execution.datatypes import classification
-from serving.protocol.grpc_server import GrpcHandle, InferenceServicer, start_grpc_server
+from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
+from serving.protocol.grpc_servicer import InferenceServicer
 from serving.triton.server import free_port, held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.waiting import eventually

@@ -16,7 +16,8 @@ from tritonclient.grpc import service_pb2
 from serving.execution.base import InferRequest, InferResponse
 from serving.protocol import grpc_call, grpc_h2
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_server import InferenceServicer, unary_methods
+from serving.protocol.grpc_server import unary_methods
+from serving.protocol.grpc_servicer import InferenceServicer
 from serving.protocol.limits import BodyBudget
 from tests.h2_client import MESSAGE, Harness, answer, call_headers, doubling_request, grpc_message, rst_code
 from tests.test_grpc import FakeBackend

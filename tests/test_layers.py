@@ -23,6 +23,7 @@ RANKS = {
     "serving.gateway": 3,
     "serving.handoff": 3,  # the front ends' connections placed across workers (app and workers start it)
     "serving.app": 4,
+    "serving.lifespan": 4,  # what the app's lifespan opens: repository, backend, gRPC server
     "serving.__main__": 5,
     "serving.workers": 5,  # several gateway processes on one port, started by __main__
     "serving.triton": 5,

@@ -268,7 +268,7 @@ def test_grpc_calls_refused_unparsed_count_once_where_their_first_bytes_name_a_m
     from tritonclient.grpc import service_pb2
 
     from serving.protocol.grpc_call import Call
-    from serving.protocol.grpc_server import InferenceServicer
+    from serving.protocol.grpc_servicer import InferenceServicer
     from serving.protocol.limits import BodyBudget
     from tests.test_grpc import FakeBackend
 

@@ -294,15 +294,15 @@ def test_a_bound_session_answers_as_its_session_from_its_fixed_buffers(repositor
 
 def test_cuda_graph_buckets_run_on_bound_buffers_and_change_no_output(repositories, monkeypatch):
     """On this machine the bound buffers are on the CPU and no graph is captured; the path is the same."""
-    from serving.execution import onnxruntime as backend_module
+    from serving.execution import ort_sessions
 
     plain, bucketed = repositories
     batches = [1, 3, 5, MAX_BATCH]
     expected, _ = asyncio.run(_answers(plain, batches))
     plan = placement.plan
     monkeypatch.setattr(placement, "plan", lambda *a: dataclasses.replace(plan(*a), cuda_graphs=True))
-    bound, real = [], backend_module.BoundSession
-    monkeypatch.setattr(backend_module, "BoundSession", lambda *a: bound.append(a[1:]) or real(*a))
+    bound, real = [], ort_sessions.BoundSession
+    monkeypatch.setattr(ort_sessions, "BoundSession", lambda *a: bound.append(a[1:]) or real(*a))
     got, shown = asyncio.run(_answers(bucketed, batches))
     for want, have in zip(expected, got, strict=True):
         for name in want:
@@ -314,7 +314,7 @@ def test_cuda_graph_buckets_run_on_bound_buffers_and_change_no_output(repositori
 def test_a_model_whose_cuda_graphs_cannot_be_captured_serves_without_them(repositories, monkeypatch, caplog):
     """Graphs are the GPU export's default, so a capture that fails at load (a node off the CUDA provider,
     say) must not cost the model: it loads on plain bucket sessions, says why, and answers the same."""
-    from serving.execution import onnxruntime as backend_module
+    from serving.execution import ort_sessions
 
     plain, bucketed = repositories
     batches = [1, 3, MAX_BATCH]
@@ -323,16 +323,16 @@ def test_a_model_whose_cuda_graphs_cannot_be_captured_serves_without_them(reposi
     graphs = dict(provider_options={"enable_cuda_graph": "1"}, cuda_graphs=True)
     monkeypatch.setattr(placement, "plan", lambda *a: dataclasses.replace(plan(*a), **graphs))
 
-    class Uncapturable(backend_module.BoundSession):
+    class Uncapturable(ort_sessions.BoundSession):
         def run(self, names, feeds):
             raise RuntimeError("This session cannot use the graph capture feature")
 
-    monkeypatch.setattr(backend_module, "BoundSession", Uncapturable)
+    monkeypatch.setattr(ort_sessions, "BoundSession", Uncapturable)
     opened = []
-    real_open = backend_module.OnnxRuntimeBackend._open_session
+    real_open = ort_sessions.SessionOpener.open_session
     monkeypatch.setattr(
-        backend_module.OnnxRuntimeBackend,
-        "_open_session",
+        ort_sessions.SessionOpener,
+        "open_session",
         lambda self, path, where, *a, **k: opened.append(where) or real_open(self, path, where, *a, **k),
     )
     with caplog.at_level(logging.WARNING):

@@ -223,7 +223,7 @@ def _pool_translations(repository, texts, resident_mode: str | None, monkeypatch
     path), with ``KILN_RESIDENT_DECODER`` as given; returns the answers and the decoder runners."""
     import asyncio
 
-    from serving.decoding.translator import TranslatorPool
+    from serving.decoding.translator_pool import TranslatorPool
     from serving.execution.onnxruntime import OnnxRuntimeBackend
 
     if resident_mode is None:

@@ -55,7 +55,7 @@ async def serve(
                 backend.infer(InferRequest("lenet", {"images": batch[i : i + 1]})) for i in range(size)
             ]
             answers += [response.outputs for response in await asyncio.gather(*requests)]
-        root = backend._weights.root if backend._weights is not None else Path()
+        root = backend._opener.weights.root if backend._opener.weights is not None else Path()
         return answers, mapped_files() if sys.platform.startswith("linux") else set(), root
     finally:
         await backend.stop()
@@ -166,8 +166,8 @@ def test_the_backend_serves_when_its_store_cannot_be_written(repository, tmp_pat
 
 def test_the_command_line_turns_sharing_off_and_workers_are_told_the_directory(tmp_path):
     from serving.__main__ import parse_args
-    from serving.app import make_backend
     from serving.execution.repository import Repository as Repo
+    from serving.lifespan import make_backend
     from serving.metrics import GatewayMetrics
     from serving.workers import worker_argv
 

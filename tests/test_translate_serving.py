@@ -646,7 +646,7 @@ def test_each_decode_worker_translates_on_its_own_single_threaded_sessions(expor
     import onnxruntime as ort
 
     from serving.decoding.scheduler_config import SchedulerConfig
-    from serving.decoding.translator import TranslatorPool
+    from serving.decoding.translator_pool import TranslatorPool
     from serving.execution.onnxruntime import OnnxRuntimeBackend
     from serving.execution.ort_options import OrtOptions
     from serving.execution.repository import Repository
@@ -694,7 +694,7 @@ async def backend_and_pool(
 ) -> AsyncIterator[tuple[Any, Any]]:
     """The exported repository's ONNX Runtime backend (``make_backend(repository)``, else one with the
     default options) and a translator pool over its runners, both started; stopped on the way out."""
-    from serving.decoding.translator import TranslatorPool
+    from serving.decoding.translator_pool import TranslatorPool
     from serving.execution.onnxruntime import OnnxRuntimeBackend
     from serving.execution.ort_options import OrtOptions
     from serving.execution.repository import Repository
@@ -765,7 +765,7 @@ def test_the_decode_workers_sessions_map_one_copy_of_each_graphs_weights(exporte
         async with backend_and_pool(root, SchedulerConfig(workers=2)) as (backend, pool):
             options = DecodingOptions(beam_size=4, max_length=MAX_LENGTH)
             answers = await asyncio.gather(*(pool.get("transformer").translate([t], options) for t in texts))
-            store = backend._weights.root
+            store = backend._opener.weights.root
             return (
                 pool.get("transformer").schedulers,
                 [a[0][0].tokens for a in answers],
@@ -796,10 +796,10 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
     entry's own ``model.onnx``."""
     import onnxruntime as ort
 
-    from serving.app import make_backend
     from serving.decoding.scheduler_config import SchedulerConfig
     from serving.execution.base import InferRequest
     from serving.execution.shared_weights import WEIGHTS
+    from serving.lifespan import make_backend
     from serving.metrics import GatewayMetrics
     from tests.test_shared_weights import mapped_files
 
@@ -852,7 +852,8 @@ def test_the_parts_kserve_sessions_open_the_decode_workers_graphs_and_answer_as_
                 for s in pool.get(name).schedulers
                 for run in (s.run_encoder, s.run_decoder)
             ]
-            return got_encoder.outputs, got_decoder.outputs, runs, mapped_files(), backend._weights.root
+            store = backend._opener.weights.root
+            return got_encoder.outputs, got_decoder.outputs, runs, mapped_files(), store
 
     got_encoder, got_decoder, runs, maps, store = asyncio.run(scenario())
     stepped = {Path(run.model_file).parent / WEIGHTS for run in runs}

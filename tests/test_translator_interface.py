@@ -15,7 +15,8 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import beam_search as bs
 from serving.decoding.scheduler_config import SchedulerConfig
-from serving.decoding.translator import OUTPUTS, Translator, TranslatorPool, declare_outputs
+from serving.decoding.translator import OUTPUTS, Translator
+from serving.decoding.translator_pool import TranslatorPool, declare_outputs
 from serving.errors import BadRequest, UnprocessableInput
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta
 from serving.execution.repository import RepositoryEntry

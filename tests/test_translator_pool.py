@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from tritonclient.grpc import model_config_pb2
 
-from serving.decoding import translator as translator_module
-from serving.decoding.translator import TranslatorPool
+from serving.decoding import translator_pool as pool_module
+from serving.decoding.translator_pool import TranslatorPool
 
 
 class _Translator:
@@ -58,9 +58,9 @@ def test_a_translator_that_fails_to_start_is_stopped_and_reported_and_the_others
         made[name] = _Translator(name, fail_start=name == "t0")
         return made[name]
 
-    monkeypatch.setattr(translator_module, "translator_from_entry", build)
-    monkeypatch.setattr(translator_module, "_capped", lambda config, *args: config)
-    monkeypatch.setattr(translator_module, "_runner_pair", lambda *args: (None, None))
+    monkeypatch.setattr(pool_module, "translator_from_entry", build)
+    monkeypatch.setattr(pool_module, "_capped", lambda config, *args: config)
+    monkeypatch.setattr(pool_module, "_runner_pair", lambda *args: (None, None))
     pool = _pool(["first", "second"])
     asyncio.run(pool.start(lambda *args, **kwargs: None))
     assert list(pool.translators) == ["second"] and pool.translators["second"] is made["t1"]

@@ -47,9 +47,9 @@ def test_each_worker_is_told_the_shared_board_and_its_place_on_it():
 
 def test_the_command_line_reaches_the_sessions_and_the_board(tmp_path):
     from serving.__main__ import parse_args
-    from serving.app import make_backend
     from serving.execution.occupancy import create_board
     from serving.execution.repository import Repository
+    from serving.lifespan import make_backend
     from serving.metrics import GatewayMetrics
 
     board = create_board(2)

@@ -1,6 +1,6 @@
 """What a translator's decoding scheduler is given: its caps and where it reports what it does.
 
-:class:`SchedulerConfig` is set by the gateway's settings (``serving.app.scheduler_config``) and
+:class:`SchedulerConfig` is set by the gateway's settings (``serving.lifespan.scheduler_config``) and
 :class:`DecodeObserver` implemented by ``serving.metrics.GatewayMetrics``; the loop that honours and
 reports them is :class:`serving.decoding.scheduler.DecodingScheduler`.
 """

@@ -3,26 +3,24 @@
 Everything comes from the entry's kiln.json (``translator`` block: step spec, tokenizer files, the
 encoder/decoder entry names), never from the model's name. The same service answers the friendly
 ``POST /v1/models/{name}/translate`` and KServe v2 infer requests (BYTES ``text`` in, BYTES
-``translation`` out, decoding options as request parameters).
+``translation`` out, decoding options as request parameters). A repository's translate entries are
+served by the pool in :mod:`serving.decoding.translator_pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 
 from serving.decoding import beam_search as bs
-from serving.decoding import native, native_decoder, step_spec
+from serving.decoding import native, step_spec
 from serving.decoding.fast_tokens import FastEncoder
 from serving.decoding.options import options_from_parameters as parse_parameters
 from serving.decoding.scheduler import DecodingScheduler
@@ -31,9 +29,9 @@ from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
 from serving.threads import name_os_thread
 
-log = logging.getLogger(__name__)
-# what decode workers ask a backend's encoder and decoder runners to open: the fused-attention graph
-# where export wrote one and its operators compile (serving.decoding.native)
+# what decode workers ask a backend's encoder and decoder runners to open (the pool's, and the app's for
+# those entries' batch sessions): the fused-attention graph where export wrote one and its operators
+# compile (serving.decoding.native)
 FUSED_ATTENTION = GraphChoice(native.graph_to_open, native.session_options)
 
 
@@ -318,115 +316,3 @@ def translator_from_entry(
         for i, (encoder, decoder) in enumerate(runners)
     ]
     return Translator(name, codec, schedulers, limits)
-
-
-class TranslatorPool:
-    """Every ``task == "translate"`` entry of a repository, over encoder/decoder runners a backend provides."""
-
-    def __init__(
-        self,
-        repository: Any,
-        *,
-        scheduler_config: SchedulerConfig | None = None,
-        limits: bs.DecodingLimits | None = None,
-        observer: DecodeObserver | None = None,
-    ) -> None:
-        self.repository = repository
-        self.scheduler_config = scheduler_config or SchedulerConfig()
-        self.limits, self.observer = limits, observer
-        self.translators: dict[str, Translator] = {}
-        self.failed: dict[str, str] = {}
-        for name in self.names():  # their metadata and config list what their infer answers
-            declare_outputs(repository.entries[name])
-
-    def names(self) -> list[str]:
-        """The translate entries of the repository (served by this pool, never by a batcher)."""
-        return sorted(n for n, e in self.repository.entries.items() if e.task == "translate")
-
-    async def start(self, runner_for: Any) -> None:
-        """Build and start one translator per entry; ``runner_for(entry_name)`` gives a Runner or raises.
-
-        Each decode worker gets its own encoder/decoder runners (a backend may give each call its
-        own session)."""
-        for name in self.names():
-            entry = self.repository.entries[name]
-            try:
-                block = entry.kiln.get("translator") or {}
-                encoder, decoder = block["encoder"], block["decoder"]
-                config = _capped(self.scheduler_config, self.repository, encoder, decoder)
-                pair = partial(_runner_pair, runner_for, encoder, decoder)
-                translator = translator_from_entry(
-                    entry.path,
-                    entry.kiln,
-                    *pair(),
-                    scheduler_config=config,
-                    limits=self.limits,
-                    observer=self.observer,
-                    more_runners=pair,
-                )
-                self.translators[name] = translator  # stopped by stop() even if its start fails half-way
-                await translator.start()
-            except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
-                log.error("translator %s cannot be served: %s", name, exc)
-                self.failed[name] = f"{type(exc).__name__}: {exc}"
-                broken = self.translators.pop(name, None)
-                if broken is not None:
-                    try:
-                        await broken.stop(0.0)
-                    except Exception:  # noqa: BLE001 - already reported as not served
-                        log.debug("translator %s: stop after a failed start", name, exc_info=True)
-
-    async def stop(self, grace_s: float = 30.0) -> None:
-        """Stop every translator together, each within ``grace_s``; one that fails to stop is logged
-        and does not leave the others running (the first such error is raised once all are stopped)."""
-        translators = list(self.translators.items())
-        self.translators.clear()
-        results = await asyncio.gather(*(t.stop(grace_s) for _, t in translators), return_exceptions=True)
-        errors = [
-            (name, r)
-            for (name, _), r in zip(translators, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        for name, error in errors:
-            log.error("translator %s did not stop cleanly", name, exc_info=error)
-        if errors:
-            raise errors[0][1]
-
-    def get(self, name: str) -> Translator | None:
-        return self.translators.get(name)
-
-
-def declare_outputs(entry: Any) -> None:
-    """Make a ``<name>`` entry's config declare the outputs its translator answers (:data:`OUTPUTS`, each
-    [n, n_best]: one variable dim after the batch axis), whatever its export wrote (``translation`` alone,
-    as [n, 1]), so the gateway's metadata and config of it list what an infer returns."""
-    config = entry.config
-    dims = [-1] if config.max_batch_size > 0 else [-1, -1]
-    served = [(name, data_type, dims) for name, data_type in OUTPUTS]
-    declared = [(o.name, model_config_pb2.DataType.Name(o.data_type), list(o.dims)) for o in config.output]
-    if declared == served:
-        return
-    log.debug(
-        "translator %s: serving outputs %s where its config.pbtxt declares %s", entry.name, served, declared
-    )
-    del config.output[:]
-    for name, data_type, shape in served:
-        config.output.add(name=name, data_type=data_type, dims=shape)
-
-
-def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
-    """One decode worker's encoder and decoder runners, on their fused-attention graphs where written
-    (the decoder's steps compiled where it can be)."""
-    decoder_runner = runner_for(decoder, graph=FUSED_ATTENTION)
-    return runner_for(encoder, graph=FUSED_ATTENTION), native_decoder.attach(decoder_runner)
-
-
-def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:
-    """Rows and encoder batch within the encoder / decoder entries' ``max_batch_size``."""
-    rows = repository.get(decoder).max_batch_size or config.max_rows
-    sentences = repository.get(encoder).max_batch_size or config.max_encoder_batch
-    return replace(
-        config,
-        max_rows=min(config.max_rows, rows),
-        max_encoder_batch=min(config.max_encoder_batch, sentences),
-    )

@@ -4,13 +4,13 @@ Instance count and device come from the config's ``instance_group``; batching fr
 ``dynamic_batching`` block. Requests are validated against the config (names, datatypes, shapes,
 batch size) before they are queued, so a client's mistake is a 400 naming the input, never a 500.
 Classification (Triton's extension) is requested with ``InferRequest.classification =
-{output_name: count}`` and answered here with BYTES ``"score:index:label"`` strings.
+{output_name: count}`` and answered here with BYTES ``"score:index:label"`` strings. How one session is
+opened (its file, options and shared weights) is :mod:`serving.execution.ort_sessions`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,15 +22,14 @@ from serving.execution import placement
 from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batcher import DynamicBatcher
-from serving.execution.bound_session import BoundSession
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
 from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.ort_options import OrtOptions, resident_request, spin_entries
+from serving.execution.ort_sessions import SessionOpener
 from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
 from serving.execution.runner import session_runner
-from serving.execution.shared_weights import WeightStore, shared_options
 from serving.execution.validation import classification_counts, reshaped, validate_inputs
 from serving.threads import name_os_thread
 
@@ -62,15 +61,13 @@ class OnnxRuntimeBackend:
         self.repository = repository
         self.graphs = dict(graphs or {})
         self.occupancy = occupancy or Occupancy()
-        self.session_factory = session_factory
         self.options = options or OrtOptions()
+        self._opener = SessionOpener(self.options, session_factory)
         self.metrics = metrics
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._failed: dict[str, str] = dict(repository.errors)
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._weights: WeightStore | None = None
-        self._shared: set[Path] = set()  # model files whose sessions map one copy of the weights
         self._started = False
         self._stopping = False
 
@@ -82,9 +79,8 @@ class OnnxRuntimeBackend:
             max_workers=1, thread_name_prefix="kiln-ort-load", initializer=name_os_thread
         )
         loop = asyncio.get_running_loop()
-        # a session factory (tests' fakes) is handed the entry's own file
-        if self.options.share_weights and self.session_factory is None and plans:
-            self._weights = WeightStore(self.options.weights_dir)
+        if plans:
+            self._opener.open_weight_store()
         for entry, version in plans:
             try:
                 sessions = await loop.run_in_executor(self._executor, self._open_sessions, entry, version)
@@ -104,8 +100,7 @@ class OnnxRuntimeBackend:
             self._executor.shutdown(wait=True)
         self._models.clear()
         self.occupancy.close()
-        if self._weights is not None:
-            self._weights.close()
+        self._opener.close()
 
     def list_models(self) -> list[str]:
         return self.repository.names()
@@ -186,7 +181,7 @@ class OnnxRuntimeBackend:
 
         path = entry.model_file(version)
         graph = graph if graph is not None else self.graphs.get(entry.task)
-        session, source, chosen = self._open_chosen(entry, path, model.placement, graph, 1)
+        session, source, chosen = self._opener.open_chosen(entry, path, model.placement, graph, 1)
         run = onnxruntime_runner(session, self.occupancy)
         # what a compiled decoder step needs to open the same model the same way (CPU: ort_step.c): the
         # file this session opened, and whether it is the weight store's graph (optimized already,
@@ -217,8 +212,9 @@ class OnnxRuntimeBackend:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
         where = placement.plan(entry.config, ort.get_available_providers())
+        graph = self.graphs.get(entry.task)
         try:
-            per_instance = self._bucket_sessions(entry, path, where)
+            per_instance = self._opener.bucket_sessions(entry, path, where, graph)
         except Exception as exc:  # noqa: BLE001 - only a graph's capture is retried; the rest re-raises
             if not where.cuda_graphs:
                 raise
@@ -229,12 +225,14 @@ class OnnxRuntimeBackend:
                 exc,
             )
             where = placement.without_cuda_graphs(where)
-            per_instance = self._bucket_sessions(entry, path, where)
+            per_instance = self._opener.bucket_sessions(entry, path, where, graph)
         threads = self._lone_request_threads(entry, where)
         lone = None
         if threads:
             lone = [
-                self._open_session(path, where, threads, spin_us=self.options.lone_spin_us, shared=True)[0]
+                self._opener.open_session(
+                    path, where, threads, spin_us=self.options.lone_spin_us, shared=True
+                )[0]
                 for _ in per_instance
             ]
             for session in lone:  # planned before the first lone request
@@ -247,7 +245,7 @@ class OnnxRuntimeBackend:
             where.device,
             list(where.buckets) or "off",
             threads or "off",
-            "shared" if path in self._shared else "one copy a session",
+            "shared" if path in self._opener.shared else "one copy a session",
         )
         return Sessions(where, per_instance, lone)
 
@@ -263,93 +261,6 @@ class OnnxRuntimeBackend:
         usable = entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
         usable = usable and entry.task not in TRANSLATOR_PARTS
         return wanted if usable and wanted > batch_threads else 0
-
-    def _bucket_sessions(
-        self, entry: RepositoryEntry, path: Path, where: placement.Placement
-    ) -> list[dict[int, Any]]:
-        """Each instance's session per bucket (one, keyed 0, when bucketing is off), each bucket warmed
-        at its one shape: planned, or captured as a CUDA graph, before the first request."""
-        graph = self.graphs.get(entry.task)
-        per_instance = []
-        for _ in range(_instance_count(entry.config)):
-            sessions = {}
-            for size in where.buckets or (0,):
-                sessions[size] = self._open_chosen(entry, path, where, graph)[0]
-                if where.cuda_graphs:
-                    sessions[size] = _bound(sessions[size], size, where, entry.name)
-                if size:
-                    sessions[size].run(None, placement.zero_inputs(sessions[size], size))
-            per_instance.append(sessions)
-        return per_instance
-
-    def _open_chosen(
-        self,
-        entry: RepositoryEntry,
-        path: Path,
-        where: placement.Placement,
-        graph: GraphChoice | None,
-        intra_op_threads: int | None = None,
-    ) -> tuple[Any, Path, Path]:
-        """A shared session of the file ``graph`` chooses for the entry's model file ``path`` on the CPU
-        provider (``path`` itself elsewhere, or without a graph), falling back to ``path`` with a warning
-        when that file does not open; with the file the session opened and the one chosen."""
-        chosen = graph.path(path) if graph is not None and where.provider == placement.CPU else path
-        if chosen != path:
-            try:
-                session, source = self._open_session(
-                    chosen, where, intra_op_threads, graph=graph, shared=True
-                )
-                if chosen in self._shared:  # the entry's sessions map one copy, of the chosen graph
-                    self._shared.add(path)
-                return session, source, chosen
-            except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
-                log.warning(
-                    "entry %s: %s did not open (%s); using %s", entry.name, chosen.name, exc, path.name
-                )
-        session, source = self._open_session(path, where, intra_op_threads, shared=True)
-        return session, source, path
-
-    def _open_session(
-        self,
-        path: Path,
-        where: placement.Placement,
-        intra_op_threads: int | None = None,
-        *,
-        spin_us: int | None = -1,
-        graph: GraphChoice | None = None,
-        shared: bool = False,
-    ) -> tuple[Any, Path]:
-        """One ONNX Runtime session on the placement's providers (``intra_op_threads`` and ``spin_us``
-        override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
-        options for the file it chose), and the file it opened. ``shared``: on the CPU provider, the
-        session opens the weight store's optimized graph of ``path`` and maps the weights every other
-        shared session of ``path`` maps (``OrtOptions.share_weights``); else ``path`` itself."""
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = (
-            self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
-        )
-        opts.inter_op_num_threads = self.options.inter_op_threads
-        if graph is not None:
-            graph.prepare(path, opts)
-        spin = self.options.spin_us if spin_us == -1 else spin_us
-        for key, value in spin_entries(spin, ort.__version__).items():
-            opts.add_session_config_entry(key, value)
-        if where.provider == placement.CUDA:
-            placement.load_cuda_libraries(ort)
-        source = path
-        if shared and self._weights is not None and where.provider == placement.CPU:
-            prepare = None if graph is None else functools.partial(graph.prepare, path)
-            optimized = self._weights.graph_for(path, where.providers(), prepare)
-            if optimized is not None:
-                shared_options(opts)
-                source = optimized
-                self._shared.add(path)
-        factory = self.session_factory or ort.InferenceSession
-        session = factory(str(source), sess_options=opts, providers=where.providers())
-        placement.check_session(session, where, path.parent.parent.name)
-        return session, source
 
     def _make_model(self, entry: RepositoryEntry, version: str, sessions: Sessions) -> LoadedModel:
         if self.metrics is not None:
@@ -395,16 +306,6 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
 
         session = ort.InferenceSession(str(session), providers=["CPUExecutionProvider"])
     return session_runner(session, occupancy)
-
-
-def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> BoundSession:
-    """A bucket's session on bound device buffers, replayed as a CUDA graph (``kiln_cuda_graphs``)."""
-    device = "cuda" if where.provider == placement.CUDA else "cpu"
-    device_id = int(where.device.partition(":")[2] or 0)
-    try:
-        return BoundSession(session, rows, device, device_id)
-    except ValueError as exc:
-        raise placement.PlacementError(f"model {name!r}: kiln_cuda_graphs: {exc}") from exc
 
 
 TRANSLATOR_PARTS = ("translate_encoder", "translate_decoder")  # kiln.json tasks of a translator's graphs

@@ -2,8 +2,8 @@
 
 Model metadata and configs are fetched once Triton answers and cached, because the gateway reads them
 synchronously. Triton being unreachable is a 503 with Retry-After, never a crash: the client is
-dropped and rebuilt on the next call (a fresh channel, no gRPC reconnect backoff), and the model
-list is fetched again, so the gateway recovers as soon as Triton is back.
+dropped and rebuilt on the next call (:mod:`serving.execution.triton_connection`, the connection and
+its errors), and the model list is fetched again, so the gateway recovers as soon as Triton is back.
 """
 
 from __future__ import annotations
@@ -16,53 +16,14 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
-from tritonclient.utils import InferenceServerException
 
-from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded, ServingError, Unavailable
+from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, ServingError, Unavailable
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner, TensorMeta
 from serving.execution.datatypes import datatype_of
+from serving.execution.triton_connection import TritonConnection, grpc_channel_args
 
 log = logging.getLogger(__name__)
-
-# tritonclient status (gRPC code name or HTTP status) -> the gateway's error class.
-STATUS_TO_ERROR: dict[str, type[ServingError]] = {
-    "StatusCode.INVALID_ARGUMENT": BadRequest,
-    "StatusCode.NOT_FOUND": ModelNotFound,
-    "StatusCode.RESOURCE_EXHAUSTED": Overloaded,
-    "StatusCode.UNAVAILABLE": Unavailable,
-    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceeded,
-    "400": BadRequest,
-    "404": ModelNotFound,
-    "429": Overloaded,
-    "503": Unavailable,
-    "504": DeadlineExceeded,
-}
-PROTOCOLS = ("grpc", "http")
 RECONNECT_POLL_S = 0.2  # how often an unreached Triton is asked for its model list again
-
-
-def grpc_channel_args() -> list[tuple[str, int]]:
-    """tritonclient's channel defaults, plus a subchannel of its own that reconnects at most 250 ms apart.
-
-    gRPC shares subchannels process-wide by default, reconnect backoff included (1 s growing 1.6x per
-    failure): a client rebuilt after Triton went away inherited that backoff and answered 503 for up
-    to 10 s after Triton was back. A private subchannel starts connecting at once.
-    """
-    import tritonclient.grpc as client_module
-
-    keepalive = client_module.KeepAliveOptions()
-    return [
-        ("grpc.max_send_message_length", client_module.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", client_module.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 250),
-    ]
 
 
 def _batching_fields(stat: Any) -> dict[str, Any]:
@@ -94,8 +55,8 @@ def _batching_fields(stat: Any) -> dict[str, Any]:
 TRANSLATE_MODES = ("scheduler", "triton")
 
 
-class TritonBackend:
-    """Forward to the Triton at ``url`` (``host:port``); readiness follows Triton's own."""
+class TritonBackend(TritonConnection):
+    """Forward to the Triton at ``url`` (``host:port``) over its connection; readiness follows Triton's own."""
 
     def __init__(
         self,
@@ -111,14 +72,9 @@ class TritonBackend:
     ) -> None:
         if translate not in TRANSLATE_MODES:
             raise ValueError(f"translate must be one of {TRANSLATE_MODES}, got {translate!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        if "://" in url:
-            raise ValueError(f"Triton url is host:port without a scheme, got {url!r}")
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
-        self.retry_after_s, self.probe_timeout_s = retry_after_s, probe_timeout_s
+        super().__init__(url, protocol, retry_after_s=retry_after_s, probe_timeout_s=probe_timeout_s)
+        self.timeout_s = timeout_s
         self.resync_interval_s = resync_interval_s
-        self._client: Any = None
         self._models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
         self._synced = False
         self._last_sync = float("-inf")
@@ -128,89 +84,6 @@ class TritonBackend:
         self.repository = repository
         # "scheduler": the gateway's translator pool decodes over this backend's runners.
         self.runs_translators_in_gateway = self.translate_mode == "scheduler"
-
-    # -- connection -------------------------------------------------------------------------------
-
-    def _module(self) -> Any:
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as module
-        else:
-            import tritonclient.http.aio as module
-        return module
-
-    def _connection(self) -> Any:
-        """The current client, created on first use and after every connection failure."""
-        if self._client is None:
-            extra = {"channel_args": grpc_channel_args()} if self.protocol == "grpc" else {}
-            self._client = self._module().InferenceServerClient(self.url, **extra)
-        return self._client
-
-    async def _drop_connection(self, failed: Any = None) -> None:
-        """Close the current client (only if it is ``failed``, when given: a call that failed on a client
-        another call already replaced leaves the new one alone)."""
-        if failed is not None and failed is not self._client:
-            return
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as error:  # noqa: BLE001 (closing a broken client must not mask the cause)
-                log.debug("closing the Triton client failed: %s", error)
-
-    def _unavailable(self, error: object) -> Unavailable:
-        return Unavailable(f"Triton at {self.url} is unavailable: {error}", retry_after=self.retry_after_s)
-
-    async def _call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
-        """Call a client method with a deadline; map failures to ServingError, reconnect on lost links."""
-        timeout = self.probe_timeout_s if timeout_s is None else timeout_s
-        client = self._connection()
-        try:
-            return await asyncio.wait_for(getattr(client, method)(*args, **kwargs), timeout)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise  # this call was cancelled (its request's client left, the gateway stops)
-            # grpc.aio cancels the calls in flight on a channel that closes: a concurrent call (the
-            # start-up watcher, a probe) found Triton gone and dropped the client under this one
-            raise self._unavailable("the connection closed during the call") from None
-        except TimeoutError:
-            raise DeadlineExceeded(f"Triton did not answer {method} within {timeout:g}s") from None
-        except InferenceServerException as error:
-            raise await self._mapped(error, client) from None
-        except (OSError, ConnectionError) as error:
-            await self._drop_connection(client)
-            raise self._unavailable(error) from None
-        except Exception as error:
-            if type(error).__module__.startswith(("aiohttp", "grpc")):  # connection errors of the clients
-                await self._drop_connection(client)
-                raise self._unavailable(error) from None
-            raise
-
-    async def _mapped(self, error: InferenceServerException, client: Any = None) -> ServingError:
-        """The gateway error for a tritonclient error (dropping the connection when Triton is gone)."""
-        cls = STATUS_TO_ERROR.get(str(error.status()), ServingError)
-        message = error.message() or str(error)
-        if cls is Unavailable:
-            if self._link_lost(client):
-                await self._drop_connection(client)
-            return self._unavailable(message)
-        if cls is Overloaded:
-            return Overloaded(f"Triton: {message}", retry_after=self.retry_after_s)
-        return cls(f"Triton: {message}")
-
-    def _link_lost(self, client: Any) -> bool:
-        """Whether an UNAVAILABLE status means the link to Triton is gone, rather than Triton's own
-        answer (a full queue, a model not ready): closing the shared client then would cancel every
-        other request in flight on it. An HTTP status is always Triton's answer (a lost link raises
-        an aiohttp or OS error); a gRPC channel that is still READY carried Triton's answer."""
-        if self.protocol == "http":
-            return False
-        channel = getattr(client, "_channel", None)
-        if channel is None:
-            return True
-        import grpc
-
-        return channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY
 
     # -- model cache ------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """KServe v2 gRPC messages to and from the gateway's types: a ModelInferRequest's tensors, parameters,
 timeout and classification counts, and the ModelInferResponse of an answer. Shared by both gRPC servers
-(Kiln's own and grpcio's) through :class:`~serving.protocol.grpc_server.InferenceServicer`; client
+(Kiln's own and grpcio's) through :class:`~serving.protocol.grpc_servicer.InferenceServicer`; client
 mistakes raise :class:`~serving.errors.BadRequest`.
 """
 

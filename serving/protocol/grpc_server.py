@@ -1,9 +1,7 @@
-"""KServe v2 gRPC front end (``inference.GRPCInferenceService``) over any gateway :class:`Backend`.
-
-Uses the protobuf stubs shipped in ``tritonclient.grpc`` so ``tritonclient.grpc`` talks to the gateway
-exactly as it talks to Triton. Tensors travel in ``raw_input_contents`` / ``raw_output_contents`` (the
-layout of :mod:`serving.protocol.tensors`); typed ``contents`` are accepted too. Client mistakes come back as
-gRPC status codes derived from :class:`ServingError`, never as INTERNAL.
+"""Starts the KServe v2 gRPC server beside HTTP: Kiln's own HTTP/2 server on the event loop
+(:mod:`serving.protocol.grpc_h2`) or grpcio's grpc.aio, both serving the same
+:class:`~serving.protocol.grpc_servicer.InferenceServicer` (the RPCs themselves, in grpc_servicer.py),
+and the :class:`GrpcHandle` that stops it.
 """
 
 from __future__ import annotations
@@ -15,287 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
-from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from serving.errors import PayloadTooLarge, ServingError, Unavailable
-from serving.execution.base import Backend, InferRequest, model_parameters
-from serving.execution.repository import parse_version
-from serving.metrics import COUNTED, GatewayMetrics, observed_infer
-from serving.protocol import grpc_codec, grpc_io
+from serving.execution.base import Backend
+from serving.metrics import GatewayMetrics
+from serving.protocol import grpc_io
+from serving.protocol.grpc_servicer import InferenceServicer
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
-from serving.protocol.repository_index import repository_index
 from serving.protocol.send_watch import SEND_TIMEOUT_S
-from serving.protocol.statistics import model_statistics
-from serving.protocol.v2_codec import (
-    EXTENSIONS,
-    NOT_SERVED,
-    SERVER_NAME,
-    server_version,
-)
 
 log = logging.getLogger(__name__)
 
 GrpcServerKind = Literal["kiln", "grpcio"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-# HTTP status of a ServingError -> gRPC status code (as Triton maps its own errors).
-STATUS_TO_CODE = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.UNIMPLEMENTED,  # an HTTP Content-Encoding; gRPC's own is UNIMPLEMENTED too
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-# The refusals Kiln's server makes before a message is parsed (serving/protocol/grpc_call.py), by gRPC
-# code, as the errors HTTP answers the same refusals with: counted under those statuses.
-UNPARSED_REFUSALS = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: PayloadTooLarge,  # its length prefix past the limit
-    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,  # the body budget
-}
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    """End the RPC with the gRPC code of ``error`` (and its Retry-After as trailing metadata)."""
-    code = STATUS_TO_CODE.get(error.status, grpc.StatusCode.INTERNAL)
-    if error.retry_after is not None:
-        context.set_trailing_metadata((("retry-after", f"{error.retry_after:g}"),))
-    await context.abort(code, error.message)
-
-
-# The service's unary methods the gateway does not serve, each with what to do instead (v2_codec).
-NOT_SERVED_METHODS = {
-    **{
-        f"{kind}SharedMemory{op}": NOT_SERVED["shared_memory"]
-        for kind in ("System", "Cuda")
-        for op in ("Status", "Register", "Unregister")
-    },
-    "RepositoryModelLoad": NOT_SERVED["model_load"],
-    "RepositoryModelUnload": NOT_SERVED["model_load"],
-    "TraceSetting": NOT_SERVED["trace"],
-    "LogSettings": NOT_SERVED["logging"],
-}
-
-
-def _not_served(method: str) -> Any:
-    async def refuse(self, request, context):  # noqa: ANN001, ANN202, ARG001
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method}: {NOT_SERVED_METHODS[method]}")
-
-    refuse.__name__ = refuse.__qualname__ = method
-    return refuse
-
-
-FINAL_RESPONSE = "triton_final_response"  # the parameter Triton sets on each answer of a stream
-
-
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED. With ``metrics``, every ModelInfer
-    call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight)."""
-
-    def __init__(self, backend: Backend, metrics: GatewayMetrics | None = None) -> None:
-        self.backend = backend
-        self.metrics = metrics
-
-    async def ServerLive(self, request, context):  # noqa: N802 (gRPC method names)
-        return service_pb2.ServerLiveResponse(live=self.backend.is_live())
-
-    async def ServerReady(self, request, context):  # noqa: N802
-        return service_pb2.ServerReadyResponse(ready=await self.backend.is_ready())
-
-    async def ModelReady(self, request, context):  # noqa: N802
-        try:
-            ready = await self.backend.model_ready(request.name, parse_version(request.version))
-        except ServingError as error:
-            if error.status != 404:
-                await _abort(context, error)
-            ready = False
-        return service_pb2.ModelReadyResponse(ready=ready)
-
-    async def ServerMetadata(self, request, context):  # noqa: N802
-        return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
-        )
-
-    async def ModelMetadata(self, request, context):  # noqa: N802
-        try:
-            meta = self.backend.metadata(request.name, parse_version(request.version))
-        except ServingError as error:
-            await _abort(context, error)
-        reply = service_pb2.ModelMetadataResponse(
-            name=meta.name, versions=meta.versions, platform=meta.platform
-        )
-        for target, metas in ((reply.inputs, meta.inputs), (reply.outputs, meta.outputs)):
-            for tensor in metas:
-                target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        return reply
-
-    async def ModelConfig(self, request, context):  # noqa: N802
-        try:
-            config = self.backend.config(request.name, parse_version(request.version))
-        except ServingError as error:
-            await _abort(context, error)
-        message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
-        return service_pb2.ModelConfigResponse(config=message)
-
-    async def ModelStatistics(self, request, context):  # noqa: N802
-        """Triton's statistics extension (serving.protocol.statistics), as ``GET /v2/models[/{name}]/stats``."""
-        if self.metrics is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "statistics need the gateway's metrics")
-        try:
-            stats = await model_statistics(
-                self.backend, self.metrics, request.name, parse_version(request.version)
-            )
-        except ServingError as error:
-            await _abort(context, error)
-        return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
-
-    async def RepositoryIndex(self, request, context):  # noqa: N802
-        """Triton's repository index (serving.protocol.repository_index), as ``POST /v2/repository/index``."""
-        index = service_pb2.RepositoryIndexResponse
-        found = await repository_index(self.backend, request.ready)
-        return index(models=[index.ModelIndex(**entry) for entry in found])
-
-    async def ModelInfer(self, request, context):  # noqa: N802
-        try:
-            return await self._infer(request, context)
-        except ServingError as error:
-            self._refused(request.model_name, error, error.status)
-            await _abort(context, error)
-        except Exception as error:  # a bug of ours: log it, answer INTERNAL, keep serving
-            self._refused(request.model_name, error, 500)
-            log.exception("ModelInfer failed for model %r", request.model_name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
-
-    async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
-        """Triton's streaming infer, for models that answer once per request (every model here): each
-        request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
-        merges a stream's requests as it merges calls), and is answered in a response of its own as
-        it finishes (its ``id`` echoed: the order may differ); a request that fails gets
-        ``error_message`` and the stream goes on, as Triton's does; every answer carries Triton's
-        ``triton_final_response: true`` (a request's one answer is its last). Served by both gRPC servers (Kiln's:
-        serving.protocol.h2_streams)."""
-        answers: asyncio.Queue = asyncio.Queue()
-        running: set[asyncio.Task] = set()
-
-        async def one(request) -> None:  # noqa: ANN001
-            try:
-                reply = service_pb2.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, context)
-                )
-            except ServingError as error:
-                self._refused(request.model_name, error, error.status)
-                reply = service_pb2.ModelStreamInferResponse(error_message=error.message)
-            except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
-                self._refused(request.model_name, error, 500)
-                log.exception("ModelStreamInfer failed for model %r", request.model_name)
-                reply = service_pb2.ModelStreamInferResponse(
-                    error_message=f"internal error: {type(error).__name__}"
-                )
-            # each request's one answer is its last, as Triton marks every answer on a stream (clients
-            # of decoupled models read the flag to know a request is done)
-            reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
-            answers.put_nowait(reply)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                while running:  # the client sent its last request: answer what is in flight
-                    await asyncio.wait(list(running))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (reply := await answers.get()) is not None:
-                yield reply
-            await reader  # a failed read (the client's stream broke) ends the call with it
-        finally:
-            reader.cancel()
-            for task in list(running):
-                task.cancel()
-
-    def _refused(self, name: str, error: BaseException, status: int) -> None:
-        """A call that ended before its model ran (its tensors or options refused), counted for the
-        model it names where that is one of the backend's (unknown names add no series)."""
-        if self.metrics is None or getattr(error, COUNTED, False):
-            return
-        try:
-            self.backend.metadata(name, "")
-        except ServingError:
-            return
-        self.metrics.refused(name, error, status)
-
-    def refused_unparsed(self, request_class: Any, head: bytes, code: int, details: str) -> None:
-        """A call Kiln's server refused before parsing its message (grpc_call.Call.refused: its length
-        prefix past the limit, or the body budget), shown its first bytes: a ModelInfer call is counted
-        as HTTP counts a body refused unread, for the model its message names where ``model_name``
-        arrived with them and is one of the backend's (grpcio's server refuses these in gRPC core,
-        unseen)."""
-        error_class = UNPARSED_REFUSALS.get(code)
-        if self.metrics is None or error_class is None or request_class is not service_pb2.ModelInferRequest:
-            return
-        name = leading_model_name(head)
-        if name is not None:
-            error = error_class(details)
-            self._refused(name, error, error.status)
-
-    async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
-        """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
-        a request-level parameter named ``classification`` is the model's, as Triton hands it on."""
-        parameters = model_parameters(grpc_codec.request_parameters(request.parameters))
-        infer_request = InferRequest(
-            model=request.model_name,
-            version=parse_version(request.model_version),
-            inputs=await grpc_codec.decoded_inputs(request),
-            outputs=[out.name for out in request.outputs] or None,
-            parameters=parameters,
-            request_id=request.id,
-            timeout_s=grpc_codec.request_timeout(
-                request
-            ),  # both only shorten the server's limit (InferRequest.time_limit)
-            deadline_s=grpc_codec.call_deadline(context),
-            classification=grpc_codec.classification_counts(request),
-        )
-        if self.metrics is None:
-            return grpc_codec.encode_response(await self.backend.infer(infer_request), request)
-        self.backend.metadata(request.model_name, request.model_version)  # unknown: NOT_FOUND, no label
-        return grpc_codec.encode_response(
-            await observed_infer(self.backend, self.metrics, infer_request), request
-        )
-
-
-def leading_model_name(head: bytes) -> str | None:
-    """The ``model_name`` of a ModelInferRequest from its first bytes: field 1, which protobuf writes
-    before the others (its tag, a varint length, the UTF-8 name); None where they do not hold it whole."""
-    if head[:1] != b"\x0a":  # field 1, length-delimited
-        return None
-    length, at = 0, 1
-    for shift in range(0, 35, 7):
-        if at >= len(head):
-            return None
-        byte = head[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-    else:
-        return None
-    if at + length > len(head):
-        return None
-    try:
-        return head[at : at + length].decode()
-    except UnicodeDecodeError:
-        return None
 
 
 class _GenericOnly:
@@ -315,10 +47,6 @@ class _GenericOnly:
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         """Not registered with gRPC core (see the class docstring); the generic handler serves them."""
-
-
-for _method in NOT_SERVED_METHODS:  # UNIMPLEMENTED with what to do instead, over Kiln's server and grpcio's
-    setattr(InferenceServicer, _method, _not_served(_method))
 
 
 def unary_methods(servicer: InferenceServicer) -> dict[bytes, tuple[Any, Any]]:
@@ -401,16 +129,23 @@ async def start_grpc_server(
     places each connection it accepts with ``balancer`` (a worker's :class:`serving.handoff.Balancer`:
     handed to the worker holding fewest); grpc.aio's are accepted by gRPC core and stay where they land.
     """
+    servicer = InferenceServicer(backend, metrics)
     if server == "kiln":
-        servicer = InferenceServicer(backend, metrics)
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
         return await _start_kiln_server(servicer, host, port, *limits, balancer)
+    return await _start_grpcio_server(servicer, host, port, max_message_bytes, reuse_port)
+
+
+async def _start_grpcio_server(
+    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int, reuse_port: bool
+) -> GrpcHandle:
+    """grpcio's grpc.aio server over ``servicer``, its methods through one generic handler."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),  # answers uncapped, as Kiln's and Triton's
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     aio = grpc.aio.server(options=options)
-    aio.add_generic_rpc_handlers(generic_handlers(InferenceServicer(backend, metrics)))
+    aio.add_generic_rpc_handlers(generic_handlers(servicer))
     try:
         bound = aio.add_insecure_port(f"{host}:{port}")
     except RuntimeError:

@@ -1,0 +1,141 @@
+"""How the embedded backend opens an ONNX Runtime session: which file (the entry's, the fused-attention
+graph a :class:`GraphChoice` picks, or the weight store's optimized graph of it), with which options, on
+the placement's providers; and a model's sessions per bucket, each warmed (or bound for its CUDA graph)
+before the first request. Which sessions a model version gets is :mod:`serving.execution.onnxruntime`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from serving.execution import placement
+from serving.execution.base import GraphChoice
+from serving.execution.bound_session import BoundSession
+from serving.execution.ort_options import OrtOptions, spin_entries
+from serving.execution.repository import RepositoryEntry
+from serving.execution.shared_weights import WeightStore, shared_options
+
+# the embedded backend's log, whichever part writes it
+log = logging.getLogger("serving.execution.onnxruntime")
+
+
+class SessionOpener:
+    """Opens the backend's sessions with its options; ``session_factory(path, sess_options=, providers=)``
+    replaces ``ort.InferenceSession`` (tests, bench). Holds the weight store while the backend serves."""
+
+    def __init__(self, options: OrtOptions, session_factory: Any = None) -> None:
+        self.options, self.session_factory = options, session_factory
+        self.weights: WeightStore | None = None
+        self.shared: set[Path] = set()  # model files whose sessions map one copy of the weights
+
+    def open_weight_store(self) -> None:
+        """Share weights from now on (``OrtOptions.share_weights``); a session factory (tests' fakes) is
+        handed the entry's own file."""
+        if self.options.share_weights and self.session_factory is None:
+            self.weights = WeightStore(self.options.weights_dir)
+
+    def close(self) -> None:
+        if self.weights is not None:
+            self.weights.close()
+
+    def bucket_sessions(
+        self, entry: RepositoryEntry, path: Path, where: placement.Placement, graph: GraphChoice | None
+    ) -> list[dict[int, Any]]:
+        """Each instance's session per bucket (one, keyed 0, when bucketing is off), each bucket warmed
+        at its one shape: planned, or captured as a CUDA graph, before the first request (``graph``: as
+        :meth:`open_chosen`)."""
+        per_instance = []
+        for _ in range(_instance_count(entry.config)):
+            sessions = {}
+            for size in where.buckets or (0,):
+                sessions[size] = self.open_chosen(entry, path, where, graph)[0]
+                if where.cuda_graphs:
+                    sessions[size] = _bound(sessions[size], size, where, entry.name)
+                if size:
+                    sessions[size].run(None, placement.zero_inputs(sessions[size], size))
+            per_instance.append(sessions)
+        return per_instance
+
+    def open_chosen(
+        self,
+        entry: RepositoryEntry,
+        path: Path,
+        where: placement.Placement,
+        graph: GraphChoice | None,
+        intra_op_threads: int | None = None,
+    ) -> tuple[Any, Path, Path]:
+        """A shared session of the file ``graph`` chooses for the entry's model file ``path`` on the CPU
+        provider (``path`` itself elsewhere, or without a graph), falling back to ``path`` with a warning
+        when that file does not open; with the file the session opened and the one chosen."""
+        chosen = graph.path(path) if graph is not None and where.provider == placement.CPU else path
+        if chosen != path:
+            try:
+                session, source = self.open_session(chosen, where, intra_op_threads, graph=graph, shared=True)
+                if chosen in self.shared:  # the entry's sessions map one copy, of the chosen graph
+                    self.shared.add(path)
+                return session, source, chosen
+            except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
+                log.warning(
+                    "entry %s: %s did not open (%s); using %s", entry.name, chosen.name, exc, path.name
+                )
+        session, source = self.open_session(path, where, intra_op_threads, shared=True)
+        return session, source, path
+
+    def open_session(
+        self,
+        path: Path,
+        where: placement.Placement,
+        intra_op_threads: int | None = None,
+        *,
+        spin_us: int | None = -1,
+        graph: GraphChoice | None = None,
+        shared: bool = False,
+    ) -> tuple[Any, Path]:
+        """One ONNX Runtime session on the placement's providers (``intra_op_threads`` and ``spin_us``
+        override the options; a ``spin_us`` of -1 keeps ``OrtOptions.spin_us``; ``graph`` prepares the
+        options for the file it chose), and the file it opened. ``shared``: on the CPU provider, the
+        session opens the weight store's optimized graph of ``path`` and maps the weights every other
+        shared session of ``path`` maps (``OrtOptions.share_weights``); else ``path`` itself."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = (
+            self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
+        )
+        opts.inter_op_num_threads = self.options.inter_op_threads
+        if graph is not None:
+            graph.prepare(path, opts)
+        spin = self.options.spin_us if spin_us == -1 else spin_us
+        for key, value in spin_entries(spin, ort.__version__).items():
+            opts.add_session_config_entry(key, value)
+        if where.provider == placement.CUDA:
+            placement.load_cuda_libraries(ort)
+        source = path
+        if shared and self.weights is not None and where.provider == placement.CPU:
+            prepare = None if graph is None else functools.partial(graph.prepare, path)
+            optimized = self.weights.graph_for(path, where.providers(), prepare)
+            if optimized is not None:
+                shared_options(opts)
+                source = optimized
+                self.shared.add(path)
+        factory = self.session_factory or ort.InferenceSession
+        session = factory(str(source), sess_options=opts, providers=where.providers())
+        placement.check_session(session, where, path.parent.parent.name)
+        return session, source
+
+
+def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> BoundSession:
+    """A bucket's session on bound device buffers, replayed as a CUDA graph (``kiln_cuda_graphs``)."""
+    device = "cuda" if where.provider == placement.CUDA else "cpu"
+    device_id = int(where.device.partition(":")[2] or 0)
+    try:
+        return BoundSession(session, rows, device, device_id)
+    except ValueError as exc:
+        raise placement.PlacementError(f"model {name!r}: kiln_cuda_graphs: {exc}") from exc
+
+
+def _instance_count(config: Any) -> int:
+    return sum(max(1, g.count) for g in config.instance_group) or 1
