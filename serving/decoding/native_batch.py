@@ -147,13 +147,7 @@ class NativeSteps:
             *at_positions,
             mask,
         ]
-        grown = []
-        for inp, (_, per_row, _) in zip(self._carried, self._entry_sizes, strict=True):  # caches only
-            old = self.rows[inp.name][:size]  # (see _native_roles)
-            after, at_after = decoder.pair(inp.name, capacity * per_row * (column + steps), old.dtype)
-            held.append(np.ascontiguousarray(old))
-            dyn += [address(held[-1]), *at_after]
-            grown.append((inp.name, after, old.shape, inp.axis))
+        grown = self._cache_arguments(decoder, capacity * (column + steps), dyn, held)
         if steps > 1:  # the finished hypotheses of the steps before the last: [count, records]
             records, width = native_decoder.FOUND_STEPS * packed.room, 4 + self.beams.prefixes.shape[1]
             packed.found = decoder.buffer("found", 1 + records * width, np.int64)
@@ -171,6 +165,22 @@ class NativeSteps:
         else:
             dyn += [0, 0 if row_place is None else address(row_place), 0]
         return _Call(np.array(dyn, dtype=np.int64), held, tokens, positions, grown, capacity, most)
+
+    def _cache_arguments(
+        self, decoder: NativeDecoder, room: int, dyn: list[int], held: list[np.ndarray]
+    ) -> list[tuple[str, tuple[np.ndarray, ...], tuple[int, ...], int]]:
+        """Each cache's current rows and the pair of buffers its advances write (``room`` entries a
+        row), appended to the call's ``dyn`` (and what it points into to ``held``); returns each cache's
+        name, buffer pair, shape and growing axis."""
+        grown = []
+        size = self.physical
+        for inp, (_, per_row, _) in zip(self._carried, self._entry_sizes, strict=True):  # caches only
+            old = self.rows[inp.name][:size]  # (see _native_roles)
+            after, at_after = decoder.pair(inp.name, room * per_row, old.dtype)
+            held.append(np.ascontiguousarray(old))
+            dyn += [address(held[-1]), *at_after]
+            grown.append((inp.name, after, old.shape, inp.axis))
+        return grown
 
     def _take_result(
         self,
