@@ -283,15 +283,22 @@ def pack(
         ],
         dtype=np.int64,
     )
-    packed.second = packed.found = None  # found: set by kiln_decode_step's caller (see result)
-    if second:
-        ints2, scores2 = np.empty_like(ints), np.empty_like(scores)
-        args2 = packed.args.copy()
-        a_int2 = address(ints2)
-        args2[21:25] = (a_int2 + 8 * o_origin, a_int2 + 8 * (o_origin + room), address(scores2), 0)
-        args2[24] = a_int2 + 8 * o_prefixes  # origin, tokens, scores, prefixes
-        packed.second = (args2, ints2, scores2)
+    packed.found = None  # set by kiln_decode_step's caller (see result)
+    packed.second = _second(packed.args, ints, scores, o_origin, o_prefixes, room) if second else None
     packed.beams, packed.held = beams, (log_probs, index, inputs)
     packed.ints, packed.reals, packed.scores, packed.flags, packed.room = ints, reals, scores, flags, room
     packed.offsets = (o_origin, o_offers, o_prefixes, o_failed, width_b)
     return packed
+
+
+def _second(
+    args: np.ndarray, ints: np.ndarray, scores: np.ndarray, o_origin: int, o_prefixes: int, room: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arguments of a step that alternates with ``args``: the same, with the kept rows' origin,
+    tokens, scores and prefixes written to blocks of their own (returned with them)."""
+    ints2, scores2 = np.empty_like(ints), np.empty_like(scores)
+    args2 = args.copy()
+    a_int2 = address(ints2)
+    args2[21:25] = (a_int2 + 8 * o_origin, a_int2 + 8 * (o_origin + room), address(scores2), 0)
+    args2[24] = a_int2 + 8 * o_prefixes  # origin, tokens, scores, prefixes
+    return args2, ints2, scores2
