@@ -172,20 +172,28 @@ def replay(
     """Decode ``sentences`` sources (``sources`` cycled) as the scheduler would at ``concurrency``;
     returns the CPU split and each sentence's hypotheses, in the order they were admitted."""
     spent: collections.Counter[str] = collections.Counter()
+    admission = _Admission(sentences, concurrency, join_fraction, join_wait_steps)
+    with _timed_decoder(run_decoder, spent) as decoder:
+        batch = stepper.DecodeBatch(spec, indexed)
+        batch.stop = np.zeros(1, dtype=np.int64)  # arrivals come between calls here: never set
+        batch.hold_steps = finish_hold_steps
+        join = functools.partial(_join, batch, spec, run_encoder, sources, config, spent)
+        started = time.thread_time()
+        results, calls = _decode(batch, decoder, join, admission)
+        total = time.thread_time() - started
+    per = 1e6 / sentences
+    split = Replay(sentences, calls, total * per, spent["decoder"] * per, spent["encoder"] * per)
+    return split, [results[i] for i in range(sentences)]
+
+
+@contextlib.contextmanager
+def _timed_decoder(
+    run_decoder: step_spec.Runner, spent: collections.Counter[str]
+) -> Iterator[step_spec.Runner]:
+    """The decoder to step with, its runs' CPU added to ``spent["decoder"]``: where it has compiled
+    calls, those are timed on the instance (put back after), else each call of ``run_decoder``."""
     native = getattr(run_decoder, "native", None)
-    if native is not None:  # the compiled calls: time them on the instance, put back after
-        step = native.step
-
-        def timed_step(plan: np.ndarray, dyn: np.ndarray) -> None:
-            started = time.thread_time()
-            try:
-                step(plan, dyn)
-            finally:
-                spent["decoder"] += time.thread_time() - started
-
-        native.step = timed_step
-        decoder = run_decoder
-    else:
+    if native is None:
 
         def decoder(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             started = time.thread_time()
@@ -194,42 +202,89 @@ def replay(
             finally:
                 spent["decoder"] += time.thread_time() - started
 
-    batch = stepper.DecodeBatch(spec, indexed)
-    batch.stop = np.zeros(1, dtype=np.int64)  # arrivals come between calls here: never set
-    batch.hold_steps = finish_hold_steps
-    results: dict[int, list[bs.Hypothesis]] = {}
-    waiting: list[int] = []  # sentence numbers (source: number modulo the sources)
-    admitted, waited, calls = 0, 0, 0
-    started = time.thread_time()
+        yield decoder
+        return
+    step = native.step
+
+    def timed_step(plan: np.ndarray, dyn: np.ndarray) -> None:
+        started = time.thread_time()
+        try:
+            step(plan, dyn)
+        finally:
+            spent["decoder"] += time.thread_time() - started
+
+    native.step = timed_step
     try:
-        while len(results) < sentences:
-            while admitted < sentences and batch.size + len(waiting) < concurrency:
-                waiting.append(admitted)
-                admitted += 1
-            if waiting and (
-                not batch.size or waited >= join_wait_steps or len(waiting) >= join_fraction * batch.size
-            ):
-                texts = [sources[i % len(sources)] for i in waiting]
-                encoding = time.thread_time()
-                encoded = run_encoder(step_spec.encoder_inputs(spec, texts))
-                spent["encoder"] += time.thread_time() - encoding
-                batch.join(waiting, encoded, [config] * len(waiting), [len(t) + 1 for t in texts])
-                waiting, waited = [], 0
-            steps = max(1, join_wait_steps - waited) if waiting else native_decoder.MAX_STEPS
-            for done in batch.step(decoder, len(waiting), steps):
-                if done.error is not None:
-                    raise RuntimeError(f"sentence {done.key}: {done.error}")
-                results[done.key] = done.hypotheses
-            calls += 1
-            if waiting:
-                waited += batch.last_steps
+        yield run_decoder
     finally:
-        total = time.thread_time() - started
-        if native is not None:
-            del native.step  # the class's method again
-    per = 1e6 / sentences
-    split = Replay(sentences, calls, total * per, spent["decoder"] * per, spent["encoder"] * per)
-    return split, [results[i] for i in range(sentences)]
+        del native.step  # the class's method again
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """When the scheduler (at its defaults) admits new sentences, and how many steps a call runs."""
+
+    sentences: int  # in all
+    concurrency: int  # in flight at most
+    join_fraction: float
+    join_wait_steps: int
+
+    def due(self, waiting: int, running: int, waited: int) -> bool:
+        """Whether the waiting sentences join now: nothing runs, the oldest has waited long enough, or
+        they are enough of the running ones."""
+        return bool(waiting) and (
+            not running or waited >= self.join_wait_steps or waiting >= self.join_fraction * running
+        )
+
+    def steps(self, waiting: int, waited: int) -> int:
+        """The next call's steps: up to the most while nothing waits, else until the oldest joiner has
+        waited long enough."""
+        return max(1, self.join_wait_steps - waited) if waiting else native_decoder.MAX_STEPS
+
+
+def _join(
+    batch: stepper.DecodeBatch,
+    spec: Any,
+    run_encoder: step_spec.Runner,
+    sources: Sequence[Sequence[int]],
+    config: bs.BeamConfig,
+    spent: collections.Counter[str],
+    waiting: list[int],
+) -> None:
+    """The waiting sentences encoded in one call (its CPU added to ``spent["encoder"]``) and joined."""
+    texts = [sources[i % len(sources)] for i in waiting]
+    encoding = time.thread_time()
+    encoded = run_encoder(step_spec.encoder_inputs(spec, texts))
+    spent["encoder"] += time.thread_time() - encoding
+    batch.join(waiting, encoded, [config] * len(waiting), [len(t) + 1 for t in texts])
+
+
+def _decode(
+    batch: stepper.DecodeBatch,
+    decoder: step_spec.Runner,
+    join: Callable[[list[int]], None],
+    admission: _Admission,
+) -> tuple[dict[int, list[bs.Hypothesis]], int]:
+    """Every sentence admitted, joined and stepped to its end; their hypotheses by sentence number
+    (its source: the number modulo the sources) and the decoder calls it took."""
+    results: dict[int, list[bs.Hypothesis]] = {}
+    waiting: list[int] = []
+    admitted, waited, calls = 0, 0, 0
+    while len(results) < admission.sentences:
+        while admitted < admission.sentences and batch.size + len(waiting) < admission.concurrency:
+            waiting.append(admitted)
+            admitted += 1
+        if admission.due(len(waiting), batch.size, waited):
+            join(waiting)
+            waiting, waited = [], 0
+        for done in batch.step(decoder, len(waiting), admission.steps(len(waiting), waited)):
+            if done.error is not None:
+                raise RuntimeError(f"sentence {done.key}: {done.error}")
+            results[done.key] = done.hypotheses
+        calls += 1
+        if waiting:
+            waited += batch.last_steps
+    return results, calls
 
 
 def main(argv: Sequence[str] | None = None) -> None:

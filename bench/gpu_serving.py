@@ -6,7 +6,8 @@ command at each layout (gateway processes). Side by side:
 
 - classify under closed-loop KServe v2 gRPC load, each answer checked against ONNX Runtime on the CPU;
 - ONNX Runtime CUDA called directly on the batches the GPU gateway ran: the same bucket shapes in the
-  same proportions, numpy in and out (issue 11: the gateway on the GPU ≥ 0.5x of that);
+  same proportions, numpy in and out (issue 11: the gateway on the GPU ≥ 0.5x of that;
+  :mod:`bench.gpu_direct`);
 - translation through the gateway (each sentence its own request, beam 4), every output compared with
   the PyTorch reference and between the two devices.
 
@@ -24,13 +25,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import classify_identity, load, report
+from bench.gpu_direct import add_direct
 from bench.scrape import batch_mix, mix_delta, step_means
 from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
@@ -86,69 +88,6 @@ def closed_loop_processes(
     }
 
 
-def direct_on_mix(
-    model_file: Path, mix: dict[str, Any], parallel: int = 1, budget_s: float = 2.0
-) -> dict[str, Any]:
-    """ONNX Runtime's CUDA provider called directly on ``mix``'s batches, as the gateway runs them: one
-    session per bucket shape, numpy in and out, from ``parallel`` threads with sessions of their own (a
-    gateway process each). Each thread runs the bucket shapes in the mix's proportions for ``budget_s``;
-    images/s counts the mix's real rows (its items per padded row)."""
-    import threading
-
-    from bench.gpu import CUDA_OPTIONS, onnxruntime
-    from serving.execution.placement import zero_inputs
-
-    ort = onnxruntime()
-    providers = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
-    sizes = sorted(mix["batches"])
-    padded_rows = sum(b * n for b, n in mix["batches"].items())
-    fill = mix["items"] / padded_rows if padded_rows else 0.0
-    total = sum(mix["batches"].values())
-    order = [b for b in sizes for _ in range(max(1, round(64 * mix["batches"][b] / total)))]
-    np.random.default_rng(0).shuffle(order)
-
-    def feeds_for(session: Any, size: int) -> dict[str, np.ndarray]:
-        feeds = zero_inputs(session, size)
-        name = next(iter(feeds))
-        feeds[name] = (
-            np.random.default_rng(size).integers(0, 256, feeds[name].shape).astype(feeds[name].dtype)
-        )
-        return feeds
-
-    workers = []
-    for _ in range(parallel):
-        sessions = {b: ort.InferenceSession(str(model_file), providers=providers) for b in sizes}
-        feeds = {b: feeds_for(sessions[b], b) for b in sizes}
-        for b in sizes:
-            for _ in range(3):  # each shape planned before the clock starts
-                sessions[b].run(None, feeds[b])
-        workers.append((sessions, feeds))
-    rows = [0] * parallel
-    stop_at = [0.0]
-    barrier = threading.Barrier(parallel + 1)
-
-    def work(i: int) -> None:
-        sessions, feeds = workers[i]
-        barrier.wait()
-        k = i
-        while time.perf_counter() < stop_at[0]:
-            b = order[k % len(order)]
-            sessions[b].run(None, feeds[b])  # ONNX Runtime releases the GIL while it runs
-            rows[i] += b
-            k += 1
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(parallel)]
-    for t in threads:
-        t.start()
-    start = time.perf_counter()
-    stop_at[0] = start + budget_s
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return {"parallel": parallel, "fill": round(fill, 3), "throughput_ips": fill * sum(rows) / elapsed}
-
-
 @dataclass(frozen=True)
 class Layout:
     """One gateway under test: which repository's device, how many processes, where it listens."""
@@ -201,21 +140,6 @@ def translate_row(layout: Layout, work: Any, concurrency: int) -> dict[str, Any]
         "hyps": hyps,
         **step_means(layout.metrics(), work.model),
     }
-
-
-def add_direct(rows: list[dict[str, Any]], model_file: Path, errors: dict[str, str]) -> None:
-    """ONNX Runtime CUDA directly on each concurrent GPU row's batches, with as many threads as the
-    gateway had processes, and the gateway's share of it."""
-    for row in rows:
-        if row["device"] != "gpu" or row["concurrency"] == 1 or not row["mix"]["batches"]:
-            continue
-        try:
-            direct = direct_on_mix(model_file, row["mix"], parallel=row["workers"])
-        except Exception as exc:  # noqa: BLE001 - reported with the results
-            errors[f"direct, {row['workers']} threads, c={row['concurrency']}"] = str(exc)
-            continue
-        row["direct_on_mix_ips"] = direct["throughput_ips"]
-        row["gateway_over_direct"] = ratio(row["throughput_rps"], direct["throughput_ips"])
 
 
 def gpu_config_problem(repository: Path, model: str) -> str | None:
@@ -274,51 +198,97 @@ def run(
 ) -> dict[str, Any]:
     """Every layout of the gateway on the repository of each of ``devices`` (the GPU one, the CPU one or
     both), then the direct and reference baselines."""
-    sides = {"gpu": gpu_repository, "cpu": cpu_repository}
-    missing = [device for device in devices if sides.get(device) is None]
-    if missing:
-        raise ValueError(f"no repository for the {', '.join(missing)} side of the comparison")
-    from bench.translation_engines import pytorch_rows
+    sides = _sides(gpu_repository, cpu_repository, devices)
     from bench.translation_rows import Workload
 
     dims = _input_dims(gpu_repository, classifier)
     images = np.random.default_rng(0).integers(0, 256, size=(1, *dims), dtype=np.uint8)
     work = Workload.load(checkpoints, translator, profile["sentences"])
-    results: dict[str, Any] = {"classify": [], "translate": [], "identity": {}, "errors": {}}
+    sweep = _Sweep(classifier, dims, images, work, profile, threads, out, progress)
     for device in devices:
-        repository = sides[device]
         for workers in profile["serving_workers"] or default_layouts(usable_cpus()):
-            http, grpc_port = free_port(), free_port()
-            layout = Layout(device, workers, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
-            cmd = gateway_cmd(repository, http, grpc_port, threads, workers=workers)
-            log_path = out / f"gateway-{device}-{workers}.log"
-            progress(f"gateway on the {layout.name}")
-            try:
-                with running(cmd, f"{layout.url}/v2/health/ready", timeout_s=300, log_path=log_path):
-                    rows = classify_rows(layout, classifier, images, profile)
-                    results["classify"] += rows
-                    for r in rows:
-                        progress(f"  classify c={r['concurrency']}: {r['throughput_rps']:.0f} req/s")
-                    identity = classify_identity.check(layout.grpc_url, repository, classifier, dims)
-                    results["identity"][layout.name] = identity
-                    results["translate"].append(translate_row(layout, work, profile["translate_concurrency"]))
-                    progress(f"  translate: {results['translate'][-1]['tokens_per_s']:.0f} tokens/s")
-            except Exception as exc:  # noqa: BLE001 - one layout failing is reported, the others still run
-                results["errors"][layout.name] = f"{type(exc).__name__}: {exc}"
-                progress(f"gateway on the {layout.name} failed: {exc}")
+            _measure_layout(sweep, device, sides[device], workers)
+    results = sweep.results
     progress("ONNX Runtime CUDA directly on the GPU gateway's batches")
-    versions = (gpu_repository / classifier).glob("[0-9]*/model.onnx")
-    add_direct(results["classify"], max(versions, key=lambda p: int(p.parent.name)), results["errors"])
+    add_direct(results["classify"], _newest_model(gpu_repository, classifier), results["errors"])
     progress("PyTorch reference translations (beam 4, KV cache)")
-    reference = pytorch_rows(
-        work.ckpt, work.texts, work.refs, [4], threads, work.count, caches=(True,), timed=False
-    )[0]["hyps"]
-    for row in results["translate"]:
-        same = sum(h == r for h, r in zip(row["hyps"], reference, strict=True))
-        row["same_as_reference"] = 100.0 * same / len(reference)
+    _add_agreement(results["translate"], work, threads)
     results["summary"] = summary(results)
     results["markdown"] = markdown(results)
     return results
+
+
+def _sides(
+    gpu_repository: Path, cpu_repository: Path | None, devices: tuple[str, ...]
+) -> dict[str, Path | None]:
+    """Each device's repository; refuses a device asked for without one before anything runs."""
+    sides = {"gpu": gpu_repository, "cpu": cpu_repository}
+    missing = [device for device in devices if sides.get(device) is None]
+    if missing:
+        raise ValueError(f"no repository for the {', '.join(missing)} side of the comparison")
+    return sides
+
+
+@dataclass
+class _Sweep:
+    """What every gateway layout of one :func:`run` shares: the classifier's images (``dims`` each),
+    the translations (a ``bench.translation_rows.Workload``), the profile, where logs go, the results."""
+
+    classifier: str
+    dims: tuple[int, ...]
+    images: np.ndarray
+    work: Any
+    profile: dict[str, Any]
+    threads: int
+    out: Path
+    progress: Callable[[str], None]
+    results: dict[str, Any] = field(
+        default_factory=lambda: {"classify": [], "translate": [], "identity": {}, "errors": {}}
+    )
+
+
+def _measure_layout(sweep: _Sweep, device: str, repository: Path, workers: int) -> None:
+    """One gateway layout started and measured: classify at each concurrency, its answers checked, and
+    translate; a layout failing is reported in the results' errors, the others still run."""
+    results, progress = sweep.results, sweep.progress
+    http, grpc_port = free_port(), free_port()
+    layout = Layout(device, workers, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
+    cmd = gateway_cmd(repository, http, grpc_port, sweep.threads, workers=workers)
+    log_path = sweep.out / f"gateway-{device}-{workers}.log"
+    progress(f"gateway on the {layout.name}")
+    try:
+        with running(cmd, f"{layout.url}/v2/health/ready", timeout_s=300, log_path=log_path):
+            rows = classify_rows(layout, sweep.classifier, sweep.images, sweep.profile)
+            results["classify"] += rows
+            for r in rows:
+                progress(f"  classify c={r['concurrency']}: {r['throughput_rps']:.0f} req/s")
+            identity = classify_identity.check(layout.grpc_url, repository, sweep.classifier, sweep.dims)
+            results["identity"][layout.name] = identity
+            results["translate"].append(
+                translate_row(layout, sweep.work, sweep.profile["translate_concurrency"])
+            )
+            progress(f"  translate: {results['translate'][-1]['tokens_per_s']:.0f} tokens/s")
+    except Exception as exc:  # noqa: BLE001 - one layout failing is reported, the others still run
+        results["errors"][layout.name] = f"{type(exc).__name__}: {exc}"
+        progress(f"gateway on the {layout.name} failed: {exc}")
+
+
+def _newest_model(repository: Path, model: str) -> Path:
+    """``model``'s ONNX file in its newest version in ``repository``."""
+    versions = (repository / model).glob("[0-9]*/model.onnx")
+    return max(versions, key=lambda p: int(p.parent.name))
+
+
+def _add_agreement(rows: list[dict[str, Any]], work: Any, threads: int) -> None:
+    """Each translate row's share of sentences identical to the PyTorch reference's (beam 4, KV cache)."""
+    from bench.translation_engines import pytorch_rows
+
+    reference = pytorch_rows(
+        work.ckpt, work.texts, work.refs, [4], threads, work.count, caches=(True,), timed=False
+    )[0]["hyps"]
+    for row in rows:
+        same = sum(h == r for h, r in zip(row["hyps"], reference, strict=True))
+        row["same_as_reference"] = 100.0 * same / len(reference)
 
 
 def _best(rows: list[dict[str, Any]], device: str, key: str, **match: Any) -> float:

@@ -151,6 +151,48 @@ CONNECTIONS = (
 )
 
 
+PA_COLUMNS = [
+    "target",
+    "protocol",
+    "concurrency",
+    "runs",
+    "throughput_rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "x_triton",
+    "server_queue_ms",
+    "server_input_ms",
+    "server_infer_ms",
+    "server_output_ms",
+    "connections",
+]
+
+PA_OPEN_LOOP = (
+    "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "
+    "of each server's closed-loop peak, interleaved runs, medians; `delivered` is the throughput "
+    "over the offered rate (below ~0.95 the queue grew through the run), `delivered_runs` and "
+    "`p99_over_p50_runs` each run's; `p99_over_p50` is the median ratio of the `kept_runs`, those "
+    "that delivered at least 0.95; `connections` as above (perf_analyzer sends an open loop over "
+    "one gRPC connection, so one gateway worker takes all of it):\n\n"
+)
+
+PA_OPEN_COLUMNS = [
+    "target",
+    "rate_rps",
+    "runs",
+    "throughput_rps",
+    "delivered",
+    "delivered_runs",
+    "p50_ms",
+    "p99_ms",
+    "p99_over_p50_runs",
+    "kept_runs",
+    "p99_over_p50",
+    "connections",
+]
+
+
 def perf_analyzer_section(pa: dict[str, Any]) -> str:
     """perf_analyzer (Triton's own tool) over gRPC, HTTP and gRPC streams: medians of interleaved runs,
     gateway vs Triton over the same protocol."""
@@ -159,69 +201,46 @@ def perf_analyzer_section(pa: dict[str, Any]) -> str:
     head = "\n### perf_analyzer over gRPC, HTTP and gRPC streams (interleaved runs, medians)\n\n"
     if "skipped" in pa:
         return head + f"Not run: {pa['skipped']}.\n"
-    for r in pa["rows"]:
+    rows, triton = _against_triton(pa["rows"])
+    text = head + table(rows, PA_COLUMNS) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT + CONNECTIONS
+    text += _memory_note(pa.get("memory"))
+    for name, failure in sorted(pa.get("stream_failures", {}).items()):
+        text += f"\nStreaming runs of `{name}` failed (its rows hold the runs that finished): {failure}\n"
+    if pa.get("open"):
+        text += PA_OPEN_LOOP + table(pa["open"], PA_OPEN_COLUMNS) + "\n"
+    return text
+
+
+def _against_triton(
+    pa_rows: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict | None]]:
+    """The rows by protocol, concurrency and target, each with its ``x_triton`` (its throughput over the
+    best Triton row's at its protocol and concurrency), and those Triton rows."""
+    for r in pa_rows:
         r.setdefault("protocol", "grpc")
     order = {"grpc": 0, "http": 1, "grpc-stream": 2}
-    rows = sorted(pa["rows"], key=lambda r: (order.get(r["protocol"], 2), r["concurrency"], r["target"]))
+    rows = sorted(pa_rows, key=lambda r: (order.get(r["protocol"], 2), r["concurrency"], r["target"]))
     triton = {
         (r["protocol"], r["concurrency"]): best_triton(rows, r["concurrency"], r["protocol"]) for r in rows
     }
     for r in rows:
         best = triton[(r["protocol"], r["concurrency"])]
         r["x_triton"] = ratio(r["throughput_rps"], best["throughput_rps"] if best else math.nan)
-    cols = [
-        "target",
-        "protocol",
-        "concurrency",
-        "runs",
-        "throughput_rps",
-        "p50_ms",
-        "p90_ms",
-        "p99_ms",
-        "x_triton",
-        "server_queue_ms",
-        "server_input_ms",
-        "server_infer_ms",
-        "server_output_ms",
-        "connections",
-    ]
-    text = head + table(rows, cols) + "\n" + _layouts_note(pa, triton) + SERVER_SPLIT + CONNECTIONS
-    if pa.get("memory"):
-        held = ", ".join(
-            f"`{name}` {used['pss_mib']:.0f} MiB ({used['processes']} processes)"
-            for name, used in sorted(pa["memory"].items())
-        )
-        text += (
-            f"\nMemory after the runs, each server's processes together (proportional set size: pages "
-            f"that processes share count once in all): {held}.\n"
-        )
-    for name, failure in sorted(pa.get("stream_failures", {}).items()):
-        text += f"\nStreaming runs of `{name}` failed (its rows hold the runs that finished): {failure}\n"
-    if pa.get("open"):
-        text += (
-            "\nOpen loop (perf_analyzer request-rate mode, asynchronous calls, constant intervals) at half "
-            "of each server's closed-loop peak, interleaved runs, medians; `delivered` is the throughput "
-            "over the offered rate (below ~0.95 the queue grew through the run), `delivered_runs` and "
-            "`p99_over_p50_runs` each run's; `p99_over_p50` is the median ratio of the `kept_runs`, those "
-            "that delivered at least 0.95; `connections` as above (perf_analyzer sends an open loop over "
-            "one gRPC connection, so one gateway worker takes all of it):\n\n"
-        )
-        cols = [
-            "target",
-            "rate_rps",
-            "runs",
-            "throughput_rps",
-            "delivered",
-            "delivered_runs",
-            "p50_ms",
-            "p99_ms",
-            "p99_over_p50_runs",
-            "kept_runs",
-            "p99_over_p50",
-            "connections",
-        ]
-        text += table(pa["open"], cols) + "\n"
-    return text
+    return rows, triton
+
+
+def _memory_note(memory: dict[str, Any] | None) -> str:
+    """Each server's memory after the runs (empty where it was not read)."""
+    if not memory:
+        return ""
+    held = ", ".join(
+        f"`{name}` {used['pss_mib']:.0f} MiB ({used['processes']} processes)"
+        for name, used in sorted(memory.items())
+    )
+    return (
+        f"\nMemory after the runs, each server's processes together (proportional set size: pages "
+        f"that processes share count once in all): {held}.\n"
+    )
 
 
 def _layouts_note(pa: dict[str, Any], best: dict[tuple[str, int], dict | None]) -> str:
@@ -245,65 +264,82 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     closed = results.get("servers", {}).get("closed", [])
     if closed:
-        fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for key in sorted({(r["target"], r["protocol"]) for r in closed}):
-            rows = sorted(
-                (r for r in closed if (r["target"], r["protocol"]) == key), key=lambda r: r["concurrency"]
-            )
-            xs = [r["concurrency"] for r in rows]
-            ax_t.plot(xs, [r["throughput_rps"] for r in rows], marker="o", label=" ".join(key))
-            ax_l.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{' '.join(key)} p50")
-            ax_l.plot(xs, [r["p99_ms"] for r in rows], linestyle="--", label=f"{' '.join(key)} p99")
-        for ax, ylabel in ((ax_t, "requests/s"), (ax_l, "latency (ms)")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrency")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-        ax_t.legend(fontsize=7)
-        ax_l.legend(fontsize=6, ncol=2)
-        ax_l.set_yscale("log")
-        fig.tight_layout()
-        written.append(_save(fig, out / "servers.png"))
+        written.append(_servers_plot(closed, out / "servers.png"))
     hist = results.get("servers", {}).get("batch_histogram", {})
     if hist:
-        edges = sorted((float(k), v) for k, v in hist.items() if k != "+Inf")
-        counts, prev = [], 0.0
-        for _, cum in edges:
-            counts.append(cum - prev)
-            prev = cum
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.bar([str(int(e)) for e, _ in edges], counts)
-        ax.set_xlabel("batch size (bucket upper bound)")
-        ax.set_ylabel("batches")
-        ax.set_title("Gateway dynamic batching")
-        fig.tight_layout()
-        written.append(_save(fig, out / "batch_sizes.png"))
+        written.append(_batch_sizes_plot(hist, out / "batch_sizes.png"))
     engines = [r for r in results.get("engines", []) if "error" not in r]
     if engines:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in sorted({(r["engine"], r["precision"]) for r in engines}):
-            rows = sorted(
-                (r for r in engines if (r["engine"], r["precision"]) == key), key=lambda r: r["batch"]
-            )
-            ax.plot(
-                [r["batch"] for r in rows],
-                [r["throughput_ips"] for r in rows],
-                marker="o",
-                label=" ".join(key),
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("images/s")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(_save(fig, out / "engines.png"))
+        written.append(_engines_plot(engines, out / "engines.png"))
     return written
+
+
+def _servers_plot(closed: list[dict[str, Any]], path: Path) -> Path:
+    """Each server and protocol's throughput, and its p50 and p99 latency, against the concurrency."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key in sorted({(r["target"], r["protocol"]) for r in closed}):
+        rows = sorted(
+            (r for r in closed if (r["target"], r["protocol"]) == key), key=lambda r: r["concurrency"]
+        )
+        xs = [r["concurrency"] for r in rows]
+        ax_t.plot(xs, [r["throughput_rps"] for r in rows], marker="o", label=" ".join(key))
+        ax_l.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{' '.join(key)} p50")
+        ax_l.plot(xs, [r["p99_ms"] for r in rows], linestyle="--", label=f"{' '.join(key)} p99")
+    for ax, ylabel in ((ax_t, "requests/s"), (ax_l, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_t.legend(fontsize=7)
+    ax_l.legend(fontsize=6, ncol=2)
+    ax_l.set_yscale("log")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _batch_sizes_plot(hist: dict[str, float], path: Path) -> Path:
+    """The gateway's batches per batch-size bucket, from the cumulative Prometheus buckets."""
+    import matplotlib.pyplot as plt
+
+    edges = sorted((float(k), v) for k, v in hist.items() if k != "+Inf")
+    counts, prev = [], 0.0
+    for _, cum in edges:
+        counts.append(cum - prev)
+        prev = cum
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(int(e)) for e, _ in edges], counts)
+    ax.set_xlabel("batch size (bucket upper bound)")
+    ax.set_ylabel("batches")
+    ax.set_title("Gateway dynamic batching")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _engines_plot(engines: list[dict[str, Any]], path: Path) -> Path:
+    """Each engine and precision's images/s against the batch size."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in sorted({(r["engine"], r["precision"]) for r in engines}):
+        rows = sorted((r for r in engines if (r["engine"], r["precision"]) == key), key=lambda r: r["batch"])
+        ax.plot(
+            [r["batch"] for r in rows],
+            [r["throughput_ips"] for r in rows],
+            marker="o",
+            label=" ".join(key),
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -162,54 +162,92 @@ def run_servers(
     meta_dims = _input_dims(repository, model)
     images = np.random.default_rng(0).integers(0, 256, size=(1, *meta_dims), dtype=np.uint8)
     workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"closed": [], "open": [], "batch_histogram": {}, "errors": {}}
+    run = _Run(repository, model, workdir, images, concurrencies, duration_s, threads, progress)
+    _gateway_targets(run, workers, meta_dims)
+    _triton_targets(run)
+    _naive_target(run, checkpoint)
+    return run.results
 
-    def bench(target: Target, protocols=("http", "grpc")) -> None:
-        progress(f"server {target.name}: concurrency {list(concurrencies)}")
-        results["closed"].extend(
-            asyncio.run(_run_target(target, images, concurrencies, duration_s, protocols))
+
+@dataclass
+class _Run:
+    """What every target of one :func:`run_servers` shares: the load, where logs go, the results."""
+
+    repository: Path
+    model: str
+    workdir: Path
+    images: np.ndarray
+    concurrencies: Any
+    duration_s: float
+    threads: int
+    progress: Callable[[str], None]
+    results: dict[str, Any] = field(
+        default_factory=lambda: {"closed": [], "open": [], "batch_histogram": {}, "errors": {}}
+    )
+
+    def bench(self, target: Target, protocols=("http", "grpc")) -> None:
+        """``target`` under closed-loop load at every concurrency, over each of ``protocols``."""
+        self.progress(f"server {target.name}: concurrency {list(self.concurrencies)}")
+        self.results["closed"].extend(
+            asyncio.run(_run_target(target, self.images, self.concurrencies, self.duration_s, protocols))
         )
 
+
+def _gateway_targets(run: _Run, workers: int, meta_dims: tuple[int, ...]) -> None:
+    """The gateway: closed loop, open loop at half its peak, its batch sizes and its answers checked."""
     http, grpc_port = free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{http}"
     with running(
-        gateway_cmd(repository, http, grpc_port, threads, workers=workers),
+        gateway_cmd(run.repository, http, grpc_port, run.threads, workers=workers),
         f"{gateway_url}/v2/health/ready",
-        log_path=workdir / "gateway.log",
+        log_path=run.workdir / "gateway.log",
     ):
-        target = Target("gateway", gateway_url, f"127.0.0.1:{grpc_port}", model)
-        bench(target)
-        best = max(
-            (r for r in results["closed"] if r["target"] == "gateway"), key=lambda r: r["throughput_rps"]
-        )
-        rate = best["throughput_rps"] / 2
-        progress(f"gateway open loop over {best['protocol']} at half of its peak ({rate:.0f} req/s)")
-        results["open"].append(asyncio.run(_open_loop(target, images, best["protocol"], rate, duration_s)))
-        results["batch_histogram"] = batch_histogram(f"{gateway_url}/metrics", model)
-        progress("gateway answers against ONNX Runtime called directly (alone and at c=64)")
+        target = Target("gateway", gateway_url, f"127.0.0.1:{grpc_port}", run.model)
+        run.bench(target)
+        _open_loop_at_half_peak(run, target)
+        run.results["batch_histogram"] = batch_histogram(f"{gateway_url}/metrics", run.model)
+        run.progress("gateway answers against ONNX Runtime called directly (alone and at c=64)")
         try:
-            results["identity"] = classify_identity.check(
-                f"127.0.0.1:{grpc_port}", repository, model, meta_dims
+            run.results["identity"] = classify_identity.check(
+                f"127.0.0.1:{grpc_port}", run.repository, run.model, meta_dims
             )
         except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
-            results["errors"]["identity"] = str(exc)
+            run.results["errors"]["identity"] = str(exc)
 
+
+def _open_loop_at_half_peak(run: _Run, target: Target) -> None:
+    """``target`` in open loop at half its best closed-loop throughput, over that row's protocol."""
+    best = max(
+        (r for r in run.results["closed"] if r["target"] == "gateway"), key=lambda r: r["throughput_rps"]
+    )
+    rate = best["throughput_rps"] / 2
+    run.progress(f"gateway open loop over {best['protocol']} at half of its peak ({rate:.0f} req/s)")
+    run.results["open"].append(
+        asyncio.run(_open_loop(target, run.images, best["protocol"], rate, run.duration_s))
+    )
+
+
+def _triton_targets(run: _Run) -> None:
+    """Triton directly, then the gateway forwarding to it; Triton missing or failing is reported."""
     try:
         from serving.triton import TritonServer, find_triton
 
         if find_triton() is None:
             raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
-        with TritonServer(repository, workdir / "triton", threads=threads) as triton:
-            bench(Target("triton", f"http://{triton.http_url}", triton.grpc_url, model))
+        with TritonServer(run.repository, run.workdir / "triton", threads=run.threads) as triton:
+            run.bench(Target("triton", f"http://{triton.http_url}", triton.grpc_url, run.model))
             http2, grpc2 = free_port(), free_port()
             url2 = f"http://127.0.0.1:{http2}"
-            cmd = gateway_cmd(repository, http2, grpc2, threads, triton_url=triton.grpc_url)
-            with running(cmd, f"{url2}/v2/health/ready", log_path=workdir / "gateway-triton.log"):
-                bench(Target("gateway->triton", url2, f"127.0.0.1:{grpc2}", model))
+            cmd = gateway_cmd(run.repository, http2, grpc2, run.threads, triton_url=triton.grpc_url)
+            with running(cmd, f"{url2}/v2/health/ready", log_path=run.workdir / "gateway-triton.log"):
+                run.bench(Target("gateway->triton", url2, f"127.0.0.1:{grpc2}", run.model))
     except Exception as exc:  # noqa: BLE001 - Triton missing or failing is reported, not fatal
-        results["errors"]["triton"] = str(exc)
-        progress(f"triton skipped: {exc}")
+        run.results["errors"]["triton"] = str(exc)
+        run.progress(f"triton skipped: {exc}")
 
+
+def _naive_target(run: _Run, checkpoint: Path) -> None:
+    """The naive FastAPI + PyTorch baseline (bench.naive) on ``checkpoint``, over HTTP."""
     port = free_port()
     naive_cmd = [
         sys.executable,
@@ -219,11 +257,10 @@ def run_servers(
         "--port",
         str(port),
         "--threads",
-        str(threads),
+        str(run.threads),
     ]
-    with running(naive_cmd, f"http://127.0.0.1:{port}/ready", log_path=workdir / "naive.log"):
-        bench(Target("naive", f"http://127.0.0.1:{port}", None, model), protocols=("http",))
-    return results
+    with running(naive_cmd, f"http://127.0.0.1:{port}/ready", log_path=run.workdir / "naive.log"):
+        run.bench(Target("naive", f"http://127.0.0.1:{port}", None, run.model), protocols=("http",))
 
 
 def _input_dims(repository: Path, model: str) -> tuple[int, ...]:

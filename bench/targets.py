@@ -1,7 +1,7 @@
 """The issue's targets table: each target with the value a bench run measured for it and whether it is met.
 
 The classification targets are read off the run's engine, server and perf_analyzer rows here; the
-translation targets come already made from :mod:`bench.translation`.
+translation targets come already made from :mod:`bench.translation` (:mod:`bench.translation_targets`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,136 +87,206 @@ def _paired_rows(
     beam: int,
     pytorch: PyTorchProcesses | None,
 ) -> list[dict[str, Any]]:
+    """:func:`paired_rows` with the PyTorch reference's processes (where they run) already started."""
     translator = _ctranslate2(w, out, inter_threads=2)
     sources = translator.source_tokens(w.texts)
-    int8 = f"{w.model}_int8" if (Path(repository) / f"{w.model}_int8").is_dir() else None
-    entries = {gateway_engine("", workers): w.model}
-    if int8:
-        entries[gateway_engine("int8 entry", workers)] = int8
+    entries = _gateway_entries(repository, w.model, workers)
     passes = steady_rounds(len(w.texts), TARGET_CONCURRENCY)
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
-    references = [CT2_BEST] + ([pytorch.engine] if pytorch else [])
-    tokens: dict[str, list[float]] = {name: [] for name in (*entries, *references)}
-    last: dict[str, list[str]] = {}  # each engine's translations in its last round (read for agreement)
-
-    def ctranslate2() -> float:
-        answers, seconds = median_pass(
-            lambda: translator.translate_tokens(sources, beam_size=beam, max_length=MAX_LENGTH),
-            repeats=3,
-            warmup=False,
-        )
-        last[CT2_BEST] = [text for text, _ in answers]
-        return w.count(last[CT2_BEST]) / seconds
-
-    def reference(name: str) -> float:
-        if name == CT2_BEST:
-            return ctranslate2()
-        row = pytorch.row()
-        last[name] = row["hyps"]
-        return row["tokens_per_s"]
-
-    def gateway(name: str) -> float:
-        hyps, seconds, _ = run_client(
-            _gateway_run(url, entries[name], w.texts, beam, TARGET_CONCURRENCY, passes)
-        )
-        last[name] = hyps
-        return w.count(hyps) * passes / seconds
-
+    turns = _Turns(w, beam, translator, sources, pytorch, url, entries, passes)
     with running(
         gateway_cmd(repository, http, grpc, threads, workers=workers),
         f"{url}/v2/health/ready",
         log_path=out / "logs" / f"gateway-paired-{w.model}.log",
     ):
-        for name in entries:  # warm-up: every worker's sessions and buffers at the load measured
-            gateway(name)
-        ctranslate2()
-        for r in range(rounds):
-            order = [*entries, *references] if r % 2 == 0 else [*references, *entries]  # who goes first
-            for name in order:
-                tokens[name].append(reference(name) if name in references else gateway(name))
-            log.info(
-                "paired round %d: %s",
-                r + 1,
-                ", ".join(f"{n} {v[-1]:.0f} tokens/s" for n, v in tokens.items()),
+        tokens = _alternate_throughput(turns, rounds)
+    return _throughput_rows(turns, tokens)
+
+
+def _gateway_entries(repository: Path, model: str, workers: int) -> dict[str, str]:
+    """The gateway's engines measured (row name -> repository entry): ``model``, and its int8 entry
+    where export wrote one."""
+    int8 = f"{model}_int8" if (Path(repository) / f"{model}_int8").is_dir() else None
+    entries = {gateway_engine("", workers): model}
+    if int8:
+        entries[gateway_engine("int8 entry", workers)] = int8
+    return entries
+
+
+@dataclass
+class _Turns:
+    """Each engine's turn in a throughput round: its tokens/s, its translations kept in ``last`` (each
+    engine's last round, read for agreement)."""
+
+    w: Workload
+    beam: int
+    translator: Any  # CTranslate2 at its best layout
+    sources: Any  # its tokens of ``w.texts``
+    pytorch: PyTorchProcesses | None
+    url: str  # the gateway's
+    entries: dict[str, str]  # the gateway's engines: row name -> repository entry
+    passes: int  # of the sentences through the gateway in one turn
+    last: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def references(self) -> list[str]:
+        """What the gateway is compared against: CTranslate2's best layout, then the PyTorch reference."""
+        return [CT2_BEST] + ([self.pytorch.engine] if self.pytorch else [])
+
+    def ctranslate2(self) -> float:
+        """CTranslate2's tokens/s: the median of three passes over the sentences, all at once."""
+        answers, seconds = median_pass(
+            lambda: self.translator.translate_tokens(
+                self.sources, beam_size=self.beam, max_length=MAX_LENGTH
+            ),
+            repeats=3,
+            warmup=False,
+        )
+        self.last[CT2_BEST] = [text for text, _ in answers]
+        return self.w.count(self.last[CT2_BEST]) / seconds
+
+    def reference(self, name: str) -> float:
+        """The tokens/s of reference ``name``: CTranslate2 or the PyTorch reference's processes."""
+        if name == CT2_BEST:
+            return self.ctranslate2()
+        row = self.pytorch.row()
+        self.last[name] = row["hyps"]
+        return row["tokens_per_s"]
+
+    def gateway(self, name: str) -> float:
+        """The tokens/s of the gateway's engine ``name``: ``passes`` passes over the sentences at c=32."""
+        hyps, seconds, _ = run_client(
+            _gateway_run(
+                self.url, self.entries[name], self.w.texts, self.beam, TARGET_CONCURRENCY, self.passes
             )
+        )
+        self.last[name] = hyps
+        return self.w.count(hyps) * self.passes / seconds
+
+
+def _alternate_throughput(turns: _Turns, rounds: int) -> dict[str, list[float]]:
+    """Every engine's tokens/s in each of ``rounds`` rounds (the gateway's engines, then the references),
+    after a warm-up; who goes first alternates round by round."""
+    entries, references = list(turns.entries), turns.references
+    tokens: dict[str, list[float]] = {name: [] for name in (*entries, *references)}
+    for name in entries:  # warm-up: every worker's sessions and buffers at the load measured
+        turns.gateway(name)
+    turns.ctranslate2()
+    for r in range(rounds):
+        order = [*entries, *references] if r % 2 == 0 else [*references, *entries]  # who goes first
+        for name in order:
+            tokens[name].append(turns.reference(name) if name in references else turns.gateway(name))
+        log.info(
+            "paired round %d: %s",
+            r + 1,
+            ", ".join(f"{n} {v[-1]:.0f} tokens/s" for n, v in tokens.items()),
+        )
+    return tokens
+
+
+def _throughput_rows(turns: _Turns, tokens: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """One row per engine from its rounds' tokens/s; the gateway's with their ratios to CTranslate2's
+    rounds and (``versus``) to the PyTorch reference's."""
     rows = []
     for name, values in tokens.items():
-        row = {
-            "engine": name + PAIRED,
-            "beam": beam,
-            "concurrency": TARGET_CONCURRENCY,
-            "sentences": len(w.texts),
-            "tokens_per_s": statistics.median(values),
-            "rounds": values,
-            "hyps": last[name],
-        }
-        if name in entries:
-            row["ratios"] = [ours / theirs for ours, theirs in zip(values, tokens[CT2_BEST], strict=True)]
-            row["paired_ratio"], row["against"] = statistics.median(row["ratios"]), CT2_BEST
-            row["versus"] = {}
-            for other in references[1:]:
-                ratios = [ours / theirs for ours, theirs in zip(values, tokens[other], strict=True)]
-                row["versus"][other] = {"ratios": ratios, "paired_ratio": statistics.median(ratios)}
+        row = _row(
+            name, turns.beam, TARGET_CONCURRENCY, len(turns.w.texts), "tokens_per_s", values, turns.last[name]
+        )
+        if name in turns.entries:
+            row.update(_against(values, tokens, CT2_BEST))
+            row["versus"] = {other: _ratios(values, tokens[other]) for other in turns.references[1:]}
         rows.append(row)
     return rows
+
+
+def _row(
+    name: str, beam: int, concurrency: int, sentences: int, key: str, values: list[float], hyps: list[str]
+) -> dict[str, Any]:
+    """An engine's paired row: the median of its rounds' ``key`` (each round's in ``rounds``)."""
+    return {
+        "engine": name + PAIRED,
+        "beam": beam,
+        "concurrency": concurrency,
+        "sentences": sentences,
+        key: statistics.median(values),
+        "rounds": values,
+        "hyps": hyps,
+    }
+
+
+def _ratios(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    """Each round's ratio of ``ours`` to ``theirs`` (``ratios``) and their median (``paired_ratio``)."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return {"ratios": ratios, "paired_ratio": statistics.median(ratios)}
+
+
+def _against(values: list[float], measured: dict[str, list[float]], engine: str) -> dict[str, Any]:
+    """:func:`_ratios` to ``engine``'s rounds, naming it (``against``): what the targets read."""
+    return {**_ratios(values, measured[engine]), "against": engine}
 
 
 def paired_latency_rows(repository: Path, w: Workload, out: Path, rounds: int) -> list[dict[str, Any]]:
     """Batch-1 latency paired: per round, Kiln's in-process translator and CTranslate2 at one thread each
     translate the first 32 sentences one at a time (beam 4); rows with each round's p50 (ms) and their
     median, Kiln's with each round's ratio of p50s (``ratios``) and its median (``paired_ratio``)."""
-    from bench.translation_engines import _requests, kiln_translator
+    from bench.translation_engines import kiln_translator
 
     texts = w.texts[:LATENCY_SENTENCES]
     ct2 = _ctranslate2(w, out, inter_threads=1)
     translator, _ = kiln_translator(repository, w.model)
-    p50: dict[str, list[float]] = {KILN_ONE: [], CT2_ONE: []}
     last: dict[str, list[str]] = {}
-
-    def ctranslate2() -> float:
-        latencies, last[CT2_ONE] = [], []
-        for text in texts:
-            start = time.perf_counter()
-            last[CT2_ONE].append(ct2.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
-            latencies.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(latencies)
-
-    async def kiln() -> float:
-        hyps, _, latencies = await _requests(translator, texts, 4, 1)
-        last[KILN_ONE] = hyps
-        return 1e3 * statistics.median(latencies)
-
-    async def alternate() -> None:
-        await translator.start()
-        try:
-            await kiln()  # warm-up, as each engine's rows are
-            ctranslate2()
-            for r in range(rounds):
-                for name in (KILN_ONE, CT2_ONE) if r % 2 == 0 else (CT2_ONE, KILN_ONE):
-                    p50[name].append(await kiln() if name == KILN_ONE else ctranslate2())
-                log.info(
-                    "paired batch-1 round %d: %s",
-                    r + 1,
-                    ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in p50.items()),
-                )
-        finally:
-            await translator.stop()
-
-    asyncio.run(alternate())
+    p50 = asyncio.run(_alternate_latency(translator, ct2, texts, rounds, last))
     rows = []
     for name, values in p50.items():
-        row = {
-            "engine": name + PAIRED,
-            "beam": 4,
-            "concurrency": 1,
-            "sentences": len(texts),
-            "p50_ms": statistics.median(values),
-            "rounds": values,
-            "hyps": last[name],
-        }
+        row = _row(name, 4, 1, len(texts), "p50_ms", values, last[name])
         if name == KILN_ONE:
-            row["ratios"] = [ours / theirs for ours, theirs in zip(values, p50[CT2_ONE], strict=True)]
-            row["paired_ratio"], row["against"] = statistics.median(row["ratios"]), CT2_ONE
+            row.update(_against(values, p50, CT2_ONE))
         rows.append(row)
     return rows
+
+
+def _ct2_p50(ct2: Any, texts: list[str], last: dict[str, list[str]]) -> float:
+    """CTranslate2's p50 (ms) over ``texts`` translated one at a time, beam 4."""
+    latencies, last[CT2_ONE] = [], []
+    for text in texts:
+        start = time.perf_counter()
+        last[CT2_ONE].append(ct2.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+        latencies.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(latencies)
+
+
+async def _kiln_p50(translator: Any, texts: list[str], last: dict[str, list[str]]) -> float:
+    """Kiln's in-process translator's p50 (ms) over ``texts`` sent one at a time, beam 4."""
+    from bench.translation_engines import _requests
+
+    hyps, _, latencies = await _requests(translator, texts, 4, 1)
+    last[KILN_ONE] = hyps
+    return 1e3 * statistics.median(latencies)
+
+
+async def _alternate_latency(
+    translator: Any, ct2: Any, texts: list[str], rounds: int, last: dict[str, list[str]]
+) -> dict[str, list[float]]:
+    """Each engine's p50 (ms) in each of ``rounds`` rounds, after a warm-up; who goes first alternates.
+    Each engine's translations of its last round are kept in ``last``."""
+    p50: dict[str, list[float]] = {KILN_ONE: [], CT2_ONE: []}
+    await translator.start()
+    try:
+        await _kiln_p50(translator, texts, last)  # warm-up, as each engine's rows are
+        _ct2_p50(ct2, texts, last)
+        for r in range(rounds):
+            for name in (KILN_ONE, CT2_ONE) if r % 2 == 0 else (CT2_ONE, KILN_ONE):
+                p50[name].append(
+                    await _kiln_p50(translator, texts, last)
+                    if name == KILN_ONE
+                    else _ct2_p50(ct2, texts, last)
+                )
+            log.info(
+                "paired batch-1 round %d: %s",
+                r + 1,
+                ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in p50.items()),
+            )
+    finally:
+        await translator.stop()
+    return p50

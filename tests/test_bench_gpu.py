@@ -228,7 +228,7 @@ def test_the_gpu_serving_summary_compares_the_best_layout_of_each_device_and_the
 
 def test_the_direct_run_on_the_gateway_mix_counts_only_the_real_rows_of_its_padded_batches(tmp_path):
     """On this machine the sessions fall back to the CPU provider; the logic is the same on CUDA."""
-    from bench import gpu_serving
+    from bench import gpu_direct
     from tests.repo_fixtures import build_classifier_repository
 
     repo = build_classifier_repository(tmp_path / "repo")
@@ -239,7 +239,7 @@ def test_the_direct_run_on_the_gateway_mix_counts_only_the_real_rows_of_its_padd
 
     on_cpu = "CUDAExecutionProvider" not in ort.get_available_providers()  # ONNX Runtime says it falls back
     with pytest.warns(UserWarning, match="CUDAExecutionProvider") if on_cpu else contextlib.nullcontext():
-        result = gpu_serving.direct_on_mix(repo / "lenet" / "1" / "model.onnx", mix, parallel=2, budget_s=0.2)
+        result = gpu_direct.direct_on_mix(repo / "lenet" / "1" / "model.onnx", mix, parallel=2, budget_s=0.2)
     assert (result["parallel"], result["fill"]) == (2, 0.8)
     assert result["throughput_ips"] > 0
 

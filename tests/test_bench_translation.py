@@ -60,8 +60,8 @@ def test_ctranslate2_model_scores_like_the_pytorch_transformer(tmp_path):
 
 
 def test_translation_targets_use_the_gateway_layout_that_measured_best_and_name_it():
-    from bench.translation import acceptance
     from bench.translation_gateway import gateway_engine
+    from bench.translation_targets import acceptance
 
     def row(engine: str, tokens_per_s: float, concurrency: int = 32, **extra) -> dict:
         return {
@@ -97,9 +97,9 @@ def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they
     """The separate rows of one run are minutes apart on a machine whose speed drifts; where the paired
     alternation ran (bench.translation_paired), the gateway's ratios to CTranslate2's best layout are
     the median of its per-round ratios, and the note gives the separate rows' ratio beside it."""
-    from bench.translation import acceptance
     from bench.translation_gateway import gateway_engine
     from bench.translation_paired import CT2_BEST, PAIRED
+    from bench.translation_targets import acceptance
 
     gateway = gateway_engine("", 2)
     rows = [
@@ -161,9 +161,9 @@ def test_the_ctranslate2_targets_read_the_median_of_the_paired_rounds_where_they
 def test_the_targets_take_the_layout_whose_paired_rounds_read_faster_than_the_others_single_row():
     """A layout whose paired rounds ran is judged by their median tokens/s, not by its one separate
     row: a slow spell during that row must not hand the targets a layout the rounds did not measure."""
-    from bench.translation import best_gateway
     from bench.translation_gateway import gateway_engine
     from bench.translation_paired import CT2_BEST, PAIRED
+    from bench.translation_targets import best_gateway
 
     one, two = gateway_engine("", 1), gateway_engine("", 2)
     rows = [
@@ -595,8 +595,8 @@ def test_the_workloads_arithmetic_counts_the_rows_the_search_ran(tiny_translator
 
 
 def test_the_pytorch_targets_note_says_what_share_of_the_arithmetic_its_goal_takes():
-    from bench.translation import GOAL_4X, acceptance, arithmetic_rows
     from bench.translation_gateway import gateway_engine
+    from bench.translation_targets import GOAL_4X, acceptance, arithmetic_rows
     from bench.translation_work import share_lines
 
     rows = [
