@@ -105,10 +105,9 @@ async def _guarded(send: Send) -> bool:
         return False
 
 
-def kserve_http_sender(
-    client: Any, url: str, model: str, images: np.ndarray, input_name: str = "images"
-) -> Send:
-    """KServe v2 HTTP infer with binary input and output tensors, body encoded once."""
+def kserve_binary_body(images: np.ndarray, input_name: str = "images") -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 HTTP infer body for ``images`` (UINT8) with the binary tensor extension both ways
+    (``probabilities`` asked for as binary), and the headers that say where its JSON header ends."""
     header = {
         "inputs": [
             {
@@ -121,8 +120,15 @@ def kserve_http_sender(
         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
     }
     head = json.dumps(header).encode()
-    body = head + images.tobytes()
     headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    return head + images.tobytes(), headers
+
+
+def kserve_http_sender(
+    client: Any, url: str, model: str, images: np.ndarray, input_name: str = "images"
+) -> Send:
+    """KServe v2 HTTP infer with binary input and output tensors, body encoded once."""
+    body, headers = kserve_binary_body(images, input_name)
     endpoint = f"{url}/v2/models/{model}/infer"
 
     async def send() -> bool:

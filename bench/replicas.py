@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.balancer import Balancer, Upstream, server_stats
+from bench.load import kserve_binary_body
 from bench.servers import gateway_cmd
 from kiln.processes import running
 from serving.triton.server import held_port
@@ -97,26 +98,8 @@ def http_classifier(session: Any, url: str, model: str, input_name: str, images:
     """KServe v2 HTTP infer, binary tensors both ways: image ``i`` in, its probabilities out."""
 
     async def ask(i: int) -> np.ndarray:
-        image = images[i : i + 1]
-        header = {
-            "inputs": [
-                {
-                    "name": input_name,
-                    "shape": list(image.shape),
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": image.nbytes},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-        head = json.dumps(header).encode()
-        headers = {
-            "Inference-Header-Content-Length": str(len(head)),
-            "Content-Type": "application/octet-stream",
-        }
-        async with session.post(
-            f"{url}/v2/models/{model}/infer", data=head + image.tobytes(), headers=headers
-        ) as r:
+        body, headers = kserve_binary_body(images[i : i + 1], input_name)
+        async with session.post(f"{url}/v2/models/{model}/infer", data=body, headers=headers) as r:
             raw = await r.read()
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}: {raw[:200]!r}")
