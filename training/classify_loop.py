@@ -99,6 +99,34 @@ def load_matching_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> 
     return sorted(set(own) - set(matched))
 
 
+def _model(config: TrainConfig, train_ds: Any, resume: dict | None) -> tuple[str, dict, nn.Module]:
+    """The model's registry name, its arguments and the module: the resumed run's, with its weights,
+    or a fresh (or finetuned) classifier for ``train_ds``, seeded alike on every rank."""
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    if resume:
+        name, args = resume["model_name"], resume["model_args"]
+        module = build_model(name, **args)
+        module.load_state_dict(resume["model"])
+        return name, args, module
+    return build_classifier(config, len(train_ds.classes), train_ds.channels)
+
+
+def _optimizer(config: TrainConfig, d: Dist, module: nn.Module, train_ds: Any) -> tuple[Any, Any]:
+    """The optimizer and its learning-rate schedule, whose warm-up and length count this rank's steps."""
+    shard = train_batches(
+        train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
+    )
+    steps = len(shard)
+    optimizer = build_optimizer(module, config.optimizer, config.lr, config.weight_decay)
+    scheduler = build_scheduler(
+        optimizer,
+        schedule=config.schedule,
+        warmup_steps=round(config.warmup_epochs * steps),
+        total_steps=steps * config.epochs,
+    )
+    return optimizer, scheduler
+
+
 def prepare(config: TrainConfig, d: Dist) -> Run:
     """Data, model, optimizer, schedule and augmentation for a fresh, finetuned or resumed run."""
     resume = load_resume(config.resume) if config.resume else None
@@ -118,26 +146,10 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     )
     train_ds, val_ds = make_splits(spec)
     mean, std = channel_stats(train_ds.images)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    if resume:
-        name, args = resume["model_name"], resume["model_args"]
-        module = build_model(name, **args)
-        module.load_state_dict(resume["model"])
-    else:
-        name, args, module = build_classifier(config, len(train_ds.classes), train_ds.channels)
+    name, args, module = _model(config, train_ds, resume)
     module.to(d.device)
     model = wrap_ddp(module, d)
-    shard = train_batches(
-        train_ds, config.batch_size, epoch=0, seed=config.seed, rank=d.rank, world_size=d.world_size
-    )
-    steps = len(shard)
-    optimizer = build_optimizer(module, config.optimizer, config.lr, config.weight_decay)
-    scheduler = build_scheduler(
-        optimizer,
-        schedule=config.schedule,
-        warmup_steps=round(config.warmup_epochs * steps),
-        total_steps=steps * config.epochs,
-    )
+    optimizer, scheduler = _optimizer(config, d, module, train_ds)
     use_amp = config.amp and d.device.type == "cuda"
     if config.amp and not use_amp:
         log.warning("--amp is ignored on CPU: mixed precision needs CUDA; training in float32")
