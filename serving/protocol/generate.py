@@ -71,7 +71,7 @@ STREAM_EVENT = {  # OpenAPI 3.1: the schema of one Server-Sent Event, its data t
         "event": {"type": "string"},
     },
 }
-GENERATE_ERRORS = errors(400, 404, 413, 415, *OVERLOAD)
+GENERATE_ERRORS = errors(400, 404, 413, 415, 422, *OVERLOAD)  # 422: options a model refuses (beam_size)
 
 
 def generate_request(body: Any, meta: ModelMetadata, version: str) -> InferRequest:

@@ -22,7 +22,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from serving.protocol.http1_heads import MAX_HEAD_BYTES, READ_TIMEOUT_S, HeadLimits
 from serving.protocol.http1_writes import CoalescedWrites
 from serving.protocol.lean import LeanRoutes
-from serving.protocol.limits import BODY_HOLD, BodyHold
+from serving.protocol.limits import BODY_HOLD, BodyHold, stated_size
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 
@@ -166,7 +166,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 return None
-        if length is None or not length.isdigit() or int(length) > routes.limited.max_bytes:
+        size = None if length is None else stated_size(length)
+        if size is None or size > routes.limited.max_bytes:
             return None  # uvicorn's path answers these (411-free bodies, 413)
         url = httptools.parse_url(self.url)
         scope = self.scope
@@ -183,7 +184,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         budget, hold = routes.limited.budget, None
         if budget is not None:
             hold = BodyHold(budget)
-            if not hold.hold(int(length)):
+            if not hold.hold(size):
                 return None  # uvicorn's path answers it (503) through the same budget
             scope[BODY_HOLD] = hold
         scope["kiln.lean_route"], scope["path_params"] = target

@@ -28,7 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from serving.protocol.v2_codec import ParsedInfer, is_ascii_digits, parse_infer
+from serving.protocol.limits import stated_size
+from serving.protocol.v2_codec import ParsedInfer, parse_infer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +84,5 @@ class JsonOffload:
 def _json_bytes(body: bytes, header_length: str | None) -> int:
     """The length of the body's JSON part (the whole body without the binary extension's header; a
     malformed header length counts the whole body, and ``parse_infer`` names the error)."""
-    if header_length is not None and is_ascii_digits(header_length.strip()):
-        return min(int(header_length), len(body))
-    return len(body)
+    size = None if header_length is None else stated_size(header_length.strip())
+    return len(body) if size is None else min(size, len(body))

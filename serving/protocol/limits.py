@@ -271,6 +271,22 @@ def held_from_a_thread(hold: Callable[[int], bool]) -> Callable[[int], bool]:
     return grow
 
 
+SIZE_DIGITS = 19  # significant digits a stated size is read to: 10**19 bytes is more than any body
+
+
+def stated_size(value: bytes | str) -> int | None:
+    """The size a header states (Content-Length, Inference-Header-Content-Length): the number its ASCII
+    digits spell with any count of leading zeros (RFC 9110's ``1*DIGIT``), past ``SIZE_DIGITS``
+    significant digits ``10**SIZE_DIGITS`` (larger than any body, so never needed exactly); None where
+    it is not digits. ``int`` alone refuses a string of over 4 300 digits (a ValueError: a 500)."""
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes '²', which int refuses
+        return None
+    if len(value) <= SIZE_DIGITS:
+        return int(value)
+    significant = value.lstrip(b"0" if isinstance(value, bytes) else "0")
+    return int(significant or 0) if len(significant) <= SIZE_DIGITS else 10**SIZE_DIGITS
+
+
 def parse_json(raw: bytes, what: str) -> Any:
     """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
     deep to parse are a 400.
@@ -323,7 +339,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
+        declared = stated_size(length) if length is not None else None
         if declared is not None and declared > self.max_bytes:
             await self._too_large(scope, send)
             return

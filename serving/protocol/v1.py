@@ -157,7 +157,8 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
     """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``), either
     compressed as KServe v2 infer bodies may be (a plain form is parsed as it arrives)."""
     max_images = settings.max_images
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    # media types are case-insensitive (RFC 9110 8.3.1), as Starlette's form parser reads them
+    if request.headers.get("content-type", "").lstrip().lower().startswith("multipart/form-data"):
         if request.headers.get("content-encoding") is not None:
             body = await request_body(request, settings.max_body_bytes)
             request = Request(request.scope, _whole(body))  # the form parsed from what it inflated to

@@ -46,17 +46,34 @@ async def server_metadata() -> dict[str, Any]:
 LOOKUP_ERRORS = errors(400, 404)  # a version that is not digits; an unknown model or version
 
 
+INDEX_BODY = {  # optional, as Triton reads it: ``ready`` a JSON boolean (Triton refuses anything else)
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"ready": {"type": "boolean", "default": False}}}
+            }
+        },
+    }
+}
+
+
 @router.post(
-    "/repository/index", summary="Every model and version with its state (Triton's repository index)"
+    "/repository/index",
+    summary="Every model and version with its state (Triton's repository index)",
+    responses=errors(400),
+    openapi_extra=INDEX_BODY,
 )
 async def model_repository_index(request: Request, backend: BackendDep) -> list[dict[str, Any]]:
     body = await request.body()
     try:
-        ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+        ready = json.loads(body).get("ready", False) if body.strip() else False
     except (ValueError, AttributeError):
         raise BadRequest(
             'the repository index takes an empty body or a JSON object such as {"ready": true}'
         ) from None
+    if not isinstance(ready, bool):  # "false" was read as true: every ready model, not every model
+        raise BadRequest(f"the repository index's 'ready' must be true or false, got {repr(ready)[:40]}")
     return await repository_index(backend, ready)
 
 

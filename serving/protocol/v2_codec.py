@@ -16,7 +16,7 @@ import numpy as np
 from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
-from serving.protocol.limits import parse_json
+from serving.protocol.limits import parse_json, stated_size
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -130,20 +130,17 @@ def check_requested_output(name: str, parameters: Any, earlier: list[str]) -> No
         )
 
 
-def is_ascii_digits(text: str) -> bool:
-    """All ASCII digits (``str.isdigit`` also takes '²', which ``int`` refuses)."""
-    return text.isascii() and text.isdigit()
-
-
 def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     if header_length is None:
         size = len(body)
     else:
-        if not is_ascii_digits(header_length.strip()):
-            raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
-        size = int(header_length)
+        stated = header_length.strip()
+        size = stated_size(stated)  # None: not digits
+        if size is None:
+            raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}")
         if size == 0 or size > len(body):
-            raise BadRequest(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
+            shown = stated if len(stated) <= 40 else f"{stated[:40]}... ({len(stated)} digits)"
+            raise BadRequest(f"{HEADER_LENGTH} is {shown} but the body has {len(body)} bytes")
     header = parse_json(body[:size] if size < len(body) else body, "infer request header")
     return header, memoryview(body)[size:]  # binary tensors stay views into the body
 
@@ -161,7 +158,11 @@ def _parse_input(raw: Any, tail: memoryview, offset: int) -> tuple[str, np.ndarr
         if "data" not in raw:
             raise BadRequest(f"input {name!r}: needs 'data' or a 'binary_data_size' parameter")
         return name, from_json_data(raw["data"], datatype, shape, tensor=name), offset
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(tail):
+    if type(size) is not int or size < 0:  # (a bool is no size either)
+        raise BadRequest(
+            f"input {name!r}: binary_data_size must be a non-negative integer, got {repr(size)[:40]}"
+        )
+    if offset + size > len(tail):
         raise BadRequest(
             f"input {name!r}: binary_data_size {size!r} does not fit the {len(tail)} bytes of binary data"
         )
@@ -191,8 +192,12 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
 
 def _timeout(params: dict) -> float | None:
     timeout = params.get("timeout")
-    if timeout is None:
-        return None
+    return None if timeout is None else timeout_seconds(timeout)
+
+
+def timeout_seconds(timeout: object) -> float:
+    """A request's ``timeout`` parameter (Triton's: an integer of microseconds) in seconds, over HTTP
+    and gRPC alike; anything but a positive integer up to ``MAX_TIMEOUT_US`` is refused, naming it."""
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT_US:
         raise BadRequest(
             f"parameter 'timeout' must be a positive number of microseconds up to {MAX_TIMEOUT_US}, "
