@@ -234,7 +234,7 @@ def trailers_block(code: int, details: str, trailing: tuple[tuple[str, str], ...
         return _OK_TRAILERS
     parts = [w.literal(b"grpc-status", str(code).encode())]
     if details:
-        parts.append(w.literal(b"grpc-message", w.percent_encode(details[:4096])))
+        parts.append(w.literal(b"grpc-message", w.percent_encode(w.bounded_message(details))))
     parts.extend(w.literal(key.lower().encode(), str(value).encode()) for key, value in trailing)
     return b"".join(parts)
 

@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2
 from serving.errors import BadRequest
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import tensors
-from serving.protocol.v2_codec import check_requested_output
+from serving.protocol.v2_codec import check_requested_output, timeout_seconds
 
 LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
 
@@ -79,6 +79,11 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
     if field is None:
         numpy_dtype(tensor.datatype, tensor=tensor.name)  # raises for unknown datatypes
         raise BadRequest(f"tensor {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents")
+    others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+    if others:  # values of another type are not this datatype's (Triton refuses them too)
+        raise BadRequest(
+            f"tensor {tensor.name!r}: {tensor.datatype} values go in contents.{field}, got {', '.join(others)}"
+        )
     return tensors.from_contents(getattr(tensor.contents, field), tensor.datatype, shape, tensor=tensor.name)
 
 
@@ -133,11 +138,14 @@ def request_parameters(parameters: Any) -> dict[str, Any]:
 
 def request_timeout(request: service_pb2.ModelInferRequest) -> float | None:
     """The request's own ``timeout`` parameter (Triton's, microseconds) in seconds; None when not given.
-    Kept apart from the gRPC deadline: only this one may shorten a model's queue timeout."""
+    Kept apart from the gRPC deadline: only this one may shorten a model's queue timeout. Refused
+    unless a positive integer, as HTTP refuses it (a string, a double or a negative one was ignored,
+    the request then queued without the limit its client asked for; Triton refuses those too)."""
     if "timeout" not in request.parameters:
         return None
-    micros = request.parameters["timeout"].int64_param or request.parameters["timeout"].uint64_param
-    return micros / 1e6 if micros > 0 else None
+    value = request.parameters["timeout"]
+    kind = value.WhichOneof("parameter_choice")  # a double, string or bool value is refused as such
+    return timeout_seconds(getattr(value, kind) if kind is not None else None)
 
 
 def call_deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -22,6 +22,7 @@ from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.repository import parse_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_codec
+from serving.protocol.h2_wire import bounded_message
 from serving.protocol.repository_index import repository_index
 from serving.protocol.statistics import model_statistics
 from serving.protocol.v2_codec import (
@@ -59,7 +60,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
     code = STATUS_TO_CODE.get(error.status, grpc.StatusCode.INTERNAL)
     if error.retry_after is not None:
         context.set_trailing_metadata((("retry-after", f"{error.retry_after:g}"),))
-    await context.abort(code, error.message)
+    await context.abort(code, bounded_message(error.message))  # a message echoing client text may be long
 
 
 # The service's unary methods the gateway does not serve, each with what to do instead (v2_codec).
@@ -243,11 +244,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
-        a request-level parameter named ``classification`` is the model's, as Triton hands it on."""
+        a request-level parameter named ``classification`` is the model's, as Triton hands it on. An
+        unknown model or version is NOT_FOUND before its tensors are decoded, as HTTP answers 404 (it
+        was a tensor's INVALID_ARGUMENT, after decoding up to 64 MiB for nothing)."""
+        version = parse_version(request.model_version)
+        self.backend.metadata(request.model_name, version)  # unknown: NOT_FOUND, no metric label
         parameters = model_parameters(grpc_codec.request_parameters(request.parameters))
         infer_request = InferRequest(
             model=request.model_name,
-            version=parse_version(request.model_version),
+            version=version,
             inputs=await grpc_codec.decoded_inputs(request),
             outputs=[out.name for out in request.outputs] or None,
             parameters=parameters,
@@ -260,7 +265,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         if self.metrics is None:
             return grpc_codec.encode_response(await self.backend.infer(infer_request), request)
-        self.backend.metadata(request.model_name, request.model_version)  # unknown: NOT_FOUND, no label
         return grpc_codec.encode_response(
             await observed_infer(self.backend, self.metrics, infer_request), request
         )

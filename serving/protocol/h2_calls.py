@@ -213,6 +213,9 @@ class Calls(ConnectionState):
                 pending = pending[size:]
                 self.send_window -= size
                 call.send_window -= size
+                if not pending and call.streaming and call.queued:  # a stream's next answers, joined once
+                    pending = memoryview(b"".join(call.queued))
+                    call.queued.clear()
             call.pending = pending
             if pending:
                 if call.send_window <= 0:

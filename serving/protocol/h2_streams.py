@@ -54,7 +54,7 @@ _ENDED = object()  # the client's half is over: the request iterator stops here
 class StreamCall(Call):
     """A streaming call: its messages in as they complete, its responses out as they are yielded."""
 
-    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent")
+    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent", "queued")
 
     streaming = True
 
@@ -65,6 +65,10 @@ class StreamCall(Call):
         self.unanswered: deque[int] = deque()  # the budget each message handed over holds till answered
         self.owed = 0  # answers yielded but still waiting for the client's window (their requests held)
         self.headers_sent = False
+        # answers behind ``pending`` (each kept whole: joining each to the bytes before it copied them
+        # all again, so N answers waiting for a client's window cost the loop N² bytes), joined once
+        # when ``pending`` has left (h2_calls.Calls._pump)
+        self.queued: deque[bytes] = deque()
         self.trailers = None  # set when the servicer is done: what _pump sends after the last message
 
     def feed(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:
@@ -215,7 +219,10 @@ class StreamCalls(ConnectionState):
             call.send_window -= size
             self._write(w.frame(w.DATA, 0, stream, message))
             return
-        call.pending = memoryview(bytes(call.pending) + message if call.pending else message)
+        if call.pending:  # behind what waits already (it waits in blocked or parked): queued whole
+            call.queued.append(message)
+            return
+        call.pending = memoryview(message)
         if stream not in self.blocked and stream not in self.parked:
             (self.blocked if call.send_window > 0 else self.parked)[stream] = call
         self._pump()

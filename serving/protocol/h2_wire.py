@@ -237,6 +237,26 @@ def parse_timeout(value: bytes) -> float | None:
     return int(digits) * unit
 
 
+MESSAGE_BYTES = 4096  # a grpc-message's most bytes once encoded: grpc clients refuse 8-16 KiB of headers
+
+
+def bounded_message(message: str, limit: int = MESSAGE_BYTES) -> str:
+    """``message`` cut (``...`` marking the cut) where its grpc-message encoding would pass ``limit``
+    bytes: a client past its header list limit drops the status and reports RESOURCE_EXHAUSTED
+    "received metadata size exceeds hard limit" instead (a message naming a model in 5 000 accented
+    letters encodes to 30 KB)."""
+    if len(message) * 12 <= limit:  # 4 UTF-8 bytes a character, 3 encoded bytes each
+        return message
+    size, cut = 0, 0
+    for at, char in enumerate(message):
+        size += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode(errors="replace"))
+        if size <= limit - 3:
+            cut = at + 1  # the longest start that leaves room for the "..."
+        elif size > limit:
+            return message[:cut] + "..."
+    return message
+
+
 def percent_encode(message: str) -> bytes:
     """``grpc-message``'s encoding: printable ASCII but '%' as is, every other byte as %XX."""
     out = bytearray()
