@@ -357,6 +357,17 @@ def test_unknown_models_and_non_translators_are_refused(gateway) -> None:
     assert _post(gateway, "transformer_encoder", {"texts": ["one"]}).status_code == 400
 
 
+def test_an_encoder_fed_a_source_of_no_tokens_is_a_400_naming_the_empty_input(gateway) -> None:
+    """ONNX Runtime fails such a run with a plain FAIL (not INVALID_ARGUMENT): the request's doing."""
+    url = f"http://{gateway.url}/v2/models/transformer_encoder/infer"
+    empty = {"inputs": [{"name": "src_ids", "datatype": "INT64", "shape": [1, 0], "data": []}]}
+    reply = httpx.post(url, json=empty, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert "'src_ids' of shape [1, 0]" in reply.json()["error"]
+    one = {"inputs": [{"name": "src_ids", "datatype": "INT64", "shape": [1, 2], "data": [5, 2]}]}
+    assert httpx.post(url, json=one, timeout=60).status_code == 200
+
+
 def test_a_translators_statistics_count_its_texts_decoder_steps_and_each_requests_wait_to_join(
     gateway,
 ) -> None:

@@ -220,8 +220,8 @@ class Translator:
         params = request.parameters or {}
         if request.classification:
             raise BadRequest(
-                f"model {self.name!r}: the classification extension needs a numeric output; "
-                f"{sorted(request.classification)} are BYTES (or not outputs)"
+                f"model {self.name!r}: the classification extension needs a class axis, which a "
+                f"translator's outputs do not have ({sorted(request.classification)} asked for)"
             )
         given = np.asarray(request.inputs["text"])
         if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it

@@ -93,6 +93,10 @@ class LoadedModel:
         except Exception as exc:
             if _refused_input(exc):  # validated inputs ONNX Runtime refuses for their values
                 raise BadRequest(f"model {self.entry.name!r}: ONNX Runtime refused the input: {exc}") from exc
+            if _onnxruntime_error(exc, "Fail") and (empty := _empty_inputs(inputs, self.batched)):
+                raise BadRequest(
+                    f"model {self.entry.name!r} cannot run on an empty dimension ({empty}): {exc}"
+                ) from exc
             raise
         finally:
             self.occupancy.leave()
@@ -152,8 +156,23 @@ def _refused_input(exc: Exception) -> bool:
     """ONNX Runtime's INVALID_ARGUMENT: names, dtypes and shapes are validated before a request is
     queued, so what is left is a value the graph refuses (a token id outside the vocabulary), the
     client's mistake: a 400, as Triton's onnxruntime backend answers it."""
+    return _onnxruntime_error(exc, "InvalidArgument")
+
+
+def _onnxruntime_error(exc: Exception, name: str) -> bool:
     kind = type(exc)
-    return kind.__name__ == "InvalidArgument" and kind.__module__.startswith("onnxruntime")
+    return kind.__name__ == name and kind.__module__.startswith("onnxruntime")
+
+
+def _empty_inputs(inputs: dict[str, np.ndarray], batched: bool) -> str:
+    """The inputs with a zero-length dimension after the batch axis, named with their shapes ("" if
+    none). A dynamic dimension may be 0 where the graph takes it (a decoder's cache before its first
+    step), so validation lets it through; where an operator cannot (an encoder over a source of no
+    tokens), ONNX Runtime fails with a plain FAIL, which is then the request's doing: a 400."""
+    skip = 1 if batched else 0
+    return ", ".join(
+        f"{name!r} of shape {list(array.shape)}" for name, array in inputs.items() if 0 in array.shape[skip:]
+    )
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
