@@ -151,8 +151,8 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="seconds a client may leave the gateway's answers unread once its connection's "
-        "buffers are full (none of them taken in that time: the connection is aborted), HTTP and gRPC; "
-        "nginx's send_timeout",
+        "buffers are full (none of them taken in that time: the connection is aborted), HTTP and gRPC, "
+        "or, over gRPC, grant no flow-control window to answers waiting for it; nginx's send_timeout",
     )
     max_header_bytes: int = Field(
         64 << 10,

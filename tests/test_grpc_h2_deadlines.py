@@ -242,6 +242,33 @@ def test_a_client_reading_slowly_is_never_cut(h2: Harness) -> None:
     assert not h2.transport.closed and 1 not in h2.connection.calls
 
 
+def test_answers_waiting_for_window_a_client_never_grants_are_cut_at_the_send_timeout(h2: Harness) -> None:
+    """A client that grants no window never fills the socket's buffers, so the send watch above never
+    arms; its answers, and the request bytes they hold in the body budget, would wait for ever."""
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}), h2.call(1, MESSAGE), h2.call(3, MESSAGE))
+    assert set(h2.connection.parked) == {1, 3}  # answered, waiting for window
+    h2.advance(SEND_TIMEOUT * 0.99)
+    assert not h2.transport.aborted
+    h2.advance(SEND_TIMEOUT * 0.02)
+    assert h2.transport.aborted
+
+
+def test_answers_a_client_grants_window_for_slowly_are_never_cut(h2: Harness) -> None:
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}), h2.call(1, MESSAGE))
+    for _ in range(5):  # a few bytes granted in the middle of each allowance
+        h2.advance(SEND_TIMEOUT / 2)
+        h2.send(w.window_update(1, 3))
+        h2.advance(SEND_TIMEOUT / 2)
+    assert not h2.transport.aborted and 1 in h2.connection.parked
+    h2.send(w.window_update(1, 1 << 20))  # the rest: the answer leaves and the watch stands down
+    _, _, trailers = answer(h2.frames(), 1)
+    assert trailers["grpc-status"] == "0" and h2.connection.window_watch is None
+    h2.advance(SEND_TIMEOUT * 3)
+    assert not h2.transport.aborted
+    h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: w.DEFAULT_WINDOW}))
+    _still_serves(h2, 3)
+
+
 # --- once the request has arrived: the call is held to its deadline until its answer has left ---
 
 

@@ -77,6 +77,8 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.send_watch: SendWatch | None = None  # while the client is not reading our answers
         self.blocked: dict[int, Call] = {}  # calls whose message waits for the connection's window, in order
         self.parked: dict[int, Call] = {}  # calls whose message waits for their own window
+        self.window_watch: asyncio.TimerHandle | None = None  # h2_calls': while answers wait for window
+        self.data_sent = self.window_mark = 0
         self.last_stream = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None
         self.block_bytes = 0  # the open header block's bytes, its frames' heads counted
@@ -124,6 +126,9 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
             self.handshake.cancel()
         if self.send_watch is not None:
             self.send_watch.stop()
+        if self.window_watch is not None:
+            self.window_watch.cancel()
+            self.window_watch = None
         self.server.connections.discard(self)
         self._stop_watch()
         if self.reserved:

@@ -213,6 +213,7 @@ class Calls(ConnectionState):
                 pending = pending[size:]
                 self.send_window -= size
                 call.send_window -= size
+                self.data_sent += size
                 if not pending and call.streaming and call.queued:  # a stream's next answers, joined once
                     pending = memoryview(b"".join(call.queued))
                     call.queued.clear()
@@ -230,6 +231,33 @@ class Calls(ConnectionState):
                 continue
             self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(call.trailers)))
             self._close_call(call)
+        if not (blocked or self.parked):
+            if self.window_watch is not None:  # every answer has left: the watch stands down
+                self.window_watch.cancel()
+                self.window_watch = None
+        elif self.window_watch is None:
+            self.window_mark = self.data_sent
+            self.window_watch = self.loop.call_later(self.server.send_timeout_s, self._check_window)
+
+    def _check_window(self) -> None:
+        """The send timeout for answers that wait for flow-control window rather than for the socket
+        (:mod:`send_watch`): a client that grants none (SETTINGS_INITIAL_WINDOW_SIZE 0, no
+        WINDOW_UPDATE) never fills the socket's buffers, and its answers, with their requests' bytes in
+        the body budget, waited for ever. A connection whose waiting answers sent no byte for the
+        timeout is aborted; one whose client grants window, however little, is kept."""
+        self.window_watch = None
+        if not (self.blocked or self.parked) or self.closing:
+            return
+        if self.data_sent != self.window_mark:  # the client granted some: it is reading, slowly
+            self.window_mark = self.data_sent
+            self.window_watch = self.loop.call_later(self.server.send_timeout_s, self._check_window)
+            return
+        log.info(
+            "closing a connection whose client granted no window to its %d waiting answers in %g s",
+            len(self.blocked) + len(self.parked),
+            self.server.send_timeout_s,
+        )
+        self._abort()
 
     def _finish(self, call: Call, code: int, details: str) -> None:
         """End a call with a status and no message (gRPC's trailers-only answer), or a stream whose

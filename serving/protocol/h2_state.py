@@ -44,6 +44,9 @@ class ConnectionState:
     window_budget: float
     window_at: float
     watch: asyncio.TimerHandle | None
+    window_watch: asyncio.TimerHandle | None  # h2_calls': armed while answers wait for window
+    data_sent: int  # DATA bytes sent from waiting answers (h2_calls' _pump), the window watch's progress
+    window_mark: int  # ``data_sent`` when the window watch was armed
     reading_paused: bool
     preface: bool  # the client's HTTP/2 preface has arrived
     buffer: bytearray  # the start of a frame not yet whole
@@ -67,6 +70,7 @@ class ConnectionState:
     _flush: Callable[[], None]
     _received: Callable[[int], None]
     _close_quietly: Callable[[], None]
+    _abort: Callable[[], None]
     _dispatch: Callable[[Call], None]
     _open_stream: Callable[[Any, bool], None]
     _headers_only: Callable[[int, bytes, bool], None]
