@@ -4,11 +4,14 @@ answers cost the server in proportion to their bytes."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from serving.protocol import grpc_servicer
 from serving.protocol import h2_wire as w
 from tests.h2_client import (
     MODEL_STREAM_INFER,
@@ -18,7 +21,7 @@ from tests.h2_client import (
     grpc_message,
     stream_parts,
 )
-from tests.test_grpc import fake_server, loop  # noqa: F401 - the servicer's module fixtures, both servers
+from tests.test_grpc import FakeBackend, fake_server, loop  # noqa: F401 - the servicer's module fixtures, both servers
 
 
 def _stub_call(port: int, method: str, request: object) -> grpc.RpcError:
@@ -142,3 +145,57 @@ def test_an_unknown_model_is_not_found_before_its_tensors_are_read(fake_server) 
     error = _stub_call(fake_server[1].port, "ModelInfer", request)
     assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
     assert "unknown model 'no_such_model'" in error.details()
+
+
+class _GatedBackend(FakeBackend):
+    """``double`` held at a gate: how many of a stream's requests the servicer runs at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.running = self.most = 0
+
+    async def infer(self, request):  # noqa: ANN001
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.gate.wait()
+            return await super().infer(request)
+        finally:
+            self.running -= 1
+
+
+class _NoDeadline:
+    def time_remaining(self) -> None:
+        return None
+
+
+def test_a_stream_runs_at_most_its_in_flight_bound_at_once_and_answers_every_request(monkeypatch) -> None:
+    """A client sending tiny messages fast made the servicer a task per message, bounded only by the
+    body budget's bytes; the rest now wait in the stream until a slot frees."""
+    monkeypatch.setattr(grpc_servicer, "STREAM_IN_FLIGHT", 4)
+    backend = _GatedBackend()
+    servicer = grpc_servicer.InferenceServicer(backend)
+
+    async def requests():
+        for n in range(10):
+            request = doubling_request(np.ones((1, 3), np.float32))
+            request.id = str(n)
+            yield request
+
+    async def scenario() -> list[str]:
+        replies = servicer.ModelStreamInfer(requests(), _NoDeadline())
+        first = asyncio.ensure_future(replies.__anext__())
+        while backend.running < 4:  # the bound reached: the reader waits for a slot
+            await asyncio.sleep(0)
+        for _ in range(20):  # and stays waiting while the gate is shut
+            await asyncio.sleep(0)
+        assert backend.running == 4
+        backend.gate.set()
+        answered = [(await first).infer_response.id]
+        answered += [reply.infer_response.id async for reply in replies]
+        return answered
+
+    answered = asyncio.run(scenario())
+    assert sorted(answered, key=int) == [str(n) for n in range(10)]
+    assert backend.most == 4

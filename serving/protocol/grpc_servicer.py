@@ -63,6 +63,11 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
     await context.abort(code, bounded_message(error.message))  # a message echoing client text may be long
 
 
+# Requests of one stream served at once; the rest wait in the stream's buffer (held in the body budget
+# on Kiln's server, behind HTTP/2 flow control on grpcio's) instead of each becoming a task: a client
+# sending tiny messages fast made one task per message, bounded only by the budget's bytes.
+STREAM_IN_FLIGHT = 1024
+
 # The service's unary methods the gateway does not serve, each with what to do instead (v2_codec).
 NOT_SERVED_METHODS = {
     **{
@@ -199,6 +204,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if len(running) >= STREAM_IN_FLIGHT:  # the next waits for a slot: no task per message
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     task = asyncio.create_task(one(request))
                     running.add(task)
                     task.add_done_callback(running.discard)
