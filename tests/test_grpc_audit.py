@@ -60,6 +60,35 @@ def test_a_timeout_parameter_that_is_not_a_positive_integer_is_invalid_argument_
     assert "parameter 'timeout' must be a positive number of microseconds" in error.details()
 
 
+@pytest.mark.parametrize("kind", ["string_param", "double_param", "negative"])
+def test_a_classification_count_that_is_not_a_non_negative_integer_is_refused_as_on_http(
+    fake_server,  # noqa: F811
+    kind: str,
+) -> None:
+    request = doubling_request(np.ones((1, 3), np.float32))
+    value = request.outputs.add(name="y").parameters["classification"]
+    if kind == "string_param":
+        value.string_param = "2"
+    elif kind == "double_param":
+        value.double_param = 2.0
+    else:
+        value.int64_param = -1
+    error = _stub_call(fake_server[1].port, "ModelInfer", request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "classification must be a non-negative integer" in error.details()
+
+
+def test_a_classification_count_of_zero_asks_for_the_plain_tensor_as_on_http(fake_server) -> None:  # noqa: F811
+    """HTTP reads 0 as no classification; gRPC refused it."""
+    request = doubling_request(np.ones((1, 3), np.float32))
+    request.outputs.add(name="y").parameters["classification"].int64_param = 0
+    with grpc.insecure_channel(f"127.0.0.1:{fake_server[1].port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(request, timeout=10)
+    assert reply.outputs[0].datatype == "FP32"
+    assert fake_server[0].last_request.classification == {}
+
+
 def test_typed_contents_in_another_datatypes_field_are_refused_naming_the_field(
     fake_server,  # noqa: F811
 ) -> None:

@@ -116,12 +116,16 @@ def classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, i
     for out in request.outputs:
         check_requested_output(out.name, out.parameters, earlier)
         earlier.append(out.name)
-        if "classification" in out.parameters:
+        if "classification" in out.parameters:  # 0 asks for none, as over HTTP
             value = out.parameters["classification"]
-            count = value.int64_param or value.uint64_param
-            if count <= 0:
-                raise BadRequest(f"output {out.name!r}: classification must be a positive integer")
-            counts[out.name] = int(count)
+            kind = value.WhichOneof("parameter_choice")
+            count = getattr(value, kind) if kind is not None else None
+            if kind not in ("int64_param", "uint64_param") or count < 0:
+                raise BadRequest(
+                    f"output {out.name!r}: classification must be a non-negative integer, got {repr(count)[:40]}"
+                )
+            if count:
+                counts[out.name] = int(count)
     return counts
 
 
