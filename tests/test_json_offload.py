@@ -164,3 +164,36 @@ def test_the_gateway_classifies_a_large_json_body_as_it_classifies_the_same_imag
     refused = json.dumps({"images": ["*" * 2000], "top_k": 3}).encode()
     bad = httpx.post(url, content=refused, headers={"content-type": "application/json"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"] == "image 0: not valid base64"
+
+
+def test_a_large_generate_body_is_mapped_by_the_helper_into_the_same_request(offload) -> None:
+    """Triton's generate extension takes its tensors as JSON too: a large body is parsed off the loop."""
+    from serving.execution.base import ModelMetadata, TensorMeta
+    from serving.protocol.generate import parse_generate
+
+    meta = ModelMetadata("m", ["1"], "onnx", [TensorMeta("x", "FP32", [-1, 3, 5])], [])
+    raw = json.dumps({"x": X.ravel().tolist(), "id": "g1", "beam_size": 3}).encode()
+    assert len(raw) >= offload.offload_bytes
+    request = asyncio.run(offload.call(len(raw), parse_generate, raw, meta, "1"))
+    assert _helper_pids(offload)
+    expected = parse_generate(raw, meta, "1")
+    np.testing.assert_array_equal(request.inputs["x"], expected.inputs["x"])
+    assert (request.request_id, request.parameters) == (expected.request_id, expected.parameters)
+    with pytest.raises(BadRequest, match="generate request"):
+        asyncio.run(offload.call(len(raw), parse_generate, raw[:-1], meta, "1"))
+
+
+def test_the_gateway_answers_a_large_generate_body(gateway) -> None:
+    images = np.random.default_rng(3).integers(0, 256, (1, SIZE, SIZE, 1), dtype=np.uint8)
+    body = json.dumps({"images": images.ravel().tolist()}).encode()
+    assert len(body) > 1024  # parsed by the helper
+    reply = httpx.post(f"http://{gateway.url}/v2/models/lenet/generate", content=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    tensor = {
+        "name": "images",
+        "datatype": "UINT8",
+        "shape": list(images.shape),
+        "data": images.ravel().tolist(),
+    }
+    infer = httpx.post(f"http://{gateway.url}/v2/models/lenet/infer", json={"inputs": [tensor]}, timeout=60)
+    assert reply.json()["logits"] == infer.json()["outputs"][0]["data"]

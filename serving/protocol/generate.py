@@ -142,12 +142,19 @@ def generate_response(response: InferResponse, request: InferRequest) -> dict[st
     return answer
 
 
+def parse_generate(body: bytes, meta: ModelMetadata, version: str) -> InferRequest:
+    """A generate body's JSON parsed and mapped to its infer request (run in the JSON helper process
+    for a large body: a module-level function whose result and errors pickle)."""
+    return generate_request(parse_json(body, "generate request"), meta, version)
+
+
 async def _generate(
     request: Request, backend: Any, metrics: Any, max_body_bytes: int, name: str, version: str, stream: bool
 ) -> Response:
     meta = backend.metadata(name, version)  # unknown model -> 404 before the body is read
     body = await request_body(request, max_body_bytes)  # gzip/deflate inflated, held in the budget
-    infer_request = generate_request(parse_json(body, "generate request"), meta, version)
+    # a large body is parsed off the event loop, as infer's (serving/protocol/json_offload.py)
+    infer_request = await request.app.state.json_offload.call(len(body), parse_generate, body, meta, version)
     result = await until_client_leaves(request, observed_infer(backend, metrics, infer_request))
     if result is None:  # its client left: nobody to answer
         return Response(status_code=CLIENT_LEFT)
