@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,7 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename) so an interrupted save never leaves a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temp_file(path)
     try:
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
@@ -87,17 +87,52 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _new_temp_file(path: Path) -> str:
+    """A new empty ``.<name>.<hex>.tmp`` beside ``path``, with the mode any file this process makes gets
+    (0o666 & ~umask) and so the checkpoint too: ``tempfile.mkstemp``'s 0600 would lock a group's
+    export or bench out of it."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+def check_archive(path: str | os.PathLike) -> None:
+    """Refuse a zip archive (what ``torch.save`` writes) whose members fail their CRC-32: damaged bytes
+    (a broken copy, a bad disk) that ``torch.load`` would read as weights without a word. Files that
+    are not zip archives are left to ``torch.load`` to judge."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise CheckpointError(f"{path}: damaged: its zip archive cannot be read ({exc})") from exc
+    if bad is not None:  # members sit under a folder named as the file was saved: name the member alone
+        raise CheckpointError(
+            f"{path}: damaged: {bad.partition('/')[2] or bad} does not match the checksum stored with it "
+            "(a broken copy or disk); copy the file again or retrain"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load with ``weights_only=True`` and check the contract's required keys."""
+    """Load with ``weights_only=True`` after checking the archive's checksums (``check_archive``), and
+    check the contract's required keys."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a Kiln checkpoint"
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
-                f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)"
+                f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this is not one, "
+                "or a truncated one)"
             ) from exc
         reason = str(exc).rpartition("WeightsUnpickler error:")[2].strip() or str(exc)
         reason = reason.splitlines()[0].split(" was not an allowed")[0].strip()
@@ -108,6 +143,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing and {"model_name", "optimizer"} <= set(ckpt):
+        raise CheckpointError(
+            f"{path}: a training resume state (for --resume), not a checkpoint: give the checkpoint "
+            "the run wrote beside it, <name>.pt"
+        )
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {missing}")
     if ckpt["format_version"] > FORMAT_VERSION:

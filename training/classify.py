@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.data.augment import AugmentConfig, default_augment
 from training.data.images import (
     DATASETS,
 )
+from training.flags import check_minimum, check_positive
 from training.models import get_entry, list_models
 from training.optim import OPTIMIZERS
+from training.resume import load_resume
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
@@ -114,20 +114,6 @@ def recipe_for(model: str) -> Recipe:
     return RECIPES.get(family_of(model), DEFAULT_RECIPE)
 
 
-def resume_path(path: str | os.PathLike) -> Path:
-    """``x.resume.pt`` itself, or the ``.resume.pt`` next to a final ``x.pt`` checkpoint."""
-    path = Path(path)
-    return path if path.name.endswith(".resume.pt") else path.with_name(f"{path.stem}.resume.pt")
-
-
-def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
-    """The resume state behind ``--resume path`` (``mmap`` reads only what is used: resolve's peek)."""
-    file = resume_path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--resume {path}: no resume state at {file}")
-    return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-
-
 def source_models(config: TrainConfig) -> list[tuple[str, str]]:
     """(flag, model name) of each file the run starts from: ``--resume`` state, ``--finetune`` checkpoint."""
     held = []
@@ -149,6 +135,8 @@ def model_of(config: TrainConfig) -> str:
     for flag, name in held:
         if name != model:
             raise ValueError(f"{flag} holds {name!r} but --model is {model!r}")
+    if model not in list_models():
+        raise ValueError(f"unknown model {model!r}; choose a classifier from {list_models('classify')}")
     task = get_entry(model).task
     if task != "classify":
         raise ValueError(
@@ -157,13 +145,20 @@ def model_of(config: TrainConfig) -> str:
     return model
 
 
+AT_LEAST_ONE = ("epochs", "batch_size", "limit_train", "limit_val")
+# Flags that may be 0 (off, none) but not negative.
+ZERO_OR_MORE = ("weight_decay", "warmup_epochs", "early_stopping", "clip_grad_norm")
+# Config fields the data sets (the dataset's classes, --channels): a --model-arg for them is refused.
+DATA_MODEL_ARGS = {"num_classes": "the dataset's classes", "in_channels": "--channels"}
+
+
 def check_ranges(out: TrainConfig) -> None:
-    """Numeric flags outside their range, named before any data is read."""
-    for name in ("epochs", "batch_size"):
-        if getattr(out, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(out, name)}")
-    if out.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {out.lr}")
+    """Numeric flags outside their range, named before any data is read (a negative --limit-train would
+    drop images from the end, a negative --clip-grad-norm turn the gradient around, an infinite --lr
+    write a checkpoint of NaN weights)."""
+    check_minimum(1, {name: getattr(out, name) for name in AT_LEAST_ONE})
+    check_positive({"lr": out.lr})
+    check_minimum(0, {name: getattr(out, name) for name in ZERO_OR_MORE})
     if not 0 <= out.label_smoothing < 1:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {out.label_smoothing}")
     fields = {f.name for f in dataclasses.fields(get_entry(out.model).config_cls)}
@@ -172,6 +167,11 @@ def check_ranges(out: TrainConfig) -> None:
         raise ValueError(
             f"--model-arg {', '.join(unknown)}: not a field of {out.model}; accepted: {sorted(fields)}"
         )
+    owned = [
+        f"{key} comes from {DATA_MODEL_ARGS[key]}" for key in sorted(out.model_args) if key in DATA_MODEL_ARGS
+    ]
+    if owned and not out.resume:  # on --resume, check_resume_model_args compares them with the file's
+        raise ValueError(f"--model-arg {'; '.join(owned)}, not from --model-arg")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("cosine", "step"))
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--clip-grad-norm", type=float)
+    p.add_argument("--clip-grad-norm", type=float, help="max gradient norm (unset or 0 = no clipping)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.classify import TrainConfig, augment_config, load_resume, recipe_for
+from training.classify import TrainConfig, augment_config, recipe_for
 from training.data.augment import Augmenter
 from training.data.images import (
     DataSpec,
@@ -29,6 +29,7 @@ from training.data.images import (
 from training.data.loader import eval_batches, train_batches
 from training.models import build_model, get_entry, make_config
 from training.optim import build_optimizer, build_scheduler
+from training.resume import load_resume
 from training.runtime import Dist, all_sum, setup_dist, show_progress, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 

@@ -13,11 +13,16 @@ log = logging.getLogger(__name__)
 
 
 def check_output_dir(path: str | os.PathLike) -> None:
-    """Refuse an ``--output-dir`` that is (or lies under) a file, before training rather than at the save."""
-    for part in (Path(path), *Path(path).parents):
+    """Refuse an ``--output-dir`` that is (or lies under) a file, or that this process could not write
+    into (or create), before training rather than at the save; nothing is created here."""
+    path = Path(path)
+    for part in (path, *path.absolute().parents):
         if part.exists():
             if not part.is_dir():
                 raise ValueError(f"--output-dir {path}: {part} is a file, not a directory")
+            if not os.access(part, os.W_OK | os.X_OK):
+                what = "is not writable" if part == path else f"cannot be created: {part} is not writable"
+                raise ValueError(f"--output-dir {path} {what}")
             return
 
 

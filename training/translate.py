@@ -29,6 +29,7 @@ from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
 from training.data.text_batches import TranslationBatch, pad_ids
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
 from training.decoding import beam_search, greedy_decode
+from training.flags import check_minimum, check_positive
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
@@ -149,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--patience", type=int, help="evaluations without BLEU gain before stopping (0 = never)")
     p.add_argument("--eval-every", type=int, help="validate every N steps (0 = every epoch)")
-    p.add_argument("--val-limit", type=int, help="validation sentences decoded per evaluation")
-    p.add_argument("--time-budget", type=float, help="minutes of training before stopping gracefully")
+    p.add_argument(
+        "--val-limit", type=int, help="validation sentences decoded per evaluation (0 = all of them)"
+    )
+    p.add_argument(
+        "--time-budget", type=float, help="minutes of training before stopping gracefully (0 = no limit)"
+    )
     p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
     p.add_argument("--max-decode-length", type=int, help="longest translation decoded in evaluation")
     p.add_argument("--seed", type=int)
@@ -217,14 +222,19 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+AT_LEAST_ONE = ("epochs", "test_beam", "max_decode_length", "batch_size", "batch_tokens")
+# 0 turns these off (or means "all", "torch's choice"); a negative --eval-every would validate after
+# every step, --time-budget stop after the first, --val-limit drop sentences from the end
+ZERO_OR_MORE = ("threads", "warmup_steps", "clip_norm", "patience", "eval_every", "val_limit", "time_budget")
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Flags that would only fail after training (or mid-way), named before any data is read."""
-    at_least_one = ["epochs", "test_beam", "max_decode_length", "batch_size", "batch_tokens"]
-    for key in at_least_one:
-        if cfg[key] is not None and cfg[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["lr"] <= 0:
-        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    check_minimum(1, {key: cfg[key] for key in AT_LEAST_ONE})
+    check_positive({"lr": cfg["lr"]})
+    check_minimum(0, {key: cfg[key] for key in ZERO_OR_MORE})
+    if not 0 <= cfg["dropout"] < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
     if not 0 <= cfg["label_smoothing"] < 1:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg['label_smoothing']}")
     fields = {f.name for f in dataclasses.fields(get_entry(cfg["model"]).config_cls)}

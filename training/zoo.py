@@ -15,8 +15,9 @@ from typing import Any
 
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
-from training.classify import RECIPES, TrainConfig, family_of, train
+from training.classify import RECIPES, TrainConfig, family_of, resolve, train
 from training.models import list_models
+from training.tracking import check_output_dir
 
 log = logging.getLogger("training.zoo")
 COLUMNS = ("family", "model", "val accuracy", "epochs", "train time (s)", "parameters")
@@ -76,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     overrides = {"epochs": args.epochs, "limit_train": args.limit_train, "progress": args.progress}
+    try:  # every model's flags and both outputs checked before the first of many trainings
+        for model in models:
+            resolve(TrainConfig(model=model, output_dir=str(args.output_dir), **overrides))
+        if args.output:
+            check_output_file(args.output)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = []
     for index, model in enumerate(models, 1):
         log.info("[%d/%d] training %s", index, len(models), model)
@@ -86,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text("# Kiln classifier zoo on digits\n\n" + table)
     return 0
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an ``--output`` that is a directory or lies where no file can be written."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory, not a file")
+    try:
+        check_output_dir(path.parent)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--output-dir", "--output's directory", 1)) from None
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ def _read_lines(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such corpus file")
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: a byte-order mark (Excel, Notepad) would otherwise begin the first sentence
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc})") from exc
     lines = text.split("\n")

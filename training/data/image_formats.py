@@ -141,7 +141,11 @@ def read_cifar10(path: str | None, *, channels: int | None = None, size: int | N
     else:
         log.warning("%s: batches.meta not found, class names are indices", root)
         classes = [str(i) for i in range(10)]
-    return RawImages(torch.cat(images), torch.cat(labels), classes)
+    labels_all = torch.cat(labels)
+    outside = labels_all[(labels_all < 0) | (labels_all >= len(classes))]
+    if len(outside):  # else the loss fails mid-training ("Target 12 is out of bounds")
+        raise DatasetError(f"{root}: label {int(outside[0])} out of range for {len(classes)} classes")
+    return RawImages(torch.cat(images), labels_all, classes)
 
 
 def read_mnist(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
