@@ -292,3 +292,23 @@ def test_a_cifar_batch_with_a_label_outside_its_classes_is_an_error_line_before_
     argv = ["--model", "lenet", "--dataset", "cifar10", "--data-path", str(root), *TINY_CLASSIFY]
     assert classify.main([*argv, "--batch-size", "8", "--output-dir", str(tmp_path / "out")]) == 2
     assert _error_line(capsys) == f"error: {root}: label 12 out of range for 10 classes"
+
+
+def test_a_diverged_translator_translates_to_empty_texts_with_a_warning_instead_of_an_index_error(
+    caplog,
+) -> None:
+    """Beam search keeps no hypothesis where every score is NaN; the evaluation after such a run failed
+    with an IndexError instead of scoring the empty translations."""
+    from tests.test_models_translate import tiny
+    from training.data.tokenizer import TokenizerConfig, build_tokenizers
+
+    pairs = [("one two three", "un deux trois"), ("four five", "quatre cinq")] * 4
+    tokenizers = build_tokenizers(pairs, TokenizerConfig(vocab_size=40, shared=True, lowercase=True))
+    model = tiny("transformer")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    with caplog.at_level("WARNING", logger="training.translate"):
+        out = translate.translate_texts(model, tokenizers, ["one two", "four"], beam=4, max_length=8)
+    assert out == ["", ""]
+    assert "found no translation for 2 of 2 texts" in caplog.text

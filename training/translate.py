@@ -356,7 +356,12 @@ def translate_texts(
         if beam == 1:
             seqs = greedy_decode(model, src, max_length=max_length)
         else:
-            seqs = [hyps[0].tokens for hyps in beam_search(model, src, beam_size=beam, max_length=max_length)]
+            found = beam_search(model, src, beam_size=beam, max_length=max_length)
+            if not all(found):  # none survives where every score is NaN (a diverged model): say so
+                log.warning(
+                    "beam search found no translation for %d of %d texts", found.count([]), len(found)
+                )
+            seqs = [hyps[0].tokens if hyps else [] for hyps in found]
         for i, seq in zip(idx, seqs, strict=True):
             out[i] = tokenizers.decode_target(seq)
     return out
