@@ -301,6 +301,7 @@ def test_a_diverged_translator_translates_to_empty_texts_with_a_warning_instead_
     with an IndexError instead of scoring the empty translations."""
     from tests.test_models_translate import tiny
     from training.data.tokenizer import TokenizerConfig, build_tokenizers
+    from training.translation_eval import translate_texts
 
     pairs = [("one two three", "un deux trois"), ("four five", "quatre cinq")] * 4
     tokenizers = build_tokenizers(pairs, TokenizerConfig(vocab_size=40, shared=True, lowercase=True))
@@ -309,6 +310,6 @@ def test_a_diverged_translator_translates_to_empty_texts_with_a_warning_instead_
         for parameter in model.parameters():
             parameter.fill_(float("nan"))
     with caplog.at_level("WARNING", logger="training.translate"):
-        out = translate.translate_texts(model, tokenizers, ["one two", "four"], beam=4, max_length=8)
+        out = translate_texts(model, tokenizers, ["one two", "four"], beam=4, max_length=8)
     assert out == ["", ""]
     assert "found no translation for 2 of 2 texts" in caplog.text

@@ -20,15 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import sacrebleu
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
-from training.data.text_batches import TranslationBatch, pad_ids
+from training.data.text_batches import TranslationBatch
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
-from training.decoding import beam_search, greedy_decode
 from training.flags import check_minimum, check_positive
 from training.models import list_models, make_config
 from training.models.registry import get_entry
@@ -335,49 +333,6 @@ def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn
     args = {k: v for k, v in args.items() if k in fields or k in cfg["model_args"]}
     config = make_config(cfg["model"], **args)
     return get_entry(cfg["model"]).builder(config), asdict(config)
-
-
-def translate_texts(
-    model: nn.Module,
-    tokenizers: TokenizerPair,
-    texts: list[str],
-    *,
-    beam: int = 1,
-    max_length: int = 64,
-    batch_size: int = 128,
-) -> list[str]:
-    """Greedy (beam=1) or beam-search translations, batched by sorted length."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        src = pad_ids(tokenizers.encode_source([texts[i] for i in idx])).to(device)
-        if beam == 1:
-            seqs = greedy_decode(model, src, max_length=max_length)
-        else:
-            found = beam_search(model, src, beam_size=beam, max_length=max_length)
-            if not all(found):  # none survives where every score is NaN (a diverged model): say so
-                log.warning(
-                    "beam search found no translation for %d of %d texts", found.count([]), len(found)
-                )
-            seqs = [hyps[0].tokens if hyps else [] for hyps in found]
-        for i, seq in zip(idx, seqs, strict=True):
-            out[i] = tokenizers.decode_target(seq)
-    return out
-
-
-def evaluate(model, tokenizers, pairs, *, beam: int = 1, max_length: int = 64) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu) and exact-match rate of the translations of ``pairs``."""
-    hyps = translate_texts(model, tokenizers, [s for s, _ in pairs], beam=beam, max_length=max_length)
-    return score_translations(hyps, [t for _, t in pairs])
-
-
-def score_translations(hyps: list[str], refs: list[str]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu) and exact-match rate of ``hyps`` against ``refs``, in the same order."""
-    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
-    exact = sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(1, len(refs))
-    return {"bleu": round(bleu, 3), "exact_match": round(100.0 * exact, 3)}
 
 
 def loss_on(model: nn.Module, batch: TranslationBatch, label_smoothing: float) -> torch.Tensor:

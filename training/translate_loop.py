@@ -36,14 +36,8 @@ from training.runtime import (
     wrap_ddp,
 )
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
-from training.translate import (
-    build_translator,
-    evaluate,
-    loss_on,
-    prepare_data,
-    score_translations,
-    translate_texts,
-)
+from training.translate import build_translator, loss_on, prepare_data
+from training.translation_eval import evaluate, score_translations, translate_texts
 
 log = logging.getLogger("training.translate")
 
