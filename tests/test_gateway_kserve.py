@@ -246,3 +246,26 @@ def test_a_generate_request_that_does_not_map_onto_the_model_is_a_400_naming_why
     assert words in reply.json()["error"]
     assert httpx.post(f"http://{server.url}/v2/models/nope/generate", json={}).status_code == 404
     assert httpx.post(f"http://{server.url}/v2/models/lenet/versions/7/generate", json={}).status_code == 404
+
+
+def test_a_models_config_reads_as_tritons_every_field_present_and_64_bit_integers_as_numbers() -> None:
+    """protobuf's JSON writes int64 fields as strings and leaves defaults out; Triton's endpoint does
+    neither, and clients add up ``dims`` or read ``max_batch_size`` of a model without batching."""
+    from tritonclient.grpc import model_config_pb2
+
+    from serving.execution.config_json import config_json
+
+    config = model_config_pb2.ModelConfig(name="m", max_batch_size=0)
+    config.input.add(name="x", data_type=model_config_pb2.TYPE_FP32, dims=[-1, 3])
+    config.dynamic_batching.max_queue_delay_microseconds = 100
+    config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 5
+    config.dynamic_batching.priority_queue_policy[1].max_queue_size = 7
+    config.parameters["p"].string_value = "v"
+    shown = config_json(config)
+    assert shown["max_batch_size"] == 0 and shown["input"][0]["dims"] == [-1, 3]
+    assert shown["input"][0]["is_shape_tensor"] is False and shown["output"] == []
+    batching = shown["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 100
+    assert batching["default_queue_policy"]["default_timeout_microseconds"] == 5
+    assert batching["priority_queue_policy"]["1"]["max_queue_size"] == 7
+    assert shown["parameters"] == {"p": {"string_value": "v"}}

@@ -514,9 +514,9 @@ def test_kserve_metadata_and_config_list_the_outputs_an_infer_returns_over_http_
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == served
     config = httpx.get(f"{url}/config", timeout=60).json()
     assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
-        ("translation", "TYPE_STRING", ["-1"]),
-        ("score", "TYPE_FP32", ["-1"]),
-        ("raw_score", "TYPE_FP32", ["-1"]),
+        ("translation", "TYPE_STRING", [-1]),
+        ("score", "TYPE_FP32", [-1]),
+        ("raw_score", "TYPE_FP32", [-1]),
     ]
     with grpcclient.InferenceServerClient(gateway.grpc_url) as client:
         outputs = client.get_model_metadata("transformer").outputs

@@ -224,8 +224,12 @@ def test_gateway_with_triton_backend_gives_the_same_outputs(triton, repository, 
             with httpclient.InferenceServerClient(triton.http_url) as direct:
                 ours, theirs = client.get_model_config("lenet"), direct.get_model_config("lenet")
             assert ours["max_batch_size"] == theirs["max_batch_size"] == 8
-            shapes = lambda config: [(t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]]  # noqa: E731
+            # as Triton writes them: numbers (protobuf's JSON has 64-bit integers as strings)
+            shapes = lambda config: [(t["data_type"], t["dims"]) for t in config["input"]]  # noqa: E731
             assert shapes(ours) == shapes(theirs)
+            assert {k: v for k, v in ours["input"][0].items() if k in theirs["input"][0]} == theirs["input"][
+                0
+            ]
             tensor = httpclient.InferInput("images", list(x.shape), "UINT8")
             tensor.set_data_from_numpy(x)
             result = client.infer("lenet", [tensor])

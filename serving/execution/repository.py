@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kiln.versions import changes_since, current_version
 from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import ModelMetadata, TensorMeta
+from serving.execution.config_json import config_json
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class RepositoryEntry:
 
     def config_dict(self) -> dict[str, Any]:
         """The config as Triton's HTTP endpoint shows it (proto field names)."""
-        return json_format.MessageToDict(self.config, preserving_proto_field_name=True)
+        return config_json(self.config)
 
     def role(self, role: str) -> str | None:
         """The tensor name kiln.json gives a role ("images", "logits", ...), if any."""

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, ServingError, Unavailable
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner, TensorMeta
+from serving.execution.config_json import config_json
 from serving.execution.datatypes import datatype_of
 from serving.execution.triton_connection import TritonConnection, grpc_channel_args
 
@@ -130,9 +131,9 @@ class TritonBackend(TritonConnection):
         dimension ("input images contains dynamic shape")."""
         reply = await self._call("get_model_config", name)
         if self.protocol == "grpc":
-            return json_format.MessageToDict(reply.config, preserving_proto_field_name=True)
+            return config_json(reply.config)
         proto = json_format.ParseDict(reply, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
-        return json_format.MessageToDict(proto, preserving_proto_field_name=True)
+        return config_json(proto)
 
     def _cached(self, name: str, version: str) -> tuple[ModelMetadata, dict[str, Any]]:
         if name not in self._models:
