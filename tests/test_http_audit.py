@@ -181,3 +181,22 @@ def test_the_openapi_document_lists_the_422_of_generate_and_the_400_and_body_of_
     body = index["requestBody"]
     assert body["required"] is False
     assert body["content"]["application/json"]["schema"]["properties"]["ready"]["type"] == "boolean"
+
+
+def test_an_input_with_both_json_data_and_a_binary_data_size_is_refused_naming_both() -> None:
+    """The binary data was used and the JSON values dropped without a word."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "UINT8",
+                    "shape": [1, 2],
+                    "data": [7, 7],
+                    "parameters": {"binary_data_size": 2},
+                }
+            ]
+        }
+    ).encode()
+    with pytest.raises(BadRequest, match="both 'data' and a 'binary_data_size' parameter"):
+        parse_infer(header + bytes(2), str(len(header)), "m", "1")

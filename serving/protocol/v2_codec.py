@@ -162,6 +162,8 @@ def _parse_input(raw: Any, tail: memoryview, offset: int) -> tuple[str, np.ndarr
         raise BadRequest(
             f"input {name!r}: binary_data_size must be a non-negative integer, got {repr(size)[:40]}"
         )
+    if "data" in raw:  # which one the client meant is not ours to guess (Triton refuses both too)
+        raise BadRequest(f"input {name!r}: both 'data' and a 'binary_data_size' parameter; send one")
     if offset + size > len(tail):
         raise BadRequest(
             f"input {name!r}: binary_data_size {size!r} does not fit the {len(tail)} bytes of binary data"
