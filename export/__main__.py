@@ -149,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         check_entry_names(checkpoints)
         check_repository(Path(args.repository))
-        with writer_lock(Path(args.repository)), Progress(*PROGRESS_COLUMNS, console=console) as progress:
+        # a bar only on a terminal: in a log its one line, rendered when it stops, read as a step left
+        # hanging above the summary or the error
+        bar = Progress(*PROGRESS_COLUMNS, console=console, disable=not console.is_terminal)
+        with writer_lock(Path(args.repository)), bar as progress:
             check_entry_plan(checkpoints, Path(args.repository), options)
             task = progress.add_task("export", total=len(checkpoints))
             for ckpt in checkpoints:
