@@ -419,11 +419,27 @@ def test_a_connection_that_never_begins_http2_is_closed_and_one_that_did_is_kept
             client.close()
 
 
-def test_a_post_that_is_not_grpc_gets_415(raw: RawClient) -> None:
-    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/x"), ("content-type", "text/plain")])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/grpc-web", "application/grpcx"])
+def test_a_post_that_is_not_grpc_gets_415(raw: RawClient, content_type: str) -> None:
+    """grpc-web frames its answers otherwise: its client would misread ours (grpc core refuses it too)."""
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/x"), ("content-type", content_type)])
     raw.send(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
     headers = raw.until(w.HEADERS)
     assert hpack.Decoder().decode(headers[3]) == [(":status", "415")]
+
+
+@pytest.mark.parametrize("content_type", ["application/grpc+proto", "application/grpc; charset=utf-8"])
+def test_a_grpc_content_type_with_a_codec_or_parameters_is_served(raw: RawClient, content_type: str) -> None:
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/inference.GRPCInferenceService/ServerLive"),
+        ("content-type", content_type),
+    ]
+    raw.send(w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)))
+    raw.send(w.frame(w.DATA, w.END_STREAM, 1, grpc_message(b"")))
+    head = raw.until(w.HEADERS)
+    assert (":status", "200") in hpack.Decoder().decode(head[3])
 
 
 def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: GrpcHandle) -> None:

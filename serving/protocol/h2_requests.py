@@ -27,6 +27,12 @@ FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DA
 MAX_HEADER_LIST = 1 << 16
 
 
+def _grpc_content(content_type: bytes) -> bool:
+    """``application/grpc``, alone or with a ``+codec`` or parameters, as grpc core accepts it (not
+    ``application/grpc-web``, whose framing differs: its client would misread our answers)."""
+    return content_type[:16] == b"application/grpc" and content_type[16:17] in (b"", b"+", b";")
+
+
 class RequestFrames(ConnectionState):
     """HEADERS, CONTINUATION and DATA of a connection: calls opened, fed and ended by their client."""
 
@@ -144,7 +150,7 @@ class RequestFrames(ConnectionState):
             elif name == b":method":
                 method = value
         ended = bool(flags & w.END_STREAM)
-        if method != b"POST" or content_type is None or not content_type.startswith(b"application/grpc"):
+        if method != b"POST" or content_type is None or not _grpc_content(content_type):
             status = b"405" if method != b"POST" else b"415"  # what gRPC's servers answer
             self._headers_only(stream, w.literal_indexed_name(8, status), ended)
             return
