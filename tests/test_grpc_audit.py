@@ -36,7 +36,7 @@ def _stub_call(port: int, method: str, request: object) -> grpc.RpcError:
 
 @pytest.mark.parametrize(
     "kind",
-    ["string_param", "double_param", "bool_param", "negative", "zero"],
+    ["string_param", "double_param", "bool_param", "negative", "too_long"],
 )
 def test_a_timeout_parameter_that_is_not_a_positive_integer_is_invalid_argument_as_on_http(
     fake_server,  # noqa: F811
@@ -53,11 +53,21 @@ def test_a_timeout_parameter_that_is_not_a_positive_integer_is_invalid_argument_
         value.double_param = 250000.0
     elif kind == "bool_param":
         value.bool_param = True
-    else:
-        value.int64_param = -250000 if kind == "negative" else 0
+    elif kind == "negative":
+        value.int64_param = -250000
+    else:  # past an int64, which Triton reads it as
+        value.uint64_param = 2**63
     error = _stub_call(fake_server[1].port, "ModelInfer", request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert "parameter 'timeout' must be a positive number of microseconds" in error.details()
+    assert "parameter 'timeout' must be a number of microseconds from 0 (none)" in error.details()
+
+
+def test_a_timeout_parameter_of_zero_is_no_timeout_as_triton_reads_it(fake_server) -> None:  # noqa: F811
+    request = doubling_request(np.ones((1, 3), np.float32))
+    request.parameters["timeout"].int64_param = 0
+    with grpc.insecure_channel(f"127.0.0.1:{fake_server[1].port}") as channel:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert fake_server[0].last_request.timeout_s is None
 
 
 @pytest.mark.parametrize("kind", ["string_param", "double_param", "negative"])

@@ -200,3 +200,18 @@ def test_an_input_with_both_json_data_and_a_binary_data_size_is_refused_naming_b
     ).encode()
     with pytest.raises(BadRequest, match="both 'data' and a 'binary_data_size' parameter"):
         parse_infer(header + bytes(2), str(len(header)), "m", "1")
+
+
+@pytest.mark.parametrize(("timeout", "seconds"), [(0, None), (250_000, 0.25)])
+def test_a_timeout_parameter_of_zero_is_no_timeout_as_triton_reads_it(timeout, seconds) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [1]}]})
+    with_timeout = json.dumps({**json.loads(body), "parameters": {"timeout": timeout}}).encode()
+    assert parse_infer(with_timeout, None, "m", "1").request.timeout_s == seconds
+
+
+@pytest.mark.parametrize("timeout", [-1, 1.5, "100", True, 2**63])
+def test_a_timeout_parameter_that_is_not_an_int64_of_microseconds_is_refused(timeout) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [1]}], "parameters": {}}
+    body["parameters"]["timeout"] = timeout
+    with pytest.raises(BadRequest, match="parameter 'timeout' must be a number of microseconds"):
+        parse_infer(json.dumps(body).encode(), None, "m", "1")

@@ -197,15 +197,16 @@ def _timeout(params: dict) -> float | None:
     return None if timeout is None else timeout_seconds(timeout)
 
 
-def timeout_seconds(timeout: object) -> float:
+def timeout_seconds(timeout: object) -> float | None:
     """A request's ``timeout`` parameter (Triton's: an integer of microseconds) in seconds, over HTTP
-    and gRPC alike; anything but a positive integer up to ``MAX_TIMEOUT_US`` is refused, naming it."""
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT_US:
+    and gRPC alike; 0 is no timeout, as Triton reads it (its default); anything but an integer from 0
+    to ``MAX_TIMEOUT_US`` is refused, naming it."""
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= MAX_TIMEOUT_US:
         raise BadRequest(
-            f"parameter 'timeout' must be a positive number of microseconds up to {MAX_TIMEOUT_US}, "
+            f"parameter 'timeout' must be a number of microseconds from 0 (none) to {MAX_TIMEOUT_US}, "
             f"got {repr(timeout)[:40]}"
         )
-    return timeout / 1e6
+    return timeout / 1e6 if timeout else None
 
 
 def _flag(params: dict, name: str, default: bool, what: str) -> bool:
