@@ -265,11 +265,12 @@ class DynamicBatcher:
                         return _IDLE
                     continue
                 first = self._queue[0] if self._queue else self._delayed[0]
-                take, ready = plan(
-                    self.policy, first, chain(self._queue, self._delayed) if self._delayed else self._queue
-                )
                 now = self._clock()
-                wait_s = first.arrival + self.policy.max_queue_delay_s - now
+                delay_s = self.policy.max_queue_delay_s
+                wait_s = first.arrival + delay_s - now
+                overdue = wait_s <= 0 < delay_s  # Triton: past its delay, all that fit, not a preferred size
+                waiting = chain(self._queue, self._delayed) if self._delayed else self._queue
+                take, ready = plan(self.policy, first, waiting, overdue)
                 if ready or wait_s <= 0 or self._closing:
                     self._running += 1  # before the queue empties: see submit's inline path
                     if self._delayed:
@@ -319,9 +320,7 @@ class DynamicBatcher:
                 rows = split(outputs, live)
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
             log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
-            answers = self._one_by_one(instance, live) if len(live) > 1 else [exc]
-            self._ran()
-            self._hand_back(settle, live, answers)
+            self._answer_alone(instance, live, exc, started)
             return
         self._ran()  # before the answers leave: the next request may run on the loop at once
         if not live:
@@ -335,16 +334,37 @@ class DynamicBatcher:
             parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
             self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), sum(waits), *parts)
 
-    def _one_by_one(self, instance: int, live: list[Pending]) -> list[Tensors | Exception]:
+    def _answer_alone(self, instance: int, live: list[Pending], exc: Exception, started: float) -> None:
+        """After a failed batch (begun at ``started``): each request's own answer (:meth:`_one_by_one`),
+        handed back in one wake-up; each that then succeeded is observed as the batch of one it ran in."""
+        answers, alone = self._one_by_one(instance, live) if len(live) > 1 else ([exc], [])
+        self._ran()
+        self._hand_back(settle, live, answers)
+        if self.observer is None:
+            return
+        for pending, ran_s in alone:
+            wait = started - pending.arrival
+            self.observer.observe_queue(self.name, wait)
+            self.observer.observe_batch(self.name, pending.items, 1, wait, 0.0, ran_s, 0.0)
+
+    def _one_by_one(
+        self, instance: int, live: list[Pending]
+    ) -> tuple[list[Tensors | Exception], list[tuple[Pending, float]]]:
         """Each request of a failed batch run alone: one request's bad input fails only that request
-        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing."""
+        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing. Returns
+        each request's answer, and the requests that succeeded with their run's seconds (observed as
+        the batches of one they ran in)."""
         answers: list[Tensors | Exception] = []
+        alone: list[tuple[Pending, float]] = []
         for pending in live:
+            ran_from = self._clock()
             try:
                 answers.append(split(self.run(instance, pending.inputs), [pending])[0])
             except Exception as exc:  # noqa: BLE001 - this request's own answer
                 answers.append(exc)
-        return answers
+                continue
+            alone.append((pending, self._clock() - ran_from))
+        return answers, alone
 
     def _release(self, instance: int) -> None:
         """The idle instance's release; a failure only leaves the memory held."""

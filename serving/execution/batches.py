@@ -34,22 +34,36 @@ class Pending:
     queue_timeout_s: float = math.inf  # how long it may wait in the queue (inf: no limit, or delayed)
 
 
-def plan(policy: BatchPolicy, first: Pending, waiting: Iterable[Pending]) -> tuple[int, bool]:
-    """How many of the ``waiting`` requests (in order) the next batch takes, and whether it must leave now."""
+def plan(
+    policy: BatchPolicy, first: Pending, waiting: Iterable[Pending], overdue: bool = False
+) -> tuple[int, bool]:
+    """How many of the ``waiting`` requests (in order) the next batch takes, and whether it must leave now.
+
+    Triton's ``GetDynamicBatch``: the requests that fit ``max_batch_size`` and share ``first``'s shapes
+    are examined; while the oldest has not waited the queue delay (``overdue``: it has, with a delay
+    set), the batch is the longest run of them that makes a preferred size, or stops where the next
+    one would pass the largest preferred size (``max_batch_size`` without preferred sizes); once
+    overdue, or when no preferred size is made, it is all of them, leaving now when they fill the
+    largest preferred size or the next one cannot join."""
     if not policy.merge:
         return 1, True
-    total, take, best_preferred = 0, 0, 0
+    preferred = policy.preferred_batch_sizes
+    cap = max(preferred, default=policy.max_batch_size)  # Triton's max_preferred_batch_size_
+    total, take, best, full = 0, 0, 0, False
     for pending in waiting:
+        if take and not best and total + pending.items > cap:
+            best = take  # the batch would pass the largest preferred size here
         if pending.signature != first.signature or total + pending.items > policy.max_batch_size:
-            return max(take, 1), True  # the next request cannot join: send what fits
+            full = True  # the next request cannot join: send what fits
+            break
         total, take = total + pending.items, take + 1
-        if total in policy.preferred_batch_sizes:
-            best_preferred = take
-    if total >= policy.max_batch_size:
-        return take, True
-    if best_preferred:
-        return best_preferred, True
-    return take, False
+        if total in preferred:
+            best = take
+    if best and not overdue:
+        return best, True
+    if full or total >= cap:
+        return max(take, 1), True
+    return take, overdue
 
 
 def deliver(live: list[Pending], rows: list[Tensors]) -> None:
