@@ -146,8 +146,8 @@ class GatewayMetrics(MetricFamilies):
         queued: float | None = None,
     ) -> None:
         self.child(self.translate_latency, model, outcome).observe(seconds)
-        self.child(self.tokens_generated, model).inc(tokens)
-        if outcome == "success":
+        if outcome == "success":  # a failed or timed-out request returns none of its finished texts
+            self.child(self.tokens_generated, model).inc(tokens)
             self.child(self.translated_texts, model).inc(texts)
             self.child(self.last_inference, model).set(time.time())
             if queued is not None:  # the statistics' queue and compute (infer) of a decoded request

@@ -244,7 +244,7 @@ class DecodingScheduler:
                     self._step()
             except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
                 log.exception("translator %s: decoding failed", self.name)
-                error = ServingError(f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
+                error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
                 for job in self._running_jobs():
                     self._post(job, error, "failure")
                 self._batch, self._reserved = self._new_batch(), 0
@@ -322,7 +322,7 @@ class DecodingScheduler:
         except Exception as exc:  # noqa: BLE001 - an encoder call that fails or cannot join fails its requests
             log.exception("translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:  # taken off the queue: answered here or never
-                self._post(job, ServingError(f"translator {self.name!r} encoder failed: {exc}"), "failure")
+                self._post(job, _failure(exc, f"translator {self.name!r} encoder failed: {exc}"), "failure")
             if self._batch.beams is not beams:  # half joined: the loop fails the batch and starts afresh
                 raise
             return
@@ -370,3 +370,12 @@ class DecodingScheduler:
         self._post_all(answers)
         beams = self._batch.beams
         self._reserved = int(beams.beam.sum()) if beams is not None else 0
+
+
+def _failure(exc: Exception, message: str) -> ServingError:
+    """What a failed encoder or decoder call answers the requests it served: the backend's own error
+    where it says the server cannot serve now (Triton unreachable: 503 with Retry-After; its queue
+    full: 429; its deadline: 504), else a 500 with ``message``: the requests did nothing wrong."""
+    if isinstance(exc, Unavailable | Overloaded | DeadlineExceeded):
+        return exc
+    return ServingError(message)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.utils import InferenceServerException
 
 from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, ServingError, Unavailable
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner, TensorMeta
@@ -199,7 +200,12 @@ class TritonBackend(TritonConnection):
                 tensor = client_module.InferInput(key, list(value.shape), datatype_of(value))
                 tensor.set_data_from_numpy(value)
                 tensors.append(tensor)
-            result = client.infer(name, tensors, outputs=outputs, **extra)
+            try:
+                result = client.infer(name, tensors, outputs=outputs, **extra)
+            except InferenceServerException as error:  # Triton's answer, or gRPC's lost link: its status
+                raise self._error_for(error) from None
+            except OSError as error:  # the HTTP client's lost link (refused, reset)
+                raise self._unavailable(error) from None
             return {o.name(): result.as_numpy(o.name()) for o in outputs}
 
         return run

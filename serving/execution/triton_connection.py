@@ -128,11 +128,17 @@ class TritonConnection:
 
     async def _mapped(self, error: InferenceServerException, client: Any = None) -> ServingError:
         """The gateway error for a tritonclient error (dropping the connection when Triton is gone)."""
+        mapped = self._error_for(error)
+        if isinstance(mapped, Unavailable) and self._link_lost(client):
+            await self._drop_connection(client)
+        return mapped
+
+    def _error_for(self, error: InferenceServerException) -> ServingError:
+        """The gateway error for a tritonclient error, by its status (``STATUS_TO_ERROR``); the blocking
+        runners' calls (``TritonBackend.runner``) raise it as it is."""
         cls = STATUS_TO_ERROR.get(str(error.status()), ServingError)
         message = error.message() or str(error)
         if cls is Unavailable:
-            if self._link_lost(client):
-                await self._drop_connection(client)
             return self._unavailable(message)
         if cls is Overloaded:
             return Overloaded(f"Triton: {message}", retry_after=self.retry_after_s)
