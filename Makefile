@@ -109,7 +109,13 @@ format: $(STAMP) ## apply ruff fixes and formatting
 test: lint balancer ## lint, haproxy where it can be installed (the replica tests), then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# An empty REPOSITORY would make find clean the current directory (the checkout, .git included), and
+# one that holds the current directory would too: refused. One that does not exist has nothing to remove.
 clean: ## remove generated artifacts (keeps .venv)
+	$(if $(strip $(CHECKPOINTS)),,$(error CHECKPOINTS is empty: make clean removes files in it))
+	$(if $(strip $(REPOSITORY)),,$(error REPOSITORY is empty: make clean removes the entries in it))
+	@repository=$$(realpath -m -- '$(REPOSITORY)'); case "$$(pwd -P)/" in "$${repository%/}/"*) \
+	  echo "make clean: REPOSITORY=$(REPOSITORY) holds the current directory; refusing to empty it" >&2; exit 2;; esac
 	rm -rf $(CHECKPOINTS)/*.pt $(CHECKPOINTS)/*.jsonl $(CHECKPOINTS)/*.png bench/results runs .pytest_cache .ruff_cache
-	find $(REPOSITORY) -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
+	test ! -d $(REPOSITORY) || find $(REPOSITORY) -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

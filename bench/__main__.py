@@ -8,8 +8,8 @@ medians and ratios measured in the same run, never absolutes from elsewhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bench import engines, gpu, perf_analyzer, report, servers
+from bench import engines, gpu, inputs, perf_analyzer, report, servers
 from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
 from bench.targets import best_direct_throughput, targets
+from kiln.processes import stop_on_sigterm
 
 console = Console()
 log = logging.getLogger("bench")
@@ -83,13 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=inputs.positive_int,
         default=engines.default_threads(),
         help="threads per engine and per server (default: the cores this process may use)",
     )
     parser.add_argument(
         "--gateway-workers",
-        type=int,
+        type=inputs.positive_int,
         default=engines.default_threads(),
         help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
     )
@@ -132,7 +133,7 @@ def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--serving-workers",
-        type=int,
+        type=inputs.positive_int,
         nargs="+",
         help="PROFILE=gpu: the gateway processes of each layout measured (default: 1, a quarter and half "
         "of the cores)",
@@ -149,37 +150,76 @@ def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    stop_on_sigterm()  # a stopped bench stops the servers it started (Triton runs in a session of its own)
     logging.basicConfig(level="INFO", format="%(message)s", handlers=[RichHandler(show_path=False)])
     for noisy in ("httpx", "matplotlib"):  # one line per request / plot would bury the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
     if args.profile == "gpu":
         return run_gpu_profile(args, profile)
+    wanted = set(args.only or ["engines", "servers", "translation", "replicas"])
+    problem = inputs.cpu_problem(args, wanted)
+    if problem:  # before anything runs or is written
+        raise SystemExit(problem)
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["engines", "servers", "translation", "replicas"])
-    entry = args.repository / args.classifier
-    if not (entry / "kiln.json").exists():
-        raise SystemExit(f"{entry} is not an exported entry: run `make export` (or `make demo`) first")
     results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads}
     ticks = cpu_ticks()
     results["machine"]["speed"] = {"start": speed_probe()}
-    if "engines" in wanted:
-        results["engines"] = _classify_engines(args, profile)
-    if "servers" in wanted:
-        results["servers"] = _classify_servers(args, profile, out)
-    if "translation" in wanted and importlib.util.find_spec("bench.translation") is not None:
-        from bench import translation
-
-        results["translation"] = translation.run(args, profile, out, progress=log.info)
-    if "replicas" in wanted:
-        from bench import scaleout
-
-        results["replicas"] = scaleout.run(args, profile, out, progress=log.info)
+    try:
+        failed = run_sections(args, profile, out, wanted, results)
+    except KeyboardInterrupt:
+        _discard_if_empty(out)
+        logs = f" (the servers' logs are in {out / 'logs'})" if (out / "logs").is_dir() else ""
+        console.print(f"[yellow]interrupted: no results written{logs}")
+        raise SystemExit(130) from None
     results["machine"]["speed"]["end"] = speed_probe()
     results["machine"]["steal_pct"] = steal_share(ticks, cpu_ticks())
     results["targets"] = targets(results, args.classifier)
     write(results, out)
+    if failed:
+        raise SystemExit(f"{len(failed)} part(s) failed: {', '.join(failed)} (named in {out}/report.md)")
+
+
+def run_sections(
+    args: argparse.Namespace, profile: dict[str, Any], out: Path, wanted: set[str], results: dict[str, Any]
+) -> list[str]:
+    """Each wanted part into ``results``; a part that fails is named in ``results["failed"]`` with its
+    error, and the others still run (minutes of measurement are not lost to one server that would not
+    start). Returns the failed parts."""
+    sections = {
+        "engines": lambda: _classify_engines(args, profile),
+        "servers": lambda: _classify_servers(args, profile, out),
+        "translation": lambda: _translation(args, profile, out),
+        "replicas": lambda: _replicas(args, profile, out),
+    }
+    for name, measure in sections.items():
+        if name not in wanted:
+            continue
+        try:
+            results[name] = measure()
+        except Exception as exc:  # noqa: BLE001 - reported with the results, the other parts still count
+            log.error("%s failed: %s", name, exc)
+            results.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+    return list(results.get("failed", {}))
+
+
+def _translation(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
+    from bench import translation
+
+    return translation.run(args, profile, out, progress=log.info)
+
+
+def _replicas(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
+    from bench import scaleout
+
+    return scaleout.run(args, profile, out, progress=log.info)
+
+
+def _discard_if_empty(out: Path) -> None:
+    """Remove ``out`` when the run wrote nothing there (interrupted before any server's log)."""
+    with contextlib.suppress(OSError):
+        out.rmdir()
 
 
 def _classify_engines(args: argparse.Namespace, profile: dict[str, Any]) -> list[dict[str, Any]]:
@@ -209,16 +249,20 @@ def _classify_servers(args: argparse.Namespace, profile: dict[str, Any], out: Pa
         workers=args.gateway_workers,
         progress=log.info,
     )
-    result["perf_analyzer"] = perf_analyzer.side_by_side(
-        args.repository,
-        args.classifier,
-        out / "logs",
-        concurrencies=profile["pa_concurrency"],
-        threads=args.threads,
-        rounds=profile["pa_rounds"],
-        workers=args.gateway_workers,
-        progress=log.info,
-    )
+    try:
+        result["perf_analyzer"] = perf_analyzer.side_by_side(
+            args.repository,
+            args.classifier,
+            out / "logs",
+            concurrencies=profile["pa_concurrency"],
+            threads=args.threads,
+            rounds=profile["pa_rounds"],
+            workers=args.gateway_workers,
+            progress=log.info,
+        )
+    except Exception as exc:  # noqa: BLE001 - the rows of Kiln's own clients above still count
+        log.error("perf_analyzer's rows failed: %s", exc)
+        result["perf_analyzer"] = {"skipped": f"failed: {exc}"}
     return result
 
 
@@ -314,6 +358,12 @@ def write(results: dict[str, Any], out: Path) -> None:
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
         "## Targets\n\n" + report.targets_table(results["targets"]) + "\n",
     ]
+    if results.get("failed"):
+        sections.append(
+            "## Parts that failed (not measured)\n\n"
+            + "\n".join(f"- {name}: {error}" for name, error in results["failed"].items())
+            + "\n"
+        )
     if "engines" in results:
         section = gpu.engine_section if results["profile"] == "gpu" else report.engine_section
         sections.append(section(results["engines"]))

@@ -49,13 +49,11 @@ class PerfAnalyzer:
 
 
 def find_perf_analyzer(venv: Path | None = None) -> PerfAnalyzer | None:
-    """``$KILN_PERF_ANALYZER``, then ``.venv/perf-analyzer/bin/perf_analyzer``, then ``perf_analyzer`` on PATH."""
+    """``$KILN_PERF_ANALYZER`` where it is set (and nothing else: a build named there and missing is not
+    replaced by another one), else ``.venv/perf-analyzer/bin/perf_analyzer``, then ``perf_analyzer`` on PATH."""
     prefix = (venv or Path(sys.prefix)) / "perf-analyzer"
-    for candidate in (
-        os.environ.get(ENV_BINARY),
-        prefix / "bin" / "perf_analyzer",
-        shutil.which("perf_analyzer"),
-    ):
+    named = os.environ.get(ENV_BINARY)
+    for candidate in (named,) if named else (prefix / "bin" / "perf_analyzer", shutil.which("perf_analyzer")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             cudart = sorted(prefix.glob("nvidia/cuda_runtime/lib"))
             return PerfAnalyzer(Path(candidate), str(cudart[0]) if cudart else "")

@@ -165,7 +165,11 @@ def run_servers(
     run = _Run(repository, model, workdir, images, concurrencies, duration_s, threads, progress)
     _gateway_targets(run, workers, meta_dims)
     _triton_targets(run)
-    _naive_target(run, checkpoint)
+    try:
+        _naive_target(run, checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the baseline failing is reported; the servers above count
+        run.results["errors"]["naive"] = str(exc)
+        run.progress(f"naive baseline skipped: {exc}")
     return run.results
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli import HelpFormatter
-from kiln.processes import running
+from kiln.processes import running, stop_on_sigterm
 from serving.triton.server import held_port
 
 console = Console()
@@ -71,7 +72,14 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
         console.rule("[bold]Serve")
         console.print(f"$ {' '.join(cmd)}", style="dim")  # as a user types it: --reuse-port is internal
         url = f"http://127.0.0.1:{http_port}"
-        with running([*cmd, "--reuse-port"], f"{url}/v2/health/ready", timeout_s=timeout_s):
+        with contextlib.ExitStack() as stack:
+            try:  # its own output above says why; a traceback of the demo's would bury it
+                stack.enter_context(
+                    running([*cmd, "--reuse-port"], f"{url}/v2/health/ready", timeout_s=timeout_s)
+                )
+            except RuntimeError as exc:
+                console.print(f"[red]The gateway did not start: {exc}; the demo stops here.", soft_wrap=True)
+                raise SystemExit(1) from None
             yield url, f"127.0.0.1:{grpc_port}"
     console.print("gateway stopped")
 
@@ -265,7 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
     args = parser.parse_args(argv)
+    stop_on_sigterm()  # a stopped demo stops its gateway too
     target = gpu_target() if args.gpu else CPU  # before anything runs: no silent CPU fallback
+    try:
+        run_demo(args, target)
+    except KeyboardInterrupt:
+        console.print("[yellow]Demo interrupted; every process it started is stopped.")
+        raise SystemExit(130) from None
+
+
+def run_demo(args: argparse.Namespace, target: Target) -> None:
+    """Train what is missing, export, serve, and send the requests."""
     import httpx
 
     py = sys.executable
@@ -278,14 +296,14 @@ def main(argv: list[str] | None = None) -> None:
             [py, "-m", "training.classify", *DEMO_CLASSIFIER, *target.classify, *out],
         )
     else:
-        console.print("reusing checkpoints/resnet18.pt (--fresh retrains)")
+        console.print(f"reusing {args.checkpoints / 'resnet18.pt'} (--fresh retrains)")
     if args.fresh or not (args.checkpoints / "transformer.pt").exists():
         run_stage(
             f"Train the demo Transformer (English → French numbers, {target.name})",
             [py, "-m", "training.translate", *DEMO_TRANSLATOR, *target.translate, *out],
         )
     else:
-        console.print("reusing checkpoints/transformer.pt (--fresh retrains)")
+        console.print(f"reusing {args.checkpoints / 'transformer.pt'} (--fresh retrains)")
     run_stage(
         f"Export to ONNX + Triton model repository (configs for the {target.name})",
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -45,3 +46,14 @@ def running(
             proc.kill()
         if out is not None:
             out.close()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, as Ctrl-C does, so that ``running``'s
+    ``finally`` (and any other context manager) stops the servers a command started: Python's default
+    for SIGTERM ends the process at once, leaving them running, ports held."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
