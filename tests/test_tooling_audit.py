@@ -402,3 +402,29 @@ def test_the_translation_part_alone_needs_no_exported_classifier(
     argv = ["--repository", str(repository), "--checkpoints", str(tmp_path / "ckpt"), "--only", "translation"]
     assert run_bench(cheap_machine, [*argv, "--output", str(out)]) is None
     assert "## Translation" in (out / "report.md").read_text()
+
+
+def test_a_triton_port_the_caller_chose_that_is_taken_is_named_before_triton_starts(tmp_path) -> None:
+    """Triton exited on it after loading every model, the start was retried three times on the same
+    busy port ('retrying on new ones'), and ~90 lines of its log stood for 'port in use'."""
+    import socket
+
+    from serving.triton.server import TritonError, TritonServer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = TritonServer(tmp_path, tmp_path / "work", http_port=port)
+        with pytest.raises(TritonError, match=rf"^--http-port {port} is already in use: a server listens"):
+            server._check_chosen_ports()
+    server._check_chosen_ports()  # free again: nothing to say
+
+
+def test_serving_triton_names_a_repository_that_is_a_file(tmp_path, capsys) -> None:
+    from serving.triton.__main__ import main
+
+    file = tmp_path / "repo"
+    file.write_text("")
+    assert main(["--model-repository", str(file)]) == 2
+    assert "is not a directory" in " ".join(capsys.readouterr().out.split())  # rich wraps the line

@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.model_repository.is_dir():
-        console.print(
-            f"[red]model repository {args.model_repository} does not exist; run `make export` first"
-        )
+        what = "is not a directory" if args.model_repository.exists() else "does not exist"
+        console.print(f"[red]model repository {args.model_repository} {what}; run `make export` first")
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-triton-"))
     server = TritonServer(

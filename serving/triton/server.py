@@ -281,6 +281,7 @@ class TritonServer:
             raise TritonError(
                 "the tritonserver binary is missing: install nvidia-pytriton (pip install --no-deps)"
             )
+        self._check_chosen_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
         repository = self.workdir / "model_repository"
         self.flavour = derive_python_flavour(
@@ -317,6 +318,20 @@ class TritonServer:
                 start_new_session=True,
             )
         log.info("tritonserver pid %d: http %s grpc %s", self.process.pid, self.http_url, self.grpc_url)
+
+    def _check_chosen_ports(self) -> None:
+        """A port the caller chose that something already listens on is named now, in one line: Triton
+        would exit on it after loading, and only drawn ports may be drawn again."""
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            if name in self._drawn:
+                continue
+            port = getattr(self, name)
+            try:  # a server answers there (a socket only held, not listening, may be shared: left be)
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            except OSError:
+                continue
+            flag = "--" + name.replace("_", "-")
+            raise TritonError(f"{flag} {port} is already in use: a server listens on 127.0.0.1:{port}")
 
     def _redraw_ports(self, failure: str) -> bool:
         """New ports for those this object drew, when ``failure`` is a bind failure; False otherwise."""
