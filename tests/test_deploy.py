@@ -151,6 +151,15 @@ def test_prometheus_scrapes_the_series_the_inference_services_autoscaler_reads(r
     assert triton["spec"]["template"]["metadata"]["annotations"] == annotations
 
 
+def test_the_autoscalers_query_reads_the_namespace_the_inference_service_is_deployed_in(rendered) -> None:
+    """The query filtered on namespace="kiln" while the kustomization set none: applied anywhere else,
+    KEDA would scale on a query that matches nothing."""
+    (isvc,) = of_kind(rendered["kserve"], "InferenceService")
+    (metric,) = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+    filtered = set(re.findall(r'namespace="([^"]*)"', metric["external"]["metric"]["query"]))
+    assert filtered == {isvc["metadata"].get("namespace")}
+
+
 @needs_kubectl
 def test_an_inference_service_with_a_misspelled_field_is_rejected(rendered, tmp_path) -> None:
     (isvc,) = of_kind(rendered["kserve"], "InferenceService")
