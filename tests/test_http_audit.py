@@ -15,7 +15,7 @@ import pytest
 
 from serving.app import create_app
 from serving.errors import BadRequest
-from serving.protocol.limits import SIZE_DIGITS, stated_size
+from serving.protocol.request_values import SIZE_DIGITS, stated_size
 from serving.protocol.v2_codec import parse_infer
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository

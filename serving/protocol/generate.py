@@ -28,7 +28,8 @@ from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta, model_parameters
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
-from serving.protocol.limits import parse_json, request_body
+from serving.protocol.limits import request_body
+from serving.protocol.request_values import parse_json
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data
 from serving.protocol.translate import until_client_leaves

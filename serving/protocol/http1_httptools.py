@@ -22,7 +22,8 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from serving.protocol.http1_heads import MAX_HEAD_BYTES, READ_TIMEOUT_S, HeadLimits
 from serving.protocol.http1_writes import CoalescedWrites
 from serving.protocol.lean import LeanRoutes
-from serving.protocol.limits import BODY_HOLD, BodyHold, stated_size
+from serving.protocol.limits import BODY_HOLD, BodyHold
+from serving.protocol.request_values import stated_size
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 

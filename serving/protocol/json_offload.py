@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from serving.protocol.limits import stated_size
+from serving.protocol.request_values import stated_size
 from serving.protocol.v2_codec import ParsedInfer, parse_infer
 
 log = logging.getLogger(__name__)

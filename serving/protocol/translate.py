@@ -32,7 +32,8 @@ from serving.execution.base import Backend, InferRequest
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed, observed_infer
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, JsonInt, parse_json, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
+from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 
 

@@ -21,7 +21,8 @@ from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, JsonInt, parse_json, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
+from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 from serving.settings import Settings
 

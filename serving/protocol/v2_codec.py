@@ -16,7 +16,7 @@ import numpy as np
 from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
-from serving.protocol.limits import parse_json, stated_size
+from serving.protocol.request_values import parse_json, stated_size
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

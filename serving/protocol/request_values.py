@@ -1,0 +1,59 @@
+"""What a request's stated sizes and JSON values read as, over every route: a header's size however
+many digits it has, a JSON body decoded with each failure a 400 naming it, and the integers of a
+strict request model as JSON writes them."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+from serving.errors import BadRequest
+
+SIZE_DIGITS = 19  # significant digits a stated size is read to: 10**19 bytes is more than any body
+
+
+def stated_size(value: bytes | str) -> int | None:
+    """The size a header states (Content-Length, Inference-Header-Content-Length): the number its ASCII
+    digits spell with any count of leading zeros (RFC 9110's ``1*DIGIT``), past ``SIZE_DIGITS``
+    significant digits ``10**SIZE_DIGITS`` (larger than any body, so never needed exactly); None where
+    it is not digits. ``int`` alone refuses a string of over 4 300 digits (a ValueError: a 500)."""
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes '²', which int refuses
+        return None
+    if len(value) <= SIZE_DIGITS:
+        return int(value)
+    significant = value.lstrip(b"0" if isinstance(value, bytes) else "0")
+    return int(significant or 0) if len(significant) <= SIZE_DIGITS else 10**SIZE_DIGITS
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
+    deep to parse are a 400.
+
+    Nesting is bounded by the interpreter's recursion limit (about 1000 levels); the body size is
+    bounded by :class:`BodyLimitMiddleware` before this runs.
+    """
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{what} is not valid UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer literal over Python's 4 300 digits (sys.int_info)
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
+
+
+def _integral(value: Any) -> Any:
+    """A float with no fractional part as the integer it equals; anything else unchanged."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field of a strict request model. JSON has one number type, and the OpenAPI document's
+# ``"type": "integer"`` (JSON Schema) admits 2.0 as the integer 2, as clients that write every number
+# as a float send it; 2.5, true and "2" stay refused (422), as strict validation refuses them.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
