@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from export.freeze import FreezeError
 from export.parity import ParityError
 from export.quantize import PRECISIONS
 from export.repository import RepositoryError, check_repository
@@ -163,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     on_step=lambda text: progress.update(task, description=text),
                 )
                 progress.advance(task)
-    except (ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
-        # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk
+    except (FreezeError, ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
+        # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk;
+        # FreezeError a model that cannot be frozen (a diverged checkpoint's NaN weights)
         if results:
             console.print(summary_table(results))
         console.print(f"export failed: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)

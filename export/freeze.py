@@ -150,6 +150,27 @@ def output_scale(value: object) -> float:
     return max((output_scale(v) for v in items), default=0.0)
 
 
+def _all_finite(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    items = value.values() if isinstance(value, dict) else value
+    return all(_all_finite(v) for v in items)
+
+
+def check_finite(model: nn.Module, outputs: object) -> None:
+    """Refuse a model whose own (unfrozen) outputs hold NaN or inf, naming its non-finite weights: a
+    diverged checkpoint, not a freezing fault, and no parity check can pass on it."""
+    if _all_finite(outputs):
+        return
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    where = f"non-finite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''} ({len(bad)} tensors)"
+    raise FreezeError(
+        "the model's own outputs hold NaN or inf before freezing ("
+        + (where if bad else "its weights are finite: the activations overflow")
+        + "); was training diverging? export an earlier checkpoint"
+    )
+
+
 @torch.no_grad()
 def freeze(
     model: nn.Module, example_inputs: Sequence[torch.Tensor], *, atol: float = FREEZE_ATOL
@@ -167,6 +188,7 @@ def freeze(
     _replace_leftovers(frozen, report)
     frozen.eval()
     ref_out = reference(*example_inputs)
+    check_finite(model, ref_out)
     report.max_abs_diff = max_abs_diff(ref_out, frozen(*example_inputs))
     left = training_only_modules(frozen)
     if left:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
+from export.freeze import FreezeError
 from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name
@@ -148,7 +149,10 @@ def _export_locked(
         accuracy_hook=accuracy_hook,
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
-        results = _exporter(ckpt["task"])(ctx, Path(work))
+        try:
+            results = _exporter(ckpt["task"])(ctx, Path(work))
+        except FreezeError as exc:  # the model's fault, not the run's: name the checkpoint
+            raise FreezeError(f"{path}: {exc}") from exc
     return results + stale_entries(ctx.repository, path, ctx.sha256, {r.entry for r in results})
 
 

@@ -53,11 +53,13 @@ class RepositoryError(RuntimeError):
 
 
 def read_kiln_json(entry_dir: Path) -> dict[str, Any] | None:
-    """The entry's kiln.json, or None when absent or unreadable."""
+    """The entry's kiln.json, or None when absent, unreadable or not a JSON object (a list, a number:
+    not a Kiln export's, and its readers look keys up)."""
     try:
-        return json.loads((entry_dir / "kiln.json").read_text())
+        meta = json.loads((entry_dir / "kiln.json").read_text())
     except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def check_not_foreign(entry_dir: Path) -> None:

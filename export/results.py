@@ -63,6 +63,9 @@ class ExportOptions:
             raise ValueError(f"int8 max BLEU drop must be >= 0, got {self.int8_max_bleu_drop}")
 
 
+DEFAULT_OPTIONS = ExportOptions()
+
+
 @dataclass(frozen=True)
 class Entry:
     """A repository entry an exporter may build: its name and the precision its settings depend on."""
@@ -141,7 +144,18 @@ class ExportContext:
             out["cuda_graphs"] = self.options.cuda_graphs
         if engine:
             out["tensorrt"] = tensorrt.engine_target()
+        if self.ckpt.get("task") == "translate":
+            out.update(self._beam_settings(precision))
         return out
+
+    def _beam_settings(self, precision: str) -> dict[str, int]:
+        """A translator's beam settings where they differ from the defaults (so entries written at the
+        defaults stay current): ``beam_size`` sizes the decoder's max_batch_size (max batch x beam), and
+        with ``beam_sentences`` it decides the int8 gate, so a change of either must rebuild."""
+        changed = {"beam_size": self.options.beam_size}
+        if precision == "int8":
+            changed["beam_sentences"] = self.options.beam_sentences
+        return {k: v for k, v in changed.items() if v != getattr(DEFAULT_OPTIONS, k)}
 
     def needs_rebuild(self, entry: Entry) -> bool:
         """Stale unless written, or refused by its gate, from this checkpoint and these settings."""
