@@ -204,13 +204,18 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 # Flags a resumed run keeps: the optimizer and schedule it restores were built with them.
 RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
+# Flags a resumed run takes from the file when unset (not from the recipe), so it ends where the
+# interrupted run would have; a value given on the command line wins (--epochs 30 lengthens the run,
+# and the schedule is then laid over the new length).
+RESUME_INHERITED = ("epochs", "label_smoothing", "clip_grad_norm", "hflip")
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
-    """On ``--resume``: the interrupted run's values of the ``RESUME_FIXED`` flags left unset (not the
-    recipe's). A flag set to another value is an error, not ignored: the restored optimizer keeps its
-    learning rate and weight decay, another optimizer cannot load its state, and the schedule counts
-    steps of the old batch size. Resume files written before they held their config skip the check."""
+    """On ``--resume``: the interrupted run's values of the ``RESUME_FIXED`` and ``RESUME_INHERITED``
+    flags left unset (not the recipe's). A ``RESUME_FIXED`` flag set to another value is an error, not
+    ignored: the restored optimizer keeps its learning rate and weight decay, another optimizer cannot
+    load its state, and the schedule counts steps of the old batch size. Resume files written before
+    they held their config skip the check."""
     if not config.resume:
         return {}
     saved = load_resume(config.resume, mmap=True).get("train_config")
@@ -226,7 +231,8 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
             f"--resume {config.resume}: {', '.join(differ)}: a resumed run continues with its own "
             "optimizer, learning-rate schedule and batch size; leave these flags unset"
         )
-    return {key: saved[key] for key in RESUME_FIXED if getattr(config, key) is None}
+    inherited = (*RESUME_FIXED, *RESUME_INHERITED)
+    return {key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}
 
 
 def check_resume_model_args(config: TrainConfig) -> None:
@@ -315,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
         "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
-        "and a value that differs from the file's is an error",
+        "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
+        "--clip-grad-norm and --hflip come from the file too (a given --epochs changes the run's length)",
     )
     p.add_argument(
         "--early-stopping",

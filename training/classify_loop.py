@@ -34,6 +34,7 @@ from training.runtime import Dist, all_sum, setup_dist, show_progress, teardown,
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
+DROPOUT_SEED_OFFSET = 0x5EED_D20F  # keeps the dropout stream apart from the augmenter's
 
 
 @dataclass
@@ -183,7 +184,11 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     cfg, d = run.config, run.dist
     run.model.train()
     run.augmenter.train()
-    run.augmenter.generator.manual_seed(cfg.seed * 1_000_003 + epoch * d.world_size + d.rank)
+    seed = cfg.seed * 1_000_003 + epoch * d.world_size + d.rank
+    run.augmenter.generator.manual_seed(seed)
+    # Dropout draws from the global generator: seeded per epoch too (apart from the augmenter's), so a
+    # resumed run draws the masks the uninterrupted run would have drawn from this epoch on.
+    torch.manual_seed(seed + DROPOUT_SEED_OFFSET)
     batches = train_batches(
         run.train_ds, cfg.batch_size, epoch=epoch, seed=cfg.seed, rank=d.rank, world_size=d.world_size
     )

@@ -72,8 +72,12 @@ def load_tsv(path: str | os.PathLike, src_col: int = 0, tgt_col: int = 1) -> lis
 
 
 def load_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> list[Pair]:
-    """Two aligned text files, one sentence per line; line counts and blank lines must agree."""
+    """Two aligned text files, one sentence per line; line counts and blank lines must agree (blank lines
+    at the end of one file, past the other's last line, do not count)."""
     src_lines, tgt_lines = list(_read_lines(src_path)), list(_read_lines(tgt_path))
+    for longer, shorter in ((src_lines, tgt_lines), (tgt_lines, src_lines)):
+        while len(longer) > len(shorter) and not longer[-1][1].strip():
+            longer.pop()  # blank lines past the other file's end: an editor's extra newline, not a pair
     if len(src_lines) != len(tgt_lines):
         raise CorpusError(
             f"{src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}: files are not aligned"
@@ -120,9 +124,9 @@ def clean_pairs(
         raise ValueError(f"unknown normalization {normalization!r}; choose from {NORMALIZATIONS}")
 
     def norm(text: str) -> str:
-        text = " ".join(text.split())
-        if normalization != "none":
+        if normalization != "none":  # first: NFKC turns some characters into spaces ("´" -> " ́")
             text = unicodedata.normalize(normalization, text)
+        text = " ".join(text.split())
         return text.lower() if lowercase else text
 
     out: dict[Pair, None] | list[Pair] = {} if dedup else []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from kiln.images import to_8bit
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow modes
@@ -73,10 +75,7 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder of images per class)")
-    files_per_class = [
-        sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        for d in class_dirs
-    ]
+    files_per_class = [class_images(d) for d in class_dirs]
     for class_dir, files in zip(class_dirs, files_per_class, strict=True):
         if not files:
             raise DatasetError(f"{class_dir}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} files)")
@@ -104,6 +103,27 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
     return RawImages(images, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs])
 
 
+def class_images(class_dir: Path) -> list[Path]:
+    """A class folder's images, sorted by name. Hidden files (macOS ``._x.png`` resource forks,
+    ``.DS_Store``) are skipped like hidden folders; other files are skipped with a warning naming them,
+    so a folder of an unexpected format is not silently trained on in part; a broken link is an error."""
+    images, others = [], []
+    for file in sorted(class_dir.iterdir()):
+        if file.name.startswith("."):
+            continue
+        if file.is_symlink() and not file.exists():
+            raise DatasetError(
+                f"{file}: broken symbolic link (its target {os.readlink(file)} does not exist)"
+            )
+        if not file.is_file():
+            continue
+        (images if file.suffix.lower() in IMAGE_SUFFIXES else others).append(file.name)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        log.warning("%s: skipped %d file(s) without an image suffix: %s", class_dir, len(others), shown)
+    return [class_dir / name for name in images]
+
+
 def folder_channels(files: list[Path]) -> int:
     """3 if any image is in colour, else 1: a grey first image must not make a colour folder grey."""
     from PIL import Image, UnidentifiedImageError
@@ -121,14 +141,15 @@ def folder_channels(files: list[Path]) -> int:
 def read_cifar10(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
     """CIFAR-10 "python version" training batches data_batch_1..5 (pickled dicts of uint8 rows)."""
     root = _existing_dir(path, "cifar10")
-    batch_files = sorted(root.glob("data_batch_[0-9]*"))
-    if not batch_files:
-        raise DatasetError(f"{root}: no CIFAR-10 training batches (data_batch_1..5)")
     images, labels = [], []
-    for file in batch_files:
+    for file in cifar_batch_files(root):
         batch = _unpickle(file)
         data, batch_labels = _cifar_field(batch, file, "data"), _cifar_field(batch, file, "labels")
-        data = np.asarray(data, dtype=np.uint8)
+        data = np.asarray(data)
+        if data.dtype.kind not in "iu" or (data.size and not 0 <= data.min() <= data.max() <= 255):
+            span = f" {data.min()}..{data.max()}" if data.dtype.kind in "iuf" and data.size else ""
+            raise DatasetError(f"{file}: expected pixel values in 0..255, got {data.dtype}{span}")
+        data = data.astype(np.uint8, copy=False)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
             raise DatasetError(
                 f"{file}: expected data (N, 3072) and N labels, got {data.shape} / {len(batch_labels)}"
@@ -146,6 +167,25 @@ def read_cifar10(path: str | None, *, channels: int | None = None, size: int | N
     if len(outside):  # else the loss fails mid-training ("Target 12 is out of bounds")
         raise DatasetError(f"{root}: label {int(outside[0])} out of range for {len(classes)} classes")
     return RawImages(torch.cat(images), labels_all, classes)
+
+
+def cifar_batch_files(root: Path) -> list[Path]:
+    """``data_batch_1`` .. ``data_batch_k`` in number order. Only these exact names count (a stray
+    ``data_batch_1.bak`` would train on its images twice, some of them validation images too), and a gap
+    in the numbers is an error: a batch lost from a download must not shrink the training set silently."""
+    numbered = {}
+    for file in root.iterdir():
+        match = re.fullmatch(r"data_batch_([1-9][0-9]*)", file.name)
+        if match and file.is_file():
+            numbered[int(match.group(1))] = file
+    if not numbered:
+        raise DatasetError(f"{root}: no CIFAR-10 training batches (data_batch_1..5)")
+    missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
+    if missing:
+        raise DatasetError(
+            f"{root}: data_batch_{missing[0]} is missing (found {', '.join(map(str, sorted(numbered)))})"
+        )
+    return [numbered[n] for n in sorted(numbered)]
 
 
 def read_mnist(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
