@@ -9,12 +9,12 @@ encodes small requests on the event loop (:class:`serving.decoding.translator.Tr
 
 :class:`FastEncoder` does the same pipeline for the texts where each step is plain: ASCII text (NFKC
 changes no ASCII character, lower-casing is ``str.lower``), containing no added token's text (those the
-tokenizer splits out first). The Metaspace split is a regular expression (a ``▁`` begins every piece;
-of several in a row, all but the last are pieces of their own, as tokenizers' ``MergedWithNext`` split
-gives), and each piece's ids come from the BPE model itself (``model.tokenize``), once per distinct
-piece (a bounded cache: BPE is deterministic without dropout): ~3.9 us a sentence. Any other text or
-pipeline gets ``None``: the caller uses the tokenizer. ``tests/test_fast_tokens.py`` compares the two
-on generated and adversarial text.
+tokenizer splits out first; a ``normalized`` one in its normalized form too). The Metaspace split is a
+regular expression (a ``▁`` begins every piece; of several in a row, all but the last are pieces of
+their own, as tokenizers' ``MergedWithNext`` split gives), and each piece's ids come from the BPE model
+itself (``model.tokenize``), once per distinct piece (a bounded cache: BPE is deterministic without
+dropout): ~3.9 us a sentence. Any other text or pipeline gets ``None``: the caller uses the tokenizer.
+``tests/test_fast_tokens.py`` compares the two on generated and adversarial text.
 """
 
 from __future__ import annotations
@@ -45,7 +45,19 @@ def _pipeline(tokenizer: Any) -> tuple[bool, list[str]] | None:
         return None
     if config.get("post_processor") or config.get("truncation") or config.get("padding"):
         return None
-    return "Lowercase" in kinds, [token["content"] for token in config.get("added_tokens") or []]
+    return "Lowercase" in kinds, _added_texts(tokenizer, config.get("added_tokens") or [])
+
+
+def _added_texts(tokenizer: Any, tokens: list[dict[str, Any]]) -> list[str]:
+    """The texts the tokenizer splits out before its model: each added token's content, and for one
+    with ``normalized`` (the default of a non-special token) its normalized content too, which is what
+    the tokenizer looks for in the normalized text ("Hello" finds "HELLO" once lower-cased)."""
+    texts = []
+    for token in tokens:
+        texts.append(token["content"])
+        if token.get("normalized") and tokenizer.normalizer is not None:
+            texts.append(tokenizer.normalizer.normalize_str(token["content"]))
+    return texts
 
 
 class FastEncoder:
