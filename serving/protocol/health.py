@@ -8,14 +8,18 @@ from serving.protocol.deps import BackendDep
 from serving.protocol.responses import empty, error_response, errors
 
 router = APIRouter(tags=["health"])
-NOT_READY = errors(400)
+
+
+def _not(state: str) -> dict[int | str, dict]:
+    """The probe's 400: the server is not ``state`` (errors(400) describes malformed input)."""
+    return {400: {**errors(400)[400], "description": f"the server is not {state}"}}
 
 
 @router.get(
     "/v2/health/live",
     summary="Server liveness",
     response_class=Response,
-    responses={200: empty("live"), **NOT_READY},
+    responses={200: empty("live"), **_not("live")},
 )
 async def live(backend: BackendDep) -> Response:
     return Response(status_code=200) if backend.is_live() else error_response("server is not live", 400)
@@ -25,7 +29,7 @@ async def live(backend: BackendDep) -> Response:
     "/v2/health/ready",
     summary="Server readiness (every model loaded)",
     response_class=Response,
-    responses={200: empty("ready"), **NOT_READY},
+    responses={200: empty("ready"), **_not("ready")},
 )
 async def ready(backend: BackendDep) -> Response:
     if await backend.is_ready():

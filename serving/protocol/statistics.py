@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from serving.errors import ModelNotFound
 from serving.execution.base import Backend
 from serving.metrics import GatewayMetrics
 
@@ -70,14 +71,24 @@ def _duration(count: float, seconds: float) -> dict[str, int]:
 async def model_statistics(
     backend: Backend, metrics: GatewayMetrics, name: str = "", version: str = ""
 ) -> list[dict]:
-    """``model_stats`` of the statistics response: every model when ``name`` is empty, else that
-    model in ``version`` (an unknown model or version raises ``ModelNotFound``: a 404). A backend
-    that batches elsewhere (``batching_statistics``: Triton) gives the batching half; an unreachable
-    one makes the call fail as its requests would (503), not answer zeros for what it did."""
-    names = [name] if name else sorted(backend.list_models())
-    served = {model: backend.metadata(model, version if name else "").versions for model in names}
+    """``model_stats`` of the statistics response: every model served when ``name`` is empty (each
+    in the version it serves, whatever ``version`` says, as Triton answers; an entry that failed to
+    load is left out, as Triton lists only the models it loaded), else that model in ``version`` (an
+    unknown model or version raises ``ModelNotFound``: a 404). A backend that batches elsewhere
+    (``batching_statistics``: Triton) gives the batching half; an unreachable one makes the call
+    fail as its requests would (503), not answer zeros for what it did."""
+    if name:
+        versions = backend.metadata(name, version).versions  # an unknown one raises: a 404
+        served = {name: version or _latest(versions)}
+    else:
+        served = {}
+        for model in sorted(backend.list_models()):
+            try:
+                served[model] = _latest(backend.metadata(model).versions)
+            except ModelNotFound:  # listed, but its entry failed to load: nothing it could have run
+                continue
     samples = _Samples(metrics.statistics_samples())
-    stats = [_model_stat(samples, model, version or (served[model] or [""])[-1]) for model in names]
+    stats = [_model_stat(samples, model, served_version) for model, served_version in served.items()]
     batching = getattr(backend, "batching_statistics", None)
     if batching is not None:
         theirs = await batching([(stat["name"], stat["version"]) for stat in stats])
@@ -86,6 +97,11 @@ async def model_statistics(
                 stat["inference_stats"].update(their.pop("inference_stats"))
                 stat.update(their)
     return stats
+
+
+def _latest(versions: list[str]) -> str:
+    """The version a model serves (its versions ascend); "" for one without any."""
+    return versions[-1] if versions else ""
 
 
 def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:

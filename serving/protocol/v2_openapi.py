@@ -12,7 +12,7 @@ from typing import Any
 from serving.execution.datatypes import DATATYPE_TO_NUMPY
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER
 from serving.protocol.tensors import MAX_DIMS
-from serving.protocol.v2_codec import HEADER_LENGTH
+from serving.protocol.v2_codec import HEADER_LENGTH, MAX_TIMEOUT_US
 
 _OBJECT: dict[str, Any] = {"type": "object"}
 _BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
@@ -56,7 +56,12 @@ INFER_REQUEST = {
             "description": "protocol parameters below; any other reaches the model (e.g. beam_size)",
             "properties": {
                 "binary_data_output": {"type": "boolean"},
-                "timeout": {"type": "integer", "minimum": 1, "description": "microseconds"},
+                "timeout": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_TIMEOUT_US,
+                    "description": "microseconds, as Triton reads them (0: none, its default)",
+                },
             },
         },
         "inputs": {"type": "array", "minItems": 1, "items": INPUT_TENSOR},
