@@ -177,7 +177,7 @@ def test_the_openapi_document_lists_the_422_of_generate_and_the_400_and_body_of_
     ):
         assert "422" in operations[path]["post"]["responses"], path
     index = operations["/v2/repository/index"]["post"]
-    assert sorted(index["responses"]) == ["200", "400"]
+    assert sorted(index["responses"]) == ["200", "400", "413", "503"]
     body = index["requestBody"]
     assert body["required"] is False
     assert body["content"]["application/json"]["schema"]["properties"]["ready"]["type"] == "boolean"

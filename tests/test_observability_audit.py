@@ -80,6 +80,17 @@ def test_statistics_of_every_model_leave_out_an_entry_that_failed_to_load_and_an
         assert client.get("/v2/models/broken/stats").status_code == 404  # asked by name: still a 404
 
 
+def test_the_model_list_shows_an_entry_that_failed_to_load_as_not_ready_and_the_others_as_served(
+    with_broken_entry,
+):
+    """``GET /v1/models`` answered 404 naming the broken entry: no list at all."""
+    settings = Settings(model_repository=with_broken_entry, grpc_port=0)
+    with TestClient(create_app(settings)) as client:
+        listed = client.get("/v1/models")
+        assert listed.status_code == 200, listed.text
+        assert {m["name"]: m["ready"] for m in listed.json()} == {"broken": False, "double": True}
+
+
 def test_statistics_of_every_model_label_each_with_the_version_it_serves_whatever_version_is_asked(
     repository,
 ):

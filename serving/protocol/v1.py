@@ -107,7 +107,9 @@ async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[Mo
             ModelSummary(
                 name=name,
                 task=entry.task if entry else "",
-                ready=await backend.model_ready(name),
+                ready=await backend.model_ready(name)
+                if entry
+                else False,  # failed to load: listed, not ready
                 versions=entry.versions if entry else [],
                 inputs=inputs,
                 labels=labels,

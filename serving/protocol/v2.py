@@ -61,7 +61,7 @@ INDEX_BODY = {  # optional, as Triton reads it: ``ready`` a JSON boolean (Triton
 @router.post(
     "/repository/index",
     summary="Every model and version with its state (Triton's repository index)",
-    responses=errors(400),
+    responses=errors(400, 413, 503),  # a body past the limit; the request bodies held past the budget
     openapi_extra=INDEX_BODY,
 )
 async def model_repository_index(request: Request, backend: BackendDep) -> list[dict[str, Any]]:
@@ -94,7 +94,15 @@ _not_served("/models/{name}/trace/setting", "trace")
 _not_served("/logging", "logging")
 
 
-@router.get("/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+# through --backend triton the statistics carry Triton's half: unreachable, or too slow, it is a 503 / 504
+STATS_ERRORS = errors(503, 504)
+
+
+@router.get(
+    "/models/stats",
+    summary="Statistics of every model (Triton's statistics extension)",
+    responses=STATS_ERRORS,
+)
 async def every_model_statistics(backend: BackendDep, metrics: MetricsDep) -> dict[str, Any]:
     return {
         "model_stats": await model_statistics(backend, metrics)
@@ -117,7 +125,12 @@ def _model_get(path: str, summary: str, versioned_summary: str, **route: Any) ->
     return register
 
 
-@_model_get("/stats", "Statistics of a model", "Statistics of a model's version", responses=LOOKUP_ERRORS)
+@_model_get(
+    "/stats",
+    "Statistics of a model",
+    "Statistics of a model's version",
+    responses={**LOOKUP_ERRORS, **STATS_ERRORS},
+)
 async def statistics(
     name: str, backend: BackendDep, metrics: MetricsDep, version: VersionDep
 ) -> dict[str, Any]:
