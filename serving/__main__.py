@@ -173,8 +173,14 @@ def main(argv: list[str] | None = None) -> None:
 
         sockets = [reuse_port_socket(settings.host, settings.http_port)]
     # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
+    server = GatewayServer(config)
     with contextlib.suppress(KeyboardInterrupt):
-        GatewayServer(config).run(sockets=sockets)
+        try:
+            server.run(sockets=sockets)
+        except SystemExit:
+            if server.stopped_loading_by is None:
+                raise
+            server.exit_as_signalled()  # a stop asked while the models loaded: not a failed start
 
 
 if __name__ == "__main__":

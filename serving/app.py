@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -185,6 +187,26 @@ class GatewayServer(uvicorn.Server):
         metrics = getattr(state, "metrics", None)
         if metrics is not None:  # uvicorn keeps the HTTP connections it serves in its server state
             metrics.watch_connections("http", self.server_state.connections.__len__)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler; while the models load, it also tells the backend to stop loading
+        them (without, a SIGTERM waited for every model to load, then for the ports to open)."""
+        super().handle_exit(sig, frame)
+        if not self.started:
+            backend = getattr(getattr(self.config.app, "state", None), "backend", None)
+            stop_loading = getattr(backend, "stop_loading", None)
+            if stop_loading is not None:
+                self.stopped_loading_by = self.stopped_loading_by or sig
+                stop_loading()
+
+    stopped_loading_by: int | None = None  # the signal that stopped the models' loading
+
+    def exit_as_signalled(self) -> None:
+        """After a start-up a signal stopped (uvicorn exits 3, a failed start-up): end as a stop ends,
+        by SIGTERM, or with 0 after Ctrl-C (README, "Serving")."""
+        if self.stopped_loading_by == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app

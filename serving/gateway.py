@@ -50,7 +50,16 @@ class Gateway:
     async def start(self) -> None:
         await self.backend.start()
         if self.translators is not None:
+            if self._stopping:  # a stop signal while the backend loaded
+                raise RuntimeError("a stop signal arrived while the models loaded; translators not started")
             await self.translators.start(self.backend.runner)  # type: ignore[attr-defined]
+
+    def stop_loading(self) -> None:
+        """A stop signal while :meth:`start` loads: the backend stops after the model it is loading."""
+        self._stopping = True
+        stop_loading = getattr(self.backend, "stop_loading", None)
+        if stop_loading is not None:
+            stop_loading()
 
     async def stop(self) -> None:
         """Finish the translations in flight first (they call the backend), then the backend."""

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from prometheus_client import multiprocess
 
@@ -109,25 +110,46 @@ def run_workers(argv: list[str], workers: int) -> int:
     and a board of their open connections, by which they hand new ones to the least loaded
     (``serving.handoff``)."""
     sweep_stale()
-    board = create_board(workers)  # where each worker publishes its model runs in flight
-    weights = create_store_dir()
-    connections = create_connection_board(workers)
     given = os.environ.get(MULTIPROCESS_ENV)
-    shared = Path(given) if given else _metrics_dir()
-    env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
-    arm = _stop_with_parent(os.getpid())
+    made: list[Path] = []  # removed when the workers are gone, or when making the next one failed
     try:
+        try:
+            board = _made(made, create_board(workers))  # where each worker publishes its runs in flight
+            weights = _made(made, _store_dir())
+            connections = _made(made, create_connection_board(workers))
+            shared = Path(given) if given else _made(made, _metrics_dir())
+        except OSError as exc:  # a full or read-only /dev/shm and temporary directory: one line
+            raise SystemExit(f"--workers {workers}: cannot make the files the workers share: {exc}") from None
+        env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
+        arm = _stop_with_parent(os.getpid())
         procs = [
             subprocess.Popen(worker_argv(argv, board, i, weights, connections), env=env, preexec_fn=arm)
             for i in range(workers)
         ]
         return _supervise(procs, shared)
     finally:
-        board.unlink(missing_ok=True)
-        connections.unlink(missing_ok=True)
-        shutil.rmtree(weights, ignore_errors=True)
-        if not given:
-            shutil.rmtree(shared, ignore_errors=True)
+        for path in made:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _made(made: list[Path], path: Path | None) -> Any:
+    """``path``, noted in ``made`` to be removed when the workers stop."""
+    if path is not None:
+        made.append(path)
+    return path
+
+
+def _store_dir() -> Path | None:
+    """The workers' directory of optimized models; None where the temporary directory takes none
+    (each worker then tries its own, and its sessions load their own copies where that fails too)."""
+    try:
+        return create_store_dir()
+    except OSError as exc:
+        log.warning("no directory for the workers' shared weights (%s): each worker makes its own", exc)
+        return None
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

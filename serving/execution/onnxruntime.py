@@ -28,7 +28,12 @@ from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.ort_options import OrtOptions, resident_request, spin_entries
 from serving.execution.ort_sessions import SessionOpener
-from serving.execution.repository import ONNX_PLATFORMS, Repository, RepositoryEntry
+from serving.execution.repository import (
+    ONNX_PLATFORMS,
+    Repository,
+    RepositoryEntry,
+    version_problem,
+)
 from serving.execution.runner import session_runner
 from serving.execution.validation import classification_counts, reshaped, validate_inputs
 from serving.threads import name_os_thread
@@ -73,7 +78,13 @@ class OnnxRuntimeBackend:
 
     async def start(self) -> None:
         """Create the sessions (in a thread, they can take a while) and start one batcher per version."""
-        plans = [(e, v) for e in self.repository.entries.values() if self._servable(e) for v in e.versions]
+        servable = [e for e in self.repository.entries.values() if self._servable(e)]
+        for entry in servable:
+            problem = version_problem(entry)
+            if problem:  # never loads: reported as a failed load, so the server is not ready
+                log.error("model %s failed to load: %s", entry.name, problem)
+                self._failed[entry.name] = problem
+        plans = [(e, v) for e in servable for v in e.versions]
         # Only for loading: each batcher runs its batches on execution threads of its own.
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="kiln-ort-load", initializer=name_os_thread
@@ -81,7 +92,12 @@ class OnnxRuntimeBackend:
         loop = asyncio.get_running_loop()
         if plans:
             self._opener.open_weight_store()
-        for entry, version in plans:
+        for index, (entry, version) in enumerate(plans):
+            if self._stopping:  # a stop signal while loading: the rest are not worth the wait
+                left = sorted({e.name for e, _ in plans[index:]})
+                raise LoadingStopped(
+                    f"a stop signal arrived while the models loaded; not loaded: {', '.join(left)}"
+                )
             try:
                 sessions = await loop.run_in_executor(self._executor, self._open_sessions, entry, version)
             except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
@@ -91,6 +107,10 @@ class OnnxRuntimeBackend:
             self._models[(entry.name, version)] = self._make_model(entry, version, sessions)
         self._started = True
         log.info("onnxruntime backend serving %s", sorted({name for name, _ in self._models}))
+
+    def stop_loading(self) -> None:
+        """Asked to stop while :meth:`start` loads (a signal): it stops after the model it is loading."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """Finish queued and running requests, then release the sessions."""
@@ -295,6 +315,10 @@ class OnnxRuntimeBackend:
                 retry_after=self.options.retry_after_s,
             )
         return model
+
+
+class LoadingStopped(RuntimeError):
+    """The backend was told to stop before it had loaded every model."""
 
 
 def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runner:

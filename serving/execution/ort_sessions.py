@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tritonclient.grpc import model_config_pb2
+
 from serving.execution import placement
 from serving.execution.base import GraphChoice
 from serving.execution.bound_session import BoundSession
@@ -52,6 +54,8 @@ class SessionOpener:
             sessions = {}
             for size in where.buckets or (0,):
                 sessions[size] = self.open_chosen(entry, path, where, graph)[0]
+                if not per_instance and len(sessions) == 1:  # the first: the graph the config must fit
+                    check_signature(entry, sessions[size], path)
                 if where.cuda_graphs:
                     sessions[size] = _bound(sessions[size], size, where, entry.name)
                 if size:
@@ -125,6 +129,72 @@ class SessionOpener:
         session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
         return session, source
+
+
+# Triton config data types -> the ONNX Runtime tensor types a graph declares
+ONNX_TYPES = {
+    "TYPE_BOOL": "tensor(bool)",
+    "TYPE_UINT8": "tensor(uint8)",
+    "TYPE_UINT16": "tensor(uint16)",
+    "TYPE_UINT32": "tensor(uint32)",
+    "TYPE_UINT64": "tensor(uint64)",
+    "TYPE_INT8": "tensor(int8)",
+    "TYPE_INT16": "tensor(int16)",
+    "TYPE_INT32": "tensor(int32)",
+    "TYPE_INT64": "tensor(int64)",
+    "TYPE_FP16": "tensor(float16)",
+    "TYPE_FP32": "tensor(float)",
+    "TYPE_FP64": "tensor(double)",
+    "TYPE_BF16": "tensor(bfloat16)",
+    "TYPE_STRING": "tensor(string)",
+}
+
+
+def check_signature(entry: RepositoryEntry, session: Any, path: Path) -> None:
+    """Refuse a model whose config.pbtxt declares inputs or outputs its graph does not have (a name,
+    a datatype, a rank or a fixed dimension that differs, a batch axis ``max_batch_size`` does not
+    agree with), as Triton's ONNX Runtime backend refuses it at load: served, every request would be
+    refused as the client's mistake (a 400 naming the config's shape) or fail in the graph."""
+    if not (hasattr(session, "get_inputs") and hasattr(session, "get_outputs")):
+        return  # a test's stand-in session declares nothing to compare
+    problems = []
+    config = entry.config
+    for kind, declared, graph in (
+        ("input", config.input, {m.name: m for m in session.get_inputs()}),
+        ("output", config.output, {m.name: m for m in session.get_outputs()}),
+    ):
+        for tensor in declared:
+            meta = graph.get(tensor.name)
+            if meta is None:
+                problems.append(f"{kind} {tensor.name!r} is not one of the graph's {kind}s {sorted(graph)}")
+            else:
+                problems += _tensor_problems(kind, tensor, meta, int(config.max_batch_size))
+    if problems:
+        raise ValueError(f"{entry.path / 'config.pbtxt'} does not match {path}: {'; '.join(problems)}")
+
+
+def _tensor_problems(kind: str, tensor: Any, meta: Any, max_batch_size: int) -> list[str]:
+    """What differs between one config tensor and the graph's tensor of its name (``meta``)."""
+    problems = []
+    declared = model_config_pb2.DataType.Name(tensor.data_type)
+    if ONNX_TYPES.get(declared, meta.type) != meta.type:
+        problems.append(f"{kind} {tensor.name!r} is {declared} in the config but {meta.type} in the graph")
+    dims = [int(d) for d in (tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)]
+    expected = [-1, *dims] if max_batch_size > 0 else dims
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in meta.shape]
+    fixed = [(c, g) for c, g in zip(expected, shape, strict=False) if c > 0 and g > 0]
+    batch = shape[0] if max_batch_size > 0 and shape else -1
+    if len(shape) != len(expected) or any(c != g for c, g in fixed):
+        problems.append(
+            f"{kind} {tensor.name!r} is {expected} in the config (max_batch_size {max_batch_size}) "
+            f"but {shape} in the graph"
+        )
+    elif batch > 0 and (batch != 1 or max_batch_size > 1):
+        problems.append(
+            f"{kind} {tensor.name!r}: the graph takes batches of {batch} rows only, the config's "
+            f"max_batch_size is {max_batch_size}"
+        )
+    return problems
 
 
 def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> BoundSession:

@@ -108,6 +108,7 @@ class Repository:
         self.errors: dict[str, str] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not (directory / "config.pbtxt").is_file():
+                log.warning("%s: no config.pbtxt, so not a model entry: not served", directory)
                 continue
             try:
                 self.entries[directory.name] = load_entry(directory)
@@ -157,9 +158,11 @@ def load_entry(directory: Path) -> RepositoryEntry:
     for output in config.output:
         if output.label_filename:
             labels[output.name] = _read_labels(directory / output.label_filename)
+            _check_label_count(directory, output.label_filename, labels[output.name], [output])
     if not labels and isinstance(kiln.get("labels"), str) and (directory / kiln["labels"]).is_file():
         shared = _read_labels(directory / kiln["labels"])
         labels = {output.name: shared for output in config.output}
+        _check_label_count(directory, kiln["labels"], shared, list(config.output))
     return RepositoryEntry(
         directory.name, directory, config, kiln, labels, _select_versions(directory, config)
     )
@@ -213,11 +216,40 @@ def _read_labels(path: Path) -> list[str]:
     return [line.rstrip("\r\n") for line in path.read_text().splitlines() if line.strip()]
 
 
+def _check_label_count(directory: Path, filename: str, labels: list[str], outputs: list[Any]) -> None:
+    """Warn once when a labels file's lines do not number an output's classes (its last fixed dim):
+    the classes past the file are answered by index, and ``GET /v1/models`` counts the lines."""
+    classes = sorted({int(o.dims[-1]) for o in outputs if o.dims and o.dims[-1] > 0})
+    if classes and len(labels) not in classes:
+        log.warning(
+            "model %s: %s holds %d labels but output %s has %s classes",
+            directory.name,
+            directory / filename,
+            len(labels),
+            ", ".join(repr(o.name) for o in outputs if o.dims and o.dims[-1] > 0),
+            " or ".join(map(str, classes)),
+        )
+
+
 def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> list[str]:
-    """Numeric version directories filtered by the config's version_policy (default: latest 1)."""
-    found = sorted(
-        int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir())
-    )
+    """Version directories filtered by the config's version_policy (default: latest 1). As Triton,
+    only plain numbers name versions (``01`` or ``v2`` is ignored, with a warning: ``01`` would be
+    version 1 at a path that does not exist); an entry left with none is :func:`version_problem`'s."""
+    found, ignored = [], []
+    for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _is_version(path):
+            if any(path.iterdir()):
+                found.append(int(path.name))
+        else:
+            ignored.append(path.name)
+    found.sort()
+    if ignored:
+        log.warning(
+            "model %s: directories %s in %s are not version numbers (plain digits, no leading zero): ignored",
+            directory.name,
+            ignored,
+            directory,
+        )
     policy = config.version_policy
     kind = policy.WhichOneof("policy_choice")
     if kind == "all":
@@ -228,6 +260,24 @@ def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> l
         count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
         chosen = found[-count:]
     return [str(v) for v in chosen]
+
+
+def version_problem(entry: RepositoryEntry) -> str:
+    """Why ``entry`` has no version to serve ("" when it has one): the backend reports it as the
+    model's load failure (a model that never loads must not leave the server ready)."""
+    if entry.versions:
+        return ""
+    policy = entry.config.version_policy
+    specific = policy.WhichOneof("policy_choice") == "specific"
+    wanted = f" version_policy specific {sorted(policy.specific.versions)} and" if specific else ""
+    found = sorted(int(p.name) for p in entry.path.iterdir() if _is_version(p) and any(p.iterdir()))
+    return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}"
+
+
+def _is_version(path: Path) -> bool:
+    """A version directory: plain digits, no leading zero (as Triton reads them)."""
+    name = path.name
+    return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
 
 
 def parse_version(version: str) -> str:

@@ -70,8 +70,18 @@ class WeightStore:
 
     def __init__(self, root: Path | None = None) -> None:
         self.owned = root is None
-        self.root = create_store_dir() if root is None else root
         self._failed: set[str] = set()
+        self.root: Path | None = root
+        if root is None:
+            try:
+                self.root = create_store_dir()
+            except OSError as exc:  # a read-only or full temporary directory: each session its own copy
+                log.warning(
+                    "no directory for the shared weights in %s (%s): every session loads its own copy "
+                    "of its model's weights",
+                    tempfile.gettempdir(),
+                    exc,
+                )
 
     def graph_for(
         self, path: Path, providers: list[Any], prepare: Callable[[Any], Any] | None = None
@@ -81,7 +91,7 @@ class WeightStore:
         ``path`` itself, as it would without a store). ``prepare(session_options)`` readies the
         optimizing session's options for ``path`` (custom operators a graph needs registered)."""
         key = _key(path, providers)
-        if key in self._failed:
+        if key in self._failed or self.root is None:
             return None
         done = self.root / key
         try:
@@ -102,7 +112,7 @@ class WeightStore:
 
     def close(self) -> None:
         """Remove the directory if this store made it (the sessions keep their mappings until freed)."""
-        if self.owned:
+        if self.owned and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _optimize(
