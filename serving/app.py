@@ -84,8 +84,14 @@ LEAN_ROUTES = (
 )
 
 
-# Every inference route, lean or not: a refusal answered on one is counted for the model it names.
-INFERENCE_ROUTES = (*LEAN_ROUTES, lean.LeanRoute("/v1/models/", "/classify", v1.classify))
+# Every inference route, lean or not: a refusal answered on one is counted for the model it names
+# (the paths are what count here; generate's were missing, so its 400s and 413s went uncounted).
+INFERENCE_ROUTES = (
+    *LEAN_ROUTES,
+    lean.LeanRoute("/v1/models/", "/classify", v1.classify),
+    lean.LeanRoute("/v2/models/", "/generate", generate.generate_endpoint, versioned=True),
+    lean.LeanRoute("/v2/models/", "/generate_stream", generate.generate_stream_endpoint, versioned=True),
+)
 
 
 def count_refusal(request: Request, exc: BaseException, status: int) -> None:

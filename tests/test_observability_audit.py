@@ -128,3 +128,19 @@ def test_the_health_probes_document_their_400_as_not_live_or_not_ready_not_as_ma
         refused = paths[probe]["get"]["responses"]["400"]
         assert refused["description"] == f"the server is not {state}", probe
         assert refused["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_a_generate_request_refused_before_its_model_runs_is_counted_for_the_model_once(repository) -> None:
+    """Generate's 400s (a body that is not JSON) and 413s (past the body limit) reached no request
+    series: its paths were missing from the routes a refusal is counted on."""
+    settings = Settings(model_repository=repository, grpc_port=0, max_body_bytes=4096)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.post("/v2/models/double/generate", content=b"{").status_code == 400
+        versioned = client.post("/v2/models/double/versions/1/generate_stream", content=b"{")
+        assert versioned.status_code == 400
+        assert client.post("/v2/models/double/generate", content=b"x" * 8192).status_code == 413
+    metrics = app.state.metrics
+    assert metrics.sample("kiln_request_failures_total", model="double", status="400") == 2
+    assert metrics.sample("kiln_request_failures_total", model="double", status="413") == 1
+    assert metrics.sample("kiln_requests_total", model="double", outcome="failure") == 3

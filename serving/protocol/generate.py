@@ -20,6 +20,7 @@ Triton refuses parameters that are not strings, integers or booleans; the gatewa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -165,7 +166,7 @@ async def _generate(
     return Response(text, media_type="application/json")
 
 
-def _route(suffix: str, stream: bool, summary: str) -> None:
+def _route(suffix: str, stream: bool, summary: str) -> Callable[..., Any]:
     """POST ``/models/{name}/<suffix>`` and its versioned twin."""
     if stream:
         content: dict[str, Any] = {STREAM_MEDIA_TYPE: {"schema": STREAM_EVENT}}
@@ -193,7 +194,10 @@ def _route(suffix: str, stream: bool, summary: str) -> None:
     router.post(f"/models/{{name}}/{suffix}", summary=summary, responses=responses, openapi_extra=body)(
         endpoint
     )
+    return endpoint
 
 
-_route("generate", False, "Generate (Triton's generate extension)")
-_route("generate_stream", True, "Generate as Server-Sent Events (Triton's generate extension)")
+generate_endpoint = _route("generate", False, "Generate (Triton's generate extension)")
+generate_stream_endpoint = _route(
+    "generate_stream", True, "Generate as Server-Sent Events (Triton's generate extension)"
+)
