@@ -4,6 +4,7 @@ it: every process under the root counted, shared pages once, CPU of exited child
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,8 +48,11 @@ def resident_kib(pid: int) -> int:
 
 
 def test_a_tree_counts_every_process_under_its_root_and_their_shared_pages_once(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SHARED_MAPPING, str(tmp_path / "weights")], stdout=subprocess.PIPE, text=True
+    proc = subprocess.Popen(  # a session of its own: the forked child goes with it at the end
+        [sys.executable, "-c", SHARED_MAPPING, str(tmp_path / "weights")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -63,8 +67,8 @@ def test_a_tree_counts_every_process_under_its_root_and_their_shared_pages_once(
         # resident sizes count the 48 MiB twice; the proportional sizes once
         assert use.pss_bytes < resident - (40 << 20), (use, resident)
         assert use.pss_bytes > 48 << 20
-    finally:
-        proc.kill()
+    finally:  # the whole group: killing the parent alone left its child asleep for ten minutes
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert process_tree.usage(proc.pid) is None and process_tree.usage(None) is None
 
