@@ -472,20 +472,24 @@ class OneBadRow(Recorder):
         return outputs
 
 
+async def one_bad_of_three(batcher, model: OneBadRow, gate: threading.Event) -> list:
+    """A busy instance, then a good, a bad and another good request queued behind it, merged into one
+    batch that fails: the bad one's error checked, the others' answers (the busy one's first)."""
+    running = await busy_instance(batcher, model)
+    good, bad, other = (asyncio.create_task(batcher.submit(x)) for x in (rows(1, 2), rows(-5, 1), rows(3, 1)))
+    await until(lambda: batcher.queue_depth == 3)
+    gate.set()
+    with pytest.raises(ValueError, match="out of data bounds"):
+        await bad
+    return [await running, await good, await other]
+
+
 def test_a_request_that_fails_a_merged_batch_fails_alone_and_the_others_get_their_rows():
     gate = threading.Event()
     model = OneBadRow(gate)
 
     async def body(batcher):
-        running = await busy_instance(batcher, model)
-        good, bad, other = (
-            asyncio.create_task(batcher.submit(x)) for x in (rows(1, 2), rows(-5, 1), rows(3, 1))
-        )
-        await until(lambda: batcher.queue_depth == 3)
-        gate.set()
-        with pytest.raises(ValueError, match="out of data bounds"):
-            await bad
-        return await running, await good, await other
+        return await one_bad_of_three(batcher, model, gate)
 
     answers = run(with_batcher(BatchPolicy(max_batch_size=8), model, body))
     assert model.sizes[:2] == [1, 4]  # the three queued requests did run as one merged batch first

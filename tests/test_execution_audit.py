@@ -20,7 +20,7 @@ from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batcher import DynamicBatcher
 from serving.execution.batches import Pending, plan
 from serving.execution.triton import TritonBackend
-from tests.test_batcher import OneBadRow, Recorder, busy_instance, rows, with_batcher
+from tests.test_batcher import OneBadRow, Recorder, busy_instance, one_bad_of_three, rows, with_batcher
 from tests.test_scheduler import SPEC, FakeDecoder, config, fake_encoder, solo
 from tests.waiting import until
 
@@ -111,15 +111,7 @@ def test_requests_that_succeed_alone_after_their_merged_batch_failed_are_observe
     model = OneBadRow(gate)
 
     async def body(batcher: DynamicBatcher) -> list:
-        running = await busy_instance(batcher, model)
-        good, bad, other = (
-            asyncio.create_task(batcher.submit(x)) for x in (rows(1, 2), rows(-5, 1), rows(3, 1))
-        )
-        await until(lambda: batcher.queue_depth == 3)
-        gate.set()
-        with pytest.raises(ValueError, match="out of data bounds"):
-            await bad
-        return [await running, await good, await other]
+        return await one_bad_of_three(batcher, model, gate)
 
     answers = asyncio.run(with_batcher(BatchPolicy(max_batch_size=8), model, body, observer=observer))
     assert [a["y"].ravel().tolist() for a in answers] == [[0.0], [2.0, 4.0], [6.0]]
