@@ -9,7 +9,7 @@ import copy
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default after its help (or alone, for an option without help), except where it
     would mislead or say nothing: no default (the help says what happens then), an empty list (a
-    repeatable option given no times) and on/off flags (``--no-augment``'s default, True, is its
+    repeatable option given no times) and on/off flags (``--no-progress``'s default, True, is its
     option's, not its own)."""
 
     def _format_action(self, action: argparse.Action) -> str:

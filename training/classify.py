@@ -97,7 +97,7 @@ class TrainConfig:
     name: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
-    augment: bool = True
+    augment: bool | None = None  # None: on, or on --resume the interrupted run's choice
     hflip: bool | None = None  # None: the dataset's default (on for CIFAR-10 only)
     debug_rank_hashes: str | None = None
     progress: bool = True
@@ -185,7 +185,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         for f in dataclasses.fields(Recipe)
         if f.name != "model_args" and getattr(config, f.name) is None
     }
-    out = dataclasses.replace(config, model=model, **filled, name=config.name or model)
+    augment = True if config.augment is None else config.augment
+    out = dataclasses.replace(config, model=model, **filled, name=config.name or model, augment=augment)
     if out.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
     if out.dataset not in DATASETS:
@@ -207,7 +208,7 @@ RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "wa
 # Flags a resumed run takes from the file when unset (not from the recipe), so it ends where the
 # interrupted run would have; a value given on the command line wins (--epochs 30 lengthens the run,
 # and the schedule is then laid over the new length).
-RESUME_INHERITED = ("epochs", "label_smoothing", "clip_grad_norm", "hflip")
+RESUME_INHERITED = ("epochs", "label_smoothing", "clip_grad_norm", "hflip", "augment")
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
         "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
         "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
-        "--clip-grad-norm and --hflip come from the file too (a given --epochs changes the run's length)",
+        "--clip-grad-norm, --hflip and --augment come from the file too (a given --epochs changes the run's length)",
     )
     p.add_argument(
         "--early-stopping",
@@ -335,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument("--name", help="output file stem (default: the model name)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="the dataset's augmentation (default: on; on --resume, the interrupted run's choice)",
+    )
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
     p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     p.add_argument(

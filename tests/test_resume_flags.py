@@ -1,0 +1,46 @@
+"""What a resumed classifier run takes from the interrupted run's file: the choices it was made with,
+``--no-augment`` among them (a resumed run that turned augmentation back on would train its last
+epochs on other data than its first)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from training import classify
+from training.checkpoint import save_checkpoint
+
+
+def _resume_file(out: Path, **train_config) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    saved = dataclasses.asdict(classify.resolve(classify.TrainConfig(model="lenet", output_dir=str(out), **train_config)))
+    state = {"epoch": 1, "model_name": "lenet", "model_args": {}, "model": {}, "optimizer": {}, "scheduler": {}}
+    return save_checkpoint({**state, "data": {}, "train_config": saved}, out / "lenet.resume.pt")
+
+
+def _resolved(argv: list[str]) -> classify.TrainConfig:
+    return classify.resolve(classify.config_from_args(classify.build_parser().parse_args(argv)))
+
+
+@pytest.mark.parametrize(
+    ("first_run", "resumed_flags", "augment"),
+    [
+        ({"augment": False}, [], False),
+        ({"augment": False}, ["--augment"], True),
+        ({}, [], True),
+        ({}, ["--no-augment"], False),
+    ],
+)
+def test_a_resumed_run_keeps_the_interrupted_runs_augmentation_unless_told(tmp_path, first_run, resumed_flags, augment):
+    resume = _resume_file(tmp_path / "run", **first_run)
+    config = _resolved(["--resume", str(resume), "--output-dir", str(tmp_path / "out"), *resumed_flags])
+    assert config.augment is augment
+    assert (classify.augment_config(config) == classify.AugmentConfig.none()) is not augment
+
+
+@pytest.mark.parametrize(("flags", "augment"), [([], True), (["--no-augment"], False), (["--augment"], True)])
+def test_a_new_run_augments_unless_told_not_to(tmp_path, flags, augment):
+    config = _resolved(["--model", "lenet", "--output-dir", str(tmp_path), *flags])
+    assert config.augment is augment
