@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif get_origin(kind) is Literal:
             parser.add_argument(flag, choices=get_args(kind), type=str.lower, help=help_text)
-        else:
+        else:  # a path stays text, which Settings reads: Path("") would already be "."
+            kind = str if kind is Path else kind
             parser.add_argument(flag, type=kind, metavar=name.upper(), help=help_text)
     return parser
 
@@ -69,10 +70,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 def _problem(error: Any) -> str:
     """One pydantic error as the flag and variable it came from and what is wrong."""
+    message = str(error["msg"]).removeprefix("Value error, ")  # a validator's own words, as written
     if not error["loc"]:
-        return str(error["msg"])
+        return message
     name = str(error["loc"][0])
-    return f"--{name.replace('_', '-')} (or KILN_{name.upper()}): {error['msg']}"
+    return f"--{name.replace('_', '-')} (or KILN_{name.upper()}): {message}"
 
 
 def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:

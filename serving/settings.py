@@ -230,6 +230,21 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _repository_named(cls, value: object) -> object:
+        """An empty ``KILN_MODEL_REPOSITORY=`` (a template's unset value) is an error, not the current
+        directory: ``Path("")`` is ``.``, whose every folder would be read as a model entry."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name the model repository's directory (make export writes one)")
+        return value
+
+    @field_validator("connection_board", "worker_board", "weights_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        """An empty variable leaves an optional path unset rather than naming the current directory."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator(
         "backend", "triton_translate", "grpc_server", "grpc_io", "cpu_policy", "log_level", mode="before"
     )
