@@ -335,10 +335,6 @@ def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runn
 TRANSLATOR_PARTS = ("translate_encoder", "translate_decoder")  # kiln.json tasks of a translator's graphs
 
 
-def _instance_count(config: Any) -> int:
-    return sum(max(1, g.count) for g in config.instance_group) or 1
-
-
 def _arena_releases(entry: RepositoryEntry, sessions: Sessions) -> bool:
     """Whether an idle instance may shrink its batch session's arena: a model that merges batches (so
     it grows past one row's needs), on plain CPU sessions (a bucket's session keeps its shape's memory

@@ -50,7 +50,7 @@ class SessionOpener:
         at its one shape: planned, or captured as a CUDA graph, before the first request (``graph``: as
         :meth:`open_chosen`)."""
         per_instance = []
-        for _ in range(_instance_count(entry.config)):
+        for _ in range(placement.instance_count(entry.config)):
             sessions = {}
             for size in where.buckets or (0,):
                 sessions[size] = self.open_chosen(entry, path, where, graph)[0]
@@ -205,7 +205,3 @@ def _bound(session: Any, rows: int, where: placement.Placement, name: str) -> Bo
         return BoundSession(session, rows, device, device_id)
     except ValueError as exc:
         raise placement.PlacementError(f"model {name!r}: kiln_cuda_graphs: {exc}") from exc
-
-
-def _instance_count(config: Any) -> int:
-    return sum(max(1, g.count) for g in config.instance_group) or 1

@@ -47,6 +47,9 @@ ONNX_DTYPES = {  # ONNX Runtime's type names of tensors, as numpy types
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 CONV_ALGO_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
+# Each instance is a session of its own (its weights shared, its arena and thread not): a count beyond
+# this is a typo (count: 1000 for 10), which would open sessions until the memory ran out, not a layout.
+MAX_INSTANCES = 64
 
 
 class PlacementError(RuntimeError):
@@ -194,3 +197,16 @@ def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]
         feeds[meta.name] = np.zeros((rows, *dims), dtype=ONNX_DTYPES.get(meta.type, np.float32))
     return feeds
+
+
+def instance_count(config: Any) -> int:
+    """The sessions the config's ``instance_group`` asks for (a group's unset count is 1, as in Triton;
+    no group is one instance); more than ``MAX_INSTANCES`` in all is a ``PlacementError`` naming them."""
+    counts = [max(1, group.count) for group in config.instance_group]
+    total = sum(counts) or 1
+    if total > MAX_INSTANCES:
+        raise PlacementError(
+            f"model {config.name!r}: instance_group asks for {total} instances ({' + '.join(map(str, counts))}); "
+            f"at most {MAX_INSTANCES} are opened, each a session with its own memory arena: lower count"
+        )
+    return total
