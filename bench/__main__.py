@@ -66,13 +66,16 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+GPU_PARTS = ("engines", "servers")  # what --only may name with --profile gpu
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--profile",
         choices=sorted(PROFILES),
         default="quick",
-        help="quick (~6 min on 2 cores), full (every batch, concurrency and beam), gpu (CUDA engines and "
+        help="quick (~10 min on 2 cores), full (every batch, concurrency and beam), gpu (CUDA engines and "
         "the gateway on the GPU against the CPU); default: quick",
     )
     _add_model_options(parser)
@@ -274,13 +277,21 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
     if not status.usable:
         console.print(f"[yellow]PROFILE=gpu needs a CUDA GPU: {status.reason()}. Nothing was measured.")
         return
+    wanted = set(args.only or GPU_PARTS)  # servers: the gateway on the GPU against the CPU
     entry = args.repository / args.classifier
+    unmeasured = sorted(wanted - set(GPU_PARTS))
+    if unmeasured:
+        raise SystemExit(
+            f"--profile gpu measures {' and '.join(GPU_PARTS)} only, not {', '.join(unmeasured)}"
+        )
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
-    wanted = set(args.only or ("engines", "servers"))  # servers: the gateway on the GPU against the CPU
+    out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
+    problem = inputs.output_problem(out)
+    if problem:  # before anything runs or is written
+        raise SystemExit(problem)
     serving = _gpu_serving_wanted(args, status, wanted)
     log.info("GPU profile on %s: %s", status.device_name, status.reason())
-    out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
     results: dict[str, Any] = {
         "profile": args.profile,
         "machine": machine_info(),
@@ -346,6 +357,13 @@ def _gpu_serving(args: argparse.Namespace, profile: dict[str, Any], out: Path) -
     )
 
 
+PERCENTILES = (
+    "Percentiles (p50, p90, p99) of Kiln's own clients and in-process timings interpolate linearly "
+    "between the two nearest ranks (numpy's default, `bench.stats.summarize`): under 101 samples "
+    "p99 lies between the largest two; perf_analyzer's rows carry perf_analyzer's own.\n"
+)
+
+
 def write(results: dict[str, Any], out: Path) -> None:
     """report.md, the plots and results.json; the sections add their derived columns (x_naive,
     x_triton, speedups, p99_over_p50) to the rows, so results.json is written after them and keeps them."""
@@ -356,6 +374,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"GPU: {machine['gpu'] or 'none'}; threads per engine: {results['threads']}.\n",
         speed_line(machine),
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
+        PERCENTILES,
         "## Targets\n\n" + report.targets_table(results["targets"]) + "\n",
     ]
     if results.get("failed"):

@@ -288,6 +288,7 @@ def _decode(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from bench.inputs import non_negative_int, positive_int
     from bench.translation_engines import kiln_translator
     from bench.translation_rows import Workload, workload_parser
     from serving.decoding.options import DecodingOptions
@@ -297,9 +298,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         __doc__.split("\n")[0],
         "sentences in flight (a gateway worker's share)",
     )
-    parser.add_argument("--sentences", type=int, default=1500)
-    parser.add_argument("--beam", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=300, help="sentences replayed first, not counted")
+    parser.add_argument("--sentences", type=positive_int, default=1500)
+    parser.add_argument("--beam", type=positive_int, default=4)
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=300, help="sentences replayed first, not counted (0: none)"
+    )
     parser.add_argument(
         "--functions",
         action="store_true",
@@ -316,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     scheduler = translator.schedulers[0]
     common = dict(indexed=scheduler.indexed, concurrency=args.concurrency)
     run = (scheduler.spec, scheduler.run_encoder, scheduler.run_decoder, sources, config)
-    replay(*run, sentences=args.warmup, **common)
+    if args.warmup:
+        replay(*run, sentences=args.warmup, **common)
     split, _ = replay(*run, sentences=args.sentences, **common)
     print(split.line())
     if args.functions:

@@ -100,7 +100,7 @@ def run_jobs(
             try:
                 results.extend(pool.apply(_measure, (job, runner or make_runner)))
             except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others
-                results.append({"engine": job.engine, "precision": job.precision, "error": str(exc)})
+                results.append({"engine": job.label, "precision": job.precision, "error": str(exc)})
     return results
 
 

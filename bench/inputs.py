@@ -28,6 +28,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (a warm-up that may be left out)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return value
+
+
 def entry_problem(repository: Path, name: str, task: str, hint: str) -> str | None:
     """Why ``repository/name`` is not an exported entry of ``task``, or None."""
     meta_path = repository / name / "kiln.json"

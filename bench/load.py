@@ -74,6 +74,8 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s:
 
 async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_flight: int = 1024) -> LoadResult:
     """Requests at a fixed rate regardless of answers; latency counted from the scheduled send time."""
+    if not rate_rps > 0:
+        raise ValueError(f"an open loop needs a rate above 0 requests/s, not {rate_rps}")
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
     interval, tasks = 1.0 / rate_rps, []

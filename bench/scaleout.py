@@ -41,12 +41,18 @@ INPUTS, CONCURRENCY, TRANSLATE_CONCURRENCY = 32, 32, 16
 
 
 def checked(ask: Ask, expected: list[Any], tally: Tally) -> load.Send:
-    """A closed-loop sender over the inputs in turn that counts wrong answers in ``tally``."""
+    """A closed-loop sender over the inputs in turn that counts each answer in ``tally`` once: ``ok``,
+    ``wrong`` (answered differently) or ``failed`` (no answer: an error, raised again for the loop)."""
     turn = itertools.count()
 
     async def send() -> bool:
         i = next(turn) % len(expected)
-        good = same_answer(await ask(i), expected[i])
+        try:
+            answer = await ask(i)
+        except Exception:
+            tally.failed += 1
+            raise
+        good = same_answer(answer, expected[i])
         tally.ok, tally.wrong = tally.ok + good, tally.wrong + (not good)
         return good
 
@@ -84,8 +90,8 @@ async def _measure(
                 result.ok / result.duration_s,
                 result.as_dict()["p99_ms"],
             )
-            row["failed"] = row.get("failed", 0) + result.errors
-    row["wrong"] = tally.wrong
+    # every request's answer, warm-up included: a wrong answer is not also a failed one
+    row["wrong"], row["failed"] = tally.wrong, tally.failed
     for protocol in ("http", "grpc"):
         after = answered_per_replica(balancer, protocol)
         row[f"{protocol}_spread"] = [

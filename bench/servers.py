@@ -220,10 +220,17 @@ def _gateway_targets(run: _Run, workers: int, meta_dims: tuple[int, ...]) -> Non
 
 
 def _open_loop_at_half_peak(run: _Run, target: Target) -> None:
-    """``target`` in open loop at half its best closed-loop throughput, over that row's protocol."""
+    """``target`` in open loop at half its best closed-loop throughput, over that row's protocol; not
+    run, and named in the errors, when no closed-loop request of it succeeded (no peak to halve)."""
     best = max(
-        (r for r in run.results["closed"] if r["target"] == "gateway"), key=lambda r: r["throughput_rps"]
+        (r for r in run.results["closed"] if r["target"] == "gateway"),
+        key=lambda r: r["throughput_rps"],
+        default=None,
     )
+    if best is None or not best["throughput_rps"] > 0:
+        run.results["errors"]["open loop"] = "not run: no closed-loop request to the gateway succeeded"
+        run.progress("gateway open loop skipped: no closed-loop request to the gateway succeeded")
+        return
     rate = best["throughput_rps"] / 2
     run.progress(f"gateway open loop over {best['protocol']} at half of its peak ({rate:.0f} req/s)")
     run.results["open"].append(

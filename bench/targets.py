@@ -20,7 +20,9 @@ def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
     ort = [
         r["throughput_ips"]
         for r in rows
-        if str(r.get("engine", "")).split(" x")[0] == "onnxruntime" and r.get("precision") == "fp32"
+        if str(r.get("engine", "")).split(" x")[0] == "onnxruntime"
+        and r.get("precision") == "fp32"
+        and "throughput_ips" in r  # an engine that failed has its error instead
     ]
     return max(ort, default=math.nan)
 

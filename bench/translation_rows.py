@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.inputs import positive_int
 from bench.stats import summarize
 
 MAX_LENGTH = 64  # every engine: most tokens generated per sentence
@@ -88,7 +89,7 @@ def workload_parser(prog: str, description: str, concurrency_help: str) -> argpa
     parser.add_argument(
         "--entry", help="the repository entry to run (default: --model; e.g. transformer_int8, its int8 twin)"
     )
-    parser.add_argument("--concurrency", type=int, default=16, help=concurrency_help)
+    parser.add_argument("--concurrency", type=positive_int, default=16, help=concurrency_help)
     return parser
 
 
