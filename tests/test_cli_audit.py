@@ -116,6 +116,12 @@ TRANSLATE_CASES = {
     "--patience must be >= 0, got -1": ["--patience", "-1"],
     "--warmup-steps must be >= 0, got -5": ["--warmup-steps", "-5"],
     "--dropout must be in [0, 1), got 1.0": ["--dropout", "1"],
+    # the architecture's own checks, named before the corpus is read, not at the model's first forward
+    "--model-arg: TransformerConfig: d_model=16 is not divisible by heads=3": ["--model-arg", "heads=3"],
+    "--model-arg: TransformerConfig.decoder_layers must be a positive integer, got 0": [
+        "--model-arg",
+        "decoder_layers=0",
+    ],
 }
 
 

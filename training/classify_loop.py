@@ -35,6 +35,7 @@ from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_me
 
 log = logging.getLogger("training.classify")
 DROPOUT_SEED_OFFSET = 0x5EED_D20F  # keeps the dropout stream apart from the augmenter's
+AUX_LOSS_WEIGHT = 0.3  # of each auxiliary classifier's loss, as in the GoogLeNet paper
 
 
 @dataclass
@@ -204,8 +205,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         labels = run.train_ds.labels[idx].to(d.device)  # (B,)
         x = normalize(run.augmenter(images), run.mean, run.std)  # (B, C, H, W)
         with torch.autocast(d.device.type, dtype=torch.float16, enabled=run.use_amp):
-            logits = run.model(x)  # (B, classes)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            logits, loss = training_loss(run.model(x), labels, cfg.label_smoothing)  # (B, classes), ()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if cfg.clip_grad_norm:
@@ -220,6 +220,18 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = all_sum([total_loss, correct, seen], d)
     return total_loss / seen, correct / seen
+
+
+def training_loss(
+    output: torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]], labels: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and the loss of a training forward. A model with auxiliary classifiers (GoogLeNet's
+    ``aux_logits``) returns ``(logits, [aux, ...])`` in training: each aux loss counts ``AUX_LOSS_WEIGHT``."""
+    logits, aux = output if isinstance(output, tuple) else (output, [])
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+    for extra in aux:
+        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), labels, label_smoothing=smoothing)
+    return logits, loss
 
 
 @torch.no_grad()

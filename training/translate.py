@@ -241,6 +241,10 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ValueError(
             f"--model-arg {', '.join(unknown)}: not a field of {cfg['model']}; accepted: {sorted(fields)}"
         )
+    try:  # the architecture's own checks (heads dividing d_model, ...), with stand-in vocabulary sizes
+        model_config(cfg, src_vocab_size=8, tgt_vocab_size=8)
+    except ValueError as exc:
+        raise ValueError(f"--model-arg: {exc}") from None
     if cfg["max_decode_length"] > max_positions(cfg):
         raise ValueError(
             f"--max-decode-length {cfg['max_decode_length']} is above the model's max_positions "
@@ -317,9 +321,17 @@ def prepare_data(cfg: dict[str, Any]):
 
 def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn.Module, dict[str, Any]]:
     """The registered model with vocabulary sizes and special ids taken from the tokenizers."""
+    if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
+        raise ValueError("share_embeddings=True needs a joint vocabulary (drop --separate-vocab)")
+    config = model_config(cfg, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+    return get_entry(cfg["model"]).builder(config), asdict(config)
+
+
+def model_config(cfg: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int) -> Any:
+    """The model's config dataclass from the flags and the vocabulary sizes (its own checks run here)."""
     args = {
-        "src_vocab_size": tokenizers.src_vocab_size,
-        "tgt_vocab_size": tokenizers.tgt_vocab_size,
+        "src_vocab_size": src_vocab_size,
+        "tgt_vocab_size": tgt_vocab_size,
         "dropout": cfg["dropout"],
         "pad_id": PAD_ID,
         "bos_id": BOS_ID,
@@ -327,12 +339,10 @@ def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn
         "max_positions": max_positions(cfg),
         **cfg["model_args"],
     }
-    if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
-        raise ValueError("share_embeddings=True needs a joint vocabulary (drop --separate-vocab)")
     fields = {f.name for f in dataclasses.fields(get_entry(cfg["model"]).config_cls)}
-    args = {k: v for k, v in args.items() if k in fields or k in cfg["model_args"]}
-    config = make_config(cfg["model"], **args)
-    return get_entry(cfg["model"]).builder(config), asdict(config)
+    return make_config(
+        cfg["model"], **{k: v for k, v in args.items() if k in fields or k in cfg["model_args"]}
+    )
 
 
 def loss_on(model: nn.Module, batch: TranslationBatch, label_smoothing: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from training.data.text_batches import BucketedBatches, TranslationBatch
 from training.optim import build_optimizer, build_scheduler
 from training.runtime import (
     Dist,
+    all_sum,
     any_rank,
     gather_shards,
     make_amp,
@@ -72,11 +73,15 @@ class Trainer:
         self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
         self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
 
-    def validate(self, epoch: float, train_loss: float) -> bool:
+    def validate(self, epoch: float, loss_sum: float, tokens: float) -> bool:
         """Every rank decodes its share of the validation split, rank 0 scores it all and keeps the best
-        weights; True on every rank means stop."""
+        weights; True on every rank means stop. ``loss_sum`` over ``tokens`` target tokens is this rank's
+        share of the training loss since the epoch began: the loss logged is the mean over every rank's
+        tokens (not rank 0's alone, nor a mean of per-batch means)."""
         self.validated_step = self.step
         d = self.dist
+        loss_sum, tokens = all_sum([loss_sum, tokens], d)
+        train_loss = loss_sum / max(1.0, tokens)
         share = self.val_pairs[d.rank :: d.world_size]
         hyps = translate_texts(
             self.module, self.tokenizers, [s for s, _ in share], max_length=self.cfg["max_decode_length"]
@@ -129,7 +134,7 @@ class Trainer:
         cfg = self.cfg
         for epoch in range(cfg["epochs"]):
             self.model.train()
-            total, count = 0.0, 0
+            count, loss_sum, tokens = 0, 0.0, 0
             bar = tqdm(
                 self.batches,
                 desc=f"epoch {epoch + 1}/{cfg['epochs']}",
@@ -138,22 +143,23 @@ class Trainer:
                 disable=not show_progress(cfg["progress"], self.dist),
             )
             for batch in bar:
-                total, count = total + self.train_step(batch), count + 1
-                bar.set_postfix(loss=f"{total / count:.3f}")
+                loss, n_tokens = self.train_step(batch), batch.n_tokens
+                count, loss_sum, tokens = count + 1, loss_sum + loss * n_tokens, tokens + n_tokens
+                bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
                 out_of_time = any_rank(time.monotonic() > self.deadline, self.dist)
                 mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
                 if (mid_eval or out_of_time) and self.validate(
-                    epoch + count / len(self.batches), total / count
+                    epoch + count / len(self.batches), loss_sum, tokens
                 ):
                     return
                 if out_of_time:
                     log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
                     return
             bar.close()
-            if not cfg["eval_every"] and self.validate(epoch + 1, total / max(1, count)):
+            if not cfg["eval_every"] and self.validate(epoch + 1, loss_sum, tokens):
                 return
         if self.validated_step != self.step:  # the steps after the last --eval-every validation
-            self.validate(cfg["epochs"], total / max(1, count))
+            self.validate(cfg["epochs"], loss_sum, tokens)
 
 
 def run(cfg: dict[str, Any]) -> Path:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.models.checks import require_ints, require_probability
 from training.models.registry import register_model
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -37,6 +38,14 @@ class Seq2SeqConfig:
     bos_id: int = 1
     eos_id: int = 2
     max_positions: int = 256  # longest output the decoder is asked for (serving's max_length cap)
+
+    def __post_init__(self) -> None:
+        """Sizes and layer counts of at least 1 (below it the encoder silently got one layer), dropout in [0, 1)."""
+        if self.rnn_type not in RNN_TYPES:
+            raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose from {sorted(RNN_TYPES)}")
+        sizes = ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attention_dim")
+        require_ints(self, (*sizes, "encoder_layers", "decoder_layers", "max_positions"))
+        require_probability(self, "dropout")
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from training.models.attention import (
     stacked,
     unpack_rows,
 )
+from training.models.checks import require_ints, require_probability
 from training.models.registry import register_model
 
 
@@ -45,6 +46,23 @@ class TransformerConfig:
     bos_id: int = 1
     eos_id: int = 2
     max_positions: int = 256
+
+    def __post_init__(self) -> None:
+        """Sizes named before any tensor exists: heads must divide d_model, and d_model must be even
+        (the positions are its [sin | cos] halves); an encoder may have no layer, a decoder not."""
+        sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "heads", "ffn_dim", "decoder_layers")
+        require_ints(self, (*sizes, "max_positions"))
+        require_ints(self, ("encoder_layers",), minimum=0)
+        require_probability(self, "dropout")
+        if self.d_model % self.heads:
+            raise ValueError(
+                f"TransformerConfig: d_model={self.d_model} is not divisible by heads={self.heads}"
+            )
+        if self.d_model % 2:
+            raise ValueError(
+                f"TransformerConfig.d_model must be even (sinusoidal positions are [sin | cos] halves), "
+                f"got {self.d_model}"
+            )
 
 
 class FeedForward(nn.Sequential):
