@@ -54,11 +54,24 @@ def compiler() -> str | None:
     return shutil.which(name)
 
 
+def _source_digest() -> str:
+    """What names a build of these sources with these flags for this machine, whatever compiled it."""
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
+    digest.update(" ".join((*FLAGS, platform.machine())).encode())
+    return digest.hexdigest()[:16]
+
+
 def library_path(cc: str) -> Path:
     """Where the build of this source with these flags and this compiler lives."""
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
-    digest.update(" ".join((cc, *FLAGS, platform.machine())).encode())
-    return cache_dir() / f"beam_step-{digest.hexdigest()[:16]}.so"
+    compiled_by = hashlib.sha256(cc.encode()).hexdigest()[:8]
+    return cache_dir() / f"beam_step-{_source_digest()}-{compiled_by}.so"
+
+
+def prebuilt() -> Path | None:
+    """A build of these sources already in the cache, by any compiler: what an image without one runs
+    (built when the image was made, ``KILN_CACHE_DIR`` pointing into it)."""
+    builds = sorted(cache_dir().glob(f"beam_step-{_source_digest()}-*.so"), key=lambda p: p.stat().st_mtime)
+    return builds[-1] if builds else None
 
 
 def build(cc: str, target: Path) -> Path:
@@ -107,11 +120,14 @@ def _load() -> ctypes.CDLL | None:
         log.info("compiled beam step off (KILN_NATIVE=0): numpy step")
         return None
     cc = compiler()
-    if cc is None:
-        log.warning("no C compiler (cc or $CC): beam search runs its numpy step, ~10 % slower")
-        return None
     try:
-        path = library_path(cc)  # reads the sources: an install without them is a warning, not a crash
+        path = library_path(cc) if cc else prebuilt()  # reads the sources: missing ones are a warning
+        if path is None:
+            log.warning(
+                "no C compiler (cc or $CC) and no build in %s: beam search runs its numpy step, ~10 %% slower",
+                cache_dir(),
+            )
+            return None
         if not path.exists():
             build(cc, path)
         library = _open(path)
@@ -126,12 +142,18 @@ def _load() -> ctypes.CDLL | None:
     return library
 
 
+def loaded_path() -> Path | None:
+    """The library file :func:`load` opened (built here, or found prebuilt), or None."""
+    return _loaded_path[0] if load() is not None else None
+
+
 def register_kernels(options: Any) -> bool:
     """Register the compiled ``kiln.ai`` attention operators (``attention.c``) on ``options`` (an
     ``onnxruntime.SessionOptions``); False where the library is unavailable."""
-    if load() is None:
+    path = loaded_path()
+    if path is None:
         return False
-    options.register_custom_ops_library(str(_loaded_path[0]))
+    options.register_custom_ops_library(str(path))
     return True
 
 

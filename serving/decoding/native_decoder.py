@@ -85,7 +85,7 @@ def _load() -> Any:
         runtime = ctypes.CDLL(found[-1])
         base = runtime.OrtGetApiBase
         base.restype = ctypes.c_void_p
-        path = native.library_path(native.compiler() or "cc")
+        path = native.loaded_path()
         lib = ctypes.CDLL(str(path))  # the library native.load() built; CDLL: the GIL is released
         lib.kiln_ort_init.restype = ctypes.c_int64
         lib.kiln_ort_init.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64]
