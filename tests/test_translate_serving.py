@@ -357,15 +357,35 @@ def test_unknown_models_and_non_translators_are_refused(gateway) -> None:
     assert _post(gateway, "transformer_encoder", {"texts": ["one"]}).status_code == 400
 
 
-def test_an_encoder_fed_a_source_of_no_tokens_is_a_400_naming_the_empty_input(gateway) -> None:
-    """ONNX Runtime fails such a run with a plain FAIL (not INVALID_ARGUMENT): the request's doing."""
-    url = f"http://{gateway.url}/v2/models/transformer_encoder/infer"
+@pytest.mark.parametrize("name", sorted(TRANSLATORS))
+def test_an_encoder_fed_a_source_of_no_tokens_is_a_400_naming_the_empty_input(gateway, name) -> None:
+    """Refused before it is queued: ONNX Runtime fails the Transformer's with a plain FAIL, and aborts
+    the whole process on the GRU's (every request in the gateway lost with it)."""
+    url = f"http://{gateway.url}/v2/models/{name}_encoder/infer"
     empty = {"inputs": [{"name": "src_ids", "datatype": "INT64", "shape": [1, 0], "data": []}]}
     reply = httpx.post(url, json=empty, timeout=60)
     assert reply.status_code == 400, reply.text
-    assert "'src_ids' of shape [1, 0]" in reply.json()["error"]
+    assert reply.json()["error"] == (
+        f"input 'src_ids': dimension 1 (src_len) is empty in shape [1, 0]: model '{name}_encoder' runs on at least one"
+    )
     one = {"inputs": [{"name": "src_ids", "datatype": "INT64", "shape": [1, 2], "data": [5, 2]}]}
     assert httpx.post(url, json=one, timeout=60).status_code == 200
+
+
+def test_a_decoders_empty_cache_before_its_first_step_is_the_one_empty_axis_allowed(exported) -> None:
+    """export's parity checks ran the decoder at past_len 0 (its first step), never at src_len 0."""
+    import onnxruntime as ort
+
+    from serving.execution.repository import Repository
+    from serving.execution.validation import input_rules
+
+    root, _ = exported
+    entry = Repository(root / "model_repository").get("transformer_decoder")
+    session = ort.InferenceSession(str(entry.model_file("")), providers=["CPUExecutionProvider"])
+    rules = input_rules(entry, {i.name: list(i.shape) for i in session.get_inputs()})
+    assert rules["self_k_0"].nonempty == rules["cache_mask"].nonempty == ()
+    assert rules["cross_k_0"].nonempty == ((2, "src_len"),)
+    assert rules["src_mask"].nonempty == ((1, "src_len"),)
 
 
 def test_a_translators_statistics_count_its_texts_decoder_steps_and_each_requests_wait_to_join(

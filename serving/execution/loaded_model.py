@@ -65,7 +65,7 @@ class LoadedModel:
         self.lone = sessions.lone
         self.output_names = [o.name for o in entry.config.output]
         self.output_set = frozenset(self.output_names)
-        self.rules = input_rules(entry)
+        self.rules = input_rules(entry, _graph_shapes(self.sessions[0]))
         # outputs the config reshapes: {name: its dims}, the batch axis left out (validation.reshaped)
         self.output_dims = {
             o.name: tuple(int(d) for d in o.dims) for o in entry.config.output if o.HasField("reshape")
@@ -157,6 +157,13 @@ def _refused_input(exc: Exception) -> bool:
     queued, so what is left is a value the graph refuses (a token id outside the vocabulary), the
     client's mistake: a 400, as Triton's onnxruntime backend answers it."""
     return _onnxruntime_error(exc, "InvalidArgument")
+
+
+def _graph_shapes(session: Any) -> dict[str, list]:
+    """Each input's shape as the graph names its axes (a bound session's, its session's; a session
+    without ``get_inputs``, a test's fake: none)."""
+    inputs = getattr(getattr(session, "session", session), "get_inputs", None)
+    return {i.name: list(i.shape) for i in inputs()} if inputs else {}
 
 
 def _onnxruntime_error(exc: Exception, name: str) -> bool:

@@ -26,19 +26,44 @@ class InputRule:
     dtype: np.dtype
     shape: tuple[int, ...]  # -1: any size
     reshape: tuple[int, ...] | None = None  # the shape the model takes instead, batch axis left out
+    nonempty: tuple[tuple[int, str], ...] = ()  # (position, graph axis name) a request may not make 0
 
 
-def input_rules(entry: RepositoryEntry) -> dict[str, InputRule]:
-    """The validation table of an entry's inputs."""
+def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = None) -> dict[str, InputRule]:
+    """The validation table of an entry's inputs. ``graph_shapes`` (each input's shape as the ONNX graph
+    names it, ``["batch", "src_len"]``) adds the axes a request may not leave empty (:func:`nonempty_axes`)."""
     reshapes = {
         t.name: tuple(int(d) for d in t.reshape.shape) for t in entry.config.input if t.HasField("reshape")
     }
     return {
         meta.name: InputRule(
-            meta.datatype, numpy_dtype(meta.datatype), tuple(meta.shape), reshapes.get(meta.name)
+            meta.datatype,
+            numpy_dtype(meta.datatype),
+            tuple(meta.shape),
+            reshapes.get(meta.name),
+            () if meta.name in reshapes else nonempty_axes(entry, (graph_shapes or {}).get(meta.name)),
         )
         for meta in entry.inputs()
     }
+
+
+def nonempty_axes(entry: RepositoryEntry, graph_shape: list | None) -> tuple[tuple[int, str], ...]:
+    """The named dynamic axes of one input, after the batch axis, that a Kiln export never ran at 0.
+
+    An axis may be 0 where the graph takes it (a decoder's cache before its first step, which export's
+    parity checks in kiln.json ran); elsewhere (an encoder over a source of no tokens) ONNX Runtime may
+    not fail but abort the process, every request in it lost: such a request is refused before it is
+    queued. Entries without kiln.json parity checks (not Kiln's exports) refuse nothing here."""
+    checks = (entry.kiln.get("parity") or {}).get("checks") or []
+    if not checks or not graph_shape:
+        return ()
+    run_empty = {axis for check in checks for axis, size in check.get("sizes", {}).items() if size == 0}
+    first = 1 if entry.max_batch_size > 0 else 0
+    return tuple(
+        (position, axis)
+        for position, axis in enumerate(graph_shape)
+        if position >= first and isinstance(axis, str) and axis and axis not in run_empty
+    )
 
 
 def reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
@@ -71,6 +96,12 @@ def validate_inputs(
             e != -1 and e != g for e, g in zip(rule.shape, shape, strict=True)
         ):
             raise BadRequest(f"input {name!r}: expected shape {list(rule.shape)}, got {list(shape)}")
+        for position, axis in rule.nonempty:
+            if shape[position] == 0:
+                raise BadRequest(
+                    f"input {name!r}: dimension {position} ({axis}) is empty in shape {list(shape)}: "
+                    f"model {entry.name!r} runs on at least one"
+                )
         if entry.max_batch_size > 0:
             batch_sizes.add(shape[0])
     if len(batch_sizes) > 1:
