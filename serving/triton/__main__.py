@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from kiln.cli import HelpFormatter
 from serving.triton.server import TritonError, TritonServer
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0 for a free one."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port in 0-65535")
+    return port
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above 0."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,18 +49,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-repository", type=Path, default=Path("model_repository"), help="exported repository"
     )
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="where the flavour and log go (default: a temp dir)"
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the flavour and log go (default: a temp dir, removed when the server stops cleanly)",
     )
-    parser.add_argument("--http-port", type=int, default=8100, help="KServe v2 HTTP port (0: a free one)")
-    parser.add_argument("--grpc-port", type=int, default=8101, help="KServe v2 gRPC port (0: a free one)")
+    parser.add_argument("--http-port", type=_port, default=8100, help="KServe v2 HTTP port (0: a free one)")
+    parser.add_argument("--grpc-port", type=_port, default=8101, help="KServe v2 gRPC port (0: a free one)")
     parser.add_argument(
-        "--metrics-port", type=int, default=8102, help="Prometheus metrics port (0: a free one)"
+        "--metrics-port", type=_port, default=8102, help="Prometheus metrics port (0: a free one)"
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model instance"
+        "--threads",
+        type=_positive(int),
+        default=1,
+        help="ONNX Runtime intra-op threads per model instance (translators' own sessions included)",
     )
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
-    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    parser.add_argument(
+        "--ready-timeout", type=_positive(float), default=180.0, help="seconds to wait for readiness"
+    )
     return parser.parse_args(argv)
 
 
@@ -49,20 +80,35 @@ def main(argv: list[str] | None = None) -> int:
         what = "is not a directory" if args.model_repository.exists() else "does not exist"
         console.print(f"[red]model repository {args.model_repository} {what}; run `make export` first")
         return 2
+    temporary = args.workdir is None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-triton-"))
-    server = TritonServer(
-        args.model_repository,
-        workdir,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        log_verbose=args.log_verbose,
-        threads=args.threads,
-        ready_timeout_s=args.ready_timeout,
-    )
-    _interrupt_on_signals()
     try:
-        with console.status(f"starting tritonserver on {args.model_repository} (log: {server.log_path})"):
+        server = TritonServer(
+            args.model_repository,
+            workdir,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_verbose=args.log_verbose,
+            threads=args.threads,
+            ready_timeout_s=args.ready_timeout,
+        )
+    except ValueError as error:
+        console.print(f"[red]{error}")
+        code = 2
+    else:
+        _interrupt_on_signals()
+        code = _serve(console, server, args.model_repository)
+    if temporary and code != 1:  # a failure keeps its log (and the flavour it ran) to read
+        shutil.rmtree(workdir, ignore_errors=True)
+    return code
+
+
+def _serve(console: Console, server: TritonServer, repository: Path) -> int:
+    """Start the server, serve until a signal (0) or until it exits on its own (1); 1 where it cannot
+    start, 130 where a signal stops the start."""
+    try:
+        with console.status(f"starting tritonserver on {repository} (log: {server.log_path})"):
             server.start()
     except (TritonError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]{error}")
@@ -83,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupt_on_signals() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, even where a parent shell made SIGINT ignored."""
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt, even where a parent shell made SIGINT
+    ignored; later ones are ignored, so that a second Ctrl-C cannot cut the stop it started short
+    (which leaves the server's stubs and shared memory behind, and a traceback)."""
 
     def interrupt(*_: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM):

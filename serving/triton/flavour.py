@@ -3,7 +3,8 @@
 That server has only the python backend, so every ``onnxruntime_onnx`` entry becomes a python-backend
 model whose ``model.py`` (:mod:`serving.triton.onnx_model`) runs ONNX Runtime on the same ``model.onnx``,
 with identical inputs, outputs, ``max_batch_size`` and ``dynamic_batching`` (DESIGN.md contract 2).
-Python entries (translators) are copied as they are; entries no CPU can run (TensorRT) are skipped.
+Python entries (translators) are copied as they are, with the flavour's intra-op thread count; entries
+no CPU can run (TensorRT) are skipped.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def derive_python_flavour(
     repository: Path, output: Path, *, threads: int = 1, instances: int | None = None
 ) -> FlavourReport:
     """Write the python flavour of ``repository`` into ``output`` (replacing what a previous run left);
-    ``threads`` and ``instances`` set the layout of the ONNX entries (see :func:`python_config`)."""
+    ``threads`` and ``instances`` set the layout of the ONNX entries (see :func:`python_config`), and
+    ``threads`` that of the python entries' own sessions too."""
     repository, output = Path(repository), Path(output)
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist or is not a directory")
@@ -95,7 +97,7 @@ def derive_python_flavour(
             _wrap_onnx_entry(entry, output / entry.name, config, threads, instances)
             report.wrapped.append(entry.name)
         elif kind == "python":
-            shutil.copytree(entry, output / entry.name)
+            _copy_python_entry(entry, output / entry.name, config, threads)
             report.copied.append(entry.name)
         else:
             report.skipped[entry.name] = f"platform {kind!r} cannot run on the CPU python flavour"
@@ -103,6 +105,18 @@ def derive_python_flavour(
     if not report.wrapped and not report.copied:
         raise ValueError(f"{repository} holds no ONNX or python model entry to serve")
     return report
+
+
+def _copy_python_entry(
+    source: Path, target: Path, config: model_config_pb2.ModelConfig, threads: int
+) -> None:
+    """Copy a python entry as it is, but for ``threads``: a translator's ``<name>`` model runs its
+    encoder and decoder in ONNX Runtime sessions of its own with that many intra-op threads."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+    copied = model_config_pb2.ModelConfig()
+    copied.CopyFrom(config)
+    copied.parameters["intra_op_num_threads"].string_value = str(threads)
+    (target / "config.pbtxt").write_text(text_format.MessageToString(copied))
 
 
 def _wrap_onnx_entry(

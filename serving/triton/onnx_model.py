@@ -26,6 +26,18 @@ def _tensor(name: str, array: np.ndarray):
     return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
 
+def _axes_run_empty(kiln_json: str) -> set[str] | None:
+    """The named graph axes export's parity checks ran at size 0 (a decoder's cache before its first
+    step): the only ones a request may leave empty; None where the entry has no kiln.json."""
+    try:
+        with open(kiln_json) as handle:
+            kiln = json.load(handle)
+    except FileNotFoundError:
+        return None
+    checks = (kiln.get("parity") or {}).get("checks") or []
+    return {axis for check in checks for axis, size in check.get("sizes", {}).items() if size == 0}
+
+
 class TritonPythonModel:
     """One ONNX Runtime session per model instance, with the inputs and outputs of config.pbtxt."""
 
@@ -40,7 +52,10 @@ class TritonPythonModel:
             args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
         )
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.name = config.get("name", "")
         self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.axes = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        self.may_be_empty = _axes_run_empty(os.path.join(args["model_repository"], "kiln.json"))
         self.inputs = {t["name"]: t["data_type"] for t in config["input"]}
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
 
@@ -48,31 +63,62 @@ class TritonPythonModel:
         """Run all requests of a dynamic batch at once when their shapes allow, else (or when the merged
         run fails: one request's values may be what the graph refuses) one by one, so each request gets
         its own answer or its own error, as the gateway's batcher answers them."""
-        feeds = [self._feeds(request) for request in requests]
-        results = None
-        if self.max_batch_size > 0 and len(feeds) > 1 and self._stackable(feeds):
-            sizes = [next(iter(f.values())).shape[0] for f in feeds]
-            merged = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
+        responses: list = [None] * len(requests)
+        runnable: dict[int, dict[str, np.ndarray]] = {}
+        for i, request in enumerate(requests):
+            feed = self._feeds(request)
+            empty = self._empty_axes(feed)
+            if empty:
+                responses[i] = self._refusal(
+                    f"model {self.name!r} cannot run on an empty dimension ({empty})"
+                )
+            else:
+                runnable[i] = feed
+        if self._answered_merged(requests, runnable, responses):
+            return responses
+        for i, feed in runnable.items():
             try:
-                results = self._run(merged)
-            except Exception:  # noqa: BLE001 - one request's values may have failed it: each runs alone below
-                results = None
-        if results is not None:
-            bounds = np.cumsum([0, *sizes])
-            return [
-                self._response({k: v[lo:hi] for k, v in results.items()}, request)
-                for request, lo, hi in zip(requests, bounds[:-1], bounds[1:], strict=True)
-            ]
-        responses = []
-        for request, feed in zip(requests, feeds, strict=True):
-            try:
-                responses.append(self._response(self._run(feed), request))
+                responses[i] = self._response(self._run(feed), requests[i])
             except Exception as error:  # noqa: BLE001 (a bad request must not take the model down)
-                responses.append(self._error(error))
+                responses[i] = self._error(error)
         return responses
+
+    def _answered_merged(
+        self, requests: list, feeds: dict[int, dict[str, np.ndarray]], responses: list
+    ) -> bool:
+        """Answer ``feeds`` from one merged run where they stack and it succeeds; False otherwise."""
+        if self.max_batch_size <= 0 or len(feeds) < 2 or not self._stackable(list(feeds.values())):
+            return False
+        merged = {name: np.concatenate([f[name] for f in feeds.values()]) for name in self.inputs}
+        try:
+            results = self._run(merged)
+        except Exception:  # noqa: BLE001 - one request's values may have failed it: each runs alone
+            return False
+        bounds = np.cumsum([0, *(next(iter(f.values())).shape[0] for f in feeds.values())])
+        for i, lo, hi in zip(feeds, bounds[:-1], bounds[1:], strict=True):
+            responses[i] = self._response({k: v[lo:hi] for k, v in results.items()}, requests[i])
+        return True
 
     def _feeds(self, request) -> dict[str, np.ndarray]:
         return {name: _array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
+
+    def _empty_axes(self, feed: dict[str, np.ndarray]) -> str:
+        """The inputs with a zero-length axis after the batch axis that export never ran empty, named
+        with their shapes ("" if none): ONNX Runtime aborts the whole stub on some graphs (a GRU over a
+        source of no tokens), which leaves the model dead for every later request. Without kiln.json
+        (not a Kiln export) nothing is refused here."""
+        if self.may_be_empty is None:
+            return ""
+        skip = 1 if self.max_batch_size > 0 else 0
+        refused = []
+        for name, array in feed.items():
+            axes = self.axes.get(name, [])
+            for position, size in enumerate(array.shape[skip:], start=skip):
+                axis = axes[position] if position < len(axes) else None
+                if size == 0 and axis not in self.may_be_empty:
+                    refused.append(f"{name!r} of shape {list(array.shape)}")
+                    break
+        return ", ".join(refused)
 
     def _stackable(self, feeds: list[dict[str, np.ndarray]]) -> bool:
         """True when every request has the same non-batch shape per input."""
@@ -90,6 +136,12 @@ class TritonPythonModel:
     def _response(self, results: dict[str, np.ndarray], request):
         wanted = request.requested_output_names() or list(results)
         return pb_utils.InferenceResponse(output_tensors=[_tensor(name, results[name]) for name in wanted])
+
+    @staticmethod
+    def _refusal(message: str):
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+        )
 
     @staticmethod
     def _error(error: Exception):

@@ -209,6 +209,21 @@ def mapped_files(prefix: str) -> set[str]:
     return found
 
 
+def _check_ports(chosen: dict[str, int]) -> None:
+    """Refuse a port outside 0-65535 (Triton took 70000 and reported serving there, an address few
+    clients can use) and one port given to two services (Triton exits on it after loading every
+    model, and drawing new ports for the others, as the start does on a bind failure, cannot cure it)."""
+    flags = {name: "--" + name.replace("_", "-") for name in chosen}
+    for name, port in chosen.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"{flags[name]} must be a port in 0-65535 (0: a free one), got {port!r}")
+    given = [(name, port) for name, port in chosen.items() if port]
+    for i, (name, port) in enumerate(given):
+        for other, same in given[i + 1 :]:
+            if port == same:
+                raise ValueError(f"{flags[name]} and {flags[other]} are both {port}: each needs its own port")
+
+
 class TritonServer:
     """Derive the python flavour of a repository, run Triton on it, and stop it (a context manager)."""
 
@@ -228,6 +243,7 @@ class TritonServer:
         self.model_repository = Path(model_repository)
         self.workdir = Path(workdir)
         chosen = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+        _check_ports(chosen)
         self._drawn = [name for name, port in chosen.items() if not port]  # 0: draw one (see free_port)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()

@@ -81,6 +81,16 @@ def bls_runner(model: str, inputs: list[str], outputs: list[str]):
     return run
 
 
+def _text(value: object, index: int) -> str:
+    """A BYTES element as text; invalid UTF-8 is the request's mistake, named as the gateway names it."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"text[{index}] is not valid UTF-8") from None
+
+
 def _read_json(path: str) -> dict:
     with open(path) as handle:
         return json.load(handle)
@@ -163,6 +173,15 @@ class TritonPythonModel:
             self._answer_group(members, responses)
         return responses
 
+    def _check_rows(self, config: bs.BeamConfig) -> None:
+        """Through BLS a sentence's beams go to ``<name>_decoder`` in one call, which Triton refuses
+        (an INTERNAL error) above that entry's ``max_batch_size``: a beam that wide is the request's
+        mistake, as the gateway's scheduler refuses a beam over its row cap."""
+        if self.steps == "bls" and config.beam_size > self.max_rows:
+            raise ValueError(
+                f"beam_size={config.beam_size} exceeds the decoder entry's max_batch_size={self.max_rows}"
+            )
+
     def _answer_group(self, members: list, responses: list) -> None:
         """Decode one options group's texts together; if that fails, each request alone, so one
         request's texts (too long a text, say) fail that request only, as the gateway answers them."""
@@ -192,7 +211,7 @@ class TritonPythonModel:
 
     def _texts(self, request) -> list[str]:
         values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
-        texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+        texts = [_text(value, i) for i, value in enumerate(values)]
         if len(texts) > bs.LIMITS.max_texts:
             raise ValueError(f"{len(texts)} texts in one request; the limit is {bs.LIMITS.max_texts}")
         for i, text in enumerate(texts):
@@ -205,6 +224,7 @@ class TritonPythonModel:
     def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float, float]]]:
         """n_best (text, normalized score, raw score) per input, decoding as many sentences together as the
         entries allow; a search that finished fewer has empty texts scored -inf after them."""
+        self._check_rows(config)
         ids = [e.ids for e in self.source.encode_batch(texts)]
         cap = self.spec.max_positions
         for i, row in enumerate(ids):
