@@ -39,7 +39,7 @@ from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
-from serving.errors import DeadlineExceeded, Overloaded, Unavailable
+from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batches import Pending, Tensors, deliver, items, merge, plan, settle, signature, split
 from serving.threads import name_os_thread
@@ -319,7 +319,10 @@ class DynamicBatcher:
                 ran_at = clock()
                 rows = split(outputs, live)
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
-            log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
+            if isinstance(exc, BadRequest):  # a client's input, answered as its 400: no traceback to log
+                log.info("model %s: batch of %d request(s) refused: %s", self.name, len(live), exc)
+            else:
+                log.exception("model %s: batch of %d request(s) failed", self.name, len(live))
             self._answer_alone(instance, live, exc, started)
             return
         self._ran()  # before the answers leave: the next request may run on the loop at once
