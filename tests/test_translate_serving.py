@@ -376,8 +376,9 @@ def test_a_decoders_empty_cache_before_its_first_step_is_the_one_empty_axis_allo
     """export's parity checks ran the decoder at past_len 0 (its first step), never at src_len 0."""
     import onnxruntime as ort
 
+    from serving.errors import BadRequest
     from serving.execution.repository import Repository
-    from serving.execution.validation import input_rules
+    from serving.execution.validation import input_rules, validate_inputs
 
     root, _ = exported
     entry = Repository(root / "model_repository").get("transformer_decoder")
@@ -386,6 +387,22 @@ def test_a_decoders_empty_cache_before_its_first_step_is_the_one_empty_axis_allo
     assert rules["self_k_0"].nonempty == rules["cache_mask"].nonempty == ()
     assert rules["cross_k_0"].nonempty == ((2, "src_len"),)
     assert rules["src_mask"].nonempty == ((1, "src_len"),)
+    sizes = {"past_len": 2, "src_len": 3}
+    feeds = {}
+    for i in session.get_inputs():  # a client's shapes: the config's where it reshapes (a per-row [1])
+        rule = rules[i.name]
+        shape = (
+            [1, *rule.shape[1:]]
+            if rule.reshape is not None
+            else [sizes.get(d, 1) if isinstance(d, str) else d for d in i.shape]
+        )
+        feeds[i.name] = np.zeros(shape, rule.dtype)
+    validate_inputs(entry, feeds, rules)  # agreeing axes
+    feeds["cache_mask"] = np.zeros((1, 5), np.bool_)  # the compiled operators would answer NaN rows
+    with pytest.raises(
+        BadRequest, match=r"inputs 'self_k_0' and 'cache_mask' disagree on the model's past_len axis: 2 and 5"
+    ):
+        validate_inputs(entry, feeds, rules)
 
 
 def test_a_translators_statistics_count_its_texts_decoder_steps_and_each_requests_wait_to_join(

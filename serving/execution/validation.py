@@ -27,24 +27,42 @@ class InputRule:
     shape: tuple[int, ...]  # -1: any size
     reshape: tuple[int, ...] | None = None  # the shape the model takes instead, batch axis left out
     nonempty: tuple[tuple[int, str], ...] = ()  # (position, graph axis name) a request may not make 0
+    axes: tuple[tuple[int, str], ...] = ()  # (position, name) of each named axis after the batch axis
 
 
 def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = None) -> dict[str, InputRule]:
     """The validation table of an entry's inputs. ``graph_shapes`` (each input's shape as the ONNX graph
-    names it, ``["batch", "src_len"]``) adds the axes a request may not leave empty (:func:`nonempty_axes`)."""
+    names it, ``["batch", "src_len"]``) adds the axes a request may not leave empty (:func:`nonempty_axes`)
+    and the named axes inputs must agree on (:func:`named_axes`)."""
     reshapes = {
         t.name: tuple(int(d) for d in t.reshape.shape) for t in entry.config.input if t.HasField("reshape")
     }
-    return {
-        meta.name: InputRule(
+    graph_shapes = {} if graph_shapes is None else graph_shapes
+    rules = {}
+    for meta in entry.inputs():
+        shape = None if meta.name in reshapes else graph_shapes.get(meta.name)
+        rules[meta.name] = InputRule(
             meta.datatype,
             numpy_dtype(meta.datatype),
             tuple(meta.shape),
             reshapes.get(meta.name),
-            () if meta.name in reshapes else nonempty_axes(entry, (graph_shapes or {}).get(meta.name)),
+            nonempty_axes(entry, shape),
+            named_axes(entry, shape),
         )
-        for meta in entry.inputs()
-    }
+    return rules
+
+
+def named_axes(entry: RepositoryEntry, graph_shape: list | None) -> tuple[tuple[int, str], ...]:
+    """(position, name) of the axes after the batch axis that the graph names: one name is one size
+    in every input that has it (``past_len`` of a decoder's cache and of its mask), which a request
+    must keep. Kiln's compiled attention operators answer inputs that disagree with NaN rows, and
+    ONNX Runtime's own with an error or a broadcast."""
+    first = 1 if entry.max_batch_size > 0 else 0
+    return tuple(
+        (position, axis)
+        for position, axis in enumerate(graph_shape or ())
+        if position >= first and isinstance(axis, str) and axis
+    )
 
 
 def nonempty_axes(entry: RepositoryEntry, graph_shape: list | None) -> tuple[tuple[int, str], ...]:
@@ -58,11 +76,8 @@ def nonempty_axes(entry: RepositoryEntry, graph_shape: list | None) -> tuple[tup
     if not checks or not graph_shape:
         return ()
     run_empty = {axis for check in checks for axis, size in check.get("sizes", {}).items() if size == 0}
-    first = 1 if entry.max_batch_size > 0 else 0
     return tuple(
-        (position, axis)
-        for position, axis in enumerate(graph_shape)
-        if position >= first and isinstance(axis, str) and axis and axis not in run_empty
+        (position, axis) for position, axis in named_axes(entry, graph_shape) if axis not in run_empty
     )
 
 
@@ -85,7 +100,7 @@ def validate_inputs(
         raise BadRequest(
             f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
         )
-    batch_sizes, reshape = set(), False
+    batch_sizes, reshape, axis_sizes = set(), False, {}
     for name, array in inputs.items():
         rule = expected[name]
         reshape = reshape or rule.reshape is not None
@@ -101,6 +116,13 @@ def validate_inputs(
                 raise BadRequest(
                     f"input {name!r}: dimension {position} ({axis}) is empty in shape {list(shape)}: "
                     f"model {entry.name!r} runs on at least one"
+                )
+        for position, axis in rule.axes:
+            size, first = axis_sizes.setdefault(axis, (shape[position], name))
+            if size != shape[position]:
+                raise BadRequest(
+                    f"inputs {first!r} and {name!r} disagree on the model's {axis} axis: "
+                    f"{size} and {shape[position]}"
                 )
         if entry.max_batch_size > 0:
             batch_sizes.add(shape[0])

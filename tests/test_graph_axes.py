@@ -1,7 +1,8 @@
-"""Which axes of a request may be empty: those a Kiln export's parity checks ran at 0 (a decoder's
-cache before its first step); any other named dynamic axis after the batch axis is refused before the
-request is queued, since ONNX Runtime aborts the process on some graphs (a GRU over no tokens). Graphs
-without kiln.json parity checks are left to ONNX Runtime, as before."""
+"""What a request must keep of the axes the graph names. Which may be empty: those a Kiln export's
+parity checks ran at 0 (a decoder's cache before its first step); any other named dynamic axis after
+the batch axis is refused before the request is queued, since ONNX Runtime aborts the process on some
+graphs (a GRU over no tokens); graphs without kiln.json parity checks are left to ONNX Runtime. And one
+name is one size in every input that has it (Kiln's attention operators answer a disagreement with NaN)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.execution.validation import nonempty_axes
+from serving.execution.validation import named_axes, nonempty_axes
 
 CHECKS = {
     "parity": {
@@ -50,3 +51,10 @@ def test_an_entry_without_parity_checks_refuses_no_axis(kiln):
 
 def test_no_graph_shape_refuses_nothing():
     assert nonempty_axes(entry(CHECKS), None) == ()
+
+
+def test_the_named_axes_are_those_after_the_batch_axis_whatever_parity_ran():
+    assert named_axes(entry({}), ["batch", 4, "past_len", 32]) == ((2, "past_len"),)
+    assert named_axes(entry(CHECKS), ["sentences", "src_len"]) == ((1, "src_len"),)
+    assert named_axes(entry({}, max_batch_size=0), ["src_len", None]) == ((0, "src_len"),)
+    assert named_axes(entry({}), None) == ()
