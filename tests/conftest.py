@@ -1,9 +1,11 @@
 """Shared fixtures: seeded, single-threaded torch so tests are reproducible and polite on shared CPUs;
-the export of every classifier that several test modules read."""
+signal handlers restored after each test; the export of every classifier that several test modules read."""
 
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ def _single_torch_thread() -> None:
 def _seed() -> None:
     """Every test starts from the same RNG state, whatever ran before it."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers() -> Iterator[None]:
+    """The SIGTERM / SIGINT handlers as before the test: commands run in-process (the demo's and the
+    bench's ``main``) make SIGTERM raise KeyboardInterrupt, which would otherwise rule every later test
+    and every process forked from this one."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

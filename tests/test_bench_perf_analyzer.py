@@ -444,7 +444,7 @@ def test_a_servers_memory_counts_every_process_under_it_and_shared_pages_once(tm
     assert "`gateway` 439 MiB (3 processes)" in text
 
 
-def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_them(tmp_path):
+def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_them(tmp_path, monkeypatch):
     """How the gateway's workers held a run's connections (they hand new ones to the one holding
     fewest) is read once, 1.5 s into each run, and listed run by run in the row and the report."""
     import http.server
@@ -474,14 +474,20 @@ def test_each_run_reads_the_gateway_s_connection_split_once_and_the_row_lists_th
         assert server_watch.connection_split(url, "grpc")() == "6/5"
         assert server_watch.connection_split(url, "http")() == "1"
         header = "Concurrency,Inferences/Second,p50 latency,p99 latency"
-        tool = _fake_tool(tmp_path, f'sleep 2; printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
+        # each run lasts until its probe was asked (at most 30 s), however late a busy machine asks it
+        probed = tmp_path / "probed"
+        wait = f'i=0; while [ ! -e "{probed}" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; rm -f "{probed}"'
+        tool = _fake_tool(tmp_path, f'{wait}; printf "{header}\\n64,1500.5,2000,5000\\n" > "$CSV"')
         asked = []
 
         def probe():
             asked.append(1)
+            probed.touch()
             return server_watch.connection_split(url, "grpc")()
 
+        monkeypatch.setattr(pa, "PROBE_AFTER_S", 0.3)  # a shorter run; the probe is still asked once
         rows = pa.interleaved(tool, {"gateway": "u"}, "m", [64], rounds=2, probes={"gateway": probe})
+        monkeypatch.undo()
         assert len(asked) == 2 and rows[0]["connections"] == "6/5, 6/5"
         assert rows[0]["throughput_rps"] == 1500.5  # the split is no median
         text = report.perf_analyzer_section({"rows": rows})

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bench.balancer import HAPROXY_HINT, find_haproxy
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 
@@ -351,11 +352,12 @@ def test_gateways_reach_triton_through_a_per_request_balancer_over_the_headless_
     assert "default-server proto h2" in config
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (make balancer)")
+@pytest.mark.skipif(find_haproxy() is None, reason=HAPROXY_HINT)
 def test_the_triton_balancer_configuration_is_accepted_by_haproxy(tmp_path) -> None:
+    """haproxy where `make balancer` puts it: Debian's /usr/sbin is not on every user's PATH."""
     config = DEPLOY / "overlays" / "gpu" / "haproxy.cfg"
     done = subprocess.run(
-        ["haproxy", "-c", "-f", str(config)],
+        [find_haproxy(), "-c", "-f", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

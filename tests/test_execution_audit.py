@@ -8,6 +8,7 @@ import asyncio
 import math
 import socket
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,29 +121,32 @@ def test_requests_that_succeed_alone_after_their_merged_batch_failed_are_observe
     assert len(observer.queued) == 3 and all(math.isfinite(q) and q >= 0 for q in observer.queued)
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture
+def gone() -> Iterator[str]:
+    """The address of a Triton that is gone: a port bound and never listening, held for the test so no
+    other socket (nor a client's own reconnect, connecting to itself) can answer on it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{held.getsockname()[1]}"
 
 
-def _triton_runner(protocol: str, names: list[str]):
+def _triton_runner(url: str, protocol: str, names: list[str]):
     """A ``--backend triton`` runner (what the scheduler decodes through in ``scheduler`` mode) for an
-    entry taking ``names``, against a Triton that is gone (nothing listens on its port)."""
+    entry taking ``names``, against the Triton at ``url``."""
     entry = SimpleNamespace(
         inputs=lambda: [SimpleNamespace(name=n) for n in names],
         outputs=lambda: [SimpleNamespace(name="log_probs")],
     )
     repository = SimpleNamespace(get=lambda name: entry)
-    backend = TritonBackend(
-        f"127.0.0.1:{_closed_port()}", protocol, timeout_s=5.0, retry_after_s=2.0, repository=repository
-    )
+    backend = TritonBackend(url, protocol, timeout_s=5.0, retry_after_s=2.0, repository=repository)
     return backend.runner("fake_decoder")
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_triton_runner_whose_triton_is_gone_raises_unavailable_with_retry_after(protocol: str) -> None:
-    run = _triton_runner(protocol, ["x"])
+def test_a_triton_runner_whose_triton_is_gone_raises_unavailable_with_retry_after(
+    protocol: str, gone: str
+) -> None:
+    run = _triton_runner(gone, protocol, ["x"])
     with pytest.raises(Unavailable, match="is unavailable") as raised:
         run({"x": np.zeros((1, 2), np.float32)})
     assert raised.value.status == 503 and raised.value.retry_after == 2.0
@@ -162,9 +166,9 @@ class DyingDecoder(FakeDecoder):
         return super().__call__(inputs)
 
 
-def test_a_translation_whose_triton_dies_mid_request_is_a_503_and_the_next_is_served() -> None:
+def test_a_translation_whose_triton_dies_mid_request_is_a_503_and_the_next_is_served(gone: str) -> None:
     decoder_inputs = [i["name"] for i in SPEC["decoder"]["inputs"]]
-    decoder = DyingDecoder(3, _triton_runner("grpc", decoder_inputs))
+    decoder = DyingDecoder(3, _triton_runner(gone, "grpc", decoder_inputs))
     long = config(2, max_length=30, min_length=29)  # still decoding when Triton goes
 
     async def body() -> tuple[ServingError, list]:
@@ -183,11 +187,11 @@ def test_a_translation_whose_triton_dies_mid_request_is_a_503_and_the_next_is_se
     assert served == [solo([5, 6], config(2))]
 
 
-def test_an_encoder_call_that_finds_triton_gone_is_a_503() -> None:
-    gone = _triton_runner("grpc", ["src_ids"])
+def test_an_encoder_call_that_finds_triton_gone_is_a_503(gone: str) -> None:
+    encoder = _triton_runner(gone, "grpc", ["src_ids"])
 
     async def body() -> ServingError:
-        scheduler = DecodingScheduler("fake", SPEC, gone, FakeDecoder(), SchedulerConfig(timeout_s=60))
+        scheduler = DecodingScheduler("fake", SPEC, encoder, FakeDecoder(), SchedulerConfig(timeout_s=60))
         await scheduler.start()
         try:
             with pytest.raises(ServingError) as raised:

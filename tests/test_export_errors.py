@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,17 @@ def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     lines = [line for line in captured.err.splitlines() if "export failed" in line]
     assert len(lines) == 1 and lines[0].startswith("export failed: "), captured.err
     return lines[0]
+
+
+def _refused_in(directory: Path, touch: Callable[..., None]) -> Callable[..., None]:
+    """``Path.touch`` that fails as the kernel fails an unprivileged user's in a read-only ``directory``."""
+
+    def refused(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.parent == directory:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        touch(path, *args, **kwargs)
+
+    return refused
 
 
 def _unknown_model(ckpt: dict[str, Any]) -> None:
@@ -85,7 +97,6 @@ def test_a_repository_that_is_a_file_is_refused_before_any_work(tmp_path, capsys
     assert line == f"export failed: repository {tmp_path / 'repo'} exists and is not a directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_a_read_only_repository_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     import export.pipeline
 
@@ -95,6 +106,8 @@ def test_a_read_only_repository_is_refused_before_any_work(tmp_path, capsys, mon
     monkeypatch.setattr(export.pipeline, "export_checkpoint", no_work)
     ckpt = _tiny_checkpoint(tmp_path / "ckpts" / "lenet.pt", "lenet", seed=0)
     (tmp_path / "repo").mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes into read-only directories: its file creation refused as anyone's
+        monkeypatch.setattr(Path, "touch", _refused_in(tmp_path / "repo", Path.touch))
     line = _fail([str(ckpt), "--repository", str(tmp_path / "repo")], capsys)
     assert line == f"export failed: repository {tmp_path / 'repo'} is not writable: Permission denied"
 

@@ -24,7 +24,7 @@ from serving.execution.base import InferRequest, InferResponse, ModelMetadata, T
 from serving.execution.datatypes import classification
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from serving.protocol.grpc_servicer import InferenceServicer
-from serving.triton.server import free_port, held_port
+from serving.triton.server import held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.waiting import eventually
 
@@ -530,7 +530,10 @@ async def serve_fake_triton(port: int) -> tuple[grpc.aio.Server, int]:
 def test_the_triton_backend_answers_its_first_call_after_triton_restarts_on_the_same_port(loop) -> None:
     from serving.execution.triton import TritonBackend
 
-    server, port = loop.run(serve_fake_triton(0))
+    # held (bound, never listening) while Triton is down: no other socket, nor one of the client's own
+    # reconnects (a self-connect), can take the port; gRPC's server binds beside it (SO_REUSEPORT)
+    held = held_port(reuse_port=True)
+    server, port = loop.run(serve_fake_triton(held.getsockname()[1]))
     backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=10)
     request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)})
     try:
@@ -548,12 +551,14 @@ def test_the_triton_backend_answers_its_first_call_after_triton_restarts_on_the_
     finally:
         loop.run(backend.stop())
         loop.run(server.stop(0))
+        held.close()
 
 
 def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without_a_health_check(loop) -> None:
     from serving.execution.triton import TritonBackend
 
-    port = free_port()
+    held = held_port(reuse_port=True)  # nothing listens, nothing else takes it (see the test above)
+    port = held.getsockname()[1]
     backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=10)
     request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)})
     server = None
@@ -568,6 +573,7 @@ def test_a_triton_backend_started_before_triton_serves_once_triton_is_up_without
         loop.run(backend.stop())
         if server is not None:
             loop.run(server.stop(0))
+        held.close()
 
 
 @pytest.mark.parametrize("given", ["timeout_s", "deadline_s"])

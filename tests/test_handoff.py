@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from serving.handoff import KINDS, Balancer, _workers_of, create_board
+from tests.waiting import until
 
 LOOPS = ["asyncio"] + (["uvloop"] if __import__("importlib").util.find_spec("uvloop") else [])
 
@@ -119,10 +120,7 @@ def test_connections_go_to_the_worker_holding_fewest_and_keep_the_bytes_sent_at_
             assert await asyncio.wait_for(reader.readexactly(7), 10) == b"1:again"
             writer.close()
             await writer.wait_closed()
-            for _ in range(200):
-                if len(held1) == 1:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: len(held1) == 1)
             assert first.counts("http") == [2, 1]
             # now worker 1 holds fewer: a connection reaching worker 0 goes there
             reader, writer, answer = await _ask(port0, b"later")
@@ -151,10 +149,7 @@ def test_a_burst_counts_connections_on_their_way_and_a_stopping_worker_takes_non
             for _, writer, _ in asked:
                 writer.close()
             # worker 1 drains: no more hand-offs to it, whatever it holds
-            for _ in range(200):
-                if not held1:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: not held1)
             second.stop_adopting()
             asked = [await _ask(port0, f"kept {n}".encode()) for n in range(3)]
             assert [answer[:2] for _, _, answer in asked] == [b"0:"] * 3
@@ -217,11 +212,8 @@ def test_no_descriptor_is_left_behind_by_a_hand_off(board):
                 client.settimeout(10)
                 loop = asyncio.get_running_loop()
                 assert await loop.run_in_executor(None, client.recv, 16) == b"1:one"
-            for _ in range(200):
-                if not held1 and fds() == before:
-                    break
-                await asyncio.sleep(0.01)
-            assert fds() == before and first.handed == [1, 0]
+            await until(lambda: not held1 and fds() == before)
+            assert first.handed == [1, 0]
         finally:
             for balancer, server, _, _ in workers:
                 server.close()

@@ -49,14 +49,6 @@ def cheap_machine(monkeypatch):
     return bench_main
 
 
-@pytest.fixture
-def keep_sigterm():
-    """Whatever a command under test makes of SIGTERM is undone after the test."""
-    previous = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
 def run_bench(bench_main, argv: list[str]) -> BaseException | None:
     """``python -m bench argv`` in-process; what it raised (an escaping KeyboardInterrupt included,
     caught here so it cannot end the test session)."""
@@ -82,7 +74,7 @@ def run_bench(bench_main, argv: list[str]) -> BaseException | None:
     ],
 )
 def test_bench_names_a_missing_input_before_it_measures_or_writes_anything(
-    tmp_path, monkeypatch, cheap_machine, keep_sigterm, only, entries, checkpoints, says
+    tmp_path, monkeypatch, cheap_machine, only, entries, checkpoints, says
 ):
     from bench import engines, servers, translation
 
@@ -100,9 +92,7 @@ def test_bench_names_a_missing_input_before_it_measures_or_writes_anything(
     assert started == [] and not out.exists()
 
 
-def test_bench_refuses_an_output_that_is_a_file_or_holds_an_earlier_result(
-    tmp_path, cheap_machine, keep_sigterm
-):
+def test_bench_refuses_an_output_that_is_a_file_or_holds_an_earlier_result(tmp_path, cheap_machine):
     repository = fake_repository(tmp_path / "repo", {"resnet18": "classify"})
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
@@ -117,7 +107,7 @@ def test_bench_refuses_an_output_that_is_a_file_or_holds_an_earlier_result(
 
 
 def test_a_part_that_fails_is_named_in_the_written_results_and_the_exit_status(
-    tmp_path, monkeypatch, cheap_machine, keep_sigterm
+    tmp_path, monkeypatch, cheap_machine
 ):
     """Minutes of engine rows are not lost to a server that would not start: they are written, the
     failure named beside them, and the exit status says the run was not whole."""
@@ -150,9 +140,7 @@ def test_a_part_that_fails_is_named_in_the_written_results_and_the_exit_status(
     assert "Parts that failed" in (out / "report.md").read_text()
 
 
-def test_an_interrupted_bench_writes_no_result_and_exits_130(
-    tmp_path, monkeypatch, cheap_machine, keep_sigterm
-):
+def test_an_interrupted_bench_writes_no_result_and_exits_130(tmp_path, monkeypatch, cheap_machine):
     repository = fake_repository(tmp_path / "repo", {"resnet18": "classify"})
 
     def interrupted(args, profile):
@@ -280,7 +268,7 @@ def test_a_command_stopped_with_sigterm_stops_the_server_it_started(tmp_path):
 
 
 def test_the_demo_and_the_bench_turn_sigterm_into_an_interrupt_before_they_start_anything(
-    tmp_path, monkeypatch, keep_sigterm
+    tmp_path, monkeypatch
 ):
     import torch
 
@@ -367,7 +355,7 @@ def test_make_clean_refuses_a_repository_that_would_empty_the_checkout_and_skips
 
 
 def test_a_perf_analyzer_named_by_the_environment_and_missing_is_not_replaced_by_another(
-    tmp_path, monkeypatch, cheap_machine, keep_sigterm
+    tmp_path, monkeypatch, cheap_machine
 ):
     """A misspelt KILN_PERF_ANALYZER must not measure with the default build while the user believes
     it measured theirs: the bench says so before it starts."""
@@ -388,9 +376,7 @@ def test_a_perf_analyzer_named_by_the_environment_and_missing_is_not_replaced_by
     assert not (tmp_path / "out").exists()
 
 
-def test_the_translation_part_alone_needs_no_exported_classifier(
-    tmp_path, monkeypatch, cheap_machine, keep_sigterm
-):
+def test_the_translation_part_alone_needs_no_exported_classifier(tmp_path, monkeypatch, cheap_machine):
     """`python -m bench --only translation` on a repository holding only the translator runs."""
     from bench import translation
 
