@@ -4,11 +4,12 @@ exit status 1, not a traceback minutes into the run with everything measured so 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from kiln.cli import number
 
 # The parts of the CPU profiles that read each kind of input.
 USES_CLASSIFIER = {"engines", "servers", "replicas"}
@@ -17,26 +18,8 @@ NEEDS_TRANSLATOR = {"translation"}  # its entry is served, its checkpoint holds 
 RESULT_FILES = ("results.json", "report.md")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (threads, processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number of at least 0 (a warm-up that may be left out)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is below 0")
-    return value
+positive_int = number(int, 1)  # an argparse type: threads, processes, sentences
+non_negative_int = number(int, 0)  # an argparse type: a warm-up that may be left out
 
 
 def entry_problem(repository: Path, name: str, task: str, hint: str) -> str | None:

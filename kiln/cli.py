@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -26,3 +27,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _shows_default(action: argparse.Action) -> bool:
     return action.default not in (None, [], argparse.SUPPRESS) and action.nargs != 0
+
+
+def number(
+    kind: type, low: float, high: float | None = None, *, above: bool = False
+) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` (``int``: a whole one) from ``low`` (``above``: over it,
+    excluded) up to ``high``, refused in a usage error that says why (threads, ports, timeouts)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if above and not value > low:
+            raise argparse.ArgumentTypeError(f"{value} is not above {low}")
+        if not above and not value >= low:
+            raise argparse.ArgumentTypeError(f"{value} is not at least {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above {high}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse

@@ -8,34 +8,14 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
-from kiln.cli import HelpFormatter
+from kiln.cli import HelpFormatter, number
 from serving.triton.server import TritonError, TritonServer
 
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port number, 0 for a free one."""
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port in 0-65535")
-    return port
-
-
-def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type: a number of ``kind`` above 0."""
-
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text} is not above 0")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
-    return parse
+_port = number(int, 0, 65535)  # 0: a free one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,13 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=_positive(int),
+        type=number(int, 1),
         default=1,
         help="ONNX Runtime intra-op threads per model instance (translators' own sessions included)",
     )
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
     parser.add_argument(
-        "--ready-timeout", type=_positive(float), default=180.0, help="seconds to wait for readiness"
+        "--ready-timeout",
+        type=number(float, 0, above=True),
+        default=180.0,
+        help="seconds to wait for readiness",
     )
     return parser.parse_args(argv)
 
