@@ -111,6 +111,11 @@ def test_flags_win_over_the_environment(monkeypatch):
             "--decode-workers (or KILN_DECODE_WORKERS): Input should be greater",
         ),
         (["--workers", "two"], {}, "argument --workers: invalid int value: 'two'"),
+        # an empty path is not the current directory (Path("") is "."), whose folders would be served
+        *(
+            (argv, env, "error: --model-repository (or KILN_MODEL_REPOSITORY): is empty: name the model")
+            for argv, env in [([], {"KILN_MODEL_REPOSITORY": ""}), (["--model-repository", " "], {})]
+        ),
         (
             ["--finish-hold-steps", "-1"],
             {},

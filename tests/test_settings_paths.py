@@ -1,6 +1,6 @@
-"""Empty paths in the gateway's settings: an empty ``KILN_MODEL_REPOSITORY=`` (a deployment template's
-unset value) or ``--model-repository ''`` is a usage error, not the current directory served as a
-repository; an empty optional path is unset. Validators' messages read as written."""
+"""Empty paths in the gateway's settings (an empty model repository is a usage error:
+test_gateway_cli's bad values): the current directory named as such is still one, an empty optional
+path is unset. Validators' messages read as written."""
 
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ from pathlib import Path
 import pytest
 
 from serving.__main__ import parse_args
-
-
-@pytest.mark.parametrize(("argv", "env"), [([], {"KILN_MODEL_REPOSITORY": ""}), (["--model-repository", " "], {})])
-def test_an_empty_model_repository_is_a_usage_error_naming_it(monkeypatch, capsys, argv, env):
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit) as stopped:
-        parse_args(argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    assert "error: --model-repository (or KILN_MODEL_REPOSITORY): is empty: name the model repository's" in err
 
 
 def test_the_current_directory_named_as_such_is_still_a_repository(tmp_path, monkeypatch):
