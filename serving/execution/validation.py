@@ -1,6 +1,7 @@
 """What a request to an ONNX entry must look like, checked before it is queued (a 400 naming the input).
 
-The per-entry tables are built once at load (:func:`input_rules`), so the hot path only compares.
+The per-entry tables are built once at load (:func:`input_rules`), so the hot path only compares
+(and, for a decoder's ``row_place``, reads one value per row).
 An input or output with a ``reshape`` in its config is reshaped as Triton reshapes it: a client sends
 and receives the config's ``dims`` (what the metadata lists), the model sees its ``reshape.shape``
 (export writes a per-row scalar, a ``[batch]`` tensor, as ``dims: [1]`` reshaped to ``[]``).
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.base import InferRequest
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.execution.repository import RepositoryEntry
@@ -28,6 +29,8 @@ class InputRule:
     reshape: tuple[int, ...] | None = None  # the shape the model takes instead, batch axis left out
     nonempty: tuple[tuple[int, str], ...] = ()  # (position, graph axis name) a request may not make 0
     axes: tuple[tuple[int, str], ...] = ()  # (position, name) of each named axis after the batch axis
+    longest: int = 0  # the most a named axis may hold (a translator step's max_positions); 0: no bound
+    places: str | None = None  # an input whose axis 0 this one's values index (a decoder's row_place)
 
 
 def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = None) -> dict[str, InputRule]:
@@ -38,6 +41,7 @@ def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = N
         t.name: tuple(int(d) for d in t.reshape.shape) for t in entry.config.input if t.HasField("reshape")
     }
     graph_shapes = {} if graph_shapes is None else graph_shapes
+    longest, places = longest_axis(entry), place_inputs(entry)
     rules = {}
     for meta in entry.inputs():
         shape = None if meta.name in reshapes else graph_shapes.get(meta.name)
@@ -48,8 +52,33 @@ def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = N
             reshapes.get(meta.name),
             nonempty_axes(entry, shape),
             named_axes(entry, shape),
+            longest,
+            places.get(meta.name),
         )
     return rules
+
+
+def longest_axis(entry: RepositoryEntry) -> int:
+    """The most positions a translator's encoder or decoder step takes on any named axis (its source
+    tokens, its cache entries): the model's ``max_positions`` (kiln.json ``step_spec``), 0 where none.
+    The translator refuses longer texts; a KServe request to the step entry is refused alike, since
+    past it the outputs only grow (a GRU encoder's memory: 1280 bytes a token for 8 sent) or, for the
+    Transformer's, ONNX Runtime refuses the positions only after the embeddings of every token were
+    built (GBs from a request under the body limit, held by its arena after)."""
+    longest = (entry.kiln.get("step_spec") or {}).get("max_positions")
+    return longest if isinstance(longest, int) and not isinstance(longest, bool) and longest > 0 else 0
+
+
+def place_inputs(entry: RepositoryEntry) -> dict[str, str]:
+    """``{row_place input: an encoder input}`` of a decoder step (kiln.json ``step_spec``): row ``r``
+    reads the encoder inputs at place ``row_place[r]`` of their axis 0 (docs/translator-interface.md),
+    and Kiln's compiled attention answers a place outside them with NaN rows, not an error."""
+    inputs = ((entry.kiln.get("step_spec") or {}).get("decoder") or {}).get("inputs") or []
+    roles = {i.get("name"): i.get("role") for i in inputs if isinstance(i, dict)}
+    store = next((name for name, role in roles.items() if role == "encoder"), None)
+    if store is None:
+        return {}
+    return {name: store for name, role in roles.items() if role == "row_place"}
 
 
 def named_axes(entry: RepositoryEntry, graph_shape: list | None) -> tuple[tuple[int, str], ...]:
@@ -100,7 +129,7 @@ def validate_inputs(
         raise BadRequest(
             f"model {entry.name!r} expects inputs {sorted(expected)}; missing {missing}, unexpected {extra}"
         )
-    batch_sizes, reshape, axis_sizes = set(), False, {}
+    batch_sizes, reshape, axis_sizes, placed = set(), False, {}, None
     for name, array in inputs.items():
         rule = expected[name]
         reshape = reshape or rule.reshape is not None
@@ -118,12 +147,19 @@ def validate_inputs(
                     f"model {entry.name!r} runs on at least one"
                 )
         for position, axis in rule.axes:
+            if rule.longest and shape[position] > rule.longest:
+                raise PayloadTooLarge(
+                    f"input {name!r}: dimension {position} ({axis}) holds {shape[position]} in shape "
+                    f"{list(shape)}: model {entry.name!r} takes at most {rule.longest}"
+                )
             size, first = axis_sizes.setdefault(axis, (shape[position], name))
             if size != shape[position]:
                 raise BadRequest(
                     f"inputs {first!r} and {name!r} disagree on the model's {axis} axis: "
                     f"{size} and {shape[position]}"
                 )
+        if rule.places is not None and rule.places in inputs:
+            placed = (name, rule.places)
         if entry.max_batch_size > 0:
             batch_sizes.add(shape[0])
     if len(batch_sizes) > 1:
@@ -132,6 +168,9 @@ def validate_inputs(
         (batch,) = batch_sizes
         if not 1 <= batch <= entry.max_batch_size:
             raise BadRequest(f"batch size {batch} is outside [1, max_batch_size={entry.max_batch_size}]")
+    if placed is not None:
+        name, store = placed
+        _check_places(name, inputs[name], store, inputs[store].shape[0])
     if reshape:
         batched = entry.max_batch_size > 0
         return {
@@ -139,6 +178,15 @@ def validate_inputs(
             for name, array in inputs.items()
         }
     return inputs
+
+
+def _check_places(name: str, places: np.ndarray, store: str, count: int) -> None:
+    """Every value of ``places`` indexes one of the ``count`` places of ``store``'s axis 0."""
+    if places.size and not (places.min() >= 0 and places.max() < count):
+        bad = places[(places < 0) | (places >= count)].flat[0]
+        raise BadRequest(
+            f"input {name!r}: place {int(bad)} is outside the {count} places of input {store!r} (0 to {count - 1})"
+        )
 
 
 def classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
