@@ -104,6 +104,8 @@ def from_bytes(buffer: bytes | memoryview, datatype: str, shape: list[int], *, t
         raise BadRequest(
             f"tensor {tensor!r}: {datatype} shape {shape} needs {expected} bytes of binary data, got {len(buffer)}"
         )
+    if datatype == "BOOL" and count and np.frombuffer(buffer, np.uint8).max() > 1:
+        raise BadRequest(f"tensor {tensor!r}: BOOL binary data must be bytes 0 (false) or 1 (true)")
     if _NATIVE_IS_WIRE:  # a read-only view of the request's own bytes: no copy on the hot path
         return np.frombuffer(buffer, dtype=dtype).reshape(shape)
     return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
