@@ -1,4 +1,4 @@
-"""Large JSON request bodies parsed in a helper process, off the event loop.
+"""Large JSON request bodies parsed, and large JSON answers written, in a helper process, off the event loop.
 
 Parsing JSON holds the interpreter's lock from start to end: a thread does not help. A KServe v2 infer
 body with its tensors as JSON numbers is slow to parse: here one 224×224×3 FP32 image (3 MB of JSON)
@@ -16,11 +16,17 @@ in the helper (:func:`serving.protocol.v1.read_json_images`), and so does a larg
 One helper process a gateway process, started on the first large body (a forkserver child: never a
 fork of a process running ONNX Runtime's threads) and stopped with the app; large bodies wait their
 turn for it, which also bounds what a client sending many of them can take.
+
+A large JSON answer is the same wait the other way: ``json.dumps`` holds the lock too, and a body of
+100 KB can ask for millions of values (a Transformer encoder's outputs for 64 sources of 256 tokens:
+6.3 M floats, 243 MB of JSON, ~10 s of event loop here). :meth:`JsonOffload.encode_infer` writes an
+answer of at least ``offload_bytes`` of JSON (by :data:`JSON_VALUE_BYTES` a value) in the helper.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -28,13 +34,15 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from serving.execution.base import InferResponse
 from serving.protocol.request_values import stated_size
-from serving.protocol.v2_codec import ParsedInfer, parse_infer
+from serving.protocol.v2_codec import ParsedInfer, encode_infer, json_values, parse_infer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OFFLOAD_BYTES = 256 << 10  # ~12 ms of event loop for a body of FP32 numbers this long
+JSON_VALUE_BYTES = 20  # an FP32 output as JSON: "0.10000000149011612, " (its float64 repr)
 
 
 class JsonOffload:
@@ -51,6 +59,15 @@ class JsonOffload:
         return await self.call(
             _json_bytes(body, header_length), parse_infer, body, header_length, model, version
         )
+
+    async def encode_infer(self, response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, int | None]:
+        """:func:`~serving.protocol.v2_codec.encode_infer`, in the helper process for a large JSON part
+        (the request's inputs, which encoding does not read, left behind)."""
+        json_bytes = json_values(response, parsed) * JSON_VALUE_BYTES
+        if not self.offload_bytes or json_bytes < self.offload_bytes:
+            return encode_infer(response, parsed)
+        slim = dataclasses.replace(parsed, request=dataclasses.replace(parsed.request, inputs={}))
+        return await self.call(json_bytes, encode_infer, response, slim)
 
     async def call(self, json_bytes: int, parse: Callable[..., T], *args: Any) -> T:
         """``parse(*args)``: in place, or in the helper from ``offload_bytes`` of JSON up. ``parse`` is a

@@ -29,7 +29,6 @@ from serving.protocol.v2_codec import (
     HEADER_LENGTH,
     NOT_SERVED,
     SERVER_NAME,
-    encode_infer,
     server_version,
 )
 from serving.protocol.v2_openapi import INFER_BODY, INFER_RESPONSE
@@ -201,7 +200,7 @@ async def infer(
     result = await until_client_leaves(request, observed_infer(backend, metrics, parsed.request))
     if result is None:  # its client left (a translation's rows left the decode batch): nobody to answer
         return Response(status_code=CLIENT_LEFT)
-    content, header_length = encode_infer(result, parsed)
+    content, header_length = await request.app.state.json_offload.encode_infer(result, parsed)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

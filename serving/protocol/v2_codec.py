@@ -119,6 +119,14 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     return text + b"".join(blobs), len(text)
 
 
+def json_values(response: InferResponse, parsed: ParsedInfer) -> int:
+    """How many values :func:`encode_infer` writes as JSON (the outputs not asked for in binary)."""
+    if parsed.outputs is None:
+        return 0 if parsed.binary_default else sum(np.size(a) for a in response.outputs.values())
+    binary = {o.name: o.binary for o in parsed.outputs}
+    return sum(np.size(a) for n, a in response.outputs.items() if not binary.get(n, parsed.binary_default))
+
+
 def check_requested_output(name: str, parameters: Any, earlier: list[str]) -> None:
     """Refuse what Triton refuses and Kiln cannot honour: an output asked for twice, or written to a
     shared-memory region (Kiln has no shared-memory extension: outputs travel in the response)."""
