@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from serving.protocol.http1_heads import MAX_HEAD_BYTES, READ_TIMEOUT_S, HeadLimits
-from serving.protocol.http1_writes import CoalescedWrites
+from serving.protocol.http1_writes import JOIN_BYTES, CoalescedWrites
 from serving.protocol.lean import LeanRoutes
 from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.request_values import stated_size
@@ -241,7 +241,12 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             )
         lines = [b"%s: %s\r\n" % pair for pair in (*self.server_state.default_headers, *headers)]
         end = b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n"
-        self.transport.write(b"".join((STATUS_LINE[status], *lines, end, body)))
+        head = (STATUS_LINE[status], *lines, end)
+        if len(body) < JOIN_BYTES:
+            self.transport.write(b"".join((*head, body)))
+        else:  # a large body is not copied (CoalescedWrites writes it beside its head)
+            self.transport.write(b"".join(head))
+            self.transport.write(body)
         cycle.response_complete = True
         self._answer_task = None  # answered: its background task runs whether the client stays or not
         if not cycle.keep_alive:

@@ -116,7 +116,7 @@ def encode_infer(response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, i
     text = json.dumps(header, allow_nan=False).encode()  # valid JSON only (to_json_data)
     if not blobs:
         return text, None
-    return text + b"".join(blobs), len(text)
+    return b"".join((text, *blobs)), len(text)  # one copy of a large answer, not two
 
 
 def json_values(response: InferResponse, parsed: ParsedInfer) -> int:
