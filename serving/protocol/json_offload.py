@@ -92,10 +92,18 @@ class JsonOffload:
         return self._pool
 
     def close(self) -> None:
-        """Stop the helper process, if one was started."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the helper process, if one was started, and wait for it to end. ``shutdown(wait=False)``
+        alone left it running for ever once the gateway exited: the pool's thread that sends a worker
+        its stop goes with the process, and the worker, which holds both ends of its call queue's
+        pipe, never reads an end of file. A body still being parsed is the stopping gateway's."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # CPython's table of the pool's processes (3.14 has terminate_workers): ended first, so the
+        # wait is not for a body's parse
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _json_bytes(body: bytes, header_length: str | None) -> int:
