@@ -288,11 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an image classifier from the Kiln registry (unset flags come from the family recipe).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
+    _model_flags(p.add_argument_group("model"))
+    _data_flags(p.add_argument_group("data"))
+    _optimization_flags(p.add_argument_group("optimization"))
+    _run_flags(p.add_argument_group("run"))
+    return p
+
+
+def _model_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
         "--model",
         help="registry name, e.g. lenet or resnet18 (default: the --resume/--finetune file's, else resnet18)",
     )
-    p.add_argument(
+    g.add_argument(
         "--model-arg",
         action="append",
         default=[],
@@ -300,53 +308,61 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a model config field (repeatable); with --resume, only the file's own values",
     )
-    p.add_argument("--dataset", default="digits", choices=DATASETS)
-    p.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", type=int, choices=(1, 3), help="default: the dataset's own")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--limit-val", type=int, help="use only the first N validation images")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--optimizer", choices=[o for o in OPTIMIZERS if o != "adam"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=("cosine", "step"))
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--clip-grad-norm", type=float, help="max gradient norm (unset or 0 = no clipping)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--resume",
-        help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
-        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
-        "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
-        "--clip-grad-norm, --hflip and --augment come from the file too (a given --epochs changes the run's length)",
+    g.add_argument("--finetune", help="start from this checkpoint; a classifier head of another shape is new")
+
+
+def _data_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--dataset", default="digits", choices=DATASETS)
+    g.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
+    g.add_argument("--image-size", type=int, default=32)
+    g.add_argument("--channels", type=int, choices=(1, 3), help="default: the dataset's own")
+    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--limit-train", type=int, help="use only the first N training images")
+    g.add_argument("--limit-val", type=int, help="use only the first N validation images")
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="the dataset's augmentation (default: on; on --resume, the interrupted run's choice)",
     )
-    p.add_argument(
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
+
+
+def _optimization_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument("--optimizer", choices=[o for o in OPTIMIZERS if o != "adam"])
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=("cosine", "step"))
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--clip-grad-norm", type=float, help="max gradient norm (unset or 0 = no clipping)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on CPU)")
+    g.add_argument(
         "--early-stopping",
         type=int,
         default=0,
         metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better val accuracy; 0 = off",
     )
-    p.add_argument("--finetune", help="start from this checkpoint; a classifier head of another shape is new")
-    p.add_argument("--output-dir", default="checkpoints")
-    p.add_argument("--name", help="output file stem (default: the model name)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        help="the dataset's augmentation (default: on; on --resume, the interrupted run's choice)",
+
+
+def _run_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--resume",
+        help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
+        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
+        "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
+        "--clip-grad-norm, --hflip and --augment come from the file too (a given --epochs changes the run's length)",
     )
-    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
-    p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
-    p.add_argument(
+    g.add_argument("--output-dir", default="checkpoints")
+    g.add_argument("--name", help="output file stem (default: the model name)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
+    g.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (none off a terminal)"
     )
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
