@@ -154,9 +154,9 @@ def test_answers_waiting_for_a_streams_window_wait_whole_and_leave_in_order_as_i
         h2.send(w.frame(w.DATA, w.END_STREAM, 1, b"".join(requests)))
         call = h2.connection.calls[1]
         assert call.owed == count  # every request answered, no answer sent
-        first = service_pb2.ModelStreamInferResponse.FromString(bytes(call.pending[5:]))
+        first = service_pb2.ModelStreamInferResponse.FromString(bytes(call.pending.parts[0][5:]))
         assert first.infer_response.id == "r0"  # the first answer waits alone, the others whole behind it
-        assert len(call.queued) == count - 1
+        assert len(call.pending.parts) == count
         frames = h2.frames()
         while 1 in h2.connection.calls:
             h2.send(w.window_update(1, 997))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import io
 import zlib
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -46,6 +47,60 @@ class Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code, self.details = code, details
+
+
+class Pieces:
+    """A response message a servicer hands over already serialized, in pieces (bytes, or flat byte
+    views of the arrays they carry): Kiln's server writes ``pieces()`` in place of the one
+    ``SerializeToString()`` of a protobuf message, its large pieces uncopied (the arrays must not
+    change once handed over: the backends' outputs are the answer's own)."""
+
+    __slots__ = ()
+
+    def pieces(self) -> list[bytes | memoryview]:
+        raise NotImplementedError
+
+
+class Outgoing:
+    """A call's answer bytes waiting for flow-control window: pieces in order, taken a DATA frame at a
+    time as views of them, never joined or copied here (``Connection._flush`` joins the small ones)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, pieces: Iterable[bytes | memoryview]) -> None:
+        self.parts: deque[bytes | memoryview] = deque()
+        self.size = 0
+        self.extend(pieces)
+
+    def extend(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """More bytes behind those waiting (a stream's next answers)."""
+        for piece in pieces:
+            if len(piece):
+                self.parts.append(piece)
+                self.size += len(piece)
+
+    def take(self, size: int) -> list[bytes | memoryview]:
+        """The next ``size`` bytes (at most what waits), as the pieces or views of them that hold them."""
+        out, parts = [], self.parts
+        size = min(size, self.size)
+        self.size -= size
+        while size > 0:
+            piece = parts[0]
+            if len(piece) <= size:
+                out.append(parts.popleft())
+                size -= len(piece)
+            else:
+                view = memoryview(piece)
+                out.append(view[:size])
+                parts[0] = view[size:]
+                size = 0
+        return out
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
 
 
 class Call:
@@ -92,7 +147,7 @@ class Call:
         self.held = 0  # its request bytes counted in the server's BodyBudget
         self.ended = False  # the client sent END_STREAM
         self.send_window = send_window
-        self.pending: memoryview | None = None  # message bytes waiting for flow-control window
+        self.pending: Outgoing | None = None  # message bytes waiting for flow-control window
         self.trailers = b""
         self.trailing: tuple[tuple[str, str], ...] = ()
         self.task: asyncio.Task | None = None

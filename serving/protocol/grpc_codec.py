@@ -2,6 +2,11 @@
 timeout and classification counts, and the ModelInferResponse of an answer. Shared by both gRPC servers
 (Kiln's own and grpcio's) through :class:`~serving.protocol.grpc_servicer.InferenceServicer`; client
 mistakes raise :class:`~serving.errors.BadRequest`.
+
+An answer whose tensors hold ``PIECES_BYTES`` or more is, for Kiln's server, a :class:`RawAnswer`: the
+message's bytes in pieces, each large tensor a view of its array. Built as one protobuf message, a
+50 MB answer was copied five times on the event loop (tobytes, the message, the stream's wrapper,
+``SerializeToString``, the frames): 240-460 ms during which no other request moved.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from tritonclient.grpc import service_pb2
 from serving.errors import BadRequest
 from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import tensors
+from serving.protocol.grpc_call import Pieces
+from serving.protocol.http1_writes import JOIN_BYTES, joined_runs
 from serving.protocol.v2_codec import check_requested_output, timeout_seconds
 
 LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
@@ -90,11 +97,17 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
 _OutputTensor = service_pb2.ModelInferResponse.InferOutputTensor
 
 
-def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
-    """A ModelInferResponse carrying every output in raw_output_contents, in a stable order.
+def encode_response(
+    response: Any, request: service_pb2.ModelInferRequest, pieces: bool = False
+) -> service_pb2.ModelInferResponse | RawAnswer:
+    """A ModelInferResponse carrying every output in raw_output_contents, in a stable order; with
+    ``pieces`` (Kiln's server), a :class:`RawAnswer` of the same bytes where the outputs hold
+    ``PIECES_BYTES`` or more.
 
     Built in one constructor call (not ``add()`` + ``extend`` per field: ~25 % less time per reply).
     """
+    if pieces and sum([getattr(array, "nbytes", 0) for array in response.outputs.values()]) >= PIECES_BYTES:
+        return raw_answer(response, request)
     described, raw = [], []
     for name, array in response.outputs.items():
         array = np.asarray(array)
@@ -107,6 +120,86 @@ def encode_response(response: Any, request: service_pb2.ModelInferRequest) -> se
         outputs=described,
         raw_output_contents=raw,
     )
+
+
+PIECES_BYTES = JOIN_BYTES  # an answer whose tensors hold this much leaves in pieces (RawAnswer)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited_tag(message_class: Any, field: str) -> bytes:
+    return _varint(message_class.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+_RAW_TAG = _length_delimited_tag(service_pb2.ModelInferResponse, "raw_output_contents")
+_INFER_RESPONSE_TAG = _length_delimited_tag(service_pb2.ModelStreamInferResponse, "infer_response")
+
+
+class RawAnswer(Pieces):
+    """A ModelInferResponse as the bytes protobuf would write for it, in pieces: ``head`` the message
+    without its raw_output_contents (serialized when written, so ``parameters`` may still change),
+    then each of ``raw`` (bytes, or a view of an output's array) as raw_output_contents (its tag, its
+    length, itself): where protobuf writes them too, as it writes fields in the order of their numbers
+    and raw_output_contents is the last. Small pieces are joined; large ones stay as they are."""
+
+    __slots__ = ("head", "raw")
+
+    def __init__(self, head: service_pb2.ModelInferResponse, raw: list[bytes | memoryview]) -> None:
+        self.head, self.raw = head, raw
+
+    @property
+    def parameters(self) -> Any:
+        return self.head.parameters
+
+    def pieces(self) -> list[bytes | memoryview]:
+        parts: list[bytes | memoryview] = [self.head.SerializeToString()]
+        for raw in self.raw:
+            parts += (_RAW_TAG + _varint(len(raw)), raw)
+        return joined_runs(parts)
+
+
+class StreamedAnswer(Pieces):
+    """A ModelStreamInferResponse carrying a :class:`RawAnswer` (no error_message), in pieces."""
+
+    __slots__ = ("infer_response",)
+
+    def __init__(self, infer_response: RawAnswer) -> None:
+        self.infer_response = infer_response
+
+    def pieces(self) -> list[bytes | memoryview]:
+        inner = self.infer_response.pieces()
+        return joined_runs([_INFER_RESPONSE_TAG + _varint(sum(map(len, inner))), *inner])
+
+
+def raw_answer(response: Any, request: service_pb2.ModelInferRequest) -> RawAnswer:
+    """:func:`encode_response`'s message as a :class:`RawAnswer`, each output a view of its array
+    where it can be (:func:`~serving.protocol.tensors.wire_view`)."""
+    described, raw = [], []
+    for name, array in response.outputs.items():
+        array = np.asarray(array)
+        described.append(_OutputTensor(name=name, datatype=datatype_of(array), shape=array.shape))
+        raw.append(tensors.wire_view(array))
+    head = service_pb2.ModelInferResponse(
+        model_name=response.model,
+        model_version=response.version,
+        id=response.request_id or request.id,
+        outputs=described,
+    )
+    return RawAnswer(head, raw)
+
+
+def stream_response(answer: service_pb2.ModelInferResponse | RawAnswer) -> Any:
+    """A ModelStreamInferResponse carrying ``answer`` (a :class:`StreamedAnswer` for a RawAnswer)."""
+    if isinstance(answer, RawAnswer):
+        return StreamedAnswer(answer)
+    return service_pb2.ModelStreamInferResponse(infer_response=answer)
 
 
 def classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:

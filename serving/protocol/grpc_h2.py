@@ -47,6 +47,7 @@ from serving.protocol.h2_requests import (
 )
 from serving.protocol.h2_streams import StreamCalls
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
+from serving.protocol.http1_writes import joined_runs
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
@@ -84,7 +85,8 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.block_bytes = 0  # the open header block's bytes, its frames' heads counted
         self.frame_read: float | None = None  # h2_watch's: the last read into a frame not yet whole
         self.block_began: float | None = None  # h2_watch's: when the header block not yet whole began
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
+        self.large_out = False  # ``out`` may hold a piece of JOIN_BYTES or more (h2_calls' _pump)
         self.flush_pending = False
         self.send_window = w.DEFAULT_WINDOW
         self.peer_window = w.DEFAULT_WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -239,10 +241,18 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write what this step queued: joined into one write, but each piece of ``JOIN_BYTES`` or
+        more (a large answer's tensors) written as it is, beside the joined rest (as HTTP/1's
+        ``CoalescedWrites``): joining copied it on the event loop."""
         self.flush_pending = False
         if self.out and not self.closing:
-            self.transport.write(b"".join(self.out))
+            if self.large_out:
+                for part in joined_runs(self.out):
+                    self.transport.write(part)
+            else:
+                self.transport.write(b"".join(self.out))
         self.out.clear()
+        self.large_out = False
 
     def _fail(self, code: int, message: str) -> None:
         log.warning("closing a gRPC connection: %s", message)

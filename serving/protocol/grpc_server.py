@@ -129,7 +129,7 @@ async def start_grpc_server(
     places each connection it accepts with ``balancer`` (a worker's :class:`serving.handoff.Balancer`:
     handed to the worker holding fewest); grpc.aio's are accepted by gRPC core and stay where they land.
     """
-    servicer = InferenceServicer(backend, metrics)
+    servicer = InferenceServicer(backend, metrics, pieces=server == "kiln")
     if server == "kiln":
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
         return await _start_kiln_server(servicer, host, port, *limits, balancer)

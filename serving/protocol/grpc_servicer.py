@@ -95,11 +95,14 @@ FINAL_RESPONSE = "triton_final_response"  # the parameter Triton sets on each an
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 RPCs Kiln serves; the rest stay UNIMPLEMENTED. With ``metrics``, every ModelInfer
-    call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight)."""
+    call is counted in the same request series as HTTP's (outcome, end-to-end latency, in flight).
+    ``pieces``: a large answer is handed over in pieces (grpc_codec.RawAnswer), which only Kiln's server
+    writes; grpcio's needs protobuf messages."""
 
-    def __init__(self, backend: Backend, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, backend: Backend, metrics: GatewayMetrics | None = None, pieces: bool = False) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.pieces = pieces
 
     async def ServerLive(self, request, context):  # noqa: N802 (gRPC method names)
         return service_pb2.ServerLiveResponse(live=self.backend.is_live())
@@ -184,9 +187,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(request) -> None:  # noqa: ANN001
             try:
-                reply = service_pb2.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, context)
-                )
+                reply = grpc_codec.stream_response(await self._infer(request, context))
             except ServingError as error:
                 self._refused(request.model_name, error, error.status)
                 reply = service_pb2.ModelStreamInferResponse(error_message=error.message)
@@ -249,7 +250,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             error = error_class(details)
             self._refused(name, error, error.status)
 
-    async def _infer(self, request, context) -> service_pb2.ModelInferResponse:
+    async def _infer(self, request, context) -> service_pb2.ModelInferResponse | grpc_codec.RawAnswer:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
         a request-level parameter named ``classification`` is the model's, as Triton hands it on. An
         unknown model or version is NOT_FOUND before its tensors are decoded, as HTTP answers 404 (it
@@ -271,9 +272,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             classification=grpc_codec.classification_counts(request),
         )
         if self.metrics is None:
-            return grpc_codec.encode_response(await self.backend.infer(infer_request), request)
+            return grpc_codec.encode_response(await self.backend.infer(infer_request), request, self.pieces)
         return grpc_codec.encode_response(
-            await observed_infer(self.backend, self.metrics, infer_request), request
+            await observed_infer(self.backend, self.metrics, infer_request), request, self.pieces
         )
 
 

@@ -32,12 +32,15 @@ from serving.protocol.grpc_call import (
     TOO_LARGE_INFLATED,
     Aborted,
     Call,
+    Outgoing,
+    Pieces,
     decompress,
     decompress_small,
     trailers_block,
 )
 from serving.protocol.h2_state import ConnectionState
 from serving.protocol.h2_watch import DEADLINE_EXCEEDED
+from serving.protocol.http1_writes import JOIN_BYTES
 from serving.protocol.limits import NoBudget, held_from_a_thread
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
@@ -169,7 +172,10 @@ class Calls(ConnectionState):
             log.exception("gRPC call on stream %d failed", call.stream)
             self._finish(call, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {type(error).__name__}")
         else:
-            self._answer(call, response.SerializeToString())
+            if isinstance(response, Pieces):
+                self._answer_pieces(call, response.pieces())
+            else:
+                self._answer(call, response.SerializeToString())
 
     def _answer(self, call: Call, data: bytes) -> None:
         """Headers, the message and the trailers: one write when the windows allow, else in turns."""
@@ -190,9 +196,23 @@ class Calls(ConnectionState):
             self._close_call(call)
             return
         self._write(headers)
-        call.pending = memoryview(message + data)
+        self._answer_later(call, Outgoing((message + data,)), trailers)
+
+    def _answer_pieces(self, call: Call, pieces: list[bytes | memoryview]) -> None:
+        """Headers, a message handed over in pieces and the trailers, the pieces written as they are
+        (a frame's worth at a time, within the windows: :meth:`_pump`)."""
+        if self.calls.get(call.stream) is not call:
+            return  # reset meanwhile
+        size = sum(map(len, pieces))
+        self._write(w.frame(w.HEADERS, w.END_HEADERS, call.stream, self._block(RESPONSE_HEADERS)))
+        message = Outgoing((b"\x00" + size.to_bytes(4, "big"), *pieces))
+        self._answer_later(call, message, trailers_block(0, "", call.trailing))
+
+    def _answer_later(self, call: Call, message: Outgoing, trailers: bytes) -> None:
+        """``message`` leaves as the windows allow, then ``trailers`` (:meth:`_pump`)."""
+        call.pending = message
         call.trailers = trailers
-        (self.blocked if call.send_window > 0 else self.parked)[stream] = call
+        (self.blocked if call.send_window > 0 else self.parked)[call.stream] = call
         self._pump()
 
     def _pump(self) -> None:
@@ -209,15 +229,13 @@ class Calls(ConnectionState):
             pending = call.pending
             while pending and self.send_window > 0 and call.send_window > 0:
                 size = min(len(pending), self.send_window, call.send_window, self.peer_frame)
-                self._write(w.frame(w.DATA, 0, stream, bytes(pending[:size])))
-                pending = pending[size:]
+                self._write(w.frame_head(w.DATA, 0, stream, size))
+                for piece in pending.take(size):  # views of the answer: joined at the flush if small
+                    self._write(piece)
+                self.large_out = self.large_out or size >= JOIN_BYTES
                 self.send_window -= size
                 call.send_window -= size
                 self.data_sent += size
-                if not pending and call.streaming and call.queued:  # a stream's next answers, joined once
-                    pending = memoryview(b"".join(call.queued))
-                    call.queued.clear()
-            call.pending = pending
             if pending:
                 if call.send_window <= 0:
                     del blocked[stream]

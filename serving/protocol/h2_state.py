@@ -46,6 +46,7 @@ class ConnectionState:
     watch: asyncio.TimerHandle | None
     window_watch: asyncio.TimerHandle | None  # h2_calls': armed while answers wait for window
     data_sent: int  # DATA bytes sent from waiting answers (h2_calls' _pump), the window watch's progress
+    large_out: bool  # what the step writes may hold a piece to write as it is, not joined (_flush)
     window_mark: int  # ``data_sent`` when the window watch was armed
     reading_paused: bool
     preface: bool  # the client's HTTP/2 preface has arrived

@@ -35,6 +35,8 @@ from serving.protocol.grpc_call import (
     TOO_LARGE_INFLATED,
     Aborted,
     Call,
+    Outgoing,
+    Pieces,
     decompress,
     decompress_small,
     trailers_block,
@@ -54,7 +56,7 @@ _ENDED = object()  # the client's half is over: the request iterator stops here
 class StreamCall(Call):
     """A streaming call: its messages in as they complete, its responses out as they are yielded."""
 
-    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent", "queued")
+    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent")
 
     streaming = True
 
@@ -65,10 +67,9 @@ class StreamCall(Call):
         self.unanswered: deque[int] = deque()  # the budget each message handed over holds till answered
         self.owed = 0  # answers yielded but still waiting for the client's window (their requests held)
         self.headers_sent = False
-        # answers behind ``pending`` (each kept whole: joining each to the bytes before it copied them
-        # all again, so N answers waiting for a client's window cost the loop N² bytes), joined once
-        # when ``pending`` has left (h2_calls.Calls._pump)
-        self.queued: deque[bytes] = deque()
+        # answers yielded while others wait for window go behind them in ``pending``, each as it is
+        # (joining each to the bytes before it copied them all again: N answers waiting for a
+        # client's window cost the loop N² bytes)
         self.trailers = None  # set when the servicer is done: what _pump sends after the last message
 
     def feed(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:
@@ -171,7 +172,10 @@ class StreamCalls(ConnectionState):
         responses = call.handler(call.requests(self.server.max_message_bytes, budget), call)
         try:
             async for response in responses:
-                self._send_message(call, response.SerializeToString())
+                if isinstance(response, Pieces):
+                    self._send_pieces(call, response.pieces())
+                else:
+                    self._send_message(call, response.SerializeToString())
                 if call.pending:  # its request stays held until it has left (a client not reading
                     call.owed += 1  # its answers cannot make the server hold them without bound)
                 else:
@@ -205,9 +209,7 @@ class StreamCalls(ConnectionState):
         if self.calls.get(call.stream) is not call:
             return  # reset meanwhile
         stream = call.stream
-        if not call.headers_sent:
-            call.headers_sent = True
-            self._write(w.frame(w.HEADERS, w.END_HEADERS, stream, self._block(RESPONSE_HEADERS)))
+        self._stream_headers(call)
         message = b"\x00" + len(data).to_bytes(4, "big") + data
         size = len(message)
         if (
@@ -219,12 +221,29 @@ class StreamCalls(ConnectionState):
             call.send_window -= size
             self._write(w.frame(w.DATA, 0, stream, message))
             return
-        if call.pending:  # behind what waits already (it waits in blocked or parked): queued whole
-            call.queued.append(message)
+        self._send_later(call, (message,))
+
+    def _send_pieces(self, call: StreamCall, pieces: list[bytes | memoryview]) -> None:
+        """One response message handed over in pieces: written as they are, as the windows allow."""
+        if self.calls.get(call.stream) is not call:
+            return  # reset meanwhile
+        self._stream_headers(call)
+        self._send_later(call, (b"\x00" + sum(map(len, pieces)).to_bytes(4, "big"), *pieces))
+
+    def _stream_headers(self, call: StreamCall) -> None:
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._write(w.frame(w.HEADERS, w.END_HEADERS, call.stream, self._block(RESPONSE_HEADERS)))
+
+    def _send_later(self, call: StreamCall, message: tuple[bytes | memoryview, ...]) -> None:
+        """``message`` behind what the call has waiting (it waits in blocked or parked already), or
+        waiting now, sent as the windows allow (h2_calls.Calls._pump)."""
+        if call.pending:
+            call.pending.extend(message)
             return
-        call.pending = memoryview(message)
-        if stream not in self.blocked and stream not in self.parked:
-            (self.blocked if call.send_window > 0 else self.parked)[stream] = call
+        call.pending = Outgoing(message)
+        if call.stream not in self.blocked and call.stream not in self.parked:
+            (self.blocked if call.send_window > 0 else self.parked)[call.stream] = call
         self._pump()
 
     def _end_stream(self, call: StreamCall, code: int, details: str) -> None:

@@ -56,6 +56,11 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream) + payload
 
 
+def frame_head(kind: int, flags: int, stream: int, size: int) -> bytes:
+    """The 9-byte header of a frame of ``size`` payload bytes written after it in pieces of their own."""
+    return HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream)
+
+
 def settings_frame(values: dict[int, int]) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HL", key, value) for key, value in values.items()))
 

@@ -152,6 +152,17 @@ def to_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def wire_view(array: np.ndarray) -> memoryview | bytes:
+    """What :func:`to_bytes` returns, as a flat byte view of the array itself where its memory holds
+    exactly those bytes (a C-contiguous numeric array on a little-endian host): a large answer then
+    leaves without a copy of its tensors. Any other array: :func:`to_bytes`."""
+    if array.dtype.kind in ("O", "S", "U") or not array.flags.c_contiguous:
+        return to_bytes(array)
+    if not (_NATIVE_IS_WIRE or array.dtype.itemsize == 1):
+        return to_bytes(array)
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
 def _utf8(value: Any, index: int, tensor: str) -> bytes:
     """A JSON BYTES element as UTF-8 bytes; a lone surrogate (invalid Unicode) is a client error."""
     if isinstance(value, bytes):
