@@ -39,7 +39,9 @@ def test_the_instance_count_is_the_groups_sum_with_triton_defaults(groups, count
 
 def test_more_instances_than_the_limit_is_an_error_naming_the_model_and_the_counts():
     too_many = config("instance_group { count: 60 } instance_group { count: 1000 }")
-    with pytest.raises(placement.PlacementError, match=r"model 'm': instance_group asks for 1060 instances \(60 \+ 1000\)"):
+    with pytest.raises(
+        placement.PlacementError, match=r"model 'm': instance_group asks for 1060 instances \(60 \+ 1000\)"
+    ):
         placement.instance_count(too_many)
 
 

@@ -15,8 +15,17 @@ from training.checkpoint import save_checkpoint
 
 def _resume_file(out: Path, **train_config) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    saved = dataclasses.asdict(classify.resolve(classify.TrainConfig(model="lenet", output_dir=str(out), **train_config)))
-    state = {"epoch": 1, "model_name": "lenet", "model_args": {}, "model": {}, "optimizer": {}, "scheduler": {}}
+    saved = dataclasses.asdict(
+        classify.resolve(classify.TrainConfig(model="lenet", output_dir=str(out), **train_config))
+    )
+    state = {
+        "epoch": 1,
+        "model_name": "lenet",
+        "model_args": {},
+        "model": {},
+        "optimizer": {},
+        "scheduler": {},
+    }
     return save_checkpoint({**state, "data": {}, "train_config": saved}, out / "lenet.resume.pt")
 
 
@@ -33,7 +42,9 @@ def _resolved(argv: list[str]) -> classify.TrainConfig:
         ({}, ["--no-augment"], False),
     ],
 )
-def test_a_resumed_run_keeps_the_interrupted_runs_augmentation_unless_told(tmp_path, first_run, resumed_flags, augment):
+def test_a_resumed_run_keeps_the_interrupted_runs_augmentation_unless_told(
+    tmp_path, first_run, resumed_flags, augment
+):
     resume = _resume_file(tmp_path / "run", **first_run)
     config = _resolved(["--resume", str(resume), "--output-dir", str(tmp_path / "out"), *resumed_flags])
     assert config.augment is augment
