@@ -1,5 +1,6 @@
 """Shared fixtures: seeded, single-threaded torch so tests are reproducible and polite on shared CPUs;
-signal handlers restored after each test; the export of every classifier that several test modules read."""
+signal handlers restored after each test; the export of every classifier, and of the tiny translators,
+that several test modules read."""
 
 from __future__ import annotations
 
@@ -60,3 +61,14 @@ def inflation_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(limits, "inflate", recording)
     return threads
+
+
+@pytest.fixture(scope="session")
+def exported_translator_models(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The tiny trained translators (``transformer``, ``gru_attention``) exported once, read-only for
+    their users: (the root, holding ``checkpoints/`` and ``model_repository/``; {name: export error})."""
+    from tests.test_translate_serving import build_translator_repository
+
+    root = tmp_path_factory.mktemp("translators")
+    _, errors = build_translator_repository(root)
+    return root, errors

@@ -25,14 +25,16 @@ from serving.protocol.tensors import from_bytes
 from serving.protocol.v2_codec import HEADER_LENGTH, ParsedInfer, RequestedOutput, encode_infer
 from serving.settings import Settings
 from tests.repo_fixtures import MAX_BATCH, SIZE, LiveServer, build_classifier_repository
-from tests.test_translate_serving import exported_translators
 
 MAX_POSITIONS = 64  # build_translator_repository's
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> Path:
-    return exported_translators(tmp_path_factory, "crash-hunt", ("transformer", "gru_attention"))
+def repository(exported_translator_models) -> Path:
+    root, errors = exported_translator_models  # read only, shared with test_translate_serving (conftest)
+    if errors:
+        pytest.fail(f"export failed: {errors}")
+    return root / "model_repository"
 
 
 @pytest.fixture(scope="module")

@@ -151,10 +151,8 @@ def reference(root: Path, name: str, texts: list[str], beam: int) -> list[tuple[
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("translators")
-    repository, errors = build_translator_repository(root)
-    return root, errors
+def exported(exported_translator_models) -> tuple[Path, dict]:
+    return exported_translator_models  # shared with test_crash_hunt (conftest)
 
 
 @pytest.fixture(scope="module")
