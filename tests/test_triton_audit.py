@@ -10,14 +10,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from serving.decoding import beam_search as bs
 from serving.triton import TritonServer, derive_python_flavour, read_config
-from tests.test_triton_translator_model import _Error, _Request, _Response, model  # noqa: F401 (fixture)
+from tests.test_triton_translator_model import _Error, _Request, _Response, model, stand_in_pb_utils  # noqa: F401 (fixture)
 
 
 class _TensorRequest:
@@ -51,14 +51,8 @@ def _identity_graph(path: Path) -> None:
 @pytest.fixture
 def onnx_model(monkeypatch: pytest.MonkeyPatch):
     """serving/triton/onnx_model.py bound to a stand-in pb_utils (the module the flavour copies)."""
-    utils = ModuleType("triton_python_backend_utils")
-    utils.TritonError, utils.InferenceResponse = _Error, _Response
-    utils.Tensor = lambda name, array: (name, array)
-    utils.get_input_tensor_by_name = lambda request, name: SimpleNamespace(
-        as_numpy=lambda: request.arrays[name]
-    )
+    utils = stand_in_pb_utils(monkeypatch, lambda request, name: request.arrays[name])
     utils.triton_string_to_numpy = lambda name: {"TYPE_INT64": np.int64}[name]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
     monkeypatch.delitem(sys.modules, "serving.triton.onnx_model", raising=False)
     yield importlib.import_module("serving.triton.onnx_model")
     sys.modules.pop("serving.triton.onnx_model", None)

@@ -38,15 +38,24 @@ class _Request:
         return self.outputs
 
 
-@pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch):
+def stand_in_pb_utils(monkeypatch: pytest.MonkeyPatch, tensor) -> ModuleType:  # noqa: ANN001
+    """``triton_python_backend_utils`` as the python models use it, installed for the test: errors and
+    responses recorded, ``get_input_tensor_by_name`` answering ``tensor(request, name)`` as numpy."""
     utils = ModuleType("triton_python_backend_utils")
     utils.TritonError, utils.InferenceResponse = _Error, _Response
     utils.Tensor = lambda name, array: (name, array)
     utils.get_input_tensor_by_name = lambda request, name: SimpleNamespace(
-        as_numpy=lambda: np.array([[t.encode()] for t in request.texts], dtype=np.object_)
+        as_numpy=lambda: tensor(request, name)
     )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    return utils
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch):
+    stand_in_pb_utils(
+        monkeypatch, lambda request, name: np.array([[t.encode()] for t in request.texts], dtype=np.object_)
+    )
     monkeypatch.setattr(sys, "path", list(sys.path))  # the model puts its own directory first
     monkeypatch.delitem(sys.modules, "serving.triton.translator_model", raising=False)
     module = importlib.import_module("serving.triton.translator_model")  # bound to this stand-in
