@@ -562,10 +562,10 @@ def test_weight_flops_count_the_initializer_operand_of_every_product_and_nothing
 
 
 @pytest.fixture(scope="module")
-def tiny_translator(tmp_path_factory):
+def tiny_translator(exported_translator_models, tmp_path_factory):
     from tests.test_translate_serving import exported_translators
 
-    return exported_translators(tmp_path_factory, "work", ("transformer",))
+    return exported_translators(exported_translator_models, tmp_path_factory, "work", ("transformer",))
 
 
 def test_the_workloads_arithmetic_counts_the_rows_the_search_ran(tiny_translator):

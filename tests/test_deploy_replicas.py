@@ -34,7 +34,7 @@ from bench.replicas import (
 )
 from bench.servers import _http_session as http_session
 from tests.repo_fixtures import build_classifier_repository
-from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths
 
 needs_haproxy = pytest.mark.skipif(find_haproxy() is None, reason=HAPROXY_HINT)
 
@@ -75,9 +75,8 @@ def test_only_answers_cut_after_they_began_count_as_unretryable() -> None:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> Path:
-    repository, errors = build_translator_repository(tmp_path_factory.mktemp("fleet"), (TRANSLATOR,))
-    assert not errors, errors
+def repository(exported_translator_models, tmp_path_factory) -> Path:
+    repository = exported_translators(exported_translator_models, tmp_path_factory, "fleet", (TRANSLATOR,))
     return build_classifier_repository(repository, (CLASSIFIER,))
 
 

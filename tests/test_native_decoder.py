@@ -28,9 +28,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(exported_translator_models, tmp_path_factory):
     """(spec, encoder runner, Python decoder runner, compiled decoder runner, source ids)."""
-    repository = exported_translators(tmp_path_factory, "native", ("transformer",))
+    repository = exported_translators(
+        exported_translator_models, tmp_path_factory, "native", ("transformer",)
+    )
     entry = Repository(repository).get("transformer")
     block = entry.kiln["translator"]
 

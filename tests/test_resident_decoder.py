@@ -29,8 +29,8 @@ from tests.test_translate_serving import exported_translators, texts_of_mixed_le
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return exported_translators(tmp_path_factory, "resident", ("transformer",))
+def built(exported_translator_models, tmp_path_factory):
+    return exported_translators(exported_translator_models, tmp_path_factory, "resident", ("transformer",))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.translate import until_client_leaves
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, held_grpc_port
-from tests.test_translate_serving import build_translator_repository, texts_of_mixed_lengths
+from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths
 from tests.waiting import eventually
 
 NAME = "transformer"
@@ -30,9 +30,8 @@ ROUTES = {"rest": (f"/v1/models/{NAME}/translate", REST), "kserve": (f"/v2/model
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[LiveServer]:
-    repository, errors = build_translator_repository(tmp_path_factory.mktemp("disconnect"), (NAME,))
-    assert not errors, errors
+def gateway(exported_translator_models, tmp_path_factory) -> Iterator[LiveServer]:
+    repository = exported_translators(exported_translator_models, tmp_path_factory, "disconnect", (NAME,))
     with held_grpc_port() as grpc_port:
         settings = Settings(
             model_repository=repository, grpc_port=grpc_port, reuse_port=True, request_timeout_s=120.0

@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
@@ -119,14 +120,27 @@ def build_translator_repository(root: Path, names: tuple[str, ...] = tuple(TRANS
 
 
 def exported_translators(
-    tmp_path_factory: pytest.TempPathFactory, label: str, names: tuple[str, ...]
+    shared: tuple[Path, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    names: tuple[str, ...],
 ) -> Path:
-    """:func:`build_translator_repository` in a fresh directory of its own (a module fixture's), the
-    test failing with export's errors; returns the repository."""
-    repository, errors = build_translator_repository(tmp_path_factory.mktemp(label), names)
-    if errors:
-        pytest.fail(f"export failed: {errors}")
-    return repository
+    """The translators ``names`` of the session's export (conftest's ``exported_translator_models``,
+    passed as ``shared``) copied into a fresh directory of the module's own, so that it may write
+    beside them; the test fails with export's errors. Returns the copy's repository, whose parent holds
+    ``checkpoints/`` as the export's does."""
+    root, errors = shared
+    failed = {name: errors[name] for name in names if name in errors}
+    if failed:
+        pytest.fail(f"export failed: {failed}")
+    copy = tmp_path_factory.mktemp(label)
+    (copy / "checkpoints").mkdir()
+    for name in names:
+        shutil.copy2(root / "checkpoints" / f"{name}.pt", copy / "checkpoints")
+        translator = json.loads((root / "model_repository" / name / "kiln.json").read_text())["translator"]
+        for entry in (name, translator["encoder"], translator["decoder"]):
+            shutil.copytree(root / "model_repository" / entry, copy / "model_repository" / entry)
+    return copy / "model_repository"
 
 
 def texts_of_mixed_lengths(n: int, seed: int = 7) -> list[str]:

@@ -19,7 +19,7 @@ from serving.app import create_app
 from serving.protocol.translate import request_schema
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, held_grpc_port
-from tests.test_translate_serving import build_translator_repository
+from tests.test_translate_serving import exported_translators
 
 NAME = "transformer"
 PATTERN = request_schema()["properties"]["texts"]["items"]["pattern"]  # as the OpenAPI document has it
@@ -81,9 +81,8 @@ def test_the_schemas_text_pattern_in_ecma_262_as_json_schema_reads_it_matches_wh
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[LiveServer]:
-    repository, errors = build_translator_repository(tmp_path_factory.mktemp("texts"), (NAME,))
-    assert not errors, errors
+def gateway(exported_translator_models, tmp_path_factory) -> Iterator[LiveServer]:
+    repository = exported_translators(exported_translator_models, tmp_path_factory, "texts", (NAME,))
     with held_grpc_port() as grpc_port:
         settings = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
         with LiveServer(create_app(settings)) as server:

@@ -25,8 +25,10 @@ MAX_LENGTH = 16
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return exported_translators(tmp_path_factory, "triton-translators", (NAME,)).parent
+def exported(exported_translator_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported_translators(
+        exported_translator_models, tmp_path_factory, "triton-translators", (NAME,)
+    ).parent
 
 
 @pytest.fixture(scope="module")
