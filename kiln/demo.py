@@ -235,7 +235,7 @@ def gpu_target() -> Target:
         raise SystemExit(
             "make demo GPU=1 serves on ONNX Runtime's CUDA provider, which this onnxruntime lacks "
             f"(providers: {', '.join(ort.get_available_providers())}): install the `gpu` extra "
-            '(README, "GPU").'
+            '(`make setup GPU=1`; README, "GPU and TensorRT").'
         )
     return Target(
         torch.cuda.get_device_name(0),

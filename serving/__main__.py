@@ -101,6 +101,28 @@ def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
     return held
 
 
+def _check_entries(repository: Path) -> None:
+    """A repository without one model entry would start a gateway that answers every request 404:
+    a directory of checkpoints (the usual slip: ``--model-repository checkpoints``) stops here with the
+    command that exports it; an empty one is served, with a warning saying what it lacks."""
+    if any((d / "config.pbtxt").is_file() for d in repository.iterdir() if not d.name.startswith(".")):
+        return
+    checkpoints = sorted(p.name for p in repository.glob("*.pt"))
+    if checkpoints:
+        raise SystemExit(
+            f"model repository {repository} holds checkpoints ({', '.join(checkpoints[:3])}"
+            f"{', ...' if len(checkpoints) > 3 else ''}), not exported model entries: export them with "
+            f"`python -m export {repository} --repository model_repository` (or `make export`) and serve "
+            "that repository"
+        )
+    logging.getLogger("serving").warning(
+        "model repository %s holds no model entry (<model>/config.pbtxt): the gateway serves nothing; "
+        "run `make export` (python -m export CHECKPOINTS --repository %s) to write some",
+        repository,
+        repository,
+    )
+
+
 def _start_logging(level: str) -> None:
     from uvicorn.config import LOG_LEVELS
 
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             f"model repository {settings.model_repository} is not a directory: run `make export` to "
             "write one, or pass --model-repository"
         )
+    if not settings.reuse_port:  # the parent says it once, not each of its workers
+        _check_entries(settings.model_repository)
     if settings.workers > 1:
         if not settings.http_port or not settings.grpc_port:
             raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
