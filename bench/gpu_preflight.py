@@ -10,6 +10,7 @@ distribution to download, and exits 1.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 
@@ -60,7 +61,10 @@ def missing(modules: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m bench.gpu_preflight", description=__doc__.split("\n\n")[0]
+    ).parse_args(argv)
     absent = missing({**MODULES, **EXTRA})
     if not absent:
         print("gpu preflight: every module Kiln imports is here")

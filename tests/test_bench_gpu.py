@@ -300,6 +300,16 @@ def test_the_gpu_preflight_knows_every_dependency_and_names_what_is_missing(monk
     assert gpu_preflight.missing(gpu_preflight.MODULES) == {}  # this machine has them all
     monkeypatch.setitem(gpu_preflight.MODULES, "hpack", ("hpack_absent_here",))
     monkeypatch.setitem(gpu_preflight.EXTRA, "onnxruntime-gpu", ("onnxruntime",))
-    assert gpu_preflight.main() == 1
+    assert gpu_preflight.main([]) == 1
     err = capsys.readouterr().err
     assert "hpack missing (hpack_absent_here does not import)" in err and "-d deps hpack\n" in err
+
+
+def test_the_gpu_preflights_help_is_printed_not_run(monkeypatch, capsys):
+    """``python -m bench.gpu_preflight --help`` ran the preflight."""
+    from bench import gpu_preflight
+
+    monkeypatch.setattr(gpu_preflight, "missing", lambda modules: pytest.fail("the preflight ran"))
+    with pytest.raises(SystemExit) as stopped:
+        gpu_preflight.main(["--help"])
+    assert stopped.value.code == 0 and "usage: python -m bench.gpu_preflight" in capsys.readouterr().out

@@ -211,6 +211,7 @@ class _StandInServer:
     def __init__(self, repository: Path, workdir: Path, **_: object) -> None:
         self.workdir, self.log_path, self.flavour = Path(workdir), Path(workdir) / "tritonserver.log", None
         self.http_url = self.grpc_url = "127.0.0.1:1"
+        self.metrics_port = 47999  # as TritonServer draws it for --metrics-port 0
         self.process = SimpleNamespace(poll=self._poll)
         self.stopped = False
         _StandInServer.made.append(self)
@@ -279,3 +280,10 @@ def test_the_default_temporary_workdir_goes_when_the_server_stops_and_stays_when
     monkeypatch.setattr(_StandInServer, "start_error", None)
     assert launcher(["--model-repository", str(tmp_path / "tmp"), "--workdir", str(given)]) == 0
     assert (given / "tritonserver.log").is_file()  # a directory the caller named is the caller's
+
+
+def test_the_launcher_says_where_its_metrics_are(launcher, tmp_path: Path, capsys) -> None:
+    """``--metrics-port 0`` drew a free port that the ready line never named: Triton's metrics could
+    not be found."""
+    assert launcher(["--model-repository", str(tmp_path), "--workdir", str(tmp_path / "work")]) == 0
+    assert "metrics http://127.0.0.1:47999/metrics" in " ".join(capsys.readouterr().out.split())

@@ -128,7 +128,8 @@ def _interrupt_on_signals() -> None:
 def _print_ready(console: Console, server: TritonServer) -> None:
     flavour = server.flavour
     console.print(
-        f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  log {server.log_path}"
+        f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  "
+        f"metrics http://127.0.0.1:{server.metrics_port}/metrics  log {server.log_path}"
     )
     if flavour is not None:
         console.print(
