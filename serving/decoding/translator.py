@@ -143,28 +143,12 @@ class Translator:
 
     def beam_config(self, options: bs.DecodingOptions) -> bs.BeamConfig:
         """The search settings, refusing values over the limits with the option named (422)."""
-        try:
-            bs.check_options(options, self.limits, self.spec.max_positions)
-            return bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
-        except (TypeError, ValueError) as exc:
-            raise UnprocessableInput(f"invalid decoding options: {exc}") from None
+        check_decoding_options(options, self.limits, self.spec.max_positions)
+        return bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
 
     def check_texts(self, texts: list[str]) -> None:
         """Refuse empty, overlong or too many texts, naming the text."""
-        limits = self.limits
-        if not texts:
-            raise UnprocessableInput("texts must hold at least one text")
-        if len(texts) > limits.max_texts:
-            raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise BadRequest(f"texts[{i}] must be a string")
-            if not text.strip():
-                raise UnprocessableInput(f"texts[{i}] is empty or only whitespace")
-            if len(text) > limits.max_chars:
-                raise PayloadTooLarge(
-                    f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}"
-                )
+        check_texts(texts, self.limits)
 
     def source_ids(self, texts: list[str]) -> list[list[int]]:
         """Tokenized sources (one batched call); a text longer than the model takes is refused."""
@@ -212,7 +196,8 @@ class Translator:
         return await asyncio.get_running_loop().run_in_executor(self._codec_thread, work, items, True)
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation`` [n, n_best] (+ FP32 ``score`` on ask)."""
+        """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation``, FP32 ``score`` and ``raw_score``, each
+        [n, n_best] (those the request names, else all three)."""
         if set(request.inputs) != {"text"}:
             raise BadRequest(
                 f"model {self.name!r} takes exactly one input 'text'; got {sorted(request.inputs)}"
@@ -248,6 +233,32 @@ class Translator:
                 [[_pad(hyps, j).score for j in range(width)] for hyps in results], dtype=np.float32
             )  # [n, n_best]
         return InferResponse(self.name, "", {k: outputs[k] for k in wanted}, request.request_id)
+
+
+def check_decoding_options(
+    options: bs.DecodingOptions, limits: bs.DecodingLimits, max_positions: int | None
+) -> None:
+    """Refuse options over the limits (or the model's positions) with the option named: a 422, whoever
+    decodes (the gateway's schedulers, or a backend's ``<name>`` model behind the REST route)."""
+    try:
+        bs.check_options(options, limits, max_positions)
+    except (TypeError, ValueError) as exc:
+        raise UnprocessableInput(f"invalid decoding options: {exc}") from None
+
+
+def check_texts(texts: list[str], limits: bs.DecodingLimits) -> None:
+    """Refuse empty, overlong or too many texts, naming the text (422 / 413), whoever decodes them."""
+    if not texts:
+        raise UnprocessableInput("texts must hold at least one text")
+    if len(texts) > limits.max_texts:
+        raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {limits.max_texts}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BadRequest(f"texts[{i}] must be a string")
+        if not text.strip():
+            raise UnprocessableInput(f"texts[{i}] is empty or only whitespace")
+        if len(text) > limits.max_chars:
+            raise PayloadTooLarge(f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}")
 
 
 def _pad(hyps: list[Translation], j: int) -> Translation:

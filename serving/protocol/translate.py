@@ -26,10 +26,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.decoding.options import DEFAULTS, LIMITS, DecodingOptions
-from serving.decoding.translator import Translation
+from serving.decoding.translator import Translation, check_decoding_options, check_texts
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
-from serving.execution.base import Backend, InferRequest
-from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed, observed_infer
+from serving.execution.base import Backend, InferRequest, InferResponse
+from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
@@ -173,7 +173,7 @@ async def translate(request: Request, name: str) -> Response:
     if translator is not None:
         work = observed(metrics, name, translator.translate(body.texts, body.options()))
     else:
-        work = _via_infer(backend, metrics, name, body)
+        work = _via_infer(backend, metrics, name, body, entry.max_batch_size, _max_positions(entry.kiln))
     results = await until_client_leaves(request, work)
     if results is None:
         return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
@@ -264,29 +264,56 @@ def _finite(value: float) -> float | None:
 
 
 async def _via_infer(
-    backend: Backend, metrics: GatewayMetrics, name: str, body: TranslateRequest
+    backend: Backend,
+    metrics: GatewayMetrics,
+    name: str,
+    body: TranslateRequest,
+    max_batch: int = 0,
+    max_positions: int | None = None,
 ) -> list[list[Translation]]:
     """Translate through KServe infer on ``<name>`` (e.g. Triton's python model), which answers
     ``translation``, the normalized ``score`` and the ``raw_score``, [n, n_best], padded with -inf where a
-    search found fewer. A ``<name>`` exported before ``raw_score`` existed refuses ``return_scores``."""
+    search found fewer. A ``<name>`` exported before ``raw_score`` existed refuses ``return_scores``.
+
+    Texts and options are checked as the gateway's own translators check them (the same 413 / 422, where
+    Triton's model answers every mistake 400), and the texts go in requests of at most ``max_batch``
+    (``<name>``'s ``max_batch_size``, 0: no limit), sent together: Triton refuses a larger batch, and a
+    request may hold up to ``max_texts``."""
+    check_texts(body.texts, LIMITS)
+    options = body.options()
+    check_decoding_options(options, LIMITS, max_positions)
     if body.return_scores and "raw_score" not in {o.name for o in backend.metadata(name).outputs}:
         raise UnprocessableInput(
             f"model {name!r} answers no raw scores (exported before its 'raw_score' output; export it "
             "again), so return_scores cannot be served; its KServe v2 'score' output has the normalized ones"
         )
-    texts = np.array([[t.encode()] for t in body.texts], dtype=np.object_)  # [n, 1]
-    params = body.options().__dict__
     # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
     outputs = ["translation"] + (["score"] if body.n_best > 1 or body.return_scores else [])
     outputs += ["raw_score"] if body.return_scores else []
+    size = max_batch if max_batch > 0 else len(body.texts)
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
-    request = InferRequest(name, {"text": texts}, outputs=outputs, parameters=params)
-    response = await observed_infer(backend, metrics, request)
-    n = len(body.texts)
+    requests = [
+        InferRequest(name, {"text": _texts_tensor(part)}, outputs=outputs, parameters=dict(options.__dict__))
+        for part in (body.texts[i : i + size] for i in range(0, len(body.texts), size))
+    ]
+    responses = await observed(metrics, name, asyncio.gather(*(backend.infer(r) for r in requests)))
+    return [
+        hyps
+        for request, response in zip(requests, responses, strict=True)
+        for hyps in _translations(response, outputs, len(request.inputs["text"]))
+    ]
+
+
+def _texts_tensor(texts: list[str]) -> np.ndarray:
+    return np.array([[t.encode()] for t in texts], dtype=np.object_)  # [n, 1]
+
+
+def _translations(response: InferResponse, outputs: list[str], n: int) -> list[list[Translation]]:
+    """Each of ``n`` texts' hypotheses from ``<name>``'s [n, n_best] outputs, without the padding ones."""
     out = np.asarray(response.outputs["translation"]).reshape(n, -1)  # [n, n_best]
     nan = np.full(out.shape, np.nan)
     norms, raws = (
-        np.asarray(response.outputs[k], dtype=np.float64).reshape(n, -1) if k in outputs else nan
+        np.asarray(response.outputs[k], dtype=np.float64).reshape(out.shape) if k in outputs else nan
         for k in ("score", "raw_score")
     )
     return [
@@ -297,6 +324,13 @@ async def _via_infer(
         ]
         for rows in zip(out, norms, raws, strict=True)
     ]
+
+
+def _max_positions(kiln: dict[str, Any]) -> int | None:
+    """The longest target the entry's model takes (its step spec's ``max_positions``), if it says."""
+    spec = (kiln.get("translator") or {}).get("step_spec") or {}
+    value = spec.get("max_positions")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str:
