@@ -19,9 +19,11 @@ decoder call), in batches of similar source lengths that fit the encoder's and d
 ``max_batch_size`` (:func:`serving.decoding.offline.translate_in_batches`).
 
 Decoding options come from request parameters (``beam_size``, ``n_best``, ``max_length``,
-``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]`` and ``score`` FP32
-``[batch, n_best]`` (each hypothesis's length-normalized log-probability), as the gateway's own
-translators answer them; a request naming no output gets both (KServe v2).
+``length_penalty``, ``alpha``); ``translation`` is BYTES ``[batch, n_best]``, ``score`` FP32
+``[batch, n_best]`` (each hypothesis's length-normalized log-probability) and ``raw_score`` FP32
+``[batch, n_best]`` (its sum of log-probabilities), padded with empty texts scored -inf where a search
+found fewer, as the gateway's own translators answer them; a request naming no output gets all three
+(KServe v2).
 """
 
 from __future__ import annotations
