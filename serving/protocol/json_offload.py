@@ -26,11 +26,12 @@ answer of at least ``offload_bytes`` of JSON (by :data:`JSON_VALUE_BYTES` a valu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ class JsonOffload:
     def __init__(self, offload_bytes: int = OFFLOAD_BYTES) -> None:
         self.offload_bytes = offload_bytes
         self._pool: ProcessPoolExecutor | None = None
+        self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
 
     async def parse_infer(
         self, body: bytes, header_length: str | None, model: str, version: str
@@ -74,13 +76,49 @@ class JsonOffload:
         module-level function (the helper imports it by name) whose result and errors pickle."""
         if not self.offload_bytes or json_bytes < self.offload_bytes:
             return parse(*args)
-        loop = asyncio.get_running_loop()
+        pool = self._helper()
         try:
-            return await loop.run_in_executor(self._helper(), parse, *args)
+            return await self._in_helper(pool, parse, args)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
-            self._pool = None
+            if self._pool is pool:
+                self._pool = None
             log.error("the JSON parse process died; parsing this body in place")
             return parse(*args)
+
+    def _in_helper(self, pool: ProcessPoolExecutor, parse: Callable[..., T], args: tuple) -> asyncio.Future:
+        """``parse(*args)`` in ``pool``'s helper, as a future of this loop; cancelling it drops a body
+        still queued. When the helper dies, every body waiting for it gets ``BrokenProcessPool``, here:
+        Python 3.11's pool stops failing its queued calls at the first one cancelled (its thread dies
+        of InvalidStateError), and the bodies behind it waited for ever, a client gone mid-parse and
+        a killed helper enough to leave requests unanswered and their bytes held."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        work = pool.submit(parse, *args)  # BrokenProcessPool where the pool is known broken already
+        self._waiting[answer] = pool
+        answer.add_done_callback(lambda _: work.cancel() if answer.cancelled() else None)
+
+        def settle(_: Any) -> None:  # on the pool's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(self._settle, answer, work, pool)
+
+        work.add_done_callback(settle)
+        return answer
+
+    def _settle(self, answer: asyncio.Future, work: Future, pool: ProcessPoolExecutor) -> None:
+        self._waiting.pop(answer, None)
+        if answer.done() or work.cancelled():
+            return
+        error = work.exception()
+        if error is None:
+            answer.set_result(work.result())
+            return
+        answer.set_exception(error)
+        if isinstance(error, BrokenProcessPool):
+            for waiting, its_pool in list(self._waiting.items()):
+                if its_pool is pool:
+                    del self._waiting[waiting]
+                    if not waiting.done():
+                        waiting.set_exception(BrokenProcessPool(str(error)))
 
     def _helper(self) -> ProcessPoolExecutor:
         if self._pool is None:
