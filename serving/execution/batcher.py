@@ -248,6 +248,9 @@ class DynamicBatcher:
                 self._execute(instance, batch)
             except Exception:  # noqa: BLE001 - a bug here must not kill the instance
                 log.exception("model %s: instance %d failed to deliver a batch", self.name, instance)
+            # answered: its requests' inputs (views of their bodies) and rows go now, not when the
+            # next batch comes, which an idle gateway waits for with the burst's last batch held
+            del batch
 
     def _next_batch(self, grown: bool = False) -> list[Pending] | None:
         """Wait until a batch should be dispatched, then take it off the queue (None: shut down;
