@@ -19,8 +19,10 @@ or written to it: the bytes the client has sent wait in the kernel for whichever
 Every slot of the board has one writer: a worker's counts are its own; what it adopted from each
 sender is counted by the receiver; a sender remembers what it sent, so sent minus adopted is what is
 still in flight to a worker (counted as held there: a burst of connections does not all go to the one
-worker that looked emptiest). A hand-off that cannot be made (the receiver is stopping or gone, its
-queue is full) keeps the connection where it was accepted.
+worker that looked emptiest). Both counts go round modulo 2**32 (an int32 slot), their difference
+read as a small signed number, so weeks of short connections never overflow a slot. A hand-off that
+cannot be made (the receiver is stopping or gone, its queue is full) keeps the connection where it
+was accepted.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ log = logging.getLogger(__name__)
 KINDS = ("http", "grpc")  # the protocols balanced, each on its own (their connections differ in weight)
 BOARD_PREFIX = "kiln-connections-"  # then the pid of the parent that made it (serving.workers sweeps)
 _INT = 4  # bytes of a board slot (an aligned int32: read and written whole)
+_WRAP = 1 << 32  # the hand-off counts go round an int32 slot; in flight: their difference modulo this
+
+
+def _wrapped(count: int) -> int:
+    """``count`` as an int32 slot holds it, modulo 2**32: a worker's adopted count passes 2**31 after
+    weeks of short connections, and a slot refused the value (ValueError at every adoption after it)."""
+    return (count + (1 << 31)) % _WRAP - (1 << 31)
 
 
 def _slots(workers: int) -> int:
@@ -209,7 +218,7 @@ class Balancer:
         for worker in range(workers):
             if worker == me or not slots[self._ready_slot(kind, worker)]:
                 continue
-            in_flight = self._sent[kind][worker] - slots[self._adopted_slot(kind, worker, me)]
+            in_flight = _wrapped(self._sent[kind][worker] - slots[self._adopted_slot(kind, worker, me)])
             held = slots[self._count_slot(kind, worker)] + in_flight
             if held < fewest:
                 fewest, target = held, worker
@@ -225,7 +234,7 @@ class Balancer:
         except OSError as exc:  # the receiver is gone or stopping (refused), or its queue is full
             log.debug("kept a %s connection: worker %d did not take it (%s)", KINDS[kind], target, exc)
             return False
-        self._sent[kind][target] += 1
+        self._sent[kind][target] = _wrapped(self._sent[kind][target] + 1)
         self.handed[kind] += 1
         if self._on_handed is not None:
             self._on_handed(KINDS[kind])
@@ -274,7 +283,8 @@ class Balancer:
 
     def _note_adopted(self, kind: int, sender: int) -> None:
         if self._slots is not None:
-            self._slots[self._adopted_slot(kind, self.index, sender)] += 1
+            slot = self._adopted_slot(kind, self.index, sender)
+            self._slots[slot] = _wrapped(self._slots[slot] + 1)
 
     def stop_adopting(self) -> None:
         """Take no more connections from other workers (the gateway is draining); those that come
