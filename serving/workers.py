@@ -2,7 +2,7 @@
 
 One Python process spends its one core on protocol work (gRPC/HTTP parsing, the event loop) while ONNX
 Runtime waits; measured with perf_analyzer on 2 cores, two processes with one ONNX Runtime thread each
-served 1.6x the requests of one process at concurrency 64 (README, "Front-end parallelism"). Each worker
+served 1.6x the requests of one process at concurrency 64 (README, "Front-end workers"). Each worker
 is a whole gateway: its own sessions (one model instance) and its own dynamic batcher per model, so a
 batch never waits on another process. The kernel spreads connections over the workers, and a worker
 that accepts one while another holds fewer hands it on (``serving.handoff``).

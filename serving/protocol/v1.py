@@ -189,14 +189,17 @@ async def _read_form(request: Request, max_images: int) -> tuple[list[bytes], in
         raise PayloadTooLarge(
             f"more than {max_images + 1} images in one request; the limit is {max_images}"
         ) from None
-    files = form.getlist("files")
-    if not files or any(isinstance(f, str) for f in files):
-        raise UnprocessableInput("multipart body needs one or more 'files' parts")
-    top_k = form.get("top_k", 5)  # form fields are text: digits are the integer
-    raw = {"images": ["-"] * len(files), "top_k": int(top_k) if _digits(top_k) else top_k}
-    parsed = _validate(raw)
-    _check_count(len(files), max_images)
-    return [await f.read() for f in files], parsed.top_k
+    try:  # its files are spooled (to disk past 1 MB): closed here, answered or refused
+        files = form.getlist("files")
+        if not files or any(isinstance(f, str) for f in files):
+            raise UnprocessableInput("multipart body needs one or more 'files' parts")
+        top_k = form.get("top_k", 5)  # form fields are text: digits are the integer
+        raw = {"images": ["-"] * len(files), "top_k": int(top_k) if _digits(top_k) else top_k}
+        parsed = _validate(raw)
+        _check_count(len(files), max_images)
+        return [await f.read() for f in files], parsed.top_k
+    finally:
+        await form.close()
 
 
 def read_json_images(raw: bytes, max_images: int) -> tuple[list[bytes], int]:
