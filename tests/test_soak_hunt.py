@@ -15,24 +15,8 @@ import pytest
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from serving.handoff import Balancer, create_board
 from serving.protocol.json_offload import JsonOffload
+from tests.test_handoff import Tagged
 from tests.waiting import until
-
-
-class _Held(asyncio.Protocol):
-    """A worker's connection: answers each chunk with the worker's tag, counted in ``held`` while open."""
-
-    def __init__(self, tag: bytes, held: set) -> None:
-        self.tag, self.held = tag, held
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.held.add(self)
-
-    def data_received(self, data):
-        self.transport.write(self.tag)
-
-    def connection_lost(self, exc):
-        self.held.discard(self)
 
 
 def test_hand_offs_balance_on_after_a_worker_has_adopted_two_billion_connections():
@@ -43,7 +27,7 @@ def test_hand_offs_balance_on_after_a_worker_has_adopted_two_billion_connections
         for index in (0, 1):
             balancer = Balancer(board, index)
             held = balancer.counted("http")
-            factory = balancer.arrivals("http", lambda tag=f"{index}".encode(), held=held: _Held(tag, held))
+            factory = balancer.arrivals("http", lambda tag=f"{index}".encode(), held=held: Tagged(tag, held))
             server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
             workers.append((balancer, server, held))
         (first, server0, held0), (second, _, held1) = workers
