@@ -284,3 +284,13 @@ def test_max_length_beyond_the_models_positions_is_refused():
         decoding.beam_search(model, random_sources(), max_length=33)
     with pytest.raises(ValueError, match="max_positions=32"):
         decoding.greedy_decode(model, random_sources(), max_length=33)
+
+
+@needs_translators
+def test_a_source_longer_than_the_models_positions_is_refused_by_name_not_an_index_error():
+    model = tiny_translator("transformer")
+    too_long = torch.full((1, 33), 5, dtype=torch.long)
+    for search in (decoding.beam_search, decoding.greedy_decode):
+        with pytest.raises(ValueError, match="33 positions.*max_positions=32"):
+            search(model, too_long, max_length=8)
+    assert decoding.beam_search(model, too_long[:, :32], max_length=8)[0]

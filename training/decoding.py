@@ -77,10 +77,15 @@ def _check_search(beam_size: int, n_best: int, max_length: int, min_length: int,
         raise ValueError(f"alpha={alpha!r} must be a finite number >= 0")
 
 
-def _check_positions(spec: dict[str, Any], max_length: int) -> None:
+def _check_positions(spec: dict[str, Any], max_length: int, src_ids: Tensor) -> None:
+    """Neither the target nor the source may run past the model's position table (an IndexError there)."""
     limit = spec.get("max_positions")
     if limit is not None and max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds the model's max_positions={limit}")
+    if limit is not None and src_ids.shape[1] > limit:
+        raise ValueError(
+            f"src_ids has {src_ids.shape[1]} positions; the model takes at most max_positions={limit}"
+        )
 
 
 # --- decoder state driven by the step spec ----------------------------------------------------------
@@ -193,7 +198,7 @@ def greedy_decode(model: nn.Module, src_ids: Tensor, max_length: int = 128, min_
     _check_src(src_ids)
     _check_search(1, 1, max_length, min_length, "none", 1.0)
     spec = model.step_spec()
-    _check_positions(spec, max_length)
+    _check_positions(spec, max_length, src_ids)
     bos, eos = spec["bos_id"], spec["eos_id"]
     with _eval_mode(model):
         steps = _CachedSteps(model, src_ids)
@@ -240,7 +245,7 @@ def beam_search(
     _check_src(src_ids)
     _check_search(beam_size, n_best, max_length, min_length, length_penalty, alpha)
     spec = model.step_spec()
-    _check_positions(spec, max_length)
+    _check_positions(spec, max_length, src_ids)
     bos, eos, pad = spec["bos_id"], spec["eos_id"], spec["pad_id"]
     n, device = src_ids.shape[0], src_ids.device
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
