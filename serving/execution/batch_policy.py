@@ -55,3 +55,33 @@ class BatchPolicy:
         if self.allow_timeout_override and own_timeout_s is not None and 0 < own_timeout_s < default:
             return own_timeout_s
         return default
+
+
+def batching_problems(batching: Any, max_batch_size: int) -> list[str]:
+    """What Triton refuses in a ``dynamic_batching`` block: preferred sizes outside [1, max_batch_size],
+    priority levels out of range, and ``preserve_ordering`` beside priorities or a DELAY queue policy."""
+    problems = [
+        f"dynamic_batching.preferred_batch_size {size} must be in [1, max_batch_size {max_batch_size}]"
+        for size in batching.preferred_batch_size
+        if not 1 <= size <= max_batch_size
+    ]
+    levels = int(batching.priority_levels)
+    if levels and not 1 <= batching.default_priority_level <= levels:
+        problems.append(
+            f"dynamic_batching.default_priority_level {batching.default_priority_level} must be in "
+            f"[1, priority_levels {levels}]"
+        )
+    problems += [
+        f"dynamic_batching.priority_queue_policy level {level} must be in [1, priority_levels {levels}]"
+        for level in sorted(batching.priority_queue_policy)
+        if levels and not 1 <= level <= levels
+    ]
+    if batching.preserve_ordering:
+        if levels > 1:
+            problems.append(f"dynamic_batching.preserve_ordering allows one priority level, not {levels}")
+        policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
+        if any(p.timeout_action == p.DELAY and p.default_timeout_microseconds for p in policies):
+            problems.append(
+                "dynamic_batching.preserve_ordering forbids a queue policy's timeout_action DELAY"
+            )
+    return problems

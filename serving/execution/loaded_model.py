@@ -8,6 +8,7 @@ seldom joined by new work), so under load every batch runs on the narrow batch s
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,24 @@ from serving.execution.occupancy import Occupancy
 from serving.execution.repository import RepositoryEntry
 from serving.execution.runner import shrink_arena
 from serving.execution.validation import input_rules
+
+log = logging.getLogger(__name__)
+
+# Model-config parameters Triton's onnxruntime backend reads as session options; the embedded backend
+# takes its sessions' options from the gateway's flags instead (``--intra-op-threads``, ...).
+ORT_BACKEND_PARAMETERS = (
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "memory.enable_memory_arena_shrinkage",
+    "gpu_mem_limit",
+    "arena_extend_strategy",
+    "cudnn_conv_use_max_workspace",
+    "do_copy_in_default_stream",
+    "use_device_allocator_for_initializers",
+)
 
 # The share of recent runs joined by new work is a moving average of this weight (about the last ten
 # runs); while it is at or above the limit, lone requests run on the narrow batch session. After a
@@ -60,6 +79,16 @@ class LoadedModel:
         occupancy: Occupancy,
     ) -> None:
         self.entry, self.version, self.batcher, self.occupancy = entry, version, batcher, occupancy
+        unhonoured = unhonoured_fields(entry.config, exported="export" in entry.kiln)
+        if unhonoured:
+            log.warning(
+                "model %s version %s: the embedded backend does not honour %s of %s (Triton does): "
+                "serve it with --backend triton, or take them out",
+                entry.name,
+                version,
+                "; ".join(unhonoured),
+                entry.path / "config.pbtxt",
+            )
         self.placement, self.buckets = sessions.placement, sessions.per_instance
         self.sessions = [sessions.default(i) for i in range(len(sessions.per_instance))]
         self.lone = sessions.lone
@@ -150,6 +179,35 @@ class LoadedModel:
         size = self.placement.bucket_for(rows)
         values = self.buckets[instance][size].run(self.output_names, placement.pad_rows(inputs, size))
         return {name: value[:rows] for name, value in zip(self.output_names, values, strict=True)}
+
+
+def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
+    """The fields of ``config`` that Triton honours and this backend would otherwise ignore without a
+    word: request priorities, a sequence batcher (stateful models), ONNX Runtime's graph level and
+    execution accelerators (TensorRT, OpenVINO), and the onnxruntime backend's session parameters.
+    An ``exported`` entry's TensorRT accelerator is Kiln's own, written for Triton (docs/kiln-json.md),
+    so it is not named at every GPU start."""
+    fields = []
+    batching = config.dynamic_batching
+    if batching.priority_levels or batching.priority_queue_policy:
+        fields.append(
+            f"dynamic_batching.priority_levels {batching.priority_levels} (every request is queued at "
+            "one level, under default_queue_policy)"
+        )
+    if config.HasField("sequence_batching"):
+        fields.append("sequence_batching (requests are not routed by sequence_id, nor given control inputs)")
+    optimization = config.optimization
+    if optimization.HasField("graph"):
+        fields.append(f"optimization.graph.level {optimization.graph.level}")
+    accelerators = optimization.execution_accelerators
+    for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator"):
+        names = [a.name for a in getattr(accelerators, kind) if not (exported and a.name == "tensorrt")]
+        if names:
+            fields.append(f"optimization.execution_accelerators.{kind} {names}")
+    ignored = sorted(key for key in config.parameters if key in ORT_BACKEND_PARAMETERS)
+    if ignored:
+        fields.append(f"parameters {ignored}")
+    return fields
 
 
 def _refused_input(exc: Exception) -> bool:

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from kiln.versions import changes_since, current_version
 from serving.errors import BadRequest, ModelNotFound
 from serving.execution.base import ModelMetadata, TensorMeta
+from serving.execution.batch_policy import batching_problems
 from serving.execution.config_json import config_json
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
 
@@ -152,6 +153,9 @@ def load_entry(directory: Path) -> RepositoryEntry:
         raise ValueError(
             f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
         )
+    problems = config_problems(config)
+    if problems:
+        raise ValueError(f"{config_path}: {'; '.join(problems)} (Triton refuses to load it too)")
     kiln_path = directory / "kiln.json"
     kiln = _read_kiln(kiln_path) if kiln_path.is_file() else {}
     labels = {}
@@ -166,6 +170,62 @@ def load_entry(directory: Path) -> RepositoryEntry:
     return RepositoryEntry(
         directory.name, directory, config, kiln, labels, _select_versions(directory, config)
     )
+
+
+WILDCARD = -1  # a variable-size dimension
+
+
+def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
+    """What Triton's model-config validation refuses in ``config``, each naming its field: a hand edit
+    that Triton would not load (a zero dimension, a preferred batch size past ``max_batch_size``) is
+    refused at load instead of loading READY and failing every request, or batching otherwise."""
+    batching = int(config.max_batch_size)
+    problems = [] if batching >= 0 else [f"max_batch_size must be 0 or more, got {batching}"]
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:
+            problems += _tensor_problems(kind, tensor, batching)
+    if config.HasField("dynamic_batching"):
+        problems += batching_problems(config.dynamic_batching, batching)
+    return problems
+
+
+def _tensor_problems(kind: str, tensor: Any, max_batch_size: int) -> list[str]:
+    """Triton's ``ValidateIOShape``: a name, a data_type, dims of sizes >= 1 or -1, and a reshape of
+    the same element count."""
+    where = f"{kind} {tensor.name!r}"
+    if not tensor.name:
+        return [f"an {kind} has no name"]
+    problems = []
+    if tensor.data_type == model_config_pb2.TYPE_INVALID:
+        problems.append(f"{where} must specify data_type")
+    dims = [int(d) for d in tensor.dims]
+    if not dims:
+        problems.append(f"{where} must specify dims")
+    if any(d < 1 and d != WILDCARD for d in dims):
+        problems.append(f"{where} dims {dims}: each must be >= 1, or -1 for a variable size")
+    if not tensor.HasField("reshape"):
+        return problems
+    shape = [int(d) for d in tensor.reshape.shape]
+    if not shape and max_batch_size == 0:
+        problems.append(
+            f"{where} cannot have an empty reshape in a model without batching (max_batch_size 0)"
+        )
+    elif any(d < 1 and d != WILDCARD for d in shape):
+        problems.append(f"{where} reshape {shape}: each must be >= 1, or -1 for a variable size")
+    elif _trunks(dims) != (_trunks(shape) if shape else [1]):  # an empty reshape holds one element
+        problems.append(f"{where}: dims {dims} and reshape {shape} hold different numbers of elements")
+    return problems
+
+
+def _trunks(dims: list[int]) -> list[int]:
+    """The element counts between variable-size dimensions ([2, 4, -1, 6] -> [8, 6]): a reshape keeps them."""
+    counts = [1]
+    for dim in dims:
+        if dim == WILDCARD:
+            counts.append(1)
+        else:
+            counts[-1] *= dim
+    return counts
 
 
 # The kiln.json fields the gateway reads as JSON objects (docs/kiln-json.md); the others it reads
@@ -256,9 +316,18 @@ def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> l
         chosen = found
     elif kind == "specific":
         chosen = [v for v in found if v in set(policy.specific.versions)]
-    else:
-        count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
-        chosen = found[-count:]
+        missing = sorted(set(policy.specific.versions) - set(found))
+        if missing:
+            log.warning(
+                "model %s: version_policy specific names versions %s that have no directory holding "
+                "files in %s: not served",
+                directory.name,
+                missing,
+                directory,
+            )
+    else:  # as Triton: latest { num_versions: 0 } selects none (the policy's default is latest 1)
+        count = policy.latest.num_versions if kind == "latest" else 1
+        chosen = found[-count:] if count > 0 else []
     return [str(v) for v in chosen]
 
 
@@ -268,8 +337,11 @@ def version_problem(entry: RepositoryEntry) -> str:
     if entry.versions:
         return ""
     policy = entry.config.version_policy
-    specific = policy.WhichOneof("policy_choice") == "specific"
-    wanted = f" version_policy specific {sorted(policy.specific.versions)} and" if specific else ""
+    kind = policy.WhichOneof("policy_choice")
+    wanted = {
+        "specific": f" version_policy specific {sorted(policy.specific.versions)} and",
+        "latest": f" version_policy latest num_versions {policy.latest.num_versions} and",
+    }.get(kind or "", "")
     found = sorted(int(p.name) for p in entry.path.iterdir() if _is_version(p) and any(p.iterdir()))
     return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}"
 
