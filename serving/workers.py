@@ -40,14 +40,17 @@ from serving.metrics import MULTIPROCESS_ENV
 log = logging.getLogger(__name__)
 
 
-def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket that other workers may bind to as well."""
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``port`` that other workers may bind to as well, not listening yet: the
+    server listens once its models are loaded (uvicorn's ``create_server``). Listening from the start,
+    a worker still loading took the kernel's share of new connections into its backlog, where they
+    hung unanswered, a readiness probe's included, for as long as the load took (a lone gateway
+    refuses them then, and its worker siblings that are up take them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 

@@ -27,7 +27,7 @@ from serving.execution.datatypes import classification
 from serving.execution.loaded_model import LoadedModel, Sessions
 from serving.execution.occupancy import Occupancy
 from serving.execution.ort_options import OrtOptions, resident_request, spin_entries
-from serving.execution.ort_sessions import SessionOpener
+from serving.execution.ort_sessions import SessionOpener, warm_up
 from serving.execution.repository import (
     ONNX_PLATFORMS,
     Repository,
@@ -256,7 +256,7 @@ class OnnxRuntimeBackend:
                 for _ in per_instance
             ]
             for session in lone:  # planned before the first lone request
-                session.run(None, placement.zero_inputs(session, 1))
+                warm_up(session, 1, entry.name)
         log.info(
             "model %s version %s: provider %s, device %s, buckets %s, lone-request threads %s, weights %s",
             entry.name,

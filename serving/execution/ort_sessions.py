@@ -56,10 +56,11 @@ class SessionOpener:
                 sessions[size] = self.open_chosen(entry, path, where, graph)[0]
                 if not per_instance and len(sessions) == 1:  # the first: the graph the config must fit
                     check_signature(entry, sessions[size], path)
-                if where.cuda_graphs:
+                if where.cuda_graphs:  # bound, the warm-up is the capture: its failure is the caller's
                     sessions[size] = _bound(sessions[size], size, where, entry.name)
-                if size:
                     sessions[size].run(None, placement.zero_inputs(sessions[size], size))
+                elif size:
+                    warm_up(sessions[size], size, entry.name)
             per_instance.append(sessions)
         return per_instance
 
@@ -129,6 +130,33 @@ class SessionOpener:
         session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
         return session, source
+
+
+def warm_up(session: Any, rows: int, name: str) -> None:
+    """Run ``session`` once on ``rows`` zero rows (:func:`placement.zero_inputs`), so it is planned
+    before the first request. A dynamic non-batch axis gets length 1 there, a guess the graph may
+    refuse (a Flatten into a MatMul of fixed width wants its image size): such a session is left to
+    plan at its first request, with a warning (the model failed to load instead, although it answers
+    every input of its real shape). A graph of fixed axes refusing zeros of its own shape is broken:
+    that failure is raised."""
+    try:
+        session.run(None, placement.zero_inputs(session, rows))
+    except Exception as exc:
+        guessed = [i.name for i in session.get_inputs() if not _fixed(i.shape[1:])]
+        if not guessed:
+            raise
+        log.warning(
+            "model %s: its %d-row session is not warmed at load (inputs %s have dynamic axes, tried "
+            "at length 1: %s); it plans at its first request",
+            name,
+            rows,
+            guessed,
+            " ".join(str(exc).split()),
+        )
+
+
+def _fixed(dims: list[Any]) -> bool:
+    return all(isinstance(d, int) and d > 0 for d in dims)
 
 
 # Triton config data types -> the ONNX Runtime tensor types a graph declares
