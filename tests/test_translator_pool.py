@@ -99,3 +99,23 @@ def test_the_gateways_translator_shows_its_own_outputs_whichever_backend_runs_it
         "raw_score": ("FP32", [-1, -1]),
     }
     assert [o["name"] for o in gateway.config("t", "1")["output"]] == ["translation", "score", "raw_score"]
+
+
+def test_a_translator_block_naming_no_encoder_is_reported_by_its_file_not_as_a_key_error(tmp_path) -> None:
+    pool = _pool(["first"])
+    entry = pool.repository.entries["first"]
+    entry.path, entry.kiln = tmp_path, {"translator": {"decoder": "d"}}
+    asyncio.run(pool.start(lambda *args, **kwargs: None))
+    assert pool.failed["first"] == (
+        f"ValueError: {tmp_path / 'kiln.json'}: its 'translator' block names no encoder entry"
+    )
+
+
+def test_a_missing_or_damaged_tokenizer_file_is_named(tmp_path) -> None:
+    from serving.decoding.translator import TextCodec
+
+    with pytest.raises(FileNotFoundError, match=f"tokenizer file {tmp_path / 'source.json'} is missing"):
+        TextCodec.from_files(tmp_path / "source.json", tmp_path / "target.json", None)
+    (tmp_path / "source.json").write_text("{ not a tokenizer")
+    with pytest.raises(ValueError, match=f"tokenizer file {tmp_path / 'source.json'} cannot be read"):
+        TextCodec.from_files(tmp_path / "source.json", tmp_path / "target.json", None)

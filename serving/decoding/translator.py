@@ -70,9 +70,7 @@ class TextCodec:
 
     @classmethod
     def from_files(cls, source: Path, target: Path, spec: step_spec.StepSpec) -> TextCodec:
-        from tokenizers import Tokenizer  # lazy: nothing heavy at import time
-
-        return cls(Tokenizer.from_file(str(source)), Tokenizer.from_file(str(target)), spec)
+        return cls(_tokenizer(source), _tokenizer(target), spec)
 
     def encode(self, texts: list[str], batched: bool = True) -> list[list[int]]:
         """Source ids without EOS (the stepper appends it).
@@ -285,6 +283,19 @@ def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
         return parse_parameters(params)
     except ValueError as error:
         raise BadRequest(str(error)) from None
+
+
+def _tokenizer(path: Path) -> Any:
+    """The ``tokenizers`` file at ``path``; a missing or unreadable one is named (the library's own
+    error, "No such file or directory (os error 2)", names no file)."""
+    from tokenizers import Tokenizer  # lazy: nothing heavy at import time
+
+    if not path.is_file():
+        raise FileNotFoundError(f"the tokenizer file {path} is missing")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the library raises a bare Exception for a damaged file
+        raise ValueError(f"the tokenizer file {path} cannot be read: {exc}") from exc
 
 
 def translator_from_entry(

@@ -56,8 +56,7 @@ class TranslatorPool:
         for name in self.names():
             entry = self.repository.entries[name]
             try:
-                block = entry.kiln.get("translator") or {}
-                encoder, decoder = block["encoder"], block["decoder"]
+                encoder, decoder = _step_entries(entry)
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
                 pair = partial(_runner_pair, runner_for, encoder, decoder)
                 translator = translator_from_entry(
@@ -135,3 +134,15 @@ def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str
         max_rows=min(config.max_rows, rows),
         max_encoder_batch=min(config.max_encoder_batch, sentences),
     )
+
+
+def _step_entries(entry: Any) -> tuple[str, str]:
+    """The encoder and decoder entries a translator's kiln.json names (a KeyError named neither)."""
+    block = entry.kiln.get("translator")
+    block = block if isinstance(block, dict) else {}
+    missing = [key for key in ("encoder", "decoder") if not isinstance(block.get(key), str)]
+    if missing:
+        raise ValueError(
+            f"{entry.path / 'kiln.json'}: its 'translator' block names no {' and no '.join(missing)} entry"
+        )
+    return block["encoder"], block["decoder"]
