@@ -245,3 +245,19 @@ def test_the_exports_own_tensorrt_accelerator_is_not_named_but_one_added_by_hand
     assert unhonoured_fields(config) == [
         "optimization.execution_accelerators.gpu_execution_accelerator ['tensorrt']"
     ]
+
+
+def test_an_unknown_models_404_names_twenty_models_at_most_and_counts_the_rest(tmp_path: Path) -> None:
+    from serving.errors import ModelNotFound
+
+    repository = Repository(tmp_path)
+    few = [f"m{i:02d}" for i in range(3)]
+    repository.entries = dict.fromkeys(few)
+    with pytest.raises(ModelNotFound, match=r"available: \['m00', 'm01', 'm02'\]$"):
+        repository.get("nope")
+    many = [f"m{i:02d}" for i in range(25)]
+    repository.entries = dict.fromkeys(many)
+    with pytest.raises(
+        ModelNotFound, match=r"'m19'\] and 5 more \(POST /v2/repository/index lists them all\)"
+    ):
+        repository.get("nope")

@@ -136,7 +136,18 @@ class Repository:
             return entry
         if name in self.errors:
             raise ModelNotFound(f"model {name!r} failed to load: {self.errors[name]}")
-        raise ModelNotFound(f"unknown model {name!r}; available: {self.names()}")
+        raise ModelNotFound(f"unknown model {name!r}; available: {_listed(self.names())}")
+
+
+NAMES_LISTED = 20  # a 404 names this many models at most: a large repository's would be kilobytes
+
+
+def _listed(names: list[str]) -> str:
+    """``names`` for an error message, the first :data:`NAMES_LISTED` of a long list and a count."""
+    if len(names) <= NAMES_LISTED:
+        return str(names)
+    more = len(names) - NAMES_LISTED
+    return f"{names[:NAMES_LISTED]} and {more} more (POST /v2/repository/index lists them all)"
 
 
 def load_entry(directory: Path) -> RepositoryEntry:
