@@ -343,3 +343,17 @@ def test_a_model_whose_cuda_graphs_cannot_be_captured_serves_without_them(reposi
     assert shown["parameters"]["kiln_cuda_graph_replay"] == {"string_value": "off"}
     assert "its CUDA graphs could not be captured (This session cannot use the graph capture" in caplog.text
     assert opened[-1].provider_options == {} and not opened[-1].cuda_graphs  # reopened without the option
+
+
+def test_instances_asked_on_several_gpus_or_on_the_cpu_beside_a_gpu_are_said_to_share_one_device(caplog):
+    with caplog.at_level(logging.WARNING, logger="serving.execution.placement"):
+        placement.plan(config("instance_group { kind: KIND_GPU count: 2 gpus: [0, 1] }"), WITH_CUDA)
+        placement.plan(config("instance_group [{ kind: KIND_GPU }, { kind: KIND_CPU }]"), WITH_CUDA)
+        placement.plan(config("instance_group { kind: KIND_GPU count: 2 gpus: 1 }"), WITH_CUDA)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "model m: its instance_group asks for instances on gpus [0, 1]; the embedded backend runs all 2 "
+        "instances on cuda:0 (serve it with --backend triton to spread them)",
+        "model m: its instance_group asks for a KIND_CPU group beside a GPU one; the embedded backend runs "
+        "all 2 instances on cuda:0 (serve it with --backend triton to spread them)",
+    ]

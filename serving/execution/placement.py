@@ -115,6 +115,7 @@ def plan(config: Any, available: list[str]) -> Placement:
         if search:
             options["cudnn_conv_algo_search"] = CONV_ALGO_SEARCH.get(search, search)
         placement = Placement(CUDA, f"cuda:{device_id}", provider_options=options)
+        _warn_one_device(config, kinds, sorted(set(gpus)), placement.device)
     else:
         placement = Placement(CPU, "cpu")
     if _bucketing(parameters.get("kiln_bucketing"), on_gpu) and config.max_batch_size > 0:
@@ -197,6 +198,25 @@ def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]
         feeds[meta.name] = np.zeros((rows, *dims), dtype=ONNX_DTYPES.get(meta.type, np.float32))
     return feeds
+
+
+def _warn_one_device(config: Any, kinds: set[str], gpus: list[int], device: str) -> None:
+    """Every instance of a model runs on one device here, where Triton puts ``count`` instances on each
+    GPU a group lists and a KIND_CPU group's on the CPU: a config asking for more is told so."""
+    spread = []
+    if len(gpus) > 1:
+        spread.append(f"instances on gpus {gpus}")
+    if "KIND_CPU" in kinds:
+        spread.append("a KIND_CPU group beside a GPU one")
+    if spread:
+        log.warning(
+            "model %s: its instance_group asks for %s; the embedded backend runs all %d instances on %s "
+            "(serve it with --backend triton to spread them)",
+            config.name,
+            " and ".join(spread),
+            instance_count(config),
+            device,
+        )
 
 
 def instance_count(config: Any) -> int:
