@@ -144,7 +144,7 @@ HTTP_CASES = {
         400,
         "runs past the end",
     ),
-    "an output asked for twice": (
+    "an output asked for twice, differently": (
         INFER,
         {
             "json": tensor(
@@ -241,7 +241,10 @@ GRPC_CASES = {
     "no contents at all": (_without_raw(grpc_request()), "needs"),
     "a BYTES length prefix past the end": (_bytes_tensor(struct.pack("<I", 9) + b"x"), "runs past the end"),
     "an unknown datatype": (_shaped([1], b"\0"), "unsupported datatype"),
-    "an output asked for twice": (_outputs(("logits", {}), ("logits", {})), "requested twice"),
+    "an output asked for twice, differently": (
+        _outputs(("logits", {}), ("logits", {"classification": service_pb2.InferParameter(int64_param=2)})),
+        "requested twice",
+    ),
     "raw and typed contents for one input": (_typed_too(grpc_request()), "must not be set with raw_input"),
     "an input from shared memory": (
         _without_raw(grpc_request(), shared_memory_region=service_pb2.InferParameter(string_param="r")),

@@ -23,7 +23,7 @@ from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import tensors
 from serving.protocol.grpc_call import Pieces
 from serving.protocol.http1_writes import JOIN_BYTES, joined_runs
-from serving.protocol.v2_codec import check_requested_output, timeout_seconds
+from serving.protocol.v2_codec import check_priority, check_requested_output, is_repeat, timeout_seconds
 
 LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
 
@@ -202,34 +202,46 @@ def stream_response(answer: service_pb2.ModelInferResponse | RawAnswer) -> Any:
     return service_pb2.ModelStreamInferResponse(infer_response=answer)
 
 
-def classification_counts(request: service_pb2.ModelInferRequest) -> dict[str, int]:
-    """``{output: count}`` for requested outputs asking for Triton's classification extension (the
-    requested outputs checked as HTTP's are: :func:`~serving.protocol.v2_codec.check_requested_output`)."""
-    counts, earlier = {}, []
+def requested_outputs(request: service_pb2.ModelInferRequest) -> tuple[list[str] | None, dict[str, int]]:
+    """The outputs a request names, each once (None: it names none, so every output), and
+    ``{output: count}`` for those asking for Triton's classification extension; checked as HTTP's are
+    (:func:`~serving.protocol.v2_codec.check_requested_output`, :func:`~serving.protocol.v2_codec.is_repeat`)."""
+    names: list[str] = []
+    counts: dict[str, int] = {}
+    earlier: dict[str, int] = {}
     for out in request.outputs:
-        check_requested_output(out.name, out.parameters, earlier)
-        earlier.append(out.name)
-        if "classification" in out.parameters:  # 0 asks for none, as over HTTP
-            value = out.parameters["classification"]
-            kind = value.WhichOneof("parameter_choice")
-            count = getattr(value, kind) if kind is not None else None
-            if kind not in ("int64_param", "uint64_param") or count < 0:
-                raise BadRequest(
-                    f"output {out.name!r}: classification must be a non-negative integer, got {repr(count)[:40]}"
-                )
-            if count:
-                counts[out.name] = int(count)
-    return counts
+        check_requested_output(out.name, out.parameters)
+        count = _classification(out)
+        if not is_repeat(out.name, count, earlier):
+            names.append(out.name)
+            if count:  # 0 asks for none, as over HTTP
+                counts[out.name] = count
+    return names or None, counts
+
+
+def _classification(out: Any) -> int:
+    if "classification" not in out.parameters:
+        return 0
+    value = out.parameters["classification"]
+    kind = value.WhichOneof("parameter_choice")
+    count = getattr(value, kind) if kind is not None else None
+    if kind not in ("int64_param", "uint64_param") or count < 0:
+        raise BadRequest(
+            f"output {out.name!r}: classification must be a non-negative integer, got {repr(count)[:40]}"
+        )
+    return int(count)
 
 
 def request_parameters(parameters: Any) -> dict[str, Any]:
-    """Plain Python values from a protobuf map of InferParameter (one with no value set is refused)."""
+    """Plain Python values from a protobuf map of InferParameter (one with no value set is refused,
+    and a ``priority`` as HTTP refuses it: :func:`~serving.protocol.v2_codec.check_priority`)."""
     values = {}
     for key, value in parameters.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
             raise BadRequest(f"parameter {key!r} has no value")
         values[key] = getattr(value, choice)
+    check_priority(values)
     return values
 
 

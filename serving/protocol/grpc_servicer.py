@@ -179,9 +179,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
         merges a stream's requests as it merges calls), and is answered in a response of its own as
         it finishes (its ``id`` echoed: the order may differ); a request that fails gets
-        ``error_message`` and the stream goes on, as Triton's does; every answer carries Triton's
-        ``triton_final_response: true`` (a request's one answer is its last). Served by both gRPC servers (Kiln's:
-        serving.protocol.h2_streams)."""
+        ``error_message`` with its ``id`` echoed too, and the stream goes on, as Triton's does; every
+        answer carries Triton's ``triton_final_response: true`` (a request's one answer is its last).
+        Served by both gRPC servers (Kiln's: serving.protocol.h2_streams)."""
         answers: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
 
@@ -190,13 +190,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 reply = grpc_codec.stream_response(await self._infer(request, context))
             except ServingError as error:
                 self._refused(request.model_name, error, error.status)
-                reply = service_pb2.ModelStreamInferResponse(error_message=error.message)
+                reply = _stream_error(request, error.message)
             except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
                 self._refused(request.model_name, error, 500)
                 log.exception("ModelStreamInfer failed for model %r", request.model_name)
-                reply = service_pb2.ModelStreamInferResponse(
-                    error_message=f"internal error: {type(error).__name__}"
-                )
+                reply = _stream_error(request, f"internal error: {type(error).__name__}")
             # each request's one answer is its last, as Triton marks every answer on a stream (clients
             # of decoupled models read the flag to know a request is done)
             reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
@@ -258,24 +256,34 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         version = parse_version(request.model_version)
         self.backend.metadata(request.model_name, version)  # unknown: NOT_FOUND, no metric label
         parameters = model_parameters(grpc_codec.request_parameters(request.parameters))
+        outputs, classification = grpc_codec.requested_outputs(request)
         infer_request = InferRequest(
             model=request.model_name,
             version=version,
             inputs=await grpc_codec.decoded_inputs(request),
-            outputs=[out.name for out in request.outputs] or None,
+            outputs=outputs,
             parameters=parameters,
             request_id=request.id,
             timeout_s=grpc_codec.request_timeout(
                 request
             ),  # both only shorten the server's limit (InferRequest.time_limit)
             deadline_s=grpc_codec.call_deadline(context),
-            classification=grpc_codec.classification_counts(request),
+            classification=classification,
         )
         if self.metrics is None:
             return grpc_codec.encode_response(await self.backend.infer(infer_request), request, self.pieces)
         return grpc_codec.encode_response(
             await observed_infer(self.backend, self.metrics, infer_request), request, self.pieces
         )
+
+
+def _stream_error(request: Any, message: str) -> service_pb2.ModelStreamInferResponse:
+    """A stream's answer to a request that failed: its ``error_message``, and its ``id`` in
+    ``infer_response`` as Triton echoes it, so a client with several requests in flight on the
+    stream knows which one failed (answers come as requests finish, not in order)."""
+    return service_pb2.ModelStreamInferResponse(
+        error_message=message, infer_response=service_pb2.ModelInferResponse(id=request.id)
+    )
 
 
 def leading_model_name(head: bytes) -> str | None:

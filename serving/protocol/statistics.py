@@ -139,4 +139,8 @@ def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
         "execution_count": int(sum(runs.values()) + s.total("kiln_decoder_steps_total", model)),
         "inference_stats": inference_stats,
         "batch_stats": batch_stats,
+        # Triton's fields for decoupled models' responses and a model's memory: none here, but present
+        # (empty) as Triton writes them, so a client reading them finds them over HTTP as over gRPC
+        "memory_usage": [],
+        "response_stats": {},
     }

@@ -62,7 +62,10 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
         array = np.empty(len(flat), dtype=object)
         array[:] = [_utf8(v, i, tensor) for i, v in enumerate(flat)]
         return array.reshape(shape)
-    if any(isinstance(v, (str, dict, list)) or v is None for v in flat):
+    # JSON's true and false are BOOL's values, not numbers (Python's bool is an int): Triton refuses
+    # them in a numeric tensor, where they ran as 1 and 0
+    refused = (str, dict, list) if datatype == "BOOL" else (str, dict, list, bool)
+    if any(isinstance(v, refused) or v is None for v in flat):
         raise BadRequest(f"tensor {tensor!r}: {datatype} data must be numbers")
     if datatype == "BOOL" and not all(isinstance(v, bool) or v in (0, 1) for v in flat):
         raise BadRequest(f"tensor {tensor!r}: BOOL data must be true/false")

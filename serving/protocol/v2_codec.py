@@ -67,6 +67,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     if not isinstance(header, dict):
         raise BadRequest("infer request must be a JSON object")
     params = _dict(header.get("parameters"), "parameters")
+    _check_parameter_values(params)
     inputs, offset = {}, 0
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -127,15 +128,26 @@ def json_values(response: InferResponse, parsed: ParsedInfer) -> int:
     return sum(np.size(a) for n, a in response.outputs.items() if not binary.get(n, parsed.binary_default))
 
 
-def check_requested_output(name: str, parameters: Any, earlier: list[str]) -> None:
-    """Refuse what Triton refuses and Kiln cannot honour: an output asked for twice, or written to a
-    shared-memory region (Kiln has no shared-memory extension: outputs travel in the response)."""
-    if name in earlier:
-        raise BadRequest(f"output {name!r} is requested twice")
+def check_requested_output(name: str, parameters: Any) -> None:
+    """Refuse an output written to a shared-memory region: Kiln has no shared-memory extension
+    (outputs travel in the response)."""
     if "shared_memory_region" in parameters:
         raise BadRequest(
             f"output {name!r}: shared memory is not supported here (outputs travel in the response)"
         )
+
+
+def is_repeat(name: str, asked: Any, earlier: dict[str, Any]) -> bool:
+    """Whether an output was already requested (``earlier``: name to what it asked for). Triton 2.51
+    answers an output listed twice alike once, so it is skipped; listed twice asking for different
+    things (binary or JSON, a classification count) it is refused, which Triton's HTTP and gRPC
+    endpoints each settle their own way (the first entry wins over HTTP, a classification over gRPC)."""
+    if name not in earlier:
+        earlier[name] = asked
+        return False
+    if earlier[name] != asked:
+        raise BadRequest(f"output {name!r} is requested twice with different parameters")
+    return True
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
@@ -185,19 +197,44 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
     outputs: list[RequestedOutput] = []
+    earlier: dict[str, RequestedOutput] = {}
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest("each requested output must be an object with a string 'name'")
         params = _dict(item.get("parameters"), f"output {item['name']!r} parameters")
-        check_requested_output(item["name"], params, [o.name for o in outputs])
+        check_requested_output(item["name"], params)
         count = params.get("classification", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise BadRequest(
                 f"output {item['name']!r}: classification must be a non-negative integer, got {count!r}"
             )
         binary = _flag(params, "binary_data", binary_default, f"output {item['name']!r} parameters")
-        outputs.append(RequestedOutput(item["name"], binary, count))
+        wanted = RequestedOutput(item["name"], binary, count)
+        if not is_repeat(wanted.name, wanted, earlier):
+            outputs.append(wanted)
     return outputs
+
+
+def _check_parameter_values(params: dict) -> None:
+    """A request parameter is a string, a number or a boolean, as Triton reads them (and as gRPC's
+    InferParameter can carry them): Triton answers any other a 400, and through ``--backend triton``
+    tritonclient could not forward one (a 500)."""
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float)):  # (a bool is an int)
+            kind = "null" if value is None else type(value).__name__
+            raise BadRequest(f"parameter {key!r} must be a string, a number or a boolean, got {kind}")
+    check_priority(params)
+
+
+def check_priority(params: dict) -> None:
+    """Triton's ``priority`` parameter, over HTTP and gRPC alike: Kiln's batchers have no priority
+    levels, so it changes nothing here, but it is refused where Triton refuses it (anything but an
+    integer from 0), so a client's mistake shows here as it would there."""
+    priority = params.get("priority", 0)
+    if type(priority) is not int or priority < 0:
+        raise BadRequest(
+            f"parameter 'priority' must be an integer from 0 (the default level), got {repr(priority)[:40]}"
+        )
 
 
 def _timeout(params: dict) -> float | None:

@@ -62,7 +62,13 @@ INFER_REQUEST = {
                     "maximum": MAX_TIMEOUT_US,
                     "description": "microseconds, as Triton reads them (0: none, its default)",
                 },
+                "priority": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Triton's priority level (0: the default); Kiln's batchers have one",
+                },
             },
+            "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
         },
         "inputs": {"type": "array", "minItems": 1, "items": INPUT_TENSOR},
         "outputs": {"type": "array", "items": REQUESTED_OUTPUT},
