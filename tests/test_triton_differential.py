@@ -135,8 +135,15 @@ def test_a_request_parameter_that_is_no_scalar_is_a_400(gateway, value) -> None:
 
 
 def test_scalar_request_parameters_still_reach_the_model(gateway) -> None:
-    parameters = {"text": "x", "count": 3, "ratio": 1.5, "flag": True, "priority": 0}
+    parameters = {"text": "x", "count": 3, "ratio": 1.5, "flag": True, "priority": 0, "big": (1 << 64) - 1}
     assert post(gateway, body(parameters=parameters)).status_code == 200
+
+
+@pytest.mark.parametrize("value", [1 << 64, -(1 << 63) - 1], ids=["past uint64", "below int64"])
+def test_an_integer_parameter_past_64_bits_is_a_400_not_a_500_through_triton(gateway, value) -> None:
+    answer = post(gateway, body(parameters={"custom": value}))
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("parameter 'custom' is past 64 bits")
 
 
 @pytest.mark.parametrize("priority", [-1, "1", 1.5, True])
@@ -186,3 +193,13 @@ def test_a_stream_through_tritonclient_reports_a_failed_request_and_goes_on(gate
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_a_parameter_tritonclient_cannot_forward_is_the_clients_400_through_the_triton_backend() -> None:
+    from serving.errors import BadRequest
+    from serving.execution.triton import _forwardable
+
+    fits = {"beam_size": 4, "big": (1 << 63) - 1, "flag": True, "text": "x"}
+    assert _forwardable(fits) == fits
+    with pytest.raises(BadRequest, match="parameter 'big' is past int64"):
+        _forwardable({"big": 1 << 63})

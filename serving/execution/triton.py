@@ -254,7 +254,7 @@ class TritonBackend(TritonConnection):
         # Decoding options of a translator (beam_size, ...) travel as KServe request parameters, as
         # does any other the client sent (Triton hands them to the model); classification is class_count.
         if request.parameters:
-            extra["parameters"] = request.parameters
+            extra["parameters"] = _forwardable(request.parameters)
         result = await self._call(
             "infer",
             request.model,
@@ -317,3 +317,15 @@ class TritonBackend(TritonConnection):
     def _response_field(self, result: Any, key: str) -> str:
         response = result.get_response()
         return str(getattr(response, key, "") if self.protocol == "grpc" else response.get(key, ""))
+
+
+def _forwardable(parameters: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` as tritonclient can forward them: it writes every integer as an int64_param, so
+    one past int64 (a uint64 from a gRPC client, or JSON's unbounded numbers) is the client's 400, not
+    tritonclient's ValueError and a 500."""
+    for key, value in parameters.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < 1 << 63:
+            raise BadRequest(
+                f"parameter {key!r} is past int64, which Triton's client forwards: {value}"[:200]
+            )
+    return parameters

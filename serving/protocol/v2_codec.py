@@ -217,12 +217,16 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
 
 def _check_parameter_values(params: dict) -> None:
     """A request parameter is a string, a number or a boolean, as Triton reads them (and as gRPC's
-    InferParameter can carry them): Triton answers any other a 400, and through ``--backend triton``
-    tritonclient could not forward one (a 500)."""
+    InferParameter can carry them: an integer within 64 bits): Triton answers any other a 400, and
+    through ``--backend triton`` tritonclient could not forward one (a 500)."""
     for key, value in params.items():
         if not isinstance(value, (str, int, float)):  # (a bool is an int)
             kind = "null" if value is None else type(value).__name__
             raise BadRequest(f"parameter {key!r} must be a string, a number or a boolean, got {kind}")
+        if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
+            raise BadRequest(
+                f"parameter {key!r} is past 64 bits (an InferParameter holds int64 or uint64): {value}"[:200]
+            )
     check_priority(params)
 
 
