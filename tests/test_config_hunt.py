@@ -261,3 +261,20 @@ def test_an_unknown_models_404_names_twenty_models_at_most_and_counts_the_rest(t
         ModelNotFound, match=r"'m19'\] and 5 more \(POST /v2/repository/index lists them all\)"
     ):
         repository.get("nope")
+
+
+def test_the_config_endpoint_fills_in_what_triton_fills_in_and_leaves_the_loaded_config_alone() -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from serving.execution.repository import RepositoryEntry
+
+    text = 'name: "m" platform: "onnxruntime_onnx" instance_group [{ kind: KIND_CPU }, { name: "mine" count: 2 }]'
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    shown = RepositoryEntry(name="m", path=Path("m"), config=config).config_dict()
+    assert shown["backend"] == "onnxruntime"
+    groups = [(g["name"], g["count"], g["kind"]) for g in shown["instance_group"]]
+    assert groups == [("m_0", 1, "KIND_CPU"), ("mine", 2, "KIND_AUTO")]
+    assert (
+        config.backend == "" and config.instance_group[0].name == "" and config.instance_group[0].count == 0
+    )

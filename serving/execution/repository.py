@@ -79,7 +79,7 @@ class RepositoryEntry:
 
     def config_dict(self) -> dict[str, Any]:
         """The config as Triton's HTTP endpoint shows it (proto field names)."""
-        return config_json(self.config)
+        return config_json(as_triton_shows(self.config))
 
     def role(self, role: str) -> str | None:
         """The tensor name kiln.json gives a role ("images", "logits", ...), if any."""
@@ -137,6 +137,24 @@ class Repository:
         if name in self.errors:
             raise ModelNotFound(f"model {name!r} failed to load: {self.errors[name]}")
         raise ModelNotFound(f"unknown model {name!r}; available: {_listed(self.names())}")
+
+
+# The backend Triton names for a platform's models, as it fills in an unset ``backend``
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+
+
+def as_triton_shows(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+    """A copy of ``config`` with what Triton fills in before it shows one: a platform's backend, and
+    each instance group's name (``<model>_<i>``) and count (1), so clients read the same fields
+    from the gateway as from Triton (``config["instance_group"][0]["name"]``)."""
+    shown = model_config_pb2.ModelConfig()
+    shown.CopyFrom(config)
+    if not shown.backend:
+        shown.backend = PLATFORM_BACKENDS.get(shown.platform, "")
+    for i, group in enumerate(shown.instance_group):
+        group.name = group.name or f"{shown.name}_{i}"
+        group.count = max(1, group.count)
+    return shown
 
 
 NAMES_LISTED = 20  # a 404 names this many models at most: a large repository's would be kilobytes
