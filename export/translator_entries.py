@@ -22,6 +22,7 @@ from export.triton_config import (
     to_pbtxt,
 )
 from serving.decoding.native import FUSED_GRAPH
+from training.data.tokenizer import with_cleaning
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
@@ -169,8 +170,10 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
     tokenizers = ctx.ckpt["tokenizers"]
 
     def fill(tmp: Path) -> dict[str, Any]:
-        (tmp / "source_tokenizer.json").write_text(tokenizers["source"])
-        (tmp / "target_tokenizer.json").write_text(tokenizers["target"])
+        # a checkpoint trained before the tokenizers collapsed whitespace as its corpus cleaning did
+        # gets that step here, so the gateway reads a client's raw text as training read its texts
+        (tmp / "source_tokenizer.json").write_text(with_cleaning(tokenizers["source"]))
+        (tmp / "target_tokenizer.json").write_text(with_cleaning(tokenizers["target"]))
         model_py = _copy_runtime(repository.version_dir(tmp))
         steps = python_steps(ctx.options.device)
         config = python_entry_config(

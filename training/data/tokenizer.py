@@ -1,21 +1,28 @@
 """Subword tokenizers for the translators, trained with Hugging Face ``tokenizers`` (BPE).
 
-The serialized JSON is self-contained: the normalizer (NFKC, optional lower-casing), the Metaspace
-pre-tokenizer and its matching decoder all live inside it, so serving needs nothing but the JSON to
-get exactly the ids training saw and to turn ids back into text. Specials are reserved in the order of
-docs/translator-interface.md: <pad>=0, <s>=1, </s>=2, <unk>=3. No post-processor: callers append EOS.
+The serialized JSON is self-contained: the normalizer (NFKC, whitespace collapsed as corpus cleaning
+collapses it, optional lower-casing), the Metaspace pre-tokenizer and its matching decoder all live
+inside it, so serving needs nothing but the JSON to get, from the raw text a client sends, exactly the
+ids training saw for its cleaned form, and to turn ids back into text. Specials are reserved in the
+order of docs/translator-interface.md: <pad>=0, <s>=1, </s>=2, <unk>=3. No post-processor: callers
+append EOS.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+# The characters ``str.isspace`` accepts, which corpus cleaning's ``str.split()`` splits on, written
+# out: ``\s`` means something else in Oniguruma, the dialect of tokenizers' ``Regex`` (no \x1c-\x1f).
+SPACES = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+SPACE_RUNS = f"[{SPACES}]+"
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,7 @@ def train_tokenizer(
     if vocab_size <= len(SPECIALS):
         raise ValueError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {vocab_size}")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
-    tok.normalizer = normalizers.Sequence(steps)
+    tok.normalizer = normalizer(lowercase)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.BpeTrainer(
@@ -45,6 +51,26 @@ def train_tokenizer(
         if tok.token_to_id(token) != expected:  # pragma: no cover - guards a tokenizers behaviour change
             raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
     return tok
+
+
+def normalizer(lowercase: bool) -> normalizers.Normalizer:
+    """NFKC, then whitespace runs to one space and the ends stripped, then lower-casing: the order of
+    ``corpus.clean_pairs``, so a raw text encodes to the ids of its cleaned form, which training saw
+    (Metaspace reads a tab, a newline or a second space as a token of its own)."""
+    steps = [normalizers.NFKC(), normalizers.Replace(Regex(SPACE_RUNS), " "), normalizers.Strip()]
+    return normalizers.Sequence(steps + ([normalizers.Lowercase()] if lowercase else []))
+
+
+def with_cleaning(tokenizer_json: str) -> str:
+    """A serialized tokenizer of a checkpoint trained before its normalizer collapsed whitespace (NFKC,
+    optionally lower-casing, only), given :func:`normalizer`'s steps; any other tokenizer unchanged."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    config = json.loads(tokenizer_json).get("normalizer") or {}
+    kinds = [step.get("type") for step in config.get("normalizers", [])]
+    if config.get("type") != "Sequence" or kinds not in (["NFKC"], ["NFKC", "Lowercase"]):
+        return tokenizer_json
+    tok.normalizer = normalizer(lowercase=kinds == ["NFKC", "Lowercase"])
+    return tok.to_str()
 
 
 @dataclass
