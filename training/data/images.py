@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from training.data.image_formats import (
@@ -40,7 +41,6 @@ READERS: dict[str, tuple[Callable[..., RawImages], int | None]] = {
     "fashion-mnist": (read_fashion_mnist, 1),
 }
 DATASETS = tuple(READERS)
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as Pillow's "L" conversion
 
 
 @dataclass
@@ -103,27 +103,33 @@ def load_dataset(spec: DataSpec) -> ImageDataset:
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> [N, channels, H, W]: gray is replicated, RGB goes to luma."""
+    """uint8 [N, C, H, W] -> [N, channels, H, W]: gray is replicated, RGB goes to luma by Pillow's "L"
+    conversion, the gateway's (``serving/protocol/images.py``): float weights round some pixels apart."""
     have = images.shape[1]
     if have == channels:
         return images
     if have == 1 and channels == 3:
         return images.expand(-1, 3, -1, -1).contiguous()
     if have == 3 and channels == 1:
-        weights = torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        n, _, h, w = images.shape
+        rows = images.permute(0, 2, 3, 1).reshape(n * h, w, 3).numpy()  # (N*H, W, 3): one tall image
+        luma = np.asarray(Image.fromarray(np.ascontiguousarray(rows), "RGB").convert("L"))  # (N*H, W)
+        return torch.from_numpy(luma.copy()).reshape(n, 1, h, w)
     raise DatasetError(f"cannot convert {have}-channel images to {channels} channels")
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of uint8 [N, C, H, W] to [N, C, size, size] (antialiased when shrinking)."""
+    """Bilinear resize of uint8 [N, C, H, W] to [N, C, size, size] by Pillow, plane by plane, as the
+    gateway resizes an upload (and ``read_folder`` a file): torch's interpolation rounds ~10 % of the
+    pixels one level apart, so a model would be served slightly other pixels than it was trained on."""
     if tuple(images.shape[2:]) == (size, size):
         return images
-    shrink = size < min(images.shape[2:])
-    out = F.interpolate(
-        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
-    )
-    return out.round().clamp(0, 255).to(torch.uint8)
+    n, c, h, w = images.shape
+    planes = images.reshape(n * c, h, w).numpy()  # (N*C, H, W)
+    out = np.empty((n * c, size, size), dtype=np.uint8)
+    for i, plane in enumerate(planes):
+        out[i] = np.asarray(Image.fromarray(plane, "L").resize((size, size), Image.Resampling.BILINEAR))
+    return torch.from_numpy(out).reshape(n, c, size, size)
 
 
 def split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
