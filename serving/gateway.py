@@ -109,6 +109,11 @@ class Gateway:
             return not self._stopping and self.translators.get(name) is not None  # type: ignore[union-attr]
         return await self.backend.model_ready(name, version)
 
+    def load_error(self, name: str) -> str:
+        if self._translates(name):
+            return self.translators.failed.get(name, "")  # type: ignore[union-attr]
+        return self.backend.load_error(name)
+
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         """A translator the gateway serves: its entry, with the outputs its infer answers (the pool
         declares them); with Triton behind, Triton's view was its ``<name>`` model's (one hypothesis)."""

@@ -278,3 +278,46 @@ def test_the_config_endpoint_fills_in_what_triton_fills_in_and_leaves_the_loaded
     assert (
         config.backend == "" and config.instance_group[0].name == "" and config.instance_group[0].count == 0
     )
+
+
+def test_the_repository_index_gives_a_model_that_failed_to_load_its_load_error_as_reason(
+    tmp_path: Path,
+) -> None:
+    from serving.protocol.repository_index import repository_index
+
+    root = _doubling(tmp_path, "")
+    (root / "doubling" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    backend = OnnxRuntimeBackend(Repository(root), OrtOptions(lone_request_threads=0))
+
+    async def body():
+        await backend.start()
+        try:
+            return await repository_index(backend)
+        finally:
+            await backend.stop()
+
+    (entry,) = asyncio.run(body())
+    assert (entry["name"], entry["state"]) == ("doubling", "UNAVAILABLE")
+    assert entry["reason"] == backend.load_error("doubling") and "model.onnx" in entry["reason"]
+
+
+def test_statistics_of_every_model_leave_out_one_that_failed_to_load_as_triton_does(tmp_path: Path) -> None:
+    from serving.metrics import GatewayMetrics
+    from serving.protocol.statistics import model_statistics
+
+    root = _doubling(tmp_path / "broken", "")
+    (root / "doubling" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    backends = [
+        OnnxRuntimeBackend(Repository(r), OrtOptions(lone_request_threads=0))
+        for r in (root, _doubling(tmp_path, ""))
+    ]
+
+    async def body(backend):
+        await backend.start()
+        try:
+            return await model_statistics(backend, GatewayMetrics())
+        finally:
+            await backend.stop()
+
+    broken, loaded = (asyncio.run(body(b)) for b in backends)
+    assert broken == [] and [(s["name"], s["version"]) for s in loaded] == [("doubling", "1")]

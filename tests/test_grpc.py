@@ -113,6 +113,9 @@ class FakeBackend:
         self._check(name)
         return name != "busy"
 
+    def load_error(self, name: str) -> str:
+        return ""
+
     def _check(self, name: str) -> None:
         if name not in self.list_models():
             raise ModelNotFound(f"unknown model {name!r}")

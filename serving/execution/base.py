@@ -114,6 +114,10 @@ class Backend(Protocol):
 
     async def model_ready(self, name: str, version: str = "") -> bool: ...
 
+    def load_error(self, name: str) -> str:
+        """Why model ``name`` failed to load ("" where it did not, or the backend cannot say): the
+        repository index shows it as the model's reason, as Triton's does."""
+
     def metadata(self, name: str, version: str = "") -> ModelMetadata: ...
 
     def config(self, name: str, version: str = "") -> dict[str, Any]:

@@ -139,6 +139,9 @@ class OnnxRuntimeBackend:
             return False
         return self._started and not self._stopping and (name, version) in self._models
 
+    def load_error(self, name: str) -> str:
+        return self._failed.get(name, "")
+
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         """Built once per (name, version) asked for: the HTTP infer route asks on every request."""
         found = self._metadata.get((name, version))

@@ -228,6 +228,9 @@ class TritonBackend(TritonConnection):
             log.info("Triton not ready: %s", error.message)
             return False
 
+    def load_error(self, name: str) -> str:
+        return ""  # Triton's own repository index says why; this gateway only sees not ready
+
     async def model_ready(self, name: str, version: str = "") -> bool:
         try:
             return bool(await self._call("is_model_ready", name, version))

@@ -17,8 +17,8 @@ from serving.execution.base import Backend
 
 async def repository_index(backend: Backend, ready_only: bool = False) -> list[dict[str, Any]]:
     """One entry a version of every model: ``name``, ``version``, ``state`` (``READY``, or
-    ``UNAVAILABLE`` with the ``reason`` where the model does not answer ready); ``ready_only`` keeps the
-    ready ones (Triton's ``ready`` flag)."""
+    ``UNAVAILABLE`` with the ``reason`` where the model does not answer ready: its load error where
+    there was one, as Triton gives it); ``ready_only`` keeps the ready ones (Triton's ``ready`` flag)."""
     index = []
     for name in sorted(backend.list_models()):
         try:
@@ -33,7 +33,7 @@ async def repository_index(backend: Backend, ready_only: bool = False) -> list[d
                 state = (
                     {"state": "READY", "reason": ""}
                     if ready
-                    else {"state": "UNAVAILABLE", "reason": "not ready"}
+                    else {"state": "UNAVAILABLE", "reason": backend.load_error(name) or "not ready"}
                 )
                 index.append({"name": name, "version": version, **state})
     return index

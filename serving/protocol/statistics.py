@@ -84,9 +84,11 @@ async def model_statistics(
         served = {}
         for model in sorted(backend.list_models()):
             try:
-                served[model] = _latest(backend.metadata(model).versions)
+                versions = backend.metadata(model).versions
             except ModelNotFound:  # listed, but its entry failed to load: nothing it could have run
                 continue
+            if versions and not backend.load_error(model):  # else it never loaded, nor ran
+                served[model] = _latest(versions)
     samples = _Samples(metrics.statistics_samples())
     stats = [_model_stat(samples, model, served_version) for model, served_version in served.items()]
     batching = getattr(backend, "batching_statistics", None)
