@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ ROWS_MIN = 8  # the smallest rows bucket
 # (ResidentDecoder.prepare); a longer source or search grows them. Sources are narrower than cache
 # columns: each joining sentence's encoder rows are copied over at the source width.
 SOURCE_MIN, COLUMNS_MIN = 32, 128
+CAPTURE_RUNS = 3  # runs of each graph a warm-up makes: the regular ones before a capture, then the capture
 
 
 def bucket(size: int, minimum: int, current: int = 0) -> int:
@@ -193,24 +195,30 @@ class ResidentDecoder:
         return sizes
 
     def layout(self, key: LayoutKey) -> Layout:
+        """The layout of ``key``, made at first use, and warmed on each thread that uses it: the CUDA
+        provider keeps a session's graphs per calling thread, so graphs captured where
+        :meth:`prepare` ran (an executor thread) are not the decode thread's, which would capture its
+        own during a request, with no fallback when that fails."""
         found = self.layouts.get(key)
-        if found is None:
-            try:
-                found = Layout(self, key)
-                found.warm()
-            except Exception as exc:  # noqa: BLE001 - a graph that cannot be captured: plain sessions
-                if not self.cuda_graphs:
-                    raise
-                log.warning(
-                    "resident decoder %s: its CUDA graphs could not be captured (%s); stepping without them",
-                    self.name,
-                    exc,
-                )
-                self.cuda_graphs = False
-                self.providers = [_without_graphs(p) for p in self.providers]
-                self.layouts.clear()
-                found = Layout(self, key)
-                found.warm()
+        if found is not None and (not self.cuda_graphs or threading.get_ident() in found.warmed):
+            return found
+        try:
+            found = found or Layout(self, key)
+            found.warm()
+        except Exception as exc:  # noqa: BLE001 - a graph that cannot be captured: plain sessions
+            if not self.cuda_graphs:
+                raise
+            log.warning(
+                "resident decoder %s: its CUDA graphs could not be captured (%s); stepping without them",
+                self.name,
+                exc,
+            )
+            self.cuda_graphs = False
+            self.providers = [_without_graphs(p) for p in self.providers]
+            self.layouts.clear()
+            found = Layout(self, key)
+            found.warm()
+        if key not in self.layouts:
             self.layouts[key] = found
             log.info(
                 "resident decoder %s: layout rows %d, source %d, columns %d (%d in all)",
@@ -286,6 +294,7 @@ class Layout:
                 self.store[c.name].update_inplace(np.ones(self.shapes[c.name], dtype=np.bool_))
         self.steps = [self._bind_step(owner, parity) for parity in range(2)]
         self.advances = [self._bind_advance(owner, parity) for parity in range(2)]
+        self.warmed: set[int] = set()  # the threads this layout's sessions were warmed (captured) on
         self.run_options = []
         for parity in range(2):
             options = owner.ort.RunOptions()
@@ -358,12 +367,15 @@ class Layout:
         self.packed.update_inplace(self.host)
 
     def warm(self) -> None:
-        """Run both cache sets' step and advance twice on the zeroed buffers: planned, or captured as
-        CUDA graphs (finite outputs, written into a column no step reads before it is written again)."""
-        for _ in range(2):
+        """Run both cache sets' step and advance :data:`CAPTURE_RUNS` times on the zeroed buffers, on
+        the calling thread: planned, or captured there as CUDA graphs (the CUDA provider captures a
+        thread's graph after 1 or 2 regular runs there, by release; finite outputs, written into a
+        column no step reads before it is written again)."""
+        for _ in range(CAPTURE_RUNS):
             for parity in range(2):
                 self.step_session.run_with_iobinding(self.steps[parity], self.run_options[parity])
                 self.advance(parity)
+        self.warmed.add(threading.get_ident())
 
     def step(self, parity: int) -> np.ndarray:
         self.step_session.run_with_iobinding(self.steps[parity], self.run_options[parity])
