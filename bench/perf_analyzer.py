@@ -320,8 +320,8 @@ def open_loop_at_half_peak(
     rates = {}
     for name in targets:
         peak = max((r["throughput_rps"] for r in rows if r["target"] == name), default=0.0)
-        if peak > 0:
-            rates[name] = round(peak / 2)
+        if peak > 0:  # exactly half: rounded to whole requests/s, a slow server's half read 0 or 40 %
+            rates[name] = peak / 2
     samples: dict[str, list[dict[str, float]]] = {}
     for r in range(rounds):
         for name, rate in rates.items():
@@ -329,13 +329,13 @@ def open_loop_at_half_peak(
                 watch = {"alive": (alive or {}).get(name), "probe": (probes or {}).get(name)}
                 sample = run_once(tool, targets[name], model, 0, rate=rate, window_ms=3000, **watch)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                progress(f"perf_analyzer open loop {name} at {rate}/s round {r + 1}: {exc}")
+                progress(f"perf_analyzer open loop {name} at {rate:g}/s round {r + 1}: {exc}")
                 continue
             p50, p99 = sample.get("p50_ms", math.nan), sample.get("p99_ms", math.nan)
             sample["p99_over_p50"] = p99 / p50 if p50 else math.nan
             samples.setdefault(name, []).append(sample)
             progress(
-                f"perf_analyzer open loop {name} at {rate}/s: {sample['throughput_rps']:.0f} infer/s, "
+                f"perf_analyzer open loop {name} at {rate:g}/s: {sample['throughput_rps']:.0f} infer/s, "
                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
             )
     return [_open_row(name, rates[name], runs) for name, runs in samples.items()]

@@ -23,11 +23,20 @@ TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concur
 
 
 async def _gateway_run(
-    url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, rounds: int = 1
+    url: str,
+    model: str,
+    texts: list[str],
+    beam: int | list[int],
+    concurrency: int,
+    rounds: int = 1,
+    served: list[str] | None = None,
 ):
     """Each text as its own request from ``concurrency`` clients, ``rounds`` times over; ``beam`` may
     differ per text. Returns each text's translation (an ``<inconsistent ...>`` marker, which no
     reference equals, if its rounds disagreed), the seconds of the whole run and every latency.
+    ``served``, where given, receives every answer's translation, each text's rounds together in the
+    order of ``texts``: the marker is no translation, so a row's tokens and BLEU are read over these
+    (:func:`bench.translation_rows.make_row`).
 
     Each client holds one keep-alive HTTP/1.1 connection and sends bodies encoded before the clock
     starts, as load generators do (wrk, perf_analyzer): the clients share the 2 cores with the gateway,
@@ -57,13 +66,17 @@ async def _gateway_run(
     seconds = time.perf_counter() - start
     hyps: list[str | None] = [None] * len(texts)
     inconsistent: set[int] = set()
+    every: list[list[str]] = [[] for _ in texts]
     for i, body in answers:
         text = json.loads(body)["translations"][0]["hypotheses"][0]["text"]
+        every[i].append(text)
         if hyps[i] is None:
             hyps[i] = text
         elif hyps[i] != text and i not in inconsistent:
             inconsistent.add(i)
             hyps[i] = f"<inconsistent across rounds: {hyps[i]!r} then {text!r}>"
+    if served is not None:
+        served.extend(text for texts_of_one in every for text in texts_of_one)
     return hyps, seconds, latencies
 
 
@@ -162,14 +175,15 @@ def _median_run(
 ):
     """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x;
     the identity check of the other translators runs each once), each :func:`steady_rounds` passes over
-    the texts; the seconds returned are those of one pass."""
+    the texts; the seconds returned are those of one pass, and with them every translation the run
+    served (:func:`_gateway_run`'s ``served``)."""
     rounds = steady_rounds(len(texts), concurrency)
-    runs = sorted(
-        (run_client(_gateway_run(url, model, texts, beam, concurrency, rounds)) for _ in range(repeats)),
-        key=lambda run: run[1],
-    )
-    hyps, seconds, latencies = runs[len(runs) // 2]
-    return hyps, seconds / rounds, latencies
+    runs = []
+    for _ in range(repeats):
+        served: list[str] = []
+        runs.append((*run_client(_gateway_run(url, model, texts, beam, concurrency, rounds, served)), served))
+    hyps, seconds, latencies, served = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
+    return hyps, seconds / rounds, latencies, served
 
 
 def gateway_engine(kind: str, workers: int) -> str:
@@ -199,11 +213,10 @@ def _layout_rows(
     rows = []
 
     def add(kind: str, beam, c: int, entry: str = model) -> dict[str, Any]:
-        hyps, elapsed, lat = _median_run(url, entry, texts, beam, c, repeats)
+        hyps, elapsed, lat, served = _median_run(url, entry, texts, beam, c, repeats)
         engine = gateway_engine(kind, workers)
-        row = make_row(
-            engine, beam if isinstance(beam, int) else 0, c, texts, hyps, refs, elapsed, count, lat
-        )
+        label = beam if isinstance(beam, int) else 0
+        row = make_row(engine, label, c, texts, hyps, refs, elapsed, count, lat, served=served)
         # a text translated differently from one round to the next (see _gateway_run's marker)
         inconsistent = sum(1 for h in hyps if (h or "").startswith("<inconsistent across rounds"))
         rows.append({**row, "workers": workers, "inconsistent_across_rounds": inconsistent})

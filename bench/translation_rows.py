@@ -103,21 +103,40 @@ def make_row(
     elapsed,
     count,
     lat=None,
+    served: list[str] | None = None,
 ):
+    """One engine's row over one pass of ``texts`` lasting ``elapsed`` seconds. ``served``: every
+    translation of a run of several passes, each text's together (:func:`bench.translation_gateway.
+    _gateway_run`); tokens/s are then read over those, a pass's worth, and BLEU and exact match are
+    each pass's (every text's n-th answer) averaged, since ``hyps`` holds a marker (no translation,
+    and several times as many tokens) for a text whose passes disagreed. ``hyps`` stays what agreement
+    with the reference reads."""
+    scored = served or hyps
+    passes = _passes(scored, len(texts))
+    each = [scored[n::passes] for n in range(passes)]  # served holds each text's passes together
     row = {
         "engine": engine,
         "beam": beam,
         "concurrency": concurrency,
         "sentences": len(texts),
         "sentences_per_s": len(texts) / elapsed,
-        "tokens_per_s": count(hyps) / elapsed,
-        "bleu": bleu(hyps, refs),
-        "exact_match": 100.0 * sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
+        "tokens_per_s": count(scored) / passes / elapsed,
+        "bleu": round(statistics.fmean(bleu(one, refs) for one in each), 2),
+        "exact_match": 100.0
+        * sum(h == r for one in each for h, r in zip(one, refs, strict=True))
+        / len(scored),
         "hyps": hyps,
     }
     if lat is not None:
         row.update({k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p90_ms", "p99_ms")})
     return row
+
+
+def _passes(translations: list[str], texts: int) -> int:
+    """How many passes over ``texts`` texts ``translations`` are."""
+    if not translations or len(translations) % texts:
+        raise ValueError(f"{len(translations)} translations are no whole number of passes over {texts} texts")
+    return len(translations) // texts
 
 
 def agreement(rows: list[dict[str, Any]], texts: list[str], shown: int = 5) -> None:
