@@ -91,7 +91,7 @@ class TrainConfig:
     amp: bool = False
     seed: int = 0
     resume: str | None = None
-    early_stopping: int = 0
+    early_stopping: int | None = None  # None: off, or on --resume the interrupted run's patience
     finetune: str | None = None
     output_dir: str = "checkpoints"
     name: str | None = None
@@ -186,7 +186,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if f.name != "model_args" and getattr(config, f.name) is None
     }
     augment = True if config.augment is None else config.augment
-    out = dataclasses.replace(config, model=model, **filled, name=config.name or model, augment=augment)
+    patience = config.early_stopping or 0
+    out = dataclasses.replace(
+        config, model=model, **filled, name=config.name or model, augment=augment, early_stopping=patience
+    )
     if out.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
     if out.dataset not in DATASETS:
@@ -208,7 +211,15 @@ RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "wa
 # Flags a resumed run takes from the file when unset (not from the recipe), so it ends where the
 # interrupted run would have; a value given on the command line wins (--epochs 30 lengthens the run,
 # and the schedule is then laid over the new length).
-RESUME_INHERITED = ("epochs", "label_smoothing", "clip_grad_norm", "hflip", "augment")
+RESUME_INHERITED = (
+    "epochs",
+    "label_smoothing",
+    "clip_grad_norm",
+    "hflip",
+    "augment",
+    "early_stopping",
+    "name",  # else the run continues under the model's name, beside the interrupted run's files
+)
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
@@ -341,9 +352,9 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--early-stopping",
         type=int,
-        default=0,
         metavar="PATIENCE",
-        help="stop after PATIENCE epochs without a better val accuracy; 0 = off",
+        help="stop after PATIENCE epochs without a better val accuracy; 0 = off (default: off; on --resume, "
+        "the interrupted run's patience)",
     )
 
 
@@ -354,10 +365,13 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
         "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
         "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
-        "--clip-grad-norm, --hflip and --augment come from the file too (a given --epochs changes the run's length)",
+        "--clip-grad-norm, --early-stopping, --hflip, --augment and --name come from the file too (a given "
+        "--epochs changes the run's length)",
     )
     g.add_argument("--output-dir", default="checkpoints")
-    g.add_argument("--name", help="output file stem (default: the model name)")
+    g.add_argument(
+        "--name", help="output file stem (default: the model name; on --resume, the interrupted run's)"
+    )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     g.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     g.add_argument(

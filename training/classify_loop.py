@@ -28,8 +28,8 @@ from training.data.images import (
 )
 from training.data.loader import eval_batches, train_batches
 from training.models import build_model, get_entry, make_config
-from training.optim import build_optimizer, build_scheduler
-from training.resume import load_resume
+from training.optim import build_optimizer, build_scheduler, last_step_lr
+from training.resume import load_resume, resume_path
 from training.runtime import Dist, all_sum, setup_dist, show_progress, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
@@ -268,6 +268,7 @@ def save_resume(run: Run, epoch: int) -> None:
         "best_val": list(run.best_val),
         "stopper": {"best": run.stopper.best, "bad_epochs": run.stopper.bad_epochs},
         "train_time_s": run.train_time_s,
+        "world_size": run.dist.world_size,  # the schedule counts this many processes' steps per epoch
         "data": asdict(run.spec),
         "train_config": asdict(run.config),  # --resume's defaults and checks (classify.resume_defaults)
     }
@@ -275,8 +276,10 @@ def save_resume(run: Run, epoch: int) -> None:
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
+    """Continue the interrupted run's optimizer, schedule, best weights and early stopping."""
     if state["data"] != asdict(run.spec):
         raise ValueError(f"--resume: the data flags differ from the interrupted run's {state['data']}")
+    check_world_size(state.get("world_size", run.dist.world_size), run.dist.world_size)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -286,14 +289,35 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     log.info("resuming %s after epoch %d", run.config.name, run.start_epoch)
 
 
+def check_world_size(saved: int, now: int) -> None:
+    """Refuse to resume on another number of processes: each rank steps once per batch of its shard,
+    so the restored schedule would count its steps against an epoch of another length (its cosine
+    would end epochs early, leaving the rest at learning rate 0, or never reach its end), and the
+    global batch and the data order would differ too. Files written before they held it pass."""
+    if saved != now:
+        raise ValueError(
+            f"--resume: the interrupted run trained on {saved} process(es), this one runs on {now}: "
+            f"resume it with the same number (torchrun --nproc_per_node {saved}"
+            f"{'' if saved > 1 else ', or without torchrun'})"
+        )
+
+
+def resumed_metrics(resume: str) -> Path:
+    """The interrupted run's ``<name>.metrics.jsonl``, beside its resume state: the records of its
+    epochs, whatever ``--name`` and ``--output-dir`` the resumed run writes under."""
+    state = resume_path(resume)
+    return state.with_name(state.name.removesuffix(".resume.pt") + ".metrics.jsonl")
+
+
 def fit(run: Run) -> list[dict[str, Any]]:
     """The epoch loop: train, evaluate, log, keep the best weights, stop early; rank 0 writes files."""
     cfg, out = run.config, Path(run.config.output_dir)
     metrics_path = out / f"{cfg.name}.metrics.jsonl"
     history, logger = [], None
     if run.dist.is_main:  # a resumed run keeps the records of the epochs it does not redo
-        if run.start_epoch and metrics_path.is_file():
-            history = [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch]
+        earlier = resumed_metrics(cfg.resume) if cfg.resume else metrics_path
+        if run.start_epoch and earlier.is_file():
+            history = [r for r in read_metrics(earlier) if r["epoch"] <= run.start_epoch]
         logger = MetricsLogger(metrics_path)
         for record in history:
             logger.log(record)
@@ -308,7 +332,7 @@ def fit(run: Run) -> list[dict[str, Any]]:
             "train_accuracy": train_acc,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
-            "lr": run.optimizer.param_groups[0]["lr"],
+            "lr": last_step_lr(run.scheduler),
             "time_s": round(time.perf_counter() - start, 3),
         }
         history.append(record)

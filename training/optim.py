@@ -94,3 +94,10 @@ def build_scheduler(
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def last_step_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
+    """The learning rate the latest optimizer step used: after ``scheduler.step()`` the optimizer
+    already holds the next step's (0 after the last step of a cosine schedule), which a per-epoch
+    record would show against an epoch that never trained with it."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](max(0, scheduler.last_epoch - 1))

@@ -309,6 +309,11 @@ def prepare_data(cfg: dict[str, Any]):
     limit, dropped = max_positions(cfg), {}
     for split in ("train", "valid", "test"):  # longer pairs would index past the position table
         kept, dropped[split] = fitting_pairs(getattr(corpus, split), tokenizers, limit)
+        if not kept:  # else validation, or the test BLEU after the whole run, fails on no sentences
+            raise ValueError(
+                f"no {split} pair fits the model's {limit} positions (all {dropped[split]} are longer): "
+                "raise --model-arg max_positions, or use a corpus of shorter sentences"
+            )
         setattr(corpus, split, kept)
         corpus.info[f"{split}_size"] = len(kept)
     corpus.info["too_long_pairs"] = dropped

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.data.text_batches import BucketedBatches, TranslationBatch
-from training.optim import build_optimizer, build_scheduler
+from training.optim import build_optimizer, build_scheduler, last_step_lr
 from training.runtime import (
     Dist,
     all_sum,
@@ -97,7 +97,7 @@ class Trainer:
             "train_loss": round(train_loss, 4),
             "val_bleu": scores["bleu"],
             "val_exact_match": scores["exact_match"],
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": last_step_lr(self.sched),
             "time_s": round(time.monotonic() - self.start, 1),
         }
         self.metrics.log(record)
@@ -110,7 +110,12 @@ class Trainer:
             scores["exact_match"],
         )
         if scores["bleu"] > self.best["val_bleu"]:
-            self.best = {"val_bleu": scores["bleu"], "val_exact_match": scores["exact_match"], "epoch": epoch}
+            best_epoch = record["epoch"]  # as logged, so the checkpoint's best_epoch finds its record
+            self.best = {
+                "val_bleu": scores["bleu"],
+                "val_exact_match": scores["exact_match"],
+                "epoch": best_epoch,
+            }
             self.best_state = copy.deepcopy(self.module.state_dict())
         return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
 
