@@ -35,13 +35,24 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
 
 from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batch_policy import BatchPolicy
-from serving.execution.batches import Pending, Tensors, deliver, items, merge, plan, settle, signature, split
+from serving.execution.batches import (
+    Pending,
+    Tensors,
+    deliver,
+    items,
+    merge,
+    oldest_arrival,
+    plan,
+    settle,
+    signature,
+    split,
+)
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -82,7 +93,8 @@ class DynamicBatcher:
         ``clock``: what queue delays and timeouts are measured on (tests move their own)."""
         self.name, self.run, self.policy, self.inline = name, run, policy, inline
         self.release = release if release_idle_s else None
-        self.release_idle_s = release_idle_s
+        # a wait past TIMEOUT_MAX raises in the instance's thread: that long is forever anyway
+        self.release_idle_s = min(release_idle_s, threading.TIMEOUT_MAX) if release_idle_s else None
         self.releases = 0  # idle releases made, over all instances
         self.observer = observer  # GatewayMetrics-like: observe_queue / _batch / _release, watch_queue_depth
         self.retry_after_s = retry_after_s
@@ -270,16 +282,26 @@ class DynamicBatcher:
                 first = self._queue[0] if self._queue else self._delayed[0]
                 now = self._clock()
                 delay_s = self.policy.max_queue_delay_s
-                wait_s = first.arrival + delay_s - now
+                oldest = first.arrival
+                if self._delayed:  # DELAY put older requests behind the first: the batch is as old as they
+                    oldest = oldest_arrival(self.policy, first, self._waiting())
+                wait_s = oldest + delay_s - now
                 overdue = wait_s <= 0 < delay_s  # Triton: past its delay, all that fit, not a preferred size
-                waiting = chain(self._queue, self._delayed) if self._delayed else self._queue
-                take, ready = plan(self.policy, first, waiting, overdue)
+                take, ready = plan(self.policy, first, self._waiting(), overdue)
                 if ready or wait_s <= 0 or self._closing:
                     self._running += 1  # before the queue empties: see submit's inline path
                     if self._delayed:
-                        return self._take(take)
-                    return [self._queue.popleft() for _ in range(take)]
-                self._ready.wait(min(wait_s, soonest - now))
+                        batch = self._take(take)
+                    else:
+                        batch = [self._queue.popleft() for _ in range(take)]
+                    if self._queue or self._delayed:  # what is left may be due now: an idle instance's
+                        self._ready.notify()
+                    return batch
+                self._ready.wait(min(wait_s, soonest - now, threading.TIMEOUT_MAX))
+
+    def _waiting(self) -> Iterable[Pending]:
+        """The queued requests in the order a batch takes them: those within their queue timeout first."""
+        return chain(self._queue, self._delayed) if self._delayed else self._queue
 
     def _apply_queue_policy(self, now: float) -> float:
         """Triton's ``timeout_action`` on queued requests past their queue timeout: REJECT answers them,

@@ -66,6 +66,19 @@ def plan(
     return take, overdue
 
 
+def oldest_arrival(policy: BatchPolicy, first: Pending, waiting: Iterable[Pending]) -> float:
+    """When the oldest of the requests a batch led by ``first`` may hold (those :func:`plan` examines)
+    was queued: the queue delay runs from it (Triton's ``OldestEnqueueTime``). Only a DELAY queue policy
+    puts a request older than ``first`` behind it."""
+    oldest, total = first.arrival, 0
+    for pending in waiting:
+        if pending.signature != first.signature or total + pending.items > policy.max_batch_size:
+            break
+        total += pending.items
+        oldest = min(oldest, pending.arrival)
+    return oldest
+
+
 def deliver(live: list[Pending], rows: list[Tensors]) -> None:
     for pending, result in zip(live, rows, strict=True):
         if not pending.future.done():
