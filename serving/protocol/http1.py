@@ -33,7 +33,11 @@ def http_protocol(
     two reads while the gateway is reading it, is answered 408 (slowloris: each such connection was held
     for as long as its client liked). Each closes the connection (a head refused while requests before it
     are answered: once they are). A client that reads none of its answers for ``send_timeout_s`` while
-    they wait on it has its connection aborted (:mod:`serving.protocol.send_watch`).
+    they wait on it has its connection aborted (:mod:`serving.protocol.send_watch`). A head that
+    httptools' parser takes but RFC 9112 does not is refused the same way
+    (:func:`~serving.protocol.http1_heads.framing_refusal`: 505, 400 for the Host, 501 for a transfer
+    coding besides chunked), and an ``Upgrade`` the gateway does not take leaves the connection in
+    HTTP/1.1, the request's body its own.
 
     It also answers the app's lean routes (:mod:`serving.protocol.lean`) without uvicorn's ASGI cycle:
     a ``POST`` to one of them, with a Content-Length within the body limit, no ``Expect`` and no

@@ -23,6 +23,28 @@ HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, 
 PARSER_WARNING = "Invalid HTTP request received."  # uvicorn's, for any request its parser refuses
 
 
+def framing_refusal(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+    """The refusal (status, reason) of a head that httptools' parser takes but RFC 9112 does not, or
+    None: a version other than HTTP/1.0 and 1.1 (505: llhttp reads ``HTTP/2.0`` and a bare HTTP/0.9
+    line, which were answered in HTTP/1.1), more than one Host or none in HTTP/1.1 (400, a MUST of
+    RFC 9112 3.2), a transfer coding besides chunked (501, RFC 9112 6.1: llhttp takes
+    ``gzip, chunked`` and the app was handed the coded bytes as the body)."""
+    if version != "1.1" and version != "1.0":
+        return 505, f"HTTP/{version} is not supported: use HTTP/1.1"
+    hosts = 0
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+            if codings != [b"chunked"]:
+                shown = value.decode("latin-1")
+                return 501, f"Transfer-Encoding {shown!r} is not supported: only chunked, once"
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        return 400, f"a request needs exactly one Host header (HTTP/1.0: at most one), not {hosts}"
+    return None
+
+
 class HeadRefused(Exception):
     """Raised in the parser's callback when a head is refused whole: the parse stops there."""
 
@@ -97,10 +119,15 @@ class HeadLimits:
             self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
 
     def _head_whole(self) -> None:
-        """The whole head, counted however it arrived (its headers, URL and the request line's rest):
-        :class:`HeadRefused` past the limit, raised in the parser's callback to stop the parse."""
+        """The whole head, counted however it arrived (its headers, URL and the request line's rest)
+        and read as RFC 9112 frames it: :class:`HeadRefused` past the limit or where
+        :func:`framing_refusal` refuses it, raised in the parser's callback to stop the parse."""
         if self._head_over(self._head_parsed() + len(self.parser.get_method()) + HEAD_FRAMING):
             raise HeadRefused  # stops the parser, before the request is dispatched
+        refusal = framing_refusal(self.parser.get_http_version(), self.headers)
+        if refusal is not None:
+            self._refuse_head(*refusal)
+            raise HeadRefused
         self._in_head = False
 
     def _head_parsed(self) -> int:
@@ -122,12 +149,16 @@ class HeadLimits:
             status, message = 431, f"request line and headers longer than {self.max_head} bytes"
         else:
             return False
+        self._refuse_head(status, message)
+        return True
+
+    def _refuse_head(self, status: int, message: str) -> None:
+        """Refuse this request's head, once the answers before it have gone out."""
         if self._answering():  # (in a head: an earlier request's answer) it goes out first
             self._stop_watch()
             self._deferred = (status, message)
         else:
             self._refuse(status, message)
-        return True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -140,10 +171,22 @@ class HeadLimits:
         """uvicorn's answer to a request its parser refuses (called where it catches the parser's
         error): the gateway's JSON error naming the parser's reason, logged once and closed as the
         other refusals are (uvicorn's was plain text, "Invalid HTTP request received."); nothing
-        where on_headers_complete stopped the parser: refused already."""
-        if self._lingering is None and self._deferred is None:
-            error = sys.exc_info()[1]
-            self._refuse(400, f"invalid HTTP request: {error or msg}")
+        where on_headers_complete stopped the parser: refused already. A head refused while
+        earlier requests are answered waits for their answers (it closed the connection at once:
+        a valid request before a malformed one went unanswered)."""
+        if self._lingering is not None or self._deferred is not None:
+            return
+        message = f"invalid HTTP request: {sys.exc_info()[1] or msg}"
+        cycle = self.cycle
+        if self._in_head or cycle is None or cycle.response_complete:
+            self._refuse_head(400, message)  # a request of its own: after the answers before it
+        elif any(queued is cycle for queued, _ in self.pipeline):
+            self._stop_watch()  # the body of a request queued behind an answer under way: a
+            self.transport.close()  # refusal now would be read as that answer
+        else:  # the body of the request being answered: it will never be whole
+            cycle.disconnected = True  # its app reads a disconnect and writes nothing more
+            cycle.message_event.set()
+            self._refuse(400, message)
 
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
@@ -187,6 +230,16 @@ class HeadLimits:
             return False
         return self._in_head or getattr(cycle, "response_started", False)
 
+    def _refusing_a_head_request(self) -> bool:
+        """Whether the request refused is a HEAD, whose answer has no body (RFC 9110 9.3.2: a client
+        reads none, and took the JSON error for bytes after the answer). Its method is known once
+        its URL has begun."""
+        return (
+            bool(getattr(self, "url", b""))
+            and self.parser is not None
+            and self.parser.get_method() == b"HEAD"
+        )
+
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request the protocol will not read further, and close the connection after a
         lingering close (at once, without an answer, where one is under way: the two would
@@ -205,7 +258,8 @@ class HeadLimits:
             *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
         ]
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-        self.transport.write(b"".join((*head, b"connection: close\r\n\r\n", body)))
+        content = b"" if self._refusing_a_head_request() else body  # (its Content-Length all the same)
+        self.transport.write(b"".join((*head, b"connection: close\r\n\r\n", content)))
         self.transport.write_eof()  # the answer, then our end of the connection (the client's
         # end closes it: eof_received; or LINGER_S, or LINGER_BYTES more from it)
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)

@@ -19,7 +19,13 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from serving.protocol.http1_heads import MAX_HEAD_BYTES, READ_TIMEOUT_S, HeadLimits
+from serving.protocol.http1_heads import (
+    MAX_HEAD_BYTES,
+    PARSER_WARNING,
+    READ_TIMEOUT_S,
+    HeadLimits,
+    HeadRefused,
+)
 from serving.protocol.http1_writes import JOIN_BYTES, CoalescedWrites
 from serving.protocol.lean import LeanRoutes
 from serving.protocol.limits import BODY_HOLD, BodyHold
@@ -86,6 +92,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._send_watch: SendWatch | None = None  # while the client is not reading our answers
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
+        self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,10 +132,46 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             return
         head_of = self.headers if self._in_head else None  # each request has its own list
         fresh, begun = not self._in_request, self._begun
-        HttpToolsProtocol.data_received(self, data)  # (not super(): a lookup less a request)
+        self._parse(data)
         if not self._in_request or self.transport.is_closing():
             return  # the usual case: each request arrives whole in one read
         self._read_more(data, head_of, fresh, begun)
+
+    def _parse(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, but a proposed upgrade the gateway does not take (``h2c``,
+        any but a WebSocket it serves, ``CONNECT``) leaves the connection in HTTP/1.1, as RFC 9110 7.8
+        lets a server: uvicorn dropped the bytes of the read after its head (pipelined requests
+        never answered) and llhttp skips its body, so a body arriving later was read as requests
+        (a smuggled one answered). Here the body is the request's (:meth:`_skip_body`) and the
+        bytes after it are parsed as the requests they are."""
+        self._unset_keepalive_if_required()
+        while data:
+            if self._skipped:
+                data = self._skip_body(data)
+                continue
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                self._unsupported_upgrade_warning()
+                data = data[upgrade.args[0] :]
+            except httptools.HttpParserError:
+                self.send_400_response(PARSER_WARNING)
+                return
+
+    def _skip_body(self, data: bytes) -> bytes:
+        """Hand the part of ``data`` that is the body of a request whose upgrade was not taken to its
+        request (the parser skipped it: it takes an upgrade's body for the new protocol's bytes), and
+        complete the request with its last byte; the bytes after it."""
+        body, rest = data[: self._skipped], data[self._skipped :]
+        self._skipped -= len(body)
+        self.on_body(body)
+        if not self._skipped:
+            self.on_message_complete()
+        return rest
 
     def _lean(self) -> tuple[Any, LeanRoutes] | None:
         """The FastAPI app under uvicorn's layers and its lean layer, once the app has built it."""
@@ -142,6 +185,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_whole()  # HeadRefused past the limit
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            self._skipped = self._upgrade_body()  # read by _parse, after the parser skips it
         cycle = self.cycle
         if (
             (cycle is None or cycle.response_complete)
@@ -155,6 +200,17 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 self.cycle = direct  # type: ignore[assignment]
                 return
         super().on_headers_complete()
+
+    def _upgrade_body(self) -> int:
+        """The Content-Length of a request proposing an upgrade the gateway will not take, whose
+        body the parser skips; a chunked one is refused (400: its end could not be found)."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                self._refuse_head(400, "a request proposing an Upgrade must not have a chunked body")
+                raise HeadRefused
+            if name == b"content-length":
+                return int(value)  # digits: the parser refused any other Content-Length
+        return 0
 
     def _direct_cycle(self) -> DirectCycle | None:
         lean = self._lean()
@@ -201,6 +257,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._skipped:  # the parser's, before the body it skipped: _skip_body completes it
+            return
         self._in_request = self._in_head = False  # _stop_watch, inline: every request passes here
         if self._read_timer is not None:
             self._read_timer.cancel()
