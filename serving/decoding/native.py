@@ -1,8 +1,9 @@
 """The compiled decode kernels (``beam_step.c``: the beam step and the cache gather-grow) through ctypes,
 or ``None`` where they cannot be built.
 
-Built on first use with the machine's C compiler (``$CC``, else ``cc``) into a per-user cache named by a
-hash of the source and flags, so every process of a gateway reuses one build; no Python headers are
+Built on first use with the machine's C compiler (``$CC``, else ``cc``; ``$CC`` may carry arguments, as
+make takes it: ``CC="gcc -fsanitize=address,undefined"``) into a per-user cache named by a hash of the
+source, the flags and that command, so every process of a gateway reuses one build; no Python headers are
 needed, and the file works under any Python or numpy (Triton's numpy-1 environment too). Where no
 compiler exists or the build fails, :func:`load` returns ``None`` once with a warning and the numpy
 step runs: the same decisions, slower (and caches grow by numpy copies). ``KILN_NATIVE=0`` turns
@@ -16,6 +17,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -49,9 +51,15 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str | None:
-    """The C compiler to build with: ``$CC`` or ``cc``, if it exists."""
-    name = os.environ.get("CC", "cc").split()[0]
-    return shutil.which(name)
+    """The command to compile with: ``$CC`` (with its arguments, e.g. ``gcc -fsanitize=address``) or
+    ``cc``, its program resolved to a path; None if that program does not exist."""
+    command = os.environ.get("CC", "").strip() or "cc"  # set but empty (``export CC=``): unset
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: word by word, as before
+        words = command.split()
+    program = shutil.which(words[0])
+    return shlex.join([program, *words[1:]]) if program else None
 
 
 def _source_digest() -> str:
@@ -62,7 +70,8 @@ def _source_digest() -> str:
 
 
 def library_path(cc: str) -> Path:
-    """Where the build of this source with these flags and this compiler lives."""
+    """Where the build of this source with these flags and this compiler command (:func:`compiler`, its
+    arguments included: a sanitized build is not a plain one) lives."""
     compiled_by = hashlib.sha256(cc.encode()).hexdigest()[:8]
     return cache_dir() / f"beam_step-{_source_digest()}-{compiled_by}.so"
 
@@ -81,7 +90,7 @@ def build(cc: str, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         subprocess.run(
-            [cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"],
+            [*shlex.split(cc), *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"],
             check=True,
             capture_output=True,
             timeout=120,
