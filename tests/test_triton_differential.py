@@ -4,6 +4,7 @@ here is the gateway alone, held to what Triton was seen to answer."""
 
 from __future__ import annotations
 
+import json
 import queue
 
 import grpc
@@ -203,3 +204,14 @@ def test_a_parameter_tritonclient_cannot_forward_is_the_clients_400_through_the_
     assert _forwardable(fits) == fits
     with pytest.raises(BadRequest, match="parameter 'big' is past int64"):
         _forwardable({"big": 1 << 63})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"id": "\ud800"}, {"parameters": {"custom": "\ud800"}}, {"parameters": {"\ud800": 1}}],
+    ids=["id", "parameter value", "parameter name"],
+)
+def test_a_lone_surrogate_in_the_id_or_a_parameter_is_a_400_not_a_500_through_tritons_client(gateway, extra):
+    raw = json.dumps(body(**extra))  # ASCII, the surrogate escaped: "\\ud800"
+    answer = httpx.post(f"http://{gateway.url}{INFER}", content=raw, timeout=30)
+    assert answer.status_code == 400 and "lone surrogate" in answer.json()["error"]

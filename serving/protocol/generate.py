@@ -13,8 +13,13 @@ the same object as one Server-Sent Event (``data: {...}``): every model here ans
 Failures are the gateway's JSON errors with their statuses, which is what Triton's ``{"error": ...}``
 object is too.
 
-Triton refuses parameters that are not strings, integers or booleans; the gateway also takes numbers
-(a translator's ``length_penalty`` is one).
+A parameter is a string, a number or a boolean, as Triton (2.51) takes them (a translator's ``alpha`` is
+a number). Deliberate differences from Triton: a key given both at the top and in ``parameters`` is a
+400 (Triton keeps one of them silently); a string that is not valid Unicode (a lone surrogate) is a 400
+(Triton's parser answers 500); a float that is not finite (a padding hypothesis's score) is ``null``
+(Triton writes ``-Infinity``, which is not JSON); and on ``generate_stream`` an error the model raises
+is a JSON error body with its status, as every other failure (Triton sends those as one ``data:``
+event holding the error object, with the error's status).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from serving.execution.base import InferRequest, InferResponse, ModelMetadata, T
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
-from serving.protocol.request_values import parse_json
+from serving.protocol.request_values import parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data
 from serving.protocol.translate import until_client_leaves
@@ -83,6 +88,7 @@ def generate_request(body: Any, meta: ModelMetadata, version: str) -> InferReque
     request_id = body.get("id", "")
     if not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, got {type(request_id).__name__}")
+    unicode_text(request_id, "'id'")
     nested = body.get("parameters", {})
     if not isinstance(nested, dict):
         raise BadRequest(f"'parameters' must be a JSON object, got {type(nested).__name__}")
@@ -94,7 +100,8 @@ def generate_request(body: Any, meta: ModelMetadata, version: str) -> InferReque
         if key in inputs:
             tensors[key] = _tensor(inputs[key], value)
         elif isinstance(value, (str, int, float)):  # bool is an int
-            parameters[key] = value
+            unicode_text(key, f"parameter name {key!r}")
+            parameters[key] = unicode_text(value, f"parameter {key!r}") if isinstance(value, str) else value
         else:
             kind = "null" if value is None else type(value).__name__
             raise BadRequest(

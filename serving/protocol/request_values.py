@@ -27,6 +27,18 @@ def stated_size(value: bytes | str) -> int | None:
     return int(significant or 0) if len(significant) <= SIZE_DIGITS else 10**SIZE_DIGITS
 
 
+def unicode_text(text: str, what: str) -> str:
+    """``text`` if UTF-8 can carry it; a lone surrogate (JSON's ``"\\ud800"``) is the client's 400, as
+    for a BYTES element: through ``--backend triton`` tritonclient failed to encode it (a 500), and
+    Triton's own parser refuses such a body."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(f"{what} is not valid Unicode (lone surrogate)") from None
+    return text
+
+
 def parse_json(raw: bytes, what: str) -> Any:
     """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
     deep to parse are a 400.

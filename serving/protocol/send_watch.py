@@ -21,27 +21,39 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 60.0
+# How often a paused connection's buffer is looked at. The buffer only shrinks when the client takes
+# bytes, but it grows as answers are written (a gRPC connection's other calls go on answering while its
+# writes are paused), so a growth can hide a take; looking often keeps takes from being missed.
+LOOK_S = 1.0
+SLACK_S = 1e-3  # a look due within this of the deadline decides (timers may fire a hair early)
 
 
 class SendWatch:
     """Armed by a connection's ``pause_writing``, disarmed by its ``resume_writing``; calls ``abort``
     when ``timeout_s`` passes with no byte of the transport's buffer taken by the client."""
 
-    __slots__ = ("loop", "transport", "timeout_s", "abort", "buffered", "timer")
+    __slots__ = ("loop", "transport", "timeout_s", "abort", "buffered", "deadline", "timer")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, transport: Any, timeout_s: float, abort: Callable[[], None]
     ) -> None:
         self.loop, self.transport, self.timeout_s, self.abort = loop, transport, timeout_s, abort
         self.buffered = transport.get_write_buffer_size()
-        self.timer: asyncio.TimerHandle | None = loop.call_later(timeout_s, self._check)
+        self.deadline = loop.time() + timeout_s
+        self.timer: asyncio.TimerHandle | None = loop.call_later(self._next_look(timeout_s), self._check)
+
+    def _next_look(self, left: float) -> float:
+        return min(LOOK_S, self.timeout_s / 4, left)
 
     def _check(self) -> None:
         self.timer = None
-        buffered = self.transport.get_write_buffer_size()
-        if buffered < self.buffered:  # the client took some: it is reading, slowly
-            self.buffered = buffered
-            self.timer = self.loop.call_later(self.timeout_s, self._check)
+        buffered, now = self.transport.get_write_buffer_size(), self.loop.time()
+        if buffered < self.buffered:  # the client took some since the last look: it is reading, slowly
+            self.deadline = now + self.timeout_s
+        self.buffered = buffered  # grown by answers written meanwhile, or shrunk by the client
+        left = self.deadline - now
+        if left > SLACK_S:
+            self.timer = self.loop.call_later(self._next_look(left), self._check)
             return
         log.info("closing a connection whose client read none of its answers in %g s", self.timeout_s)
         self.abort()

@@ -16,7 +16,7 @@ import numpy as np
 from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, model_parameters
 from serving.execution.datatypes import datatype_of, numpy_dtype
-from serving.protocol.request_values import parse_json, stated_size
+from serving.protocol.request_values import parse_json, stated_size, unicode_text
 from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_json_data
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -84,6 +84,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, got {type(request_id).__name__}")
+    unicode_text(request_id, "'id'")
     request = InferRequest(
         model=model,
         inputs=inputs,
@@ -220,6 +221,9 @@ def _check_parameter_values(params: dict) -> None:
     InferParameter can carry them: an integer within 64 bits): Triton answers any other a 400, and
     through ``--backend triton`` tritonclient could not forward one (a 500)."""
     for key, value in params.items():
+        unicode_text(key, f"parameter name {key!r}")
+        if isinstance(value, str):
+            unicode_text(value, f"parameter {key!r}")
         if not isinstance(value, (str, int, float)):  # (a bool is an int)
             kind = "null" if value is None else type(value).__name__
             raise BadRequest(f"parameter {key!r} must be a string, a number or a boolean, got {kind}")
