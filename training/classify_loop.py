@@ -30,7 +30,17 @@ from training.data.loader import eval_batches, train_batches
 from training.models import build_model, get_entry, make_config
 from training.optim import build_optimizer, build_scheduler, last_step_lr
 from training.resume import load_resume, resume_path
-from training.runtime import Dist, all_sum, setup_dist, show_progress, teardown, weights_hash, wrap_ddp
+from training.runtime import (
+    Dist,
+    all_sum,
+    optimizer_step,
+    restore_scaler,
+    setup_dist,
+    show_progress,
+    teardown,
+    weights_hash,
+    wrap_ddp,
+)
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
@@ -208,12 +218,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
             logits, loss = training_loss(run.model(x), labels, cfg.label_smoothing)  # (B, classes), ()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
-        if cfg.clip_grad_norm:
-            run.scaler.unscale_(run.optimizer)
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
+        optimizer_step(run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm)
         total_loss += loss.item() * len(idx)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(idx)
@@ -282,7 +287,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     check_world_size(state.get("world_size", run.dist.world_size), run.dist.world_size)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
+    restore_scaler(run.scaler, state["scaler"])
     run.start_epoch, run.best_epoch, run.best_state = state["epoch"], state["best_epoch"], state["best_state"]
     run.best_val, run.train_time_s = tuple(state["best_val"]), state["train_time_s"]
     run.stopper.best, run.stopper.bad_epochs = state["stopper"]["best"], state["stopper"]["bad_epochs"]

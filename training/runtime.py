@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -166,6 +167,44 @@ def make_amp(amp: str | None, device: torch.device) -> Amp:
     dtype = AMP_DTYPES.get(amp) if amp else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     return Amp(dtype, scaler, device.type)
+
+
+def optimizer_step(
+    scaler: torch.amp.GradScaler,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    parameters: Iterable[torch.Tensor],
+    clip_norm: float | None = None,
+) -> bool:
+    """Step the optimizer through ``scaler`` (the gradients of ``parameters`` unscaled before clipping
+    them to ``clip_norm``), then the schedule; True when the optimizer stepped.
+
+    An fp16 scaler skips the step when the scaled gradients overflowed (and halves its scale): the
+    schedule then waits too, else each skipped step spent one of its values (warm-up steps, above all,
+    as the first steps are the likely ones to overflow) and torch warned that ``lr_scheduler.step()``
+    came before ``optimizer.step()``. Every rank of a DDP run holds the same all-reduced gradients, so
+    all skip alike and their schedules stay in step.
+    """
+    if clip_norm:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(parameters, clip_norm)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = scaler.get_scale() >= scale  # an overflow, and only an overflow, lowers the scale
+    if stepped:
+        scheduler.step()
+    return stepped
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Continue the interrupted run's gradient scaler. A run that trained without fp16 saved a disabled
+    scaler's empty state, which an enabled one refuses (RuntimeError): turning ``--amp`` on when the
+    run resumes (on a GPU, after starting on a CPU) starts the scaler from its initial scale instead."""
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
+    else:
+        log.info("the resumed run trained without fp16 gradient scaling: its scaler starts afresh")
 
 
 def weights_hash(module: nn.Module) -> str:

@@ -30,6 +30,7 @@ from training.runtime import (
     any_rank,
     gather_shards,
     make_amp,
+    optimizer_step,
     setup_dist,
     show_progress,
     teardown,
@@ -126,12 +127,7 @@ class Trainer:
             loss = loss_on(self.model, batch, self.cfg["label_smoothing"])
         self.opt.zero_grad(set_to_none=True)
         self.amp.scaler.scale(loss).backward()
-        if self.cfg["clip_norm"]:
-            self.amp.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg["clip_norm"])
-        self.amp.scaler.step(self.opt)
-        self.amp.scaler.update()
-        self.sched.step()
+        optimizer_step(self.amp.scaler, self.opt, self.sched, self.module.parameters(), self.cfg["clip_norm"])
         self.step += 1
         return loss.item()
 
