@@ -66,7 +66,7 @@ class Built:
     model_file: Path
     platform: str
     report: ParityReport
-    gate: quantize.GateResult | quantize.AgreementGate | None = None  # int8 only
+    gate: quantize.GateResult | quantize.AgreementGate | quantize.MalformedGraph | None = None  # int8
 
 
 def _entries(ctx: ExportContext) -> dict[str, Entry]:
@@ -130,9 +130,13 @@ def _build_int8(
 ) -> Built:
     path = quantize.to_int8(fp32, fp32.parent.parent / "int8" / "model.onnx", data.train[:CALIBRATION_IMAGES])
     report = _check(ctx, spec, reference, path, data, atol=float("inf"), min_agreement=0.0)
-    gate = _int8_gate(ctx, fp32, path, data)
-    if ctx.accuracy_hook is not None:
-        gate = ctx.accuracy_hook(gate)
+    # values unbounded: only a malformed output (a name, shape or dtype, NaN or inf) errs
+    gate: quantize.GateResult | quantize.AgreementGate | quantize.MalformedGraph
+    gate = quantize.MalformedGraph(tuple(report.errors))
+    if gate.passed:
+        gate = _int8_gate(ctx, fp32, path, data)
+        if ctx.accuracy_hook is not None:
+            gate = ctx.accuracy_hook(gate)
     report.metrics["int8_gate"] = gate.as_dict()
     return Built(entry.name, entry.precision, path, "onnxruntime_onnx", report, gate)
 
@@ -160,7 +164,8 @@ def _want(wanted: set[str], entry: Entry) -> bool:
 def build_candidates(
     ctx: ExportContext, work: Path, wanted: set[str]
 ) -> tuple[GraphSpec, list[Built], FreezeReport]:
-    """Freeze, export fp32 and derive the requested precisions; fp32/fp16 parity failures raise."""
+    """Freeze, export fp32 and derive the requested precisions; fp32/fp16 parity failures raise, an
+    int8 graph with a malformed output is refused as its gate refuses."""
     ctx.step("freeze")
     spec, reference, fp32, freeze_report = _freeze_and_export(ctx, work)
     data = ctx.validation if ctx.validation is not None else load_image_data(ctx.ckpt, spec)

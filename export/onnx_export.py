@@ -151,10 +151,13 @@ def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) ->
 
 
 def specialized_axes(model: onnx.ModelProto, spec: GraphSpec) -> list[str]:
-    """Spec axes that the exported graph's inputs carry as fixed sizes (the exporter specialized them)."""
+    """Spec axes that the exported graph's inputs or outputs carry as fixed sizes (the exporter
+    specialized them): an output's fixed batch axis runs in ONNX Runtime (it only warns), so parity
+    passes, but Triton and the gateway refuse to load a batching model that declares one."""
     fixed = []
-    for value in model.graph.input:
-        tensor = next((t for t in spec.inputs if t.name == value.name), None)
+    tensors = (*spec.inputs, *spec.outputs)
+    for value in (*model.graph.input, *model.graph.output):
+        tensor = next((t for t in tensors if t.name == value.name), None)
         dims = value.type.tensor_type.shape.dim
         if tensor is None or len(dims) != len(tensor.shape):
             continue
@@ -180,7 +183,14 @@ def export_onnx(module: nn.Module, spec: GraphSpec, example: Sequence[torch.Tens
         log.warning(
             "%s: dynamic axes fixed by torch.export %s; using the TorchScript exporter", spec.name, fixed
         )
-        _export_and_simplify(module, dataclasses.replace(spec, dynamo=False), example, path)
+        try:
+            _export_and_simplify(module, dataclasses.replace(spec, dynamo=False), example, path)
+        except Exception as exc:  # its own error alone would hide why it ran: name both
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OnnxExportError(
+                f"{spec.name}: dynamic axes became fixed sizes in the graph: {fixed}, and the "
+                f"TorchScript exporter tried instead failed: {first}"
+            ) from exc
         fixed = specialized_axes(onnx.load(str(path), load_external_data=False), spec)
     if fixed:
         raise OnnxExportError(f"{spec.name}: dynamic axes became fixed sizes in the graph: {fixed}")

@@ -1,8 +1,9 @@
 """PyTorch vs ONNX Runtime parity, in the style of optimum's ``_run_validation`` (STYLE.md item 6).
 
-For every check: the output names must match the spec, then the shapes, then the values of each
-output within the spec's tolerance (absolute, times the output's magnitude when that exceeds 1); the max abs diff of every output is recorded so a failure names
-the output, the inputs' sizes and the difference.
+For every check: the output names must match the spec, then the shapes and dtypes, then the values of
+each output within the spec's tolerance (absolute, times the output's magnitude when that exceeds 1;
+NaN or inf where PyTorch's value is finite fails at any tolerance); the max abs diff of every output is
+recorded so a failure names the output, the inputs' sizes and the difference.
 """
 
 from __future__ import annotations
@@ -119,27 +120,43 @@ def torch_runner(module: nn.Module, spec: GraphSpec) -> Callable[[Feeds], Feeds]
 def compare_outputs(
     spec: GraphSpec, expected: Feeds, actual: Feeds, atol: float
 ) -> tuple[dict[str, float], list[str]]:
-    """Names, then shapes, then values per output; returns (max abs diff by output, error messages)."""
+    """Names, then shapes and dtypes, then values per output; returns (max abs diff by output, error
+    messages). NaN or inf where PyTorch's value is finite fails at any tolerance, an unbounded one
+    (int8) included: no precision trade-off explains it, and config.pbtxt promises the spec's dtype."""
     missing = sorted(set(spec.output_names) - set(actual))
     if missing:
         return {}, [f"{spec.name}: outputs missing from the ONNX graph: {missing}"]
     diffs, errors = {}, []
-    for name in spec.output_names:
+    for tensor in spec.outputs:
+        name = tensor.name
         ref, got = np.asarray(expected[name]), np.asarray(actual[name])
         if ref.shape != got.shape:
             errors.append(f"{spec.name}.{name}: shape {got.shape} != PyTorch {ref.shape}")
             continue
+        if got.dtype != np.dtype(tensor.dtype):
+            errors.append(f"{spec.name}.{name}: dtype {got.dtype} != spec {tensor.dtype}")
         if ref.dtype == bool or got.dtype == bool:
             diff = float(np.count_nonzero(ref != got))
         else:
             both_inf = np.isinf(ref) & np.isinf(got) & (np.sign(ref) == np.sign(got))
-            delta = np.where(both_inf, 0.0, np.abs(ref.astype(np.float64) - got.astype(np.float64)))
+            with np.errstate(invalid="ignore"):  # inf - inf, masked by both_inf
+                delta = np.where(both_inf, 0.0, np.abs(ref.astype(np.float64) - got.astype(np.float64)))
             diff = float(np.nan_to_num(delta, nan=np.inf).max()) if delta.size else 0.0
         diffs[name] = diff
         bound = atol * max(1.0, _scale(ref))
-        if not diff <= bound:
+        broken = _new_non_finite(ref, got)
+        if broken:
+            errors.append(f"{spec.name}.{name}: {broken} NaN/inf values where PyTorch's are finite")
+        elif not diff <= bound:
             errors.append(f"{spec.name}.{name}: max abs diff {diff:.3g} > tolerance {bound:.3g}")
     return diffs, errors
+
+
+def _new_non_finite(ref: np.ndarray, got: np.ndarray) -> int:
+    """How many of ``got``'s values are NaN or inf where ``ref``'s are finite (0 for non-float outputs)."""
+    if got.dtype.kind != "f" or ref.dtype.kind not in "fiub":
+        return 0
+    return int(np.count_nonzero(np.isfinite(ref) & ~np.isfinite(got)))
 
 
 def _scale(ref: np.ndarray) -> float:

@@ -267,3 +267,28 @@ class AgreementGate:
             "max_drop_points": self.max_drop,
             "passed": self.passed,
         }
+
+
+@dataclass(frozen=True)
+class MalformedGraph:
+    """An int8 graph refused before its accuracy gate: parity found an output missing, of another shape
+    or dtype, or NaN/inf where PyTorch's is finite. Its values are not bounded (int8 is judged on
+    accuracy), but no accuracy figure excuses such a graph, and serving would refuse or return it."""
+
+    errors: tuple[str, ...]
+
+    GATE = "int8 outputs well formed"
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    def reason(self) -> str:
+        """Why the graph was refused (empty when it was not)."""
+        if not self.errors:
+            return ""
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return f"int8 graph malformed: {self.errors[0]}{more}"
+
+    def as_dict(self) -> dict[str, str | list[str] | bool]:
+        return {"gate": self.GATE, "errors": list(self.errors), "passed": self.passed}

@@ -19,7 +19,7 @@ import torch
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
 from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
-from export.quantize import NoWeightProducts, to_int8_dynamic
+from export.quantize import MalformedGraph, NoWeightProducts, to_int8_dynamic
 from export.results import Entry, EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
 from export.translator_entries import (
@@ -261,7 +261,7 @@ def _checked_fused(
     fp32 = plain == g.decoder_path  # int8: its diffs from PyTorch are the quantization's, recorded only
     parity = decoder_parity(g, fused, ParityReport(g.decoder.atol if fp32 else float("inf")))
     beams = fused_agreement(ctx, g, plain, fused)
-    problems = (parity.errors if fp32 else []) + beams.errors
+    problems = parity.errors + beams.errors  # int8: only a malformed output errs
     if problems:
         log.warning("%s: fused step graph refused: %s", ctx.name, problems[0])
         return FusedStep(None, parity, beams, reason=problems[0])
@@ -283,7 +283,7 @@ def _checked_fused_encoder(
     fp32 = plain == g.encoder_path
     parity = encoder_parity(g, fused, ParityReport(g.encoder.atol if fp32 else float("inf")))
     beams = fused_agreement(ctx, g, decoder, decoder, fused, plain)
-    problems = (parity.errors if fp32 else []) + beams.errors
+    problems = parity.errors + beams.errors  # int8: only a malformed output errs
     if problems:
         log.warning("%s: fused encoder graph refused: %s", ctx.name, problems[0])
         return FusedStep(None, parity, beams, reason=problems[0])
@@ -302,20 +302,23 @@ def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, 
 
 
 def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
-    """The decoder graph at ``path`` against PyTorch at several row counts, source and cache lengths."""
+    """The decoder graph at ``path`` against PyTorch at several row counts, source and cache lengths,
+    within ``report``'s tolerance (an int8 graph's: unbounded)."""
     reference = torch_runner(g.decoder_module, g.decoder)
-    check_feeds(g.decoder, reference, session_runner(ort_session(path)), _decoder_cases(g), report)
+    run = session_runner(ort_session(path))
+    check_feeds(g.decoder, reference, run, _decoder_cases(g), report, report.tolerance)
     return report
 
 
 def encoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
-    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths."""
+    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths, within
+    ``report``'s tolerance (an int8 graph's: unbounded)."""
     cases = [
         (s, {"src_ids": random_source(g.spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
         for i, s in enumerate(ENCODER_CASES)
     ]
     reference = torch_runner(g.encoder_module, g.encoder)
-    check_feeds(g.encoder, reference, session_runner(ort_session(path)), cases, report)
+    check_feeds(g.encoder, reference, session_runner(ort_session(path)), cases, report, report.tolerance)
     return report
 
 
@@ -353,8 +356,8 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
 
 
 def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
-    """Quantize the encoder and the decoder, gate them on beam search against fp32; write or refuse
-    (removing stale ones)."""
+    """Quantize the encoder and the decoder, refuse them when an output is malformed, else gate them
+    on beam search against fp32; write or refuse (removing stale ones)."""
     from export.beam_parity import int8_gate
 
     ctx.step("int8 encoder and decoder")
@@ -372,6 +375,9 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
             fused_encoder = to_int8_dynamic(padded, work / "int8" / "fused" / "enc.onnx")
     dec_report = decoder_parity(g, decoder, ParityReport(float("inf")))  # diffs recorded, not bounded
     enc_report = encoder_parity(g, encoder, ParityReport(float("inf")))
+    malformed = MalformedGraph((*enc_report.errors, *dec_report.errors))  # a name, shape, dtype, NaN
+    if not malformed.passed:
+        return _refused_int8(ctx, dec_report if dec_report.errors else enc_report, malformed.reason())
     ctx.step("int8 gate")
     gate_report, gate = int8_gate(ctx, g, decoder, encoder)
     if gate.passed:
@@ -380,8 +386,13 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
         return write_int8_entries(
             ctx, g, Int8Graph(encoder, enc_report, encoded), Int8Graph(decoder, dec_report, step), gate_report
         )
-    log.warning("%s: int8 entries refused: %s", ctx.name, gate.reason())
-    return [ctx.refuse(Entry(n, "int8"), gate_report, gate.reason()) for n in int8_entry_names(ctx.name)]
+    return _refused_int8(ctx, gate_report, gate.reason())
+
+
+def _refused_int8(ctx: ExportContext, report: ParityReport, reason: str) -> list[EntryResult]:
+    """Every int8 entry refused for ``reason``: stale ones removed, the refusal remembered."""
+    log.warning("%s: int8 entries refused: %s", ctx.name, reason)
+    return [ctx.refuse(Entry(n, "int8"), report, reason) for n in int8_entry_names(ctx.name)]
 
 
 def _quantized_encoder(g: TranslatorGraphs, path: Path) -> Path:
