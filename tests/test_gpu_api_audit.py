@@ -19,11 +19,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from serving.decoding import offline, resident, resident_layout
-from serving.decoding import step_spec as sp
+from serving.decoding import resident_layout
 from serving.execution.bound_session import BoundSession
-from tests.test_native_decoder import _config
-from tests.test_resident_decoder import built, model  # noqa: F401 - fixtures
+from tests.test_resident_decoder import built, model, six_on_the_device  # noqa: F401 - fixtures
 
 REGULAR_RUNS = 2  # the CUDA provider's min_num_runs_before_cuda_graph_capture_ (ONNX Runtime >= 1.18)
 
@@ -130,19 +128,8 @@ def test_a_resident_layout_is_warmed_on_the_thread_that_steps_it(model, monkeypa
     decoder.cuda_graphs = True  # as on the CUDA provider (the CPU one ignores the graph ids)
     _, executor = _on_thread(lambda: decoder.prepare(16))
     assert {key for kind, thread, key in events if kind == "warm"} == set(decoder.layouts)
-    config = _config(spec, 4)
-    want = offline.translate_ids(encoder, host, spec, sources[:6], config)
-    batch = resident.ResidentDecodeBatch(spec, decoder)
-    batch.join(
-        range(6),
-        encoder(sp.encoder_inputs(spec, sources[:6])),
-        [config] * 6,
-        [len(s) + 1 for s in sources[:6]],
-    )
-    finished = {}
-    while batch.size:
-        finished |= {done.key: done.hypotheses for done in batch.step(host)}
-    assert [[h.tokens for h in finished[i]] for i in range(6)] == [[h.tokens for h in w] for w in want]
+    got, want = six_on_the_device(spec, encoder, host, decoder, sources)
+    assert [[h.tokens for h in g] for g in got] == [[h.tokens for h in w] for w in want]
     here = threading.get_ident()
     stepped = {key for kind, thread, key in events if kind == "step" and thread == here}
     assert stepped

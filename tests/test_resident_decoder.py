@@ -67,6 +67,24 @@ def _same(got, want):
         np.testing.assert_allclose([h.score for h in mine], [h.score for h in theirs], rtol=1e-5, atol=1e-5)
 
 
+def six_on_the_device(spec, encoder, host, decoder, sources) -> tuple[list, list]:
+    """The first six sources searched at beam 4 on resident ``decoder`` (the cache on its device), and
+    by the offline engine on the host: (hypotheses of each, in order; the host's)."""
+    config = _config(spec, 4)
+    want = offline.translate_ids(encoder, host, spec, sources[:6], config)
+    batch = resident.ResidentDecodeBatch(spec, decoder)
+    batch.join(
+        range(6),
+        encoder(sp.encoder_inputs(spec, sources[:6])),
+        [config] * 6,
+        [len(s) + 1 for s in sources[:6]],
+    )
+    finished = {}
+    while batch.size:
+        finished |= {done.key: done.hypotheses for done in batch.step(host)}
+    return [finished[i] for i in range(6)], want
+
+
 def test_the_runner_gets_a_resident_batch_and_the_host_runner_a_host_one(model):
     spec, encoder, host, on_device, sources = model
     assert type(st.decode_batch(spec, True, host)) is st.DecodeBatch
@@ -133,19 +151,7 @@ def test_prepare_makes_every_rows_bucket_up_to_the_schedulers_rows_at_the_defaul
     assert sorted(decoder.layouts) == [
         resident_layout.LayoutKey(rows, source, columns) for rows in (8, 16, 32, 64)
     ]
-    batch = resident.ResidentDecodeBatch(spec, decoder)
-    config = _config(spec, 4)
-    want = offline.translate_ids(encoder, host, spec, sources[:6], config)
-    batch.join(
-        range(6),
-        encoder(sp.encoder_inputs(spec, sources[:6])),
-        [config] * 6,
-        [len(s) + 1 for s in sources[:6]],
-    )
-    finished = {}
-    while batch.size:
-        finished |= {done.key: done.hypotheses for done in batch.step(host)}
-    _same([finished[i] for i in range(6)], want)
+    _same(*six_on_the_device(spec, encoder, host, decoder, sources))
     assert len(decoder.layouts) == 4  # nothing made during the search
 
 

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 
-from training import classify, classify_loop
+from tests.test_data_audit import Interrupted, interrupt_after_first_epoch
+from training import classify
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data.numbers import generate_pairs
 from training.optim import lr_multiplier
@@ -28,21 +29,6 @@ TINY_TRANSFORMER = [
     for arg in ("d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1")
 ]
 FROZEN = {"lr": 1e-12, "augment": False, "model_args": {"batch_norm": False}}  # accuracy cannot move
-
-
-class Interrupted(Exception):
-    """Stands for a crash or a kill after the first epoch."""
-
-
-def interrupt_after_first_epoch(monkeypatch) -> None:
-    trained = classify_loop.train_epoch
-
-    def train_epoch(run, epoch):
-        if epoch == 1:
-            raise Interrupted
-        return trained(run, epoch)
-
-    monkeypatch.setattr(classify_loop, "train_epoch", train_epoch)
 
 
 def interrupted_run(tmp_path, monkeypatch, **settings) -> str:
