@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workdir",
         type=Path,
         default=None,
-        help="where the flavour and log go (default: a temp dir, removed when the server stops cleanly)",
+        help="where the flavour (WORKDIR/model_repository, replaced; anything else there is refused) and "
+        "log go (default: a temp dir, removed when the server stops cleanly)",
     )
     parser.add_argument("--http-port", type=_port, default=8100, help="KServe v2 HTTP port (0: a free one)")
     parser.add_argument("--grpc-port", type=_port, default=8101, help="KServe v2 gRPC port (0: a free one)")
@@ -93,7 +94,7 @@ def _serve(console: Console, server: TritonServer, repository: Path) -> int:
     try:
         with console.status(f"starting tritonserver on {repository} (log: {server.log_path})"):
             server.start()
-    except (TritonError, ValueError, FileNotFoundError) as error:
+    except (TritonError, ValueError, FileNotFoundError, FileExistsError) as error:
         console.print(f"[red]{error}")
         return 1
     except KeyboardInterrupt:

@@ -86,8 +86,7 @@ def derive_python_flavour(
         raise FileNotFoundError(f"model repository {repository} does not exist or is not a directory")
     if output.resolve() == repository.resolve():
         raise ValueError(f"the python flavour must go to another directory than {repository}")
-    if output.exists():
-        shutil.rmtree(output)
+    _clear_output(output)
     output.mkdir(parents=True)
     report = FlavourReport()
     for entry in sorted(_entries(repository)):
@@ -105,6 +104,32 @@ def derive_python_flavour(
     if not report.wrapped and not report.copied:
         raise ValueError(f"{repository} holds no ONNX or python model entry to serve")
     return report
+
+
+def _clear_output(output: Path) -> None:
+    """Remove what a previous flavour left in ``output``; anything else there is refused, not deleted:
+    ``--workdir .`` in a project would otherwise have replaced its exported ``model_repository``."""
+    if not output.exists() and not output.is_symlink():
+        return
+    if not output.is_dir() or not _is_flavour(output):
+        raise FileExistsError(
+            f"{output} exists and is not a python flavour written by Kiln: remove it or choose another "
+            "directory (the flavour replaces what is there)"
+        )
+    shutil.rmtree(output)
+
+
+def _is_flavour(directory: Path) -> bool:
+    """True for an empty directory or one holding only python-backend model directories: what a flavour
+    writes, and never what an export writes (its encoders, decoders and classifiers are ONNX entries)."""
+    return all(entry.is_dir() and _is_python_entry(entry) for entry in directory.iterdir())
+
+
+def _is_python_entry(entry: Path) -> bool:
+    try:
+        return (entry / "config.pbtxt").is_file() and read_config(entry / "config.pbtxt").backend == "python"
+    except (OSError, ValueError):
+        return False
 
 
 def _copy_python_entry(

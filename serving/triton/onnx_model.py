@@ -26,16 +26,31 @@ def _tensor(name: str, array: np.ndarray):
     return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
 
-def _axes_run_empty(kiln_json: str) -> set[str] | None:
-    """The named graph axes export's parity checks ran at size 0 (a decoder's cache before its first
-    step): the only ones a request may leave empty; None where the entry has no kiln.json."""
+def _read_kiln(kiln_json: str) -> dict | None:
+    """The entry's kiln.json, None where it has none (not a Kiln export)."""
     try:
         with open(kiln_json) as handle:
-            kiln = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
+        return None
+
+
+def _axes_run_empty(kiln: dict | None) -> set[str] | None:
+    """The named graph axes export's parity checks ran at size 0 (a decoder's cache before its first
+    step): the only ones a request may leave empty; None where the entry has no kiln.json."""
+    if kiln is None:
         return None
     checks = (kiln.get("parity") or {}).get("checks") or []
     return {axis for check in checks for axis, size in check.get("sizes", {}).items() if size == 0}
+
+
+def _longest_axis(kiln: dict | None) -> int:
+    """The most positions a translator's encoder or decoder takes on any named axis (kiln.json
+    ``step_spec.max_positions``, the gateway's limit too), 0 where none. Past it a GRU encoder still
+    runs, its memory output growing ~1.3 kB a token (a 64 MB request asks for ~10 GB of the stub's
+    memory), and a Transformer's position lookup fails with an error that names no limit."""
+    longest = ((kiln or {}).get("step_spec") or {}).get("max_positions")
+    return longest if isinstance(longest, int) and not isinstance(longest, bool) and longest > 0 else 0
 
 
 class TritonPythonModel:
@@ -55,7 +70,8 @@ class TritonPythonModel:
         self.name = config.get("name", "")
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.axes = {i.name: list(i.shape) for i in self.session.get_inputs()}
-        self.may_be_empty = _axes_run_empty(os.path.join(args["model_repository"], "kiln.json"))
+        kiln = _read_kiln(os.path.join(args["model_repository"], "kiln.json"))
+        self.may_be_empty, self.longest = _axes_run_empty(kiln), _longest_axis(kiln)
         self.inputs = {t["name"]: t["data_type"] for t in config["input"]}
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
 
@@ -67,11 +83,9 @@ class TritonPythonModel:
         runnable: dict[int, dict[str, np.ndarray]] = {}
         for i, request in enumerate(requests):
             feed = self._feeds(request)
-            empty = self._empty_axes(feed)
-            if empty:
-                responses[i] = self._refusal(
-                    f"model {self.name!r} cannot run on an empty dimension ({empty})"
-                )
+            refused = self._refused_axes(feed)
+            if refused:
+                responses[i] = self._refusal(refused)
             else:
                 runnable[i] = feed
         if self._answered_merged(requests, runnable, responses):
@@ -102,6 +116,14 @@ class TritonPythonModel:
     def _feeds(self, request) -> dict[str, np.ndarray]:
         return {name: _array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
 
+    def _refused_axes(self, feed: dict[str, np.ndarray]) -> str:
+        """Why the gateway would refuse ``feed`` for its axes, "" if it would not: an empty one, a
+        named one longer than the model takes, or one name at two sizes (see each check)."""
+        empty = self._empty_axes(feed)
+        if empty:
+            return f"model {self.name!r} cannot run on an empty dimension ({empty})"
+        return self._named_axes_refusal(feed)
+
     def _empty_axes(self, feed: dict[str, np.ndarray]) -> str:
         """The inputs with a zero-length axis after the batch axis that export never ran empty, named
         with their shapes ("" if none): ONNX Runtime aborts the whole stub on some graphs (a GRU over a
@@ -119,6 +141,31 @@ class TritonPythonModel:
                     refused.append(f"{name!r} of shape {list(array.shape)}")
                     break
         return ", ".join(refused)
+
+    def _named_axes_refusal(self, feed: dict[str, np.ndarray]) -> str:
+        """A named graph axis (after the batch axis) longer than the model's ``max_positions``, or
+        sized differently in two inputs (a decoder's cache and its mask: ONNX Runtime broadcast one
+        against the other and answered, or failed as INTERNAL), as the gateway names them; "" if none."""
+        skip = 1 if self.max_batch_size > 0 else 0
+        seen: dict[str, tuple[int, str]] = {}
+        for name, array in feed.items():
+            axes = self.axes.get(name, [])
+            for position, size in enumerate(array.shape[skip:], start=skip):
+                axis = axes[position] if position < len(axes) else None
+                if not isinstance(axis, str) or not axis:
+                    continue
+                if self.longest and size > self.longest:
+                    return (
+                        f"input {name!r}: dimension {position} ({axis}) holds {size} in shape "
+                        f"{list(array.shape)}: model {self.name!r} takes at most {self.longest}"
+                    )
+                first_size, first = seen.setdefault(axis, (size, name))
+                if size != first_size:
+                    return (
+                        f"inputs {first!r} and {name!r} disagree on the model's {axis} axis: "
+                        f"{first_size} and {size}"
+                    )
+        return ""
 
     def _stackable(self, feeds: list[dict[str, np.ndarray]]) -> bool:
         """True when every request has the same non-batch shape per input."""
