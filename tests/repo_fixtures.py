@@ -149,6 +149,35 @@ class LiveServer:
         self.socket.close()
 
 
+@contextmanager
+def classifier_gateway(directory: Path) -> Iterator[LiveServer]:
+    """A gateway over a tiny classifier repository built in ``directory``, its gRPC server on a port it
+    holds (``live.grpc_url``)."""
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    repository = build_classifier_repository(directory / "repo")
+    with held_grpc_port() as grpc_port:
+        config = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
+        with LiveServer(create_app(config)) as live:
+            live.grpc_url = f"127.0.0.1:{grpc_port}"
+            yield live
+
+
+@contextmanager
+def running_triton(repository: Path, workdir: Path) -> Iterator[Any]:
+    """The real Triton over ``repository`` (its python flavour in ``workdir``); the test skips where the
+    tritonserver binary from nvidia-pytriton is not installed."""
+    import pytest
+
+    from serving.triton import TritonServer, find_triton
+
+    if find_triton() is None:
+        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
+    with TritonServer(repository, workdir) as server:
+        yield server
+
+
 def wire_fuzz_settings(suite_examples: int) -> settings:
     """Hypothesis settings of the generated wire-input tests: ``suite_examples`` derandomized cases
     (the same every run: no flake), or ``KILN_WIRE_FUZZ_EXAMPLES`` of them explored at random."""

@@ -25,8 +25,7 @@ from serving.settings import Settings
 from tests.repo_fixtures import (
     SIZE,
     LiveServer,
-    build_classifier_repository,
-    held_grpc_port,
+    classifier_gateway,
     infer_or_refusal,
     wire_fuzz_settings,
 )
@@ -44,12 +43,8 @@ PIXELS = SIZE * SIZE
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    repository = build_classifier_repository(tmp_path_factory.mktemp("hostile") / "repo")
-    with held_grpc_port() as grpc_port:
-        settings = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
-        with LiveServer(create_app(settings)) as live:
-            live.grpc_url = f"127.0.0.1:{settings.grpc_port}"
-            yield live
+    with classifier_gateway(tmp_path_factory.mktemp("hostile")) as live:
+        yield live
 
 
 def tensor(data=None, datatype="UINT8", shape=(1, SIZE, SIZE, 1), name="images", **extra) -> dict:

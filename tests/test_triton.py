@@ -28,7 +28,7 @@ from serving.execution.base import InferRequest
 from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
 from serving.triton.server import held_port
-from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
+from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository, running_triton
 from tests.test_grpc import LoopThread, run_gateway
 from tests.waiting import DEADLINE_S, eventually
 
@@ -47,9 +47,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
-    with TritonServer(repository, tmp_path_factory.mktemp("triton")) as server:
+    with running_triton(repository, tmp_path_factory.mktemp("triton")) as server:
         yield server
 
 

@@ -14,11 +14,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from serving.app import create_app
 from serving.errors import BadRequest
 from serving.protocol.tensors import from_json_data
-from serving.settings import Settings
-from tests.repo_fixtures import CHANNELS, SIZE, LiveServer, build_classifier_repository, held_grpc_port
+from tests.repo_fixtures import (
+    CHANNELS,
+    SIZE,
+    classifier_gateway,
+)
 
 MODEL = "lenet"
 IMAGE = [1, SIZE, SIZE, CHANNELS]
@@ -28,12 +30,8 @@ Param = service_pb2.InferParameter
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    repository = build_classifier_repository(tmp_path_factory.mktemp("differential") / "repo")
-    with held_grpc_port() as grpc_port:
-        settings = Settings(model_repository=repository, grpc_port=grpc_port, reuse_port=True)
-        with LiveServer(create_app(settings)) as live:
-            live.grpc_url = f"127.0.0.1:{grpc_port}"
-            yield live
+    with classifier_gateway(tmp_path_factory.mktemp("differential")) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

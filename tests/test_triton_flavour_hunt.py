@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from serving.triton import TritonServer, derive_python_flavour, find_triton
-from tests.repo_fixtures import LiveServer
+from tests.repo_fixtures import LiveServer, running_triton
 from tests.test_triton_audit import _TensorRequest
 from tests.test_triton_translator_model import _Error, stand_in_pb_utils
 
@@ -85,9 +85,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
-    with TritonServer(repository, tmp_path_factory.mktemp("triton")) as server:
+    with running_triton(repository, tmp_path_factory.mktemp("triton")) as server:
         yield server
 
 
