@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from tests.test_data_audit import TINY as DATA_AUDIT_TINY
 from tests.test_data_audit import Interrupted, interrupt_after_first_epoch
 from training import classify
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -16,14 +17,7 @@ from training.optim import lr_multiplier
 from training.tracking import read_metrics
 from training.translate import main as translate_main
 
-TINY = {
-    "model": "lenet",
-    "image_size": 16,
-    "limit_train": 64,
-    "limit_val": 32,
-    "batch_size": 32,
-    "progress": False,
-}
+TINY = {key: value for key, value in DATA_AUDIT_TINY.items() if key != "lr"}  # the recipe's lr, or FROZEN's
 TINY_TRANSFORMER = [
     f"--model-arg={arg}"
     for arg in ("d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1")
