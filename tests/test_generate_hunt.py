@@ -114,3 +114,12 @@ def test_a_stopped_watch_never_cuts(clock) -> None:
     watch.stop()
     advance(5.0)
     assert not aborted and watch.timer is None
+
+
+def test_a_rest_translate_text_holding_a_lone_surrogate_is_a_400_naming_it() -> None:
+    from serving.errors import BadRequest
+    from serving.protocol.translate import parse_body
+
+    with pytest.raises(BadRequest, match=r"texts\[1\] is not valid Unicode \(lone surrogate\)"):
+        parse_body(b'{"texts": ["five", "\\ud800"]}')
+    assert parse_body(b'{"texts": ["caf\\u00e9"]}').texts == ["café"]

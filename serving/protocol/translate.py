@@ -33,7 +33,7 @@ from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
-from serving.protocol.request_values import JsonInt, parse_json
+from serving.protocol.request_values import JsonInt, parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, errors
 
 
@@ -244,11 +244,7 @@ def parse_body(raw: bytes) -> TranslateRequest:
         )
     body = validated(TranslateRequest, parse_json(raw, "request body"), "translate request")
     for i, text in enumerate(body.texts):
-        if not text.isascii():
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                raise BadRequest(f"texts[{i}] is not valid Unicode (lone surrogate)") from None
+        unicode_text(text, f"texts[{i}]")
     return body
 
 
