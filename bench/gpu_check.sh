@@ -3,12 +3,16 @@
 # machine with PyTorch, onnxruntime-gpu and the project's dependencies on PYTHONPATH, as
 # ../shared/gpu/prepare.sh prepares them; or a `make setup GPU=1` .venv, with PYTHON=.venv/bin/python).
 #
-#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export bench plain decode demo (default: all)
+#   bench/gpu_check.sh WORKDIR [STAGE ...]     stages: train export threads bench plain decode demo
+#                                              (default: all)
 #
 # train   the classifier on CUDA with AMP; the demo Transformer on CUDA in fp32 and with bf16 AMP (same
 #         recipe and epochs, so their test BLEU compare), all three at once
 # export  the checkpoints for the GPU (WORKDIR/repo-gpu: each bucket a CUDA graph, the default) and for
 #         the CPU (WORKDIR/repo-cpu, fp32)
+# threads `python -m bench.gpu_graph_probe` on the GPU export's classifier: its buckets' CUDA graphs
+#         replayed on the loading thread and on another, and two captures overlapping beside other
+#         traffic, every run bit for bit against a plain session (WORKDIR/threads.json)
 # bench   `python -m bench --profile gpu`: the CUDA engines, and the gateway on the GPU against the same
 #         gateway on this machine's CPU (WORKDIR/bench/report.md)
 # plain   the same GPU export with --no-cuda-graphs (WORKDIR/repo-gpu-plain: plain bucket sessions), and
@@ -27,9 +31,9 @@
 # First `python -m bench.gpu_preflight` names every module missing on this machine and stops the run
 # (SKIP_PREFLIGHT=1 runs anyway, e.g. `train` while onnxruntime-gpu is still on its way).
 set -uo pipefail
-W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|bench|plain|demo ...]}
+W=${1:?usage: bench/gpu_check.sh WORKDIR [train|export|threads|bench|plain|decode|demo ...]}
 shift
-STAGES=${*:-train export bench plain decode demo}
+STAGES=${*:-train export threads bench plain decode demo}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1
@@ -72,6 +76,10 @@ export_() {
   wait $g || { echo "GPU export failed"; tail -20 "$W/export-gpu.log"; rc=1; }
   wait $c || { echo "CPU export failed"; tail -20 "$W/export-cpu.log"; rc=1; }
   return $rc
+}
+
+threads() {
+  "$PY" -m bench.gpu_graph_probe "$W/repo-gpu/resnet18/1/model.onnx" --output "$W/threads.json"
 }
 
 bench() {

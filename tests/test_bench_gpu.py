@@ -313,3 +313,46 @@ def test_the_gpu_preflights_help_is_printed_not_run(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         gpu_preflight.main(["--help"])
     assert stopped.value.code == 0 and "usage: python -m bench.gpu_preflight" in capsys.readouterr().out
+
+
+def test_the_graph_probe_checks_bound_runs_on_every_thread_against_a_plain_session(exported_classifiers):
+    """Its logic on the CPU (no graph there): every thread's bound runs agree with the plain session,
+    the overlapping first runs run beside the plain traffic, and nothing is named a problem."""
+    from bench import gpu_graph_probe
+
+    repo, _ = exported_classifiers
+    result = gpu_graph_probe.run(repo / "lenet" / "1" / "model.onnx", "cpu", rows=2, runs=8)
+    assert result["graphs"] is False and result["providers"] == ["CPUExecutionProvider"]
+    assert result["load_thread"]["runs"] == 4 and result["other_thread"]["runs"] == 8
+    for reading in (result["other_thread"], *result["overlapping"].values()):
+        assert reading["error"] is None, reading
+    overlapping = result["overlapping"]
+    assert overlapping["bound_4"]["runs"] == overlapping["bound_8"]["runs"] == 4
+    assert overlapping["bound_8"]["mismatches"] == 0 and overlapping["plain_traffic"]["runs"] >= 0
+    assert gpu_graph_probe.problems(result) == []
+
+
+def test_the_graph_probe_names_each_error_and_mismatch_and_refuses_cuda_without_it(
+    tmp_path, monkeypatch, capsys
+):
+    from bench import gpu_graph_probe
+
+    ok = {"runs": 8, "mismatches": 0, "error": None}
+    result = {
+        "load_thread": ok,
+        "other_thread": {"runs": 8, "mismatches": 3, "error": None},
+        "overlapping": {
+            "bound_16": {"runs": 2, "mismatches": 0, "error": "RuntimeError: capture failed"},
+            "plain_traffic": ok,
+        },
+    }
+    assert gpu_graph_probe.problems(result) == [
+        "other_thread: 3 of 8 runs differ from the plain session",
+        "overlapping bound_16: RuntimeError: capture failed",
+    ]
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    monkeypatch.setattr(gpu_graph_probe, "_has_cuda", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        gpu_graph_probe.main([str(model)])
+    assert exit_.value.code == 2 and "no CUDA provider" in capsys.readouterr().err
