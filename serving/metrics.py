@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,10 @@ COUNTED = "_kiln_counted"  # set on an error observed() has counted
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
 SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
+# a process's file of live gauges (in flight, queue depth, workers, connections, placement): counted
+# while its process runs; prometheus_client names each by its mode and the process's pid
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+FILE_HEADER_BYTES = 8  # a metrics file's used length and padding, written once prometheus_client sized it
 
 
 class GatewayMetrics(MetricFamilies):
@@ -41,9 +46,12 @@ class GatewayMetrics(MetricFamilies):
     def __init__(self, worker: int = 0, tree_root: int | None = None) -> None:
         """``worker``: this process's index among ``--workers``; ``tree_root``: the process whose tree is
         the gateway (``--workers``' parent; by default this process), read at every scrape."""
-        super().__init__(worker, os.getpid() if tree_root is None else tree_root)
         # the workers' values live in files that render() sums (module docstring); set at start-up only
         self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        lone = tree_root is None or tree_root == os.getpid()
+        if self.shared_dir is not None:  # before this process writes its own there
+            forget_gone_processes(self.shared_dir, own=lone)
+        super().__init__(worker, os.getpid() if tree_root is None else tree_root)
         # shared: values read from this worker's own objects (queue depths, open connections), published
         # periodically, keyed by their gauge's child
         self._watched: dict[Any, Callable[[], int]] = {}
@@ -161,12 +169,10 @@ class GatewayMetrics(MetricFamilies):
         ``/metrics`` route): it only reads what the loop owns, from a copy of the watched table."""
         if self.shared_dir is None:
             return generate_latest(self.registry)
-        from prometheus_client import multiprocess
-
         for child, read in list(self._watched.items()):  # this worker's own, current at the scrape
             child.set(read())
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, self.shared_dir)
+        registry.register(SharedFilesCollector(self.shared_dir))
         registry.register(self.tree)  # the whole tree, whichever worker reads it
         return generate_latest(registry)
 
@@ -199,8 +205,95 @@ class GatewayMetrics(MetricFamilies):
                 for kind in ("counter", "gauge_max")
                 for p in Path(self.shared_dir).glob(f"{kind}_*.db")
             ]
-            families = MultiProcessCollector.merge(files, accumulate=True)
+            families = MultiProcessCollector.merge(holding_values(files), accumulate=True)
         return [sample for family in families for sample in family.samples]
+
+
+class SharedFilesCollector:
+    """Every worker's values, summed from their files in ``directory``
+    (``prometheus_client.multiprocess.MultiProcessCollector``, less the files being created)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = holding_values(str(p) for p in Path(self.directory).glob("*.db"))
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def holding_values(files: Iterable[str]) -> list[str]:
+    """Those of the workers' metrics ``files`` that prometheus_client has sized: it creates each one
+    empty, then sizes it, and a scrape or statistics call that read one in between (a worker's first
+    value of a kind, often at its start) failed whole on it (``struct.error``: a 500)."""
+    kept = []
+    for name in files:
+        try:
+            if os.stat(name).st_size >= FILE_HEADER_BYTES:
+                kept.append(name)
+        except FileNotFoundError:  # a live gauges' file its gone process's bookkeeping removed
+            continue
+    return kept
+
+
+def forget_gone_processes(directory: str | Path, *, own: bool = False) -> list[Path]:
+    """Remove the live gauges' files of every process that no longer runs from the workers' metrics
+    ``directory`` (with ``own``, those of this process's pid it has not opened: a previous process's,
+    a container's first process has the same pid at every start). A gateway stopped without the
+    bookkeeping its supervisor does as each worker ends (a lone one, or one whose parent was killed)
+    left them, and a ``PROMETHEUS_MULTIPROC_DIR`` kept across restarts listed its workers, their
+    placements and connections as live for good, and added its requests in flight to every later
+    count. Counters, histograms and max gauges stay: what a gone process counted still counts.
+    Returns what was removed; never fails (it runs as a gateway starts)."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    mapped = _mapped_files() if own else None
+    for entry in entries:
+        match = LIVE_GAUGE_FILE.fullmatch(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            if pid == os.getpid():
+                if mapped is None or (entry.stat().st_dev, entry.stat().st_ino) in mapped:
+                    continue
+            elif _runs(pid):
+                continue
+            entry.unlink(missing_ok=True)  # the workers of one gateway may sweep at once
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _mapped_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file this process maps (prometheus_client maps the metrics files it
+    writes); None where procfs cannot tell (not Linux)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    found = set()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[4] != "0":
+            major, minor = (int(part, 16) for part in fields[3].split(":"))
+            found.add((os.makedev(major, minor), int(fields[4])))
+    return found
 
 
 def failure_status(error: BaseException) -> str:

@@ -35,7 +35,7 @@ from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
 from serving.execution.shared_weights import create_store_dir
 from serving.handoff import BOARD_PREFIX as CONNECTIONS_PREFIX
 from serving.handoff import create_board as create_connection_board
-from serving.metrics import MULTIPROCESS_ENV
+from serving.metrics import MULTIPROCESS_ENV, forget_gone_processes
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ def run_workers(argv: list[str], workers: int) -> int:
 
     The workers share an occupancy board (``serving.execution.occupancy``) and a directory for their
     metrics (``serving.metrics``: a scrape reaching any of them counts them all); a
-    ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place); and a directory
+    ``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is (and left in place, less the live gauges
+    of processes gone: :func:`serving.metrics.forget_gone_processes`); and a directory
     of optimized models, whose weights their sessions all map (``serving.execution.shared_weights``);
     and a board of their open connections, by which they hand new ones to the least loaded
     (``serving.handoff``)."""
@@ -123,6 +124,8 @@ def run_workers(argv: list[str], workers: int) -> int:
             shared = Path(given) if given else _made(made, _metrics_dir())
         except OSError as exc:  # a full or read-only /dev/shm and temporary directory: one line
             raise SystemExit(f"--workers {workers}: cannot make the files the workers share: {exc}") from None
+        if given:  # what a previous gateway left live there (own: this parent writes no metrics)
+            forget_gone_processes(shared, own=True)
         env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
         arm = _stop_with_parent(os.getpid())
         procs = [
