@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
 from serving.errors import ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
@@ -48,6 +48,9 @@ class GatewayMetrics(MetricFamilies):
         the gateway (``--workers``' parent; by default this process), read at every scrape."""
         # the workers' values live in files that render() sums (module docstring); set at start-up only
         self.shared_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        # prometheus_client's `<name>_created` series exist only where a process keeps its own values:
+        # a lone gateway's scrape held 14 of them that --workers' did not, and no docs named them
+        disable_created_metrics()
         lone = tree_root is None or tree_root == os.getpid()
         if self.shared_dir is not None:  # before this process writes its own there
             forget_gone_processes(self.shared_dir, own=lone)

@@ -130,3 +130,16 @@ def test_workers_started_on_a_given_metrics_directory_find_no_live_gauges_of_a_g
     assert workers.run_workers(["--model-repository", str(tmp_path)], 2) == 0
     assert found == [[counter.name], [counter.name]]  # gone before the first worker starts
     assert not stale.exists() and tmp_path.is_dir()  # a given directory is left in place
+
+
+def test_a_lone_gateways_scrape_holds_the_series_a_workers_one_does_and_no_created_gauges(monkeypatch):
+    """A one-process gateway exposed prometheus_client's ``<name>_created`` gauge for every counter and
+    histogram, which a --workers scrape never has: one dashboard saw two sets of series."""
+    monkeypatch.delenv(MULTIPROCESS_ENV, raising=False)
+    metrics = GatewayMetrics()
+    metrics.child(metrics.requests, "m", "success").inc()
+    metrics.observe_queue("m", 0.001)
+    page = metrics.render().decode()
+    names = {s.name for family in text_string_to_metric_families(page) for s in family.samples}
+    assert {"kiln_requests_total", "kiln_queue_latency_seconds_count"} <= names
+    assert not [n for n in names if n.endswith("_created")]
