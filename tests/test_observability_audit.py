@@ -5,6 +5,7 @@ document of the infer body and the health probes against what the gateway really
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import jsonschema
@@ -89,6 +90,26 @@ def test_the_model_list_shows_an_entry_that_failed_to_load_as_not_ready_and_the_
         listed = client.get("/v1/models")
         assert listed.status_code == 200, listed.text
         assert {m["name"]: m["ready"] for m in listed.json()} == {"broken": False, "double": True}
+
+
+def test_a_model_directory_whose_name_is_not_utf8_is_listed_with_its_bytes_escaped(tmp_path):
+    """A directory named by bytes that are not UTF-8 (Python keeps them as lone surrogates) failed
+    every ``GET /v1/models`` and repository index with a 500 (neither JSON nor protobuf carries a
+    surrogate). It is a failed entry under its escaped name, saying why."""
+    root = _write_double(tmp_path / "repo")
+    odd = root / os.fsdecode(b"caf\xe9")
+    (odd / "1").mkdir(parents=True)
+    (odd / "config.pbtxt").write_text('platform: "onnxruntime_onnx"')
+    settings = Settings(model_repository=root, grpc_port=0)
+    with TestClient(create_app(settings)) as client:
+        listed = client.get("/v1/models")
+        assert listed.status_code == 200, listed.text
+        assert {m["name"]: m["ready"] for m in listed.json()} == {"caf\\xe9": False, "double": True}
+        index = client.post("/v2/repository/index")
+        assert index.status_code == 200, index.text
+        (odd_entry,) = [e for e in index.json() if e["name"] == "caf\\xe9"]
+        assert odd_entry["state"] == "UNAVAILABLE" and "not valid UTF-8" in odd_entry["reason"]
+        assert client.get("/v2/models/double").status_code == 200
 
 
 def test_statistics_of_every_model_label_each_with_the_version_it_serves_whatever_version_is_asked(

@@ -132,6 +132,8 @@ class OnnxRuntimeBackend:
         return self._started and not self._stopping and not self._failed
 
     async def model_ready(self, name: str, version: str = "") -> bool:
+        if name in self.repository.errors:  # listed but unreadable: not ready, as Triton says, not unknown
+            return False
         entry = self.repository.get(name)
         try:
             version = entry.resolve_version(version)

@@ -126,10 +126,36 @@ class SessionOpener:
                 shared_options(opts)
                 source = optimized
                 self.shared.add(path)
-        factory = self.session_factory or ort.InferenceSession
+        factory = self.session_factory or quiet_session_type()
         session = factory(str(source), sess_options=opts, providers=where.providers())
         placement.check_session(session, where, path.parent.parent.name)
         return session, source
+
+
+# ONNX Runtime's FATAL: what a run logs below it is not written. A refused run (an index past a vocabulary,
+# a shape the graph refuses) is the caller's exception, answered and logged by the gateway; ORT's own
+# line on stderr for each was log spam any client could write at will.
+QUIET_RUN_SEVERITY = 4
+
+
+@functools.cache
+def quiet_session_type() -> type:
+    """``ort.InferenceSession`` whose runs log nothing below FATAL unless given run options of their own
+    (ONNX Runtime's per-run ``RunOptions.log_severity_level``): the session's own logger keeps its
+    level, so what loading it logs (an error, a node left off the preferred provider) is still written."""
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = QUIET_RUN_SEVERITY
+
+    class QuietSession(ort.InferenceSession):
+        def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+            return super().run(output_names, input_feed, quiet if run_options is None else run_options)
+
+        def run_with_iobinding(self, iobinding: Any, run_options: Any = None) -> Any:
+            return super().run_with_iobinding(iobinding, quiet if run_options is None else run_options)
+
+    return QuietSession
 
 
 def warm_up(session: Any, rows: int, name: str) -> None:

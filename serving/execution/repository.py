@@ -109,7 +109,12 @@ class Repository:
         self.errors: dict[str, str] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not (directory / "config.pbtxt").is_file():
-                log.warning("%s: no config.pbtxt, so not a model entry: not served", directory)
+                log.warning("%s: no config.pbtxt, so not a model entry: not served", _shown(str(directory)))
+                continue
+            if _shown(directory.name) != directory.name:  # every protocol's names are UTF-8 text
+                shown = _shown(directory.name)
+                self.errors[shown] = "its directory name is not valid UTF-8, which no protocol can name: rename it"
+                log.error("model %s: cannot load its repository entry: %s", shown, self.errors[shown])
                 continue
             try:
                 self.entries[directory.name] = load_entry(directory)
@@ -381,8 +386,25 @@ def _is_version(path: Path) -> bool:
     return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
 
 
+MAX_VERSION = 2**63 - 1  # Triton's versions are int64: a larger number is a 400 there, never a version
+
+
 def parse_version(version: str) -> str:
-    """Validate a version path segment (digits only)."""
-    if version and not (version.isascii() and version.isdigit()):
-        raise BadRequest(f"model version must be a positive integer, got {version!r}")
-    return version
+    """A requested version (an HTTP path segment, a gRPC ``version`` field) in the form versions are
+    listed in: digits only, read as the number Triton reads (``01`` is version 1, ``00`` version 0,
+    which no model has); anything else, or a number past int64, is a 400."""
+    if not version:
+        return version
+    number = version.lstrip("0") or "0"  # a bounded length before int(): Python refuses 4 301 digits
+    if not (number.isascii() and number.isdigit()) or len(number) > 19 or int(number) > MAX_VERSION:
+        raise BadRequest(
+            f"model version must be a positive integer, at most {MAX_VERSION}, got {version[:40]!r}"
+        )
+    return number
+
+
+def _shown(name: str) -> str:
+    """``name`` (a file name) with bytes that are not UTF-8, which Python keeps as lone surrogates, as
+    backslash escapes: what JSON, protobuf and a log line can carry (a surrogate made the model list,
+    the repository index and their log lines fail)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

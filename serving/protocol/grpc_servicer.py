@@ -23,7 +23,7 @@ from serving.execution.repository import parse_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_codec
 from serving.protocol.h2_wire import bounded_message
-from serving.protocol.repository_index import repository_index
+from serving.protocol.repository_index import loaded_metadata, repository_index
 from serving.protocol.statistics import model_statistics
 from serving.protocol.v2_codec import (
     EXTENSIONS,
@@ -126,7 +126,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         try:
-            meta = self.backend.metadata(request.name, parse_version(request.version))
+            meta = await loaded_metadata(self.backend, request.name, parse_version(request.version))
         except ServingError as error:
             await _abort(context, error)
         reply = service_pb2.ModelMetadataResponse(
@@ -139,7 +139,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):  # noqa: N802
         try:
-            config = self.backend.config(request.name, parse_version(request.version))
+            version = parse_version(request.version)
+            await loaded_metadata(self.backend, request.name, version)  # as Triton: none of a failed model
+            config = self.backend.config(request.name, version)
         except ServingError as error:
             await _abort(context, error)
         message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)

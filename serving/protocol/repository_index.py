@@ -4,15 +4,17 @@ server's models from it (``tritonclient``'s ``get_model_repository_index``, the 
 itself) work against the gateway as against Triton.
 
 Only the index: the gateway serves the repository it started with, so the extension's load and
-unload stay unserved (``model_repository`` is not among the server metadata's extensions).
+unload stay unserved (``model_repository`` is not among the server metadata's extensions). The states
+it lists also decide what the metadata and config routes answer for a model whose load failed
+(:func:`loaded_metadata`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from serving.errors import ServingError
-from serving.execution.base import Backend
+from serving.errors import ModelNotFound, ServingError, Unavailable
+from serving.execution.base import Backend, ModelMetadata
 
 
 async def repository_index(backend: Backend, ready_only: bool = False) -> list[dict[str, Any]]:
@@ -37,3 +39,19 @@ async def repository_index(backend: Backend, ready_only: bool = False) -> list[d
                 )
                 index.append({"name": name, "version": version, **state})
     return index
+
+
+async def loaded_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:
+    """``backend.metadata``, refused as Triton refuses the metadata and config of a model whose load
+    failed (a 200 described a model no request can reach): without a version, 404 when no version
+    of it loaded ("has no available versions"); for a version that did not load, 503."""
+    meta = backend.metadata(name, version)  # an unknown model or version: its 404
+    error = backend.load_error(name)
+    if not error:
+        return meta
+    for wanted in [version] if version else meta.versions:
+        if await backend.model_ready(name, wanted):
+            return meta
+    if version:
+        raise Unavailable(f"model {name!r} version {version} is not ready: it failed to load: {error}")
+    raise ModelNotFound(f"model {name!r} has no available versions: it failed to load: {error}")

@@ -13,7 +13,7 @@ from serving.execution.repository import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
-from serving.protocol.repository_index import repository_index
+from serving.protocol.repository_index import loaded_metadata, repository_index
 from serving.protocol.responses import (
     OVERLOAD,
     VERSION_PARAMETER,
@@ -136,9 +136,13 @@ async def statistics(
     return {"model_stats": await model_statistics(backend, metrics, name, version)}
 
 
-@_model_get("", "Model metadata", "Model metadata of one version", responses=LOOKUP_ERRORS)
+# a model whose load failed: 404 (none of its versions loaded), 503 (the version asked for did not)
+DESCRIBE_ERRORS = errors(400, 404, 503)
+
+
+@_model_get("", "Model metadata", "Model metadata of one version", responses=DESCRIBE_ERRORS)
 async def model_metadata(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
-    meta = backend.metadata(name, version)
+    meta = await loaded_metadata(backend, name, version)
     tensors = lambda metas: [{"name": m.name, "datatype": m.datatype, "shape": m.shape} for m in metas]  # noqa: E731
     return {
         "name": meta.name,
@@ -156,16 +160,19 @@ READY = {200: empty("ready"), **errors(400, 404)}  # 400: not ready, or a versio
 async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Response:
     if await backend.model_ready(name, version):
         return Response(status_code=200)
-    return error_response(f"model {name!r} is not ready" + (f" in version {version}" if version else ""), 400)
+    failed = backend.load_error(name)
+    where = f" in version {version}" if version else ""
+    return error_response(f"model {name!r} is not ready{where}" + (f": {failed}" if failed else ""), 400)
 
 
 @_model_get(
     "/config",
     "Model configuration (config.pbtxt as JSON)",
     "Model configuration of one version",
-    responses=LOOKUP_ERRORS,
+    responses=DESCRIBE_ERRORS,
 )
 async def model_config(name: str, backend: BackendDep, version: VersionDep) -> dict[str, Any]:
+    await loaded_metadata(backend, name, version)  # as Triton: no config of a model that never loaded
     return backend.config(name, version)
 
 

@@ -53,6 +53,16 @@ def _longest_axis(kiln: dict | None) -> int:
     return longest if isinstance(longest, int) and not isinstance(longest, bool) and longest > 0 else 0
 
 
+def _place_inputs(kiln: dict | None) -> dict[str, str]:
+    """``{row_place input: an encoder input}`` of a decoder step (kiln.json ``step_spec``, as the
+    gateway's ``serving.execution.validation.place_inputs`` reads it): row ``r`` reads the encoder
+    inputs at place ``row_place[r]`` of their axis 0."""
+    inputs = (((kiln or {}).get("step_spec") or {}).get("decoder") or {}).get("inputs") or []
+    roles = {i.get("name"): i.get("role") for i in inputs if isinstance(i, dict)}
+    store = next((name for name, role in roles.items() if role == "encoder"), None)
+    return {} if store is None else {name: store for name, role in roles.items() if role == "row_place"}
+
+
 class TritonPythonModel:
     """One ONNX Runtime session per model instance, with the inputs and outputs of config.pbtxt."""
 
@@ -72,6 +82,9 @@ class TritonPythonModel:
         self.axes = {i.name: list(i.shape) for i in self.session.get_inputs()}
         kiln = _read_kiln(os.path.join(args["model_repository"], "kiln.json"))
         self.may_be_empty, self.longest = _axes_run_empty(kiln), _longest_axis(kiln)
+        self.places = _place_inputs(kiln)
+        self.quiet = ort.RunOptions()  # a refused run is the client's answer, not a line in Triton's log
+        self.quiet.log_severity_level = 4
         self.inputs = {t["name"]: t["data_type"] for t in config["input"]}
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
 
@@ -103,6 +116,8 @@ class TritonPythonModel:
         """Answer ``feeds`` from one merged run where they stack and it succeeds; False otherwise."""
         if self.max_batch_size <= 0 or len(feeds) < 2 or not self._stackable(list(feeds.values())):
             return False
+        if self.places:  # each request's row places index its own rows, not the merged batch's
+            return False
         merged = {name: np.concatenate([f[name] for f in feeds.values()]) for name in self.inputs}
         try:
             results = self._run(merged)
@@ -122,7 +137,23 @@ class TritonPythonModel:
         empty = self._empty_axes(feed)
         if empty:
             return f"model {self.name!r} cannot run on an empty dimension ({empty})"
-        return self._named_axes_refusal(feed)
+        return self._named_axes_refusal(feed) or self._places_refusal(feed)
+
+    def _places_refusal(self, feed: dict[str, np.ndarray]) -> str:
+        """A row place outside its encoder inputs' rows, named as the gateway names it ("" if none):
+        ONNX Runtime's Gather reads a negative place from the end, another sentence's encoder output
+        answered as this row's."""
+        for name, store in self.places.items():
+            if name not in feed or store not in feed or not feed[name].size:
+                continue
+            places, count = feed[name], feed[store].shape[0]
+            outside = places[(places < 0) | (places >= count)]
+            if outside.size:
+                return (
+                    f"input {name!r}: place {int(outside.flat[0])} is outside the {count} places of "
+                    f"input {store!r} (0 to {count - 1})"
+                )
+        return ""
 
     def _empty_axes(self, feed: dict[str, np.ndarray]) -> str:
         """The inputs with a zero-length axis after the batch axis that export never ran empty, named
@@ -174,7 +205,7 @@ class TritonPythonModel:
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(self.outputs)
-        values = self.session.run(names, feed)
+        values = self.session.run(names, feed, self.quiet)
         return {
             name: np.asarray(value, dtype=self.outputs[name])
             for name, value in zip(names, values, strict=True)

@@ -116,6 +116,29 @@ def _latest_version(entry_dir: str) -> str:
 STEPS = ("in_process", "bls")
 
 
+def _cancelled(request) -> bool:
+    """Whether the client cancelled ``request`` (a gRPC call it cancelled; the python backend's
+    ``is_cancelled``): its beam search would run in full for nobody."""
+    return bool(getattr(request, "is_cancelled", lambda: False)())
+
+
+def _cancellation():
+    return pb_utils.InferenceResponse(
+        output_tensors=[], error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
+    )
+
+
+def _without_cancelled(members: list, requests: list, responses: list) -> list:
+    """The ``members`` of a group whose requests are still wanted; the others answered as cancelled."""
+    live = []
+    for member in members:
+        if _cancelled(requests[member[0]]):
+            responses[member[0]] = _cancellation()
+        else:
+            live.append(member)
+    return live
+
+
 class TritonPythonModel:
     """Beam search over the ``<name>_encoder`` / ``<name>_decoder`` graphs, in this process or
     through BLS (the config's ``steps``)."""
@@ -163,6 +186,9 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         groups: dict[bs.BeamConfig, list[tuple[int, list[str], bs.BeamConfig]]] = {}
         for i, request in enumerate(requests):
+            if _cancelled(request):
+                responses[i] = _cancellation()
+                continue
             try:
                 options = parse_options(request.parameters(), self.spec.max_positions)
                 texts = self._texts(request)
@@ -172,7 +198,9 @@ class TritonPythonModel:
                 continue
             groups.setdefault(config, []).append((i, texts, config, _requested(request)))
         for members in groups.values():
-            self._answer_group(members, responses)
+            live = _without_cancelled(members, requests, responses)  # one cancelled while others decoded
+            if live:
+                self._answer_group(live, responses)
         return responses
 
     def _check_rows(self, config: bs.BeamConfig) -> None:
