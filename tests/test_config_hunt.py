@@ -196,7 +196,6 @@ def test_fields_triton_honours_and_the_embedded_backend_does_not_are_named_at_lo
     assert answer.outputs["y"].tolist() == [[2.0] * 3] * 2  # still served
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     for field in (
-        "dynamic_batching.priority_levels 2",
         "optimization.graph.level -1",
         "cpu_execution_accelerator ['openvino']",
         "parameters ['intra_op_thread_count']",
@@ -204,6 +203,7 @@ def test_fields_triton_honours_and_the_embedded_backend_does_not_are_named_at_lo
     ):
         assert field in warning
     assert "kiln_bucketing" not in warning  # Kiln's own keys are honoured
+    assert "priority" not in warning  # priority levels are honoured (tests/test_batcher_priority.py)
 
 
 def test_a_sequence_batched_config_is_named_at_load(tmp_path: Path, caplog) -> None:

@@ -79,6 +79,9 @@ class InferRequest:
     # The client's deadline from its transport (gRPC's ``grpc-timeout``), in seconds: it may shorten the
     # request's deadline, never its queue timeout. None: none sent.
     deadline_s: float | None = None
+    # Triton's ``priority`` parameter (already checked: an integer from 0): the queue level it asks for
+    # where the model's config has ``priority_levels`` (:meth:`BatchPolicy.level`); 0: the default level
+    priority: int = 0
     # Triton's classification extension, {output: top-k count}, from the outputs' parameters: a field,
     # never a key of ``parameters``, so a request parameter of that name reaches the model untouched
     classification: dict[str, int] = field(default_factory=dict)

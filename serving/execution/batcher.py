@@ -24,6 +24,11 @@ shorten it, apart from its deadline (504), which is the server's limit or the cl
 its queue timeout, REJECT answers it UNAVAILABLE "Request timeout expired" (503) and never runs it; DELAY
 keeps it queued behind every request still within its timeout. A request already in a batch is not
 affected. Without a default timeout the hot path tests one number.
+
+Triton's priority levels (``priority_levels``): the queue is kept in level order, a lower level first
+(:func:`~serving.execution.batches.ranked_place`), so a batch takes the highest-priority requests
+first and fills up with lower ones; each level has its own queue policy and its own bound. Without
+levels (every exported config) a request is appended to the one queue as before.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
-from serving.execution.batch_policy import BatchPolicy
+from serving.execution.batch_policy import BatchPolicy, QueuePolicy
 from serving.execution.batches import (
     Pending,
     Tensors,
@@ -49,6 +55,7 @@ from serving.execution.batches import (
     merge,
     oldest_arrival,
     plan,
+    ranked_place,
     settle,
     signature,
     split,
@@ -99,8 +106,9 @@ class DynamicBatcher:
         self.observer = observer  # GatewayMetrics-like: observe_queue / _batch / _release, watch_queue_depth
         self.retry_after_s = retry_after_s
         self._clock = clock
-        self._queue_timeout_s = policy.queue_timeout_s  # 0: no queue policy to apply (the common case)
-        self._rejects = policy.queue_timeout_s > 0 and not policy.timeout_delays
+        self._levels = policy.priority_levels  # 0: one queue in arrival order (the common case)
+        self._queue_timeout_s = policy.longest_queue_timeout_s  # 0: no queue policy to apply (common too)
+        self._rejects = any(p.rejects for p in self._queue_policies())  # some request's timer may reject
         self._queue: deque[Pending] = deque()
         self._delayed: deque[Pending] = deque()  # DELAY: timed out, behind every request in _queue
         self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
@@ -144,11 +152,16 @@ class DynamicBatcher:
                 pending.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
 
     async def submit(
-        self, inputs: Tensors, timeout_s: float | None = None, own_timeout_s: float | None = None
+        self,
+        inputs: Tensors,
+        timeout_s: float | None = None,
+        own_timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Tensors:
         """Queue one request (already validated) and wait for its own output rows. ``timeout_s``: its
         deadline (504 past it); ``own_timeout_s``: its own KServe ``timeout`` parameter, what may shorten
-        the queue timeout (:meth:`BatchPolicy.queue_wait`), never a server default or a gRPC deadline."""
+        the queue timeout (:meth:`BatchPolicy.queue_wait`), never a server default or a gRPC deadline;
+        ``priority``: its ``priority`` parameter (:meth:`BatchPolicy.level`; ignored without levels)."""
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name!r} is shutting down", retry_after=self.retry_after_s)
         loop = self._loop
@@ -157,25 +170,24 @@ class DynamicBatcher:
         pending = Pending(
             inputs, items(inputs, self.policy), signature(inputs), loop.create_future(), self._clock()
         )
-        if self._queue_timeout_s:
-            pending.queue_timeout_s = self.policy.queue_wait(own_timeout_s)
-        with self._ready:
-            if len(self._queue) + len(self._delayed) >= self.policy.max_queue_size:
-                raise Overloaded(
-                    f"model {self.name!r}: queue is full ({self.policy.max_queue_size} requests waiting)",
-                    retry_after=self.retry_after_s,
-                )
-            self._queue.append(pending)
-            self._ready.notify()
+        rejects = self._rejects
+        if self._levels:
+            rejects = self._enqueue_at_level(pending, self.policy.level(priority), own_timeout_s)
+        else:
+            if self._queue_timeout_s:
+                pending.queue_timeout_s = self.policy.queue_wait(own_timeout_s)
+            with self._ready:
+                if len(self._queue) + len(self._delayed) >= self.policy.max_queue_size:
+                    raise self._full(self.policy.max_queue_size)
+                self._queue.append(pending)
+                self._ready.notify()
         # A timer on the future itself, not wait_for(shield(...)): no extra task per request. A request
         # that expires or whose caller goes away leaves the queue at once; if its batch already left,
         # the execution thread's rows for it are dropped.
         timer = (
             loop.call_later(timeout_s, self._expire, pending, timeout_s) if timeout_s is not None else None
         )
-        reject = (
-            loop.call_later(pending.queue_timeout_s, self._reject_queued, pending) if self._rejects else None
-        )
+        reject = loop.call_later(pending.queue_timeout_s, self._reject_queued, pending) if rejects else None
         try:
             return await pending.future
         except BaseException:
@@ -186,6 +198,35 @@ class DynamicBatcher:
                 timer.cancel()
             if reject is not None:
                 reject.cancel()
+
+    def _enqueue_at_level(self, pending: Pending, level: int, own_timeout_s: float | None) -> bool:
+        """Queue ``pending`` at priority ``level`` under that level's queue policy, refused when the
+        level's own ``max_queue_size`` or the model's bound is reached. Returns whether the level
+        REJECTs a request past its queue timeout (its timer is then set)."""
+        queue_policy = self.policy.queue_policy(level)
+        pending.rank = 2 * level
+        if queue_policy.timeout_s:
+            pending.queue_timeout_s = queue_policy.queue_wait(own_timeout_s)
+        with self._ready:
+            if len(self._queue) >= self.policy.max_queue_size:
+                raise self._full(self.policy.max_queue_size)
+            at, same = ranked_place(self._queue, pending.rank)
+            if queue_policy.max_size and same >= queue_policy.max_size:
+                raise self._full(queue_policy.max_size, f" at priority level {level}")
+            self._queue.insert(at, pending)
+            self._ready.notify()
+        return queue_policy.rejects
+
+    def _full(self, size: int, where: str = "") -> Overloaded:
+        return Overloaded(
+            f"model {self.name!r}: queue is full ({size} requests waiting{where})",
+            retry_after=self.retry_after_s,
+        )
+
+    def _queue_policies(self) -> list[QueuePolicy]:
+        """Every queue policy a request of this model may be under."""
+        own = self.policy.priority_queue_policy.values() if self._levels else ()
+        return [self.policy.default_queue_policy, *own]
 
     def _may_run_inline(self, inputs: Tensors) -> bool:
         """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""
@@ -211,12 +252,16 @@ class DynamicBatcher:
     def _expire(self, pending: Pending, timeout_s: float) -> None:
         """Its deadline passed (504); if REJECT's queue timeout passed with it (its own timeout, as an
         override) and it is still queued, it is rejected as Triton would (whichever timer ran first)."""
-        if self._rejects and pending.queue_timeout_s <= timeout_s:
+        if self._rejects and pending.queue_timeout_s <= timeout_s and self._rejects_at(pending):
             self._reject_queued(pending)
         if not pending.future.done():
             pending.future.set_exception(
                 DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
             )
+
+    def _rejects_at(self, pending: Pending) -> bool:
+        """Whether ``pending``'s queue policy is REJECT (with levels, its own level's)."""
+        return not self._levels or self.policy.queue_policy(pending.rank >> 1).rejects
 
     def _reject_queued(self, pending: Pending) -> None:
         """REJECT: a request still queued when its queue timeout passes is answered now, never run; one
@@ -283,7 +328,7 @@ class DynamicBatcher:
                 now = self._clock()
                 delay_s = self.policy.max_queue_delay_s
                 oldest = first.arrival
-                if self._delayed:  # DELAY put older requests behind the first: the batch is as old as they
+                if self._delayed or self._levels:  # older requests may be behind the first (DELAY, levels)
                     oldest = oldest_arrival(self.policy, first, self._waiting())
                 wait_s = oldest + delay_s - now
                 overdue = wait_s <= 0 < delay_s  # Triton: past its delay, all that fit, not a preferred size
@@ -314,7 +359,9 @@ class DynamicBatcher:
                 expired.append(pending)
             elif expiry < soonest:
                 soonest = expiry
-        if expired:
+        if expired and self._levels:
+            self._apply_level_policies(expired, now)
+        elif expired:
             kept = [p for p in self._queue if p.arrival + p.queue_timeout_s > now]
             self._queue.clear()
             self._queue.extend(kept)
@@ -325,6 +372,25 @@ class DynamicBatcher:
             else:
                 self._hand_back(settle, expired, [self._timed_out(p) for p in expired])
         return soonest
+
+    def _apply_level_policies(self, expired: list[Pending], now: float) -> None:
+        """:meth:`_apply_queue_policy` with priority levels: each request past its queue timeout as its
+        own level's policy says; a delayed one moves behind its level's requests still within theirs
+        (and behind those delayed before it), ahead of every lower level's."""
+        kept = [p for p in self._queue if p.arrival + p.queue_timeout_s > now]
+        rejected = []
+        for pending in expired:
+            if self.policy.queue_policy(pending.rank >> 1).delays:
+                pending.queue_timeout_s = math.inf
+                pending.rank |= 1
+                kept.append(pending)
+            else:
+                rejected.append(pending)
+        kept.sort(key=attrgetter("rank"))  # stable: arrival order within a rank
+        self._queue.clear()
+        self._queue.extend(kept)
+        if rejected:
+            self._hand_back(settle, rejected, [self._timed_out(p) for p in rejected])
 
     def _take(self, count: int) -> list[Pending]:
         """The next batch where requests were delayed: those within their queue timeout first."""
@@ -365,7 +431,7 @@ class DynamicBatcher:
     def _answer_alone(self, instance: int, live: list[Pending], exc: Exception, started: float) -> None:
         """After a failed batch (begun at ``started``): each request's own answer (:meth:`_one_by_one`),
         handed back in one wake-up; each that then succeeded is observed as the batch of one it ran in."""
-        answers, alone = self._one_by_one(instance, live) if len(live) > 1 else ([exc], [])
+        answers, alone = self._one_by_one(instance, live, exc) if len(live) > 1 else ([exc], [])
         self._ran()
         self._hand_back(settle, live, answers)
         if self.observer is None:
@@ -376,15 +442,20 @@ class DynamicBatcher:
             self.observer.observe_batch(self.name, pending.items, 1, wait, 0.0, ran_s, 0.0)
 
     def _one_by_one(
-        self, instance: int, live: list[Pending]
+        self, instance: int, live: list[Pending], failed: Exception
     ) -> tuple[list[Tensors | Exception], list[tuple[Pending, float]]]:
         """Each request of a failed batch run alone: one request's bad input fails only that request
-        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing. Returns
-        each request's answer, and the requests that succeeded with their run's seconds (observed as
-        the batches of one they ran in)."""
+        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing. A request
+        answered meanwhile (its caller went away, its deadline passed) is not run again: no one would
+        read its rows. Returns each request's answer (``failed`` for those not run, which delivery
+        skips), and the requests that succeeded with their run's seconds (observed as the batches of one
+        they ran in)."""
         answers: list[Tensors | Exception] = []
         alone: list[tuple[Pending, float]] = []
         for pending in live:
+            if pending.future.done():  # a racy read is fine: settle checks again on the loop
+                answers.append(failed)
+                continue
             ran_from = self._clock()
             try:
                 answers.append(split(self.run(instance, pending.inputs), [pending])[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ class Pending:
     future: asyncio.Future  # resolved on the event loop only
     arrival: float
     queue_timeout_s: float = math.inf  # how long it may wait in the queue (inf: no limit, or delayed)
+    # With priority levels, its place in the queue's order (:func:`ranked_place`): twice its level, plus
+    # one once DELAY put it behind its level's requests still within their queue timeout. 0 without.
+    rank: int = 0
 
 
 def plan(
@@ -64,6 +68,21 @@ def plan(
     if full or total >= cap:
         return max(take, 1), True
     return take, overdue
+
+
+def ranked_place(queue: deque[Pending], rank: int) -> tuple[int, int]:
+    """Where a request of ``rank`` joins a queue kept in rank order, and how many requests of its level
+    the queue holds. Triton's ``PriorityQueue`` is a map of levels, lower first, each its queue then its
+    delayed queue: a new request goes behind every request of a higher level and every one of its own
+    level still within its queue timeout, ahead of its level's delayed ones and every lower level's.
+    Read from the back, only as far as its level reaches."""
+    level, at, same = rank >> 1, len(queue), 0
+    for pending in reversed(queue):
+        if pending.rank >> 1 < level:
+            break
+        same += pending.rank >> 1 == level
+        at -= pending.rank > rank
+    return at, same
 
 
 def oldest_arrival(policy: BatchPolicy, first: Pending, waiting: Iterable[Pending]) -> float:

@@ -183,17 +183,11 @@ class LoadedModel:
 
 def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     """The fields of ``config`` that Triton honours and this backend would otherwise ignore without a
-    word: request priorities, a sequence batcher (stateful models), ONNX Runtime's graph level and
+    word: a sequence batcher (stateful models), ONNX Runtime's graph level and
     execution accelerators (TensorRT, OpenVINO), and the onnxruntime backend's session parameters.
     An ``exported`` entry's TensorRT accelerator is Kiln's own, written for Triton (docs/kiln-json.md),
     so it is not named at every GPU start."""
     fields = []
-    batching = config.dynamic_batching
-    if batching.priority_levels or batching.priority_queue_policy:
-        fields.append(
-            f"dynamic_batching.priority_levels {batching.priority_levels} (every request is queued at "
-            "one level, under default_queue_policy)"
-        )
     if config.HasField("sequence_batching"):
         fields.append("sequence_batching (requests are not routed by sequence_id, nor given control inputs)")
     optimization = config.optimization

@@ -173,7 +173,9 @@ class OnnxRuntimeBackend:
         inputs = validate_inputs(model.entry, request.inputs, model.rules)
         # the server's limit bounds the client's; only the request's own timeout may shorten a queue's
         timeout = request.time_limit(self.options.default_timeout_s)
-        outputs = await model.batcher.submit(inputs, timeout, own_timeout_s=request.timeout_s)
+        outputs = await model.batcher.submit(
+            inputs, timeout, own_timeout_s=request.timeout_s, priority=request.priority
+        )
         result = {}
         for name in wanted:
             value = outputs[name]

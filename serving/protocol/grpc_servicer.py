@@ -257,7 +257,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         was a tensor's INVALID_ARGUMENT, after decoding up to 64 MiB for nothing)."""
         version = parse_version(request.model_version)
         self.backend.metadata(request.model_name, version)  # unknown: NOT_FOUND, no metric label
-        parameters = model_parameters(grpc_codec.request_parameters(request.parameters))
+        given = grpc_codec.request_parameters(request.parameters)
+        parameters = model_parameters(given)
         outputs, classification = grpc_codec.requested_outputs(request)
         infer_request = InferRequest(
             model=request.model_name,
@@ -270,6 +271,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 request
             ),  # both only shorten the server's limit (InferRequest.time_limit)
             deadline_s=grpc_codec.call_deadline(context),
+            priority=given.get("priority", 0),
             classification=classification,
         )
         if self.metrics is None:

@@ -93,6 +93,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
         parameters=model_parameters(params),  # they reach the backend (e.g. a translator's beam_size)
         request_id=request_id,
         timeout_s=_timeout(params),
+        priority=params.get("priority", 0),
         classification={o.name: o.classification for o in outputs or [] if o.classification},
     )
     return ParsedInfer(request, outputs, binary_default)
@@ -235,9 +236,10 @@ def _check_parameter_values(params: dict) -> None:
 
 
 def check_priority(params: dict) -> None:
-    """Triton's ``priority`` parameter, over HTTP and gRPC alike: Kiln's batchers have no priority
-    levels, so it changes nothing here, but it is refused where Triton refuses it (anything but an
-    integer from 0), so a client's mistake shows here as it would there."""
+    """Triton's ``priority`` parameter, over HTTP and gRPC alike: refused where Triton refuses it
+    (anything but an integer from 0), so a client's mistake shows here as it would there. Any other
+    is the request's level where its model's config has ``priority_levels`` (0, or one past the last
+    level, is the default level, as Triton reads it: :meth:`BatchPolicy.level`)."""
     priority = params.get("priority", 0)
     if type(priority) is not int or priority < 0:
         raise BadRequest(

@@ -65,7 +65,8 @@ INFER_REQUEST = {
                 "priority": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "Triton's priority level (0: the default); Kiln's batchers have one",
+                    "description": "Triton's priority level where the config has priority_levels (1: the "
+                    "highest; 0, or one out of range: the config's default_priority_level)",
                 },
             },
             "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
