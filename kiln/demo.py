@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
     args = parser.parse_args(argv)
+    check_directories(args)
     stop_on_sigterm()  # a stopped demo stops its gateway too
     target = gpu_target() if args.gpu else CPU  # before anything runs: no silent CPU fallback
     try:
@@ -280,6 +281,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]Demo interrupted; every process it started is stopped.")
         raise SystemExit(130) from None
+
+
+def check_directories(args: argparse.Namespace) -> None:
+    """Stop at once when ``--checkpoints`` or ``--repository`` names something that is not a directory:
+    training would otherwise run for minutes before its output, or export, refused it."""
+    for flag, path in (("--checkpoints", args.checkpoints), ("--repository", args.repository)):
+        if path.exists() and not path.is_dir():
+            raise SystemExit(f"{flag} {path} is not a directory: name a directory (it is made if missing)")
 
 
 def run_demo(args: argparse.Namespace, target: Target) -> None:

@@ -78,15 +78,18 @@ def _problem(error: Any) -> str:
 
 
 def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
-    """Stop with a message naming the flag when the HTTP or gRPC port is taken; with ``hold``, keep
-    both for this gateway's workers (:func:`serving.workers.claim_port`). Nothing is checked under
-    ``--reuse-port``: whoever passes it holds the ports and means them to be shared."""
+    """Stop with a message naming the flag when the HTTP or gRPC port is taken, or ``--host`` cannot be
+    bound (ports 0 included); with ``hold``, keep both for this gateway's workers
+    (:func:`serving.workers.claim_port`). Nothing is checked under ``--reuse-port``: whoever passes it
+    holds the ports and means them to be shared."""
     from serving.workers import claim_port
 
+    if settings.reuse_port:
+        return []
     held = []
     for name in ("http_port", "grpc_port"):
         port = getattr(settings, name)
-        if not port or settings.reuse_port:
+        if not port:
             continue
         try:
             sock = claim_port(settings.host, port, hold=hold)
@@ -98,7 +101,22 @@ def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
                 f"or cannot be bound ({exc.strerror or exc}): stop what listens there or choose another port"
             ) from None
         held += [sock] if sock is not None else []
+    if not settings.http_port and not settings.grpc_port:
+        _check_host(settings.host)
     return held
+
+
+def _check_host(host: str) -> None:
+    """Stop with a message naming ``--host`` when it does not resolve or is no address of this machine:
+    with both ports 0 no port check tried it, and uvicorn would say so only once every model loaded."""
+    from serving.workers import claim_port
+
+    try:
+        claim_port(host, 0, hold=False)
+    except socket.gaierror as exc:
+        raise SystemExit(f"--host (or KILN_HOST) {host}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise SystemExit(f"--host (or KILN_HOST) {host}: cannot be bound ({exc.strerror or exc})") from None
 
 
 def _check_entries(repository: Path) -> None:
