@@ -522,9 +522,9 @@ class FakeTriton(InferenceServicer):
         return index(models=[index.ModelIndex(name=n, state="READY") for n in self.backend.list_models()])
 
 
-async def serve_fake_triton(port: int) -> tuple[grpc.aio.Server, int]:
+async def serve_fake_triton(port: int, backend: FakeBackend | None = None) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FakeTriton(FakeBackend()), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FakeTriton(backend or FakeBackend()), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, bound
@@ -593,6 +593,25 @@ def test_the_triton_backends_limit_is_not_extended_by_a_longer_client_timeout(lo
         loop.run(backend.start())
         with pytest.raises(DeadlineExceeded):
             loop.run(backend.infer(request))
+    finally:
+        loop.run(backend.stop())
+        loop.run(server.stop(0))
+
+
+def test_the_triton_backend_forwards_a_requests_priority_to_triton(loop) -> None:
+    """Triton queues a request at the level its ``priority`` names (``priority_levels``); through
+    ``--backend triton`` it was dropped at the gateway, so every request reached Triton at the default."""
+    from serving.execution.triton import TritonBackend
+
+    fake = FakeBackend()
+    server, port = loop.run(serve_fake_triton(0, fake))
+    backend = TritonBackend(f"127.0.0.1:{port}", timeout_s=10)
+    try:
+        loop.run(backend.start())
+        for priority in (2, 0):
+            request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)}, priority=priority)
+            assert loop.run(backend.infer(request)).outputs["y"].tolist() == [[2.0, 2.0, 2.0]]
+            assert fake.last_request.priority == priority
     finally:
         loop.run(backend.stop())
         loop.run(server.stop(0))

@@ -258,6 +258,8 @@ class TritonBackend(TritonConnection):
         # does any other the client sent (Triton hands them to the model); classification is class_count.
         if request.parameters:
             extra["parameters"] = _forwardable(request.parameters)
+        if request.priority:  # Triton queues it at that level (its config's priority_levels)
+            extra["priority"] = request.priority
         result = await self._call(
             "infer",
             request.model,
