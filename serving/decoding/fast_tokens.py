@@ -12,7 +12,8 @@ kept.)
 :class:`FastEncoder` does the same pipeline for the texts where each step is plain: ASCII text (NFKC
 changes no ASCII character, collapsing is ``" ".join(text.split())``, lower-casing is ``str.lower``),
 containing no added token's text (those the tokenizer splits out first; a ``normalized`` one in its
-normalized form too). The Metaspace split is a regular expression (a ``▁`` begins every piece; of
+normalized form too; a special token's text, which Kiln's tokenizers read as text, is declined all the
+same, so the answer is right whether or not the tokenizer has ``encode_special_tokens`` set). The Metaspace split is a regular expression (a ``▁`` begins every piece; of
 several in a row, all but the last are pieces of their own, as tokenizers' ``MergedWithNext`` split
 gives), and each piece's ids come from the BPE model itself (``model.tokenize``), once per distinct
 piece (a bounded cache: BPE is deterministic without dropout): ~3.9 us a sentence. Any other text or

@@ -287,15 +287,19 @@ def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
 
 def _tokenizer(path: Path) -> Any:
     """The ``tokenizers`` file at ``path``; a missing or unreadable one is named (the library's own
-    error, "No such file or directory (os error 2)", names no file)."""
+    error, "No such file or directory (os error 2)", names no file). A special token's text typed by a
+    client ("</s>", "<pad>") is read as text, as training reads it (``training.data.tokenizer.
+    literal_specials``; the file cannot say so: the library does not save the setting)."""
     from tokenizers import Tokenizer  # lazy: nothing heavy at import time
 
     if not path.is_file():
         raise FileNotFoundError(f"the tokenizer file {path} is missing")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the library raises a bare Exception for a damaged file
         raise ValueError(f"the tokenizer file {path} cannot be read: {exc}") from exc
+    tokenizer.encode_special_tokens = True
+    return tokenizer
 
 
 def translator_from_entry(

@@ -1,5 +1,7 @@
 """Decode PNG/JPEG uploads into the uint8 tensors a classifier's graph expects (kiln.json preprocessing).
 
+Images are turned upright by their EXIF Orientation first, as training's folder reader turns them.
+
 The pixel count is checked from the image header before any pixel is decoded, so a decompression
 bomb costs nothing; corrupt or truncated files are a 400 naming the image.
 """
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.images import to_8bit
+from kiln.images import to_8bit, upright
 from serving.errors import BadRequest, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG")
@@ -44,6 +46,7 @@ def decode_image(data: bytes, preprocessing: dict[str, Any], *, index: int, max_
         if width * height > max_pixels:
             raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
         image.load()
+        image = upright(image)  # a phone's portrait photo, stored sideways with an EXIF Orientation
     except UnidentifiedImageError:
         raise BadRequest(f"image {index}: not a decodable PNG/JPEG image") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -9,9 +9,13 @@ import logging
 import os
 import random
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from tokenizers import normalizers
 
 from training.data.numbers import generate_pairs
 
@@ -20,6 +24,12 @@ log = logging.getLogger(__name__)
 Pair = tuple[str, str]
 CORPUS_KINDS = ("numbers", "tsv", "parallel")
 NORMALIZATIONS = ("NFC", "NFKC", "none")
+# a source's Unicode normalisation by the tokenizers library, as its tokenizer normalizes at serving
+SOURCE_FORMS = {
+    "NFC": normalizers.NFC().normalize_str,
+    "NFKC": normalizers.NFKC().normalize_str,
+    "none": None,
+}
 
 
 class CorpusError(ValueError):
@@ -119,19 +129,32 @@ def clean_pairs(
     max_length: int = 64,
     dedup: bool = True,
 ) -> list[Pair]:
-    """Normalise, filter by word count on both sides and drop exact duplicates (first one kept)."""
+    """Normalise, filter by word count on both sides and drop exact duplicates (first one kept).
+
+    Sources are normalised and lower-cased by the ``tokenizers`` library, whose normalizer serving
+    applies to a client's raw text: Python's ``str.lower`` writes a word-final capital sigma as "ς"
+    where the library's ``Lowercase`` writes "σ", and Python's NFKC (another Unicode version) maps
+    characters ("㋿", "ꟲ") the library keeps, so a model would be served ids it never saw in training.
+    A lower-cased source is NFKC-normalised whatever ``normalization`` says, as that normalizer does
+    before it lower-cases ("ℂ" is "c" there; lower-cased first, then NFKC, it would be "C").
+    Targets, never normalised at serving, keep Python's rules: the model learns to write a final "ς".
+    """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; choose from {NORMALIZATIONS}")
 
-    def norm(text: str) -> str:
-        if normalization != "none":  # first: NFKC turns some characters into spaces ("´" -> " ́")
-            text = unicodedata.normalize(normalization, text)
+    def norm(text: str, form: Callable[[str], str] | None, lower: Callable[[str], str]) -> str:
+        if form is not None:  # first: NFKC turns some characters into spaces ("´" -> " ́")
+            text = form(text)
         text = " ".join(text.split())
-        return text.lower() if lowercase else text
+        return lower(text) if lowercase else text
+
+    source_form = SOURCE_FORMS["NFKC" if lowercase else normalization]
+    source_lower = normalizers.Lowercase().normalize_str
+    target_form = None if normalization == "none" else partial(unicodedata.normalize, normalization)
 
     out: dict[Pair, None] | list[Pair] = {} if dedup else []
     for src, tgt in pairs:
-        pair = (norm(src), norm(tgt))
+        pair = (norm(src, source_form, source_lower), norm(tgt, target_form, str.lower))
         if all(min_length <= len(s.split()) <= max_length for s in pair):
             if dedup:
                 out.setdefault(pair, None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.images import to_8bit
+from kiln.images import to_8bit, upright
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def read_digits(
 
 
 def read_folder(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
-    """One sub-folder per class (sorted names = class indices); images converted and resized by Pillow."""
+    """One sub-folder per class (sorted names = class indices); images turned upright by their EXIF
+    Orientation, converted and resized by Pillow, as the gateway decodes an upload."""
     from PIL import Image, UnidentifiedImageError
 
     root = _existing_dir(path, "folder")
@@ -87,7 +88,7 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
         for file in files:
             try:
                 with Image.open(file) as img:
-                    img = to_8bit(img, mode)
+                    img = to_8bit(upright(img), mode)  # as the gateway decodes: EXIF Orientation applied
                     if size is not None and img.size != (size, size):
                         img = img.resize((size, size), Image.Resampling.BILINEAR)
                     arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels))

@@ -5,7 +5,8 @@ collapses it, optional lower-casing), the Metaspace pre-tokenizer and its matchi
 inside it, so serving needs nothing but the JSON to get, from the raw text a client sends, exactly the
 ids training saw for its cleaned form, and to turn ids back into text. Specials are reserved in the
 order of docs/translator-interface.md: <pad>=0, <s>=1, </s>=2, <unk>=3. No post-processor: callers
-append EOS.
+append EOS. A special token's text typed in a sentence is text (:func:`literal_specials`), as serving
+reads it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def train_tokenizer(
     for expected, token in enumerate(SPECIALS):
         if tok.token_to_id(token) != expected:  # pragma: no cover - guards a tokenizers behaviour change
             raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
+    return literal_specials(tok)
+
+
+def literal_specials(tok: Tokenizer) -> Tokenizer:
+    """``tok``, reading a special token's text typed in a sentence as text: a source "a </s> b" is not
+    cut short by an EOS at the encoder, nor a target given an EOS mid-sentence (the BPE trainer counts
+    such text as text already). ``tokenizers`` does not save this in the JSON (its issue #1839), so
+    every reader of a Kiln tokenizer sets it: training here, the gateway in serving.decoding.translator.
+    """
+    tok.encode_special_tokens = True
     return tok
 
 
@@ -113,8 +124,8 @@ class TokenizerPair:
         missing = [k for k in ("source", "target") if k not in data]
         if missing:
             raise ValueError(f"tokenizers entry is missing {missing}")
-        source = Tokenizer.from_str(data["source"])
-        target = source if data.get("shared") else Tokenizer.from_str(data["target"])
+        source = literal_specials(Tokenizer.from_str(data["source"]))
+        target = source if data.get("shared") else literal_specials(Tokenizer.from_str(data["target"]))
         return cls(source=source, target=target, shared=bool(data.get("shared")))
 
 
