@@ -171,6 +171,24 @@ def check_finite(model: nn.Module, outputs: object) -> None:
     )
 
 
+def check_running_stats(model: nn.Module) -> None:
+    """Refuse BatchNorms without running statistics (``track_running_stats=False``): torch normalizes
+    with each batch's own mean and variance in eval too, so they fold into no constant, and exported as
+    they are, a served answer would depend on the other requests batched with it."""
+    batch_stats = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and (m.running_mean is None or m.running_var is None)
+    ]
+    if batch_stats:
+        raise FreezeError(
+            f"BatchNorm without running statistics (track_running_stats=False) in {batch_stats}: in eval "
+            "it normalizes by each batch's own statistics, which no exported constant can hold and which "
+            "would make an answer depend on the requests batched with it; train it with running "
+            "statistics, or use a per-example norm (GroupNorm, LayerNorm) instead"
+        )
+
+
 @torch.no_grad()
 def freeze(
     model: nn.Module, example_inputs: Sequence[torch.Tensor], *, atol: float = FREEZE_ATOL
@@ -183,6 +201,7 @@ def freeze(
         if hasattr(m, "remove_auxiliary"):
             m.remove_auxiliary()
             report.aux_removed = True
+    check_running_stats(frozen)
     report.folded = find_foldable_pairs(frozen)
     _fold(frozen, report.folded)
     _replace_leftovers(frozen, report)

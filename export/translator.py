@@ -47,6 +47,24 @@ INDEXED_CASES = (
     {"batch": 64, "sentences": 64, "src_len": 5, "past_len": 1},
 )
 SENTENCES = "sentences"  # the batch axis of a row_place decoder's encoder inputs (its store)
+LONG_PAST = 17  # the shortest of the long cases' caches: past the short cases', below any table's end
+
+
+def long_encoder_cases(spec: dict[str, Any]) -> tuple[dict[str, int], ...]:
+    """A source as long as the model takes (``max_positions``): a position table or a mask wrong only
+    past the short cases' lengths is named here, not by the first long request served."""
+    return ({"batch": 2, "src_len": int(spec.get("max_positions", 256))},)
+
+
+def long_decoder_cases(spec: dict[str, Any]) -> tuple[dict[str, int], ...]:
+    """Caches past ``DECODER_CASES``' short ones, up to the longest a step reads (``max_positions`` - 1,
+    with a source as long): beam parity reaches long caches only where a held-out translation runs
+    that long. A few lengths on two rows each, cheap beside the export."""
+    longest = int(spec.get("max_positions", 256))
+    pasts = sorted({min(p, longest - 1) for p in (LONG_PAST, longest // 2, longest - 1)})
+    return tuple(
+        {"batch": 2, "src_len": longest if past == longest - 1 else 7, "past_len": past} for past in pasts
+    )
 
 
 def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random.Generator) -> torch.Tensor:
@@ -291,11 +309,12 @@ def _checked_fused_encoder(
 
 
 def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    """Per-row cases, and indexed ones where the decoder takes ``row_place``."""
-    cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(DECODER_CASES)]
+    """Per-row cases (short and long caches), and indexed ones where the decoder takes ``row_place``."""
+    per_row = (*DECODER_CASES, *long_decoder_cases(g.spec))
+    cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(per_row)]
     if _indexed(g.spec):
         for i, s in enumerate(INDEXED_CASES):
-            seed = len(DECODER_CASES) + i
+            seed = len(per_row) + i
             feeds = decoder_inputs(g.frozen, g.spec, s, seed=seed)
             cases.append((s, indexed_inputs(g.spec, feeds, s["sentences"], seed)))
     return [(s, {k: v.numpy() for k, v in feeds.items()}) for s, feeds in cases]
@@ -311,11 +330,11 @@ def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> Par
 
 
 def encoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
-    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths, within
-    ``report``'s tolerance (an int8 graph's: unbounded)."""
+    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths (the longest
+    among them), within ``report``'s tolerance (an int8 graph's: unbounded)."""
     cases = [
         (s, {"src_ids": random_source(g.spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
-        for i, s in enumerate(ENCODER_CASES)
+        for i, s in enumerate((*ENCODER_CASES, *long_encoder_cases(g.spec)))
     ]
     reference = torch_runner(g.encoder_module, g.encoder)
     check_feeds(g.encoder, reference, session_runner(ort_session(path)), cases, report, report.tolerance)

@@ -282,7 +282,9 @@ def test_help_shows_the_default_of_options_without_help_text_and_hides_empty_lis
     assert "None" not in text
     classify_help = " ".join(classify.build_parser().format_help().split())
     assert "--image-size IMAGE_SIZE default: 32" in classify_help
-    assert "--output-dir OUTPUT_DIR default: checkpoints" in classify_help
+    assert "--output-dir OUTPUT_DIR where the checkpoint, metrics and plots go (default: checkpoints;" in (
+        classify_help
+    )
 
 
 def test_a_cifar_batch_with_a_label_outside_its_classes_is_an_error_line_before_training(tmp_path, capsys):

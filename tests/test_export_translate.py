@@ -14,6 +14,7 @@ import torch
 
 from export.pipeline import export_checkpoint
 from export.quantize import TranslationGate, gemms_as_matmuls, weight_matmuls
+from export.translator import long_decoder_cases, long_encoder_cases
 from export.triton_config import parse_pbtxt
 from serving.decoding.native import FUSED_GRAPH
 from training.checkpoint import make_checkpoint, save_checkpoint
@@ -98,9 +99,11 @@ def test_encoder_and_decoder_graphs_match_pytorch_at_several_batch_sizes_and_len
         roles = {i["role"] for i in meta["step_spec"]["decoder"]["inputs"]}
         indexed = entry.endswith("_decoder") and "row_place" in roles
         assert indexed == (entry == "transformer_decoder")  # recurrent decoders: one row per sentence
-        assert len({tuple(sorted(c["sizes"].items())) for c in checks}) == (6 if indexed else 3)
+        cases = long_decoder_cases if entry.endswith("_decoder") else long_encoder_cases
+        long = cases(meta["step_spec"])  # up to the model's max_positions, on 2 rows
+        assert len({tuple(sorted(c["sizes"].items())) for c in checks}) == (6 if indexed else 3) + len(long)
         assert max(d["max_abs_diff"] for d in meta["parity"]["outputs"].values()) <= 1e-4
-        assert {c["sizes"]["batch"] for c in checks if "sentences" not in c["sizes"]} == {1, 7, 64}
+        assert {c["sizes"]["batch"] for c in checks if "sentences" not in c["sizes"]} == {1, 2, 7, 64}
         # indexed rows: 8 rows over a store of 3 sentences, 12 over 5, 64 over 64, and an axis of the
         # store's own in the graph
         assert [

@@ -25,10 +25,10 @@ from training.data.augment import AugmentConfig, default_augment
 from training.data.images import (
     DATASETS,
 )
-from training.flags import check_minimum, check_positive
+from training.flags import check_bool_model_args, check_minimum, check_positive
 from training.models import get_entry, list_models
 from training.optim import OPTIMIZERS
-from training.resume import load_resume
+from training.resume import load_resume, resume_path
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
@@ -65,6 +65,7 @@ RECIPES: dict[str, Recipe] = {
 }
 # fmt: on
 DEFAULT_RECIPE = Recipe()
+DEFAULT_OUTPUT_DIR = "checkpoints"
 
 
 @dataclass
@@ -88,12 +89,12 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     clip_grad_norm: float | None = None
-    amp: bool = False
+    amp: bool | None = None  # None: off, or on --resume the interrupted run's choice
     seed: int = 0
     resume: str | None = None
     early_stopping: int | None = None  # None: off, or on --resume the interrupted run's patience
     finetune: str | None = None
-    output_dir: str = "checkpoints"
+    output_dir: str | None = None  # None: DEFAULT_OUTPUT_DIR, or on --resume the resume file's directory
     name: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
@@ -167,6 +168,7 @@ def check_ranges(out: TrainConfig) -> None:
         raise ValueError(
             f"--model-arg {', '.join(unknown)}: not a field of {out.model}; accepted: {sorted(fields)}"
         )
+    check_bool_model_args(get_entry(out.model).config_cls, out.model_args)
     owned = [
         f"{key} comes from {DATA_MODEL_ARGS[key]}" for key in sorted(out.model_args) if key in DATA_MODEL_ARGS
     ]
@@ -186,9 +188,15 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if f.name != "model_args" and getattr(config, f.name) is None
     }
     augment = True if config.augment is None else config.augment
-    patience = config.early_stopping or 0
     out = dataclasses.replace(
-        config, model=model, **filled, name=config.name or model, augment=augment, early_stopping=patience
+        config,
+        model=model,
+        **filled,
+        name=config.name or model,
+        augment=augment,
+        early_stopping=config.early_stopping or 0,
+        amp=bool(config.amp),
+        output_dir=config.output_dir or default_output_dir(config),
     )
     if out.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
@@ -213,6 +221,7 @@ RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "wa
 # and the schedule is then laid over the new length).
 RESUME_INHERITED = (
     "epochs",
+    "amp",  # else a resumed mixed-precision run silently continues in float32
     "label_smoothing",
     "clip_grad_norm",
     "hflip",
@@ -220,6 +229,13 @@ RESUME_INHERITED = (
     "early_stopping",
     "name",  # else the run continues under the model's name, beside the interrupted run's files
 )
+
+
+def default_output_dir(config: TrainConfig) -> str:
+    """Where an unset ``--output-dir`` writes: beside the ``--resume`` state (its checkpoint, metrics
+    and resume state continue the interrupted run's files, wherever it is resumed from), else
+    ``DEFAULT_OUTPUT_DIR``."""
+    return str(resume_path(config.resume).parent) if config.resume else DEFAULT_OUTPUT_DIR
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
@@ -348,7 +364,11 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--clip-grad-norm", type=float, help="max gradient norm (unset or 0 = no clipping)")
-    g.add_argument("--amp", action="store_true", help="mixed precision (CUDA only; ignored on CPU)")
+    g.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision (CUDA only; ignored on CPU; default: off; on --resume, the interrupted run's)",
+    )
     g.add_argument(
         "--early-stopping",
         type=int,
@@ -365,10 +385,14 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
         "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
         "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
-        "--clip-grad-norm, --early-stopping, --hflip, --augment and --name come from the file too (a given "
-        "--epochs changes the run's length)",
+        "--clip-grad-norm, --early-stopping, --hflip, --augment, --amp and --name come from the file too (a "
+        "given --epochs changes the run's length), and an unset --output-dir is the file's directory",
     )
-    g.add_argument("--output-dir", default="checkpoints")
+    g.add_argument(
+        "--output-dir",
+        help=f"where the checkpoint, metrics and plots go (default: {DEFAULT_OUTPUT_DIR}; on --resume, the "
+        "resume file's directory)",
+    )
     g.add_argument(
         "--name", help="output file stem (default: the model name; on --resume, the interrupted run's)"
     )

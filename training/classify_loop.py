@@ -191,7 +191,8 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
 
 
 def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
-    """One pass over this rank's shard; returns the all-reduced (mean loss, accuracy)."""
+    """One pass over this rank's shard; returns the all-reduced (mean loss, accuracy) over the split's
+    examples, each counted once (the sampler's padding copies left out: see ``sampler_padding``)."""
     cfg, d = run.config, run.dist
     run.model.train()
     run.augmenter.train()
@@ -203,7 +204,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     batches = train_batches(
         run.train_ds, cfg.batch_size, epoch=epoch, seed=cfg.seed, rank=d.rank, world_size=d.world_size
     )
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, offset = 0.0, 0, 0, 0
     bar = tqdm(
         batches,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -215,28 +216,49 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         labels = run.train_ds.labels[idx].to(d.device)  # (B,)
         x = normalize(run.augmenter(images), run.mean, run.std)  # (B, C, H, W)
         with torch.autocast(d.device.type, dtype=torch.float16, enabled=run.use_amp):
-            logits, loss = training_loss(run.model(x), labels, cfg.label_smoothing)  # (B, classes), ()
+            logits, losses = example_losses(run.model(x), labels, cfg.label_smoothing)  # (B, classes), (B,)
         run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
+        run.scaler.scale(losses.mean()).backward()
         optimizer_step(run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm)
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(idx)
+        real = ~sampler_padding(len(run.train_ds), d.rank, d.world_size, offset, len(idx))  # (B,)
+        offset += len(idx)
+        total_loss += float(losses.detach()[real.to(d.device)].sum())
+        correct += int((logits.argmax(1) == labels)[real.to(d.device)].sum())
+        seen += int(real.sum())
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = all_sum([total_loss, correct, seen], d)
     return total_loss / seen, correct / seen
 
 
+def sampler_padding(n: int, rank: int, world_size: int, start: int, count: int) -> torch.Tensor:
+    """Bool[count]: which of positions ``start ..`` of this rank's epoch order are ``DistributedSampler``
+    padding, the copies it appends so every rank gets as many examples. They are trained on like the
+    rest, but the epoch's train metrics leave them out, so they average each example of the split once,
+    as a single process's do (the sampler strides its padded order: rank r's position p is p*W + r)."""
+    return rank + (start + torch.arange(count)) * world_size >= n
+
+
+def example_losses(
+    output: torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]], labels: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and each example's loss of a training forward (their mean is the training loss). A
+    model with auxiliary classifiers (GoogLeNet's ``aux_logits``) returns ``(logits, [aux, ...])`` in
+    training: each aux loss counts ``AUX_LOSS_WEIGHT``."""
+    logits, aux = output if isinstance(output, tuple) else (output, [])
+    losses = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="none")  # (B,)
+    for extra in aux:
+        losses = losses + AUX_LOSS_WEIGHT * F.cross_entropy(
+            extra.float(), labels, label_smoothing=smoothing, reduction="none"
+        )
+    return logits, losses
+
+
 def training_loss(
     output: torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]], labels: torch.Tensor, smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits and the loss of a training forward. A model with auxiliary classifiers (GoogLeNet's
-    ``aux_logits``) returns ``(logits, [aux, ...])`` in training: each aux loss counts ``AUX_LOSS_WEIGHT``."""
-    logits, aux = output if isinstance(output, tuple) else (output, [])
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-    for extra in aux:
-        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), labels, label_smoothing=smoothing)
-    return logits, loss
+    """The logits and the (mean) loss of a training forward: see ``example_losses``."""
+    logits, losses = example_losses(output, labels, smoothing)
+    return logits, losses.mean()
 
 
 @torch.no_grad()

@@ -5,7 +5,9 @@ the flag before any data is read, rather than a traceback or a silently odd run 
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping
+from typing import Any
 
 
 def flag(name: str) -> str:
@@ -30,3 +32,13 @@ def check_positive(values: Mapping[str, float | None]) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise ValueError(f"{flag(name)} must be > 0, got {value}")
+
+
+def check_bool_model_args(config_cls: type, model_args: Mapping[str, Any]) -> None:
+    """Refuse a ``--model-arg`` of a boolean config field that is not ``True`` or ``False``: values are
+    Python literals, so ``batch_norm=false`` is the string ``'false'``, which is truthy, and the model
+    would silently keep what the flag meant to turn off (and the checkpoint record a string)."""
+    hints = typing.get_type_hints(config_cls)
+    wrong = [f"{k}={v!r}" for k, v in model_args.items() if hints.get(k) is bool and not isinstance(v, bool)]
+    if wrong:
+        raise ValueError(f"--model-arg {', '.join(wrong)}: a boolean field takes True or False")

@@ -27,7 +27,7 @@ from torch import nn
 from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
 from training.data.text_batches import TranslationBatch
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
-from training.flags import check_minimum, check_positive
+from training.flags import check_bool_model_args, check_minimum, check_positive
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
@@ -241,6 +241,7 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ValueError(
             f"--model-arg {', '.join(unknown)}: not a field of {cfg['model']}; accepted: {sorted(fields)}"
         )
+    check_bool_model_args(get_entry(cfg["model"]).config_cls, cfg["model_args"])
     try:  # the architecture's own checks (heads dividing d_model, ...), with stand-in vocabulary sizes
         model_config(cfg, src_vocab_size=8, tgt_vocab_size=8)
     except ValueError as exc:
