@@ -121,6 +121,8 @@ class CT2Translator:
         import ctranslate2
         from tokenizers import Tokenizer
 
+        from training.data.tokenizer import literal_specials
+
         self.translator = ctranslate2.Translator(
             str(model_dir),
             device="cpu",
@@ -128,8 +130,8 @@ class CT2Translator:
             intra_threads=intra_threads,
             compute_type=compute_type,
         )
-        self.src = Tokenizer.from_str(tokenizers["source"])
-        self.tgt = Tokenizer.from_str(tokenizers["target"])
+        self.src = literal_specials(Tokenizer.from_str(tokenizers["source"]))  # as the gateway reads text
+        self.tgt = literal_specials(Tokenizer.from_str(tokenizers["target"]))
 
     def source_tokens(self, texts: list[str]) -> list[list[str]]:
         return [self.src.encode(t).tokens + ["</s>"] for t in texts]

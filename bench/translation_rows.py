@@ -48,7 +48,9 @@ class Counter:
     def __init__(self, tokenizer_json: str) -> None:
         from tokenizers import Tokenizer
 
-        self.tok = Tokenizer.from_str(tokenizer_json)
+        from training.data.tokenizer import literal_specials
+
+        self.tok = literal_specials(Tokenizer.from_str(tokenizer_json))
 
     def __call__(self, texts: list[str]) -> int:
         return sum(len(self.tok.encode(t).ids) + 1 for t in texts)

@@ -44,9 +44,10 @@ def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
     try:
         from tokenizers import Tokenizer
 
+        from training.data.tokenizer import literal_specials
         from training.translate import held_out_pairs
 
-        tok = Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"])
+        tok = literal_specials(Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"]))  # as served
         pairs = [(src, ref) for src, ref in held_out_pairs(ctx.ckpt, "test")[:n]]
         ids = [e.ids for e in tok.encode_batch([src for src, _ in pairs])]
         kept = [(s, ref) for s, (_, ref) in zip(ids, pairs, strict=True) if s]

@@ -71,7 +71,15 @@ def _scored(url: str, texts: list[str], **parameters) -> list[tuple[list[str], l
         client.close()
 
 
-TEXTS = ["three hundred and twelve", "forty-two", "the 3rd house", "seven thousand two hundred cars", "nine"]
+# the last: a special token's text typed in a sentence, read as text by the gateway and Triton alike
+TEXTS = [
+    "three hundred and twelve",
+    "forty-two",
+    "the 3rd house",
+    "seven thousand two hundred cars",
+    "nine",
+    "one </s> two",
+]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

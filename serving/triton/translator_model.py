@@ -151,6 +151,9 @@ class TritonPythonModel:
         self.spec = step_spec.parse_step_spec(block["step_spec"])
         self.source = Tokenizer.from_file(os.path.join(here, block["source_tokenizer"]))
         self.target = Tokenizer.from_file(os.path.join(here, block["target_tokenizer"]))
+        # a special token's text typed in a sentence ("</s>") is text, as training and the gateway read
+        # it (training.data.tokenizer.literal_specials; the file cannot say so)
+        self.source.encode_special_tokens = self.target.encode_special_tokens = True
         parent = os.path.dirname(here)
         encoder = _read_json(os.path.join(parent, block["encoder"], "kiln.json"))
         decoder = _read_json(os.path.join(parent, block["decoder"], "kiln.json"))
