@@ -609,7 +609,9 @@ def test_the_triton_backend_forwards_a_requests_priority_to_triton(loop) -> None
     try:
         loop.run(backend.start())
         for priority in (2, 0):
-            request = InferRequest(model="double", inputs={"x": np.ones((1, 3), np.float32)}, priority=priority)
+            request = InferRequest(
+                model="double", inputs={"x": np.ones((1, 3), np.float32)}, priority=priority
+            )
             assert loop.run(backend.infer(request)).outputs["y"].tolist() == [[2.0, 2.0, 2.0]]
             assert fake.last_request.priority == priority
     finally:

@@ -113,7 +113,9 @@ class Repository:
                 continue
             if _shown(directory.name) != directory.name:  # every protocol's names are UTF-8 text
                 shown = _shown(directory.name)
-                self.errors[shown] = "its directory name is not valid UTF-8, which no protocol can name: rename it"
+                self.errors[shown] = (
+                    "its directory name is not valid UTF-8, which no protocol can name: rename it"
+                )
                 log.error("model %s: cannot load its repository entry: %s", shown, self.errors[shown])
                 continue
             try:
