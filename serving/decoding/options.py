@@ -75,8 +75,8 @@ def options_from_parameters(params: dict) -> DecodingOptions:
     """Decoding options from request parameters (KServe v2 ``parameters``, Triton's request parameters),
     typed by their defaults; other names are ignored. An integer option takes an integer, a float with
     no fractional part or a string of digits (gRPC clients send ``string_param``); a float option any
-    number or numeric string. Anything else is a ValueError naming the parameter (a client's 400). The
-    bounds are :func:`check_options`'s."""
+    number or numeric string in ASCII without ``_`` (as a number is written on the wire). Anything
+    else is a ValueError naming the parameter (a client's 400). The bounds are :func:`check_options`'s."""
     values: dict = {}
     for name in _OPTION_NAMES:
         if name not in params:
@@ -99,6 +99,9 @@ def options_from_parameters(params: dict) -> DecodingOptions:
             elif not isinstance(value, int):
                 raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
         elif isinstance(default, float):
+            if isinstance(value, str) and not (value.isascii() and "_" not in value):
+                # float() also reads "1_0" as 10 and "٤" or "４" as 4, where int options refuse them
+                raise ValueError(f"parameter {name!r} must be a number, got {value[:40]!r}")
             try:
                 value = float(value)
             except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float

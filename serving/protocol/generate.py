@@ -6,7 +6,8 @@ A request is one JSON object. Each key that names an input of the model is that 
 scalar or a flat list, shaped as the model's metadata says (fixed dimensions take their share of the
 values, the innermost dynamic one the rest, other dynamic ones 1: ``{"text": "..."}`` is a ``[1, 1]``
 BYTES tensor of a translator); every other key, and every key of an optional ``parameters`` object,
-is a request parameter (a translator's ``beam_size``, ``max_length``, ...); ``id`` is the request's id.
+is a request parameter (a translator's ``beam_size``, ``max_length``, ...; ``timeout`` and ``priority``
+are the request's own, read as infer reads them); ``id`` is the request's id.
 The answer is one object: ``model_name``, ``model_version``, ``id`` where one was sent, and each output
 by name, a scalar where it holds one value, else its values as a flat list. ``generate_stream`` sends
 the same object as one Server-Sent Event (``data: {...}``): every model here answers a request once.
@@ -39,6 +40,7 @@ from serving.protocol.request_values import parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data
 from serving.protocol.translate import until_client_leaves
+from serving.protocol.v2_codec import check_priority, timeout_seconds
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -108,12 +110,16 @@ def generate_request(body: Any, meta: ModelMetadata, version: str) -> InferReque
                 f"{key!r} is neither an input of model {meta.name!r} (its inputs: {', '.join(inputs)}) nor a "
                 f"parameter (a string, number or boolean), got {kind}"
             )
+    check_priority(parameters)
+    timeout = parameters.get("timeout")
     return InferRequest(
         model=meta.name,
         inputs=tensors,
         version=version,
         parameters=model_parameters(parameters),
         request_id=request_id,
+        timeout_s=None if timeout is None else timeout_seconds(timeout),
+        priority=parameters.get("priority", 0),
     )
 
 
