@@ -69,19 +69,26 @@ def _check_search(beam_size: int, n_best: int, max_length: int, min_length: int,
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
     if n_best > beam_size:
         raise ValueError(f"n_best={n_best} must be <= beam_size={beam_size}")
-    if not isinstance(min_length, int) or not 0 <= min_length < max_length:
+    if isinstance(min_length, bool) or not isinstance(min_length, int) or not 0 <= min_length < max_length:
         raise ValueError(f"min_length={min_length!r} must be an integer in [0, max_length={max_length})")
     if penalty not in LENGTH_PENALTIES:
         raise ValueError(f"length_penalty={penalty!r}; expected one of {LENGTH_PENALTIES}")
-    if not math.isfinite(alpha) or alpha < 0:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"alpha={alpha!r} must be a finite number >= 0")
+    try:  # the divisor grows with the length: finite at max_length, finite at every step
+        normalize_score(-1.0, max_length, penalty, alpha)
+    except OverflowError:
+        raise ValueError(f"alpha={alpha!r} overflows the length penalty at max_length={max_length}") from None
 
 
-def _check_positions(spec: dict[str, Any], max_length: int, src_ids: Tensor) -> None:
-    """Neither the target nor the source may run past the model's position table (an IndexError there)."""
+def _check_positions(
+    spec: dict[str, Any], max_length: int, src_ids: Tensor, target: str = "max_length={}"
+) -> None:
+    """Neither the target nor the source may run past the model's position table (an IndexError there);
+    ``target`` names the target's length in the message (a search's ``max_length``, or scored ids)."""
     limit = spec.get("max_positions")
     if limit is not None and max_length > limit:
-        raise ValueError(f"max_length={max_length} exceeds the model's max_positions={limit}")
+        raise ValueError(f"{target.format(max_length)} exceeds the model's max_positions={limit}")
     if limit is not None and src_ids.shape[1] > limit:
         raise ValueError(
             f"src_ids has {src_ids.shape[1]} positions; the model takes at most max_positions={limit}"
@@ -339,9 +346,15 @@ def _continuing(top: Tensor, origin: Tensor, tok: Tensor, beam: int, eos: int, p
 def teacher_forced_logprob(model: nn.Module, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
     """Sum of log-probs of each target up to and including its first EOS (ids without BOS): Float[B]."""
     _check_src(src_ids)
-    if not isinstance(tgt_ids, Tensor) or tgt_ids.dim() != 2 or tgt_ids.shape[0] != src_ids.shape[0]:
+    if (
+        not isinstance(tgt_ids, Tensor)
+        or tgt_ids.dim() != 2
+        or tgt_ids.dtype != torch.long
+        or tgt_ids.shape[0] != src_ids.shape[0]
+    ):
         raise ValueError(f"tgt_ids must be a LongTensor [B={src_ids.shape[0]}, T], got {tgt_ids!r}")
     spec = model.step_spec()
+    _check_positions(spec, tgt_ids.shape[1], src_ids, target="tgt_ids of length {}")
     is_eos = tgt_ids == spec["eos_id"]  # [B, T]
     if not bool(is_eos.any(dim=1).all()):
         raise ValueError("every row of tgt_ids must contain eos_id (hypotheses end with EOS)")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.checks import require_ints, require_probability
+from training.models.checks import require_ints, require_probability, require_special_ids
 from training.models.registry import register_model
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -40,11 +40,13 @@ class Seq2SeqConfig:
     max_positions: int = 256  # longest output the decoder is asked for (serving's max_length cap)
 
     def __post_init__(self) -> None:
-        """Sizes and layer counts of at least 1 (below it the encoder silently got one layer), dropout in [0, 1)."""
+        """Sizes and layer counts of at least 1 (below it the encoder silently got one layer), distinct
+        special ids inside the vocabularies, dropout in [0, 1)."""
         if self.rnn_type not in RNN_TYPES:
             raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose from {sorted(RNN_TYPES)}")
         sizes = ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attention_dim")
         require_ints(self, (*sizes, "encoder_layers", "decoder_layers", "max_positions"))
+        require_special_ids(self, ("src_vocab_size", "tgt_vocab_size"))
         require_probability(self, "dropout")
 
 

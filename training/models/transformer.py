@@ -26,7 +26,7 @@ from training.models.attention import (
     stacked,
     unpack_rows,
 )
-from training.models.checks import require_ints, require_probability
+from training.models.checks import require_ints, require_probability, require_special_ids
 from training.models.registry import register_model
 
 
@@ -49,10 +49,12 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         """Sizes named before any tensor exists: heads must divide d_model, and d_model must be even
-        (the positions are its [sin | cos] halves); an encoder may have no layer, a decoder not."""
+        (the positions are its [sin | cos] halves); an encoder may have no layer, a decoder not; the
+        special ids distinct and inside the vocabularies."""
         sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "heads", "ffn_dim", "decoder_layers")
         require_ints(self, (*sizes, "max_positions"))
         require_ints(self, ("encoder_layers",), minimum=0)
+        require_special_ids(self, ("src_vocab_size", "tgt_vocab_size"))
         require_probability(self, "dropout")
         if self.d_model % self.heads:
             raise ValueError(
