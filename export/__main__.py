@@ -131,8 +131,27 @@ def summary_table(results: list[EntryResult]) -> Table:
     return table
 
 
+def train_first(paths: Sequence[str]) -> str:
+    """The commands that write checkpoints where ``paths`` looked, for a run that found none."""
+    where = paths[0] if len(paths) == 1 else "DIR"
+    return (
+        f"train some first (`make train`, or `python -m training.classify --output-dir {where}` / "
+        f"`python -m training.translate --output-dir {where}`), or name checkpoint files or directories"
+    )
+
+
+def _checkpoints(paths: Sequence[str]) -> list[Path]:
+    """``find_checkpoints``, a path that does not exist named with the commands that write checkpoints."""
+    from export.pipeline import find_checkpoints
+
+    try:
+        return find_checkpoints(paths)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}: {train_first(paths)}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint, find_checkpoints
+    from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint
 
     args = parse_args(argv)
     logging.basicConfig(
@@ -144,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[EntryResult] = []
     try:
         options = export_options(args)
-        checkpoints = find_checkpoints(args.paths)
+        checkpoints = _checkpoints(args.paths)
         if not checkpoints:
-            console.print(f"[red]no checkpoints (*.pt) found in {args.paths}")
+            found = f"no checkpoints (*.pt) found in {' '.join(args.paths)}: {train_first(args.paths)}"
+            console.print(found, style="red", markup=False, highlight=False, soft_wrap=True)
             return 2
         check_entry_names(checkpoints)
         check_repository(Path(args.repository))
@@ -171,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(summary_table(results))
         console.print(f"export failed: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
+    except KeyboardInterrupt:  # entries are swapped in whole; the lock and staging are let go on the way
+        console.print("interrupted", style="red", highlight=False)
+        return 130
     Console().print(summary_table(results))
     return 0
 

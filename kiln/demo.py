@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli import HelpFormatter
-from kiln.processes import running, stop_on_sigterm
+from kiln.processes import child_options, running, stop_on_sigterm
 from serving.triton.server import held_port
 
 console = Console()
@@ -47,7 +47,7 @@ def run_stage(title: str, cmd: list[str]) -> float:
     console.rule(f"[bold]{title}")
     console.print(f"$ {' '.join(cmd)}", style="dim")
     start = time.perf_counter()
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         console.print(f"[red]{title} failed (exit {result.returncode}); the demo stops here.")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from serving.workers import _stop_with_parent
 
 
 @contextlib.contextmanager
@@ -17,12 +21,13 @@ def running(
     """Start ``cmd``, poll ``ready_url`` until it answers 200, yield the process, terminate it on exit.
 
     Output goes to ``log_path`` when given (else to this process's streams); a process that exits or
-    is not ready in time raises RuntimeError naming the command and where its log is.
+    is not ready in time raises RuntimeError naming the command and where its log is. A caller killed
+    past its ``finally`` (SIGKILL, SIGHUP) still stops it: see :func:`child_options`.
     """
     import httpx
 
     out = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, **child_options())
     where = f" (log: {log_path})" if log_path else ""
     try:
         deadline = time.monotonic() + timeout_s
@@ -46,6 +51,16 @@ def running(
             proc.kill()
         if out is not None:
             out.close()
+
+
+def child_options() -> dict[str, Any]:
+    """``Popen`` keywords for a process that must not outlive this one: on Linux the kernel sends it
+    SIGTERM when this process dies, however it dies (a SIGKILL runs no ``finally``, and a gateway left
+    behind serves on, its ports held). The gateway's own workers use the same mechanism
+    (``serving.workers``). The signal comes when the *thread* that started the child ends: start
+    children from a thread that lives as long as they should (the main thread, in the demo and bench)."""
+    arm: Callable[[], None] | None = _stop_with_parent(os.getpid())
+    return {"preexec_fn": arm} if arm is not None else {}
 
 
 def stop_on_sigterm() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.data.augment import AugmentConfig, default_augment
@@ -26,7 +28,8 @@ from training.data.images import (
     DATASETS,
 )
 from training.flags import check_bool_model_args, check_minimum, check_positive
-from training.models import get_entry, list_models
+from training.models import build_model, get_entry, list_models
+from training.models.layers import smallest_input_side, takes_input_side
 from training.optim import OPTIMIZERS
 from training.resume import load_resume, resume_path
 from training.tracking import check_output_dir
@@ -210,8 +213,44 @@ def resolve(config: TrainConfig) -> TrainConfig:
         )
     check_ranges(out)
     check_resume_model_args(out)
+    check_image_size(out)
     check_output_dir(out.output_dir)
     return out
+
+
+def architecture_args(config: TrainConfig) -> dict[str, Any]:
+    """The constructor arguments the run builds its model from, but for the classes and channels the
+    data sets: the ``--resume`` file's, else the ``--finetune`` checkpoint's or the recipe's, with
+    ``--model-arg`` over them (``classify_loop.build_classifier``)."""
+    if config.resume:
+        return dict(load_resume(config.resume, mmap=True)["model_args"])
+    if config.finetune:
+        base = load_checkpoint(config.finetune)["model"]["args"]
+    else:
+        fields = {f.name for f in dataclasses.fields(get_entry(config.model).config_cls)}
+        base = {k: v for k, v in recipe_for(config.model).model_args.items() if k in fields}
+    return {**base, **config.model_args}
+
+
+def check_image_size(config: TrainConfig) -> None:
+    """Refuse an ``--image-size`` the model's kernels and pooling reduce to nothing, naming the smallest
+    it takes, before any data is read (else a PyTorch traceback at the first batch). The model is built
+    on the meta device: shapes only, no weights, no arithmetic."""
+    if config.image_size < 1:
+        return  # the data loader names it
+    arch = {k: v for k, v in architecture_args(config).items() if k not in DATA_MODEL_ARGS}
+    with torch.device("meta"):
+        model = build_model(config.model, **arch, num_classes=2, in_channels=1)
+    if takes_input_side(model, 1, config.image_size):
+        return
+    smallest = smallest_input_side(model, 1)
+    if smallest is not None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(arch.items())) or "its defaults"
+        raise ValueError(
+            f"--image-size {config.image_size}: {config.model} ({shown}) needs images of at least "
+            f"{smallest}x{smallest}, its kernels and pooling leave nothing of smaller ones; use "
+            f"--image-size {smallest} or more"
+        )
 
 
 # Flags a resumed run keeps: the optimizer and schedule it restores were built with them.
@@ -438,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("interrupted", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {path}")
     return 0

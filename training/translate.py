@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
+        if main_rank:
+            print("interrupted", file=sys.stderr)
+        return 130
     if main_rank:
         print(f"checkpoint: {path}")
     return 0

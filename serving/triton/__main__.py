@@ -83,9 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _interrupt_on_signals()
         code = _serve(console, server, args.model_repository)
-    if temporary and code != 1:  # a failure keeps its log (and the flavour it ran) to read
-        shutil.rmtree(workdir, ignore_errors=True)
+    if temporary:
+        _tidy(console, workdir, code)
     return code
+
+
+def _tidy(console: Console, workdir: Path, code: int) -> None:
+    """Remove the temporary ``workdir``, unless a server ran and failed (1): its log (and the flavour
+    it ran) are kept to read. A failure before any server ran, an empty repository's, leaves nothing."""
+    if code == 1 and any(workdir.glob("*.log")):
+        console.print(
+            f"kept for reading: the server's log and the flavour it ran, in {workdir}", highlight=False
+        )
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _has_entries(repository: Path) -> bool:
+    """Whether ``repository`` holds a model entry, a directory with a ``config.pbtxt`` as export writes."""
+    if not repository.is_dir():
+        return False
+    return any((d / "config.pbtxt").is_file() for d in repository.iterdir() if not d.name.startswith("."))
 
 
 def _serve(console: Console, server: TritonServer, repository: Path) -> int:
@@ -95,7 +113,9 @@ def _serve(console: Console, server: TritonServer, repository: Path) -> int:
         with console.status(f"starting tritonserver on {repository} (log: {server.log_path})"):
             server.start()
     except (TritonError, ValueError, FileNotFoundError, FileExistsError) as error:
-        console.print(f"[red]{error}")
+        empty = isinstance(error, ValueError) and not _has_entries(repository)
+        hint = ": run `make export` (python -m export) to write its entries" if empty else ""
+        console.print(f"{error}{hint}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130  # start() already stopped the server

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -109,3 +110,35 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+# Where smallest_input_side stops looking: far above what any classifier's pooling needs.
+SIDE_SEARCH_LIMIT = 1024
+
+
+def takes_input_side(model: nn.Module, in_channels: int, side: int) -> bool:
+    """Whether a batch of two ``side`` x ``side`` images passes through ``model`` in training mode, as
+    a run feeds it (auxiliary heads on, BatchNorm over the batch); shapes only on a meta-device model."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.train()(torch.zeros(2, in_channels, side, side, device=device))
+    except (RuntimeError, ValueError):  # a kernel or pool larger than what is left, BN of one value
+        return False
+    finally:
+        model.train(was_training)
+    return True
+
+
+def smallest_input_side(model: nn.Module, in_channels: int, limit: int = SIDE_SEARCH_LIMIT) -> int | None:
+    """The smallest square side ``model`` takes, by bisection (every side from it up passes too, as for
+    each registered classifier: tests/test_cli_leftovers.py), or None where none up to ``limit`` does
+    (a failure that is not about size, left for the real run to name)."""
+    if not takes_input_side(model, in_channels, limit):
+        return None
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if takes_input_side(model, in_channels, middle) else (middle + 1, high)
+    return low
