@@ -118,6 +118,13 @@ def recipe_for(model: str) -> Recipe:
     return RECIPES.get(family_of(model), DEFAULT_RECIPE)
 
 
+def recipe_model_args(model: str) -> dict[str, Any]:
+    """The recipe's constructor arguments that ``model``'s config takes (a family's recipe may set
+    fields only some of its members have)."""
+    fields = {f.name for f in dataclasses.fields(get_entry(model).config_cls)}
+    return {k: v for k, v in recipe_for(model).model_args.items() if k in fields}
+
+
 def source_models(config: TrainConfig) -> list[tuple[str, str]]:
     """(flag, model name) of each file the run starts from: ``--resume`` state, ``--finetune`` checkpoint."""
     held = []
@@ -227,8 +234,7 @@ def architecture_args(config: TrainConfig) -> dict[str, Any]:
     if config.finetune:
         base = load_checkpoint(config.finetune)["model"]["args"]
     else:
-        fields = {f.name for f in dataclasses.fields(get_entry(config.model).config_cls)}
-        base = {k: v for k, v in recipe_for(config.model).model_args.items() if k in fields}
+        base = recipe_model_args(config.model)
     return {**base, **config.model_args}
 
 

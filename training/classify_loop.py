@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.classify import TrainConfig, augment_config, recipe_for
+from training.classify import TrainConfig, augment_config, recipe_model_args
 from training.data.augment import Augmenter
 from training.data.images import (
     DataSpec,
@@ -27,7 +27,7 @@ from training.data.images import (
     normalize,
 )
 from training.data.loader import eval_batches, train_batches
-from training.models import build_model, get_entry, make_config
+from training.models import build_model, make_config
 from training.optim import build_optimizer, build_scheduler, last_step_lr
 from training.resume import load_resume, resume_path
 from training.runtime import (
@@ -80,8 +80,7 @@ def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tu
     """Registry model from the recipe + ``--model-arg``, or from a ``--finetune`` checkpoint with a new head."""
     if config.finetune:
         return finetune_classifier(config, num_classes, channels)
-    fields = {f.name for f in dataclasses.fields(get_entry(config.model).config_cls)}
-    args = {k: v for k, v in recipe_for(config.model).model_args.items() if k in fields}
+    args = recipe_model_args(config.model)
     args.update(num_classes=num_classes, in_channels=channels, **config.model_args)
     args = asdict(make_config(config.model, **args))
     return config.model, args, build_model(config.model, **args)
