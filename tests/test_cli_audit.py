@@ -122,6 +122,9 @@ TRANSLATE_CASES = {
         "--model-arg",
         "decoder_layers=0",
     ],
+    # silently overrode the tokenizers' ids: the data's padding read as a token, token 5 masked
+    "--model-arg pad_id comes from the tokenizers (<pad> is 0)": ["--model-arg", "pad_id=5"],
+    "--model-arg tgt_vocab_size comes from the target tokenizer": ["--model-arg", "tgt_vocab_size=50"],
 }
 
 

@@ -226,6 +226,17 @@ AT_LEAST_ONE = ("epochs", "test_beam", "max_decode_length", "batch_size", "batch
 ZERO_OR_MORE = ("threads", "warmup_steps", "clip_norm", "patience", "eval_every", "val_limit", "time_budget")
 
 
+# Model fields the tokenizers set (model_config): given as --model-arg, pad_id=5 built a model that read
+# the data's padding (id 0) as a token and masked the real token 5, with no error.
+TOKENIZER_MODEL_ARGS = {
+    "src_vocab_size": "the source tokenizer (--vocab-size)",
+    "tgt_vocab_size": "the target tokenizer (--vocab-size)",
+    "pad_id": f"the tokenizers (<pad> is {PAD_ID})",
+    "bos_id": f"the tokenizers (<s> is {BOS_ID})",
+    "eos_id": f"the tokenizers (</s> is {EOS_ID})",
+}
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Flags that would only fail after training (or mid-way), named before any data is read."""
     check_minimum(1, {key: cfg[key] for key in AT_LEAST_ONE})
@@ -242,6 +253,13 @@ def check_config(cfg: dict[str, Any]) -> None:
             f"--model-arg {', '.join(unknown)}: not a field of {cfg['model']}; accepted: {sorted(fields)}"
         )
     check_bool_model_args(get_entry(cfg["model"]).config_cls, cfg["model_args"])
+    owned = [
+        f"{key} comes from {TOKENIZER_MODEL_ARGS[key]}"
+        for key in sorted(cfg["model_args"])
+        if key in TOKENIZER_MODEL_ARGS
+    ]
+    if owned:  # the data is padded and its loss masked with the tokenizers' ids, whatever the model is told
+        raise ValueError(f"--model-arg {'; '.join(owned)}, not from --model-arg")
     try:  # the architecture's own checks (heads dividing d_model, ...), with stand-in vocabulary sizes
         model_config(cfg, src_vocab_size=8, tgt_vocab_size=8)
     except ValueError as exc:
