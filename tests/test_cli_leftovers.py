@@ -253,6 +253,53 @@ def test_a_demo_killed_outright_takes_its_gateway_and_its_running_stage_with_it(
             os.kill(pid, signal.SIGKILL)
 
 
+TRITON_HOLDER = """
+import sys, threading
+from pathlib import Path
+from serving.triton import TritonServer
+
+with TritonServer(Path(sys.argv[1]), Path(sys.argv[2])) as server:
+    print("TRITON", server.process.pid, flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_a_triton_launcher_killed_outright_takes_tritonserver_with_it(tmp_path: Path) -> None:
+    """tritonserver runs in its own session; a launcher killed by SIGKILL left it serving its ports."""
+    from serving.triton import find_triton
+    from tests.repo_fixtures import build_classifier_repository
+
+    if find_triton() is None:
+        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
+    repository = build_classifier_repository(tmp_path / "repo")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", TRITON_HOLDER, str(repository), str(tmp_path / "work")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    triton = None
+    try:
+        for line in holder.stdout:  # bounded by TritonServer's own ready timeout
+            if line.startswith("TRITON"):
+                triton = int(line.split()[1])
+                break
+        assert triton is not None and _running(triton), "tritonserver did not start"
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 60
+        while _running(triton) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(triton), "tritonserver outlived the launcher killed outright"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if triton is not None and _running(triton):
+            os.kill(triton, signal.SIGKILL)
+
+
 def test_export_with_no_checkpoints_says_how_to_make_some(tmp_path: Path, capsys) -> None:
     from export.__main__ import main
 

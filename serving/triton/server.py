@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.processes import child_options
 from serving.triton.flavour import FlavourReport, derive_python_flavour
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,8 @@ class TritonServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=triton_environment(install),
-                start_new_session=True,
+                start_new_session=True,  # its own process group (stop() signals it whole)
+                **child_options(),  # and stopped with this process, however it dies (a SIGKILL too)
             )
         log.info("tritonserver pid %d: http %s grpc %s", self.process.pid, self.http_url, self.grpc_url)
 
