@@ -50,7 +50,9 @@ def test_a_model_no_later_version_changed_is_current_however_old_its_entry(tmp_p
         repository = Repository(tmp_path)
     assert not _warnings(caplog)
     assert not exported_before(repository.get("classifier"))
-    assert current_version("transformer") < EXPORT_VERSION and not exported_before(repository.get("translator"))
+    assert current_version("transformer") < EXPORT_VERSION and not exported_before(
+        repository.get("translator")
+    )
     assert exported_before(repository.get("translator"), EXPORT_VERSION)  # an explicit version still counts
 
 
