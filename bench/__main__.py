@@ -235,7 +235,30 @@ def _classify_engines(args: argparse.Namespace, profile: dict[str, Any]) -> list
         args.threads,
         profile["engine_budget_s"],
     )
-    return engines.run_jobs(jobs, progress=log.info)
+    return mark_servable(
+        engines.run_jobs(jobs, progress=log.info), _max_batch(args.repository / args.classifier)
+    )
+
+
+def _max_batch(entry: Path) -> int:
+    """The gateway's largest batch of the entry (its config's ``max_batch_size``; 0 where unreadable)."""
+    from serving.execution.repository import load_entry
+
+    try:
+        return load_entry(entry).max_batch_size
+    except (OSError, ValueError) as exc:
+        log.warning("%s: no max_batch_size read (%s); every batch counts for the ceiling", entry, exc)
+        return 0
+
+
+def mark_servable(rows: list[dict[str, Any]], max_batch: int) -> list[dict[str, Any]]:
+    """Mark each engine row whose batch the gateway can never form (past ``max_batch``, when known):
+    the full profile measures batches 128 and 256 beside a ``max_batch_size`` of 64, and a ceiling
+    from those is one no server of that config reaches (:func:`bench.targets.best_direct_throughput`)."""
+    for row in rows:
+        if max_batch > 0 and row.get("batch", 0) > max_batch:
+            row["servable"] = False
+    return rows
 
 
 def _classify_servers(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -16,12 +16,14 @@ from bench.stats import ratio
 
 def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
     """ONNX Runtime fp32 called directly, at its best batch size and best layout (one session of every
-    thread, or one single-thread session per thread called at once): the gateway's ceiling."""
+    thread, or one single-thread session per thread called at once): the gateway's ceiling. Batches
+    past the config's ``max_batch_size`` (rows marked ``servable: False``) are no ceiling of it."""
     ort = [
         r["throughput_ips"]
         for r in rows
         if str(r.get("engine", "")).split(" x")[0] == "onnxruntime"
         and r.get("precision") == "fp32"
+        and r.get("servable", True)
         and "throughput_ips" in r  # an engine that failed has its error instead
     ]
     return max(ort, default=math.nan)

@@ -187,3 +187,25 @@ def test_a_wrong_answer_counts_as_wrong_and_a_failed_request_as_failed_never_bot
 
     assert asyncio.run(three()) == [True, False, False]  # neither wrong nor failed counts as completed
     assert (tally.ok, tally.wrong, tally.failed) == (1, 1, 1)
+
+
+def test_the_ceiling_leaves_out_the_batches_the_gateways_config_can_never_form(tmp_path):
+    """The full profile measures batches 128 and 256 beside a max_batch_size of 64: a best batch of 256
+    set the c=64 target against a throughput no server of that config can reach."""
+    from bench.__main__ import _max_batch, mark_servable
+    from bench.targets import best_direct_throughput
+
+    entry = tmp_path / "resnet18"
+    entry.mkdir()
+    (entry / "config.pbtxt").write_text(
+        'name: "resnet18"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
+    )
+    rows = [
+        {**_engine_row("onnxruntime", 1.0), "batch": 64, "throughput_ips": 2000.0},
+        {**_engine_row("onnxruntime", 1.0), "batch": 256, "throughput_ips": 2600.0},
+    ]
+    assert best_direct_throughput(rows) == 2600.0
+    marked = mark_servable(rows, _max_batch(entry))
+    assert [r.get("servable", True) for r in marked] == [True, False]
+    assert best_direct_throughput(marked) == 2000.0
+    assert _max_batch(tmp_path / "missing") == 0 and mark_servable(rows, 0) is rows
