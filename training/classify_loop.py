@@ -26,9 +26,9 @@ from training.data.images import (
     make_splits,
     normalize,
 )
-from training.data.loader import eval_batches, train_batches
+from training.data.loader import eval_batches, stream_seed, train_batches
 from training.models import build_model, make_config
-from training.optim import build_optimizer, build_scheduler, last_step_lr
+from training.optim import build_optimizer, build_scheduler, last_step_lr, restore_scheduler
 from training.resume import load_resume, resume_path
 from training.runtime import (
     Dist,
@@ -70,6 +70,7 @@ class Run:
     use_amp: bool
     stopper: EarlyStopping
     start_epoch: int = 0
+    stopped_early: bool = False  # the resumed run had stopped early: nothing is left to train
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     best_val: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
@@ -142,7 +143,9 @@ def _optimizer(config: TrainConfig, d: Dist, module: nn.Module, train_ds: Any) -
 def prepare(config: TrainConfig, d: Dist) -> Run:
     """Data, model, optimizer, schedule and augmentation for a fresh, finetuned or resumed run."""
     resume = load_resume(config.resume) if config.resume else None
-    if config.finetune and config.channels is None:
+    if resume:
+        config = resumed_config(config, resume)
+    elif config.finetune and config.channels is None:
         config = dataclasses.replace(
             config, channels=load_checkpoint(config.finetune)["preprocessing"]["channels"]
         )
@@ -156,6 +159,8 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
         config.limit_train,
         config.limit_val,
     )
+    if resume:  # before the data is read
+        check_resumable(resume, spec, d)
     train_ds, val_ds = make_splits(spec)
     mean, std = channel_stats(train_ds.images)
     name, args, module = _model(config, train_ds, resume)
@@ -189,6 +194,20 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     return run
 
 
+def resumed_config(config: TrainConfig, resume: dict[str, Any]) -> TrainConfig:
+    """A resumed run's config with what it continues left unset taken from the interrupted run: the
+    channels it trained on (a finetuned run's came from its checkpoint, so resuming it without
+    ``--channels`` was refused as other data), and the ``--model-arg`` and ``--finetune`` that made its
+    model (else its checkpoint's ``train_config`` named an architecture other than the one it holds)."""
+    saved = resume.get("train_config") or {}
+    held = {
+        "channels": resume["data"].get("channels"),
+        "model_args": saved.get("model_args") or {},
+        "finetune": saved.get("finetune"),
+    }
+    return dataclasses.replace(config, **{k: v for k, v in held.items() if not getattr(config, k)})
+
+
 def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     """One pass over this rank's shard; returns the all-reduced (mean loss, accuracy) over the split's
     examples, each counted once (the sampler's padding copies left out: see ``sampler_padding``)."""
@@ -196,10 +215,10 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     run.model.train()
     run.augmenter.train()
     seed = cfg.seed * 1_000_003 + epoch * d.world_size + d.rank
-    run.augmenter.generator.manual_seed(seed)
+    run.augmenter.generator.manual_seed(stream_seed(seed))
     # Dropout draws from the global generator: seeded per epoch too (apart from the augmenter's), so a
     # resumed run draws the masks the uninterrupted run would have drawn from this epoch on.
-    torch.manual_seed(seed + DROPOUT_SEED_OFFSET)
+    torch.manual_seed(stream_seed(seed + DROPOUT_SEED_OFFSET))
     batches = train_batches(
         run.train_ds, cfg.batch_size, epoch=epoch, seed=cfg.seed, rank=d.rank, world_size=d.world_size
     )
@@ -301,18 +320,46 @@ def save_resume(run: Run, epoch: int) -> None:
     save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
 
 
+def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
+    """Refuse to resume on other data or another number of processes than the interrupted run's."""
+    differ = data_differences(state["data"], asdict(spec))
+    if differ:
+        raise ValueError(
+            f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; give "
+            "its data flags"
+        )
+    check_world_size(state.get("world_size", d.world_size), d.world_size)
+
+
+def data_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each data flag (a ``DataSpec`` field) whose value differs from the interrupted run's, as
+    ``--flag value (the interrupted run's: value)``."""
+    return [
+        f"--{key.replace('_', '-')} {'unset' if now.get(key) is None else now.get(key)} "
+        f"(the interrupted run's: {'unset' if saved.get(key) is None else saved.get(key)})"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
+
+
 def restore(run: Run, state: dict[str, Any]) -> None:
     """Continue the interrupted run's optimizer, schedule, best weights and early stopping."""
-    if state["data"] != asdict(run.spec):
-        raise ValueError(f"--resume: the data flags differ from the interrupted run's {state['data']}")
-    check_world_size(state.get("world_size", run.dist.world_size), run.dist.world_size)
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    restore_scheduler(run.scheduler, state["scheduler"])
     restore_scaler(run.scaler, state["scaler"])
     run.start_epoch, run.best_epoch, run.best_state = state["epoch"], state["best_epoch"], state["best_state"]
     run.best_val, run.train_time_s = tuple(state["best_val"]), state["train_time_s"]
     run.stopper.best, run.stopper.bad_epochs = state["stopper"]["best"], state["stopper"]["bad_epochs"]
+    # A run stopped early wrote its last resume state before its checkpoint: killed in between, it is
+    # resumed, and must not train on (unless a longer --early-stopping, or 0, is given now).
+    run.stopped_early = 0 < run.stopper.patience <= run.stopper.bad_epochs
     log.info("resuming %s after epoch %d", run.config.name, run.start_epoch)
+    if run.stopped_early:
+        log.info(
+            "the interrupted run had stopped early (no better val accuracy for %d epochs): nothing left "
+            "to train; a larger --early-stopping, or 0, trains on",
+            run.stopper.bad_epochs,
+        )
 
 
 def check_world_size(saved: int, now: int) -> None:
@@ -347,7 +394,7 @@ def fit(run: Run) -> list[dict[str, Any]]:
         logger = MetricsLogger(metrics_path)
         for record in history:
             logger.log(record)
-    for epoch in range(run.start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, run.start_epoch if run.stopped_early else cfg.epochs):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(run, epoch)
         val_loss, val_acc = evaluate(run, run.val_ds)

@@ -101,3 +101,14 @@ def last_step_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
     already holds the next step's (0 after the last step of a cosine schedule), which a per-epoch
     record would show against an epoch that never trained with it."""
     return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](max(0, scheduler.last_epoch - 1))
+
+
+def restore_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Continue a schedule from its saved step, the optimizer's learning rates set to this schedule's at
+    that step: the restored optimizer holds the saved schedule's, which differ once a resumed run's
+    ``--epochs`` changed the schedule's length (a finished cosine's 0 for the lengthened run's first step)."""
+    scheduler.load_state_dict(state)
+    groups = scheduler.optimizer.param_groups
+    for group, base, fn in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() answers

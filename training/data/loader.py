@@ -2,8 +2,8 @@
 
 The datasets are small uint8 tensors already in memory, so indexing them directly is far cheaper than
 a DataLoader's per-item collate. Training order comes from a seeded permutation (one process) or from
-``DistributedSampler`` with ``set_epoch`` (torchrun), so an epoch's order depends only on (seed, epoch):
-a resumed run sees the same batches it would have seen.
+``DistributedSampler`` seeded by seed + epoch (torchrun), so an epoch's order depends only on (seed,
+epoch): a resumed run sees the same batches it would have seen.
 """
 
 from __future__ import annotations
@@ -13,6 +13,16 @@ from torch.utils.data import DistributedSampler
 
 from training.data.images import ImageDataset
 
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes: [low, high)
+
+
+def stream_seed(value: int) -> int:
+    """``value`` as a seed a torch generator takes: a stream's seed derived from ``--seed`` (times a large
+    number, plus the epoch) leaves torch's range for seeds in its upper part, ``--seed $(date +%s%N)``
+    among them, which torch refuses ("Overflow when unpacking long long"); seeds inside stay as they are."""
+    low, high = SEED_RANGE
+    return value if low <= value < high else value % high
+
 
 def train_batches(
     dataset: ImageDataset, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1
@@ -21,11 +31,15 @@ def train_batches(
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
+        # the sampler seeds its shuffle with seed + epoch: summed here, where it can be kept in range
+        shuffle_seed = stream_seed(seed + epoch)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=shuffle_seed
+        )
         order = torch.tensor(list(sampler), dtype=torch.int64)
     else:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(stream_seed(seed * 100_003 + epoch))
+        order = torch.randperm(len(dataset), generator=generator)
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches.pop()
