@@ -422,7 +422,8 @@ def test_a_connection_that_never_begins_http2_is_closed_and_one_that_did_is_kept
 @pytest.mark.parametrize("content_type", ["text/plain", "application/grpc-web", "application/grpcx"])
 def test_a_post_that_is_not_grpc_gets_415(raw: RawClient, content_type: str) -> None:
     """grpc-web frames its answers otherwise: its client would misread ours (grpc core refuses it too)."""
-    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/x"), ("content-type", content_type)])
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/x"), ("content-type", content_type)]
+    block = hpack.Encoder().encode(headers)
     raw.send(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
     headers = raw.until(w.HEADERS)
     assert hpack.Decoder().decode(headers[3]) == [(":status", "415")]

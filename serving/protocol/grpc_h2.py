@@ -43,6 +43,7 @@ from serving.protocol.h2_requests import (
     MAX_HEADER_LIST,
     MAX_STREAMS,
     STREAM_WINDOW,
+    ClosedStreams,
     RequestFrames,
 )
 from serving.protocol.h2_streams import StreamCalls
@@ -68,7 +69,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.skip = 0  # h2_watch's: bytes still to drop of a DATA frame nobody will read
         self.preface = False
         self.handshake: asyncio.TimerHandle | None = None
-        self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST)
+        self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST, check=w.request_problem)
         self.calls: dict[int, Call] = {}
         self.partial: dict[int, Call] = {}  # h2_watch's: calls still arriving, when they expire, the timer
         self.expiries: list[tuple[float, int]] = []
@@ -81,6 +82,8 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.window_watch: asyncio.TimerHandle | None = None  # h2_calls': while answers wait for window
         self.data_sent = self.window_mark = 0
         self.last_stream = 0
+        self.closed_streams = ClosedStreams()  # h2_requests': which ends closed the streams closed lately
+        self.content_lengths: dict[int, int] = {}  # h2_requests': DATA still due where a call declared it
         self.continuing: tuple[int, int, list[bytes]] | None = None
         self.block_bytes = 0  # the open header block's bytes, its frames' heads counted
         self.frame_read: float | None = None  # h2_watch's: the last read into a frame not yet whole

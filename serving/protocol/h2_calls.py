@@ -298,6 +298,7 @@ class Calls(ConnectionState):
         self._write(w.frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, stream, self._block(block)))
         if not ended:  # answered before the client finished sending: tell it to stop
             self._write(w.rst_stream(stream, w.NO_ERROR))
+        self.closed_streams.note(stream, not ended)  # its late frames dropped where it was not
 
     def _reset(self, call: Call, code: int) -> None:
         """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""
@@ -310,6 +311,7 @@ class Calls(ConnectionState):
         if call.task is not None:
             call.task.cancel()
         self._write(w.rst_stream(call.stream, code))
+        self.closed_streams.note(call.stream, True)  # the client may have sent more: dropped
         self._maybe_idle()
 
     def _close_call(self, call: Call) -> None:
@@ -318,6 +320,7 @@ class Calls(ConnectionState):
         self._release(call)
         if not call.ended:
             self._write(w.rst_stream(call.stream, w.NO_ERROR))
+        self.closed_streams.note(call.stream, not call.ended)
         self._maybe_idle()
 
     def _release(self, call: Call) -> None:
@@ -328,6 +331,8 @@ class Calls(ConnectionState):
         if call.held:
             self.server.budget.give(call.held)
             call.held = 0
+        if self.content_lengths:
+            self.content_lengths.pop(call.stream, None)
 
     def _block(self, block: bytes) -> bytes:
         if self.table_update:

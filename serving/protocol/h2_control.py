@@ -39,6 +39,7 @@ class ControlFrames(ConnectionState):
         self.partial.pop(stream, None)
         if call is None:
             return
+        self.closed_streams.note(stream, False)  # a frame but PRIORITY on it now is the client's error
         self._release(call)
         self._spend_reset()
         if call.task is not None:
@@ -83,14 +84,29 @@ class ControlFrames(ConnectionState):
             self._write(w.frame(w.PING, w.ACK, 0, payload))
 
     def _priority(self, flags: int, stream: int, payload: bytes) -> None:
-        """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes."""
+        """Priorities are advice (RFC 9113 deprecates them): every call is answered as it completes. A
+        PRIORITY of the wrong length, or making its stream depend on itself, is a stream error (sections
+        6.3, 5.3.1): its call reset, or, on a stream with no call (idle or closed, where a RST_STREAM has
+        no place), the connection ended, as section 5.4.1 allows for any stream error."""
         if stream == 0:
             raise w.H2Error(w.PROTOCOL_ERROR, "PRIORITY on stream 0")
-        if len(payload) != 5 and (call := self.calls.get(stream)) is not None:
-            self._reset(call, w.FRAME_SIZE_ERROR)
+        if len(payload) != 5:
+            code, problem = w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte PRIORITY on stream {stream}"
+        elif int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == stream:
+            code, problem = w.PROTOCOL_ERROR, f"stream {stream} depends on itself"
+        else:
+            return
+        call = self.calls.get(stream)
+        if call is None:
+            raise w.H2Error(code, problem)
+        self._reset(call, code)
 
     def _goaway(self, flags: int, stream: int, payload: bytes) -> None:
         """The client opens no more calls; those open finish, and it closes the connection itself."""
+        if stream != 0:
+            raise w.H2Error(w.PROTOCOL_ERROR, f"GOAWAY on stream {stream}")
+        if len(payload) < 8:
+            raise w.H2Error(w.FRAME_SIZE_ERROR, f"a {len(payload)}-byte GOAWAY")
 
     def _push_promise(self, flags: int, stream: int, payload: bytes) -> None:
         raise w.H2Error(w.PROTOCOL_ERROR, "a client may not push")

@@ -13,6 +13,8 @@ call's messages to :mod:`h2_streams`, a half-sent one to :mod:`h2_watch`'s clock
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from serving.protocol import h2_wire as w
@@ -25,6 +27,10 @@ STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
 CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
+CLOSED_REMEMBERED = 256  # streams closed lately whose state a late frame is judged by (ClosedStreams)
+_SELF_DEPENDENT = 0x100  # beside a HEADERS frame's flags: its priority names its own stream
+
+log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
 
 
 def _grpc_content(content_type: bytes) -> bool:
@@ -33,27 +39,58 @@ def _grpc_content(content_type: bytes) -> bool:
     return content_type[:16] == b"application/grpc" and content_type[16:17] in (b"", b"+", b";")
 
 
+class ClosedStreams:
+    """The streams closed lately, each with whether the server closed it while its client may still
+    have been sending (answered early, or reset: its late frames are dropped, RFC 9113 section 5.1)
+    or not (the client had ended its half, or reset it: a DATA or HEADERS frame on it is the client's
+    error). Two generations of at most ``size`` each: noting and looking up cost a step, and a
+    connection that served a million calls remembers no more than ``2 * size``."""
+
+    __slots__ = ("size", "recent", "older")
+
+    def __init__(self, size: int = CLOSED_REMEMBERED) -> None:
+        self.size = size
+        self.recent: dict[int, bool] = {}
+        self.older: dict[int, bool] = {}
+
+    def note(self, stream: int, early: bool) -> None:
+        recent = self.recent
+        recent[stream] = early
+        if len(recent) >= self.size:
+            self.older, self.recent = recent, {}
+
+    def early(self, stream: int) -> bool | None:
+        """Whether the server closed ``stream`` early; None where it is not remembered (never opened,
+        or closed long ago)."""
+        early = self.recent.get(stream)
+        return self.older.get(stream) if early is None else early
+
+
 class RequestFrames(ConnectionState):
     """HEADERS, CONTINUATION and DATA of a connection: calls opened, fed and ended by their client."""
 
     def _data(self, flags: int, stream: int, payload: bytes) -> None:
-        self.unacked += len(payload)
+        received = len(payload)
+        self.unacked += received
         if self.unacked >= CONNECTION_WINDOW // 2:
             self._write(w.window_update(0, self.unacked))
             self.unacked = 0
+        if flags & w.PADDED:  # checked whatever the stream's state: a frame's own format
+            payload = payload[1 : len(payload) - _padding(payload)]
         call = self.calls.get(stream)
         if call is None:
             if stream == 0 or stream > self.last_stream:
                 raise w.H2Error(w.PROTOCOL_ERROR, f"DATA on stream {stream}, which is not open")
-            return  # a call we answered or reset already: the bytes are counted above, then dropped
+            if not self.closed_streams.early(stream):  # the client's own half was over (section 6.1)
+                self._refuse_stream(stream, w.STREAM_CLOSED)
+            return  # a call we answered or reset early: the bytes are counted above, then dropped
         if call.ended:  # DATA after the client's END_STREAM (RFC 9113 section 5.1)
             self._reset(call, w.STREAM_CLOSED)
             return
-        received = len(payload)
         if not received and not flags & w.END_STREAM:
             return  # an empty frame: nothing held, and no progress for the read timeout to see
-        if flags & w.PADDED:
-            payload = payload[1 : len(payload) - _padding(payload)]
+        if self.content_lengths and not self._within_content_length(call, len(payload), flags):
+            return
         if call.streaming:  # each message to its servicer as it completes
             refusal = call.feed(payload, self.server.max_message_bytes, self.server.budget)
         else:
@@ -73,6 +110,19 @@ class RequestFrames(ConnectionState):
         else:
             self._dispatch(call)
 
+    def _within_content_length(self, call: Call, size: int, flags: int) -> bool:
+        """Count ``size`` bytes of DATA against the content-length ``call`` declared, if it did; False,
+        and the call reset, where they pass it or the stream ends short of it (RFC 9113 section 8.1.1)."""
+        due = self.content_lengths.get(call.stream)
+        if due is None:
+            return True
+        due -= size
+        if due < 0 or (due and flags & w.END_STREAM):
+            self._reset(call, w.PROTOCOL_ERROR)
+            return False
+        self.content_lengths[call.stream] = due
+        return True
+
     def _received(self, size: int) -> None:
         """``size`` bytes of DATA count against the connection's window whether read or dropped."""
         self.unacked += size
@@ -87,6 +137,8 @@ class RequestFrames(ConnectionState):
         if flags & w.PADDED:
             start, end = 1, end - _padding(payload)
         if flags & w.PRIORITY_FLAG:
+            if int.from_bytes(payload[start : start + 4], "big") & 0x7FFFFFFF == stream:
+                flags |= _SELF_DEPENDENT  # a stream error (section 5.3.1), once the block is decoded
             start += 5
         if start > end:
             raise w.H2Error(w.PROTOCOL_ERROR, "HEADERS shorter than its padding and priority")
@@ -114,30 +166,54 @@ class RequestFrames(ConnectionState):
 
     def _header_block(self, stream: int, flags: int, block: bytes) -> None:
         self.block_began = None  # whole (h2_watch's clock for the next block starts afresh)
-        headers = self.decoder.decode(block)  # always: the table must follow every block
+        headers, problem = self.decoder.decode_checked(block)  # always: the table must follow every block
         call = self.calls.get(stream)
-        if call is not None:  # the client's trailers end its half of the call
-            if call.ended:  # its half was over already (RFC 9113 section 5.1): a stream error
-                self._reset(call, w.STREAM_CLOSED)
-                return
-            if not flags & w.END_STREAM:
-                raise w.H2Error(w.PROTOCOL_ERROR, f"second HEADERS on stream {stream} without END_STREAM")
-            if call.streaming:
-                call.end_requests()
-            else:
-                call.ended = True
-                self._dispatch(call)
+        if call is not None:
+            self._trailers(call, flags, headers)
             return
         if stream <= self.last_stream:
-            return  # a call we reset already
+            early = self.closed_streams.early(stream)
+            if early:
+                return  # late trailers of a call we answered or reset early
+            if early is None:  # streams open in order (RFC 9113 section 5.1.1)
+                raise w.H2Error(w.PROTOCOL_ERROR, f"HEADERS opening stream {stream} after {self.last_stream}")
+            raise w.H2Error(w.STREAM_CLOSED, f"HEADERS on stream {stream}, which the client closed")
         self.last_stream = stream
+        if problem is not None or flags & _SELF_DEPENDENT:  # malformed (section 8.1.1): a stream error
+            log.debug("resetting gRPC stream %d: %s", stream, problem or "it depends on itself")
+            self._refuse_stream(stream, w.PROTOCOL_ERROR)
+            return
         if self.server.stopping or len(self.calls) >= MAX_STREAMS:
             self._write(w.rst_stream(stream, w.REFUSED_STREAM))  # clients retry these elsewhere
+            self.closed_streams.note(stream, True)
             return
         self._open(stream, flags, headers)
 
+    def _trailers(self, call: Call, flags: int, headers: w.Headers) -> None:
+        """The client's trailers end its half of the call; a block that cannot be its trailers (its
+        half over already, no END_STREAM, pseudo-headers, short of its content-length) resets it."""
+        if call.ended:  # its half was over already (RFC 9113 section 5.1): a stream error
+            self._reset(call, w.STREAM_CLOSED)
+            return
+        short = self.content_lengths.get(call.stream, 0) if self.content_lengths else 0
+        if not flags & w.END_STREAM or flags & _SELF_DEPENDENT or short or w.trailers_problem(headers):
+            self._reset(call, w.PROTOCOL_ERROR)  # malformed (section 8.1): that call alone
+            return
+        if call.streaming:
+            call.end_requests()
+        else:
+            call.ended = True
+            self._dispatch(call)
+
+    def _refuse_stream(self, stream: int, code: int) -> None:
+        """A stream error on a stream with no call (one just opened malformed, or one closed): reset,
+        counted as a reset the client made the server make, and its late frames dropped."""
+        self._spend_reset()
+        self._write(w.rst_stream(stream, code))
+        self.closed_streams.note(stream, True)
+
     def _open(self, stream: int, flags: int, headers: list[tuple[bytes, bytes]]) -> None:
-        path = method = content_type = timeout = encoding = None
+        path = method = content_type = timeout = encoding = length = None
         for name, value in headers:
             if name == b":path":
                 path = value
@@ -149,6 +225,8 @@ class RequestFrames(ConnectionState):
                 encoding = value
             elif name == b":method":
                 method = value
+            elif name == b"content-length":
+                length = value
         ended = bool(flags & w.END_STREAM)
         if method != b"POST" or content_type is None or not _grpc_content(content_type):
             status = b"405" if method != b"POST" else b"415"  # what gRPC's servers answer
@@ -162,6 +240,8 @@ class RequestFrames(ConnectionState):
             name = (path or b"").decode(errors="replace")
             details = f"Method not found: {name}"
             self._headers_only(stream, self._trailers_only(code, details, ()), ended)
+            return
+        if length is not None and not self._declare_length(stream, length, ended):
             return
         call = kind(stream, target[0], target[1], self.peer_window, self.loop)
         call.encoding = encoding if encoding != b"identity" else None
@@ -178,6 +258,17 @@ class RequestFrames(ConnectionState):
             call.last_read = self.loop.time()
             self.partial[stream] = call
             self.fresh.append(call)  # h2_watch's, after this read
+
+    def _declare_length(self, stream: int, length: bytes, ended: bool) -> bool:
+        """Hold a call that declares a content-length (gRPC clients send none) to it: its DATA must add
+        up to it (:meth:`_within_content_length`). False, and the stream reset, where it is no length
+        (digits, at most 18 of them) or the call has ended with no DATA and declared some."""
+        if not length.isdigit() or len(length) > 18 or (ended and int(length)):
+            self._refuse_stream(stream, w.PROTOCOL_ERROR)
+            return False
+        if not ended:
+            self.content_lengths[stream] = int(length)
+        return True
 
 
 def _padding(payload: bytes) -> int:

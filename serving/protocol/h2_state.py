@@ -32,6 +32,8 @@ class ConnectionState:
     blocked: dict[int, Call]  # those whose answer waits for the connection's window, in order
     parked: dict[int, Call]  # those whose answer waits for the call's own window
     last_stream: int
+    closed_streams: Any  # h2_requests.ClosedStreams: the streams closed lately, and how
+    content_lengths: dict[int, int]  # by stream: the DATA bytes still due where a call declared a length
     decoder: HeaderDecoder  # the connection's HPACK decoder: every header block goes through it
     unacked: int  # DATA bytes received on the connection and not yet granted back (WINDOW_UPDATE)
     block_bytes: int  # the open header block's bytes, its frames' heads counted
@@ -75,4 +77,5 @@ class ConnectionState:
     _dispatch: Callable[[Call], None]
     _open_stream: Callable[[Any, bool], None]
     _headers_only: Callable[[int, bytes, bool], None]
+    _refuse_stream: Callable[[int, int], None]
     _trailers_only: Callable[[int, str, tuple[tuple[str, str], ...]], bytes]

@@ -117,13 +117,17 @@ class PartialCalls(ConnectionState):
         """A DATA frame begun in the buffer: the bytes it will hold are counted in the body budget now,
         as the frame's declared length (as HTTP/1's Content-Length is at the head), not only once it is
         whole, or clients leaving frames unfinished on many connections held up to 1 MiB each outside
-        the budget. A frame for a call already gone, or past the budget (its call ends UNAVAILABLE),
-        is dropped as it arrives instead of gathered."""
+        the budget. A frame for a call already gone (reset STREAM_CLOSED where its client had closed it, as
+        ``_data`` resets it), or past the budget (its call ends UNAVAILABLE), is dropped as it arrives
+        instead of gathered."""
         length = buffer[0] << 16 | buffer[1] << 8 | buffer[2]
         call = self.calls.get(stream)
         if call is None:
             if not 0 < stream <= self.last_stream:
                 return  # not a call's: an error once whole
+            if not self.closed_streams.early(stream):  # its client had closed it: told so now, once
+                self._write(w.rst_stream(stream, w.STREAM_CLOSED))
+                self.closed_streams.note(stream, True)
         elif call.ended:
             return  # a stream error once whole
         elif call.holds_message():

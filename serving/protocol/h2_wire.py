@@ -11,8 +11,10 @@ perf_analyzer and tritonclient), and the same bytes then give the same headers w
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
@@ -143,19 +145,33 @@ def literal_indexed_name(index: int, value: bytes) -> bytes:
 _STATIC = (None, *HeaderTable.STATIC_TABLE)  # 1-based, as HPACK numbers it
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
 class HeaderDecoder:
     """HPACK decoding with the connection's dynamic table (RFC 7541), bounded in what it accepts."""
 
-    def __init__(self, max_table_size: int = 4096, max_list_size: int = 65_536) -> None:
+    def __init__(
+        self,
+        max_table_size: int = 4096,
+        max_list_size: int = 65_536,
+        check: Callable[[Headers], str | None] | None = None,
+    ) -> None:
         self.max_table_size = max_table_size  # what we advertise in SETTINGS_HEADER_TABLE_SIZE
         self.table_size = max_table_size  # the encoder's current choice, at most the above
         self.max_list_size = max_list_size
+        self.check = check  # what is wrong with a block's headers, judged once per remembered block
         self.entries: deque[tuple[bytes, bytes]] = deque()
         self.used = 0
-        self._seen: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._seen: dict[bytes, tuple[Headers, str | None]] = {}
 
-    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def decode(self, block: bytes) -> Headers:
         """The (name, value) pairs of one complete header block."""
+        return self.decode_checked(block)[0]
+
+    def decode_checked(self, block: bytes) -> tuple[Headers, str | None]:
+        """The (name, value) pairs of one complete header block, and ``check``'s verdict on them
+        (remembered with the block, so a client repeating its request's headers is judged once)."""
         known = self._seen.get(block)
         if known is not None:
             return known
@@ -177,7 +193,9 @@ class HeaderDecoder:
                 if indexing:
                     self._add(name, value)
                     changed = True
-            else:  # dynamic table size update
+            else:  # dynamic table size update: only before the block's first field (RFC 7541 section 4.2)
+                if headers:
+                    raise H2Error(COMPRESSION_ERROR, "a dynamic table size update after a header field")
                 size, at = _decode_int(block, at, 5)
                 if size > self.max_table_size:
                     raise H2Error(
@@ -191,11 +209,12 @@ class HeaderDecoder:
             if listed > self.max_list_size:
                 raise H2Error(COMPRESSION_ERROR, f"header list above {self.max_list_size} bytes")
             headers.append((name, value))
+        decoded = headers, None if self.check is None else self.check(headers)
         if changed:
             self._seen.clear()  # indices now name other entries
         elif len(self._seen) < 64 and len(block) <= 1024:  # a call's usual blocks, not any block
-            self._seen[block] = headers
-        return headers
+            self._seen[block] = decoded
+        return decoded
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index < len(_STATIC):
@@ -219,6 +238,66 @@ class HeaderDecoder:
         while self.used > self.table_size:
             name, value = self.entries.pop()
             self.used -= len(name) + len(value) + 32
+
+
+# --- HTTP/2's rules for a request's fields (RFC 9113 section 8) ------------------------------------
+
+_REQUEST_PSEUDO = {b":method": 1, b":scheme": 2, b":path": 4, b":authority": 8}
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a token in lower case (RFC 9113 section 8.2.1)
+_FIELD_VALUE_BREAK = re.compile(rb"[\x00\r\n]")  # what would end a field in HTTP/1 (whitespace tolerated)
+
+
+def field_problem(name: bytes, value: bytes) -> str | None:
+    """What makes a regular field malformed in HTTP/2: a name not a lowercase token, a
+    connection-specific field, ``te`` other than ``trailers``, or a value with NUL, CR or LF."""
+    if _FIELD_NAME.fullmatch(name) is None:
+        return f"header name {name!r} is not a lowercase token"
+    if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+        return f"connection-specific header {name.decode()!r}"
+    if _FIELD_VALUE_BREAK.search(value) is not None:
+        return f"header {name.decode()!r} has NUL, CR or LF in its value"
+    return None
+
+
+def request_problem(headers: Headers) -> str | None:
+    """Why a request's header list is malformed (RFC 9113 section 8.3.1: its pseudo-headers, those of
+    a request only, each once, before the regular fields; :method, :scheme and a non-empty :path, or
+    only :authority with CONNECT), or None. Such a request is a stream error, whatever it asks."""
+    seen, regular, method = 0, False, None
+    for name, value in headers:
+        if name[:1] == b":":
+            bit = _REQUEST_PSEUDO.get(name)
+            if bit is None:
+                return f"pseudo-header {name.decode(errors='replace')!r} is not a request's"
+            if regular:
+                return f"pseudo-header {name.decode()} after a regular header"
+            if seen & bit:
+                return f"{name.decode()} twice"
+            seen |= bit
+            if bit == 1:
+                method = value
+            elif bit == 4 and not value:
+                return "empty :path"
+        else:
+            regular = True
+            if (problem := field_problem(name, value)) is not None:
+                return problem
+    if method == b"CONNECT":
+        return None if seen == 9 else "CONNECT with :scheme or :path, or without :authority"
+    return None if seen & 7 == 7 else "a request without :method, :scheme or :path"
+
+
+def trailers_problem(headers: Headers) -> str | None:
+    """Why a request's trailers are malformed: a pseudo-header, or a field as :func:`field_problem`."""
+    for name, value in headers:
+        if name[:1] == b":":
+            return f"pseudo-header {name.decode(errors='replace')!r} in trailers"
+        if (problem := field_problem(name, value)) is not None:
+            return problem
+    return None
 
 
 # --- gRPC's header values --------------------------------------------------------------------------
