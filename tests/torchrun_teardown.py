@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,10 +32,19 @@ def gloo_workers() -> set[str]:
     return {t.name for t in tasks.iterdir() if (t / "comm").read_text().strip() == GLOO_WORKER}
 
 
+def started_workers(count: int = 2, timeout_s: float = 30.0) -> set[str]:
+    """The gloo worker threads once ``count`` of them run: a thread is named by itself once started, so
+    a read right after the first collective could miss one on a loaded machine."""
+    deadline = time.monotonic() + timeout_s
+    while len(found := gloo_workers()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
 def main(mode: str, folder: Path) -> None:
     d = runtime.setup_dist("cpu")
     runtime.all_sum([1.0], d)  # the default group's workers start with its first collective
-    default_workers = gloo_workers()
+    default_workers = started_workers()
     model = runtime.wrap_ddp(torch.nn.Linear(2, 2), d)
     model(torch.randn(3, 2)).sum().backward()
     if mode == "in-flight":
