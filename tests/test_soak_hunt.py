@@ -159,3 +159,65 @@ def test_a_multipart_forms_spooled_files_are_closed_once_read_or_refused(monkeyp
     else:
         assert asyncio.run(v1._read_form(request, 4)) == ([b"a", b"b"], 2)
     assert sorted(closed) == ["a.png", "b.png"]
+
+
+def _reset(sock) -> None:
+    """Close ``sock`` with an RST (SO_LINGER 0), as many load balancers' health checks close theirs."""
+    import socket
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n",  # uvicorn's ASGI cycle
+        b"POST /v1/models/m/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",  # a lean route
+        b"",  # a connection that sent nothing
+    ],
+    ids=["cycle", "lean", "no-request"],
+)
+def test_a_connection_its_client_resets_is_released_at_once_not_after_the_keep_alive(request_bytes):
+    """uvicorn cancels its keep-alive timer only where a connection closes cleanly: one reset by its
+    client was held by the timer, its protocol, transport and request, for the whole keep-alive
+    (75 s by default): ~11 KB for each connection a client reset, all of them held at once."""
+    import gc
+    import socket
+
+    from serving.protocol.http1 import http_protocol
+    from tests.repo_fixtures import LiveServer
+    from tests.test_http1_direct import make_app
+    from tests.waiting import eventually
+
+    base = http_protocol()
+    if isinstance(base, str):
+        pytest.skip("httptools is not installed: uvicorn serves with its h11 protocol")
+    made = []
+
+    class Watched(base):
+        def connection_made(self, transport):
+            made.append(weakref.ref(self))
+            super().connection_made(transport)
+
+    with LiveServer(make_app(), http=Watched, keep_alive_s=75) as live:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=30)
+            if request_bytes:
+                sock.sendall(request_bytes)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += sock.recv(4096)
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+            _reset(sock)
+        assert eventually(lambda: len(made) == 5)
+
+        def released() -> bool:
+            gc.collect()
+            return all(ref() is None for ref in made)
+
+        assert eventually(released, timeout_s=5), "a reset connection is held by its keep-alive timer"
+        with socket.create_connection(("127.0.0.1", live.port), timeout=30) as sock:  # still serves
+            sock.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")

@@ -115,6 +115,10 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         if self._answer_task is not None:  # nobody will read it: stop the work (a translation's rows)
             self._answer_task.cancel()
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only for a clean close: a connection its client reset
+        # (an RST, as load balancers' health checks close) was held, its request and all, by the timer
+        # for --keep-alive-s (~11 KB each for 75 s)
+        self._unset_keepalive_if_required()
 
     def pause_writing(self) -> None:
         HttpToolsProtocol.pause_writing(self)
