@@ -619,6 +619,27 @@ def test_the_triton_backend_forwards_a_requests_priority_to_triton(loop) -> None
         loop.run(server.stop(0))
 
 
+def test_kilns_grpc_connections_probe_their_peer_with_tcp_keepalive(loop) -> None:
+    """A client gone without a close (a crashed host, a dropped network) held its connection for the
+    gateway's whole life: Kiln's server had no keepalive at all (grpcio's pings an idle peer every 2 h)."""
+    import socket
+
+    from serving.protocol import grpc_h2
+
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server="kiln"))
+    try:
+        with socket.create_connection(("127.0.0.1", handle.port)) as client:
+            client.recv(9)  # the server's SETTINGS: its side of the connection is made
+            (connection,) = handle.server.connections
+            sock = connection.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == grpc_h2.KEEPALIVE_IDLE_S
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == grpc_h2.KEEPALIVE_PROBES
+    finally:
+        loop.run(handle.stop(1.0))
+
+
 def test_methods_kiln_does_not_serve_are_unimplemented_and_unknown_ones_too(fake_server) -> None:
     """Every method is served through one generic handler (none registered with gRPC core, see
     ``grpc_server._GenericOnly``): the servicer's own UNIMPLEMENTED for the service's other methods,

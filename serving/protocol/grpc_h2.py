@@ -30,7 +30,9 @@ which also carries the call through this module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Any
 
 from serving.protocol import h2_wire as w
@@ -54,6 +56,10 @@ from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
 log = logging.getLogger(__name__)
 
+# TCP keepalive on every connection, as grpcio's server pings an idle peer every 2 h and drops it 20 s
+# after an unanswered ping: without it a client gone without a close (a crashed host, a dropped
+# network) held its connection, its file descriptor and its state for the gateway's whole life.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 7200, 20, 3
 HANDSHAKE_TIMEOUT_S = 120.0  # a client must begin HTTP/2 (its preface) within this: grpc core's default
 
 
@@ -115,6 +121,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
     # --- asyncio.Protocol ---
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        keep_alive(transport.get_extra_info("socket"))
         self.server.connections.add(self)
         self.handshake = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._no_preface)
         settings = {
@@ -336,3 +343,20 @@ class H2GrpcServer:
         for connection in list(self.connections):
             connection._flush()
             connection.transport.close()
+
+
+def keep_alive(sock: Any) -> None:
+    """Turn on TCP keepalive probes on a connection's socket (``KEEPALIVE_*``; the options this system
+    lacks are skipped): a peer that vanished is then found and its connection closed."""
+    if sock is None:  # an in-memory transport (tests)
+        return
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), KEEPALIVE_IDLE_S),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL_S),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+    ]
+    for level, name, value in options:
+        if name is not None:
+            with contextlib.suppress(OSError):  # a socket closed meanwhile, or not TCP
+                sock.setsockopt(level, name, value)
