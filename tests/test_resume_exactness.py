@@ -113,10 +113,10 @@ def test_a_finetuned_run_resumes_without_its_checkpoints_channels_given_again(tm
 def test_resume_on_other_data_names_each_differing_flag_before_reading_the_data(tmp_path, monkeypatch):
     resume = cut_after_first_epoch(tmp_path, monkeypatch, epochs=2, seed=3)
     monkeypatch.setattr(classify_loop, "make_splits", lambda spec: pytest.fail("read the data"))
-    expected = "--limit-val unset (the interrupted run's: 32), --seed 0 (the interrupted run's: 3)"
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    expected = "--limit-val 16 (the interrupted run's: 32), --seed 0 (the interrupted run's: 3)"
+    with pytest.raises(ValueError, match=re.escape(expected)):  # unset ones are the run's: given, they differ
         classify.train(
-            classify.TrainConfig(**{**TINY, "limit_val": None}, output_dir=str(tmp_path), resume=resume)
+            classify.TrainConfig(**{**TINY, "limit_val": 16}, seed=0, output_dir=str(tmp_path), resume=resume)
         )
 
 

@@ -24,10 +24,8 @@ import torch
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
 from training.data.augment import AugmentConfig, default_augment
-from training.data.images import (
-    DATASETS,
-)
-from training.flags import check_bool_model_args, check_minimum, check_positive
+from training.data.images import DATASETS, DataSpec
+from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
 from training.models import build_model, get_entry, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 from training.optim import OPTIMIZERS
@@ -76,11 +74,12 @@ class TrainConfig:
     """Every knob of a run; ``None`` means "from the recipe" (resolved by ``resolve``)."""
 
     model: str | None = None  # default: the --resume / --finetune file's model, else resnet18
-    dataset: str = "digits"
+    # The data fields (DATA_FLAGS): None means DataSpec's default, or on --resume the interrupted run's.
+    dataset: str | None = None
     data_path: str | None = None
-    image_size: int = 32
+    image_size: int | None = None
     channels: int | None = None
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     limit_train: int | None = None
     limit_val: int | None = None
     epochs: int | None = None
@@ -93,7 +92,7 @@ class TrainConfig:
     label_smoothing: float | None = None
     clip_grad_norm: float | None = None
     amp: bool | None = None  # None: off, or on --resume the interrupted run's choice
-    seed: int = 0
+    seed: int | None = None  # a data flag too: it draws the split, the initial weights and the order
     resume: str | None = None
     early_stopping: int | None = None  # None: off, or on --resume the interrupted run's patience
     finetune: str | None = None
@@ -167,6 +166,7 @@ def check_ranges(out: TrainConfig) -> None:
     """Numeric flags outside their range, named before any data is read (a negative --limit-train would
     drop images from the end, a negative --clip-grad-norm turn the gradient around, an infinite --lr
     write a checkpoint of NaN weights)."""
+    check_seed(out.seed)
     check_minimum(1, {name: getattr(out, name) for name in AT_LEAST_ONE})
     check_positive({"lr": out.lr})
     check_minimum(0, {name: getattr(out, name) for name in ZERO_OR_MORE})
@@ -187,10 +187,11 @@ def check_ranges(out: TrainConfig) -> None:
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill every ``None`` hyper-parameter from the ``--resume`` file, else the model's recipe, and check
-    the choices."""
+    """Fill every ``None`` hyper-parameter and data flag from the ``--resume`` file, else the model's
+    recipe or ``DataSpec``'s defaults, and check the choices."""
     model = model_of(config)
     config = dataclasses.replace(config, **resume_defaults(config))
+    data = {key: value for key, value in DATA_DEFAULTS.items() if getattr(config, key) is None}
     recipe = recipe_for(model)
     filled = {
         f.name: getattr(recipe, f.name)
@@ -202,6 +203,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config,
         model=model,
         **filled,
+        **data,
         name=config.name or model,
         augment=augment,
         early_stopping=config.early_stopping or 0,
@@ -274,6 +276,11 @@ RESUME_INHERITED = (
     "early_stopping",
     "name",  # else the run continues under the model's name, beside the interrupted run's files
 )
+# Flags that choose the data (DataSpec's fields, --seed among them): a resumed run takes the interrupted
+# run's when unset, from its resume file's ``data``; a value given that differs is refused before the
+# data is read (classify_loop.check_resumable), since the run must go on with the same split and order.
+DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataSpec))
+DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataSpec)}
 
 
 def default_output_dir(config: TrainConfig) -> str:
@@ -284,16 +291,19 @@ def default_output_dir(config: TrainConfig) -> str:
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
-    """On ``--resume``: the interrupted run's values of the ``RESUME_FIXED`` and ``RESUME_INHERITED``
-    flags left unset (not the recipe's). A ``RESUME_FIXED`` flag set to another value is an error, not
-    ignored: the restored optimizer keeps its learning rate and weight decay, another optimizer cannot
-    load its state, and the schedule counts steps of the old batch size. Resume files written before
-    they held their config skip the check."""
+    """On ``--resume``: the interrupted run's values of the ``DATA_FLAGS``, ``RESUME_FIXED`` and
+    ``RESUME_INHERITED`` flags left unset (not the recipe's). A ``RESUME_FIXED`` flag set to another value
+    is an error, not ignored: the restored optimizer keeps its learning rate and weight decay, another
+    optimizer cannot load its state, and the schedule counts steps of the old batch size. Resume files
+    written before they held their config skip the check."""
     if not config.resume:
         return {}
-    saved = load_resume(config.resume, mmap=True).get("train_config")
+    state = load_resume(config.resume, mmap=True)
+    held = state["data"]
+    data = {key: held[key] for key in DATA_FLAGS if getattr(config, key) is None and key in held}
+    saved = state.get("train_config")
     if saved is None:
-        return {}
+        return data
     differ = [
         f"--{key.replace('_', '-')} {getattr(config, key)} (the run used {saved[key]})"
         for key in RESUME_FIXED
@@ -305,7 +315,7 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
             "optimizer, learning-rate schedule and batch size; leave these flags unset"
         )
     inherited = (*RESUME_FIXED, *RESUME_INHERITED)
-    return {key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}
+    return {**data, **{key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}}
 
 
 def check_resume_model_args(config: TrainConfig) -> None:
@@ -384,11 +394,12 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _data_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--dataset", default="digits", choices=DATASETS)
+    resumed = "on --resume, the interrupted run's"
+    g.add_argument("--dataset", choices=DATASETS, help=f"default: {DATA_DEFAULTS['dataset']}; {resumed}")
     g.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
-    g.add_argument("--image-size", type=int, default=32)
+    g.add_argument("--image-size", type=int, help=f"default: {DATA_DEFAULTS['image_size']}; {resumed}")
     g.add_argument("--channels", type=int, choices=(1, 3), help="default: the dataset's own")
-    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--val-fraction", type=float, help=f"default: {DATA_DEFAULTS['val_fraction']}; {resumed}")
     g.add_argument("--limit-train", type=int, help="use only the first N training images")
     g.add_argument("--limit-val", type=int, help="use only the first N validation images")
     g.add_argument(
@@ -424,14 +435,21 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _run_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--seed",
+        type=int,
+        help=f"draws the split, initial weights, order and augmentation, in [-2**63, 2**64) (default: "
+        f"{DATA_DEFAULTS['seed']}; on --resume, the interrupted run's)",
+    )
     g.add_argument(
         "--resume",
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
-        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs and --model-arg come from the file, "
-        "and a value that differs from the file's is an error; unset --epochs, --label-smoothing, "
-        "--clip-grad-norm, --early-stopping, --hflip, --augment, --amp and --name come from the file too (a "
-        "given --epochs changes the run's length), and an unset --output-dir is the file's directory",
+        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs, --model-arg, the data flags "
+        "(--dataset, --data-path, --image-size, --channels, --val-fraction, --limit-train, --limit-val) "
+        "and --seed come from the file, and a value that differs from the file's is an error; unset "
+        "--epochs, --label-smoothing, --clip-grad-norm, --early-stopping, --hflip, --augment, --amp and "
+        "--name come from the file too (a given --epochs changes the run's length), and an unset "
+        "--output-dir is the file's directory",
     )
     g.add_argument(
         "--output-dir",

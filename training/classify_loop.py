@@ -325,8 +325,8 @@ def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
     differ = data_differences(state["data"], asdict(spec))
     if differ:
         raise ValueError(
-            f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; give "
-            "its data flags"
+            f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; leave "
+            "these flags unset to take its values"
         )
     check_world_size(state.get("world_size", d.world_size), d.world_size)
 

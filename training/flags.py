@@ -42,3 +42,13 @@ def check_bool_model_args(config_cls: type, model_args: Mapping[str, Any]) -> No
     wrong = [f"{k}={v!r}" for k, v in model_args.items() if hints.get(k) is bool and not isinstance(v, bool)]
     if wrong:
         raise ValueError(f"--model-arg {', '.join(wrong)}: a boolean field takes True or False")
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a ``--seed`` torch's generators do not take, naming their range, before any data is read
+    (else "Overflow when unpacking long long" once the split or the weights are drawn)."""
+    from training.data.loader import SEED_RANGE
+
+    low, high = SEED_RANGE
+    if not low <= seed < high:
+        raise ValueError(f"--seed must be in [-2**63, 2**64) (what torch's generators take), got {seed}")

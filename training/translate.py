@@ -27,7 +27,7 @@ from torch import nn
 from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
 from training.data.text_batches import TranslationBatch
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
-from training.flags import check_bool_model_args, check_minimum, check_positive
+from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
@@ -239,6 +239,7 @@ TOKENIZER_MODEL_ARGS = {
 
 def check_config(cfg: dict[str, Any]) -> None:
     """Flags that would only fail after training (or mid-way), named before any data is read."""
+    check_seed(cfg["seed"])
     check_minimum(1, {key: cfg[key] for key in AT_LEAST_ONE})
     check_positive({"lr": cfg["lr"]})
     check_minimum(0, {key: cfg[key] for key in ZERO_OR_MORE})
