@@ -49,6 +49,13 @@ class DecodingLimits:
 DEFAULTS = DecodingOptions()
 LIMITS = DecodingLimits()
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(DecodingOptions))
+SHOWN_CHARS = 40  # of a refused value, in its error: a client may send 1e300 or a megabyte of text
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut at ``SHOWN_CHARS`` (its length said where it was cut)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def check_options(
@@ -63,12 +70,14 @@ def check_options(
     ):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
-            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {shown(value)}")
     if options.length_penalty not in LENGTH_PENALTIES:
-        raise ValueError(f"length_penalty must be one of {LENGTH_PENALTIES}, got {options.length_penalty!r}")
+        raise ValueError(
+            f"length_penalty must be one of {LENGTH_PENALTIES}, got {shown(options.length_penalty)}"
+        )
     alpha = options.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= limits.max_alpha:
-        raise ValueError(f"alpha must be a number in [0, {limits.max_alpha:g}], got {alpha!r}")
+        raise ValueError(f"alpha must be a number in [0, {limits.max_alpha:g}], got {shown(alpha)}")
 
 
 def options_from_parameters(params: dict) -> DecodingOptions:
@@ -83,7 +92,7 @@ def options_from_parameters(params: dict) -> DecodingOptions:
             continue
         value, default = params[name], getattr(DEFAULTS, name)
         if isinstance(default, bool) or isinstance(value, bool):
-            raise ValueError(f"parameter {name!r} must be {type(default).__name__}, got {value!r}")
+            raise ValueError(f"parameter {name!r} must be {type(default).__name__}, got {shown(value)}")
         if isinstance(default, int):
             if (
                 isinstance(value, float)
@@ -95,19 +104,19 @@ def options_from_parameters(params: dict) -> DecodingOptions:
                 try:
                     value = int(value)
                 except ValueError:  # "--5", or more digits than int() converts
-                    raise ValueError(f"parameter {name!r} must be an integer, got {value[:40]!r}") from None
+                    raise ValueError(f"parameter {name!r} must be an integer, got {shown(value)}") from None
             elif not isinstance(value, int):
-                raise ValueError(f"parameter {name!r} must be an integer, got {value!r}")
+                raise ValueError(f"parameter {name!r} must be an integer, got {shown(value)}")
         elif isinstance(default, float):
             if isinstance(value, str) and not (value.isascii() and "_" not in value):
                 # float() also reads "1_0" as 10 and "٤" or "４" as 4, where int options refuse them
-                raise ValueError(f"parameter {name!r} must be a number, got {value[:40]!r}")
+                raise ValueError(f"parameter {name!r} must be a number, got {shown(value)}")
             try:
                 value = float(value)
             except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
-                raise ValueError(f"parameter {name!r} must be a number, got {repr(value)[:40]}") from None
+                raise ValueError(f"parameter {name!r} must be a number, got {shown(value)}") from None
         elif not isinstance(value, str):
-            raise ValueError(f"parameter {name!r} must be a string, got {value!r}")
+            raise ValueError(f"parameter {name!r} must be a string, got {shown(value)}")
         values[name] = value
     return DecodingOptions(**values)
 
@@ -148,12 +157,13 @@ class BeamConfig:
         if self.min_length >= self.max_length:
             raise ValueError(f"min_length={self.min_length} must be < max_length={self.max_length}")
         if self.length_penalty not in LENGTH_PENALTIES:
-            raise ValueError(f"length_penalty={self.length_penalty!r}; expected one of {LENGTH_PENALTIES}")
-        if not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha) or self.alpha < 0:
-            raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0")
+            raise ValueError(
+                f"length_penalty={shown(self.length_penalty)}; expected one of {LENGTH_PENALTIES}"
+            )
+        _check_alpha(self.alpha)
         if not math.isfinite(_divisor(self.max_length, self.length_penalty, float(self.alpha))):
             raise ValueError(
-                f"alpha={self.alpha!r} overflows the length penalty at max_length={self.max_length}"
+                f"alpha={shown(self.alpha)} overflows the length penalty at max_length={self.max_length}"
             )
         if self.eos_id == self.bos_id:
             raise ValueError(f"eos_id and bos_id must differ (both {self.eos_id})")
@@ -161,7 +171,18 @@ class BeamConfig:
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        raise ValueError(f"{name}={shown(value)} must be an integer >= {minimum}")
+
+
+def _check_alpha(alpha: object) -> None:
+    """A finite number from 0, refused by name as the protocols' parsers refuse it: a bool is an int in
+    Python, and an int past any float made ``math.isfinite`` raise OverflowError instead."""
+    try:
+        finite = not isinstance(alpha, bool) and isinstance(alpha, int | float) and math.isfinite(alpha)
+    except OverflowError:
+        finite = False
+    if not finite or alpha < 0:
+        raise ValueError(f"alpha={shown(alpha)} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)

@@ -265,14 +265,15 @@ def _pad(hyps: list[Translation], j: int) -> Translation:
 
 
 def _as_text(value: Any, index: int) -> str:
+    """One text of the ``text`` input, named ``texts[i]`` as every other text error names it."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest(f"text[{index}] is not valid UTF-8") from None
+            raise BadRequest(f"texts[{index}] is not valid UTF-8") from None
     if isinstance(value, str):
         return value
-    raise BadRequest(f"text[{index}] must be BYTES (a UTF-8 string), got {type(value).__name__}")
+    raise BadRequest(f"texts[{index}] must be BYTES (a UTF-8 string), got {type(value).__name__}")
 
 
 def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:

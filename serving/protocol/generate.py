@@ -40,7 +40,7 @@ from serving.protocol.request_values import parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data
 from serving.protocol.translate import until_client_leaves
-from serving.protocol.v2_codec import check_priority, timeout_seconds
+from serving.protocol.v2_codec import check_parameter_values, timeout_seconds
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -110,7 +110,7 @@ def generate_request(body: Any, meta: ModelMetadata, version: str) -> InferReque
                 f"{key!r} is neither an input of model {meta.name!r} (its inputs: {', '.join(inputs)}) nor a "
                 f"parameter (a string, number or boolean), got {kind}"
             )
-    check_priority(parameters)
+    check_parameter_values(parameters)  # as infer checks them: an integer past 64 bits is a 400
     timeout = parameters.get("timeout")
     return InferRequest(
         model=meta.name,

@@ -74,12 +74,13 @@ async def model_statistics(
     """``model_stats`` of the statistics response: every model served when ``name`` is empty (each
     in the version it serves, whatever ``version`` says, as Triton answers; an entry that failed to
     load is left out, as Triton lists only the models it loaded), else that model in ``version`` (an
-    unknown model or version raises ``ModelNotFound``: a 404). A backend that batches elsewhere
-    (``batching_statistics``: Triton) gives the batching half; an unreachable one makes the call
-    fail as its requests would (503), not answer zeros for what it did."""
+    unknown model or version, or one that failed to load, raises ``ModelNotFound``: a 404). A
+    backend that batches elsewhere (``batching_statistics``: Triton) gives the batching half; an
+    unreachable one makes the call fail as its requests would (503), not answer zeros for what it did."""
     if name:
         versions = backend.metadata(name, version).versions  # an unknown one raises: a 404
         served = {name: version or _latest(versions)}
+        await _check_loaded(backend, name, served[name])
     else:
         served = {}
         for model in sorted(backend.list_models()):
@@ -99,6 +100,16 @@ async def model_statistics(
                 stat["inference_stats"].update(their.pop("inference_stats"))
                 stat.update(their)
     return stats
+
+
+async def _check_loaded(backend: Backend, name: str, version: str) -> None:
+    """Refuse the statistics of a model whose load failed, as its unknown twin (404, gRPC NOT_FOUND):
+    zeros answered 200 described a model that never ran, which the every-model list leaves out.
+    Triton refuses it too ("requested model ... is not available"), with the 400 it gives any model it
+    does not serve; the gateway keeps its 404 for those, as for an unknown model."""
+    error = backend.load_error(name)
+    if error and not await backend.model_ready(name, version):
+        raise ModelNotFound(f"model {name!r} is not available: it failed to load: {error}")
 
 
 def _latest(versions: list[str]) -> str:

@@ -67,7 +67,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     if not isinstance(header, dict):
         raise BadRequest("infer request must be a JSON object")
     params = _dict(header.get("parameters"), "parameters")
-    _check_parameter_values(params)
+    check_parameter_values(params)
     inputs, offset = {}, 0
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -217,10 +217,11 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
     return outputs
 
 
-def _check_parameter_values(params: dict) -> None:
+def check_parameter_values(params: dict) -> None:
     """A request parameter is a string, a number or a boolean, as Triton reads them (and as gRPC's
     InferParameter can carry them: an integer within 64 bits): Triton answers any other a 400, and
-    through ``--backend triton`` tritonclient could not forward one (a 500)."""
+    through ``--backend triton`` tritonclient could not forward one (a 500). Infer and generate
+    requests alike."""
     for key, value in params.items():
         unicode_text(key, f"parameter name {key!r}")
         if isinstance(value, str):
@@ -229,8 +230,10 @@ def _check_parameter_values(params: dict) -> None:
             kind = "null" if value is None else type(value).__name__
             raise BadRequest(f"parameter {key!r} must be a string, a number or a boolean, got {kind}")
         if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
+            digits = str(value)
+            shown = digits if len(digits) <= 40 else f"{digits[:40]}... ({len(digits)} digits)"
             raise BadRequest(
-                f"parameter {key!r} is past 64 bits (an InferParameter holds int64 or uint64): {value}"[:200]
+                f"parameter {key!r} is past 64 bits (an InferParameter holds int64 or uint64): {shown}"[:200]
             )
     check_priority(params)
 
