@@ -118,7 +118,7 @@ def test_a_text_that_is_not_utf8_is_named_as_the_gateway_names_it(model) -> None
     position 0"), which names neither the text nor the rule; the gateway says which text."""
     (response,) = model.execute([_Request(["fine", _Undecodable("x")])])
     assert response.error.code == _Error.INVALID_ARG
-    assert response.error.message == "text[1] is not valid UTF-8"
+    assert response.error.message == "texts[1] is not valid UTF-8"
 
 
 def test_through_bls_a_beam_wider_than_the_decoder_entry_takes_is_the_requests_mistake(

@@ -64,7 +64,7 @@ def model(monkeypatch: pytest.MonkeyPatch):
 
     def translate(texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float, float]]]:
         if "poison" in texts:
-            raise ValueError("text[0] is 99 tokens long; the model takes 64")
+            raise ValueError("texts[0] is 99 tokens long; the model takes 64")
         return [[(t.upper(), -0.25 * j, -0.5 * j - 1) for j in range(config.n_best)] for t in texts]
 
     instance._translate = translate

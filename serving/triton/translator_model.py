@@ -90,7 +90,7 @@ def _text(value: object, index: int) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"text[{index}] is not valid UTF-8") from None
+        raise ValueError(f"texts[{index}] is not valid UTF-8") from None
 
 
 def _read_json(path: str) -> dict:
@@ -249,9 +249,9 @@ class TritonPythonModel:
             raise ValueError(f"{len(texts)} texts in one request; the limit is {bs.LIMITS.max_texts}")
         for i, text in enumerate(texts):
             if not text.strip():
-                raise ValueError(f"text[{i}] is empty or only whitespace")
+                raise ValueError(f"texts[{i}] is empty or only whitespace")
             if len(text) > bs.LIMITS.max_chars:
-                raise ValueError(f"text[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
+                raise ValueError(f"texts[{i}] has {len(text)} characters; the limit is {bs.LIMITS.max_chars}")
         return texts
 
     def _translate(self, texts: list[str], config: bs.BeamConfig) -> list[list[tuple[str, float, float]]]:
@@ -262,7 +262,7 @@ class TritonPythonModel:
         cap = self.spec.max_positions
         for i, row in enumerate(ids):
             if cap and len(row) + 1 > cap:
-                raise ValueError(f"text[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
+                raise ValueError(f"texts[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
         chunk = max(1, min(self.max_sentences, self.max_rows // config.beam_size))
         results = offline.translate_in_batches(
             self.run_encoder, self.run_decoder, self.spec, ids, config, chunk
