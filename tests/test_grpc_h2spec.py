@@ -389,3 +389,44 @@ def test_data_on_a_call_its_client_had_ended_is_reset_once_however_it_arrives(pi
         errors = [(f[2], rst_code(f)) for f in h2.frames() if f[0] in (w.RST_STREAM, w.GOAWAY)]
         assert errors == [(1, w.STREAM_CLOSED)] and not h2.connection.buffer
         assert h2.server.budget.used == 0
+
+
+def test_late_frames_of_a_stream_closed_long_ago_are_dropped_not_taken_for_the_clients_error() -> None:
+    """A busy connection forgot a stream it had answered early after 256 closes while 1 024 calls may be
+    open: its late DATA was then reset (each reset spends the connection's budget, whose end is a
+    GOAWAY) and late trailers closed the whole connection. Now a forgotten stream's frames are dropped
+    unjudged, and a skipped id above the forgotten ones is still the client's error."""
+    from serving.protocol.h2_requests import ClosedStreams
+
+    closed = ClosedStreams(size=4)
+    for stream in range(1, 21, 2):  # 10 streams closed early: the first ones forgotten
+        closed.note(stream, True)
+    assert closed.early(1) is None and closed.floor >= 1
+    assert not closed.client_closed(1)  # forgotten: dropped
+    assert not closed.client_closed(19)  # remembered, closed early: dropped
+    closed.note(21, False)
+    assert closed.client_closed(21)  # remembered, closed by its client: its error
+    assert closed.client_closed(23)  # never opened (skipped), above the floor: its error
+    with connected(budget=BodyBudget(1 << 20)) as h2:
+        h2.connection.closed_streams = ClosedStreams(size=4)
+        for stream in range(1, 21, 2):
+            h2.send(_grpc(h2, stream, ENDED))  # each answered at once
+        h2.frames()
+        assert h2.connection.closed_streams.early(1) is None  # forgotten
+        h2.send(w.frame(w.DATA, 0, 1, b"late") + w.frame(w.HEADERS, ENDED, 1, b"") + PING)
+        frames = h2.frames()
+        assert not [f for f in frames if f[0] in (w.RST_STREAM, w.GOAWAY)], frames
+        assert any(f[0] == w.PING for f in frames)  # the connection serves on
+
+
+def test_fields_judged_well_formed_are_remembered_within_a_bound_and_malformed_ones_never() -> None:
+    """Each request's regular fields are judged once (a client repeats them call after call); the
+    memory is bounded (a grpc-timeout's value differs at every call), and a malformed field is judged
+    malformed every time."""
+    for _ in range(2):
+        assert w.field_problem(b"x-bad", b"a\r\nb") == "header 'x-bad' has NUL, CR or LF in its value"
+        assert w.field_problem(b"Upper", b"v") == "header name b'Upper' is not a lowercase token"
+    assert (b"x-bad", b"a\r\nb") not in w._GOOD_FIELDS
+    for timeout in range(w.GOOD_FIELDS_MAX + 10):
+        assert w.field_problem(b"grpc-timeout", f"{timeout}u".encode()) is None
+    assert 0 < len(w._GOOD_FIELDS) <= w.GOOD_FIELDS_MAX

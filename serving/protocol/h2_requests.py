@@ -27,7 +27,10 @@ STREAM_WINDOW = 1 << 22  # bytes a call may send before we grant more
 CONNECTION_WINDOW = 1 << 30
 FRAME_SIZE = 1 << 20  # largest frame we accept: a 48 KB image arrives in one DATA frame, not three
 MAX_HEADER_LIST = 1 << 16
-CLOSED_REMEMBERED = 256  # streams closed lately whose state a late frame is judged by (ClosedStreams)
+# streams closed lately whose state a late frame is judged by (ClosedStreams): past MAX_STREAMS, so the
+# calls a busy connection answered early (refused under load while their clients still upload) are
+# remembered while their late frames can still come
+CLOSED_REMEMBERED = 2048
 _SELF_DEPENDENT = 0x100  # beside a HEADERS frame's flags: its priority names its own stream
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
@@ -44,26 +47,38 @@ class ClosedStreams:
     have been sending (answered early, or reset: its late frames are dropped, RFC 9113 section 5.1)
     or not (the client had ended its half, or reset it: a DATA or HEADERS frame on it is the client's
     error). Two generations of at most ``size`` each: noting and looking up cost a step, and a
-    connection that served a million calls remembers no more than ``2 * size``."""
+    connection that served a million calls remembers no more than ``2 * size``. ``floor``: the highest
+    stream forgotten, whose late frames are dropped unjudged (as before this memory existed) rather
+    than taken for the client's error."""
 
-    __slots__ = ("size", "recent", "older")
+    __slots__ = ("size", "recent", "older", "floor")
 
     def __init__(self, size: int = CLOSED_REMEMBERED) -> None:
         self.size = size
         self.recent: dict[int, bool] = {}
         self.older: dict[int, bool] = {}
+        self.floor = 0
 
     def note(self, stream: int, early: bool) -> None:
         recent = self.recent
         recent[stream] = early
         if len(recent) >= self.size:
+            if self.older:
+                self.floor = max(self.floor, max(self.older))
             self.older, self.recent = recent, {}
 
     def early(self, stream: int) -> bool | None:
         """Whether the server closed ``stream`` early; None where it is not remembered (never opened,
-        or closed long ago)."""
+        or closed long ago: :meth:`forgotten`)."""
         early = self.recent.get(stream)
         return self.older.get(stream) if early is None else early
+
+    def client_closed(self, stream: int) -> bool:
+        """Whether a late DATA frame on ``stream`` (at most the last opened, no call now) is the client's
+        error: it had closed the stream itself, or skipped its id (implicitly closed, RFC 9113 section
+        5.1.1). A stream closed early, or forgotten, is not: its late frames are dropped."""
+        early = self.early(stream)
+        return early is False or (early is None and stream > self.floor)
 
 
 class RequestFrames(ConnectionState):
@@ -81,7 +96,7 @@ class RequestFrames(ConnectionState):
         if call is None:
             if stream == 0 or stream > self.last_stream:
                 raise w.H2Error(w.PROTOCOL_ERROR, f"DATA on stream {stream}, which is not open")
-            if not self.closed_streams.early(stream):  # the client's own half was over (section 6.1)
+            if self.closed_streams.client_closed(stream):  # the client's own half was over (section 6.1)
                 self._refuse_stream(stream, w.STREAM_CLOSED)
             return  # a call we answered or reset early: the bytes are counted above, then dropped
         if call.ended:  # DATA after the client's END_STREAM (RFC 9113 section 5.1)
@@ -173,8 +188,8 @@ class RequestFrames(ConnectionState):
             return
         if stream <= self.last_stream:
             early = self.closed_streams.early(stream)
-            if early:
-                return  # late trailers of a call we answered or reset early
+            if early or (early is None and stream <= self.closed_streams.floor):
+                return  # late trailers of a call we answered or reset early, or closed long ago
             if early is None:  # streams open in order (RFC 9113 section 5.1.1)
                 raise w.H2Error(w.PROTOCOL_ERROR, f"HEADERS opening stream {stream} after {self.last_stream}")
             raise w.H2Error(w.STREAM_CLOSED, f"HEADERS on stream {stream}, which the client closed")

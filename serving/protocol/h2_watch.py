@@ -125,7 +125,7 @@ class PartialCalls(ConnectionState):
         if call is None:
             if not 0 < stream <= self.last_stream:
                 return  # not a call's: an error once whole
-            if not self.closed_streams.early(stream):  # its client had closed it: told so now, once
+            if self.closed_streams.client_closed(stream):  # its client had closed it: told so now, once
                 self._write(w.rst_stream(stream, w.STREAM_CLOSED))
                 self.closed_streams.note(stream, True)
         elif call.ended:
