@@ -250,9 +250,27 @@ _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a token in lower case
 _FIELD_VALUE_BREAK = re.compile(rb"[\x00\r\n]")  # what would end a field in HTTP/1 (whitespace tolerated)
 
 
+# Fields judged well-formed: a client repeats its fields call after call (from its HPACK table), so
+# each is judged once, a set lookup instead of two regular expressions (~4 -> ~1 us a request). Bounded:
+# cleared when full (a grpc-timeout's value differs at every call).
+_GOOD_FIELDS: set[tuple[bytes, bytes]] = set()
+GOOD_FIELDS_MAX = 4096
+
+
 def field_problem(name: bytes, value: bytes) -> str | None:
     """What makes a regular field malformed in HTTP/2: a name not a lowercase token, a
     connection-specific field, ``te`` other than ``trailers``, or a value with NUL, CR or LF."""
+    if (name, value) in _GOOD_FIELDS:
+        return None
+    problem = _judged(name, value)
+    if problem is None:
+        if len(_GOOD_FIELDS) >= GOOD_FIELDS_MAX:
+            _GOOD_FIELDS.clear()
+        _GOOD_FIELDS.add((name, value))
+    return problem
+
+
+def _judged(name: bytes, value: bytes) -> str | None:
     if _FIELD_NAME.fullmatch(name) is None:
         return f"header name {name!r} is not a lowercase token"
     if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
