@@ -108,18 +108,46 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "im
     return dst
 
 
+# Ops between a classifier's last product and its outputs that only move, pool or squash values: the
+# outputs' nodes are followed back through them to that product (NiN's logits are
+# Flatten(GlobalAveragePool(Relu(Conv))): excluding the Flatten alone left the Conv's output quantized)
+PASS_THROUGH = frozenset(
+    {
+        "Flatten",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Transpose",
+        "GlobalAveragePool",
+        "Relu",
+        "Softmax",
+    }
+)
+
+
 def output_producers(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes whose outputs are graph outputs (quantization excludes nodes by name)."""
-    outputs = {o.name for o in model.graph.output}
-    return [n.name for n in model.graph.node if outputs.intersection(n.output)]
+    """Names of the nodes that make the graph's outputs (quantization excludes nodes by name): each
+    output's producer, followed back through ``PASS_THROUGH`` ops to the product that feeds them."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names: list[str] = []
+    wanted = [o.name for o in model.graph.output]
+    while wanted:
+        node = producer.get(wanted.pop())
+        if node is None or node.name in names:
+            continue
+        names.append(node.name)
+        if node.op_type in PASS_THROUGH and node.input:
+            wanted.append(node.input[0])  # the data input
+    return names
 
 
 def name_output_producers(model: onnx.ModelProto) -> int:
-    """Name, in place, each unnamed node that produces a graph output; returns how many were named."""
-    outputs = {o.name for o in model.graph.output}
-    unnamed = [n for n in model.graph.node if not n.name and outputs.intersection(n.output)]
-    for node in unnamed:
-        node.name = f"kiln_output_{node.output[0]}"
+    """Name, in place, each unnamed node (those :func:`output_producers` names must have a name);
+    returns how many were named."""
+    unnamed = [n for n in model.graph.node if not n.name]
+    for index, node in enumerate(unnamed):
+        node.name = f"kiln_node_{index}_{node.output[0] if node.output else node.op_type}"
     return len(unnamed)
 
 

@@ -65,7 +65,7 @@ CHANGED: dict[int, tuple[tuple[str, ...], str]] = {
     ),
     11: (
         CLASSIFIERS,
-        "a classifier's int8 entry keeps its output nodes in float32 (its probabilities were rounded to steps of "
+        "a classifier's int8 entry keeps its output nodes, back to the last product, in float32 (its probabilities were rounded to steps of "
         "1/255) and quantizes weights to 7 bits (8-bit products saturated on CPUs without VNNI)",
     ),
 }

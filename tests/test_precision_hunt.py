@@ -133,3 +133,46 @@ def test_static_int8_outputs_are_not_rounded_to_uint8_steps(tmp_path: Path) -> N
     softmax /= softmax.sum(-1, keepdims=True)
     assert np.abs(got["probabilities"] - softmax).max() < 1e-6
     assert np.allclose(got["probabilities"].sum(-1), 1.0, atol=1e-6)
+
+
+def test_a_nin_shaped_heads_last_convolution_stays_float_with_the_outputs(tmp_path: Path) -> None:
+    """NiN's logits are Flatten(GlobalAveragePool(Relu(Conv))): excluding only the nodes that write the
+    outputs left that Conv's output quantized, the logits again in uint8 steps."""
+    rng = np.random.default_rng(0)
+    first = np.abs(rng.normal(0, 1, (CHANNELS, 1, 3, 3))).astype(np.float32)
+    head = rng.normal(0, 1, (CLASSES, CHANNELS, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["pixels", "scale"], ["x"]),
+        helper.make_node("Conv", ["x", "first"], ["features"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["features"], ["hidden"]),
+        helper.make_node("Conv", ["hidden", "head"], ["scores"]),
+        helper.make_node("Relu", ["scores"], ["positive"]),
+        helper.make_node("GlobalAveragePool", ["positive"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nin",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", SIZE, SIZE, 1])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", CLASSES]),
+        ],
+        [
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+            numpy_helper.from_array(first, "first"),
+            numpy_helper.from_array(head, "head"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    int8 = quantize.to_int8(tmp_path / "fp32.onnx", tmp_path / "int8" / "model.onnx", _bright_images())
+    quantized = onnx.load(str(int8)).graph
+    consumers = {i for n in quantized.node for i in n.input if n.op_type == "QuantizeLinear"}
+    head_conv = [n for n in quantized.node if n.op_type == "Conv" and "head" in n.input[1]]
+    assert head_conv and head_conv[0].output[0] not in consumers  # its output is not re-quantized
+    assert not [n for n in quantized.node if n.op_type == "DequantizeLinear" and n.output[0] == "pooled"]
