@@ -63,6 +63,24 @@ def test_under_two_processes_the_epochs_train_metrics_leave_the_sampler_padding_
     assert correct / seen == single_acc
 
 
+def test_a_rank_whose_share_is_all_sampler_padding_trains_its_epoch(tmp_path, monkeypatch):
+    """One training example on two processes: rank 1's only example is a copy, left out of its counts,
+    and its progress bar divided by its zero examples (a ZeroDivisionError under torchrun)."""
+    tiny = {**TINY, **FROZEN_PLAIN, "limit_train": 1, "batch_size": 8}
+    config = classify.TrainConfig(**tiny, epochs=1, output_dir=str(tmp_path))
+    run = classify_loop.prepare(classify.resolve(config), Dist(0, 1, torch.device("cpu")))
+    own = []
+    rank0 = [0.5, 1, 1]  # what the other rank adds in the all-reduce: its one real example
+    monkeypatch.setattr(
+        classify_loop,
+        "all_sum",
+        lambda values, d: own.append(values) or [a + b for a, b in zip(values, rank0, strict=True)],
+    )
+    run.dist = Dist(1, 2, torch.device("cpu"))
+    assert classify_loop.train_epoch(run, 0) == (0.5, 1.0)
+    assert own == [[0.0, 0, 0]]  # its copy trained on, counted nowhere
+
+
 def interrupted_run(out, monkeypatch, **settings) -> str:
     """A classifier run killed after its first epoch; the path of its resume state."""
     with monkeypatch.context() as patch:

@@ -240,10 +240,12 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         optimizer_step(run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm)
         real = ~sampler_padding(len(run.train_ds), d.rank, d.world_size, offset, len(idx))  # (B,)
         offset += len(idx)
-        total_loss += float(losses.detach()[real.to(d.device)].sum())
-        correct += int((logits.argmax(1) == labels)[real.to(d.device)].sum())
+        on_device = real.to(d.device)
+        total_loss += float(losses.detach()[on_device].sum())
+        correct += int((logits.argmax(1) == labels)[on_device].sum())
         seen += int(real.sum())
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if seen:  # a rank's first batches may be all padding (a split smaller than the processes)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = all_sum([total_loss, correct, seen], d)
     return total_loss / seen, correct / seen
 
