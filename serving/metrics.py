@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
+from serving import process_tree
 from serving.errors import ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metric_families import CLIENT_LEFT, MetricFamilies
@@ -264,23 +265,13 @@ def forget_gone_processes(directory: str | Path, *, own: bool = False) -> list[P
             if pid == os.getpid():
                 if mapped is None or (entry.stat().st_dev, entry.stat().st_ino) in mapped:
                     continue
-            elif _runs(pid):
+            elif process_tree.running(pid):
                 continue
             entry.unlink(missing_ok=True)  # the workers of one gateway may sweep at once
         except OSError:
             continue
         removed.append(entry)
     return removed
-
-
-def _runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _mapped_files() -> set[tuple[int, int]] | None:

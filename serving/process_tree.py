@@ -54,3 +54,14 @@ def usage(pid: int | None) -> Usage | None:
     if not seen:
         return None
     return Usage(pss_bytes=pss_kib * 1024, cpu_seconds=ticks / CLOCK_TICKS, processes=seen)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

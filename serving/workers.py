@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from serving import process_tree
 from serving.execution.occupancy import BOARD_PREFIX, create_board
 from serving.execution.shared_weights import PREFIX as WEIGHTS_PREFIX
 from serving.execution.shared_weights import create_store_dir
@@ -209,7 +210,7 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
             prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX, CONNECTIONS_PREFIX)
             prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
             pid = entry.name[len(prefix) :].partition("-")[0] if prefix else ""
-            if not pid.isdigit() or _running(int(pid)):
+            if not pid.isdigit() or process_tree.running(int(pid)):
                 continue
             try:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -219,16 +220,6 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
     if removed:
         log.info("removed %d boards and directories of gateways that are gone", len(removed))
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _supervise(procs: list[subprocess.Popen], metrics_dir: Path | None = None) -> int:

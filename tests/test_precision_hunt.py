@@ -31,9 +31,15 @@ def _classifier_graph(path: Path) -> Path:
         helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
     ]
+    return _saved_classifier(path, nodes, {"conv": conv, "fc": fc})
+
+
+def _saved_classifier(path: Path, nodes: list, weights: dict[str, np.ndarray]) -> Path:
+    """``nodes`` as a classifier graph (uint8 NHWC ``images`` in, ``logits`` and ``probabilities`` out,
+    ``scale`` = 1/255 beside ``weights``) saved at ``path``."""
     graph = helper.make_graph(
         nodes,
-        "bright",
+        path.stem,
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", SIZE, SIZE, 1])],
         [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
@@ -41,8 +47,7 @@ def _classifier_graph(path: Path) -> Path:
         ],
         [
             numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
-            numpy_helper.from_array(conv, "conv"),
-            numpy_helper.from_array(fc, "fc"),
+            *(numpy_helper.from_array(value, name) for name, value in weights.items()),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -153,23 +158,7 @@ def test_a_nin_shaped_heads_last_convolution_stays_float_with_the_outputs(tmp_pa
         helper.make_node("Flatten", ["pooled"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "nin",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", SIZE, SIZE, 1])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", CLASSES]),
-        ],
-        [
-            numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
-            numpy_helper.from_array(first, "first"),
-            numpy_helper.from_array(head, "head"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    _saved_classifier(tmp_path / "fp32.onnx", nodes, {"first": first, "head": head})
     int8 = quantize.to_int8(tmp_path / "fp32.onnx", tmp_path / "int8" / "model.onnx", _bright_images())
     quantized = onnx.load(str(int8)).graph
     consumers = {i for n in quantized.node for i in n.input if n.op_type == "QuantizeLinear"}

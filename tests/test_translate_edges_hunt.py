@@ -8,16 +8,8 @@ import pytest
 
 from serving.decoding.options import options_from_parameters
 from serving.errors import BadRequest
-from serving.execution.base import ModelMetadata, TensorMeta
 from serving.protocol.generate import generate_request
-
-TRANSLATOR = ModelMetadata(
-    "transformer",
-    ["1"],
-    "python",
-    [TensorMeta("text", "BYTES", [-1, 1])],
-    [TensorMeta("translation", "BYTES", [-1, -1])],
-)
+from tests.test_generate_hunt import TRANSLATOR
 
 
 @pytest.mark.parametrize("where", ["top", "parameters"])

@@ -175,11 +175,15 @@ def onnx_model(monkeypatch: pytest.MonkeyPatch):
 
 
 def _initialized(module, root: Path):  # noqa: ANN001, ANN202
+    return initialized_model(module, _build_repository(root) / MODEL)
+
+
+def initialized_model(module, entry: Path):  # noqa: ANN001, ANN202
+    """``module``'s TritonPythonModel initialized on ``entry`` as Triton would (its flavoured config)."""
     from google.protobuf import json_format
 
     from serving.triton.flavour import python_config, read_config
 
-    entry = _build_repository(root) / MODEL
     config = python_config(read_config(entry / "config.pbtxt"))
     instance = module.TritonPythonModel()
     instance.initialize(

@@ -314,20 +314,9 @@ class _TensorRequest:
 
 
 def _flavoured(module, entry: Path):  # noqa: ANN001, ANN202
-    from google.protobuf import json_format
+    from tests.test_triton_flavour_hunt import initialized_model
 
-    from serving.triton.flavour import python_config, read_config
-
-    config = python_config(read_config(entry / "config.pbtxt"))
-    instance = module.TritonPythonModel()
-    instance.initialize(
-        {
-            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
-            "model_repository": str(entry),
-            "model_version": "1",
-        }
-    )
-    return instance
+    return initialized_model(module, entry)
 
 
 def test_the_flavour_refuses_a_negative_row_place_as_the_gateway_does(onnx_model, repository, client) -> None:
