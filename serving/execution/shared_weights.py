@@ -170,10 +170,16 @@ def shared_options(opts: Any) -> None:
 
 
 def _key(path: Path, providers: list[Any]) -> str:
-    """Names the optimized graph of this file, as it is now, for these providers."""
+    """Names the optimized graph of this file, as it is now, for these providers.
+
+    A re-export of a model often keeps its path, its size (the same architecture retrained) and even
+    its mtime (``cp -p``, a tarball, a build that pins every mtime), so those alone named the old
+    weights' graph for the new file. Its inode and change time are new whenever the file is replaced
+    or rewritten, and no copy can set the change time, so with them the key names this file's weights."""
     resolved = path.resolve()
     stat = resolved.stat()
-    text = f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}\0{providers!r}"
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    text = f"{resolved}\0{identity}\0{providers!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
