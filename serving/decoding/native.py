@@ -12,6 +12,7 @@ the compiled kernels off.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,11 @@ FUSED_GRAPH = "model.fused.onnx"
 # IEEE arithmetic as numpy does it: no fast-math, no fused multiply-add contraction.
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
 MAX_BEAM = 32  # the kernel's per-sentence scratch
+# Another build in the cache is removed by a build only once unused this long: the cache is shared by
+# whatever shares the home (another Kiln version, a Triton python model's copy of these sources,
+# another machine's build on an NFS home), and each removing the others' current builds rebuilt them at
+# every start and could remove one between its maker's build and its load.
+SWEEP_AFTER_S = 30 * 24 * 3600
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
@@ -85,7 +92,8 @@ def prebuilt() -> Path | None:
 
 def build(cc: str, target: Path) -> Path:
     """Compile into ``target`` atomically (a concurrent build of the same file is harmless), then delete
-    the builds of other versions (a process that loaded one keeps its mapping)."""
+    the other builds no process has loaded for :data:`SWEEP_AFTER_S` (a process that loaded one keeps
+    its mapping; :func:`_load` marks a build it loads as used)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
@@ -97,9 +105,23 @@ def build(cc: str, target: Path) -> Path:
         )
         os.replace(out, target)
     for old in target.parent.glob("beam_step-*.so"):
-        if old != target:
+        if old != target and _unused_for(old, SWEEP_AFTER_S):
             old.unlink(missing_ok=True)
     return target
+
+
+def _unused_for(path: Path, seconds: float) -> bool:
+    """Whether no process has built or loaded ``path`` for ``seconds`` (its mtime, see :func:`_mark_used`)."""
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:  # swept meanwhile
+        return False
+
+
+def _mark_used(path: Path) -> None:
+    """Note that ``path`` was loaded now, so that no other build sweeps it (a read-only cache: never swept)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _open(path: Path) -> ctypes.CDLL:
@@ -137,9 +159,7 @@ def _load() -> ctypes.CDLL | None:
                 cache_dir(),
             )
             return None
-        if not path.exists():
-            build(cc, path)
-        library = _open(path)
+        library = _open_cached(cc, path)
         _loaded_path[:] = [path]
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
@@ -148,6 +168,25 @@ def _load() -> ctypes.CDLL | None:
         )
         return None
     log.info("compiled beam step: %s", path)
+    return library
+
+
+def _open_cached(cc: str | None, path: Path) -> ctypes.CDLL:
+    """The library at ``path``, built first where absent. A file there that does not open (truncated by a
+    crash before it reached the disk, or removed by another build between the check and the open) is
+    built again, once, where there is a compiler: it stayed in the cache, and every process after ran
+    the numpy step."""
+    if cc is not None and not path.exists():
+        build(cc, path)
+    try:
+        library = _open(path)
+    except OSError as exc:
+        if cc is None:
+            raise
+        log.warning("compiled beam step %s does not load (%s): building it again", path, exc)
+        build(cc, path)
+        library = _open(path)
+    _mark_used(path)
     return library
 
 
