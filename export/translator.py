@@ -25,6 +25,7 @@ from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_s
 from export.translator_entries import (
     Int8Graph,
     int8_entry_names,
+    stale_runtime,
     translator_entries,
     write_int8_entries,
     write_translator_entries,
@@ -351,7 +352,8 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     """The entries of one translator checkpoint (all rebuilt together when any is stale); the int8
     ones only with ``int8`` among the precisions and when they pass their gate."""
     entries = translator_entries(ctx.name, ctx.options)
-    if not any(ctx.needs_rebuild(e) for e in entries):
+    current = not any(ctx.needs_rebuild(e) for e in entries)
+    if current and not stale_runtime(ctx.repository, (e.name for e in entries)):
         return [ctx.skipped(e) for e in entries]
     ctx.step("freeze")
     graphs = _export_graphs(ctx, work)

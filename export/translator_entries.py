@@ -5,7 +5,9 @@ python entry that pairs them (docs/kiln-json.md)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,10 @@ from export.triton_config import (
     to_pbtxt,
 )
 from serving.decoding.native import FUSED_GRAPH
+from training.checkpoint import file_sha256
 from training.data.tokenizer import with_cleaning
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "serving" / "triton" / "translator_model.py"
@@ -154,6 +159,33 @@ def _copy_runtime(version: Path) -> str:
         for module in modules:
             shutil.copyfile(ROOT / "serving" / name / module, package / module)
     return "model.py"
+
+
+def runtime_sources() -> dict[str, Path]:
+    """What :func:`_copy_runtime` copies into a python entry, by its path under the version directory."""
+    sources = {"model.py": TEMPLATE}
+    for name, modules in (("decoding", RUNTIME_MODULES), ("execution", EXECUTION_MODULES)):
+        sources.update({f"serving/{name}/{module}": ROOT / "serving" / name / module for module in modules})
+    return sources
+
+
+def stale_runtime(repository_dir: Path, names: Iterable[str]) -> list[str]:
+    """The python entries among ``names`` whose copies of model.py and the beam search modules differ from
+    serving/'s now. Triton runs those copies, so a fix there reaches it only through a new export; the
+    checkpoint and the export settings alone found such an entry up to date, and Triton answered otherwise
+    than the gateway (its special-token text, its cancelled requests) until an export with ``--force``."""
+    current = {rel: file_sha256(path) for rel, path in runtime_sources().items() if path.is_file()}
+    stale = []
+    for name in names:
+        meta = repository.read_kiln_json(repository_dir / name)
+        if not meta or meta.get("platform") != "python":
+            continue
+        copied = meta.get("artifacts") or {}
+        if any(copied.get(f"{repository.VERSION}/{rel}") != digest for rel, digest in current.items()):
+            stale.append(name)
+    if stale:
+        log.info("%s: written with other copies of model.py and the beam search modules", ", ".join(stale))
+    return stale
 
 
 @dataclasses.dataclass(frozen=True)
