@@ -15,7 +15,6 @@ from export.parity import ParityReport
 from export.pipeline import export_checkpoint
 from export.results import Entry, ExportContext, ExportOptions
 from tests.repo_fixtures import _tiny_checkpoint
-from tests.test_export_translate import SENTENCES, _translator_checkpoint
 from training.checkpoint import save_checkpoint
 
 
@@ -52,18 +51,21 @@ def test_the_cli_reports_a_diverged_checkpoint_in_one_line_naming_it_and_writes_
     assert not list((tmp_path / "repo").iterdir())
 
 
-def test_a_new_beam_size_rebuilds_the_decoder_whose_max_batch_size_it_sets(tmp_path):
-    ckpt = _translator_checkpoint("gru_attention", tmp_path)
-    repo = tmp_path / "repo"
-    narrow = export_checkpoint(ckpt, repo, validation=SENTENCES, tensorrt="off", beam_size=2)
-    assert [r.status for r in narrow] == ["written"] * 3
+def test_a_new_beam_size_rebuilds_the_decoder_whose_max_batch_size_it_sets(
+    exported_translator_models, tmp_path_factory
+):
+    from tests.test_translate_serving import exported_translators
+
+    repo = exported_translators(exported_translator_models, tmp_path_factory, "beam_size", ("gru_attention",))
+    ckpt = repo.parent / "checkpoints" / "gru_attention.pt"
+    options = {"max_batch_size": 16, "beam_sentences": 8, "tensorrt": "off"}  # the session export's
     decoder = repo / "gru_attention_decoder"
-    assert json.loads((decoder / "kiln.json").read_text())["max_batch_size"] == 64 * 2
-    default = export_checkpoint(ckpt, repo, validation=SENTENCES, tensorrt="off")
-    assert [r.status for r in default] == ["written"] * 3
-    assert json.loads((decoder / "kiln.json").read_text())["max_batch_size"] == 64 * 4
-    assert "max_batch_size: 256" in (decoder / "config.pbtxt").read_text()
-    again = export_checkpoint(ckpt, repo, validation=SENTENCES, tensorrt="off")
+    assert json.loads((decoder / "kiln.json").read_text())["max_batch_size"] == 16 * 4  # beam 4: default
+    narrow = export_checkpoint(ckpt, repo, beam_size=2, **options)
+    assert [r.status for r in narrow] == ["written"] * 3
+    assert json.loads((decoder / "kiln.json").read_text())["max_batch_size"] == 16 * 2
+    assert "max_batch_size: 32" in (decoder / "config.pbtxt").read_text()
+    again = export_checkpoint(ckpt, repo, beam_size=2, **options)
     assert [r.status for r in again] == ["up to date"] * 3
 
 
