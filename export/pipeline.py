@@ -20,7 +20,7 @@ from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
 from export.freeze import FreezeError
 from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, read_kiln_json
-from export.results import EntryResult, ExportContext, ExportOptions, entry_name
+from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
 from export.writer_lock import writer_lock
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
@@ -78,6 +78,9 @@ def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
         lacking = [k for k in PREPROCESSING_KEYS if not isinstance(prep, dict) or k not in prep]
         if lacking:
             raise CheckpointError(f"{path}: its 'preprocessing' lacks {lacking}")
+        problem = label_problem(ckpt.get("labels"))
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
 
 
 def rebuild_checked(ckpt: dict[str, Any], path: Path) -> Any:

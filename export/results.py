@@ -102,6 +102,34 @@ def entry_name(path: Path) -> str:
     return name
 
 
+def label_problem(labels: Any) -> str | None:
+    """Why a checkpoint's ``labels`` cannot be written to labels.txt, or None (None or [] is fine: the
+    classes are then named by index). Triton and the gateway read that file a line a label: a label
+    with a line break (``\\n``, ``\\r``, U+2028...) would be two, and a blank one the gateway skips, so
+    every later class would be answered under another class's name; a class folder named in bytes that
+    are not UTF-8 would fail the export at its last step, after every ONNX build."""
+    if labels is None:
+        return None
+    if not isinstance(labels, (list, tuple)):
+        return f"'labels' must be a list of class names, got {type(labels).__name__}"
+    for index, label in enumerate(labels):
+        if not isinstance(label, str):
+            return f"label {index} is {label!r}, not a string"
+        if not label.strip() or label.splitlines() != [label]:
+            why = "is blank" if not label.strip() else "holds a line break"
+            return (
+                f"label {index} {label!r} {why}: labels.txt holds one class name a line, so every later "
+                "class would be served under another's name; rename that class and train again"
+            )
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            return (
+                f"label {index} {label!r} is not valid UTF-8 (a file name's stray bytes?); rename that class"
+            )
+    return None
+
+
 @dataclass
 class ExportContext:
     """One checkpoint being exported: its content, rebuilt model, target repository and options."""
