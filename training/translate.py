@@ -155,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget", type=float, help="minutes of training before stopping gracefully (0 = no limit)"
     )
     p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
-    p.add_argument("--max-decode-length", type=int, help="longest translation decoded in evaluation")
+    p.add_argument(
+        "--max-decode-length",
+        type=int,
+        help=f"longest translation decoded in evaluation (default: {BASE['max_decode_length']}, or the "
+        "model's max_positions where lower)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 helps on a busy CPU)"
@@ -213,11 +218,23 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             cfg[key] = value
     if args.batch_size is not None:
         cfg["batch_tokens"] = None
+    if args.max_decode_length is None:
+        cfg["max_decode_length"] = default_decode_length(cfg)
     cfg.update(model=args.model, preset=args.preset, output_dir=args.output_dir, name=args.name or args.model)
     if cfg["data_path"]:  # absolute, so export and bench rebuild the held-out splits from anywhere
         cfg["data_path"] = ",".join(os.path.abspath(part) for part in cfg["data_path"].split(","))
     check_config(cfg)
     return cfg
+
+
+def default_decode_length(cfg: dict[str, Any]) -> int:
+    """The recipe's evaluation length, capped at a shorter ``--model-arg max_positions``: an unset flag's
+    default above it stopped the run with an error about a flag the user never gave (a max_positions
+    that is not a positive int is left for ``check_config`` to name)."""
+    limit = max_positions(cfg)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return cfg["max_decode_length"]
+    return min(cfg["max_decode_length"], limit)
 
 
 AT_LEAST_ONE = ("epochs", "test_beam", "max_decode_length", "batch_size", "batch_tokens")
@@ -235,6 +252,13 @@ TOKENIZER_MODEL_ARGS = {
     "bos_id": f"the tokenizers (<s> is {BOS_ID})",
     "eos_id": f"the tokenizers (</s> is {EOS_ID})",
 }
+
+
+# The Transformer recipe shares its embeddings, so --separate-vocab alone meets this: name both ways out.
+SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY = (
+    "--separate-vocab: share_embeddings=True (the model's recipe, or --model-arg) needs one vocabulary for "
+    "source and target; drop --separate-vocab, or add --model-arg share_embeddings=False"
+)
 
 
 def check_config(cfg: dict[str, Any]) -> None:
@@ -261,6 +285,8 @@ def check_config(cfg: dict[str, Any]) -> None:
     ]
     if owned:  # the data is padded and its loss masked with the tokenizers' ids, whatever the model is told
         raise ValueError(f"--model-arg {'; '.join(owned)}, not from --model-arg")
+    if cfg["model_args"].get("share_embeddings") and not cfg["shared_vocab"]:
+        raise ValueError(SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY)  # else found after the corpus and BPE
     try:  # the architecture's own checks (heads dividing d_model, ...), with stand-in vocabulary sizes
         model_config(cfg, src_vocab_size=8, tgt_vocab_size=8)
     except ValueError as exc:
@@ -347,7 +373,7 @@ def prepare_data(cfg: dict[str, Any]):
 def build_translator(cfg: dict[str, Any], tokenizers: TokenizerPair) -> tuple[nn.Module, dict[str, Any]]:
     """The registered model with vocabulary sizes and special ids taken from the tokenizers."""
     if not tokenizers.shared and cfg["model_args"].get("share_embeddings"):
-        raise ValueError("share_embeddings=True needs a joint vocabulary (drop --separate-vocab)")
+        raise ValueError(SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY)
     config = model_config(cfg, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
     return get_entry(cfg["model"]).builder(config), asdict(config)
 
