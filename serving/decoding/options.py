@@ -26,7 +26,7 @@ class DecodingOptions:
 
     beam_size: int = 4
     n_best: int = 1
-    max_length: int = 64
+    max_length: int | None = None  # not chosen: DEFAULT_MAX_LENGTH, or the model's max_positions if lower
     length_penalty: str = "average"
     alpha: float = 1.0
 
@@ -47,6 +47,21 @@ class DecodingLimits:
 
 
 DEFAULTS = DecodingOptions()
+# A model trained with fewer positions (``--model-arg max_positions=32``) decodes at most that many
+# tokens when a request does not choose: a fixed 64 refused every default request to it (422).
+DEFAULT_MAX_LENGTH = 64
+
+
+def default_max_length(max_positions: int | None) -> int:
+    """The ``max_length`` of a request that does not choose one, for a model of ``max_positions``."""
+    return min(DEFAULT_MAX_LENGTH, max_positions) if max_positions else DEFAULT_MAX_LENGTH
+
+
+def max_length_of(options: DecodingOptions, max_positions: int | None) -> int:
+    """The request's ``max_length``, its default resolved for the model."""
+    return default_max_length(max_positions) if options.max_length is None else options.max_length
+
+
 LIMITS = DecodingLimits()
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(DecodingOptions))
 SHOWN_CHARS = 40  # of a refused value, in its error: a client may send 1e300 or a megabyte of text
@@ -69,6 +84,8 @@ def check_options(
         ("n_best", 1, options.beam_size),
     ):
         value = getattr(options, name)
+        if name == "max_length" and value is None:  # not chosen: the default fits the model
+            continue
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {shown(value)}")
     if options.length_penalty not in LENGTH_PENALTIES:
@@ -91,6 +108,7 @@ def options_from_parameters(params: dict) -> DecodingOptions:
         if name not in params:
             continue
         value, default = params[name], getattr(DEFAULTS, name)
+        default = DEFAULT_MAX_LENGTH if name == "max_length" else default  # typed as the int it resolves to
         if isinstance(default, bool) or isinstance(value, bool):
             raise ValueError(f"parameter {name!r} must be {type(default).__name__}, got {shown(value)}")
         if isinstance(default, int):
@@ -121,12 +139,15 @@ def options_from_parameters(params: dict) -> DecodingOptions:
     return DecodingOptions(**values)
 
 
-def config_for(options: DecodingOptions, *, eos_id: int, bos_id: int) -> BeamConfig:
-    """The search settings of checked options for a model's special ids."""
+def config_for(
+    options: DecodingOptions, *, eos_id: int, bos_id: int, max_positions: int | None = None
+) -> BeamConfig:
+    """The search settings of checked options for a model's special ids (and ``max_positions``, which
+    caps the default ``max_length``)."""
     return BeamConfig(
         beam_size=int(options.beam_size),
         n_best=int(options.n_best),
-        max_length=int(options.max_length),
+        max_length=int(max_length_of(options, max_positions)),
         length_penalty=options.length_penalty,
         alpha=float(options.alpha),
         eos_id=eos_id,
@@ -140,7 +161,7 @@ class BeamConfig:
 
     beam_size: int = DEFAULTS.beam_size
     n_best: int = DEFAULTS.n_best
-    max_length: int = DEFAULTS.max_length
+    max_length: int = DEFAULT_MAX_LENGTH
     min_length: int = 0
     length_penalty: str = DEFAULTS.length_penalty
     alpha: float = DEFAULTS.alpha

@@ -142,7 +142,9 @@ class Translator:
     def beam_config(self, options: bs.DecodingOptions) -> bs.BeamConfig:
         """The search settings, refusing values over the limits with the option named (422)."""
         check_decoding_options(options, self.limits, self.spec.max_positions)
-        return bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
+        return bs.config_for(
+            options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id, max_positions=self.spec.max_positions
+        )
 
     def check_texts(self, texts: list[str]) -> None:
         """Refuse empty, overlong or too many texts, naming the text."""

@@ -15,6 +15,7 @@ handlers; the OpenAPI document is still generated from the endpoint's signature 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Callable, Coroutine
@@ -25,7 +26,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.decoding.options import DEFAULTS, LIMITS, DecodingOptions
+from serving.decoding.options import DEFAULT_MAX_LENGTH, DEFAULTS, LIMITS, DecodingOptions
 from serving.decoding.translator import Translation, check_decoding_options, check_texts
 from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
 from serving.execution.base import Backend, InferRequest, InferResponse
@@ -73,10 +74,11 @@ class TranslateRequest(BaseModel):
         description="hypotheses per text (<= beam_size); fewer where the search finishes fewer",
     )
     max_length: JsonInt = Field(
-        DEFAULTS.max_length,
+        DEFAULT_MAX_LENGTH,
         ge=1,
         le=LIMITS.max_length,
-        description="most tokens generated per text, EOS included",
+        description="most tokens generated per text, EOS included (when not sent: "
+        f"{DEFAULT_MAX_LENGTH}, or the model's max_positions if lower)",
     )
     length_penalty: Literal["average", "gnmt", "none"] = DEFAULTS.length_penalty
     alpha: float = Field(
@@ -88,7 +90,7 @@ class TranslateRequest(BaseModel):
         return DecodingOptions(
             beam_size=self.beam_size,
             n_best=self.n_best,
-            max_length=self.max_length,
+            max_length=self.max_length if "max_length" in self.model_fields_set else None,
             length_penalty=self.length_penalty,
             alpha=self.alpha,
         )
@@ -289,7 +291,7 @@ async def _via_infer(
     size = max_batch if max_batch > 0 else len(body.texts)
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
     requests = [
-        InferRequest(name, {"text": _texts_tensor(part)}, outputs=outputs, parameters=dict(options.__dict__))
+        InferRequest(name, {"text": _texts_tensor(part)}, outputs=outputs, parameters=_parameters(options))
         for part in (body.texts[i : i + size] for i in range(0, len(body.texts), size))
     ]
     responses = await observed(metrics, name, asyncio.gather(*(backend.infer(r) for r in requests)))
@@ -298,6 +300,11 @@ async def _via_infer(
         for request, response in zip(requests, responses, strict=True)
         for hyps in _translations(response, outputs, len(request.inputs["text"]))
     ]
+
+
+def _parameters(options: DecodingOptions) -> dict[str, Any]:
+    """The options as request parameters; one the client did not choose is left to ``<name>``'s default."""
+    return {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
 
 
 def _texts_tensor(texts: list[str]) -> np.ndarray:

@@ -195,7 +195,12 @@ class TritonPythonModel:
             try:
                 options = parse_options(request.parameters(), self.spec.max_positions)
                 texts = self._texts(request)
-                config = bs.config_for(options, eos_id=self.spec.eos_id, bos_id=self.spec.bos_id)
+                config = bs.config_for(
+                    options,
+                    eos_id=self.spec.eos_id,
+                    bos_id=self.spec.bos_id,
+                    max_positions=self.spec.max_positions,
+                )
             except Exception as error:  # noqa: BLE001 - a bad request gets its own error
                 responses[i] = self._error(error)
                 continue
