@@ -1,7 +1,9 @@
 """The ``triton`` backend: forward every request to a running Triton server with tritonclient (gRPC or HTTP).
 
 Model metadata and configs are fetched once Triton answers and cached, because the gateway reads them
-synchronously. Triton being unreachable is a 503 with Retry-After, never a crash: the client is
+synchronously; the cache is fetched again when Triton's index of ready models changes (a load, an
+unload, a restart with other models), which a lost link or a model the cache lacks makes it check.
+Triton being unreachable is a 503 with Retry-After, never a crash: the client is
 dropped and rebuilt on the next call (:mod:`serving.execution.triton_connection`, the connection and
 its errors), and the model list is fetched again, so the gateway recovers as soon as Triton is back.
 """
@@ -9,6 +11,7 @@ its errors), and the model list is fetched again, so the gateway recovers as soo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,7 +25,7 @@ from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, ServingE
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner, TensorMeta
 from serving.execution.config_json import config_json
 from serving.execution.datatypes import datatype_of
-from serving.execution.triton_connection import TritonConnection, grpc_channel_args
+from serving.execution.triton_connection import TritonConnection, grpc_channel_args, ready_now
 
 log = logging.getLogger(__name__)
 RECONNECT_POLL_S = 0.2  # how often an unreached Triton is asked for its model list again
@@ -78,10 +81,14 @@ class TritonBackend(TritonConnection):
         self.timeout_s = timeout_s
         self.resync_interval_s = resync_interval_s
         self._models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
+        self._ready_index: frozenset[tuple[str, str]] = frozenset()  # (name, version) Triton had READY
+        self._unready: dict[str, str] = {}  # models Triton lists without a ready version: why
         self._synced = False
         self._last_sync = float("-inf")
         self._sync_lock = asyncio.Lock()
         self._watcher: asyncio.Task | None = None
+        self._refresh: asyncio.Task | None = None
+        self._running = False  # between start and stop: only then may a watcher run
         self.translate_mode = translate if repository is not None else "triton"
         self.repository = repository
         # "scheduler": the gateway's translator pool decodes over this backend's runners.
@@ -90,22 +97,40 @@ class TritonBackend(TritonConnection):
     # -- model cache ------------------------------------------------------------------------------
 
     async def _sync(self, *, force: bool = False) -> None:
-        """Fetch the ready models' metadata and configs (rate-limited unless forced)."""
+        """Fetch the ready models' metadata and configs. Unless forced: at most once per
+        ``resync_interval_s``, and only when Triton's index of ready versions changed (one call)."""
         async with self._sync_lock:
             if not force and time.monotonic() - self._last_sync < self.resync_interval_s:
                 return
             self._last_sync = time.monotonic()
+            ready, unready = await self._index()
+            if not force and self._synced and ready == self._ready_index:
+                self._unready = unready
+                return
             models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
-            for name in await self._ready_model_names():
-                models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
-            self._models, self._synced = models, True
+            for name in sorted({name for name, _ in ready}):
+                try:
+                    models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
+                except ModelNotFound as error:  # unloaded since the index: that model, not the list
+                    unready[name] = error.message
+            self._models, self._ready_index, self._unready, self._synced = models, ready, unready, True
             log.info("Triton at %s serves %s", self.url, sorted(models))
 
-    async def _ready_model_names(self) -> list[str]:
+    async def _index(self) -> tuple[frozenset[tuple[str, str]], dict[str, str]]:
+        """Triton's repository index: its READY ``(name, version)`` pairs, and why each model listed
+        without a ready version is not served (a failed load's reason; an entry without a state is a
+        model Triton never loaded, as in ``--model-control-mode explicit``)."""
         index = await self._call("get_model_repository_index")
         if self.protocol == "grpc":
             index = json_format.MessageToDict(index, preserving_proto_field_name=True).get("models", [])
-        return sorted({m["name"] for m in index if m.get("state", "READY") == "READY"})
+        ready = frozenset((m["name"], m.get("version", "")) for m in index if m.get("state") == "READY")
+        served = {name for name, _ in ready}
+        unready = {
+            m["name"]: f"{m.get('state') or 'not loaded'}{': ' + m['reason'] if m.get('reason') else ''}"
+            for m in index
+            if m["name"] not in served
+        }
+        return ready, unready
 
     async def _fetch_metadata(self, name: str) -> ModelMetadata:
         meta = await self._call("get_model_metadata", name)
@@ -140,6 +165,9 @@ class TritonBackend(TritonConnection):
         if name not in self._models:
             if not self._synced:
                 raise self._unavailable("its model list has not been fetched yet")
+            self._refresh_soon()  # Triton may have loaded it since: the next request finds it
+            if name in self._unready:
+                raise ModelNotFound(f"model {name!r} is not available on Triton: {self._unready[name]}")
             raise ModelNotFound(f"unknown model {name!r}; Triton serves {sorted(self._models)}")
         meta, config = self._models[name]
         if version and meta.versions and version not in meta.versions:
@@ -155,14 +183,36 @@ class TritonBackend(TritonConnection):
         asks again every ``RECONNECT_POLL_S``: the gateway serves within that of Triton's readiness,
         without waiting for a health check to trigger the fetch.
         """
+        self._running = True
         try:
             await self._sync(force=True)
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
-            self._watcher = asyncio.create_task(self._sync_until_reached())
+            self._watch()
+
+    def _on_link_lost(self) -> None:
+        """A lost link may mean a Triton restarted with other models (or versions): the list is fetched
+        again as soon as Triton answers, as at start. A restart no call saw is caught by the index
+        check of readiness probes and of requests for models the list lacks (:meth:`_sync`)."""
+        self._synced = False
+        self._watch()
+
+    def _refresh_soon(self) -> None:
+        """Check Triton's index in the background (the metadata routes cannot wait for it)."""
+        if not self._running or (self._refresh is not None and not self._refresh.done()):
+            return
+        try:
+            self._refresh = asyncio.get_running_loop().create_task(self._sync())
+        except RuntimeError:  # no loop in this thread: the next request on the loop asks
+            return
+        self._refresh.add_done_callback(_quiet)
+
+    def _watch(self) -> None:
+        if self._running and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.get_running_loop().create_task(self._sync_until_reached())
 
     async def _sync_until_reached(self) -> None:
-        while not self._synced:
+        while not self._synced and self._running:
             await asyncio.sleep(RECONNECT_POLL_S)
             try:
                 await self._sync(force=True)
@@ -170,9 +220,11 @@ class TritonBackend(TritonConnection):
                 log.debug("Triton still unreachable: %s", error.message)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        self._running = False
+        for task in (self._watcher, self._refresh):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._drop_connection()
 
     def runner(self, name: str, graph: Any = None) -> Runner:
@@ -183,11 +235,12 @@ class TritonBackend(TritonConnection):
 
             client = client_module.InferenceServerClient(self.url, channel_args=grpc_channel_args())
             extra = {"client_timeout": self.timeout_s}
+            probe = {"client_timeout": self.probe_timeout_s}
         else:
             import tritonclient.http as client_module
 
             client = client_module.InferenceServerClient(self.url, network_timeout=self.timeout_s)
-            extra = {}
+            extra = probe = {}
         entry = self.repository.get(name)
         inputs = [t.name for t in entry.inputs()]
         outputs = [client_module.InferRequestedOutput(t.name) for t in entry.outputs()]
@@ -203,7 +256,10 @@ class TritonBackend(TritonConnection):
             try:
                 result = client.infer(name, tensors, outputs=outputs, **extra)
             except InferenceServerException as error:  # Triton's answer, or gRPC's lost link: its status
-                raise self._error_for(error) from None
+                mapped = self._error_for(error)
+                if isinstance(mapped, ModelNotFound) and not ready_now(client, probe):
+                    mapped = self._draining(mapped)
+                raise mapped from None
             except OSError as error:  # the HTTP client's lost link (refused, reset)
                 raise self._unavailable(error) from None
             return {o.name(): result.as_numpy(o.name()) for o in outputs}
@@ -211,7 +267,8 @@ class TritonBackend(TritonConnection):
         return run
 
     def list_models(self) -> list[str]:
-        return sorted(self._models)
+        """The models Triton lists: those it serves, and those it does not (``load_error`` says why)."""
+        return sorted({*self._models, *self._unready})
 
     def is_live(self) -> bool:
         return True  # the gateway process itself; Triton's state is readiness
@@ -220,8 +277,8 @@ class TritonBackend(TritonConnection):
         """Triton's readiness; (re)fetch the model list when Triton was down or never seen."""
         try:
             ready = bool(await self._call("is_server_ready"))
-            if ready and not self._synced:
-                await self._sync(force=True)
+            if ready:  # fetched when never fetched, else when Triton's ready models changed
+                await self._sync(force=not self._synced)
             return ready and self._synced
         except ServingError as error:
             self._synced = False
@@ -229,13 +286,18 @@ class TritonBackend(TritonConnection):
             return False
 
     def load_error(self, name: str) -> str:
-        return ""  # Triton's own repository index says why; this gateway only sees not ready
+        """Why Triton does not serve ``name``, as its repository index says (a failed load's reason)."""
+        return "" if name in self._models else self._unready.get(name, "")
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            return bool(await self._call("is_model_ready", name, version))
+            ready = bool(await self._call("is_model_ready", name, version))
         except (Unavailable, DeadlineExceeded):
             return False
+        if ready and name not in self._models:  # loaded since the list was fetched
+            with contextlib.suppress(ServingError):  # the next request asks again; the answer stands
+                await self._sync(force=not self._synced)
+        return ready
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self._cached(name, version)[0]
@@ -260,16 +322,22 @@ class TritonBackend(TritonConnection):
             extra["parameters"] = _forwardable(request.parameters)
         if request.priority:  # Triton queues it at that level (its config's priority_levels)
             extra["priority"] = request.priority
-        result = await self._call(
-            "infer",
-            request.model,
-            inputs,
-            model_version=request.version,
-            outputs=outputs or None,
-            request_id=request.request_id,
-            timeout_s=timeout,
-            **extra,
-        )
+        try:
+            result = await self._call(
+                "infer",
+                request.model,
+                inputs,
+                model_version=request.version,
+                outputs=outputs or None,
+                request_id=request.request_id,
+                timeout_s=timeout,
+                **extra,
+            )
+        except ModelNotFound as error:  # Triton's answer for a model its list holds
+            mapped = await self._unless_draining(error)
+            if mapped is error:  # unloaded from a ready Triton: the list is checked again
+                self._refresh_soon()
+            raise mapped from None
         return InferResponse(
             model=request.model,
             version=self._response_field(result, "model_version") or request.version,
@@ -322,6 +390,12 @@ class TritonBackend(TritonConnection):
     def _response_field(self, result: Any, key: str) -> str:
         response = result.get_response()
         return str(getattr(response, key, "") if self.protocol == "grpc" else response.get(key, ""))
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """A background refresh that failed (Triton unreachable) is told by the next request, not logged."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("refreshing Triton's model list failed: %s", task.exception())
 
 
 def _forwardable(parameters: dict[str, Any]) -> dict[str, Any]:

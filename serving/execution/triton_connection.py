@@ -96,9 +96,30 @@ class TritonConnection:
                 await client.close()
             except Exception as error:  # noqa: BLE001 (closing a broken client must not mask the cause)
                 log.debug("closing the Triton client failed: %s", error)
+        if failed is not None:
+            self._on_link_lost()
+
+    def _on_link_lost(self) -> None:
+        """Called once a call dropped the client because the link to Triton was lost: what answers
+        next may be another Triton (restarted, with other models). The backend refetches its view."""
 
     def _unavailable(self, error: object) -> Unavailable:
         return Unavailable(f"Triton at {self.url} is unavailable: {error}", retry_after=self.retry_after_s)
+
+    async def _unless_draining(self, error: ModelNotFound) -> ServingError:
+        """Triton's NOT_FOUND for a model it served: a Triton told to stop (SIGTERM) unloads its models
+        and answers so while it drains, which is a 503 (:meth:`_draining`); from a ready Triton, the
+        model was unloaded and the 404 stands."""
+        try:
+            ready = bool(await self._call("is_server_ready"))
+        except ServingError:
+            ready = False
+        return error if ready else self._draining(error)
+
+    def _draining(self, error: ModelNotFound) -> Unavailable:
+        """A 503 with Retry-After: Triton is going away, not the model (a 404 told clients and load
+        balancers that the model does not exist, and the scheduler's calls were a 500)."""
+        return self._unavailable(f"it is not ready ({error.message})")
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Call a client method with a deadline; map failures to ServingError, reconnect on lost links."""
@@ -157,3 +178,11 @@ class TritonConnection:
         import grpc
 
         return channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY
+
+
+def ready_now(client: Any, probe: dict[str, Any]) -> bool:
+    """Whether Triton answers ready to a blocking client (False when it does not answer)."""
+    try:
+        return bool(client.is_server_ready(**probe))
+    except (InferenceServerException, OSError):
+        return False
