@@ -109,12 +109,13 @@ def test_bodies_queued_behind_a_client_gone_are_parsed_in_place_when_the_json_he
             await asyncio.sleep(0)  # each is queued for the helper
             gone.cancel()  # its client left while its body waited
             pool = offload._pool
+            manager = pool._executor_manager_thread  # the dead pool is shut down: it lets go of this
             for process in list(pool._processes.values()):
                 process.kill()  # out of memory
             answers = await asyncio.wait_for(asyncio.gather(running, next_up, behind), 20)
             assert answers == [os.getpid()] * 3  # each parsed in place once the helper was gone
             assert not offload._waiting
-            await until(lambda: not pool._executor_manager_thread.is_alive())  # its failure is this test's
+            await until(lambda: not manager.is_alive())  # its failure is this test's
         finally:
             offload.close()
 

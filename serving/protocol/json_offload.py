@@ -30,6 +30,9 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -82,6 +85,10 @@ class JsonOffload:
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
             if self._pool is pool:
                 self._pool = None
+                # Drops its queues, and with them their named semaphores: the broken pool stayed
+                # reachable (its calls' callbacks), so they were unlinked only at an exit the stop
+                # signal skips, and the resource tracker warned of "leaked semaphore objects".
+                pool.shutdown(wait=False, cancel_futures=True)
             log.error("the JSON parse process died; parsing this body in place")
             return parse(*args)
 
@@ -126,7 +133,7 @@ class JsonOffload:
                 "starting the JSON parse process (bodies of %d bytes of JSON and more)", self.offload_bytes
             )
             context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_helper_starts)
         return self._pool
 
     def close(self) -> None:
@@ -142,6 +149,26 @@ class JsonOffload:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _helper_starts() -> None:
+    """The helper's first act: it ignores Ctrl-C, and it ends when its gateway process ends.
+
+    A terminal's Ctrl-C reaches every process of its group: the helper died of KeyboardInterrupt
+    mid-drain and printed its traceback into the gateway's log (the gateway stops it itself,
+    :meth:`JsonOffload.close`). And a gateway killed (SIGKILL, the OOM killer, a worker of several)
+    left the helper running for ever, blocked on a queue it holds both ends of, and with it the
+    forkserver and resource tracker it keeps alive (and the semaphores that tracker keeps)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gateway = multiprocessing.parent_process()  # the process that asked for the helper, not the forkserver
+    if gateway is not None:
+        threading.Thread(target=_end_with, args=(gateway,), name="gateway-watch", daemon=True).start()
+
+
+def _end_with(gateway: Any) -> None:
+    """Wait for ``gateway``'s end (its sentinel: a pipe only that process writes to), then end at once."""
+    gateway.join()
+    os._exit(0)
 
 
 def _json_bytes(body: bytes, header_length: str | None) -> int:
