@@ -84,6 +84,15 @@ class ExplicitTriton(TritonServer):
         return [*kept, "--model-control-mode=explicit", "--load-model=double"]
 
 
+class PatientTriton(TritonServer):
+    """Triton waiting up to a minute for its requests in flight once told to stop (the launcher's 5 s
+    could end the drain under a test on a loaded machine before it had looked)."""
+
+    def command(self, *args: object) -> list[str]:
+        kept = [flag for flag in super().command(*args) if not flag.startswith("--exit-timeout-secs")]
+        return [*kept, "--exit-timeout-secs=60"]
+
+
 class TritonOnAHeldPort(TritonServer):
     """Triton binding its gRPC port with SO_REUSEPORT, beside a socket the test holds on it."""
 
@@ -178,6 +187,63 @@ def test_the_model_list_reads_unloaded_and_failed_entries_and_catches_up_with_a_
         loop.run(backend.stop())
 
 
+class _Flaky(_Index):
+    """An index whose calls fail while ``failing`` holds: a metadata fetch racing an unload (404), or
+    the index call itself timing out; it counts each model's metadata fetches."""
+
+    def __init__(self, index: list[dict]) -> None:
+        super().__init__(index)
+        self.failing: set[str] = set()
+        self.fetched: list[str] = []
+
+    async def is_server_ready(self) -> bool:
+        return True
+
+    async def get_model_repository_index(self) -> list[dict]:
+        if "index" in self.failing:
+            raise InferenceServerException("index timed out", status="400")
+        return await super().get_model_repository_index()
+
+    async def get_model_metadata(self, name: str) -> dict:
+        self.fetched.append(name)
+        if name in self.failing:
+            raise InferenceServerException(f"Request for unknown model: '{name}' is not found", status="404")
+        return await super().get_model_metadata(name)
+
+
+def test_a_model_whose_fetch_failed_is_fetched_again_only_changed_models_are_and_a_failed_index_keeps_readiness(
+    loop: LoopThread,
+) -> None:
+    """A model the index listed READY but whose metadata fetch met its unload stayed a 404 until the
+    index changed (its entry was remembered as fetched); an index change refetched every model; and a
+    probe that could not read the index made a ready Triton's gateway unready."""
+    fake = _Flaky(
+        [{"name": "a", "version": "1", "state": "READY"}, {"name": "b", "version": "1", "state": "READY"}]
+    )
+    fake.failing.add("b")
+    backend = TritonBackend("127.0.0.1:1", protocol="http", resync_interval_s=0)
+    backend._client = fake
+    loop.run(backend.start())
+    try:
+        with pytest.raises(ModelNotFound):
+            backend.metadata("b")
+        fake.failing.clear()
+        assert loop.run(backend.is_ready())  # the same index: b is asked for again
+        assert backend.metadata("b").name == "b" and backend.list_models() == ["a", "b"]
+        fake.fetched.clear()
+        fake.index.append({"name": "c", "version": "1", "state": "READY"})
+        assert loop.run(backend.is_ready())
+        assert fake.fetched == ["c"]  # a and b unchanged: kept
+        fake.index[0] = {"name": "a", "version": "2", "state": "READY"}  # a reloaded as another version
+        assert loop.run(backend.is_ready())
+        assert fake.fetched == ["c", "a"]
+        fake.failing.add("index")
+        assert loop.run(backend.is_ready())  # Triton answers ready; its list stands
+        assert backend.list_models() == ["a", "b", "c"]
+    finally:
+        loop.run(backend.stop())
+
+
 @needs_triton
 def test_models_triton_did_not_load_leave_the_gateway_ready_and_are_named_not_loaded(backend, loop) -> None:
     """Triton's index lists a model it never loaded without a state; taken for READY, its metadata
@@ -244,7 +310,9 @@ def test_a_triton_killed_and_restarted_with_other_models_is_served_as_it_now_is(
                     doubled(loop, backend, "double")
             write_model(root, "later")
             with TritonOnAHeldPort(root, tmp_path / "second", grpc_port=port):
-                assert eventually(lambda: "later" in backend.list_models())  # without any request
+                # a readiness probe (a load balancer's) finds the new list, whether or not the failed
+                # request saw the link lost (then the watcher had fetched it already)
+                assert eventually(lambda: loop.run(backend.is_ready()) and "later" in backend.list_models())
                 assert doubled(loop, backend, "later") == [[2.0, 4.0]]
                 assert loop.run(backend.is_ready())
         finally:
@@ -284,7 +352,7 @@ def test_a_triton_draining_after_sigterm_is_a_503_not_a_404_for_the_models_it_un
     marker, release = tmp_path / "running", tmp_path / "release"
     slow = SLOW.format(marker=str(marker), release=str(release))
     root = repository(tmp_path / "repo", {"double": DOUBLE, "slow": slow})
-    with TritonServer(root, tmp_path / "triton") as server:
+    with PatientTriton(root, tmp_path / "triton") as server:
         backend = TritonBackend(server.grpc_url, timeout_s=30, repository=_Repository())
         loop.run(backend.start())
         run = backend.runner("double")

@@ -81,7 +81,9 @@ class TritonBackend(TritonConnection):
         self.timeout_s = timeout_s
         self.resync_interval_s = resync_interval_s
         self._models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
-        self._ready_index: frozenset[tuple[str, str]] = frozenset()  # (name, version) Triton had READY
+        self._ready_versions: dict[
+            str, frozenset[str]
+        ] = {}  # of each cached model, as Triton's index had them
         self._unready: dict[str, str] = {}  # models Triton lists without a ready version: why
         self._synced = False
         self._last_sync = float("-inf")
@@ -97,38 +99,49 @@ class TritonBackend(TritonConnection):
     # -- model cache ------------------------------------------------------------------------------
 
     async def _sync(self, *, force: bool = False) -> None:
-        """Fetch the ready models' metadata and configs. Unless forced: at most once per
-        ``resync_interval_s``, and only when Triton's index of ready versions changed (one call)."""
+        """Fetch the ready models' metadata and configs. Forced (at start, after a lost link): every
+        model's, unless a sync finished while this one waited for the lock (a lost link wakes the
+        watcher, probes and requests at once). Else at most once per ``resync_interval_s``, and only for
+        the models whose ready versions changed in Triton's index (one call when none did)."""
+        asked = time.monotonic()
         async with self._sync_lock:
+            if force and self._synced and self._last_sync >= asked:
+                return
             if not force and time.monotonic() - self._last_sync < self.resync_interval_s:
                 return
             self._last_sync = time.monotonic()
             ready, unready = await self._index()
-            if not force and self._synced and ready == self._ready_index:
-                self._unready = unready
-                return
+            kept = {} if force or not self._synced else self._models
             models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
-            for name in sorted({name for name, _ in ready}):
+            for name, versions in sorted(ready.items()):
+                if name in kept and self._ready_versions.get(name) == versions:
+                    models[name] = kept[name]
+                    continue
                 try:
                     models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
                 except ModelNotFound as error:  # unloaded since the index: that model, not the list
                     unready[name] = error.message
-            self._models, self._ready_index, self._unready, self._synced = models, ready, unready, True
-            log.info("Triton at %s serves %s", self.url, sorted(models))
+            changed = set(models) != set(self._models) or any(models[n] is not kept.get(n) for n in models)
+            self._ready_versions = {name: ready[name] for name in models}  # a failed fetch is tried again
+            self._models, self._unready, self._synced = models, unready, True
+            if changed:
+                log.info("Triton at %s serves %s", self.url, sorted(models))
 
-    async def _index(self) -> tuple[frozenset[tuple[str, str]], dict[str, str]]:
-        """Triton's repository index: its READY ``(name, version)`` pairs, and why each model listed
+    async def _index(self) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
+        """Triton's repository index: each model's READY versions, and why each model listed
         without a ready version is not served (a failed load's reason; an entry without a state is a
         model Triton never loaded, as in ``--model-control-mode explicit``)."""
         index = await self._call("get_model_repository_index")
         if self.protocol == "grpc":
             index = json_format.MessageToDict(index, preserving_proto_field_name=True).get("models", [])
-        ready = frozenset((m["name"], m.get("version", "")) for m in index if m.get("state") == "READY")
-        served = {name for name, _ in ready}
+        ready: dict[str, frozenset[str]] = {}
+        for m in index:
+            if m.get("state") == "READY":
+                ready[m["name"]] = ready.get(m["name"], frozenset()) | {m.get("version", "")}
         unready = {
             m["name"]: f"{m.get('state') or 'not loaded'}{': ' + m['reason'] if m.get('reason') else ''}"
             for m in index
-            if m["name"] not in served
+            if m["name"] not in ready
         }
         return ready, unready
 
@@ -276,14 +289,20 @@ class TritonBackend(TritonConnection):
     async def is_ready(self) -> bool:
         """Triton's readiness; (re)fetch the model list when Triton was down or never seen."""
         try:
-            ready = bool(await self._call("is_server_ready"))
-            if ready:  # fetched when never fetched, else when Triton's ready models changed
-                await self._sync(force=not self._synced)
-            return ready and self._synced
+            if not await self._call("is_server_ready"):
+                return False
+            if not self._synced:
+                await self._sync(force=True)
+                return True
         except ServingError as error:
             self._synced = False
             log.info("Triton not ready: %s", error.message)
             return False
+        try:  # a ready Triton whose index a probe could not read stays ready on the list it had
+            await self._sync()
+        except ServingError as error:
+            log.info("checking Triton's model index failed (its model list stands): %s", error.message)
+        return True
 
     def load_error(self, name: str) -> str:
         """Why Triton does not serve ``name``, as its repository index says (a failed load's reason)."""
