@@ -89,6 +89,7 @@ def test_the_gateways_translator_of_a_short_model_answers_a_default_request_as_o
     }
     translator = translator_from_entry(repository / "transformer", kiln, run["encoder"], run["decoder"])
     texts = ["one two three", "forty five", "seven"]
+    assert translator.beam_config(TranslateRequest(texts=texts).options()).max_length == 12
 
     async def served() -> tuple[list, list]:
         await translator.start()

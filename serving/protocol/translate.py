@@ -15,7 +15,6 @@ handlers; the OpenAPI document is still generated from the endpoint's signature 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Callable, Coroutine
@@ -304,7 +303,7 @@ async def _via_infer(
 
 def _parameters(options: DecodingOptions) -> dict[str, Any]:
     """The options as request parameters; one the client did not choose is left to ``<name>``'s default."""
-    return {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+    return {k: v for k, v in vars(options).items() if v is not None}
 
 
 def _texts_tensor(texts: list[str]) -> np.ndarray:
