@@ -104,10 +104,11 @@ def entry_name(path: Path) -> str:
 
 def label_problem(labels: Any) -> str | None:
     """Why a checkpoint's ``labels`` cannot be written to labels.txt, or None (None or [] is fine: the
-    classes are then named by index). Triton and the gateway read that file a line a label: a label
-    with a line break (``\\n``, ``\\r``, U+2028...) would be two, and a blank one the gateway skips, so
-    every later class would be answered under another class's name; a class folder named in bytes that
-    are not UTF-8 would fail the export at its last step, after every ONNX build."""
+    classes are then named by index). Triton and the gateway read that file a line a label, lines
+    ended by ``\\n`` alone: a label with a ``\\n`` would be two, so every later class would be answered
+    under another class's name; a blank one would be a class without a name, and a ``\\r``, U+2028...
+    are line breaks to other readers of the file; a class folder named in bytes that are not UTF-8
+    would fail the export at its last step, after every ONNX build."""
     if labels is None:
         return None
     if not isinstance(labels, (list, tuple)):
@@ -115,18 +116,29 @@ def label_problem(labels: Any) -> str | None:
     for index, label in enumerate(labels):
         if not isinstance(label, str):
             return f"label {index} is {label!r}, not a string"
-        if not label.strip() or label.splitlines() != [label]:
-            why = "is blank" if not label.strip() else "holds a line break"
-            return (
-                f"label {index} {label!r} {why}: labels.txt holds one class name a line, so every later "
-                "class would be served under another's name; rename that class and train again"
-            )
+        why = _line_problem(label)
+        if why:
+            return f"label {index} {label!r} {why}; rename that class and train again"
         try:
             label.encode("utf-8")
         except UnicodeEncodeError:
             return (
                 f"label {index} {label!r} is not valid UTF-8 (a file name's stray bytes?); rename that class"
             )
+    return None
+
+
+def _line_problem(label: str) -> str | None:
+    """Why ``label`` cannot be one line of labels.txt, or None."""
+    if not label.strip():
+        return "is blank: its class would be served without a readable name"
+    if "\n" in label:
+        return (
+            "holds a line break: labels.txt holds one class name a line, so every later class would "
+            "be served under another's name"
+        )
+    if label.splitlines() != [label]:
+        return "holds a line break (a carriage return, U+2028...) that other readers of labels.txt split at"
     return None
 
 

@@ -194,18 +194,37 @@ def load_entry(directory: Path) -> RepositoryEntry:
         raise ValueError(f"{config_path}: {'; '.join(problems)} (Triton refuses to load it too)")
     kiln_path = directory / "kiln.json"
     kiln = _read_kiln(kiln_path) if kiln_path.is_file() else {}
+    return RepositoryEntry(
+        directory.name,
+        directory,
+        config,
+        kiln,
+        _entry_labels(directory, config, kiln),
+        _select_versions(directory, config),
+    )
+
+
+def _entry_labels(
+    directory: Path, config: model_config_pb2.ModelConfig, kiln: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Each output's labels: its ``label_filename`` (a file Triton cannot read fails the load, as it
+    fails Triton's), else kiln.json's ``labels`` file for every output (Triton never reads it, so one
+    the gateway cannot read only leaves the classes unnamed, with a warning)."""
     labels = {}
     for output in config.output:
         if output.label_filename:
-            labels[output.name] = _read_labels(directory / output.label_filename)
+            labels[output.name] = _read_labels(directory, output.label_filename, f"output {output.name!r}")
             _check_label_count(directory, output.label_filename, labels[output.name], [output])
-    if not labels and isinstance(kiln.get("labels"), str) and (directory / kiln["labels"]).is_file():
-        shared = _read_labels(directory / kiln["labels"])
-        labels = {output.name: shared for output in config.output}
-        _check_label_count(directory, kiln["labels"], shared, list(config.output))
-    return RepositoryEntry(
-        directory.name, directory, config, kiln, labels, _select_versions(directory, config)
-    )
+    named = kiln.get("labels")
+    if labels or not isinstance(named, str) or not (directory / named.lstrip("/")).is_file():
+        return labels
+    try:
+        shared = _read_labels(directory, named, "kiln.json")
+    except ValueError as exc:
+        log.warning("model %s: %s: its classes are answered by index", directory.name, exc)
+        return labels
+    _check_label_count(directory, named, shared, list(config.output))
+    return {output.name: shared for output in config.output}
 
 
 WILDCARD = -1  # a variable-size dimension
@@ -308,8 +327,65 @@ def _changes(entry: RepositoryEntry) -> list[str]:
     return changes_since(_written_version(entry) or 0, _model_name(entry))
 
 
-def _read_labels(path: Path) -> list[str]:
-    return [line.rstrip("\r\n") for line in path.read_text().splitlines() if line.strip()]
+def _label_path(directory: Path, filename: str, owner: str) -> Path:
+    """Where Triton finds a labels file: joined under the model directory even when absolute, and
+    refused (as Triton refuses to load the model) when it resolves outside it, through ``..`` or a link."""
+    path = directory / filename.lstrip("/")
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise ValueError(
+            f"label file path {str(path)!r} for {owner} is outside model directory {str(directory)!r}"
+        )
+    return path
+
+
+def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
+    """A labels file as Triton's ``LabelProvider`` reads it: a label per line, lines ended by line
+    feeds alone, each kept as written (a blank line is a class without a name and keeps its index; a
+    carriage return, U+2028 or U+0085 stays inside its label), so the gateway names each class as
+    Triton does; what is served otherwise than its writer likely meant is logged."""
+    path = _label_path(directory, filename, owner)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"label file {str(path)!r} for {owner} cannot be read: {exc.strerror}") from None
+    text = data.decode("utf-8", errors="replace")
+    labels = text.split("\n")
+    if labels[-1] == "":  # the last line's \n ends it; it starts no label
+        labels.pop()
+    notes = _label_notes(labels, data)
+    if notes:
+        log.warning(
+            "model %s: %s, read a line a label as Triton reads it: %s", directory.name, path, "; ".join(notes)
+        )
+    return labels
+
+
+def _label_notes(labels: list[str], data: bytes) -> list[str]:
+    """What in a labels file is served otherwise than a reader of the file would guess."""
+    notes = []
+    blank = [i for i, label in enumerate(labels) if not label]
+    if blank:
+        notes.append(f"the lines of classes {_few(blank)} are blank: those classes have no name")
+    returns = [i for i, label in enumerate(labels) if label.endswith("\r")]
+    if returns:
+        notes.append(
+            f"the labels of classes {_few(returns)} end in a carriage return (Windows line ends), "
+            "which stays in the label: save the file with \\n line ends"
+        )
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        bad = [i for i, label in enumerate(labels) if "\ufffd" in label]
+        notes.append(
+            f"the labels of classes {_few(bad)} are not UTF-8: their stray bytes are served as U+FFFD"
+        )
+    return notes
+
+
+def _few(indices: list[int], shown: int = 5) -> str:
+    """``indices`` for a log line: the first few and a count."""
+    listed = ", ".join(map(str, indices[:shown]))
+    return listed if len(indices) <= shown else f"{listed} and {len(indices) - shown} more"
 
 
 def _check_label_count(directory: Path, filename: str, labels: list[str], outputs: list[Any]) -> None:
@@ -318,7 +394,9 @@ def _check_label_count(directory: Path, filename: str, labels: list[str], output
     classes = sorted({int(o.dims[-1]) for o in outputs if o.dims and o.dims[-1] > 0})
     if classes and len(labels) not in classes:
         log.warning(
-            "model %s: %s holds %d labels but output %s has %s classes",
+            "model %s: %s holds %d labels (a line each, blank ones included, as Triton reads it) but "
+            "output %s has %s classes: classes past the file are answered by index, labels past the "
+            "classes are unused",
             directory.name,
             directory / filename,
             len(labels),
