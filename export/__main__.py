@@ -66,7 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precisions",
         type=_precisions,
-        help="comma list of fp32,fp16,int8 (default: fp32 on cpu, fp32,fp16 on gpu)",
+        help="comma list of fp32,fp16,int8 (default: fp32 on cpu, fp32,fp16 on gpu); translators are "
+        "built in fp32 and int8 only, an fp16 asked for is a skipped row of the summary",
     )
     parser.add_argument(
         "--device",

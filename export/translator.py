@@ -4,6 +4,7 @@ Everything is driven by the model's own step spec (docs/translator-interface.md)
 probed through ``encode`` / ``decode_step``, never looked up by model name. Parity covers both graphs
 at several batch sizes and lengths, then beam search over ONNX against the PyTorch reference. With
 ``int8`` among the precisions, a dynamically quantized decoder is gated on beam search against fp32.
+No fp16 translator is built: an ``fp16`` asked for is reported as skipped in the summary.
 """
 
 from __future__ import annotations
@@ -354,7 +355,7 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     entries = translator_entries(ctx.name, ctx.options)
     current = not any(ctx.needs_rebuild(e) for e in entries)
     if current and not stale_runtime(ctx.repository, (e.name for e in entries)):
-        return [ctx.skipped(e) for e in entries]
+        return [ctx.skipped(e) for e in entries] + unbuilt_precisions(ctx)
     ctx.step("freeze")
     graphs = _export_graphs(ctx, work)
     ctx.step("parity encoder/decoder")
@@ -373,7 +374,21 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused, fused_encoder)
     if "int8" in ctx.options.precisions:
         results += _int8_entries(ctx, graphs, work)
-    return results
+    return results + unbuilt_precisions(ctx)
+
+
+FP16_SKIPPED = (
+    "fp16 not written: Kiln builds translators in fp32 and gated int8 only (fp16 is a classifier "
+    "precision); their fp32 entries serve GPU configs too"
+)
+
+
+def unbuilt_precisions(ctx: ExportContext) -> list[EntryResult]:
+    """A summary row for ``fp16`` when it was asked for: no translator entry is built in it, and a
+    precision asked for must not vanish from the summary without a word."""
+    if "fp16" not in ctx.options.precisions:
+        return []
+    return [EntryResult(ctx.name, "fp16", "skipped", message=FP16_SKIPPED)]
 
 
 def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
