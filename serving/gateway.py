@@ -7,13 +7,15 @@ for a translator. It satisfies :class:`serving.execution.base.Backend`, so front
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from serving.decoding.scheduler_config import SchedulerConfig
 from serving.decoding.translator import Translator
-from serving.decoding.translator_pool import TranslatorPool
+from serving.decoding.translator_pool import TranslatorPool, step_entries
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse, ModelMetadata
 
@@ -62,11 +64,26 @@ class Gateway:
             stop_loading()
 
     async def stop(self) -> None:
-        """Finish the translations in flight first (they call the backend), then the backend."""
+        """Finish the translations in flight first (they call the backend), then the backend. Each step
+        runs whatever the one before did (a translator that failed to stop left the backend's sessions
+        and Triton connections open); the first failure is raised once all ran, a later one logged."""
         self._stopping = True
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [("the backend", self.backend.stop)]
         if self.translators is not None:
-            await self.translators.stop(self.shutdown_grace_s)
-        await self.backend.stop()
+            pool = self.translators
+            steps.insert(0, ("the translators", lambda: pool.stop(self.shutdown_grace_s)))
+        first: Exception | None = None
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - the next steps must still run
+                if first is None:  # raised below: its traceback is the caller's to log
+                    log.error("gateway stop: stopping %s failed (%s); stopping the rest", what, exc)
+                    first = exc
+                else:
+                    log.error("gateway stop: stopping %s failed too", what, exc_info=exc)
+        if first is not None:
+            raise first
 
     # -- translation --------------------------------------------------------------------------------
 
@@ -101,12 +118,19 @@ class Gateway:
         return not self._stopping and not failed and await self.backend.is_ready()
 
     async def model_ready(self, name: str, version: str = "") -> bool:
+        """A translator is ready when it runs and the backend serves its encoder and decoder entries
+        (with Triton behind, they live there: a Triton down or hung is a translator that cannot
+        answer, which a 200 told load balancers otherwise)."""
         if self._translates(name):
+            entry = self.repository.get(name)
             try:
-                self.repository.get(name).resolve_version(version)
+                entry.resolve_version(version)
             except ModelNotFound:
                 return False
-            return not self._stopping and self.translators.get(name) is not None  # type: ignore[union-attr]
+            if self._stopping or self.translators.get(name) is None:  # type: ignore[union-attr]
+                return False
+            steps = await asyncio.gather(*(self.backend.model_ready(step) for step in step_entries(entry)))
+            return all(steps)
         return await self.backend.model_ready(name, version)
 
     def load_error(self, name: str) -> str:
@@ -133,8 +157,23 @@ class Gateway:
         (Triton's ``batching_statistics``); none for translators the gateway decodes (their decoder
         steps are its own figures, and Triton's ``<name>`` model does not serve them)."""
         batching = getattr(self.backend, "batching_statistics", None)
+        if batching is None:
+            return {}
+        if not models:  # every model asked for, none listed: the backend's list may be unknown
+            await self._check_listed()
         wanted = [(name, version) for name, version in models if not self._translates(name)]
-        return await batching(wanted) if batching is not None and wanted else {}
+        return await batching(wanted) if wanted else {}
+
+    async def _check_listed(self) -> None:
+        """503 where a backend that batches elsewhere is not ready: its empty model list is then no
+        answer (a Triton never reached lists nothing), as the statistics of a Triton reached once
+        and lost since are a 503; a ready one that lists nothing serves nothing."""
+        if not await self.backend.is_ready():
+            raise Unavailable(
+                "statistics unavailable: the backend is not ready (Triton unreachable?), so which "
+                "models it serves is unknown",
+                retry_after=self.retry_after_s,
+            )
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._translates(request.model):  # KServe: BYTES text in, BYTES translation out

@@ -243,7 +243,7 @@ class DecodingScheduler:
                 if self._batch.size:
                     self._step()
             except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
-                log.exception("translator %s: decoding failed", self.name)
+                _log_failure(exc, "translator %s: decoding failed", self.name)
                 error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
                 for job in self._running_jobs():
                     self._post(job, error, "failure")
@@ -320,7 +320,7 @@ class DecodingScheduler:
             configs, lengths = [job.config for job, _ in picked], [len(s) + 1 for s in sources]
             self._batch.join(picked, encoded, configs, lengths)
         except Exception as exc:  # noqa: BLE001 - an encoder call that fails or cannot join fails its requests
-            log.exception("translator %s: encoder failed", self.name)
+            _log_failure(exc, "translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:  # taken off the queue: answered here or never
                 self._post(job, _failure(exc, f"translator {self.name!r} encoder failed: {exc}"), "failure")
             if self._batch.beams is not beams:  # half joined: the loop fails the batch and starts afresh
@@ -372,10 +372,25 @@ class DecodingScheduler:
         self._reserved = int(beams.beam.sum()) if beams is not None else 0
 
 
+# A backend's errors saying its server cannot serve now (Triton unreachable: 503 with Retry-After; its
+# queue full: 429; its deadline: 504): answered as they are, and no fault of the gateway's code.
+NOT_SERVING_NOW = (Unavailable, Overloaded, DeadlineExceeded)
+
+
 def _failure(exc: Exception, message: str) -> ServingError:
     """What a failed encoder or decoder call answers the requests it served: the backend's own error
-    where it says the server cannot serve now (Triton unreachable: 503 with Retry-After; its queue
-    full: 429; its deadline: 504), else a 500 with ``message``: the requests did nothing wrong."""
-    if isinstance(exc, Unavailable | Overloaded | DeadlineExceeded):
+    where it says the server cannot serve now (:data:`NOT_SERVING_NOW`), else a 500 with ``message``:
+    the requests did nothing wrong."""
+    if isinstance(exc, NOT_SERVING_NOW):
         return exc
     return ServingError(message)
+
+
+def _log_failure(exc: Exception, message: str, *args: object) -> None:
+    """Log a failed encoder or decoder call: a server that cannot serve now in one warning line (a
+    Triton that is down failed every batch, and a traceback each flooded the log with the same
+    frames), anything else with its traceback, as the batcher logs a batch that failed."""
+    if isinstance(exc, NOT_SERVING_NOW):
+        log.warning(message + ": %s: %s", *args, type(exc).__name__, exc)
+    else:
+        log.error(message, *args, exc_info=exc)

@@ -56,7 +56,7 @@ class TranslatorPool:
         for name in self.names():
             entry = self.repository.entries[name]
             try:
-                encoder, decoder = _step_entries(entry)
+                encoder, decoder = step_entries(entry)
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
                 pair = partial(_runner_pair, runner_for, encoder, decoder)
                 translator = translator_from_entry(
@@ -136,7 +136,7 @@ def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str
     )
 
 
-def _step_entries(entry: Any) -> tuple[str, str]:
+def step_entries(entry: Any) -> tuple[str, str]:
     """The encoder and decoder entries a translator's kiln.json names (a KeyError named neither)."""
     block = entry.kiln.get("translator")
     block = block if isinstance(block, dict) else {}

@@ -11,34 +11,52 @@ it lists also decide what the metadata and config routes answer for a model whos
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from serving.errors import ModelNotFound, ServingError, Unavailable
 from serving.execution.base import Backend, ModelMetadata
 
+READY_PROBES = 16  # model versions asked whether ready at once (a translator's asks two entries more)
+
 
 async def repository_index(backend: Backend, ready_only: bool = False) -> list[dict[str, Any]]:
     """One entry a version of every model: ``name``, ``version``, ``state`` (``READY``, or
     ``UNAVAILABLE`` with the ``reason`` where the model does not answer ready: its load error where
-    there was one, as Triton gives it); ``ready_only`` keeps the ready ones (Triton's ``ready`` flag)."""
-    index = []
+    there was one, as Triton gives it); ``ready_only`` keeps the ready ones (Triton's ``ready`` flag).
+
+    The versions are asked whether ready together (at most ``READY_PROBES`` at once): one after
+    another, a hung Triton made an index of N models wait N probe timeouts."""
+    probes = asyncio.Semaphore(READY_PROBES)
+    entries: list[Awaitable[dict[str, Any]]] = []
     for name in sorted(backend.list_models()):
         try:
             versions = backend.metadata(name).versions or [""]
         except ServingError as error:  # listed, yet not described now (a backend that lost it)
-            if not ready_only:
-                index.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": error.message})
+            entries.append(_known(_unavailable(name, "", error.message)))
             continue
-        for version in versions:
-            ready = await backend.model_ready(name, version)
-            if ready or not ready_only:
-                state = (
-                    {"state": "READY", "reason": ""}
-                    if ready
-                    else {"state": "UNAVAILABLE", "reason": backend.load_error(name) or "not ready"}
-                )
-                index.append({"name": name, "version": version, **state})
-    return index
+        entries.extend(_version_state(backend, probes, name, version) for version in versions)
+    found = await asyncio.gather(*entries)
+    return [entry for entry in found if entry["state"] == "READY" or not ready_only]
+
+
+async def _version_state(
+    backend: Backend, probes: asyncio.Semaphore, name: str, version: str
+) -> dict[str, Any]:
+    async with probes:
+        ready = await backend.model_ready(name, version)
+    if ready:
+        return {"name": name, "version": version, "state": "READY", "reason": ""}
+    return _unavailable(name, version, backend.load_error(name) or "not ready")
+
+
+async def _known(entry: dict[str, Any]) -> dict[str, Any]:
+    return entry
+
+
+def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
+    return {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
 
 
 async def loaded_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:
