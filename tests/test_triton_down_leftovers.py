@@ -204,6 +204,23 @@ def test_the_index_asks_its_models_together_bounded_and_keeps_their_order(models
     assert [m["name"] for m in ready] == sorted(n for n in names if n.startswith("ready"))
 
 
+def test_the_v1_model_list_asks_its_models_readiness_together_and_lists_a_failed_entry_not_ready() -> None:
+    """``GET /v1/models`` asked each model after the other: over a hung Triton, N probe timeouts."""
+    from serving.protocol.v1 import list_models
+
+    names = [f"ready{i:02d}" if i % 2 else f"down{i:02d}" for i in range(20)]
+    backend = _SlowToAnswer(names, index_module.READY_PROBES)
+    entry = SimpleNamespace(inputs=list, labels={}, task="classify", versions=["1"])
+    repository = SimpleNamespace(
+        names=lambda: [*names, "failed"], entries={name: entry for name in names}
+    )  # "failed": listed, its load failed
+    listed = asyncio.run(list_models(backend, repository))  # type: ignore[arg-type]
+    assert backend.peak == index_module.READY_PROBES
+    assert [(m.name, m.ready) for m in listed] == [(n, n.startswith("ready")) for n in names] + [
+        ("failed", False)
+    ]
+
+
 # -- statistics -------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ it lists also decide what the metadata and config routes answer for a model whos
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import Any
 
 from serving.errors import ModelNotFound, ServingError, Unavailable
@@ -28,31 +27,36 @@ async def repository_index(backend: Backend, ready_only: bool = False) -> list[d
 
     The versions are asked whether ready together (at most ``READY_PROBES`` at once): one after
     another, a hung Triton made an index of N models wait N probe timeouts."""
-    probes = asyncio.Semaphore(READY_PROBES)
-    entries: list[Awaitable[dict[str, Any]]] = []
+    listed: list[dict[str, Any] | tuple[str, str]] = []  # an entry, or a version to ask about
     for name in sorted(backend.list_models()):
         try:
             versions = backend.metadata(name).versions or [""]
         except ServingError as error:  # listed, yet not described now (a backend that lost it)
-            entries.append(_known(_unavailable(name, "", error.message)))
+            listed.append(_unavailable(name, "", error.message))
             continue
-        entries.extend(_version_state(backend, probes, name, version) for version in versions)
-    found = await asyncio.gather(*entries)
-    return [entry for entry in found if entry["state"] == "READY" or not ready_only]
+        listed.extend((name, version) for version in versions)
+    asked = [item for item in listed if isinstance(item, tuple)]
+    ready = dict(zip(asked, await ready_together(backend, asked), strict=True))
+    index = [item if isinstance(item, dict) else _state(backend, *item, ready[item]) for item in listed]
+    return [entry for entry in index if entry["state"] == "READY" or not ready_only]
 
 
-async def _version_state(
-    backend: Backend, probes: asyncio.Semaphore, name: str, version: str
-) -> dict[str, Any]:
-    async with probes:
-        ready = await backend.model_ready(name, version)
+async def ready_together(backend: Backend, models: list[tuple[str, str]]) -> list[bool]:
+    """Whether each ``(name, version)`` is ready, asked together (at most ``READY_PROBES`` at once):
+    one after another, a hung Triton made a listing of N models wait N probe timeouts."""
+    probes = asyncio.Semaphore(READY_PROBES)
+
+    async def ready(name: str, version: str) -> bool:
+        async with probes:
+            return await backend.model_ready(name, version)
+
+    return list(await asyncio.gather(*(ready(name, version) for name, version in models)))
+
+
+def _state(backend: Backend, name: str, version: str, ready: bool) -> dict[str, Any]:
     if ready:
         return {"name": name, "version": version, "state": "READY", "reason": ""}
     return _unavailable(name, version, backend.load_error(name) or "not ready")
-
-
-async def _known(entry: dict[str, Any]) -> dict[str, Any]:
-    return entry
 
 
 def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.images import decode_base64, decode_image
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
+from serving.protocol.repository_index import ready_together
 from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
 from serving.settings import Settings
@@ -94,8 +95,13 @@ def document_limits(openapi: dict[str, Any], settings: Any) -> None:
 
 @router.get("/models", summary="Models in the repository")
 async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[ModelSummary]:
+    """Every entry, a failed one listed not ready; their readiness asked together (a hung Triton made
+    a listing of N models wait N probe timeouts)."""
+    names = repository.names()
+    loaded = [name for name in names if repository.entries.get(name)]
+    ready = dict(zip(loaded, await ready_together(backend, [(name, "") for name in loaded]), strict=True))
     summaries = []
-    for name in repository.names():
+    for name in names:
         entry = repository.entries.get(name)
         inputs = (
             [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in entry.inputs()]
@@ -107,9 +113,7 @@ async def list_models(backend: BackendDep, repository: RepositoryDep) -> list[Mo
             ModelSummary(
                 name=name,
                 task=entry.task if entry else "",
-                ready=await backend.model_ready(name)
-                if entry
-                else False,  # failed to load: listed, not ready
+                ready=ready.get(name, False),  # failed to load: listed, not ready
                 versions=entry.versions if entry else [],
                 inputs=inputs,
                 labels=labels,
