@@ -157,6 +157,37 @@ def test_rest_and_kserve_classification_name_each_class_as_triton_does(classifie
     assert {index: label for _, index, label in answered} == named
 
 
+def test_a_class_without_a_name_is_answered_by_its_index_and_without_a_label_as_triton_answers_it(
+    classifier_repository, tmp_path
+):
+    """A blank line of labels.txt: Triton's classification extension answers ``"score:1"``, no label
+    (the gateway wrote ``"score:1:"``, read back as the label ""), and REST names the class by its
+    index as it names a class past the file (it answered ``"label": ""``)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.execution.datatypes import parse_classification
+    from serving.settings import Settings
+
+    repository = Path(shutil.copytree(classifier_repository, tmp_path / "repo"))
+    (repository / "lenet" / "labels.txt").write_bytes(b"zero\n\ntwo\n")
+    images = np.zeros((1, SIZE, SIZE, CHANNELS), dtype=np.uint8)
+    infer = {
+        "inputs": [
+            {"name": "images", "shape": list(images.shape), "datatype": "UINT8", "data": [0] * images.size}
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}],
+    }
+    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
+        rest = client.post("/v1/models/lenet/classify", json={"images": [_png()], "top_k": 3})
+        kserve = client.post("/v2/models/lenet/infer", json=infer)
+    assert rest.status_code == 200 and kserve.status_code == 200, (rest.text, kserve.text)
+    assert {p["index"]: p["label"] for p in rest.json()["predictions"][0]} == {0: "zero", 1: "1", 2: "two"}
+    strings = dict((parse_classification(s)[1], s) for s in kserve.json()["outputs"][0]["data"])
+    assert {i: parse_classification(text)[2] for i, text in strings.items()} == {0: "zero", 1: None, 2: "two"}
+    assert strings[1].count(":") == 1
+
+
 def test_an_fp16_asked_of_a_translator_export_is_a_skipped_row_saying_why(
     exported_translator_models, tmp_path
 ):

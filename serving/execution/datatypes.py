@@ -58,7 +58,8 @@ def datatype_of(array: np.ndarray) -> str:
 def classification(
     scores: np.ndarray, count: int, labels: Sequence[str] | None, *, batched: bool
 ) -> np.ndarray:
-    """Triton's classification extension: the top ``count`` classes as BYTES ``"score:index[:label]"``."""
+    """Triton's classification extension: the top ``count`` classes as BYTES ``"score:index[:label]"``,
+    the label left out where the class has none (past the labels, or a blank line), as Triton leaves it."""
     if count <= 0:
         raise BadRequest(f"classification count must be a positive integer, got {count}")
     rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
@@ -68,7 +69,7 @@ def classification(
     for r, row in enumerate(order):
         for c, index in enumerate(row):
             text = f"{float(rows[r, index]):f}:{int(index)}"
-            if labels is not None and index < len(labels):
+            if labels is not None and index < len(labels) and labels[index]:
                 text += f":{labels[index]}"
             out[r, c] = text.encode()
     return out if batched else out.reshape(count)

@@ -254,5 +254,6 @@ async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, met
 
 
 def _labels(entry: RepositoryEntry, classes: int) -> list[str]:
+    """Each class's name: its label, or its index where it has none (past the labels, or a blank line)."""
     labels = next(iter(entry.labels.values()), [])
-    return [labels[i] if i < len(labels) else str(i) for i in range(classes)]
+    return [labels[i] if i < len(labels) and labels[i] else str(i) for i in range(classes)]
