@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             if server.stopped_loading_by is None:
                 raise
             server.exit_as_signalled()  # a stop asked while the models loaded: not a failed start
+    if server.exit_status:  # the stop cut work in flight (README, "Serving")
+        raise SystemExit(server.exit_status)
 
 
 if __name__ == "__main__":

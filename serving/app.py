@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -168,9 +169,20 @@ class GatewayServer(uvicorn.Server):
     only then drained for a grace of its own. The lifespan's stop waits on that same drain. Once it
     has started, ``kiln_open_connections`` reads the HTTP connections it holds. A worker of several
     counts them on the workers' board and hands each new one to the worker holding fewest
-    (:mod:`serving.handoff`), and takes those handed to it once it serves."""
+    (:mod:`serving.handoff`), and takes those handed to it once it serves.
+
+    A stop that cuts work in flight (the grace ran out, or a second Ctrl-C) says how much in one line
+    and sets :attr:`exit_status` to 1, as tritonserver exits 1 when its ``--exit-timeout-secs`` runs
+    out with requests in flight: a supervisor can tell it from a clean drain."""
+
+    cut_requests = 0  # HTTP requests the stop cut
+    cut_calls: int | None = 0  # gRPC calls a second Ctrl-C cut (None: some, grpc.aio does not count)
+    exit_status = 0  # 1 once the stop has cut work in flight
+    _loop: asyncio.AbstractEventLoop | None = None
+    _quit = False  # a second Ctrl-C has cut the work in flight
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         state = getattr(self.config.app, "state", None)
         balancer = getattr(state, "balancer", None)
         serve = self.config.http_protocol_class
@@ -196,8 +208,12 @@ class GatewayServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler; while the models load, it also tells the backend to stop loading
-        them (without, a SIGTERM waited for every model to load, then for the ports to open)."""
+        them (without, a SIGTERM waited for every model to load, then for the ports to open). Once
+        serving, a second Ctrl-C cuts the work in flight at once (:meth:`_quit_at_once`), at whatever
+        step of the stop it comes."""
         super().handle_exit(sig, frame)
+        if self.force_exit and self.started and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._quit_at_once)  # a signal handler may not touch the loop
         if not self.started:
             backend = getattr(getattr(self.config.app, "state", None), "backend", None)
             stop_loading = getattr(backend, "stop_loading", None)
@@ -219,12 +235,96 @@ class GatewayServer(uvicorn.Server):
         balancer = getattr(getattr(app, "state", None), "balancer", None)
         if balancer is not None:  # draining: nothing more from the other workers
             balancer.stop_adopting()
-        grpc_handle = getattr(getattr(app, "state", None), "grpc", None)
+        grpc_handle = self._grpc()
         if grpc_handle is not None:
             grpc_handle.begin_stop(app.state.settings.shutdown_grace_s)
+        logging.getLogger("uvicorn.error").addFilter(QUIET_CUTS)
         await super().shutdown(sockets)
+        if self.force_exit:
+            self._quit_at_once()  # where the signal's callback has not run yet
+            if _lifespan_skipped(self.lifespan):  # uvicorn's forced quit skips it: the parts still stop,
+                await self.lifespan.shutdown()  # at once now that nothing is in flight
         if balancer is not None:
             balancer.close()
+        self._tell_cut_work(grpc_handle)
+
+    async def _wait_tasks_to_complete(self) -> None:
+        """uvicorn's HTTP drain, bounded by the grace; the requests it cancels once the grace runs out
+        are counted for :meth:`_tell_cut_work`."""
+        try:
+            await super()._wait_tasks_to_complete()
+        except asyncio.CancelledError:  # the grace ran out: uvicorn cancels these next
+            self.cut_requests = len(self.server_state.tasks)
+            raise
+
+    def _grpc(self) -> Any:
+        return getattr(getattr(self.config.app, "state", None), "grpc", None)
+
+    def _quit_at_once(self) -> None:
+        """A second Ctrl-C: the HTTP requests and gRPC calls in flight are cut now, in one warning line
+        (uvicorn alone stopped waiting for them and left the loop's end to cancel them and the app's
+        lifespan, a traceback each); the stop then goes on, with nothing left to wait for."""
+        if self._quit:
+            return
+        self._quit = True
+        tasks = list(self.server_state.tasks)
+        grpc_handle = self._grpc()
+        self.cut_requests = len(tasks)
+        self.cut_calls = grpc_handle.in_flight() if grpc_handle is not None else 0
+        cut = _work(self.cut_requests, self.cut_calls)
+        self.exit_status = 1 if cut else 0
+        log.warning(
+            "second Ctrl-C: quitting at once%s",
+            f", cutting {cut} in flight (exit status 1)" if cut else " (nothing in flight)",
+        )
+        for task in tasks:
+            task.cancel(msg="cut by a second Ctrl-C")
+        if grpc_handle is not None:
+            asyncio.ensure_future(grpc_handle.server.stop(0))  # its drain ends with it
+
+    def _tell_cut_work(self, grpc_handle: Any) -> None:
+        """After a grace that ran out: one line saying what it cut, and exit status 1 (not the signal
+        uvicorn would raise again, which ends a clean stop)."""
+        if not self._quit:
+            cut = _work(self.cut_requests, getattr(grpc_handle, "cut", 0))
+            if cut:
+                self.exit_status = 1
+                grace = self.config.timeout_graceful_shutdown
+                log.warning(
+                    "gateway stopped with work cut: the shutdown grace (%g s) ran out with %s in flight; "
+                    "exit status 1",
+                    grace,
+                    cut,
+                )
+        if self.exit_status:
+            self._captured_signals.clear()  # python -m serving exits with exit_status instead
+
+
+def _work(requests: int, calls: int | None) -> str:
+    """``"1 HTTP request and 2 gRPC calls"``: the work a stop cut, empty when none."""
+    parts = [f"{requests} HTTP request{'s' if requests != 1 else ''}"] if requests else []
+    if calls is None:
+        parts.append("gRPC calls (grpc.aio does not say how many)")
+    elif calls:
+        parts.append(f"{calls} gRPC call{'s' if calls != 1 else ''}")
+    return " and ".join(parts)
+
+
+def _lifespan_skipped(lifespan: Any) -> bool:
+    """Whether the app's lifespan still waits for its shutdown (uvicorn's forced quit skips it)."""
+    done = getattr(lifespan, "shutdown_event", None)
+    return done is not None and not done.is_set()
+
+
+class _QuietCuts(logging.Filter):
+    """Drops uvicorn's traceback of a request the stop cut (its CancelledError): one per request,
+    where the gateway says in one line how many it cut."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+QUIET_CUTS = _QuietCuts()  # one instance: adding it again is a no-op
 
 
 def _install_error_handlers(app: FastAPI) -> None:
