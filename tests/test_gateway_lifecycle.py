@@ -48,8 +48,7 @@ def _start(repository: Path, flags: tuple[str, ...], log: Path) -> tuple[subproc
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     if not eventually(lambda: proc.poll() is not None or _ready(http), 60):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_gateway(proc)
         pytest.fail(f"the gateway neither served nor exited within 60 s:\n{log.read_text()}")
     return proc, http
 
@@ -57,7 +56,7 @@ def _start(repository: Path, flags: tuple[str, ...], log: Path) -> tuple[subproc
 @contextmanager
 def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m serving`` in a session of its own (a terminal's Ctrl-C reaches its whole group),
-    ready; killed with its group on the way out whatever the test did."""
+    ready; stopped with all it started on the way out whatever the test did (:func:`stop_gateway`)."""
     for attempt in range(3):  # a port drawn free may be taken before the gateway binds it: draw again
         proc, http = _start(repository, flags, log)
         if proc.poll() is None or "is in use" not in log.read_text() or attempt == 2:
@@ -66,9 +65,37 @@ def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subproc
         assert proc.poll() is None, log.read_text()
         yield proc, http
     finally:
-        with suppress(ProcessLookupError):  # the group outlives its leader where workers are left
+        stop_gateway(proc)
+
+
+def stop_gateway(proc: subprocess.Popen, deadline_s: float = 10.0) -> None:
+    """End a gateway started in a session of its own, and all it started, leaving nothing in /dev/shm:
+    SIGTERM (it drains and removes its boards and its JSON helper's semaphores), SIGKILL to it alone
+    past ``deadline_s`` (its workers then get SIGTERM from the kernel, its JSON helper ends with it and
+    multiprocessing's resource tracker unlinks the semaphores it holds), and only what of its group
+    outlives that is killed. Killing the whole group at once killed that tracker too: a gateway that had
+    started its JSON helper left five ``sem.mp-*`` files in /dev/shm for good."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(deadline_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+    if not eventually(lambda: not group_members(proc.pid), deadline_s):
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (a zombie has ended, only not been reaped yet)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
 
 
 def _ready(port: int) -> bool:
@@ -185,9 +212,7 @@ def test_a_worker_signalled_while_it_starts_stops_even_where_sigint_was_ignored(
             )
         assert not _accepts(http)
     finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_gateway(proc)
 
 
 def _loaded_workers(port: int) -> int:
@@ -261,7 +286,7 @@ def test_a_busy_port_stops_the_gateway_at_once_naming_its_flag(tmp_path, busy, w
         try:
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            stop_gateway(proc)
             proc.communicate()
             pytest.fail(f"the gateway started on the busy {busy} port")
     finally:

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from tests.repo_fixtures import SIZE, build_classifier_repository
+from tests.test_gateway_lifecycle import group_members as _group
+from tests.test_gateway_lifecycle import stop_gateway
 from tests.waiting import eventually
 
 RUNNING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -40,7 +42,7 @@ def repository(tmp_path_factory) -> Path:
 @contextmanager
 def _gateway(repository: Path, log: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m serving`` on port 0 (no gRPC) in a session of its own, and the HTTP port its start-up
-    line names; its whole group killed on the way out, whatever the test did."""
+    line names; stopped with all it started on the way out, whatever the test did."""
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--log-level", "info", *flags]
     with open(log, "wb") as out:
@@ -52,20 +54,7 @@ def _gateway(repository: Path, log: Path, *flags: str) -> Iterator[tuple[subproc
         assert started and proc.poll() is None, log.read_text()
         yield proc, int(started.group(1))
     finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _group(pgid: int) -> list[int]:
-    """The live processes of process group ``pgid`` (zombies are gone, only not yet reaped)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-    return members
+        stop_gateway(proc)
 
 
 def _start_helper(port: int, client: httpx.Client | None = None) -> None:
