@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,28 @@ def test_without_a_compiler_a_cached_build_that_does_not_load_leaves_the_numpy_s
     monkeypatch.setattr(native, "compiler", lambda: None)
     monkeypatch.setattr(native, "build", lambda *_: pytest.fail("no compiler: nothing to build with"))
     assert native._load() is None
+
+
+def test_a_whole_build_that_does_not_load_is_not_built_again_at_every_start(cache, monkeypatch):
+    """A cache on a noexec mount: every build is whole and none loads; building again at every start
+    cost each process a compile (seconds) and ended on the numpy step all the same."""
+    whole = Path(os.path.realpath(sys.executable))  # a whole 64-bit ELF file, as a build is
+    cc = "/usr/bin/cc-kiln-test"
+    path = native.library_path(cc)
+    cache.mkdir()
+    path.write_bytes(whole.read_bytes())
+    assert not native._incomplete(path)
+    path.write_bytes(whole.read_bytes()[:-64])  # cut short: its section headers are past its end
+    assert native._incomplete(path)
+    path.write_bytes(whole.read_bytes())
+
+    def refused(where: Path) -> None:
+        raise OSError(f"{where}: failed to map segment from shared object")
+
+    monkeypatch.setattr(native, "compiler", lambda: cc)
+    monkeypatch.setattr(native, "build", lambda *_: pytest.fail("a whole build is not built again"))
+    monkeypatch.setattr(native, "_open", refused)
+    assert native._load() is None  # the numpy step, with its warning
 
 
 def _touching_compiler(tmp_path: Path) -> str:

@@ -172,22 +172,40 @@ def _load() -> ctypes.CDLL | None:
 
 
 def _open_cached(cc: str | None, path: Path) -> ctypes.CDLL:
-    """The library at ``path``, built first where absent. A file there that does not open (truncated by a
-    crash before it reached the disk, or removed by another build between the check and the open) is
-    built again, once, where there is a compiler: it stayed in the cache, and every process after ran
-    the numpy step."""
+    """The library at ``path``, built first where absent. A file there that does not open because it is
+    incomplete (truncated by a crash before it reached the disk, or removed by another build between
+    the check and the open) is built again, once, where there is a compiler: it stayed in the cache,
+    and every process after ran the numpy step. One that is whole but does not load (a cache on a
+    noexec mount) is not: building it again would not help, and would cost every start a compile."""
     if cc is not None and not path.exists():
         build(cc, path)
     try:
         library = _open(path)
     except OSError as exc:
-        if cc is None:
+        if cc is None or not _incomplete(path):
             raise
         log.warning("compiled beam step %s does not load (%s): building it again", path, exc)
         build(cc, path)
         library = _open(path)
     _mark_used(path)
     return library
+
+
+def _incomplete(path: Path) -> bool:
+    """Whether ``path`` is not a whole 64-bit ELF file: absent, shorter than its header, or ending before
+    the section headers its header places (what a write cut short leaves)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(64)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return True
+    if len(header) < 64 or header[:5] != b"\x7fELF\x02":
+        return True
+    order = "little" if header[5] == 1 else "big"
+    sections = int.from_bytes(header[0x28:0x30], order)
+    entry, count = int.from_bytes(header[0x3A:0x3C], order), int.from_bytes(header[0x3C:0x3E], order)
+    return size < sections + entry * count
 
 
 def loaded_path() -> Path | None:
