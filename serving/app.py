@@ -175,8 +175,7 @@ class GatewayServer(uvicorn.Server):
     and sets :attr:`exit_status` to 1, as tritonserver exits 1 when its ``--exit-timeout-secs`` runs
     out with requests in flight: a supervisor can tell it from a clean drain."""
 
-    cut_requests = 0  # HTTP requests the stop cut
-    cut_calls: int | None = 0  # gRPC calls a second Ctrl-C cut (None: some, grpc.aio does not count)
+    cut_requests = 0  # HTTP requests the grace cut
     exit_status = 0  # 1 once the stop has cut work in flight
     _loop: asyncio.AbstractEventLoop | None = None
     _quit = False  # a second Ctrl-C has cut the work in flight
@@ -210,7 +209,11 @@ class GatewayServer(uvicorn.Server):
         """uvicorn's signal handler; while the models load, it also tells the backend to stop loading
         them (without, a SIGTERM waited for every model to load, then for the ports to open). Once
         serving, a second Ctrl-C cuts the work in flight at once (:meth:`_quit_at_once`), at whatever
-        step of the stop it comes."""
+        step of the stop it comes; a third ends the process where the stop still waits (on a batch
+        running its model, say)."""
+        if self._quit and sig == signal.SIGINT:  # the stop still waits on something: end it now
+            log.warning("third Ctrl-C: exiting now, the rest of the stop undone (exit status 1)")
+            os._exit(1)
         super().handle_exit(sig, frame)
         if self.force_exit and self.started and self._loop is not None:
             self._loop.call_soon_threadsafe(self._quit_at_once)  # a signal handler may not touch the loop
@@ -263,39 +266,42 @@ class GatewayServer(uvicorn.Server):
     def _quit_at_once(self) -> None:
         """A second Ctrl-C: the HTTP requests and gRPC calls in flight are cut now, in one warning line
         (uvicorn alone stopped waiting for them and left the loop's end to cancel them and the app's
-        lifespan, a traceback each); the stop then goes on, with nothing left to wait for."""
+        lifespan, a traceback each); the stop then goes on, with nothing left to wait for. It sets
+        exit status 1 only where it cut something it could count (grpc.aio does not count its calls),
+        and never lowers a status a grace that ran out before it set."""
         if self._quit:
             return
         self._quit = True
         tasks = list(self.server_state.tasks)
         grpc_handle = self._grpc()
-        self.cut_requests = len(tasks)
-        self.cut_calls = grpc_handle.in_flight() if grpc_handle is not None else 0
-        cut = _work(self.cut_requests, self.cut_calls)
-        self.exit_status = 1 if cut else 0
+        calls = grpc_handle.in_flight() if grpc_handle is not None else 0
+        if tasks or calls:
+            self.exit_status = 1
+        cut = _work(len(tasks), calls)
         log.warning(
-            "second Ctrl-C: quitting at once%s",
-            f", cutting {cut} in flight (exit status 1)" if cut else " (nothing in flight)",
+            "second Ctrl-C: quitting at once%s%s",
+            f", cutting {cut} in flight" if cut else " (nothing in flight)",
+            " (exit status 1)" if self.exit_status else "",
         )
         for task in tasks:
             task.cancel(msg="cut by a second Ctrl-C")
         if grpc_handle is not None:
-            asyncio.ensure_future(grpc_handle.server.stop(0))  # its drain ends with it
+            self._grpc_stop = asyncio.ensure_future(grpc_handle.server.stop(0))  # its drain ends with it
+
+    _grpc_stop: asyncio.Future | None = None
 
     def _tell_cut_work(self, grpc_handle: Any) -> None:
         """After a grace that ran out: one line saying what it cut, and exit status 1 (not the signal
         uvicorn would raise again, which ends a clean stop)."""
-        if not self._quit:
-            cut = _work(self.cut_requests, getattr(grpc_handle, "cut", 0))
-            if cut:
-                self.exit_status = 1
-                grace = self.config.timeout_graceful_shutdown
-                log.warning(
-                    "gateway stopped with work cut: the shutdown grace (%g s) ran out with %s in flight; "
-                    "exit status 1",
-                    grace,
-                    cut,
-                )
+        cut = _work(self.cut_requests, getattr(grpc_handle, "cut", 0))
+        if cut:
+            self.exit_status = 1
+            log.warning(
+                "gateway stopped with work cut: the shutdown grace (%g s) ran out with %s in flight; "
+                "exit status 1",
+                self.config.timeout_graceful_shutdown,
+                cut,
+            )
         if self.exit_status:
             self._captured_signals.clear()  # python -m serving exits with exit_status instead
 
@@ -304,7 +310,7 @@ def _work(requests: int, calls: int | None) -> str:
     """``"1 HTTP request and 2 gRPC calls"``: the work a stop cut, empty when none."""
     parts = [f"{requests} HTTP request{'s' if requests != 1 else ''}"] if requests else []
     if calls is None:
-        parts.append("gRPC calls (grpc.aio does not say how many)")
+        parts.append("any gRPC calls (grpc.aio does not count them)")
     elif calls:
         parts.append(f"{calls} gRPC call{'s' if calls != 1 else ''}")
     return " and ".join(parts)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import hpack
@@ -87,13 +88,80 @@ def test_a_second_ctrl_c_cuts_the_work_in_flight_at_once_in_one_line_and_exits_o
     assert status == 1
 
 
-def test_a_second_ctrl_c_with_nothing_in_flight_exits_zero(repository, tmp_path):
-    log = tmp_path / "gateway.log"
-    with _gateway(repository, log=log) as (proc, _):
-        os.killpg(proc.pid, signal.SIGINT)
-        os.killpg(proc.pid, signal.SIGINT)  # at whatever step of the stop it comes: nothing to cut
-        assert proc.wait(timeout=30) == 0, log.read_text()
-    assert "Traceback" not in log.read_text() and "work cut" not in log.read_text()
+class _Handle:
+    """A gRPC server's handle as GatewayServer reads it: ``counted`` calls in flight (None: grpc.aio's,
+    uncounted), ``cut`` by the grace."""
+
+    def __init__(self, counted: int | None, cut: int | None = 0) -> None:
+        self.counted, self.cut, self.stopped = counted, cut, []
+
+    def in_flight(self) -> int | None:
+        return self.counted
+
+    @property
+    def server(self) -> _Handle:
+        return self
+
+    async def stop(self, grace_s: float) -> None:
+        self.stopped.append(grace_s)
+
+
+def _server(handle: _Handle) -> Any:
+    import types
+
+    import uvicorn
+
+    from serving.app import GatewayServer
+
+    server = GatewayServer(uvicorn.Config(lambda *_: None, timeout_graceful_shutdown=0.5))
+    server.config.app = types.SimpleNamespace(state=types.SimpleNamespace(grpc=handle))
+    server._captured_signals = [signal.SIGTERM]
+    return server
+
+
+@pytest.mark.parametrize(
+    ("counted", "status", "said"),
+    [(0, 0, "(nothing in flight)"), (None, 0, "cutting any gRPC calls (grpc.aio does not count them)")],
+)
+def test_a_second_ctrl_c_that_cuts_nothing_it_can_count_leaves_the_exit_status_clean(
+    counted, status, said, caplog
+) -> None:
+    """grpc.aio does not count its calls: its unknown count made every second Ctrl-C a cut (exit 1)."""
+    import asyncio
+
+    handle = _Handle(counted)
+    server = _server(handle)
+
+    async def quit_at_once() -> None:
+        server._quit_at_once()
+        await server._grpc_stop
+
+    with caplog.at_level(logging.WARNING, logger="serving.app"):
+        asyncio.run(quit_at_once())
+        server._tell_cut_work(handle)
+    assert server.exit_status == status and handle.stopped == [0]
+    assert server._captured_signals == [signal.SIGTERM]  # a clean stop still ends by its signal
+    assert said in caplog.text and "exit status 1" not in caplog.text
+
+
+def test_a_second_ctrl_c_after_a_grace_that_cut_work_keeps_exit_status_one(caplog) -> None:
+    """A grace that ran out had cut 2 requests and a call; a Ctrl-C during the stop's next steps,
+    with nothing left in flight, set the status back to 0 and the gateway ended by its signal."""
+    import asyncio
+
+    handle = _Handle(0, cut=1)
+    server = _server(handle)
+    server.cut_requests = 2
+
+    async def quit_at_once() -> None:
+        server._quit_at_once()
+        await server._grpc_stop
+
+    with caplog.at_level(logging.WARNING, logger="serving.app"):
+        asyncio.run(quit_at_once())
+        server._tell_cut_work(handle)
+    assert server.exit_status == 1 and server._captured_signals == []
+    assert "ran out with 2 HTTP requests and 1 gRPC call in flight; exit status 1" in caplog.text
 
 
 def test_a_grace_that_runs_out_names_the_requests_and_calls_it_cut_and_exits_one(repository, tmp_path):
