@@ -388,7 +388,7 @@ def unbuilt_precisions(ctx: ExportContext) -> list[EntryResult]:
     precision asked for must not vanish from the summary without a word."""
     if "fp16" not in ctx.options.precisions:
         return []
-    return [EntryResult(ctx.name, "fp16", "skipped", message=FP16_SKIPPED)]
+    return [EntryResult(f"{ctx.name}_fp16", "fp16", "skipped", message=FP16_SKIPPED)]  # as <name>_trt rows
 
 
 def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
