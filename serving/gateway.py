@@ -129,8 +129,10 @@ class Gateway:
                 return False
             if self._stopping or self.translators.get(name) is None:  # type: ignore[union-attr]
                 return False
-            steps = await asyncio.gather(*(self.backend.model_ready(step) for step in step_entries(entry)))
-            return all(steps)
+            steps = await asyncio.gather(
+                *(self.backend.model_ready(step) for step in step_entries(entry)), return_exceptions=True
+            )
+            return all(ready is True for ready in steps)  # a probe that failed: not ready, not a 500
         return await self.backend.model_ready(name, version)
 
     def load_error(self, name: str) -> str:

@@ -330,3 +330,29 @@ def test_a_translator_pool_whose_stop_raises_still_stops_the_backend(
         asyncio.run(gateway_.stop())
     assert backend.stopped  # was skipped: its sessions and connections left open
     assert "stopping the translators failed (translator t: stuck); stopping the rest" in caplog.text
+
+
+def test_a_translator_whose_step_probe_fails_is_not_ready_rather_than_a_500() -> None:
+    """A step entry's readiness probe that raised (a backend error other than unreachable or late)
+    failed the whole readiness route with a 500, its sibling probe left running."""
+    from serving.gateway import Gateway
+
+    asked: list[str] = []
+
+    async def model_ready(name: str, version: str = "") -> bool:
+        asked.append(name)
+        if name == "t_encoder":
+            raise RuntimeError("the probe broke")
+        return True
+
+    entry = SimpleNamespace(
+        kiln={"translator": {"encoder": "t_encoder", "decoder": "t_decoder"}}, path=Path("t")
+    )
+    entry.resolve_version = lambda version: version or "1"
+    gateway = Gateway.__new__(Gateway)
+    gateway.backend = SimpleNamespace(model_ready=model_ready)
+    gateway.repository = SimpleNamespace(get=lambda name: entry)
+    gateway.translators = SimpleNamespace(get=lambda name: object())
+    gateway._translate_names, gateway._stopping = {"t"}, False
+    assert asyncio.run(gateway.model_ready("t")) is False
+    assert sorted(asked) == ["t_decoder", "t_encoder"]
