@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
@@ -76,11 +77,26 @@ async def model_repository_index(request: Request, backend: BackendDep) -> list[
     return await repository_index(backend, ready)
 
 
+SHOWN_PATH_CHARS = 200  # of a refused path echoed in its answer (and its log line): enough to know it
+
+
+def shown_path(path: str) -> str:
+    """A request's decoded ``path`` percent-encoded again (as the access log shows it), its first
+    ``SHOWN_PATH_CHARS`` kept: one printable line. ``request.url.path`` silently dropped a CR, LF or
+    tab the client sent (``urlsplit`` strips them) and kept NUL and terminal escapes, raw in the error
+    line the gateway logs for a 501."""
+    quoted = quote(path, safe="/:@!$&'()*+,;=~")
+    if len(quoted) <= SHOWN_PATH_CHARS:
+        return quoted
+    cut = quoted[:SHOWN_PATH_CHARS]
+    return (cut[: cut.rindex("%")] if "%" in cut[-2:] else cut) + "..."  # no escape cut in two
+
+
 def _not_served(path: str, reason: str) -> None:
     """Triton's routes of an extension the gateway does not serve: 501 with what to do instead."""
 
     async def refuse(request: Request) -> None:
-        raise NotServed(f"{request.url.path}: {NOT_SERVED[reason]}")
+        raise NotServed(f"{shown_path(request.scope['path'])}: {NOT_SERVED[reason]}")
 
     router.add_api_route(path, refuse, methods=["GET", "POST"], include_in_schema=False)
 
