@@ -102,7 +102,7 @@ def count_refusal(request: Request, exc: BaseException, status: int) -> None:
     if request.method != "POST" or getattr(state, "repository", None) is None:
         return
     for route in INFERENCE_ROUTES:
-        params = route.match(request.url.path)
+        params = route.match(request.scope["path"])  # url.path drops a CR, LF or tab the client sent
         if params is not None:
             if params["name"] in state.repository.names():
                 state.metrics.refused(params["name"], exc, status)
@@ -341,7 +341,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.retry_after is not None:
             headers["Retry-After"] = f"{max(1, round(exc.retry_after))}"
-        if exc.status >= 500 and exc.status not in (503, 504):
+        if exc.status >= 500 and exc.status not in (501, 503, 504):  # 501: a route a client chose
             log.error("request failed: %s", exc.message)
         return error_response(exc.message, exc.status, headers or None)
 

@@ -67,3 +67,31 @@ def test_a_refused_path_of_60_kb_is_answered_with_its_start_only(gateway):
 )
 def test_a_shown_path_is_printable_ascii_however_it_was_decoded(path, shown):
     assert shown_path(path) == shown
+
+
+@pytest.mark.parametrize("path", ["/v2/models/resnet\t18/infer", "/v1/models/resnet\r18/classify"])
+def test_a_refusal_for_a_name_with_a_control_character_is_not_counted_for_another_model(path) -> None:
+    """``request.url.path`` drops a tab, CR or LF: a 413 for ``resnet%0918`` (no such model) was
+    counted in ``kiln_request_failures_total{model="resnet18"}``."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from serving.app import count_refusal
+
+    refused: list[str] = []
+    state = SimpleNamespace(
+        repository=SimpleNamespace(names=lambda: ["resnet18"]),
+        metrics=SimpleNamespace(refused=lambda name, exc, status: refused.append(name)),
+    )
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "app": SimpleNamespace(state=state),
+        "headers": [],
+    }
+    count_refusal(Request(scope), ValueError("too large"), 413)
+    assert refused == []
+    count_refusal(Request({**scope, "path": path.replace("\t", "").replace("\r", "")}), ValueError("x"), 413)
+    assert refused == ["resnet18"]  # the model's own refusal is still counted
