@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -75,30 +76,17 @@ def test_an_exported_labels_file_is_read_without_a_warning(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("filename", ["../outside.txt", "link.txt"])
-def test_a_labels_path_outside_the_model_directory_fails_the_load_as_in_triton(tmp_path, filename):
-    """Triton refuses a label_filename that resolves outside the model directory; the gateway read
-    any file of the machine (``/etc/...``, ``../``, a link) and served its lines as class names."""
+def test_a_labels_path_through_dot_dot_or_a_link_is_read_as_triton_reads_it(tmp_path, filename):
+    """Triton 2.51 loads a model whose label_filename is ``../other/labels.txt`` or a link out of the
+    entry (checked against the real server: READY), so the gateway reads them too, for the
+    label_filename and for kiln.json's ``labels`` alike, rather than refusing the model."""
     (tmp_path / "outside.txt").write_text("x\ny\nz\n")
     directory = _hand_entry(tmp_path, b"a\nb\nc\n", filename)
     (directory / "link.txt").symlink_to(tmp_path / "outside.txt")
-    repository = Repository(tmp_path)
-    assert "hand" not in repository.entries
-    assert "outside model directory" in repository.errors["hand"]
-    assert "output 'p'" in repository.errors["hand"]
-
-
-def test_a_kiln_json_labels_path_outside_the_model_directory_is_ignored_with_a_warning(tmp_path, caplog):
-    """Triton never reads kiln.json's ``labels``, so it loads the model: the gateway loads it too,
-    naming no class from a file outside the model directory."""
-    (tmp_path / "outside.txt").write_text("x\ny\nz\n")
-    directory = _hand_entry(tmp_path, b"a\nb\nc\n")
+    assert load_entry(directory).labels == {"p": ["x", "y", "z"]}
     (directory / "config.pbtxt").write_text((CONFIG % "").replace(' label_filename: ""', ""))
-    (directory / "kiln.json").write_text('{"labels": "../outside.txt"}')
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
-        assert load_entry(directory).labels == {}
-    assert any("outside model directory" in r.getMessage() for r in caplog.records)
-    (directory / "kiln.json").write_text('{"labels": "labels.txt"}')
-    assert load_entry(directory).labels == {"p": ["a", "b", "c"]}
+    (directory / "kiln.json").write_text(json.dumps({"labels": filename}))
+    assert load_entry(directory).labels == {"p": ["x", "y", "z"]}
 
 
 def test_an_absolute_labels_path_is_joined_under_the_model_directory_as_triton_joins_it(tmp_path):

@@ -327,15 +327,11 @@ def _changes(entry: RepositoryEntry) -> list[str]:
     return changes_since(_written_version(entry) or 0, _model_name(entry))
 
 
-def _label_path(directory: Path, filename: str, owner: str) -> Path:
-    """Where Triton finds a labels file: joined under the model directory even when absolute, and
-    refused (as Triton refuses to load the model) when it resolves outside it, through ``..`` or a link."""
-    path = directory / filename.lstrip("/")
-    if not path.resolve().is_relative_to(directory.resolve()):
-        raise ValueError(
-            f"label file path {str(path)!r} for {owner} is outside model directory {str(directory)!r}"
-        )
-    return path
+def _label_path(directory: Path, filename: str) -> Path:
+    """Where Triton finds a labels file: joined under the model directory, even an absolute name (so
+    ``/etc/hostname`` is the model directory's ``etc/hostname``); ``..`` and links are followed, as
+    Triton 2.51 follows them (it loads a model whose labels are ``../other/labels.txt``)."""
+    return directory / filename.lstrip("/")
 
 
 def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
@@ -343,7 +339,7 @@ def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
     feeds alone, each kept as written (a blank line is a class without a name and keeps its index; a
     carriage return, U+2028 or U+0085 stays inside its label), so the gateway names each class as
     Triton does; what is served otherwise than its writer likely meant is logged."""
-    path = _label_path(directory, filename, owner)
+    path = _label_path(directory, filename)
     try:
         data = path.read_bytes()
     except OSError as exc:
