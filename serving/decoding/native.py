@@ -20,6 +20,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -50,11 +51,24 @@ _loaded_path: list[Path] = []  # the file load() opened
 
 
 def cache_dir() -> Path:
-    """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``; where no home can be
+    named (``HOME`` unset and a user id without a passwd entry: a container run as an arbitrary user),
+    :func:`temp_cache_dir`."""
     if os.environ.get("KILN_CACHE_DIR"):
         return Path(os.environ["KILN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kiln"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "kiln"
+    try:
+        return Path.home() / ".cache" / "kiln"
+    except RuntimeError:  # "Could not determine home directory": every translator failed to load
+        return temp_cache_dir()
+
+
+def temp_cache_dir() -> Path:
+    """This user's cache in the temporary directory, where a build goes when :func:`cache_dir` cannot
+    take one: a container's home is often missing or read-only (``HOME=/nonexistent``, a read-only
+    root filesystem) while its temporary directory is a writable volume."""
+    return Path(tempfile.gettempdir()) / f"kiln-cache-{os.getuid()}"
 
 
 def compiler() -> str | None:
@@ -159,16 +173,49 @@ def _load() -> ctypes.CDLL | None:
                 cache_dir(),
             )
             return None
+        if cc is not None and not path.exists():
+            path = _build_target(path)
         library = _open_cached(cc, path)
         _loaded_path[:] = [path]
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        log.warning(
-            "compiled beam step unavailable (%s %s): numpy step", exc, detail.decode(errors="replace")
-        )
+        compiler_said = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
+        if compiler_said:
+            log.warning("compiled beam step unavailable (%s %s): numpy step", exc, compiler_said)
+        else:
+            log.warning(
+                "compiled beam step unavailable (%s): numpy step; KILN_CACHE_DIR names a writable cache, "
+                "or one holding a build (docs/deploy.md)",
+                exc,
+            )
         return None
     log.info("compiled beam step: %s", path)
     return library
+
+
+def _build_target(path: Path) -> Path:
+    """Where to build ``path``: there, or the same file in :func:`temp_cache_dir` where its directory
+    cannot be written (a home that is missing or read-only, as containers run: every translator then
+    decoded with the numpy step though ``/tmp`` was writable). The temporary cache must be a directory
+    of this user's that no one else may write, since what is built there is loaded as code."""
+    fallback = temp_cache_dir()
+    if path.parent != fallback and _writable(path.parent):
+        return path
+    fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    found = os.lstat(fallback)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+        raise PermissionError(f"{fallback} is not a directory of this user's that only it may write")
+    if path.parent != fallback:
+        log.info("cache %s cannot be written: building the compiled beam step in %s", path.parent, fallback)
+    return fallback / path.name
+
+
+def _writable(directory: Path) -> bool:
+    """Whether ``directory`` exists or can be made, and this process may create files in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
 
 
 def _open_cached(cc: str | None, path: Path) -> ctypes.CDLL:

@@ -77,9 +77,8 @@ class WeightStore:
                 self.root = create_store_dir()
             except OSError as exc:  # a read-only or full temporary directory: each session its own copy
                 log.warning(
-                    "no directory for the shared weights in %s (%s): every session loads its own copy "
-                    "of its model's weights",
-                    tempfile.gettempdir(),
+                    "no directory for the shared weights in the temporary directory (%s): every session "
+                    "loads its own copy of its model's weights",
                     exc,
                 )
 

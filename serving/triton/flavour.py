@@ -10,7 +10,9 @@ no CPU can run (TensorRT) are skipped.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +139,7 @@ def _copy_python_entry(
 ) -> None:
     """Copy a python entry as it is, but for ``threads``: a translator's ``<name>`` model runs its
     encoder and decoder in ONNX Runtime sessions of its own with that many intra-op threads."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+    _copy_entry(source, target)
     copied = model_config_pb2.ModelConfig()
     copied.CopyFrom(config)
     copied.parameters["intra_op_num_threads"].string_value = str(threads)
@@ -149,7 +151,7 @@ def _wrap_onnx_entry(
 ) -> None:
     """Copy the entry's files and give every version directory the ONNX Runtime model.py."""
     onnx_file = config.default_model_filename or "model.onnx"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+    _copy_entry(source, target)
     versions = [d for d in target.iterdir() if d.is_dir() and d.name.isdigit()]
     if not any((d / onnx_file).is_file() for d in versions):
         raise FileNotFoundError(f"{source}: no version directory holds {onnx_file}")
@@ -158,3 +160,27 @@ def _wrap_onnx_entry(
             shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
     text = text_format.MessageToString(python_config(config, threads=threads, instances=instances))
     (target / "config.pbtxt").write_text(text)
+
+
+def _copy_entry(source: Path, target: Path) -> None:
+    """Copy an entry's files but its config (written afterwards) into ``target``; links (a Kubernetes
+    volume's ``..data`` layout) are followed, as Triton follows them."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+    make_writable(target)
+
+
+def make_writable(tree: Path) -> None:
+    """Give this user write access to a tree it copied, whatever the source's modes were.
+
+    A copy keeps its source's permissions: from a repository or an install mounted read-only (a
+    volume of read-only files, a ``chmod -R a-w`` export) it came out read-only too, and a non-root
+    user could then write neither the config nor ``model.py`` into its own copy, nor remove it after
+    (root writes anyway, so only a container's user met it)."""
+    for directory, _, files in os.walk(tree):
+        _add_mode(Path(directory), stat.S_IRWXU)
+        for name in files:
+            _add_mode(Path(directory, name), stat.S_IWUSR)
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    os.chmod(path, stat.S_IMODE(path.stat().st_mode) | bits)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.processes import child_options
-from serving.triton.flavour import FlavourReport, derive_python_flavour
+from serving.triton.flavour import FlavourReport, derive_python_flavour, make_writable
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def prepare_backends(install: TritonInstall, workdir: Path) -> Path:
         try:
             if backends != install.backends and not (backends / "python").is_dir():
                 shutil.copytree(install.backends, backends, dirs_exist_ok=True)
+                make_writable(backends)  # the stub goes in, whatever the install's modes
             if not target.is_file() or target.stat().st_size != install.stub.stat().st_size:
                 shutil.copy2(install.stub, target)
             return backends
@@ -128,10 +129,11 @@ def triton_environment(install: TritonInstall) -> dict[str, str]:
 _HANDED_OUT: set[int] = set()  # ports free_port returned in this process: never returned twice
 _HANDED_OUT_LOCK = threading.Lock()
 BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address in use")
-# The python backend's shared-memory regions (one 1 MiB file a server, more under load), which it
-# unlinks when it shuts down cleanly; a server that died, was killed, or exited before it was ready
-# leaves them behind. Every run of the suite left one (its port-race test), as did every crash of
-# Triton 2.51 under streaming in the bench.
+# The python backend's shared-memory regions (a 1 MiB file for each model instance, its stub's, which
+# grows under load: the flavour of four translators and nine ONNX entries starts with 13 MiB of a
+# container's 64 MiB /dev/shm), which it unlinks when it shuts down cleanly; a server that died, was
+# killed, or exited before it was ready leaves them behind. Every run of the suite left one (its
+# port-race test), as did every crash of Triton 2.51 under streaming in the bench.
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
