@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not settings.reuse_port:  # the parent says it once, not each of its workers
         _check_entries(settings.model_repository)
+    _check_temporary_directory()
     if settings.workers > 1:
         if not settings.http_port or not settings.grpc_port:
             raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
@@ -227,6 +228,21 @@ def main(argv: list[str] | None = None) -> None:
             server.exit_as_signalled()  # a stop asked while the models loaded: not a failed start
     if server.exit_status:  # the stop cut work in flight (README, "Serving")
         raise SystemExit(server.exit_status)
+
+
+def _check_temporary_directory() -> None:
+    """Stop in one line where no temporary directory can be written (a read-only root filesystem
+    without a volume on /tmp): the gateway keeps its shared weights, its compiled beam step and its
+    JSON helper's socket there, and the sweep of killed gateways' leftovers died in a traceback."""
+    import tempfile
+
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as exc:
+        raise SystemExit(
+            f"no writable temporary directory ({exc}): mount a writable volume on /tmp (a Kubernetes "
+            "emptyDir, as deploy/base/gateway/deployment.yaml does) or set TMPDIR to a writable directory"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -240,3 +240,18 @@ def test_the_gateway_runs_unprivileged_on_a_read_only_root_with_a_writable_tempo
     assert "emptyDir" in tmp
     temporary = {e["name"]: e.get("value") for e in gateway["env"]}.get("TMPDIR", "/tmp")
     assert temporary == "/tmp"
+
+
+def test_without_a_writable_temporary_directory_the_gateway_stops_in_one_line(monkeypatch):
+    """The sweep of killed gateways' leftovers asked for the temporary directory and died in a
+    traceback (FileNotFoundError: No usable temporary directory found)."""
+    from serving.__main__ import _check_temporary_directory
+
+    def none_usable() -> str:
+        raise FileNotFoundError("No usable temporary directory found in ['/tmp', '/var/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    with pytest.raises(SystemExit) as stopped:
+        _check_temporary_directory()
+    assert "no writable temporary directory" in str(stopped.value.code)
+    assert "mount a writable volume on /tmp" in str(stopped.value.code)
