@@ -341,7 +341,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.retry_after is not None:
             headers["Retry-After"] = f"{max(1, round(exc.retry_after))}"
-        if exc.status >= 500 and exc.status not in (501, 503, 504):  # 501: a route a client chose
+        if exc.status == 501:  # a route the client chose that the gateway does not serve: its mistake
+            log.info("request refused: %s", exc.message)
+        elif exc.status >= 500 and exc.status not in (503, 504):
             log.error("request failed: %s", exc.message)
         return error_response(exc.message, exc.status, headers or None)
 
