@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,19 +114,16 @@ def _png() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_rest_and_kserve_classification_name_each_class_as_triton_does(classifier_repository, tmp_path):
-    """A hand-written labels.txt with a blank line and Windows line ends: the REST route and the
-    classification extension answer each class under Triton's name for it (they answered class 1 as
-    "two" and class 2 by its index), and ``GET /v1/models`` counts Triton's labels."""
+def _classified(classifier_repository: Path, tmp_path: Path, labels: bytes) -> tuple[dict, Any, Any]:
+    """A copy of the repository whose lenet has ``labels`` as its labels.txt, asked over REST (top 3)
+    and KServe's classification extension (3): the model list by name, and the two answers."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
-    from serving.execution.datatypes import parse_classification
     from serving.settings import Settings
 
     repository = Path(shutil.copytree(classifier_repository, tmp_path / "repo"))
-    (repository / "lenet" / "labels.txt").write_bytes(b"zero\r\n\r\ntwo\r\n")
-    named = {0: "zero\r", 1: "\r", 2: "two\r"}
+    (repository / "lenet" / "labels.txt").write_bytes(labels)
     images = np.zeros((1, SIZE, SIZE, CHANNELS), dtype=np.uint8)
     infer = {
         "inputs": [
@@ -137,6 +135,18 @@ def test_rest_and_kserve_classification_name_each_class_as_triton_does(classifie
         listed = {m["name"]: m for m in client.get("/v1/models").json()}
         rest = client.post("/v1/models/lenet/classify", json={"images": [_png()], "top_k": 3})
         kserve = client.post("/v2/models/lenet/infer", json=infer)
+    return listed, rest, kserve
+
+
+def test_rest_and_kserve_classification_name_each_class_as_triton_does(classifier_repository, tmp_path):
+    """A hand-written labels.txt with a blank line and Windows line ends: the REST route and the
+    classification extension answer each class under Triton's name for it (they answered class 1 as
+    "two" and class 2 by its index), and ``GET /v1/models`` counts Triton's labels."""
+
+    from serving.execution.datatypes import parse_classification
+
+    named = {0: "zero\r", 1: "\r", 2: "two\r"}
+    listed, rest, kserve = _classified(classifier_repository, tmp_path, b"zero\r\n\r\ntwo\r\n")
     assert listed["lenet"]["labels"] == 3
     assert rest.status_code == 200, rest.text
     assert {p["index"]: p["label"] for p in rest.json()["predictions"][0]} == named
@@ -151,24 +161,10 @@ def test_a_class_without_a_name_is_answered_by_its_index_and_without_a_label_as_
     """A blank line of labels.txt: Triton's classification extension answers ``"score:1"``, no label
     (the gateway wrote ``"score:1:"``, read back as the label ""), and REST names the class by its
     index as it names a class past the file (it answered ``"label": ""``)."""
-    from fastapi.testclient import TestClient
 
-    from serving.app import create_app
     from serving.execution.datatypes import parse_classification
-    from serving.settings import Settings
 
-    repository = Path(shutil.copytree(classifier_repository, tmp_path / "repo"))
-    (repository / "lenet" / "labels.txt").write_bytes(b"zero\n\ntwo\n")
-    images = np.zeros((1, SIZE, SIZE, CHANNELS), dtype=np.uint8)
-    infer = {
-        "inputs": [
-            {"name": "images", "shape": list(images.shape), "datatype": "UINT8", "data": [0] * images.size}
-        ],
-        "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}],
-    }
-    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
-        rest = client.post("/v1/models/lenet/classify", json={"images": [_png()], "top_k": 3})
-        kserve = client.post("/v2/models/lenet/infer", json=infer)
+    _, rest, kserve = _classified(classifier_repository, tmp_path, b"zero\n\ntwo\n")
     assert rest.status_code == 200 and kserve.status_code == 200, (rest.text, kserve.text)
     assert {p["index"]: p["label"] for p in rest.json()["predictions"][0]} == {0: "zero", 1: "1", 2: "two"}
     strings = dict((parse_classification(s)[1], s) for s in kserve.json()["outputs"][0]["data"])

@@ -119,6 +119,19 @@ def _server(handle: _Handle) -> Any:
     return server
 
 
+def _second_ctrl_c(server: Any, handle: _Handle, caplog: pytest.LogCaptureFixture) -> None:
+    """A second Ctrl-C reaching ``server`` (its gRPC stop awaited), then the end of its stop."""
+    import asyncio
+
+    async def quit_at_once() -> None:
+        server._quit_at_once()
+        await server._grpc_stop
+
+    with caplog.at_level(logging.WARNING, logger="serving.app"):
+        asyncio.run(quit_at_once())
+        server._tell_cut_work(handle)
+
+
 @pytest.mark.parametrize(
     ("counted", "status", "said"),
     [(0, 0, "(nothing in flight)"), (None, 0, "cutting any gRPC calls (grpc.aio does not count them)")],
@@ -127,18 +140,10 @@ def test_a_second_ctrl_c_that_cuts_nothing_it_can_count_leaves_the_exit_status_c
     counted, status, said, caplog
 ) -> None:
     """grpc.aio does not count its calls: its unknown count made every second Ctrl-C a cut (exit 1)."""
-    import asyncio
 
     handle = _Handle(counted)
     server = _server(handle)
-
-    async def quit_at_once() -> None:
-        server._quit_at_once()
-        await server._grpc_stop
-
-    with caplog.at_level(logging.WARNING, logger="serving.app"):
-        asyncio.run(quit_at_once())
-        server._tell_cut_work(handle)
+    _second_ctrl_c(server, handle, caplog)
     assert server.exit_status == status and handle.stopped == [0]
     assert server._captured_signals == [signal.SIGTERM]  # a clean stop still ends by its signal
     assert said in caplog.text and "exit status 1" not in caplog.text
@@ -147,19 +152,11 @@ def test_a_second_ctrl_c_that_cuts_nothing_it_can_count_leaves_the_exit_status_c
 def test_a_second_ctrl_c_after_a_grace_that_cut_work_keeps_exit_status_one(caplog) -> None:
     """A grace that ran out had cut 2 requests and a call; a Ctrl-C during the stop's next steps,
     with nothing left in flight, set the status back to 0 and the gateway ended by its signal."""
-    import asyncio
 
     handle = _Handle(0, cut=1)
     server = _server(handle)
     server.cut_requests = 2
-
-    async def quit_at_once() -> None:
-        server._quit_at_once()
-        await server._grpc_stop
-
-    with caplog.at_level(logging.WARNING, logger="serving.app"):
-        asyncio.run(quit_at_once())
-        server._tell_cut_work(handle)
+    _second_ctrl_c(server, handle, caplog)
     assert server.exit_status == 1 and server._captured_signals == []
     assert "ran out with 2 HTTP requests and 1 gRPC call in flight; exit status 1" in caplog.text
 

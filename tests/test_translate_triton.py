@@ -33,13 +33,19 @@ def exported(exported_translator_models, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    yield from triton_serving(exported / "model_repository", tmp_path_factory)
+
+
+def triton_serving(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The real Triton serving ``repository`` while the caller's fixture lasts, or the test skipped
+    saying what is missing (its binary, or the numpy-1 environment its python models run in)."""
     if find_triton() is None:
         pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
     if triton_python_env() / "bin" / "python" == Path(sys.prefix) / "bin" / "python":
         pytest.skip(
             "no separate Triton python environment with numpy<2 (make setup creates .venv/triton-env)"
         )
-    with TritonServer(exported / "model_repository", tmp_path_factory.mktemp("triton")) as server:
+    with TritonServer(repository, tmp_path_factory.mktemp("triton")) as server:
         yield server
 
 

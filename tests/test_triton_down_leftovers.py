@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,10 +24,11 @@ from serving.execution.triton import TritonBackend
 from serving.gateway import Gateway
 from serving.protocol import repository_index as index_module
 from serving.protocol.repository_index import repository_index
-from serving.triton import TritonServer, find_triton
-from serving.triton.server import held_port, triton_python_env
+from serving.triton import TritonServer
+from serving.triton.server import held_port
 from tests.test_scheduler import LONG, SPEC, FakeDecoder, fake_encoder
 from tests.test_translate_serving import exported_translators
+from tests.test_translate_triton import triton_serving
 from tests.waiting import eventually, until
 
 NAME = "transformer"
@@ -42,14 +42,7 @@ def exported(exported_translator_models, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
-    if triton_python_env() / "bin" / "python" == Path(sys.prefix) / "bin" / "python":
-        pytest.skip(
-            "no separate Triton python environment with numpy<2 (make setup creates .venv/triton-env)"
-        )
-    with TritonServer(exported, tmp_path_factory.mktemp("triton")) as server:
-        yield server
+    yield from triton_serving(exported, tmp_path_factory)
 
 
 @contextlib.contextmanager
