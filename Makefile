@@ -29,7 +29,7 @@ PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo -n )
 
-.PHONY: help setup demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
+.PHONY: help setup lock demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -38,21 +38,36 @@ $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
+$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt | $(VENV)/bin/python
 	@# onnxruntime and onnxruntime-gpu own the same module: remove the other flavour before installing one.
 	$(PY) -m pip uninstall --quiet -y $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@# constraints/ holds the versions the suite last passed with: a release upstream cannot break a fresh setup.
+	$(PY) -m pip install --quiet -c constraints/main.txt -e ".[$(EXTRAS)]"
 	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
-	$(PY) -m pip install --quiet --no-deps "nvidia-pytriton>=0.5"
+	$(PY) -m pip install --quiet --no-deps -c constraints/main.txt "nvidia-pytriton>=0.5"
 	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment.
 	$(PYTHON_SYS) -m venv $(VENV)/triton-env
-	$(VENV)/triton-env/bin/python -m pip install --quiet "numpy<2" onnxruntime tokenizers
+	$(VENV)/triton-env/bin/python -m pip install --quiet -c constraints/triton-env.txt "numpy<2" onnxruntime tokenizers
 	@# The compiled beam step, built now rather than by the first translator (numpy step if no C compiler).
 	$(PY) -c "import logging; logging.basicConfig(); from serving.decoding import native; native.load()"
 	@rm -f $(VENV)/.kiln-installed-*
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install what is missing
+
+LOCK_VENV := $(VENV)-lock
+lock: ## re-resolve the newest versions pyproject.toml allows into constraints/ (then: make test)
+	rm -rf $(LOCK_VENV) && $(PYTHON_SYS) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[cpu,bench,dev]"
+	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps "nvidia-pytriton>=0.5"
+	$(PYTHON_SYS) -m venv $(LOCK_VENV)/triton-env
+	$(LOCK_VENV)/triton-env/bin/python -m pip install --quiet "numpy<2" onnxruntime tokenizers
+	{ sed -n '/^#/p' constraints/main.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -vi '^torch=='; } > constraints/main.txt.new
+	{ sed -n '/^#/p' constraints/triton-env.txt; $(LOCK_VENV)/triton-env/bin/python -m pip freeze; } > constraints/triton-env.txt.new
+	mv constraints/main.txt.new constraints/main.txt && mv constraints/triton-env.txt.new constraints/triton-env.txt
+	rm -rf $(LOCK_VENV)
+	@git diff --stat -- constraints/ 2>/dev/null || true
 
 train: train-classifier train-translator ## train the classifier MODEL (resnet18) and the transformer translator (EPOCHS=...)
 
