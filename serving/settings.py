@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"
     )
-    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session")
+    inter_op_threads: int = Field(
+        1,
+        ge=0,
+        description="ONNX Runtime inter-op threads per session; above 1 the sessions run in ONNX Runtime's "
+        "parallel execution mode (a graph's independent branches at once), the only mode that uses them",
+    )
     lone_request_threads: int | None = Field(
         None,
         ge=0,

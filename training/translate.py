@@ -126,17 +126,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.translate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="transformer", help="registered translator (default: transformer)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a quick recipe, e.g. 'demo' (~2 minutes)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a quick recipe, e.g. 'demo' (~2 minutes); its settings replace the defaults named here",
+    )
     p.add_argument("--corpus", choices=CORPUS_KINDS, help="numbers (offline generator) | tsv | parallel")
     p.add_argument("--data-path", help="tsv file, or 'src_file,tgt_file' / prefix (prefix.en, prefix.LANG)")
-    p.add_argument("--lang", choices=("fr", "de"), help="target language of the numbers corpus")
-    p.add_argument("--n-pairs", type=int, help="size of the generated numbers corpus")
+    p.add_argument(
+        "--lang",
+        choices=("fr", "de"),
+        help="target language of the numbers corpus, and of a parallel --data-path prefix (prefix.LANG) "
+        f"(default: {BASE['lang']})",
+    )
+    p.add_argument(
+        "--n-pairs", type=int, help=f"size of the generated numbers corpus (default: {BASE['n_pairs']})"
+    )
     p.add_argument(
         "--lowercase", action="store_true", default=None, help="lower-case (also in the tokenizer)"
     )
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
     p.add_argument("--separate-vocab", dest="shared_vocab", action="store_false", default=None)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help=f"default: {BASE['epochs']} (--time-budget may stop it sooner)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--batch-tokens", type=int, help="padded tokens per batch")
     group.add_argument("--batch-size", type=int, help="sentences per batch (instead of --batch-tokens)")
@@ -146,13 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--clip-norm", type=float, help="gradient clipping max norm (0 = off)")
     p.add_argument("--dropout", type=float)
-    p.add_argument("--patience", type=int, help="evaluations without BLEU gain before stopping (0 = never)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"evaluations without BLEU gain before stopping (0 = never; default: {BASE['patience']})",
+    )
     p.add_argument("--eval-every", type=int, help="validate every N steps (0 = every epoch)")
     p.add_argument(
-        "--val-limit", type=int, help="validation sentences decoded per evaluation (0 = all of them)"
+        "--val-limit",
+        type=int,
+        help=f"validation sentences decoded per evaluation (0 = all of them) (default: {BASE['val_limit']})",
     )
     p.add_argument(
-        "--time-budget", type=float, help="minutes of training before stopping gracefully (0 = no limit)"
+        "--time-budget",
+        type=float,
+        help="minutes of training before stopping gracefully (0 = no limit), keeping the best weights "
+        f"(default: {BASE['time_budget']})",
     )
     p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
     p.add_argument(

@@ -111,6 +111,8 @@ class SessionOpener:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
+        if self.options.inter_op_threads > 1:  # ORT uses inter-op threads in its parallel mode alone
+            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         if graph is not None:
             graph.prepare(path, opts)
         spin = self.options.spin_us if spin_us == -1 else spin_us
