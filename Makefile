@@ -27,7 +27,24 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
+TRITON_URL  ?= 127.0.0.1:8101
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo -n )
+
+# The value of the variable named $(1) as one shell word, so a path with spaces or quotes stays one path
+# (`make clean CHECKPOINTS="exp 1"` removed the directory exp); a leading ~ is still the home directory,
+# as the shell made it before (`sh -c 'make CHECKPOINTS=~/ckpt'` hands make the ~ unexpanded).
+home_relative = $(filter ~ ~/%,$(firstword $($(1))))
+shell_path = $(if $(home_relative),"$$HOME")'$(subst ','\'',$(if $(home_relative),$(patsubst ~%,%,$($(1))),$($(1))))'
+
+# GPU=1 swaps the CPU onnxruntime for the gpu extra (GBs of CUDA wheels) before any target runs: on a
+# machine with no NVIDIA GPU device (WSL's is /dev/dxg), make demo GPU=1 could only refuse after that, so
+# it refuses first. NVIDIA_DEVICES=<anything> vouches for a GPU found elsewhere.
+NVIDIA_DEVICES ?= $(wildcard /dev/nvidia[0-9]* /dev/dxg)
+ifneq ($(and $(filter 1,$(GPU)),$(filter demo,$(MAKECMDGOALS))),)
+ifeq ($(strip $(NVIDIA_DEVICES)),)
+$(error make demo GPU=1: no NVIDIA GPU device on this machine (no /dev/nvidia0), so nothing was installed or run; make demo without GPU=1 runs the CPU demo)
+endif
+endif
 
 .PHONY: help setup lock demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
 
@@ -72,28 +89,32 @@ lock: ## re-resolve the newest versions pyproject.toml allows into constraints/ 
 train: train-classifier train-translator ## train the classifier MODEL (resnet18) and the transformer translator (EPOCHS=...)
 
 train-classifier: $(STAMP)
-	$(PY) -m training.classify --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
+	$(PY) -m training.classify --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(call shell_path,CHECKPOINTS)
 
 train-translator: $(STAMP)
-	$(PY) -m training.translate --model transformer $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(CHECKPOINTS)
+	$(PY) -m training.translate --model transformer $(if $(EPOCHS),--epochs $(EPOCHS)) --output-dir $(call shell_path,CHECKPOINTS)
 
 export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8, DEVICE=cpu|gpu) to ONNX/TensorRT + Triton repository
-	$(PY) -m export $(CHECKPOINTS) --repository $(REPOSITORY) --precisions $(PRECISIONS) --device $(DEVICE)
+	$(PY) -m export $(call shell_path,CHECKPOINTS) --repository $(call shell_path,REPOSITORY) --precisions $(PRECISIONS) --device $(DEVICE)
 
 # make serve passes a variable as a flag only when it was given to make (command line or environment):
 # otherwise the gateway's own default or KILN_* variable applies (a flag would win over KILN_WORKERS=2).
-serve_flag = $(if $(filter-out file,$(origin $(1))), $(2) $($(1)))
+# $(3), where given, is the value as the shell must see it.
+serve_flag = $(if $(filter-out file,$(origin $(1))), $(2) $(or $(3),$($(1))))
+# BACKEND=triton forwards to make triton's server (gRPC 127.0.0.1:8101) unless TRITON_URL or KILN_TRITON_URL
+# names another: the gateway's own default Triton address, 127.0.0.1:8001, is its own gRPC port, refused.
+triton_url_flag = $(if $(or $(filter-out file,$(origin TRITON_URL)),$(and $(filter triton TRITON,$(BACKEND)),$(if $(KILN_TRITON_URL),,default))), --triton-url $(TRITON_URL))
 serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton, WORKERS=N; or KILN_* variables)
-	$(PY) -m serving$(call serve_flag,REPOSITORY,--model-repository)$(call serve_flag,HTTP_PORT,--http-port)$(call serve_flag,GRPC_PORT,--grpc-port)$(call serve_flag,BACKEND,--backend)$(call serve_flag,WORKERS,--workers)
+	$(PY) -m serving$(call serve_flag,REPOSITORY,--model-repository,$(call shell_path,REPOSITORY))$(call serve_flag,HTTP_PORT,--http-port)$(call serve_flag,GRPC_PORT,--grpc-port)$(call serve_flag,BACKEND,--backend)$(call serve_flag,WORKERS,--workers)$(triton_url_flag)
 
 triton: $(STAMP) ## run the real Triton server (python flavour of the repository) on 127.0.0.1
-	$(PY) -m serving.triton --model-repository $(REPOSITORY)
+	$(PY) -m serving.triton --model-repository $(call shell_path,REPOSITORY)
 
-demo: $(STAMP) ## train small models, export them, serve them and answer real requests (GPU=1: on CUDA)
-	$(PY) -m kiln.demo --checkpoints $(CHECKPOINTS) --repository $(REPOSITORY) $(if $(filter 1,$(GPU)),--gpu)
+demo: $(STAMP) ## train small models (FRESH=1: again), export them, serve them and answer real requests (GPU=1: on CUDA)
+	$(PY) -m kiln.demo --checkpoints $(call shell_path,CHECKPOINTS) --repository $(call shell_path,REPOSITORY)$(if $(filter 1,$(FRESH)), --fresh)$(if $(filter 1,$(GPU)), --gpu)
 
 bench: $(STAMP) balancer perf-analyzer ## latency/throughput side by side (PROFILE=quick|full|gpu; gpu: CPU_REPOSITORY=dir for the CPU side)
-	$(PY) -m bench --profile $(PROFILE) --repository $(REPOSITORY) --checkpoints $(CHECKPOINTS) $(if $(CPU_REPOSITORY),--cpu-repository $(CPU_REPOSITORY))
+	$(PY) -m bench --profile $(PROFILE) --repository $(call shell_path,REPOSITORY) --checkpoints $(call shell_path,CHECKPOINTS)$(if $(CPU_REPOSITORY), --cpu-repository $(call shell_path,CPU_REPOSITORY))
 
 balancer: ## install haproxy (Debian/Ubuntu apt) for the multi-replica test and bench row; warns if it cannot
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
@@ -124,13 +145,18 @@ format: $(STAMP) ## apply ruff fixes and formatting
 test: lint balancer ## lint, haproxy where it can be installed (the replica tests), then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# An empty REPOSITORY would make find clean the current directory (the checkout, .git included), and
-# one that holds the current directory would too: refused. One that does not exist has nothing to remove.
+# make clean removes what Kiln wrote and nothing else, so a REPOSITORY or CHECKPOINTS naming a directory of
+# other things (REPOSITORY=~ emptied the home directory) keeps them: training's files in CHECKPOINTS; in
+# REPOSITORY the entries export wrote (a directory with a kiln.json: export's own test of an entry it
+# owns), its .kiln* files and staging leftovers (.<entry>.tmp-*, .old-*), and its staging area beside it.
+# An empty REPOSITORY, or one that holds the current directory (the checkout, .git included), is refused.
 clean: ## remove generated artifacts (keeps .venv)
 	$(if $(strip $(CHECKPOINTS)),,$(error CHECKPOINTS is empty: make clean removes files in it))
 	$(if $(strip $(REPOSITORY)),,$(error REPOSITORY is empty: make clean removes the entries in it))
-	@repository=$$(realpath -m -- '$(REPOSITORY)'); case "$$(pwd -P)/" in "$${repository%/}/"*) \
+	@repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); case "$$(pwd -P)/" in "$${repository%/}/"*) \
 	  echo "make clean: REPOSITORY=$(REPOSITORY) holds the current directory; refusing to empty it" >&2; exit 2;; esac
-	rm -rf $(CHECKPOINTS)/*.pt $(CHECKPOINTS)/*.jsonl $(CHECKPOINTS)/*.png bench/results runs .pytest_cache .ruff_cache
-	test ! -d $(REPOSITORY) || find $(REPOSITORY) -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
+	rm -rf $(call shell_path,CHECKPOINTS)/{*.pt,*.metrics.jsonl,*.curves.png} bench/results .pytest_cache .ruff_cache
+	test ! -d $(call shell_path,REPOSITORY) || find $(call shell_path,REPOSITORY) -mindepth 1 -maxdepth 1 \
+	  \( -name '.kiln[-_]*' -o -name '.*.tmp-*' -o -name '.*.old-*' -o -exec test -f {}/kiln.json \; \) -exec rm -rf {} +
+	repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); rm -rf "$${repository%/*}/.$${repository##*/}.kiln-staging"
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

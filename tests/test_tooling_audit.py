@@ -342,6 +342,7 @@ def test_make_clean_refuses_a_repository_that_would_empty_the_checkout_and_skips
     shutil.copy(ROOT / "Makefile", checkout / "Makefile")
     (checkout / "pyproject.toml").write_text("")
     (checkout / "model_repository" / "resnet18").mkdir(parents=True)
+    (checkout / "model_repository" / "resnet18" / "kiln.json").write_text("{}")  # an entry export wrote
     (checkout / "model_repository" / "README.md").write_text("kept")
     for variables in (["REPOSITORY="], ["REPOSITORY=."], [f"REPOSITORY={tmp_path}"], ["CHECKPOINTS="]):
         done = make_clean(checkout, *variables)
