@@ -56,6 +56,9 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt | $(VENV)/bin/python
+	@# Every stamp goes first: an install that fails part-way (after the uninstall below) leaves none that
+	@# would make the next make setup say there is nothing to do.
+	@rm -f $(VENV)/.kiln-installed-*
 	@# onnxruntime and onnxruntime-gpu own the same module: remove the other flavour before installing one.
 	$(PY) -m pip uninstall --quiet -y $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
 	@# constraints/ holds the versions the suite last passed with: a release upstream cannot break a fresh setup.
@@ -67,7 +70,6 @@ $(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt | $(VEN
 	$(VENV)/triton-env/bin/python -m pip install --quiet -c constraints/triton-env.txt "numpy<2" onnxruntime tokenizers
 	@# The compiled beam step, built now rather than by the first translator (numpy step if no C compiler).
 	$(PY) -c "import logging; logging.basicConfig(); from serving.decoding import native; native.load()"
-	@rm -f $(VENV)/.kiln-installed-*
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install what is missing

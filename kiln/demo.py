@@ -11,6 +11,7 @@ import argparse
 import base64
 import contextlib
 import io
+import shlex
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ DEMO_SENTENCES = [
 def run_stage(title: str, cmd: list[str]) -> float:
     """Run one pipeline stage as a subprocess, streaming its output; stop the demo if it fails."""
     console.rule(f"[bold]{title}")
-    console.print(f"$ {' '.join(cmd)}", style="dim")
+    console.print(f"$ {shlex.join(cmd)}", style="dim")
     start = time.perf_counter()
     result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
@@ -70,7 +71,7 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
         cmd += ["--log-level", "warning"]
         console.rule("[bold]Serve")
-        console.print(f"$ {' '.join(cmd)}", style="dim")  # as a user types it: --reuse-port is internal
+        console.print(f"$ {shlex.join(cmd)}", style="dim")  # as a user types it: --reuse-port is internal
         url = f"http://127.0.0.1:{http_port}"
         with contextlib.ExitStack() as stack:
             try:  # its own output above says why; a traceback of the demo's would bury it

@@ -87,3 +87,13 @@ def test_the_demo_gateway_binds_ports_the_demo_holds_until_it_stops(monkeypatch,
         assert [taken(port) for port in seen["ports"]] == [True, True]
     assert seen["taken while starting"] == [True, True]
     assert "--reuse-port" in seen["cmd"] and http_port != grpc_port
+
+
+def test_a_stage_shows_its_command_as_a_shell_takes_it_so_a_path_with_a_space_can_be_copied():
+    import shlex
+
+    cmd = ["true", "my checkpoints/it's"]  # short: the console would wrap a long line
+    with demo.console.capture() as captured:
+        demo.run_stage("Copyable", cmd)
+    shown = next(line for line in captured.get().splitlines() if line.startswith("$ "))
+    assert shlex.split(shown[2:]) == cmd

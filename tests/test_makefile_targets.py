@@ -176,3 +176,15 @@ def test_make_demo_fresh_retrains_the_checkpoints_it_would_reuse(tmp_path):
     """The demo says "reusing resnet18.pt (--fresh retrains)", a flag make had no way to pass."""
     assert "--fresh" in dry_run(tmp_path, "demo", "FRESH=1")
     assert "--fresh" not in dry_run(tmp_path, "demo")
+
+
+def test_setup_drops_every_stamp_before_it_changes_the_environment(tmp_path):
+    """A GPU=1 install that fails after uninstalling the CPU onnxruntime must not leave the CPU stamp
+    behind: the next ``make setup`` would say there is nothing to do, with no onnxruntime installed."""
+    done = make(ROOT, "-n", "setup", "GPU=1", f"VENV={tmp_path / 'venv'}", "NVIDIA_DEVICES=/dev/nvidia0")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    drop = next(i for i, line in enumerate(lines) if line.startswith("rm -f") and ".kiln-installed-*" in line)
+    uninstall = next(i for i, line in enumerate(lines) if "pip uninstall" in line)
+    assert drop < uninstall
+    assert not any(".kiln-installed-*" in line for line in lines[uninstall:])
