@@ -22,6 +22,7 @@ from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
 from export.writer_lock import writer_lock
+from kiln.versions import EXPORT_VERSION, current_version
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
 
 log = logging.getLogger(__name__)
@@ -160,25 +161,48 @@ def _export_locked(
 
 
 def stale_entries(repository: Path, path: Path, sha256: str, done: set[str]) -> list[EntryResult]:
-    """Entries an earlier run wrote from checkpoint file ``path`` when it held other weights, that this
-    run did not produce (e.g. ``<name>_int8`` of a run with more precisions): still in the repository
-    and served, so reported (status "stale") rather than left silent. Entries are never removed here."""
+    """Entries an earlier run wrote from checkpoint file ``path`` that this run did not produce (e.g.
+    ``<name>_int8`` of a run with more precisions) and that are not current: written when it held other
+    weights, or by an older Kiln (:func:`outdated_by`). Still in the repository and served, so reported
+    (status "stale") rather than left silent: after an upgrade, an export of fp32 alone would otherwise
+    read as all done while the int8 entries stay as the older Kiln wrote them. Never removed here."""
     stale = []
     for entry in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         meta = read_kiln_json(entry) if entry.name not in done else None
         source = meta.get("source_checkpoint") if isinstance(meta, dict) else None
-        if not isinstance(source, dict) or source.get("sha256") in (None, sha256):
+        if not isinstance(source, dict) or not isinstance(source.get("path"), str):
             continue
-        if not isinstance(source.get("path"), str) or Path(source["path"]).resolve() != path.resolve():
+        if Path(source["path"]).resolve() != path.resolve():
             continue
-        message = (
-            f"stale: written from an earlier {path} (sha256 {source['sha256'][:12]}), not requested this "
-            "run, still served; export its precision again or remove it"
-        )
-        stale.append(
-            EntryResult(entry.name, str(meta.get("precision", "-")), "stale", message=message, path=entry)
-        )
+        if source.get("sha256") not in (None, sha256):
+            why = f"written from an earlier {path} (sha256 {str(source['sha256'])[:12]})"
+        else:
+            why = outdated_by(entry, meta)
+        if why:
+            message = (
+                f"stale: {why}, not requested this run, still served; export its precision again or remove it"
+            )
+            stale.append(
+                EntryResult(entry.name, str(meta.get("precision", "-")), "stale", message=message, path=entry)
+            )
     return stale
+
+
+def outdated_by(entry: Path, meta: dict[str, Any]) -> str | None:
+    """How an older Kiln wrote ``entry`` (its kiln.json ``meta``) otherwise than export writes it now, or
+    None: an export version before the last that changed its model (``kiln.versions.CHANGED``), or, for
+    a translator's python entry, other copies of model.py and the beam search modules (Triton runs them)."""
+    export, model = meta.get("export"), meta.get("model")
+    written = export.get("export_version") if isinstance(export, dict) else None
+    model = model.get("name") if isinstance(model, dict) else None
+    if isinstance(written, int) and written < current_version(model):
+        return f"written by an older Kiln (export version {written}, now {EXPORT_VERSION})"
+    if meta.get("platform") == "python":
+        from export.translator_entries import stale_runtime  # translator code, for translator entries only
+
+        if stale_runtime(entry.parent, [entry.name]):
+            return "written by an older Kiln (other copies of model.py and the beam search modules)"
+    return None
 
 
 def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:
