@@ -167,3 +167,23 @@ def test_rest_return_scores_through_a_backends_name_model_come_from_its_raw_scor
     plain = TranslateRequest(texts=["cinq"], beam_size=2)
     [hyps] = asyncio.run(_via_infer(old, GatewayMetrics(), "t", plain))  # type: ignore[arg-type]
     assert [h.text for h in hyps] == ["cinq"] and old.asked == [["translation"]]  # no scores asked
+
+
+def test_an_entry_exported_before_its_score_output_serves_one_best_and_refuses_n_best_in_a_422() -> None:
+    """An entry of an older Kiln answers ``translation`` alone: asking it for ``score`` (to drop padding
+    hypotheses of an n-best) was Triton's 400 "unexpected inference output"; now a 422 naming the
+    missing output and what to do, before any work, while one-best requests are served."""
+    from serving.metrics import GatewayMetrics
+    from serving.protocol.translate import TranslateRequest, _via_infer
+
+    oldest = InferOnlyBackend(("translation",))
+    body = TranslateRequest(texts=["cinq"], beam_size=2, n_best=2)
+    with pytest.raises(UnprocessableInput, match=r"no 'score' output .*export it again\), so n_best 2"):
+        asyncio.run(_via_infer(oldest, GatewayMetrics(), "t", body))  # type: ignore[arg-type]
+    scored = TranslateRequest(texts=["cinq"], return_scores=True)
+    with pytest.raises(UnprocessableInput, match=r"no 'score' or 'raw_score' output .*so return_scores"):
+        asyncio.run(_via_infer(oldest, GatewayMetrics(), "t", scored))  # type: ignore[arg-type]
+    assert oldest.asked == []
+    plain = TranslateRequest(texts=["cinq"], beam_size=2)
+    [hyps] = asyncio.run(_via_infer(oldest, GatewayMetrics(), "t", plain))  # type: ignore[arg-type]
+    assert [h.text for h in hyps] == ["cinq"]

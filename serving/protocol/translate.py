@@ -279,13 +279,18 @@ async def _via_infer(
     check_texts(body.texts, LIMITS)
     options = body.options()
     check_decoding_options(options, LIMITS, max_positions)
-    if body.return_scores and "raw_score" not in {o.name for o in backend.metadata(name).outputs}:
-        raise UnprocessableInput(
-            f"model {name!r} answers no raw scores (exported before its 'raw_score' output; export it "
-            "again), so return_scores cannot be served; its KServe v2 'score' output has the normalized ones"
-        )
+    answered = {o.name for o in backend.metadata(name).outputs}
     # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
     outputs = ["translation"] + (["score"] if body.n_best > 1 or body.return_scores else [])
+    missing = [
+        o for o in ("score", "raw_score") if o not in answered and (o in outputs or body.return_scores)
+    ]
+    if missing:
+        wanted = "return_scores" if body.return_scores else f"n_best {body.n_best}"
+        raise UnprocessableInput(
+            f"model {name!r} answers no {' or '.join(repr(o) for o in missing)} output (exported by an older "
+            f"Kiln; export it again), so {wanted} cannot be served"
+        )
     outputs += ["raw_score"] if body.return_scores else []
     size = max_batch if max_batch > 0 else len(body.texts)
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
