@@ -187,3 +187,22 @@ def test_an_entry_exported_before_its_score_output_serves_one_best_and_refuses_n
     plain = TranslateRequest(texts=["cinq"], beam_size=2)
     [hyps] = asyncio.run(_via_infer(oldest, GatewayMetrics(), "t", plain))  # type: ignore[arg-type]
     assert [h.text for h in hyps] == ["cinq"]
+
+
+def test_a_model_the_backend_does_not_know_yet_is_left_to_its_infer_which_fetches_the_list_again() -> None:
+    """Triton's backend fetches its model list again when an infer names a model it does not know (Triton
+    may have loaded it since): the output check before it must not answer that request 404 or 503."""
+    from serving.errors import ModelNotFound
+    from serving.metrics import GatewayMetrics
+    from serving.protocol.translate import TranslateRequest, _via_infer
+
+    class NotListedYet(InferOnlyBackend):
+        def metadata(self, name: str, version: str = "") -> ModelMetadata:
+            if not self.asked:
+                raise ModelNotFound(f"unknown model {name!r}")
+            return super().metadata(name, version)
+
+    backend = NotListedYet(("translation", "score", "raw_score"))
+    body = TranslateRequest(texts=["cinq"], beam_size=2, n_best=2, return_scores=True)
+    [hyps] = asyncio.run(_via_infer(backend, GatewayMetrics(), "t", body))  # type: ignore[arg-type]
+    assert [h.text for h in hyps] == ["cinq"] and backend.asked == [["translation", "score", "raw_score"]]

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.decoding.options import DEFAULT_MAX_LENGTH, DEFAULTS, LIMITS, DecodingOptions
 from serving.decoding.translator import Translation, check_decoding_options, check_texts
-from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from serving.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable, UnprocessableInput
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
@@ -279,19 +279,17 @@ async def _via_infer(
     check_texts(body.texts, LIMITS)
     options = body.options()
     check_decoding_options(options, LIMITS, max_positions)
-    answered = {o.name for o in backend.metadata(name).outputs}
     # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
     outputs = ["translation"] + (["score"] if body.n_best > 1 or body.return_scores else [])
-    missing = [
-        o for o in ("score", "raw_score") if o not in answered and (o in outputs or body.return_scores)
-    ]
+    outputs += ["raw_score"] if body.return_scores else []
+    answered = _answered(backend, name, outputs)
+    missing = [o for o in outputs if o not in answered]
     if missing:
         wanted = "return_scores" if body.return_scores else f"n_best {body.n_best}"
         raise UnprocessableInput(
             f"model {name!r} answers no {' or '.join(repr(o) for o in missing)} output (exported by an older "
             f"Kiln; export it again), so {wanted} cannot be served"
         )
-    outputs += ["raw_score"] if body.return_scores else []
     size = max_batch if max_batch > 0 else len(body.texts)
     # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
     requests = [
@@ -304,6 +302,18 @@ async def _via_infer(
         for request, response in zip(requests, responses, strict=True)
         for hyps in _translations(response, outputs, len(request.inputs["text"]))
     ]
+
+
+def _answered(backend: Backend, name: str, outputs: list[str]) -> set[str]:
+    """The outputs of ``outputs`` that ``<name>``'s metadata declares, all of them where the backend
+    does not know the model yet (Triton's backend fetches its list again when the infer asks for it, so
+    the infer, not this check, says whether it is served). ``translation`` alone is never looked up."""
+    if outputs == ["translation"]:
+        return set(outputs)
+    try:
+        return {o.name for o in backend.metadata(name).outputs}
+    except (ModelNotFound, Unavailable):
+        return set(outputs)
 
 
 def _parameters(options: DecodingOptions) -> dict[str, Any]:
