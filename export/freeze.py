@@ -157,18 +157,26 @@ def _all_finite(value: object) -> bool:
     return all(_all_finite(v) for v in items)
 
 
-def check_finite(model: nn.Module, outputs: object) -> None:
-    """Refuse a model whose own (unfrozen) outputs hold NaN or inf, naming its non-finite weights: a
-    diverged checkpoint, not a freezing fault, and no parity check can pass on it."""
-    if _all_finite(outputs):
-        return
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse a model holding NaN or inf weights or buffers, naming them: a diverged checkpoint, not a
+    freezing fault. Checked on the weights themselves, not through outputs: an embedding row of a token
+    the example inputs lack is NaN in no output here, yet in every served answer that holds the token."""
     bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    where = f"non-finite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''} ({len(bad)} tensors)"
-    raise FreezeError(
-        "the model's own outputs hold NaN or inf before freezing ("
-        + (where if bad else "its weights are finite: the activations overflow")
-        + "); was training diverging? export an earlier checkpoint"
-    )
+    if bad:
+        raise FreezeError(
+            f"non-finite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''} ({len(bad)} tensors): "
+            "the model holds NaN or inf before freezing; was training diverging? export an earlier checkpoint"
+        )
+
+
+def check_finite(outputs: object) -> None:
+    """Refuse a model (of finite weights) whose own unfrozen outputs hold NaN or inf: no parity check
+    can pass on it."""
+    if not _all_finite(outputs):
+        raise FreezeError(
+            "the model's own outputs hold NaN or inf before freezing (its weights are finite: the "
+            "activations overflow); was training diverging? export an earlier checkpoint"
+        )
 
 
 def check_running_stats(model: nn.Module) -> None:
@@ -194,6 +202,7 @@ def freeze(
     model: nn.Module, example_inputs: Sequence[torch.Tensor], *, atol: float = FREEZE_ATOL
 ) -> tuple[nn.Module, FreezeReport]:
     """A frozen copy of ``model`` and the report; raises :class:`FreezeError` if the outputs changed."""
+    check_finite_weights(model)
     report = FreezeReport()
     reference = copy.deepcopy(model).eval()
     frozen = copy.deepcopy(model).eval()
@@ -207,7 +216,7 @@ def freeze(
     _replace_leftovers(frozen, report)
     frozen.eval()
     ref_out = reference(*example_inputs)
-    check_finite(model, ref_out)
+    check_finite(ref_out)
     report.max_abs_diff = max_abs_diff(ref_out, frozen(*example_inputs))
     left = training_only_modules(frozen)
     if left:

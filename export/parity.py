@@ -2,8 +2,9 @@
 
 For every check: the output names must match the spec, then the shapes and dtypes, then the values of
 each output within the spec's tolerance (absolute, times the output's magnitude when that exceeds 1;
-NaN or inf where PyTorch's value is finite fails at any tolerance); the max abs diff of every output is
-recorded so a failure names the output, the inputs' sizes and the difference.
+NaN or inf where PyTorch's value is finite, and NaN in PyTorch's own output, fail at any tolerance);
+the max abs diff of every output is recorded so a failure names the output, the inputs' sizes and the
+difference.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def compare_outputs(
 ) -> tuple[dict[str, float], list[str]]:
     """Names, then shapes and dtypes, then values per output; returns (max abs diff by output, error
     messages). NaN or inf where PyTorch's value is finite fails at any tolerance, an unbounded one
-    (int8) included: no precision trade-off explains it, and config.pbtxt promises the spec's dtype."""
+    (int8) included: no precision trade-off explains it, and config.pbtxt promises the spec's dtype.
+    So does a NaN in PyTorch's own output, named as such: nothing can be compared with it (an unbounded
+    tolerance passed any candidate, and a bounded one blamed the export for an infinite difference)."""
     missing = sorted(set(spec.output_names) - set(actual))
     if missing:
         return {}, [f"{spec.name}: outputs missing from the ONNX graph: {missing}"]
@@ -145,7 +148,13 @@ def compare_outputs(
         diffs[name] = diff
         bound = atol * max(1.0, _scale(ref))
         broken = _new_non_finite(ref, got)
-        if broken:
+        nan_ref = int(np.count_nonzero(np.isnan(ref))) if ref.dtype.kind == "f" else 0
+        if nan_ref:
+            errors.append(
+                f"{spec.name}.{name}: PyTorch's own output holds {nan_ref} NaN values (the model "
+                "overflows on these inputs): nothing to compare with"
+            )
+        elif broken:
             errors.append(f"{spec.name}.{name}: {broken} NaN/inf values where PyTorch's are finite")
         elif not diff <= bound:
             errors.append(f"{spec.name}.{name}: max abs diff {diff:.3g} > tolerance {bound:.3g}")

@@ -54,6 +54,7 @@ def test_under_two_processes_the_epochs_train_metrics_leave_the_sampler_padding_
     single_loss, single_acc = classify_loop.train_epoch(run, 0)
     sums = []
     monkeypatch.setattr(classify_loop, "all_sum", lambda values, d: sums.append(values) or values)
+    monkeypatch.setattr(classify_loop, "mean_over_ranks", lambda values, d: values)  # no group here
     for rank in (0, 1):  # each rank's share of a torchrun epoch: 3 examples, rank 1's last a copy
         run.dist = Dist(rank, 2, torch.device("cpu"))
         classify_loop.train_epoch(run, 0)
@@ -76,6 +77,7 @@ def test_a_rank_whose_share_is_all_sampler_padding_trains_its_epoch(tmp_path, mo
         "all_sum",
         lambda values, d: own.append(values) or [a + b for a, b in zip(values, rank0, strict=True)],
     )
+    monkeypatch.setattr(classify_loop, "mean_over_ranks", lambda values, d: values)  # no group here
     run.dist = Dist(1, 2, torch.device("cpu"))
     assert classify_loop.train_epoch(run, 0) == (0.5, 1.0)
     assert own == [[0.0, 0, 0]]  # its copy trained on, counted nowhere

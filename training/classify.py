@@ -4,7 +4,9 @@ Flags left unset come from the family's recipe (``RECIPES``), tuned so every fam
 validation accuracy on the bundled digits on a CPU. Runs under ``torchrun`` as data-parallel training
 (DistributedDataParallel, gloo on CPU / nccl on CUDA; only rank 0 writes files). Writes
 ``<output-dir>/<name>.pt`` (contract 1), ``<name>.metrics.jsonl``, ``<name>.curves.png`` and, after
-every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--resume``).
+every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--resume``). A run whose loss
+or weights go NaN or inf stops there with one line naming the epoch and step and what to try (exit
+status 2), and writes nothing from those weights.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from training.models import build_model, get_entry, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 from training.optim import OPTIMIZERS
 from training.resume import load_resume, resume_path
+from training.runtime import TrainingDiverged, leave_group
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
@@ -497,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = train(argv if argv is not None else sys.argv[1:])
+    except TrainingDiverged as exc:  # every rank stopped at the same step
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        leave_group()  # after the line: torchrun stops every rank once one exits
+        return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ config live in ``training.classify``."""
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +33,17 @@ from training.optim import build_optimizer, build_scheduler, last_step_lr, resto
 from training.resume import load_resume, resume_path
 from training.runtime import (
     Dist,
+    TrainingDiverged,
     all_sum,
+    divergence,
+    divergence_advice,
+    mean_over_ranks,
     optimizer_step,
     restore_scaler,
     setup_dist,
     show_progress,
     teardown,
+    weights_divergence,
     weights_hash,
     wrap_ddp,
 )
@@ -210,7 +216,9 @@ def resumed_config(config: TrainConfig, resume: dict[str, Any]) -> TrainConfig:
 
 def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
     """One pass over this rank's shard; returns the all-reduced (mean loss, accuracy) over the split's
-    examples, each counted once (the sampler's padding copies left out: see ``sampler_padding``)."""
+    examples, each counted once (the sampler's padding copies left out: see ``sampler_padding``), and
+    over the batches whose loss was finite (a batch that overflowed fp16 was skipped, not trained on).
+    Stops the run (``TrainingDiverged``) at the step its loss goes NaN or inf on any rank."""
     cfg, d = run.config, run.dist
     run.model.train()
     run.augmenter.train()
@@ -229,7 +237,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         leave=False,
         disable=not show_progress(cfg.progress, d),
     )
-    for idx in bar:
+    for step, idx in enumerate(bar, 1):
         images = run.train_ds.images[idx].to(d.device).float() / 255.0  # (B, C, H, W) in [0, 1]
         labels = run.train_ds.labels[idx].to(d.device)  # (B,)
         x = normalize(run.augmenter(images), run.mean, run.std)  # (B, C, H, W)
@@ -237,9 +245,17 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
             logits, losses = example_losses(run.model(x), labels, cfg.label_smoothing)  # (B, classes), (B,)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(losses.mean()).backward()
-        optimizer_step(run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm)
+        stepped = optimizer_step(
+            run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm
+        )
+        loss = float(losses.detach().mean())
+        reason = divergence(mean_over_ranks([loss], d)[0], stepped, run.scaler)
+        if reason:
+            raise diverged(run, f"at epoch {epoch + 1}/{cfg.epochs}, step {step}/{len(batches)}", reason)
         real = ~sampler_padding(len(run.train_ds), d.rank, d.world_size, offset, len(idx))  # (B,)
         offset += len(idx)
+        if not math.isfinite(loss):  # a step the fp16 scaler skipped: the weights did not train on it
+            continue
         on_device = real.to(d.device)
         total_loss += float(losses.detach()[on_device].sum())
         correct += int((logits.argmax(1) == labels)[on_device].sum())
@@ -247,7 +263,19 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         if seen:  # a rank's first batches may be all padding (a split smaller than the processes)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
     total_loss, correct, seen = all_sum([total_loss, correct, seen], d)
-    return total_loss / seen, correct / seen
+    return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
+
+
+def diverged(run: Run, where: str, reason: str) -> TrainingDiverged:
+    """The error that stops a diverged run: where, why, and what to try."""
+    cfg = run.config
+    advice = divergence_advice(
+        cfg.lr, "--clip-grad-norm", bool(cfg.clip_grad_norm), "--no-amp" if run.use_amp else None
+    )
+    return TrainingDiverged(
+        f"training diverged {where}: {reason}; stopped without writing a checkpoint from these weights; "
+        f"{advice}"
+    )
 
 
 def sampler_padding(n: int, rank: int, world_size: int, start: int, count: int) -> torch.Tensor:
@@ -400,6 +428,7 @@ def fit(run: Run) -> list[dict[str, Any]]:
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(run, epoch)
         val_loss, val_acc = evaluate(run, run.val_ds)
+        check_finite_epoch(run, epoch, val_loss)
         run.train_time_s += time.perf_counter() - start
         record = {
             "epoch": epoch + 1,
@@ -431,6 +460,17 @@ def fit(run: Run) -> list[dict[str, Any]]:
             log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
             break
     return history
+
+
+def check_finite_epoch(run: Run, epoch: int, val_loss: float) -> None:
+    """Stop the run before weights or a validation loss that went NaN or inf are logged, kept as the best
+    or saved for ``--resume`` (every rank alike: the loss is all-reduced, the weights and buffers are
+    rank 0's)."""
+    reason = weights_divergence(run.module)
+    if reason is None and not math.isfinite(val_loss):
+        reason = f"the validation loss is {val_loss}"
+    if reason:
+        raise diverged(run, f"in epoch {epoch + 1}/{run.config.epochs}", reason)
 
 
 def keep_best(run: Run) -> None:

@@ -86,6 +86,10 @@ class EarlyStopping:
         self.bad_epochs = 0
 
     def improved(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far; NaN never does (nor becomes the best, which no
+        later value could then beat: every comparison with NaN is false)."""
+        if math.isnan(value):
+            return False
         if self.best is None:
             return True
         delta = value - self.best if self.mode == "max" else self.best - value

@@ -5,7 +5,9 @@ clipping, early stopping on validation BLEU (greedy decodes, sacrebleu), a wall-
 gracefully and keeps the best weights, then test BLEU / exact match with beam search and one
 checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table.
 ``--device`` and ``--amp bf16|fp16`` choose where and how it computes; under ``torchrun`` it trains
-data-parallel (the loop lives in ``training.translate_loop``).
+data-parallel (the loop lives in ``training.translate_loop``). A run whose loss or weights go NaN or
+inf stops there with one line naming the epoch and step and what to try (exit status 2), and writes
+nothing from those weights.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from training.flags import check_bool_model_args, check_minimum, check_positive,
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
-from training.runtime import AMP_DTYPES, DEVICES
+from training.runtime import AMP_DTYPES, DEVICES, TrainingDiverged, leave_group
 from training.tracking import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -438,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         path = train(argv)
+    except TrainingDiverged as exc:  # every rank stopped at the same step
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        leave_group()  # after the line: torchrun stops every rank once one exits
+        return 2
     except (ValueError, FileNotFoundError) as exc:  # bad flags, a missing GPU: named, without a traceback
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,19 @@ from training.data.text_batches import BucketedBatches, TranslationBatch
 from training.optim import build_optimizer, build_scheduler, last_step_lr
 from training.runtime import (
     Dist,
+    TrainingDiverged,
     all_sum,
     any_rank,
+    divergence,
+    divergence_advice,
     gather_shards,
     make_amp,
+    mean_over_ranks,
     optimizer_step,
     setup_dist,
     show_progress,
     teardown,
+    weights_divergence,
     weights_hash,
     wrap_ddp,
 )
@@ -81,6 +87,9 @@ class Trainer:
         tokens (not rank 0's alone, nor a mean of per-batch means)."""
         self.validated_step = self.step
         d = self.dist
+        reason = weights_divergence(self.module)  # the same weights on every rank: all stop alike
+        if reason:
+            raise self.diverged(f"at epoch {epoch:.2f}, step {self.step}", reason)
         loss_sum, tokens = all_sum([loss_sum, tokens], d)
         train_loss = loss_sum / max(1.0, tokens)
         share = self.val_pairs[d.rank :: d.world_size]
@@ -120,16 +129,39 @@ class Trainer:
             self.best_state = copy.deepcopy(self.module.state_dict())
         return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
 
-    def train_step(self, batch: TranslationBatch) -> float:
-        """One optimizer step on one batch, under the run's autocast (fp16 through its GradScaler)."""
+    def diverged(self, where: str, reason: str) -> TrainingDiverged:
+        """The error that stops a diverged run: where, why, and what to try."""
+        cfg = self.cfg
+        fp16 = "--amp bf16" if cfg["amp"] == "fp16" else None
+        advice = divergence_advice(cfg["lr"], "--clip-norm", bool(cfg["clip_norm"]), fp16)
+        return TrainingDiverged(
+            f"training diverged {where}: {reason}; stopped without writing a checkpoint from these "
+            f"weights; {advice}"
+        )
+
+    def train_step(self, batch: TranslationBatch) -> tuple[float, bool]:
+        """One optimizer step on one batch, under the run's autocast (fp16 through its GradScaler): its
+        loss, and whether the optimizer stepped (an fp16 overflow skips it)."""
         batch = batch.to(self.dist.device)
         with self.amp.autocast():
             loss = loss_on(self.model, batch, self.cfg["label_smoothing"])
         self.opt.zero_grad(set_to_none=True)
         self.amp.scaler.scale(loss).backward()
-        optimizer_step(self.amp.scaler, self.opt, self.sched, self.module.parameters(), self.cfg["clip_norm"])
+        stepped = optimizer_step(
+            self.amp.scaler, self.opt, self.sched, self.module.parameters(), self.cfg["clip_norm"]
+        )
         self.step += 1
-        return loss.item()
+        return loss.item(), stepped
+
+    def after_step(self, epoch: int, count: int, loss: float, stepped: bool) -> bool:
+        """Stop a diverged run, every rank at the same step; True on every rank once out of time. One
+        collective a step: the ranks' mean loss (NaN on all of them if on one) and the deadline."""
+        mean_loss, late = mean_over_ranks([loss, float(time.monotonic() > self.deadline)], self.dist)
+        reason = divergence(mean_loss, stepped, self.amp.scaler)
+        if reason:
+            where = f"at epoch {epoch + 1}/{self.cfg['epochs']}, step {count}/{len(self.batches)}"
+            raise self.diverged(where, reason)
+        return late > 0
 
     def run(self) -> None:
         cfg = self.cfg
@@ -144,10 +176,11 @@ class Trainer:
                 disable=not show_progress(cfg["progress"], self.dist),
             )
             for batch in bar:
-                loss, n_tokens = self.train_step(batch), batch.n_tokens
-                count, loss_sum, tokens = count + 1, loss_sum + loss * n_tokens, tokens + n_tokens
+                (loss, stepped), count = self.train_step(batch), count + 1
+                out_of_time = self.after_step(epoch, count, loss, stepped)
+                if math.isfinite(loss):  # else a step the fp16 scaler skipped: not trained on
+                    loss_sum, tokens = loss_sum + loss * batch.n_tokens, tokens + batch.n_tokens
                 bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
-                out_of_time = any_rank(time.monotonic() > self.deadline, self.dist)
                 mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
                 if (mid_eval or out_of_time) and self.validate(
                     epoch + count / len(self.batches), loss_sum, tokens
