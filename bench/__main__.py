@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from bench import engines, gpu, inputs, perf_analyzer, report, servers
 from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
 from bench.targets import best_direct_throughput, targets
+from kiln.cli import log_handler
 from kiln.processes import stop_on_sigterm
 
 console = Console()
@@ -154,7 +154,11 @@ def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stop_on_sigterm()  # a stopped bench stops the servers it started (Triton runs in a session of its own)
-    logging.basicConfig(level="INFO", format="%(message)s", handlers=[RichHandler(show_path=False)])
+    logging.basicConfig(
+        level="INFO",
+        format="%(message)s",
+        handlers=[log_handler(console, "%(asctime)s %(levelname)s %(message)s")],
+    )
     for noisy in ("httpx", "matplotlib"):  # one line per request / plot would bury the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _discard_if_empty(out)
         logs = f" (the servers' logs are in {out / 'logs'})" if (out / "logs").is_dir() else ""
-        console.print(f"[yellow]interrupted: no results written{logs}")
+        console.print(f"interrupted: no results written{logs}", style="yellow", markup=False, soft_wrap=True)
         raise SystemExit(130) from None
     results["machine"]["speed"]["end"] = speed_probe()
     results["machine"]["steal_pct"] = steal_share(ticks, cpu_ticks())
@@ -423,8 +427,10 @@ def write(results: dict[str, Any], out: Path) -> None:
     pngs = report.plots(results, out)
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
     (out / "report.md").write_text("\n".join(sections))
-    console.print(f"[green]wrote {out}/results.json, report.md and {len(pngs)} plot(s)")
-    console.print(report.targets_table(results["targets"]))
+    # soft_wrap: the Markdown table's rows and the paths stay whole lines, off a terminal's 80 columns too
+    written = f"wrote {out}/results.json, report.md and {len(pngs)} plot(s)"
+    console.print(written, style="green", markup=False, highlight=False, soft_wrap=True)
+    console.print(report.targets_table(results["targets"]), markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

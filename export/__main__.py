@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
 from export.writer_lock import writer_lock
+from kiln.cli import interactive, log_handler
 
 PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
 
@@ -99,6 +101,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default = getattr(DEFAULTS, flag.removeprefix("--").replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar on a terminal, no step lines elsewhere (a log, a pipe, TERM=dumb)",
+    )
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = DEFAULT_PRECISIONS[args.device]
@@ -132,6 +140,31 @@ def summary_table(results: list[EntryResult]) -> Table:
     return table
 
 
+@contextmanager
+def shown_steps(
+    console: Console, total: int, enabled: bool = True
+) -> Iterator[tuple[Callable[[str], None], Callable[[], None]]]:
+    """``(on_step, advance)`` for a run of ``total`` checkpoints: a bar on an interactive terminal, one
+    plain line per step elsewhere (``[2/4] transformer: int8 gate``), so that a CI log or ``| tee``
+    shows what minutes of work are doing; nothing when not ``enabled`` (``--no-progress``)."""
+    if enabled and interactive(console):
+        with Progress(*PROGRESS_COLUMNS, console=console) as progress:
+            task = progress.add_task("export", total=total)
+            yield (lambda text: progress.update(task, description=text)), (lambda: progress.advance(task))
+        return
+    done = 0
+
+    def line(text: str) -> None:
+        if enabled:
+            console.print(f"[{done + 1}/{total}] {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+
+    yield line, advance
+
+
 def train_first(paths: Sequence[str]) -> str:
     """The commands that write checkpoints where ``paths`` looked, for a run that found none."""
     where = paths[0] if len(paths) == 1 else "DIR"
@@ -155,12 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint
 
     args = parse_args(argv)
+    console = Console(stderr=True)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(message)s",
+        handlers=[log_handler(console, "%(levelname)s %(message)s", show_time=False)],
     )
     # torch.onnx warns once per export that torchvision's custom ops cannot be registered: Kiln has none.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    console = Console(stderr=True)
     results: list[EntryResult] = []
     try:
         options = export_options(args)
@@ -171,20 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         check_entry_names(checkpoints)
         check_repository(Path(args.repository))
-        # a bar only on a terminal: in a log its one line, rendered when it stops, read as a step left
-        # hanging above the summary or the error
-        bar = Progress(*PROGRESS_COLUMNS, console=console, disable=not console.is_terminal)
-        with writer_lock(Path(args.repository)), bar as progress:
+        with writer_lock(Path(args.repository)):
             check_entry_plan(checkpoints, Path(args.repository), options)
-            task = progress.add_task("export", total=len(checkpoints))
-            for ckpt in checkpoints:
-                results += export_checkpoint(
-                    ckpt,
-                    args.repository,
-                    options,
-                    on_step=lambda text: progress.update(task, description=text),
-                )
-                progress.advance(task)
+            with shown_steps(console, len(checkpoints), args.progress) as (on_step, advance):
+                for ckpt in checkpoints:
+                    results += export_checkpoint(ckpt, args.repository, options, on_step=on_step)
+                    advance()
     except (FreezeError, ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
         # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk;
         # FreezeError a model that cannot be frozen (a diverged checkpoint's NaN weights)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 from collections.abc import Callable
+
+from rich.console import Console
+from rich.logging import RichHandler
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,3 +55,27 @@ def number(
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def interactive(console: Console) -> bool:
+    """Whether ``console`` can redraw a bar or spinner in place: a terminal, and not TERM=dumb (where rich
+    draws nothing until the bar stops, then its last frame, read as a step left hanging)."""
+    return console.is_terminal and not console.is_dumb_terminal
+
+
+def log_handler(
+    console: Console, plain: str, *, rich: str = "%(message)s", show_time: bool = True
+) -> logging.Handler:
+    """Log records for a command that draws progress on ``console``: on an interactive terminal through
+    the console itself (rich's level column, the record formatted by ``rich``), so that they land above
+    its bar or spinner (written to stderr directly, they ran on from its half-drawn line); elsewhere (a
+    CI log, ``| tee``) one plain line a record, formatted by ``plain``, since rich wraps its columns at
+    80 characters there."""
+    handler: logging.Handler
+    if interactive(console):
+        handler = RichHandler(console=console, show_time=show_time, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter(rich))
+    else:
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter(plain, "%H:%M:%S"))
+    return handler

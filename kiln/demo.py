@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,17 @@ DEMO_SENTENCES = [
 ]
 
 
+def show_command(cmd: list[str]) -> None:
+    """``cmd`` as a shell takes it, on one line at any width (wrapped at a log's 80 columns, a pasted
+    command ran without its last arguments) and as written (with markup, ``[v2]`` in a path was read
+    as a style and dropped)."""
+    console.print(f"$ {shlex.join(cmd)}", style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
 def run_stage(title: str, cmd: list[str]) -> float:
     """Run one pipeline stage as a subprocess, streaming its output; stop the demo if it fails."""
     console.rule(f"[bold]{title}")
-    console.print(f"$ {shlex.join(cmd)}", style="dim")
+    show_command(cmd)
     start = time.perf_counter()
     result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
@@ -71,8 +78,13 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
         cmd += ["--log-level", "warning"]
         console.rule("[bold]Serve")
-        console.print(f"$ {shlex.join(cmd)}", style="dim")  # as a user types it: --reuse-port is internal
+        show_command(cmd)  # as a user types it: --reuse-port is internal
         url = f"http://127.0.0.1:{http_port}"
+        console.print(
+            f"waiting up to {timeout_s:.0f} s for it to load the models and answer {url}/v2/health/ready",
+            highlight=False,
+            soft_wrap=True,
+        )
         with contextlib.ExitStack() as stack:
             try:  # its own output above says why; a traceback of the demo's would bury it
                 stack.enter_context(
@@ -220,6 +232,17 @@ class Target:
 CPU = Target("CPU")
 
 
+def without_progress(target: Target) -> Target:
+    """``target`` with ``--no-progress`` passed to each stage that draws a bar (training, export)."""
+    flag = ("--no-progress",)
+    return replace(
+        target,
+        classify=(*target.classify, *flag),
+        translate=(*target.translate, *flag),
+        export=(*target.export, *flag),
+    )
+
+
 def gpu_target() -> Target:
     """The GPU flags, or SystemExit with the reason when this machine cannot train and serve on CUDA."""
     import torch
@@ -273,10 +296,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars: passed to training and export (they draw none off a terminal anyway)",
+    )
     args = parser.parse_args(argv)
     check_directories(args)
     stop_on_sigterm()  # a stopped demo stops its gateway too
     target = gpu_target() if args.gpu else CPU  # before anything runs: no silent CPU fallback
+    if not args.progress:
+        target = without_progress(target)
     try:
         run_demo(args, target)
     except KeyboardInterrupt:
@@ -306,14 +337,14 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
             [py, "-m", "training.classify", *DEMO_CLASSIFIER, *target.classify, *out],
         )
     else:
-        console.print(f"reusing {args.checkpoints / 'resnet18.pt'} (--fresh retrains)")
+        console.print(f"reusing {args.checkpoints / 'resnet18.pt'} (--fresh retrains)", markup=False)
     if args.fresh or not (args.checkpoints / "transformer.pt").exists():
         run_stage(
             f"Train the demo Transformer (English → French numbers, {target.name})",
             [py, "-m", "training.translate", *DEMO_TRANSLATOR, *target.translate, *out],
         )
     else:
-        console.print(f"reusing {args.checkpoints / 'transformer.pt'} (--fresh retrains)")
+        console.print(f"reusing {args.checkpoints / 'transformer.pt'} (--fresh retrains)", markup=False)
     run_stage(
         f"Export to ONNX + Triton model repository (configs for the {target.name})",
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from kiln.cli import HelpFormatter, number
+from kiln.cli import HelpFormatter, log_handler, number
 from serving.triton.server import TritonError, TritonServer
 
 _port = number(int, 0, 65535)  # 0: a free one
@@ -59,7 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[
+            log_handler(
+                console, "%(levelname)s %(name)s: %(message)s", rich="%(name)s: %(message)s", show_time=False
+            )
+        ],
+    )
     if not args.model_repository.is_dir():
         what = "is not a directory" if args.model_repository.exists() else "does not exist"
         console.print(f"[red]model repository {args.model_repository} {what}; run `make export` first")
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     else:
         _interrupt_on_signals()
-        code = _serve(console, server, args.model_repository)
+        code = _serve(console, server, args.model_repository, args.ready_timeout)
     if temporary:
         _tidy(console, workdir, code)
     return code
@@ -106,11 +115,19 @@ def _has_entries(repository: Path) -> bool:
     return any((d / "config.pbtxt").is_file() for d in repository.iterdir() if not d.name.startswith("."))
 
 
-def _serve(console: Console, server: TritonServer, repository: Path) -> int:
+def _serve(console: Console, server: TritonServer, repository: Path, timeout_s: float) -> int:
     """Start the server, serve until a signal (0) or until it exits on its own (1); 1 where it cannot
-    start, 130 where a signal stops the start."""
+    start, 130 where a signal stops the start. What it waits for is a line of its own: a spinner is
+    drawn on a terminal only, and a log showed nothing until Triton was ready."""
+    console.print(
+        f"starting tritonserver on {repository} (log: {server.log_path}); waiting up to {timeout_s:g} s "
+        "for it to load every model and answer ready",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
-        with console.status(f"starting tritonserver on {repository} (log: {server.log_path})"):
+        with console.status("tritonserver is loading the models"):
             server.start()
     except (TritonError, ValueError, FileNotFoundError, FileExistsError) as error:
         empty = isinstance(error, ValueError) and not _has_entries(repository)
@@ -123,7 +140,8 @@ def _serve(console: Console, server: TritonServer, repository: Path) -> int:
     try:
         while server.process is not None and server.process.poll() is None:
             time.sleep(1.0)
-        console.print(f"[red]tritonserver exited\n{server.log_tail()}")
+        # markup off: a log line such as "[/models/x]" read as a closing tag ended this in a traceback
+        console.print(f"tritonserver exited\n{server.log_tail()}", style="red", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:
         console.print("stopping tritonserver")
@@ -150,14 +168,17 @@ def _print_ready(console: Console, server: TritonServer) -> None:
     flavour = server.flavour
     console.print(
         f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  "
-        f"metrics http://127.0.0.1:{server.metrics_port}/metrics  log {server.log_path}"
+        f"metrics http://127.0.0.1:{server.metrics_port}/metrics  log {escape(str(server.log_path))}",
+        soft_wrap=True,  # the URLs and the log's path whole, off a terminal's 80 columns too
     )
     if flavour is not None:
         console.print(
-            f"wrapped (ONNX Runtime in python backend): {flavour.wrapped}; copied: {flavour.copied}"
+            f"wrapped (ONNX Runtime in python backend): {flavour.wrapped}; copied: {flavour.copied}",
+            markup=False,
+            soft_wrap=True,
         )
         for name, reason in flavour.skipped.items():
-            console.print(f"[yellow]skipped {name}: {reason}")
+            console.print(f"skipped {name}: {reason}", style="yellow", markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
