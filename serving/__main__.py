@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import socket
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 
-from serving.settings import Settings
+from serving.settings import Settings, is_dual_stack, join_host_port
 from serving.threads import set_cpu_policy
 
 # Set by serving.workers on each worker's command line, not by users.
@@ -78,8 +79,8 @@ def _problem(error: Any) -> str:
 
 
 def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
-    """Stop with a message naming the flag when the HTTP or gRPC port is taken, or ``--host`` cannot be
-    bound (ports 0 included); with ``hold``, keep both for this gateway's workers
+    """Stop with a message naming the flag when the HTTP or gRPC port is taken, or naming ``--host`` when
+    it cannot be bound (ports 0 included); with ``hold``, keep both for this gateway's workers
     (:func:`serving.workers.claim_port`). Nothing is checked under ``--reuse-port``: whoever passes it
     holds the ports and means them to be shared."""
     from serving.workers import claim_port
@@ -92,15 +93,15 @@ def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
         if not port:
             continue
         try:
-            sock = claim_port(settings.host, port, hold=hold)
-        except socket.gaierror as exc:  # not the port's fault
-            raise SystemExit(f"--host (or KILN_HOST) {settings.host}: {exc.strerror or exc}") from None
+            held += claim_port(settings.host, port, hold=hold)
         except OSError as exc:
+            if _host_at_fault(exc):
+                raise SystemExit(_host_problem(settings.host, exc)) from None
             raise SystemExit(
-                f"--{name.replace('_', '-')} (or KILN_{name.upper()}) {port}: {settings.host}:{port} is in use "
-                f"or cannot be bound ({exc.strerror or exc}): stop what listens there or choose another port"
+                f"--{name.replace('_', '-')} (or KILN_{name.upper()}) {port}: "
+                f"{join_host_port(settings.host, port)} is in use or cannot be bound "
+                f"({exc.strerror or exc}): stop what listens there or choose another port"
             ) from None
-        held += [sock] if sock is not None else []
     if not settings.http_port and not settings.grpc_port:
         _check_host(settings.host)
     return held
@@ -113,10 +114,20 @@ def _check_host(host: str) -> None:
 
     try:
         claim_port(host, 0, hold=False)
-    except socket.gaierror as exc:
-        raise SystemExit(f"--host (or KILN_HOST) {host}: {exc.strerror or exc}") from None
     except OSError as exc:
-        raise SystemExit(f"--host (or KILN_HOST) {host}: cannot be bound ({exc.strerror or exc})") from None
+        raise SystemExit(_host_problem(host, exc)) from None
+
+
+def _host_at_fault(exc: OSError) -> bool:
+    """Whether a bind failed for its address, whatever the port: a name that does not resolve, or an
+    address that is not this machine's (or, IPv6, that needs an interface or maps an IPv4 one)."""
+    return isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)
+
+
+def _host_problem(host: str, exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"--host (or KILN_HOST) {host}: {exc.strerror or exc}"
+    return f"--host (or KILN_HOST) {host}: cannot be bound ({exc.strerror or exc})"
 
 
 def _check_entries(repository: Path) -> None:
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
     grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
 
-    from serving.app import GatewayServer
+    server_class = _server_class()  # imports the app, and with it grpc: after grpc_io.choose
 
     _start_logging(settings.log_level)
     if not settings.model_repository.is_dir():
@@ -212,13 +223,9 @@ def main(argv: list[str] | None = None) -> None:
             settings.cpu_policy,
         )
     config = _uvicorn_config(settings)
-    sockets = None
-    if settings.reuse_port:
-        from serving.workers import reuse_port_socket
-
-        sockets = [reuse_port_socket(settings.host, settings.http_port)]
+    sockets = _http_sockets(settings)
     # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
-    server = GatewayServer(config)
+    server = server_class(config)
     with contextlib.suppress(KeyboardInterrupt):
         try:
             server.run(sockets=sockets)
@@ -228,6 +235,34 @@ def main(argv: list[str] | None = None) -> None:
             server.exit_as_signalled()  # a stop asked while the models loaded: not a failed start
     if server.exit_status:  # the stop cut work in flight (README, "Serving")
         raise SystemExit(server.exit_status)
+
+
+def _http_sockets(settings: Settings) -> list[socket.socket] | None:
+    """The HTTP server's sockets where uvicorn must not bind them itself: a worker's, shared with the
+    others (SO_REUSEPORT), and ``--host ::``'s, which takes IPv4 clients too (uvicorn binds it IPv6 only);
+    None: uvicorn binds ``--host`` as it does."""
+    from serving.workers import reuse_port_sockets, server_sockets
+
+    if settings.reuse_port:
+        return reuse_port_sockets(settings.host, settings.http_port)
+    if is_dual_stack(settings.host):
+        return server_sockets(settings.host, settings.http_port, reuse_port=False)
+    return None
+
+
+def _server_class() -> type:
+    """:class:`~serving.app.GatewayServer` that says where HTTP listens when it is handed its sockets:
+    uvicorn writes its "Uvicorn running on" line only for those it binds, so a worker of ``--workers``
+    (and ``--host ::``) said nowhere where HTTP was served."""
+    from serving.app import GatewayServer
+
+    class Server(GatewayServer):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if sockets is not None and self.started:
+                self._log_started_message(sockets)
+
+    return Server
 
 
 def _check_temporary_directory() -> None:

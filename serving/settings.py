@@ -26,7 +26,12 @@ class Settings(BaseSettings):
         description="triton backend: translate with the gateway's batched beam search over Triton's "
         "encoder/decoder (scheduler) or by calling Triton's <name> python model (triton)",
     )
-    host: str = Field("127.0.0.1", description="interface to bind")
+    host: str = Field(
+        "127.0.0.1",
+        description="interface to bind: an address (an IPv6 one with or without brackets) or a name, every "
+        "address it resolves to; 0.0.0.0 every IPv4 interface, :: every interface of both IPv4 and IPv6 "
+        "(a dual-stack pod's)",
+    )
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 disables the gRPC server")
     grpc_server: Literal["kiln", "grpcio"] = Field(
@@ -215,6 +220,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _triton_url_is_an_address(self) -> Settings:
+        """``--backend triton`` with a ``--triton-url`` tritonclient cannot reach (``::1:8001``, an IPv6
+        address without its brackets: "Misformatted domain name"; no port: gRPC's 443) started a
+        gateway that was never ready, its log repeating why: refused before anything starts."""
+        problem = _address_problem(self.triton_url) if self.backend == "triton" else None
+        if problem:
+            raise ValueError(f"--triton-url (or KILN_TRITON_URL) {self.triton_url}: {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _triton_is_not_this_gateway(self) -> Settings:
         """``--backend triton`` pointed at the gateway's own port would forward every request to itself,
         never become ready and loop on "too many calls reset" (the defaults did: 127.0.0.1:8001 is also
@@ -244,6 +259,21 @@ class Settings(BaseSettings):
             raise ValueError("is empty: name the model repository's directory (make export writes one)")
         return value
 
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host_named(cls, value: object) -> object:
+        """``[::1]`` (an IPv6 address as a URL writes it) is ``::1``: the resolver took the brackets for
+        part of a name and refused it. An empty ``KILN_HOST=`` (a template's unset value) is an error:
+        uvicorn bound every interface of both families on it, on two different ports with port 0."""
+        if not isinstance(value, str):
+            return value
+        host = value.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host:
+            raise ValueError("is empty: name the interface to bind (127.0.0.1, 0.0.0.0, or :: for every one)")
+        return host
+
     @field_validator("connection_board", "worker_board", "weights_dir", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
@@ -264,8 +294,21 @@ def _host_port(url: str) -> tuple[str, int | None]:
     try:
         parts = urlsplit(f"//{url.strip()}")
         return parts.hostname or "", parts.port
-    except ValueError:  # a port out of range or not a number: the backend reports it when it connects
+    except ValueError:  # a port out of range or not a number, a bracket unclosed: no address
         return "", None
+
+
+def _address_problem(url: str) -> str | None:
+    """Why ``url`` is no ``host:port`` address a client can connect to; None when it is one."""
+    text = url.strip()
+    if "://" in text:
+        return "is host:port, without a scheme (127.0.0.1:8001)"
+    if text.count(":") > 1 and not text.startswith("["):
+        return "an IPv6 address is written in brackets before its port ([::1]:8001)"
+    host, port = _host_port(text)
+    if not host or not port:
+        return "is not host:port with a port of 1-65535 (127.0.0.1:8001, [::1]:8001, triton:8001)"
+    return None
 
 
 def _same_host(host: str, bound: str) -> bool:
@@ -284,3 +327,19 @@ def _is_local(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_unspecified
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8001``), as a URL or a gRPC target writes it:
+    ``::1:8001`` is no address a client or grpcio's server can read."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_dual_stack(host: str) -> bool:
+    """Whether ``host`` is the IPv6 wildcard ``::``, which the gateway serves on every IPv4 address too
+    (a dual-stack pod's probes and clients come on either family): asyncio, and so uvicorn, bind it
+    IPv6 only, where IPv4 clients were refused."""
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False

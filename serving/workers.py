@@ -37,43 +37,83 @@ from serving.execution.shared_weights import create_store_dir
 from serving.handoff import BOARD_PREFIX as CONNECTIONS_PREFIX
 from serving.handoff import create_board as create_connection_board
 from serving.metrics import MULTIPROCESS_ENV, forget_gone_processes
+from serving.settings import is_dual_stack
 
 log = logging.getLogger(__name__)
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``port`` that other workers may bind to as well, not listening yet: the
-    server listens once its models are loaded (uvicorn's ``create_server``). Listening from the start,
-    a worker still loading took the kernel's share of new connections into its backlog, where they
-    hung unanswered, a readiness probe's included, for as long as the load took (a lone gateway
-    refuses them then, and its worker siblings that are up take them)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_addresses(host: str, port: int) -> list[tuple[int, Any]]:
+    """``(family, address)`` of every address ``host`` names, as asyncio's ``create_server`` binds them
+    (``localhost`` is 127.0.0.1 and ::1 on most machines; ``ip6-localhost`` only ::1). Raises
+    ``socket.gaierror`` for a name that does not resolve."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    return list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+
+
+def server_socket(
+    family: int, address: Any, *, reuse_port: bool, dual_stack: bool, reuse_addr: bool = True
+) -> socket.socket:
+    """A TCP socket bound to ``address`` as a server binds it, not listening: an IPv6 one takes IPv6
+    only (asyncio's choice, so ``::ffff:127.0.0.1`` fails here as it would there), unless
+    ``dual_stack`` (``::``: IPv4 clients too, whatever the system's ``bindv6only``)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
+    try:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
-def claim_port(host: str, port: int, *, hold: bool) -> socket.socket | None:
-    """Fail (OSError) when anything is bound to ``port`` on ``host``, a gateway's workers sharing it
-    with SO_REUSEPORT included; with ``hold``, a socket that keeps it for this gateway (SO_REUSEPORT,
-    never listening: its workers bind beside it, nobody else can)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:  # what a server without SO_REUSEPORT does
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    if not hold:
-        return None
-    held = socket.socket(family, socket.SOCK_STREAM)
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+def server_sockets(host: str, port: int, *, reuse_port: bool, reuse_addr: bool = True) -> list[socket.socket]:
+    """One bound socket per address of ``host`` (:func:`bind_addresses`, :func:`server_socket`); a
+    failure closes those already bound."""
+    options = {"reuse_port": reuse_port, "reuse_addr": reuse_addr, "dual_stack": is_dual_stack(host)}
+    bound: list[socket.socket] = []
     try:
-        held.bind((host, port))
+        for family, address in bind_addresses(host, port):
+            bound.append(server_socket(family, address, **options))
     except OSError:
-        held.close()
+        for sock in bound:
+            sock.close()
         raise
-    return held
+    return bound
+
+
+def reuse_port_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to ``port`` on every address of ``host`` that other workers may bind to as
+    well, not listening yet: the server listens once its models are loaded (uvicorn's
+    ``create_server``). Listening from the start, a worker still loading took the kernel's share of new
+    connections into its backlog, where they hung unanswered, a readiness probe's included, for as long
+    as the load took (a lone gateway refuses them then, and its worker siblings that are up take them)."""
+    sockets = server_sockets(host, port, reuse_port=True)
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """The socket of :func:`reuse_port_sockets` for a ``host`` of one address (an IP address)."""
+    first, *others = reuse_port_sockets(host, port)
+    for sock in others:
+        sock.close()
+    return first
+
+
+def claim_port(host: str, port: int, *, hold: bool) -> list[socket.socket]:
+    """Fail (OSError) when anything is bound to ``port`` on an address of ``host``, a gateway's workers
+    sharing it with SO_REUSEPORT included; with ``hold``, sockets that keep it for this gateway
+    (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can)."""
+    for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
+        sock.close()
+    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening
+    return server_sockets(host, port, reuse_port=True, reuse_addr=False) if hold else []
 
 
 def worker_argv(

@@ -22,6 +22,7 @@ from serving.protocol.grpc_servicer import InferenceServicer
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
 from serving.protocol.send_watch import SEND_TIMEOUT_S
+from serving.settings import is_dual_stack, join_host_port
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +184,18 @@ async def _start_grpcio_server(
     ]
     aio = grpc.aio.server(options=options)
     aio.add_generic_rpc_handlers(generic_handlers(servicer))
+    address = join_host_port(host, port)  # gRPC core binds [::] on both families
     try:
-        bound = aio.add_insecure_port(f"{host}:{port}")
+        bound = aio.add_insecure_port(address)
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind the gRPC server to {host}:{port}")
+        raise OSError(f"cannot bind the gRPC server to {address}")
     await aio.start()
     experiments = os.environ.get(grpc_io.ENV)  # as python -m serving set it before grpc started (grpc_io.py)
     log.info(
-        "KServe v2 gRPC listening on %s:%d%s",
-        host,
-        bound,
+        "KServe v2 gRPC listening on %s%s",
+        join_host_port(host, bound),
         f" ({grpc_io.ENV}={experiments})" if experiments else "",
     )
     return GrpcHandle(server=aio, port=bound)
@@ -217,8 +218,15 @@ async def _start_kiln_server(
     limits = (max_message_bytes, read_timeout_s, budget, send_timeout_s)
     server = H2GrpcServer(methods, *limits, streams, balancer)
     try:
-        bound = await server.listen(host, port, reuse_port)
+        bound = await server.listen(_listen_host(host, port), port, reuse_port)
     except OSError as error:
-        raise OSError(f"cannot bind the gRPC server to {host}:{port}: {error}") from error
-    log.info("KServe v2 gRPC listening on %s:%d (Kiln's HTTP/2 server)", host, bound)
+        raise OSError(f"cannot bind the gRPC server to {join_host_port(host, port)}: {error}") from error
+    log.info("KServe v2 gRPC listening on %s (Kiln's HTTP/2 server)", join_host_port(host, bound))
     return GrpcHandle(server=server, port=bound)
+
+
+def _listen_host(host: str, port: int) -> str | None:
+    """What Kiln's server binds for ``host``: ``::`` is every interface of both families, which asyncio
+    binds as None (0.0.0.0 and ::, one socket each: it makes an IPv6 socket IPv6 only), but only on a
+    fixed port (with port 0 each socket would draw its own)."""
+    return None if is_dual_stack(host) and port else host
