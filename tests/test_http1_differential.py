@@ -285,6 +285,17 @@ def test_a_request_line_of_another_http_version_gets_505_and_the_connection_is_c
     assert b"is not supported" in got[0].body and got[0].headers[b"connection"] == b"close"
 
 
+def test_a_grpc_clients_http2_preface_on_the_http_port_gets_505_naming_the_grpc_port(live):
+    """HTTP/2 with prior knowledge (what gRPC clients send) was "invalid HTTP request: Pause on
+    PRI/Upgrade", a 400 that left the client's user guessing; it is the version this port does not serve."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT_S) as sock:
+        sock.sendall(preface)
+        got, closed = answers(sock, [b"GET"], 1)
+    assert closed and [a.status for a in got] == [505]
+    assert b"gRPC port (--grpc-port)" in got[0].body
+
+
 @pytest.mark.parametrize("hosts", [b"", b"Host: a\r\nHost: b\r\n"], ids=["none", "two"])
 def test_an_http_1_1_request_without_exactly_one_host_gets_400(live, hosts):
     got = check(live, [b"GET /other HTTP/1.1\r\n" + hosts + b"\r\n"])

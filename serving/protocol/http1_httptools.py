@@ -32,6 +32,14 @@ from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.request_values import stated_size
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
 
+# HTTP/2 with prior knowledge (a gRPC client) opens with this line: httptools calls it a malformed
+# request ("Pause on PRI/Upgrade"); it is the wrong port, and HTTP/2 the version not served here.
+H2_PREFACE_LINE = b"PRI * HTTP/2.0\r\n"
+H2_ON_HTTP1 = (
+    "HTTP/2 is not served on this port, HTTP/1.1 is: a gRPC client belongs on the gateway's gRPC port "
+    "(--grpc-port)"
+)
+
 
 class DirectCycle:
     """A request the protocol answers itself (:class:`CoalescingHttpToolsProtocol`): what uvicorn's
@@ -163,7 +171,10 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
                 data = data[upgrade.args[0] :]
             except httptools.HttpParserError:
-                self.send_400_response(PARSER_WARNING)
+                if data.startswith(H2_PREFACE_LINE):  # a gRPC client (HTTP/2) on the HTTP port
+                    self._refuse_head(505, H2_ON_HTTP1)
+                else:
+                    self.send_400_response(PARSER_WARNING)
                 return
 
     def _skip_body(self, data: bytes) -> bytes:
