@@ -253,3 +253,65 @@ def test_the_demo_passes_no_progress_to_each_stage_that_draws_a_bar(monkeypatch,
     (target,) = seen
     assert all("--no-progress" in flags for flags in (target.classify, target.translate, target.export))
     assert parse_args(["--no-progress"]).progress is False and parse_args([]).progress is True
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def on_a_terminal(cmd: list[str], columns: int = 120, timeout_s: float = 120.0) -> bytes:
+    """What ``cmd`` writes on a pseudo-terminal of ``columns`` columns (tqdm draws its bar only there)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := _read(master):
+            out += chunk
+        process.wait(timeout=timeout_s)
+    finally:
+        process.kill()
+        os.close(master)
+    return out
+
+
+def _read(fd: int) -> bytes:
+    import os
+
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the child closed the terminal
+        return b""
+
+
+def test_a_validation_line_mid_epoch_is_printed_above_the_translators_bar_not_run_on_from_it(tmp_path):
+    """With --eval-every, the validation's log line was written onto the epoch bar's half-drawn line
+    (``... 0/17 [00:00<?, ?it/s, loss=6.411]2026-12-06 ... INFO training.translate: epoch 0.18 step 3``)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "training.translate", "--model", "gru_attention", "--n-pairs", "120"]
+    cmd += [
+        "--epochs",
+        "1",
+        "--eval-every",
+        "2",
+        "--val-limit",
+        "4",
+        "--batch-size",
+        "16",
+        "--time-budget",
+        "0",
+    ]
+    cmd += ["--model-arg", "hidden_size=16", "--model-arg", "embed_dim=16", "--output-dir", str(tmp_path)]
+    out = on_a_terminal(cmd)
+    segments = out.split(b"\r")  # what each carriage return starts drawing over
+    logged = [s for s in segments if b"INFO training.translate: epoch" in s]
+    assert logged and b"epoch 1/1:" in out, out[-2000:]  # the bar was drawn, and the lines logged
+    assert all(s.lstrip().startswith(b"20") for s in logged), [s[:120] for s in logged]

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from training.classify import TrainConfig, augment_config, recipe_model_args
@@ -525,7 +526,8 @@ def run(config: TrainConfig) -> Path:
     with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it)."""
     d = setup_dist(config.device)
     r = prepare(config, d)
-    history = fit(r)
+    with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
+        history = fit(r)
     keep_best(r)
     teardown(d)  # before rank 0's writing, and not after an error: see teardown
     if d.is_main:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.data.text_batches import BucketedBatches, TranslationBatch
@@ -228,7 +229,8 @@ def _train(cfg: dict[str, Any], d: Dist) -> tuple[Trainer, dict[str, Any]]:
         corpus.info,
     )
     trainer = Trainer(cfg, model, tokenizers, corpus, examples, d)
-    trainer.run()
+    with logging_redirect_tqdm():  # a validation's line above the epoch's bar, not run on from it
+        trainer.run()
     trainer.train_time = time.monotonic() - trainer.start
     if cfg["debug_rank_hashes"]:  # the last trained weights, which DDP keeps equal on every rank
         Path(cfg["debug_rank_hashes"]).mkdir(parents=True, exist_ok=True)
