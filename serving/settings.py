@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         1,
         ge=0,
-        description="ONNX Runtime inter-op threads per session; above 1 the sessions run in ONNX Runtime's "
-        "parallel execution mode (a graph's independent branches at once), the only mode that uses them",
+        description="ONNX Runtime inter-op threads per session; above 1 CPU sessions run in ONNX Runtime's "
+        "parallel execution mode (a graph's independent branches at once), the only mode that uses them: it "
+        "pays only for graphs with parallel branches (Kiln's classifiers and translators are mostly chains) "
+        "and each session has its own threads, so keep sessions x threads within the cores",
     )
     lone_request_threads: int | None = Field(
         None,

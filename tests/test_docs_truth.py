@@ -164,6 +164,7 @@ def test_inter_op_threads_above_one_run_the_session_in_the_parallel_mode_that_us
 ) -> None:
     """ONNX Runtime runs inter-op threads only in its parallel execution mode: a sequential session
     would take ``--inter-op-threads 4`` and change nothing."""
+    import numpy as np
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -184,6 +185,13 @@ def test_inter_op_threads_above_one_run_the_session_in_the_parallel_mode_that_us
     options = session.get_session_options()
     assert (options.execution_mode == ort.ExecutionMode.ORT_PARALLEL) is parallel
     assert options.inter_op_num_threads == threads
+    # spinning inter-op threads took the cores (4 threads on 2 cores: runs 70x slower): they sleep
+    try:
+        spinning = options.get_session_config_entry("session.inter_op.allow_spinning")
+    except RuntimeError:  # not set: ORT's default
+        spinning = None
+    assert spinning == ("0" if parallel else None)
+    assert session.run(None, {"x": np.array([1.0], np.float32)})[0].tolist() == [1.0]
     assert "parallel execution mode" in Settings.model_fields["inter_op_threads"].description
 
 

@@ -111,13 +111,18 @@ class SessionOpener:
             self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         )
         opts.inter_op_num_threads = self.options.inter_op_threads
-        if self.options.inter_op_threads > 1:  # ORT uses inter-op threads in its parallel mode alone
-            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         if graph is not None:
             graph.prepare(path, opts)
         spin = self.options.spin_us if spin_us == -1 else spin_us
         for key, value in spin_entries(spin, ort.__version__).items():
             opts.add_session_config_entry(key, value)
+        if self.options.inter_op_threads > 1 and where.provider == placement.CPU:
+            # ORT runs inter-op threads in its parallel mode alone; their spinning cannot be bounded as
+            # the intra-op threads' is, and spinning they took the cores (4 threads on 2 cores: 70x
+            # slower runs), so they sleep wherever the intra-op spin is bounded
+            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+            if spin is not None:
+                opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if where.provider == placement.CUDA:
             placement.load_cuda_libraries(ort)
         source = path
