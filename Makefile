@@ -39,10 +39,11 @@ shell_path = $(if $(home_relative),"$$HOME")'$(subst ','\'',$(if $(home_relative
 # GPU=1 swaps the CPU onnxruntime for the gpu extra (GBs of CUDA wheels) before any target runs: on a
 # machine with no NVIDIA GPU device (WSL's is /dev/dxg), make demo GPU=1 could only refuse after that, so
 # it refuses first. NVIDIA_DEVICES=<anything> vouches for a GPU found elsewhere.
-NVIDIA_DEVICES ?= $(wildcard /dev/nvidia[0-9]* /dev/dxg)
+# (/dev/nvidia0 appears on first CUDA use on some headless hosts: nvidia-smi, where it lists a GPU, vouches too)
+NVIDIA_DEVICES ?= $(or $(wildcard /dev/nvidia[0-9]* /dev/dxg),$(shell nvidia-smi -L 2>/dev/null | head -n 1))
 ifneq ($(and $(filter 1,$(GPU)),$(filter demo,$(MAKECMDGOALS))),)
 ifeq ($(strip $(NVIDIA_DEVICES)),)
-$(error make demo GPU=1: no NVIDIA GPU device on this machine (no /dev/nvidia0), so nothing was installed or run; make demo without GPU=1 runs the CPU demo)
+$(error make demo GPU=1: no NVIDIA GPU device on this machine (no /dev/nvidia0, nvidia-smi lists none), so nothing was installed or run; make demo without GPU=1 runs the CPU demo, and NVIDIA_DEVICES=1 vouches for a GPU found otherwise)
 endif
 endif
 
@@ -55,14 +56,14 @@ $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt | $(VENV)/bin/python
+$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(filter 1,$(GPU)),constraints/gpu.txt) | $(VENV)/bin/python
 	@# Every stamp goes first: an install that fails part-way (after the uninstall below) leaves none that
 	@# would make the next make setup say there is nothing to do.
 	@rm -f $(VENV)/.kiln-installed-*
 	@# onnxruntime and onnxruntime-gpu own the same module: remove the other flavour before installing one.
 	$(PY) -m pip uninstall --quiet -y $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
 	@# constraints/ holds the versions the suite last passed with: a release upstream cannot break a fresh setup.
-	$(PY) -m pip install --quiet -c constraints/main.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -c constraints/main.txt $(if $(filter 1,$(GPU)),-c constraints/gpu.txt )-e ".[$(EXTRAS)]"
 	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
 	$(PY) -m pip install --quiet --no-deps -c constraints/main.txt "nvidia-pytriton>=0.5"
 	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment.
@@ -75,6 +76,8 @@ $(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt | $(VEN
 setup: $(STAMP) ## create .venv and install what is missing
 
 LOCK_VENV := $(VENV)-lock
+# Run it with the Python the CI runs (3.11): pip freeze keeps no markers, so a lock made on another
+# version can pin releases that one lacks. constraints/gpu.txt is kept by hand.
 lock: ## re-resolve the newest versions pyproject.toml allows into constraints/ (then: make test)
 	rm -rf $(LOCK_VENV) && $(PYTHON_SYS) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -84,7 +87,8 @@ lock: ## re-resolve the newest versions pyproject.toml allows into constraints/ 
 	$(LOCK_VENV)/triton-env/bin/python -m pip install --quiet "numpy<2" onnxruntime tokenizers
 	{ sed -n '/^#/p' constraints/main.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -vi '^torch=='; } > constraints/main.txt.new
 	{ sed -n '/^#/p' constraints/triton-env.txt; $(LOCK_VENV)/triton-env/bin/python -m pip freeze; } > constraints/triton-env.txt.new
-	mv constraints/main.txt.new constraints/main.txt && mv constraints/triton-env.txt.new constraints/triton-env.txt
+	@# an unchanged lock leaves the files (and so every .venv's stamp) as they were
+	for f in main triton-env; do cmp -s constraints/$$f.txt.new constraints/$$f.txt && rm constraints/$$f.txt.new || mv constraints/$$f.txt.new constraints/$$f.txt; done
 	rm -rf $(LOCK_VENV)
 	@git diff --stat -- constraints/ 2>/dev/null || true
 
@@ -105,7 +109,10 @@ export: $(STAMP) ## export every checkpoint (PRECISIONS=fp32,fp16,int8, DEVICE=c
 serve_flag = $(if $(filter-out file,$(origin $(1))), $(2) $(or $(3),$($(1))))
 # BACKEND=triton forwards to make triton's server (gRPC 127.0.0.1:8101) unless TRITON_URL or KILN_TRITON_URL
 # names another: the gateway's own default Triton address, 127.0.0.1:8001, is its own gRPC port, refused.
-triton_url_flag = $(if $(or $(filter-out file,$(origin TRITON_URL)),$(and $(filter triton TRITON,$(BACKEND)),$(if $(KILN_TRITON_URL),,default))), --triton-url $(TRITON_URL))
+# TRITON_URL on make's command line is always passed; else, where the backend is triton (BACKEND, or KILN_BACKEND
+# from the environment) and KILN_TRITON_URL is unset, TRITON_URL's value (its default, or the environment's).
+serve_backend = $(if $(filter-out file,$(origin BACKEND)),$(BACKEND),$(KILN_BACKEND))
+triton_url_flag = $(if $(or $(filter command line,$(origin TRITON_URL)),$(and $(filter triton TRITON,$(serve_backend)),$(if $(KILN_TRITON_URL),,default))), --triton-url $(TRITON_URL))
 serve: $(STAMP) ## run the gateway on the model repository (BACKEND=onnxruntime|triton, WORKERS=N; or KILN_* variables)
 	$(PY) -m serving$(call serve_flag,REPOSITORY,--model-repository,$(call shell_path,REPOSITORY))$(call serve_flag,HTTP_PORT,--http-port)$(call serve_flag,GRPC_PORT,--grpc-port)$(call serve_flag,BACKEND,--backend)$(call serve_flag,WORKERS,--workers)$(triton_url_flag)
 
@@ -156,9 +163,9 @@ clean: ## remove generated artifacts (keeps .venv)
 	$(if $(strip $(CHECKPOINTS)),,$(error CHECKPOINTS is empty: make clean removes files in it))
 	$(if $(strip $(REPOSITORY)),,$(error REPOSITORY is empty: make clean removes the entries in it))
 	@repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); case "$$(pwd -P)/" in "$${repository%/}/"*) \
-	  echo "make clean: REPOSITORY=$(REPOSITORY) holds the current directory; refusing to empty it" >&2; exit 2;; esac
-	rm -rf $(call shell_path,CHECKPOINTS)/{*.pt,*.metrics.jsonl,*.curves.png} bench/results .pytest_cache .ruff_cache
+	  echo "make clean: REPOSITORY="$(call shell_path,REPOSITORY)" holds the current directory; refusing to empty it" >&2; exit 2;; esac
+	rm -rf $(call shell_path,CHECKPOINTS)/{*.pt,*.metrics.jsonl,*.curves.png,.*.pt.*.tmp} bench/results .pytest_cache .ruff_cache
 	test ! -d $(call shell_path,REPOSITORY) || find $(call shell_path,REPOSITORY) -mindepth 1 -maxdepth 1 \
-	  \( -name '.kiln[-_]*' -o -name '.*.tmp-*' -o -name '.*.old-*' -o -exec test -f {}/kiln.json \; \) -exec rm -rf {} +
+	  ! -name .kiln_export.lock \( -name '.kiln[-_]*' -o -name '.*.tmp-*' -o -name '.*.old-*' -o -exec test -f {}/kiln.json \; \) -exec rm -rf {} +
 	repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); rm -rf "$${repository%/*}/.$${repository##*/}.kiln-staging"
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

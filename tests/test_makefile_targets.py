@@ -7,6 +7,7 @@ directory) and their words are taken as bash makes them, so quoting is checked, 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,13 +21,23 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
+def clean_environment(**env: str) -> dict[str, str]:
+    """This process's environment without what the Makefile reads (its variables, ``KILN_*``, make's own
+    from an enclosing ``make test``), plus ``env``: a developer's ``GPU=1`` or ``TRITON_URL`` must not
+    change what the recipes say."""
+    named = set(re.findall(r"^([A-Z_]+)\s*[:?]?=", (ROOT / "Makefile").read_text(), re.M))
+    named |= {"GPU", "FRESH", "TRITON_URL", "NVIDIA_DEVICES", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    kept = {k: v for k, v in os.environ.items() if k not in named and not k.startswith("KILN_")}
+    return {**kept, **env}
+
+
 def make(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(workdir), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **env},
+        env=clean_environment(**env),
     )
 
 
@@ -44,7 +55,7 @@ def dry_run(tmp_path: Path, target: str, *variables: str, **env: str) -> list[st
         text=True,
         check=True,
         timeout=30,
-        env={**os.environ, **env},
+        env=clean_environment(**env),
     ).stdout
     return words.split("\0")[:-1]
 
@@ -135,8 +146,10 @@ def test_make_clean_removes_only_what_export_wrote_in_a_repository_of_other_thin
         home / "notes.txt",
         home / "triton_model" / "config.pbtxt",
         home / "README.md",
+        home / ".kiln_export.lock",  # a running export's lock: removed, a second export could take a new one
     ]
     kiln = [
+        home / ".resnet18.pt.0a1b2c3d.tmp",  # a checkpoint write a killed training left
         home / "lenet" / "kiln.json",
         home / "lenet" / "1" / "model.onnx",
         home / ".kiln_refused.json",
@@ -149,7 +162,13 @@ def test_make_clean_removes_only_what_export_wrote_in_a_repository_of_other_thin
     done = make(checkout, "clean", f"REPOSITORY={home}", f"CHECKPOINTS={home}")
     assert done.returncode == 0, done.stderr
     assert [p for p in kept if not p.exists()] == []
-    assert sorted(p.name for p in home.iterdir()) == [".ssh", "README.md", "notes.txt", "triton_model"]
+    assert sorted(p.name for p in home.iterdir()) == [
+        ".kiln_export.lock",
+        ".ssh",
+        "README.md",
+        "notes.txt",
+        "triton_model",
+    ]
     assert not (tmp_path / ".my home.kiln-staging").exists()
     assert (checkout / "runs").is_dir()
 
@@ -162,6 +181,20 @@ def test_make_serve_backend_triton_alone_forwards_to_the_server_make_triton_runs
     assert "--triton-url" not in dry_run(tmp_path, "serve", "BACKEND=triton", KILN_TRITON_URL="10.0.0.2:8001")
     assert flag(dry_run(tmp_path, "serve", "TRITON_URL=10.0.0.3:8001"), "--triton-url") == "10.0.0.3:8001"
     assert "--triton-url" not in dry_run(tmp_path, "serve")
+    # the backend named by the gateway's own variable, and a TRITON_URL of the environment only where
+    # KILN_TRITON_URL does not name the address
+    assert flag(dry_run(tmp_path, "serve", KILN_BACKEND="triton"), "--triton-url") == triton_grpc
+    assert "--triton-url" not in dry_run(
+        tmp_path, "serve", "BACKEND=triton", TRITON_URL="10.0.0.4:8001", KILN_TRITON_URL="10.0.0.2:8001"
+    )
+
+
+def test_make_clean_names_a_repository_holding_the_checkout_without_running_what_its_name_holds(tmp_path):
+    """Its refusal echoed the raw value inside double quotes: a backquote in REPOSITORY ran as a command."""
+    checkout = clean_checkout(tmp_path)
+    done = make(checkout, "clean", f"REPOSITORY={checkout}/`touch pwned`/..", "CHECKPOINTS=ck")
+    assert done.returncode != 0 and "refusing to empty it" in done.stderr, done.stderr
+    assert "`touch pwned`" in done.stderr and not (checkout / "pwned").exists()
 
 
 def test_make_demo_gpu_on_a_machine_without_a_gpu_device_stops_before_installing_anything(tmp_path):
