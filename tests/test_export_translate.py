@@ -258,6 +258,20 @@ def int8_exported(tmp_path_factory) -> tuple[Path, list]:
     return root / "repo", results
 
 
+def test_exporting_fp32_alone_over_todays_int8_entries_reports_none_of_them_stale(int8_exported, tmp_path):
+    """Entries of the same checkpoint this run does not produce are reported stale only when an older
+    Kiln wrote them (pipeline.outdated_by): today's int8 entries, and their python entry's copies of
+    the beam search modules, are current."""
+    repo, _ = int8_exported
+    shutil.copytree(repo, tmp_path / "repo")
+    results = export_checkpoint(
+        repo.parent / "transformer.pt", tmp_path / "repo", validation=SENTENCES, tensorrt="off"
+    )
+    assert [r.status for r in results] == ["up to date"] * 3, [
+        (r.entry, r.status, r.message) for r in results
+    ]
+
+
 def test_int8_translator_entry_pairs_a_quantized_encoder_with_a_quantized_decoder(int8_exported):
     repo, results = int8_exported
     status = {r.entry: r.status for r in results}
