@@ -23,6 +23,7 @@ from kiln.processes import child_options
 from serving.__main__ import claim_ports, parse_args
 from serving.protocol.grpc_server import start_grpc_server
 from serving.settings import Settings, join_host_port
+from tests.test_gateway_lifecycle import stop_gateway
 from tests.waiting import DEADLINE_S
 
 
@@ -231,12 +232,7 @@ def gateway(repository: Path, log_path: Path, *flags: str) -> Iterator[subproces
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gateway(proc)
 
 
 def wait_for_line(proc: subprocess.Popen, log_path: Path, pattern: str) -> re.Match:
