@@ -9,17 +9,23 @@ run is refused where two models would write one entry (``check_entry_names``, ``
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import re
 import tempfile
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
 from export.freeze import FreezeError
+from export.onnx_export import OnnxExportError
 from export.parity import ParityError
-from export.repository import RepositoryError, check_repository, read_kiln_json
+from export.repository import RepositoryError, check_repository, name_path, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
 from export.writer_lock import writer_lock
 from kiln.versions import EXPORT_VERSION, current_version
@@ -157,7 +163,63 @@ def _export_locked(
             results = _exporter(ckpt["task"])(ctx, Path(work))
         except FreezeError as exc:  # the model's fault, not the run's: name the checkpoint
             raise FreezeError(f"{path}: {exc}") from exc
+        except (OnnxExportError, torch.onnx.OnnxExporterError) as exc:  # torch's message spans pages
+            disk = disk_error(exc)
+            if disk is not None:  # a full TMPDIR while writing a graph: the run's fault, not the model's
+                raise OSError(disk.errno, disk.strerror, disk.filename or work) from exc
+            raise NotExportable(f"{path}: {not_exportable(ckpt['model']['name'], exc)}") from exc
+        except OSError as exc:  # the entries' own writes name their staging paths (write_entry)
+            name_path(exc, Path(work))
+            raise
     return results + stale_entries(ctx.repository, path, ctx.sha256, {r.entry for r in results})
+
+
+# a write's failures that are the filesystem's (full, over quota, read-only, failing), not the model's
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def disk_error(exc: BaseException) -> OSError | None:
+    """The filesystem's error (``DISK_ERRNOS``) that an ONNX export failure was raised from, if any: the
+    graph's write to the working directory failed (the TorchScript retry on a full TMPDIR), which is no
+    fault of the model's forward."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+class NotExportable(FreezeError):
+    """A model whose forward torch.export cannot trace or whose ops ONNX lacks (a FreezeError, so that
+    the command reports it in one line as the other faults of a model)."""
+
+
+def not_exportable(model: str, exc: BaseException) -> str:
+    """One line for an ONNX export failure: the model, the innermost cause, the model's own line that
+    raised it, and what an exportable model must do."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    root = chain[-1]
+    reason = _one_line(re.sub(r"\x1b\[[0-9;]*m", "", str(root).strip().split("\n\n")[0]), 300)
+    return (
+        f"model {model!r} cannot be exported to ONNX: {type(root).__name__}: {reason or '-'}{_model_line(root)}; "
+        "its forward must trace with torch.export for any batch size (no Python branch on a tensor's "
+        "values, no loop over the batch) and use only ops ONNX has (README, 'Your own classifier')"
+    )
+
+
+def _model_line(exc: BaseException) -> str:
+    """`` at file:line (code)`` of the innermost frame in the model's code (neither torch's nor export's
+    wrappers around it) that ``exc`` passed through, or nothing (a graph conversion runs none)."""
+    skip = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
+    return (
+        f" at {frames[-1].filename}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})" if frames else ""
+    )
 
 
 def stale_entries(repository: Path, path: Path, sha256: str, done: set[str]) -> list[EntryResult]:

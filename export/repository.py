@@ -199,12 +199,16 @@ def write_entry(
     area = staging_area(repository)
     staging = _make_staging(area, name)
     try:
-        meta = fill(staging)
-        meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
-        meta["artifacts"] = hash_artifacts(staging)
-        (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        try:
+            meta = fill(staging)
+            meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
+            meta["artifacts"] = hash_artifacts(staging)
+            (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        except OSError as exc:
+            name_path(exc, staging)
+            raise
+        forget_refusal(repository, name)  # first: a disk too full to rewrite the record keeps the entry out
         _swap_in(staging, final)
-        forget_refusal(repository, name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -212,6 +216,14 @@ def write_entry(
             _tidy(area)
     log.info("wrote %s", final)
     return final
+
+
+def name_path(exc: OSError, where: Path) -> None:
+    """Make ``exc`` name ``where`` when it names no file: a write that fills the disk (ENOSPC, EDQUOT)
+    fails in ``write()`` or ``close()``, whose error carries no path, and "export failed: [Errno 28] No
+    space left on device" alone does not say which of the filesystems an export writes to is full."""
+    if exc.filename is None and exc.errno is not None:
+        exc.filename = str(where)
 
 
 def _make_staging(area: Path, name: str) -> Path:
@@ -344,8 +356,13 @@ def _write_refusals(repository: Path, refusals: dict[str, Any]) -> None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(f"{REFUSALS}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(refusals, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(refusals, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk: leave the record as it was, and no truncated copy beside it
+        tmp.unlink(missing_ok=True)
+        name_path(exc, path)
+        raise
 
 
 def remember_refusal(repository: Path, name: str, record: dict[str, Any]) -> None:

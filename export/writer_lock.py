@@ -100,14 +100,24 @@ def _acquire(repository: Path) -> int:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if _names(fd, path):
                 if writable:
-                    since = time.strftime("%Y-%m-%d %H:%M:%S")
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+                    _note_holder(fd, path)
                 return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # its holder removed it as it let go: the next export's lock is a new file
+
+
+def _note_holder(fd: int, path: Path) -> None:
+    """Write who holds the lock, for a waiter's warning. Only a courtesy: on a full disk (ENOSPC, a
+    quota) the lock is held all the same, so an export with nothing to write still succeeds there and
+    one that must write fails on its first artifact, naming it."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    except OSError as exc:
+        log.debug("cannot note this export as the holder of %s: %s", path, exc.strerror or exc)
 
 
 def _names(fd: int, path: Path) -> bool:

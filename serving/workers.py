@@ -162,7 +162,7 @@ def run_workers(argv: list[str], workers: int) -> int:
             board = _made(made, create_board(workers))  # where each worker publishes its runs in flight
             weights = _made(made, _store_dir())
             connections = _made(made, create_connection_board(workers))
-            shared = Path(given) if given else _made(made, _metrics_dir())
+            shared = Path(given) if given else _made(made, _metrics_dir(workers))
         except OSError as exc:  # a full or read-only /dev/shm and temporary directory: one line
             raise SystemExit(f"--workers {workers}: cannot make the files the workers share: {exc}") from None
         if given:  # what a previous gateway left live there (own: this parent writes no metrics)
@@ -223,15 +223,39 @@ def _stop_with_parent(parent: int) -> Callable[[], None] | None:
 METRICS_PREFIX = "kiln-metrics-"  # then the pid of the parent that made the directory
 
 
-def _metrics_dir() -> Path:
+# Room each worker's metric files may take (prometheus_client's multiprocess mode: a few files a
+# process, each 64 KiB, doubled as label sets come). They are sparse and memory-mapped, so a
+# filesystem without room for them answers a write to a new page with SIGBUS, which kills the worker.
+METRICS_ROOM_PER_WORKER = 4 << 20
+
+
+def _metrics_dir(workers: int) -> Path:
     """A new directory for the workers' metrics, in shared memory where the system lets us write it
-    (their values are memory-mapped files: nothing to write back to a disk), else the temporary one."""
-    for where in ("/dev/shm", None):
+    (their values are memory-mapped files: nothing to write back to a disk), else the temporary one;
+    only where ``METRICS_ROOM_PER_WORKER`` is free for each worker: on a full /dev/shm every worker
+    ended by SIGBUS at its first request, mkdir having worked there."""
+    need, tried = workers * METRICS_ROOM_PER_WORKER, []
+    for where in ("/dev/shm", tempfile.gettempdir()):
+        free = _free_bytes(where)
+        if free is None or free < need:
+            tried.append(f"{where} {'not writable' if free is None else f'{free >> 20} MiB free'}")
+            continue
         try:
             return Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=where))
-        except OSError:  # no /dev/shm, or not writable here
-            continue
-    raise OSError("no writable directory for the workers' metrics")
+        except OSError as exc:  # no /dev/shm, or not writable here
+            tried.append(f"{where} {exc.strerror or exc}")
+    raise OSError(f"no room for the workers' metrics ({need >> 20} MiB): {'; '.join(tried)}")
+
+
+def _free_bytes(where: str) -> int | None:
+    """Bytes this process may still write in directory ``where``, or None where it may write none."""
+    try:
+        if not os.access(where, os.W_OK | os.X_OK):
+            return None
+        stat = os.statvfs(where)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:

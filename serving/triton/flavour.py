@@ -9,10 +9,12 @@ no CPU can run (TensorRT) are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,24 @@ log = logging.getLogger(__name__)
 
 ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
 MODEL_TEMPLATE = Path(__file__).with_name("onnx_model.py")
+
+
+class FlavourWriteError(OSError):
+    """The flavour could not be written (a full or read-only work directory); the partial flavour is
+    removed. Its message is one line: a failed ``copytree`` lists every file it could not copy."""
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Report a failed copy or write into ``target`` as a :class:`FlavourWriteError` in one line."""
+    try:
+        yield
+    except shutil.Error as exc:  # copytree's list of (source, destination, why), one a file
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [("", "", str(exc))]
+        more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+        raise FlavourWriteError(f"cannot write {target}: {failures[0][-1]}{more}") from None
+    except OSError as exc:
+        raise FlavourWriteError(f"cannot write {target}: {exc}") from None
 
 
 @dataclass
@@ -89,7 +109,16 @@ def derive_python_flavour(
     if output.resolve() == repository.resolve():
         raise ValueError(f"the python flavour must go to another directory than {repository}")
     _clear_output(output)
-    output.mkdir(parents=True)
+    with _writing(output):
+        output.mkdir(parents=True)
+    try:
+        return _derive(repository, output, threads, instances)
+    except FlavourWriteError:  # no half-copied flavour left filling the disk (or for Triton to load)
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _derive(repository: Path, output: Path, threads: int, instances: int | None) -> FlavourReport:
     report = FlavourReport()
     for entry in sorted(_entries(repository)):
         config = read_config(entry / "config.pbtxt")
@@ -143,7 +172,8 @@ def _copy_python_entry(
     copied = model_config_pb2.ModelConfig()
     copied.CopyFrom(config)
     copied.parameters["intra_op_num_threads"].string_value = str(threads)
-    (target / "config.pbtxt").write_text(text_format.MessageToString(copied))
+    with _writing(target):
+        (target / "config.pbtxt").write_text(text_format.MessageToString(copied))
 
 
 def _wrap_onnx_entry(
@@ -155,18 +185,20 @@ def _wrap_onnx_entry(
     versions = [d for d in target.iterdir() if d.is_dir() and d.name.isdigit()]
     if not any((d / onnx_file).is_file() for d in versions):
         raise FileNotFoundError(f"{source}: no version directory holds {onnx_file}")
-    for version in versions:
-        if (version / onnx_file).is_file():
-            shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
     text = text_format.MessageToString(python_config(config, threads=threads, instances=instances))
-    (target / "config.pbtxt").write_text(text)
+    with _writing(target):
+        for version in versions:
+            if (version / onnx_file).is_file():
+                shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
+        (target / "config.pbtxt").write_text(text)
 
 
 def _copy_entry(source: Path, target: Path) -> None:
     """Copy an entry's files but its config (written afterwards) into ``target``; links (a Kubernetes
     volume's ``..data`` layout) are followed, as Triton follows them."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
-    make_writable(target)
+    with _writing(target):
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("config.pbtxt"))
+        make_writable(target)
 
 
 def make_writable(tree: Path) -> None:

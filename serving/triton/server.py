@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.processes import child_options
-from serving.triton.flavour import FlavourReport, derive_python_flavour, make_writable
+from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour, make_writable
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +303,14 @@ class TritonServer:
         self._check_chosen_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
         repository = self.workdir / "model_repository"
-        self.flavour = derive_python_flavour(
-            self.model_repository, repository, threads=self.threads, instances=self.instances
-        )
+        try:
+            self.flavour = derive_python_flavour(
+                self.model_repository, repository, threads=self.threads, instances=self.instances
+            )
+        except FlavourWriteError as error:  # a full work directory: one line, not copytree's traceback
+            raise TritonError(
+                f"cannot derive the python flavour of {self.model_repository}: {error}"
+            ) from None
         backends = prepare_backends(install, self.workdir)
         attempt = 1
         while True:
