@@ -23,6 +23,7 @@ from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
 from export.writer_lock import writer_lock
 from kiln.cli import interactive, log_handler
+from training.models.registry import env_modules, import_modules
 
 PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
 
@@ -100,6 +101,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for flag, kind, text in NUMERIC_FLAGS:  # each default is ExportOptions' (DEFAULTS), by the flag's name
         default = getattr(DEFAULTS, flag.removeprefix("--").replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
+    parser.add_argument(
+        "--models-from",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, so that the models it registers can be rebuilt (repeatable; also "
+        "KILN_MODELS_FROM, comma-separated); a checkpoint of your own classifier names its module "
+        "itself, so this is needed only where that module has moved or been renamed",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     parser.add_argument(
         "--no-progress",
@@ -199,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[EntryResult] = []
     try:
         options = export_options(args)
+        import_modules([*env_modules(), *args.models_from])
         checkpoints = _checkpoints(args.paths)
         if not checkpoints:
             found = f"no checkpoints (*.pt) found in {' '.join(args.paths)}: {train_first(args.paths)}"

@@ -6,7 +6,9 @@ checkpoint alone rebuilds the model through the registry (no training script is 
 Keys:
   format_version  int
   task            "classify" | "translate"
-  model           {"name": str, "args": dict}        registry name + config dataclass fields
+  model           {"name": str, "args": dict}        registry name + config dataclass fields; a model
+                  registered outside Kiln's zoo adds "module": str, the module whose import registers
+                  it, which ``rebuild_model`` imports when the name is not registered yet
   state_dict      the model's weights
   preprocessing   classify: {"input_size": [H, W], "channels": C, "mean": [...], "std": [...]}
   tokenizers      translate: {"source": json str, "target": json str, "shared": bool}
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.models.registry import build_model, get_entry
+from training.models.registry import ModelModuleError, build_model, ensure_registered, get_entry
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "task", "model", "state_dict", "train_config", "metrics")
@@ -57,7 +59,7 @@ def make_checkpoint(
     ckpt: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": task,
-        "model": {"name": model_name, "args": _plain(model_args)},
+        "model": {"name": model_name, "args": _plain(model_args), **_module_of(model_name)},
         "state_dict": state,
         "train_config": _plain(train_config),
         "metrics": _plain(metrics),
@@ -71,6 +73,15 @@ def make_checkpoint(
     if data is not None:
         ckpt["data"] = _plain(data)
     return ckpt
+
+
+def _module_of(model_name: str) -> dict[str, str]:
+    """``{"module": ...}`` for a model a user module registered (export imports it again), else nothing."""
+    try:
+        entry = get_entry(model_name)
+    except KeyError:
+        return {}
+    return {} if entry.in_zoo else {"module": entry.module}
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -157,7 +168,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def rebuild_model(ckpt: dict[str, Any], *, eval_mode: bool = True) -> nn.Module:
     """Rebuild the registered architecture from a checkpoint and load its weights strictly."""
-    name, args = ckpt["model"]["name"], ckpt["model"]["args"]
+    name, args, module = ckpt["model"]["name"], ckpt["model"]["args"], ckpt["model"].get("module")
+    if module is not None and not isinstance(module, str):
+        raise CheckpointError(f"model 'module' must be a module name (str), got {module!r}")
+    try:
+        ensure_registered(name, module)
+    except ModelModuleError as exc:
+        raise CheckpointError(str(exc)) from exc
     entry = get_entry(name)
     if entry.task != ckpt["task"]:
         raise CheckpointError(

@@ -3,18 +3,31 @@
 Builders register under a unique name with the task they serve and the config dataclass that holds
 their constructor arguments; the checkpoint stores ``name`` and ``asdict(config)`` so that
 ``build_model(name, **args)`` rebuilds the exact architecture (contract 1 in DESIGN.md).
+
+A user's own classifier registers the same way from a module of their own; ``import_modules`` imports
+such modules (``--models-from``), and each entry remembers the module that registered it, which the
+checkpoint records so that export imports it again by itself (README, "Your own classifier").
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 TASKS = ("classify", "translate")
+ZOO_PACKAGE = "training.models"
+
+
+class ModelModuleError(ValueError):
+    """A module of user models could not be imported, or does not register the model asked for."""
 
 
 @dataclass(frozen=True)
@@ -23,22 +36,35 @@ class ModelEntry:
     task: str
     config_cls: type
     builder: Callable[..., nn.Module]
+    module: str = ZOO_PACKAGE  # the module whose import registered it
+
+    @property
+    def in_zoo(self) -> bool:
+        """Whether Kiln's own package registered it (always loaded), not a user module."""
+        return self.module == ZOO_PACKAGE or self.module.startswith(ZOO_PACKAGE + ".")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, task: str, config: type) -> Callable[[Callable], Callable]:
-    """Decorator: register ``builder(config) -> nn.Module`` under ``name``; duplicate names are refused."""
+    """Decorator: register ``builder(config) -> nn.Module`` under ``name``; duplicate names are refused
+    (the zoo, ``training/models/__init__.py``, is loaded before any user module can import this)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
+    # The caller is the module being imported: importing it again registers the model (a checkpoint
+    # records it), even where the builder itself is defined elsewhere.
+    module = sys._getframe(1).f_globals.get("__name__", "__main__")
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name=name, task=task, config_cls=config, builder=builder)
+            held = _REGISTRY[name].module
+            raise ValueError(
+                f"model {name!r} is already registered (by {held}); register yours under another name"
+            )
+        _REGISTRY[name] = ModelEntry(name=name, task=task, config_cls=config, builder=builder, module=module)
         return builder
 
     return decorator
@@ -50,7 +76,10 @@ def get_entry(name: str) -> ModelEntry:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown model {name!r}; registered models: {known}") from None
+        raise KeyError(
+            f"unknown model {name!r}; registered models: {known} (a model of your own: import the module "
+            "that registers it with --models-from MODULE)"
+        ) from None
 
 
 def make_config(name: str, **args: Any) -> Any:
@@ -73,6 +102,74 @@ def list_models(task: str | None = None) -> list[str]:
     """Registered model names, optionally only those of one task, sorted."""
     _ensure_loaded()
     return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+
+
+def env_modules() -> list[str]:
+    """The modules ``KILN_MODELS_FROM`` names (comma-separated), imported before ``--models-from``'s."""
+    return [m.strip() for m in os.environ.get("KILN_MODELS_FROM", "").split(",") if m.strip()]
+
+
+def import_modules(modules: Iterable[str]) -> None:
+    """Import each module of user models (``--models-from``), so that it registers them; a module that
+    cannot be found or raises is one :class:`ModelModuleError` line naming it and what to do."""
+    _ensure_loaded()
+    for module in modules:
+        _import_module(module)
+
+
+def ensure_registered(name: str, module: str | None) -> None:
+    """Make ``name`` registered by importing ``module`` (a checkpoint's record of the module that
+    registered it) when it is not already, refusing a module that does not register it."""
+    _ensure_loaded()
+    if name in _REGISTRY or module is None:
+        return
+    if module == "__main__":
+        raise ModelModuleError(
+            f"model {name!r} was registered by a script run as __main__, which cannot be imported again: "
+            "move its @register_model code into a module and pass --models-from MODULE"
+        )
+    try:
+        _import_module(module)
+    except ModelModuleError as exc:
+        raise ModelModuleError(
+            f"model {name!r}: {exc}, or pass --models-from MODULE naming a module that registers it"
+        ) from exc
+    if name not in _REGISTRY:
+        raise ModelModuleError(
+            f"model {name!r}: its module {module!r} was imported but registers no model of that name "
+            "(renamed?); pass --models-from MODULE naming the module that registers it"
+        )
+
+
+def _import_module(module: str) -> None:
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise ModelModuleError(
+            f"model module {module!r}: give a module name as `import` takes it (mynets, mypkg.nets), not a "
+            "file path; its directory goes on PYTHONPATH"
+        )
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise ModelModuleError(f"importing model module {module!r} failed: {_where(exc)}") from exc
+        raise ModelModuleError(
+            f"cannot import model module {module!r}: no module named {exc.name!r} on the Python path; "
+            "run from the directory that holds it or add that directory to PYTHONPATH"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure is named in one line
+        raise ModelModuleError(f"importing model module {module!r} failed: {_where(exc)}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message (file:line)``: the exception and the line of the imported code that raised it,
+    on one line (a SyntaxError's message names its line itself)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    ours = (__file__, importlib.__file__)
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if f.filename not in ours and f.filename[0] != "<"
+    ]
+    place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {message}{place}"
 
 
 def _ensure_loaded() -> None:
