@@ -233,3 +233,47 @@ def test_the_triton_launcher_reports_a_full_work_directory_as_its_start_failure(
         triton.start()
     assert "\n" not in str(failed.value) and triton.process is None
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_checkpoint_the_disk_cannot_take_is_an_oserror_naming_it_and_leaves_no_temporary(
+    tmp_path, monkeypatch
+):
+    """torch.save on a full disk raised "RuntimeError: [enforce fail at inline_container.cc:672] .
+    unexpected pos 704 vs 598", naming neither the file nor the cause (reproduced on a 1 MiB tmpfs)."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from training import checkpoint
+
+    def full(obj, f):  # what torch's writer raises once the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 4096))
+    target = tmp_path / "lenet.pt"
+    with pytest.raises(OSError) as caught:
+        checkpoint.save_checkpoint({"w": 1}, target)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert "No space left on device; 0.0 MiB free" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["training.classify", "training.translate"])
+def test_training_that_cannot_write_ends_in_one_line_naming_the_file(command, monkeypatch, capsys):
+    import errno
+    import importlib
+
+    module = importlib.import_module(command)
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device; 0.0 MiB free on its filesystem", "ck/lenet.pt")
+
+    monkeypatch.setattr(module, "train", full)
+    assert module.main([]) == 1
+    assert capsys.readouterr().err == (
+        "error: [Errno 28] No space left on device; 0.0 MiB free on its filesystem: 'ck/lenet.pt'\n"
+    )

@@ -20,9 +20,11 @@ Keys:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
+import shutil
 import zipfile
 import zlib
 from pathlib import Path
@@ -90,12 +92,33 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp_file(path)
     try:
-        torch.save(ckpt, tmp)
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as exc:  # its writer's failure names neither the file nor the cause
+            raise _write_failed(path, exc) from exc
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# Below this much free space, a failed write is taken for a full disk (the write itself filled it).
+FULL_BELOW_BYTES = 1 << 20
+
+
+def _write_failed(path: Path, exc: RuntimeError) -> OSError:
+    """torch.save's ``RuntimeError`` ("[enforce fail at inline_container.cc:672] . unexpected pos 704
+    vs 598" on a full disk) as an ``OSError`` naming the checkpoint and the free space left, measured
+    while the partial file still holds what it took."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = free is not None and free < FULL_BELOW_BYTES
+    shown = "" if free is None else f"; {free / 2**20:.1f} MiB free on its filesystem"
+    reason = "No space left on device" if full else f"writing the checkpoint failed ({exc})"
+    return OSError(errno.ENOSPC if full else errno.EIO, f"{reason}{shown}", str(path))
 
 
 def _new_temp_file(path: Path) -> str:

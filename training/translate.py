@@ -449,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
         if main_rank:
             print("interrupted", file=sys.stderr)
