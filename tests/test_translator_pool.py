@@ -37,7 +37,8 @@ def _pool(names: list[str]) -> TranslatorPool:
         kiln={"translator": {"encoder": "e", "decoder": "d"}},
         config=model_config_pb2.ModelConfig(max_batch_size=8),  # the pool declares its outputs in it
     )
-    return TranslatorPool(SimpleNamespace(entries={n: entry for n in names}))
+    steps = {n: SimpleNamespace(name=n, kiln={}) for n in ("e", "d")}  # no source record: not compared
+    return TranslatorPool(SimpleNamespace(entries={n: entry for n in names}, get=steps.__getitem__))
 
 
 def test_a_translator_that_fails_to_stop_does_not_leave_the_others_running() -> None:
@@ -108,6 +109,26 @@ def test_a_translator_block_naming_no_encoder_is_reported_by_its_file_not_as_a_k
     asyncio.run(pool.start(lambda *args, **kwargs: None))
     assert pool.failed["first"] == (
         f"ValueError: {tmp_path / 'kiln.json'}: its 'translator' block names no encoder entry"
+    )
+
+
+def test_a_translator_whose_decoder_came_from_another_checkpoint_is_not_served(tmp_path) -> None:
+    """Export writes a translator's three entries one after the other: a run stopped between them (a
+    full disk) after a retrain left a new encoder beside the old decoder, served without a word."""
+    pool = _pool(["first"])
+    entry = pool.repository.entries["first"]
+    entry.path = tmp_path
+    entry.kiln = {**entry.kiln, "source_checkpoint": {"sha256": "a" * 64}}
+    steps = {
+        "e": SimpleNamespace(name="e", kiln={"source_checkpoint": {"sha256": "a" * 64}}),
+        "d": SimpleNamespace(name="d", kiln={"source_checkpoint": {"sha256": "b" * 64}}),
+    }
+    pool.repository.get = steps.__getitem__
+    asyncio.run(pool.start(lambda *args, **kwargs: None))
+    assert pool.failed["first"] == (
+        "ValueError: its entries were exported from different checkpoints (t from aaaaaaaaaaaa, e from "
+        "aaaaaaaaaaaa, d from bbbbbbbbbbbb); export its checkpoint again (python -m export CHECKPOINT) to "
+        "write them together"
     )
 
 

@@ -57,6 +57,7 @@ class TranslatorPool:
             entry = self.repository.entries[name]
             try:
                 encoder, decoder = step_entries(entry)
+                check_one_checkpoint(entry, [self.repository.get(encoder), self.repository.get(decoder)])
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
                 pair = partial(_runner_pair, runner_for, encoder, decoder)
                 translator = translator_from_entry(
@@ -134,6 +135,27 @@ def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str
         max_rows=min(config.max_rows, rows),
         max_encoder_batch=min(config.max_encoder_batch, sentences),
     )
+
+
+def check_one_checkpoint(entry: Any, steps: list[Any]) -> None:
+    """Refuse a translator whose encoder or decoder entry was exported from another checkpoint than its
+    ``<name>`` entry (their kiln.json ``source_checkpoint.sha256``): export writes the three one after the
+    other, so a run stopped between them (a full disk) after a retrain left a new encoder beside an old
+    decoder, which would translate wrongly without a word. Entries without the record are not checked."""
+    sources = {e.name: _source_sha256(e) for e in (entry, *steps)}
+    known = {name: sha for name, sha in sources.items() if sha is not None}
+    if len(set(known.values())) > 1:
+        shown = ", ".join(f"{name} from {sha[:12]}" for name, sha in known.items())
+        raise ValueError(
+            f"its entries were exported from different checkpoints ({shown}); export its checkpoint again "
+            "(python -m export CHECKPOINT) to write them together"
+        )
+
+
+def _source_sha256(entry: Any) -> str | None:
+    source = entry.kiln.get("source_checkpoint") if isinstance(entry.kiln, dict) else None
+    sha = source.get("sha256") if isinstance(source, dict) else None
+    return sha if isinstance(sha, str) else None
 
 
 def step_entries(entry: Any) -> tuple[str, str]:
