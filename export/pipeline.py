@@ -30,6 +30,7 @@ from export.results import EntryResult, ExportContext, ExportOptions, entry_name
 from export.writer_lock import writer_lock
 from kiln.versions import EXPORT_VERSION, current_version
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
+from training.models.registry import get_entry
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +206,20 @@ def not_exportable(model: str, exc: BaseException) -> str:
         chain.append(chain[-1].__cause__)
     root = chain[-1]
     reason = _one_line(re.sub(r"\x1b\[[0-9;]*m", "", str(root).strip().split("\n\n")[0]), 300)
+    head = f"model {model!r} cannot be exported to ONNX: {type(root).__name__}: {reason or '-'}{_model_line(root)}"
+    if _in_zoo(model):  # Kiln's own model: not the user's forward to change, a fault of Kiln's or torch's
+        return f"{head}; a model of Kiln's own: please report it with this line"
     return (
-        f"model {model!r} cannot be exported to ONNX: {type(root).__name__}: {reason or '-'}{_model_line(root)}; "
-        "its forward must trace with torch.export for any batch size (no Python branch on a tensor's "
-        "values, no loop over the batch) and use only ops ONNX has (README, 'Your own classifier')"
+        f"{head}; its forward must trace with torch.export for any batch size (no Python branch on a "
+        "tensor's values, no loop over the batch) and use only ops ONNX has (README, 'Your own classifier')"
     )
+
+
+def _in_zoo(model: str) -> bool:
+    try:
+        return get_entry(model).in_zoo
+    except KeyError:
+        return False
 
 
 def _model_line(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """A classifier of the user's own (README, "Your own classifier"): a module of theirs registers it,
-``--models-from`` imports it for training, the checkpoint names that module and export imports it by
-itself. The modules that register models run in subprocesses only: registering in the test process
+``--models-from`` imports it for training and export, and the checkpoint names that module, which
+nothing imports unless the user names it. The modules that register models run in subprocesses only: registering in the test process
 would add models every test parametrized over the registry meets (and its coverage guards refuse)."""
 
 from __future__ import annotations
@@ -101,14 +101,14 @@ def run(args: list[str], pythonpath: Path | None) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """``mynets.py`` in a directory of its own, both its models trained by the CLI (one process, smallnet
-    resumed for a second epoch without ``--models-from``), and both exported by ``python -m export``
-    given the checkpoints alone (another)."""
+    resumed for a second epoch), and both exported by ``python -m export --models-from mynets``."""
     root = tmp_path_factory.mktemp("own")
     (root / "modules").mkdir()
     (root / "modules" / "mynets.py").write_text(MYNETS)
     checkpoints = root / "checkpoints"
     train = ["--models-from", "mynets", *TINY_RUN, "--output-dir", str(checkpoints), "--model-arg", "width=4"]
     resume = ["--resume", str(checkpoints / "smallnet.pt"), "--epochs", "2", "--no-progress"]
+    resume += ["--models-from", "mynets"]
     runs = [[*train, "--model", "smallnet"], resume, [*train, "--model", "branchy"]]
     script = f"import sys; from training.classify import main; sys.exit(any(main(argv) for argv in {runs!r}))"
     trained = run(["-c", script], root / "modules")
@@ -116,7 +116,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     repository = root / "repository"
     paths = [str(checkpoints / "smallnet.pt"), str(checkpoints / "branchy.pt")]
     exported = run(
-        ["-m", "export", *paths, "--repository", str(repository), "--no-progress"], root / "modules"
+        ["-m", "export", *paths, "--repository", str(repository), "--no-progress", "--models-from", "mynets"],
+        root / "modules",
     )
     return {"root": root, "checkpoints": checkpoints, "repository": repository, "export": exported}
 
@@ -130,11 +131,20 @@ def test_the_cli_trains_a_model_its_module_registers_and_the_checkpoint_names_th
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["lr"]) == (recipe.optimizer, recipe.lr)
 
 
-def test_a_resumed_run_keeps_importing_the_modules_of_the_run_it_continues(trained):
-    """The resumed run was given no ``--models-from``: its own resume state must still name the module,
-    or the next ``--resume`` (in a fresh process) would not know the model."""
+def test_a_resumed_run_records_its_modules_and_one_that_names_none_is_refused_naming_them(trained):
+    """The resume state names the run's modules, for the refusal of a ``--resume`` that names none: a
+    file's record is never imported (importing runs the module's code)."""
     state = torch.load(trained["checkpoints"] / "smallnet.resume.pt", weights_only=True)
     assert state["epoch"] == 2 and state["train_config"]["models_from"] == ["mynets"]
+    resume = ["--resume", str(trained["checkpoints"] / "smallnet.pt"), "--epochs", "3", "--no-progress"]
+    script = f"import sys; from training.classify import main; sys.exit(main({resume!r}))"
+    refused = run(["-c", script], trained["root"] / "modules")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: model 'smallnet' is not registered; the file says module 'mynets' registers it: pass "
+        "--models-from mynets (or KILN_MODELS_FROM=mynets) to import it (Kiln imports only the modules you "
+        "name: importing one runs its code)"
+    )
 
 
 def test_a_model_the_meta_device_cannot_run_still_trains(trained):
@@ -143,7 +153,7 @@ def test_a_model_the_meta_device_cannot_run_still_trains(trained):
     assert load_checkpoint(trained["checkpoints"] / "branchy.pt")["model"]["module"] == "mynets"
 
 
-def test_export_imports_the_recorded_module_itself_and_the_entry_passes_parity_and_classifies(trained):
+def test_export_models_from_imports_the_module_and_the_entry_passes_parity_and_classifies(trained):
     meta = json.loads((trained["repository"] / "smallnet" / "kiln.json").read_text())
     assert meta["model"]["module"] == "mynets" and meta["parity"]["passed"] is True
     assert meta["parity"]["freeze"]["folded_batchnorms"] == 1
@@ -187,15 +197,25 @@ def test_export_models_from_imports_a_module_that_moved_from_where_the_checkpoin
     assert re.search(r"smallnet +│ fp32 .* up to date", exported.stdout), exported.stdout
 
 
-def test_export_without_the_module_on_the_path_fails_in_one_line_saying_what_to_do(trained, tmp_path, capsys):
-    # In this process: the import fails, so nothing is registered here.
-    path = trained["checkpoints"] / "smallnet.pt"
-    assert export_main.main([str(path), "--repository", str(tmp_path / "repo"), "--no-progress"]) == 1
+def test_export_never_imports_the_module_a_checkpoint_names_it_says_which_to_name(trained, tmp_path, capsys):
+    """A checkpoint is read weights_only so that reading one runs no code: the module it names (here one
+    that would leave a mark, beside it in the current directory) is named in the refusal, not imported."""
+    evil = tmp_path / "kiln_test_evil.py"
+    evil.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    ckpt = load_checkpoint(trained["checkpoints"] / "smallnet.pt")
+    ckpt["model"]["module"] = "kiln_test_evil"
+    tampered = tmp_path / "smallnet.pt"
+    torch.save(ckpt, tampered)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = export_main.main([str(tampered), "--repository", str(tmp_path / "repo"), "--no-progress"])
+    finally:
+        sys.path.remove(str(tmp_path))
     err = capsys.readouterr().err.strip()
+    assert code == 1 and not (tmp_path / "ran").exists() and "kiln_test_evil" not in sys.modules
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"export failed: {path}: model 'smallnet': cannot import model module 'mynets'")
-    assert "PYTHONPATH" in err and "--models-from MODULE" in err
-    assert "smallnet" not in list_models()
+    assert err.startswith(f"export failed: {tampered}: model 'smallnet' is not registered; the file says ")
+    assert "--models-from kiln_test_evil" in err and "smallnet" not in list_models()
 
 
 # --- in this process: modules that fail to import register nothing ----------------------------------
@@ -267,10 +287,13 @@ def test_the_models_from_variable_adds_its_modules_to_the_flags(monkeypatch):
     assert config.models_from == ["a", "b.c", "d"]
 
 
-def test_a_checkpoint_naming_a_module_that_registers_other_names_or_a_script_is_refused(modules):
+def test_a_checkpoint_naming_a_module_that_registers_other_names_or_a_script_is_refused(modules, monkeypatch):
     (modules / "kiln_test_empty.py").write_text("")
-    with pytest.raises(ModelModuleError, match="'kiln_test_empty' was imported but registers no model"):
+    monkeypatch.setenv("KILN_MODELS_FROM", "kiln_test_empty")  # named by the user: imported
+    with pytest.raises(ModelModuleError, match="the file says module 'kiln_test_empty' registers it"):
         ensure_registered("kiln_test_ghost", "kiln_test_empty")
+    assert "kiln_test_empty" in sys.modules
+    monkeypatch.delenv("KILN_MODELS_FROM")
     ckpt = {"task": "classify", "model": {"name": "kiln_test_ghost", "args": {}, "module": "__main__"}}
     with pytest.raises(CheckpointError, match="registered by a script run as __main__"):
         rebuild_model(ckpt)
@@ -319,3 +342,36 @@ def test_the_readme_gives_the_default_recipe_as_the_code_has_it():
         recipe.schedule,
         recipe.batch_size,
     )
+
+
+def test_a_model_registered_through_a_helper_of_the_users_records_the_module_being_imported(modules):
+    """``register_model`` wrapped in a helper module recorded the helper (already imported, registering
+    nothing when imported again), not the module whose import registers the model."""
+    import importlib
+
+    from training.models import registry
+
+    (modules / "kiln_test_helpers.py").write_text(
+        "from training.models import register_model\n"
+        "from training.models.layers import ClassifierConfig\n"
+        "def classifier(name):\n    return register_model(name, task='classify', config=ClassifierConfig)\n"
+    )
+    (modules / "kiln_test_nets.py").write_text(
+        "from kiln_test_helpers import classifier\n@classifier('kiln_test_wrapped')\ndef wrapped(config):\n"
+        "    raise AssertionError\n"
+    )
+    try:
+        import_modules(["kiln_test_helpers", "kiln_test_nets"])
+        assert registry.get_entry("kiln_test_wrapped").module == "kiln_test_nets"
+        importlib.reload(sys.modules["kiln_test_nets"])  # a notebook's edit-and-reload registers it again
+        assert registry.get_entry("kiln_test_wrapped").module == "kiln_test_nets"
+    finally:
+        registry._REGISTRY.pop("kiln_test_wrapped", None)
+
+
+def test_an_export_failure_of_a_zoo_model_asks_for_a_report_not_a_change_to_the_users_forward():
+    from export.pipeline import not_exportable
+
+    zoo = not_exportable("lenet", RuntimeError("an op torch lost"))
+    assert zoo.endswith("a model of Kiln's own: please report it with this line") and "README" not in zoo
+    assert "(README, 'Your own classifier')" in not_exportable("not_in_the_zoo", RuntimeError("x"))

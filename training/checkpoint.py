@@ -8,7 +8,7 @@ Keys:
   task            "classify" | "translate"
   model           {"name": str, "args": dict}        registry name + config dataclass fields; a model
                   registered outside Kiln's zoo adds "module": str, the module whose import registers
-                  it, which ``rebuild_model`` imports when the name is not registered yet
+                  it, which ``rebuild_model`` names when the model is not registered (it imports no module itself)
   state_dict      the model's weights
   preprocessing   classify: {"input_size": [H, W], "channels": C, "mean": [...], "std": [...]}
   tokenizers      translate: {"source": json str, "target": json str, "shared": bool}

@@ -5,9 +5,10 @@ validation accuracy on the bundled digits on a CPU; a classifier of the user's o
 module that ``--models-from`` imports, trains with ``DEFAULT_RECIPE``. Runs under ``torchrun`` as
 data-parallel training (DistributedDataParallel, gloo on CPU / nccl on CUDA; only rank 0 writes files).
 Writes ``<output-dir>/<name>.pt`` (contract 1), ``<name>.metrics.jsonl``, ``<name>.curves.png`` and,
-after every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--resume``). A run whose loss
-or weights go NaN or inf stops there with one line naming the epoch and step and what to try (exit
-status 2), and writes nothing from those weights.
+after every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--resume``); an earlier
+run's files under the same name are replaced all together, at the new run's first epoch's end
+(``training.tracking.MetricsLogger``). A run whose loss or weights go NaN or inf stops there with one
+line naming the epoch and step and what to try (exit status 2), and writes nothing from those weights.
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ def source_models(config: TrainConfig) -> list[tuple[str, str]]:
     """(flag, model name) of each file the run starts from: ``--resume`` state, ``--finetune`` checkpoint."""
     held = []
     if config.resume:
-        held.append((f"--resume {config.resume}", load_resume(config.resume, mmap=True)["model_name"]))
+        state = load_resume(config.resume, mmap=True)
+        modules = (state.get("train_config") or {}).get("models_from") or []
+        ensure_registered(state["model_name"], ",".join(modules) or None)  # named, never imported
+        held.append((f"--resume {config.resume}", state["model_name"]))
     if config.finetune:
         ckpt = load_checkpoint(config.finetune)
         if ckpt["task"] != "classify":
@@ -150,10 +154,10 @@ def source_models(config: TrainConfig) -> list[tuple[str, str]]:
 
 
 def run_modules(config: TrainConfig) -> list[str]:
-    """``--models-from``, and on ``--resume`` the interrupted run's too (each once): its model may be one
-    they register, and the run's own resume state must name them again for the next ``--resume``."""
-    saved = load_resume(config.resume, mmap=True).get("train_config") or {} if config.resume else {}
-    return list(dict.fromkeys([*(saved.get("models_from") or []), *config.models_from]))
+    """``--models-from`` (with ``KILN_MODELS_FROM``'s), each once: the modules this run imports and its
+    resume state and checkpoint record. A ``--resume`` imports none of the interrupted run's by itself
+    (a file's record is named in the refusal, never imported: ``ensure_registered``)."""
+    return list(dict.fromkeys(config.models_from))
 
 
 def model_of(config: TrainConfig) -> str:
@@ -519,7 +523,10 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         "resume file's directory)",
     )
     g.add_argument(
-        "--name", help="output file stem (default: the model name; on --resume, the interrupted run's)"
+        "--name",
+        help="output file stem (default: the model name; on --resume, the interrupted run's); a new run "
+        "under an earlier run's name leaves that run's files whole until its first epoch ends, then "
+        "replaces them all",
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     g.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")

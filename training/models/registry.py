@@ -5,8 +5,9 @@ their constructor arguments; the checkpoint stores ``name`` and ``asdict(config)
 ``build_model(name, **args)`` rebuilds the exact architecture (contract 1 in DESIGN.md).
 
 A user's own classifier registers the same way from a module of their own; ``import_modules`` imports
-such modules (``--models-from``), and each entry remembers the module that registered it, which the
-checkpoint records so that export imports it again by itself (README, "Your own classifier").
+such modules (``--models-from``, ``KILN_MODELS_FROM``), and each entry remembers the module that
+registered it, which the checkpoint records so that export can say which module to name (it imports
+none by itself: README, "Your own classifier").
 """
 
 from __future__ import annotations
@@ -54,12 +55,10 @@ def register_model(name: str, *, task: str, config: type) -> Callable[[Callable]
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
-    # The caller is the module being imported: importing it again registers the model (a checkpoint
-    # records it), even where the builder itself is defined elsewhere.
-    module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    module = _importing_module(sys._getframe(1))
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name].module != module:  # its own module again: a reload
             held = _REGISTRY[name].module
             raise ValueError(
                 f"model {name!r} is already registered (by {held}); register yours under another name"
@@ -68,6 +67,19 @@ def register_model(name: str, *, task: str, config: type) -> Callable[[Callable]
         return builder
 
     return decorator
+
+
+def _importing_module(frame: Any) -> str:
+    """The module whose import registers a model (importing it again registers it again: a checkpoint
+    records it): the innermost caller of ``register_model`` running a module's top-level code (an import
+    or a reload), so that a helper of the user's wrapping the decorator in another, already imported,
+    module is not taken for it; else the direct caller's module."""
+    caller = frame.f_globals.get("__name__", "__main__")
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            return frame.f_globals.get("__name__", caller)
+        frame = frame.f_back
+    return caller
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -118,9 +130,16 @@ def import_modules(modules: Iterable[str]) -> None:
 
 
 def ensure_registered(name: str, module: str | None) -> None:
-    """Make ``name`` registered by importing ``module`` (a checkpoint's record of the module that
-    registered it) when it is not already, refusing a module that does not register it."""
+    """Make sure ``name`` is registered, importing only what the user named (``KILN_MODELS_FROM``; the
+    commands import ``--models-from`` before): ``module``, a checkpoint's or resume state's record of the
+    module that registered the model, is named in the refusal, never imported. A checkpoint is loaded
+    ``weights_only`` so that reading one runs no code; importing a module it names would run that
+    module's (an ``evil.py`` beside ``evil.pt`` in the current directory, or a standard module whose
+    import acts)."""
     _ensure_loaded()
+    if name in _REGISTRY:
+        return
+    import_modules(env_modules())
     if name in _REGISTRY or module is None:
         return
     if module == "__main__":
@@ -128,17 +147,11 @@ def ensure_registered(name: str, module: str | None) -> None:
             f"model {name!r} was registered by a script run as __main__, which cannot be imported again: "
             "move its @register_model code into a module and pass --models-from MODULE"
         )
-    try:
-        _import_module(module)
-    except ModelModuleError as exc:
-        raise ModelModuleError(
-            f"model {name!r}: {exc}, or pass --models-from MODULE naming a module that registers it"
-        ) from exc
-    if name not in _REGISTRY:
-        raise ModelModuleError(
-            f"model {name!r}: its module {module!r} was imported but registers no model of that name "
-            "(renamed?); pass --models-from MODULE naming the module that registers it"
-        )
+    raise ModelModuleError(
+        f"model {name!r} is not registered; the file says module {module!r} registers it: pass "
+        f"--models-from {module} (or KILN_MODELS_FROM={module}) to import it (Kiln imports only the modules "
+        "you name: importing one runs its code)"
+    )
 
 
 def _import_module(module: str) -> None:
