@@ -6,6 +6,7 @@ import argparse
 import copy
 import logging
 from collections.abc import Callable
+from typing import TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -64,18 +65,23 @@ def interactive(console: Console) -> bool:
 
 
 def log_handler(
-    console: Console, plain: str, *, rich: str = "%(message)s", show_time: bool = True
+    console: Console,
+    plain: str,
+    *,
+    rich: str = "%(message)s",
+    show_time: bool = True,
+    plain_stream: TextIO | None = None,
 ) -> logging.Handler:
     """Log records for a command that draws progress on ``console``: on an interactive terminal through
     the console itself (rich's level column, the record formatted by ``rich``), so that they land above
     its bar or spinner (written to stderr directly, they ran on from its half-drawn line); elsewhere (a
     CI log, ``| tee``) one plain line a record, formatted by ``plain``, since rich wraps its columns at
-    80 characters there."""
+    80 characters there, on ``plain_stream`` (default: the console's own)."""
     handler: logging.Handler
     if interactive(console):
         handler = RichHandler(console=console, show_time=show_time, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter(rich))
     else:
-        handler = logging.StreamHandler(console.file)
+        handler = logging.StreamHandler(plain_stream or console.file)
         handler.setFormatter(logging.Formatter(plain, "%H:%M:%S"))
     return handler

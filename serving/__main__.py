@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> None:
             settings.cpu_policy,
         )
     config = _uvicorn_config(settings)
-    sockets = _http_sockets(settings)
+    try:
+        sockets = _http_sockets(settings)
+    except OSError as exc:  # taken since claim_ports looked (uvicorn's own bind says so in one line too)
+        where = join_host_port(settings.host, settings.http_port)
+        raise SystemExit(
+            f"--http-port (or KILN_HTTP_PORT): {where} cannot be bound ({exc.strerror or exc})"
+        ) from None
     # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
     server = server_class(config)
     with contextlib.suppress(KeyboardInterrupt):

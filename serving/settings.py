@@ -300,10 +300,14 @@ def _host_port(url: str) -> tuple[str, int | None]:
         return "", None
 
 
+# gRPC's own target schemes (ipv4:127.0.0.1:8001, dns:///x:8001): tritonclient takes host:port alone.
+GRPC_SCHEMES = ("ipv4:", "ipv6:", "dns:", "unix:", "unix-abstract:", "vsock:")
+
+
 def _address_problem(url: str) -> str | None:
     """Why ``url`` is no ``host:port`` address a client can connect to; None when it is one."""
     text = url.strip()
-    if "://" in text:
+    if "://" in text or text.lower().startswith(GRPC_SCHEMES):
         return "is host:port, without a scheme (127.0.0.1:8001)"
     if text.count(":") > 1 and not text.startswith("["):
         return "an IPv6 address is written in brackets before its port ([::1]:8001)"

@@ -15,6 +15,7 @@ port).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -76,9 +77,16 @@ def server_sockets(host: str, port: int, *, reuse_port: bool, reuse_addr: bool =
     failure closes those already bound."""
     options = {"reuse_port": reuse_port, "reuse_addr": reuse_addr, "dual_stack": is_dual_stack(host)}
     bound: list[socket.socket] = []
+    addresses = bind_addresses(host, port)
     try:
-        for family, address in bind_addresses(host, port):
-            bound.append(server_socket(family, address, **options))
+        for family, address in addresses:
+            try:
+                bound.append(server_socket(family, address, **options))
+            except OSError as exc:  # a name's IPv6 address on a kernel without IPv6: skipped, as asyncio does
+                if exc.errno != errno.EAFNOSUPPORT or len(addresses) == 1:
+                    raise
+        if not bound:
+            raise OSError(errno.EAFNOSUPPORT, f"no address of {host} has a family this machine supports")
     except OSError:
         for sock in bound:
             sock.close()
@@ -112,8 +120,17 @@ def claim_port(host: str, port: int, *, hold: bool) -> list[socket.socket]:
     (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can)."""
     for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
         sock.close()
-    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening
-    return server_sockets(host, port, reuse_port=True, reuse_addr=False) if hold else []
+    if not hold:
+        return []
+    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening;
+    # but a port with connections in TIME_WAIT (a gateway stopped less than a minute ago) refuses a bind
+    # without it, and the check above, a server's bind, found nobody listening: then with it
+    try:
+        return server_sockets(host, port, reuse_port=True, reuse_addr=False)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        return server_sockets(host, port, reuse_port=True)
 
 
 def worker_argv(

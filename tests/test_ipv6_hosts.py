@@ -124,6 +124,8 @@ def test_addresses_are_written_with_brackets_where_they_are_ipv6():
         ("[::1]", "is not host:port with a port of 1-65535"),
         ("localhost", "is not host:port with a port of 1-65535"),
         ("http://[::1]:8101", "is host:port, without a scheme"),
+        ("ipv4:127.0.0.1:8101", "is host:port, without a scheme"),  # gRPC's target form, not tritonclient's
+        ("dns:///triton:8101", "is host:port, without a scheme"),
     ],
 )
 def test_a_triton_url_no_client_can_reach_is_refused_before_the_gateway_starts(url, problem, capsys):
@@ -272,3 +274,57 @@ def test_a_worker_on_the_ipv6_wildcard_says_where_http_listens_and_serves_both_f
                 asyncio.run(_grpc_live(f"[::1]:{grpc_port}")),
             )
             assert grpc_live == (True, True)
+
+
+def test_a_held_port_with_connections_in_time_wait_is_held_all_the_same(monkeypatch):
+    """A gateway stopped less than a minute ago leaves its port's connections in TIME_WAIT: a bind without
+    SO_REUSEADDR is refused then, so --workers refused a port nobody listened on ("in use")."""
+    import errno
+
+    from serving import workers
+
+    calls = []
+
+    def sockets(host, port, *, reuse_port, reuse_addr=True):
+        calls.append((reuse_port, reuse_addr))
+        if reuse_port and not reuse_addr:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return [Held(reuse_addr)]
+
+    class Held:
+        def __init__(self, reuse_addr: bool) -> None:
+            self.reuse_addr = reuse_addr
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(workers, "server_sockets", sockets)
+    assert [s.reuse_addr for s in workers.claim_port("127.0.0.1", 8000, hold=True)] == [True]
+    assert calls == [(False, True), (True, False), (True, True)]
+
+
+def test_a_names_address_of_a_family_the_kernel_lacks_is_skipped_as_asyncio_skips_it(monkeypatch):
+    """``localhost`` still resolves to ::1 (from /etc/hosts) on a kernel booted with ipv6.disable=1:
+    creating that socket fails with EAFNOSUPPORT, and the gateway refused a host uvicorn serves."""
+    import errno
+
+    from serving import workers
+
+    both = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
+    monkeypatch.setattr(workers, "bind_addresses", lambda host, port: both)
+    real = workers.server_socket
+
+    def no_ipv6(family, address, **options):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, address, **options)
+
+    monkeypatch.setattr(workers, "server_socket", no_ipv6)
+    (held,) = workers.server_sockets("localhost", 0, reuse_port=False)
+    try:
+        assert held.family == socket.AF_INET
+    finally:
+        held.close()
+    monkeypatch.setattr(workers, "bind_addresses", lambda host, port: both[1:])
+    with pytest.raises(OSError, match="not supported"):
+        workers.server_sockets("ip6-localhost", 0, reuse_port=False)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         handlers=[
             log_handler(
-                console, "%(levelname)s %(name)s: %(message)s", rich="%(name)s: %(message)s", show_time=False
+                console,
+                "%(levelname)s %(name)s: %(message)s",
+                rich="%(name)s: %(message)s",
+                show_time=False,
+                plain_stream=sys.stderr,  # a log of its own: 2> log holds it, as before
             )
         ],
     )
