@@ -41,8 +41,14 @@ def tiny_registered():
 
 
 def test_registering_a_duplicate_name_is_refused(tiny_registered):
-    with pytest.raises(ValueError, match="already registered"):
-        registry.register_model(tiny_registered, task="classify", config=_TinyConfig)(_Tiny)
+    def another(config: _TinyConfig) -> nn.Module:
+        return _Tiny(config)
+
+    with pytest.raises(ValueError, match=rf"already registered \(by {__name__}\)"):
+        registry.register_model(tiny_registered, task="classify", config=_TinyConfig)(another)
+    # the same builder of the same module again is a reload (importlib.reload), not a clash
+    registry.register_model(tiny_registered, task="classify", config=_TinyConfig)(_Tiny)
+    assert registry.get_entry(tiny_registered).builder is _Tiny
 
 
 def test_unknown_task_and_non_dataclass_config_are_refused():
@@ -81,7 +87,8 @@ def test_checkpoint_round_trip_rebuilds_identical_outputs_with_weights_only(tiny
     )
     path = ckpt_mod.save_checkpoint(ckpt, tmp_path / "tiny.pt")
     raw = torch.load(path, weights_only=True)  # the contract: no pickled classes
-    assert raw["model"] == {"name": tiny_registered, "args": {"hidden": 5}}
+    # a model registered outside the zoo: the checkpoint names its module, for a refusal to name
+    assert raw["model"] == {"name": tiny_registered, "args": {"hidden": 5}, "module": __name__}
     rebuilt = ckpt_mod.rebuild_model(ckpt_mod.load_checkpoint(path))
     x = torch.randn(4, 2)
     assert torch.equal(model.eval()(x), rebuilt(x))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import sys
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,13 +54,17 @@ def register_model(name: str, *, task: str, config: type) -> Callable[[Callable]
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config for {name!r} must be a dataclass, got {config!r}")
-    module = _importing_module(sys._getframe(1))
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name].module != module:  # its own module again: a reload
-            held = _REGISTRY[name].module
+        # The builder's module: where the user keeps the model (a checkpoint names it, so that a refusal
+        # can say which module to import), whichever helper of theirs applied the decorator.
+        module = getattr(builder, "__module__", None) or "__main__"
+        held = _REGISTRY.get(name)
+        # the same builder of a user's module again is that module reloaded (a notebook's edit-and-reload)
+        same = held is not None and (held.module, _qualname(held.builder)) == (module, _qualname(builder))
+        if held is not None and not (same and not held.in_zoo):
             raise ValueError(
-                f"model {name!r} is already registered (by {held}); register yours under another name"
+                f"model {name!r} is already registered (by {held.module}); register yours under another name"
             )
         _REGISTRY[name] = ModelEntry(name=name, task=task, config_cls=config, builder=builder, module=module)
         return builder
@@ -69,17 +72,8 @@ def register_model(name: str, *, task: str, config: type) -> Callable[[Callable]
     return decorator
 
 
-def _importing_module(frame: Any) -> str:
-    """The module whose import registers a model (importing it again registers it again: a checkpoint
-    records it): the innermost caller of ``register_model`` running a module's top-level code (an import
-    or a reload), so that a helper of the user's wrapping the decorator in another, already imported,
-    module is not taken for it; else the direct caller's module."""
-    caller = frame.f_globals.get("__name__", "__main__")
-    while frame is not None:
-        if frame.f_code.co_name == "<module>":
-            return frame.f_globals.get("__name__", caller)
-        frame = frame.f_back
-    return caller
+def _qualname(builder: Callable[..., nn.Module]) -> str:
+    return getattr(builder, "__qualname__", repr(builder))
 
 
 def get_entry(name: str) -> ModelEntry:
