@@ -48,7 +48,7 @@ from training.runtime import (
     weights_hash,
     wrap_ddp,
 )
-from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics, run_files
 
 log = logging.getLogger("training.classify")
 DROPOUT_SEED_OFFSET = 0x5EED_D20F  # keeps the dropout stream apart from the augmenter's
@@ -413,6 +413,15 @@ def resumed_metrics(resume: str) -> Path:
     return state.with_name(state.name.removesuffix(".resume.pt") + ".metrics.jsonl")
 
 
+def replaced_files(cfg: TrainConfig) -> list[Path]:
+    """The files of another run under this run's name and output directory, which it replaces as it
+    writes its own (``MetricsLogger``): none where it resumes the run whose files they are."""
+    out = Path(cfg.output_dir)
+    if cfg.resume and resume_path(cfg.resume).resolve() == (out / f"{cfg.name}.resume.pt").resolve():
+        return []
+    return run_files(out, cfg.name)
+
+
 def fit(run: Run) -> list[dict[str, Any]]:
     """The epoch loop: train, evaluate, log, keep the best weights, stop early; rank 0 writes files."""
     cfg, out = run.config, Path(run.config.output_dir)
@@ -422,9 +431,8 @@ def fit(run: Run) -> list[dict[str, Any]]:
         earlier = resumed_metrics(cfg.resume) if cfg.resume else metrics_path
         if run.start_epoch and earlier.is_file():
             history = [r for r in read_metrics(earlier) if r["epoch"] <= run.start_epoch]
-        logger = MetricsLogger(metrics_path)
-        for record in history:
-            logger.log(record)
+        kept = history if cfg.resume else None
+        logger = MetricsLogger(metrics_path, replacing=replaced_files(cfg), records=kept)
     for epoch in range(run.start_epoch, run.start_epoch if run.stopped_early else cfg.epochs):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(run, epoch)

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,62 @@ def check_output_dir(path: str | os.PathLike) -> None:
             return
 
 
-class MetricsLogger:
-    """Appends one JSON object per line (one per epoch); the file is readable while training runs."""
+# The files a run writes under its --name, its resume state first: ``MetricsLogger`` removes an earlier
+# run's in this order, so that nothing of it could be resumed once any of it is gone.
+RUN_FILE_SUFFIXES = (".resume.pt", ".pt", ".metrics.jsonl", ".curves.png")
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+
+def run_files(output_dir: str | os.PathLike, name: str) -> list[Path]:
+    """The files of a run named ``name`` that ``output_dir`` holds (``RUN_FILE_SUFFIXES``)."""
+    paths = (Path(output_dir) / f"{name}{suffix}" for suffix in RUN_FILE_SUFFIXES)
+    return [path for path in paths if path.is_file()]
+
+
+class MetricsLogger:
+    """Appends one JSON object per line (one per epoch); the file is readable while training runs.
+
+    A new run under the name of an earlier one (``replacing``: that run's files) leaves them whole until
+    its first record, then removes them all before writing it: a run that fails or is interrupted before
+    then leaves the earlier run as it was, and one stopped later leaves its own metrics and resume state
+    with no checkpoint of the earlier run beside them (``--resume`` continues it). ``records``, a resumed
+    run's kept ones (even none), start the file at once: that run has something to keep."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        replacing: Iterable[Path] = (),
+        records: Iterable[dict[str, Any]] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._replacing = list(replacing)
+        self._started = False
+        if records is not None or not self._replacing:
+            self._start(records or ())
+        else:
+            log.info(
+                "%s: an earlier run's files under this name are replaced at this run's first record: %s",
+                self.path.parent,
+                ", ".join(p.name for p in self._replacing),
+            )
+
+    def _start(self, records: Iterable[dict[str, Any]]) -> None:
+        """Remove the earlier run's files, then begin the file with ``records``."""
+        for earlier in self._replacing:
+            earlier.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append:
-            self.path.write_text("")
+        self.path.write_text("".join(_line(record) for record in records))
+        self._started = True
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self._started:
+            self._start(())
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+            fh.write(_line(record))
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=float) + "\n"
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -193,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     p.add_argument("--output-dir", default="checkpoints")
-    p.add_argument("--name", help="checkpoint name (default: the model name)")
+    p.add_argument(
+        "--name",
+        help="checkpoint name (default: the model name); a new run under an earlier run's name leaves "
+        "that run's files whole until its first validation, then replaces them all",
+    )
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument(
         "--no-progress",

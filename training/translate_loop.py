@@ -44,7 +44,7 @@ from training.runtime import (
     weights_hash,
     wrap_ddp,
 )
-from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
+from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics, run_files
 from training.translate import build_translator, loss_on, prepare_data
 from training.translation_eval import evaluate, score_translations, translate_texts
 
@@ -73,7 +73,8 @@ class Trainer:
         )
         self.stopper = EarlyStopping(cfg["patience"], mode="max")
         path = Path(cfg["output_dir"]) / f"{cfg['name']}.metrics.jsonl"
-        self.metrics = MetricsLogger(path) if d.is_main else None
+        earlier = run_files(cfg["output_dir"], cfg["name"])  # replaced at the first record
+        self.metrics = MetricsLogger(path, replacing=earlier) if d.is_main else None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best = {"val_bleu": -1.0}
         self.step, self.start, self.train_time = 0, time.monotonic(), 0.0

@@ -78,13 +78,35 @@ def create_board(workers: int) -> Path:
 
 def zeroed_file(prefix: str, size: int, what: str) -> Path:
     """A new file of ``size`` zero bytes named ``prefix``..., in /dev/shm where the system lets us
-    write it, else in the temporary directory (memory-mapped by several processes, the same to them)."""
-    for where in ("/dev/shm", None):
+    write it, else in the temporary directory (memory-mapped by several processes, the same to them).
+
+    The zeros are written, not a sparse file made, so that a full filesystem says so here rather
+    than by SIGBUS in a worker; a directory that cannot take them keeps nothing of the attempt."""
+    tried = []
+    for where in ("/dev/shm", tempfile.gettempdir()):
         try:
-            fd, name = tempfile.mkstemp(prefix=prefix, dir=where)
-        except OSError:  # no /dev/shm, or not writable here
-            continue
+            return _write_zeros(prefix, size, where)
+        except OSError as exc:  # no /dev/shm, not writable here, or full
+            tried.append(f"{where}: {exc.strerror or exc}{_free_note(where)}")
+    raise OSError(f"no room for the workers' {what} ({size} bytes) in {'; nor in '.join(tried)}")
+
+
+def _write_zeros(prefix: str, size: int, where: str) -> Path:
+    """``size`` zero bytes in a new file of directory ``where``; the file is removed if they fail."""
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=where)
+    try:
         with os.fdopen(fd, "wb") as file:
             file.write(bytes(size))
-        return Path(name)
-    raise OSError(f"no writable directory for the workers' {what}")
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _free_note(where: str) -> str:
+    """``where``'s free space as a clause of an error message (nothing where it cannot be read)."""
+    try:
+        stat = os.statvfs(where)
+    except OSError:
+        return ""
+    return f" ({stat.f_bavail * stat.f_frsize >> 10} KiB free)"
