@@ -8,6 +8,7 @@ import io
 import logging
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +82,7 @@ def export_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return []
 
     monkeypatch.setattr(export.pipeline, "export_checkpoint", two_steps)
+    monkeypatch.delenv("KILN_MODELS_FROM", raising=False)  # a developer's own modules: not this test's
     return lambda *flags: main([str(checkpoint), "--repository", str(tmp_path / "repo"), *flags])
 
 
@@ -271,20 +273,25 @@ def on_a_terminal(cmd: list[str], columns: int = 120, timeout_s: float = 120.0) 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
-    out = b""
+    out, deadline = b"", time.monotonic() + timeout_s
     try:
-        while chunk := _read(master):
+        while chunk := _read(master, deadline):
             out += chunk
-        process.wait(timeout=timeout_s)
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         process.kill()
         os.close(master)
     return out
 
 
-def _read(fd: int) -> bytes:
+def _read(fd: int, deadline: float) -> bytes:
+    """The next output, or nothing once the child closed the terminal; a failure past ``deadline``."""
     import os
+    import select
 
+    readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    if not readable:
+        raise AssertionError("the command wrote nothing more and did not end before its deadline")
     try:
         return os.read(fd, 65536)
     except OSError:  # EIO: the child closed the terminal
