@@ -277,3 +277,17 @@ def test_training_that_cannot_write_ends_in_one_line_naming_the_file(command, mo
     assert capsys.readouterr().err == (
         "error: [Errno 28] No space left on device; 0.0 MiB free on its filesystem: 'ck/lenet.pt'\n"
     )
+
+
+def test_a_rank_other_than_0_that_cannot_write_says_so_naming_its_rank(monkeypatch, capsys):
+    import errno
+
+    from training import classify
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/local/ck/.lenet.pt.tmp")
+
+    monkeypatch.setattr(classify, "train", full)
+    monkeypatch.setenv("RANK", "1")
+    assert classify.main([]) == 1
+    assert capsys.readouterr().err.startswith("error (rank 1): [Errno 28] No space left on device")

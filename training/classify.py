@@ -577,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # any rank's own (a rank's local disk): each says its own
+        print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
         if int(os.environ.get("RANK", "0")) == 0:
