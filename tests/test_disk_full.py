@@ -279,7 +279,7 @@ def test_training_that_cannot_write_ends_in_one_line_naming_the_file(command, mo
     )
 
 
-def test_a_rank_other_than_0_that_cannot_write_says_so_naming_its_rank(monkeypatch, capsys):
+def test_a_nodes_first_rank_that_cannot_write_says_so_naming_its_rank(monkeypatch, capsys):
     import errno
 
     from training import classify
@@ -289,5 +289,9 @@ def test_a_rank_other_than_0_that_cannot_write_says_so_naming_its_rank(monkeypat
 
     monkeypatch.setattr(classify, "train", full)
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the first rank of another node: its own disk
     assert classify.main([]) == 1
     assert capsys.readouterr().err.startswith("error (rank 1): [Errno 28] No space left on device")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a node's other ranks leave it to that one
+    assert classify.main([]) == 1
+    assert capsys.readouterr().err == ""

@@ -91,16 +91,19 @@ def test_a_new_run_diverging_in_its_first_epoch_leaves_the_earlier_runs_files_as
     assert snapshot(out) == earlier_run
 
 
-def test_a_new_run_interrupted_after_an_epoch_leaves_only_its_own_files_and_resumes_from_them(
+def test_a_new_run_interrupted_after_an_epoch_keeps_the_earlier_model_and_resumes_from_its_own_state(
     earlier_run, tmp_path, monkeypatch
 ):
-    """Before, the earlier run's lenet.pt stayed beside the new run's metrics and resume state: the
-    directory held two runs, and ``--resume lenet.pt`` continued the one lenet.pt is not."""
+    """Before, the new run emptied the earlier metrics at its start. Now its metrics and resume state
+    replace the earlier ones at its first record, and the earlier lenet.pt (a trained model, maybe the
+    very one a --finetune started from) stays until the new run writes its own over it."""
     out = directory_of(earlier_run, tmp_path)
     interrupted_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         classify.train(lenet_config(out, seed=1, epochs=3))
-    assert sorted(snapshot(out)) == ["lenet.metrics.jsonl", "lenet.resume.pt"]
+    now = snapshot(out)
+    assert sorted(now) == ["lenet.curves.png", "lenet.metrics.jsonl", "lenet.pt", "lenet.resume.pt"]
+    assert now["lenet.pt"] == earlier_run["lenet.pt"]
     assert [r["epoch"] for r in read_metrics(out / "lenet.metrics.jsonl")] == [1]
     assert load_resume(str(out / "lenet.pt"))["train_config"]["seed"] == 1
     monkeypatch.undo()
@@ -126,11 +129,7 @@ def test_a_run_resumed_under_another_name_replaces_that_names_files_at_once(earl
     for suffix in (".pt", ".resume.pt", ".curves.png"):
         (out / f"other{suffix}").write_bytes(b"another run's")
     config = classify.resolve(classify.TrainConfig(resume=str(out / "lenet.pt"), name="other"))
-    assert classify_loop.replaced_files(config) == [
-        out / "other.resume.pt",
-        out / "other.pt",
-        out / "other.curves.png",
-    ]
+    assert classify_loop.replaced_files(config) == [out / "other.resume.pt"]  # its checkpoint stays
     same = classify.resolve(classify.TrainConfig(resume=str(out / "lenet.resume.pt")))
     assert classify_loop.replaced_files(same) == []
 
@@ -169,14 +168,15 @@ def test_a_translator_run_failing_before_its_first_validation_leaves_the_earlier
     assert snapshot(out) == EARLIER_TRANSLATOR
 
 
-def test_a_translator_run_failing_after_its_first_validation_leaves_only_its_own_metrics(
+def test_a_translator_run_failing_after_its_first_validation_keeps_the_model_and_has_its_own_metrics(
     tsv, tmp_path, monkeypatch
 ):
     out = directory_of(EARLIER_TRANSLATOR, tmp_path)
     monkeypatch.setattr(translate_loop, "_save", interrupt)
     with pytest.raises(KeyboardInterrupt):
         translate.train(tiny_argv("gru_attention", tsv, out, "--epochs", "1", "--no-progress"))
-    assert sorted(snapshot(out)) == ["tiny.metrics.jsonl"]
+    assert sorted(snapshot(out)) == sorted({*EARLIER_TRANSLATOR, "tiny.metrics.jsonl"})
+    assert (out / "tiny.pt").read_bytes() == EARLIER_TRANSLATOR["tiny.pt"]  # the trained model stays
     assert [r["epoch"] for r in read_metrics(out / "tiny.metrics.jsonl")] == [1]
     assert "val_bleu" in read_metrics(out / "tiny.metrics.jsonl")[0]
 

@@ -6,8 +6,8 @@ module that ``--models-from`` imports, trains with ``DEFAULT_RECIPE``. Runs unde
 data-parallel training (DistributedDataParallel, gloo on CPU / nccl on CUDA; only rank 0 writes files).
 Writes ``<output-dir>/<name>.pt`` (contract 1), ``<name>.metrics.jsonl``, ``<name>.curves.png`` and,
 after every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--resume``); an earlier
-run's files under the same name are replaced all together, at the new run's first epoch's end
-(``training.tracking.MetricsLogger``). A run whose loss or weights go NaN or inf stops there with one
+run's metrics and resume state under the same name are replaced at the new run's first epoch's end,
+its checkpoint only by the new one (``training.tracking.MetricsLogger``). A run whose loss or weights go NaN or inf stops there with one
 line naming the epoch and step and what to try (exit status 2), and writes nothing from those weights.
 """
 
@@ -525,8 +525,8 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--name",
         help="output file stem (default: the model name; on --resume, the interrupted run's); a new run "
-        "under an earlier run's name leaves that run's files whole until its first epoch ends, then "
-        "replaces them all",
+        "under an earlier run's name replaces that run's metrics and resume state when its first epoch "
+        "ends, and its checkpoint only when it writes its own",
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     g.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
@@ -577,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
-        rank = os.environ.get("RANK", "0")  # any rank's own (a rank's local disk): each says its own
-        print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
+        if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
+            print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -27,9 +27,11 @@ def check_output_dir(path: str | os.PathLike) -> None:
             return
 
 
-# The files a run writes under its --name, its resume state first: ``MetricsLogger`` removes an earlier
-# run's in this order, so that nothing of it could be resumed once any of it is gone.
-RUN_FILE_SUFFIXES = (".resume.pt", ".pt", ".metrics.jsonl", ".curves.png")
+# The files of an earlier run under a --name that a new run replaces at its first record, its resume
+# state first (nothing of it can be resumed once any of it is gone). Its checkpoint and curves are not
+# among them: a trained model stays until the new run writes its own over it (save_checkpoint's atomic
+# replace), so a new run that fails, a --finetune of that very checkpoint included, never loses it.
+RUN_FILE_SUFFIXES = (".resume.pt", ".metrics.jsonl")
 
 
 def run_files(output_dir: str | os.PathLike, name: str) -> list[Path]:
@@ -41,10 +43,11 @@ def run_files(output_dir: str | os.PathLike, name: str) -> list[Path]:
 class MetricsLogger:
     """Appends one JSON object per line (one per epoch); the file is readable while training runs.
 
-    A new run under the name of an earlier one (``replacing``: that run's files) leaves them whole until
-    its first record, then removes them all before writing it: a run that fails or is interrupted before
-    then leaves the earlier run as it was, and one stopped later leaves its own metrics and resume state
-    with no checkpoint of the earlier run beside them (``--resume`` continues it). ``records``, a resumed
+    A new run under the name of an earlier one (``replacing``: that run's ``RUN_FILE_SUFFIXES`` files)
+    leaves them whole until its first record, then removes them before writing it: a run that fails or
+    is interrupted before then leaves the earlier run as it was, and one stopped later leaves its own
+    metrics and resume state (``--resume`` continues it) beside the earlier checkpoint, which only the
+    new run's own replaces. ``records``, a resumed
     run's kept ones (even none), start the file at once: that run has something to keep."""
 
     def __init__(

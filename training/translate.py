@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument(
         "--name",
-        help="checkpoint name (default: the model name); a new run under an earlier run's name leaves "
-        "that run's files whole until its first validation, then replaces them all",
+        help="checkpoint name (default: the model name); a new run under an earlier run's name replaces "
+        "that run's metrics at its first validation, and its checkpoint only when it writes its own",
     )
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument(
@@ -454,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
-        rank = os.environ.get("RANK", "0")  # any rank's own (a rank's local disk): each says its own
-        print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
+        if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
+            print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
         if main_rank:
