@@ -107,8 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="MODULE",
         help="import this module first, so that the models it registers can be rebuilt (repeatable; also "
-        "KILN_MODELS_FROM, comma-separated); a checkpoint of your own classifier names its module "
-        "itself, so this is needed only where that module has moved or been renamed",
+        "KILN_MODELS_FROM, comma-separated): needed for a checkpoint of your own classifier, whose module "
+        "export never imports by itself (importing runs its code; the refusal names the module)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     parser.add_argument(

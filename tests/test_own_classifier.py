@@ -141,9 +141,9 @@ def test_a_resumed_run_records_its_modules_and_one_that_names_none_is_refused_na
     refused = run(["-c", script], trained["root"] / "modules")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
-        "error: model 'smallnet' is not registered; the file says module 'mynets' registers it: pass "
-        "--models-from mynets (or KILN_MODELS_FROM=mynets) to import it (Kiln imports only the modules you "
-        "name: importing one runs its code)"
+        "error: model 'smallnet' is not registered; the file says mynets registers it: pass "
+        "--models-from mynets (or KILN_MODELS_FROM=mynets) if you trust it (Kiln imports only the modules "
+        "you name: importing one runs its code)"
     )
 
 
@@ -290,7 +290,7 @@ def test_the_models_from_variable_adds_its_modules_to_the_flags(monkeypatch):
 def test_a_checkpoint_naming_a_module_that_registers_other_names_or_a_script_is_refused(modules, monkeypatch):
     (modules / "kiln_test_empty.py").write_text("")
     monkeypatch.setenv("KILN_MODELS_FROM", "kiln_test_empty")  # named by the user: imported
-    with pytest.raises(ModelModuleError, match="the file says module 'kiln_test_empty' registers it"):
+    with pytest.raises(ModelModuleError, match="the file says kiln_test_empty registers it"):
         ensure_registered("kiln_test_ghost", "kiln_test_empty")
     assert "kiln_test_empty" in sys.modules
     monkeypatch.delenv("KILN_MODELS_FROM")
@@ -375,3 +375,36 @@ def test_an_export_failure_of_a_zoo_model_asks_for_a_report_not_a_change_to_the_
     zoo = not_exportable("lenet", RuntimeError("an op torch lost"))
     assert zoo.endswith("a model of Kiln's own: please report it with this line") and "README" not in zoo
     assert "(README, 'Your own classifier')" in not_exportable("not_in_the_zoo", RuntimeError("x"))
+
+
+def test_a_files_module_record_is_named_only_when_it_is_a_module_name(monkeypatch):
+    """The record comes from the file: text that is no module name (a shell command, terminal escapes)
+    is not offered as advice to copy; several modules are one flag each."""
+    monkeypatch.delenv("KILN_MODELS_FROM", raising=False)
+    with pytest.raises(ModelModuleError, match="the file names no valid module") as refused:
+        ensure_registered("kiln_test_ghost", "x; curl evil | sh")
+    assert "curl" not in str(refused.value)
+    with pytest.raises(ModelModuleError, match="pass --models-from a.b --models-from c "):
+        ensure_registered("kiln_test_ghost", "a.b,c")
+
+
+def test_a_builder_made_inside_a_helper_registers_once_under_a_name(modules):
+    """Two modules registering one name through a helper's closure replaced each other silently (the
+    same module and qualname, ``make.<locals>.build``, looked like a reload)."""
+    from training.models import registry
+
+    (modules / "kiln_test_maker.py").write_text(
+        "from training.models import register_model\n"
+        "from training.models.layers import ClassifierConfig\n"
+        "def make(name):\n"
+        "    @register_model(name, task='classify', config=ClassifierConfig)\n"
+        "    def build(config):\n        raise AssertionError\n"
+        "    return build\n"
+    )
+    try:
+        import_modules(["kiln_test_maker"])
+        sys.modules["kiln_test_maker"].make("kiln_test_made")
+        with pytest.raises(ValueError, match="'kiln_test_made' is already registered"):
+            sys.modules["kiln_test_maker"].make("kiln_test_made")
+    finally:
+        registry._REGISTRY.pop("kiln_test_made", None)

@@ -60,8 +60,10 @@ def register_model(name: str, *, task: str, config: type) -> Callable[[Callable]
         # can say which module to import), whichever helper of theirs applied the decorator.
         module = getattr(builder, "__module__", None) or "__main__"
         held = _REGISTRY.get(name)
-        # the same builder of a user's module again is that module reloaded (a notebook's edit-and-reload)
-        same = held is not None and (held.module, _qualname(held.builder)) == (module, _qualname(builder))
+        # the same builder of a user's module again is that module reloaded (a notebook's edit-and-reload);
+        # a builder made inside a function (a helper's closure) names no one model: refused as before
+        key = (module, _qualname(builder))
+        same = held is not None and (held.module, _qualname(held.builder)) == key and "<locals>" not in key[1]
         if held is not None and not (same and not held.in_zoo):
             raise ValueError(
                 f"model {name!r} is already registered (by {held.module}); register yours under another name"
@@ -141,10 +143,17 @@ def ensure_registered(name: str, module: str | None) -> None:
             f"model {name!r} was registered by a script run as __main__, which cannot be imported again: "
             "move its @register_model code into a module and pass --models-from MODULE"
         )
+    named = [m.strip() for m in module.split(",")]
+    if not all(m and all(part.isidentifier() for part in m.split(".")) for m in named):  # the file's text
+        raise ModelModuleError(
+            f"model {name!r} is not registered, and the file names no valid module for it: pass "
+            "--models-from MODULE naming the module of yours that registers it"
+        )
+    flags = " ".join(f"--models-from {m}" for m in named)
     raise ModelModuleError(
-        f"model {name!r} is not registered; the file says module {module!r} registers it: pass "
-        f"--models-from {module} (or KILN_MODELS_FROM={module}) to import it (Kiln imports only the modules "
-        "you name: importing one runs its code)"
+        f"model {name!r} is not registered; the file says {', '.join(named)} registers it: pass {flags} "
+        f"(or KILN_MODELS_FROM={','.join(named)}) if you trust it (Kiln imports only the modules you name: "
+        "importing one runs its code)"
     )
 
 
