@@ -121,7 +121,11 @@ def _check_host(host: str) -> None:
 def _host_at_fault(exc: OSError) -> bool:
     """Whether a bind failed for its address, whatever the port: a name that does not resolve, or an
     address that is not this machine's (or, IPv6, that needs an interface or maps an IPv4 one)."""
-    return isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL)
+    return isinstance(exc, socket.gaierror) or exc.errno in (
+        errno.EADDRNOTAVAIL,
+        errno.EINVAL,
+        errno.EAFNOSUPPORT,
+    )
 
 
 def _host_problem(host: str, exc: OSError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -301,13 +302,14 @@ def _host_port(url: str) -> tuple[str, int | None]:
 
 
 # gRPC's own target schemes (ipv4:127.0.0.1:8001, dns:///x:8001): tritonclient takes host:port alone.
-GRPC_SCHEMES = ("ipv4:", "ipv6:", "dns:", "unix:", "unix-abstract:", "vsock:")
+# A host of such a name with a port alone (dns:8001) is host:port.
+GRPC_SCHEME = r"(ipv4|ipv6|dns|unix|unix-abstract|vsock):(?!\d+$).+"
 
 
 def _address_problem(url: str) -> str | None:
     """Why ``url`` is no ``host:port`` address a client can connect to; None when it is one."""
     text = url.strip()
-    if "://" in text or text.lower().startswith(GRPC_SCHEMES):
+    if "://" in text or re.fullmatch(GRPC_SCHEME, text, re.IGNORECASE):
         return "is host:port, without a scheme (127.0.0.1:8001)"
     if text.count(":") > 1 and not text.startswith("["):
         return "an IPv6 address is written in brackets before its port ([::1]:8001)"

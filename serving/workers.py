@@ -120,17 +120,10 @@ def claim_port(host: str, port: int, *, hold: bool) -> list[socket.socket]:
     (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can)."""
     for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
         sock.close()
-    if not hold:
-        return []
-    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening;
-    # but a port with connections in TIME_WAIT (a gateway stopped less than a minute ago) refuses a bind
-    # without it, and the check above, a server's bind, found nobody listening: then with it
-    try:
-        return server_sockets(host, port, reuse_port=True, reuse_addr=False)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        return server_sockets(host, port, reuse_port=True)
+    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening,
+    # and both would serve the port (so a port whose connections sit in TIME_WAIT, a gateway stopped
+    # less than a minute ago, is refused here: held with it, a second gateway could take it too)
+    return server_sockets(host, port, reuse_port=True, reuse_addr=False) if hold else []
 
 
 def worker_argv(

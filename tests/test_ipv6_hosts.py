@@ -136,7 +136,9 @@ def test_a_triton_url_no_client_can_reach_is_refused_before_the_gateway_starts(u
     assert f"--triton-url (or KILN_TRITON_URL) {url}: {problem}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("url", ["[::1]:8101", "localhost:8101", "127.0.0.1:8101", "triton.internal:8001"])
+@pytest.mark.parametrize(
+    "url", ["[::1]:8101", "localhost:8101", "127.0.0.1:8101", "triton.internal:8001", "dns:8001"]
+)
 def test_a_triton_url_of_host_and_port_is_taken_ipv6_in_brackets_included(url):
     assert Settings(backend="triton", triton_url=url).triton_url == url
 
@@ -274,33 +276,6 @@ def test_a_worker_on_the_ipv6_wildcard_says_where_http_listens_and_serves_both_f
                 asyncio.run(_grpc_live(f"[::1]:{grpc_port}")),
             )
             assert grpc_live == (True, True)
-
-
-def test_a_held_port_with_connections_in_time_wait_is_held_all_the_same(monkeypatch):
-    """A gateway stopped less than a minute ago leaves its port's connections in TIME_WAIT: a bind without
-    SO_REUSEADDR is refused then, so --workers refused a port nobody listened on ("in use")."""
-    import errno
-
-    from serving import workers
-
-    calls = []
-
-    def sockets(host, port, *, reuse_port, reuse_addr=True):
-        calls.append((reuse_port, reuse_addr))
-        if reuse_port and not reuse_addr:
-            raise OSError(errno.EADDRINUSE, "Address already in use")
-        return [Held(reuse_addr)]
-
-    class Held:
-        def __init__(self, reuse_addr: bool) -> None:
-            self.reuse_addr = reuse_addr
-
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(workers, "server_sockets", sockets)
-    assert [s.reuse_addr for s in workers.claim_port("127.0.0.1", 8000, hold=True)] == [True]
-    assert calls == [(False, True), (True, False), (True, True)]
 
 
 def test_a_names_address_of_a_family_the_kernel_lacks_is_skipped_as_asyncio_skips_it(monkeypatch):
