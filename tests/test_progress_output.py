@@ -290,7 +290,7 @@ def _read(fd: int, deadline: float) -> bytes:
     import select
 
     readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-    if not readable:
+    if not readable or time.monotonic() > deadline:  # silent, or writing on past its deadline
         raise AssertionError("the command wrote nothing more and did not end before its deadline")
     try:
         return os.read(fd, 65536)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 "%(levelname)s %(name)s: %(message)s",
                 rich="%(name)s: %(message)s",
                 show_time=False,
-                plain_stream=sys.stderr,  # a log of its own: 2> log holds it, as before
+                plain_stream=sys.stderr,  # off a terminal, a log of its own (2> log holds it, as before)
             )
         ],
     )
