@@ -27,6 +27,9 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
+# make test runs the suite in one process per core, four at most (pytest-xdist, whole files to a process so
+# a module's fixtures are built once); TEST_JOBS=1 runs it in this one process.
+TEST_JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 TRITON_URL  ?= 127.0.0.1:8101
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo -n )
 
@@ -152,7 +155,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: lint balancer ## lint, haproxy where it can be installed (the replica tests), then the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) $(PYTEST_ARGS)
 
 # make clean removes what Kiln wrote and nothing else, so a REPOSITORY or CHECKPOINTS naming a directory of
 # other things (REPOSITORY=~ emptied the home directory) keeps them: training's files in CHECKPOINTS; in

@@ -1,6 +1,6 @@
 """Shared fixtures: seeded, single-threaded torch so tests are reproducible and polite on shared CPUs;
 signal handlers restored after each test; the export of every classifier, and of the tiny translators,
-that several test modules read."""
+that several test modules read, built once for all the run's workers (``tests/session_cache.py``)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def exported_classifiers(tmp_path_factory) -> tuple[Path, dict[str, list]]:
     """Every registered classifier exported once (fp32) into one repository, read-only for its users:
     the repository and each model's export results (``tests/classifier_exports.py``)."""
     from tests.classifier_exports import export_every_classifier
+    from tests.session_cache import built_once, shared_directory
 
-    return export_every_classifier(tmp_path_factory.mktemp("classifiers"))
+    return built_once(shared_directory(tmp_path_factory), "classifiers", export_every_classifier)
 
 
 @pytest.fixture
@@ -67,8 +68,11 @@ def inflation_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def exported_translator_models(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The tiny trained translators (``transformer``, ``gru_attention``) exported once, read-only for
     their users: (the root, holding ``checkpoints/`` and ``model_repository/``; {name: export error})."""
+    from tests.session_cache import built_once, shared_directory
     from tests.test_translate_serving import build_translator_repository
 
-    root = tmp_path_factory.mktemp("translators")
-    _, errors = build_translator_repository(root)
-    return root, errors
+    def build(root: Path) -> tuple[Path, dict[str, str]]:
+        _, errors = build_translator_repository(root)
+        return root, errors
+
+    return built_once(shared_directory(tmp_path_factory), "translators", build)
