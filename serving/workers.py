@@ -117,13 +117,64 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 def claim_port(host: str, port: int, *, hold: bool) -> list[socket.socket]:
     """Fail (OSError) when anything is bound to ``port`` on an address of ``host``, a gateway's workers
     sharing it with SO_REUSEPORT included; with ``hold``, sockets that keep it for this gateway
-    (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can)."""
-    for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
-        sock.close()
-    # without SO_REUSEADDR: another gateway's check (with it) could bind beside a socket not listening,
-    # and both would serve the port (so a port whose connections sit in TIME_WAIT, a gateway stopped
-    # less than a minute ago, is refused here: held with it, a second gateway could take it too)
-    return server_sockets(host, port, reuse_port=True, reuse_addr=False) if hold else []
+    (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can), the first of them
+    its :func:`port_guards`."""
+    guards = port_guards(host, port)  # first: a gateway holding the port while its workers load is named
+    try:
+        for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
+            sock.close()
+        if hold:
+            return guards + _held_sockets(host, port, guarded=bool(guards))
+    except OSError:
+        for guard in guards:
+            guard.close()
+        raise
+    for guard in guards:
+        guard.close()
+    return []
+
+
+def _held_sockets(host: str, port: int, *, guarded: bool) -> list[socket.socket]:
+    """The sockets holding ``port``. Without SO_REUSEADDR where that binds: another gateway's check
+    (with it) could bind beside a socket not listening, and both would serve the port. A port whose
+    connections sit in TIME_WAIT, closed by a server whose sockets took no SO_REUSEPORT (a gateway of
+    one process stopped less than a minute ago), binds only with it; nothing listens there (the check
+    just bound beside no listener), so it is held with it where :func:`port_guards` keeps other Kiln
+    gateways off the port (``make serve WORKERS=2`` right after ``make serve`` was refused "in use")."""
+    try:
+        return server_sockets(host, port, reuse_port=True, reuse_addr=False)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not guarded:
+            raise
+    return server_sockets(host, port, reuse_port=True, reuse_addr=True)
+
+
+def port_guards(host: str, port: int) -> list[socket.socket]:
+    """One socket per address of ``host`` named for that address and ``port`` in Linux's abstract Unix
+    namespace, which a second Kiln gateway holding the same port cannot bind (OSError EADDRINUSE
+    naming it): the namespace is the network namespace's, as the port is, and a name goes with the
+    process that bound it, killed or not. None for port 0, and none off Linux (the port is then held
+    without SO_REUSEADDR only)."""
+    if not port or not sys.platform.startswith("linux"):
+        return []
+    guards: list[socket.socket] = []
+    try:
+        for _, address in bind_addresses(host, port):
+            guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            guards.append(guard)
+            try:
+                guard.bind(f"\0kiln-gateway-port {address[0]} {port}")
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(
+                    errno.EADDRINUSE, f"another Kiln gateway holds port {port} on {address[0]}"
+                ) from None
+    except OSError:
+        for guard in guards:
+            guard.close()
+        raise
+    return guards
 
 
 def worker_argv(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-from serving.workers import reuse_port_socket, worker_argv
+import pytest
+
+from serving.workers import claim_port, reuse_port_socket, worker_argv
 
 
 def test_two_workers_can_listen_on_the_same_port():
@@ -282,3 +285,52 @@ def test_connections_are_placed_on_the_worker_holding_fewest(tmp_path):
             channel.close()
         for sock in held:
             sock.close()
+
+
+def _port_in_time_wait() -> int:
+    """A free port whose one connection sits in TIME_WAIT on the server's side, as a gateway of one
+    process (no SO_REUSEPORT) stopped a moment ago leaves the connections it closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server's side closes first: it is the one left in TIME_WAIT
+    assert client.recv(1) == b""
+    client.close()
+    listener.close()
+    plain = socket.socket()
+    try:
+        plain.bind(("127.0.0.1", port))  # a bind without SO_REUSEADDR meets the TIME_WAIT connection
+    except OSError as exc:
+        assert exc.errno == errno.EADDRINUSE
+    else:
+        pytest.skip("this kernel let a socket without SO_REUSEADDR bind beside a TIME_WAIT connection")
+    finally:
+        plain.close()
+    return port
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the port guards are Linux's abstract sockets"
+)
+def test_a_workers_gateway_restarted_at_once_holds_its_port_and_a_second_gateway_is_refused():
+    """A ``--workers`` gateway started within a minute of a gateway of one process on its port (``make
+    serve``, then ``make serve WORKERS=2``) was refused "in use": its held sockets took no SO_REUSEADDR,
+    which a port with TIME_WAIT connections not SO_REUSEPORT needs, so that a second gateway could not
+    bind beside them. The guard keeps the second gateway off now."""
+    port = _port_in_time_wait()
+    held = claim_port("127.0.0.1", port, hold=True)
+    try:
+        for hold in (True, False):  # another --workers gateway, a gateway of one process
+            with pytest.raises(OSError, match=f"another Kiln gateway holds port {port} on 127.0.0.1"):
+                claim_port("127.0.0.1", port, hold=hold)
+        listening = socket.socket()
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listening.bind(("127.0.0.1", port))  # a worker binds beside the held socket and serves
+        listening.listen()
+        listening.close()
+    finally:
+        for sock in held:
+            sock.close()
+    for sock in claim_port("127.0.0.1", port, hold=True):  # given back with the gateway's end
+        sock.close()
