@@ -13,6 +13,7 @@ from torch import nn
 from export import repository, tensorrt
 from export.parity import ParityReport
 from export.quantize import PRECISIONS
+from kiln.labels import line_problem
 
 DEVICES = ("cpu", "gpu")
 
@@ -104,11 +105,7 @@ def entry_name(path: Path) -> str:
 
 def label_problem(labels: Any) -> str | None:
     """Why a checkpoint's ``labels`` cannot be written to labels.txt, or None (None or [] is fine: the
-    classes are then named by index). Triton and the gateway read that file a line a label, lines
-    ended by ``\\n`` alone: a label with a ``\\n`` would be two, so every later class would be answered
-    under another class's name; a blank one would be a class without a name, and a ``\\r``, U+2028...
-    are line breaks to other readers of the file; a class folder named in bytes that are not UTF-8
-    would fail the export at its last step, after every ONNX build."""
+    classes are then named by index); each label is one line of it (:func:`kiln.labels.line_problem`)."""
     if labels is None:
         return None
     if not isinstance(labels, (list, tuple)):
@@ -116,29 +113,9 @@ def label_problem(labels: Any) -> str | None:
     for index, label in enumerate(labels):
         if not isinstance(label, str):
             return f"label {index} is {label!r}, not a string"
-        why = _line_problem(label)
+        why = line_problem(label)
         if why:
             return f"label {index} {label!r} {why}; rename that class and train again"
-        try:
-            label.encode("utf-8")
-        except UnicodeEncodeError:
-            return (
-                f"label {index} {label!r} is not valid UTF-8 (a file name's stray bytes?); rename that class"
-            )
-    return None
-
-
-def _line_problem(label: str) -> str | None:
-    """Why ``label`` cannot be one line of labels.txt, or None."""
-    if not label.strip():
-        return "is blank: its class would be served without a readable name"
-    if "\n" in label:
-        return (
-            "holds a line break: labels.txt holds one class name a line, so every later class would "
-            "be served under another's name"
-        )
-    if label.splitlines() != [label]:
-        return "holds a line break (a carriage return, U+2028...) that other readers of labels.txt split at"
     return None
 
 

@@ -149,8 +149,40 @@ def source_models(config: TrainConfig) -> list[tuple[str, str]]:
         if ckpt["task"] != "classify":
             raise ValueError(f"--finetune {config.finetune}: a {ckpt['task']} checkpoint, not a classifier")
         ensure_registered(ckpt["model"]["name"], ckpt["model"].get("module"))
+        check_finetune_args(config.finetune, ckpt)
         held.append((f"--finetune {config.finetune}", ckpt["model"]["name"]))
     return held
+
+
+def check_finetune_args(path: str, ckpt: dict[str, Any]) -> None:
+    """Refuse a ``--finetune`` checkpoint whose constructor arguments its model's config no longer has
+    (a file from another Kiln, or of a user model whose config changed since), naming them, before any
+    data is read: else a ``TypeError`` traceback from the config."""
+    name, args = ckpt["model"]["name"], ckpt["model"]["args"]
+    fields = {f.name for f in dataclasses.fields(get_entry(name).config_cls)}
+    unknown = sorted(set(args) - fields)
+    if unknown:
+        raise ValueError(
+            f"--finetune {path}: its {name} arguments {unknown} are not fields of {name}'s config here "
+            f"(accepted: {sorted(fields)}); a checkpoint written by another version of the model's code"
+        )
+
+
+def check_resume_finetune(config: TrainConfig) -> None:
+    """Refuse ``--finetune`` with ``--resume`` unless it names the file the interrupted run started from: a
+    resumed run continues from its resume state's weights, so another ``--finetune`` would be silently
+    ignored (and recorded in the checkpoint as where the weights came from)."""
+    if not (config.resume and config.finetune):
+        return
+    saved = (load_resume(config.resume, mmap=True).get("train_config") or {}).get("finetune")
+    if saved and (saved == config.finetune or Path(saved).resolve() == Path(config.finetune).resolve()):
+        return
+    started = f"started from --finetune {saved}" if saved else "started without --finetune"
+    raise ValueError(
+        f"--finetune {config.finetune} with --resume {config.resume}: a resumed run continues from its "
+        f"resume state's weights (that run {started}); drop --finetune to resume it, or --resume to "
+        f"finetune {config.finetune} in a new run"
+    )
 
 
 def run_modules(config: TrainConfig) -> list[str]:
@@ -217,6 +249,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     ``--resume`` file, else the model's recipe or ``DataSpec``'s defaults, and check the choices."""
     config = dataclasses.replace(config, models_from=run_modules(config))
     import_modules(config.models_from)
+    check_resume_finetune(config)
     model = model_of(config)
     config = dataclasses.replace(config, **resume_defaults(config))
     data = {key: value for key, value in DATA_DEFAULTS.items() if getattr(config, key) is None}
@@ -456,7 +489,14 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
         metavar="KEY=VALUE",
         help="override a model config field (repeatable); with --resume, only the file's own values",
     )
-    g.add_argument("--finetune", help="start from this checkpoint; a classifier head of another shape is new")
+    g.add_argument(
+        "--finetune",
+        help="start a new run from this classifier checkpoint's weights: a head of another class count is "
+        "new, and a first layer of other --channels is adapted (1 -> 3: its weights spread over the three, "
+        "3 -> 1: summed); unset --channels is the checkpoint's, the other data flags and the "
+        "hyper-parameters (epochs, lr...) are a new run's (the family recipe); with --resume, only the file "
+        "the interrupted run started from",
+    )
 
 
 def _data_flags(g: argparse._ArgumentGroup) -> None:
@@ -464,7 +504,12 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dataset", choices=DATASETS, help=f"default: {DATA_DEFAULTS['dataset']}; {resumed}")
     g.add_argument("--data-path", help="local dataset directory (folder, cifar10, mnist, fashion-mnist)")
     g.add_argument("--image-size", type=int, help=f"default: {DATA_DEFAULTS['image_size']}; {resumed}")
-    g.add_argument("--channels", type=int, choices=(1, 3), help="default: the dataset's own")
+    g.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="default: the dataset's own; on --finetune, the checkpoint's; on --resume, the interrupted run's",
+    )
     g.add_argument("--val-fraction", type=float, help=f"default: {DATA_DEFAULTS['val_fraction']}; {resumed}")
     g.add_argument("--limit-train", type=int, help="use only the first N training images")
     g.add_argument("--limit-val", type=int, help="use only the first N validation images")

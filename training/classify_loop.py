@@ -104,17 +104,63 @@ def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) ->
     args = {**ckpt["model"]["args"], "num_classes": num_classes, "in_channels": channels, **config.model_args}
     args = asdict(make_config(name, **args))
     module = build_model(name, **args)
-    skipped = load_matching_weights(module, ckpt["state_dict"])
+    held = checkpoint_channels(config.finetune, ckpt)
+    state = adapt_input_channels(module, ckpt["state_dict"], held, channels)
+    try:
+        skipped = load_matching_weights(module, state)
+    except ValueError as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(config.model_args.items()))
+        given = f" (--model-arg {shown} changes its shapes?)" if shown else ""
+        raise ValueError(f"--finetune {config.finetune}: {exc}{given}") from None
     log.info("finetune from %s: new (re-initialised) tensors: %s", config.finetune, skipped or "none")
     return name, args, module
 
 
+def checkpoint_channels(path: str, ckpt: dict[str, Any]) -> int:
+    """The channels a ``--finetune`` checkpoint's model takes: its preprocessing's, else its model's
+    ``in_channels`` (a checkpoint written without preprocessing)."""
+    channels = (ckpt.get("preprocessing") or {}).get("channels") or ckpt["model"]["args"].get("in_channels")
+    if channels not in (1, 3):
+        raise ValueError(
+            f"--finetune {path}: the checkpoint records no channel count (preprocessing 'channels' or the "
+            "model's 'in_channels'); pass --channels"
+        )
+    return int(channels)
+
+
+def adapt_input_channels(
+    module: nn.Module, state: dict[str, torch.Tensor], old: int, new: int
+) -> dict[str, torch.Tensor]:
+    """``state`` with each input-layer weight of ``old`` input channels brought to the ``new`` the
+    model takes (those whose shapes differ only there), as timm's ``adapt_input_conv``: 1 -> 3 spreads
+    the weights over three equal thirds, 3 -> 1 sums them, so a grey image replicated to RGB (or an RGB
+    image whose channels are equal) gives the pretrained layer's response, instead of a new random layer."""
+    if old == new:
+        return state
+    own = module.state_dict()
+    adapted = {}
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None or value.ndim < 3:  # a convolution's (out, in, *kernel) weight
+            continue
+        if tuple(value.shape) == (target.shape[0], old, *target.shape[2:]) and target.shape[1] == new:
+            adapted[key] = value.expand(-1, new, *value.shape[2:]) / new if old == 1 else value.sum(1, True)
+    if adapted:
+        log.info("finetune: input layer(s) %s adapted from %d to %d channels", sorted(adapted), old, new)
+    return {**state, **adapted}
+
+
 def load_matching_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor whose name and shape match; return the names left at their fresh init."""
+    """Copy every tensor whose name and shape match; return the names left at their fresh init. At least
+    one convolution or linear weight must match: BatchNorm's step counters are scalars in any
+    architecture, and a head's bias matches whenever the class count does, whatever the layers."""
     own = module.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise ValueError("no weight of the checkpoint matches this model (another architecture?)")
+    if not any(v.is_floating_point() and v.ndim >= 2 for v in matched.values()):
+        raise ValueError(
+            "none of the checkpoint's weights fits this model's shapes (another architecture?): it would "
+            "train from scratch"
+        )
     module.load_state_dict(matched, strict=False)
     return sorted(set(own) - set(matched))
 
@@ -153,9 +199,8 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     if resume:
         config = resumed_config(config, resume)
     elif config.finetune and config.channels is None:
-        config = dataclasses.replace(
-            config, channels=load_checkpoint(config.finetune)["preprocessing"]["channels"]
-        )
+        channels = checkpoint_channels(config.finetune, load_checkpoint(config.finetune))
+        config = dataclasses.replace(config, channels=channels)
     spec = DataSpec(
         config.dataset,
         config.data_path,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from kiln.images import to_8bit, upright
+from kiln.labels import line_problem
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder of images per class)")
+    for class_dir in class_dirs:
+        problem = line_problem(class_dir.name)  # refused here, before training, not by export after it
+        if problem:
+            raise DatasetError(f"{class_dir}: the class name {class_dir.name!r} {problem}; rename the folder")
     files_per_class = [class_images(d) for d in class_dirs]
     for class_dir, files in zip(class_dirs, files_per_class, strict=True):
         if not files:

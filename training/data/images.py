@@ -163,7 +163,26 @@ def make_splits(spec: DataSpec) -> tuple[ImageDataset, ImageDataset]:
         raise DatasetError(
             f"split of {spec.dataset!r} left {len(train_idx)} train / {len(val_idx)} val images"
         )
+    consequences = {"training": "the model never learns them", "validation": "val accuracy leaves them out"}
+    for split, idx in (("training", train_idx), ("validation", val_idx)):
+        absent = absent_classes(full.labels[idx], full.classes)
+        if absent:  # a class of one image goes to training whole; --limit-train/--limit-val cut the rest
+            shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+            log.warning(
+                "%s: no %s image of %d class(es), so %s: %s",
+                spec.data_path or spec.dataset,
+                split,
+                len(absent),
+                consequences[split],
+                shown,
+            )
     return full.subset(train_idx), full.subset(val_idx)
+
+
+def absent_classes(labels: torch.Tensor, classes: list[str]) -> list[str]:
+    """The names of ``classes`` that no label in ``labels`` names."""
+    present = set(labels.tolist())
+    return [name for index, name in enumerate(classes) if index not in present]
 
 
 def load_splits(data_info: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
