@@ -19,10 +19,13 @@ def torchrun_env(scratch: Path) -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TMPDIR": str(scratch)}
 
 
-def two_ranks(args: list[str], scratch: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --standalone --nproc_per_node 2 <args>``, finished."""
+def two_ranks(
+    args: list[str], scratch: Path, env: dict | None = None, *, launcher: tuple[str, ...] = ("--standalone",)
+) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run <launcher> --nproc_per_node 2 <args>``, finished; ``launcher``
+    holds torchrun's own flags (rendezvous, ``--max-restarts``)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc_per_node", "2", *args]
     env = {**os.environ, **torchrun_env(scratch), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env, check=False)
 

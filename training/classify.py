@@ -35,7 +35,7 @@ from training.models.layers import smallest_input_side, takes_input_side
 from training.models.registry import ensure_registered, env_modules, import_modules
 from training.optim import OPTIMIZERS
 from training.resume import load_resume, resume_path
-from training.runtime import TrainingDiverged, leave_group
+from training.runtime import TrainingDiverged, leave_group, reports_errors
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
@@ -610,27 +610,28 @@ def train(args_or_config: TrainConfig | argparse.Namespace | dict | list[str] | 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_rank = reports_errors(os.environ)
     try:
         path = train(argv if argv is not None else sys.argv[1:])
     except TrainingDiverged as exc:  # every rank stopped at the same step
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_rank:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         leave_group()  # after the line: torchrun stops every rank once one exits
         return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_rank:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
         rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
-        if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
-            print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
+        if main_rank or os.environ.get("LOCAL_RANK") == "0":
+            print(f"error{'' if main_rank else f' (rank {rank})'}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_rank:
             print("interrupted", file=sys.stderr)
         return 130
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(f"checkpoint: {path}")
     return 0
 

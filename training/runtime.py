@@ -1,7 +1,8 @@
 """Where and how a training run computes, shared by the classifier and translator trainers.
 
 ``setup_dist`` joins the torchrun process group (gloo on CPU, nccl on CUDA) and picks this process's
-device; ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler). A run launched with
+device; an attempt torchrun restarts (``--max-restarts``) joins a group of its own and starts the run
+again. ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler). A run launched with
 more processes per node than visible GPUs stops with an error naming both numbers, before any process
 touches a device that does not exist.
 """
@@ -15,7 +16,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,7 @@ def pick_device(device: str) -> torch.device:
 def setup_dist(device: str = "auto") -> Dist:
     """Join the process group when WORLD_SIZE > 1 and pick the device (see ``pick_device``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_launch(os.environ)
     chosen = pick_device(device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
@@ -80,8 +82,59 @@ def setup_dist(device: str = "auto") -> Dist:
         # argument, so importing it later (DDP does, through torch._dynamo) pins the default group,
         # which ``teardown`` could then never destroy
         importlib.import_module("torch.distributed.nn")
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        join_group("nccl" if chosen.type == "cuda" else "gloo")
     return Dist(dist.get_rank() if world > 1 else 0, world, chosen)
+
+
+def check_launch(env: Mapping[str, str]) -> None:
+    """Refuse a ``WORLD_SIZE`` above 1 without the rest of a launcher's variables, naming them: those
+    left over from another job in the shell made the run fail in torch's rendezvous (or wait there)."""
+    world = int(env.get("WORLD_SIZE") or 1)
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if world > 1 and missing:
+        raise ValueError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            "(left over from another job?): launch several processes with torchrun (torchrun "
+            f"--nproc_per_node {world} -m ...), or unset WORLD_SIZE and RANK to train in one process"
+        )
+
+
+def reports_errors(env: Mapping[str, str]) -> bool:
+    """Whether this process prints the run's error line and its result: rank 0 of a multi-process run
+    (so one line, not one a rank), or a process that cannot be one of several (no ``MASTER_ADDR``): a
+    ``RANK`` left over from another job in the shell made every error of a lone run silent, exit 2."""
+    rank = (env.get("RANK") or "0").strip()
+    return rank == "0" or not env.get("MASTER_ADDR")
+
+
+def restart_count(env: Mapping[str, str]) -> int:
+    """How many times torchrun has restarted this run's processes (``--max-restarts``): 0 at first."""
+    return int(env.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def attempt_prefix(env: Mapping[str, str]) -> str:
+    """The store prefix of this attempt's process groups. torchrun keeps one store for all the attempts
+    of a job, and torch names a job's groups alike in every attempt: a restarted rank would read the
+    addresses the killed attempt's ranks left there and fail to connect ("Gloo connectFullMesh failed
+    ... Connection refused") or wait on a dead one, so a restart never got past its process group."""
+    return f"kiln/attempt_{restart_count(env)}/"
+
+
+def join_group(backend: str) -> None:
+    """Join the default process group through torchrun's (env://) store, under ``attempt_prefix``;
+    a restarted attempt says so on rank 0: it starts the run again from its command line."""
+    store, rank, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(attempt_prefix(os.environ), store), rank=rank, world_size=world
+    )
+    restarts = restart_count(os.environ)
+    if restarts and rank == 0:
+        log.warning(
+            "torchrun restart %d (--max-restarts): every process starts this run again from its command "
+            "line; files the interrupted attempt wrote under this --name are replaced as an earlier "
+            "run's are",
+            restarts,
+        )
 
 
 def teardown(d: Dist) -> None:

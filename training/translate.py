@@ -33,7 +33,7 @@ from training.flags import check_bool_model_args, check_minimum, check_positive,
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
-from training.runtime import AMP_DTYPES, DEVICES, TrainingDiverged, leave_group
+from training.runtime import AMP_DTYPES, DEVICES, TrainingDiverged, leave_group, reports_errors
 from training.tracking import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -441,7 +441,7 @@ def train(args: argparse.Namespace | list[str] | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = reports_errors(os.environ)
     try:
         path = train(argv)
     except TrainingDiverged as exc:  # every rank stopped at the same step
@@ -455,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
         rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
-        if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
-            print(f"error{'' if rank == '0' else f' (rank {rank})'}: {exc}", file=sys.stderr)
+        if main_rank or os.environ.get("LOCAL_RANK") == "0":
+            print(f"error{'' if main_rank else f' (rank {rank})'}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
         if main_rank:
