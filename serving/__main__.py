@@ -6,7 +6,10 @@ import argparse
 import contextlib
 import errno
 import logging
+import re
 import socket
+import sys
+import threading
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -156,11 +159,84 @@ def _check_entries(repository: Path) -> None:
     )
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# C0 and C1 controls, DEL and the Unicode line separators: what could end a log line early or reach
+# the operator's terminal as an escape sequence, escaped as Python writes them in a repr
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TRACEBACK_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # its lines kept
+_LOGGED = "_kiln_traceback_logged"  # set on an exception once its traceback is written
+
+
+def _escaped(text: str, controls: re.Pattern[str] = _CONTROLS) -> str:
+    """``text`` with each control character as its escape (``\\n``, ``\\x1b``)."""
+    if controls.search(text) is None:
+        return text
+    return controls.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+class LogLine(logging.Formatter):
+    """One record, one line of printable text, whoever wrote it: text a client sent (a model name in a
+    URL, an ``X-Forwarded-For`` in uvicorn's access line, an exception's message) could forge log lines
+    with a newline or drive the operator's terminal with escape sequences. An exception's traceback
+    keeps its lines but is written once: an exception logged again (uvicorn's "Exception in ASGI
+    application" after the gateway's own line for the same 500, a decode thread's after its encoder's)
+    is named in one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached, record.exc_text = record.exc_text, None  # another handler's traceback text: written here
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = _escaped(record.message.rstrip("\n"))
+        if message is record.message:  # the usual line: nothing to escape, nothing copied
+            return super().formatMessage(record)
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.message = message
+        return super().formatMessage(shown)
+
+    def formatException(self, ei: Any) -> str:
+        error = ei[1]
+        if getattr(error, _LOGGED, False):
+            return _escaped(f"({type(error).__name__}: {error}: its traceback is above)")
+        with contextlib.suppress(AttributeError, TypeError):  # an exception that takes no attribute
+            setattr(error, _LOGGED, True)
+        return _escaped(super().formatException(ei), _TRACEBACK_CONTROLS)
+
+
 def _start_logging(level: str) -> None:
+    """The gateway process's logging at ``level``: its own lines and uvicorn's (log_config=None in
+    :func:`_uvicorn_config`: uvicorn's went out in a format of its own, without a time) in
+    :data:`LOG_FORMAT`, whose process id tells the workers of ``--workers`` apart; the access lines on
+    stdout as uvicorn writes them, the rest on stderr; Python warnings, and a thread that dies of an
+    exception (a batch or decode thread, named after its model), logged as any record is (both were
+    printed raw on stderr). Nothing changes where the root logger has handlers already."""
     from uvicorn.config import LOG_LEVELS
 
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
-    logging.basicConfig(level=LOG_LEVELS[level], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().handlers:  # logging set up by whoever runs main() (pytest, an embedding program)
+        return
+    formatter = LogLine(LOG_FORMAT)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(formatter)
+    logging.basicConfig(level=LOG_LEVELS[level], handlers=[errors])
+    access = logging.StreamHandler(sys.stdout)
+    access.setFormatter(formatter)
+    access_log = logging.getLogger("uvicorn.access")
+    access_log.handlers, access_log.propagate = [access], False
+    logging.captureWarnings(True)  # a library's warning (numpy's, ONNX Runtime's) as a line of the log
+    threading.excepthook = _log_thread_death
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: a thread's uncaught exception as an error record, not printed raw."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("serving").error("thread %s died of an exception", name, exc_info=exc_info)
 
 
 def _uvicorn_config(settings: Settings) -> Any:
@@ -175,6 +251,7 @@ def _uvicorn_config(settings: Settings) -> Any:
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines in the gateway's format (_start_logging), not its own
         # Access lines are INFO: above that level they are never printed, so do not build them at all.
         access_log=settings.log_level.lower() in {"trace", "debug", "info"},
         # uvicorn takes the seconds as they are (asyncio.timeout); ``int(grace) or None`` made any grace
@@ -187,8 +264,6 @@ def _uvicorn_config(settings: Settings) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     from serving.protocol import grpc_io
 
     settings = parse_args(argv)

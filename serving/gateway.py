@@ -55,6 +55,10 @@ class Gateway:
             if self._stopping:  # a stop signal while the backend loaded
                 raise RuntimeError("a stop signal arrived while the models loaded; translators not started")
             await self.translators.start(self.backend.runner)  # type: ignore[attr-defined]
+            # the backend's start-up line lists the encoder and decoder entries, not these names: the
+            # models a translate request names were missing from the log (a failed one logged its error)
+            if self.translators.translators:
+                log.info("translators serving %s", sorted(self.translators.translators))
 
     def stop_loading(self) -> None:
         """A stop signal while :meth:`start` loads: the backend stops after the model it is loading."""
