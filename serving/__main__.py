@@ -190,7 +190,7 @@ class LogLine(logging.Formatter):
             record.exc_text = cached
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        message = _escaped(record.message.rstrip("\n"))
+        message = _escaped(_bracketed_client(record) or record.message.rstrip("\n"))
         if message is record.message:  # the usual line: nothing to escape, nothing copied
             return super().formatMessage(record)
         shown = logging.makeLogRecord(record.__dict__)
@@ -204,6 +204,19 @@ class LogLine(logging.Formatter):
         with contextlib.suppress(AttributeError, TypeError):  # an exception that takes no attribute
             setattr(error, _LOGGED, True)
         return _escaped(super().formatException(ei), _TRACEBACK_CONTROLS)
+
+
+def _bracketed_client(record: logging.LogRecord) -> str | None:
+    """An access line whose client is an IPv6 address, with the address in brackets (``[::1]:59496``):
+    uvicorn writes ``host:port`` as it is, and ``2001:db8::7:0`` does not say which part is the port.
+    None for any other record."""
+    if record.name != "uvicorn.access" or not isinstance(record.args, tuple) or not record.args:
+        return None
+    client = record.args[0]
+    if not isinstance(client, str) or client.count(":") < 2 or client.startswith("["):
+        return None
+    host, _, port = client.rpartition(":")
+    return str(record.msg) % (f"[{host}]:{port}", *record.args[1:])
 
 
 def _start_logging(level: str) -> None:

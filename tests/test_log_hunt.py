@@ -80,6 +80,18 @@ def test_a_forwarded_for_header_cannot_forge_a_line_or_a_terminal_escape_in_the_
     assert "6.6.6.6\\x9b31mFAKE\\x85ERROR forged" in line
 
 
+def test_an_ipv6_client_is_written_in_brackets_in_the_access_line(fake_app):
+    """uvicorn's ``get_client_addr`` wrote ``2001:db8::7:0``: which part is the port?"""
+    raw = b"GET /v2/health/live HTTP/1.1\r\nHost: k\r\nX-Forwarded-For: 2001:db8::7\r\nConnection: close\r\n\r\n"
+    with LiveServer(fake_app, log_level="info") as live, _formatted("uvicorn.access") as out:
+        assert _head(live.port, raw).startswith(b"HTTP/1.1 200")
+        assert eventually(lambda: "/v2/health/live" in out.getvalue())
+    assert re.search(
+        r"uvicorn\.access: \[2001:db8::7\]:\d+ - \"GET /v2/health/live HTTP/1.1\" 200$",
+        out.getvalue().strip(),
+    )
+
+
 def test_a_message_with_client_text_stays_one_printable_line_and_a_traceback_keeps_its_lines():
     out = io.StringIO()
     handler = logging.StreamHandler(out)
