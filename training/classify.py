@@ -35,7 +35,14 @@ from training.models.layers import smallest_input_side, takes_input_side
 from training.models.registry import ensure_registered, env_modules, import_modules
 from training.optim import OPTIMIZERS
 from training.resume import load_resume, resume_path
-from training.runtime import TrainingDiverged, leave_group, reports_errors
+from training.runtime import (
+    DEFAULT_DIST_TIMEOUT_S,
+    CollectiveTimeout,
+    TrainingDiverged,
+    check_dist_timeout,
+    leave_group,
+    reports_errors,
+)
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")
@@ -109,6 +116,7 @@ class TrainConfig:
     name: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    dist_timeout: float | None = None  # seconds a torchrun collective waits; None: torch's default
     augment: bool | None = None  # None: on, or on --resume the interrupted run's choice
     hflip: bool | None = None  # None: the dataset's default (on for CIFAR-10 only)
     debug_rank_hashes: str | None = None
@@ -225,6 +233,7 @@ def check_ranges(out: TrainConfig) -> None:
     drop images from the end, a negative --clip-grad-norm turn the gradient around, an infinite --lr
     write a checkpoint of NaN weights)."""
     check_seed(out.seed)
+    check_dist_timeout(out.dist_timeout)
     check_minimum(1, {name: getattr(out, name) for name in AT_LEAST_ONE})
     check_positive({"lr": out.lr})
     check_minimum(0, {name: getattr(out, name) for name in ZERO_OR_MORE})
@@ -560,7 +569,7 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         "and --seed come from the file, and a value that differs from the file's is an error; unset "
         "--epochs, --label-smoothing, --clip-grad-norm, --early-stopping, --hflip, --augment, --amp and "
         "--name come from the file too (a given --epochs changes the run's length), and an unset "
-        "--output-dir is the file's directory",
+        "--output-dir is the file's directory; data whose classes or images changed since is refused",
     )
     g.add_argument(
         "--output-dir",
@@ -574,6 +583,17 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         "ends, and its checkpoint only when it writes its own",
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun, how long a rank waits in a collective (and to join the process group) for "
+        "the others before the run ends with an error line naming this flag: a hung or stopped rank "
+        "(default: torch's, "
+        f"{DEFAULT_DIST_TIMEOUT_S['gloo']:g} s on CPU (gloo), {DEFAULT_DIST_TIMEOUT_S['nccl']:g} s on CUDA "
+        "(nccl), where torch's watchdog may end the process first); the resume state of the last "
+        "finished epoch stays whole",
+    )
     g.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     g.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (none off a terminal)"
@@ -618,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         leave_group()  # after the line: torchrun stops every rank once one exits
         return 2
+    except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except (ValueError, KeyError, FileNotFoundError) as exc:
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from training.data.images import (
     DataSpec,
     ImageDataset,
     channel_stats,
+    contents_differences,
     data_info,
     make_splits,
     normalize,
@@ -36,6 +37,7 @@ from training.runtime import (
     Dist,
     TrainingDiverged,
     all_sum,
+    collective_timeouts,
     divergence,
     divergence_advice,
     mean_over_ranks,
@@ -214,6 +216,8 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     if resume:  # before the data is read
         check_resumable(resume, spec, d)
     train_ds, val_ds = make_splits(spec)
+    if resume:  # before a model of the old classes trains on the new labels
+        check_same_contents(config.resume, resume, spec, train_ds)
     mean, std = channel_stats(train_ds.images)
     name, args, module = _model(config, train_ds, resume)
     module.to(d.device)
@@ -391,6 +395,7 @@ def save_resume(run: Run, epoch: int) -> None:
         "train_time_s": run.train_time_s,
         "world_size": run.dist.world_size,  # the schedule counts this many processes' steps per epoch
         "data": asdict(run.spec),
+        "contents": run.train_ds.contents(),  # the classes and images the run read (check_same_contents)
         "train_config": asdict(run.config),  # --resume's defaults and checks (classify.resume_defaults)
     }
     save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
@@ -405,6 +410,22 @@ def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
             "these flags unset to take its values"
         )
     check_world_size(state.get("world_size", d.world_size), d.world_size)
+
+
+def check_same_contents(path: str, state: dict[str, Any], spec: DataSpec, train_ds: ImageDataset) -> None:
+    """Refuse to resume on data whose classes or images changed since the interrupted run (a class
+    folder added, removed or renamed, images added): the flags alone are the same, but the resumed model
+    has the old run's head and its labels would mean other classes, and another split would put
+    images it trained on into validation. Resume files written before they held it pass."""
+    saved = state.get("contents")
+    differ = contents_differences(saved, train_ds.contents()) if saved else []
+    if differ:
+        raise ValueError(
+            f"--resume {path}: the data at {spec.data_path or spec.dataset} changed since the interrupted "
+            f"run: {'; '.join(differ)}. A resumed run goes on with its model ({len(saved['classes'])} "
+            "classes) and its split of the same images: put the data back as it was, or start a new run "
+            "on the new data (without --resume)"
+        )
 
 
 def data_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -516,6 +537,21 @@ def fit(run: Run) -> list[dict[str, Any]]:
     return history
 
 
+def resume_left(config: TrainConfig) -> str:
+    """What a run that stopped mid-epoch leaves to continue from: the resume state under its name
+    (written whole after its last finished epoch, or an earlier run's, which it has not replaced), else
+    the one it resumed from."""
+    places = [Path(config.output_dir) / f"{config.name}.resume.pt"]
+    places += [resume_path(config.resume)] if config.resume else []
+    for path in places:
+        try:
+            epoch = load_resume(str(path), mmap=True)["epoch"]
+        except (OSError, ValueError):  # none there, or not a resume state
+            continue
+        return f"{path} holds the run after epoch {epoch}, whole: --resume {path} continues from there"
+    return f"no epoch had finished, so there is no resume state at {places[0]}"
+
+
 def check_finite_epoch(run: Run, epoch: int, val_loss: float) -> None:
     """Stop the run before weights or a validation loss that went NaN or inf are logged, kept as the best
     or saved for ``--resume`` (every rank alike: the loss is all-reduced, the weights and buffers are
@@ -576,13 +612,15 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
 
 def run(config: TrainConfig) -> Path:
     """Train one resolved config end to end: every rank trains and leaves the process group (if any)
-    with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it)."""
-    d = setup_dist(config.device)
-    r = prepare(config, d)
-    with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
-        history = fit(r)
-    keep_best(r)
-    teardown(d)  # before rank 0's writing, and not after an error: see teardown
+    with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it). A
+    collective that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    with collective_timeouts(config.dist_timeout, config.device, lambda: resume_left(config)):
+        d = setup_dist(config.device, config.dist_timeout)
+        r = prepare(config, d)
+        with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
+            history = fit(r)
+        keep_best(r)
+        teardown(d)  # before rank 0's writing, and not after an error: see teardown
     if d.is_main:
         return finish(r, history)
     return Path(config.output_dir) / f"{config.name}.pt"

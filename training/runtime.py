@@ -4,7 +4,9 @@
 device; an attempt torchrun restarts (``--max-restarts``) joins a group of its own and starts the run
 again. ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler). A run launched with
 more processes per node than visible GPUs stops with an error naming both numbers, before any process
-touches a device that does not exist.
+touches a device that does not exist. A collective that outlasts the process group's timeout
+(``--dist-timeout``: a rank hung, stopped or stuck in I/O) ends the run with ``CollectiveTimeout``, one
+line, instead of the backend's traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -31,6 +35,18 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # fairseq's floor: an fp16 GradScaler halves its scale (from 2**16) at every overflow, so below this some
 # 30 steps in a row overflowed float16 and nothing trains any more; the run stops instead of spinning.
 MIN_LOSS_SCALE = 1e-4
+DIST_TIMEOUT_FLAG = "--dist-timeout"
+# torch's own defaults (init_process_group's timeout), which an unset --dist-timeout keeps
+DEFAULT_DIST_TIMEOUT_S = {"gloo": 1800.0, "nccl": 600.0}
+# a timedelta holds up to ~8.6e13 s; a week is longer than any collective a healthy run waits for
+MAX_DIST_TIMEOUT_S = 7 * 24 * 3600.0
+# gloo's own words when a send or receive of a collective ran out of time (a plain RuntimeError)
+GLOO_TIMEOUT = re.compile(r"Timed out waiting \d+ ?ms for (send|recv) operation")
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective operation (or joining the process group) waited longer than the group's timeout
+    for another rank: the run ends with one line naming ``--dist-timeout``, not gloo's traceback."""
 
 
 class TrainingDiverged(ValueError):
@@ -45,6 +61,7 @@ class Dist:
     rank: int
     world_size: int
     device: torch.device
+    timeout: timedelta | None = None  # the process groups' (None: torch's default for the backend)
 
     @property
     def is_main(self) -> bool:
@@ -70,20 +87,72 @@ def pick_device(device: str) -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
-def setup_dist(device: str = "auto") -> Dist:
-    """Join the process group when WORLD_SIZE > 1 and pick the device (see ``pick_device``)."""
+def setup_dist(device: str = "auto", timeout_s: float | None = None) -> Dist:
+    """Join the process group when WORLD_SIZE > 1 and pick the device (see ``pick_device``); its
+    collectives wait ``timeout_s`` seconds for the other ranks (None: ``DEFAULT_DIST_TIMEOUT_S``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_launch(os.environ)
     chosen = pick_device(device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
+    backend = "nccl" if chosen.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=dist_timeout_s(timeout_s, backend))
     if world > 1 and not dist.is_initialized():
         # before the group exists: this module's functions take ``group=group.WORLD`` as a default
         # argument, so importing it later (DDP does, through torch._dynamo) pins the default group,
         # which ``teardown`` could then never destroy
         importlib.import_module("torch.distributed.nn")
-        join_group("nccl" if chosen.type == "cuda" else "gloo")
-    return Dist(dist.get_rank() if world > 1 else 0, world, chosen)
+        join_group(backend, timeout)
+    return Dist(dist.get_rank() if world > 1 else 0, world, chosen, timeout)
+
+
+def dist_timeout_s(timeout_s: float | None, backend: str) -> float:
+    """``--dist-timeout`` in seconds, or torch's default for ``backend`` when unset."""
+    return DEFAULT_DIST_TIMEOUT_S[backend] if timeout_s is None else float(timeout_s)
+
+
+def check_dist_timeout(timeout_s: float | None) -> None:
+    """Refuse a ``--dist-timeout`` that is not a number of seconds in (0, ``MAX_DIST_TIMEOUT_S``]:
+    0 or less would fail the first collective, a huge one overflows torch's timedelta."""
+    if timeout_s is None:
+        return
+    if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_DIST_TIMEOUT_S):
+        raise ValueError(
+            f"{DIST_TIMEOUT_FLAG} must be a number of seconds in (0, {MAX_DIST_TIMEOUT_S:g}], got {timeout_s}"
+        )
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process group's timeout: gloo's "Timed out waiting ...ms for recv operation"
+    (a plain RuntimeError), or torch's distributed errors (the store's "wait timeout after ...ms" as a
+    rank joins a group, NCCL's blocking wait) that say they timed out."""
+    text = str(exc)
+    if isinstance(exc, dist.DistError):
+        return "timeout" in text.lower() or "timed out" in text.lower()
+    return isinstance(exc, RuntimeError) and GLOO_TIMEOUT.search(text) is not None
+
+
+def timeout_message(timeout_s: float, after: str) -> str:
+    """The line of a run whose collective timed out: how long it waited, the flag, and ``after`` (what
+    is left of the run: its resume state, or nothing)."""
+    return (
+        f"a collective operation waited {timeout_s:g} s ({DIST_TIMEOUT_FLAG}) for another torchrun rank, "
+        "which never came: a rank is hung, stopped (SIGSTOP, a debugger), stuck in I/O, or much slower "
+        f"than the others (then raise {DIST_TIMEOUT_FLAG}); {after}"
+    )
+
+
+@contextlib.contextmanager
+def collective_timeouts(timeout_s: float | None, device: str, after: Callable[[], str]) -> Iterator[None]:
+    """Turn a process group's timeout raised inside into ``CollectiveTimeout`` (``timeout_message``,
+    ``after()`` saying what the run leaves); other errors pass as they are."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_collective_timeout(exc):
+            raise
+        backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+        raise CollectiveTimeout(timeout_message(dist_timeout_s(timeout_s, backend), after())) from exc
 
 
 def check_launch(env: Mapping[str, str]) -> None:
@@ -120,12 +189,17 @@ def attempt_prefix(env: Mapping[str, str]) -> str:
     return f"kiln/attempt_{restart_count(env)}/"
 
 
-def join_group(backend: str) -> None:
+def join_group(backend: str, timeout: timedelta | None = None) -> None:
     """Join the default process group through torchrun's (env://) store, under ``attempt_prefix``;
-    a restarted attempt says so on rank 0: it starts the run again from its command line."""
-    store, rank, world = next(dist.rendezvous("env://"))
+    a restarted attempt says so on rank 0: it starts the run again from its command line. ``timeout``
+    (None: torch's default) bounds every wait of the group's collectives, and of joining it."""
+    store, rank, world = next(dist.rendezvous("env://", **({"timeout": timeout} if timeout else {})))
     dist.init_process_group(
-        backend, store=dist.PrefixStore(attempt_prefix(os.environ), store), rank=rank, world_size=world
+        backend,
+        store=dist.PrefixStore(attempt_prefix(os.environ), store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
     )
     restarts = restart_count(os.environ)
     if restarts and rank == 0:
@@ -265,7 +339,7 @@ def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
     """
     if d.world_size == 1:
         return module
-    group = dist.new_group(backend=dist.get_backend())
+    group = dist.new_group(backend=dist.get_backend(), timeout=d.timeout)  # else torch's default again
     return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device], process_group=group)
 
 

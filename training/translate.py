@@ -33,7 +33,16 @@ from training.flags import check_bool_model_args, check_minimum, check_positive,
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
-from training.runtime import AMP_DTYPES, DEVICES, TrainingDiverged, leave_group, reports_errors
+from training.runtime import (
+    AMP_DTYPES,
+    DEFAULT_DIST_TIMEOUT_S,
+    DEVICES,
+    CollectiveTimeout,
+    TrainingDiverged,
+    check_dist_timeout,
+    leave_group,
+    reports_errors,
+)
 from training.tracking import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,7 @@ BASE = {
     "threads": 0,
     "model_args": {},
     "device": "auto",
+    "dist_timeout": None,
     "amp": None,
     "debug_rank_hashes": None,
     "progress": True,
@@ -189,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu or cuda")
     p.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun, how long a rank waits in a collective (and to join the process group) for "
+        "the others before the run ends with an error line naming this flag: a hung or stopped rank "
+        f"(default: torch's, {DEFAULT_DIST_TIMEOUT_S['gloo']:g} s on CPU (gloo), "
+        f"{DEFAULT_DIST_TIMEOUT_S['nccl']:g} s on CUDA (nccl), where torch's watchdog may end the process first)",
+    )
+    p.add_argument(
         "--amp", choices=sorted(AMP_DTYPES), help="mixed precision: bf16, or fp16 with a GradScaler"
     )
     p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
@@ -290,6 +309,7 @@ SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY = (
 def check_config(cfg: dict[str, Any]) -> None:
     """Flags that would only fail after training (or mid-way), named before any data is read."""
     check_seed(cfg["seed"])
+    check_dist_timeout(cfg["dist_timeout"])
     check_minimum(1, {key: cfg[key] for key in AT_LEAST_ONE})
     check_positive({"lr": cfg["lr"]})
     check_minimum(0, {key: cfg[key] for key in ZERO_OR_MORE})
@@ -449,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         leave_group()  # after the line: torchrun stops every rank once one exits
         return 2
+    except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except (ValueError, FileNotFoundError) as exc:  # bad flags, a missing GPU: named, without a traceback
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)

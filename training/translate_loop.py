@@ -31,6 +31,7 @@ from training.runtime import (
     TrainingDiverged,
     all_sum,
     any_rank,
+    collective_timeouts,
     divergence,
     divergence_advice,
     gather_shards,
@@ -49,6 +50,8 @@ from training.translate import build_translator, loss_on, prepare_data
 from training.translation_eval import evaluate, score_translations, translate_texts
 
 log = logging.getLogger("training.translate")
+# What a translator run that stopped mid-way leaves: its checkpoint is written at the end only.
+NOTHING_TO_RESUME = "a translator run writes its checkpoint at its end only: run it again from the start"
 
 
 class Trainer:
@@ -200,10 +203,12 @@ class Trainer:
 
 def run(cfg: dict[str, Any]) -> Path:
     """Train one resolved config end to end: every rank trains, leaves the process group (if any) with
-    the others, then rank 0 alone evaluates on the test split and writes the checkpoint."""
-    d = setup_dist(cfg["device"])
-    trainer, model_args = _train(cfg, d)
-    teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
+    the others, then rank 0 alone evaluates on the test split and writes the checkpoint. A collective
+    that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    with collective_timeouts(cfg["dist_timeout"], cfg["device"], lambda: NOTHING_TO_RESUME):
+        d = setup_dist(cfg["device"], cfg["dist_timeout"])
+        trainer, model_args = _train(cfg, d)
+        teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
     path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
     if d.is_main:
         _save(cfg, trainer, model_args, path)

@@ -58,7 +58,11 @@ class DataSpec:
 
 
 class ImageDataset(Dataset):
-    """In-memory images: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]``, ``classes`` names."""
+    """In-memory images: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]``, ``classes`` names.
+
+    ``source_sizes`` counts the images of each class in the dataset as read, before any split or
+    ``--limit``: a subset keeps its source's, so a resumed run can tell that the data it reads is not
+    the interrupted run's (``contents``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -66,6 +70,7 @@ class ImageDataset(Dataset):
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
         self.images, self.labels, self.classes = images, labels.to(torch.int64), list(classes)
+        self.source_sizes = class_sizes(self.labels, len(self.classes))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -82,7 +87,47 @@ class ImageDataset(Dataset):
         return tuple(self.images.shape[2:])
 
     def subset(self, indices: torch.Tensor) -> ImageDataset:
-        return ImageDataset(self.images[indices], self.labels[indices], self.classes)
+        part = ImageDataset(self.images[indices], self.labels[indices], self.classes)
+        part.source_sizes = self.source_sizes
+        return part
+
+    def contents(self) -> dict[str, list]:
+        """The classes and the images of each in the dataset as read: what a resume state records."""
+        return {"classes": list(self.classes), "class_sizes": list(self.source_sizes)}
+
+
+def class_sizes(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """How many of ``labels`` name each of ``num_classes`` classes."""
+    counts = torch.bincount(labels[(labels >= 0) & (labels < num_classes)], minlength=num_classes)
+    return [int(n) for n in counts]
+
+
+def contents_differences(saved: dict[str, list], now: dict[str, list]) -> list[str]:
+    """How the dataset read now (``ImageDataset.contents``) differs from the one a run recorded: the
+    classes added, removed (a renamed one is both) or reordered, and the classes whose image count
+    changed (images added or removed: another split, so validation images trained on)."""
+    old, new = saved["classes"], now["classes"]
+    differ = []
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    if added:
+        differ.append(f"{len(added)} class(es) added ({_names(added)})")
+    if removed:
+        differ.append(f"{len(removed)} class(es) gone ({_names(removed)})")
+    if not (added or removed) and old != new:
+        differ.append("its classes in another order")
+    before = dict(zip(old, saved["class_sizes"], strict=True))
+    changed = [
+        f"{name}: {size} (the interrupted run's: {before[name]})"
+        for name, size in zip(new, now["class_sizes"], strict=True)
+        if name in before and before[name] != size
+    ]
+    if changed:
+        differ.append(f"images per class {_names(changed)}")
+    return differ
+
+
+def _names(items: list[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
 
 
 def load_dataset(spec: DataSpec) -> ImageDataset:
