@@ -470,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         leave_group()  # after the line: torchrun stops every rank once one exits
         return 2
     except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
-        if main_rank:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        # every rank that waited says so (the hung one may be rank 0, and the ranks that speak name it)
+        rank = "" if main_rank else f" (rank {os.environ.get('RANK')})"
+        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
         return 1
     except (ValueError, FileNotFoundError) as exc:  # bad flags, a missing GPU: named, without a traceback
         if main_rank:
