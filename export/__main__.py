@@ -110,6 +110,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "KILN_MODELS_FROM, comma-separated): needed for a checkpoint of your own classifier, whose module "
         "export never imports by itself (importing runs its code; the refusal names the module)",
     )
+    parser.add_argument(
+        "--data-path",
+        help="where the data the checkpoints were trained on is on this machine (a classifier's image "
+        "dataset, a translator's corpus), when it is not at the path each checkpoint records: the parity "
+        "checks and the int8 gates rebuild the run's own validation / test split from it (without it, "
+        "from random inputs, with a warning)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     parser.add_argument(
         "--no-progress",
@@ -221,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_entry_plan(checkpoints, Path(args.repository), options)
             with shown_steps(console, len(checkpoints), args.progress) as (on_step, advance):
                 for ckpt in checkpoints:
-                    results += export_checkpoint(ckpt, args.repository, options, on_step=on_step)
+                    results += export_checkpoint(
+                        ckpt, args.repository, options, on_step=on_step, data_path=args.data_path
+                    )
                     advance()
     except (FreezeError, ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
         # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk;

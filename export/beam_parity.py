@@ -54,7 +54,11 @@ def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
         if kept:
             return HeldOut([s for s, _ in kept], [ref for _, ref in kept], "test split")
     except Exception as exc:  # noqa: BLE001 - fall back, and say so in the report
-        log.warning("%s: test split unavailable (%s); beam parity on random ids", ctx.name, exc)
+        log.warning(
+            "%s: test split unavailable (%s); beam parity on random ids (--data-path: where the corpus is now)",
+            ctx.name,
+            exc,
+        )
     rng = np.random.default_rng(0)
     high = spec["vocab_size_src"]
     sources = [rng.integers(4, high, size=int(rng.integers(2, 12))).tolist() for _ in range(min(n, 64))]

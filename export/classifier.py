@@ -49,7 +49,11 @@ def load_image_data(ckpt: dict[str, Any], spec: GraphSpec) -> ImageData:
         train, val = load_splits(ckpt["data"])
         return ImageData(_nhwc(train.images), _nhwc(val.images), val.labels.numpy(), "validation split")
     except Exception as exc:  # noqa: BLE001 - parity still runs on random pixels, and says so
-        log.warning("%s: validation split unavailable (%s); using random images", spec.name, exc)
+        log.warning(
+            "%s: validation split unavailable (%s); using random images (--data-path: where the data is now)",
+            spec.name,
+            exc,
+        )
     rng = np.random.default_rng(0)
     shape = spec.concrete_shape(spec.inputs[0], {"batch": RANDOM_IMAGES})
     return ImageData(

@@ -107,6 +107,21 @@ def rebuild_checked(ckpt: dict[str, Any], path: Path) -> Any:
         raise CheckpointError(f"{path}: the weights do not fit the architecture ({message})") from exc
 
 
+def moved_data(ckpt: dict[str, Any], data_path: str | os.PathLike | None) -> dict[str, Any]:
+    """``ckpt`` reading the data it was trained on from ``data_path`` (export's ``--data-path``), where
+    the run's recorded path (a classifier's ``data``, a translator's ``train_config``) is not this
+    machine's or the data moved: the parity checks and the int8 gates rebuild the run's validation or
+    test split from it, instead of random inputs. Nothing else of the checkpoint changes, and nothing
+    of it is written."""
+    if data_path is None:
+        return ckpt
+    place = Path(data_path).expanduser()
+    if not place.exists():
+        raise ValueError(f"--data-path {data_path}: no such file or directory")
+    key = "data" if ckpt["task"] == "classify" else "train_config"
+    return {**ckpt, key: {**(ckpt.get(key) or {}), "data_path": str(place.resolve())}}
+
+
 def export_checkpoint(
     path: str | os.PathLike,
     repository: str | os.PathLike,
@@ -116,6 +131,7 @@ def export_checkpoint(
     on_step: Callable[[str], None] | None = None,
     validation: Any = None,
     accuracy_hook: Callable | None = None,
+    data_path: str | os.PathLike | None = None,
     **settings: Any,
 ) -> list[EntryResult]:
     """Export one checkpoint into ``repository``; returns one result per entry (written, up to date...).
@@ -123,12 +139,15 @@ def export_checkpoint(
     ``options`` defaults to ``ExportOptions()``; any of its fields given by keyword (``tensorrt="off"``,
     ``precisions=("fp32", "int8")``...) replaces its value, a convenience for tests and scripts.
     ``device="gpu"`` writes GPU configs (KIND_GPU, bucketed batching, Triton's TensorRT accelerator);
-    the artifacts and their parity checks are the same on either device."""
+    the artifacts and their parity checks are the same on either device. ``data_path``: where the data
+    the checkpoint was trained on is now (:func:`moved_data`)."""
     path = Path(path)
     options = dataclasses.replace(options or ExportOptions(), **settings)
     check_repository(Path(repository))
     with writer_lock(Path(repository)):
-        return _export_locked(path, Path(repository), options, name, on_step, validation, accuracy_hook)
+        return _export_locked(
+            path, Path(repository), options, name, on_step, validation, accuracy_hook, data_path
+        )
 
 
 def _export_locked(
@@ -139,12 +158,14 @@ def _export_locked(
     on_step: Callable[[str], None] | None,
     validation: Any,
     accuracy_hook: Callable | None,
+    data_path: str | os.PathLike | None = None,
 ) -> list[EntryResult]:
     """``export_checkpoint``'s work, under the repository's writer lock."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["model"].get("args"), dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'args': dict}}")
     check_task_keys(ckpt, path)
+    ckpt = moved_data(ckpt, data_path)
     name = name or entry_name(path)
     check_owners(repository, [Plan(path, name, task_entries(ckpt["task"], name, options))])
     ctx = ExportContext(
