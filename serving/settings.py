@@ -150,8 +150,10 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(
         75,
         ge=1,
-        description="seconds an idle HTTP keep-alive connection stays open: above a load balancer's idle "
-        "timeout (60 s on most), so it never sends a request on a connection the gateway is closing",
+        description="seconds an idle HTTP keep-alive connection stays open: keep it above the idle timeout "
+        "of the load balancer or proxy pooling connections to the gateway (AWS ALB, nginx: 60 s; Google "
+        "Cloud: 600 s; Envoy/Istio: 1 h) so that it never sends a request on a connection the gateway is "
+        "closing",
     )
     read_timeout_s: float = Field(
         30.0,

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 GrpcServerKind = Literal["kiln", "grpcio"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# grpc.aio answers every keepalive ping, as Kiln's own server does, whatever its interval and with or
+# without calls open: grpc core's default policy (Triton's too, its --grpc-keepalive-* defaults) takes a
+# ping sooner than 5 min after the last (2 h with no call open) for a strike, and at the third closes the
+# connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", cutting its calls and streams: what a client
+# keeping its connection alive through a load balancer or sidecar gets (tritonclient's KeepAliveOptions).
+KEEPALIVE_POLICY = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),  # 0: no limit
+]
 
 
 class _GenericOnly:
@@ -181,6 +190,7 @@ async def _start_grpcio_server(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),  # answers uncapped, as Kiln's and Triton's
         ("grpc.so_reuseport", 1 if reuse_port else 0),
+        *KEEPALIVE_POLICY,
     ]
     aio = grpc.aio.server(options=options)
     aio.add_generic_rpc_handlers(generic_handlers(servicer))

@@ -1,15 +1,23 @@
 """The limits of :mod:`serving.protocol.http1` on a request before the app sees it: a head's size
-(414 / 431, counted from its first byte), a head's and a body's read time (408), and the lingering
-close after such a refusal. Kept apart from the protocol's answering paths; the protocol class mixes
-:class:`HeadLimits` in over uvicorn's httptools protocol, whose attributes it reads."""
+(414 / 431, counted from its first byte), a head's and a body's read time (408), the lingering
+close after such a refusal, and the keep-alive close that never drops a request already sent. Kept
+apart from the protocol's answering paths; the protocol class mixes :class:`HeadLimits` in over
+uvicorn's httptools protocol, whose attributes it reads."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
 import logging
 import sys
 from typing import Any
+
+try:
+    from fcntl import ioctl
+    from termios import FIONREAD
+except ImportError:  # not POSIX: the keep-alive close cannot see unread bytes, and closes as uvicorn
+    ioctl = FIONREAD = None  # type: ignore[assignment]
 
 READ_TIMEOUT_S = 30.0  # a request's head must arrive within this of its first byte; its body may
 # pause no longer between reads (408 after it): nginx's client_header_timeout / client_body_timeout
@@ -43,6 +51,20 @@ def framing_refusal(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[i
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         return 400, f"a request needs exactly one Host header (HTTP/1.0: at most one), not {hosts}"
     return None
+
+
+def unread_bytes(transport: Any) -> int:
+    """The bytes the client has sent that wait unread in the connection's socket (0 where that cannot
+    be known: no socket, closed, or not POSIX)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or ioctl is None:
+        return 0
+    waiting = array.array("i", [0])
+    try:
+        ioctl(sock.fileno(), FIONREAD, waiting)
+    except (OSError, ValueError):  # closed meanwhile (fileno -1)
+        return 0
+    return waiting[0]
 
 
 class HeadRefused(Exception):
@@ -187,6 +209,22 @@ class HeadLimits:
             cycle.disconnected = True  # its app reads a disconnect and writes nothing more
             cycle.message_event.set()
             self._refuse(400, message)
+
+    def timeout_keep_alive_handler(self) -> None:
+        """uvicorn's keep-alive expiry, but a connection whose client has sent its next request is
+        not closed. uvloop (the gateway's loop) runs expired timers before its next read, so where
+        the loop was held past the expiry (by work done in another connection's read) a request
+        sent well within the keep-alive was closed unread, and closing a socket with unread bytes
+        resets it: the client's ``ConnectionResetError``, a balancer's 502. The read that follows
+        cancels the timer armed again here; a client that sent only its FIN is closed as before."""
+        if self.transport.is_closing():
+            return
+        if unread_bytes(self.transport):
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+            return
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
