@@ -443,13 +443,16 @@ def test_a_grpc_content_type_with_a_codec_or_parameters_is_served(raw: RawClient
     assert (":status", "200") in hpack.Decoder().decode(head[3])
 
 
-def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: GrpcHandle) -> None:
+@pytest.mark.parametrize("timeout", [None, "10S"])
+def test_a_client_resetting_calls_in_a_loop_is_cut_off(raw: RawClient, server: GrpcHandle, timeout) -> None:
+    """Calls with a timeout too: a reset long before it (a deadline's resets are free) is a rapid reset."""
     encoder = hpack.Encoder()
     headers = [
         (":method", "POST"),
         (":scheme", "http"),
         (":path", "/inference.GRPCInferenceService/ServerLive"),
         ("content-type", "application/grpc"),
+        *([("grpc-timeout", timeout)] if timeout else []),
     ]
     frames = []
     for stream in range(

@@ -265,3 +265,31 @@ def test_an_idle_keep_alive_connection_is_still_closed_cleanly_when_it_expires(h
         _get(pooled, b"/ok")
         assert _answer(pooled).startswith(b"HTTP/1.1 200")
         assert pooled.recv(1) == b""  # a FIN once the keep-alive runs out, not a reset
+
+
+def _hang_request() -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="hang")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0])
+    return request
+
+
+def test_hundreds_of_calls_timing_out_together_on_one_channel_keep_their_connection(loop) -> None:
+    """An overloaded server's clients time their calls out by the hundred: each deadline sends a
+    RST_STREAM, which the rapid-reset budget counted, so 400 calls of one channel timing out together
+    closed the connection (ENHANCE_YOUR_CALM) with calls in flight, UNAVAILABLE. A reset past half the
+    call's own timeout is its deadline, not a rapid reset."""
+    handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0))
+    relay = FrameRelay(handle.port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
+            infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+            calls = [infer.future(_hang_request(), timeout=0.5) for _ in range(400)]
+            codes = {call.code() for call in calls}
+            assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        assert relay.goaways == []
+    finally:
+        relay.close()
+        loop.run(handle.stop(0.5))

@@ -112,6 +112,7 @@ class Call:
         "request_class",
         "encoding",
         "deadline",
+        "halfway",
         "last_read",
         "parts",
         "body",
@@ -138,6 +139,7 @@ class Call:
         self.stream, self.handler, self.request_class = stream, handler, request_class
         self.encoding: bytes | None = None
         self.deadline: float | None = None
+        self.halfway: float | None = None  # half its timeout on: a reset after it is its deadline's
         self.last_read = 0.0  # when its latest DATA arrived, while its request is arriving
         self.parts: list[bytes] = []  # the request's DATA as it arrived (a small message)
         self.body: io.BytesIO | None = None  # a large message, written in place (LOOP_JOIN_BYTES)

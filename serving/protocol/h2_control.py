@@ -16,7 +16,11 @@ from serving.protocol.h2_state import ConnectionState
 # Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
 # ("rapid reset", CVE-2023-44487), or making the server reset them with a malformed frame ("MadeYouReset",
 # CVE-2025-8671), costs the server a dispatch each and the client nothing; a connection past its
-# budget is closed with ENHANCE_YOUR_CALM. Deadlines and cancels stay far below.
+# budget is closed with ENHANCE_YOUR_CALM. A call its client resets past half its own timeout
+# (grpc-timeout) spends nothing: that is its deadline ending it (the server's timer would have, and a
+# client may already end calls at that rate with short timeouts), and under overload a client's calls
+# time out by the hundred a second (50 ms deadlines: ~730 a second on one channel, whose connection was
+# closed with its calls in flight).
 RESET_BURST = 200
 RESET_RATE = 100.0
 # changes of SETTINGS_INITIAL_WINDOW_SIZE a connection may make (each walks its open calls): a burst,
@@ -41,7 +45,8 @@ class ControlFrames(ConnectionState):
             return
         self.closed_streams.note(stream, False)  # a frame but PRIORITY on it now is the client's error
         self._release(call)
-        self._spend_reset()
+        if call.halfway is None or self.loop.time() < call.halfway:
+            self._spend_reset()
         if call.task is not None:
             call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
         self._maybe_idle()

@@ -262,6 +262,7 @@ class RequestFrames(ConnectionState):
         call.encoding = encoding if encoding != b"identity" else None
         if timeout is not None and (seconds := w.parse_timeout(timeout)) is not None:
             call.deadline = self.loop.time() + seconds
+            call.halfway = call.deadline - seconds / 2
         if kind is StreamCall:
             self._open_stream(call, ended)
             return
