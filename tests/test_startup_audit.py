@@ -133,10 +133,13 @@ def test_a_labels_file_that_does_not_count_the_classes_is_named_in_a_warning(rep
 
 def test_a_directory_without_a_config_is_named_not_silently_skipped(repo, caplog):
     (repo / "lenet" / "config.pbtxt").unlink()
+    (repo / "notes").mkdir()  # no version directory: not a model entry at all
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
-        assert Repository(repo).names() == []
+        repository = Repository(repo)
+    assert repository.names() == ["lenet"] and repository.entries == {}  # listed as failed, not left out
+    assert "config.pbtxt is missing" in repository.errors["lenet"]
     assert any(
-        str(repo / "lenet") in r.getMessage() and "no config.pbtxt" in r.getMessage() for r in caplog.records
+        str(repo / "notes") in r.getMessage() and "no config.pbtxt" in r.getMessage() for r in caplog.records
     )
 
 

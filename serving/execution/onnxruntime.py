@@ -24,7 +24,7 @@ from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batcher import DynamicBatcher
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
-from serving.execution.loaded_model import LoadedModel, Sessions
+from serving.execution.loaded_model import LoadedModel, Sessions, unlisted_inputs
 from serving.execution.occupancy import Occupancy
 from serving.execution.ort_options import OrtOptions, resident_request, spin_entries
 from serving.execution.ort_sessions import SessionOpener, warm_up
@@ -253,6 +253,12 @@ class OnnxRuntimeBackend:
             )
             where = placement.without_cuda_graphs(where)
             per_instance = self._opener.bucket_sessions(entry, path, where, graph)
+        unlisted = unlisted_inputs(entry.config, Sessions(where, per_instance).default(0))
+        if unlisted:
+            raise ValueError(
+                f"{entry.path / 'config.pbtxt'} does not match {path}: the graph's inputs {unlisted} are not "
+                f"in the config, which must list every input the graph requires (Triton refuses it too)"
+            )
         threads = self._lone_request_threads(entry, where)
         lone = None
         if threads:

@@ -108,8 +108,12 @@ class Repository:
         self.entries: dict[str, RepositoryEntry] = {}
         self.errors: dict[str, str] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not (directory / "config.pbtxt").is_file():
+            if not (directory / "config.pbtxt").is_file() and not _holds_versions(directory):
                 log.warning("%s: no config.pbtxt, so not a model entry: not served", _shown(str(directory)))
+                continue
+            if not (directory / "config.pbtxt").is_file():
+                self.errors[_shown(directory.name)] = unconfigured(directory)
+                log.error("model %s: %s", _shown(directory.name), self.errors[_shown(directory.name)])
                 continue
             if _shown(directory.name) != directory.name:  # every protocol's names are UTF-8 text
                 shown = _shown(directory.name)
@@ -454,6 +458,22 @@ def version_problem(entry: RepositoryEntry) -> str:
     }.get(kind or "", "")
     found = sorted(int(p.name) for p in entry.path.iterdir() if _is_version(p) and any(p.iterdir()))
     return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}"
+
+
+def unconfigured(directory: Path) -> str:
+    """Why a model directory without a config.pbtxt is not served: Triton by default completes one from
+    the model file (its auto-complete, ``--disable-auto-complete-config`` off), the gateway does not, so
+    the model is listed as failed saying so, not left out of the model list as if it did not exist."""
+    return (
+        f"{_shown(str(directory / 'config.pbtxt'))} is missing: the gateway does not complete a config from "
+        "the model file as Triton does by default; write one (a Triton serving the model shows its "
+        f"completed config at /v2/models/{_shown(directory.name)}/config)"
+    )
+
+
+def _holds_versions(directory: Path) -> bool:
+    """Whether ``directory`` has a version directory holding files: a model entry as Triton reads one."""
+    return any(_is_version(path) and any(path.iterdir()) for path in directory.iterdir())
 
 
 def _is_version(path: Path) -> bool:

@@ -171,6 +171,9 @@ def validate_inputs(
     if placed is not None:
         name, store = placed
         _check_places(name, inputs[name], store, inputs[store].shape[0])
+    texts = [name for name in inputs if expected[name].datatype == "BYTES"]
+    if texts:
+        inputs = {**inputs, **{name: graph_text(name, inputs[name]) for name in texts}}
     if reshape:
         batched = entry.max_batch_size > 0
         return {
@@ -178,6 +181,24 @@ def validate_inputs(
             for name, array in inputs.items()
         }
     return inputs
+
+
+def graph_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A BYTES input as ONNX Runtime's Python API takes a STRING tensor: ``str`` elements, which it
+    hands the graph as their UTF-8 bytes (the bytes Triton's onnxruntime backend hands it). A ``bytes``
+    element it would turn into its ``repr`` instead, so ``b"abc"`` ran as the text ``b'abc'``. Bytes
+    that are not UTF-8 cannot reach the graph through that API: a 400 naming the element."""
+    text = np.empty(array.shape, dtype=object)
+    flat = text.reshape(-1)  # a view of ``text``: a fresh array is contiguous
+    for index, value in enumerate(array.reshape(-1)):
+        try:
+            flat[index] = value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+        except UnicodeDecodeError as exc:
+            raise BadRequest(
+                f"input {name!r}: element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}), "
+                "and the embedded ONNX Runtime backend passes a STRING tensor's elements as UTF-8 text"
+            ) from None
+    return text
 
 
 def _check_places(name: str, places: np.ndarray, store: str, count: int) -> None:
