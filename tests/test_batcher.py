@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import numpy as np
 import pytest
 
-from serving.errors import DeadlineExceeded, Overloaded, Unavailable
+from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batcher import BatchPolicy, DynamicBatcher
 from tests.waiting import DEADLINE_S, until
 
@@ -459,6 +460,29 @@ def test_a_failing_run_on_the_loop_fails_its_request_alone_and_the_next_still_ru
 
     np.testing.assert_array_equal(run(scenario())["y"], rows(2, 1)["x"] * 2)
     assert calls == [13.0, 2.0]
+
+
+def test_a_lone_request_a_model_refuses_as_the_clients_is_logged_in_a_line_not_a_traceback(caplog):
+    """Refused in a batch, a client's input is one INFO line; run alone on the loop it was an ERROR with
+    its traceback, which any client could write at will."""
+
+    def model(instance, inputs):
+        raise BadRequest("input 'x': token 9 is past the vocabulary")
+
+    async def scenario():
+        batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=4), inline=Inline())
+        batcher.start()
+        try:
+            with pytest.raises(BadRequest):
+                await batcher.submit(rows(1, 1))
+        finally:
+            await batcher.stop(grace_s=5)
+
+    with caplog.at_level(logging.INFO, logger="serving.execution.batcher"):
+        run(scenario())
+    (record,) = [r for r in caplog.records if "lone request" in r.getMessage()]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "token 9 is past the vocabulary" in record.getMessage()
 
 
 class OneBadRow(Recorder):

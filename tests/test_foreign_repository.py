@@ -15,6 +15,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from serving.execution.placement import zero_inputs
 from tests.repo_fixtures import write_onnx_entry
 from tests.test_grpc import LoopThread, run_gateway
 
@@ -207,3 +208,27 @@ def test_a_model_directory_without_a_config_is_listed_as_failed_saying_why(gatew
     finally:
         client.close()
     assert listed["state"] == "UNAVAILABLE" and "config.pbtxt is missing" in listed["reason"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [TensorProto.UINT16, TensorProto.INT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.STRING],
+)
+def test_the_warm_up_feeds_each_input_of_its_own_type(tmp_path: Path, kind: int) -> None:
+    """A fixed-shape input of these types was fed float32 zeros, and the model's load failed ("Unexpected
+    input data type"): Triton serves it."""
+    from onnx import save
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "typed",
+        [value("x", kind, ["batch", 3])],
+        [value("y", kind, ["batch", 3])],
+    )
+    path = tmp_path / "typed.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = zero_inputs(session, rows=2)
+    (answer,) = session.run(["y"], feeds)
+    assert answer.shape == (2, 3) and answer.dtype == feeds["x"].dtype

@@ -239,6 +239,9 @@ class DynamicBatcher:
         started = time.monotonic()
         try:
             outputs = self.run(0, inputs)
+        except BadRequest as exc:  # a client's input, answered as its 400: no traceback, as in a batch
+            log.info("model %s: a lone request refused: %s", self.name, exc)
+            raise
         except Exception:
             log.exception("model %s: a lone request failed", self.name)
             raise

@@ -40,7 +40,11 @@ ONNX_DTYPES = {  # ONNX Runtime's type names of tensors, as numpy types
     "tensor(double)": np.float64,
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
+    "tensor(uint16)": np.uint16,
+    "tensor(int16)": np.int16,
+    "tensor(uint32)": np.uint32,
     "tensor(int32)": np.int32,
+    "tensor(uint64)": np.uint64,
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
@@ -192,11 +196,16 @@ def pad_rows(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
 
 
 def zero_inputs(session: Any, rows: int) -> dict[str, np.ndarray]:
-    """Zero feeds of ``rows`` rows for a session's inputs (dynamic non-batch axes as 1): the warm-up."""
+    """Zero feeds of ``rows`` rows for a session's inputs (dynamic non-batch axes as 1), empty strings
+    for a STRING input: the warm-up. Each of the graph's own type (a uint16 input fed float32 zeros failed
+    the load of a model Triton serves)."""
     feeds = {}
     for meta in session.get_inputs():
-        dims = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]]
-        feeds[meta.name] = np.zeros((rows, *dims), dtype=ONNX_DTYPES.get(meta.type, np.float32))
+        shape = (rows, *[d if isinstance(d, int) and d > 0 else 1 for d in meta.shape[1:]])
+        if meta.type == "tensor(string)":
+            feeds[meta.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[meta.name] = np.zeros(shape, dtype=ONNX_DTYPES.get(meta.type, np.float32))
     return feeds
 
 
