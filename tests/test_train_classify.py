@@ -202,9 +202,9 @@ def test_model_args_parse_python_literals_and_bad_ones_are_named():
         classify.parse_model_arg("width")
 
 
-def test_amp_on_cpu_is_ignored_with_a_note(tmp_path, caplog):
-    classify.train(tiny(tmp_path, epochs=1, amp=True, limit_train=32, device="cpu"))
-    assert "--amp is ignored on CPU" in caplog.text
+def test_the_old_amp_switch_on_cpu_trains_in_fp16_and_says_so_in_the_checkpoint(tmp_path):
+    path = classify.train(tiny(tmp_path, epochs=1, amp=True, limit_train=32, device="cpu"))
+    assert load_checkpoint(path)["train_config"]["amp"] == "fp16"  # was True, trained in float32
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

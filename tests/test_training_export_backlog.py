@@ -107,12 +107,12 @@ def test_a_resumed_run_writes_beside_its_resume_state_without_an_output_dir(tmp_
 
 
 def test_a_resumed_run_keeps_the_mixed_precision_it_was_started_with(tmp_path, monkeypatch):
-    resume = interrupted_run(tmp_path, monkeypatch, amp=True)  # on a CPU: noted and ignored, but chosen
-    assert classify.resolve(classify.TrainConfig(resume=resume)).amp is True  # was False: float32 on CUDA
-    assert classify.resolve(classify.to_config(["--resume", resume, "--no-amp"])).amp is False
+    resume = interrupted_run(tmp_path, monkeypatch, amp="bf16")
+    assert classify.resolve(classify.TrainConfig(resume=resume)).amp == "bf16"  # was float32 on CUDA
+    assert classify.resolve(classify.to_config(["--resume", resume, "--no-amp"])).amp is None
     plain = interrupted_run(tmp_path / "plain", monkeypatch)
-    assert classify.resolve(classify.TrainConfig(resume=plain)).amp is False
-    assert classify.resolve(classify.to_config(["--resume", plain, "--amp"])).amp is True
+    assert classify.resolve(classify.TrainConfig(resume=plain)).amp is None
+    assert classify.resolve(classify.to_config(["--resume", plain, "--amp"])).amp == "fp16"
 
 
 @pytest.mark.parametrize("foldable", [True, False], ids=["after-a-conv", "after-a-relu"])

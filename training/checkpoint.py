@@ -13,7 +13,9 @@ Keys:
   preprocessing   classify: {"input_size": [H, W], "channels": C, "mean": [...], "std": [...]}
   tokenizers      translate: {"source": json str, "target": json str, "shared": bool}
   labels          classify: class names in index order
-  train_config    the CLI arguments / recipe that produced it
+  train_config    the CLI arguments / recipe that produced it; its "amp" is the precision the forward
+                  trained in: "bf16" | "fp16" (autocast) | None (float32); the weights are float32 alike
+                  (a classifier's of Kiln before both trainers took ``--amp bf16|fp16``: True | False)
   metrics         final metrics (e.g. val_accuracy, test_bleu)
   data            what it was trained on (dataset name, sizes, split seed)
 """

@@ -34,11 +34,13 @@ from training.models import build_model, get_entry, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 from training.models.registry import ensure_registered, env_modules, import_modules
 from training.optim import OPTIMIZERS
-from training.resume import load_resume, resume_path
+from training.resume import load_resume, resume_path, resumed_amp
 from training.runtime import (
     DEFAULT_DIST_TIMEOUT_S,
     CollectiveTimeout,
     TrainingDiverged,
+    add_amp_flags,
+    amp_choice,
     check_dist_timeout,
     leave_group,
     reports_errors,
@@ -107,7 +109,9 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     clip_grad_norm: float | None = None
-    amp: bool | None = None  # None: off, or on --resume the interrupted run's choice
+    # bf16 | fp16 (True: fp16, the switch it was) | False: float32; None: float32, or on --resume the
+    # interrupted run's precision. ``resolve`` leaves bf16, fp16 or None (float32).
+    amp: str | bool | None = None
     seed: int | None = None  # a data flag too: it draws the split, the initial weights and the order
     resume: str | None = None
     early_stopping: int | None = None  # None: off, or on --resume the interrupted run's patience
@@ -277,7 +281,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         name=config.name or model,
         augment=augment,
         early_stopping=config.early_stopping or 0,
-        amp=bool(config.amp),
+        amp=amp_choice(config.amp),
         output_dir=config.output_dir or default_output_dir(config),
     )
     if out.optimizer not in OPTIMIZERS:
@@ -410,7 +414,10 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
             "optimizer, learning-rate schedule and batch size; leave these flags unset"
         )
     inherited = (*RESUME_FIXED, *RESUME_INHERITED)
-    return {**data, **{key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}}
+    values = {key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}
+    if "amp" in values:
+        values["amp"] = resumed_amp(state)
+    return {**data, **values}
 
 
 def check_resume_model_args(config: TrainConfig) -> None:
@@ -540,10 +547,10 @@ def _optimization_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--clip-grad-norm", type=float, help="max gradient norm (unset or 0 = no clipping)")
-    g.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        help="mixed precision (CUDA only; ignored on CPU; default: off; on --resume, the interrupted run's)",
+    add_amp_flags(
+        g,
+        "float32; on --resume, the precision the interrupted run trained with",
+        "float32, also on --resume of a run that trained with --amp",
     )
     g.add_argument(
         "--early-stopping",

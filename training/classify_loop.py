@@ -34,12 +34,14 @@ from training.models import build_model, make_config
 from training.optim import build_optimizer, build_scheduler, last_step_lr, restore_scheduler
 from training.resume import load_resume, resume_path
 from training.runtime import (
+    Amp,
     Dist,
     TrainingDiverged,
     all_sum,
     collective_timeouts,
     divergence,
     divergence_advice,
+    make_amp,
     mean_over_ranks,
     optimizer_step,
     restore_scaler,
@@ -74,9 +76,8 @@ class Run:
     model: nn.Module  # what trains: the module itself or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
+    amp: Amp  # --amp: the forward's autocast and fp16's gradient scaler
     augmenter: Augmenter
-    use_amp: bool
     stopper: EarlyStopping
     start_epoch: int = 0
     stopped_early: bool = False  # the resumed run had stopped early: nothing is left to train
@@ -84,6 +85,14 @@ class Run:
     best_state: dict[str, torch.Tensor] | None = None
     best_val: tuple[float, float] = (-1.0, float("inf"))  # (accuracy, loss)
     train_time_s: float = 0.0
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.amp.scaler
+
+    @scaler.setter
+    def scaler(self, scaler: torch.amp.GradScaler) -> None:
+        self.amp.scaler = scaler
 
 
 def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
@@ -197,6 +206,7 @@ def _optimizer(config: TrainConfig, d: Dist, module: nn.Module, train_ds: Any) -
 
 def prepare(config: TrainConfig, d: Dist) -> Run:
     """Data, model, optimizer, schedule and augmentation for a fresh, finetuned or resumed run."""
+    amp = make_amp(config.amp, d.device)  # an autocast the device cannot run: refused before the data
     resume = load_resume(config.resume) if config.resume else None
     if resume:
         config = resumed_config(config, resume)
@@ -223,9 +233,6 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     module.to(d.device)
     model = wrap_ddp(module, d)
     optimizer, scheduler = _optimizer(config, d, module, train_ds)
-    use_amp = config.amp and d.device.type == "cuda"
-    if config.amp and not use_amp:
-        log.warning("--amp is ignored on CPU: mixed precision needs CUDA; training in float32")
     run = Run(
         config,
         d,
@@ -240,9 +247,8 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
         model,
         optimizer,
         scheduler,
-        torch.amp.GradScaler("cuda", enabled=use_amp),
+        amp,
         Augmenter(augment_config(config), config.seed),
-        use_amp,
         EarlyStopping(config.early_stopping),
     )
     if resume:
@@ -291,7 +297,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
         images = run.train_ds.images[idx].to(d.device).float() / 255.0  # (B, C, H, W) in [0, 1]
         labels = run.train_ds.labels[idx].to(d.device)  # (B,)
         x = normalize(run.augmenter(images), run.mean, run.std)  # (B, C, H, W)
-        with torch.autocast(d.device.type, dtype=torch.float16, enabled=run.use_amp):
+        with run.amp.autocast():
             logits, losses = example_losses(run.model(x), labels, cfg.label_smoothing)  # (B, classes), (B,)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(losses.mean()).backward()
@@ -320,7 +326,7 @@ def diverged(run: Run, where: str, reason: str) -> TrainingDiverged:
     """The error that stops a diverged run: where, why, and what to try."""
     cfg = run.config
     advice = divergence_advice(
-        cfg.lr, "--clip-grad-norm", bool(cfg.clip_grad_norm), "--no-amp" if run.use_amp else None
+        cfg.lr, "--clip-grad-norm", bool(cfg.clip_grad_norm), "--amp bf16" if cfg.amp == "fp16" else None
     )
     return TrainingDiverged(
         f"training diverged {where}: {reason}; stopped without writing a checkpoint from these weights; "

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from training.checkpoint import CheckpointError, check_archive
+from training.runtime import amp_choice
 
 
 def resume_path(path: str | os.PathLike) -> Path:
@@ -50,3 +51,13 @@ def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
             "training.classify writes one after every epoch"
         )
     return state
+
+
+def resumed_amp(state: dict[str, Any]) -> str | None:
+    """The precision (``bf16``, ``fp16`` or None: float32) the run of a resume state trained with. A file
+    written while the classifier's ``--amp`` was a switch holds True, which meant fp16 on CUDA but was
+    ignored on a CPU (float32, and a disabled GradScaler's empty state): the scaler's state tells them apart."""
+    amp = (state.get("train_config") or {}).get("amp")
+    if amp is True and not state.get("scaler"):
+        return None
+    return amp_choice(amp)

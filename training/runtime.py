@@ -2,7 +2,8 @@
 
 ``setup_dist`` joins the torchrun process group (gloo on CPU, nccl on CUDA) and picks this process's
 device; an attempt torchrun restarts (``--max-restarts``) joins a group of its own and starts the run
-again. ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler). A run launched with
+again. ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler), the same ``--amp``
+flag in both trainers (``add_amp_flags``), on CUDA and on the CPU alike. A run launched with
 more processes per node than visible GPUs stops with an error naming both numbers, before any process
 touches a device that does not exist. A collective that outlasts the process group's timeout
 (``--dist-timeout``: a rank hung, stopped or stuck in I/O) ends the run with ``CollectiveTimeout``, one
@@ -11,6 +12,7 @@ line, instead of the backend's traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
@@ -19,6 +21,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +35,13 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What a bare ``--amp`` means: fp16, what the classifier's ``--amp`` switch trained with on CUDA before it
+# took a precision (``make demo GPU=1`` and older command lines keep their meaning).
+AMP_BARE = "fp16"
+# oneDNN's words when it has no kernel of the autocast dtype for an op on this CPU (an LSTM under bf16 or
+# fp16 on a CPU without AVX512-BF16/AMX): a RuntimeError and a traceback at the first step, else.
+ONEDNN_NO_KERNEL = "could not create a primitive"
+NATIVE_CPU = {"bf16": "AVX512-BF16 or AMX", "fp16": "AVX512-FP16 or AMX-FP16"}  # the ISA oneDNN runs it in
 # fairseq's floor: an fp16 GradScaler halves its scale (from 2**16) at every overflow, so below this some
 # 30 steps in a row overflowed float16 and nothing trains any more; the run stops instead of spinning.
 MIN_LOSS_SCALE = 1e-4
@@ -343,6 +353,43 @@ def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
     return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device], process_group=group)
 
 
+def add_amp_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str, no_amp: str = "float32"
+) -> None:
+    """``--amp [bf16|fp16]`` (bare: ``AMP_BARE``) and ``--no-amp``, the same in both trainers; ``default``
+    says what an unset flag means, ``no_amp`` what ``--no-amp`` is for (it stores False: float32 even
+    where an unset ``--amp`` means another precision)."""
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const=AMP_BARE,
+        choices=sorted(AMP_DTYPES),
+        help=f"mixed precision, on CUDA or the CPU: bf16 autocast, or fp16 autocast with a GradScaler; a bare "
+        f"--amp is {AMP_BARE}. The CPU runs bf16 fast with AVX512-BF16 or AMX, correctly but slowly without; "
+        f"a model with an op the CPU has no kernel of that precision for is refused at its first step "
+        f"(default: {default})",
+    )
+    parser.add_argument("--no-amp", dest="amp", action="store_const", const=False, help=no_amp)
+
+
+def amp_choice(amp: str | bool | None) -> str | None:
+    """A run's precision as ``bf16``, ``fp16`` or None (float32) from a flag's value: False or None is
+    float32, and True (the classifier's ``--amp`` switch before it took a precision, in a resume file
+    or a config) is ``AMP_BARE``."""
+    if amp is None or amp is False:
+        return None
+    if amp is True:
+        return AMP_BARE
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"unknown --amp {amp!r}; choose from {sorted(AMP_DTYPES)}")
+    return amp
+
+
+class AmpUnsupported(ValueError):
+    """Autocast of the chosen dtype cannot run this model on this device: the run stops with one line
+    naming ``--amp`` instead of training in float32 under its name, or ending in a traceback."""
+
+
 @dataclass
 class Amp:
     """Mixed precision of a run: autocast dtype (None = float32) and the gradient scaler fp16 needs."""
@@ -351,17 +398,55 @@ class Amp:
     scaler: torch.amp.GradScaler
     device_type: str
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The forward's autocast; an op oneDNN has no kernel of this dtype for on this CPU ends the run
+        with ``AmpUnsupported`` (``--amp``), not its traceback."""
         if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+            yield
+            return
+        try:
+            with torch.autocast(self.device_type, dtype=self.dtype):
+                yield
+        except RuntimeError as exc:
+            if self.device_type != "cpu" or ONEDNN_NO_KERNEL not in str(exc):
+                raise
+            raise AmpUnsupported(no_cpu_kernel(self.dtype, str(exc))) from exc
 
 
-def make_amp(amp: str | None, device: torch.device) -> Amp:
-    """``bf16`` or ``fp16`` autocast on ``device`` (fp16 with a GradScaler), or None for float32."""
-    if amp is not None and amp not in AMP_DTYPES:
-        raise ValueError(f"unknown --amp {amp!r}; choose from {sorted(AMP_DTYPES)}")
-    dtype = AMP_DTYPES.get(amp) if amp else None
+def no_cpu_kernel(dtype: torch.dtype, error: str) -> str:
+    """The line of a run whose model has an op this CPU runs in no ``dtype`` kernel (oneDNN's ``error``)."""
+    flag = next(name for name, value in AMP_DTYPES.items() if value is dtype)
+    return (
+        f"--amp {flag}: this CPU has no {flag} kernel for an operation of this model under autocast "
+        f"(oneDNN: {error.split('. ')[0].strip()}); train it here without --amp, or on CUDA, or on a CPU "
+        f"with native {flag} instructions ({NATIVE_CPU[flag]})"
+    )
+
+
+def check_autocast(device_type: str, dtype: torch.dtype, flag: str) -> None:
+    """Refuse an autocast ``dtype`` torch cannot run on ``device_type``: torch only warns and turns
+    autocast off (the run would train in float32 under ``flag``'s name), or raises its own error
+    (bf16 on a GPU older than Ampere)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(device_type, dtype=dtype):
+                enabled = torch.is_autocast_enabled(device_type)
+        except RuntimeError as exc:
+            raise ValueError(f"{flag} on {device_type}: {exc}") from None
+    if not enabled:
+        said = " ".join(" ".join(str(w.message) for w in caught).split())
+        raise ValueError(f"{flag}: torch's autocast does not run {dtype} on {device_type} ({said})")
+
+
+def make_amp(amp: str | bool | None, device: torch.device) -> Amp:
+    """``bf16`` or ``fp16`` autocast on ``device`` (fp16 with a GradScaler), or float32 (see
+    ``amp_choice``); a dtype torch's autocast cannot run on that device is refused (``check_autocast``)."""
+    choice = amp_choice(amp)
+    dtype = AMP_DTYPES[choice] if choice else None
+    if dtype is not None:
+        check_autocast(device.type, dtype, f"--amp {choice}")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     return Amp(dtype, scaler, device.type)
 

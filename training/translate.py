@@ -4,10 +4,10 @@ Teacher forcing with label smoothing, Adam with warmup then inverse-sqrt or cosi
 clipping, early stopping on validation BLEU (greedy decodes, sacrebleu), a wall-clock budget that stops
 gracefully and keeps the best weights, then test BLEU / exact match with beam search and one
 checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table.
-``--device`` and ``--amp bf16|fp16`` choose where and how it computes; under ``torchrun`` it trains
-data-parallel (the loop lives in ``training.translate_loop``). A run whose loss or weights go NaN or
-inf stops there with one line naming the epoch and step and what to try (exit status 2), and writes
-nothing from those weights.
+``--device`` and ``--amp [bf16|fp16]`` choose where and how it computes (on CUDA or the CPU); under
+``torchrun`` it trains data-parallel (the loop lives in ``training.translate_loop``). A run whose loss
+or weights go NaN or inf stops there with one line naming the epoch and step and what to try (exit
+status 2), and writes nothing from those weights.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.optim import SCHEDULES
 from training.runtime import (
-    AMP_DTYPES,
     DEFAULT_DIST_TIMEOUT_S,
     DEVICES,
     CollectiveTimeout,
     TrainingDiverged,
+    add_amp_flags,
+    amp_choice,
     check_dist_timeout,
     leave_group,
     reports_errors,
@@ -207,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: torch's, {DEFAULT_DIST_TIMEOUT_S['gloo']:g} s on CPU (gloo), "
         f"{DEFAULT_DIST_TIMEOUT_S['nccl']:g} s on CUDA (nccl), where torch's watchdog may end the process first)",
     )
-    p.add_argument(
-        "--amp", choices=sorted(AMP_DTYPES), help="mixed precision: bf16, or fp16 with a GradScaler"
-    )
+    add_amp_flags(p, "float32")
     p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
     p.add_argument("--output-dir", default="checkpoints")
     p.add_argument(
@@ -263,6 +262,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             cfg[key] = value
     if args.batch_size is not None:
         cfg["batch_tokens"] = None
+    cfg["amp"] = amp_choice(cfg["amp"])  # --no-amp's False: float32, recorded as None
     if args.max_decode_length is None:
         cfg["max_decode_length"] = default_decode_length(cfg)
     cfg.update(model=args.model, preset=args.preset, output_dir=args.output_dir, name=args.name or args.model)
