@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default=Path("checkpoints"),
         help="the checkpoints it was exported from: the PyTorch and CTranslate2 rows (default: checkpoints)",
     )
-    parser.add_argument("--classifier", default="resnet18", help="classifier entry to measure")
+    parser.add_argument(
+        "--classifier",
+        default="resnet18",
+        help="classifier entry to measure, with the precision twins exported from its checkpoint "
+        "(default: resnet18)",
+    )
+    parser.add_argument(
+        "--models-from",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, so that the PyTorch rows can rebuild a classifier of your own that "
+        "it registers (repeatable; also KILN_MODELS_FROM, comma-separated; README, 'Your own classifier')",
+    )
     parser.add_argument("--translator", default="transformer", help="translator entry to measure")
     parser.add_argument(
         "--identity-translators",
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for noisy in ("httpx", "matplotlib"):  # one line per request / plot would bury the progress
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import_model_modules(args.models_from)
     profile = PROFILES[args.profile]
     if args.profile == "gpu":
         return run_gpu_profile(args, profile)
@@ -186,6 +201,23 @@ def main(argv: list[str] | None = None) -> None:
     write(results, out)
     if failed:
         raise SystemExit(f"{len(failed)} part(s) failed: {', '.join(failed)} (named in {out}/report.md)")
+
+
+def import_model_modules(named: list[str]) -> None:
+    """Import the modules of the user's own models (``KILN_MODELS_FROM``, then ``--models-from``), a
+    failure being one line, and name them all in ``KILN_MODELS_FROM`` for the processes the bench
+    starts: the spawned PyTorch engine, the naive baseline and export of the GPU profile's CPU side
+    rebuild the model, and each imports what that variable names (``ensure_registered``)."""
+    if not named and not os.environ.get("KILN_MODELS_FROM", "").strip():
+        return  # nothing to import: no torch in this process for it
+    from training.models.registry import ModelModuleError, env_modules, import_modules
+
+    modules = list(dict.fromkeys([*env_modules(), *(m.strip() for m in named)]))
+    try:
+        import_modules(modules)
+    except ModelModuleError as exc:
+        raise SystemExit(str(exc)) from None
+    os.environ["KILN_MODELS_FROM"] = ",".join(modules)
 
 
 def run_sections(
@@ -267,7 +299,7 @@ def mark_servable(rows: list[dict[str, Any]], max_batch: int) -> list[dict[str, 
 
 def _classify_servers(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
     """The classifier through each server with Kiln's own clients, then perf_analyzer's rows."""
-    checkpoint = args.checkpoints / f"{args.classifier}.pt"
+    checkpoint = inputs.classifier_checkpoint(args.repository, args.checkpoints, args.classifier)
     result = servers.run_servers(
         args.repository,
         checkpoint,
@@ -313,6 +345,11 @@ def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:
         )
     if not (entry / "kiln.json").exists():
         raise SystemExit(f"{entry} is not an exported entry: run `make export DEVICE=gpu` first")
+    problem = "engines" in wanted and inputs.rebuild_problem(
+        args.repository, args.checkpoints, args.classifier
+    )
+    if problem:  # the PyTorch CUDA rows rebuild the model
+        raise SystemExit(problem)
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("gpu-%Y%m%d-%H%M%S")
     problem = inputs.output_problem(out)
     if problem:  # before anything runs or is written

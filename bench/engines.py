@@ -9,7 +9,6 @@ memory is its own and one engine's thread pools never slow another.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing as mp
 import resource
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.inputs import classifier_checkpoint, read_meta, source_key
 from bench.stats import summarize, time_calls
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,15 @@ class EngineJob:
 def classifier_jobs(
     repository: Path, checkpoints: Path, model: str, batch_sizes, threads, budget_s
 ) -> list[EngineJob]:
-    """One job per engine/precision available for ``model`` (entries found through their kiln.json)."""
+    """One job per engine/precision of entry ``model`` and its precision twins (the entries exported
+    from its checkpoint: not another checkpoint's entries of the same architecture), and the PyTorch
+    job on that checkpoint (:func:`bench.inputs.classifier_checkpoint`)."""
+    family = source_key(read_meta(repository / model), model)
+    ckpt = classifier_checkpoint(repository, checkpoints, model)
     jobs = []
     for entry in sorted(p.parent for p in repository.glob("*/kiln.json")):
-        meta = json.loads((entry / "kiln.json").read_text())
-        if meta.get("task") != "classify" or meta.get("model", {}).get("name") != model:
+        meta = read_meta(entry)
+        if meta.get("task") != "classify" or source_key(meta, entry.name) != family:
             continue
         h, w, c = (int(d) for d in meta["inputs"][0]["dims"][1:])
         version = str(meta.get("version", "1"))
@@ -77,9 +81,9 @@ def classifier_jobs(
             # ONNX Runtime's other layout for the same cores: one single-thread session per core, each
             # running its own batch (as the gateway's workers do); its best batch is the fair ceiling
             jobs.append(dataclasses.replace(jobs[-1], threads=1, sessions=threads))
-        ckpt = Path(meta.get("source_checkpoint", {}).get("path", checkpoints / f"{model}.pt"))
-        if meta.get("precision", "fp32") == "fp32" and ckpt.exists():
-            jobs.insert(0, EngineJob("pytorch", "fp32", str(ckpt), (h, w, c), batch_sizes, threads, budget_s))
+    if jobs and ckpt.is_file():  # once, whichever precisions were exported
+        shape = jobs[0].input_shape
+        jobs.insert(0, EngineJob("pytorch", "fp32", str(ckpt), shape, batch_sizes, threads, budget_s))
     return jobs
 
 

@@ -11,10 +11,13 @@ from typing import Any
 
 from kiln.cli import number
 
-# The parts of the CPU profiles that read each kind of input.
+# The parts of the CPU profiles (``--only``), and those that read each kind of input.
+PARTS = ("engines", "servers", "translation", "replicas")
 USES_CLASSIFIER = {"engines", "servers", "replicas"}
 SERVES_CLASSIFIER = {"servers"}  # the naive baseline serves its checkpoint; perf_analyzer drives the gateway
+REBUILDS_CLASSIFIER = {"engines", "servers"}  # the PyTorch engine and the naive baseline rebuild its model
 NEEDS_TRANSLATOR = {"translation"}  # its entry is served, its checkpoint holds the held-out sentences
+RUNS_TRITON = {"servers", "translation"}  # Triton's python-flavour repository goes under <output>/logs
 RESULT_FILES = ("results.json", "report.md")
 
 
@@ -23,10 +26,13 @@ non_negative_int = number(int, 0)  # an argparse type: a warm-up that may be lef
 
 
 def entry_problem(repository: Path, name: str, task: str, hint: str) -> str | None:
-    """Why ``repository/name`` is not an exported entry of ``task``, or None."""
+    """Why ``repository/name`` is not an exported entry of ``task``, or None; a missing entry names the
+    repository's entries of that task (a model of the user's own is not the default's name)."""
     meta_path = repository / name / "kiln.json"
     if not meta_path.is_file():
-        return f"{repository / name} is not an exported entry: {hint}"
+        found = entries_of(repository, task)
+        held = f" ({task} entries there: {', '.join(found)})" if found else f" (it holds no {task} entry)"
+        return f"{repository / name} is not an exported entry{held}: {hint}"
     try:
         meta: dict[str, Any] = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
@@ -36,9 +42,86 @@ def entry_problem(repository: Path, name: str, task: str, hint: str) -> str | No
     return None
 
 
-def checkpoint_problem(checkpoints: Path, name: str, parts: str) -> str | None:
-    """Why ``checkpoints/name.pt`` cannot be read by ``parts``, or None."""
-    path = checkpoints / f"{name}.pt"
+def entries_of(repository: Path, task: str) -> list[str]:
+    """The names of the repository's exported entries of ``task``, sorted (none where it is unreadable)."""
+    names = []
+    for meta_path in sorted(repository.glob("*/kiln.json")):
+        try:
+            if json.loads(meta_path.read_text()).get("task") == task:
+                names.append(meta_path.parent.name)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return names
+
+
+def read_meta(entry: Path) -> dict[str, Any]:
+    """The entry's kiln.json, or {} where it cannot be read (its own check says why)."""
+    try:
+        meta = json.loads((entry / "kiln.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def source_name(meta: dict[str, Any], default: str) -> str:
+    """The name the entry's checkpoint was exported as (``source_checkpoint.model``): the base entry
+    its precision twins (``<name>_fp16``, ``<name>_int8``...) share, and its checkpoint's file name;
+    ``default`` (the entry's own name) where export recorded none."""
+    source = meta.get("source_checkpoint")
+    name = source.get("model") if isinstance(source, dict) else None
+    return name if isinstance(name, str) and name else default
+
+
+def source_key(meta: dict[str, Any], default: str) -> str:
+    """What the entries exported from one checkpoint share: the name it was exported as, else (an
+    export older than that record) the checkpoint's path, else ``default``."""
+    source = meta.get("source_checkpoint")
+    path = source.get("path") if isinstance(source, dict) else None
+    fallback = f"path:{path}" if isinstance(path, str) and path else default
+    return source_name(meta, fallback)
+
+
+def classifier_checkpoint(repository: Path, checkpoints: Path, name: str) -> Path:
+    """The checkpoint the PyTorch rows of entry ``name`` rebuild (the engines' row and the naive
+    baseline alike): its file in ``checkpoints`` (``--checkpoints``), else the path export recorded;
+    where neither exists, the first, for the message saying it is missing."""
+    meta = read_meta(repository / name)
+    source = meta.get("source_checkpoint")
+    recorded = source.get("path") if isinstance(source, dict) else None
+    candidates = [checkpoints / f"{source_name(meta, name)}.pt"]
+    if isinstance(recorded, str) and recorded:
+        candidates[:0] = [checkpoints / Path(recorded).name]
+        candidates.append(Path(recorded))
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+def model_problem(repository: Path, name: str) -> str | None:
+    """Why the PyTorch rows cannot rebuild entry ``name``'s model (a model of the user's own whose
+    module is not imported: ``--models-from``), or None. Read from the entry's kiln.json, so that no
+    checkpoint is loaded and no module is imported that the user did not name."""
+    model = read_meta(repository / name).get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return None
+    from training.models.registry import ModelModuleError, ensure_registered
+
+    module = model.get("module")
+    try:
+        ensure_registered(model["name"], module if isinstance(module, str) else None)
+    except ModelModuleError as exc:
+        return f"{repository / name / 'kiln.json'}: the PyTorch rows rebuild its model: {exc}"
+    return None
+
+
+def rebuild_problem(repository: Path, checkpoints: Path, name: str) -> str | None:
+    """Why the PyTorch rows of entry ``name`` would fail to rebuild its model, or None (also where its
+    checkpoint is absent: the engines part then has no PyTorch row, the servers part says so)."""
+    if not classifier_checkpoint(repository, checkpoints, name).is_file():
+        return None
+    return model_problem(repository, name)
+
+
+def checkpoint_problem(path: Path, parts: str) -> str | None:
+    """Why the checkpoint ``path`` cannot be read by ``parts``, or None."""
     if path.is_file():
         return None
     return (
@@ -70,19 +153,47 @@ def output_problem(out: Path) -> str | None:
 
 def cpu_problem(args: Any, wanted: set[str]) -> str | None:
     """The first reason the quick or full profile cannot measure ``wanted`` with ``args``, or None."""
-    hint = "run `make export` (or `make demo`) first"
     problem = None
     if wanted & USES_CLASSIFIER:
+        hint = f"pass --classifier, run `make export`, {_leave_out(wanted, USES_CLASSIFIER)}"
         problem = entry_problem(args.repository, args.classifier, "classify", hint)
+    checkpoint = classifier_checkpoint(args.repository, args.checkpoints, args.classifier)
     if problem is None and wanted & SERVES_CLASSIFIER:
         problem = perf_analyzer_problem() or checkpoint_problem(
-            args.checkpoints, args.classifier, "servers: the naive baseline serves it"
+            checkpoint, "servers: the naive baseline serves it"
         )
+    if problem is None and wanted & REBUILDS_CLASSIFIER:
+        problem = rebuild_problem(args.repository, args.checkpoints, args.classifier)
     if problem is None and wanted & NEEDS_TRANSLATOR:
+        hint = f"pass --translator, run `make export`, {_leave_out(wanted, NEEDS_TRANSLATOR)}"
         problem = entry_problem(args.repository, args.translator, "translate", hint)
         problem = problem or checkpoint_problem(
-            args.checkpoints, args.translator, "translation: its held-out sentences"
+            args.checkpoints / f"{args.translator}.pt", "translation: its held-out sentences"
         )
     if problem is None and args.output is not None:
         problem = output_problem(args.output)
+    if problem is None and wanted & RUNS_TRITON:
+        problem = triton_dir_problem(args.output or Path("bench/results"), wanted)
     return problem
+
+
+def triton_dir_problem(out: Path, wanted: set[str]) -> str | None:
+    """Why Triton cannot run under ``out`` (where the bench derives its python-flavour repository), or
+    None: in a path with whitespace the python backend's stubs exit at load (``std::invalid_argument:
+    stol``), and the bench waited 120 s for a Triton that never became ready, in each part."""
+    path = str(out.resolve())
+    if not any(ch.isspace() for ch in path):
+        return None
+    return (
+        f"--output {path} has whitespace in its path, where Triton's python backend cannot load models: "
+        f"choose an --output without it, {_leave_out(wanted, RUNS_TRITON)}"
+    )
+
+
+def _leave_out(wanted: set[str], parts: set[str]) -> str:
+    """The end of a missing input's hint: ``--only`` naming the wanted parts that do not need it."""
+    left = [part for part in PARTS if part in wanted and part in parts]
+    rest = [part for part in PARTS if part in wanted and part not in parts]
+    if not rest:
+        return "or measure another part with --only"
+    return f"or leave {' and '.join(left)} out: --only {' '.join(rest)}"
