@@ -132,8 +132,8 @@ def test_weights_that_go_nan_after_a_steps_finite_loss_are_never_kept_as_the_bes
 
 
 def test_fp16_steps_the_scaler_skips_are_neither_counted_in_the_loss_nor_a_stop(tmp_path, monkeypatch):
-    """The classifier's --amp runs on CUDA only: its loop runs here with a CPU GradScaler, which skips the
-    step whose loss is inf (the weights never see that batch) and lowers its scale."""
+    """The classifier's loop with a GradScaler (fp16's, here the CPU's), which skips the step whose loss
+    is inf (the weights never see that batch) and lowers its scale."""
     d = setup_dist("cpu")
     run = classify_loop.prepare(classify.resolve(lenet_config(tmp_path)), d)
     run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
