@@ -75,7 +75,7 @@ def export_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     checkpoint = _tiny_checkpoint(tmp_path / "ck" / "lenet.pt", "lenet", 0)
 
-    def two_steps(path, repository, options, *, on_step):
+    def two_steps(path, repository, options, *, on_step, data_path=None):
         on_step("lenet: freeze")
         logging.getLogger("export.fake").warning("lenet: dynamic axes fixed by torch.export")
         on_step("lenet: parity fp32")
