@@ -17,7 +17,6 @@ import argparse
 import ast
 import dataclasses
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
+from training.cli import run_trainer
 from training.data.augment import AugmentConfig, default_augment
 from training.data.images import DATASETS, DataSpec
 from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
@@ -37,13 +37,9 @@ from training.optim import OPTIMIZERS
 from training.resume import load_resume, resume_path, resumed_amp
 from training.runtime import (
     DEFAULT_DIST_TIMEOUT_S,
-    CollectiveTimeout,
-    TrainingDiverged,
     add_amp_flags,
     amp_choice,
     check_dist_timeout,
-    leave_group,
-    reports_errors,
 )
 from training.tracking import check_output_dir
 
@@ -636,36 +632,7 @@ def train(args_or_config: TrainConfig | argparse.Namespace | dict | list[str] | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main_rank = reports_errors(os.environ)
-    try:
-        path = train(argv if argv is not None else sys.argv[1:])
-    except TrainingDiverged as exc:  # every rank stopped at the same step
-        if main_rank:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        leave_group()  # after the line: torchrun stops every rank once one exits
-        return 2
-    except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
-        # every rank that waited says so (the hung one may be rank 0, and the ranks that speak name it)
-        rank = "" if main_rank else f" (rank {os.environ.get('RANK')})"
-        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        if main_rank:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
-        rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
-        if main_rank or os.environ.get("LOCAL_RANK") == "0":
-            print(f"error{'' if main_rank else f' (rank {rank})'}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
-        if main_rank:
-            print("interrupted", file=sys.stderr)
-        return 130
-    if main_rank:
-        print(f"checkpoint: {path}")
-    return 0
+    return run_trainer(lambda: train(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":

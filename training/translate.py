@@ -17,7 +17,6 @@ import ast
 import dataclasses
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.cli import run_trainer
 from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
 from training.data.text_batches import TranslationBatch
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
@@ -36,13 +36,9 @@ from training.optim import SCHEDULES
 from training.runtime import (
     DEFAULT_DIST_TIMEOUT_S,
     DEVICES,
-    CollectiveTimeout,
-    TrainingDiverged,
     add_amp_flags,
     amp_choice,
     check_dist_timeout,
-    leave_group,
-    reports_errors,
 )
 from training.tracking import check_output_dir
 
@@ -460,36 +456,7 @@ def train(args: argparse.Namespace | list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main_rank = reports_errors(os.environ)
-    try:
-        path = train(argv)
-    except TrainingDiverged as exc:  # every rank stopped at the same step
-        if main_rank:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        leave_group()  # after the line: torchrun stops every rank once one exits
-        return 2
-    except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
-        # every rank that waited says so (the hung one may be rank 0, and the ranks that speak name it)
-        rank = "" if main_rank else f" (rank {os.environ.get('RANK')})"
-        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:  # bad flags, a missing GPU: named, without a traceback
-        if main_rank:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk, a directory gone: the file and the cause, without a traceback
-        rank = os.environ.get("RANK", "0")  # rank 0, and one rank a node (a node's own disk fills too)
-        if main_rank or os.environ.get("LOCAL_RANK") == "0":
-            print(f"error{'' if main_rank else f' (rank {rank})'}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is written whole or not at all (save_checkpoint)
-        if main_rank:
-            print("interrupted", file=sys.stderr)
-        return 130
-    if main_rank:
-        print(f"checkpoint: {path}")
-    return 0
+    return run_trainer(lambda: train(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The end of both trainers' commands (``python -m training.classify`` / ``training.translate``): the
+run's outcome as one line and an exit status, on the ranks that should say it, never a traceback for
+what the user can act on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from training.runtime import CollectiveTimeout, TrainingDiverged, leave_group, reports_errors
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run_trainer(train: Callable[[], Path]) -> int:
+    """``train()``, its checkpoint printed on rank 0, and its exit status: 0; 2 for a run that diverged
+    or a refused flag, file or setting (``ValueError``, ``KeyError``, ``FileNotFoundError``); 1 for a
+    collective that timed out or an ``OSError`` (a full disk, a directory gone); 130 on Ctrl-C (the
+    checkpoint is written whole or not at all). Each error is one line: on rank 0 (``reports_errors``),
+    an ``OSError`` also on each node's first rank (a node's own disk fills too), a timeout on every rank
+    that waited (the hung one may be rank 0)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    main_rank = reports_errors(os.environ)
+    rank = f" (rank {os.environ.get('RANK')})" if not main_rank else ""
+    try:
+        path = train()
+    except TrainingDiverged as exc:  # every rank stopped at the same step
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        leave_group()  # after the line: torchrun stops every rank once one exits
+        return 2
+    except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
+        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if main_rank or os.environ.get("LOCAL_RANK") == "0":
+            print(f"error{rank}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if main_rank:
+            print("interrupted", file=sys.stderr)
+        return 130
+    if main_rank:
+        print(f"checkpoint: {path}")
+    return 0
