@@ -27,6 +27,7 @@ PRECISIONS  ?= fp32,fp16
 endif
 PRECISIONS  ?= fp32,fp16,int8
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 # make test runs the suite in one process per core, four at most (pytest-xdist, whole files to a process so
 # a module's fixtures are built once); TEST_JOBS=1 runs it in this one process.
 TEST_JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
@@ -126,7 +127,7 @@ demo: $(STAMP) ## train small models (FRESH=1: again), export them, serve them a
 	$(PY) -m kiln.demo --checkpoints $(call shell_path,CHECKPOINTS) --repository $(call shell_path,REPOSITORY)$(if $(filter 1,$(FRESH)), --fresh)$(if $(filter 1,$(GPU)), --gpu)
 
 bench: $(STAMP) balancer perf-analyzer ## latency/throughput side by side (PROFILE=quick|full|gpu; gpu: CPU_REPOSITORY=dir for the CPU side)
-	$(PY) -m bench --profile $(PROFILE) --repository $(call shell_path,REPOSITORY) --checkpoints $(call shell_path,CHECKPOINTS)$(if $(CPU_REPOSITORY), --cpu-repository $(call shell_path,CPU_REPOSITORY))
+	$(PY) -m bench --profile $(PROFILE) --repository $(call shell_path,REPOSITORY) --checkpoints $(call shell_path,CHECKPOINTS)$(if $(CPU_REPOSITORY), --cpu-repository $(call shell_path,CPU_REPOSITORY)) $(BENCH_ARGS)
 
 balancer: ## install haproxy (Debian/Ubuntu apt) for the multi-replica test and bench row; warns if it cannot
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \

@@ -221,3 +221,16 @@ def test_setup_drops_every_stamp_before_it_changes_the_environment(tmp_path):
     uninstall = next(i for i, line in enumerate(lines) if "pip uninstall" in line)
     assert drop < uninstall
     assert not any(".kiln-installed-*" in line for line in lines[uninstall:])
+
+
+def test_bench_passes_bench_args_on_to_the_bench(tmp_path):
+    """``make bench`` named no classifier, so a classifier of one's own could not be benched through it."""
+    words = dry_run(tmp_path, "bench", "BENCH_ARGS=--models-from mynets --classifier smallnet --only engines")
+    assert words[words.index("--models-from") :] == [
+        "--models-from",
+        "mynets",
+        "--classifier",
+        "smallnet",
+        "--only",
+        "engines",
+    ]
