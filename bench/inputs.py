@@ -181,13 +181,16 @@ def triton_dir_problem(out: Path, wanted: set[str]) -> str | None:
     """Why Triton cannot run under ``out`` (where the bench derives its python-flavour repository), or
     None: in a path with whitespace the python backend's stubs exit at load (``std::invalid_argument:
     stol``), and the bench waited 120 s for a Triton that never became ready, in each part."""
-    path = str(out.resolve())
-    if not any(ch.isspace() for ch in path):
-        return None
-    return (
-        f"--output {path} has whitespace in its path, where Triton's python backend cannot load models: "
-        f"choose an --output without it, {_leave_out(wanted, RUNS_TRITON)}"
-    )
+    from serving.triton.server import TritonError, check_workdir
+
+    try:
+        check_workdir(out)
+    except TritonError:
+        return (
+            f"--output {out.resolve()} has whitespace in its path, where Triton's python backend cannot "
+            f"load models: choose an --output without it, {_leave_out(wanted, RUNS_TRITON)}"
+        )
+    return None
 
 
 def _leave_out(wanted: set[str], parts: set[str]) -> str:

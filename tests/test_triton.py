@@ -27,7 +27,7 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import InferRequest
 from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
-from serving.triton.server import held_port
+from serving.triton.server import TritonError, held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository, running_triton
 from tests.test_grpc import LoopThread, run_gateway
 from tests.waiting import DEADLINE_S, eventually
@@ -585,3 +585,12 @@ def test_stopping_a_server_that_already_exited_still_ends_the_stubs_left_in_its_
     finally:
         if _running(stub):
             os.kill(stub, signal.SIGKILL)
+
+
+def test_a_work_directory_with_whitespace_is_refused_at_once_not_after_the_ready_timeout(tmp_path):
+    """Triton's python backend stubs die reading their arguments under such a path (``stol``), and the
+    start waited its whole ready timeout (two minutes) before saying the server was not ready."""
+    server = TritonServer(tmp_path / "repository", tmp_path / "my runs" / "triton", ready_timeout_s=600)
+    with pytest.raises(TritonError, match="has whitespace in its path"):
+        server.start()
+    assert not (tmp_path / "my runs").exists()

@@ -227,6 +227,18 @@ def _check_ports(chosen: dict[str, int]) -> None:
                 raise ValueError(f"{flags[name]} and {flags[other]} are both {port}: each needs its own port")
 
 
+def check_workdir(workdir: Path) -> None:
+    """Refuse a work directory whose path holds whitespace: Triton's python backend stubs, started from
+    it, die reading their arguments (``std::invalid_argument: stol``), and the server then waited its
+    whole ready timeout (two minutes) before saying it was not ready."""
+    shown = str(Path(workdir).absolute())
+    if any(c.isspace() for c in shown):
+        raise TritonError(
+            f"work directory {shown!r} has whitespace in its path, under which Triton's python backend "
+            "cannot start its models: choose one without (--workdir, or TMPDIR for a temporary one)"
+        )
+
+
 class TritonServer:
     """Derive the python flavour of a repository, run Triton on it, and stop it (a context manager)."""
 
@@ -295,6 +307,7 @@ class TritonServer:
         When a port this object drew itself was taken before Triton could bind it, Triton exits; the
         start is then retried on freshly drawn ports (ports the caller chose are never changed).
         """
+        check_workdir(self.workdir)
         install = find_triton()
         if install is None:
             raise TritonError(
