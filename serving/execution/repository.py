@@ -108,12 +108,8 @@ class Repository:
         self.entries: dict[str, RepositoryEntry] = {}
         self.errors: dict[str, str] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not (directory / "config.pbtxt").is_file() and not _holds_versions(directory):
-                log.warning("%s: no config.pbtxt, so not a model entry: not served", _shown(str(directory)))
-                continue
             if not (directory / "config.pbtxt").is_file():
-                self.errors[_shown(directory.name)] = unconfigured(directory)
-                log.error("model %s: %s", _shown(directory.name), self.errors[_shown(directory.name)])
+                log.warning("%s", unconfigured(directory))
                 continue
             if _shown(directory.name) != directory.name:  # every protocol's names are UTF-8 text
                 shown = _shown(directory.name)
@@ -461,19 +457,27 @@ def version_problem(entry: RepositoryEntry) -> str:
 
 
 def unconfigured(directory: Path) -> str:
-    """Why a model directory without a config.pbtxt is not served: Triton by default completes one from
-    the model file (its auto-complete, ``--disable-auto-complete-config`` off), the gateway does not, so
-    the model is listed as failed saying so, not left out of the model list as if it did not exist."""
+    """The start-up warning for a directory without a config.pbtxt, which is not served. One with a
+    version directory holding files is a model Triton would serve (its auto-complete writes the config
+    from the model file, unless ``--disable-auto-complete-config``), so the warning says the gateway does
+    not, and what to do. It is left out of the model list rather than listed as failed: a failed model
+    keeps the gateway unready, and a repository Triton serves whole would then never take traffic."""
+    shown = _shown(str(directory))
+    if not _holds_versions(directory):
+        return f"{shown}: no config.pbtxt, so not a model entry: not served"
     return (
-        f"{_shown(str(directory / 'config.pbtxt'))} is missing: the gateway does not complete a config from "
-        "the model file as Triton does by default; write one (a Triton serving the model shows its "
-        f"completed config at /v2/models/{_shown(directory.name)}/config)"
+        f"{shown}: no config.pbtxt, so not served: the gateway does not complete a config from the model "
+        "file as Triton does by default; write one (a Triton serving the model shows its completed config "
+        f"at /v2/models/{_shown(directory.name)}/config)"
     )
 
 
 def _holds_versions(directory: Path) -> bool:
-    """Whether ``directory`` has a version directory holding files: a model entry as Triton reads one."""
-    return any(_is_version(path) and any(path.iterdir()) for path in directory.iterdir())
+    """Whether ``directory`` has a version directory holding files, as far as it can be read."""
+    try:
+        return any(_is_version(path) and any(path.iterdir()) for path in directory.iterdir())
+    except OSError:  # a directory this user cannot read: not one it could serve either
+        return False
 
 
 def _is_version(path: Path) -> bool:
