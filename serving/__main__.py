@@ -83,7 +83,8 @@ def _problem(error: Any) -> str:
 
 def claim_ports(settings: Settings, *, hold: bool) -> list[socket.socket]:
     """Stop with a message naming the flag when the HTTP or gRPC port is taken, or naming ``--host`` when
-    it cannot be bound (ports 0 included); with ``hold``, keep both for this gateway's workers
+    it cannot be bound (ports 0 included); the sockets to keep while the gateway serves: the ports'
+    guards, and with ``hold`` the ports themselves for this gateway's workers
     (:func:`serving.workers.claim_port`). Nothing is checked under ``--reuse-port``: whoever passes it
     holds the ports and means them to be shared."""
     from serving.workers import claim_port
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
 
         held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
-    claim_ports(settings, hold=False)  # a busy port fails now, not once the models are loaded
+    # a busy port fails now, not once the models are loaded; the guards keep other Kiln gateways off
+    guards = claim_ports(settings, hold=False)  # noqa: F841 - kept while this gateway serves
     if not settings.reuse_port:  # a gateway of one process: what killed ones left (its workers': theirs)
         from serving.workers import sweep_stale
 

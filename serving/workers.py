@@ -116,22 +116,18 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 def claim_port(host: str, port: int, *, hold: bool) -> list[socket.socket]:
     """Fail (OSError) when anything is bound to ``port`` on an address of ``host``, a gateway's workers
-    sharing it with SO_REUSEPORT included; with ``hold``, sockets that keep it for this gateway
-    (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can), the first of them
-    its :func:`port_guards`."""
+    sharing it with SO_REUSEPORT included, or another Kiln gateway holds it; else its :func:`port_guards`
+    for the caller to keep while it serves, and with ``hold`` sockets that keep the port for this gateway
+    (SO_REUSEPORT, never listening: its workers bind beside them, nobody else can)."""
     guards = port_guards(host, port)  # first: a gateway holding the port while its workers load is named
     try:
         for sock in server_sockets(host, port, reuse_port=False):  # what a server without SO_REUSEPORT does
             sock.close()
-        if hold:
-            return guards + _held_sockets(host, port, guarded=bool(guards))
+        return guards + (_held_sockets(host, port, guarded=bool(guards)) if hold else [])
     except OSError:
         for guard in guards:
             guard.close()
         raise
-    for guard in guards:
-        guard.close()
-    return []
 
 
 def _held_sockets(host: str, port: int, *, guarded: bool) -> list[socket.socket]:
@@ -150,31 +146,23 @@ def _held_sockets(host: str, port: int, *, guarded: bool) -> list[socket.socket]
 
 
 def port_guards(host: str, port: int) -> list[socket.socket]:
-    """One socket per address of ``host`` named for that address and ``port`` in Linux's abstract Unix
-    namespace, which a second Kiln gateway holding the same port cannot bind (OSError EADDRINUSE
-    naming it): the namespace is the network namespace's, as the port is, and a name goes with the
-    process that bound it, killed or not. None for port 0, and none off Linux (the port is then held
-    without SO_REUSEADDR only)."""
+    """A socket named for ``port`` in Linux's abstract Unix namespace, which a second Kiln gateway on the
+    same port cannot bind (OSError EADDRINUSE naming it): the namespace is the network namespace's, as
+    the port is, and a name goes with the process that bound it, killed or not. Named by the port alone,
+    whatever the address (``127.0.0.1``, ``0.0.0.0`` and ``::`` overlap: a gateway on one could share
+    the port of another, held with SO_REUSEADDR, on the other), so one Kiln gateway serves a port on a
+    machine. None for port 0, and none off Linux (the port is then held without SO_REUSEADDR only)."""
     if not port or not sys.platform.startswith("linux"):
         return []
-    guards: list[socket.socket] = []
+    guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        for _, address in bind_addresses(host, port):
-            guard = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            guards.append(guard)
-            try:
-                guard.bind(f"\0kiln-gateway-port {address[0]} {port}")
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                raise OSError(
-                    errno.EADDRINUSE, f"another Kiln gateway holds port {port} on {address[0]}"
-                ) from None
-    except OSError:
-        for guard in guards:
-            guard.close()
-        raise
-    return guards
+        guard.bind(f"\0kiln-gateway-port {port}")
+    except OSError as exc:
+        guard.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise OSError(errno.EADDRINUSE, f"another Kiln gateway holds port {port}") from None
+    return [guard]
 
 
 def worker_argv(

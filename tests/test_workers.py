@@ -321,9 +321,10 @@ def test_a_workers_gateway_restarted_at_once_holds_its_port_and_a_second_gateway
     port = _port_in_time_wait()
     held = claim_port("127.0.0.1", port, hold=True)
     try:
-        for hold in (True, False):  # another --workers gateway, a gateway of one process
-            with pytest.raises(OSError, match=f"another Kiln gateway holds port {port} on 127.0.0.1"):
-                claim_port("127.0.0.1", port, hold=hold)
+        for host in ("127.0.0.1", "0.0.0.0", "localhost"):  # addresses that overlap, spelled apart
+            for hold in (True, False):  # another --workers gateway, a gateway of one process
+                with pytest.raises(OSError, match=f"another Kiln gateway holds port {port}"):
+                    claim_port(host, port, hold=hold)
         listening = socket.socket()
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listening.bind(("127.0.0.1", port))  # a worker binds beside the held socket and serves
@@ -334,3 +335,10 @@ def test_a_workers_gateway_restarted_at_once_holds_its_port_and_a_second_gateway
             sock.close()
     for sock in claim_port("127.0.0.1", port, hold=True):  # given back with the gateway's end
         sock.close()
+    guards = claim_port("127.0.0.1", port, hold=False)  # a gateway of one process keeps its guard
+    try:
+        with pytest.raises(OSError, match=f"another Kiln gateway holds port {port}"):
+            claim_port("0.0.0.0", port, hold=True)
+    finally:
+        for sock in guards:
+            sock.close()
