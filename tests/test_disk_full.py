@@ -289,7 +289,8 @@ def test_a_nodes_first_rank_that_cannot_write_says_so_naming_its_rank(monkeypatc
 
     monkeypatch.setattr(classify, "train", full)
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("MASTER_ADDR", "node-0")  # one of several processes (torchrun sets it)
+    monkeypatch.setenv("MASTER_ADDR", "node-0")  # one of several processes (torchrun sets these)
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "0")  # the first rank of another node: its own disk
     assert classify.main([]) == 1
     assert capsys.readouterr().err.startswith("error (rank 1): [Errno 28] No space left on device")

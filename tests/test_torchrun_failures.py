@@ -76,8 +76,10 @@ def test_a_world_size_left_over_without_a_launchers_other_variables_is_refused_n
 
 def test_only_rank_0_reports_errors_unless_the_process_cannot_be_one_of_several():
     assert runtime.reports_errors({}) and runtime.reports_errors({"RANK": "0", "MASTER_ADDR": "h"})
-    assert not runtime.reports_errors({"RANK": "1", "MASTER_ADDR": "h"})
+    assert not runtime.reports_errors({"RANK": "1", "MASTER_ADDR": "h", "WORLD_SIZE": "2"})
     assert runtime.reports_errors({"RANK": "1"})  # left over from another job: no rank 0 would say it
+    assert runtime.reports_errors({"RANK": "1", "MASTER_ADDR": "h"})  # no WORLD_SIZE: it trains alone
+    assert runtime.reports_errors({"RANK": "1", "MASTER_ADDR": "h", "WORLD_SIZE": "two"})
 
 
 @pytest.mark.parametrize("trainer", ["translate", "classify"])

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from tests.torchrun import torchrun_env
-from training import classify, classify_loop, runtime, translate, translate_loop
+from training import classify, classify_loop, cli, runtime, translate, translate_loop
 from training.data.images import DataSpec, contents_differences, make_splits
 from training.resume import load_resume
 
@@ -111,7 +111,7 @@ def test_a_trainer_whose_collective_times_out_exits_1_with_one_line_on_every_ran
     """It ended in gloo's RuntimeError traceback on every waiting rank. Each says so in one line, rank 0
     too: the hung rank may be rank 0, whose line would never come."""
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setattr(cli, "reports_errors", lambda env: rank == "0")  # one of two ranks
 
     def hung_peer(*args):
         raise RuntimeError(GLOO_RECV)
@@ -185,7 +185,7 @@ def read_until(lines: queue.Queue, seen: list[str], done, deadline: float) -> bo
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_a_stopped_torchrun_rank_ends_the_run_after_dist_timeout_with_one_line_and_the_resume_state_whole(
     tmp_path,
 ):
@@ -194,7 +194,7 @@ def test_a_stopped_torchrun_rank_ends_the_run_after_dist_timeout_with_one_line_a
     (hooks / "stoprank.py").write_text(STOP_RANK_1)
     args = ["--model", "lenet", "--epochs", "2", "--limit-train", "64", "--limit-val", "16"]
     args += ["--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu"]
-    args += ["--output-dir", str(out), "--dist-timeout", "5"]
+    args += ["--output-dir", str(out), "--dist-timeout", "15"]
     env = {**os.environ, **torchrun_env(tmp_path / "scratch")}
     env.update(
         PYTHONPATH=os.pathsep.join([str(hooks), str(ROOT)]),
@@ -225,7 +225,7 @@ def test_a_stopped_torchrun_rank_ends_the_run_after_dist_timeout_with_one_line_a
     assert process.returncode != 0
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
-    assert "waited 5 s (--dist-timeout)" in errors[0] and "holds the run after epoch 1, whole" in errors[0]
+    assert "waited 15 s (--dist-timeout)" in errors[0] and "holds the run after epoch 1, whole" in errors[0]
     assert "Timed out waiting" not in err and "RuntimeError" not in err, err
     assert load_resume(str(out / "lenet.resume.pt"))["epoch"] == 1 and not (out / "lenet.pt").exists()
 

@@ -180,10 +180,15 @@ def check_launch(env: Mapping[str, str]) -> None:
 
 def reports_errors(env: Mapping[str, str]) -> bool:
     """Whether this process prints the run's error line and its result: rank 0 of a multi-process run
-    (so one line, not one a rank), or a process that cannot be one of several (no ``MASTER_ADDR``): a
-    ``RANK`` left over from another job in the shell made every error of a lone run silent, exit 2."""
+    (so one line, not one a rank), or a process that cannot be one of several (``WORLD_SIZE`` not above
+    1, as ``setup_dist`` reads it, or no ``MASTER_ADDR``): a ``RANK`` left over from another job in the
+    shell made every error of a lone run silent, exit 2."""
     rank = (env.get("RANK") or "0").strip()
-    return rank == "0" or not env.get("MASTER_ADDR")
+    try:
+        alone = int(env.get("WORLD_SIZE") or 1) <= 1
+    except ValueError:  # refused by check_launch, in a line this process must print
+        alone = True
+    return rank == "0" or alone or not env.get("MASTER_ADDR")
 
 
 def restart_count(env: Mapping[str, str]) -> int:
