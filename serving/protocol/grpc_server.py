@@ -34,9 +34,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # ping sooner than 5 min after the last (2 h with no call open) for a strike, and at the third closes the
 # connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", cutting its calls and streams: what a client
 # keeping its connection alive through a load balancer or sidecar gets (tritonclient's KeepAliveOptions).
+# Pings closer together than half a second still strike (grpc core's default two strikes, then GOAWAY):
+# its defence against a ping flood stays, and the fastest keepalive a grpc client sends is one a second.
 KEEPALIVE_POLICY = [
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_ping_strikes", 0),  # 0: no limit
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
 ]
 
 
