@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 GrpcServerKind = Literal["kiln", "grpcio"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# grpc.aio answers every keepalive ping, as Kiln's own server does, whatever its interval and with or
-# without calls open: grpc core's default policy (Triton's too, its --grpc-keepalive-* defaults) takes a
+# grpc.aio answers keepalive pings, as Kiln's own server does, at any interval a client sends them and
+# with or without calls open: grpc core's default policy (Triton's too, its --grpc-keepalive-* defaults) takes a
 # ping sooner than 5 min after the last (2 h with no call open) for a strike, and at the third closes the
 # connection with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", cutting its calls and streams: what a client
 # keeping its connection alive through a load balancer or sidecar gets (tritonclient's KeepAliveOptions).
