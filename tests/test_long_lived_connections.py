@@ -148,12 +148,20 @@ def test_keepalive_pings_every_second_never_end_an_idle_stream_or_its_connection
 
 @pytest.mark.parametrize("kind", ["kiln", "grpcio"])
 def test_a_client_whose_gateway_drained_reconnects_to_the_next_one_on_the_same_port(loop, kind: str) -> None:
+    """Once the client has seen its connection go (GOAWAY, then the close), its next call reaches the new
+    server. A call sent before the client saw it could go out on the dying connection and fail
+    UNAVAILABLE, which clients retry: the test waits for the channel to leave READY first."""
     first = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server=kind))
     port = first.port
+    states: queue.Queue = queue.Queue()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        channel.subscribe(states.put)  # its connectivity, from now on (READY first)
         loop.run(first.stop(1.0))  # GOAWAY, then the connection closed
+        deadline = time.monotonic() + 30
+        while states.get(timeout=max(0.0, deadline - time.monotonic())) == grpc.ChannelConnectivity.READY:
+            pass
         second = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", port, server=kind))
         try:
             reply = stub.ModelInfer(doubling_request(X), timeout=10, wait_for_ready=True)
@@ -161,6 +169,7 @@ def test_a_client_whose_gateway_drained_reconnects_to_the_next_one_on_the_same_p
                 np.frombuffer(reply.raw_output_contents[0], np.float32), 2 * X.ravel()
             )
         finally:
+            channel.unsubscribe(states.put)
             loop.run(second.stop(0.5))
 
 
