@@ -149,7 +149,7 @@ def test_latest_with_no_versions_serves_none_as_triton_does_and_says_why(tmp_pat
 def test_specific_versions_with_no_directory_are_named_in_a_warning(tmp_path: Path, caplog) -> None:
     policy = "version_policy { specific { versions: [ 1, 3, 7 ] } }\n"
     _entry(tmp_path, "picked", policy + CONFIG.format(name="picked"), versions=("1", "2", "3"))
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         repository = Repository(tmp_path)
     assert repository.get("picked").versions == ["1", "3"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

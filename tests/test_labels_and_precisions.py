@@ -59,7 +59,7 @@ def test_a_labels_file_read_otherwise_than_it_looks_is_named_in_one_warning(tmp_
     """A blank line, a Windows line end, stray bytes: each is served as Triton serves it and logged,
     with the count warning where the lines do not number the classes."""
     directory = _hand_entry(tmp_path, b"a\r\n\n\xff\nd\n")
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         assert load_entry(directory).labels == {"p": ["a\r", "", "\ufffd", "d"]}
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
@@ -71,7 +71,7 @@ def test_a_labels_file_read_otherwise_than_it_looks_is_named_in_one_warning(tmp_
 
 
 def test_an_exported_labels_file_is_read_without_a_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         assert load_entry(_hand_entry(tmp_path, b"zero\none\ntwo\n")).labels == {"p": ["zero", "one", "two"]}
     assert caplog.records == []
 

@@ -113,7 +113,7 @@ def test_a_version_directory_with_a_leading_zero_is_ignored_as_triton_ignores_it
     (repo / "lenet" / "1").mkdir()
     shutil.copy(repo / "lenet" / "02" / "model.onnx", repo / "lenet" / "1" / "model.onnx")
     _edit(repo / "lenet" / "config.pbtxt", "latest {\n    num_versions: 1\n  }", "all {\n  }")
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         repository = Repository(repo)
     assert repository.entries["lenet"].versions == ["1"]  # not "2", whose directory 2/ does not exist
     assert any("'02'" in r.getMessage() and "model lenet" in r.getMessage() for r in caplog.records)
@@ -123,7 +123,7 @@ def test_a_version_directory_with_a_leading_zero_is_ignored_as_triton_ignores_it
 
 def test_a_labels_file_that_does_not_count_the_classes_is_named_in_a_warning(repo, caplog):
     (repo / "lenet" / "labels.txt").write_text("zero\none\n")
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         Repository(repo)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
@@ -134,7 +134,7 @@ def test_a_labels_file_that_does_not_count_the_classes_is_named_in_a_warning(rep
 def test_a_directory_without_a_config_is_named_not_silently_skipped(repo, caplog):
     (repo / "lenet" / "config.pbtxt").unlink()
     (repo / "notes").mkdir()  # no version directory: not a model entry at all
-    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+    with caplog.at_level(logging.WARNING, logger="serving.execution"):
         repository = Repository(repo)
     assert repository.names() == [] and repository.errors == {}  # a failed model would keep it unready
     assert any(

@@ -24,10 +24,11 @@ from tritonclient.grpc import service_pb2
 from serving.app import create_app
 from serving.errors import BadRequest
 from serving.execution import placement
+from serving.execution.model_versions import parse_version
 from serving.execution.onnxruntime import OnnxRuntimeBackend
 from serving.execution.ort_options import OrtOptions
 from serving.execution.ort_sessions import SessionOpener
-from serving.execution.repository import Repository, parse_version
+from serving.execution.repository import Repository
 from serving.protocol.grpc_servicer import InferenceServicer
 from serving.settings import Settings
 from tests.repo_fixtures import write_onnx_entry

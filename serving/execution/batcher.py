@@ -5,7 +5,10 @@ queued requests in order while their items fit ``max_batch_size`` and their non-
 sends it at once when a preferred batch size (or ``max_batch_size``) is reached, and otherwise waits
 until the oldest request has waited ``max_queue_delay``. It then runs the merged batch itself and
 hands every request exactly its own rows back with one event-loop wake-up per batch. That rule, the
-merge and the split are :mod:`serving.execution.batches`; the queue, its threads and its policies here.
+merge and the split are :mod:`serving.execution.batches`; the queue's order under Triton's queue policy
+and priority levels (REJECT or DELAY past a request's queue timeout, a lower level first)
+:mod:`serving.execution.batch_queue`; a batch's run, its isolation and its metrics
+:mod:`serving.execution.batch_runs`. The queue itself, its lock and its threads are here.
 
 Why threads and not an asyncio worker task: a request that finds an instance idle costs one thread
 wake-up there and one loop wake-up back, instead of an Event wake-up of a task, an executor future
@@ -17,18 +20,6 @@ instance idle runs on the event loop itself, without those two wake-ups: perf_an
 resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs have been, and a
 request that was waiting while the previous one ran on the loop (submitted within ``INLINE_GAP_S`` of
 its end) is never run there: it goes through the queue, so batches form again under load.
-
-Triton's queue policy (``default_queue_policy``, :mod:`serving.execution.batch_policy`): how long a
-request may wait in the queue, the config's default or its own ``timeout`` parameter where that may
-shorten it, apart from its deadline (504), which is the server's limit or the client's shorter one. Past
-its queue timeout, REJECT answers it UNAVAILABLE "Request timeout expired" (503) and never runs it; DELAY
-keeps it queued behind every request still within its timeout. A request already in a batch is not
-affected. Without a default timeout the hot path tests one number.
-
-Triton's priority levels (``priority_levels``): the queue is kept in level order, a lower level first
-(:func:`~serving.execution.batches.ranked_place`), so a batch takes the highest-priority requests
-first and fills up with lower ones; each level has its own queue policy and its own bound. Without
-levels (every exported config) a request is appended to the one queue as before.
 """
 
 from __future__ import annotations
@@ -40,26 +31,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from itertools import chain
-from operator import attrgetter
+from collections.abc import Callable
 from typing import Any
 
 from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
-from serving.execution.batch_policy import BatchPolicy, QueuePolicy
-from serving.execution.batches import (
-    Pending,
-    Tensors,
-    deliver,
-    items,
-    merge,
-    oldest_arrival,
-    plan,
-    ranked_place,
-    settle,
-    signature,
-    split,
-)
+from serving.execution.batch_policy import BatchPolicy
+from serving.execution.batch_queue import apply_timeouts, due, rejects_any, rejects_at, take_batch
+from serving.execution.batch_runs import RunFn, observe_alone, observe_batch, run_merged, run_one_by_one
+from serving.execution.batches import Pending, Tensors, deliver, items, ranked_place, settle, signature
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -73,7 +52,6 @@ log = logging.getLogger(__name__)
 # against 3.3-5.2 ms).
 INLINE_GAP_S = 0.0001
 
-RunFn = Callable[[int, Tensors], Tensors]  # (instance index, merged inputs) -> outputs
 _IDLE: list = []  # _next_batch's answer when an instance should release (compared by identity)
 
 
@@ -108,7 +86,7 @@ class DynamicBatcher:
         self._clock = clock
         self._levels = policy.priority_levels  # 0: one queue in arrival order (the common case)
         self._queue_timeout_s = policy.longest_queue_timeout_s  # 0: no queue policy to apply (common too)
-        self._rejects = any(p.rejects for p in self._queue_policies())  # some request's timer may reject
+        self._rejects = rejects_any(policy)  # some request's timer may reject
         self._queue: deque[Pending] = deque()
         self._delayed: deque[Pending] = deque()  # DELAY: timed out, behind every request in _queue
         self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
@@ -223,11 +201,6 @@ class DynamicBatcher:
             retry_after=self.retry_after_s,
         )
 
-    def _queue_policies(self) -> list[QueuePolicy]:
-        """Every queue policy a request of this model may be under."""
-        own = self.policy.priority_queue_policy.values() if self._levels else ()
-        return [self.policy.default_queue_policy, *own]
-
     def _may_run_inline(self, inputs: Tensors) -> bool:
         """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""
         if self.inline is None or self._queue or self._running or items(inputs, self.policy) != 1:
@@ -255,16 +228,12 @@ class DynamicBatcher:
     def _expire(self, pending: Pending, timeout_s: float) -> None:
         """Its deadline passed (504); if REJECT's queue timeout passed with it (its own timeout, as an
         override) and it is still queued, it is rejected as Triton would (whichever timer ran first)."""
-        if self._rejects and pending.queue_timeout_s <= timeout_s and self._rejects_at(pending):
+        if self._rejects and pending.queue_timeout_s <= timeout_s and rejects_at(self.policy, pending):
             self._reject_queued(pending)
         if not pending.future.done():
             pending.future.set_exception(
                 DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
             )
-
-    def _rejects_at(self, pending: Pending) -> bool:
-        """Whether ``pending``'s queue policy is REJECT (with levels, its own level's)."""
-        return not self._levels or self.policy.queue_policy(pending.rank >> 1).rejects
 
     def _reject_queued(self, pending: Pending) -> None:
         """REJECT: a request still queued when its queue timeout passes is answered now, never run; one
@@ -318,7 +287,7 @@ class DynamicBatcher:
         with self._ready:
             while True:
                 # when the next queued request times out: the batch may change then (Triton wakes too)
-                soonest = self._apply_queue_policy(self._clock()) if self._queue_timeout_s else math.inf
+                soonest = self._apply_queue_policy() if self._queue_timeout_s else math.inf
                 if not self._queue and not self._delayed:
                     if self._closing:
                         return None
@@ -327,91 +296,34 @@ class DynamicBatcher:
                     elif not self._ready.wait(self.release_idle_s) and not self._queue and not self._delayed:
                         return _IDLE
                     continue
-                first = self._queue[0] if self._queue else self._delayed[0]
                 now = self._clock()
-                delay_s = self.policy.max_queue_delay_s
-                oldest = first.arrival
-                if self._delayed or self._levels:  # older requests may be behind the first (DELAY, levels)
-                    oldest = oldest_arrival(self.policy, first, self._waiting())
-                wait_s = oldest + delay_s - now
-                overdue = wait_s <= 0 < delay_s  # Triton: past its delay, all that fit, not a preferred size
-                take, ready = plan(self.policy, first, self._waiting(), overdue)
-                if ready or wait_s <= 0 or self._closing:
+                take, wait_s = due(self.policy, self._queue, self._delayed, now)
+                if wait_s <= 0 or self._closing:
                     self._running += 1  # before the queue empties: see submit's inline path
-                    if self._delayed:
-                        batch = self._take(take)
-                    else:
-                        batch = [self._queue.popleft() for _ in range(take)]
+                    batch = take_batch(self._queue, self._delayed, take)
                     if self._queue or self._delayed:  # what is left may be due now: an idle instance's
                         self._ready.notify()
                     return batch
                 self._ready.wait(min(wait_s, soonest - now, threading.TIMEOUT_MAX))
 
-    def _waiting(self) -> Iterable[Pending]:
-        """The queued requests in the order a batch takes them: those within their queue timeout first."""
-        return chain(self._queue, self._delayed) if self._delayed else self._queue
-
-    def _apply_queue_policy(self, now: float) -> float:
-        """Triton's ``timeout_action`` on queued requests past their queue timeout: REJECT answers them,
-        DELAY puts them behind every request still within its own (never to time out again). Returns
-        when the next queued request times out."""
-        soonest, expired = math.inf, []
-        for pending in self._queue:
-            expiry = pending.arrival + pending.queue_timeout_s
-            if expiry <= now:
-                expired.append(pending)
-            elif expiry < soonest:
-                soonest = expiry
-        if expired and self._levels:
-            self._apply_level_policies(expired, now)
-        elif expired:
-            kept = [p for p in self._queue if p.arrival + p.queue_timeout_s > now]
-            self._queue.clear()
-            self._queue.extend(kept)
-            if self.policy.timeout_delays:
-                for pending in expired:
-                    pending.queue_timeout_s = math.inf
-                self._delayed.extend(expired)
-            else:
-                self._hand_back(settle, expired, [self._timed_out(p) for p in expired])
-        return soonest
-
-    def _apply_level_policies(self, expired: list[Pending], now: float) -> None:
-        """:meth:`_apply_queue_policy` with priority levels: each request past its queue timeout as its
-        own level's policy says; a delayed one moves behind its level's requests still within theirs
-        (and behind those delayed before it), ahead of every lower level's."""
-        kept = [p for p in self._queue if p.arrival + p.queue_timeout_s > now]
-        rejected = []
-        for pending in expired:
-            if self.policy.queue_policy(pending.rank >> 1).delays:
-                pending.queue_timeout_s = math.inf
-                pending.rank |= 1
-                kept.append(pending)
-            else:
-                rejected.append(pending)
-        kept.sort(key=attrgetter("rank"))  # stable: arrival order within a rank
-        self._queue.clear()
-        self._queue.extend(kept)
+    def _apply_queue_policy(self) -> float:
+        """Apply the queue policy now (:func:`~serving.execution.batch_queue.apply_timeouts`), answering
+        the requests it rejects; returns when the next queued request times out."""
+        soonest, rejected = apply_timeouts(self.policy, self._queue, self._delayed, self._clock())
         if rejected:
             self._hand_back(settle, rejected, [self._timed_out(p) for p in rejected])
-
-    def _take(self, count: int) -> list[Pending]:
-        """The next batch where requests were delayed: those within their queue timeout first."""
-        batch = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
-        return batch + [self._delayed.popleft() for _ in range(count - len(batch))]
+        return soonest
 
     def _execute(self, instance: int, batch: list[Pending]) -> None:
         """Run one batch on this thread; one loop wake-up delivers every request's rows (or the error)."""
-        clock = self._clock
-        started = merged_at = ran_at = clock()
+        started = merged_at = ran_at = self._clock()
         live = [p for p in batch if not p.future.done()]  # a racy read is fine: delivery checks again
         try:
             if live:
-                merged = merge([p.inputs for p in live], batched=self.policy.max_batch_size > 0)
-                merged_at = clock()
-                outputs = self.run(instance, merged)
-                ran_at = clock()
-                rows = split(outputs, live)
+                batched = self.policy.max_batch_size > 0
+                rows, merged_at, ran_at = run_merged(
+                    self.run, instance, live, batched=batched, clock=self._clock
+                )
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, each alone
             if isinstance(exc, BadRequest):  # a client's input, answered as its 400: no traceback to log
                 log.info("model %s: batch of %d request(s) refused: %s", self.name, len(live), exc)
@@ -422,51 +334,23 @@ class DynamicBatcher:
         self._ran()  # before the answers leave: the next request may run on the loop at once
         if not live:
             return
-        split_at = clock()
+        split_at = self._clock()
         self._hand_back(deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
-            waits = [started - pending.arrival for pending in live]
-            for wait in waits:
-                self.observer.observe_queue(self.name, wait)
-            parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
-            self.observer.observe_batch(self.name, sum(p.items for p in live), len(live), sum(waits), *parts)
+            observe_batch(self.observer, self.name, live, started, merged_at, ran_at, split_at)
 
     def _answer_alone(self, instance: int, live: list[Pending], exc: Exception, started: float) -> None:
-        """After a failed batch (begun at ``started``): each request's own answer (:meth:`_one_by_one`),
-        handed back in one wake-up; each that then succeeded is observed as the batch of one it ran in."""
-        answers, alone = self._one_by_one(instance, live, exc) if len(live) > 1 else ([exc], [])
+        """After a failed batch (begun at ``started``): each request's own answer
+        (:func:`~serving.execution.batch_runs.run_one_by_one`), handed back in one wake-up; each that
+        then succeeded is observed as the batch of one it ran in."""
+        if len(live) > 1:
+            answers, alone = run_one_by_one(self.run, instance, live, exc, self._clock)
+        else:
+            answers, alone = [exc], []
         self._ran()
         self._hand_back(settle, live, answers)
-        if self.observer is None:
-            return
-        for pending, ran_s in alone:
-            wait = started - pending.arrival
-            self.observer.observe_queue(self.name, wait)
-            self.observer.observe_batch(self.name, pending.items, 1, wait, 0.0, ran_s, 0.0)
-
-    def _one_by_one(
-        self, instance: int, live: list[Pending], failed: Exception
-    ) -> tuple[list[Tensors | Exception], list[tuple[Pending, float]]]:
-        """Each request of a failed batch run alone: one request's bad input fails only that request
-        (DESIGN.md, isolation). Only after a failure, so it costs the batches that run nothing. A request
-        answered meanwhile (its caller went away, its deadline passed) is not run again: no one would
-        read its rows. Returns each request's answer (``failed`` for those not run, which delivery
-        skips), and the requests that succeeded with their run's seconds (observed as the batches of one
-        they ran in)."""
-        answers: list[Tensors | Exception] = []
-        alone: list[tuple[Pending, float]] = []
-        for pending in live:
-            if pending.future.done():  # a racy read is fine: settle checks again on the loop
-                answers.append(failed)
-                continue
-            ran_from = self._clock()
-            try:
-                answers.append(split(self.run(instance, pending.inputs), [pending])[0])
-            except Exception as exc:  # noqa: BLE001 - this request's own answer
-                answers.append(exc)
-                continue
-            alone.append((pending, self._clock() - ran_from))
-        return answers, alone
+        if self.observer is not None:
+            observe_alone(self.observer, self.name, alone, started)
 
     def _release(self, instance: int) -> None:
         """The idle instance's release; a failure only leaves the memory held."""

@@ -1,13 +1,14 @@
-"""Read a Triton model repository (contract 2): config.pbtxt, kiln.json, labels and version directories.
+"""Read a Triton model repository (contract 2): its entries, the state of each and why one is not served.
 
 The gateway only ever serves names found here, so a model name from a URL is looked up in a dict and
 never joined into a path. A broken entry is logged and reported as not ready instead of stopping the
-whole gateway (as Triton does).
+whole gateway (as Triton does). Reading an entry's files is in :mod:`serving.execution.entry_config`
+(config.pbtxt, kiln.json), :mod:`serving.execution.label_files` and
+:mod:`serving.execution.model_versions`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kiln.versions import changes_since, current_version
-from serving.errors import BadRequest, ModelNotFound
+from serving.errors import ModelNotFound
 from serving.execution.base import ModelMetadata, TensorMeta
-from serving.execution.batch_policy import batching_problems
 from serving.execution.config_json import config_json
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
+from serving.execution.entry_config import read_config, read_kiln
+from serving.execution.label_files import entry_labels
+from serving.execution.model_versions import is_version, select_versions
 
 log = logging.getLogger(__name__)
 
@@ -177,130 +180,17 @@ def _listed(names: list[str]) -> str:
 
 def load_entry(directory: Path) -> RepositoryEntry:
     """Parse one model directory."""
-    config_path = directory / "config.pbtxt"
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(config_path.read_text(), config)
-    except (text_format.ParseError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_path}: not a valid Triton config.pbtxt: {exc}") from None
-    if not config.name:
-        config.name = directory.name
-    if config.name != directory.name:
-        raise ValueError(
-            f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
-        )
-    problems = config_problems(config)
-    if problems:
-        raise ValueError(f"{config_path}: {'; '.join(problems)} (Triton refuses to load it too)")
+    config = read_config(directory)
     kiln_path = directory / "kiln.json"
-    kiln = _read_kiln(kiln_path) if kiln_path.is_file() else {}
+    kiln = read_kiln(kiln_path) if kiln_path.is_file() else {}
     return RepositoryEntry(
         directory.name,
         directory,
         config,
         kiln,
-        _entry_labels(directory, config, kiln),
-        _select_versions(directory, config),
+        entry_labels(directory, config, kiln),
+        select_versions(directory, config),
     )
-
-
-def _entry_labels(
-    directory: Path, config: model_config_pb2.ModelConfig, kiln: dict[str, Any]
-) -> dict[str, list[str]]:
-    """Each output's labels: its ``label_filename`` (a file Triton cannot read fails the load, as it
-    fails Triton's), else kiln.json's ``labels`` file for every output (Triton never reads it, so one
-    the gateway cannot read only leaves the classes unnamed, with a warning)."""
-    labels = {}
-    for output in config.output:
-        if output.label_filename:
-            labels[output.name] = _read_labels(directory, output.label_filename, f"output {output.name!r}")
-            _check_label_count(directory, output.label_filename, labels[output.name], [output])
-    named = kiln.get("labels")
-    if labels or not isinstance(named, str) or not (directory / named.lstrip("/")).is_file():
-        return labels
-    try:
-        shared = _read_labels(directory, named, "kiln.json")
-    except ValueError as exc:
-        log.warning("model %s: %s: its classes are answered by index", directory.name, exc)
-        return labels
-    _check_label_count(directory, named, shared, list(config.output))
-    return {output.name: shared for output in config.output}
-
-
-WILDCARD = -1  # a variable-size dimension
-
-
-def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
-    """What Triton's model-config validation refuses in ``config``, each naming its field: a hand edit
-    that Triton would not load (a zero dimension, a preferred batch size past ``max_batch_size``) is
-    refused at load instead of loading READY and failing every request, or batching otherwise."""
-    batching = int(config.max_batch_size)
-    problems = [] if batching >= 0 else [f"max_batch_size must be 0 or more, got {batching}"]
-    for kind, tensors in (("input", config.input), ("output", config.output)):
-        for tensor in tensors:
-            problems += _tensor_problems(kind, tensor, batching)
-    if config.HasField("dynamic_batching"):
-        problems += batching_problems(config.dynamic_batching, batching)
-    return problems
-
-
-def _tensor_problems(kind: str, tensor: Any, max_batch_size: int) -> list[str]:
-    """Triton's ``ValidateIOShape``: a name, a data_type, dims of sizes >= 1 or -1, and a reshape of
-    the same element count."""
-    where = f"{kind} {tensor.name!r}"
-    if not tensor.name:
-        return [f"an {kind} has no name"]
-    problems = []
-    if tensor.data_type == model_config_pb2.TYPE_INVALID:
-        problems.append(f"{where} must specify data_type")
-    dims = [int(d) for d in tensor.dims]
-    if not dims:
-        problems.append(f"{where} must specify dims")
-    if any(d < 1 and d != WILDCARD for d in dims):
-        problems.append(f"{where} dims {dims}: each must be >= 1, or -1 for a variable size")
-    if not tensor.HasField("reshape"):
-        return problems
-    shape = [int(d) for d in tensor.reshape.shape]
-    if not shape and max_batch_size == 0:
-        problems.append(
-            f"{where} cannot have an empty reshape in a model without batching (max_batch_size 0)"
-        )
-    elif any(d < 1 and d != WILDCARD for d in shape):
-        problems.append(f"{where} reshape {shape}: each must be >= 1, or -1 for a variable size")
-    elif _trunks(dims) != (_trunks(shape) if shape else [1]):  # an empty reshape holds one element
-        problems.append(f"{where}: dims {dims} and reshape {shape} hold different numbers of elements")
-    return problems
-
-
-def _trunks(dims: list[int]) -> list[int]:
-    """The element counts between variable-size dimensions ([2, 4, -1, 6] -> [8, 6]): a reshape keeps them."""
-    counts = [1]
-    for dim in dims:
-        if dim == WILDCARD:
-            counts.append(1)
-        else:
-            counts[-1] *= dim
-    return counts
-
-
-# The kiln.json fields the gateway reads as JSON objects (docs/kiln-json.md); the others it reads
-# tolerate any type (a ``labels`` that is no file name is ignored, a non-string ``task`` serves nothing).
-KILN_OBJECTS = ("roles", "preprocessing", "export")
-
-
-def _read_kiln(path: Path) -> dict[str, Any]:
-    """Parse a kiln.json; a file that is no JSON object, or a field of the wrong type, names itself
-    (instead of an AttributeError stopping the gateway at start-up or a 500 at a request)."""
-    try:
-        kiln = json.loads(path.read_text())
-    except ValueError as exc:  # invalid JSON or not UTF-8
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(kiln, dict):
-        raise ValueError(f"{path}: must hold a JSON object, not a {type(kiln).__name__}")
-    for key in KILN_OBJECTS:
-        if key in kiln and not isinstance(kiln[key], dict):
-            raise ValueError(f"{path}: {key!r} must be a JSON object, got {kiln[key]!r}")
-    return kiln
 
 
 def exported_before(entry: RepositoryEntry, version: int | None = None) -> bool:
@@ -327,120 +217,6 @@ def _changes(entry: RepositoryEntry) -> list[str]:
     return changes_since(_written_version(entry) or 0, _model_name(entry))
 
 
-def _label_path(directory: Path, filename: str) -> Path:
-    """Where Triton finds a labels file: joined under the model directory, even an absolute name (so
-    ``/etc/hostname`` is the model directory's ``etc/hostname``); ``..`` and links are followed, as
-    Triton 2.51 follows them (it loads a model whose labels are ``../other/labels.txt``)."""
-    return directory / filename.lstrip("/")
-
-
-def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
-    """A labels file as Triton's ``LabelProvider`` reads it: a label per line, lines ended by line
-    feeds alone, each kept as written (a blank line is a class without a name and keeps its index; a
-    carriage return, U+2028 or U+0085 stays inside its label), so the gateway names each class as
-    Triton does; what is served otherwise than its writer likely meant is logged."""
-    path = _label_path(directory, filename)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"label file {str(path)!r} for {owner} cannot be read: {exc.strerror}") from None
-    text = data.decode("utf-8", errors="replace")
-    labels = text.split("\n")
-    if labels[-1] == "":  # the last line's \n ends it; it starts no label
-        labels.pop()
-    notes = _label_notes(labels, data)
-    if notes:
-        log.warning(
-            "model %s: %s, read a line a label as Triton reads it: %s", directory.name, path, "; ".join(notes)
-        )
-    return labels
-
-
-def _label_notes(labels: list[str], data: bytes) -> list[str]:
-    """What in a labels file is served otherwise than a reader of the file would guess."""
-    notes = []
-    blank = [i for i, label in enumerate(labels) if not label]
-    if blank:
-        notes.append(f"the lines of classes {_few(blank)} are blank: those classes have no name")
-    returns = [i for i, label in enumerate(labels) if label.endswith("\r")]
-    if returns:
-        notes.append(
-            f"the labels of classes {_few(returns)} end in a carriage return (Windows line ends), "
-            "which stays in the label: save the file with \\n line ends"
-        )
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        bad = [i for i, label in enumerate(labels) if "\ufffd" in label]
-        notes.append(
-            f"the labels of classes {_few(bad)} are not UTF-8: their stray bytes are served as U+FFFD"
-        )
-    return notes
-
-
-def _few(indices: list[int], shown: int = 5) -> str:
-    """``indices`` for a log line: the first few and a count."""
-    listed = ", ".join(map(str, indices[:shown]))
-    return listed if len(indices) <= shown else f"{listed} and {len(indices) - shown} more"
-
-
-def _check_label_count(directory: Path, filename: str, labels: list[str], outputs: list[Any]) -> None:
-    """Warn once when a labels file's lines do not number an output's classes (its last fixed dim):
-    the classes past the file are answered by index, and ``GET /v1/models`` counts the lines."""
-    classes = sorted({int(o.dims[-1]) for o in outputs if o.dims and o.dims[-1] > 0})
-    if classes and len(labels) not in classes:
-        log.warning(
-            "model %s: %s holds %d labels (a line each, blank ones included, as Triton reads it) but "
-            "output %s has %s classes: classes past the file are answered by index, labels past the "
-            "classes are unused",
-            directory.name,
-            directory / filename,
-            len(labels),
-            ", ".join(repr(o.name) for o in outputs if o.dims and o.dims[-1] > 0),
-            " or ".join(map(str, classes)),
-        )
-
-
-def _select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> list[str]:
-    """Version directories filtered by the config's version_policy (default: latest 1). As Triton,
-    only plain numbers name versions (``01`` or ``v2`` is ignored, with a warning: ``01`` would be
-    version 1 at a path that does not exist); an entry left with none is :func:`version_problem`'s."""
-    found, ignored = [], []
-    for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if _is_version(path):
-            if any(path.iterdir()):
-                found.append(int(path.name))
-        else:
-            ignored.append(path.name)
-    found.sort()
-    if ignored:
-        log.warning(
-            "model %s: directories %s in %s are not version numbers (plain digits, no leading zero): ignored",
-            directory.name,
-            ignored,
-            directory,
-        )
-    policy = config.version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        chosen = found
-    elif kind == "specific":
-        chosen = [v for v in found if v in set(policy.specific.versions)]
-        missing = sorted(set(policy.specific.versions) - set(found))
-        if missing:
-            log.warning(
-                "model %s: version_policy specific names versions %s that have no directory holding "
-                "files in %s: not served",
-                directory.name,
-                missing,
-                directory,
-            )
-    else:  # as Triton: latest { num_versions: 0 } selects none (the policy's default is latest 1)
-        count = policy.latest.num_versions if kind == "latest" else 1
-        chosen = found[-count:] if count > 0 else []
-    return [str(v) for v in chosen]
-
-
 def version_problem(entry: RepositoryEntry) -> str:
     """Why ``entry`` has no version to serve ("" when it has one): the backend reports it as the
     model's load failure (a model that never loads must not leave the server ready)."""
@@ -452,7 +228,7 @@ def version_problem(entry: RepositoryEntry) -> str:
         "specific": f" version_policy specific {sorted(policy.specific.versions)} and",
         "latest": f" version_policy latest num_versions {policy.latest.num_versions} and",
     }.get(kind or "", "")
-    found = sorted(int(p.name) for p in entry.path.iterdir() if _is_version(p) and any(p.iterdir()))
+    found = sorted(int(p.name) for p in entry.path.iterdir() if is_version(p) and any(p.iterdir()))
     return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}"
 
 
@@ -475,32 +251,9 @@ def unconfigured(directory: Path) -> str:
 def _holds_versions(directory: Path) -> bool:
     """Whether ``directory`` has a version directory holding files, as far as it can be read."""
     try:
-        return any(_is_version(path) and any(path.iterdir()) for path in directory.iterdir())
+        return any(is_version(path) and any(path.iterdir()) for path in directory.iterdir())
     except OSError:  # a directory this user cannot read: not one it could serve either
         return False
-
-
-def _is_version(path: Path) -> bool:
-    """A version directory: plain digits, no leading zero (as Triton reads them)."""
-    name = path.name
-    return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
-
-
-MAX_VERSION = 2**63 - 1  # Triton's versions are int64: a larger number is a 400 there, never a version
-
-
-def parse_version(version: str) -> str:
-    """A requested version (an HTTP path segment, a gRPC ``version`` field) in the form versions are
-    listed in: digits only, read as the number Triton reads (``01`` is version 1, ``00`` version 0,
-    which no model has); anything else, or a number past int64, is a 400."""
-    if not version:
-        return version
-    number = version.lstrip("0") or "0"  # a bounded length before int(): Python refuses 4 301 digits
-    if not (number.isascii() and number.isdigit()) or len(number) > 19 or int(number) > MAX_VERSION:
-        raise BadRequest(
-            f"model version must be a positive integer, at most {MAX_VERSION}, got {version[:40]!r}"
-        )
-    return number
 
 
 def _shown(name: str) -> str:

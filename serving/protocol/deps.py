@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 
 from serving.errors import UnprocessableInput
 from serving.execution.base import Backend
-from serving.execution.repository import Repository, parse_version
+from serving.execution.model_versions import parse_version
+from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from serving.settings import Settings
 

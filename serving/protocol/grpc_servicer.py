@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from serving.errors import PayloadTooLarge, ServingError, Unavailable
 from serving.execution.base import Backend, InferRequest, model_parameters
-from serving.execution.repository import parse_version
+from serving.execution.model_versions import parse_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_codec
 from serving.protocol.h2_wire import bounded_message

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, NotServed
-from serving.execution.repository import parse_version
+from serving.execution.model_versions import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body

@@ -1,0 +1,112 @@
+"""A model entry's settings files, read and checked: its config.pbtxt as Triton's model-config
+validation checks it, and its kiln.json as the gateway reads it (docs/kiln-json.md).
+
+Every refusal is a ValueError naming the file and what is wrong in it, which the repository reader
+(:mod:`serving.execution.repository`) reports as the entry's load failure, as Triton fails the load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving.execution.batch_policy import batching_problems
+
+WILDCARD = -1  # a variable-size dimension
+
+# The kiln.json fields the gateway reads as JSON objects (docs/kiln-json.md); the others it reads
+# tolerate any type (a ``labels`` that is no file name is ignored, a non-string ``task`` serves nothing).
+KILN_OBJECTS = ("roles", "preprocessing", "export")
+
+
+def read_config(directory: Path) -> model_config_pb2.ModelConfig:
+    """The config.pbtxt of model directory ``directory``, its name filled in from the directory's;
+    one that does not parse, names another model or that Triton refuses is a ValueError."""
+    config_path = directory / "config.pbtxt"
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(config_path.read_text(), config)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_path}: not a valid Triton config.pbtxt: {exc}") from None
+    if not config.name:
+        config.name = directory.name
+    if config.name != directory.name:
+        raise ValueError(
+            f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
+        )
+    problems = config_problems(config)
+    if problems:
+        raise ValueError(f"{config_path}: {'; '.join(problems)} (Triton refuses to load it too)")
+    return config
+
+
+def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
+    """What Triton's model-config validation refuses in ``config``, each naming its field: a hand edit
+    that Triton would not load (a zero dimension, a preferred batch size past ``max_batch_size``) is
+    refused at load instead of loading READY and failing every request, or batching otherwise."""
+    batching = int(config.max_batch_size)
+    problems = [] if batching >= 0 else [f"max_batch_size must be 0 or more, got {batching}"]
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:
+            problems += _tensor_problems(kind, tensor, batching)
+    if config.HasField("dynamic_batching"):
+        problems += batching_problems(config.dynamic_batching, batching)
+    return problems
+
+
+def _tensor_problems(kind: str, tensor: Any, max_batch_size: int) -> list[str]:
+    """Triton's ``ValidateIOShape``: a name, a data_type, dims of sizes >= 1 or -1, and a reshape of
+    the same element count."""
+    where = f"{kind} {tensor.name!r}"
+    if not tensor.name:
+        return [f"an {kind} has no name"]
+    problems = []
+    if tensor.data_type == model_config_pb2.TYPE_INVALID:
+        problems.append(f"{where} must specify data_type")
+    dims = [int(d) for d in tensor.dims]
+    if not dims:
+        problems.append(f"{where} must specify dims")
+    if any(d < 1 and d != WILDCARD for d in dims):
+        problems.append(f"{where} dims {dims}: each must be >= 1, or -1 for a variable size")
+    if not tensor.HasField("reshape"):
+        return problems
+    shape = [int(d) for d in tensor.reshape.shape]
+    if not shape and max_batch_size == 0:
+        problems.append(
+            f"{where} cannot have an empty reshape in a model without batching (max_batch_size 0)"
+        )
+    elif any(d < 1 and d != WILDCARD for d in shape):
+        problems.append(f"{where} reshape {shape}: each must be >= 1, or -1 for a variable size")
+    elif _trunks(dims) != (_trunks(shape) if shape else [1]):  # an empty reshape holds one element
+        problems.append(f"{where}: dims {dims} and reshape {shape} hold different numbers of elements")
+    return problems
+
+
+def _trunks(dims: list[int]) -> list[int]:
+    """The element counts between variable-size dimensions ([2, 4, -1, 6] -> [8, 6]): a reshape keeps them."""
+    counts = [1]
+    for dim in dims:
+        if dim == WILDCARD:
+            counts.append(1)
+        else:
+            counts[-1] *= dim
+    return counts
+
+
+def read_kiln(path: Path) -> dict[str, Any]:
+    """Parse a kiln.json; a file that is no JSON object, or a field of the wrong type, names itself
+    (instead of an AttributeError stopping the gateway at start-up or a 500 at a request)."""
+    try:
+        kiln = json.loads(path.read_text())
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(kiln, dict):
+        raise ValueError(f"{path}: must hold a JSON object, not a {type(kiln).__name__}")
+    for key in KILN_OBJECTS:
+        if key in kiln and not isinstance(kiln[key], dict):
+            raise ValueError(f"{path}: {key!r} must be a JSON object, got {kiln[key]!r}")
+    return kiln

@@ -1,0 +1,82 @@
+"""Model versions as Triton names them: the version directories an entry serves under its
+``version_policy``, and the version a request asks for.
+
+Only plain numbers name versions (``01`` or ``v2`` is no version directory), and a requested version
+is read as the number Triton reads (``01`` is version 1), so a model has the same versions from the
+gateway as from Triton.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2
+
+from serving.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+
+def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> list[str]:
+    """Version directories filtered by the config's version_policy (default: latest 1). As Triton,
+    only plain numbers name versions (``01`` or ``v2`` is ignored, with a warning: ``01`` would be
+    version 1 at a path that does not exist); why an entry is left with none is
+    :func:`serving.execution.repository.version_problem`'s to say."""
+    found, ignored = [], []
+    for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_version(path):
+            if any(path.iterdir()):
+                found.append(int(path.name))
+        else:
+            ignored.append(path.name)
+    found.sort()
+    if ignored:
+        log.warning(
+            "model %s: directories %s in %s are not version numbers (plain digits, no leading zero): ignored",
+            directory.name,
+            ignored,
+            directory,
+        )
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        chosen = found
+    elif kind == "specific":
+        chosen = [v for v in found if v in set(policy.specific.versions)]
+        missing = sorted(set(policy.specific.versions) - set(found))
+        if missing:
+            log.warning(
+                "model %s: version_policy specific names versions %s that have no directory holding "
+                "files in %s: not served",
+                directory.name,
+                missing,
+                directory,
+            )
+    else:  # as Triton: latest { num_versions: 0 } selects none (the policy's default is latest 1)
+        count = policy.latest.num_versions if kind == "latest" else 1
+        chosen = found[-count:] if count > 0 else []
+    return [str(v) for v in chosen]
+
+
+def is_version(path: Path) -> bool:
+    """A version directory: plain digits, no leading zero (as Triton reads them)."""
+    name = path.name
+    return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
+
+
+MAX_VERSION = 2**63 - 1  # Triton's versions are int64: a larger number is a 400 there, never a version
+
+
+def parse_version(version: str) -> str:
+    """A requested version (an HTTP path segment, a gRPC ``version`` field) in the form versions are
+    listed in: digits only, read as the number Triton reads (``01`` is version 1, ``00`` version 0,
+    which no model has); anything else, or a number past int64, is a 400."""
+    if not version:
+        return version
+    number = version.lstrip("0") or "0"  # a bounded length before int(): Python refuses 4 301 digits
+    if not (number.isascii() and number.isdigit()) or len(number) > 19 or int(number) > MAX_VERSION:
+        raise BadRequest(
+            f"model version must be a positive integer, at most {MAX_VERSION}, got {version[:40]!r}"
+        )
+    return number
