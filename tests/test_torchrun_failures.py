@@ -1,5 +1,5 @@
 """How the trainers meet torchrun's failure modes: a rank killed mid-run under ``--max-restarts`` (the
-restarted attempt must join a process group and finish, saying that it starts again), and a shell with
+restarted attempt must join a process group and finish, saying what it does), and a shell with
 a launcher's variables left over from another job (one clear line, not silence or a hang)."""
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def test_a_trainer_with_a_rank_left_over_from_another_job_says_why_it_stops(
 def test_a_classifier_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_finishes(tmp_path):
     """The restarted attempt failed to join its process group ("Gloo connectFullMesh failed ...
     Connection refused", or waited on a dead rank): torchrun's store held the killed attempt's
-    addresses under the same group names. Now it says it starts again, and ends with one record per
-    epoch, a checkpoint and a whole resume state."""
+    addresses under the same group names. Now it joins a group of its own (and resumes after the
+    finished epoch: tests/test_torchrun_resume.py), and ends with one record per epoch, a checkpoint
+    and a whole resume state."""
     out = tmp_path / "out"
     args = ["--model", "lenet", "--epochs", "2", "--limit-train", "128", "--limit-val", "32"]
     args += [

@@ -9,6 +9,8 @@ after every epoch, ``<name>.resume.pt`` (optimizer, scheduler and epoch for ``--
 run's metrics and resume state under the same name are replaced at the new run's first epoch's end,
 its checkpoint only by the new one (``training.tracking.MetricsLogger``). A run whose loss or weights go NaN or inf stops there with one
 line naming the epoch and step and what to try (exit status 2), and writes nothing from those weights.
+An attempt ``torchrun --max-restarts`` starts after a process died resumes from the resume state its own
+torchrun job's interrupted attempt wrote, never an earlier job's (``classify_loop.restarted``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ config live in ``training.classify``."""
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from training.classify import TrainConfig, augment_config, recipe_model_args
+from training.classify import TrainConfig, augment_config, recipe_model_args, resolve
 from training.data.augment import Augmenter
 from training.data.images import (
     DataSpec,
@@ -32,7 +33,7 @@ from training.data.images import (
 from training.data.loader import eval_batches, stream_seed, train_batches
 from training.models import build_model, make_config
 from training.optim import build_optimizer, build_scheduler, last_step_lr, restore_scheduler
-from training.resume import load_resume, resume_path
+from training.resume import RUN_ID_KEY, load_resume, restart_resume, resume_path
 from training.runtime import (
     Amp,
     Dist,
@@ -45,6 +46,7 @@ from training.runtime import (
     mean_over_ranks,
     optimizer_step,
     restore_scaler,
+    run_id,
     setup_dist,
     show_progress,
     teardown,
@@ -403,6 +405,7 @@ def save_resume(run: Run, epoch: int) -> None:
         "data": asdict(run.spec),
         "contents": run.train_ds.contents(),  # the classes and images the run read (check_same_contents)
         "train_config": asdict(run.config),  # --resume's defaults and checks (classify.resume_defaults)
+        RUN_ID_KEY: run_id(os.environ),  # a torchrun restart resumes its own job's only (restart_resume)
     }
     save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
 
@@ -456,8 +459,9 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     # A run stopped early wrote its last resume state before its checkpoint: killed in between, it is
     # resumed, and must not train on (unless a longer --early-stopping, or 0, is given now).
     run.stopped_early = 0 < run.stopper.patience <= run.stopper.bad_epochs
-    log.info("resuming %s after epoch %d", run.config.name, run.start_epoch)
-    if run.stopped_early:
+    if run.dist.is_main:
+        log.info("resuming %s after epoch %d of %d", run.config.name, run.start_epoch, run.config.epochs)
+    if run.stopped_early and run.dist.is_main:
         log.info(
             "the interrupted run had stopped early (no better val accuracy for %d epochs): nothing left "
             "to train; a larger --early-stopping, or 0, trains on",
@@ -616,12 +620,22 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
     return path
 
 
+def restarted(config: TrainConfig, d: Dist) -> TrainConfig:
+    """An attempt torchrun restarted (``--max-restarts``) resumes from the resume state under its name,
+    resolved as ``--resume`` would be, where its own torchrun job's interrupted attempt wrote it and every
+    rank reads it so (``restart_resume``); else, and in a first attempt, the config as given."""
+    found = restart_resume(Path(config.output_dir) / f"{config.name}.resume.pt", d)
+    return resolve(dataclasses.replace(config, resume=str(found))) if found else config
+
+
 def run(config: TrainConfig) -> Path:
     """Train one resolved config end to end: every rank trains and leaves the process group (if any)
-    with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it). A
-    collective that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it). An
+    attempt torchrun restarted continues its job's last finished epoch (``restarted``). A collective
+    that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
     with collective_timeouts(config.dist_timeout, config.device, lambda: resume_left(config)):
-        d = setup_dist(config.device, config.dist_timeout)
+        d = setup_dist(config.device, config.dist_timeout, on_restart=None)  # restarted() says it
+        config = restarted(config, d)
         r = prepare(config, d)
         with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
             history = fit(r)

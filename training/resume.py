@@ -1,8 +1,11 @@
 """A classifier run's resume state (``--resume``): where it lives beside a checkpoint, and reading it,
-a damaged, truncated or foreign file refused with a ``CheckpointError`` naming it."""
+a damaged, truncated or foreign file refused with a ``CheckpointError`` naming it; and the resume state
+an attempt torchrun restarts (``--max-restarts``) continues by itself: its own job's, never an earlier
+job's under the same ``--name`` (``restart_resume``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -11,7 +14,9 @@ from typing import Any
 import torch
 
 from training.checkpoint import CheckpointError, check_archive
-from training.runtime import amp_choice
+from training.runtime import Dist, amp_choice, gather_shards, restart_count, restart_line, run_id
+
+log = logging.getLogger(__name__)
 
 
 def resume_path(path: str | os.PathLike) -> Path:
@@ -22,6 +27,15 @@ def resume_path(path: str | os.PathLike) -> Path:
 
 # What classify_loop.save_resume writes and a resumed run reads.
 RESUME_KEYS = ("epoch", "model_name", "model_args", "model", "optimizer", "scheduler", "data")
+# The torchrun job (runtime.run_id) whose run wrote a resume state: None outside torchrun, or unknown.
+RUN_ID_KEY = "torchelastic_run_id"
+# Why a job whose torchrun run id is runtime.NO_RUN_ID never resumes a restart by itself.
+NO_JOB_ID = (
+    "torchrun's run id is 'none' (a rendezvous or --master-port given without --rdzv-id), which every such "
+    "job shares, so this job's resume state cannot be told from an earlier job's under this --name; give "
+    "torchrun a job-unique --rdzv-id to resume a restart (--standalone, and one node without those flags, "
+    "draw one)"
+)
 
 
 def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
@@ -61,3 +75,54 @@ def resumed_amp(state: dict[str, Any]) -> str | None:
     if amp is True and not state.get("scaler"):
         return None
     return amp_choice(amp)
+
+
+def job_epoch(path: Path, job: str, world_size: int) -> tuple[int, str]:
+    """The epoch after which the resume state at ``path`` holds torchrun job ``job``'s run on
+    ``world_size`` processes, or 0 and why it holds none: this rank's view of the file."""
+    if not path.is_file():
+        return 0, f"no epoch of this job's interrupted attempt had finished (no resume state at {path})"
+    try:
+        state = load_resume(str(path), mmap=True)
+    except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
+        return 0, f"the resume state at {path} cannot be read ({exc})"
+    held = state.get(RUN_ID_KEY)
+    if held != job:
+        return 0, (
+            f"no epoch of this job's interrupted attempt had finished: {path} is another run's resume state "
+            f"(torchrun run id {held or 'none'}; this job's is {job}), which this run replaces at its first "
+            "epoch's end"
+        )
+    if state.get("world_size") != world_size:
+        return 0, (
+            f"{path} holds a run on {state.get('world_size')} process(es), this attempt runs on {world_size} "
+            "(the job's nodes changed): a run resumes on as many processes only"
+        )
+    return int(state["epoch"]), ""
+
+
+def restart_resume(path: Path, d: Dist) -> Path | None:
+    """On an attempt torchrun restarted (``--max-restarts``): ``path``, the run's resume state, when
+    this torchrun job's interrupted attempt wrote it (``RUN_ID_KEY``) and every rank reads it so;
+    else None, on every rank alike: the run starts again from its command line. Rank 0 says which."""
+    restarts = restart_count(os.environ)
+    if not restarts:
+        return None
+    job = run_id(os.environ)
+    epoch, why = job_epoch(path, job, d.world_size) if job else (0, NO_JOB_ID)
+    epochs = gather_shards([epoch], d)  # every rank's view, in rank order, on every rank
+    others = [rank for rank, seen in enumerate(epochs) if seen != epoch]
+    if epoch and others:
+        why = (
+            f"rank 0 reads this job's resume state after epoch {epoch} at {path}, rank(s) "
+            f"{', '.join(map(str, others))} do not (is {path.parent} on a filesystem every node shares?)"
+        )
+    resumes = bool(epoch) and not others
+    if d.is_main:
+        what = (
+            f"the run resumes from {path}, the resume state this torchrun job's interrupted attempt wrote"
+            if resumes
+            else f"every process starts this run again from its command line: {why}"
+        )
+        log.warning("%s", restart_line(restarts, what))
+    return path if resumes else None

@@ -1,13 +1,15 @@
 """Where and how a training run computes, shared by the classifier and translator trainers.
 
 ``setup_dist`` joins the torchrun process group (gloo on CPU, nccl on CUDA) and picks this process's
-device; an attempt torchrun restarts (``--max-restarts``) joins a group of its own and starts the run
-again. ``Amp`` is the run's mixed precision (autocast dtype and gradient scaler), the same ``--amp``
-flag in both trainers (``add_amp_flags``), on CUDA and on the CPU alike. A run launched with
-more processes per node than visible GPUs stops with an error naming both numbers, before any process
-touches a device that does not exist. A collective that outlasts the process group's timeout
-(``--dist-timeout``: a rank hung, stopped or stuck in I/O) ends the run with ``CollectiveTimeout``, one
-line, instead of the backend's traceback.
+device; an attempt torchrun restarts (``--max-restarts``) joins a group of its own, and its trainer
+says what it does: a classifier resumes from the resume state its torchrun job's interrupted attempt
+wrote (``training.resume.restart_resume``, which ``run_id`` tells from an earlier job's), a translator,
+which keeps none, starts the run again. ``Amp`` is the run's mixed precision (autocast dtype and
+gradient scaler), the same ``--amp`` flag in both trainers (``add_amp_flags``), on CUDA and on the CPU
+alike. A run launched with more processes per node than visible GPUs stops with an error naming both
+numbers, before any process touches a device that does not exist. A collective that outlasts the
+process group's timeout (``--dist-timeout``: a rank hung, stopped or stuck in I/O) ends the run with
+``CollectiveTimeout``, one line, instead of the backend's traceback.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ DIST_TIMEOUT_FLAG = "--dist-timeout"
 DEFAULT_DIST_TIMEOUT_S = {"gloo": 1800.0, "nccl": 600.0}
 # a timedelta holds up to ~8.6e13 s; a week is longer than any collective a healthy run waits for
 MAX_DIST_TIMEOUT_S = 7 * 24 * 3600.0
+# What an attempt torchrun restarts does when its trainer keeps no resume state (the translator's).
+STARTS_AGAIN = (
+    "every process starts this run again from its command line (this trainer keeps no resume state); "
+    "files the interrupted attempt wrote under this --name are replaced as an earlier run's are"
+)
+# torchrun's run id where a rendezvous or --master-port is given without --rdzv-id (--standalone, and one
+# node without those flags, draw a uuid): every such job has it, so it tells no job's files from another's.
+NO_RUN_ID = "none"
 # gloo's own words when a send or receive of a collective ran out of time (a plain RuntimeError)
 GLOO_TIMEOUT = re.compile(r"Timed out waiting \d+ ?ms for (send|recv) operation")
 
@@ -97,9 +107,12 @@ def pick_device(device: str) -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
-def setup_dist(device: str = "auto", timeout_s: float | None = None) -> Dist:
+def setup_dist(
+    device: str = "auto", timeout_s: float | None = None, on_restart: str | None = STARTS_AGAIN
+) -> Dist:
     """Join the process group when WORLD_SIZE > 1 and pick the device (see ``pick_device``); its
-    collectives wait ``timeout_s`` seconds for the other ranks (None: ``DEFAULT_DIST_TIMEOUT_S``)."""
+    collectives wait ``timeout_s`` seconds for the other ranks (None: ``DEFAULT_DIST_TIMEOUT_S``).
+    ``on_restart``: what a restarted attempt does, said by rank 0 as it joins (None: the trainer says it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_launch(os.environ)
     chosen = pick_device(device)
@@ -112,7 +125,7 @@ def setup_dist(device: str = "auto", timeout_s: float | None = None) -> Dist:
         # argument, so importing it later (DDP does, through torch._dynamo) pins the default group,
         # which ``teardown`` could then never destroy
         importlib.import_module("torch.distributed.nn")
-        join_group(backend, timeout)
+        join_group(backend, timeout, on_restart)
     return Dist(dist.get_rank() if world > 1 else 0, world, chosen, timeout)
 
 
@@ -204,10 +217,24 @@ def attempt_prefix(env: Mapping[str, str]) -> str:
     return f"kiln/attempt_{restart_count(env)}/"
 
 
-def join_group(backend: str, timeout: timedelta | None = None) -> None:
+def run_id(env: Mapping[str, str]) -> str | None:
+    """This torchrun job's id (``TORCHELASTIC_RUN_ID``: ``--rdzv-id``, a fresh uuid under ``--standalone``
+    or on one node), the same in every attempt and rank of the job; None outside torchrun or where it is
+    ``NO_RUN_ID``, which names no one job."""
+    value = (env.get("TORCHELASTIC_RUN_ID") or "").strip()
+    return None if value in ("", NO_RUN_ID) else value
+
+
+def restart_line(restarts: int, what: str) -> str:
+    """Rank 0's line of an attempt torchrun restarted: which restart, and ``what`` the run does now."""
+    return f"torchrun restart {restarts} (--max-restarts): {what}"
+
+
+def join_group(backend: str, timeout: timedelta | None = None, on_restart: str | None = STARTS_AGAIN) -> None:
     """Join the default process group through torchrun's (env://) store, under ``attempt_prefix``;
-    a restarted attempt says so on rank 0: it starts the run again from its command line. ``timeout``
-    (None: torch's default) bounds every wait of the group's collectives, and of joining it."""
+    a restarted attempt's rank 0 says ``on_restart`` (what the run does now), unless None (its trainer
+    says it once it has decided). ``timeout`` (None: torch's default) bounds every wait of the group's
+    collectives, and of joining it."""
     store, rank, world = next(dist.rendezvous("env://", **({"timeout": timeout} if timeout else {})))
     dist.init_process_group(
         backend,
@@ -217,13 +244,8 @@ def join_group(backend: str, timeout: timedelta | None = None) -> None:
         timeout=timeout,
     )
     restarts = restart_count(os.environ)
-    if restarts and rank == 0:
-        log.warning(
-            "torchrun restart %d (--max-restarts): every process starts this run again from its command "
-            "line; files the interrupted attempt wrote under this --name are replaced as an earlier "
-            "run's are",
-            restarts,
-        )
+    if restarts and rank == 0 and on_restart:
+        log.warning("%s", restart_line(restarts, on_restart))
 
 
 def teardown(d: Dist) -> None:
