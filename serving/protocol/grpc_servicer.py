@@ -63,9 +63,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
     await context.abort(code, bounded_message(error.message))  # a message echoing client text may be long
 
 
-# Requests of one stream served at once; the rest wait in the stream's buffer (held in the body budget
-# on Kiln's server, behind HTTP/2 flow control on grpcio's) instead of each becoming a task: a client
-# sending tiny messages fast made one task per message, bounded only by the budget's bytes.
+# Requests of one stream running, or answered and waiting for their turn to be sent; the rest wait in
+# the stream's buffer (held in the body budget on Kiln's server, behind HTTP/2 flow control on
+# grpcio's) instead of each becoming a task: a client sending tiny messages fast made one task per
+# message, bounded only by the budget's bytes.
 STREAM_IN_FLIGHT = 1024
 
 # The service's unary methods the gateway does not serve, each with what to do instead (v2_codec).
@@ -179,51 +180,59 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
         """Triton's streaming infer, for models that answer once per request (every model here): each
         request on the stream runs as it arrives, at once, as a ModelInfer call would (so the batcher
-        merges a stream's requests as it merges calls), and is answered in a response of its own as
-        it finishes (its ``id`` echoed: the order may differ); a request that fails gets
-        ``error_message`` with its ``id`` echoed too, and the stream goes on, as Triton's does; every
-        answer carries Triton's ``triton_final_response: true`` (a request's one answer is its last).
-        Served by both gRPC servers (Kiln's: serving.protocol.h2_streams)."""
-        answers: asyncio.Queue = asyncio.Queue()
+        merges a stream's requests as it merges calls), and is answered in a response of its own, in
+        the order the requests came, as Triton answers a model that is not decoupled (a client may
+        pair answers with requests by order: ids are optional). A request that fails gets
+        ``error_message`` with its ``id`` echoed, in its turn, and the stream goes on, as Triton's
+        does; every answer carries Triton's ``triton_final_response: true`` (a request's one answer
+        is its last). Up to ``STREAM_IN_FLIGHT`` requests are running or answered but not yet sent;
+        the next ones wait in the stream. Served by both gRPC servers (Kiln's: serving.protocol.h2_streams)."""
+        turns: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # each request's answer, in order
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task] = set()
-
-        async def one(request) -> None:  # noqa: ANN001
-            try:
-                reply = grpc_codec.stream_response(await self._infer(request, context))
-            except ServingError as error:
-                self._refused(request.model_name, error, error.status)
-                reply = _stream_error(request, error.message)
-            except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
-                self._refused(request.model_name, error, 500)
-                log.exception("ModelStreamInfer failed for model %r", request.model_name)
-                reply = _stream_error(request, f"internal error: {type(error).__name__}")
-            # each request's one answer is its last, as Triton marks every answer on a stream (clients
-            # of decoupled models read the flag to know a request is done)
-            reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
-            answers.put_nowait(reply)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    if len(running) >= STREAM_IN_FLIGHT:  # the next waits for a slot: no task per message
-                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    task = asyncio.create_task(one(request))
+                    await slots.acquire()  # no task per message past the bound
+                    task = asyncio.create_task(self._stream_answer(request, context))
                     running.add(task)
-                    task.add_done_callback(running.discard)
-                while running:  # the client sent its last request: answer what is in flight
-                    await asyncio.wait(list(running))
+                    turns.put_nowait(task)
             finally:
-                answers.put_nowait(None)
+                turns.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (reply := await answers.get()) is not None:
+            while (head := await turns.get()) is not None:
+                if not head.done() and not reader.done():  # a failed read ends the call at once
+                    await asyncio.wait((head, reader), return_when=asyncio.FIRST_COMPLETED)
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    break
+                reply = await head
+                running.discard(head)
+                slots.release()
                 yield reply
             await reader  # a failed read (the client's stream broke) ends the call with it
         finally:
             reader.cancel()
-            for task in list(running):
+            for task in running:
                 task.cancel()
+
+    async def _stream_answer(self, request: Any, context: Any) -> Any:
+        """The stream's answer to one request: its ModelStreamInferResponse, or its error's."""
+        try:
+            reply = grpc_codec.stream_response(await self._infer(request, context))
+        except ServingError as error:
+            self._refused(request.model_name, error, error.status)
+            reply = _stream_error(request, error.message)
+        except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
+            self._refused(request.model_name, error, 500)
+            log.exception("ModelStreamInfer failed for model %r", request.model_name)
+            reply = _stream_error(request, f"internal error: {type(error).__name__}")
+        # each request's one answer is its last, as Triton marks every answer on a stream (clients
+        # of decoupled models read the flag to know a request is done)
+        reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        return reply
 
     def _refused(self, name: str, error: BaseException, status: int) -> None:
         """A call that ended before its model ran (its tensors or options refused), counted for the
