@@ -3,6 +3,9 @@
 Profiles: ``quick`` (a few minutes), ``full`` (every batch size and concurrency) and ``gpu`` (the
 classifier's CUDA engines: ``bench.gpu``). The machine is shared and noisy, so the report gives
 medians and ratios measured in the same run, never absolutes from elsewhere.
+
+This module runs the profile chosen and writes its report; the flags and the profiles' settings are
+in :mod:`bench.options`, the CPU profiles' parts in :mod:`bench.cpu_parts`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import engines, gpu, inputs, perf_analyzer, report, servers
+from bench import engines, gpu, inputs, report
+from bench.cpu_parts import run_sections
 from bench.machine import cpu_ticks, describe_cpu, machine_info, speed_line, speed_probe, steal_share
+from bench.options import PROFILES, build_parser
 from bench.targets import best_direct_throughput, targets
 from kiln.cli import log_handler
 from kiln.processes import stop_on_sigterm
@@ -26,143 +31,12 @@ from kiln.processes import stop_on_sigterm
 console = Console()
 log = logging.getLogger("bench")
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "batches": (1, 8, 64),
-        "engine_budget_s": 1.5,
-        "concurrency": (1, 16, 64),
-        "duration_s": 4.0,
-        "beams": (4,),
-        "translate_concurrency": (1, 32),
-        "sentences": 128,
-        "pa_concurrency": (1, 64),
-        "pa_rounds": 3,
-        "paired_rounds": 5,  # gateway / CTranslate2 alternations behind the translation targets
-    },
-    "full": {
-        "batches": (1, 2, 4, 8, 16, 32, 64, 128, 256),
-        "engine_budget_s": 3.0,
-        "concurrency": (1, 2, 4, 8, 16, 32, 64, 128, 256),
-        "duration_s": 8.0,
-        "beams": (1, 4, 8),
-        "translate_concurrency": (1, 8, 32, 64),
-        "sentences": 256,
-        "pa_concurrency": (1, 8, 32, 64),
-        "pa_rounds": 5,
-        "paired_rounds": 7,
-    },
-    # CUDA engines only (bench.gpu); says so and measures nothing on a machine without CUDA.
-    # and, with --cpu-repository, the gateway on the GPU against the same gateway on this machine's CPU
-    # (bench.gpu_serving)
-    "gpu": {
-        "batches": (1, 8, 64, 256),
-        "engine_budget_s": 2.0,
-        "serving_workers": None,  # 1, a quarter and half of the cores (1, 4, 8 on 16 cores)
-        "serving_concurrency": (1, 64),
-        "serving_duration_s": 3.0,
-        "client_processes": 8,
-        "translate_concurrency": 32,
-        "sentences": 256,
-    },
-}
-
-
 GPU_PARTS = ("engines", "servers")  # what --only may name with --profile gpu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default="quick",
-        help="quick (~10 min on 2 cores), full (every batch, concurrency and beam), gpu (CUDA engines and "
-        "the gateway on the GPU against the CPU); default: quick",
-    )
-    _add_model_options(parser)
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=["engines", "servers", "translation", "replicas"],
-        help="run only these parts (default: all; with --profile gpu: engines, servers)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=inputs.positive_int,
-        default=engines.default_threads(),
-        help="threads per engine and per server (default: the cores this process may use)",
-    )
-    parser.add_argument(
-        "--gateway-workers",
-        type=inputs.positive_int,
-        default=engines.default_threads(),
-        help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
-    )
-    _add_gpu_options(parser)
-    parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
-    return parser.parse_args(argv)
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """What is measured: the repository, its checkpoints and the entries."""
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=Path("model_repository"),
-        help="the exported repository to serve (default: model_repository)",
-    )
-    parser.add_argument(
-        "--checkpoints",
-        type=Path,
-        default=Path("checkpoints"),
-        help="the checkpoints it was exported from: the PyTorch and CTranslate2 rows (default: checkpoints)",
-    )
-    parser.add_argument(
-        "--classifier",
-        default="resnet18",
-        help="classifier entry to measure, with the precision twins exported from its checkpoint "
-        "(default: resnet18)",
-    )
-    parser.add_argument(
-        "--models-from",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import this module first, so that the PyTorch rows can rebuild a classifier of your own that "
-        "it registers (repeatable; also KILN_MODELS_FROM, comma-separated; README, 'Your own classifier')",
-    )
-    parser.add_argument("--translator", default="transformer", help="translator entry to measure")
-    parser.add_argument(
-        "--identity-translators",
-        nargs="*",
-        help="translators checked for identity with their PyTorch reference through the gateway and Triton, "
-        "trained small and exported when missing (default: every other registered translator; the flag alone: none)",
-    )
-
-
-def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
-    """PROFILE=gpu: the gateways on the GPU and on the CPU measured side by side."""
-    parser.add_argument(
-        "--cpu-repository",
-        type=Path,
-        help="PROFILE=gpu: the same checkpoints exported with --device cpu, whose gateway is measured "
-        "beside the gateway serving --repository on the GPU (default: exported to <repository>-cpu)",
-    )
-    parser.add_argument(
-        "--serving-workers",
-        type=inputs.positive_int,
-        nargs="+",
-        help="PROFILE=gpu: the gateway processes of each layout measured (default: 1, a quarter and half "
-        "of the cores)",
-    )
-    parser.add_argument(
-        "--serving-devices",
-        nargs="+",
-        choices=["gpu", "cpu"],
-        default=["gpu", "cpu"],
-        help="PROFILE=gpu: the gateways measured, on the GPU repository, the CPU one or both (default: "
-        "both; gpu alone exports and measures no CPU side)",
-    )
+    """``argv``'s flags (default: the command line's), the help headed by this module's first line."""
+    return build_parser(__doc__.splitlines()[0]).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,112 +94,10 @@ def import_model_modules(named: list[str]) -> None:
     os.environ["KILN_MODELS_FROM"] = ",".join(modules)
 
 
-def run_sections(
-    args: argparse.Namespace, profile: dict[str, Any], out: Path, wanted: set[str], results: dict[str, Any]
-) -> list[str]:
-    """Each wanted part into ``results``; a part that fails is named in ``results["failed"]`` with its
-    error, and the others still run (minutes of measurement are not lost to one server that would not
-    start). Returns the failed parts."""
-    sections = {
-        "engines": lambda: _classify_engines(args, profile),
-        "servers": lambda: _classify_servers(args, profile, out),
-        "translation": lambda: _translation(args, profile, out),
-        "replicas": lambda: _replicas(args, profile, out),
-    }
-    for name, measure in sections.items():
-        if name not in wanted:
-            continue
-        try:
-            results[name] = measure()
-        except Exception as exc:  # noqa: BLE001 - reported with the results, the other parts still count
-            log.error("%s failed: %s", name, exc)
-            results.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
-    return list(results.get("failed", {}))
-
-
-def _translation(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
-    from bench import translation
-
-    return translation.run(args, profile, out, progress=log.info)
-
-
-def _replicas(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
-    from bench import scaleout
-
-    return scaleout.run(args, profile, out, progress=log.info)
-
-
 def _discard_if_empty(out: Path) -> None:
     """Remove ``out`` when the run wrote nothing there (interrupted before any server's log)."""
     with contextlib.suppress(OSError):
         out.rmdir()
-
-
-def _classify_engines(args: argparse.Namespace, profile: dict[str, Any]) -> list[dict[str, Any]]:
-    """The classifier on each engine called directly, at the profile's batch sizes."""
-    jobs = engines.classifier_jobs(
-        args.repository,
-        args.checkpoints,
-        args.classifier,
-        profile["batches"],
-        args.threads,
-        profile["engine_budget_s"],
-    )
-    return mark_servable(
-        engines.run_jobs(jobs, progress=log.info), _max_batch(args.repository / args.classifier)
-    )
-
-
-def _max_batch(entry: Path) -> int:
-    """The gateway's largest batch of the entry (its config's ``max_batch_size``; 0 where unreadable)."""
-    from serving.execution.repository import load_entry
-
-    try:
-        return load_entry(entry).max_batch_size
-    except (OSError, ValueError) as exc:
-        log.warning("%s: no max_batch_size read (%s); every batch counts for the ceiling", entry, exc)
-        return 0
-
-
-def mark_servable(rows: list[dict[str, Any]], max_batch: int) -> list[dict[str, Any]]:
-    """Mark each engine row whose batch the gateway can never form (past ``max_batch``, when known):
-    the full profile measures batches 128 and 256 beside a ``max_batch_size`` of 64, and a ceiling
-    from those is one no server of that config reaches (:func:`bench.targets.best_direct_throughput`)."""
-    for row in rows:
-        if max_batch > 0 and row.get("batch", 0) > max_batch:
-            row["servable"] = False
-    return rows
-
-
-def _classify_servers(args: argparse.Namespace, profile: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The classifier through each server with Kiln's own clients, then perf_analyzer's rows."""
-    checkpoint = inputs.classifier_checkpoint(args.repository, args.checkpoints, args.classifier)
-    result = servers.run_servers(
-        args.repository,
-        checkpoint,
-        args.classifier,
-        out / "logs",
-        concurrencies=profile["concurrency"],
-        duration_s=profile["duration_s"],
-        threads=args.threads,
-        workers=args.gateway_workers,
-        progress=log.info,
-    )
-    try:
-        result["perf_analyzer"] = perf_analyzer.side_by_side(
-            args.repository,
-            args.classifier,
-            out / "logs",
-            concurrencies=profile["pa_concurrency"],
-            threads=args.threads,
-            rounds=profile["pa_rounds"],
-            workers=args.gateway_workers,
-            progress=log.info,
-        )
-    except Exception as exc:  # noqa: BLE001 - the rows of Kiln's own clients above still count
-        log.error("perf_analyzer's rows failed: %s", exc)
-        result["perf_analyzer"] = {"skipped": f"failed: {exc}"}
-    return result
 
 
 def run_gpu_profile(args: argparse.Namespace, profile: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.processes import running
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 
 HAPROXY_HINT = "haproxy is not installed: `make balancer` (apt-get install haproxy) installs it"
 

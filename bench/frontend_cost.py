@@ -97,7 +97,7 @@ def _own_cpu() -> float:
 @contextlib.contextmanager
 def _held_ports() -> Iterator[tuple[int, int]]:
     """HTTP and gRPC ports held (SO_REUSEPORT, never listening) while the gateway binds beside them."""
-    from serving.triton.server import held_port
+    from serving.triton.ports import held_port
 
     with held_port(reuse_port=True) as http, held_port(reuse_port=True) as grpc:
         yield http.getsockname()[1], grpc.getsockname()[1]

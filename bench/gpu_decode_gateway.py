@@ -15,7 +15,7 @@ from bench.servers import gateway_cmd
 from bench.translation_gateway import _gateway_run, run_client, steady_rounds
 from bench.translation_rows import Workload
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.ports import free_port
 
 
 def gateway(

@@ -38,7 +38,7 @@ from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
 from kiln.processes import running
 from serving.execution.cpus import usable_cpus
-from serving.triton.server import free_port
+from serving.triton.ports import free_port
 
 log = logging.getLogger(__name__)
 

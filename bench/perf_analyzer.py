@@ -206,7 +206,7 @@ def _start_gateway(stack: ExitStack, repository: Path, workdir: Path, threads: i
     """The gateway, up until ``stack`` closes, and how each run reaches and watches it."""
     from bench.servers import gateway_cmd
     from kiln.processes import running
-    from serving.triton.server import free_port
+    from serving.triton.ports import free_port
 
     http, grpc = free_port(), free_port()
     cmd = gateway_cmd(repository, http, grpc, threads, workers=workers)

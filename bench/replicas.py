@@ -22,7 +22,7 @@ from bench.balancer import Balancer, Upstream, server_stats
 from bench.load import kserve_binary_body
 from bench.servers import gateway_cmd
 from kiln.processes import running
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 
 Ask = Callable[[int], Awaitable[Any]]  # input index -> answer
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench import classify_identity, load
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from bench.servers import gateway_cmd
 from bench.translation_rows import MAX_LENGTH, Workload, make_row
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.ports import free_port
 
 log = logging.getLogger(__name__)
 TARGET_CONCURRENCY = 32  # the gateway's translation targets compare this concurrency (issue 10)

@@ -38,7 +38,7 @@ from bench.translation_gateway import (
 )
 from bench.translation_rows import MAX_LENGTH, Workload, median_pass
 from kiln.processes import running
-from serving.triton.server import free_port
+from serving.triton.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Everything is driven by the model's own step spec (docs/translator-interface.md): tensor shapes are
 probed through ``encode`` / ``decode_step``, never looked up by model name. Parity covers both graphs
-at several batch sizes and lengths, then beam search over ONNX against the PyTorch reference. With
+at several batch sizes and lengths (:mod:`export.translator_parity`, on the random feeds of
+:mod:`export.translator_feeds`), then beam search over ONNX against the PyTorch reference. With
 ``int8`` among the precisions, a dynamically quantized decoder is gated on beam search against fp32.
 No fp16 translator is built: an ``fp16`` asked for is reported as skipped in the summary.
 """
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.beam_parity import beam_parity, int8_gate
 from export.freeze import freeze
 from export.onnx_export import DecoderGraph, EncoderGraph, export_onnx
-from export.parity import ParityReport, check_feeds, ort_session, session_runner, torch_runner
+from export.parity import ParityReport
 from export.quantize import MalformedGraph, NoWeightProducts, to_int8_dynamic
 from export.results import Entry, EntryResult, ExportContext
 from export.specs import BATCH, AxisRange, GraphSpec, TensorSpec, probe_tensor_specs
@@ -31,104 +33,19 @@ from export.translator_entries import (
     write_int8_entries,
     write_translator_entries,
 )
-from export.translator_graphs import FusedStep, TranslatorGraphs
+from export.translator_feeds import decoder_inputs, indexed_inputs, is_indexed, random_source
+from export.translator_graphs import TranslatorGraphs
+from export.translator_parity import (
+    checked_fused,
+    checked_fused_encoder,
+    decoder_parity,
+    encoder_parity,
+    graph_parity,
+)
 
 log = logging.getLogger(__name__)
 
-ENCODER_CASES = ({"batch": 1, "src_len": 3}, {"batch": 7, "src_len": 9}, {"batch": 64, "src_len": 5})
-DECODER_CASES = (
-    {"batch": 1, "src_len": 4, "past_len": 0},
-    {"batch": 7, "src_len": 9, "past_len": 3},
-    {"batch": 64, "src_len": 5, "past_len": 6},
-)
-# Rows over a store of sentences (decoders with a ``row_place`` input only): ``batch`` rows reading
-# ``sentences`` places, in no order, some places read by no row.
-INDEXED_CASES = (
-    {"batch": 8, "sentences": 3, "src_len": 6, "past_len": 2},
-    {"batch": 12, "sentences": 5, "src_len": 9, "past_len": 5},
-    {"batch": 64, "sentences": 64, "src_len": 5, "past_len": 1},
-)
 SENTENCES = "sentences"  # the batch axis of a row_place decoder's encoder inputs (its store)
-LONG_PAST = 17  # the shortest of the long cases' caches: past the short cases', below any table's end
-
-
-def long_encoder_cases(spec: dict[str, Any]) -> tuple[dict[str, int], ...]:
-    """A source as long as the model takes (``max_positions``): a position table or a mask wrong only
-    past the short cases' lengths is named here, not by the first long request served."""
-    return ({"batch": 2, "src_len": int(spec.get("max_positions", 256))},)
-
-
-def long_decoder_cases(spec: dict[str, Any]) -> tuple[dict[str, int], ...]:
-    """Caches past ``DECODER_CASES``' short ones, up to the longest a step reads (``max_positions`` - 1,
-    with a source as long): beam parity reaches long caches only where a held-out translation runs
-    that long. A few lengths on two rows each, cheap beside the export."""
-    longest = int(spec.get("max_positions", 256))
-    pasts = sorted({min(p, longest - 1) for p in (LONG_PAST, longest // 2, longest - 1)})
-    return tuple(
-        {"batch": 2, "src_len": longest if past == longest - 1 else 7, "past_len": past} for past in pasts
-    )
-
-
-def random_source(spec: dict[str, Any], batch: int, src_len: int, rng: np.random.Generator) -> torch.Tensor:
-    """Random ids ending in EOS and right-padded to ``src_len`` (row 0 is never padded)."""
-    src = rng.integers(4, spec["vocab_size_src"], size=(batch, src_len))
-    lengths = rng.integers(1, src_len + 1, size=batch)
-    lengths[0] = src_len
-    for row, n in enumerate(lengths):
-        src[row, n - 1] = spec["eos_id"]
-        src[row, n:] = spec["pad_id"]
-    return torch.from_numpy(src.astype(np.int64))
-
-
-def decoder_inputs(
-    model: torch.nn.Module, spec: dict[str, Any], sizes: dict[str, int], seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Decoder feeds built by role (training.decoding's own state code): real encoder outputs, random
-    caches of ``past_len`` entries, and rows after the first left-padded as if they joined later."""
-    from training.decoding import decoder_inputs as step_inputs
-    from training.decoding import init_state
-
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    rows, past = sizes["batch"], sizes["past_len"]
-    with torch.no_grad():
-        encoded = model.encode(random_source(spec, rows, sizes["src_len"], rng))
-    valid = torch.ones(rows, past, dtype=torch.bool)
-    valid[1:, :1] = False
-    state = init_state(
-        spec,
-        encoded,
-        rows,
-        past=past,
-        past_valid=valid,
-        cache_fill=lambda shape, **_: torch.randn(*shape, generator=gen),
-    )
-    tokens = torch.from_numpy(rng.integers(4, spec["vocab_size"], size=rows).astype(np.int64))
-    return step_inputs(spec, state, tokens, past)
-
-
-def indexed_inputs(
-    spec: dict[str, Any], feeds: dict[str, Any], sentences: int, seed: int = 0
-) -> dict[str, Any]:
-    """Per-row decoder feeds made indexed, as the decoding engine feeds them: the encoder inputs of
-    ``sentences`` rows taken as a store, and each row reading a random place of it (``row_place``)."""
-    rows = len(feeds[spec["decoder"]["inputs"][0]["name"]])
-    if not 0 < sentences <= rows:
-        raise ValueError(f"a store of {sentences} sentences from {rows} rows")
-    gen = torch.Generator().manual_seed(seed)
-    place = torch.randint(0, sentences, (rows,), generator=gen)
-    place[: min(rows, 2)] = sentences - 1  # the last place read, and twice
-    out = dict(feeds)
-    for inp in spec["decoder"]["inputs"]:
-        if inp["role"] == "encoder":
-            out[inp["name"]] = feeds[inp["name"]][torch.randperm(rows, generator=gen)[:sentences]]
-        elif inp["role"] == "row_place":
-            out[inp["name"]] = place
-    return out
-
-
-def _indexed(spec: dict[str, Any]) -> bool:
-    return any(inp["role"] == "row_place" for inp in spec["decoder"]["inputs"])
 
 
 def _vocab_spec(model: torch.nn.Module) -> dict[str, Any]:
@@ -174,7 +91,7 @@ def decoder_spec(name: str, model: torch.nn.Module, spec: dict[str, Any], max_ro
 
     axes_names = (BATCH, "src_len", "past_len")
     probed = probe_tensor_specs(run, in_names + spec["decoder"]["outputs"], list(axes_names), roles)
-    if _indexed(spec):  # encoder inputs: a batch axis of their own (the store's places)
+    if is_indexed(spec):  # encoder inputs: a batch axis of their own (the store's places)
         probed = tuple(
             dataclasses.replace(t, shape=(SENTENCES, *t.shape[1:])) if t.role == "encoder" else t
             for t in probed
@@ -201,7 +118,7 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     )
     ctx.step("export decoder")
     feeds = decoder_inputs(frozen, spec, {"batch": 6, "src_len": 5, "past_len": 4})
-    if _indexed(spec):  # a store of 4 places for 6 rows: the two batch axes differ
+    if is_indexed(spec):  # a store of 4 places for 6 rows: the two batch axes differ
         feeds = indexed_inputs(spec, feeds, 4)
     example = tuple(feeds[n] for n in dec.input_names)
     dec_path = export_onnx(dec_module, dec, example, work / "dec.onnx")
@@ -266,89 +183,6 @@ def _export_fused(
         return export_onnx(module, dataclasses.replace(spec, dynamo=False), example, path)
 
 
-def _checked_fused(
-    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path | None
-) -> FusedStep | None:
-    """``fused`` (the fused-attention twin of the decoder graph ``plain``) checked against PyTorch at the
-    decoder's tolerance (an int8 one: its diffs recorded, as the int8 graph's are) and by beam search
-    against ``plain`` (100 % identical); refused, with a warning, when a check fails (serving then
-    runs ``plain``)."""
-    if fused is None:
-        return None
-    from export.beam_parity import fused_agreement
-
-    ctx.step("fused attention parity")
-    fp32 = plain == g.decoder_path  # int8: its diffs from PyTorch are the quantization's, recorded only
-    parity = decoder_parity(g, fused, ParityReport(g.decoder.atol if fp32 else float("inf")))
-    beams = fused_agreement(ctx, g, plain, fused)
-    problems = parity.errors + beams.errors  # int8: only a malformed output errs
-    if problems:
-        log.warning("%s: fused step graph refused: %s", ctx.name, problems[0])
-        return FusedStep(None, parity, beams, reason=problems[0])
-    return FusedStep(fused, parity, beams)
-
-
-def _checked_fused_encoder(
-    ctx: ExportContext, g: TranslatorGraphs, plain: Path, fused: Path | None, decoder: Path
-) -> FusedStep | None:
-    """``fused`` (the fused-attention twin of the encoder graph ``plain``) checked against PyTorch at the
-    encoder's tolerance (an int8 one: its diffs recorded) and by beam search with ``decoder`` against
-    ``plain`` (100 % identical); refused, with a warning, when a check fails (serving then runs
-    ``plain``)."""
-    if fused is None:
-        return None
-    from export.beam_parity import fused_agreement
-
-    ctx.step("fused encoder parity")
-    fp32 = plain == g.encoder_path
-    parity = encoder_parity(g, fused, ParityReport(g.encoder.atol if fp32 else float("inf")))
-    beams = fused_agreement(ctx, g, decoder, decoder, fused, plain)
-    problems = parity.errors + beams.errors  # int8: only a malformed output errs
-    if problems:
-        log.warning("%s: fused encoder graph refused: %s", ctx.name, problems[0])
-        return FusedStep(None, parity, beams, reason=problems[0])
-    return FusedStep(fused, parity, beams)
-
-
-def _decoder_cases(g: TranslatorGraphs) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    """Per-row cases (short and long caches), and indexed ones where the decoder takes ``row_place``."""
-    per_row = (*DECODER_CASES, *long_decoder_cases(g.spec))
-    cases = [(s, decoder_inputs(g.frozen, g.spec, s, seed=i)) for i, s in enumerate(per_row)]
-    if _indexed(g.spec):
-        for i, s in enumerate(INDEXED_CASES):
-            seed = len(per_row) + i
-            feeds = decoder_inputs(g.frozen, g.spec, s, seed=seed)
-            cases.append((s, indexed_inputs(g.spec, feeds, s["sentences"], seed)))
-    return [(s, {k: v.numpy() for k, v in feeds.items()}) for s, feeds in cases]
-
-
-def decoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
-    """The decoder graph at ``path`` against PyTorch at several row counts, source and cache lengths,
-    within ``report``'s tolerance (an int8 graph's: unbounded)."""
-    reference = torch_runner(g.decoder_module, g.decoder)
-    run = session_runner(ort_session(path))
-    check_feeds(g.decoder, reference, run, _decoder_cases(g), report, report.tolerance)
-    return report
-
-
-def encoder_parity(g: TranslatorGraphs, path: Path, report: ParityReport) -> ParityReport:
-    """The encoder graph at ``path`` against PyTorch at several batch sizes and lengths (the longest
-    among them), within ``report``'s tolerance (an int8 graph's: unbounded)."""
-    cases = [
-        (s, {"src_ids": random_source(g.spec, s["batch"], s["src_len"], np.random.default_rng(i)).numpy()})
-        for i, s in enumerate((*ENCODER_CASES, *long_encoder_cases(g.spec)))
-    ]
-    reference = torch_runner(g.encoder_module, g.encoder)
-    check_feeds(g.encoder, reference, session_runner(ort_session(path)), cases, report, report.tolerance)
-    return report
-
-
-def graph_parity(g: TranslatorGraphs) -> tuple[ParityReport, ParityReport]:
-    """Encoder and decoder graphs against PyTorch at several batch sizes and lengths."""
-    encoder = encoder_parity(g, g.encoder_path, ParityReport(g.encoder.atol))
-    return encoder, decoder_parity(g, g.decoder_path, ParityReport(g.decoder.atol))
-
-
 def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     """The entries of one translator checkpoint (all rebuilt together when any is stale); the int8
     ones only with ``int8`` among the precisions and when they pass their gate."""
@@ -363,12 +197,10 @@ def export_translator(ctx: ExportContext, work: Path) -> list[EntryResult]:
     enc_report.raise_if_failed(f"{ctx.name}_encoder (ONNX vs PyTorch)")
     dec_report.raise_if_failed(f"{ctx.name}_decoder (ONNX vs PyTorch)")
     ctx.step("beam search parity")
-    from export.beam_parity import beam_parity
-
     beam_report = beam_parity(ctx, graphs)
     beam_report.raise_if_failed(f"{ctx.name} (beam search over ONNX vs PyTorch)")
-    fused = _checked_fused(ctx, graphs, graphs.decoder_path, graphs.fused_decoder_path)
-    fused_encoder = _checked_fused_encoder(
+    fused = checked_fused(ctx, graphs, graphs.decoder_path, graphs.fused_decoder_path)
+    fused_encoder = checked_fused_encoder(
         ctx, graphs, graphs.encoder_path, graphs.fused_encoder_path, graphs.decoder_path
     )
     results = write_translator_entries(ctx, graphs, enc_report, dec_report, beam_report, fused, fused_encoder)
@@ -394,8 +226,6 @@ def unbuilt_precisions(ctx: ExportContext) -> list[EntryResult]:
 def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[EntryResult]:
     """Quantize the encoder and the decoder, refuse them when an output is malformed, else gate them
     on beam search against fp32; write or refuse (removing stale ones)."""
-    from export.beam_parity import int8_gate
-
     ctx.step("int8 encoder and decoder")
     decoder = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
     encoder = _quantized_encoder(g, work / "int8" / "enc.onnx")
@@ -417,8 +247,8 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
     ctx.step("int8 gate")
     gate_report, gate = int8_gate(ctx, g, decoder, encoder)
     if gate.passed:
-        step = _checked_fused(ctx, g, decoder, fused)
-        encoded = _checked_fused_encoder(ctx, g, encoder, fused_encoder, decoder)
+        step = checked_fused(ctx, g, decoder, fused)
+        encoded = checked_fused_encoder(ctx, g, encoder, fused_encoder, decoder)
         return write_int8_entries(
             ctx, g, Int8Graph(encoder, enc_report, encoded), Int8Graph(decoder, dec_report, step), gate_report
         )

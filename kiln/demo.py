@@ -27,7 +27,7 @@ from rich.table import Table
 
 from kiln.cli import HelpFormatter
 from kiln.processes import child_options, running, stop_on_sigterm
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 
 console = Console()
 

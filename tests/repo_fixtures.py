@@ -77,7 +77,7 @@ def held_grpc_port() -> Iterator[int]:
     """A port for an in-process gateway's gRPC server (``Settings(grpc_port=port, reuse_port=True)``),
     held until the block ends: bound with SO_REUSEPORT and never listening, so that server binds it
     beside this socket and no other server can take it in between (servers bind ports they hold)."""
-    from serving.triton.server import held_port
+    from serving.triton.ports import held_port
 
     sock = held_port(reuse_port=True)
     try:
@@ -100,7 +100,7 @@ class LiveServer:
     ) -> None:
         """``server_class``: the uvicorn server to run (default ``uvicorn.Server``; the gateway's own
         ``serving.app.GatewayServer`` where a test reads what it adds)."""
-        from serving.triton.server import held_port
+        from serving.triton.ports import held_port
 
         self.socket = held_port()  # held until uvicorn serves on it: no other server can take it
         self.port = self.socket.getsockname()[1]

@@ -192,7 +192,7 @@ def test_a_wrong_answer_counts_as_wrong_and_a_failed_request_as_failed_never_bot
 def test_the_ceiling_leaves_out_the_batches_the_gateways_config_can_never_form(tmp_path):
     """The full profile measures batches 128 and 256 beside a max_batch_size of 64: a best batch of 256
     set the c=64 target against a throughput no server of that config can reach."""
-    from bench.__main__ import _max_batch, mark_servable
+    from bench.cpu_parts import _max_batch, mark_servable
     from bench.targets import best_direct_throughput
 
     entry = tmp_path / "resnet18"

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 
 from bench import __main__ as bench_main
+from bench.options import PROFILES
 from tests.classifier_exports import CHANNELS, LABELS, SIZE, tiny_images
 
 root = Path(sys.argv[1])
@@ -70,7 +71,7 @@ ckpt = make_checkpoint(
 )
 path = save_checkpoint(ckpt, root / "ckpt" / "mine-v2.pt")
 export_checkpoint(path, root / "repo", validation=tiny_images(), tensorrt="off")
-bench_main.PROFILES["quick"].update(batches=(2,), engine_budget_s=0.05)
+PROFILES["quick"].update(batches=(2,), engine_budget_s=0.05)
 argv = ["--only", "engines", "--classifier", "mine-v2", "--repository", str(root / "repo"), "--threads", "1"]
 argv += ["--checkpoints", str(root / "ckpt"), "--output", str(root / "out"), "--models-from", "kiln_bench_mynets"]
 bench_main.main(argv)

@@ -283,7 +283,8 @@ def test_a_decoder_wrong_only_past_the_parity_cases_cache_lengths_is_refused_by_
 
     from export.beam_parity import beam_parity
     from export.results import ExportContext, ExportOptions
-    from export.translator import DECODER_CASES, _vocab_spec
+    from export.translator import _vocab_spec
+    from export.translator_parity import DECODER_CASES
     from training.checkpoint import file_sha256, load_checkpoint
 
     path, model = transformer.checkpoint, transformer.model
@@ -312,7 +313,8 @@ def test_an_int8_encoders_parity_records_its_differences_unbounded_and_passes(tr
 
     from export.onnx_export import EncoderGraph
     from export.quantize import to_int8_dynamic
-    from export.translator import _vocab_spec, encoder_parity, encoder_spec
+    from export.translator import _vocab_spec, encoder_spec
+    from export.translator_parity import encoder_parity
 
     spec = _vocab_spec(transformer.model)
     encoder = encoder_spec("transformer", transformer.model, spec, 64)

@@ -14,7 +14,7 @@ import torch
 
 from export.pipeline import export_checkpoint
 from export.quantize import TranslationGate, gemms_as_matmuls, weight_matmuls
-from export.translator import long_decoder_cases, long_encoder_cases
+from export.translator_parity import long_decoder_cases, long_encoder_cases
 from export.triton_config import parse_pbtxt
 from serving.decoding.native import FUSED_GRAPH
 from training.checkpoint import make_checkpoint, save_checkpoint

@@ -35,7 +35,7 @@ def repository(tmp_path_factory) -> Path:
 
 def _free_ports(count: int = 2) -> list[int]:
     """Ports nothing listens on now (the gateway must bind them itself: that is what is tested)."""
-    from serving.triton.server import free_port
+    from serving.triton.ports import free_port
 
     return [free_port() for _ in range(count)]
 

@@ -24,7 +24,7 @@ from serving.execution.base import InferRequest, InferResponse, ModelMetadata, T
 from serving.execution.datatypes import classification
 from serving.protocol.grpc_server import GrpcHandle, start_grpc_server
 from serving.protocol.grpc_servicer import InferenceServicer
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
 from tests.waiting import eventually
 

@@ -197,7 +197,7 @@ def test_the_transformer_step_reads_a_store_of_sentences_through_row_place(fused
     """Rows in any order over a store of sentences (some places unused, some read by several rows)
     compute what each row computes with its own copy of its sentence's encoder outputs, with the plain
     attention and with the fused operators' PyTorch side alike."""
-    from export.translator import decoder_inputs as step_feeds
+    from export.translator_feeds import decoder_inputs as step_feeds
 
     model = tiny("transformer")
     spec = model.step_spec()

@@ -111,7 +111,7 @@ def test_a_part_that_fails_is_named_in_the_written_results_and_the_exit_status(
 ):
     """Minutes of engine rows are not lost to a server that would not start: they are written, the
     failure named beside them, and the exit status says the run was not whole."""
-    from bench import servers
+    from bench import cpu_parts, servers
 
     repository = fake_repository(tmp_path / "repo", {"resnet18": "classify"})
     (tmp_path / "ckpt").mkdir()
@@ -123,7 +123,7 @@ def test_a_part_that_fails_is_named_in_the_written_results_and_the_exit_status(
         "p50_ms": 1.0,
         "throughput_ips": 9.0,
     }
-    monkeypatch.setattr(cheap_machine, "_classify_engines", lambda args, profile: [dict(engine_row)])
+    monkeypatch.setattr(cpu_parts, "_classify_engines", lambda args, profile: [dict(engine_row)])
 
     def gateway_fails(*args, **kwargs):
         raise RuntimeError("python -m serving --model-repository exited with 1 before it was ready")
@@ -141,12 +141,14 @@ def test_a_part_that_fails_is_named_in_the_written_results_and_the_exit_status(
 
 
 def test_an_interrupted_bench_writes_no_result_and_exits_130(tmp_path, monkeypatch, cheap_machine):
+    from bench import cpu_parts
+
     repository = fake_repository(tmp_path / "repo", {"resnet18": "classify"})
 
     def interrupted(args, profile):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cheap_machine, "_classify_engines", interrupted)
+    monkeypatch.setattr(cpu_parts, "_classify_engines", interrupted)
     out = tmp_path / "out"
     raised = run_bench(
         cheap_machine, ["--repository", str(repository), "--only", "engines", "--output", str(out)]
@@ -156,8 +158,8 @@ def test_an_interrupted_bench_writes_no_result_and_exits_130(tmp_path, monkeypat
 
 
 def test_perf_analyzer_failing_keeps_the_rows_of_kilns_own_clients(tmp_path, monkeypatch):
-    import bench.__main__ as bench_main
-    from bench import perf_analyzer, servers
+    from bench import cpu_parts, perf_analyzer, servers
+    from bench.options import PROFILES
 
     monkeypatch.setattr(servers, "run_servers", lambda *a, **k: {"closed": ["row"], "errors": {}})
 
@@ -168,8 +170,8 @@ def test_perf_analyzer_failing_keeps_the_rows_of_kilns_own_clients(tmp_path, mon
     args = SimpleNamespace(
         checkpoints=tmp_path, classifier="resnet18", repository=tmp_path, threads=1, gateway_workers=1
     )
-    profile = {**bench_main.PROFILES["quick"]}
-    result = bench_main._classify_servers(args, profile, tmp_path)
+    profile = {**PROFILES["quick"]}
+    result = cpu_parts._classify_servers(args, profile, tmp_path)
     assert result["closed"] == ["row"]
     assert "not ready after 120 s" in result["perf_analyzer"]["skipped"]
 
@@ -232,7 +234,7 @@ Beside(("127.0.0.1", int(sys.argv[1])), Ok).serve_forever()
 COMMAND = """
 import sys, threading
 from kiln.processes import running, stop_on_sigterm
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 
 stop_on_sigterm()
 with held_port(reuse_port=True) as held:

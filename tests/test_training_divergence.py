@@ -16,7 +16,8 @@ import torch
 from export.classifier import classifier_spec
 from export.freeze import FreezeError, freeze
 from export.parity import compare_outputs
-from export.translator import _vocab_spec, random_source
+from export.translator import _vocab_spec
+from export.translator_feeds import random_source
 from tests import test_train_translate
 from tests.test_train_translate import TINY_ARGS, tiny_argv
 from tests.torchrun import two_ranks

@@ -17,14 +17,9 @@ from export.freeze import FreezeError, freeze
 from export.onnx_export import DecoderGraph, save_model
 from export.parity import ParityReport
 from export.pipeline import rebuild_checked
-from export.translator import (
-    LONG_PAST,
-    _vocab_spec,
-    decoder_parity,
-    decoder_spec,
-    long_encoder_cases,
-    random_source,
-)
+from export.translator import _vocab_spec, decoder_spec
+from export.translator_feeds import random_source
+from export.translator_parity import LONG_PAST, decoder_parity, long_encoder_cases
 from tests.test_data_audit import TINY, Interrupted, interrupt_after_first_epoch
 from tests.test_export_mutations import _late_bias
 from training import classify, classify_loop

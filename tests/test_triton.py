@@ -27,7 +27,8 @@ from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import InferRequest
 from serving.execution.triton import TritonBackend
 from serving.triton import TritonServer, derive_python_flavour, find_triton, free_port, read_config
-from serving.triton.server import TritonError, held_port
+from serving.triton.ports import held_port
+from serving.triton.server import TritonError
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository, running_triton
 from tests.test_grpc import LoopThread, run_gateway
 from tests.waiting import DEADLINE_S, eventually
@@ -115,7 +116,7 @@ def test_a_port_held_for_reuse_admits_a_reusing_server_and_nobody_else() -> None
     """How the in-process gateways hold their gRPC port until grpc core binds it (tests/repo_fixtures)."""
     import socket
 
-    from serving.triton.server import held_port
+    from serving.triton.ports import held_port
 
     with held_port(reuse_port=True) as hold:
         port = hold.getsockname()[1]
@@ -134,7 +135,7 @@ def test_a_port_held_for_reuse_admits_a_reusing_server_and_nobody_else() -> None
 def test_triton_on_drawn_ports_starts_again_on_new_ones_when_one_was_taken_meanwhile(
     repository: Path, tmp_path: Path
 ) -> None:
-    from serving.triton.server import SHM_DIR, SHM_PREFIX, mapped_files
+    from serving.triton.shm_regions import SHM_DIR, SHM_PREFIX, mapped_files
 
     before = set(SHM_DIR.glob(f"{SHM_PREFIX}*"))
     server = TritonServer(repository, tmp_path / "triton")
@@ -156,7 +157,7 @@ def test_a_stopped_server_s_shared_memory_is_swept_and_nothing_else(tmp_path: Pa
     server's) and an older one stay."""
     import mmap
 
-    from serving.triton.server import SHM_PREFIX, sweep_shm_regions
+    from serving.triton.shm_regions import SHM_PREFIX, sweep_shm_regions
 
     old, left, live = (tmp_path / f"{SHM_PREFIX}{name}" for name in ("old", "left", "live"))
     for path in (old, left, live):

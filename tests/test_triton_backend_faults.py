@@ -21,7 +21,7 @@ from serving.execution.base import InferRequest
 from serving.execution.triton import TritonBackend
 from serving.protocol.repository_index import repository_index
 from serving.triton import TritonServer, find_triton
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 from tests.test_grpc import LoopThread
 from tests.waiting import eventually
 

@@ -25,7 +25,7 @@ from serving.gateway import Gateway
 from serving.protocol import repository_index as index_module
 from serving.protocol.repository_index import repository_index
 from serving.triton import TritonServer
-from serving.triton.server import held_port
+from serving.triton.ports import held_port
 from tests.test_scheduler import LONG, SPEC, FakeDecoder, fake_encoder
 from tests.test_translate_serving import exported_translators
 from tests.test_translate_triton import triton_serving

@@ -4,6 +4,8 @@ The wheel carries ``tritonserver``, the python backend and one python stub per P
 stub matching this interpreter must sit next to ``libtriton_python.so``, find this environment's
 packages (its ``bin`` first on PATH) and find libpython and the wheel's bundled libraries
 (LD_LIBRARY_PATH). :class:`TritonServer` does all of that, waits for readiness and stops cleanly.
+Its ports come from :mod:`serving.triton.ports`; what a stopped server leaves in /dev/shm is swept
+by :mod:`serving.triton.shm_regions`.
 
 The stub is compiled against numpy 1 (the wheel pins ``numpy<2``): under numpy 2 it corrupts BYTES
 tensors before ``model.py`` runs. So the models run in a separate *Triton python environment* with
@@ -23,7 +25,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,8 @@ from pathlib import Path
 
 from kiln.processes import child_options
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour, make_writable
+from serving.triton.ports import free_port
+from serving.triton.shm_regions import SHM_DIR, sweep_shm_regions
 
 log = logging.getLogger(__name__)
 
@@ -126,90 +129,8 @@ def triton_environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
-_HANDED_OUT: set[int] = set()  # ports free_port returned in this process: never returned twice
-_HANDED_OUT_LOCK = threading.Lock()
 BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address in use")
-# The python backend's shared-memory regions (a 1 MiB file for each model instance, its stub's, which
-# grows under load: the flavour of four translators and nine ONNX entries starts with 13 MiB of a
-# container's 64 MiB /dev/shm), which it unlinks when it shuts down cleanly; a server that died, was
-# killed, or exited before it was ready leaves them behind. Every run of the suite left one (its
-# port-race test), as did every crash of Triton 2.51 under streaming in the bench.
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "triton_python_backend_shm_region_"
 START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
-
-
-def held_port(reuse_port: bool = False) -> socket.socket:
-    """A socket bound to a 127.0.0.1 port no earlier call here returned; the caller owns (and closes) it.
-
-    The kernel may hand the same port to two successive bind-to-0-then-close calls, and a server
-    given two equal ports cannot start. Remembering what was handed out keeps every port distinct;
-    servers that accept a bound socket (uvicorn) take this one and leave no window at all. With
-    ``reuse_port`` the socket is bound with SO_REUSEPORT, so a server that binds its own socket the
-    same way (the gateway's gRPC server with ``reuse_port``) can take the port while this one, bound
-    but never listening, keeps everyone else off it: no window either.
-    """
-    with _HANDED_OUT_LOCK:
-        rejected: list[socket.socket] = []  # held open so the next bind cannot return them again
-        try:
-            while True:
-                sock = socket.socket()
-                try:
-                    if reuse_port:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    sock.bind(("127.0.0.1", 0))
-                except OSError:
-                    sock.close()
-                    raise
-                port = sock.getsockname()[1]
-                if port not in _HANDED_OUT:
-                    _HANDED_OUT.add(port)
-                    return sock
-                rejected.append(sock)
-        finally:
-            for sock in rejected:
-                sock.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now and that no earlier call here returned."""
-    with held_port() as sock:
-        return sock.getsockname()[1]
-
-
-def sweep_shm_regions(since: float, directory: Path = SHM_DIR) -> list[str]:
-    """Unlink the python backend's shared-memory regions in ``directory`` made since ``since`` (wall
-    time) that no process maps, and name them: what a stopped server left. A region a live server
-    (another one, started meanwhile) maps is in use and stays; so does anything older."""
-    try:
-        candidates = [path for path in directory.glob(f"{SHM_PREFIX}*") if path.stat().st_mtime >= since]
-    except OSError:
-        return []
-    if not candidates:
-        return []
-    mapped = mapped_files(str(directory))
-    removed = []
-    for path in candidates:
-        if str(path) not in mapped:
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path.name)
-    return removed
-
-
-def mapped_files(prefix: str) -> set[str]:
-    """The files under ``prefix`` that any process this one may read (procfs) has mapped."""
-    found: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            text = maps.read_text()
-        except OSError:  # gone meanwhile, or another user's
-            continue
-        for line in text.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith(prefix):
-                found.add(fields[5].strip())
-    return found
 
 
 def _check_ports(chosen: dict[str, int]) -> None:
