@@ -244,6 +244,19 @@ def _start_logging(level: str) -> None:
     threading.excepthook = _log_thread_death
 
 
+def _onnxruntime_log_level(settings: Settings) -> None:
+    """ONNX Runtime's own logger at ``--log-level`` (``ORT_LOG_SEVERITY``), before the embedded backend
+    opens a session: its lines are its own, on stderr, and were written at its default whatever the
+    level. Nothing for the triton backend, which opens no ONNX Runtime session in this process."""
+    if settings.backend != "onnxruntime":
+        return
+    import onnxruntime
+
+    from serving.execution.ort_options import ORT_LOG_SEVERITY
+
+    onnxruntime.set_default_logger_severity(ORT_LOG_SEVERITY[settings.log_level])
+
+
 def _log_thread_death(args: threading.ExceptHookArgs) -> None:
     """``threading.excepthook``: a thread's uncaught exception as an error record, not printed raw."""
     if args.exc_type is SystemExit:
@@ -302,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
 
         held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
+    _onnxruntime_log_level(settings)
     # a busy port fails now, not once the models are loaded; the guards keep other Kiln gateways off
     guards = claim_ports(settings, hold=False)  # noqa: F841 - kept while this gateway serves
     if not settings.reuse_port:  # a gateway of one process: what killed ones left (its workers': theirs)

@@ -23,13 +23,20 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
 from serving import process_tree
-from serving.errors import ModelNotFound, ServingError
+from serving.errors import DeadlineExceeded, ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metric_families import CLIENT_LEFT, MetricFamilies
 
 T = TypeVar("T")
 
 COUNTED = "_kiln_counted"  # set on an error observed() has counted
+# A request cancelled this close to its client's deadline, or past it, was ended by the deadline (504),
+# not by a client gone (499): Kiln's gRPC server cancels it at the deadline and grpc core's cancels it
+# a moment after (each often ahead of the backend's own limit, whose 504 then never comes), and the
+# client resets it as its own deadline passes, counted from before it sent the call, so its reset comes
+# a little ahead of the deadline the server counts from the call's arrival (2-3 ms with tritonclient
+# on one machine)
+DEADLINE_SLACK_S = 0.01
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when a process starts
 SHARED_REFRESH_S = 1.0  # how often a worker publishes its queue depths when the workers share metrics
@@ -290,22 +297,28 @@ def _mapped_files() -> set[tuple[int, int]] | None:
     return found
 
 
-def failure_status(error: BaseException) -> str:
-    """The status label of a failed request: its error's HTTP status, 499 when it was cancelled (its
-    client left, or the gateway stopped), 500 for anything else (a bug of ours)."""
+def failure_status(error: BaseException, deadline_due: bool = False) -> str:
+    """The status label of a failed request: its error's HTTP status; when it was cancelled, 504 where
+    its client's deadline was due (``deadline_due``), else 499 (its client left, or the gateway
+    stopped); 500 for anything else (a bug of ours)."""
     if isinstance(error, ServingError):
         return str(error.status)
-    return str(CLIENT_LEFT) if isinstance(error, asyncio.CancelledError) else "500"
+    if isinstance(error, asyncio.CancelledError):
+        return str(DeadlineExceeded.status if deadline_due else CLIENT_LEFT)
+    return "500"
 
 
 async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
     """Run ``backend.infer`` (for a model name already validated), observed as :func:`observed`."""
-    return await observed(metrics, request.model, backend.infer(request))
+    return await observed(metrics, request.model, backend.infer(request), request.deadline_s)
 
 
-async def observed(metrics: GatewayMetrics, name: str, work: Awaitable[T]) -> T:
+async def observed(
+    metrics: GatewayMetrics, name: str, work: Awaitable[T], deadline_s: float | None = None
+) -> T:
     """Await ``work`` for model ``name`` counting the outcome (a failure also by its status), the
-    end-to-end latency and the in-flight gauge."""
+    end-to-end latency and the in-flight gauge. ``deadline_s``: the time its client's deadline (gRPC's)
+    leaves it, if any: cancelled once that is due (``DEADLINE_SLACK_S``), it failed by its deadline."""
     started = time.monotonic()
     gauge = metrics.child(metrics.in_flight, name)
     gauge.inc()
@@ -315,7 +328,8 @@ async def observed(metrics: GatewayMetrics, name: str, work: Awaitable[T]) -> T:
         outcome = "success"
         return result
     except BaseException as error:  # counted and raised on: nothing added on the success path
-        metrics.child(metrics.request_failures, name, failure_status(error)).inc()
+        due = deadline_s is not None and time.monotonic() - started >= deadline_s - DEADLINE_SLACK_S
+        metrics.child(metrics.request_failures, name, failure_status(error, due)).inc()
         setattr(error, COUNTED, True)  # the front end's handler does not count it again (refused)
         raise
     finally:

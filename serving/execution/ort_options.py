@@ -52,6 +52,14 @@ class OrtOptions:
     release_idle_s: float | None = 10.0
 
 
+# ONNX Runtime's own logger (severities 0 verbose, 1 info, 2 warning, 3 error, 4 fatal) at the gateway's
+# ``--log-level``: it writes to stderr in a format of its own, at warning by default whatever the level
+# (a foreign model's unused initializers, removed as it loads: raw lines under
+# ``--log-level error``). At ``info`` it keeps its warnings: its info lines (a dozen a session opened)
+# are debugging detail.
+ORT_LOG_SEVERITY = {"critical": 4, "error": 3, "warning": 2, "info": 2, "debug": 1, "trace": 0}
+
+
 # ONNX Runtime reads ``session.intra_op.spin_duration_us`` from 1.26 on (microsoft/onnxruntime#27916);
 # older versions ignore it and would spin unbounded, so there a bounded spin means no spinning.
 BOUNDED_SPIN_SINCE = (1, 26)

@@ -11,6 +11,7 @@ GOAWAY, and a stream error ends that call alone (``Connection._reset``).
 from __future__ import annotations
 
 from serving.protocol import h2_wire as w
+from serving.protocol.grpc_call import Call
 from serving.protocol.h2_state import ConnectionState
 
 # Calls a client may reset: a burst, then so many a second. Opening and resetting calls in a loop
@@ -20,9 +21,13 @@ from serving.protocol.h2_state import ConnectionState
 # (grpc-timeout) spends nothing: that is its deadline ending it (the server's timer would have, and a
 # client may already end calls at that rate with short timeouts), and under overload a client's calls
 # time out by the hundred a second (50 ms deadlines: ~730 a second on one channel, whose connection was
-# closed with its calls in flight).
+# closed with its calls in flight). Only once the call has lived DEADLINE_RESET_AFTER_S too: with a tiny
+# timeout (grpc-timeout 1m, or 1u) half of it is over at once, and calls opened and reset in a flood
+# spent nothing. So a client ends calls for free no faster than 20 ms deadlines would end them (a call
+# with a shorter timeout is ended by the server's deadline, or its reset spends).
 RESET_BURST = 200
 RESET_RATE = 100.0
+DEADLINE_RESET_AFTER_S = 0.02
 # changes of SETTINGS_INITIAL_WINDOW_SIZE a connection may make (each walks its open calls): a burst,
 # then so many a second (grpc's window tuning makes a few in a call's first seconds, then rarely)
 WINDOW_CHANGE_BURST = 100
@@ -45,11 +50,19 @@ class ControlFrames(ConnectionState):
             return
         self.closed_streams.note(stream, False)  # a frame but PRIORITY on it now is the client's error
         self._release(call)
-        if call.halfway is None or self.loop.time() < call.halfway:
+        if not self._deadlines_reset(call):
             self._spend_reset()
         if call.task is not None:
             call.task.cancel()  # the client gave up (deadline, cancel): so does the servicer
         self._maybe_idle()
+
+    def _deadlines_reset(self, call: Call) -> bool:
+        """Whether the client's reset of ``call``, now, is its deadline's (spending no budget): past half
+        its timeout, and ``DEADLINE_RESET_AFTER_S`` after the call opened."""
+        if call.halfway is None:
+            return False
+        opened = call.halfway - (call.deadline - call.halfway)  # halfway: half its timeout on
+        return self.loop.time() >= max(call.halfway, opened + DEADLINE_RESET_AFTER_S)
 
     def _settings(self, flags: int, stream: int, payload: bytes) -> None:
         if stream != 0:
