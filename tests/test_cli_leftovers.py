@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tests.repo_fixtures import _tiny_checkpoint
-from training import classify, classify_loop
+from training import classify, classify_loop, classify_resolve
+from training.classify_config import TrainConfig
 from training.models import build_model, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 
@@ -29,7 +30,7 @@ DATA_FLOOR = 4  # training.data.images refuses smaller images
 
 def _meta_classifier(name: str) -> torch.nn.Module:
     """``name`` with its recipe's arguments, as a run builds it, on the meta device (shapes only)."""
-    args = classify.architecture_args(classify.TrainConfig(model=name))
+    args = classify_resolve.architecture_args(TrainConfig(model=name))
     with torch.device("meta"):
         return build_model(name, **args, num_classes=2, in_channels=1)
 

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 from training import classify, classify_loop
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 from training.data.corpus import clean_pairs, load_parallel
 from training.data.image_formats import DatasetError
 from training.data.images import DataSpec, load_dataset
@@ -128,15 +130,13 @@ def interrupt_after_first_epoch(monkeypatch):
 
 def test_a_resumed_run_with_dropout_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
     config = {**TINY, "epochs": 3, "model_args": {"dropout": 0.5}}
-    classify.train(classify.TrainConfig(**config, output_dir=str(tmp_path / "whole")))
+    classify.train(TrainConfig(**config, output_dir=str(tmp_path / "whole")))
     with monkeypatch.context() as patch:
         interrupt_after_first_epoch(patch)
         with pytest.raises(Interrupted):
-            classify.train(classify.TrainConfig(**config, output_dir=str(tmp_path / "cut")))
+            classify.train(TrainConfig(**config, output_dir=str(tmp_path / "cut")))
     classify.train(
-        classify.TrainConfig(
-            **config, output_dir=str(tmp_path / "cut"), resume=str(tmp_path / "cut/lenet.pt")
-        )
+        TrainConfig(**config, output_dir=str(tmp_path / "cut"), resume=str(tmp_path / "cut/lenet.pt"))
     )
     whole, cut = (torch.load(tmp_path / d / "lenet.resume.pt", weights_only=True) for d in ("whole", "cut"))
     assert whole["epoch"] == cut["epoch"] == 3
@@ -150,12 +150,8 @@ def test_resume_without_epochs_keeps_the_interrupted_runs_length_and_loss_not_th
     with monkeypatch.context() as patch:
         interrupt_after_first_epoch(patch)
         with pytest.raises(Interrupted):
-            classify.train(classify.TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
-    resumed = classify.resolve(
-        classify.TrainConfig(**TINY, output_dir=str(tmp_path), resume=str(tmp_path / "lenet.pt"))
-    )
+            classify.train(TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
+    resumed = resolve(TrainConfig(**TINY, output_dir=str(tmp_path), resume=str(tmp_path / "lenet.pt")))
     assert {key: getattr(resumed, key) for key in settings} == settings  # the recipe says 20 epochs
-    longer = classify.TrainConfig(
-        **TINY, epochs=3, output_dir=str(tmp_path), resume=str(tmp_path / "lenet.pt")
-    )
-    assert classify.resolve(longer).epochs == 3  # a given --epochs still changes the length
+    longer = TrainConfig(**TINY, epochs=3, output_dir=str(tmp_path), resume=str(tmp_path / "lenet.pt"))
+    assert resolve(longer).epochs == 3  # a given --epochs still changes the length

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from tests.repo_fixtures import _tiny_checkpoint
-from training import classify, classify_loop
+from training import classify, classify_finetune, classify_loop
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.classify_config import TrainConfig
 from training.data.image_formats import DatasetError
 from training.data.images import DataSpec, make_splits
 from training.models import build_model
@@ -37,7 +38,7 @@ def write_colour_folder(root: Path, classes=CLASSES, per_class: int = 4) -> Path
     return root
 
 
-def finetune_config(source: Path, data: Path, out: Path, **overrides) -> classify.TrainConfig:
+def finetune_config(source: Path, data: Path, out: Path, **overrides) -> TrainConfig:
     base = {
         "finetune": str(source),
         "dataset": "folder",
@@ -49,7 +50,7 @@ def finetune_config(source: Path, data: Path, out: Path, **overrides) -> classif
         "progress": False,
         "device": "cpu",
     }
-    return classify.TrainConfig(**{**base, **overrides})
+    return TrainConfig(**{**base, **overrides})
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_a_model_arg_that_changes_every_shape_is_refused_rather_than_trained_fro
     """A head bias (the same class count) and BatchNorm's step counters match in any architecture."""
     wider = build_model("lenet", num_classes=3, in_channels=1, width_mult=2.0)
     with pytest.raises(ValueError, match="none of the checkpoint's weights fits this model's shapes"):
-        classify_loop.load_matching_weights(wider, load_checkpoint(source)["state_dict"])
+        classify_finetune.load_matching_weights(wider, load_checkpoint(source)["state_dict"])
 
 
 def test_finetuning_a_grey_checkpoint_on_three_channels_adapts_its_first_layer_not_reinitialises_it(
@@ -125,12 +126,12 @@ def test_finetuning_a_grey_checkpoint_on_three_channels_adapts_its_first_layer_n
     grey = build_model("lenet", num_classes=3, in_channels=1).eval()
     grey.load_state_dict(state)
     colour = build_model("lenet", num_classes=3, in_channels=3).eval()
-    adapted = classify_loop.adapt_input_channels(colour, state, 1, 3)
-    assert classify_loop.load_matching_weights(colour, adapted) == []
+    adapted = classify_finetune.adapt_input_channels(colour, state, 1, 3)
+    assert classify_finetune.load_matching_weights(colour, adapted) == []
     image = torch.rand(2, 1, 16, 16)
     with torch.no_grad():  # a grey image as RGB: the pretrained first layer's response, so the same logits
         torch.testing.assert_close(colour(image.expand(-1, 3, -1, -1)), grey(image))
-    back = classify_loop.adapt_input_channels(grey, colour.state_dict(), 3, 1)
+    back = classify_finetune.adapt_input_channels(grey, colour.state_dict(), 3, 1)
     assert torch.allclose(back["features.0.0.weight"], state["features.0.0.weight"])
 
 

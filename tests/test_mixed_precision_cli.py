@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import classify, classify_loop, runtime
+from training import classify, classify_epoch, classify_loop, divergence, mixed_precision, runtime
 from training.checkpoint import load_checkpoint
+from training.classify_resolve import resolve
 from training.data.corpus import generate_pairs
 from training.resume import load_resume
 from training.translate import build_parser as translate_parser
@@ -36,7 +37,7 @@ TINY_TRANSFORMER = ["d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "
 
 
 def classifier_amp(*flags: str) -> str | None:
-    return classify.resolve(classify.to_config([*LENET, *flags])).amp
+    return resolve(classify.to_config([*LENET, *flags])).amp
 
 
 def translator_amp(*flags: str) -> str | None:
@@ -54,20 +55,25 @@ def test_both_trainers_take_the_same_amp_flag_and_a_bare_amp_means_fp16(amp_of, 
 
 
 def test_a_config_holding_the_old_switch_means_fp16_or_float32():
-    assert [runtime.amp_choice(v) for v in (True, False, None, "bf16")] == ["fp16", None, None, "bf16"]
+    assert [mixed_precision.amp_choice(v) for v in (True, False, None, "bf16")] == [
+        "fp16",
+        None,
+        None,
+        "bf16",
+    ]
     with pytest.raises(ValueError, match="unknown --amp 'fp8'"):
-        runtime.amp_choice("fp8")
+        mixed_precision.amp_choice("fp8")
 
 
 def forward_dtypes(monkeypatch) -> list[torch.dtype]:
     """The dtype of the logits of every training forward the classifier runs from now on."""
-    seen, real = [], classify_loop.example_losses
+    seen, real = [], classify_epoch.example_losses
 
     def spy(output, labels, smoothing):
         seen.append((output[0] if isinstance(output, tuple) else output).dtype)
         return real(output, labels, smoothing)
 
-    monkeypatch.setattr(classify_loop, "example_losses", spy)
+    monkeypatch.setattr(classify_epoch, "example_losses", spy)
     return seen
 
 
@@ -77,7 +83,7 @@ def test_a_classifier_trains_under_cpu_autocast_and_its_checkpoint_records_the_p
 ):
     seen = forward_dtypes(monkeypatch)
     assert classify.main([*LENET, "--amp", amp, "--output-dir", str(tmp_path)]) == 0
-    assert seen and set(seen) == {runtime.AMP_DTYPES[amp]}  # was float32: --amp ignored on the CPU
+    assert seen and set(seen) == {mixed_precision.AMP_DTYPES[amp]}  # was float32: --amp ignored on the CPU
     ckpt = load_checkpoint(tmp_path / "lenet.pt")
     assert ckpt["train_config"]["amp"] == amp
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
@@ -109,7 +115,7 @@ def test_a_resumed_run_keeps_the_precision_it_trained_with_also_from_a_file_of_t
 
     def resumed(name: str, amp: object, scaler: dict, *flags: str) -> str | None:
         config = classify.to_config(["--resume", resume_file(tmp_path, name, amp, scaler), *flags])
-        return classify.resolve(config).amp
+        return resolve(config).amp
 
     assert resumed("cuda_switch", True, fp16_scaler) == "fp16"  # the old --amp on CUDA trained in fp16
     assert resumed("cpu_switch", True, {}) is None  # ... and on a CPU, ignored: float32
@@ -120,21 +126,21 @@ def test_a_resumed_run_keeps_the_precision_it_trained_with_also_from_a_file_of_t
 
 
 def test_an_fp16_loss_scale_that_collapses_on_the_cpu_stops_the_classifier_naming_bf16(tmp_path):
-    config = classify.resolve(classify.to_config([*LENET, "--amp", "fp16", "--output-dir", str(tmp_path)]))
+    config = resolve(classify.to_config([*LENET, "--amp", "fp16", "--output-dir", str(tmp_path)]))
     run = classify_loop.prepare(config, runtime.setup_dist("cpu"))
     assert run.amp.dtype is torch.float16 and run.scaler.is_enabled()
-    run.scaler = torch.amp.GradScaler("cpu", init_scale=1.5 * runtime.MIN_LOSS_SCALE)
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=1.5 * divergence.MIN_LOSS_SCALE)
     with torch.no_grad():
         next(run.module.parameters()).fill_(1e30)  # float16 overflows: every step is skipped
-    with pytest.raises(runtime.TrainingDiverged, match="the fp16 loss scale fell to") as caught:
-        classify_loop.train_epoch(run, 0)
+    with pytest.raises(divergence.TrainingDiverged, match="the fp16 loss scale fell to") as caught:
+        classify_epoch.train_epoch(run, 0)
     assert str(caught.value).endswith("or --amp bf16")
 
 
 def test_an_autocast_dtype_the_device_cannot_run_is_refused_instead_of_training_in_float32():
-    runtime.check_autocast("cpu", torch.bfloat16, "--amp bf16")
+    mixed_precision.check_autocast("cpu", torch.bfloat16, "--amp bf16")
     with pytest.raises(ValueError, match=r"--amp f64: torch's autocast does not run torch.float64 on cpu \("):
-        runtime.check_autocast("cpu", torch.float64, "--amp f64")
+        mixed_precision.check_autocast("cpu", torch.float64, "--amp f64")
 
 
 ONEDNN = (
@@ -144,8 +150,8 @@ ONEDNN = (
 
 
 def test_an_op_the_cpu_has_no_kernel_of_the_precision_for_is_one_error_naming_amp():
-    amp = runtime.make_amp("bf16", torch.device("cpu"))
-    with pytest.raises(runtime.AmpUnsupported) as caught, amp.autocast():
+    amp = mixed_precision.make_amp("bf16", torch.device("cpu"))
+    with pytest.raises(mixed_precision.AmpUnsupported) as caught, amp.autocast():
         raise RuntimeError(ONEDNN)
     assert str(caught.value).startswith("--amp bf16: this CPU has no bf16 kernel for an operation")
     assert "Run workload" not in str(caught.value) and "(AVX512-BF16 or AMX)" in str(caught.value)

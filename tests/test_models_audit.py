@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training import classify, classify_loop
+from training import classify, classify_epoch
 from training.checkpoint import load_checkpoint, rebuild_model
+from training.classify_config import TrainConfig
 from training.models import build_model
 
 
 def test_googlenet_with_auxiliary_classifiers_trains_and_its_aux_losses_count_three_tenths(tmp_path):
-    config = classify.TrainConfig(
+    config = TrainConfig(
         model="googlenet",
         image_size=16,
         limit_train=64,
@@ -33,7 +34,7 @@ def test_googlenet_with_auxiliary_classifiers_trains_and_its_aux_losses_count_th
         [torch.randn(4, 3), torch.randn(4, 3)],
         torch.tensor([0, 1, 2, 0]),
     )
-    got_logits, loss = classify_loop.training_loss((logits, aux), labels, 0.0)
+    got_logits, loss = classify_epoch.training_loss((logits, aux), labels, 0.0)
     expected = F.cross_entropy(logits, labels) + 0.3 * sum(F.cross_entropy(a, labels) for a in aux)
     assert got_logits is logits and torch.allclose(loss, expected)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from export import __main__ as export_main
-from training import classify
+from training import classify, classify_config, classify_resolve
 from training.checkpoint import CheckpointError, load_checkpoint, rebuild_model
 from training.models import list_models
 from training.models.registry import ModelModuleError, ensure_registered, import_modules
@@ -127,7 +127,7 @@ def test_the_cli_trains_a_model_its_module_registers_and_the_checkpoint_names_th
     args = {"num_classes": 10, "in_channels": 1, "width": 4}
     assert ckpt["model"] == {"name": "smallnet", "args": args, "module": "mynets"}
     assert ckpt["train_config"]["models_from"] == ["mynets"]
-    recipe = classify.DEFAULT_RECIPE
+    recipe = classify_config.DEFAULT_RECIPE
     assert (ckpt["train_config"]["optimizer"], ckpt["train_config"]["lr"]) == (recipe.optimizer, recipe.lr)
 
 
@@ -322,13 +322,13 @@ def test_a_model_whose_logits_are_not_batch_by_classes_is_refused_before_trainin
     with pytest.raises(
         ValueError, match=rf"--model mine: its eval forward gives {shape} .* \(B, num_classes\)"
     ):
-        classify.check_logits("mine", model, SIZE)
+        classify_resolve.check_logits("mine", model, SIZE)
 
 
 def test_the_readme_gives_the_default_recipe_as_the_code_has_it():
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Your own classifier") : text.index("## Results")]
-    recipe = classify.DEFAULT_RECIPE
+    recipe = classify_config.DEFAULT_RECIPE
     stated = re.search(
         r"\((\d+) epochs, AdamW, lr ([\d.]+), weight decay ([\d.]+), (\w+) schedule, batch\s+size (\d+)",
         section,

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from tests.test_data_audit import Interrupted, interrupt_after_first_epoch
-from training import classify, classify_loop
+from training import classify, classify_epoch, classify_loop
 from training.checkpoint import load_checkpoint
+from training.classify_config import TrainConfig
 from training.data.loader import stream_seed, train_batches
 from training.tracking import read_metrics
 
@@ -29,7 +30,7 @@ VOLATILE = ("time_s", "train_time_s", "output_dir", "resume")  # clocks, and whe
 
 
 def run(tmp_path, **settings):
-    return classify.train(classify.TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
+    return classify.train(TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
 
 
 def cut_after_first_epoch(tmp_path, monkeypatch, **settings) -> str:
@@ -89,13 +90,13 @@ def test_a_run_killed_after_it_stopped_early_is_not_trained_on_when_resumed(tmp_
 
 def test_a_lengthened_resumed_run_takes_its_first_step_at_the_new_schedules_rate(tmp_path, monkeypatch):
     run(tmp_path, epochs=2, augment=False)  # cosine to 0 over 2 epochs of 4 steps
-    rates, step = [], classify_loop.optimizer_step
+    rates, step = [], classify_epoch.optimizer_step
 
     def spy(scaler, optimizer, *args):
         rates.append(optimizer.param_groups[0]["lr"])
         return step(scaler, optimizer, *args)
 
-    monkeypatch.setattr(classify_loop, "optimizer_step", spy)
+    monkeypatch.setattr(classify_epoch, "optimizer_step", spy)
     run(tmp_path, epochs=4, resume=str(tmp_path / "lenet.pt"))  # the same cosine laid over 4 epochs
     warmup, total, lr = 4, 16, 3e-3  # lenet's recipe: 1 epoch of warm-up, lr 3e-3
     first = lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (8 - warmup) / (total - warmup)))).item()
@@ -116,7 +117,7 @@ def test_resume_on_other_data_names_each_differing_flag_before_reading_the_data(
     expected = "--limit-val 16 (the interrupted run's: 32), --seed 0 (the interrupted run's: 3)"
     with pytest.raises(ValueError, match=re.escape(expected)):  # unset ones are the run's: given, they differ
         classify.train(
-            classify.TrainConfig(**{**TINY, "limit_val": 16}, seed=0, output_dir=str(tmp_path), resume=resume)
+            TrainConfig(**{**TINY, "limit_val": 16}, seed=0, output_dir=str(tmp_path), resume=resume)
         )
 
 

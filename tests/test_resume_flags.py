@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from training import classify
+from training import classify, classify_config
 from training.checkpoint import save_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
+from training.data.augment import AugmentConfig
 
 
 def _resume_file(out: Path, **train_config) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    saved = dataclasses.asdict(
-        classify.resolve(classify.TrainConfig(model="lenet", output_dir=str(out), **train_config))
-    )
+    saved = dataclasses.asdict(resolve(TrainConfig(model="lenet", output_dir=str(out), **train_config)))
     state = {
         "epoch": 1,
         "model_name": "lenet",
@@ -29,8 +30,8 @@ def _resume_file(out: Path, **train_config) -> Path:
     return save_checkpoint({**state, "data": {}, "train_config": saved}, out / "lenet.resume.pt")
 
 
-def _resolved(argv: list[str]) -> classify.TrainConfig:
-    return classify.resolve(classify.config_from_args(classify.build_parser().parse_args(argv)))
+def _resolved(argv: list[str]) -> TrainConfig:
+    return resolve(classify.config_from_args(classify.build_parser().parse_args(argv)))
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_a_resumed_run_keeps_the_interrupted_runs_augmentation_unless_told(
     resume = _resume_file(tmp_path / "run", **first_run)
     config = _resolved(["--resume", str(resume), "--output-dir", str(tmp_path / "out"), *resumed_flags])
     assert config.augment is augment
-    assert (classify.augment_config(config) == classify.AugmentConfig.none()) is not augment
+    assert (classify_config.augment_config(config) == AugmentConfig.none()) is not augment
 
 
 @pytest.mark.parametrize(("flags", "augment"), [([], True), (["--no-augment"], False), (["--augment"], True)])

@@ -12,6 +12,8 @@ import pytest
 from tests.test_resume_exactness import cut_after_first_epoch, differences, run, states
 from training import classify, classify_loop, translate, translate_loop
 from training.checkpoint import load_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 
 # With TINY's image size and limits: data flags and a seed other than the defaults, so a resumed run
 # that fell back to the defaults would differ.
@@ -33,7 +35,7 @@ def test_a_run_resumed_with_resume_alone_ends_bitwise_where_the_uninterrupted_on
 def test_a_resumed_run_given_its_own_data_flags_again_takes_them(tmp_path, monkeypatch):
     resume = cut_after_first_epoch(tmp_path, monkeypatch, epochs=2, **DATA)
     argv = ["--resume", resume, "--seed", "7", "--image-size", "16", "--val-fraction", "0.25", *PLACE]
-    config = classify.resolve(classify.to_config(argv))
+    config = resolve(classify.to_config(argv))
     assert (config.seed, config.image_size, config.val_fraction, config.limit_train) == (7, 16, 0.25, 64)
     assert (config.dataset, config.limit_val) == ("digits", 32)
 
@@ -56,7 +58,7 @@ def test_a_resumed_run_given_another_data_flag_is_refused_before_reading_the_dat
 
 
 def test_a_new_run_without_data_flags_trains_on_the_defaults(tmp_path):
-    config = classify.resolve(classify.TrainConfig(model="lenet", output_dir=str(tmp_path)))
+    config = resolve(TrainConfig(model="lenet", output_dir=str(tmp_path)))
     defaults = (config.dataset, config.image_size, config.val_fraction, config.seed, config.data_path)
     assert defaults == ("digits", 32, 0.2, 0, None)
 
@@ -75,9 +77,6 @@ def test_a_seed_outside_torchs_range_is_an_error_line_naming_the_range(
 
 @pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
 def test_the_ends_of_torchs_seed_range_are_taken(tmp_path, seed):
-    assert (
-        classify.resolve(classify.TrainConfig(model="lenet", seed=seed, output_dir=str(tmp_path))).seed
-        == seed
-    )
+    assert resolve(TrainConfig(model="lenet", seed=seed, output_dir=str(tmp_path))).seed == seed
     args = translate.build_parser().parse_args(["--output-dir", str(tmp_path), f"--seed={seed}"])
     assert translate.resolve_config(args)["seed"] == seed

@@ -14,20 +14,22 @@ import pytest
 
 from tests import test_train_translate
 from tests.test_train_translate import tiny_argv
-from training import classify, classify_loop, translate, translate_loop
+from training import classify, classify_epoch, classify_loop, translate, translate_loop
 from training.checkpoint import load_checkpoint
-from training.resume import load_resume
-from training.runtime import TrainingDiverged
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
+from training.divergence import TrainingDiverged
+from training.resume import load_resume, replaced_files
 from training.tracking import MetricsLogger, read_metrics, run_files
 
 tsv = test_train_translate.tsv  # the tiny TSV corpus fixture, shared
 
 
-def lenet_config(out: Path, **overrides) -> classify.TrainConfig:
+def lenet_config(out: Path, **overrides) -> TrainConfig:
     """A tiny lenet run (3 steps an epoch) writing ``out/lenet.*``."""
     fields = dict(model="lenet", image_size=16, limit_train=96, limit_val=48, batch_size=32, epochs=1)
     fields.update(progress=False, device="cpu", output_dir=str(out))
-    return classify.TrainConfig(**{**fields, **overrides})
+    return TrainConfig(**{**fields, **overrides})
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -79,13 +81,13 @@ def test_a_new_run_diverging_in_its_first_epoch_leaves_the_earlier_runs_files_as
     earlier_run, tmp_path, monkeypatch
 ):
     out = directory_of(earlier_run, tmp_path)
-    real = classify_loop.example_losses
+    real = classify_epoch.example_losses
 
     def nan_losses(*args):
         logits, losses = real(*args)
         return logits, losses * math.nan
 
-    monkeypatch.setattr(classify_loop, "example_losses", nan_losses)
+    monkeypatch.setattr(classify_epoch, "example_losses", nan_losses)
     with pytest.raises(TrainingDiverged):
         classify.train(lenet_config(out, seed=1, epochs=3))
     assert snapshot(out) == earlier_run
@@ -107,7 +109,7 @@ def test_a_new_run_interrupted_after_an_epoch_keeps_the_earlier_model_and_resume
     assert [r["epoch"] for r in read_metrics(out / "lenet.metrics.jsonl")] == [1]
     assert load_resume(str(out / "lenet.pt"))["train_config"]["seed"] == 1
     monkeypatch.undo()
-    path = classify.train(classify.TrainConfig(resume=str(out / "lenet.pt"), progress=False, device="cpu"))
+    path = classify.train(TrainConfig(resume=str(out / "lenet.pt"), progress=False, device="cpu"))
     assert load_checkpoint(path)["train_config"]["seed"] == 1
     assert [r["epoch"] for r in read_metrics(out / "lenet.metrics.jsonl")] == [1, 2, 3]
     assert sorted(snapshot(out)) == ["lenet.curves.png", "lenet.metrics.jsonl", "lenet.pt", "lenet.resume.pt"]
@@ -118,9 +120,7 @@ def test_a_resumed_run_keeps_its_own_files_until_it_writes_new_ones(earlier_run,
     out = directory_of(earlier_run, tmp_path)
     interrupted_at_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        classify.train(
-            classify.TrainConfig(resume=str(out / "lenet.pt"), epochs=3, progress=False, device="cpu")
-        )
+        classify.train(TrainConfig(resume=str(out / "lenet.pt"), epochs=3, progress=False, device="cpu"))
     assert snapshot(out) == earlier_run
 
 
@@ -128,10 +128,12 @@ def test_a_run_resumed_under_another_name_replaces_that_names_files_at_once(earl
     out = directory_of(earlier_run, tmp_path)
     for suffix in (".pt", ".resume.pt", ".curves.png"):
         (out / f"other{suffix}").write_bytes(b"another run's")
-    config = classify.resolve(classify.TrainConfig(resume=str(out / "lenet.pt"), name="other"))
-    assert classify_loop.replaced_files(config) == [out / "other.resume.pt"]  # its checkpoint stays
-    same = classify.resolve(classify.TrainConfig(resume=str(out / "lenet.resume.pt")))
-    assert classify_loop.replaced_files(same) == []
+    config = resolve(TrainConfig(resume=str(out / "lenet.pt"), name="other"))
+    assert replaced_files(config.output_dir, config.name, config.resume) == [
+        out / "other.resume.pt"
+    ]  # its checkpoint stays
+    same = resolve(TrainConfig(resume=str(out / "lenet.resume.pt")))
+    assert replaced_files(same.output_dir, same.name, same.resume) == []
 
 
 def test_the_metrics_file_of_a_run_replacing_another_starts_at_its_first_record(tmp_path):
@@ -175,7 +177,7 @@ def test_a_translator_run_failing_after_its_first_validation_keeps_the_model_and
     monkeypatch.setattr(translate_loop, "_save", interrupt)
     with pytest.raises(KeyboardInterrupt):
         translate.train(tiny_argv("gru_attention", tsv, out, "--epochs", "1", "--no-progress"))
-    assert sorted(snapshot(out)) == sorted({*EARLIER_TRANSLATOR, "tiny.metrics.jsonl"})
+    assert sorted(snapshot(out)) == sorted({*EARLIER_TRANSLATOR, "tiny.metrics.jsonl", "tiny.resume.pt"})
     assert (out / "tiny.pt").read_bytes() == EARLIER_TRANSLATOR["tiny.pt"]  # the trained model stays
     assert [r["epoch"] for r in read_metrics(out / "tiny.metrics.jsonl")] == [1]
     assert "val_bleu" in read_metrics(out / "tiny.metrics.jsonl")[0]

@@ -122,7 +122,12 @@ def test_a_classifier_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_f
     ]
     after = out / "lenet.resume.pt"  # the first epoch is over: killed in the second
     done = killed_once(
-        tmp_path, ("--standalone",), "training.classify", args, "training.classify_loop:optimizer_step", after
+        tmp_path,
+        ("--standalone",),
+        "training.classify",
+        args,
+        "training.classify_epoch:optimizer_step",
+        after,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exitcode: -9" in done.stderr and done.stderr.count(RESTARTED) == 1
@@ -155,11 +160,11 @@ def test_a_translator_rank_killed_mid_run_is_restarted_under_a_c10d_rendezvous_a
     ]
     args += ["--model-arg", "encoder_layers=1", "--model-arg", "decoder_layers=1"]
     launcher = ("--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "--nnodes", "1")
-    after = out / "tiny.metrics.jsonl"  # the first epoch's validation is over: killed in the second
+    after = out / "tiny.resume.pt"  # the first epoch is over: killed in the second
     done = killed_once(
         tmp_path, launcher, "training.translate", args, "training.translate_loop:optimizer_step", after
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exitcode: -9" in done.stderr and done.stderr.count(RESTARTED) == 1
-    assert [r["epoch"] for r in read_metrics(after)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(out / "tiny.metrics.jsonl")] == [1, 2]
     assert load_checkpoint(out / "tiny.pt")["metrics"]["world_size"] == 2

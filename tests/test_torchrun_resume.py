@@ -49,7 +49,7 @@ def killed_once(tmp_path: Path, out: Path, epochs: int, after: Path) -> Job:
     log = tmp_path / "epochs"
     log.mkdir()
     env = {"PYTHONPATH": str(ROOT), "KILN_TEST_EPOCHS_LOG": str(log)}
-    env.update(KILN_TEST_KILL_AT="training.classify_loop:optimizer_step", KILN_TEST_KILL_AFTER=str(after))
+    env.update(KILN_TEST_KILL_AT="training.classify_epoch:optimizer_step", KILN_TEST_KILL_AFTER=str(after))
     done = two_ranks(
         ["-m", "tests.torchrun_restart", "training.classify", *tiny_lenet(out, epochs)],
         tmp_path / "scratch",

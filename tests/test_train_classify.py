@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tests.torchrun import SLOW_RANK0_TIMEOUT_S, two_ranks_weights_hash
-from training import classify, classify_loop
+from training import classify, classify_config, classify_finetune, classify_loop
 from training.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 from training.models import build_model, list_models
 from training.runtime import weights_hash
 from training.tracking import read_metrics
@@ -26,14 +28,14 @@ TINY = {
 
 
 def tiny(tmp_path, **overrides):
-    return classify.TrainConfig(**{**TINY, "output_dir": str(tmp_path), **overrides})
+    return TrainConfig(**{**TINY, "output_dir": str(tmp_path), **overrides})
 
 
 @pytest.fixture(scope="module")
 def lenet_run(tmp_path_factory):
     """Three epochs of lenet on 96 digits: shared by the tests that only read its outputs."""
     out = tmp_path_factory.mktemp("lenet")
-    path = classify.train(classify.TrainConfig(**TINY, output_dir=str(out), epochs=3, lr=0.01, augment=False))
+    path = classify.train(TrainConfig(**TINY, output_dir=str(out), epochs=3, lr=0.01, augment=False))
     return path
 
 
@@ -143,7 +145,7 @@ def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lene
 
     root = write_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=6, size=(16, 16))
     path = classify.train(
-        classify.TrainConfig(
+        TrainConfig(
             dataset="folder",
             data_path=str(root),
             image_size=16,
@@ -163,7 +165,7 @@ def test_finetune_keeps_the_backbone_and_gives_a_new_class_count_a_new_head(lene
 def test_load_matching_weights_skips_exactly_the_head_whose_shape_changed(lenet_run):
     source = load_checkpoint(lenet_run)["state_dict"]
     model = build_model("lenet", num_classes=3, in_channels=1)
-    skipped = classify_loop.load_matching_weights(model, source)
+    skipped = classify_finetune.load_matching_weights(model, source)
     head = [k for k, v in source.items() if v.shape != model.state_dict()[k].shape]
     assert skipped == sorted(head) and 1 <= len(skipped) <= 2
     kept = next(k for k in source if k not in skipped and source[k].is_floating_point())
@@ -209,7 +211,7 @@ def test_the_old_amp_switch_on_cpu_trains_in_fp16_and_says_so_in_the_checkpoint(
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_registered_classifier_gets_a_recipe_that_builds_it(name):
-    config = classify.resolve(classify.TrainConfig(model=name))
+    config = resolve(TrainConfig(model=name))
     assert config.epochs >= 1 and config.lr > 0
     _, args, model = classify_loop.build_classifier(config, num_classes=10, channels=1)
     assert args["num_classes"] == 10 and args["in_channels"] == 1
@@ -239,7 +241,7 @@ def test_zoo_picks_one_model_per_family_and_writes_a_markdown_table(tmp_path, ca
     from training import zoo
 
     models = zoo.default_models()
-    families = [classify.family_of(m) for m in models]
+    families = [classify_config.family_of(m) for m in models]
     assert "lenet" in models and len(families) == len(set(families))
     report = tmp_path / "zoo.md"
     argv = ["--models", "lenet", "--epochs", "1", "--limit-train", "64", "--no-progress"]

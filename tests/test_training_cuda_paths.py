@@ -15,8 +15,10 @@ from torch import nn
 
 from export.pipeline import export_checkpoint
 from tests.classifier_exports import tiny_images, write_checkpoint
-from training import classify, classify_loop, runtime
+from training import classify, classify_epoch, classify_loop, classify_resume, mixed_precision, runtime
 from training.checkpoint import load_checkpoint, rebuild_model
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 from training.data.numbers import generate_pairs
 from training.resume import load_resume
 from training.translate import build_parser, build_translator, prepare_data, resolve_config
@@ -39,9 +41,9 @@ def overflow_first_backward(module: nn.Module) -> None:
     next(module.parameters()).register_hook(hook)
 
 
-def lenet_config(out: Path, **overrides) -> classify.TrainConfig:
-    config = classify.TrainConfig(**LENET, output_dir=str(out), progress=False, device="cpu", **overrides)
-    return classify.resolve(config)
+def lenet_config(out: Path, **overrides) -> TrainConfig:
+    config = TrainConfig(**LENET, output_dir=str(out), progress=False, device="cpu", **overrides)
+    return resolve(config)
 
 
 def cuda_tagged(path: Path) -> Path:
@@ -67,7 +69,9 @@ def test_a_step_the_scaler_skips_leaves_the_learning_rate_schedule_where_it_was(
         for _ in range(3):
             optimizer.zero_grad()
             scaler.scale(model(torch.ones(2, 3)).sum()).backward()
-            taken.append(runtime.optimizer_step(scaler, optimizer, scheduler, model.parameters(), 1.0))
+            taken.append(
+                mixed_precision.optimizer_step(scaler, optimizer, scheduler, model.parameters(), 1.0)
+            )
     assert taken == [False, True, True] and scheduler.last_epoch == 2
     assert not any(SCHEDULER_WARNING in str(w.message) for w in caught)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -79,7 +83,7 @@ def test_the_classifier_epoch_counts_only_the_optimizer_steps_its_scaler_took(tm
     overflow_first_backward(run.module)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        classify_loop.train_epoch(run, 0)
+        classify_epoch.train_epoch(run, 0)
     assert run.scaler.get_scale() == 512.0  # it backed off once: the first step was skipped
     assert run.scheduler.last_epoch == 96 // 32 - 1
     assert not any(SCHEDULER_WARNING in str(w.message) for w in caught)
@@ -114,10 +118,10 @@ def test_resuming_with_fp16_scaling_a_run_that_trained_without_it_starts_a_fresh
     assert state["scaler"] == {}  # a disabled scaler's state: what a CPU or float32 run saves
     run = classify_loop.prepare(lenet_config(tmp_path, epochs=2), runtime.setup_dist("cpu"))
     run.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # --amp on CUDA: enabled
-    classify_loop.restore(run, state)
+    classify_resume.restore(run, state)
     assert run.start_epoch == 1 and run.scaler.get_scale() == 1024.0
     run.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    classify_loop.restore(run, {**state, "scaler": {**run.scaler.state_dict(), "scale": 8.0}})
+    classify_resume.restore(run, {**state, "scaler": {**run.scaler.state_dict(), "scale": 8.0}})
     assert run.scaler.get_scale() == 8.0  # a saved fp16 scaler is continued, not restarted
 
 

@@ -21,10 +21,13 @@ from export.translator_feeds import random_source
 from tests import test_train_translate
 from tests.test_train_translate import TINY_ARGS, tiny_argv
 from tests.torchrun import two_ranks
-from training import classify, classify_loop, translate, translate_loop
+from training import classify, classify_epoch, classify_loop, translate, translate_loop
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
+from training.divergence import MIN_LOSS_SCALE, TrainingDiverged
 from training.models import build_model
 from training.resume import load_resume
-from training.runtime import MIN_LOSS_SCALE, TrainingDiverged, setup_dist
+from training.runtime import setup_dist
 from training.tracking import EarlyStopping, read_metrics
 
 TINY = ["--model", "lenet", "--image-size", "16", "--limit-train", "96", "--limit-val", "48"]
@@ -34,11 +37,11 @@ TINY += ["--batch-size", "32", "--no-progress", "--device", "cpu"]  # 3 steps an
 tsv = test_train_translate.tsv  # the tiny TSV corpus fixture, shared
 
 
-def lenet_config(tmp_path, **overrides) -> classify.TrainConfig:
+def lenet_config(tmp_path, **overrides) -> TrainConfig:
     """``TINY`` as a config, for the tests that run the loop in this process."""
     fields = dict(model="lenet", image_size=16, limit_train=96, limit_val=48, batch_size=32, epochs=2)
     fields.update(progress=False, device="cpu", output_dir=str(tmp_path))
-    return classify.TrainConfig(**{**fields, **overrides})
+    return TrainConfig(**{**fields, **overrides})
 
 
 def nan_from_call(real, call: int, value: float = math.nan):
@@ -84,7 +87,7 @@ def test_a_classifier_whose_learning_rate_is_far_too_high_stops_and_leaves_the_l
 
 
 def test_a_classifier_loss_that_turns_nan_at_a_step_stops_the_run_at_that_step(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(classify_loop, "example_losses", nan_from_call(classify_loop.example_losses, 5))
+    monkeypatch.setattr(classify_epoch, "example_losses", nan_from_call(classify_epoch.example_losses, 5))
     code = classify.main([*TINY, "--epochs", "3", "--clip-grad-norm", "1", "--output-dir", str(tmp_path)])
     assert code == 2
     [line] = error_lines(capsys)
@@ -97,7 +100,7 @@ def test_a_classifier_loss_that_turns_nan_at_a_step_stops_the_run_at_that_step(t
 
 
 def test_an_infinite_input_batch_stops_the_classifier_with_nan_or_inf_named(tmp_path, monkeypatch):
-    real = classify_loop.normalize
+    real = classify_epoch.normalize
     calls = []
 
     def infinite_second_batch(x, mean, std):
@@ -105,7 +108,7 @@ def test_an_infinite_input_batch_stops_the_classifier_with_nan_or_inf_named(tmp_
         out = real(x, mean, std)
         return out.fill_(math.inf) if len(calls) == 2 else out
 
-    monkeypatch.setattr(classify_loop, "normalize", infinite_second_batch)
+    monkeypatch.setattr(classify_epoch, "normalize", infinite_second_batch)
     with pytest.raises(TrainingDiverged, match=r"at epoch 1/2, step 2/3: the training loss is (nan|inf)"):
         classify.train(lenet_config(tmp_path))
     assert not (tmp_path / "lenet.pt").exists()
@@ -114,7 +117,7 @@ def test_an_infinite_input_batch_stops_the_classifier_with_nan_or_inf_named(tmp_
 def test_weights_that_go_nan_after_a_steps_finite_loss_are_never_kept_as_the_best(tmp_path, monkeypatch):
     """The last step of epoch 2 leaves a NaN weight though its loss was finite: validation stops the run
     before the epoch is logged, kept as the best or saved for --resume."""
-    real, steps = classify_loop.optimizer_step, []
+    real, steps = classify_epoch.optimizer_step, []
 
     def poisoning(scaler, optimizer, *args):
         stepped = real(scaler, optimizer, *args)
@@ -123,7 +126,7 @@ def test_weights_that_go_nan_after_a_steps_finite_loss_are_never_kept_as_the_bes
             optimizer.param_groups[0]["params"][0].data.view(-1)[0] = math.nan
         return stepped
 
-    monkeypatch.setattr(classify_loop, "optimizer_step", poisoning)
+    monkeypatch.setattr(classify_epoch, "optimizer_step", poisoning)
     with pytest.raises(TrainingDiverged, match=r"in epoch 2/3: the weights hold NaN or inf \("):
         classify.train(lenet_config(tmp_path, epochs=3, augment=False))
     assert [r["epoch"] for r in read_metrics(tmp_path / "lenet.metrics.jsonl")] == [1]
@@ -136,16 +139,16 @@ def test_fp16_steps_the_scaler_skips_are_neither_counted_in_the_loss_nor_a_stop(
     """The classifier's loop with a GradScaler (fp16's, here the CPU's), which skips the step whose loss
     is inf (the weights never see that batch) and lowers its scale."""
     d = setup_dist("cpu")
-    run = classify_loop.prepare(classify.resolve(lenet_config(tmp_path)), d)
+    run = classify_loop.prepare(resolve(lenet_config(tmp_path)), d)
     run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    calls, real = [], classify_loop.example_losses
+    calls, real = [], classify_epoch.example_losses
 
     def one_inf_batch(*args):
         logits, losses = real(*args)
         calls.append(1)
         return (logits, losses * math.inf) if len(calls) == 2 else (logits, losses)
 
-    monkeypatch.setattr(classify_loop, "example_losses", one_inf_batch)
+    monkeypatch.setattr(classify_epoch, "example_losses", one_inf_batch)
     history = classify_loop.fit(run)
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history)
@@ -273,15 +276,15 @@ def test_parity_names_nan_in_pytorchs_own_output_at_any_tolerance(atol):
 
 RANK1_NAN = """
 import math, os, sys
-from training import classify, classify_loop
-real = classify_loop.example_losses
+from training import classify, classify_epoch
+real = classify_epoch.example_losses
 calls = []
 def rank1_nan(*args):
     logits, losses = real(*args)
     calls.append(1)
     nan = os.environ["RANK"] == "1" and len(calls) == 2
     return logits, losses * math.nan if nan else losses
-classify_loop.example_losses = rank1_nan
+classify_epoch.example_losses = rank1_nan
 sys.exit(classify.main(sys.argv[1:]))
 """
 

@@ -22,8 +22,10 @@ from export.translator_feeds import random_source
 from export.translator_parity import LONG_PAST, decoder_parity, long_encoder_cases
 from tests.test_data_audit import TINY, Interrupted, interrupt_after_first_epoch
 from tests.test_export_mutations import _late_bias
-from training import classify, classify_loop
+from training import classify, classify_epoch, classify_loop
 from training.checkpoint import load_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 from training.data.loader import train_batches
 from training.runtime import Dist
 from training.translate import main as translate_main
@@ -37,22 +39,22 @@ def test_the_sampler_padding_marks_the_copies_so_each_example_counts_once_over_t
     for rank in range(3):
         batches = train_batches(dataset, 3, epoch=1, seed=0, rank=rank, world_size=3)
         flat = torch.cat(batches)
-        counted += flat[~classify_loop.sampler_padding(7, rank, 3, 0, len(flat))].tolist()
+        counted += flat[~classify_epoch.sampler_padding(7, rank, 3, 0, len(flat))].tolist()
     assert sorted(counted) == list(range(7))
-    assert not classify_loop.sampler_padding(7, 0, 1, 0, 7).any()
+    assert not classify_epoch.sampler_padding(7, 0, 1, 0, 7).any()
 
 
 def test_under_two_processes_the_epochs_train_metrics_leave_the_sampler_padding_out(tmp_path, monkeypatch):
     tiny = {**TINY, **FROZEN_PLAIN, "limit_train": 5, "batch_size": 8}
-    config = classify.TrainConfig(**tiny, epochs=1, output_dir=str(tmp_path))
-    run = classify_loop.prepare(classify.resolve(config), Dist(0, 1, torch.device("cpu")))
-    single_loss, single_acc = classify_loop.train_epoch(run, 0)
+    config = TrainConfig(**tiny, epochs=1, output_dir=str(tmp_path))
+    run = classify_loop.prepare(resolve(config), Dist(0, 1, torch.device("cpu")))
+    single_loss, single_acc = classify_epoch.train_epoch(run, 0)
     sums = []
-    monkeypatch.setattr(classify_loop, "all_sum", lambda values, d: sums.append(values) or values)
-    monkeypatch.setattr(classify_loop, "mean_over_ranks", lambda values, d: values)  # no group here
+    monkeypatch.setattr(classify_epoch, "all_sum", lambda values, d: sums.append(values) or values)
+    monkeypatch.setattr(classify_epoch, "mean_over_ranks", lambda values, d: values)  # no group here
     for rank in (0, 1):  # each rank's share of a torchrun epoch: 3 examples, rank 1's last a copy
         run.dist = Dist(rank, 2, torch.device("cpu"))
-        classify_loop.train_epoch(run, 0)
+        classify_epoch.train_epoch(run, 0)
     loss, correct, seen = (sum(column) for column in zip(*sums, strict=True))
     assert seen == 5  # was 6: the copy of rank 0's first example counted twice
     assert loss / seen == pytest.approx(single_loss, rel=1e-5)
@@ -63,18 +65,18 @@ def test_a_rank_whose_share_is_all_sampler_padding_trains_its_epoch(tmp_path, mo
     """One training example on two processes: rank 1's only example is a copy, left out of its counts,
     and its progress bar divided by its zero examples (a ZeroDivisionError under torchrun)."""
     tiny = {**TINY, **FROZEN_PLAIN, "limit_train": 1, "batch_size": 8}
-    config = classify.TrainConfig(**tiny, epochs=1, output_dir=str(tmp_path))
-    run = classify_loop.prepare(classify.resolve(config), Dist(0, 1, torch.device("cpu")))
+    config = TrainConfig(**tiny, epochs=1, output_dir=str(tmp_path))
+    run = classify_loop.prepare(resolve(config), Dist(0, 1, torch.device("cpu")))
     own = []
     rank0 = [0.5, 1, 1]  # what the other rank adds in the all-reduce: its one real example
     monkeypatch.setattr(
-        classify_loop,
+        classify_epoch,
         "all_sum",
         lambda values, d: own.append(values) or [a + b for a, b in zip(values, rank0, strict=True)],
     )
-    monkeypatch.setattr(classify_loop, "mean_over_ranks", lambda values, d: values)  # no group here
+    monkeypatch.setattr(classify_epoch, "mean_over_ranks", lambda values, d: values)  # no group here
     run.dist = Dist(1, 2, torch.device("cpu"))
-    assert classify_loop.train_epoch(run, 0) == (0.5, 1.0)
+    assert classify_epoch.train_epoch(run, 0) == (0.5, 1.0)
     assert own == [[0.0, 0, 0]]  # its copy trained on, counted nowhere
 
 
@@ -83,7 +85,7 @@ def interrupted_run(out, monkeypatch, **settings) -> str:
     with monkeypatch.context() as patch:
         interrupt_after_first_epoch(patch)
         with pytest.raises(Interrupted):
-            classify.train(classify.TrainConfig(**TINY, epochs=2, **settings, output_dir=str(out)))
+            classify.train(TrainConfig(**TINY, epochs=2, **settings, output_dir=str(out)))
     return str(out / "lenet.resume.pt")
 
 
@@ -93,21 +95,21 @@ DATA = {key: TINY[key] for key in ("image_size", "limit_train", "limit_val", "pr
 def test_a_resumed_run_writes_beside_its_resume_state_without_an_output_dir(tmp_path, monkeypatch):
     resume = interrupted_run(tmp_path / "runs", monkeypatch)
     monkeypatch.chdir(tmp_path)
-    path = classify.train(classify.TrainConfig(**DATA, resume=resume))
+    path = classify.train(TrainConfig(**DATA, resume=resume))
     assert path == tmp_path / "runs" / "lenet.pt"  # was ./checkpoints/lenet.pt, apart from its records
     assert not (tmp_path / "checkpoints").exists()
-    elsewhere = classify.TrainConfig(resume=resume, output_dir=str(tmp_path / "elsewhere"))
-    assert classify.resolve(elsewhere).output_dir == str(tmp_path / "elsewhere")
-    assert classify.resolve(classify.TrainConfig(model="lenet")).output_dir == "checkpoints"
+    elsewhere = TrainConfig(resume=resume, output_dir=str(tmp_path / "elsewhere"))
+    assert resolve(elsewhere).output_dir == str(tmp_path / "elsewhere")
+    assert resolve(TrainConfig(model="lenet")).output_dir == "checkpoints"
 
 
 def test_a_resumed_run_keeps_the_mixed_precision_it_was_started_with(tmp_path, monkeypatch):
     resume = interrupted_run(tmp_path, monkeypatch, amp="bf16")
-    assert classify.resolve(classify.TrainConfig(resume=resume)).amp == "bf16"  # was float32 on CUDA
-    assert classify.resolve(classify.to_config(["--resume", resume, "--no-amp"])).amp is None
+    assert resolve(TrainConfig(resume=resume)).amp == "bf16"  # was float32 on CUDA
+    assert resolve(classify.to_config(["--resume", resume, "--no-amp"])).amp is None
     plain = interrupted_run(tmp_path / "plain", monkeypatch)
-    assert classify.resolve(classify.TrainConfig(resume=plain)).amp is None
-    assert classify.resolve(classify.to_config(["--resume", plain, "--amp"])).amp == "fp16"
+    assert resolve(TrainConfig(resume=plain)).amp is None
+    assert resolve(classify.to_config(["--resume", plain, "--amp"])).amp == "fp16"
 
 
 @pytest.mark.parametrize("foldable", [True, False], ids=["after-a-conv", "after-a-relu"])
@@ -164,6 +166,6 @@ def test_a_boolean_model_arg_spelled_false_is_refused_rather_than_read_as_true(t
     assert "--model-arg batch_norm='false': a boolean field takes True or False" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
     config = classify.to_config(["--model", "lenet", "--model-arg", "batch_norm=False"])
-    assert classify.resolve(config).model_args == {"batch_norm": False}
+    assert resolve(config).model_args == {"batch_norm": False}
     assert translate_main(["--model-arg", "share_embeddings=false", "--output-dir", str(tmp_path)]) == 2
     assert "share_embeddings='false': a boolean field" in capsys.readouterr().err

@@ -12,6 +12,8 @@ from tests.test_data_audit import TINY as DATA_AUDIT_TINY
 from tests.test_data_audit import Interrupted, interrupt_after_first_epoch
 from training import classify
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_resolve import resolve
 from training.data.numbers import generate_pairs
 from training.optim import lr_multiplier
 from training.tracking import read_metrics
@@ -30,32 +32,32 @@ def interrupted_run(tmp_path, monkeypatch, **settings) -> str:
     with monkeypatch.context() as patch:
         interrupt_after_first_epoch(patch)
         with pytest.raises(Interrupted):
-            classify.train(classify.TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
+            classify.train(TrainConfig(**TINY, **settings, output_dir=str(tmp_path)))
     return str(tmp_path / f"{settings.get('name', 'lenet')}.pt")
 
 
 def test_a_resumed_run_stops_early_where_the_uninterrupted_one_would(tmp_path, monkeypatch):
     whole = classify.train(
-        classify.TrainConfig(**TINY, **FROZEN, epochs=6, early_stopping=2, output_dir=str(tmp_path / "whole"))
+        TrainConfig(**TINY, **FROZEN, epochs=6, early_stopping=2, output_dir=str(tmp_path / "whole"))
     )
     assert load_checkpoint(whole)["metrics"]["epochs"] == 3  # best at 1, then two epochs without gain
     resume = interrupted_run(tmp_path / "cut", monkeypatch, **FROZEN, epochs=6, early_stopping=2)
-    cut = classify.train(classify.TrainConfig(**TINY, output_dir=str(tmp_path / "cut"), resume=resume))
+    cut = classify.train(TrainConfig(**TINY, output_dir=str(tmp_path / "cut"), resume=resume))
     ckpt = load_checkpoint(cut)
     assert ckpt["metrics"]["epochs"] == 3, ckpt["metrics"]  # ran all 6 epochs: patience fell back to 0
     assert ckpt["train_config"]["early_stopping"] == 2
-    off = classify.TrainConfig(**TINY, output_dir=str(tmp_path / "cut"), resume=resume, early_stopping=0)
-    assert classify.resolve(off).early_stopping == 0  # a given value still wins
-    assert classify.resolve(classify.TrainConfig(**TINY, output_dir=str(tmp_path))).early_stopping == 0
+    off = TrainConfig(**TINY, output_dir=str(tmp_path / "cut"), resume=resume, early_stopping=0)
+    assert resolve(off).early_stopping == 0  # a given value still wins
+    assert resolve(TrainConfig(**TINY, output_dir=str(tmp_path))).early_stopping == 0
 
 
 def test_a_resumed_run_continues_under_its_own_name_with_every_epochs_record(tmp_path, monkeypatch):
     resume = interrupted_run(tmp_path / "first", monkeypatch, epochs=2, name="custom")
-    path = classify.train(classify.TrainConfig(**TINY, output_dir=str(tmp_path / "first"), resume=resume))
+    path = classify.train(TrainConfig(**TINY, output_dir=str(tmp_path / "first"), resume=resume))
     assert path.name == "custom.pt" and not path.with_name("lenet.pt").exists()  # was lenet.pt, 1 epoch
     assert load_checkpoint(path)["metrics"]["epochs"] == 2
     assert [r["epoch"] for r in read_metrics(path.with_name("custom.metrics.jsonl"))] == [1, 2]
-    forked = classify.TrainConfig(
+    forked = TrainConfig(
         **TINY, epochs=3, name="longer", output_dir=str(tmp_path / "second"), resume=str(path)
     )  # another name and directory: the records of the epochs it continues still come along
     path = classify.train(forked)
@@ -73,7 +75,7 @@ def test_resuming_on_another_number_of_processes_is_refused_before_its_schedule_
     # As if the first epoch had run under torchrun with 2 processes: each of them stepped half as often,
     # so this process's schedule would reach its end after two of the three epochs (lr 0 for the third).
     save_checkpoint({**state, "world_size": 2}, state_file)
-    resumed = classify.TrainConfig(**TINY, output_dir=str(tmp_path), resume=resume)
+    resumed = TrainConfig(**TINY, output_dir=str(tmp_path), resume=resume)
     with pytest.raises(
         ValueError, match=r"trained on 2 process\(es\), this one runs on 1.*--nproc_per_node 2"
     ):
@@ -102,7 +104,7 @@ def test_a_held_out_split_left_empty_by_the_position_filter_is_an_error_before_t
 
 
 def test_each_epochs_record_shows_the_learning_rate_its_last_step_used(tmp_path):
-    path = classify.train(classify.TrainConfig(**TINY, epochs=2, warmup_epochs=0.5, output_dir=str(tmp_path)))
+    path = classify.train(TrainConfig(**TINY, epochs=2, warmup_epochs=0.5, output_dir=str(tmp_path)))
     records = read_metrics(path.with_name("lenet.metrics.jsonl"))
     steps_per_epoch = 2  # 64 images in batches of 32
     schedule = {"schedule": "cosine", "warmup_steps": 1, "total_steps": 2 * steps_per_epoch}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.torchrun import two_ranks
-from training import runtime
+from training import mixed_precision, runtime
 
 
 @pytest.fixture
@@ -45,16 +45,16 @@ def test_asking_for_cuda_without_it_or_for_an_unknown_device_is_named(monkeypatc
 
 
 def test_bf16_autocast_runs_matmuls_in_bf16_and_fp16_gets_a_scaler():
-    amp = runtime.make_amp("bf16", torch.device("cpu"))
+    amp = mixed_precision.make_amp("bf16", torch.device("cpu"))
     with amp.autocast():
         out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
     assert out.dtype == torch.bfloat16 and not amp.scaler.is_enabled()
-    assert runtime.make_amp("fp16", torch.device("cpu")).scaler.is_enabled()
-    plain = runtime.make_amp(None, torch.device("cpu"))
+    assert mixed_precision.make_amp("fp16", torch.device("cpu")).scaler.is_enabled()
+    plain = mixed_precision.make_amp(None, torch.device("cpu"))
     with plain.autocast():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="unknown --amp"):
-        runtime.make_amp("int4", torch.device("cpu"))
+        mixed_precision.make_amp("int4", torch.device("cpu"))
 
 
 def test_shards_taken_by_rank_stride_merge_back_in_the_original_order():

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from training.runtime import CollectiveTimeout, TrainingDiverged, leave_group, reports_errors
+from training.dist_timeout import CollectiveTimeout
+from training.divergence import TrainingDiverged
+from training.runtime import leave_group, reports_errors
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

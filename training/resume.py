@@ -1,7 +1,9 @@
-"""A classifier run's resume state (``--resume``): where it lives beside a checkpoint, and reading it,
-a damaged, truncated or foreign file refused with a ``CheckpointError`` naming it; and the resume state
-an attempt torchrun restarts (``--max-restarts``) continues by itself: its own job's, never an earlier
-job's under the same ``--name`` (``restart_resume``)."""
+"""A training run's resume state (``--resume``), shared by both trainers: where it lives beside a
+checkpoint, and reading it, a damaged, truncated or foreign file, or another task's, refused with a
+``CheckpointError`` naming it; the resume state an attempt torchrun restarts (``--max-restarts``)
+continues by itself: its own job's, never an earlier job's under the same ``--name``
+(``restart_resume``); and what a resumed run checks and keeps: the number of processes, the
+interrupted run's records, the files it replaces, and what a run stopped mid-epoch leaves."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 import torch
 
 from training.checkpoint import CheckpointError, check_archive
-from training.runtime import Dist, amp_choice, gather_shards, restart_count, restart_line, run_id
+from training.mixed_precision import amp_choice
+from training.runtime import Dist, gather_shards, restart_count, restart_line, run_id
+from training.tracking import run_files
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,13 @@ def resume_path(path: str | os.PathLike) -> Path:
 
 # What classify_loop.save_resume writes and a resumed run reads.
 RESUME_KEYS = ("epoch", "model_name", "model_args", "model", "optimizer", "scheduler", "data")
+# What each task's resume state holds at the least: a translator's adds its tokenizers and settings
+# (translate_resume.resume_state), and says its task; a state without "task" is a classifier's.
+TASK_KEYS = {
+    "classify": RESUME_KEYS,
+    "translate": (*RESUME_KEYS, "task", "tokenizers", "train_config", "corpus", "rng"),
+}
+TRAINERS = {"classify": "classifier", "translate": "translator"}
 # The torchrun job (runtime.run_id) whose run wrote a resume state: None outside torchrun, or unknown.
 RUN_ID_KEY = "torchelastic_run_id"
 # Why a job whose torchrun run id is runtime.NO_RUN_ID never resumes a restart by itself.
@@ -38,9 +49,10 @@ NO_JOB_ID = (
 )
 
 
-def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
+def load_resume(path: str, *, mmap: bool = False, task: str | None = "classify") -> dict[str, Any]:
     """The resume state behind ``--resume path`` (``mmap`` reads only what is used: resolve's peek);
-    a damaged, truncated or foreign file is a ``CheckpointError`` naming it."""
+    a damaged, truncated or foreign file, or one of a ``task`` other than the one given (None: any),
+    is a ``CheckpointError`` naming it."""
     file = resume_path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--resume {path}: no resume state at {file}")
@@ -58,13 +70,28 @@ def load_resume(path: str, *, mmap: bool = False) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure to read it means "not a usable resume state"
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"--resume {path}: {file} is not a readable resume state ({reason})") from exc
-    missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise CheckpointError(
-            f"--resume {path}: {file} is not a classifier resume state (it lacks {missing}); "
-            "training.classify writes one after every epoch"
-        )
+    check_task(path, file, state, task)
     return state
+
+
+def check_task(path: str, file: Path, state: Any, task: str | None) -> None:
+    """Refuse a resume state of another task than ``task`` (naming the trainer that continues it), or
+    one that lacks what ``task``'s trainer writes (any task's least, where ``task`` is None)."""
+    held = state.get("task", "classify") if isinstance(state, dict) else None
+    if task and held != task and held in TASK_KEYS and all(key in state for key in RESUME_KEYS):
+        raise CheckpointError(
+            f"--resume {path}: {file} is a {TRAINERS[held]}'s resume state ({state['model_name']}), not a "
+            f"{TRAINERS[task]}'s: python -m training.{held} --resume {path} continues it"
+        )
+    missing = [
+        key for key in TASK_KEYS.get(task, RESUME_KEYS) if not isinstance(state, dict) or key not in state
+    ]
+    if missing:
+        which = f"{TRAINERS[task]} " if task else ""
+        writer = f"; training.{task} writes one after every epoch" if task else ""
+        raise CheckpointError(
+            f"--resume {path}: {file} is not a {which}resume state (it lacks {missing}){writer}"
+        )
 
 
 def resumed_amp(state: dict[str, Any]) -> str | None:
@@ -83,7 +110,7 @@ def job_epoch(path: Path, job: str, world_size: int) -> tuple[int, str]:
     if not path.is_file():
         return 0, f"no epoch of this job's interrupted attempt had finished (no resume state at {path})"
     try:
-        state = load_resume(str(path), mmap=True)
+        state = load_resume(str(path), mmap=True, task=None)  # the job's own trainer wrote it
     except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
         return 0, f"the resume state at {path} cannot be read ({exc})"
     held = state.get(RUN_ID_KEY)
@@ -126,3 +153,54 @@ def restart_resume(path: Path, d: Dist) -> Path | None:
         )
         log.warning("%s", restart_line(restarts, what))
     return path if resumes else None
+
+
+def check_world_size(saved: int, now: int) -> None:
+    """Refuse to resume on another number of processes: each rank steps once per batch of its shard,
+    so the restored schedule would count its steps against an epoch of another length (its cosine
+    would end epochs early, leaving the rest at learning rate 0, or never reach its end), and the
+    global batch and the data order would differ too. Files written before they held it pass."""
+    if saved != now:
+        raise ValueError(
+            f"--resume: the interrupted run trained on {saved} process(es), this one runs on {now}: "
+            f"resume it with the same number (torchrun --nproc_per_node {saved}"
+            f"{'' if saved > 1 else ', or without torchrun'})"
+        )
+
+
+def as_lists(value: Any) -> Any:
+    """``value`` with tuples as lists, so ``(1, 2)`` from the command line equals a stored ``[1, 2]``."""
+    if isinstance(value, (list, tuple)):
+        return [as_lists(v) for v in value]
+    return value
+
+
+def resumed_metrics(resume: str) -> Path:
+    """The interrupted run's ``<name>.metrics.jsonl``, beside its resume state: the records of its
+    epochs, whatever ``--name`` and ``--output-dir`` the resumed run writes under."""
+    state = resume_path(resume)
+    return state.with_name(state.name.removesuffix(".resume.pt") + ".metrics.jsonl")
+
+
+def replaced_files(output_dir: str, name: str, resume: str | None) -> list[Path]:
+    """The files of another run under this run's name and output directory, which it replaces as it
+    writes its own (``MetricsLogger``): none where it resumes the run whose files they are."""
+    out = Path(output_dir)
+    if resume and resume_path(resume).resolve() == (out / f"{name}.resume.pt").resolve():
+        return []
+    return run_files(out, name)
+
+
+def resume_left(output_dir: str, name: str, resume: str | None) -> str:
+    """What a run that stopped mid-epoch leaves to continue from: the resume state under its name
+    (written whole after its last finished epoch, or an earlier run's, which it has not replaced), else
+    the one it resumed from."""
+    places = [Path(output_dir) / f"{name}.resume.pt"]
+    places += [resume_path(resume)] if resume else []
+    for path in places:
+        try:
+            epoch = load_resume(str(path), mmap=True, task=None)["epoch"]
+        except (OSError, ValueError):  # none there, or not a resume state
+            continue
+        return f"{path} holds the run after epoch {epoch}, whole: --resume {path} continues from there"
+    return f"no epoch had finished, so there is no resume state at {places[0]}"

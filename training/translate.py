@@ -3,20 +3,20 @@
 Teacher forcing with label smoothing, Adam with warmup then inverse-sqrt or cosine decay, gradient
 clipping, early stopping on validation BLEU (greedy decodes, sacrebleu), a wall-clock budget that stops
 gracefully and keeps the best weights, then test BLEU / exact match with beam search and one
-checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table.
-``--device`` and ``--amp [bf16|fp16]`` choose where and how it computes (on CUDA or the CPU); under
-``torchrun`` it trains data-parallel (the loop lives in ``training.translate_loop``). A run whose loss
-or weights go NaN or inf stops there with one line naming the epoch and step and what to try (exit
-status 2), and writes nothing from those weights.
+checkpoint (contract 1) with the tokenizers inside. Defaults come from a per-model recipe table
+(``training.translate_flags``, with the command line). ``--device`` and ``--amp [bf16|fp16]`` choose
+where and how it computes (on CUDA or the CPU); under ``torchrun`` it trains data-parallel (the loop
+lives in ``training.translate_loop``). After every epoch it writes ``<name>.resume.pt``, which
+``--resume`` (and a torchrun restart, by itself) continues bit for bit (``training.translate_resume``).
+A run whose loss or weights go NaN or inf stops there with one line naming the epoch and step and what
+to try (exit status 2), and writes nothing from those weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,245 +26,69 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.cli import run_trainer
-from training.data.corpus import CORPUS_KINDS, CorpusConfig, load_corpus
+from training.data.corpus import CorpusConfig, load_corpus
 from training.data.text_batches import TranslationBatch
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, TokenizerPair, build_tokenizers
+from training.dist_timeout import check_dist_timeout
 from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
+from training.mixed_precision import amp_choice
 from training.models import list_models, make_config
 from training.models.registry import get_entry
-from training.optim import SCHEDULES
-from training.runtime import (
-    DEFAULT_DIST_TIMEOUT_S,
-    DEVICES,
-    add_amp_flags,
-    amp_choice,
-    check_dist_timeout,
-)
 from training.tracking import check_output_dir
+from training.translate_flags import (
+    BASE,
+    DEFAULT_MODEL,
+    DEFAULT_OUTPUT_DIR,
+    PRESETS,
+    RECIPES,
+    absolute_data_path,
+    build_parser,
+    given_values,
+)
+from training.translate_flags import parse_model_args as parse_model_args  # importable from here, as it was
+from training.translate_resume import resumed_config
 
 log = logging.getLogger(__name__)
 
-# Everything a run needs, with the values used when neither the recipe nor the command line says.
-BASE = {
-    "corpus": "numbers",
-    "data_path": None,
-    "lang": "fr",
-    "n_pairs": 36000,
-    "lowercase": False,
-    "valid_size": 0.05,
-    "test_size": 0.05,
-    "max_length": 64,
-    "vocab_size": 1000,
-    "shared_vocab": True,
-    "epochs": 30,
-    "batch_tokens": 3000,
-    "batch_size": None,
-    "lr": 1e-3,
-    "warmup_steps": 300,
-    "schedule": "inverse_sqrt",
-    "label_smoothing": 0.1,
-    "clip_norm": 1.0,
-    "weight_decay": 0.0,
-    "dropout": 0.1,
-    "patience": 4,
-    "eval_every": 0,
-    "val_limit": 500,
-    "time_budget": 8.5,
-    "max_decode_length": 40,
-    "test_beam": 4,
-    "seed": 0,
-    "threads": 0,
-    "model_args": {},
-    "device": "auto",
-    "dist_timeout": None,
-    "amp": None,
-    "debug_rank_hashes": None,
-    "progress": True,
-}
-# The recurrent translators (GRU and LSTM with attention) train with one recipe.
-RNN_RECIPE: dict[str, Any] = {
-    "lr": 2e-3,
-    "warmup_steps": 100,
-    "batch_tokens": 1500,
-    "model_args": {
-        "embed_dim": 128,
-        "hidden_size": 256,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "attention_dim": 128,
-    },
-}
-# Per-model recipes: the measured defaults (figures in docs/corpus.md, "Measured recipes").
-RECIPES: dict[str, dict[str, Any]] = {
-    "transformer": {
-        "lr": 2e-3,
-        "warmup_steps": 100,
-        "batch_tokens": 1000,
-        "model_args": {
-            "d_model": 128,
-            "heads": 4,
-            "ffn_dim": 512,
-            "encoder_layers": 3,
-            "decoder_layers": 3,
-            "share_embeddings": True,
-            "tie_output": True,
-        },
-    },
-    "gru_attention": RNN_RECIPE,
-    "lstm_attention": RNN_RECIPE,
-}
-# Presets: settings for every model plus per-model overrides (a smaller Transformer for the demo).
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "n_pairs": 12000,
-        "time_budget": 2.0,
-        "epochs": 12,
-        "val_limit": 200,
-        "threads": 1,
-        "batch_tokens": 800,
-        "lr": 3e-3,
-        "warmup_steps": 60,
-        "max_decode_length": 32,
-        "per_model": {
-            "transformer": {"model_args": {"encoder_layers": 2, "decoder_layers": 2, "ffn_dim": 256}}
-        },
-    },
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="transformer", help="registered translator (default: transformer)")
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="a quick recipe, e.g. 'demo' (~2 minutes); its settings replace the defaults named here",
-    )
-    p.add_argument("--corpus", choices=CORPUS_KINDS, help="numbers (offline generator) | tsv | parallel")
-    p.add_argument("--data-path", help="tsv file, or 'src_file,tgt_file' / prefix (prefix.en, prefix.LANG)")
-    p.add_argument(
-        "--lang",
-        choices=("fr", "de"),
-        help="target language of the numbers corpus, and of a parallel --data-path prefix (prefix.LANG) "
-        f"(default: {BASE['lang']})",
-    )
-    p.add_argument(
-        "--n-pairs", type=int, help=f"size of the generated numbers corpus (default: {BASE['n_pairs']})"
-    )
-    p.add_argument(
-        "--lowercase", action="store_true", default=None, help="lower-case (also in the tokenizer)"
-    )
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
-    p.add_argument("--separate-vocab", dest="shared_vocab", action="store_false", default=None)
-    p.add_argument("--epochs", type=int, help=f"default: {BASE['epochs']} (--time-budget may stop it sooner)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--batch-tokens", type=int, help="padded tokens per batch")
-    group.add_argument("--batch-size", type=int, help="sentences per batch (instead of --batch-tokens)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--clip-norm", type=float, help="gradient clipping max norm (0 = off)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument(
-        "--patience",
-        type=int,
-        help=f"evaluations without BLEU gain before stopping (0 = never; default: {BASE['patience']})",
-    )
-    p.add_argument("--eval-every", type=int, help="validate every N steps (0 = every epoch)")
-    p.add_argument(
-        "--val-limit",
-        type=int,
-        help=f"validation sentences decoded per evaluation (0 = all of them) (default: {BASE['val_limit']})",
-    )
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        help="minutes of training before stopping gracefully (0 = no limit), keeping the best weights "
-        f"(default: {BASE['time_budget']})",
-    )
-    p.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
-    p.add_argument(
-        "--max-decode-length",
-        type=int,
-        help=f"longest translation decoded in evaluation (default: {BASE['max_decode_length']}, or the "
-        "model's max_positions where lower)",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 helps on a busy CPU)"
-    )
-    p.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu or cuda")
-    p.add_argument(
-        "--dist-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="under torchrun, how long a rank waits in a collective (and to join the process group) for "
-        "the others before the run ends with an error line naming this flag: a hung or stopped rank "
-        f"(default: torch's, {DEFAULT_DIST_TIMEOUT_S['gloo']:g} s on CPU (gloo), "
-        f"{DEFAULT_DIST_TIMEOUT_S['nccl']:g} s on CUDA (nccl), where torch's watchdog may end the process first)",
-    )
-    add_amp_flags(p, "float32")
-    p.add_argument("--debug-rank-hashes", metavar="DIR", help="each rank writes its final weights hash here")
-    p.add_argument("--output-dir", default="checkpoints")
-    p.add_argument(
-        "--name",
-        help="checkpoint name (default: the model name); a new run under an earlier run's name replaces "
-        "that run's metrics at its first validation, and its checkpoint only when it writes its own",
-    )
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bar (none off a terminal)",
-    )
-    return p
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """'d_model=256' -> {'d_model': 256}; values are Python literals, otherwise strings."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """BASE < model recipe < preset < explicit command-line values."""
-    if args.model not in list_models("translate"):
-        raise ValueError(
-            f"--model {args.model!r} is not a translator; choose from {list_models('translate')}"
-        )
-    recipe = RECIPES.get(args.model, {})
-    preset = dict(PRESETS.get(args.preset or "", {}))
-    preset_model = preset.pop("per_model", {}).get(args.model, {})
+    """BASE < model recipe < preset < explicit command-line values; on ``--resume``, the interrupted
+    run's settings < the command line's (``resumed_config``). Checked before any data is read."""
+    given = given_values(args)
+    cfg = resumed_config(args.resume, given) if args.resume else new_config(given)
+    check_config(cfg)
+    return cfg
+
+
+def new_config(given: dict[str, Any]) -> dict[str, Any]:
+    """A new run's settings from the tables (``training.translate_flags``) and the flags ``given``."""
+    model = given.get("model", DEFAULT_MODEL)
+    if model not in list_models("translate"):
+        raise ValueError(f"--model {model!r} is not a translator; choose from {list_models('translate')}")
+    recipe = RECIPES.get(model, {})
+    preset = dict(PRESETS.get(given.get("preset") or "", {}))
+    preset_model = preset.pop("per_model", {}).get(model, {})
     cfg = {**BASE, **recipe, **preset, **preset_model}
     cfg["model_args"] = {
         **recipe.get("model_args", {}),
         **preset_model.get("model_args", {}),
-        **parse_model_args(args.model_arg),
+        **given.get("model_args", {}),
     }
-    for key in BASE:
-        value = getattr(args, key, None)
-        if value is not None and key != "model_args":
-            cfg[key] = value
-    if args.batch_size is not None:
+    cfg.update({key: value for key, value in given.items() if key in BASE and key != "model_args"})
+    if "batch_size" in given:
         cfg["batch_tokens"] = None
     cfg["amp"] = amp_choice(cfg["amp"])  # --no-amp's False: float32, recorded as None
-    if args.max_decode_length is None:
+    if "max_decode_length" not in given:
         cfg["max_decode_length"] = default_decode_length(cfg)
-    cfg.update(model=args.model, preset=args.preset, output_dir=args.output_dir, name=args.name or args.model)
+    cfg.update(
+        model=model,
+        preset=given.get("preset"),
+        output_dir=given.get("output_dir", DEFAULT_OUTPUT_DIR),
+        name=given.get("name", model),
+        resume=None,
+    )
     if cfg["data_path"]:  # absolute, so export and bench rebuild the held-out splits from anywhere
-        cfg["data_path"] = ",".join(os.path.abspath(part) for part in cfg["data_path"].split(","))
-    check_config(cfg)
+        cfg["data_path"] = absolute_data_path(cfg["data_path"])
     return cfg
 
 
@@ -387,13 +211,15 @@ def fitting_pairs(
     return kept, len(pairs) - len(kept)
 
 
-def prepare_data(cfg: dict[str, Any]):
-    """Corpus, tokenizers and encoded training examples."""
+def prepare_data(cfg: dict[str, Any], tokenizers: TokenizerPair | None = None):
+    """Corpus, tokenizers (trained on the training split, unless given: a resumed run's) and encoded
+    training examples."""
     corpus = load_corpus(corpus_config(cfg))
-    tok_cfg = TokenizerConfig(
-        vocab_size=cfg["vocab_size"], shared=cfg["shared_vocab"], lowercase=cfg["lowercase"]
-    )
-    tokenizers = build_tokenizers(corpus.train, tok_cfg)
+    if tokenizers is None:
+        tok_cfg = TokenizerConfig(
+            vocab_size=cfg["vocab_size"], shared=cfg["shared_vocab"], lowercase=cfg["lowercase"]
+        )
+        tokenizers = build_tokenizers(corpus.train, tok_cfg)
     limit, dropped = max_positions(cfg), {}
     for split in ("train", "valid", "test"):  # longer pairs would index past the position table
         kept, dropped[split] = fitting_pairs(getattr(corpus, split), tokenizers, limit)

@@ -5,16 +5,20 @@ Every rank builds the same corpus, tokenizers and initial weights from the seed,
 share of the length buckets (DistributedDataParallel: gloo on CPU, nccl on CUDA), decodes its share of
 the validation split, and follows rank 0's decisions (stop early, out of time), so no rank ever waits
 on a collective another has left, nor on one while rank 0 works alone: the ranks leave the process
-group before rank 0's test evaluation and checkpoint, however long those take. The CLI, recipes and
-evaluation helpers live in ``training.translate``.
+group before rank 0's test evaluation and checkpoint, however long those take. After every epoch rank
+0 writes the run's resume state (``training.translate_resume``), from which ``--resume``, and an
+attempt torchrun restarts, continue. The CLI, recipes and evaluation helpers live in
+``training.translate``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +29,55 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from training.checkpoint import make_checkpoint, save_checkpoint
 from training.data.text_batches import BucketedBatches, TranslationBatch
+from training.data.tokenizer import TokenizerPair
+from training.dist_timeout import collective_timeouts
+from training.divergence import TrainingDiverged, divergence, divergence_advice, weights_divergence
+from training.mixed_precision import make_amp, optimizer_step
+from training.models import build_model
 from training.optim import build_optimizer, build_scheduler, last_step_lr
+from training.resume import check_world_size, load_resume, resume_left
 from training.runtime import (
     Dist,
-    TrainingDiverged,
     all_sum,
     any_rank,
-    collective_timeouts,
-    divergence,
-    divergence_advice,
     gather_shards,
-    make_amp,
     mean_over_ranks,
-    optimizer_step,
     setup_dist,
     show_progress,
     teardown,
-    weights_divergence,
     weights_hash,
     wrap_ddp,
 )
-from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics, run_files
-from training.translate import build_translator, loss_on, prepare_data
+from training.tracking import EarlyStopping, plot_curves, read_metrics
+from training.translate import build_translator, loss_on, model_config, prepare_data
+from training.translate_resume import (
+    EARLY_STOPPING,
+    PERFECT,
+    check_same_corpus,
+    corpus_digest,
+    open_metrics,
+    restarted,
+    restore,
+    resume_state,
+    rng_state,
+    save_resume,
+)
 from training.translation_eval import evaluate, score_translations, translate_texts
 
 log = logging.getLogger("training.translate")
-# What a translator run that stopped mid-way leaves: its checkpoint is written at the end only.
-NOTHING_TO_RESUME = "a translator run writes its checkpoint at its end only: run it again from the start"
 
 
 class Trainer:
-    """The loop: steps, periodic validation, early stopping, best weights, time budget."""
+    """The loop: steps, periodic validation, early stopping, best weights, time budget, and the resume
+    state after every epoch; ``resume``, an interrupted run's, is continued from where it was written."""
 
-    def __init__(self, cfg, module: nn.Module, tokenizers, corpus, examples, d: Dist) -> None:
+    def __init__(self, cfg, module: nn.Module, tokenizers, corpus, examples, d: Dist, resume=None) -> None:
         self.cfg, self.module, self.tokenizers, self.corpus, self.dist = cfg, module, tokenizers, corpus, d
+        self.digest = corpus_digest(corpus)
+        if resume:  # before anything is written: the metrics file below starts at once
+            check_same_corpus(cfg, resume, self.digest)
+        sizes = (tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+        self.model_args = resume["model_args"] if resume else asdict(model_config(cfg, *sizes))
         self.model = wrap_ddp(module, d)  # what trains; ``module`` is what is evaluated and saved
         self.amp = make_amp(cfg["amp"], d.device)
         self.batches = BucketedBatches(
@@ -75,15 +94,22 @@ class Trainer:
             self.opt, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"], total_steps=total
         )
         self.stopper = EarlyStopping(cfg["patience"], mode="max")
-        path = Path(cfg["output_dir"]) / f"{cfg['name']}.metrics.jsonl"
-        earlier = run_files(cfg["output_dir"], cfg["name"])  # replaced at the first record
-        self.metrics = MetricsLogger(path, replacing=earlier) if d.is_main else None
+        self.metrics, self.records = open_metrics(cfg, d, resume)  # records: those in its file
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best = {"val_bleu": -1.0}
         self.step, self.start, self.train_time = 0, time.monotonic(), 0.0
         self.validated_step = -1  # the step whose weights were last validated
+        self.start_epoch, self.finished = 0, False  # a resumed run's: where it goes on, or nothing left
+        self.stop: str | None = None  # why rank 0's last validation stopped the run (the resume state's)
+        self.carried = (0.0, 0.0)  # this rank's (loss, target tokens) of the last epoch trained
+        if resume:
+            restore(self, resume)
         self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
         self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
+
+    def elapsed(self) -> float:
+        """Seconds the run has trained, an interrupted run's included."""
+        return time.monotonic() - self.start
 
     def validate(self, epoch: float, loss_sum: float, tokens: float) -> bool:
         """Every rank decodes its share of the validation split, rank 0 scores it all and keeps the best
@@ -116,6 +142,7 @@ class Trainer:
             "time_s": round(time.monotonic() - self.start, 1),
         }
         self.metrics.log(record)
+        self.records += 1
         log.info(
             "epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%",
             epoch,
@@ -132,7 +159,9 @@ class Trainer:
                 "epoch": best_epoch,
             }
             self.best_state = copy.deepcopy(self.module.state_dict())
-        return self.stopper.step(scores["bleu"]) or scores["exact_match"] >= 100.0
+        early = self.stopper.step(scores["bleu"])
+        self.stop = PERFECT if scores["exact_match"] >= 100.0 else EARLY_STOPPING if early else None
+        return self.stop is not None
 
     def diverged(self, where: str, reason: str) -> TrainingDiverged:
         """The error that stops a diverged run: where, why, and what to try."""
@@ -169,44 +198,78 @@ class Trainer:
         return late > 0
 
     def run(self) -> None:
+        """Train the epochs left (none where the interrupted run had stopped), each followed by its
+        validation (without ``--eval-every``) and its resume state; then validate the steps after the
+        last ``--eval-every`` validation."""
         cfg = self.cfg
-        for epoch in range(cfg["epochs"]):
-            self.model.train()
-            count, loss_sum, tokens = 0, 0.0, 0
-            bar = tqdm(
-                self.batches,
-                desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                leave=False,
-                dynamic_ncols=True,
-                disable=not show_progress(cfg["progress"], self.dist),
-            )
-            for batch in bar:
-                (loss, stepped), count = self.train_step(batch), count + 1
-                out_of_time = self.after_step(epoch, count, loss, stepped)
-                if math.isfinite(loss):  # else a step the fp16 scaler skipped: not trained on
-                    loss_sum, tokens = loss_sum + loss * batch.n_tokens, tokens + batch.n_tokens
-                bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
-                mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
-                if (mid_eval or out_of_time) and self.validate(
-                    epoch + count / len(self.batches), loss_sum, tokens
-                ):
-                    return
-                if out_of_time:
-                    log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
-                    return
-            bar.close()
-            if not cfg["eval_every"] and self.validate(epoch + 1, loss_sum, tokens):
+        loss_sum, tokens = self.carried
+        for epoch in range(self.start_epoch, self.start_epoch if self.finished else cfg["epochs"]):
+            stopped, loss_sum, tokens = self.train_epoch(epoch)
+            if stopped:
+                return
+            stop = not cfg["eval_every"] and self.validate(epoch + 1, loss_sum, tokens)
+            self.save_resume(epoch + 1, loss_sum, tokens)
+            if stop:
                 return
         if self.validated_step != self.step:  # the steps after the last --eval-every validation
             self.validate(cfg["epochs"], loss_sum, tokens)
 
+    def train_epoch(self, epoch: int) -> tuple[bool, float, float]:
+        """One pass over this rank's batches, validating every ``--eval-every`` steps: whether the run
+        stops in it (a validation said so, or the time budget is spent), and this rank's summed
+        training loss and target tokens."""
+        cfg = self.cfg
+        self.model.train()
+        count, loss_sum, tokens = 0, 0.0, 0
+        bar = tqdm(
+            self.batches,
+            desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not show_progress(cfg["progress"], self.dist),
+        )
+        for batch in bar:
+            (loss, stepped), count = self.train_step(batch), count + 1
+            out_of_time = self.after_step(epoch, count, loss, stepped)
+            if math.isfinite(loss):  # else a step the fp16 scaler skipped: not trained on
+                loss_sum, tokens = loss_sum + loss * batch.n_tokens, tokens + batch.n_tokens
+            bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
+            mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
+            if (mid_eval or out_of_time) and self.validate(
+                epoch + count / len(self.batches), loss_sum, tokens
+            ):
+                return True, loss_sum, tokens
+            if out_of_time:
+                log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
+                return True, loss_sum, tokens
+        bar.close()
+        return False, loss_sum, tokens
+
+    def save_resume(self, epoch: int, loss_sum: float, tokens: float) -> None:
+        """After ``epoch``, on every rank: the weights checked (none NaN or inf goes into a resume state),
+        every rank's generators and the epoch's loss gathered; then rank 0 writes the resume state,
+        having replaced an earlier run's files under this name if its first record has not."""
+        reason = weights_divergence(self.module)  # the same weights on every rank: all stop alike
+        if reason:
+            raise self.diverged(f"in epoch {epoch}/{self.cfg['epochs']}", reason)
+        rngs = gather_shards([rng_state(self.dist.device)], self.dist)
+        carried = all_sum([loss_sum, tokens], self.dist)
+        if self.dist.is_main:
+            started = time.perf_counter()
+            self.metrics.begin()
+            save_resume(resume_state(self, epoch, self.stop, rngs, carried), self.cfg)
+            log.debug("resume state of epoch %d written in %.3f s", epoch, time.perf_counter() - started)
+
 
 def run(cfg: dict[str, Any]) -> Path:
     """Train one resolved config end to end: every rank trains, leaves the process group (if any) with
-    the others, then rank 0 alone evaluates on the test split and writes the checkpoint. A collective
-    that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
-    with collective_timeouts(cfg["dist_timeout"], cfg["device"], lambda: NOTHING_TO_RESUME):
+    the others, then rank 0 alone evaluates on the test split and writes the checkpoint. An attempt
+    torchrun restarted continues its job's last finished epoch (``restarted``). A collective that
+    outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    left = functools.partial(resume_left, cfg["output_dir"], cfg["name"], cfg["resume"])
+    with collective_timeouts(cfg["dist_timeout"], cfg["device"], left):
         d = setup_dist(cfg["device"], cfg["dist_timeout"])
+        cfg = restarted(cfg, d)
         trainer, model_args = _train(cfg, d)
         teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
     path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
@@ -216,13 +279,17 @@ def run(cfg: dict[str, Any]) -> Path:
 
 
 def _train(cfg: dict[str, Any], d: Dist) -> tuple[Trainer, dict[str, Any]]:
-    """Data, model and the training loop, on every rank; the trainer (with its best weights) and the
-    model's constructor arguments."""
+    """Data, model and the training loop, on every rank (a resumed run's from its resume state, checked
+    before the data is read); the trainer (with its best weights) and the model's constructor arguments."""
+    resume = load_resume(cfg["resume"], task="translate") if cfg["resume"] else None
+    if resume:
+        check_world_size(resume.get("world_size", d.world_size), d.world_size)
     torch.manual_seed(cfg["seed"])  # the same corpus split, tokenizers and initial weights on every rank
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    corpus, tokenizers, examples = prepare_data(cfg)
-    model, model_args = build_translator(cfg, tokenizers)
+    tokenizers = TokenizerPair.from_dict(resume["tokenizers"]) if resume else None
+    corpus, tokenizers, examples = prepare_data(cfg, tokenizers)
+    model = _model(cfg, tokenizers, resume)
     model.to(d.device)
     torch.manual_seed(cfg["seed"] + d.rank)  # each rank its own dropout masks
     log.info(
@@ -234,14 +301,23 @@ def _train(cfg: dict[str, Any], d: Dist) -> tuple[Trainer, dict[str, Any]]:
         cfg["amp"] or "off",
         corpus.info,
     )
-    trainer = Trainer(cfg, model, tokenizers, corpus, examples, d)
+    trainer = Trainer(cfg, model, tokenizers, corpus, examples, d, resume)
     with logging_redirect_tqdm():  # a validation's line above the epoch's bar, not run on from it
         trainer.run()
-    trainer.train_time = time.monotonic() - trainer.start
+    trainer.train_time = trainer.elapsed()
     if cfg["debug_rank_hashes"]:  # the last trained weights, which DDP keeps equal on every rank
         Path(cfg["debug_rank_hashes"]).mkdir(parents=True, exist_ok=True)
         Path(cfg["debug_rank_hashes"], f"rank{d.rank}.sha256").write_text(weights_hash(model))
-    return trainer, model_args
+    return trainer, trainer.model_args
+
+
+def _model(cfg: dict[str, Any], tokenizers: TokenizerPair, resume: dict | None) -> nn.Module:
+    """A new translator for ``tokenizers``, or the interrupted run's, rebuilt with its weights."""
+    if resume is None:
+        return build_translator(cfg, tokenizers)[0]
+    model = build_model(resume["model_name"], **resume["model_args"])
+    model.load_state_dict(resume["model"])
+    return model
 
 
 def _save(cfg, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path:

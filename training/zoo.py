@@ -1,7 +1,7 @@
 """Train every classifier family with its default recipe on digits and report a Markdown table.
 
 ``python -m training.zoo [--models lenet resnet18] [--output report.md]``: one representative per
-family in ``training.classify.RECIPES`` (the first registered name of that family), each trained by
+family in ``training.classify_config.RECIPES`` (the first registered name of that family), each trained by
 ``training.classify.train`` exactly as ``python -m training.classify --model NAME`` would.
 """
 
@@ -15,7 +15,9 @@ from typing import Any
 
 from kiln.cli import HelpFormatter
 from training.checkpoint import load_checkpoint
-from training.classify import RECIPES, TrainConfig, family_of, resolve, train
+from training.classify import train
+from training.classify_config import RECIPES, TrainConfig, family_of
+from training.classify_resolve import resolve
 from training.models import list_models
 from training.tracking import check_output_dir
 

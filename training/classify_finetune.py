@@ -1,0 +1,126 @@
+"""A classifier started from another's weights (``--finetune``): the checkpoint's checks, before any data
+is read (a classifier's, whose constructor arguments its model's config still has; with ``--resume``,
+only the file the interrupted run started from), and the finetuned model: a head of another class
+count is new, and a first layer of other channels is adapted (1 -> 3 spreads its weights over the
+three, 3 -> 1 sums them) rather than trained from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.checkpoint import load_checkpoint
+from training.classify_config import TrainConfig
+from training.models import build_model, get_entry, make_config
+from training.resume import load_resume
+
+log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
+
+
+def check_finetune_args(path: str, ckpt: dict[str, Any]) -> None:
+    """Refuse a ``--finetune`` checkpoint whose constructor arguments its model's config no longer has
+    (a file from another Kiln, or of a user model whose config changed since), naming them, before any
+    data is read: else a ``TypeError`` traceback from the config."""
+    name, args = ckpt["model"]["name"], ckpt["model"]["args"]
+    fields = {f.name for f in dataclasses.fields(get_entry(name).config_cls)}
+    unknown = sorted(set(args) - fields)
+    if unknown:
+        raise ValueError(
+            f"--finetune {path}: its {name} arguments {unknown} are not fields of {name}'s config here "
+            f"(accepted: {sorted(fields)}); a checkpoint written by another version of the model's code"
+        )
+
+
+def check_resume_finetune(config: TrainConfig) -> None:
+    """Refuse ``--finetune`` with ``--resume`` unless it names the file the interrupted run started from: a
+    resumed run continues from its resume state's weights, so another ``--finetune`` would be silently
+    ignored (and recorded in the checkpoint as where the weights came from)."""
+    if not (config.resume and config.finetune):
+        return
+    saved = (load_resume(config.resume, mmap=True).get("train_config") or {}).get("finetune")
+    if saved and (saved == config.finetune or Path(saved).resolve() == Path(config.finetune).resolve()):
+        return
+    started = f"started from --finetune {saved}" if saved else "started without --finetune"
+    raise ValueError(
+        f"--finetune {config.finetune} with --resume {config.resume}: a resumed run continues from its "
+        f"resume state's weights (that run {started}); drop --finetune to resume it, or --resume to "
+        f"finetune {config.finetune} in a new run"
+    )
+
+
+def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
+    ckpt = load_checkpoint(config.finetune)
+    if ckpt["task"] != "classify":
+        raise ValueError(f"--finetune {config.finetune}: a {ckpt['task']} checkpoint, not a classifier")
+    name = ckpt["model"]["name"]
+    if config.model not in (None, name):
+        raise ValueError(f"--finetune checkpoint holds {name!r} but --model is {config.model!r}")
+    args = {**ckpt["model"]["args"], "num_classes": num_classes, "in_channels": channels, **config.model_args}
+    args = asdict(make_config(name, **args))
+    module = build_model(name, **args)
+    held = checkpoint_channels(config.finetune, ckpt)
+    state = adapt_input_channels(module, ckpt["state_dict"], held, channels)
+    try:
+        skipped = load_matching_weights(module, state)
+    except ValueError as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(config.model_args.items()))
+        given = f" (--model-arg {shown} changes its shapes?)" if shown else ""
+        raise ValueError(f"--finetune {config.finetune}: {exc}{given}") from None
+    log.info("finetune from %s: new (re-initialised) tensors: %s", config.finetune, skipped or "none")
+    return name, args, module
+
+
+def checkpoint_channels(path: str, ckpt: dict[str, Any]) -> int:
+    """The channels a ``--finetune`` checkpoint's model takes: its preprocessing's, else its model's
+    ``in_channels`` (a checkpoint written without preprocessing)."""
+    channels = (ckpt.get("preprocessing") or {}).get("channels") or ckpt["model"]["args"].get("in_channels")
+    if channels not in (1, 3):
+        raise ValueError(
+            f"--finetune {path}: the checkpoint records no channel count (preprocessing 'channels' or the "
+            "model's 'in_channels'); pass --channels"
+        )
+    return int(channels)
+
+
+def adapt_input_channels(
+    module: nn.Module, state: dict[str, torch.Tensor], old: int, new: int
+) -> dict[str, torch.Tensor]:
+    """``state`` with each input-layer weight of ``old`` input channels brought to the ``new`` the
+    model takes (those whose shapes differ only there), as timm's ``adapt_input_conv``: 1 -> 3 spreads
+    the weights over three equal thirds, 3 -> 1 sums them, so a grey image replicated to RGB (or an RGB
+    image whose channels are equal) gives the pretrained layer's response, instead of a new random layer."""
+    if old == new:
+        return state
+    own = module.state_dict()
+    adapted = {}
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None or value.ndim < 3:  # a convolution's (out, in, *kernel) weight
+            continue
+        if tuple(value.shape) == (target.shape[0], old, *target.shape[2:]) and target.shape[1] == new:
+            adapted[key] = value.expand(-1, new, *value.shape[2:]) / new if old == 1 else value.sum(1, True)
+    if adapted:
+        log.info("finetune: input layer(s) %s adapted from %d to %d channels", sorted(adapted), old, new)
+    return {**state, **adapted}
+
+
+def load_matching_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor whose name and shape match; return the names left at their fresh init. At least
+    one convolution or linear weight must match: BatchNorm's step counters are scalars in any
+    architecture, and a head's bias matches whenever the class count does, whatever the layers."""
+    own = module.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(v.is_floating_point() and v.ndim >= 2 for v in matched.values()):
+        raise ValueError(
+            "none of the checkpoint's weights fits this model's shapes (another architecture?): it would "
+            "train from scratch"
+        )
+    module.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))

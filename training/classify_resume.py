@@ -1,0 +1,123 @@
+"""A classifier run's resume state: what the run writes after every epoch (``save_resume``), how a
+resumed run is checked against it before it reads or trains on anything (the same data flags, classes
+and images, and number of processes) and continues from it (``restore``). Reading the file, which one
+a torchrun restart continues, and what a run stopped mid-epoch leaves to continue from, are
+``training.resume``'s, shared with the translator; which flags a resumed run keeps, ``training.classify_resolve``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from training.checkpoint import save_checkpoint
+from training.classify_config import TrainConfig
+from training.classify_run import Run
+from training.data.images import DataSpec, ImageDataset, contents_differences
+from training.mixed_precision import restore_scaler
+from training.optim import restore_scheduler
+from training.resume import RUN_ID_KEY, check_world_size
+from training.runtime import Dist, run_id
+
+log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
+
+
+def save_resume(run: Run, epoch: int) -> None:
+    """After each epoch: weights, optimizer, scheduler, best-so-far and epoch, as plain tensors/dicts."""
+    state = {
+        "epoch": epoch,
+        "model_name": run.model_name,
+        "model_args": run.model_args,
+        "model": run.module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "best_state": run.best_state,
+        "best_epoch": run.best_epoch,
+        "best_val": list(run.best_val),
+        "stopper": {"best": run.stopper.best, "bad_epochs": run.stopper.bad_epochs},
+        "train_time_s": run.train_time_s,
+        "world_size": run.dist.world_size,  # the schedule counts this many processes' steps per epoch
+        "data": asdict(run.spec),
+        "contents": run.train_ds.contents(),  # the classes and images the run read (check_same_contents)
+        "train_config": asdict(run.config),  # --resume's defaults and checks (classify_resolve)
+        RUN_ID_KEY: run_id(os.environ),  # a torchrun restart resumes its own job's only (restart_resume)
+    }
+    save_checkpoint(state, Path(run.config.output_dir) / f"{run.config.name}.resume.pt")
+
+
+def resumed_config(config: TrainConfig, resume: dict[str, Any]) -> TrainConfig:
+    """A resumed run's config with what it continues left unset taken from the interrupted run: the
+    channels it trained on (a finetuned run's came from its checkpoint, so resuming it without
+    ``--channels`` was refused as other data), and the ``--model-arg`` and ``--finetune`` that made its
+    model (else its checkpoint's ``train_config`` named an architecture other than the one it holds)."""
+    saved = resume.get("train_config") or {}
+    held = {
+        "channels": resume["data"].get("channels"),
+        "model_args": saved.get("model_args") or {},
+        "finetune": saved.get("finetune"),
+    }
+    return dataclasses.replace(config, **{k: v for k, v in held.items() if not getattr(config, k)})
+
+
+def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
+    """Refuse to resume on other data or another number of processes than the interrupted run's."""
+    differ = data_differences(state["data"], asdict(spec))
+    if differ:
+        raise ValueError(
+            f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; leave "
+            "these flags unset to take its values"
+        )
+    check_world_size(state.get("world_size", d.world_size), d.world_size)
+
+
+def check_same_contents(path: str, state: dict[str, Any], spec: DataSpec, train_ds: ImageDataset) -> None:
+    """Refuse to resume on data whose classes or images changed since the interrupted run (a class
+    folder added, removed or renamed, images added): the flags alone are the same, but the resumed model
+    has the old run's head and its labels would mean other classes, and another split would put
+    images it trained on into validation. Resume files written before they held it pass."""
+    saved = state.get("contents")
+    differ = contents_differences(saved, train_ds.contents()) if saved else []
+    if differ:
+        raise ValueError(
+            f"--resume {path}: the data at {spec.data_path or spec.dataset} changed since the interrupted "
+            f"run: {'; '.join(differ)}. A resumed run goes on with its model ({len(saved['classes'])} "
+            "classes) and its split of the same images: put the data back as it was, or start a new run "
+            "on the new data (without --resume)"
+        )
+
+
+def data_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each data flag (a ``DataSpec`` field) whose value differs from the interrupted run's, as
+    ``--flag value (the interrupted run's: value)``."""
+    return [
+        f"--{key.replace('_', '-')} {'unset' if now.get(key) is None else now.get(key)} "
+        f"(the interrupted run's: {'unset' if saved.get(key) is None else saved.get(key)})"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Continue the interrupted run's optimizer, schedule, best weights and early stopping."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    restore_scheduler(run.scheduler, state["scheduler"])
+    restore_scaler(run.scaler, state["scaler"])
+    run.start_epoch, run.best_epoch, run.best_state = state["epoch"], state["best_epoch"], state["best_state"]
+    run.best_val, run.train_time_s = tuple(state["best_val"]), state["train_time_s"]
+    run.stopper.best, run.stopper.bad_epochs = state["stopper"]["best"], state["stopper"]["bad_epochs"]
+    # A run stopped early wrote its last resume state before its checkpoint: killed in between, it is
+    # resumed, and must not train on (unless a longer --early-stopping, or 0, is given now).
+    run.stopped_early = 0 < run.stopper.patience <= run.stopper.bad_epochs
+    if run.dist.is_main:
+        log.info("resuming %s after epoch %d of %d", run.config.name, run.start_epoch, run.config.epochs)
+    if run.stopped_early and run.dist.is_main:
+        log.info(
+            "the interrupted run had stopped early (no better val accuracy for %d epochs): nothing left "
+            "to train; a larger --early-stopping, or 0, trains on",
+            run.stopper.bad_epochs,
+        )

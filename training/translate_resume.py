@@ -1,0 +1,280 @@
+"""A translator run's resume state: what ``--resume`` (or a torchrun restart, by itself) takes from it
+and what it refuses to change, the corpus it must find again, and the state written after every epoch
+and restored from it, so that a resumed run ends bit for bit where the uninterrupted one does.
+
+Reading the file and its refusals (a damaged file, another task's), the restart decision, the
+world-size check and the records and files a resumed run keeps are the classifier's too
+(``training.resume``); the translator's loop (``training.translate_loop``) calls what is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import save_checkpoint
+from training.data.corpus import Corpus
+from training.flags import flag
+from training.mixed_precision import amp_choice, restore_scaler
+from training.optim import restore_scheduler
+from training.resume import (
+    RUN_ID_KEY,
+    as_lists,
+    load_resume,
+    replaced_files,
+    restart_resume,
+    resume_path,
+    resumed_metrics,
+)
+from training.runtime import Dist, run_id
+from training.tracking import MetricsLogger, read_metrics, run_files
+from training.translate_flags import BASE, absolute_data_path
+
+log = logging.getLogger("training.translate")
+
+# Settings a resumed run keeps, given again or not at all: its corpus, split and tokenizers were made
+# with the data ones (--seed also draws the batch order), its model with --model, --model-arg and
+# --dropout, and its optimizer and schedule count steps of batches of that size at that rate.
+RESUME_FIXED = (
+    "model",
+    "preset",
+    "corpus",
+    "data_path",
+    "lang",
+    "n_pairs",
+    "lowercase",
+    "valid_size",
+    "test_size",
+    "max_length",
+    "vocab_size",
+    "shared_vocab",
+    "seed",
+    "dropout",
+    "batch_tokens",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "schedule",
+    "weight_decay",
+)
+# How a fixed setting is given on the command line, where its flag is not its name's.
+FLAGS = {"shared_vocab": "--separate-vocab"}
+# Why a resumed run stopped where it did, as the resume state records it (None: it trains on).
+EARLY_STOPPING, PERFECT = "early_stopping", "exact_match"
+
+
+def resumed_config(resume: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run resuming from ``resume``: the interrupted run's, with ``given`` (the
+    command line's) over those that may change; a fixed one (``RESUME_FIXED``, ``--model-arg``) given
+    with another value is an error naming each, before any data is read."""
+    state = load_resume(resume, mmap=True, task="translate")
+    saved = state["train_config"]
+    if given.get("data_path"):
+        given = {**given, "data_path": absolute_data_path(given["data_path"])}
+    differ = [
+        f"{shown(key, given[key])} (the interrupted run's: {held_value(key, saved.get(key))})"
+        for key in RESUME_FIXED
+        if key in given and given[key] != saved.get(key)
+    ]
+    held = state["model_args"]
+    differ += [
+        f"--model-arg {key}={value!r} (the interrupted run's: {held.get(key)!r})"
+        for key, value in given.get("model_args", {}).items()
+        if as_lists(value) != as_lists(held.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume {resume}: {', '.join(differ)}: a resumed run goes on with the interrupted run's "
+            "corpus, tokenizers, model, batches and optimizer; leave these flags unset to take its "
+            "values, or start a new run (without --resume)"
+        )
+    cfg = {**BASE, **saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
+    cfg["output_dir"] = given.get("output_dir") or str(resume_path(resume).parent)
+    cfg["amp"] = amp_choice(cfg["amp"])  # --no-amp's False: float32, recorded as None
+    return cfg
+
+
+def shown(key: str, value: Any) -> str:
+    """A setting as its flag gives it: ``--lr 0.01``, ``--separate-vocab``, ``--lowercase``."""
+    name = FLAGS.get(key, flag(key))
+    return name if isinstance(value, bool) else f"{name} {value}"
+
+
+def held_value(key: str, value: Any) -> str:
+    """An interrupted run's setting as its config holds it: ``0.003``, ``'tsv'``, ``shared_vocab=True``."""
+    return f"{key}={value}" if isinstance(value, bool) else repr(value)
+
+
+def restarted(cfg: dict[str, Any], d: Dist) -> dict[str, Any]:
+    """An attempt torchrun restarted (``--max-restarts``) resumes from the resume state under its name,
+    resolved as ``--resume`` would be with the attempt's own settings given, where its own torchrun
+    job's interrupted attempt wrote it and every rank reads it so (``restart_resume``); else, and in a
+    first attempt, ``cfg`` as it is."""
+    found = restart_resume(Path(cfg["output_dir"]) / f"{cfg['name']}.resume.pt", d)
+    if not found:
+        return cfg
+    return resumed_config(str(found), {key: value for key, value in cfg.items() if value is not None})
+
+
+def corpus_digest(corpus: Corpus) -> dict[str, dict[str, Any]]:
+    """Each split's pairs (those that fit the model, in order) as a count and a sha256: what a resumed
+    run must find again."""
+    digest = {}
+    for split in ("train", "valid", "test"):
+        pairs = getattr(corpus, split)
+        sha = hashlib.sha256()
+        for source, target in pairs:
+            sha.update(f"{source}\t{target}\n".encode(errors="surrogatepass"))
+        digest[split] = {"pairs": len(pairs), "sha256": sha.hexdigest()}
+    return digest
+
+
+def check_same_corpus(cfg: dict[str, Any], state: dict[str, Any], digest: dict[str, Any]) -> None:
+    """Refuse to resume on a corpus whose pairs changed since the interrupted run (the same flags, a
+    file edited or replaced): the resumed model's tokenizers and split are the old corpus's, and
+    another split would put sentences it trained on into validation or test."""
+    saved = state["corpus"]
+    differ = [
+        f"{split}: {digest[split]['pairs']} pairs (the interrupted run's: {saved[split]['pairs']})"
+        if digest[split]["pairs"] != saved[split]["pairs"]
+        else f"{split}: other pairs"
+        for split in saved
+        if digest.get(split) != saved[split]
+    ]
+    if differ:
+        where = cfg["data_path"] or f"the {cfg['corpus']} generator"
+        raise ValueError(
+            f"--resume {cfg['resume']}: the corpus ({where}) changed since the interrupted run: "
+            f"{'; '.join(differ)}. A resumed run goes on with its tokenizers and its split of the same "
+            "sentences: put the corpus back as it was, or start a new run on the new one (without --resume)"
+        )
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """This process's torch generators (dropout draws from them): the CPU's, and the CUDA device's."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng(state: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    """Set this process's generators where ``rng_state`` left them (a device the run did not train on
+    keeps its own: resumed elsewhere, the run goes on, though not bit for bit)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class RunMetrics(MetricsLogger):
+    """The run's metrics file, which its first resume state starts too: a run validating every
+    ``--eval-every`` steps may finish an epoch before its first record, and its resume state must
+    not then be removed as the earlier run's at that record."""
+
+    def begin(self) -> None:
+        """Replace an earlier run's files under this name now (its resume state first), if not yet."""
+        if not self._started:
+            self._start(())
+
+
+def open_metrics(cfg: dict[str, Any], d: Dist, state: dict[str, Any] | None) -> tuple[RunMetrics | None, int]:
+    """Rank 0's metrics file and how many records it starts with: a resumed run keeps the records the
+    interrupted run had logged when it wrote its resume state (none if they are gone); a new run
+    replaces an earlier run's files under its name at its first record or resume state."""
+    out, name = Path(cfg["output_dir"]), cfg["name"]
+    path = out / f"{name}.metrics.jsonl"
+    if not d.is_main:
+        return None, 0
+    if state is None:
+        return RunMetrics(path, replacing=run_files(out, name)), 0
+    earlier = resumed_metrics(cfg["resume"])
+    kept = read_metrics(earlier)[: state["records"]] if earlier.is_file() else []
+    replacing = replaced_files(cfg["output_dir"], name, cfg["resume"])
+    return RunMetrics(path, replacing=replacing, records=kept), len(kept)
+
+
+def resume_state(trainer: Any, epoch: int, stop: str | None, rngs: list, carried: list[float]) -> dict:
+    """What ``trainer`` (a ``translate_loop.Trainer``) holds after ``epoch``, as plain tensors and
+    dicts: ``rngs``, every rank's generators in rank order, ``carried``, the epoch's training loss
+    and target tokens summed over the ranks (the loss a final validation logs)."""
+    return {
+        "task": "translate",
+        "epoch": epoch,
+        "stop": stop,
+        "model_name": trainer.cfg["model"],
+        "model_args": trainer.model_args,
+        "model": trainer.module.state_dict(),
+        "optimizer": trainer.opt.state_dict(),
+        "scheduler": trainer.sched.state_dict(),
+        "scaler": trainer.amp.scaler.state_dict(),
+        "best_state": trainer.best_state,
+        "best": trainer.best,
+        "stopper": {"best": trainer.stopper.best, "bad_epochs": trainer.stopper.bad_epochs},
+        "step": trainer.step,
+        "validated_step": trainer.validated_step,
+        "records": trainer.records,
+        "carried": carried,
+        "rng": rngs,
+        "train_time_s": trainer.elapsed(),
+        "world_size": trainer.dist.world_size,  # the schedule counts this many processes' steps
+        "tokenizers": trainer.tokenizers.to_dict(),  # a resumed run never trains them again
+        "data": trainer.corpus.info,
+        "corpus": trainer.digest,  # the pairs it trains, validates and tests on (check_same_corpus)
+        "train_config": trainer.cfg,  # --resume's settings and refusals (resumed_config)
+        RUN_ID_KEY: run_id(os.environ),  # a torchrun restart resumes its own job's only (restart_resume)
+    }
+
+
+def save_resume(state: dict[str, Any], cfg: dict[str, Any]) -> Path:
+    """Write ``<name>.resume.pt`` whole or not at all (a temporary file renamed over it)."""
+    return save_checkpoint(state, Path(cfg["output_dir"]) / f"{cfg['name']}.resume.pt")
+
+
+def restore(trainer: Any, state: dict[str, Any]) -> None:
+    """Continue the interrupted run in ``trainer`` (a ``translate_loop.Trainer``) after its last epoch:
+    optimizer, schedule, scaler, counters, best weights, early stopping, the batch order and this
+    rank's generators (its dropout draws); its clock goes on from the time it had trained, which
+    ``--time-budget`` counts."""
+    d = trainer.dist
+    trainer.opt.load_state_dict(state["optimizer"])
+    restore_scheduler(trainer.sched, state["scheduler"])
+    restore_scaler(trainer.amp.scaler, state["scaler"])
+    trainer.start_epoch, trainer.step = state["epoch"], state["step"]
+    trainer.validated_step = state["validated_step"]
+    trainer.best, trainer.best_state = dict(state["best"]), state["best_state"]
+    trainer.stopper.best, trainer.stopper.bad_epochs = (
+        state["stopper"]["best"],
+        state["stopper"]["bad_epochs"],
+    )
+    trainer.finished = finished(state, trainer.cfg["patience"])
+    trainer.batches.epoch = trainer.start_epoch  # each epoch's order is drawn from the seed and its number
+    trainer.start -= state["train_time_s"]
+    if d.is_main:  # the epoch's loss summed over the ranks: a final validation sums it again
+        trainer.carried = tuple(state["carried"])
+    restore_rng(state["rng"][d.rank], d.device)
+    if not d.is_main:
+        return
+    log.info(
+        "resuming %s after epoch %d of %d", trainer.cfg["name"], trainer.start_epoch, trainer.cfg["epochs"]
+    )
+    if trainer.finished:
+        perfect = state["stop"] == PERFECT
+        log.info(
+            "the interrupted run had stopped after that epoch (%s): nothing left to train%s",
+            "a perfect validation"
+            if perfect
+            else f"no better BLEU for {trainer.stopper.bad_epochs} evaluations",
+            "" if perfect else "; a larger --patience, or 0, trains on",
+        )
+
+
+def finished(state: dict[str, Any], patience: int) -> bool:
+    """Whether the interrupted run had stopped after its last epoch, leaving nothing to train: on a
+    perfect validation, or early, unless a longer ``--patience`` (or 0) is given now."""
+    if state["stop"] == PERFECT:
+        return True
+    bad = state["stopper"]["bad_epochs"]
+    return state["stop"] == EARLY_STOPPING and 0 < patience <= bad
