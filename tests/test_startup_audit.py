@@ -131,6 +131,18 @@ def test_a_labels_file_that_does_not_count_the_classes_is_named_in_a_warning(rep
     assert "2 labels" in lines[0] and "3 classes" in lines[0]
 
 
+def test_the_labels_and_version_warnings_keep_the_repository_readers_logger_name(repo, caplog):
+    """An operator's log filter keys on the name each line shows: the reader's warnings were
+    ``serving.execution.repository``'s before its labels and versions moved to modules of their own."""
+    (repo / "lenet" / "labels.txt").write_text("zero\none\n")
+    (repo / "lenet" / "v2").mkdir()  # no version number: ignored, with a warning
+    with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
+        Repository(repo)
+    warned = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 2, warned
+    assert {name for name, _ in warned} == {"serving.execution.repository"}, warned
+
+
 def test_a_directory_without_a_config_is_named_not_silently_skipped(repo, caplog):
     (repo / "lenet" / "config.pbtxt").unlink()
     (repo / "notes").mkdir()  # no version directory: not a model entry at all

@@ -14,7 +14,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("serving.execution.repository")  # the reader's log, whichever part writes it
 
 
 def entry_labels(

@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2
 
 from serving.errors import BadRequest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("serving.execution.repository")  # the reader's log, whichever part writes it
 
 
 def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> list[str]:

@@ -293,7 +293,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 def _stream_error(request: Any, message: str) -> service_pb2.ModelStreamInferResponse:
     """A stream's answer to a request that failed: its ``error_message``, and its ``id`` in
     ``infer_response`` as Triton echoes it, so a client with several requests in flight on the
-    stream knows which one failed (answers come as requests finish, not in order)."""
+    stream knows which one failed (by its id, or by its turn: answers come in the requests' order)."""
     return service_pb2.ModelStreamInferResponse(
         error_message=message, infer_response=service_pb2.ModelInferResponse(id=request.id)
     )
