@@ -47,12 +47,25 @@ def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @contextlib.contextmanager
 def hung(server: TritonServer) -> Iterator[None]:
-    """Triton stopped (SIGSTOP): its ports accept, nothing answers; it continues whatever the test did."""
+    """Triton stopped (SIGSTOP): its ports accept, nothing answers; it continues whatever the test did.
+    Entered once every thread of it has stopped: kill() returns before they have (one is woken to stop
+    them all), and on a loaded machine one woken by a request first still answered it (a translator
+    of a "hung" Triton read ready)."""
     os.kill(server.process.pid, signal.SIGSTOP)
     try:
+        assert eventually(lambda: all_threads_stopped(server.process.pid)), "Triton did not stop"
         yield
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """Whether no thread of process ``pid`` runs user code any more: each is stopped, or has ended."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            states.append(stat.read_text().rpartition(")")[2].split()[0])
+    return bool(states) and all(state in "TtZX" for state in states)
 
 
 @pytest.fixture
