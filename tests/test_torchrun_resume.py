@@ -164,3 +164,35 @@ def test_a_restart_with_no_resume_state_or_a_damaged_one_starts_over_and_says_wh
         assert restart_resume(missing, ALONE) is None and restart_resume(damaged, ALONE) is None
     assert f"had finished (no resume state at {missing})" in caplog.text
     assert f"the resume state at {damaged} cannot be read" in caplog.text
+
+
+def _decide_with_own_count(rank: int, store_file: str, state: str, answers: str) -> None:
+    """One rank of a two-process gloo group whose restart count is its rank (torchelastic counts a
+    restart on the failed worker's node only): its ``restart_resume`` answer, written to ``answers``."""
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    os.environ.update(TORCHELASTIC_RESTART_COUNT=str(rank), TORCHELASTIC_RUN_ID="job-b")
+    timeout = timedelta(seconds=20)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store_file}", rank=rank, world_size=2, timeout=timeout
+    )
+    try:
+        found = restart_resume(Path(state), runtime.Dist(rank, 2, torch.device("cpu"), timeout))
+        Path(answers, str(rank)).write_text(str(found))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_ranks_whose_restart_counts_differ_decide_together(tmp_path):
+    """A healthy node's ranks read restart count 0 in a restarted group: they skipped the ranks'
+    collective and the others waited in it until the group's timeout. Every rank takes part now."""
+    state = write_state(tmp_path / "x.resume.pt", "job-b", world_size=2)
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    args = (str(tmp_path / "store"), str(state), str(answers))
+    torch.multiprocessing.spawn(_decide_with_own_count, args=args, nprocs=2, join=True)
+    assert {p.name: p.read_text() for p in answers.iterdir()} == {"0": str(state), "1": str(state)}

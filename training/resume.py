@@ -40,6 +40,8 @@ TASK_KEYS = {
 TRAINERS = {"classify": "classifier", "translate": "translator"}
 # The torchrun job (runtime.run_id) whose run wrote a resume state: None outside torchrun, or unknown.
 RUN_ID_KEY = "torchelastic_run_id"
+# What every rank of a restarted attempt does when it does not resume.
+STARTS_AGAIN = "every process starts this run again from its command line"
 # Why a job whose torchrun run id is runtime.NO_RUN_ID never resumes a restart by itself.
 NO_JOB_ID = (
     "torchrun's run id is 'none' (a rendezvous or --master-port given without --rdzv-id), which every such "
@@ -131,14 +133,23 @@ def job_epoch(path: Path, job: str, world_size: int) -> tuple[int, str]:
 def restart_resume(path: Path, d: Dist) -> Path | None:
     """On an attempt torchrun restarted (``--max-restarts``): ``path``, the run's resume state, when
     this torchrun job's interrupted attempt wrote it (``RUN_ID_KEY``) and every rank reads it so;
-    else None, on every rank alike: the run starts again from its command line. Rank 0 says which."""
+    else None, on every rank alike: the run starts again from its command line. Rank 0 says which.
+
+    Under a job id every rank of a group takes part in the decision, whatever its own restart count:
+    torchelastic counts a restart on the node whose worker failed only, so a healthy node's ranks may
+    read 0 in a restarted group, and a collective some ranks skipped would hang the others."""
     restarts = restart_count(os.environ)
-    if not restarts:
+    job = run_id(os.environ)  # the same on every node of the job
+    if job is None or (d.world_size == 1 and not restarts):
+        if restarts and d.is_main:
+            log.warning("%s", restart_line(restarts, f"{STARTS_AGAIN}: {NO_JOB_ID}"))
         return None
-    job = run_id(os.environ)
-    epoch, why = job_epoch(path, job, d.world_size) if job else (0, NO_JOB_ID)
-    epochs = gather_shards([epoch], d)  # every rank's view, in rank order, on every rank
-    others = [rank for rank, seen in enumerate(epochs) if seen != epoch]
+    epoch, why = job_epoch(path, job, d.world_size)
+    views = gather_shards([(epoch, restarts)], d)  # every rank's view, in rank order, on every rank
+    restarts = max(seen_restarts for _, seen_restarts in views)
+    if not restarts:  # the job's first attempt on every node
+        return None
+    others = [rank for rank, (seen, _) in enumerate(views) if seen != epoch]
     if epoch and others:
         why = (
             f"rank 0 reads this job's resume state after epoch {epoch} at {path}, rank(s) "
@@ -149,7 +160,7 @@ def restart_resume(path: Path, d: Dist) -> Path | None:
         what = (
             f"the run resumes from {path}, the resume state this torchrun job's interrupted attempt wrote"
             if resumes
-            else f"every process starts this run again from its command line: {why}"
+            else f"{STARTS_AGAIN}: {why}"
         )
         log.warning("%s", restart_line(restarts, what))
     return path if resumes else None
