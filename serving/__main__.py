@@ -296,9 +296,6 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
     grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
-
-    server_class = _server_class()  # imports the app, and with it grpc: after grpc_io.choose
-
     _start_logging(settings.log_level)
     if not settings.model_repository.is_dir():
         raise SystemExit(
@@ -315,9 +312,11 @@ def main(argv: list[str] | None = None) -> None:
 
         held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
         raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
-    _onnxruntime_log_level(settings)
-    # a busy port fails now, not once the models are loaded; the guards keep other Kiln gateways off
+    # a busy port fails now, before the app's imports (seconds on a busy machine) and the models' load;
+    # the guards keep other Kiln gateways off
     guards = claim_ports(settings, hold=False)  # noqa: F841 - kept while this gateway serves
+    server_class = _server_class()  # imports the app, and with it grpc: after grpc_io.choose
+    _onnxruntime_log_level(settings)
     if not settings.reuse_port:  # a gateway of one process: what killed ones left (its workers': theirs)
         from serving.workers import sweep_stale
 
