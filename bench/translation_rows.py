@@ -71,7 +71,7 @@ class Workload:
     def load(cls, checkpoints: Path, model: str, sentences: int) -> Workload:
         """The first ``sentences`` test pairs of ``checkpoints/<model>.pt``, rebuilt from its settings."""
         from training.checkpoint import load_checkpoint
-        from training.translate import held_out_pairs
+        from training.translate_setup import held_out_pairs
 
         path = Path(checkpoints) / f"{model}.pt"
         ckpt = load_checkpoint(path)

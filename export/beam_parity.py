@@ -45,7 +45,7 @@ def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
         from tokenizers import Tokenizer
 
         from training.data.tokenizer import literal_specials
-        from training.translate import held_out_pairs
+        from training.translate_setup import held_out_pairs
 
         tok = literal_specials(Tokenizer.from_str(ctx.ckpt["tokenizers"]["source"]))  # as served
         pairs = [(src, ref) for src, ref in held_out_pairs(ctx.ckpt, "test")[:n]]

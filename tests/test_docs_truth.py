@@ -204,7 +204,7 @@ def test_the_translate_help_names_the_defaults_that_end_a_run_early() -> None:
     cfg = resolve_config(parser.parse_args([]))
     helps = {a.dest: a.help or "" for a in parser._actions}
     for dest in ("epochs", "time_budget", "patience", "val_limit", "n_pairs", "lang"):
-        assert f"default: {cfg[dest]}" in helps[dest], (dest, helps[dest])
+        assert f"default: {getattr(cfg, dest)}" in helps[dest], (dest, helps[dest])
 
 
 def test_the_cache_places_translator_interface_md_names_are_the_ones_the_compiled_step_tries(

@@ -41,7 +41,7 @@ def classifier_amp(*flags: str) -> str | None:
 
 
 def translator_amp(*flags: str) -> str | None:
-    return resolve_config(translate_parser().parse_args(["--model", "transformer", *flags]))["amp"]
+    return resolve_config(translate_parser().parse_args(["--model", "transformer", *flags])).amp
 
 
 @pytest.mark.parametrize("amp_of", [classifier_amp, translator_amp], ids=["classify", "translate"])

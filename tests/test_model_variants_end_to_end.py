@@ -15,6 +15,7 @@ import torch
 from export.pipeline import export_checkpoint
 from training.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from training.models import build_model
+from training.translate_config import TranslateConfig
 
 SIZE = 12
 # Class names a folder dataset may give: separators, quotes, a tab, unicode, outer spaces, a comment sign.
@@ -95,7 +96,7 @@ def test_a_grey_model_with_odd_class_names_is_served_with_them_and_sees_an_rgb_u
     np.testing.assert_allclose(served, expected, atol=1e-4)
 
 
-def _translate_config(tmp_path: Path, *flags: str) -> dict:
+def _translate_config(tmp_path: Path, *flags: str) -> TranslateConfig:
     from training.translate import build_parser, resolve_config
 
     return resolve_config(build_parser().parse_args([*flags, "--output-dir", str(tmp_path / "out")]))
@@ -105,8 +106,8 @@ def test_an_unset_max_decode_length_follows_a_max_positions_below_the_recipes_le
     """--model-arg max_positions=12 alone stopped the run: the unset --max-decode-length's default, 40,
     was "above the model's max_positions"; a value given above it is still refused."""
     cfg = _translate_config(tmp_path, "--model-arg", "max_positions=12")
-    assert cfg["max_decode_length"] == 12
-    assert _translate_config(tmp_path, "--model-arg", "max_positions=64")["max_decode_length"] == 40
+    assert cfg.max_decode_length == 12
+    assert _translate_config(tmp_path, "--model-arg", "max_positions=64").max_decode_length == 40
     with pytest.raises(ValueError, match="--max-decode-length 40 is above the model's max_positions 12"):
         _translate_config(tmp_path, "--model-arg", "max_positions=12", "--max-decode-length", "40")
 
@@ -117,13 +118,13 @@ def test_separate_vocabularies_with_the_recipes_shared_embeddings_are_refused_be
     """The Transformer recipe shares its embeddings, so --separate-vocab alone failed only after the
     corpus was generated and the BPE tokenizers trained, and its message never named the way to keep
     separate vocabularies."""
-    import training.translate as translate
+    from training import translate_setup
 
     def no_corpus(*args: object) -> None:
         raise AssertionError("the corpus was read before the flags were checked")
 
-    monkeypatch.setattr(translate, "load_corpus", no_corpus)
+    monkeypatch.setattr(translate_setup, "load_corpus", no_corpus)
     with pytest.raises(ValueError, match="--model-arg share_embeddings=False"):
         _translate_config(tmp_path, "--separate-vocab")
     cfg = _translate_config(tmp_path, "--separate-vocab", "--model-arg", "share_embeddings=False")
-    assert cfg["shared_vocab"] is False
+    assert cfg.shared_vocab is False

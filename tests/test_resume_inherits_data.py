@@ -79,4 +79,4 @@ def test_a_seed_outside_torchs_range_is_an_error_line_naming_the_range(
 def test_the_ends_of_torchs_seed_range_are_taken(tmp_path, seed):
     assert resolve(TrainConfig(model="lenet", seed=seed, output_dir=str(tmp_path))).seed == seed
     args = translate.build_parser().parse_args(["--output-dir", str(tmp_path), f"--seed={seed}"])
-    assert translate.resolve_config(args)["seed"] == seed
+    assert translate.resolve_config(args).seed == seed

@@ -147,6 +147,23 @@ def test_the_metrics_file_of_a_run_replacing_another_starts_at_its_first_record(
     assert read_metrics(tmp_path / "m.jsonl") == [{"epoch": 1}]
 
 
+def test_a_run_that_begins_its_metrics_file_before_its_first_record_replaces_the_earlier_run_once(tmp_path):
+    """The translator's first resume state may come before its first record (``--eval-every``): it
+    begins the file first, and what it writes after that is its own, kept at its first record."""
+    earlier = [tmp_path / "m.resume.pt", tmp_path / "m.jsonl"]
+    for path in earlier:
+        path.write_text("earlier\n")
+    logger = MetricsLogger(tmp_path / "m.jsonl", replacing=earlier)
+    logger.begin()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+    assert read_metrics(tmp_path / "m.jsonl") == []
+    (tmp_path / "m.resume.pt").write_text("this run's\n")
+    logger.begin()
+    logger.log({"epoch": 1})
+    assert (tmp_path / "m.resume.pt").read_text() == "this run's\n"
+    assert read_metrics(tmp_path / "m.jsonl") == [{"epoch": 1}]
+
+
 def test_a_run_replacing_nothing_starts_its_metrics_file_at_once(tmp_path):
     MetricsLogger(tmp_path / "m.jsonl", replacing=run_files(tmp_path, "m"))
     assert read_metrics(tmp_path / "m.jsonl") == []

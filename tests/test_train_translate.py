@@ -16,14 +16,9 @@ from training.decoding import greedy_decode
 from training.models import list_models
 from training.runtime import Dist, show_progress
 from training.tracking import read_metrics
-from training.translate import (
-    build_parser,
-    held_out_pairs,
-    main,
-    parse_model_args,
-    resolve_config,
-    train,
-)
+from training.translate import main, resolve_config, train
+from training.translate_flags import build_parser, parse_model_args
+from training.translate_setup import held_out_pairs
 
 TINY_ARGS = {
     "transformer": ["d_model=32", "heads=2", "ffn_dim=64", "encoder_layers=1", "decoder_layers=1"],
@@ -69,8 +64,8 @@ def test_recipe_preset_and_command_line_are_layered_in_that_order():
     cfg = resolve_config(
         build_parser().parse_args(["--preset", "demo", "--lr", "0.01", "--model-arg", "heads=8"])
     )
-    assert cfg["model"] == "transformer" and cfg["lr"] == 0.01 and cfg["time_budget"] == 2.0
-    assert cfg["model_args"]["heads"] == 8 and cfg["model_args"]["d_model"] == 128
+    assert cfg.model == "transformer" and cfg.lr == 0.01 and cfg.time_budget == 2.0
+    assert cfg.model_args["heads"] == 8 and cfg.model_args["d_model"] == 128
 
 
 def test_bad_arguments_are_named():
@@ -108,14 +103,14 @@ def test_flags_that_would_fail_after_training_are_error_lines_before_it(tsv, tmp
 def test_a_relative_data_path_is_stored_absolute_in_each_of_its_parts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tsv = resolve_config(build_parser().parse_args(["--corpus", "tsv", "--data-path", "data/a.tsv"]))
-    assert tsv["data_path"] == str(tmp_path / "data" / "a.tsv")
+    assert tsv.data_path == str(tmp_path / "data" / "a.tsv")
     pair = build_parser().parse_args(["--corpus", "parallel", "--data-path", "a.en,../b.fr"])
-    assert resolve_config(pair)["data_path"] == f"{tmp_path / 'a.en'},{tmp_path.parent / 'b.fr'}"
+    assert resolve_config(pair).data_path == f"{tmp_path / 'a.en'},{tmp_path.parent / 'b.fr'}"
 
 
 def test_progress_bars_are_off_with_no_progress_and_off_a_terminal(monkeypatch):
-    assert resolve_config(build_parser().parse_args([]))["progress"] is True
-    assert resolve_config(build_parser().parse_args(["--no-progress"]))["progress"] is False
+    assert resolve_config(build_parser().parse_args([])).progress is True
+    assert resolve_config(build_parser().parse_args(["--no-progress"])).progress is False
     main_rank, other_rank = Dist(0, 2, torch.device("cpu")), Dist(1, 2, torch.device("cpu"))
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     assert show_progress(True, main_rank) and not show_progress(False, main_rank)

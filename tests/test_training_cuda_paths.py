@@ -21,8 +21,10 @@ from training.classify_config import TrainConfig
 from training.classify_resolve import resolve
 from training.data.numbers import generate_pairs
 from training.resume import load_resume
-from training.translate import build_parser, build_translator, prepare_data, resolve_config
+from training.translate import resolve_config
+from training.translate_flags import build_parser
 from training.translate_loop import Trainer
+from training.translate_setup import build_translator, prepare_data
 
 LENET = {"model": "lenet", "image_size": 16, "limit_train": 96, "limit_val": 48, "batch_size": 32}
 SCHEDULER_WARNING = "lr_scheduler.step()"

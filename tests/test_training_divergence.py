@@ -21,7 +21,7 @@ from export.translator_feeds import random_source
 from tests import test_train_translate
 from tests.test_train_translate import TINY_ARGS, tiny_argv
 from tests.torchrun import two_ranks
-from training import classify, classify_epoch, classify_loop, translate, translate_loop
+from training import classify, classify_epoch, classify_loop, translate, translate_loop, translate_setup
 from training.classify_config import TrainConfig
 from training.classify_resolve import resolve
 from training.divergence import MIN_LOSS_SCALE, TrainingDiverged
@@ -161,7 +161,7 @@ def test_a_translator_loss_that_turns_nan_stops_at_that_step_and_leaves_the_last
     name, tsv, tmp_path, capsys, monkeypatch
 ):
     (tmp_path / "tiny.pt").write_bytes(b"the previous good checkpoint")
-    monkeypatch.setattr(translate_loop, "loss_on", nan_from_call(translate.loss_on, 3))
+    monkeypatch.setattr(translate_loop, "loss_on", nan_from_call(translate_setup.loss_on, 3))
     assert translate.main(tiny_argv(name, tsv, tmp_path, "--epochs", "2", "--no-progress")) == 2
     [line] = error_lines(capsys)
     assert line.startswith("error: training diverged at epoch 1/2, step 3/")
@@ -194,7 +194,7 @@ def test_translator_weights_that_go_nan_are_never_validated_into_the_best(tsv, t
 
     monkeypatch.setattr(translate_loop, "optimizer_step", poisoning)
     # a finite loss all the same: the step's own check is not what this test is about
-    monkeypatch.setattr(translate_loop, "loss_on", lambda *args: translate.loss_on(*args).nan_to_num())
+    monkeypatch.setattr(translate_loop, "loss_on", lambda *args: translate_setup.loss_on(*args).nan_to_num())
     argv = tiny_argv("gru_attention", tsv, tmp_path, "--epochs", "2", "--no-progress", "--eval-every", "2")
     with pytest.raises(TrainingDiverged, match=r"at epoch 0\.\d+, step 2: the weights hold NaN or inf \("):
         translate.train(argv)
@@ -202,7 +202,7 @@ def test_translator_weights_that_go_nan_are_never_validated_into_the_best(tsv, t
 
 
 def test_an_fp16_skipped_step_is_left_out_of_the_logged_loss_and_the_run_goes_on(tsv, tmp_path, monkeypatch):
-    monkeypatch.setattr(translate_loop, "loss_on", inf_once(translate.loss_on, 2))
+    monkeypatch.setattr(translate_loop, "loss_on", inf_once(translate_setup.loss_on, 2))
     path = translate.train(
         tiny_argv(
             "transformer", tsv, tmp_path, "--epochs", "1", "--no-progress", "--amp", "fp16", "--device", "cpu"
@@ -225,7 +225,7 @@ def inf_once(real, call: int):
 
 
 def test_fp16_overflow_at_every_step_stops_once_the_loss_scale_collapses(tsv, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(translate_loop, "loss_on", nan_from_call(translate.loss_on, 1, math.inf))
+    monkeypatch.setattr(translate_loop, "loss_on", nan_from_call(translate_setup.loss_on, 1, math.inf))
     argv = tiny_argv("transformer", tsv, tmp_path, "--epochs", "9", "--no-progress", "--amp", "fp16")
     argv += ["--device", "cpu", "--batch-size", "16", "--clip-norm", "0"]
     assert translate.main(argv) == 2

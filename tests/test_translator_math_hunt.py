@@ -238,7 +238,7 @@ def test_a_beam_as_wide_as_every_hypothesis_finds_the_exhaustive_ranking(name):
 
 def test_the_training_loss_is_the_label_smoothed_mean_over_real_target_tokens():
     from training.data.text_batches import collate
-    from training.translate import loss_on
+    from training.translate_setup import loss_on
 
     model = random_translator("transformer")
     batch = collate([([5, 6, 2], [7, 8, 9]), ([4, 2], [3])])

@@ -6,6 +6,7 @@ another number of processes) is one error line, exit 2, before any training."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import torch
 
 from tests import test_train_translate
 from tests.test_train_translate import TINY_ARGS, tiny_argv
-from training import classify, translate, translate_loop
+from training import classify, translate, translate_loop, translate_setup
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.resume import RESUME_KEYS, load_resume
 from training.tracking import read_metrics
+from training.translate_config import TranslateConfig
+from training.translate_flags import BASE
 
 tsv = test_train_translate.tsv  # the tiny TSV corpus fixture, shared
 # Clocks, and where the files of each run went: the only things two runs of one training may differ in.
@@ -119,7 +122,9 @@ def test_a_run_killed_in_its_second_epoch_resumes_bitwise_where_the_uninterrupte
         with pytest.raises(Interrupted):
             translate.train(tiny_argv("transformer", tsv, cut, *flags))
     assert not (cut / "tiny.pt").exists() and load_resume(str(cut / "tiny.resume.pt"), task="translate")
-    monkeypatch.setattr(translate, "build_tokenizers", lambda *args: pytest.fail("trained the tokenizers"))
+    monkeypatch.setattr(
+        translate_setup, "build_tokenizers", lambda *args: pytest.fail("trained the tokenizers")
+    )
     with caplog.at_level("INFO", logger="training.translate"):
         translate.train(["--resume", str(cut / "tiny.resume.pt")])
     assert "resuming tiny after epoch 1 of 3" in caplog.text
@@ -185,7 +190,7 @@ REFUSED_FLAGS = {
 def test_a_flag_that_cannot_change_mid_run_is_refused_naming_both_values_before_any_data_is_read(
     message, interrupted, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(translate, "load_corpus", lambda *args: pytest.fail("read the corpus"))
+    monkeypatch.setattr(translate_setup, "load_corpus", lambda *args: pytest.fail("read the corpus"))
     argv = ["--resume", str(interrupted), *REFUSED_FLAGS[message], "--output-dir", str(tmp_path)]
     assert translate.main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
@@ -197,9 +202,38 @@ def test_the_flags_a_resumed_run_may_change_or_repeat_are_taken(interrupted, tmp
     same = ["--lr", "3e-3", "--model", "transformer", "--model-arg", "heads=2", "--batch-size", "32"]
     args = translate.build_parser().parse_args(["--resume", str(interrupted), *same, "--epochs", "5"])
     cfg = translate.resolve_config(args)
-    assert (cfg["epochs"], cfg["lr"], cfg["batch_size"], cfg["name"]) == (5, 3e-3, 32, "tiny")
-    assert cfg["output_dir"] == str(interrupted.parent) and cfg["resume"] == str(interrupted)
-    assert cfg["val_limit"] == 8 and cfg["test_beam"] == 2  # the interrupted run's, not the defaults
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.name) == (5, 3e-3, 32, "tiny")
+    assert cfg.output_dir == str(interrupted.parent) and cfg.resume == str(interrupted)
+    assert cfg.val_limit == 8 and cfg.test_beam == 2  # the interrupted run's, not the defaults
+
+
+def test_a_resume_state_of_an_older_version_resumes_with_the_defaults_of_the_settings_added_since(
+    interrupted, tmp_path
+):
+    """The run's settings are a ``TranslateConfig``, saved as a dict: a file written before a setting
+    existed takes its default, and a setting this version no longer has is left out, not an error."""
+    state = load_resume(str(interrupted), task="translate")
+    for key in ("dist_timeout", "progress", "preset", "resume"):
+        del state["train_config"][key]
+    state["train_config"]["a_setting_since_removed"] = 1
+    older = save_checkpoint(state, tmp_path / "tiny.resume.pt")
+    cfg = translate.resolve_config(translate.build_parser().parse_args(["--resume", str(older)]))
+    assert (cfg.dist_timeout, cfg.progress, cfg.preset, cfg.resume) == (None, True, None, str(older))
+    assert (cfg.lr, cfg.val_limit, cfg.model_args["d_model"]) == (3e-3, 8, 32)  # the interrupted run's
+
+
+def test_a_checkpoint_holds_its_settings_as_a_dict_and_an_older_checkpoint_still_gives_its_held_out_split(
+    interrupted,
+):
+    """Export and bench rebuild the test split from the ``train_config`` dict: ``BASE``'s keys, then what
+    the run is and where it wrote; one without the settings added since gives the same pairs."""
+    ckpt = load_checkpoint(interrupted)
+    saved = ckpt["train_config"]
+    assert list(saved) == [*BASE, "model", "preset", "output_dir", "name", "resume"]
+    assert dataclasses.asdict(TranslateConfig.from_dict(saved)) == saved
+    older = {k: v for k, v in saved.items() if k not in ("dist_timeout", "progress", "resume")}
+    pairs = translate_setup.held_out_pairs(ckpt, "test")
+    assert pairs and translate_setup.held_out_pairs({**ckpt, "train_config": older}, "test") == pairs
 
 
 def test_a_changed_corpus_is_refused_before_training(interrupted, tsv, tmp_path, monkeypatch, capsys):

@@ -77,9 +77,14 @@ class MetricsLogger:
         self.path.write_text("".join(_line(record) for record in records))
         self._started = True
 
-    def log(self, record: dict[str, Any]) -> None:
+    def begin(self) -> None:
+        """Start the file now if no record has yet, removing the earlier run's files first: for a state
+        the run writes before its first record (a resume state), which that removal must not take."""
         if not self._started:
             self._start(())
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.begin()
         with self.path.open("a") as fh:
             fh.write(_line(record))
 

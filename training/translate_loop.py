@@ -7,8 +7,8 @@ the validation split, and follows rank 0's decisions (stop early, out of time), 
 on a collective another has left, nor on one while rank 0 works alone: the ranks leave the process
 group before rank 0's test evaluation and checkpoint, however long those take. After every epoch rank
 0 writes the run's resume state (``training.translate_resume``), from which ``--resume``, and an
-attempt torchrun restarts, continue. The CLI, recipes and evaluation helpers live in
-``training.translate``.
+attempt torchrun restarts, continue. The command lives in ``training.translate``, the settings in
+``training.translate_config``, the data, model and loss in ``training.translate_setup``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from training.runtime import (
     wrap_ddp,
 )
 from training.tracking import EarlyStopping, plot_curves, read_metrics
-from training.translate import build_translator, loss_on, model_config, prepare_data
+from training.translate_config import TranslateConfig, model_config
 from training.translate_resume import (
     EARLY_STOPPING,
     PERFECT,
@@ -62,6 +62,7 @@ from training.translate_resume import (
     rng_state,
     save_resume,
 )
+from training.translate_setup import build_translator, loss_on, prepare_data
 from training.translation_eval import evaluate, score_translations, translate_texts
 
 log = logging.getLogger("training.translate")
@@ -71,7 +72,9 @@ class Trainer:
     """The loop: steps, periodic validation, early stopping, best weights, time budget, and the resume
     state after every epoch; ``resume``, an interrupted run's, is continued from where it was written."""
 
-    def __init__(self, cfg, module: nn.Module, tokenizers, corpus, examples, d: Dist, resume=None) -> None:
+    def __init__(
+        self, cfg: TranslateConfig, module: nn.Module, tokenizers, corpus, examples, d: Dist, resume=None
+    ) -> None:
         self.cfg, self.module, self.tokenizers, self.corpus, self.dist = cfg, module, tokenizers, corpus, d
         self.digest = corpus_digest(corpus)
         if resume:  # before anything is written: the metrics file below starts at once
@@ -79,21 +82,21 @@ class Trainer:
         sizes = (tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
         self.model_args = resume["model_args"] if resume else asdict(model_config(cfg, *sizes))
         self.model = wrap_ddp(module, d)  # what trains; ``module`` is what is evaluated and saved
-        self.amp = make_amp(cfg["amp"], d.device)
+        self.amp = make_amp(cfg.amp, d.device)
         self.batches = BucketedBatches(
             examples,
-            batch_tokens=cfg["batch_tokens"],
-            batch_size=cfg["batch_size"],
-            seed=cfg["seed"],
+            batch_tokens=cfg.batch_tokens,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
             rank=d.rank,
             world_size=d.world_size,
         )
-        total = cfg["epochs"] * len(self.batches)
-        self.opt = build_optimizer(module, "adam", cfg["lr"], weight_decay=cfg["weight_decay"])
+        total = cfg.epochs * len(self.batches)
+        self.opt = build_optimizer(module, "adam", cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = build_scheduler(
-            self.opt, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"], total_steps=total
+            self.opt, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=total
         )
-        self.stopper = EarlyStopping(cfg["patience"], mode="max")
+        self.stopper = EarlyStopping(cfg.patience, mode="max")
         self.metrics, self.records = open_metrics(cfg, d, resume)  # records: those in its file
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best = {"val_bleu": -1.0}
@@ -104,8 +107,8 @@ class Trainer:
         self.carried = (0.0, 0.0)  # this rank's (loss, target tokens) of the last epoch trained
         if resume:
             restore(self, resume)
-        self.deadline = self.start + 60.0 * cfg["time_budget"] if cfg["time_budget"] else float("inf")
-        self.val_pairs = corpus.valid[: cfg["val_limit"]] if cfg["val_limit"] else corpus.valid
+        self.deadline = self.start + 60.0 * cfg.time_budget if cfg.time_budget else float("inf")
+        self.val_pairs = corpus.valid[: cfg.val_limit] if cfg.val_limit else corpus.valid
 
     def elapsed(self) -> float:
         """Seconds the run has trained, an interrupted run's included."""
@@ -125,7 +128,7 @@ class Trainer:
         train_loss = loss_sum / max(1.0, tokens)
         share = self.val_pairs[d.rank :: d.world_size]
         hyps = translate_texts(
-            self.module, self.tokenizers, [s for s, _ in share], max_length=self.cfg["max_decode_length"]
+            self.module, self.tokenizers, [s for s, _ in share], max_length=self.cfg.max_decode_length
         )
         hyps = gather_shards(hyps, d)
         stop = self._score(epoch, train_loss, hyps) if d.is_main else False
@@ -166,8 +169,8 @@ class Trainer:
     def diverged(self, where: str, reason: str) -> TrainingDiverged:
         """The error that stops a diverged run: where, why, and what to try."""
         cfg = self.cfg
-        fp16 = "--amp bf16" if cfg["amp"] == "fp16" else None
-        advice = divergence_advice(cfg["lr"], "--clip-norm", bool(cfg["clip_norm"]), fp16)
+        fp16 = "--amp bf16" if cfg.amp == "fp16" else None
+        advice = divergence_advice(cfg.lr, "--clip-norm", bool(cfg.clip_norm), fp16)
         return TrainingDiverged(
             f"training diverged {where}: {reason}; stopped without writing a checkpoint from these "
             f"weights; {advice}"
@@ -178,11 +181,11 @@ class Trainer:
         loss, and whether the optimizer stepped (an fp16 overflow skips it)."""
         batch = batch.to(self.dist.device)
         with self.amp.autocast():
-            loss = loss_on(self.model, batch, self.cfg["label_smoothing"])
+            loss = loss_on(self.model, batch, self.cfg.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         self.amp.scaler.scale(loss).backward()
         stepped = optimizer_step(
-            self.amp.scaler, self.opt, self.sched, self.module.parameters(), self.cfg["clip_norm"]
+            self.amp.scaler, self.opt, self.sched, self.module.parameters(), self.cfg.clip_norm
         )
         self.step += 1
         return loss.item(), stepped
@@ -193,7 +196,7 @@ class Trainer:
         mean_loss, late = mean_over_ranks([loss, float(time.monotonic() > self.deadline)], self.dist)
         reason = divergence(mean_loss, stepped, self.amp.scaler)
         if reason:
-            where = f"at epoch {epoch + 1}/{self.cfg['epochs']}, step {count}/{len(self.batches)}"
+            where = f"at epoch {epoch + 1}/{self.cfg.epochs}, step {count}/{len(self.batches)}"
             raise self.diverged(where, reason)
         return late > 0
 
@@ -203,16 +206,16 @@ class Trainer:
         last ``--eval-every`` validation."""
         cfg = self.cfg
         loss_sum, tokens = self.carried
-        for epoch in range(self.start_epoch, self.start_epoch if self.finished else cfg["epochs"]):
+        for epoch in range(self.start_epoch, self.start_epoch if self.finished else cfg.epochs):
             stopped, loss_sum, tokens = self.train_epoch(epoch)
             if stopped:
                 return
-            stop = not cfg["eval_every"] and self.validate(epoch + 1, loss_sum, tokens)
+            stop = not cfg.eval_every and self.validate(epoch + 1, loss_sum, tokens)
             self.save_resume(epoch + 1, loss_sum, tokens)
             if stop:
                 return
         if self.validated_step != self.step:  # the steps after the last --eval-every validation
-            self.validate(cfg["epochs"], loss_sum, tokens)
+            self.validate(cfg.epochs, loss_sum, tokens)
 
     def train_epoch(self, epoch: int) -> tuple[bool, float, float]:
         """One pass over this rank's batches, validating every ``--eval-every`` steps: whether the run
@@ -223,10 +226,10 @@ class Trainer:
         count, loss_sum, tokens = 0, 0.0, 0
         bar = tqdm(
             self.batches,
-            desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
             dynamic_ncols=True,
-            disable=not show_progress(cfg["progress"], self.dist),
+            disable=not show_progress(cfg.progress, self.dist),
         )
         for batch in bar:
             (loss, stepped), count = self.train_step(batch), count + 1
@@ -234,13 +237,13 @@ class Trainer:
             if math.isfinite(loss):  # else a step the fp16 scaler skipped: not trained on
                 loss_sum, tokens = loss_sum + loss * batch.n_tokens, tokens + batch.n_tokens
             bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
-            mid_eval = cfg["eval_every"] and self.step % cfg["eval_every"] == 0
+            mid_eval = cfg.eval_every and self.step % cfg.eval_every == 0
             if (mid_eval or out_of_time) and self.validate(
                 epoch + count / len(self.batches), loss_sum, tokens
             ):
                 return True, loss_sum, tokens
             if out_of_time:
-                log.info("time budget of %.1f min reached; keeping the best weights", cfg["time_budget"])
+                log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
                 return True, loss_sum, tokens
         bar.close()
         return False, loss_sum, tokens
@@ -251,7 +254,7 @@ class Trainer:
         having replaced an earlier run's files under this name if its first record has not."""
         reason = weights_divergence(self.module)  # the same weights on every rank: all stop alike
         if reason:
-            raise self.diverged(f"in epoch {epoch}/{self.cfg['epochs']}", reason)
+            raise self.diverged(f"in epoch {epoch}/{self.cfg.epochs}", reason)
         rngs = gather_shards([rng_state(self.dist.device)], self.dist)
         carried = all_sum([loss_sum, tokens], self.dist)
         if self.dist.is_main:
@@ -261,57 +264,57 @@ class Trainer:
             log.debug("resume state of epoch %d written in %.3f s", epoch, time.perf_counter() - started)
 
 
-def run(cfg: dict[str, Any]) -> Path:
+def run(cfg: TranslateConfig) -> Path:
     """Train one resolved config end to end: every rank trains, leaves the process group (if any) with
     the others, then rank 0 alone evaluates on the test split and writes the checkpoint. An attempt
     torchrun restarted continues its job's last finished epoch (``restarted``). A collective that
     outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
-    left = functools.partial(resume_left, cfg["output_dir"], cfg["name"], cfg["resume"])
-    with collective_timeouts(cfg["dist_timeout"], cfg["device"], left):
-        d = setup_dist(cfg["device"], cfg["dist_timeout"])
+    left = functools.partial(resume_left, cfg.output_dir, cfg.name, cfg.resume)
+    with collective_timeouts(cfg.dist_timeout, cfg.device, left):
+        d = setup_dist(cfg.device, cfg.dist_timeout)
         cfg = restarted(cfg, d)
         trainer, model_args = _train(cfg, d)
         teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
-    path = Path(cfg["output_dir"]) / f"{cfg['name']}.pt"
+    path = Path(cfg.output_dir) / f"{cfg.name}.pt"
     if d.is_main:
         _save(cfg, trainer, model_args, path)
     return path
 
 
-def _train(cfg: dict[str, Any], d: Dist) -> tuple[Trainer, dict[str, Any]]:
+def _train(cfg: TranslateConfig, d: Dist) -> tuple[Trainer, dict[str, Any]]:
     """Data, model and the training loop, on every rank (a resumed run's from its resume state, checked
     before the data is read); the trainer (with its best weights) and the model's constructor arguments."""
-    resume = load_resume(cfg["resume"], task="translate") if cfg["resume"] else None
+    resume = load_resume(cfg.resume, task="translate") if cfg.resume else None
     if resume:
         check_world_size(resume.get("world_size", d.world_size), d.world_size)
-    torch.manual_seed(cfg["seed"])  # the same corpus split, tokenizers and initial weights on every rank
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg.seed)  # the same corpus split, tokenizers and initial weights on every rank
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     tokenizers = TokenizerPair.from_dict(resume["tokenizers"]) if resume else None
     corpus, tokenizers, examples = prepare_data(cfg, tokenizers)
     model = _model(cfg, tokenizers, resume)
     model.to(d.device)
-    torch.manual_seed(cfg["seed"] + d.rank)  # each rank its own dropout masks
+    torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks
     log.info(
         "%s: %d parameters on %s (%d process(es), amp %s), corpus %s",
-        cfg["model"],
+        cfg.model,
         sum(p.numel() for p in model.parameters()),
         d.device,
         d.world_size,
-        cfg["amp"] or "off",
+        cfg.amp or "off",
         corpus.info,
     )
     trainer = Trainer(cfg, model, tokenizers, corpus, examples, d, resume)
     with logging_redirect_tqdm():  # a validation's line above the epoch's bar, not run on from it
         trainer.run()
     trainer.train_time = trainer.elapsed()
-    if cfg["debug_rank_hashes"]:  # the last trained weights, which DDP keeps equal on every rank
-        Path(cfg["debug_rank_hashes"]).mkdir(parents=True, exist_ok=True)
-        Path(cfg["debug_rank_hashes"], f"rank{d.rank}.sha256").write_text(weights_hash(model))
+    if cfg.debug_rank_hashes:  # the last trained weights, which DDP keeps equal on every rank
+        Path(cfg.debug_rank_hashes).mkdir(parents=True, exist_ok=True)
+        Path(cfg.debug_rank_hashes, f"rank{d.rank}.sha256").write_text(weights_hash(model))
     return trainer, trainer.model_args
 
 
-def _model(cfg: dict[str, Any], tokenizers: TokenizerPair, resume: dict | None) -> nn.Module:
+def _model(cfg: TranslateConfig, tokenizers: TokenizerPair, resume: dict | None) -> nn.Module:
     """A new translator for ``tokenizers``, or the interrupted run's, rebuilt with its weights."""
     if resume is None:
         return build_translator(cfg, tokenizers)[0]
@@ -320,13 +323,13 @@ def _model(cfg: dict[str, Any], tokenizers: TokenizerPair, resume: dict | None) 
     return model
 
 
-def _save(cfg, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path:
+def _save(cfg: TranslateConfig, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path:
     """The best weights' test BLEU (beam and greedy), then the checkpoint (contract 1) and the curves."""
     model, tokenizers, corpus = trainer.module, trainer.tokenizers, trainer.corpus
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
-    max_len = cfg["max_decode_length"]
-    test = evaluate(model, tokenizers, corpus.test, beam=cfg["test_beam"], max_length=max_len)
+    max_len = cfg.max_decode_length
+    test = evaluate(model, tokenizers, corpus.test, beam=cfg.test_beam, max_length=max_len)
     greedy = evaluate(model, tokenizers, corpus.test, beam=1, max_length=max_len)
     metrics = {
         "best_val_bleu": trainer.best["val_bleu"],
@@ -336,7 +339,7 @@ def _save(cfg, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path
         "train_time_s": round(trainer.train_time, 1),
         "test_bleu": test["bleu"],
         "test_exact_match": test["exact_match"],
-        "test_beam": cfg["test_beam"],
+        "test_beam": cfg.test_beam,
         "test_bleu_greedy": greedy["bleu"],
         "test_exact_match_greedy": greedy["exact_match"],
         "total_time_s": round(time.monotonic() - trainer.start, 1),
@@ -349,17 +352,15 @@ def _save(cfg, trainer: Trainer, model_args: dict[str, Any], path: Path) -> Path
     }
     ckpt = make_checkpoint(
         task="translate",
-        model_name=cfg["model"],
+        model_name=cfg.model,
         model_args=model_args,
         model=model,
-        train_config=cfg,
+        train_config=asdict(cfg),
         metrics=metrics,
         tokenizers=tokenizers.to_dict(),
         data=data,
     )
     save_checkpoint(ckpt, path)
-    plot_curves(
-        read_metrics(trainer.metrics.path), path.parent / f"{cfg['name']}.curves.png", title=cfg["name"]
-    )
+    plot_curves(read_metrics(trainer.metrics.path), path.parent / f"{cfg.name}.curves.png", title=cfg.name)
     log.info("saved %s: test BLEU %.2f, exact match %.1f%%", path, test["bleu"], test["exact_match"])
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from training.resume import (
 )
 from training.runtime import Dist, run_id
 from training.tracking import MetricsLogger, read_metrics, run_files
-from training.translate_flags import BASE, absolute_data_path
+from training.translate_config import TranslateConfig
+from training.translate_flags import absolute_data_path
 
 log = logging.getLogger("training.translate")
 
@@ -68,7 +70,7 @@ FLAGS = {"shared_vocab": "--separate-vocab"}
 EARLY_STOPPING, PERFECT = "early_stopping", "exact_match"
 
 
-def resumed_config(resume: str, given: dict[str, Any]) -> dict[str, Any]:
+def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
     """The settings of a run resuming from ``resume``: the interrupted run's, with ``given`` (the
     command line's) over those that may change; a fixed one (``RESUME_FIXED``, ``--model-arg``) given
     with another value is an error naming each, before any data is read."""
@@ -93,10 +95,10 @@ def resumed_config(resume: str, given: dict[str, Any]) -> dict[str, Any]:
             "corpus, tokenizers, model, batches and optimizer; leave these flags unset to take its "
             "values, or start a new run (without --resume)"
         )
-    cfg = {**BASE, **saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
+    cfg = {**saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
     cfg["output_dir"] = given.get("output_dir") or str(resume_path(resume).parent)
-    cfg["amp"] = amp_choice(cfg["amp"])  # --no-amp's False: float32, recorded as None
-    return cfg
+    cfg["amp"] = amp_choice(cfg.get("amp"))  # --no-amp's False: float32, recorded as None
+    return TranslateConfig.from_dict(cfg)  # a setting the interrupted run's version lacked: BASE's
 
 
 def shown(key: str, value: Any) -> str:
@@ -110,15 +112,15 @@ def held_value(key: str, value: Any) -> str:
     return f"{key}={value}" if isinstance(value, bool) else repr(value)
 
 
-def restarted(cfg: dict[str, Any], d: Dist) -> dict[str, Any]:
+def restarted(cfg: TranslateConfig, d: Dist) -> TranslateConfig:
     """An attempt torchrun restarted (``--max-restarts``) resumes from the resume state under its name,
     resolved as ``--resume`` would be with the attempt's own settings given, where its own torchrun
     job's interrupted attempt wrote it and every rank reads it so (``restart_resume``); else, and in a
     first attempt, ``cfg`` as it is."""
-    found = restart_resume(Path(cfg["output_dir"]) / f"{cfg['name']}.resume.pt", d)
+    found = restart_resume(Path(cfg.output_dir) / f"{cfg.name}.resume.pt", d)
     if not found:
         return cfg
-    return resumed_config(str(found), {key: value for key, value in cfg.items() if value is not None})
+    return resumed_config(str(found), {key: value for key, value in asdict(cfg).items() if value is not None})
 
 
 def corpus_digest(corpus: Corpus) -> dict[str, dict[str, Any]]:
@@ -134,7 +136,7 @@ def corpus_digest(corpus: Corpus) -> dict[str, dict[str, Any]]:
     return digest
 
 
-def check_same_corpus(cfg: dict[str, Any], state: dict[str, Any], digest: dict[str, Any]) -> None:
+def check_same_corpus(cfg: TranslateConfig, state: dict[str, Any], digest: dict[str, Any]) -> None:
     """Refuse to resume on a corpus whose pairs changed since the interrupted run (the same flags, a
     file edited or replaced): the resumed model's tokenizers and split are the old corpus's, and
     another split would put sentences it trained on into validation or test."""
@@ -147,9 +149,9 @@ def check_same_corpus(cfg: dict[str, Any], state: dict[str, Any], digest: dict[s
         if digest.get(split) != saved[split]
     ]
     if differ:
-        where = cfg["data_path"] or f"the {cfg['corpus']} generator"
+        where = cfg.data_path or f"the {cfg.corpus} generator"
         raise ValueError(
-            f"--resume {cfg['resume']}: the corpus ({where}) changed since the interrupted run: "
+            f"--resume {cfg.resume}: the corpus ({where}) changed since the interrupted run: "
             f"{'; '.join(differ)}. A resumed run goes on with its tokenizers and its split of the same "
             "sentences: put the corpus back as it was, or start a new run on the new one (without --resume)"
         )
@@ -169,31 +171,25 @@ def restore_rng(state: dict[str, torch.Tensor | None], device: torch.device) -> 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class RunMetrics(MetricsLogger):
-    """The run's metrics file, which its first resume state starts too: a run validating every
-    ``--eval-every`` steps may finish an epoch before its first record, and its resume state must
-    not then be removed as the earlier run's at that record."""
-
-    def begin(self) -> None:
-        """Replace an earlier run's files under this name now (its resume state first), if not yet."""
-        if not self._started:
-            self._start(())
-
-
-def open_metrics(cfg: dict[str, Any], d: Dist, state: dict[str, Any] | None) -> tuple[RunMetrics | None, int]:
+def open_metrics(
+    cfg: TranslateConfig, d: Dist, state: dict[str, Any] | None
+) -> tuple[MetricsLogger | None, int]:
     """Rank 0's metrics file and how many records it starts with: a resumed run keeps the records the
     interrupted run had logged when it wrote its resume state (none if they are gone); a new run
-    replaces an earlier run's files under its name at its first record or resume state."""
-    out, name = Path(cfg["output_dir"]), cfg["name"]
+    replaces an earlier run's files under its name at its first record or resume state, whichever
+    comes first (``MetricsLogger.begin``): a run validating every ``--eval-every`` steps may finish an
+    epoch before its first record, and its resume state must not then be removed as the earlier run's
+    at that record."""
+    out, name = Path(cfg.output_dir), cfg.name
     path = out / f"{name}.metrics.jsonl"
     if not d.is_main:
         return None, 0
     if state is None:
-        return RunMetrics(path, replacing=run_files(out, name)), 0
-    earlier = resumed_metrics(cfg["resume"])
+        return MetricsLogger(path, replacing=run_files(out, name)), 0
+    earlier = resumed_metrics(cfg.resume)
     kept = read_metrics(earlier)[: state["records"]] if earlier.is_file() else []
-    replacing = replaced_files(cfg["output_dir"], name, cfg["resume"])
-    return RunMetrics(path, replacing=replacing, records=kept), len(kept)
+    replacing = replaced_files(cfg.output_dir, name, cfg.resume)
+    return MetricsLogger(path, replacing=replacing, records=kept), len(kept)
 
 
 def resume_state(trainer: Any, epoch: int, stop: str | None, rngs: list, carried: list[float]) -> dict:
@@ -204,7 +200,7 @@ def resume_state(trainer: Any, epoch: int, stop: str | None, rngs: list, carried
         "task": "translate",
         "epoch": epoch,
         "stop": stop,
-        "model_name": trainer.cfg["model"],
+        "model_name": trainer.cfg.model,
         "model_args": trainer.model_args,
         "model": trainer.module.state_dict(),
         "optimizer": trainer.opt.state_dict(),
@@ -223,14 +219,14 @@ def resume_state(trainer: Any, epoch: int, stop: str | None, rngs: list, carried
         "tokenizers": trainer.tokenizers.to_dict(),  # a resumed run never trains them again
         "data": trainer.corpus.info,
         "corpus": trainer.digest,  # the pairs it trains, validates and tests on (check_same_corpus)
-        "train_config": trainer.cfg,  # --resume's settings and refusals (resumed_config)
+        "train_config": asdict(trainer.cfg),  # --resume's settings and refusals (resumed_config)
         RUN_ID_KEY: run_id(os.environ),  # a torchrun restart resumes its own job's only (restart_resume)
     }
 
 
-def save_resume(state: dict[str, Any], cfg: dict[str, Any]) -> Path:
+def save_resume(state: dict[str, Any], cfg: TranslateConfig) -> Path:
     """Write ``<name>.resume.pt`` whole or not at all (a temporary file renamed over it)."""
-    return save_checkpoint(state, Path(cfg["output_dir"]) / f"{cfg['name']}.resume.pt")
+    return save_checkpoint(state, Path(cfg.output_dir) / f"{cfg.name}.resume.pt")
 
 
 def restore(trainer: Any, state: dict[str, Any]) -> None:
@@ -249,7 +245,7 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
         state["stopper"]["best"],
         state["stopper"]["bad_epochs"],
     )
-    trainer.finished = finished(state, trainer.cfg["patience"])
+    trainer.finished = finished(state, trainer.cfg.patience)
     trainer.batches.epoch = trainer.start_epoch  # each epoch's order is drawn from the seed and its number
     trainer.start -= state["train_time_s"]
     if d.is_main:  # the epoch's loss summed over the ranks: a final validation sums it again
@@ -257,9 +253,7 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     restore_rng(state["rng"][d.rank], d.device)
     if not d.is_main:
         return
-    log.info(
-        "resuming %s after epoch %d of %d", trainer.cfg["name"], trainer.start_epoch, trainer.cfg["epochs"]
-    )
+    log.info("resuming %s after epoch %d of %d", trainer.cfg.name, trainer.start_epoch, trainer.cfg.epochs)
     if trainer.finished:
         perfect = state["stop"] == PERFECT
         log.info(
