@@ -283,3 +283,14 @@ def answer(frames: Iterable[Frame], stream: int) -> tuple[dict[str, str], bytes,
         return {}, b"", blocks[0]
     assert len(blocks) == 2, blocks
     return blocks[0], body[5:], blocks[1]
+
+
+def call_end(client: RawClient, stream: int) -> dict[str, str]:
+    """The trailers (or trailers-only headers) ``stream`` ends with, read off ``client``'s connection."""
+    decoder = hpack.Decoder()  # every header block goes through it: the table is the connection's
+    while (frame := client.frame()) is not None:
+        if frame[0] == w.HEADERS:
+            block = dict(decoder.decode(frame[3]))
+            if frame[2] == stream and "grpc-status" in block:
+                return block
+    raise AssertionError("the connection closed before the call ended")

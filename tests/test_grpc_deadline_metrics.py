@@ -17,7 +17,7 @@ from serving.execution.base import InferRequest, InferResponse
 from serving.metrics import DEADLINE_SLACK_S, GatewayMetrics, observed
 from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import start_grpc_server
-from tests.h2_client import RawClient, call_headers, doubling_request, grpc_message
+from tests.h2_client import RawClient, call_end, call_headers, doubling_request, grpc_message
 from tests.test_grpc import FakeBackend, LoopThread
 from tests.waiting import eventually
 
@@ -44,17 +44,6 @@ def loop() -> Iterator[LoopThread]:
     thread = LoopThread()
     yield thread
     thread.close()
-
-
-def _ends(client: RawClient, stream: int) -> dict[str, str]:
-    """The trailers ``stream`` ends with (its trailers-only headers on Kiln's server)."""
-    decoder = hpack.Decoder()  # every header block goes through it: the table is the connection's
-    while (frame := client.frame()) is not None:
-        if frame[0] == w.HEADERS:
-            block = dict(decoder.decode(frame[3]))
-            if frame[2] == stream and "grpc-status" in block:
-                return block
-    raise AssertionError("the connection closed before the call ended")
 
 
 def _failures(metrics: GatewayMetrics, model: str) -> dict[str, float]:
@@ -86,7 +75,7 @@ def test_a_call_whose_deadline_passes_is_counted_504_on_either_grpc_server(
             w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)),
             w.frame(w.DATA, w.END_STREAM, 1, grpc_message(request.SerializeToString())),
         )
-        assert _ends(client, 1)["grpc-status"] == DEADLINE_EXCEEDED
+        assert call_end(client, 1)["grpc-status"] == DEADLINE_EXCEEDED
         assert eventually(lambda: _failures(metrics, model))  # counted once its work has unwound
         assert _failures(metrics, model) == {"504": 1}
     finally:

@@ -22,6 +22,7 @@ from tests.h2_client import (
     Harness,
     RawClient,
     answer,
+    call_end,
     call_headers,
     doubling_request,
     goaway_code,
@@ -279,17 +280,6 @@ def loop() -> Iterator[LoopThread]:
     thread.close()
 
 
-def _status(client: RawClient, stream: int) -> dict[str, str]:
-    """The trailers (or trailers-only headers) ``stream`` ends with."""
-    decoder = hpack.Decoder()  # every header block goes through it: the table is the connection's
-    while (frame := client.frame()) is not None:
-        if frame[0] == w.HEADERS:
-            block = dict(decoder.decode(frame[3]))
-            if frame[2] == stream and "grpc-status" in block:
-                return block
-    raise AssertionError("the connection closed before the call ended")
-
-
 @pytest.mark.parametrize("server", ["kiln", "grpcio"])
 def test_a_call_whose_deadline_passes_while_it_runs_ends_deadline_exceeded_and_its_work_is_cancelled(
     loop: LoopThread, server: str
@@ -310,7 +300,7 @@ def test_a_call_whose_deadline_passes_while_it_runs_ends_deadline_exceeded_and_i
             w.frame(w.HEADERS, w.END_HEADERS, 1, hpack.Encoder().encode(headers)),
             w.frame(w.DATA, w.END_STREAM, 1, message),
         )
-        trailers = _status(client, 1)
+        trailers = call_end(client, 1)
         assert (trailers["grpc-status"], trailers["grpc-message"]) == (DEADLINE_EXCEEDED, "Deadline Exceeded")
         assert backend.abandoned.wait(10)
     finally:

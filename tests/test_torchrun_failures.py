@@ -4,7 +4,6 @@ a launcher's variables left over from another job (one clear line, not silence o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,42 +14,17 @@ from training.checkpoint import load_checkpoint
 from training.resume import load_resume
 from training.tracking import read_metrics
 
-# A launcher for a trainer (``python -m killrank <trainer module> <args>``): rank 1 of torchrun's first
-# attempt SIGKILLs itself at the first call of KILN_TEST_KILL_AT (``module:attr``) once the file
-# KILN_TEST_KILL_AFTER exists, as an OOM-killer or a preempted node ends a rank mid-epoch.
-KILL_RANK_1 = """
-import functools, importlib, os, runpy, signal, sys
-from pathlib import Path
-
-module_name, attr = os.environ["KILN_TEST_KILL_AT"].split(":")
-module = importlib.import_module(module_name)
-original, after = getattr(module, attr), Path(os.environ["KILN_TEST_KILL_AFTER"])
-
-
-@functools.wraps(original)
-def wrapped(*args, **kwargs):
-    first_attempt = os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"
-    if os.environ["RANK"] == "1" and first_attempt and after.exists():
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*args, **kwargs)
-
-
-setattr(module, attr, wrapped)
-trainer, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_module(trainer, run_name="__main__", alter_sys=True)
-"""
 RESTARTED = "torchrun restart 1 (--max-restarts)"
 
 
 def killed_once(tmp_path, launcher: tuple[str, ...], trainer: str, args: list[str], kill_at: str, after):
-    """``trainer`` under torchrun (``launcher`` flags, one restart allowed), its rank 1 killed once."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "killrank.py").write_text(KILL_RANK_1)
-    env = {"PYTHONPATH": os.pathsep.join([str(hooks), str(Path(__file__).resolve().parents[1])])}
+    """``trainer`` under torchrun (``launcher`` flags, one restart allowed), its rank 1 killed once at
+    ``kill_at`` (``module:attr``) once ``after`` exists (tests.torchrun_restart), as an OOM killer or a
+    preempted node ends a rank mid-epoch."""
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.update(KILN_TEST_KILL_AT=kill_at, KILN_TEST_KILL_AFTER=str(after))
     return two_ranks(
-        ["-m", "killrank", trainer, *args],
+        ["-m", "tests.torchrun_restart", trainer, *args],
         tmp_path / "scratch",
         env,
         launcher=(*launcher, "--max-restarts", "1"),
