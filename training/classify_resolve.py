@@ -26,14 +26,13 @@ from training.classify_config import (
 )
 from training.classify_finetune import check_finetune_args, check_resume_finetune
 from training.data.images import DATASETS
-from training.dist_timeout import check_dist_timeout
-from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
+from training.flags import check_model_args, check_run_ranges
 from training.mixed_precision import amp_choice
 from training.models import build_model, get_entry, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 from training.models.registry import ensure_registered, import_modules
 from training.optim import OPTIMIZERS
-from training.resume import as_lists, load_resume, resume_path, resumed_amp
+from training.resume import changed_model_args, load_resume, resume_path, resumed_amp
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
@@ -96,20 +95,8 @@ def check_ranges(out: TrainConfig) -> None:
     """Numeric flags outside their range, named before any data is read (a negative --limit-train would
     drop images from the end, a negative --clip-grad-norm turn the gradient around, an infinite --lr
     write a checkpoint of NaN weights)."""
-    check_seed(out.seed)
-    check_dist_timeout(out.dist_timeout)
-    check_minimum(1, {name: getattr(out, name) for name in AT_LEAST_ONE})
-    check_positive({"lr": out.lr})
-    check_minimum(0, {name: getattr(out, name) for name in ZERO_OR_MORE})
-    if not 0 <= out.label_smoothing < 1:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {out.label_smoothing}")
-    fields = {f.name for f in dataclasses.fields(get_entry(out.model).config_cls)}
-    unknown = sorted(set(out.model_args) - fields)
-    if unknown:
-        raise ValueError(
-            f"--model-arg {', '.join(unknown)}: not a field of {out.model}; accepted: {sorted(fields)}"
-        )
-    check_bool_model_args(get_entry(out.model).config_cls, out.model_args)
+    check_run_ranges(out, AT_LEAST_ONE, ZERO_OR_MORE)
+    check_model_args(out.model, get_entry(out.model).config_cls, out.model_args)
     owned = [
         f"{key} comes from {DATA_MODEL_ARGS[key]}" for key in sorted(out.model_args) if key in DATA_MODEL_ARGS
     ]
@@ -282,9 +269,8 @@ def check_resume_model_args(config: TrainConfig) -> None:
         return
     held = load_resume(config.resume, mmap=True)["model_args"]
     differ = [
-        f"{key}={value!r} (the file has {held.get(key)!r})"
-        for key, value in config.model_args.items()
-        if as_lists(value) != as_lists(held.get(key))
+        f"{key}={value!r} (the file has {was!r})"
+        for key, value, was in changed_model_args(config.model_args, held)
     ]
     if differ:
         raise ValueError(

@@ -4,10 +4,13 @@ the flag before any data is read, rather than a traceback or a silently odd run 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from collections.abc import Mapping
 from typing import Any
+
+from training.dist_timeout import check_dist_timeout
 
 
 def flag(name: str) -> str:
@@ -52,3 +55,28 @@ def check_seed(seed: int) -> None:
     low, high = SEED_RANGE
     if not low <= seed < high:
         raise ValueError(f"--seed must be in [-2**63, 2**64) (what torch's generators take), got {seed}")
+
+
+def check_run_ranges(config: Any, at_least_one: tuple[str, ...], zero_or_more: tuple[str, ...]) -> None:
+    """The numeric flags both trainers share, refused outside their range before any data is read:
+    ``--seed``, ``--dist-timeout``, the counts (``at_least_one``), ``--lr`` (> 0), the sizes and
+    weights (``zero_or_more``) and ``--label-smoothing`` (in [0, 1))."""
+    check_seed(config.seed)
+    check_dist_timeout(config.dist_timeout)
+    check_minimum(1, {name: getattr(config, name) for name in at_least_one})
+    check_positive({"lr": config.lr})
+    check_minimum(0, {name: getattr(config, name) for name in zero_or_more})
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+
+
+def check_model_args(model: str, config_cls: type, model_args: Mapping[str, Any]) -> None:
+    """Refuse a ``--model-arg`` that is no field of ``model``'s config (naming those accepted), or a
+    boolean one spelled otherwise than True or False (``check_bool_model_args``)."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(model_args) - fields)
+    if unknown:
+        raise ValueError(
+            f"--model-arg {', '.join(unknown)}: not a field of {model}; accepted: {sorted(fields)}"
+        )
+    check_bool_model_args(config_cls, model_args)

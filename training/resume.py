@@ -179,6 +179,16 @@ def check_world_size(saved: int, now: int) -> None:
         )
 
 
+def changed_model_args(given: dict[str, Any], held: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Each ``--model-arg`` given with another value than the resume state's ``held`` ones, as (key,
+    given, held); a tuple from the command line equals the file's list (``as_lists``)."""
+    return [
+        (key, value, held.get(key))
+        for key, value in given.items()
+        if as_lists(value) != as_lists(held.get(key))
+    ]
+
+
 def as_lists(value: Any) -> Any:
     """``value`` with tuples as lists, so ``(1, 2)`` from the command line equals a stored ``[1, 2]``."""
     if isinstance(value, (list, tuple)):

@@ -15,8 +15,7 @@ from typing import Any
 
 from training.data.corpus import CorpusConfig
 from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from training.dist_timeout import check_dist_timeout
-from training.flags import check_bool_model_args, check_minimum, check_positive, check_seed
+from training.flags import check_model_args, check_run_ranges
 from training.mixed_precision import amp_choice
 from training.models import list_models, make_config
 from training.models.registry import get_entry
@@ -157,22 +156,10 @@ SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY = (
 
 def check_config(cfg: TranslateConfig) -> None:
     """Flags that would only fail after training (or mid-way), named before any data is read."""
-    check_seed(cfg.seed)
-    check_dist_timeout(cfg.dist_timeout)
-    check_minimum(1, {key: getattr(cfg, key) for key in AT_LEAST_ONE})
-    check_positive({"lr": cfg.lr})
-    check_minimum(0, {key: getattr(cfg, key) for key in ZERO_OR_MORE})
+    check_run_ranges(cfg, AT_LEAST_ONE, ZERO_OR_MORE)
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    fields = {f.name for f in dataclasses.fields(get_entry(cfg.model).config_cls)}
-    unknown = sorted(set(cfg.model_args) - fields)
-    if unknown:
-        raise ValueError(
-            f"--model-arg {', '.join(unknown)}: not a field of {cfg.model}; accepted: {sorted(fields)}"
-        )
-    check_bool_model_args(get_entry(cfg.model).config_cls, cfg.model_args)
+    check_model_args(cfg.model, get_entry(cfg.model).config_cls, cfg.model_args)
     owned = [
         f"{key} comes from {TOKENIZER_MODEL_ARGS[key]}"
         for key in sorted(cfg.model_args)

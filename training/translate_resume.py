@@ -25,7 +25,7 @@ from training.mixed_precision import amp_choice, restore_scaler
 from training.optim import restore_scheduler
 from training.resume import (
     RUN_ID_KEY,
-    as_lists,
+    changed_model_args,
     load_resume,
     replaced_files,
     restart_resume,
@@ -85,9 +85,8 @@ def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
     ]
     held = state["model_args"]
     differ += [
-        f"--model-arg {key}={value!r} (the interrupted run's: {held.get(key)!r})"
-        for key, value in given.get("model_args", {}).items()
-        if as_lists(value) != as_lists(held.get(key))
+        f"--model-arg {key}={value!r} (the interrupted run's: {was!r})"
+        for key, value, was in changed_model_args(given.get("model_args", {}), held)
     ]
     if differ:
         raise ValueError(
