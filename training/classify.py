@@ -160,8 +160,11 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         "(--dataset, --data-path, --image-size, --channels, --val-fraction, --limit-train, --limit-val) "
         "and --seed come from the file, and a value that differs from the file's is an error; unset "
         "--epochs, --label-smoothing, --clip-grad-norm, --early-stopping, --hflip, --augment, --amp and "
-        "--name come from the file too (a given --epochs changes the run's length), and an unset "
-        "--output-dir is the file's directory; data whose classes or images changed since is refused",
+        "--name come from the file too (a given --epochs lengthens the run, and is refused below the "
+        "epochs it trained; a run with nothing left to train whose checkpoint is written is left as it "
+        "is), and an unset --output-dir is the file's directory; data whose classes or images changed "
+        "since is refused; data that moved is read at the new --data-path given, checked to hold the "
+        "same classes and images per class",
     )
     g.add_argument(
         "--output-dir",

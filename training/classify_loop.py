@@ -25,6 +25,7 @@ from training.classify_resolve import resolve
 from training.classify_resume import (
     check_resumable,
     check_same_contents,
+    complete,
     restore,
     resumed_config,
     save_resume,
@@ -109,10 +110,10 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
         config.limit_val,
     )
     if resume:  # before the data is read
-        check_resumable(resume, spec, d)
+        check_resumable(config.resume, resume, spec, d)
     train_ds, val_ds = make_splits(spec)
     if resume:  # before a model of the old classes trains on the new labels
-        check_same_contents(config.resume, resume, spec, train_ds)
+        check_same_contents(config.resume, resume, spec, train_ds, main=d.is_main)
     mean, std = channel_stats(train_ds.images)
     name, args, module = _model(config, train_ds, resume)
     module.to(d.device)
@@ -262,17 +263,20 @@ def run(config: TrainConfig) -> Path:
     """Train one resolved config end to end: every rank trains and leaves the process group (if any)
     with the others, then rank 0 alone writes the checkpoint and plot (no rank waits on it). An
     attempt torchrun restarted continues its job's last finished epoch (``restarted``). A collective
-    that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``. A resumed run with nothing to
+    train whose checkpoint holds its result already writes nothing (``classify_resume.complete``)."""
     with collective_timeouts(
         config.dist_timeout, config.device, lambda: resume_left(config.output_dir, config.name, config.resume)
     ):
         d = setup_dist(config.device, config.dist_timeout)
         config = restarted(config, d)
+        path = Path(config.output_dir) / f"{config.name}.pt"
+        if config.resume and complete(config, d):  # before the data: nothing to train or write
+            teardown(d)
+            return path
         r = prepare(config, d)
         with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
             history = fit(r)
         keep_best(r)
         teardown(d)  # before rank 0's writing, and not after an error: see teardown
-    if d.is_main:
-        return finish(r, history)
-    return Path(config.output_dir) / f"{config.name}.pt"
+    return finish(r, history) if d.is_main else path

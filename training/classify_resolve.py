@@ -32,7 +32,13 @@ from training.models import build_model, get_entry, list_models
 from training.models.layers import smallest_input_side, takes_input_side
 from training.models.registry import ensure_registered, import_modules
 from training.optim import OPTIMIZERS
-from training.resume import changed_model_args, load_resume, resume_path, resumed_amp
+from training.resume import (
+    changed_model_args,
+    check_resumed_epochs,
+    load_resume,
+    resume_path,
+    resumed_amp,
+)
 from training.tracking import check_output_dir
 
 log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
@@ -142,6 +148,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
             "the default dataset, digits, is bundled with scikit-learn and reads no files"
         )
     check_ranges(out)
+    if out.resume:  # never fewer than the interrupted run trained
+        check_resumed_epochs(out.resume, out.epochs)
     check_resume_model_args(out)
     check_image_size(out)
     check_output_dir(out.output_dir)

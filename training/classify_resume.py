@@ -1,6 +1,7 @@
 """A classifier run's resume state: what the run writes after every epoch (``save_resume``), how a
 resumed run is checked against it before it reads or trains on anything (the same data flags, classes
-and images, and number of processes) and continues from it (``restore``). Reading the file, which one
+and images, found again at their place or moved, and number of processes), whether it has anything
+left to do (``complete``), and how it continues from it (``restore``). Reading the file, which one
 a torchrun restart continues, and what a run stopped mid-epoch leaves to continue from, are
 ``training.resume``'s, shared with the translator; which flags a resumed run keeps, ``training.classify_resolve``'s.
 """
@@ -20,7 +21,16 @@ from training.classify_run import Run
 from training.data.images import DataSpec, ImageDataset, contents_differences
 from training.mixed_precision import restore_scaler
 from training.optim import restore_scheduler
-from training.resume import RUN_ID_KEY, check_world_size
+from training.resume import (
+    RUN_ID_KEY,
+    all_trained,
+    check_data_found,
+    check_world_size,
+    load_resume,
+    moved,
+    moved_line,
+    run_complete,
+)
 from training.runtime import Dist, run_id
 
 log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
@@ -64,9 +74,38 @@ def resumed_config(config: TrainConfig, resume: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(config, **{k: v for k, v in held.items() if not getattr(config, k)})
 
 
-def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
-    """Refuse to resume on other data or another number of processes than the interrupted run's."""
-    differ = data_differences(state["data"], asdict(spec))
+# What a resume state's "contents" proves of data found at another place (check_same_contents).
+PROOF = "its classes and images per class"
+
+
+def nothing_left(state: dict[str, Any], config: TrainConfig) -> tuple[str, str] | None:
+    """Where the interrupted run has nothing left to train: what it trained, and how a run goes on."""
+    bad, patience = state["stopper"]["bad_epochs"], config.early_stopping
+    if 0 < patience <= bad and state["epoch"] < config.epochs:
+        what = f"it had stopped early after epoch {state['epoch']} (no better val accuracy for {bad} epochs)"
+        return what, "a larger --early-stopping, or 0, trains on"
+    return all_trained(state, config.epochs)
+
+
+def complete(config: TrainConfig, d: Dist) -> bool:
+    """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
+    state = load_resume(config.resume, mmap=True)
+    checkpoint = Path(config.output_dir) / f"{config.name}.pt"
+    return run_complete(state, checkpoint, config.name, nothing_left(state, config), d)
+
+
+def check_resumable(path: str, state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
+    """Refuse to resume on other data or another number of processes than the interrupted run's, or
+    where its data is gone. Data at another ``--data-path`` is checked once read, where the resume state
+    records what it read (``check_same_contents``): else refused here, as another value."""
+    saved, now = state["data"], asdict(spec)
+    recorded = saved.get("data_path")
+    if recorded and spec.data_path and not moved(recorded, spec.data_path):
+        now["data_path"] = recorded  # the same place, however written
+        check_data_found(path, spec.data_path, [spec.data_path], PROOF)
+    elif state.get("contents") and moved(recorded, spec.data_path):
+        now["data_path"] = recorded
+    differ = data_differences(saved, now)
     if differ:
         raise ValueError(
             f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; leave "
@@ -75,13 +114,24 @@ def check_resumable(state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
     check_world_size(state.get("world_size", d.world_size), d.world_size)
 
 
-def check_same_contents(path: str, state: dict[str, Any], spec: DataSpec, train_ds: ImageDataset) -> None:
+def check_same_contents(
+    path: str, state: dict[str, Any], spec: DataSpec, train_ds: ImageDataset, *, main: bool = True
+) -> None:
     """Refuse to resume on data whose classes or images changed since the interrupted run (a class
     folder added, removed or renamed, images added): the flags alone are the same, but the resumed model
     has the old run's head and its labels would mean other classes, and another split would put
-    images it trained on into validation. Resume files written before they held it pass."""
+    images it trained on into validation. Resume files written before they held it pass. Data found
+    at another place that passes is recorded there from then on; the ``main`` rank says it moved."""
     saved = state.get("contents")
     differ = contents_differences(saved, train_ds.contents()) if saved else []
+    recorded = state["data"].get("data_path")
+    if differ and moved(recorded, spec.data_path):
+        raise ValueError(
+            f"--resume {path}: the data at {spec.data_path} (--data-path) is not the interrupted run's, "
+            f"which it read at {recorded}: {'; '.join(differ)}. A resumed run goes on with its model "
+            f"({len(saved['classes'])} classes) and its split of the same images: give --data-path the "
+            "place of that data, or start a new run on this data (without --resume)"
+        )
     if differ:
         raise ValueError(
             f"--resume {path}: the data at {spec.data_path or spec.dataset} changed since the interrupted "
@@ -89,6 +139,8 @@ def check_same_contents(path: str, state: dict[str, Any], spec: DataSpec, train_
             "classes) and its split of the same images: put the data back as it was, or start a new run "
             "on the new data (without --resume)"
         )
+    if moved(recorded, spec.data_path) and main:
+        log.info("%s", moved_line(recorded, spec.data_path, PROOF))
 
 
 def data_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -115,7 +167,9 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.stopped_early = 0 < run.stopper.patience <= run.stopper.bad_epochs
     if run.dist.is_main:
         log.info("resuming %s after epoch %d of %d", run.config.name, run.start_epoch, run.config.epochs)
-    if run.stopped_early and run.dist.is_main:
+    if run.start_epoch >= run.config.epochs and not run.stopped_early and run.dist.is_main:
+        log.info("nothing left to train (all %d epochs trained): writing its checkpoint", run.config.epochs)
+    elif run.stopped_early and run.dist.is_main:
         log.info(
             "the interrupted run had stopped early (no better val accuracy for %d epochs): nothing left "
             "to train; a larger --early-stopping, or 0, trains on",

@@ -2,8 +2,10 @@
 checkpoint, and reading it, a damaged, truncated or foreign file, or another task's, refused with a
 ``CheckpointError`` naming it; the resume state an attempt torchrun restarts (``--max-restarts``)
 continues by itself: its own job's, never an earlier job's under the same ``--name``
-(``restart_resume``); and what a resumed run checks and keeps: the number of processes, the
-interrupted run's records, the files it replaces, and what a run stopped mid-epoch leaves."""
+(``restart_resume``); and what a resumed run checks and keeps: the number of processes, its
+``--epochs`` (never fewer than it trained; as many with its checkpoint written: nothing to do), data
+found again at its place or moved (``moved``), the interrupted run's records, the files it replaces,
+and what a run stopped mid-epoch leaves."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import CheckpointError, check_archive
+from training.checkpoint import CheckpointError, check_archive, load_checkpoint
 from training.mixed_precision import amp_choice
-from training.runtime import Dist, gather_shards, restart_count, restart_line, run_id
+from training.runtime import Dist, any_rank, gather_shards, restart_count, restart_line, run_id
 from training.tracking import run_files
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,92 @@ def check_world_size(saved: int, now: int) -> None:
             f"--resume: the interrupted run trained on {saved} process(es), this one runs on {now}: "
             f"resume it with the same number (torchrun --nproc_per_node {saved}"
             f"{'' if saved > 1 else ', or without torchrun'})"
+        )
+
+
+def check_resumed_epochs(resume: str, epochs: int) -> None:
+    """Refuse an ``--epochs`` below the epochs the resume state has trained, naming both, before any
+    data is read: a resumed run goes on after its last epoch and cannot give any back (its weights,
+    schedule and records hold them all). As many is the run as it is (``run_complete``)."""
+    done = load_resume(resume, mmap=True, task=None)["epoch"]
+    if epochs < done:
+        raise ValueError(
+            f"--resume {resume}: --epochs {epochs} is fewer than the {done} epochs the interrupted run has "
+            f"trained: a resumed run goes on after its last epoch and cannot undo any; give --epochs {done} "
+            f"(the run as it is) or more, or start a new run of --epochs {epochs} (without --resume)"
+        )
+
+
+def all_trained(state: dict[str, Any], epochs: int) -> tuple[str, str] | None:
+    """Where a resume state has trained all ``epochs``: what it trained, and how a run goes on."""
+    if state["epoch"] < epochs:
+        return None
+    return f"it has trained its {epochs} epoch(s)", "a larger --epochs trains on"
+
+
+def holds_result(checkpoint: Path, state: dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` holds the result of the run of resume state ``state``, bit for bit: its
+    best weights, or its last ones (where it kept no best, or a translator's validation of its last
+    steps after the resume state, ``--eval-every``, found them best)."""
+    try:
+        held = load_checkpoint(checkpoint)["state_dict"]
+    except (OSError, ValueError):  # none there, or not a checkpoint: the run writes its own
+        return False
+    kept = (state.get("best_state"), state["model"])
+    return any(same_weights(held, weights) for weights in kept if weights)
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same tensors, bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def run_complete(
+    state: dict[str, Any], checkpoint: Path, name: str, done: tuple[str, str] | None, d: Dist
+) -> bool:
+    """Whether a resumed run (``--resume``, or a torchrun restart) has nothing to do, every rank alike:
+    nothing left to train (``done``: what the interrupted run trained and how a run goes on; None: it
+    trains on) and ``checkpoint``, where it writes its result, holds it already on every rank's view;
+    rank 0 says so, and nothing is trained or written. Else it trains what is left, or, with nothing
+    left, writes the checkpoint that the interrupted run (killed after its last resume state) did not."""
+    mine = done is not None and holds_result(checkpoint, state)
+    complete = mine if d.world_size == 1 else not any_rank(not mine, d)
+    if complete and d.is_main:
+        what, going_on = done
+        log.info(
+            "%s: the run is complete, nothing to train or write: %s and %s holds its result; %s",
+            name,
+            what,
+            checkpoint,
+            going_on,
+        )
+    return complete
+
+
+def place(path: str) -> str:
+    """A data path (each comma-separated part) made absolute: where the data is, from any directory."""
+    return ",".join(os.path.abspath(os.path.expanduser(part)) for part in path.split(","))
+
+
+def moved(recorded: str | None, now: str | None) -> bool:
+    """Whether a resumed run reads its data at another place than the interrupted run recorded."""
+    return bool(recorded and now) and place(recorded) != place(now)
+
+
+def moved_line(recorded: str, now: str, proof: str) -> str:
+    """What a resumed run says of data it found moved and checked (``proof``: what matched)."""
+    return f"the data moved from {recorded} to {now} and its content matches the interrupted run's ({proof})"
+
+
+def check_data_found(resume: str, recorded: str, files: list[str], proof: str) -> None:
+    """Refuse to resume where the data the interrupted run read at ``recorded`` (``files``) is gone,
+    before reading any, naming the way on: a moved data location given with ``--data-path``."""
+    missing = [file for file in files if not Path(file).expanduser().exists()]
+    if missing:
+        which = "" if missing == [recorded] else f" ({missing[0]} does not exist)"
+        raise FileNotFoundError(
+            f"--resume {resume}: the interrupted run's data at {recorded} is gone{which}: if it moved, give "
+            f"its new place with --data-path (the resumed run checks {proof} against the interrupted run's)"
         )
 
 

@@ -19,6 +19,7 @@ from training.flags import check_model_args, check_run_ranges
 from training.mixed_precision import amp_choice
 from training.models import list_models, make_config
 from training.models.registry import get_entry
+from training.resume import check_resumed_epochs
 from training.tracking import check_output_dir
 from training.translate_flags import (
     BASE,
@@ -178,6 +179,8 @@ def check_config(cfg: TranslateConfig) -> None:
             f"--max-decode-length {cfg.max_decode_length} is above the model's max_positions "
             f"{max_positions(cfg)}"
         )
+    if cfg.resume:  # never fewer than the interrupted run trained
+        check_resumed_epochs(cfg.resume, cfg.epochs)
     check_output_dir(cfg.output_dir)
 
 

@@ -221,9 +221,11 @@ def add_run_flags(g: argparse._ArgumentGroup) -> None:
         "epoch), ending where the uninterrupted run would have: weights, optimizer, schedule, tokenizers "
         "(not trained again), batch order, dropout draws, best weights, early stopping and records. The "
         "flags not given are the interrupted run's; a data, model, --dropout, batch or optimizer flag "
-        "given with another value is refused, and so is a corpus that changed since; --epochs may "
-        "lengthen the run. Under torchrun --max-restarts, a restarted attempt resumes by itself from "
-        "the resume state its own job wrote",
+        "given with another value is refused, and so is a corpus that changed since (a corpus that "
+        "moved is read at the new --data-path given, checked to hold the same pairs); --epochs may "
+        "lengthen the run, never shorten it (a run with nothing left to train whose checkpoint is "
+        "written is left as it is). Under torchrun --max-restarts, a restarted attempt resumes by itself "
+        "from the resume state its own job wrote",
     )
     g.add_argument(
         "--no-progress",

@@ -54,6 +54,7 @@ from training.translate_resume import (
     EARLY_STOPPING,
     PERFECT,
     check_same_corpus,
+    complete,
     corpus_digest,
     open_metrics,
     restarted,
@@ -78,7 +79,7 @@ class Trainer:
         self.cfg, self.module, self.tokenizers, self.corpus, self.dist = cfg, module, tokenizers, corpus, d
         self.digest = corpus_digest(corpus)
         if resume:  # before anything is written: the metrics file below starts at once
-            check_same_corpus(cfg, resume, self.digest)
+            check_same_corpus(cfg, resume, self.digest, main=d.is_main)
         sizes = (tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
         self.model_args = resume["model_args"] if resume else asdict(model_config(cfg, *sizes))
         self.model = wrap_ddp(module, d)  # what trains; ``module`` is what is evaluated and saved
@@ -268,14 +269,18 @@ def run(cfg: TranslateConfig) -> Path:
     """Train one resolved config end to end: every rank trains, leaves the process group (if any) with
     the others, then rank 0 alone evaluates on the test split and writes the checkpoint. An attempt
     torchrun restarted continues its job's last finished epoch (``restarted``). A collective that
-    outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``."""
+    outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``. A resumed run with nothing to train
+    whose checkpoint holds its result already writes nothing (``translate_resume.complete``)."""
     left = functools.partial(resume_left, cfg.output_dir, cfg.name, cfg.resume)
     with collective_timeouts(cfg.dist_timeout, cfg.device, left):
         d = setup_dist(cfg.device, cfg.dist_timeout)
         cfg = restarted(cfg, d)
+        path = Path(cfg.output_dir) / f"{cfg.name}.pt"
+        if cfg.resume and complete(cfg, d):  # before the corpus: nothing to train or write
+            teardown(d)
+            return path
         trainer, model_args = _train(cfg, d)
         teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
-    path = Path(cfg.output_dir) / f"{cfg.name}.pt"
     if d.is_main:
         _save(cfg, trainer, model_args, path)
     return path

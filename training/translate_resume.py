@@ -1,6 +1,7 @@
 """A translator run's resume state: what ``--resume`` (or a torchrun restart, by itself) takes from it
-and what it refuses to change, the corpus it must find again, and the state written after every epoch
-and restored from it, so that a resumed run ends bit for bit where the uninterrupted one does.
+and what it refuses to change, the corpus it must find again (at its place, or moved: the same pairs),
+whether it has anything left to do (``complete``), and the state written after every epoch and
+restored from it, so that a resumed run ends bit for bit where the uninterrupted one does.
 
 Reading the file and its refusals (a damaged file, another task's), the restart decision, the
 world-size check and the records and files a resumed run keeps are the classifier's too
@@ -19,34 +20,39 @@ from typing import Any
 import torch
 
 from training.checkpoint import save_checkpoint
-from training.data.corpus import Corpus
+from training.data.corpus import Corpus, corpus_files
 from training.flags import flag
 from training.mixed_precision import amp_choice, restore_scaler
 from training.optim import restore_scheduler
 from training.resume import (
     RUN_ID_KEY,
+    all_trained,
     changed_model_args,
+    check_data_found,
     load_resume,
+    moved,
+    moved_line,
     replaced_files,
     restart_resume,
     resume_path,
     resumed_metrics,
+    run_complete,
 )
 from training.runtime import Dist, run_id
 from training.tracking import MetricsLogger, read_metrics, run_files
-from training.translate_config import TranslateConfig
+from training.translate_config import TranslateConfig, corpus_config
 from training.translate_flags import absolute_data_path
 
 log = logging.getLogger("training.translate")
 
 # Settings a resumed run keeps, given again or not at all: its corpus, split and tokenizers were made
 # with the data ones (--seed also draws the batch order), its model with --model, --model-arg and
-# --dropout, and its optimizer and schedule count steps of batches of that size at that rate.
+# --dropout, and its optimizer and schedule count steps of batches of that size at that rate. Not
+# --data-path: a corpus moved elsewhere is read there and checked to hold the same pairs (check_same_corpus).
 RESUME_FIXED = (
     "model",
     "preset",
     "corpus",
-    "data_path",
     "lang",
     "n_pairs",
     "lowercase",
@@ -68,6 +74,8 @@ RESUME_FIXED = (
 FLAGS = {"shared_vocab": "--separate-vocab"}
 # Why a resumed run stopped where it did, as the resume state records it (None: it trains on).
 EARLY_STOPPING, PERFECT = "early_stopping", "exact_match"
+# What a resume state's "corpus" proves of a corpus found at another place (check_same_corpus).
+PROOF = "the sha256 of each split's pairs"
 
 
 def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
@@ -97,7 +105,10 @@ def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
     cfg = {**saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
     cfg["output_dir"] = given.get("output_dir") or str(resume_path(resume).parent)
     cfg["amp"] = amp_choice(cfg.get("amp"))  # --no-amp's False: float32, recorded as None
-    return TranslateConfig.from_dict(cfg)  # a setting the interrupted run's version lacked: BASE's
+    config = TranslateConfig.from_dict(cfg)  # a setting the interrupted run's version lacked: BASE's
+    if not given.get("data_path") and config.data_path:  # gone: say how a moved corpus is given
+        check_data_found(resume, config.data_path, corpus_files(corpus_config(config)), PROOF)
+    return config
 
 
 def shown(key: str, value: Any) -> str:
@@ -135,11 +146,15 @@ def corpus_digest(corpus: Corpus) -> dict[str, dict[str, Any]]:
     return digest
 
 
-def check_same_corpus(cfg: TranslateConfig, state: dict[str, Any], digest: dict[str, Any]) -> None:
+def check_same_corpus(
+    cfg: TranslateConfig, state: dict[str, Any], digest: dict[str, Any], *, main: bool = True
+) -> None:
     """Refuse to resume on a corpus whose pairs changed since the interrupted run (the same flags, a
-    file edited or replaced): the resumed model's tokenizers and split are the old corpus's, and
-    another split would put sentences it trained on into validation or test."""
-    saved = state["corpus"]
+    file edited or replaced, or another file at a new ``--data-path``): the resumed model's tokenizers
+    and split are the old corpus's, and another split would put sentences it trained on into
+    validation or test. A corpus moved that passes is recorded there from then on; the ``main`` rank
+    says it moved."""
+    saved, recorded = state["corpus"], state["train_config"].get("data_path")
     differ = [
         f"{split}: {digest[split]['pairs']} pairs (the interrupted run's: {saved[split]['pairs']})"
         if digest[split]["pairs"] != saved[split]["pairs"]
@@ -147,6 +162,13 @@ def check_same_corpus(cfg: TranslateConfig, state: dict[str, Any], digest: dict[
         for split in saved
         if digest.get(split) != saved[split]
     ]
+    if differ and moved(recorded, cfg.data_path):
+        raise ValueError(
+            f"--resume {cfg.resume}: the corpus at {cfg.data_path} (--data-path) is not the interrupted "
+            f"run's, which it read at {recorded}: {'; '.join(differ)}. A resumed run goes on with its "
+            "tokenizers and its split of the same sentences: give --data-path the place of that corpus, or "
+            "start a new run on this one (without --resume)"
+        )
     if differ:
         where = cfg.data_path or f"the {cfg.corpus} generator"
         raise ValueError(
@@ -154,6 +176,8 @@ def check_same_corpus(cfg: TranslateConfig, state: dict[str, Any], digest: dict[
             f"{'; '.join(differ)}. A resumed run goes on with its tokenizers and its split of the same "
             "sentences: put the corpus back as it was, or start a new run on the new one (without --resume)"
         )
+    if moved(recorded, cfg.data_path) and main:
+        log.info("%s", moved_line(recorded, cfg.data_path, PROOF))
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -253,7 +277,9 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     if not d.is_main:
         return
     log.info("resuming %s after epoch %d of %d", trainer.cfg.name, trainer.start_epoch, trainer.cfg.epochs)
-    if trainer.finished:
+    if trainer.start_epoch >= trainer.cfg.epochs and not trainer.finished:
+        log.info("nothing left to train (all %d epochs trained): writing its checkpoint", trainer.cfg.epochs)
+    elif trainer.finished:
         perfect = state["stop"] == PERFECT
         log.info(
             "the interrupted run had stopped after that epoch (%s): nothing left to train%s",
@@ -262,6 +288,24 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
             else f"no better BLEU for {trainer.stopper.bad_epochs} evaluations",
             "" if perfect else "; a larger --patience, or 0, trains on",
         )
+
+
+def nothing_left(state: dict[str, Any], cfg: TranslateConfig) -> tuple[str, str] | None:
+    """Where the interrupted run has nothing left to train: what it trained, and how a run goes on."""
+    if not finished(state, cfg.patience) or state["epoch"] >= cfg.epochs:
+        return all_trained(state, cfg.epochs)
+    if state["stop"] == PERFECT:
+        return f"it had stopped after epoch {state['epoch']} on a perfect validation", "nothing trains it on"
+    bad = state["stopper"]["bad_epochs"]
+    what = f"it had stopped early after epoch {state['epoch']} (no better BLEU for {bad} evaluations)"
+    return what, "a larger --patience, or 0, trains on"
+
+
+def complete(cfg: TranslateConfig, d: Dist) -> bool:
+    """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
+    state = load_resume(cfg.resume, mmap=True, task="translate")
+    checkpoint = Path(cfg.output_dir) / f"{cfg.name}.pt"
+    return run_complete(state, checkpoint, cfg.name, nothing_left(state, cfg), d)
 
 
 def finished(state: dict[str, Any], patience: int) -> bool:

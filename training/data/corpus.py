@@ -197,6 +197,15 @@ def read_pairs(config: CorpusConfig) -> list[Pair]:
     raise CorpusError(f"unknown corpus kind {config.kind!r}; choose from {CORPUS_KINDS}")
 
 
+def corpus_files(config: CorpusConfig) -> list[str]:
+    """The files a corpus of ``config`` reads (none for generated pairs): what a resumed run finds again."""
+    if config.kind == "tsv" and config.data_path:
+        return [config.data_path]
+    if config.kind == "parallel" and config.data_path:
+        return list(_parallel_paths(config.data_path, config.lang))
+    return []
+
+
 def _parallel_paths(data_path: str, lang: str) -> tuple[str, str]:
     """'a.en,a.fr' names both files; a bare prefix 'train' means 'train.en' and 'train.<lang>'."""
     if "," in data_path:
