@@ -59,3 +59,19 @@ class Unavailable(ServingError):
 
 class DeadlineExceeded(ServingError):
     status = 504
+
+
+# Set on an error the model answered a request with, once it had taken the request (its run failed, it
+# timed out queued or running, a translator refused its texts or options), as against the server's
+# refusal before it (an unknown model or version, a tensor that does not fit its config, a full queue).
+# Triton tells the two apart on a stream: its error answer names the model only in the first case.
+MODELS_ANSWER = "_kiln_models_answer"
+
+
+def mark_models_answer(error: BaseException) -> None:
+    """Mark ``error`` as the model's answer to a request it had taken (see :data:`MODELS_ANSWER`)."""
+    setattr(error, MODELS_ANSWER, True)
+
+
+def is_models_answer(error: BaseException) -> bool:
+    return getattr(error, MODELS_ANSWER, False)

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.app import create_app
@@ -189,6 +191,44 @@ def test_a_mixed_stream_is_answered_in_order_each_bad_request_alone_and_as_unary
             np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-6)
         else:
             assert result.as_numpy("translation").reshape(-1).tolist() == expected
+
+
+def test_a_translators_own_refusal_on_a_stream_names_it_and_the_servers_does_not(gateway) -> None:
+    """A stream's error answers for a translator, as Triton 2.51 answered this same stream over the
+    python flavour of this repository: an option or a text the ``<name>`` model refuses is the model's
+    answer, naming it and the version the request wrote; a shape or an output Triton's server checks
+    is refused with the request's id alone (tests/test_grpc_stream_error_fields.py has the rule)."""
+
+    def request(request_id: str, texts: list[bytes], version: str = "", **options: int) -> Any:
+        sent = service_pb2.ModelInferRequest(model_name=TRANSLATOR, model_version=version, id=request_id)
+        sent.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
+        sent.raw_input_contents.append(b"".join(len(t).to_bytes(4, "little") + t for t in texts))
+        for key, value in options.items():
+            sent.parameters[key].int64_param = value
+        return sent
+
+    unknown_output = request("unknown-output", [b"twelve"])
+    unknown_output.outputs.add(name="no_such_output")
+    wrong_shape = request("wrong-shape", [b"twelve"])
+    wrong_shape.inputs[0].shape[:] = [1, 1, 1]
+    stream = [
+        request("beam-too-wide", [b"twelve"], beam_size=99),
+        request("not-utf-8", [b"\xff\xfe"], "1"),
+        unknown_output,
+        wrong_shape,
+    ]
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        replies = list(stub.ModelStreamInfer(iter(stream), timeout=60))
+    assert all(reply.error_message for reply in replies)
+    assert [
+        (r.infer_response.id, r.infer_response.model_name, r.infer_response.model_version) for r in replies
+    ] == [
+        ("beam-too-wide", TRANSLATOR, ""),
+        ("not-utf-8", TRANSLATOR, "1"),
+        ("unknown-output", "", ""),
+        ("wrong-shape", "", ""),
+    ]
 
 
 @pytest.mark.parametrize("cancel_requests", [False, True], ids=["drained", "cancelled"])

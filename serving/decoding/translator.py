@@ -25,7 +25,14 @@ from serving.decoding.fast_tokens import FastEncoder
 from serving.decoding.options import options_from_parameters as parse_parameters
 from serving.decoding.scheduler import DecodingScheduler
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
-from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from serving.errors import (
+    BadRequest,
+    Overloaded,
+    PayloadTooLarge,
+    Unavailable,
+    UnprocessableInput,
+    mark_models_answer,
+)
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
 from serving.threads import name_os_thread
 
@@ -211,14 +218,20 @@ class Translator:
         given = np.asarray(request.inputs["text"])
         if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
             raise BadRequest(f"model {self.name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
-        texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
         wanted = request.outputs or DEFAULT_OUTPUTS
         served = [name for name, _ in OUTPUTS]
         unknown = sorted(set(wanted) - set(served))
         if unknown:  # before any decoding: the client's mistake costs no work
             raise BadRequest(f"model {self.name!r} has no output(s) {unknown}; outputs: {served}")
-        options = options_from_parameters(params)
-        results = await self.translate(texts, options, request.time_limit(None))
+        try:  # what Triton's <name> model refuses or fails at, past the checks its server makes above
+            texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
+            options = options_from_parameters(params)
+            results = await self.translate(texts, options, request.time_limit(None))
+        except (Overloaded, Unavailable):  # its schedulers' queue full or stopped: refused, not run
+            raise
+        except Exception as error:
+            mark_models_answer(error)  # (serving.errors.MODELS_ANSWER)
+            raise
         width = options.n_best
         text = np.array(
             [[_pad(hyps, j).text.encode() for j in range(width)] for hyps in results], dtype=np.object_

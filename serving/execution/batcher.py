@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
+from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable, mark_models_answer
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batch_queue import apply_timeouts, due, rejects_any, rejects_at, take_batch
 from serving.execution.batch_runs import RunFn, observe_alone, observe_batch, run_merged, run_one_by_one
@@ -144,7 +144,11 @@ class DynamicBatcher:
             raise Unavailable(f"model {self.name!r} is shutting down", retry_after=self.retry_after_s)
         loop = self._loop
         if self._may_run_inline(inputs):
-            return self._run_inline(inputs)
+            try:
+                return self._run_inline(inputs)
+            except Exception as error:
+                mark_models_answer(error)  # the model ran it (serving.errors.MODELS_ANSWER)
+                raise
         pending = Pending(
             inputs, items(inputs, self.policy), signature(inputs), loop.create_future(), self._clock()
         )
@@ -168,8 +172,9 @@ class DynamicBatcher:
         reject = loop.call_later(pending.queue_timeout_s, self._reject_queued, pending) if rejects else None
         try:
             return await pending.future
-        except BaseException:
+        except BaseException as error:
             self._withdraw(pending)
+            mark_models_answer(error)  # queued, it is the model's answer now, as Triton's once enqueued
             raise
         finally:
             if timer is not None:

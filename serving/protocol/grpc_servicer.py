@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from serving.errors import PayloadTooLarge, ServingError, Unavailable
+from serving.errors import PayloadTooLarge, ServingError, Unavailable, is_models_answer
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.model_versions import parse_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
@@ -183,10 +183,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         merges a stream's requests as it merges calls), and is answered in a response of its own, in
         the order the requests came, as Triton answers a model that is not decoupled (a client may
         pair answers with requests by order: ids are optional). A request that fails gets
-        ``error_message`` with its ``id`` echoed, in its turn, and the stream goes on, as Triton's
-        does; every answer carries Triton's ``triton_final_response: true`` (a request's one answer
-        is its last). Up to ``STREAM_IN_FLIGHT`` requests are running or answered but not yet sent;
-        the next ones wait in the stream. Served by both gRPC servers (Kiln's: serving.protocol.h2_streams)."""
+        ``error_message`` with its ``id`` echoed (:func:`_stream_error`), in its turn, and the stream
+        goes on, as Triton's does; every answer carries Triton's ``triton_final_response: true`` (a
+        request's one answer is its last). Up to ``STREAM_IN_FLIGHT`` requests are running or
+        answered but not yet sent; the next ones wait in the stream. Served by both gRPC servers
+        (Kiln's: serving.protocol.h2_streams)."""
         turns: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # each request's answer, in order
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task] = set()
@@ -224,13 +225,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             reply = grpc_codec.stream_response(await self._infer(request, context))
         except ServingError as error:
             self._refused(request.model_name, error, error.status)
-            reply = _stream_error(request, error.message)
+            reply = _stream_error(request, error.message, is_models_answer(error))
         except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
             self._refused(request.model_name, error, 500)
             log.exception("ModelStreamInfer failed for model %r", request.model_name)
-            reply = _stream_error(request, f"internal error: {type(error).__name__}")
-        # each request's one answer is its last, as Triton marks every answer on a stream (clients
-        # of decoupled models read the flag to know a request is done)
+            reply = _stream_error(request, f"internal error: {type(error).__name__}", is_models_answer(error))
+        # each request's one answer is its last, as Triton marks its answers on a stream (clients of
+        # decoupled models read the flag to know a request is done); Triton leaves it off an error
+        # refused before the model took the request, which its clients read as final all the same
         reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         return reply
 
@@ -290,13 +292,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
 
-def _stream_error(request: Any, message: str) -> service_pb2.ModelStreamInferResponse:
-    """A stream's answer to a request that failed: its ``error_message``, and its ``id`` in
-    ``infer_response`` as Triton echoes it, so a client with several requests in flight on the
-    stream knows which one failed (by its id, or by its turn: answers come in the requests' order)."""
-    return service_pb2.ModelStreamInferResponse(
-        error_message=message, infer_response=service_pb2.ModelInferResponse(id=request.id)
-    )
+def _stream_error(request: Any, message: str, models_answer: bool) -> service_pb2.ModelStreamInferResponse:
+    """A stream's answer to a request that failed, as Triton 2.51 builds it: its ``error_message``, and
+    in ``infer_response`` its ``id``, so a client with several requests in flight on the stream knows
+    which one failed (by its id, or by its turn: answers come in the requests' order). Where the model
+    answered the error (``models_answer``: serving.errors.MODELS_ANSWER) also the ``model_name`` and
+    ``model_version`` as the request wrote them (an empty version stays empty); a request the server
+    refused before its model took it (an unknown model or version, a tensor that does not fit) gets
+    its id alone, as Triton's does."""
+    answer = service_pb2.ModelInferResponse(id=request.id)
+    if models_answer:
+        answer.model_name, answer.model_version = request.model_name, request.model_version
+    return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=answer)
 
 
 def leading_model_name(head: bytes) -> str | None:
