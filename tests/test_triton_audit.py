@@ -207,6 +207,8 @@ class _StandInServer:
     made: list[_StandInServer] = []
     start_error: Exception | None = None
     signal_in_stop = False
+    host = address = "127.0.0.1"
+    metrics_url = TritonServer.metrics_url  # the ready line's metrics URL, from metrics_port below
 
     def __init__(self, repository: Path, workdir: Path, **_: object) -> None:
         self.workdir, self.log_path, self.flavour = Path(workdir), Path(workdir) / "tritonserver.log", None

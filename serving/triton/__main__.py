@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kiln.cli import HelpFormatter, log_handler, number
+from serving.triton.ports import client_host
 from serving.triton.server import TritonError, TritonServer
 
 _port = number(int, 0, 65535)  # 0: a free one
@@ -24,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m serving.triton",
         description="Derive the python flavour of a Kiln model repository and serve it with the Triton "
-        "Inference Server binary from nvidia-pytriton, bound to 127.0.0.1.",
+        "Inference Server binary from nvidia-pytriton, bound to --host (127.0.0.1: this machine only).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
@@ -36,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where the flavour (WORKDIR/model_repository, replaced; anything else there is refused) and "
         "log go (default: a temp dir, removed when the server stops cleanly)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address Triton's HTTP, gRPC and metrics servers bind: 0.0.0.0 every IPv4 interface (other "
+        "machines, a container's published ports), :: every interface (HTTP and metrics then take IPv6 "
+        "clients only: Triton binds them IPv6 only), an address, or a name (its first address)",
     )
     parser.add_argument("--http-port", type=_port, default=8100, help="KServe v2 HTTP port (0: a free one)")
     parser.add_argument("--grpc-port", type=_port, default=8101, help="KServe v2 gRPC port (0: a free one)")
@@ -90,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             log_verbose=args.log_verbose,
             threads=args.threads,
             ready_timeout_s=args.ready_timeout,
+            host=args.host,
         )
-    except ValueError as error:
-        console.print(f"[red]{error}")
+    except ValueError as error:  # markup off: an IPv6 --host in brackets is no style tag
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
         code = 2
     else:
         _interrupt_on_signals()
@@ -171,9 +180,12 @@ def _interrupt_on_signals() -> None:
 
 def _print_ready(console: Console, server: TritonServer) -> None:
     flavour = server.flavour
+    # bound elsewhere than where the URLs point (a wildcard, a name's address): said, for other machines
+    local = server.address == server.host == client_host(server.address)
+    bound = "" if local else f" (bound to {server.address})"
+    urls = f"http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}"
     console.print(
-        f"[green]Triton ready[/]: http {server.http_url}  grpc {server.grpc_url}  "
-        f"metrics http://127.0.0.1:{server.metrics_port}/metrics  log {escape(str(server.log_path))}",
+        f"[green]Triton ready[/]{escape(bound)}: {escape(urls)}  log {escape(str(server.log_path))}",
         soft_wrap=True,  # the URLs and the log's path whole, off a terminal's 80 columns too
     )
     if flavour is not None:

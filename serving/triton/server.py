@@ -1,4 +1,5 @@
-"""Run the real Triton Inference Server binary shipped in the nvidia-pytriton wheel, on 127.0.0.1.
+"""Run the real Triton Inference Server binary shipped in the nvidia-pytriton wheel, on 127.0.0.1 or
+the address its ``host`` names (0.0.0.0 or ``::`` to serve other machines, or from a container).
 
 The wheel carries ``tritonserver``, the python backend and one python stub per Python version; the
 stub matching this interpreter must sit next to ``libtriton_python.so``, find this environment's
@@ -32,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.processes import child_options
+from serving.settings import join_host_port
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour, make_writable
-from serving.triton.ports import free_port
+from serving.triton.ports import LOOPBACK, bind_address, client_host, free_port
 from serving.triton.shm_regions import SHM_DIR, sweep_shm_regions
 
 log = logging.getLogger(__name__)
@@ -175,15 +177,26 @@ class TritonServer:
         threads: int = 1,
         instances: int | None = None,
         ready_timeout_s: float = 120.0,
+        host: str = LOOPBACK,
     ) -> None:
+        """``host``: the address all three services bind (an IP address, 0.0.0.0 or ``::`` for every
+        interface, or a name: its first address); ValueError naming it where it cannot be bound here."""
         self.model_repository = Path(model_repository)
         self.workdir = Path(workdir)
         chosen = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
         _check_ports(chosen)
+        try:
+            self.address = bind_address(host)  # Triton's HTTP server reads numeric addresses only
+        except OSError as error:  # worded as the gateway's --host refusals
+            reason = error.strerror or str(error)
+            if not isinstance(error, socket.gaierror) and error.strerror:
+                reason = f"cannot be bound ({reason})"
+            raise ValueError(f"--host {host.strip() or repr(host)}: {reason}") from None
+        self.host = host
         self._drawn = [name for name, port in chosen.items() if not port]  # 0: draw one (see free_port)
-        self.http_port = http_port or free_port()
-        self.grpc_port = grpc_port or free_port()
-        self.metrics_port = metrics_port or free_port()
+        self.http_port = http_port or free_port(self.address)
+        self.grpc_port = grpc_port or free_port(self.address)
+        self.metrics_port = metrics_port or free_port(self.address)
         self.log_verbose = log_verbose
         self.threads = threads
         self.instances = instances  # None: each entry's exported instance_group count
@@ -195,23 +208,33 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        """``host:port`` a client on this machine reaches HTTP at (a wildcard: its loopback, as every URL
+        here is: :func:`client_host`)."""
+        return join_host_port(client_host(self.address), self.http_port)
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return join_host_port(client_host(self.address), self.grpc_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{join_host_port(client_host(self.address), self.metrics_port)}/metrics"
 
     def command(self, install: TritonInstall, repository: Path, backends: Path) -> list[str]:
-        """The tritonserver command line: loopback only, fixed model set, exit on any load error."""
+        """The tritonserver command line: bound to ``host``, fixed model set, exit on any load error. An
+        IPv6 address is written as each server reads one: ``ipv6:[::1]`` for HTTP and metrics (libevhtp;
+        bare, Triton 2.51 says it started and listens nowhere), ``[::1]`` for gRPC."""
+        ipv6 = ":" in self.address
+        http = f"ipv6:[{self.address}]" if ipv6 else self.address
         return [
             str(install.binary),
             f"--model-repository={repository}",
             f"--backend-directory={backends}",
-            "--http-address=127.0.0.1",
+            f"--http-address={http}",
             f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1",
+            f"--grpc-address={f'[{self.address}]' if ipv6 else self.address}",
             f"--grpc-port={self.grpc_port}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={http}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--model-control-mode=none",
@@ -286,18 +309,19 @@ class TritonServer:
                 continue
             port = getattr(self, name)
             try:  # a server answers there (a socket only held, not listening, may be shared: left be)
-                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                socket.create_connection((client_host(self.address), port), timeout=1.0).close()
             except OSError:
                 continue
             flag = "--" + name.replace("_", "-")
-            raise TritonError(f"{flag} {port} is already in use: a server listens on 127.0.0.1:{port}")
+            where = join_host_port(client_host(self.address), port)
+            raise TritonError(f"{flag} {port} is already in use: a server listens on {where}")
 
     def _redraw_ports(self, failure: str) -> bool:
         """New ports for those this object drew, when ``failure`` is a bind failure; False otherwise."""
         if not self._drawn or not any(sign in failure.lower() for sign in BIND_FAILURES):
             return False
         for name in self._drawn:
-            setattr(self, name, free_port())
+            setattr(self, name, free_port(self.address))
         return True
 
     def wait_ready(self) -> None:
