@@ -107,12 +107,64 @@ def test_a_checkpoint_holds_a_runs_result_where_it_has_its_best_or_its_last_weig
     def moved(by: float) -> dict:
         return {k: v + by if v.is_floating_point() else v for k, v in state["model"].items()}
 
-    state = {**state, "best_state": moved(1.0)}  # an earlier epoch's, not the last weights
+    state, trained = {**state, "best_state": moved(1.0)}, ("epochs", 2)  # best: an earlier epoch's
     for weights, held in ((moved(1.0), True), (state["model"], True), (moved(2.0), False)):
         path = save_checkpoint({**ckpt, "state_dict": weights}, tmp_path / "lenet.pt")
-        assert holds_result(path, state) is held
+        assert holds_result(path, state, trained) is held
+    shorter = {**ckpt, "state_dict": moved(1.0), "metrics": {**ckpt["metrics"], "epochs": 1}}
+    path = save_checkpoint(shorter, tmp_path / "lenet.pt")  # its best weights, after 1 epoch of the 2
+    assert not holds_result(path, state, trained)
     (tmp_path / "damaged.pt").write_bytes(lenet.read_bytes()[:300])
-    assert not holds_result(tmp_path / "damaged.pt", state) and not holds_result(tmp_path / "none.pt", state)
+    assert not holds_result(tmp_path / "damaged.pt", state, trained)
+    assert not holds_result(tmp_path / "none.pt", state, trained)
+
+
+def no_better_epochs(patch: pytest.MonkeyPatch) -> None:
+    """Every validation from now on scores below the run's best: its best weights stay those it had."""
+    evaluate = classify_loop.evaluate
+    patch.setattr(classify_loop, "evaluate", lambda run, ds: (evaluate(run, ds)[0], -1.0))
+    patch.setattr(translate_loop, "score_translations", lambda *args: {"bleu": -1.0, "exact_match": 0.0})
+
+
+def test_a_classifier_checkpoint_written_before_epochs_lengthened_the_run_is_not_taken_for_its_result(
+    lenet, monkeypatch, caplog
+):
+    """Lengthened to 3 epochs, killed after epoch 3's resume state and before its checkpoint, epoch 3 no
+    better: the 2-epoch run's checkpoint holds the best weights still, but its 2 epochs, config and
+    curves. Resumed, the run writes its own (was: "complete", that checkpoint kept for good)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(classify_loop, "finish", lambda *args: (_ for _ in ()).throw(Interrupted()))
+        no_better_epochs(patch)
+        with pytest.raises(Interrupted):
+            classify.main(["--resume", str(lenet), "--epochs", "3", "--no-progress"])
+    resume = lenet.with_name("lenet.resume.pt")
+    assert load_resume(str(resume))["epoch"] == 3 and holds_best_weights(lenet, resume)  # the case
+    no_training(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        assert classify.main(["--resume", str(lenet), "--no-progress"]) == 0
+    assert "nothing left to train (all 3 epochs trained): writing its checkpoint" in caplog.text
+    ckpt = load_checkpoint(lenet)
+    assert ckpt["metrics"]["epochs"] == ckpt["train_config"]["epochs"] == 3
+    assert holds_best_weights(lenet, resume)
+
+
+def test_a_translator_checkpoint_written_before_epochs_lengthened_the_run_is_not_taken_for_its_result(
+    interrupted, tmp_path, monkeypatch
+):
+    """The translator's: its checkpoint records the steps it trained, the resume state's are more."""
+    shutil.copytree(interrupted.parent, tmp_path / "run")
+    checkpoint = tmp_path / "run" / interrupted.name
+    with monkeypatch.context() as patch:
+        patch.setattr(translate_loop, "_save", lambda *args: (_ for _ in ()).throw(Interrupted()))
+        no_better_epochs(patch)
+        with pytest.raises(Interrupted):
+            translate.main(["--resume", str(checkpoint), "--epochs", "3", "--no-progress"])
+    resume = checkpoint.with_name("tiny.resume.pt")
+    assert holds_best_weights(checkpoint, resume, "translate")  # the 2-epoch run's best are the best
+    no_training(monkeypatch)
+    assert translate.main(["--resume", str(checkpoint), "--no-progress"]) == 0
+    ckpt, state = load_checkpoint(checkpoint), load_resume(str(resume), task="translate")
+    assert (ckpt["metrics"]["steps"], ckpt["train_config"]["epochs"]) == (state["step"], 3)
 
 
 def test_a_classifier_killed_after_its_last_epoch_writes_its_checkpoint_when_resumed_training_nothing(

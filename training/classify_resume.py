@@ -91,7 +91,8 @@ def complete(config: TrainConfig, d: Dist) -> bool:
     """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
     state = load_resume(config.resume, mmap=True)
     checkpoint = Path(config.output_dir) / f"{config.name}.pt"
-    return run_complete(state, checkpoint, config.name, nothing_left(state, config), d)
+    trained = ("epochs", state["epoch"])  # what finish records: the epochs of its history
+    return run_complete(state, checkpoint, config.name, nothing_left(state, config), d, trained)
 
 
 def check_resumable(path: str, state: dict[str, Any], spec: DataSpec, d: Dist) -> None:

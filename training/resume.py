@@ -201,16 +201,22 @@ def all_trained(state: dict[str, Any], epochs: int) -> tuple[str, str] | None:
     return f"it has trained its {epochs} epoch(s)", "a larger --epochs trains on"
 
 
-def holds_result(checkpoint: Path, state: dict[str, Any]) -> bool:
+def holds_result(checkpoint: Path, state: dict[str, Any], trained: tuple[str, int]) -> bool:
     """Whether ``checkpoint`` holds the result of the run of resume state ``state``, bit for bit: its
     best weights, or its last ones (where it kept no best, or a translator's validation of its last
-    steps after the resume state, ``--eval-every``, found them best)."""
+    steps after the resume state, ``--eval-every``, found them best), written once the run had trained
+    all of ``state``: its metrics record ``trained`` (a classifier's epochs, a translator's steps). A
+    checkpoint of the run before ``--epochs`` or patience lengthened it holds the same best weights
+    where the epochs after added no better ones, but that shorter run's config, metrics and curves."""
     try:
-        held = load_checkpoint(checkpoint)["state_dict"]
+        ckpt = load_checkpoint(checkpoint)
     except (OSError, ValueError):  # none there, or not a checkpoint: the run writes its own
         return False
+    key, value = trained
+    if (ckpt.get("metrics") or {}).get(key) != value:
+        return False
     kept = (state.get("best_state"), state["model"])
-    return any(same_weights(held, weights) for weights in kept if weights)
+    return any(same_weights(ckpt["state_dict"], weights) for weights in kept if weights)
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -219,14 +225,20 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 
 def run_complete(
-    state: dict[str, Any], checkpoint: Path, name: str, done: tuple[str, str] | None, d: Dist
+    state: dict[str, Any],
+    checkpoint: Path,
+    name: str,
+    done: tuple[str, str] | None,
+    d: Dist,
+    trained: tuple[str, int],
 ) -> bool:
     """Whether a resumed run (``--resume``, or a torchrun restart) has nothing to do, every rank alike:
     nothing left to train (``done``: what the interrupted run trained and how a run goes on; None: it
-    trains on) and ``checkpoint``, where it writes its result, holds it already on every rank's view;
-    rank 0 says so, and nothing is trained or written. Else it trains what is left, or, with nothing
-    left, writes the checkpoint that the interrupted run (killed after its last resume state) did not."""
-    mine = done is not None and holds_result(checkpoint, state)
+    trains on) and ``checkpoint``, where it writes its result, holds it already on every rank's view
+    (``holds_result``, ``trained``); rank 0 says so, and nothing is trained or written. Else it trains
+    what is left, or, with nothing left, writes the checkpoint that the interrupted run (killed after its
+    last resume state) did not."""
+    mine = done is not None and holds_result(checkpoint, state, trained)
     complete = mine if d.world_size == 1 else not any_rank(not mine, d)
     if complete and d.is_main:
         what, going_on = done

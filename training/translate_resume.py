@@ -305,7 +305,8 @@ def complete(cfg: TranslateConfig, d: Dist) -> bool:
     """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
     state = load_resume(cfg.resume, mmap=True, task="translate")
     checkpoint = Path(cfg.output_dir) / f"{cfg.name}.pt"
-    return run_complete(state, checkpoint, cfg.name, nothing_left(state, cfg), d)
+    trained = ("steps", state["step"])  # what _save records: no step follows the last resume state
+    return run_complete(state, checkpoint, cfg.name, nothing_left(state, cfg), d, trained)
 
 
 def finished(state: dict[str, Any], patience: int) -> bool:
