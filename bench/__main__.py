@@ -235,7 +235,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     report.write_results(results, out)
     pngs = report.plots(results, out)
     sections += [f"![{p.stem}]({p.name})\n" for p in pngs]
-    (out / "report.md").write_text("\n".join(sections))
+    (out / "report.md").write_text("\n".join(sections), encoding="utf-8")
     # soft_wrap: the Markdown table's rows and the paths stay whole lines, off a terminal's 80 columns too
     written = f"wrote {out}/results.json, report.md and {len(pngs)} plot(s)"
     console.print(written, style="green", markup=False, highlight=False, soft_wrap=True)

@@ -119,7 +119,7 @@ def _haproxy(
 ) -> Iterator[Balancer]:
     http_port, grpc_port, stats_port = ports
     config = workdir / "haproxy.cfg"
-    config.write_text(haproxy_config(upstreams, http_port, grpc_port, stats_port))
+    config.write_text(haproxy_config(upstreams, http_port, grpc_port, stats_port), encoding="utf-8")
     stats = f"http://127.0.0.1:{stats_port}"
     cmd = [binary, "-db", "-f", str(config)]
     with running(cmd, f"{stats}/ready", timeout_s=timeout_s, log_path=workdir / "haproxy.log"):

@@ -93,7 +93,7 @@ def check(
 
     from serving.execution.datatypes import numpy_dtype
 
-    spec = json.loads((repository / model / "kiln.json").read_text())["inputs"][0]
+    spec = json.loads((repository / model / "kiln.json").read_text(encoding="utf-8"))["inputs"][0]
     tensor_input = (spec["name"], spec["datatype"])
     images = (
         np.random.default_rng(7).integers(0, 256, size=(n, *input_dims)).astype(numpy_dtype(spec["datatype"]))

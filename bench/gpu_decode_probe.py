@@ -195,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.gateway_concurrency,
             )
         if args.output:
-            args.output.write_text(json.dumps(result, indent=2))
+            args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
         return 0
     if args.decoder is None or not args.decoder.is_file():
         parser.error(f"{args.decoder}: no such file (a decoder entry's model.onnx)")
     result = probe(args.decoder, args.device, args.rows, args.past, args.src, args.repeats, args.profile)
     if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
+        args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
 
 

@@ -229,7 +229,7 @@ def profile(session_factory: Any, call_factory: Any, repeats: int) -> dict[str, 
         call = call_factory(session)
         for _ in range(repeats):
             call()
-        events = json.loads(Path(session.end_profiling()).read_text())
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     runs = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     per_run = len(kernels) / max(1, len(runs))

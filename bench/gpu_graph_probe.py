@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        args.output.write_text(text + "\n", encoding="utf-8")
     found = problems(result)
     for line in found:
         print(f"problem: {line}", file=sys.stderr)

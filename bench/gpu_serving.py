@@ -150,7 +150,7 @@ def gpu_config_problem(repository: Path, model: str) -> str | None:
     path = repository / model / "config.pbtxt"
     if not path.is_file():
         return f"{repository / model} is not an exported entry: run `make export DEVICE=gpu` first"
-    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
     kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group}
     if "KIND_GPU" not in kinds:
         return (

@@ -34,7 +34,7 @@ def entry_problem(repository: Path, name: str, task: str, hint: str) -> str | No
         held = f" ({task} entries there: {', '.join(found)})" if found else f" (it holds no {task} entry)"
         return f"{repository / name} is not an exported entry{held}: {hint}"
     try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"{meta_path} cannot be read ({exc}): export it again ({hint})"
     if meta.get("task") != task:
@@ -47,7 +47,7 @@ def entries_of(repository: Path, task: str) -> list[str]:
     names = []
     for meta_path in sorted(repository.glob("*/kiln.json")):
         try:
-            if json.loads(meta_path.read_text()).get("task") == task:
+            if json.loads(meta_path.read_text(encoding="utf-8")).get("task") == task:
                 names.append(meta_path.parent.name)
         except (OSError, ValueError, AttributeError):
             continue
@@ -57,7 +57,7 @@ def entries_of(repository: Path, task: str) -> list[str]:
 def read_meta(entry: Path) -> dict[str, Any]:
     """The entry's kiln.json, or {} where it cannot be read (its own check says why)."""
     try:
-        meta = json.loads((entry / "kiln.json").read_text())
+        meta = json.loads((entry / "kiln.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}

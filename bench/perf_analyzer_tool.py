@@ -114,7 +114,7 @@ def parse_csv(path: Path) -> dict[str, float]:
     """Throughput (infer/s), client latency percentiles and the server's split (queue, compute input /
     infer / output: averages a request, from the server's statistics) in ms from perf_analyzer's ``-f``
     CSV."""
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         row = next(csv.DictReader(handle))
     result = {"throughput_rps": float(row["Inferences/Second"])}
     for column, name in _LATENCIES.items():

@@ -88,7 +88,7 @@ def run_replicas(repository: Path, n: int, workdir: Path, threads: int = 1) -> I
 
 def classifier_input(repository: Path, model: str, count: int, seed: int = 0) -> tuple[str, np.ndarray]:
     """(input tensor name, ``count`` random UINT8 images shaped like the entry's input)."""
-    meta = json.loads((repository / model / "kiln.json").read_text())
+    meta = json.loads((repository / model / "kiln.json").read_text(encoding="utf-8"))
     spec = meta["inputs"][0]
     dims = [int(d) for d in spec["dims"][1:]]
     return spec["name"], np.random.default_rng(seed).integers(0, 256, size=(count, *dims), dtype=np.uint8)

@@ -14,7 +14,7 @@ from bench.triton_layouts import best_triton
 def write_results(results: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2, default=_json_default))
+    path.write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")
     return path
 
 

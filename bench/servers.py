@@ -277,5 +277,5 @@ def _naive_target(run: _Run, checkpoint: Path) -> None:
 def _input_dims(repository: Path, model: str) -> tuple[int, ...]:
     import json
 
-    meta = json.loads((repository / model / "kiln.json").read_text())
+    meta = json.loads((repository / model / "kiln.json").read_text(encoding="utf-8"))
     return tuple(int(d) for d in meta["inputs"][0]["dims"][1:])

@@ -251,7 +251,7 @@ def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Fr
                 cudnn_conv_algo_search=options.cudnn_conv_algo_search,
                 cuda_graphs=options.cuda_graphs,
             )
-        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
         return _metadata(ctx, spec, b, freeze_report)
 
     return repository.write_entry(ctx.repository, b.entry, fill)

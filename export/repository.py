@@ -56,7 +56,7 @@ def read_kiln_json(entry_dir: Path) -> dict[str, Any] | None:
     """The entry's kiln.json, or None when absent, unreadable or not a JSON object (a list, a number:
     not a Kiln export's, and its readers look keys up)."""
     try:
-        meta = json.loads((entry_dir / "kiln.json").read_text())
+        meta = json.loads((entry_dir / "kiln.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
@@ -203,7 +203,9 @@ def write_entry(
             meta = fill(staging)
             meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
             meta["artifacts"] = hash_artifacts(staging)
-            (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+            (staging / "kiln.json").write_text(
+                json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+            )
         except OSError as exc:
             name_path(exc, staging)
             raise
@@ -345,7 +347,7 @@ def remove_entry(repository: Path, name: str) -> bool:
 
 def _refusals(repository: Path) -> dict[str, Any]:
     try:
-        return json.loads((repository / REFUSALS).read_text())
+        return json.loads((repository / REFUSALS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -357,7 +359,7 @@ def _write_refusals(repository: Path, refusals: dict[str, Any]) -> None:
         return
     tmp = path.with_name(f"{REFUSALS}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(refusals, indent=2) + "\n")
+        tmp.write_text(json.dumps(refusals, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:  # a full disk: leave the record as it was, and no truncated copy beside it
         tmp.unlink(missing_ok=True)
@@ -394,7 +396,7 @@ def refusal(
 
 
 def write_labels(entry_dir: Path, labels: list[str]) -> str:
-    (entry_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    (entry_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     return "labels.txt"
 
 

@@ -89,7 +89,7 @@ def _write_graph(
             config = gpu_flavour(
                 config, cudnn_conv_algo_search=ctx.options.cudnn_conv_algo_search, tensorrt=False
             )
-        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
         return {
             "task": task,
             **meta,
@@ -151,11 +151,11 @@ def _copy_runtime(version: Path) -> str:
         return f"missing: {TEMPLATE.relative_to(ROOT)} did not exist at export time; entry has no model.py"
     shutil.copyfile(TEMPLATE, version / "model.py")
     (version / "serving").mkdir()
-    (version / "serving" / "__init__.py").write_text("")
+    (version / "serving" / "__init__.py").write_text("", encoding="utf-8")
     for name, modules in (("decoding", RUNTIME_MODULES), ("execution", EXECUTION_MODULES)):
         package = version / "serving" / name
         package.mkdir()
-        (package / "__init__.py").write_text("")
+        (package / "__init__.py").write_text("", encoding="utf-8")
         for module in modules:
             shutil.copyfile(ROOT / "serving" / name / module, package / module)
     return "model.py"
@@ -204,14 +204,14 @@ def _write_python(ctx: ExportContext, entry: PythonEntry, step_spec: dict, parit
     def fill(tmp: Path) -> dict[str, Any]:
         # a checkpoint trained before the tokenizers collapsed whitespace as its corpus cleaning did
         # gets that step here, so the gateway reads a client's raw text as training read its texts
-        (tmp / "source_tokenizer.json").write_text(with_cleaning(tokenizers["source"]))
-        (tmp / "target_tokenizer.json").write_text(with_cleaning(tokenizers["target"]))
+        (tmp / "source_tokenizer.json").write_text(with_cleaning(tokenizers["source"]), encoding="utf-8")
+        (tmp / "target_tokenizer.json").write_text(with_cleaning(tokenizers["target"]), encoding="utf-8")
         model_py = _copy_runtime(repository.version_dir(tmp))
         steps = python_steps(ctx.options.device)
         config = python_entry_config(
             entry.name, ctx.options.max_batch_size, entry.encoder, entry.decoder, steps
         )
-        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
         translator = {
             "encoder": entry.encoder,
             "decoder": entry.decoder,

@@ -26,7 +26,7 @@ def running(
     """
     import httpx
 
-    out = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in finally
+    out = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, **child_options())
     where = f" (log: {log_path})" if log_path else ""
     try:

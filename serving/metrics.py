@@ -283,16 +283,17 @@ def forget_gone_processes(directory: str | Path, *, own: bool = False) -> list[P
 
 def _mapped_files() -> set[tuple[int, int]] | None:
     """(device, inode) of every file this process maps (prometheus_client maps the metrics files it
-    writes); None where procfs cannot tell (not Linux)."""
+    writes); None where procfs cannot tell (not Linux). Read as bytes: a mapped file's path is whatever
+    bytes it was named in (not ASCII under a C locale, not always UTF-8), and its fields are ASCII."""
     try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
+        lines = Path("/proc/self/maps").read_bytes().splitlines()
     except OSError:
         return None
     found = set()
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[4] != "0":
-            major, minor = (int(part, 16) for part in fields[3].split(":"))
+        if len(fields) == 6 and fields[4] != b"0":
+            major, minor = (int(part, 16) for part in fields[3].split(b":"))
             found.add((os.makedev(major, minor), int(fields[4])))
     return found
 

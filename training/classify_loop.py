@@ -211,7 +211,9 @@ def keep_best(run: Run) -> None:
     cfg = run.config
     if cfg.debug_rank_hashes:
         Path(cfg.debug_rank_hashes).mkdir(parents=True, exist_ok=True)
-        Path(cfg.debug_rank_hashes, f"rank{run.dist.rank}.sha256").write_text(weights_hash(run.module))
+        Path(cfg.debug_rank_hashes, f"rank{run.dist.rank}.sha256").write_text(
+            weights_hash(run.module), encoding="utf-8"
+        )
 
 
 def finish(run: Run, history: list[dict[str, Any]]) -> Path:

@@ -25,7 +25,7 @@ from training.classify_config import (
     recipe_model_args,
 )
 from training.classify_finetune import check_finetune_args, check_resume_finetune
-from training.data.images import DATASETS
+from training.data.images import DATASETS, data_place
 from training.flags import check_model_args, check_run_ranges
 from training.mixed_precision import amp_choice
 from training.models import build_model, get_entry, list_models
@@ -147,6 +147,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
             f"--data-path {out.data_path} needs --dataset naming its format ({formats}); "
             "the default dataset, digits, is bundled with scikit-learn and reads no files"
         )
+    # Absolute, as the run records it (resume state, train_config): --resume finds the data from any
+    # directory. An older resume state's relative path is read from this one, as it always was.
+    if out.data_path:
+        out = dataclasses.replace(out, data_path=data_place(out.data_path))
     check_ranges(out)
     if out.resume:  # never fewer than the interrupted run trained
         check_resumed_epochs(out.resume, out.epochs)

@@ -103,7 +103,7 @@ def check_resumable(path: str, state: dict[str, Any], spec: DataSpec, d: Dist) -
     recorded = saved.get("data_path")
     if recorded and spec.data_path and not moved(recorded, spec.data_path):
         now["data_path"] = recorded  # the same place, however written
-        check_data_found(path, spec.data_path, [spec.data_path], PROOF)
+        check_data_found(path, recorded, [spec.data_path], PROOF)  # and where it was looked for
     elif state.get("contents") and moved(recorded, spec.data_path):
         now["data_path"] = recorded
     differ = data_differences(saved, now)

@@ -74,7 +74,7 @@ class MetricsLogger:
         for earlier in self._replacing:
             earlier.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(_line(record) for record in records))
+        self.path.write_text("".join(_line(record) for record in records), encoding="utf-8")
         self._started = True
 
     def begin(self) -> None:
@@ -85,7 +85,7 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         self.begin()
-        with self.path.open("a") as fh:
+        with self.path.open("a", encoding="utf-8") as fh:
             fh.write(_line(record))
 
 
@@ -94,7 +94,7 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_curves(records: list[dict[str, Any]], png_path: str | os.PathLike, title: str = "") -> Path | None:

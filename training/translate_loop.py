@@ -315,7 +315,7 @@ def _train(cfg: TranslateConfig, d: Dist) -> tuple[Trainer, dict[str, Any]]:
     trainer.train_time = trainer.elapsed()
     if cfg.debug_rank_hashes:  # the last trained weights, which DDP keeps equal on every rank
         Path(cfg.debug_rank_hashes).mkdir(parents=True, exist_ok=True)
-        Path(cfg.debug_rank_hashes, f"rank{d.rank}.sha256").write_text(weights_hash(model))
+        Path(cfg.debug_rank_hashes, f"rank{d.rank}.sha256").write_text(weights_hash(model), encoding="utf-8")
     return trainer, trainer.model_args
 
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("# Kiln classifier zoo on digits\n\n" + table)
+        args.output.write_text("# Kiln classifier zoo on digits\n\n" + table, encoding="utf-8")
     return 0
 
 

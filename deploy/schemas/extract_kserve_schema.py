@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("crd", type=Path)
     parser.add_argument("--source", required=True, help="where the CRD came from (repo@commit)")
     args = parser.parse_args()
-    schema = extract(yaml.safe_load(args.crd.read_text()), args.source)
+    schema = extract(yaml.safe_load(args.crd.read_text(encoding="utf-8")), args.source)
     json.dump(schema, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")
 

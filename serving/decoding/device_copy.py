@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,8 +80,8 @@ class HostCopy:
 def _cuda_runtime() -> Any:
     """The CUDA runtime library already loaded in this process (by ONNX Runtime's CUDA provider)."""
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+        with open("/proc/self/maps", "rb") as maps:  # paths in the bytes they were named in
+            paths = {os.fsdecode(line.split()[-1]) for line in maps if b"libcudart.so" in line}
     except OSError:
         paths = set()
     for name in [*sorted(paths), "libcudart.so.13", "libcudart.so.12", "libcudart.so"]:

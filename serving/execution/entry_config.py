@@ -29,7 +29,7 @@ def read_config(directory: Path) -> model_config_pb2.ModelConfig:
     config_path = directory / "config.pbtxt"
     config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse(config_path.read_text(), config)
+        text_format.Parse(config_path.read_text(encoding="utf-8"), config)
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise ValueError(f"{config_path}: not a valid Triton config.pbtxt: {exc}") from None
     if not config.name:
@@ -101,7 +101,7 @@ def read_kiln(path: Path) -> dict[str, Any]:
     """Parse a kiln.json; a file that is no JSON object, or a field of the wrong type, names itself
     (instead of an AttributeError stopping the gateway at start-up or a 500 at a request)."""
     try:
-        kiln = json.loads(path.read_text())
+        kiln = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # invalid JSON or not UTF-8
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(kiln, dict):

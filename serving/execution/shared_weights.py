@@ -186,7 +186,7 @@ def _key(path: Path, providers: list[Any]) -> str:
 def _locked(lock: Path) -> Iterator[None]:
     """Held by one process at a time: the workers of a gateway load their models at the same moment,
     and one optimizes while the others wait for its file."""
-    with open(lock, "a") as file:
+    with open(lock, "ab") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         try:
             yield

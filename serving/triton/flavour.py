@@ -63,7 +63,7 @@ def _entries(repository: Path) -> list[Path]:
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parse a config.pbtxt with Triton's ModelConfig proto; a broken file names itself in the error."""
     try:
-        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
     except text_format.ParseError as error:
         raise ValueError(f"{path}: not a valid Triton config.pbtxt: {error}") from None
 
@@ -173,7 +173,7 @@ def _copy_python_entry(
     copied.CopyFrom(config)
     copied.parameters["intra_op_num_threads"].string_value = str(threads)
     with _writing(target):
-        (target / "config.pbtxt").write_text(text_format.MessageToString(copied))
+        (target / "config.pbtxt").write_text(text_format.MessageToString(copied), encoding="utf-8")
 
 
 def _wrap_onnx_entry(
@@ -190,7 +190,7 @@ def _wrap_onnx_entry(
         for version in versions:
             if (version / onnx_file).is_file():
                 shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
-        (target / "config.pbtxt").write_text(text)
+        (target / "config.pbtxt").write_text(text, encoding="utf-8")
 
 
 def _copy_entry(source: Path, target: Path) -> None:

@@ -29,7 +29,7 @@ def _tensor(name: str, array: np.ndarray):
 def _read_kiln(kiln_json: str) -> dict | None:
     """The entry's kiln.json, None where it has none (not a Kiln export)."""
     try:
-        with open(kiln_json) as handle:
+        with open(kiln_json, encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
         return None

@@ -348,7 +348,7 @@ class TritonServer:
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log, for error messages."""
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return "(no server log)"
         return "\n".join(["--- tritonserver log (tail) ---", *text[-lines:]])

@@ -7,6 +7,7 @@ live process still maps (another server's), and those stay.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 # The python backend's shared-memory regions (a 1 MiB file for each model instance, its stub's, which
@@ -39,15 +40,18 @@ def sweep_shm_regions(since: float, directory: Path = SHM_DIR) -> list[str]:
 
 
 def mapped_files(prefix: str) -> set[str]:
-    """The files under ``prefix`` that any process this one may read (procfs) has mapped."""
+    """The files under ``prefix`` that any process this one may read (procfs) has mapped. The maps are
+    read as bytes and their paths decoded as Python names files (``os.fsdecode``): a path may be in any
+    bytes (not ASCII under a C locale, not always UTF-8), which failed the sweep as text."""
     found: set[str] = set()
+    start = os.fsencode(prefix)
     for maps in Path("/proc").glob("[0-9]*/maps"):
         try:
-            text = maps.read_text()
+            data = maps.read_bytes()
         except OSError:  # gone meanwhile, or another user's
             continue
-        for line in text.splitlines():
+        for line in data.splitlines():
             fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith(prefix):
-                found.add(fields[5].strip())
+            if len(fields) == 6 and fields[5].startswith(start):
+                found.add(os.fsdecode(fields[5].strip()))
     return found

@@ -94,7 +94,7 @@ def _text(value: object, index: int) -> str:
 
 
 def _read_json(path: str) -> dict:
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
 

@@ -77,10 +77,11 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder of images per class)")
-    for class_dir in class_dirs:
-        problem = line_problem(class_dir.name)  # refused here, before training, not by export after it
+    classes = [class_name(d.name) for d in class_dirs]
+    for class_dir, name in zip(class_dirs, classes, strict=True):
+        problem = line_problem(name)  # refused here, before training, not by export after it
         if problem:
-            raise DatasetError(f"{class_dir}: the class name {class_dir.name!r} {problem}; rename the folder")
+            raise DatasetError(f"{class_dir}: the class name {name!r} {problem}; rename the folder")
     files_per_class = [class_images(d) for d in class_dirs]
     for class_dir, files in zip(class_dirs, files_per_class, strict=True):
         if not files:
@@ -106,7 +107,14 @@ def read_folder(path: str | None, *, channels: int | None = None, size: int | No
             f"{root}: images have different sizes {sorted(shapes)}; pass an image size to resize"
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    return RawImages(images, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs])
+    return RawImages(images, torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def class_name(folder: str) -> str:
+    """A class folder's name as the UTF-8 text its bytes hold, whatever the locale: under a C locale
+    Python names files in ASCII (``café`` is ``caf\\udcc3\\udca9``), which was refused as not UTF-8;
+    bytes that are not UTF-8 stay escaped, and ``line_problem`` names them."""
+    return os.fsencode(folder).decode("utf-8", "surrogateescape")
 
 
 def class_images(class_dir: Path) -> list[Path]:

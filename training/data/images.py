@@ -10,6 +10,7 @@ uses it for its top-1 parity check. Images stay uint8 ``[N, C, H, W]``; normalis
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -235,6 +236,12 @@ def load_splits(data_info: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
     known = set(asdict(DataSpec()))
     spec = DataSpec(**{k: v for k, v in data_info.items() if k in known})
     return make_splits(spec)
+
+
+def data_place(data_path: str) -> str:
+    """A ``--data-path`` made absolute (``~`` expanded), as a run records it: where the data is, so a
+    resumed run, export and bench find it from any working directory."""
+    return os.path.abspath(os.path.expanduser(data_path))
 
 
 def data_info(spec: DataSpec, train: ImageDataset, val: ImageDataset) -> dict[str, Any]:
