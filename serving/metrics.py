@@ -286,7 +286,7 @@ def _mapped_files() -> set[tuple[int, int]] | None:
     writes); None where procfs cannot tell (not Linux). Read as bytes: a mapped file's path is whatever
     bytes it was named in (not ASCII under a C locale, not always UTF-8), and its fields are ASCII."""
     try:
-        lines = Path("/proc/self/maps").read_bytes().splitlines()
+        lines = Path("/proc/self/maps").read_bytes().split(b"\n")  # a name's \n is \012, its \r raw
     except OSError:
         return None
     found = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import mmap
 import os
 import re
 import subprocess
@@ -188,3 +189,21 @@ def test_non_ascii_class_names_train_export_and_serve_under_a_c_locale(tmp_path)
     assert seen["parity_data"] == "validation split"  # export read the data it was trained on
     assert sorted(seen["served"]) == sorted(classes)
     assert seen["mapped"] == [os.path.join(str(tmp_path / "mapped"), "modèle.bin")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="no procfs: its readers are Linux's")
+def test_procfs_readers_take_a_mapped_file_named_with_a_carriage_return_whole(tmp_path):
+    """/proc/<pid>/maps writes a name's line feed as ``\\012`` and its carriage return as it is: split
+    there too, the name's rest read as a line of six fields failed the gateway's start (a ValueError
+    from ``forget_gone_processes``, which never fails) and the sweep took the name cut at it."""
+    from serving import metrics
+    from serving.triton import shm_regions
+
+    path = tmp_path / "m\rb c d e f g"
+    path.write_bytes(b"\0" * mmap.PAGESIZE)
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ):
+        found = metrics._mapped_files()
+        mapped = shm_regions.mapped_files(str(tmp_path))
+        assert metrics.forget_gone_processes(tmp_path, own=True) == []
+    assert found is not None and (path.stat().st_dev, path.stat().st_ino) in found
+    assert mapped == {str(path)}

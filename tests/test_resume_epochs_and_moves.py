@@ -186,6 +186,27 @@ def test_a_classifier_killed_after_its_last_epoch_writes_its_checkpoint_when_res
     assert files(tmp_path) == before
 
 
+def test_a_classifier_resumed_without_its_metrics_file_records_every_epoch_and_is_then_complete(
+    tmp_path, monkeypatch, caplog
+):
+    """Its resume state alone copied (no ``lenet.metrics.jsonl`` beside it): the checkpoint recorded the
+    epochs of the records found (0 of 2), so it never held the run's result and every later ``--resume``
+    rewrote it."""
+    with monkeypatch.context() as patch:  # killed after its last resume state, before its checkpoint
+        patch.setattr(classify_loop, "finish", lambda *args: (_ for _ in ()).throw(Interrupted()))
+        with pytest.raises(Interrupted):
+            run(tmp_path, epochs=2)
+    (tmp_path / "lenet.metrics.jsonl").unlink()
+    resume = tmp_path / "lenet.resume.pt"
+    no_training(monkeypatch)
+    assert classify.main(["--resume", str(resume), "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "lenet.pt")["metrics"]["epochs"] == 2
+    before = files(tmp_path)
+    with caplog.at_level(logging.INFO):
+        assert classify.main(["--resume", str(resume), "--no-progress"]) == 0
+    assert "the run is complete" in caplog.text and files(tmp_path) == before
+
+
 def test_a_torchrun_restart_after_the_last_epoch_writes_a_missing_checkpoint_and_leaves_a_written_one(
     tsv, tmp_path, monkeypatch, caplog
 ):

@@ -223,7 +223,7 @@ def finish(run: Run, history: list[dict[str, Any]]) -> Path:
     metrics = {
         "val_accuracy": run.best_val[0],
         "val_loss": run.best_val[1],
-        "epochs": len(history),
+        "epochs": history[-1]["epoch"] if history else run.start_epoch,  # not len: records may be gone
         "best_epoch": run.best_epoch,
         "train_time_s": round(run.train_time_s, 2),
         "params": sum(p.numel() for p in run.module.parameters()),

@@ -18,6 +18,7 @@ from typing import Any
 from training.checkpoint import save_checkpoint
 from training.classify_config import TrainConfig
 from training.classify_run import Run
+from training.data.image_formats import recorded_class_name
 from training.data.images import DataSpec, ImageDataset, contents_differences
 from training.mixed_precision import restore_scaler
 from training.optim import restore_scheduler
@@ -91,7 +92,7 @@ def complete(config: TrainConfig, d: Dist) -> bool:
     """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
     state = load_resume(config.resume, mmap=True)
     checkpoint = Path(config.output_dir) / f"{config.name}.pt"
-    trained = ("epochs", state["epoch"])  # what finish records: the epochs of its history
+    trained = ("epochs", state["epoch"])  # what finish records: the epochs it trained
     return run_complete(state, checkpoint, config.name, nothing_left(state, config), d, trained)
 
 
@@ -123,8 +124,11 @@ def check_same_contents(
     has the old run's head and its labels would mean other classes, and another split would put
     images it trained on into validation. Resume files written before they held it pass. Data found
     at another place that passes is recorded there from then on; the ``main`` rank says it moved."""
-    saved = state.get("contents")
-    differ = contents_differences(saved, train_ds.contents()) if saved else []
+    saved, now = state.get("contents"), train_ds.contents()
+    differ = contents_differences(saved, now) if saved else []
+    if differ:  # a run under a non-UTF-8 locale recorded its class folders' names in that encoding
+        before = {**saved, "classes": [recorded_class_name(name) for name in saved["classes"]]}
+        differ = differ if contents_differences(before, now) else []
     recorded = state["data"].get("data_path")
     if differ and moved(recorded, spec.data_path):
         raise ValueError(

@@ -50,7 +50,7 @@ def mapped_files(prefix: str) -> set[str]:
             data = maps.read_bytes()
         except OSError:  # gone meanwhile, or another user's
             continue
-        for line in data.splitlines():
+        for line in data.split(b"\n"):  # a name's \n is written \012, its \r as it is
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and fields[5].startswith(start):
                 found.add(os.fsdecode(fields[5].strip()))

@@ -117,6 +117,16 @@ def class_name(folder: str) -> str:
     return os.fsencode(folder).decode("utf-8", "surrogateescape")
 
 
+def recorded_class_name(name: str) -> str:
+    """A class name a run recorded before ``class_name``, read as ``class_name`` reads it now: under a
+    locale whose encoding is not UTF-8, Python's name of the folder (Latin-1: ``cafÃ©`` for ``café``).
+    A name the locale's encoding cannot hold (ASCII: no such run trained) stays as it is."""
+    try:
+        return class_name(name)
+    except UnicodeEncodeError:
+        return name
+
+
 def class_images(class_dir: Path) -> list[Path]:
     """A class folder's images, sorted by name. Hidden files (macOS ``._x.png`` resource forks,
     ``.DS_Store``) are skipped like hidden folders; other files are skipped with a warning naming them,
