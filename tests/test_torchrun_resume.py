@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.torchrun import two_ranks
+from tests.torchrun import tiny_lenet, two_ranks
 from tests.torchrun_restart import read_epochs
 from training import runtime
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -25,13 +25,6 @@ RESTART_1 = "torchrun restart 1 (--max-restarts)"
 RESUMES = "the run resumes from"
 STARTS_AGAIN = "every process starts this run again from its command line"
 ALONE = runtime.Dist(0, 1, torch.device("cpu"))
-
-
-def tiny_lenet(out: Path, epochs: int) -> list[str]:
-    """A lenet run of a few seconds an epoch on two CPU processes."""
-    args = ["--model", "lenet", "--epochs", str(epochs), "--limit-train", "128", "--limit-val", "32"]
-    args += ["--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu"]
-    return [*args, "--output-dir", str(out)]
 
 
 @dataclass

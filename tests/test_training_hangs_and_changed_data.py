@@ -33,7 +33,7 @@ GLOO_RECV = (
     "3000ms for recv operation to complete"
 )
 GLOO_SEND = "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 3000ms for send operation to complete"
-STORE_WAIT = "wait timeout after 3000ms, keys: /kiln/attempt_0//0//1//cpu//0/1"
+STORE_WAIT = "wait timeout after 3000ms, keys: /kiln/attempt_3f9c2a//0//1//cpu//0/1"
 
 
 @pytest.mark.parametrize(

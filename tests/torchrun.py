@@ -1,10 +1,12 @@
-"""Run a module under torchrun with two CPU processes; for trainers, check that both ranks end with the same weights."""
+"""Run a module under torchrun with two CPU processes (on one node, or as two nodes of one job); for trainers,
+check that both ranks end with the same weights."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Long enough for the ranks' own skew on a busy machine, short beside the slowed rank-0 work.
@@ -51,3 +53,42 @@ def two_ranks_weights_hash(
     rank0, rank1 = (hashes / "rank0.sha256").read_text(), (hashes / "rank1.sha256").read_text()
     assert rank0 == rank1 and len(rank0) == 64
     return rank0
+
+
+def tiny_lenet(out: Path, epochs: int) -> list[str]:
+    """A lenet run of a few seconds an epoch on two CPU processes."""
+    args = ["--model", "lenet", "--epochs", str(epochs), "--limit-train", "128", "--limit-val", "32"]
+    args += ["--image-size", "16", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    return [*args, "--output-dir", str(out)]
+
+
+def two_nodes(
+    args: list[str], scratch: Path, env: dict, *, endpoint: str, launcher: tuple[str, ...], timeout_s: float
+) -> list[subprocess.CompletedProcess]:
+    """Two torchrun agents on this machine as two nodes of one job, one process each, meeting at the
+    c10d rendezvous store ``endpoint`` the caller hosts (``is_host=false``); each agent's result, with
+    a ``returncode`` of None for one still running after ``timeout_s``, then stopped with SIGTERM (its
+    workers run in sessions of their own: torchrun stops them on SIGTERM)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-conf", "is_host=false"]
+    cmd += ["--local-addr", "127.0.0.1", *launcher, *args]
+    env = {**os.environ, **torchrun_env(scratch), **env}
+    popen = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    agents = [subprocess.Popen(cmd, **popen) for _ in range(2)]
+    deadline = time.monotonic() + timeout_s
+    results = []
+    for agent in agents:
+        try:
+            out, err = agent.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            code = agent.returncode
+        except subprocess.TimeoutExpired:
+            agent.terminate()
+            try:
+                out, err = agent.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                out, err = agent.communicate()
+            code = None
+        results.append(subprocess.CompletedProcess(cmd, code, out, err))
+    return results

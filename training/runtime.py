@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from training.attempt_store import attempt_store
 from training.dist_timeout import dist_timeout_s
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,6 @@ def restart_count(env: Mapping[str, str]) -> int:
     return int(env.get("TORCHELASTIC_RESTART_COUNT") or 0)
 
 
-def attempt_prefix(env: Mapping[str, str]) -> str:
-    """The store prefix of this attempt's process groups. torchrun keeps one store for all the attempts
-    of a job, and torch names a job's groups alike in every attempt: a restarted rank would read the
-    addresses the killed attempt's ranks left there and fail to connect ("Gloo connectFullMesh failed
-    ... Connection refused") or wait on a dead one, so a restart never got past its process group."""
-    return f"kiln/attempt_{restart_count(env)}/"
-
-
 def run_id(env: Mapping[str, str]) -> str | None:
     """This torchrun job's id (``TORCHELASTIC_RUN_ID``: ``--rdzv-id``, a fresh uuid under ``--standalone``
     or on one node), the same in every attempt and rank of the job; None outside torchrun or where it is
@@ -141,13 +134,15 @@ def restart_line(restarts: int, what: str) -> str:
 
 
 def join_group(backend: str, timeout: timedelta | None = None) -> None:
-    """Join the default process group through torchrun's (env://) store, under ``attempt_prefix`` (a
-    restarted attempt's trainer says what it does once it has decided: ``resume.restart_resume``).
+    """Join the default process group through torchrun's (env://) store, under a prefix of this attempt's
+    own that every rank of every node agrees on (``training.attempt_store``: the store holds the earlier
+    attempts' groups under the same names, and torchrun's restart count differs between nodes). A
+    restarted attempt's trainer says what it does once it has decided (``resume.restart_resume``).
     ``timeout`` (None: torch's default) bounds every wait of the group's collectives, and of joining it."""
     store, rank, world = next(dist.rendezvous("env://", **({"timeout": timeout} if timeout else {})))
     dist.init_process_group(
         backend,
-        store=dist.PrefixStore(attempt_prefix(os.environ), store),
+        store=attempt_store(store, rank, os.environ),
         rank=rank,
         world_size=world,
         timeout=timeout,
