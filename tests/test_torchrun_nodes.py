@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from training.tracking import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 WAIT = timedelta(seconds=10)
+WORLD = 2  # rank 0 and one other
 
 
 class JobStore:
@@ -54,9 +56,9 @@ class JobStore:
             self._write()
         return self.store.add(key, amount)
 
-    def wait(self, keys: list[str]) -> None:
+    def wait(self, keys: list[str], timeout: timedelta = WAIT) -> None:
         self.waiting.set()
-        self.store.wait(keys, WAIT)
+        self.store.wait(keys, timeout)
 
 
 class Died(Exception):
@@ -93,7 +95,7 @@ def earlier_rank0(job: JobStore, beacons: list[socket.socket], writes: int = 3) 
 
 def find_in_thread(job: JobStore) -> tuple[threading.Thread, list[str]]:
     found: list[str] = []
-    thread = threading.Thread(target=lambda: found.append(find(job, HOST)), daemon=True)
+    thread = threading.Thread(target=lambda: found.append(find(job, HOST, WORLD)), daemon=True)
     thread.start()
     return thread, found
 
@@ -111,7 +113,7 @@ def test_every_rank_takes_the_token_this_attempts_rank_0_announced_not_an_earlie
     earlier_rank0(job, beacons, writes)
     if first == "rank0":
         current = announce(job)
-        assert find(job, HOST) == current and not job.waiting.is_set()
+        assert find(job, HOST, WORLD) == current and not job.waiting.is_set()
         return
     thread, found = find_in_thread(job)
     assert job.waiting.wait(10)  # it read the count and no beacon answered: it waits for the next
@@ -139,17 +141,95 @@ def test_an_announced_port_another_server_took_since_is_not_taken(beacons, monke
     assert found == [current]
 
 
+@pytest.mark.parametrize("first", ["rank", "rank0"])
+def test_a_rank_restarted_while_the_last_attempts_rank_0_lives_on_waits_for_the_next_rank_0(first, beacons):
+    """torchrun's static rendezvous restarts a node's dead rank at once, while the last attempt's rank 0
+    may still be alive, busy outside a collective: the restarted rank took its token, joined that
+    attempt's finished group and failed, and its node's agent spent another restart on it (the job
+    failed at --max-restarts 1, where the restart count it named the group by once had been right).
+    The last attempt's rank 1 found its rank 0 before or after it announced."""
+    job = JobStore()
+    if first == "rank0":
+        last = announce(job)  # the last attempt's rank 0, still alive: its beacon answers
+        assert find(job, HOST, WORLD) == last  # that attempt's rank 1, since killed
+    else:
+        thread, found = find_in_thread(job)
+        assert job.waiting.wait(10)
+        last = announce(job)
+        thread.join(10)
+        assert found == [last]
+        job.waiting.clear()
+    thread, found = find_in_thread(job)  # rank 1 restarted at once
+    assert job.waiting.wait(10), found  # it waits for the next rank 0
+    shut(beacons[-1])  # the last rank 0 failed in its next collective
+    current = announce(job)
+    thread.join(10)
+    assert found == [current]
+
+
+def test_a_rank_that_cannot_reach_rank_0s_port_at_master_addr_says_where_it_asked_and_why(monkeypatch):
+    """A MASTER_ADDR that reaches only the store's port (a NAT, a service) ended the run at its start in
+    "rank 0 ... announced a port on <host> that does not answer: did it stop?", naming neither."""
+    with socket.socket() as unreached:
+        unreached.bind((HOST, 0))  # a port nothing answers on at this address
+        monkeypatch.setattr(attempt_store, "beacon", lambda token: unreached)
+        job, errors = JobStore(), []
+
+        def ask() -> None:
+            with pytest.raises(dist.DistNetworkError) as raised:
+                find(job, HOST, WORLD)
+            errors.append(str(raised.value))
+
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        assert job.waiting.wait(10)
+        announce(job)
+        thread.join(10)
+        port = unreached.getsockname()[1]
+    assert len(errors) == 1 and f"port {port} of MASTER_ADDR {HOST}: it stopped, or" in errors[0], errors
+    assert "firewall, NAT or service between the nodes must pass every port" in errors[0]
+
+
+def test_a_rank_arriving_after_its_unreachable_rank_0_announced_says_so_instead_of_waiting_out_the_store(
+    monkeypatch,
+):
+    """The same network, the rank arriving once its rank 0 had announced: it waited for a next rank 0
+    for the whole of the store's timeout (``--dist-timeout``, 30 min by default), then a bare store
+    timeout. It waits ``UNANSWERED_WAIT`` and names the address, the port and the way around."""
+    with socket.socket() as unreached:
+        unreached.bind((HOST, 0))
+        monkeypatch.setattr(attempt_store, "beacon", lambda token: unreached)
+        monkeypatch.setattr(attempt_store, "UNANSWERED_WAIT", timedelta(milliseconds=200))
+        job = JobStore()
+        announce(job)
+        started = time.monotonic()
+        with pytest.raises(dist.DistNetworkError) as raised:
+            find(job, HOST, WORLD)
+        assert time.monotonic() - started < WAIT.total_seconds() / 2  # not the store's whole timeout
+        port = unreached.getsockname()[1]
+    assert f"port {port} of MASTER_ADDR {HOST}" in str(raised.value)
+    assert "KILN_ATTEMPT_BEACON=0" in str(raised.value)
+
+
+def test_kiln_attempt_beacon_0_joins_under_torchruns_restart_count_with_no_beacon(beacons):
+    job = dist.HashStore()
+    env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": HOST, "KILN_ATTEMPT_BEACON": "0"}
+    attempt_store.attempt_store(job, 0, WORLD, {**env, "TORCHELASTIC_RESTART_COUNT": "2"}).set("key", "v")
+    assert job.get("kiln/attempt_restart_2/key") == b"v"
+    assert not beacons and not job.check([COUNT_KEY])
+
+
 def test_the_group_of_an_attempt_lives_under_its_rank_0s_token_or_in_a_store_started_for_it(beacons):
     job = dist.HashStore()
     job.set_timeout(WAIT)
     agent = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": HOST}
-    store = attempt_store.attempt_store(job, 0, agent)
+    store = attempt_store.attempt_store(job, 0, WORLD, agent)
     store.set("key", "value")
     token = job.get(written_key(1)).decode().split()[1]
     assert job.get(f"{attempt_store.group_prefix(token)}/key") == b"value"  # PrefixStore adds the /
-    assert attempt_store.attempt_store(job, 1, agent).get("key") == b"value"
+    assert attempt_store.attempt_store(job, 1, WORLD, agent).get("key") == b"value"
     own = {"TORCHELASTIC_USE_AGENT_STORE": "False", "MASTER_ADDR": HOST}
-    assert attempt_store.attempt_store(job, 1, own) is job
+    assert attempt_store.attempt_store(job, 1, WORLD, own) is job
 
 
 @pytest.mark.slow

@@ -12,13 +12,15 @@ other node's ranks read restart count 0 and took the first attempt's prefix, wit
 
 So rank 0 of each attempt draws a random token, answers it to whoever connects to a port of its own
 (a beacon), and announces port and token in the job's store; every other rank takes the announced
-token that the beacon on its port answers. Only a live process answers, and torchrun stops every
-worker of an attempt before its agents meet for the next one: an earlier attempt's beacon has gone
-with its rank 0 (the connection is refused; a port since taken by another server answers no such
-token), so the token that is answered is this attempt's, and the group's prefix is made of it.
-(torchrun's static rendezvous, ``--master-addr`` without ``--rdzv-backend``, makes no agent wait for
-the others between attempts: a node that restarts at once may find the last attempt's rank 0 still
-alive, and that restart fail in its turn.)
+token that the beacon on its port answers. Only a live process answers, and torchrun's c10d
+rendezvous stops every worker of an attempt before its agents meet for the next one: an earlier
+attempt's beacon has gone with its rank 0 (the connection is refused; a port since taken by another
+server answers no such token), so the token that is answered is this attempt's, and the group's
+prefix is made of it. torchrun's static rendezvous (``--master-addr`` without ``--rdzv-backend``)
+makes no agent wait for the others: the node whose rank died restarts it at once, while the last
+attempt's rank 0 may still be alive (busy, not yet failed in a collective). Its group took all the
+other ranks already, so a rank counts itself in under the token it takes, and one past the world's
+other ranks waits for the next rank 0 instead.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 COUNT_KEY = "kiln/attempt_beacons"
 # How long a rank waits for an announced port to answer, which a live beacon does at once.
 ANSWER_TIMEOUT = timedelta(seconds=30)
+# How long a rank whose announced rank 0 did not answer waits for the next one: a restarted attempt's
+# rank 0 announces within seconds of the others' start; none by then, the one that did not answer was
+# this attempt's, out of this rank's reach.
+UNANSWERED_WAIT = timedelta(seconds=120)
+# Set to 0: every rank joins under torchrun's restart count (the count differs between nodes after a
+# restart: safe on one node only), for networks where MASTER_ADDR reaches only the store's port.
+NO_BEACON = "KILN_ATTEMPT_BEACON"
 
 
 def written_key(n: int) -> str:
@@ -51,6 +60,12 @@ def counted_key(n: int) -> str:
     """The n-th announcement, written once the counter reached n: only by the rank 0 that counted n,
     so never a stale value for a rank that read a count below n."""
     return f"kiln/attempt_beacon/{n}/counted"
+
+
+def joined_key(token: str) -> str:
+    """How many ranks took ``token``: at most the world's other ranks, unless its group is an earlier
+    attempt's, complete, whose rank 0 lives on (the static rendezvous)."""
+    return f"kiln/attempt_beacon/{token}/joined"
 
 
 def group_prefix(token: str) -> str:
@@ -101,22 +116,38 @@ def announce(job: dist.Store) -> str:
     return token
 
 
-def find(job: dist.Store, host: str) -> str:
-    """Any other rank: the token of this attempt's rank 0, whose beacon is on ``host`` (torchrun's
-    ``MASTER_ADDR``, rank 0's node). With the count n read here, this attempt's rank 0 announces the
-    n-th beacon (it already did) or the (n+1)-th (it has not yet: every earlier rank 0 is stopped).
-    The n-th is this attempt's if it answers; else this rank waits for the (n+1)-th, as long as the
-    job's store waits (``--dist-timeout``)."""
+def find(job: dist.Store, host: str, world: int) -> str:
+    """Any other rank of ``world``: the token of this attempt's rank 0, whose beacon is on ``host``
+    (torchrun's ``MASTER_ADDR``, rank 0's node). With the count n read here, this attempt's rank 0
+    announces the n-th beacon (it already did) or the (n+1)-th (it has not yet: every earlier rank 0
+    is stopped, or, under the static rendezvous, still has all its ranks: ``joined_key``). The n-th
+    is this attempt's if it answers and has room; else this rank waits for the (n+1)-th: as long as
+    the job's store waits (``--dist-timeout``) behind a live earlier rank 0, at most
+    ``UNANSWERED_WAIT`` behind one that did not answer (gone, or out of reach: ``unreachable``)."""
     n = job.add(COUNT_KEY, 0)
-    if n and (token := answered(host, job.get(written_key(n)))) is not None:
+    announced = job.get(written_key(n)) if n else None
+    token = answered(host, announced) if announced else None
+    if token is not None and job.add(joined_key(token), 1) < world:
         return token
-    job.wait([counted_key(n + 1)])
-    token = answered(host, job.get(counted_key(n + 1)))
-    if token is None:
-        raise dist.DistNetworkError(
-            f"rank 0 of this torchrun attempt announced a port on {host} that does not answer: did it stop?"
-        )
+    try:
+        job.wait([counted_key(n + 1)], *([UNANSWERED_WAIT] if announced and token is None else []))
+    except dist.DistStoreError as exc:  # no next rank 0: the n-th was this attempt's, out of reach
+        raise unreachable(host, announced) from exc
+    announced = job.get(counted_key(n + 1))
+    if (token := answered(host, announced)) is None:
+        raise unreachable(host, announced)
+    job.add(joined_key(token), 1)
     return token
+
+
+def unreachable(host: str, announced: bytes) -> dist.DistNetworkError:
+    """Why a rank found no rank 0 to take the token of: its announced port at ``host`` did not answer."""
+    return dist.DistNetworkError(
+        f"rank 0 of this torchrun attempt does not answer on port {announced.decode().split()[0]} of "
+        f"MASTER_ADDR {host}: it stopped, or that address reaches only the store's port of its node (a "
+        "firewall, NAT or service between the nodes must pass every port, as gloo and NCCL need too; "
+        f"{NO_BEACON}=0 joins by torchrun's restart count instead, which is safe on one node only)"
+    )
 
 
 def answered(host: str, announced: bytes) -> str | None:
@@ -134,10 +165,13 @@ def answered(host: str, announced: bytes) -> str | None:
     return token if got == token.encode() else None
 
 
-def attempt_store(job: dist.Store, rank: int, env: Mapping[str, str]) -> dist.Store:
-    """The store this attempt's process group joins: ``job`` (env://'s) itself where rank 0 started it
-    for this attempt, else ``job`` under the prefix of this attempt's rank 0 (``announce``, ``find``)."""
+def attempt_store(job: dist.Store, rank: int, world: int, env: Mapping[str, str]) -> dist.Store:
+    """The store the process group of ``rank`` of ``world`` joins: ``job`` (env://'s) itself where rank
+    0 started it for this attempt, else ``job`` under the prefix of this attempt's rank 0 (``announce``,
+    ``find``), or of torchrun's restart count where ``KILN_ATTEMPT_BEACON=0``."""
     if not uses_agent_store(env):
         return job
-    token = announce(job) if rank == 0 else find(job, env["MASTER_ADDR"])
+    if env.get(NO_BEACON, "").strip() == "0":
+        return dist.PrefixStore(f"kiln/attempt_restart_{env.get('TORCHELASTIC_RESTART_COUNT') or 0}", job)
+    token = announce(job) if rank == 0 else find(job, env["MASTER_ADDR"], world)
     return dist.PrefixStore(group_prefix(token), job)

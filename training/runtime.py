@@ -142,7 +142,7 @@ def join_group(backend: str, timeout: timedelta | None = None) -> None:
     store, rank, world = next(dist.rendezvous("env://", **({"timeout": timeout} if timeout else {})))
     dist.init_process_group(
         backend,
-        store=attempt_store(store, rank, os.environ),
+        store=attempt_store(store, rank, world, os.environ),
         rank=rank,
         world_size=world,
         timeout=timeout,
