@@ -6,25 +6,64 @@ registry models saved as checkpoints, so the gateway is always tested on what ex
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from hypothesis import HealthCheck, settings
 
 LABELS = ("zero", "one", "two")
 SIZE, CHANNELS, MAX_BATCH = 16, 1, 8
 
 
+# build_classifier_repository's exports in this process, by its arguments: the repository, torch's RNG after
+_EXPORTED: dict[str, tuple[Path, torch.Tensor]] = {}
+
+
 def build_classifier_repository(
     root: Path, models: tuple[str, ...] = ("lenet",), *, size: int = SIZE, model_args: dict | None = None
 ) -> Path:
     """Create ``root`` as a model repository holding one tiny classifier per name in ``models``
-    (``model_args``: per-name constructor overrides, e.g. smaller widths)."""
+    (``model_args``: per-name constructor overrides, e.g. smaller widths), its checkpoints in
+    ``<root>-checkpoints`` beside it.
+
+    ~40 modules ask for the same repository, each export ~2-4 s of torch.onnx: the first export of
+    these arguments in this process is kept, and a later call gets a copy of its files (the same
+    weights, graphs and checksums; each entry's kiln.json names the copy's checkpoint, as an export
+    there writes it), and torch's RNG left as the export leaves it. A ``root`` or checkpoint folder
+    that already holds files is exported into for real."""
     root = Path(root)
+    checkpoints = root.parent / f"{root.name}-checkpoints"
+    key = json.dumps([list(models), size, model_args or {}], sort_keys=True)
+    if any(folder.is_dir() and any(folder.iterdir()) for folder in (root, checkpoints)):
+        return _export_classifiers(root, models, size, model_args)
+    if key not in _EXPORTED:
+        kept = Path(tempfile.mkdtemp(prefix="kiln-test-repository-")) / "repo"
+        atexit.register(shutil.rmtree, kept.parent, True)
+        _EXPORTED[key] = (_export_classifiers(kept, models, size, model_args), torch.get_rng_state())
+    kept, rng = _EXPORTED[key]
+    shutil.copytree(kept, root, copy_function=shutil.copy, dirs_exist_ok=True)
+    kept_checkpoints = kept.parent / "repo-checkpoints"
+    shutil.copytree(kept_checkpoints, checkpoints, copy_function=shutil.copy, dirs_exist_ok=True)
+    for meta_path in root.glob("*/kiln.json"):  # rewritten as export writes it
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        source = Path(meta["source_checkpoint"]["path"]).relative_to(kept_checkpoints)
+        meta["source_checkpoint"]["path"] = str(checkpoints / source)
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    torch.set_rng_state(rng)
+    return root
+
+
+def _export_classifiers(root: Path, models: tuple[str, ...], size: int, model_args: dict | None) -> Path:
+    """Export the tiny classifiers ``models`` into ``root``, their checkpoints in ``<root>-checkpoints``."""
     root.mkdir(parents=True, exist_ok=True)
     from export.pipeline import export_checkpoint
 

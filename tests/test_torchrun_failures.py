@@ -1,6 +1,8 @@
 """How the trainers meet torchrun's failure modes: a rank killed mid-run under ``--max-restarts`` (the
 restarted attempt must join a process group and finish, saying what it does), and a shell with
-a launcher's variables left over from another job (one clear line, not silence or a hang)."""
+a launcher's variables left over from another job (one clear line, not silence or a hang). The classifier's
+killed rank is the restarted job of ``tests/test_torchrun_resume.py``, which checks it finishes: one
+torchrun job for both files' checks."""
 
 from __future__ import annotations
 
@@ -8,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.torchrun import tiny_lenet, two_ranks
+from tests.torchrun import two_ranks
 from training import classify, runtime, translate
 from training.checkpoint import load_checkpoint
-from training.resume import load_resume
 from training.tracking import read_metrics
 
 RESTARTED = "torchrun restart 1 (--max-restarts)"
@@ -70,32 +71,6 @@ def test_a_trainer_with_a_rank_left_over_from_another_job_says_why_it_stops(
     err = capsys.readouterr().err
     assert "error: WORLD_SIZE=2 is set but MASTER_ADDR, MASTER_PORT are not" in err
     assert "unset WORLD_SIZE and RANK" in err and not list(tmp_path.iterdir())
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-def test_a_classifier_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_finishes(tmp_path):
-    """The restarted attempt failed to join its process group ("Gloo connectFullMesh failed ...
-    Connection refused", or waited on a dead rank): torchrun's store held the killed attempt's
-    addresses under the same group names. Now it joins a group of its own (and resumes after the
-    finished epoch: tests/test_torchrun_resume.py), and ends with one record per epoch, a checkpoint
-    and a whole resume state."""
-    out = tmp_path / "out"
-    after = out / "lenet.resume.pt"  # the first epoch is over: killed in the second
-    done = killed_once(
-        tmp_path,
-        ("--standalone",),
-        "training.classify",
-        tiny_lenet(out, 2),
-        "training.classify_epoch:optimizer_step",
-        after,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "exitcode: -9" in done.stderr and done.stderr.count(RESTARTED) == 1
-    assert [r["epoch"] for r in read_metrics(out / "lenet.metrics.jsonl")] == [1, 2]
-    ckpt = load_checkpoint(out / "lenet.pt")
-    assert ckpt["metrics"]["epochs"] == 2 and ckpt["data"]["n_train"] == 128
-    assert load_resume(str(out / "lenet.pt"))["epoch"] == 2
 
 
 @pytest.mark.slow

@@ -79,6 +79,21 @@ def test_a_restarted_attempt_resumes_after_the_last_epoch_its_interrupted_attemp
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+def test_a_classifier_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_finishes(restarted_job):
+    """The restarted attempt failed to join its process group ("Gloo connectFullMesh failed ...
+    Connection refused", or waited on a dead rank): torchrun's store held the killed attempt's
+    addresses under the same group names. Now it joins a group of its own, and ends with one record per
+    epoch, a checkpoint and a whole resume state (``killed_once`` checked the kill and the one restart;
+    moved here from tests/test_torchrun_failures.py, whose own job of the same run it was)."""
+    out = restarted_job.out
+    assert [r["epoch"] for r in read_metrics(out / "lenet.metrics.jsonl")] == [1, 2, 3]
+    ckpt = load_checkpoint(out / "lenet.pt")
+    assert ckpt["metrics"]["epochs"] == 3 and ckpt["data"]["n_train"] == 128
+    assert load_resume(str(out / "lenet.pt"))["epoch"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
 def test_a_restarted_attempt_never_resumes_from_an_earlier_jobs_resume_state_under_its_name(
     restarted_job, tmp_path
 ):
