@@ -211,6 +211,22 @@ def test_a_rank_arriving_after_its_unreachable_rank_0_announced_says_so_instead_
     assert "KILN_ATTEMPT_BEACON=0" in str(raised.value)
 
 
+def test_a_rank_whose_rank_0_does_not_answer_waits_no_longer_than_the_stores_own_timeout(monkeypatch):
+    """A --dist-timeout under UNANSWERED_WAIT: the rank waited the longer UNANSWERED_WAIT for a next
+    rank 0, past the timeout it was given."""
+    with socket.socket() as unreached:
+        unreached.bind((HOST, 0))
+        monkeypatch.setattr(attempt_store, "beacon", lambda token: unreached)
+        monkeypatch.setattr(attempt_store, "UNANSWERED_WAIT", WAIT)  # in place of its 2 min
+        job = JobStore()
+        job.set_timeout(timedelta(milliseconds=200))  # the store's (--dist-timeout): under UNANSWERED_WAIT
+        announce(job)
+        started = time.monotonic()
+        with pytest.raises(dist.DistNetworkError):
+            find(job, HOST, WORLD)
+    assert time.monotonic() - started < WAIT.total_seconds() / 2
+
+
 def test_kiln_attempt_beacon_0_joins_under_torchruns_restart_count_with_no_beacon(beacons):
     job = dist.HashStore()
     env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": HOST, "KILN_ATTEMPT_BEACON": "0"}

@@ -123,14 +123,16 @@ def find(job: dist.Store, host: str, world: int) -> str:
     is stopped, or, under the static rendezvous, still has all its ranks: ``joined_key``). The n-th
     is this attempt's if it answers and has room; else this rank waits for the (n+1)-th: as long as
     the job's store waits (``--dist-timeout``) behind a live earlier rank 0, at most
-    ``UNANSWERED_WAIT`` behind one that did not answer (gone, or out of reach: ``unreachable``)."""
+    ``UNANSWERED_WAIT`` (or the store's timeout, where shorter) behind one that did not answer (gone,
+    or out of reach: ``unreachable``)."""
     n = job.add(COUNT_KEY, 0)
     announced = job.get(written_key(n)) if n else None
     token = answered(host, announced) if announced else None
     if token is not None and job.add(joined_key(token), 1) < world:
         return token
+    bound = [min(UNANSWERED_WAIT, job.timeout)] if announced and token is None else []
     try:
-        job.wait([counted_key(n + 1)], *([UNANSWERED_WAIT] if announced and token is None else []))
+        job.wait([counted_key(n + 1)], *bound)
     except dist.DistStoreError as exc:  # no next rank 0: the n-th was this attempt's, out of reach
         raise unreachable(host, announced) from exc
     announced = job.get(counted_key(n + 1))
