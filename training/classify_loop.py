@@ -45,8 +45,9 @@ from training.resume import (
     restart_resume,
     resume_left,
     resumed_metrics,
+    start_run,
 )
-from training.runtime import Dist, setup_dist, teardown, weights_hash, wrap_ddp
+from training.runtime import Dist, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
@@ -270,11 +271,8 @@ def run(config: TrainConfig) -> Path:
     with collective_timeouts(
         config.dist_timeout, config.device, lambda: resume_left(config.output_dir, config.name, config.resume)
     ):
-        d = setup_dist(config.device, config.dist_timeout)
-        config = restarted(config, d)
-        path = Path(config.output_dir) / f"{config.name}.pt"
-        if config.resume and complete(config, d):  # before the data: nothing to train or write
-            teardown(d)
+        d, config, path, done = start_run(config, restarted, complete)
+        if done:
             return path
         r = prepare(config, d)
         with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it

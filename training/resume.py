@@ -12,17 +12,29 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from training.checkpoint import CheckpointError, check_archive, load_checkpoint
 from training.mixed_precision import amp_choice
-from training.runtime import Dist, any_rank, gather_shards, restart_count, restart_line, run_id
+from training.runtime import (
+    Dist,
+    any_rank,
+    gather_shards,
+    restart_count,
+    restart_line,
+    run_id,
+    setup_dist,
+    teardown,
+)
 from training.tracking import run_files
 
 log = logging.getLogger(__name__)
+
+Config = TypeVar("Config")  # a trainer's resolved config: TrainConfig or TranslateConfig
 
 
 def resume_path(path: str | os.PathLike) -> Path:
@@ -325,3 +337,21 @@ def resume_left(output_dir: str, name: str, resume: str | None) -> str:
             continue
         return f"{path} holds the run after epoch {epoch}, whole: --resume {path} continues from there"
     return f"no epoch had finished, so there is no resume state at {places[0]}"
+
+
+def start_run(
+    config: Config,
+    restarted: Callable[[Config, Dist], Config],
+    complete: Callable[[Config, Dist], bool],
+) -> tuple[Dist, Config, Path, bool]:
+    """How both trainers' runs begin, inside their ``collective_timeouts``: join the process group (if
+    any), continue the job's last finished epoch in an attempt torchrun restarted (``restarted``), and
+    see whether a resumed run has nothing to do (``complete``: then the group is left at once). The
+    process group, the config it runs, the checkpoint's path, and whether the run is complete."""
+    d = setup_dist(config.device, config.dist_timeout)
+    config = restarted(config, d)
+    path = Path(config.output_dir) / f"{config.name}.pt"
+    if config.resume and complete(config, d):  # before the data: nothing to train or write
+        teardown(d)
+        return d, config, path, True
+    return d, config, path, False

@@ -35,14 +35,13 @@ from training.divergence import TrainingDiverged, divergence, divergence_advice,
 from training.mixed_precision import make_amp, optimizer_step
 from training.models import build_model
 from training.optim import build_optimizer, build_scheduler, last_step_lr
-from training.resume import check_world_size, load_resume, resume_left
+from training.resume import check_world_size, load_resume, resume_left, start_run
 from training.runtime import (
     Dist,
     all_sum,
     any_rank,
     gather_shards,
     mean_over_ranks,
-    setup_dist,
     show_progress,
     teardown,
     weights_hash,
@@ -273,11 +272,8 @@ def run(cfg: TranslateConfig) -> Path:
     whose checkpoint holds its result already writes nothing (``translate_resume.complete``)."""
     left = functools.partial(resume_left, cfg.output_dir, cfg.name, cfg.resume)
     with collective_timeouts(cfg.dist_timeout, cfg.device, left):
-        d = setup_dist(cfg.device, cfg.dist_timeout)
-        cfg = restarted(cfg, d)
-        path = Path(cfg.output_dir) / f"{cfg.name}.pt"
-        if cfg.resume and complete(cfg, d):  # before the corpus: nothing to train or write
-            teardown(d)
+        d, cfg, path, done = start_run(cfg, restarted, complete)
+        if done:
             return path
         trainer, model_args = _train(cfg, d)
         teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
