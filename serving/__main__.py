@@ -299,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     _start_logging(settings.log_level)
     if not settings.model_repository.is_dir():
         raise SystemExit(
-            f"model repository {settings.model_repository} is not a directory: run `make export` to "
-            "write one, or pass --model-repository"
+            f"model repository {settings.model_repository} is not a directory: run `make export` "
+            f"(python -m export CHECKPOINTS --repository {settings.model_repository}) to write one, or pass "
+            "--model-repository"
         )
     if not settings.reuse_port:  # the parent says it once, not each of its workers
         _check_entries(settings.model_repository)

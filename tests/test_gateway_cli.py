@@ -196,8 +196,10 @@ def test_the_command_prints_the_usage_error_without_a_traceback(tmp_path):
 def test_a_missing_repository_says_how_to_make_one(tmp_path):
     from serving.__main__ import main
 
-    with pytest.raises(SystemExit, match="is not a directory: run `make export`"):
+    with pytest.raises(SystemExit, match="is not a directory: run `make export`") as exit_:
         main(["--model-repository", str(tmp_path / "none")])
+    # an installed wheel has no Makefile: the command behind it is named too
+    assert f"python -m export CHECKPOINTS --repository {tmp_path / 'none'}" in str(exit_.value)
 
 
 def test_uvicorns_trace_level_configures_logging_too(tmp_path):

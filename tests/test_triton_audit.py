@@ -193,6 +193,17 @@ def test_the_launcher_refuses_out_of_range_flags_as_usage_errors(tmp_path, capsy
     assert exit_.value.code == 2 and flags[0] in capsys.readouterr().err
 
 
+def test_a_missing_repository_names_the_command_that_writes_one(tmp_path, capsys) -> None:
+    """``make export`` alone meant nothing to a user of the installed wheel, which has no Makefile."""
+    from serving.triton.__main__ import main
+
+    missing = tmp_path / "none"
+    assert main(["--model-repository", str(missing)]) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"model repository {missing} does not exist" in said
+    assert f"python -m export CHECKPOINTS --repository {missing}" in said
+
+
 def test_the_launcher_names_two_services_on_one_port(tmp_path, capsys) -> None:
     from serving.triton.__main__ import main
 

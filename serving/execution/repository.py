@@ -131,7 +131,7 @@ class Repository:
             changes = sorted({c for name in stale for c in _changes(self.entries[name])})
             log.warning(
                 "%s exported by an older Kiln: served as written, but without what export has done since "
-                "(export version %s); `make export` rebuilds them (docs/kiln-json.md)",
+                "(export version %s); `make export` (python -m export) rebuilds them (docs/kiln-json.md)",
                 ", ".join(stale),
                 "; ".join(changes),
             )

@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.model_repository.is_dir():
         what = "is not a directory" if args.model_repository.exists() else "does not exist"
-        console.print(f"[red]model repository {args.model_repository} {what}; run `make export` first")
+        console.print(
+            f"[red]model repository {args.model_repository} {what}; run `make export` "
+            f"(python -m export CHECKPOINTS --repository {args.model_repository}) first"
+        )
         return 2
     temporary = args.workdir is None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-triton-"))
