@@ -126,17 +126,23 @@ def no_better_epochs(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(translate_loop, "score_translations", lambda *args: {"bleu": -1.0, "exact_match": 0.0})
 
 
+def lengthen_and_interrupt(monkeypatch, writer, main, checkpoint) -> None:
+    """Resume ``checkpoint``'s run lengthened to 3 epochs, none better, interrupted where ``writer``
+    (module, function) would write its checkpoint: after the last epoch's resume state."""
+    with monkeypatch.context() as patch:
+        patch.setattr(*writer, lambda *args: (_ for _ in ()).throw(Interrupted()))
+        no_better_epochs(patch)
+        with pytest.raises(Interrupted):
+            main(["--resume", str(checkpoint), "--epochs", "3", "--no-progress"])
+
+
 def test_a_classifier_checkpoint_written_before_epochs_lengthened_the_run_is_not_taken_for_its_result(
     lenet, monkeypatch, caplog
 ):
     """Lengthened to 3 epochs, killed after epoch 3's resume state and before its checkpoint, epoch 3 no
     better: the 2-epoch run's checkpoint holds the best weights still, but its 2 epochs, config and
     curves. Resumed, the run writes its own (was: "complete", that checkpoint kept for good)."""
-    with monkeypatch.context() as patch:
-        patch.setattr(classify_loop, "finish", lambda *args: (_ for _ in ()).throw(Interrupted()))
-        no_better_epochs(patch)
-        with pytest.raises(Interrupted):
-            classify.main(["--resume", str(lenet), "--epochs", "3", "--no-progress"])
+    lengthen_and_interrupt(monkeypatch, (classify_loop, "finish"), classify.main, lenet)
     resume = lenet.with_name("lenet.resume.pt")
     assert load_resume(str(resume))["epoch"] == 3 and holds_best_weights(lenet, resume)  # the case
     no_training(monkeypatch)
@@ -154,11 +160,7 @@ def test_a_translator_checkpoint_written_before_epochs_lengthened_the_run_is_not
     """The translator's: its checkpoint records the steps it trained, the resume state's are more."""
     shutil.copytree(interrupted.parent, tmp_path / "run")
     checkpoint = tmp_path / "run" / interrupted.name
-    with monkeypatch.context() as patch:
-        patch.setattr(translate_loop, "_save", lambda *args: (_ for _ in ()).throw(Interrupted()))
-        no_better_epochs(patch)
-        with pytest.raises(Interrupted):
-            translate.main(["--resume", str(checkpoint), "--epochs", "3", "--no-progress"])
+    lengthen_and_interrupt(monkeypatch, (translate_loop, "_save"), translate.main, checkpoint)
     resume = checkpoint.with_name("tiny.resume.pt")
     assert holds_best_weights(checkpoint, resume, "translate")  # the 2-epoch run's best are the best
     no_training(monkeypatch)
