@@ -83,14 +83,17 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
 def random_affine(
     x: torch.Tensor, rotation_deg: float, scale: tuple[float, float], gen: torch.Generator
 ) -> torch.Tensor:
-    """Rotate by a uniform angle and zoom by a uniform factor per image (bilinear, zero fill)."""
-    b = x.shape[0]
+    """Rotate by a uniform angle and zoom by a uniform factor per image (bilinear, zero fill).
+
+    ``affine_grid`` works in coordinates normalised to [-1, 1] on each axis, so on a non-square image
+    the rotation is scaled by the aspect ratio: otherwise it would stretch and shear the content."""
+    b, _, h, w = x.shape
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(rotation_deg)  # (B,)
     zoom = scale[0] + torch.rand(b, generator=gen) * (scale[1] - scale[0])  # (B,)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # grid maps output -> input coordinates
     zeros = torch.zeros(b)
     theta = torch.stack(
-        [torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1
+        [torch.stack([cos, -sin * (h / w), zeros], 1), torch.stack([sin * (w / h), cos, zeros], 1)], 1
     )  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
