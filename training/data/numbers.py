@@ -99,15 +99,16 @@ def english_ordinal(n: int) -> str:
 
 
 @cache
-def cardinal(n: int, lang: str, gender: str = "m") -> str:
-    """The cardinal in ``lang``; French "un" agrees with a feminine noun ("vingt et une")."""
+def cardinal(n: int, lang: str, gender: str = "m", *, before_noun: bool = True) -> str:
+    """The cardinal in ``lang``; French "un" agrees with a feminine noun ("vingt et une"). German drops
+    the final "s" of "eins" before a noun ("hundertein Euro") but keeps it alone ("hunderteins")."""
     text = num2words(n, lang=lang)
     if lang == "fr" and gender == "f":
         text = re.sub(r"\bun$", "une", text)
     if lang == "de":
         text = re.sub(r"^einhundert", "hundert", text)
         text = re.sub(r"^eintausend", "tausend", text)
-        text = re.sub(r"eins$", "ein", text) if n != 1 else text
+        text = re.sub(r"eins$", "ein", text) if n != 1 and before_noun else text
     return text
 
 
@@ -127,7 +128,7 @@ def ordinal(n: int, lang: str, gender: str = "m") -> str:
 
 def number_pair(n: int, lang: str = "fr") -> tuple[str, str]:
     """A bare cardinal: (English, ``lang``); e.g. 342 -> ("three hundred and forty-two", "trois cent quarante-deux")."""
-    return english_cardinal(n), cardinal(n, lang)
+    return english_cardinal(n), cardinal(n, lang, before_noun=False)
 
 
 def count_phrase(n: int, noun: Noun, adj: Adjective | None, lang: str) -> tuple[str, str]:
