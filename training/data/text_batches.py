@@ -68,6 +68,9 @@ def bucket_batches(
     """Index lists of similar-length examples; a batch's padded size stays within ``batch_tokens``."""
     if (batch_tokens is None) == (batch_size is None):
         raise ValueError("give exactly one of batch_tokens or batch_size")
+    budget, what = (batch_size, "batch_size") if batch_size is not None else (batch_tokens, "batch_tokens")
+    if budget < 1:  # batch_size 0 made an empty first batch; batch_tokens 0 ignored its budget
+        raise ValueError(f"{what} must be >= 1, got {budget}")
     rng = random.Random(seed)
     order = list(range(len(examples)))
     rng.shuffle(order)  # random tie-break among equal lengths
