@@ -40,8 +40,17 @@ def example_feeds(spec: GraphSpec, batch: int) -> dict[str, np.ndarray]:
     }
 
 
-def measure(run: Run, spec: GraphSpec, budget_s: float = 0.5) -> dict[str, Any]:
-    """Per-item time at batch 1 and at ``max_batch_size``, and the settings that follow from them."""
+def measure(
+    run: Run,
+    spec: GraphSpec,
+    budget_s: float = 0.5,
+    *,
+    preferred: tuple[int, ...] = (),
+    delay_us: int = 0,
+) -> dict[str, Any]:
+    """Per-item time at batch 1 and at ``max_batch_size``, and the batching settings the entry's config
+    carries (``preferred``, ``delay_us``: a GPU config's buckets and delay), so kiln.json and the export
+    summary never state settings other than those written."""
     largest = spec.max_batch_size
     one = _per_item_s(run, example_feeds(spec, 1), 1, budget_s)
     many = _per_item_s(run, example_feeds(spec, largest), largest, budget_s)
@@ -50,14 +59,21 @@ def measure(run: Run, spec: GraphSpec, budget_s: float = 0.5) -> dict[str, Any]:
         "batch1_ms": round(one * 1e3, 4),
         f"batch{largest}_ms_per_item": round(many * 1e3, 4),
         "merge_gain": round(gain, 2),
-        "preferred_batch_size": [],
-        "max_queue_delay_microseconds": 0,
-        "recommendation": recommendation(gain, largest),
+        "preferred_batch_size": list(preferred),
+        "max_queue_delay_microseconds": delay_us,
+        "recommendation": recommendation(gain, largest, preferred, delay_us),
     }
 
 
-def recommendation(gain: float, largest: int) -> str:
-    """One sentence for the export summary."""
+def recommendation(gain: float, largest: int, preferred: tuple[int, ...] = (), delay_us: int = 0) -> str:
+    """One sentence for the export summary, about the settings written (Triton's defaults unless the
+    config sets preferred sizes or a delay for another reason: a GPU config's shape-stable buckets)."""
+    if preferred or delay_us:
+        return (
+            f"merging is {gain:.1f}x cheaper per item at batch {largest} on this machine's CPU; the config "
+            f"keeps preferred sizes {list(preferred)} and a {delay_us} us queue delay, set for its GPU "
+            "buckets (one shape per session), not by this measurement"
+        )
     if gain >= WORTH_MERGING:
         return (
             f"dynamic batching pays ({gain:.1f}x cheaper per item at batch {largest}): keep it, with no "

@@ -17,7 +17,7 @@ from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
 from export.results import Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec, classifier_spec
-from export.triton_config import config_from_spec, gpu_flavour, to_pbtxt
+from export.triton_config import TritonModelConfig, config_from_spec, gpu_flavour, to_pbtxt
 
 log = logging.getLogger(__name__)
 
@@ -232,25 +232,28 @@ def _metadata(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Free
     }
 
 
+def entry_config(ctx: ExportContext, spec: GraphSpec, b: Built, labels: str = "") -> TritonModelConfig:
+    """The Triton config of one built entry: the GPU flavour for an ONNX entry of a GPU export."""
+    kind = "KIND_GPU" if b.platform == "tensorrt_plan" else "KIND_CPU"
+    config = config_from_spec(spec, name=b.entry, platform=b.platform, instance_kind=kind, labels=labels)
+    if ctx.options.device == "gpu" and b.platform == "onnxruntime_onnx":
+        options = ctx.options
+        config = gpu_flavour(
+            config,
+            precision=b.precision,
+            cudnn_conv_algo_search=options.cudnn_conv_algo_search,
+            cuda_graphs=options.cuda_graphs,
+        )
+    return config
+
+
 def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport) -> Path:
     """Stage and swap in one entry: model file, config.pbtxt, labels.txt, kiln.json."""
     labels = ctx.labels(spec.outputs[0].shape[-1])
-    kind = "KIND_GPU" if b.platform == "tensorrt_plan" else "KIND_CPU"
 
     def fill(tmp: Path) -> dict[str, Any]:
         shutil.copyfile(b.model_file, repository.version_dir(tmp) / b.model_file.name)
-        label_file = repository.write_labels(tmp, labels)
-        config = config_from_spec(
-            spec, name=b.entry, platform=b.platform, instance_kind=kind, labels=label_file
-        )
-        if ctx.options.device == "gpu" and b.platform == "onnxruntime_onnx":
-            options = ctx.options
-            config = gpu_flavour(
-                config,
-                precision=b.precision,
-                cudnn_conv_algo_search=options.cudnn_conv_algo_search,
-                cuda_graphs=options.cuda_graphs,
-            )
+        config = entry_config(ctx, spec, b, repository.write_labels(tmp, labels))
         (tmp / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
         return _metadata(ctx, spec, b, freeze_report)
 
@@ -291,7 +294,13 @@ def _refuse(ctx: ExportContext, b: Built, wanted: set[str]) -> list[EntryResult]
 def _write(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: FreezeReport) -> EntryResult:
     result = EntryResult.from_report(b.entry, b.precision, b.report)
     if b.platform == "onnxruntime_onnx":  # the export summary's measured batching recommendation
-        b.report.metrics["batching"] = batching.measure(session_runner(ort_session(b.model_file)), spec)
+        written = entry_config(ctx, spec, b)
+        b.report.metrics["batching"] = batching.measure(
+            session_runner(ort_session(b.model_file)),
+            spec,
+            preferred=written.preferred_batch_sizes,
+            delay_us=written.max_queue_delay_us,
+        )
         result.message = f"batching: {b.report.metrics['batching']['recommendation']}"
     result.path = write_built(ctx, spec, b, freeze_report)
     result.status = "written"
