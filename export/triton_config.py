@@ -194,13 +194,15 @@ def _set_tensors(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
             item.label_filename = tensor.label_filename
 
 
+def _config_dims(dims: tuple[int, ...], batched: bool) -> tuple[int, ...]:
+    """Triton needs at least one dim: a per-row scalar ([batch] tensor) is dims [1] (reshaped to [])."""
+    return dims if dims or not batched else (1,)
+
+
 def _set_dims(item: mc.ModelInput | mc.ModelOutput, dims: tuple[int, ...], batched: bool) -> None:
-    """Triton needs at least one dim: a per-row scalar ([batch] tensor) is dims [1] reshaped to []."""
-    if dims or not batched:
-        item.dims.extend(dims)
-        return
-    item.dims.append(1)
-    item.reshape.SetInParent()
+    item.dims.extend(_config_dims(dims, batched))
+    if not dims and batched:
+        item.reshape.SetInParent()
 
 
 def _set_batching(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
@@ -218,16 +220,19 @@ def _set_instances(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
 
 def _set_warmup(proto: mc.ModelConfig, config: TritonModelConfig) -> None:
     """One zero-data request per warm-up batch size (dynamic dims as 1) so no first real request is slow;
-    a GPU config warms every bucket, since each new shape costs a CUDA session its kernel planning."""
+    a GPU config warms every bucket, since each new shape costs a CUDA session its kernel planning.
+    As Triton's ModelWarmup reads them: an unbatched model's sample has batch size 1 (Triton skips a
+    batch 0 sample), and each input's dims are the config's (a per-row scalar's [1], not its reshape)."""
     if not config.warmup:
         return
-    for size in config.warmup_batch_sizes if config.max_batch_size > 0 else (0,):
+    batched = config.max_batch_size > 0
+    for size in config.warmup_batch_sizes if batched else (1,):
         name = "zero_batch" if size <= 1 else f"zero_batch_{size}"
         warmup = proto.model_warmup.add(name=name, batch_size=size)
         for tensor in config.inputs:
             item = warmup.inputs[tensor.name]
             item.data_type = mc.DataType.Value(tensor.data_type)
-            item.dims.extend(d if d > 0 else 1 for d in tensor.dims)
+            item.dims.extend(d if d > 0 else 1 for d in _config_dims(tensor.dims, batched))
             item.zero_data = True
 
 
