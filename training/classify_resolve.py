@@ -185,6 +185,7 @@ def check_image_size(config: TrainConfig) -> None:
     try:
         if takes_input_side(model, 1, config.image_size):
             check_logits(config.model, model, config.image_size)
+            check_batch_of_one(config, model)
             return
         smallest = smallest_input_side(model, 1)
     except (NotImplementedError, TypeError) as exc:  # an op without a meta kernel: the real run decides
@@ -197,6 +198,23 @@ def check_image_size(config: TrainConfig) -> None:
             f"{smallest}x{smallest}, its kernels and pooling leave nothing of smaller ones; use "
             f"--image-size {smallest} or more"
         )
+
+
+def check_batch_of_one(config: TrainConfig, model: torch.nn.Module) -> None:
+    """Refuse batches of one image (``--batch-size 1``, or ``--limit-train 1``) that the model's
+    BatchNorm cannot train on at ``--image-size``: its last feature maps are 1x1 there, one value per
+    channel, and the first step failed with PyTorch's "Expected more than 1 value per channel"."""
+    sizes = {"--batch-size": config.batch_size, "--limit-train": config.limit_train}
+    ones = [flag for flag, value in sizes.items() if value == 1]
+    if not ones or takes_input_side(model, 1, config.image_size, batch=1):
+        return
+    smallest = smallest_input_side(model, 1, batch=1)
+    larger = f", or --image-size {smallest} or more" if smallest is not None else ""
+    raise ValueError(
+        f"{ones[0]} 1: {config.model} normalizes over the batch (BatchNorm), and at --image-size "
+        f"{config.image_size} a batch of one image leaves it a single value per channel; use "
+        f"{ones[0]} 2 or more{larger}"
+    )
 
 
 def check_logits(name: str, model: torch.nn.Module, side: int) -> None:

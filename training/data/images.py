@@ -200,6 +200,11 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple
 def make_splits(spec: DataSpec) -> tuple[ImageDataset, ImageDataset]:
     """Load ``spec.dataset`` and cut the deterministic train/validation split it describes."""
     full = load_dataset(spec)
+    if len(full.classes) < 2:  # softmax over one logit is 1 whatever the weights: a loss of 0, nothing learns
+        raise DatasetError(
+            f"{spec.data_path or spec.dataset}: one class ({', '.join(full.classes)}); a classifier needs at "
+            "least 2 classes (a folder dataset: one sub-folder of images per class)"
+        )
     train_idx, val_idx = split_indices(full.labels, spec.val_fraction, spec.seed)
     if spec.limit_train is not None:
         train_idx = train_idx[: spec.limit_train]

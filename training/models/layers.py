@@ -116,14 +116,15 @@ def init_weights(model: nn.Module) -> None:
 SIDE_SEARCH_LIMIT = 1024
 
 
-def takes_input_side(model: nn.Module, in_channels: int, side: int) -> bool:
-    """Whether a batch of two ``side`` x ``side`` images passes through ``model`` in training mode, as
-    a run feeds it (auxiliary heads on, BatchNorm over the batch); shapes only on a meta-device model."""
+def takes_input_side(model: nn.Module, in_channels: int, side: int, batch: int = 2) -> bool:
+    """Whether a batch of ``batch`` ``side`` x ``side`` images passes through ``model`` in training mode,
+    as a run feeds it (auxiliary heads on, BatchNorm over the batch: one image whose feature maps pooled
+    to 1x1 gives it one value per channel); shapes only on a meta-device model."""
     device = next(model.parameters()).device
     was_training = model.training
     try:
         with torch.no_grad():
-            model.train()(torch.zeros(2, in_channels, side, side, device=device))
+            model.train()(torch.zeros(batch, in_channels, side, side, device=device))
     except (RuntimeError, ValueError):  # a kernel or pool larger than what is left, BN of one value
         return False
     finally:
@@ -131,14 +132,17 @@ def takes_input_side(model: nn.Module, in_channels: int, side: int) -> bool:
     return True
 
 
-def smallest_input_side(model: nn.Module, in_channels: int, limit: int = SIDE_SEARCH_LIMIT) -> int | None:
-    """The smallest square side ``model`` takes, by bisection (every side from it up passes too, as for
-    each registered classifier: tests/test_cli_leftovers.py), or None where none up to ``limit`` does
-    (a failure that is not about size, left for the real run to name)."""
-    if not takes_input_side(model, in_channels, limit):
+def smallest_input_side(
+    model: nn.Module, in_channels: int, limit: int = SIDE_SEARCH_LIMIT, batch: int = 2
+) -> int | None:
+    """The smallest square side ``model`` takes in batches of ``batch``, by bisection (every side from
+    it up passes too, as for each registered classifier: tests/test_cli_leftovers.py), or None where
+    none up to ``limit`` does (a failure that is not about size, left for the real run to name)."""
+    if not takes_input_side(model, in_channels, limit, batch):
         return None
     low, high = 1, limit
     while low < high:
         middle = (low + high) // 2
-        low, high = (low, middle) if takes_input_side(model, in_channels, middle) else (middle + 1, high)
+        fits = takes_input_side(model, in_channels, middle, batch)
+        low, high = (low, middle) if fits else (middle + 1, high)
     return low
