@@ -61,8 +61,12 @@ def lr_multiplier(
         progress = min(1.0, (step - warmup_steps) / span)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
-        size = step_size or max(1, (total_steps - warmup_steps) // 3)
-        return gamma ** ((step - warmup_steps) // size)
+        if step_size:
+            return gamma ** ((step - warmup_steps) // step_size)
+        # Without a step size, thirds of the steps after warm-up: two decays, at 1/3 and 2/3. A size of
+        # ``span // 3`` steps fit a fourth stage (gamma**3) into the remainder, or more on a short run.
+        span = max(1, total_steps - warmup_steps)
+        return gamma ** min(2, 3 * (step - warmup_steps) // span)
     if schedule == "inverse_sqrt":
         return math.sqrt(max(1, warmup_steps)) / math.sqrt(max(step + 1, 1))
     raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
