@@ -59,20 +59,39 @@ def classification(
     scores: np.ndarray, count: int, labels: Sequence[str] | None, *, batched: bool
 ) -> np.ndarray:
     """Triton's classification extension: the top ``count`` classes as BYTES ``"score:index[:label]"``,
-    the label left out where the class has none (past the labels, or a blank line), as Triton leaves it."""
+    the label left out where the class has none (past the labels, or a blank line), as Triton leaves it.
+    Each batch row (the whole tensor, unbatched) is one set of classes, whatever its dims; the score
+    is written as C++'s ``std::to_string`` writes the output's type (``7`` for an integer, ``7.000000``
+    for FP32/FP64), and an output of another type (FP16, BOOL, BYTES) is refused with Triton's 400."""
     if count <= 0:
         raise BadRequest(f"classification count must be a positive integer, got {count}")
+    if scores.dtype.kind not in "iuf" or scores.dtype == np.float16:
+        raise BadRequest(
+            "class result not available for output due to unsupported type "
+            f"'{_NUMPY_TO_DATATYPE.get(scores.dtype, 'BYTES')}'"
+        )
     rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
     count = min(count, rows.shape[1])
-    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
+    order = _descending(rows)[:, :count]
+    write = int if rows.dtype.kind in "iu" else lambda v: f"{float(v):f}"
     out = np.empty(order.shape, dtype=object)
     for r, row in enumerate(order):
         for c, index in enumerate(row):
-            text = f"{float(rows[r, index]):f}:{int(index)}"
+            text = f"{write(rows[r, index])}:{int(index)}"
             if labels is not None and index < len(labels) and labels[index]:
                 text += f":{labels[index]}"
             out[r, c] = text.encode()
     return out if batched else out.reshape(count)
+
+
+def _descending(rows: np.ndarray) -> np.ndarray:
+    """Each row's column order, largest first, ties by the lower index (Triton's sort keeps them so on
+    rows its insertion sort orders); integers compared as integers (as float64, INT64 scores above
+    2**53 tied), NaN last."""
+    if rows.dtype.kind == "f":
+        return np.argsort(-rows, axis=1, kind="stable")
+    last = rows.shape[1] - 1  # a stable ascending sort of the reversed row, read backwards
+    return last - np.argsort(rows[:, ::-1], axis=1, kind="stable")[:, ::-1]
 
 
 def parse_classification(entry: bytes | str) -> tuple[float, int, str | None]:

@@ -163,7 +163,7 @@ class OnnxRuntimeBackend:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._loaded(request.model, request.version)
-        classify = classification_counts(request, model.entry)
+        classify = classification_counts(request)
         wanted = request.outputs or model.output_names
         if not model.output_set.issuperset(wanted):
             unknown = sorted(set(wanted) - model.output_set)

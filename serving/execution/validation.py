@@ -210,13 +210,13 @@ def _check_places(name: str, places: np.ndarray, store: str, count: int) -> None
         )
 
 
-def classification_counts(request: InferRequest, entry: RepositoryEntry) -> dict[str, int]:
+def classification_counts(request: InferRequest) -> dict[str, int]:
+    """The outputs' classification counts, each a positive integer. Any output may be asked, whatever
+    its dims: a batch row (unbatched, the whole tensor) is one set of classes, as Triton flattens it."""
     counts = request.classification
     for name, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise BadRequest(
                 f"output {name!r}: classification count must be a positive integer, got {count!r}"
             )
-        if entry.max_batch_size <= 0 and entry.config.output and len(entry.config.output[0].dims) > 1:
-            raise BadRequest(f"output {name!r}: classification needs a 1-D class axis")
     return counts
