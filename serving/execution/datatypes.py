@@ -32,6 +32,7 @@ _NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
 # Triton config.pbtxt ``TYPE_*`` names -> KServe v2 datatype names.
 CONFIG_TYPE_TO_DATATYPE = {f"TYPE_{name}": name for name in DATATYPE_TO_NUMPY if name != "BYTES"}
 CONFIG_TYPE_TO_DATATYPE["TYPE_STRING"] = "BYTES"
+CONFIG_TYPE_TO_DATATYPE["TYPE_BF16"] = "BF16"  # as Triton lists it; no numpy dtype, so never on the wire
 
 
 def numpy_dtype(datatype: str, *, tensor: str = "") -> np.dtype:

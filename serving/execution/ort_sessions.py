@@ -49,6 +49,7 @@ class SessionOpener:
         """Each instance's session per bucket (one, keyed 0, when bucketing is off), each bucket warmed
         at its one shape: planned, or captured as a CUDA graph, before the first request (``graph``: as
         :meth:`open_chosen`)."""
+        refuse_bf16(entry)
         per_instance = []
         for _ in range(placement.instance_count(entry.config)):
             sessions = {}
@@ -209,6 +210,23 @@ ONNX_TYPES = {
     "TYPE_BF16": "tensor(bfloat16)",
     "TYPE_STRING": "tensor(string)",
 }
+
+
+def refuse_bf16(entry: RepositoryEntry) -> None:
+    """Refuse a model with a TYPE_BF16 input or output at load: numpy, so the gateway's codecs and
+    ONNX Runtime's Python API, has no bfloat16 type. Loaded, it was ready, listed its tensor as BYTES
+    and failed every request."""
+    named = [
+        f"{kind} {tensor.name!r}"
+        for kind, tensors in (("input", entry.config.input), ("output", entry.config.output))
+        for tensor in tensors
+        if tensor.data_type == model_config_pb2.TYPE_BF16
+    ]
+    if named:
+        raise ValueError(
+            f"{', '.join(named)} of {entry.path / 'config.pbtxt'} is TYPE_BF16, which the embedded "
+            "ONNX Runtime backend cannot carry (numpy has no bfloat16): export it with FP32 or FP16 tensors"
+        )
 
 
 def check_signature(entry: RepositoryEntry, session: Any, path: Path) -> None:
