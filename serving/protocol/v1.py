@@ -150,7 +150,7 @@ async def classify(
             decode_image(b, pre, index=i, max_pixels=settings.max_image_pixels) for i, b in enumerate(blobs)
         ]
     )
-    scores = await _infer_scores(entry, np.stack(arrays), backend, metrics)
+    scores = await _infer_scores(entry, arrays, backend, metrics)
     labels = next(iter(entry.labels.values()), [])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     predictions = [
@@ -228,12 +228,22 @@ def _check_count(count: int, limit: int) -> None:
         raise PayloadTooLarge(f"{count} images in one request; the limit is {limit}")
 
 
-async def _infer_scores(entry: RepositoryEntry, images: np.ndarray, backend, metrics) -> np.ndarray:
+def _chunks(images: list[np.ndarray], step: int) -> list[np.ndarray]:
+    """The images in order, stacked in runs of one shape of at most ``step``: a model without an
+    ``input_size`` takes each image at its own size (stacked whole, two sizes were a 500)."""
+    chunks, start = [], 0
+    for end in range(1, len(images) + 1):
+        if end == len(images) or end - start == step or images[end].shape != images[start].shape:
+            chunks.append(np.stack(images[start:end]))  # (n, H, W, C) or (n, C, H, W)
+            start = end
+    return chunks
+
+
+async def _infer_scores(entry: RepositoryEntry, images: list[np.ndarray], backend, metrics) -> np.ndarray:
     """Per-image class scores (probabilities, or softmax of logits), in chunks of max_batch_size."""
     input_name = entry.role("images") or entry.config.input[0].name
     output = entry.role("probabilities") or entry.role("logits") or entry.config.output[0].name
-    step = entry.max_batch_size if entry.max_batch_size > 0 else 1
-    chunks = [images[i : i + step] for i in range(0, len(images), step)]
+    chunks = _chunks(images, entry.max_batch_size if entry.max_batch_size > 0 else 1)
     if entry.max_batch_size <= 0:
         chunks = [c[0] for c in chunks]
     requests = [
