@@ -21,6 +21,27 @@ def _array(tensor) -> np.ndarray:
     return tensor.as_numpy()
 
 
+def _graph_text(array: np.ndarray) -> np.ndarray:
+    """A BYTES input as ONNX Runtime's Python API takes a STRING tensor: ``str`` elements, handed to the
+    graph as their UTF-8 bytes (a ``bytes`` element it hands over as its repr: ``b"abc"`` ran as the
+    text ``b'abc'``); ``array`` itself where an element is not UTF-8 (refused by ``_text_refusal``)."""
+    try:
+        texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    except UnicodeDecodeError:
+        return array
+    text = np.empty(array.shape, dtype=object)
+    text.reshape(-1)[:] = texts
+    return text
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _tensor(name: str, array: np.ndarray):
     """A pb_utils.Tensor from a contiguous numpy array."""
     return pb_utils.Tensor(name, np.ascontiguousarray(array))
@@ -96,7 +117,7 @@ class TritonPythonModel:
         runnable: dict[int, dict[str, np.ndarray]] = {}
         for i, request in enumerate(requests):
             feed = self._feeds(request)
-            refused = self._refused_axes(feed)
+            refused = self._text_refusal(feed) or self._refused_axes(feed)
             if refused:
                 responses[i] = self._refusal(refused)
             else:
@@ -129,7 +150,21 @@ class TritonPythonModel:
         return True
 
     def _feeds(self, request) -> dict[str, np.ndarray]:
-        return {name: _array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
+        feed = {name: _array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
+        return {name: _graph_text(a) if a.dtype == np.object_ else a for name, a in feed.items()}
+
+    @staticmethod
+    def _text_refusal(feed: dict[str, np.ndarray]) -> str:
+        """A BYTES input holding bytes that are not UTF-8, named as the gateway names it ("" if none):
+        ONNX Runtime's Python API cannot hand them to the graph as they are."""
+        for name, array in feed.items():
+            for index, value in enumerate(array.reshape(-1) if array.dtype == np.object_ else ()):
+                if isinstance(value, bytes) and not _is_utf8(value):
+                    return (
+                        f"input {name!r}: element {index} is not UTF-8 text, and ONNX Runtime's Python API "
+                        "passes a STRING tensor's elements as UTF-8 text"
+                    )
+        return ""
 
     def _refused_axes(self, feed: dict[str, np.ndarray]) -> str:
         """Why the gateway would refuse ``feed`` for its axes, "" if it would not: an empty one, a
