@@ -16,8 +16,9 @@ wrapped into an asyncio one and a further task step (with a no-op model, 43 -> 2
 concurrency 1). The event loop holds the queue's lock only for an append.
 
 Where the owner allows it (``inline``), a one-item request that finds the queue empty and every
-instance idle runs on the event loop itself, without those two wake-ups: perf_analyzer gRPC c=1,
-resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs have been, and a
+instance idle, and that the config would not hold for its queue delay (Triton waits that long for
+others to join it, short of a preferred size), runs on the event loop itself, without those two
+wake-ups: perf_analyzer gRPC c=1, resnet18, 2 workers, 745 -> 864 req/s. The owner decides from how quiet its runs have been, and a
 request that was waiting while the previous one ran on the loop (submitted within ``INLINE_GAP_S`` of
 its end) is never run there: it goes through the queue, so batches form again under load.
 """
@@ -38,7 +39,16 @@ from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batch_queue import apply_timeouts, due, rejects_any, rejects_at, take_batch
 from serving.execution.batch_runs import RunFn, observe_alone, observe_batch, run_merged, run_one_by_one
-from serving.execution.batches import Pending, Tensors, deliver, items, ranked_place, settle, signature
+from serving.execution.batches import (
+    Pending,
+    Tensors,
+    deliver,
+    items,
+    ranked_place,
+    sends_lone_item,
+    settle,
+    signature,
+)
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,7 @@ class DynamicBatcher:
         self._levels = policy.priority_levels  # 0: one queue in arrival order (the common case)
         self._queue_timeout_s = policy.longest_queue_timeout_s  # 0: no queue policy to apply (common too)
         self._rejects = rejects_any(policy)  # some request's timer may reject
+        self._lone_leaves = sends_lone_item(policy)  # else a lone request waits the queue delay
         self._queue: deque[Pending] = deque()
         self._delayed: deque[Pending] = deque()  # DELAY: timed out, behind every request in _queue
         self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
@@ -207,8 +218,11 @@ class DynamicBatcher:
         )
 
     def _may_run_inline(self, inputs: Tensors) -> bool:
-        """A one-item request, nothing queued (or delayed) or running here, and the owner's leave."""
+        """A one-item request, nothing queued (or delayed) or running here, a policy that would send it
+        at once (not one that holds it for the queue delay), and the owner's leave."""
         if self.inline is None or self._queue or self._running or items(inputs, self.policy) != 1:
+            return False
+        if not self._lone_leaves:
             return False
         return not self._delayed and self.inline(time.monotonic() - self._inline_ended < INLINE_GAP_S)
 

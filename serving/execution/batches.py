@@ -70,6 +70,15 @@ def plan(
     return take, overdue
 
 
+def sends_lone_item(policy: BatchPolicy) -> bool:
+    """Whether :func:`plan` sends a one-item request alone in the queue at once: without a queue
+    delay, or where one item is a preferred size or the largest batch (Triton holds it for the delay
+    otherwise, for others to join it). Only such a request may skip the queue."""
+    if not policy.merge or policy.max_queue_delay_s <= 0 or 1 in policy.preferred_batch_sizes:
+        return True
+    return max(policy.preferred_batch_sizes, default=policy.max_batch_size) <= 1
+
+
 def ranked_place(queue: deque[Pending], rank: int) -> tuple[int, int]:
     """Where a request of ``rank`` joins a queue kept in rank order, and how many requests of its level
     the queue holds. Triton's ``PriorityQueue`` is a map of levels, lower first, each its queue then its
