@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -311,11 +312,26 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
         from serving.workers import run_workers
 
-        held = claim_ports(settings, hold=True)  # noqa: F841 - kept until the workers are gone
-        raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
+        with holding(claim_ports(settings, hold=True)):  # until the workers are gone
+            raise SystemExit(run_workers(sys.argv[1:] if argv is None else argv, settings.workers))
     # a busy port fails now, before the app's imports (seconds on a busy machine) and the models' load;
-    # the guards keep other Kiln gateways off
-    guards = claim_ports(settings, hold=False)  # noqa: F841 - kept while this gateway serves
+    # the guards keep other Kiln gateways off while this gateway serves
+    with holding(claim_ports(settings, hold=False)):
+        serve(settings)
+
+
+@contextlib.contextmanager
+def holding(sockets: list[socket.socket]) -> Iterator[None]:
+    """Keep ``sockets`` (port guards, held ports) open for the block and close them when it ends, however
+    it ends: left to the interpreter's exit, each printed a ResourceWarning under ``python -X dev``."""
+    with contextlib.ExitStack() as stack:
+        for sock in sockets:
+            stack.enter_context(sock)
+        yield
+
+
+def serve(settings: Settings) -> None:
+    """Run one gateway process (uvicorn and the gRPC server) until it is stopped."""
     server_class = _server_class()  # imports the app, and with it grpc: after grpc_io.choose
     _onnxruntime_log_level(settings)
     if not settings.reuse_port:  # a gateway of one process: what killed ones left (its workers': theirs)
