@@ -38,7 +38,8 @@ def write_folder(root, classes=("cat", "dog", "emu"), per_class=4, size=(10, 7),
 def write_idx(path, array, magic, gz=False):
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     payload = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(payload)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(payload)
 
 
 def write_mnist(root, n=12, gz=False):

@@ -576,7 +576,8 @@ def test_stopping_a_server_that_already_exited_still_ends_the_stubs_left_in_its_
     leader = subprocess.Popen(
         [sys.executable, "-c", spawn_stub], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
-    stub = int(leader.stdout.readline())
+    with leader.stdout:
+        stub = int(leader.stdout.readline())
     leader.wait(DEADLINE_S)  # the "server" exited; its "stub" lives on in its process group
     server = TritonServer(tmp_path, tmp_path / "work")
     server.process = leader
