@@ -179,8 +179,8 @@ def export_onnx(module: nn.Module, spec: GraphSpec, example: Sequence[torch.Tens
     path = Path(path)
     _export_and_simplify(module, spec, example, path)
     fixed = specialized_axes(onnx.load(str(path), load_external_data=False), spec)
-    if fixed and spec.dynamo:
-        log.warning(
+    if fixed and spec.dynamo:  # every GRU/LSTM graph's path: no warning (its result is checked below)
+        log.info(
             "%s: dynamic axes fixed by torch.export %s; using the TorchScript exporter", spec.name, fixed
         )
         try:
