@@ -1,9 +1,9 @@
 """Translation side by side: the gateway (iteration-level batched beam search over ONNX Runtime), Kiln's
 decoding engine in-process (batch engine, scheduler path, batch-1 latency), the PyTorch reference beam
 search with and without its KV cache, and CTranslate2 on the same weights (fp32 and int8, at its best
-layout on two cores and at one thread); then every other registered translator (``gru_attention``,
-``lstm_attention``) checked for identity with its PyTorch reference through the gateway, and every
-translator through real Triton (:mod:`bench.translation_identity`).
+layout on ``--threads`` threads and at one thread); then every other registered translator
+(``gru_attention``, ``lstm_attention``) checked for identity with its PyTorch reference through the
+gateway, and every translator through real Triton (:mod:`bench.translation_identity`).
 
 Every engine translates the same held-out test sentences; tokens are counted the same way for all
 (target subwords of the output plus EOS), and each row carries its BLEU and its agreement with the
@@ -103,7 +103,7 @@ def _measured_rows(args, profile, w: Workload, out: Path, errors, progress) -> l
         rows += [parallel] if parallel else []
     try:
         progress("translation: CTranslate2 on the same weights")
-        rows += ctranslate2_rows(w.checkpoint, w.ckpt, w.texts, w.refs, beams, out, w.count)
+        rows += ctranslate2_rows(w.checkpoint, w.ckpt, w.texts, w.refs, beams, out, w.count, args.threads)
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["ctranslate2"] = str(exc)
         return rows

@@ -129,17 +129,31 @@ def _pytorch_worker(texts, refs, beam: int, count, barrier) -> dict[str, Any]:
     return pytorch_rows(_process_ckpt[0], texts, refs, (beam,), 1, count, caches=(True,))[0]
 
 
-CT2_LAYOUTS = {"inter 2, intra 1": (2, 1), "1 thread": (1, 1)}
+def ct2_layout(threads: int) -> str:
+    """The name of CTranslate2's layout for throughput on ``threads`` threads (``inter 2, intra 1``)."""
+    return f"inter {threads}, intra 1"
 
 
-def ctranslate2_rows(ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count) -> list[dict[str, Any]]:
-    """CTranslate2 at its best layout on two cores and at one thread, fp32 and int8, plus batch-1 latency."""
+def ct2_layouts(threads: int) -> dict[str, tuple[int, int]]:
+    """CTranslate2's layouts on ``threads`` threads, name -> (inter_threads, intra_threads): one
+    single-thread translator per thread (its layout for throughput, measured best on 2 cores; the
+    PyTorch reference's processes, Triton's instances and the gateway's workers get the same threads),
+    and one thread (the peer of Kiln's one-thread engine and of batch-1 latency)."""
+    multi = {ct2_layout(threads): (threads, 1)} if threads > 1 else {}
+    return {**multi, "1 thread": (1, 1)}
+
+
+def ctranslate2_rows(
+    ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count, threads: int
+) -> list[dict[str, Any]]:
+    """CTranslate2 at its best layout on ``threads`` threads and at one thread, fp32 and int8, plus
+    batch-1 latency."""
     from bench.ctranslate import CT2Translator, convert
 
     model_dir = convert(ckpt_path, out / "ctranslate2", force=True)
     rows = []
     for compute in ("float32", "int8"):
-        for layout, (inter, intra) in CT2_LAYOUTS.items():
+        for layout, (inter, intra) in ct2_layouts(threads).items():
             translator = CT2Translator(
                 model_dir, ckpt["tokenizers"], inter_threads=inter, intra_threads=intra, compute_type=compute
             )

@@ -4,7 +4,8 @@ On a shared 2-core VM the machine's speed drifts over minutes: CTranslate2's bes
 8 970, 8 980 and 13 741 tokens/s in four runs of the same code, while the gateway and CTranslate2 rows
 of one run are minutes apart, so their ratio mixed the code with the minute each ran in (0.29x and
 0.50x for the same gateway code). Here the gateway (fp32 and its int8 entry, c=32, beam 4, the bench's
-layout) and CTranslate2 fp32 at its best layout (inter 2, intra 1) alternate ``rounds`` times over the
+layout) and CTranslate2 fp32 at its best layout (one single-thread translator per ``--threads`` thread:
+inter 2, intra 1 on 2 cores) alternate ``rounds`` times over the
 same sentences, each round's ratio taken within seconds, and the targets read the median of those
 ratios (the separate rows stay in the table). The PyTorch reference at its faster layout on a few
 cores (one single-thread process per core, loaded once) takes its turn in each round too, and the
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import gateway_cmd
-from bench.translation_engines import PyTorchProcesses
+from bench.translation_engines import PyTorchProcesses, ct2_layout
 from bench.translation_gateway import (
     TARGET_CONCURRENCY,
     _gateway_run,
@@ -42,8 +43,16 @@ from serving.triton.ports import free_port
 
 log = logging.getLogger(__name__)
 
-CT2_BEST = "ctranslate2 fp32 (inter 2, intra 1)"
 CT2_ONE = "ctranslate2 fp32 (1 thread)"
+
+
+def ct2_best(threads: int) -> str:
+    """CTranslate2 fp32's row at its layout for throughput on ``threads`` threads
+    (:func:`bench.translation_engines.ct2_layouts`)."""
+    return f"ctranslate2 fp32 ({ct2_layout(threads)})" if threads > 1 else CT2_ONE
+
+
+CT2_BEST = ct2_best(2)  # on the 2 cores the bench was tuned on
 KILN_ONE = "kiln engine (scheduler)"  # its c=1 row: one request at a time
 LATENCY_SENTENCES = 32
 PAIRED = " [paired]"  # suffix of the rows measured here
@@ -88,13 +97,13 @@ def _paired_rows(
     pytorch: PyTorchProcesses | None,
 ) -> list[dict[str, Any]]:
     """:func:`paired_rows` with the PyTorch reference's processes (where they run) already started."""
-    translator = _ctranslate2(w, out, inter_threads=2)
+    translator = _ctranslate2(w, out, inter_threads=threads)
     sources = translator.source_tokens(w.texts)
     entries = _gateway_entries(repository, w.model, workers)
     passes = steady_rounds(len(w.texts), TARGET_CONCURRENCY)
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
-    turns = _Turns(w, beam, translator, sources, pytorch, url, entries, passes)
+    turns = _Turns(w, beam, translator, sources, pytorch, url, entries, passes, best=ct2_best(threads))
     with running(
         gateway_cmd(repository, http, grpc, threads, workers=workers),
         f"{url}/v2/health/ready",
@@ -128,11 +137,12 @@ class _Turns:
     entries: dict[str, str]  # the gateway's engines: row name -> repository entry
     passes: int  # of the sentences through the gateway in one turn
     last: dict[str, list[str]] = field(default_factory=dict)
+    best: str = CT2_BEST  # ``translator``'s row name: CTranslate2 at its layout on the bench's threads
 
     @property
     def references(self) -> list[str]:
         """What the gateway is compared against: CTranslate2's best layout, then the PyTorch reference."""
-        return [CT2_BEST] + ([self.pytorch.engine] if self.pytorch else [])
+        return [self.best] + ([self.pytorch.engine] if self.pytorch else [])
 
     def ctranslate2(self) -> float:
         """CTranslate2's tokens/s: the median of three passes over the sentences, all at once."""
@@ -143,12 +153,12 @@ class _Turns:
             repeats=3,
             warmup=False,
         )
-        self.last[CT2_BEST] = [text for text, _ in answers]
-        return self.w.count(self.last[CT2_BEST]) / seconds
+        self.last[self.best] = [text for text, _ in answers]
+        return self.w.count(self.last[self.best]) / seconds
 
     def reference(self, name: str) -> float:
         """The tokens/s of reference ``name``: CTranslate2 or the PyTorch reference's processes."""
-        if name == CT2_BEST:
+        if name == self.best:
             return self.ctranslate2()
         row = self.pytorch.row()
         self.last[name] = row["hyps"]
@@ -195,7 +205,7 @@ def _throughput_rows(turns: _Turns, tokens: dict[str, list[float]]) -> list[dict
             name, turns.beam, TARGET_CONCURRENCY, len(turns.w.texts), "tokens_per_s", values, turns.last[name]
         )
         if name in turns.entries:
-            row.update(_against(values, tokens, CT2_BEST))
+            row.update(_against(values, tokens, turns.best))
             row["versus"] = {other: _ratios(values, tokens[other]) for other in turns.references[1:]}
         rows.append(row)
     return rows
