@@ -127,18 +127,21 @@ def translate_row(layout: Layout, work: Any, concurrency: int) -> dict[str, Any]
     """Each held-out sentence its own request at ``concurrency``, beam 4, with the mean decoder step."""
     from bench.translation_gateway import _median_run
 
-    # a warm pass first: each side's first steps load what they load lazily (the GPU decoder's layouts)
+    # a warm pass first: each side's first steps load what they load lazily (the GPU decoder's layouts);
+    # its steps are left out of the row's mean step (the scrape before the measured run)
     _median_run(layout.url, work.model, work.texts[: 2 * concurrency], 4, concurrency, repeats=1)
-    hyps, seconds, lat = _median_run(layout.url, work.model, work.texts, 4, concurrency, repeats=1)
+    warm = layout.metrics()
+    # seconds: one pass's; served: every pass's answers (hyps marks a text whose passes disagreed)
+    hyps, seconds, lat, served = _median_run(layout.url, work.model, work.texts, 4, concurrency, repeats=1)
     return {
         "device": layout.device,
         "workers": layout.workers,
         "concurrency": concurrency,
         "sentences_per_s": len(work.texts) / seconds,
-        "tokens_per_s": work.count(hyps) / seconds,
+        "tokens_per_s": work.count(served) * len(work.texts) / len(served) / seconds,
         **{k: v for k, v in summarize(lat).as_dict().items() if k in ("p50_ms", "p99_ms")},
         "hyps": hyps,
-        **step_means(layout.metrics(), work.model),
+        **step_means(layout.metrics(), work.model, since=warm),
     }
 
 

@@ -40,20 +40,36 @@ def mix_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 _HISTOGRAM = re.compile(r"^(?P<name>\w+)_(?P<part>sum|count)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
 
 
-def step_means(metrics_text: str, model: str) -> dict[str, float]:
-    """The translator's mean decoder step (ms, the whole step: graph and beam bookkeeping) and rows in it."""
-    means = histogram_means(metrics_text, model, ("kiln_decoder_step_seconds", "kiln_decoder_rows_per_step"))
+def step_means(metrics_text: str, model: str, since: str = "") -> dict[str, float]:
+    """The translator's mean decoder step (ms, the whole step: graph and beam bookkeeping) and rows in it;
+    ``since``: an earlier scrape of the same page, so the means are those of the steps run between the
+    two (a warm pass's first steps, which load lazily, are not the measured run's)."""
+    names = ("kiln_decoder_step_seconds", "kiln_decoder_rows_per_step")
+    means = histogram_means(metrics_text, model, names, since)
     return {
         "step_ms": 1e3 * means["kiln_decoder_step_seconds"],
         "rows_per_step": means["kiln_decoder_rows_per_step"],
     }
 
 
-def histogram_means(metrics_text: str, model: str, names: tuple[str, ...]) -> dict[str, float]:
-    """The mean of each Prometheus histogram in ``names`` for ``model`` (summed over its series)."""
+def histogram_means(
+    metrics_text: str, model: str, names: tuple[str, ...], since: str = ""
+) -> dict[str, float]:
+    """The mean of each Prometheus histogram in ``names`` for ``model`` (summed over its series), over
+    what was observed after the scrape ``since`` where one is given."""
+    now, before = _sums(metrics_text, model, names), _sums(since, model, names)
+    means = {}
+    for name in names:
+        total, count = (a - b for a, b in zip(now[name], before[name], strict=True))
+        means[name] = total / count if count else float("nan")
+    return means
+
+
+def _sums(metrics_text: str, model: str, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Each histogram's ``[sum, count]`` for ``model`` in a scrape (summed over its series)."""
     sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in names}
     for line in metrics_text.splitlines():
         m = _HISTOGRAM.match(line)
         if m and m["name"] in sums and f'model="{model}"' in m["labels"]:
             sums[m["name"]][m["part"] == "count"] += float(m["value"])
-    return {name: (total / count if count else float("nan")) for name, (total, count) in sums.items()}
+    return sums
