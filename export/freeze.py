@@ -1,10 +1,11 @@
 """Freeze a trained module into its inference form, as an explicit and checked step (STYLE.md item 8).
 
 Eval mode, auxiliary heads removed, every BatchNorm folded into the Conv/Linear that feeds it (pairs
-found generically with torch.fx), BatchNorms with no foldable predecessor turned into a per-channel
-affine, Dropout replaced by Identity. The frozen module must compute the same outputs (max abs diff
-reported; tolerance 1e-4 times max(1, largest output magnitude), since float32 rounding of outputs in
-the hundreds alone exceeds 1e-4) and hold no BatchNorm or Dropout module.
+found generically with torch.fx; the BN must normalize that layer's channel axis on the example
+inputs), BatchNorms with no foldable predecessor turned into a per-channel affine, Dropout replaced by
+Identity. The frozen module must compute the same outputs (max abs diff reported; tolerance 1e-4
+times max(1, largest output magnitude), since float32 rounding of outputs in the hundreds alone
+exceeds 1e-4) and hold no BatchNorm or Dropout module.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def find_foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv_or_linear, batchnorm) module names where the BN is the only consumer of that layer's output."""
+def find_foldable_pairs(model: nn.Module, input_ranks: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(conv_or_linear, batchnorm) module names where the BN is the only consumer of that layer's output
+    and, when ``input_ranks`` (each BatchNorm's input rank, :func:`batchnorm_input_ranks`) is given,
+    normalizes that layer's output channels (:func:`_same_channel_axis`)."""
     if not any(isinstance(m, _BatchNorm) for m in model.modules()):
         return []
     try:
@@ -104,9 +107,45 @@ def find_foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
             continue
         layer = modules.get(prev.target)
-        if isinstance(layer, _FOLDABLE) and calls[prev.target] == 1 and calls[node.target] == 1:
+        if not isinstance(layer, _FOLDABLE) or calls[prev.target] != 1 or calls[node.target] != 1:
+            continue
+        if input_ranks is None or _same_channel_axis(layer, input_ranks.get(node.target)):
             pairs.append((prev.target, node.target))
     return pairs
+
+
+def _same_channel_axis(layer: nn.Module, rank: int | None) -> bool:
+    """Whether a BatchNorm whose input has ``rank`` dimensions normalizes the axis ``layer`` writes its
+    output channels on: a Linear writes them last, which BatchNorm1d normalizes only on (N, C) inputs
+    (on (N, C, L) it normalizes axis 1, and folding into the Linear's rows would scale the wrong axis
+    wherever C equals out_features); a ConvNd writes axis 1 of an (N, C, *spatial) batch."""
+    if rank is None:  # the BatchNorm never ran on the example inputs: nothing says it is safe to fold
+        return False
+    if isinstance(layer, nn.Linear):
+        return rank == 2
+    return rank == len(layer.kernel_size) + 2
+
+
+def batchnorm_input_ranks(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> tuple[object, dict[str, int]]:
+    """``model(*example_inputs)`` and the rank of each BatchNorm's input in that call, by module name."""
+    ranks: dict[str, int] = {}
+
+    def record(name: str, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):  # a call by keyword leaves it unknown: not folded
+            ranks.setdefault(name, args[0].dim())
+
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, name=name: record(name, args))
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm)
+    ]
+    try:
+        return model(*example_inputs), ranks
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
@@ -211,12 +250,12 @@ def freeze(
             m.remove_auxiliary()
             report.aux_removed = True
     check_running_stats(frozen)
-    report.folded = find_foldable_pairs(frozen)
+    ref_out, ranks = batchnorm_input_ranks(reference, example_inputs)
+    check_finite(ref_out)
+    report.folded = find_foldable_pairs(frozen, ranks)
     _fold(frozen, report.folded)
     _replace_leftovers(frozen, report)
     frozen.eval()
-    ref_out = reference(*example_inputs)
-    check_finite(ref_out)
     report.max_abs_diff = max_abs_diff(ref_out, frozen(*example_inputs))
     left = training_only_modules(frozen)
     if left:
