@@ -115,7 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where the data the checkpoints were trained on is on this machine (a classifier's image "
         "dataset, a translator's corpus), when it is not at the path each checkpoint records: the parity "
         "checks and the int8 gates rebuild the run's own validation / test split from it (without it, "
-        "from random inputs, with a warning); it is every checkpoint's of this run, so export checkpoints "
+        "from random inputs, with a warning, and entries checked so are checked again once it is given); it "
+        "is every checkpoint's of this run, so export checkpoints "
         "trained on different data one at a time",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")

@@ -17,7 +17,7 @@ import torch
 
 from export.parity import ParityReport, ort_session
 from export.quantize import TranslationGate
-from export.results import ExportContext
+from export.results import RANDOM_IDS_SOURCE, ExportContext
 from export.translator_graphs import TranslatorGraphs
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def held_out(ctx: ExportContext, spec: dict[str, Any], n: int) -> HeldOut:
     rng = np.random.default_rng(0)
     high = spec["vocab_size_src"]
     sources = [rng.integers(4, high, size=int(rng.integers(2, 12))).tolist() for _ in range(min(n, 64))]
-    return HeldOut(sources, None, "random ids")
+    return HeldOut(sources, None, RANDOM_IDS_SOURCE)
 
 
 @dataclass(frozen=True)

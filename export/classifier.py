@@ -15,7 +15,7 @@ from export import batching, quantize, repository, tensorrt
 from export.freeze import FreezeReport, freeze
 from export.onnx_export import classifier_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
-from export.results import Entry, EntryResult, ExportContext, ExportOptions
+from export.results import RANDOM_IMAGES_SOURCE, Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec, classifier_spec
 from export.triton_config import TritonModelConfig, config_from_spec, gpu_flavour, to_pbtxt
 
@@ -56,9 +56,8 @@ def load_image_data(ckpt: dict[str, Any], spec: GraphSpec) -> ImageData:
         )
     rng = np.random.default_rng(0)
     shape = spec.concrete_shape(spec.inputs[0], {"batch": RANDOM_IMAGES})
-    return ImageData(
-        rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, np.uint8), None, "random"
-    )
+    pixels = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+    return ImageData(*pixels, None, RANDOM_IMAGES_SOURCE)
 
 
 @dataclass

@@ -179,6 +179,7 @@ def _export_locked(
         on_step=on_step,
         validation=validation,
         accuracy_hook=accuracy_hook,
+        data_path=data_path,
     )
     with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
         try:

@@ -16,6 +16,9 @@ from export.quantize import PRECISIONS
 from kiln.labels import line_problem
 
 DEVICES = ("cpu", "gpu")
+# What the parity checks and the int8 gates ran on when the run's own data could not be read: a
+# classifier's images (``parity.data``), a translator's held-out sentences (``parity.beam_source``)
+RANDOM_IMAGES_SOURCE, RANDOM_IDS_SOURCE = "random", "random ids"
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class ExportContext:
     on_step: Callable[[str], None] | None = None
     accuracy_hook: Callable[[Any], Any] | None = None  # replaces a GateResult / TranslationGate
     validation: Any = None
+    data_path: Any = None  # export's --data-path, when given: where the run's data is now
 
     @property
     def source(self) -> dict[str, str]:
@@ -178,11 +182,27 @@ class ExportContext:
         """Stale unless written, or refused by its gate, from this checkpoint and these settings."""
         if self.options.force:
             return True
+        if self.measured_without_data(entry):
+            return True
         settings = self.settings(entry.precision, entry.engine)
         model = self.ckpt["model"]["name"]
         if repository.refusal(self.repository, entry.name, self.sha256, settings, model) is not None:
             return False
         return not repository.is_up_to_date(self.repository / entry.name, self.sha256, settings, model)
+
+    def measured_without_data(self, entry: Entry) -> bool:
+        """Whether ``--data-path`` now says where the data is and ``entry`` (written, or refused by its
+        gate) was checked on random inputs for want of it: the warning of that run advised the flag,
+        and the rerun must measure on the validation / test split, not find the entry current."""
+        if self.data_path is None:
+            return False
+        refused = repository.read_refusal(self.repository, entry.name) or {}
+        written = repository.read_kiln_json(self.repository / entry.name) or {}
+        recorded = [meta.get("parity") or {} for meta in (refused, written)]
+        return any(
+            p.get("data") == RANDOM_IMAGES_SOURCE or p.get("beam_source") == RANDOM_IDS_SOURCE
+            for p in recorded
+        )
 
     def skipped(self, entry: Entry) -> EntryResult:
         """The result of an entry ``needs_rebuild`` found current (written, or refused by its gate)."""
