@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import re
+import shlex
 import socket
 import sys
 import threading
@@ -150,14 +151,14 @@ def _check_entries(repository: Path) -> None:
         raise SystemExit(
             f"model repository {repository} holds checkpoints ({', '.join(checkpoints[:3])}"
             f"{', ...' if len(checkpoints) > 3 else ''}), not exported model entries: export them with "
-            f"`python -m export {repository} --repository model_repository` (or `make export`) and serve "
+            f"`python -m export {shlex.quote(str(repository))} --repository model_repository` (or `make export`) and serve "
             "that repository"
         )
     logging.getLogger("serving").warning(
         "model repository %s holds no model entry (<model>/config.pbtxt): the gateway serves nothing; "
         "run `make export` (python -m export CHECKPOINTS --repository %s) to write some",
         repository,
-        repository,
+        shlex.quote(str(repository)),
     )
 
 
@@ -301,8 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.model_repository.is_dir():
         raise SystemExit(
             f"model repository {settings.model_repository} is not a directory: run `make export` "
-            f"(python -m export CHECKPOINTS --repository {settings.model_repository}) to write one, or pass "
-            "--model-repository"
+            f"(python -m export CHECKPOINTS --repository {shlex.quote(str(settings.model_repository))}) to "
+            "write one, or pass --model-repository"
         )
     if not settings.reuse_port:  # the parent says it once, not each of its workers
         _check_entries(settings.model_repository)

@@ -35,7 +35,8 @@ def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_l
     assert sorted(repository.entries) == ["current", "foreign", "old"]
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and warnings[0].startswith("old exported by an older Kiln")
-    assert "`make export` (python -m export) rebuilds" in warnings[0]  # a wheel install has no Makefile
+    # a wheel install has no Makefile; python -m export alone writes ./model_repository, not this one
+    assert f"`make export` (python -m export CHECKPOINTS --repository {tmp_path}) rebuilds" in warnings[0]
     assert f"{EXPORT_VERSION}: {CHANGED[EXPORT_VERSION][1]}" in warnings[0]  # says what it lacks
     assert exported_before(repository.get("old"))
     assert not exported_before(repository.get("current"))

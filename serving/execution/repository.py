@@ -10,6 +10,7 @@ whole gateway (as Triton does). Reading an entry's files is in :mod:`serving.exe
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,11 @@ class Repository:
             changes = sorted({c for name in stale for c in _changes(self.entries[name])})
             log.warning(
                 "%s exported by an older Kiln: served as written, but without what export has done since "
-                "(export version %s); `make export` (python -m export) rebuilds them (docs/kiln-json.md)",
+                "(export version %s); `make export` (python -m export CHECKPOINTS --repository %s) rebuilds "
+                "them (docs/kiln-json.md)",
                 ", ".join(stale),
                 "; ".join(changes),
+                shlex.quote(str(self.root)),  # python -m export alone writes ./model_repository
             )
 
     def names(self) -> list[str]:

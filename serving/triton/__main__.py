@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 import signal
 import sys
@@ -84,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.model_repository.is_dir():
         what = "is not a directory" if args.model_repository.exists() else "does not exist"
+        # markup off (a path may hold "[/x]") and one line however long: the command is copied as printed
         console.print(
-            f"[red]model repository {args.model_repository} {what}; run `make export` "
-            f"(python -m export CHECKPOINTS --repository {args.model_repository}) first"
+            f"model repository {args.model_repository} {what}; run `make export` "
+            f"(python -m export CHECKPOINTS --repository {shlex.quote(str(args.model_repository))}) first",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         return 2
     temporary = args.workdir is None
@@ -148,7 +154,8 @@ def _serve(console: Console, server: TritonServer, repository: Path, timeout_s: 
             server.start()
     except (TritonError, ValueError, FileNotFoundError, FileExistsError) as error:
         empty = isinstance(error, ValueError) and not _has_entries(repository)
-        hint = ": run `make export` (python -m export) to write its entries" if empty else ""
+        command = f"python -m export CHECKPOINTS --repository {shlex.quote(str(repository))}"
+        hint = f": run `make export` ({command}) to write its entries" if empty else ""
         console.print(f"{error}{hint}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
