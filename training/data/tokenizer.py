@@ -12,11 +12,14 @@ reads it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+log = logging.getLogger(__name__)
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -51,17 +54,51 @@ def train_tokenizer(
     for expected, token in enumerate(SPECIALS):
         if tok.token_to_id(token) != expected:  # pragma: no cover - guards a tokenizers behaviour change
             raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)}, expected {expected}")
+    tok = without_special_merges(tok)
+    _check_size(tok, vocab_size)
     return literal_specials(tok)
+
+
+def _check_size(tok: Tokenizer, asked: int) -> None:
+    """Warn when the vocabulary outgrew the size asked: BPE keeps every character of the training text
+    whole, and an unspaced script can hold more of them than ``asked``, leaving no room for a single
+    merge (the model is sized by what was trained). A smaller vocabulary is BPE's bound at work (no
+    pair left twice: the numbers corpus stops near 890 of the default 1000) and says nothing."""
+    size = tok.get_vocab_size()
+    if size > asked:
+        characters = sum(1 for token in tok.get_vocab() if len(token) == 1 and token != "▁")  # Metaspace's
+        log.warning(
+            "BPE vocabulary of %d tokens, not the %d asked (--vocab-size): the training text has %d "
+            "distinct characters, each a token of its own",
+            size,
+            asked,
+            characters,
+        )
 
 
 def literal_specials(tok: Tokenizer) -> Tokenizer:
     """``tok``, reading a special token's text typed in a sentence as text: a source "a </s> b" is not
     cut short by an EOS at the encoder, nor a target given an EOS mid-sentence (the BPE trainer counts
-    such text as text already). ``tokenizers`` does not save this in the JSON (its issue #1839), so
-    every reader of a Kiln tokenizer sets it: training here, the gateway in serving.decoding.translator.
+    such text as text already, and :func:`without_special_merges` keeps its merges from rebuilding a
+    special). ``tokenizers`` does not save this in the JSON (its issue #1839), so every reader of a
+    Kiln tokenizer sets it: training here, the gateway in serving.decoding.translator.
     """
     tok.encode_special_tokens = True
     return tok
+
+
+def without_special_merges(tok: Tokenizer) -> Tokenizer:
+    """``tok`` without the BPE merges whose result is a special token's text. The trainer gives such a
+    merge ("</s" + ">", learnt from "a</s>b" in a corpus of HTML-ish text) the special's own id, so
+    the text "x</s>" would encode to an EOS however :func:`literal_specials` is set; without it the
+    characters stay ordinary tokens (a token built on that merge is left unreachable, its id unused)."""
+    config = json.loads(tok.to_str())
+    merges = config["model"]["merges"]
+    kept = [m for m in merges if "".join(m if isinstance(m, list) else m.split(" ", 1)) not in SPECIALS]
+    if len(kept) == len(merges):
+        return tok
+    config["model"]["merges"] = kept
+    return Tokenizer.from_str(json.dumps(config))
 
 
 def normalizer(lowercase: bool) -> normalizers.Normalizer:
