@@ -5,6 +5,7 @@ dedup) and split deterministically into train / validation / test by seed.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import random
@@ -107,14 +108,22 @@ def load_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> l
 
 
 def _read_lines(path: str | os.PathLike):
+    """``(line number, line)`` of a UTF-8 file, lines ended by LF (or CR LF) as ``wc -l`` and an editor
+    count them: a stray CR inside a sentence is whitespace of that sentence, not a line break that would
+    shift every later line of one aligned file (text mode's universal newlines did). Only a file with no
+    LF at all (classic Mac) is read as ended by CR."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such corpus file")
-    try:  # utf-8-sig: a byte-order mark (Excel, Notepad) would otherwise begin the first sentence
-        text = path.read_text(encoding="utf-8-sig")
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):  # a byte-order mark (Excel, Notepad) would begin the first sentence
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text ({exc})") from exc
-    lines = text.split("\n")
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise CorpusError(f"{path}:{lineno}: not UTF-8 text ({exc})") from exc
+    lines = text.split("\n" if "\n" in text or "\r" not in text else "\r")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     return [(i, line.rstrip("\r")) for i, line in enumerate(lines, start=1)]
