@@ -174,6 +174,16 @@ class Translator:
         """The decode worker with the fewest rows running or waiting."""
         return min(self.schedulers, key=lambda s: s.load)
 
+    def _check_queue(self, config: SchedulerConfig) -> None:
+        """429 once ``max_queue`` requests wait across the decode workers (``--max-queue-size``: per
+        model, as Triton's): each worker's own cap alone let N workers queue N times as many."""
+        waiting = sum(s.queued for s in self.schedulers)
+        if len(self.schedulers) > 1 and waiting >= config.max_queue:
+            raise Overloaded(
+                f"translator {self.name!r}: {waiting} requests already waiting; retry later",
+                retry_after=config.retry_after_s,
+            )
+
     async def translate(
         self, texts: list[str], options: bs.DecodingOptions, timeout_s: float | None = None
     ) -> list[list[Translation]]:
@@ -183,6 +193,7 @@ class Translator:
         self.check_texts(texts)
         sources = await self._codec(self._encode, texts, sum(map(len, texts)) <= INLINE_CHARS)
         scheduler = self.scheduler()
+        self._check_queue(scheduler.config)
         limit = scheduler.config.timeout_s
         timeout = limit if timeout_s is None else min(timeout_s, limit)
         try:
