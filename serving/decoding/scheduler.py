@@ -166,6 +166,7 @@ class DecodingScheduler:
             return await job.future
         except asyncio.CancelledError:  # the client went away (the future is cancelled with it): its
             self._answer(job, Unavailable("request cancelled"), None)  # rows leave at the next step
+            self._forget(job)
             raise
         finally:
             expiry.cancel()
@@ -173,6 +174,16 @@ class DecodingScheduler:
     def _expire_job(self, job: Job, timeout: float) -> None:
         """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
         self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        """On the event loop: take an abandoned request off the queue now, not when the decode thread
+        next looks (after the step in flight): until then it still counted against ``max_queue``, a
+        429 for a client that came after it had gone, and in ``load`` for choosing a worker. Its rows
+        already in the batch leave at the next step (it is closed)."""
+        with self._lock:
+            if job in self._waiting:  # else admitted whole already
+                self._waiting.remove(job)
 
     def _check(self, config: bs.BeamConfig) -> None:
         step_spec.check_config(self.spec, config)
@@ -245,9 +256,9 @@ class DecodingScheduler:
             except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
                 _log_failure(exc, "translator %s: decoding failed", self.name)
                 error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
-                for job in self._running_jobs():
-                    self._post(job, error, "failure")
-                self._batch, self._reserved = self._new_batch(), 0
+                failed = self._running_jobs()
+                self._batch, self._reserved = self._new_batch(), 0  # before the answers (see _step)
+                self._post_all([(job, error, "failure") for job in failed])
         if busy:
             policy.idle()
 
@@ -367,9 +378,12 @@ class DecodingScheduler:
             job.results[index] = done.hypotheses
             if len(job.results) == len(job.sources):
                 answers.append((job, [job.results[i] for i in range(len(job.sources))], "success"))
-        self._post_all(answers)
+        # the rows left, before the answers go out: posting them hands the GIL to the event loop, whose
+        # clients send their next requests to the least-loaded worker (load) while this thread waits
+        # for it back, so a worker that had just emptied still counted its answered rows
         beams = self._batch.beams
         self._reserved = int(beams.beam.sum()) if beams is not None else 0
+        self._post_all(answers)
 
 
 # A backend's errors saying its server cannot serve now (Triton unreachable: 503 with Retry-After; its
