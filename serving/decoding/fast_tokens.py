@@ -16,8 +16,8 @@ normalized form too; a special token's text, which Kiln's tokenizers read as tex
 same, so the answer is right whether or not the tokenizer has ``encode_special_tokens`` set). The Metaspace split is a regular expression (a ``▁`` begins every piece; of
 several in a row, all but the last are pieces of their own, as tokenizers' ``MergedWithNext`` split
 gives), and each piece's ids come from the BPE model itself (``model.tokenize``), once per distinct
-piece (a bounded cache: BPE is deterministic without dropout): ~3.9 us a sentence. Any other text or
-pipeline gets ``None``: the caller uses the tokenizer.
+piece of up to ``CACHE_PIECE_CHARS`` characters (a bounded cache: BPE is deterministic without
+dropout): ~3.9 us a sentence. Any other text or pipeline gets ``None``: the caller uses the tokenizer.
 ``tests/test_fast_tokens.py`` compares the two on generated and adversarial text.
 """
 
@@ -29,6 +29,10 @@ from typing import Any
 
 REPLACEMENT = "▁"
 CACHE_PIECES = 65536  # distinct pieces remembered per tokenizer (a piece is a word: ~1-3 ids)
+# the longest piece remembered: a word is far shorter, and a long one (a hash, a URL, a run of letters)
+# costs its ids a character or so each: 65536 distinct 1000-character pieces held ~700 MB for good
+# (measured with the tests' tokenizer), sent in texts the model then refused as too many tokens
+CACHE_PIECE_CHARS = 32
 _PIECES = re.compile(f"{REPLACEMENT}[^{REPLACEMENT}]*")
 
 
@@ -112,7 +116,7 @@ class FastEncoder:
             known = pieces.get(piece)
             if known is None:
                 known = [token.id for token in self.model.tokenize(piece)]
-                if len(pieces) < CACHE_PIECES:
+                if len(pieces) < CACHE_PIECES and len(piece) <= CACHE_PIECE_CHARS:
                     pieces[piece] = known
             ids += known
         return ids
