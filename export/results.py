@@ -194,8 +194,8 @@ class ExportContext:
         """Whether ``--data-path`` now says where the data is and ``entry`` (written, or refused by its
         gate) was checked on random inputs for want of it: the warning of that run advised the flag,
         and the rerun must measure on the validation / test split, not find the entry current."""
-        if self.data_path is None:
-            return False
+        if self.data_path is None or not Path(self.data_path).exists():
+            return False  # nothing there to measure on: checked again, they would be random once more
         refused = repository.read_refusal(self.repository, entry.name) or {}
         written = repository.read_kiln_json(self.repository / entry.name) or {}
         recorded = [meta.get("parity") or {} for meta in (refused, written)]
