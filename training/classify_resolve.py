@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import torch
@@ -200,20 +201,27 @@ def check_image_size(config: TrainConfig) -> None:
         )
 
 
-def check_batch_of_one(config: TrainConfig, model: torch.nn.Module) -> None:
-    """Refuse batches of one image (``--batch-size 1``, or ``--limit-train 1``) that the model's
+def check_batch_of_one(config: TrainConfig, model: torch.nn.Module, world_size: int | None = None) -> None:
+    """Refuse batches of one image (``--batch-size 1``, or ``--limit-train`` no larger than the
+    ``world_size`` processes sharing it, one image each: torchrun's ``WORLD_SIZE``) that the model's
     BatchNorm cannot train on at ``--image-size``: its last feature maps are 1x1 there, one value per
     channel, and the first step failed with PyTorch's "Expected more than 1 value per channel"."""
-    sizes = {"--batch-size": config.batch_size, "--limit-train": config.limit_train}
-    ones = [flag for flag, value in sizes.items() if value == 1]
+    world = world_size or int(os.environ.get("WORLD_SIZE") or 1)
+    ones = [(flag, 1, "") for flag in ("--batch-size",) if config.batch_size == 1]
+    limit = config.limit_train
+    if limit is not None and 1 <= limit <= world:  # each rank's share, ceil(limit / world), is one image
+        shared = f" (each of the {world} processes gets one)" if world > 1 else ""
+        ones.append(("--limit-train", limit, shared))
     if not ones or takes_input_side(model, 1, config.image_size, batch=1):
         return
     smallest = smallest_input_side(model, 1, batch=1)
     larger = f", or --image-size {smallest} or more" if smallest is not None else ""
+    flag, value, shared = ones[0]
+    fewest = world + 1 if flag == "--limit-train" else 2
     raise ValueError(
-        f"{ones[0]} 1: {config.model} normalizes over the batch (BatchNorm), and at --image-size "
-        f"{config.image_size} a batch of one image leaves it a single value per channel; use "
-        f"{ones[0]} 2 or more{larger}"
+        f"{flag} {value}: {config.model} normalizes over the batch (BatchNorm), and at --image-size "
+        f"{config.image_size} a batch of one image{shared} leaves it a single value per channel; use "
+        f"{flag} {fewest} or more{larger}"
     )
 
 
