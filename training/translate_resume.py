@@ -169,8 +169,16 @@ def check_same_corpus(
             "tokenizers and its split of the same sentences: give --data-path the place of that corpus, or "
             "start a new run on this one (without --resume)"
         )
+    if differ and not cfg.data_path:  # the same flags: the generator's code (Kiln, num2words) changed
+        raise ValueError(
+            f"--resume {cfg.resume}: the {cfg.corpus} generator makes other pairs with the interrupted "
+            f"run's flags than it made for that run: {'; '.join(differ)}; this Kiln (or its num2words) "
+            "writes some sentences differently from the version that began the run. A resumed run goes on "
+            "with its tokenizers and its split of the same sentences: resume it with the version that began "
+            "it, or start a new run (without --resume)"
+        )
     if differ:
-        where = cfg.data_path or f"the {cfg.corpus} generator"
+        where = cfg.data_path
         raise ValueError(
             f"--resume {cfg.resume}: the corpus ({where}) changed since the interrupted run: "
             f"{'; '.join(differ)}. A resumed run goes on with its tokenizers and its split of the same "
