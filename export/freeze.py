@@ -49,10 +49,10 @@ class ChannelAffine(nn.Module):
             shift = shift + bn.bias.detach()
         return cls(scale, shift)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, *spatial) -> same shape
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.scale.view(view) + self.shift.view(view)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # input: (B, C, *spatial) -> same shape; named as BatchNorm's, which a model may call bn(input=x)
+        view = (1, -1) + (1,) * (input.dim() - 2)
+        return input * self.scale.view(view) + self.shift.view(view)
 
 
 @dataclass
