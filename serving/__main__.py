@@ -309,8 +309,10 @@ def main(argv: list[str] | None = None) -> None:
         _check_entries(settings.model_repository)
     _check_temporary_directory()
     if settings.workers > 1:
-        if not settings.http_port or not settings.grpc_port:
-            raise SystemExit("--workers > 1 needs fixed --http-port and --grpc-port (not 0)")
+        if not settings.http_port:  # --grpc-port 0 is no gRPC server, which several workers serve as well
+            raise SystemExit(
+                "--workers > 1 needs a fixed --http-port (not 0: each worker would draw its own)"
+            )
         from serving.workers import run_workers
 
         with holding(claim_ports(settings, hold=True)):  # until the workers are gone

@@ -8,8 +8,8 @@ batch never waits on another process. The kernel spreads connections over the wo
 that accepts one while another holds fewer hands it on (``serving.handoff``).
 
 ``/metrics`` counts every worker whichever one a scrape reaches (their values are shared through
-files, ``serving.metrics``). Limit: ports must be fixed (port 0 would give each worker a different
-port).
+files, ``serving.metrics``). Limit: the HTTP port must be fixed (port 0 would give each worker a different
+port); ``--grpc-port 0`` is no gRPC server, in every worker.
 """
 
 from __future__ import annotations
