@@ -187,7 +187,17 @@ class TritonBackend(TritonModels):
         if ready and name not in self._models:  # loaded since the list was fetched
             with contextlib.suppress(ServingError):  # the next request asks again; the answer stands
                 await self._sync(force=not self._synced)
+        elif not ready and self._synced and not self._listed(name):
+            with contextlib.suppress(ServingError):  # listed since the list was fetched?
+                await self._sync()
+            if self._synced and not self._listed(name):  # unknown: the 404 the embedded backend gives
+                raise ModelNotFound(f"unknown model {name!r}; Triton serves {sorted(self._models)}")
         return ready
+
+    def _listed(self, name: str) -> bool:
+        """Whether Triton's index lists ``name``, served or not (Triton answers an unknown model's
+        readiness "not ready", which was a 400 here where the embedded backend answers 404)."""
+        return name in self._models or name in self._unready
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self._cached(name, version)[0]

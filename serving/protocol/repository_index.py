@@ -48,7 +48,10 @@ async def ready_together(backend: Backend, models: list[tuple[str, str]]) -> lis
 
     async def ready(name: str, version: str) -> bool:
         async with probes:
-            return await backend.model_ready(name, version)
+            try:
+                return await backend.model_ready(name, version)
+            except ModelNotFound:  # an entry of the gateway's repository that a Triton behind lacks
+                return False
 
     return list(await asyncio.gather(*(ready(name, version) for name, version in models)))
 
