@@ -110,23 +110,34 @@ def load_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> l
 def _read_lines(path: str | os.PathLike):
     """``(line number, line)`` of a UTF-8 file, lines ended by LF (or CR LF) as ``wc -l`` and an editor
     count them: a stray CR inside a sentence is whitespace of that sentence, not a line break that would
-    shift every later line of one aligned file (text mode's universal newlines did). Only a file with no
-    LF at all (classic Mac) is read as ended by CR."""
+    shift every later line of one aligned file (text mode's universal newlines did). A classic-Mac file
+    is read as ended by CR (:func:`_line_end`)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such corpus file")
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):  # a byte-order mark (Excel, Notepad) would begin the first sentence
         raw = raw[len(codecs.BOM_UTF8) :]
+    end = _line_end(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
+        lineno = raw.count(end, 0, exc.start) + 1
         raise CorpusError(f"{path}:{lineno}: not UTF-8 text ({exc})") from exc
-    lines = text.split("\n" if "\n" in text or "\r" not in text else "\r")
+    if end == b"\r":
+        text = text.replace("\r\n", "\r")  # one line end (a lone LF is whitespace, or stripped last)
+    lines = text.split(end.decode())
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
-    return [(i, line.rstrip("\r")) for i, line in enumerate(lines, start=1)]
+    return [(i, line.rstrip("\r\n")) for i, line in enumerate(lines, start=1)]
+
+
+def _line_end(raw: bytes) -> bytes:
+    """What ends a line of ``raw``: LF (CR LF too), or CR in a classic-Mac file, one whose lone CRs
+    outnumber its LFs. Read by LF, such a file with one LF (a final one a tool appended, a stray one in
+    a sentence) was a single line: every sentence of an aligned file one source, a TSV its first pair."""
+    lone_cr = raw.count(b"\r") - raw.count(b"\r\n")
+    return b"\r" if lone_cr > raw.count(b"\n") else b"\n"
 
 
 def clean_pairs(
