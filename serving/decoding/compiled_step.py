@@ -33,11 +33,11 @@ TOP_BYTES = 16  # one candidate in the kernel's scratch: float32 value, padding,
 def step(beams: Beams, log_probs: np.ndarray, row_index: np.ndarray | None = None) -> StepResult:
     """One step over ``log_probs`` ``[R, V]``, search row ``i`` reading row ``row_index[i]`` (default
     ``i``): compiled where available (and beams fit its scratch), else the numpy step."""
-    check_log_probs(beams, log_probs, row_index)
     library = native.load()
     if library is None or not beams.scores.size or int(beams.beam.max()) > native.MAX_BEAM:
+        check_log_probs(beams, log_probs, row_index)
         return numpy_step(beams, log_probs if row_index is None else log_probs[row_index])
-    return native_step(library, beams, log_probs, row_index)
+    return native_step(library, beams, log_probs, row_index)  # (pack checks log_probs)
 
 
 _char = ctypes.c_char
@@ -81,6 +81,8 @@ def gather_grow(
             f"a cache of shape {shape} on axis {axis} without {lead} leading columns cannot be grown by "
             f"entries of shape {entries} into a buffer of shape {grown} for {size} rows"
         )
+    if not out.flags.writeable:  # the kernel wrote it all the same (the memory of a bytes object)
+        raise ValueError(f"a cache cannot be grown into a read-only buffer of shape {grown}")
     library = native.load()
     if (
         library is None
@@ -222,7 +224,11 @@ def pack(
     """The kernel's arguments for a step over ``log_probs`` (float32 ``[rows, V]``, C-contiguous: the
     kernel reads it at its address when it runs, so a buffer still to be written may be passed). With
     ``second``, also ``second``: the same arguments with other outputs (kept rows' origin, tokens,
-    scores and prefixes), for steps that alternate (``kiln_decode_step``)."""
+    scores and prefixes), for steps that alternate (``kiln_decode_step``). ``log_probs`` is refused as
+    :func:`~serving.decoding.beam_search.check_log_probs` refuses it: the kernel reads each row's
+    ``eos_id`` column and the rows ``row_index`` names unchecked (a spec whose ``eos_id`` is not below
+    its ``vocab_size`` read past each row in ``kiln_decode_step``, where the numpy step refused it)."""
+    check_log_probs(beams, log_probs, row_index)
     n, vocab, width1 = beams.sentences, int(log_probs.shape[1]), int(beams.prefixes.shape[1])
     if beams.divisors.shape[1] != width1:  # the kernel indexes both with one width
         raise ValueError(f"divisors width {beams.divisors.shape[1]} != prefixes width {width1}")
@@ -232,6 +238,8 @@ def pack(
     else:
         live_beams = beams.beam[live]
         k, room = 2 * int(live_beams.max()), int(live_beams.sum())
+    if k > 2 * native.MAX_BEAM:  # the kernel's per-sentence scratch: a wider beam overran its stack
+        raise ValueError(f"a beam of {k // 2} is wider than the compiled step takes ({native.MAX_BEAM})")
     width_b = beams.finished_norms.shape[1]
     # the kernel's outputs and scratch in four blocks, each one allocation and one address
     ints = np.empty(3 * n + (5 + width1) * room + 1, np.int64)  # see the offsets below

@@ -30,6 +30,17 @@ def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
+def _stop_flag(stop: Any) -> np.ndarray:
+    """``stop`` (:attr:`DecodeBatch.stop`) as ``kiln_decode_step`` reads it: the int64 at its address,
+    re-read at every step, so it must be the caller's own int64 array, not a copy (a bool or int32
+    flag was read 8 bytes wide past its end, and a list had no address)."""
+    if not isinstance(stop, np.ndarray) or stop.dtype != np.int64 or not stop.size:
+        array = isinstance(stop, np.ndarray)
+        got = f"{stop.dtype} array of size {stop.size}" if array else type(stop).__name__
+        raise ValueError(f"DecodeBatch.stop must be an int64 array of one element or more, got: {got}")
+    return stop
+
+
 class _Call(NamedTuple):
     """One ``kiln_decode_step`` call's changing arguments and the buffers its advances write."""
 
@@ -261,7 +272,7 @@ class NativeSteps:
             n,
             address(result) + 8 * 8,
             len(self._carried),
-            0 if self.stop is None else address(self.stop),
+            0 if self.stop is None else address(_stop_flag(self.stop)),
             address(steps_scratch),
             self.hold_steps if self.indexed else 0,
         ]

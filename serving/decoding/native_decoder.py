@@ -45,6 +45,9 @@ ONNX_TYPES = {
     np.dtype(np.float64): 11,
 }
 MAX_RANK = 4  # ort_step.c's tensor descriptor holds four dimensions
+# inputs and outputs together a decoder may have (ort_step.c's MAX_TENSORS): one with more steps in
+# Python (each of its compiled calls failed instead)
+MAX_TENSORS = 256
 MAX_STEPS = 16  # steps one call may run (bounds the columns its buffers make room for)
 # steps' worth of finished hypotheses (each step offers at most its kept rows) a call keeps for the
 # caller and goes on; a call that would keep more hands back
@@ -235,6 +238,9 @@ def open_native_decoder(
     if "CPUExecutionProvider" not in session.get_providers()[:1]:
         return None
     if any(len(i.shape or ()) > MAX_RANK for i in session.get_inputs()):
+        return None
+    if len(session.get_inputs()) + len(session.get_outputs()) > MAX_TENSORS:
+        log.info("decoder %s has more than %d inputs and outputs: its steps run in Python", path, MAX_TENSORS)
         return None
     if _c_library() is None:
         return None

@@ -130,7 +130,9 @@ static int64_t element_size(int64_t type) {
     }
 }
 
-#define MAX_TENSORS 64
+/* inputs and outputs of a decoder (native_decoder.MAX_TENSORS, which steps a decoder with more in Python):
+ * a Transformer's step has 6 a layer and 6 more, so 64 failed every step of one with 10 layers */
+#define MAX_TENSORS 256
 #define TENSOR 9 /* fields of a tensor in the plan: name, data, type, rank, dims[4], kind (below) */
 /* FIXED: as given (the encoder store or rows); ROWS: data as given, one row per decoder row (outputs) */
 enum { FIXED = 0, TOKENS = 1, POSITIONS = 2, MASK = 3, ROWS = 4, ROW_PLACE = 5, CACHE = 16 /* + index */ };
