@@ -13,6 +13,7 @@ scratch (``native.MAX_BEAM``) to it: a stack overflow, the process killed by SIG
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -63,11 +64,11 @@ def _spec(eos: int, caches: int = 0) -> sp.StepSpec:
         for i in range(caches)
     ]
     mask = [{"name": "cache_mask", "role": "cache_mask"}] if caches else []
-    return sp.parse_step_spec(
+    parsed = sp.parse_step_spec(
         {
             "pad_id": 1,
             "bos_id": BOS,
-            "eos_id": eos,
+            "eos_id": min(eos, VOCAB - 1),  # parsing refuses one past the vocabulary: the kernels must too
             "vocab_size": VOCAB,
             "encoder": {"inputs": ["src_ids"], "outputs": ["memory"]},
             "decoder": {
@@ -77,6 +78,7 @@ def _spec(eos: int, caches: int = 0) -> sp.StepSpec:
             "dtypes": {name: "int64" for i in range(caches) for name in (f"c{i}", f"new_c{i}")},
         }
     )
+    return dataclasses.replace(parsed, eos_id=eos)
 
 
 def _decode(spec: sp.StepSpec, decoder, stop=None) -> list:
