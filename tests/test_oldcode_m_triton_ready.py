@@ -49,7 +49,8 @@ def test_the_readiness_of_a_model_triton_does_not_list_is_a_404_and_of_one_it_li
         loop.run(backend.stop())
 
 
-def test_the_ready_route_through_the_triton_backend_answers_an_unknown_model_404(tmp_path) -> None:
+def _gateway_before_triton(repository):
+    """A test client of a gateway on ``repository`` whose Triton backend serves ``double`` alone."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
@@ -57,8 +58,12 @@ def test_the_ready_route_through_the_triton_backend_answers_an_unknown_model_404
 
     backend = TritonBackend("127.0.0.1:1", protocol="http", resync_interval_s=0)
     backend._client = _Triton([{"name": "double", "version": "1", "state": "READY"}])
-    settings = Settings(model_repository=tmp_path, backend="triton", grpc_port=0)
-    with TestClient(create_app(settings, backend=backend)) as client:
+    settings = Settings(model_repository=repository, backend="triton", grpc_port=0)
+    return TestClient(create_app(settings, backend=backend))
+
+
+def test_the_ready_route_through_the_triton_backend_answers_an_unknown_model_404(tmp_path) -> None:
+    with _gateway_before_triton(tmp_path) as client:
         answer = client.get("/v2/models/nope/ready")
         assert answer.status_code == 404, answer.text
         assert answer.json() == {"error": "unknown model 'nope'; Triton serves ['double']"}
@@ -68,17 +73,10 @@ def test_the_ready_route_through_the_triton_backend_answers_an_unknown_model_404
 def test_the_model_list_through_the_triton_backend_lists_an_entry_triton_lacks_as_not_ready(tmp_path) -> None:
     """``GET /v1/models`` asks the backend whether each entry of the gateway's repository is ready: one
     the Triton behind does not serve is listed not ready, not a 404 for the whole list."""
-    from fastapi.testclient import TestClient
-
-    from serving.app import create_app
-    from serving.settings import Settings
     from tests.repo_fixtures import build_classifier_repository
 
     repository = build_classifier_repository(tmp_path / "repo")  # lenet, which this Triton lacks
-    backend = TritonBackend("127.0.0.1:1", protocol="http", resync_interval_s=0)
-    backend._client = _Triton([{"name": "double", "version": "1", "state": "READY"}])
-    settings = Settings(model_repository=repository, backend="triton", grpc_port=0)
-    with TestClient(create_app(settings, backend=backend)) as client:
+    with _gateway_before_triton(repository) as client:
         answer = client.get("/v1/models")
         assert answer.status_code == 200, answer.text
         assert {model["name"]: model["ready"] for model in answer.json()} == {"lenet": False}
