@@ -75,20 +75,29 @@ def _request(
     return request
 
 
-def _answers(address: str) -> list[tuple[str, str, str, bool]]:
-    """(id, model_name, model_version, failed) of each answer to a fine request then ``STREAM``."""
+def _answers(address: str) -> list[tuple[str, str, str, bool, bool]]:
+    """(id, model_name, model_version, failed, final) of each answer to a fine request then ``STREAM``;
+    ``final``: it carries ``triton_final_response: true``, which Triton leaves off a refusal."""
     requests = [_request("fine", MODEL, "", [[1]], "INT64")] + [_request(*sent) for sent, _ in STREAM]
     with grpc.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         replies = list(stub.ModelStreamInfer(iter(requests), timeout=60))
     answers = [r.infer_response for r in replies]
     return [
-        (a.id, a.model_name, a.model_version, bool(r.error_message))
+        (a.id, a.model_name, a.model_version, bool(r.error_message), _final(a))
         for a, r in zip(answers, replies, strict=True)
     ]
 
 
-EXPECTED = [("fine", MODEL, "1", False)] + [(sent[0], *fields, True) for sent, fields in STREAM]
+def _final(answer: service_pb2.ModelInferResponse) -> bool:
+    return FINAL in answer.parameters and answer.parameters[FINAL].bool_param
+
+
+FINAL = "triton_final_response"
+# a model's answer, error or not, is marked final; a refusal (no model name in it) is not
+EXPECTED = [("fine", MODEL, "1", False, True)] + [
+    (sent[0], *fields, True, bool(fields[0])) for sent, fields in STREAM
+]
 
 
 def test_a_streams_error_names_the_model_only_where_the_model_answered_it_as_triton_does(

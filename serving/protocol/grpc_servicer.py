@@ -185,7 +185,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         pair answers with requests by order: ids are optional). A request that fails gets
         ``error_message`` with its ``id`` echoed (:func:`_stream_error`), in its turn, and the stream
         goes on, as Triton's does; every answer carries Triton's ``triton_final_response: true`` (a
-        request's one answer is its last). Up to ``STREAM_IN_FLIGHT`` requests are running or
+        request's one answer is its last) but, as Triton's, an error refused before the model took it. Up to ``STREAM_IN_FLIGHT`` requests are running or
         answered but not yet sent; the next ones wait in the stream. Served by both gRPC servers
         (Kiln's: serving.protocol.h2_streams)."""
         turns: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # each request's answer, in order
@@ -221,19 +221,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_answer(self, request: Any, context: Any) -> Any:
         """The stream's answer to one request: its ModelStreamInferResponse, or its error's."""
+        final = True
         try:
             reply = grpc_codec.stream_response(await self._infer(request, context))
         except ServingError as error:
             self._refused(request.model_name, error, error.status)
-            reply = _stream_error(request, error.message, is_models_answer(error))
+            final = is_models_answer(error)
+            reply = _stream_error(request, error.message, final)
         except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
             self._refused(request.model_name, error, 500)
             log.exception("ModelStreamInfer failed for model %r", request.model_name)
-            reply = _stream_error(request, f"internal error: {type(error).__name__}", is_models_answer(error))
+            final = is_models_answer(error)
+            reply = _stream_error(request, f"internal error: {type(error).__name__}", final)
         # each request's one answer is its last, as Triton marks its answers on a stream (clients of
         # decoupled models read the flag to know a request is done); Triton leaves it off an error
         # refused before the model took the request, which its clients read as final all the same
-        reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        if final:
+            reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         return reply
 
     def _refused(self, name: str, error: BaseException, status: int) -> None:
