@@ -13,6 +13,7 @@ export are recognised and swept by the next write of the entry (``sweep_leftover
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import errno
 import functools
@@ -26,7 +27,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is sw
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"  # in staging names
 STAGING_SUFFIX = ".kiln-staging"  # .<repository name><this>: the staging area beside the repository
 _AREAS: dict[Path, Path] = {}  # repository -> its staging area, probed once per process
+# entries staged inside ``written_together``, as (staging directory, final path), swapped in at its end
+_TOGETHER: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "_TOGETHER", default=None
+)
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 # what renameat2(RENAME_EXCHANGE) answers where it cannot exchange: a filesystem without the flag
 # (EINVAL, EOPNOTSUPP), a kernel without the call (ENOSYS), or the entry removed meanwhile (ENOENT)
@@ -198,6 +203,7 @@ def write_entry(
         raise RepositoryError(f"{final} exists; use --force to rebuild it")
     area = staging_area(repository)
     staging = _make_staging(area, name)
+    together = _TOGETHER.get()
     try:
         try:
             meta = fill(staging)
@@ -209,15 +215,50 @@ def write_entry(
         except OSError as exc:
             name_path(exc, staging)
             raise
-        forget_refusal(repository, name)  # first: a disk too full to rewrite the record keeps the entry out
+        if together is None:
+            _commit(staging, final)
+        else:  # swapped in with the others at the end of ``written_together``
+            together.append((staging, final))
+    finally:
+        if staging.exists() and not (together and together[-1][0] == staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        if area != repository.resolve():
+            _tidy(area)
+    return final
+
+
+def _commit(staging: Path, final: Path) -> None:
+    """Swap staged entry ``staging`` in as ``final``, its refusal record forgotten first."""
+    try:
+        forget_refusal(final.parent, final.name)  # first: a disk too full to rewrite it keeps the entry out
         _swap_in(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", final)
+
+
+@contextlib.contextmanager
+def written_together(repository: Path) -> Iterator[None]:
+    """Entries ``write_entry`` writes inside the block are staged, then swapped in together when it ends
+    without error; on an error none is. A translator's encoder, decoder and python entry go together:
+    a failure at the decoder (a full disk) left a new encoder beside the old decoder, and the gateway
+    refused the translator that served before the export (entries of different checkpoints)."""
+    staged: list[tuple[Path, Path]] = []
+    token = _TOGETHER.set(staged)
+    try:
+        try:
+            yield
+        finally:
+            _TOGETHER.reset(token)
+        while staged:
+            _commit(*staged.pop(0))
+    finally:
+        for staging, _ in staged:  # not swapped in: an error staging one, or swapping one in
+            shutil.rmtree(staging, ignore_errors=True)
+        area = staging_area(repository)
         if area != repository.resolve():
             _tidy(area)
-    log.info("wrote %s", final)
-    return final
 
 
 def name_path(exc: OSError, where: Path) -> None:

@@ -245,7 +245,20 @@ def write_translator_entries(
 ) -> list[EntryResult]:
     """Write the three entries; each parity report goes to its entry's kiln.json and to the results;
     the encoder's and the decoder's ``fused_step`` say whether their fused-attention graph was written
-    and with what parity."""
+    and with what parity. The three are swapped in together (``repository.written_together``)."""
+    with repository.written_together(ctx.repository):
+        return _write_translator_entries(ctx, g, encoder, decoder, beam, fused, fused_encoder)
+
+
+def _write_translator_entries(
+    ctx: ExportContext,
+    g: TranslatorGraphs,
+    encoder: ParityReport,
+    decoder: ParityReport,
+    beam: ParityReport,
+    fused: FusedStep | None,
+    fused_encoder: FusedStep | None,
+) -> list[EntryResult]:
     step_spec = g.step_spec
     results = []
     graphs = (
@@ -299,7 +312,14 @@ def write_int8_entries(
     ctx: ExportContext, g: TranslatorGraphs, encoder: Int8Graph, decoder: Int8Graph, gate: ParityReport
 ) -> list[EntryResult]:
     """``<name>_encoder_int8`` and ``<name>_decoder_int8`` (the quantized graphs, same tensors as fp32)
-    and ``<name>_int8``, a translate entry over them, with their parity reports."""
+    and ``<name>_int8``, a translate entry over them, with their parity reports; swapped in together."""
+    with repository.written_together(ctx.repository):
+        return _write_int8_entries(ctx, g, encoder, decoder, gate)
+
+
+def _write_int8_entries(
+    ctx: ExportContext, g: TranslatorGraphs, encoder: Int8Graph, decoder: Int8Graph, gate: ParityReport
+) -> list[EntryResult]:
     step_spec = g.step_spec
     enc_name, dec_name, name = int8_entry_names(ctx.name)
     results = []
