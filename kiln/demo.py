@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli import HelpFormatter
-from kiln.processes import child_options, running, stop_on_sigterm
+from kiln.processes import LOCAL, LOCAL_GRPC, child_options, ended, running, stop_on_sigterm
 from serving.triton.ports import held_port
 
 console = Console()
@@ -58,8 +58,9 @@ def run_stage(title: str, cmd: list[str]) -> float:
     result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
-        console.print(f"[red]{title} failed (exit {result.returncode}); the demo stops here.")
-        raise SystemExit(result.returncode)
+        console.print(f"[red]{title} failed: it {ended(result.returncode)}; the demo stops here.")
+        # a shell's status for a stage a signal ended, 128 + its number (SystemExit(-9) exited 247)
+        raise SystemExit(result.returncode if result.returncode > 0 else 128 - result.returncode)
     console.print(f"[green]{title}: done in {elapsed:.1f} s")
     return elapsed
 
@@ -135,7 +136,7 @@ def show_classify(url: str, model: str) -> None:
 
     pngs, truth = sample_digits()
     body = {"images": [base64.b64encode(p).decode() for p in pngs], "top_k": 3}
-    answer = _answer(httpx.post(f"{url}/v1/models/{model}/classify", json=body, timeout=30))
+    answer = _answer(httpx.post(f"{url}/v1/models/{model}/classify", json=body, timeout=30, **LOCAL))
     table = Table(title=f"POST /v1/models/{model}/classify (REST, base64 PNG)")
     table.add_column("true digit")
     table.add_column("top-3 (label: score)")
@@ -163,7 +164,7 @@ def show_translate(url: str, grpc_url: str, model: str) -> None:
     import tritonclient.grpc as triton_grpc
 
     body = {"texts": DEMO_SENTENCES, "beam_size": 4, "return_scores": True}
-    resp = _answer(httpx.post(f"{url}/v1/models/{model}/translate", json=body, timeout=60))
+    resp = _answer(httpx.post(f"{url}/v1/models/{model}/translate", json=body, timeout=60, **LOCAL))
     table = Table(title=f"POST /v1/models/{model}/translate (beam 4)")
     table.add_column("English")
     table.add_column("French")
@@ -173,7 +174,7 @@ def show_translate(url: str, grpc_url: str, model: str) -> None:
         table.add_row(text, best["text"], f"{best['score']:.3f}")
     console.print(table)
 
-    client = triton_grpc.InferenceServerClient(grpc_url)
+    client = grpc_client(grpc_url)
     text = triton_grpc.InferInput("text", [2, 1], "BYTES")
     text.set_data_from_numpy(np.array([[s.encode()] for s in DEMO_SENTENCES[:2]], dtype=np.object_))
     out = client.infer(model, [text], parameters={"beam_size": 4}).as_numpy("translation")
@@ -184,8 +185,18 @@ def show_translate(url: str, grpc_url: str, model: str) -> None:
     )
     client.close()
     text = DEMO_SENTENCES[2]
-    generated = _answer(httpx.post(f"{url}/v2/models/{model}/generate", json={"text": text}, timeout=60))
+    generated = _answer(
+        httpx.post(f"{url}/v2/models/{model}/generate", json={"text": text}, timeout=60, **LOCAL)
+    )
     console.print(f"Triton generate /v2/models/{model}/generate: {text!r} -> {generated['translation']!r}")
+
+
+def grpc_client(target: str) -> Any:
+    """A tritonclient gRPC client of the gateway the demo started at ``target``, past any proxy the
+    environment names (``LOCAL_GRPC``)."""
+    import tritonclient.grpc as triton_grpc
+
+    return triton_grpc.InferenceServerClient(target, channel_args=LOCAL_GRPC)
 
 
 def _streamed(client, model: str) -> list[str]:  # noqa: ANN001 - a tritonclient.grpc client
@@ -273,7 +284,7 @@ def show_placement(url: str, model: str) -> None:
     """The instance kind (and any placement parameters the gateway reports) of one served model."""
     import httpx
 
-    config = _answer(httpx.get(f"{url}/v2/models/{model}/config", timeout=30))
+    config = _answer(httpx.get(f"{url}/v2/models/{model}/config", timeout=30, **LOCAL))
     groups = config.get("instance_group") or config.get("instanceGroup") or [{}]
     params = config.get("parameters") or {}
     values = {k: v.get("string_value", v) if isinstance(v, dict) else v for k, v in params.items()}
@@ -350,7 +361,7 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],
     )
     with gateway(args.repository) as (url, grpc_url):
-        models = [f"{m['name']} ({m['task']})" for m in _answer(httpx.get(f"{url}/v1/models"))]
+        models = [f"{m['name']} ({m['task']})" for m in _answer(httpx.get(f"{url}/v1/models", **LOCAL))]
         console.print(f"GET /v1/models → {', '.join(models)}")
         show_placement(url, "resnet18")
         show_classify(url, "resnet18")

@@ -13,6 +13,13 @@ from typing import Any
 
 from serving.workers import _stop_with_parent
 
+# httpx keywords for a request to a server this machine started: http_proxy/HTTPS_PROXY/ALL_PROXY from the
+# environment are not consulted (httpx, unlike curl, sends 127.0.0.1 to them unless NO_PROXY names it), so
+# a proxy set for pip cannot answer, or refuse, a readiness probe the server itself would have answered.
+LOCAL: dict[str, Any] = {"trust_env": False}
+# gRPC channel arguments to the same effect (gRPC reads grpc_proxy, https_proxy and http_proxy too)
+LOCAL_GRPC: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
+
 
 @contextlib.contextmanager
 def running(
@@ -33,11 +40,9 @@ def running(
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{' '.join(cmd[:4])} exited with {proc.returncode} before it was ready{where}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
+                raise RuntimeError(f"{' '.join(cmd[:4])} {ended(proc.returncode)} before it was ready{where}")
+            with contextlib.suppress(httpx.TransportError):  # no proxy: see LOCAL
+                if httpx.get(ready_url, timeout=2, **LOCAL).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(cmd[:4])} was not ready after {timeout_s:.0f} s{where}")
@@ -51,6 +56,19 @@ def running(
             proc.kill()
         if out is not None:
             out.close()
+
+
+def ended(returncode: int) -> str:
+    """How a child process ended, in words: ``exited with N``, or the signal that killed it (``Popen``'s
+    negative status, which read as "exited with -9"), SIGKILL with its usual sender named."""
+    if returncode >= 0:
+        return f"exited with {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    oom = " (out of memory? the kernel's OOM killer sends it)" if -returncode == signal.SIGKILL else ""
+    return f"was killed by {name}{oom}"
 
 
 def child_options() -> dict[str, Any]:
