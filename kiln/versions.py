@@ -15,6 +15,9 @@ CLASSIFIERS = (
     "vgg11",
     "vgg16",
 )
+# every registered translator (list_models("translate")): training.translate takes no --models-from, so a
+# model name Kiln's export wrote that is none of these is a classifier, the zoo's or one of the user's own
+TRANSLATORS = ("gru_attention", "lstm_attention", "transformer")
 
 EXPORT_VERSION = 11  # bump when the export changes what it writes, and say for which models in CHANGED
 
@@ -71,14 +74,25 @@ CHANGED: dict[int, tuple[tuple[str, ...], str]] = {
 }
 
 
+def changed(models: tuple[str, ...], model: str | None) -> bool:
+    """Whether a change for ``models`` (a ``CHANGED`` entry) changed what export writes for ``model``: one
+    for every registered classifier is one for export's classifier entries, so for a classifier of the
+    user's own (``--models-from``, named as its module registers it) too."""
+    if model in models:
+        return True
+    return model is not None and model not in TRANSLATORS and set(CLASSIFIERS) <= set(models)
+
+
 def current_version(model: str | None) -> int:
     """The oldest export version whose entries of registry model ``model`` are current: the last version
     that changed what export writes for it (1, the first, when none did)."""
-    return max((v for v, (models, _) in CHANGED.items() if model in models), default=1)
+    return max((v for v, (models, _) in CHANGED.items() if changed(models, model)), default=1)
 
 
 def changes_since(version: int, model: str | None) -> list[str]:
     """What export has changed for ``model`` since ``version`` wrote an entry of it (oldest first)."""
     return [
-        f"{v}: {what}" for v, (models, what) in sorted(CHANGED.items()) if v > version and model in models
+        f"{v}: {what}"
+        for v, (models, what) in sorted(CHANGED.items())
+        if v > version and changed(models, model)
     ]
