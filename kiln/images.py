@@ -42,10 +42,14 @@ def upright(img: Any) -> Any:
 
 def to_8bit(img: Any, mode: str) -> Any:
     """``img`` (a PIL image) converted to ``mode`` (L or RGB); 16-bit grey is scaled (>> 8), where
-    Pillow's own conversion clips every value above 255 to white."""
+    Pillow's own conversion clips every value above 255 to white. A mode Pillow converts to RGB alone
+    (LAB: a CIELab TIFF) goes through RGB, where it refused a grey model's folder outright."""
     from PIL import Image
 
     if img.mode in WIDE_MODES:
         wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)  # (H, W)
         img = Image.fromarray((wide >> 8).astype(np.uint8), "L")
-    return img.convert(mode)
+    try:
+        return img.convert(mode)
+    except ValueError:  # "conversion from LAB to L not supported"
+        return img.convert("RGB").convert(mode)
