@@ -357,7 +357,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(str(exc.detail), exc.status_code, exc.headers)
 
     async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        count_refusal(request, exc, CLIENT_LEFT)
+        count_refusal(request, exc, request.scope.get(lean.ANSWERED_BY_PROTOCOL, CLIENT_LEFT))
         # the client closed the connection before its body ended: its mistake, and nobody to answer
         log.debug("a client disconnected before its request body ended")
         return error_response("the client disconnected before its request body ended", 400)

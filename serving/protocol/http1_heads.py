@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from serving.protocol.lean import ANSWERED_BY_PROTOCOL
+
 try:
     from fcntl import ioctl
     from termios import FIONREAD
@@ -251,6 +253,8 @@ class HeadLimits:
             self._read_timer = self.loop.call_later(left, self._read_watch)
             return
         part = "headers" if self._in_head else "body"
+        if not self._in_head:  # the app's request, its body cut by this answer: counted as answered
+            self.scope[ANSWERED_BY_PROTOCOL] = 408
         self.logger.debug("closing a connection whose request %s took over %g s", part, self.read_timeout)
         self._refuse(408, f"request {part} not received within {self.read_timeout:g} s")
 

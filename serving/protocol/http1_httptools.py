@@ -16,9 +16,11 @@ from typing import Any
 
 import httptools
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from serving.metric_families import CLIENT_LEFT
 from serving.protocol.http1_heads import (
     MAX_HEAD_BYTES,
     PARSER_WARNING,
@@ -27,7 +29,7 @@ from serving.protocol.http1_heads import (
     HeadRefused,
 )
 from serving.protocol.http1_writes import JOIN_BYTES, CoalescedWrites
-from serving.protocol.lean import LeanRoutes
+from serving.protocol.lean import ANSWERED_BY_PROTOCOL, LeanRoutes
 from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.request_values import stated_size
 from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
@@ -82,6 +84,16 @@ def _release(cycle: DirectCycle) -> None:
         cycle.hold.release()
 
 
+def _count_cut(cycle: DirectCycle) -> None:
+    """A lean request whose body never arrived whole (its client left, or the read timeout's 408 ended
+    it), counted for the model it names as the app counts a body cut short on its other routes: it
+    never reached the app, and the gateway's most used routes counted none of these."""
+    refused = cycle.routes.limited.on_refused
+    if refused is not None:
+        status = cycle.scope.get(ANSWERED_BY_PROTOCOL, CLIENT_LEFT)
+        refused(cycle.scope, ClientDisconnect(), status)
+
+
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 # what uvicorn answers when the app raises before answering (with "connection: close")
 
@@ -120,6 +132,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             self._lingering.cancel()
         if isinstance(self.cycle, DirectCycle):
             _release(self.cycle)  # a body that will never be whole (else its answer releases it)
+            if self._answer_task is None and not self.cycle.response_complete:
+                _count_cut(self.cycle)
         if self._answer_task is not None:  # nobody will read it: stop the work (a translation's rows)
             self._answer_task.cancel()
         super().connection_lost(exc)
