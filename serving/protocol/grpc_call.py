@@ -202,9 +202,11 @@ class Call:
         """The first bytes of the message as they arrived (``payload`` the latest), at most
         ``HEAD_BYTES`` of it, inflated where it is compressed (none where they do not inflate). A large
         message is refused at its prefix if at all while it arrives (its buffer is held whole from
-        there on): a refusal once its buffer exists has none to show here (see ``message``)."""
-        if self.body is not None:
-            return b""
+        there on), unless its deadline or the read timeout ends it: then its first bytes are read from
+        that buffer (a refusal for what it inflates to shows its ``message``)."""
+        if self.body is not None:  # a large message's own buffer (a deadline ended it as it arrived)
+            with self.body.getbuffer() as buffer:
+                return self._readable(bytes(buffer[:HEAD_BYTES]))  # its prefix left out
         wanted, pieces, have = HEAD_BYTES + 5, [], 0
         for part in (*self.parts, payload):
             pieces.append(part[: wanted - have])

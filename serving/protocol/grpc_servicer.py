@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from serving.errors import PayloadTooLarge, ServingError, Unavailable, is_models_answer
+from serving.errors import DeadlineExceeded, PayloadTooLarge, ServingError, Unavailable, is_models_answer
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.model_versions import parse_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
@@ -52,6 +52,7 @@ STATUS_TO_CODE = {
 UNPARSED_REFUSALS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: PayloadTooLarge,  # its length prefix past the limit
     grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,  # the body budget
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,  # not arrived whole in time
 }
 
 
@@ -253,7 +254,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def refused_unparsed(self, request_class: Any, head: bytes, code: int, details: str) -> None:
         """A call Kiln's server refused before parsing its message (grpc_call.Call.refused: its length
-        prefix past the limit, or the body budget), shown its first bytes: a ModelInfer call is counted
+        prefix past the limit, the body budget, or the message not whole by its deadline or the read
+        timeout), shown its first bytes: a ModelInfer call is counted
         as HTTP counts a body refused unread, for the model its message names where ``model_name``
         arrived with them and is one of the backend's (grpcio's server refuses these in gRPC core,
         unseen)."""

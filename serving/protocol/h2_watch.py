@@ -174,11 +174,14 @@ class PartialCalls(ConnectionState):
                 heapq.heappush(expiries, (expiry, stream))
                 continue
             if call.deadline is not None and call.deadline <= now:
-                self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")  # grpc core's words
+                details = "Deadline Exceeded"  # grpc core's words
             else:
                 timeout = self.server.read_timeout_s
                 log.debug("ending gRPC call %d: its request paused over %g s", call.stream, timeout)
-                self._finish(call, DEADLINE_EXCEEDED, f"request message not received within {timeout:g} s")
+                details = f"request message not received within {timeout:g} s"
+            # told to the servicer (counted for the model its first bytes name, as HTTP/1 counts a
+            # body its read timeout ended): no servicer ever sees the call otherwise
+            self._finish(call, *call.refused(b"", DEADLINE_EXCEEDED, details))
         self._arm_watch()
 
     def _stop_watch(self) -> None:
