@@ -313,7 +313,7 @@ def test_a_decoder_output_of_another_shape_than_its_rows_is_refused_with_its_nam
         (lambda s: s.pop("eos_id"), "eos_id"),
         # the search reads each row's eos_id column: one past the vocabulary read past the row
         (lambda s: s.update(eos_id=s["vocab_size"]), f"eos_id {V} not below vocab_size {V}"),
-        (lambda s: s.update(bos_id=-1), "bos_id -1 not below"),
+        (lambda s: s.update(bos_id=-1), "bos_id -1 is negative"),
         # cache and pad axes index dimensions (the compiled step's tensor fields too): never the rows
         (lambda s: s["decoder"]["inputs"][2].update(axis=-2), "'keys': cache axis -2"),
         (lambda s: s["decoder"]["inputs"][2].update(axis=0), "'keys': cache axis 0"),

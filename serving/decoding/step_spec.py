@@ -101,9 +101,13 @@ def _parse_input(d: dict[str, Any]) -> DecoderInput:
 
 def _check_spec(spec: StepSpec) -> None:
     specials = {"pad_id": spec.pad_id, "bos_id": spec.bos_id, "eos_id": spec.eos_id}
-    outside = [f"{name} {value}" for name, value in specials.items() if not 0 <= value < spec.vocab_size]
+    outside = [  # a negative id is no column either: "-1 not below vocab_size" said it was too large
+        f"{name} {value} " + ("is negative" if value < 0 else f"not below vocab_size {spec.vocab_size}")
+        for name, value in specials.items()
+        if not 0 <= value < spec.vocab_size
+    ]
     if outside:  # the decoder's log_probs have vocab_size columns: the search reads the eos_id one
-        raise ValueError(f"{', '.join(outside)} not below vocab_size {spec.vocab_size}")
+        raise ValueError(f"token ids run from 0 to vocab_size - 1: {', '.join(outside)}")
     if len(spec.encoder_inputs) != 1:
         raise ValueError(f"the encoder must take exactly one input (source ids), got {spec.encoder_inputs}")
     if "log_probs" not in spec.decoder_outputs:
