@@ -17,8 +17,13 @@ from serving.workers import _stop_with_parent
 # environment are not consulted (httpx, unlike curl, sends 127.0.0.1 to them unless NO_PROXY names it), so
 # a proxy set for pip cannot answer, or refuse, a readiness probe the server itself would have answered.
 LOCAL: dict[str, Any] = {"trust_env": False}
-# gRPC channel arguments to the same effect (gRPC reads grpc_proxy, https_proxy and http_proxy too)
-LOCAL_GRPC: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
+# gRPC channel arguments to the same effect (gRPC reads grpc_proxy, https_proxy and http_proxy too), with
+# the message limits tritonclient sets where it is given no channel arguments (gRPC's own: 4 MB received)
+LOCAL_GRPC: list[tuple[str, Any]] = [
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+]
 
 
 @contextlib.contextmanager

@@ -106,3 +106,14 @@ def test_the_proxy_really_refuses(dead_proxy):
 
     with pytest.raises(httpx.TransportError):
         httpx.get("http://127.0.0.1:1/", timeout=5)
+
+
+def test_the_demos_grpc_channel_keeps_tritonclients_message_limits() -> None:
+    """Channel arguments given to tritonclient replace its own, which lift gRPC's 4 MB receive limit."""
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    from kiln.processes import LOCAL_GRPC
+
+    limits = dict(LOCAL_GRPC)
+    assert limits["grpc.max_receive_message_length"] == MAX_GRPC_MESSAGE_SIZE
+    assert limits["grpc.max_send_message_length"] == MAX_GRPC_MESSAGE_SIZE

@@ -186,8 +186,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         pair answers with requests by order: ids are optional). A request that fails gets
         ``error_message`` with its ``id`` echoed (:func:`_stream_error`), in its turn, and the stream
         goes on, as Triton's does; every answer carries Triton's ``triton_final_response: true`` (a
-        request's one answer is its last) but, as Triton's, an error refused before the model took it. Up to ``STREAM_IN_FLIGHT`` requests are running or
-        answered but not yet sent; the next ones wait in the stream. Served by both gRPC servers
+        request's one answer is its last) but, as Triton's, an error refused before the model took it.
+        Up to ``STREAM_IN_FLIGHT`` requests are running or answered but not yet sent; the next ones
+        wait in the stream. Served by both gRPC servers
         (Kiln's: serving.protocol.h2_streams)."""
         turns: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # each request's answer, in order
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
