@@ -208,6 +208,7 @@ class HeadLimits:
             self._stop_watch()  # the body of a request queued behind an answer under way: a
             self.transport.close()  # refusal now would be read as that answer
         else:  # the body of the request being answered: it will never be whole
+            cycle.scope[ANSWERED_BY_PROTOCOL] = 400  # its app counts it so, not as a client gone
             cycle.disconnected = True  # its app reads a disconnect and writes nothing more
             cycle.message_event.set()
             self._refuse(400, message)

@@ -30,8 +30,8 @@ from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 
 WATCHED_BY_PROTOCOL = "kiln.watched"  # scope key: the server cancels the request when its client leaves
 # scope key: the status the HTTP protocol answered a request with while its body was still arriving
-# (408: the body paused past the read timeout); the app then sees only its client gone, and counts it
-# by this status, not as 499 (serving.app.count_refusal)
+# (408: the body paused past the read timeout; 400: a chunked body its parser refused); the app then
+# sees only its client gone, and counts it by this status, not as 499 (serving.app.count_refusal)
 ANSWERED_BY_PROTOCOL = "kiln.answered_status"
 
 
