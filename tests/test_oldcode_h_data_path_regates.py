@@ -76,7 +76,9 @@ def test_a_refusal_measured_on_the_test_split_stays_remembered_with_data_path(tm
     assert not _context(repo, tmp_path).needs_rebuild(Entry("t_int8", "int8"))
 
 
-def test_a_data_path_that_is_not_there_leaves_entries_checked_on_random_inputs_current(tmp_path: Path) -> None:
+def test_a_data_path_that_is_not_there_leaves_entries_checked_on_random_inputs_current(
+    tmp_path: Path,
+) -> None:
     """Nothing there to measure on: re-gated, they were checked on random inputs again and rewritten on
     every run (a polling Triton reloading them each time), where they were "up to date" before."""
     repo = tmp_path / "repo"
