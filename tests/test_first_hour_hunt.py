@@ -72,7 +72,9 @@ def test_the_readme_demo_output_shows_the_placement_line_the_demo_prints_on_the_
         "parameters": Placement("CPUExecutionProvider", "cpu").config_parameters(),
     }
     request = httpx.Request("GET", "http://127.0.0.1:1/v2/models/resnet18/config")
-    monkeypatch.setattr(httpx, "get", lambda url, timeout: httpx.Response(200, json=config, request=request))
+    monkeypatch.setattr(
+        httpx, "get", lambda url, timeout, **_: httpx.Response(200, json=config, request=request)
+    )
     out = io.StringIO()
     monkeypatch.setattr(demo, "console", Console(file=out, width=1000))
     demo.show_placement("http://127.0.0.1:1", "resnet18")

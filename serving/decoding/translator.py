@@ -177,8 +177,10 @@ class Translator:
     def _check_queue(self, config: SchedulerConfig) -> None:
         """429 once ``max_queue`` requests wait across the decode workers (``--max-queue-size``: per
         model, as Triton's): each worker's own cap alone let N workers queue N times as many."""
+        if len(self.schedulers) == 1:  # its own cap is the model's
+            return
         waiting = sum(s.queued for s in self.schedulers)
-        if len(self.schedulers) > 1 and waiting >= config.max_queue:
+        if waiting >= config.max_queue:
             raise Overloaded(
                 f"translator {self.name!r}: {waiting} requests already waiting; retry later",
                 retry_after=config.retry_after_s,
