@@ -78,9 +78,22 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
                 f"tensor {tensor!r}: values out of range for {datatype} [{info.min}, {info.max}]"
             )
     try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
+        with np.errstate(over="ignore"):  # a finite value past FP16/FP32 is refused below, not warned
+            array = np.asarray(flat, dtype=dtype)
     except OverflowError:  # an integer beyond any float
         raise BadRequest(f"tensor {tensor!r}: values out of range for {datatype}") from None
+    if dtype.kind == "f" and dtype.itemsize < 8 and not np.isfinite(array).all():
+        _check_finite_fit(flat, array, datatype, tensor)
+    return array.reshape(shape)
+
+
+def _check_finite_fit(flat: list, array: np.ndarray, datatype: str, tensor: str) -> None:
+    """Refuse a finite JSON number that FP16/FP32 can only hold as an infinity (3.5e38 for FP32): it
+    was answered as ``null``, as if the client had sent ``Infinity``, where an integer past its range
+    is a 400. NaN and the infinities a client writes stay what they are."""
+    if (np.isinf(array) & np.isfinite(np.asarray(flat, dtype=np.float64))).any():
+        largest = float(np.finfo(array.dtype).max)
+        raise BadRequest(f"tensor {tensor!r}: values out of range for {datatype} [{-largest}, {largest}]")
 
 
 def to_json_data(array: np.ndarray) -> list:
