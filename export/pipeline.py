@@ -318,7 +318,7 @@ def find_checkpoints(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def check_entry_names(checkpoints: Iterable[Path]) -> None:
     """Refuse, before any work, two checkpoints whose file names give the same entry name (``a/x.pt``
-    and ``b/x.pt``, or ``x-1.pt`` and ``x_1.pt``): the second would overwrite the first's entries. The
+    and ``b/x.pt``, or ``x.1.pt`` and ``x_1.pt``): the second would overwrite the first's entries. The
     names derived from them (``x_encoder``, ``x_int8``...) are ``entry_plan.check_entry_plan``'s."""
     owners: dict[str, Path] = {}
     for path in checkpoints:
