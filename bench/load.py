@@ -73,7 +73,12 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float, warmup_s:
 
 
 async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_flight: int = 1024) -> LoadResult:
-    """Requests at a fixed rate regardless of answers; latency counted from the scheduled send time."""
+    """Requests at a fixed rate regardless of answers; latency counted from the scheduled send time.
+
+    The window is from the first send to the last reply, and at least the ``n / rate_rps`` seconds its
+    ``n`` requests were offered over: the last one is sent ``(n - 1) / rate_rps`` in, so a server that
+    answered faster than one interval was credited with more than the offered rate (one request at
+    1 request/s, answered in 1 ms: 1000 requests/s)."""
     if not rate_rps > 0:
         raise ValueError(f"an open loop needs a rate above 0 requests/s, not {rate_rps}")
     latencies: list[float] = []
@@ -89,14 +94,15 @@ async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_fligh
         if ok:
             latencies.append(time.perf_counter() - scheduled)
 
-    for i in range(int(rate_rps * duration_s)):
+    offered = int(rate_rps * duration_s)
+    for i in range(offered):
         scheduled = start + i * interval
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
+    elapsed = max(time.perf_counter() - start, offered * interval)
     return LoadResult("open", 0, rate_rps, elapsed, counts["ok"], counts["errors"], latencies)
 
 
