@@ -75,9 +75,31 @@ def prepare_data(cfg: TranslateConfig, tokenizers: TokenizerPair | None = None):
     corpus.info["too_long_pairs"] = dropped
     if any(dropped.values()):
         log.warning("dropped pairs longer than max_positions %d tokens: %s", limit, dropped)
+    warn_long_references(corpus, tokenizers, cfg.max_decode_length)
     src = tokenizers.encode_source([s for s, _ in corpus.train])
     tgt = tokenizers.encode_target([t for _, t in corpus.train])
     return corpus, tokenizers, list(zip(src, tgt, strict=True))
+
+
+def warn_long_references(corpus, tokenizers: TokenizerPair, max_decode_length: int) -> dict[str, int]:
+    """Warn where held-out references need more decoded tokens (their EOS included) than evaluation's
+    ``--max-decode-length``: their translations are cut there (EOS forced), so validation BLEU, early
+    stopping and the test BLEU count them truncated, which no line said (a tsv corpus of sentences
+    longer than the default 40 tokens). Returns the count per split."""
+    long = {
+        split: sum(
+            len(ids) + 1 > max_decode_length for ids in tokenizers.encode_target([t for _, t in pairs])
+        )
+        for split, pairs in (("valid", corpus.valid), ("test", corpus.test))
+    }
+    if any(long.values()):
+        log.warning(
+            "held-out references longer than --max-decode-length %d tokens (with EOS), whose translations "
+            "evaluation cuts short (BLEU counts them truncated): %s; raise --max-decode-length",
+            max_decode_length,
+            long,
+        )
+    return long
 
 
 def build_translator(cfg: TranslateConfig, tokenizers: TokenizerPair) -> tuple[nn.Module, dict[str, Any]]:
