@@ -66,7 +66,8 @@ def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) ->
     args = asdict(make_config(name, **args))
     module = build_model(name, **args)
     held = checkpoint_channels(config.finetune, ckpt)
-    state = adapt_input_channels(module, ckpt["state_dict"], held, channels)
+    state = renumber_layers(module.state_dict(), ckpt["state_dict"])
+    state = adapt_input_channels(module, state, held, channels)
     try:
         skipped = load_matching_weights(module, state)
     except ValueError as exc:
@@ -75,6 +76,50 @@ def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) ->
         raise ValueError(f"--finetune {config.finetune}: {exc}{given}") from None
     log.info("finetune from %s: new (re-initialised) tensors: %s", config.finetune, skipped or "none")
     return name, args, module
+
+
+def renumber_layers(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the layers of each ``nn.Sequential`` renamed to this model's indices where only
+    parameter-free layers moved them: a head built with ``dropout=0.3`` from one trained without has
+    ``classifier.2/5/7`` where the checkpoint has ``classifier.1/3/5`` (Dropout takes an index), and
+    matching by name re-initialised the whole pretrained head. The k-th layer holding tensors in the
+    checkpoint's sequence becomes the k-th in the model's where both hold the same tensor names, layer
+    for layer (a new class count's head keeps its other layers; shapes are matched afterwards, as
+    always); any other difference leaves the sequence's names as they were."""
+    ours, theirs = _indexed_layers(own), _indexed_layers(state)
+    renamed = {}
+    for prefix, old in theirs.items():
+        new = ours.get(prefix)
+        if new is None or list(new) == list(old) or len(new) != len(old):
+            continue
+        pairs = list(zip(old.items(), new.items(), strict=True))
+        if all(a == b for (_, a), (_, b) in pairs):
+            at = f"{prefix}." if prefix else ""
+            renamed.update({f"{at}{i}.": f"{at}{j}." for (i, _), (j, _) in pairs if i != j})
+    if not renamed:
+        return state
+    log.info(
+        "finetune: layers renumbered by position: %s", ", ".join(f"{a}* -> {b}*" for a, b in renamed.items())
+    )
+    out = {}
+    for key, value in state.items():
+        head = min((a for a in renamed if key.startswith(a)), key=len, default=None)  # the outermost
+        out[renamed[head] + key[len(head) :] if head else key] = value
+    return out
+
+
+def _indexed_layers(state: dict[str, torch.Tensor]) -> dict[str, dict[int, tuple[str, ...]]]:
+    """Per ``nn.Sequential`` path (any depth): its children's indices (ascending) holding tensors, each
+    with the names of every tensor under it from that child down (``classifier.1.weight`` ->
+    ``{"classifier": {1: ("bias", "weight")}}``)."""
+    layers: dict[str, dict[int, list]] = {}
+    for key in state:
+        parts = key.split(".")
+        for at, part in enumerate(parts[:-1]):
+            if part.isdigit():
+                prefix, rest = ".".join(parts[:at]), ".".join(parts[at + 1 :])
+                layers.setdefault(prefix, {}).setdefault(int(part), []).append(rest)
+    return {p: {i: tuple(sorted(v)) for i, v in sorted(c.items())} for p, c in layers.items()}
 
 
 def checkpoint_channels(path: str, ckpt: dict[str, Any]) -> int:
