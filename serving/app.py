@@ -105,7 +105,7 @@ def count_refusal(request: Request, exc: BaseException, status: int) -> None:
         params = route.match(request.scope["path"])  # url.path drops a CR, LF or tab the client sent
         if params is not None:
             if params["name"] in state.repository.names():
-                state.metrics.refused(params["name"], exc, status)
+                state.metrics.refused(params["name"], exc, status, params.get("version", ""))
             return
 
 

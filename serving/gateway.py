@@ -158,7 +158,9 @@ class Gateway:
             return entry.config_dict()
         return self.backend.config(name, version)
 
-    async def batching_statistics(self, models: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    async def batching_statistics(
+        self, models: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """The statistics' batching half for ``models`` from a backend that batches them itself
         (Triton's ``batching_statistics``); none for translators the gateway decodes (their decoder
         steps are its own figures, and Triton's ``<name>`` model does not serve them)."""

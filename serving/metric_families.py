@@ -69,7 +69,10 @@ class MetricFamilies:
         queue and in execution; the size of the batches run."""
         r = self.registry
         self.requests = Counter(
-            "kiln_requests", "Inference requests by model and outcome", ["model", "outcome"], registry=r
+            "kiln_requests",
+            "Inference requests by model, version served and outcome",
+            ["model", "version", "outcome"],
+            registry=r,
         )
         self.request_failures = Counter(
             "kiln_request_failures",
@@ -106,18 +109,20 @@ class MetricFamilies:
 
     def _add_statistics_metrics(self) -> None:
         """What Triton's statistics extension reports (serving.protocol.statistics), as counters only: so
-        the workers' values add up, and a statistics call reads a few counters, not every histogram."""
+        the workers' values add up, and a statistics call reads a few counters, not every histogram. Each
+        carries the ``version`` that served (as Triton's ``nv_inference_*`` series do), so statistics
+        answer per version; ``kiln_requests_total`` carries it too, for the same reason."""
         r = self.registry
         self.request_seconds = Counter(
             "kiln_request_seconds",
-            "End-to-end time of inference requests, summed, by outcome",
-            ["model", "outcome"],
+            "End-to-end time of inference requests, summed, by version served and outcome",
+            ["model", "version", "outcome"],
             registry=r,
         )
         self.executed_requests = Counter(
             "kiln_executed_requests",
             "Requests the batcher ran (in batches of any size), or a translator decoded to success",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.request_stage_seconds = Counter(
@@ -126,27 +131,33 @@ class MetricFamilies:
             "batch each ran in, once per request: input (merging it), infer (the model's run), output "
             "(splitting the answers); a translator's: queue (until its sentences joined the decode batch) "
             "and infer (from then to its answer)",
-            ["model", "stage"],
+            ["model", "version", "stage"],
             registry=r,
         )
         self.batch_runs = Counter(
-            "kiln_batch_runs", "Executed batches by batch size (items)", ["model", "size"], registry=r
+            "kiln_batch_runs",
+            "Executed batches by batch size (items)",
+            ["model", "version", "size"],
+            registry=r,
         )
         self.batch_seconds = Counter(
             "kiln_batch_seconds",
             "Execution time of batches, summed, by batch size (items) and part (input, infer, output)",
-            ["model", "size", "part"],
+            ["model", "version", "size", "part"],
             registry=r,
         )
         self.last_inference = Gauge(
             "kiln_last_inference_timestamp_seconds",
-            "When the model last ran a batch (a translator: last answered), Unix time",
-            ["model"],
+            "When the model version last ran a batch (a translator: last answered), Unix time",
+            ["model", "version"],
             registry=r,
             multiprocess_mode="max",
         )
         self.translated_texts = Counter(
-            "kiln_translated_texts", "Texts of successful translation requests", ["model"], registry=r
+            "kiln_translated_texts",
+            "Texts of successful translation requests",
+            ["model", "version"],
+            registry=r,
         )
 
     def _add_load_metrics(self) -> None:
@@ -195,7 +206,9 @@ class MetricFamilies:
     def _add_decoding_metrics(self) -> None:
         """Translators: decoder steps, rows and requests per step (iteration-level batching), latency, tokens."""
         r = self.registry
-        self.decoder_steps = Counter("kiln_decoder_steps", "Decoder steps run", ["model"], registry=r)
+        self.decoder_steps = Counter(
+            "kiln_decoder_steps", "Decoder steps run", ["model", "version"], registry=r
+        )
         self.rows_per_step = Histogram(
             "kiln_decoder_rows_per_step",
             "Beam rows per decoder step",

@@ -68,6 +68,10 @@ class GatewayMetrics(MetricFamilies):
         self._watched: dict[Any, Callable[[], int]] = {}
         self._refresh: asyncio.TimerHandle | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._versioned: dict[tuple[Any, ...], Any] = {}
+        # the repository whose entries' versions label the versioned series (set as the gateway starts
+        # with one; without it, the version asked labels them as given: tests' lone metrics)
+        self.repository: Any = None
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: the hot path records without the label lookup."""
@@ -77,15 +81,43 @@ class GatewayMetrics(MetricFamilies):
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def refused(self, name: str, error: BaseException, status: int) -> None:
-        """A request for model ``name`` (one of the repository's: labels stay bounded) that ended before
-        :func:`observed` saw it (its body, tensors or options refused): counted as a failure by the
-        ``status`` it was answered with in ``kiln_requests_total`` and ``kiln_request_failures_total``,
-        once; no latency."""
+    def versioned(self, metric: Any, model: str, asked: str, *labels: str) -> Any:
+        """``metric``'s child for ``model`` in the version a request for version ``asked`` ("": the
+        model's default) is served by, looked up once per (model, asked): the hot path does no more than
+        :meth:`child`. An unknown version is counted as the default one's and never kept, so a client's
+        made-up versions add neither a series nor an entry here."""
+        key = (id(metric), model, asked, *labels)
+        found = self._versioned.get(key)
+        if found is None:
+            served, known = self.served_version(model, asked)
+            found = metric.labels(model, served, *labels)
+            if known:
+                self._versioned[key] = found
+        return found
+
+    def served_version(self, model: str, asked: str) -> tuple[str, bool]:
+        """The version label of a request for ``model`` in version ``asked`` (the latest where empty or
+        unknown; "" for an entry without versions), and whether ``asked`` is one the model serves."""
+        if self.repository is None:
+            return asked, True
+        try:
+            entry = self.repository.get(model)
+        except ModelNotFound:  # callers count models of the repository only
+            return asked, False
+        versions = entry.versions
+        if asked in versions:
+            return asked, True
+        return (versions[-1] if versions else ""), not asked
+
+    def refused(self, name: str, error: BaseException, status: int, version: str = "") -> None:
+        """A request for model ``name`` (one of the repository's: labels stay bounded) in ``version``
+        (as asked: :meth:`versioned`) that ended before :func:`observed` saw it (its body, tensors or
+        options refused): counted as a failure by the ``status`` it was answered with in
+        ``kiln_requests_total`` and ``kiln_request_failures_total``, once; no latency."""
         if getattr(error, COUNTED, False) or status == ModelNotFound.status:  # 404: not that model's
             return
         self.child(self.request_failures, name, str(status)).inc()
-        self.child(self.requests, name, "failure").inc()
+        self.versioned(self.requests, name, version, "failure").inc()
 
     def set_placement(self, model: str, version: str, placement: Any) -> None:
         """Publish a loaded model's placement (a :class:`~serving.execution.placement.Placement`)."""
@@ -104,22 +136,23 @@ class GatewayMetrics(MetricFamilies):
         input_s: float,
         infer_s: float,
         output_s: float,
+        version: str = "",
     ) -> None:
-        """One executed batch of ``items`` from ``requests`` requests: their queue times summed, the time
-        of each of its parts. Its runs by size are counted last: statistics read them as the sign that
-        all of the batch is in."""
+        """One executed batch of ``items`` from ``requests`` requests of ``model`` in ``version``: their
+        queue times summed, the time of each of its parts. Its runs by size are counted last: statistics
+        read them as the sign that all of the batch is in."""
         self.child(self.compute_latency, model).observe(input_s + infer_s + output_s)
         self.child(self.batch_size, model).observe(items)
-        self.child(self.executed_requests, model).inc(requests)
+        self.versioned(self.executed_requests, model, version).inc(requests)
         if queued_s:  # a lone request run on the loop waited in no queue,
-            self.child(self.request_stage_seconds, model, "queue").inc(queued_s)
+            self.versioned(self.request_stage_seconds, model, version, "queue").inc(queued_s)
         size = str(items)
         for part, seconds in (("input", input_s), ("infer", infer_s), ("output", output_s)):
             if seconds:  # and had no merge or split: ~1 us a zero not added
-                self.child(self.request_stage_seconds, model, part).inc(seconds * requests)
-                self.child(self.batch_seconds, model, size, part).inc(seconds)
-        self.child(self.last_inference, model).set(time.time())
-        self.child(self.batch_runs, model, size).inc()
+                self.versioned(self.request_stage_seconds, model, version, part).inc(seconds * requests)
+                self.versioned(self.batch_seconds, model, version, size, part).inc(seconds)
+        self.versioned(self.last_inference, model, version).set(time.time())
+        self.versioned(self.batch_runs, model, version, size).inc()
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
         """Read a batcher's queue depth when scraped: always current, and nothing to record per request."""
@@ -146,7 +179,7 @@ class GatewayMetrics(MetricFamilies):
         self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_watched)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
-        self.child(self.decoder_steps, model).inc()
+        self.versioned(self.decoder_steps, model, "").inc()  # a translator serves its default version
         self.child(self.rows_per_step, model).observe(rows)
         self.child(self.requests_per_step, model).observe(requests)
         self.child(self.decoder_step_latency, model).observe(seconds)
@@ -167,12 +200,12 @@ class GatewayMetrics(MetricFamilies):
         self.child(self.translate_latency, model, outcome).observe(seconds)
         if outcome == "success":  # a failed or timed-out request returns none of its finished texts
             self.child(self.tokens_generated, model).inc(tokens)
-            self.child(self.translated_texts, model).inc(texts)
-            self.child(self.last_inference, model).set(time.time())
+            self.versioned(self.translated_texts, model, "").inc(texts)  # its default version's
+            self.versioned(self.last_inference, model, "").set(time.time())
             if queued is not None:  # the statistics' queue and compute (infer) of a decoded request
-                self.child(self.executed_requests, model).inc()
-                self.child(self.request_stage_seconds, model, "queue").inc(queued)
-                self.child(self.request_stage_seconds, model, "infer").inc(max(0.0, seconds - queued))
+                self.versioned(self.executed_requests, model, "").inc()
+                self.versioned(self.request_stage_seconds, model, "", "queue").inc(queued)
+                self.versioned(self.request_stage_seconds, model, "", "infer").inc(max(0.0, seconds - queued))
 
     def render(self) -> bytes:
         """The exposition text: this app's registry, or, with the workers' metrics shared, every
@@ -188,8 +221,15 @@ class GatewayMetrics(MetricFamilies):
         return generate_latest(registry)
 
     def sample(self, name: str, **labels: Any) -> float | None:
-        """One sample's value (for tests and the bench)."""
-        return self.registry.get_sample_value(name, labels)
+        """The value of the samples of ``name`` with ``labels``, summed over the labels left out (a
+        model's over its versions); None where none has them (for tests and the bench)."""
+        found = [
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(found) if found else None
 
     def statistics_samples(self) -> list[Any]:
         """The samples of the series the statistics extension reads (``prometheus_client`` Samples):
@@ -310,15 +350,20 @@ def failure_status(error: BaseException, deadline_due: bool = False) -> str:
 
 
 async def observed_infer(backend: Backend, metrics: GatewayMetrics, request: InferRequest) -> InferResponse:
-    """Run ``backend.infer`` (for a model name already validated), observed as :func:`observed`."""
-    return await observed(metrics, request.model, backend.infer(request), request.deadline_s)
+    """Run ``backend.infer`` (for a model name and version already validated), observed as
+    :func:`observed` for the version it asks for."""
+    return await observed(metrics, request.model, backend.infer(request), request.deadline_s, request.version)
 
 
 async def observed(
-    metrics: GatewayMetrics, name: str, work: Awaitable[T], deadline_s: float | None = None
+    metrics: GatewayMetrics,
+    name: str,
+    work: Awaitable[T],
+    deadline_s: float | None = None,
+    version: str = "",
 ) -> T:
-    """Await ``work`` for model ``name`` counting the outcome (a failure also by its status), the
-    end-to-end latency and the in-flight gauge. ``deadline_s``: the time its client's deadline (gRPC's)
+    """Await ``work`` for model ``name`` in ``version`` (as asked: :meth:`GatewayMetrics.versioned`)
+    counting the outcome (a failure also by its status), the end-to-end latency and the in-flight gauge. ``deadline_s``: the time its client's deadline (gRPC's)
     leaves it, if any: cancelled once that is due (``DEADLINE_SLACK_S``), it failed by its deadline."""
     started = time.monotonic()
     gauge = metrics.child(metrics.in_flight, name)
@@ -336,6 +381,6 @@ async def observed(
     finally:
         gauge.dec()
         seconds = time.monotonic() - started
-        metrics.child(metrics.requests, name, outcome).inc()
+        metrics.versioned(metrics.requests, name, version, outcome).inc()
         metrics.child(metrics.request_latency, name).observe(seconds)
-        metrics.child(metrics.request_seconds, name, outcome).inc(seconds)
+        metrics.versioned(metrics.request_seconds, name, version, outcome).inc(seconds)

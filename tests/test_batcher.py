@@ -350,7 +350,7 @@ class Observer:
     def watch_queue_depth(self, name, read) -> None:
         pass
 
-    def observe_batch(self, name, size, requests, queued_s, input_s, infer_s, output_s) -> None:
+    def observe_batch(self, name, size, requests, queued_s, input_s, infer_s, output_s, version="") -> None:
         self.batches.append(size)
 
     def observe_queue(self, name, seconds) -> None:

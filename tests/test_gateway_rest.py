@@ -126,7 +126,7 @@ def test_250_concurrent_requests_are_all_answered_with_their_own_result_and_batc
     count = _sample(metrics, 'kiln_batch_size_count{model="lenet"}')
     total = _sample(metrics, 'kiln_batch_size_sum{model="lenet"}')
     assert total / count > 1.0, "concurrent requests should have been merged into batches > 1"
-    assert _sample(metrics, 'kiln_requests_total{model="lenet",outcome="success"}') >= 300
+    assert _sample(metrics, 'kiln_requests_total{model="lenet",outcome="success",version="1"}') >= 300
     assert 'kiln_queue_latency_seconds_bucket{le="0.0005",model="lenet"}' in metrics
     assert 'kiln_in_flight_requests{model="lenet"} 0.0' in metrics
     assert re.search(r'^kiln_worker_info\{pid="\d+",worker="0"\} 1\.0$', metrics, re.MULTILINE)

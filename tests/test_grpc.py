@@ -496,8 +496,8 @@ def _request_series(http_url: str) -> dict[str, float]:
 
 def test_grpc_inference_calls_are_counted_in_the_request_metrics_as_http_ones_are(gateway) -> None:
     _, running = gateway
-    success = 'kiln_requests_total{model="lenet",outcome="success"}'
-    failure = 'kiln_requests_total{model="lenet",outcome="failure"}'
+    success = 'kiln_requests_total{model="lenet",outcome="success",version="1"}'
+    failure = 'kiln_requests_total{model="lenet",outcome="failure",version="1"}'
     latency = 'kiln_request_latency_seconds_count{model="lenet"}'
     before = _request_series(running.http_url)
     with grpcclient.InferenceServerClient(running.grpc_url) as client:

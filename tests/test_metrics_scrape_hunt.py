@@ -137,7 +137,7 @@ def test_a_lone_gateways_scrape_holds_the_series_a_workers_one_does_and_no_creat
     histogram, which a --workers scrape never has: one dashboard saw two sets of series."""
     monkeypatch.delenv(MULTIPROCESS_ENV, raising=False)
     metrics = GatewayMetrics()
-    metrics.child(metrics.requests, "m", "success").inc()
+    metrics.child(metrics.requests, "m", "1", "success").inc()
     metrics.observe_queue("m", 0.001)
     page = metrics.render().decode()
     names = {s.name for family in text_string_to_metric_families(page) for s in family.samples}

@@ -306,7 +306,7 @@ def test_200_concurrent_requests_are_all_answered_and_steps_serve_several_reques
     assert [r.status_code for r in replies] == [200] * 200
     assert all(r.json()["translations"][0]["hypotheses"][0]["text"] is not None for r in replies)
     metrics = httpx.get(f"http://{gateway.url}/metrics").text
-    assert f'kiln_decoder_steps_total{{model="{name}"}}' in metrics
+    assert f'kiln_decoder_steps_total{{model="{name}",version="1"}}' in metrics
     shared = [
         line
         for line in metrics.splitlines()

@@ -335,8 +335,8 @@ def test_tritons_batching_statistics_come_as_plain_ints_one_model_or_all(loop, p
     backend = TritonBackend("127.0.0.1:1", protocol=protocol)
     backend._client = fake = _Statistics(protocol, names)
     got = loop.run(backend.batching_statistics([(n, "1") for n in names]))
-    assert fake.asked == [("", "")] and sorted(got) == ["lenet", "tr_decoder"]
-    lenet = got["lenet"]
+    assert fake.asked == [("", "")] and sorted(got) == [("lenet", "1"), ("tr_decoder", "1")]
+    lenet = got[("lenet", "1")]
     assert lenet["inference_stats"]["queue"] == {"count": 2, "ns": 1500}
     assert lenet["inference_stats"]["compute_input"] == {"count": 0, "ns": 0}
     assert lenet["batch_stats"][0]["batch_size"] == 4 and lenet["batch_stats"][0]["compute_infer"]["ns"] == 5
@@ -347,7 +347,7 @@ def test_tritons_batching_statistics_come_as_plain_ints_one_model_or_all(loop, p
     )
     assert "success" not in lenet["inference_stats"]  # the gateway's own
     one = loop.run(backend.batching_statistics([("tr_decoder", "1")]))
-    assert fake.asked[-1] == ("tr_decoder", "1") and list(one) == ["tr_decoder"]
+    assert fake.asked[-1] == ("tr_decoder", "1") and list(one) == [("tr_decoder", "1")]
     assert loop.run(backend.batching_statistics([("lenet", "2")])) == {}  # a version Triton did not report
     assert loop.run(backend.batching_statistics([])) == {} and len(fake.asked) == 3
 

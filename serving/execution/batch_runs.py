@@ -64,20 +64,23 @@ def observe_batch(
     merged_at: float,
     ran_at: float,
     split_at: float,
+    version: str = "",
 ) -> None:
-    """A merged batch taken off the queue at ``started``: each request's wait, then the batch's items,
-    requests, summed waits and the seconds of its merge, run and split."""
+    """A merged batch of ``name`` in ``version`` taken off the queue at ``started``: each request's
+    wait, then the batch's items, requests, summed waits and the seconds of its merge, run and split."""
     waits = [started - pending.arrival for pending in live]
     for wait in waits:
         observer.observe_queue(name, wait)
     parts = (merged_at - started, ran_at - merged_at, split_at - ran_at)
-    observer.observe_batch(name, sum(p.items for p in live), len(live), sum(waits), *parts)
+    observer.observe_batch(name, sum(p.items for p in live), len(live), sum(waits), *parts, version)
 
 
-def observe_alone(observer: Any, name: str, alone: list[tuple[Pending, float]], started: float) -> None:
+def observe_alone(
+    observer: Any, name: str, alone: list[tuple[Pending, float]], started: float, version: str = ""
+) -> None:
     """The requests of a failed batch (taken at ``started``) that then succeeded alone, each with its
     run's seconds: each observed as the batch of one it ran in."""
     for pending, ran_s in alone:
         wait = started - pending.arrival
         observer.observe_queue(name, wait)
-        observer.observe_batch(name, pending.items, 1, wait, 0.0, ran_s, 0.0)
+        observer.observe_batch(name, pending.items, 1, wait, 0.0, ran_s, 0.0, version)

@@ -80,13 +80,16 @@ class DynamicBatcher:
         release: Callable[[int], None] | None = None,
         release_idle_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        version: str = "",
     ) -> None:
-        """``inline(backlogged)``: whether a lone request may run on the event loop now (None: never).
+        """``version``: the model version it runs, which its observations are labelled with.
+        ``inline(backlogged)``: whether a lone request may run on the event loop now (None: never).
         ``release(instance)``: hands back what the instance's merged batches grew (its session's
         memory arena), called by its thread once it has had nothing to run for ``release_idle_s``
         after running more than one item at once (None: never).
         ``clock``: what queue delays and timeouts are measured on (tests move their own)."""
         self.name, self.run, self.policy, self.inline = name, run, policy, inline
+        self.version = version
         self.release = release if release_idle_s else None
         # a wait past TIMEOUT_MAX raises in the instance's thread: that long is forever anyway
         self.release_idle_s = min(release_idle_s, threading.TIMEOUT_MAX) if release_idle_s else None
@@ -241,7 +244,9 @@ class DynamicBatcher:
             self._inline_ended = time.monotonic()
         if self.observer is not None:
             self.observer.observe_queue(self.name, 0.0)
-            self.observer.observe_batch(self.name, 1, 1, 0.0, 0.0, self._inline_ended - started, 0.0)
+            self.observer.observe_batch(
+                self.name, 1, 1, 0.0, 0.0, self._inline_ended - started, 0.0, self.version
+            )
         return outputs
 
     def _expire(self, pending: Pending, timeout_s: float) -> None:
@@ -356,7 +361,7 @@ class DynamicBatcher:
         split_at = self._clock()
         self._hand_back(deliver, live, rows)
         if self.observer is not None:  # after the hand-back: off the requests' critical path
-            observe_batch(self.observer, self.name, live, started, merged_at, ran_at, split_at)
+            observe_batch(self.observer, self.name, live, started, merged_at, ran_at, split_at, self.version)
 
     def _answer_alone(self, instance: int, live: list[Pending], exc: Exception, started: float) -> None:
         """After a failed batch (begun at ``started``): each request's own answer
@@ -369,7 +374,7 @@ class DynamicBatcher:
         self._ran()
         self._hand_back(settle, live, answers)
         if self.observer is not None:
-            observe_alone(self.observer, self.name, alone, started)
+            observe_alone(self.observer, self.name, alone, started, self.version)
 
     def _release(self, instance: int) -> None:
         """The idle instance's release; a failure only leaves the memory held."""

@@ -313,6 +313,7 @@ class OnnxRuntimeBackend:
             inline=model.may_run_inline if sessions.lone is not None else None,
             release=model.release if _arena_releases(entry, sessions) else None,
             release_idle_s=self.options.release_idle_s,
+            version=version,
         )
         model.batcher.start()
         return model

@@ -245,12 +245,14 @@ class TritonBackend(TritonModels):
             request_id=request.request_id,
         )
 
-    async def batching_statistics(self, models: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    async def batching_statistics(
+        self, models: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """How Triton queued, batched and ran each of ``models`` (``(name, version)`` pairs), by name, in
         the statistics extension's fields (``queue``, ``compute_*``, ``batch_stats``, the counts, the last
-        inference): the batching is Triton's here, so the gateway's statistics take these figures from
-        it. One call for one model, else one for all (Triton's answer lists every version of every
-        model); a model or version Triton does not report is left out."""
+        inference), by ``(name, version)``: the batching is Triton's here, so the gateway's statistics
+        take these figures from it. One call for one model version, else one for all (Triton's answer
+        lists every version of every model); a model or version Triton does not report is left out."""
         wanted = set(models)
         if not wanted:
             return {}
@@ -261,7 +263,7 @@ class TritonBackend(TritonModels):
                 reply, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True
             )
         return {
-            stat.name: _batching_fields(stat)
+            (stat.name, stat.version): _batching_fields(stat)
             for stat in reply.model_stats
             if (stat.name, stat.version) in wanted
         }

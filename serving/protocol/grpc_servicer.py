@@ -171,10 +171,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, context)
         except ServingError as error:
-            self._refused(request.model_name, error, error.status)
+            self._refused(request.model_name, error, error.status, request.model_version)
             await _abort(context, error)
         except Exception as error:  # a bug of ours: log it, answer INTERNAL, keep serving
-            self._refused(request.model_name, error, 500)
+            self._refused(request.model_name, error, 500, request.model_version)
             log.exception("ModelInfer failed for model %r", request.model_name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
@@ -227,11 +227,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             reply = grpc_codec.stream_response(await self._infer(request, context))
         except ServingError as error:
-            self._refused(request.model_name, error, error.status)
+            self._refused(request.model_name, error, error.status, request.model_version)
             final = is_models_answer(error)
             reply = _stream_error(request, error.message, final)
         except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
-            self._refused(request.model_name, error, 500)
+            self._refused(request.model_name, error, 500, request.model_version)
             log.exception("ModelStreamInfer failed for model %r", request.model_name)
             final = is_models_answer(error)
             reply = _stream_error(request, f"internal error: {type(error).__name__}", final)
@@ -242,16 +242,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             reply.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         return reply
 
-    def _refused(self, name: str, error: BaseException, status: int) -> None:
+    def _refused(self, name: str, error: BaseException, status: int, version: str = "") -> None:
         """A call that ended before its model ran (its tensors or options refused), counted for the
-        model it names where that is one of the backend's (unknown names add no series)."""
+        model it names where that is one of the backend's (unknown names add no series), in the
+        version it asks for (an unknown one adds none either: :meth:`GatewayMetrics.versioned`)."""
         if self.metrics is None or getattr(error, COUNTED, False):
             return
         try:
             self.backend.metadata(name, "")
         except ServingError:
             return
-        self.metrics.refused(name, error, status)
+        self.metrics.refused(name, error, status, version)
 
     def refused_unparsed(self, request_class: Any, head: bytes, code: int, details: str) -> None:
         """A call Kiln's server refused before parsing its message (grpc_call.Call.refused: its length

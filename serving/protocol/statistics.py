@@ -24,8 +24,12 @@ so a translator's must.
 Through ``--backend triton`` the batching happens in Triton: ``success`` / ``fail`` stay the gateway's
 (its requests' outcomes, end to end, the hop to Triton included) and the rest (queue, compute, batches,
 counts, last inference) is Triton's own, asked of it at each call (:meth:`serving.gateway.Gateway.batching_statistics`), except for
-translators the gateway decodes itself. Versions: the gateway's metrics are per model, so a model's statistics cover the
-version it serves.
+translators the gateway decodes itself.
+Versions: the series read here carry the ``version`` that served each request and batch (a request
+that names none: the model's latest, :meth:`serving.metrics.GatewayMetrics.versioned`), so each
+version's statistics are its own, as Triton keeps them: a model's unversioned statistics list every
+version it serves (one without traffic at zeros), a versioned call that version only. A translator
+decodes in its latest version, whose entry holds its figures.
 """
 
 from __future__ import annotations
@@ -41,24 +45,27 @@ PARTS = (("compute_input", "input"), ("compute_infer", "infer"), ("compute_outpu
 
 
 class _Samples:
-    """Metric samples by name and model, summed over the labels a question leaves open."""
+    """Metric samples by name, model and version, summed over the labels a question leaves open."""
 
     def __init__(self, samples: list[Any]) -> None:
-        self.found: dict[tuple[str, str], list[tuple[dict[str, str], float]]] = defaultdict(list)
+        self.found: dict[tuple[str, str, str], list[tuple[dict[str, str], float]]] = defaultdict(list)
         for sample in samples:
-            self.found[(sample.name, sample.labels.get("model", ""))].append((sample.labels, sample.value))
+            labels = sample.labels
+            key = (sample.name, labels.get("model", ""), labels.get("version", ""))
+            self.found[key].append((labels, sample.value))
 
-    def total(self, name: str, model: str, **labels: str) -> float:
+    def total(self, name: str, model: str, version: str, **labels: str) -> float:
         return sum(
             value
-            for found, value in self.found.get((name, model), ())
+            for found, value in self.found.get((name, model, version), ())
             if all(found.get(k) == v for k, v in labels.items())
         )
 
-    def by(self, name: str, model: str, label: str) -> dict[str, float]:
-        """``label``'s values among the samples of ``name`` for ``model``, each with its total."""
+    def by(self, name: str, model: str, version: str, label: str) -> dict[str, float]:
+        """``label``'s values among the samples of ``name`` for ``model`` in ``version``, each with its
+        total."""
         totals: dict[str, float] = defaultdict(float)
-        for found, value in self.found.get((name, model), ()):
+        for found, value in self.found.get((name, model, version), ()):
             if label in found:
                 totals[found[label]] += value
         return totals
@@ -71,32 +78,33 @@ def _duration(count: float, seconds: float) -> dict[str, int]:
 async def model_statistics(
     backend: Backend, metrics: GatewayMetrics, name: str = "", version: str = ""
 ) -> list[dict]:
-    """``model_stats`` of the statistics response: every model served when ``name`` is empty (each
-    in the version it serves, whatever ``version`` says, as Triton answers; an entry that failed to
-    load is left out, as Triton lists only the models it loaded), else that model in ``version`` (an
-    unknown model or version, or one that failed to load, raises ``ModelNotFound``: a 404). A
+    """``model_stats`` of the statistics response: every version of every model served when ``name``
+    is empty (whatever ``version`` says, as Triton answers; an entry that failed to load is left out,
+    as Triton lists only the models it loaded), else that model in ``version``, or in every version
+    it serves where that is empty (an unknown model or version, or one that failed to load, raises
+    ``ModelNotFound``: a 404). A
     backend that batches elsewhere (``batching_statistics``: Triton) gives the batching half; an
     unreachable one makes the call fail as its requests would (503), not answer zeros for what it did."""
     if name:
         versions = backend.metadata(name, version).versions  # an unknown one raises: a 404
-        served = {name: version or _latest(versions)}
-        await _check_loaded(backend, name, served[name])
+        await _check_loaded(backend, name, version or _latest(versions))
+        served = [(name, v) for v in ([version] if version else versions or [""])]
     else:
-        served = {}
+        served = []
         for model in sorted(backend.list_models()):
             try:
                 versions = backend.metadata(model).versions
             except ModelNotFound:  # listed, but its entry failed to load: nothing it could have run
                 continue
             if versions and not backend.load_error(model):  # else it never loaded, nor ran
-                served[model] = _latest(versions)
+                served.extend((model, v) for v in versions)
     samples = _Samples(metrics.statistics_samples())
-    stats = [_model_stat(samples, model, served_version) for model, served_version in served.items()]
+    stats = [_model_stat(samples, model, served_version) for model, served_version in served]
     batching = getattr(backend, "batching_statistics", None)
     if batching is not None:
-        theirs = await batching([(stat["name"], stat["version"]) for stat in stats])
+        theirs = await batching(served)
         for stat in stats:
-            if (their := theirs.get(stat["name"])) is not None:
+            if (their := theirs.get((stat["name"], stat["version"]))) is not None:
                 stat["inference_stats"].update(their.pop("inference_stats"))
                 stat.update(their)
     return stats
@@ -118,12 +126,12 @@ def _latest(versions: list[str]) -> str:
 
 
 def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
-    executed = s.total("kiln_executed_requests_total", model)
-    stages = s.by("kiln_request_stage_seconds_total", model, "stage")
+    executed = s.total("kiln_executed_requests_total", model, version)
+    stages = s.by("kiln_request_stage_seconds_total", model, version, "stage")
     inference_stats = {
         outcome: _duration(
-            s.total("kiln_requests_total", model, outcome=label),
-            s.total("kiln_request_seconds_total", model, outcome=label),
+            s.total("kiln_requests_total", model, version, outcome=label),
+            s.total("kiln_request_seconds_total", model, version, outcome=label),
         )
         for outcome, label in (("success", "success"), ("fail", "failure"))
     }
@@ -131,8 +139,8 @@ def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
     for field, part in PARTS:
         inference_stats[field] = _duration(executed, stages.get(part, 0.0))
     inference_stats["cache_hit"] = inference_stats["cache_miss"] = _duration(0, 0.0)  # no response cache
-    runs = s.by("kiln_batch_runs_total", model, "size")
-    seconds = s.found.get(("kiln_batch_seconds_total", model), ())
+    runs = s.by("kiln_batch_runs_total", model, version, "size")
+    seconds = s.found.get(("kiln_batch_seconds_total", model, version), ())
     batch_stats = []
     for size in sorted(runs, key=int):
         stat: dict[str, Any] = {"batch_size": int(size)}
@@ -142,14 +150,14 @@ def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:
             )
             stat[field] = _duration(runs[size], spent)
         batch_stats.append(stat)
-    last = s.total("kiln_last_inference_timestamp_seconds", model)
+    last = s.total("kiln_last_inference_timestamp_seconds", model, version)
     items = sum(int(size) * count for size, count in runs.items())
     return {
         "name": model,
         "version": version,
         "last_inference": int(last * 1000),
-        "inference_count": int(items + s.total("kiln_translated_texts_total", model)),
-        "execution_count": int(sum(runs.values()) + s.total("kiln_decoder_steps_total", model)),
+        "inference_count": int(items + s.total("kiln_translated_texts_total", model, version)),
+        "execution_count": int(sum(runs.values()) + s.total("kiln_decoder_steps_total", model, version)),
         "inference_stats": inference_stats,
         "batch_stats": batch_stats,
         # Triton's fields for decoupled models' responses and a model's memory: none here, but present
