@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import math
 import time
@@ -105,6 +106,7 @@ class Trainer:
         self.start_epoch, self.finished = 0, False  # a resumed run's: where it goes on, or nothing left
         self.stop: str | None = None  # why rank 0's last validation stopped the run (the resume state's)
         self.carried = (0.0, 0.0)  # this rank's (loss, target tokens) of the last epoch trained
+        self.skip = 0  # the batches of epoch ``start_epoch`` a run that stopped in it had trained
         if resume:
             restore(self, resume)
         self.deadline = self.start + 60.0 * cfg.time_budget if cfg.time_budget else float("inf")
@@ -224,8 +226,12 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         count, loss_sum, tokens = 0, 0.0, 0
+        if self.skip:  # the batches the run had trained in this epoch when it stopped (``restore``)
+            (count, (loss_sum, tokens)), self.skip = (self.skip, self.carried), 0
         bar = tqdm(
-            self.batches,
+            itertools.islice(self.batches, count, None),
+            total=len(self.batches),
+            initial=count,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
             dynamic_ncols=True,
@@ -241,6 +247,10 @@ class Trainer:
             if (mid_eval or out_of_time) and self.validate(
                 epoch + count / len(self.batches), loss_sum, tokens
             ):
+                # Stopped early (or perfect) mid-epoch: a resume state saying so, so that --resume finds
+                # the run complete, and one given a larger --patience goes on from this very batch.
+                done = count % len(self.batches)
+                self.save_resume(epoch if done else epoch + 1, loss_sum, tokens, batches=done)
                 return True, loss_sum, tokens
             if out_of_time:
                 log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
@@ -248,10 +258,11 @@ class Trainer:
         bar.close()
         return False, loss_sum, tokens
 
-    def save_resume(self, epoch: int, loss_sum: float, tokens: float) -> None:
-        """After ``epoch``, on every rank: the weights checked (none NaN or inf goes into a resume state),
-        every rank's generators and the epoch's loss gathered; then rank 0 writes the resume state,
-        having replaced an earlier run's files under this name if its first record has not."""
+    def save_resume(self, epoch: int, loss_sum: float, tokens: float, batches: int = 0) -> None:
+        """After ``epoch`` (and ``batches`` of the next, where a validation in it stopped the run), on
+        every rank: the weights checked (none NaN or inf goes into a resume state), every rank's
+        generators and the epoch's loss gathered; then rank 0 writes the resume state, having replaced
+        an earlier run's files under this name if its first record has not."""
         reason = weights_divergence(self.module)  # the same weights on every rank: all stop alike
         if reason:
             raise self.diverged(f"in epoch {epoch}/{self.cfg.epochs}", reason)
@@ -260,7 +271,7 @@ class Trainer:
         if self.dist.is_main:
             started = time.perf_counter()
             self.metrics.begin()
-            save_resume(resume_state(self, epoch, self.stop, rngs, carried), self.cfg)
+            save_resume(resume_state(self, epoch, self.stop, rngs, carried, batches), self.cfg)
             log.debug("resume state of epoch %d written in %.3f s", epoch, time.perf_counter() - started)
 
 

@@ -223,13 +223,16 @@ def open_metrics(
     return MetricsLogger(path, replacing=replacing, records=kept), len(kept)
 
 
-def resume_state(trainer: Any, epoch: int, stop: str | None, rngs: list, carried: list[float]) -> dict:
+def resume_state(
+    trainer: Any, epoch: int, stop: str | None, rngs: list, carried: list[float], batches: int = 0
+) -> dict:
     """What ``trainer`` (a ``translate_loop.Trainer``) holds after ``epoch``, as plain tensors and
     dicts: ``rngs``, every rank's generators in rank order, ``carried``, the epoch's training loss
     and target tokens summed over the ranks (the loss a final validation logs)."""
     return {
         "task": "translate",
         "epoch": epoch,
+        "batches": batches,  # of epoch ``epoch + 1``, trained before a validation in it stopped the run
         "stop": stop,
         "model_name": trainer.cfg.model,
         "model_args": trainer.model_args,
@@ -270,6 +273,7 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     restore_scheduler(trainer.sched, state["scheduler"])
     restore_scaler(trainer.amp.scaler, state["scaler"])
     trainer.start_epoch, trainer.step = state["epoch"], state["step"]
+    trainer.skip = state.get("batches", 0)  # a state written before they were recorded: none
     trainer.validated_step = state["validated_step"]
     trainer.best, trainer.best_state = dict(state["best"]), state["best_state"]
     trainer.stopper.best, trainer.stopper.bad_epochs = (
@@ -284,7 +288,10 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     restore_rng(state["rng"][d.rank], d.device)
     if not d.is_main:
         return
-    log.info("resuming %s after epoch %d of %d", trainer.cfg.name, trainer.start_epoch, trainer.cfg.epochs)
+    at = f" (and {trainer.skip} batch(es) of epoch {trainer.start_epoch + 1})" if trainer.skip else ""
+    log.info(
+        "resuming %s after epoch %d of %d%s", trainer.cfg.name, trainer.start_epoch, trainer.cfg.epochs, at
+    )
     if trainer.start_epoch >= trainer.cfg.epochs and not trainer.finished:
         log.info("nothing left to train (all %d epochs trained): writing its checkpoint", trainer.cfg.epochs)
     elif trainer.finished:
@@ -302,10 +309,11 @@ def nothing_left(state: dict[str, Any], cfg: TranslateConfig) -> tuple[str, str]
     """Where the interrupted run has nothing left to train: what it trained, and how a run goes on."""
     if not finished(state, cfg.patience) or state["epoch"] >= cfg.epochs:
         return all_trained(state, cfg.epochs)
+    when = f"in epoch {state['epoch'] + 1}" if state.get("batches") else f"after epoch {state['epoch']}"
     if state["stop"] == PERFECT:
-        return f"it had stopped after epoch {state['epoch']} on a perfect validation", "nothing trains it on"
+        return f"it had stopped {when} on a perfect validation", "nothing trains it on"
     bad = state["stopper"]["bad_epochs"]
-    what = f"it had stopped early after epoch {state['epoch']} (no better BLEU for {bad} evaluations)"
+    what = f"it had stopped early {when} (no better BLEU for {bad} evaluations)"
     return what, "a larger --patience, or 0, trains on"
 
 
