@@ -29,6 +29,7 @@ from typing import Literal
 CpuPolicy = Literal["batch", "normal"]  # what set_cpu_policy applies (settings add "auto")
 
 _PR_SET_NAME = 15  # prctl option (linux/prctl.h)
+_applied: list[CpuPolicy] = []  # what set_cpu_policy last put this process under
 NAME_BYTES = 15  # what Linux keeps of a thread's name (16 with the terminating NUL)
 _prctl: list = []  # [] until the first call decides: [prctl function or None]
 
@@ -70,20 +71,33 @@ def set_cpu_policy(policy: CpuPolicy) -> str | None:
             os.sched_setscheduler(int(task.name), wanted, os.sched_param(0))
         except OSError:  # ended meanwhile, or not ours to change: it keeps its own
             continue
+    _applied[:] = [policy]
     return policy
+
+
+def applied_cpu_policy() -> CpuPolicy | None:
+    """What :func:`set_cpu_policy` last put this process under (None: nothing yet), for a helper
+    process to set for itself: it inherits the policy of the thread that starts it, which may be the
+    event loop's while it is under ``SCHED_BATCH`` (:class:`BusyLoopPolicy`)."""
+    return _applied[0] if _applied else None
 
 
 class BusyLoopPolicy:
     """One thread (the event loop's) under ``SCHED_BATCH`` while any decode thread of the process is busy,
     back to ``SCHED_OTHER`` once all are idle: a translation's steps are not preempted by the loop's
     wake-ups, and classify alone keeps prompt ones. :meth:`busy` and :meth:`idle` are called by the decode
-    threads as they start and stop stepping (a system call at each change of the count from or to 0)."""
+    threads as they start and stop stepping (a system call at each change of the count from or to 0).
+
+    A thread the loop starts meanwhile inherits ``SCHED_BATCH`` (asyncio's default executor, which
+    decodes gRPC classify inputs and renders /metrics): :meth:`idle` returns those
+    that appeared since it last looked to ``SCHED_OTHER`` too, or they kept it for good."""
 
     def __init__(self, tid: int) -> None:
         self.tid = tid
         self._busy = 0
         self._lock = threading.Lock()
         self.available = hasattr(os, "SCHED_BATCH") and hasattr(os, "sched_setscheduler")
+        self._seen = _tasks()  # threads running before any busy spell: under the process's own policy
 
     def _set(self, policy: int) -> None:
         try:
@@ -102,6 +116,26 @@ class BusyLoopPolicy:
             self._busy -= 1
             if self._busy == 0 and self.available:
                 self._set(os.SCHED_OTHER)
+                self._release_started()
+
+    def _release_started(self) -> None:
+        """Threads started since the last look that inherited ``SCHED_BATCH`` from the loop: ``SCHED_OTHER``."""
+        tasks = _tasks()
+        for tid in tasks - self._seen:
+            try:
+                if os.sched_getscheduler(tid) == os.SCHED_BATCH:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:  # ended meanwhile
+                continue
+        self._seen = tasks
+
+
+def _tasks() -> set[int]:
+    """Thread ids of this process (none where there is no procfs)."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
 
 
 _loop_policies: dict[int, BusyLoopPolicy] = {}  # by the event loop's thread id

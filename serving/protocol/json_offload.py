@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from serving.execution.base import InferResponse
 from serving.protocol.request_values import stated_size
 from serving.protocol.v2_codec import ParsedInfer, encode_infer, json_values, parse_infer
+from serving.threads import CpuPolicy, applied_cpu_policy, set_cpu_policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,12 @@ class JsonOffload:
                 "starting the JSON parse process (bodies of %d bytes of JSON and more)", self.offload_bytes
             )
             context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_helper_starts)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=_helper_starts,
+                initargs=(applied_cpu_policy(),),
+            )
         return self._pool
 
     def close(self) -> None:
@@ -151,8 +157,10 @@ class JsonOffload:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _helper_starts() -> None:
-    """The helper's first act: it ignores Ctrl-C, and it ends when its gateway process ends.
+def _helper_starts(cpu_policy: CpuPolicy | None = None) -> None:
+    """The helper's first act: it ignores Ctrl-C, it ends when its gateway process ends, and it runs
+    under the gateway's ``cpu_policy``, not the one it inherited (the event loop's, under ``SCHED_BATCH``
+    while a translation decoded: every large body parsed under it since, with ``--cpu-policy auto``).
 
     A terminal's Ctrl-C reaches every process of its group: the helper died of KeyboardInterrupt
     mid-drain and printed its traceback into the gateway's log (the gateway stops it itself,
@@ -160,6 +168,8 @@ def _helper_starts() -> None:
     left the helper running for ever, blocked on a queue it holds both ends of, and with it the
     forkserver and resource tracker it keeps alive (and the semaphores that tracker keeps)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cpu_policy is not None:
+        set_cpu_policy(cpu_policy)
     gateway = multiprocessing.parent_process()  # the process that asked for the helper, not the forkserver
     if gateway is not None:
         threading.Thread(target=_end_with, args=(gateway,), name="gateway-watch", daemon=True).start()
