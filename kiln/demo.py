@@ -112,7 +112,9 @@ def _answer(response: Any) -> Any:
 
 
 def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
-    """PNG-encoded digits from scikit-learn's bundled scans (the demo's offline data)."""
+    """PNG-encoded digits from scikit-learn's bundled scans (the demo's offline data), 32x32 as training
+    makes them at its default image size: scaled to 0..255 rounded, not truncated (a fifth of the pixels
+    were one level off what the demo's model was trained on), then resized by Pillow as training is."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -121,7 +123,7 @@ def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
     idx = rng.choice(len(digits.images), size=n, replace=False)
     pngs = []
     for i in idx:
-        pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        pixels = np.clip(np.rint(digits.images[i] * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (8, 8)
         buf = io.BytesIO()
         Image.fromarray(pixels, mode="L").resize((32, 32), Image.BILINEAR).save(buf, format="PNG")
         pngs.append(buf.getvalue())
