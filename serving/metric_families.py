@@ -173,7 +173,8 @@ class MetricFamilies:
         )
         self.queue_depth = Gauge(
             "kiln_queue_depth",
-            "Requests waiting in the batcher queue",
+            "Requests waiting for the model: in its versions' batchers, or to join a translator's "
+            "decode batch",
             ["model"],
             registry=r,
             multiprocess_mode="livesum",

@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,8 +70,11 @@ class GatewayMetrics(MetricFamilies):
         self._refresh: asyncio.TimerHandle | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._versioned: dict[tuple[Any, ...], Any] = {}
-        # the repository whose entries' versions label the versioned series (set as the gateway starts
-        # with one; without it, the version asked labels them as given: tests' lone metrics)
+        self._queue_reads: dict[str, dict[Callable[[], int], Callable[[], int]]] = {}  # by model
+        # what lists the versions each model is served in, which label the versioned series
+        # (``metadata(model).versions``): the gateway as it starts, so a backend's own list (Triton's
+        # index) labels them, not the gateway's repository; without it, the version asked labels them
+        # as given (tests' lone metrics)
         self.repository: Any = None
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -101,10 +105,9 @@ class GatewayMetrics(MetricFamilies):
         if self.repository is None:
             return asked, True
         try:
-            entry = self.repository.get(model)
-        except ModelNotFound:  # callers count models of the repository only
+            versions = self.repository.metadata(model).versions
+        except ServingError:  # callers count models it serves only (Triton's list not fetched yet)
             return asked, False
-        versions = entry.versions
         if asked in versions:
             return asked, True
         return (versions[-1] if versions else ""), not asked
@@ -155,8 +158,14 @@ class GatewayMetrics(MetricFamilies):
         self.versioned(self.batch_runs, model, version, size).inc()
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
-        """Read a batcher's queue depth when scraped: always current, and nothing to record per request."""
-        self._watch(self.child(self.queue_depth, model), read)
+        """Read one of ``model``'s queues when scraped: always current, and nothing to record per
+        request. Its series reads the sum of every queue given for it (the batcher of each version it
+        serves, a translator's waiting across its decode workers): an alert on a model's depth sees its
+        whole backlog, which the batcher watched last alone had shown. ``read`` is kept by equality, so
+        a bound method given again (its owner started again) is still one queue."""
+        reads = self._queue_reads.setdefault(model, {})
+        reads[read] = read
+        self._watch(self.child(self.queue_depth, model), partial(_summed, reads))
 
     def watch_connections(self, protocol: str, read: Callable[[], int]) -> None:
         """Read the open connections of a server (``protocol``: http or grpc) when scraped."""
@@ -272,6 +281,11 @@ class SharedFilesCollector:
 
         files = holding_values(str(p) for p in Path(self.directory).glob("*.db"))
         return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _summed(reads: dict[Callable[[], int], Callable[[], int]]) -> int:
+    """The sum of a model's queues (a copy of the table: read off the event loop at a scrape)."""
+    return sum(read() for read in list(reads.values()))
 
 
 def holding_values(files: Iterable[str]) -> list[str]:

@@ -7,6 +7,7 @@ reports them is :class:`serving.decoding.scheduler.DecodingScheduler`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +66,9 @@ class DecodeObserver(Protocol):
 
     def observe_release(self, model: str, kind: str) -> None:
         """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""
+
+    def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
+        """Read a translator's waiting requests (``read()``, across its decode workers) when scraped."""
 
     def observe_translation(
         self,

@@ -174,12 +174,17 @@ class Translator:
         """The decode worker with the fewest rows running or waiting."""
         return min(self.schedulers, key=lambda s: s.load)
 
+    def waiting(self) -> int:
+        """Requests waiting to join a decode batch, across the decode workers (``kiln_queue_depth``
+        reads it at a scrape, as ``max_queue`` counts them)."""
+        return sum(s.queued for s in self.schedulers)
+
     def _check_queue(self, config: SchedulerConfig) -> None:
         """429 once ``max_queue`` requests wait across the decode workers (``--max-queue-size``: per
         model, as Triton's): each worker's own cap alone let N workers queue N times as many."""
         if len(self.schedulers) == 1:  # its own cap is the model's
             return
-        waiting = sum(s.queued for s in self.schedulers)
+        waiting = self.waiting()
         if waiting >= config.max_queue:
             raise Overloaded(
                 f"translator {self.name!r}: {waiting} requests already waiting; retry later",

@@ -71,6 +71,8 @@ class TranslatorPool:
                 )
                 self.translators[name] = translator  # stopped by stop() even if its start fails half-way
                 await translator.start()
+                if self.observer is not None:  # read at a scrape: nothing per request
+                    self.observer.watch_queue_depth(translator.name, translator.waiting)
             except Exception as exc:  # noqa: BLE001 - one broken translator must not stop the others
                 log.error("translator %s cannot be served: %s", name, exc)
                 self.failed[name] = f"{type(exc).__name__}: {exc}"

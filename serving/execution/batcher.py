@@ -115,11 +115,16 @@ class DynamicBatcher:
         """Requests waiting, delayed ones included (they count against ``max_queue_size`` too)."""
         return len(self._queue) + len(self._delayed)
 
+    def waiting(self) -> int:
+        """:attr:`queue_depth` as a method: the observer sums each version's batcher's by it (one per
+        batcher, however often given)."""
+        return self.queue_depth
+
     def start(self) -> None:
         """Start one execution thread per instance; results go back to the running loop."""
         self._loop = asyncio.get_running_loop()
         if self.observer is not None:
-            self.observer.watch_queue_depth(self.name, lambda: self.queue_depth)
+            self.observer.watch_queue_depth(self.name, self.waiting)
         self._threads = [
             threading.Thread(target=self._serve, args=(i,), name=f"kiln-batch-{self.name}-{i}", daemon=True)
             for i in range(self.policy.instances)
