@@ -39,15 +39,30 @@ def unicode_text(text: str, what: str) -> str:
     return text
 
 
+class WrittenNonFinite(float):
+    """A ``NaN``, ``Infinity`` or ``-Infinity`` the client wrote (Python's JSON reads them; Triton's
+    parser does too), told apart from the infinity Python makes of a number past any double (``1e400``),
+    which a tensor refuses as out of range (:func:`serving.protocol.tensors.from_json_data`)."""
+
+    __slots__ = ()
+
+
+_DECODER = json.JSONDecoder(parse_constant=WrittenNonFinite)  # the C scanner still reads the rest
+
+
 def parse_json(raw: bytes, what: str) -> Any:
     """Decode a JSON request body; bad UTF-8, bad JSON, an integer too long to convert and nesting too
-    deep to parse are a 400.
+    deep to parse are a 400. The non-finite constants a client writes are :class:`WrittenNonFinite`.
 
     Nesting is bounded by the interpreter's recursion limit (about 1000 levels); the body size is
     bounded by :class:`BodyLimitMiddleware` before this runs.
     """
     try:
-        return json.loads(raw)
+        if isinstance(raw, str):  # as json.loads reads text
+            if raw.startswith("\ufeff"):
+                raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+            return _DECODER.decode(raw)
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except UnicodeDecodeError as exc:
         raise BadRequest(f"{what} is not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:

@@ -18,6 +18,7 @@ import numpy as np
 
 from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.datatypes import numpy_dtype
+from serving.protocol.request_values import WrittenNonFinite
 
 # The wire layout is little-endian; on little-endian hosts numpy's native arrays already match it.
 _NATIVE_IS_WIRE = sys.byteorder == "little"
@@ -82,16 +83,17 @@ def from_json_data(data: Any, datatype: str, shape: list[int], *, tensor: str) -
             array = np.asarray(flat, dtype=dtype)
     except OverflowError:  # an integer beyond any float
         raise BadRequest(f"tensor {tensor!r}: values out of range for {datatype}") from None
-    if dtype.kind == "f" and dtype.itemsize < 8 and not np.isfinite(array).all():
+    if dtype.kind == "f" and not np.isfinite(array).all():
         _check_finite_fit(flat, array, datatype, tensor)
     return array.reshape(shape)
 
 
 def _check_finite_fit(flat: list, array: np.ndarray, datatype: str, tensor: str) -> None:
-    """Refuse a finite JSON number that FP16/FP32 can only hold as an infinity (3.5e38 for FP32): it
-    was answered as ``null``, as if the client had sent ``Infinity``, where an integer past its range
-    is a 400. NaN and the infinities a client writes stay what they are."""
-    if (np.isinf(array) & np.isfinite(np.asarray(flat, dtype=np.float64))).any():
+    """Refuse a JSON number that the type can only hold as an infinity (3.5e38 for FP32; 1e400, which
+    Python's JSON reads as an infinity, for any): it was answered as ``null``, as if the client had
+    sent ``Infinity``, where an integer past its range is a 400. NaN and the infinities a client writes
+    (:class:`~serving.protocol.request_values.WrittenNonFinite`) stay what they are."""
+    if any(not isinstance(flat[i], WrittenNonFinite) for i in np.flatnonzero(np.isinf(array))):
         largest = float(np.finfo(array.dtype).max)
         raise BadRequest(f"tensor {tensor!r}: values out of range for {datatype} [{-largest}, {largest}]")
 
