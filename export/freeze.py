@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,23 @@ def find_foldable_pairs(model: nn.Module, input_ranks: dict[str, int] | None = N
         if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
             continue
         layer = modules.get(prev.target)
-        if not isinstance(layer, _FOLDABLE) or calls[prev.target] != 1 or calls[node.target] != 1:
+        if not _plain(layer) or calls[prev.target] != 1 or calls[node.target] != 1:
             continue
         if input_ranks is None or _same_channel_axis(layer, input_ranks.get(node.target)):
             pairs.append((prev.target, node.target))
     return pairs
+
+
+def _plain(layer: nn.Module | None) -> bool:
+    """A Conv/Linear whose weight is a plain parameter: one computed from others (``weight_norm``,
+    ``spectral_norm``, as a parametrization or as the older forward pre-hook) cannot take a folded
+    weight (fusing it raised "attribute 'weight' already exists", a traceback), and a hook would see
+    the folded output; its BatchNorm becomes an affine layer instead."""
+    return (
+        isinstance(layer, _FOLDABLE)
+        and not parametrize.is_parametrized(layer)
+        and not (layer._forward_pre_hooks or layer._forward_hooks)  # the older weight_norm is a pre-hook
+    )
 
 
 def _same_channel_axis(layer: nn.Module, rank: int | None) -> bool:

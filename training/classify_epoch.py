@@ -102,13 +102,43 @@ def example_losses(
     """The logits and each example's loss of a training forward (their mean is the training loss). A
     model with auxiliary classifiers (GoogLeNet's ``aux_logits``) returns ``(logits, [aux, ...])`` in
     training: each aux loss counts ``AUX_LOSS_WEIGHT``."""
-    logits, aux = output if isinstance(output, tuple) else (output, [])
+    logits, aux = split_training_output(output)
     losses = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="none")  # (B,)
     for extra in aux:
         losses = losses + AUX_LOSS_WEIGHT * F.cross_entropy(
             extra.float(), labels, label_smoothing=smoothing, reduction="none"
         )
     return logits, losses
+
+
+def split_training_output(output: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(logits, [aux, ...])`` of a training forward: the logits tensor alone, ``(logits, [aux, ...])``
+    as GoogLeNet's, or a tuple of tensors ``(logits, aux, ...)`` as torchvision's Inception returns. Any
+    other form is refused in one line: else a model of the user's returning ``(logits, aux)`` had its aux
+    rows taken for heads (a cross_entropy shape error), a dict an AttributeError traceback."""
+    if isinstance(output, torch.Tensor):
+        return output, []
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        parts = [part for part in output[1:] if part is not None]  # torchvision's (x, None): no aux
+        aux = [t for part in parts for t in (part if isinstance(part, (list, tuple)) else [part])]
+        if all(isinstance(t, torch.Tensor) and t.shape == output[0].shape for t in aux):
+            return output[0], aux
+    raise ValueError(
+        f"the model's training forward returned {_describe(output)}; a classifier returns its logits "
+        "(B, num_classes), or with auxiliary heads (logits, [aux, ...]), each aux of the logits' shape "
+        "(README, 'Your own classifier')"
+    )
+
+
+def _describe(output: object) -> str:
+    """A training output's form, for the refusal: its shapes, a dict's keys."""
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    if isinstance(output, dict):
+        return f"a dict (keys {', '.join(map(repr, output))})"
+    if isinstance(output, (list, tuple)):
+        return f"a {type(output).__name__} of " + ", ".join(_describe(part) for part in output)
+    return f"a {type(output).__name__}"
 
 
 def training_loss(
