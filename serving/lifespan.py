@@ -81,10 +81,12 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
     parts.on_stop("the JSON helper process", state.json_offload.close)
     with parts.starting("the model repository"):
         state.repository = Repository(settings.model_repository)
-        state.metrics.repository = state.repository  # its versions label the statistics' series
     with parts.starting("the backend"):
         inner = given or make_backend(settings, state.repository, state.metrics)
         state.backend = make_gateway(settings, state.repository, inner, state.metrics)
+        # the versions it serves label the statistics' series (a Triton's own, which the gateway's
+        # repository need not hold)
+        state.metrics.repository = state.backend
         parts.on_stop("the backend and its translators", state.backend.stop)
         await state.backend.start()
     with parts.starting(f"the gRPC server (--grpc-port {settings.grpc_port})"):

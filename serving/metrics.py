@@ -106,8 +106,8 @@ class GatewayMetrics(MetricFamilies):
             return asked, True
         try:
             versions = self.repository.metadata(model).versions
-        except ServingError:  # callers count models it serves only (Triton's list not fetched yet)
-            return asked, False
+        except ServingError:  # Triton's list not fetched yet (or unreachable): no version a client
+            return "", False  # named becomes a label, so its made-up versions mint no series
         if asked in versions:
             return asked, True
         return (versions[-1] if versions else ""), not asked

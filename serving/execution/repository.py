@@ -151,6 +151,10 @@ class Repository:
             raise ModelNotFound(f"model {name!r} failed to load: {self.errors[name]}")
         raise ModelNotFound(f"unknown model {name!r}; available: {_listed(self.names())}")
 
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """The entry's metadata (its versions), as a backend answers it: a 404 as :meth:`get`'s."""
+        return self.get(name).metadata(version)
+
 
 # The backend Triton names for a platform's models, as it fills in an unset ``backend``
 PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
