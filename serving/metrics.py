@@ -90,7 +90,7 @@ class GatewayMetrics(MetricFamilies):
         model's default) is served by, looked up once per (model, asked): the hot path does no more than
         :meth:`child`. An unknown version is counted as the default one's and never kept, so a client's
         made-up versions add neither a series nor an entry here."""
-        key = (id(metric), model, asked, *labels)
+        key = (id(metric), model, asked, labels)  # labels as the tuple given: no list built
         found = self._versioned.get(key)
         if found is None:
             served, known = self.served_version(model, asked)
