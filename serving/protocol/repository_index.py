@@ -12,6 +12,7 @@ it lists also decide what the metadata and config routes answer for a model whos
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from serving.errors import ModelNotFound, ServingError, Unavailable
@@ -69,14 +70,16 @@ def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
 async def loaded_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:
     """``backend.metadata``, refused as Triton refuses the metadata and config of a model whose load
     failed (a 200 described a model no request can reach): without a version, 404 when no version
-    of it loaded ("has no available versions"); for a version that did not load, 503."""
+    of it loaded ("has no available versions"); for a version that did not load, 503. A version's
+    metadata lists that version alone, as Triton's does (not every version of the model)."""
     meta = backend.metadata(name, version)  # an unknown model or version: its 404
+    shown = replace(meta, versions=[version]) if version else meta
     error = backend.load_error(name)
     if not error:
-        return meta
+        return shown
     for wanted in [version] if version else meta.versions:
         if await backend.model_ready(name, wanted):
-            return meta
+            return shown
     if version:
         raise Unavailable(f"model {name!r} version {version} is not ready: it failed to load: {error}")
     raise ModelNotFound(f"model {name!r} has no available versions: it failed to load: {error}")

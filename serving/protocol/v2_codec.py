@@ -175,7 +175,10 @@ def _parse_input(raw: Any, tail: memoryview, offset: int) -> tuple[str, np.ndarr
     if not isinstance(datatype, str):
         raise BadRequest(f"input {name!r}: 'datatype' must be a string")
     numpy_dtype(datatype, tensor=name)
-    size = _dict(raw.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+    parameters = _dict(raw.get("parameters"), f"input {name!r} parameters")
+    if "shared_memory_region" in parameters:  # not "needs 'data'": the client sent it, in a region
+        raise BadRequest(f"input {name!r}: shared memory is not supported here (send the data)")
+    size = parameters.get("binary_data_size")
     if size is None:
         if "data" not in raw:
             raise BadRequest(f"input {name!r}: needs 'data' or a 'binary_data_size' parameter")
