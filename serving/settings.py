@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(
         None,
         ge=1,
-        description="decode workers (threads, each its own batch and sessions) per translator; default: 1, "
-        "the measured best on 2 cores (docs/translator-interface.md, 'Decode workers')",
+        description="decode workers (threads, each its own batch and sessions) per translator; default: 2 "
+        "for a translator on the CPU in a lone gateway process with 2 cores or more, else 1 (each of "
+        "several --workers: 1), as measured on 2 cores (docs/translator-interface.md, 'Decode workers')",
     )
     finish_hold_steps: int | None = Field(
         None,

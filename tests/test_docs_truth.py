@@ -144,8 +144,10 @@ def test_the_defaults_the_serving_help_names_are_the_ones_the_gateway_uses() -> 
     from serving.decoding.scheduler_config import SchedulerConfig
     from serving.execution.ort_options import OrtOptions
 
-    used = {
-        "decode_workers": SchedulerConfig().workers,
+    from serving.lifespan import cpu_decode_workers
+
+    used = {  # decode workers: the default a lone gateway process of 2 cores gives a CPU translator
+        "decode_workers": cpu_decode_workers(Settings(), cpus=2),
         "finish_hold_steps": SchedulerConfig().finish_hold_steps,
         "decode_release_idle_s": SchedulerConfig().release_idle_s,
         "batch_release_idle_s": OrtOptions().release_idle_s,

@@ -33,9 +33,12 @@ class SchedulerConfig:
     finish_hold_steps: int = 8
     timeout_s: float = 30.0  # default per-request deadline (504 after it)
     retry_after_s: float = 1.0  # sent with 429 / 503
-    # decode threads per translator: on 2 cores, 2 workers (own sessions) spent ~15 % more gateway CPU
-    # per token than 1 at c=32 and were not faster (docs/translator-interface.md, "Decode workers")
-    workers: int = 1
+    # decode threads per translator (each its own batch and sessions); None: ``cpu_workers`` for a
+    # translator whose decoder runs on ONNX Runtime's CPU provider, else 1 (TranslatorPool.start)
+    workers: int | None = None
+    # what None gives on the CPU: the gateway sets it from the cores a gateway process has
+    # (serving.lifespan.cpu_decode_workers; docs/translator-interface.md, "Decode workers")
+    cpu_workers: int = 1
     # the event loop's thread under SCHED_BATCH while this decode thread is busy (serving.threads,
     # --cpu-policy auto): its wake-ups then do not preempt decode steps
     busy_loop_policy: bool = False
@@ -48,8 +51,8 @@ class SchedulerConfig:
         for name in ("join_wait_steps", "finish_hold_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers"):
-            if getattr(self, name) < 1:
+        for name in ("max_rows", "max_queue", "max_encoder_batch", "workers", "cpu_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.join_fraction <= 1:
             raise ValueError(f"SchedulerConfig.join_fraction must be in [0, 1], got {self.join_fraction}")

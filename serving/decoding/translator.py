@@ -362,7 +362,8 @@ def translator_from_entry(
     name = kiln.get("name", path.name)
     config = scheduler_config or SchedulerConfig()
     runners = [(run_encoder, run_decoder)]
-    runners += [more_runners() if more_runners else runners[0] for _ in range(config.workers - 1)]
+    extra = (config.workers or 1) - 1  # unresolved (no pool to read the placement): one
+    runners += [more_runners() if more_runners else runners[0] for _ in range(extra)]
     schedulers = [
         DecodingScheduler(
             f"{name}" if i == 0 else f"{name}#{i}",

@@ -60,10 +60,12 @@ class TranslatorPool:
                 check_one_checkpoint(entry, [self.repository.get(encoder), self.repository.get(decoder)])
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
                 pair = partial(_runner_pair, runner_for, encoder, decoder)
+                first = pair()
+                config = replace(config, workers=decode_workers(config, first[1]))
                 translator = translator_from_entry(
                     entry.path,
                     entry.kiln,
-                    *pair(),
+                    *first,
                     scheduler_config=config,
                     limits=self.limits,
                     observer=self.observer,
@@ -126,6 +128,16 @@ def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec
     (the decoder's steps compiled where it can be)."""
     decoder_runner = runner_for(decoder, graph=FUSED_ATTENTION)
     return runner_for(encoder, graph=FUSED_ATTENTION), native_decoder.attach(decoder_runner)
+
+
+def decode_workers(config: SchedulerConfig, run_decoder: Any) -> int:
+    """A translator's decode workers: ``config.workers`` where set, else ``config.cpu_workers`` for a
+    decoder on ONNX Runtime's CPU provider (its runner's ``on_cpu``), else 1: several CPU workers
+    are CTranslate2's ``inter_threads``, measured faster on 2 cores; a GPU decoder or Triton's
+    steps were not measured with more than one."""
+    if config.workers is not None:
+        return config.workers
+    return config.cpu_workers if getattr(run_decoder, "on_cpu", False) else 1
 
 
 def _capped(config: SchedulerConfig, repository: Any, encoder: str, decoder: str) -> SchedulerConfig:

@@ -215,6 +215,7 @@ class OnnxRuntimeBackend:
         # its weights and their pre-packed copies mapped by every session of every worker)
         run.model_file = source  # type: ignore[attr-defined]
         run.optimized = source != chosen and source != path  # type: ignore[attr-defined]
+        run.on_cpu = model.placement.provider == placement.CPU  # type: ignore[attr-defined]
         if entry.task == "translate_decoder":  # a GPU decoder's steps keep its cache on the device
             run.resident = resident_request(model.placement, entry.config, entry.model_file(version))  # type: ignore[attr-defined]
         run.session_config = spin_entries(self.options.spin_us, ort.__version__)  # type: ignore[attr-defined]
