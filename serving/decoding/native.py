@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import logging
 import os
@@ -44,6 +45,8 @@ MAX_BEAM = 32  # the kernel's per-sentence scratch
 # another machine's build on an NFS home), and each removing the others' current builds rebuilt them at
 # every start and could remove one between its maker's build and its load.
 SWEEP_AFTER_S = 30 * 24 * 3600
+# What a build failed of when its cache has no room left (a full disk, a home over its quota).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
@@ -116,6 +119,7 @@ def build(cc: str, target: Path) -> Path:
             check=True,
             capture_output=True,
             timeout=120,
+            env={**os.environ, "LC_ALL": "C"},  # its messages untranslated: _no_room reads them
         )
         os.replace(out, target)
     for old in target.parent.glob("beam_step-*.so"):
@@ -175,7 +179,14 @@ def _load() -> ctypes.CDLL | None:
             return None
         if cc is not None and not path.exists():
             path = _build_target(path)
-        library = _open_cached(cc, path)
+        try:
+            library = _open_cached(cc, path)
+        except (OSError, subprocess.SubprocessError) as exc:
+            if cc is None or path.parent == temp_cache_dir() or not _no_room(exc):
+                raise
+            log.info("cache %s is full: building the compiled beam step in %s", path.parent, temp_cache_dir())
+            path = _build_target(temp_cache_dir() / path.name)
+            library = _open_cached(cc, path)
         _loaded_path[:] = [path]
     except (OSError, subprocess.SubprocessError) as exc:
         compiler_said = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
@@ -207,6 +218,16 @@ def _build_target(path: Path) -> Path:
     if path.parent != fallback:
         log.info("cache %s cannot be written: building the compiled beam step in %s", path.parent, fallback)
     return fallback / path.name
+
+
+def _no_room(exc: BaseException) -> bool:
+    """Whether a build failed for want of room in its cache: a full ``~/.cache`` (a home over its quota)
+    left every translator on the numpy step, as an unwritable one did before it fell back to
+    :func:`temp_cache_dir`."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    said = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")
+    return any(os.strerror(code) in said for code in NO_ROOM)
 
 
 def _writable(directory: Path) -> bool:
