@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.execution.occupancy import zeroed_file
+from serving.process_tree import maker_prefix
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _slots(workers: int) -> int:
 
 def create_board(workers: int) -> Path:
     """A zeroed connections board for ``workers`` processes (shared memory where there is some)."""
-    return zeroed_file(f"{BOARD_PREFIX}{os.getpid()}-", _slots(workers) * _INT, "connections board")
+    return zeroed_file(maker_prefix(BOARD_PREFIX), _slots(workers) * _INT, "connections board")
 
 
 def _workers_of(size: int) -> int:

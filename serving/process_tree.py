@@ -56,6 +56,37 @@ def usage(pid: int | None) -> Usage | None:
     return Usage(pss_bytes=pss_kib * 1024, cpu_seconds=ticks / CLOCK_TICKS, processes=seen)
 
 
+def maker_prefix(prefix: str) -> str:
+    """``prefix``, then this process's pid and pid namespace: the name's start of a file or directory that
+    ``serving.workers.sweep_stale`` removes once its maker is gone (``kiln-metrics-123-ns4026531836-``).
+    Without the namespace a gateway in another container sharing the directory (``/dev/shm`` under
+    ``docker run --ipc=host``, a shared ``/tmp``) took a live gateway's pid for a dead one's, since no
+    process of its own had it, and removed that gateway's metrics, boards and shared weights."""
+    namespace = _pid_namespace()
+    return f"{prefix}{os.getpid()}-" + (f"ns{namespace}-" if namespace is not None else "")
+
+
+def maker_gone(tail: str) -> bool:
+    """Whether the process named at the start of ``tail`` (a name past its prefix, see
+    :func:`maker_prefix`) has ended; False where that cannot be told: no pid there, or another pid
+    namespace's (a name without one, as older gateways wrote them, is taken for this namespace's)."""
+    fields = tail.split("-")
+    if not fields[0].isdigit():
+        return False
+    namespace = fields[1][2:] if len(fields) > 2 and fields[1].startswith("ns") else ""
+    if namespace.isdigit() and int(namespace) != _pid_namespace():
+        return False
+    return not running(int(fields[0]))
+
+
+def _pid_namespace() -> int | None:
+    """The inode naming this process's pid namespace; None without procfs."""
+    try:
+        return os.stat(PROC / "self" / "ns" / "pid").st_ino
+    except OSError:
+        return None
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists (another user's too)."""
     try:

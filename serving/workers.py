@@ -290,7 +290,7 @@ def _metrics_dir(workers: int) -> Path:
             tried.append(f"{where} {'not writable' if free is None else f'{free >> 20} MiB free'}")
             continue
         try:
-            return Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=where))
+            return Path(tempfile.mkdtemp(prefix=process_tree.maker_prefix(METRICS_PREFIX), dir=where))
         except OSError as exc:  # no /dev/shm, or not writable here
             tried.append(f"{where} {exc.strerror or exc}")
     raise OSError(f"no room for the workers' metrics ({need >> 20} MiB): {'; '.join(tried)}")
@@ -322,8 +322,7 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
         for entry in entries:
             prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX, CONNECTIONS_PREFIX)
             prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
-            pid = entry.name[len(prefix) :].partition("-")[0] if prefix else ""
-            if not pid.isdigit() or process_tree.running(int(pid)):
+            if prefix is None or not process_tree.maker_gone(entry.name[len(prefix) :]):
                 continue
             try:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

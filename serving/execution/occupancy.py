@@ -16,6 +16,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from serving.process_tree import maker_prefix
+
 
 class Occupancy:
     """The model runs in flight in this process, published at ``index`` of a shared board (or not)."""
@@ -73,7 +75,7 @@ BOARD_PREFIX = "kiln-occupancy-"  # then the pid of the process that made it (se
 def create_board(workers: int) -> Path:
     """A zeroed board for ``workers`` processes, in shared memory where the system lets us write it
     (a page-cache file in the temporary directory otherwise: the same to the workers)."""
-    return zeroed_file(f"{BOARD_PREFIX}{os.getpid()}-", workers, "occupancy board")
+    return zeroed_file(maker_prefix(BOARD_PREFIX), workers, "occupancy board")
 
 
 def zeroed_file(prefix: str, size: int, what: str) -> Path:

@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from serving.process_tree import maker_prefix
+
 log = logging.getLogger(__name__)
 
 PREFIX = "kiln-weights-"  # then the pid of the process that made the directory (serving.workers sweeps)
@@ -59,7 +61,7 @@ PREPACKED_KEY = "session.save_external_prepacked_constant_initializers"
 def create_store_dir() -> Path:
     """A new directory for optimized models, in the temporary directory: they are as large as the
     models, so not in /dev/shm, which containers often cap at 64 MB."""
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=maker_prefix(PREFIX)))
 
 
 class WeightStore:
