@@ -143,7 +143,6 @@ def test_the_gate_defaults_kiln_json_md_gives_are_the_export_flags_defaults() ->
 def test_the_defaults_the_serving_help_names_are_the_ones_the_gateway_uses() -> None:
     from serving.decoding.scheduler_config import SchedulerConfig
     from serving.execution.ort_options import OrtOptions
-
     from serving.lifespan import cpu_decode_workers
 
     used = {  # decode workers: the default a lone gateway process of 2 cores gives a CPU translator
