@@ -13,7 +13,7 @@ import torch
 
 from export import batching, quantize, repository, tensorrt
 from export.freeze import FreezeReport, freeze
-from export.onnx_export import classifier_graph, export_onnx
+from export.onnx_export import classifier_graph, copy_graph, export_onnx
 from export.parity import ParityReport, classifier_parity, ort_session, session_runner, torch_runner
 from export.results import RANDOM_IMAGES_SOURCE, Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec, classifier_spec
@@ -251,7 +251,8 @@ def write_built(ctx: ExportContext, spec: GraphSpec, b: Built, freeze_report: Fr
     labels = ctx.labels(spec.outputs[0].shape[-1])
 
     def fill(tmp: Path) -> dict[str, Any]:
-        shutil.copyfile(b.model_file, repository.version_dir(tmp) / b.model_file.name)
+        copy = copy_graph if b.model_file.suffix == ".onnx" else shutil.copyfile  # an engine: one file
+        copy(b.model_file, repository.version_dir(tmp) / b.model_file.name)
         config = entry_config(ctx, spec, b, repository.write_labels(tmp, labels))
         (tmp / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
         return _metadata(ctx, spec, b, freeze_report)

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -148,6 +149,35 @@ def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) ->
     onnx.save_model(
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
     )
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def copy_graph(src: Path, dst: Path) -> None:
+    """Copy the graph ``src`` to ``dst`` with its external data, renamed after ``dst``
+    (``<dst name>.data``) and the graph's locations rewritten to match. A copy of the graph alone
+    left an entry of a model over :data:`EXTERNAL_DATA_THRESHOLD` without its weights (export passed,
+    the gateway and Triton refused it), and the names the exporter gave (``dec.onnx.data`` for both
+    the decoder and its fused twin) would have clashed in one version directory."""
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src), load_external_data=False)
+    tensors = _external_tensors(model)
+    if not tensors:
+        shutil.copyfile(src, dst)
+        return
+    names = sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
+    renamed = {
+        n: f"{dst.name}.data" if len(names) == 1 else f"{dst.name}.{i}.data" for i, n in enumerate(names)
+    }
+    for name, new in renamed.items():
+        shutil.copyfile(src.parent / name, dst.parent / new)
+    for entry in (e for t in tensors for e in t.external_data if e.key == "location"):
+        entry.value = renamed[entry.value]
+    dst.write_bytes(model.SerializeToString())
 
 
 def specialized_axes(model: onnx.ModelProto, spec: GraphSpec) -> list[str]:

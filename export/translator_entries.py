@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from export import repository
+from export.onnx_export import copy_graph
 from export.parity import ParityReport
 from export.results import Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import DTYPES, GraphSpec
@@ -80,9 +81,9 @@ def _write_graph(
     Triton and everything else open ``model.onnx``)."""
 
     def fill(tmp: Path) -> dict[str, Any]:
-        shutil.copyfile(onnx_path, repository.version_dir(tmp) / "model.onnx")
+        copy_graph(onnx_path, repository.version_dir(tmp) / "model.onnx")
         if fused is not None:
-            shutil.copyfile(fused, repository.version_dir(tmp) / FUSED_GRAPH)
+            copy_graph(fused, repository.version_dir(tmp) / FUSED_GRAPH)
         base = config_from_spec(spec)
         config = dataclasses.replace(base, dynamic_batching=False, warmup=False)
         if ctx.options.device == "gpu":
