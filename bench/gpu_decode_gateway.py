@@ -59,8 +59,8 @@ def _one_gateway(
     os.environ["KILN_RESIDENT_DECODER"] = mode
     try:
         log_path = Path(tempfile.gettempdir()) / f"kiln-probe-gateway-{count}-{mode}.log"
-        with running(
-            gateway_cmd(repository, http, grpc, 1, workers=count),
+        with running(  # one decode thread a process, whose busy share the rows read (a CPU default is 2)
+            [*gateway_cmd(repository, http, grpc, 1, workers=count), "--decode-workers", "1"],
             f"{url}/v2/health/ready",
             timeout_s=300,
             log_path=log_path,

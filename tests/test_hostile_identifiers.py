@@ -83,7 +83,7 @@ def test_a_refusal_for_a_name_with_a_control_character_is_not_counted_for_anothe
     refused: list[str] = []
     state = SimpleNamespace(
         repository=SimpleNamespace(names=lambda: ["resnet18"]),
-        metrics=SimpleNamespace(refused=lambda name, exc, status: refused.append(name)),
+        metrics=SimpleNamespace(refused=lambda name, exc, status, version="": refused.append(name)),
     )
     scope = {
         "type": "http",
