@@ -171,6 +171,10 @@ def _markdown(
     """The main translator's table, the identity table of the others, the differing translations, the
     workload's arithmetic, errors."""
     md = f"## Translation (`{main}`, held-out test sentences)\n\n" + table(rows[main], MAIN_COLUMNS) + "\n"
+    md += (
+        "\nA gateway row's workers are its processes (`--workers`), each with the default decode workers: "
+        "2 in a lone process of 2 cores or more, 1 in each of several (`--decode-workers`).\n"
+    )
     others = [m for m in rows if m != main]
     if others:
         md += _identity_section(rows, others)
