@@ -57,8 +57,11 @@ class Gateway:
             await self.translators.start(self.backend.runner)  # type: ignore[attr-defined]
             # the backend's start-up line lists the encoder and decoder entries, not these names: the
             # models a translate request names were missing from the log (a failed one logged its error)
-            if self.translators.translators:
-                log.info("translators serving %s", sorted(self.translators.translators))
+            if self.translators.translators:  # with their decode workers, which depend on the placement
+                served = sorted(self.translators.translators.items())
+                log.info(
+                    "translators serving %s", ", ".join(f"{n} ({_decode_workers(t)})" for n, t in served)
+                )
 
     def stop_loading(self) -> None:
         """A stop signal while :meth:`start` loads: the backend stops after the model it is loading."""
@@ -189,3 +192,9 @@ class Gateway:
             response = await self.translator(request.model).infer(request)  # type: ignore[union-attr]
             return replace(response, version=version)  # the version served, as metadata lists it
         return await self.backend.infer(request)
+
+
+def _decode_workers(translator: Any) -> str:
+    """ "2 decode workers": a translator's schedulers, for the start-up line."""
+    count = len(getattr(translator, "schedulers", ())) or 1
+    return f"{count} decode worker{'s' if count > 1 else ''}"

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -210,7 +211,10 @@ class _Pool:
         self.failed = {"broken": "ValueError: no tokenizer"}
 
     async def start(self, runner_for: object) -> None:
-        self.translators = {"transformer": object(), "gru_attention": object()}
+        self.translators = {
+            "transformer": SimpleNamespace(schedulers=[object(), object()]),
+            "gru_attention": SimpleNamespace(schedulers=[object()]),
+        }
 
 
 class _Translating(FakeBackend):
@@ -229,5 +233,5 @@ def test_the_start_up_log_names_the_translators_the_gateway_serves(caplog):
     with caplog.at_level(logging.INFO, logger="serving.gateway"):
         asyncio.run(gateway.start())
     assert [r.getMessage() for r in caplog.records if r.name == "serving.gateway"] == [
-        "translators serving ['gru_attention', 'transformer']"
+        "translators serving gru_attention (1 decode worker), transformer (2 decode workers)"
     ]
