@@ -47,7 +47,7 @@ from training.resume import (
     resumed_metrics,
     start_run,
 )
-from training.runtime import Dist, teardown, weights_hash, wrap_ddp
+from training.runtime import Dist, show_progress, teardown, weights_hash, wrap_ddp
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
@@ -112,7 +112,7 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     )
     if resume:  # before the data is read
         check_resumable(config.resume, resume, spec, d)
-    train_ds, val_ds = make_splits(spec)
+    train_ds, val_ds = make_splits(spec, progress=show_progress(config.progress, d))
     if resume:  # before a model of the old classes trains on the new labels
         check_same_contents(config.resume, resume, spec, train_ds, main=d.is_main)
     mean, std = channel_stats(train_ds.images)
