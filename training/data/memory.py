@@ -13,10 +13,12 @@ from pathlib import Path
 CGROUP = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 MEMINFO = Path("/proc/meminfo")
-# (limit file, usage file) of cgroup v2, then v1 (its memory controller mounted at memory/)
+# (limit file, usage file, memory.stat key of the reclaimable page cache) of cgroup v2, then v1 (its
+# memory controller mounted at memory/). The usage counts the page cache of files read (the dataset's
+# own, a run before): the kernel drops it before an OOM kill, so it is headroom (as kubelet's working set).
 LIMIT_FILES = (
-    ("", "memory.max", "memory.current"),
-    ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ("", "memory.max", "memory.current", "inactive_file"),
+    ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
 )
 
 
@@ -52,7 +54,7 @@ def _cgroup_headroom(cgroup: Path, proc_cgroup: Path) -> int | None:
         if len(parts) == 3:
             paths["" if parts[0] == "0" and not parts[1] else parts[1]] = parts[2]
     headrooms = []
-    for sub, limit_name, usage_name in LIMIT_FILES:
+    for sub, limit_name, usage_name, cache_key in LIMIT_FILES:
         key = "" if not sub else next((k for k in paths if sub in k.split(",")), sub)
         mount = cgroup / sub if sub else cgroup
         for directory in _own_and_above(mount, paths.get(key, "/")):
@@ -61,9 +63,22 @@ def _cgroup_headroom(cgroup: Path, proc_cgroup: Path) -> int | None:
                 usage = int((directory / usage_name).read_text(encoding="utf-8").strip())
             except (OSError, ValueError):
                 continue
+            usage -= min(usage, _stat(directory / "memory.stat", cache_key))
             if limit.isdigit() and int(limit) < 1 << 60:  # v1 "no limit" is a huge number, v2 "max"
                 headrooms.append(max(0, int(limit) - usage))
     return min(headrooms) if headrooms else None
+
+
+def _stat(path: Path, key: str) -> int:
+    """``key``'s value in a cgroup's memory.stat (0 where unreadable)."""
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _own_and_above(mount: Path, path: str) -> list[Path]:
