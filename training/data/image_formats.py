@@ -70,6 +70,18 @@ def read_digits(
     return RawImages(images, labels, [str(name) for name in bunch.target_names])
 
 
+@dataclass
+class FolderFiles:
+    """A folder dataset listed, nothing decoded: its image files in class then name order, each one's
+    label, the class names and the channels they will be decoded to."""
+
+    root: Path
+    files: list[Path]
+    labels: torch.Tensor
+    classes: list[str]
+    channels: int
+
+
 def read_folder(
     path: str | None, *, channels: int | None = None, size: int | None = None, progress: bool = False
 ) -> RawImages:
@@ -77,8 +89,13 @@ def read_folder(
     Orientation, converted and resized by Pillow, as the gateway decodes an upload. All of them are
     decoded into memory at ``size``: a folder that cannot fit is refused first (``check_fits``);
     ``progress`` shows a bar while they are read."""
-    from PIL import Image, UnidentifiedImageError
+    listing = list_folder(path, channels=channels)
+    return RawImages(decode_folder(listing, size, progress), listing.labels, listing.classes)
 
+
+def list_folder(path: str | None, *, channels: int | None = None) -> FolderFiles:
+    """A folder's class sub-folders and image files, checked, and its channels (None: 3 if any image is
+    in colour, from the headers alone): everything a split needs before an image is decoded."""
     root = _existing_dir(path, "folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
@@ -94,16 +111,33 @@ def read_folder(
             raise DatasetError(f"{class_dir}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} files)")
     if channels is None:
         channels = folder_channels([f for files in files_per_class for f in files])
-    mode = {1: "L", 3: "RGB"}[channels]
-    count = sum(len(files) for files in files_per_class)
+    files = [file for class_files in files_per_class for file in class_files]
+    labels = [index for index, class_files in enumerate(files_per_class) for _ in class_files]
+    return FolderFiles(root, files, torch.tensor(labels, dtype=torch.int64), classes, channels)
+
+
+def decode_folder(
+    listing: FolderFiles,
+    size: int | None,
+    progress: bool = False,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]``: the listed files at ``positions`` (ascending; None: all of them),
+    decoded at ``size``, after ``check_fits`` has counted only those: a ``--limit-train`` pays for the
+    images it keeps, not the whole folder."""
+    from PIL import Image, UnidentifiedImageError
+
+    root, channels = listing.root, listing.channels
+    picked = range(len(listing.files)) if positions is None else positions.tolist()
+    files = [listing.files[i] for i in picked]
+    count, mode = len(files), {1: "L", 3: "RGB"}[channels]
     if size is not None:
         check_fits(root, count, channels, size)
     # At a known size each image is written into its place: no list of them stacked into a second copy.
     out = np.empty((count, channels, size, size), dtype=np.uint8) if size is not None else None
-    arrays, labels = [], []
-    files = [(index, file) for index, class_files in enumerate(files_per_class) for file in class_files]
+    arrays = []
     bar = tqdm(files, desc=f"reading {root.name or root}", unit="img", leave=False, disable=not progress)
-    for i, (index, file) in enumerate(bar):
+    for i, file in enumerate(bar):
         try:
             with Image.open(file) as img:
                 img = to_8bit(upright(img), mode)  # as the gateway decodes: EXIF Orientation applied
@@ -116,7 +150,6 @@ def read_folder(
             out[i] = array.transpose(2, 0, 1)  # (C, H, W)
         else:
             arrays.append(array)
-        labels.append(index)
     if out is None:
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
@@ -126,32 +159,35 @@ def read_folder(
         out = np.stack(arrays).transpose(0, 3, 1, 2)  # (N, C, H, W)
         del arrays
     images = torch.from_numpy(np.ascontiguousarray(out))
+    of_all = f" (of {len(listing.files)})" if count < len(listing.files) else ""
     log.info(
-        "%s: %d images of %s, %s in memory",
+        "%s: %d images%s of %s, %s in memory",
         root,
         count,
+        of_all,
         "x".join(map(str, images.shape[1:])),
         gib(images.numel()),
     )
-    return RawImages(images, torch.tensor(labels, dtype=torch.int64), classes)
+    return images
 
 
-# The decoded folder is held twice at the most: whole, and cut into its train and validation
-# splits (``make_splits``) before the whole is let go. Measured: ~2.1x by RSS (was 3.2x, then 14x
-# while ``channel_stats`` made float64 copies).
+# The images kept are held twice at the most: as decoded (or resized), and cut into their train and
+# validation splits (``make_splits``) before the whole is let go. Measured on a folder: ~2.1x by RSS
+# (was 3.2x, then 14x while ``channel_stats`` made float64 copies).
 PEAK_COPIES = 2
 
 
-def check_fits(root: Path, count: int, channels: int, size: int) -> None:
-    """Refuse, before decoding anything, a folder whose decoded images cannot fit in the memory this
-    process may take: else the OOM killer ends the run minutes in, with no message."""
+def check_fits(root: Path | str, count: int, channels: int, size: int) -> None:
+    """Refuse, before decoding (or resizing) anything, images that cannot fit at ``size`` in the memory
+    this process may take: else the OOM killer ends the run minutes in, with no message. A CIFAR or
+    MNIST set upscaled to 224 needs as much as a folder of as many images."""
     need = count * channels * size * size
     available = available_memory()
     if available is not None and need * PEAK_COPIES > available:
         raise DatasetError(
             f"{root}: {count} images at {size}x{size}x{channels} are decoded into memory: {gib(need)}, "
             f"{gib(need * PEAK_COPIES)} at the peak, but {gib(available)} is available; pass a smaller "
-            "--image-size or train on a folder of fewer images (--limit-train cuts after reading)"
+            "--image-size or fewer images (--limit-train and --limit-val cut them before decoding)"
         )
 
 

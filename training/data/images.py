@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 from training.data.image_formats import (
     DatasetError,
     RawImages,
+    check_fits,
+    decode_folder,
+    list_folder,
     read_cifar10,
     read_digits,
     read_fashion_mnist,
@@ -131,9 +134,27 @@ def _names(items: list[str], shown: int = 5) -> str:
     return ", ".join(items[:shown]) + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
 
 
+@dataclass
+class Unread:
+    """A dataset before its images are brought to the model's input: every image's label, the class
+    names, and ``images(positions)``, the images at ascending ``positions`` (None: all) as uint8
+    ``[n, C, size, size]``. A folder decodes only those files, an array format converts and resizes
+    only those, each after ``check_fits`` has counted them."""
+
+    labels: torch.Tensor
+    classes: list[str]
+    images: Callable[[torch.Tensor | None], torch.Tensor]
+
+
 def load_dataset(spec: DataSpec, progress: bool = False) -> ImageDataset:
     """Read the whole (training) dataset and bring it to ``spec.image_size`` and ``spec.channels``;
     ``progress``: a bar while a folder's images are decoded (minutes for a large one)."""
+    data = open_dataset(spec, progress)
+    return ImageDataset(data.images(None), data.labels, data.classes)
+
+
+def open_dataset(spec: DataSpec, progress: bool = False) -> Unread:
+    """``spec``'s dataset with its labels read and no image decoded or resized yet (``Unread``)."""
     if spec.dataset not in READERS:
         raise DatasetError(f"unknown dataset {spec.dataset!r}; choose from {DATASETS}")
     if spec.channels not in (None, 1, 3):
@@ -141,13 +162,28 @@ def load_dataset(spec: DataSpec, progress: bool = False) -> ImageDataset:
     if spec.image_size < 4:
         raise DatasetError(f"image size must be at least 4, got {spec.image_size}")
     reader, _native = READERS[spec.dataset]
-    shown = {"progress": progress} if reader is read_folder else {}
-    raw = reader(spec.data_path, channels=spec.channels, size=spec.image_size, **shown)
-    if raw.images.shape[0] == 0:
+    if reader is read_folder:
+        listing = list_folder(spec.data_path, channels=spec.channels)
+        data = Unread(
+            listing.labels,
+            listing.classes,
+            lambda positions: decode_folder(listing, spec.image_size, progress, positions),
+        )
+    else:
+        raw = reader(spec.data_path, channels=spec.channels, size=spec.image_size)
+        data = Unread(raw.labels, raw.classes, lambda positions: bring(raw, spec, positions))
+    if data.labels.shape[0] == 0:
         raise DatasetError(f"dataset {spec.dataset!r} at {spec.data_path} holds no images")
-    images = convert_channels(raw.images, spec.channels or raw.images.shape[1])
-    images = resize(images, spec.image_size)
-    return ImageDataset(images, raw.labels, raw.classes)
+    return data
+
+
+def bring(raw: RawImages, spec: DataSpec, positions: torch.Tensor | None) -> torch.Tensor:
+    """The images of an array format at ``positions`` (None: all) in ``spec``'s channels and size, once
+    ``check_fits`` has counted them there: CIFAR at 224 is 49x its native bytes."""
+    images = raw.images if positions is None else raw.images[positions]
+    channels = spec.channels or images.shape[1]
+    check_fits(spec.data_path or spec.dataset, images.shape[0], channels, spec.image_size)
+    return resize(convert_channels(images, channels), spec.image_size)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -200,14 +236,15 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple
 
 
 def make_splits(spec: DataSpec, progress: bool = False) -> tuple[ImageDataset, ImageDataset]:
-    """Load ``spec.dataset`` and cut the deterministic train/validation split it describes."""
-    full = load_dataset(spec, progress)
-    if len(full.classes) < 2:  # softmax over one logit is 1 whatever the weights: a loss of 0, nothing learns
+    """Cut the deterministic train/validation split ``spec`` describes from the labels, then bring only
+    the images it keeps (``--limit-train``/``--limit-val`` cut before decoding, not after)."""
+    data = open_dataset(spec, progress)
+    if len(data.classes) < 2:  # softmax over one logit is 1 whatever the weights: a loss of 0, nothing learns
         raise DatasetError(
-            f"{spec.data_path or spec.dataset}: one class ({', '.join(full.classes)}); a classifier needs at "
+            f"{spec.data_path or spec.dataset}: one class ({', '.join(data.classes)}); a classifier needs at "
             "least 2 classes (a folder dataset: one sub-folder of images per class)"
         )
-    train_idx, val_idx = split_indices(full.labels, spec.val_fraction, spec.seed)
+    train_idx, val_idx = split_indices(data.labels, spec.val_fraction, spec.seed)
     if spec.limit_train is not None:
         train_idx = train_idx[: spec.limit_train]
     if spec.limit_val is not None:
@@ -218,7 +255,7 @@ def make_splits(spec: DataSpec, progress: bool = False) -> tuple[ImageDataset, I
         )
     consequences = {"training": "the model never learns them", "validation": "val accuracy leaves them out"}
     for split, idx in (("training", train_idx), ("validation", val_idx)):
-        absent = absent_classes(full.labels[idx], full.classes)
+        absent = absent_classes(data.labels[idx], data.classes)
         if absent:  # a class of one image goes to training whole; --limit-train/--limit-val cut the rest
             shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
             log.warning(
@@ -229,7 +266,26 @@ def make_splits(spec: DataSpec, progress: bool = False) -> tuple[ImageDataset, I
                 consequences[split],
                 shown,
             )
-    return full.subset(train_idx), full.subset(val_idx)
+    return kept_splits(data, train_idx, val_idx)
+
+
+def kept_splits(
+    data: Unread, train_idx: torch.Tensor, val_idx: torch.Tensor
+) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, validation) datasets at these indices of ``data``, only their images brought, each
+    split in its indices' order; both keep the class sizes of the whole (``ImageDataset.contents``)."""
+    kept = torch.cat([train_idx, val_idx]).sort().values  # disjoint; ascending, as the files are read
+    everything = len(kept) == len(data.labels)
+    images = data.images(None if everything else kept)  # (len(kept), C, H, W)
+    place = torch.empty(len(data.labels), dtype=torch.int64)
+    place[kept] = torch.arange(len(kept))  # an index of the whole -> its row in ``images``
+    sizes = class_sizes(data.labels, len(data.classes))
+    splits = []
+    for idx in (train_idx, val_idx):
+        part = ImageDataset(images[place[idx]], data.labels[idx], data.classes)
+        part.source_sizes = sizes
+        splits.append(part)
+    return splits[0], splits[1]
 
 
 def absent_classes(labels: torch.Tensor, classes: list[str]) -> list[str]:
