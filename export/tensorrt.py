@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +145,22 @@ def build_engine(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_bytes(bytes(serialized))
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_timing_cache(timing_cache, bytes(config.get_timing_cache().serialize()))
     log.info("built TensorRT %s engine %s", precision, plan_path)
     return plan_path
+
+
+def write_timing_cache(path: Path, data: bytes) -> None:
+    """Replace the timing cache at ``path`` with ``data`` whole or not at all: written in place, a build
+    killed or out of room mid-write (or two exports writing at once) left a torn cache, which the next
+    build handed TensorRT. The bytes go to a file of this writer's own beside it (created with the
+    umask's mode, as the cache was), renamed over it once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -15,12 +15,19 @@ procfs (not Linux) there is nothing to read: :func:`usage` gives None.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# The field after the namespace in the name of a directory its maker holds locked while it lives
+# (:func:`make_held_dir`): ``kiln-weights-123-ns4026531836-held-x1y2z3``.
+HELD = "held"
+_held: dict[Path, int] = {}  # the directories this process made held, and the descriptors holding them
 
 
 @dataclass(frozen=True)
@@ -66,17 +73,69 @@ def maker_prefix(prefix: str) -> str:
     return f"{prefix}{os.getpid()}-" + (f"ns{namespace}-" if namespace is not None else "")
 
 
-def maker_gone(tail: str) -> bool:
+def make_held_dir(prefix: str, where: str | Path | None = None) -> Path:
+    """A new directory in ``where`` (default: the temporary one) named as :func:`maker_prefix` names it
+    and marked :data:`HELD`: this process holds a lock on it (``flock``) until it ends or calls
+    :func:`release`, so that :func:`maker_gone` can tell its maker ended from any pid namespace. Without
+    it, a gateway killed in a container that then restarted (a new pid namespace, /tmp kept) left its
+    shared weights, as large as its models, to every later start: none could tell whether the maker
+    of another namespace's name still ran. It gets its marked name only once locked (a rename)."""
+    start = maker_prefix(prefix)
+    made = Path(tempfile.mkdtemp(prefix=start, dir=where))
+    held = made.with_name(f"{start}{HELD}-{made.name[len(start) :]}")
+    fd = None
+    try:
+        fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a directory no one else has opened yet
+        os.rename(made, held)
+    except OSError:
+        if fd is not None:
+            os.close(fd)
+        os.rmdir(made)
+        raise
+    _held[held] = fd
+    return held
+
+
+def release(path: Path) -> None:
+    """Stop holding ``path`` (:func:`make_held_dir`), once it is removed; nothing if it is not held."""
+    fd = _held.pop(Path(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def maker_gone(tail: str, path: Path | None = None) -> bool:
     """Whether the process named at the start of ``tail`` (a name past its prefix, see
     :func:`maker_prefix`) has ended; False where that cannot be told: no pid there, or another pid
-    namespace's (a name without one, as older gateways wrote them, is taken for this namespace's)."""
+    namespace's (a name without one, as older gateways wrote them, is taken for this namespace's).
+    A name marked :data:`HELD` is told by its lock, from any namespace: the kernel drops it when its
+    maker ends, however it ends (``path``: the file so named; without it, by pid as others are)."""
     fields = tail.split("-")
     if not fields[0].isdigit():
         return False
+    if path is not None and HELD in fields[1:3]:
+        return _unheld(path)
     namespace = fields[1][2:] if len(fields) > 2 and fields[1].startswith("ns") else ""
     if namespace.isdigit() and int(namespace) != _pid_namespace():
         return False
     return not running(int(fields[0]))
+
+
+def _unheld(path: Path) -> bool:
+    """Whether no process holds ``path``'s lock (:func:`make_held_dir`): then its maker has ended. False
+    where it cannot be opened (removed meanwhile: nothing to sweep)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its maker (or a child it forked) runs
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return True
 
 
 def _pid_namespace() -> int | None:

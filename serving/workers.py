@@ -229,6 +229,7 @@ def run_workers(argv: list[str], workers: int) -> int:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+            process_tree.release(path)
 
 
 def _made(made: list[Path], path: Path | None) -> Any:
@@ -311,7 +312,9 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
     """Remove the occupancy and connections boards, metrics directories and optimized models that
     gateways killed before they could clean up (SIGKILL) left in ``places`` (default: /dev/shm and the temporary
     directory): each name carries the pid of the process that made it, and those whose maker no longer
-    runs go. Returns what was removed; never fails (a gateway starts whatever it finds)."""
+    runs go; a directory of optimized models is held locked by its maker (``process_tree.HELD``), so
+    it goes once unlocked, though made in another pid namespace (a container since restarted). Returns
+    what was removed; never fails (a gateway starts whatever it finds)."""
     places = places or (Path("/dev/shm"), Path(tempfile.gettempdir()))
     removed = []
     for place in places:
@@ -322,7 +325,7 @@ def sweep_stale(places: tuple[Path, ...] | None = None) -> list[Path]:
         for entry in entries:
             prefixes = (BOARD_PREFIX, METRICS_PREFIX, WEIGHTS_PREFIX, CONNECTIONS_PREFIX)
             prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
-            if prefix is None or not process_tree.maker_gone(entry.name[len(prefix) :]):
+            if prefix is None or not process_tree.maker_gone(entry.name[len(prefix) :], entry):
                 continue
             try:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -207,17 +207,32 @@ def _build_target(path: Path) -> Path:
     """Where to build ``path``: there, or the same file in :func:`temp_cache_dir` where its directory
     cannot be written (a home that is missing or read-only, as containers run: every translator then
     decoded with the numpy step though ``/tmp`` was writable). The temporary cache must be a directory
-    of this user's that no one else may write, since what is built there is loaded as code."""
+    of this user's that no one else may write, since what is built there is loaded as code.
+
+    A build of the same name already there is taken first: an earlier process put it there because
+    ``path``'s directory was full, and each later one compiled into that full cache again (~1.4 s, to
+    fail) before finding it. The name is the cache key (sources, flags, compiler), so it is as current
+    as ``path`` would be, and builds land there by rename, so a file there is whole."""
     fallback = temp_cache_dir()
+    if path.parent != fallback and (fallback / path.name).is_file() and _private(fallback):
+        return fallback / path.name  # an earlier process's fallback build: no failed build again first
     if path.parent != fallback and _writable(path.parent):
         return path
     fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
-    found = os.lstat(fallback)
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o022:
+    if not _private(fallback):
         raise PermissionError(f"{fallback} is not a directory of this user's that only it may write")
     if path.parent != fallback:
         log.info("cache %s cannot be written: building the compiled beam step in %s", path.parent, fallback)
     return fallback / path.name
+
+
+def _private(directory: Path) -> bool:
+    """Whether ``directory`` is a directory (not a link) of this user's that no one else may write."""
+    try:
+        found = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o022
 
 
 def _no_room(exc: BaseException) -> bool:

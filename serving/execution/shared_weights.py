@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from serving.process_tree import maker_prefix
+from serving.process_tree import make_held_dir, release
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ PREPACKED_KEY = "session.save_external_prepacked_constant_initializers"
 
 def create_store_dir() -> Path:
     """A new directory for optimized models, in the temporary directory: they are as large as the
-    models, so not in /dev/shm, which containers often cap at 64 MB."""
-    return Path(tempfile.mkdtemp(prefix=maker_prefix(PREFIX)))
+    models, so not in /dev/shm, which containers often cap at 64 MB. This process holds it while it
+    lives (:func:`serving.process_tree.make_held_dir`), so a later gateway removes it once this one is
+    killed, in this container or in one restarted since."""
+    return make_held_dir(PREFIX)
 
 
 class WeightStore:
@@ -115,6 +117,7 @@ class WeightStore:
         """Remove the directory if this store made it (the sessions keep their mappings until freed)."""
         if self.owned and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+            release(self.root)
 
     def _optimize(
         self, path: Path, providers: list[Any], done: Path, prepare: Callable[[Any], Any] | None = None
