@@ -156,10 +156,10 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--resume",
         help="continue from <name>.pt / <name>.resume.pt (optimizer, scheduler, epoch); unset --batch-size, "
-        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs, --model-arg, the data flags "
-        "(--dataset, --data-path, --image-size, --channels, --val-fraction, --limit-train, --limit-val) "
-        "and --seed come from the file, and a value that differs from the file's is an error; unset "
-        "--epochs, --label-smoothing, --clip-grad-norm, --early-stopping, --hflip, --augment, --amp and "
+        "--optimizer, --lr, --weight-decay, --schedule, --warmup-epochs, --label-smoothing, "
+        "--clip-grad-norm, --model-arg, the data flags (--dataset, --data-path, --image-size, --channels, "
+        "--val-fraction, --limit-train, --limit-val) and --seed come from the file, and a value that "
+        "differs from the file's is an error; unset --epochs, --early-stopping, --hflip, --augment, --amp and "
         "--name come from the file too (a given --epochs lengthens the run, and is refused below the "
         "epochs it trained; a run with nothing left to train whose checkpoint is written is left as it "
         "is), and an unset --output-dir is the file's directory; data whose classes or images changed "

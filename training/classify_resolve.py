@@ -245,16 +245,24 @@ def check_logits(name: str, model: torch.nn.Module, side: int) -> None:
         )
 
 
-# Flags a resumed run keeps: the optimizer and schedule it restores were built with them.
-RESUME_FIXED = ("batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
+# Flags a resumed run keeps: the optimizer and schedule it restores were built with them, and stepped
+# on that loss (--label-smoothing) and gradients clipped so (--clip-grad-norm).
+RESUME_FIXED = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "clip_grad_norm",
+)
 # Flags a resumed run takes from the file when unset (not from the recipe), so it ends where the
 # interrupted run would have; a value given on the command line wins (--epochs 30 lengthens the run,
 # and the schedule is then laid over the new length).
 RESUME_INHERITED = (
     "epochs",
     "amp",  # else a resumed mixed-precision run silently continues in float32
-    "label_smoothing",
-    "clip_grad_norm",
     "hflip",
     "augment",
     "early_stopping",
@@ -286,12 +294,12 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
     differ = [
         f"--{key.replace('_', '-')} {getattr(config, key)} (the run used {saved[key]})"
         for key in RESUME_FIXED
-        if getattr(config, key) is not None and getattr(config, key) != saved[key]
+        if getattr(config, key) is not None and key in saved and getattr(config, key) != saved[key]
     ]
     if differ:
         raise ValueError(
             f"--resume {config.resume}: {', '.join(differ)}: a resumed run continues with its own "
-            "optimizer, learning-rate schedule and batch size; leave these flags unset"
+            "optimizer, loss, gradient clipping, learning-rate schedule and batch size; leave these flags unset"
         )
     inherited = (*RESUME_FIXED, *RESUME_INHERITED)
     values = {key: saved[key] for key in inherited if getattr(config, key) is None and key in saved}

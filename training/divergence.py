@@ -54,10 +54,11 @@ def weights_divergence(module: nn.Module) -> str | None:
 
 
 def divergence_advice(lr: float, clip_flag: str, clipped: bool, fp16_flag: str | None) -> str:
-    """What to try after a diverged run: a lower learning rate, gradient clipping if off, no fp16."""
+    """What to try after a diverged run: a lower learning rate, gradient clipping if off, no fp16; in a
+    new run, since ``--resume`` refuses them changed."""
     tips = [f"a lower --lr (this run's: {lr:g})"]
     if not clipped:
         tips.append(f"{clip_flag} 1")
     if fp16_flag:
         tips.append(fp16_flag)
-    return "try " + ", or ".join(tips)
+    return "in a new run (--resume keeps these), try " + ", or ".join(tips)

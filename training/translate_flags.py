@@ -182,7 +182,8 @@ def add_training_flags(g: argparse._ArgumentGroup) -> None:
         "--time-budget",
         type=float,
         help="minutes of training before stopping gracefully (0 = no limit), keeping the best weights; on "
-        f"--resume, the interrupted run's minutes count (default: {BASE['time_budget']})",
+        "--resume, the interrupted run's minutes count, and a run it stopped trains on from where it "
+        f"stopped given a larger one, or 0 (default: {BASE['time_budget']})",
     )
     g.add_argument("--test-beam", type=int, help="beam size for the final test metrics")
     g.add_argument(
@@ -221,7 +222,7 @@ def add_run_flags(g: argparse._ArgumentGroup) -> None:
         "epoch), ending where the uninterrupted run would have: weights, optimizer, schedule, tokenizers "
         "(not trained again), batch order, dropout draws, best weights, early stopping and records. The "
         "flags not given are the interrupted run's; a data, model, --dropout, batch or optimizer flag "
-        "given with another value is refused, and so is a corpus that changed since (a corpus that "
+        "(--label-smoothing and --clip-norm too) given with another value is refused, and so is a corpus that changed since (a corpus that "
         "moved is read at the new --data-path given, checked to hold the same pairs); --epochs may "
         "lengthen the run, never shorten it (a run with nothing left to train whose checkpoint is "
         "written is left as it is). Under torchrun --max-restarts, a restarted attempt resumes by itself "

@@ -53,6 +53,7 @@ from training.translate_config import TranslateConfig, model_config
 from training.translate_resume import (
     EARLY_STOPPING,
     PERFECT,
+    TIME_BUDGET,
     check_same_corpus,
     complete,
     corpus_digest,
@@ -104,7 +105,7 @@ class Trainer:
         self.step, self.start, self.train_time = 0, time.monotonic(), 0.0
         self.validated_step = -1  # the step whose weights were last validated
         self.start_epoch, self.finished = 0, False  # a resumed run's: where it goes on, or nothing left
-        self.stop: str | None = None  # why rank 0's last validation stopped the run (the resume state's)
+        self.stop: str | None = None  # why the run stopped: rank 0's last validation, or the time budget
         self.carried = (0.0, 0.0)  # this rank's (loss, target tokens) of the last epoch trained
         self.skip = 0  # the batches of epoch ``start_epoch`` a run that stopped in it had trained
         if resume:
@@ -244,16 +245,18 @@ class Trainer:
                 loss_sum, tokens = loss_sum + loss * batch.n_tokens, tokens + batch.n_tokens
             bar.set_postfix(loss=f"{loss_sum / max(1, tokens):.3f}")
             mid_eval = cfg.eval_every and self.step % cfg.eval_every == 0
-            if (mid_eval or out_of_time) and self.validate(
+            stop = (mid_eval or out_of_time) and self.validate(
                 epoch + count / len(self.batches), loss_sum, tokens
-            ):
-                # Stopped early (or perfect) mid-epoch: a resume state saying so, so that --resume finds
-                # the run complete, and one given a larger --patience goes on from this very batch.
+            )
+            if out_of_time and not stop:
+                log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
+                self.stop = TIME_BUDGET
+            if stop or out_of_time:
+                # Stopped early, perfect or out of time, mid-epoch or at its end: a resume state saying
+                # so, so that --resume finds the run complete, and one given a larger --patience or
+                # --time-budget goes on from this very batch.
                 done = count % len(self.batches)
                 self.save_resume(epoch if done else epoch + 1, loss_sum, tokens, batches=done)
-                return True, loss_sum, tokens
-            if out_of_time:
-                log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
                 return True, loss_sum, tokens
         bar.close()
         return False, loss_sum, tokens

@@ -47,8 +47,9 @@ log = logging.getLogger("training.translate")
 
 # Settings a resumed run keeps, given again or not at all: its corpus, split and tokenizers were made
 # with the data ones (--seed also draws the batch order), its model with --model, --model-arg and
-# --dropout, and its optimizer and schedule count steps of batches of that size at that rate. Not
-# --data-path: a corpus moved elsewhere is read there and checked to hold the same pairs (check_same_corpus).
+# --dropout, and its optimizer and schedule count steps of batches of that size at that rate, on
+# that loss (--label-smoothing) and gradients clipped so (--clip-norm). Not --data-path: a corpus
+# moved elsewhere is read there and checked to hold the same pairs (check_same_corpus).
 RESUME_FIXED = (
     "model",
     "preset",
@@ -69,11 +70,13 @@ RESUME_FIXED = (
     "warmup_steps",
     "schedule",
     "weight_decay",
+    "label_smoothing",
+    "clip_norm",
 )
 # How a fixed setting is given on the command line, where its flag is not its name's.
 FLAGS = {"shared_vocab": "--separate-vocab"}
 # Why a resumed run stopped where it did, as the resume state records it (None: it trains on).
-EARLY_STOPPING, PERFECT = "early_stopping", "exact_match"
+EARLY_STOPPING, PERFECT, TIME_BUDGET = "early_stopping", "exact_match", "time_budget"
 # What a resume state's "corpus" proves of a corpus found at another place (check_same_corpus).
 PROOF = "the sha256 of each split's pairs"
 
@@ -99,7 +102,7 @@ def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
     if differ:
         raise ValueError(
             f"--resume {resume}: {', '.join(differ)}: a resumed run goes on with the interrupted run's "
-            "corpus, tokenizers, model, batches and optimizer; leave these flags unset to take its "
+            "corpus, tokenizers, model, batches, loss and optimizer; leave these flags unset to take its "
             "values, or start a new run (without --resume)"
         )
     cfg = {**saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
@@ -280,7 +283,7 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
         state["stopper"]["best"],
         state["stopper"]["bad_epochs"],
     )
-    trainer.finished = finished(state, trainer.cfg.patience)
+    trainer.finished = finished(state, trainer.cfg)
     trainer.batches.epoch = trainer.start_epoch  # each epoch's order is drawn from the seed and its number
     trainer.start -= state["train_time_s"]
     if d.is_main:  # the epoch's loss summed over the ranks: a final validation sums it again
@@ -295,23 +298,20 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
     if trainer.start_epoch >= trainer.cfg.epochs and not trainer.finished:
         log.info("nothing left to train (all %d epochs trained): writing its checkpoint", trainer.cfg.epochs)
     elif trainer.finished:
-        perfect = state["stop"] == PERFECT
-        log.info(
-            "the interrupted run had stopped after that epoch (%s): nothing left to train%s",
-            "a perfect validation"
-            if perfect
-            else f"no better BLEU for {trainer.stopper.bad_epochs} evaluations",
-            "" if perfect else "; a larger --patience, or 0, trains on",
-        )
+        what, going_on = nothing_left(state, trainer.cfg)
+        log.info("nothing left to train (%s): writing its checkpoint; %s", what, going_on)
 
 
 def nothing_left(state: dict[str, Any], cfg: TranslateConfig) -> tuple[str, str] | None:
     """Where the interrupted run has nothing left to train: what it trained, and how a run goes on."""
-    if not finished(state, cfg.patience) or state["epoch"] >= cfg.epochs:
+    if not finished(state, cfg) or state["epoch"] >= cfg.epochs:
         return all_trained(state, cfg.epochs)
     when = f"in epoch {state['epoch'] + 1}" if state.get("batches") else f"after epoch {state['epoch']}"
     if state["stop"] == PERFECT:
         return f"it had stopped {when} on a perfect validation", "nothing trains it on"
+    if state["stop"] == TIME_BUDGET:
+        what = f"it had stopped {when}, its --time-budget of {cfg.time_budget:g} min spent"
+        return what, "a larger --time-budget, or 0, trains on"
     bad = state["stopper"]["bad_epochs"]
     what = f"it had stopped early {when} (no better BLEU for {bad} evaluations)"
     return what, "a larger --patience, or 0, trains on"
@@ -325,10 +325,13 @@ def complete(cfg: TranslateConfig, d: Dist) -> bool:
     return run_complete(state, checkpoint, cfg.name, nothing_left(state, cfg), d, trained)
 
 
-def finished(state: dict[str, Any], patience: int) -> bool:
-    """Whether the interrupted run had stopped after its last epoch, leaving nothing to train: on a
-    perfect validation, or early, unless a longer ``--patience`` (or 0) is given now."""
+def finished(state: dict[str, Any], cfg: TranslateConfig) -> bool:
+    """Whether the interrupted run had stopped where its resume state was written, leaving nothing to
+    train: on a perfect validation, early, unless a longer ``--patience`` (or 0) is given now, or out
+    of time, unless a ``--time-budget`` longer than the minutes it trained (or 0) is given now."""
     if state["stop"] == PERFECT:
         return True
+    if state["stop"] == TIME_BUDGET:
+        return 0 < 60.0 * cfg.time_budget <= state["train_time_s"]
     bad = state["stopper"]["bad_epochs"]
-    return state["stop"] == EARLY_STOPPING and 0 < patience <= bad
+    return state["stop"] == EARLY_STOPPING and 0 < cfg.patience <= bad
