@@ -43,7 +43,7 @@ class Cost:
     requests: int
     per_s: float
     loop_ms: float  # the gateway's main thread: its event loop
-    decode_ms: float  # threads named kiln-decode-*
+    decode_ms: float  # decode threads: named kdec<n>.<worker>-* (kiln-decode-* outside a translator)
     other_ms: float  # the gateway's other threads (ONNX Runtime's, gRPC's, the codec thread)
     client_ms: float  # this process (the load client)
 
@@ -54,9 +54,14 @@ class Cost:
         )
 
 
+# the OS names of decode threads: a translator's (serving.decoding.translator.decode_thread_name), or
+# a scheduler's built alone
+DECODE_THREADS = ("kdec", "kiln-decode")
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """Seconds on a CPU so far of ``pid``'s threads, summed as ``loop`` (the main thread), ``decode``
-    (``kiln-decode-*``) and ``other``; a thread that ended between listing and reading is skipped."""
+    (:data:`DECODE_THREADS`) and ``other``; a thread that ended between listing and reading is skipped."""
     if not Path("/proc/self/task").is_dir() or not Path(f"/proc/self/task/{os.getpid()}/schedstat").is_file():
         raise RuntimeError(
             "bench.frontend_cost reads each thread's CPU from /proc/<pid>/task/<tid>/schedstat, which this "
@@ -68,7 +73,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             name = (task / "comm").read_text().strip()
             seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
             kind = (
-                "loop" if task.name == str(pid) else "decode" if name.startswith("kiln-decode") else "other"
+                "loop" if task.name == str(pid) else "decode" if name.startswith(DECODE_THREADS) else "other"
             )
             spent[kind] += seconds
     return spent
@@ -172,7 +177,7 @@ def echo_submit(answer_delay_s: float = 0.0):  # noqa: ANN201 - a DecodingSchedu
     decode side idle; the answer as long as a translation, for the detokenizer)."""
     from serving.decoding.options import Hypothesis
 
-    async def submit(self, sources, config, timeout_s=None):  # noqa: ANN001, ANN202, ARG001
+    async def submit(self, sources, config, timeout_s=None, version=""):  # noqa: ANN001, ANN202, ARG001
         self._check(config)
         if answer_delay_s > 0:
             await asyncio.sleep(answer_delay_s)

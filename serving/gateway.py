@@ -195,6 +195,10 @@ class Gateway:
 
 
 def _decode_workers(translator: Any) -> str:
-    """ "2 decode workers": a translator's schedulers, for the start-up line."""
-    count = len(getattr(translator, "schedulers", ())) or 1
-    return f"{count} decode worker{'s' if count > 1 else ''}"
+    """ "2 decode workers: threads kdec0.0-transfor, kdec0.1-transfor": a translator's schedulers and
+    their threads' OS names (what top -H, py-spy and perf show), for the start-up line."""
+    schedulers = getattr(translator, "schedulers", ())
+    count = len(schedulers) or 1
+    names = [s.thread_name for s in schedulers if getattr(s, "thread_name", None)]
+    threads = f": thread{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
+    return f"{count} decode worker{'s' if count > 1 else ''}{threads}"

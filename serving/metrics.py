@@ -188,7 +188,7 @@ class GatewayMetrics(MetricFamilies):
         self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_watched)
 
     def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
-        self.versioned(self.decoder_steps, model, "").inc()  # a translator serves its default version
+        self.versioned(self.decoder_steps, model, "").inc()  # every version's requests share it: the latest's
         self.child(self.rows_per_step, model).observe(rows)
         self.child(self.requests_per_step, model).observe(requests)
         self.child(self.decoder_step_latency, model).observe(seconds)
@@ -205,16 +205,21 @@ class GatewayMetrics(MetricFamilies):
         outcome: str,
         texts: int = 1,
         queued: float | None = None,
+        version: str = "",
     ) -> None:
+        """A translator's answered request, counted under the ``version`` it named (as its outcome is,
+        :func:`observed`): a version's statistics had its successes without their queue, compute and
+        texts, which went to the latest's."""
         self.child(self.translate_latency, model, outcome).observe(seconds)
         if outcome == "success":  # a failed or timed-out request returns none of its finished texts
             self.child(self.tokens_generated, model).inc(tokens)
-            self.versioned(self.translated_texts, model, "").inc(texts)  # its default version's
-            self.versioned(self.last_inference, model, "").set(time.time())
+            self.versioned(self.translated_texts, model, version).inc(texts)
+            self.versioned(self.last_inference, model, version).set(time.time())
             if queued is not None:  # the statistics' queue and compute (infer) of a decoded request
-                self.versioned(self.executed_requests, model, "").inc()
-                self.versioned(self.request_stage_seconds, model, "", "queue").inc(queued)
-                self.versioned(self.request_stage_seconds, model, "", "infer").inc(max(0.0, seconds - queued))
+                self.versioned(self.executed_requests, model, version).inc()
+                self.versioned(self.request_stage_seconds, model, version, "queue").inc(queued)
+                infer = max(0.0, seconds - queued)
+                self.versioned(self.request_stage_seconds, model, version, "infer").inc(infer)
 
     def render(self) -> bytes:
         """The exposition text: this app's registry, or, with the workers' metrics shared, every

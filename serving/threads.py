@@ -45,9 +45,14 @@ def name_os_thread(name: str | None = None) -> bool:
     prctl = _prctl[0]
     if prctl is None:
         return False
-    raw = (threading.current_thread().name if name is None else name).encode("utf-8", "replace")
-    raw = raw[:NAME_BYTES].decode("utf-8", "ignore").encode()  # whole characters only
+    raw = os_name(threading.current_thread().name if name is None else name).encode()
     return prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) == 0
+
+
+def os_name(name: str) -> str:
+    """``name`` as the OS keeps it: cut to whole characters within :data:`NAME_BYTES` bytes (what
+    ``top -H`` shows, and a start-up line can print beside what it stands for)."""
+    return name.encode("utf-8", "replace")[:NAME_BYTES].decode("utf-8", "ignore")
 
 
 def set_cpu_policy(policy: CpuPolicy) -> str | None:

@@ -117,6 +117,7 @@ class Recorder:
         outcome: str,
         texts: int = 1,
         queued: float | None = None,
+        version: str = "",
     ) -> None:
         self.outcomes.append(outcome)
         self.queued.append(queued)

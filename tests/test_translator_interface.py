@@ -39,7 +39,9 @@ class ScriptedScheduler:
         self.config = SchedulerConfig(timeout_s=SERVER_S)
         self.timeouts: list[float | None] = []
 
-    async def submit(self, sources: Any, config: bs.BeamConfig, timeout_s: float | None = None) -> Any:
+    async def submit(
+        self, sources: Any, config: bs.BeamConfig, timeout_s: float | None = None, version: str = ""
+    ) -> Any:
         self.timeouts.append(timeout_s)
         best = [bs.Hypothesis([5, 2], -1.0 * (i + 1), -0.5 * (i + 1)) for i in range(config.n_best)]
         return [list(best) for _ in sources]

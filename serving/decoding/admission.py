@@ -35,6 +35,7 @@ class Job:
     queued_step: int = 0  # the scheduler's step count when it was queued
     results: dict[int, list[bs.Hypothesis]] = field(default_factory=dict)
     closed: bool = False
+    version: str = ""  # the version the request named ("": the latest), which its statistics count under
 
 
 def ready_to_admit(waiting: deque[Job], steps: int, running: int, config: SchedulerConfig) -> bool:

@@ -31,7 +31,7 @@ from serving.decoding.native_decoder import MAX_STEPS
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
 from serving.execution.shared_weights import return_freed_memory
-from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread
+from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread, os_name
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ class DecodingScheduler:
         *,
         observer: DecodeObserver | None = None,
         model: str | None = None,
+        thread_name: str | None = None,
     ) -> None:
         self.name = name
+        # what the OS, top -H and profilers call its thread: distinct within Linux's 15 bytes where the
+        # translator gives one (kiln-decode-<name> kept 3 bytes of every translator's name)
+        self.thread_name = os_name(thread_name or f"kiln-decode-{name}")
         self.model = model or name  # what the observer is told: the translator's, for every worker
         self.spec = step_spec.parse_step_spec(spec)
         self.run_encoder, self.run_decoder = run_encoder, run_decoder
@@ -130,9 +134,15 @@ class DecodingScheduler:
         return len(self._waiting)
 
     async def submit(
-        self, sources: Sequence[Sequence[int]], config: bs.BeamConfig, timeout_s: float | None = None
+        self,
+        sources: Sequence[Sequence[int]],
+        config: bs.BeamConfig,
+        timeout_s: float | None = None,
+        version: str = "",
     ) -> list[list[bs.Hypothesis]]:
-        """Beam-search each source (token ids without EOS); 429 when the queue is full, 504 after timeout."""
+        """Beam-search each source (token ids without EOS); 429 when the queue is full, 504 after timeout.
+        ``version``: the translator's version the request named, reported with its answer (every
+        version decodes alike: a translator's versions share its encoder and decoder entries)."""
         if self._thread is None or self._stopping:
             raise Unavailable(
                 f"translator {self.name!r} is not running", retry_after=self.config.retry_after_s
@@ -145,6 +155,7 @@ class DecodingScheduler:
             future=asyncio.get_running_loop().create_future(),
             deadline=time.monotonic() + timeout,
             queued_step=self._steps,
+            version=version,
         )
         if not job.sources:
             return []
@@ -206,7 +217,9 @@ class DecodingScheduler:
             tokens = sum(len(h.tokens) for hyps in job.results.values() for h in hyps)
             seconds = time.monotonic() - job.started
             queued = None if job.admitted is None else job.admitted - job.started
-            self.observer.observe_translation(self.model, seconds, tokens, outcome, len(job.sources), queued)
+            self.observer.observe_translation(
+                self.model, seconds, tokens, outcome, len(job.sources), queued, version=job.version
+            )
 
     def _post(self, job: Job, result: Any, outcome: str) -> None:
         """From the decode thread: answer on the event loop."""
@@ -232,7 +245,7 @@ class DecodingScheduler:
 
     def _run(self) -> None:
         """Admit, step, retire; sleep only when nothing is in flight or waiting."""
-        name_os_thread()
+        name_os_thread(self.thread_name)
         policy, busy = self._loop_policy, False
         while not self._halt:
             if not self._batch.size and not self._waiting:

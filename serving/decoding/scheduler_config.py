@@ -81,6 +81,8 @@ class DecodeObserver(Protocol):
         outcome: str,
         texts: int = 1,
         queued: float | None = None,
+        version: str = "",
     ) -> None:
         """One answered request: end to end ``seconds``; ``queued``, of those, the wait until its last
-        sentence joined the batch (None where it never joined: refused, expired or cancelled first)."""
+        sentence joined the batch (None where it never joined: refused, expired or cancelled first);
+        ``version``: the one it named ("": the latest)."""

@@ -10,10 +10,12 @@ served by the pool in :mod:`serving.decoding.translator_pool`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from serving.errors import (
     mark_models_answer,
 )
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
-from serving.threads import name_os_thread
+from serving.threads import name_os_thread, os_name
 
 # what decode workers ask a backend's encoder and decoder runners to open (the pool's, and the app's for
 # those entries' batch sessions): the fused-attention graph where export wrote one and its operators
@@ -123,8 +125,13 @@ class Translator:
         codec: TextCodec,
         schedulers: DecodingScheduler | Sequence[DecodingScheduler],
         limits: bs.DecodingLimits | None = None,
+        serial: int | None = None,
     ) -> None:
         self.name, self.codec = name, codec
+        # its codec thread's OS name, told apart from other translators' by ``serial`` (decode_thread_name)
+        self.codec_thread_name = os_name(
+            f"kcod{serial}-{name}" if serial is not None else f"kiln-codec-{name}"
+        )
         self.schedulers = [schedulers] if isinstance(schedulers, DecodingScheduler) else list(schedulers)
         if not self.schedulers:
             raise ValueError(f"translator {name!r} needs at least one scheduler")
@@ -135,7 +142,9 @@ class Translator:
     async def start(self) -> None:
         if self._codec_thread is None:
             self._codec_thread = ThreadPoolExecutor(
-                1, thread_name_prefix=f"kiln-codec-{self.name}", initializer=name_os_thread
+                1,
+                thread_name_prefix=f"kiln-codec-{self.name}",
+                initializer=partial(name_os_thread, self.codec_thread_name),
             )
         for scheduler in self.schedulers:
             await scheduler.start()
@@ -192,10 +201,11 @@ class Translator:
             )
 
     async def translate(
-        self, texts: list[str], options: bs.DecodingOptions, timeout_s: float | None = None
+        self, texts: list[str], options: bs.DecodingOptions, timeout_s: float | None = None, version: str = ""
     ) -> list[list[Translation]]:
         """The ``n_best`` translations of each text, best first, within ``timeout_s``: the client's, which
-        may only shorten the server's limit (its schedulers' ``timeout_s``, ``--request-timeout-s``)."""
+        may only shorten the server's limit (its schedulers' ``timeout_s``, ``--request-timeout-s``);
+        ``version``: the one a KServe request named, which its statistics count under."""
         config = self.beam_config(options)
         self.check_texts(texts)
         sources = await self._codec(self._encode, texts, sum(map(len, texts)) <= INLINE_CHARS)
@@ -204,7 +214,7 @@ class Translator:
         limit = scheduler.config.timeout_s
         timeout = limit if timeout_s is None else min(timeout_s, limit)
         try:
-            results = await scheduler.submit(sources, config, timeout)
+            results = await scheduler.submit(sources, config, timeout, version)
         except ValueError as exc:  # a setting the scheduler cannot honour (e.g. beam over its row cap)
             raise UnprocessableInput(str(exc)) from None
         tokens = [h.tokens for hyps in results for h in hyps]
@@ -244,7 +254,7 @@ class Translator:
         try:  # what Triton's <name> model refuses or fails at, past the checks its server makes above
             texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
             options = options_from_parameters(params)
-            results = await self.translate(texts, options, request.time_limit(None))
+            results = await self.translate(texts, options, request.time_limit(None), request.version)
         except (Overloaded, Unavailable):  # its schedulers' queue full or stopped: refused, not run
             raise
         except Exception as error:
@@ -364,6 +374,7 @@ def translator_from_entry(
     runners = [(run_encoder, run_decoder)]
     extra = (config.workers or 1) - 1  # unresolved (no pool to read the placement): one
     runners += [more_runners() if more_runners else runners[0] for _ in range(extra)]
+    serial = next(_SERIALS)
     schedulers = [
         DecodingScheduler(
             f"{name}" if i == 0 else f"{name}#{i}",
@@ -373,7 +384,21 @@ def translator_from_entry(
             config,
             observer=observer,
             model=name,
+            thread_name=decode_thread_name(serial, i, name),
         )
         for i, (encoder, decoder) in enumerate(runners)
     ]
-    return Translator(name, codec, schedulers, limits)
+    return Translator(name, codec, schedulers, limits, serial=serial)
+
+
+# Translators built in this process, in order: their number keeps their threads' OS names apart.
+# Linux keeps 15 bytes of a thread's name, so "kiln-decode-<name>" showed "kiln-decode-tra" for
+# every decode worker of every translator (transformer and transformer_int8 alike) in top -H,
+# py-spy and perf; the gateway's start-up line maps each name to its translator.
+_SERIALS = itertools.count()
+
+
+def decode_thread_name(serial: int, worker: int, name: str) -> str:
+    """The OS name of decode worker ``worker`` of the ``serial``-th translator, ``name``:
+    ``kdec<serial>.<worker>-<name>`` cut to 15 bytes, the numbers (which make it unique) always whole."""
+    return os_name(f"kdec{serial}.{worker}-{name}")

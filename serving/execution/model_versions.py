@@ -8,6 +8,7 @@ gateway as from Triton.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -80,3 +81,21 @@ def parse_version(version: str) -> str:
             f"model version must be a positive integer, at most {MAX_VERSION}, got {version[:40]!r}"
         )
     return number
+
+
+C_SPACE = " \t\n\v\f\r"  # what C's isspace() takes: std::stol skips it before a number
+
+
+def parse_grpc_version(version: str) -> str:
+    """A ``version`` / ``model_version`` field of a gRPC request, read as Triton's gRPC front end reads
+    it (``std::stol``): white space around the number and a ``+`` sign are taken (`` 1``, ``+1``, a
+    ``1`` and a newline are version 1 there, a 400 here before), then as :func:`parse_version`. Its HTTP routes take
+    digits alone (``/versions/([0-9]+)``), as :func:`parse_version` does. Unlike stol, a number followed
+    by anything else stays a 400 (Triton reads ``1.5`` or ``1abc`` as version 1: another model than
+    the client may have meant, answered without a word)."""
+    number = version.strip(C_SPACE)
+    number = number[1:] if number.startswith("+") else number
+    if number.isascii() and number.isdigit():
+        with contextlib.suppress(BadRequest):  # past int64: refused below, naming what was sent
+            return parse_version(number)
+    return parse_version(version)  # "" (the latest), or refused naming what was sent

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from serving.errors import DeadlineExceeded, PayloadTooLarge, ServingError, Unavailable, is_models_answer
 from serving.execution.base import Backend, InferRequest, model_parameters
-from serving.execution.model_versions import parse_version
+from serving.execution.model_versions import parse_grpc_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_codec
 from serving.protocol.h2_wire import bounded_message
@@ -114,7 +114,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):  # noqa: N802
         try:
-            ready = await self.backend.model_ready(request.name, parse_version(request.version))
+            ready = await self.backend.model_ready(request.name, parse_grpc_version(request.version))
         except ServingError as error:
             if error.status != 404:
                 await _abort(context, error)
@@ -128,7 +128,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         try:
-            meta = await loaded_metadata(self.backend, request.name, parse_version(request.version))
+            meta = await loaded_metadata(self.backend, request.name, parse_grpc_version(request.version))
         except ServingError as error:
             await _abort(context, error)
         reply = service_pb2.ModelMetadataResponse(
@@ -141,7 +141,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):  # noqa: N802
         try:
-            version = parse_version(request.version)
+            version = parse_grpc_version(request.version)
             await loaded_metadata(self.backend, request.name, version)  # as Triton: none of a failed model
             config = self.backend.config(request.name, version)
         except ServingError as error:
@@ -155,7 +155,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "statistics need the gateway's metrics")
         try:
             stats = await model_statistics(
-                self.backend, self.metrics, request.name, parse_version(request.version)
+                self.backend, self.metrics, request.name, parse_grpc_version(request.version)
             )
         except ServingError as error:
             await _abort(context, error)
@@ -274,7 +274,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         a request-level parameter named ``classification`` is the model's, as Triton hands it on. An
         unknown model or version is NOT_FOUND before its tensors are decoded, as HTTP answers 404 (it
         was a tensor's INVALID_ARGUMENT, after decoding up to 64 MiB for nothing)."""
-        version = parse_version(request.model_version)
+        version = parse_grpc_version(request.model_version)
         self.backend.metadata(request.model_name, version)  # unknown: NOT_FOUND, no metric label
         given = grpc_codec.request_parameters(request.parameters)
         parameters = model_parameters(given)

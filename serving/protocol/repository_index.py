@@ -64,7 +64,14 @@ def _state(backend: Backend, name: str, version: str, ready: bool) -> dict[str, 
 
 
 def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
-    return {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+    """A model (version) not served. Without a version (it failed before any version loaded: its config
+    refused, no version directory its policy selects) the entry has no ``version``, as Triton 2.51
+    writes one for a model-level failure (``version`` only where >= 0); ``"version": ""`` was no
+    version a client could ask for. The gRPC index shows it as Triton's does: the field left empty."""
+    entry = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+    if not version:
+        del entry["version"]
+    return entry
 
 
 async def loaded_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:

@@ -28,8 +28,9 @@ translators the gateway decodes itself.
 Versions: the series read here carry the ``version`` that served each request and batch (a request
 that names none: the model's latest, :meth:`serving.metrics.GatewayMetrics.versioned`), so each
 version's statistics are its own, as Triton keeps them: a model's unversioned statistics list every
-version it serves (one without traffic at zeros), a versioned call that version only. A translator
-decodes in its latest version, whose entry holds its figures.
+version it serves (one without traffic at zeros), a versioned call that version only. A translator's
+requests count under the version they name (outcome, queue, compute, texts); its decoder steps, which
+every version's requests share (all decode with the same encoder and decoder entries), under its latest.
 """
 
 from __future__ import annotations
