@@ -213,13 +213,13 @@ __attribute__((target("avx2,fma"))) static __m256 exp_avx2(__m256 x) {
 /* Heads a softmax pass takes together (softmax_group_avx2). */
 #define GROUP 4
 
-/* Reduce a vector's 8 lanes by max or by sum (pairwise, as softmax's reductions always did). */
+/* A vector's 8 lanes reduced by max or by sum. */
 __attribute__((target("avx2,fma"))) static float lanes_max(__m256 v) {
     __m128 half = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     half = _mm_max_ps(half, _mm_movehl_ps(half, half));
     return _mm_cvtss_f32(_mm_max_ss(half, _mm_shuffle_ps(half, half, 1)));
 }
-__attribute__((target("avx2,fma"))) static float lanes_sum(__m256 v) {
+__attribute__((target("avx2,fma"))) static float lanes_total(__m256 v) {
     __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     half = _mm_hadd_ps(half, half);
     return _mm_cvtss_f32(_mm_hadd_ps(half, half));
@@ -262,7 +262,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void softmax_gr
             _mm256_storeu_ps(row, e);
             sum[i] = _mm256_add_ps(sum[i], e);
         }
-    for (int i = 0; i < g; i++) total[i] = _mm256_set1_ps(lanes_sum(sum[i]));
+    for (int i = 0; i < g; i++) total[i] = _mm256_set1_ps(lanes_total(sum[i]));
     for (int64_t j = 0; j < n; j += LANES)
         for (int i = 0; i < g; i++) {
             float *row = scores + i * SCORES + j;
@@ -535,8 +535,6 @@ static void add_norm_row(const float *x, const float *y, const float *gamma, con
 }
 
 #ifdef HAVE_AVX2_PATH
-static float lanes_total(__m256 v);
-
 /* add_norm_row for width a multiple of 8: AVX2, the same two passes 8 lanes at a time, each sum in
  * two independent accumulators (one chain of dependent adds bounds a pass by their latency; fused
  * multiply-adds: agrees with add_norm_row to float rounding). */
@@ -578,11 +576,6 @@ __attribute__((target("avx2,fma"))) static void add_norm_row_avx2(const float *x
     }
 }
 
-__attribute__((target("avx2,fma"))) static float lanes_total(__m256 v) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    half = _mm_hadd_ps(half, half);
-    return _mm_cvtss_f32(_mm_hadd_ps(half, half));
-}
 #endif
 
 static void add_norm_compute(void *kernel, void *context) {
