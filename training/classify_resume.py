@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.checkpoint import save_checkpoint
-from training.classify_config import TrainConfig
+from training.classify_config import DATA_FLAGS, TrainConfig
 from training.classify_run import Run
 from training.data.image_formats import recorded_class_name
 from training.data.images import DataSpec, ImageDataset, contents_differences
@@ -89,11 +89,32 @@ def nothing_left(state: dict[str, Any], config: TrainConfig) -> tuple[str, str] 
 
 
 def complete(config: TrainConfig, d: Dist) -> bool:
-    """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written."""
+    """Whether the resumed run has nothing to do: nothing left to train, and its checkpoint written. A
+    data flag or ``--seed`` given another value is refused first, as for a run that goes on (else a
+    finished run took ``--seed 1`` in silence, where ``--lr`` was refused)."""
     state = load_resume(config.resume, mmap=True)
+    check_data_flags(state, config)
     checkpoint = Path(config.output_dir) / f"{config.name}.pt"
     trained = ("epochs", state["epoch"])  # what finish records: the epochs it trained
     return run_complete(state, checkpoint, config.name, nothing_left(state, config), d, trained)
+
+
+def check_data_flags(state: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse a data flag or ``--seed`` whose value differs from the interrupted run's, before its data
+    or completeness is looked at; ``--data-path`` is ``check_resumable``'s, as data that moved is found
+    at its new place once read."""
+    saved = state["data"]
+    now = {key: getattr(config, key) for key in DATA_FLAGS if key != "data_path" and key in saved}
+    differ = data_differences({key: saved[key] for key in now}, now)
+    if differ:
+        raise ValueError(OTHER_DATA.format(", ".join(differ)))
+
+
+# A resumed run given data flags of other values (check_data_flags, check_resumable).
+OTHER_DATA = (
+    "--resume: {}: a resumed run trains on the interrupted run's data; "
+    "leave these flags unset to take its values"
+)
 
 
 def check_resumable(path: str, state: dict[str, Any], spec: DataSpec, d: Dist) -> None:
@@ -109,10 +130,7 @@ def check_resumable(path: str, state: dict[str, Any], spec: DataSpec, d: Dist) -
         now["data_path"] = recorded
     differ = data_differences(saved, now)
     if differ:
-        raise ValueError(
-            f"--resume: {', '.join(differ)}: a resumed run trains on the interrupted run's data; leave "
-            "these flags unset to take its values"
-        )
+        raise ValueError(OTHER_DATA.format(", ".join(differ)))
     check_world_size(state.get("world_size", d.world_size), d.world_size)
 
 
