@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -207,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint
 
     args = parse_args(argv)
+    # a SIGTERM (timeout, docker stop, a scheduler) stops as Ctrl-C does: without, the process ended at
+    # once, its working directory of graphs left in TMPDIR and its lock file in the repository
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -76,7 +76,7 @@ def _one_line(text: str, limit: int = 400) -> str:
 def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint that lacks what its task's exporter reads, naming what is missing."""
     task = ckpt["task"]
-    if task not in TASK_KEYS:
+    if not isinstance(task, str) or task not in TASK_KEYS:
         raise CheckpointError(f"{path}: unknown task {task!r}; expected classify or translate")
     missing = [k for k in TASK_KEYS[task] if k not in ckpt]
     if missing:
@@ -89,6 +89,28 @@ def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
         problem = label_problem(ckpt.get("labels"))
         if problem:
             raise CheckpointError(f"{path}: {problem}")
+    if task == "translate":
+        problem = tokenizer_problem(ckpt["tokenizers"])
+        if problem:
+            raise CheckpointError(f"{path}: its 'tokenizers' {problem}")
+
+
+def tokenizer_problem(tokenizers: Any) -> str | None:
+    """What keeps a translator checkpoint's ``tokenizers`` (``{"source": json, "target": json}``, each a
+    serialized ``tokenizers`` Tokenizer) from being written as its entry's tokenizer files, or None."""
+    if not isinstance(tokenizers, dict):
+        return f"must be a dict of 'source' and 'target' tokenizer JSON, got {type(tokenizers).__name__}"
+    missing = [k for k in ("source", "target") if not isinstance(tokenizers.get(k), str)]
+    if missing:
+        return f"lacks {missing} (a serialized tokenizers.Tokenizer each)"
+    from tokenizers import Tokenizer
+
+    for side in ("source", "target"):
+        try:
+            Tokenizer.from_str(tokenizers[side])
+        except Exception as exc:  # noqa: BLE001 - the Rust parser's error is a bare Exception
+            return f"{side!r} is not a tokenizers JSON ({_one_line(str(exc), 120)})"
+    return None
 
 
 def rebuild_checked(ckpt: dict[str, Any], path: Path) -> Any:
@@ -96,7 +118,7 @@ def rebuild_checked(ckpt: dict[str, Any], path: Path) -> Any:
     fit the architecture refused as a :class:`CheckpointError` naming the file, not a traceback."""
     try:
         return rebuild_model(ckpt)
-    except CheckpointError as exc:
+    except ValueError as exc:  # CheckpointError, and a model config's refusal of an argument's value
         raise CheckpointError(f"{path}: {exc}") from exc
     except KeyError as exc:  # the registry's "unknown model" (its message is the KeyError's argument)
         raise CheckpointError(f"{path}: {exc.args[0] if exc.args else exc}") from exc

@@ -186,8 +186,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {missing}")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {ckpt['format_version']} is newer than this Kiln")
+    version = ckpt["format_version"]
+    if isinstance(version, bool) or not isinstance(version, (int, float)):  # a hand-made checkpoint's
+        raise CheckpointError(
+            f"{path}: format_version must be a number (this Kiln writes {FORMAT_VERSION}), got {version!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version} is newer than this Kiln's ({FORMAT_VERSION}): export it with "
+            "the Kiln that wrote it, or upgrade this one"
+        )
     return ckpt
 
 
