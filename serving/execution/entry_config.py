@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -109,4 +110,41 @@ def read_kiln(path: Path) -> dict[str, Any]:
     for key in KILN_OBJECTS:
         if key in kiln and not isinstance(kiln[key], dict):
             raise ValueError(f"{path}: {key!r} must be a JSON object, got {kiln[key]!r}")
+    problems = preprocessing_problems(kiln.get("preprocessing", {}))
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
     return kiln
+
+
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def preprocessing_problems(preprocessing: dict[str, Any]) -> list[str]:
+    """What in kiln.json's ``preprocessing`` the classify route cannot lay an image out by, each naming
+    its field: such an entry loaded READY, and every image sent to it was a 500 ("internal error:
+    ValueError") that named neither the file nor the field."""
+    problems = []
+    size = preprocessing.get("input_size", [1, 1])  # absent: each image at its own size
+    if not (isinstance(size, list) and len(size) == 2 and all(map(_positive, size))):
+        problems.append(f"'preprocessing.input_size' must be [height, width] in pixels, got {size!r}")
+    channels = preprocessing.get("channels", 3)
+    if not _positive(channels):
+        problems.append(f"'preprocessing.channels' must be a positive integer, got {channels!r}")
+    layout = preprocessing.get("layout", LAYOUTS[0])
+    if layout not in LAYOUTS:
+        problems.append(f"'preprocessing.layout' must be one of {list(LAYOUTS)}, got {layout!r}")
+    dtype = preprocessing.get("dtype", "uint8")
+    if not _numeric_dtype(dtype):
+        problems.append(f"'preprocessing.dtype' must name a numeric dtype (uint8, float32...), got {dtype!r}")
+    return problems
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _numeric_dtype(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and np.dtype(name).kind in "biuf"
+    except TypeError:
+        return False

@@ -136,7 +136,7 @@ class OnnxRuntimeBackend:
             return False
         entry = self.repository.get(name)
         try:
-            version = entry.resolve_version(version)
+            version = self._version(entry, version)
         except ModelNotFound:
             return False
         return self._started and not self._stopping and (name, version) in self._models
@@ -156,7 +156,7 @@ class OnnxRuntimeBackend:
         """The config as Triton shows it, plus where it runs (``kiln_provider/device/buckets`` parameters)."""
         entry = self.repository.get(name)
         config = entry.config_dict()
-        model = self._models.get((name, entry.resolve_version(version)))
+        model = self._models.get((name, self._version(entry, version)))
         if model is not None:
             config["parameters"] = {**config.get("parameters", {}), **model.placement.config_parameters()}
         return config
@@ -200,7 +200,7 @@ class OnnxRuntimeBackend:
         (and the compiled step's, told by ``run.optimized``) and the entry's batch session map once.
         """
         entry = self.repository.get(name)
-        version = entry.resolve_version("")
+        version = self._version(entry, "")
         model = self._models.get((name, version))
         if model is None:
             raise RuntimeError(f"entry {name!r} is not loaded: {self._failed.get(name, 'unknown reason')}")
@@ -319,9 +319,20 @@ class OnnxRuntimeBackend:
         model.batcher.start()
         return model
 
+    def _version(self, entry: RepositoryEntry, version: str) -> str:
+        """The version a call for ``version`` reaches: the one asked for or, asked for none, as Triton
+        answers "latest": the newest version that loaded. Under a policy serving several versions, a
+        newest one that failed its load left every call without a version a 503 (Triton answers them
+        with the version before it); where none loaded, the newest selected, whose load error is told."""
+        if not version:
+            loaded = [v for v in entry.versions if (entry.name, v) in self._models]
+            if loaded:
+                return loaded[-1]
+        return entry.resolve_version(version)
+
     def _loaded(self, name: str, version: str) -> LoadedModel:
         entry = self.repository.get(name)
-        version = entry.resolve_version(version)
+        version = self._version(entry, version)
         model = self._models.get((name, version))
         if model is None or self._stopping:
             reason = self._failed.get(name, "the gateway is starting or stopping")

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
-from serving.errors import BadRequest, NotServed
+from serving.errors import BadRequest, NotServed, ServingError
 from serving.execution.model_versions import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
@@ -176,9 +176,21 @@ READY = {200: empty("ready"), **errors(400, 404)}  # 400: not ready, or a versio
 async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Response:
     if await backend.model_ready(name, version):
         return Response(status_code=200)
+    listed = _versions(backend, name)
+    if version and listed and version not in listed:  # not another version's load error
+        return error_response(f"model {name!r} has no version {version}; its versions: {listed}", 400)
     failed = backend.load_error(name)
     where = f" in version {version}" if version else ""
     return error_response(f"model {name!r} is not ready{where}" + (f": {failed}" if failed else ""), 400)
+
+
+def _versions(backend: Any, name: str) -> list[str]:
+    """The versions ``name`` serves under its policy ([] where it is not described): a version outside
+    them was told the load error of another version of the model."""
+    try:
+        return list(backend.metadata(name).versions)
+    except ServingError:
+        return []
 
 
 @_model_get(
