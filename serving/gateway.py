@@ -142,6 +142,15 @@ class Gateway:
             return all(ready is True for ready in steps)  # a probe that failed: not ready, not a 500
         return await self.backend.model_ready(name, version)
 
+    def latest_version(self, name: str) -> str:
+        """The version a call for ``name`` without a version reaches: a translator's newest, a backend's
+        as it resolves it (the newest that loaded), else the newest its metadata lists."""
+        latest = getattr(self.backend, "latest_version", None)
+        if self._translates(name) or latest is None:
+            versions = self.metadata(name).versions
+            return versions[-1] if versions else ""
+        return latest(name)
+
     def load_error(self, name: str) -> str:
         if self._translates(name):
             return self.translators.failed.get(name, "")  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ over the live ones. The series themselves (names, help, labels, buckets) are dec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -101,7 +102,8 @@ class GatewayMetrics(MetricFamilies):
 
     def served_version(self, model: str, asked: str) -> tuple[str, bool]:
         """The version label of a request for ``model`` in version ``asked`` (the latest where empty or
-        unknown; "" for an entry without versions), and whether ``asked`` is one the model serves."""
+        unknown: the newest that loaded, where the backend tells it, as that one answers; "" for an
+        entry without versions), and whether ``asked`` is one the model serves."""
         if self.repository is None:
             return asked, True
         try:
@@ -110,6 +112,10 @@ class GatewayMetrics(MetricFamilies):
             return "", False  # named becomes a label, so its made-up versions mint no series
         if asked in versions:
             return asked, True
+        latest = getattr(self.repository, "latest_version", None)
+        if latest is not None and versions:  # the one that answers it: a broken newest version does not
+            with contextlib.suppress(ServingError):
+                return latest(model), not asked
         return (versions[-1] if versions else ""), not asked
 
     def refused(self, name: str, error: BaseException, status: int, version: str = "") -> None:

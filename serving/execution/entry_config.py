@@ -146,5 +146,5 @@ def _positive(value: Any) -> bool:
 def _numeric_dtype(name: Any) -> bool:
     try:
         return isinstance(name, str) and np.dtype(name).kind in "biuf"
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # "," or "(2,3" are parsed as Python: SyntaxError
         return False

@@ -319,6 +319,12 @@ class OnnxRuntimeBackend:
         model.batcher.start()
         return model
 
+    def latest_version(self, name: str) -> str:
+        """The version a call for ``name`` without a version reaches (:meth:`_version`): what labels
+        such a call's statistics, which went to a newest version that failed its load while the
+        version before it answered the call."""
+        return self._version(self.repository.get(name), "")
+
     def _version(self, entry: RepositoryEntry, version: str) -> str:
         """The version a call for ``version`` reaches: the one asked for or, asked for none, as Triton
         answers "latest": the newest version that loaded. Under a policy serving several versions, a

@@ -88,8 +88,10 @@ async def model_statistics(
     unreachable one makes the call fail as its requests would (503), not answer zeros for what it did."""
     if name:
         versions = backend.metadata(name, version).versions  # an unknown one raises: a 404
-        await _check_loaded(backend, name, version or _latest(versions))
-        served = [(name, v) for v in ([version] if version else versions or [""])]
+        await _check_loaded(backend, name, version)  # none: the newest version that loaded
+        served = [
+            (name, v) for v in ([version] if version else await _loaded(backend, name, versions) or [""])
+        ]
     else:
         served = []
         for model in sorted(backend.list_models()):
@@ -97,8 +99,7 @@ async def model_statistics(
                 versions = backend.metadata(model).versions
             except ModelNotFound:  # listed, but its entry failed to load: nothing it could have run
                 continue
-            if versions and not backend.load_error(model):  # else it never loaded, nor ran
-                served.extend((model, v) for v in versions)
+            served.extend((model, v) for v in await _loaded(backend, model, versions))  # none: never ran
     samples = _Samples(metrics.statistics_samples())
     stats = [_model_stat(samples, model, served_version) for model, served_version in served]
     batching = getattr(backend, "batching_statistics", None)
@@ -121,9 +122,13 @@ async def _check_loaded(backend: Backend, name: str, version: str) -> None:
         raise ModelNotFound(f"model {name!r} is not available: it failed to load: {error}")
 
 
-def _latest(versions: list[str]) -> str:
-    """The version a model serves (its versions ascend); "" for one without any."""
-    return versions[-1] if versions else ""
+async def _loaded(backend: Backend, name: str, versions: list[str]) -> list[str]:
+    """Those of ``versions`` that loaded: all of them, unless the model has a load error, when only
+    those ready (a several-version policy whose newest version failed serves the others, whose
+    statistics were a 404 and left out of the every-model list while they answered every call)."""
+    if not backend.load_error(name):
+        return versions
+    return [v for v in versions if await backend.model_ready(name, v)]
 
 
 def _model_stat(s: _Samples, model: str, version: str) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""A model whose version policy serves two versions, the newest of which fails its load: calls without
+a version are answered by the version before it (as Triton answers "latest"), so their statistics are
+that version's too. They were counted under the broken version (its success and latency there, its
+queue and compute under the one that ran it), and the model's statistics were a 404, left out of the
+every-model list, while it answered every call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+
+from serving.app import create_app
+from serving.settings import Settings
+from tests.repo_fixtures import write_onnx_entry
+
+CONFIG = """name: "double"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+version_policy { latest { num_versions: 2 } }
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+
+
+def _repository(root: Path) -> Path:
+    """``double`` version 1 (x + x), and a version 3 whose model.onnx is no ONNX file."""
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
+        [value("x", TensorProto.FLOAT, ["batch", 2])],
+        [value("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    write_onnx_entry(root, graph, CONFIG)
+    (root / "double" / "3").mkdir()
+    (root / "double" / "3" / "model.onnx").write_bytes(b"not an onnx file")
+    return root
+
+
+def _client(root: Path) -> TestClient:
+    settings = Settings(model_repository=_repository(root), grpc_port=0, lone_request_threads=0)
+    return TestClient(create_app(settings))
+
+
+def test_a_call_without_a_version_is_counted_under_the_version_that_answered_it(tmp_path):
+    with _client(tmp_path) as client:
+        answer = client.post("/v2/models/double/infer", json=BODY)
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    assert 'kiln_requests_total{model="double",outcome="success",version="1"} 1.0' in metrics
+    assert 'version="3"' not in metrics
+
+
+def test_the_statistics_of_the_versions_that_loaded_are_served(tmp_path):
+    with _client(tmp_path) as client:
+        assert client.post("/v2/models/double/infer", json=BODY).status_code == 200
+        model = client.get("/v2/models/double/stats")
+        every = client.get("/v2/models/stats")
+        broken = client.get("/v2/models/double/versions/3/stats")
+    assert model.status_code == 200, model.text
+    (stat,) = model.json()["model_stats"]
+    assert stat["version"] == "1" and stat["execution_count"] == 1
+    assert stat["inference_stats"]["success"]["count"] == 1
+    assert [(s["name"], s["version"]) for s in every.json()["model_stats"]] == [("double", "1")]
+    assert broken.status_code == 404 and "failed to load" in broken.json()["error"]
