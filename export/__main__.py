@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -204,13 +205,34 @@ def _checkpoints(paths: Sequence[str]) -> list[Path]:
         raise FileNotFoundError(f"{exc}: {train_first(paths)}") from None
 
 
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """A SIGTERM (timeout, docker stop, a scheduler) stops the export as Ctrl-C does: without, the
+    process ended at once, its working directory of graphs left in TMPDIR and its lock file in the
+    repository. The caller's handler is put back after, so ``main`` called in-process (a test, a
+    script) leaves its signal handling as it was; off the main thread, where Python allows no handler,
+    nothing is changed (a ValueError otherwise)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with sigterm_as_ctrl_c():
+        return run_export(argv)
+
+
+def run_export(argv: Sequence[str] | None) -> int:
+    """``main``'s work, a SIGTERM raising KeyboardInterrupt in it (``sigterm_as_ctrl_c``)."""
     from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint
 
     args = parse_args(argv)
-    # a SIGTERM (timeout, docker stop, a scheduler) stops as Ctrl-C does: without, the process ended at
-    # once, its working directory of graphs left in TMPDIR and its lock file in the repository
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
