@@ -103,6 +103,8 @@ def new_config(given: dict[str, Any]) -> TranslateConfig:
         **given.get("model_args", {}),
     }
     cfg.update({key: value for key, value in given.items() if key in BASE and key != "model_args"})
+    cfg["dropout"] = one_dropout(given, cfg["model_args"], cfg["dropout"])
+    check_corpus_flags(given, cfg["corpus"], cfg["data_path"])
     if "batch_size" in given:
         cfg["batch_tokens"] = None
     cfg["amp"] = amp_choice(cfg["amp"])  # --no-amp's False: float32, recorded as None
@@ -119,6 +121,40 @@ def new_config(given: dict[str, Any]) -> TranslateConfig:
     if "max_decode_length" not in given:
         config = dataclasses.replace(config, max_decode_length=default_decode_length(config))
     return config
+
+
+def check_corpus_flags(given: dict[str, Any], corpus: str, data_path: str | None) -> None:
+    """Refuse a corpus flag the chosen corpus does not read, as ``read_pairs`` refuses a --data-path for
+    the generated one: ``--n-pairs`` sizes the generated numbers corpus (a file was read whole, the
+    --n-pairs 1000 asked for silently ignored), and ``--lang`` names a parallel prefix's target file, or the
+    generated corpus's language (a tsv file, or 'src_file,tgt_file', holds the language it holds)."""
+    if "n_pairs" in given and corpus != "numbers":
+        raise ValueError(
+            f"--n-pairs sizes the generated numbers corpus; --corpus {corpus} reads every pair of its "
+            "files: drop --n-pairs (or cut the files)"
+        )
+    if "lang" in given and (corpus == "tsv" or (corpus == "parallel" and "," in (data_path or ""))):
+        files = "a tsv file" if corpus == "tsv" else "a --data-path naming both files"
+        raise ValueError(
+            f"--lang {given['lang']} names the numbers corpus's target language, or a parallel --data-path "
+            f"prefix's target file (prefix.LANG); {files} is read as it is: drop --lang"
+        )
+
+
+def one_dropout(given: dict[str, Any], model_args: dict[str, Any], dropout: float) -> float:
+    """The run's dropout rate: a ``--model-arg dropout`` is the one the model is built with
+    (``model_config`` lays it over ``--dropout``), so it is the one recorded too; given beside another
+    ``--dropout``, it is refused (the run trained with the --model-arg's rate while its train_config said
+    --dropout's, with no word). One outside [0, 1) is left for the model's own check to name."""
+    if "dropout" not in model_args:
+        return dropout
+    arg = model_args["dropout"]
+    if "dropout" in given and "dropout" in given.get("model_args", {}) and given["dropout"] != arg:
+        raise ValueError(
+            f"--dropout {given['dropout']} and --model-arg dropout={arg!r} disagree; give the rate once"
+        )
+    number = isinstance(arg, (int, float)) and not isinstance(arg, bool)
+    return arg if number and 0 <= arg < 1 else dropout
 
 
 def default_decode_length(cfg: TranslateConfig) -> int:

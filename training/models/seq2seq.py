@@ -41,8 +41,9 @@ class Seq2SeqConfig:
 
     def __post_init__(self) -> None:
         """Sizes and layer counts of at least 1 (below it the encoder silently got one layer), distinct
-        special ids inside the vocabularies, dropout in [0, 1)."""
-        if self.rnn_type not in RNN_TYPES:
+        special ids inside the vocabularies, dropout in [0, 1). An rnn_type of another type than str (a
+        --model-arg rnn_type=[1]) is named too, not a TypeError from the lookup."""
+        if not isinstance(self.rnn_type, str) or self.rnn_type not in RNN_TYPES:
             raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose from {sorted(RNN_TYPES)}")
         sizes = ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attention_dim")
         require_ints(self, (*sizes, "encoder_layers", "decoder_layers", "max_positions"))
