@@ -81,7 +81,10 @@ def test_a_classifier_whose_learning_rate_is_far_too_high_stops_and_leaves_the_l
     assert re.match(
         r"error: training diverged (at|in) epoch 1/3(, step \d/3)?: the (training loss|weights)", line
     )
-    assert "in a new run (--resume keeps these), try a lower --lr (this run's: 10000), or --clip-grad-norm 1" in line
+    assert (
+        "in a new run (--resume keeps these), try a lower --lr (this run's: 10000), or --clip-grad-norm 1"
+        in line
+    )
     assert (tmp_path / "lenet.pt").read_bytes() == good
     assert read_metrics(tmp_path / "lenet.metrics.jsonl") == records  # the good run's; none of NaN weights
 
@@ -92,7 +95,9 @@ def test_a_classifier_loss_that_turns_nan_at_a_step_stops_the_run_at_that_step(t
     assert code == 2
     [line] = error_lines(capsys)
     assert line.startswith("error: training diverged at epoch 2/3, step 2/3: the training loss is nan;")
-    assert line.endswith("in a new run (--resume keeps these), try a lower --lr (this run's: 0.003)")  # clipping is already on
+    assert line.endswith(
+        "in a new run (--resume keeps these), try a lower --lr (this run's: 0.003)"
+    )  # clipping is already on
     assert not (tmp_path / "lenet.pt").exists()
     assert [r["epoch"] for r in read_metrics(tmp_path / "lenet.metrics.jsonl")] == [1]
     resume = load_resume(str(tmp_path / "lenet.pt"))
@@ -179,7 +184,9 @@ def test_a_transformer_whose_learning_rate_is_far_too_high_stops_naming_lr_and_c
     assert translate.main(argv) == 2
     [line] = error_lines(capsys)
     assert line.startswith("error: training diverged at epoch 1/2, step ")
-    assert line.endswith("in a new run (--resume keeps these), try a lower --lr (this run's: 1e+06), or --clip-norm 1")
+    assert line.endswith(
+        "in a new run (--resume keeps these), try a lower --lr (this run's: 1e+06), or --clip-norm 1"
+    )
     assert not (tmp_path / "tiny.pt").exists() and read_metrics(tmp_path / "tiny.metrics.jsonl") == []
 
 
@@ -234,7 +241,9 @@ def test_fp16_overflow_at_every_step_stops_once_the_loss_scale_collapses(tsv, tm
     epoch, step, per_epoch = map(int, where.groups())
     halvings = math.ceil(math.log2(2.0**16 / MIN_LOSS_SCALE))  # from GradScaler's initial 2**16
     assert (epoch - 1) * per_epoch + step == halvings == 30
-    assert line.endswith("in a new run (--resume keeps these), try a lower --lr (this run's: 0.003), or --clip-norm 1, or --amp bf16")
+    assert line.endswith(
+        "in a new run (--resume keeps these), try a lower --lr (this run's: 0.003), or --clip-norm 1, or --amp bf16"
+    )
     assert not (tmp_path / "tiny.pt").exists()
 
 
