@@ -3,38 +3,19 @@ no room) loads that build without compiling into the full cache again (serving/d
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 import pytest
 
 from serving.decoding import native
+from tests.test_oldcode_o_full_cache import full_disk_compiler
 
 
 @pytest.fixture
 def full_cache(tmp_path, monkeypatch) -> Path:
-    """``KILN_CACHE_DIR`` on a "full" disk: a stand-in compiler notes each run in ``calls``, fails as
-    ``ld`` does on a full disk there, and writes an empty ``-o`` file anywhere else; opening a build is
-    faked (it returns the path it opened). Each call of ``native._load`` stands for a new process."""
-    full, calls = tmp_path / "full", tmp_path / "calls"
-    program = tmp_path / "cc-on-a-full-disk"
-    program.write_text(
-        "#!/bin/sh\n"
-        'while [ "$1" != "-o" ]; do shift; done\n'
-        f'echo "$2" >> {calls}\n'
-        f'case "$2" in {full}/*) echo "/usr/bin/ld: final link failed: '
-        f'{os.strerror(errno.ENOSPC)}" >&2; exit 1;; esac\n'
-        ': > "$2"\n'
-    )
-    program.chmod(0o755)
-    monkeypatch.setenv("CC", str(program))
-    monkeypatch.setenv("KILN_CACHE_DIR", str(full))
-    monkeypatch.delenv("KILN_NATIVE", raising=False)
-    monkeypatch.setattr(native, "temp_cache_dir", lambda: tmp_path / "tmp-cache")
-    monkeypatch.setattr(native, "_open", lambda path: path)
-    monkeypatch.setattr(native, "_loaded_path", [])
-    return full
+    """``KILN_CACHE_DIR`` on a "full" disk (:func:`full_disk_compiler`); each call of ``native._load``
+    stands for a new process."""
+    return full_disk_compiler(tmp_path, monkeypatch)
 
 
 def compiles(tmp_path: Path) -> list[str]:

@@ -14,13 +14,19 @@ from serving.decoding import native
 
 @pytest.fixture
 def full_cache(tmp_path, monkeypatch) -> Path:
-    """``KILN_CACHE_DIR`` on a "full" disk: a stand-in compiler fails as ``ld`` does there, and writes
-    an empty ``-o`` file anywhere else; opening a build is faked (it returns the path it opened)."""
-    full = tmp_path / "full"
+    return full_disk_compiler(tmp_path, monkeypatch)
+
+
+def full_disk_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``KILN_CACHE_DIR`` on a "full" disk: a stand-in compiler notes each run's output in
+    ``tmp_path / "calls"``, fails as ``ld`` does there, and writes an empty ``-o`` file anywhere else;
+    opening a build is faked (it returns the path it opened)."""
+    full, calls = tmp_path / "full", tmp_path / "calls"
     program = tmp_path / "cc-on-a-full-disk"
     program.write_text(
         "#!/bin/sh\n"
         'while [ "$1" != "-o" ]; do shift; done\n'
+        f'echo "$2" >> {calls}\n'
         f'case "$2" in {full}/*) echo "/usr/bin/ld: final link failed: '
         f'{os.strerror(errno.ENOSPC)}" >&2; exit 1;; esac\n'
         ': > "$2"\n'

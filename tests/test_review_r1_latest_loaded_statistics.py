@@ -9,35 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper
 
 from serving.app import create_app
 from serving.settings import Settings
-from tests.repo_fixtures import write_onnx_entry
+from tests.test_repo_g_versions import _repository
 
-CONFIG = """name: "double"
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-version_policy { latest { num_versions: 2 } }
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
-"""
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
-
-
-def _repository(root: Path) -> Path:
-    """``double`` version 1 (x + x), and a version 3 whose model.onnx is no ONNX file."""
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "double",
-        [value("x", TensorProto.FLOAT, ["batch", 2])],
-        [value("y", TensorProto.FLOAT, ["batch", 2])],
-    )
-    write_onnx_entry(root, graph, CONFIG)
-    (root / "double" / "3").mkdir()
-    (root / "double" / "3" / "model.onnx").write_bytes(b"not an onnx file")
-    return root
 
 
 def _client(root: Path) -> TestClient:
