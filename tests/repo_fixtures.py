@@ -111,6 +111,15 @@ def write_onnx_entry(root: Path, graph: Any, config: str) -> Path:
     return root
 
 
+def write_entry_without_model(root: Path, name: str, config: str) -> Path:
+    """An entry ``name`` whose config.pbtxt is ``config`` and whose version 1 lacks its model.onnx (its
+    config reads, its load fails in the backend); returns ``root``."""
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "1" / "README").write_text("the model.onnx went missing")
+    (root / name / "config.pbtxt").write_text(config)
+    return root
+
+
 @contextmanager
 def held_grpc_port() -> Iterator[int]:
     """A port for an in-process gateway's gRPC server (``Settings(grpc_port=port, reuse_port=True)``),

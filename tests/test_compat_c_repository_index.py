@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2
 from serving.app import create_app
 from serving.protocol.grpc_servicer import InferenceServicer
 from serving.settings import Settings
-from tests.repo_fixtures import write_onnx_entry
+from tests.repo_fixtures import write_entry_without_model, write_onnx_entry
 from tests.test_triton_leftovers import _config, _double
 
 
@@ -27,9 +27,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_onnx_entry(root, _double("zerodims"), _config("zerodims", "0"))
     policy = "version_policy: { specific: { versions: [ 7 ] } }\n"
     write_onnx_entry(root, _double("noversion"), _config("noversion") + policy)
-    (root / "nofile" / "1").mkdir(parents=True)
-    (root / "nofile" / "1" / "README").write_text("the model.onnx went missing")
-    (root / "nofile" / "config.pbtxt").write_text(_config("nofile"))
+    write_entry_without_model(root, "nofile", _config("nofile"))
     return root
 
 

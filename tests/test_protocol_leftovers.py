@@ -21,7 +21,7 @@ from serving.execution.base import InferRequest
 from serving.protocol.generate import generate_request
 from serving.protocol.v2_codec import parse_infer
 from serving.settings import Settings
-from tests.repo_fixtures import write_onnx_entry
+from tests.repo_fixtures import write_entry_without_model, write_onnx_entry
 from tests.test_generate_hunt import TRANSLATOR
 from tests.test_triton_leftovers import _config, _double
 
@@ -118,9 +118,7 @@ def failed_entries(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``unread`` (a config.pbtxt that does not parse)."""
     root = tmp_path_factory.mktemp("protocol-leftovers")
     write_onnx_entry(root, _double("double"), _config("double"))
-    (root / "nofile" / "1").mkdir(parents=True)
-    (root / "nofile" / "1" / "README").write_text("the model.onnx went missing")
-    (root / "nofile" / "config.pbtxt").write_text(_config("nofile"))
+    write_entry_without_model(root, "nofile", _config("nofile"))
     (root / "unread" / "1").mkdir(parents=True)
     (root / "unread" / "config.pbtxt").write_text("this is { not a config")
     return root

@@ -31,7 +31,7 @@ from serving.execution.ort_sessions import SessionOpener
 from serving.execution.repository import Repository
 from serving.protocol.grpc_servicer import InferenceServicer
 from serving.settings import Settings
-from tests.repo_fixtures import write_onnx_entry
+from tests.repo_fixtures import write_entry_without_model, write_onnx_entry
 from tests.test_triton_translator_model import (
     _Error,
     _Request,
@@ -124,9 +124,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_onnx_entry(root, _lookup(), LOOKUP_CONFIG)
     write_onnx_entry(root, _pick(), PICK_CONFIG)
     (root / "pick" / "kiln.json").write_text(json.dumps(PICK_KILN))
-    (root / "nofile" / "1").mkdir(parents=True)
-    (root / "nofile" / "1" / "README").write_text("the model.onnx went missing")
-    (root / "nofile" / "config.pbtxt").write_text(_config("nofile"))
+    write_entry_without_model(root, "nofile", _config("nofile"))
     return root
 
 
