@@ -47,7 +47,8 @@ RUNTIME_MODULES = (
     "stepper.py",
     "offline.py",
 )
-EXECUTION_MODULES = ("runner.py",)  # serving/execution modules the decoding copies import
+# serving/execution modules the decoding copies import, and the version_policy rule model.py follows
+EXECUTION_MODULES = ("runner.py", "version_policy.py")
 
 
 def _tensors(spec: GraphSpec) -> dict[str, list[dict[str, Any]]]:

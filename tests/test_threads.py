@@ -49,18 +49,21 @@ def test_a_thread_takes_its_python_name_or_the_one_given_cut_to_whole_characters
 def test_the_batchers_execution_threads_name_themselves():
     from serving.execution.batcher import BatchPolicy, DynamicBatcher
 
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], list[str]]:
         batcher = DynamicBatcher(
             "resnet18", lambda instance, inputs: {"y": inputs["x"]}, BatchPolicy(max_batch_size=4)
         )
         batcher.start()
         try:  # an answered request: its instance thread has run past its first statement
             await batcher.submit({"x": np.zeros((1, 1), np.float32)})
-            return [_os_name(thread) for thread in batcher._threads]
+            return [_os_name(thread) for thread in batcher._threads], batcher.thread_names
         finally:
             await batcher.stop(grace_s=5)
 
-    assert asyncio.run(scenario()) == ["kiln-batch-resn"]
+    seen, names = asyncio.run(scenario())
+    assert seen == names and len(seen) == 1, (seen, names)
+    serial, _, model = seen[0].removeprefix("kbat").partition(".0-")  # kbat<n>.<instance>-<model>
+    assert serial.isdigit() and model and "resnet18".startswith(model), seen
 
 
 _POLICY_PROBE = """

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -49,7 +50,7 @@ from serving.execution.batches import (
     settle,
     signature,
 )
-from serving.threads import name_os_thread
+from serving.threads import name_os_thread, os_name
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,19 @@ log = logging.getLogger(__name__)
 INLINE_GAP_S = 0.0001
 
 _IDLE: list = []  # _next_batch's answer when an instance should release (compared by identity)
+
+# Batchers started in this process, in order: their number keeps their threads' OS names apart. Linux
+# keeps 15 bytes of a thread's name, so "kiln-batch-<model>-<instance>" showed "kiln-batch-resn" for
+# resnet18 and resnet18_int8 alike (and for every version of one model) in top -H, py-spy and perf; the
+# backend's start-up line "batch threads ..." maps each name to its model version.
+_SERIALS = itertools.count()
+
+
+def batch_thread_name(serial: int, instance: int, name: str) -> str:
+    """The OS name of instance ``instance``'s execution thread of the ``serial``-th batcher, of model
+    ``name``: ``kbat<serial>.<instance>-<name>`` cut to 15 bytes, the numbers (which make it unique)
+    always whole (as :func:`serving.decoding.translator.decode_thread_name`)."""
+    return os_name(f"kbat{serial}.{instance}-{name}")
 
 
 class DynamicBatcher:
@@ -105,6 +119,7 @@ class DynamicBatcher:
         self._delayed: deque[Pending] = deque()  # DELAY: timed out, behind every request in _queue
         self._ready = threading.Condition(threading.Lock())  # guards _queue and _delayed; signals arrivals
         self._threads: list[threading.Thread] = []
+        self.thread_names: list[str] = []  # its threads' OS names (batch_thread_name), once started
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._running = 0  # batches taken by the instance threads and not yet delivered
@@ -125,7 +140,9 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         if self.observer is not None:
             self.observer.watch_queue_depth(self.name, self.waiting)
-        self._threads = [
+        serial = next(_SERIALS)
+        self.thread_names = [batch_thread_name(serial, i, self.name) for i in range(self.policy.instances)]
+        self._threads = [  # the Python name (what logs and tracebacks show) keeps the whole model name
             threading.Thread(target=self._serve, args=(i,), name=f"kiln-batch-{self.name}-{i}", daemon=True)
             for i in range(self.policy.instances)
         ]
@@ -294,7 +311,7 @@ class DynamicBatcher:
 
     def _serve(self, instance: int) -> None:
         """One instance's thread: form a batch (Triton rules), run it, hand the rows back; repeat."""
-        name_os_thread()
+        name_os_thread(self.thread_names[instance])
         grown = False  # a batch of more than one item ran since the last release
         while (batch := self._next_batch(grown)) is not None:
             if batch is _IDLE:

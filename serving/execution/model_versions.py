@@ -15,6 +15,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from serving.errors import BadRequest
+from serving.execution.version_policy import is_version_name, policy_versions
 
 log = logging.getLogger("serving.execution.repository")  # the reader's log, whichever part writes it
 
@@ -41,10 +42,9 @@ def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> li
         )
     policy = config.version_policy
     kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        chosen = found
-    elif kind == "specific":
-        chosen = [v for v in found if v in set(policy.specific.versions)]
+    # the rule Triton's python translator model applies too (it has no tritonclient to read the config)
+    chosen = policy_versions(found, kind, policy.latest.num_versions, policy.specific.versions)
+    if kind == "specific":
         missing = sorted(set(policy.specific.versions) - set(found))
         if missing:
             log.warning(
@@ -54,16 +54,12 @@ def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> li
                 missing,
                 directory,
             )
-    else:  # as Triton: latest { num_versions: 0 } selects none (the policy's default is latest 1)
-        count = policy.latest.num_versions if kind == "latest" else 1
-        chosen = found[-count:] if count > 0 else []
     return [str(v) for v in chosen]
 
 
 def is_version(path: Path) -> bool:
     """A version directory: plain digits, no leading zero (as Triton reads them)."""
-    name = path.name
-    return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
+    return path.is_dir() and is_version_name(path.name)
 
 
 MAX_VERSION = 2**63 - 1  # Triton's versions are int64: a larger number is a 400 there, never a version

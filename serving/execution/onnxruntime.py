@@ -107,6 +107,8 @@ class OnnxRuntimeBackend:
             self._models[(entry.name, version)] = self._make_model(entry, version, sessions)
         self._started = True
         log.info("onnxruntime backend serving %s", sorted({name for name, _ in self._models}))
+        if self._models:  # top -H, py-spy and perf show only the OS names, cut to 15 bytes
+            log.info("batch threads %s", batch_threads(self._models))
 
     def stop_loading(self) -> None:
         """Asked to stop while :meth:`start` loads (a signal): it stops after the model it is loading."""
@@ -373,3 +375,25 @@ def _arena_releases(entry: RepositoryEntry, sessions: Sessions) -> bool:
     on purpose, and the CUDA provider's arena is the device's)."""
     where = sessions.placement
     return entry.max_batch_size > 0 and where.provider == placement.CPU and not where.buckets
+
+
+def batch_threads(models: Mapping[tuple[str, str], LoadedModel]) -> str:
+    """ "resnet18 v1: kbat0.0-resnet1; resnet18_int8 v1: kbat1.0-resnet1, kbat1.1-resnet1": each
+    model version's execution threads by their OS names (what top -H, py-spy and perf show), for the
+    start-up line: cut to 15 bytes, the names alone do not say which model they serve."""
+    return "; ".join(
+        f"{name} v{version}: {', '.join(model.batcher.thread_names)}"
+        for (name, version), model in sorted(models.items())
+    )
+
+
+def unnamed_platform(entry: RepositoryEntry) -> str:
+    """Why an entry whose config.pbtxt names no platform or backend (an empty one, say) is not served:
+    it was "platform '' needs the triton backend", which sent its owner to another backend."""
+    config_path = entry.path / "config.pbtxt"
+    empty = not config_path.read_text(encoding="utf-8", errors="replace").strip()
+    return (
+        f"{config_path} {'is empty' if empty else 'names no platform or backend'}: the gateway does not "
+        f'complete a config from the model file as Triton does; write platform: "{ONNX_PLATFORMS[0]}" '
+        "for an ONNX model"
+    )

@@ -8,7 +8,9 @@ Copied by the exporter as ``<name>/<version>/model.py``, with ``serving/decoding
 (``<version>/serving/decoding/``); those copies are imported, so the search Triton runs is the one
 the entry was exported and parity-checked with. Where the encoder and decoder run is the config's
 ``steps`` parameter: ``in_process`` (what a CPU export writes) opens the ``<name>_encoder`` /
-``<name>_decoder`` entries' graphs (named in kiln.json, their latest version) in this model's own
+``<name>_decoder`` entries' graphs (named in kiln.json; the newest version their config's
+``version_policy`` serves, as the gateway picks it: ``serving/execution/version_policy.py``, copied
+beside ``runner.py``) in this model's own
 ONNX Runtime sessions, as the gateway's decode workers do: the fused-attention graph and the
 decoder's steps compiled (``native_decoder.py``), one intra-op thread per instance by default
 (``intra_op_num_threads``), each instance with its own copy of the weights; ``bls`` (what a GPU export
@@ -41,6 +43,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from serving.decoding import beam_search as bs  # noqa: E402
 from serving.decoding import native_decoder, offline, step_spec  # noqa: E402
 from serving.decoding.options import options_from_parameters  # noqa: E402
+from serving.execution.version_policy import served_version  # noqa: E402
 
 
 def _tensor(name: str, array: np.ndarray):
@@ -105,14 +108,6 @@ def parse_options(raw: str | None, max_positions: int | None = None) -> bs.Decod
     return options
 
 
-def _latest_version(entry_dir: str) -> str:
-    """The entry's highest numbered version directory (Triton's default version policy, ``latest``)."""
-    versions = [v for v in os.listdir(entry_dir) if v.isdigit() and os.path.isdir(os.path.join(entry_dir, v))]
-    if not versions:
-        raise ValueError(f"{entry_dir} has no numbered version directory")
-    return os.path.join(entry_dir, max(versions, key=int))
-
-
 STEPS = ("in_process", "bls")
 
 
@@ -169,7 +164,7 @@ class TritonPythonModel:
         if self.steps == "in_process":
             threads = int(params.get("intra_op_num_threads") or 1)
             for part in ("encoder", "decoder"):
-                graph = os.path.join(_latest_version(os.path.join(parent, block[part])), "model.onnx")
+                graph = os.path.join(served_version(os.path.join(parent, block[part])), "model.onnx")
                 runner = native_decoder.open_runner(
                     graph, intra_op_threads=threads, decoder=part == "decoder"
                 )
