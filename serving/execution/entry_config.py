@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from serving.execution.batch_policy import batching_problems
+from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE, DATATYPE_TO_NUMPY
 
 WILDCARD = -1  # a variable-size dimension
 
@@ -148,3 +149,55 @@ def _numeric_dtype(name: Any) -> bool:
         return isinstance(name, str) and np.dtype(name).kind in "biuf"
     except (TypeError, ValueError, SyntaxError):  # "," or "(2,3" are parsed as Python: SyntaxError
         return False
+
+
+IMAGE_CHANNELS = (1, 3)  # grey or RGB: what the classify route lays an image out in
+# What the classify route lays an image out by where kiln.json's ``preprocessing`` leaves a field out
+IMAGE_DEFAULTS = {"layout": LAYOUTS[0], "channels": 3, "input_size": "each image at its own size"}
+
+
+def image_input_problems(preprocessing: dict[str, Any], tensor: Any) -> list[str]:
+    """What in kiln.json's ``preprocessing`` lays an image out otherwise than the model's images input
+    ``tensor`` (config.pbtxt) takes one, each naming its field: such an entry loads and serves KServe v2
+    infer, but every image sent to /v1 classify was a 400 blaming the client's image for the server's
+    configuration. ``tensor.dims`` are one image's: the route adds the batch dimension where it has one."""
+    channels = preprocessing.get("channels", 3)
+    if channels not in IMAGE_CHANNELS:
+        return [
+            f"'preprocessing.channels' is {channels}; the classify route sends 1 (grey) or 3 (RGB) channels"
+        ]
+    problems = []
+    dtype = np.dtype(preprocessing.get("dtype", "uint8"))
+    datatype = CONFIG_TYPE_TO_DATATYPE.get(model_config_pb2.DataType.Name(tensor.data_type), "")
+    if DATATYPE_TO_NUMPY.get(datatype) != dtype:
+        problems.append(f"'preprocessing.dtype' is {dtype.name!r} but input {tensor.name!r} is {datatype}")
+    dims = [int(d) for d in tensor.dims]
+    layout, size = preprocessing.get("layout", LAYOUTS[0]), preprocessing.get("input_size")
+    shape = _laid_out(layout, channels, size)
+    if len(dims) != len(shape):
+        problems.append(f"input {tensor.name!r} takes {dims}, not one image's [H, W, C] or [C, H, W]")
+    elif not _fits(shape, dims):
+        other = LAYOUTS[1 - LAYOUTS.index(layout)]
+        channel = 0 if layout == "NCHW" else 2
+        wrong = [i for i in range(3) if not _fits(shape[i : i + 1], dims[i : i + 1])]
+        field = "layout" if _fits(_laid_out(other, channels, size), dims) else "input_size"
+        field = "channels" if field == "input_size" and wrong[0] == channel else field
+        value = preprocessing.get(field, f"absent, so {IMAGE_DEFAULTS[field]}")
+        problems.append(
+            f"'preprocessing.{field}' is {value}: an image laid out as {shape} ({layout}), "
+            f"but input {tensor.name!r} takes {dims}"
+        )
+    return problems
+
+
+def _laid_out(layout: str, channels: int, size: list[int] | None) -> list[int]:
+    """The shape the classify route gives one image: (H, W, C) or (C, H, W), -1 where it keeps the
+    image's own height and width (no ``input_size``)."""
+    height, width = size or (WILDCARD, WILDCARD)
+    return [channels, height, width] if layout == "NCHW" else [height, width, channels]
+
+
+def _fits(shape: list[int], dims: list[int]) -> bool:
+    return len(shape) == len(dims) and all(
+        WILDCARD in (s, d) or s == d for s, d in zip(shape, dims, strict=True)
+    )

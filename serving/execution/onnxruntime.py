@@ -226,6 +226,10 @@ class OnnxRuntimeBackend:
     def _servable(self, entry: RepositoryEntry) -> bool:
         if entry.task == "translate":
             return False  # served by the translator pool over its encoder/decoder entries
+        if not entry.platform:
+            self._failed.setdefault(entry.name, unnamed_platform(entry))
+            log.error("model %s: %s", entry.name, self._failed[entry.name])
+            return False
         if entry.platform not in ONNX_PLATFORMS:
             log.info(
                 "model %s: platform %r is not served by the onnxruntime backend", entry.name, entry.platform

@@ -103,6 +103,8 @@ class WeightStore:
                     self._optimize(path, providers, done, prepare)
         except Exception as exc:  # noqa: BLE001 - the model still loads, from its own file
             self._failed.add(key)
+            if _unreadable(exc):  # the caller's own session fails on it too, and reports that alone
+                return None
             log.warning(
                 "%s: its sessions load their own copies of its weights (optimizing it into a shared file "
                 "in %s failed: %s)",
@@ -146,6 +148,13 @@ class WeightStore:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return_freed_memory()  # the optimizing session's copies, freed (see return_freed_memory)
+
+
+def _unreadable(error: Exception) -> bool:
+    """Whether ONNX Runtime refused ``error``'s model file as no ONNX model at all (corrupt, truncated):
+    the session the caller then opens fails the load with the same error, and a warning before it that
+    the weights are not shared blamed the store for a broken file."""
+    return type(error).__name__ in ("InvalidProtobuf", "NoSuchFile")
 
 
 def return_freed_memory() -> bool:

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from serving.errors import BadRequest, PayloadTooLarge, ServingError, UnprocessableInput
 from serving.execution.base import InferRequest
+from serving.execution.entry_config import image_input_problems
 from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
@@ -141,6 +142,7 @@ async def classify(
         raise BadRequest(
             f"model {name!r} is a {entry.task or 'non-classify'} model; it cannot classify images"
         )
+    _check_image_input(entry)
     blobs, top_k = await _read_images(request, settings)
     if top_k > settings.max_top_k:
         raise UnprocessableInput(f"top_k {top_k} exceeds the limit of {settings.max_top_k}")
@@ -158,6 +160,21 @@ async def classify(
         for row, row_scores in zip(order, scores, strict=True)
     ]
     return ClassifyResponse(model=name, predictions=predictions)
+
+
+def _check_image_input(entry: RepositoryEntry) -> None:
+    """A 500 naming the entry's kiln.json where its preprocessing does not fit its images input: the
+    server's configuration, which no image a client sends could fix (it was a 400 blaming the image)."""
+    name = entry.role("images") or next((t.name for t in entry.config.input), "")
+    tensor = next((t for t in entry.config.input if t.name == name), None)
+    if tensor is None:
+        problems = [f"'roles' names the images input {name!r}, which its config.pbtxt does not declare"]
+    else:
+        problems = image_input_problems(entry.kiln.get("preprocessing", {}), tensor)
+    if problems:
+        raise ServingError(
+            f"model {entry.name!r} cannot classify images: {entry.path / 'kiln.json'}: {'; '.join(problems)}"
+        )
 
 
 async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], int]:
