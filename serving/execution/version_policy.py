@@ -67,7 +67,7 @@ def read_version_policy(pbtxt: str) -> tuple[str | None, int, list[int]]:
         elif depth == 1 and token in ("latest", "all", "specific"):
             kind = token
         elif token == "num_versions":
-            count = int(_next_number(tokens, i))
+            count = _integer(_next_number(tokens, i))
         elif token == "versions":
             versions += _numbers_after(tokens, i)
     return kind, count, versions
@@ -87,14 +87,24 @@ def _numbers_after(tokens: list[str], i: int) -> list[int]:
     while tokens[j] == ":":
         j += 1
     if tokens[j] != "[":
-        return [int(tokens[j])]
+        return [_integer(tokens[j])]
     numbers = []
     for token in tokens[j + 1 :]:
         if token == "]":
             break
         if token != ",":
-            numbers.append(int(token))
+            numbers.append(_integer(token))
     return numbers
+
+
+def _integer(token: str) -> int:
+    """An integer as protobuf's text format reads it (Triton's and the gateway's parser): ``0x1f`` is
+    hex and a leading zero octal, so ``versions: 010`` is version 8 there (``int()`` read 10, and a hex
+    number failed the translator's load)."""
+    sign, digits = (token[0], token[1:]) if token[:1] in "+-" else ("", token)
+    if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        digits = "0o" + digits[1:]
+    return int(sign + digits, 0)
 
 
 def served_version(entry_dir: str) -> str:
