@@ -953,7 +953,8 @@ def test_a_step_graph_that_does_not_open_leaves_the_entrys_own_file_serving(
     # the weight store's optimized graph of the entry's own model.onnx, not the fused one
     assert run.optimized and Path(run.model_file).name == "model.onnx"
     assert "model.fused.onnx did not open" in caplog.text
-    assert f"{broken}: its sessions load their own copies" in caplog.text
+    # one warning for the file ONNX Runtime cannot read, not also one about sharing its weights
+    assert f"{broken}: its sessions load their own copies" not in caplog.text
 
 
 def test_small_requests_are_tokenized_on_the_event_loop_and_large_ones_in_the_codec_thread(exported) -> None:
