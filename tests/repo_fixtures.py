@@ -111,6 +111,18 @@ def write_onnx_entry(root: Path, graph: Any, config: str) -> Path:
     return root
 
 
+@contextmanager
+def repository_client(repository: Path) -> Iterator[Any]:
+    """A TestClient over the gateway's app serving ``repository`` (no gRPC port), started and stopped."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
+        yield client
+
+
 def write_entry_without_model(root: Path, name: str, config: str) -> Path:
     """An entry ``name`` whose config.pbtxt is ``config`` and whose version 1 lacks its model.onnx (its
     config reads, its load fails in the backend); returns ``root``."""

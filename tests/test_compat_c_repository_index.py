@@ -5,35 +5,27 @@ no version a client could ask for. A version that failed to load keeps its numbe
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from tritonclient.grpc import service_pb2
 
-from serving.app import create_app
 from serving.protocol.grpc_servicer import InferenceServicer
-from serving.settings import Settings
-from tests.repo_fixtures import write_entry_without_model, write_onnx_entry
+from tests.repo_fixtures import repository_client, write_entry_without_model, write_onnx_entry
 from tests.test_triton_leftovers import _config, _double
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``double`` (serves), ``zerodims`` (refused when the repository is read), ``noversion`` (its
-    version_policy selects no directory) and ``nofile`` (version 1 fails in the backend)."""
+def client(tmp_path_factory: pytest.TempPathFactory):
+    """The gateway over ``double`` (serves), ``zerodims`` (refused when the repository is read),
+    ``noversion`` (its version_policy selects no directory) and ``nofile`` (version 1 fails in the
+    backend)."""
     root = tmp_path_factory.mktemp("index")
-    write_onnx_entry(root, _double("double"), _config("double"))
-    write_onnx_entry(root, _double("zerodims"), _config("zerodims", "0"))
     policy = "version_policy: { specific: { versions: [ 7 ] } }\n"
+    for name, config in (("double", _config("double")), ("zerodims", _config("zerodims", "0"))):
+        write_onnx_entry(root, _double(name), config)
     write_onnx_entry(root, _double("noversion"), _config("noversion") + policy)
     write_entry_without_model(root, "nofile", _config("nofile"))
-    return root
-
-
-@pytest.fixture(scope="module")
-def client(repository: Path):
-    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
+    with repository_client(root) as client:
         yield client
 
 

@@ -17,11 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2
 
-from serving.app import create_app
 from serving.errors import BadRequest
 from serving.execution import placement
 from serving.execution.model_versions import parse_version
@@ -30,8 +28,7 @@ from serving.execution.ort_options import OrtOptions
 from serving.execution.ort_sessions import SessionOpener
 from serving.execution.repository import Repository
 from serving.protocol.grpc_servicer import InferenceServicer
-from serving.settings import Settings
-from tests.repo_fixtures import write_entry_without_model, write_onnx_entry
+from tests.repo_fixtures import repository_client, write_entry_without_model, write_onnx_entry
 from tests.test_triton_translator_model import (
     _Error,
     _Request,
@@ -130,7 +127,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(repository: Path):
-    with TestClient(create_app(Settings(model_repository=repository, grpc_port=0))) as client:
+    with repository_client(repository) as client:
         yield client
 
 
