@@ -315,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sources = [
         ids for i in range(0, len(texts), limit) for ids in translator.source_ids(texts[i : i + limit])
     ]
-    config = translator.beam_config(DecodingOptions(beam_size=args.beam, max_length=64))
+    # max_length as a request that does not choose it gets: 64, or the model's max_positions if lower
+    config = translator.beam_config(DecodingOptions(beam_size=args.beam))
     scheduler = translator.schedulers[0]
     common = dict(indexed=scheduler.indexed, concurrency=args.concurrency)
     run = (scheduler.spec, scheduler.run_encoder, scheduler.run_decoder, sources, config)

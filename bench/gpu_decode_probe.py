@@ -67,7 +67,10 @@ def translate(
     engine = translator_from_entry(entry.path, entry.kiln, encoder, decoder)
     work = Workload.load(checkpoints, translator, sentences)
     ids = [row for i in range(0, len(work.texts), 64) for row in engine.source_ids(work.texts[i : i + 64])]
-    config = config_for(DecodingOptions(beam_size=4), eos_id=engine.spec.eos_id, bos_id=engine.spec.bos_id)
+    spec = engine.spec  # max_length as the gateway's default: 64, or the model's max_positions if lower
+    config = config_for(
+        DecodingOptions(beam_size=4), eos_id=spec.eos_id, bos_id=spec.bos_id, max_positions=spec.max_positions
+    )
     ways = _ways(device)
     result: dict[str, Any] = {"sentences": len(ids), "device": device, "rows": []}
     for size in batches:

@@ -124,20 +124,20 @@ def split_training_output(output: object) -> tuple[torch.Tensor, list[torch.Tens
         if all(isinstance(t, torch.Tensor) and t.shape == output[0].shape for t in aux):
             return output[0], aux
     raise ValueError(
-        f"the model's training forward returned {_describe(output)}; a classifier returns its logits "
+        f"the model's training forward returned {describe_output(output)}; a classifier returns its logits "
         "(B, num_classes), or with auxiliary heads (logits, [aux, ...]), each aux of the logits' shape "
         "(README, 'Your own classifier')"
     )
 
 
-def _describe(output: object) -> str:
-    """A training output's form, for the refusal: its shapes, a dict's keys."""
+def describe_output(output: object) -> str:
+    """A model output's form, for a refusal: its shapes, a dict's keys."""
     if isinstance(output, torch.Tensor):
         return f"a tensor of shape {tuple(output.shape)}"
     if isinstance(output, dict):
         return f"a dict (keys {', '.join(map(repr, output))})"
     if isinstance(output, (list, tuple)):
-        return f"a {type(output).__name__} of " + ", ".join(_describe(part) for part in output)
+        return f"a {type(output).__name__} of " + ", ".join(describe_output(part) for part in output)
     return f"a {type(output).__name__}"
 
 

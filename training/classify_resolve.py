@@ -25,6 +25,7 @@ from training.classify_config import (
     recipe_for,
     recipe_model_args,
 )
+from training.classify_epoch import describe_output
 from training.classify_finetune import check_finetune_args, check_resume_finetune
 from training.data.images import DATASETS, data_place
 from training.flags import check_model_args, check_run_ranges
@@ -237,7 +238,7 @@ def check_logits(name: str, model: torch.nn.Module, side: int) -> None:
         return
     finally:
         model.train()
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else describe_output(out)  # a dict: its keys
     if shape != (2, 2):
         raise ValueError(
             f"--model {name}: its eval forward gives {shape} for 2 images of 2 classes (num_classes=2); a "
