@@ -127,7 +127,10 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
     fused_encoder = _export_fused(
         ctx, frozen, enc_module, enc, enc_example, work / "fused" / "enc.onnx", "encoder"
     )
-    padded_encoder = None
+    padded_encoder = split_decoder = None
+    if fused is not None and "int8" in ctx.options.precisions:
+        path = work / "fused" / "dec-split.onnx"
+        split_decoder = _export_fused(ctx, frozen, dec_module, dec, example, path, "decoder", split_qkv=True)
     if fused_encoder is not None and "int8" in ctx.options.precisions:
         padded_encoder = _export_fused(
             ctx,
@@ -152,6 +155,7 @@ def _export_graphs(ctx: ExportContext, work: Path) -> TranslatorGraphs:
         fused_decoder_path=fused,
         fused_encoder_path=fused_encoder,
         padded_fused_encoder_path=padded_encoder,
+        split_fused_decoder_path=split_decoder,
     )
 
 
@@ -164,11 +168,13 @@ def _export_fused(
     path: Path,
     what: str,
     packed: bool = True,
+    split_qkv: bool = False,
 ) -> Path | None:
     """The decoder step or the encoder (``what``) with its attentions as ``kiln.ai`` operators, for a
     model that has them (``fused_attention``, the Transformer) where the compiled kernels load;
     TorchScript exporter (its ``symbolic`` hook emits the custom nodes). None otherwise: serving then
-    runs ``model.onnx``. ``packed``: the encoder computes its real positions only (``fused_attention``)."""
+    runs ``model.onnx``. ``packed``: the encoder computes its real positions only; ``split_qkv``: the
+    decoder's q, k and v are three products (``fused_attention``)."""
     if not hasattr(frozen, "fused_attention"):
         return None
     from serving.decoding import native
@@ -178,8 +184,10 @@ def _export_fused(
             "%s: no compiled attention operators here (no C compiler?): no fused %s graph", ctx.name, what
         )
         return None
-    ctx.step(f"export {what} (fused attention{'' if packed else ', padded'})")
-    with frozen.fused_attention(packed=packed):
+    ctx.step(
+        f"export {what} (fused attention{'' if packed else ', padded'}{', q|k|v apart' if split_qkv else ''})"
+    )
+    with frozen.fused_attention(packed=packed, split_qkv=split_qkv):
         return export_onnx(module, dataclasses.replace(spec, dynamo=False), example, path)
 
 
@@ -230,8 +238,9 @@ def _int8_entries(ctx: ExportContext, g: TranslatorGraphs, work: Path) -> list[E
     decoder = to_int8_dynamic(g.decoder_path, work / "int8" / "dec.onnx")
     encoder = _quantized_encoder(g, work / "int8" / "enc.onnx")
     fused = fused_encoder = None
-    if g.fused_decoder_path is not None:
-        fused = to_int8_dynamic(g.fused_decoder_path, work / "int8" / "fused" / "dec.onnx")
+    if g.fused_decoder_path is not None:  # from the q|k|v-apart twin: each product scaled as the plain's
+        source = g.split_fused_decoder_path or g.fused_decoder_path
+        fused = to_int8_dynamic(source, work / "int8" / "fused" / "dec.onnx")
     if g.fused_encoder_path is not None:  # quantized as its plain twin is (fp32 where that one is)
         fused_encoder = g.fused_encoder_path
         if encoder != g.encoder_path:

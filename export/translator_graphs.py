@@ -34,6 +34,10 @@ class TranslatorGraphs:
     # the same over every padded position: what the int8 fused encoder is quantized from (exported
     # with int8 among the precisions)
     padded_fused_encoder_path: Path | None = None
+    # the fused step with each layer's q, k and v products apart (concatenated for its operator): what
+    # the int8 fused decoder is quantized from, so that each product gets the scale the plain int8
+    # graph's does (one product of all three took one weight scale for all, and beams changed)
+    split_fused_decoder_path: Path | None = None
 
     @property
     def step_spec(self) -> dict[str, Any]:

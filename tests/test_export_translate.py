@@ -155,11 +155,16 @@ def test_the_transformer_decoder_gets_a_fused_attention_step_graph_proved_like_t
         return
     layers = SMALL["transformer"]["decoder_layers"]
     assert (
-        ops.count(("kiln.ai", "StepSelfAttention"))
-        == ops.count(("kiln.ai", "IndexedCrossAttention"))
+        ops.count(("kiln.ai", "StepAttentionQKV"))
+        == ops.count(("kiln.ai", "IndexedCrossAttentionMasked"))
         == layers
     )
     assert ("", "Softmax") not in ops  # no attention left in plain ops
+    # the operators read the boolean masks and give the cache entries: no mask arithmetic or reshape
+    # left, and six products a layer (q|k|v as one, the self-attention's output, the cross-attention's
+    # query and output, the two FFN products; the output projection is a MatMul)
+    assert not {op for _, op in ops} & {"Where", "Unsqueeze", "Reshape", "Cast"}
+    assert ops.count(("", "Gemm")) == 6 * layers
     # each sublayer's residual add and the norm after it: three a layer, the last into the final norm
     assert ops.count(("kiln.ai", "AddLayerNorm")) == 3 * layers
     assert ops.count(("", "LayerNormalization")) == 1  # the first layer's first, on the embeddings
@@ -298,9 +303,10 @@ def test_int8_translator_entry_pairs_a_quantized_encoder_with_a_quantized_decode
     graph = onnx.load(str(repo / "transformer_decoder_int8" / "1" / "model.onnx"))
     assert "MatMulInteger" in {n.op_type for n in graph.graph.node}
     fused = onnx.load(str(repo / "transformer_decoder_int8" / "1" / FUSED_GRAPH))
-    assert {"MatMulInteger", "StepSelfAttention", "IndexedCrossAttention", "AddLayerNorm"} <= {
-        n.op_type for n in fused.graph.node
-    }
+    ops = [n.op_type for n in fused.graph.node]
+    assert {"MatMulInteger", "StepAttentionQKV", "IndexedCrossAttentionMasked", "AddLayerNorm"} <= set(ops)
+    # quantized from the twin whose q, k and v are three products: each scaled as the plain graph's
+    assert ops.count("Concat") == SMALL["transformer"]["decoder_layers"]
     assert dec["fused_step"]["refused"] is None and dec["fused_step"]["beams"]["beam_agreement"] == 1.0
     enc = json.loads((repo / "transformer_encoder_int8" / "kiln.json").read_text())
     fp32 = json.loads((repo / "transformer_encoder" / "kiln.json").read_text())

@@ -27,8 +27,9 @@ def _warnings(caplog):
 
 
 def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_load(tmp_path, caplog):
-    _entry(tmp_path, "old", _kiln("resnet18", EXPORT_VERSION - 1))
-    _entry(tmp_path, "current", _kiln("resnet18", EXPORT_VERSION))
+    last = current_version("resnet18")  # the last version that changed classifiers
+    _entry(tmp_path, "old", _kiln("resnet18", last - 1))
+    _entry(tmp_path, "current", _kiln("resnet18", last))
     _entry(tmp_path, "foreign", None)  # no kiln.json: not Kiln's to judge
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         repository = Repository(tmp_path)
@@ -37,7 +38,7 @@ def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_l
     assert len(warnings) == 1 and warnings[0].startswith("old exported by an older Kiln")
     # a wheel install has no Makefile; python -m export alone writes ./model_repository, not this one
     assert f"`make export` (python -m export CHECKPOINTS --repository {tmp_path}) rebuilds" in warnings[0]
-    assert f"{EXPORT_VERSION}: {CHANGED[EXPORT_VERSION][1]}" in warnings[0]  # says what it lacks
+    assert f"{last}: {CHANGED[last][1]}" in warnings[0]  # says what it lacks
     assert exported_before(repository.get("old"))
     assert not exported_before(repository.get("current"))
     assert not exported_before(repository.get("foreign"), EXPORT_VERSION)
@@ -46,12 +47,12 @@ def test_entries_of_an_older_export_version_are_named_in_one_warning_and_still_l
 def test_a_model_no_later_version_changed_is_current_however_old_its_entry(tmp_path, caplog):
     first = min(v for v, (models, _) in CHANGED.items() if "resnet18" in models)
     _entry(tmp_path, "classifier", _kiln("resnet18", first))
-    _entry(tmp_path, "translator", _kiln("transformer", current_version("transformer")))
+    _entry(tmp_path, "translator", _kiln("gru_attention", current_version("gru_attention")))
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         repository = Repository(tmp_path)
     assert not _warnings(caplog)
     assert not exported_before(repository.get("classifier"))
-    assert current_version("transformer") < EXPORT_VERSION and not exported_before(
+    assert current_version("gru_attention") < EXPORT_VERSION and not exported_before(
         repository.get("translator")
     )
     assert exported_before(repository.get("translator"), EXPORT_VERSION)  # an explicit version still counts
@@ -71,11 +72,12 @@ def test_the_warning_names_only_the_changes_of_the_stale_entries_models(tmp_path
 
 def test_the_versions_table_is_consistent():
     assert max(CHANGED) == EXPORT_VERSION  # a bump says what it changed, and for which models
-    assert current_version("lenet") == EXPORT_VERSION == 11 and current_version("transformer") == 10
+    assert current_version("lenet") == 11 and current_version("gru_attention") == 10
+    assert current_version("transformer") == EXPORT_VERSION == 12
     assert changes_since(EXPORT_VERSION, "transformer") == [] and changes_since(0, "lenet") == [
         f"11: {CHANGED[11][1]}"
     ]
-    assert [c.split(":")[0] for c in changes_since(3, "transformer")] == [str(v) for v in range(4, 11)]
+    assert [c.split(":")[0] for c in changes_since(3, "transformer")] == [str(v) for v in (*range(4, 11), 12)]
 
 
 def test_a_repository_written_by_this_export_loads_without_a_warning(tmp_path, caplog):

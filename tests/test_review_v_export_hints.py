@@ -12,7 +12,7 @@ import shlex
 
 import pytest
 
-from kiln.versions import EXPORT_VERSION
+from kiln.versions import current_version
 
 
 def _command(text: str) -> list[str]:
@@ -31,7 +31,10 @@ def test_the_stale_entry_warning_names_the_served_repository(tmp_path, caplog) -
     root = tmp_path / "served repo"
     (root / "old").mkdir(parents=True)
     (root / "old" / "config.pbtxt").write_text('name: "old"\nplatform: "onnxruntime_onnx"\n')
-    kiln = {"model": {"name": "resnet18", "args": {}}, "export": {"export_version": EXPORT_VERSION - 1}}
+    kiln = {
+        "model": {"name": "resnet18", "args": {}},
+        "export": {"export_version": current_version("resnet18") - 1},
+    }
     (root / "old" / "kiln.json").write_text(json.dumps(kiln))
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
         Repository(root)

@@ -22,6 +22,15 @@
  *     row r against the keys and values at place row_place[r] of a store of N sentences (the decode
  *     batch's encoder store itself: no per-row or per-place copies, rows in any order and any number
  *     per sentence); a place outside the store gives NaN rows, as inconsistent shapes do;
+ *   kiln.ai::StepAttentionQKV(qkv [R, 3 * D], past_k [R, H, P, hd], past_v [R, H, P, hd],
+ *                             cache_mask bool [R, P]) -> (out [R, D], new_k [R, H, 1, hd], new_v [R, H, 1, hd])
+ *     StepSelfAttention over the layer's one q|k|v projection, its new entry handed out as the layer's
+ *     cache outputs, and the step's boolean cache mask read as the bias it stands for (0 where true,
+ *     the lowest float where false: the same scores bit for bit): one node where the graph had three
+ *     products, two reshapes and, shared by the layers, a Where and an Unsqueeze (export version 9);
+ *   kiln.ai::IndexedCrossAttentionMasked(q [R, D], k [N, H, S, hd], v [N, H, S, hd],
+ *                                        src_mask bool [N, S], row_place int64 [R]) -> [R, D]
+ *     IndexedCrossAttention with the source mask read as its bias (no Where and Unsqueeze);
  *   kiln.ai::EncoderSelfAttention(qkv [n, S, 3 * H, hd], bias [n, 1, 1, S]) -> [n * S, D]
  *     each of n sentences' S positions against its own positions: qkv is the encoder layer's one
  *     projection viewed per position (query heads, then key heads, then value heads); the plain graph
@@ -50,6 +59,7 @@
  * later field from an operator of that version).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -478,6 +488,93 @@ static void indexed_compute(void *kernel, void *context) {
     cross_rows(context, q, k, v, bias, dq, dk, place, 1);
 }
 
+/* The additive bias a boolean mask row stands for (mask_bias in attention.py): 0 where the key may be
+ * attended, the lowest float where not; s + 0 is s and s + lowest rounds to lowest, so the scores are
+ * those of the bias operators bit for bit. */
+static void mask_row_bias(const uint8_t *mask, int64_t keys, float *bias) {
+    for (int64_t j = 0; j < keys; j++) bias[j] = mask[j] ? 0.0f : -FLT_MAX;
+}
+
+/* Output `index` with the `rank` dimensions `dims` (NULL on failure). */
+static float *output_dims(void *context, size_t index, const int64_t *dims, size_t rank) {
+    void *value = NULL, *data = NULL;
+    op_status_t status = OP_CALL(OP_KERNEL_CONTEXT_GET_OUTPUT, op_status_t (*)(void *, size_t, const int64_t *,
+                                                                                size_t, void **))(
+        context, index, dims, rank, &value);
+    if (!status) status = OP_CALL(OP_GET_TENSOR_MUTABLE_DATA, op_status_t (*)(void *, void **))(value, &data);
+    if (status) {
+        OP_CALL(OP_RELEASE_STATUS, void (*)(op_status_t))(status);
+        return NULL;
+    }
+    return (float *)data;
+}
+
+/* StepAttentionQKV's three outputs all NaN (poison's, for an operator with the cache entries too). */
+static void qkv_poison(void *context, int64_t rows, int64_t heads, int64_t hd) {
+    int64_t entry[4] = {rows, heads, 1, hd};
+    poison(context, rows, heads * hd);
+    for (size_t i = 1; i < 3; i++) {
+        float *out = rows >= 0 && heads >= 0 && hd >= 0 ? output_dims(context, i, entry, 4) : NULL;
+        for (int64_t j = 0; out && j < rows * heads * hd; j++) out[j] = NAN;
+    }
+}
+
+static void qkv_compute(void *kernel, void *context) {
+    (void)kernel;
+    const float *in[4];
+    int64_t d[4][4];
+    if (!inputs(context, "2442", in, d)) return qkv_poison(context, 0, 0, 0);
+    const float *qkv = in[0], *pk = in[1], *pv = in[2];
+    const uint8_t *mask = (const uint8_t *)in[3]; /* input 3 is bool (qkv_input_type) */
+    const int64_t *dx = d[0], *dk = d[1], *dv = d[2], *dm = d[3];
+    int64_t rows = dx[0], heads = dk[1], keys = dk[2], hd = dk[3], width = heads * hd;
+    if (dk[0] != rows || dx[1] != 3 * width || memcmp(dk, dv, sizeof d[0]) || dm[0] != rows || dm[1] != keys ||
+        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        return qkv_poison(context, rows, heads, hd);
+    int64_t entry[4] = {rows, heads, 1, hd};
+    float *out = output(context, rows, width), *nk = output_dims(context, 1, entry, 4),
+          *nv = output_dims(context, 2, entry, 4);
+    if (!out || !nk || !nv) return;
+    float scale = sqrtf((float)hd), bias[MAX_KEYS];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = qkv + r * 3 * width;
+        int64_t cache = r * heads * keys * hd;
+        memcpy(nk + r * width, x + width, (size_t)width * sizeof *nk);
+        memcpy(nv + r * width, x + 2 * width, (size_t)width * sizeof *nv);
+        mask_row_bias(mask + r * keys, keys, bias);
+        attend(x, pk + cache, pv + cache, keys * hd, bias, keys, x + width, x + 2 * width, heads, hd, scale,
+               out + r * width);
+    }
+}
+
+static void indexed_masked_compute(void *kernel, void *context) {
+    (void)kernel;
+    const float *in[5];
+    int64_t d[5][4];
+    if (!inputs(context, "24421", in, d)) return poison(context, 0, 0);
+    const float *q = in[0], *k = in[1], *v = in[2];
+    const uint8_t *mask = (const uint8_t *)in[3];  /* bool (indexed_masked_input_type) */
+    const int64_t *place = (const int64_t *)in[4]; /* int64 */
+    const int64_t *dq = d[0], *dk = d[1], *dv = d[2], *dm = d[3], *dr = d[4];
+    int64_t rows = dq[0], width = dq[1], n = dk[0], heads = dk[1], keys = dk[2], hd = dk[3];
+    if (dr[0] != rows || heads * hd != width || memcmp(dk, dv, sizeof d[0]) || dm[0] != n || dm[1] != keys ||
+        keys > MAX_KEYS || hd > MAX_HEAD_DIM)
+        return poison(context, rows, width);
+    for (int64_t r = 0; r < rows; r++)
+        if (place[r] < 0 || place[r] >= n) return poison(context, rows, width);
+    float *out = output(context, rows, width);
+    if (!out) return;
+    float scale = sqrtf((float)hd), bias[MAX_KEYS];
+    int64_t last = -1;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t s = place[r], block = s * heads * keys * hd;
+        if (s != last) mask_row_bias(mask + s * keys, keys, bias); /* a sentence's rows come together */
+        last = s;
+        attend(q + r * width, k + block, v + block, keys * hd, bias, keys, NULL, NULL, heads, hd, scale,
+               out + r * width);
+    }
+}
+
 /* Each sentence's positions against its own positions: qkv [n, keys, 3 * heads, hd] holds position
  * j's query, key and value heads side by side (the encoder layer's one projection, viewed); each
  * sentence's keys and values are first laid out per head ([heads, keys, hd], a few kilobytes) so that
@@ -624,6 +721,14 @@ static int indexed_input_type(const custom_op_t *op, size_t index) {
     (void)op;
     return index == 4 ? 7 : 1; /* row_place: ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; the rest float */
 }
+static int qkv_input_type(const custom_op_t *op, size_t index) {
+    (void)op;
+    return index == 3 ? 9 : 1; /* cache_mask: ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL; the rest float */
+}
+static int indexed_masked_input_type(const custom_op_t *op, size_t index) {
+    (void)op;
+    return index == 3 ? 9 : index == 4 ? 7 : 1; /* src_mask bool, row_place int64, the rest float */
+}
 static int required(const custom_op_t *op, size_t index) {
     (void)op;
     (void)index;
@@ -642,6 +747,7 @@ static int required(const custom_op_t *op, size_t index) {
     }
 OP_COUNT(one, 1)
 OP_COUNT(two, 2)
+OP_COUNT(three, 3)
 OP_COUNT(four, 4)
 OP_COUNT(five, 5)
 OP_COUNT(six, 6)
@@ -650,6 +756,8 @@ OP_NAME(cross_name, "GroupedCrossAttention")
 OP_NAME(add_norm_name, "AddLayerNorm")
 OP_NAME(indexed_name, "IndexedCrossAttention")
 OP_NAME(encoder_name, "EncoderSelfAttention")
+OP_NAME(qkv_name, "StepAttentionQKV")
+OP_NAME(indexed_masked_name, "IndexedCrossAttentionMasked")
 
 static custom_op_t self_op = {OP_VERSION, create_kernel, self_name, cpu_provider, float_type, six,
                               float_type, one, self_compute, destroy_kernel, required, required, {0}};
@@ -661,6 +769,11 @@ static custom_op_t indexed_op = {OP_VERSION, create_kernel, indexed_name, cpu_pr
                                  float_type, one, indexed_compute, destroy_kernel, required, required, {0}};
 static custom_op_t encoder_op = {OP_VERSION, create_kernel, encoder_name, cpu_provider, float_type, two,
                                  float_type, one, encoder_compute, destroy_kernel, required, required, {0}};
+static custom_op_t qkv_op = {OP_VERSION, create_kernel, qkv_name, cpu_provider, qkv_input_type, four,
+                             float_type, three, qkv_compute, destroy_kernel, required, required, {0}};
+static custom_op_t indexed_masked_op = {OP_VERSION, create_kernel, indexed_masked_name, cpu_provider,
+                                        indexed_masked_input_type, five, float_type, one, indexed_masked_compute,
+                                        destroy_kernel, required, required, {0}};
 static void *domain; /* one domain for every session of the process (ONNX Runtime keeps a reference) */
 static pthread_mutex_t domain_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -681,6 +794,9 @@ void *kiln_attention_ops(void *options, const void *const *table) {
             status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &indexed_op);
         if (!status)
             status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &encoder_op);
+        if (!status) status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &qkv_op);
+        if (!status)
+            status = OP_CALL(OP_CUSTOM_OP_DOMAIN_ADD, op_status_t (*)(void *, custom_op_t *))(made, &indexed_masked_op);
         if (!status) domain = made; /* else kept out of use (and leaked: once, on a broken runtime) */
     }
     if (!status) status = OP_CALL(OP_ADD_CUSTOM_OP_DOMAIN, op_status_t (*)(void *, void *))(options, domain);

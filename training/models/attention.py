@@ -117,6 +117,34 @@ class FusedStepAttention(torch.autograd.Function):
         return g.op("kiln.ai::StepSelfAttention", q, past_k, past_v, new_k, new_v, bias).setType(q.type())
 
 
+def step_attention_qkv(
+    qkv: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`step_attention` over one q|k|v projection (B, 3D) and the boolean cache mask (B, P),
+    returning the heads merged (B, D) and the new entry's keys and values (B, h, 1, hd): what the
+    ``kiln.ai::StepAttentionQKV`` node computes (:class:`FusedStepAttentionQKV`)."""
+    heads, head_dim = past_k.shape[1], past_k.shape[3]
+    q, k, v = qkv.chunk(3, dim=-1)  # 3 x (B, D)
+    new_k, new_v = k.reshape(-1, heads, 1, head_dim), v.reshape(-1, heads, 1, head_dim)
+    return step_attention(q, past_k, past_v, new_k, new_v, mask_bias(mask, qkv.dtype)), new_k, new_v
+
+
+class FusedStepAttentionQKV(torch.autograd.Function):
+    """:func:`step_attention_qkv`, exported as one ``kiln.ai::StepAttentionQKV`` node: the layer's three
+    projections as one GEMM before it, its cache outputs its own and its mask boolean, where the graph
+    had two more GEMMs, two reshapes and (shared by the layers) a Where and an Unsqueeze."""
+
+    @staticmethod
+    def forward(ctx, qkv, past_k, past_v, mask):  # noqa: ANN001, ANN205 - autograd's signature
+        return step_attention_qkv(qkv, past_k, past_v, mask)
+
+    @staticmethod
+    def symbolic(g, qkv, past_k, past_v, mask):  # noqa: ANN001, ANN205
+        out, new_k, new_v = g.op("kiln.ai::StepAttentionQKV", qkv, past_k, past_v, mask, outputs=3)
+        entry = past_k.type().with_sizes([None, None, 1, None])  # (B, h, 1, hd)
+        return out.setType(qkv.type().with_sizes([None, None])), new_k.setType(entry), new_v.setType(entry)
+
+
 class FusedGroupedAttention(torch.autograd.Function):
     """:func:`grouped_attention`, exported as one ``kiln.ai::GroupedCrossAttention`` node."""
 
@@ -139,6 +167,19 @@ class FusedIndexedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, bias, row_place):  # noqa: ANN001, ANN205
         return g.op("kiln.ai::IndexedCrossAttention", q, k, v, bias, row_place).setType(q.type())
+
+
+class FusedIndexedAttentionMasked(torch.autograd.Function):
+    """:func:`indexed_attention` with the boolean source mask (N, S) for its bias, exported as one
+    ``kiln.ai::IndexedCrossAttentionMasked`` node (no Where and Unsqueeze before it)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, row_place):  # noqa: ANN001, ANN205
+        return indexed_attention(q, k, v, mask_bias(mask, q.dtype), row_place)
+
+    @staticmethod
+    def symbolic(g, q, k, v, mask, row_place):  # noqa: ANN001, ANN205
+        return g.op("kiln.ai::IndexedCrossAttentionMasked", q, k, v, mask, row_place).setType(q.type())
 
 
 class FusedEncoderAttention(torch.autograd.Function):
@@ -188,6 +229,7 @@ class MultiHeadAttention(nn.Module):
     arithmetic in PyTorch, one custom node each in the exported graph."""
 
     fused = False
+    split_qkv = False  # set by Transformer.fused_attention: attend_step_qkv's q, k, v as three products
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -222,12 +264,32 @@ class MultiHeadAttention(nn.Module):
         attention = FusedStepAttention.apply if self.fused else step_attention
         return self.out_proj(attention(self.q_proj(x), past_k, past_v, new_k, new_v, bias))
 
+    def attend_step_qkv(
+        self, x: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`attend_step` with the new entry projected here, as one product with the query, and the
+        boolean cache mask (B, P): returns (B, D) and the new keys and values (B, h, 1, hd). With
+        ``fused``, one ``kiln.ai::StepAttentionQKV`` node (:class:`FusedStepAttentionQKV`)."""
+        projections = [self.q_proj, self.k_proj, self.v_proj]
+        if self.split_qkv:
+            qkv = torch.cat([p(x) for p in projections], dim=-1)  # (B, 3D)
+        else:
+            qkv = F.linear(x, *stacked(projections))  # (B, 3D)
+        attention = FusedStepAttentionQKV.apply if self.fused else step_attention_qkv
+        attended, new_k, new_v = attention(qkv, past_k, past_v, mask)
+        return self.out_proj(attended), new_k, new_v
+
     def attend_rows(
         self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor, row_place: Tensor | None = None
     ) -> Tensor:
         """x: (R, D) normed rows grouped by sentence; the rest as :func:`grouped_attention` takes them,
-        or, with ``row_place``, as :func:`indexed_attention` does (rows in any order over a store)."""
+        or, with ``row_place``, as :func:`indexed_attention` does (rows in any order over a store).
+        A boolean ``bias`` (N, S) is the source mask itself (the fused step's, with ``row_place``)."""
         q = self.q_proj(x)
+        if bias.dtype == torch.bool:
+            if row_place is not None and self.fused:
+                return self.out_proj(FusedIndexedAttentionMasked.apply(q, k, v, bias, row_place))
+            bias = mask_bias(bias, q.dtype)
         if row_place is not None:
             attention = FusedIndexedAttention.apply if self.fused else indexed_attention
             return self.out_proj(attention(q, k, v, bias, row_place))

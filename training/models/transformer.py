@@ -136,11 +136,17 @@ class DecoderLayer(nn.Module):
         """One token per row: x (B, D) and h = self_attn_norm(x); cache: past k/v (B, h, P, hd);
         self_bias (B, 1, 1, P); cross: k/v (n, h, S, hd) and src_bias (n, 1, 1, S), once per row (n = B)
         or once per sentence of B = n * W rows grouped by sentence (:meth:`MultiHeadAttention.attend_rows`).
+        The fused step (:meth:`Transformer.fused_attention`) passes the boolean masks instead, (B, P) and
+        (n, S), which its operators read as these biases (the layer's q|k|v then one product).
         Returns x (B, D), ``next_norm`` of it (the next layer's first norm, or the final one) and new
         k/v (B, h, 1, hd): each residual add and the norm after it are one :func:`add_norm`."""
-        new_k = self.self_attn.split_row(self.self_attn.k_proj(h))  # (B, h, 1, hd)
-        new_v = self.self_attn.split_row(self.self_attn.v_proj(h))  # (B, h, 1, hd)
-        attended = self.dropout(self.self_attn.attend_step(h, *cache, new_k, new_v, self_bias))  # (B, D)
+        if self_bias.dtype == torch.bool:  # the fused step's masks (Transformer.decode_step)
+            attended, new_k, new_v = self.self_attn.attend_step_qkv(h, *cache, self_bias)
+        else:
+            new_k = self.self_attn.split_row(self.self_attn.k_proj(h))  # (B, h, 1, hd)
+            new_v = self.self_attn.split_row(self.self_attn.v_proj(h))  # (B, h, 1, hd)
+            attended = self.self_attn.attend_step(h, *cache, new_k, new_v, self_bias)  # (B, D)
+        attended = self.dropout(attended)
         x, h = add_norm(x, attended, self.cross_attn_norm, self.fused)
         x, h = add_norm(
             x,
@@ -256,8 +262,11 @@ class Transformer(nn.Module):
         """
         tokens, positions = inputs["tokens"], inputs["positions"]  # (B,), (B,)
         x = self._embed(self.tgt_embed, tokens, positions)  # (B, D)
-        self_bias = mask_bias(inputs["cache_mask"], x.dtype)  # (B, 1, 1, P): the new entry is never masked
-        src_bias = mask_bias(inputs["src_mask"], x.dtype)  # (B, 1, 1, S)
+        if self.decoder_layers and self.decoder_layers[0].fused:  # the operators take the masks themselves
+            self_bias, src_bias = inputs["cache_mask"], inputs["src_mask"]  # (B, P), (B, S)
+        else:
+            self_bias = mask_bias(inputs["cache_mask"], x.dtype)  # (B, 1, 1, P): never the new entry
+            src_bias = mask_bias(inputs["src_mask"], x.dtype)  # (B, 1, 1, S)
         out = {}
         layers = list(self.decoder_layers)
         h = layers[0].self_attn_norm(x)
@@ -272,13 +281,17 @@ class Transformer(nn.Module):
         return {"log_probs": F.log_softmax(logits.float(), dim=-1), **out}  # (B, V)
 
     @contextlib.contextmanager
-    def fused_attention(self, packed: bool = True) -> Iterator[None]:
+    def fused_attention(self, packed: bool = True, split_qkv: bool = False) -> Iterator[None]:
         """Within it, :meth:`decode_step`'s attentions, and each residual add with the norm after it,
         export as ``kiln.ai`` custom nodes (the step graph that serving runs where the compiled kernels
         exist, ``serving/decoding/attention.c``); PyTorch computes the same either way. With ``packed``,
         :meth:`encode` also runs its products on the real positions only (:func:`packed_rows`): the
-        same outputs, except where a quantization's dynamic scales would have spanned the padding."""
+        same outputs, except where a quantization's dynamic scales would have spanned the padding.
+        With ``split_qkv``, the decoder step's q, k and v stay three products, concatenated for its
+        operator (what a dynamic quantization scales product by product, as in the plain graph)."""
         modules = [m for layer in self.decoder_layers for m in (layer, layer.self_attn, layer.cross_attn)]
+        for layer in self.decoder_layers:
+            layer.self_attn.split_qkv = split_qkv
         modules += [m for layer in self.encoder_layers for m in (layer, layer.self_attn)]
         for module in modules:
             module.fused = True
@@ -288,6 +301,8 @@ class Transformer(nn.Module):
         finally:
             for module in modules:
                 module.fused = False
+            for layer in self.decoder_layers:
+                layer.self_attn.split_qkv = False
             self.packed_encoder = False
 
     packed_encoder = False  # set by fused_attention
