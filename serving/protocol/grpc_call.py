@@ -129,6 +129,7 @@ class Call:
         "task",
         "timer",
         "loop",
+        "released",
     )
 
     streaming = False  # a unary call; serving.protocol.h2_streams.StreamCall is the streaming kind
@@ -155,6 +156,7 @@ class Call:
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None  # its deadline, from dispatch to its end (h2_calls)
         self.loop = loop
+        self.released = False  # ended, its bytes given back: a request still being read holds no more
 
     # --- its request message, as it arrives ---
     def gather(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:

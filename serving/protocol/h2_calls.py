@@ -96,8 +96,11 @@ class Calls(ConnectionState):
         """A compressed message too large to inflate on the event loop: inflated and parsed in a thread
         (a reset or the deadline cancels the wait; the thread's work, bounded by the limit, runs out)."""
         size, budget = self.server.max_message_bytes, self.server.budget
-        # its output held as it grows (not once whole: many such calls at once would each build theirs)
-        grow = None if budget is None else held_from_a_thread(lambda n: call.hold(n, budget))
+        # its output held as it grows (not once whole: many such calls at once would each build theirs),
+        # while the call is open: one reset, timed out or cut off meanwhile has given its bytes back, and
+        # the thread, which runs on, took more that nobody gave back (the budget shrank for good); a no
+        # stops the thread's work instead
+        grow = None if budget is None else held_from_a_thread(lambda n: self._holds(call, n, budget))
         try:
             request, inflated = await asyncio.to_thread(
                 _inflated_request, call.request_class, call.encoding, message, size, grow
@@ -115,6 +118,10 @@ class Calls(ConnectionState):
             call.trim(inflated, budget)  # what was held ahead of the output, given back
         if self._hold_inflated(call, inflated, head):
             await self._serve(call, request)
+
+    def _holds(self, call: Call, size: int, budget: Any) -> bool:
+        """Hold ``size`` bytes for ``call`` if it is still open (False where it has ended or they do not fit)."""
+        return self.calls.get(call.stream) is call and call.hold(size, budget)
 
     def _hold_inflated(self, call: Call, size: int, sent: bytes) -> bool:
         """Hold what ``call``'s message inflated to in the body budget while it is served (its
@@ -325,6 +332,7 @@ class Calls(ConnectionState):
 
     def _release(self, call: Call) -> None:
         """The call ended: its request bytes go back to the budget, its deadline's timer stops."""
+        call.released = True
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None

@@ -1,10 +1,12 @@
 """The frames that carry a gRPC call's request into Kiln's HTTP/2 server (:mod:`grpc_h2`): HEADERS and
 its CONTINUATION frames open a call (its method found, its deadline and encoding read, or an answer
-at once: 405/415 for what is not gRPC, UNIMPLEMENTED for an unknown method, REFUSED_STREAM past
-``MAX_STREAMS`` or while the server stops) or end the client's half of one with trailers; DATA feeds a
-call's message, granting the client more window as it is read. Each is checked as RFC 9113 says: a
-stream or connection error, never a call left half open. Also the limits the server advertises in its
-SETTINGS (:meth:`grpc_h2.Connection.connection_made`) and holds clients to here.
+at once: 405/415 for what is not gRPC, UNIMPLEMENTED for an unknown method, RESOURCE_EXHAUSTED for
+headers past ``MAX_HEADER_LIST`` (that call alone: its block is decoded all the same, as the HPACK table
+must follow it), REFUSED_STREAM past ``MAX_STREAMS`` or while the server stops) or end the client's
+half of one with trailers; DATA feeds a call's message, granting the client more window as it is
+read. Each is checked as RFC 9113 says: a stream or connection error, never a call left half open. Also
+the limits the server advertises in its SETTINGS (:meth:`grpc_h2.Connection.connection_made`) and holds
+clients to here.
 
 :class:`RequestFrames` is a mixin of :class:`serving.protocol.grpc_h2.Connection`, as the control
 frames (:mod:`h2_control`) are: a whole request goes to :mod:`h2_calls` (``_dispatch``), a streaming
@@ -31,6 +33,7 @@ MAX_HEADER_LIST = 1 << 16
 # calls a busy connection answered early (refused under load while their clients still upload) are
 # remembered while their late frames can still come
 CLOSED_REMEMBERED = 2048
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]  # a request's headers past MAX_HEADER_LIST
 _SELF_DEPENDENT = 0x100  # beside a HEADERS frame's flags: its priority names its own stream
 
 log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichever part writes it
@@ -184,7 +187,11 @@ class RequestFrames(ConnectionState):
         headers, problem = self.decoder.decode_checked(block)  # always: the table must follow every block
         call = self.calls.get(stream)
         if call is not None:
-            self._trailers(call, flags, headers)
+            if problem is self.decoder.oversized and not call.ended:
+                self._spend_reset()  # a call the client made the server end, as a malformed one
+                self._finish(call, _RESOURCE_EXHAUSTED, problem)
+            else:
+                self._trailers(call, flags, headers)
             return
         if stream <= self.last_stream:
             early = self.closed_streams.early(stream)
@@ -194,6 +201,11 @@ class RequestFrames(ConnectionState):
                 raise w.H2Error(w.PROTOCOL_ERROR, f"HEADERS opening stream {stream} after {self.last_stream}")
             raise w.H2Error(w.STREAM_CLOSED, f"HEADERS on stream {stream}, which the client closed")
         self.last_stream = stream
+        if problem is self.decoder.oversized:  # that call alone ends, as grpc core ends it
+            self._spend_reset()
+            answer = self._trailers_only(_RESOURCE_EXHAUSTED, problem, ())
+            self._headers_only(stream, answer, bool(flags & w.END_STREAM))
+            return
         if problem is not None or flags & _SELF_DEPENDENT:  # malformed (section 8.1.1): a stream error
             log.debug("resetting gRPC stream %d: %s", stream, problem or "it depends on itself")
             self._refuse_stream(stream, w.PROTOCOL_ERROR)

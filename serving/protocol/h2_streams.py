@@ -116,7 +116,9 @@ class StreamCall(Call):
                     plain = await asyncio.to_thread(decompress, self.encoding, message, max_bytes)
                 elif len(plain) > max_bytes:
                     raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE_INFLATED)
-                if budget is not None and len(plain) > size:  # held at its inflated size from now on
+                # held at its inflated size from now on, unless the call has ended meanwhile (reset in the
+                # read that brought this message, say): its bytes were given back, and these would never be
+                if budget is not None and len(plain) > size and not self.released:
                     if not budget.take(len(plain) - size):
                         raise Aborted(grpc.StatusCode.UNAVAILABLE, budget.refusal().message)
                     self.held += len(plain) - size

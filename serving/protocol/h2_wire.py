@@ -160,23 +160,33 @@ class HeaderDecoder:
         self.max_table_size = max_table_size  # what we advertise in SETTINGS_HEADER_TABLE_SIZE
         self.table_size = max_table_size  # the encoder's current choice, at most the above
         self.max_list_size = max_list_size
+        # the verdict on a block whose list passes ``max_list_size``: decoded to its end all the same (the
+        # table must follow every block), so its one call ends and the connection's others are served
+        self.oversized = f"header list above {max_list_size} bytes"
         self.check = check  # what is wrong with a block's headers, judged once per remembered block
         self.entries: deque[tuple[bytes, bytes]] = deque()
         self.used = 0
         self._seen: dict[bytes, tuple[Headers, str | None]] = {}
 
     def decode(self, block: bytes) -> Headers:
-        """The (name, value) pairs of one complete header block."""
-        return self.decode_checked(block)[0]
+        """The (name, value) pairs of one complete header block (a list too large: COMPRESSION_ERROR)."""
+        headers, problem = self.decode_checked(block)
+        if problem is self.oversized:
+            raise H2Error(COMPRESSION_ERROR, problem)
+        return headers
 
     def decode_checked(self, block: bytes) -> tuple[Headers, str | None]:
         """The (name, value) pairs of one complete header block, and ``check``'s verdict on them
-        (remembered with the block, so a client repeating its request's headers is judged once)."""
+        (remembered with the block, so a client repeating its request's headers is judged once), or
+        :attr:`oversized` where they pass ``max_list_size`` (the pairs past it dropped, the block still
+        decoded: RFC 9113 section 10.5.1). A block of more fields than a list within the limit can hold
+        (each counts 32 bytes and more) is a COMPRESSION_ERROR: decoding it all cost a step a byte."""
         known = self._seen.get(block)
         if known is not None:
             return known
         headers: list[tuple[bytes, bytes]] = []
         changed, listed, at, end = False, 0, 0, len(block)
+        fields, most = 0, self.max_list_size // 32
         while at < end:
             byte = block[at]
             if byte & 0x80:  # indexed field
@@ -194,7 +204,7 @@ class HeaderDecoder:
                     self._add(name, value)
                     changed = True
             else:  # dynamic table size update: only before the block's first field (RFC 7541 section 4.2)
-                if headers:
+                if fields:
                     raise H2Error(COMPRESSION_ERROR, "a dynamic table size update after a header field")
                 size, at = _decode_int(block, at, 5)
                 if size > self.max_table_size:
@@ -205,14 +215,18 @@ class HeaderDecoder:
                 self._evict()
                 changed = True
                 continue
+            fields += 1
+            if fields > most:
+                raise H2Error(COMPRESSION_ERROR, f"{fields} fields in one header block, above {most}")
             listed += len(name) + len(value) + 32
-            if listed > self.max_list_size:
-                raise H2Error(COMPRESSION_ERROR, f"header list above {self.max_list_size} bytes")
-            headers.append((name, value))
-        decoded = headers, None if self.check is None else self.check(headers)
+            if listed <= self.max_list_size:
+                headers.append((name, value))
         if changed:
             self._seen.clear()  # indices now name other entries
-        elif len(self._seen) < 64 and len(block) <= 1024:  # a call's usual blocks, not any block
+        if listed > self.max_list_size:
+            return headers, self.oversized  # never remembered: its call ends whatever its headers say
+        decoded = headers, None if self.check is None else self.check(headers)
+        if not changed and len(self._seen) < 64 and len(block) <= 1024:  # a call's usual blocks only
             self._seen[block] = decoded
         return decoded
 
