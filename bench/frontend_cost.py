@@ -118,9 +118,11 @@ def measure(
     rounds: int,
     answer_delay_s: float = 0.0,
     log_path: Path | None = None,
+    max_length: int = 64,
 ) -> Cost:
     """One gateway process (``mode`` real, or answering at once after ``answer_delay_s``), warmed up,
-    then ``rounds`` passes over ``texts`` (beam 4) from ``concurrency`` keep-alive clients."""
+    then ``rounds`` passes over ``texts`` (beam 4, at most ``max_length`` tokens: the workload's) from
+    ``concurrency`` keep-alive clients."""
     from bench.servers import gateway_cmd
     from bench.translation_gateway import _gateway_run, run_client
     from kiln.processes import running
@@ -141,9 +143,11 @@ def measure(
             ]
         url = f"http://127.0.0.1:{http}"
         with running(cmd, f"{url}/v2/health/ready", log_path=log_path) as process:
-            run_client(_gateway_run(url, model, list(texts[: 4 * concurrency]), 4, concurrency))  # warm-up
+            warm = list(texts[: 4 * concurrency])
+            run_client(_gateway_run(url, model, warm, 4, concurrency, max_length=max_length))  # warm-up
             before, client = thread_cpu(process.pid), _own_cpu()
-            _, seconds, _ = run_client(_gateway_run(url, model, list(texts), 4, concurrency, rounds))
+            run = _gateway_run(url, model, list(texts), 4, concurrency, rounds, max_length=max_length)
+            _, seconds, _ = run_client(run)
             after, client = thread_cpu(process.pid), _own_cpu() - client
     n = len(texts) * rounds
     ms = {kind: (after[kind] - before[kind]) * 1e3 / n for kind in after}
@@ -158,10 +162,11 @@ def compare(
     concurrency: int,
     rounds: int,
     out: Path | None = None,
+    max_length: int = 64,
 ) -> list[Cost]:
     """The three runs of the module docstring, ``paced`` at the ``real`` run's rate."""
     logs = {mode: out / f"frontend-{mode}.log" if out else None for mode in MODES}
-    common = dict(concurrency=concurrency, rounds=rounds)
+    common = dict(concurrency=concurrency, rounds=rounds, max_length=max_length)
     real = measure(repository, model, texts, mode="real", log_path=logs["real"], **common)
     delay = concurrency / real.per_s  # each client's time a request in the real run
     paced = measure(
@@ -218,11 +223,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--requests", type=int, default=2000, help="requests a run (whole passes over the texts)"
     )
     parsed = parser.parse_args(args)
-    texts = Workload.load(parsed.checkpoints, parsed.model, 128).texts
+    work = Workload.load(parsed.checkpoints, parsed.model, 128)
+    texts = work.texts
     rounds = max(1, -(-parsed.requests // len(texts)))
-    for cost in compare(
-        parsed.repository, parsed.entry or parsed.model, texts, concurrency=parsed.concurrency, rounds=rounds
-    ):
+    entry = parsed.entry or parsed.model
+    options = dict(concurrency=parsed.concurrency, rounds=rounds, max_length=work.max_length)
+    for cost in compare(parsed.repository, entry, texts, **options):
         print(cost.line(), flush=True)
 
 

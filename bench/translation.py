@@ -94,16 +94,20 @@ def _measured_rows(args, profile, w: Workload, out: Path, errors, progress) -> l
     )
     rows = _gateway(args, profile, w, out / "logs", layouts=sorted({1, args.gateway_workers}))
     progress("translation: Kiln's decoding engine in-process (batch, scheduler, batch-1)")
-    rows += engine_rows(args.repository, w.model, w.texts, w.refs, beams, w.count)
+    rows += engine_rows(args.repository, w.model, w.texts, w.refs, beams, w.count, w.max_length)
     progress("translation: PyTorch reference (with and without cache)")
-    rows += pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count)
+    rows += pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count, max_length=w.max_length)
     if args.threads > 1:
         progress(f"translation: PyTorch reference in {args.threads} processes of one thread")
-        parallel = pytorch_parallel_row(w.checkpoint, w.texts, w.refs, args.threads, w.count)
+        parallel = pytorch_parallel_row(
+            w.checkpoint, w.texts, w.refs, args.threads, w.count, max_length=w.max_length
+        )
         rows += [parallel] if parallel else []
     try:
         progress("translation: CTranslate2 on the same weights")
-        rows += ctranslate2_rows(w.checkpoint, w.ckpt, w.texts, w.refs, beams, out, w.count, args.threads)
+        rows += ctranslate2_rows(
+            w.checkpoint, w.ckpt, w.texts, w.refs, beams, out, w.count, args.threads, w.max_length
+        )
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["ctranslate2"] = str(exc)
         return rows
@@ -128,7 +132,17 @@ def _identity_rows(args, profile, w: Workload, logs: Path, progress) -> list[dic
     layout) at every beam and concurrency of the profile and mixed beams, each run once."""
     beams = profile["beams"]
     progress(f"translation identity: {w.model}, {len(w.texts)} sentences, beams {list(beams)}")
-    rows = pytorch_rows(w.ckpt, w.texts, w.refs, beams, args.threads, w.count, caches=(True,), timed=False)
+    rows = pytorch_rows(
+        w.ckpt,
+        w.texts,
+        w.refs,
+        beams,
+        args.threads,
+        w.count,
+        caches=(True,),
+        timed=False,
+        max_length=w.max_length,
+    )
     rows += _gateway(args, profile, w, logs, layouts=(args.gateway_workers,), repeats=1)
     return rows
 
@@ -145,6 +159,7 @@ def _gateway(args, profile, w: Workload, logs: Path, **options: Any) -> list[dic
         args.threads,
         logs,
         w.count,
+        max_length=w.max_length,
         **options,
     )
 
@@ -156,7 +171,7 @@ def arithmetic(args, w: Workload) -> dict[str, Any]:
 
     from bench.machine import speed_probe
 
-    work = translation_work.measure(args.repository, w.model, w.texts, w.count)
+    work = translation_work.measure(args.repository, w.model, w.texts, w.count, max_length=w.max_length)
     work["product_gflops"] = speed_probe()["product_gflops"]
     work["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return work

@@ -15,10 +15,20 @@ from bench.translation_rows import MAX_LENGTH, make_row, median_pass
 
 
 def pytorch_rows(
-    ckpt, texts, refs, beams, threads, count, batch: int = 32, caches=(True, False), timed: bool = True
+    ckpt,
+    texts,
+    refs,
+    beams,
+    threads,
+    count,
+    batch: int = 32,
+    caches=(True, False),
+    timed: bool = True,
+    max_length: int = MAX_LENGTH,
 ) -> list[dict[str, Any]]:
     """The PyTorch reference beam search, 32 sentences a call, with its KV cache and without (``caches``);
     ``timed=False`` translates once, unwarmed, when only its translations count (the identity check).
+    ``max_length``: the workload's (:attr:`bench.translation_rows.Workload.max_length`), as every row's.
 
     Laid out as Kiln's engine and CTranslate2 are, so the peer is measured at its best: tokenized ahead
     (each pass still pads and detokenizes inside its timing) and batched by source length
@@ -41,7 +51,7 @@ def pytorch_rows(
         for part in parts:
             width = max(len(sources[i]) for i in part)
             x = torch.tensor([sources[i] + [pad] * (width - len(sources[i])) for i in part])
-            found = beam_search(model, x, beam_size=beam, max_length=MAX_LENGTH, use_cache=use_cache)
+            found = beam_search(model, x, beam_size=beam, max_length=max_length, use_cache=use_cache)
             for i, h in zip(part, found, strict=True):
                 hyps[i] = tok.decode_target(h[0].tokens)
         return hyps
@@ -64,14 +74,14 @@ def length_batches(lengths: list[int], size: int) -> list[list[int]]:
 
 
 def pytorch_parallel_row(
-    ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4
+    ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4, max_length: int = MAX_LENGTH
 ) -> dict[str, Any] | None:
     """The PyTorch reference with its KV cache in ``processes`` processes of one thread each, started
     together on the same sentences (PyTorch's own layout for throughput on a few cores, as
     CTranslate2's ``inter_threads``): one row whose tokens/s and sentences/s are theirs together."""
     if processes < 2:
         return None
-    with PyTorchProcesses(ckpt_path, texts, refs, processes, count, beam) as parallel:
+    with PyTorchProcesses(ckpt_path, texts, refs, processes, count, beam, max_length) as parallel:
         return parallel.row()
 
 
@@ -85,8 +95,10 @@ class PyTorchProcesses:
     for the separate row, or once a round where it alternates with the gateway
     (:mod:`bench.translation_paired`), without paying the processes' start each time."""
 
-    def __init__(self, ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4) -> None:
-        self.args = (texts, refs, beam, count)
+    def __init__(
+        self, ckpt_path: Path, texts, refs, processes: int, count, beam: int = 4, max_length: int = MAX_LENGTH
+    ) -> None:
+        self.args = (texts, refs, beam, count, max_length)
         self.ckpt_path, self.processes = str(ckpt_path), processes
         self.engine = pytorch_parallel_engine(processes)
 
@@ -124,9 +136,12 @@ def _pytorch_load(ckpt_path: str) -> None:
     _process_ckpt[:] = [load_checkpoint(ckpt_path)]
 
 
-def _pytorch_worker(texts, refs, beam: int, count, barrier) -> dict[str, Any]:
+def _pytorch_worker(texts, refs, beam: int, count, max_length: int, barrier) -> dict[str, Any]:
     barrier.wait()  # every process ready: their timed passes overlap
-    return pytorch_rows(_process_ckpt[0], texts, refs, (beam,), 1, count, caches=(True,))[0]
+    rows = pytorch_rows(
+        _process_ckpt[0], texts, refs, (beam,), 1, count, caches=(True,), max_length=max_length
+    )
+    return rows[0]
 
 
 def ct2_layout(threads: int) -> str:
@@ -144,10 +159,10 @@ def ct2_layouts(threads: int) -> dict[str, tuple[int, int]]:
 
 
 def ctranslate2_rows(
-    ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count, threads: int
+    ckpt_path: Path, ckpt, texts, refs, beams, out: Path, count, threads: int, max_length: int = MAX_LENGTH
 ) -> list[dict[str, Any]]:
     """CTranslate2 at its best layout on ``threads`` threads and at one thread, fp32 and int8, plus
-    batch-1 latency."""
+    batch-1 latency, each decoding at most ``max_length`` tokens (its ``max_decoding_length``)."""
     from bench.ctranslate import CT2Translator, convert
 
     model_dir = convert(ckpt_path, out / "ctranslate2", force=True)
@@ -163,21 +178,21 @@ def ctranslate2_rows(
             for beam in beams:
                 answers, seconds = median_pass(
                     lambda t=translator, b=beam, s=sources: t.translate_tokens(
-                        s, beam_size=b, max_length=MAX_LENGTH
+                        s, beam_size=b, max_length=max_length
                     )
                 )
                 rows.append(make_row(name, beam, 32, texts, [t for t, _ in answers], refs, seconds, count))
             if layout == "1 thread" and compute == "float32":
-                rows.append(_latency_row(name, texts, refs, count, translator))
+                rows.append(_latency_row(name, texts, refs, count, translator, max_length))
     return rows
 
 
-def _latency_row(engine: str, texts, refs, count, translator: Any, n: int = 32):
+def _latency_row(engine: str, texts, refs, count, translator: Any, max_length: int, n: int = 32):
     """One sentence at a time, beam 4: the batch-1 latency row (p50 / p99 over ``n`` sentences)."""
     hyps, lat = [], []
     for text in texts[:n]:
         start = time.perf_counter()
-        hyps.append(translator.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+        hyps.append(translator.translate([text], beam_size=4, max_length=max_length)[0][0])
         lat.append(time.perf_counter() - start)
     return make_row(engine, 4, 1, texts[:n], hyps, refs[:n], sum(lat), count, lat)
 
@@ -198,17 +213,20 @@ def kiln_translator(repository: Path, model: str) -> tuple[Any, dict[str, Any]]:
     return translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"]), run
 
 
-def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list[dict[str, Any]]:
+def engine_rows(
+    repository: Path, model: str, texts, refs, beams, count, max_length: int = MAX_LENGTH
+) -> list[dict[str, Any]]:
     """Kiln's decoding engine in-process over ONNX Runtime (one intra-op thread), without HTTP: the batch
     engine (32 sentences a call), the scheduler path (32 concurrent one-sentence requests) and batch-1,
-    the decoder's steps compiled as the gateway runs them (serving.decoding.native_decoder)."""
+    the decoder's steps compiled as the gateway runs them (serving.decoding.native_decoder), each
+    decoding at most ``max_length`` tokens."""
     from serving.decoding.offline import translate_in_batches
 
     translator, run = kiln_translator(repository, model)
     spec = translator.schedulers[0].spec
     rows = []
     for beam in beams:
-        config = translator.beam_config(_options(beam))
+        config = translator.beam_config(_options(beam, max_length))
         ids = [i for k in range(0, len(texts), 32) for i in translator.source_ids(texts[k : k + 32])]
 
         def batches(config=config, ids=ids) -> list[str]:
@@ -218,7 +236,9 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
 
         hyps, seconds = median_pass(batches)  # warmed up and timed as CTranslate2's rows
         rows.append(make_row("kiln engine (batch 32)", beam, 32, texts, hyps, refs, seconds, count))
-    for beam, concurrency, hyps, elapsed, lat in asyncio.run(_scheduler_runs(translator, texts, beams)):
+    for beam, concurrency, hyps, elapsed, lat in asyncio.run(
+        _scheduler_runs(translator, texts, beams, max_length)
+    ):
         engine = "kiln engine (scheduler)"
         if concurrency == 1:
             rows.append(
@@ -229,13 +249,13 @@ def engine_rows(repository: Path, model: str, texts, refs, beams, count) -> list
     return rows
 
 
-def _options(beam: int) -> Any:
+def _options(beam: int, max_length: int = MAX_LENGTH) -> Any:
     from serving.decoding.options import DecodingOptions
 
-    return DecodingOptions(beam_size=beam, max_length=MAX_LENGTH)
+    return DecodingOptions(beam_size=beam, max_length=max_length)
 
 
-async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tuple]:
+async def _scheduler_runs(translator: Any, texts: list[str], beams, max_length: int) -> list[tuple]:
     """Through the Translator in-process: each text its own request from 32 coroutines, per beam; then
     32 texts one at a time at beam 4 (batch-1 latency). Each beam is warmed up by one short untimed pass
     first, as CTranslate2's rows are, and the run of median duration among three counts. Rows of (beam, concurrency, hyps, s, latencies)."""
@@ -243,16 +263,18 @@ async def _scheduler_runs(translator: Any, texts: list[str], beams) -> list[tupl
     try:
         out = []
         for beam in beams:
-            await _requests(translator, texts[:8], beam, 8)  # warm up
-            runs = [await _requests(translator, texts, beam, 32) for _ in range(3)]
+            await _requests(translator, texts[:8], beam, 8, max_length)  # warm up
+            runs = [await _requests(translator, texts, beam, 32, max_length) for _ in range(3)]
             out.append((beam, 32, *sorted(runs, key=lambda run: run[1])[1]))  # the median of three
-        out.append((4, 1, *await _requests(translator, texts[:32], 4, 1)))
+        out.append((4, 1, *await _requests(translator, texts[:32], 4, 1, max_length)))
     finally:
         await translator.stop()
     return out
 
 
-async def _requests(translator: Any, texts: list[str], beam: int, concurrency: int):
+async def _requests(
+    translator: Any, texts: list[str], beam: int, concurrency: int, max_length: int = MAX_LENGTH
+):
     hyps: list[str | None] = [None] * len(texts)
     latencies: list[float] = []
     queue = list(range(len(texts)))[::-1]
@@ -261,7 +283,7 @@ async def _requests(translator: Any, texts: list[str], beam: int, concurrency: i
         while queue:
             i = queue.pop()
             t0 = time.perf_counter()
-            hyps[i] = (await translator.translate([texts[i]], _options(beam)))[0][0].text
+            hyps[i] = (await translator.translate([texts[i]], _options(beam, max_length)))[0][0].text
             latencies.append(time.perf_counter() - t0)
 
     start = time.perf_counter()

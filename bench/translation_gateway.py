@@ -30,9 +30,12 @@ async def _gateway_run(
     concurrency: int,
     rounds: int = 1,
     served: list[str] | None = None,
+    max_length: int | None = MAX_LENGTH,
 ):
     """Each text as its own request from ``concurrency`` clients, ``rounds`` times over; ``beam`` may
-    differ per text. Returns each text's translation (an ``<inconsistent ...>`` marker, which no
+    differ per text; each request asks for ``max_length`` (the workload's, one for every row of its
+    table: :attr:`~bench.translation_rows.Workload.max_length`), or with None for none (the gateway's
+    default for the model). Returns each text's translation (an ``<inconsistent ...>`` marker, which no
     reference equals, if its rounds disagreed), the seconds of the whole run and every latency.
     ``served``, where given, receives every answer's translation, each text's rounds together in the
     order of ``texts``: the marker is no translation, so a row's tokens and BLEU are read over these
@@ -48,9 +51,9 @@ async def _gateway_run(
     host, _, port = url.removeprefix("http://").partition(":")
     beams = beam if isinstance(beam, list) else [beam] * len(texts)
     path = f"/v1/models/{model}/translate".encode()
+    chosen = {} if max_length is None else {"max_length": max_length}
     requests = [
-        _post(host, path, {"texts": [t], "beam_size": b, "max_length": MAX_LENGTH})
-        for t, b in zip(texts, beams, strict=True)
+        _post(host, path, {"texts": [t], "beam_size": b, **chosen}) for t, b in zip(texts, beams, strict=True)
     ]
     queue = list(range(len(texts))) * rounds
     queue.reverse()
@@ -171,7 +174,13 @@ def steady_rounds(texts: int, concurrency: int) -> int:
 
 
 def _median_run(
-    url: str, model: str, texts: list[str], beam: int | list[int], concurrency: int, repeats: int = 3
+    url: str,
+    model: str,
+    texts: list[str],
+    beam: int | list[int],
+    concurrency: int,
+    repeats: int = 3,
+    max_length: int | None = MAX_LENGTH,
 ):
     """The run of median duration among ``repeats`` (one short run on 2 shared cores varies up to 2x;
     the identity check of the other translators runs each once), each :func:`steady_rounds` passes over
@@ -181,7 +190,8 @@ def _median_run(
     runs = []
     for _ in range(repeats):
         served: list[str] = []
-        runs.append((*run_client(_gateway_run(url, model, texts, beam, concurrency, rounds, served)), served))
+        run = _gateway_run(url, model, texts, beam, concurrency, rounds, served, max_length)
+        runs.append((*run_client(run), served))
     hyps, seconds, latencies, served = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
     return hyps, seconds / rounds, latencies, served
 
@@ -193,27 +203,49 @@ def gateway_engine(kind: str, workers: int) -> str:
 
 
 def gateway_rows(
-    repository, model, texts, refs, beams, concurrencies, threads, out, count, layouts=(1,), repeats=3
+    repository,
+    model,
+    texts,
+    refs,
+    beams,
+    concurrencies,
+    threads,
+    out,
+    count,
+    layouts=(1,),
+    repeats=3,
+    max_length: int = MAX_LENGTH,
 ) -> list[dict[str, Any]]:
     """Every gateway row once per layout (``layouts``: gateway processes, the ``threads`` split among
-    them), each the run of median duration among ``repeats``."""
+    them), each the run of median duration among ``repeats``, every request asking for ``max_length``."""
     rows = []
     for workers in layouts:
         rows += _layout_rows(
-            repository, model, texts, refs, beams, concurrencies, threads, out, count, workers, repeats
+            repository,
+            model,
+            texts,
+            refs,
+            beams,
+            concurrencies,
+            threads,
+            out,
+            count,
+            workers,
+            repeats,
+            max_length,
         )
     return rows
 
 
 def _layout_rows(
-    repository, model, texts, refs, beams, concurrencies, threads, out, count, workers, repeats
+    repository, model, texts, refs, beams, concurrencies, threads, out, count, workers, repeats, max_length
 ) -> list[dict[str, Any]]:
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
     rows = []
 
     def add(kind: str, beam, c: int, entry: str = model) -> dict[str, Any]:
-        hyps, elapsed, lat, served = _median_run(url, entry, texts, beam, c, repeats)
+        hyps, elapsed, lat, served = _median_run(url, entry, texts, beam, c, repeats, max_length)
         engine = gateway_engine(kind, workers)
         label = beam if isinstance(beam, int) else 0
         row = make_row(engine, label, c, texts, hyps, refs, elapsed, count, lat, served=served)
@@ -231,7 +263,7 @@ def _layout_rows(
         int8 = f"{model}_int8" if (Path(repository) / f"{model}_int8").is_dir() else None  # export wrote one
         for entry in filter(None, (model, int8)):  # warm up every entry measured (first runs are slow)
             for _ in range(workers):  # each worker process has its own sessions to warm
-                run_client(_gateway_run(url, entry, texts[:8], 4, 4))
+                run_client(_gateway_run(url, entry, texts[:8], 4, 4, max_length=max_length))
         for beam in beams:
             for c in concurrencies:
                 add("", beam, c)
@@ -274,13 +306,15 @@ def triton_rows(
 
 
 def _triton_mode_rows(url: str, w: Workload, engine: str, beams, concurrency: int) -> list[dict[str, Any]]:
-    run_client(_gateway_run(url, w.model, w.texts[:8], 4, 4))  # warm-up
+    run_client(_gateway_run(url, w.model, w.texts[:8], 4, 4, max_length=w.max_length))  # warm-up
     runs: list[tuple[int, int | list[int]]] = [(b, b) for b in beams]
     if len(beams) > 1:
         runs.append((0, mixed_beams(beams, len(w.texts))))
     rows = []
     for label, beam in runs:
-        hyps, elapsed, lat = run_client(_gateway_run(url, w.model, w.texts, beam, concurrency))
+        hyps, elapsed, lat = run_client(
+            _gateway_run(url, w.model, w.texts, beam, concurrency, max_length=w.max_length)
+        )
         rows.append(make_row(engine, label, concurrency, w.texts, hyps, w.refs, elapsed, w.count, lat))
         if isinstance(beam, list):
             rows[-1]["beams"] = beam

@@ -81,9 +81,9 @@ def paired_rows(
         pytorch = None
         if threads > 1:
             pytorch = stack.enter_context(
-                PyTorchProcesses(w.checkpoint, w.texts, w.refs, threads, w.count, beam)
+                PyTorchProcesses(w.checkpoint, w.texts, w.refs, threads, w.count, beam, w.max_length)
             )
-        return _paired_rows(repository, w, out, threads, workers, rounds, beam, pytorch)
+        return _paired_rows(repository, w, out, threads, workers, rounds, beam, pytorch, w.max_length)
 
 
 def _paired_rows(
@@ -95,15 +95,20 @@ def _paired_rows(
     rounds: int,
     beam: int,
     pytorch: PyTorchProcesses | None,
+    max_length: int = MAX_LENGTH,
 ) -> list[dict[str, Any]]:
-    """:func:`paired_rows` with the PyTorch reference's processes (where they run) already started."""
+    """:func:`paired_rows` with the PyTorch reference's processes (where they run) already started,
+    every engine decoding at most ``max_length`` tokens (the workload's)."""
     translator = _ctranslate2(w, out, inter_threads=threads)
     sources = translator.source_tokens(w.texts)
     entries = _gateway_entries(repository, w.model, workers)
     passes = steady_rounds(len(w.texts), TARGET_CONCURRENCY)
     http, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{http}"
-    turns = _Turns(w, beam, translator, sources, pytorch, url, entries, passes, best=ct2_best(threads))
+    best = ct2_best(threads)
+    turns = _Turns(
+        w, beam, translator, sources, pytorch, url, entries, passes, best=best, max_length=max_length
+    )
     with running(
         gateway_cmd(repository, http, grpc, threads, workers=workers),
         f"{url}/v2/health/ready",
@@ -138,6 +143,7 @@ class _Turns:
     passes: int  # of the sentences through the gateway in one turn
     last: dict[str, list[str]] = field(default_factory=dict)
     best: str = CT2_BEST  # ``translator``'s row name: CTranslate2 at its layout on the bench's threads
+    max_length: int = MAX_LENGTH  # most tokens a sentence, every engine (the workload's)
 
     @property
     def references(self) -> list[str]:
@@ -148,7 +154,7 @@ class _Turns:
         """CTranslate2's tokens/s: the median of three passes over the sentences, all at once."""
         answers, seconds = median_pass(
             lambda: self.translator.translate_tokens(
-                self.sources, beam_size=self.beam, max_length=MAX_LENGTH
+                self.sources, beam_size=self.beam, max_length=self.max_length
             ),
             repeats=3,
             warmup=False,
@@ -169,7 +175,14 @@ class _Turns:
         served: list[str] = []  # every answer: a marker in ``hyps`` is no translation to count
         hyps, seconds, _ = run_client(
             _gateway_run(
-                self.url, self.entries[name], self.w.texts, self.beam, TARGET_CONCURRENCY, self.passes, served
+                self.url,
+                self.entries[name],
+                self.w.texts,
+                self.beam,
+                TARGET_CONCURRENCY,
+                self.passes,
+                served,
+                self.max_length,
             )
         )
         self.last[name] = hyps
@@ -247,7 +260,7 @@ def paired_latency_rows(repository: Path, w: Workload, out: Path, rounds: int) -
     ct2 = _ctranslate2(w, out, inter_threads=1)
     translator, _ = kiln_translator(repository, w.model)
     last: dict[str, list[str]] = {}
-    p50 = asyncio.run(_alternate_latency(translator, ct2, texts, rounds, last))
+    p50 = asyncio.run(_alternate_latency(translator, ct2, texts, rounds, last, w.max_length))
     rows = []
     for name, values in p50.items():
         row = _row(name, 4, 1, len(texts), "p50_ms", values, last[name])
@@ -257,41 +270,41 @@ def paired_latency_rows(repository: Path, w: Workload, out: Path, rounds: int) -
     return rows
 
 
-def _ct2_p50(ct2: Any, texts: list[str], last: dict[str, list[str]]) -> float:
+def _ct2_p50(ct2: Any, texts: list[str], last: dict[str, list[str]], max_length: int) -> float:
     """CTranslate2's p50 (ms) over ``texts`` translated one at a time, beam 4."""
     latencies, last[CT2_ONE] = [], []
     for text in texts:
         start = time.perf_counter()
-        last[CT2_ONE].append(ct2.translate([text], beam_size=4, max_length=MAX_LENGTH)[0][0])
+        last[CT2_ONE].append(ct2.translate([text], beam_size=4, max_length=max_length)[0][0])
         latencies.append(time.perf_counter() - start)
     return 1e3 * statistics.median(latencies)
 
 
-async def _kiln_p50(translator: Any, texts: list[str], last: dict[str, list[str]]) -> float:
+async def _kiln_p50(translator: Any, texts: list[str], last: dict[str, list[str]], max_length: int) -> float:
     """Kiln's in-process translator's p50 (ms) over ``texts`` sent one at a time, beam 4."""
     from bench.translation_engines import _requests
 
-    hyps, _, latencies = await _requests(translator, texts, 4, 1)
+    hyps, _, latencies = await _requests(translator, texts, 4, 1, max_length)
     last[KILN_ONE] = hyps
     return 1e3 * statistics.median(latencies)
 
 
 async def _alternate_latency(
-    translator: Any, ct2: Any, texts: list[str], rounds: int, last: dict[str, list[str]]
+    translator: Any, ct2: Any, texts: list[str], rounds: int, last: dict[str, list[str]], max_length: int
 ) -> dict[str, list[float]]:
     """Each engine's p50 (ms) in each of ``rounds`` rounds, after a warm-up; who goes first alternates.
     Each engine's translations of its last round are kept in ``last``."""
     p50: dict[str, list[float]] = {KILN_ONE: [], CT2_ONE: []}
     await translator.start()
     try:
-        await _kiln_p50(translator, texts, last)  # warm-up, as each engine's rows are
-        _ct2_p50(ct2, texts, last)
+        await _kiln_p50(translator, texts, last, max_length)  # warm-up, as each engine's rows are
+        _ct2_p50(ct2, texts, last, max_length)
         for r in range(rounds):
             for name in (KILN_ONE, CT2_ONE) if r % 2 == 0 else (CT2_ONE, KILN_ONE):
                 p50[name].append(
-                    await _kiln_p50(translator, texts, last)
+                    await _kiln_p50(translator, texts, last, max_length)
                     if name == KILN_ONE
-                    else _ct2_p50(ct2, texts, last)
+                    else _ct2_p50(ct2, texts, last, max_length)
                 )
             log.info(
                 "paired batch-1 round %d: %s",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from bench.inputs import positive_int
 from bench.stats import summarize
 
-MAX_LENGTH = 64  # every engine: most tokens generated per sentence
+MAX_LENGTH = 64  # most tokens generated per sentence (fewer for fewer positions: checkpoint_max_length)
 REPEATS = 5  # timed passes per in-process row (the median counts)
 T = TypeVar("T")
 
@@ -34,6 +34,16 @@ def median_pass(run: Callable[[], T], repeats: int = REPEATS, warmup: bool = Tru
         result = run()
         times.append(time.perf_counter() - start)
     return result, statistics.median(times)
+
+
+def checkpoint_max_length(ckpt: dict[str, Any]) -> int:
+    """The ``max_length`` every row of a checkpoint's workload searches with: what the gateway gives a
+    request that does not choose one (:data:`MAX_LENGTH`, or the model's ``max_positions`` if lower),
+    read from the checkpoint's config the exported entries carry. A fixed 64 had the gateway refuse every
+    request to a translator trained with ``--model-arg max_positions=32`` (422), and the engines too."""
+    from serving.decoding.options import default_max_length
+
+    return default_max_length(ckpt["model"]["args"].get("max_positions"))
 
 
 def bleu(hyps: list[str], refs: list[str]) -> float:
@@ -78,6 +88,12 @@ class Workload:
         pairs = held_out_pairs(ckpt, "test")[:sentences]
         count = Counter(ckpt["tokenizers"]["target"])
         return cls(model, path, ckpt, [s for s, _ in pairs], [t for _, t in pairs], count)
+
+    @property
+    def max_length(self) -> int:
+        """Most tokens generated per sentence by every row of this workload (:func:`checkpoint_max_length`),
+        one value for the whole table so that its rows stay comparable."""
+        return checkpoint_max_length(self.ckpt)
 
 
 def workload_parser(prog: str, description: str, concurrency_help: str) -> argparse.ArgumentParser:

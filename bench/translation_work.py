@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.translation_rows import MAX_LENGTH
+
 BATCH = 32
 
 
@@ -40,10 +42,13 @@ def weight_flops(model_file: Path | str) -> int:
     )
 
 
-def measure(repository: Path, model: str, texts: list[str], count: Any, beam: int = 4) -> dict[str, Any]:
+def measure(
+    repository: Path, model: str, texts: list[str], count: Any, beam: int = 4, max_length: int = MAX_LENGTH
+) -> dict[str, Any]:
     """The weight products ``texts`` need through ``model``'s translator at ``beam`` (see the module's
     docstring): decoder rows and source tokens run, ids generated (the best hypotheses', EOS included),
-    target tokens made (as ``count`` counts a row's), MFLOP a target token."""
+    target tokens made (as ``count`` counts a row's), MFLOP a target token. ``max_length``: the
+    workload's (:attr:`bench.translation_rows.Workload.max_length`)."""
     from bench.translation_engines import _options
     from serving.decoding.native_decoder import open_runner
     from serving.decoding.offline import translate_in_batches
@@ -67,7 +72,7 @@ def measure(repository: Path, model: str, texts: list[str], count: Any, beam: in
         tally["source_tokens"] += int(np.count_nonzero(feed[spec.encoder_inputs[0]] != pad))
         return run["encoder"](feed)
 
-    config = translator.beam_config(_options(beam))
+    config = translator.beam_config(_options(beam, max_length))
     ids = [i for k in range(0, len(texts), BATCH) for i in translator.source_ids(texts[k : k + BATCH])]
     found = translate_in_batches(encoder, decoder, spec, ids, config, BATCH)
     tokens = count(translator.codec.decode([h[0].tokens for h in found]))

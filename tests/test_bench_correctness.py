@@ -76,7 +76,7 @@ def test_a_consistent_run_of_several_passes_reads_as_one_pass():
 def test_the_paired_gateway_turn_counts_every_answer_it_was_served_once(monkeypatch):
     from bench import translation_paired
 
-    async def gateway_run(url, model, texts, beam, concurrency, rounds, served):
+    async def gateway_run(url, model, texts, beam, concurrency, rounds, served, max_length):
         served += ["un chat", "un chat noir", "deux", "deux"]  # text 0 answered two ways, 2 passes
         return ["<inconsistent across rounds: 'un chat' then 'un chat noir'>", "deux"], 2.0, [0.1] * 4
 
