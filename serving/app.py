@@ -24,10 +24,12 @@ from starlette.requests import ClientDisconnect
 
 from serving.errors import ServingError
 from serving.execution.base import Backend
+from serving.execution.cpus import usable_cpus
 from serving.handoff import balancer_for
 from serving.lifespan import LifespanFailed, Parts, start_parts
 from serving.metrics import CLIENT_LEFT, GatewayMetrics
 from serving.protocol import generate, health, lean, metrics, translate, v1, v2
+from serving.protocol.image_decodes import DecodeSlots
 from serving.protocol.json_offload import JsonOffload
 from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 from serving.protocol.responses import drop_framework_422, error_response
@@ -65,6 +67,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
     app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
     app.state.json_offload = JsonOffload(settings.json_offload_bytes)  # large v2 JSON bodies, off the loop
+    # friendly classify's image decodes, at most this many at once, requests taking turns
+    app.state.image_decodes = DecodeSlots(settings.image_decodes or usable_cpus())
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, generate.router, v1.router, metrics.router):

@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="decoded pixels per image (decompression bombs)"
     )
+    max_request_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="pixels the images of one friendly classify request may declare in all (413 past it, "
+        "read from their headers before any is decoded); unset: 16 times --max-image-pixels",
+    )
+    image_decodes: int | None = Field(
+        None,
+        ge=1,
+        description="friendly classify images one gateway process decodes at once, requests taking turns "
+        "(each holds ~5 bytes a pixel while it decodes); unset: the CPUs the process may use",
+    )
     max_top_k: int = Field(100, ge=1, description="largest top_k a friendly classify request may ask")
     shutdown_grace_s: float = Field(
         30.0,

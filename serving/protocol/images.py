@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,13 @@ SPACES = str.maketrans("", "", " \t\n\r\f")  # ASCII whitespace as WHATWG names 
 # Encoders write about 10 (libjpeg's default script: 6 grey, 10 colour); libjpeg-turbo's scan limit
 # (djpeg -maxscans, TJPARAM_SCANLIMIT) guards against the same exploit.
 MAX_JPEG_SCANS = 100
-SOS = b"\xff\xda"  # a JPEG's start-of-scan marker (0xFF inside scan data is written 0xFF 0x00)
+# The next marker from a position: fill 0xFF bytes, then a code that is not a stuffed 0x00 (a 0xFF byte
+# inside scan data) nor a restart marker RSTn (also inside scan data), as libjpeg's next_marker reads
+MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+SOS, EOI, TEM = 0xDA, 0xD9, 0x01  # start of scan, end of image, a marker without a length
+# Marker segments a JPEG past MAX_JPEG_SCANS start-of-scan bytes may have: a photo has a few dozen
+# (a 7 MB ICC profile ~110), and walking millions of 4-byte ones held a thread for seconds
+MAX_JPEG_SEGMENTS = 10_000
 
 
 def decode_base64(text: str, *, index: int) -> bytes:
@@ -49,16 +56,10 @@ def decode_base64(text: str, *, index: int) -> bytes:
 
 def decode_image(data: bytes, preprocessing: dict[str, Any], *, index: int, max_pixels: int) -> np.ndarray:
     """One encoded image -> array shaped for the model input (HWC or CHW, its channels, its size)."""
-    from PIL import Image, UnidentifiedImageError  # imported lazily: nothing heavy at import time
+    from PIL import UnidentifiedImageError  # imported lazily: nothing heavy at import time
 
-    # The max_pixels guard below (the header's size, before a pixel is decoded) replaces Pillow's own,
-    # which refused images over its 89 M pixels with a 400 before ours, whatever KILN_MAX_IMAGE_PIXELS said.
-    Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
+        image = _opened(data, index=index, max_pixels=max_pixels)
         if image.format in ("JPEG", "MPO"):
             _check_scans(data, index=index)
         image.load()
@@ -70,16 +71,75 @@ def decode_image(data: bytes, preprocessing: dict[str, Any], *, index: int, max_
     return to_model_array(image, preprocessing)
 
 
+def declared_pixels(blobs: list[bytes], *, max_pixels: int, budget: int) -> list[int]:
+    """Each image's pixel count, read from its header alone: a 413 for an image over ``max_pixels`` or
+    for images over ``budget`` in all (one request's decoding work and the arrays it holds until its
+    inference, before any pixel is decoded), a 400 for one no header of which is readable."""
+    from PIL import UnidentifiedImageError
+
+    pixels = []
+    for index, data in enumerate(blobs):
+        try:
+            width, height = _opened(data, index=index, max_pixels=max_pixels).size
+        except UnidentifiedImageError:
+            raise BadRequest(f"image {index}: not a decodable PNG/JPEG image") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadRequest(f"image {index}: corrupt or truncated image ({exc})") from None
+        pixels.append(width * height)
+    if sum(pixels) > budget:
+        raise PayloadTooLarge(
+            f"{len(blobs)} images declaring {sum(pixels)} pixels in all exceed the {budget} pixels one "
+            "request may decode (--max-request-pixels, or KILN_MAX_REQUEST_PIXELS)"
+        )
+    return pixels
+
+
+def _opened(data: bytes, *, index: int, max_pixels: int) -> Any:
+    """The image with its header read and no pixel decoded; a 413 where it declares over ``max_pixels``."""
+    from PIL import Image
+
+    # This guard (the header's size, before a pixel is decoded) replaces Pillow's own, which refused
+    # images over its 89 M pixels with a 400 before ours, whatever KILN_MAX_IMAGE_PIXELS said.
+    Image.MAX_IMAGE_PIXELS = None
+    image = Image.open(io.BytesIO(data), formats=FORMATS)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
+    return image
+
+
 def _check_scans(data: bytes, *, index: int) -> None:
-    """A 400 before decoding a JPEG of more than MAX_JPEG_SCANS scans. Its start-of-scan markers are
-    counted in all its bytes (an EXIF thumbnail's, an MPO's second image's too): a count at most too
-    high, by markers no decoder reads, where a legitimate file is far below the limit."""
-    scans = data.count(SOS)
+    """A 400 before decoding a JPEG of more than MAX_JPEG_SCANS scans (:func:`jpeg_scans`)."""
+    if data.count(b"\xff\xda") <= MAX_JPEG_SCANS:  # no more scans than start-of-scan bytes: no walk
+        return
+    scans = jpeg_scans(data, index=index)
     if scans > MAX_JPEG_SCANS:
         raise BadRequest(
             f"image {index}: a JPEG of {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
             "(each one passes over the whole image)"
         )
+
+
+def jpeg_scans(data: bytes, *, index: int) -> int:
+    """The scans of the image a decoder reads: its marker segments walked from SOI to EOI as libjpeg
+    walks them, each skipped by its length. Counting the start-of-scan bytes of the whole file counted
+    the binary data of segments no scan is in (an ICC profile, EXIF maker notes) and after EOI (a
+    Motion Photo's video, ~1 per 64 KB), and refused such photos as JPEGs of 100+ scans. A 400 past
+    MAX_JPEG_SEGMENTS segments: millions of 4-byte ones, a step each, held a thread for seconds."""
+    scans, segments, at = 0, 0, 2  # after SOI
+    while True:
+        found = MARKER.search(data, at)  # past a scan's entropy-coded data, its stuffed bytes and RSTn
+        if found is None or found[1][0] == EOI:
+            break
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise BadRequest(f"image {index}: a JPEG of more than {MAX_JPEG_SEGMENTS} marker segments")
+        at = found.end()
+        if found[1][0] == TEM:  # no length
+            continue
+        scans += found[1][0] == SOS
+        at += max(int.from_bytes(data[at : at + 2], "big"), 2)  # its length (a scan's data follows)
+    return scans
 
 
 def to_model_array(image: Any, preprocessing: dict[str, Any]) -> np.ndarray:

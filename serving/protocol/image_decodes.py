@@ -1,0 +1,111 @@
+"""Friendly classify's image decoding, a few images at a time per process and taken in turn by requests.
+
+A 65 KB PNG may declare 4096x4096 pixels: 0.24 s of CPU and ~90 MB to decode. Each request decoded
+its images on Starlette's thread pool, so up to 40 requests decoded at once (3.6 GB of such images)
+and a request of 64 of them held its thread 15 s. Here at most ``slots`` runs of images decode at
+once (the CPUs the process may use, ``--image-decodes``): a request takes one slot for a run of its
+images of at most RUN_PIXELS declared pixels (or one larger image) and queues again for the next, behind
+the runs of requests already waiting, so a small request waits for one run, not for a large request's
+every image. Its images' headers are read before any is decoded: over ``--max-request-pixels`` in all
+is a 413 (:func:`serving.protocol.images.declared_pixels`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from serving.protocol import images
+
+# The declared pixels of one request's run of images decoded under one slot: ~15 ms of PNG decoding,
+# so 64 thumbnails are one thread hop and a small request waits that long behind a run of large ones.
+RUN_PIXELS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int  # one image (--max-image-pixels)
+    budget: int  # one request's images in all (--max-request-pixels)
+
+
+class DecodeSlots:
+    """``slots`` slots, first come, first served: a released slot goes to the longest waiter, never to
+    a task asking again at once, so a request's next run queues behind the runs already waiting. Bound
+    to no event loop (an asyncio.Semaphore binds to the first that waits on it; an app may run under
+    several, as tests' clients run it)."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free and not self.waiting:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()  # no loop bound at construction
+        self.waiting.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot as it was cancelled: pass it on
+                self.release()
+            elif waiter in self.waiting:
+                self.waiting.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it, never counted free in between
+                return
+        self.free += 1
+
+
+async def decode_images(
+    slots: DecodeSlots, blobs: list[bytes], preprocessing: dict[str, Any], limits: ImageLimits
+) -> list[np.ndarray]:
+    """The request's images as model arrays, in order: a thread hop per run, each holding a slot (one
+    hop for a lone image, as before); the first hop reads every header before it decodes."""
+    arrays: list[np.ndarray] = []
+    ends: list[int] | None = None
+    while ends is None or len(arrays) < len(blobs):
+        await slots.acquire()
+        try:  # the hop is not abandoned when the request is: its thread decodes on until it returns
+            run, ends = await run_in_threadpool(_next_run, blobs, preprocessing, limits, ends, len(arrays))
+        finally:
+            slots.release()
+        arrays.extend(run)
+    return arrays
+
+
+def _next_run(
+    blobs: list[bytes], preprocessing: dict[str, Any], limits: ImageLimits, ends: list[int] | None, start: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """The run of images from ``start`` decoded, and where every run ends (planned from the headers on
+    the first call)."""
+    if ends is None:
+        pixels = images.declared_pixels(blobs, max_pixels=limits.max_pixels, budget=limits.budget)
+        ends = run_ends(pixels, RUN_PIXELS)
+    end = next((e for e in ends if e > start), start)
+    run = [
+        images.decode_image(blobs[i], preprocessing, index=i, max_pixels=limits.max_pixels)
+        for i in range(start, end)
+    ]
+    return run, ends
+
+
+def run_ends(pixels: list[int], run_pixels: int) -> list[int]:
+    """Where each run of consecutive images ends: at most ``run_pixels`` in a run, or one image alone."""
+    ends, total = [], 0
+    for i, count in enumerate(pixels):
+        if total and total + count > run_pixels:
+            ends.append(i)
+            total = 0
+        total += count
+    return [*ends, len(pixels)]
