@@ -184,9 +184,9 @@ class TritonBackend(TritonModels):
             ready = bool(await self._call("is_model_ready", name, version))
         except (Unavailable, DeadlineExceeded):
             return False
-        if ready and name not in self._models:  # loaded since the list was fetched
-            with contextlib.suppress(ServingError):  # the next request asks again; the answer stands
-                await self._sync(force=not self._synced)
+        if ready and name not in self._models:  # loaded since the list was fetched: fetched now, as
+            with contextlib.suppress(ServingError):  # its requests follow (they ask again; this stands)
+                await self._sync(force=not self._synced, now=True)
         elif not ready and self._synced and not self._listed(name):
             with contextlib.suppress(ServingError):  # listed since the list was fetched?
                 await self._sync()

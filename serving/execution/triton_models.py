@@ -54,16 +54,17 @@ class TritonModels(TritonConnection):
         self._refresh: asyncio.Task | None = None
         self._running = False  # between start and stop: only then may a watcher run
 
-    async def _sync(self, *, force: bool = False) -> None:
+    async def _sync(self, *, force: bool = False, now: bool = False) -> None:
         """Fetch the ready models' metadata and configs. Forced (at start, after a lost link): every
         model's, unless a sync finished while this one waited for the lock (a lost link wakes the
-        watcher, probes and requests at once). Else at most once per ``resync_interval_s``, and only for
-        the models whose ready versions changed in Triton's index (one call when none did)."""
+        watcher, probes and requests at once). Else at most once per ``resync_interval_s`` (``now``: at
+        once, Triton having said a model the list lacks is ready), and only for the models whose ready
+        versions changed in Triton's index (one call when none did)."""
         asked = time.monotonic()
         async with self._sync_lock:
-            if force and self._synced and self._last_sync >= asked:
+            if (force or now) and self._synced and self._last_sync >= asked:
                 return
-            if not force and time.monotonic() - self._last_sync < self.resync_interval_s:
+            if not (force or now) and time.monotonic() - self._last_sync < self.resync_interval_s:
                 return
             self._last_sync = time.monotonic()
             ready, unready = await self._index()
@@ -173,9 +174,15 @@ class TritonModels(TritonConnection):
                 log.debug("Triton still unreachable: %s", error.message)
 
     async def _ensure_known(self, name: str) -> None:
-        """Refresh the model list when a name is unknown (Triton may have come back or changed)."""
-        if name not in self._models:
-            await self._sync(force=not self._synced)
+        """Refresh the model list when a name is unknown (Triton may have come back or changed): at once
+        when Triton answers that model ready (a client that just loaded it got a 404 naming it "not
+        loaded" until the next index check, up to ``resync_interval_s`` later)."""
+        if name in self._models:
+            return
+        if not self._synced:
+            await self._sync(force=True)
+        else:
+            await self._sync(now=bool(await self._call("is_model_ready", name)))
 
 
 def _quiet(task: asyncio.Task) -> None:
