@@ -327,19 +327,19 @@ class _Repository:
         return SimpleNamespace(inputs=tensors("x"), outputs=tensors("y"))
 
 
-def first_refusal(call) -> ServingError:  # noqa: ANN001
-    """The error ``call()`` ends with once it stops being answered (it is retried until then)."""
+def refusals_until(call, last) -> list[ServingError]:  # noqa: ANN001
+    """The errors ``call()`` ends with, retried until one is ``last(error)`` (answers are retried too)."""
     refusals: list[ServingError] = []
 
-    def refused() -> bool:
+    def done() -> bool:
         try:
             call()
         except ServingError as error:
             refusals.append(error)
-        return bool(refusals)
+        return bool(refusals) and last(refusals[-1])
 
-    assert eventually(refused)
-    return refusals[0]
+    assert eventually(done), [r.message for r in refusals]
+    return refusals
 
 
 @needs_triton
@@ -363,9 +363,14 @@ def test_a_triton_draining_after_sigterm_is_a_503_not_a_404_for_the_models_it_un
             )
             assert eventually(marker.exists)  # in flight: Triton waits for it before it exits
             server.process.send_signal(signal.SIGTERM)
-            refusal = first_refusal(lambda: doubled(loop, backend, "double"))
-            assert isinstance(refusal, Unavailable) and refusal.retry_after == 1.0, refusal.message
-            assert "no available versions" in refusal.message
+            # until its model is unloaded, Triton may refuse with its scheduler stopping (UNAVAILABLE);
+            # then NOT_FOUND, "no available versions": every refusal a 503 asking to retry
+            refusals = refusals_until(
+                lambda: doubled(loop, backend, "double"), lambda e: "no available versions" in e.message
+            )
+            assert all(isinstance(r, Unavailable) and r.retry_after == 1.0 for r in refusals), [
+                r.message for r in refusals
+            ]
             with pytest.raises(Unavailable, match="not ready"):
                 run({"x": X})
             release.touch()  # the request in flight ends now, and Triton with it
