@@ -102,8 +102,10 @@ class Recorder:
         self.seconds: list[float] = []
         self.releases: list[tuple[str, str]] = []  # each idle release: (model, kind)
 
-    def observe_decode_step(self, model: str, rows: int, requests: int, seconds: float) -> None:
-        self.steps.append((rows, requests))
+    def observe_decode_step(
+        self, model: str, rows: int, requests: int, seconds: float, steps: int = 1
+    ) -> None:
+        self.steps.extend([(rows, requests)] * steps)
         self.models.add(model)
 
     def observe_release(self, model: str, kind: str) -> None:

@@ -376,8 +376,7 @@ class DecodingScheduler:
         self._steps, self._left = self._steps + ran, len(finished)
         if self.observer is not None:
             seconds = (time.monotonic() - started) / ran
-            for _ in range(ran):
-                self.observer.observe_decode_step(self.model, rows, requests, seconds)
+            self.observer.observe_decode_step(self.model, rows, requests, seconds, ran)
         answers: list[tuple[Job, Any, str]] = []
         for done in finished:
             job, index = done.key
