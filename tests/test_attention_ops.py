@@ -65,6 +65,15 @@ def _bias(mask: np.ndarray) -> np.ndarray:
     return mask_bias(torch.from_numpy(mask), torch.float32).numpy()
 
 
+def past_mask(rng: np.random.Generator, rows: int, past: int) -> np.ndarray:
+    """bool [rows, past] (True = may attend), ~70 % true; with more than one row and a past, row 0 all
+    masked (a row whose whole past is masked attends only its new entry)."""
+    mask = rng.random((rows, past)) > 0.3
+    if rows > 1 and past:
+        mask[0] = False
+    return mask
+
+
 def _self_feeds(
     rng: np.random.Generator, heads: int, head_dim: int, mask: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -84,9 +93,7 @@ def _self_feeds(
 def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 100 + past)
     width = heads * head_dim
-    mask = rng.random((rows, past)) > 0.3
-    if rows > 1 and past:
-        mask[0] = False  # a row whose whole past is masked attends only its new entry
+    mask = past_mask(rng, rows, past)
     feeds = _self_feeds(rng, heads, head_dim, mask)
     session = _session("StepSelfAttention", {k: list(v.shape) for k, v in feeds.items()})
     got = session.run(None, feeds)[0]

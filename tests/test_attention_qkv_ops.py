@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto
 
 from serving.decoding import native
-from tests.test_attention_ops import _bias, _indexed_session, _session
+from tests.test_attention_ops import _bias, _indexed_session, _session, past_mask
 from training.models.attention import FusedStepAttentionQKV, step_attention_qkv
 
 pytestmark = pytest.mark.skipif(
@@ -40,9 +40,7 @@ def _qkv_session(shapes: dict[str, list[int]]):
 def test_step_attention_qkv_is_the_bias_operator_over_the_same_rows(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 31 + past)
     width = heads * head_dim
-    mask = rng.random((rows, past)) > 0.3
-    if rows > 1 and past:
-        mask[0] = False  # a row whose whole past is masked attends only its new entry
+    mask = past_mask(rng, rows, past)
     qkv = rng.standard_normal((rows, 3 * width), dtype=np.float32)
     past_k, past_v = (rng.standard_normal((rows, heads, past, head_dim), dtype=np.float32) for _ in range(2))
     feeds = {"qkv": qkv, "past_k": past_k, "past_v": past_v, "cache_mask": mask}
