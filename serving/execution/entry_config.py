@@ -57,7 +57,21 @@ def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
             problems += _tensor_problems(kind, tensor, batching)
     if config.HasField("dynamic_batching"):
         problems += batching_problems(config.dynamic_batching, batching)
-    return problems
+    return problems + _ensemble_problems(config)
+
+
+ENSEMBLE = "ensemble"
+
+
+def _ensemble_problems(config: model_config_pb2.ModelConfig) -> list[str]:
+    """Triton's rule that ``ensemble_scheduling`` and ``platform: "ensemble"`` go together: an
+    onnxruntime entry given steps by hand loaded READY and ran its own graph, the steps ignored."""
+    steps = config.HasField("ensemble_scheduling")
+    if steps and config.platform != ENSEMBLE:
+        return [f"ensemble_scheduling cannot be set on a model whose platform is not {ENSEMBLE!r}"]
+    if config.platform == ENSEMBLE and not steps:
+        return [f"platform {ENSEMBLE!r} must have an ensemble_scheduling block"]
+    return []
 
 
 def _tensor_problems(kind: str, tensor: Any, max_batch_size: int) -> list[str]:

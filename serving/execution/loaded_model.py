@@ -184,7 +184,8 @@ class LoadedModel:
 def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     """The fields of ``config`` that Triton honours and this backend would otherwise ignore without a
     word: a sequence batcher (stateful models), ONNX Runtime's graph level and
-    execution accelerators (TensorRT, OpenVINO), and the onnxruntime backend's session parameters.
+    execution accelerators (TensorRT, OpenVINO), the onnxruntime backend's session parameters, and
+    inputs declared ``optional`` (a request here must send every input).
     An ``exported`` entry's TensorRT accelerator is Kiln's own, written for Triton (docs/kiln-json.md),
     so it is not named at every GPU start."""
     fields = []
@@ -201,6 +202,9 @@ def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     ignored = sorted(key for key in config.parameters if key in ORT_BACKEND_PARAMETERS)
     if ignored:
         fields.append(f"parameters {ignored}")
+    optional = [tensor.name for tensor in config.input if tensor.optional]
+    if optional:  # loaded without a word, every request leaving one out was a 400 "missing"
+        fields.append(f"input optional {optional} (every request must send them)")
     return fields
 
 
