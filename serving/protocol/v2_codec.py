@@ -160,7 +160,12 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
         size = stated_size(stated)  # None: not digits
         if size is None:
             raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}")
-        if size == 0 or size > len(body):
+        if size == 0:  # Triton serves it; "is 0 but the body has N bytes" read as a miscounted header
+            raise BadRequest(
+                f"{HEADER_LENGTH} 0 is Triton's raw binary request (the whole body one input's data), "
+                "which the gateway does not serve: send a JSON header giving each input's binary_data_size"
+            )
+        if size > len(body):
             shown = stated if len(stated) <= 40 else f"{stated[:40]}... ({len(stated)} digits)"
             raise BadRequest(f"{HEADER_LENGTH} is {shown} but the body has {len(body)} bytes")
     header = parse_json(body[:size] if size < len(body) else body, "infer request header")
