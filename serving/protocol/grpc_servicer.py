@@ -23,7 +23,7 @@ from serving.execution.model_versions import parse_grpc_version
 from serving.metrics import COUNTED, GatewayMetrics, observed_infer
 from serving.protocol import grpc_codec
 from serving.protocol.h2_wire import bounded_message
-from serving.protocol.repository_index import loaded_metadata, repository_index
+from serving.protocol.repository_index import known_metadata, loaded_metadata, repository_index
 from serving.protocol.statistics import model_statistics
 from serving.protocol.v2_codec import (
     EXTENSIONS,
@@ -275,7 +275,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         unknown model or version is NOT_FOUND before its tensors are decoded, as HTTP answers 404 (it
         was a tensor's INVALID_ARGUMENT, after decoding up to 64 MiB for nothing)."""
         version = parse_grpc_version(request.model_version)
-        self.backend.metadata(request.model_name, version)  # unknown: NOT_FOUND, no metric label
+        await known_metadata(self.backend, request.model_name, version)  # unknown: NOT_FOUND, no label
         given = grpc_codec.request_parameters(request.parameters)
         parameters = model_parameters(given)
         outputs, classification = grpc_codec.requested_outputs(request)

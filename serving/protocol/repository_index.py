@@ -74,12 +74,29 @@ def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
     return entry
 
 
+async def known_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:
+    """``backend.metadata``, asking the backend once whether a model its list lacks is ready: the
+    ``triton`` backend fetches a model Triton loaded since it read the index (its ``model_ready``), so
+    the request that follows a client's load is served. Every route read the list alone and answered
+    404 "not loaded" until the next index check. Its 404 stands where the answer is no (or none)."""
+    try:
+        return backend.metadata(name, version)
+    except ModelNotFound as missing:
+        try:
+            ready = await backend.model_ready(name, version)
+        except ServingError:
+            ready = False
+        if not ready:
+            raise missing from None
+    return backend.metadata(name, version)
+
+
 async def loaded_metadata(backend: Backend, name: str, version: str = "") -> ModelMetadata:
     """``backend.metadata``, refused as Triton refuses the metadata and config of a model whose load
     failed (a 200 described a model no request can reach): without a version, 404 when no version
     of it loaded ("has no available versions"); for a version that did not load, 503. A version's
     metadata lists that version alone, as Triton's does (not every version of the model)."""
-    meta = backend.metadata(name, version)  # an unknown model or version: its 404
+    meta = await known_metadata(backend, name, version)  # an unknown model or version: its 404
     shown = replace(meta, versions=[version]) if version else meta
     error = backend.load_error(name)
     if not error:

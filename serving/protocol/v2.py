@@ -14,7 +14,7 @@ from serving.execution.model_versions import parse_version
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
-from serving.protocol.repository_index import loaded_metadata, repository_index
+from serving.protocol.repository_index import known_metadata, loaded_metadata, repository_index
 from serving.protocol.responses import (
     OVERLOAD,
     VERSION_PARAMETER,
@@ -227,7 +227,7 @@ async def infer(
     settings: SettingsDep,
     version: VersionDep,
 ) -> Response:
-    backend.metadata(name, version)  # unknown model -> 404 before any work or metric label
+    await known_metadata(backend, name, version)  # unknown model -> 404 before any work or metric label
     body = await request_body(request, settings.max_body_bytes)  # gzip/deflate inflated, held in the budget
     parsed = await request.app.state.json_offload.parse_infer(
         body, request.headers.get(HEADER_LENGTH), name, version
