@@ -18,7 +18,7 @@ from training.data.images import ImageDataset, normalize
 from training.data.loader import eval_batches, stream_seed, train_batches
 from training.divergence import TrainingDiverged, divergence, divergence_advice
 from training.mixed_precision import optimizer_step
-from training.runtime import all_sum, mean_over_ranks, show_progress
+from training.runtime import all_sum, check_all_trained, mean_over_ranks, show_progress
 
 DROPOUT_SEED_OFFSET = 0x5EED_D20F  # keeps the dropout stream apart from the augmenter's
 AUX_LOSS_WEIGHT = 0.3  # of each auxiliary classifier's loss, as in the GoogLeNet paper
@@ -55,6 +55,8 @@ def train_epoch(run: Run, epoch: int) -> tuple[float, float]:
             logits, losses = example_losses(run.model(x), labels, cfg.label_smoothing)  # (B, classes), (B,)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(losses.mean()).backward()
+        if step == 1:
+            check_all_trained(run.module, d)
         stepped = optimizer_step(
             run.scaler, run.optimizer, run.scheduler, run.model.parameters(), cfg.clip_grad_norm
         )

@@ -237,6 +237,27 @@ def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
     return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device], process_group=group)
 
 
+def check_all_trained(module: nn.Module, d: Dist) -> None:
+    """Under torchrun, after a step's backward: refuse a model with trainable parameters its training
+    loss did not use, naming them. One process trains such a model (those parameters just keep their
+    values), but DistributedDataParallel waits for every parameter's gradient: the next step stopped
+    every rank with torch's "Expected to have finished reduction in the prior iteration" traceback,
+    whose advice (``find_unused_parameters=True``) no flag of the trainers reaches. No collective: where
+    a forward's use of a parameter depends on its data, a rank that used it all may be waiting in DDP's
+    reduction of it already."""
+    if d.world_size == 1:
+        return
+    unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    if unused:
+        shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        raise ValueError(
+            f"the model's parameter(s) {shown} get no gradient from the training loss (its training "
+            "forward does not use them): under torchrun, DistributedDataParallel needs every trainable "
+            "parameter used in each step; remove them, freeze them (requires_grad_(False)), or train "
+            "in one process"
+        )
+
+
 def weights_hash(module: nn.Module) -> str:
     """sha256 over every parameter, in name order: equal across ranks iff DDP kept them in sync."""
     digest = hashlib.sha256()

@@ -94,7 +94,24 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a metrics file. A last line with no newline that is not JSON is a record whose
+    append failed part-way (a full disk, a killed process): left out with a warning, so ``--resume``
+    goes on (it rewrites the file with the records it keeps). Any other line that is not a record is
+    an error naming the file and the line: it was the JSON parser's bare "Expecting ',' delimiter"."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            if number == len(lines):  # after the last newline: a record written in part
+                log.warning("%s: its last line is a record cut short, left out: %r", path, line[:80])
+                continue
+            raise ValueError(f"{path}: line {number} is not a JSON record ({exc})") from exc
+    return records
 
 
 def plot_curves(records: list[dict[str, Any]], png_path: str | os.PathLike, title: str = "") -> Path | None:

@@ -96,6 +96,23 @@ def bucket_batches(
     return batches
 
 
+def too_few_batches(pairs: int, batches: int, world_size: int, batch_size: int | None) -> str:
+    """Why ``pairs`` training pairs cannot train on ``world_size`` processes, and the flags that fix it:
+    each process steps on batches of its own, and the split made only ``batches`` (it was "1 batches
+    cannot feed 2 processes", naming neither the data nor a flag)."""
+    fixes = ["more data"]
+    if pairs >= world_size:  # batches of pairs // world_size make at least world_size of them
+        fixes.insert(
+            0, f"--batch-size {pairs // world_size} or less" if batch_size else "a smaller --batch-tokens"
+        )
+    if batches:
+        fixes.append(f"fewer processes (torchrun --nproc_per_node {batches})")
+    return (
+        f"the {pairs} training sentence pair(s) make {batches} batch(es), fewer than the {world_size} "
+        f"processes, each of which trains on batches of its own: use {', or '.join(fixes)}"
+    )
+
+
 class BucketedBatches:
     """Re-iterable: each pass yields every example once, in shuffled length buckets.
 
@@ -119,7 +136,7 @@ class BucketedBatches:
         self.examples = examples
         self.batches = bucket_batches(examples, batch_tokens=batch_tokens, batch_size=batch_size, seed=seed)
         if len(self.batches) < world_size:
-            raise ValueError(f"{len(self.batches)} batches cannot feed {world_size} processes")
+            raise ValueError(too_few_batches(len(examples), len(self.batches), world_size, batch_size))
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 
