@@ -237,6 +237,13 @@ def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
     return DDP(module, device_ids=None if d.device.type == "cpu" else [d.device], process_group=group)
 
 
+class UnusedParameters(ValueError):
+    """Trainable parameters a step's loss left without a gradient (``check_all_trained``). Every rank
+    that finds them prints its line, not rank 0 alone: where a forward's use of a parameter depends on
+    its batch, rank 0 may have used them all and be held in DDP's reduction, and the one rank that
+    refused was silent (torchrun's exit code 2 and rank 0's "Connection closed by peer" were all)."""
+
+
 def check_all_trained(module: nn.Module, d: Dist) -> None:
     """Under torchrun, after a step's backward: refuse a model with trainable parameters its training
     loss did not use, naming them. One process trains such a model (those parameters just keep their
@@ -250,7 +257,7 @@ def check_all_trained(module: nn.Module, d: Dist) -> None:
     unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
     if unused:
         shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
-        raise ValueError(
+        raise UnusedParameters(
             f"the model's parameter(s) {shown} get no gradient from the training loss (its training "
             "forward does not use them): under torchrun, DistributedDataParallel needs every trainable "
             "parameter used in each step; remove them, freeze them (requires_grad_(False)), or train "

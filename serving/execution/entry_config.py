@@ -65,12 +65,16 @@ ENSEMBLE = "ensemble"
 
 def _ensemble_problems(config: model_config_pb2.ModelConfig) -> list[str]:
     """Triton's rule that ``ensemble_scheduling`` and ``platform: "ensemble"`` go together: an
-    onnxruntime entry given steps by hand loaded READY and ran its own graph, the steps ignored."""
+    onnxruntime entry given steps by hand loaded READY and ran its own graph, the steps ignored. An
+    ensemble's block must hold a step too, as Triton's "must specify 'step' for ensemble" says (an empty
+    ``ensemble_scheduling {}`` loaded without a word here)."""
     steps = config.HasField("ensemble_scheduling")
     if steps and config.platform != ENSEMBLE:
         return [f"ensemble_scheduling cannot be set on a model whose platform is not {ENSEMBLE!r}"]
     if config.platform == ENSEMBLE and not steps:
         return [f"platform {ENSEMBLE!r} must have an ensemble_scheduling block"]
+    if config.platform == ENSEMBLE and not config.ensemble_scheduling.step:
+        return ["ensemble_scheduling must have at least one step"]
     return []
 
 
