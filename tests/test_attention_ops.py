@@ -86,10 +86,11 @@ def _self_feeds(
     return {"q": q, "past_k": past_k, "past_v": past_v, "new_k": new_k, "new_v": new_v, "bias": _bias(mask)}
 
 
-@pytest.mark.parametrize(
-    ("rows", "heads", "head_dim", "past"),
-    [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1), (6, 4, 32, 7), (4, 4, 32, 16)],
-)
+# (rows, heads, head_dim, past): the first step, masked pasts, a head size off the 8 lanes, one head
+STEP_CASES = [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1), (6, 4, 32, 7), (4, 4, 32, 16)]
+
+
+@pytest.mark.parametrize(("rows", "heads", "head_dim", "past"), STEP_CASES)
 def test_step_self_attention_matches_the_pytorch_step(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 100 + past)
     width = heads * head_dim

@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto
 
 from serving.decoding import native
-from tests.test_attention_ops import _bias, _indexed_session, _session, past_mask
+from tests.test_attention_ops import STEP_CASES, _bias, _indexed_session, _session, past_mask
 from training.models.attention import FusedStepAttentionQKV, step_attention_qkv
 
 pytestmark = pytest.mark.skipif(
@@ -33,10 +33,7 @@ def _qkv_session(shapes: dict[str, list[int]]):
     return _session("StepAttentionQKV", shapes, outputs=("out", "new_k", "new_v"), types={"cache_mask": BOOL})
 
 
-@pytest.mark.parametrize(
-    ("rows", "heads", "head_dim", "past"),
-    [(1, 2, 8, 0), (5, 2, 8, 3), (7, 4, 6, 9), (3, 1, 20, 1), (6, 4, 32, 7), (9, 4, 32, 16)],
-)
+@pytest.mark.parametrize(("rows", "heads", "head_dim", "past"), [*STEP_CASES, (9, 4, 32, 16)])
 def test_step_attention_qkv_is_the_bias_operator_over_the_same_rows(rows, heads, head_dim, past):
     rng = np.random.default_rng(rows * 31 + past)
     width = heads * head_dim
