@@ -415,23 +415,31 @@ def test_the_indexed_attention_exports_as_the_operator_and_runs_as_pytorch_compu
         "bias": np.zeros((3, 1, 1, 6), dtype=np.float32),
         "row_place": np.array([2, 2, 0, 1, 1], dtype=np.int64),
     }
-    path = tmp_path / "indexed.onnx"
-    # the TorchScript exporter (the one that runs ``symbolic`` hooks) warns that it is the legacy one,
-    # as export/onnx_export.py's call of it does, which silences it the same way
+    session, ops = exported_session(Attend(), feeds, ("out",), tmp_path / "indexed.onnx")
+    assert ops == ["IndexedCrossAttention"]
+    want = indexed_attention(*map(torch.from_numpy, feeds.values())).numpy()
+    np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=0, atol=2e-6)
+
+
+def exported_session(
+    module: torch.nn.Module, feeds: dict[str, np.ndarray], outputs: tuple[str, ...], path: Path
+):
+    """``module`` exported by TorchScript's exporter (the one that runs ``symbolic`` hooks) over
+    ``feeds`` to ``path``, a session of it with the operators registered, and its graph's op types.
+    The exporter warns that it is the legacy one, as export/onnx_export.py's call of it does, which
+    silences it the same way."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Attend(),
+            module,
             tuple(map(torch.from_numpy, feeds.values())),
             str(path),
             input_names=list(feeds),
-            output_names=["out"],
+            output_names=list(outputs),
             custom_opsets={"kiln.ai": 1},
             dynamo=False,
         )
     options = ort.SessionOptions()
     assert native.register_kernels(options)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["IndexedCrossAttention"]
-    want = indexed_attention(*map(torch.from_numpy, feeds.values())).numpy()
-    np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=0, atol=2e-6)
+    return session, [n.op_type for n in onnx.load(str(path)).graph.node]

@@ -9,17 +9,20 @@ no Where, Unsqueeze or Reshape left, answering as the PyTorch step does.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto
 
 from serving.decoding import native
-from tests.test_attention_ops import STEP_CASES, _bias, _indexed_session, _session, past_mask
+from tests.test_attention_ops import (
+    STEP_CASES,
+    _bias,
+    _indexed_session,
+    _session,
+    exported_session,
+    past_mask,
+)
 from training.models.attention import FusedStepAttentionQKV, step_attention_qkv
 
 pytestmark = pytest.mark.skipif(
@@ -129,22 +132,9 @@ def test_the_qkv_attention_exports_as_one_node_with_three_outputs(tmp_path):
         "past_v": rng.standard_normal((4, 2, 5, 32), dtype=np.float32),
         "cache_mask": rng.random((4, 5)) > 0.4,
     }
-    path = tmp_path / "qkv.onnx"
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Attend(),
-            tuple(map(torch.from_numpy, feeds.values())),
-            str(path),
-            input_names=list(feeds),
-            output_names=["out", "new_k", "new_v"],
-            custom_opsets={"kiln.ai": 1},
-            dynamo=False,
-        )
-    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["StepAttentionQKV"]
-    options = ort.SessionOptions()
-    assert native.register_kernels(options)
-    got = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    session, ops = exported_session(Attend(), feeds, ("out", "new_k", "new_v"), tmp_path / "qkv.onnx")
+    assert ops == ["StepAttentionQKV"]
+    got = session.run(None, feeds)
     want = step_attention_qkv(*map(torch.from_numpy, feeds.values()))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=0, atol=2e-6)
