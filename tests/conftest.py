@@ -76,3 +76,14 @@ def exported_translator_models(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         return root, errors
 
     return built_once(shared_directory(tmp_path_factory), "translators", build)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator:
+    """An event loop in a thread of its own for a module's tests (tests.test_grpc.LoopThread): a test
+    file with its own ``loop`` fixture uses that one."""
+    from tests.test_grpc import LoopThread
+
+    thread = LoopThread()
+    yield thread
+    thread.close()

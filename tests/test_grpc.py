@@ -184,13 +184,6 @@ def test_the_start_up_line_names_the_grpc_experiments_set(loop, monkeypatch, cap
         loop.run(handle.stop(0.5))
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
 @pytest.fixture(scope="module", params=["kiln", "grpcio"])
 def fake_server(loop: LoopThread, request: pytest.FixtureRequest) -> Iterator[tuple[FakeBackend, GrpcHandle]]:
     """Each test of the servicer runs against both servers: Kiln's own HTTP/2 one and grpcio's."""

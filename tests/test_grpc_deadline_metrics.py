@@ -6,7 +6,6 @@ cancelled it at the deadline and it was counted 499 (a client gone), grpcio's by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import hpack
 import numpy as np
@@ -37,13 +36,6 @@ class BoundedBackend(FakeBackend):
         except TimeoutError:
             raise DeadlineExceeded(f"model 'double': request timed out after {limit:g} s") from None
         raise AssertionError("unreachable: nothing sets the event")
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 def _failures(metrics: GatewayMetrics, model: str) -> dict[str, float]:

@@ -142,13 +142,6 @@ class BlockingBackend(FakeBackend):
         return await super().infer(request)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
 @pytest.fixture
 def server(loop: LoopThread) -> Iterator[GrpcHandle]:
     handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, max_message_bytes=16 << 20))

@@ -273,13 +273,6 @@ def test_answers_a_client_grants_window_for_slowly_are_never_cut(h2: Harness) ->
 # --- once the request has arrived: the call is held to its deadline until its answer has left ---
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
 @pytest.mark.parametrize("server", ["kiln", "grpcio"])
 def test_a_call_whose_deadline_passes_while_it_runs_ends_deadline_exceeded_and_its_work_is_cancelled(
     loop: LoopThread, server: str

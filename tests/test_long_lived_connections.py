@@ -23,7 +23,7 @@ from serving.protocol import h2_wire as w
 from serving.protocol.grpc_server import start_grpc_server
 from serving.protocol.http1 import http_protocol
 from tests.h2_client import doubling_request, parse_frames
-from tests.test_grpc import FakeBackend, LoopThread
+from tests.test_grpc import FakeBackend
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
 
@@ -35,13 +35,6 @@ KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 class FrameRelay:

@@ -17,9 +17,9 @@ import tritonclient.http as httpclient
 from serving.app import create_app
 from serving.execution.triton import TritonBackend
 from serving.settings import Settings
-from serving.triton import TritonServer, find_triton
+from serving.triton import TritonServer
 from tests.repo_fixtures import LiveServer, held_grpc_port
-from tests.test_triton_backend_faults import DOUBLE, ExplicitTriton, repository
+from tests.test_triton_backend_faults import DOUBLE, explicit_triton
 
 pytestmark = pytest.mark.triton
 LATER = ("over_http", "over_grpc", "described")  # models Triton does not load at start, one a test
@@ -28,10 +28,7 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1
 
 @pytest.fixture(scope="module")
 def explicit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
-    root = repository(tmp_path_factory.mktemp("routes") / "repo", dict.fromkeys(("double", *LATER), DOUBLE))
-    with ExplicitTriton(root, tmp_path_factory.mktemp("routes-triton")) as server:
+    with explicit_triton(tmp_path_factory, "routes", dict.fromkeys(("double", *LATER), DOUBLE)) as server:
         yield server
 
 

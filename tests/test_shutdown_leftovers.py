@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from serving.protocol.grpc_server import start_grpc_server
 from tests.h2_client import RawClient, call_headers, doubling_request, grpc_message
 from tests.repo_fixtures import build_classifier_repository
 from tests.test_gateway_lifecycle import _finish, _gateway, _request_in_flight
-from tests.test_grpc import FakeBackend, LoopThread
+from tests.test_grpc import FakeBackend
 from tests.waiting import eventually
 
 CUT_HTTP_TASK = "Cancel 1 running task(s)"  # uvicorn's line when the grace cuts a request
@@ -193,13 +192,6 @@ def test_a_drain_that_ends_within_its_grace_still_ends_by_sigterm(repository, tm
         assert _finish(conn) == b"HTTP/1.1 200 OK"
         assert proc.wait(timeout=30) == -signal.SIGTERM, log.read_text()
     assert "work cut" not in log.read_text()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.mark.parametrize("server", ["kiln", "grpcio"])

@@ -5,6 +5,7 @@ Triton killed and restarted on the same port with other models, and one draining
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -100,20 +101,23 @@ class TritonOnAHeldPort(TritonServer):
         return [*super().command(*args), "--reuse-grpc-port=true"]
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
+@contextlib.contextmanager
+def explicit_triton(
+    tmp_path_factory: pytest.TempPathFactory, name: str, models: dict[str, str]
+) -> Iterator[TritonServer]:
+    """A Triton in explicit model-control mode over a repository of ``models`` (skipped where the
+    tritonserver binary is not installed)."""
+    if find_triton() is None:
+        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
+    root = repository(tmp_path_factory.mktemp(name) / "repo", models)
+    with ExplicitTriton(root, tmp_path_factory.mktemp(f"{name}-triton")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def explicit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
     models = {"double": DOUBLE, "idle": DOUBLE, "later": DOUBLE, "broken": BROKEN}
-    root = repository(tmp_path_factory.mktemp("explicit") / "repo", models)
-    with ExplicitTriton(root, tmp_path_factory.mktemp("explicit-triton")) as server:
+    with explicit_triton(tmp_path_factory, "explicit", models) as server:
         yield server
 
 

@@ -10,27 +10,17 @@ import pytest
 import tritonclient.http as httpclient
 
 from serving.execution.triton import TritonBackend
-from serving.triton import TritonServer, find_triton
+from serving.triton import TritonServer
 from tests.test_grpc import LoopThread
-from tests.test_triton_backend_faults import DOUBLE, ExplicitTriton, doubled, repository
+from tests.test_triton_backend_faults import DOUBLE, doubled, explicit_triton
 
 pytestmark = pytest.mark.triton
 LATER = ("asked_ready", "asked_straight")  # models Triton does not load at start, one a test
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
 def explicit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if find_triton() is None:
-        pytest.skip("the tritonserver binary from nvidia-pytriton is not installed")
-    root = repository(tmp_path_factory.mktemp("loaded") / "repo", dict.fromkeys(("double", *LATER), DOUBLE))
-    with ExplicitTriton(root, tmp_path_factory.mktemp("loaded-triton")) as server:
+    with explicit_triton(tmp_path_factory, "loaded", dict.fromkeys(("double", *LATER), DOUBLE)) as server:
         yield server
 
 
