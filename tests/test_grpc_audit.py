@@ -21,7 +21,7 @@ from tests.h2_client import (
     grpc_message,
     stream_parts,
 )
-from tests.test_grpc import FakeBackend, fake_server, loop  # noqa: F401 - the servicer's module fixtures, both servers
+from tests.test_grpc import FakeBackend, fake_server  # noqa: F401 - the servicer's module fixture, both servers (loop: conftest)
 
 
 def _stub_call(port: int, method: str, request: object) -> grpc.RpcError:
