@@ -1,8 +1,9 @@
 """Readers for the image formats Kiln trains on, each returning uint8 ``[N, C, H, W]`` at native size.
 
 Readers only parse files; resizing, channel conversion and splitting live in ``images.py`` so every
-format goes through the same pipeline. Nothing here downloads anything: the default dataset
-(scikit-learn's bundled handwritten digits) ships inside the scikit-learn wheel.
+format goes through the same pipeline (CIFAR-10's two layouts are read in ``cifar.py``). Nothing here
+downloads anything: the default dataset (scikit-learn's bundled handwritten digits) ships inside the
+scikit-learn wheel.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import pickle
-import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import torch
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension (N,)
+GZIP_MAGIC = b"\x1f\x8b"
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow modes
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = [
@@ -96,7 +98,7 @@ def read_folder(
 def list_folder(path: str | None, *, channels: int | None = None) -> FolderFiles:
     """A folder's class sub-folders and image files, checked, and its channels (None: 3 if any image is
     in colour, from the headers alone): everything a split needs before an image is decoded."""
-    root = _existing_dir(path, "folder")
+    root = existing_dir(path, "folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder of images per class)")
@@ -125,7 +127,7 @@ def decode_folder(
     """uint8 ``[N, C, H, W]``: the listed files at ``positions`` (ascending; None: all of them),
     decoded at ``size``, after ``check_fits`` has counted only those: a ``--limit-train`` pays for the
     images it keeps, not the whole folder."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root, channels = listing.root, listing.channels
     picked = range(len(listing.files)) if positions is None else positions.tolist()
@@ -144,8 +146,8 @@ def decode_folder(
                 if size is not None and img.size != (size, size):
                     img = img.resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"{file}: not a readable image ({exc})") from exc
+        except UNREADABLE as exc:
+            raise unreadable(file, exc) from exc
         if out is not None:
             out[i] = array.transpose(2, 0, 1)  # (C, H, W)
         else:
@@ -211,8 +213,9 @@ def recorded_class_name(name: str) -> str:
 def class_images(class_dir: Path) -> list[Path]:
     """A class folder's images, sorted by name. Hidden files (macOS ``._x.png`` resource forks,
     ``.DS_Store``) are skipped like hidden folders; other files are skipped with a warning naming them,
-    so a folder of an unexpected format is not silently trained on in part; a broken link is an error."""
-    images, others = [], []
+    so a folder of an unexpected format is not silently trained on in part, and so are sub-folders
+    (``cat/2019/*.jpg``, which torchvision's ImageFolder would read); a broken link is an error."""
+    images, others, folders = [], [], []
     for file in sorted(class_dir.iterdir()):
         if file.name.startswith("."):
             continue
@@ -220,77 +223,53 @@ def class_images(class_dir: Path) -> list[Path]:
             raise DatasetError(
                 f"{file}: broken symbolic link (its target {os.readlink(file)} does not exist)"
             )
-        if not file.is_file():
-            continue
-        (images if file.suffix.lower() in IMAGE_SUFFIXES else others).append(file.name)
+        if file.is_dir():
+            folders.append(file.name)
+        elif file.is_file():
+            (images if file.suffix.lower() in IMAGE_SUFFIXES else others).append(file.name)
     if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        log.warning("%s: skipped %d file(s) without an image suffix: %s", class_dir, len(others), shown)
+        log.warning(
+            "%s: skipped %d file(s) without an image suffix: %s", class_dir, len(others), _first(others)
+        )
+    if folders:
+        log.warning(
+            "%s: skipped %d sub-folder(s), whose images are not read (only the class folder's own): %s",
+            class_dir,
+            len(folders),
+            _first(folders),
+        )
     return [class_dir / name for name in images]
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def folder_channels(files: list[Path]) -> int:
     """3 if any image is in colour, else 1: a grey first image must not make a colour folder grey."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     for file in files:
         try:
             with Image.open(file) as img:  # the header only
                 if img.mode not in GRAY_MODES:
                     return 3
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"{file}: not a readable image ({exc})") from exc
+        except UNREADABLE as exc:
+            raise unreadable(file, exc) from exc
     return 1
 
 
-def read_cifar10(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
-    """CIFAR-10 "python version" training batches data_batch_1..5 (pickled dicts of uint8 rows)."""
-    root = _existing_dir(path, "cifar10")
-    images, labels = [], []
-    for file in cifar_batch_files(root):
-        batch = _unpickle(file)
-        data, batch_labels = _cifar_field(batch, file, "data"), _cifar_field(batch, file, "labels")
-        data = np.asarray(data)
-        if data.dtype.kind not in "iu" or (data.size and not 0 <= data.min() <= data.max() <= 255):
-            span = f" {data.min()}..{data.max()}" if data.dtype.kind in "iuf" and data.size else ""
-            raise DatasetError(f"{file}: expected pixel values in 0..255, got {data.dtype}{span}")
-        data = data.astype(np.uint8, copy=False)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
-            raise DatasetError(
-                f"{file}: expected data (N, 3072) and N labels, got {data.shape} / {len(batch_labels)}"
-            )
-        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R, G, B planes
-        labels.append(torch.as_tensor(np.asarray(batch_labels, dtype=np.int64)))
-    meta_file = root / "batches.meta"
-    if meta_file.is_file():
-        classes = [_text(name) for name in _cifar_field(_unpickle(meta_file), meta_file, "label_names")]
-    else:
-        log.warning("%s: batches.meta not found, class names are indices", root)
-        classes = [str(i) for i in range(10)]
-    labels_all = torch.cat(labels)
-    outside = labels_all[(labels_all < 0) | (labels_all >= len(classes))]
-    if len(outside):  # else the loss fails mid-training ("Target 12 is out of bounds")
-        raise DatasetError(f"{root}: label {int(outside[0])} out of range for {len(classes)} classes")
-    return RawImages(torch.cat(images), labels_all, classes)
+# What Pillow raises on a file it cannot decode: OSError (UnidentifiedImageError is one), and
+# DecompressionBombError, which is not one, on an image over its 179 M pixels (a large panorama).
+UNREADABLE = (OSError, PIL.Image.DecompressionBombError)
 
 
-def cifar_batch_files(root: Path) -> list[Path]:
-    """``data_batch_1`` .. ``data_batch_k`` in number order. Only these exact names count (a stray
-    ``data_batch_1.bak`` would train on its images twice, some of them validation images too), and a gap
-    in the numbers is an error: a batch lost from a download must not shrink the training set silently."""
-    numbered = {}
-    for file in root.iterdir():
-        match = re.fullmatch(r"data_batch_([1-9][0-9]*)", file.name)
-        if match and file.is_file():
-            numbered[int(match.group(1))] = file
-    if not numbered:
-        raise DatasetError(f"{root}: no CIFAR-10 training batches (data_batch_1..5)")
-    missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
-    if missing:
-        raise DatasetError(
-            f"{root}: data_batch_{missing[0]} is missing (found {', '.join(map(str, sorted(numbered)))})"
-        )
-    return [numbered[n] for n in sorted(numbered)]
+def unreadable(file: Path, exc: Exception) -> DatasetError:
+    """One line naming ``file`` that Pillow could not decode: a traceback named neither the file nor
+    the remedy for an image Pillow refuses as too large."""
+    if isinstance(exc, PIL.Image.DecompressionBombError):
+        return DatasetError(f"{file}: too large to decode ({exc}); downscale it or move it out of the folder")
+    return DatasetError(f"{file}: not a readable image ({exc})")
 
 
 def read_mnist(path: str | None, *, channels: int | None = None, size: int | None = None) -> RawImages:
@@ -306,12 +285,17 @@ def read_fashion_mnist(
 
 
 def read_idx(file: Path, expected_magic: int) -> np.ndarray:
-    """Parse one IDX file (raw or gzip), checking the magic number and that the payload size matches."""
-    opener = gzip.open if file.suffix == ".gz" else open
+    """Parse one IDX file (raw or gzip), checking the magic number and that the payload size matches.
+
+    Compressed or not is read from the bytes, not the name: a browser that inflated a download kept its
+    ``.gz`` ("Not a gzipped file"), and ``gunzip -c`` output may keep one too. A damaged stream is one
+    line naming the file (zlib's error is no OSError: it escaped as a traceback)."""
     try:
-        with opener(file, "rb") as fh:
+        with open(file, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
+        if raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{file}: cannot read ({exc})") from exc
     if len(raw) < 4:
         raise DatasetError(f"{file}: too short to be an IDX file ({len(raw)} bytes)")
@@ -332,7 +316,7 @@ def read_idx(file: Path, expected_magic: int) -> np.ndarray:
 
 
 def _read_idx_pair(path: str | None, name: str, classes: list[str]) -> RawImages:
-    root = _existing_dir(path, name)
+    root = existing_dir(path, name)
     image_file = _find_idx(root, "train-images-idx3-ubyte")
     label_file = _find_idx(root, "train-labels-idx1-ubyte")
     images = read_idx(image_file, IDX_IMAGES_MAGIC)
@@ -352,7 +336,7 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise DatasetError(f"{root}: missing {stem} (raw or .gz)")
 
 
-def _existing_dir(path: str | None, dataset: str) -> Path:
+def existing_dir(path: str | None, dataset: str) -> Path:
     if not path:
         raise DatasetError(f"dataset {dataset!r} needs a data path (--data-path)")
     root = Path(path).expanduser()
@@ -361,25 +345,3 @@ def _existing_dir(path: str | None, dataset: str) -> Path:
     if not root.is_dir():
         raise DatasetError(f"{root}: data path is not a directory")
     return root
-
-
-def _unpickle(file: Path) -> dict:
-    try:
-        with open(file, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # the official CIFAR format is a Python pickle
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt batch
-        raise DatasetError(f"{file}: not a readable CIFAR batch ({exc})") from exc
-    if not isinstance(batch, dict):
-        raise DatasetError(f"{file}: expected a pickled dict, got {type(batch).__name__}")
-    return batch
-
-
-def _cifar_field(batch: dict, file: Path, key: str):
-    for candidate in (key, key.encode()):
-        if candidate in batch:
-            return batch[candidate]
-    raise DatasetError(f"{file}: missing key {key!r}")
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from training.data.cifar import read_cifar10
 from training.data.image_formats import (
     DatasetError,
     RawImages,
     check_fits,
     decode_folder,
     list_folder,
-    read_cifar10,
     read_digits,
     read_fashion_mnist,
     read_folder,
