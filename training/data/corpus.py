@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Pair = tuple[str, str]
 CORPUS_KINDS = ("numbers", "tsv", "parallel")
 NORMALIZATIONS = ("NFC", "NFKC", "none")
+BOM = codecs.BOM_UTF8.decode()  # U+FEFF
 # a source's Unicode normalisation by the tokenizers library, as its tokenizer normalizes at serving
 SOURCE_FORMS = {
     "NFC": normalizers.NFC().normalize_str,
@@ -129,7 +130,10 @@ def _read_lines(path: str | os.PathLike):
     lines = text.split(end.decode())
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
-    return [(i, line.rstrip("\r\n")) for i, line in enumerate(lines, start=1)]
+    # A BOM that begins a later line is where files were joined (``cat a.tsv b.tsv``): it began that
+    # sentence, so an exact duplicate of another pair was kept (one copy could land in the test split)
+    # and the model learnt an invisible character no client sends.
+    return [(i, line.rstrip("\r\n").removeprefix(BOM)) for i, line in enumerate(lines, start=1)]
 
 
 def _line_end(raw: bytes) -> bytes:
