@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import os
 import re
 import shlex
 import socket
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.reuse_port:  # the parent says it once, not each of its workers
         _check_entries(settings.model_repository)
     _check_temporary_directory()
+    _check_metrics_directory()
     if settings.workers > 1:
         if not settings.http_port:  # --grpc-port 0 is no gRPC server, which several workers serve as well
             raise SystemExit(
@@ -413,5 +415,36 @@ def _check_temporary_directory() -> None:
         ) from None
 
 
+def _check_metrics_directory() -> None:
+    """Stop in one line where ``PROMETHEUS_MULTIPROC_DIR`` is set to no directory this process may
+    write: prometheus_client opens its files there as the app is made, and a missing one (a typo, a
+    volume not mounted) ended in a FileNotFoundError traceback, in each worker of ``--workers``."""
+    from serving.metrics import MULTIPROCESS_ENV
+
+    given = os.environ.get(MULTIPROCESS_ENV)
+    if not given:
+        return
+    if not os.path.isdir(given):
+        problem = "is not a directory" if os.path.exists(given) else "does not exist"
+    elif not os.access(given, os.W_OK | os.X_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise SystemExit(
+        f"{MULTIPROCESS_ENV} {given} {problem}: the gateway's processes share their metrics there; "
+        "make it a writable directory, or unset it (--workers then makes one of its own)"
+    )
+
+
+def run() -> None:
+    """:func:`main` as ``python -m serving`` runs it: a Ctrl-C before the server handles signals (the
+    app's imports, a second or more, the port checks) ends it with status 0, as a Ctrl-C while the
+    models load does, not in a KeyboardInterrupt traceback (one a worker, with ``--workers``)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
 if __name__ == "__main__":
-    main()
+    run()

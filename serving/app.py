@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.errors import ServingError
-from serving.execution.base import Backend
+from serving.execution.base import Backend, LoadingStopped
 from serving.execution.cpus import usable_cpus
 from serving.handoff import balancer_for
 from serving.lifespan import LifespanFailed, Parts, start_parts
@@ -142,15 +142,34 @@ class GatewayApp(FastAPI):
 
 def _one_line_failures(send: Any) -> Any:
     """The lifespan's ``send``, with a :class:`LifespanFailed`'s message in place of the traceback
-    Starlette sends in ``lifespan.*.failed`` (the server logs that message: now one line)."""
+    Starlette sends in ``lifespan.*.failed`` (the server logs that message: now one line). A start-up
+    a stop signal cut short (SIGTERM or Ctrl-C while the models loaded) is said in one info line:
+    it was two errors, "gateway start-up failed: ..." and uvicorn's "Application startup failed.
+    Exiting.", for a stop the operator asked for and that exits as a stop does."""
 
     async def one_line(message: dict[str, Any]) -> None:
         failure = sys.exc_info()[1]  # Starlette sends the failure while it handles the exception
         if message["type"].endswith(".failed") and isinstance(failure, LifespanFailed):
-            message = {**message, "message": str(failure)}
+            if isinstance(failure.__cause__, LoadingStopped):
+                log.info("gateway start-up stopped: %s", failure.__cause__)
+                logging.getLogger("uvicorn.error").addFilter(_StoppedStartup())
+                message = {key: value for key, value in message.items() if key != "message"}
+            else:
+                message = {**message, "message": str(failure)}
         await send(message)
 
     return one_line
+
+
+class _StoppedStartup(logging.Filter):
+    """Drops uvicorn's "Application startup failed. Exiting." once, after a start-up a stop signal cut
+    short (:func:`_one_line_failures` has said so), then removes itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Application startup failed. Exiting.":
+            return True
+        logging.getLogger("uvicorn.error").removeFilter(self)
+        return False
 
 
 def _document_this_gateway(app: FastAPI, settings: Settings) -> None:

@@ -17,7 +17,7 @@ from serving.decoding.scheduler_config import SchedulerConfig
 from serving.decoding.translator import Translator
 from serving.decoding.translator_pool import TranslatorPool, step_entries
 from serving.errors import BadRequest, ModelNotFound, Unavailable
-from serving.execution.base import Backend, InferRequest, InferResponse, ModelMetadata
+from serving.execution.base import Backend, InferRequest, InferResponse, LoadingStopped, ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Gateway:
         await self.backend.start()
         if self.translators is not None:
             if self._stopping:  # a stop signal while the backend loaded
-                raise RuntimeError("a stop signal arrived while the models loaded; translators not started")
+                raise LoadingStopped("a stop signal arrived while the models loaded; translators not started")
             await self.translators.start(self.backend.runner)  # type: ignore[attr-defined]
             # the backend's start-up line lists the encoder and decoder entries, not these names: the
             # models a translate request names were missing from the log (a failed one logged its error)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import threading
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -267,6 +269,24 @@ class Settings(BaseSettings):
                     f"Triton server, or move --{flag}"
                 )
         return self
+
+    @field_validator(
+        "decode_release_idle_s",
+        "batch_release_idle_s",
+        "request_timeout_s",
+        "retry_after_s",
+        "shutdown_grace_s",
+        "read_timeout_s",
+        "send_timeout_s",
+    )
+    @classmethod
+    def _seconds_a_thread_can_wait(cls, value: float | None) -> float | None:
+        """Seconds are waited on by threads (a batcher's join, a decode worker's wait), which take at
+        most ``threading.TIMEOUT_MAX``: ``--shutdown-grace-s inf`` (or 1e300) was taken, and every stop
+        then failed in an OverflowError traceback ("timestamp out of range for platform time_t")."""
+        if value is not None and not (math.isfinite(value) and value <= threading.TIMEOUT_MAX):
+            raise ValueError(f"{value} is not a number of seconds up to {threading.TIMEOUT_MAX:.0f}")
+        return value
 
     @field_validator("model_repository", mode="before")
     @classmethod

@@ -33,6 +33,10 @@ def model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class LoadingStopped(RuntimeError):
+    """A stop signal came while the models loaded: the start-up was stopped, as asked, not failed."""
+
+
 # One model entry as a blocking callable over named arrays (what the decoding scheduler drives).
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

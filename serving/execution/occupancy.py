@@ -10,6 +10,7 @@ worker publishes its count in one byte of a file the workers share (the parent c
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -93,12 +94,23 @@ def zeroed_file(prefix: str, size: int, what: str) -> Path:
     raise OSError(f"no room for the workers' {what} ({size} bytes) in {'; nor in '.join(tried)}")
 
 
+_ZEROS_CHUNK = 1 << 20  # bytes written at a time
+
+
 def _write_zeros(prefix: str, size: int, where: str) -> Path:
-    """``size`` zero bytes in a new file of directory ``where``; the file is removed if they fail."""
+    """``size`` zero bytes in a new file of directory ``where``; the file is removed if they fail.
+    A size beyond the room there fails (ENOSPC) before anything is written, and the zeros go out a
+    chunk at a time: ``--workers 100000`` (a connections board of 80 GB) ended in a MemoryError
+    traceback from one ``bytes(size)``, and a chunked write alone would have filled the disk first."""
+    stat = os.statvfs(where)
+    if size > stat.f_bavail * stat.f_frsize:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=where)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(bytes(size))
+            zeros = bytes(min(size, _ZEROS_CHUNK))
+            for start in range(0, size, _ZEROS_CHUNK):
+                file.write(zeros[: size - start])
     except BaseException:
         os.unlink(name)
         raise

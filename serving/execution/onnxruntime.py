@@ -19,7 +19,14 @@ from typing import Any
 
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution import placement
-from serving.execution.base import GraphChoice, InferRequest, InferResponse, ModelMetadata, Runner
+from serving.execution.base import (
+    GraphChoice,
+    InferRequest,
+    InferResponse,
+    LoadingStopped,
+    ModelMetadata,
+    Runner,
+)
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batcher import DynamicBatcher
 from serving.execution.cpus import usable_cpus
@@ -353,10 +360,6 @@ class OnnxRuntimeBackend:
                 retry_after=self.options.retry_after_s,
             )
         return model
-
-
-class LoadingStopped(RuntimeError):
-    """The backend was told to stop before it had loaded every model."""
 
 
 def onnxruntime_runner(session: Any, occupancy: Occupancy | None = None) -> Runner:
