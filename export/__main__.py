@@ -44,6 +44,15 @@ def _precisions(text: str) -> tuple[str, ...]:
     return values if "fp32" in values else ("fp32", *values)
 
 
+def _path(text: str) -> str:
+    """A path argument, refused when blank: ``Path("")`` is the working directory, so an unset shell
+    variable (``--repository "$REPO"``) wrote the entries into whatever directory the command ran in,
+    and a blank checkpoint path exported every ``*.pt`` found there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); name a directory or file")
+    return text
+
+
 NUMERIC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--int8-max-drop", float, "classifiers: max validation top-1 drop (points)"),
     ("--int8-min-agreement", float, "translators: min share token-identical to fp32"),
@@ -61,11 +70,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "paths",
         nargs="*",
+        type=_path,
         default=["checkpoints"],
         help="checkpoint files or directories (default: checkpoints)",
     )
     parser.add_argument(
-        "--repository", default="model_repository", help="output model repository (default: %(default)s)"
+        "--repository",
+        type=_path,
+        default="model_repository",
+        help="output model repository (default: %(default)s)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild entries even when they are up to date")
     parser.add_argument(
