@@ -377,12 +377,23 @@ def sweep_leftovers(repository: Path, name: str) -> list[Path]:
 
 
 def remove_entry(repository: Path, name: str) -> bool:
-    """Remove a stale Kiln entry (e.g. an int8 entry that now fails its gate); foreign ones are kept."""
+    """Remove a stale Kiln entry (e.g. an int8 entry that now fails its gate); foreign ones are kept.
+    The entry leaves the repository in one rename, then is deleted outside it: deleted in place, a
+    Triton or gateway loading meanwhile found config.pbtxt without its model, and a deletion that
+    failed partway (a file another process holds open on NFS) left a directory without kiln.json,
+    which every later export refused to overwrite as foreign. What the deletion leaves is swept later
+    (``sweep_leftovers``)."""
     entry = repository / name
     if not entry.exists():
         return False
     check_not_foreign(entry)
-    shutil.rmtree(entry)
+    area = staging_area(repository)
+    area.mkdir(exist_ok=True)
+    gone = area / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    os.replace(entry, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    if area != repository.resolve():
+        _tidy(area)
     return True
 
 
