@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -41,7 +42,7 @@ class ChannelAffine(nn.Module):
         self.register_buffer("shift", shift.detach().clone())
 
     @classmethod
-    def from_batchnorm(cls, bn: _BatchNorm) -> ChannelAffine:
+    def from_batchnorm(cls, bn: _NormBase) -> ChannelAffine:
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight.detach()
@@ -171,12 +172,23 @@ def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
 
 def _replace_leftovers(model: nn.Module, report: FreezeReport) -> None:
     for name, module in list(model.named_modules()):
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, _BatchNorm) or _normalizes_by_running_stats(module):
             _set_module(model, name, ChannelAffine.from_batchnorm(module))
             report.affine.append(name)
         elif isinstance(module, (_DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)):
             _set_module(model, name, nn.Identity())
             report.dropouts.append(name)
+
+
+def _normalizes_by_running_stats(module: nn.Module) -> bool:
+    """An InstanceNorm that tracks running statistics: in eval it normalizes by them, a per-channel
+    affine as an eval BatchNorm is. Left as it is, torch exports it as a BatchNormalization node, which
+    the graph check refuses as training-only, and the export failed calling the model untraceable."""
+    return (
+        isinstance(module, _InstanceNorm)
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
 
 
 def training_only_modules(model: nn.Module) -> list[str]:
