@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import re
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +26,7 @@ from export.onnx_export import OnnxExportError
 from export.parity import ParityError
 from export.repository import RepositoryError, check_repository, name_path, read_kiln_json
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
+from export.work_dir import work_directory
 from export.writer_lock import writer_lock
 from kiln.versions import EXPORT_VERSION, current_version
 from training.checkpoint import CheckpointError, file_sha256, load_checkpoint, rebuild_model
@@ -203,7 +203,7 @@ def _export_locked(
         accuracy_hook=accuracy_hook,
         data_path=data_path,
     )
-    with tempfile.TemporaryDirectory(prefix="kiln-export-") as work:
+    with work_directory() as work:
         try:
             results = _exporter(ckpt["task"])(ctx, Path(work))
         except FreezeError as exc:  # the model's fault, not the run's: name the checkpoint
@@ -211,7 +211,7 @@ def _export_locked(
         except (OnnxExportError, torch.onnx.OnnxExporterError) as exc:  # torch's message spans pages
             disk = disk_error(exc)
             if disk is not None:  # a full TMPDIR while writing a graph: the run's fault, not the model's
-                raise OSError(disk.errno, disk.strerror, disk.filename or work) from exc
+                raise OSError(disk.errno, disk.strerror, disk.filename or str(work)) from exc
             raise NotExportable(f"{path}: {not_exportable(ckpt['model']['name'], exc)}") from exc
         except OSError as exc:  # the entries' own writes name their staging paths (write_entry)
             name_path(exc, Path(work))
