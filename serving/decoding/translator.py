@@ -10,6 +10,7 @@ served by the pool in :mod:`serving.decoding.translator_pool`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -187,10 +188,7 @@ class Translator:
 
     def _encode(self, texts: list[str], batched: bool = True) -> list[list[int]]:
         ids = self.codec.encode(texts, batched)
-        cap = self.spec.max_positions
-        for i, row in enumerate(ids):
-            if cap and len(row) + 1 > cap:
-                raise PayloadTooLarge(f"texts[{i}] is {len(row) + 1} tokens long; the model takes {cap}")
+        check_source_lengths(ids, self.spec.max_positions)
         return ids
 
     def scheduler(self) -> DecodingScheduler:
@@ -332,6 +330,16 @@ def check_texts(texts: list[str], limits: bs.DecodingLimits) -> None:
             raise PayloadTooLarge(f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}")
 
 
+def check_source_lengths(ids: list[list[int]], max_positions: int | None) -> None:
+    """Refuse a source longer than the model takes (its ids and EOS), naming the text (413), whoever
+    decodes it: the gateway's schedulers, or a backend's ``<name>`` model behind the REST route."""
+    for i, row in enumerate(ids):
+        if max_positions and len(row) + 1 > max_positions:
+            raise PayloadTooLarge(
+                f"texts[{i}] is {len(row) + 1} tokens long; the model takes {max_positions}"
+            )
+
+
 def _pad(hyps: list[Translation], j: int) -> Translation:
     """The j-th hypothesis, or an empty one when the search finished fewer than ``n_best``."""
     return hyps[j] if j < len(hyps) else Translation("", [], -math.inf, -math.inf)
@@ -357,6 +365,19 @@ def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
         return parse_parameters(params)
     except ValueError as error:
         raise BadRequest(str(error)) from None
+
+
+def source_tokenizer(path: Path) -> Any:
+    """The tokenizer file at ``path``, read once per version of the file (:func:`_tokenizer`): the REST
+    route through a backend's ``<name>`` model measures texts with its entry's source tokenizer, request
+    after request, and a re-export replaces the file under the same path."""
+    stat = path.stat()
+    return _file_tokenizer(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_tokenizer(path: Path, mtime_ns: int, size: int) -> Any:
+    return _tokenizer(path)
 
 
 def _tokenizer(path: Path) -> Any:

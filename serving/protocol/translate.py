@@ -26,7 +26,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.decoding.options import DEFAULT_MAX_LENGTH, DEFAULTS, LIMITS, DecodingOptions
-from serving.decoding.translator import Translation, check_decoding_options, check_texts
+from serving.decoding.translator import (
+    INLINE_CHARS,
+    Translation,
+    check_decoding_options,
+    check_source_lengths,
+    check_texts,
+    source_tokenizer,
+)
 from serving.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable, UnprocessableInput
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
@@ -174,7 +181,8 @@ async def translate(request: Request, name: str) -> Response:
     if translator is not None:
         work = observed(metrics, name, translator.translate(body.texts, body.options()))
     else:
-        work = _via_infer(backend, metrics, name, body, entry.max_batch_size, _max_positions(entry.kiln))
+        positions = _max_positions(entry.kiln)
+        work = _via_infer(backend, metrics, name, body, entry.max_batch_size, positions, _source_of(entry))
     results = await until_client_leaves(request, work)
     if results is None:
         return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
@@ -267,6 +275,7 @@ async def _via_infer(
     body: TranslateRequest,
     max_batch: int = 0,
     max_positions: int | None = None,
+    source: Any | None = None,
 ) -> list[list[Translation]]:
     """Translate through KServe infer on ``<name>`` (e.g. Triton's python model), which answers
     ``translation``, the normalized ``score`` and the ``raw_score``, [n, n_best], padded with -inf where a
@@ -275,10 +284,18 @@ async def _via_infer(
     Texts and options are checked as the gateway's own translators check them (the same 413 / 422, where
     Triton's model answers every mistake 400), and the texts go in requests of at most ``max_batch``
     (``<name>``'s ``max_batch_size``, 0: no limit), sent together: Triton refuses a larger batch, and a
-    request may hold up to ``max_texts``."""
+    request may hold up to ``max_texts``. ``source``: the entry's source tokenizer, which measures the
+    texts against ``max_positions`` here (413 naming the text); ``<name>``'s own refusal was a 400
+    naming its place in the part of the request that model got (``texts[4]`` for the 21st text)."""
     check_texts(body.texts, LIMITS)
     options = body.options()
     check_decoding_options(options, LIMITS, max_positions)
+    if source is not None and max_positions:
+        texts = body.texts
+        if sum(map(len, texts)) <= INLINE_CHARS:  # as the gateway's translators tokenize: inline when small
+            check_source_lengths(_source_ids(source, texts), max_positions)
+        else:
+            check_source_lengths(await asyncio.to_thread(_source_ids, source, texts), max_positions)
     # the score tells a padding hypothesis ("" at -inf) from a real one; n_best 1 needs no padding
     outputs = ["translation"] + (["score"] if body.n_best > 1 or body.return_scores else [])
     outputs += ["raw_score"] if body.return_scores else []
@@ -302,6 +319,23 @@ async def _via_infer(
         for request, response in zip(requests, responses, strict=True)
         for hyps in _translations(response, outputs, len(request.inputs["text"]))
     ]
+
+
+def _source_of(entry: Any) -> Any | None:
+    """The source tokenizer of a ``<name>`` entry (read once), or None where the gateway's copy of the
+    repository has none to read: ``<name>``'s model then measures the texts alone."""
+    block = entry.kiln.get("translator") if isinstance(entry.kiln, dict) else None
+    filename = block.get("source_tokenizer", "source_tokenizer.json") if isinstance(block, dict) else None
+    if not isinstance(filename, str):
+        return None
+    try:
+        return source_tokenizer(entry.path / filename)
+    except (OSError, ValueError):
+        return None
+
+
+def _source_ids(source: Any, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in source.encode_batch(texts)]
 
 
 def _answered(backend: Backend, name: str, outputs: list[str]) -> set[str]:
