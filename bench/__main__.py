@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem:  # before anything runs or is written
         raise SystemExit(problem)
     out = args.output or Path("bench/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    made = not out.exists()  # an --output the user made is theirs, kept when the run is interrupted
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"profile": args.profile, "machine": machine_info(), "threads": args.threads}
     ticks = cpu_ticks()
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         failed = run_sections(args, profile, out, wanted, results)
     except KeyboardInterrupt:
-        _discard_if_empty(out)
+        if made:
+            _discard_if_empty(out)
         logs = f" (the servers' logs are in {out / 'logs'})" if (out / "logs").is_dir() else ""
         console.print(f"interrupted: no results written{logs}", style="yellow", markup=False, soft_wrap=True)
         raise SystemExit(130) from None
@@ -95,7 +97,8 @@ def import_model_modules(named: list[str]) -> None:
 
 
 def _discard_if_empty(out: Path) -> None:
-    """Remove ``out`` when the run wrote nothing there (interrupted before any server's log)."""
+    """Remove ``out`` when the run wrote nothing there (interrupted before any server's log); only a
+    directory the run made itself: an empty --output the user made beforehand was removed too."""
     with contextlib.suppress(OSError):
         out.rmdir()
 

@@ -141,10 +141,17 @@ def perf_analyzer_problem() -> str | None:
 
 
 def output_problem(out: Path) -> str | None:
-    """Why ``out`` cannot receive this run's results: a file, or a directory holding an earlier run's
-    (whose plots would be left beside this run's report), or None."""
+    """Why ``out`` cannot receive this run's results: a file, a path under a file or a directory this
+    user cannot write (found only at the end, with the measurements lost, or as a traceback at
+    ``mkdir``), or a directory holding an earlier run's (whose plots would be left beside this run's
+    report), or None."""
     if out.exists() and not out.is_dir():
         return f"--output {out} is a file, not a directory"
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    if not existing.is_dir():
+        return f"--output {out} cannot be created: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--output {out} cannot be written: {existing} is not writable by this user"
     held = [name for name in RESULT_FILES if (out / name).exists()]
     if held:
         return f"--output {out} already holds a bench result ({', '.join(held)}): choose another directory"
@@ -170,11 +177,29 @@ def cpu_problem(args: Any, wanted: set[str]) -> str | None:
         problem = problem or checkpoint_problem(
             args.checkpoints / f"{args.translator}.pt", "translation: its held-out sentences"
         )
+        problem = problem or identity_problem(getattr(args, "identity_translators", None))
     if problem is None and args.output is not None:
         problem = output_problem(args.output)
     if problem is None and wanted & RUNS_TRITON:
         problem = triton_dir_problem(args.output or Path("bench/results"), wanted)
     return problem
+
+
+def identity_problem(named: list[str] | None) -> str | None:
+    """Why ``--identity-translators`` names a translator that is not registered, or None: the bench
+    tried to train it, failed, and said so only in the report, after the whole translation part."""
+    if not named:
+        return None
+    from training.models import list_models
+
+    registered = list_models(task="translate")
+    unknown = [name for name in dict.fromkeys(named) if name not in registered]
+    if not unknown:
+        return None
+    return (
+        f"--identity-translators {' '.join(unknown)}: not a registered translator (registered: "
+        f"{', '.join(registered)}; a model of your own: --models-from)"
+    )
 
 
 def triton_dir_problem(out: Path, wanted: set[str]) -> str | None:

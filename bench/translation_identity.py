@@ -47,9 +47,10 @@ TABLE_COLUMNS = [
 
 
 def identity_models(main: str, wanted: list[str] | None) -> list[str]:
-    """The translators checked besides ``main``: ``wanted``, or every other registered translator."""
+    """The translators checked besides ``main``: ``wanted`` (each once: a name given twice was measured
+    twice and listed twice in the report), or every other registered translator."""
     if wanted is not None:
-        return [m for m in wanted if m != main]
+        return [m for m in dict.fromkeys(wanted) if m != main]
     from training.models import list_models
 
     return [m for m in list_models(task="translate") if m != main]
