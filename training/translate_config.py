@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.data.corpus import CorpusConfig
-from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIALS
 from training.flags import check_model_args, check_run_ranges
 from training.mixed_precision import amp_choice
 from training.models import list_models, make_config
@@ -196,6 +196,11 @@ def check_config(cfg: TranslateConfig) -> None:
     check_run_ranges(cfg, AT_LEAST_ONE, ZERO_OR_MORE)
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.vocab_size <= len(SPECIALS):  # else refused by the BPE trainer, once the corpus is read
+        raise ValueError(
+            f"--vocab-size must exceed the {len(SPECIALS)} special tokens {', '.join(SPECIALS)}, got "
+            f"{cfg.vocab_size}"
+        )
     check_model_args(cfg.model, get_entry(cfg.model).config_cls, cfg.model_args)
     owned = [
         f"{key} comes from {TOKENIZER_MODEL_ARGS[key]}"

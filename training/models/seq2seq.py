@@ -12,6 +12,7 @@ feeding): teacher-forced training runs the decoder RNN over the whole target at 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ class Seq2SeqConfig:
     bos_id: int = 1
     eos_id: int = 2
     max_positions: int = 256  # longest output the decoder is asked for (serving's max_length cap)
+    # the registered model's cell (gru_attention, lstm_attention): a config of the other one is refused
+    # when made, so a --model-arg rnn_type naming the other is an error before any data is read
+    variant: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         """Sizes and layer counts of at least 1 (below it the encoder silently got one layer), distinct
@@ -45,6 +49,12 @@ class Seq2SeqConfig:
         --model-arg rnn_type=[1]) is named too, not a TypeError from the lookup."""
         if not isinstance(self.rnn_type, str) or self.rnn_type not in RNN_TYPES:
             raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose from {sorted(RNN_TYPES)}")
+        if self.variant and self.rnn_type != self.variant:  # else refused by the builder, after the BPE
+            other = f"{self.rnn_type}_attention"
+            raise ValueError(
+                f"{self.variant}_attention builds rnn_type={self.variant!r}, got {self.rnn_type!r} "
+                f"(for that, --model {other})"
+            )
         sizes = ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attention_dim")
         require_ints(self, (*sizes, "encoder_layers", "decoder_layers", "max_positions"))
         require_special_ids(self, ("src_vocab_size", "tgt_vocab_size"))
@@ -201,11 +211,13 @@ def _recurrent(rnn_type: str, cfg: Seq2SeqConfig) -> RecurrentTranslator:
 @dataclass
 class GRUAttentionConfig(Seq2SeqConfig):
     rnn_type: str = "gru"
+    variant: ClassVar[str | None] = "gru"
 
 
 @dataclass
 class LSTMAttentionConfig(Seq2SeqConfig):
     rnn_type: str = "lstm"
+    variant: ClassVar[str | None] = "lstm"
 
 
 @register_model("gru_attention", task="translate", config=GRUAttentionConfig)
