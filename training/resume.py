@@ -43,6 +43,20 @@ def resume_path(path: str | os.PathLike) -> Path:
     return path if path.name.endswith(".resume.pt") else path.with_name(f"{path.stem}.resume.pt")
 
 
+def resumed_output_dir(resume: str | os.PathLike, name: str, recorded: str | None = None) -> str:
+    """The ``--output-dir`` of a run named ``name`` resumed from ``resume`` without one: the one the
+    interrupted run ``recorded`` where its files are still there, else the resume state's folder less
+    the folders that ``name`` holds. The state's folder alone put a run named ``runs/a`` (its state
+    ``out/runs/a.resume.pt``) in ``out/runs/runs/a.*``: files beside its own, which it never replaced."""
+    state = resume_path(resume)
+    if recorded and (Path(recorded) / f"{name}.resume.pt").resolve() == state.resolve():
+        return recorded
+    folder, inner = state.parent.parts, Path(name).parent.parts
+    if inner and folder[len(folder) - len(inner) :] == inner:
+        return str(Path(*folder[: len(folder) - len(inner)]))
+    return str(state.parent)
+
+
 # What classify_loop.save_resume writes and a resumed run reads.
 RESUME_KEYS = ("epoch", "model_name", "model_args", "model", "optimizer", "scheduler", "data")
 # What each task's resume state holds at the least: a translator's adds its tokenizers and settings

@@ -207,7 +207,7 @@ def add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--output-dir",
         help=f"where the checkpoint, metrics, resume state and curves go (default: {DEFAULT_OUTPUT_DIR}; "
-        "on --resume, the resume file's directory)",
+        "on --resume, the interrupted run's: the resume file's directory, less a --name's own folders)",
     )
     g.add_argument(
         "--name",

@@ -376,6 +376,9 @@ def _save(cfg: TranslateConfig, trainer: Trainer, model_args: dict[str, Any], pa
         data=data,
     )
     save_checkpoint(ckpt, path)
-    plot_curves(read_metrics(trainer.metrics.path), path.parent / f"{cfg.name}.curves.png", title=cfg.name)
+    # beside the checkpoint and the metrics, as the classifier's: the checkpoint's folder joined with the
+    # --name again doubled a --name's folder (--name runs/a wrote runs/runs/a.curves.png)
+    curves = Path(cfg.output_dir) / f"{cfg.name}.curves.png"
+    plot_curves(read_metrics(trainer.metrics.path), curves, title=cfg.name)
     log.info("saved %s: test BLEU %.2f, exact match %.1f%%", path, test["bleu"], test["exact_match"])
     return path

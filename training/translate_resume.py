@@ -34,8 +34,8 @@ from training.resume import (
     moved_line,
     replaced_files,
     restart_resume,
-    resume_path,
     resumed_metrics,
+    resumed_output_dir,
     run_complete,
 )
 from training.runtime import Dist, run_id
@@ -106,7 +106,9 @@ def resumed_config(resume: str, given: dict[str, Any]) -> TranslateConfig:
             "values, or start a new run (without --resume)"
         )
     cfg = {**saved, **given, "model_args": saved.get("model_args") or {}, "resume": resume}
-    cfg["output_dir"] = given.get("output_dir") or str(resume_path(resume).parent)
+    cfg["output_dir"] = given.get("output_dir") or resumed_output_dir(
+        resume, cfg["name"], saved.get("output_dir")
+    )
     cfg["amp"] = amp_choice(cfg.get("amp"))  # --no-amp's False: float32, recorded as None
     config = TranslateConfig.from_dict(cfg)  # a setting the interrupted run's version lacked: BASE's
     if not given.get("data_path") and config.data_path:  # gone: say how a moved corpus is given
