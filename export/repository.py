@@ -391,7 +391,10 @@ def remove_entry(repository: Path, name: str) -> bool:
     area.mkdir(exist_ok=True)
     gone = area / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     os.replace(entry, gone)
-    shutil.rmtree(gone, ignore_errors=True)
+    if gone.is_symlink():  # an entry linked from elsewhere: the link goes, not what it points to
+        gone.unlink()  # (rmtree refuses a link, and its ignored error left the link for good)
+    else:
+        shutil.rmtree(gone, ignore_errors=True)
     if area != repository.resolve():
         _tidy(area)
     return True
