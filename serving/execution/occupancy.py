@@ -103,7 +103,10 @@ def _write_zeros(prefix: str, size: int, where: str) -> Path:
     chunk at a time: ``--workers 100000`` (a connections board of 80 GB) ended in a MemoryError
     traceback from one ``bytes(size)``, and a chunked write alone would have filled the disk first."""
     stat = os.statvfs(where)
-    if size > stat.f_bavail * stat.f_frsize:
+    # a filesystem of no size (a tmpfs mounted size=0, a FUSE without statfs) reports 0 bytes free and
+    # says nothing of its room: the machine's memory bounds it instead (such a tmpfs is memory)
+    room = stat.f_bavail * stat.f_frsize if stat.f_blocks else _memory_bytes()
+    if size > room:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=where)
     try:
@@ -115,6 +118,10 @@ def _write_zeros(prefix: str, size: int, where: str) -> Path:
         os.unlink(name)
         raise
     return Path(name)
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _free_note(where: str) -> str:
