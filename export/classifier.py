@@ -196,6 +196,8 @@ def _trt_candidates(
     for b in built:
         if f"{b.entry}_trt" not in wanted or (b.gate is not None and not b.gate.passed):
             continue
+        if b.precision not in tensorrt.ENGINE_PRECISIONS:
+            continue  # refused by _no_engine
         ctx.step(f"TensorRT {b.precision}")
         plan = tensorrt.build_engine(
             b.model_file,
@@ -273,6 +275,7 @@ def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
         )
     spec, built, freeze_report = build_candidates(ctx, work, wanted)
     if build_trt:
+        results += _no_engine(ctx, spec, built, wanted)
         built += _trt_candidates(ctx, spec, built, work, wanted)
     for b in built:
         if b.gate is not None and not b.gate.passed:
@@ -282,6 +285,21 @@ def export_classifier(ctx: ExportContext, work: Path) -> list[EntryResult]:
     if not build_trt:
         results.append(EntryResult(f"{ctx.name}_trt", "-", "skipped", message=trt_reason))
     return results
+
+
+def _no_engine(
+    ctx: ExportContext, spec: GraphSpec, built: list[Built], wanted: set[str]
+) -> list[EntryResult]:
+    """The TensorRT twins of entries whose graph TensorRT cannot build (int8: ``tensorrt.ENGINE_PRECISIONS``),
+    refused with the reason: building one failed the whole export, and a stale one is removed."""
+    report = ParityReport(tolerance=spec.atol, metrics={"note": "no engine built"})
+    return [
+        ctx.refuse(_trt(Entry(b.entry, b.precision)), report, tensorrt.NO_INT8_ENGINE)
+        for b in built
+        if b.precision not in tensorrt.ENGINE_PRECISIONS
+        and f"{b.entry}_trt" in wanted
+        and (b.gate is None or b.gate.passed)
+    ]
 
 
 def _refuse(ctx: ExportContext, b: Built, wanted: set[str]) -> list[EntryResult]:

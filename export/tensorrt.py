@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
 MODES = ("auto", "off", "on")
+# The precisions an engine is built in. Not int8: TensorRT's ONNX parser takes Q/DQ as symmetric int8
+# only (a DequantizeLinear's zero point must be 0; a uint8 one is read as int8), and the int8 entry's
+# graph is ONNX Runtime's CPU format, uint8 activations with their own zero points (export/quantize.py).
+ENGINE_PRECISIONS = ("fp32", "fp16")
+NO_INT8_ENGINE = (
+    "TensorRT skipped: the int8 graph has uint8 activations with non-zero zero points, and TensorRT "
+    "builds int8 only from symmetric int8 Q/DQ"
+)
 
 Shape = tuple[int, ...]
 

@@ -23,7 +23,10 @@ CUDNN_CONV_ALGO_SEARCH = "cudnn_conv_algo_search"
 CUDNN_ALGO_SEARCH_VALUES = {"EXHAUSTIVE": "0", "HEURISTIC": "1", "DEFAULT": "2"}
 KILN_BUCKETING = "kiln_bucketing"  # "1": pad merged batches to a bucket size, one session per bucket
 KILN_CUDA_GRAPHS = "kiln_cuda_graphs"  # "1": each bucket replays a captured CUDA graph (IO binding)
-TRT_PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# Not int8: TensorRT reads Q/DQ as symmetric int8 only, and the int8 graph's activations are uint8 with
+# their own zero points (export/tensorrt.py, ENGINE_PRECISIONS): the TensorRT EP refused some of its Q/DQ
+# nodes and read the rest's uint8 as int8, clipping every activation above half its range.
+TRT_PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16"}
 TRT_WORKSPACE_BYTES = 1 << 30  # Triton's documented default for max_workspace_size_bytes
 # About half of one GPU call: resnet18 on an H200 took 0.65 ms at batch 1 and 0.71 ms at batch 64
 # (ONNX Runtime CUDA, 2026-11-30), so waiting for company costs little. The delay itself was not A/B'd.
@@ -142,7 +145,8 @@ def gpu_flavour(
     accelerator block, and the parameters the gateway reads to keep every CUDA session on one shape.
 
     ``tensorrt=False`` leaves the accelerator out: a translator's decoder step changes shape every
-    step (its cache grows), and a TensorRT engine per shape would be rebuilt for ever."""
+    step (its cache grows), and a TensorRT engine per shape would be rebuilt for ever. An int8 graph
+    has none either (:data:`TRT_PRECISION_MODES`): it runs on the CUDA EP."""
     if config.platform != "onnxruntime_onnx":
         raise ValueError(
             f"{config.name}: only onnxruntime_onnx configs have a GPU flavour, not {config.platform}"
@@ -152,10 +156,11 @@ def gpu_flavour(
     accelerator = Accelerator(
         "tensorrt",
         {
-            "precision_mode": TRT_PRECISION_MODES[precision],
+            "precision_mode": TRT_PRECISION_MODES.get(precision, ""),
             "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
         },
     )
+    tensorrt = tensorrt and precision in TRT_PRECISION_MODES
     batched = config.dynamic_batching and config.max_batch_size > 0
     buckets = bucket_sizes(config.max_batch_size)
     parameters = {
