@@ -38,7 +38,7 @@ ORT_BACKEND_PARAMETERS = (
     "arena_extend_strategy",
     "cudnn_conv_use_max_workspace",
     "do_copy_in_default_stream",
-    "use_device_allocator_for_initializers",
+    "session.use_device_allocator_for_initializers",  # Triton's key, prefix and all
 )
 
 # The share of recent runs joined by new work is a moving average of this weight (about the last ten
