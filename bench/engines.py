@@ -253,6 +253,9 @@ def _trt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
             out = torch.empty(shape, dtype=torch.float32, device="cuda")
             context.set_tensor_address(n, out.data_ptr())
             outs.append(out)
+        # the input's copy and the outputs' allocation were queued on torch's current stream: the
+        # engine's stream waits for them (CUDA orders nothing across streams by itself)
+        stream.wait_stream(torch.cuda.current_stream())
         context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
         return [o.cpu() for o in outs]
