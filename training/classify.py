@@ -119,7 +119,12 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
         action=argparse.BooleanOptionalAction,
         help="the dataset's augmentation (default: on; on --resume, the interrupted run's choice)",
     )
-    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
+    g.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        help="random horizontal flips, on or off in the dataset's augmentation (default: on for cifar10 "
+        "only; --hflip with --no-augment is an error)",
+    )
 
 
 def _optimization_flags(g: argparse._ArgumentGroup) -> None:

@@ -115,7 +115,7 @@ def check_ranges(out: TrainConfig) -> None:
 def resolve(config: TrainConfig) -> TrainConfig:
     """Import the ``--models-from`` modules, fill every ``None`` hyper-parameter and data flag from the
     ``--resume`` file, else the model's recipe or ``DataSpec``'s defaults, and check the choices."""
-    config = dataclasses.replace(config, models_from=run_modules(config))
+    given = config = dataclasses.replace(config, models_from=run_modules(config))
     import_modules(config.models_from)
     check_resume_finetune(config)
     model = model_of(config)
@@ -154,12 +154,26 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if out.data_path:
         out = dataclasses.replace(out, data_path=data_place(out.data_path))
     check_ranges(out)
+    check_augment_flags(given, out)
     if out.resume:  # never fewer than the interrupted run trained
         check_resumed_epochs(out.resume, out.epochs)
     check_resume_model_args(out)
     check_image_size(out)
     check_output_dir(out.output_dir)
     return out
+
+
+def check_augment_flags(given: TrainConfig, out: TrainConfig) -> None:
+    """Refuse ``--hflip`` where augmentation is off (``--no-augment``, given or the resumed run's): flips
+    are one of the augmentations it turns off, so the run trained without them while its checkpoint's
+    ``train_config`` recorded ``hflip: true``."""
+    if not (given.hflip and not out.augment):  # a --no-augment over a run's inherited flips is meant
+        return
+    why = "--no-augment" if given.augment is False else f"--resume {out.resume} trained with --no-augment"
+    raise ValueError(
+        f"--hflip with augmentation off ({why}): flips are one of the augmentations it turns off, so they "
+        "would not run; drop --hflip, or train with --augment (the dataset's augmentation plus flips)"
+    )
 
 
 def architecture_args(config: TrainConfig) -> dict[str, Any]:
