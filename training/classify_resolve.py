@@ -38,8 +38,8 @@ from training.resume import (
     changed_model_args,
     check_resumed_epochs,
     load_resume,
-    resume_path,
     resumed_amp,
+    resumed_output_dir,
 )
 from training.tracking import check_output_dir
 
@@ -137,7 +137,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         augment=augment,
         early_stopping=config.early_stopping or 0,
         amp=amp_choice(config.amp),
-        output_dir=config.output_dir or default_output_dir(config),
+        output_dir=config.output_dir or default_output_dir(config, config.name or model),
     )
     if out.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
@@ -285,11 +285,13 @@ RESUME_INHERITED = (
 )
 
 
-def default_output_dir(config: TrainConfig) -> str:
-    """Where an unset ``--output-dir`` writes: beside the ``--resume`` state (its checkpoint, metrics
-    and resume state continue the interrupted run's files, wherever it is resumed from), else
-    ``DEFAULT_OUTPUT_DIR``."""
-    return str(resume_path(config.resume).parent) if config.resume else DEFAULT_OUTPUT_DIR
+def default_output_dir(config: TrainConfig, name: str) -> str:
+    """Where an unset ``--output-dir`` writes for a run named ``name``: where the ``--resume`` state's
+    run wrote (its checkpoint, metrics and resume state continue the interrupted run's files, wherever
+    it is resumed from: the state's folder less the folders ``name`` holds, ``resumed_output_dir``),
+    else ``DEFAULT_OUTPUT_DIR``. The state's folder alone put a run named ``runs/a`` resumed from
+    ``out/runs/a.resume.pt`` in ``out/runs/runs/``, beside its own files, which it never replaced."""
+    return resumed_output_dir(config.resume, name) if config.resume else DEFAULT_OUTPUT_DIR
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:
