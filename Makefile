@@ -56,11 +56,29 @@ endif
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
+# Kiln needs Python 3.11 or newer (pyproject.toml's requires-python). An older python3 made a .venv that pip
+# then refused to install into, and that .venv stayed: make setup PYTHON_SYS=python3.11 afterwards went on
+# using it and failed the same way. $(1): the interpreter's name, $(2): what to do instead.
+require_python = -c 'import sys; v = sys.version_info[:2]; v >= (3, 11) or sys.exit("make: $(1) is Python %d.%d; Kiln needs 3.11 or newer: $(2)" % v)'
+
+# A failed step deletes its file target (.venv/bin/python): a python3 -m venv that stopped at "ensurepip
+# is not available" (Debian without python3-venv) left a .venv with no pip that every later make reused.
+.DELETE_ON_ERROR:
+
 $(VENV)/bin/python:
-	$(PYTHON_SYS) -m venv $(VENV)
+	@$(PYTHON_SYS) $(call require_python,$(PYTHON_SYS),make setup PYTHON_SYS=python3.11 (or a newer one))
+	@# A venv whose python is gone (its Python upgraded or removed: bin/python a dangling link) is made anew:
+	@# venv over it kept the dangling link ("bin/python: No such file or directory" at every make after).
+	$(PYTHON_SYS) -m venv $(if $(wildcard $(VENV)/pyvenv.cfg),--clear )$(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(filter 1,$(GPU)),constraints/gpu.txt) | $(VENV)/bin/python
+# A stamp says what was installed for a python: where $(PY) is missing or a dangling link, the venv made again
+# (--clear above) holds none of it, so the install runs in this make (make had read the stamp's time before
+# --clear removed it).
+venv_gone = $(shell test -e '$(PY)' || echo gone)
+.PHONY: venv-made-again
+$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(filter 1,$(GPU)),constraints/gpu.txt) $(if $(venv_gone),venv-made-again) | $(VENV)/bin/python
+	@$(PY) $(call require_python,$(PY),rm -rf $(VENV) then make setup PYTHON_SYS=python3.11 (or a newer one))
 	@# Every stamp goes first: an install that fails part-way (after the uninstall below) leaves none that
 	@# would make the next make setup say there is nothing to do.
 	@rm -f $(VENV)/.kiln-installed-*
