@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from serving.errors import ServingError
+from serving.errors import BadRequest, ServingError
 from serving.execution.base import Backend, LoadingStopped
 from serving.execution.cpus import usable_cpus
+from serving.execution.model_versions import parse_version
 from serving.handoff import balancer_for
 from serving.lifespan import LifespanFailed, Parts, start_parts
 from serving.metrics import CLIENT_LEFT, GatewayMetrics
@@ -109,8 +110,20 @@ def count_refusal(request: Request, exc: BaseException, status: int) -> None:
         params = route.match(request.scope["path"])  # url.path drops a CR, LF or tab the client sent
         if params is not None:
             if params["name"] in state.repository.names():
-                state.metrics.refused(params["name"], exc, status, params.get("version", ""))
+                version = asked_version(params.get("version", ""))
+                state.metrics.refused(params["name"], exc, status, version)
             return
+
+
+def asked_version(segment: str) -> str:
+    """The version a refused request's path names, read as its route reads it (``01`` is version 1):
+    counted as the raw segment, a body refused for ``/versions/01/`` went to the latest version's
+    failures, while the same request's other failures counted under version 1. A segment the route
+    refuses stays as sent: counted as the latest's (GatewayMetrics.versioned)."""
+    try:
+        return parse_version(segment)
+    except BadRequest:
+        return segment
 
 
 def count_body_refusal(scope: dict[str, Any], exc: BaseException, status: int) -> None:

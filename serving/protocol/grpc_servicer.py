@@ -10,6 +10,7 @@ gRPC status codes derived from :class:`ServingError`, never as INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -252,6 +253,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.backend.metadata(name, "")
         except ServingError:
             return
+        with contextlib.suppress(ServingError):  # ``01``, `` 1``, ``+1``: version 1, as the call read it
+            version = parse_grpc_version(version)
         self.metrics.refused(name, error, status, version)
 
     def refused_unparsed(self, request_class: Any, head: bytes, code: int, details: str) -> None:
@@ -267,7 +270,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         name = leading_model_name(head)
         if name is not None:
             error = error_class(details)
-            self._refused(name, error, error.status)
+            self._refused(name, error, error.status, leading_version(head))
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse | grpc_codec.RawAnswer:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:
@@ -317,9 +320,25 @@ def _stream_error(request: Any, message: str, models_answer: bool) -> service_pb
 def leading_model_name(head: bytes) -> str | None:
     """The ``model_name`` of a ModelInferRequest from its first bytes: field 1, which protobuf writes
     before the others (its tag, a varint length, the UTF-8 name); None where they do not hold it whole."""
-    if head[:1] != b"\x0a":  # field 1, length-delimited
+    found = _leading_string(head, 0, 0x0A)
+    return None if found is None else found[0]
+
+
+def leading_version(head: bytes) -> str:
+    """The ``model_version`` of a ModelInferRequest from its first bytes: field 2, which protobuf writes
+    right after the name where it is set; "" (the latest) where they do not hold it whole. A refusal
+    of a call for version 1 of a model also served in version 2 counted as version 2's."""
+    name = _leading_string(head, 0, 0x0A)
+    version = None if name is None else _leading_string(head, name[1], 0x12)
+    return "" if version is None else version[0]
+
+
+def _leading_string(head: bytes, at: int, tag: int) -> tuple[str, int] | None:
+    """The UTF-8 string field of ``tag`` (its tag byte: field number and length-delimited wire type)
+    at ``at`` in ``head``, and where it ends; None where it is not there whole."""
+    if head[at : at + 1] != bytes((tag,)):
         return None
-    length, at = 0, 1
+    length, at = 0, at + 1
     for shift in range(0, 35, 7):
         if at >= len(head):
             return None
@@ -333,7 +352,7 @@ def leading_model_name(head: bytes) -> str | None:
     if at + length > len(head):
         return None
     try:
-        return head[at : at + length].decode()
+        return head[at : at + length].decode(), at + length
     except UnicodeDecodeError:
         return None
 
