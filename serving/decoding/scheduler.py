@@ -374,7 +374,10 @@ class DecodingScheduler:
         finished = self._batch.step(self.run_decoder, self._joining(), steps)
         ran = self._batch.last_steps
         self._steps, self._left = self._steps + ran, len(finished)
-        if self.observer is not None:
+        # no rows: every request in the batch was answered (its client left, it timed out) and its rows
+        # dropped, so no decoder call ran; counted, it was a step of 0 rows in the decoder series and
+        # in the translator's statistics (execution_count)
+        if self.observer is not None and rows:
             seconds = (time.monotonic() - started) / ran
             self.observer.observe_decode_step(self.model, rows, requests, seconds, ran)
         answers: list[tuple[Job, Any, str]] = []
