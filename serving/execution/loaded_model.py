@@ -184,8 +184,10 @@ class LoadedModel:
 def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     """The fields of ``config`` that Triton honours and this backend would otherwise ignore without a
     word: a sequence batcher (stateful models), ONNX Runtime's graph level and
-    execution accelerators (TensorRT, OpenVINO), the onnxruntime backend's session parameters, and
-    inputs declared ``optional`` (a request here must send every input).
+    execution accelerators (TensorRT, OpenVINO), the onnxruntime backend's session parameters,
+    inputs declared ``optional`` (a request here must send every input), and Triton's ragged batching:
+    inputs with ``allow_ragged_batch`` (the batcher merges only requests of one shape, so they are
+    never concatenated) and ``batch_input`` / ``batch_output`` (never made here).
     An ``exported`` entry's TensorRT accelerator is Kiln's own, written for Triton (docs/kiln-json.md),
     so it is not named at every GPU start."""
     fields = []
@@ -205,6 +207,13 @@ def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     optional = [tensor.name for tensor in config.input if tensor.optional]
     if optional:  # loaded without a word, every request leaving one out was a 400 "missing"
         fields.append(f"input optional {optional} (every request must send them)")
+    ragged = [tensor.name for tensor in config.input if tensor.allow_ragged_batch]
+    if ragged:  # loaded without a word: requests of other shapes ran apart, never concatenated
+        fields.append(f"input allow_ragged_batch {ragged} (requests of different shapes are never batched)")
+    for kind in ("batch_input", "batch_output"):
+        names = [name for tensor in getattr(config, kind) for name in tensor.target_name]
+        if names:
+            fields.append(f"{kind} {names}")
     return fields
 
 

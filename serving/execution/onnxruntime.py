@@ -268,6 +268,12 @@ class OnnxRuntimeBackend:
             where = placement.without_cuda_graphs(where)
             per_instance = self._opener.bucket_sessions(entry, path, where, graph)
         unlisted = unlisted_inputs(entry.config, Sessions(where, per_instance).default(0))
+        made = sorted({n for b in entry.config.batch_input for n in b.target_name} & set(unlisted))
+        if made:  # Triton feeds these itself (ragged batching): it loads such a model, this backend cannot
+            raise ValueError(
+                f"{entry.path / 'config.pbtxt'} does not match {path}: the graph's inputs {made} are the "
+                "config's batch_input, which the embedded backend does not make: use --backend triton"
+            )
         if unlisted:
             raise ValueError(
                 f"{entry.path / 'config.pbtxt'} does not match {path}: the graph's inputs {unlisted} are not "

@@ -264,9 +264,12 @@ def _tensor_problems(kind: str, tensor: Any, meta: Any, max_batch_size: int) -> 
     fixed = [(c, g) for c, g in zip(expected, shape, strict=False) if c > 0 and g > 0]
     batch = shape[0] if max_batch_size > 0 and shape else -1
     if len(shape) != len(expected) or any(c != g for c, g in fixed):
+        # a graph made for Triton's ragged batching takes the requests concatenated, without a batch axis
+        ragged = getattr(tensor, "allow_ragged_batch", False) and len(shape) < len(expected)
+        hint = " (allow_ragged_batch: requests are never concatenated here; use --backend triton)"
         problems.append(
             f"{kind} {tensor.name!r} is {expected} in the config (max_batch_size {max_batch_size}) "
-            f"but {shape} in the graph"
+            f"but {shape} in the graph{hint if ragged else ''}"
         )
     elif batch > 0 and (batch != 1 or max_batch_size > 1):
         problems.append(
