@@ -113,7 +113,9 @@ def derive_python_flavour(
         output.mkdir(parents=True)
     try:
         return _derive(repository, output, threads, instances)
-    except FlavourWriteError:  # no half-copied flavour left filling the disk (or for Triton to load)
+    except BaseException:  # no half-copied flavour left filling the disk (or for Triton to load)
+        # a Ctrl-C mid-copy too: an entry copied without its config.pbtxt is not a flavour's entry, and
+        # the next start on the same --workdir refused the directory as not written by Kiln
         shutil.rmtree(output, ignore_errors=True)
         raise
 
