@@ -252,7 +252,7 @@ def launcher(monkeypatch: pytest.MonkeyPatch):
     """The launcher's main() over :class:`_StandInServer`, its signal handlers put back afterwards."""
     from serving.triton import __main__ as launcher_module
 
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr(launcher_module, "TritonServer", _StandInServer)
     monkeypatch.setattr(_StandInServer, "made", [])
     monkeypatch.setattr(_StandInServer, "signal_in_stop", False)

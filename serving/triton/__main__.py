@@ -174,17 +174,25 @@ def _serve(console: Console, server: TritonServer, repository: Path, timeout_s: 
         server.stop()
 
 
+# SIGHUP too: a closed terminal or dropped ssh session ended this process at once, its ``finally`` unrun,
+# and the temporary work directory (a copy of every model of the repository) stayed in /tmp
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt_on_signals() -> None:
-    """The first SIGINT or SIGTERM raises KeyboardInterrupt, even where a parent shell made SIGINT
-    ignored; later ones are ignored, so that a second Ctrl-C cannot cut the stop it started short
-    (which leaves the server's stubs and shared memory behind, and a traceback)."""
+    """The first SIGINT, SIGTERM or SIGHUP (unless nohup ignores it) raises KeyboardInterrupt, even
+    where a parent shell made SIGINT ignored; later ones are ignored, so that a second Ctrl-C cannot
+    cut the stop it started short (which leaves the server's stubs and shared memory behind, and a
+    traceback)."""
 
     def interrupt(*_: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started under nohup: a hangup is meant to leave it serving
         signal.signal(sig, interrupt)
 
 
