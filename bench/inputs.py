@@ -206,13 +206,12 @@ def triton_dir_problem(out: Path, wanted: set[str]) -> str | None:
     """Why Triton cannot run under ``out`` (where the bench derives its python-flavour repository), or
     None: in a path with whitespace the python backend's stubs exit at load (``std::invalid_argument:
     stol``), and the bench waited 120 s for a Triton that never became ready, in each part."""
-    from serving.triton.server import TritonError, check_workdir
+    from serving.triton.server import workdir_path_problem
 
-    try:
-        check_workdir(out)
-    except TritonError:
+    problem = workdir_path_problem(out)
+    if problem:
         return (
-            f"--output {out.resolve()} has whitespace in its path, where Triton's python backend cannot "
+            f"--output {out.resolve()} {problem}, where Triton's python backend cannot "
             f"load models: choose an --output without it, {_leave_out(wanted, RUNS_TRITON)}"
         )
     return None

@@ -150,15 +150,27 @@ def _check_ports(chosen: dict[str, int]) -> None:
                 raise ValueError(f"{flags[name]} and {flags[other]} are both {port}: each needs its own port")
 
 
-def check_workdir(workdir: Path) -> None:
-    """Refuse a work directory whose path holds whitespace: Triton's python backend stubs, started from
-    it, die reading their arguments (``std::invalid_argument: stol``), and the server then waited its
-    whole ready timeout (two minutes) before saying it was not ready."""
+def workdir_path_problem(workdir: Path) -> str:
+    """What in ``workdir``'s path Triton's python backend cannot start a model under, "" if nothing:
+    whitespace (the stubs die reading their arguments, ``std::invalid_argument: stol``) or a character
+    outside ASCII (the stubs' isolated Python reads paths as ASCII: ``UnicodeEncodeError`` at load, a
+    ``/home/jörg`` or ``TMPDIR=/tmp/données`` included)."""
     shown = str(Path(workdir).absolute())
     if any(c.isspace() for c in shown):
+        return "has whitespace in its path"
+    outside = sorted({c for c in shown if not c.isascii()})
+    return f"has characters outside ASCII in its path ({''.join(outside)})" if outside else ""
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse a work directory Triton's python backend cannot load models under (see
+    :func:`workdir_path_problem`): the server started, waited for (with whitespace) its whole ready
+    timeout of two minutes, and said it was not ready, or exited with a traceback from the stub."""
+    problem = workdir_path_problem(workdir)
+    if problem:
         raise TritonError(
-            f"work directory {shown!r} has whitespace in its path, under which Triton's python backend "
-            "cannot start its models: choose one without (--workdir, or TMPDIR for a temporary one)"
+            f"work directory {str(Path(workdir).absolute())!r} {problem}, under which Triton's python "
+            "backend cannot start its models: choose one without (--workdir, or TMPDIR for a temporary one)"
         )
 
 
