@@ -259,7 +259,12 @@ def restarted(config: TrainConfig, d: Dist) -> TrainConfig:
     resolved as ``--resume`` would be, where its own torchrun job's interrupted attempt wrote it and every
     rank reads it so (``restart_resume``); else, and in a first attempt, the config as given."""
     found = restart_resume(Path(config.output_dir) / f"{config.name}.resume.pt", d)
-    return resolve(dataclasses.replace(config, resume=str(found))) if found else config
+    if not found:
+        return config
+    # flips inherited under --no-augment are taken from the state again, not passed as a given --hflip:
+    # check_augment_flags refused that, and the restart of the run it had accepted failed
+    hflip = config.hflip if config.augment else None
+    return resolve(dataclasses.replace(config, resume=str(found), hflip=hflip))
 
 
 def run(config: TrainConfig) -> Path:
