@@ -290,8 +290,13 @@ def default_output_dir(config: TrainConfig, name: str) -> str:
     run wrote (its checkpoint, metrics and resume state continue the interrupted run's files, wherever
     it is resumed from: the state's folder less the folders ``name`` holds, ``resumed_output_dir``),
     else ``DEFAULT_OUTPUT_DIR``. The state's folder alone put a run named ``runs/a`` resumed from
-    ``out/runs/a.resume.pt`` in ``out/runs/runs/``, beside its own files, which it never replaced."""
-    return resumed_output_dir(config.resume, name) if config.resume else DEFAULT_OUTPUT_DIR
+    ``out/runs/a.resume.pt`` in ``out/runs/runs/``, beside its own files, which it never replaced. The
+    directory the state recorded comes first, as the translator's: a state reached through a link
+    (``--resume latest.resume.pt``) or a ``--name ../a`` wrote a second copy elsewhere."""
+    if not config.resume:
+        return DEFAULT_OUTPUT_DIR
+    recorded = (load_resume(config.resume, mmap=True).get("train_config") or {}).get("output_dir")
+    return resumed_output_dir(config.resume, name, recorded)
 
 
 def resume_defaults(config: TrainConfig) -> dict[str, Any]:

@@ -324,8 +324,11 @@ def as_lists(value: Any) -> Any:
 
 def resumed_metrics(resume: str) -> Path:
     """The interrupted run's ``<name>.metrics.jsonl``, beside its resume state: the records of its
-    epochs, whatever ``--name`` and ``--output-dir`` the resumed run writes under."""
+    epochs, whatever ``--name`` and ``--output-dir`` the resumed run writes under; beside the file a
+    link to the state names (``--resume latest.resume.pt``), whose own folder has none: the resumed run
+    started its metrics anew, its earlier epochs' records gone from the file and the curves."""
     state = resume_path(resume)
+    state = state.resolve() if state.is_symlink() else state
     return state.with_name(state.name.removesuffix(".resume.pt") + ".metrics.jsonl")
 
 
