@@ -163,6 +163,10 @@ class ExportContext:
             out["device"] = "gpu"
             out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search
             out["cuda_graphs"] = self.options.cuda_graphs
+            if precision == "int8" and self.ckpt.get("task") != "translate":
+                # its config has no TensorRT accelerator (triton_config.TRT_PRECISION_MODES): one written
+                # with the INT8 accelerator, whose uint8 activations TensorRT clipped, is stale
+                out["tensorrt_accelerator"] = False
         if engine:
             out["tensorrt"] = tensorrt.engine_target()
         if self.ckpt.get("task") == "translate":
