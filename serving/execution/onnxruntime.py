@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.errors import BadRequest, ModelNotFound, Unavailable, mark_models_answer
 from serving.execution import placement
 from serving.execution.base import (
     GraphChoice,
@@ -46,6 +46,17 @@ from serving.execution.validation import classification_counts, reshaped, valida
 from serving.threads import name_os_thread
 
 log = logging.getLogger(__name__)
+
+
+def _classified(scores: Any, count: int, labels: list[str] | None, batched: bool) -> Any:
+    """Triton's classification of an output the model made: a type it cannot rank (FP16, BOOL, BYTES)
+    is refused as the model's answer (serving.errors.MODELS_ANSWER), as Triton refuses it filling the
+    model's response, so a stream's error answer names the model (it came with the id alone)."""
+    try:
+        return classification(scores, count, labels, batched=batched)
+    except BadRequest as error:
+        mark_models_answer(error)
+        raise
 
 
 class OnnxRuntimeBackend:
@@ -191,8 +202,7 @@ class OnnxRuntimeBackend:
             if name in model.output_dims:  # as the config's dims say, not as the model made it
                 value = reshaped(value, model.output_dims[name], model.batched)
             if name in classify:
-                labels = model.entry.labels.get(name)
-                value = classification(value, classify[name], labels, batched=model.batched)
+                value = _classified(value, classify[name], model.entry.labels.get(name), model.batched)
             result[name] = value
         return InferResponse(request.model, model.version, result, request.request_id)
 
