@@ -200,7 +200,8 @@ class HeadLimits:
         a valid request before a malformed one went unanswered)."""
         if self._lingering is not None or self._deferred is not None:
             return
-        message = f"invalid HTTP request: {sys.exc_info()[1] or msg}"
+        reason = (sys.exc_info()[1] or msg) if msg == PARSER_WARNING else msg  # else the protocol's
+        message = f"invalid HTTP request: {reason}"
         cycle = self.cycle
         if self._in_head or cycle is None or cycle.response_complete:
             self._refuse_head(400, message)  # a request of its own: after the answers before it

@@ -22,6 +22,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from serving.metric_families import CLIENT_LEFT
 from serving.protocol.http1_heads import (
+    LINGER_S,
     MAX_HEAD_BYTES,
     PARSER_WARNING,
     READ_TIMEOUT_S,
@@ -94,6 +95,21 @@ def _count_cut(cycle: DirectCycle) -> None:
         refused(cycle.scope, ClientDisconnect(), status)
 
 
+class _LingerOnClose:
+    """The transport an ASGI cycle writes to, whose ``close`` is the protocol's lingering close."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: CoalescingHttpToolsProtocol) -> None:
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol._linger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 # what uvicorn answers when the app raises before answering (with "connection: close")
 
@@ -113,6 +129,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._send_watch: SendWatch | None = None  # while the client is not reading our answers
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
         self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
+        self._client_ended = False  # the client ended its half (shutdown(SHUT_WR)): close once answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -141,6 +158,33 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         # (an RST, as load balancers' health checks close) was held, its request and all, by the timer
         # for --keep-alive-s (~11 KB each for 75 s)
         self._unset_keepalive_if_required()
+
+    def eof_received(self) -> bool | None:
+        """The client ended its half of the connection (``shutdown(SHUT_WR)``, ``nc -N``, an HTTP/1.0
+        client done sending): a request it sent whole is still answered, then the connection closed.
+        uvicorn let the event loop close the connection at once, past :class:`CoalescedWrites`: an
+        answer written in that step was dropped, still held, and one not yet written had nowhere to
+        go (the client read an empty reply). A request not whole by then never will be: closed as
+        before (its app reads a disconnect), and so is a connection lingering after a refusal."""
+        self._client_ended = True
+        self.transport.flush()  # what this step wrote goes out before our FIN
+        if self._lingering is None and self._owed():
+            return True  # keep our half open for the answer (on_response_complete closes it)
+        return None
+
+    def _owed(self) -> bool:
+        """Whether the request being answered arrived whole and its answer is not complete yet."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return False
+        if isinstance(cycle, DirectCycle):
+            return self._answer_task is not None  # its body whole: on_message_complete began it
+        return not cycle.more_body
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # (the next pipelined request started, if any)
+        if self._client_ended and not self.transport.is_closing() and not self._owed():
+            self.transport.close()  # every request the client sent whole is answered
 
     def pause_writing(self) -> None:
         HttpToolsProtocol.pause_writing(self)
@@ -184,9 +228,16 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                     return
                 self._unsupported_upgrade_warning()
                 data = data[upgrade.args[0] :]
-            except httptools.HttpParserError:
+            except httptools.HttpParserError as error:
                 if data.startswith(H2_PREFACE_LINE):  # a gRPC client (HTTP/2) on the HTTP port
                     self._refuse_head(505, H2_ON_HTTP1)
+                elif isinstance(error.__context__, httptools.HttpParserInvalidURLError):
+                    # raised in uvicorn's on_headers_complete (llhttp names it "User callback
+                    # error"): a target it could not read (CONNECT's host:port, "http://["). A head
+                    # refused, after the answers before it (it was taken for the body of the request
+                    # being answered, whose answer was dropped)
+                    self._in_head = True
+                    self.send_400_response(f"request target {error.__context__}")
                 else:
                     self.send_400_response(PARSER_WARNING)
                 return
@@ -229,6 +280,35 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 self.cycle = direct  # type: ignore[assignment]
                 return
         super().on_headers_complete()
+        if self.expect_100_continue and self.cycle is not cycle:
+            self.cycle.send = self._closing_if_body_unasked(self.cycle)  # type: ignore[method-assign]
+
+    def _closing_if_body_unasked(self, cycle: Any) -> Any:
+        """The ``send`` of a request with ``Expect: 100-continue``: an answer that begins before
+        the gateway asked for the body (no ``100 Continue`` written, none of it arrived: a 413 from
+        its Content-Length, a 503, a 404) closes the connection (``connection: close``, then a
+        lingering close). Its client may send the body or not (RFC 9110 10.1.1), so the bytes that
+        follow have no known framing: uvicorn kept the connection open and read the client's next
+        request as that body, then answered the one request twice (the 408 of a body that never
+        came, read by the client as the answer to its next request, which was never served)."""
+        send = cycle.send
+
+        async def send_closing(message: dict) -> None:
+            unasked = cycle.waiting_for_100_continue and cycle.more_body and not cycle.body
+            if unasked and not cycle.response_started:
+                cycle.keep_alive = False  # uvicorn writes "connection: close", then closes:
+                cycle.transport = _LingerOnClose(self)  # with a lingering close
+            await send(message)
+
+        return send_closing
+
+    def _linger(self) -> None:
+        """Close after the answer written, as after a refusal: our FIN, what the client still sends
+        dropped, closed at its FIN or after LINGER_S (closing with its bytes unread resets the
+        connection, and the reset can overtake the answer)."""
+        self._stop_watch()  # the body will not be read: no 408 for it
+        self.transport.write_eof()
+        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _upgrade_body(self) -> int:
         """The Content-Length of a request proposing an upgrade the gateway will not take, whose
