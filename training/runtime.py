@@ -17,7 +17,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +35,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # torchrun's run id where a rendezvous or --master-port is given without --rdzv-id (--standalone, and one
 # node without those flags, draw a uuid): every such job has it, so it tells no job's files from another's.
 NO_RUN_ID = "none"
+# cuBLAS's workspace setting under which its kernels (an LSTM's or GRU's under cuDNN's RNN among them)
+# give the same bits run after run (PyTorch's reproducibility notes); cuBLAS reads it when it starts.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 @dataclass
@@ -77,6 +80,7 @@ def setup_dist(device: str = "auto", timeout_s: float | None = None) -> Dist:
     check_launch(os.environ)
     chosen = pick_device(device)
     if chosen.type == "cuda":
+        deterministic_cuda(os.environ)
         torch.cuda.set_device(chosen)
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     timeout = timedelta(seconds=dist_timeout_s(timeout_s, backend))
@@ -87,6 +91,17 @@ def setup_dist(device: str = "auto", timeout_s: float | None = None) -> Dist:
         importlib.import_module("torch.distributed.nn")
         join_group(backend, timeout)
     return Dist(dist.get_rank() if world > 1 else 0, world, chosen, timeout)
+
+
+def deterministic_cuda(env: MutableMapping[str, str]) -> None:
+    """Hold a CUDA run to the same weights, bit for bit, from the same command, as a CPU run is (README,
+    "Training is reproducible"): seeds alone do not, as cuDNN otherwise may pick a convolution algorithm
+    that sums with atomics (in another order each run, so other weights: PyTorch's Conv2d and
+    reproducibility notes), and cuDNN's LSTM and GRU need cuBLAS's fixed workspace (PyTorch's RNN
+    notes). Set before cuBLAS starts; a ``CUBLAS_WORKSPACE_CONFIG`` of the user's is kept."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    env.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 def check_launch(env: Mapping[str, str]) -> None:
