@@ -197,6 +197,21 @@ def _document_this_gateway(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    _schema_built_off_the_loop(app)
+
+
+def _schema_built_off_the_loop(app: FastAPI) -> None:
+    """``/openapi.json`` (what ``/docs`` loads) builds the schema on a thread the first time: FastAPI's
+    route builds it inline, 50-380 ms of event loop here, every other request waiting for it."""
+    route = next(r for r in app.router.routes if getattr(r, "path", None) == app.openapi_url)
+    serve = route.app
+
+    async def schema_built_first(scope: Any, receive: Any, send: Any) -> None:
+        if app.openapi_schema is None:
+            await asyncio.to_thread(app.openapi)  # cached by FastAPI: the route answers from it
+        await serve(scope, receive, send)
+
+    route.app = schema_built_first
 
 
 class GatewayServer(uvicorn.Server):

@@ -56,6 +56,7 @@ class JsonOffload:
     def __init__(self, offload_bytes: int = OFFLOAD_BYTES) -> None:
         self.offload_bytes = offload_bytes
         self._pool: ProcessPoolExecutor | None = None
+        self._starting = threading.Lock()  # one helper, however many first large bodies arrive at once
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
 
     async def parse_infer(
@@ -80,7 +81,7 @@ class JsonOffload:
         module-level function (the helper imports it by name) whose result and errors pickle."""
         if not self.offload_bytes or json_bytes < self.offload_bytes:
             return parse(*args)
-        pool = self._helper()
+        pool = self._pool or await asyncio.to_thread(self._helper)
         try:
             return await self._in_helper(pool, parse, args)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
@@ -129,18 +130,25 @@ class JsonOffload:
                         waiting.set_exception(BrokenProcessPool(str(error)))
 
     def _helper(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            log.info(
-                "starting the JSON parse process (bodies of %d bytes of JSON and more)", self.offload_bytes
-            )
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=context,
-                initializer=_helper_starts,
-                initargs=(applied_cpu_policy(),),
-            )
-        return self._pool
+        """The helper's pool, its process started: on a thread of its own, never the event loop's (the
+        pool starts its process at its first call, and starting the forkserver, then the helper from it,
+        held the loop 150-230 ms, every other request of the gateway waiting behind one large body)."""
+        with self._starting:
+            if self._pool is None:
+                log.info(
+                    "starting the JSON parse process (bodies of %d bytes of JSON and more)",
+                    self.offload_bytes,
+                )
+                context = multiprocessing.get_context("forkserver")
+                pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=context,
+                    initializer=_helper_starts,
+                    initargs=(applied_cpu_policy(),),
+                )
+                pool.submit(int)  # starts the process here (its result, or failure, matters to nobody)
+                self._pool = pool
+            return self._pool
 
     def close(self) -> None:
         """Stop the helper process, if one was started, and wait for it to end. ``shutdown(wait=False)``
