@@ -35,8 +35,28 @@ def held_out_pairs(ckpt: dict[str, Any], split: str = "test") -> list[tuple[str,
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     tokenizers = TokenizerPair.from_dict(ckpt["tokenizers"])
-    pairs = getattr(load_corpus(corpus_config(TranslateConfig.from_dict(ckpt["train_config"]))), split)
-    return fitting_pairs(pairs, tokenizers, ckpt["model"]["args"]["max_positions"])[0]
+    corpus = load_corpus(corpus_config(TranslateConfig.from_dict(ckpt["train_config"])))
+    changed = split_changes(corpus.info, ckpt.get("data"))
+    if changed:
+        raise ValueError(
+            f"the corpus at {corpus.info.get('data_path')} is not the one the run trained on ({changed}): "
+            f"its {split} split would hold pairs the run trained on; point --data-path at that corpus"
+        )
+    return fitting_pairs(getattr(corpus, split), tokenizers, ckpt["model"]["args"]["max_positions"])[0]
+
+
+# The counts a checkpoint's ``data`` records of the corpus it was split from, before the split (its
+# ``<split>_size`` are of the pairs that fit the model, not ``load_corpus``'s)
+SPLIT_COUNTS = ("raw_pairs", "clean_pairs")
+
+
+def split_changes(info: dict[str, Any], recorded: dict[str, Any] | None) -> str:
+    """How the rebuilt corpus's counts differ from those the checkpoint recorded ("" when they do not, or
+    were not recorded): the split shuffles the whole corpus, so one line added or removed since training
+    makes a "test" split of mostly training pairs, which held-out checks must not run on."""
+    recorded = recorded or {}
+    changed = [key for key in SPLIT_COUNTS if key in info and key in recorded and info[key] != recorded[key]]
+    return f"{changed[0]} {info[changed[0]]}, the run's {recorded[changed[0]]}" if changed else ""
 
 
 def fits(src: list[int], tgt: list[int], limit: int) -> bool:

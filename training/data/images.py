@@ -295,10 +295,20 @@ def absent_classes(labels: torch.Tensor, classes: list[str]) -> list[str]:
 
 
 def load_splits(data_info: dict[str, Any]) -> tuple[ImageDataset, ImageDataset]:
-    """Rebuild exactly the (train, validation) split recorded in a checkpoint's ``data`` dict."""
+    """Rebuild exactly the (train, validation) split recorded in a checkpoint's ``data`` dict; data of
+    other split sizes (images added or removed since) is refused: its validation split is reshuffled
+    over images the run trained on, and export's checks and int8 gate must not measure on those."""
     known = set(asdict(DataSpec()))
     spec = DataSpec(**{k: v for k, v in data_info.items() if k in known})
-    return make_splits(spec)
+    train, val = make_splits(spec)
+    now, was = (len(train), len(val)), (data_info.get("n_train"), data_info.get("n_val"))
+    if None not in was and now != was:  # images added or removed: another split, its validation trained on
+        raise DatasetError(
+            f"{spec.data_path or spec.dataset}: {now[0]} train / {now[1]} val images where the run had "
+            f"{was[0]} / {was[1]}: not the data it trained on (its validation split would hold images it "
+            "trained on); point --data-path at that data"
+        )
+    return train, val
 
 
 def data_place(data_path: str) -> str:
