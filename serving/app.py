@@ -202,13 +202,20 @@ def _document_this_gateway(app: FastAPI, settings: Settings) -> None:
 
 def _schema_built_off_the_loop(app: FastAPI) -> None:
     """``/openapi.json`` (what ``/docs`` loads) builds the schema on a thread the first time: FastAPI's
-    route builds it inline, 50-380 ms of event loop here, every other request waiting for it."""
+    route builds it inline, 50-380 ms of event loop here, every other request waiting for it. One build,
+    which every request that comes meanwhile waits for: FastAPI caches the schema before this gateway's
+    edits to it (:func:`_document_this_gateway`), and a second request served from that cache got the
+    schema without its limits, or read it while the thread changed it."""
     route = next(r for r in app.router.routes if getattr(r, "path", None) == app.openapi_url)
     serve = route.app
+    build: asyncio.Future | None = None
 
     async def schema_built_first(scope: Any, receive: Any, send: Any) -> None:
-        if app.openapi_schema is None:
-            await asyncio.to_thread(app.openapi)  # cached by FastAPI: the route answers from it
+        nonlocal build
+        if build is None:
+            build = asyncio.ensure_future(asyncio.to_thread(app.openapi))  # cached: the route answers from it
+        if not build.done():
+            await asyncio.shield(build)  # (a request cut short leaves the build to the others)
         await serve(scope, receive, send)
 
     route.app = schema_built_first
