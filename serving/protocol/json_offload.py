@@ -57,6 +57,7 @@ class JsonOffload:
         self.offload_bytes = offload_bytes
         self._pool: ProcessPoolExecutor | None = None
         self._starting = threading.Lock()  # one helper, however many first large bodies arrive at once
+        self._closes = 0  # close() calls: a body that asked for the helper before one gets none
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
 
     async def parse_infer(
@@ -81,7 +82,9 @@ class JsonOffload:
         module-level function (the helper imports it by name) whose result and errors pickle."""
         if not self.offload_bytes or json_bytes < self.offload_bytes:
             return parse(*args)
-        pool = self._pool or await asyncio.to_thread(self._helper)
+        pool = self._pool or await asyncio.to_thread(self._helper, self._closes)
+        if pool is None:  # the app stopped meanwhile: no helper started for it
+            return parse(*args)
         try:
             return await self._in_helper(pool, parse, args)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
@@ -129,11 +132,15 @@ class JsonOffload:
                     if not waiting.done():
                         waiting.set_exception(BrokenProcessPool(str(error)))
 
-    def _helper(self) -> ProcessPoolExecutor:
+    def _helper(self, closes: int) -> ProcessPoolExecutor | None:
         """The helper's pool, its process started: on a thread of its own, never the event loop's (the
         pool starts its process at its first call, and starting the forkserver, then the helper from it,
-        held the loop 150-230 ms, every other request of the gateway waiting behind one large body)."""
+        held the loop 150-230 ms, every other request of the gateway waiting behind one large body).
+        None where :meth:`close` came since the body asked (``closes`` then): a helper started after
+        the app's stop was left running, its pool never shut down."""
         with self._starting:
+            if self._closes != closes:
+                return None
             if self._pool is None:
                 log.info(
                     "starting the JSON parse process (bodies of %d bytes of JSON and more)",
@@ -154,8 +161,11 @@ class JsonOffload:
         """Stop the helper process, if one was started, and wait for it to end. ``shutdown(wait=False)``
         alone left it running for ever once the gateway exited: the pool's thread that sends a worker
         its stop goes with the process, and the worker, which holds both ends of its call queue's
-        pipe, never reads an end of file. A body still being parsed is the stopping gateway's."""
-        pool, self._pool = self._pool, None
+        pipe, never reads an end of file. A body still being parsed is the stopping gateway's. A helper
+        starting on a thread is waited for (the lock), then stopped as well."""
+        with self._starting:
+            pool, self._pool = self._pool, None
+            self._closes += 1
         if pool is None:
             return
         # CPython's table of the pool's processes (3.14 has terminate_workers): ended first, so the
