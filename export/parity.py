@@ -188,15 +188,16 @@ def _new_non_finite(ref: np.ndarray, got: np.ndarray) -> int:
     return int(np.count_nonzero(np.isfinite(ref) & ~np.isfinite(got)))
 
 
-# From this magnitude up a value is a mask (``masked_fill(..., finfo.min)``, ``-1e9``), not one computed
+# From this magnitude down a negative value is a mask (``masked_fill(..., finfo.min)``, ``-1e9``), not one
+# computed; a positive one is a real value (an unnormalised logit), whose magnitude its output's values share
 MASK_MAGNITUDE = 1e6
 
 
 def _scale(ref: np.ndarray) -> float:
     """Largest finite magnitude below a mask's: the tolerance is absolute up to 1 and relative above
     (float32 rounding); a mask value's magnitude would lend every value of the output its slack."""
-    finite = np.abs(ref[np.isfinite(ref)]) if ref.size and ref.dtype.kind == "f" else np.zeros(0)
-    finite = finite[finite < MASK_MAGNITUDE]
+    finite = ref[np.isfinite(ref)] if ref.size and ref.dtype.kind == "f" else np.zeros(0)
+    finite = np.abs(finite[finite > -MASK_MAGNITUDE])
     return float(finite.max()) if finite.size else 0.0
 
 
