@@ -40,7 +40,8 @@ def held_out_pairs(ckpt: dict[str, Any], split: str = "test") -> list[tuple[str,
     if changed:
         raise ValueError(
             f"the corpus at {corpus.info.get('data_path')} is not the one the run trained on ({changed}): "
-            f"its {split} split would hold pairs the run trained on; point --data-path at that corpus"
+            f"its {split} split would hold pairs the run trained on; put that corpus back there (the "
+            "bench reads it there; export also takes --data-path: where it is now)"
         )
     return fitting_pairs(getattr(corpus, split), tokenizers, ckpt["model"]["args"]["max_positions"])[0]
 
