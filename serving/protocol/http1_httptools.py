@@ -129,7 +129,6 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._send_watch: SendWatch | None = None  # while the client is not reading our answers
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
         self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
-        self._client_ended = False  # the client ended its half (shutdown(SHUT_WR)): close once answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -160,31 +159,14 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._unset_keepalive_if_required()
 
     def eof_received(self) -> bool | None:
-        """The client ended its half of the connection (``shutdown(SHUT_WR)``, ``nc -N``, an HTTP/1.0
-        client done sending): a request it sent whole is still answered, then the connection closed.
-        uvicorn let the event loop close the connection at once, past :class:`CoalescedWrites`: an
-        answer written in that step was dropped, still held, and one not yet written had nowhere to
-        go (the client read an empty reply). A request not whole by then never will be: closed as
-        before (its app reads a disconnect), and so is a connection lingering after a refusal."""
-        self._client_ended = True
-        self.transport.flush()  # what this step wrote goes out before our FIN
-        if self._lingering is None and self._owed():
-            return True  # keep our half open for the answer (on_response_complete closes it)
+        """The client ended its half of the connection (a normal close, ``shutdown(SHUT_WR)``): taken as
+        gone, as uvicorn takes it and the README promises, so its requests in flight are cancelled (a
+        translation's rows leave the batch at the next step; kept open for its answer, a hung-up client's
+        decode ran to its end). What this step already wrote goes out first: :class:`CoalescedWrites`
+        held it until the end of the step, and the close that follows had dropped it (an answer written
+        as the FIN arrived, read by the client as an empty reply)."""
+        self.transport.flush()
         return None
-
-    def _owed(self) -> bool:
-        """Whether the request being answered arrived whole and its answer is not complete yet."""
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            return False
-        if isinstance(cycle, DirectCycle):
-            return self._answer_task is not None  # its body whole: on_message_complete began it
-        return not cycle.more_body
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # (the next pipelined request started, if any)
-        if self._client_ended and not self.transport.is_closing() and not self._owed():
-            self.transport.close()  # every request the client sent whole is answered
 
     def pause_writing(self) -> None:
         HttpToolsProtocol.pause_writing(self)
