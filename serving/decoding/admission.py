@@ -1,8 +1,8 @@
 """Admission into a decoding scheduler's running batch: which waiting sentences join it, and when.
 
 A join costs one encoder call and new rows in the batch's arrays whatever the number of joiners, so
-joiners into a running batch are grouped (:func:`ready_to_admit`), and those that join are taken FIFO
-within the free rows and one encoder call (:func:`pick`). :class:`Job` is the request the scheduler's
+joiners into a running batch are grouped (:func:`ready_to_admit`), and those that join are taken one
+sentence of each waiting request in turn within the free rows and one encoder call (:func:`pick`). :class:`Job` is the request the scheduler's
 queue and batch hold. The decode loop that calls these under its lock, encodes the picked sentences and
 joins them is :class:`serving.decoding.scheduler.DecodingScheduler`.
 """
@@ -45,7 +45,7 @@ def ready_to_admit(waiting: deque[Job], steps: int, running: int, config: Schedu
     They join once they are ``join_fraction`` of the running sentences or the oldest has waited
     ``join_wait_steps`` steps. An idle batch admits at once (a lone request pays no wait).
     """
-    if steps - waiting[0].queued_step >= config.join_wait_steps:
+    if steps - oldest_queued_step(waiting) >= config.join_wait_steps:
         return True
     return fraction_waiting(waiting, running, config)
 
@@ -61,24 +61,40 @@ def fraction_waiting(waiting: deque[Job], running: int, config: SchedulerConfig)
 
 
 def pick(waiting: deque[Job], budget: int, config: SchedulerConfig, take: bool) -> list[tuple[Job, int]]:
-    """The waiting sentences (FIFO) that fit ``budget`` rows and one encoder call (caller holds the
-    lock); ``take`` marks them admitted and pops the requests all of whose sentences are."""
+    """The waiting sentences that fit ``budget`` rows and one encoder call, one of each request in turn
+    (caller holds the lock); ``take`` marks them admitted, pops the requests all of whose sentences are
+    and leaves ``waiting`` in turn order, a request that still waits behind the others whose turn came
+    after its own. Round-robin by request, not FIFO by sentence: a request of more sentences than the
+    rows hold (64 texts at beam 16 over 256 rows) no longer makes a one-sentence request behind it wait
+    until its every sentence has joined, and its own turn comes once a round however many arrive
+    behind it. A turn whose sentence does not fit ends the pick, so the rows that free are kept for it
+    (smaller sentences behind it do not take them first)."""
     picked: list[tuple[Job, int]] = []
-    job_index, source = 0, None
-    while job_index < len(waiting) and len(picked) < config.max_encoder_batch:
-        job = waiting[job_index]
-        source = job.next_source if source is None else source
+    turns = deque(waiting)
+    admitted: dict[Job, int] = {}  # each picked request's next source after this pick
+    while turns and len(picked) < config.max_encoder_batch:
+        job = turns[0]
         if job.config.beam_size > budget:
             break
+        source = admitted.get(job, job.next_source)
         picked.append((job, source))
         budget -= job.config.beam_size
-        source += 1
-        if source == len(job.sources):
-            job_index, source = job_index + 1, None
+        admitted[job] = source + 1
+        turns.popleft()
+        if source + 1 < len(job.sources):
+            turns.append(job)
     if take:
-        for job, index in picked:
-            job.next_source = index + 1
         now = time.monotonic()
-        for _ in range(job_index):
-            waiting.popleft().admitted = now
+        for job, next_source in admitted.items():
+            job.next_source = next_source
+            if next_source == len(job.sources):
+                job.admitted = now
+        waiting.clear()
+        waiting.extend(turns)
     return picked
+
+
+def oldest_queued_step(waiting: deque[Job]) -> int:
+    """The step count at which the longest-waiting request was queued (caller holds the lock; something
+    is waiting): with turns (:func:`pick`) the first in ``waiting`` may have come last."""
+    return min(job.queued_step for job in waiting)

@@ -26,7 +26,7 @@ import numpy as np
 
 from serving.decoding import beam_search as bs
 from serving.decoding import native, step_spec, stepper
-from serving.decoding.admission import Job, fraction_waiting, pick, ready_to_admit
+from serving.decoding.admission import Job, fraction_waiting, oldest_queued_step, pick, ready_to_admit
 from serving.decoding.native_decoder import MAX_STEPS
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
@@ -329,7 +329,8 @@ class DecodingScheduler:
         return len(fit) + self._left
 
     def _admit(self) -> None:
-        """Encode waiting sentences (FIFO) that fit the row budget, in one encoder call, and join them."""
+        """Encode waiting sentences (one of each request in turn) that fit the row budget, in one encoder
+        call, and join them."""
         with self._lock:
             waiting = self._waiting
             if not waiting or not ready_to_admit(waiting, self._steps, self._batch.size, self.config):
@@ -366,7 +367,7 @@ class DecodingScheduler:
             if not waiting:
                 steps = MAX_STEPS
             else:
-                waited = self._steps - waiting[0].queued_step
+                waited = self._steps - oldest_queued_step(waiting)
                 steps = max(1, self.config.join_wait_steps - waited)
             self._stop[0] = bool(waiting) and fraction_waiting(waiting, self._batch.size, self.config)
         started = time.monotonic()
