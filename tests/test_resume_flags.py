@@ -16,9 +16,12 @@ from training.classify_resolve import resolve
 from training.data.augment import AugmentConfig
 
 
-def _resume_file(out: Path, **train_config) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+def resume_file(out: Path, **train_config) -> Path:
+    """A lenet run's resume state in ``out``, as a run made with ``train_config`` wrote it (its name's
+    ``<name>.resume.pt``, ``lenet.resume.pt`` by default): what a resumed run reads of it."""
     saved = dataclasses.asdict(resolve(TrainConfig(model="lenet", output_dir=str(out), **train_config)))
+    path = out / f"{train_config.get('name') or 'lenet'}.resume.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "epoch": 1,
         "model_name": "lenet",
@@ -27,10 +30,10 @@ def _resume_file(out: Path, **train_config) -> Path:
         "optimizer": {},
         "scheduler": {},
     }
-    return save_checkpoint({**state, "data": {}, "train_config": saved}, out / "lenet.resume.pt")
+    return save_checkpoint({**state, "data": {}, "train_config": saved}, path)
 
 
-def _resolved(argv: list[str]) -> TrainConfig:
+def resolved(argv: list[str]) -> TrainConfig:
     return resolve(classify.config_from_args(classify.build_parser().parse_args(argv)))
 
 
@@ -46,13 +49,13 @@ def _resolved(argv: list[str]) -> TrainConfig:
 def test_a_resumed_run_keeps_the_interrupted_runs_augmentation_unless_told(
     tmp_path, first_run, resumed_flags, augment
 ):
-    resume = _resume_file(tmp_path / "run", **first_run)
-    config = _resolved(["--resume", str(resume), "--output-dir", str(tmp_path / "out"), *resumed_flags])
+    resume = resume_file(tmp_path / "run", **first_run)
+    config = resolved(["--resume", str(resume), "--output-dir", str(tmp_path / "out"), *resumed_flags])
     assert config.augment is augment
     assert (classify_config.augment_config(config) == AugmentConfig.none()) is not augment
 
 
 @pytest.mark.parametrize(("flags", "augment"), [([], True), (["--no-augment"], False), (["--augment"], True)])
 def test_a_new_run_augments_unless_told_not_to(tmp_path, flags, augment):
-    config = _resolved(["--model", "lenet", "--output-dir", str(tmp_path), *flags])
+    config = resolved(["--model", "lenet", "--output-dir", str(tmp_path), *flags])
     assert config.augment is augment
