@@ -3,58 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-from tests.repo_fixtures import build_classifier_repository
-
-
-@pytest.fixture(scope="module")
-def slow_repository(tmp_path_factory) -> Path:
-    """Three models of many instances each: loading goes on well after the first model's line."""
-    exported = build_classifier_repository(tmp_path_factory.mktemp("ops_d") / "repo")
-    root = exported.parent / "slow"
-    for index in range(3):
-        entry = shutil.copytree(exported / "lenet", root / f"m{index}")
-        config = entry / "config.pbtxt"
-        text = (
-            config.read_text().replace('name: "lenet"', f'name: "m{index}"').replace("count: 1", "count: 60")
-        )
-        config.write_text(text)
-    return root
-
-
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)])
-def test_a_stop_signal_while_the_models_load_is_one_info_line_not_a_failed_start_up(
-    slow_repository, sig, code
-):
-    # the operator's stop was logged as two errors: "gateway start-up failed: the backend: a stop
-    # signal arrived ..." and uvicorn's "Application startup failed. Exiting."
-    command = [sys.executable, "-m", "serving", "--model-repository", str(slow_repository)]
-    command += ["--http-port", "0", "--grpc-port", "0", "--log-level", "info", "--lone-request-threads", "0"]
-    gateway = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        assert gateway.stderr is not None
-        for line in gateway.stderr:
-            if "model m0 version 1: provider" in line:
-                break
-        gateway.send_signal(sig)
-        rest = gateway.stderr.read()
-        assert gateway.wait(timeout=120) == code, rest
-    finally:
-        gateway.kill()
-        gateway.wait()
-    assert (
-        " INFO [" in rest
-        and "gateway start-up stopped: a stop signal arrived while the models loaded" in rest
-    )
-    assert " ERROR " not in rest and "startup failed" not in rest and "start-up failed" not in rest, rest
 
 
 def test_a_worker_count_too_large_for_the_machine_stops_in_one_line_leaving_nothing(tmp_path, monkeypatch):

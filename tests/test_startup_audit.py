@@ -218,3 +218,10 @@ def test_a_stop_signal_while_the_models_load_stops_loading_them(exported, tmp_pa
         gateway.wait()
     assert "not loaded: m1, m2" in rest and "Uvicorn running" not in rest, rest
     assert list(Path(tempfile.gettempdir()).glob(f"kiln-weights-{gateway.pid}-*")) == []
+    # the operator's stop is one info line: it was logged as two errors, "gateway start-up failed: the
+    # backend: a stop signal arrived ..." and uvicorn's "Application startup failed. Exiting."
+    assert (
+        " INFO [" in rest
+        and "gateway start-up stopped: a stop signal arrived while the models loaded" in rest
+    )
+    assert " ERROR " not in rest and "startup failed" not in rest and "start-up failed" not in rest, rest
