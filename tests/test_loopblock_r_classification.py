@@ -12,14 +12,7 @@ import pytest
 from serving.errors import BadRequest, is_models_answer
 from serving.execution import onnxruntime
 from tests.repo_fixtures import MAX_BATCH, SIZE, build_classifier_repository, repository_client
-
-
-def _on_a_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+from tests.test_loopblock_r_off_the_loop import on_a_running_loop
 
 
 def _body(rows: int, count: int) -> dict:
@@ -44,7 +37,7 @@ def test_a_large_classification_is_written_off_the_event_loop_and_a_small_one_in
     write = onnxruntime.classification
 
     def recording(*args, **kwargs):
-        on_loop.append(_on_a_running_loop())
+        on_loop.append(on_a_running_loop())
         return write(*args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "classification", recording)

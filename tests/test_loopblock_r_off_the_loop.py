@@ -17,7 +17,8 @@ from serving.protocol.json_offload import JsonOffload
 from serving.settings import Settings
 
 
-def _on_a_running_loop() -> bool:
+def on_a_running_loop() -> bool:
+    """Whether the caller runs on a thread with a running event loop (the gateway's, in these tests)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -32,7 +33,7 @@ def test_the_json_helper_process_is_started_off_the_event_loop(monkeypatch) -> N
     class Recording(ProcessPoolExecutor):
         def submit(self, *args, **kwargs):
             if not first_calls:
-                first_calls.append(_on_a_running_loop())
+                first_calls.append(on_a_running_loop())
             return super().submit(*args, **kwargs)
 
     monkeypatch.setattr(json_offload, "ProcessPoolExecutor", Recording)
@@ -65,7 +66,7 @@ def test_the_openapi_schema_is_built_off_the_event_loop_on_first_call(tmp_path, 
     document = gateway_app.v1.document_limits
 
     def recording(schema, settings) -> None:
-        builds.append(_on_a_running_loop())
+        builds.append(on_a_running_loop())
         document(schema, settings)
 
     monkeypatch.setattr(gateway_app.v1, "document_limits", recording)

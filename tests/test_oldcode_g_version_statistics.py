@@ -19,7 +19,7 @@ from serving.errors import BadRequest
 from serving.execution.repository import Repository
 from serving.metrics import GatewayMetrics
 from tests.repo_fixtures import CHANNELS, SIZE, build_classifier_repository
-from tests.test_grpc import Gateway, LoopThread, run_gateway
+from tests.test_grpc import Gateway, run_gateway
 from tests.waiting import eventually
 
 
@@ -39,13 +39,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(repository: Path) -> Iterator[Gateway]:
-    loop = LoopThread()
-    try:
-        with run_gateway(loop, repository, intra_op_threads=1, max_body_bytes=4096) as running:
-            yield running
-    finally:
-        loop.close()
+def gateway(repository: Path, loop) -> Iterator[Gateway]:
+    with run_gateway(loop, repository, intra_op_threads=1, max_body_bytes=4096) as running:
+        yield running
 
 
 def _images(module, batch: int):

@@ -13,19 +13,15 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.repo_fixtures import CHANNELS, SIZE
-from tests.test_grpc import Gateway, LoopThread, run_gateway
+from tests.test_grpc import Gateway, run_gateway
 from tests.test_oldcode_g_version_statistics import _two_versions
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, loop) -> Iterator[Gateway]:
     repository: Path = _two_versions(tmp_path_factory.mktemp("stats_j") / "repo")
-    loop = LoopThread()
-    try:
-        with run_gateway(loop, repository, intra_op_threads=1, max_body_bytes=4096) as running:
-            yield running
-    finally:
-        loop.close()
+    with run_gateway(loop, repository, intra_op_threads=1, max_body_bytes=4096) as running:
+        yield running
 
 
 def _failures(gateway: Gateway) -> dict[str, int]:
