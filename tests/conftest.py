@@ -87,3 +87,15 @@ def loop() -> Iterator:
     thread = LoopThread()
     yield thread
     thread.close()
+
+
+@pytest.fixture
+def nowhere() -> Iterator[str]:
+    """An address nothing serves (bound, never listening: refused), as a Triton killed or never started."""
+    from serving.triton.ports import held_port
+
+    sock = held_port()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()

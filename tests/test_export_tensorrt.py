@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,9 +63,18 @@ def test_tensorrt_builds_an_engine_from_an_exported_classifier(tmp_path: Path):
 @pytest.fixture
 def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """TensorRT 'available' without TensorRT: each engine built is a small file; returns their precisions."""
+    return install_fake_tensorrt(monkeypatch)
+
+
+def install_fake_tensorrt(monkeypatch: pytest.MonkeyPatch, refusal: Any = None) -> list[str]:
+    """:func:`fake_tensorrt`'s stand-in, ``refusal(onnx_path)`` (where given) naming why TensorRT's parser
+    would refuse a graph, "" where it takes it: a refused one fails its build as TensorRT's does."""
     built: list[str] = []
 
     def build_engine(onnx_path: Path, plan_path: Path, spec: object, *, precision: str, **_: object) -> Path:
+        reason = refusal(onnx_path) if refusal else ""
+        if reason:
+            raise tensorrt.TensorRTError(f"{onnx_path}: TensorRT could not parse the ONNX graph: [{reason}]")
         built.append(precision)
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_bytes(b"plan " + precision.encode())

@@ -17,7 +17,7 @@ import pytest
 from onnx import numpy_helper
 
 from export import tensorrt
-from tests.test_export_tensorrt import H200
+from tests.test_export_tensorrt import install_fake_tensorrt
 
 
 def _tensorrt_refusal(onnx_path: Path) -> str | None:
@@ -38,21 +38,7 @@ def _tensorrt_refusal(onnx_path: Path) -> str | None:
 @pytest.fixture
 def parsing_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """TensorRT 'available': each engine is a small file, built only from a graph TensorRT parses."""
-    built: list[str] = []
-
-    def build_engine(onnx_path: Path, plan_path: Path, spec: object, *, precision: str, **_: object) -> Path:
-        refusal = _tensorrt_refusal(onnx_path)
-        if refusal:
-            raise tensorrt.TensorRTError(f"{onnx_path}: TensorRT could not parse the ONNX graph: [{refusal}]")
-        built.append(precision)
-        plan_path.parent.mkdir(parents=True, exist_ok=True)
-        plan_path.write_bytes(b"plan " + precision.encode())
-        return plan_path
-
-    monkeypatch.setattr(tensorrt, "should_build", lambda mode: (True, "TensorRT available"))
-    monkeypatch.setattr(tensorrt, "build_engine", build_engine)
-    monkeypatch.setattr(tensorrt, "engine_target", lambda: dict(H200))
-    return built
+    return install_fake_tensorrt(monkeypatch, _tensorrt_refusal)
 
 
 def test_the_int8_graph_is_one_tensorrt_refuses(tmp_path: Path):

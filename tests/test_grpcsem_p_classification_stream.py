@@ -7,7 +7,6 @@ wire against the real Triton 2.51 serving the same repository's python flavour."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,10 +15,11 @@ import pytest
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from serving.app import create_app
-from serving.settings import Settings
-from tests.repo_fixtures import LiveServer, held_grpc_port, running_triton, write_onnx_entry
+from tests import test_grpc_stream_error_fields
+from tests.repo_fixtures import running_triton, write_onnx_entry
 
+# the gateway (Kiln's gRPC server, then grpcio's) over this file's ``repository``
+gateway_grpc = test_grpc_stream_error_fields.gateway_grpc
 MODEL = "halves"  # FP16 in, FP16 out: Triton's classification refuses FP16 scores
 CONFIG = """name: "halves"
 platform: "onnxruntime_onnx"
@@ -51,17 +51,6 @@ def _halves() -> helper.GraphProto:
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_onnx_entry(tmp_path_factory.mktemp("classification-stream"), _halves(), CONFIG)
-
-
-@pytest.fixture(scope="module", params=["kiln", "grpcio"])
-def gateway_grpc(repository: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The gateway over ``repository``, its gRPC served by Kiln's own server or grpcio's: its address."""
-    with held_grpc_port() as grpc_port:
-        settings = Settings(
-            model_repository=repository, grpc_port=grpc_port, reuse_port=True, grpc_server=request.param
-        )
-        with LiveServer(create_app(settings)):
-            yield f"127.0.0.1:{grpc_port}"
 
 
 def _request(request_id: str, version: str, count: int) -> service_pb2.ModelInferRequest:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from serving.errors import BadRequest, PayloadTooLarge
 from serving.execution.base import InferRequest, InferResponse
 from serving.metrics import GatewayMetrics
 from serving.protocol.translate import TranslateRequest, _max_positions, _via_infer
-from serving.triton.ports import held_port
 
 NAME = "transformer"
 PART = 16  # <name>'s max_batch_size in the tests' export: the route sends the texts in parts this big
@@ -34,16 +32,6 @@ def repository(exported_translator_models) -> Path:
     if NAME in errors:
         pytest.fail(f"export failed: {errors[NAME]}")
     return root / "model_repository"
-
-
-@pytest.fixture
-def nowhere() -> Iterator[str]:
-    """An address nothing serves (bound, never listening): Triton is never called for a refused text."""
-    sock = held_port()
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 class NameModel:

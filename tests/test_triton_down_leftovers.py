@@ -25,7 +25,6 @@ from serving.gateway import Gateway
 from serving.protocol import repository_index as index_module
 from serving.protocol.repository_index import repository_index
 from serving.triton import TritonServer
-from serving.triton.ports import held_port
 from tests.test_scheduler import LONG, SPEC, FakeDecoder, fake_encoder
 from tests.test_translate_serving import exported_translators
 from tests.test_translate_triton import triton_serving
@@ -66,16 +65,6 @@ def all_threads_stopped(pid: int) -> bool:
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             states.append(stat.read_text().rpartition(")")[2].split()[0])
     return bool(states) and all(state in "TtZX" for state in states)
-
-
-@pytest.fixture
-def nowhere() -> Iterator[str]:
-    """An address nothing serves (bound, never listening: refused), as a Triton killed or never started."""
-    sock = held_port()
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 class CountingBackend(TritonBackend):
