@@ -24,7 +24,7 @@ from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
 from export.writer_lock import writer_lock
-from kiln.cli import interactive, log_handler
+from kiln.cli import interactive, log_handler, path_text
 from training.models.registry import env_modules, import_modules
 
 PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -44,15 +44,6 @@ def _precisions(text: str) -> tuple[str, ...]:
     return values if "fp32" in values else ("fp32", *values)
 
 
-def _path(text: str) -> str:
-    """A path argument, refused when blank: ``Path("")`` is the working directory, so an unset shell
-    variable (``--repository "$REPO"``) wrote the entries into whatever directory the command ran in,
-    and a blank checkpoint path exported every ``*.pt`` found there."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); name a directory or file")
-    return text
-
-
 NUMERIC_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--int8-max-drop", float, "classifiers: max validation top-1 drop (points)"),
     ("--int8-min-agreement", float, "translators: min share token-identical to fp32"),
@@ -70,13 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "paths",
         nargs="*",
-        type=_path,
+        type=path_text,
         default=["checkpoints"],
         help="checkpoint files or directories (default: checkpoints)",
     )
     parser.add_argument(
         "--repository",
-        type=_path,
+        type=path_text,
         default="model_repository",
         help="output model repository (default: %(default)s)",
     )

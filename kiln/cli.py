@@ -6,6 +6,7 @@ import argparse
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
@@ -56,6 +57,21 @@ def number(
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def path_text(text: str) -> str:
+    """An argparse type: a path, refused in a usage error when blank. ``Path("")`` is the working directory,
+    so an unset shell variable (``--repository "$REPO"``, ``make demo REPOSITORY=``) trained, exported and
+    served in whatever directory the command ran in, and a blank checkpoint path exported every ``*.pt``
+    found there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); name a directory or file")
+    return text
+
+
+def directory(text: str) -> Path:
+    """:func:`path_text` as a :class:`~pathlib.Path`."""
+    return Path(path_text(text))
 
 
 def interactive(console: Console) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cli import HelpFormatter
+from kiln.cli import HelpFormatter, directory
 from kiln.processes import LOCAL, LOCAL_GRPC, child_options, ended, running, stop_on_sigterm
 from serving.triton.ports import held_port
 
@@ -300,12 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--checkpoints",
-        type=Path,
+        type=directory,
         default=Path("checkpoints"),
         help="where resnet18.pt and transformer.pt are reused or trained; every checkpoint here is exported",
     )
     parser.add_argument(
-        "--repository", type=Path, default=Path("model_repository"), help="exported to and served"
+        "--repository", type=directory, default=Path("model_repository"), help="exported to and served"
     )
     parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
     parser.add_argument("--gpu", action="store_true", help="train, export and serve on a CUDA GPU")
