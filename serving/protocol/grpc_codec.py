@@ -23,7 +23,13 @@ from serving.execution.datatypes import datatype_of, numpy_dtype
 from serving.protocol import tensors
 from serving.protocol.grpc_call import Pieces
 from serving.protocol.http1_writes import JOIN_BYTES, joined_runs
-from serving.protocol.v2_codec import check_priority, check_requested_output, is_repeat, timeout_seconds
+from serving.protocol.v2_codec import (
+    check_priority,
+    check_requested_output,
+    classification_count,
+    is_repeat,
+    timeout_seconds,
+)
 
 LOOP_ELEMENTS = 1 << 20  # typed values decoded on the event loop (~50 ms); more go to a thread
 
@@ -225,11 +231,7 @@ def _classification(out: Any) -> int:
     value = out.parameters["classification"]
     kind = value.WhichOneof("parameter_choice")
     count = getattr(value, kind) if kind is not None else None
-    if kind not in ("int64_param", "uint64_param") or count < 0:
-        raise BadRequest(
-            f"output {out.name!r}: classification must be a non-negative integer, got {repr(count)[:40]}"
-        )
-    return int(count)
+    return classification_count(out.name, count)  # a bool, double or string is no count either
 
 
 def request_parameters(parameters: Any) -> dict[str, Any]:

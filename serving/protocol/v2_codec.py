@@ -24,6 +24,9 @@ SERVER_NAME = "kiln"
 # what the server metadata names, over HTTP and gRPC alike (serving.protocol.statistics: "statistics")
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics"]
 MAX_TIMEOUT_US = 2**63 - 1  # Triton reads the ``timeout`` parameter as an int64 of microseconds
+# Triton reads an output's ``classification`` count as gRPC's int64_param (its HTTP frontend ignored
+# one past it), and ``--backend triton`` forwards it in one: a larger count was a 500 there
+MAX_CLASSIFICATION = 2**63 - 1
 # Triton's extensions the gateway does not serve, each with what a client should do instead: their
 # HTTP routes answer 501 and their gRPC methods UNIMPLEMENTED with it (a bare "Not Found" or "Method
 # not found" left perf_analyzer --shared-memory users guessing)
@@ -213,16 +216,24 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
             raise BadRequest("each requested output must be an object with a string 'name'")
         params = _dict(item.get("parameters"), f"output {item['name']!r} parameters")
         check_requested_output(item["name"], params)
-        count = params.get("classification", 0)
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise BadRequest(
-                f"output {item['name']!r}: classification must be a non-negative integer, got {count!r}"
-            )
+        count = classification_count(item["name"], params.get("classification", 0))
         binary = _flag(params, "binary_data", binary_default, f"output {item['name']!r} parameters")
         wanted = RequestedOutput(item["name"], binary, count)
         if not is_repeat(wanted.name, wanted, earlier):
             outputs.append(wanted)
     return outputs
+
+
+def classification_count(output: str, count: Any) -> int:
+    """An output's ``classification`` count (0: none), over HTTP and gRPC alike: an integer from 0 to
+    ``MAX_CLASSIFICATION``, else the client's 400 naming it (2**70 ran here as "every class", and
+    through ``--backend triton`` tritonclient.grpc's ValueError was a 500)."""
+    if type(count) is not int or not 0 <= count <= MAX_CLASSIFICATION:  # (a bool is no count either)
+        raise BadRequest(
+            f"output {output!r}: classification must be a non-negative integer within int64 "
+            f"(at most {MAX_CLASSIFICATION}), got {repr(count)[:40]}"
+        )
+    return count
 
 
 def check_parameter_values(params: dict) -> None:
