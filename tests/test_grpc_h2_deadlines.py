@@ -245,13 +245,20 @@ def test_a_client_reading_slowly_is_never_cut(h2: Harness) -> None:
 
 def test_answers_waiting_for_window_a_client_never_grants_are_cut_at_the_send_timeout(h2: Harness) -> None:
     """A client that grants no window never fills the socket's buffers, so the send watch above never
-    arms; its answers, and the request bytes they hold in the body budget, would wait for ever."""
+    arms; its answers, and the request bytes they hold in the body budget, would wait for ever. They
+    wait for their own calls' windows, so those calls are reset; the connection serves on (a connection
+    whose answers wait for its own window is aborted: tests/test_h2hostile_a_stalled_windows.py)."""
     h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}), h2.call(1, MESSAGE), h2.call(3, MESSAGE))
     assert set(h2.connection.parked) == {1, 3}  # answered, waiting for window
+    h2.frames()
     h2.advance(SEND_TIMEOUT * 0.99)
-    assert not h2.transport.aborted
+    assert not h2.frames() and set(h2.connection.parked) == {1, 3}
     h2.advance(SEND_TIMEOUT * 0.02)
-    assert h2.transport.aborted
+    assert [(f[0], f[2], rst_code(f)) for f in h2.frames()] == [
+        (w.RST_STREAM, 1, w.CANCEL),
+        (w.RST_STREAM, 3, w.CANCEL),
+    ]
+    assert not h2.transport.aborted and not h2.connection.calls
 
 
 def test_answers_a_client_grants_window_for_slowly_are_never_cut(h2: Harness) -> None:

@@ -268,8 +268,12 @@ class Calls(ConnectionState):
         """The send timeout for answers that wait for flow-control window rather than for the socket
         (:mod:`send_watch`): a client that grants none (SETTINGS_INITIAL_WINDOW_SIZE 0, no
         WINDOW_UPDATE) never fills the socket's buffers, and its answers, with their requests' bytes in
-        the body budget, waited for ever. A connection whose waiting answers sent no byte for the
-        timeout is aborted; one whose client grants window, however little, is kept."""
+        the body budget, waited for ever. Where the waiting answers sent no byte for the timeout, those
+        waiting for the connection's window abort the connection (it is stalled as a whole); those
+        waiting only for their own call's window are reset (CANCEL), that call alone: aborting the
+        connection for one stalled stream (a streaming client not reading one stream) cut every other
+        call on it, in flight or answering. Answers whose client grants window, however little, are
+        kept."""
         self.window_watch = None
         if not (self.blocked or self.parked) or self.closing:
             return
@@ -277,12 +281,21 @@ class Calls(ConnectionState):
             self.window_mark = self.data_sent
             self.window_watch = self.loop.call_later(self.server.send_timeout_s, self._check_window)
             return
+        if self.blocked:
+            log.info(
+                "closing a connection whose client granted no window to its %d waiting answers in %g s",
+                len(self.blocked) + len(self.parked),
+                self.server.send_timeout_s,
+            )
+            self._abort()
+            return
         log.info(
-            "closing a connection whose client granted no window to its %d waiting answers in %g s",
-            len(self.blocked) + len(self.parked),
+            "resetting %d gRPC call(s) whose client granted their answers no window in %g s",
+            len(self.parked),
             self.server.send_timeout_s,
         )
-        self._abort()
+        for call in list(self.parked.values()):
+            self._reset(call, w.CANCEL, spend=False)  # the server's timeout, not the client's reset
 
     def _finish(self, call: Call, code: int, details: str) -> None:
         """End a call with a status and no message (gRPC's trailers-only answer), or a stream whose
@@ -307,9 +320,11 @@ class Calls(ConnectionState):
             self._write(w.rst_stream(stream, w.NO_ERROR))
         self.closed_streams.note(stream, not ended)  # its late frames dropped where it was not
 
-    def _reset(self, call: Call, code: int) -> None:
-        """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on."""
-        self._spend_reset()
+    def _reset(self, call: Call, code: int, spend: bool = True) -> None:
+        """A stream error: that call ends with RST_STREAM ``code`` and the connection serves on
+        (``spend``: counted as a reset the client made the server make)."""
+        if spend:
+            self._spend_reset()
         del self.calls[call.stream]
         self.partial.pop(call.stream, None)
         self._release(call)
