@@ -15,7 +15,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.protocol import h2_wire as w
-from serving.protocol.h2_streams import CUT_MESSAGE, SHUTTING_DOWN
+from serving.protocol.h2_streams import CUT_MESSAGE, QUEUED_MESSAGE_BYTES, SHUTTING_DOWN
 from serving.protocol.limits import BodyBudget
 from tests.h2_client import (
     MODEL_STREAM_INFER,
@@ -135,12 +135,13 @@ def test_a_request_stays_held_until_its_answer_has_left() -> None:
     bound: each request's bytes stay in the body budget until its answer has left, so past the budget
     the stream is refused; the window granted, the answers leave and the budget empties."""
     message = grpc_message(_request(0))
-    budget = BodyBudget(3 * len(message))
+    held = len(message) + QUEUED_MESSAGE_BYTES  # its bytes and its queue entry's
+    budget = BodyBudget(3 * held)
     with connected(budget=budget) as h2:
         h2.send(w.settings_frame({w.INITIAL_WINDOW_SIZE: 0}))
         _open(h2)
         h2.send(_data(1, message * 3))
-        assert budget.used == 3 * len(message)  # answered, but nothing of the answers has left
+        assert budget.used == 3 * held  # answered, but nothing of the answers has left
         h2.send(w.window_update(1, 1 << 16))
         assert budget.used == 0
         _, replies = _replies(h2.frames(), 1)
@@ -209,7 +210,7 @@ def test_a_reset_stream_cancels_its_work_and_gives_its_bytes_back() -> None:
         _open(h2)
         hanging = grpc_message(_request(0, model="hang"))
         h2.send(_data(1, hanging))
-        assert budget.used == len(hanging)  # held while its answer is owed
+        assert budget.used == len(hanging) + QUEUED_MESSAGE_BYTES  # held while its answer is owed
         task = h2.connection.calls[1].task
         h2.send(w.rst_stream(1, w.CANCEL))
         assert task.done() and budget.used == 0
@@ -219,13 +220,13 @@ def test_a_streams_bytes_are_held_until_each_request_is_answered() -> None:
     """Each message holds its bytes in the body budget till its answer leaves; past the budget the
     stream ends UNAVAILABLE, and everything it held is given back."""
     message, hanging = grpc_message(_request(0)), grpc_message(_request(1, model="hang"))
-    budget = BodyBudget(2 * len(hanging) + len(message) - 1)
+    budget = BodyBudget(2 * (len(hanging) + QUEUED_MESSAGE_BYTES) + len(message) + QUEUED_MESSAGE_BYTES - 1)
     with connected(budget=budget) as h2:
         _open(h2)
         h2.send(_data(1, message + message))
         assert budget.used == 0  # both answered
         h2.send(_data(1, hanging * 2))
-        assert budget.used == 2 * len(hanging)
+        assert budget.used == 2 * (len(hanging) + QUEUED_MESSAGE_BYTES)
         h2.send(_data(1, message))  # a third unanswered one does not fit
         blocks, replies = _replies(h2.frames(), 1)
         assert len(replies) == 2
