@@ -82,14 +82,16 @@ def _measure(
     with the first run's by :func:`gateway`); a failure is the row's ``failed``."""
     row: dict[str, Any] = {"workers": count, "resident": mode, "concurrency": clients}
     try:
-        warm = work.texts[: 2 * clients]
-        run_client(_gateway_run(url, translator, warm, 4, clients))
+        warm, most = work.texts[: 2 * clients], work.max_length  # the workload's, as the bench's rows
+        run_client(_gateway_run(url, translator, warm, 4, clients, max_length=most))
         rounds = steady_rounds(len(work.texts), clients)
         before = tree_cpu(pid)
-        hyps, seconds, _ = run_client(_gateway_run(url, translator, work.texts, 4, clients, rounds))
+        served: list[str] = []  # every answer: ``hyps`` marks a text whose rounds disagreed, no translation
+        run = _gateway_run(url, translator, work.texts, 4, clients, rounds, served, max_length=most)
+        hyps, seconds, _ = run_client(run)
         spent = {k: v - before[k] for k, v in tree_cpu(pid).items()}
         n = len(work.texts) * rounds
-        row["tokens_per_s"] = round(work.count(hyps) * rounds / seconds, 1)
+        row["tokens_per_s"] = round(work.count(served) / seconds, 1)
         row["sentences_per_s"] = round(n / seconds, 1)
         row["cpu_ms_a_sentence"] = {k: round(v * 1e3 / n, 3) for k, v in spent.items()}
         row["decode_busy"] = round(spent["decode"] / (seconds * count), 3)

@@ -129,10 +129,17 @@ def translate_row(layout: Layout, work: Any, concurrency: int) -> dict[str, Any]
 
     # a warm pass first: each side's first steps load what they load lazily (the GPU decoder's layouts);
     # its steps are left out of the row's mean step (the scrape before the measured run)
-    _median_run(layout.url, work.model, work.texts[: 2 * concurrency], 4, concurrency, repeats=1)
+    # every request asks for the workload's max_length, as the CPU bench's rows do: a fixed 64 was
+    # refused (422) by a translator trained with fewer positions (``--model-arg max_positions=32``)
+    most = work.max_length
+    _median_run(
+        layout.url, work.model, work.texts[: 2 * concurrency], 4, concurrency, repeats=1, max_length=most
+    )
     warm = layout.metrics()
     # seconds: one pass's; served: every pass's answers (hyps marks a text whose passes disagreed)
-    hyps, seconds, lat, served = _median_run(layout.url, work.model, work.texts, 4, concurrency, repeats=1)
+    hyps, seconds, lat, served = _median_run(
+        layout.url, work.model, work.texts, 4, concurrency, repeats=1, max_length=most
+    )
     return {
         "device": layout.device,
         "workers": layout.workers,
@@ -287,7 +294,15 @@ def _add_agreement(rows: list[dict[str, Any]], work: Any, threads: int) -> None:
     from bench.translation_engines import pytorch_rows
 
     reference = pytorch_rows(
-        work.ckpt, work.texts, work.refs, [4], threads, work.count, caches=(True,), timed=False
+        work.ckpt,
+        work.texts,
+        work.refs,
+        [4],
+        threads,
+        work.count,
+        caches=(True,),
+        timed=False,
+        max_length=work.max_length,  # the gateway's rows' (translate_row)
     )[0]["hyps"]
     for row in rows:
         same = sum(h == r for h, r in zip(row["hyps"], reference, strict=True))

@@ -271,7 +271,7 @@ def test_the_gpu_serving_run_measures_only_the_sides_and_layouts_asked_for(tmp_p
 
     monkeypatch.setattr(gpu_serving, "running", refuse)
     monkeypatch.setattr(gpu_serving, "_input_dims", lambda repository, model: (32, 32, 1))
-    work = SimpleNamespace(ckpt=None, texts=[], refs=[], count=len)
+    work = SimpleNamespace(ckpt=None, texts=[], refs=[], count=len, max_length=64)
     monkeypatch.setattr(translation_rows.Workload, "load", staticmethod(lambda *a: work))
     monkeypatch.setattr(translation_engines, "pytorch_rows", lambda *a, **k: [{"hyps": []}])
     (tmp_path / "gpu" / "resnet18" / "1").mkdir(parents=True)

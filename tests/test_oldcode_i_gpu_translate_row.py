@@ -44,7 +44,9 @@ def test_the_gpu_profiles_translate_row_is_measured_over_one_pass_without_the_wa
 
     app, state = _stand_in(slow_requests=64)  # all within the warm pass
     texts = [f"text {i}" for i in range(128)]
-    work = types.SimpleNamespace(model="m", texts=texts, count=lambda ts: sum(len(t.split()) + 1 for t in ts))
+    work = types.SimpleNamespace(
+        model="m", texts=texts, count=lambda ts: sum(len(t.split()) + 1 for t in ts), max_length=64
+    )
     with LiveServer(app) as live:
         row = translate_row(Layout("cpu", 1, f"http://{live.url}", "unused"), work, 32)
     assert row["hyps"] == [t.upper() for t in texts]

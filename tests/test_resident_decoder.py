@@ -285,7 +285,9 @@ def test_the_decode_probe_times_each_step_variant_and_decodes_three_ways_on_the_
         translation_rows.Workload,
         "load",
         staticmethod(
-            lambda *a: SimpleNamespace(texts=texts, count=lambda hyps: sum(len(h.split()) for h in hyps))
+            lambda *a: SimpleNamespace(
+                texts=texts, count=lambda hyps: sum(len(h.split()) for h in hyps), max_length=64
+            )
         ),
     )
 
