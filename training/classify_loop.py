@@ -47,7 +47,15 @@ from training.resume import (
     resumed_metrics,
     start_run,
 )
-from training.runtime import Dist, show_progress, teardown, weights_hash, wrap_ddp
+from training.runtime import (
+    Dist,
+    rank_errors,
+    read_on_every_rank,
+    show_progress,
+    teardown,
+    weights_hash,
+    wrap_ddp,
+)
 from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_metrics
 
 log = logging.getLogger("training.classify")
@@ -112,7 +120,9 @@ def prepare(config: TrainConfig, d: Dist) -> Run:
     )
     if resume:  # before the data is read
         check_resumable(config.resume, resume, spec, d)
-    train_ds, val_ds = make_splits(spec, progress=show_progress(config.progress, d))
+    train_ds, val_ds = read_on_every_rank(
+        lambda: make_splits(spec, progress=show_progress(config.progress, d)), d
+    )
     if resume:  # before a model of the old classes trains on the new labels
         check_same_contents(config.resume, resume, spec, train_ds, main=d.is_main)
     mean, std = channel_stats(train_ds.images)
@@ -280,7 +290,8 @@ def run(config: TrainConfig) -> Path:
         if done:
             return path
         r = prepare(config, d)
-        with logging_redirect_tqdm():  # a log line above the epoch's bar, not run on from it
+        # a log line above the epoch's bar, not run on from it; a refusal of one rank's printed by it
+        with logging_redirect_tqdm(), rank_errors(d):
             history = fit(r)
         keep_best(r)
         teardown(d)  # before rank 0's writing, and not after an error: see teardown

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from training.dist_timeout import CollectiveTimeout
 from training.divergence import TrainingDiverged
-from training.runtime import UnusedParameters, leave_group, reports_errors
+from training.runtime import RankFailed, UnusedParameters, leave_group, reports_errors
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -23,7 +23,8 @@ def run_trainer(train: Callable[[], Path]) -> int:
     collective that timed out or an ``OSError`` (a full disk, a directory gone); 130 on Ctrl-C (the
     checkpoint is written whole or not at all). Each error is one line: on rank 0 (``reports_errors``),
     an ``OSError`` also on each node's first rank (a node's own disk fills too), a timeout on every rank
-    that waited (the hung one may be rank 0), unused parameters on every rank that found them."""
+    that waited (the hung one may be rank 0), unused parameters and a refusal raised in the training
+    loop (``RankFailed``) on every rank that raised them."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     main_rank = reports_errors(os.environ)
     rank = f" (rank {os.environ.get('RANK')})" if not main_rank else ""
@@ -37,7 +38,7 @@ def run_trainer(train: Callable[[], Path]) -> int:
     except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
         print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
         return 1
-    except UnusedParameters as exc:  # before ValueError: the rank that found them may not be rank 0
+    except (UnusedParameters, RankFailed) as exc:  # before ValueError: the rank may not be rank 0
         print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
         return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:

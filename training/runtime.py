@@ -17,9 +17,11 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from training.attempt_store import attempt_store
 from training.dist_timeout import dist_timeout_s
+from training.divergence import TrainingDiverged
+from training.mixed_precision import AmpUnsupported
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ NO_RUN_ID = "none"
 # cuBLAS's workspace setting under which its kernels (an LSTM's or GRU's under cuDNN's RNN among them)
 # give the same bits run after run (PyTorch's reproducibility notes); cuBLAS reads it when it starts.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+T = TypeVar("T")
 
 
 @dataclass
@@ -216,6 +221,32 @@ def merge_shards(shards: list[list]) -> list:
     return [shards[i % len(shards)][i // len(shards)] for i in range(total)]
 
 
+def read_on_every_rank(read: Callable[[], T], d: Dist) -> T:
+    """``read()`` (this rank's reading of the run's data), whose refusal every rank learns of: under
+    torchrun, a rank whose data was missing or bad (a node without the ``--data-path`` file) exited
+    alone and unheard, while the others waited in their next collective for ``--dist-timeout`` (30 min
+    by default), then blamed a hung rank. Where every rank refused alike, each raises its own refusal (as
+    one process does: rank 0 prints it); else each raises the first refusing rank's, named."""
+    if d.world_size == 1:
+        return read()
+    result, error = None, None
+    try:
+        result = read()
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        error = exc
+    said = gather_shards([None if error is None else str(error)], d)  # every rank's, in rank order
+    refused = [(rank, text) for rank, text in enumerate(said) if text is not None]
+    if error is not None and len(refused) == d.world_size and len({text for _, text in refused}) == 1:
+        raise error
+    if refused:
+        rank, text = refused[0]
+        raise ValueError(
+            f"torchrun rank {rank} of {d.world_size} could not read the data: {text} (each node reads "
+            "--data-path itself: every node must see the same data at the same path)"
+        )
+    return result
+
+
 def any_rank(flag: bool, d: Dist) -> bool:
     """True on every rank when ``flag`` is true on at least one (keeps ranks' decisions in step)."""
     return flag if d.world_size == 1 else all_sum([float(flag)], d)[0] > 0
@@ -257,6 +288,30 @@ class UnusedParameters(ValueError):
     that finds them prints its line, not rank 0 alone: where a forward's use of a parameter depends on
     its batch, rank 0 may have used them all and be held in DDP's reduction, and the one rank that
     refused was silent (torchrun's exit code 2 and rank 0's "Connection closed by peer" were all)."""
+
+
+class RankFailed(ValueError):
+    """A refusal one rank raised while it trained or evaluated its own share of the data (a model of the
+    user's refusing a batch, a bad example): every rank that raises it prints its line. Rank 0 alone
+    printed refusals, so one on another rank ended the job with torchrun's "exitcode: 2" and rank 0's
+    "Connection closed by peer ... check the logs of the remote worker", whose log said nothing."""
+
+
+@contextmanager
+def rank_errors(d: Dist) -> Iterator[None]:
+    """Under torchrun, a ``ValueError`` or ``KeyError`` raised inside (the ranks' training loop) as
+    ``RankFailed``, which the trainers' command prints on the rank that raised it, whichever it is.
+    Errors every rank raises at the same step keep their type, and their one line on rank 0: a diverged
+    run (``TrainingDiverged``) and a precision the CPU has no kernel for (``AmpUnsupported``)."""
+    if d.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except (TrainingDiverged, AmpUnsupported, RankFailed, UnusedParameters):
+        raise
+    except (ValueError, KeyError) as exc:
+        raise RankFailed(str(exc)) from exc
 
 
 def check_all_trained(module: nn.Module, d: Dist) -> None:

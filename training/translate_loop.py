@@ -43,6 +43,8 @@ from training.runtime import (
     any_rank,
     gather_shards,
     mean_over_ranks,
+    rank_errors,
+    read_on_every_rank,
     show_progress,
     teardown,
     weights_hash,
@@ -306,7 +308,7 @@ def _train(cfg: TranslateConfig, d: Dist) -> tuple[Trainer, dict[str, Any]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tokenizers = TokenizerPair.from_dict(resume["tokenizers"]) if resume else None
-    corpus, tokenizers, examples = prepare_data(cfg, tokenizers)
+    corpus, tokenizers, examples = read_on_every_rank(lambda: prepare_data(cfg, tokenizers), d)
     model = _model(cfg, tokenizers, resume)
     model.to(d.device)
     torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout masks
@@ -320,7 +322,8 @@ def _train(cfg: TranslateConfig, d: Dist) -> tuple[Trainer, dict[str, Any]]:
         corpus.info,
     )
     trainer = Trainer(cfg, model, tokenizers, corpus, examples, d, resume)
-    with logging_redirect_tqdm():  # a validation's line above the epoch's bar, not run on from it
+    # a validation's line above the epoch's bar, not run on from it; a refusal of one rank's printed by it
+    with logging_redirect_tqdm(), rank_errors(d):
         trainer.run()
     trainer.train_time = trainer.elapsed()
     if cfg.debug_rank_hashes:  # the last trained weights, which DDP keeps equal on every rank
