@@ -4,7 +4,9 @@ Images are turned upright by their EXIF Orientation first, as training's folder 
 
 The pixel count is checked from the image header before any pixel is decoded, so a decompression
 bomb costs nothing, and so are a JPEG's scans (a progressive JPEG of thousands, each a pass over the
-image, is a 400); corrupt or truncated files are a 400 naming the image.
+image, is a 400), and so are a PNG's chunks and a JPEG's marker segments (Pillow reads each in Python:
+millions of empty ones held a decode thread for a minute); corrupt or truncated files are a 400 naming
+the image.
 """
 
 from __future__ import annotations
@@ -31,9 +33,16 @@ MAX_JPEG_SCANS = 100
 # inside scan data) nor a restart marker RSTn (also inside scan data), as libjpeg's next_marker reads
 MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
 SOS, EOI, TEM = 0xDA, 0xD9, 0x01  # start of scan, end of image, a marker without a length
-# Marker segments a JPEG past MAX_JPEG_SCANS start-of-scan bytes may have: a photo has a few dozen
-# (a 7 MB ICC profile ~110), and walking millions of 4-byte ones held a thread for seconds
+# Marker segments a JPEG may have: a photo has a few dozen (a 7 MB ICC profile ~110), and walking
+# millions of 4-byte ones held a thread for seconds (Pillow walks those before the first scan in Python,
+# ~4 us each: 16 M of them in a 64 MiB body held a decode thread over a minute)
 MAX_JPEG_SEGMENTS = 10_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A PNG's chunks: Pillow reads each in Python (~8 us to open, as much to decode), and a chunk is 12 bytes
+# at the least, so 64 MiB of empty ones held a decode thread ~80 s. Encoders cut the pixels into IDAT
+# chunks of 8 KiB (libpng) to 64 KiB (Pillow), so one chunk per 4 KiB beyond these refuses none of theirs.
+MAX_PNG_CHUNKS = 10_000
+PNG_CHUNK_BYTES = 4096
 
 
 def decode_base64(text: str, *, index: int) -> bytes:
@@ -101,11 +110,46 @@ def _opened(data: bytes, *, index: int, max_pixels: int) -> Any:
     # This guard (the header's size, before a pixel is decoded) replaces Pillow's own, which refused
     # images over its 89 M pixels with a 400 before ours, whatever KILN_MAX_IMAGE_PIXELS said.
     Image.MAX_IMAGE_PIXELS = None
+    _check_segments(data, index=index)
     image = Image.open(io.BytesIO(data), formats=FORMATS)
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
     return image
+
+
+def _check_segments(data: bytes, *, index: int) -> None:
+    """A 400 before Pillow reads a PNG of more chunks than :func:`png_chunk_limit`, or a JPEG of more
+    than MAX_JPEG_SEGMENTS marker segments before its first scan: Pillow walks either in Python."""
+    if data[:8] == PNG_SIGNATURE:
+        limit = png_chunk_limit(len(data))
+        if png_chunks(data, limit=limit) > limit:
+            raise BadRequest(
+                f"image {index}: a PNG of more than {limit} chunks; one of {len(data)} bytes is read with "
+                f"at most {MAX_PNG_CHUNKS} and one more per {PNG_CHUNK_BYTES} bytes (encoders cut theirs "
+                "at 8 KiB or more)"
+            )
+    elif data[:2] == b"\xff\xd8":
+        jpeg_scans(data, index=index, until_scan=True)
+
+
+def png_chunk_limit(size: int) -> int:
+    """The chunks a PNG of ``size`` bytes may have: MAX_PNG_CHUNKS, and one more per PNG_CHUNK_BYTES."""
+    return MAX_PNG_CHUNKS + size // PNG_CHUNK_BYTES
+
+
+def png_chunks(data: bytes, *, limit: int) -> int:
+    """The chunks of a PNG up to IEND, each skipped by its length; counting stops past ``limit``, so the
+    walk costs at most ``limit`` steps, and none (0) for a file too small to hold more than ``limit``."""
+    if len(data) - len(PNG_SIGNATURE) <= 12 * limit:  # a chunk is 12 bytes at the least
+        return 0
+    count, at = 0, len(PNG_SIGNATURE)
+    while at + 8 <= len(data) and count <= limit:
+        count += 1
+        if data[at + 4 : at + 8] == b"IEND":
+            break
+        at += 12 + int.from_bytes(data[at : at + 4], "big")  # length, type, data, CRC
+    return count
 
 
 def _check_scans(data: bytes, *, index: int) -> None:
@@ -120,9 +164,10 @@ def _check_scans(data: bytes, *, index: int) -> None:
         )
 
 
-def jpeg_scans(data: bytes, *, index: int) -> int:
+def jpeg_scans(data: bytes, *, index: int, until_scan: bool = False) -> int:
     """The scans of the image a decoder reads: its marker segments walked from SOI to EOI as libjpeg
-    walks them, each skipped by its length. Counting the start-of-scan bytes of the whole file counted
+    walks them, each skipped by its length (``until_scan``: up to the first scan, the header Pillow
+    walks in Python when it opens the file). Counting the start-of-scan bytes of the whole file counted
     the binary data of segments no scan is in (an ICC profile, EXIF maker notes) and after EOI (a
     Motion Photo's video, ~1 per 64 KB), and refused such photos as JPEGs of 100+ scans. A 400 past
     MAX_JPEG_SEGMENTS segments: millions of 4-byte ones, a step each, held a thread for seconds."""
@@ -137,6 +182,8 @@ def jpeg_scans(data: bytes, *, index: int) -> int:
         at = found.end()
         if found[1][0] == TEM:  # no length
             continue
+        if found[1][0] == SOS and until_scan:
+            break
         scans += found[1][0] == SOS
         at += max(int.from_bytes(data[at : at + 2], "big"), 2)  # its length (a scan's data follows)
     return scans
