@@ -21,7 +21,7 @@ from serving.execution.repository import RepositoryEntry
 from serving.metrics import observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.image_decodes import ImageLimits, decode_images
-from serving.protocol.images import decode_base64
+from serving.protocol.images import PNG_SIGNATURE, decode_base64
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
 from serving.protocol.repository_index import ready_together
 from serving.protocol.request_values import JsonInt, parse_json
@@ -191,7 +191,18 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
             request = Request(request.scope, _whole(body))  # the form parsed from what it inflated to
         return await _read_form(request, max_images)
     raw = await request_body(request, settings.max_body_bytes)
+    _check_not_raw_image(raw, request.headers.get("content-type", ""))
     return await request.app.state.json_offload.call(len(raw), read_json_images, raw, max_images)
+
+
+def _check_not_raw_image(raw: bytes, content_type: str) -> None:
+    """A 400 saying how to send an image, for a body that is one (``curl --data-binary @cat.png``): it
+    was parsed as JSON and refused as "not valid UTF-8", which named no remedy."""
+    if raw.startswith((PNG_SIGNATURE, b"\xff\xd8\xff")) or content_type.lstrip().lower().startswith("image/"):
+        raise BadRequest(
+            'the body is an image itself; classify takes JSON {"images": [base64 PNG or JPEG, ...]} or a '
+            "multipart form of one 'files' part per image (curl -F files=@image.png)"
+        )
 
 
 def _whole(body: bytes) -> Any:
