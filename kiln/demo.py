@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli import HelpFormatter, directory
+from kiln.images import to_8bit, upright
 from kiln.processes import LOCAL, LOCAL_GRPC, child_options, ended, running, stop_on_sigterm
 from serving.triton.ports import held_port
 
@@ -226,9 +227,12 @@ def _streamed(client, model: str) -> list[str]:  # noqa: ANN001 - a tritonclient
 
 
 def _to_hwc(img, h: int, w: int, c: int) -> np.ndarray:
+    """The uint8 (H, W, C) tensor the classify route makes of ``img``, for a KServe v2 client: turned
+    upright and 16-bit grey scaled as the route and training do (``kiln.images``), where a plain
+    ``convert`` sent a phone's photo sideways and a 16-bit scan clipped to white."""
     from PIL import Image
 
-    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    img = to_8bit(upright(img), "L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8).reshape(h, w, c)
 
 
