@@ -238,6 +238,9 @@ class TritonBackend(TritonModels):
             if mapped is error:  # unloaded from a ready Triton: the list is checked again
                 self._refresh_soon()
             raise mapped from None
+        except BadRequest:  # maybe shaped by metadata Triton changed since (a reload): fetched again
+            self._recheck(request.model)
+            raise
         return InferResponse(
             model=request.model,
             version=self._response_field(result, "model_version") or request.version,

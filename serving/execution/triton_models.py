@@ -2,9 +2,11 @@
 
 The gateway reads metadata and configs synchronously, so they are fetched once Triton answers and
 cached; the cache is fetched again when Triton's index of ready models changes (a load, an unload, a
-restart with other models), which a lost link or a model the cache lacks makes it check. Until the
-first fetch succeeds a background task asks again every ``RECONNECT_POLL_S``. The backend itself
-(:mod:`serving.execution.triton`) answers the gateway's calls over this cache.
+restart with other models), which a lost link or a model the cache lacks makes it check; a model's
+own entry is fetched again after Triton refused a request for it (a reload with another config keeps
+the index as it was). Until the first fetch succeeds a background task asks again every
+``RECONNECT_POLL_S``. The backend itself (:mod:`serving.execution.triton`) answers the gateway's
+calls over this cache.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class TritonModels(TritonConnection):
             str, frozenset[str]
         ] = {}  # of each cached model, as Triton's index had them
         self._unready: dict[str, str] = {}  # models Triton lists without a ready version: why
+        self._stale: set[str] = set()  # cached models the next sync fetches again (:meth:`_recheck`)
         self._synced = False
         self._last_sync = float("-inf")
         self._sync_lock = asyncio.Lock()
@@ -68,16 +71,20 @@ class TritonModels(TritonConnection):
                 return
             self._last_sync = time.monotonic()
             ready, unready = await self._index()
+            stale, self._stale = self._stale, set()
             kept = {} if force or not self._synced else self._models
             models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
             for name, versions in sorted(ready.items()):
-                if name in kept and self._ready_versions.get(name) == versions:
+                if name in kept and name not in stale and self._ready_versions.get(name) == versions:
                     models[name] = kept[name]
                     continue
                 try:
                     models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
                 except ModelNotFound as error:  # unloaded since the index: that model, not the list
                     unready[name] = error.message
+                except ServingError:  # Triton went away meanwhile: the next sync fetches them again
+                    self._stale |= stale
+                    raise
             changed = set(models) != set(self._models) or any(models[n] is not kept.get(n) for n in models)
             self._ready_versions = {name: ready[name] for name in models}  # a failed fetch is tried again
             self._models, self._unready, self._synced = models, unready, True
@@ -151,15 +158,30 @@ class TritonModels(TritonConnection):
         self._synced = False
         self._watch()
 
+    def _recheck(self, name: str) -> None:
+        """Fetch ``name``'s metadata and config again soon: Triton refused a request for it (a 400), and a
+        model reloaded with another config (input shape, ``max_batch_size``) keeps its ready versions,
+        so the index never told; its old metadata stood for good, and clients shaping requests by it
+        got refused by Triton with the shape the gateway's own metadata contradicted."""
+        self._stale.add(name)
+        self._refresh_soon()
+
     def _refresh_soon(self) -> None:
         """Check Triton's index in the background (the metadata routes cannot wait for it)."""
         if not self._running or (self._refresh is not None and not self._refresh.done()):
             return
         try:
-            self._refresh = asyncio.get_running_loop().create_task(self._sync())
+            self._refresh = asyncio.get_running_loop().create_task(self._sync_due())
         except RuntimeError:  # no loop in this thread: the next request on the loop asks
             return
         self._refresh.add_done_callback(_quiet)
+
+    async def _sync_due(self) -> None:
+        """:meth:`_sync`, waiting out ``resync_interval_s`` when a model is to be fetched again (else a
+        sync that ran just before left it stale until some later probe or request asked)."""
+        if self._stale:
+            await asyncio.sleep(max(0.0, self._last_sync + self.resync_interval_s - time.monotonic()))
+        await self._sync()
 
     def _watch(self) -> None:
         if self._running and (self._watcher is None or self._watcher.done()):
