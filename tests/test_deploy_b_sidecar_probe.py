@@ -39,9 +39,13 @@ def frontends(config: str) -> dict[str, dict[str, list[str]]]:
 
 
 def reachable_from_the_kubelet(address: str) -> bool:
-    """A bind address the pod's IP reaches: a wildcard (``:p``, ``*:p``, ``0.0.0.0:p``, ``[::]:p``) or a
-    non-loopback address."""
-    host = address.rsplit(":", 1)[0].strip("[]")
+    """A bind address the pod's IP reaches: a wildcard (``:p``, ``*:p``, ``0.0.0.0:p``, ``[::]:p``), a
+    non-loopback address, or the pod's IP itself (``"${POD_IP}:p"``, POD_IP the sidecar's status.podIP)."""
+    host = address.strip('"').rsplit(":", 1)[0].strip("[]")
+    if host == "${POD_IP}":
+        return {"fieldRef": {"fieldPath": "status.podIP"}} in [
+            e.get("valueFrom") for e in sidecar().get("env", []) if e["name"] == "POD_IP"
+        ]
     return host in {"", "*"} or not ipaddress.ip_address(host).is_loopback
 
 
@@ -64,11 +68,11 @@ def test_the_sidecars_probes_reach_a_listener_bound_where_the_kubelet_connects()
         serving = {
             name: frontend
             for name, frontend in listeners.items()
-            if any(address.rsplit(":", 1)[1] == str(port) for address in frontend.get("bind", []))
+            if any(address.strip('"').rsplit(":", 1)[1] == str(port) for address in frontend.get("bind", []))
         }
         assert serving, f"no haproxy frontend binds port {port}, which the sidecar's probe asks"
         for name, frontend in serving.items():
-            binds = [a for a in frontend["bind"] if a.rsplit(":", 1)[1] == str(port)]
+            binds = [a for a in frontend["bind"] if a.strip('"').rsplit(":", 1)[1] == str(port)]
             assert all(reachable_from_the_kubelet(a) for a in binds), (
                 f"the probe asks port {port}, which frontend {name} binds on {binds} only: the kubelet "
                 "connects to the pod's IP, is refused, and the gateway behind the sidecar never starts"
