@@ -134,6 +134,7 @@ class Call:
         "timer",
         "loop",
         "released",
+        "parked_at",
     )
 
     streaming = False  # a unary call; serving.protocol.h2_streams.StreamCall is the streaming kind
@@ -161,6 +162,7 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None  # its deadline, from dispatch to its end (h2_calls)
         self.loop = loop
         self.released = False  # ended, its bytes given back: a request still being read holds no more
+        self.parked_at = 0.0  # when its answer last began to wait for its own window (h2_calls' _park)
 
     # --- its request message, as it arrives ---
     def gather(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:

@@ -219,8 +219,21 @@ class Calls(ConnectionState):
         """``message`` leaves as the windows allow, then ``trailers`` (:meth:`_pump`)."""
         call.pending = message
         call.trailers = trailers
-        (self.blocked if call.send_window > 0 else self.parked)[call.stream] = call
+        self._wait(call)
         self._pump()
+
+    def _wait(self, call: Call) -> None:
+        """``call``'s answer waits: for the connection's window where it has window of its own, else parked."""
+        if call.send_window > 0:
+            self.blocked[call.stream] = call
+        else:
+            self._park(call)
+
+    def _park(self, call: Call) -> None:
+        """``call``'s answer waits for its own window, from now: the window watch resets it once it has
+        waited so for the send timeout (:meth:`_check_window`)."""
+        call.parked_at = self.loop.time()
+        self.parked[call.stream] = call
 
     def _pump(self) -> None:
         """Send what waiting messages the windows now allow, in the order they waited.
@@ -246,7 +259,7 @@ class Calls(ConnectionState):
             if pending:
                 if call.send_window <= 0:
                     del blocked[stream]
-                    self.parked[stream] = call
+                    self._park(call)
                 continue
             del blocked[stream]
             if call.trailers is None:  # a stream whose servicer goes on: its next message may follow
@@ -268,20 +281,18 @@ class Calls(ConnectionState):
         """The send timeout for answers that wait for flow-control window rather than for the socket
         (:mod:`send_watch`): a client that grants none (SETTINGS_INITIAL_WINDOW_SIZE 0, no
         WINDOW_UPDATE) never fills the socket's buffers, and its answers, with their requests' bytes in
-        the body budget, waited for ever. Where the waiting answers sent no byte for the timeout, those
-        waiting for the connection's window abort the connection (it is stalled as a whole); those
-        waiting only for their own call's window are reset (CANCEL), that call alone: aborting the
-        connection for one stalled stream (a streaming client not reading one stream) cut every other
-        call on it, in flight or answering. Answers whose client grants window, however little, are
-        kept."""
+        the body budget, waited for ever. Answers waiting for the connection's window while it sent no
+        byte for the timeout abort the connection (it is stalled as a whole). A call whose answer has
+        waited for its own call's window for the timeout is reset (CANCEL), that call alone, whatever
+        the others do: aborting the connection for one stalled stream (a streaming client not reading
+        one stream) cut every other call on it, in flight or answering; and counted from when that call
+        began to wait, as a connection sending nothing reset too one that had waited a moment, and one
+        sending another answer kept it for good. Answers whose client grants window, however little,
+        are kept."""
         self.window_watch = None
         if not (self.blocked or self.parked) or self.closing:
             return
-        if self.data_sent != self.window_mark:  # the client granted some: it is reading, slowly
-            self.window_mark = self.data_sent
-            self.window_watch = self.loop.call_later(self.server.send_timeout_s, self._check_window)
-            return
-        if self.blocked:
+        if self.blocked and self.data_sent == self.window_mark:
             log.info(
                 "closing a connection whose client granted no window to its %d waiting answers in %g s",
                 len(self.blocked) + len(self.parked),
@@ -289,13 +300,19 @@ class Calls(ConnectionState):
             )
             self._abort()
             return
-        log.info(
-            "resetting %d gRPC call(s) whose client granted their answers no window in %g s",
-            len(self.parked),
-            self.server.send_timeout_s,
-        )
-        for call in list(self.parked.values()):
+        timeout, now = self.server.send_timeout_s, self.loop.time()
+        stalled = [call for call in self.parked.values() if call.parked_at + timeout <= now]
+        if stalled:
+            log.info(
+                "resetting %d gRPC call(s) whose client granted their answers no window in %g s",
+                len(stalled),
+                timeout,
+            )
+        for call in stalled:
             self._reset(call, w.CANCEL, spend=False)  # the server's timeout, not the client's reset
+        if self.blocked or self.parked:
+            self.window_mark = self.data_sent
+            self.window_watch = self.loop.call_later(timeout, self._check_window)
 
     def _finish(self, call: Call, code: int, details: str) -> None:
         """End a call with a status and no message (gRPC's trailers-only answer), or a stream whose

@@ -171,7 +171,7 @@ class ControlFrames(ConnectionState):
         for stream in now_open:
             self.blocked[stream] = self.parked.pop(stream)
         for stream in now_shut:
-            self.parked[stream] = self.blocked.pop(stream)
+            self._park(self.blocked.pop(stream))
 
     def _spend_reset(self) -> None:
         """A call ended before its answer, by the client's RST_STREAM or by a stream error it provoked

@@ -61,6 +61,8 @@ class ConnectionState:
     # the steps, wherever they are defined
     _write: Callable[[bytes], None]
     _pump: Callable[[], None]
+    _wait: Callable[[Call], None]
+    _park: Callable[[Call], None]
     _finish: Callable[[Call, int, str], None]
     _end_stream: Callable[[Any, int, str], None]
     _watch_deadline: Callable[[Call], bool]

@@ -256,7 +256,7 @@ class StreamCalls(ConnectionState):
             return
         call.pending = Outgoing(message)
         if call.stream not in self.blocked and call.stream not in self.parked:
-            (self.blocked if call.send_window > 0 else self.parked)[call.stream] = call
+            self._wait(call)
         self._pump()
 
     def _end_stream(self, call: StreamCall, code: int, details: str) -> None:
