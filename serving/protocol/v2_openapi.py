@@ -12,7 +12,7 @@ from typing import Any
 from serving.execution.datatypes import DATATYPE_TO_NUMPY
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER
 from serving.protocol.tensors import MAX_DIMS
-from serving.protocol.v2_codec import HEADER_LENGTH, MAX_TIMEOUT_US
+from serving.protocol.v2_codec import HEADER_LENGTH, MAX_CLASSIFICATION, MAX_TIMEOUT_US
 
 _OBJECT: dict[str, Any] = {"type": "object"}
 _BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
@@ -41,7 +41,7 @@ REQUESTED_OUTPUT = {
             "type": "object",
             "properties": {
                 "binary_data": {"type": "boolean"},
-                "classification": {"type": "integer", "minimum": 0},
+                "classification": {"type": "integer", "minimum": 0, "maximum": MAX_CLASSIFICATION},
             },
         },
     },
