@@ -5,7 +5,8 @@ Built on first use with the machine's C compiler (``$CC``, else ``cc``; ``$CC`` 
 make takes it: ``CC="gcc -fsanitize=address,undefined"``) into a per-user cache named by a hash of the
 source, the flags and that command, so every process of a gateway reuses one build; no Python headers are
 needed, and the file works under any Python or numpy (Triton's numpy-1 environment too). Where no
-compiler exists or the build fails, :func:`load` returns ``None`` once with a warning and the numpy
+compiler exists or the build fails, a build of the same sources already in the cache runs (an
+image's, docs/deploy.md); with none, :func:`load` returns ``None`` once with a warning and the numpy
 step runs: the same decisions, slower (and caches grow by numpy copies). ``KILN_NATIVE=0`` turns
 the compiled kernels off.
 """
@@ -21,6 +22,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -47,6 +49,8 @@ MAX_BEAM = 32  # the kernel's per-sentence scratch
 SWEEP_AFTER_S = 30 * 24 * 3600
 # What a build failed of when its cache has no room left (a full disk, a home over its quota).
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+# How long a build may take (~0.5 s plain, seconds sanitized) before its compiler is taken as hung.
+BUILD_TIMEOUT_S = 120
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
@@ -103,8 +107,13 @@ def library_path(cc: str) -> Path:
 def prebuilt() -> Path | None:
     """A build of these sources already in the cache, by any compiler: what an image without one runs
     (built when the image was made, ``KILN_CACHE_DIR`` pointing into it)."""
-    builds = sorted(cache_dir().glob(f"beam_step-{_source_digest()}-*.so"), key=lambda p: p.stat().st_mtime)
-    return builds[-1] if builds else None
+    builds = _builds()
+    return builds[0] if builds else None
+
+
+def _builds() -> list[Path]:
+    """The builds of these sources in the cache, by any compiler command, newest first."""
+    return sorted(cache_dir().glob(f"beam_step-{_source_digest()}-*.so"), key=_mtime, reverse=True)
 
 
 def build(cc: str, target: Path) -> Path:
@@ -114,18 +123,37 @@ def build(cc: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        subprocess.run(
-            [*shlex.split(cc), *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-            env={**os.environ, "LC_ALL": "C"},  # its messages untranslated: _no_room reads them
-        )
+        _compile([*shlex.split(cc), *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"])
         os.replace(out, target)
     for old in target.parent.glob("beam_step-*.so"):
         if old != target and _unused_for(old, SWEEP_AFTER_S):
             old.unlink(missing_ok=True)
     return target
+
+
+def _compile(command: list[str]) -> None:
+    """Run ``command``, its messages kept (a CalledProcessError's ``stderr``), in a process group of its
+    own that is killed whole where it outlasts :data:`BUILD_TIMEOUT_S` or this call is interrupted: a
+    compiler is a driver over its passes (``cc1``, ``as``, ``ld``), and killing the driver alone left
+    a hung pass running, one more at every start of every worker."""
+    env = {**os.environ, "LC_ALL": "C"}  # its messages untranslated: _no_room reads them
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    try:
+        out, err = process.communicate(timeout=BUILD_TIMEOUT_S)
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a pass that left the group keeps its pipes
+            said = process.communicate(timeout=5)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                exc.stdout, exc.stderr = said
+        process.kill()
+        process.wait()
+        raise
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command, out, err)
 
 
 def _unused_for(path: Path, seconds: float) -> bool:
@@ -169,6 +197,7 @@ def _load() -> ctypes.CDLL | None:
         log.info("compiled beam step off (KILN_NATIVE=0): numpy step")
         return None
     cc = compiler()
+    path: Path | None = None
     try:
         path = library_path(cc) if cc else prebuilt()  # reads the sources: missing ones are a warning
         if path is None:
@@ -189,9 +218,17 @@ def _load() -> ctypes.CDLL | None:
             library = _open_cached(cc, path)
         _loaded_path[:] = [path]
     except (OSError, subprocess.SubprocessError) as exc:
+        found = _prebuilt_instead(path) if cc is not None else None
+        if found is not None:
+            library, path = found
+            log.warning("compiled beam step not built here (%s): running the build in %s", _why(exc), path)
+            _loaded_path[:] = [path]
+            return library
         compiler_said = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
         if compiler_said:
             log.warning("compiled beam step unavailable (%s %s): numpy step", exc, compiler_said)
+        elif isinstance(exc, subprocess.SubprocessError):  # the compiler failed or hung, saying nothing
+            log.warning("compiled beam step unavailable (%s): numpy step; $CC names a working compiler", exc)
         else:
             log.warning(
                 "compiled beam step unavailable (%s): numpy step; KILN_CACHE_DIR names a writable cache, "
@@ -201,6 +238,42 @@ def _load() -> ctypes.CDLL | None:
         return None
     log.info("compiled beam step: %s", path)
     return library
+
+
+def _prebuilt_instead(failed: Path | None) -> tuple[ctypes.CDLL, Path] | None:
+    """A build of these sources by another compiler command in the cache, opened, where this one's
+    could not be made or loaded (a compiler that fails, say without the C library's headers; a
+    read-only cache and no writable temporary directory), or None. docs/deploy.md's image, built
+    with ``gcc`` and run where ``cc`` exists but cannot build, ran the numpy step beside a build
+    that loads: that file is named by the same sources, flags and machine, so it is as current."""
+    try:
+        builds = _builds()
+    except OSError:
+        return None
+    for build_path in builds:
+        if build_path == failed:
+            continue
+        try:
+            library = _open(build_path)
+        except OSError:
+            continue
+        _mark_used(build_path)
+        return library, build_path
+    return None
+
+
+def _mtime(path: Path) -> float:
+    """``path``'s mtime, 0 where it was removed meanwhile (a sweep)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _why(exc: BaseException) -> str:
+    """What the compiler said where a build failed, else the exception, on one line."""
+    said = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
+    return " ".join(said.split()) or str(exc)
 
 
 def _build_target(path: Path) -> Path:
