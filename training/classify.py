@@ -92,9 +92,10 @@ def _model_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--finetune",
-        help="start a new run from this classifier checkpoint's weights: a head of another class count is "
-        "new, and a first layer of other --channels is adapted (1 -> 3: its weights spread over the three, "
-        "3 -> 1: summed); unset --channels is the checkpoint's, the other data flags and the "
+        help="start a new run from this classifier checkpoint's weights: the head's rows follow the class "
+        "names (a class the checkpoint's labels have keeps its row, another's is new), a first layer of "
+        "other --channels is adapted (1 -> 3: its weights spread over the three, 3 -> 1: summed); unset "
+        "--channels is the checkpoint's, the other data flags and the "
         "hyper-parameters (epochs, lr...) are a new run's (the family recipe); with --resume, only the file "
         "the interrupted run started from",
     )

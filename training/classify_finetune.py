@@ -1,8 +1,9 @@
 """A classifier started from another's weights (``--finetune``): the checkpoint's checks, before any data
 is read (a classifier's, whose constructor arguments its model's config still has; with ``--resume``,
-only the file the interrupted run started from), and the finetuned model: a head of another class
-count is new, and a first layer of other channels is adapted (1 -> 3 spreads its weights over the
-three, 3 -> 1 sums them) rather than trained from scratch.
+only the file the interrupted run started from), and the finetuned model: the head's rows follow the
+class names (a class the checkpoint's labels have keeps its row, another's is new), and a first layer
+of other channels is adapted (1 -> 3 spreads its weights over the three, 3 -> 1 sums them) rather than
+trained from scratch.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def check_resume_finetune(config: TrainConfig) -> None:
     )
 
 
-def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
+def finetune_classifier(
+    config: TrainConfig, num_classes: int, channels: int, classes: list[str] | None = None
+) -> tuple[str, dict, nn.Module]:
+    """The checkpoint's model for ``num_classes`` classes of ``channels``; with the data's ``classes``
+    and the checkpoint's labels, its head's rows follow the class names (``match_head_rows``)."""
     ckpt = load_checkpoint(config.finetune)
     if ckpt["task"] != "classify":
         raise ValueError(f"--finetune {config.finetune}: a {ckpt['task']} checkpoint, not a classifier")
@@ -68,6 +73,9 @@ def finetune_classifier(config: TrainConfig, num_classes: int, channels: int) ->
     held = checkpoint_channels(config.finetune, ckpt)
     state = renumber_layers(module.state_dict(), ckpt["state_dict"])
     state = adapt_input_channels(module, state, held, channels)
+    if classes is not None and ckpt.get("labels"):
+        rows = class_rows(name, args, module)
+        state = match_head_rows(module, state, rows, list(ckpt["labels"]), list(classes))
     try:
         skipped = load_matching_weights(module, state)
     except ValueError as exc:
@@ -120,6 +128,67 @@ def _indexed_layers(state: dict[str, torch.Tensor]) -> dict[str, dict[int, tuple
                 prefix, rest = ".".join(parts[:at]), ".".join(parts[at + 1 :])
                 layers.setdefault(prefix, {}).setdefault(int(part), []).append(rest)
     return {p: {i: tuple(sorted(v)) for i, v in sorted(c.items())} for p, c in layers.items()}
+
+
+def class_rows(name: str, args: dict[str, Any], module: nn.Module) -> dict[str, int]:
+    """The tensors of ``module`` whose size follows its class count, each with the dimension that does:
+    those whose shape differs in a model of one class more (built on the meta device: no memory), so
+    a head of any form is found, a convolution's (NiN) or an auxiliary classifier's too."""
+    wider = {**args, "num_classes": args["num_classes"] + 1}
+    try:
+        with torch.device("meta"):
+            other = build_model(name, **wider).state_dict()
+    except Exception:  # noqa: BLE001 - a user model whose construction reads values: build it for real
+        other = build_model(name, **wider).state_dict()
+    rows = {}
+    for key, value in module.state_dict().items():
+        wide = other.get(key)
+        if wide is None or wide.ndim != value.ndim or wide.shape == value.shape:
+            continue
+        differ = [d for d in range(value.ndim) if wide.shape[d] != value.shape[d]]
+        if len(differ) == 1 and value.shape[differ[0]] == args["num_classes"]:
+            rows[key] = differ[0]
+    return rows
+
+
+def match_head_rows(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    rows: dict[str, int],
+    held: list[str],
+    classes: list[str],
+) -> dict[str, torch.Tensor]:
+    """``state`` with each class-sized tensor (``rows``) rebuilt for the data's ``classes`` by name: a
+    class the checkpoint's labels (``held``) have keeps its trained row, the others keep this model's
+    fresh ones. Kept by position, a head of the same class count gave a renamed or reordered class
+    another class's row (a/b/c onto b/c/d: b started as a), and one of another count was all new."""
+    if held == classes:
+        return state
+    own = module.state_dict()
+    where = {label: i for i, label in enumerate(held)}
+    pairs = [(i, where[label]) for i, label in enumerate(classes) if label in where]
+    matched = {}
+    for key, dim in rows.items():
+        value = state.get(key)
+        if value is None or value.ndim != own[key].ndim or value.shape[dim] != len(held):
+            continue
+        if value.shape[:dim] + value.shape[dim + 1 :] != own[key].shape[:dim] + own[key].shape[dim + 1 :]:
+            continue
+        out = own[key].detach().clone()
+        if pairs:
+            new, old = torch.tensor(pairs).T  # (2, shared classes): their rows here, and in the checkpoint
+            out.index_copy_(dim, new, value.index_select(dim, old).to(out.dtype))
+        matched[key] = out
+    if matched:
+        kept = [label for label in classes if label in where]
+        fresh = [label for label in classes if label not in where]
+        log.info(
+            "finetune: head rows %s matched to the data's classes by name: kept %s; new %s",
+            sorted(matched),
+            kept or "none",
+            fresh or "none",
+        )
+    return {**state, **matched}
 
 
 def checkpoint_channels(path: str, ckpt: dict[str, Any]) -> int:

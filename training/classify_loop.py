@@ -61,10 +61,13 @@ from training.tracking import EarlyStopping, MetricsLogger, plot_curves, read_me
 log = logging.getLogger("training.classify")
 
 
-def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tuple[str, dict, nn.Module]:
-    """Registry model from the recipe + ``--model-arg``, or from a ``--finetune`` checkpoint with a new head."""
+def build_classifier(
+    config: TrainConfig, num_classes: int, channels: int, classes: list[str] | None = None
+) -> tuple[str, dict, nn.Module]:
+    """Registry model from the recipe + ``--model-arg``, or from a ``--finetune`` checkpoint, its head's
+    rows matched to the data's ``classes`` by name."""
     if config.finetune:
-        return finetune_classifier(config, num_classes, channels)
+        return finetune_classifier(config, num_classes, channels, classes)
     args = recipe_model_args(config.model)
     args.update(num_classes=num_classes, in_channels=channels, **config.model_args)
     args = asdict(make_config(config.model, **args))
@@ -80,7 +83,7 @@ def _model(config: TrainConfig, train_ds: Any, resume: dict | None) -> tuple[str
         module = build_model(name, **args)
         module.load_state_dict(resume["model"])
         return name, args, module
-    return build_classifier(config, len(train_ds.classes), train_ds.channels)
+    return build_classifier(config, len(train_ds.classes), train_ds.channels, list(train_ds.classes))
 
 
 def _optimizer(config: TrainConfig, d: Dist, module: nn.Module, train_ds: Any) -> tuple[Any, Any]:
