@@ -153,6 +153,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
     # directory. An older resume state's relative path is read from this one, as it always was.
     if out.data_path:
         out = dataclasses.replace(out, data_path=data_place(out.data_path))
+    # The --finetune checkpoint alike: the file the weights came from, as the checkpoint's train_config
+    # and resume state name it (a relative one was read from the directory the run started in, so its
+    # --resume from another directory refused the very file, given from there, as another).
+    if out.finetune:
+        out = dataclasses.replace(out, finetune=os.path.abspath(os.path.expanduser(out.finetune)))
     check_ranges(out)
     check_augment_flags(given, out)
     if out.resume:  # never fewer than the interrupted run trained
