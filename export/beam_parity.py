@@ -188,24 +188,24 @@ def _detokenize(hyps: list[list[int]], target_tokenizer: str, eos: int) -> list[
 
 
 def _bleu(texts: list[str], refs: list[str]) -> float:
-    import sacrebleu
+    """Training's corpus BLEU (:func:`training.translation_eval.corpus_bleu`), so the gate reads as its log."""
+    from training.translation_eval import corpus_bleu
 
-    return float(sacrebleu.corpus_bleu(texts, [refs]).score)
+    return corpus_bleu(texts, refs)
 
 
 def gate_bleu(fp32: list[str], int8: list[str], refs: list[str] | None) -> tuple[float, float]:
     """BLEU of the fp32 and the int8 translations against ``refs``, or against the fp32 translations
     when there are none: fp32's is then 100 by definition, int8's 100 where identical, else corpus BLEU
-    over the n-gram orders the translations have (sacreBLEU's effective order; the same score wherever
-    they hold a 4-gram). Plain BLEU scored translations of 3 tokens or fewer 0 against themselves, so
-    int8's were 0 too whatever they said: a drop of 0, and the BLEU gate passed on nothing measured."""
+    (:func:`_bleu`: over the n-gram orders the translations have, sacreBLEU's effective order; the same
+    score wherever they hold a 4-gram). Plain BLEU scored translations of 3 tokens or fewer 0, against
+    themselves or against references they equal, so int8's were 0 too whatever they said: a drop of 0,
+    and the BLEU gate passed on nothing measured."""
     if refs is not None:
         return _bleu(fp32, refs), _bleu(int8, refs)
     if int8 == fp32:
         return 100.0, 100.0
-    from sacrebleu.metrics import BLEU
-
-    return 100.0, float(BLEU(effective_order=True).corpus_score(int8, [fp32]).score)
+    return 100.0, _bleu(int8, fp32)
 
 
 def int8_gate(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import sacrebleu
 from torch import nn
 
 from training.data.text_batches import pad_ids
@@ -46,13 +45,24 @@ def translate_texts(
 
 
 def evaluate(model, tokenizers, pairs, *, beam: int = 1, max_length: int = 64) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu) and exact-match rate of the translations of ``pairs``."""
+    """Corpus BLEU (:func:`corpus_bleu`) and exact-match rate of the translations of ``pairs``."""
     hyps = translate_texts(model, tokenizers, [s for s, _ in pairs], beam=beam, max_length=max_length)
     return score_translations(hyps, [t for _, t in pairs])
 
 
+def corpus_bleu(hyps: list[str], refs: list[str]) -> float:
+    """Corpus BLEU of ``hyps`` against ``refs`` as training, export's int8 gate and the bench all report
+    it: sacreBLEU's (13a tokens, exp smoothing, brevity penalty) over the n-gram orders the translations
+    hold (its effective order), the same score wherever they hold a 4-gram. Plain corpus BLEU scored a
+    corpus of translations of 3 tokens or fewer 0 however right they were: validation BLEU stayed 0, so
+    early stopping kept the first validation's weights, and the int8 gate passed a drop of 0 - 0."""
+    from sacrebleu.metrics import BLEU
+
+    return float(BLEU(effective_order=True).corpus_score(hyps, [refs]).score)
+
+
 def score_translations(hyps: list[str], refs: list[str]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu) and exact-match rate of ``hyps`` against ``refs``, in the same order."""
-    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+    """Corpus BLEU (:func:`corpus_bleu`) and exact-match rate of ``hyps`` against ``refs``, in order."""
+    bleu = corpus_bleu(hyps, refs)
     exact = sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(1, len(refs))
     return {"bleu": round(bleu, 3), "exact_match": round(100.0 * exact, 3)}
