@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
@@ -26,6 +27,15 @@ def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> li
     version 1 at a path that does not exist); why an entry is left with none is
     :func:`serving.execution.repository.version_problem`'s to say."""
     found, ignored = [], []
+    broken = dangling_versions(directory)
+    if broken:
+        log.warning(
+            "model %s: version directories %s in %s are links to nothing (%s): not served",
+            directory.name,
+            [link.name for link in broken],
+            directory,
+            "; ".join(link_target(link) for link in broken),
+        )
     for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if is_version(path):
             if any(path.iterdir()):
@@ -55,6 +65,28 @@ def select_versions(directory: Path, config: model_config_pb2.ModelConfig) -> li
                 directory,
             )
     return [str(v) for v in chosen]
+
+
+def dangling_links(directory: Path) -> list[Path]:
+    """The links in ``directory`` that lead nowhere (their target is gone, not mounted, or a loop):
+    a listing of directories passes them over without a word, so the model or version a user sees in
+    ``ls`` went unserved with no line saying why."""
+    return sorted(
+        p for p in directory.iterdir() if not p.name.startswith(".") and p.is_symlink() and not p.exists()
+    )
+
+
+def dangling_versions(directory: Path) -> list[Path]:
+    """The links named as versions in an entry's ``directory`` that lead nowhere (not served)."""
+    return [link for link in dangling_links(directory) if is_version_name(link.name)]
+
+
+def link_target(link: Path) -> str:
+    """``link -> target`` for a log line, the target as the link holds it."""
+    try:
+        return f"{link.name} -> {os.readlink(link)}"
+    except OSError as exc:
+        return f"{link.name}: {exc.strerror}"
 
 
 def is_version(path: Path) -> bool:

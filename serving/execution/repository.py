@@ -25,7 +25,13 @@ from serving.execution.config_json import config_json
 from serving.execution.datatypes import CONFIG_TYPE_TO_DATATYPE
 from serving.execution.entry_config import read_config, read_kiln
 from serving.execution.label_files import entry_labels
-from serving.execution.model_versions import is_version, select_versions
+from serving.execution.model_versions import (
+    dangling_links,
+    dangling_versions,
+    is_version,
+    link_target,
+    select_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,10 @@ class Repository:
             raise FileNotFoundError(f"model repository {self.root} is not a directory")
         self.entries: dict[str, RepositoryEntry] = {}
         self.errors: dict[str, str] = {}
+        for link in dangling_links(self.root):  # not listed below: ``is_dir()`` is False for them
+            log.warning(
+                "%s: a link to nothing (%s): not served", _shown(str(link)), _shown(link_target(link))
+            )
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not (directory / "config.pbtxt").is_file():
                 log.warning("%s", unconfigured(directory))
@@ -236,7 +246,9 @@ def version_problem(entry: RepositoryEntry) -> str:
         "latest": f" version_policy latest num_versions {policy.latest.num_versions} and",
     }.get(kind or "", "")
     found = sorted(int(p.name) for p in entry.path.iterdir() if is_version(p) and any(p.iterdir()))
-    return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}"
+    broken = [link_target(link) for link in dangling_versions(entry.path)]
+    nowhere = f"; version links to nothing: {'; '.join(broken)}" if broken else ""
+    return f"no version to serve in {entry.path}:{wanted} version directories holding files {found}{nowhere}"
 
 
 def unconfigured(directory: Path) -> str:

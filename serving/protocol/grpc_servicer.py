@@ -310,11 +310,12 @@ def _stream_error(request: Any, message: str, models_answer: bool) -> service_pb
     answered the error (``models_answer``: serving.errors.MODELS_ANSWER) also the ``model_name`` and
     ``model_version`` as the request wrote them (an empty version stays empty); a request the server
     refused before its model took it (an unknown model or version, a tensor that does not fit) gets
-    its id alone, as Triton's does."""
+    its id alone, as Triton's does. The message is cut as a unary call's status is: one echoing a 1 MB
+    input name was 4 MB of escapes, past a client's default 4 MiB receive limit, which ended the stream."""
     answer = service_pb2.ModelInferResponse(id=request.id)
     if models_answer:
         answer.model_name, answer.model_version = request.model_name, request.model_version
-    return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=answer)
+    return service_pb2.ModelStreamInferResponse(error_message=bounded_message(message), infer_response=answer)
 
 
 def leading_model_name(head: bytes) -> str | None:

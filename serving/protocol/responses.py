@@ -22,6 +22,7 @@ from serving.errors import (
     UnprocessableInput,
     UnsupportedMediaType,
 )
+from serving.protocol.h2_wire import bounded_message
 
 
 class ErrorBody(BaseModel):
@@ -31,8 +32,10 @@ class ErrorBody(BaseModel):
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    """``{"error": message}``; text a client sent that is not valid Unicode is escaped, never a 500."""
-    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``{"error": message}``; text a client sent that is not valid Unicode is escaped, never a 500, and
+    a message echoing a long name a client sent (a model, an input, a datatype: a 60 KB URL, a 64 MiB
+    body) is cut as the gRPC status carrying it is (:func:`bounded_message`), never sent back whole."""
+    text = bounded_message(message.encode("utf-8", "backslashreplace").decode("utf-8"))
     return JSONResponse({"error": text}, status_code=status, headers=headers)
 
 
