@@ -40,10 +40,44 @@ def read_config(directory: Path) -> model_config_pb2.ModelConfig:
         raise ValueError(
             f"config.pbtxt names the model {config.name!r} but its directory is {directory.name!r}"
         )
+    complete_backend_fields(config, directory)
     problems = config_problems(config)
     if problems:
         raise ValueError(f"{config_path}: {'; '.join(problems)} (Triton refuses to load it too)")
     return config
+
+
+ONNX_BACKEND, ONNX_PLATFORM, ONNX_FILENAME = "onnxruntime", "onnxruntime_onnx", "model.onnx"
+TENSORRT_PLATFORM = "tensorrt_plan"
+# The platform each backend Triton knows takes ("unexpected 'platform' and 'backend' pair" otherwise)
+BACKEND_PLATFORMS = {ONNX_BACKEND: ONNX_PLATFORM, "tensorrt": TENSORRT_PLATFORM}
+
+
+def complete_backend_fields(config: model_config_pb2.ModelConfig, directory: Path) -> None:
+    """Fill in an ONNX model's ``backend`` and ``platform`` where the config leaves them out, as Triton's
+    ``AutoCompleteBackendFields`` does before anything reads them (also with auto-complete disabled;
+    its ``default_model_filename`` is filled in where the config is shown, ``as_triton_shows``): a
+    ``backend: "onnxruntime"`` config was "onnxruntime" in its metadata, not Triton's
+    "onnxruntime_onnx", and a config naming neither, beside a ``model.onnx``, was refused. One
+    listing no input is left alone: Triton completes its tensors from the model file too, which the
+    gateway does not, and its refusal says so (``unnamed_platform``)."""
+    guessed = bool(config.input) and not config.platform and _names_onnx_file(config, directory)
+    if not config.backend and (config.platform == ONNX_PLATFORM or guessed):
+        config.backend = ONNX_BACKEND
+    if config.backend == ONNX_BACKEND:
+        config.platform = config.platform or ONNX_PLATFORM
+
+
+def _names_onnx_file(config: model_config_pb2.ModelConfig, directory: Path) -> bool:
+    """Whether the config's ``default_model_filename`` is an ONNX model's or, naming none, the first
+    subdirectory of ``directory`` (by name, any name: the one Triton looks in) holds a ``model.onnx``."""
+    if config.default_model_filename:
+        return config.default_model_filename == ONNX_FILENAME
+    try:
+        first = min((p for p in directory.iterdir() if p.is_dir()), default=None)
+        return first is not None and (first / ONNX_FILENAME).exists()
+    except OSError:  # unreadable: no model file found, as none would load
+        return False
 
 
 def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
@@ -52,12 +86,47 @@ def config_problems(config: model_config_pb2.ModelConfig) -> list[str]:
     refused at load instead of loading READY and failing every request, or batching otherwise."""
     batching = int(config.max_batch_size)
     problems = [] if batching >= 0 else [f"max_batch_size must be 0 or more, got {batching}"]
+    problems += _platform_problems(config)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             problems += _tensor_problems(kind, tensor, batching)
+            problems += _format_problems(kind, tensor, config.platform)
     if config.HasField("dynamic_batching"):
         problems += batching_problems(config.dynamic_batching, batching)
     return problems + _ensemble_problems(config)
+
+
+def _platform_problems(config: model_config_pb2.ModelConfig) -> list[str]:
+    """Triton's rule that a backend it knows runs its own platform only: ``platform: "onnxruntime_onnx"``
+    beside ``backend: "tensorrt"`` loaded here as an ONNX model, and fails Triton's load."""
+    wanted = BACKEND_PLATFORMS.get(config.backend)
+    if wanted is None or config.platform == wanted:
+        return []
+    return [
+        f"platform {config.platform!r} and backend {config.backend!r} do not go together "
+        f"(backend {config.backend!r} takes platform {wanted!r})"
+    ]
+
+
+IMAGE_FORMATS = (model_config_pb2.ModelInput.FORMAT_NHWC, model_config_pb2.ModelInput.FORMAT_NCHW)
+
+
+def _format_problems(kind: str, tensor: Any, platform: str) -> list[str]:
+    """Triton's ``ValidateModelInput``/``ValidateModelOutput`` rules on a tensor's layout flags: an
+    image ``format`` takes 3 dims, and shape tensors and non-linear formats are TensorRT's alone (the
+    embedded backend served such a config as if the flag were not there)."""
+    where = f"{kind} {tensor.name!r}"
+    problems = []
+    if kind == "input" and tensor.format in IMAGE_FORMATS and len(tensor.dims) != 3:
+        name = model_config_pb2.ModelInput.Format.Name(tensor.format)
+        problems.append(
+            f"{where} has format {name}, which requires 3 dims, got {[int(d) for d in tensor.dims]}"
+        )
+    if platform != TENSORRT_PLATFORM:
+        for flag in ("is_shape_tensor", "is_non_linear_format_io"):
+            if getattr(tensor, flag):
+                problems.append(f"{where} sets {flag}, which only the {TENSORRT_PLATFORM} platform takes")
+    return problems
 
 
 ENSEMBLE = "ensemble"

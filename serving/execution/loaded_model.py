@@ -204,6 +204,11 @@ def unhonoured_fields(config: Any, exported: bool = False) -> list[str]:
     ignored = sorted(key for key in config.parameters if key in ORT_BACKEND_PARAMETERS)
     if ignored:
         fields.append(f"parameters {ignored}")
+    if config.model_transaction_policy.decoupled:  # Triton answers such a model over streams alone
+        fields.append(
+            "model_transaction_policy decoupled (each request is answered once, over unary HTTP and gRPC "
+            "calls too, which Triton refuses for a decoupled model)"
+        )
     optional = [tensor.name for tensor in config.input if tensor.optional]
     if optional:  # loaded without a word, every request leaving one out was a 400 "missing"
         fields.append(f"input optional {optional} (every request must send them)")

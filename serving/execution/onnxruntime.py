@@ -29,6 +29,7 @@ from serving.execution.base import (
 )
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batcher import DynamicBatcher
+from serving.execution.config_json import config_json
 from serving.execution.cpus import usable_cpus
 from serving.execution.datatypes import classification
 from serving.execution.loaded_model import LoadedModel, Sessions, unlisted_inputs
@@ -187,6 +188,8 @@ class OnnxRuntimeBackend:
         model = self._models.get((name, self._version(entry, version)))
         if model is not None:
             config["parameters"] = {**config.get("parameters", {}), **model.placement.config_parameters()}
+            if not entry.config.instance_group:
+                config["instance_group"] = [config_json(model.placement.instance_group(entry.name))]
         return config
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -291,6 +294,11 @@ class OnnxRuntimeBackend:
             raise ValueError(
                 f"{entry.path / 'config.pbtxt'} does not match {path}: the graph's inputs {made} are the "
                 "config's batch_input, which the embedded backend does not make: use --backend triton"
+            )
+        if unlisted and not entry.config.input:  # Triton completes them from the graph, by default
+            raise ValueError(
+                f"{entry.path / 'config.pbtxt'} lists no input: the gateway does not complete a config from "
+                f"the model file as Triton does by default; list the graph's inputs {unlisted} and its outputs"
             )
         if unlisted:
             raise ValueError(

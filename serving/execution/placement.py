@@ -85,6 +85,17 @@ class Placement:
         )  # the config asks kiln_cuda_graphs
         return {key: {"string_value": value} for key, value in values.items()}
 
+    def instance_group(self, name: str) -> Any:
+        """The instance group Triton shows for a config that gives none (one it makes, named as the
+        model, its kind resolved), of the one instance this placement runs: clients reading
+        ``config["instance_group"][0]`` from Triton found an empty list here."""
+        group = model_config_pb2.ModelInstanceGroup(name=name, count=1)
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        if self.provider == CUDA:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+            group.gpus.append(int(self.device.partition(":")[2] or 0))
+        return group
+
     def bucket_for(self, items: int) -> int:
         """The smallest bucket holding ``items`` rows (``items`` itself when unbucketed or too large)."""
         index = bisect.bisect_left(self.buckets, items)

@@ -168,16 +168,31 @@ class Repository:
 
 # The backend Triton names for a platform's models, as it fills in an unset ``backend``
 PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+# The model file Triton names for a backend's models, as it fills in an unset ``default_model_filename``
+MODEL_FILENAMES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 
 
 def as_triton_shows(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
-    """A copy of ``config`` with what Triton fills in before it shows one: a platform's backend, and
-    each instance group's name (``<model>_<i>``) and count (1), so clients read the same fields
-    from the gateway as from Triton (``config["instance_group"][0]["name"]``)."""
+    """A copy of ``config`` with what Triton fills in before it shows one (its ``NormalizeModelConfig``):
+    a platform's backend and model file name, the default ``version_policy`` (latest 1), a batching model's
+    ``preferred_batch_size`` (``[max_batch_size]`` where none is given, the batches formed here too),
+    pinned input and output memory, and each instance group's name (``<model>_<i>``) and count (1), so
+    clients read the same fields from the gateway as from Triton (``config["instance_group"][0]["name"]``,
+    ``config["version_policy"]["latest"]``)."""
     shown = model_config_pb2.ModelConfig()
     shown.CopyFrom(config)
     if not shown.backend:
         shown.backend = PLATFORM_BACKENDS.get(shown.platform, "")
+    shown.default_model_filename = shown.default_model_filename or MODEL_FILENAMES.get(shown.backend, "")
+    if not shown.HasField("version_policy"):
+        shown.version_policy.latest.num_versions = 1
+    batching = shown.dynamic_batching
+    if shown.HasField("dynamic_batching") and not batching.preferred_batch_size and shown.max_batch_size > 0:
+        batching.preferred_batch_size.append(shown.max_batch_size)
+    if not shown.HasField("ensemble_scheduling"):
+        for pinned in ("input_pinned_memory", "output_pinned_memory"):
+            if not shown.optimization.HasField(pinned):
+                getattr(shown.optimization, pinned).enable = True
     for i, group in enumerate(shown.instance_group):
         group.name = group.name or f"{shown.name}_{i}"
         group.count = max(1, group.count)
