@@ -49,6 +49,8 @@ MAX_BEAM = 32  # the kernel's per-sentence scratch
 SWEEP_AFTER_S = 30 * 24 * 3600
 # What a build failed of when its cache has no room left (a full disk, a home over its quota).
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+# The entry points of the sanitizer runtimes a sanitized build links (ASan, TSan, MSan, HWASan)
+SANITIZER_ENTRIES = (b"__asan_init", b"__tsan_init", b"__msan_init", b"__hwasan_init")
 # How long a build may take (~0.5 s plain, seconds sanitized) before its compiler is taken as hung.
 BUILD_TIMEOUT_S = 120
 
@@ -112,8 +114,24 @@ def prebuilt() -> Path | None:
 
 
 def _builds() -> list[Path]:
-    """The builds of these sources in the cache, by any compiler command, newest first."""
-    return sorted(cache_dir().glob(f"beam_step-{_source_digest()}-*.so"), key=_mtime, reverse=True)
+    """The builds of these sources in the cache, by any compiler command, newest first, but for those that
+    would end this process when opened (:func:`_opens_here`)."""
+    builds = sorted(cache_dir().glob(f"beam_step-{_source_digest()}-*.so"), key=_mtime, reverse=True)
+    return [path for path in builds if _opens_here(path)]
+
+
+def _opens_here(path: Path) -> bool:
+    """Whether opening ``path`` leaves this process running: a build by ``CC="gcc -fsanitize=address"``
+    (a sanitized test run's, in the same per-user cache) loads its sanitizer's runtime, which ends a
+    process started without it ("ASan runtime does not come first in initial library list", exit 1),
+    where any other build that cannot load is an OSError. Such a build opens where the process has that
+    runtime already (``LD_PRELOAD``, as a sanitized run starts)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    process = ctypes.CDLL(None)
+    return all(hasattr(process, name.decode()) for name in SANITIZER_ENTRIES if name in data)
 
 
 def build(cc: str, target: Path) -> Path:
