@@ -99,3 +99,15 @@ def nowhere() -> Iterator[str]:
         yield f"127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
+
+
+@pytest.fixture
+def native_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache of compiled kernels (``KILN_CACHE_DIR``), this process's own load state kept."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KILN_NATIVE", raising=False)
+    from serving.decoding import native
+
+    monkeypatch.setattr(native, "_loaded_path", [])
+    (tmp_path / "cache").mkdir()
+    return tmp_path / "cache"

@@ -18,16 +18,6 @@ import pytest
 from serving.decoding import native
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty cache of compiled kernels, this process's own load state kept."""
-    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("KILN_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_loaded_path", [])
-    (tmp_path / "cache").mkdir()
-    return tmp_path / "cache"
-
-
 def _fake_open(where: Path) -> str:
     if where.read_bytes() != b"a library":
         raise OSError(f"{where}: invalid ELF header")
@@ -40,11 +30,12 @@ def _read_only(cc: str, target: Path) -> Path:
 
 @pytest.mark.parametrize("fails", ["compiler", "cache"])
 def test_a_build_that_cannot_be_made_runs_the_build_of_the_same_sources_found_in_the_cache(
-    cache, monkeypatch, caplog, fails
+    native_cache, monkeypatch, caplog, fails
 ):
     """docs/deploy.md: an image builds the step when it is made and runs that build; where the image
     also had a ``cc`` that failed (no C library headers) or could not write anywhere, every worker ran
     the numpy step beside a build that loads."""
+    cache = native_cache
     made = cache / f"beam_step-{native._source_digest()}-00000000.so"
     made.write_bytes(b"a library")
     monkeypatch.setattr(native, "compiler", lambda: "/bin/false")
@@ -58,7 +49,7 @@ def test_a_build_that_cannot_be_made_runs_the_build_of_the_same_sources_found_in
 
 
 def test_a_compiler_that_fails_saying_nothing_is_named_in_the_warning_not_the_cache(
-    cache, monkeypatch, caplog
+    native_cache, monkeypatch, caplog
 ):
     monkeypatch.setattr(native, "compiler", lambda: "/bin/false")
     with caplog.at_level(logging.WARNING, logger="serving.decoding.native"):
@@ -85,7 +76,7 @@ def _running(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_a_hung_compiler_is_killed_with_its_passes(cache, tmp_path, monkeypatch, caplog):
+def test_a_hung_compiler_is_killed_with_its_passes(native_cache, tmp_path, monkeypatch, caplog):
     """A compiler driver whose pass hangs (``cc1`` on a stalled NFS read): the timeout killed the driver
     alone, and its pass ran on, one more at each start of each worker."""
     marker = f"kiln-test-hung-pass-{uuid.uuid4().hex}"

@@ -20,16 +20,6 @@ from serving.decoding import native
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty cache of compiled kernels, this process's own load state kept."""
-    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("KILN_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_loaded_path", [])
-    (tmp_path / "cache").mkdir()
-    return tmp_path / "cache"
-
-
 def _as_sanitizer_ends_it(where: Path) -> str:
     """Opening ``where`` as the dynamic loader does: a sanitized build's runtime exits the process."""
     if b"__asan_init" in where.read_bytes():
@@ -48,7 +38,8 @@ def _builds(cache: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("cc", ["/bin/false", None])  # a compiler that fails, and none
-def test_a_sanitized_build_in_the_cache_is_passed_over(cache, monkeypatch, cc):
+def test_a_sanitized_build_in_the_cache_is_passed_over(native_cache, monkeypatch, cc):
+    cache = native_cache
     plain, _ = _builds(cache)
     monkeypatch.setattr(native, "compiler", lambda: cc)
     monkeypatch.setattr(native, "_open", _as_sanitizer_ends_it)
