@@ -60,12 +60,13 @@ def complete_backend_fields(config: model_config_pb2.ModelConfig, directory: Pat
     ``backend: "onnxruntime"`` config was "onnxruntime" in its metadata, not Triton's
     "onnxruntime_onnx", and a config naming neither, beside a ``model.onnx``, was refused. One
     listing no input is left alone: Triton completes its tensors from the model file too, which the
-    gateway does not, and its refusal says so (``unnamed_platform``)."""
+    gateway does not, and its refusal says so (``unnamed_platform``). A ``backend: "tensorrt"`` config
+    gets its ``tensorrt_plan`` platform as in Triton (it was refused as a mismatched pair)."""
     guessed = bool(config.input) and not config.platform and _names_onnx_file(config, directory)
     if not config.backend and (config.platform == ONNX_PLATFORM or guessed):
         config.backend = ONNX_BACKEND
-    if config.backend == ONNX_BACKEND:
-        config.platform = config.platform or ONNX_PLATFORM
+    if config.backend in BACKEND_PLATFORMS:
+        config.platform = config.platform or BACKEND_PLATFORMS[config.backend]
 
 
 def _names_onnx_file(config: model_config_pb2.ModelConfig, directory: Path) -> bool:

@@ -188,8 +188,12 @@ class OnnxRuntimeBackend:
         model = self._models.get((name, self._version(entry, version)))
         if model is not None:
             config["parameters"] = {**config.get("parameters", {}), **model.placement.config_parameters()}
+            made = model.placement.instance_group(entry.name)
             if not entry.config.instance_group:
-                config["instance_group"] = [config_json(model.placement.instance_group(entry.name))]
+                config["instance_group"] = [config_json(made)]
+            for group in config["instance_group"]:  # a GPU export's group lists none: Triton fills them in
+                if group.get("kind") == "KIND_GPU" and not group.get("gpus"):
+                    group["gpus"] = list(made.gpus)
         return config
 
     async def infer(self, request: InferRequest) -> InferResponse:
