@@ -122,7 +122,12 @@ class Gateway:
 
     async def is_ready(self) -> bool:
         failed = self.translators.failed if self.translators is not None else {}
-        return not self._stopping and not failed and await self.backend.is_ready()
+        return not self._stopping and not failed and not self._stopped() and await self.backend.is_ready()
+
+    def _stopped(self) -> bool:
+        """Whether a translator's decode workers have all stopped (:meth:`Translator.stopped`)."""
+        pool = self.translators.translators if self.translators is not None else {}
+        return any(translator.stopped() for translator in pool.values())
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         """A translator is ready when it runs and the backend serves its encoder and decoder entries
@@ -134,7 +139,8 @@ class Gateway:
                 entry.resolve_version(version)
             except ModelNotFound:
                 return False
-            if self._stopping or self.translators.get(name) is None:  # type: ignore[union-attr]
+            translator = self.translators.get(name)  # type: ignore[union-attr]
+            if self._stopping or translator is None or translator.stopped():
                 return False
             steps = await asyncio.gather(
                 *(self.backend.model_ready(step) for step in step_entries(entry)), return_exceptions=True

@@ -347,7 +347,7 @@ def test_a_translator_whose_step_probe_fails_is_not_ready_rather_than_a_500() ->
     gateway = Gateway.__new__(Gateway)
     gateway.backend = SimpleNamespace(model_ready=model_ready)
     gateway.repository = SimpleNamespace(get=lambda name: entry)
-    gateway.translators = SimpleNamespace(get=lambda name: object())
+    gateway.translators = SimpleNamespace(get=lambda name: SimpleNamespace(stopped=lambda: ""))
     gateway._translate_names, gateway._stopping = {"t"}, False
     assert asyncio.run(gateway.model_ready("t")) is False
     assert sorted(asked) == ["t_decoder", "t_encoder"]

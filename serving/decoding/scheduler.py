@@ -15,6 +15,7 @@ are in :mod:`serving.decoding.scheduler_config`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ class DecodingScheduler:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_policy: BusyLoopPolicy | None = None
         self._stopping = self._halt = False
+        self.died = ""  # why the decode thread ended unasked ("" while it runs, or stopped as asked)
 
     # --- public API (event loop) ------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ class DecodingScheduler:
                 busy_loop_policy(threading.get_native_id()) if self.config.busy_loop_policy else None
             )
             self._stopping = self._halt = False
+            self.died = ""
             self._thread = threading.Thread(target=self._run, name=f"kiln-decode-{self.name}", daemon=True)
             self._thread.start()
 
@@ -143,10 +146,8 @@ class DecodingScheduler:
         """Beam-search each source (token ids without EOS); 429 when the queue is full, 504 after timeout.
         ``version``: the translator's version the request named, reported with its answer (every
         version decodes alike: a translator's versions share its encoder and decoder entries)."""
-        if self._thread is None or self._stopping:
-            raise Unavailable(
-                f"translator {self.name!r} is not running", retry_after=self.config.retry_after_s
-            )
+        if self._thread is None or self._stopping or self.died:
+            raise self._not_running()
         self._check(config)
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
         job = Job(
@@ -160,6 +161,8 @@ class DecodingScheduler:
         if not job.sources:
             return []
         with self._lock:
+            if self.died:  # it stopped since the look above: nothing would take the request
+                raise self._not_running()
             if len(self._waiting) >= self.config.max_queue:
                 raise Overloaded(
                     f"translator {self.name!r}: {len(self._waiting)} requests already waiting; retry later",
@@ -181,6 +184,12 @@ class DecodingScheduler:
             raise
         finally:
             expiry.cancel()
+
+    def _not_running(self) -> Unavailable:
+        stopped = f": its decode worker stopped ({self.died})" if self.died else ""
+        return Unavailable(
+            f"translator {self.name!r} is not running{stopped}", retry_after=self.config.retry_after_s
+        )
 
     def _expire_job(self, job: Job, timeout: float) -> None:
         """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
@@ -244,36 +253,70 @@ class DecodingScheduler:
         return {job for job, _ in self._batch.keys}
 
     def _run(self) -> None:
-        """Admit, step, retire; sleep only when nothing is in flight or waiting."""
-        name_os_thread(self.thread_name)
+        """Admit, step, retire; sleep only when nothing is in flight or waiting. An error that escapes
+        the loop (its own handler's included) ends this worker: :meth:`_died` answers its requests."""
         policy, busy = self._loop_policy, False
-        while not self._halt:
-            if not self._batch.size and not self._waiting:
-                if busy:
-                    policy.idle()
-                    busy = False
-                idle_s = self.config.release_idle_s if self._grown else None
-                if self._wake.wait(idle_s):
-                    self._wake.clear()
-                else:  # idle that long: what the last requests grew goes back
-                    self._release_decode_state()
-                continue
-            if policy is not None and not busy:
-                policy.busy()
-                busy = True
+        try:
+            name_os_thread(self.thread_name)
+            while not self._halt:
+                if not self._batch.size and not self._waiting:
+                    if busy:
+                        policy.idle()
+                        busy = False
+                    idle_s = self.config.release_idle_s if self._grown else None
+                    if self._wake.wait(idle_s):
+                        self._wake.clear()
+                    else:  # idle that long: what the last requests grew goes back
+                        self._release_idle()
+                    continue
+                if policy is not None and not busy:
+                    policy.busy()
+                    busy = True
+                try:
+                    self._expire()
+                    self._admit()
+                    if self._batch.size:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
+                    _log_failure(exc, "translator %s: decoding failed", self.name)
+                    error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
+                    failed = self._running_jobs()
+                    self._batch, self._reserved = self._new_batch(), 0  # before the answers (see _step)
+                    self._post_all([(job, error, "failure") for job in failed])
+        except BaseException as exc:  # noqa: BLE001 - answered below; a dead thread left them waiting
+            self._died(exc)
+        finally:
+            if busy:
+                policy.idle()
+
+    def _died(self, exc: BaseException) -> None:
+        """The decode thread ends on ``exc``: every request it holds or that waits for it is answered
+        503 naming it, and new ones are refused (:meth:`submit`); its translator's other workers serve
+        on, and a translator left with none is not ready. Before, the thread ended with a traceback
+        on stderr, its requests waited for their deadline (504) and later ones queued for theirs,
+        while the gateway said it was ready."""
+        self.died = f"{type(exc).__name__}: {exc}"
+        log.error("translator %s: its decode worker stopped: %s", self.name, self.died, exc_info=exc)
+        error = Unavailable(f"translator {self.name!r}: its decode worker stopped ({self.died})")
+        with self._lock:
             try:
-                self._expire()
-                self._admit()
-                if self._batch.size:
-                    self._step()
-            except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
-                _log_failure(exc, "translator %s: decoding failed", self.name)
-                error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
-                failed = self._running_jobs()
-                self._batch, self._reserved = self._new_batch(), 0  # before the answers (see _step)
-                self._post_all([(job, error, "failure") for job in failed])
-        if busy:
-            policy.idle()
+                left = {*self._running_jobs(), *self._waiting}
+            except Exception:  # noqa: BLE001 - a batch too broken to list: its waiting ones at least
+                left = set(self._waiting)
+            self._waiting.clear()
+        self._reserved = 0  # nothing will run here: a stop has nothing to wait for
+        with contextlib.suppress(RuntimeError):  # the event loop closed: nobody waits for them
+            self._post_all([(job, error, "failure") for job in left])
+
+    def _release_idle(self) -> None:
+        """:meth:`_release_decode_state`, whose failure only leaves the memory held (it used to end the
+        decode thread: every later request of this worker waited for its deadline)."""
+        try:
+            self._release_decode_state()
+        except Exception as exc:  # noqa: BLE001 - memory left held is no reason to stop serving
+            log.warning(
+                "translator %s: idle, its decode state kept (%s: %s)", self.name, type(exc).__name__, exc
+            )
 
     def _release_decode_state(self) -> None:
         """Hand back the memory the last requests' steps grew (decode thread, nothing in flight or

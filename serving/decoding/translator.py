@@ -192,10 +192,20 @@ class Translator:
         return ids
 
     def scheduler(self) -> DecodingScheduler:
-        """The decode worker with the fewest rows running or waiting."""
+        """The decode worker with the fewest rows running or waiting, of those still running (one whose
+        thread stopped refuses the request with a 503 naming why, when none is left)."""
         if len(self.schedulers) == 1:  # no load to read (it sums the waiting requests' rows)
             return self.schedulers[0]
-        return min(self.schedulers, key=lambda s: s.load)
+        running = [s for s in self.schedulers if not s.died] or self.schedulers
+        return min(running, key=lambda s: s.load)
+
+    def stopped(self) -> str:
+        """Why no decode worker of this translator can decode ("" while one can): each stopped on an
+        error (:meth:`DecodingScheduler._died`); such a translator is not ready until the gateway
+        restarts."""
+        if not all(s.died for s in self.schedulers):
+            return ""
+        return "; ".join(f"decode worker {s.name!r} stopped: {s.died}" for s in self.schedulers)
 
     def waiting(self) -> int:
         """Requests waiting to join a decode batch, across the decode workers (``kiln_queue_depth``
