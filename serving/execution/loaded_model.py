@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, ServingError
 from serving.execution import placement
 from serving.execution.batcher import DynamicBatcher
 from serving.execution.occupancy import Occupancy
@@ -126,6 +126,8 @@ class LoadedModel:
                 raise BadRequest(
                     f"model {self.entry.name!r} cannot run on an empty dimension ({empty}): {exc}"
                 ) from exc
+            if _onnxruntime_error(exc):  # the run itself failed: named, not `internal error`
+                raise ServingError(_run_failure(self.entry.name, exc)) from exc
             raise
         finally:
             self.occupancy.leave()
@@ -229,6 +231,13 @@ def _refused_input(exc: Exception) -> bool:
     return _onnxruntime_error(exc, "InvalidArgument")
 
 
+def _run_failure(name: str, exc: Exception) -> str:
+    """What a request whose run ONNX Runtime failed (not for its input: out of memory, a kernel's own
+    error) is answered, a 500 naming the model and ONNX Runtime's error, as Triton's onnxruntime backend
+    answers it. It was ``internal error: RuntimeException``, the error itself in the log alone."""
+    return f"model {name!r}: ONNX Runtime failed to run it: {type(exc).__name__}: {exc}"
+
+
 def _graph_shapes(session: Any) -> dict[str, list]:
     """Each input's shape as the graph names its axes (a bound session's, its session's; a session
     without ``get_inputs``, a test's fake: none)."""
@@ -244,9 +253,10 @@ def unlisted_inputs(config: Any, session: Any) -> list[str]:
     return sorted(name for name in _graph_shapes(session) if name not in listed)
 
 
-def _onnxruntime_error(exc: Exception, name: str) -> bool:
+def _onnxruntime_error(exc: Exception, name: str | None = None) -> bool:
+    """Whether ``exc`` is ONNX Runtime's error ``name`` (None: any of its errors)."""
     kind = type(exc)
-    return kind.__name__ == name and kind.__module__.startswith("onnxruntime")
+    return name in (None, kind.__name__) and kind.__module__.startswith("onnxruntime")
 
 
 def _empty_inputs(inputs: dict[str, np.ndarray], batched: bool) -> str:
