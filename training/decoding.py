@@ -32,11 +32,13 @@ class Hypothesis(NamedTuple):
 
 
 def normalize_score(score: float, length: int, penalty: str, alpha: float) -> float:
-    """Length-normalized score; ``length`` counts the generated tokens including EOS."""
+    """Length-normalized score; ``length`` counts the generated tokens including EOS. ``alpha`` as a
+    float: an int's exact power (41**10) rounds otherwise than the float power the serving engine's
+    divisors take, 1 ulp off its normalized scores for some lengths."""
     if penalty == "average":
-        return score / length**alpha
+        return score / length ** float(alpha)
     if penalty == "gnmt":
-        return score / ((5 + length) / 6) ** alpha
+        return score / ((5 + length) / 6) ** float(alpha)
     return score
 
 

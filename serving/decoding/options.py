@@ -232,12 +232,13 @@ def output_tokens(tokens: list[int], *, eos_id: int, pad_id: int, bos_id: int) -
 
 
 def _divisor(length: int, penalty: str, alpha: float) -> float:
-    """The length penalty's divisor for ``length`` generated tokens (inf where it overflows)."""
+    """The length penalty's divisor for ``length`` generated tokens (inf where it overflows), by float
+    power whatever ``alpha``'s type: an int's exact power (41**10) rounds otherwise, 1 ulp off."""
     try:
         if penalty == "average":
-            return length**alpha
+            return length ** float(alpha)
         if penalty == "gnmt":
-            return ((5 + length) / 6) ** alpha
+            return ((5 + length) / 6) ** float(alpha)
     except OverflowError:
         return math.inf
     return 1.0
