@@ -353,7 +353,7 @@ def _corrupt_near_its_end(data: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("compressed", "status", "fragment"),
     [
-        (gzip.compress(bytes(3 << 20)), "8", "decompressed message larger than max"),
+        (gzip.compress(bytes(3 << 20)), "8", "Decompressed message larger than max"),
         (
             _corrupt_near_its_end(gzip.compress(np.random.default_rng(0).bytes(1 << 19) + bytes(1 << 20))),
             "13",

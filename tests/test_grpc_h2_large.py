@@ -78,7 +78,7 @@ def test_a_message_declared_above_the_limit_is_refused_at_its_prefix(h2: Harness
     frames = h2.frames()
     assert _status(frames, 1) == (
         RESOURCE_EXHAUSTED,
-        f"received message larger than max ({declared} vs. {4 << 20})",
+        f"SERVER: Received message larger than max ({declared} vs. {4 << 20})",
     )
     assert [rst_code(f) for f in frames if f[0] == w.RST_STREAM] == [w.NO_ERROR]  # stop sending
     assert 1 not in h2.connection.calls and h2.server.budget.used == 0

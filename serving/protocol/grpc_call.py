@@ -41,8 +41,15 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 _WINDOWS = {b"gzip": 31, b"deflate": 15}  # the zlib window of each grpc-encoding this server reads
-TOO_LARGE_INFLATED = "decompressed message larger than max"  # grpc core's words
+# grpc core's words, as grpcio's server (and Triton's) sends them: clients and users switching servers
+# match them
+TOO_LARGE_INFLATED = "Decompressed message larger than max"
 HEAD_BYTES = 4096  # what of a message refused unparsed its servicer is shown (Call.refused)
+
+
+def too_large(declared: int, max_bytes: int) -> str:
+    """The details of a message declaring ``declared`` bytes past ``max_bytes``, in grpc core's words."""
+    return f"SERVER: Received message larger than max ({declared} vs. {max_bytes})"
 
 
 class Aborted(Exception):
@@ -174,8 +181,7 @@ class Call:
             head = (b"".join(self.parts) + payload[:5])[:5]  # the parts so far: under 5 bytes
             self.compressed, self.declared = head[0] != 0, int.from_bytes(head[1:5], "big")
             if self.declared > max_bytes:
-                details = f"received message larger than max ({self.declared} vs. {max_bytes})"
-                return self.refused(payload, _RESOURCE_EXHAUSTED, details)
+                return self.refused(payload, _RESOURCE_EXHAUSTED, too_large(self.declared, max_bytes))
         if self.declared is not None and size > self.declared + 5:
             return _INTERNAL, ONE_MESSAGE
         large = self.body is None and self.declared is not None and self.declared > LOOP_JOIN_BYTES

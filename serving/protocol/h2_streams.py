@@ -39,6 +39,7 @@ from serving.protocol.grpc_call import (
     Pieces,
     decompress,
     decompress_small,
+    too_large,
     trailers_block,
 )
 from serving.protocol.h2_state import ConnectionState
@@ -91,7 +92,7 @@ class StreamCall(Call):
         while len(incoming) - at >= 5:
             declared = int.from_bytes(incoming[at + 1 : at + 5], "big")
             if declared > max_bytes:
-                return _RESOURCE_EXHAUSTED, f"received message larger than max ({declared} vs. {max_bytes})"
+                return _RESOURCE_EXHAUSTED, too_large(declared, max_bytes)
             end = at + 5 + declared
             if end > len(incoming):
                 break
