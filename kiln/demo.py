@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +44,34 @@ DEMO_SENTENCES = [
 ]
 
 
+REFUSED = 2  # the trainers' exit status for flags or a file they refuse
+
+
+def training_commands(
+    module: str, flags: Sequence[str], checkpoints: Path, name: str, fresh: bool
+) -> list[list[str]]:
+    """The commands that train ``<name>.pt`` in ``checkpoints``, in the order to try them: a run an
+    interrupted demo left (``<name>.resume.pt``) resumes where it stopped, and a new run follows only
+    if the trainer refuses that file as another run's (its model, preset or data differ); ``fresh``
+    trains anew. A demo run again after Ctrl-C started over at epoch 1, replacing the epochs trained."""
+    out = ["--output-dir", str(checkpoints)]
+    new_run = [sys.executable, "-m", module, *flags, *out]
+    resume = checkpoints / f"{name}.resume.pt"
+    if fresh or not resume.is_file():
+        return [new_run]
+    return [[sys.executable, "-m", module, *flags, "--resume", str(resume), *out], new_run]
+
+
+def train(title: str, commands: list[list[str]]) -> None:
+    """Run ``commands`` (``training_commands``) until one trains: each but the last may be refused."""
+    *tries, last = commands
+    for cmd in tries:
+        if run_stage(title, cmd, may_refuse=True) is not None:
+            return
+        console.print("[yellow]that file is not this demo's run (above): training a new one")
+    run_stage(title, last)
+
+
 def show_command(cmd: list[str]) -> None:
     """``cmd`` as a shell takes it, on one line at any width (wrapped at a log's 80 columns, a pasted
     command ran without its last arguments) and as written (with markup, ``[v2]`` in a path was read
@@ -51,13 +79,17 @@ def show_command(cmd: list[str]) -> None:
     console.print(f"$ {shlex.join(cmd)}", style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
-def run_stage(title: str, cmd: list[str]) -> float:
-    """Run one pipeline stage as a subprocess, streaming its output; stop the demo if it fails."""
+def run_stage(title: str, cmd: list[str], may_refuse: bool = False) -> float | None:
+    """Run one pipeline stage as a subprocess, streaming its output; stop the demo if it fails. With
+    ``may_refuse``, a stage that refuses its flags (exit status 2, as argparse and the trainers'
+    refusals) returns None instead, for the caller to try another way."""
     console.rule(f"[bold]{title}")
     show_command(cmd)
     start = time.perf_counter()
     result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
+    if may_refuse and result.returncode == REFUSED:
+        return None
     if result.returncode != 0:
         console.print(f"[red]{title} failed: it {ended(result.returncode)}; the demo stops here.")
         # a shell's status for a stage a signal ended, 128 + its number (SystemExit(-9) exited 247)
@@ -347,18 +379,29 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
     py = sys.executable
     started = time.perf_counter()
     console.print(f"Kiln demo on the {target.name}")
-    out = ["--output-dir", str(args.checkpoints)]
     if args.fresh or not (args.checkpoints / "resnet18.pt").exists():
-        run_stage(
+        train(
             f"Train a ResNet-18 on the bundled digits ({target.name})",
-            [py, "-m", "training.classify", *DEMO_CLASSIFIER, *target.classify, *out],
+            training_commands(
+                "training.classify",
+                [*DEMO_CLASSIFIER, *target.classify],
+                args.checkpoints,
+                "resnet18",
+                args.fresh,
+            ),
         )
     else:
         console.print(f"reusing {args.checkpoints / 'resnet18.pt'} (--fresh retrains)", markup=False)
     if args.fresh or not (args.checkpoints / "transformer.pt").exists():
-        run_stage(
+        train(
             f"Train the demo Transformer (English → French numbers, {target.name})",
-            [py, "-m", "training.translate", *DEMO_TRANSLATOR, *target.translate, *out],
+            training_commands(
+                "training.translate",
+                [*DEMO_TRANSLATOR, *target.translate],
+                args.checkpoints,
+                "transformer",
+                args.fresh,
+            ),
         )
     else:
         console.print(f"reusing {args.checkpoints / 'transformer.pt'} (--fresh retrains)", markup=False)
