@@ -51,6 +51,16 @@ $(error make demo GPU=1: no NVIDIA GPU device on this machine (no /dev/nvidia0, 
 endif
 endif
 
+# make bench installs haproxy (apt) and perf_analyzer (pip) before bench reads --profile: a PROFILE it has not
+# (PROFILE=nope) was refused only after those installs, so it is refused first. bench/options.py's PROFILES
+# (a test keeps the two in step).
+BENCH_PROFILES := quick full gpu
+ifneq ($(filter bench,$(MAKECMDGOALS)),)
+ifneq ($(words $(filter $(BENCH_PROFILES),$(PROFILE))) $(words $(PROFILE)),1 1)
+$(error make bench PROFILE=$(PROFILE): no such profile, so nothing was installed or run; choose from $(BENCH_PROFILES))
+endif
+endif
+
 .PHONY: help setup lock demo train train-classifier train-translator export serve triton bench balancer perf-analyzer test lint format clean
 
 help: ## list the targets
