@@ -199,6 +199,20 @@ def train_first(paths: Sequence[str]) -> str:
     )
 
 
+def gpu_placement_note(device: str, providers: Sequence[str]) -> str | None:
+    """For ``--device gpu`` where ONNX Runtime has no CUDA provider (``providers``): a line saying that a
+    gateway here cannot load what this export writes. It writes KIND_GPU configs for a GPU host (no GPU
+    is needed to export), over the repository's CPU entries, and ``make serve`` here then came up with
+    every model failing to load, the export having said nothing."""
+    if device != "gpu" or "CUDAExecutionProvider" in providers:
+        return None
+    return (
+        "--device gpu: the configs place every model on a GPU (KIND_GPU), for a CUDA machine; ONNX Runtime "
+        "here has no CUDA provider, so a gateway on this machine cannot load them (export with --device cpu, "
+        "or into another --repository, to serve here)"
+    )
+
+
 def _checkpoints(paths: Sequence[str]) -> list[Path]:
     """``find_checkpoints``, a path that does not exist named with the commands that write checkpoints."""
     from export.pipeline import find_checkpoints
@@ -245,6 +259,12 @@ def run_export(argv: Sequence[str] | None) -> int:
     )
     # torch.onnx warns once per export that torchvision's custom ops cannot be registered: Kiln has none.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    if args.device == "gpu":
+        import onnxruntime
+
+        note = gpu_placement_note(args.device, onnxruntime.get_available_providers())
+        if note:
+            console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
     results: list[EntryResult] = []
     try:
         options = export_options(args)
