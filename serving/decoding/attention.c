@@ -173,9 +173,11 @@ __attribute__((target("avx2,fma"))) static void dots_avx2(const float *q, const 
         const float *kj = k + j * hd;
         __m256 a = _mm256_setzero_ps();
         for (int64_t d = 0; d < hd; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kj + d), a);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        h = _mm_hadd_ps(h, h);
-        scores[j] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+        /* the lanes reduced in the quads' order, so a key's score does not depend on where it sits
+         * (a source padded to a longer one's width, a sentence joining at a later cache column) */
+        __m256 pairs = _mm256_hadd_ps(a, a);
+        __m256 s = _mm256_hadd_ps(pairs, pairs);
+        scores[j] = _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
     }
 }
 
@@ -246,7 +248,7 @@ __attribute__((target("avx2,fma"))) static float lanes_total(__m256 v) {
 __attribute__((target("avx2,fma"), always_inline)) static inline void softmax_group_avx2(float *scores, int g, int64_t n, float scale,
                                                                    const float *bias, int64_t biased) {
     const __m256 divisor = _mm256_set1_ps(scale), none = _mm256_set1_ps(-INFINITY);
-    __m256 top[GROUP], sum[GROUP], peak[GROUP], total[GROUP];
+    __m256 top[GROUP], peak[GROUP], total[GROUP];
     for (int i = 0; i < g; i++) top[i] = none;
     for (int64_t j = 0; j < n; j += LANES) {
         const __m256 valid = _mm256_castsi256_ps(lanes_below(n - j));
@@ -261,18 +263,20 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void softmax_gr
             top[i] = _mm256_max_ps(top[i], s);
         }
     }
-    for (int i = 0; i < g; i++) {
-        peak[i] = _mm256_set1_ps(lanes_max(top[i]));
-        sum[i] = _mm256_setzero_ps();
-    }
+    for (int i = 0; i < g; i++) peak[i] = _mm256_set1_ps(lanes_max(top[i]));
     for (int64_t j = 0; j < n; j += LANES)
         for (int i = 0; i < g; i++) {
             float *row = scores + i * SCORES + j;
             __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(row), peak[i])); /* padding: exp(-inf) = 0 */
             _mm256_storeu_ps(row, e);
-            sum[i] = _mm256_add_ps(sum[i], e);
         }
-    for (int i = 0; i < g; i++) total[i] = _mm256_set1_ps(lanes_total(sum[i]));
+    /* each head's weights summed in key order, as softmax() does: lanes would sum a key with the keys
+     * 8 apart, so its total would move with where its keys sit (a sentence joining at a later cache
+     * column has masked columns, exactly 0, before them) */
+    float sum[GROUP] = {0.0f};
+    for (int64_t j = 0; j < n; j++)
+        for (int i = 0; i < g; i++) sum[i] += scores[i * SCORES + j];
+    for (int i = 0; i < g; i++) total[i] = _mm256_set1_ps(sum[i]);
     for (int64_t j = 0; j < n; j += LANES)
         for (int i = 0; i < g; i++) {
             float *row = scores + i * SCORES + j;

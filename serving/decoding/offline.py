@@ -1,8 +1,7 @@
 """Whole batches of sentences decoded to the end over one :class:`~serving.decoding.stepper.DecodeBatch`,
 without a scheduler: export's ONNX beam-parity check, Triton's ``<name>`` python model and the bench's
-engine rows. Every sentence decodes to the tokens it would alone (tested; its scores agree to the
-float rounding of matrix products over another number of rows, ~1e-6), so batching is free to group
-them as it likes.
+engine rows. Every sentence computes exactly what it would alone (tested), so batching is free to
+group them as it likes.
 """
 
 from __future__ import annotations
