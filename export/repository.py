@@ -93,8 +93,19 @@ def current_settings(recorded: Any, settings: dict[str, Any], model: str | None)
     written = recorded.get("export_version")
     if not isinstance(written, int) or written < current_version(model):
         return False
-    rest = {k: v for k, v in recorded.items() if k != "export_version"}
+    rest = {k: v for k, v in recorded.items() if k != "export_version" and not _other_gate(k, settings)}
     return rest == {k: v for k, v in settings.items() if k != "export_version"}
+
+
+# Every int8 gate threshold; earlier exports recorded all three in each int8 entry, its task's and
+# the other's, so an entry of either task was rebuilt when only the other task's gate changed
+INT8_GATE_KEYS = ("int8_max_drop", "int8_min_agreement", "int8_max_bleu_drop")
+
+
+def _other_gate(key: str, settings: dict[str, Any]) -> bool:
+    """Whether ``key`` is another task's int8 gate threshold, recorded by an older export: ignored, as
+    that gate never judged this entry (its own task's thresholds are in ``settings``)."""
+    return key in INT8_GATE_KEYS and key not in settings and any(k in settings for k in INT8_GATE_KEYS)
 
 
 def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any], model: str | None) -> bool:

@@ -19,6 +19,9 @@ DEVICES = ("cpu", "gpu")
 # What the parity checks and the int8 gates ran on when the run's own data could not be read: a
 # classifier's images (``parity.data``), a translator's held-out sentences (``parity.beam_source``)
 RANDOM_IMAGES_SOURCE, RANDOM_IDS_SOURCE = "random", "random ids"
+# The int8 gate thresholds an int8 entry records in ``export``, by task (classifier, translator): a
+# classifier's gate reads only the top-1 drop, a translator's only agreement and BLEU drop
+INT8_GATE_SETTINGS = (repository.INT8_GATE_KEYS[:1], repository.INT8_GATE_KEYS[1:])
 
 
 @dataclass(frozen=True)
@@ -155,10 +158,9 @@ class ExportContext:
             "export_version": repository.EXPORT_VERSION,
             "max_batch_size": self.options.max_batch_size,
         }
-        if precision == "int8":
-            out["int8_max_drop"] = self.options.int8_max_drop
-            out["int8_min_agreement"] = self.options.int8_min_agreement
-            out["int8_max_bleu_drop"] = self.options.int8_max_bleu_drop
+        if precision == "int8":  # its own task's gate only: another's threshold must not rebuild it
+            for key in INT8_GATE_SETTINGS[self.ckpt.get("task") == "translate"]:
+                out[key] = getattr(self.options, key)
         if self.options.device == "gpu":  # absent on CPU, so CPU entries written before stay up to date
             out["device"] = "gpu"
             out["cudnn_conv_algo_search"] = self.options.cudnn_conv_algo_search
