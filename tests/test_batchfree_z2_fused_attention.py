@@ -7,16 +7,15 @@ when the key fell outside a group of four, so its score moved with the padded wi
 
 from __future__ import annotations
 
-import onnxruntime as ort
+from pathlib import Path
+
 import pytest
 
 from serving.decoding import native, native_decoder, offline
 from serving.decoding import step_spec as sp
 from serving.decoding import stepper as st
 from serving.decoding.options import DecodingOptions, config_for
-from serving.execution.onnxruntime import onnxruntime_runner
-from serving.execution.repository import Repository
-from tests.test_translate_serving import exported_translators, texts_of_mixed_lengths
+from tests.test_native_decoder import transformer_runners
 
 pytestmark = pytest.mark.skipif(
     native_decoder._c_library() is None, reason="no C compiler or no ONNX Runtime C library here"
@@ -26,25 +25,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def fused(exported_translator_models, tmp_path_factory):
     """(spec, encoder runner, decoder runner over the fused graph, source ids of mixed lengths)."""
-    repository = exported_translators(
-        exported_translator_models, tmp_path_factory, "batchfree", ("transformer",)
-    )
-    entry = Repository(repository).get("transformer")
-    block = entry.kiln["translator"]
-
-    def runner(part: str):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        path = native.graph_to_open(repository / block[part] / "1" / "model.onnx")
-        assert part == "encoder" or path.name == native.FUSED_GRAPH  # the decoder the gateway opens
-        return onnxruntime_runner(ort.InferenceSession(str(path), native.session_options(path, options)))
-
-    from serving.decoding.translator import translator_from_entry
-
-    translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))
+    spec, runner, sources = transformer_runners(exported_translator_models, tmp_path_factory, "batchfree", 12)
     decoder = runner("decoder")
-    spec = sp.parse_step_spec(block["step_spec"])
-    return spec, runner("encoder"), decoder, translator.source_ids(texts_of_mixed_lengths(12))
+    assert Path(decoder.model_file).name == native.FUSED_GRAPH  # the decoder the gateway opens
+    return spec, runner("encoder"), decoder, sources
 
 
 def _config(spec, beam: int):

@@ -30,29 +30,37 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def model(exported_translator_models, tmp_path_factory):
     """(spec, encoder runner, Python decoder runner, compiled decoder runner, source ids)."""
-    repository = exported_translators(
-        exported_translator_models, tmp_path_factory, "native", ("transformer",)
-    )
+    spec, runner, sources = transformer_runners(exported_translator_models, tmp_path_factory, "native", 24)
+    compiled = native_decoder.attach(runner("decoder"))
+    assert compiled.native is not None and Path(compiled.model_file).name == native.FUSED_GRAPH
+    return spec, runner("encoder"), runner("decoder"), compiled, sources
+
+
+def transformer_runners(exported_translator_models, tmp_path_factory, prefix: str, texts: int):
+    """The tiny exported ``transformer``'s step spec, a maker of one-thread runners over the graphs the
+    gateway's decode workers open (``runner("encoder")``, ``runner("decoder")``: the decoder's
+    fused-attention step where written, its path as ``model_file``), and ``texts`` source id lists of
+    mixed lengths."""
+    repository = exported_translators(exported_translator_models, tmp_path_factory, prefix, ("transformer",))
     entry = Repository(repository).get("transformer")
     block = entry.kiln["translator"]
 
     def runner(part: str):
         options = ort.SessionOptions()  # one per session: custom operators register once per options
         options.intra_op_num_threads = options.inter_op_num_threads = 1
-        # the graph the gateway's decode workers open: the decoder's fused-attention step where written
         path = native.graph_to_open(repository / block[part] / "1" / "model.onnx")
         run = onnxruntime_runner(ort.InferenceSession(str(path), native.session_options(path, options)))
         run.model_file = path
         return run
 
-    spec = sp.parse_step_spec(block["step_spec"])
-    compiled = native_decoder.attach(runner("decoder"))
-    assert compiled.native is not None and Path(compiled.model_file).name == native.FUSED_GRAPH
     from serving.decoding.translator import translator_from_entry
 
     translator = translator_from_entry(entry.path, entry.kiln, runner("encoder"), runner("decoder"))
-    sources = translator.source_ids(texts_of_mixed_lengths(24))
-    return spec, runner("encoder"), runner("decoder"), compiled, sources
+    return (
+        sp.parse_step_spec(block["step_spec"]),
+        runner,
+        translator.source_ids(texts_of_mixed_lengths(texts)),
+    )
 
 
 def _config(spec, beam: int, **changes):
