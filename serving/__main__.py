@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -359,7 +360,11 @@ def serve(settings: Settings) -> None:
         raise SystemExit(
             f"--http-port (or KILN_HTTP_PORT): {where} cannot be bound ({exc.strerror or exc})"
         ) from None
-    # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure
+    # uvicorn raises the SIGINT it caught again once drained: the stop was asked for, not a failure;
+    # and the SIGTERM, which ends the process once its exit handlers have run (end_by_sigterm)
+    from serving.app import end_by_sigterm
+
+    signal.signal(signal.SIGTERM, end_by_sigterm)
     server = server_class(config)
     with contextlib.suppress(KeyboardInterrupt):
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -221,6 +222,17 @@ def _schema_built_off_the_loop(app: FastAPI) -> None:
     route.app = schema_built_first
 
 
+def end_by_sigterm(_signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+    """End this process by SIGTERM, as a stop by SIGTERM ends (README, "Serving"), once the interpreter's
+    exit handlers (``atexit``) have run; also SIGTERM's handler while the gateway runs, the one uvicorn
+    hands back and calls again after its drain. By the signal's default action they never ran: each
+    gateway process that had started its JSON helper left multiprocessing's temporary directory
+    (``pymp-*``, the forkserver's socket) in TMPDIR at every stop, one per worker of ``--workers``."""
+    atexit._run_exitfuncs()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, whose drain stops the gRPC server taking calls at the same moment (GOAWAY, its
     listener closed): it went on accepting them until the HTTP drain was over, up to the grace, and
@@ -288,8 +300,7 @@ class GatewayServer(uvicorn.Server):
         """After a start-up a signal stopped (uvicorn exits 3, a failed start-up): end as a stop ends,
         by SIGTERM, or with 0 after Ctrl-C (README, "Serving")."""
         if self.stopped_loading_by == signal.SIGTERM:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.raise_signal(signal.SIGTERM)
+            end_by_sigterm()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app

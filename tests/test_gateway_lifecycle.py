@@ -76,10 +76,12 @@ def _start_on_free_ports(
 
 
 @contextmanager
-def _gateway(repository: Path, *flags: str, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+def _gateway(
+    repository: Path, *flags: str, log: Path, **popen: Any
+) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m serving`` in a session of its own (a terminal's Ctrl-C reaches its whole group),
     ready; stopped with all it started on the way out whatever the test did (:func:`stop_gateway`)."""
-    proc, http = _start_on_free_ports(repository, flags, log)
+    proc, http = _start_on_free_ports(repository, flags, log, **popen)
     try:
         assert proc.poll() is None, log.read_text()
         yield proc, http
