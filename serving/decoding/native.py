@@ -53,6 +53,8 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 SANITIZER_ENTRIES = (b"__asan_init", b"__tsan_init", b"__msan_init", b"__hwasan_init")
 # How long a build may take (~0.5 s plain, seconds sanitized) before its compiler is taken as hung.
 BUILD_TIMEOUT_S = 120
+# The name's start of a build's working directory in the cache (:func:`build`).
+BUILD_DIR_PREFIX = "building-beam_step-"
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
@@ -137,9 +139,11 @@ def _opens_here(path: Path) -> bool:
 def build(cc: str, target: Path) -> Path:
     """Compile into ``target`` atomically (a concurrent build of the same file is harmless), then delete
     the other builds no process has loaded for :data:`SWEEP_AFTER_S` (a process that loaded one keeps
-    its mapping; :func:`_load` marks a build it loads as used)."""
+    its mapping; :func:`_load` marks a build it loads as used), and the working directories of builds
+    whose process was killed (:func:`_sweep_killed_builds`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    _sweep_killed_builds(target.parent)
+    with tempfile.TemporaryDirectory(prefix=BUILD_DIR_PREFIX, dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         _compile([*shlex.split(cc), *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"])
         os.replace(out, target)
@@ -147,6 +151,16 @@ def build(cc: str, target: Path) -> Path:
         if old != target and _unused_for(old, SWEEP_AFTER_S):
             old.unlink(missing_ok=True)
     return target
+
+
+def _sweep_killed_builds(cache: Path) -> None:
+    """Remove the working directories in ``cache`` that builds killed outright left (SIGKILL, the OOM
+    killer, during the compile: its directory and the library in it stayed in the cache for good, one
+    more at each kill). A live build's is never that old: its compiler is killed at
+    :data:`BUILD_TIMEOUT_S`."""
+    for left in cache.glob(f"{BUILD_DIR_PREFIX}*"):
+        if left.is_dir() and not left.is_symlink() and _unused_for(left, 2 * BUILD_TIMEOUT_S):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _compile(command: list[str]) -> None:
@@ -224,6 +238,9 @@ def _load() -> ctypes.CDLL | None:
                 cache_dir(),
             )
             return None
+        # at every start, not at a build only: a restart right after the kill finds its leftover too
+        # recent to remove, and builds no more once its own build is cached
+        _sweep_killed_builds(path.parent)
         if cc is not None and not path.exists():
             path = _build_target(path)
         try:
