@@ -20,10 +20,14 @@ import grpc
 import torch
 from hypothesis import HealthCheck, settings
 
+from serving.process_tree import maker_gone, maker_prefix
+
 LABELS = ("zero", "one", "two")
 SIZE, CHANNELS, MAX_BATCH = 16, 1, 8
 
 
+# the name's start of build_classifier_repository's kept exports in TMPDIR (then its maker: maker_prefix)
+KEPT_PREFIX = "kiln-test-repository-"
 # build_classifier_repository's exports in this process, by its arguments: the repository, torch's RNG after
 _EXPORTED: dict[str, tuple[Path, torch.Tensor]] = {}
 
@@ -46,7 +50,8 @@ def build_classifier_repository(
     if any(folder.is_dir() and any(folder.iterdir()) for folder in (root, checkpoints)):
         return _export_classifiers(root, models, size, model_args)
     if key not in _EXPORTED:
-        kept = Path(tempfile.mkdtemp(prefix="kiln-test-repository-")) / "repo"
+        sweep_killed_runs_repositories()
+        kept = Path(tempfile.mkdtemp(prefix=maker_prefix(KEPT_PREFIX))) / "repo"
         atexit.register(shutil.rmtree, kept.parent, True)
         _EXPORTED[key] = (_export_classifiers(kept, models, size, model_args), torch.get_rng_state())
     kept, rng = _EXPORTED[key]
@@ -60,6 +65,18 @@ def build_classifier_repository(
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     torch.set_rng_state(rng)
     return root
+
+
+def sweep_killed_runs_repositories(root: Path | None = None) -> list[Path]:
+    """Remove the kept repositories (:func:`build_classifier_repository`) in ``root`` (TMPDIR) of test
+    processes that have ended: their ``atexit`` removal never ran where the run was killed (a CI job's
+    hard timeout, ``kill -9``), and each such run left one more for good."""
+    swept = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{KEPT_PREFIX}*-*"):
+        if maker_gone(path.name[len(KEPT_PREFIX) :]) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path)
+    return swept
 
 
 def _export_classifiers(root: Path, models: tuple[str, ...], size: int, model_args: dict | None) -> Path:

@@ -42,11 +42,14 @@ def repository(tmp_path_factory) -> Path:
 @contextmanager
 def _gateway(repository: Path, log: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m serving`` on port 0 (no gRPC) in a session of its own, and the HTTP port its start-up
-    line names; stopped with all it started on the way out, whatever the test did."""
+    line names; stopped with all it started on the way out, whatever the test did. Its TMPDIR is the
+    test's own: a gateway killed here leaves multiprocessing's ``pymp-*`` directory (its JSON helper's
+    forkserver socket), which went to /tmp at every run."""
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--log-level", "info", *flags]
+    env = {**os.environ, "TMPDIR": str(log.parent)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         if not eventually(lambda: proc.poll() is not None or RUNNING.search(log.read_bytes()), 60):
             pytest.fail(f"the gateway did not start within 60 s:\n{log.read_text()}")
