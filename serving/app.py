@@ -227,9 +227,13 @@ def end_by_sigterm(_signum: int = signal.SIGTERM, _frame: FrameType | None = Non
     exit handlers (``atexit``) have run; also SIGTERM's handler while the gateway runs, the one uvicorn
     hands back and calls again after its drain. By the signal's default action they never ran: each
     gateway process that had started its JSON helper left multiprocessing's temporary directory
-    (``pymp-*``, the forkserver's socket) in TMPDIR at every stop, one per worker of ``--workers``."""
-    atexit._run_exitfuncs()
+    (``pymp-*``, the forkserver's socket) in TMPDIR at every stop, one per worker of ``--workers``.
+
+    The signal's default action comes back first: a SIGTERM while they run ends the process at once.
+    Handled here again, it ran every handler a second time from the start, and one that blocked (a
+    flush to a collector that never answers) blocked again: no SIGTERM ended the gateway any more."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    atexit._run_exitfuncs()
     signal.raise_signal(signal.SIGTERM)
 
 

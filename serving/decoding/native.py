@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -28,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ SANITIZER_ENTRIES = (b"__asan_init", b"__tsan_init", b"__msan_init", b"__hwasan_
 BUILD_TIMEOUT_S = 120
 # The name's start of a build's working directory in the cache (:func:`build`).
 BUILD_DIR_PREFIX = "building-beam_step-"
+# The file in a build's working directory whose lock (flock) its build holds (:func:`_building`).
+BUILD_LOCK = ".building"
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # [] until the first load() decides
@@ -143,7 +147,7 @@ def build(cc: str, target: Path) -> Path:
     whose process was killed (:func:`_sweep_killed_builds`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_killed_builds(target.parent)
-    with tempfile.TemporaryDirectory(prefix=BUILD_DIR_PREFIX, dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=BUILD_DIR_PREFIX, dir=target.parent) as tmp, _building(Path(tmp)):
         out = Path(tmp) / target.name
         _compile([*shlex.split(cc), *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm", "-lpthread"])
         os.replace(out, target)
@@ -156,11 +160,47 @@ def build(cc: str, target: Path) -> Path:
 def _sweep_killed_builds(cache: Path) -> None:
     """Remove the working directories in ``cache`` that builds killed outright left (SIGKILL, the OOM
     killer, during the compile: its directory and the library in it stayed in the cache for good, one
-    more at each kill). A live build's is never that old: its compiler is killed at
-    :data:`BUILD_TIMEOUT_S`."""
+    more at each kill). A live build's is never that old by a steady clock (its compiler is killed at
+    :data:`BUILD_TIMEOUT_S`), but a clock stepped forward, a build frozen (``docker pause``, a suspended
+    VM) or a cache over NFS whose server's clock runs behind made one look old, and it was removed under
+    its compiler (that worker then decoded with the numpy step): one whose lock is held is kept."""
     for left in cache.glob(f"{BUILD_DIR_PREFIX}*"):
-        if left.is_dir() and not left.is_symlink() and _unused_for(left, 2 * BUILD_TIMEOUT_S):
+        old = left.is_dir() and not left.is_symlink() and _unused_for(left, 2 * BUILD_TIMEOUT_S)
+        if old and not _held_build(left):
             shutil.rmtree(left, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _building(directory: Path) -> Iterator[None]:
+    """Hold the lock of the build working in ``directory`` for the block (:func:`_held_build`); the
+    kernel drops it when the process ends, however it ends. A file, opened for writing: NFS takes an
+    flock as a lock on a file opened so, and refuses one on a directory. Where no lock can be had the
+    build goes on without, its directory told by its age alone."""
+    fd = os.open(directory / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _held_build(directory: Path) -> bool:
+    """Whether a live build holds ``directory``'s lock (:func:`_building`). False without a lock file (a
+    build killed before it made one) or once the lock can be had; True where it cannot be told."""
+    try:
+        fd = os.open(directory / BUILD_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _compile(command: list[str]) -> None:
