@@ -26,6 +26,7 @@ from serving.protocol.http1_writes import JOIN_BYTES, joined_runs
 from serving.protocol.v2_codec import (
     check_priority,
     check_requested_output,
+    check_sequence,
     classification_count,
     is_repeat,
     timeout_seconds,
@@ -236,7 +237,8 @@ def _classification(out: Any) -> int:
 
 def request_parameters(parameters: Any) -> dict[str, Any]:
     """Plain Python values from a protobuf map of InferParameter (one with no value set is refused,
-    and a ``priority`` as HTTP refuses it: :func:`~serving.protocol.v2_codec.check_priority`)."""
+    and a ``priority`` or ``sequence_*`` as HTTP refuses it, an int64 ``sequence_id`` below 0 aside,
+    which Triton's gRPC endpoint takes: :func:`~serving.protocol.v2_codec.check_sequence`)."""
     values = {}
     for key, value in parameters.items():
         choice = value.WhichOneof("parameter_choice")
@@ -244,6 +246,7 @@ def request_parameters(parameters: Any) -> dict[str, Any]:
             raise BadRequest(f"parameter {key!r} has no value")
         values[key] = getattr(value, choice)
     check_priority(values)
+    check_sequence(values, signed_ids=True)
     return values
 
 

@@ -255,6 +255,24 @@ def check_parameter_values(params: dict) -> None:
                 f"parameter {key!r} is past 64 bits (an InferParameter holds int64 or uint64): {shown}"[:200]
             )
     check_priority(params)
+    check_sequence(params, signed_ids=False)
+
+
+def check_sequence(params: dict, *, signed_ids: bool) -> None:
+    """Triton's ``sequence_id`` / ``sequence_start`` / ``sequence_end``, refused where Triton refuses
+    them (an id that is neither a string nor an integer, over HTTP one below 0 as Triton reads it
+    unsigned; a start or end flag that is not a boolean), so a typo such as ``"sequence_end": "true"``
+    is named rather than passed over. Well-formed ones are accepted and ignored, as Triton ignores them
+    for a model without a sequence batcher (Kiln exports none)."""
+    ident = params.get("sequence_id", 0)
+    if not isinstance(ident, str) and (type(ident) is not int or (ident < 0 and not signed_ids)):
+        lowest = "" if signed_ids else " from 0"
+        raise BadRequest(
+            f"parameter 'sequence_id' must be a string or an integer{lowest}, got {repr(ident)[:40]}"
+        )
+    for flag in ("sequence_start", "sequence_end"):
+        if not isinstance(params.get(flag, False), bool):
+            raise BadRequest(f"parameter {flag!r} must be true or false, got {repr(params[flag])[:40]}")
 
 
 def check_priority(params: dict) -> None:
