@@ -241,11 +241,15 @@ def _open_loop_at_half_peak(run: _Run, target: Target) -> None:
 def _triton_targets(run: _Run) -> None:
     """Triton directly, then the gateway forwarding to it; Triton missing or failing is reported."""
     try:
+        from bench.triton_layouts import keep_triton_repository
         from serving.triton import TritonServer, find_triton
 
         if find_triton() is None:
             raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
-        with TritonServer(run.repository, run.workdir / "triton", threads=run.threads) as triton:
+        keep = keep_triton_repository()
+        with TritonServer(
+            run.repository, run.workdir / "triton", threads=run.threads, keep_repository=keep
+        ) as triton:
             run.bench(Target("triton", f"http://{triton.http_url}", triton.grpc_url, run.model))
             http2, grpc2 = free_port(), free_port()
             url2 = f"http://127.0.0.1:{http2}"

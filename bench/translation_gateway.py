@@ -287,12 +287,14 @@ def triton_rows(
     """Gateway -> one real Triton serving every translator, both ways to translate: the gateway's own
     scheduler over Triton's encoder/decoder entries (beam 4), and Triton's ``<name>`` model (every beam,
     and mixed beams where there are several). Rows per translator, each on its own sentences."""
+    from bench.triton_layouts import keep_triton_repository
     from serving.triton import TritonServer, find_triton
 
     if find_triton() is None:
         raise RuntimeError("the tritonserver binary from nvidia-pytriton is not installed")
     rows: dict[str, list[dict[str, Any]]] = {w.model: [] for w in workloads}
-    with TritonServer(repository, out / "triton-translate", threads=threads) as triton:
+    keep = keep_triton_repository()
+    with TritonServer(repository, out / "triton-translate", threads=threads, keep_repository=keep) as triton:
         for mode, mode_beams in (("scheduler", (4,)), ("triton", tuple(beams))):
             http, grpc = free_port(), free_port()
             url = f"http://127.0.0.1:{http}"

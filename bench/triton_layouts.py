@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,6 +23,14 @@ log = logging.getLogger(__name__)
 
 TRITON = "triton"  # the export's layout keeps the name older results and reports use
 TARGET_CONCURRENCIES = (1, 64)  # the gRPC concurrencies the targets against Triton read
+KEEP_REPOSITORY_ENV = "KILN_BENCH_KEEP_TRITON_REPOSITORY"
+
+
+def keep_triton_repository() -> bool:
+    """Whether the bench's Triton runs keep the python flavour they served beside their log after a
+    clean run (``KILN_BENCH_KEEP_TRITON_REPOSITORY=1``); by default only a failed run keeps it, to be
+    read with its log: each run kept one per Triton (94-379 MB), and six runs filled 1.2 GB."""
+    return os.environ.get(KEEP_REPOSITORY_ENV, "").strip() not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ def start_layouts(
             workdir / ("triton-pa" if i == 0 else f"triton-pa-{layout.instances}x{layout.threads}"),
             threads=layout.threads,
             instances=layout.instances,
+            keep_repository=keep_triton_repository(),
         )
         if i == 0:
             started[layout.name] = stack.enter_context(server)

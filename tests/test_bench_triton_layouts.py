@@ -136,7 +136,9 @@ class FakeTriton:
     FAILING: set[int] = set()
     started: list[tuple[int, int]] = []
 
-    def __init__(self, repository: Path, workdir: Path, *, threads: int, instances: int) -> None:
+    def __init__(
+        self, repository: Path, workdir: Path, *, threads: int, instances: int, keep_repository: bool = True
+    ) -> None:
         self.layout = (instances, threads)
         self.grpc_url = f"grpc-{instances}x{threads}"
 

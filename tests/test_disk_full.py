@@ -194,6 +194,7 @@ def test_workers_with_no_room_for_their_metrics_stop_in_one_line_leaving_nothing
 
 
 def _copies_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
     import shutil
 
     real = shutil.copyfile
@@ -203,7 +204,11 @@ def _copies_fail(monkeypatch: pytest.MonkeyPatch) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
         return real(src, dst, *args, **kwargs)
 
+    def link(*args: Any, **kwargs: Any) -> None:  # a work directory on another file system
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
     monkeypatch.setattr(shutil, "copyfile", copyfile)  # what copytree's copy2 calls
+    monkeypatch.setattr(os, "link", link)  # so the flavour copies the graphs it would have linked
 
 
 def test_a_python_flavour_that_fills_its_work_directory_fails_in_one_line_and_leaves_no_copy(

@@ -190,9 +190,13 @@ class TritonServer:
         instances: int | None = None,
         ready_timeout_s: float = 120.0,
         host: str = LOOPBACK,
+        keep_repository: bool = True,
     ) -> None:
         """``host``: the address all three services bind (an IP address, 0.0.0.0 or ``::`` for every
-        interface, or a name: its first address); ValueError naming it where it cannot be bound here."""
+        interface, or a name: its first address); ValueError naming it where it cannot be bound here.
+        ``keep_repository`` False: a ``with`` block that ends without an exception, on a server that
+        ran until it was stopped and then exited 0, removes the flavour it derived into ``workdir``
+        and keeps the log (the bench's choice: a flavour kept after each run only fills the disk)."""
         self.model_repository = Path(model_repository)
         self.workdir = Path(workdir)
         chosen = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
@@ -213,7 +217,9 @@ class TritonServer:
         self.threads = threads
         self.instances = instances  # None: each entry's exported instance_group count
         self.ready_timeout_s = ready_timeout_s
+        self.keep_repository = keep_repository
         self.log_path = self.workdir / "tritonserver.log"
+        self.stopped_cleanly = False  # the last stop found the server running and it then exited 0
         self.flavour: FlavourReport | None = None
         self.process: subprocess.Popen | None = None
         self._launched_at: float | None = None  # wall time of the first launch (see sweep_shm_regions)
@@ -231,6 +237,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{join_host_port(client_host(self.address), self.metrics_port)}/metrics"
+
+    @property
+    def repository_path(self) -> Path:
+        """Where :meth:`start` derives the python flavour Triton serves."""
+        return self.workdir / "model_repository"
 
     def command(self, install: TritonInstall, repository: Path, backends: Path) -> list[str]:
         """The tritonserver command line: bound to ``host``, fixed model set, exit on any load error. An
@@ -271,7 +282,7 @@ class TritonServer:
             )
         self._check_chosen_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        repository = self.workdir / "model_repository"
+        repository = self.repository_path
         try:
             self.flavour = derive_python_flavour(
                 self.model_repository, repository, threads=self.threads, instances=self.instances
@@ -370,10 +381,11 @@ class TritonServer:
         process, self.process = self.process, None
         if process is None:
             return
+        self.stopped_cleanly = False
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(grace_s)
+                self.stopped_cleanly = process.wait(grace_s) == 0
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", grace_s)
                 process.kill()
@@ -390,5 +402,7 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if kind is None and self.stopped_cleanly and not self.keep_repository:
+            shutil.rmtree(self.repository_path, ignore_errors=True)
