@@ -149,18 +149,19 @@ def sample_digits(n: int = 4) -> tuple[list[bytes], list[int]]:
     makes them at its default image size: scaled to 0..255 rounded, not truncated (a fifth of the pixels
     were one level off what the demo's model was trained on), then resized by Pillow as training is."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    from training.data.image_formats import read_digits
+
+    digits = read_digits()  # uint8 [N, 1, 8, 8], as training reads them
     rng = np.random.default_rng(7)
-    idx = rng.choice(len(digits.images), size=n, replace=False)
+    idx = rng.choice(len(digits.labels), size=n, replace=False)
     pngs = []
     for i in idx:
-        pixels = np.clip(np.rint(digits.images[i] * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (8, 8)
         buf = io.BytesIO()
+        pixels = digits.images[i, 0].numpy()  # (8, 8)
         Image.fromarray(pixels, mode="L").resize((32, 32), Image.BILINEAR).save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    return pngs, [int(digits.target[i]) for i in idx]
+    return pngs, [int(digits.labels[i]) for i in idx]
 
 
 def show_classify(url: str, model: str) -> None:
