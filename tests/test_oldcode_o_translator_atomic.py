@@ -14,6 +14,7 @@ import export.translator_entries as translator_entries
 from export.pipeline import export_checkpoint
 from export.repository import write_entry, written_together
 from tests.test_export_translate import SENTENCES, _translator_checkpoint
+from tests.test_translate_serving import exported_translators
 
 NAMES = ("gru_attention", "gru_attention_decoder", "gru_attention_encoder")
 
@@ -30,11 +31,10 @@ def _hidden_leftovers(repo: Path) -> list[str]:
 
 
 def test_a_translator_export_failing_at_its_decoder_leaves_the_earlier_entries_untouched(
-    tmp_path, monkeypatch
+    exported_translator_models, tmp_path_factory, tmp_path, monkeypatch
 ) -> None:
-    repo = tmp_path / "repo"
-    first = _translator_checkpoint("gru_attention", tmp_path)
-    export_checkpoint(first, repo, validation=SENTENCES, tensorrt="off", beam_sentences=2, max_batch_size=4)
+    # The translator exported before: the session's gru_attention export (conftest), copied.
+    repo = exported_translators(exported_translator_models, tmp_path_factory, "atomic", ("gru_attention",))
     before = _sources(repo)
     assert len(set(before.values())) == 1
     retrained = _translator_checkpoint("gru_attention", tmp_path, max_positions=24)  # other weights
