@@ -238,12 +238,17 @@ def _classification(out: Any) -> int:
 def request_parameters(parameters: Any) -> dict[str, Any]:
     """Plain Python values from a protobuf map of InferParameter (one with no value set is refused,
     and a ``priority`` or ``sequence_*`` as HTTP refuses it, an int64 ``sequence_id`` below 0 aside,
-    which Triton's gRPC endpoint takes: :func:`~serving.protocol.v2_codec.check_sequence`)."""
+    which Triton's gRPC endpoint takes: :func:`~serving.protocol.v2_codec.check_sequence`; a
+    ``sequence_id`` in a ``uint64_param`` is refused, as Triton refuses it, whatever its value)."""
     values = {}
     for key, value in parameters.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
             raise BadRequest(f"parameter {key!r} has no value")
+        if key == "sequence_id" and choice == "uint64_param":
+            raise BadRequest(
+                "parameter 'sequence_id' must be an int64_param or a string_param, got a uint64_param"
+            )
         values[key] = getattr(value, choice)
     check_priority(values)
     check_sequence(values, signed_ids=True)

@@ -225,7 +225,9 @@ def _link_or_copy(source: str, target: str) -> str:
     keeps reading the files it linked, which outlive the entry they came from."""
     if os.stat(source).st_size >= LINK_MIN_BYTES:
         with contextlib.suppress(OSError):
-            os.link(source, target)  # follows a symbolic link, as the copy does
+            # the file a symbolic link names, as the copy reads it: os.link(source) follows none on
+            # Linux, and a relative link (a Hugging Face cache's ../../blobs/<sha>) dangled in the flavour
+            os.link(os.path.realpath(source), target)
             return target
     return shutil.copy2(source, target)
 
