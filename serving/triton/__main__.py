@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import shutil
@@ -16,10 +17,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from kiln.cli import HelpFormatter, log_handler, number
+from serving import process_tree
 from serving.triton.ports import client_host
 from serving.triton.server import TritonError, TritonServer
 
+log = logging.getLogger("serving.triton")  # run as __main__
+
 _port = number(int, 0, 65535)  # 0: a free one
+# The default work directory's name start, then its maker (serving.process_tree.make_held_dir)
+WORKDIR_PREFIX = "kiln-triton-"
+# The file marking a work directory kept for reading after a failed server (_tidy): no sweep removes it
+KEPT = "KEPT_FOR_READING"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     temporary = args.workdir is None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-triton-"))
+    if temporary:
+        sweep_workdirs()
+    workdir = args.workdir or process_tree.make_held_dir(WORKDIR_PREFIX)
     try:
         server = TritonServer(
             args.model_repository,
@@ -124,11 +134,33 @@ def _tidy(console: Console, workdir: Path, code: int) -> None:
     """Remove the temporary ``workdir``, unless a server ran and failed (1): its log (and the flavour
     it ran) are kept to read. A failure before any server ran, an empty repository's, leaves nothing."""
     if code == 1 and any(workdir.glob("*.log")):
+        with contextlib.suppress(OSError):
+            (workdir / KEPT).touch()
         console.print(
             f"kept for reading: the server's log and the flavour it ran, in {workdir}", highlight=False
         )
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+    process_tree.release(workdir)
+
+
+def sweep_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove the default work directories in ``root`` (TMPDIR) of launchers killed outright (``kill -9``,
+    the OOM killer, a container's stop timeout): each a copy of every model of the repository, one more
+    at each kill. A launcher holds its own (``process_tree.make_held_dir``) until it ends; one kept for
+    reading after a failed server (:data:`KEPT`) stays. Returns what was removed."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for path in root.glob(f"{WORKDIR_PREFIX}*"):
+        tail = path.name[len(WORKDIR_PREFIX) :]
+        if path.is_symlink() or not path.is_dir() or (path / KEPT).exists():
+            continue
+        if process_tree.maker_gone(tail, path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d work directories of killed launchers from %s", len(removed), root)
+    return removed
 
 
 def _has_entries(repository: Path) -> bool:

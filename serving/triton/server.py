@@ -16,7 +16,6 @@ project itself keeps numpy 2. ``KILN_TRITON_PYTHON_ENV`` names another one.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -133,6 +132,38 @@ def triton_environment(install: TritonInstall) -> dict[str, str]:
 
 BIND_FAILURES = ("already in use", "cannot listen", "failed to bind", "address in use")
 START_ATTEMPTS = 3  # a drawn port taken by someone else before Triton binds it: draw again
+
+
+# How long stop() waits for the process group's stubs to be gone once SIGKILLed (they go in milliseconds)
+GROUP_GONE_S = 5.0
+
+
+def _kill_group(pgid: int, timeout_s: float = GROUP_GONE_S) -> None:
+    """SIGKILL process group ``pgid`` and wait until none of it runs (zombies aside), killing again what
+    still does. A SIGKILL takes effect after ``killpg`` returns: a stub killed while the server loaded
+    still mapped its 1 MiB region in /dev/shm when the sweep looked, so the sweep kept it (a live
+    server's), and it stayed for good once the stub was gone, a few more at every Ctrl-C of a start."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not _group_running(pgid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (procfs; a zombie has unmapped its memory)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_bytes().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _check_ports(chosen: dict[str, int]) -> None:
@@ -392,8 +423,7 @@ class TritonServer:
                 process.wait(5)
         # python-backend stubs left behind by a killed server (or one that died or exited before it
         # was ready) share its process group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process.pid)
         if self._launched_at is not None:
             left = sweep_shm_regions(self._launched_at)
             if left:
