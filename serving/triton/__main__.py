@@ -148,11 +148,15 @@ def sweep_workdirs(root: Path | None = None) -> list[Path]:
     """Remove the default work directories in ``root`` (TMPDIR) of launchers killed outright (``kill -9``,
     the OOM killer, a container's stop timeout): each a copy of every model of the repository, one more
     at each kill. A launcher holds its own (``process_tree.make_held_dir``) until it ends; one kept for
-    reading after a failed server (:data:`KEPT`) stays. Returns what was removed."""
+    reading after a failed server (:data:`KEPT`) stays. Only names ``make_held_dir`` gives are swept:
+    a ``--workdir /tmp/kiln-triton-8000`` the user named (or an older launcher's ``mkdtemp`` name whose
+    random tail is all digits) read as a dead pid's, and was removed, live or kept. Returns the removed."""
     root = Path(root or tempfile.gettempdir())
     removed = []
     for path in root.glob(f"{WORKDIR_PREFIX}*"):
         tail = path.name[len(WORKDIR_PREFIX) :]
+        if process_tree.HELD not in tail.split("-")[1:3]:
+            continue
         if path.is_symlink() or not path.is_dir() or (path / KEPT).exists():
             continue
         if process_tree.maker_gone(tail, path):
