@@ -4,7 +4,9 @@ that several test modules read, built once for all the run's workers (``tests/se
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +113,13 @@ def native_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(native, "_loaded_path", [])
     (tmp_path / "cache").mkdir()
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """An empty directory short enough to be a gateway's TMPDIR with its JSON helper: multiprocessing's
+    forkserver listens on ``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``, at most 107 bytes, and pytest's
+    ``tmp_path`` under xdist (``/tmp/pytest-of-<user>/pytest-N/popen-gwN/<test name>``) is longer."""
+    path = Path(tempfile.mkdtemp(prefix="kiln-t-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

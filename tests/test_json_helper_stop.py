@@ -38,7 +38,7 @@ def test_closing_the_offload_ends_its_helper_process() -> None:
     assert not [pid for pid in pids if _alive(pid)]
 
 
-def test_a_gateway_stopped_after_a_large_json_body_leaves_no_process_behind(tmp_path) -> None:
+def test_a_gateway_stopped_after_a_large_json_body_leaves_no_process_behind(tmp_path, short_tmpdir) -> None:
     repository = build_classifier_repository(tmp_path / "repo")
     image = np.zeros((1, SIZE, SIZE, 1), np.uint8)
     body = {
@@ -51,8 +51,7 @@ def test_a_gateway_stopped_after_a_large_json_body_leaves_no_process_behind(tmp_
             }
         ]
     }
-    tmp = tmp_path / "tmp"  # the gateway's TMPDIR, to see what it leaves there
-    tmp.mkdir()
+    tmp = short_tmpdir  # the gateway's TMPDIR, to see what it leaves there
     flags, log = ("--json-offload-bytes", "64"), tmp_path / "gateway.log"
     with _gateway(repository, *flags, log=log, env={**os.environ, "TMPDIR": str(tmp)}) as (proc, http):
         answer = httpx.post(f"http://127.0.0.1:{http}/v2/models/lenet/infer", json=body, timeout=60)

@@ -24,11 +24,10 @@ def repository(tmp_path_factory) -> Path:
 
 
 def test_a_gateway_of_two_workers_stopped_by_sigterm_after_their_json_helpers_ran_leaves_its_tmpdir_empty(
-    repository, tmp_path
+    repository, tmp_path, short_tmpdir
 ):
     """One process: ``tests/test_json_helper_stop.py``."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmpdir
     flags = ("--json-offload-bytes", "100", "--workers", "2")  # every JSON body parsed in the helper
     log = tmp_path / "gateway.log"
     proc, http = _start_on_free_ports(repository, flags, log, env={**os.environ, "TMPDIR": str(tmp)})

@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -83,7 +84,7 @@ class JsonOffload:
         if not self.offload_bytes or json_bytes < self.offload_bytes:
             return parse(*args)
         pool = self._pool or await asyncio.to_thread(self._helper, self._closes)
-        if pool is None:  # the app stopped meanwhile: no helper started for it
+        if pool is None:  # the app stopped meanwhile (no helper started for it), or none can start
             return parse(*args)
         try:
             return await self._in_helper(pool, parse, args)
@@ -153,9 +154,28 @@ class JsonOffload:
                     initializer=_helper_starts,
                     initargs=(applied_cpu_policy(),),
                 )
-                pool.submit(int)  # starts the process here (its result, or failure, matters to nobody)
+                try:
+                    pool.submit(int)  # starts the process here (its result, or failure, matters to nobody)
+                except OSError as error:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._cannot_start(error)
+                    return None
                 self._pool = pool
             return self._pool
+
+    def _cannot_start(self, error: OSError) -> None:
+        """Parse every body in place from now on, said once: the helper cannot start here. Its
+        forkserver listens on a Unix socket under TMPDIR (``pymp-*/listener-*``), and a TMPDIR longer than
+        ~80 bytes passes the 107 bytes a socket path may have (Python 3.14 falls back to /tmp): every
+        large body was answered 500 ``internal error: OSError``, the start tried again at each one."""
+        self.offload_bytes = 0
+        log.error(
+            "the JSON parse process cannot start (%s%s): large JSON bodies are parsed in place, on the "
+            "event loop, from now on (the other requests wait behind each)%s",
+            error.strerror or error,
+            f"; TMPDIR={tempfile.gettempdir()}" if "too long" in str(error) else "",
+            ": set TMPDIR to a shorter directory" if "too long" in str(error) else "",
+        )
 
     def close(self) -> None:
         """Stop the helper process, if one was started, and wait for it to end. ``shutdown(wait=False)``
