@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -43,11 +45,13 @@ def repository(tmp_path_factory) -> Path:
 def _gateway(repository: Path, log: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m serving`` on port 0 (no gRPC) in a session of its own, and the HTTP port its start-up
     line names; stopped with all it started on the way out, whatever the test did. Its TMPDIR is the
-    test's own: a gateway killed here leaves multiprocessing's ``pymp-*`` directory (its JSON helper's
-    forkserver socket), which went to /tmp at every run."""
+    test's own, removed after: a gateway killed here leaves multiprocessing's ``pymp-*`` directory (its
+    JSON helper's forkserver socket), which went to /tmp at every run; and a short one, that socket's
+    path at most 107 bytes (pytest's ``tmp_path`` under xdist can be longer: no helper starts there)."""
     cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository), "--host", "127.0.0.1"]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--log-level", "info", *flags]
-    env = {**os.environ, "TMPDIR": str(log.parent)}
+    tmp = tempfile.mkdtemp(prefix="kiln-t-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    env = {**os.environ, "TMPDIR": tmp}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
@@ -58,6 +62,7 @@ def _gateway(repository: Path, log: Path, *flags: str) -> Iterator[tuple[subproc
         yield proc, int(started.group(1))
     finally:
         stop_gateway(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _start_helper(port: int, client: httpx.Client | None = None) -> None:
