@@ -27,6 +27,13 @@ def identity_entry(root: Path, name: str) -> Path:
     return root / name
 
 
+def _linked_entry(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository in ``tmp_path`` holding the identity entry ``linked``: (the repository, the entry)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    return root, identity_entry(root, "linked")
+
+
 def test_a_model_directory_linked_to_nothing_is_named_in_a_start_up_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -49,9 +56,7 @@ def test_a_model_directory_linked_to_nothing_is_named_in_a_start_up_warning(
 def test_a_version_directory_linked_to_nothing_is_named_in_the_warning_and_the_load_failure(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = tmp_path / "repo"
-    root.mkdir()
-    entry = identity_entry(root, "linked")
+    root, entry = _linked_entry(tmp_path)
     (entry / "1" / "model.onnx").rename(tmp_path / "model.onnx")
     (entry / "1").rmdir()
     (entry / "1").symlink_to(tmp_path / "store" / "linked" / "1")  # the store was moved away
@@ -71,9 +76,7 @@ def test_a_version_directory_linked_to_nothing_is_named_in_the_warning_and_the_l
 def test_a_version_linked_to_a_directory_elsewhere_is_served_without_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = tmp_path / "repo"
-    root.mkdir()
-    entry = identity_entry(root, "linked")
+    root, entry = _linked_entry(tmp_path)
     (entry / "1").rename(tmp_path / "kept")
     (entry / "1").symlink_to(tmp_path / "kept")
     with caplog.at_level(logging.WARNING, logger="serving.execution.repository"):
