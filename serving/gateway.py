@@ -118,7 +118,10 @@ class Gateway:
         return self.backend.list_models()
 
     def is_live(self) -> bool:
-        return self.backend.is_live()
+        """Live while the backend is and no translator has lost every decode worker: such a translator
+        is not ready until the gateway restarts, and a liveness probe (the Deployment's) is what
+        restarts it; live, the pod stayed unready for good."""
+        return self.backend.is_live() and not self._stopped()
 
     async def is_ready(self) -> bool:
         failed = self.translators.failed if self.translators is not None else {}
