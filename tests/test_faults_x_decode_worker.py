@@ -63,8 +63,11 @@ def test_a_decode_thread_that_ends_answers_its_requests_503_naming_why_and_refus
     async def body(scheduler, _):
         decoder.fail_next = True
         _breaks_once(scheduler)
-        with pytest.raises(Unavailable, match=r"decode worker stopped \(MemoryError: no memory for a fresh"):
+        with pytest.raises(
+            Unavailable, match=r"decode worker stopped \(MemoryError: no memory for a fresh"
+        ) as dead:
             await scheduler.submit([[5, 6]], config(2), timeout_s=DEADLINE_S)
+        assert dead.value.retry_after == SchedulerConfig().retry_after_s  # a 503 with Retry-After
         assert scheduler.died == "MemoryError: no memory for a fresh batch"
         with pytest.raises(Unavailable, match="is not running: its decode worker stopped"):
             await scheduler.submit([[5, 6]], config(2), timeout_s=DEADLINE_S)

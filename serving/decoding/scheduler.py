@@ -297,7 +297,10 @@ class DecodingScheduler:
         while the gateway said it was ready."""
         self.died = f"{type(exc).__name__}: {exc}"
         log.error("translator %s: its decode worker stopped: %s", self.name, self.died, exc_info=exc)
-        error = Unavailable(f"translator {self.name!r}: its decode worker stopped ({self.died})")
+        error = Unavailable(  # another worker or replica (the liveness probe restarts this one) serves
+            f"translator {self.name!r}: its decode worker stopped ({self.died})",
+            retry_after=self.config.retry_after_s,
+        )
         with self._lock:
             try:
                 left = {*self._running_jobs(), *self._waiting}
