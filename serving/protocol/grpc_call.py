@@ -142,6 +142,7 @@ class Call:
         "loop",
         "released",
         "parked_at",
+        "request",
     )
 
     streaming = False  # a unary call; serving.protocol.h2_streams.StreamCall is the streaming kind
@@ -170,6 +171,7 @@ class Call:
         self.loop = loop
         self.released = False  # ended, its bytes given back: a request still being read holds no more
         self.parked_at = 0.0  # when its answer last began to wait for its own window (h2_calls' _park)
+        self.request: Any = None  # its parsed request until its servicer starts on it (h2_calls)
 
     # --- its request message, as it arrives ---
     def gather(self, payload: bytes, max_bytes: int, budget: BodyBudget | None) -> tuple[int, str] | None:
@@ -224,6 +226,16 @@ class Call:
             head = self._head(payload) if message is None else self._readable(message[:HEAD_BYTES])
             tell(self.request_class, head, code, details)
         return code, details
+
+    def unserved(self, left_s: float | None) -> None:
+        """Its parsed request's servicer never started (the call ended first: its client's reset, its
+        deadline, its connection lost; ``left_s``: the time its deadline left, if any): told to the
+        servicer, where it has ``unserved(request, left_s)`` (the KServe servicer counts a ModelInfer
+        call as a cancelled request), as :meth:`refused` tells it."""
+        request, self.request = self.request, None
+        tell = getattr(getattr(self.handler, "__self__", None), "unserved", None)
+        if tell is not None and request is not None:
+            tell(request, left_s)
 
     def _head(self, payload: bytes) -> bytes:
         """The first bytes of the message as they arrived (``payload`` the latest), at most

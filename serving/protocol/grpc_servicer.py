@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from serving.errors import DeadlineExceeded, PayloadTooLarge, ServingError, Unavailable, is_models_answer
 from serving.execution.base import Backend, InferRequest, model_parameters
 from serving.execution.model_versions import parse_grpc_version
-from serving.metrics import COUNTED, GatewayMetrics, observed_infer
+from serving.metrics import COUNTED, DEADLINE_SLACK_S, GatewayMetrics, failure_status, observed_infer
 from serving.protocol import grpc_codec
 from serving.protocol.h2_wire import bounded_message
 from serving.protocol.repository_index import known_metadata, loaded_metadata, repository_index
@@ -194,13 +194,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         turns: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # each request's answer, in order
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         running: set[asyncio.Task] = set()
+        unstarted: dict[asyncio.Task, Any] = {}  # the requests read whose tasks have not begun yet
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     await slots.acquire()  # no task per message past the bound
-                    task = asyncio.create_task(self._stream_answer(request, context))
+                    task = asyncio.create_task(self._stream_answer(request, context, unstarted))
                     running.add(task)
+                    unstarted[task] = request
                     turns.put_nowait(task)
             finally:
                 turns.put_nowait(None)
@@ -221,9 +223,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             for task in running:
                 task.cancel()
+            for request in unstarted.values():  # cancelled before they began: counted all the same
+                self.unserved(request, grpc_codec.call_deadline(context))
 
-    async def _stream_answer(self, request: Any, context: Any) -> Any:
+    async def _stream_answer(self, request: Any, context: Any, unstarted: dict[asyncio.Task, Any]) -> Any:
         """The stream's answer to one request: its ModelStreamInferResponse, or its error's."""
+        unstarted.pop(asyncio.current_task(), None)  # begun: counted from here on as any call is
         final = True
         try:
             reply = grpc_codec.stream_response(await self._infer(request, context))
@@ -271,6 +276,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if name is not None:
             error = error_class(details)
             self._refused(name, error, error.status, leading_version(head))
+
+    def unserved(self, request: Any, left_s: float | None) -> None:
+        """A call Kiln's server ended after parsing its message but before this servicer started on it
+        (its client's reset, its deadline or its connection lost, read in the same turn of the event
+        loop as the call), or a stream's request read but cancelled with its stream before its answer
+        began: a ModelInfer request is counted as :func:`~serving.metrics.observed` counts a
+        cancelled request (504 where ``left_s``, the time its deadline left, was due; else 499), with
+        no latency, for the model it names where that is one of the backend's."""
+        if self.metrics is None or not isinstance(request, service_pb2.ModelInferRequest):
+            return
+        error = asyncio.CancelledError()
+        due = left_s is not None and left_s <= DEADLINE_SLACK_S
+        self._refused(request.model_name, error, int(failure_status(error, due)), request.model_version)
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse | grpc_codec.RawAnswer:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:

@@ -47,6 +47,7 @@ log = logging.getLogger("serving.protocol.grpc_h2")  # the server's log, whichev
 
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+DEADLINE_DETAILS = "Deadline Exceeded"  # grpc core's words
 
 
 def _inflated_request(
@@ -90,6 +91,7 @@ class Calls(ConnectionState):
         except (Aborted, DecodeError) as error:
             self._refuse(call, error, message)
             return
+        call.request = request  # until _serve starts: a call ended before then is told (_release)
         call.task = self.loop.create_task(self._serve(call, request))
 
     async def _inflate_and_serve(self, call: Call, message: bytes) -> None:
@@ -145,8 +147,8 @@ class Calls(ConnectionState):
 
     def _watch_deadline(self, call: Call) -> bool:
         """Arm the timer that ends ``call`` at its deadline; False (and the call ended) if it has passed."""
-        if call.deadline <= self.loop.time():
-            self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")  # grpc core's words
+        if call.deadline <= self.loop.time():  # its message completed late: counted as one cut by it
+            self._finish(call, *call.refused(b"", DEADLINE_EXCEEDED, DEADLINE_DETAILS))
             return False
         call.timer = self.loop.call_at(call.deadline, self._deadline_passed, call)
         return True
@@ -160,7 +162,7 @@ class Calls(ConnectionState):
         if call.task is not None:
             call.task.cancel()
         if not call.pending:  # nothing of a message begun (a stream's earlier messages may have left)
-            self._finish(call, DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._finish(call, DEADLINE_EXCEEDED, DEADLINE_DETAILS)
             return
         self.blocked.pop(call.stream, None)
         self.parked.pop(call.stream, None)
@@ -169,6 +171,7 @@ class Calls(ConnectionState):
         self._close_call(call)
 
     async def _serve(self, call: Call, request: Any) -> None:
+        call.request = None  # its servicer has it now
         try:
             response = await call.handler(request, call)
         except Aborted as stop:
@@ -365,6 +368,10 @@ class Calls(ConnectionState):
     def _release(self, call: Call) -> None:
         """The call ended: its request bytes go back to the budget, its deadline's timer stops."""
         call.released = True
+        if call.request is not None:  # ended before its servicer started: it never will, and is told
+            if call.task is not None:
+                call.task.cancel()
+            call.unserved(None if call.deadline is None else call.deadline - self.loop.time())
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
