@@ -62,7 +62,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
     code = STATUS_TO_CODE.get(error.status, grpc.StatusCode.INTERNAL)
     if error.retry_after is not None:
         context.set_trailing_metadata((("retry-after", f"{error.retry_after:g}"),))
-    await context.abort(code, bounded_message(error.message))  # a message echoing client text may be long
+    try:
+        await context.abort(code, bounded_message(error.message))  # a message echoing client text may be long
+    except grpc.aio.InternalError:  # grpcio's: its core ended the call first (its deadline passed as the
+        # backend's own ran out, its client gone), so no status can be sent: nobody is left to answer, as
+        # for a call cancelled (grpcio logged the failed send as an ERROR with a traceback)
+        raise asyncio.CancelledError from None
 
 
 # Requests of one stream running, or answered and waiting for their turn to be sent; the rest wait in
