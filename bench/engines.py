@@ -23,6 +23,7 @@ import numpy as np
 
 from bench.inputs import classifier_checkpoint, read_meta, source_key
 from bench.stats import summarize, time_calls
+from kiln.processes import end_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def run_jobs(
     results = []
     for job in jobs:
         progress(f"engine {job.engine} {job.precision} on {Path(job.artifact).name}")
-        with ctx.Pool(1) as pool:
+        with ctx.Pool(1, initializer=end_with_parent) as pool:  # a killed bench's job ends with it
             try:
                 results.extend(pool.apply(_measure, (job, runner or make_runner)))
             except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others

@@ -36,7 +36,7 @@ from bench.gpu_direct import add_direct
 from bench.scrape import batch_mix, mix_delta, step_means
 from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
-from kiln.processes import running
+from kiln.processes import child_options, end_with_parent, running
 from serving.execution.cpus import usable_cpus
 from serving.triton.ports import free_port
 
@@ -72,7 +72,10 @@ def closed_loop_processes(
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     start_at = time.time() + 2.0 + 0.2 * processes  # every process imported and connected by then
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+    # initializer: a killed bench's clients end with it, not waiting for their next call for ever
+    with concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=end_with_parent
+    ) as pool:
         futures = [
             pool.submit(_client, grpc_url, model, images, share, start_at, duration_s) for share in shares
         ]
@@ -183,7 +186,7 @@ def export_cpu_side(
     cmd = [sys.executable, "-m", "export", *(str(checkpoints / f"{m}.pt") for m in models)]
     cmd += ["--repository", str(repository), "--precisions", "fp32"]
     progress(f"exporting the CPU side of the comparison into {repository}")
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(cmd, **child_options()).returncode != 0:  # stopped with the bench, however it ends
         raise RuntimeError(f"the CPU export failed: {' '.join(cmd)}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.translation_rows import MAX_LENGTH, make_row, median_pass
+from kiln.processes import end_with_parent
 
 
 def pytorch_rows(
@@ -104,9 +105,14 @@ class PyTorchProcesses:
 
     def __enter__(self) -> PyTorchProcesses:
         import multiprocessing as mp
+        from multiprocessing.managers import SyncManager
 
         ctx = mp.get_context("spawn")
-        self._manager = ctx.Manager()
+        # every process ends with the bench, however it ends: a killed bench left the manager running for
+        # ever (and with it the resource tracker, holding its semaphores in /dev/shm), and the pool
+        # translating on (its initializer, _pytorch_load, sees to it there)
+        self._manager = SyncManager(ctx=ctx)
+        self._manager.start(end_with_parent)
         self._pool = ctx.Pool(self.processes, initializer=_pytorch_load, initargs=(self.ckpt_path,))
         return self
 
@@ -132,6 +138,8 @@ _process_ckpt: list[Any] = []  # a PyTorchProcesses process's checkpoint, loaded
 
 def _pytorch_load(ckpt_path: str) -> None:
     from training.checkpoint import load_checkpoint
+
+    end_with_parent()
 
     _process_ckpt[:] = [load_checkpoint(ckpt_path)]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.translation_rows import Workload
+from kiln.processes import child_options
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def _stage(title: str, cmd: list[str], progress: Callable[[str], None]) -> None:
     """Run one CLI with its output (training's progress bars) on this terminal; raise if it fails."""
     progress(f"{title}: {' '.join(cmd[1:4])} ...")
     start = time.perf_counter()
-    if subprocess.run(cmd).returncode != 0:
+    # stopped with the bench, however it ends: a killed bench left the stage training on to its end
+    if subprocess.run(cmd, **child_options()).returncode != 0:
         raise RuntimeError(f"{title} failed: {' '.join(cmd)}")
     progress(f"{title}: done in {time.perf_counter() - start:.0f} s")
 

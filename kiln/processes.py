@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,6 +86,22 @@ def child_options() -> dict[str, Any]:
     children from a thread that lives as long as they should (the main thread, in the demo and bench)."""
     arm: Callable[[], None] | None = _stop_with_parent(os.getpid())
     return {"preexec_fn": arm} if arm is not None else {}
+
+
+def end_with_parent() -> None:
+    """For a process pool's ``initializer``: the pool's process ends when the process that made the pool
+    ends, however it ends. A ``ProcessPoolExecutor``'s process holds both ends of its call queue's pipe,
+    so a pool whose maker was killed (SIGKILL, the OOM killer) left it waiting for its next call for
+    ever, with the pool's resource tracker, after the call it ran had finished."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_after(parent: Any) -> None:
+    """Wait for ``parent``'s end (its sentinel: a pipe only that process writes to), then end at once."""
+    parent.join()
+    os._exit(1)
 
 
 def stop_on_sigterm() -> None:

@@ -49,7 +49,7 @@ def test_a_failed_engine_is_named_with_its_layout(monkeypatch):
     """Two ONNX Runtime fp32 jobs differ by layout only; the failure names the one that failed."""
 
     class _Pool:
-        def __init__(self, *_):
+        def __init__(self, *_, **__):
             pass
 
         def __enter__(self):
