@@ -35,7 +35,7 @@ from kiln.processes import child_options
 from serving.settings import join_host_port
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour, make_writable
 from serving.triton.ports import LOOPBACK, bind_address, client_host, free_port
-from serving.triton.shm_regions import SHM_DIR, sweep_shm_regions
+from serving.triton.shm_regions import ENV_DIR, SHM_DIR, sweep_python_envs, sweep_shm_regions
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,11 @@ class TritonServer:
             left = sweep_shm_regions(self._launched_at)
             if left:
                 log.info("removed %d shared-memory region(s) tritonserver left in %s", len(left), SHM_DIR)
+            envs = sweep_python_envs(self._launched_at)
+            if envs:
+                log.info(
+                    "removed %d empty python backend directories tritonserver left in %s", len(envs), ENV_DIR
+                )
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -1,4 +1,5 @@
-"""The python backend's shared-memory regions in /dev/shm that a stopped Triton left, and their sweep.
+"""The python backend's shared-memory regions in /dev/shm, and its directory in /tmp, that a stopped Triton
+left, and their sweep.
 
 :class:`serving.triton.server.TritonServer` sweeps them when it stops; procfs says which regions a
 live process still maps (another server's), and those stay.
@@ -17,6 +18,62 @@ from pathlib import Path
 # port-race test), as did every crash of Triton 2.51 under streaming in the bench.
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+# The python backend's own directory, ``/tmp/python_env_XXXXXX`` (its library names /tmp, whatever TMPDIR
+# says), which it removes when it shuts down. tritonserver handles SIGTERM and SIGINT only once its models
+# are loaded: one stopped before (a Ctrl-C of a start) dies by the signal and left one, empty, for good.
+ENV_DIR = Path("/tmp")
+ENV_PREFIX = "python_env_"
+
+
+def sweep_python_envs(since: float, directory: Path = ENV_DIR) -> list[str]:
+    """Remove the python backend's empty directories in ``directory`` made since ``since`` (wall time),
+    and name them: what a server stopped while it loaded left. None while a tritonserver started since
+    runs (its own may be among them, empty until a model's ``EXECUTION_ENV_PATH`` is unpacked there);
+    one that holds anything, or is older, stays."""
+    try:
+        found = [path for path in directory.glob(f"{ENV_PREFIX}*") if path.is_dir()]
+        candidates = [path for path in found if path.stat().st_mtime >= since]
+    except OSError:
+        return []
+    if not candidates or tritonserver_running(since):
+        return []
+    removed = []
+    for path in candidates:
+        with contextlib.suppress(OSError):  # not empty, or gone meanwhile
+            path.rmdir()
+            removed.append(path.name)
+    return removed
+
+
+def tritonserver_running(since: float = 0.0) -> bool:
+    """Whether a ``tritonserver`` process (a zombie aside) that this one may read started since ``since``
+    (wall time) and runs (procfs)."""
+    try:
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, StopIteration, ValueError):
+        return True  # cannot tell: take it that one runs
+    ticks = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            data = stat.read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        name, _, rest = data.partition(b"(")[2].rpartition(b")")
+        fields = rest.split()  # state first, start time (ticks after boot) 20th
+        if (
+            name == b"tritonserver"
+            and len(fields) > 19
+            and fields[0] not in (b"Z", b"X")
+            and boot + int(fields[19]) / ticks >= since - 1
+        ):
+            return True
+    return False
 
 
 def sweep_shm_regions(since: float, directory: Path = SHM_DIR) -> list[str]:
