@@ -179,6 +179,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             self._refused(request.model_name, error, error.status, request.model_version)
             await _abort(context, error)
+        except asyncio.CancelledError as error:  # before its model ran, too: its inputs decoding
+            self._cancelled(request, error, grpc_codec.call_deadline(context))
+            raise
         except Exception as error:  # a bug of ours: log it, answer INTERNAL, keep serving
             self._refused(request.model_name, error, 500, request.model_version)
             log.exception("ModelInfer failed for model %r", request.model_name)
@@ -237,6 +240,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         final = True
         try:
             reply = grpc_codec.stream_response(await self._infer(request, context))
+        except asyncio.CancelledError as error:  # as ModelInfer's
+            self._cancelled(request, error, grpc_codec.call_deadline(context))
+            raise
         except ServingError as error:
             self._refused(request.model_name, error, error.status, request.model_version)
             final = is_models_answer(error)
@@ -289,9 +295,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         began: a ModelInfer request is counted as :func:`~serving.metrics.observed` counts a
         cancelled request (504 where ``left_s``, the time its deadline left, was due; else 499), with
         no latency, for the model it names where that is one of the backend's."""
+        self._cancelled(request, asyncio.CancelledError(), left_s)
+
+    def _cancelled(self, request: Any, error: asyncio.CancelledError, left_s: float | None) -> None:
+        """A ModelInfer request cancelled before :func:`~serving.metrics.observed` counted it (unless it
+        did: ``error`` is then marked): before its servicer started (:meth:`unserved`), or after, while
+        its inputs decoded in a thread, which ended the call uncounted. 504 where ``left_s`` was due."""
         if self.metrics is None or not isinstance(request, service_pb2.ModelInferRequest):
             return
-        error = asyncio.CancelledError()
         due = left_s is not None and left_s <= DEADLINE_SLACK_S
         self._refused(request.model_name, error, int(failure_status(error, due)), request.model_version)
 
