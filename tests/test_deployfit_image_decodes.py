@@ -48,3 +48,11 @@ def test_a_gateway_pod_on_a_many_core_node_decodes_no_more_images_at_once_than_i
     decoding = decodes * settings.max_image_pixels * BYTES_PER_DECODED_PIXEL
     held = (decoding + settings.max_inflight_body_bytes) * settings.workers
     assert held <= quantity(limits["memory"]) / 4, f"{held / 2**30:.1f} GiB of images and bodies at once"
+
+
+def test_the_gpu_overlays_gateway_decodes_no_more_images_at_once_than_its_cpu_request() -> None:
+    """The GPU overlay's gateway asks for 1 CPU (Triton computes): it sets its own decode count."""
+    patch = yaml.safe_load((ROOT / "deploy/overlays/gpu/gateway-forwards-to-triton.yaml").read_text())
+    (gateway,) = [c for c in patch["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"]
+    env = {e["name"]: e["value"] for e in gateway["env"]}
+    assert int(env["KILN_IMAGE_DECODES"]) <= quantity(gateway["resources"]["requests"]["cpu"])
