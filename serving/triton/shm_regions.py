@@ -29,27 +29,32 @@ ENV_PREFIX = "python_env_"
 
 def sweep_python_envs(since: float, directory: Path = ENV_DIR) -> list[str]:
     """Remove the python backend's empty directories in ``directory`` made since ``since`` (wall time),
-    and name them: what a server stopped while it loaded left. None while a tritonserver started since
-    runs (its own may be among them, empty until a model's ``EXECUTION_ENV_PATH`` is unpacked there);
-    one that holds anything, or is older, stays."""
+    and name them: what a server stopped while it loaded left. One that a running tritonserver started
+    before it was made may be that server's own (empty until a model's ``EXECUTION_ENV_PATH`` is
+    unpacked there; made when its first python model loads, seconds or hours after its start) and
+    stays: a server whose directory is gone dies by SIGABRT when it stops. One that holds anything, or
+    is older, stays too."""
     try:
-        found = [path for path in directory.glob(f"{ENV_PREFIX}*") if path.is_dir()]
-        candidates = [path for path in found if path.stat().st_mtime >= since]
+        found = {path: path.stat().st_mtime for path in directory.glob(f"{ENV_PREFIX}*") if path.is_dir()}
     except OSError:
         return []
-    if not candidates or tritonserver_running(since):
+    candidates = {path: made for path, made in found.items() if made >= since}
+    starts = tritonserver_starts() if candidates else []
+    if starts is None:
         return []
     removed = []
-    for path in candidates:
+    for path, made in candidates.items():
+        if any(start <= made + 1 for start in starts):  # a second's slack: coarse file times
+            continue
         with contextlib.suppress(OSError):  # not empty, or gone meanwhile
             path.rmdir()
             removed.append(path.name)
     return removed
 
 
-def tritonserver_running(since: float = 0.0) -> bool:
-    """Whether a ``tritonserver`` process (a zombie aside) that this one may read started since ``since``
-    (wall time) and runs (procfs)."""
+def tritonserver_starts() -> list[float] | None:
+    """When each running ``tritonserver`` process (a zombie aside) that this one may read started
+    (wall time, procfs; up to a second early), or None where that cannot be told."""
     try:
         boot = next(
             int(line.split()[1])
@@ -57,8 +62,9 @@ def tritonserver_running(since: float = 0.0) -> bool:
             if line.startswith("btime")
         )
     except (OSError, StopIteration, ValueError):
-        return True  # cannot tell: take it that one runs
+        return None
     ticks = os.sysconf("SC_CLK_TCK")
+    starts = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             data = stat.read_bytes()
@@ -66,14 +72,9 @@ def tritonserver_running(since: float = 0.0) -> bool:
             continue
         name, _, rest = data.partition(b"(")[2].rpartition(b")")
         fields = rest.split()  # state first, start time (ticks after boot) 20th
-        if (
-            name == b"tritonserver"
-            and len(fields) > 19
-            and fields[0] not in (b"Z", b"X")
-            and boot + int(fields[19]) / ticks >= since - 1
-        ):
-            return True
-    return False
+        if name == b"tritonserver" and len(fields) > 19 and fields[0] not in (b"Z", b"X"):
+            starts.append(boot + int(fields[19]) / ticks)
+    return starts
 
 
 def sweep_shm_regions(since: float, directory: Path = SHM_DIR) -> list[str]:
