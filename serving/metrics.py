@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
-from serving import process_tree
+from serving import metrics_files, process_tree
 from serving.errors import DeadlineExceeded, ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metric_families import CLIENT_LEFT, MetricFamilies
@@ -63,6 +63,7 @@ class GatewayMetrics(MetricFamilies):
         disable_created_metrics()
         lone = tree_root is None or tree_root == os.getpid()
         if self.shared_dir is not None:  # before this process writes its own there
+            metrics_files.install()
             forget_gone_processes(self.shared_dir, own=lone)
         super().__init__(worker, os.getpid() if tree_root is None else tree_root)
         # shared: values read from this worker's own objects (queue depths, open connections), published

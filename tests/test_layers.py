@@ -18,6 +18,7 @@ RANKS = {
     "serving.execution": 1,
     "serving.metrics": 2,
     "serving.metric_families": 2,  # what serving.metrics declares: every series the gateway exposes
+    "serving.metrics_files": 2,  # the workers' shared metric files, their room reserved before use
     "serving.decoding": 2,
     "serving.protocol": 3,
     "serving.gateway": 3,
