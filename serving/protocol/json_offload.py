@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
@@ -148,12 +149,16 @@ class JsonOffload:
                     self.offload_bytes,
                 )
                 context = multiprocessing.get_context("forkserver")
-                pool = ProcessPoolExecutor(
-                    max_workers=1,
-                    mp_context=context,
-                    initializer=_helper_starts,
-                    initargs=(applied_cpu_policy(),),
-                )
+                try:  # its queues' semaphores are made in /dev/shm: ENOSPC where that is full
+                    pool = ProcessPoolExecutor(
+                        max_workers=1,
+                        mp_context=context,
+                        initializer=_helper_starts,
+                        initargs=(applied_cpu_policy(),),
+                    )
+                except OSError as error:
+                    self._cannot_start(error)
+                    return None
                 try:
                     pool.submit(int)  # starts the process here (its result, or failure, matters to nobody)
                 except OSError as error:
@@ -167,14 +172,21 @@ class JsonOffload:
         """Parse every body in place from now on, said once: the helper cannot start here. Its
         forkserver listens on a Unix socket under TMPDIR (``pymp-*/listener-*``), and a TMPDIR longer than
         ~80 bytes passes the 107 bytes a socket path may have (Python 3.14 falls back to /tmp): every
-        large body was answered 500 ``internal error: OSError``, the start tried again at each one."""
+        large body was answered 500 ``internal error: OSError``, the start tried again at each one. Its
+        queues' semaphores are made in /dev/shm, and a full one (a container's 64 MiB) did the same."""
         self.offload_bytes = 0
+        where, advice = "", ""
+        if "too long" in str(error):
+            where, advice = f"; TMPDIR={tempfile.gettempdir()}", ": set TMPDIR to a shorter directory"
+        elif error.errno == errno.ENOSPC:
+            where = f"; /dev/shm, where its semaphores are made, is full{_free_note('/dev/shm')}"
+            advice = ": give /dev/shm more room (docker run --shm-size, a memory-backed emptyDir)"
         log.error(
             "the JSON parse process cannot start (%s%s): large JSON bodies are parsed in place, on the "
             "event loop, from now on (the other requests wait behind each)%s",
             error.strerror or error,
-            f"; TMPDIR={tempfile.gettempdir()}" if "too long" in str(error) else "",
-            ": set TMPDIR to a shorter directory" if "too long" in str(error) else "",
+            where,
+            advice,
         )
 
     def close(self) -> None:
@@ -224,3 +236,12 @@ def _json_bytes(body: bytes, header_length: str | None) -> int:
     malformed header length counts the whole body, and ``parse_infer`` names the error)."""
     size = None if header_length is None else stated_size(header_length.strip())
     return len(body) if size is None else min(size, len(body))
+
+
+def _free_note(where: str) -> str:
+    """`` (N MiB free of M)`` for directory ``where``, or nothing where its filesystem cannot be read."""
+    try:
+        stat = os.statvfs(where)
+    except OSError:
+        return ""
+    return f" ({stat.f_bavail * stat.f_frsize >> 20} MiB free of {stat.f_blocks * stat.f_frsize >> 20})"
