@@ -35,7 +35,13 @@ from kiln.processes import child_options
 from serving.settings import join_host_port
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour, make_writable
 from serving.triton.ports import LOOPBACK, bind_address, client_host, free_port
-from serving.triton.shm_regions import ENV_DIR, SHM_DIR, sweep_python_envs, sweep_shm_regions
+from serving.triton.shm_regions import (
+    ENV_DIR,
+    SHM_DIR,
+    shortage_note,
+    sweep_python_envs,
+    sweep_shm_regions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -386,11 +392,22 @@ class TritonServer:
                 code = None if self.process is None else self.process.returncode
                 raise TritonError(
                     f"tritonserver exited with code {code} before it was ready\n{self.log_tail()}"
+                    f"{self._shortage()}"
                 )
             if self.is_ready():
                 return
             time.sleep(0.25)
-        raise TritonError(f"tritonserver not ready after {self.ready_timeout_s:.0f}s\n{self.log_tail()}")
+        raise TritonError(
+            f"tritonserver not ready after {self.ready_timeout_s:.0f}s\n{self.log_tail()}{self._shortage()}"
+        )
+
+    def _shortage(self) -> str:
+        """A last line of an error naming /dev/shm, where the server's log says it was too small."""
+        try:
+            note = shortage_note(self.log_path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return ""
+        return f"\n{note}" if note else ""
 
     def is_ready(self) -> bool:
         try:

@@ -113,3 +113,26 @@ def mapped_files(prefix: str) -> set[str]:
             if len(fields) == 6 and fields[5].startswith(start):
                 found.add(os.fsdecode(fields[5].strip()))
     return found
+
+
+# What the python backend logs where /dev/shm has no room for a model instance's region (at load) or for
+# a region to grow (under load)
+SHORTAGE_SIGNS = ("Unable to initialize shared memory key", "Failed to increase the shared memory pool size")
+
+
+def shortage_note(log_text: str, directory: Path = SHM_DIR) -> str:
+    """One line saying that ``directory`` was too small for the python backend, where ``log_text`` (the
+    server's log) says so, else "": Triton's own words are in a model's row of its status table, tens of
+    lines above the ``failed to load all models`` a user reads last."""
+    if not any(sign in log_text for sign in SHORTAGE_SIGNS):
+        return ""
+    try:
+        stat = os.statvfs(directory)
+        room = f" ({stat.f_blocks * stat.f_frsize >> 20} MiB in all)"  # free after the regions' sweep
+    except OSError:
+        room = ""
+    return (
+        f"{directory}{room} has no room for Triton's python backend, which needs at least 1 MiB there for "
+        "each model instance and more for large batches: run the container with a larger --shm-size "
+        "(Kubernetes: a memory-backed emptyDir on /dev/shm, docs/deploy.md)"
+    )
