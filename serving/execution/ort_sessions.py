@@ -32,6 +32,9 @@ class SessionOpener:
         self.options, self.session_factory = options, session_factory
         self.weights: WeightStore | None = None
         self.shared: set[Path] = set()  # model files whose sessions map one copy of the weights
+        # chosen graphs that did not open: warned about once, not again for each session of the entry
+        # (its batch session and every decode worker's open the same file)
+        self.unopened: set[Path] = set()
 
     def open_weight_store(self) -> None:
         """Share weights from now on (``OrtOptions.share_weights``); a session factory (tests' fakes) is
@@ -84,8 +87,10 @@ class SessionOpener:
                     self.shared.add(path)
                 return session, source, chosen
             except Exception as exc:  # noqa: BLE001 - the entry's own file still serves, slower
-                log.warning(
-                    "entry %s: %s did not open (%s); using %s", entry.name, chosen.name, exc, path.name
+                level = logging.DEBUG if chosen in self.unopened else logging.WARNING
+                self.unopened.add(chosen)
+                log.log(
+                    level, "entry %s: %s did not open (%s); using %s", entry.name, chosen.name, exc, path.name
                 )
         session, source = self.open_session(path, where, intra_op_threads, shared=True)
         return session, source, path
