@@ -86,6 +86,8 @@ class TritonBackend(TritonModels):
         self.repository = repository
         # "scheduler": the gateway's translator pool decodes over this backend's runners.
         self.runs_translators_in_gateway = self.translate_mode == "scheduler"
+        # why Triton was last logged unready (None: since ready): an outage is a line, not one a probe
+        self._unready_said: str | None = None
 
     # -- Backend protocol -------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class TritonBackend(TritonModels):
             await self._sync(force=True)
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
+            self._unready_said = error.message
             self._watch()
 
     async def stop(self) -> None:
@@ -164,11 +167,15 @@ class TritonBackend(TritonModels):
                 return False
             if not self._synced:
                 await self._sync(force=True)
+                self._unready_said = None
                 return True
         except ServingError as error:
             self._synced = False
-            log.info("Triton not ready: %s", error.message)
+            said, self._unready_said = self._unready_said, error.message
+            level = logging.DEBUG if said == error.message else logging.INFO  # said already: debug
+            log.log(level, "Triton not ready: %s", error.message)
             return False
+        self._unready_said = None
         try:  # a ready Triton whose index a probe could not read stays ready on the list it had
             await self._sync()
         except ServingError as error:
