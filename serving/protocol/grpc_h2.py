@@ -52,7 +52,7 @@ from serving.protocol.h2_streams import StreamCalls
 from serving.protocol.h2_watch import READ_TIMEOUT_S, PartialCalls
 from serving.protocol.http1_writes import joined_runs
 from serving.protocol.limits import BodyBudget
-from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
+from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch, client_address
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
+        self.client = "a client"  # its address, host:port, in the connection's log lines
         self.buffer = bytearray()  # the start of a frame not yet whole
         self.reserved = 0  # h2_watch's: the body budget held for the DATA frame in the buffer
         self.skip = 0  # h2_watch's: bytes still to drop of a DATA frame nobody will read
@@ -121,6 +122,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
     # --- asyncio.Protocol ---
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.client = client_address(transport)
         keep_alive(transport.get_extra_info("socket"))
         self.server.connections.add(self)
         self.handshake = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._no_preface)
@@ -265,7 +267,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.large_out = False
 
     def _fail(self, code: int, message: str) -> None:
-        log.warning("closing a gRPC connection: %s", message)
+        log.warning("closing a gRPC connection from %s: %s", self.client, message)
         self.out.append(w.goaway(self.last_stream, code, message))
         self._flush()
         self._close_quietly()
@@ -273,7 +275,11 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
     def _no_preface(self) -> None:
         """A connection that never began HTTP/2 holds a socket for nothing: closed, as grpc core does."""
         if not self.preface and not self.closing:
-            log.info("closing a gRPC connection that sent no HTTP/2 preface in %.0f s", HANDSHAKE_TIMEOUT_S)
+            log.info(
+                "closing a gRPC connection from %s that sent no HTTP/2 preface in %.0f s",
+                self.client,
+                HANDSHAKE_TIMEOUT_S,
+            )
             self._close_quietly()
 
     def _close_quietly(self) -> None:

@@ -297,7 +297,8 @@ class Calls(ConnectionState):
             return
         if self.blocked and self.data_sent == self.window_mark:
             log.info(
-                "closing a connection whose client granted no window to its %d waiting answers in %g s",
+                "closing a gRPC connection from %s: it granted no window to its %d waiting answers in %g s",
+                self.client,
                 len(self.blocked) + len(self.parked),
                 self.server.send_timeout_s,
             )
@@ -307,8 +308,9 @@ class Calls(ConnectionState):
         stalled = [call for call in self.parked.values() if call.parked_at + timeout <= now]
         if stalled:
             log.info(
-                "resetting %d gRPC call(s) whose client granted their answers no window in %g s",
+                "resetting %d gRPC call(s) from %s: it granted their answers no window in %g s",
                 len(stalled),
+                self.client,
                 timeout,
             )
         for call in stalled:

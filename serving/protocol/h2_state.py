@@ -23,6 +23,7 @@ class ConnectionState:
     """What every part of a connection may read, change or call (set in ``Connection.__init__``)."""
 
     server: Any  # the H2GrpcServer: its methods, limits and body budget
+    client: str  # the client's address (host:port) as the connection's log lines name it
     loop: asyncio.AbstractEventLoop
     closing: bool
     calls: dict[int, Call]  # by stream: the calls open

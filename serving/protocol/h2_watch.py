@@ -156,7 +156,7 @@ class PartialCalls(ConnectionState):
         if expiry is not None and expiry <= now:
             what = "a header block" if self.block_began is not None else "a frame"
             message = f"{what} not received whole within {self.server.read_timeout_s:g} s"
-            log.info("closing a gRPC connection: %s", message)
+            log.info("closing a gRPC connection from %s: %s", self.client, message)
             self._write(w.goaway(self.last_stream, w.PROTOCOL_ERROR, message))
             self._flush()
             self._close_quietly()

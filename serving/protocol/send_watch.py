@@ -28,6 +28,18 @@ LOOK_S = 1.0
 SLACK_S = 1e-3  # a look due within this of the deadline decides (timers may fire a hair early)
 
 
+def client_address(transport: Any) -> str:
+    """The client of ``transport`` as a log line names it, ``host:port`` (an IPv6 host in brackets, as
+    uvicorn's access lines are written), so an operator can tell which client a connection's line is
+    about; ``a client`` where the transport does not say."""
+    extra_info = getattr(transport, "get_extra_info", None)  # a test's stand-in may have none
+    peer = extra_info("peername") if extra_info is not None else None
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return "a client"
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
 class SendWatch:
     """Armed by a connection's ``pause_writing``, disarmed by its ``resume_writing``; calls ``abort``
     when ``timeout_s`` passes with no byte of the transport's buffer taken by the client."""
@@ -55,7 +67,11 @@ class SendWatch:
         if left > SLACK_S:
             self.timer = self.loop.call_later(self._next_look(left), self._check)
             return
-        log.info("closing a connection whose client read none of its answers in %g s", self.timeout_s)
+        log.info(
+            "closing a connection whose client (%s) read none of its answers in %g s",
+            client_address(self.transport),
+            self.timeout_s,
+        )
         self.abort()
 
     def stop(self) -> None:
