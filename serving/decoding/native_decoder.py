@@ -258,11 +258,13 @@ def open_native_decoder(
         return None
 
 
-def attach(run_decoder: Any) -> Any:
+def attach(run_decoder: Any, entry: str = "", *, again: bool = False) -> Any:
     """``run_decoder`` with a :class:`NativeDecoder` as ``run_decoder.native`` where it can have one: an
     ONNX Runtime runner (``serving.execution.onnxruntime``) that says which file its session opened
     (``model_file``), with which session config entries (``session_config``) and whether that file is
-    a graph optimized already (``optimized``). Others, e.g. Triton's, keep stepping in Python."""
+    a graph optimized already (``optimized``). Others, e.g. Triton's, keep stepping in Python. The log
+    names the decoder's repository ``entry`` where given (its session's file is the weight store's
+    copy, a temporary path); ``again``: another decode worker of a decoder already logged, at debug."""
     path, session = getattr(run_decoder, "model_file", None), getattr(run_decoder, "session", None)
     if path is not None and session is not None and getattr(run_decoder, "native", None) is None:
         config = getattr(run_decoder, "session_config", None)
@@ -270,7 +272,9 @@ def attach(run_decoder: Any) -> Any:
         run_decoder.native = open_native_decoder(path, session, config=config, optimized=optimized)
         if run_decoder.native is not None:
             run_decoder.native.occupancy = getattr(run_decoder, "occupancy", None)
-            log.info("decoder %s: steps compiled (ONNX Runtime C API)", path)
+            shown = entry or path
+            level = logging.DEBUG if again else logging.INFO
+            log.log(level, "decoder %s: steps compiled (ONNX Runtime C API)", shown)
     return run_decoder
 
 

@@ -59,8 +59,8 @@ class TranslatorPool:
                 encoder, decoder = step_entries(entry)
                 check_one_checkpoint(entry, [self.repository.get(encoder), self.repository.get(decoder)])
                 config = _capped(self.scheduler_config, self.repository, encoder, decoder)
-                pair = partial(_runner_pair, runner_for, encoder, decoder)
-                first = pair()
+                first = _runner_pair(runner_for, encoder, decoder)
+                pair = partial(_runner_pair, runner_for, encoder, decoder, again=True)  # the other workers'
                 config = replace(config, workers=decode_workers(config, first[1]))
                 translator = translator_from_entry(
                     entry.path,
@@ -123,11 +123,13 @@ def declare_outputs(entry: Any) -> None:
         config.output.add(name=name, data_type=data_type, dims=shape)
 
 
-def _runner_pair(runner_for: Any, encoder: str, decoder: str) -> tuple[step_spec.Runner, step_spec.Runner]:
+def _runner_pair(
+    runner_for: Any, encoder: str, decoder: str, *, again: bool = False
+) -> tuple[step_spec.Runner, step_spec.Runner]:
     """One decode worker's encoder and decoder runners, on their fused-attention graphs where written
-    (the decoder's steps compiled where it can be)."""
-    decoder_runner = runner_for(decoder, graph=FUSED_ATTENTION)
-    return runner_for(encoder, graph=FUSED_ATTENTION), native_decoder.attach(decoder_runner)
+    (the decoder's steps compiled where it can be; ``again``: not the first worker's, logged at debug)."""
+    decoder_runner = native_decoder.attach(runner_for(decoder, graph=FUSED_ATTENTION), decoder, again=again)
+    return runner_for(encoder, graph=FUSED_ATTENTION), decoder_runner
 
 
 def decode_workers(config: SchedulerConfig, run_decoder: Any) -> int:
