@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from serving.triton import TritonServer, find_triton
-from serving.triton.server import triton_python_env
+from serving.triton.install import triton_python_env
 from tests.repo_fixtures import LiveServer, held_grpc_port
 from tests.test_translate_serving import _solo_tokens, _target_tokenizer, exported_translators
 
