@@ -123,9 +123,11 @@ def maker_gone(tail: str, path: Path | None = None) -> bool:
 
 def _unheld(path: Path) -> bool:
     """Whether no process holds ``path``'s lock (:func:`make_held_dir`): then its maker has ended. False
-    where it cannot be opened (removed meanwhile: nothing to sweep)."""
+    where it cannot be opened (removed meanwhile: nothing to sweep), or is no directory: anyone may put
+    a FIFO so named in a shared /tmp or /dev/shm, and opening it waited for a writer, so every gateway
+    started on the machine hung in its sweep, whoever started it (a link is not followed either)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
