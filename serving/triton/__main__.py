@@ -157,14 +157,22 @@ def sweep_workdirs(root: Path | None = None) -> list[Path]:
         tail = path.name[len(WORKDIR_PREFIX) :]
         if process_tree.HELD not in tail.split("-")[1:3]:
             continue
-        if path.is_symlink() or not path.is_dir() or (path / KEPT).exists():
-            continue
-        if process_tree.maker_gone(tail, path):
+        if _sweepable(path) and process_tree.maker_gone(tail, path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
         log.info("removed %d work directories of killed launchers from %s", len(removed), root)
     return removed
+
+
+def _sweepable(path: Path) -> bool:
+    """Whether ``path`` is a work directory (no link) not kept for reading (:data:`KEPT`); False where
+    that cannot be told: another user's launcher's, private to it (0700), ended every launch by the
+    other users of a shared /tmp (a GPU box, a CI host) in a PermissionError traceback before it began."""
+    try:
+        return not path.is_symlink() and path.is_dir() and not (path / KEPT).exists()
+    except OSError:
+        return False
 
 
 def _has_entries(repository: Path) -> bool:
