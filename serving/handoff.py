@@ -33,6 +33,7 @@ import logging
 import mmap
 import os
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,29 @@ KINDS = ("http", "grpc")  # the protocols balanced, each on its own (their conne
 BOARD_PREFIX = "kiln-connections-"  # then the pid of the parent that made it (serving.workers sweeps)
 _INT = 4  # bytes of a board slot (an aligned int32: read and written whole)
 _WRAP = 1 << 32  # the hand-off counts go round an int32 slot; in flight: their difference modulo this
+_UCRED = struct.Struct("3i")  # the sender's pid, uid and gid, as SCM_CREDENTIALS gives them
+
+
+def _received(receiver: socket.socket) -> tuple[bytes, int | None]:
+    """One hand-off's bytes and descriptor from ``receiver`` (None where none came). Another user's
+    process may send to a worker too (an abstract name has no permissions, and the board's name that
+    it derives from is listed in /dev/shm): what it sends is closed unread. A worker took any
+    descriptor and leaked those that were no socket, so any user of the machine could fill every
+    worker's descriptor table (20 000 pipes in a second), and the gateway answered nothing more."""
+    fds = array.array("i")
+    room = socket.CMSG_SPACE(fds.itemsize) + socket.CMSG_SPACE(_UCRED.size)
+    data, ancillary, _flags, _address = receiver.recvmsg(2, room)
+    uid = None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            uid = _UCRED.unpack_from(payload)[1]
+    keep = fds[0] if fds and uid == os.getuid() else None
+    for fd in fds:
+        if fd != keep:
+            os.close(fd)
+    return data, keep
 
 
 def _wrapped(count: int) -> int:
@@ -179,8 +203,9 @@ class Balancer:
         except (AttributeError, OSError) as exc:  # no Unix sockets here
             return self._give_up(exc)
         try:
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # who sent each: _received
             receiver.bind(self._address(self.index))  # Linux's abstract names
-        except OSError as exc:
+        except (AttributeError, OSError) as exc:
             receiver.close()
             return self._give_up(exc)
         receiver.setblocking(False)
@@ -246,18 +271,21 @@ class Balancer:
     def _receive(self) -> None:
         while self._receiver is not None:
             try:
-                data, fds, _flags, _address = socket.recv_fds(self._receiver, 2, 1)
+                data, fd = _received(self._receiver)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("connection hand-off: receiving failed: %s", exc)
                 return
-            for extra in fds[1:]:
-                os.close(extra)
-            if not fds:
+            if fd is None:
                 continue
-            sock = socket.socket(fileno=fds[0])
-            if len(data) != 2 or data[0] >= len(KINDS) or data[1] >= self.workers:
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # no socket
+                os.close(fd)
+                continue
+            malformed = len(data) != 2 or data[0] >= len(KINDS) or data[1] >= self.workers
+            if malformed or sock.type != socket.SOCK_STREAM:
                 sock.close()
                 continue
             kind, sender = data
