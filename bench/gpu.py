@@ -13,7 +13,11 @@ the GPU (bound once per batch size), which is the device compute alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ import numpy as np
 
 from bench import engines, report
 from bench.engines import EngineJob
+
+log = logging.getLogger(__name__)
 
 TORCH_CUDA = "pytorch-cuda"
 ORT_CUDA = "onnxruntime-cuda"
@@ -188,10 +194,24 @@ def _io_bound(session: Any, device: str = "cuda") -> Callable[[np.ndarray], Any]
     return run
 
 
+def trt_engine_cache() -> Path:
+    """This user's directory of TensorRT engines in the temporary one, private to it. One name for every
+    user (``kiln-bench-trt-cache``) was the first user's on a shared GPU box: the others could not save
+    their engines there (each run built them again), and loaded whatever engines its owner had put
+    there. A name taken by anything but this user's private directory gives a new one for the run."""
+    cache = Path(tempfile.gettempdir()) / f"kiln-bench-trt-cache-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        cache.mkdir(mode=0o700)
+    found = os.lstat(cache)
+    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077:
+        return cache
+    log.warning("%s is not a private directory of this user's: TensorRT engines built afresh", cache)
+    return Path(tempfile.mkdtemp(prefix="kiln-bench-trt-cache-"))
+
+
 def _ort_tensorrt_runner(job: EngineJob) -> Callable[[np.ndarray], Any]:
     """ONNX Runtime's TensorRT provider (fp16 kernels for the fp16 job), CUDA for what it leaves."""
-    cache = Path(tempfile.gettempdir()) / "kiln-bench-trt-cache"
-    cache.mkdir(exist_ok=True)
+    cache = trt_engine_cache()
     options = {
         "trt_fp16_enable": job.precision == "fp16",
         "trt_engine_cache_enable": True,
