@@ -334,6 +334,6 @@ def test_the_triton_launcher_on_an_empty_repository_points_to_export_and_leaves_
     (tmp_path / "repo").mkdir()
     ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     assert main(["--model-repository", str(tmp_path / "repo"), *ports]) == 1
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "holds no ONNX or python model entry" in out and "run `make export`" in out
     assert list(temp.iterdir()) == []

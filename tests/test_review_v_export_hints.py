@@ -56,7 +56,7 @@ def test_the_triton_launchers_hint_is_one_pasteable_line_whatever_the_path(tmp_p
 
     missing = tmp_path / "a[/x] directory whose name runs well past eighty columns of a terminal" / "repo"
     assert main(["--model-repository", str(missing)]) == 2
-    (line,) = [line for line in capsys.readouterr().out.splitlines() if "python -m export" in line]
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "python -m export" in line]
     assert f"model repository {missing} does not exist" in line
     assert _command(line) == _export(missing)
 
@@ -95,5 +95,5 @@ def test_the_triton_launchers_empty_repository_hint_names_it(tmp_path, capsys, m
     repo.mkdir()
     ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     assert main(["--model-repository", str(repo), *ports]) == 1
-    out = capsys.readouterr().out.replace("\n", "")
+    out = capsys.readouterr().err.replace("\n", "")  # an error: on stderr
     assert _command(out) == _export(repo)

@@ -416,4 +416,4 @@ def test_serving_triton_names_a_repository_that_is_a_file(tmp_path, capsys) -> N
     file = tmp_path / "repo"
     file.write_text("")
     assert main(["--model-repository", str(file)]) == 2
-    assert "is not a directory" in " ".join(capsys.readouterr().out.split())  # rich wraps the line
+    assert "is not a directory" in " ".join(capsys.readouterr().err.split())  # rich wraps the line

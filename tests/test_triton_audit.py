@@ -199,7 +199,7 @@ def test_a_missing_repository_names_the_command_that_writes_one(tmp_path, capsys
 
     missing = tmp_path / "none"
     assert main(["--model-repository", str(missing)]) == 2
-    said = " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().err.split())
     assert f"model repository {missing} does not exist" in said
     assert f"python -m export CHECKPOINTS --repository {missing}" in said
 
@@ -209,7 +209,7 @@ def test_the_launcher_names_two_services_on_one_port(tmp_path, capsys) -> None:
 
     code = main(["--model-repository", str(tmp_path), "--http-port", "47123", "--grpc-port", "47123"])
     assert code == 2
-    assert "--http-port and --grpc-port are both 47123" in " ".join(capsys.readouterr().out.split())
+    assert "--http-port and --grpc-port are both 47123" in " ".join(capsys.readouterr().err.split())
 
 
 class _StandInServer:
@@ -300,3 +300,12 @@ def test_the_launcher_says_where_its_metrics_are(launcher, tmp_path: Path, capsy
     not be found."""
     assert launcher(["--model-repository", str(tmp_path), "--workdir", str(tmp_path / "work")]) == 0
     assert "metrics http://127.0.0.1:47999/metrics" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_launchers_errors_go_to_stderr_and_nothing_to_stdout(tmp_path, capsys) -> None:
+    """A script reading ``2>`` found nothing there: the errors were printed on stdout with the ready lines."""
+    from serving.triton.__main__ import main
+
+    assert main(["--model-repository", str(tmp_path / "none")]) == 2
+    said = capsys.readouterr()
+    assert "does not exist" in said.err and said.out == ""

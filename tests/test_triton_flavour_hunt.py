@@ -254,5 +254,5 @@ def test_the_launcher_names_a_workdir_holding_something_else_and_keeps_it(
     kept = _export_like(tmp_path / "model_repository")
     argv = ["--model-repository", str(repository), "--workdir", str(tmp_path)]
     assert main([*argv, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]) == 1
-    assert "is not a python flavour written by Kiln" in " ".join(capsys.readouterr().out.split())
+    assert "is not a python flavour written by Kiln" in " ".join(capsys.readouterr().err.split())
     assert (kept / "notes.txt").is_file()

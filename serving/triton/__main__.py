@@ -94,13 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_repository.is_dir():
         what = "is not a directory" if args.model_repository.exists() else "does not exist"
         # markup off (a path may hold "[/x]") and one line however long: the command is copied as printed
-        console.print(
+        _error(
             f"model repository {args.model_repository} {what}; run `make export` "
-            f"(python -m export CHECKPOINTS --repository {shlex.quote(str(args.model_repository))}) first",
-            style="red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            f"(python -m export CHECKPOINTS --repository {shlex.quote(str(args.model_repository))}) first"
         )
         return 2
     temporary = args.workdir is None
@@ -119,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             host=args.host,
         )
-    except ValueError as error:  # markup off: an IPv6 --host in brackets is no style tag
-        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+    except ValueError as error:
+        _error(str(error))
         code = 2
     else:
         _interrupt_on_signals()
@@ -128,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     if temporary:
         _tidy(console, workdir, code)
     return code
+
+
+def _error(text: str) -> None:
+    """An error on stderr, where a script's ``2>`` looks for it (it was on stdout with the ready lines),
+    in red on a terminal; markup off: an IPv6 --host in brackets, a path or a log line such as
+    "[/models/x]" is no style tag (one ended this in a traceback), and one line however long."""
+    Console(stderr=True).print(text, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def _tidy(console: Console, workdir: Path, code: int) -> None:
@@ -200,7 +203,7 @@ def _serve(console: Console, server: TritonServer, repository: Path, timeout_s: 
         empty = isinstance(error, ValueError) and not _has_entries(repository)
         command = f"python -m export CHECKPOINTS --repository {shlex.quote(str(repository))}"
         hint = f": run `make export` ({command}) to write its entries" if empty else ""
-        console.print(f"{error}{hint}", style="red", markup=False, highlight=False, soft_wrap=True)
+        _error(f"{error}{hint}")
         return 1
     except KeyboardInterrupt:
         return 130  # start() already stopped the server
@@ -208,8 +211,7 @@ def _serve(console: Console, server: TritonServer, repository: Path, timeout_s: 
     try:
         while server.process is not None and server.process.poll() is None:
             time.sleep(1.0)
-        # markup off: a log line such as "[/models/x]" read as a closing tag ended this in a traceback
-        console.print(f"tritonserver exited\n{server.log_tail()}", style="red", markup=False, highlight=False)
+        _error(f"tritonserver exited\n{server.log_tail()}")
         return 1
     except KeyboardInterrupt:
         console.print("stopping tritonserver")
