@@ -68,12 +68,17 @@ class ReservedMmapedDict(mmap_dict.MmapedDict):
         return super().read_value(key)
 
     def write_value(self, key: str, value: float, timestamp: float) -> None:
-        if key not in self._positions and key not in self._unshared:
-            self._init_value(key)
-        if key in self._unshared:
-            self._unshared[key] = (value, timestamp)
-            return
-        super().write_value(key, value, timestamp)
+        """As prometheus_client's, at its cost for a series in the file (one lookup: every ``inc`` and
+        ``observe`` writes; the checks and ``super()`` made a write ~1.7x the base class's)."""
+        pos = self._positions.get(key)
+        if pos is None:  # a new series, or one kept in this process
+            if key not in self._unshared:
+                self._init_value(key)
+            if key in self._unshared:
+                self._unshared[key] = (value, timestamp)
+                return
+            pos = self._positions[key]
+        mmap_dict._pack_two_doubles(self._m, pos, value, timestamp)
 
 
 def _entry_bytes(key: str) -> int:
