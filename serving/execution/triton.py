@@ -106,6 +106,13 @@ class TritonBackend(TritonModels):
             self._unready_said = error.message
             self._watch()
 
+    async def _sync(self, *, force: bool = False, now: bool = False) -> None:
+        """As :class:`TritonModels`'s; a list fetched (by the watcher or a request too, not only a probe)
+        ends the outage logged, so that the next one is a line again, whatever its message."""
+        await super()._sync(force=force, now=now)
+        if self._synced:
+            self._unready_said = None
+
     async def stop(self) -> None:
         self._running = False
         for task in (self._watcher, self._refresh):
