@@ -9,6 +9,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from serving.metrics_files import ReservedMmapedDict
 
+
 def test_series_kept_in_process_and_in_the_file_read_back_what_was_written(tmp_path) -> None:
     file = ReservedMmapedDict(str(tmp_path / "counter_1.db"))
     file._unshared["kept"] = (0.0, 0.0)  # as a series that found the filesystem full
