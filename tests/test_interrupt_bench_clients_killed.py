@@ -5,10 +5,6 @@ each finished its run, then waited for its next call for ever, with the pool's r
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.killed_parent import children, kill, killed_at_end, running_on
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="procfs and pidfds are Linux's")
@@ -31,46 +29,16 @@ BENCH = textwrap.dedent(
 )
 
 
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started that still run (procfs)."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in children.read_text().split()]
-    return found
-
-
-def _ends_within(pid: int, timeout_s: float) -> bool:
-    """Whether process ``pid`` (not this one's child) ends within ``timeout_s``: its pidfd turns readable."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
-    finally:
-        os.close(fd)
-
-
 def test_the_client_processes_end_when_the_bench_running_them_is_killed() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(60)
         url = f"127.0.0.1:{server.getsockname()[1]}"
         bench = subprocess.Popen([sys.executable, "-c", BENCH, url], cwd=ROOT)
-        clients: list[int] = []
-        try:
+        with killed_at_end(bench) as clients:
             connection, _ = server.accept()  # a client process runs its load
-            clients = _children(bench.pid)
+            clients += children(bench.pid)
             assert clients
-            bench.kill()
-            bench.wait()
-            running = [pid for pid in clients if not _ends_within(pid, 10)]
+            kill(bench)
+            running = running_on(clients, 10)
             assert not running, f"processes {running} of the killed bench ran on"
             connection.close()
-        finally:
-            bench.kill()
-            bench.wait()
-            for pid in clients:  # the resource tracker ends by itself once they are gone, unlinking its own
-                with contextlib.suppress(OSError):
-                    if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        os.kill(pid, signal.SIGKILL)

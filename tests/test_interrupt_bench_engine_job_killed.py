@@ -5,16 +5,15 @@ process with it: it measured on, every batch size of the job at full load, after
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.killed_parent import ends_within, kill, killed_at_end, said_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pidfds are Linux's")
@@ -36,30 +35,11 @@ def measuring(_job: object) -> None:
     threading.Event().wait()
 
 
-def _ends_within(pid: int, timeout_s: float) -> bool:
-    """Whether process ``pid`` (not this one's child) ends within ``timeout_s``: its pidfd turns readable."""
-    fd = os.pidfd_open(pid)
-    try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
-    finally:
-        os.close(fd)
-
-
 def test_an_engine_job_ends_when_the_bench_running_it_is_killed() -> None:
     bench = subprocess.Popen([sys.executable, "-c", BENCH], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    job = None
-    try:
-        for line in bench.stdout:
-            if line.startswith("measuring "):
-                job = int(line.split()[1])
-                break
+    with killed_at_end(bench) as started:
+        job = said_pid(bench.stdout, "measuring ")
         assert job is not None, "the job never started"
-        bench.kill()
-        bench.wait()
-        assert _ends_within(job, 10), "the engine job measured on after the bench was killed"
-    finally:
-        bench.kill()
-        bench.wait()
-        if job is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(job, signal.SIGKILL)
+        started.append(job)
+        kill(bench)
+        assert ends_within(job, 10), "the engine job measured on after the bench was killed"

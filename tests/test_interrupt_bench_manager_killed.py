@@ -5,16 +5,14 @@ for ever, and with it the pool's resource tracker, holding its semaphores in /de
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.killed_parent import children, kill, killed_at_end, running_on
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="procfs and pidfds are Linux's")
@@ -39,42 +37,12 @@ BENCH = textwrap.dedent(
 )
 
 
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started that still run (procfs)."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in children.read_text().split()]
-    return found
-
-
-def _ends_within(pid: int, timeout_s: float) -> bool:
-    """Whether process ``pid`` (not this one's child) ends within ``timeout_s``: its pidfd turns readable."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
-    finally:
-        os.close(fd)
-
-
 def test_the_manager_ends_when_the_bench_running_it_is_killed() -> None:
     bench = subprocess.Popen([sys.executable, "-c", BENCH], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    started: list[int] = []
-    try:
+    with killed_at_end(bench) as started:
         assert bench.stdout.readline().strip() == "started"
-        started = _children(bench.pid)  # the manager and the resource tracker
+        started += children(bench.pid)  # the manager and the resource tracker
         assert started
-        bench.kill()
-        bench.wait()
-        running = [pid for pid in started if not _ends_within(pid, 10)]
+        kill(bench)
+        running = running_on(started, 10)
         assert not running, f"processes {running} of the killed bench ran on"
-    finally:
-        bench.kill()
-        bench.wait()
-        for pid in started:  # the resource tracker ends by itself once they are gone, unlinking what it holds
-            with contextlib.suppress(OSError):
-                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)

@@ -5,16 +5,15 @@ later run (the demo's stages, and every server the bench starts, already ended w
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.killed_parent import ends_within, kill, killed_at_end, said_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -39,15 +38,6 @@ BENCH = {
 }
 
 
-def _ends_within(pid: int, timeout_s: float) -> bool:
-    """Whether process ``pid`` (not this one's child) ends within ``timeout_s``: its pidfd turns readable."""
-    fd = os.pidfd_open(pid)
-    try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("stage", sorted(BENCH))
 def test_a_stage_ends_when_the_bench_running_it_is_killed(stage: str, tmp_path: Path) -> None:
     fake = tmp_path / "fake" / "export"
@@ -64,19 +54,9 @@ def test_a_stage_ends_when_the_bench_running_it_is_killed(stage: str, tmp_path: 
         env=env,
         cwd=tmp_path,
     )
-    child = None
-    try:
-        for line in bench.stdout:
-            if line.startswith("stage "):
-                child = int(line.split()[1])
-                break
+    with killed_at_end(bench) as started:
+        child = said_pid(bench.stdout, "stage ")
         assert child is not None, "the stage never started"
-        bench.kill()
-        bench.wait()
-        assert _ends_within(child, 10), f"the {stage} ran on after the bench was killed"
-    finally:
-        bench.kill()
-        bench.wait()
-        if child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+        started.append(child)
+        kill(bench)
+        assert ends_within(child, 10), f"the {stage} ran on after the bench was killed"

@@ -5,15 +5,14 @@ cores, ports and the run's files held, or, killed while they started, waited for
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.killed_parent import ends_within, kill, killed_at_end
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
@@ -49,25 +48,9 @@ def _start_agent(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     return agent, rank
 
 
-def _ends_within(pid: int, timeout_s: float) -> bool:
-    """Whether process ``pid`` (not this one's child) ends within ``timeout_s``: its pidfd turns readable."""
-    fd = os.pidfd_open(pid)
-    try:
-        return bool(select.select([fd], [], [], timeout_s)[0])
-    finally:
-        os.close(fd)
-
-
 def test_a_rank_ends_when_its_torchrun_agent_is_killed() -> None:
     agent, rank = _start_agent({"TORCHELASTIC_RUN_ID": "interrupt-test"})
-    try:
-        agent.kill()
-        agent.wait()
-        assert _ends_within(rank, 10), "the rank trained on after its torchrun agent was killed"
-    finally:
-        _kill(rank)
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    with killed_at_end(agent) as started:
+        started.append(rank)
+        kill(agent)
+        assert ends_within(rank, 10), "the rank trained on after its torchrun agent was killed"

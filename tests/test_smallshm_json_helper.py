@@ -10,15 +10,13 @@ import errno
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from serving.protocol import json_offload
 from serving.protocol.json_offload import JsonOffload
+from tests.small_shm import needs_small_shm, on_small_shm
 
 BODY = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}]})
 
@@ -60,18 +58,11 @@ def test_large_bodies_on_a_full_dev_shm_are_parsed_in_place_and_the_log_names_it
     assert "/dev/shm" in errors[0] and "is full" in errors[0] and "--shm-size" in errors[0]
 
 
-def _can_mount_tmpfs() -> bool:
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        return False
-    probe = ["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
+@needs_small_shm
 def test_a_real_full_dev_shm_leaves_large_bodies_parsed_in_place():
-    fill = "mount -t tmpfs -o size=64k tmpfs /dev/shm && head -c 65536 /dev/zero > /dev/shm/filler"
+    fill = "head -c 65536 /dev/zero > /dev/shm/filler"  # the 64 KiB tmpfs, full
     out = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f'{fill}; exec "$@"', "sh", sys.executable, "-c", PROGRAM],
+        [*on_small_shm("64k", fill), sys.executable, "-c", PROGRAM],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,

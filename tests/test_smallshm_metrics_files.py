@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from serving.metrics_files import ReservedMmapedDict
+from tests.small_shm import needs_small_shm, on_small_shm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,18 +58,10 @@ def test_a_workers_metric_files_hold_their_pages_before_a_value_is_written_there
         assert stat.st_blocks * 512 >= stat.st_size, f"{path.name} is sparse: a full filesystem is a SIGBUS"
 
 
-def _can_mount_tmpfs() -> bool:
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        return False
-    probe = ["unshare", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
+@needs_small_shm
 def test_a_dev_shm_filling_while_the_worker_serves_is_one_error_line_naming_it_not_a_sigbus(tmp_path):
     shm = Path("/dev/shm")  # a tmpfs of 1 MiB over it, in a mount namespace of the test's own
-    mount = f'mount -t tmpfs -o size=1m tmpfs {shm} && mkdir {shm}/metrics && exec "$@"'
-    done = _run(shm / "metrics", str(shm / "filler"), prefix=("unshare", "--mount", "sh", "-c", mount, "sh"))
+    done = _run(shm / "metrics", str(shm / "filler"), prefix=on_small_shm("1m", f"mkdir {shm}/metrics"))
     assert done.returncode == 0, f"rc {done.returncode}: {done.stderr[-2000:]}"
     assert done.stdout.strip() == "served on"
     errors = [line for line in done.stderr.splitlines() if "no room for metrics" in line]
