@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
     grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
     _start_logging(settings.log_level)
+    if not settings.reuse_port:  # the parent raises it, and says so, for its workers too
+        from serving.open_files import check_open_file_limit
+
+        check_open_file_limit()
     if not settings.model_repository.is_dir():
         raise SystemExit(
             f"model repository {settings.model_repository} is not a directory: run `make export` "

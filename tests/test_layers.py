@@ -14,6 +14,7 @@ RANKS = {
     "serving.errors": 0,
     "serving.settings": 0,
     "serving.process_tree": 0,  # what the gateway's processes use together (procfs), read by its metrics
+    "serving.open_files": 0,  # the process's open-file limit, raised as the gateway starts
     "serving.threads": 0,  # OS names for the gateway's threads (decoding and execution both start some)
     "serving.execution": 1,
     "serving.metrics": 2,
