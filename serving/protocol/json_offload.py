@@ -35,6 +35,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,11 @@ from serving.threads import CpuPolicy, applied_cpu_policy, set_cpu_policy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Shortages that pass (descriptors held by clients' connections, a process limit, memory): a helper that
+# failed to start for one of them is tried again RETRY_S later. It was never tried again: a gateway that
+# met its open-file limit once parsed every large body on the event loop until it restarted.
+SHORT_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+RETRY_S = 10.0
 OFFLOAD_BYTES = 256 << 10  # ~12 ms of event loop for a body of FP32 numbers this long
 JSON_VALUE_BYTES = 20  # an FP32 output as JSON: "0.10000000149011612, " (its float64 repr)
 
@@ -61,6 +67,7 @@ class JsonOffload:
         self._starting = threading.Lock()  # one helper, however many first large bodies arrive at once
         self._closes = 0  # close() calls: a body that asked for the helper before one gets none
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
+        self._retry_at = 0.0  # monotonic time before which a helper that could not start is not tried
 
     async def parse_infer(
         self, body: bytes, header_length: str | None, model: str, version: str
@@ -141,7 +148,7 @@ class JsonOffload:
         None where :meth:`close` came since the body asked (``closes`` then): a helper started after
         the app's stop was left running, its pool never shut down."""
         with self._starting:
-            if self._closes != closes:
+            if self._closes != closes or (self._pool is None and time.monotonic() < self._retry_at):
                 return None
             if self._pool is None:
                 log.info(
@@ -169,11 +176,22 @@ class JsonOffload:
             return self._pool
 
     def _cannot_start(self, error: OSError) -> None:
-        """Parse every body in place from now on, said once: the helper cannot start here. Its
+        """Parse every body in place from now on, said once: the helper cannot start here (a shortage
+        that passes, :data:`SHORT_NOW`, only for :data:`RETRY_S`, then it is tried again). Its
         forkserver listens on a Unix socket under TMPDIR (``pymp-*/listener-*``), and a TMPDIR longer than
         ~80 bytes passes the 107 bytes a socket path may have (Python 3.14 falls back to /tmp): every
         large body was answered 500 ``internal error: OSError``, the start tried again at each one. Its
         queues' semaphores are made in /dev/shm, and a full one (a container's 64 MiB) did the same."""
+        if error.errno in SHORT_NOW:
+            self._retry_at = time.monotonic() + RETRY_S
+            log.warning(
+                "the JSON parse process cannot start now (%s%s): large JSON bodies are parsed in place, "
+                "on the event loop, for %.0f s, then it is tried again",
+                error.strerror or error,
+                _limit_note(error.errno),
+                RETRY_S,
+            )
+            return
         self.offload_bytes = 0
         where, advice = "", ""
         if "too long" in str(error):
@@ -236,6 +254,15 @@ def _json_bytes(body: bytes, header_length: str | None) -> int:
     malformed header length counts the whole body, and ``parse_infer`` names the error)."""
     size = None if header_length is None else stated_size(header_length.strip())
     return len(body) if size is None else min(size, len(body))
+
+
+def _limit_note(number: int | None) -> str:
+    """``; the open-file limit is N`` for EMFILE (the process's ``ulimit -n``), else nothing."""
+    if number != errno.EMFILE:
+        return ""
+    import resource
+
+    return f"; the process's open-file limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
 
 
 def _free_note(where: str) -> str:
