@@ -28,6 +28,7 @@ from serving import metrics_files, process_tree
 from serving.errors import DeadlineExceeded, ModelNotFound, ServingError
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metric_families import CLIENT_LEFT, MetricFamilies
+from serving.open_files import open_metric_files
 
 T = TypeVar("T")
 
@@ -66,6 +67,8 @@ class GatewayMetrics(MetricFamilies):
             metrics_files.install()
             forget_gone_processes(self.shared_dir, own=lone)
         super().__init__(worker, os.getpid() if tree_root is None else tree_root)
+        if self.shared_dir is not None:  # while descriptors are free (serving.open_files)
+            open_metric_files(self.registry)
         # shared: values read from this worker's own objects (queue depths, open connections), published
         # periodically, keyed by their gauge's child
         self._watched: dict[Any, Callable[[], int]] = {}
