@@ -50,15 +50,16 @@ _WRAP = 1 << 32  # the hand-off counts go round an int32 slot; in flight: their 
 _UCRED = struct.Struct("3i")  # the sender's pid, uid and gid, as SCM_CREDENTIALS gives them
 
 
-def _received(receiver: socket.socket) -> tuple[bytes, int | None]:
-    """One hand-off's bytes and descriptor from ``receiver`` (None where none came). Another user's
+def _received(receiver: socket.socket) -> tuple[bytes, int | None, bool]:
+    """One hand-off's bytes and descriptor from ``receiver`` (None where none came), and whether this
+    process's open-file limit lost a descriptor a worker of its own sent (the kernel closes it). Another user's
     process may send to a worker too (an abstract name has no permissions, and the board's name that
     it derives from is listed in /dev/shm): what it sends is closed unread. A worker took any
     descriptor and leaked those that were no socket, so any user of the machine could fill every
     worker's descriptor table (20 000 pipes in a second), and the gateway answered nothing more."""
     fds = array.array("i")
     room = socket.CMSG_SPACE(fds.itemsize) + socket.CMSG_SPACE(_UCRED.size)
-    data, ancillary, _flags, _address = receiver.recvmsg(2, room)
+    data, ancillary, flags, _address = receiver.recvmsg(2, room)
     uid = None
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -69,7 +70,7 @@ def _received(receiver: socket.socket) -> tuple[bytes, int | None]:
     for fd in fds:
         if fd != keep:
             os.close(fd)
-    return data, keep
+    return data, keep, not fds and bool(flags & socket.MSG_CTRUNC) and uid == os.getuid()
 
 
 def _wrapped(count: int) -> int:
@@ -142,6 +143,7 @@ class Balancer:
         self.handed = [0] * len(KINDS)  # connections handed on, per protocol
         self._on_handed = on_handed  # called with the protocol's name for each (a metric)
         self.adopted = [0] * len(KINDS)
+        self._told_lost = False  # a hand-off lost at the open-file limit said so (once)
 
     # -- the board's slots ---------------------------------------------------------------------------
 
@@ -271,13 +273,15 @@ class Balancer:
     def _receive(self) -> None:
         while self._receiver is not None:
             try:
-                data, fd = _received(self._receiver)
+                data, fd, lost = _received(self._receiver)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("connection hand-off: receiving failed: %s", exc)
                 return
             if fd is None:
+                if lost:
+                    self._lost(data)
                 continue
             try:
                 sock = socket.socket(fileno=fd)
@@ -297,6 +301,23 @@ class Balancer:
             task = self._loop.create_task(self._adopt(kind, sender, sock, factory))  # type: ignore[union-attr]
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
+
+    def _lost(self, data: bytes) -> None:
+        """A connection handed here whose descriptor this worker had no room for (its open-file limit):
+        counted as adopted, or its sender counted it on its way here for good and handed this worker no
+        more of that protocol's connections; said once."""
+        if len(data) != 2 or data[0] >= len(KINDS) or data[1] >= self.workers:
+            return
+        self._note_adopted(data[0], data[1])
+        if not self._told_lost:
+            self._told_lost = True
+            log.warning(
+                "worker %d: a %s connection handed from worker %d was lost, closed unanswered: this "
+                "worker is at its open-file limit (ulimit -n)",
+                self.index,
+                KINDS[data[0]],
+                data[1],
+            )
 
     async def _adopt(
         self, kind: int, sender: int, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol]
