@@ -36,6 +36,7 @@ from serving.protocol.json_offload import JsonOffload
 from serving.protocol.limits import BodyBudget, BodyLimitMiddleware
 from serving.protocol.responses import drop_framework_422, error_response
 from serving.settings import Settings
+from serving.threads import start_loop_threads
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        await start_loop_threads()  # before the models' threads (serving.threads)
         state = getattr(self.config.app, "state", None)
         balancer = getattr(state, "balancer", None)
         serve = self.config.http_protocol_class

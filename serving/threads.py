@@ -154,3 +154,38 @@ def busy_loop_policy(tid: int) -> BusyLoopPolicy:
         if found is None:
             found = _loop_policies[tid] = BusyLoopPolicy(tid)
         return found
+
+
+async def start_loop_threads() -> None:
+    """Start uvloop's thread pool now, before the models load, or stop in one line where the process
+    may not start its threads. libuv starts its pool (``UV_THREADPOOL_SIZE``, 4) at the first name
+    lookup, uvicorn's bind, and aborts the process where a thread cannot start: under a process or
+    thread limit (a container's pids limit, ``ulimit -u``) that the models' threads had nearly
+    reached, the gateway died of SIGABRT once they had loaded, with nothing in its log. Started
+    first, the pool's threads count before the models', whose own failure to start one is an error
+    that says so. Nothing on another event loop (asyncio's looks names up on its own executor)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if not type(loop).__module__.startswith("uvloop"):
+        return
+    try:
+        wanted = min(max(int(os.environ.get("UV_THREADPOOL_SIZE", "4")), 1), 1024)
+    except ValueError:
+        wanted = 4
+    release, started = threading.Event(), []
+    try:
+        for _ in range(wanted):
+            started.append(threading.Thread(target=release.wait, name="kiln-thread-probe", daemon=True))
+            started[-1].start()
+    except RuntimeError as exc:  # "can't start new thread": the limit leaves fewer than the pool needs
+        raise SystemExit(
+            f"the gateway cannot start its threads ({exc}, after {len(started) - 1} of the event loop's "
+            f"{wanted}): raise the process's thread limit (a container's pids limit, ulimit -u)"
+        ) from None
+    finally:
+        release.set()
+        for thread in started:
+            if thread.ident is not None:
+                thread.join()
+    await loop.getaddrinfo("127.0.0.1", None)  # starts the pool
