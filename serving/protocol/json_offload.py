@@ -68,6 +68,7 @@ class JsonOffload:
         self._closes = 0  # close() calls: a body that asked for the helper before one gets none
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
         self._retry_at = 0.0  # monotonic time before which a helper that could not start is not tried
+        self._short = False  # its start failed on a passing shortage, said once: retries are quiet
 
     async def parse_infer(
         self, body: bytes, header_length: str | None, model: str, version: str
@@ -151,7 +152,8 @@ class JsonOffload:
             if self._closes != closes or (self._pool is None and time.monotonic() < self._retry_at):
                 return None
             if self._pool is None:
-                log.info(
+                log.log(
+                    logging.DEBUG if self._short else logging.INFO,
                     "starting the JSON parse process (bodies of %d bytes of JSON and more)",
                     self.offload_bytes,
                 )
@@ -173,6 +175,9 @@ class JsonOffload:
                     self._cannot_start(error)
                     return None
                 self._pool = pool
+                if self._short:
+                    self._short = False
+                    log.info("the JSON parse process has started: large JSON bodies are parsed there again")
             return self._pool
 
     def _cannot_start(self, error: OSError) -> None:
@@ -184,13 +189,16 @@ class JsonOffload:
         queues' semaphores are made in /dev/shm, and a full one (a container's 64 MiB) did the same."""
         if error.errno in SHORT_NOW:
             self._retry_at = time.monotonic() + RETRY_S
-            log.warning(
+            # one line a shortage, not one each RETRY_S while it lasts (a pids limit the gateway stays at)
+            log.log(
+                logging.DEBUG if self._short else logging.WARNING,
                 "the JSON parse process cannot start now (%s%s): large JSON bodies are parsed in place, "
                 "on the event loop, for %.0f s, then it is tried again",
                 error.strerror or error,
                 _limit_note(error.errno),
                 RETRY_S,
             )
+            self._short = True
             return
         self.offload_bytes = 0
         where, advice = "", ""
