@@ -37,6 +37,7 @@ OTHER_PROGRAMS = {
     "--target": "pip",
     "--dist": "pytest-xdist (--dist loadfile)",
     "--pdb": "pytest",
+    "--ulimit": "docker run (--ulimit nofile=...)",
 }
 
 
