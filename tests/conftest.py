@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import kiln  # noqa: F401  - first: gRPC's fork support off before any test uses gRPC (kiln/__init__.py)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _single_torch_thread() -> None:
