@@ -124,10 +124,16 @@ def _memory_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _free_note(where: str) -> str:
-    """``where``'s free space as a clause of an error message (nothing where it cannot be read)."""
+def disk_space(where: str) -> tuple[int, int] | None:
+    """The bytes free (to this user) and in all on ``where``'s filesystem; None where it cannot be read."""
     try:
         stat = os.statvfs(where)
     except OSError:
-        return ""
-    return f" ({stat.f_bavail * stat.f_frsize >> 10} KiB free)"
+        return None
+    return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
+
+def _free_note(where: str) -> str:
+    """``where``'s free space as a clause of an error message (nothing where it cannot be read)."""
+    space = disk_space(where)
+    return "" if space is None else f" ({space[0] >> 10} KiB free)"

@@ -42,6 +42,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from serving.execution.base import InferResponse
+from serving.execution.occupancy import disk_space
 from serving.protocol.request_values import stated_size
 from serving.protocol.v2_codec import ParsedInfer, encode_infer, json_values, parse_infer
 from serving.threads import CpuPolicy, applied_cpu_policy, set_cpu_policy
@@ -275,8 +276,5 @@ def _limit_note(number: int | None) -> str:
 
 def _free_note(where: str) -> str:
     """`` (N MiB free of M)`` for directory ``where``, or nothing where its filesystem cannot be read."""
-    try:
-        stat = os.statvfs(where)
-    except OSError:
-        return ""
-    return f" ({stat.f_bavail * stat.f_frsize >> 20} MiB free of {stat.f_blocks * stat.f_frsize >> 20})"
+    space = disk_space(where)
+    return "" if space is None else f" ({space[0] >> 20} MiB free of {space[1] >> 20})"

@@ -11,6 +11,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from serving.execution.occupancy import disk_space
+
 # The python backend's shared-memory regions (a 1 MiB file for each model instance, its stub's, which
 # grows under load: the flavour of four translators and nine ONNX entries starts with 13 MiB of a
 # container's 64 MiB /dev/shm), which it unlinks when it shuts down cleanly; a server that died, was
@@ -126,11 +128,8 @@ def shortage_note(log_text: str, directory: Path = SHM_DIR) -> str:
     lines above the ``failed to load all models`` a user reads last."""
     if not any(sign in log_text for sign in SHORTAGE_SIGNS):
         return ""
-    try:
-        stat = os.statvfs(directory)
-        room = f" ({stat.f_blocks * stat.f_frsize >> 20} MiB in all)"  # free after the regions' sweep
-    except OSError:
-        room = ""
+    space = disk_space(str(directory))
+    room = "" if space is None else f" ({space[1] >> 20} MiB in all)"  # free after the regions' sweep
     return (
         f"{directory}{room} has no room for Triton's python backend, which needs at least 1 MiB there for "
         "each model instance and more for large batches: run the container with a larger --shm-size "
