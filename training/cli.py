@@ -17,6 +17,14 @@ from training.runtime import RankFailed, UnusedParameters, leave_group, reports_
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _say(line: str) -> None:
+    """``line`` on stderr in one write: ``print`` wrote the text and its newline apart, and the ranks
+    of a torchrun, which share stderr, each refusing unused parameters, ran their lines into one
+    ("... in one processerror: ...")."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def run_trainer(train: Callable[[], Path]) -> int:
     """``train()``, its checkpoint printed on rank 0, and its exit status: 0; 2 for a run that diverged
     or a refused flag, file or setting (``ValueError``, ``KeyError``, ``FileNotFoundError``); 1 for a
@@ -32,26 +40,26 @@ def run_trainer(train: Callable[[], Path]) -> int:
         path = train()
     except TrainingDiverged as exc:  # every rank stopped at the same step
         if main_rank:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            _say(f"error: {exc}")
         leave_group()  # after the line: torchrun stops every rank once one exits
         return 2
     except CollectiveTimeout as exc:  # no leave_group: its barrier would wait on the missing rank again
-        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
+        _say(f"error{rank}: {exc}")
         return 1
     except (UnusedParameters, RankFailed) as exc:  # before ValueError: the rank may not be rank 0
-        print(f"error{rank}: {exc}", file=sys.stderr, flush=True)
+        _say(f"error{rank}: {exc}")
         return 2
     except (ValueError, KeyError, FileNotFoundError) as exc:
         if main_rank:
-            print(f"error: {exc}", file=sys.stderr)
+            _say(f"error: {exc}")
         return 2
     except OSError as exc:
         if main_rank or os.environ.get("LOCAL_RANK") == "0":
-            print(f"error{rank}: {exc}", file=sys.stderr)
+            _say(f"error{rank}: {exc}")
         return 1
     except KeyboardInterrupt:
         if main_rank:
-            print("interrupted", file=sys.stderr)
+            _say("interrupted")
         return 130
     if main_rank:
         print(f"checkpoint: {path}")
