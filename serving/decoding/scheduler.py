@@ -30,7 +30,14 @@ from serving.decoding import native, step_spec, stepper
 from serving.decoding.admission import Job, fraction_waiting, oldest_queued_step, pick, ready_to_admit
 from serving.decoding.native_decoder import MAX_STEPS
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
-from serving.errors import DeadlineExceeded, Overloaded, ServingError, Unavailable, UnprocessableInput
+from serving.errors import (
+    DeadlineExceeded,
+    ModelNotFound,
+    Overloaded,
+    ServingError,
+    Unavailable,
+    UnprocessableInput,
+)
 from serving.execution.shared_weights import return_freed_memory
 from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread, os_name
 
@@ -279,7 +286,12 @@ class DecodingScheduler:
                         self._step()
                 except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
                     _log_failure(exc, "translator %s: decoding failed", self.name)
-                    error = _failure(exc, f"translator {self.name!r} failed: {type(exc).__name__}: {exc}")
+                    error = _failure(
+                        exc,
+                        f"translator {self.name!r} failed: {type(exc).__name__}: {exc}",
+                        self.name,
+                        self.config.retry_after_s,
+                    )
                     failed = self._running_jobs()
                     self._batch, self._reserved = self._new_batch(), 0  # before the answers (see _step)
                     self._post_all([(job, error, "failure") for job in failed])
@@ -393,7 +405,8 @@ class DecodingScheduler:
         except Exception as exc:  # noqa: BLE001 - an encoder call that fails or cannot join fails its requests
             _log_failure(exc, "translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:  # taken off the queue: answered here or never
-                self._post(job, _failure(exc, f"translator {self.name!r} encoder failed: {exc}"), "failure")
+                failed = f"translator {self.name!r} encoder failed: {exc}"
+                self._post(job, _failure(exc, failed, self.name, self.config.retry_after_s), "failure")
             if self._batch.beams is not beams:  # half joined: the loop fails the batch and starts afresh
                 raise
             return
@@ -453,12 +466,17 @@ class DecodingScheduler:
 NOT_SERVING_NOW = (Unavailable, Overloaded, DeadlineExceeded)
 
 
-def _failure(exc: Exception, message: str) -> ServingError:
+def _failure(exc: Exception, message: str, name: str, retry_after_s: float) -> ServingError:
     """What a failed encoder or decoder call answers the requests it served: the backend's own error
-    where it says the server cannot serve now (:data:`NOT_SERVING_NOW`), else a 500 with ``message``:
-    the requests did nothing wrong."""
+    where it says the server cannot serve now (:data:`NOT_SERVING_NOW`); a step entry the backend no
+    longer serves (Triton in explicit model control told to unload ``<name>_decoder``: its NOT_FOUND)
+    a 503 with Retry-After saying the translator is not ready, as its ready route says (it was a 500
+    with a traceback a batch until the entry was loaded again); else a 500 with ``message``: the
+    requests did nothing wrong."""
     if isinstance(exc, NOT_SERVING_NOW):
         return exc
+    if isinstance(exc, ModelNotFound):
+        return Unavailable(f"translator {name!r} is not ready: {exc.message}", retry_after=retry_after_s)
     return ServingError(message)
 
 
@@ -466,7 +484,7 @@ def _log_failure(exc: Exception, message: str, *args: object) -> None:
     """Log a failed encoder or decoder call: a server that cannot serve now in one warning line (a
     Triton that is down failed every batch, and a traceback each flooded the log with the same
     frames), anything else with its traceback, as the batcher logs a batch that failed."""
-    if isinstance(exc, NOT_SERVING_NOW):
+    if isinstance(exc, (*NOT_SERVING_NOW, ModelNotFound)):  # ModelNotFound: an entry unloaded
         log.warning(message + ": %s: %s", *args, type(exc).__name__, exc)
     else:
         log.error(message, *args, exc_info=exc)
