@@ -230,6 +230,22 @@ class HeadLimits:
             return
         self.transport.close()
 
+    _drained = False  # the drain began: the request that was arriving then is the connection's last
+
+    def shutdown(self) -> None:
+        """uvicorn's drain of this connection at a stop, but a request that has begun to arrive on a
+        connection between requests (its head half read, or its bytes unread in the socket) is
+        answered, with ``connection: close``, and then the connection closes. uvicorn closed it at
+        once, and closing a socket with unread bytes resets it: a keep-alive client whose next
+        request crossed the stop signal got ``ConnectionResetError`` for a request never served (the
+        protocol's ``on_headers_complete`` makes that request the last, :attr:`_drained`)."""
+        cycle = self.cycle
+        between = cycle is None or cycle.response_complete
+        if between and not self.transport.is_closing() and (self._in_request or unread_bytes(self.transport)):
+            self._drained = True
+            return
+        super().shutdown()
+
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
         self._head_bytes = self._counted = self._counted_bytes = 0

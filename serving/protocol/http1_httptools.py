@@ -259,9 +259,12 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         ):
             direct = self._direct_cycle()
             if direct is not None:
+                direct.keep_alive = direct.keep_alive and not self._drained  # HeadLimits.shutdown
                 self.cycle = direct  # type: ignore[assignment]
                 return
         super().on_headers_complete()
+        if self._drained and self.cycle is not cycle:  # the last request (HeadLimits.shutdown)
+            self.cycle.keep_alive = False
         if self.expect_100_continue and self.cycle is not cycle:
             self.cycle.send = self._closing_if_body_unasked(self.cycle)  # type: ignore[method-assign]
 
