@@ -148,6 +148,9 @@ _STATIC = (None, *HeaderTable.STATIC_TABLE)  # 1-based, as HPACK numbers it
 Headers = list[tuple[bytes, bytes]]
 
 
+SEEN_FIELDS = 32  # the most fields of a block a connection's decoder remembers (a call sends ~10)
+
+
 class HeaderDecoder:
     """HPACK decoding with the connection's dynamic table (RFC 7541), bounded in what it accepts."""
 
@@ -226,7 +229,9 @@ class HeaderDecoder:
         if listed > self.max_list_size:
             return headers, self.oversized  # never remembered: its call ends whatever its headers say
         decoded = headers, None if self.check is None else self.check(headers)
-        if not changed and len(self._seen) < 64 and len(block) <= 1024:  # a call's usual blocks only
+        # a call's usual blocks only: short, and of few fields (a 1 KB block of one-byte indexed fields
+        # is ~1000 of them, and 64 such held ~4 MB for the connection's life)
+        if not changed and len(self._seen) < 64 and len(block) <= 1024 and fields <= SEEN_FIELDS:
             self._seen[block] = decoded
         return decoded
 
@@ -266,9 +271,12 @@ _FIELD_VALUE_BREAK = re.compile(rb"[\x00\r\n]")  # what would end a field in HTT
 
 # Fields judged well-formed: a client repeats its fields call after call (from its HPACK table), so
 # each is judged once, a set lookup instead of two regular expressions (~4 -> ~1 us a request). Bounded:
-# cleared when full (a grpc-timeout's value differs at every call).
+# cleared when full (a grpc-timeout's value differs at every call), and holding short fields only: it
+# is every connection's for the life of the process, and distinct values of up to the 64 KiB header
+# list each call kept ~256 MiB of a worker's memory (a client's usual fields are far shorter).
 _GOOD_FIELDS: set[tuple[bytes, bytes]] = set()
 GOOD_FIELDS_MAX = 4096
+GOOD_FIELD_BYTES = 1024  # the longest name + value remembered (a bearer token fits): ~4 MiB in all
 
 
 def field_problem(name: bytes, value: bytes) -> str | None:
@@ -277,7 +285,7 @@ def field_problem(name: bytes, value: bytes) -> str | None:
     if (name, value) in _GOOD_FIELDS:
         return None
     problem = _judged(name, value)
-    if problem is None:
+    if problem is None and len(name) + len(value) <= GOOD_FIELD_BYTES:
         if len(_GOOD_FIELDS) >= GOOD_FIELDS_MAX:
             _GOOD_FIELDS.clear()
         _GOOD_FIELDS.add((name, value))
