@@ -246,6 +246,24 @@ class HeadLimits:
             return
         super().shutdown()
 
+    def _idle_again(self) -> None:
+        """After a read that began no request on a connection between requests: nothing but the CRLFs
+        RFC 9112 2.2 lets a client send before a request line, which the parser skips. The read
+        cancelled the keep-alive timer, and nothing armed it again (the socket was held for as long
+        as the client liked), and where the drain had kept the connection for the request those
+        bytes seemed to begin, it waited on it until the grace ran out: the drain's check again
+        (:meth:`shutdown`), else the keep-alive timer."""
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete  # arms the timer once answered
+        if answering or self._lingering is not None or self._deferred or self.transport.is_closing():
+            return  # (a refusal closes the connection itself)
+        if self._drained:
+            self.shutdown()
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
         self._head_bytes = self._counted = self._counted_bytes = 0

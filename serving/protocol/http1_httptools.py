@@ -186,6 +186,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         fresh, begun = not self._in_request, self._begun
         self._parse(data)
         if not self._in_request or self.transport.is_closing():
+            if fresh and self._begun == begun:  # a read that began no request: CRLFs skipped
+                self._idle_again()
             return  # the usual case: each request arrives whole in one read
         self._read_more(data, head_of, fresh, begun)
 
