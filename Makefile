@@ -43,8 +43,9 @@ shell_path = $(if $(home_relative),"$$HOME")'$(subst ','\'',$(if $(home_relative
 # GPU=1 swaps the CPU onnxruntime for the gpu extra (GBs of CUDA wheels) before any target runs: on a
 # machine with no NVIDIA GPU device (WSL's is /dev/dxg), make demo GPU=1 could only refuse after that, so
 # it refuses first. NVIDIA_DEVICES=<anything> vouches for a GPU found elsewhere.
-# (/dev/nvidia0 appears on first CUDA use on some headless hosts: nvidia-smi, where it lists a GPU, vouches too)
-NVIDIA_DEVICES ?= $(or $(wildcard /dev/nvidia[0-9]* /dev/dxg),$(shell nvidia-smi -L 2>/dev/null | head -n 1))
+# (/dev/nvidia0 appears on first CUDA use on some headless hosts: nvidia-smi, where it lists a GPU, vouches too;
+# only a "GPU <n>:" line: it writes its failures, "No devices were found" among them, to stdout)
+NVIDIA_DEVICES ?= $(or $(wildcard /dev/nvidia[0-9]* /dev/dxg),$(shell nvidia-smi -L 2>/dev/null | grep -m 1 '^GPU [0-9]'))
 ifneq ($(and $(filter 1,$(GPU)),$(filter demo,$(MAKECMDGOALS))),)
 ifeq ($(strip $(NVIDIA_DEVICES)),)
 $(error make demo GPU=1: no NVIDIA GPU device on this machine (no /dev/nvidia0, nvidia-smi lists none), so nothing was installed or run; make demo without GPU=1 runs the CPU demo, and NVIDIA_DEVICES=1 vouches for a GPU found otherwise)
