@@ -378,7 +378,13 @@ class OnnxRuntimeBackend:
         """The version a call for ``version`` reaches: the one asked for or, asked for none, as Triton
         answers "latest": the newest version that loaded. Under a policy serving several versions, a
         newest one that failed its load left every call without a version a 503 (Triton answers them
-        with the version before it); where none loaded, the newest selected, whose load error is told."""
+        with the version before it); where none loaded, the newest selected, whose load error is told.
+        An entry with no version at all (an ensemble's empty ``1/``) is the metadata's 404, its reason
+        told (it was "has no servable version", hiding why)."""
+        if not entry.versions and entry.name in self._failed:
+            raise ModelNotFound(
+                f"model {entry.name!r} has no available versions: it failed to load: {self._failed[entry.name]}"
+            )
         if not version:
             loaded = [v for v in entry.versions if (entry.name, v) in self._models]
             if loaded:

@@ -241,8 +241,15 @@ def check_signature(entry: RepositoryEntry, session: Any, path: Path) -> None:
     refused as the client's mistake (a 400 naming the config's shape) or fail in the graph."""
     if not (hasattr(session, "get_inputs") and hasattr(session, "get_outputs")):
         return  # a test's stand-in session declares nothing to compare
-    problems = []
     config = entry.config
+    if config.input and not config.output:  # no input either: the caller's refusal names both
+        outputs = [m.name for m in session.get_outputs()]
+        raise ValueError(
+            f"{entry.path / 'config.pbtxt'} lists no output: the gateway does not complete a config from "
+            f"the model file as Triton does by default; list the graph's outputs {outputs} (those a "
+            "client may ask for)"
+        )
+    problems = []
     for kind, declared, graph in (
         ("input", config.input, {m.name: m for m in session.get_inputs()}),
         ("output", config.output, {m.name: m for m in session.get_outputs()}),

@@ -115,8 +115,8 @@ def plan(config: Any, available: list[str]) -> Placement:
     if asks_gpu and CUDA not in available:
         raise PlacementError(
             f"model {config.name!r} asks for KIND_GPU but ONNX Runtime has no CUDA provider "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu on a CUDA machine or export "
-            "with --device cpu"
+            f"(available: {', '.join(available)}); install onnxruntime-gpu on a CUDA machine, or make its "
+            "config.pbtxt's instance_group kind KIND_CPU (a Kiln export: export it with --device cpu)"
         )
     on_gpu = CUDA in available and (asks_gpu or "KIND_AUTO" in kinds or not kinds)
     parameters = {key: value.string_value for key, value in config.parameters.items()}

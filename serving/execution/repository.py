@@ -72,8 +72,11 @@ class RepositoryEntry:
         return version
 
     def model_file(self, version: str) -> Path:
+        """The version's model file. An ONNX model's named file may be a directory holding a
+        ``model.onnx`` (beside its external weights): Triton's onnxruntime backend loads that one."""
         filename = self.config.default_model_filename or "model.onnx"
-        return self.path / self.resolve_version(version) / filename
+        path = self.path / self.resolve_version(version) / filename
+        return path / "model.onnx" if self.platform in ONNX_PLATFORMS and path.is_dir() else path
 
     def metadata(self, version: str = "") -> ModelMetadata:
         """Its KServe metadata as its config declares it (``version``, where given, must be one of its)."""
