@@ -19,6 +19,7 @@ from serving.execution.bound_session import BoundSession
 from serving.execution.ort_options import OrtOptions, spin_entries
 from serving.execution.repository import RepositoryEntry
 from serving.execution.shared_weights import WeightStore, shared_options
+from serving.execution.version_policy import is_version_name
 
 # the embedded backend's log, whichever part writes it
 log = logging.getLogger("serving.execution.onnxruntime")
@@ -141,8 +142,16 @@ class SessionOpener:
                 self.shared.add(path)
         factory = self.session_factory or quiet_session_type()
         session = factory(str(source), sess_options=opts, providers=where.providers())
-        placement.check_session(session, where, path.parent.parent.name)
+        placement.check_session(session, where, entry_name(path))
         return session, source
+
+
+def entry_name(path: Path) -> str:
+    """The name of the entry whose model file (or a graph beside it) is ``path``:
+    ``<entry>/<version>/<file>``, or ``<entry>/<version>/<file>/model.onnx`` where the named file is
+    a directory (``RepositoryEntry.model_file``; its version was named as the model)."""
+    version = path.parent if is_version_name(path.parent.name) else path.parent.parent
+    return version.parent.name
 
 
 # ONNX Runtime's FATAL: what a run logs below it is not written. A refused run (an index past a vocabulary,

@@ -187,16 +187,23 @@ def _wrap_onnx_entry(
     onnx_file = config.default_model_filename or "model.onnx"
     _copy_entry(source, target)
     versions = [d for d in target.iterdir() if d.is_dir() and d.name.isdigit()]
-    if not any((d / onnx_file).is_file() for d in versions):
+    if not any(_holds_model(d / onnx_file) for d in versions):
         raise FileNotFoundError(f"{source}: no version directory holds {onnx_file}")
     text = text_format.MessageToString(python_config(config, threads=threads, instances=instances))
     with _writing(target):
         for version in versions:
-            if (version / onnx_file).is_file():
+            if _holds_model(version / onnx_file):
                 # a fresh file: one the entry had (a link, see _link_or_copy) is never written through
                 (version / "model.py").unlink(missing_ok=True)
                 shutil.copyfile(MODEL_TEMPLATE, version / "model.py")
         (target / "config.pbtxt").write_text(text, encoding="utf-8")
+
+
+def _holds_model(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model file, or a directory holding the ``model.onnx`` that Triton's
+    onnxruntime backend loads from it (beside its external weights; the gateway's backend reads it
+    too, ``RepositoryEntry.model_file``)."""
+    return path.is_file() or (path / "model.onnx").is_file()
 
 
 def _copy_entry(source: Path, target: Path) -> None:

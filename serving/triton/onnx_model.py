@@ -97,6 +97,8 @@ class TritonPythonModel:
         path = os.path.join(
             args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
         )
+        if os.path.isdir(path):  # the model.onnx inside, beside its external weights, as Triton reads it
+            path = os.path.join(path, "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.name = config.get("name", "")
         self.max_batch_size = int(config.get("max_batch_size", 0))
