@@ -70,8 +70,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
     # the request bodies this process holds, over HTTP (both paths) and gRPC (serving/protocol/limits.py)
     app.state.body_budget = budget = BodyBudget(settings.max_inflight_body_bytes, settings.retry_after_s)
     app.state.json_offload = JsonOffload(settings.json_offload_bytes)  # large v2 JSON bodies, off the loop
-    # friendly classify's image decodes, at most this many at once, requests taking turns
-    app.state.image_decodes = DecodeSlots(settings.image_decodes or usable_cpus())
+    # friendly classify's image decodes, at most this many at once, requests taking turns; a request
+    # finding --max-queue-size requests waiting to decode is a 429 before it decodes anything
+    app.state.image_decodes = DecodeSlots(
+        settings.image_decodes or usable_cpus(), settings.max_queue_size, settings.retry_after_s
+    )
     # Translate first: routes are tried in order, and one request per sentence makes it the busiest
     # route (measured: 26 us less event-loop time per request than matching it after the others).
     for router in (translate.router, health.router, v2.router, generate.router, v1.router, metrics.router):

@@ -85,7 +85,12 @@ class Settings(BaseSettings):
         "large as the model (serving/execution/shared_weights.py); --no-share-weights: each session "
         "loads its own",
     )
-    max_queue_size: int = Field(128, ge=1, description="waiting requests per model before 429")
+    max_queue_size: int = Field(
+        128,
+        ge=1,
+        description="waiting requests per model before 429 (and friendly classify requests a process holds "
+        "waiting to decode images)",
+    )
     cpu_policy: Literal["auto", "batch", "normal"] = Field(
         "auto",
         description="Linux scheduling policy of the gateway's threads: auto (the event loop under "

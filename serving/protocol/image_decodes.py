@@ -7,7 +7,11 @@ once (the CPUs the process may use, ``--image-decodes``): a request takes one sl
 images of at most RUN_PIXELS declared pixels (or one larger image) and queues again for the next, behind
 the runs of requests already waiting, so a small request waits for one run, not for a large request's
 every image. Its images' headers are read before any is decoded: over ``--max-request-pixels`` in all
-is a 413 (:func:`serving.protocol.images.declared_pixels`).
+is a 413 (:func:`serving.protocol.images.declared_pixels`). A request that finds ``max_waiting``
+requests already queued for a slot is a 429 before any of its images is decoded: the queue was
+unbounded, so past the rate the decodes keep up with (or the model's queue is full) thousands of
+requests queued here for seconds, each decoded only to be refused by a full model queue or answered
+late.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from serving.errors import Overloaded
 from serving.protocol import images
 
 # The declared pixels of one request's run of images decoded under one slot: ~15 ms of PNG decoding,
@@ -39,14 +44,22 @@ class DecodeSlots:
     to no event loop (an asyncio.Semaphore binds to the first that waits on it; an app may run under
     several, as tests' clients run it)."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, max_waiting: int | None = None, retry_after_s: float = 1.0) -> None:
         self.free = slots
         self.waiting: deque[asyncio.Future[None]] = deque()
+        self.max_waiting, self.retry_after_s = max_waiting, retry_after_s  # None: unbounded
 
-    async def acquire(self) -> None:
+    async def acquire(self, first: bool = False) -> None:
+        """A slot, in turn; ``first``: the request's first run, refused (429) where ``max_waiting``
+        requests already wait (a later run of a request already decoding always queues)."""
         if self.free and not self.waiting:
             self.free -= 1
             return
+        if first and self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
+            raise Overloaded(
+                f"image decoding: {len(self.waiting)} requests already waiting to decode; retry later",
+                retry_after=self.retry_after_s,
+            )
         waiter = asyncio.get_running_loop().create_future()  # no loop bound at construction
         self.waiting.append(waiter)
         try:
@@ -75,7 +88,7 @@ async def decode_images(
     arrays: list[np.ndarray] = []
     ends: list[int] | None = None
     while ends is None or len(arrays) < len(blobs):
-        await slots.acquire()
+        await slots.acquire(first=ends is None)
         try:  # the hop is not abandoned when the request is: its thread decodes on until it returns
             run, ends = await run_in_threadpool(_next_run, blobs, preprocessing, limits, ends, len(arrays))
         finally:

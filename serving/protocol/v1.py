@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,7 +18,7 @@ from serving.errors import BadRequest, PayloadTooLarge, ServingError, Unprocessa
 from serving.execution.base import InferRequest
 from serving.execution.entry_config import image_input_problems
 from serving.execution.repository import RepositoryEntry
-from serving.metrics import observed
+from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.image_decodes import ImageLimits, decode_images
 from serving.protocol.images import PNG_SIGNATURE, decode_base64
@@ -26,6 +26,7 @@ from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
 from serving.protocol.repository_index import ready_together
 from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
+from serving.protocol.translate import until_client_leaves
 from serving.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["friendly"])
@@ -146,9 +147,10 @@ async def classify(
     blobs, top_k = await _read_images(request, settings)
     if top_k > settings.max_top_k:
         raise UnprocessableInput(f"top_k {top_k} exceeds the limit of {settings.max_top_k}")
-    pre = entry.kiln.get("preprocessing", {})
-    arrays = await decode_images(request.app.state.image_decodes, blobs, pre, image_limits(settings))
-    scores = await _infer_scores(entry, arrays, backend, metrics)
+    work = _decoded_scores(request, entry, blobs, backend, metrics, settings)
+    scores = await until_client_leaves(request, work)
+    if scores is None:
+        return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
     labels = next(iter(entry.labels.values()), [])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     predictions = [
@@ -156,6 +158,27 @@ async def classify(
         for row, row_scores in zip(order, scores, strict=True)
     ]
     return ClassifyResponse(model=name, predictions=predictions)
+
+
+async def _decoded_scores(
+    request: Request,
+    entry: RepositoryEntry,
+    blobs: list[bytes],
+    backend,
+    metrics: GatewayMetrics,
+    settings: Settings,
+) -> np.ndarray:
+    """The images decoded and scored, the work :func:`until_client_leaves` drops when the client
+    leaves (before, a departed client's images were decoded, queued and run for nobody, and counted a
+    success); one that leaves before its images reach the model is a 499 here (:func:`observed`
+    counts it from there)."""
+    pre = entry.kiln.get("preprocessing", {})
+    try:
+        arrays = await decode_images(request.app.state.image_decodes, blobs, pre, image_limits(settings))
+    except asyncio.CancelledError as gone:
+        metrics.refused(entry.name, gone, CLIENT_LEFT)
+        raise
+    return await _infer_scores(entry, arrays, backend, metrics)
 
 
 def image_limits(settings: Settings) -> ImageLimits:
