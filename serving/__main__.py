@@ -224,19 +224,25 @@ def _bracketed_client(record: logging.LogRecord) -> str | None:
     return str(record.msg) % (f"[{host}]:{port}", *record.args[1:])
 
 
-def _start_logging(level: str) -> None:
+def _start_logging(level: str, log_format: str = "text") -> None:
     """The gateway process's logging at ``level``: its own lines and uvicorn's (log_config=None in
     :func:`_uvicorn_config`: uvicorn's went out in a format of its own, without a time) in
-    :data:`LOG_FORMAT`, whose process id tells the workers of ``--workers`` apart; the access lines on
-    stdout as uvicorn writes them, the rest on stderr; Python warnings, and a thread that dies of an
-    exception (a batch or decode thread, named after its model), logged as any record is (both were
-    printed raw on stderr). Nothing changes where the root logger has handlers already."""
+    :data:`LOG_FORMAT` (``log_format`` json: one JSON object a line, :mod:`serving.log_json`), whose
+    process id tells the workers of ``--workers`` apart; the access lines on stdout as uvicorn writes
+    them, the rest on stderr; Python warnings, and a thread that dies of an exception (a batch or decode
+    thread, named after its model), logged as any record is (both were printed raw on stderr). Nothing
+    changes where the root logger has handlers already."""
     from uvicorn.config import LOG_LEVELS
 
     logging.addLevelName(LOG_LEVELS["trace"], "TRACE")  # uvicorn's level below DEBUG, named as it names it
     if logging.getLogger().handlers:  # logging set up by whoever runs main() (pytest, an embedding program)
         return
-    formatter = LogLine(LOG_FORMAT)
+    formatter: logging.Formatter = LogLine(LOG_FORMAT)
+    if log_format == "json":
+        from serving.log_json import JsonLine, log_uncaught
+
+        formatter = JsonLine(traceback=formatter)
+        sys.excepthook = log_uncaught  # a crash's traceback one JSON line too, not dozens of raw ones
     errors = logging.StreamHandler(sys.stderr)
     errors.setFormatter(formatter)
     logging.basicConfig(level=LOG_LEVELS[level], handlers=[errors])
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     # before anything imports grpc: its core reads GRPC_EXPERIMENTS once, when it starts
     grpc_io.choose(settings.grpc_io)  # the gRPC server's start-up line shows what grpc read
-    _start_logging(settings.log_level)
+    _start_logging(settings.log_level, settings.log_format)
     if not settings.reuse_port:  # the parent raises it, and says so, for its workers too
         from serving.open_files import check_open_file_limit
 

@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="log level (uvicorn's names)"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="log line format: text (DATE TIME LEVEL [pid] logger: message) or json (one JSON "
+        "object a line, for Loki, ELK or Cloud Logging: time, level, severity, logger, message, pid, "
+        "exception; access lines' client, method, path, http_version and status as fields too)",
+    )
     workers: int = Field(
         1, ge=1, description="gateway processes sharing the ports (SO_REUSEPORT); see serving/workers.py"
     )
@@ -324,7 +330,14 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "backend", "triton_translate", "grpc_server", "grpc_io", "cpu_policy", "log_level", mode="before"
+        "backend",
+        "triton_translate",
+        "grpc_server",
+        "grpc_io",
+        "cpu_policy",
+        "log_level",
+        "log_format",
+        mode="before",
     )
     @classmethod
     def _lower_choice(cls, value: object) -> object:
