@@ -77,6 +77,28 @@ def check_not_foreign(entry_dir: Path) -> None:
             )
 
 
+def check_nothing_unlisted(entry_dir: Path) -> None:
+    """Refuse to replace or remove an existing entry holding files its kiln.json does not list: export
+    wrote none of them (every file it writes is hashed into ``artifacts``), so they are someone's own,
+    most likely a version directory added by hand (``2/model.onnx``, Triton's way to keep version 1
+    and serve 2), and replacing the entry whole deleted it without a word."""
+    meta = read_kiln_json(entry_dir) or {}
+    listed = meta.get("artifacts")
+    if not entry_dir.is_dir() or not isinstance(listed, dict):
+        return
+    files = (p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
+    unlisted = sorted(
+        rel for rel in (p.relative_to(entry_dir).as_posix() for p in files) if rel not in listed
+    )
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise RepositoryError(
+            f"{entry_dir} holds files export did not write ({shown}: a version added by hand?), which "
+            "replacing the entry would delete: move them to an entry or a repository of their own, then "
+            "export again (docs/kiln-json.md, 'Versions')"
+        )
+
+
 def hash_artifacts(entry_dir: Path) -> dict[str, str]:
     """sha256 of every file of the entry except kiln.json, by relative POSIX path."""
     files = sorted(p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
@@ -210,6 +232,7 @@ def write_entry(
     final = repository / name
     sweep_leftovers(repository, name)
     check_not_foreign(final)
+    check_nothing_unlisted(final)
     if final.exists() and not overwrite:
         raise RepositoryError(f"{final} exists; use --force to rebuild it")
     area = staging_area(repository)
@@ -398,6 +421,7 @@ def remove_entry(repository: Path, name: str) -> bool:
     if not entry.exists():
         return False
     check_not_foreign(entry)
+    check_nothing_unlisted(entry)
     area = staging_area(repository)
     area.mkdir(exist_ok=True)
     gone = area / f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -21,6 +21,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native_decoder, step_spec
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.decoding.translator import FUSED_ATTENTION, OUTPUTS, Translator, translator_from_entry
+from serving.execution.repository import check_not_replaced
 
 log = logging.getLogger("serving.decoding.translator")  # the translators' log, whichever part writes it
 
@@ -71,6 +72,8 @@ class TranslatorPool:
                     observer=self.observer,
                     more_runners=pair,
                 )
+                for read in (entry, self.repository.get(encoder), self.repository.get(decoder)):
+                    check_not_replaced(read)  # its graphs and tokenizers were opened from these
                 self.translators[name] = translator  # stopped by stop() even if its start fails half-way
                 await translator.start()
                 if self.observer is not None:  # read at a scrape: nothing per request

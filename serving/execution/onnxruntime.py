@@ -40,6 +40,7 @@ from serving.execution.repository import (
     ONNX_PLATFORMS,
     Repository,
     RepositoryEntry,
+    check_not_replaced,
     version_problem,
 )
 from serving.execution.runner import session_runner
@@ -320,6 +321,7 @@ class OnnxRuntimeBackend:
             ]
             for session in lone:  # planned before the first lone request
                 warm_up(session, 1, entry.name)
+        check_not_replaced(entry)  # an export meanwhile: the graph opened may be the new one
         log.info(
             "model %s version %s: provider %s, device %s, buckets %s, lone-request threads %s, weights %s",
             entry.name,

@@ -9,6 +9,7 @@ whole gateway (as Triton does). Reading an entry's files is in :mod:`serving.exe
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class RepositoryEntry:
     kiln: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> labels
     versions: list[str] = field(default_factory=list)  # ascending, as selected by version_policy
+    kiln_read: str = ""  # the kiln.json read with the config, as canonical JSON (``check_not_replaced``)
 
     @property
     def platform(self) -> str:
@@ -214,10 +216,11 @@ def _listed(names: list[str]) -> str:
 
 
 def load_entry(directory: Path) -> RepositoryEntry:
-    """Parse one model directory."""
-    config = read_config(directory)
+    """Parse one model directory; its kiln.json first, so that ``check_not_replaced`` also tells a
+    config.pbtxt read after an export replaced the entry."""
     kiln_path = directory / "kiln.json"
     kiln = read_kiln(kiln_path) if kiln_path.is_file() else {}
+    config = read_config(directory)
     return RepositoryEntry(
         directory.name,
         directory,
@@ -225,7 +228,33 @@ def load_entry(directory: Path) -> RepositoryEntry:
         kiln,
         entry_labels(directory, config, kiln),
         select_versions(directory, config),
+        _canonical(kiln) if kiln else "",
     )
+
+
+def _canonical(kiln: dict[str, Any]) -> str:
+    return json.dumps(kiln, sort_keys=True)
+
+
+def check_not_replaced(entry: RepositoryEntry) -> None:
+    """Raise once the entry's kiln.json differs from the one read with its config: an export replaced
+    the entry after the gateway read it, so the files opened since (its graph, a translator's
+    tokenizers) may be the new export's under the old config and kiln.json, a new decoder beside an old
+    encoder. Call it after opening them: kiln.json lists every file's sha256, so an unchanged one
+    means the files opened were the ones read with it. An entry without kiln.json is not checked."""
+    read = getattr(entry, "kiln_read", "")  # a backend's own entry type may keep none
+    if not read:
+        return
+    try:
+        now = _canonical(read_kiln(entry.path / "kiln.json"))
+    except (OSError, ValueError):
+        now = ""
+    if now != read:
+        raise ValueError(
+            f"{entry.path} was replaced while the gateway loaded it (an export wrote it meanwhile), so "
+            "its files may not match the config and kiln.json read before: restart the gateway to "
+            "serve the new export"
+        )
 
 
 def exported_before(entry: RepositoryEntry, version: int | None = None) -> bool:
