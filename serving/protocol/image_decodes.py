@@ -89,12 +89,31 @@ async def decode_images(
     ends: list[int] | None = None
     while ends is None or len(arrays) < len(blobs):
         await slots.acquire(first=ends is None)
-        try:  # the hop is not abandoned when the request is: its thread decodes on until it returns
-            run, ends = await run_in_threadpool(_next_run, blobs, preprocessing, limits, ends, len(arrays))
+        hop = asyncio.ensure_future(
+            run_in_threadpool(_next_run, blobs, preprocessing, limits, ends, len(arrays))
+        )
+        try:
+            run, ends = await asyncio.shield(hop)
         finally:
-            slots.release()
+            _release_when_done(slots, hop)
         arrays.extend(run)
     return arrays
+
+
+def _release_when_done(slots: DecodeSlots, hop: asyncio.Future[Any]) -> None:
+    """The hop's slot released once its thread returns: a request cancelled mid-hop (its client left,
+    or the server stops) leaves at once, but its thread decodes on, and a slot freed at the cancel let
+    the next request decode beside it (more decodes at once than the slots, each up to ~90 MB)."""
+    if hop.done():
+        slots.release()
+        return
+
+    def finished(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: nobody waits for the result of a request that left
+        slots.release()
+
+    hop.add_done_callback(finished)
 
 
 def _next_run(
