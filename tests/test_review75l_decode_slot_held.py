@@ -5,7 +5,6 @@ client-left watch was added for) ran more decodes at once than --image-decodes."
 
 from __future__ import annotations
 
-import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, build_classifier_repository
 from tests.test_decode_g_image_slots import CLASSIFY, GatedDecoder, body, decoder, png  # noqa: F401
+from tests.test_overload_e_classify_client_left import _raw_request
 from tests.waiting import DEADLINE_S, eventually
 
 MODEL = "lenet"
@@ -24,12 +24,6 @@ MODEL = "lenet"
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     return build_classifier_repository(tmp_path_factory.mktemp("review75l") / "repo")
-
-
-def _raw_request(payload: dict) -> bytes:
-    raw = json.dumps(payload).encode()
-    head = f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    return head.encode() + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw
 
 
 def test_a_client_leaving_mid_decode_keeps_the_slot_until_its_decode_returns(
