@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -66,8 +67,18 @@ def _message(record: logging.LogRecord, access: dict[str, Any] | None) -> str:
         if access:
             return str(record.msg) % tuple(access.values())
         return record.getMessage().rstrip("\n")
-    except (TypeError, ValueError) as error:  # arguments that do not fit: the record is still written
-        return f"{record.msg!s} {record.args!r} (unformattable: {error})"
+    except Exception as error:  # noqa: BLE001 - any record is still written as one line of JSON
+        # arguments that do not fit (a %(key)s missing from a dict: KeyError) or whose str() fails:
+        # logging's own report of a formatter's error was a raw traceback, a line a frame
+        return f"{_shown(record.msg, str)} {_shown(record.args, repr)} (unformattable: {_shown(error, repr)})"
+
+
+def _shown(value: object, show: Callable[[object], str]) -> str:
+    """``show(value)``, or the type's name and id where that raises: a message of its own never fails."""
+    try:
+        return show(value)
+    except Exception:  # noqa: BLE001 - an object's __str__ or __repr__ may raise anything
+        return object.__repr__(value)
 
 
 def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
