@@ -88,7 +88,9 @@ def check_nothing_unlisted(entry_dir: Path) -> None:
         return
     files = (p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
     unlisted = sorted(
-        rel for rel in (p.relative_to(entry_dir).as_posix() for p in files) if rel not in listed
+        rel
+        for rel in (p.relative_to(entry_dir).as_posix() for p in files)
+        if rel not in listed and not _bytecode_cache(rel)
     )
     if unlisted:
         shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
@@ -97,6 +99,13 @@ def check_nothing_unlisted(entry_dir: Path) -> None:
             "replacing the entry would delete: move them to an entry or a repository of their own, then "
             "export again (docs/kiln-json.md, 'Versions')"
         )
+
+
+def _bytecode_cache(rel: str) -> bool:
+    """Whether ``rel`` is in a ``__pycache__``: Python's own, which Triton's python backend writes beside
+    a translator's model.py and its beam search modules as it imports them from a writable repository;
+    replacing the entry deletes nothing of anyone's (the next import writes it again)."""
+    return "__pycache__" in rel.split("/")
 
 
 def hash_artifacts(entry_dir: Path) -> dict[str, str]:
