@@ -27,6 +27,7 @@ RANKS = {
     "serving.app": 4,
     "serving.lifespan": 4,  # what the app's lifespan opens: repository, backend, gRPC server
     "serving.__main__": 5,
+    "serving.log_json": 5,  # --log-format json: the formatter __main__ sets up
     "serving.workers": 5,  # several gateway processes on one port, started by __main__
     "serving.triton": 5,
 }
