@@ -4,6 +4,7 @@ that several test modules read, built once for all the run's workers (``tests/se
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -15,6 +16,17 @@ import pytest
 import torch
 
 import kiln  # noqa: F401  - first: gRPC's fork support off before any test uses gRPC (kiln/__init__.py)
+from tests.hermetic_env import drop_kiln_settings
+
+# the shell's KILN_* settings (a developer's KILN_LOG_FORMAT=json, KILN_WORKERS=2) no longer reach the
+# gateways, kernels and trainers the tests start: before any test module is imported
+DROPPED_SETTINGS = drop_kiln_settings(os.environ)
+
+
+def pytest_report_header() -> str | None:
+    if DROPPED_SETTINGS:
+        return "ignored from the environment (tests/hermetic_env.py): " + ", ".join(DROPPED_SETTINGS)
+    return None
 
 
 @pytest.fixture(scope="session", autouse=True)
