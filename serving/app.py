@@ -297,11 +297,20 @@ class GatewayServer(uvicorn.Server):
         if self.force_exit and self.started and self._loop is not None:
             self._loop.call_soon_threadsafe(self._quit_at_once)  # a signal handler may not touch the loop
         if not self.started:
-            backend = getattr(getattr(self.config.app, "state", None), "backend", None)
-            stop_loading = getattr(backend, "stop_loading", None)
-            if stop_loading is not None:
-                self.stopped_loading_by = self.stopped_loading_by or sig
-                stop_loading()
+            self._stop_loading(sig)
+
+    def _stop_loading(self, sig: int) -> None:
+        """A stop signal before the server serves: the backend stops loading models, and one not made
+        yet (the repository still being read, the backend's modules imported) stops before its first
+        (``stop_asked``, read by :func:`serving.lifespan.start_parts`): it loaded every model first."""
+        state = getattr(self.config.app, "state", None)
+        if state is None:
+            return
+        state.stop_asked = True
+        self.stopped_loading_by = self.stopped_loading_by or sig
+        stop_loading = getattr(getattr(state, "backend", None), "stop_loading", None)
+        if stop_loading is not None:
+            stop_loading()
 
     stopped_loading_by: int | None = None  # the signal that stopped the models' loading
 

@@ -88,6 +88,9 @@ async def start_parts(app: FastAPI, settings: Settings, given: Backend | None, p
         # repository need not hold)
         state.metrics.repository = state.backend
         parts.on_stop("the backend and its translators", state.backend.stop)
+        stop_loading = getattr(state.backend, "stop_loading", None)  # a backend that loads models
+        if getattr(state, "stop_asked", False) and stop_loading is not None:  # a stop before it was made
+            stop_loading()
         await state.backend.start()
     with parts.starting(f"the gRPC server (--grpc-port {settings.grpc_port})"):
         grpc_handle = await start_grpc(
