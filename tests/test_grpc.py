@@ -622,6 +622,7 @@ def test_kilns_grpc_connections_probe_their_peer_with_tcp_keepalive(loop) -> Non
     handle = loop.run(start_grpc_server(FakeBackend(), "127.0.0.1", 0, server="kiln"))
     try:
         with socket.create_connection(("127.0.0.1", handle.port)) as client:
+            client.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # its SETTINGS answer the client's preface
             client.recv(9)  # the server's SETTINGS: its side of the connection is made
             (connection,) = handle.server.connections
             sock = connection.transport.get_extra_info("socket")

@@ -39,6 +39,7 @@ from serving.protocol import h2_wire as w
 from serving.protocol.grpc_call import Call, Handler
 from serving.protocol.h2_calls import Calls
 from serving.protocol.h2_control import RESET_BURST, WINDOW_CHANGE_BURST, ControlFrames
+from serving.protocol.h2_misdirected import misdirected
 from serving.protocol.h2_requests import (
     CONNECTION_WINDOW,
     FRAME_SIZE,
@@ -75,6 +76,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         self.reserved = 0  # h2_watch's: the body budget held for the DATA frame in the buffer
         self.skip = 0  # h2_watch's: bytes still to drop of a DATA frame nobody will read
         self.preface = False
+        self.greeted = False  # the server's SETTINGS are written (_greet)
         self.handshake: asyncio.TimerHandle | None = None
         self.decoder = w.HeaderDecoder(max_list_size=MAX_HEADER_LIST, check=w.request_problem)
         self.calls: dict[int, Call] = {}
@@ -126,13 +128,33 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
         keep_alive(transport.get_extra_info("socket"))
         self.server.connections.add(self)
         self.handshake = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._no_preface)
+
+    def _greet(self) -> None:
+        """Write the server's preface (SETTINGS, then the connection's window), once: only once the
+        client's first bytes have arrived (RFC 9113 3.4 lets it wait), so that a client that is not
+        HTTP/2 can be answered in its own protocol (h2_misdirected) rather than read binary first."""
+        if self.greeted:
+            return
+        self.greeted = True
         settings = {
             w.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             w.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             w.MAX_FRAME_SIZE: FRAME_SIZE,
             w.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
         }
-        transport.write(w.settings_frame(settings) + w.window_update(0, CONNECTION_WINDOW - w.DEFAULT_WINDOW))
+        window = w.window_update(0, CONNECTION_WINDOW - w.DEFAULT_WINDOW)
+        self.transport.write(w.settings_frame(settings) + window)
+
+    def _not_http2(self, data: bytes) -> None:
+        """Tell a client whose first bytes are not the HTTP/2 preface (an HTTP/1.1 request, TLS, a
+        PROXY header: a port mixed up) what this port is, in its protocol where it has one, then close."""
+        what, answer = misdirected(data)
+        log.warning("closing a gRPC connection from %s: %s", self.client, what)
+        if answer is None:
+            self._greet()
+            answer = w.goaway(0, w.PROTOCOL_ERROR, what)
+        self.transport.write(answer)
+        self._close_quietly()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -191,17 +213,15 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
                 self.server.budget.give(self.reserved)
                 self.reserved = 0
         if not self.preface:
-            if len(data) < len(w.PREFACE):
-                if w.PREFACE.startswith(data):
-                    self.buffer = bytearray(data)
-                else:
-                    self._close_quietly()
+            if len(data) < len(w.PREFACE) and w.PREFACE.startswith(data):
+                self.buffer = bytearray(data)
                 return
             if not data.startswith(w.PREFACE):
-                self._close_quietly()  # not HTTP/2 with prior knowledge: nothing to answer in
+                self._not_http2(data)  # not HTTP/2 with prior knowledge
                 return
             self.preface, data = True, data[len(w.PREFACE) :]
             self.handshake.cancel()
+            self._greet()
         try:
             self._frames(data)
         except w.H2Error as error:
@@ -288,6 +308,7 @@ class Connection(RequestFrames, ControlFrames, PartialCalls, Calls, StreamCalls,
 
     def goaway(self) -> None:
         """Stop taking calls (server shutdown): those open finish, new ones are refused."""
+        self._greet()  # SETTINGS come first, even to a client whose preface has not arrived
         self._write(w.goaway(self.last_stream, w.NO_ERROR))
 
     def _maybe_idle(self) -> None:

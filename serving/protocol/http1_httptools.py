@@ -21,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from serving.metric_families import CLIENT_LEFT
+from serving.protocol.h2_misdirected import not_http1
 from serving.protocol.http1_heads import (
     LINGER_S,
     MAX_HEAD_BYTES,
@@ -215,6 +216,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             except httptools.HttpParserError as error:
                 if data.startswith(H2_PREFACE_LINE):  # a gRPC client (HTTP/2) on the HTTP port
                     self._refuse_head(505, H2_ON_HTTP1)
+                elif self.cycle is None and (wrong := not_http1(data)) is not None:  # TLS, PROXY
+                    self.send_400_response(wrong)
                 elif isinstance(error.__context__, httptools.HttpParserInvalidURLError):
                     # raised in uvicorn's on_headers_complete (llhttp names it "User callback
                     # error"): a target it could not read (CONNECT's host:port, "http://["). A head
