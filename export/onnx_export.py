@@ -141,14 +141,26 @@ def simplify(path: Path) -> None:
 
 
 def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) -> None:
-    """Save as one file, or with a ``<name>.data`` side file above the size threshold."""
+    """Save as one file, or with a ``<name>.data`` side file when ``external`` or when the model's
+    tensors exceed :data:`EXTERNAL_DATA_THRESHOLD`. The callers that passed nothing (quantization's
+    prepared graph, the fp16 graph) wrote a model over protobuf's 2 GiB as one file that onnx saves
+    without a word and nothing can parse back ("Unable to parse proto" from the quantizer)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     data = Path(f"{path}.data")
     if data.exists():
         data.unlink()
+    external = external or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
     )
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the model's tensors held in memory (initializers, constants, attributes),
+    counted tensor by tensor: each is under protobuf's 2 GiB where the whole model may not be."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(t.ByteSize() for t in _get_all_tensors(model))
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -83,8 +83,16 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "im
     CalibrationDataReader.register(ImageCalibrationReader)
     dst.parent.mkdir(parents=True, exist_ok=True)
     prepared = dst.with_name("prepared.onnx")
+    big = keeps_external_data(src)
     try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(
+            str(src),
+            str(prepared),
+            skip_symbolic_shape=True,
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            external_data_location=f"{prepared.name}.data",
+        )
     except Exception as exc:  # noqa: BLE001 - pre-processing only improves quantization
         log.warning("quant_pre_process failed (%s); quantizing the graph as it is", exc)
         save_model(onnx.load(str(src)), prepared)
@@ -102,9 +110,10 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "im
             per_channel=True,
             reduce_range=STATIC_REDUCE_RANGE,
             nodes_to_exclude=output_producers(model),
+            use_external_data_format=big,
         )
     finally:
-        prepared.unlink(missing_ok=True)
+        remove_graph(prepared)
     onnx.checker.check_model(str(dst), full_check=True)
     return dst
 
@@ -247,11 +256,34 @@ def to_int8_dynamic(src: Path, dst: Path) -> Path:
     save_model(model, prepared)
     try:
         with without_pre_process_advice():
-            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+            quantize_dynamic(
+                str(prepared),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                use_external_data_format=keeps_external_data(prepared),
+            )
     finally:
-        prepared.unlink(missing_ok=True)
+        remove_graph(prepared)
     onnx.checker.check_model(str(dst), full_check=True)
     return dst
+
+
+def keeps_external_data(path: Path) -> bool:
+    """Whether the graph at ``path`` keeps tensors in external files (a model over
+    :data:`export.onnx_export.EXTERNAL_DATA_THRESHOLD`): the quantizers then write their
+    intermediate graphs the same way, as one file over protobuf's 2 GiB could not be read back."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in _get_all_tensors(model))
+
+
+def remove_graph(path: Path) -> None:
+    """Remove an intermediate graph and the ``<name>.data`` file :func:`save_model` may have written
+    beside it (as large as the model's weights)."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.data").unlink(missing_ok=True)
 
 
 def at_most(value: float, bound: float) -> bool:

@@ -29,6 +29,8 @@ ROWS_MIN = 8  # the smallest rows bucket
 # (ResidentDecoder.prepare); a longer source or search grows them. Sources are narrower than cache
 # columns: each joining sentence's encoder rows are copied over at the source width.
 SOURCE_MIN, COLUMNS_MIN = 32, 128
+# where ONNX Runtime reads the external data of a model given as bytes (1.17+; they have no path)
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 CAPTURE_RUNS = 3  # runs of each graph a warm-up makes: the regular ones before a capture, then the capture
 
 
@@ -46,7 +48,9 @@ def static_model(path: Path | str, sizes: dict[str, int]) -> bytes:
     arithmetic, and every node runs on the CUDA provider, as a CUDA graph needs."""
     import onnx
 
-    model = onnx.load(str(path))
+    # its external weights stay where they are (ResidentDecoder.session points ONNX Runtime at them):
+    # pulled in, a decoder over protobuf's 2 GiB could not be serialized, and each layout held a copy
+    model = onnx.load(str(path), load_external_data=False)
     for value in [*model.graph.input, *model.graph.output]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
@@ -236,7 +240,11 @@ class ResidentDecoder:
         )
 
     def session(self, model: bytes) -> Any:
-        return self.ort.InferenceSession(model, self._options(), providers=self.providers)
+        """A session of a graph given as bytes (:func:`static_model`, :func:`advance_model`), whose
+        external weights, if any, ONNX Runtime reads beside the decoder's file."""
+        options = self._options()
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(self.model_file.parent))
+        return self.ort.InferenceSession(model, options, providers=self.providers)
 
 
 def _without_graphs(provider: Any) -> Any:
