@@ -21,6 +21,9 @@ from export.specs import GraphSpec
 log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
+# The TensorRT major version whose builder API this module is written to: weakly typed networks, fp16
+# through BuilderFlag.FP16 (deprecated in 10.12, removed in 11). A newer major is skipped with a reason.
+SUPPORTED_MAJOR = 10
 MODES = ("auto", "off", "on")
 # The precisions an engine is built in. Not int8: TensorRT's ONNX parser takes Q/DQ as symmetric int8
 # only (a DequantizeLinear's zero point must be 0; a uint8 one is read as int8), and the int8 entry's
@@ -60,9 +63,17 @@ def optimization_profile(spec: GraphSpec) -> list[Profile]:
 def unavailable_reason() -> str | None:
     """Why TensorRT engines cannot be built here, or None when they can."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return "TensorRT skipped: the tensorrt Python package is not installed (install the gpu extra)"
+    version = str(getattr(tensorrt, "__version__", ""))
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) > SUPPORTED_MAJOR:
+        return (
+            f"TensorRT skipped: tensorrt {version} is installed, and Kiln builds engines with TensorRT "
+            f"{SUPPORTED_MAJOR}'s API (fp16 through BuilderFlag.FP16, which TensorRT 11 removed); "
+            f"install tensorrt<{SUPPORTED_MAJOR + 1} (the gpu extra, constraints/gpu.txt)"
+        )
     try:
         import torch
 
