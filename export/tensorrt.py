@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
 # The TensorRT major version whose builder API this module is written to: weakly typed networks, fp16
-# through BuilderFlag.FP16 (deprecated in 10.12, removed in 11). A newer major is skipped with a reason.
+# through BuilderFlag.FP16 (deprecated in 10.12, removed in 11), and networks explicit-batch without a
+# flag (create_network(0): before 10 that is an implicit-batch network, which the ONNX parser refuses).
+# Another major is skipped with a reason.
 SUPPORTED_MAJOR = 10
 MODES = ("auto", "off", "on")
 # The precisions an engine is built in. Not int8: TensorRT's ONNX parser takes Q/DQ as symmetric int8
@@ -68,11 +70,13 @@ def unavailable_reason() -> str | None:
         return "TensorRT skipped: the tensorrt Python package is not installed (install the gpu extra)"
     version = str(getattr(tensorrt, "__version__", ""))
     major = version.split(".")[0]
-    if major.isdigit() and int(major) > SUPPORTED_MAJOR:
+    if major.isdigit() and int(major) != SUPPORTED_MAJOR:
+        newer = int(major) > SUPPORTED_MAJOR
+        why = "BuilderFlag.FP16, which TensorRT 11 removed" if newer else "explicit-batch networks by default"
         return (
             f"TensorRT skipped: tensorrt {version} is installed, and Kiln builds engines with TensorRT "
-            f"{SUPPORTED_MAJOR}'s API (fp16 through BuilderFlag.FP16, which TensorRT 11 removed); "
-            f"install tensorrt<{SUPPORTED_MAJOR + 1} (the gpu extra, constraints/gpu.txt)"
+            f"{SUPPORTED_MAJOR}'s API ({why}); install tensorrt=={SUPPORTED_MAJOR}.* "
+            f"(tensorrt<{SUPPORTED_MAJOR + 1} in the gpu extra, constraints/gpu.txt)"
         )
     try:
         import torch
