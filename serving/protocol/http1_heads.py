@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from serving.protocol.lean import ANSWERED_BY_PROTOCOL
+from serving.protocol.send_watch import peer_name
 
 try:
     from fcntl import ioctl
@@ -325,7 +326,7 @@ class HeadLimits:
         answering = self._answering()
         self._stop_watch()
         if status != 408:
-            peer = "%s:%d" % self.client if self.client else "a client"  # noqa: UP031 - uvicorn's form
+            peer = peer_name(self.client) if self.client else "a client"
             self.logger.warning("refused a request from %s: %s", peer, message)
         if answering:
             self.transport.close()

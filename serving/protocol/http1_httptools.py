@@ -34,7 +34,7 @@ from serving.protocol.http1_writes import JOIN_BYTES, CoalescedWrites
 from serving.protocol.lean import ANSWERED_BY_PROTOCOL, LeanRoutes
 from serving.protocol.limits import BODY_HOLD, BodyHold
 from serving.protocol.request_values import stated_size
-from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch
+from serving.protocol.send_watch import SEND_TIMEOUT_S, SendWatch, unmapped
 
 # HTTP/2 with prior knowledge (a gRPC client) opens with this line: httptools calls it a malformed
 # request ("Pause on PRI/Upgrade"); it is the wrong port, and HTTP/2 the version not served here.
@@ -133,6 +133,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.client:  # an IPv4 client of --host :: as its IPv4 address (access lines, proxies)
+            self.client = unmapped(self.client)  # type: ignore[assignment]
         self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
         # uvicorn arms its keep-alive timer only after a response, so a connection that never sent
         # a request was held (a socket and a file descriptor) for as long as its client liked; it

@@ -36,8 +36,24 @@ def client_address(transport: Any) -> str:
     peer = extra_info("peername") if extra_info is not None else None
     if not isinstance(peer, tuple) or len(peer) < 2:
         return "a client"
-    host = str(peer[0])
-    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return peer_name(peer)
+
+
+def peer_name(peer: tuple[Any, ...]) -> str:
+    """``host:port`` of a socket's peer address, an IPv6 host in brackets (``[::1]:59496``: ``::1:59496``
+    does not say which part is the port) and an IPv4 client of a dual-stack socket as its IPv4 address."""
+    host, port = unmapped(peer)[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def unmapped(peer: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``peer`` with an IPv4-mapped IPv6 host (``::ffff:10.0.0.5``, an IPv4 client of a socket bound to
+    ``::`` for both families) written as the IPv4 address it is, as Go's servers write it: the same
+    client then reads the same in HTTP and gRPC lines, and uvicorn's trusted proxies (127.0.0.1) match."""
+    host = peer[0]
+    if isinstance(host, str) and host[:7].lower() == "::ffff:" and "." in host:
+        return (host[7:], *peer[1:])
+    return peer
 
 
 class SendWatch:
