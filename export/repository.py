@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kiln.cli import listed
 from kiln.versions import EXPORT_VERSION, current_version  # noqa: F401 - export writes it (results.settings)
 from training.checkpoint import file_sha256
 
@@ -83,17 +84,17 @@ def check_nothing_unlisted(entry_dir: Path) -> None:
     most likely a version directory added by hand (``2/model.onnx``, Triton's way to keep version 1
     and serve 2), and replacing the entry whole deleted it without a word."""
     meta = read_kiln_json(entry_dir) or {}
-    listed = meta.get("artifacts")
-    if not entry_dir.is_dir() or not isinstance(listed, dict):
+    artifacts = meta.get("artifacts")
+    if not entry_dir.is_dir() or not isinstance(artifacts, dict):
         return
     files = (p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
     unlisted = sorted(
         rel
         for rel in (p.relative_to(entry_dir).as_posix() for p in files)
-        if rel not in listed and not _bytecode_cache(rel)
+        if rel not in artifacts and not _bytecode_cache(rel)
     )
     if unlisted:
-        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        shown = listed(unlisted, 3)
         raise RepositoryError(
             f"{entry_dir} holds files export did not write ({shown}: a version added by hand?), which "
             "replacing the entry would delete: move them to an entry or a repository of their own, then "

@@ -101,3 +101,10 @@ def log_handler(
         handler = logging.StreamHandler(plain_stream or console.file)
         handler.setFormatter(logging.Formatter(plain, "%H:%M:%S"))
     return handler
+
+
+def listed(items: list[str], shown: int) -> str:
+    """The first ``shown`` of ``items`` joined with commas, and how many more there are (an error line
+    that names what it refuses without printing hundreds of names)."""
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" and {more} more" if more > 0 else "")

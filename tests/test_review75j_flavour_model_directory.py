@@ -6,7 +6,6 @@ model.onnx") and its ``model.py`` opened the directory."""
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,11 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from google.protobuf import json_format
 
-from serving.triton.flavour import derive_python_flavour, python_config, read_config
+from serving.triton.flavour import derive_python_flavour
 from tests.test_byo_g_model_directory import _directory_model
 from tests.test_triton_audit import _TensorRequest
+from tests.test_triton_flavour_hunt import initialized_model
 from tests.test_triton_translator_model import stand_in_pb_utils
 
 
@@ -43,16 +42,7 @@ def test_the_python_flavour_wraps_a_model_file_that_is_a_directory(tmp_path: Pat
 def test_the_flavours_model_opens_the_model_onnx_inside_the_directory(
     onnx_model: ModuleType, tmp_path: Path
 ) -> None:
-    entry = _directory_model(tmp_path) / "scaled"
-    config = python_config(read_config(entry / "config.pbtxt"))
-    instance = onnx_model.TritonPythonModel()
-    instance.initialize(
-        {
-            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
-            "model_repository": str(entry),
-            "model_version": "1",
-        }
-    )
+    instance = initialized_model(onnx_model, _directory_model(tmp_path) / "scaled")
     (answer,) = instance.execute([_TensorRequest(x=np.ones((1, 3), np.float32))])
     assert answer.error is None
     assert dict(answer.outputs)["y"].tolist() == [[2.0, 3.0, 4.0]]

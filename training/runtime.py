@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from kiln.cli import listed
 from training.attempt_store import attempt_store
 from training.dist_timeout import dist_timeout_s
 from training.divergence import TrainingDiverged
@@ -326,7 +327,7 @@ def check_all_trained(module: nn.Module, d: Dist) -> None:
         return
     unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
     if unused:
-        shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        shown = listed(unused, 5)
         raise UnusedParameters(
             f"the model's parameter(s) {shown} get no gradient from the training loss (its training "
             "forward does not use them): under torchrun, DistributedDataParallel needs every trainable "
