@@ -65,8 +65,12 @@ def test_a_classify_request_past_max_queue_size_waiting_to_decode_is_a_429_befor
     repository,
     decoder,  # noqa: F811 - the gated decoder fixture
 ) -> None:
-    settings = Settings(model_repository=repository, grpc_port=0, image_decodes=1, max_queue_size=1)
+    settings = Settings(model_repository=repository, grpc_port=0, image_decodes=1, max_queue_size=8)
     app = create_app(settings)
+    assert app.state.image_decodes.max_waiting == 8, "the decode queue is bounded by --max-queue-size"
+    # one waiting request fills it: set here, not through --max-queue-size 1, which would also bound the
+    # model's queue, where the two admitted requests may meet (a 429 of its own for the second, by race)
+    app.state.image_decodes.max_waiting = 1
     metrics = app.state.metrics
     with LiveServer(app) as live, ThreadPoolExecutor(2) as pool:
 
