@@ -77,6 +77,9 @@ class DecodingScheduler:
         self._batch = self._new_batch()  # decode thread only; keys: (job, sentence index)
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
         self._steps = 0  # decoder steps run (written by the decode thread)
+        # failures of a server that cannot serve now, logged since the last call that worked (decode
+        # thread): a Triton that is down failed every batch, a warning each
+        self._outage_said: set[str] = set()
         self._left = 0  # sentences that left the batch at the last step (decode thread)
         self._grown = False  # steps ran since the decode state was last released (decode thread)
         self.releases = 0  # idle spells that released decode state (decode thread; tests, logs)
@@ -284,8 +287,9 @@ class DecodingScheduler:
                     self._admit()
                     if self._batch.size:
                         self._step()
+                        self._outage_said.clear()
                 except Exception as exc:  # noqa: BLE001 - a failing model call fails its requests, not the loop
-                    _log_failure(exc, "translator %s: decoding failed", self.name)
+                    _log_failure(exc, self._outage_said, "translator %s: decoding failed", self.name)
                     error = _failure(
                         exc,
                         f"translator {self.name!r} failed: {type(exc).__name__}: {exc}",
@@ -403,7 +407,7 @@ class DecodingScheduler:
             configs, lengths = [job.config for job, _ in picked], [len(s) + 1 for s in sources]
             self._batch.join(picked, encoded, configs, lengths)
         except Exception as exc:  # noqa: BLE001 - an encoder call that fails or cannot join fails its requests
-            _log_failure(exc, "translator %s: encoder failed", self.name)
+            _log_failure(exc, self._outage_said, "translator %s: encoder failed", self.name)
             for job in {job for job, _ in picked}:  # taken off the queue: answered here or never
                 failed = f"translator {self.name!r} encoder failed: {exc}"
                 self._post(job, _failure(exc, failed, self.name, self.config.retry_after_s), "failure")
@@ -411,6 +415,7 @@ class DecodingScheduler:
                 raise
             return
         self._reserved += sum(job.config.beam_size for job, _ in picked)
+        self._outage_said.clear()
 
     def _step(self) -> None:
         """Drop answered requests' rows, one decoder + search step, answer requests all of whose
@@ -464,6 +469,7 @@ class DecodingScheduler:
 # A backend's errors saying its server cannot serve now (Triton unreachable: 503 with Retry-After; its
 # queue full: 429; its deadline: 504): answered as they are, and no fault of the gateway's code.
 NOT_SERVING_NOW = (Unavailable, Overloaded, DeadlineExceeded)
+OUTAGE_LINES = 64  # distinct failure lines a scheduler remembers as logged in one outage
 
 
 def _failure(exc: Exception, message: str, name: str, retry_after_s: float) -> ServingError:
@@ -480,11 +486,16 @@ def _failure(exc: Exception, message: str, name: str, retry_after_s: float) -> S
     return ServingError(message)
 
 
-def _log_failure(exc: Exception, message: str, *args: object) -> None:
+def _log_failure(exc: Exception, said: set[str], message: str, *args: object) -> None:
     """Log a failed encoder or decoder call: a server that cannot serve now in one warning line (a
     Triton that is down failed every batch, and a traceback each flooded the log with the same
-    frames), anything else with its traceback, as the batcher logs a batch that failed."""
+    frames), once an outage (``said``: the lines logged since a call worked; repeats go to debug),
+    anything else with its traceback, as the batcher logs a batch that failed."""
     if isinstance(exc, (*NOT_SERVING_NOW, ModelNotFound)):  # ModelNotFound: an entry unloaded
-        log.warning(message + ": %s: %s", *args, type(exc).__name__, exc)
+        line = (message + ": %s: %s") % (*args, type(exc).__name__, exc)
+        log.log(logging.DEBUG if line in said else logging.WARNING, "%s", line)
+        if len(said) >= OUTAGE_LINES:  # lines that differ at every call (a deadline's figures): bounded
+            said.clear()
+        said.add(line)
     else:
         log.error(message, *args, exc_info=exc)

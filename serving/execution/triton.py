@@ -86,8 +86,9 @@ class TritonBackend(TritonModels):
         self.repository = repository
         # "scheduler": the gateway's translator pool decodes over this backend's runners.
         self.runs_translators_in_gateway = self.translate_mode == "scheduler"
-        # why Triton was last logged unready (None: since ready): an outage is a line, not one a probe
-        self._unready_said: str | None = None
+        # why Triton was logged unready this outage (empty: since ready): an outage is a line, not one a
+        # probe; a set, as under traffic the reason alternates ("refused", "closed during the call")
+        self._unready_said: set[str] = set()
 
     # -- Backend protocol -------------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ class TritonBackend(TritonModels):
             await self._sync(force=True)
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
-            self._unready_said = error.message
+            self._unready_said = {error.message}
             self._watch()
 
     async def _sync(self, *, force: bool = False, now: bool = False) -> None:
@@ -111,7 +112,7 @@ class TritonBackend(TritonModels):
         ends the outage logged, so that the next one is a line again, whatever its message."""
         await super()._sync(force=force, now=now)
         if self._synced:
-            self._unready_said = None
+            self._unready_said = set()
 
     async def stop(self) -> None:
         self._running = False
@@ -174,15 +175,17 @@ class TritonBackend(TritonModels):
                 return False
             if not self._synced:
                 await self._sync(force=True)
-                self._unready_said = None
+                self._unready_said = set()
                 return True
         except ServingError as error:
             self._synced = False
-            said, self._unready_said = self._unready_said, error.message
-            level = logging.DEBUG if said == error.message else logging.INFO  # said already: debug
+            level = logging.DEBUG if error.message in self._unready_said else logging.INFO  # said: debug
+            if len(self._unready_said) >= 64:  # reasons that differ at every probe: bounded
+                self._unready_said.clear()
+            self._unready_said.add(error.message)
             log.log(level, "Triton not ready: %s", error.message)
             return False
-        self._unready_said = None
+        self._unready_said = set()
         try:  # a ready Triton whose index a probe could not read stays ready on the list it had
             await self._sync()
         except ServingError as error:
