@@ -256,7 +256,9 @@ def test_a_translate_request_over_an_unreachable_triton_logs_one_warning_line_wi
             refused = client.post(f"/v1/models/{NAME}/translate", json={"texts": ["forty-two"]})
             assert refused.status_code == 503, refused.text
     records = _scheduler_records(caplog)
-    assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING]  # one a failed batch
+    # one line an outage: the second failed batch's, the same line, goes to debug (a warning a batch
+    # flooded the log while Triton restarted)
+    assert [r.levelno for r in records] == [logging.WARNING]
     assert all(r.exc_info is None for r in records)  # was a traceback each, at ERROR
     assert all("encoder failed: Unavailable: Triton at" in r.getMessage() for r in records)
 
