@@ -1,6 +1,8 @@
 """A friendly classify request whose client hangs up is dropped, as a translation's is: it leaves the
 image-decode queue at once, none of its images is decoded and it never reaches the model's queue
-(before, it was decoded, queued and run for nobody, and counted a success)."""
+(before, it was decoded, queued and run for nobody, and counted a success); one that leaves while an
+image of its decodes keeps its decode slot until that decode's thread returns (the thread cannot be
+stopped: the slot freed at the hang-up let the next request decode beside it, past --image-decodes)."""
 
 from __future__ import annotations
 
@@ -31,12 +33,17 @@ def _raw_request(payload: dict) -> bytes:
     return head.encode() + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw
 
 
+def _one_decode_slot(repository):  # noqa: ANN001, ANN202
+    """The gateway's app on ``repository`` with one image-decode slot, and its metrics."""
+    app = create_app(Settings(model_repository=repository, grpc_port=0, image_decodes=1))
+    return app, app.state.metrics
+
+
 def test_a_classify_request_whose_client_leaves_while_it_waits_to_decode_is_dropped(
     repository,
     decoder,  # noqa: F811 - the gated decoder fixture
 ) -> None:
-    app = create_app(Settings(model_repository=repository, grpc_port=0, image_decodes=1))
-    metrics = app.state.metrics
+    app, metrics = _one_decode_slot(repository)
     waiting = lambda: len(app.state.image_decodes.waiting)  # noqa: E731
     with LiveServer(app) as live, ThreadPoolExecutor(1) as pool:
         staying = pool.submit(
@@ -57,3 +64,31 @@ def test_a_classify_request_whose_client_leaves_while_it_waits_to_decode_is_drop
     assert metrics.sample("kiln_requests_total", model=MODEL, outcome="success") == 1
     assert metrics.sample("kiln_executed_requests_total", model=MODEL) == 1, "it never reached the model"
     assert metrics.sample("kiln_in_flight_requests", model=MODEL) == 0
+
+
+def test_a_client_leaving_mid_decode_keeps_the_slot_until_its_decode_returns(
+    repository,
+    decoder,  # noqa: F811 - the gated decoder fixture
+) -> None:
+    app, metrics = _one_decode_slot(repository)
+    slots = app.state.image_decodes
+
+    def left() -> bool:
+        return metrics.sample("kiln_request_failures_total", model=MODEL, status="499") == 1
+
+    with LiveServer(app) as live, ThreadPoolExecutor(1) as pool:
+        with socket.create_connection(("127.0.0.1", live.port), timeout=DEADLINE_S) as leaving:
+            leaving.sendall(_raw_request(body(png(GatedDecoder.LARGE))))
+            assert eventually(lambda: decoder.large_waiting == 1), "its image is decoding"
+        assert eventually(left), "its client gone, the request ended as a 499"
+        staying = pool.submit(
+            httpx.post, f"http://{live.url}{CLASSIFY}", json=body(png(7)), timeout=DEADLINE_S
+        )
+        assert eventually(lambda: len(slots.waiting) == 1 or staying.done()), "the next request arrived"
+        assert not staying.done(), "it decoded beside the departed request's decode, past --image-decodes"
+        decoder.permits.release()  # the departed request's decode returns: its slot passes on
+        assert staying.result().status_code == 200, staying.result().text
+    assert decoder.most == 1, "never more decodes at once than --image-decodes"
+    assert slots.free == 1 and not slots.waiting
+    assert metrics.sample("kiln_requests_total", model=MODEL, outcome="success") == 1
+    assert metrics.sample("kiln_requests_total", model=MODEL, outcome="failure") == 1
