@@ -21,8 +21,18 @@ from serving.protocol.tensors import from_bytes, from_json_data, to_bytes, to_js
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "kiln"
-# what the server metadata names, over HTTP and gRPC alike (serving.protocol.statistics: "statistics")
-EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics"]
+# what the server metadata names, over HTTP and gRPC alike (serving.protocol.statistics: "statistics"),
+# each a Triton extension the gateway serves as Triton does: "schedule_policy" the ``priority`` and
+# ``timeout`` request parameters, "parameters" a request's own (a translator's decoding options), as
+# Triton names them; not "sequence", "model_repository" (no load or unload), shared memory, trace, logging
+EXTENSIONS = [
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "schedule_policy",
+    "parameters",
+]
 MAX_TIMEOUT_US = 2**63 - 1  # Triton reads the ``timeout`` parameter as an int64 of microseconds
 # Triton reads an output's ``classification`` count as gRPC's int64_param (its HTTP frontend ignored
 # one past it), and ``--backend triton`` forwards it in one: a larger count was a 500 there
