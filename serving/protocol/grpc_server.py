@@ -17,7 +17,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from serving.execution.base import Backend
 from serving.metrics import GatewayMetrics
-from serving.protocol import grpc_io
+from serving.protocol import grpc_health, grpc_io
+from serving.protocol.grpc_health import HealthServicer
 from serving.protocol.grpc_servicer import InferenceServicer
 from serving.protocol.h2_watch import READ_TIMEOUT_S
 from serving.protocol.limits import BodyBudget
@@ -166,7 +167,8 @@ async def start_grpc_server(
     metrics: GatewayMetrics | None = None,
     balancer: Any = None,
 ) -> GrpcHandle:
-    """Start ``inference.GRPCInferenceService`` on ``host:port`` (port 0 picks a free port).
+    """Start ``inference.GRPCInferenceService`` and gRPC's health service (``grpc.health.v1.Health``:
+    serving.protocol.grpc_health) on ``host:port`` (port 0 picks a free port).
 
     ``reuse_port`` lets several gateway workers share the port; otherwise a busy port is an error.
     ``server`` is Kiln's own HTTP/2 server on this event loop (serving/protocol/grpc_h2.py) or grpcio's
@@ -179,23 +181,30 @@ async def start_grpc_server(
     handed to the worker holding fewest); grpc.aio's are accepted by gRPC core and stay where they land.
     """
     servicer = InferenceServicer(backend, metrics, pieces=server == "kiln")
+    health = HealthServicer(backend)
     if server == "kiln":
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
-        return await _start_kiln_server(servicer, host, port, *limits, balancer)
-    return await _start_grpcio_server(servicer, host, port, max_message_bytes, reuse_port)
+        return await _start_kiln_server(servicer, health, host, port, *limits, balancer)
+    return await _start_grpcio_server(servicer, health, host, port, max_message_bytes, reuse_port)
 
 
 async def _start_grpcio_server(
-    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int, reuse_port: bool
+    servicer: InferenceServicer,
+    health: HealthServicer,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    reuse_port: bool,
 ) -> GrpcHandle:
-    """grpcio's grpc.aio server over ``servicer``, its methods through one generic handler."""
+    """grpcio's grpc.aio server over ``servicer``, its methods through one generic handler (and
+    ``health``'s through another)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),  # answers uncapped, as Kiln's and Triton's
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         *KEEPALIVE_POLICY,
     ]
     aio = grpc.aio.server(options=options)
-    aio.add_generic_rpc_handlers(generic_handlers(servicer))
+    aio.add_generic_rpc_handlers([*generic_handlers(servicer), grpc_health.generic_handler(health)])
     address = join_host_port(host, port)  # gRPC core binds [::] on both families
     try:
         bound = aio.add_insecure_port(address)
@@ -215,6 +224,7 @@ async def _start_grpcio_server(
 
 async def _start_kiln_server(
     servicer: InferenceServicer,
+    health: HealthServicer,
     host: str,
     port: int,
     max_message_bytes: int,
@@ -226,7 +236,10 @@ async def _start_kiln_server(
 ) -> GrpcHandle:
     from serving.protocol.grpc_h2 import H2GrpcServer
 
-    methods, streams = unary_methods(servicer), stream_methods(servicer)
+    methods, streams = (
+        {**unary_methods(servicer), **grpc_health.unary_methods(health)},
+        stream_methods(servicer),
+    )
     limits = (max_message_bytes, read_timeout_s, budget, send_timeout_s)
     server = H2GrpcServer(methods, *limits, streams, balancer)
     try:
