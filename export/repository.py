@@ -7,7 +7,7 @@ Linux allows it, so a Triton or gateway polling the repository never finds it mi
 ones too, so a staging directory there fails its load (and a Triton start with it). A directory that
 exists without a Kiln ``kiln.json`` is foreign and is never overwritten. Staging directories are named
 after the host and process that made them (``.<entry>.tmp-<host>-<pid>-<hex>``), so those of a killed
-export are recognised and swept by the next write of the entry (``sweep_leftovers``).
+export are recognised and swept by the next export into the repository (``sweep_all_leftovers``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -271,11 +273,38 @@ def write_entry(
     return final
 
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM (which export makes a Ctrl-C) held while entries are swapped in, and raised
+    once they all are: a Ctrl-C or ``docker stop`` between a translator's encoder and its decoder left
+    the new encoder beside the old decoder, which the gateway refuses (entries of different
+    checkpoints), and one between the two renames of ``_swap_in``'s fallback left no entry at all.
+    Off the main thread, where Python allows no handler, nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    # a handler not set from Python (getsignal: None) could not be put back: that signal is not held
+    held = [sig for sig in _HELD_SIGNALS if signal.getsignal(sig) is not None]
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:  # delivered again, to the handler put back (a Ctrl-C's KeyboardInterrupt)
+            signal.raise_signal(caught[0])
+
+
 def _commit(staging: Path, final: Path) -> None:
     """Swap staged entry ``staging`` in as ``final``, its refusal record forgotten first."""
     try:
-        forget_refusal(final.parent, final.name)  # first: a disk too full to rewrite it keeps the entry out
-        _swap_in(staging, final)
+        with _signals_held():  # forgotten first: a disk too full to rewrite it keeps the entry out
+            forget_refusal(final.parent, final.name)
+            _swap_in(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -295,8 +324,9 @@ def written_together(repository: Path) -> Iterator[None]:
             yield
         finally:
             _TOGETHER.reset(token)
-        while staged:
-            _commit(*staged.pop(0))
+        with _signals_held():  # all swapped in, or (an error) those before it: never cut short by a signal
+            while staged:
+                _commit(*staged.pop(0))
     finally:
         for staging, _ in staged:  # not swapped in: an error staging one, or swapping one in
             shutil.rmtree(staging, ignore_errors=True)
@@ -377,8 +407,9 @@ def _exchange(a: Path, b: Path) -> str | None:
 
 def _owner_gone(path: Path, suffix: str) -> bool:
     """Whether the export that made leftover ``path`` (``suffix``: its name after ``.tmp-``/``.old-``)
-    has certainly ended: it names this host and a process that no longer exists, or (another host's,
-    or named as Kilns before this one named them) it has not changed for ``LEFTOVER_MAX_AGE_S``."""
+    has certainly ended: it names this host and a process that no longer exists (or a zombie: ``_ended``),
+    or (another host's, or named as Kilns before this one named them) it has not changed for
+    ``LEFTOVER_MAX_AGE_S``."""
     match = re.fullmatch(r"(?P<host>\w+)-(?P<pid>\d+)-[0-9a-f]+", suffix)
     if match and match["host"] == _HOST:
         pid = int(match["pid"])
@@ -389,12 +420,25 @@ def _owner_gone(path: Path, suffix: str) -> bool:
         except ProcessLookupError:
             return True
         except OSError:  # it exists, owned by another user
-            return False
-        return False
+            return _ended(pid)
+        return _ended(pid)
     try:
         return time.time() - path.stat().st_mtime > LEFTOVER_MAX_AGE_S
     except OSError:
         return False
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid``, which ``kill(pid, 0)`` finds, has ended: a zombie, not yet reaped by its
+    parent. An export killed while another waited for its lock is one when that other sweeps (the
+    kernel lets the lock go as the process exits), and stays one for good under a container's PID 1
+    that reaps no orphans: its leftovers, every graph of its working directory, were kept as a live
+    export's."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:  # reaped meanwhile: gone; no /proc (not Linux): alive, as far as can be told
+        return Path("/proc/self").exists()
+    return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])  # the state follows "(comm)"
 
 
 def sweep_leftovers(repository: Path, name: str) -> list[Path]:
@@ -417,6 +461,29 @@ def sweep_leftovers(repository: Path, name: str) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 log.warning("removed %s, left by a killed export", path.name)
             swept.append(path)
+    return swept
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>[A-Za-z0-9_\-]+)\.(?:tmp|old)-.+")  # staging / swapped out
+
+
+def sweep_all_leftovers(repository: Path) -> list[Path]:
+    """``sweep_leftovers`` for every entry whose leftovers lie in the staging area or the repository,
+    then the area removed once empty. Run by each export before its checkpoint's work: a rerun after a
+    kill that finds its entries up to date writes none, and the killed run's staged copy of every
+    graph (hundreds of MB for a large model) stayed beside the repository for good; so did that of an
+    int8 entry removed (``remove_entry``), whose name may never be written again."""
+    area = _area_path(repository)
+    names = {
+        match["name"]
+        for place in (repository, area)
+        if place.is_dir()
+        for path in place.glob(".*")
+        if (match := _LEFTOVER.fullmatch(path.name))
+    }
+    swept = [path for name in sorted(names) for path in sweep_leftovers(repository, name)]
+    if area.is_dir():
+        _tidy(area)
     return swept
 
 
