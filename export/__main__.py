@@ -24,7 +24,7 @@ from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
 from export.writer_lock import writer_lock
-from kiln.cli import interactive, log_handler, path_text
+from kiln.cli import interactive, listed, log_handler, path_text
 from training.models.registry import env_modules, import_modules
 
 PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -220,7 +220,38 @@ def _checkpoints(paths: Sequence[str]) -> list[Path]:
     try:
         return find_checkpoints(paths)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}: {train_first(paths)}") from None
+        missing = next((Path(p) for p in paths if not Path(p).exists()), None)
+        raise FileNotFoundError(f"{exc}: {missing_file_advice(missing) or train_first(paths)}") from None
+
+
+def interrupted_runs(paths: Sequence[str]) -> str | None:
+    """For directories that hold no checkpoint but resume states (``<name>.resume.pt``, written after
+    every epoch; ``<name>.pt`` only once the run ends): the ``--resume`` that finishes those runs. The
+    advice was to train some first, as if none had been."""
+    states = sorted(f for p in paths if Path(p).is_dir() for f in Path(p).glob("*.resume.pt"))
+    if not states:
+        return None
+    from export.entry_plan import read_task
+
+    shown = listed([str(f) for f in states], 3)
+    first = states[0].with_name(states[0].name.removesuffix(".resume.pt") + ".pt")
+    trainer = "training.translate" if read_task(states[0]) == "translate" else "training.classify"
+    return (
+        f"only the resume states of runs that did not finish ({shown}): finish one with `python -m "
+        f"{trainer} --resume {first}`, which writes its checkpoint there"
+    )
+
+
+def missing_file_advice(missing: Path | None) -> str | None:
+    """For a checkpoint file named that does not exist (a typo, most often): the checkpoints its
+    directory does hold, or the command that trains into that directory. The advice was
+    ``--output-dir <the file's name>``, which trains into a new directory named like the file."""
+    if missing is None or missing.suffix != ".pt":
+        return None
+    held = sorted(f.name for f in missing.parent.glob("*.pt") if not f.name.endswith(".resume.pt"))
+    if held:
+        return f"{missing.parent} holds {listed(held, 8)}"
+    return train_first([str(missing.parent)])
 
 
 @contextmanager
@@ -271,7 +302,8 @@ def run_export(argv: Sequence[str] | None) -> int:
         import_modules([*env_modules(), *args.models_from])
         checkpoints = _checkpoints(args.paths)
         if not checkpoints:
-            found = f"no checkpoints (*.pt) found in {' '.join(args.paths)}: {train_first(args.paths)}"
+            advice = interrupted_runs(args.paths) or train_first(args.paths)
+            found = f"no checkpoints (*.pt) found in {' '.join(args.paths)}: {advice}"
             console.print(found, style="red", markup=False, highlight=False, soft_wrap=True)
             return 2
         check_entry_names(checkpoints)

@@ -18,6 +18,7 @@ from export.parity import ParityReport, classifier_parity, ort_session, session_
 from export.results import RANDOM_IMAGES_SOURCE, Entry, EntryResult, ExportContext, ExportOptions
 from export.specs import GraphSpec, classifier_spec
 from export.triton_config import TritonModelConfig, config_from_spec, gpu_flavour, to_pbtxt
+from training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def _freeze_and_export(ctx: ExportContext, work: Path) -> tuple[GraphSpec, Any, 
     model = ctx.model
     h, w = prep["input_size"]
     example = torch.randn(2, int(prep["channels"]), int(h), int(w))
+    _check_runs(ctx, model, example)
     frozen, freeze_report = freeze(model, (example,))
     with torch.no_grad():
         classes = frozen(example).shape[-1]
@@ -108,6 +110,22 @@ def _freeze_and_export(ctx: ExportContext, work: Path) -> tuple[GraphSpec, Any, 
     images = torch.randint(0, 256, (2, int(h), int(w), int(prep["channels"])), dtype=torch.uint8)
     onnx_path = export_onnx(classifier_graph(frozen, prep), spec, (images,), work / "fp32" / "model.onnx")
     return spec, reference, onnx_path, freeze_report
+
+
+def _check_runs(ctx: ExportContext, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Refuse, naming the checkpoint, a model that fails on the images its ``preprocessing`` describes
+    (an ``input_size`` too small for its convolutions and pooling): the failure was a traceback from
+    inside ``freeze``."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as exc:
+        _, channels, h, w = example.shape
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"{ctx.path}: the model does not run on the images its 'preprocessing' describes ({channels} "
+            f"channel(s), {h}x{w} pixels): {reason}"
+        ) from exc
 
 
 def _eval_copy(model: torch.nn.Module) -> torch.nn.Module:

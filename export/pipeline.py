@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import re
 import traceback
@@ -24,7 +25,13 @@ from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
 from export.freeze import FreezeError
 from export.onnx_export import OnnxExportError
 from export.parity import ParityError
-from export.repository import RepositoryError, check_repository, name_path, read_kiln_json
+from export.repository import (
+    RepositoryError,
+    check_repository,
+    name_path,
+    read_kiln_json,
+    sweep_all_leftovers,
+)
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
 from export.work_dir import work_directory
 from export.writer_lock import writer_lock
@@ -86,6 +93,9 @@ def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
         lacking = [k for k in PREPROCESSING_KEYS if not isinstance(prep, dict) or k not in prep]
         if lacking:
             raise CheckpointError(f"{path}: its 'preprocessing' lacks {lacking}")
+        problem = preprocessing_problem(prep, ckpt["model"].get("args") or {})
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
         problem = label_problem(ckpt.get("labels"))
         if problem:
             raise CheckpointError(f"{path}: {problem}")
@@ -93,6 +103,39 @@ def check_task_keys(ckpt: dict[str, Any], path: Path) -> None:
         problem = tokenizer_problem(ckpt["tokenizers"])
         if problem:
             raise CheckpointError(f"{path}: its 'tokenizers' {problem}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def preprocessing_problem(prep: dict[str, Any], model_args: dict[str, Any]) -> str | None:
+    """What keeps a classifier checkpoint's ``preprocessing`` from describing images its model takes
+    (``model_args``: its constructor arguments), or None. Export builds its example input and the
+    graph's normalization from it, and a mismatch (3 channels for a model of 1, a mean per channel
+    for a channel of 1) ended in a traceback of the model's forward, or in a refusal calling the
+    zoo's model unexportable ("a model of Kiln's own: please report it")."""
+    size, channels = prep["input_size"], prep["channels"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(map(_positive_int, size))):
+        return f"'preprocessing.input_size' must be [height, width] in pixels, got {size!r}"
+    if not _positive_int(channels):
+        return f"'preprocessing.channels' must be a positive integer, got {channels!r}"
+    takes = model_args.get("in_channels")
+    if _positive_int(takes) and takes != channels:
+        return f"'preprocessing.channels' is {channels}, but the model takes {takes} (its in_channels)"
+    for key in ("mean", "std"):
+        values = prep[key]
+        numbers = isinstance(values, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not numbers or len(values) not in (1, channels):
+            count = (
+                "1 finite number" if channels == 1 else f"1 or {channels} (one per channel) finite numbers"
+            )
+            return f"'preprocessing.{key}' must be a list of {count}, got {values!r}"
+    if not all(v > 0 for v in prep["std"]):
+        return f"'preprocessing.std' must be positive (pixels are divided by it), got {prep['std']!r}"
+    return None
 
 
 def tokenizer_problem(tokenizers: Any) -> str | None:
@@ -189,6 +232,8 @@ def _export_locked(
     check_task_keys(ckpt, path)
     ckpt = moved_data(ckpt, data_path)
     name = name or entry_name(path)
+    # a killed run's staging, even where every entry is up to date; first: an entry put back is checked
+    sweep_all_leftovers(repository)
     check_owners(repository, [Plan(path, name, task_entries(ckpt["task"], name, options))])
     ctx = ExportContext(
         path=path,

@@ -27,6 +27,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -39,6 +40,13 @@ from training.models.registry import ModelModuleError, build_model, ensure_regis
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "task", "model", "state_dict", "train_config", "metrics")
+
+
+# what a refusal of a file that is no Kiln checkpoint asks for instead
+WHAT_TO_GIVE = (
+    "give the <name>.pt that python -m training.classify or training.translate writes, which records "
+    "the model, its arguments and preprocessing beside the weights (training/checkpoint.py)"
+)
 
 
 class CheckpointError(ValueError):
@@ -163,7 +171,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     check_archive(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if zipfile.is_zipfile(path):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # a plain pickle (not torch.save's zip): torch warns in two lines before it is refused
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a Kiln checkpoint"
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
@@ -184,8 +197,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: a training resume state (for --resume), not a checkpoint: give the checkpoint "
             "the run wrote beside it, <name>.pt"
         )
+    if missing and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{path}: a bare state_dict (weights only, as torch.save(model.state_dict()) writes), not a Kiln "
+            f"checkpoint: {WHAT_TO_GIVE}"
+        )
     if missing:
-        raise CheckpointError(f"{path}: missing key(s) {missing}")
+        keys = sorted(map(str, ckpt))
+        has = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") or "none"
+        raise CheckpointError(
+            f"{path}: missing key(s) {missing} (its keys: {has}), not a Kiln checkpoint: {WHAT_TO_GIVE}"
+        )
     version = ckpt["format_version"]
     if isinstance(version, bool) or not isinstance(version, (int, float)):  # a hand-made checkpoint's
         raise CheckpointError(
