@@ -181,7 +181,7 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
         "--name",
         help="output file stem (default: the model name; on --resume, the interrupted run's); a new run "
         "under an earlier run's name replaces that run's metrics and resume state when its first epoch "
-        "ends, and its checkpoint only when it writes its own",
+        "ends, and its checkpoint only when it writes its own; refused while another run writes under it",
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_dist_timeout_flag(g)

@@ -8,6 +8,7 @@ evaluate, log, keep the best weights, stop early, write the resume state) and th
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,10 +48,12 @@ from training.resume import (
     resumed_metrics,
     start_run,
 )
+from training.run_lock import run_lock
 from training.runtime import (
     Dist,
     rank_errors,
     read_on_every_rank,
+    reports_errors,
     show_progress,
     teardown,
     weights_hash,
@@ -286,16 +289,16 @@ def run(config: TrainConfig) -> Path:
     attempt torchrun restarted continues its job's last finished epoch (``restarted``). A collective
     that outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``. A resumed run with nothing to
     train whose checkpoint holds its result already writes nothing (``classify_resume.complete``)."""
-    with collective_timeouts(
-        config.dist_timeout, config.device, lambda: resume_left(config.output_dir, config.name, config.resume)
-    ):
-        d, config, path, done = start_run(config, restarted, complete)
-        if done:
-            return path
-        r = prepare(config, d)
-        # a log line above the epoch's bar, not run on from it; a refusal of one rank's printed by it
-        with logging_redirect_tqdm(), rank_errors(d):
-            history = fit(r)
-        keep_best(r)
-        teardown(d)  # before rank 0's writing, and not after an error: see teardown
-    return finish(r, history) if d.is_main else path
+    left = lambda: resume_left(config.output_dir, config.name, config.resume)  # noqa: E731
+    with run_lock(config.output_dir, config.name, writer=reports_errors(os.environ)):
+        with collective_timeouts(config.dist_timeout, config.device, left):
+            d, config, path, done = start_run(config, restarted, complete)
+            if done:
+                return path
+            r = prepare(config, d)
+            # a log line above the epoch's bar, not run on from it; a refusal of one rank's printed by it
+            with logging_redirect_tqdm(), rank_errors(d):
+                history = fit(r)
+            keep_best(r)
+            teardown(d)  # before rank 0's writing, and not after an error: see teardown
+        return finish(r, history) if d.is_main else path

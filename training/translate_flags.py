@@ -213,7 +213,8 @@ def add_run_flags(g: argparse._ArgumentGroup) -> None:
         "--name",
         help="file stem (default: the model name; on --resume, the interrupted run's); a new run under an "
         "earlier run's name replaces that run's metrics and resume state at its first validation or "
-        "resume state, whichever comes first, and its checkpoint only when it writes its own",
+        "resume state, whichever comes first, and its checkpoint only when it writes its own; refused while "
+        "another run writes under it",
     )
     g.add_argument(
         "--resume",

@@ -18,6 +18,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,7 @@ from training.mixed_precision import make_amp, optimizer_step
 from training.models import build_model
 from training.optim import build_optimizer, build_scheduler, last_step_lr
 from training.resume import check_world_size, load_resume, resume_left, start_run
+from training.run_lock import run_lock
 from training.runtime import (
     Dist,
     all_sum,
@@ -45,6 +47,7 @@ from training.runtime import (
     mean_over_ranks,
     rank_errors,
     read_on_every_rank,
+    reports_errors,
     show_progress,
     teardown,
     weights_hash,
@@ -287,14 +290,15 @@ def run(cfg: TranslateConfig) -> Path:
     outlasts ``--dist-timeout`` ends it with ``CollectiveTimeout``. A resumed run with nothing to train
     whose checkpoint holds its result already writes nothing (``translate_resume.complete``)."""
     left = functools.partial(resume_left, cfg.output_dir, cfg.name, cfg.resume)
-    with collective_timeouts(cfg.dist_timeout, cfg.device, left):
-        d, cfg, path, done = start_run(cfg, restarted, complete)
-        if done:
-            return path
-        trainer, model_args = _train(cfg, d)
-        teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
-    if d.is_main:
-        _save(cfg, trainer, model_args, path)
+    with run_lock(cfg.output_dir, cfg.name, writer=reports_errors(os.environ)):
+        with collective_timeouts(cfg.dist_timeout, cfg.device, left):
+            d, cfg, path, done = start_run(cfg, restarted, complete)
+            if done:
+                return path
+            trainer, model_args = _train(cfg, d)
+            teardown(d)  # before rank 0's test evaluation, and not after an error: see teardown
+        if d.is_main:
+            _save(cfg, trainer, model_args, path)
     return path
 
 

@@ -1,0 +1,109 @@
+"""One training run at a time under one ``--output-dir`` and ``--name``: an advisory lock the run's writer
+(rank 0, or the lone process) holds from before it joins its process group to its checkpoint.
+
+Two runs under one name at once (a command started twice, a scheduler's retry while the first still
+ran) both trained to the end and exited 0: their records interleaved in ``<name>.metrics.jsonl`` (two
+"epoch 2" lines), each replaced the other's ``<name>.resume.pt`` after every epoch, and the checkpoint
+was whichever wrote last, beside another run's resume state and curves. The second is now refused at
+once, in one line naming the holder ("pid 123 on host since ..."). The lock is ``flock`` on the hidden
+``.<name>.training.lock`` beside the checkpoint, released by the kernel when its holder exits, however
+it exits (``kill -9`` included: a resume is never refused by a dead run); the holder removes the file
+as it lets go, and the folders it made for it that stayed empty (a run refused later leaves no trace).
+On a network filesystem without ``flock`` the lock is only as good as the filesystem's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_SUFFIX = ".training.lock"
+
+
+class RunLocked(ValueError):
+    """Another process is training under this output directory and name."""
+
+
+def lock_path(output_dir: str | os.PathLike, name: str) -> Path:
+    """``.<name>.training.lock`` beside ``<output_dir>/<name>.pt`` (a ``--name`` may hold folders)."""
+    target = Path(output_dir) / name
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | os.PathLike, name: str, *, writer: bool) -> Iterator[None]:
+    """Hold the lock of ``output_dir``/``name`` for the ``with`` block where this process is the run's
+    ``writer``; refuse (``RunLocked``) where another process holds it. Other ranks take none."""
+    if not writer:
+        yield
+        return
+    path = lock_path(output_dir, name)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    fd = _acquire(path, output_dir, name)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # closing the descriptor releases the flock
+        for folder in made:  # deepest first; one the run wrote into is not empty and stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int:
+    for _ in range(100):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # its folder removed by a run that let go as this one made it
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLocked(
+                    f"--output-dir {output_dir} --name {name}: another training run is writing there "
+                    f"({_holder(fd)}; {path}); wait for it to finish, or give this run another --name "
+                    "or --output-dir"
+                ) from None
+            if _names(fd, path):
+                _note_holder(fd)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed it as it let go: the next run's lock is a new file
+    raise OSError(f"{path}: cannot take this training run's lock (its file keeps being removed)")
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it ("pid 123 on host since ..."), or a plain word."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+def _note_holder(fd: int) -> None:
+    """Write who holds the lock, for a refused run's line; only a courtesy (a full disk skips it)."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+
+
+def _names(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
