@@ -41,7 +41,7 @@ from training.resume import (
     resumed_amp,
     resumed_output_dir,
 )
-from training.tracking import check_output_dir
+from training.tracking import check_name, check_output_dir
 
 log = logging.getLogger("training.classify")  # the classifier's lines, whichever of its modules says them
 
@@ -165,6 +165,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_resume_model_args(out)
     check_image_size(out)
     check_output_dir(out.output_dir)
+    if not out.resume:  # a resumed run's name is the interrupted run's
+        check_name(out.name)
     return out
 
 

@@ -27,6 +27,19 @@ def check_output_dir(path: str | os.PathLike) -> None:
             return
 
 
+def check_name(name: str) -> None:
+    """Refuse a new run's ``--name`` whose checkpoint would be a hidden file: a name ending in ``/`` (or
+    empty, ``.``, ``..``, ``.x``) wrote ``.pt``, ``.resume.pt`` and ``.metrics.jsonl``, which ``ls``
+    does not show, and export, which names a model by the checkpoint's file name, refused the checkpoint
+    after the training ("cannot derive a model name")."""
+    file = Path(f"{name}.pt").name
+    if file.startswith("."):
+        raise ValueError(
+            f"--name {name!r}: the checkpoint would be {file!r}, a hidden file that export cannot name a "
+            "model by; give a file stem such as 'model' (folders before it are kept: 'runs/exp1/model')"
+        )
+
+
 # The files of an earlier run under a --name that a new run replaces at its first record, its resume
 # state first (nothing of it can be resumed once any of it is gone). Its checkpoint and curves are not
 # among them: a trained model stays until the new run writes its own over it (save_checkpoint's atomic

@@ -20,7 +20,7 @@ from training.mixed_precision import amp_choice
 from training.models import list_models, make_config
 from training.models.registry import get_entry
 from training.resume import check_resumed_epochs
-from training.tracking import check_output_dir
+from training.tracking import check_name, check_output_dir
 from training.translate_flags import (
     BASE,
     DEFAULT_MODEL,
@@ -223,6 +223,8 @@ def check_config(cfg: TranslateConfig) -> None:
     if cfg.resume:  # never fewer than the interrupted run trained
         check_resumed_epochs(cfg.resume, cfg.epochs)
     check_output_dir(cfg.output_dir)
+    if not cfg.resume:  # a resumed run's name is the interrupted run's
+        check_name(cfg.name)
 
 
 def max_positions(cfg: TranslateConfig) -> int:
