@@ -205,10 +205,19 @@ class LogLine(logging.Formatter):
     def formatException(self, ei: Any) -> str:
         error = ei[1]
         if getattr(error, _LOGGED, False):
-            return _escaped(f"({type(error).__name__}: {error}: its traceback is above)")
+            return _escaped(f"({type(error).__name__}: {_error_text(error)}: its traceback is above)")
         with contextlib.suppress(AttributeError, TypeError):  # an exception that takes no attribute
             setattr(error, _LOGGED, True)
         return _escaped(super().formatException(ei), _TRACEBACK_CONTROLS)
+
+
+def _error_text(error: BaseException) -> str:
+    """``str(error)``, or what a traceback says where that raises: an exception's ``__str__`` that
+    fails made the record logged again a "--- Logging error ---" of dozens of raw lines, not one."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - an exception's __str__ may raise anything
+        return "<exception str() failed>"
 
 
 def _bracketed_client(record: logging.LogRecord) -> str | None:
@@ -229,8 +238,9 @@ def _start_logging(level: str, log_format: str = "text") -> None:
     :func:`_uvicorn_config`: uvicorn's went out in a format of its own, without a time) in
     :data:`LOG_FORMAT` (``log_format`` json: one JSON object a line, :mod:`serving.log_json`), whose
     process id tells the workers of ``--workers`` apart; the access lines on stdout as uvicorn writes
-    them, the rest on stderr; Python warnings, and a thread that dies of an exception (a batch or decode
-    thread, named after its model), logged as any record is (both were printed raw on stderr). Nothing
+    them, the rest on stderr; Python warnings, a thread that dies of an exception (a batch or decode
+    thread, named after its model) and an exception Python ignores (a finalizer's, "Exception ignored
+    in"), logged as any record is (each was printed raw on stderr). Nothing
     changes where the root logger has handlers already."""
     from uvicorn.config import LOG_LEVELS
 
@@ -252,6 +262,7 @@ def _start_logging(level: str, log_format: str = "text") -> None:
     access_log.handlers, access_log.propagate = [access], False
     logging.captureWarnings(True)  # a library's warning (numpy's, ONNX Runtime's) as a line of the log
     threading.excepthook = _log_thread_death
+    sys.unraisablehook = _log_unraisable
 
 
 def _onnxruntime_log_level(settings: Settings) -> None:
@@ -274,6 +285,22 @@ def _log_thread_death(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "a thread"
     exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
     logging.getLogger("serving").error("thread %s died of an exception", name, exc_info=exc_info)
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an exception Python cannot raise (a ``__del__``'s, a finalizer's, a
+    coroutine's closed by the garbage collector) as an error record, where Python printed "Exception
+    ignored in" and its traceback raw, a line each frame (none of them JSON under ``--log-format json``)."""
+    found = unraisable.object
+    try:
+        shown = "" if found is None else f": {found!r}"
+    except Exception:  # noqa: BLE001 - an object's __repr__ may raise anything
+        shown = f": {object.__repr__(found)}"
+    error, kind = unraisable.exc_value, unraisable.exc_type
+    exc_info = (kind, error, unraisable.exc_traceback) if error is not None else None
+    named = f" ({kind.__name__})" if error is None and kind is not None else ""
+    said = unraisable.err_msg or "Exception ignored in"
+    logging.getLogger("serving").error("%s%s%s", said, shown, named, exc_info=exc_info)
 
 
 def _uvicorn_config(settings: Settings) -> Any:
