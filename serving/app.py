@@ -257,6 +257,7 @@ class GatewayServer(uvicorn.Server):
     exit_status = 0  # 1 once the stop has cut work in flight
     _loop: asyncio.AbstractEventLoop | None = None
     _quit = False  # a second Ctrl-C has cut the work in flight
+    _ctrl_c_with_sigterm = False  # a worker's Ctrl-C, come after the SIGTERM its parent sent for it
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -293,11 +294,25 @@ class GatewayServer(uvicorn.Server):
         if self._quit and sig == signal.SIGINT:  # the stop still waits on something: end it now
             log.warning("third Ctrl-C: exiting now, the rest of the stop undone (exit status 1)")
             os._exit(1)
+        if sig == signal.SIGINT and self._after_parent_s_sigterm():
+            # a terminal's Ctrl-C reaches a worker of --workers twice, itself and as the SIGTERM its
+            # parent sends each worker for it (serving.workers), in either order: taken after that
+            # SIGTERM it was uvicorn's second Ctrl-C, and one Ctrl-C cut the requests in flight (exit 1)
+            self._ctrl_c_with_sigterm = True
+            return
         super().handle_exit(sig, frame)
         if self.force_exit and self.started and self._loop is not None:
             self._loop.call_soon_threadsafe(self._quit_at_once)  # a signal handler may not touch the loop
         if not self.started:
             self._stop_loading(sig)
+
+    def _after_parent_s_sigterm(self) -> bool:
+        """Whether this process is a worker of ``--workers`` (whose parent sends it SIGTERM to stop it)
+        and the one signal it has had is a SIGTERM."""
+        settings = getattr(getattr(self.config.app, "state", None), "settings", None)
+        captured = getattr(self, "_captured_signals", [])  # uvicorn's, in order
+        first = signal.SIGTERM in captured and signal.SIGINT not in captured and not self._ctrl_c_with_sigterm
+        return first and bool(getattr(settings, "reuse_port", False))
 
     def _stop_loading(self, sig: int) -> None:
         """A stop signal before the server serves: the backend stops loading models, and one not made
