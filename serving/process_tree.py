@@ -43,24 +43,45 @@ def usage(pid: int | None) -> Usage | None:
     if pid is None:
         return None
     pending, seen, pss_kib, ticks = [pid], 0, 0, 0
+    visited: set[int] = set()  # a child that moved between two threads' lists as one ended: once
     while pending:
         current = pending.pop()
+        if current in visited:
+            continue
+        visited.add(current)
         try:
-            rollup = (PROC / str(current) / "smaps_rollup").read_text()
             stat = (PROC / str(current) / "stat").read_text()
-            children = (PROC / str(current) / "task" / str(current) / "children").read_text().split()
         except OSError:  # ended meanwhile, or no procfs
             continue
-        pss_kib += int(next((line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), 0))
         # after the command name (which may hold spaces and parentheses): state is field 3, and
-        # utime, stime, cutime, cstime are fields 14 to 17
+        # utime, stime, cutime, cstime are fields 14 to 17; an exited child not yet reaped (a zombie)
+        # too: its time reaches its parent's cutime only once reaped, and left out meanwhile the sum
+        # fell, which Prometheus takes for a counter's reset
         fields = stat.rpartition(")")[2].split()
         ticks += sum(int(value) for value in fields[11:15])
+        try:
+            rollup = (PROC / str(current) / "smaps_rollup").read_text()
+            children = _children(current)
+        except OSError:  # a zombie (no memory to read: no longer a process that runs), or ended meanwhile
+            continue
+        pss_kib += int(next((line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), 0))
         seen += 1
-        pending += [int(child) for child in children]
+        pending += children
     if not seen:
         return None
     return Usage(pss_bytes=pss_kib * 1024, cpu_seconds=ticks / CLOCK_TICKS, processes=seen)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads: procfs lists a child under the thread
+    that forked it while that thread lives (``task/<tid>/children``), and the JSON helper's forkserver
+    is started from a thread of the pool (serving/protocol/json_offload.py), so reading the main
+    thread's list alone left it, its resource tracker and the helper out of every figure."""
+    children = []
+    for task in (PROC / str(pid) / "task").iterdir():  # OSError where the process is gone
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile: its children moved
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
 
 
 def maker_prefix(prefix: str) -> str:
