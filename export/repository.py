@@ -420,7 +420,7 @@ def _owner_gone(path: Path, suffix: str) -> bool:
         except ProcessLookupError:
             return True
         except OSError:  # it exists, owned by another user
-            return _ended(pid)
+            return _ended(pid, hidden_is_alive=True)
         return _ended(pid)
     try:
         return time.time() - path.stat().st_mtime > LEFTOVER_MAX_AGE_S
@@ -428,16 +428,17 @@ def _owner_gone(path: Path, suffix: str) -> bool:
         return False
 
 
-def _ended(pid: int) -> bool:
+def _ended(pid: int, *, hidden_is_alive: bool = False) -> bool:
     """Whether process ``pid``, which ``kill(pid, 0)`` finds, has ended: a zombie, not yet reaped by its
     parent. An export killed while another waited for its lock is one when that other sweeps (the
     kernel lets the lock go as the process exits), and stays one for good under a container's PID 1
     that reaps no orphans: its leftovers, every graph of its working directory, were kept as a live
-    export's."""
+    export's. ``hidden_is_alive``: ``pid`` is another user's, whose /proc entry a ``hidepid`` mount
+    hides (unreadable, or absent though ``kill`` finds it): alive, as ``kill`` says, not swept."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:  # reaped meanwhile: gone; no /proc (not Linux): alive, as far as can be told
-        return Path("/proc/self").exists()
+        return not hidden_is_alive and Path("/proc/self").exists()
     return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])  # the state follows "(comm)"
 
 
@@ -464,7 +465,8 @@ def sweep_leftovers(repository: Path, name: str) -> list[Path]:
     return swept
 
 
-_LEFTOVER = re.compile(r"\.(?P<name>[A-Za-z0-9_\-]+)\.(?:tmp|old)-.+")  # staging / swapped out
+# staging / swapped out, of any entry name write_entry takes (``name=`` may hold dots, as Triton's may)
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[^.]+")
 
 
 def sweep_all_leftovers(repository: Path) -> list[Path]:
