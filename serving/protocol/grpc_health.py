@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from serving.errors import ServingError
 from serving.execution.base import Backend
+from serving.protocol.repository_index import known_metadata
 
 SERVICE = "grpc.health.v1.Health"
 KSERVE_SERVICE = "inference.GRPCInferenceService"  # a name for the whole server, as "" is
@@ -87,7 +88,7 @@ class HealthServicer:
             service = HealthCheckRequest.FromString(request).service
         except DecodeError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a HealthCheckRequest: {error}")
-        if service not in ("", KSERVE_SERVICE) and not self._known(service):
+        if service not in ("", KSERVE_SERVICE) and not await self._known(service):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown service {service[:200]!r}: ask for '' (the gateway), "
@@ -101,13 +102,14 @@ class HealthServicer:
                 ready = False
         return HealthCheckResponse(status=SERVING if ready else NOT_SERVING)
 
-    def _known(self, name: str) -> bool:
+    async def _known(self, name: str) -> bool:
         """Whether ``name`` is one of the gateway's models: one it lists (an entry it could not read
-        included) or one it describes (a translator, one whose latest version failed)."""
+        included) or one it describes (a translator, one whose latest version failed), a model Triton
+        loaded since the ``triton`` backend read its index included (``known_metadata``)."""
         if name in self.backend.list_models():
             return True
         try:
-            self.backend.metadata(name, "")
+            await known_metadata(self.backend, name, "")
         except ServingError as error:
             return error.status != 404
         return True
