@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kiln.cli import listed
 from training.models.registry import ModelModuleError, build_model, ensure_registered, get_entry
 
 FORMAT_VERSION = 1
@@ -203,8 +204,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint: {WHAT_TO_GIVE}"
         )
     if missing:
-        keys = sorted(map(str, ckpt))
-        has = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") or "none"
+        has = listed(sorted(map(str, ckpt)), 8) or "none"
         raise CheckpointError(
             f"{path}: missing key(s) {missing} (its keys: {has}), not a Kiln checkpoint: {WHAT_TO_GIVE}"
         )
