@@ -9,13 +9,18 @@ once, in one line naming the holder ("pid 123 on host since ..."). The lock is `
 ``.<name>.training.lock`` beside the checkpoint, released by the kernel when its holder exits, however
 it exits (``kill -9`` included: a resume is never refused by a dead run); the holder removes the file
 as it lets go, and the folders it made for it that stayed empty (a run refused later leaves no trace).
-On a network filesystem without ``flock`` the lock is only as good as the filesystem's.
+On a network filesystem the lock is only as good as the filesystem's ``flock``; on one that keeps no
+locks at all (``flock`` fails: Lustre mounted without ``-o flock``, some FUSE mounts) the run says so in
+a warning and trains without one, as it did before it took a lock (it failed there, "Function not
+implemented").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -23,6 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_SUFFIX = ".training.lock"
+# flock's errors on a filesystem that keeps no locks (Lustre mounted without -o flock, some FUSE mounts)
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+log = logging.getLogger(__name__)
 
 
 class RunLocked(ValueError):
@@ -48,15 +57,18 @@ def run_lock(output_dir: str | os.PathLike, name: str, *, writer: bool) -> Itera
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)  # closing the descriptor releases the flock
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                if _names(fd, path):  # not a later run's, where this one's file was removed meanwhile
+                    path.unlink()
+            os.close(fd)  # closing the descriptor releases the flock
         for folder in made:  # deepest first; one the run wrote into is not empty and stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
 
-def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int:
+def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int | None:
+    """The descriptor holding the lock; None where the filesystem keeps no locks (the run goes on)."""
     for _ in range(100):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -72,6 +84,21 @@ def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int:
                     f"({_holder(fd)}; {path}); wait for it to finish, or give this run another --name "
                     "or --output-dir"
                 ) from None
+            except OSError as error:
+                if error.errno not in _NO_LOCKS:
+                    raise
+                # the run trained there before it took a lock: it goes on, only without the refusal
+                log.warning(
+                    "--output-dir %s: its filesystem keeps no file locks (%s); this run cannot refuse "
+                    "another one under --name %s, so start only one",
+                    output_dir,
+                    error.strerror or error,
+                    name,
+                )
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+                return None
             if _names(fd, path):
                 _note_holder(fd)
                 return fd
