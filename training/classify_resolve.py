@@ -165,7 +165,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_resume_model_args(out)
     check_image_size(out)
     check_output_dir(out.output_dir)
-    if not out.resume:  # a resumed run's name is the interrupted run's
+    if not out.resume or given.name:  # a resumed run's inherited name is the interrupted run's, let be
         check_name(out.name)
     return out
 

@@ -31,7 +31,7 @@ def resolve_config(args: argparse.Namespace) -> TranslateConfig:
     read."""
     given = given_values(args)
     cfg = resumed_config(args.resume, given) if args.resume else new_config(given)
-    check_config(cfg)
+    check_config(cfg, name_given="name" in given)
     return cfg
 
 

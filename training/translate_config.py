@@ -191,8 +191,9 @@ SHARED_EMBEDDINGS_NEED_ONE_VOCABULARY = (
 )
 
 
-def check_config(cfg: TranslateConfig) -> None:
-    """Flags that would only fail after training (or mid-way), named before any data is read."""
+def check_config(cfg: TranslateConfig, *, name_given: bool = False) -> None:
+    """Flags that would only fail after training (or mid-way), named before any data is read;
+    ``name_given``: ``--name`` is on the command line (on ``--resume``, not the interrupted run's)."""
     check_run_ranges(cfg, AT_LEAST_ONE, ZERO_OR_MORE)
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
@@ -223,7 +224,7 @@ def check_config(cfg: TranslateConfig) -> None:
     if cfg.resume:  # never fewer than the interrupted run trained
         check_resumed_epochs(cfg.resume, cfg.epochs)
     check_output_dir(cfg.output_dir)
-    if not cfg.resume:  # a resumed run's name is the interrupted run's
+    if not cfg.resume or name_given:  # a resumed run's inherited name is the interrupted run's, let be
         check_name(cfg.name)
 
 
