@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -241,6 +242,11 @@ def end_by_sigterm(_signum: int = signal.SIGTERM, _frame: FrameType | None = Non
     signal.raise_signal(signal.SIGTERM)
 
 
+# How long after the SIGTERM a worker's parent sends it for a terminal's Ctrl-C that Ctrl-C's own SIGINT
+# may come (both are sent as the key is pressed; measured apart by milliseconds)
+ONE_CTRL_C_S = 2.0
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn's server, whose drain stops the gRPC server taking calls at the same moment (GOAWAY, its
     listener closed): it went on accepting them until the HTTP drain was over, up to the grace, and
@@ -258,6 +264,7 @@ class GatewayServer(uvicorn.Server):
     _loop: asyncio.AbstractEventLoop | None = None
     _quit = False  # a second Ctrl-C has cut the work in flight
     _ctrl_c_with_sigterm = False  # a worker's Ctrl-C, come after the SIGTERM its parent sent for it
+    _sigterm_at: float | None = None  # when the first SIGTERM came (time.monotonic)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -294,6 +301,8 @@ class GatewayServer(uvicorn.Server):
         if self._quit and sig == signal.SIGINT:  # the stop still waits on something: end it now
             log.warning("third Ctrl-C: exiting now, the rest of the stop undone (exit status 1)")
             os._exit(1)
+        if sig == signal.SIGTERM and self._sigterm_at is None:
+            self._sigterm_at = time.monotonic()
         if sig == signal.SIGINT and self._after_parent_s_sigterm():
             # a terminal's Ctrl-C reaches a worker of --workers twice, itself and as the SIGTERM its
             # parent sends each worker for it (serving.workers), in either order: taken after that
@@ -308,11 +317,14 @@ class GatewayServer(uvicorn.Server):
 
     def _after_parent_s_sigterm(self) -> bool:
         """Whether this process is a worker of ``--workers`` (whose parent sends it SIGTERM to stop it)
-        and the one signal it has had is a SIGTERM."""
+        and the one signal it has had is a SIGTERM, come with this SIGINT (within ``ONE_CTRL_C_S``): a
+        Ctrl-C pressed later, after a SIGTERM of its own (``docker stop``, ``kill``), is the one that
+        quits at once, as it is for a lone gateway, not a Ctrl-C taken in silence."""
         settings = getattr(getattr(self.config.app, "state", None), "settings", None)
         captured = getattr(self, "_captured_signals", [])  # uvicorn's, in order
         first = signal.SIGTERM in captured and signal.SIGINT not in captured and not self._ctrl_c_with_sigterm
-        return first and bool(getattr(settings, "reuse_port", False))
+        recent = self._sigterm_at is not None and time.monotonic() - self._sigterm_at < ONE_CTRL_C_S
+        return first and recent and bool(getattr(settings, "reuse_port", False))
 
     def _stop_loading(self, sig: int) -> None:
         """A stop signal before the server serves: the backend stops loading models, and one not made
