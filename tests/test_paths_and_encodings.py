@@ -97,6 +97,7 @@ KERNEL_READS = {
     ("bench/frontend_cost.py", "task / 'comm'"): "a thread's name under /proc/<pid>/task (Kiln names them)",
     ("bench/frontend_cost.py", "task / 'schedstat'"): "a thread's CPU time under /proc/<pid>/task",
     ("bench/frontend_cost.py", "task / 'children'"): "child pids under /proc/<pid>/task",
+    ("serving/process_tree.py", "task / 'children'"): "child pids under /proc/<pid>/task",
     ("bench/machine.py", "index / 'type'"): "a CPU cache's kind under /sys/devices/system/cpu",
     ("bench/machine.py", "index / 'level'"): "a CPU cache's level under /sys/devices/system/cpu",
     ("bench/machine.py", "index / 'size'"): "a CPU cache's size under /sys/devices/system/cpu",
