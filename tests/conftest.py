@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,31 @@ def pytest_report_header() -> str | None:
 def _single_torch_thread() -> None:
     """One intra-op thread: the CI machines are small and shared, and results stay reproducible."""
     torch.set_num_threads(1)
+
+
+# The gateway's default ports. A gateway a test starts binds ports it holds, or port 0: one left on the
+# defaults passed while they were free and failed while anything else had them (a developer's own
+# gateway or demo, another job on the machine). Held for the whole run, such a test fails every time.
+DEFAULT_PORTS = (8000, 8001)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_ports_held() -> Iterator[None]:
+    """Listen on :data:`DEFAULT_PORTS` (every IPv4 address) for the run; one in use already is left as
+    it is (taken either way)."""
+    held = []
+    for port in DEFAULT_PORTS:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("0.0.0.0", port))
+            sock.listen(1)
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    yield
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(autouse=True)

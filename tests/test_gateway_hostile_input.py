@@ -323,7 +323,9 @@ def test_the_lean_layer_takes_exactly_the_paths_of_its_routes(path, params):
 def small_limit_gateway(gateway):
     """The same repository served with a 1 KiB body limit."""
     repository = gateway.app.state.settings.model_repository
-    with LiveServer(create_app(Settings(model_repository=repository, max_body_bytes=1024))) as live:
+    with LiveServer(
+        create_app(Settings(model_repository=repository, max_body_bytes=1024, grpc_port=0))
+    ) as live:
         yield live
 
 

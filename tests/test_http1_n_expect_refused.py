@@ -25,7 +25,7 @@ def live(tmp_path_factory):
     protocol = http_protocol()
     if isinstance(protocol, str):
         pytest.skip("httptools is not installed: uvicorn serves with h11")
-    settings = Settings(model_repository=tmp_path_factory.mktemp("empty"), max_body_bytes=LIMIT)
+    settings = Settings(model_repository=tmp_path_factory.mktemp("empty"), max_body_bytes=LIMIT, grpc_port=0)
     with LiveServer(create_app(settings), http=protocol) as server:
         yield server
 

@@ -123,7 +123,9 @@ def test_a_helper_that_died_is_replaced(offload) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     repository = build_classifier_repository(tmp_path_factory.mktemp("offload") / "repo")
-    with LiveServer(create_app(Settings(model_repository=repository, json_offload_bytes=1024))) as live:
+    with LiveServer(
+        create_app(Settings(model_repository=repository, json_offload_bytes=1024, grpc_port=0))
+    ) as live:
         yield live
 
 
