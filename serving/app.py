@@ -60,7 +60,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> FastAPI
             if failed:
                 raise LifespanFailed(f"gateway shutdown: stopping {'; '.join(failed)}")
 
-    app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan)
+    # No trailing-slash redirects: Starlette's 307 for "/v2/models/m/infer/" wrote the client's Host
+    # header into its Location (http://<any Host>/..., http behind a TLS ingress too); Triton answers
+    # such a path 404, as the gateway now does (JSON, as every other unknown path)
+    app = GatewayApp(title="Kiln gateway", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     # a worker of several reads the tree of its parent, which holds them all; a single gateway its own
     tree_root = os.getppid() if settings.worker_board is not None else os.getpid()

@@ -23,7 +23,7 @@ from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, ServingE
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, Runner
 from serving.execution.datatypes import datatype_of
 from serving.execution.triton_connection import grpc_channel_args, ready_now
-from serving.execution.triton_models import TritonModels
+from serving.execution.triton_models import TritonModels, askable
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,8 @@ class TritonBackend(TritonModels):
         return "" if name in self._models else self._unready.get(name, "")
 
     async def model_ready(self, name: str, version: str = "") -> bool:
+        if not askable(name):  # Triton would answer for the model named up to the NUL
+            raise ModelNotFound(f"unknown model {name!r}; Triton serves {sorted(self._models)}")
         try:
             ready = bool(await self._call("is_model_ready", name, version))
         except (Unavailable, DeadlineExceeded):

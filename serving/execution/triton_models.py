@@ -28,6 +28,13 @@ log = logging.getLogger("serving.execution.triton")  # the triton backend's log,
 RECONNECT_POLL_S = 0.2  # how often an unreached Triton is asked for its model list again
 
 
+def askable(name: str) -> bool:
+    """Whether Triton can be asked about model ``name``: it reads a name as a C string, up to a NUL,
+    so ``resnet18\\0x`` was answered as ``resnet18`` (ready), a name no other route served; no model
+    directory holds a NUL, so such a name is none of Triton's models, never asked about."""
+    return "\x00" not in name
+
+
 class TritonModels(TritonConnection):
     """The models of the Triton at ``url`` as its index lists them: the ready ones' metadata and configs
     (refetched at most once per ``resync_interval_s``, and at once after a lost link), and why each
@@ -204,7 +211,7 @@ class TritonModels(TritonConnection):
         if not self._synced:
             await self._sync(force=True)
         else:
-            await self._sync(now=bool(await self._call("is_model_ready", name)))
+            await self._sync(now=askable(name) and bool(await self._call("is_model_ready", name)))
 
 
 def _quiet(task: asyncio.Task) -> None:
