@@ -17,6 +17,7 @@ from typing import Any
 import httptools
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
@@ -43,6 +44,24 @@ H2_ON_HTTP1 = (
     "HTTP/2 is not served on this port, HTTP/1.1 is: a gRPC client belongs on the gateway's gRPC port "
     "(--grpc-port)"
 )
+
+
+class QueuedRequestsFirst(FlowControl):
+    """uvicorn's flow control of a connection, but its reading stays paused while pipelined requests
+    wait their turn: uvicorn resumed it after every answer (and every body read), and a read has every
+    request it holds parsed and queued, so a client that sent requests faster than they were answered,
+    reading its answers slowly or not at all, had them all read and held (12 MB of 41-byte GETs on
+    one connection: 292 000 requests queued, the gateway 690 MB larger). Now a connection holds at most
+    the requests of one read; the next is read once they are answered. The request being answered
+    needs no more bytes while others wait behind it (they were parsed after its whole body)."""
+
+    def __init__(self, transport: asyncio.Transport, pipeline: Any) -> None:
+        super().__init__(transport)
+        self.pipeline = pipeline  # the protocol's queue of parsed requests not yet begun
+
+    def resume_reading(self) -> None:
+        if not self.pipeline:
+            super().resume_reading()
 
 
 class DirectCycle:
@@ -133,6 +152,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = QueuedRequestsFirst(transport, self.pipeline)
         if self.client:  # an IPv4 client of --host :: as its IPv4 address (access lines, proxies)
             self.client = unmapped(self.client)  # type: ignore[assignment]
         self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
