@@ -100,7 +100,7 @@ async def model_statistics(
             except ModelNotFound:  # listed, but its entry failed to load: nothing it could have run
                 continue
             served.extend((model, v) for v in await _loaded(backend, model, versions))  # none: never ran
-    samples = _Samples(metrics.statistics_samples())
+    samples = _Samples(metrics.statistics_samples({model for model, _ in served} if name else None))
     stats = [_model_stat(samples, model, served_version) for model, served_version in served]
     batching = getattr(backend, "batching_statistics", None)
     if batching is not None:
