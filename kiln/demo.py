@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli import HelpFormatter, directory
@@ -108,7 +109,10 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
     could a port drawn, closed and bound again seconds later."""
     with held_port(reuse_port=True) as http_socket, held_port(reuse_port=True) as grpc_socket:
         http_port, grpc_port = http_socket.getsockname()[1], grpc_socket.getsockname()[1]
+        # the embedded ONNX Runtime the demo shows, whatever KILN_BACKEND the shell keeps from a `make serve
+        # BACKEND=triton` (the gateway waited for a Triton at 127.0.0.1:8001 until the demo gave up after 120 s)
         cmd = [sys.executable, "-m", "serving", "--model-repository", str(repository)]
+        cmd += ["--backend", "onnxruntime"]
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1"]
         cmd += ["--log-level", "warning"]
         console.rule("[bold]Serve")
@@ -122,13 +126,45 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
         with contextlib.ExitStack() as stack:
             try:  # its own output above says why; a traceback of the demo's would bury it
                 stack.enter_context(
-                    running([*cmd, "--reuse-port"], f"{url}/v2/health/ready", timeout_s=timeout_s)
+                    running(
+                        [*cmd, "--reuse-port"],
+                        f"{url}/v2/health/ready",
+                        timeout_s=timeout_s,
+                        never_ready=lambda: failed_entries(url, repository),
+                    )
                 )
             except RuntimeError as exc:
-                console.print(f"[red]The gateway did not start: {exc}; the demo stops here.", soft_wrap=True)
+                console.print(
+                    f"[red]The gateway did not start: {escape(str(exc))}; the demo stops here.",
+                    soft_wrap=True,
+                )
                 raise SystemExit(1) from None
             yield url, f"127.0.0.1:{grpc_port}"
     console.print("gateway stopped")
+
+
+def failed_entries(url: str, repository: Path) -> str | None:
+    """Why a gateway that answers, but not ready, never will be: entries of ``repository`` it could not
+    load (a stale entry of another model or Kiln beside the demo's), as it is ready only with every entry
+    loaded. The demo waited out its 120 s, then said "not ready" alone."""
+    import httpx
+
+    index = httpx.post(f"{url}/v2/repository/index", timeout=5, **LOCAL)
+    if index.status_code != 200:
+        return None
+    # an entry not loaded yet has no reason but "not ready" (repository_index._state); a failed one its error
+    failed = [
+        e
+        for e in index.json()
+        if e.get("state") == "UNAVAILABLE" and e.get("reason", "not ready") != "not ready"
+    ]
+    if not failed:
+        return None
+    entries = "; ".join(f"{repository / e['name']} did not load ({e['reason']})" for e in failed)
+    return (
+        f"{entries}. The demo serves every entry of {repository}: move {'that' if len(failed) == 1 else 'each'} "
+        "away, or give the demo a repository of its own (make demo REPOSITORY=<new directory>)"
+    )
 
 
 def _answer(response: Any) -> Any:
@@ -361,7 +397,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_demo(args, target)
     except KeyboardInterrupt:
-        console.print("[yellow]Demo interrupted; every process it started is stopped.")
+        console.print(
+            "[yellow]Demo interrupted; every process it started is stopped. `make demo` again goes on from "
+            "here: a training from its last epoch saved, export past what is up to date.",
+            soft_wrap=True,
+        )
         raise SystemExit(130) from None
 
 
@@ -373,6 +413,27 @@ def check_directories(args: argparse.Namespace) -> None:
             raise SystemExit(f"{flag} {path} is not a directory: name a directory (it is made if missing)")
 
 
+def reusable(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is there to reuse, saying so. A checkpoint export would refuse (truncated,
+    damaged, not a Kiln checkpoint, a newer Kiln's) stops the demo at once, naming the way out: it was
+    reused, and export stopped the demo on it with no word of ``FRESH=1``."""
+    if not checkpoint.exists():
+        return False
+    from training.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(checkpoint)
+    except (CheckpointError, OSError) as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(
+            f"{checkpoint} cannot be reused: `make demo FRESH=1` (--fresh) trains the demo's models anew, "
+            "replacing it (or move it away, and make demo trains what is missing)"
+        ) from None
+    reuse = f"reusing {checkpoint} (make demo FRESH=1, or --fresh, retrains)"
+    console.print(reuse, markup=False, soft_wrap=True)  # one line in a log, the path whole
+    return True
+
+
 def run_demo(args: argparse.Namespace, target: Target) -> None:
     """Train what is missing, export, serve, and send the requests."""
     import httpx
@@ -380,7 +441,7 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
     py = sys.executable
     started = time.perf_counter()
     console.print(f"Kiln demo on the {target.name}")
-    if args.fresh or not (args.checkpoints / "resnet18.pt").exists():
+    if args.fresh or not reusable(args.checkpoints / "resnet18.pt"):
         train(
             f"Train a ResNet-18 on the bundled digits ({target.name})",
             training_commands(
@@ -391,9 +452,7 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
                 args.fresh,
             ),
         )
-    else:
-        console.print(f"reusing {args.checkpoints / 'resnet18.pt'} (--fresh retrains)", markup=False)
-    if args.fresh or not (args.checkpoints / "transformer.pt").exists():
+    if args.fresh or not reusable(args.checkpoints / "transformer.pt"):
         train(
             f"Train the demo Transformer (English → French numbers, {target.name})",
             training_commands(
@@ -404,8 +463,6 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
                 args.fresh,
             ),
         )
-    else:
-        console.print(f"reusing {args.checkpoints / 'transformer.pt'} (--fresh retrains)", markup=False)
     run_stage(
         f"Export to ONNX + Triton model repository (configs for the {target.name})",
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],
@@ -417,6 +474,18 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
         show_classify(url, "resnet18")
         show_translate(url, grpc_url, "transformer")
     console.rule(f"[bold green]Demo finished on the {target.name} in {time.perf_counter() - started:.0f} s")
+    console.print(next_steps(args.repository, args.gpu), markup=False, highlight=False, soft_wrap=True)
+
+
+def next_steps(repository: Path, gpu: bool) -> str:
+    """The demo's last line: the command that serves its models on until Ctrl-C, as `make serve` takes it
+    (``GPU=1`` too on CUDA: a make without it puts the CPU onnxruntime back)."""
+    given = "" if repository == Path("model_repository") else f" {shlex.quote(f'REPOSITORY={repository}')}"
+    return (
+        f"Next: `make serve{given}{' GPU=1' if gpu else ''}` serves these models until Ctrl-C on "
+        'http://127.0.0.1:8000 and gRPC 127.0.0.1:8001 (README.md, "Serving", shows requests to send); '
+        "`make test` runs the test suite."
+    )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,19 @@ LOCAL_GRPC: list[tuple[str, Any]] = [
 
 @contextlib.contextmanager
 def running(
-    cmd: list[str], ready_url: str, *, timeout_s: float = 120.0, log_path: Path | None = None
+    cmd: list[str],
+    ready_url: str,
+    *,
+    timeout_s: float = 120.0,
+    log_path: Path | None = None,
+    never_ready: Callable[[], str | None] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start ``cmd``, poll ``ready_url`` until it answers 200, yield the process, terminate it on exit.
 
     Output goes to ``log_path`` when given (else to this process's streams); a process that exits or
-    is not ready in time raises RuntimeError naming the command and where its log is. A caller killed
-    past its ``finally`` (SIGKILL, SIGHUP) still stops it: see :func:`child_options`.
+    is not ready in time raises RuntimeError naming the command and where its log is, and so does one
+    whose ``never_ready`` (asked each time ``ready_url`` answers, but not 200) names why it never will be.
+    A caller killed past its ``finally`` (SIGKILL, SIGHUP) still stops it: see :func:`child_options`.
     """
     import httpx
 
@@ -51,6 +57,8 @@ def running(
             with contextlib.suppress(httpx.TransportError):  # no proxy: see LOCAL
                 if httpx.get(ready_url, timeout=2, **LOCAL).status_code == 200:
                     break
+                if never_ready is not None and (why := never_ready()) is not None:
+                    raise RuntimeError(f"{' '.join(cmd[:4])} will never be ready: {why}{where}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(cmd[:4])} was not ready after {timeout_s:.0f} s{where}")
             time.sleep(0.3)

@@ -55,6 +55,7 @@ def run_demo_recording(tmp_path, monkeypatch, refuse_resume: bool) -> list[list[
 
     monkeypatch.setattr(demo, "run_stage", stage)
     monkeypatch.setattr(demo, "gateway", stop_here)
+    monkeypatch.setattr("training.checkpoint.load_checkpoint", lambda path: {})  # stand-ins, read as sound
     args = SimpleNamespace(checkpoints=tmp_path, repository=tmp_path / "repo", fresh=False)
     with pytest.raises(SystemExit):
         demo.run_demo(args, demo.CPU)

@@ -311,6 +311,7 @@ def test_the_demo_names_the_checkpoints_it_reuses_where_they_are(tmp_path, monke
     checkpoints.mkdir()
     for name in ("resnet18.pt", "transformer.pt"):
         (checkpoints / name).write_bytes(b"")
+    monkeypatch.setattr("training.checkpoint.load_checkpoint", lambda path: {})  # stand-ins, read as sound
     stages: list[str] = []
     monkeypatch.setattr(demo, "run_stage", lambda title, cmd: stages.append(title))
 
