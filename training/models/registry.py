@@ -121,8 +121,17 @@ def import_modules(modules: Iterable[str]) -> None:
     """Import each module of user models (``--models-from``), so that it registers them; a module that
     cannot be found or raises is one :class:`ModelModuleError` line naming it and what to do."""
     _ensure_loaded()
+    from_environment = env_modules()
     for module in modules:
-        _import_module(module)
+        try:
+            _import_module(module)
+        except ModelModuleError as exc:
+            if module not in from_environment:
+                raise
+            # a variable set in a shell long ago (the own-classifier walk-through's) is not the flag just typed
+            raise ModelModuleError(
+                f"{exc} (KILN_MODELS_FROM in the environment names it: unset it if the module is gone)"
+            ) from exc.__cause__
 
 
 def ensure_registered(name: str, module: str | None) -> None:
