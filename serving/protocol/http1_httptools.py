@@ -319,8 +319,27 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         dropped, closed at its FIN or after LINGER_S (closing with its bytes unread resets the
         connection, and the reset can overtake the answer)."""
         self._stop_watch()  # the body will not be read: no 408 for it
+        self.pipeline.clear()  # requests queued behind it are never answered: the connection ends, and
+        # reading, paused while they waited, resumes once this answer is out (to drop the client's bytes)
         self.transport.write_eof()
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+
+    def shutdown(self) -> None:
+        """The drain's (:meth:`HeadLimits.shutdown`), but where the answer it makes the connection's last
+        closes it while the client's later requests lie unread (pipelined past what was read: reading
+        pauses while requests wait, :class:`QueuedRequestsFirst`), that close lingers: a plain close
+        with bytes unread resets the connection, and the reset discarded the answers still in the
+        socket's buffer (a client reading slowly got its first few answers, then ``ECONNRESET``)."""
+        super().shutdown()
+        cycle = self.cycle
+        if (
+            (self.pipeline or self.flow.read_paused)
+            and cycle is not None
+            and not isinstance(cycle, DirectCycle)
+            and not cycle.response_complete
+            and not cycle.keep_alive
+        ):
+            cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
 
     def _upgrade_body(self) -> int:
         """The Content-Length of a request proposing an upgrade the gateway will not take, whose
