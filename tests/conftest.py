@@ -42,20 +42,34 @@ def _single_torch_thread() -> None:
 DEFAULT_PORTS = (8000, 8001)
 
 
+def hold_ports(ports: tuple[int, ...]) -> list[socket.socket]:
+    """Bind ``ports`` on every IPv4 address and every IPv6 one (where the machine has IPv6), never
+    listening, as :func:`serving.triton.ports.held_port` holds a port: no server binds them (a gateway
+    on ``::1`` neither), and a client connecting is refused at once (a listening socket accepted it and
+    never answered: it hung until its timeout). One in use already is left as it is (taken either
+    way). The caller closes the sockets."""
+    held = []
+    for port in ports:
+        for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:  # no IPv6 on this machine
+                continue
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4's is the other
+                sock.bind((address, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+    return held
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _default_ports_held() -> Iterator[None]:
-    """Listen on :data:`DEFAULT_PORTS` (every IPv4 address) for the run; one in use already is left as
-    it is (taken either way)."""
-    held = []
-    for port in DEFAULT_PORTS:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind(("0.0.0.0", port))
-            sock.listen(1)
-        except OSError:
-            sock.close()
-            continue
-        held.append(sock)
+    """:data:`DEFAULT_PORTS` held for the run (:func:`hold_ports`)."""
+    held = hold_ports(DEFAULT_PORTS)
     yield
     for sock in held:
         sock.close()
