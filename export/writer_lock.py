@@ -18,11 +18,11 @@ import contextlib
 import fcntl
 import logging
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from kiln.lock_files import holder, note_holder, still_named
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ class _Held:
 
 _HELD: dict[Path, _Held] = {}
 _HELD_GUARD = threading.Lock()
-
-
-def _holder(fd: int) -> str:
-    """Who holds the lock, as its holder wrote it ("pid 123 on host since 12:00:01"), or a plain word."""
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
 
 
 @contextlib.contextmanager
@@ -94,11 +85,11 @@ def _acquire(repository: Path) -> int:
                     log.warning(
                         "%s is being written by another export (%s); waiting for it to finish",
                         repository,
-                        _holder(fd),
+                        holder(fd),
                     )
                     warned = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            if _names(fd, path):
+            if still_named(fd, path):
                 if writable:
                     _note_holder(fd, path)
                 return fd
@@ -112,19 +103,7 @@ def _note_holder(fd: int, path: Path) -> None:
     """Write who holds the lock, for a waiter's warning. Only a courtesy: on a full disk (ENOSPC, a
     quota) the lock is held all the same, so an export with nothing to write still succeeds there and
     one that must write fails on its first artifact, naming it."""
-    since = time.strftime("%Y-%m-%d %H:%M:%S")
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        note_holder(fd)
     except OSError as exc:
         log.debug("cannot note this export as the holder of %s: %s", path, exc.strerror or exc)
-
-
-def _names(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd``."""
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from export.pipeline import export_checkpoint
-from export.writer_lock import LOCK_NAME, _names, writer_lock
+from export.writer_lock import LOCK_NAME, writer_lock
+from kiln.lock_files import still_named
 from tests.repo_fixtures import MAX_BATCH, _tiny_checkpoint
 from tests.waiting import DEADLINE_S
 
@@ -126,11 +127,11 @@ def test_a_lock_file_removed_by_its_last_holder_is_not_taken_for_the_lock(tmp_pa
     path = tmp_path / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
-        assert _names(fd, path)
+        assert still_named(fd, path)
         path.unlink()
-        assert not _names(fd, path)
+        assert not still_named(fd, path)
         path.touch()  # the next export's new file
-        assert not _names(fd, path)
+        assert not still_named(fd, path)
     finally:
         os.close(fd)
     with writer_lock(tmp_path):

@@ -22,10 +22,10 @@ import errno
 import fcntl
 import logging
 import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from kiln.lock_files import holder, note_holder, still_named
 
 LOCK_SUFFIX = ".training.lock"
 # flock's errors on a filesystem that keeps no locks (Lustre mounted without -o flock, some FUSE mounts)
@@ -59,7 +59,7 @@ def run_lock(output_dir: str | os.PathLike, name: str, *, writer: bool) -> Itera
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):
-                if _names(fd, path):  # not a later run's, where this one's file was removed meanwhile
+                if still_named(fd, path):  # not a later run's, where this one's file was removed meanwhile
                     path.unlink()
             os.close(fd)  # closing the descriptor releases the flock
         for folder in made:  # deepest first; one the run wrote into is not empty and stays
@@ -81,7 +81,7 @@ def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int | None
             except BlockingIOError:
                 raise RunLocked(
                     f"--output-dir {output_dir} --name {name}: another training run is writing there "
-                    f"({_holder(fd)}; {path}); wait for it to finish, or give this run another --name "
+                    f"({holder(fd)}; {path}); wait for it to finish, or give this run another --name "
                     "or --output-dir"
                 ) from None
             except OSError as error:
@@ -99,38 +99,12 @@ def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int | None
                     path.unlink()
                 os.close(fd)
                 return None
-            if _names(fd, path):
-                _note_holder(fd)
+            if still_named(fd, path):
+                with contextlib.suppress(OSError):  # only a courtesy (a full disk skips it)
+                    note_holder(fd)
                 return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # its holder removed it as it let go: the next run's lock is a new file
     raise OSError(f"{path}: cannot take this training run's lock (its file keeps being removed)")
-
-
-def _holder(fd: int) -> str:
-    """Who holds the lock, as its holder wrote it ("pid 123 on host since ..."), or a plain word."""
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
-
-
-def _note_holder(fd: int) -> None:
-    """Write who holds the lock, for a refused run's line; only a courtesy (a full disk skips it)."""
-    since = time.strftime("%Y-%m-%d %H:%M:%S")
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
-
-
-def _names(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd``."""
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
