@@ -11,6 +11,7 @@ import argparse
 import base64
 import contextlib
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -479,12 +480,22 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
 
 def next_steps(repository: Path, gpu: bool) -> str:
     """The demo's last line: the command that serves its models on until Ctrl-C, as `make serve` takes it
-    (``GPU=1`` too on CUDA: a make without it puts the CPU onnxruntime back)."""
-    given = "" if repository == Path("model_repository") else f" {shlex.quote(f'REPOSITORY={repository}')}"
+    (``GPU=1`` too on CUDA: a make without it puts the CPU onnxruntime back). ``make serve`` passes a
+    variable as a flag only when make is given it, so a ``KILN_MODEL_REPOSITORY`` or ``KILN_BACKEND`` the
+    shell keeps (which the demo's gateway does not follow) is overridden by naming its variable; the ports
+    are those the shell's ``KILN_HTTP_PORT`` / ``KILN_GRPC_PORT`` give ``make serve``."""
+    env = os.environ
+    given = ""
+    if repository != Path("model_repository") or "KILN_MODEL_REPOSITORY" in env:
+        given += f" {shlex.quote(f'REPOSITORY={repository}')}"
+    if env.get("KILN_BACKEND", "onnxruntime") != "onnxruntime":
+        given += " BACKEND=onnxruntime"
+    http_port = env.get("KILN_HTTP_PORT", "").strip() or "8000"
+    grpc_port = env.get("KILN_GRPC_PORT", "").strip() or "8001"
     return (
         f"Next: `make serve{given}{' GPU=1' if gpu else ''}` serves these models until Ctrl-C on "
-        'http://127.0.0.1:8000 and gRPC 127.0.0.1:8001 (README.md, "Serving", shows requests to send); '
-        "`make test` runs the test suite."
+        f'http://127.0.0.1:{http_port} and gRPC 127.0.0.1:{grpc_port} (README.md, "Serving", shows requests '
+        "to send); `make test` runs the test suite."
     )
 
 
