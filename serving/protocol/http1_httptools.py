@@ -292,6 +292,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         super().on_headers_complete()
         if self._drained and self.cycle is not cycle:  # the last request (HeadLimits.shutdown)
             self.cycle.keep_alive = False
+            # its close lingers, as the drain's last answer does in shutdown: the client's later requests
+            # (a pipelined burst that crossed the stop) lie unread, and a plain close would reset them
+            self.cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
         if self.expect_100_continue and self.cycle is not cycle:
             self.cycle.send = self._closing_if_body_unasked(self.cycle)  # type: ignore[method-assign]
 
@@ -447,7 +450,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             self.transport.write(body)
         cycle.response_complete = True
         self._answer_task = None  # answered: its background task runs whether the client stays or not
-        if not cycle.keep_alive:
+        if not cycle.keep_alive and self._drained:  # the drain's last answer: the client's later requests,
+            self._linger()  # a burst that crossed the stop, lie unread, and a plain close would reset them
+        elif not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()
         if response is not None and response.background is not None:
