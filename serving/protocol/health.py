@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from serving.execution.base import Backend
 from serving.protocol.deps import BackendDep
 from serving.protocol.responses import empty, error_response, errors
 
@@ -34,4 +35,27 @@ async def live(backend: BackendDep) -> Response:
 async def ready(backend: BackendDep) -> Response:
     if await backend.is_ready():
         return Response(status_code=200)
-    return error_response("server is not ready", 400)
+    return error_response(not_ready_reason(backend), 400)
+
+
+SHOWN_FAILURES = 3  # the failed models a not-ready answer names (the repository index lists them all)
+REASON_CHARS = 300  # of each one's load error
+
+
+def not_ready_reason(backend: Backend) -> str:
+    """The not-ready answer's words: the models that failed to load, with their errors, where some did
+    (a repository of 100 models with one broken said only "server is not ready", and an operator went
+    through the log or the repository index to find which); else the plain words (still loading, a
+    drain, a translator without decode workers, a Triton not ready)."""
+    failed = [(name, error) for name in backend.list_models() if (error := backend.load_error(name))]
+    if not failed:
+        return "server is not ready"
+    shown = "; ".join(
+        f"model {name!r} failed to load: {error[:REASON_CHARS]}" for name, error in failed[:SHOWN_FAILURES]
+    )
+    more = (
+        f"; and {len(failed) - SHOWN_FAILURES} more (POST /v2/repository/index)"
+        if len(failed) > SHOWN_FAILURES
+        else ""
+    )
+    return f"server is not ready: {shown}{more}"
