@@ -30,6 +30,7 @@ from serving.protocol.http1_heads import (
     READ_TIMEOUT_S,
     HeadLimits,
     HeadRefused,
+    unread_bytes,
 )
 from serving.protocol.http1_writes import JOIN_BYTES, CoalescedWrites
 from serving.protocol.lean import ANSWERED_BY_PROTOCOL, LeanRoutes
@@ -128,6 +129,16 @@ class _LingerOnClose:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._protocol.transport, name)
+
+
+class _LingerIfUnread(_LingerOnClose):
+    """The transport the drain's last ASGI answer writes to: its ``close`` lingers only where the
+    client's later requests lie unread (:meth:`CoalescingHttpToolsProtocol._close_last`)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self._protocol._close_last()
 
 
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -292,9 +303,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         super().on_headers_complete()
         if self._drained and self.cycle is not cycle:  # the last request (HeadLimits.shutdown)
             self.cycle.keep_alive = False
-            # its close lingers, as the drain's last answer does in shutdown: the client's later requests
-            # (a pipelined burst that crossed the stop) lie unread, and a plain close would reset them
-            self.cycle.transport = _LingerOnClose(self)  # type: ignore[assignment]
+            # its close lingers where the client's later requests (a pipelined burst that crossed the
+            # stop) lie unread, which a plain close would reset; else it closes at once (_close_last)
+            self.cycle.transport = _LingerIfUnread(self)  # type: ignore[assignment]
         if self.expect_100_continue and self.cycle is not cycle:
             self.cycle.send = self._closing_if_body_unasked(self.cycle)  # type: ignore[method-assign]
 
@@ -326,6 +337,17 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         # reading, paused while they waited, resumes once this answer is out (to drop the client's bytes)
         self.transport.write_eof()
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _close_last(self) -> None:
+        """Close after the drain's last answer: lingering where the client's later requests lie unread
+        or unanswered (queued, reading paused for them, a head begun, bytes in the socket: a burst
+        that crossed the stop), which a plain close would reset; else at once, as a connection with
+        nothing more to read closes cleanly (a lingering close there held the server's stop LINGER_S
+        longer for a client that keeps its socket after the ``connection: close``)."""
+        if self.pipeline or self.flow.read_paused or self._in_request or unread_bytes(self.transport):
+            self._linger()
+        else:
+            self.transport.close()
 
     def shutdown(self) -> None:
         """The drain's (:meth:`HeadLimits.shutdown`), but where the answer it makes the connection's last
@@ -451,7 +473,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         cycle.response_complete = True
         self._answer_task = None  # answered: its background task runs whether the client stays or not
         if not cycle.keep_alive and self._drained:  # the drain's last answer: the client's later requests,
-            self._linger()  # a burst that crossed the stop, lie unread, and a plain close would reset them
+            self._close_last()  # a burst that crossed the stop, may lie unread (then it lingers)
         elif not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()
