@@ -482,21 +482,41 @@ def next_steps(repository: Path, gpu: bool) -> str:
     """The demo's last line: the command that serves its models on until Ctrl-C, as `make serve` takes it
     (``GPU=1`` too on CUDA: a make without it puts the CPU onnxruntime back). ``make serve`` passes a
     variable as a flag only when make is given it, so a ``KILN_MODEL_REPOSITORY`` or ``KILN_BACKEND`` the
-    shell keeps (which the demo's gateway does not follow) is overridden by naming its variable; the ports
-    are those the shell's ``KILN_HTTP_PORT`` / ``KILN_GRPC_PORT`` give ``make serve``."""
+    shell keeps (which the demo's gateway does not follow) is overridden by naming its variable, as is a
+    ``REPOSITORY`` or ``BACKEND`` it exports (make takes those from the environment too); the ports are
+    those the shell gives ``make serve`` (:func:`_served_port`)."""
     env = os.environ
     given = ""
-    if repository != Path("model_repository") or "KILN_MODEL_REPOSITORY" in env:
+    if repository != Path("model_repository") or {"KILN_MODEL_REPOSITORY", "REPOSITORY"} & env.keys():
         given += f" {shlex.quote(f'REPOSITORY={repository}')}"
-    if env.get("KILN_BACKEND", "onnxruntime") != "onnxruntime":
+    if any(env.get(name, "onnxruntime") != "onnxruntime" for name in ("BACKEND", "KILN_BACKEND")):
         given += " BACKEND=onnxruntime"
-    http_port = env.get("KILN_HTTP_PORT", "").strip() or "8000"
-    grpc_port = env.get("KILN_GRPC_PORT", "").strip() or "8001"
+    http_port, named = _served_port("HTTP_PORT", 8000, off=False)
+    grpc_port, named_grpc = _served_port("GRPC_PORT", 8001, off=True)
+    grpc = f"gRPC 127.0.0.1:{grpc_port}" if grpc_port else "gRPC off (its port is 0 in this shell)"
     return (
-        f"Next: `make serve{given}{' GPU=1' if gpu else ''}` serves these models until Ctrl-C on "
-        f'http://127.0.0.1:{http_port} and gRPC 127.0.0.1:{grpc_port} (README.md, "Serving", shows requests '
-        "to send); `make test` runs the test suite."
+        f"Next: `make serve{given}{named}{named_grpc}{' GPU=1' if gpu else ''}` serves these models until "
+        f'Ctrl-C on http://127.0.0.1:{http_port} and {grpc} (README.md, "Serving", shows requests to send); '
+        "`make test` runs the test suite."
     )
+
+
+def _served_port(name: str, default: int, *, off: bool) -> tuple[int, str]:
+    """The port ``make serve`` serves ``name`` on in this shell: make's variable ``name`` where the shell
+    exports it (passed as the flag, which wins), else ``KILN_<name>`` (the gateway's), else ``default``;
+    and the variable the command names where that value is no port to connect to (0: a free port, which
+    ``off`` takes as the server turned off; a value the gateway refuses: "abc", "70000", ""), so the
+    port the line gives is the one served."""
+    value = os.environ.get(name, os.environ.get(f"KILN_{name}"))
+    if value is None:
+        return default, ""
+    try:
+        port = int(value)  # as the flag's type reads it (pydantic's reading of KILN_* takes these too)
+    except ValueError:
+        port = -1
+    if 0 < port <= 65535 or (port == 0 and off):
+        return port, ""
+    return default, f" {name}={default}"
 
 
 if __name__ == "__main__":
