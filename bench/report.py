@@ -12,15 +12,29 @@ from bench.triton_layouts import best_triton
 
 
 def write_results(results: dict[str, Any], out: Path) -> Path:
+    """results.json, standard JSON: a value not measured (NaN) or infinite is ``null``, where Python's
+    ``NaN`` literal made the file unreadable to ``JSON.parse`` and other strict readers."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")
+    text = json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False)
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        return _finite(value.item())
     return str(value)
 
 

@@ -32,10 +32,27 @@ def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
 def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     """Each target of the issue with where it stands in this run."""
     rows = classify_targets(results, classifier)
+    for row, parts in zip(rows, CLASSIFY_PARTS, strict=True):
+        left_out = [part for part in parts if part not in results]
+        if left_out and not row.get("note") and math.isnan(row["measured"]):
+            row["note"] = f"not measured: this run left out {' and '.join(left_out)} (--only)"
     rows += results.get("translation", {}).get("targets", [])
     for r in rows:
         r["met"] = _met(r)
     return rows
+
+
+# The parts (``--only``) each classification target of :func:`classify_targets` reads, in its order.
+CLASSIFY_PARTS = (
+    ("engines",),
+    ("servers", "engines"),
+    ("servers",),
+    ("servers",),  # perf_analyzer gRPC c=1 and c=64 (triton_layouts.triton_targets)
+    ("servers",),
+    ("servers", "engines"),
+    ("servers",),
+    ("servers",),
+)
 
 
 def _met(row: dict[str, Any]) -> str:

@@ -74,7 +74,18 @@ def run(
         work = arithmetic(args, main)
     except Exception as exc:  # noqa: BLE001 - reported in the results, the rest still counts
         errors["arithmetic"], work = str(exc), None
-    targets = acceptance(rows[main.model], work) + [identity.identity_target(m, r) for m, r in rows.items()]
+    for part, error in errors.items():  # the log says so too, not only the report at the end
+        log.warning("translation: %s not measured: %s", part, error)
+    reasons = dict(errors)  # why a target's rows did not run, for its note
+    int8 = Path(args.repository) / f"{main.model}_int8"
+    if not int8.is_dir():  # the gateway's rows leave it out (no error): the int8 target says why
+        reasons["int8 entry"] = f"{int8} is not in the repository (export writes it where it passes its gate)"
+        progress(f"translation: no int8 entry rows: {reasons['int8 entry']}")
+    targets = acceptance(rows[main.model], work, reasons)
+    targets += [identity.identity_target(m, r, errors) for m, r in rows.items()]
+    targets += [
+        identity.unprepared_target(key, error) for key, error in errors.items() if key.startswith("identity ")
+    ]
     return {
         "rows": rows[main.model],
         "identity": {w.model: rows[w.model] for w in others},

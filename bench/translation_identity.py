@@ -98,9 +98,16 @@ def prepare(
     return workloads
 
 
-def identity_target(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+TRITON_ROWS = "gateway->triton"  # the engine names of the rows through Triton (bench.translation_gateway)
+
+
+def identity_target(
+    model: str, rows: list[dict[str, Any]], errors: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Issue 10's identity figure for one translator: the lowest agreement with the PyTorch reference of
-    any gateway or gateway->Triton row (goal 100 %), with how many rows and sentences differ.
+    any gateway or gateway->Triton row (goal 100 %), with how many rows and sentences differ. Without
+    a Triton row (Triton did not run; ``errors["triton"]`` says why) it reads "–", never "yes" for a
+    path it did not measure, its note giving the gateway's rows.
 
     The int8 entry is another model (export's gate holds it to >= 99.5 % agreement with fp32), so its
     rows are not held to identity; the note reports their agreement and how many of its sentences were
@@ -121,11 +128,31 @@ def identity_target(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             f"{min(r['same_as_reference'] for r in int8):.2f} % agree, "
             f"{sum(r.get('inconsistent_across_rounds', 0) for r in int8)} inconsistent across rounds"
         )
+    if not any(r["engine"].startswith(TRITON_ROWS) for r in served):
+        error = (errors or {}).get("triton")
+        why = f" (triton: {error})" if error else ""
+        note = (
+            f"not measured: this run has no Triton row{why}; the gateway alone: {note}, worst {worst:.2f} %"
+        )
+        worst = float("nan")
     return {
         "target": f"`{model}` through the gateway and Triton identical to the PyTorch reference (%)",
         "goal": 100.0,
         "measured": worst,
         "note": note,
+        "lower_is_better": False,
+    }
+
+
+def unprepared_target(key: str, error: str) -> dict[str, Any]:
+    """The identity target of a translator :func:`prepare` could not train or export (``errors``' key
+    ``identity <name>``): "–", its note the error, rather than no row in the targets table at all."""
+    model = key.removeprefix("identity ")
+    return {
+        "target": f"`{model}` through the gateway and Triton identical to the PyTorch reference (%)",
+        "goal": 100.0,
+        "measured": float("nan"),
+        "note": f"not measured: {error}",
         "lower_is_better": False,
     }
 

@@ -80,21 +80,40 @@ def best_ctranslate2(rows, beam: int = 4) -> dict[str, Any] | None:
     return (multi or found or [None])[0]
 
 
-def acceptance(rows: list[dict[str, Any]], work: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def acceptance(
+    rows: list[dict[str, Any]], work: dict[str, Any] | None = None, errors: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Issue 10's figures: each measured ratio with its goal (reported, never asserted); the gateway
     targets use its best layout measured in this run, named in the target. With the workload's
     arithmetic (``work``: :func:`bench.translation.arithmetic`), the PyTorch target's note says how much
-    of the machine's float32 product speed its goal takes, and how much CTranslate2 reaches."""
-    targets = [_target(*check, "tokens_per_s", False) for check in _throughput_checks(rows)]
-    targets.append(_latency_target(rows))
+    of the machine's float32 product speed its goal takes, and how much CTranslate2 reaches. A target
+    whose rows did not run reads "–" and its note names the row missing, with the error of the
+    translation section (``errors``) that says why where there is one."""
+    targets = []
+    for target, goal, ours, theirs, sides in _throughput_checks(rows):
+        targets.append(_target(target, goal, ours, theirs, "tokens_per_s", False, sides, errors))
+    targets.append(_latency_target(rows, errors))
     if work:
         targets[1]["note"] += _arithmetic_note(rows, work)
     return targets
 
 
-def _throughput_checks(rows) -> list[tuple[str, float, dict[str, Any] | None, dict[str, Any] | None]]:
-    """The tokens/s targets as (target, goal, our row, the row it is measured against); the gateway's
-    rows carry their paired ratios where the rounds ran."""
+def _not_measured(missing: list[str], errors: dict[str, str]) -> str:
+    """The note of a target one of whose rows did not run: which, and why where an error says so."""
+    reasons = [f"{key}: {error}" for key, error in errors.items() if any(key in m for m in missing)]
+    return (
+        "not measured: this run has no "
+        + " and no ".join(f"{m} row" for m in missing)
+        + (f" ({'; '.join(reasons)})" if reasons else "")
+    )
+
+
+def _throughput_checks(
+    rows,
+) -> list[tuple[str, float, dict[str, Any] | None, dict[str, Any] | None, tuple[str, str]]]:
+    """The tokens/s targets as (target, goal, our row, the row it is measured against, what each of the
+    two rows is, for the note of a target one of them is missing from); the gateway's rows carry their
+    paired ratios where the rounds ran."""
     ct_best = best_ctranslate2(rows)
     gateway, int8 = best_gateway(rows), best_gateway(rows, "int8 entry")
     gateway, int8 = _paired(rows, gateway), _paired(rows, int8)
@@ -104,29 +123,36 @@ def _throughput_checks(rows) -> list[tuple[str, float, dict[str, Any] | None, di
             0.5,
             gateway,
             ct_best,
+            ("gateway (c=32, beam 4)", CT2_BEST),
         ),
         (
             f"{_name(gateway, 'gateway')} c=32 beam 4 >= 4x the PyTorch reference with KV cache (best layout)",
             4.0,
             gateway,
             best_pytorch(rows),
+            ("gateway (c=32, beam 4)", "PyTorch reference with KV cache (beam 4)"),
         ),
         (
             "in-process engine (batch 32, 1 thread) >= 0.6x CTranslate2 fp32 at 1 thread",
             0.6,
             _find(rows, "kiln engine (batch 32)"),
             _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=32),
+            ("kiln engine (batch 32)", "ctranslate2 fp32 (1 thread)"),
         ),
         (
             f"{_name(int8, 'int8 entry through the gateway')} >= 0.7x CTranslate2 fp32 at its best layout",
             0.7,
             int8,
             ct_best,
+            ("int8 entry (gateway, c=32, beam 4)", CT2_BEST),
         ),
     ]
 
 
-def _latency_target(rows) -> dict[str, Any]:
+CT2_BEST = "ctranslate2 fp32 (best layout)"
+
+
+def _latency_target(rows, errors: dict[str, str] | None = None) -> dict[str, Any]:
     """Kiln's in-process scheduler one request at a time against CTranslate2 at one thread, batch 1."""
     return _target(
         "batch-1 latency p50 (beam 4) <= 2x CTranslate2 fp32 at 1 thread",
@@ -135,6 +161,8 @@ def _latency_target(rows) -> dict[str, Any]:
         _find(rows, "ctranslate2 fp32 (1 thread)", concurrency=1),
         "p50_ms",
         True,
+        ("kiln engine (scheduler) batch-1", "ctranslate2 fp32 (1 thread) batch-1"),
+        errors,
     )
 
 
@@ -201,15 +229,30 @@ def _name(row: dict[str, Any] | None, fallback: str) -> str:
     return row["engine"] if row else fallback
 
 
-def _target(target: str, goal: float, ours, theirs, key: str, lower_is_better: bool) -> dict[str, Any]:
+def _target(
+    target: str,
+    goal: float,
+    ours,
+    theirs,
+    key: str,
+    lower_is_better: bool,
+    sides: tuple[str, str] = ("our", "compared"),
+    errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
     measured = (
         ratio(ours[key], theirs[key]) if ours and theirs and key in ours and key in theirs else float("nan")
     )
-    note = (
-        f"agreement with the reference: {ours.get('same_as_reference', float('nan')):.1f}%"
-        if ours
-        else "not run"
-    )
+    missing = [side for side, row in zip(sides, (ours, theirs), strict=True) if row is None]
+    if missing:  # "–", and the note says which row did not run and, where an error says so, why
+        note = _not_measured(missing, errors or {})
+        return {
+            "target": target,
+            "goal": goal,
+            "measured": measured,
+            "note": note,
+            "lower_is_better": lower_is_better,
+        }
+    note = f"agreement with the reference: {ours.get('same_as_reference', float('nan')):.1f}%"
     if ours and theirs and theirs["engine"] in ours.get("paired", {}):
         note += f"; median of {ours['rounds']} paired rounds (the separate rows: {measured:.2f})"
         measured = ours["paired"][theirs["engine"]]
