@@ -165,6 +165,12 @@ class Gateway:
             return self.translators.failed.get(name, "")  # type: ignore[union-attr]
         return self.backend.load_error(name)
 
+    @property
+    def outage(self) -> str:
+        """Why the backend was last found unreachable (``--backend triton``; "" where it was reached,
+        or the backend runs here): a readiness answer's reason, before a model index fetched earlier."""
+        return getattr(self.backend, "outage", "")
+
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
         """A translator the gateway serves: its entry, with the outputs its infer answers (the pool
         declares them); with Triton behind, Triton's view was its ``<name>`` model's (one hypothesis)."""

@@ -89,6 +89,9 @@ class TritonBackend(TritonModels):
         # why Triton was logged unready this outage (empty: since ready): an outage is a line, not one a
         # probe; a set, as under traffic the reason alternates ("refused", "closed during the call")
         self._unready_said: set[str] = set()
+        # why the last probe found Triton unreachable ("" since one reached it): the readiness answer's
+        # reason then, not the model index fetched before the outage (health.not_ready_reason)
+        self.outage = ""
 
     # -- Backend protocol -------------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class TritonBackend(TritonModels):
         except ServingError as error:
             log.warning("Triton backend starts unready: %s", error.message)
             self._unready_said = {error.message}
+            self.outage = error.message
             self._watch()
 
     async def _sync(self, *, force: bool = False, now: bool = False) -> None:
@@ -171,7 +175,9 @@ class TritonBackend(TritonModels):
     async def is_ready(self) -> bool:
         """Triton's readiness; (re)fetch the model list when Triton was down or never seen."""
         try:
-            if not await self._call("is_server_ready"):
+            ready = await self._call("is_server_ready")
+            self.outage = ""  # reached: its index says why it is not ready, where a model failed
+            if not ready:
                 return False
             if not self._synced:
                 await self._sync(force=True)
@@ -179,6 +185,7 @@ class TritonBackend(TritonModels):
                 return True
         except ServingError as error:
             self._synced = False
+            self.outage = error.message
             level = logging.DEBUG if error.message in self._unready_said else logging.INFO  # said: debug
             if len(self._unready_said) >= 64:  # reasons that differ at every probe: bounded
                 self._unready_said.clear()

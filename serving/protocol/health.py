@@ -47,6 +47,9 @@ def not_ready_reason(backend: Backend) -> str:
     (a repository of 100 models with one broken said only "server is not ready", and an operator went
     through the log or the repository index to find which); else the plain words (still loading, a
     drain, a translator without decode workers, a Triton not ready)."""
+    outage = getattr(backend, "outage", "")  # --backend triton, unreachable: its model index is stale
+    if outage:
+        return f"server is not ready: {outage}"
     failed = [(name, error) for name in backend.list_models() if (error := backend.load_error(name))]
     if not failed:
         return "server is not ready"
