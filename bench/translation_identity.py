@@ -107,7 +107,8 @@ def identity_target(
     """Issue 10's identity figure for one translator: the lowest agreement with the PyTorch reference of
     any gateway or gateway->Triton row (goal 100 %), with how many rows and sentences differ. Without
     a Triton row (Triton did not run; ``errors["triton"]`` says why) it reads "–", never "yes" for a
-    path it did not measure, its note giving the gateway's rows.
+    path it did not measure, its note giving the gateway's rows; where a gateway row differs it reads
+    "no" still, that row's failure measured whatever Triton's rows would have said.
 
     The int8 entry is another model (export's gate holds it to >= 99.5 % agreement with fp32), so its
     rows are not held to identity; the note reports their agreement and how many of its sentences were
@@ -131,10 +132,11 @@ def identity_target(
     if not any(r["engine"].startswith(TRITON_ROWS) for r in served):
         error = (errors or {}).get("triton")
         why = f" (triton: {error})" if error else ""
-        note = (
-            f"not measured: this run has no Triton row{why}; the gateway alone: {note}, worst {worst:.2f} %"
-        )
-        worst = float("nan")
+        if differing:  # the gateway's rows alone miss the goal: "no", whatever Triton's would have said
+            note += f"; Triton not measured: this run has no Triton row{why}"
+        else:
+            note = f"not measured: this run has no Triton row{why}; the gateway alone: {note}, worst {worst:.2f} %"
+            worst = float("nan")
     return {
         "target": f"`{model}` through the gateway and Triton identical to the PyTorch reference (%)",
         "goal": 100.0,
