@@ -14,7 +14,12 @@ from dataclasses import replace
 from typing import Any
 
 from serving.decoding.scheduler_config import SchedulerConfig
-from serving.decoding.translator import Translator
+from serving.decoding.translator import (
+    Translator,
+    check_backend_infer,
+    entry_max_positions,
+    entry_source_tokenizer,
+)
 from serving.decoding.translator_pool import TranslatorPool, step_entries
 from serving.errors import BadRequest, ModelNotFound, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse, LoadingStopped, ModelMetadata
@@ -215,7 +220,23 @@ class Gateway:
             version = self.repository.get(request.model).resolve_version(request.version)
             response = await self.translator(request.model).infer(request)  # type: ignore[union-attr]
             return replace(response, version=version)  # the version served, as metadata lists it
+        entry = self._backend_translator(request.model)
+        if entry is not None:  # Triton's <name> model decodes it: refused as the gateway's translators refuse
+            await check_backend_infer(
+                request.model, request, entry_max_positions(entry.kiln), entry_source_tokenizer(entry)
+            )
         return await self.backend.infer(request)
+
+    def _backend_translator(self, name: str) -> Any | None:
+        """The repository entry of translator ``name`` where the backend decodes it itself (Triton's
+        ``<name>`` model, ``--triton-translate triton``); None otherwise, or where the gateway's copy of
+        the repository does not hold it (Triton's model then checks the request alone)."""
+        if self.translators is not None or self.repository is None:
+            return None
+        entry = getattr(self.repository, "entries", {}).get(name)
+        if entry is None or entry.task != "translate" or not isinstance(entry.kiln, dict):
+            return None
+        return entry
 
 
 def _decode_workers(translator: Any) -> str:

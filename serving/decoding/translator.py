@@ -257,24 +257,8 @@ class Translator:
     async def infer(self, request: InferRequest) -> InferResponse:
         """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation``, FP32 ``score`` and ``raw_score``, each
         [n, n_best] (those the request names, else all three)."""
-        if set(request.inputs) != {"text"}:
-            raise BadRequest(
-                f"model {self.name!r} takes exactly one input 'text'; got {sorted(request.inputs)}"
-            )
+        given, wanted = _infer_text_input(self.name, request)
         params = request.parameters or {}
-        if request.classification:
-            raise BadRequest(
-                f"model {self.name!r}: the classification extension needs a class axis, which a "
-                f"translator's outputs do not have ({sorted(request.classification)} asked for)"
-            )
-        given = np.asarray(request.inputs["text"])
-        if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
-            raise BadRequest(f"model {self.name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
-        wanted = request.outputs or DEFAULT_OUTPUTS
-        served = [name for name, _ in OUTPUTS]
-        unknown = sorted(set(wanted) - set(served))
-        if unknown:  # before any decoding: the client's mistake costs no work
-            raise BadRequest(f"model {self.name!r} has no output(s) {unknown}; outputs: {served}")
         try:  # what Triton's <name> model refuses or fails at, past the checks its server makes above
             texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
             options = options_from_parameters(params)
@@ -367,6 +351,52 @@ def _as_text(value: Any, index: int) -> str:
     raise BadRequest(f"texts[{index}] must be BYTES (a UTF-8 string), got {type(value).__name__}")
 
 
+def _infer_text_input(name: str, request: InferRequest) -> tuple[np.ndarray, list[str]]:
+    """A translator's KServe v2 request's ``text`` tensor and the outputs it wants, refused (400) where
+    its inputs, shape, outputs or classification do not fit ``name``'s metadata."""
+    if set(request.inputs) != {"text"}:
+        raise BadRequest(f"model {name!r} takes exactly one input 'text'; got {sorted(request.inputs)}")
+    if request.classification:
+        raise BadRequest(
+            f"model {name!r}: the classification extension needs a class axis, which a "
+            f"translator's outputs do not have ({sorted(request.classification)} asked for)"
+        )
+    given = np.asarray(request.inputs["text"])
+    if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
+        raise BadRequest(f"model {name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
+    wanted = request.outputs or DEFAULT_OUTPUTS
+    served = [output for output, _ in OUTPUTS]
+    unknown = sorted(set(wanted) - set(served))
+    if unknown:  # before any decoding: the client's mistake costs no work
+        raise BadRequest(f"model {name!r} has no output(s) {unknown}; outputs: {served}")
+    return given, wanted
+
+
+async def check_backend_infer(
+    name: str, request: InferRequest, max_positions: int | None, source: Any | None = None
+) -> None:
+    """Refuse a KServe v2 request for translator ``name`` that a backend's own ``<name>`` model decodes
+    (Triton's, ``--triton-translate triton``) as :meth:`Translator.infer` refuses it: the same 400, 413
+    and 422 (gRPC ``RESOURCE_EXHAUSTED`` for a 413) in the gateway's words, where Triton answered every
+    mistake ``INVALID_ARGUMENT`` (its model's 400s, its server's batch and shape checks in its own
+    words). ``source``: the entry's source tokenizer, measuring the texts against ``max_positions``."""
+    given, _ = _infer_text_input(name, request)
+    try:  # what the model would refuse: its answer, as Translator.infer marks it
+        texts = [_as_text(value, i) for i, value in enumerate(given.reshape(-1))]
+        options = options_from_parameters(request.parameters or {})
+        check_decoding_options(options, bs.LIMITS, max_positions)
+        check_texts(texts, bs.LIMITS)
+        if source is not None and max_positions:
+            if sum(map(len, texts)) <= INLINE_CHARS:
+                ids = [e.ids for e in source.encode_batch(texts)]
+            else:
+                ids = await asyncio.to_thread(lambda: [e.ids for e in source.encode_batch(texts)])
+            check_source_lengths(ids, max_positions)
+    except Exception as error:
+        mark_models_answer(error)
+        raise
+
+
 def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
     """Decoding options from KServe request parameters (:func:`serving.decoding.options.
     options_from_parameters`, which Triton's ``<name>`` model reads them with too); a parameter of the
@@ -375,6 +405,26 @@ def options_from_parameters(params: dict[str, Any]) -> bs.DecodingOptions:
         return parse_parameters(params)
     except ValueError as error:
         raise BadRequest(str(error)) from None
+
+
+def entry_max_positions(kiln: dict[str, Any]) -> int | None:
+    """The longest target a ``<name>`` entry's model takes (its step spec's ``max_positions``), if it says."""
+    spec = (kiln.get("translator") or {}).get("step_spec") or {}
+    value = spec.get("max_positions")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def entry_source_tokenizer(entry: Any) -> Any | None:
+    """The source tokenizer of a ``<name>`` entry (read once), or None where the gateway's copy of the
+    repository has none to read: ``<name>``'s model then measures the texts alone."""
+    block = entry.kiln.get("translator") if isinstance(entry.kiln, dict) else None
+    filename = block.get("source_tokenizer", "source_tokenizer.json") if isinstance(block, dict) else None
+    if not isinstance(filename, str):
+        return None
+    try:
+        return source_tokenizer(entry.path / filename)
+    except (OSError, ValueError):
+        return None
 
 
 def source_tokenizer(path: Path) -> Any:

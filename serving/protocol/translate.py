@@ -32,7 +32,8 @@ from serving.decoding.translator import (
     check_decoding_options,
     check_source_lengths,
     check_texts,
-    source_tokenizer,
+    entry_max_positions,
+    entry_source_tokenizer,
 )
 from serving.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable, UnprocessableInput
 from serving.execution.base import Backend, InferRequest, InferResponse
@@ -321,17 +322,7 @@ async def _via_infer(
     ]
 
 
-def _source_of(entry: Any) -> Any | None:
-    """The source tokenizer of a ``<name>`` entry (read once), or None where the gateway's copy of the
-    repository has none to read: ``<name>``'s model then measures the texts alone."""
-    block = entry.kiln.get("translator") if isinstance(entry.kiln, dict) else None
-    filename = block.get("source_tokenizer", "source_tokenizer.json") if isinstance(block, dict) else None
-    if not isinstance(filename, str):
-        return None
-    try:
-        return source_tokenizer(entry.path / filename)
-    except (OSError, ValueError):
-        return None
+_source_of = entry_source_tokenizer  # the source tokenizer of a ``<name>`` entry, or None
 
 
 def _source_ids(source: Any, texts: list[str]) -> list[list[int]]:
@@ -377,11 +368,7 @@ def _translations(response: InferResponse, outputs: list[str], n: int) -> list[l
     ]
 
 
-def _max_positions(kiln: dict[str, Any]) -> int | None:
-    """The longest target the entry's model takes (its step spec's ``max_positions``), if it says."""
-    spec = (kiln.get("translator") or {}).get("step_spec") or {}
-    value = spec.get("max_positions")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+_max_positions = entry_max_positions  # the longest target the entry's model takes, if it says
 
 
 def _text(value: Any) -> str:
