@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="where the flavour (WORKDIR/model_repository, replaced; anything else there is refused) and "
-        "log go (default: a temp dir, removed when the server stops cleanly)",
+        "log go (default: a temp dir, removed when the server stops cleanly); one server at a time",
     )
     parser.add_argument(
         "--host",

@@ -9,6 +9,7 @@ by :mod:`serving.triton.shm_regions`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -165,6 +166,7 @@ class TritonServer:
         self.flavour: FlavourReport | None = None
         self.process: subprocess.Popen | None = None
         self._launched_at: float | None = None  # wall time of the first launch (see sweep_shm_regions)
+        self._workdir_lock: int | None = None  # the descriptor holding the workdir (_hold_workdir)
 
     @property
     def http_url(self) -> str:
@@ -224,16 +226,21 @@ class TritonServer:
             )
         self._check_chosen_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._hold_workdir()
         repository = self.repository_path
         try:
             self.flavour = derive_python_flavour(
                 self.model_repository, repository, threads=self.threads, instances=self.instances
             )
+            backends = prepare_backends(install, self.workdir)
         except FlavourWriteError as error:  # a full work directory: one line, not copytree's traceback
+            self._release_workdir()
             raise TritonError(
                 f"cannot derive the python flavour of {self.model_repository}: {error}"
             ) from None
-        backends = prepare_backends(install, self.workdir)
+        except BaseException:
+            self._release_workdir()
+            raise
         attempt = 1
         while True:
             self._launch(install, repository, backends)
@@ -241,8 +248,9 @@ class TritonServer:
                 self.wait_ready()
                 return self
             except TritonError as error:
-                self.stop()
+                self.stop(release=False)
                 if attempt == START_ATTEMPTS or not self._redraw_ports(str(error)):
+                    self._release_workdir()
                     raise
                 log.warning(
                     "tritonserver could not bind its ports (attempt %d); retrying on new ones", attempt
@@ -251,6 +259,29 @@ class TritonServer:
             except BaseException:
                 self.stop()
                 raise
+
+    def _hold_workdir(self) -> None:
+        """Hold ``workdir`` (an exclusive lock on the directory, released by :meth:`stop` or at exit),
+        refusing one another server holds: two launchers given one ``--workdir`` replaced each other's
+        flavour under the running server and its log (the first's log then held the second's lines),
+        or, started together, the one deriving second failed on "[Errno 17] File exists"."""
+        if self._workdir_lock is not None:
+            return
+        fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise TritonError(
+                f"work directory {self.workdir} is in use by another tritonserver started from it: "
+                "give each server its own --workdir (or none: a temporary one)"
+            ) from None
+        self._workdir_lock = fd
+
+    def _release_workdir(self) -> None:
+        fd, self._workdir_lock = self._workdir_lock, None
+        if fd is not None:
+            os.close(fd)  # the lock goes with the descriptor
 
     def _launch(self, install: TritonInstall, repository: Path, backends: Path) -> None:
         if self._launched_at is None:
@@ -329,8 +360,16 @@ class TritonServer:
             return "(no server log)"
         return "\n".join(["--- tritonserver log (tail) ---", *text[-lines:]])
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the server, SIGKILL it if it outlives ``grace_s``, then its whole process group."""
+    def stop(self, grace_s: float = 10.0, *, release: bool = True) -> None:
+        """SIGTERM the server, SIGKILL it if it outlives ``grace_s``, then its whole process group; then
+        (``release``) let another server use the work directory."""
+        try:
+            self._stop(grace_s)
+        finally:
+            if release:
+                self._release_workdir()
+
+    def _stop(self, grace_s: float) -> None:
         process, self.process = self.process, None
         if process is None:
             return
