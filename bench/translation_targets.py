@@ -245,17 +245,11 @@ def _target(
     missing = [side for side, row in zip(sides, (ours, theirs), strict=True) if row is None]
     if missing:  # "–", and the note says which row did not run and, where an error says so, why
         note = _not_measured(missing, errors or {})
-        return {
-            "target": target,
-            "goal": goal,
-            "measured": measured,
-            "note": note,
-            "lower_is_better": lower_is_better,
-        }
-    note = f"agreement with the reference: {ours.get('same_as_reference', float('nan')):.1f}%"
-    if ours and theirs and theirs["engine"] in ours.get("paired", {}):
-        note += f"; median of {ours['rounds']} paired rounds (the separate rows: {measured:.2f})"
-        measured = ours["paired"][theirs["engine"]]
+    else:
+        note = f"agreement with the reference: {ours.get('same_as_reference', float('nan')):.1f}%"
+        if ours and theirs and theirs["engine"] in ours.get("paired", {}):
+            note += f"; median of {ours['rounds']} paired rounds (the separate rows: {measured:.2f})"
+            measured = ours["paired"][theirs["engine"]]
     return {
         "target": target,
         "goal": goal,
