@@ -118,6 +118,11 @@ def make_held_dir(prefix: str, where: str | Path | None = None) -> Path:
     return held
 
 
+def holds(path: Path) -> bool:
+    """Whether this process holds ``path`` (made by :func:`make_held_dir`, not released)."""
+    return Path(path) in _held
+
+
 def release(path: Path) -> None:
     """Stop holding ``path`` (:func:`make_held_dir`), once it is removed; nothing if it is not held."""
     fd = _held.pop(Path(path), None)

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from kiln.processes import child_options
+from serving import process_tree
 from serving.settings import join_host_port
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour
 from serving.triton.install import (
@@ -265,8 +266,8 @@ class TritonServer:
         refusing one another server holds: two launchers given one ``--workdir`` replaced each other's
         flavour under the running server and its log (the first's log then held the second's lines),
         or, started together, the one deriving second failed on "[Errno 17] File exists"."""
-        if self._workdir_lock is not None:
-            return
+        if self._workdir_lock is not None or process_tree.holds(self.workdir):
+            return  # a launcher's temporary one is held already, by its maker (a second lock refused it)
         fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
