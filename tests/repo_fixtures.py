@@ -128,6 +128,30 @@ def write_onnx_entry(root: Path, graph: Any, config: str) -> Path:
     return root
 
 
+IDENTITY_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{{ name: "x" data_type: TYPE_FP32 dims: [ 2 ] }}]
+output [{{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }}]
+"""
+
+
+def write_identity_entries(root: Path, names: Any) -> Path:
+    """An entry per name of ``names``: a tiny FP32 identity graph (``x`` [n, 2] -> ``y``), batched up to
+    4 (:data:`IDENTITY_CONFIG`); returns ``root``."""
+    from onnx import TensorProto, helper
+
+    for name in names:
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        )
+        write_onnx_entry(root, graph, IDENTITY_CONFIG.format(name=name))
+    return root
+
+
 @contextmanager
 def repository_client(repository: Path) -> Iterator[Any]:
     """A TestClient over the gateway's app serving ``repository`` (no gRPC port), started and stopped."""

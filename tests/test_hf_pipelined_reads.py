@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from serving.protocol.http1 import http_protocol
+from tests.pipelining import send_until_full
 from tests.repo_fixtures import LiveServer
 
 READ_BYTES = 256 * 1024  # the most one read hands the protocol (asyncio: 256 KiB, uvloop: 256 000 bytes)
@@ -57,17 +58,9 @@ def served():
 @pytest.mark.parametrize("request_bytes", [GET, POST], ids=["get", "post-with-body"])
 def test_a_client_not_reading_its_answers_has_at_most_one_read_of_requests_queued(served, request_bytes):
     served.queued[:] = [0, 0]
-    stream = memoryview(request_bytes * (SENT_BYTES // len(request_bytes)))
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers left unread, as a slow client's
-        sock.setblocking(False)
-        sent, moved = 0, time.monotonic()
-        while sent < len(stream) and time.monotonic() - moved < 0.2:  # until the server stops reading
-            try:
-                sent += sock.send(stream[sent : sent + 65536])
-                moved = time.monotonic()
-            except BlockingIOError:  # its buffers and ours are full
-                time.sleep(0.005)
+        send_until_full(sock, request_bytes * (SENT_BYTES // len(request_bytes)))  # until it stops reading
         parsed, give_up = 0, time.monotonic() + 10  # a failure bound, never waited out
         while (not parsed or served.queued[1] != parsed) and time.monotonic() < give_up:
             parsed = served.queued[1]  # until it has parsed what it read (none more in 0.3 s)

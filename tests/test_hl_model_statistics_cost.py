@@ -11,18 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from onnx import TensorProto, helper
-
 from serving.metrics import GatewayMetrics
-from tests.repo_fixtures import repository_client, write_onnx_entry
+from tests.repo_fixtures import repository_client, write_identity_entries
 
 NAMES = tuple(f"m{i:02d}" for i in range(12))
-CONFIG = """name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-input [{{ name: "x" data_type: TYPE_FP32 dims: [ 2 ] }}]
-output [{{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }}]
-"""
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
 STATISTICS = (  # the families a statistics call reads (GatewayMetrics.statistics_samples)
     "requests",
@@ -38,15 +30,7 @@ STATISTICS = (  # the families a statistics call reads (GatewayMetrics.statistic
 
 
 def _repository(root: Path) -> Path:
-    for name in NAMES:
-        graph = helper.make_graph(
-            [helper.make_node("Identity", ["x"], ["y"])],
-            name,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
-        )
-        write_onnx_entry(root, graph, CONFIG.format(name=name))
-    return root
+    return write_identity_entries(root, NAMES)
 
 
 def test_one_models_statistics_read_none_of_the_other_models_series(tmp_path) -> None:

@@ -11,22 +11,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper
 
 from serving.app import create_app
 from serving.execution.onnxruntime import ort_thread_name
 from serving.settings import Settings
-from tests.repo_fixtures import write_onnx_entry
+from tests.repo_fixtures import write_identity_entries
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/task/<tid>/comm is Linux's")
 
 NAMES = ("resnet18", "resnet18_int8", "clf")  # the first two share the 15 bytes' worth of prefix
-CONFIG = """name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-input [{{ name: "x" data_type: TYPE_FP32 dims: [ 2 ] }}]
-output [{{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }}]
-"""
 
 
 def _thread_names() -> Counter:
@@ -40,14 +33,7 @@ def _thread_names() -> Counter:
 
 
 def test_each_models_onnx_runtime_threads_are_named_after_it(tmp_path, caplog) -> None:
-    for name in NAMES:
-        graph = helper.make_graph(
-            [helper.make_node("Identity", ["x"], ["y"])],
-            name,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
-        )
-        write_onnx_entry(tmp_path, graph, CONFIG.format(name=name))
+    write_identity_entries(tmp_path, NAMES)
     before = _thread_names()
     settings = Settings(model_repository=tmp_path, grpc_port=0, lone_request_threads=3)  # 2 pool threads
     with caplog.at_level("INFO", logger="serving.execution.onnxruntime"), TestClient(create_app(settings)):

@@ -12,15 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import hold_ports
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+from tests.test_ipv6_hosts import needs_ipv6
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def test_a_client_connecting_to_a_held_port_is_refused_at_once(held):
         socket.create_connection(("127.0.0.1", held), timeout=5).close()
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@needs_ipv6
 def test_no_server_can_bind_a_held_port_on_an_ipv6_address_either(held):
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers bind

@@ -12,12 +12,12 @@ import asyncio
 import re
 import socket
 import threading
-import time
 
 import pytest
 from fastapi import FastAPI, Request, Response
 
 from serving.protocol.http1 import http_protocol
+from tests.pipelining import ending, send_until_full
 from tests.repo_fixtures import LiveServer
 
 PAD = b"x-pad: " + b"p" * 2000 + b"\r\n"  # ~130 requests a read: their answers fit the socket buffers
@@ -51,18 +51,10 @@ def test_the_drain_delivers_every_answer_to_a_pipelining_client_whose_later_requ
         pytest.skip("httptools is not installed: uvicorn serves with h11")
     stopping, ended = threading.Event(), threading.Event()  # the drain began; the gateway's end is written
 
-    class Watched(protocol):
+    class Watched(ending(protocol, ended)):
         def shutdown(self) -> None:
             super().shutdown()
             stopping.set()
-
-        def _linger(self) -> None:
-            super()._linger()
-            ended.set()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            ended.set()
 
     with LiveServer(app(stopping), http=Watched) as live:
         # room for every answer in the gateway's send buffer, none in the client's: at the close they
@@ -70,15 +62,7 @@ def test_the_drain_delivers_every_answer_to_a_pipelining_client_whose_later_requ
         live.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         with socket.create_connection(("127.0.0.1", live.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            stream = memoryview(SLOW + GET * 200)  # ~400 KB: more than one read (256 KB)
-            sock.setblocking(False)
-            sent, moved = 0, time.monotonic()
-            while sent < len(stream) and time.monotonic() - moved < 0.2:  # until the gateway stops reading
-                try:
-                    sent += sock.send(stream[sent : sent + 65536])
-                    moved = time.monotonic()
-                except BlockingIOError:
-                    time.sleep(0.005)
+            send_until_full(sock, SLOW + GET * 200)  # ~400 KB: more than one read (256 KB)
             live.server.should_exit = True  # the drain, as at SIGTERM
             assert ended.wait(10)  # the gateway has answered and ended (a failure bound, never waited out)
             sock.setblocking(True)

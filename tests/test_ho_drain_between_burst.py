@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 
 from serving.protocol.http1 import http_protocol
 from serving.protocol.http1_heads import unread_bytes
+from tests.pipelining import ending, recv_until, send_until_full
 from tests.repo_fixtures import LiveServer
 from tests.test_http1_direct import make_app
 
@@ -45,18 +46,10 @@ def test_the_drains_last_answer_to_a_burst_unread_between_requests_arrives_whole
     answered, holding, burst_sent = threading.Event(), threading.Event(), threading.Event()
     drained, ended = threading.Event(), threading.Event()
 
-    class Watched(protocol):
+    class Watched(ending(protocol, ended)):
         def connection_made(self, transport) -> None:  # noqa: ANN001
             super().connection_made(transport)
             connections.append(self)
-
-        def _linger(self) -> None:
-            super()._linger()
-            ended.set()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            ended.set()
 
     async def stop_with_the_burst_unread() -> None:
         """After /first's answer (the connection between requests), the loop held while the burst
@@ -89,22 +82,10 @@ def test_the_drains_last_answer_to_a_burst_unread_between_requests_arrives_whole
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(10)  # a failure bound
         sock.sendall(FIRST)
-        answers = b""
-        while not answers.endswith(b"\r\n\r\nF"):
-            chunk = sock.recv(4096)
-            assert chunk, answers
-            answers += chunk
+        answers = recv_until(sock, b"\r\n\r\nF")
         answered.set()
         assert holding.wait(10)  # a failure bound
-        stream = memoryview(burst * 200)  # ~400 KB: more than one read (256 KB)
-        sock.setblocking(False)
-        sent, moved = 0, time.monotonic()
-        while sent < len(stream) and time.monotonic() - moved < 0.2:  # until the kernel holds no more
-            try:
-                sent += sock.send(stream[sent : sent + 65536])
-                moved = time.monotonic()
-            except BlockingIOError:
-                time.sleep(0.005)
+        send_until_full(sock, burst * 200)  # ~400 KB: more than one read (256 KB)
         burst_sent.set()
         assert drained.wait(10) and ended.wait(10)  # failure bounds, never waited out
         sock.setblocking(True)

@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 
 from serving.protocol.http1 import http_protocol
 from serving.protocol.http1_heads import LINGER_S, unread_bytes
+from tests.pipelining import recv_until
 from tests.repo_fixtures import LiveServer
 from tests.test_http1_direct import make_app
 
@@ -73,11 +74,7 @@ def test_the_drains_lone_last_answer_closes_without_waiting_for_the_client(reque
     ):
         sock.settimeout(10)  # a failure bound
         sock.sendall(FIRST)
-        answers = b""
-        while not answers.endswith(b"\r\n\r\nF"):
-            chunk = sock.recv(4096)
-            assert chunk, answers
-            answers += chunk
+        recv_until(sock, b"\r\n\r\nF")
         answered.set()
         assert holding.wait(10)  # a failure bound
         sock.sendall(request_)
