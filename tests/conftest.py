@@ -135,6 +135,16 @@ def exported_translator_models(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
+def transformer_repository(exported_translator_models) -> Path:
+    """The model repository of :func:`exported_translator_models`, its ``transformer`` exported (a
+    failed export fails the test that asks, with the error)."""
+    root, errors = exported_translator_models
+    if "transformer" in errors:
+        pytest.fail(f"export failed: {errors['transformer']}")
+    return root / "model_repository"
+
+
+@pytest.fixture(scope="module")
 def loop() -> Iterator:
     """An event loop in a thread of its own for a module's tests (tests.test_grpc.LoopThread): a test
     file with its own ``loop`` fixture uses that one."""

@@ -21,11 +21,8 @@ LONG = "one two three four five six seven " * 12  # past the tiny translator's 6
 
 
 @pytest.fixture(scope="module")
-def repository(exported_translator_models) -> Path:
-    root, errors = exported_translator_models
-    if NAME in errors:
-        pytest.fail(f"export failed: {errors[NAME]}")
-    return root / "model_repository"
+def repository(transformer_repository: Path) -> Path:
+    return transformer_repository
 
 
 def _request(texts: list[str], **parameters: object):

@@ -27,11 +27,8 @@ TEXTS = ["forty-two"] * 20 + [LONG]  # the long one is texts[20], the fifth text
 
 
 @pytest.fixture(scope="module")
-def repository(exported_translator_models) -> Path:
-    root, errors = exported_translator_models
-    if NAME in errors:
-        pytest.fail(f"export failed: {errors[NAME]}")
-    return root / "model_repository"
+def repository(transformer_repository: Path) -> Path:
+    return transformer_repository
 
 
 class NameModel:
