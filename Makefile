@@ -197,7 +197,7 @@ clean: ## remove generated artifacts (keeps .venv)
 	$(if $(strip $(REPOSITORY)),,$(error REPOSITORY is empty: make clean removes the entries in it))
 	@repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); case "$$(pwd -P)/" in "$${repository%/}/"*) \
 	  echo "make clean: REPOSITORY="$(call shell_path,REPOSITORY)" holds the current directory; refusing to empty it" >&2; exit 2;; esac
-	rm -rf $(call shell_path,CHECKPOINTS)/{*.pt,*.metrics.jsonl,*.curves.png,.*.pt.*.tmp} bench/results build dist .pytest_cache .ruff_cache
+	rm -rf $(call shell_path,CHECKPOINTS)/{*.pt,*.metrics.jsonl,*.curves.png,.*.pt.*.tmp,.*.training.lock} bench/results build dist .pytest_cache .ruff_cache
 	test ! -d $(call shell_path,REPOSITORY) || find $(call shell_path,REPOSITORY) -mindepth 1 -maxdepth 1 \
 	  ! -name .kiln_export.lock \( -name '.kiln[-_]*' -o -name '.*.tmp-*' -o -name '.*.old-*' -o -exec test -f {}/kiln.json \; \) -exec rm -rf {} +
 	repository=$$(realpath -m -- $(call shell_path,REPOSITORY)); rm -rf "$${repository%/*}/.$${repository##*/}.kiln-staging"

@@ -9,6 +9,12 @@ once, in one line naming the holder ("pid 123 on host since ..."). The lock is `
 ``.<name>.training.lock`` beside the checkpoint, released by the kernel when its holder exits, however
 it exits (``kill -9`` included: a resume is never refused by a dead run); the holder removes the file
 as it lets go, and the folders it made for it that stayed empty (a run refused later leaves no trace).
+Holding it, a run removes what an earlier run under its name left half written when it was killed
+(``kill -9``, the OOM killer, a node lost mid-save): the hidden ``.<name>.pt.<hex>.tmp`` and
+``.<name>.resume.pt.<hex>.tmp`` that :func:`training.checkpoint.save_checkpoint` writes before its
+rename, each as large as a checkpoint, which nothing else ever removed. A ``.<name>.resume.pt.<hex>.tmp``
+is also what a run named ``<name>.resume`` writes for its checkpoint, so it is left alone while such a
+run's lock file is there.
 On a network filesystem the lock is only as good as the filesystem's ``flock``; on one that keeps no
 locks at all (``flock`` fails: Lustre mounted without ``-o flock``, some FUSE mounts) the run says so in
 a warning and trains without one, as it did before it took a lock (it failed there, "Function not
@@ -22,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +61,8 @@ def run_lock(output_dir: str | os.PathLike, name: str, *, writer: bool) -> Itera
     path = lock_path(output_dir, name)
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     fd = _acquire(path, output_dir, name)
+    if fd is not None:  # the only run under this name: what a killed one left half written is garbage
+        sweep_interrupted_saves(path.parent, Path(name).name)
     try:
         yield
     finally:
@@ -65,6 +74,45 @@ def run_lock(output_dir: str | os.PathLike, name: str, *, writer: bool) -> Itera
         for folder in made:  # deepest first; one the run wrote into is not empty and stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+# save_checkpoint's temporary files (training.checkpoint._new_temp_file): ".<file>.<8 hex>.tmp"
+_TEMP = re.compile(r"\.(?P<file>.+)\.[0-9a-f]{8}\.tmp")
+
+
+def sweep_interrupted_saves(folder: Path, name: str) -> None:
+    """Remove the temporary files a killed run under ``name`` left in ``folder`` (the caller holds the
+    run's lock), and say how much they held. A ``.<name>.resume.pt.<hex>.tmp`` that a run named
+    ``<name>.resume`` may be writing (its checkpoint's) is kept while that run's lock file is there
+    (testing its lock would take it for an instant, refusing that run were it starting then)."""
+    ours = {f"{name}.pt", f"{name}.resume.pt"}
+    removed, freed = 0, 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP.fullmatch(entry.name)
+        if match is None or match["file"] not in ours or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["file"] == f"{name}.resume.pt" and os.path.lexists(folder / f".{name}.resume{LOCK_SUFFIX}"):
+            continue  # a run named <name>.resume may be writing it (or was killed: its next run sweeps it)
+        try:
+            size = entry.stat(follow_symlinks=False).st_size
+            os.unlink(entry.path)
+        except OSError:  # gone already, or not ours to remove: it stays, as it did before
+            continue
+        removed, freed = removed + 1, freed + size
+    if removed:
+        log.info(
+            "%s: removed %d temporary file%s (%.1f MiB) that an interrupted run under --name %s left half "
+            "written",
+            folder,
+            removed,
+            "" if removed == 1 else "s",
+            freed / 2**20,
+            name,
+        )
 
 
 def _acquire(path: Path, output_dir: str | os.PathLike, name: str) -> int | None:
