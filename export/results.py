@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from export import repository, tensorrt
 from export.parity import ParityReport
 from export.quantize import PRECISIONS
 from kiln.labels import line_problem
+from kiln.names import model_name
 
 DEVICES = ("cpu", "gpu")
 # What the parity checks and the int8 gates ran on when the run's own data could not be read: a
@@ -103,8 +103,8 @@ class EntryResult:
 
 def entry_name(path: Path) -> str:
     """A Triton-safe entry name from a checkpoint's file name."""
-    name = re.sub(r"[^A-Za-z0-9_\-]", "_", path.stem)
-    if not name or name[0] in "._-":
+    name = model_name(path.stem)
+    if name is None:
         raise ValueError(f"{path}: cannot derive a model name from this file name")
     return name
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kiln.names import model_name
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,12 @@ def check_name(name: str) -> None:
         raise ValueError(
             f"--name {name!r}: the checkpoint would be {file!r}, a hidden file that export cannot name a "
             "model by; give a file stem such as 'model' (folders before it are kept: 'runs/exp1/model')"
+        )
+    if model_name(Path(file).stem) is None:
+        raise ValueError(
+            f"--name {name!r}: export names a model by its checkpoint's file name, and {file!r} starts "
+            "with '_' or '-', which no model name may; give a file stem such as 'model' (folders before "
+            "it are kept: 'runs/exp1/model')"
         )
 
 
