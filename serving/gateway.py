@@ -123,19 +123,21 @@ class Gateway:
         return self.backend.list_models()
 
     def is_live(self) -> bool:
-        """Live while the backend is and no translator has lost every decode worker: such a translator
-        is not ready until the gateway restarts, and a liveness probe (the Deployment's) is what
-        restarts it; live, the pod stayed unready for good."""
-        return self.backend.is_live() and not self._stopped()
+        """Live while the backend is and no translator has lost every decode worker for good (each
+        died more often than its restarts allow, :meth:`Translator.gone`): such a translator is not
+        ready until the gateway restarts, and a liveness probe (the Deployment's) is what restarts it;
+        live, the pod stayed unready for good. Workers that are restarting leave it live."""
+        return self.backend.is_live() and not self._stopped(for_good=True)
 
     async def is_ready(self) -> bool:
         failed = self.translators.failed if self.translators is not None else {}
         return not self._stopping and not failed and not self._stopped() and await self.backend.is_ready()
 
-    def _stopped(self) -> bool:
-        """Whether a translator's decode workers have all stopped (:meth:`Translator.stopped`)."""
+    def _stopped(self, for_good: bool = False) -> bool:
+        """Whether a translator has no decode worker that can decode now (:meth:`Translator.stopped`),
+        or, ``for_good``, none that serves or restarts (:meth:`Translator.gone`)."""
         pool = self.translators.translators if self.translators is not None else {}
-        return any(translator.stopped() for translator in pool.values())
+        return any((t.gone() if for_good else t.stopped()) for t in pool.values())
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         """A translator is ready when it runs and the backend serves its encoder and decoder entries

@@ -243,6 +243,13 @@ class MetricFamilies:
             ["model", "kind"],
             registry=r,
         )
+        self.decode_worker_deaths = Counter(
+            "kiln_decode_worker_deaths",
+            "Decode threads of a translator that died on an error, by what followed (outcome: "
+            "restarted after a backoff, or stopped for good)",
+            ["model", "outcome"],
+            registry=r,
+        )
 
 
 class ProcessTreeCollector:

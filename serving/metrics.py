@@ -217,6 +217,11 @@ class GatewayMetrics(MetricFamilies):
         """An idle decode worker (``decode``) or batch instance (``batch``) handed back what a burst grew."""
         self.child(self.memory_releases, model, kind).inc()
 
+    def observe_worker_death(self, model: str, outcome: str) -> None:
+        """A translator's decode thread died: ``restarted`` (it serves again after a backoff) or
+        ``stopped`` (for good)."""
+        self.child(self.decode_worker_deaths, model, outcome).inc()
+
     def observe_translation(
         self,
         model: str,

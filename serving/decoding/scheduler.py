@@ -87,7 +87,9 @@ class DecodingScheduler:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._loop_policy: BusyLoopPolicy | None = None
         self._stopping = self._halt = False
-        self.died = ""  # why the decode thread ended unasked ("" while it runs, or stopped as asked)
+        self.died = ""  # why the decode thread ended unasked for good ("" while it runs or restarts)
+        self.restarting = ""  # why it died, while a restart is pending ("" while it serves)
+        self._deaths: deque[float] = deque()  # when it died, within the restart window (decode thread)
 
     # --- public API (event loop) ------------------------------------------------------------------
 
@@ -102,7 +104,8 @@ class DecodingScheduler:
                 busy_loop_policy(threading.get_native_id()) if self.config.busy_loop_policy else None
             )
             self._stopping = self._halt = False
-            self.died = ""
+            self.died = self.restarting = ""
+            self._deaths.clear()
             self._thread = threading.Thread(target=self._run, name=f"kiln-decode-{self.name}", daemon=True)
             self._thread.start()
 
@@ -263,8 +266,30 @@ class DecodingScheduler:
         return {job for job, _ in self._batch.keys}
 
     def _run(self) -> None:
-        """Admit, step, retire; sleep only when nothing is in flight or waiting. An error that escapes
-        the loop (its own handler's included) ends this worker: :meth:`_died` answers its requests."""
+        """The decode thread: :meth:`_serve` until stopped. An error that escapes it (its own handler's
+        included) ends that run, not the worker: :meth:`_died` answers the requests of its batch 503
+        and, within the restart policy (``SchedulerConfig.worker_restarts``), the worker serves again
+        after a backoff on a fresh batch (:meth:`_fresh_state`), same thread, sessions and queue; past
+        it, it stays down. Before, one death ended the worker until the gateway restarted."""
+        while True:
+            try:
+                if self.restarting:
+                    self._fresh_state()
+                    log.warning(
+                        "translator %s: its decode worker restarted (it had died: %s)",
+                        self.name,
+                        self.restarting,
+                    )
+                    self.restarting = ""
+                self._serve()
+                return
+            except BaseException as exc:  # noqa: BLE001 - answered (and restarted) below
+                delay = self._died(exc)
+            if delay is None or not self._backoff(delay):
+                return
+
+    def _serve(self) -> None:
+        """Admit, step, retire; sleep only when nothing is in flight or waiting, until stopped."""
         policy, busy = self._loop_policy, False
         try:
             name_os_thread(self.thread_name)
@@ -299,33 +324,103 @@ class DecodingScheduler:
                     failed = self._running_jobs()
                     self._batch, self._reserved = self._new_batch(), 0  # before the answers (see _step)
                     self._post_all([(job, error, "failure") for job in failed])
-        except BaseException as exc:  # noqa: BLE001 - answered below; a dead thread left them waiting
-            self._died(exc)
         finally:
             if busy:
                 policy.idle()
 
-    def _died(self, exc: BaseException) -> None:
-        """The decode thread ends on ``exc``: every request it holds or that waits for it is answered
-        503 naming it, and new ones are refused (:meth:`submit`); its translator's other workers serve
-        on, and a translator left with none is not ready. Before, the thread ended with a traceback
-        on stderr, its requests waited for their deadline (504) and later ones queued for theirs,
-        while the gateway said it was ready."""
-        self.died = f"{type(exc).__name__}: {exc}"
-        log.error("translator %s: its decode worker stopped: %s", self.name, self.died, exc_info=exc)
-        error = Unavailable(  # another worker or replica (the liveness probe restarts this one) serves
-            f"translator {self.name!r}: its decode worker stopped ({self.died})",
-            retry_after=self.config.retry_after_s,
-        )
+    def _died(self, exc: BaseException) -> float | None:
+        """A run of the decode thread ended on ``exc``: the requests of its batch are answered 503 naming
+        it (they were mid-batch). Within the restart policy the worker restarts: the seconds to wait
+        are returned, waiting requests stay queued for it, and new ones are still taken. Else (more
+        than ``worker_restarts`` deaths within ``restart_window_s``, or the worker stopping) None: it
+        stays down, its waiting requests are answered 503 too and new ones refused (:meth:`submit`);
+        its translator's other workers serve on, and a translator left with none is not ready, nor
+        live (the liveness probe restarts the gateway)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        cfg = self.config
+        now = time.monotonic()
+        while self._deaths and now - self._deaths[0] > cfg.restart_window_s:
+            self._deaths.popleft()
+        self._deaths.append(now)
+        deaths = len(self._deaths)
+        restart = not self._halt and deaths <= cfg.worker_restarts
+        if restart:
+            delay = min(cfg.restart_backoff_s * 2 ** (deaths - 1), cfg.restart_backoff_max_s)
+            self.restarting = reason
+            log.error(
+                "translator %s: its decode worker died: %s; restarting it in %.2g s (%d of %d restarts "
+                "within %g s)",
+                self.name,
+                reason,
+                delay,
+                deaths,
+                cfg.worker_restarts,
+                cfg.restart_window_s,
+                exc_info=exc,
+            )
+            error = Unavailable(  # the worker, another one or another replica serves a retry
+                f"translator {self.name!r}: its decode worker died ({reason}); it is restarting",
+                retry_after=cfg.retry_after_s,
+            )
+        else:
+            delay = None
+            if self._halt:
+                self.died = reason
+            elif cfg.worker_restarts:
+                self.died = (
+                    f"{reason} (it died {deaths} times within {cfg.restart_window_s:g} s: not restarted)"
+                )
+            else:
+                self.died = f"{reason} (worker restarts are off)"
+            self.restarting = ""
+            log.error("translator %s: its decode worker stopped: %s", self.name, self.died, exc_info=exc)
+            error = Unavailable(  # another worker or replica (the liveness probe restarts this one) serves
+                f"translator {self.name!r}: its decode worker stopped ({self.died})",
+                retry_after=cfg.retry_after_s,
+            )
+        report = getattr(self.observer, "observe_worker_death", None)
+        if report is not None:
+            with contextlib.suppress(Exception):  # a metric is no reason to leave the worker down
+                report(self.model, "restarted" if restart else "stopped")
         with self._lock:
             try:
-                left = {*self._running_jobs(), *self._waiting}
-            except Exception:  # noqa: BLE001 - a batch too broken to list: its waiting ones at least
-                left = set(self._waiting)
-            self._waiting.clear()
-        self._reserved = 0  # nothing will run here: a stop has nothing to wait for
+                left = self._running_jobs()
+            except Exception:  # noqa: BLE001 - a batch too broken to list: a fresh one answers no more
+                left = set()
+            if not restart:
+                left |= set(self._waiting)
+                self._waiting.clear()
+        self._reserved = 0  # nothing runs here now: a stop has only the waiting requests to wait for
         with contextlib.suppress(RuntimeError):  # the event loop closed: nobody waits for them
             self._post_all([(job, error, "failure") for job in left])
+        return delay
+
+    def _backoff(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before a restart; False where the worker was stopped meanwhile (no
+        restart after a stop: the thread ends, and :meth:`stop` joins it at once)."""
+        deadline = time.monotonic() + delay
+        while not self._halt:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self._wake.wait(left)  # set by stop(), and by each request queued meanwhile
+            self._wake.clear()  # what was queued is still seen: _serve looks before it sleeps
+        return False
+
+    def _fresh_state(self) -> None:
+        """What a restarted worker decodes on: a fresh batch (prepared, as :meth:`start` prepares it),
+        the compiled step's buffers dropped, no rows reserved; the same sessions and queue. A failure
+        here is one more death (:meth:`_run`)."""
+        self._stop[0] = 0
+        self._reserved = self._left = 0
+        self._outage_said.clear()
+        self._batch = self._new_batch()
+        self._batch.prepare(self.config.max_rows)
+        if not getattr(self.run_decoder, "resident", None):  # its layouts are made once (as idle keeps them)
+            compiled = getattr(self.run_decoder, "native", None)
+            if compiled is not None:
+                compiled.release()
+        self._grown = True  # an idle spell hands back whatever the restart made
 
     def _release_idle(self) -> None:
         """:meth:`_release_decode_state`, whose failure only leaves the memory held (it used to end the

@@ -46,6 +46,14 @@ class SchedulerConfig:
     # compiled step's cache and output buffers, kept for the next step): memory follows the load, and
     # the first step after an idle spell allocates again. None: kept until the gateway stops.
     release_idle_s: float | None = 10.0
+    # a decode thread that dies (an error its loop's own handlers did not catch) answers the requests
+    # of its batch 503 and serves again on a fresh batch after a backoff: `restart_backoff_s`, doubled
+    # at each death within `restart_window_s` up to `restart_backoff_max_s`; more than `worker_restarts`
+    # deaths within the window (a crash that recurs at every start) and it stays down (0: never restarts)
+    worker_restarts: int = 5
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.1
+    restart_backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("join_wait_steps", "finish_hold_steps"):
@@ -60,6 +68,11 @@ class SchedulerConfig:
             raise ValueError(f"SchedulerConfig.timeout_s must be > 0, got {self.timeout_s}")
         if self.release_idle_s is not None and not self.release_idle_s > 0:
             raise ValueError(f"SchedulerConfig.release_idle_s must be > 0 or None, got {self.release_idle_s}")
+        if self.worker_restarts < 0:
+            raise ValueError(f"SchedulerConfig.worker_restarts must be >= 0, got {self.worker_restarts}")
+        for name in ("restart_window_s", "restart_backoff_s", "restart_backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SchedulerConfig.{name} must be > 0, got {getattr(self, name)}")
 
 
 class DecodeObserver(Protocol):
@@ -72,6 +85,11 @@ class DecodeObserver(Protocol):
 
     def observe_release(self, model: str, kind: str) -> None:
         """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""
+
+    def observe_worker_death(self, model: str, outcome: str) -> None:
+        """A decode thread died on an error; ``outcome``: ``restarted`` (it serves again after its
+        backoff) or ``stopped`` (its restarts used up, or the gateway stopping). Optional: the loop
+        looks it up, so an observer written before it still serves."""
 
     def watch_queue_depth(self, model: str, read: Callable[[], int]) -> None:
         """Read a translator's waiting requests (``read()``, across its decode workers) when scraped."""

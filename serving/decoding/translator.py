@@ -192,20 +192,38 @@ class Translator:
         return ids
 
     def scheduler(self) -> DecodingScheduler:
-        """The decode worker with the fewest rows running or waiting, of those still running (one whose
-        thread stopped refuses the request with a 503 naming why, when none is left)."""
+        """The decode worker with the fewest rows running or waiting, of those serving: else of those
+        restarting (a request waits for the restart), else any (one whose thread stopped for good
+        refuses the request with a 503 naming why, when none is left)."""
         if len(self.schedulers) == 1:  # no load to read (it sums the waiting requests' rows)
             return self.schedulers[0]
-        running = [s for s in self.schedulers if not s.died] or self.schedulers
+        running = (
+            [s for s in self.schedulers if not s.died and not s.restarting]
+            or [s for s in self.schedulers if not s.died]
+            or self.schedulers
+        )
         return min(running, key=lambda s: s.load)
 
     def stopped(self) -> str:
-        """Why no decode worker of this translator can decode ("" while one can): each stopped on an
-        error (:meth:`DecodingScheduler._died`); such a translator is not ready until the gateway
-        restarts."""
+        """Why no decode worker of this translator can decode now ("" while one can): each died on an
+        error (:meth:`DecodingScheduler._died`) and is restarting or stopped for good; such a
+        translator is not ready until one serves again (:meth:`gone`: never)."""
+        if not all(s.died or s.restarting for s in self.schedulers):
+            return ""
+        return "; ".join(
+            f"decode worker {s.name!r} stopped: {s.died}"
+            if s.died
+            else f"decode worker {s.name!r} is restarting (it died: {s.restarting})"
+            for s in self.schedulers
+        )
+
+    def gone(self) -> str:
+        """Why every decode worker of this translator has stopped for good ("" while one serves or
+        restarts): each died more often than its restarts allow; only a restart of the gateway mends
+        that (its liveness)."""
         if not all(s.died for s in self.schedulers):
             return ""
-        return "; ".join(f"decode worker {s.name!r} stopped: {s.died}" for s in self.schedulers)
+        return self.stopped()
 
     def waiting(self) -> int:
         """Requests waiting to join a decode batch, across the decode workers (``kiln_queue_depth``
