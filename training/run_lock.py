@@ -14,7 +14,8 @@ Holding it, a run removes what an earlier run under its name left half written w
 ``.<name>.resume.pt.<hex>.tmp`` that :func:`training.checkpoint.save_checkpoint` writes before its
 rename, each as large as a checkpoint, which nothing else ever removed. A ``.<name>.resume.pt.<hex>.tmp``
 is also what a run named ``<name>.resume`` writes for its checkpoint, so it is left alone while such a
-run's lock file is there.
+run's lock file is there; and a run named ``<name>.resume`` leaves alone, while run ``<name>``'s lock
+file is there, the ``.<name>.resume.pt.<hex>.tmp`` that run may be writing for its resume state.
 On a network filesystem the lock is only as good as the filesystem's ``flock``; on one that keeps no
 locks at all (``flock`` fails: Lustre mounted without ``-o flock``, some FUSE mounts) the run says so in
 a warning and trains without one, as it did before it took a lock (it failed there, "Function not
@@ -84,7 +85,9 @@ def sweep_interrupted_saves(folder: Path, name: str) -> None:
     """Remove the temporary files a killed run under ``name`` left in ``folder`` (the caller holds the
     run's lock), and say how much they held. A ``.<name>.resume.pt.<hex>.tmp`` that a run named
     ``<name>.resume`` may be writing (its checkpoint's) is kept while that run's lock file is there
-    (testing its lock would take it for an instant, refusing that run were it starting then)."""
+    (testing its lock would take it for an instant, refusing that run were it starting then); so is,
+    for a ``name`` ``<x>.resume``, a ``.<x>.resume.pt.<hex>.tmp`` (its checkpoint's temporary file,
+    and the resume state a run named ``<x>`` writes) while run ``<x>``'s lock file is there."""
     ours = {f"{name}.pt", f"{name}.resume.pt"}
     removed, freed = 0, 0
     try:
@@ -97,6 +100,13 @@ def sweep_interrupted_saves(folder: Path, name: str) -> None:
             continue
         if match["file"] == f"{name}.resume.pt" and os.path.lexists(folder / f".{name}.resume{LOCK_SUFFIX}"):
             continue  # a run named <name>.resume may be writing it (or was killed: its next run sweeps it)
+        base = name.removesuffix(".resume")  # the other way round: run <base>'s resume state, named so
+        if (
+            match["file"] == f"{name}.pt"
+            and base != name
+            and os.path.lexists(folder / f".{base}{LOCK_SUFFIX}")
+        ):
+            continue  # a run named <base> may be writing its resume state (or was killed, as above)
         try:
             size = entry.stat(follow_symlinks=False).st_size
             os.unlink(entry.path)

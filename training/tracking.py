@@ -41,10 +41,17 @@ def check_name(name: str) -> None:
             "model by; give a file stem such as 'model' (folders before it are kept: 'runs/exp1/model')"
         )
     if model_name(Path(file).stem) is None:
+        first = file[0]
+        why = (  # a character other than A-Z, a-z, 0-9, '_' and '-' ('é', '#') export writes as '_'
+            f"starts with {first!r}"
+            if first in "_-"
+            else f"starts with {first!r}, which export writes as '_' (it keeps only A-Z, a-z, 0-9, '_' "
+            "and '-')"
+        )
         raise ValueError(
-            f"--name {name!r}: export names a model by its checkpoint's file name, and {file!r} starts "
-            "with '_' or '-', which no model name may; give a file stem such as 'model' (folders before "
-            "it are kept: 'runs/exp1/model')"
+            f"--name {name!r}: export names a model by its checkpoint's file name, and no model name may "
+            f"start with '_' or '-': {file!r} {why}; give a file stem such as 'model' (folders before it "
+            "are kept: 'runs/exp1/model')"
         )
 
 
