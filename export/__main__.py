@@ -19,7 +19,7 @@ from rich.table import Table
 from export.freeze import FreezeError
 from export.parity import ParityError
 from export.quantize import PRECISIONS
-from export.repository import RepositoryError, check_repository
+from export.repository import VERSION, RepositoryError, check_repository, parse_policy
 from export.results import DEVICES, EntryResult, ExportOptions
 from export.tensorrt import MODES, TensorRTError
 from export.triton_config import CUDNN_ALGO_SEARCH_VALUES
@@ -42,6 +42,12 @@ def _precisions(text: str) -> tuple[str, ...]:
             f"unknown precision(s) {unknown or text!r}; choose from {PRECISIONS}"
         )
     return values if "fp32" in values else ("fp32", *values)
+
+
+def _version(text: str) -> str:
+    if text != "next" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a version number >= 1 or 'next', got {text!r}")
+    return text if text == "next" else str(int(text))
 
 
 NUMERIC_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -125,6 +131,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "is every checkpoint's of this run, so export checkpoints "
         "trained on different data one at a time",
     )
+    parser.add_argument(
+        "--version",
+        type=_version,
+        help="the version directory to write, <entry>/N/, beside the entry's other versions, kept as they "
+        "are (a rollout: version 1 serves while 2 is written); 'next': one above the highest present (or "
+        "that one, where it is this checkpoint's already). Default: version 1, as ever; once an entry "
+        "holds other versions, the one last written. A version exported from another checkpoint is not "
+        "written over without --replace-version",
+    )
+    parser.add_argument(
+        "--replace-version",
+        action="store_true",
+        help="write over a version directory holding a model exported from another checkpoint",
+    )
+    parser.add_argument(
+        "--version-policy",
+        metavar="POLICY",
+        help="the configs' version_policy: latest:N (the N highest versions), all, or specific:V[,V...] "
+        "(default: the one the entry has, kept; latest:1, Triton's default, for a new entry: the newest "
+        "version alone is served)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     parser.add_argument(
         "--no-progress",
@@ -135,6 +162,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = DEFAULT_PRECISIONS[args.device]
+    try:
+        if args.version_policy is not None:
+            parse_policy(args.version_policy)
+    except ValueError as exc:
+        parser.error(f"--version-policy: {exc}")
     return args
 
 
@@ -149,6 +181,9 @@ def summary_table(results: list[EntryResult]) -> Table:
     skipped/rejected entries go in a caption, each distinct reason once."""
     table = Table(title="Kiln export")
     table.add_column("entry", no_wrap=True)
+    versioned = any(r.version != VERSION for r in results)  # a column once another version is written
+    if versioned:
+        table.add_column("version")
     for column in ("precision", "max abs diff", "top-1 / beam agreement", "status"):
         table.add_column(column)
     notes: dict[str, list[str]] = {}
@@ -157,7 +192,7 @@ def summary_table(results: list[EntryResult]) -> Table:
         worst = max(diffs, key=diffs.get, default=None)
         diff = f"{diffs[worst]:.2g} ({worst})" if worst else "-"
         agreement = "-" if r.top1_agreement is None else f"{100 * r.top1_agreement:.2f}%"
-        table.add_row(r.entry, r.precision, diff, agreement, r.status)
+        table.add_row(r.entry, *([r.version] if versioned else []), r.precision, diff, agreement, r.status)
         if r.message:
             notes.setdefault(r.message, []).append(r.entry)
     if notes:

@@ -26,11 +26,15 @@ from export.freeze import FreezeError
 from export.onnx_export import OnnxExportError
 from export.parity import ParityError
 from export.repository import (
+    VERSION,
     RepositoryError,
     check_repository,
+    entry_versions,
     name_path,
     read_kiln_json,
     sweep_all_leftovers,
+    version_source,
+    writing_version,
 )
 from export.results import EntryResult, ExportContext, ExportOptions, entry_name, label_problem
 from export.work_dir import work_directory
@@ -234,12 +238,15 @@ def _export_locked(
     name = name or entry_name(path)
     # a killed run's staging, even where every entry is up to date; first: an entry put back is checked
     sweep_all_leftovers(repository)
-    check_owners(repository, [Plan(path, name, task_entries(ckpt["task"], name, options))])
+    entries = task_entries(ckpt["task"], name, options)
+    check_owners(repository, [Plan(path, name, entries)])
+    sha256 = file_sha256(path)
+    version = version_to_write(repository, entries, options, path, sha256)
     ctx = ExportContext(
         path=path,
         ckpt=ckpt,
         model=rebuild_checked(ckpt, path),
-        sha256=file_sha256(path),
+        sha256=sha256,
         repository=repository,
         options=options,
         name=name,
@@ -248,7 +255,7 @@ def _export_locked(
         accuracy_hook=accuracy_hook,
         data_path=data_path,
     )
-    with work_directory() as work:
+    with work_directory() as work, writing_version(version, options.version_policy):
         try:
             results = _exporter(ckpt["task"])(ctx, Path(work))
         except FreezeError as exc:  # the model's fault, not the run's: name the checkpoint
@@ -261,7 +268,57 @@ def _export_locked(
         except OSError as exc:  # the entries' own writes name their staging paths (write_entry)
             name_path(exc, Path(work))
             raise
+    for result in results:
+        result.version = version
     return results + stale_entries(ctx.repository, path, ctx.sha256, {r.entry for r in results})
+
+
+def version_to_write(
+    repository: Path, entries: Iterable[str], options: ExportOptions, path: Path, sha256: str
+) -> str:
+    """The version directory the checkpoint ``path`` (``sha256``) is written as, the same for every one
+    of its ``entries`` (a translator's three, an int8 twin): ``options.version``; ``next``: one above
+    the highest any of them holds, or that highest where it is this checkpoint's already (a rerun
+    finds it up to date); none given: version 1, or the version their kiln.json says was written last
+    where they hold others. Refused, before any work, where that version holds a model exported from
+    another checkpoint and the entry holds other versions or the version was named, unless
+    ``replace_version``: clients naming that version would get another model without a word."""
+    held = {e: entry_versions(repository / e) for e in entries}
+    held = {e: versions for e, versions in held.items() if versions}
+    if options.version == "next":
+        highest = max((int(v) for versions in held.values() for v in versions), default=0)
+        mine = any(version_source(repository / e, str(highest)) == sha256 for e in held)
+        version = str(highest if highest and mine else highest + 1)
+    elif options.version is not None:
+        version = options.version
+    else:
+        written = [str((read_kiln_json(repository / e) or {}).get("version", VERSION)) for e in held]
+        written = [v for v in written if v in held_versions(held)]
+        versioned = any(versions != [VERSION] for versions in held.values())
+        version = max(written, key=int, default=VERSION) if versioned else VERSION
+    for entry, versions in held.items():
+        if options.replace_version or version not in versions:
+            continue
+        if options.version is None and versions == [version]:
+            continue  # the entry's only version, replaced by a new checkpoint's export as ever
+        source = version_source(repository / entry, version)
+        if source == sha256:
+            continue
+        recorded = (
+            f"another checkpoint (sha256 {source[:12]})" if source else "a checkpoint kiln.json does not name"
+        )
+        raise RepositoryError(
+            f"version {version} of entry {entry!r} in {repository} (versions {', '.join(versions)}) holds "
+            f"the model exported from {recorded}, not {path}: clients naming version {version} would get "
+            "another model. Write a new version with --version next (or another number), or write over "
+            "this one with --replace-version"
+        )
+    return version
+
+
+def held_versions(held: dict[str, list[str]]) -> set[str]:
+    """Every version directory name in ``held`` (entry -> its versions)."""
+    return {v for versions in held.values() for v in versions}
 
 
 # a write's failures that are the filesystem's (full, over quota, read-only, failing), not the model's

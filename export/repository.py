@@ -40,7 +40,8 @@ from training.checkpoint import file_sha256
 log = logging.getLogger(__name__)
 
 KILN_FORMAT = 1
-VERSION = "1"
+VERSION = "1"  # the version directory export writes unless told another (``--version``, ``writing_version``)
+DEFAULT_POLICY = "latest:1"  # the version_policy a new entry gets unless told another: Triton's default
 REFUSALS = ".kiln_refused.json"  # entries refused by their gate, so an unchanged checkpoint is not re-gated
 LEFTOVER_MAX_AGE_S = 24 * 3600  # a leftover whose owner cannot be checked is swept once this old
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"  # in staging names
@@ -50,6 +51,15 @@ _AREAS: dict[Path, Path] = {}  # repository -> its staging area, probed once per
 _TOGETHER: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
     "_TOGETHER", default=None
 )
+# the version ``write_entry`` writes and the version_policy it gives the entry (``writing_version``)
+_WRITING: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVar(
+    "_WRITING", default=(VERSION, None)
+)
+# what a version written beside others must share with them: the one config.pbtxt and kiln.json serve all
+INTERFACE_KEYS = (
+    "task", "platform", "inputs", "outputs", "roles", "preprocessing", "labels", "max_batch_size",
+    "step_spec", "encoder", "decoder", "source_tokenizer", "target_tokenizer",
+)  # fmt: skip
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 # what renameat2(RENAME_EXCHANGE) answers where it cannot exchange: a filesystem without the flag
 # (EINVAL, EOPNOTSUPP), a kernel without the call (ENOSYS), or the entry removed meanwhile (ENOENT)
@@ -127,13 +137,23 @@ def current_settings(recorded: Any, settings: dict[str, Any], model: str | None)
     written = recorded.get("export_version")
     if not isinstance(written, int) or written < current_version(model):
         return False
-    rest = {k: v for k, v in recorded.items() if k != "export_version" and not _other_gate(k, settings)}
+    rest = {
+        k: v
+        for k, v in recorded.items()
+        if k != "export_version" and not _other_gate(k, settings) and not _policy_kept(k, settings)
+    }
     return rest == {k: v for k, v in settings.items() if k != "export_version"}
 
 
 # Every int8 gate threshold; earlier exports recorded all three in each int8 entry, its task's and
 # the other's, so an entry of either task was rebuilt when only the other task's gate changed
 INT8_GATE_KEYS = ("int8_max_drop", "int8_min_agreement", "int8_max_bleu_drop")
+
+
+def _policy_kept(key: str, settings: dict[str, Any]) -> bool:
+    """Whether ``key`` is a ``version_policy`` an earlier export was given and this one is not: the
+    entry keeps it (``_set_policy``), so it is no change of settings."""
+    return key == "version_policy" and key not in settings
 
 
 def _other_gate(key: str, settings: dict[str, Any]) -> bool:
@@ -147,6 +167,8 @@ def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any],
     artifact hashes right."""
     meta = read_kiln_json(entry_dir)
     if not meta or meta.get("source_checkpoint", {}).get("sha256") != source_sha256:
+        return False
+    if str(meta.get("version", VERSION)) != writing():  # written as another version than asked now
         return False
     if not current_settings(meta.get("export"), settings, model):
         return False
@@ -247,13 +269,22 @@ def write_entry(
     check_nothing_unlisted(final)
     if final.exists() and not overwrite:
         raise RepositoryError(f"{final} exists; use --force to rebuild it")
+    version, policy = _WRITING.get()
+    old = (read_kiln_json(final) or {}) if final.is_dir() else {}
+    kept = [v for v in entry_versions(final) if v != version]
     area = staging_area(repository)
     staging = _make_staging(area, name)
     together = _TOGETHER.get()
     try:
         try:
             meta = fill(staging)
-            meta = {"kiln_format": KILN_FORMAT, "name": name, "version": VERSION, **meta}
+            for other in kept:  # the entry's other versions, as they are (linked, not rewritten)
+                _link_tree(final / other, staging / other)
+            meta = {"kiln_format": KILN_FORMAT, "name": name, "version": version, **meta}
+            if kept:
+                check_same_interface(final, old, meta, staging, version, kept)
+            _set_policy(staging / "config.pbtxt", policy, [*kept, version], final)
+            meta["versions"] = {**_version_records(old, kept), version: _version_record(meta)}
             meta["artifacts"] = hash_artifacts(staging)
             (staging / "kiln.json").write_text(
                 json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8"
@@ -570,6 +601,166 @@ def write_labels(entry_dir: Path, labels: list[str]) -> str:
 
 
 def version_dir(entry_dir: Path) -> Path:
-    path = entry_dir / VERSION
+    """The directory of the version being written (``writing_version``; version 1 by default)."""
+    path = entry_dir / writing()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def writing() -> str:
+    """The version ``write_entry`` writes now (``writing_version``)."""
+    return _WRITING.get()[0]
+
+
+@contextlib.contextmanager
+def writing_version(version: str, policy: str | None = None) -> Iterator[None]:
+    """Entries ``write_entry`` writes inside the block are written as version ``version`` (its
+    directory ``<entry>/<version>/``) beside the entry's other versions, kept as they are, and their
+    config.pbtxt gets ``version_policy`` ``policy`` (``parse_policy``); None: the one the entry has
+    (latest 1 for a new entry)."""
+    if policy is not None:
+        parse_policy(policy)
+    token = _WRITING.set((str(int(version)), policy))
+    try:
+        yield
+    finally:
+        _WRITING.reset(token)
+
+
+def parse_policy(policy: str) -> tuple[str, list[int]]:
+    """``latest:N``, ``all`` or ``specific:V[,V...]`` (export's ``--version-policy``) as (kind, numbers);
+    a ValueError names the forms."""
+    kind, _, numbers = policy.partition(":")
+    try:
+        values = [int(n) for n in numbers.split(",")] if numbers else []
+    except ValueError:
+        values = []
+    ok = {"latest": len(values) == 1 and values[0] >= 1, "all": not numbers, "specific": bool(values)}
+    if not ok.get(kind) or any(v < 1 for v in values):
+        raise ValueError(
+            f"version policy {policy!r}: expected latest:N (the N highest versions; Triton's default is "
+            "latest:1), all, or specific:V[,V...] (those versions), each number >= 1"
+        )
+    return kind, values
+
+
+def _set_policy(config: Path, policy: str | None, versions: list[str], final: Path) -> None:
+    """Give staged ``config`` (config.pbtxt) the ``version_policy`` ``policy``; None: the one the entry's
+    config has now (``final``'s: a policy chosen once stays until another is), else the one written
+    (latest 1). Refused where the policy would serve none of the entry's ``versions``."""
+    from google.protobuf import text_format
+
+    from export.triton_config import parse_pbtxt, proto_text
+
+    def parsed(path: Path) -> Any:
+        try:
+            return parse_pbtxt(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, text_format.ParseError):  # none yet, or not Kiln's: left as it is
+            return None
+
+    if policy is not None:
+        wanted = parse_pbtxt("")
+        kind, values = parse_policy(policy)
+        if kind == "latest":
+            wanted.version_policy.latest.num_versions = values[0]
+        elif kind == "all":
+            wanted.version_policy.all.SetInParent()
+        else:
+            wanted.version_policy.specific.versions.extend(values)
+    else:
+        wanted = parsed(final / "config.pbtxt")
+        if wanted is None or not wanted.HasField("version_policy"):
+            return
+    chosen = wanted.version_policy
+    served = {str(v) for v in chosen.specific.versions}
+    if chosen.WhichOneof("policy_choice") == "specific" and not served & set(versions):
+        raise RepositoryError(
+            f"{final}: version_policy specific {list(chosen.specific.versions)} serves none of its "
+            f"versions ({', '.join(versions)}): name one of them (--version-policy specific:V), or use "
+            "latest:N or all"
+        )
+    proto = parsed(config)
+    if proto is None or proto.version_policy == chosen:
+        return
+    proto.version_policy.CopyFrom(chosen)
+    config.write_text(proto_text(proto), encoding="utf-8")
+
+
+def entry_versions(entry_dir: Path) -> list[str]:
+    """The version directories of an existing entry (plain numbers, as Triton names them), ascending."""
+    if not entry_dir.is_dir():
+        return []
+    names = [p.name for p in entry_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    return [str(v) for v in sorted(int(n) for n in names if n.isascii() and n.isdigit() and str(int(n)) == n)]
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """``source`` (a kept version directory) at ``target``, each file hard-linked: the same bytes and
+    inode, nothing copied or rewritten; copied where the filesystem allows no link."""
+    for path in sorted(source.rglob("*")):
+        if _bytecode_cache(path.relative_to(source).as_posix()):
+            continue
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copy2(path, dest)
+    target.mkdir(parents=True, exist_ok=True)
+
+
+def _top_files(artifacts: Any) -> dict[str, str]:
+    """The digests of an entry's files outside its version directories (labels.txt, tokenizers)."""
+    if not isinstance(artifacts, dict):
+        return {}
+    return {rel: d for rel, d in artifacts.items() if "/" not in rel and rel != "config.pbtxt"}
+
+
+def check_same_interface(
+    final: Path, old: dict[str, Any], meta: dict[str, Any], staging: Path, version: str, kept: list[str]
+) -> None:
+    """Refuse version ``version`` of entry ``final`` when its inputs, outputs, preprocessing, labels or
+    tokenizers differ from those its other versions ``kept`` are served with: the entry has one
+    config.pbtxt and one kiln.json, so they would serve the old versions with the new model's."""
+    differ = [k for k in INTERFACE_KEYS if (k in old or k in meta) and old.get(k) != meta.get(k)]
+    new_files = {p.name: file_sha256(p) for p in staging.iterdir() if p.is_file()}
+    differ += sorted(
+        rel for rel in {*_top_files(old.get("artifacts")), *_top_files(new_files)}
+        if _top_files(old.get("artifacts")).get(rel) != _top_files(new_files).get(rel)
+    )  # fmt: skip
+    if differ:
+        raise RepositoryError(
+            f"{final}: version {version} would be served beside version(s) {', '.join(kept)} with one "
+            f"config.pbtxt and kiln.json, but its {listed(differ, 4)} differ from theirs; a model of "
+            "other inputs, outputs, labels or tokenizers needs an entry of its own: export it under "
+            "another checkpoint file name or into another repository (docs/kiln-json.md, 'Versions')"
+        )
+
+
+def _version_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """What kiln.json ``versions`` keeps of the version ``meta`` describes: its source and parity."""
+    keys = ("source_checkpoint", "precision", "export", "parity")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def _version_records(old: dict[str, Any], kept: list[str]) -> dict[str, Any]:
+    """The ``versions`` records of the kept versions, from the entry's kiln.json ``old`` (written before
+    kiln.json kept them: its top level describes its ``version``)."""
+    records = old.get("versions") if isinstance(old.get("versions"), dict) else {}
+    if not records and old:
+        records = {str(old.get("version", VERSION)): _version_record(old)}
+    return {v: records[v] for v in kept if v in records}
+
+
+def version_source(entry_dir: Path, version: str) -> str | None:
+    """The sha256 of the checkpoint version ``version`` of an existing entry was exported from, or None
+    where its kiln.json does not say (or it has no such version)."""
+    meta = read_kiln_json(entry_dir) or {}
+    records = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    record = records.get(version) or (meta if str(meta.get("version", VERSION)) == version else {})
+    source = record.get("source_checkpoint") if isinstance(record, dict) else None
+    sha = source.get("sha256") if isinstance(source, dict) else None
+    return sha if isinstance(sha, str) else None

@@ -40,6 +40,12 @@ class ExportOptions:
     device: str = "cpu"  # cpu | gpu: where the written configs place their instances
     cudnn_conv_algo_search: str = "EXHAUSTIVE"  # GPU configs only (docs/kiln-json.md)
     cuda_graphs: bool = True  # GPU configs only: each bucket replayed as a CUDA graph (docs/kiln-json.md)
+    # the version directory to write (N, or "next": one above the highest present); None: version 1, as
+    # export always wrote, replaced without asking while it is the entry's only version
+    version: str | None = None
+    replace_version: bool = False  # write over a version exported from another checkpoint
+    # config.pbtxt's version_policy (latest:N, all, specific:V,...); None: the entry's own, else latest:1
+    version_policy: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", tuple(self.precisions))  # any iterable, kept hashable
@@ -54,6 +60,14 @@ class ExportOptions:
             )
         if self.max_batch_size < 1:
             raise ValueError(f"max batch size must be >= 1, got {self.max_batch_size}")
+        if self.version is not None:
+            object.__setattr__(self, "version", str(self.version))
+            if self.version != "next" and not (self.version.isdigit() and int(self.version) >= 1):
+                raise ValueError(f"version must be a number >= 1 or 'next', got {self.version!r}")
+            if self.version != "next":
+                object.__setattr__(self, "version", str(int(self.version)))
+        if self.version_policy is not None:
+            repository.parse_policy(self.version_policy)
         self._check_gates()
 
     def _check_gates(self) -> None:
@@ -94,6 +108,7 @@ class EntryResult:
     message: str = ""
     path: Path | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    version: str = repository.VERSION  # the version directory written (or found up to date)
 
     @classmethod
     def from_report(cls, entry: str, precision: str, report: ParityReport) -> EntryResult:
@@ -171,6 +186,8 @@ class ExportContext:
                 out["tensorrt_accelerator"] = False
         if engine:
             out["tensorrt"] = tensorrt.engine_target()
+        if self.options.version_policy is not None:  # asked for: an entry written with another is rebuilt
+            out["version_policy"] = self.options.version_policy
         if self.ckpt.get("task") == "translate":
             out.update(self._beam_settings(precision))
         return out
@@ -222,10 +239,16 @@ class ExportContext:
         return EntryResult(entry.name, entry.precision, "up to date", diffs, agreement, message, path)
 
     def refuse(self, entry: Entry, report: ParityReport, reason: str) -> EntryResult:
-        """Remove a stale ``entry`` that its gate now refuses and remember why (see ``needs_rebuild``)."""
-        repository.remove_entry(self.repository, entry.name)
+        """Remove a stale ``entry`` that its gate now refuses and remember why (see ``needs_rebuild``);
+        an entry holding other versions than the one written is kept whole, those versions served."""
+        version = repository.writing()
+        kept = [v for v in repository.entry_versions(self.repository / entry.name) if v != version]
+        if not kept:
+            repository.remove_entry(self.repository, entry.name)
         result = EntryResult.from_report(entry.name, entry.precision, report)
         result.status, result.message = "rejected", reason
+        if kept:
+            result.message += f" (version {version} not written; version(s) {', '.join(kept)} kept)"
         record = {"source_checkpoint": self.source, "export": self.settings(entry.precision, entry.engine)}
         record.update(precision=entry.precision, message=reason, parity=report.as_dict())
         repository.remember_refusal(self.repository, entry.name, record)

@@ -182,8 +182,8 @@ def stale_runtime(repository_dir: Path, names: Iterable[str]) -> list[str]:
         meta = repository.read_kiln_json(repository_dir / name)
         if not meta or meta.get("platform") != "python":
             continue
-        copied = meta.get("artifacts") or {}
-        if any(copied.get(f"{repository.VERSION}/{rel}") != digest for rel, digest in current.items()):
+        copied, version = meta.get("artifacts") or {}, meta.get("version", repository.VERSION)
+        if any(copied.get(f"{version}/{rel}") != digest for rel, digest in current.items()):
             stale.append(name)
     if stale:
         log.info("%s: written with other copies of model.py and the beam search modules", ", ".join(stale))

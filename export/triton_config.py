@@ -268,6 +268,11 @@ def to_pbtxt(config: TritonModelConfig) -> str:
     return text_format.MessageToString(to_proto(config))
 
 
+def proto_text(proto: mc.ModelConfig) -> str:
+    """The config.pbtxt text of a parsed (``parse_pbtxt``) and edited config."""
+    return text_format.MessageToString(proto)
+
+
 def parse_pbtxt(text: str) -> mc.ModelConfig:
     """Parse config.pbtxt text with Triton's proto (raises ``text_format.ParseError`` when invalid)."""
     return text_format.Parse(text, mc.ModelConfig())
