@@ -216,7 +216,9 @@ def test_a_stop_signal_while_the_models_load_stops_loading_them(exported, tmp_pa
     finally:
         gateway.kill()
         gateway.wait()
-    assert "not loaded: m1, m2" in rest and "Uvicorn running" not in rest, rest
+    # models load side by side (OnnxRuntimeBackend.start): m1 may have loaded beside m0 before the signal
+    loaded_beside = "model m1 version 1: provider" in rest and "not loaded: m2" in rest
+    assert ("not loaded: m1, m2" in rest or loaded_beside) and "Uvicorn running" not in rest, rest
     assert list(Path(tempfile.gettempdir()).glob(f"kiln-weights-{gateway.pid}-*")) == []
     # the operator's stop is one info line: it was logged as two errors, "gateway start-up failed: the
     # backend: a stop signal arrived ..." and uvicorn's "Application startup failed. Exiting."

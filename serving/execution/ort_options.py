@@ -50,6 +50,10 @@ class OrtOptions:
     # batches grew (ONNX Runtime keeps its largest batch's activations for good) before shrinking it;
     # None: kept until the model unloads.
     release_idle_s: float | None = 10.0
+    # Model versions the backend loads at once (their sessions opened, the weight store's graphs
+    # optimized, on threads of ONNX Runtime that hold no GIL); None: the CPUs this process may use, at
+    # most 4 (serving.execution.onnxruntime.load_threads); 1: one after another.
+    load_threads: int | None = None
 
 
 # ONNX Runtime's own logger (severities 0 verbose, 1 info, 2 warning, 3 error, 4 fatal) at the gateway's

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
 from serving.execution import placement
-from serving.execution.base import GraphChoice
+from serving.execution.base import GraphChoice, LoadingStopped
 from serving.execution.bound_session import BoundSession
 from serving.execution.ort_options import OrtOptions, spin_entries
 from serving.execution.repository import RepositoryEntry
@@ -36,6 +37,8 @@ class SessionOpener:
         # chosen graphs that did not open: warned about once, not again for each session of the entry
         # (its batch session and every decode worker's open the same file)
         self.unopened: set[Path] = set()
+        # whether a stop signal came (the backend's): a model's further instances are not opened
+        self.stopping: Callable[[], bool] = lambda: False
 
     def open_weight_store(self) -> None:
         """Share weights from now on (``OrtOptions.share_weights``); a session factory (tests' fakes) is
@@ -56,6 +59,8 @@ class SessionOpener:
         refuse_bf16(entry)
         per_instance = []
         for _ in range(placement.instance_count(entry.config)):
+            if per_instance and self.stopping():  # its other instances are not worth the wait either
+                raise LoadingStopped(f"model {entry.name!r}: a stop signal arrived while it loaded")
             sessions = {}
             for size in where.buckets or (0,):
                 sessions[size] = self.open_chosen(entry, path, where, graph)[0]

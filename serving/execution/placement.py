@@ -26,6 +26,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +155,9 @@ def plan(config: Any, available: list[str]) -> Placement:
 
 
 _cuda_libraries_loaded = False
+# held while they load: the backend opens several models' sessions at once, and a second caller must
+# not go on to open a CUDA session before the first has loaded the libraries
+_cuda_libraries_lock = threading.Lock()
 
 
 def load_cuda_libraries(ort: Any) -> None:
@@ -162,16 +166,17 @@ def load_cuda_libraries(ort: Any) -> None:
     ``onnxruntime.preload_dlls()`` (ORT >= 1.21: the ``nvidia-*`` wheels' libraries). Without them the
     provider fails to load and ONNX Runtime falls back to the CPU, which :func:`check_session` refuses."""
     global _cuda_libraries_loaded
-    if _cuda_libraries_loaded:
-        return
-    _cuda_libraries_loaded = True
-    with contextlib.suppress(ImportError):
-        import torch  # noqa: F401 - imported for its side effect: the CUDA libraries it loads
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception as exc:  # noqa: BLE001 - check_session reports what finally did not load
-            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+    with _cuda_libraries_lock:
+        if _cuda_libraries_loaded:
+            return
+        _cuda_libraries_loaded = True
+        with contextlib.suppress(ImportError):
+            import torch  # noqa: F401 - imported for its side effect: the CUDA libraries it loads
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - check_session reports what finally did not load
+                log.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 def check_session(session: Any, where: Placement, name: str) -> None:

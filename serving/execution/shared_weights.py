@@ -131,6 +131,10 @@ class WeightStore:
             opts = ort.SessionOptions()
             if prepare is not None:
                 prepare(opts)
+            # one thread: this session only optimizes and saves the graph (the same file with any
+            # number), and a pool of a thread per CPU, started and joined for each model, was a third
+            # of a small model's optimization (and oversubscribed the cores when several models load)
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.optimized_model_filepath = str(scratch / GRAPH)
             opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS)
