@@ -24,6 +24,7 @@ import numpy as np
 from bench.inputs import classifier_checkpoint, read_meta, source_key
 from bench.stats import summarize, time_calls
 from kiln.processes import end_with_parent
+from serving.execution.version_policy import served_version
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,12 @@ def classifier_jobs(
         if meta.get("task") != "classify" or source_key(meta, entry.name) != family:
             continue
         h, w, c = (int(d) for d in meta["inputs"][0]["dims"][1:])
-        version = str(meta.get("version", "1"))
+        try:  # the version its version_policy serves (kiln.json's is the one written last: maybe staged)
+            version = Path(served_version(str(entry)))
+        except (OSError, ValueError):  # no config, or no version served: nothing to measure
+            continue
         artifact = next(
-            (entry / version / f for f in ("model.onnx", "model.plan") if (entry / version / f).exists()),
+            (version / f for f in ("model.onnx", "model.plan") if (version / f).exists()),
             None,
         )
         if artifact is None:

@@ -96,8 +96,10 @@ def translate(
 def _runner(ort: Any, repository: Path, block: dict[str, Any], device: str, part: str) -> Any:
     """A session runner of the translator's ``part`` (``encoder``, ``decoder``) on ``device``."""
     from serving.execution.runner import session_runner
+    from serving.execution.version_policy import served_version
 
-    path = repository / block[part] / "1" / "model.onnx"
+    # the version the gateway serves (its version_policy's newest), not always 1: export --version
+    path = Path(served_version(str(repository / block[part]))) / "model.onnx"
     run = session_runner(ort.InferenceSession(str(path), session_options(), providers=providers_for(device)))
     run.model_file = path
     return run

@@ -287,9 +287,11 @@ def _measure_layout(sweep: _Sweep, device: str, repository: Path, workers: int) 
 
 
 def _newest_model(repository: Path, model: str) -> Path:
-    """``model``'s ONNX file in its newest version in ``repository``."""
-    versions = (repository / model).glob("[0-9]*/model.onnx")
-    return max(versions, key=lambda p: int(p.parent.name))
+    """``model``'s ONNX file in ``repository``, of the version a call naming none reaches (the newest its
+    version_policy serves, as the gateway picks it: a newer version may be staged, not served)."""
+    from serving.execution.version_policy import served_version
+
+    return Path(served_version(str(repository / model))) / "model.onnx"
 
 
 def _add_agreement(rows: list[dict[str, Any]], work: Any, threads: int) -> None:

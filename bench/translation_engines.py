@@ -211,11 +211,15 @@ def kiln_translator(repository: Path, model: str) -> tuple[Any, dict[str, Any]]:
     from serving.decoding.native_decoder import open_runner
     from serving.decoding.translator import translator_from_entry
     from serving.execution.repository import Repository
+    from serving.execution.version_policy import served_version
 
     entry = Repository(repository).get(model)
     block = entry.kiln["translator"]
-    run = {  # as the gateway opens them: fused attention, the decoder's steps compiled
-        part: open_runner(Path(repository) / block[part] / "1" / "model.onnx", decoder=part == "decoder")
+    run = {  # as the gateway opens them: the version its policy serves, fused attention, steps compiled
+        part: open_runner(
+            Path(served_version(str(Path(repository) / block[part]))) / "model.onnx",
+            decoder=part == "decoder",
+        )
         for part in ("encoder", "decoder")
     }
     return translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"]), run

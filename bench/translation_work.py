@@ -54,10 +54,15 @@ def measure(
     from serving.decoding.offline import translate_in_batches
     from serving.decoding.translator import translator_from_entry
     from serving.execution.repository import Repository
+    from serving.execution.version_policy import served_version
 
     entry = Repository(repository).get(model)
     block = entry.kiln["translator"]
-    files = {part: Path(repository) / block[part] / "1" / "model.onnx" for part in ("encoder", "decoder")}
+    # the version each entry's version_policy serves, as the gateway opens it (not always 1: --version)
+    files = {
+        part: Path(served_version(str(Path(repository) / block[part]))) / "model.onnx"
+        for part in ("encoder", "decoder")
+    }
     run = {part: open_runner(path) for part, path in files.items()}  # plain: every call seen here
     tally = {"decoder_rows": 0, "source_tokens": 0}
     translator = translator_from_entry(entry.path, entry.kiln, run["encoder"], run["decoder"])

@@ -136,9 +136,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_version,
         help="the version directory to write, <entry>/N/, beside the entry's other versions, kept as they "
         "are (a rollout: version 1 serves while 2 is written); 'next': one above the highest present (or "
-        "that one, where it is this checkpoint's already). Default: version 1, as ever; once an entry "
-        "holds other versions, the one last written. A version exported from another checkpoint is not "
-        "written over without --replace-version",
+        "that one, where it is this checkpoint's already). Default: the version this checkpoint was "
+        "exported as, where an entry holds one; else version 1, as ever, or once an entry holds other "
+        "versions, the one last written. A version exported from another checkpoint is not written over "
+        "without --replace-version",
     )
     parser.add_argument(
         "--replace-version",

@@ -279,8 +279,9 @@ def version_to_write(
     """The version directory the checkpoint ``path`` (``sha256``) is written as, the same for every one
     of its ``entries`` (a translator's three, an int8 twin): ``options.version``; ``next``: one above
     the highest any of them holds, or that highest where it is this checkpoint's already (a rerun
-    finds it up to date); none given: version 1, or the version their kiln.json says was written last
-    where they hold others. Refused, before any work, where that version holds a model exported from
+    finds it up to date); none given: the highest version exported from this checkpoint where they hold
+    one (the old checkpoint exported again to roll back, ``--version-policy specific:1``), else version
+    1, or the version their kiln.json says was written last where they hold others. Refused, before any work, where that version holds a model exported from
     another checkpoint and the entry holds other versions or the version was named, unless
     ``replace_version``: clients naming that version would get another model without a word."""
     held = {e: entry_versions(repository / e) for e in entries}
@@ -291,6 +292,8 @@ def version_to_write(
         version = str(highest if highest and mine else highest + 1)
     elif options.version is not None:
         version = options.version
+    elif own := _own_versions(repository, held, sha256):
+        version = max(own, key=int)  # this checkpoint's version again (a rollback: 1 served once more)
     else:
         written = [str((read_kiln_json(repository / e) or {}).get("version", VERSION)) for e in held]
         written = [v for v in written if v in held_versions(held)]
@@ -314,6 +317,13 @@ def version_to_write(
             "this one with --replace-version"
         )
     return version
+
+
+def _own_versions(repository: Path, held: dict[str, list[str]], sha256: str) -> list[str]:
+    """The versions in ``held`` (entry -> its versions) exported from the checkpoint of ``sha256``."""
+    return [
+        v for e, versions in held.items() for v in versions if version_source(repository / e, v) == sha256
+    ]
 
 
 def held_versions(held: dict[str, list[str]]) -> set[str]:

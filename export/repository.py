@@ -60,6 +60,9 @@ INTERFACE_KEYS = (
     "task", "platform", "inputs", "outputs", "roles", "preprocessing", "labels", "max_batch_size",
     "step_spec", "encoder", "decoder", "source_tokenizer", "target_tokenizer",
 )  # fmt: skip
+# what each version's own graph applies (export/onnx_export.py ClassifierGraph), read by no server: a
+# model retrained on new data (other channel statistics) is served beside the old one as it is
+IN_GRAPH_KEYS = {"preprocessing": ("mean", "std")}
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 # what renameat2(RENAME_EXCHANGE) answers where it cannot exchange: a filesystem without the flag
 # (EINVAL, EOPNOTSUPP), a kernel without the call (ENOSYS), or the entry removed meanwhile (ENOENT)
@@ -545,6 +548,52 @@ def remove_entry(repository: Path, name: str) -> bool:
     return True
 
 
+def remove_version(repository: Path, name: str, version: str) -> bool:
+    """Take version ``version`` out of Kiln entry ``name`` (its gate now refuses the model it holds), its
+    other versions kept as they are (linked, as ``write_entry`` keeps them) and swapped in the same way;
+    kiln.json's top level then describes the highest of them where it described ``version``. The entry's
+    only version: the entry is removed (``remove_entry``). False where it holds no such version."""
+    final = repository / name
+    versions = entry_versions(final)
+    if version not in versions:
+        return False
+    rest = [v for v in versions if v != version]
+    if not rest:
+        return remove_entry(repository, name)
+    check_not_foreign(final)
+    check_nothing_unlisted(final)
+    old = read_kiln_json(final) or {}
+    records = old.get("versions") if isinstance(old.get("versions"), dict) else {}
+    meta = {k: v for k, v in old.items() if k != "artifacts"}
+    if str(old.get("version", VERSION)) == version:  # the fields beside ``versions`` described it
+        top = rest[-1]
+        meta.update(records.get(top) or {}, version=top)
+    meta["versions"] = {v: records[v] for v in rest if v in records}
+    area = staging_area(repository)
+    staging = _make_staging(area, name)
+    try:
+        try:
+            for path in final.iterdir():  # config.pbtxt, labels.txt, tokenizers: copied, never linked
+                if path.is_file() and path.name != "kiln.json":
+                    shutil.copy2(path, staging / path.name)
+            for other in rest:
+                _link_tree(final / other, staging / other)
+            meta["artifacts"] = hash_artifacts(staging)
+            (staging / "kiln.json").write_text(
+                json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+            )
+        except OSError as exc:
+            name_path(exc, staging)
+            raise
+        _commit(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if area != repository.resolve():
+            _tidy(area)
+    return True
+
+
 def _refusals(repository: Path) -> dict[str, Any]:
     try:
         return json.loads((repository / REFUSALS).read_text(encoding="utf-8"))
@@ -725,7 +774,9 @@ def check_same_interface(
     """Refuse version ``version`` of entry ``final`` when its inputs, outputs, preprocessing, labels or
     tokenizers differ from those its other versions ``kept`` are served with: the entry has one
     config.pbtxt and one kiln.json, so they would serve the old versions with the new model's."""
-    differ = [k for k in INTERFACE_KEYS if (k in old or k in meta) and old.get(k) != meta.get(k)]
+    differ = [
+        d for k in INTERFACE_KEYS if (k in old or k in meta) for d in _differing(k, old.get(k), meta.get(k))
+    ]
     new_files = {p.name: file_sha256(p) for p in staging.iterdir() if p.is_file()}
     differ += sorted(
         rel for rel in {*_top_files(old.get("artifacts")), *_top_files(new_files)}
@@ -740,9 +791,20 @@ def check_same_interface(
         )
 
 
+def _differing(key: str, old: Any, new: Any) -> list[str]:
+    """``key`` where its old and new values differ, a dict's differing fields named (``preprocessing.
+    input_size``) but those its versions' graphs apply themselves (``IN_GRAPH_KEYS``)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [key]
+    own = IN_GRAPH_KEYS.get(key, ())
+    fields = sorted(f for f in {*old, *new} if f not in own and old.get(f) != new.get(f))
+    return [f"{key}.{f}" for f in fields]
+
+
 def _version_record(meta: dict[str, Any]) -> dict[str, Any]:
-    """What kiln.json ``versions`` keeps of the version ``meta`` describes: its source and parity."""
-    keys = ("source_checkpoint", "precision", "export", "parity")
+    """What kiln.json ``versions`` keeps of the version ``meta`` describes: its source, parity and
+    preprocessing (each version's graph normalizes with its own mean and std)."""
+    keys = ("source_checkpoint", "precision", "export", "parity", "preprocessing")
     return {k: meta[k] for k in keys if k in meta}
 
 

@@ -240,15 +240,21 @@ class ExportContext:
 
     def refuse(self, entry: Entry, report: ParityReport, reason: str) -> EntryResult:
         """Remove a stale ``entry`` that its gate now refuses and remember why (see ``needs_rebuild``);
-        an entry holding other versions than the one written is kept whole, those versions served."""
+        an entry holding other versions than the one written keeps them, served, and loses only that
+        version where it holds one (written by an earlier run: a stricter gate, or ``--data-path``, now
+        refuses it; kept, it was served on as the newest)."""
         version = repository.writing()
         kept = [v for v in repository.entry_versions(self.repository / entry.name) if v != version]
+        removed = False
         if not kept:
             repository.remove_entry(self.repository, entry.name)
+        else:
+            removed = repository.remove_version(self.repository, entry.name, version)
         result = EntryResult.from_report(entry.name, entry.precision, report)
         result.status, result.message = "rejected", reason
         if kept:
-            result.message += f" (version {version} not written; version(s) {', '.join(kept)} kept)"
+            done = "removed" if removed else "not written"
+            result.message += f" (version {version} {done}; version(s) {', '.join(kept)} kept)"
         record = {"source_checkpoint": self.source, "export": self.settings(entry.precision, entry.engine)}
         record.update(precision=entry.precision, message=reason, parity=report.as_dict())
         repository.remember_refusal(self.repository, entry.name, record)
