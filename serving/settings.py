@@ -128,7 +128,11 @@ class Settings(BaseSettings):
         "the ONNX Runtime memory arena its merged batches grew (hundreds of MiB after batches of 64 "
         "on a 224x224 classifier); default: 10; 0: kept until the gateway stops",
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 after it)")
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="per-request deadline from its body read, every wait after it included (504 after it)",
+    )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 429/503")
     max_body_bytes: int = Field(64 << 20, ge=1024, description="request body limit (413 above it)")
     max_inflight_body_bytes: int = Field(

@@ -30,6 +30,7 @@ from serving.decoding.scheduler import DecodingScheduler
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import (
     BadRequest,
+    DeadlineExceeded,
     Overloaded,
     PayloadTooLarge,
     Unavailable,
@@ -250,17 +251,25 @@ class Translator:
         ``version``: the one a KServe request named, which its statistics count under."""
         config = self.beam_config(options)
         self.check_texts(texts)
-        sources = await self._codec(self._encode, texts, sum(map(len, texts)) <= INLINE_CHARS)
+        limit = self.schedulers[0].config.timeout_s  # the server's, every decode worker's alike
+        timeout = limit if timeout_s is None else min(timeout_s, limit)
+        deadline = _Deadline(asyncio.get_running_loop().time() + timeout, timeout)  # (no timer: ~0.2 us)
+        if sum(map(len, texts)) <= INLINE_CHARS:
+            sources = self._encode(texts, False)
+        else:  # held to the deadline in the tokenizer thread's queue, the search given what that leaves
+            sources = await self._codec_within(deadline, self._encode, texts, "tokenized")
+            timeout = deadline.left()
         scheduler = self.scheduler()
         self._check_queue(scheduler.config)
-        limit = scheduler.config.timeout_s
-        timeout = limit if timeout_s is None else min(timeout_s, limit)
         try:
             results = await scheduler.submit(sources, config, timeout, version)
         except ValueError as exc:  # a setting the scheduler cannot honour (e.g. beam over its row cap)
             raise UnprocessableInput(str(exc)) from None
         tokens = [h.tokens for hyps in results for h in hyps]
-        texts_out = iter(await self._codec(self.codec.decode, tokens, sum(map(len, tokens)) <= INLINE_TOKENS))
+        if sum(map(len, tokens)) <= INLINE_TOKENS:
+            texts_out = iter(self.codec.decode(tokens, False))
+        else:
+            texts_out = iter(await self._codec_within(deadline, self.codec.decode, tokens, "detokenized"))
         return [
             [Translation(next(texts_out), h.tokens, h.score, h.normalized_score) for h in hyps]
             for hyps in results
@@ -271,6 +280,24 @@ class Translator:
         if inline:
             return work(items, False)
         return await asyncio.get_running_loop().run_in_executor(self._codec_thread, work, items, True)
+
+    async def _codec_within(
+        self, deadline: _Deadline, work: Callable[..., list[Any]], items: list[Any], what: str
+    ) -> list[Any]:
+        """``work(items)`` batched in the codec thread, where a long request's texts wait for those before
+        them: a 504 at ``deadline`` (its work dropped from the thread's queue; work begun runs out)."""
+        timeout = asyncio.timeout_at(deadline.at)
+        try:
+            async with timeout:
+                return await self._codec(work, items, False)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise DeadlineExceeded(
+                f"translation: the request's {deadline.seconds:g} s deadline passed while it waited for "
+                f"the tokenizer thread ({len(items)} texts to be {what}; long requests are tokenized one "
+                "after another there)"
+            ) from None
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """KServe v2: BYTES ``text`` [n, 1] -> BYTES ``translation``, FP32 ``score`` and ``raw_score``, each
@@ -531,3 +558,14 @@ def decode_thread_name(serial: int, worker: int, name: str) -> str:
     """The OS name of decode worker ``worker`` of the ``serial``-th translator, ``name``:
     ``kdec<serial>.<worker>-<name>`` cut to 15 bytes, the numbers (which make it unique) always whole."""
     return os_name(f"kdec{serial}.{worker}-{name}")
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """A translation's deadline as the event loop's time, and the limit it is (for its 504)."""
+
+    at: float
+    seconds: float
+
+    def left(self) -> float:
+        return max(self.at - asyncio.get_running_loop().time(), 0.0)

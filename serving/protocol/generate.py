@@ -35,7 +35,7 @@ from serving.errors import BadRequest
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta, model_parameters
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
-from serving.protocol.limits import request_body
+from serving.protocol.limits import Deadline, request_body
 from serving.protocol.request_values import parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data
@@ -164,12 +164,24 @@ def parse_generate(body: bytes, meta: ModelMetadata, version: str) -> InferReque
 
 
 async def _generate(
-    request: Request, backend: Any, metrics: Any, max_body_bytes: int, name: str, version: str, stream: bool
+    request: Request,
+    backend: Any,
+    metrics: Any,
+    max_body_bytes: int,
+    name: str,
+    version: str,
+    stream: bool,
+    timeout_s: float | None = None,
 ) -> Response:
     meta = backend.metadata(name, version)  # unknown model -> 404 before the body is read
     body = await request_body(request, max_body_bytes)  # gzip/deflate inflated, held in the budget
-    # a large body is parsed off the event loop, as infer's (serving/protocol/json_offload.py)
-    infer_request = await request.app.state.json_offload.call(len(body), parse_generate, body, meta, version)
+    # a large body is parsed off the event loop, as infer's (serving/protocol/json_offload.py), held to
+    # the request's deadline (``timeout_s`` from now) while it waits there; the model gets what is left
+    offload = request.app.state.json_offload
+    deadline = Deadline.from_now(timeout_s) if timeout_s is not None and offload.offloads(len(body)) else None
+    infer_request = await offload.call(len(body), parse_generate, body, meta, version, deadline=deadline)
+    if deadline is not None:
+        infer_request.deadline_s = min(deadline.left(), infer_request.deadline_s or deadline.seconds)
     result = await until_client_leaves(request, observed_infer(backend, metrics, infer_request))
     if result is None:  # its client left: nobody to answer
         return Response(status_code=CLIENT_LEFT)
@@ -196,7 +208,8 @@ def _route(suffix: str, stream: bool, summary: str) -> Callable[..., Any]:
         settings: SettingsDep,
         version: VersionDep,
     ) -> Response:
-        return await _generate(request, backend, metrics, settings.max_body_bytes, name, version, stream)
+        max_body_bytes, timeout_s = settings.max_body_bytes, settings.request_timeout_s
+        return await _generate(request, backend, metrics, max_body_bytes, name, version, stream, timeout_s)
 
     router.post(
         f"/models/{{name}}/versions/{{version}}/{suffix}",

@@ -11,7 +11,11 @@ is a 413 (:func:`serving.protocol.images.declared_pixels`). A request that finds
 requests already queued for a slot is a 429 before any of its images is decoded: the queue was
 unbounded, so past the rate the decodes keep up with (or the model's queue is full) thousands of
 requests queued here for seconds, each decoded only to be refused by a full model queue or answered
-late.
+late. A request's deadline (``--request-timeout-s``, from its body read: :class:`~serving.protocol.limits.Deadline`)
+bounds its waits here too, for a slot and for its runs' decodes: it left the slots' queue only once a
+slot came, and its deadline started only at the model's queue, so a request that waited 40 s for a slot
+was still given 30 s more there. Past it the request is a 504 naming the wait it was in, its place in
+the queue given up at once (a run already decoding finishes on its thread, holding its slot till then).
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from serving.errors import Overloaded
 from serving.protocol import images
+from serving.protocol.limits import Deadline
 
 # The declared pixels of one request's run of images decoded under one slot: ~15 ms of PNG decoding,
 # so 64 thumbnails are one thread hop and a small request waits that long behind a run of large ones.
 RUN_PIXELS = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,10 @@ class DecodeSlots:
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.max_waiting, self.retry_after_s = max_waiting, retry_after_s  # None: unbounded
 
-    async def acquire(self, first: bool = False) -> None:
+    async def acquire(self, first: bool = False, deadline: Deadline | None = None) -> None:
         """A slot, in turn; ``first``: the request's first run, refused (429) where ``max_waiting``
-        requests already wait (a later run of a request already decoding always queues)."""
+        requests already wait (a later run of a request already decoding always queues). A request
+        that queues leaves the queue at its ``deadline``, a 504 (a timer only for one that queues)."""
         if self.free and not self.waiting:
             self.free -= 1
             return
@@ -60,16 +68,30 @@ class DecodeSlots:
                 f"image decoding: {len(self.waiting)} requests already waiting to decode; retry later",
                 retry_after=self.retry_after_s,
             )
-        waiter = asyncio.get_running_loop().create_future()  # no loop bound at construction
+        loop = asyncio.get_running_loop()  # no loop bound at construction
+        waiter = loop.create_future()
         self.waiting.append(waiter)
+        timer = None if deadline is None else loop.call_at(deadline.at, self._expire, waiter, deadline)
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a slot as it was cancelled: pass it on
+            if _holds_slot(waiter):  # handed a slot as it was cancelled: pass it on
                 self.release()
             elif waiter in self.waiting:
                 self.waiting.remove(waiter)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, waiter: asyncio.Future[None], deadline: Deadline) -> None:
+        """``waiter``'s deadline passed before a slot came: it leaves the queue now, a 504."""
+        if waiter.done():  # handed a slot (or cancelled) in the same turn of the loop
+            return
+        ahead = self.waiting.index(waiter)
+        self.waiting.remove(waiter)
+        waited = f"for an image-decode slot ({ahead} requests queued before it; --image-decodes sets them)"
+        waiter.set_exception(deadline.passed("image decoding", waited))
 
     def release(self) -> None:
         while self.waiting:
@@ -81,23 +103,67 @@ class DecodeSlots:
 
 
 async def decode_images(
-    slots: DecodeSlots, blobs: list[bytes], preprocessing: dict[str, Any], limits: ImageLimits
+    slots: DecodeSlots,
+    blobs: list[bytes],
+    preprocessing: dict[str, Any],
+    limits: ImageLimits,
+    deadline: Deadline | None = None,
 ) -> list[np.ndarray]:
     """The request's images as model arrays, in order: a thread hop per run, each holding a slot (one
-    hop for a lone image, as before); the first hop reads every header before it decodes."""
+    hop for a lone image, as before); the first hop reads every header before it decodes. Past
+    ``deadline``, a 504 naming the wait it cut: a slot's (:meth:`DecodeSlots.acquire`) or a run's."""
     arrays: list[np.ndarray] = []
     ends: list[int] | None = None
     while ends is None or len(arrays) < len(blobs):
-        await slots.acquire(first=ends is None)
+        await slots.acquire(first=ends is None, deadline=deadline)
         hop = asyncio.ensure_future(
             run_in_threadpool(_next_run, blobs, preprocessing, limits, ends, len(arrays))
         )
         try:
-            run, ends = await asyncio.shield(hop)
+            if deadline is None:
+                run, ends = await asyncio.shield(hop)
+            else:
+                run, ends = await _within(hop, deadline, len(arrays), len(blobs))
         finally:
             _release_when_done(slots, hop)
         arrays.extend(run)
     return arrays
+
+
+async def _within(hop: asyncio.Future[T], deadline: Deadline, decoded: int, images: int) -> T:
+    """``hop``'s result, shielded as :func:`asyncio.shield` would (its thread runs on when the request is
+    cancelled), or a 504 at ``deadline``: a timer on the awaited future itself, no task."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[T] = loop.create_future()
+    hop.add_done_callback(partial(_pass_on, waiter))
+    timer = loop.call_at(deadline.at, _cut, waiter, deadline, decoded, images)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _pass_on(waiter: asyncio.Future[T], hop: asyncio.Future[T]) -> None:
+    if waiter.done():  # the request left, or its deadline passed: nobody waits for this result
+        if not hop.cancelled():
+            hop.exception()  # retrieved
+    elif hop.cancelled():
+        waiter.cancel()
+    elif (error := hop.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(hop.result())
+
+
+def _cut(waiter: asyncio.Future[Any], deadline: Deadline, decoded: int, images: int) -> None:
+    if not waiter.done():
+        waited = f"for its images to decode ({decoded} of {images} decoded)"
+        waiter.set_exception(deadline.passed("image decoding", waited))
+
+
+def _holds_slot(waiter: asyncio.Future[None]) -> bool:
+    """Whether ``waiter`` was handed a slot (not cancelled, nor ended by its deadline)."""
+    return waiter.done() and not waiter.cancelled() and waiter.exception() is None
 
 
 def _release_when_done(slots: DecodeSlots, hop: asyncio.Future[Any]) -> None:

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from serving.execution.base import InferResponse
 from serving.execution.occupancy import disk_space
+from serving.protocol.limits import Deadline
 from serving.protocol.request_values import stated_size
 from serving.protocol.v2_codec import ParsedInfer, encode_infer, json_values, parse_infer
 from serving.threads import CpuPolicy, applied_cpu_policy, set_cpu_policy
@@ -72,12 +73,25 @@ class JsonOffload:
         self._short = False  # its start failed on a passing shortage, said once: retries are quiet
 
     async def parse_infer(
-        self, body: bytes, header_length: str | None, model: str, version: str
+        self, body: bytes, header_length: str | None, model: str, version: str, timeout_s: float | None = None
     ) -> ParsedInfer:
-        """:func:`~serving.protocol.v2_codec.parse_infer`, in the helper process for a large JSON part."""
-        return await self.call(
-            _json_bytes(body, header_length), parse_infer, body, header_length, model, version
+        """:func:`~serving.protocol.v2_codec.parse_infer`, in the helper process for a large JSON part,
+        held there to a deadline ``timeout_s`` (``--request-timeout-s``) from now; the model is then
+        given what that leaves (``deadline_s``). A body parsed in place makes no deadline."""
+        json_bytes = _json_bytes(body, header_length)
+        if timeout_s is None or not self.offloads(json_bytes):
+            return await self.call(json_bytes, parse_infer, body, header_length, model, version)
+        deadline = Deadline.from_now(timeout_s)
+        parsed = await self.call(
+            json_bytes, parse_infer, body, header_length, model, version, deadline=deadline
         )
+        request = parsed.request
+        request.deadline_s = min(deadline.left(), request.deadline_s or timeout_s)
+        return parsed
+
+    def offloads(self, json_bytes: int) -> bool:
+        """Whether a body of ``json_bytes`` of JSON is parsed in the helper (waiting its turn there)."""
+        return bool(self.offload_bytes) and json_bytes >= self.offload_bytes
 
     async def encode_infer(self, response: InferResponse, parsed: ParsedInfer) -> tuple[bytes, int | None]:
         """:func:`~serving.protocol.v2_codec.encode_infer`, in the helper process for a large JSON part
@@ -88,16 +102,23 @@ class JsonOffload:
         slim = dataclasses.replace(parsed, request=dataclasses.replace(parsed.request, inputs={}))
         return await self.call(json_bytes, encode_infer, response, slim)
 
-    async def call(self, json_bytes: int, parse: Callable[..., T], *args: Any) -> T:
+    async def call(
+        self, json_bytes: int, parse: Callable[..., T], *args: Any, deadline: Deadline | None = None
+    ) -> T:
         """``parse(*args)``: in place, or in the helper from ``offload_bytes`` of JSON up. ``parse`` is a
-        module-level function (the helper imports it by name) whose result and errors pickle."""
-        if not self.offload_bytes or json_bytes < self.offload_bytes:
+        module-level function (the helper imports it by name) whose result and errors pickle. A body
+        in the helper is held to the request's ``deadline``: past it a 504, the body dropped from the
+        helper's queue (one it parses already runs out). It waited its turn there for as long as the
+        bodies before it took, the request's deadline starting only at the model's queue after it."""
+        if not self.offloads(json_bytes):
             return parse(*args)
         pool = self._pool or await asyncio.to_thread(self._helper, self._closes)
         if pool is None:  # the app stopped meanwhile (no helper started for it), or none can start
             return parse(*args)
         try:
-            return await self._in_helper(pool, parse, args)
+            if deadline is None:
+                return await self._in_helper(pool, parse, args)
+            return await self._within(deadline, self._in_helper(pool, parse, args), json_bytes)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
             if self._pool is pool:
                 self._pool = None
@@ -107,6 +128,21 @@ class JsonOffload:
                 pool.shutdown(wait=False, cancel_futures=True)
             log.error("the JSON parse process died; parsing this body in place")
             return parse(*args)
+
+    async def _within(self, deadline: Deadline, answer: asyncio.Future, json_bytes: int) -> Any:
+        """``answer``, or a 504 at ``deadline`` (``answer`` then cancelled: a body still queued is dropped)."""
+        ahead = len(self._waiting) - 1  # bodies in the helper before this one (parsed or queued)
+        timeout = asyncio.timeout_at(deadline.at)
+        try:
+            async with timeout:
+                return await answer
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise deadline.passed(
+                "JSON parsing",
+                f"for the JSON parse process ({json_bytes} bytes of JSON, {ahead} bodies before it there)",
+            ) from None
 
     def _in_helper(self, pool: ProcessPoolExecutor, parse: Callable[..., T], args: tuple) -> asyncio.Future:
         """``parse(*args)`` in ``pool``'s helper, as a future of this loop; cancelling it drops a body

@@ -40,7 +40,7 @@ from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, Deadline, request_body
 from serving.protocol.request_values import JsonInt, parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, errors
 
@@ -173,17 +173,24 @@ async def translate(request: Request, name: str) -> Response:
     # then the body, whatever the model (inflated no further than a valid body can be long; a large one
     # parsed off the event loop)
     raw = await request_body(request, min(settings.max_body_bytes, MAX_BODY_BYTES))
-    body = await request.app.state.json_offload.call(len(raw), parse_body, raw)
+    offload = request.app.state.json_offload
+    # a large body waits its turn for the JSON helper, held to the request's deadline there; the model
+    # then gets what that leaves (left: None, the whole of it)
+    deadline = Deadline.from_now(settings.request_timeout_s) if offload.offloads(len(raw)) else None
+    body = await offload.call(len(raw), parse_body, raw, deadline=deadline)
+    left = None if deadline is None else deadline.left()
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
     backend, metrics = get_backend(request), get_metrics(request)
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
     if translator is not None:
-        work = observed(metrics, name, translator.translate(body.texts, body.options()))
+        work = observed(metrics, name, translator.translate(body.texts, body.options(), left))
     else:
         positions = _max_positions(entry.kiln)
-        work = _via_infer(backend, metrics, name, body, entry.max_batch_size, positions, _source_of(entry))
+        work = _via_infer(
+            backend, metrics, name, body, entry.max_batch_size, positions, _source_of(entry), left
+        )
     results = await until_client_leaves(request, work)
     if results is None:
         return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
@@ -277,6 +284,7 @@ async def _via_infer(
     max_batch: int = 0,
     max_positions: int | None = None,
     source: Any | None = None,
+    left_s: float | None = None,
 ) -> list[list[Translation]]:
     """Translate through KServe infer on ``<name>`` (e.g. Triton's python model), which answers
     ``translation``, the normalized ``score`` and the ``raw_score``, [n, n_best], padded with -inf where a
@@ -309,9 +317,16 @@ async def _via_infer(
             f"Kiln; export it again), so {wanted} cannot be served"
         )
     size = max_batch if max_batch > 0 else len(body.texts)
-    # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
+    # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's,
+    # shortened to ``left_s``, what the request's deadline left after its body's wait to be parsed
     requests = [
-        InferRequest(name, {"text": _texts_tensor(part)}, outputs=outputs, parameters=_parameters(options))
+        InferRequest(
+            name,
+            {"text": _texts_tensor(part)},
+            outputs=outputs,
+            parameters=_parameters(options),
+            deadline_s=left_s,
+        )
         for part in (body.texts[i : i + size] for i in range(0, len(body.texts), size))
     ]
     responses = await observed(metrics, name, asyncio.gather(*(backend.infer(r) for r in requests)))

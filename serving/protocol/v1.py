@@ -22,7 +22,7 @@ from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.image_decodes import ImageLimits, decode_images
 from serving.protocol.images import PNG_SIGNATURE, decode_base64
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, Deadline, request_body
 from serving.protocol.repository_index import ready_together
 from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
@@ -144,10 +144,10 @@ async def classify(
             f"model {name!r} is a {entry.task or 'non-classify'} model; it cannot classify images"
         )
     _check_image_input(entry)
-    blobs, top_k = await _read_images(request, settings)
+    blobs, top_k, deadline = await _read_images(request, settings)
     if top_k > settings.max_top_k:
         raise UnprocessableInput(f"top_k {top_k} exceeds the limit of {settings.max_top_k}")
-    work = _decoded_scores(request, entry, blobs, backend, metrics, settings)
+    work = _decoded_scores(request, entry, blobs, backend, metrics, settings, deadline)
     scores = await until_client_leaves(request, work)
     if scores is None:
         return Response(status_code=CLIENT_LEFT)  # sent nowhere: the server drops it
@@ -167,18 +167,21 @@ async def _decoded_scores(
     backend,
     metrics: GatewayMetrics,
     settings: Settings,
+    deadline: Deadline,
 ) -> np.ndarray:
     """The images decoded and scored, the work :func:`until_client_leaves` drops when the client
     leaves (before, a departed client's images were decoded, queued and run for nobody, and counted a
     success); one that leaves before its images reach the model is a 499 here (:func:`observed`
-    counts it from there)."""
+    counts it from there). Its decoding is held to its ``deadline`` and the model given what it leaves
+    (its deadline started at the model's queue, after every wait for a decode slot)."""
     pre = entry.kiln.get("preprocessing", {})
+    slots = request.app.state.image_decodes
     try:
-        arrays = await decode_images(request.app.state.image_decodes, blobs, pre, image_limits(settings))
+        arrays = await decode_images(slots, blobs, pre, image_limits(settings), deadline)
     except asyncio.CancelledError as gone:
         metrics.refused(entry.name, gone, CLIENT_LEFT)
         raise
-    return await _infer_scores(entry, arrays, backend, metrics)
+    return await _infer_scores(entry, arrays, backend, metrics, deadline.left())
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -203,19 +206,24 @@ def _check_image_input(entry: RepositoryEntry) -> None:
         )
 
 
-async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], int]:
+async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes], int, Deadline]:
     """Images and top_k from a JSON body (base64) or a multipart form (``files``, ``top_k``), either
-    compressed as KServe v2 infer bodies may be (a plain form is parsed as it arrives)."""
+    compressed as KServe v2 infer bodies may be (a plain form is parsed as it arrives), and the
+    request's deadline, from its body read (its reading is held to ``--read-timeout-s`` instead)."""
     max_images = settings.max_images
     # media types are case-insensitive (RFC 9110 8.3.1), as Starlette's form parser reads them
     if request.headers.get("content-type", "").lstrip().lower().startswith("multipart/form-data"):
         if request.headers.get("content-encoding") is not None:
             body = await request_body(request, settings.max_body_bytes)
             request = Request(request.scope, _whole(body))  # the form parsed from what it inflated to
-        return await _read_form(request, max_images)
+        blobs, top_k = await _read_form(request, max_images)
+        return blobs, top_k, Deadline.from_now(settings.request_timeout_s)
     raw = await request_body(request, settings.max_body_bytes)
+    deadline = Deadline.from_now(settings.request_timeout_s)
     _check_not_raw_image(raw, request.headers.get("content-type", ""))
-    return await request.app.state.json_offload.call(len(raw), read_json_images, raw, max_images)
+    offload = request.app.state.json_offload
+    blobs, top_k = await offload.call(len(raw), read_json_images, raw, max_images, deadline=deadline)
+    return blobs, top_k, deadline
 
 
 def _check_not_raw_image(raw: bytes, content_type: str) -> None:
@@ -293,16 +301,20 @@ def _chunks(images: list[np.ndarray], step: int) -> list[np.ndarray]:
     return chunks
 
 
-async def _infer_scores(entry: RepositoryEntry, images: list[np.ndarray], backend, metrics) -> np.ndarray:
-    """Per-image class scores (probabilities, or softmax of logits), in chunks of max_batch_size."""
+async def _infer_scores(
+    entry: RepositoryEntry, images: list[np.ndarray], backend, metrics, left_s: float | None = None
+) -> np.ndarray:
+    """Per-image class scores (probabilities, or softmax of logits), in chunks of max_batch_size;
+    ``left_s``: what the request's deadline leaves the model, after its decoding."""
     input_name = entry.role("images") or entry.config.input[0].name
     output = entry.role("probabilities") or entry.role("logits") or entry.config.output[0].name
     chunks = _chunks(images, entry.max_batch_size if entry.max_batch_size > 0 else 1)
     if entry.max_batch_size <= 0:
         chunks = [c[0] for c in chunks]
     requests = [
-        # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's
-        InferRequest(entry.name, {input_name: c}, outputs=[output])
+        # no timeout_s: that is the client's own (KServe's ``timeout``); the backend applies the server's,
+        # shortened to what the request's deadline left it (never its queue timeout)
+        InferRequest(entry.name, {input_name: c}, outputs=[output], deadline_s=left_s)
         for c in chunks
     ]
     if len(requests) == 1:

@@ -229,8 +229,8 @@ async def infer(
 ) -> Response:
     await known_metadata(backend, name, version)  # unknown model -> 404 before any work or metric label
     body = await request_body(request, settings.max_body_bytes)  # gzip/deflate inflated, held in the budget
-    parsed = await request.app.state.json_offload.parse_infer(
-        body, request.headers.get(HEADER_LENGTH), name, version
+    parsed = await request.app.state.json_offload.parse_infer(  # a large JSON part held to the deadline
+        body, request.headers.get(HEADER_LENGTH), name, version, settings.request_timeout_s
     )
     result = await until_client_leaves(request, observed_infer(backend, metrics, parsed.request))
     if result is None:  # its client left (a translation's rows left the decode batch): nobody to answer
