@@ -76,7 +76,18 @@ require_python = -c 'import sys; v = sys.version_info[:2]; v >= (3, 11) or sys.e
 # is not available" (Debian without python3-venv) left a .venv with no pip that every later make reused.
 .DELETE_ON_ERROR:
 
+# A $(VENV) this user cannot read (another user's, in a shared checkout: its directory closed, or the Python its
+# bin/python links to out of reach) looked missing to make, which ran venv over it: --clear where pyvenv.cfg
+# showed, emptying it where its directory was writable. It is refused as it stands (make warns "stat: Permission
+# denied" first); a python that is gone (no such file: a dangling link) is still made anew below.
+require_readable_venv = -c 'import os, sys; p, v = sys.argv[1:]; e = []; \
+  exec("try: os.stat(p)\nexcept PermissionError as x: e.append(x)\nexcept OSError: pass"); e and sys.exit( \
+  f"make: {p}: {e[0].strerror}: this user cannot read the environment {v} (another user'"'"'s?), so make \
+  neither uses nor replaces it; name one of your own (make $(or $(MAKECMDGOALS),setup) VENV=<new directory>) or \
+  have its owner open it to you")' '$(PY)' '$(VENV)'
+
 $(VENV)/bin/python:
+	@$(PYTHON_SYS) $(require_readable_venv)
 	@$(PYTHON_SYS) $(call require_python,$(PYTHON_SYS),make setup PYTHON_SYS=python3.11 (or a newer one))
 	@# A venv whose python is gone (its Python upgraded or removed: bin/python a dangling link) is made anew:
 	@# venv over it kept the dangling link ("bin/python: No such file or directory" at every make after).

@@ -11,6 +11,7 @@ import argparse
 import base64
 import contextlib
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -101,9 +102,16 @@ def run_stage(title: str, cmd: list[str], may_refuse: bool = False) -> float | N
 
 
 @contextmanager
-def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, str]]:
+def gateway(
+    repository: Path,
+    timeout_s: float = 120.0,
+    *,
+    checkpoints: Path | None = None,
+    export_flags: Sequence[str] = (),
+) -> Iterator[tuple[str, str]]:
     """Start `python -m serving` on 127.0.0.1, wait until ready, and always stop it; yields its HTTP
-    URL and gRPC target.
+    URL and gRPC target. ``checkpoints`` and ``export_flags``: what the demo's export stage exported, and
+    how, so an entry of its own that does not load is named as such (:func:`failed_entries`).
 
     Its two ports are bound here first (SO_REUSEPORT, never listening) and held until it stops: the
     gateway binds beside them (``--reuse-port``), and no other process can take one in between, as it
@@ -131,7 +139,7 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
                         [*cmd, "--reuse-port"],
                         f"{url}/v2/health/ready",
                         timeout_s=timeout_s,
-                        never_ready=lambda: failed_entries(url, repository),
+                        never_ready=lambda: failed_entries(url, repository, checkpoints, export_flags),
                     )
                 )
             except RuntimeError as exc:
@@ -144,10 +152,14 @@ def gateway(repository: Path, timeout_s: float = 120.0) -> Iterator[tuple[str, s
     console.print("gateway stopped")
 
 
-def failed_entries(url: str, repository: Path) -> str | None:
+def failed_entries(
+    url: str, repository: Path, checkpoints: Path | None = None, export_flags: Sequence[str] = ()
+) -> str | None:
     """Why a gateway that answers, but not ready, never will be: entries of ``repository`` it could not
     load (a stale entry of another model or Kiln beside the demo's), as it is ready only with every entry
-    loaded. The demo waited out its 120 s, then said "not ready" alone."""
+    loaded. The demo waited out its 120 s, then said "not ready" alone. An entry the demo's export stage
+    just wrote from ``checkpoints`` (:func:`demo_export`) is the demo's to export again, not the user's to
+    move away: the next demo exported it back as it was."""
     import httpx
 
     index = httpx.post(f"{url}/v2/repository/index", timeout=5, **LOCAL)
@@ -162,9 +174,55 @@ def failed_entries(url: str, repository: Path) -> str | None:
     if not failed:
         return None
     entries = "; ".join(f"{repository / e['name']} did not load ({e['reason']})" for e in failed)
+    own = {e["name"]: demo_export(repository / e["name"], checkpoints, export_flags) for e in failed}
+    exports: dict[tuple[Path, str], list[Path]] = {}  # a translator's entries are one export
+    for name, made in own.items():
+        if made:
+            exports.setdefault(made, []).append(repository / name)
+    advice = [_export_again(paths, *made, export_flags) for made, paths in exports.items()]
+    others = [repository / name for name, made in own.items() if not made]
+    if others:
+        what = ", ".join(map(str, others)) if advice else ("that" if len(others) == 1 else "each")
+        advice.append(
+            f"The demo serves every entry of {repository}: move {what} away, or give the demo a repository of its "
+            "own (make demo REPOSITORY=<new directory>)"
+        )
+    return f"{entries}. {'. '.join(advice)}"
+
+
+def demo_export(
+    entry: Path, checkpoints: Path | None, export_flags: Sequence[str]
+) -> tuple[Path, str] | None:
+    """(checkpoint, precision) of ``entry`` where the demo's export stage writes it: from a checkpoint in
+    ``checkpoints`` (export takes every ``*.pt`` there) in a precision it exports by default (fp32; fp16
+    too with ``--device gpu``, as ``export_flags`` give it); None for an entry it leaves as it finds it."""
+    if checkpoints is None:
+        return None
+    try:
+        meta = json.loads((entry / "kiln.json").read_text(encoding="utf-8"))
+        source, precision = Path(meta["source_checkpoint"]["path"]), meta["precision"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    exported = ("fp32", "fp16") if "gpu" in export_flags else ("fp32",)
+    if precision not in exported or source.name.endswith(".resume.pt") or not source.is_file():
+        return None
+    return (source, precision) if source.resolve().parent == checkpoints.resolve() else None
+
+
+def _export_again(entries: list[Path], checkpoint: Path, precision: str, export_flags: Sequence[str]) -> str:
+    """What to do about ``entries``, which the demo exported from ``checkpoint`` and the gateway did not load."""
+    flags = [f for f in export_flags if f != "--no-progress"]
+    command = [sys.executable, "-m", "export", str(checkpoint), "--repository", str(entries[0].parent)]
+    command += ["--precisions", precision, "--force", *flags]
+    if checkpoint.name in ("resnet18.pt", "transformer.pt"):
+        otherwise = f"`make demo FRESH=1` (--fresh) trains {checkpoint.name} anew"
+    else:  # a checkpoint of the user's own beside the demo's
+        otherwise = f"move {checkpoint} out of {checkpoint.parent}: the demo exports every checkpoint there"
+    is_, it, still = ("is", "it", "it still does") if len(entries) == 1 else ("are", "them", "they still do")
     return (
-        f"{entries}. The demo serves every entry of {repository}: move {'that' if len(failed) == 1 else 'each'} "
-        "away, or give the demo a repository of its own (make demo REPOSITORY=<new directory>)"
+        f"{', '.join(map(str, entries))} {is_} the demo's own export of {checkpoint}, so moving {it} away would "
+        f"only see the next demo export {it} again: `{shlex.join(command)}` exports {it} anew; if {still} not "
+        f"load, {otherwise}"
     )
 
 
@@ -468,7 +526,8 @@ def run_demo(args: argparse.Namespace, target: Target) -> None:
         f"Export to ONNX + Triton model repository (configs for the {target.name})",
         [py, "-m", "export", str(args.checkpoints), "--repository", str(args.repository), *target.export],
     )
-    with gateway(args.repository) as (url, grpc_url):
+    served = gateway(args.repository, checkpoints=args.checkpoints, export_flags=target.export)
+    with served as (url, grpc_url):
         models = [f"{m['name']} ({m['task']})" for m in _answer(httpx.get(f"{url}/v1/models", **LOCAL))]
         console.print(f"GET /v1/models → {', '.join(models)}")
         show_placement(url, "resnet18")
@@ -488,17 +547,34 @@ def next_steps(repository: Path, gpu: bool) -> str:
     env = os.environ
     given = ""
     if repository != Path("model_repository") or {"KILN_MODEL_REPOSITORY", "REPOSITORY"} & env.keys():
-        given += f" {shlex.quote(f'REPOSITORY={repository}')}"
+        given += f" {shlex.quote(f'REPOSITORY={_make_value(repository)}')}"
     if any(env.get(name, "onnxruntime") != "onnxruntime" for name in ("BACKEND", "KILN_BACKEND")):
         given += " BACKEND=onnxruntime"
     http_port, named = _served_port("HTTP_PORT", 8000, off=False)
     grpc_port, named_grpc = _served_port("GRPC_PORT", 8001, off=True)
     grpc = f"gRPC 127.0.0.1:{grpc_port}" if grpc_port else "gRPC off (its port is 0 in this shell)"
+    command = f"make serve{given}{named}{named_grpc}{' GPU=1' if gpu else ''}"
+    # a backtick in the path ended the `...` span early: a longer fence, spaced off, as Markdown takes it
+    fence = "`"
+    while fence in command:
+        fence += "`"
+    pad = " " if len(fence) > 1 else ""
     return (
-        f"Next: `make serve{given}{named}{named_grpc}{' GPU=1' if gpu else ''}` serves these models until "
+        f"Next: {fence}{pad}{command}{pad}{fence} serves these models until "
         f'Ctrl-C on http://127.0.0.1:{http_port} and {grpc} (README.md, "Serving", shows requests to send); '
         "`make test` runs the test suite."
     )
+
+
+def _make_value(path: Path) -> str:
+    """``path`` as a variable's value on make's command line must be written for the Makefile to get the
+    path itself: ``$`` doubled (make reads ``$H`` as its variable ``H``: ``REPOSITORY='runs/$HOME'`` served
+    runs/OME), and a leading ``~`` (``shell_path`` takes it for the home directory, as a shell does) or
+    blank (make drops it) behind ``./``."""
+    text = str(path)
+    if text == "~" or text.startswith("~/") or text[:1].isspace():
+        text = f"./{text}"
+    return text.replace("$", "$$")
 
 
 def _served_port(name: str, default: int, *, off: bool) -> tuple[int, str]:

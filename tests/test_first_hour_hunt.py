@@ -53,7 +53,7 @@ def test_the_demo_refuses_a_file_for_its_directories_before_it_trains_anything(f
     stages: list[str] = []
     monkeypatch.setattr(demo, "run_stage", lambda title, cmd: stages.append(title) or 0.0)
     monkeypatch.setattr(demo, "stop_on_sigterm", lambda: None)  # pytest keeps its own SIGTERM handling
-    monkeypatch.setattr(demo, "gateway", lambda repository: pytest.fail("the demo went on to serve"))
+    monkeypatch.setattr(demo, "gateway", lambda repository, **_: pytest.fail("the demo went on to serve"))
     paths = {"--checkpoints": tmp_path / "ck", "--repository": tmp_path / "repo"}
     paths[flag].write_text("a file, not a directory")
     argv = [arg for item in paths.items() for arg in (item[0], str(item[1]))]

@@ -73,7 +73,7 @@ def run_demo_stages(checkpoints: Path, monkeypatch) -> list[str]:
         stages.append(title.split()[0])
         return 0.0
 
-    def stop_here(repository):
+    def stop_here(repository, **served):
         raise SystemExit("served")
 
     monkeypatch.setattr(demo, "run_stage", stage)

@@ -50,7 +50,7 @@ def run_demo_recording(tmp_path, monkeypatch, refuse_resume: bool) -> list[list[
         ran.append(cmd)
         return None if (refuse_resume and may_refuse and "--resume" in cmd) else 0.0
 
-    def stop_here(repository):
+    def stop_here(repository, **served):
         raise SystemExit(0)
 
     monkeypatch.setattr(demo, "run_stage", stage)

@@ -315,7 +315,7 @@ def test_the_demo_names_the_checkpoints_it_reuses_where_they_are(tmp_path, monke
     stages: list[str] = []
     monkeypatch.setattr(demo, "run_stage", lambda title, cmd: stages.append(title))
 
-    def stop_here(repository):
+    def stop_here(repository, **served):
         raise SystemExit(0)
 
     monkeypatch.setattr(demo, "gateway", stop_here)
