@@ -69,7 +69,8 @@ class Gateway:
                 )
 
     def stop_loading(self) -> None:
-        """A stop signal while :meth:`start` loads: the backend stops after the model it is loading."""
+        """A stop signal while :meth:`start` loads: the backend stops once the models it is loading are
+        loaded (it loads several at once)."""
         self._stopping = True
         stop_loading = getattr(self.backend, "stop_loading", None)
         if stop_loading is not None:
@@ -171,6 +172,14 @@ class Gateway:
         if self._translates(name):
             return self.translators.failed.get(name, "")  # type: ignore[union-attr]
         return self.backend.load_error(name)
+
+    def unready_reason(self, name: str) -> str:
+        """Why model ``name`` is not served: its load error, or where it has none the backend's word
+        (``--backend triton``: "not loaded", a model Triton lists but never loaded); "" if none."""
+        reason = self.load_error(name)
+        if reason or self._translates(name):
+            return reason
+        return getattr(self.backend, "unready_reason", lambda _: "")(name)
 
     @property
     def outage(self) -> str:

@@ -11,6 +11,7 @@ opened (its file, options and shared weights) is :mod:`serving.execution.ort_ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -316,11 +317,11 @@ class OnnxRuntimeBackend:
         model: 3 000 such threads for 200 models on 16 cores, none saying whose)."""
         name_os_thread(ort_thread_name(index, entry.name))
         try:
-            return self._open_sessions(entry, version, ort_thread_name(index, entry.name))
+            return self._open_sessions(entry, version)
         finally:
             name_os_thread()  # the loading thread's own name again
 
-    def _open_sessions(self, entry: RepositoryEntry, version: str, ort_threads: str = "") -> Sessions:
+    def _open_sessions(self, entry: RepositoryEntry, version: str) -> Sessions:
         """One session per bucket (one in all when bucketing is off) per instance of ``instance_group``."""
         import onnxruntime as ort  # imported lazily: nothing heavy at import time
 
@@ -329,6 +330,16 @@ class OnnxRuntimeBackend:
             raise FileNotFoundError(f"{path} does not exist")
         where = placement.plan(entry.config, ort.get_available_providers())
         graph = self.graphs.get(entry.task)
+        # models on a GPU load one at a time, as all did before they loaded side by side: a CUDA graph's
+        # capture (the warm-up run of its bucket) is process-wide in ONNX Runtime ("cuda graph can only
+        # work with a single thread"), so another thread's CUDA allocations or copies during it broke it
+        with _CUDA_LOADS if where.provider == placement.CUDA else contextlib.nullcontext():
+            return self._open_placed(entry, version, path, where, graph)
+
+    def _open_placed(
+        self, entry: RepositoryEntry, version: str, path: Path, where: placement.Placement, graph: Any
+    ) -> Sessions:
+        """:meth:`_open_sessions` once the model's placement is known."""
         try:
             per_instance = self._opener.bucket_sessions(entry, path, where, graph)
         except LoadingStopped:
@@ -472,6 +483,9 @@ class OnnxRuntimeBackend:
 # them on 2 cores, 0.86 -> 0.58 s), and one larger than the budget alone, as all did before.
 MAX_LOAD_THREADS = 4
 MAX_LOAD_BYTES = 256 << 20
+_CUDA_LOADS = (
+    threading.Lock()
+)  # models placed on a GPU load one at a time (OnnxRuntimeBackend._open_sessions)
 
 
 class LoadBudget:
