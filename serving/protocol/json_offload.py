@@ -118,7 +118,8 @@ class JsonOffload:
         try:
             if deadline is None:
                 return await self._in_helper(pool, parse, args)
-            return await self._within(deadline, self._in_helper(pool, parse, args), json_bytes)
+            due = time.monotonic() + deadline.left()  # the helper's clock (CLOCK_MONOTONIC, system-wide)
+            return await self._within(deadline, self._in_helper(pool, parse, args, due), json_bytes)
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
             if self._pool is pool:
                 self._pool = None
@@ -136,23 +137,29 @@ class JsonOffload:
         try:
             async with timeout:
                 return await answer
-        except TimeoutError:
-            if not timeout.expired():
+        except (TimeoutError, _Late) as error:
+            if isinstance(error, TimeoutError) and not timeout.expired():
                 raise
             raise deadline.passed(
                 "JSON parsing",
                 f"for the JSON parse process ({json_bytes} bytes of JSON, {ahead} bodies before it there)",
             ) from None
 
-    def _in_helper(self, pool: ProcessPoolExecutor, parse: Callable[..., T], args: tuple) -> asyncio.Future:
+    def _in_helper(
+        self, pool: ProcessPoolExecutor, parse: Callable[..., T], args: tuple, due: float | None = None
+    ) -> asyncio.Future:
         """``parse(*args)`` in ``pool``'s helper, as a future of this loop; cancelling it drops a body
-        still queued. When the helper dies, every body waiting for it gets ``BrokenProcessPool``, here:
-        Python 3.11's pool stops failing its queued calls at the first one cancelled (its thread dies
-        of InvalidStateError), and the bodies behind it waited for ever, a client gone mid-parse and
-        a killed helper enough to leave requests unanswered and their bytes held."""
+        still queued, and one past ``due`` (``time.monotonic()``) when its turn comes is not parsed
+        (:func:`_unless_late`: the pool takes the next two bodies in hand before it is done with one,
+        where a cancel no longer reaches them, and a body 504'd there was parsed for nobody). When
+        the helper dies, every body waiting for it gets ``BrokenProcessPool``, here: Python 3.11's
+        pool stops failing its queued calls at the first one cancelled (its thread dies of
+        InvalidStateError), and the bodies behind it waited for ever, a client gone mid-parse and a
+        killed helper enough to leave requests unanswered and their bytes held."""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        work = pool.submit(parse, *args)  # BrokenProcessPool where the pool is known broken already
+        # BrokenProcessPool where the pool is known broken already
+        work = pool.submit(parse, *args) if due is None else pool.submit(_unless_late, due, parse, *args)
         self._waiting[answer] = pool
         answer.add_done_callback(lambda _: work.cancel() if answer.cancelled() else None)
 
@@ -268,6 +275,18 @@ class JsonOffload:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Late(Exception):
+    """The helper's answer for a body whose request's deadline passed before its turn came."""
+
+
+def _unless_late(due: float, parse: Callable[..., T], *args: Any) -> T:
+    """In the helper: ``parse(*args)``, unless ``due`` (``time.monotonic()``, which every process of the
+    machine shares) passed while the body waited: its request is answered 504 already."""
+    if time.monotonic() >= due:
+        raise _Late()
+    return parse(*args)
 
 
 def _helper_starts(cpu_policy: CpuPolicy | None = None) -> None:
