@@ -6,6 +6,9 @@ would use); nothing below the protocol layer knows HTTP or gRPC.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 
 class ServingError(Exception):
     """A failure a client is told about, with its HTTP status (and Retry-After when overloaded)."""
@@ -59,6 +62,30 @@ class Unavailable(ServingError):
 
 class DeadlineExceeded(ServingError):
     status = 504
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A request's deadline (``--request-timeout-s`` from its body read): the event loop's time it falls
+    at, and the limit it is (for its 504). Its waits before the model (JSON parsing in the helper, image
+    decoding) are held to it, and the model is given what it leaves (``InferRequest.deadline_s``)."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def from_now(cls, seconds: float) -> Deadline:
+        return cls(asyncio.get_running_loop().time() + seconds, seconds)
+
+    def left(self) -> float:
+        return max(self.at - asyncio.get_running_loop().time(), 0.0)
+
+    def passed(self, where: str, what: str) -> DeadlineExceeded:
+        """The request's 504: ``where`` it waited, ``what`` it waited for when its deadline passed."""
+        return DeadlineExceeded(
+            f"{where}: the request's {self.seconds:g} s deadline (--request-timeout-s) passed while it "
+            f"waited {what}"
+        )
 
 
 # Set on an error the model answered a request with, once it had taken the request (its run failed, it

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from serving.app import create_app
-from serving.errors import DeadlineExceeded
+from serving.errors import Deadline, DeadlineExceeded
 from serving.protocol.json_offload import JsonOffload
-from serving.protocol.limits import Deadline
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
 from tests.test_decode_g_image_slots import CLASSIFY, GatedDecoder, body, decoder, png  # noqa: F401

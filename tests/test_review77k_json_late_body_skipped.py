@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import DeadlineExceeded
+from serving.errors import Deadline, DeadlineExceeded
 from serving.protocol.json_offload import JsonOffload
-from serving.protocol.limits import Deadline
 from tests.waiting import DEADLINE_S, until
 
 

@@ -30,6 +30,7 @@ from serving.decoding.scheduler import DecodingScheduler
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.errors import (
     BadRequest,
+    Deadline,
     DeadlineExceeded,
     Overloaded,
     PayloadTooLarge,
@@ -253,7 +254,7 @@ class Translator:
         self.check_texts(texts)
         limit = self.schedulers[0].config.timeout_s  # the server's, every decode worker's alike
         timeout = limit if timeout_s is None else min(timeout_s, limit)
-        deadline = _Deadline(asyncio.get_running_loop().time() + timeout, timeout)  # (no timer: ~0.2 us)
+        deadline = Deadline(asyncio.get_running_loop().time() + timeout, timeout)  # (no timer: ~0.2 us)
         if sum(map(len, texts)) <= INLINE_CHARS:
             sources = self._encode(texts, False)
         else:  # held to the deadline in the tokenizer thread's queue, the search given what that leaves
@@ -282,7 +283,7 @@ class Translator:
         return await asyncio.get_running_loop().run_in_executor(self._codec_thread, work, items, True)
 
     async def _codec_within(
-        self, deadline: _Deadline, work: Callable[..., list[Any]], items: list[Any], what: str
+        self, deadline: Deadline, work: Callable[..., list[Any]], items: list[Any], what: str
     ) -> list[Any]:
         """``work(items)`` batched in the codec thread, where a long request's texts wait for those before
         them: a 504 at ``deadline`` (its work dropped from the thread's queue; work begun runs out)."""
@@ -558,14 +559,3 @@ def decode_thread_name(serial: int, worker: int, name: str) -> str:
     """The OS name of decode worker ``worker`` of the ``serial``-th translator, ``name``:
     ``kdec<serial>.<worker>-<name>`` cut to 15 bytes, the numbers (which make it unique) always whole."""
     return os_name(f"kdec{serial}.{worker}-{name}")
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    """A translation's deadline as the event loop's time, and the limit it is (for its 504)."""
-
-    at: float
-    seconds: float
-
-    def left(self) -> float:
-        return max(self.at - asyncio.get_running_loop().time(), 0.0)

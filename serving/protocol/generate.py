@@ -31,11 +31,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, Deadline
 from serving.execution.base import InferRequest, InferResponse, ModelMetadata, TensorMeta, model_parameters
 from serving.metrics import CLIENT_LEFT, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
-from serving.protocol.limits import Deadline, request_body
+from serving.protocol.limits import request_body
 from serving.protocol.request_values import parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, VERSION_PARAMETER, errors
 from serving.protocol.tensors import from_json_data, to_json_data

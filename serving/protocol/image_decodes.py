@@ -29,9 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from serving.errors import Overloaded
+from serving.errors import Deadline, Overloaded
 from serving.protocol import images
-from serving.protocol.limits import Deadline
 
 # The declared pixels of one request's run of images decoded under one slot: ~15 ms of PNG decoding,
 # so 64 thumbnails are one thread hop and a small request waits that long behind a run of large ones.

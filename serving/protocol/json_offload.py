@@ -41,9 +41,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from serving.errors import Deadline
 from serving.execution.base import InferResponse
 from serving.execution.occupancy import disk_space
-from serving.protocol.limits import Deadline
 from serving.protocol.request_values import stated_size
 from serving.protocol.v2_codec import ParsedInfer, encode_infer, json_values, parse_infer
 from serving.threads import CpuPolicy, applied_cpu_policy, set_cpu_policy

@@ -11,10 +11,9 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from serving.errors import BadRequest, DeadlineExceeded, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from serving.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from serving.protocol.request_values import stated_size
 
 log = logging.getLogger(__name__)
@@ -37,30 +36,6 @@ CONTENT_ENCODING_PARAMETER = {  # the header as a route's OpenAPI operation docu
     "description": "the body's compression, inflated within the body limit (empty: none, as identity)",
     "schema": {"type": "string", "enum": ["gzip", "deflate", "identity", ""]},
 }
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """A request's deadline (``--request-timeout-s`` from its body read): the event loop's time it falls
-    at, and the limit it is (for its 504). Its waits before the model (JSON parsing in the helper, image
-    decoding) are held to it, and the model is given what it leaves (``InferRequest.deadline_s``)."""
-
-    at: float
-    seconds: float
-
-    @classmethod
-    def from_now(cls, seconds: float) -> Deadline:
-        return cls(asyncio.get_running_loop().time() + seconds, seconds)
-
-    def left(self) -> float:
-        return max(self.at - asyncio.get_running_loop().time(), 0.0)
-
-    def passed(self, where: str, what: str) -> DeadlineExceeded:
-        """The request's 504: ``where`` it waited, ``what`` it waited for when its deadline passed."""
-        return DeadlineExceeded(
-            f"{where}: the request's {self.seconds:g} s deadline (--request-timeout-s) passed while it "
-            f"waited {what}"
-        )
 
 
 class BodyBudget:

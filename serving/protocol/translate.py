@@ -35,12 +35,19 @@ from serving.decoding.translator import (
     entry_max_positions,
     entry_source_tokenizer,
 )
-from serving.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable, UnprocessableInput
+from serving.errors import (
+    BadRequest,
+    Deadline,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnprocessableInput,
+)
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, Deadline, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
 from serving.protocol.request_values import JsonInt, parse_json, unicode_text
 from serving.protocol.responses import OVERLOAD, errors
 

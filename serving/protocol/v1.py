@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.errors import BadRequest, PayloadTooLarge, ServingError, UnprocessableInput
+from serving.errors import BadRequest, Deadline, PayloadTooLarge, ServingError, UnprocessableInput
 from serving.execution.base import InferRequest
 from serving.execution.entry_config import image_input_problems
 from serving.execution.repository import RepositoryEntry
@@ -22,7 +22,7 @@ from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
 from serving.protocol.deps import BackendDep, MetricsDep, RepositoryDep, SettingsDep, validated
 from serving.protocol.image_decodes import ImageLimits, decode_images
 from serving.protocol.images import PNG_SIGNATURE, decode_base64
-from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, Deadline, request_body
+from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
 from serving.protocol.repository_index import ready_together
 from serving.protocol.request_values import JsonInt, parse_json
 from serving.protocol.responses import OVERLOAD, errors
