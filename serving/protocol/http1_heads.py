@@ -31,6 +31,7 @@ MAX_HEAD_BYTES = 64 << 10  # a request line and headers (414 / 431 above it): ng
 LINGER_S = 2.0
 LINGER_BYTES = 4 << 20
 HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
+HEAD_END = b"\r\n\r\n"  # every head ends so (llhttp, strict, takes no bare LF), and a chunked body too
 PARSER_WARNING = "Invalid HTTP request received."  # uvicorn's, for any request its parser refuses
 
 
@@ -106,6 +107,7 @@ class HeadLimits:
         self._in_request = self._in_head = False
         self._head_bytes = 0
         self._begun = 0  # requests begun on the connection (whether a read's head began it)
+        self._body_seen = self._last_body = 0  # body bytes handed over: the request's, the last ended's
         self._counted = self._counted_bytes = 0  # headers of this head summed so far, their bytes
         self._waited: Any = None  # the answer the watch last found the client waiting on
         self._read_timer: asyncio.TimerHandle | None = None
@@ -125,23 +127,41 @@ class HeadLimits:
             self.transport.close()
         return True
 
-    def _read_more(self, data: bytes, head_of: Any, fresh: bool, begun: int) -> None:
+    def _read_more(self, data: bytes, head_of: Any, fresh: bool, begun: int, carried: int | None) -> None:
         """After a read that left a request unfinished: its head counted (414 / 431 past the limit) and
         the read watchdog armed. A head still not whole after this read: all of the read is head where
         the head began in an earlier one (``head_of``, its header list then), or at this read's first
         byte (``fresh``: no request under way before it, none begun since ``begun``); where it began
-        after another request in the read, what the parser handed over."""
+        after another request in the read, the read's bytes from :meth:`_head_start` (``carried``: the
+        body bytes of the request under way before the read, None where none was in its body). That
+        case counted what the parser handed over only, not the header it was in: a head pipelined
+        behind another could grow a read (256 KB) past the limit before its 431."""
         self._last_read = self.loop.time()
         if self._in_head:
             if head_of is self.headers:
                 self._head_bytes += len(data)
             elif fresh and self._begun == begun + 1:
                 self._head_bytes = len(data)
+            else:
+                self._head_bytes = len(data) - self._head_start(data, begun, carried)
             if self._head_over(max(self._head_bytes, self._head_parsed())):
                 return
         if self._read_timer is None:
             self._read_since, self._waited = self._last_read, None
             self._read_timer = self.loop.call_later(self.read_timeout, self._read_watch)
+
+    def _head_start(self, data: bytes, begun: int, carried: int | None) -> int:
+        """Where in ``data`` the head being read began, another request having ended in it before: after
+        the read's last head end (the head holds none), and as many bytes after it as that request's
+        body had in the read (``self._last_body``, less ``carried`` where the read began in it). That
+        request's head ended there or before, so the head is never counted over (but for the bytes of
+        a head end split between two reads); it is counted short only where that body holds a head end
+        of its own or is chunked (then its framing, not its length, follows the head end)."""
+        in_read = self._last_body
+        if carried is not None and self._begun == begun + 1:  # the read began in that body
+            in_read -= carried
+        end = data.rfind(HEAD_END)
+        return min(len(data), (0 if end < 0 else end + len(HEAD_END)) + in_read)
 
     def _head_whole(self) -> None:
         """The whole head, counted however it arrived (its headers, URL and the request line's rest)
@@ -267,7 +287,7 @@ class HeadLimits:
 
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
-        self._head_bytes = self._counted = self._counted_bytes = 0
+        self._head_bytes = self._counted = self._counted_bytes = self._body_seen = 0
         self._begun += 1
         super().on_message_begin()
 

@@ -24,6 +24,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from serving.metric_families import CLIENT_LEFT
 from serving.protocol.h2_misdirected import not_http1
 from serving.protocol.http1_heads import (
+    HEAD_END,
     LINGER_S,
     MAX_HEAD_BYTES,
     PARSER_WARNING,
@@ -47,21 +48,28 @@ H2_ON_HTTP1 = (
 )
 
 
+QUEUED_REQUESTS = 64  # the most pipelined requests a connection has parsed and waiting their turn
+SMALLEST_REQUEST = len(b"GET / HTTP/1.0\r\n\r\n")  # a read of n times this holds at most n requests
+
+
 class QueuedRequestsFirst(FlowControl):
     """uvicorn's flow control of a connection, but its reading stays paused while pipelined requests
-    wait their turn: uvicorn resumed it after every answer (and every body read), and a read has every
-    request it holds parsed and queued, so a client that sent requests faster than they were answered,
-    reading its answers slowly or not at all, had them all read and held (12 MB of 41-byte GETs on
-    one connection: 292 000 requests queued, the gateway 690 MB larger). Now a connection holds at most
-    the requests of one read; the next is read once they are answered. The request being answered
-    needs no more bytes while others wait behind it (they were parsed after its whole body)."""
+    wait their turn, or bytes of the connection wait unparsed for them to be answered
+    (:meth:`CoalescingHttpToolsProtocol.data_received`): uvicorn resumed it after every answer (and
+    every body read), and a read has every request it holds parsed and queued, so a client that sent
+    requests faster than they were answered, reading its answers slowly or not at all, had them all
+    read and held (12 MB of 41-byte GETs on one connection: 292 000 requests queued, the gateway 690 MB
+    larger). Now a connection holds at most ``QUEUED_REQUESTS`` requests parsed and one read unparsed;
+    the next is read once they are answered. The request being answered needs no more bytes while
+    others wait behind it (they were parsed after its whole body)."""
 
-    def __init__(self, transport: asyncio.Transport, pipeline: Any) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: CoalescingHttpToolsProtocol) -> None:
         super().__init__(transport)
-        self.pipeline = pipeline  # the protocol's queue of parsed requests not yet begun
+        self.pipeline = protocol.pipeline  # the protocol's queue of parsed requests not yet begun
+        self.protocol = protocol
 
     def resume_reading(self) -> None:
-        if not self.pipeline:
+        if not self.pipeline and not self.protocol._unparsed:
             super().resume_reading()
 
 
@@ -132,10 +140,18 @@ class _LingerOnClose:
 
 
 class _LingerIfUnread(_LingerOnClose):
-    """The transport the drain's last ASGI answer writes to: its ``close`` lingers only where the
-    client's later requests lie unread (:meth:`CoalescingHttpToolsProtocol._close_last`)."""
+    """The transport every ASGI answer writes to (one a connection): its ``close``, after an answer
+    with ``connection: close`` (the client's, an HTTP/1.0 request's, a 500's, the drain's last),
+    lingers only where the client's later requests lie unread
+    (:meth:`CoalescingHttpToolsProtocol._close_last`). ``write`` and ``is_closing``, called for every
+    answer, are the connection's own, bound once."""
 
-    __slots__ = ()
+    __slots__ = ("write", "is_closing")
+
+    def __init__(self, protocol: CoalescingHttpToolsProtocol) -> None:
+        super().__init__(protocol)
+        self.write = protocol.transport.write
+        self.is_closing = protocol.transport.is_closing
 
     def close(self) -> None:
         self._protocol._close_last()
@@ -160,13 +176,15 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._send_watch: SendWatch | None = None  # while the client is not reading our answers
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
         self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
+        self._unparsed = b""  # what the client sent past QUEUED_REQUESTS queued requests, parsed in turn
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = QueuedRequestsFirst(transport, self.pipeline)
+        self.flow = QueuedRequestsFirst(transport, self)
         if self.client:  # an IPv4 client of --host :: as its IPv4 address (access lines, proxies)
             self.client = unmapped(self.client)  # type: ignore[assignment]
         self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
+        self._answers = _LingerIfUnread(self)  # what each ASGI cycle writes to and closes
         # uvicorn arms its keep-alive timer only after a response, so a connection that never sent
         # a request was held (a socket and a file descriptor) for as long as its client liked; it
         # gets the allowance of an idle connection between requests (the first byte cancels it)
@@ -216,14 +234,66 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._dropping(data):  # refused
             return
+        if self._unparsed or (
+            len(data) > SMALLEST_REQUEST * (QUEUED_REQUESTS - len(self.pipeline)) and self._queues_past(data)
+        ):
+            self._received_in_turn(data)
+            return
+        self._received(data)
+
+    def _queues_past(self, data: bytes) -> bool:
+        """Whether parsing ``data`` whole could queue more than ``QUEUED_REQUESTS`` requests: more heads
+        may end in it than there is room. The body of a request under way (its Content-Length) begins
+        none, so an upload's reads are not searched."""
+        start = 0
+        if self._in_request and not self._in_head:
+            for name, value in self.headers:
+                if name == b"content-length":
+                    start = int(value) - self._body_seen  # digits: the parser took it
+        return data.count(HEAD_END, start) > QUEUED_REQUESTS - len(self.pipeline)
+
+    def _received_in_turn(self, data: bytes) -> None:
+        """``data`` parsed a part at a time, each ending after at most as many head ends as the queue
+        has room for, until ``QUEUED_REQUESTS`` requests are queued; the rest is kept unparsed, and
+        reading paused, until they are answered (:meth:`on_response_complete`). One read of tiny
+        requests (41-byte GETs: 6 000 in a 256 KB read) was parsed and queued whole: 0.1-0.2 s of
+        event loop every other connection waited on, and their cycles held until answered."""
+        data, self._unparsed = self._unparsed + data, b""
+        while data:
+            upgraded = self.transport.get_protocol() is not self  # a WebSocket
+            if self._dropping(data) or self.transport.is_closing() or upgraded:
+                return  # refused, closed or upgraded by what was parsed
+            room = QUEUED_REQUESTS - len(self.pipeline)
+            if room <= 0:
+                self._unparsed = data
+                self.flow.pause_reading()
+                return
+            end = -len(HEAD_END)
+            for _ in range(room):
+                end = data.find(HEAD_END, end + len(HEAD_END))
+                if end < 0:
+                    break
+            cut = len(data) if end < 0 else end + len(HEAD_END)
+            part, data = data[:cut], data[cut:]
+            self._received(part)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._unparsed and not self.pipeline and not self.transport.is_closing():
+            self.data_received(b"")  # the queue answered: what waited behind it, parsed
+            self.flow.resume_reading()  # (none where requests wait again, or bytes still do)
+
+    def _received(self, data: bytes) -> None:
+        """A read, or a part of one, parsed: the request it leaves unfinished counted and watched."""
         head_of = self.headers if self._in_head else None  # each request has its own list
         fresh, begun = not self._in_request, self._begun
+        carried = self._body_seen if self._in_request and head_of is None else None  # a body under way
         self._parse(data)
         if not self._in_request or self.transport.is_closing():
             if fresh and self._begun == begun:  # a read that began no request: CRLFs skipped
                 self._idle_again()
             return  # the usual case: each request arrives whole in one read
-        self._read_more(data, head_of, fresh, begun)
+        self._read_more(data, head_of, fresh, begun, carried)
 
     def _parse(self, data: bytes) -> None:
         """uvicorn's ``data_received``, but a proposed upgrade the gateway does not take (``h2c``,
@@ -301,11 +371,13 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 self.cycle = direct  # type: ignore[assignment]
                 return
         super().on_headers_complete()
-        if self._drained and self.cycle is not cycle:  # the last request (HeadLimits.shutdown)
-            self.cycle.keep_alive = False
-            # its close lingers where the client's later requests (a pipelined burst that crossed the
-            # stop) lie unread, which a plain close would reset; else it closes at once (_close_last)
-            self.cycle.transport = _LingerIfUnread(self)  # type: ignore[assignment]
+        if self.cycle is not cycle:
+            # its close, after an answer with "connection: close", lingers where the client's later
+            # requests (pipelined behind it, or a burst that crossed the stop) lie unread, which a
+            # plain close would reset; else it closes at once (_close_last)
+            self.cycle.transport = self._answers  # type: ignore[assignment]
+            if self._drained:  # the last request (HeadLimits.shutdown)
+                self.cycle.keep_alive = False
         if self.expect_100_continue and self.cycle is not cycle:
             self.cycle.send = self._closing_if_body_unasked(self.cycle)  # type: ignore[method-assign]
 
@@ -333,18 +405,24 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         dropped, closed at its FIN or after LINGER_S (closing with its bytes unread resets the
         connection, and the reset can overtake the answer)."""
         self._stop_watch()  # the body will not be read: no 408 for it
+        self._deferred = None  # nor a refusal for a head behind it (written after our end of the stream)
+        self._unparsed = b""  # nor the requests behind those
         self.pipeline.clear()  # requests queued behind it are never answered: the connection ends, and
         # reading, paused while they waited, resumes once this answer is out (to drop the client's bytes)
         self.transport.write_eof()
         self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _close_last(self) -> None:
-        """Close after the drain's last answer: lingering where the client's later requests lie unread
-        or unanswered (queued, reading paused for them, a head begun, bytes in the socket: a burst
-        that crossed the stop), which a plain close would reset; else at once, as a connection with
-        nothing more to read closes cleanly (a lingering close there held the server's stop LINGER_S
-        longer for a client that keeps its socket after the ``connection: close``)."""
-        if self.pipeline or self.flow.read_paused or self._in_request or unread_bytes(self.transport):
+        """Close after the connection's last answer (``connection: close``: the client's, HTTP/1.0's,
+        a 500's, the drain's): lingering where the client's later requests lie unread or unanswered
+        (queued, reading paused for them, a head begun, bytes in the socket: requests pipelined
+        behind it, a burst that crossed the stop), which a plain close would reset, and the reset
+        discarded the answers still on their way to the client (a client that pipelined requests
+        behind a 500 got its first few answers, then ``ECONNRESET``); else at once, as a connection
+        with nothing more to read closes cleanly (a lingering close there held the server's stop
+        LINGER_S longer for a client that keeps its socket after the ``connection: close``)."""
+        unread = self.pipeline or self._unparsed or self.flow.read_paused or self._in_request
+        if unread or unread_bytes(self.transport):
             self._linger()
         else:
             self.transport.close()
@@ -415,6 +493,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         return DirectCycle(scope, routes, keep_alive, hold)
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         cycle = self.cycle
         if isinstance(cycle, DirectCycle):
             cycle.body += body  # at most the Content-Length checked against the limit
@@ -425,6 +504,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         if self._skipped:  # the parser's, before the body it skipped: _skip_body completes it
             return
         self._in_request = self._in_head = False  # _stop_watch, inline: every request passes here
+        self._last_body = self._body_seen  # where the head after it begins (HeadLimits._head_start)
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
@@ -472,10 +552,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             self.transport.write(body)
         cycle.response_complete = True
         self._answer_task = None  # answered: its background task runs whether the client stays or not
-        if not cycle.keep_alive and self._drained:  # the drain's last answer: the client's later requests,
-            self._close_last()  # a burst that crossed the stop, may lie unread (then it lingers)
-        elif not cycle.keep_alive:
-            self.transport.close()
+        if not cycle.keep_alive:  # the connection's last answer: the client's later requests (pipelined,
+            self._close_last()  # a burst that crossed the stop) may lie unread (then it lingers)
         self.on_response_complete()
         if response is not None and response.background is not None:
             await response.background()  # after the answer, as Starlette runs it

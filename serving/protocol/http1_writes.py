@@ -24,15 +24,18 @@ JOIN_BYTES = 1 << 20  # pieces under it are joined (a copy of well under a milli
 
 class CoalescedWrites:
     """A transport whose ``write`` calls within one event-loop step reach the socket as one write, in
-    order, at the end of that step (``close`` writes what is held first); everything else is the
-    wrapped transport's."""
+    order, at the end of that step (``close`` and ``write_eof`` write what is held first, and a write
+    after ``write_eof`` is dropped, as after ``close``: an answer begun before a lingering close, which
+    raised "Cannot call write() after write_eof()" from the loop); everything else is the wrapped
+    transport's."""
 
-    __slots__ = ("_transport", "_loop", "_held")
+    __slots__ = ("_transport", "_loop", "_held", "_ended")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] | None = None
+        self._ended = False  # write_eof called: nothing more can be sent
 
     def write(self, data: bytes) -> None:
         if self._held is None:
@@ -42,9 +45,9 @@ class CoalescedWrites:
             self._held.append(data)
 
     def flush(self) -> None:
-        """Write what is held now (nothing once the connection is closing)."""
+        """Write what is held now (nothing once the connection is closing or its end is written)."""
         held, self._held = self._held, None
-        if not held or self._transport.is_closing():
+        if not held or self._ended or self._transport.is_closing():
             return
         if len(held) == 1:
             self._transport.write(held[0])
@@ -64,7 +67,9 @@ class CoalescedWrites:
 
     def write_eof(self) -> None:
         self.flush()
-        self._transport.write_eof()
+        if not self._ended:
+            self._ended = True
+            self._transport.write_eof()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
