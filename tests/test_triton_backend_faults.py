@@ -257,7 +257,8 @@ def test_models_triton_did_not_load_leave_the_gateway_ready_and_are_named_not_lo
     assert {"double", "idle"} <= set(backend.list_models())  # every model Triton's index lists
     with pytest.raises(ModelNotFound, match="'idle' is not available on Triton: not loaded"):
         backend.metadata("idle")
-    assert backend.load_error("idle") == "not loaded" and backend.load_error("double") == ""
+    assert backend.unready_reason("idle") == "not loaded" and backend.unready_reason("double") == ""
+    assert backend.load_error("idle") == backend.load_error("double") == ""  # never loaded: no failure
     index = {entry["name"]: entry["state"] for entry in loop.run(repository_index(backend))}
     assert (index["double"], index["idle"]) == ("READY", "UNAVAILABLE")
 

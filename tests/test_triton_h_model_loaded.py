@@ -36,7 +36,7 @@ def backend(explicit: TritonServer, loop: LoopThread) -> Iterator[TritonBackend]
 def test_a_model_triton_loaded_is_served_once_the_ready_route_says_so(explicit, backend, loop) -> None:
     """The ready route asked Triton (ready) while metadata and requests read the model list, fetched
     before the load: a client that waited for readiness got a 404 "not loaded"."""
-    assert backend.load_error("asked_ready") == "not loaded"
+    assert backend.unready_reason("asked_ready") == "not loaded"  # listed, never loaded (no failure)
     with httpclient.InferenceServerClient(explicit.http_url) as triton:
         triton.load_model("asked_ready")
     assert loop.run(backend.model_ready("asked_ready"))

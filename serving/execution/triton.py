@@ -177,7 +177,9 @@ class TritonBackend(TritonModels):
         try:
             ready = await self._call("is_server_ready")
             self.outage = ""  # reached: its index says why it is not ready, where a model failed
-            if not ready:
+            if not ready:  # its index read again (at most once per resync_interval_s): the reason
+                with contextlib.suppress(ServingError):  # is the failed load's error, not "not loaded"
+                    await self._sync(force=not self._synced)  # of a list read before that load
                 return False
             if not self._synced:
                 await self._sync(force=True)
@@ -200,7 +202,14 @@ class TritonBackend(TritonModels):
         return True
 
     def load_error(self, name: str) -> str:
-        """Why Triton does not serve ``name``, as its repository index says (a failed load's reason)."""
+        """Why ``name`` failed to load, as Triton's repository index says ("" where it did not: served,
+        or never loaded, loading or unloaded in ``--model-control-mode explicit``, which the readiness
+        answer named "failed to load: not loaded"; requests for it still get the 404 saying why)."""
+        return self._unready.get(name, "") if name in self._failed and name not in self._models else ""
+
+    def unready_reason(self, name: str) -> str:
+        """Why Triton does not serve ``name``, as its index says: a failed load's reason, or "not
+        loaded" (never loaded, or unloaded: ``--model-control-mode explicit``); "" where it serves it."""
         return "" if name in self._models else self._unready.get(name, "")
 
     async def model_ready(self, name: str, version: str = "") -> bool:

@@ -26,6 +26,7 @@ from serving.execution.triton_connection import TritonConnection
 
 log = logging.getLogger("serving.execution.triton")  # the triton backend's log, whichever part writes it
 RECONNECT_POLL_S = 0.2  # how often an unreached Triton is asked for its model list again
+UNLOADED = "unloaded"  # the reason Triton's index gives a model version it unloaded (no failure)
 
 
 def askable(name: str) -> bool:
@@ -56,6 +57,7 @@ class TritonModels(TritonConnection):
             str, frozenset[str]
         ] = {}  # of each cached model, as Triton's index had them
         self._unready: dict[str, str] = {}  # models Triton lists without a ready version: why
+        self._failed: set[str] = set()  # those of them whose load failed (not never loaded, unloaded)
         self._stale: set[str] = set()  # cached models the next sync fetches again (:meth:`_recheck`)
         self._synced = False
         self._last_sync = float("-inf")
@@ -77,7 +79,7 @@ class TritonModels(TritonConnection):
             if not (force or now) and time.monotonic() - self._last_sync < self.resync_interval_s:
                 return
             self._last_sync = time.monotonic()
-            ready, unready = await self._index()
+            ready, unready, failed = await self._index()
             stale, self._stale = self._stale, set()
             kept = {} if force or not self._synced else self._models
             models: dict[str, tuple[ModelMetadata, dict[str, Any]]] = {}
@@ -89,19 +91,23 @@ class TritonModels(TritonConnection):
                     models[name] = (await self._fetch_metadata(name), await self._fetch_config(name))
                 except ModelNotFound as error:  # unloaded since the index: that model, not the list
                     unready[name] = error.message
+                    failed.discard(name)
                 except ServingError:  # Triton went away meanwhile: the next sync fetches them again
                     self._stale |= stale
                     raise
             changed = set(models) != set(self._models) or any(models[n] is not kept.get(n) for n in models)
             self._ready_versions = {name: ready[name] for name in models}  # a failed fetch is tried again
             self._models, self._unready, self._synced = models, unready, True
+            self._failed = failed & set(unready)
             if changed:
                 log.info("Triton at %s serves %s", self.url, sorted(models))
 
-    async def _index(self) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
-        """Triton's repository index: each model's READY versions, and why each model listed
-        without a ready version is not served (a failed load's reason; an entry without a state is a
-        model Triton never loaded, as in ``--model-control-mode explicit``)."""
+    async def _index(self) -> tuple[dict[str, frozenset[str]], dict[str, str], set[str]]:
+        """Triton's repository index: each model's READY versions, why each model listed without a
+        ready version is not served (a failed load's reason; an entry without a state is a model
+        Triton never loaded, as in ``--model-control-mode explicit``), and which of those failed to
+        load: ``UNAVAILABLE`` for another reason than ``unloaded`` (a model never loaded, loading,
+        unloading or unloaded is no failure, which the readiness answer named as one)."""
         index = await self._call("get_model_repository_index")
         if self.protocol == "grpc":
             index = json_format.MessageToDict(index, preserving_proto_field_name=True).get("models", [])
@@ -114,7 +120,12 @@ class TritonModels(TritonConnection):
             for m in index
             if m["name"] not in ready
         }
-        return ready, unready
+        failed = {
+            m["name"]
+            for m in index
+            if m["name"] not in ready and m.get("state") == "UNAVAILABLE" and m.get("reason") != UNLOADED
+        }
+        return ready, unready, failed
 
     async def _fetch_metadata(self, name: str) -> ModelMetadata:
         meta = await self._call("get_model_metadata", name)

@@ -31,6 +31,7 @@ class InputRule:
     axes: tuple[tuple[int, str], ...] = ()  # (position, name) of each named axis after the batch axis
     longest: int = 0  # the most a named axis may hold (a translator step's max_positions); 0: no bound
     places: str | None = None  # an input whose axis 0 this one's values index (a decoder's row_place)
+    ids: str = ""  # what its values index from 0 ("token id", "position"): a negative one is refused
 
 
 def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = None) -> dict[str, InputRule]:
@@ -41,7 +42,7 @@ def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = N
         t.name: tuple(int(d) for d in t.reshape.shape) for t in entry.config.input if t.HasField("reshape")
     }
     graph_shapes = {} if graph_shapes is None else graph_shapes
-    longest, places = longest_axis(entry), place_inputs(entry)
+    longest, places, ids = longest_axis(entry), place_inputs(entry), id_inputs(entry)
     rules = {}
     for meta in entry.inputs():
         shape = None if meta.name in reshapes else graph_shapes.get(meta.name)
@@ -54,8 +55,30 @@ def input_rules(entry: RepositoryEntry, graph_shapes: dict[str, list] | None = N
             named_axes(entry, shape),
             longest,
             places.get(meta.name),
+            ids.get(meta.name, ""),
         )
     return rules
+
+
+ID_ROLES = {"tokens": "token id", "positions": "position"}  # decoder inputs whose values index a table
+
+
+def id_inputs(entry: RepositoryEntry) -> dict[str, str]:
+    """``{input: what its values are}`` of a translator step's inputs that index an embedding table
+    from 0 (kiln.json ``step_spec``): the encoder's inputs (its source token ids) and the decoder's
+    ``tokens`` and ``positions``. ONNX's Gather reads a negative index from the table's end, so a
+    token id of -1 (a padding sentinel elsewhere) was embedded as the vocabulary's last token and
+    answered 200, on either backend; a value past the table is ONNX Runtime's own 400 already."""
+    spec = entry.kiln.get("step_spec") or {}
+    encoder = (spec.get("encoder") or {}).get("inputs") or []
+    decoder = (spec.get("decoder") or {}).get("inputs") or []
+    ids = {name: "token id" for name in encoder if isinstance(name, str)}
+    ids.update(
+        (i.get("name"), ID_ROLES[i.get("role")])
+        for i in decoder
+        if isinstance(i, dict) and i.get("role") in ID_ROLES and isinstance(i.get("name"), str)
+    )
+    return ids
 
 
 def longest_axis(entry: RepositoryEntry) -> int:
@@ -160,6 +183,8 @@ def validate_inputs(
                 )
         if rule.places is not None and rule.places in inputs:
             placed = (name, rule.places)
+        if rule.ids and array.size and array.dtype.kind in "iu" and array.min() < 0:
+            raise BadRequest(negative_id_refusal(name, rule.ids, int(array.min()), entry.name))
         if entry.max_batch_size > 0:
             batch_sizes.add(shape[0])
     if len(batch_sizes) > 1:
@@ -199,6 +224,14 @@ def graph_text(name: str, array: np.ndarray) -> np.ndarray:
                 "and the embedded ONNX Runtime backend passes a STRING tensor's elements as UTF-8 text"
             ) from None
     return text
+
+
+def negative_id_refusal(name: str, what: str, value: int, model: str) -> str:
+    """The 400 of a negative token id or position (the python flavour's model says the same words)."""
+    return (
+        f"input {name!r}: {what} {value} is negative; model {model!r} takes {what}s from 0 (a "
+        "negative one would be read from the end of its embedding table)"
+    )
 
 
 def _check_places(name: str, places: np.ndarray, store: str, count: int) -> None:

@@ -179,7 +179,7 @@ async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Re
     listed = _versions(backend, name)
     if version and listed and version not in listed:  # not another version's load error
         return error_response(f"model {name!r} has no version {version}; its versions: {listed}", 400)
-    failed = backend.load_error(name)
+    failed = getattr(backend, "unready_reason", backend.load_error)(name)  # Triton's "not loaded" too
     where = f" in version {version}" if version else ""
     return error_response(f"model {name!r} is not ready{where}" + (f": {failed}" if failed else ""), 400)
 

@@ -84,6 +84,25 @@ def _place_inputs(kiln: dict | None) -> dict[str, str]:
     return {} if store is None else {name: store for name, role in roles.items() if role == "row_place"}
 
 
+ID_ROLES = {"tokens": "token id", "positions": "position"}  # decoder inputs whose values index a table
+
+
+def _id_inputs(kiln: dict | None) -> dict[str, str]:
+    """``{input: what its values are}`` of a translator step's inputs that index an embedding table
+    from 0 (kiln.json ``step_spec``), as the gateway's ``serving.execution.validation.id_inputs``
+    reads them: the encoder's inputs and the decoder's ``tokens`` and ``positions``."""
+    spec = (kiln or {}).get("step_spec") or {}
+    encoder = (spec.get("encoder") or {}).get("inputs") or []
+    decoder = (spec.get("decoder") or {}).get("inputs") or []
+    ids = {name: "token id" for name in encoder if isinstance(name, str)}
+    ids.update(
+        (i.get("name"), ID_ROLES[i.get("role")])
+        for i in decoder
+        if isinstance(i, dict) and i.get("role") in ID_ROLES and isinstance(i.get("name"), str)
+    )
+    return ids
+
+
 class TritonPythonModel:
     """One ONNX Runtime session per model instance, with the inputs and outputs of config.pbtxt."""
 
@@ -105,7 +124,7 @@ class TritonPythonModel:
         self.axes = {i.name: list(i.shape) for i in self.session.get_inputs()}
         kiln = _read_kiln(os.path.join(args["model_repository"], "kiln.json"))
         self.may_be_empty, self.longest = _axes_run_empty(kiln), _longest_axis(kiln)
-        self.places = _place_inputs(kiln)
+        self.places, self.ids = _place_inputs(kiln), _id_inputs(kiln)
         self.quiet = ort.RunOptions()  # a refused run is the client's answer, not a line in Triton's log
         self.quiet.log_severity_level = 4
         self.inputs = {t["name"]: t["data_type"] for t in config["input"]}
@@ -169,12 +188,25 @@ class TritonPythonModel:
         return ""
 
     def _refused_axes(self, feed: dict[str, np.ndarray]) -> str:
-        """Why the gateway would refuse ``feed`` for its axes, "" if it would not: an empty one, a
-        named one longer than the model takes, or one name at two sizes (see each check)."""
+        """Why the gateway would refuse ``feed`` for its axes or indices, "" if it would not: an empty
+        axis, a named one longer than the model takes, one name at two sizes, a row place outside its
+        rows, or a negative token id or position (see each check)."""
         empty = self._empty_axes(feed)
         if empty:
             return f"model {self.name!r} cannot run on an empty dimension ({empty})"
-        return self._named_axes_refusal(feed) or self._places_refusal(feed)
+        return self._named_axes_refusal(feed) or self._places_refusal(feed) or self._ids_refusal(feed)
+
+    def _ids_refusal(self, feed: dict[str, np.ndarray]) -> str:
+        """A negative token id or position, named as the gateway names it ("" if none): ONNX Runtime's
+        Gather reads it from the end of the embedding table, another token's answer given for it."""
+        for name, what in self.ids.items():
+            array = feed.get(name)
+            if array is not None and array.size and array.dtype.kind == "i" and array.min() < 0:
+                return (
+                    f"input {name!r}: {what} {int(array.min())} is negative; model {self.name!r} takes "
+                    f"{what}s from 0 (a negative one would be read from the end of its embedding table)"
+                )
+        return ""
 
     def _places_refusal(self, feed: dict[str, np.ndarray]) -> str:
         """A row place outside its encoder inputs' rows, named as the gateway names it ("" if none):
