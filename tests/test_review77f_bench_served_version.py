@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGED = "version_policy { specific { versions: 2 } }\n"
 
 
@@ -35,11 +34,10 @@ def _record(path, *args, **kwargs):
 
 
 @pytest.fixture
-def versioned_translator(tmp_path: Path) -> Path:
-    """The checked-in ``transformer`` entries, copied, its encoder and decoder serving version 2."""
-    source = ROOT / "model_repository"
-    if not (source / "transformer" / "kiln.json").is_file():
-        pytest.skip("no exported transformer in model_repository")
+def versioned_translator(transformer_repository: Path, tmp_path: Path) -> Path:
+    """The session's exported ``transformer`` entries (conftest), copied, its encoder and decoder
+    serving version 2."""
+    source = transformer_repository
     repository = tmp_path / "repo"
     for name in ("transformer", "transformer_encoder", "transformer_decoder"):
         shutil.copytree(source / name, repository / name)

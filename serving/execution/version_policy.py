@@ -119,8 +119,12 @@ def served_version(entry_dir: str) -> str:
         and os.listdir(os.path.join(entry_dir, name))
     ]
     config = os.path.join(entry_dir, "config.pbtxt")
-    with open(config, encoding="utf-8") as file:
-        kind, count, specific = read_version_policy(file.read())
+    try:
+        with open(config, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:  # none (Triton completes an ONNX model's): its default policy, latest 1
+        text = ""
+    kind, count, specific = read_version_policy(text)
     chosen = policy_versions(found, kind, count, specific)
     if not chosen:
         raise ValueError(
