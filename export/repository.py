@@ -288,10 +288,7 @@ def write_entry(
                 check_same_interface(final, old, meta, staging, version, kept)
             _set_policy(staging / "config.pbtxt", policy, [*kept, version], final)
             meta["versions"] = {**_version_records(old, kept), version: _version_record(meta)}
-            meta["artifacts"] = hash_artifacts(staging)
-            (staging / "kiln.json").write_text(
-                json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8"
-            )
+            _seal(staging, meta)
         except OSError as exc:
             name_path(exc, staging)
             raise
@@ -578,10 +575,7 @@ def remove_version(repository: Path, name: str, version: str) -> bool:
                     shutil.copy2(path, staging / path.name)
             for other in rest:
                 _link_tree(final / other, staging / other)
-            meta["artifacts"] = hash_artifacts(staging)
-            (staging / "kiln.json").write_text(
-                json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8"
-            )
+            _seal(staging, meta)
         except OSError as exc:
             name_path(exc, staging)
             raise
@@ -647,6 +641,12 @@ def refusal(
 def write_labels(entry_dir: Path, labels: list[str]) -> str:
     (entry_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     return "labels.txt"
+
+
+def _seal(staging: Path, meta: dict[str, Any]) -> None:
+    """Record the staged entry's artifacts in ``meta`` and write it as the entry's kiln.json."""
+    meta["artifacts"] = hash_artifacts(staging)
+    (staging / "kiln.json").write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def version_dir(entry_dir: Path) -> Path:
