@@ -20,6 +20,7 @@ from serving.decoding.translator import Translator
 from serving.errors import Unavailable
 from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
+from tests.test_deployfit_liveness import _LiveBackend
 from tests.test_faults_x_decode_worker import _breaks_once
 from tests.test_scheduler import SOURCES, SPEC, FakeDecoder, Recorder, config, fake_encoder, solo
 from tests.waiting import DEADLINE_S, until
@@ -34,16 +35,6 @@ class _Deaths(Recorder):
 
     def observe_worker_death(self, model: str, outcome: str) -> None:
         self.deaths.append((model, outcome))
-
-
-class _LiveBackend:
-    runs_translators_in_gateway = False
-
-    def is_live(self) -> bool:
-        return True
-
-    async def is_ready(self) -> bool:
-        return True
 
 
 def _gateway(translator: Translator) -> Gateway:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.test_make_k_fresh_python import stand_in_python
 from tests.test_makefile_targets import ROOT, clean_environment, pytestmark  # noqa: F401 (skipped without make)
 
 AS_USER = ["unshare", "--user", "--map-user=65534", "--map-group=65534"]
@@ -31,25 +31,6 @@ def unprivileged() -> list[str]:
     if probe is None or probe.returncode != 0:
         pytest.skip("running as root, and no user namespace to drop to (unshare --user)")
     return AS_USER
-
-
-def stand_in_python(tmp_path: Path) -> tuple[Path, Path]:
-    """A python3 that runs ``-c`` code and logs (then refuses) anything else, ``-m venv`` included."""
-    log = tmp_path / "python-calls.log"
-    script = tmp_path / "python3"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import sys\n"
-        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-        "if sys.argv[1] != '-c':\n"
-        "    sys.exit('stand-in python: only -c runs here')\n"
-        "code, sys.argv = sys.argv[2], ['-c', *sys.argv[3:]]\n"
-        "exec(code)\n"
-    )
-    script.chmod(0o755)
-    log.touch()
-    log.chmod(0o666)  # written by the unprivileged user too
-    return script, log
 
 
 @pytest.mark.parametrize("closed", ["the venv's directory", "the python it links to"])

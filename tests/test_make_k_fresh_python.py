@@ -13,22 +13,31 @@ from pathlib import Path
 from tests.test_makefile_targets import ROOT, make, pytestmark  # noqa: F401 (skipped without make)
 
 
-def old_python(tmp_path: Path) -> tuple[Path, Path]:
-    """An interpreter that says it is Python 3.10 and logs every command it is given (the log, beside it)."""
+def stand_in_python(tmp_path: Path, name: str = "python3", version: tuple | None = None) -> tuple[Path, Path]:
+    """An interpreter ``name`` that runs ``-c`` code (saying it is Python ``version`` where given) and logs
+    (then refuses) anything else, ``-m venv`` included; every command it is given goes to the log beside it
+    (writable by any user: make may run it as another)."""
     log = tmp_path / "python-calls.log"
-    script = tmp_path / "python3.10"
+    script = tmp_path / name
     script.write_text(
         f"#!{sys.executable}\n"
         "import sys\n"
         f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
         "if sys.argv[1] != '-c':\n"
         "    sys.exit('stand-in python: only -c runs here')\n"
-        "sys.version_info = (3, 10, 13, 'final', 0)\n"
-        "code, sys.argv = sys.argv[2], ['-c', *sys.argv[3:]]\n"
+        + (f"sys.version_info = {version!r}\n" if version else "")
+        + "code, sys.argv = sys.argv[2], ['-c', *sys.argv[3:]]\n"
         "exec(code)\n"
     )
     script.chmod(0o755)
+    log.touch()
+    log.chmod(0o666)
     return script, log
+
+
+def old_python(tmp_path: Path) -> tuple[Path, Path]:
+    """An interpreter that says it is Python 3.10 and logs every command it is given (the log, beside it)."""
+    return stand_in_python(tmp_path, "python3.10", (3, 10, 13, "final", 0))
 
 
 def test_an_older_python_is_named_before_a_venv_is_made_of_it(tmp_path):
