@@ -12,6 +12,7 @@ of event loop a translate request.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import httptools
@@ -61,15 +62,18 @@ class QueuedRequestsFirst(FlowControl):
     read and held (12 MB of 41-byte GETs on one connection: 292 000 requests queued, the gateway 690 MB
     larger). Now a connection holds at most ``QUEUED_REQUESTS`` requests parsed and one read unparsed;
     the next is read once they are answered. The request being answered needs no more bytes while
-    others wait behind it (they were parsed after its whole body)."""
+    others wait behind it (they were parsed after its whole body). It holds its protocol weakly (the
+    protocol holds it): a reference cycle kept each closed connection, its parser, cycles and unparsed
+    bytes, until the garbage collector's next full pass."""
 
     def __init__(self, transport: asyncio.Transport, protocol: CoalescingHttpToolsProtocol) -> None:
         super().__init__(transport)
         self.pipeline = protocol.pipeline  # the protocol's queue of parsed requests not yet begun
-        self.protocol = protocol
+        self._protocol = weakref.ref(protocol)
 
     def resume_reading(self) -> None:
-        if not self.pipeline and not self.protocol._unparsed:
+        protocol = self._protocol()
+        if not self.pipeline and not (protocol is not None and protocol._unparsed):
             super().resume_reading()
 
 
@@ -125,18 +129,23 @@ def _count_cut(cycle: DirectCycle) -> None:
 
 
 class _LingerOnClose:
-    """The transport an ASGI cycle writes to, whose ``close`` is the protocol's lingering close."""
+    """The transport an ASGI cycle writes to, whose ``close`` is the protocol's lingering close. It
+    holds the protocol weakly: the protocol holds the cycle, and the cycle this (a reference cycle
+    that kept every closed connection until the garbage collector's next full pass); a cycle's task
+    holds the protocol while it can still close (uvicorn's ``on_response``, until the task ends)."""
 
     __slots__ = ("_protocol",)
 
     def __init__(self, protocol: CoalescingHttpToolsProtocol) -> None:
-        self._protocol = protocol
+        self._protocol = weakref.ref(protocol)
 
     def close(self) -> None:
-        self._protocol._linger()
+        protocol = self._protocol()
+        if protocol is not None:
+            protocol._linger()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._protocol.transport, name)
+        return getattr(self._protocol().transport, name)
 
 
 class _LingerIfUnread(_LingerOnClose):
@@ -154,7 +163,13 @@ class _LingerIfUnread(_LingerOnClose):
         self.is_closing = protocol.transport.is_closing
 
     def close(self) -> None:
-        self._protocol._close_last()
+        protocol = self._protocol()
+        if protocol is not None:
+            protocol._close_last()
+
+
+def _never_answered() -> None:
+    """The ``on_response`` of a queued request whose connection was lost: it never begins."""
 
 
 INTERNAL_ERROR = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -209,6 +224,14 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         # (an RST, as load balancers' health checks close) was held, its request and all, by the timer
         # for --keep-alive-s (~11 KB each for 75 s)
         self._unset_keepalive_if_required()
+        # the requests that waited their turn never begin, nor are the bytes behind them parsed: each
+        # queued cycle held the protocol (its on_response, which uvicorn drops only when a cycle ends),
+        # so a client that left mid-pipeline had its connection, and the read kept unparsed, held
+        # until the garbage collector's next full pass
+        for cycle, _ in self.pipeline:
+            cycle.on_response = _never_answered
+        self.pipeline.clear()
+        self._unparsed = b""
 
     def eof_received(self) -> bool | None:
         """The client ended its half of the connection (a normal close, ``shutdown(SHUT_WR)``): taken as
@@ -390,12 +413,13 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         request as that body, then answered the one request twice (the 408 of a body that never
         came, read by the client as the answer to its next request, which was never served)."""
         send = cycle.send
+        linger = _LingerOnClose(self)  # made here: the closure, which the cycle holds, holds no protocol
 
         async def send_closing(message: dict) -> None:
             unasked = cycle.waiting_for_100_continue and cycle.more_body and not cycle.body
             if unasked and not cycle.response_started:
                 cycle.keep_alive = False  # uvicorn writes "connection: close", then closes:
-                cycle.transport = _LingerOnClose(self)  # with a lingering close
+                cycle.transport = linger  # with a lingering close
             await send(message)
 
         return send_closing
@@ -415,13 +439,16 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
     def _close_last(self) -> None:
         """Close after the connection's last answer (``connection: close``: the client's, HTTP/1.0's,
         a 500's, the drain's): lingering where the client's later requests lie unread or unanswered
-        (queued, reading paused for them, a head begun, bytes in the socket: requests pipelined
+        (queued, kept unparsed, a head or body begun, bytes in the socket: requests pipelined
         behind it, a burst that crossed the stop), which a plain close would reset, and the reset
         discarded the answers still on their way to the client (a client that pipelined requests
         behind a 500 got its first few answers, then ``ECONNRESET``); else at once, as a connection
         with nothing more to read closes cleanly (a lingering close there held the server's stop
-        LINGER_S longer for a client that keeps its socket after the ``connection: close``)."""
-        unread = self.pipeline or self._unparsed or self.flow.read_paused or self._in_request
+        LINGER_S longer for a client that keeps its socket after the ``connection: close``). Reading
+        paused is no sign of unread requests: it stays paused while the last request of a pipeline
+        is answered (:class:`QueuedRequestsFirst`), so a pipeline ending with ``Connection: close``
+        lingered with nothing unread, held open 2 s; what the client sent since is in the socket."""
+        unread = self.pipeline or self._unparsed or self._in_request
         if unread or unread_bytes(self.transport):
             self._linger()
         else:
@@ -432,11 +459,13 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         closes it while the client's later requests lie unread (pipelined past what was read: reading
         pauses while requests wait, :class:`QueuedRequestsFirst`), that close lingers: a plain close
         with bytes unread resets the connection, and the reset discarded the answers still in the
-        socket's buffer (a client reading slowly got its first few answers, then ``ECONNRESET``)."""
+        socket's buffer (a client reading slowly got its first few answers, then ``ECONNRESET``).
+        Not where reading is only paused: it stays so while a pipeline's last request is answered, with
+        nothing unread (:meth:`_close_last` reads the socket at the close)."""
         super().shutdown()
         cycle = self.cycle
         if (
-            (self.pipeline or self.flow.read_paused)
+            self.pipeline
             and cycle is not None
             and not isinstance(cycle, DirectCycle)
             and not cycle.response_complete
