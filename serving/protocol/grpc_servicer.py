@@ -245,6 +245,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise
         except ServingError as error:
             self._refused(request.model_name, error, error.status, request.model_version)
+            if isinstance(error, DeadlineExceeded):
+                await _let_the_stream_end(context)
             final = is_models_answer(error)
             reply = _stream_error(request, error.message, final)
         except Exception as error:  # a bug of ours: logged, this request answered, the stream goes on
@@ -335,6 +337,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.encode_response(
             await observed_infer(self.backend, self.metrics, infer_request), request, self.pieces
         )
+
+
+# How long a stream's request whose deadline was the stream's own waits for its server to end the stream
+STREAM_DEADLINE_GRACE_S = 0.5
+
+
+async def _let_the_stream_end(context: Any) -> None:
+    """A stream's request that ran out of time at the stream's own deadline (its ``grpc-timeout``, which
+    bounds each of its requests' waits) is answered by the stream's end, DEADLINE_EXCEEDED as the client
+    reads it on its own clock: an error answer sent at the same moment raced it, and the client saw one
+    request's empty error instead of the stream's status. The gRPC server cancels this task as it ends
+    the call; a request whose own limit (``--request-timeout-s``, KServe's ``timeout``) ran out first, or
+    a stream the server does not end within ``STREAM_DEADLINE_GRACE_S``, is answered its 504 as before."""
+    left = grpc_codec.call_deadline(context)
+    if left is not None and left < STREAM_DEADLINE_GRACE_S / 10:
+        await asyncio.sleep(left + STREAM_DEADLINE_GRACE_S)
 
 
 def _stream_error(request: Any, message: str, models_answer: bool) -> service_pb2.ModelStreamInferResponse:
