@@ -206,7 +206,7 @@ class DecodingScheduler:
 
     def _expire_job(self, job: Job, timeout: float) -> None:
         """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
-        self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:g}s"), "timeout")
+        self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:.3g}s"), "timeout")
         self._forget(job)
 
     def _forget(self, job: Job) -> None:

@@ -278,7 +278,7 @@ class DynamicBatcher:
             self._reject_queued(pending)
         if not pending.future.done():
             pending.future.set_exception(
-                DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:g} s")
+                DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:.3g} s")
             )
 
     def _reject_queued(self, pending: Pending) -> None:
