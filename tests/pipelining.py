@@ -42,8 +42,8 @@ def ending(protocol: type, ended: threading.Event) -> Any:
     lingering close or is lost."""
 
     class Ending(protocol):  # type: ignore[misc, valid-type]
-        def _linger(self) -> None:
-            super()._linger()
+        def _linger(self, *args: Any) -> None:
+            super()._linger(*args)
             ended.set()
 
         def connection_lost(self, exc: Exception | None) -> None:

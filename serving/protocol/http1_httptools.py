@@ -50,6 +50,10 @@ H2_ON_HTTP1 = (
 
 
 QUEUED_REQUESTS = 64  # the most pipelined requests a connection has parsed and waiting their turn
+# How long a connection lingers after its last answer when none of the client's bytes are unread at that
+# moment (they may still be on their way: a plain close reset a client still sending, ECONNRESET); the
+# client's next byte makes it LINGER_S, its FIN (a client closing after reading) ends it at once.
+QUIET_LINGER_S = 0.5
 SMALLEST_REQUEST = len(b"GET / HTTP/1.0\r\n\r\n")  # a read of n times this holds at most n requests
 
 
@@ -192,6 +196,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
         self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
         self._unparsed = b""  # what the client sent past QUEUED_REQUESTS queued requests, parsed in turn
+        self._quiet_linger = False  # a linger shorter than LINGER_S, made LINGER_S by the client's bytes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -424,17 +429,26 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
 
         return send_closing
 
-    def _linger(self) -> None:
+    def _linger(self, seconds: float = LINGER_S) -> None:
         """Close after the answer written, as after a refusal: our FIN, what the client still sends
-        dropped, closed at its FIN or after LINGER_S (closing with its bytes unread resets the
-        connection, and the reset can overtake the answer)."""
+        dropped, closed at its FIN or after ``seconds`` (closing with its bytes unread resets the
+        connection, and the reset can overtake the answer); a linger shorter than LINGER_S becomes
+        LINGER_S at the first byte the client still sends (:meth:`_dropping`)."""
         self._stop_watch()  # the body will not be read: no 408 for it
         self._deferred = None  # nor a refusal for a head behind it (written after our end of the stream)
         self._unparsed = b""  # nor the requests behind those
         self.pipeline.clear()  # requests queued behind it are never answered: the connection ends, and
         # reading, paused while they waited, resumes once this answer is out (to drop the client's bytes)
         self.transport.write_eof()
-        self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+        self._lingering = self.loop.call_later(seconds, self.transport.close)
+        self._quiet_linger = seconds < LINGER_S
+
+    def _dropping(self, data: bytes) -> bool:
+        if self._quiet_linger and self._lingering is not None and data:  # the client is still sending
+            self._quiet_linger = False
+            self._lingering.cancel()
+            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+        return super()._dropping(data)
 
     def _close_last(self) -> None:
         """Close after the connection's last answer (``connection: close``: the client's, HTTP/1.0's,
@@ -442,17 +456,18 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         (queued, kept unparsed, a head or body begun, bytes in the socket: requests pipelined
         behind it, a burst that crossed the stop), which a plain close would reset, and the reset
         discarded the answers still on their way to the client (a client that pipelined requests
-        behind a 500 got its first few answers, then ``ECONNRESET``); else at once, as a connection
-        with nothing more to read closes cleanly (a lingering close there held the server's stop
-        LINGER_S longer for a client that keeps its socket after the ``connection: close``). Reading
-        paused is no sign of unread requests: it stays paused while the last request of a pipeline
-        is answered (:class:`QueuedRequestsFirst`), so a pipeline ending with ``Connection: close``
-        lingered with nothing unread, held open 2 s; what the client sent since is in the socket."""
+        behind a 500 got its first few answers, then ``ECONNRESET``); else for ``QUIET_LINGER_S`` at
+        most (RFC 9112 9.6 closes in stages): none of the client's bytes are here, but some may be on
+        their way (a pipelining client's, sent after the gateway had answered; one sending past its own
+        close), and a plain close reset the answer under them. A client that closes after reading ends
+        it at once; one that keeps its socket held the server's stop LINGER_S longer where every close
+        lingered that long. Reading paused is no sign of unread requests: it stays paused while the
+        last request of a pipeline is answered (:class:`QueuedRequestsFirst`)."""
         unread = self.pipeline or self._unparsed or self._in_request
         if unread or unread_bytes(self.transport):
             self._linger()
         else:
-            self.transport.close()
+            self._linger(QUIET_LINGER_S)
 
     def shutdown(self) -> None:
         """The drain's (:meth:`HeadLimits.shutdown`), but where the answer it makes the connection's last
