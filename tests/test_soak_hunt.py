@@ -90,21 +90,28 @@ def test_an_idle_batch_instance_holds_no_request_of_the_last_batch_it_ran():
 
 
 def _parse_slowly_in_the_helper(body: bytes) -> int:
-    """A parse that takes the helper a while (in place: at once); the pid of the process that ran it."""
+    """A parse that takes the helper a while (in place: at once); the pid of the process that ran it.
+    In the helper, it first creates the file ``body`` names (where it is one): the test kills the helper
+    once it is parsing, not while it starts (killed before its initializer had run, on a loaded
+    machine, a body once waited past the test's 20 s)."""
     if multiprocessing.parent_process() is not None:
+        if body != b"{}":
+            open(body, "x").close()  # noqa: SIM115 - a marker, closed at once
         time.sleep(30)  # the helper is killed long before
     return os.getpid()
 
 
 # the pool's own thread dies of the InvalidStateError (Python 3.11) that this test provokes
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_bodies_queued_behind_a_client_gone_are_parsed_in_place_when_the_json_helper_dies():
+def test_bodies_queued_behind_a_client_gone_are_parsed_in_place_when_the_json_helper_dies(tmp_path):
     async def main():
         offload = JsonOffload(offload_bytes=1)
         try:
             parse = _parse_slowly_in_the_helper
-            running, next_up = (asyncio.ensure_future(offload.call(8, parse, b"{}")) for _ in range(2))
-            await until(lambda: offload._pool is not None and offload._pool._processes)
+            parsing = tmp_path / "parsing"
+            running = asyncio.ensure_future(offload.call(8, parse, bytes(parsing)))
+            next_up = asyncio.ensure_future(offload.call(8, parse, b"{}"))
+            await until(parsing.exists)  # the helper is up and parsing the first body
             gone, behind = (asyncio.ensure_future(offload.call(8, parse, b"{}")) for _ in range(2))
             await asyncio.sleep(0)  # each is queued for the helper
             gone.cancel()  # its client left while its body waited
