@@ -22,6 +22,7 @@ from serving.protocol.json_offload import JsonOffload
 from serving.settings import Settings
 from tests.repo_fixtures import SIZE, LiveServer, build_classifier_repository
 from tests.test_decode_g_image_slots import CLASSIFY, GatedDecoder, body, decoder, png  # noqa: F401
+from tests.test_loopblock_r_classification import _body as v2_body
 from tests.waiting import DEADLINE_S, eventually
 
 MODEL = "lenet"
@@ -141,24 +142,10 @@ def test_a_large_json_body_past_its_deadline_in_the_parse_process_queue_is_a_504
     assert not offload._waiting
 
 
-def _v2_infer(size: int) -> dict:
-    images = np.zeros((1, size, size, 1), dtype=np.uint8)
-    return {
-        "inputs": [
-            {
-                "name": "images",
-                "datatype": "UINT8",
-                "shape": list(images.shape),
-                "data": images.ravel().tolist(),
-            }
-        ]
-    }
-
-
 @pytest.mark.parametrize(
     ("path", "payload"),
     [
-        ("/v2/models/lenet/infer", lambda: _v2_infer(SIZE)),
+        ("/v2/models/lenet/infer", lambda: {"inputs": v2_body(1, 1)["inputs"]}),
         ("/v2/models/lenet/generate", lambda: {"images": np.zeros(SIZE * SIZE, dtype=np.uint8).tolist()}),
         (CLASSIFY, lambda: body(*[png(7)] * 8)),
     ],

@@ -44,9 +44,10 @@ def app():
     return made
 
 
-def answers_after_the_close(sent: bytes) -> bytes:
+def answers_after_the_close(sent: bytes, late: bool = False) -> bytes:
     """Everything the gateway sends for ``sent`` (then as many GETs as the socket takes), read once the
-    gateway has ended the connection, to its end (``ConnectionResetError`` before the fix)."""
+    gateway has ended the connection, to its end (``ConnectionResetError`` before the fix); ``late``:
+    the GETs sent only once the gateway has begun to end it (``sent`` alone before)."""
     protocol = http_protocol()
     if isinstance(protocol, str):
         pytest.skip("httptools is not installed: uvicorn serves with h11")
@@ -57,8 +58,13 @@ def answers_after_the_close(sent: bytes) -> bytes:
         live.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         with socket.create_connection(("127.0.0.1", live.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            send_until_full(sock, sent + GET * 20_000)  # ~600 KB: more than one read (256 KB)
-            assert ended.wait(10)  # the gateway has answered and ended (a failure bound, never waited out)
+            if late:
+                sock.sendall(sent)
+                assert ended.wait(10)  # the gateway has answered the last request and ends the connection
+                send_until_full(sock, GET * 5_000)  # the client's later requests arrive now
+            else:
+                send_until_full(sock, sent + GET * 20_000)  # ~600 KB: more than one read (256 KB)
+                assert ended.wait(10)  # the gateway answered and ended (a failure bound, never waited out)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read them at once
             sock.setblocking(True)
             sock.settimeout(10)
