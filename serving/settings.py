@@ -145,9 +145,9 @@ class Settings(BaseSettings):
     json_offload_bytes: int = Field(
         256 << 10,
         ge=0,
-        description="KServe v2 infer, classify and translate bodies with at least this many bytes of JSON "
-        "are parsed in a helper process, off the event loop (a 3 MB JSON image held the loop ~150 ms), and "
-        "KServe v2 infer answers with about as much JSON are written there; 0: always in place",
+        description="KServe v2 infer and generate, classify and translate bodies with at least this many "
+        "bytes of JSON are parsed in a helper process, off the event loop (a 3 MB JSON image held the loop "
+        "~150 ms), and KServe v2 infer answers with about as much JSON are written there; 0: always in place",
     )
     max_images: int = Field(64, ge=1, description="images per friendly classify request")
     max_image_pixels: int = Field(

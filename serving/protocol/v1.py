@@ -60,6 +60,9 @@ class ModelSummary(BaseModel):
     labels: int
 
 
+# The multipart form's fields: any other is refused (422), as an unknown JSON field is
+FORM_FIELDS = ("files", "top_k")
+
 CLASSIFY_BODY = {
     "parameters": [CONTENT_ENCODING_PARAMETER],
     "requestBody": {
@@ -70,6 +73,7 @@ CLASSIFY_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
+                    "additionalProperties": False,
                     "properties": {
                         "files": {
                             "type": "array",
@@ -256,6 +260,12 @@ async def _read_form(request: Request, max_images: int) -> tuple[list[bytes], in
             f"more than {max_images + 1} images in one request; the limit is {max_images}"
         ) from None
     try:  # its files are spooled (to disk past 1 MB): closed here, answered or refused
+        unknown = sorted({key for key in form if key not in FORM_FIELDS})
+        if unknown:  # as the JSON body's unknown field: a typo (-F topk=3) is not silently the default
+            raise UnprocessableInput(
+                f"multipart field(s) {unknown} not taken: classify reads 'files' (one part per image) "
+                "and 'top_k'"
+            )
         files = form.getlist("files")
         if not files or any(isinstance(f, str) for f in files):
             raise UnprocessableInput("multipart body needs one or more 'files' parts")
