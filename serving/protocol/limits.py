@@ -152,7 +152,10 @@ def _inflate(
         try:
             end = out.stream(decoder, view, at)
         except zlib.error as exc:
-            raise BadRequest(f"request body is not valid {name} data: {exc}") from None
+            # after a whole gzip stream, bytes that begin no other member: zlib's words alone ("incorrect
+            # header check") named no fault of the stream the client sent, as deflate's refusal does
+            reason = f"bytes follow the end of its stream that are no gzip member ({exc})" if at else exc
+            raise BadRequest(f"request body is not valid {name} data: {reason}") from None
         if end is None:
             return None
         if not decoder.eof:  # zlib hands back a cut stream's prefix without a word

@@ -19,7 +19,7 @@ from rich.markup import escape
 from kiln.cli import HelpFormatter, log_handler, number
 from serving import process_tree
 from serving.triton.ports import client_host
-from serving.triton.server import TritonError, TritonServer
+from serving.triton.server import TritonError, TritonServer, check_workdir
 
 log = logging.getLogger("serving.triton")  # run as __main__
 
@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             host=args.host,
         )
-    except ValueError as error:
+        # a usage error as --host's and the ports' are (exit 2), before the "starting" line: refused in
+        # start(), it followed "starting tritonserver ... waiting up to 180 s" and exited 1, a failed server's
+        check_workdir(workdir)
+    except (ValueError, TritonError) as error:
         _error(str(error))
         code = 2
     else:
