@@ -82,7 +82,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="gateway processes (SO_REUSEPORT), --threads split among them; measured best: one per core",
     )
     _add_gpu_options(parser)
-    parser.add_argument("--output", type=Path, help="default: bench/results/<timestamp>")
+    parser.add_argument(
+        "--output", type=Path, help="default: bench/results/<timestamp> (gpu-<timestamp> with --profile gpu)"
+    )
     return parser
 
 
