@@ -166,14 +166,19 @@ def _other_gate(key: str, settings: dict[str, Any]) -> bool:
 
 
 def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any], model: str | None) -> bool:
-    """True when the entry came from the same checkpoint and settings (``current_settings``) and every
-    artifact hashes right."""
+    """True when the entry's version export writes now (``writing``) came from the same checkpoint and
+    settings (``current_settings``; its ``versions`` record where kiln.json describes another version)
+    and every artifact hashes right."""
     meta = read_kiln_json(entry_dir)
-    if not meta or meta.get("source_checkpoint", {}).get("sha256") != source_sha256:
+    record = version_record(meta or {}, writing())
+    if record is None or (record.get("source_checkpoint") or {}).get("sha256") != source_sha256:
         return False
-    if str(meta.get("version", VERSION)) != writing():  # written as another version than asked now
-        return False
-    if not current_settings(meta.get("export"), settings, model):
+    recorded = record.get("export")
+    if record is not meta and isinstance(recorded, dict):  # the policy is the entry's, as last given
+        policy = (meta.get("export") or {}).get("version_policy")
+        recorded = {k: v for k, v in recorded.items() if k != "version_policy"}
+        recorded |= {"version_policy": policy} if policy is not None else {}
+    if not current_settings(recorded, settings, model):
         return False
     artifacts = meta.get("artifacts") or {}
     for rel, digest in artifacts.items():
@@ -806,6 +811,19 @@ def _version_record(meta: dict[str, Any]) -> dict[str, Any]:
     preprocessing (each version's graph normalizes with its own mean and std)."""
     keys = ("source_checkpoint", "precision", "export", "parity", "preprocessing")
     return {k: meta[k] for k in keys if k in meta}
+
+
+def version_record(meta: dict[str, Any], version: str) -> dict[str, Any] | None:
+    """What kiln.json ``meta`` records of version ``version``: its top level where that is the version
+    it describes, else its ``versions`` record (an entry rolled back to version 1 still records how 2
+    was written, so exporting 2's checkpoint again finds 2 up to date); None where it records none."""
+    if not meta:
+        return None
+    if str(meta.get("version", VERSION)) == version:
+        return meta
+    records = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    record = records.get(version)
+    return record if isinstance(record, dict) else None
 
 
 def _version_records(old: dict[str, Any], kept: list[str]) -> dict[str, Any]:

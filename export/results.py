@@ -231,6 +231,7 @@ class ExportContext:
         """The result of an entry ``needs_rebuild`` found current (written, or refused by its gate)."""
         refused = repository.read_refusal(self.repository, entry.name)
         meta = refused or repository.read_kiln_json(self.repository / entry.name) or {}
+        meta = meta if refused else repository.version_record(meta, repository.writing()) or meta
         parity = meta.get("parity", {})
         diffs = {k: v.get("max_abs_diff") for k, v in parity.get("outputs", {}).items()}
         agreement = parity.get("top1_agreement", parity.get("beam_agreement"))
