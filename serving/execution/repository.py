@@ -30,6 +30,7 @@ from serving.execution.model_versions import (
     dangling_links,
     dangling_versions,
     is_version,
+    is_version_name,
     link_target,
     select_versions,
 )
@@ -70,8 +71,18 @@ class RepositoryEntry:
         if not version:
             return self.versions[-1]
         if version not in self.versions:
-            raise ModelNotFound(f"model {self.name!r} has no version {version!r}; available: {self.versions}")
+            raise ModelNotFound(f"model {self.name!r} {self._unserved(version)}; available: {self.versions}")
         return version
+
+    def _unserved(self, version: str) -> str:
+        """Why ``version`` is not served: none such, or a directory its ``version_policy`` leaves out
+        (a rolled-back version still on disk: the policy, not the directory, is what to change)."""
+        directory = self.path / version
+        if not (is_version_name(version) and is_version(directory) and any(directory.iterdir())):
+            return f"has no version {version!r}"
+        return (
+            f"does not serve version {version!r}: its{_policy_text(self.config.version_policy)} leaves it out"
+        )
 
     def model_file(self, version: str) -> Path:
         """The version's model file. An ONNX model's named file may be a directory holding a
@@ -281,17 +292,25 @@ def _changes(entry: RepositoryEntry) -> list[str]:
     return changes_since(_written_version(entry) or 0, _model_name(entry))
 
 
+def _policy_text(policy: Any) -> str:
+    """A config's ``version_policy`` in words, with a leading space ("" where it sets none: latest 1)."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        return f" version_policy specific {sorted(policy.specific.versions)}"
+    if kind == "latest":
+        return f" version_policy latest num_versions {policy.latest.num_versions}"
+    return " version_policy all" if kind == "all" else " default version_policy (latest 1)"
+
+
 def version_problem(entry: RepositoryEntry) -> str:
     """Why ``entry`` has no version to serve ("" when it has one): the backend reports it as the
     model's load failure (a model that never loads must not leave the server ready)."""
     if entry.versions:
         return ""
     policy = entry.config.version_policy
-    kind = policy.WhichOneof("policy_choice")
-    wanted = {
-        "specific": f" version_policy specific {sorted(policy.specific.versions)} and",
-        "latest": f" version_policy latest num_versions {policy.latest.num_versions} and",
-    }.get(kind or "", "")
+    wanted = (
+        f"{_policy_text(policy)} and" if policy.WhichOneof("policy_choice") in ("specific", "latest") else ""
+    )
     found = sorted(int(p.name) for p in entry.path.iterdir() if is_version(p) and any(p.iterdir()))
     broken = [link_target(link) for link in dangling_versions(entry.path)]
     nowhere = f"; version links to nothing: {'; '.join(broken)}" if broken else ""
