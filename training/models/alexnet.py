@@ -3,7 +3,8 @@
 ``small_input=True`` (the default) swaps the 11x11 stride-4 stem for a 3x3 stride-1 conv + 2x2 pool, so a
 28x28 digit reaches the classifier as a 4x4 map instead of vanishing; the later pools pad so they never
 shrink a map below 1x1. Adaptive average pooling to ``pool_size`` makes any input size fit the
-classifier. ImageNet layout: ``small_input=False, pool_size=6, hidden=4096, batch_norm=False``.
+classifier. ImageNet layout: ``small_input=False, pool_size=6, hidden=4096, batch_norm=False``, torchvision's
+one-tower AlexNet weight for weight, though its padded pools leave 7x7 maps at 224x224 (torchvision's 6x6).
 """
 
 from __future__ import annotations

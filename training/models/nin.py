@@ -1,8 +1,12 @@
 """Network in Network (Lin et al., 2014): mlpconv blocks (a conv then two 1x1 convs) and global pooling.
 
 The last block produces one channel per class and global average pooling turns it into logits, so there
-is no fully connected layer. ``small_input=True`` (default) is the paper's CIFAR layout (5x5 stride-1
-first conv); ``small_input=False`` is the ImageNet layout (11x11 stride 4).
+is no fully connected layer. ``small_input=True`` (default) starts as the paper's CIFAR net (5x5 stride-1
+first conv), ``small_input=False`` as the ImageNet one (11x11 stride 4), but neither is the published
+network: Kiln's has 192 channels throughout (the paper's CIFAR net: 192-160-96, 192-192-192, 192-192-10,
+three blocks in all) or 96-256-384 with a first conv padded by 2, no max-pool after the third block and a
+384-wide class-map block (d2l's: padding 0, a max-pool there, straight to the classes), and BatchNorm by
+default. README, "Models", lists the differences.
 """
 
 from __future__ import annotations

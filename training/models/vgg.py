@@ -1,7 +1,9 @@
 """VGG (Simonyan & Zisserman, 2015) with BatchNorm, built from a table of layer widths like torchvision.
 
 Max-pools use ``ceil_mode`` so the five halvings take 28x28 down to 1x1 instead of to nothing. The default
-head is the CIFAR one (global pool, 512-wide hidden layers); ImageNet's is ``pool_size=7, hidden=4096``.
+head is the CIFAR one (global pool, 512-wide hidden layers); ImageNet's is ``pool_size=7, hidden=4096``
+(torchvision's ``vgg11``/``vgg16`` with ``batch_norm=False``; with BatchNorm the convs have no bias, so
+the count is torchvision's ``vgg*_bn`` less those biases). Dropout comes before each hidden layer.
 """
 
 from __future__ import annotations
