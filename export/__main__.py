@@ -308,6 +308,28 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def removed_if_left_empty(repository: Path) -> Iterator[None]:
+    """``repository`` and the parents of it that do not exist yet (``check_repository`` creates them)
+    removed again where the block fails (a refusal, an error, Ctrl-C) and leaves them empty: a refused
+    ``--repository newdir`` left an empty ``newdir/`` behind. A directory that existed before, or that
+    holds anything (an entry, a refusal record, another process's file), is never removed."""
+    made = []
+    for directory in (repository, *repository.parents):  # deepest first
+        if directory.exists() or directory.is_symlink():
+            break
+        made.append(directory)
+    try:
+        yield
+    except BaseException:
+        for directory in made:
+            try:
+                directory.rmdir()  # an empty directory only
+            except OSError:
+                break
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_ctrl_c():
         return run_export(argv)
@@ -315,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_export(argv: Sequence[str] | None) -> int:
     """``main``'s work, a SIGTERM raising KeyboardInterrupt in it (``sigterm_as_ctrl_c``)."""
-    from export.pipeline import check_entry_names, check_entry_plan, export_checkpoint
+    from export.pipeline import check_entry_names, check_entry_plan, check_versions, export_checkpoint
 
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -343,15 +365,17 @@ def run_export(argv: Sequence[str] | None) -> int:
             console.print(found, style="red", markup=False, highlight=False, soft_wrap=True)
             return 2
         check_entry_names(checkpoints)
-        check_repository(Path(args.repository))
-        with writer_lock(Path(args.repository)):
-            check_entry_plan(checkpoints, Path(args.repository), options)
-            with shown_steps(console, len(checkpoints), args.progress) as (on_step, advance):
-                for ckpt in checkpoints:
-                    results += export_checkpoint(
-                        ckpt, args.repository, options, on_step=on_step, data_path=args.data_path
-                    )
-                    advance()
+        with removed_if_left_empty(Path(args.repository)):
+            check_repository(Path(args.repository))
+            with writer_lock(Path(args.repository)):
+                check_entry_plan(checkpoints, Path(args.repository), options)
+                check_versions(checkpoints, Path(args.repository), options)  # all refused before any written
+                with shown_steps(console, len(checkpoints), args.progress) as (on_step, advance):
+                    for ckpt in checkpoints:
+                        results += export_checkpoint(
+                            ckpt, args.repository, options, on_step=on_step, data_path=args.data_path
+                        )
+                        advance()
     except (FreezeError, ParityError, RepositoryError, TensorRTError, OSError, ValueError) as exc:
         # ValueError covers CheckpointError and bad options; OSError a file that vanished or a full disk;
         # FreezeError a model that cannot be frozen (a diverged checkpoint's NaN weights)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from export.entry_plan import Plan, check_entry_plan, check_owners, task_entries
+from export.entry_plan import Plan, check_entry_plan, check_owners, read_task, task_entries
 from export.freeze import FreezeError
 from export.onnx_export import OnnxExportError
 from export.parity import ParityError
@@ -31,6 +31,7 @@ from export.repository import (
     check_repository,
     entry_versions,
     name_path,
+    policy_problem,
     read_kiln_json,
     sweep_all_leftovers,
     version_source,
@@ -52,6 +53,7 @@ __all__ = [
     "ParityError",
     "check_entry_names",
     "check_entry_plan",
+    "check_versions",
     "export_all",
     "export_checkpoint",
     "find_checkpoints",
@@ -283,7 +285,11 @@ def version_to_write(
     one (the old checkpoint exported again to roll back, ``--version-policy specific:1``), else version
     1, or the version their kiln.json says was written last where they hold others. Refused, before any work, where that version holds a model exported from
     another checkpoint and the entry holds other versions or the version was named, unless
-    ``replace_version``: clients naming that version would get another model without a word."""
+    ``replace_version``: clients naming that version would get another model without a word; and where
+    ``options.version_policy`` (or, none given, the one an entry's config has) would serve none of an
+    entry's versions once it is written (``specific:1`` for a new ``_int8`` twin of version 2), found
+    out before only as that entry was written, after the others."""
+    entries = tuple(entries)
     held = {e: entry_versions(repository / e) for e in entries}
     held = {e: versions for e, versions in held.items() if versions}
     if options.version == "next":
@@ -316,7 +322,34 @@ def version_to_write(
             "another model. Write a new version with --version next (or another number), or write over "
             "this one with --replace-version"
         )
+    for entry in entries:
+        versions = sorted({*held.get(entry, []), version}, key=int)
+        problem = policy_problem(repository / entry, options.version_policy, versions)
+        if problem:
+            new = "a new entry holds only the version written now; " if entry not in held else ""
+            raise RepositoryError(
+                f"{problem}: {new}name one of them (--version-policy specific:V), use latest:N or all"
+                + (", or leave its precision out (--precisions)" if new and held else "")
+            )
     return version
+
+
+def check_versions(checkpoints: Iterable[Path], repository: Path, options: ExportOptions) -> None:
+    """Before any checkpoint of a run is written, what its turn would refuse that is cheap to know: a
+    file name that gives no entry name, a file that is no checkpoint of a task export knows, and the
+    version each would be written as and the version policy it would get (``version_to_write``). A run
+    of several checkpoints wrote those before the one refused, leaving the repository half rolled out.
+    Nothing heavier than reading each file's task and hashing it is done (no parity check)."""
+    for path in checkpoints:
+        name = entry_name(path)  # ValueError, as at its turn
+        task = read_task(path)
+        if task not in TASK_KEYS:  # not readable as a checkpoint, or of no task: its refusal now
+            ckpt = load_checkpoint(path)
+            if not (isinstance(ckpt["task"], str) and ckpt["task"] in TASK_KEYS):
+                check_task_keys(ckpt, path)
+            continue
+        entries = task_entries(task, name, options)
+        version_to_write(repository, entries, options, path, file_sha256(path))
 
 
 def _own_versions(repository: Path, held: dict[str, list[str]], sha256: str) -> list[str]:
@@ -459,7 +492,7 @@ def check_entry_names(checkpoints: Iterable[Path]) -> None:
         try:
             name = entry_name(path)
         except ValueError:
-            continue  # reported when its turn comes, as before
+            continue  # refused by check_versions, before any checkpoint is written
         if name in owners:
             raise RepositoryError(
                 f"{owners[name]} and {path} would both be exported as entry {name!r} (entry names come "
@@ -482,6 +515,7 @@ def export_all(
     check_repository(Path(repository))
     with writer_lock(Path(repository)):  # the plan holds until the last checkpoint is written
         check_entry_plan(checkpoints, Path(repository), options)
+        check_versions(checkpoints, Path(repository), options)
         for ckpt in checkpoints:
             log.info("exporting %s", ckpt)
             results += export_checkpoint(ckpt, repository, **kw)

@@ -702,42 +702,68 @@ def _set_policy(config: Path, policy: str | None, versions: list[str], final: Pa
     """Give staged ``config`` (config.pbtxt) the ``version_policy`` ``policy``; None: the one the entry's
     config has now (``final``'s: a policy chosen once stays until another is), else the one written
     (latest 1). Refused where the policy would serve none of the entry's ``versions``."""
-    from google.protobuf import text_format
+    from export.triton_config import proto_text
 
-    from export.triton_config import parse_pbtxt, proto_text
-
-    def parsed(path: Path) -> Any:
-        try:
-            return parse_pbtxt(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, text_format.ParseError):  # none yet, or not Kiln's: left as it is
-            return None
-
-    if policy is not None:
-        wanted = parse_pbtxt("")
-        kind, values = parse_policy(policy)
-        if kind == "latest":
-            wanted.version_policy.latest.num_versions = values[0]
-        elif kind == "all":
-            wanted.version_policy.all.SetInParent()
-        else:
-            wanted.version_policy.specific.versions.extend(values)
-    else:
-        wanted = parsed(final / "config.pbtxt")
-        if wanted is None or not wanted.HasField("version_policy"):
-            return
-    chosen = wanted.version_policy
-    served = {str(v) for v in chosen.specific.versions}
-    if chosen.WhichOneof("policy_choice") == "specific" and not served & set(versions):
+    wanted = _wanted_policy(policy, final)
+    if wanted is None:
+        return
+    problem = policy_problem(final, policy, versions)
+    if problem:
         raise RepositoryError(
-            f"{final}: version_policy specific {list(chosen.specific.versions)} serves none of its "
-            f"versions ({', '.join(versions)}): name one of them (--version-policy specific:V), or use "
-            "latest:N or all"
+            f"{problem}: name one of them (--version-policy specific:V), or use latest:N or all"
         )
-    proto = parsed(config)
+    chosen = wanted.version_policy
+    proto = _parsed_config(config)
     if proto is None or proto.version_policy == chosen:
         return
     proto.version_policy.CopyFrom(chosen)
     config.write_text(proto_text(proto), encoding="utf-8")
+
+
+def _parsed_config(path: Path) -> Any:
+    """The config.pbtxt at ``path`` parsed, or None: none yet, or not Kiln's (left as it is)."""
+    from google.protobuf import text_format
+
+    from export.triton_config import parse_pbtxt
+
+    try:
+        return parse_pbtxt(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, text_format.ParseError):
+        return None
+
+
+def _wanted_policy(policy: str | None, final: Path) -> Any:
+    """A config holding the ``version_policy`` entry ``final`` gets: ``policy`` (``parse_policy``), or,
+    for None, the one its config.pbtxt has now; None where it has none (the one written stays)."""
+    from export.triton_config import parse_pbtxt
+
+    if policy is None:
+        wanted = _parsed_config(final / "config.pbtxt")
+        return wanted if wanted is not None and wanted.HasField("version_policy") else None
+    wanted = parse_pbtxt("")
+    kind, values = parse_policy(policy)
+    if kind == "latest":
+        wanted.version_policy.latest.num_versions = values[0]
+    elif kind == "all":
+        wanted.version_policy.all.SetInParent()
+    else:
+        wanted.version_policy.specific.versions.extend(values)
+    return wanted
+
+
+def policy_problem(final: Path, policy: str | None, versions: list[str]) -> str | None:
+    """Why entry ``final`` holding ``versions`` would serve none of them with ``policy`` (None: the
+    version_policy its config.pbtxt has), or None: a ``specific`` policy that names none of them."""
+    wanted = _wanted_policy(policy, final)
+    chosen = wanted.version_policy if wanted is not None else None
+    if chosen is None or chosen.WhichOneof("policy_choice") != "specific":
+        return None
+    if {str(v) for v in chosen.specific.versions} & set(versions):
+        return None
+    return (
+        f"{final}: version_policy specific {list(chosen.specific.versions)} serves none of its "
+        f"versions ({', '.join(versions)})"
+    )
 
 
 def entry_versions(entry_dir: Path) -> list[str]:

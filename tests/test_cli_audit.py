@@ -223,7 +223,7 @@ def test_a_checkpoint_with_damaged_weight_bytes_is_refused_and_nothing_is_export
     assert main([str(path), "--repository", str(tmp_path / "repo")]) == 1
     err = capsys.readouterr().err
     assert f"export failed: {path}: damaged: " in err and "Traceback" not in err
-    assert not [p for p in (tmp_path / "repo").iterdir() if p.is_dir()]
+    assert not (tmp_path / "repo").exists()  # made by the export, nothing written: removed again
     with pytest.raises(CheckpointError, match="does not match the checksum stored with it"):
         load_checkpoint(path)
 
