@@ -173,6 +173,7 @@ def make_backend(settings: Settings, repository: Repository, metrics: GatewayMet
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         lone_request_threads=settings.lone_request_threads,
+        load_threads=settings.load_threads,
         spin_us=settings.spin_us,
         lone_spin_us=settings.lone_spin_us,
         max_queue_size=settings.max_queue_size,

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="intra-op threads of the session a lone request (one item, nothing waiting) runs "
         "on; default: the cores this process may use; 0 or not above --intra-op-threads: off",
     )
+    load_threads: int | None = Field(
+        None,
+        ge=1,
+        description="model versions the embedded backend loads at once at start (each also waits while "
+        "the files loading hold 256 MiB); default: the CPUs this process may use, at most 4; 1: one after "
+        "another",
+    )
     spin_us: int = Field(
         20,
         ge=0,
