@@ -159,8 +159,10 @@ def add_training_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="config override")
     g.add_argument("--epochs", type=int, help=f"default: {BASE['epochs']} (--time-budget may stop it sooner)")
     batch = g.add_mutually_exclusive_group()
-    batch.add_argument("--batch-tokens", type=int, help="padded tokens per batch")
-    batch.add_argument("--batch-size", type=int, help="sentences per batch (instead of --batch-tokens)")
+    batch.add_argument("--batch-tokens", type=int, help="padded tokens per batch, per process")
+    batch.add_argument(
+        "--batch-size", type=int, help="sentences per batch, per process (instead of --batch-tokens)"
+    )
     g.add_argument("--lr", type=float)
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--schedule", choices=SCHEDULES)

@@ -49,6 +49,10 @@ def train_batches(
 def eval_batches(
     dataset: ImageDataset, batch_size: int, *, rank: int = 0, world_size: int = 1
 ) -> list[torch.Tensor]:
-    """This rank's strided share of the dataset in order, with no padding, so summed metrics are exact."""
-    indices = torch.arange(rank, len(dataset), world_size)
-    return list(indices.split(max(1, batch_size)))
+    """This rank's strided share of the dataset in order, with no padding, so summed metrics are exact.
+    A rank with no share (a split smaller than the processes) gets no batch: ``torch.arange`` refused a
+    rank past the split's end ("upper bound and lower bound inconsistent"), and a rank just at it got one
+    empty batch, which a model of the user's flattening with ``x.view(x.size(0), -1)`` refused; either
+    stopped that rank alone, where one process trained the same flags."""
+    indices = torch.arange(len(dataset))[rank::world_size]
+    return list(indices.split(max(1, batch_size))) if len(indices) else []
