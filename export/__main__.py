@@ -316,7 +316,9 @@ def removed_if_left_empty(repository: Path) -> Iterator[None]:
     holds anything (an entry, a refusal record, another process's file), is never removed."""
     made = []
     for directory in (repository, *repository.parents):  # deepest first
-        if directory.exists() or directory.is_symlink():
+        if directory.name == "..":  # ``new/../repo``: ``new/..`` is none of its own (``new`` is)
+            continue
+        if _there(directory):
             break
         made.append(directory)
     try:
@@ -328,6 +330,15 @@ def removed_if_left_empty(repository: Path) -> Iterator[None]:
             except OSError:
                 break
         raise
+
+
+def _there(directory: Path) -> bool:
+    """Whether ``directory`` exists (a link to nothing too), resolved as well: ``new/../../old`` does not
+    (no ``new`` yet), yet names ``old``, which may; one that cannot be resolved (a link loop) counts."""
+    try:
+        return directory.exists() or directory.is_symlink() or directory.resolve().exists()
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's word for a link loop
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -327,9 +327,10 @@ def version_to_write(
         problem = policy_problem(repository / entry, options.version_policy, versions)
         if problem:
             new = "a new entry holds only the version written now; " if entry not in held else ""
+            twin = "build no TensorRT engine (--tensorrt off)" if entry.endswith("_trt") else None
             raise RepositoryError(
                 f"{problem}: {new}name one of them (--version-policy specific:V), use latest:N or all"
-                + (", or leave its precision out (--precisions)" if new and held else "")
+                + (f", or {twin or 'leave its precision out (--precisions)'}" if new and held else "")
             )
     return version
 
@@ -339,7 +340,10 @@ def check_versions(checkpoints: Iterable[Path], repository: Path, options: Expor
     file name that gives no entry name, a file that is no checkpoint of a task export knows, and the
     version each would be written as and the version policy it would get (``version_to_write``). A run
     of several checkpoints wrote those before the one refused, leaving the repository half rolled out.
-    Nothing heavier than reading each file's task and hashing it is done (no parity check)."""
+    Nothing heavier than reading each file's task and hashing it is done (no parity check). A killed
+    run's leftovers are swept first, as each turn does: an entry it had swapped out is put back, not
+    judged a new one."""
+    sweep_all_leftovers(repository)
     for path in checkpoints:
         name = entry_name(path)  # ValueError, as at its turn
         task = read_task(path)

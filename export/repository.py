@@ -174,10 +174,8 @@ def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any],
     if record is None or (record.get("source_checkpoint") or {}).get("sha256") != source_sha256:
         return False
     recorded = record.get("export")
-    if record is not meta and isinstance(recorded, dict):  # the policy is the entry's, as last given
-        policy = (meta.get("export") or {}).get("version_policy")
-        recorded = {k: v for k, v in recorded.items() if k != "version_policy"}
-        recorded |= {"version_policy": policy} if policy is not None else {}
+    if record is not meta and isinstance(recorded, dict):  # config.pbtxt's settings are the entry's
+        recorded = _with_entry_settings(recorded, meta.get("export"))
     if not current_settings(recorded, settings, model):
         return False
     artifacts = meta.get("artifacts") or {}
@@ -186,6 +184,27 @@ def is_up_to_date(entry_dir: Path, source_sha256: str, settings: dict[str, Any],
         if not path.is_file() or file_sha256(path) != digest:
             return False
     return bool(artifacts)
+
+
+# Export settings config.pbtxt is written with: one config serves every version of an entry, as the
+# last export wrote it, so an older version's own record of them says nothing of what is served
+ENTRY_SETTINGS = (
+    "version_policy", "device", "cudnn_conv_algo_search", "cuda_graphs", "tensorrt_accelerator",
+)  # fmt: skip
+
+
+def _with_entry_settings(recorded: dict[str, Any], entry: Any) -> dict[str, Any]:
+    """A version's recorded export settings with the entry's (``entry``: kiln.json's top-level
+    ``export``) in place of its ``ENTRY_SETTINGS``, and the older of the two export versions: a version
+    written for CPU is not up to date for ``--device cpu`` once a GPU export of another version rewrote
+    the config (KIND_GPU), and was reported so while the config stayed the GPU one."""
+    entry = entry if isinstance(entry, dict) else {}
+    out = {k: v for k, v in recorded.items() if k not in ENTRY_SETTINGS}
+    out |= {k: entry[k] for k in ENTRY_SETTINGS if k in entry}
+    versions = [v.get("export_version") for v in (recorded, entry)]
+    if all(isinstance(v, int) for v in versions):
+        out["export_version"] = min(versions)
+    return out
 
 
 def check_repository(repository: Path) -> None:

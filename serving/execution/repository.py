@@ -34,6 +34,7 @@ from serving.execution.model_versions import (
     link_target,
     select_versions,
 )
+from serving.execution.version_policy import policy_versions
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,24 @@ class RepositoryEntry:
 
     def _unserved(self, version: str) -> str:
         """Why ``version`` is not served: none such, or a directory its ``version_policy`` leaves out
-        (a rolled-back version still on disk: the policy, not the directory, is what to change)."""
+        (a rolled-back version still on disk: the policy, not the directory, is what to change), or one
+        written since the repository was loaded that the policy would serve (a restart serves it)."""
         directory = self.path / version
-        if not (is_version_name(version) and is_version(directory) and any(directory.iterdir())):
+        try:
+            if not (is_version_name(version) and is_version(directory) and any(directory.iterdir())):
+                return f"has no version {version!r}"
+            found = [int(p.name) for p in self.path.iterdir() if is_version(p) and any(p.iterdir())]
+        except OSError:  # gone, or unreadable, since it was looked at
             return f"has no version {version!r}"
+        policy = self.config.version_policy
+        chosen = policy_versions(
+            found, policy.WhichOneof("policy_choice"), policy.latest.num_versions, policy.specific.versions
+        )
+        if int(version) in chosen:  # written since start-up (export --version next): the policy serves it
+            return (
+                f"has version {version!r} on disk, written since the gateway loaded the repository (it "
+                "serves the versions it found at start): restart the gateway to serve it"
+            )
         return (
             f"does not serve version {version!r}: its{_policy_text(self.config.version_policy)} leaves it out"
         )

@@ -26,6 +26,7 @@ LOOP_INFLATE_BYTES = 1 << 20
 INFLATE_STEP = 1 << 20  # what a body inflates by at a time (class Inflated)
 HOLD_AHEAD = INFLATE_STEP  # what an inflation in a thread holds of the body budget ahead of its output
 HOLD_WAIT_S = 10.0  # an inflation thread's longest wait for the event loop to hold more (then it stops)
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip member (RFC 1952)
 # The Content-Encodings an HTTP body may have (tritonclient's request_compression_algorithm), with the
 # zlib window that reads each; x-gzip is gzip (RFC 9110 8.4.1.3). Names are case-insensitive.
 CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -153,8 +154,15 @@ def _inflate(
             end = out.stream(decoder, view, at)
         except zlib.error as exc:
             # after a whole gzip stream, bytes that begin no other member: zlib's words alone ("incorrect
-            # header check") named no fault of the stream the client sent, as deflate's refusal does
-            reason = f"bytes follow the end of its stream that are no gzip member ({exc})" if at else exc
+            # header check") named no fault of the stream the client sent, as deflate's refusal does; a
+            # later member that is one (gzip's magic) but corrupt (a bad CRC) is named as that member
+            reason: object = exc
+            if at:
+                reason = (
+                    f"its gzip member at byte {at} is corrupt ({exc})"
+                    if bytes(view[at : at + 2]) == GZIP_MAGIC
+                    else f"bytes follow the end of its stream that are no gzip member ({exc})"
+                )
             raise BadRequest(f"request body is not valid {name} data: {reason}") from None
         if end is None:
             return None
