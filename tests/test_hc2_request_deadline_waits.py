@@ -74,9 +74,12 @@ def test_a_request_whose_deadline_passes_while_its_image_decodes_keeps_its_slot_
         late = _post(live, body(png(GatedDecoder.LARGE), png(7)))
         assert late.status_code == 504, late.text
         assert "while it waited for its images to decode (0 of 2 decoded)" in late.json()["error"]
-        assert decoder.large_waiting == 1 and slots.free == 0, "its decode runs on, holding the slot"
+        # its thread may reach the decoder after the 504 (a loaded machine): the slot is held till then
+        assert eventually(lambda: decoder.large_waiting == 1), "its decode runs on"
+        assert slots.free == 0, "its decode runs on, holding the slot"
         decoder.permits.release()
         assert eventually(lambda: slots.free == 1), "the slot came back when the decode returned"
+        settings.request_timeout_s = DEADLINE_S  # the next request's: answered, however loaded the machine
         assert _post(live, body(png(7))).status_code == 200
     assert not slots.waiting
 

@@ -24,6 +24,7 @@ from serving.execution.ort_options import OrtOptions
 from serving.execution.repository import Repository
 from serving.settings import Settings
 from tests.repo_fixtures import IDENTITY_CONFIG, write_entry_without_model, write_identity_entries
+from tests.waiting import DEADLINE_S
 
 NAMES = [f"m{i}" for i in range(6)]  # sorted: the repository's order, "x_broken" after them
 SLOW, QUICK = "m0", "m1"  # m0's session waits until m1 has loaded: the loads end out of order
@@ -85,7 +86,7 @@ def test_models_load_at_once_and_report_as_one_after_another(tmp_path, caplog) -
     write_identity_entries(tmp_path, NAMES)
     write_entry_without_model(tmp_path, "x_broken", IDENTITY_CONFIG.format(name="x_broken"))
 
-    together = _serve(tmp_path, load_threads=4, wait_s=5.0, caplog=caplog)
+    together = _serve(tmp_path, load_threads=4, wait_s=DEADLINE_S, caplog=caplog)
     # m0's load waited for m1's: they loaded at once, and m0 still loaded
     assert [e["name"] for e in together["index"]] == [*NAMES, "x_broken"]
     assert all(e["state"] == "READY" for e in together["index"] if e["name"] != "x_broken"), together["index"]
@@ -133,7 +134,7 @@ def test_a_model_over_the_byte_budget_loads_alone() -> None:
     def small() -> None:
         with budget.held(60):
             small_in.set()
-            release.wait(5)
+            release.wait(DEADLINE_S)
 
     def large() -> None:
         with budget.held(500):
@@ -142,15 +143,15 @@ def test_a_model_over_the_byte_budget_loads_alone() -> None:
 
     first = threading.Thread(target=small)
     first.start()
-    assert small_in.wait(5)
+    assert small_in.wait(DEADLINE_S)
     with budget.held(40):  # fits beside it
         assert budget.used == 100
     second = threading.Thread(target=large)
     second.start()
     assert not large_in.wait(0.05)  # waits for the small one
     release.set()
-    first.join(5)
-    second.join(5)
+    first.join(DEADLINE_S)
+    second.join(DEADLINE_S)
     assert large_in.is_set() and seen == [100] and budget.used == 0
 
 
@@ -163,7 +164,9 @@ def test_models_placed_on_a_gpu_load_one_at_a_time(
     backend = OnnxRuntimeBackend(Repository(write_identity_entries(tmp_path, ["a", "b"])), OrtOptions())
     device = "cuda:0" if provider == placement.CUDA else "cpu"
     monkeypatch.setattr(placement, "plan", lambda config, providers: placement.Placement(provider, device))
-    both = threading.Barrier(2, timeout=0.3)  # passed only where the two loads run at once
+    # passed only where the two loads run at once: a loaded machine may start the second one late (CPU),
+    # while the one-at-a-time loads (CUDA) wait it out, once each
+    both = threading.Barrier(2, timeout=DEADLINE_S if together == 2 else 0.3)
     inside, most, lock = [0], [0], threading.Lock()
 
     def opened(entry, version, path, where, graph) -> str:  # noqa: ANN001 - OnnxRuntimeBackend._open_placed
@@ -185,5 +188,5 @@ def test_models_placed_on_a_gpu_load_one_at_a_time(
     for load in loads:
         load.start()
     for load in loads:
-        load.join(5)
+        load.join(DEADLINE_S)
     assert most[0] == together

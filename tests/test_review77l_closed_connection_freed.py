@@ -79,11 +79,12 @@ def freed_without_gc(live, sent: bytes, answers: int | None) -> bool:
         assert protocol.lost.wait(WAIT_S)
         ref = live.made[-1]
         del protocol
-        for _ in range(100):  # the loop's last references go as its callbacks run (1 s)
-            if ref() is None:
-                return True
+        deadline = time.monotonic() + WAIT_S  # the loop's last references go as its callbacks run
+        while ref() is not None:
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.01)
-        return False
+        return True
     finally:
         gc.enable()
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.settings import Settings
 from tests.test_repo_g_versions import _repository
+from tests.waiting import eventually
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
 
@@ -34,6 +35,9 @@ def test_a_call_without_a_version_is_counted_under_the_version_that_answered_it(
 def test_the_statistics_of_the_versions_that_loaded_are_served(tmp_path):
     with _client(tmp_path) as client:
         assert client.post("/v2/models/double/infer", json=BODY).status_code == 200
+        # its batch is recorded by the execution thread just after the answer leaves: wait for it
+        metrics = client.app.state.metrics
+        assert eventually(lambda: metrics.sample("kiln_batch_runs_total", model="double") == 1)
         model = client.get("/v2/models/double/stats")
         every = client.get("/v2/models/stats")
         broken = client.get("/v2/models/double/versions/3/stats")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from serving import process_tree
 from serving.workers import sweep_stale
+from tests.waiting import DEADLINE_S
 
 
 def test_a_fifo_named_as_a_held_directory_neither_hangs_the_sweep_nor_goes(tmp_path: Path) -> None:
@@ -26,7 +27,7 @@ def test_a_fifo_named_as_a_held_directory_neither_hangs_the_sweep_nor_goes(tmp_p
         done.set()
 
     threading.Thread(target=sweep, daemon=True).start()
-    finished = done.wait(timeout=2)
+    finished = done.wait(timeout=DEADLINE_S)  # at once, unless it hangs on the FIFO
     if not finished:  # let the blocked open go (a writer), so that the thread ends
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert finished, "the sweep hung opening a FIFO"
