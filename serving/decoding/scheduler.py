@@ -390,6 +390,8 @@ class DecodingScheduler:
             if not restart:
                 left |= set(self._waiting)
                 self._waiting.clear()
+            elif left:  # a request partly admitted (texts still waiting) is answered now: not waiting
+                self._waiting = deque(job for job in self._waiting if job not in left)
         self._reserved = 0  # nothing runs here now: a stop has only the waiting requests to wait for
         with contextlib.suppress(RuntimeError):  # the event loop closed: nobody waits for them
             self._post_all([(job, error, "failure") for job in left])

@@ -141,7 +141,7 @@ class OnnxRuntimeBackend:
             for index, ((entry, version), load) in enumerate(zip(plans, loads, strict=True)):
                 try:
                     sessions = await load
-                except LoadingStopped:  # stopped between its instances' sessions
+                except LoadingStopped:  # stopped between its instances' sessions, or waiting for a GPU
                     sessions = None
                 except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
                     log.error("model %s version %s failed to load: %s", entry.name, version, exc)
@@ -334,6 +334,8 @@ class OnnxRuntimeBackend:
         # capture (the warm-up run of its bucket) is process-wide in ONNX Runtime ("cuda graph can only
         # work with a single thread"), so another thread's CUDA allocations or copies during it broke it
         with _CUDA_LOADS if where.provider == placement.CUDA else contextlib.nullcontext():
+            if self._stopping:  # a stop signal while it waited for another GPU model's load: not begun
+                raise LoadingStopped(f"model {entry.name!r}: a stop signal arrived before it loaded")
             return self._open_placed(entry, version, path, where, graph)
 
     def _open_placed(
