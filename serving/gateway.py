@@ -177,9 +177,18 @@ class Gateway:
         """Why model ``name`` is not served: its load error, or where it has none the backend's word
         (``--backend triton``: "not loaded", a model Triton lists but never loaded); "" if none."""
         reason = self.load_error(name)
-        if reason or self._translates(name):
-            return reason
-        return getattr(self.backend, "unready_reason", lambda _: "")(name)
+        if reason or not self._translates(name):
+            return reason or getattr(self.backend, "unready_reason", lambda _: "")(name)
+        translator = self.translators.translators.get(name)  # type: ignore[union-attr]
+        return translator.stopped() if translator is not None else ""
+
+    @property
+    def decode_outage(self) -> str:
+        """Why a translator cannot decode now ("" while each can): its decode workers restarting or
+        stopped (:meth:`Translator.stopped`), a readiness answer's reason (it said only "server is not
+        ready", and the operator went through the log to learn that a worker had died)."""
+        pool = self.translators.translators if self.translators is not None else {}
+        return "; ".join(f"translator {name!r}: {why}" for name, t in pool.items() if (why := t.stopped()))
 
     @property
     def outage(self) -> str:

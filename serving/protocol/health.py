@@ -52,7 +52,8 @@ def not_ready_reason(backend: Backend) -> str:
         return f"server is not ready: {outage}"
     failed = [(name, error) for name in backend.list_models() if (error := backend.load_error(name))]
     if not failed:
-        return "server is not ready"
+        stalled = getattr(backend, "decode_outage", "")  # a translator whose decode workers died
+        return f"server is not ready: {stalled}" if stalled else "server is not ready"
     shown = "; ".join(
         f"model {name!r} failed to load: {error[:REASON_CHARS]}" for name, error in failed[:SHOWN_FAILURES]
     )
