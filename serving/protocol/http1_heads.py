@@ -259,7 +259,13 @@ class HeadLimits:
         answered, with ``connection: close``, and then the connection closes. uvicorn closed it at
         once, and closing a socket with unread bytes resets it: a keep-alive client whose next
         request crossed the stop signal got ``ConnectionResetError`` for a request never served (the
-        protocol's ``on_headers_complete`` makes that request the last, :attr:`_drained`)."""
+        protocol's ``on_headers_complete`` makes that request the last, :attr:`_drained`). A connection
+        closing in stages already (its last answer or a refusal written, then our FIN: ``_lingering``)
+        is left to end itself, at the client's FIN or within LINGER_S: uvicorn's close here reset the
+        connection at the client's next byte, and the reset discarded the answers still in its socket
+        (a stop during a pipeline's ``Connection: close`` linger: ``ECONNRESET``, 5 of 101 answers)."""
+        if self._lingering is not None:
+            return
         cycle = self.cycle
         between = cycle is None or cycle.response_complete
         if between and not self.transport.is_closing() and (self._in_request or unread_bytes(self.transport)):

@@ -437,8 +437,12 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         self._stop_watch()  # the body will not be read: no 408 for it
         self._deferred = None  # nor a refusal for a head behind it (written after our end of the stream)
         self._unparsed = b""  # nor the requests behind those
-        self.pipeline.clear()  # requests queued behind it are never answered: the connection ends, and
-        # reading, paused while they waited, resumes once this answer is out (to drop the client's bytes)
+        self.pipeline.clear()  # requests queued behind it are never answered: the connection ends
+        # reading, paused while they waited, resumes now, to drop the client's bytes and read its FIN:
+        # an answer cut short (an app that raised or returned mid-body) never reaches on_response_complete,
+        # and the close it makes lingered with reading paused, LINGER_S whatever the client did, then reset
+        # the connection over the answers before it still in the socket (5 of 101 arrived, ECONNRESET)
+        self.flow.resume_reading()
         self.transport.write_eof()
         self._lingering = self.loop.call_later(seconds, self.transport.close)
         self._quiet_linger = seconds < LINGER_S
