@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 class ServingError(Exception):
@@ -62,6 +63,15 @@ class Unavailable(ServingError):
 
 class DeadlineExceeded(ServingError):
     status = 504
+
+
+def seconds_text(seconds: float) -> str:
+    """``seconds`` as a 504 names the time its request was given: three significant digits (the time a
+    deadline left, 29.9968, reads 30), whole seconds from 100 up, never in exponent notation (a 3600 s
+    limit read "3.6e+03 s")."""
+    if seconds >= 100:
+        return f"{seconds:.0f}"
+    return format(Decimal(f"{seconds:.3g}"), "f")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from serving.errors import (
     ServingError,
     Unavailable,
     UnprocessableInput,
+    seconds_text,
 )
 from serving.execution.shared_weights import return_freed_memory
 from serving.threads import BusyLoopPolicy, busy_loop_policy, name_os_thread, os_name
@@ -206,7 +207,8 @@ class DecodingScheduler:
 
     def _expire_job(self, job: Job, timeout: float) -> None:
         """On the event loop, at a request's deadline: 504 unless answered (its rows then leave)."""
-        self._answer(job, DeadlineExceeded(f"translation did not finish within {timeout:.3g}s"), "timeout")
+        late = DeadlineExceeded(f"translation did not finish within {seconds_text(timeout)}s")
+        self._answer(job, late, "timeout")
         self._forget(job)
 
     def _forget(self, job: Job) -> None:

@@ -37,6 +37,7 @@ from serving.errors import (
     Unavailable,
     UnprocessableInput,
     mark_models_answer,
+    seconds_text,
 )
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
 from serving.threads import name_os_thread, os_name
@@ -258,7 +259,7 @@ class Translator:
         if sum(map(len, texts)) <= INLINE_CHARS:
             sources = self._encode(texts, False)
         else:  # held to the deadline in the tokenizer thread's queue, the search given what that leaves
-            sources = await self._codec_within(deadline, self._encode, texts, "tokenized")
+            sources = await self._codec_within(deadline, self._encode, texts, "texts to be tokenized")
             timeout = deadline.left()
         scheduler = self.scheduler()
         self._check_queue(scheduler.config)
@@ -270,7 +271,8 @@ class Translator:
         if sum(map(len, tokens)) <= INLINE_TOKENS:
             texts_out = iter(self.codec.decode(tokens, False))
         else:
-            texts_out = iter(await self._codec_within(deadline, self.codec.decode, tokens, "detokenized"))
+            hypotheses = "translations to be detokenized"  # n_best a text
+            texts_out = iter(await self._codec_within(deadline, self.codec.decode, tokens, hypotheses))
         return [
             [Translation(next(texts_out), h.tokens, h.score, h.normalized_score) for h in hyps]
             for hyps in results
@@ -286,7 +288,9 @@ class Translator:
         self, deadline: Deadline, work: Callable[..., list[Any]], items: list[Any], what: str
     ) -> list[Any]:
         """``work(items)`` batched in the codec thread, where a long request's texts wait for those before
-        them: a 504 at ``deadline`` (its work dropped from the thread's queue; work begun runs out)."""
+        them: a 504 at ``deadline`` (its work dropped from the thread's queue; work begun runs out) naming
+        the time the request was given (three digits: the time a JSON parse left, 29.9968, reads 30) and
+        ``what`` its ``items`` are."""
         timeout = asyncio.timeout_at(deadline.at)
         try:
             async with timeout:
@@ -295,8 +299,8 @@ class Translator:
             if not timeout.expired():
                 raise
             raise DeadlineExceeded(
-                f"translation: the request's {deadline.seconds:g} s deadline passed while it waited for "
-                f"the tokenizer thread ({len(items)} texts to be {what}; long requests are tokenized one "
+                f"translation: the request's {seconds_text(deadline.seconds)} s deadline passed while it "
+                f"waited for the tokenizer thread ({len(items)} {what}; long requests are tokenized one "
                 "after another there)"
             ) from None
 

@@ -36,7 +36,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from serving.errors import BadRequest, DeadlineExceeded, Overloaded, Unavailable, mark_models_answer
+from serving.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Overloaded,
+    Unavailable,
+    mark_models_answer,
+    seconds_text,
+)
 from serving.execution.batch_policy import BatchPolicy
 from serving.execution.batch_queue import apply_timeouts, due, rejects_any, rejects_at, take_batch
 from serving.execution.batch_runs import RunFn, observe_alone, observe_batch, run_merged, run_one_by_one
@@ -278,7 +285,7 @@ class DynamicBatcher:
             self._reject_queued(pending)
         if not pending.future.done():
             pending.future.set_exception(
-                DeadlineExceeded(f"model {self.name!r}: request timed out after {timeout_s:.3g} s")
+                DeadlineExceeded(f"model {self.name!r}: request timed out after {seconds_text(timeout_s)} s")
             )
 
     def _reject_queued(self, pending: Pending) -> None:

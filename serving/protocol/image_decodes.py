@@ -11,7 +11,7 @@ is a 413 (:func:`serving.protocol.images.declared_pixels`). A request that finds
 requests already queued for a slot is a 429 before any of its images is decoded: the queue was
 unbounded, so past the rate the decodes keep up with (or the model's queue is full) thousands of
 requests queued here for seconds, each decoded only to be refused by a full model queue or answered
-late. A request's deadline (``--request-timeout-s``, from its body read: :class:`~serving.protocol.limits.Deadline`)
+late. A request's deadline (``--request-timeout-s``, from its body read: :class:`~serving.errors.Deadline`)
 bounds its waits here too, for a slot and for its runs' decodes: it left the slots' queue only once a
 slot came, and its deadline started only at the model's queue, so a request that waited 40 s for a slot
 was still given 30 s more there. Past it the request is a 504 naming the wait it was in, its place in
