@@ -93,8 +93,8 @@ class Deadline:
     def passed(self, where: str, what: str) -> DeadlineExceeded:
         """The request's 504: ``where`` it waited, ``what`` it waited for when its deadline passed."""
         return DeadlineExceeded(
-            f"{where}: the request's {self.seconds:g} s deadline (--request-timeout-s) passed while it "
-            f"waited {what}"
+            f"{where}: the request's {seconds_text(self.seconds)} s deadline (--request-timeout-s) passed "
+            f"while it waited {what}"
         )
 
 

@@ -4,6 +4,7 @@ what the user can act on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,11 +38,17 @@ def _tell_torchrun(line: str) -> None:
     if not path:
         return
     record = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+    text = json.dumps({"message": record})
+    # whole or not at all: torchrun parses the file if it exists, and one cut short (the full disk
+    # this rank is refusing) stopped its agent in a JSONDecodeError traceback instead of the summary
+    part = f"{path}.{os.getpid()}.part"
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump({"message": record}, fh)
+        with open(part, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(part, path)
     except OSError:  # the summary keeps torchrun's own text
-        pass
+        with contextlib.suppress(OSError):
+            os.remove(part)
 
 
 def run_trainer(train: Callable[[], Path]) -> int:

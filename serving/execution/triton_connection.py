@@ -14,7 +14,15 @@ from typing import Any
 
 from tritonclient.utils import InferenceServerException
 
-from serving.errors import BadRequest, DeadlineExceeded, ModelNotFound, Overloaded, ServingError, Unavailable
+from serving.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    ModelNotFound,
+    Overloaded,
+    ServingError,
+    Unavailable,
+    seconds_text,
+)
 
 log = logging.getLogger("serving.execution.triton")  # the triton backend's log, whichever part writes it
 
@@ -135,7 +143,8 @@ class TritonConnection:
             # start-up watcher, a probe) found Triton gone and dropped the client under this one
             raise self._unavailable("the connection closed during the call") from None
         except TimeoutError:
-            raise DeadlineExceeded(f"Triton did not answer {method} within {timeout:g}s") from None
+            late = f"Triton did not answer {method} within {seconds_text(timeout)}s"
+            raise DeadlineExceeded(late) from None
         except InferenceServerException as error:
             raise await self._mapped(error, client) from None
         except (OSError, ConnectionError) as error:
