@@ -37,16 +37,20 @@ def test_the_not_ready_answers_name_the_translator_whose_workers_died() -> None:
             with pytest.raises(Unavailable, match="decode worker"):
                 await scheduler.submit([[5, 6]], config(2), timeout_s=DEADLINE_S)
             await until(lambda: bool(scheduler.died))
-            return healthy, not_ready_reason(gateway), gateway.unready_reason("fake")
+            dead = not_ready_reason(gateway), gateway.unready_reason("fake")
+            gateway.load_error = lambda name: "no such file" if name == "broken" else ""
+            gateway.backend.list_models = lambda: ["broken", "fake"]  # a model that failed to load too
+            return healthy, *dead, not_ready_reason(gateway)
         finally:
             del scheduler._new_batch
             await scheduler.stop(grace_s=1.0)
 
-    healthy, server, model = asyncio.run(body())
+    healthy, server, model, both = asyncio.run(body())
     assert healthy == ("server is not ready", "")
     assert server.startswith("server is not ready: translator 'fake': decode worker ")
     assert "stopped: " in server and "MemoryError: no memory for a fresh batch" in server
     assert model == translator.stopped() and "MemoryError" in model
+    assert both == f"server is not ready: model 'broken' failed to load: no such file; {server[21:]}"
 
 
 def _never():

@@ -51,8 +51,8 @@ def not_ready_reason(backend: Backend) -> str:
     if outage:
         return f"server is not ready: {outage}"
     failed = [(name, error) for name in backend.list_models() if (error := backend.load_error(name))]
+    stalled = getattr(backend, "decode_outage", "")  # a translator whose decode workers died
     if not failed:
-        stalled = getattr(backend, "decode_outage", "")  # a translator whose decode workers died
         return f"server is not ready: {stalled}" if stalled else "server is not ready"
     shown = "; ".join(
         f"model {name!r} failed to load: {error[:REASON_CHARS]}" for name, error in failed[:SHOWN_FAILURES]
@@ -62,4 +62,4 @@ def not_ready_reason(backend: Backend) -> str:
         if len(failed) > SHOWN_FAILURES
         else ""
     )
-    return f"server is not ready: {shown}{more}"
+    return f"server is not ready: {shown}{more}" + (f"; {stalled}" if stalled else "")
