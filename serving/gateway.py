@@ -180,7 +180,8 @@ class Gateway:
         if reason or not self._translates(name):
             return reason or getattr(self.backend, "unready_reason", lambda _: "")(name)
         translator = self.translators.translators.get(name)  # type: ignore[union-attr]
-        return translator.stopped() if translator is not None else ""
+        stopped = translator.stopped() if translator is not None else ""
+        return stopped or getattr(self.backend, "outage", "")  # a Triton its steps cannot reach
 
     @property
     def decode_outage(self) -> str:

@@ -111,7 +111,8 @@ class DecodingScheduler:
             self._thread.start()
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        """Let in-flight and waiting requests finish for up to ``grace_s``, then fail the rest with 503."""
+        """Let in-flight and waiting requests finish for up to ``grace_s``, then fail the rest with 503;
+        a model call still running then is cancelled where its runner can be (a hung Triton's)."""
         self._stopping = True
         deadline = time.monotonic() + grace_s
         while (self._waiting or self._reserved) and time.monotonic() < deadline:
@@ -119,7 +120,11 @@ class DecodingScheduler:
         if self._thread is not None:
             self._halt = True
             self._wake.set()
-            await asyncio.to_thread(self._thread.join)
+            left = max(deadline - time.monotonic(), CANCEL_FLOOR_S)  # an idle thread's wake-up, at grace 0
+            await asyncio.to_thread(self._thread.join, left)
+            if self._thread.is_alive():  # in a call past the grace: a hung Triton held it until its
+                self._cancel_calls()  # client timeout (--request-timeout-s); ended where it can be
+                await asyncio.to_thread(self._thread.join)
             self._thread = None
         with self._lock:
             left = {*self._running_jobs(), *self._waiting}
@@ -127,6 +132,15 @@ class DecodingScheduler:
         for job in left:
             self._answer(job, Unavailable(f"translator {self.name!r} is shutting down"), "failure")
         self._batch, self._reserved = self._new_batch(), 0
+
+    def _cancel_calls(self) -> None:
+        """End the encoder and decoder calls in flight, where a runner can (its ``cancel``: the Triton
+        runner's closes its channel); an ONNX Runtime call has none and ends on its own."""
+        cancels = [getattr(r, "cancel", None) for r in (self.run_encoder, self.run_decoder)]
+        if any(cancels):
+            log.warning("translator %s: a model call outlived the shutdown grace: cancelled", self.name)
+        for cancel in filter(None, cancels):
+            cancel()
 
     def _new_batch(self) -> stepper.DecodeBatch:
         batch = stepper.decode_batch(self.spec, self.indexed, self.run_decoder)
@@ -569,6 +583,9 @@ class DecodingScheduler:
 # queue full: 429; its deadline: 504): answered as they are, and no fault of the gateway's code.
 NOT_SERVING_NOW = (Unavailable, Overloaded, DeadlineExceeded)
 OUTAGE_LINES = 64  # distinct failure lines a scheduler remembers as logged in one outage
+# the least a stop waits for the decode thread before it cancels the call it is in, whatever the grace:
+# an idle or healthy thread sees the stop well within it (at a grace of 0 its client was closed, logged)
+CANCEL_FLOOR_S = 0.5
 
 
 def _failure(exc: Exception, message: str, name: str, retry_after_s: float) -> ServingError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -89,8 +90,9 @@ class TritonBackend(TritonModels):
         # why Triton was logged unready this outage (empty: since ready): an outage is a line, not one a
         # probe; a set, as under traffic the reason alternates ("refused", "closed during the call")
         self._unready_said: set[str] = set()
-        # why the last probe found Triton unreachable ("" since one reached it): the readiness answer's
-        # reason then, not the model index fetched before the outage (health.not_ready_reason)
+        # why the last probe (the server's or a model's readiness) found Triton unreachable ("" since one
+        # reached it): the readiness answers' reason then, not the model index fetched before the outage
+        # (health.not_ready_reason, unready_reason)
         self.outage = ""
 
     # -- Backend protocol -------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class TritonBackend(TritonModels):
         entry = self.repository.get(name)
         inputs = [t.name for t in entry.inputs()]
         outputs = [client_module.InferRequestedOutput(t.name) for t in entry.outputs()]
+        cancelled = threading.Event()
 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             tensors = []
@@ -155,6 +158,8 @@ class TritonBackend(TritonModels):
             try:
                 result = client.infer(name, tensors, outputs=outputs, **extra)
             except InferenceServerException as error:  # Triton's answer, or gRPC's lost link: its status
+                if cancelled.is_set():
+                    raise self._unavailable("the call was cancelled: the gateway is stopping") from None
                 mapped = self._error_for(error)
                 if isinstance(mapped, ModelNotFound) and not ready_now(client, probe):
                     mapped = self._draining(mapped)
@@ -163,6 +168,15 @@ class TritonBackend(TritonModels):
                 raise self._unavailable(error) from None
             return {o.name(): result.as_numpy(o.name()) for o in outputs}
 
+        def cancel() -> None:
+            """End the calls in flight at once (a decoding scheduler's stop past its grace): closing the
+            channel ends them; a hung Triton (SIGSTOP) held the decode thread, and with it the gateway's
+            stop, until ``timeout_s``. The runner is done after it."""
+            cancelled.set()
+            client.close()
+
+        if self.protocol == "grpc":  # the HTTP client's calls cannot be ended from another thread
+            run.cancel = cancel  # type: ignore[attr-defined]
         return run
 
     def list_models(self) -> list[str]:
@@ -208,8 +222,11 @@ class TritonBackend(TritonModels):
         return self._unready.get(name, "") if name in self._failed and name not in self._models else ""
 
     def unready_reason(self, name: str) -> str:
-        """Why Triton does not serve ``name``, as its index says: a failed load's reason, or "not
-        loaded" (never loaded, or unloaded: ``--model-control-mode explicit``); "" where it serves it."""
+        """Why Triton does not serve ``name``: Triton unreachable or hung (the last call found it so; the
+        answer said only "model 'x' is not ready"), else as its index says: a failed load's reason, or
+        "not loaded" (never loaded, or unloaded: ``--model-control-mode explicit``); "" where it serves it."""
+        if self.outage:
+            return self.outage
         return "" if name in self._models else self._unready.get(name, "")
 
     async def model_ready(self, name: str, version: str = "") -> bool:
@@ -217,8 +234,10 @@ class TritonBackend(TritonModels):
             raise ModelNotFound(f"unknown model {name!r}; Triton serves {sorted(self._models)}")
         try:
             ready = bool(await self._call("is_model_ready", name, version))
-        except (Unavailable, DeadlineExceeded):
+        except (Unavailable, DeadlineExceeded) as error:
+            self.outage = error.message  # the model readiness answer's reason (unready_reason)
             return False
+        self.outage = ""  # reached
         if ready and name not in self._models:  # loaded since the list was fetched: fetched now, as
             with contextlib.suppress(ServingError):  # its requests follow (they ask again; this stands)
                 await self._sync(force=not self._synced, now=True)
