@@ -375,7 +375,30 @@ class GatewayServer(uvicorn.Server):
             await super()._wait_tasks_to_complete()
         except asyncio.CancelledError:  # the grace ran out: uvicorn cancels these next
             self.cut_requests = len(self.server_state.tasks)
+            grace = self.config.timeout_graceful_shutdown or 0
+            why = f"its shutdown grace ({grace:g} s) ran out before this request was answered"
+            self._answer_cuts_503(why)
             raise
+
+    def _answer_cuts_503(self, why: str) -> None:
+        """The requests about to be cut whose answer has not begun are answered 503 JSON with
+        ``Retry-After`` and ``connection: close`` (README, "Errors": a stopping gateway's answer), not
+        uvicorn's plain-text 500 (its cycles) nor a connection closed without an answer (the lean
+        routes': :meth:`~serving.protocol.http1_httptools.CoalescingHttpToolsProtocol._answer`). A client
+        or load balancer retries a 503 elsewhere; a 500 says the request itself failed. Each cut task
+        writes it as its cancellation reaches it."""
+        settings = getattr(getattr(self.config.app, "state", None), "settings", None)
+        retry_after = max(1, round(getattr(settings, "retry_after_s", 1.0)))
+        refusal = error_response(f"the gateway is shutting down: {why}; retry it", 503)
+        answer = (503, [*refusal.raw_headers, (b"retry-after", b"%d" % retry_after)], refusal.body)
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is None or cycle.response_complete or getattr(cycle, "response_started", False):
+                continue
+            if hasattr(cycle, "send_500_response"):  # uvicorn's cycle, which answers a cut request 500
+                cycle.send_500_response = partial(_send_cut_answer, cycle, answer)
+            elif hasattr(cycle, "cut_answer"):  # a lean route's (serving.protocol.http1_httptools)
+                cycle.cut_answer = answer
 
     def _grpc(self) -> Any:
         return getattr(getattr(self.config.app, "state", None), "grpc", None)
@@ -400,6 +423,7 @@ class GatewayServer(uvicorn.Server):
             f", cutting {cut} in flight" if cut else " (nothing in flight)",
             " (exit status 1)" if self.exit_status else "",
         )
+        self._answer_cuts_503("a second Ctrl-C cut this request before it was answered")
         for task in tasks:
             task.cancel(msg="cut by a second Ctrl-C")
         if grpc_handle is not None:
@@ -421,6 +445,14 @@ class GatewayServer(uvicorn.Server):
             )
         if self.exit_status:
             self._captured_signals.clear()  # python -m serving exits with exit_status instead
+
+
+async def _send_cut_answer(cycle: Any, answer: tuple[int, list, bytes]) -> None:
+    """The ``send_500_response`` of a uvicorn cycle the stop cut (:meth:`GatewayServer._answer_cuts_503`)."""
+    status, headers, body = answer
+    closing = [*headers, (b"connection", b"close")]  # the connection's last answer
+    await cycle.send({"type": "http.response.start", "status": status, "headers": closing})
+    await cycle.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _work(requests: int, calls: int | None) -> str:

@@ -84,8 +84,9 @@ class QueuedRequestsFirst(FlowControl):
 class DirectCycle:
     """A request the protocol answers itself (:class:`CoalescingHttpToolsProtocol`): what uvicorn's
     protocol reads of its ``cycle`` (``response_complete``, ``keep_alive``, ``disconnected``,
-    ``message_event``), the scope a lean route needs, the body as it arrives and what it holds of the
-    body budget."""
+    ``message_event``), the scope a lean route needs, the body as it arrives, what it holds of the
+    body budget, and the answer a stop that cuts it sets (``cut_answer``: a 503, written in place of
+    the connection closed without one; :meth:`serving.app.GatewayServer._answer_cuts_503`)."""
 
     __slots__ = (
         "scope",
@@ -96,6 +97,7 @@ class DirectCycle:
         "response_complete",
         "disconnected",
         "message_event",
+        "cut_answer",
     )
 
     def __init__(self, scope: dict[str, Any], routes: Any, keep_alive: bool, hold: BodyHold | None) -> None:
@@ -104,6 +106,7 @@ class DirectCycle:
         self.body = bytearray()
         self.response_complete = self.disconnected = False
         self.message_event = _NOBODY_WAITS  # the protocol sets it when the connection is lost
+        self.cut_answer: tuple[int, list, bytes] | None = None  # (status, headers, body)
 
 
 class _NobodyWaits:
@@ -572,7 +575,10 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         except asyncio.CancelledError:
             if cycle.disconnected or self.transport.is_closing():
                 return  # its client left (connection_lost): no answer to write
-            raise
+            if cycle.cut_answer is None:
+                raise
+            # the stop cut it (its grace ran out, a second Ctrl-C): its 503, then the connection's end
+            (status, headers, body), cycle.keep_alive, response = cycle.cut_answer, False, None
         except BaseException as exc:  # as uvicorn's cycle: logged, a 500, the connection closed
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"
