@@ -391,14 +391,17 @@ class GatewayServer(uvicorn.Server):
         retry_after = max(1, round(getattr(settings, "retry_after_s", 1.0)))
         refusal = error_response(f"the gateway is shutting down: {why}; retry it", 503)
         answer = (503, [*refusal.raw_headers, (b"retry-after", b"%d" % retry_after)], refusal.body)
+        metrics = getattr(getattr(self.config.app, "state", None), "metrics", None)
+        if metrics is not None:  # the requests cut from now on are counted as they are answered
+            metrics.stop_cuts()
         for connection in list(self.server_state.connections):
-            cycle = getattr(connection, "cycle", None)
-            if cycle is None or cycle.response_complete or getattr(cycle, "response_started", False):
-                continue
-            if hasattr(cycle, "send_500_response"):  # uvicorn's cycle, which answers a cut request 500
-                cycle.send_500_response = partial(_send_cut_answer, cycle, answer)
-            elif hasattr(cycle, "cut_answer"):  # a lean route's (serving.protocol.http1_httptools)
-                cycle.cut_answer = answer
+            # the request being answered, which is not the connection's ``cycle`` (the last parsed)
+            # where requests are pipelined behind it (serving.protocol.http1_httptools); h11 parses
+            # none past the one it answers
+            answering = getattr(connection, "answering", None)
+            cycles = {id(c): c for c in (answering, getattr(connection, "cycle", None)) if c is not None}
+            for cycle in cycles.values():
+                _set_cut_answer(cycle, answer)
 
     def _grpc(self) -> Any:
         return getattr(getattr(self.config.app, "state", None), "grpc", None)
@@ -445,6 +448,16 @@ class GatewayServer(uvicorn.Server):
             )
         if self.exit_status:
             self._captured_signals.clear()  # python -m serving exits with exit_status instead
+
+
+def _set_cut_answer(cycle: Any, answer: tuple[int, list, bytes]) -> None:
+    """``answer`` made the answer of ``cycle`` when the stop cuts it, unless its answer has begun."""
+    if getattr(cycle, "response_complete", True) or getattr(cycle, "response_started", False):
+        return  # answered, its answer begun, or no cycle the gateway knows
+    if hasattr(cycle, "send_500_response"):  # uvicorn's cycle, which answers a cut request 500
+        cycle.send_500_response = partial(_send_cut_answer, cycle, answer)
+    elif hasattr(cycle, "cut_answer"):  # a lean route's (serving.protocol.http1_httptools)
+        cycle.cut_answer = answer
 
 
 async def _send_cut_answer(cycle: Any, answer: tuple[int, list, bytes]) -> None:

@@ -77,8 +77,8 @@ class MetricFamilies:
         self.request_failures = Counter(
             "kiln_request_failures",
             "Failed inference requests by model and the HTTP status they ended with (gRPC: the status "
-            f"its code stands for; {CLIENT_LEFT}: cancelled, its client gone or the gateway stopping; 504 "
-            "also: a gRPC call cancelled as its deadline passed)",
+            f"its code stands for; {CLIENT_LEFT}: cancelled, its client gone; 503 also: cut by the gateway's "
+            "stop; 504 also: a gRPC call cancelled as its deadline passed)",
             ["model", "status"],
             registry=r,
         )

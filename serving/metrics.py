@@ -29,7 +29,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.samples import Sample
 
 from serving import metrics_files, process_tree
-from serving.errors import DeadlineExceeded, ModelNotFound, ServingError
+from serving.errors import DeadlineExceeded, ModelNotFound, ServingError, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse
 from serving.metric_families import CLIENT_LEFT, MetricFamilies
 from serving.open_files import open_metric_files
@@ -76,6 +76,8 @@ class GatewayMetrics(MetricFamilies):
         # shared: values read from this worker's own objects (queue depths, open connections), published
         # periodically, keyed by their gauge's child
         self._watched: dict[Any, Callable[[], int]] = {}
+        # the status a request cancelled from now on is counted by, not 499 (:meth:`stop_cuts`)
+        self.cut_status: int | None = None
         self._refresh: asyncio.TimerHandle | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._versioned: dict[tuple[Any, ...], Any] = {}
@@ -85,6 +87,14 @@ class GatewayMetrics(MetricFamilies):
         # index) labels them, not the gateway's repository; without it, the version asked labels them
         # as given (tests' lone metrics)
         self.repository: Any = None
+
+    def stop_cuts(self) -> None:
+        """The gateway's stop is cutting the requests and calls still in flight (its grace ran out, or a
+        second Ctrl-C): each is answered 503 (an HTTP request whose answer had not begun:
+        :meth:`serving.app.GatewayServer._answer_cuts_503`) or ends ``UNAVAILABLE`` (a gRPC call), so
+        one cancelled from now on is counted by that status, as its client saw it, not as a client gone
+        (499)."""
+        self.cut_status = Unavailable.status
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: the hot path records without the label lookup."""
@@ -446,14 +456,16 @@ def _mapped_files() -> set[tuple[int, int]] | None:
     return found
 
 
-def failure_status(error: BaseException, deadline_due: bool = False) -> str:
+def failure_status(error: BaseException, deadline_due: bool = False, cut_status: int | None = None) -> str:
     """The status label of a failed request: its error's HTTP status; when it was cancelled, 504 where
-    its client's deadline was due (``deadline_due``), else 499 (its client left, or the gateway
-    stopped); 500 for anything else (a bug of ours)."""
+    its client's deadline was due (``deadline_due``), else ``cut_status`` where a stop is cutting the
+    requests in flight (the 503 their clients are answered: :attr:`GatewayMetrics.cut_status`), else
+    499 (its client left, or its connection was cut without an answer); 500 for anything else (a bug
+    of ours)."""
     if isinstance(error, ServingError):
         return str(error.status)
     if isinstance(error, asyncio.CancelledError):
-        return str(DeadlineExceeded.status if deadline_due else CLIENT_LEFT)
+        return str(DeadlineExceeded.status if deadline_due else cut_status or CLIENT_LEFT)
     return "500"
 
 
@@ -483,7 +495,7 @@ async def observed(
         return result
     except BaseException as error:  # counted and raised on: nothing added on the success path
         due = deadline_s is not None and time.monotonic() - started >= deadline_s - DEADLINE_SLACK_S
-        metrics.child(metrics.request_failures, name, failure_status(error, due)).inc()
+        metrics.child(metrics.request_failures, name, failure_status(error, due, metrics.cut_status)).inc()
         setattr(error, COUNTED, True)  # the front end's handler does not count it again (refused)
         raise
     finally:

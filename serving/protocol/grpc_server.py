@@ -106,6 +106,7 @@ class GrpcHandle:
     stopping: asyncio.Future | None = field(default=None, repr=False)
     # the calls the stop's grace cut: None where some were and grpc.aio does not say how many
     cut: int | None = field(default=0, repr=False)
+    metrics: GatewayMetrics | None = field(default=None, repr=False)  # told when the stop cuts calls
 
     def in_flight(self) -> int | None:
         """The calls Kiln's server is answering now (a stream with a request in flight is one); None for
@@ -142,6 +143,8 @@ class GrpcHandle:
         if calls == 0:  # the last ones ended as the grace ran out
             return
         self.cut = calls
+        if self.metrics is not None:  # the calls it cuts end UNAVAILABLE: counted 503, not 499
+            self.metrics.stop_cuts()
         log.warning(
             "gRPC server stop: the shutdown grace (%g s) ran out with %s in flight: cut",
             grace_s,
@@ -184,8 +187,11 @@ async def start_grpc_server(
     health = HealthServicer(backend)
     if server == "kiln":
         limits = (max_message_bytes, reuse_port, read_timeout_s, budget, send_timeout_s)
-        return await _start_kiln_server(servicer, health, host, port, *limits, balancer)
-    return await _start_grpcio_server(servicer, health, host, port, max_message_bytes, reuse_port)
+        handle = await _start_kiln_server(servicer, health, host, port, *limits, balancer)
+    else:
+        handle = await _start_grpcio_server(servicer, health, host, port, max_message_bytes, reuse_port)
+    handle.metrics = metrics
+    return handle
 
 
 async def _start_grpcio_server(

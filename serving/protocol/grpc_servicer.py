@@ -306,7 +306,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.metrics is None or not isinstance(request, service_pb2.ModelInferRequest):
             return
         due = left_s is not None and left_s <= DEADLINE_SLACK_S
-        self._refused(request.model_name, error, int(failure_status(error, due)), request.model_version)
+        status = failure_status(error, due, self.metrics.cut_status)
+        self._refused(request.model_name, error, int(status), request.model_version)
 
     async def _infer(self, request, context) -> service_pb2.ModelInferResponse | grpc_codec.RawAnswer:
         """Decode, run on the backend, encode. The outputs' classification counts go in their own field:

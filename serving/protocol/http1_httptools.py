@@ -135,6 +135,16 @@ def _count_cut(cycle: DirectCycle) -> None:
         refused(cycle.scope, ClientDisconnect(), status)
 
 
+def _count_left(cycle: DirectCycle, cut: asyncio.CancelledError) -> None:
+    """A lean request whose client left before its answer: a 499 for the model it names, as the other
+    routes count it, where :func:`~serving.metrics.observed` has not (``cut`` marked); one that left
+    while its body was inflated or parsed (in the JSON helper, behind others) ran into no model and
+    was counted nowhere."""
+    refused = cycle.routes.limited.on_refused
+    if refused is not None:
+        refused(cycle.scope, cut, CLIENT_LEFT)
+
+
 class _LingerOnClose:
     """The transport an ASGI cycle writes to, whose ``close`` is the protocol's lingering close. It
     holds the protocol weakly: the protocol holds the cycle, and the cycle this (a reference cycle
@@ -197,6 +207,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._send_watch: SendWatch | None = None  # while the client is not reading our answers
         self._answer_task: asyncio.Task | None = None  # the lean answer being computed (one at a time)
+        # the request being answered (a DirectCycle or uvicorn's cycle): ``cycle`` is the last one parsed,
+        # which is a request pipelined behind it while it is answered (the stop's cut answers this one)
+        self.answering: Any = None
         self._skipped = 0  # body bytes still to come of a request whose upgrade was not taken
         self._unparsed = b""  # what the client sent past QUEUED_REQUESTS queued requests, parsed in turn
         self._quiet_linger = False  # a linger shorter than LINGER_S, made LINGER_S by the client's bytes
@@ -309,6 +322,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             self._received(part)
 
     def on_response_complete(self) -> None:
+        if self.pipeline and not self.transport.is_closing():
+            self.answering = self.pipeline[-1][0]  # the queued request uvicorn begins next
         super().on_response_complete()
         if self._unparsed and not self.pipeline and not self.transport.is_closing():
             self.data_received(b"")  # the queue answered: what waited behind it, parsed
@@ -402,6 +417,8 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 self.cycle = direct  # type: ignore[assignment]
                 return
         super().on_headers_complete()
+        if self.cycle is not cycle and (cycle is None or cycle.response_complete):
+            self.answering = self.cycle  # begun at once (else queued behind the one being answered)
         if self.cycle is not cycle:
             # its close, after an answer with "connection: close", lingers where the client's later
             # requests (pipelined behind it, or a burst that crossed the stop) lie unread, which a
@@ -561,6 +578,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
             self._read_timer = None
         cycle = self.cycle
         if isinstance(cycle, DirectCycle):
+            self.answering = cycle
             task = self._answer_task = self.loop.create_task(self._answer(cycle))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)  # the server waits for these when it shuts down
@@ -572,8 +590,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         try:
             response = await cycle.routes.respond(cycle.scope, bytes(cycle.body))
             status, headers, body = response.status_code, response.raw_headers, response.body
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cut:
             if cycle.disconnected or self.transport.is_closing():
+                _count_left(cycle, cut)
                 return  # its client left (connection_lost): no answer to write
             if cycle.cut_answer is None:
                 raise
