@@ -131,8 +131,14 @@ class Gateway:
         return self.backend.is_live() and not self._stopped(for_good=True)
 
     async def is_ready(self) -> bool:
+        if self._stopping:
+            return False
+        # the backend is asked whatever the translators' state: its probe records or clears a Triton
+        # outage, the answer's first reason (one a model's probe recorded named a Triton back since,
+        # instead of the dead translator, for as long as that translator was not ready)
+        ready = await self.backend.is_ready()
         failed = self.translators.failed if self.translators is not None else {}
-        return not self._stopping and not failed and not self._stopped() and await self.backend.is_ready()
+        return ready and not failed and not self._stopped()
 
     def _stopped(self, for_good: bool = False) -> bool:
         """Whether a translator has no decode worker that can decode now (:meth:`Translator.stopped`),
@@ -182,6 +188,12 @@ class Gateway:
         translator = self.translators.translators.get(name)  # type: ignore[union-attr]
         stopped = translator.stopped() if translator is not None else ""
         return stopped or getattr(self.backend, "outage", "")  # a Triton its steps cannot reach
+
+    def index_reason(self, name: str) -> str:
+        """Why the repository index lists ``name`` unavailable: a translator the gateway decodes, as its
+        readiness says (:meth:`unready_reason`: its decode workers dead, a Triton its steps cannot reach;
+        the index said "not ready"); another model, its load error, as Triton's index gives it."""
+        return self.unready_reason(name) if self._translates(name) else self.load_error(name)
 
     @property
     def decode_outage(self) -> str:

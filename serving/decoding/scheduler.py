@@ -77,6 +77,9 @@ class DecodingScheduler:
         self._stop = np.zeros(1, dtype=np.int64)
         self._batch = self._new_batch()  # decode thread only; keys: (job, sentence index)
         self._reserved = 0  # rows reserved by the batch's sentences (written by the decode thread)
+        # sentences taken off the queue whose encoder call runs, not reserved yet (decode thread): a
+        # stop's grace waits for them too (it saw nothing waiting or reserved, and answered them 503)
+        self._admitting = False
         self._steps = 0  # decoder steps run (written by the decode thread)
         # failures of a server that cannot serve now, logged since the last call that worked (decode
         # thread): a Triton that is down failed every batch, a warning each
@@ -115,7 +118,7 @@ class DecodingScheduler:
         a model call still running then is cancelled where its runner can be (a hung Triton's)."""
         self._stopping = True
         deadline = time.monotonic() + grace_s
-        while (self._waiting or self._reserved) and time.monotonic() < deadline:
+        while (self._waiting or self._admitting or self._reserved) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._thread is not None:
             self._halt = True
@@ -510,7 +513,15 @@ class DecodingScheduler:
             waiting = self._waiting
             if not waiting or not ready_to_admit(waiting, self._steps, self._batch.size, self.config):
                 return
+            self._admitting = True  # before they leave the queue: a stop sees them in one or the other
             picked = pick(waiting, self.config.max_rows - self._reserved, self.config, take=True)
+        try:
+            self._join(picked)
+        finally:
+            self._admitting = False  # reserved by then (or answered)
+
+    def _join(self, picked: list[tuple[Job, int]]) -> None:
+        """Encode the ``picked`` sentences in one encoder call and join them to the batch."""
         if not picked:
             return
         sources = [job.sources[i] for job, i in picked]

@@ -56,6 +56,8 @@ def _batching_fields(stat: Any) -> dict[str, Any]:
 # requests, beam 4): the scheduler pays two gRPC round trips per decoder step into python-backend
 # models, while Triton's model makes its encoder/decoder calls in-process through BLS.
 TRANSLATE_MODES = ("scheduler", "triton")
+# why a runner's call failed after its cancel (a decoding scheduler's stop past its grace)
+CANCELLED = "the call was cancelled: the gateway is stopping"
 
 
 class TritonBackend(TritonModels):
@@ -155,11 +157,19 @@ class TritonBackend(TritonModels):
                 tensor = client_module.InferInput(key, list(value.shape), datatype_of(value))
                 tensor.set_data_from_numpy(value)
                 tensors.append(tensor)
+            # cancelled, its channel is closed: a call then (the other runner's next, after this one's
+            # hung call was cancelled) was grpc's ValueError, a 500 and a traceback, not the stop's 503
+            if cancelled.is_set():
+                raise self._unavailable(CANCELLED)
             try:
                 result = client.infer(name, tensors, outputs=outputs, **extra)
+            except ValueError:  # grpc's "Cannot invoke RPC on closed channel!": cancelled since the look
+                if cancelled.is_set():
+                    raise self._unavailable(CANCELLED) from None
+                raise
             except InferenceServerException as error:  # Triton's answer, or gRPC's lost link: its status
                 if cancelled.is_set():
-                    raise self._unavailable("the call was cancelled: the gateway is stopping") from None
+                    raise self._unavailable(CANCELLED) from None
                 mapped = self._error_for(error)
                 if isinstance(mapped, ModelNotFound) and not ready_now(client, probe):
                     mapped = self._draining(mapped)

@@ -60,7 +60,8 @@ async def ready_together(backend: Backend, models: list[tuple[str, str]]) -> lis
 def _state(backend: Backend, name: str, version: str, ready: bool) -> dict[str, Any]:
     if ready:
         return {"name": name, "version": version, "state": "READY", "reason": ""}
-    return _unavailable(name, version, backend.load_error(name) or "not ready")
+    why = getattr(backend, "index_reason", backend.load_error)(name)  # the gateway's: a dead translator's
+    return _unavailable(name, version, why or "not ready")
 
 
 def _unavailable(name: str, version: str, reason: str) -> dict[str, Any]:
