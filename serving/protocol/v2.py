@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, NotServed, ServingError
 from serving.execution.model_versions import parse_version
-from serving.metrics import CLIENT_LEFT, observed_infer
+from serving.metrics import CLIENT_LEFT, COUNTED, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
 from serving.protocol.repository_index import known_metadata, loaded_metadata, repository_index
@@ -235,7 +236,11 @@ async def infer(
     result = await until_client_leaves(request, observed_infer(backend, metrics, parsed.request))
     if result is None:  # its client left (a translation's rows left the decode batch): nobody to answer
         return Response(status_code=CLIENT_LEFT)
-    content, header_length = await request.app.state.json_offload.encode_infer(result, parsed)
+    try:
+        content, header_length = await request.app.state.json_offload.encode_infer(result, parsed)
+    except asyncio.CancelledError as cut:  # its client left as a large answer was written: counted a
+        setattr(cut, COUNTED, True)  # success already (observed), not a 499 on top (serving.protocol.http1)
+        raise
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(
