@@ -135,14 +135,14 @@ def _count_cut(cycle: DirectCycle) -> None:
         refused(cycle.scope, ClientDisconnect(), status)
 
 
-def _count_left(cycle: DirectCycle, cut: asyncio.CancelledError) -> None:
+def _count_left(cycle: DirectCycle, cut: asyncio.CancelledError, status: int = CLIENT_LEFT) -> None:
     """A lean request whose client left before its answer: a 499 for the model it names, as the other
     routes count it, where :func:`~serving.metrics.observed` has not (``cut`` marked); one that left
     while its body was inflated or parsed (in the JSON helper, behind others) ran into no model and
-    was counted nowhere."""
+    was counted nowhere. ``status``: the 503 a stop that cut it answered instead."""
     refused = cycle.routes.limited.on_refused
     if refused is not None:
-        refused(cycle.scope, cut, CLIENT_LEFT)
+        refused(cycle.scope, cut, status)
 
 
 class _LingerOnClose:
@@ -598,6 +598,7 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
                 raise
             # the stop cut it (its grace ran out, a second Ctrl-C): its 503, then the connection's end
             (status, headers, body), cycle.keep_alive, response = cycle.cut_answer, False, None
+            _count_left(cycle, cut, status)  # cut before its model (in the JSON helper): counted nowhere
         except BaseException as exc:  # as uvicorn's cycle: logged, a 500, the connection closed
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             status, headers, body = 500, INTERNAL_ERROR, b"Internal Server Error"

@@ -183,7 +183,7 @@ async def _decoded_scores(
     try:
         arrays = await decode_images(slots, blobs, pre, image_limits(settings), deadline)
     except asyncio.CancelledError as gone:
-        metrics.refused(entry.name, gone, CLIENT_LEFT)
+        metrics.refused(entry.name, gone, metrics.cut_status or CLIENT_LEFT)  # 503: cut by a stop
         raise
     return await _infer_scores(entry, arrays, backend, metrics, deadline.left())
 
