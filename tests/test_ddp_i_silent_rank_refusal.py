@@ -16,19 +16,25 @@ from training.cli import run_trainer
 MISSING = "--resume out/a.pt: no resume state at out/a.resume.pt"
 
 
-@pytest.fixture
-def rank_1(monkeypatch, tmp_path):
-    """This process as rank 1 of a two-process torchrun; the path of its error file."""
+def as_rank(monkeypatch, tmp_path, rank: int, local_rank: int, world_size: int):  # noqa: ANN001, ANN201
+    """This process as ``rank`` (``local_rank`` on its node) of a torchrun of ``world_size``; the path
+    of its error file."""
     for name, value in {
-        "RANK": "1",
-        "LOCAL_RANK": "1",
-        "WORLD_SIZE": "2",
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(world_size),
         "MASTER_ADDR": "127.0.0.1",
     }.items():
         monkeypatch.setenv(name, value)
     path = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
     return path
+
+
+@pytest.fixture
+def rank_1(monkeypatch, tmp_path):
+    """This process as rank 1 of a two-process torchrun; the path of its error file."""
+    return as_rank(monkeypatch, tmp_path, 1, 1, 2)
 
 
 def summary_line(path) -> str:

@@ -12,6 +12,7 @@ import pytest
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 import training.cli as cli
+from tests.test_ddp_i_silent_rank_refusal import as_rank
 from training.cli import run_trainer
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -41,16 +42,8 @@ class _FillsUp:
 
 @pytest.fixture
 def rank_2(monkeypatch, tmp_path):
-    for name, value in {
-        "RANK": "2",
-        "LOCAL_RANK": "1",
-        "WORLD_SIZE": "4",
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    path = tmp_path / "error.json"
-    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
-    return path
+    """This process as rank 2 (the second on its node) of four; the path of its error file."""
+    return as_rank(monkeypatch, tmp_path, 2, 1, 4)
 
 
 def test_an_error_file_the_disk_cuts_short_is_not_left_for_torchrun_to_choke_on(rank_2, monkeypatch, capsys):

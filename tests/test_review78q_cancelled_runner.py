@@ -11,7 +11,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -24,6 +23,7 @@ from serving.errors import ServingError, Unavailable
 from serving.execution.triton import TritonBackend
 from tests.test_scheduler import LONG, SPEC, FakeDecoder, fake_encoder
 from tests.test_triton_backend_faults import _Repository
+from tests.test_tritonfail_p_hung_stop import fake_triton
 from tests.waiting import until
 
 X = {"x": np.zeros((1, 2), np.float32)}
@@ -49,15 +49,8 @@ class _HalfHung(service_pb2_grpc.GRPCInferenceServiceServicer):
 @pytest.fixture
 def half_hung() -> Iterator[tuple[_HalfHung, str]]:
     servicer = _HalfHung()
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        servicer.release.set()
-        server.stop(0)
+    with fake_triton(servicer) as url:
+        yield servicer, url
 
 
 def test_a_call_on_a_cancelled_runner_is_the_stops_503_not_a_closed_channels_value_error(half_hung) -> None:

@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import numpy as np
@@ -40,18 +42,26 @@ class _Hung(service_pb2_grpc.GRPCInferenceServiceServicer):
         context.abort(grpc.StatusCode.UNAVAILABLE, "released by the test")
 
 
-@pytest.fixture
-def hung() -> Iterator[tuple[_Hung, str]]:
-    servicer = _Hung()
+@contextmanager
+def fake_triton(servicer: Any) -> Iterator[str]:
+    """``servicer`` served as Triton's gRPC inference service on a free port: its address; at the end its
+    ``release`` event set (a held call let go) and the server stopped."""
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         servicer.release.set()
         server.stop(0)
+
+
+@pytest.fixture
+def hung() -> Iterator[tuple[_Hung, str]]:
+    servicer = _Hung()
+    with fake_triton(servicer) as url:
+        yield servicer, url
 
 
 def test_a_triton_runner_blocked_on_a_hung_triton_is_cancelled_at_once(hung) -> None:
