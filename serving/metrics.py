@@ -456,6 +456,16 @@ def _mapped_files() -> set[tuple[int, int]] | None:
     return found
 
 
+def count_cut(metrics: GatewayMetrics, name: str, cut: asyncio.CancelledError, version: str = "") -> None:
+    """A request for model ``name`` (already validated) cancelled before its model took it (its body
+    read, or parsed in the JSON helper): counted once, by the stop's 503 where a stop cut it
+    (:attr:`GatewayMetrics.cut_status`), else 499, and ``cut`` marked counted (the lean layer counts no
+    more). A request uvicorn's cycle answers (a chunked body, ``Expect: 100-continue``) that the stop
+    cut there was answered 503 and counted nowhere."""
+    metrics.refused(name, cut, metrics.cut_status or CLIENT_LEFT, version)
+    setattr(cut, COUNTED, True)
+
+
 def failure_status(error: BaseException, deadline_due: bool = False, cut_status: int | None = None) -> str:
     """The status label of a failed request: its error's HTTP status; when it was cancelled, 504 where
     its client's deadline was due (``deadline_due``), else ``cut_status`` where a stop is cutting the

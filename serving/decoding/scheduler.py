@@ -509,16 +509,16 @@ class DecodingScheduler:
     def _admit(self) -> None:
         """Encode waiting sentences (one of each request in turn) that fit the row budget, in one encoder
         call, and join them."""
-        with self._lock:
-            waiting = self._waiting
-            if not waiting or not ready_to_admit(waiting, self._steps, self._batch.size, self.config):
-                return
-            self._admitting = True  # before they leave the queue: a stop sees them in one or the other
-            picked = pick(waiting, self.config.max_rows - self._reserved, self.config, take=True)
         try:
+            with self._lock:
+                waiting = self._waiting
+                if not waiting or not ready_to_admit(waiting, self._steps, self._batch.size, self.config):
+                    return
+                self._admitting = True  # before they leave the queue: a stop sees them in one or the other
+                picked = pick(waiting, self.config.max_rows - self._reserved, self.config, take=True)
             self._join(picked)
-        finally:
-            self._admitting = False  # reserved by then (or answered)
+        finally:  # reserved by then (or answered); a pick that raised left it set, and a stop then
+            self._admitting = False  # waited its whole grace with nothing waiting or reserved
 
     def _join(self, picked: list[tuple[Job, int]]) -> None:
         """Encode the ``picked`` sentences in one encoder call and join them to the batch."""

@@ -44,7 +44,7 @@ from serving.errors import (
     UnprocessableInput,
 )
 from serving.execution.base import Backend, InferRequest, InferResponse
-from serving.metrics import CLIENT_LEFT, GatewayMetrics, observed
+from serving.metrics import CLIENT_LEFT, GatewayMetrics, count_cut, observed
 from serving.protocol.deps import get_backend, get_metrics, get_repository, get_settings, validated
 from serving.protocol.lean import WATCHED_BY_PROTOCOL
 from serving.protocol.limits import CONTENT_ENCODING_PARAMETER, request_body
@@ -179,12 +179,16 @@ async def translate(request: Request, name: str) -> Response:
     settings = get_settings(request)
     # then the body, whatever the model (inflated no further than a valid body can be long; a large one
     # parsed off the event loop)
-    raw = await request_body(request, min(settings.max_body_bytes, MAX_BODY_BYTES))
-    offload = request.app.state.json_offload
-    # a large body waits its turn for the JSON helper, held to the request's deadline there; the model
-    # then gets what that leaves (left: None, the whole of it)
-    deadline = Deadline.from_now(settings.request_timeout_s) if offload.offloads(len(raw)) else None
-    body = await offload.call(len(raw), parse_body, raw, deadline=deadline)
+    try:
+        raw = await request_body(request, min(settings.max_body_bytes, MAX_BODY_BYTES))
+        offload = request.app.state.json_offload
+        # a large body waits its turn for the JSON helper, held to the request's deadline there; the model
+        # then gets what that leaves (left: None, the whole of it)
+        deadline = Deadline.from_now(settings.request_timeout_s) if offload.offloads(len(raw)) else None
+        body = await offload.call(len(raw), parse_body, raw, deadline=deadline)
+    except asyncio.CancelledError as cut:  # before its model: a stop's cut (its 503) or its client gone
+        count_cut(get_metrics(request), name, cut)
+        raise
     left = None if deadline is None else deadline.left()
     if entry.task != "translate":
         raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")

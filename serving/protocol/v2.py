@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from serving.errors import BadRequest, NotServed, ServingError
 from serving.execution.model_versions import parse_version
-from serving.metrics import CLIENT_LEFT, COUNTED, observed_infer
+from serving.metrics import CLIENT_LEFT, COUNTED, count_cut, observed_infer
 from serving.protocol.deps import BackendDep, MetricsDep, SettingsDep, VersionDep
 from serving.protocol.limits import request_body
 from serving.protocol.repository_index import known_metadata, loaded_metadata, repository_index
@@ -229,10 +229,14 @@ async def infer(
     version: VersionDep,
 ) -> Response:
     await known_metadata(backend, name, version)  # unknown model -> 404 before any work or metric label
-    body = await request_body(request, settings.max_body_bytes)  # gzip/deflate inflated, held in the budget
-    parsed = await request.app.state.json_offload.parse_infer(  # a large JSON part held to the deadline
-        body, request.headers.get(HEADER_LENGTH), name, version, settings.request_timeout_s
-    )
+    try:  # the body gzip/deflate inflated, held in the budget
+        body = await request_body(request, settings.max_body_bytes)
+        parsed = await request.app.state.json_offload.parse_infer(  # a large JSON part held to the deadline
+            body, request.headers.get(HEADER_LENGTH), name, version, settings.request_timeout_s
+        )
+    except asyncio.CancelledError as cut:  # before its model: a stop's cut (its 503) or its client gone
+        count_cut(metrics, name, cut, version)
+        raise
     result = await until_client_leaves(request, observed_infer(backend, metrics, parsed.request))
     if result is None:  # its client left (a translation's rows left the decode batch): nobody to answer
         return Response(status_code=CLIENT_LEFT)
