@@ -29,7 +29,16 @@ def entry_labels(
             labels[output.name] = _read_labels(directory, output.label_filename, f"output {output.name!r}")
             _check_label_count(directory, output.label_filename, labels[output.name], [output])
     named = kiln.get("labels")
-    if labels or not isinstance(named, str) or not (directory / named.lstrip("/")).is_file():
+    if labels or not isinstance(named, str):
+        return labels
+    if not _label_path(directory, named).is_file():  # a hand-edited kiln.json, or its file removed
+        log.warning(
+            "model %s: kiln.json names labels file %r, which is not a file in %s: its classes are answered "
+            "by index",
+            directory.name,
+            named,
+            directory,
+        )
         return labels
     try:
         shared = _read_labels(directory, named, "kiln.json")
