@@ -168,6 +168,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parse_policy(args.version_policy)
     except ValueError as exc:
         parser.error(f"--version-policy: {exc}")
+    if args.replace_version and args.version == "next":  # accepted, it did nothing: a flag that misleads
+        parser.error(
+            "--replace-version with --version next: next writes a new version (or this checkpoint's own "
+            "again), never another checkpoint's; name the version to write over (--version N)"
+        )
     return args
 
 

@@ -116,10 +116,11 @@ def test_the_version_to_write(tmp_path: Path) -> None:
 
 
 def test_the_flags() -> None:
-    args = parse_args(["--version", "next", "--version-policy", "latest:2", "--replace-version"])
-    assert (args.version, args.version_policy, args.replace_version) == ("next", "latest:2", True)
+    args = parse_args(["--version", "3", "--version-policy", "latest:2", "--replace-version"])
+    assert (args.version, args.version_policy, args.replace_version) == ("3", "latest:2", True)
     options = export_options(args)
-    assert (options.version, options.version_policy, options.replace_version) == ("next", "latest:2", True)
+    assert (options.version, options.version_policy, options.replace_version) == ("3", "latest:2", True)
+    assert parse_args(["--version", "next"]).version == "next"
     assert parse_args([]).version is None and parse_args([]).version_policy is None
     for bad in (["--version", "0"], ["--version", "v2"], ["--version-policy", "newest"]):
         with pytest.raises(SystemExit):
