@@ -1,7 +1,8 @@
-"""A request on uvicorn's cycle (a chunked body: not one the lean layer takes whole) that a stop cuts
-(its grace ran out) while its body waits for the JSON helper, before any model took it, is answered 503
-and counted 503 once. The lean layer's requests were counted so (``_count_left``); these were counted
-nowhere: uvicorn does not cancel a request whose client left, so the stop's is the cut they see."""
+"""A request that a stop cuts (its grace ran out) while its body waits for the JSON helper, before any
+model took it, is answered 503 and counted 503 once, whether the lean layer answers it (a Content-Length
+body: ``_count_left``) or uvicorn's cycle (a chunked body). Both were counted nowhere: only a request its
+model took, or whose client left, was counted; uvicorn does not cancel a request whose client left, so
+on its cycle the stop's is the only cut."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer, write_identity_entries
 from tests.test_draincut_503 import _Server
-from tests.test_metricstruth_lean_client_left import BODY, _held
+from tests.test_metricstruth_lean_client_left import BODY, LEAN, _held
 from tests.waiting import DEADLINE_S
 
 TRANSLATE = json.dumps({"texts": ["hello"]}).encode()
@@ -29,8 +30,8 @@ def _chunked(path: bytes, body: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "request_bytes",
-    [_chunked(b"/v2/models/ident/infer", BODY), _chunked(b"/v1/models/ident/translate", TRANSLATE)],
-    ids=["v2-infer", "translate"],
+    [LEAN, _chunked(b"/v2/models/ident/infer", BODY), _chunked(b"/v1/models/ident/translate", TRANSLATE)],
+    ids=["v2-infer-lean", "v2-infer-chunked", "translate-chunked"],
 )
 def test_a_chunked_request_cut_in_the_json_helper_is_counted_by_its_503(
     tmp_path: Path, request_bytes: bytes
