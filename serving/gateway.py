@@ -187,7 +187,24 @@ class Gateway:
             return reason or getattr(self.backend, "unready_reason", lambda _: "")(name)
         translator = self.translators.translators.get(name)  # type: ignore[union-attr]
         stopped = translator.stopped() if translator is not None else ""
-        return stopped or getattr(self.backend, "outage", "")  # a Triton its steps cannot reach
+        return stopped or getattr(self.backend, "outage", "") or self._step_reason(name)
+
+    def _step_reason(self, name: str) -> str:
+        """Why the backend does not serve translator ``name``'s encoder or decoder entry ("" where it
+        serves both): with Triton behind, one unloaded there (``--model-control-mode explicit``) or
+        that failed to load left the translator's readiness "not ready" with no reason."""
+        reason = getattr(self.backend, "unready_reason", None)
+        if reason is None:
+            return ""
+        try:
+            steps = step_entries(self.repository.get(name))
+        except (KeyError, ValueError, ModelNotFound):
+            return ""
+        return "; ".join(
+            f"its {kind} entry {step!r}: {why}"
+            for kind, step in zip(("encoder", "decoder"), steps, strict=True)
+            if (why := reason(step))
+        )
 
     def index_reason(self, name: str) -> str:
         """Why the repository index lists ``name`` unavailable: a translator the gateway decodes, as its
