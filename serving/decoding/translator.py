@@ -40,6 +40,7 @@ from serving.errors import (
     seconds_text,
 )
 from serving.execution.base import GraphChoice, InferRequest, InferResponse
+from serving.execution.datatypes import datatype_of
 from serving.threads import name_os_thread, os_name
 
 # what decode workers ask a backend's encoder and decoder runners to open (the pool's, and the app's for
@@ -412,6 +413,8 @@ def _infer_text_input(name: str, request: InferRequest) -> tuple[np.ndarray, lis
             f"translator's outputs do not have ({sorted(request.classification)} asked for)"
         )
     given = np.asarray(request.inputs["text"])
+    if given.dtype.kind not in "OSU":  # its metadata's BYTES, as Triton checks it: named, not texts[0]'s
+        raise BadRequest(f"model {name!r}: input 'text' expects datatype BYTES, got {datatype_of(given)}")
     if given.ndim != 2 or given.shape[1] != 1:  # its metadata's [-1, 1], as Triton checks it
         raise BadRequest(f"model {name!r}: input 'text' has shape [-1, 1], got {list(given.shape)}")
     wanted = request.outputs or DEFAULT_OUTPUTS
