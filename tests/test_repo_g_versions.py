@@ -88,6 +88,6 @@ def test_readiness_of_a_version_the_model_does_not_have_says_so_not_another_vers
         broken = client.get("/v2/models/double/versions/3/ready")
         latest = client.get("/v2/models/double/ready")
     assert absent.status_code == 400
-    assert absent.json()["error"] == "model 'double' has no version 2; its versions: ['1', '3']"
+    assert absent.json()["error"] == "model 'double' has no version '2'; available: ['1', '3']"
     assert broken.status_code == 400 and "3/model.onnx" in broken.json()["error"]
     assert latest.status_code == 200

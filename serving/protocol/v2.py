@@ -179,10 +179,20 @@ async def model_ready(name: str, backend: BackendDep, version: VersionDep) -> Re
         return Response(status_code=200)
     listed = _versions(backend, name)
     if version and listed and version not in listed:  # not another version's load error
-        return error_response(f"model {name!r} has no version {version}; its versions: {listed}", 400)
+        return error_response(_unlisted(backend, name, version, listed), 400)
     failed = getattr(backend, "unready_reason", backend.load_error)(name)  # Triton's "not loaded" too
     where = f" in version {version}" if version else ""
     return error_response(f"model {name!r} is not ready{where}" + (f": {failed}" if failed else ""), 400)
+
+
+def _unlisted(backend: Any, name: str, version: str, listed: list[str]) -> str:
+    """Why ``version`` of ``name`` is none of the versions it serves, as its metadata route says it: a
+    version on disk that the version_policy leaves out (a rolled-back one) is named as such, not absent."""
+    try:
+        backend.metadata(name, version)
+    except ServingError as error:
+        return error.message
+    return f"model {name!r} has no version {version}; its versions: {listed}"
 
 
 def _versions(backend: Any, name: str) -> list[str]:
