@@ -212,10 +212,11 @@ class GatewayMetrics(MetricFamilies):
         self._refresh = asyncio.get_running_loop().call_later(SHARED_REFRESH_S, self._publish_watched)
 
     def observe_decode_step(
-        self, model: str, rows: int, requests: int, seconds: float, steps: int = 1
+        self, model: str, rows: float, requests: int, seconds: float, steps: int = 1
     ) -> None:
-        """``steps`` decoder steps of ``rows`` rows for ``requests`` requests, ``seconds`` each (a compiled
-        call runs up to 16): each histogram updated once for all of them (:func:`observe_times`)."""
+        """``steps`` decoder steps of ``rows`` rows (their mean) for ``requests`` requests, ``seconds``
+        each (a compiled call runs up to 16): each histogram updated once for all of them
+        (:func:`observe_times`)."""
         self.versioned(self.decoder_steps, model, "").inc(
             steps
         )  # every version's requests share it: the latest's

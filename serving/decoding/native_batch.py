@@ -25,6 +25,9 @@ from serving.decoding.options import Finished
 from serving.decoding.rows import EncoderRows
 from serving.decoding.step_spec import DecoderInput, StepSpec
 
+# kiln_decode_step's result block: its fixed fields (ort_step.c), then the scratch it is handed
+RESULT_FIELDS = 9
+
 
 def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
@@ -74,6 +77,7 @@ class NativeSteps:
     stop: np.ndarray | None
     hold_steps: int
     last_steps: int
+    last_rows: int
     size: int  # sentences (a property of the batch)
     _identity: np.ndarray
     _in_order: bool
@@ -206,8 +210,12 @@ class NativeSteps:
         """The call's result taken into the batch (``size`` rows and ``n`` sentences before it): the
         search, the rows it changed, the state after its last advance, in the buffers that advance
         wrote, and the Python advance of a step it handed back."""
-        ran, advanced, kept, columns, which, advances, changed, rows = decoder.result[:8].tolist()
+        fields = decoder.result[:RESULT_FIELDS].tolist()
+        ran, advanced, kept, columns, which, advances, changed, rows, rows_run = fields
         result = packed.result(kept, which, ran)
+        # every step ran the rows the call began with unless they changed here (indexed rows, in search
+        # order: C summed each step's)
+        self.last_rows = rows_run if changed else int(self.slot.shape[0]) * ran
         self.beams, self.last_steps = result.beams, ran
         if changed:  # rows widened, narrowed or left in C: search order, `rows` of them
             if not advanced:
@@ -222,7 +230,7 @@ class NativeSteps:
             self.column, self._capacity = columns, call.capacity
             decoder.turn ^= advances & 1  # the next call's first buffers are not these
         if not advanced and self.beams.rows.any():  # (none left: the batch empties, nothing to lay out)
-            before = decoder.result[8 : 8 + n]
+            before = decoder.result[RESULT_FIELDS : RESULT_FIELDS + n]
             _, entries = self._outputs(decoder, size, call.most)  # the buffers the plan has the call write
             self._advance_rows(
                 {"log_probs": log_probs, **entries}, result.origin, before, result.tokens, joining
@@ -255,7 +263,7 @@ class NativeSteps:
         log_probs = decoder.buffer("log_probs", most * vocab, np.float32)[: size * vocab].reshape(size, vocab)
         for output, per_row, dtype in self._entry_sizes:  # grown here: the plan holds their addresses
             decoder.buffer(output, most * per_row, dtype)
-        result = decoder.result = decoder.buffer("result", 8 + n + most, np.int64)
+        result = decoder.result = decoder.buffer("result", RESULT_FIELDS + n + most, np.int64)
         steps_scratch = decoder.buffer("steps", n, np.int64)
         sizes = (decoder.generation, size, n, most, self.hold_steps)  # after the buffers above grew
         tensors, caches, held = self._tensor_fields(decoder, encoder, size)
@@ -270,7 +278,7 @@ class NativeSteps:
             address(holder if self.indexed else self.slot),
             size,
             n,
-            address(result) + 8 * 8,
+            address(result) + RESULT_FIELDS * 8,
             len(self._carried),
             0 if self.stop is None else address(_stop_flag(self.stop)),
             address(steps_scratch),

@@ -154,7 +154,7 @@ class NativeDecoder:
         self._pair_keys: dict[str, tuple[str, str]] = {}  # key: the keys of its two buffers (pair)
         self.generation = 0  # counts buffer reallocations (a plan holding their addresses is rebuilt)
         self.turn = 0  # which of each pair of advance buffers the next call's first advance writes
-        self.result = np.zeros(8, dtype=np.int64)  # the last call's result block (see ort_step.c)
+        self.result = np.zeros(9, dtype=np.int64)  # the last call's result block (see ort_step.c)
         # counts each call as a model run where set (serving.execution.occupancy: a lone classify
         # request then knows a translation is decoding beside it)
         self.occupancy: Any = None
@@ -188,7 +188,7 @@ class NativeDecoder:
             self._buffers.clear()
             self.generation += 1
         self.turn = 0
-        self.result = np.zeros(8, dtype=np.int64)
+        self.result = np.zeros(9, dtype=np.int64)
         return dropped
 
     def pair(self, key: str, elements: int, dtype: Any) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:

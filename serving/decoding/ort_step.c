@@ -181,7 +181,7 @@ release:
 /* Decode steps over the caller's buffers, their arguments in two int64 arrays (addresses as integers).
  *
  * `plan`, what stays while the batch's layout does: [0] session, [1] inputs, [2] outputs (the first is
- * the log-probs the beam step reads), [3] result int64[8] (below), [4] 1 if the rows are the search
+ * the log-probs the beam step reads), [3] result int64[9] (below), [4] 1 if the rows are the search
  * rows in search order (indexed: a step may change their number here; 0: never), [5] each physical
  * row's sentence [P], [6] holder: the search row each physical row holds [P] (0: never advance here;
  * indexed: 0, 1, 2, ... for the most rows of any step), [7] slot: each search row's physical row (the
@@ -222,7 +222,9 @@ release:
  * it, over its outputs), [2] the rows the last beam step kept, [3] the cache column count, [4] which
  * beam arguments the last step used (0: dyn[0], 1: dyn[1]), [5] advances made (the current tokens,
  * positions and caches are in their first buffers when odd), [6] 1 if the rows changed here (indexed),
- * [7] the rows after the last advance.
+ * [7] the rows after the last advance, [8] the decoder rows the steps ran, summed over them (a step's
+ * rows are the physical rows its decoder call ran: a call that widens or narrows them runs other
+ * counts at other steps).
  * Returns 0, or -1 with ONNX Runtime's message in error. */
 int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t size) {
     const int64_t n_in = plan[1], n_out = plan[2], sentences = plan[9], n_caches = plan[11], indexed = plan[4];
@@ -241,6 +243,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     const char *cache_data[MAX_TENSORS];
     const int64_t *tokens = D(5, const int64_t *), *positions = D(6, const int64_t *);
     int64_t column = dyn[3], steps = 0, advances = 0, kept = 0, which = 0, advanced = 0, first_left = -1;
+    int64_t rows_run = 0; /* result[8] */
     if (n_tensors > MAX_TENSORS || n_caches > MAX_TENSORS) {
         snprintf(error, (size_t)size, "the decoder has %lld inputs and outputs; at most %d", (long long)n_tensors,
                  MAX_TENSORS);
@@ -274,6 +277,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
                 int64_t first = joined[sentence[r]];
                 for (int64_t c = 0; c < column; c++) mask[r * column + c] = c >= first;
             }
+        rows_run += physical;
         if (run(P(0, void *), n_in, n_out, tensors, error, size)) return -1;
         int64_t *rows = BEAM(args, 16, int64_t *);
         int steady = holder != NULL;
@@ -363,6 +367,7 @@ int64_t kiln_decode_step(const int64_t *plan, int64_t *dyn, char *error, int64_t
     result[5] = advances;
     result[6] = changed;
     result[7] = physical;
+    result[8] = rows_run;
     return 0;
 }
 #undef P

@@ -123,7 +123,7 @@ class ResidentDecodeBatch(DecodeBatch):
 
     def step(self, run_decoder: Runner, joining: int = 0, steps: int = 1) -> list[Finished]:
         self.last_steps = 1
-        rows = self.live_rows
+        rows = self.last_rows = self.live_rows
         if rows == 0:
             return []
         layout = self._place(rows)

@@ -568,7 +568,11 @@ class DecodingScheduler:
         # in the translator's statistics (execution_count)
         if self.observer is not None and rows:
             seconds = (time.monotonic() - started) / ran
-            self.observer.observe_decode_step(self.model, rows, requests, seconds, ran)
+            # each step's mean rows: a compiled call's steps run other counts than its first where it
+            # widens joiners from one row to their beam or narrows finished ones (rows was the first's)
+            total = getattr(self._batch, "last_rows", 0) or rows * ran
+            per_step = total // ran if total % ran == 0 else total / ran
+            self.observer.observe_decode_step(self.model, per_step, requests, seconds, ran)
         answers: list[tuple[Job, Any, str]] = []
         for done in finished:
             job, index = done.key

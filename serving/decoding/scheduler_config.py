@@ -79,9 +79,9 @@ class DecodeObserver(Protocol):
     """Where the loop reports what it does (``serving.metrics.GatewayMetrics`` implements it)."""
 
     def observe_decode_step(
-        self, model: str, rows: int, requests: int, seconds: float, steps: int = 1
+        self, model: str, rows: float, requests: int, seconds: float, steps: int = 1
     ) -> None:
-        """``steps`` decoder steps (one compiled call's), each of ``rows`` rows, ``seconds`` long."""
+        """``steps`` decoder steps (one compiled call's), ``rows`` rows each on average, ``seconds`` long."""
 
     def observe_release(self, model: str, kind: str) -> None:
         """An idle worker handed back the memory its requests grew (``kind``: ``decode`` here)."""

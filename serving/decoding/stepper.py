@@ -118,6 +118,7 @@ class DecodeBatch(NativeSteps):
         # for its answer meanwhile; 0: that step ends the call (see _native_step)
         self.hold_steps = 0
         self.last_steps = 1  # decoder steps the last step() call ran
+        self.last_rows = 0  # the decoder rows those steps ran, summed (each step's own count)
         self._next_uid = 0
 
     def prepare(self, max_rows: int) -> None:
@@ -251,7 +252,7 @@ class DecodeBatch(NativeSteps):
         ``steps``: a decoder with a compiled step (``run_decoder.native``) may run up to this many steps
         in one call while no sentence changes its rows (:meth:`_native_step`); :attr:`last_steps` says
         how many ran."""
-        self.last_steps = 1
+        self.last_steps, self.last_rows = 1, self.live_rows  # a compiled call sets its own
         if self.live_rows == 0:
             return []
         decoder = getattr(run_decoder, "native", None)
