@@ -376,8 +376,17 @@ def _inflate(
     out = Inflated(
         at_most - 1, grow
     )  # a step at a time, as HTTP's bodies: one call held the GIL ~30 ms at 64 MiB
+    decoder = zlib.decompressobj(window)
     try:
-        out.stream(zlib.decompressobj(window), memoryview(message), 0)  # past the limit: at_most bytes kept
-        return out.value()
+        end = out.stream(decoder, memoryview(message), 0)  # past the limit (None): at_most bytes kept
     except zlib.error as error:
         raise Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the request: {error}") from None
+    # zlib hands back a cut stream's prefix without a word (a gzip one's CRC never checked), and stops
+    # at its end whatever follows: grpc core refuses both, as HTTP's bodies are refused (limits.inflate)
+    if end is not None and not decoder.eof:
+        raise Aborted(grpc.StatusCode.INTERNAL, "cannot decompress the request: the stream is cut short")
+    if end is not None and end != len(message):
+        raise Aborted(
+            grpc.StatusCode.INTERNAL, "cannot decompress the request: bytes follow the end of its stream"
+        )
+    return out.value()
