@@ -281,6 +281,10 @@ class Call:
             budget.give(self.held - size)
             self.held = size
 
+    def backlogged(self) -> bool:
+        """Whether its client is granted no more window for now (a stream's messages wait: h2_streams)."""
+        return False
+
     def holds_message(self) -> bool:
         """Whether the budget holds this call's whole message already (a large one's, from its prefix on)."""
         return self.declared is not None and self.held >= self.declared + 5

@@ -119,14 +119,38 @@ class RequestFrames(ConnectionState):
             self._finish(call, *refusal)
         elif not call.ended:
             call.last_read = self.loop.time()
+            if call.streaming:
+                self._watch_message(call)
             call.unacked += received
-            if call.unacked >= STREAM_WINDOW // 2:
+            if call.unacked >= STREAM_WINDOW // 2 and not call.backlogged():
                 self._write(w.window_update(stream, call.unacked))
                 call.unacked = 0
         elif call.streaming:
+            self.partial.pop(stream, None)
             call.end_requests()
         else:
             self._dispatch(call)
+
+    def _grant_taken(self, call: StreamCall) -> None:
+        """A stream's servicer took a message: the window withheld from its client while messages waited
+        (:meth:`_data`) is granted once they no longer hold ``h2_streams.BACKLOG_BYTES``."""
+        if call.unacked < STREAM_WINDOW // 2 or call.ended or call.backlogged():
+            return
+        if self.calls.get(call.stream) is call:
+            self._write(w.window_update(call.stream, call.unacked))
+            call.unacked = 0
+            call.last_read = self.loop.time()  # the client could not send meanwhile: its clock restarts
+
+    def _watch_message(self, call: StreamCall) -> None:
+        """A stream's message begun and not yet whole pauses no longer than a unary call's request may
+        (h2_watch's read timeout, or the deadline), as the bytes it holds in the body budget are held
+        (held for the connection's life, a few such streams kept the budget full and every other
+        request refused); pauses between messages stay the client's to take."""
+        if not call.incoming:
+            self.partial.pop(call.stream, None)
+        elif call.stream not in self.partial:
+            self.partial[call.stream] = call
+            self.fresh.append(call)  # h2_watch's, after this read
 
     def _within_content_length(self, call: Call, size: int, flags: int) -> bool:
         """Count ``size`` bytes of DATA against the content-length ``call`` declared, if it did; False,
@@ -227,6 +251,7 @@ class RequestFrames(ConnectionState):
             self._reset(call, w.PROTOCOL_ERROR)  # malformed (section 8.1): that call alone
             return
         if call.streaming:
+            self.partial.pop(call.stream, None)
             call.end_requests()
         else:
             call.ended = True
@@ -276,6 +301,7 @@ class RequestFrames(ConnectionState):
             call.deadline = self.loop.time() + seconds
             call.halfway = call.deadline - seconds / 2
         if kind is StreamCall:
+            call.taken = self._grant_taken
             self._open_stream(call, ended)
             return
         self.calls[stream] = call

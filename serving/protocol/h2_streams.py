@@ -12,8 +12,12 @@ What a stream holds is bounded as a unary call's is: the bytes of messages not y
 the body budget (a message's inflated size once inflated, and its queue entry's), given back one
 message at a time as each answer leaves (``ModelStreamInfer`` answers each request once; an answer
 waiting for the client's window keeps its request held) and all at the call's end; a message over
-the limit ends the call RESOURCE_EXHAUSTED, past the budget UNAVAILABLE. Pauses between messages are
-the client's to take (a stream may idle, as grpc core allows); the deadline, when sent, holds. When
+the limit ends the call RESOURCE_EXHAUSTED, past the budget UNAVAILABLE. A client sending faster than
+its servicer takes the messages gets no more window while those waiting hold ``BACKLOG_BYTES`` (the
+servicer takes up to its own bound, ``STREAM_IN_FLIGHT``, at once). Pauses between messages are
+the client's to take (a stream may idle, as grpc core allows); a message begun pauses no longer than a
+unary call's request may (the read timeout: DEADLINE_EXCEEDED, :mod:`h2_watch`), and the deadline,
+when sent, holds. When
 the server stops, a stream with nothing in flight ends at once, UNAVAILABLE, and one with requests in
 flight after their answers (:meth:`StreamCalls.end_idle_streams`).
 """
@@ -57,12 +61,13 @@ _ENDED = object()  # the client's half is over: the request iterator stops here
 # budget with them: a stream of empty 5-byte messages held ~13 times the bytes the budget counted, so
 # a 1 GiB budget let one client's messages hold ~13 GiB
 QUEUED_MESSAGE_BYTES = 96
+BACKLOG_BYTES = 1 << 22  # a stream's messages waiting for its servicer past which its window is withheld
 
 
 class StreamCall(Call):
     """A streaming call: its messages in as they complete, its responses out as they are yielded."""
 
-    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent")
+    __slots__ = ("inbox", "incoming", "unanswered", "owed", "headers_sent", "queued", "taken")
 
     streaming = True
 
@@ -73,6 +78,14 @@ class StreamCall(Call):
         self.unanswered: deque[int] = deque()  # the budget each message handed over holds till answered
         self.owed = 0  # answers yielded but still waiting for the client's window (their requests held)
         self.headers_sent = False
+        # the bytes of the messages in ``inbox`` its servicer has not taken yet: past BACKLOG_BYTES the
+        # client is granted no more window (h2_requests), and ``taken`` (the connection's, set when the
+        # stream opens) grants what was withheld as the servicer takes them, as grpc core's flow control
+        # holds a client to the pace its server reads at (granted regardless, a client streaming faster
+        # than its model filled the process's body budget in a second or two: its stream, and every
+        # other request, refused)
+        self.queued = 0
+        self.taken: Any = None
         # answers yielded while others wait for window go behind them in ``pending``, each as it is
         # (joining each to the bytes before it copied them all again: N answers waiting for a
         # client's window cost the loop N² bytes)
@@ -105,6 +118,7 @@ class StreamCall(Call):
                 return _UNAVAILABLE, budget.refusal().message
             self.held += len(whole) * QUEUED_MESSAGE_BYTES
         for item in whole:
+            self.queued += len(item[1]) + 5
             self.inbox.put_nowait(item)
         return None
 
@@ -122,6 +136,9 @@ class StreamCall(Call):
                 raise item
             compressed, message = item
             size = len(message) + 5
+            self.queued -= size
+            if self.taken is not None:
+                self.taken(self)
             if compressed:
                 plain = decompress_small(self.encoding, message)
                 if plain is None:
@@ -142,6 +159,10 @@ class StreamCall(Call):
                 raise Aborted(grpc.StatusCode.INTERNAL, "cannot parse the request message") from None
             self.unanswered.append(size + QUEUED_MESSAGE_BYTES if budget is not None else 0)
             yield request
+
+    def backlogged(self) -> bool:
+        """Whether the messages waiting for its servicer hold enough that its client gets no more window."""
+        return self.queued >= BACKLOG_BYTES
 
     def answered(self, budget: BodyBudget | None, count: int = 1) -> None:
         """``count`` answers have left: the oldest requests' bytes go back to the budget."""

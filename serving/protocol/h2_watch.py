@@ -31,7 +31,7 @@ import logging
 import grpc
 
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_call import Call
+from serving.protocol.grpc_call import HEAD_BYTES, Call
 from serving.protocol.h2_state import ConnectionState
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class PartialCalls(ConnectionState):
             call = self.partial.get(stream)
             if call is None:
                 continue  # dispatched, reset or ended meanwhile
-            if self.reading_paused:
+            if self.reading_paused or call.backlogged():
                 call.last_read = now  # the server is the wait, not the client
             expiry = self._expiry(call)
             if expiry > now:  # more of it arrived: back in line for its new expiry
@@ -181,7 +181,9 @@ class PartialCalls(ConnectionState):
                 details = f"request message not received within {timeout:g} s"
             # told to the servicer (counted for the model its first bytes name, as HTTP/1 counts a
             # body its read timeout ended): no servicer ever sees the call otherwise
-            self._finish(call, *call.refused(b"", DEADLINE_EXCEEDED, details))
+            del self.partial[stream]  # a stream's trailers may wait behind its answers: expired once
+            begun = bytes(call.incoming[: HEAD_BYTES + 5]) if call.streaming else b""  # a stream's message
+            self._finish(call, *call.refused(begun, DEADLINE_EXCEEDED, details))
         self._arm_watch()
 
     def _stop_watch(self) -> None:
