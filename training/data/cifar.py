@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiln.labels import line_problem
 from training.data.image_formats import DatasetError, RawImages, existing_dir
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,11 @@ def read_cifar10(path: str | None, *, channels: int | None = None, size: int | N
     for file in cifar_batch_files(root):
         batch = _unpickle(file)
         data, batch_labels = _cifar_field(batch, file, "data"), _cifar_field(batch, file, "labels")
-        data = np.asarray(data)
+        try:
+            data = np.asarray(data)
+        except ValueError as exc:  # rows of different lengths: numpy's message named no file
+            raise DatasetError(f"{file}: data is not an (N, 3072) array of pixel rows ({exc})") from exc
+        batch_labels = _cifar_labels(file, batch_labels)
         if data.dtype.kind not in "iu" or (data.size and not 0 <= data.min() <= data.max() <= 255):
             span = f" {data.min()}..{data.max()}" if data.dtype.kind in "iuf" and data.size else ""
             raise DatasetError(f"{file}: expected pixel values in 0..255, got {data.dtype}{span}")
@@ -40,10 +45,15 @@ def read_cifar10(path: str | None, *, channels: int | None = None, size: int | N
                 f"{file}: expected data (N, 3072) and N labels, got {data.shape} / {len(batch_labels)}"
             )
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R, G, B planes
-        labels.append(torch.as_tensor(np.asarray(batch_labels, dtype=np.int64)))
+        labels.append(torch.from_numpy(batch_labels))
     meta_file = root / "batches.meta"
     if meta_file.is_file():
-        classes = [_text(name) for name in _cifar_field(_unpickle(meta_file), meta_file, "label_names")]
+        names = _cifar_field(_unpickle(meta_file), meta_file, "label_names")
+        if not isinstance(names, (list, tuple, np.ndarray)):
+            raise DatasetError(
+                f"{meta_file}: expected label_names as a list of class names, got {type(names).__name__}"
+            )
+        classes = class_names(meta_file, [_text(meta_file, name) for name in names])
     else:
         log.warning("%s: batches.meta not found, class names are indices", root)
         classes = [str(i) for i in range(10)]
@@ -67,9 +77,11 @@ def read_cifar10_binary(root: Path) -> RawImages:
         images.append(torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()))  # R, G, B planes
     meta_file = root / "batches.meta.txt"
     if meta_file.is_file():  # ten names, then blank lines
-        classes = [
-            line.strip() for line in meta_file.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        try:  # utf-8-sig: a byte-order mark (Notepad) began the first class's name
+            text = meta_file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{meta_file}: not UTF-8 text ({exc})") from exc
+        classes = class_names(meta_file, [line.strip() for line in text.splitlines() if line.strip()])
     else:
         log.warning("%s: batches.meta.txt not found, class names are indices", root)
         classes = [str(i) for i in range(10)]
@@ -136,5 +148,46 @@ def _cifar_field(batch: dict, file: Path, key: str):
     raise DatasetError(f"{file}: missing key {key!r}")
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(file: Path, value: str | bytes) -> str:
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{file}: the class name {value!r} is not UTF-8 ({exc})") from exc
+
+
+def _cifar_labels(file: Path, labels) -> np.ndarray:
+    """A batch's labels as int64 ``[N]``: a list of class indices (whole floats pass). Strings, None,
+    nested lists or fractions were a bare numpy error naming no file, a traceback, or cut to an
+    index silently (1.7 trained as class 1)."""
+    try:
+        array = np.asarray(labels)
+    except ValueError as exc:
+        raise DatasetError(f"{file}: labels are not a list of class indices ({exc})") from exc
+    whole = array.dtype.kind in "iu" or (
+        array.dtype.kind == "f" and bool(np.isfinite(array).all()) and bool((array == np.round(array)).all())
+    )
+    if array.ndim != 1 or not whole:
+        raise DatasetError(
+            f"{file}: expected labels as a list of integer class indices, got {array.dtype} "
+            f"of shape {array.shape}"
+        )
+    return array.astype(np.int64)
+
+
+def class_names(meta_file: Path, names: list[str]) -> list[str]:
+    """``names`` once each is found fit to be one line of labels.txt and none is repeated: refused here,
+    before training, as a class folder's name is, not by export after the run (a name holding a line
+    break), nor served as two classes of one name."""
+    for name in names:
+        problem = line_problem(name)
+        if problem:
+            raise DatasetError(f"{meta_file}: the class name {name!r} {problem}; correct it there")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DatasetError(
+            f"{meta_file}: class name(s) {', '.join(map(repr, repeated))} given more than once; "
+            "each class needs a name of its own"
+        )
+    return names

@@ -338,6 +338,10 @@ def _read_idx_pair(path: str | None, name: str, classes: list[str]) -> RawImages
     labels = read_idx(label_file, IDX_LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if images.shape[0] and 0 in images.shape[1:]:  # else each trained as a blank image, silently
+        raise DatasetError(
+            f"{image_file}: IDX images of {images.shape[1]}x{images.shape[2]} pixels hold none"
+        )
     if labels.size and int(labels.max()) >= len(classes):
         raise DatasetError(f"{label_file}: label {int(labels.max())} out of range for {len(classes)} classes")
     tensor = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, H, W)
