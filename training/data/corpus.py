@@ -114,6 +114,8 @@ def _read_lines(path: str | os.PathLike):
     shift every later line of one aligned file (text mode's universal newlines did). A classic-Mac file
     is read as ended by CR (:func:`_line_end`)."""
     path = Path(path)
+    if path.is_dir():  # was "no such corpus file", of a path that exists
+        raise CorpusError(f"{path}: a directory, not a corpus file; give the file's path")
     if not path.is_file():
         raise CorpusError(f"{path}: no such corpus file")
     raw = path.read_bytes()
@@ -238,6 +240,33 @@ def _parallel_paths(data_path: str, lang: str) -> tuple[str, str]:
     return f"{data_path}.en", f"{data_path}.{lang}"
 
 
+def _source(config: CorpusConfig) -> str:
+    return config.data_path if config.data_path else f"the {config.kind} corpus"
+
+
+def dropped(raw: list[Pair], pairs: list[Pair], config: CorpusConfig) -> str:
+    """What cleaning took out of ``raw`` to leave ``pairs``, by reason: a corpus it left too small to
+    split was "corpus of 0 pairs is too small", for a file of 50 pairs of 70-word sentences, naming
+    neither the file nor the length filter."""
+    kept = clean_pairs(
+        raw,
+        normalization=config.normalization,
+        lowercase=config.lowercase,
+        min_length=config.min_length,
+        max_length=config.max_length,
+        dedup=False,
+    )
+    reasons = []
+    if len(raw) > len(kept):
+        reasons.append(
+            f"{len(raw) - len(kept)} left out for a side outside {config.min_length} to "
+            f"{config.max_length} words"
+        )
+    if len(kept) > len(pairs):
+        reasons.append(f"{len(kept) - len(pairs)} duplicate(s) left out")
+    return f"{len(raw)} sentence pairs read, {len(pairs)} kept ({', '.join(reasons)})"
+
+
 def load_corpus(config: CorpusConfig) -> Corpus:
     """Read, clean and split a corpus; ``info`` records where it came from and the split sizes."""
     raw = read_pairs(config)
@@ -249,7 +278,11 @@ def load_corpus(config: CorpusConfig) -> Corpus:
         max_length=config.max_length,
         dedup=config.dedup,
     )
-    train, valid, test = split_pairs(pairs, config.valid_size, config.test_size, config.seed)
+    try:
+        train, valid, test = split_pairs(pairs, config.valid_size, config.test_size, config.seed)
+    except CorpusError as exc:  # named: the file, and what cleaning left out of it
+        cut = f"{dropped(raw, pairs, config)}; " if len(pairs) < len(raw) else ""
+        raise CorpusError(f"{_source(config)}: {cut}{exc}") from exc
     info = {
         "corpus": config.kind,
         "data_path": config.data_path,
