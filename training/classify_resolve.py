@@ -164,7 +164,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         check_resumed_epochs(out.resume, out.epochs)
     check_resume_model_args(out)
     check_image_size(out)
-    check_output_dir(out.output_dir)
+    check_output_dir(out.output_dir, out.name)
     if not out.resume or given.name:  # a resumed run's inherited name is the interrupted run's, let be
         check_name(out.name)
     return out

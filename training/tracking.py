@@ -15,17 +15,26 @@ from kiln.names import model_name
 log = logging.getLogger(__name__)
 
 
-def check_output_dir(path: str | os.PathLike) -> None:
+def check_output_dir(path: str | os.PathLike, name: str | None = None) -> None:
     """Refuse an ``--output-dir`` that is (or lies under) a file, or that this process could not write
-    into (or create), before training rather than at the save; nothing is created here."""
+    into (or create), before training rather than at the save; nothing is created here. So too the
+    folders a ``--name`` puts before its file stem (``runs/exp1/model``): one that was a file stopped the
+    run in a bare ``[Errno 17] File exists``, naming no flag, exit status 1."""
     path = Path(path)
+    _check_dir(path, f"--output-dir {path}")
+    folder = Path(path, name).parent if name else path
+    if folder != path:
+        _check_dir(folder, f"--name {name} (in --output-dir {path})")
+
+
+def _check_dir(path: Path, flag: str) -> None:
     for part in (path, *path.absolute().parents):
         if part.exists():
             if not part.is_dir():
-                raise ValueError(f"--output-dir {path}: {part} is a file, not a directory")
+                raise ValueError(f"{flag}: {part} is a file, not a directory")
             if not os.access(part, os.W_OK | os.X_OK):
                 what = "is not writable" if part == path else f"cannot be created: {part} is not writable"
-                raise ValueError(f"--output-dir {path} {what}")
+                raise ValueError(f"{flag} {what}")
             return
 
 

@@ -223,7 +223,7 @@ def check_config(cfg: TranslateConfig, *, name_given: bool = False) -> None:
         )
     if cfg.resume:  # never fewer than the interrupted run trained
         check_resumed_epochs(cfg.resume, cfg.epochs)
-    check_output_dir(cfg.output_dir)
+    check_output_dir(cfg.output_dir, cfg.name)
     if not cfg.resume or name_given:  # a resumed run's inherited name is the interrupted run's, let be
         check_name(cfg.name)
 
