@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +70,53 @@ class ImageCalibrationReader:
         self._iter = None
 
 
+@contextlib.contextmanager
+def quantizer_temporaries_in(directory: Path) -> Iterator[None]:
+    """ONNX Runtime's quantizers make temporary directories of their own in TMPDIR (``ort.quant.*``,
+    ``pre.quant.*``: a copy of the graph, and the calibration graph with every activation an output, as
+    large as the model and more): an export killed while quantizing (the OOM killer, ``kill -9``, a CI
+    job's hard timeout) left them in TMPDIR for good, since the next export sweeps only its own working
+    directories (``export.work_dir``). Made in ``directory`` (the export's working directory) instead,
+    they go with it. ``tempfile.tempdir`` is the process's: export quantizes one graph at a time."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+def no_room_for(graph: Path, directory: Path) -> OSError | None:
+    """ENOSPC naming ``directory`` where it has less room left than ``graph`` (and its ``.data`` file)
+    takes, else None: a quantizer that failed there was cut short by a full disk. ONNX's shape inference
+    writes its graph in C++ without checking the write, so on a full TMPDIR the quantizer failed parsing
+    the cut-short file back ("DecodeError: Error parsing message", a traceback) and ``quant_pre_process``'s
+    failure was warned about as a pre-processing one, not said to be the disk's."""
+    try:
+        stat = os.statvfs(directory)
+        needed = sum(p.stat().st_size for p in (graph, Path(f"{graph}.data")) if p.exists())
+    except OSError:
+        return None
+    if stat.f_bavail * stat.f_frsize >= needed:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+
+
+@contextlib.contextmanager
+def full_disk_named(graph: Path, directory: Path) -> Iterator[None]:
+    """A quantizer's failure while ``directory`` has no room for ``graph`` raised as the full disk's
+    OSError (``no_room_for``), as every other write of an export on a full disk is."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        full = no_room_for(graph, directory)
+        if full is None:
+            raise
+        raise full from exc
+
+
 def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "images") -> Path:
     """Static QDQ quantization: activations QUInt8, weights QInt8 per channel in 7 bits (no U8S8
     saturation on CPUs without VNNI, see the module's docstring), MinMax calibration.
@@ -85,33 +135,38 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str = "im
     prepared = dst.with_name("prepared.onnx")
     big = keeps_external_data(src)
     try:
-        quant_pre_process(
-            str(src),
-            str(prepared),
-            skip_symbolic_shape=True,
-            save_as_external_data=big,
-            all_tensors_to_one_file=True,
-            external_data_location=f"{prepared.name}.data",
-        )
+        with quantizer_temporaries_in(dst.parent):
+            quant_pre_process(
+                str(src),
+                str(prepared),
+                skip_symbolic_shape=True,
+                save_as_external_data=big,
+                all_tensors_to_one_file=True,
+                external_data_location=f"{prepared.name}.data",
+            )
     except Exception as exc:  # noqa: BLE001 - pre-processing only improves quantization
+        full = no_room_for(src, dst.parent)
+        if full is not None:
+            raise full from exc
         log.warning("quant_pre_process failed (%s); quantizing the graph as it is", exc)
         save_model(onnx.load(str(src)), prepared)
     try:
         model = onnx.load(str(prepared))
         if name_output_producers(model):
             save_model(model, prepared)
-        quantize_static(
-            str(prepared),
-            str(dst),
-            ImageCalibrationReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=STATIC_REDUCE_RANGE,
-            nodes_to_exclude=output_producers(model),
-            use_external_data_format=big,
-        )
+        with quantizer_temporaries_in(dst.parent), full_disk_named(prepared, dst.parent):
+            quantize_static(
+                str(prepared),
+                str(dst),
+                ImageCalibrationReader(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=STATIC_REDUCE_RANGE,
+                nodes_to_exclude=output_producers(model),
+                use_external_data_format=big,
+            )
     finally:
         remove_graph(prepared)
     onnx.checker.check_model(str(dst), full_check=True)
@@ -255,7 +310,11 @@ def to_int8_dynamic(src: Path, dst: Path) -> Path:
     prepared = dst.with_name("prepared.onnx")
     save_model(model, prepared)
     try:
-        with without_pre_process_advice():
+        with (
+            without_pre_process_advice(),
+            quantizer_temporaries_in(dst.parent),
+            full_disk_named(prepared, dst.parent),
+        ):
             quantize_dynamic(
                 str(prepared),
                 str(dst),
