@@ -15,6 +15,7 @@ from pathlib import Path
 
 from export.repository import REFUSALS, RepositoryError, check_not_foreign, read_kiln_json, read_refusal
 from export.results import ExportOptions, entry_name
+from kiln.cli import listed
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Plan:
     path: Path
     model: str
     entries: tuple[str, ...]
+    task: str | None = None  # classify or translate; None: not read (no task check)
 
     def describe(self) -> str:
         return f"{self.path} (model {self.model!r}: entries {', '.join(map(repr, sorted(self.entries)))})"
@@ -64,7 +66,7 @@ def plan_run(checkpoints: Iterable[Path], options: ExportOptions) -> list[Plan]:
             continue
         task = read_task(path)
         if task is not None:
-            plans.append(Plan(path, name, task_entries(task, name, options)))
+            plans.append(Plan(path, name, task_entries(task, name, options), task))
     return plans
 
 
@@ -126,6 +128,8 @@ def check_owners(repository: Path, plans: Iterable[Plan]) -> None:
                 )
             check_not_foreign(entry_dir)
             owner = _owner(entry_dir)
+            if owner is not None and owner[0] == plan.model and owner[1].resolve() != plan.path.resolve():
+                check_same_task(repository, entry_dir, owner, plan)
             if owner is None or owner[0] == plan.model or owner[1].resolve() == plan.path.resolve():
                 continue
             raise RepositoryError(
@@ -133,6 +137,40 @@ def check_owners(repository: Path, plans: Iterable[Plan]) -> None:
                 f"exporting {plan.path} as model {plan.model!r} would overwrite it: rename the "
                 "checkpoint, remove that entry, or export into another repository"
             )
+
+
+def _task(entry_dir: Path) -> str | None:
+    """The task of the model an existing entry serves (a translator's encoder, decoder and python entry:
+    translate), or None where its kiln.json does not say."""
+    task = (read_kiln_json(entry_dir) or {}).get("task")
+    if not isinstance(task, str):
+        return None
+    return "translate" if task.startswith("translate") else task
+
+
+def check_same_task(repository: Path, entry_dir: Path, owner: tuple[str, Path], plan: Plan) -> None:
+    """Refuse ``plan`` (another checkpoint file of its model's name) where existing entry ``entry_dir``
+    of that name serves a model of the other task: a classifier ``transformer.pt`` replaced the translator
+    ``transformer``'s python entry and left its encoder and decoder entries serving the old translator,
+    without a word."""
+    held = _task(entry_dir)
+    if plan.task is None or held is None or held == plan.task:
+        return
+    others = sorted(
+        e.name
+        for e in repository.iterdir()
+        if e.is_dir() and not e.name.startswith(".") and e.name not in plan.entries
+        and (_owner(e) or ("",))[0] == owner[0] and _task(e) == held
+    )  # fmt: skip
+    kind = {"classify": "classifier", "translate": "translator"}
+    theirs, mine = kind.get(held, held), kind.get(plan.task, plan.task)
+    left = f" and leave its other entries ({listed(others, 4)}) serving the old {theirs}" if others else ""
+    raise RepositoryError(
+        f"entry {entry_dir.name!r} in {repository} is {theirs} {owner[0]!r}'s (from {owner[1]}); "
+        f"{plan.path} is a {mine} checkpoint of the same name: exporting it would replace the {theirs} "
+        f"with a {mine}{left}. Rename the checkpoint, export into another repository, or remove the "
+        f"{theirs}'s entries first"
+    )
 
 
 def check_entry_plan(checkpoints: Iterable[Path], repository: Path, options: ExportOptions) -> None:

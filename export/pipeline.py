@@ -232,6 +232,7 @@ def _export_locked(
     data_path: str | os.PathLike | None = None,
 ) -> list[EntryResult]:
     """``export_checkpoint``'s work, under the repository's writer lock."""
+    before = _identity(path)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["model"].get("args"), dict):
         raise CheckpointError(f"{path}: 'model' must be {{'name': str, 'args': dict}}")
@@ -241,8 +242,13 @@ def _export_locked(
     # a killed run's staging, even where every entry is up to date; first: an entry put back is checked
     sweep_all_leftovers(repository)
     entries = task_entries(ckpt["task"], name, options)
-    check_owners(repository, [Plan(path, name, entries)])
+    check_owners(repository, [Plan(path, name, entries, ckpt["task"])])
     sha256 = file_sha256(path)
+    if _identity(path) != before:
+        raise CheckpointError(
+            f"{path} was replaced while export read it (a training run saving it?): its weights and its "
+            "sha256 could be of different files; export it again once the file is no longer written"
+        )
     version = version_to_write(repository, entries, options, path, sha256)
     ctx = ExportContext(
         path=path,
@@ -263,6 +269,8 @@ def _export_locked(
         except FreezeError as exc:  # the model's fault, not the run's: name the checkpoint
             raise FreezeError(f"{path}: {exc}") from exc
         except (OnnxExportError, torch.onnx.OnnxExporterError) as exc:  # torch's message spans pages
+            if interrupted(exc):  # a Ctrl-C that torch.onnx turned into an error of its own
+                raise KeyboardInterrupt from exc
             disk = disk_error(exc)
             if disk is not None:  # a full TMPDIR while writing a graph: the run's fault, not the model's
                 raise OSError(disk.errno, disk.strerror, disk.filename or str(work)) from exc
@@ -273,6 +281,18 @@ def _export_locked(
     for result in results:
         result.version = version
     return results + stale_entries(ctx.repository, path, ctx.sha256, {r.entry for r in results})
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What changes when checkpoint ``path`` is replaced or rewritten (its inode, size, modification
+    time), or None where it cannot be read: a training run saving it (``save_checkpoint``: a new file
+    renamed over it) between export's load and its hash recorded the new file's sha256 beside the old
+    file's weights, and every later export found the entry up to date, serving the old weights."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def version_to_write(
@@ -384,6 +404,25 @@ def disk_error(exc: BaseException) -> OSError | None:
             return seen
         seen = seen.__cause__
     return None
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt (Ctrl-C, or a SIGTERM, which export makes one) is in ``exc``'s chain
+    of causes and contexts: torch.onnx interrupted while it imports a module (torch._dynamo's, at a
+    process's first export) fails later on the half-imported module ("module 'torch._dynamo' has no
+    attribute 'exc'") and raises an export error of its own, which was reported as the model's fault
+    ("cannot be exported to ONNX ... please report it"), exit 1, instead of "interrupted", exit 130."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        link = chain.pop()
+        if link is None or id(link) in seen or len(seen) > 50:
+            continue
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        chain += [link.__cause__, link.__context__]
+    return False
 
 
 class NotExportable(FreezeError):
