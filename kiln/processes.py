@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,7 @@ def running(
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, **child_options())
     where = f" (log: {log_path})" if log_path else ""
     try:
+        raise_swallowed_interrupt()  # a Ctrl-C or SIGTERM that came while Popen forked
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
@@ -121,3 +123,37 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    _keep_swallowed_interrupts()
+
+
+# A KeyboardInterrupt (Ctrl-C, or SIGTERM under stop_on_sigterm) that Python could not raise: a signal that
+# arrives while Popen forks a child with a ``preexec_fn`` (child_options) is handled inside the at-fork
+# hooks (logging's lock release), where an exception is printed as "Exception ignored" and dropped, and
+# the command went on as if never stopped (a bench measured on past its SIGTERM, its servers killed).
+_SWALLOWED = threading.Event()
+
+
+def _keep_swallowed_interrupts() -> None:
+    """Record, rather than only print, a KeyboardInterrupt Python had to drop (``sys.unraisablehook``),
+    for :func:`raise_swallowed_interrupt` to raise where it can propagate."""
+    if getattr(sys.unraisablehook, "_kiln_keeps_interrupts", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _SWALLOWED.set()
+            return
+        previous(unraisable)
+
+    hook._kiln_keeps_interrupts = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def raise_swallowed_interrupt() -> None:
+    """Raise the KeyboardInterrupt that came while a child was being started and was dropped (see
+    :data:`_SWALLOWED`); nothing otherwise. Call it right after ``Popen(..., **child_options())``, where
+    the child is already the caller's to stop."""
+    if _SWALLOWED.is_set():
+        _SWALLOWED.clear()
+        raise KeyboardInterrupt

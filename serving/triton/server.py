@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kiln.processes import child_options
+from kiln.processes import child_options, raise_swallowed_interrupt
 from serving import process_tree
 from serving.settings import join_host_port
 from serving.triton.flavour import FlavourReport, FlavourWriteError, derive_python_flavour
@@ -323,6 +323,7 @@ class TritonServer:
 
     def wait_ready(self) -> None:
         """Poll /v2/health/ready until it answers 200, the process dies or the timeout passes."""
+        raise_swallowed_interrupt()  # a Ctrl-C or SIGTERM that came while _launch forked: start() stops it
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
