@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         failed = run_sections(args, profile, out, wanted, results)
     except KeyboardInterrupt:
+        finished = [part for part in PARTS if part in wanted and part in results]
+        if finished:  # minutes of measurement kept, the report saying what the stop left out
+            _write_interrupted(args, results, out, wanted, finished)
+            raise SystemExit(130) from None
         if made:
             _discard_if_empty(out)
         logs = f" (the servers' logs are in {out / 'logs'})" if (out / "logs").is_dir() else ""
@@ -77,6 +81,27 @@ def main(argv: list[str] | None = None) -> None:
     write(results, out)
     if failed:
         raise SystemExit(f"{len(failed)} part(s) failed: {', '.join(failed)} (named in {out}/report.md)")
+
+
+PARTS = ("engines", "servers", "translation", "replicas")  # the CPU profiles' parts, in the order they run
+
+
+def _write_interrupted(
+    args: argparse.Namespace, results: dict[str, Any], out: Path, wanted: set[str], finished: list[str]
+) -> None:
+    """The parts that finished before a Ctrl-C or SIGTERM, written as a run of those parts alone, the
+    report and ``results.json`` (``interrupted``) naming the parts the stop left out."""
+    left_out = [part for part in PARTS if part in wanted and part not in finished]
+    results["interrupted"] = {"finished": finished, "not_measured": left_out}
+    results["targets"] = targets(results, args.classifier)
+    write(results, out)
+    console.print(
+        f"interrupted: wrote the parts that finished ({', '.join(finished)}); not measured: "
+        f"{', '.join(left_out)}",
+        style="yellow",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def import_model_modules(named: list[str]) -> None:
@@ -214,8 +239,14 @@ def write(results: dict[str, Any], out: Path) -> None:
         speed_line(machine),
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + "\n",
         PERCENTILES,
-        "## Targets\n\n" + report.targets_table(results["targets"]) + "\n",
     ]
+    stopped = results.get("interrupted")
+    if stopped:
+        sections.append(
+            "**Interrupted** (Ctrl-C or SIGTERM): this report holds the parts that finished "
+            f"({', '.join(stopped['finished'])}); not measured: {', '.join(stopped['not_measured'])}.\n"
+        )
+    sections.append("## Targets\n\n" + report.targets_table(results["targets"]) + "\n")
     if results.get("failed"):
         sections.append(
             "## Parts that failed (not measured)\n\n"

@@ -32,10 +32,16 @@ def best_direct_throughput(rows: list[dict[str, Any]]) -> float:
 def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     """Each target of the issue with where it stands in this run."""
     rows = classify_targets(results, classifier)
+    stopped = set(results.get("interrupted", {}).get("not_measured", ()))
     for row, parts in zip(rows, CLASSIFY_PARTS, strict=True):
         left_out = [part for part in parts if part not in results]
         if left_out and not row.get("note") and math.isnan(row["measured"]):
-            row["note"] = f"not measured: this run left out {' and '.join(left_out)} (--only)"
+            cut = [part for part in left_out if part in stopped]  # the run was stopped before them
+            only = [part for part in left_out if part not in stopped]
+            row["note"] = "not measured: " + "; ".join(
+                ([f"the run was interrupted before {' and '.join(cut)} finished"] if cut else [])
+                + ([f"this run left out {' and '.join(only)} (--only)"] if only else [])
+            )
     rows += results.get("translation", {}).get("targets", [])
     for r in rows:
         r["met"] = _met(r)
