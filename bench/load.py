@@ -32,6 +32,7 @@ class LoadResult:
     ok: int
     errors: int
     latencies_s: list[float] = field(repr=False, default_factory=list)
+    sent_rps: float | None = None  # open loop: the rate its requests were sent at (below rate_rps: late)
 
     def as_dict(self) -> dict[str, Any]:
         stats = summarize(self.latencies_s).as_dict()
@@ -39,6 +40,7 @@ class LoadResult:
             "mode": self.mode,
             "concurrency": self.concurrency,
             "rate_rps": self.rate_rps,
+            **({"sent_rps": self.sent_rps} if self.mode == "open" else {}),
             "duration_s": round(self.duration_s, 3),
             "ok": self.ok,
             "errors": self.errors,
@@ -78,7 +80,12 @@ async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_fligh
     The window is from the first send to the last reply, and at least the ``n / rate_rps`` seconds its
     ``n`` requests were offered over: the last one is sent ``(n - 1) / rate_rps`` in, so a server that
     answered faster than one interval was credited with more than the offered rate (one request at
-    1 request/s, answered in 1 ms: 1000 requests/s)."""
+    1 request/s, answered in 1 ms: 1000 requests/s).
+
+    ``sent_rps`` is the rate the requests actually went out at, ``n`` over the last send's time plus
+    one interval (``rate_rps`` on schedule): a client short of CPU (it shares the cores with the
+    server) or held at ``max_in_flight`` sends late, and the lateness counts in the latencies, so a
+    row whose ``sent_rps`` is below its ``rate_rps`` measured its client's queue, not the server's."""
     if not rate_rps > 0:
         raise ValueError(f"an open loop needs a rate above 0 requests/s, not {rate_rps}")
     latencies: list[float] = []
@@ -87,8 +94,11 @@ async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_fligh
     start = time.perf_counter()
     limiter = asyncio.Semaphore(max_in_flight)
 
+    sent: list[float] = []
+
     async def one(scheduled: float) -> None:
         async with limiter:
+            sent.append(time.perf_counter())
             ok = await _guarded(send)
         counts["ok" if ok else "errors"] += 1
         if ok:
@@ -103,7 +113,8 @@ async def open_loop(send: Send, rate_rps: float, duration_s: float, max_in_fligh
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
     elapsed = max(time.perf_counter() - start, offered * interval)
-    return LoadResult("open", 0, rate_rps, elapsed, counts["ok"], counts["errors"], latencies)
+    sent_rps = len(sent) / (max(sent) - start + interval) if sent else float("nan")
+    return LoadResult("open", 0, rate_rps, elapsed, counts["ok"], counts["errors"], latencies, sent_rps)
 
 
 async def _guarded(send: Send) -> bool:

@@ -117,6 +117,19 @@ def engine_section(
     return f"## {title}\n\n" + table(ok, cols) + note + (f"\n\nFailed:{errors}" if errors else "") + "\n"
 
 
+OPEN_COLUMNS = [
+    "target",
+    "protocol",
+    "rate_rps",
+    "sent_rps",
+    "throughput_rps",
+    "p50_ms",
+    "p99_ms",
+    "p99_over_p50",
+    "errors",
+]
+
+
 def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
     rows = servers.get("closed", [])
     naive = {(r["concurrency"]): r["throughput_rps"] for r in rows if r["target"] == "naive"}
@@ -141,11 +154,11 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
         for r in servers["open"]:
             r["p99_over_p50"] = ratio(r["p99_ms"], r["p50_ms"])
         text += "\n### Open loop at half of the gateway's peak throughput\n\n"
-        text += table(
-            servers["open"],
-            ["target", "rate_rps", "throughput_rps", "p50_ms", "p99_ms", "p99_over_p50", "errors"],
+        text += table(servers["open"], OPEN_COLUMNS)
+        text += (
+            "\n\n`sent_rps`: the rate Kiln's client sent at (below `rate_rps`, it fell behind its schedule, "
+            "and its lateness counts in the latencies: the client's queue, not the server's).\n"
         )
-        text += "\n"
     if servers.get("errors"):
         text += "\n" + "\n".join(f"- {k}: {v}" for k, v in servers["errors"].items()) + "\n"
     return text + perf_analyzer_section(servers.get("perf_analyzer", {}))
