@@ -43,6 +43,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # chunks of 8 KiB (libpng) to 64 KiB (Pillow), so one chunk per 4 KiB beyond these refuses none of theirs.
 MAX_PNG_CHUNKS = 10_000
 PNG_CHUNK_BYTES = 4096
+# The longest side an image may declare: Pillow's resize holds a weight per input pixel of a side for
+# each output pixel, and its decode a row pointer per row, so a thin PNG costs by its side, not its
+# pixels: 1x16777216 (a 32 KB file, inside --max-image-pixels) held 447 MB and 1.5 s of a decode slot
+# where 4096x4096 holds 67 MB. A side of 2**20 holds at most ~30 MB more; JPEG's sides stop at 65535.
+MAX_SIDE = 1 << 20
+# Base64 of a PNG's or a JPEG's first bytes: base64 text sent where the image's bytes go
+BASE64_IMAGE_STARTS = (b"iVBORw0KGgo", b"/9j/")
 
 
 def decode_base64(text: str, *, index: int) -> bytes:
@@ -74,7 +81,7 @@ def decode_image(data: bytes, preprocessing: dict[str, Any], *, index: int, max_
         image.load()
         image = upright(image)  # a phone's portrait photo, stored sideways with an EXIF Orientation
     except UnidentifiedImageError:
-        raise BadRequest(f"image {index}: not a decodable PNG/JPEG image") from None
+        raise unidentified(data, index=index) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(f"image {index}: corrupt or truncated image ({exc})") from None
     return to_model_array(image, preprocessing)
@@ -91,7 +98,7 @@ def declared_pixels(blobs: list[bytes], *, max_pixels: int, budget: int) -> list
         try:
             width, height = _opened(data, index=index, max_pixels=max_pixels).size
         except UnidentifiedImageError:
-            raise BadRequest(f"image {index}: not a decodable PNG/JPEG image") from None
+            raise unidentified(data, index=index) from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadRequest(f"image {index}: corrupt or truncated image ({exc})") from None
         pixels.append(width * height)
@@ -115,7 +122,57 @@ def _opened(data: bytes, *, index: int, max_pixels: int) -> Any:
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image {index}: {width}x{height} exceeds the {max_pixels} pixel limit")
+    if max(width, height) > MAX_SIDE:
+        raise PayloadTooLarge(
+            f"image {index}: {width}x{height} has a side over {MAX_SIDE} pixels (decoding and resizing cost "
+            "memory by an image's longest side as well as its pixels); crop or downscale it"
+        )
     return image
+
+
+def unidentified(data: bytes, *, index: int) -> BadRequest:
+    """The 400 for bytes Pillow identifies as no PNG or JPEG, naming what they are: "not a decodable
+    PNG/JPEG image" was all it said of an empty part, a GIF or an iPhone's HEIC (which training's folder
+    reader takes, or a user believes it does), a PNG cut short in its header, or base64 text sent as a
+    file part, and a user could tell none of these from a corrupt file."""
+    if not data:
+        return BadRequest(f"image {index}: empty (0 bytes)")
+    if data[:8] == PNG_SIGNATURE or data[:2] == b"\xff\xd8":
+        kind = "PNG" if data[:8] == PNG_SIGNATURE else "JPEG"
+        return BadRequest(f"image {index}: a {kind} whose header is corrupt or cut short ({len(data)} bytes)")
+    start = data[:64].lstrip()
+    if start.startswith(BASE64_IMAGE_STARTS) or start[:5].lower() == b"data:":
+        return BadRequest(
+            f"image {index}: base64 text, not an image's bytes: encoded twice in a JSON body (its images are "
+            "base64 once), or sent as a multipart part, which carries the file itself (curl -F files=@image.png)"
+        )
+    name = other_format(data[:16])
+    if name:
+        return BadRequest(
+            f"image {index}: a {name} image; classify reads PNG and JPEG only: convert it to PNG "
+            "(docs/kiln-json.md)"
+        )
+    return BadRequest(f"image {index}: not a PNG or JPEG image (it starts {data[:16]!r})")
+
+
+def other_format(prefix: bytes) -> str | None:
+    """The image format ``prefix`` (a file's first 16 bytes) starts, by Pillow's own checks of each
+    format's signature (none is parsed), or an ISO media file's brand (HEIC, AVIF); None for none."""
+    from PIL import Image
+
+    if prefix[4:8] == b"ftyp":  # ISO base media: HEIC/HEIF (phones' photos), AVIF, or a video
+        brand = prefix[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        return "HEIC/HEIF" if brand[:2] == b"he" or brand in (b"mif1", b"msf1") else None
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            if name not in ("PNG", "JPEG", "MPO") and accept is not None and accept(prefix):
+                return name
+        except Exception:  # noqa: BLE001 - a plugin's check of a short prefix
+            continue
+    return None
 
 
 def _check_segments(data: bytes, *, index: int) -> None:

@@ -232,7 +232,13 @@ async def _read_images(request: Request, settings: Settings) -> tuple[list[bytes
 
 def _check_not_raw_image(raw: bytes, content_type: str) -> None:
     """A 400 saying how to send an image, for a body that is one (``curl --data-binary @cat.png``): it
-    was parsed as JSON and refused as "not valid UTF-8", which named no remedy."""
+    was parsed as JSON and refused as "not valid UTF-8", which named no remedy; and for an empty body,
+    refused as "not valid JSON: Expecting value: line 1 column 1 (char 0)", which did not say empty."""
+    if not raw:
+        raise BadRequest(
+            'the body is empty (0 bytes); classify takes JSON {"images": [base64 PNG or JPEG, ...]} or a '
+            "multipart form of one 'files' part per image (curl -F files=@image.png)"
+        )
     if raw.startswith((PNG_SIGNATURE, b"\xff\xd8\xff")) or content_type.lstrip().lower().startswith("image/"):
         raise BadRequest(
             'the body is an image itself; classify takes JSON {"images": [base64 PNG or JPEG, ...]} or a '
