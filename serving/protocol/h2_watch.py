@@ -31,7 +31,7 @@ import logging
 import grpc
 
 from serving.protocol import h2_wire as w
-from serving.protocol.grpc_call import HEAD_BYTES, Call
+from serving.protocol.grpc_call import Call
 from serving.protocol.h2_state import ConnectionState
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,7 @@ class PartialCalls(ConnectionState):
             # told to the servicer (counted for the model its first bytes name, as HTTP/1 counts a
             # body its read timeout ended): no servicer ever sees the call otherwise
             del self.partial[stream]  # a stream's trailers may wait behind its answers: expired once
-            begun = bytes(call.incoming[: HEAD_BYTES + 5]) if call.streaming else b""  # a stream's message
-            self._finish(call, *call.refused(begun, DEADLINE_EXCEEDED, details))
+            self._finish(call, *call.refused(b"", DEADLINE_EXCEEDED, details))
         self._arm_watch()
 
     def _stop_watch(self) -> None:
