@@ -83,6 +83,7 @@ def prepare_data(cfg: TranslateConfig, tokenizers: TokenizerPair | None = None):
     if tokenizers is None:
         tok_cfg = TokenizerConfig(vocab_size=cfg.vocab_size, shared=cfg.shared_vocab, lowercase=cfg.lowercase)
         tokenizers = build_tokenizers(corpus.train, tok_cfg)
+        warn_uncased_source(corpus.train, cfg.lowercase)
     limit, dropped = max_positions(cfg), {}
     for split in ("train", "valid", "test"):  # longer pairs would index past the position table
         kept, dropped[split] = fitting_pairs(getattr(corpus, split), tokenizers, limit)
@@ -100,6 +101,27 @@ def prepare_data(cfg: TranslateConfig, tokenizers: TokenizerPair | None = None):
     src = tokenizers.encode_source([s for s, _ in corpus.train])
     tgt = tokenizers.encode_target([t for _, t in corpus.train])
     return corpus, tokenizers, list(zip(src, tgt, strict=True))
+
+
+def warn_uncased_source(pairs: list[tuple[str, str]], lowercase: bool) -> bool:
+    """Say where the training sources hold cased letters but no capital and ``--lowercase`` is off:
+    the tokenizer then reads a capital it never saw as ``<unk>``, so a served "Forty two" translated
+    as unknown words where "forty two" translated (the demo's corpus is lower-case). Returns whether
+    it said so."""
+    if lowercase:
+        return False
+    cased = uppercase = False
+    for source, _ in pairs:
+        cased = cased or source != source.upper()
+        if source != source.lower():
+            uppercase = True
+            break
+    if cased and not uppercase:
+        log.info(  # the generated numbers corpus is lower-case: a note for every default run, not a warning
+            "note: the corpus's sources have no capital letters, so served text with capitals will be read "
+            "as unknown tokens; --lowercase folds them (in the exported tokenizer too)"
+        )
+    return cased and not uppercase
 
 
 def warn_long_references(corpus, tokenizers: TokenizerPair, max_decode_length: int) -> dict[str, int]:
