@@ -20,8 +20,8 @@ from serving.decoding.translator import (
     entry_max_positions,
     entry_source_tokenizer,
 )
-from serving.decoding.translator_pool import TranslatorPool, step_entries
-from serving.errors import BadRequest, ModelNotFound, Unavailable
+from serving.decoding.translator_pool import TranslatorPool, cannot_translate, step_entries
+from serving.errors import ModelNotFound, Unavailable
 from serving.execution.base import Backend, InferRequest, InferResponse, LoadingStopped, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,7 @@ class Gateway:
             return None
         entry = self.repository.get(name)  # 404 for unknown names
         if entry.task != "translate":
-            raise BadRequest(
-                f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate"
-            )
+            raise cannot_translate(entry, self.repository.entries)
         translator = self.translators.get(name)
         if translator is None or self._stopping:
             reason = self.translators.failed.get(name, "the gateway is starting or stopping")

@@ -10,6 +10,7 @@ cannot be served is reported and never keeps the others from serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from functools import partial
@@ -21,6 +22,7 @@ from serving.decoding import beam_search as bs
 from serving.decoding import native_decoder, step_spec
 from serving.decoding.scheduler_config import DecodeObserver, SchedulerConfig
 from serving.decoding.translator import FUSED_ATTENTION, OUTPUTS, Translator, translator_from_entry
+from serving.errors import BadRequest
 from serving.execution.repository import check_not_replaced
 
 log = logging.getLogger("serving.decoding.translator")  # the translators' log, whichever part writes it
@@ -175,6 +177,26 @@ def _source_sha256(entry: Any) -> str | None:
     source = entry.kiln.get("source_checkpoint") if isinstance(entry.kiln, dict) else None
     sha = source.get("sha256") if isinstance(source, dict) else None
     return sha if isinstance(sha, str) else None
+
+
+def cannot_translate(entry: Any, entries: dict[str, Any]) -> BadRequest:
+    """The 400 for a translate call to ``entry``, a model of another task: for a translator's encoder or
+    decoder entry, naming the translator that calls it (it said only "a translate_encoder model; it
+    cannot translate", and the user looked for the entry that does)."""
+    owners = []
+    for name, other in entries.items():
+        if other.task == "translate" and name != entry.name:
+            with contextlib.suppress(ValueError):
+                if entry.name in step_entries(other):
+                    owners.append(name)
+    hint = (
+        f"; translate with {' or '.join(map(repr, sorted(owners)))}, the translator whose step it is"
+        if owners
+        else ""
+    )
+    return BadRequest(
+        f"model {entry.name!r} is a {entry.task or 'non-translate'} model; it cannot translate{hint}"
+    )
 
 
 def step_entries(entry: Any) -> tuple[str, str]:

@@ -35,8 +35,8 @@ from serving.decoding.translator import (
     entry_max_positions,
     entry_source_tokenizer,
 )
+from serving.decoding.translator_pool import cannot_translate
 from serving.errors import (
-    BadRequest,
     Deadline,
     ModelNotFound,
     PayloadTooLarge,
@@ -191,7 +191,7 @@ async def translate(request: Request, name: str) -> Response:
         raise
     left = None if deadline is None else deadline.left()
     if entry.task != "translate":
-        raise BadRequest(f"model {name!r} is a {entry.task or 'non-translate'} model; it cannot translate")
+        raise cannot_translate(entry, get_repository(request).entries)
     backend, metrics = get_backend(request), get_metrics(request)
     finder = getattr(backend, "translator", None)
     translator = finder(name) if finder is not None else None  # None: the backend translates via infer
