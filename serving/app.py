@@ -150,6 +150,10 @@ class GatewayApp(FastAPI):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             send = _one_line_failures(send)
+        elif scope["type"] == "http" and scope["method"] == "HEAD":
+            # RFC 9110 9.1, 9.3.2: HEAD wherever GET is served (FastAPI's GET routes answered it 405):
+            # the app answers a GET, and the server, whose scope still says HEAD, sends no body
+            scope = {**scope, "method": "GET"}
         await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> Any:
@@ -516,7 +520,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         count_refusal(request, exc, exc.status_code)
-        return error_response(str(exc.detail), exc.status_code, exc.headers)
+        headers = exc.headers
+        allow = (headers or {}).get("Allow", "").split(", ")
+        if "GET" in allow and "HEAD" not in allow:  # a 405's methods: HEAD too wherever GET is
+            headers = {**headers, "Allow": ", ".join((*allow, "HEAD"))}  # (GatewayApp.__call__)
+        return error_response(str(exc.detail), exc.status_code, headers)
 
     async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         count_refusal(request, exc, request.scope.get(lean.ANSWERED_BY_PROTOCOL, CLIENT_LEFT))

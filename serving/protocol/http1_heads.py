@@ -10,6 +10,7 @@ import array
 import asyncio
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -33,20 +34,26 @@ LINGER_BYTES = 4 << 20
 HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
 HEAD_END = b"\r\n\r\n"  # every head ends so (llhttp, strict, takes no bare LF), and a chunked body too
 PARSER_WARNING = "Invalid HTTP request received."  # uvicorn's, for any request its parser refuses
+# A Host's value: RFC 3986's host (reg-name, IPv4 or an IP-literal in brackets) and optional port, or
+# empty; llhttp took any visible characters ("x y", "a/b@c"), which RFC 9112 3.2 answers 400.
+HOST_VALUE = re.compile(rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]*|\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\])(?::[0-9]*)?")
+_host_value = HOST_VALUE.fullmatch  # (~0.3 us a request)
 
 
 def framing_refusal(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
     """The refusal (status, reason) of a head that httptools' parser takes but RFC 9112 does not, or
     None: a version other than HTTP/1.0 and 1.1 (505: llhttp reads ``HTTP/2.0`` and a bare HTTP/0.9
-    line, which were answered in HTTP/1.1), more than one Host or none in HTTP/1.1 (400, a MUST of
-    RFC 9112 3.2), a transfer coding besides chunked (501, RFC 9112 6.1: llhttp takes
-    ``gzip, chunked`` and the app was handed the coded bytes as the body)."""
+    line, which were answered in HTTP/1.1), more than one Host or none in HTTP/1.1, or one that is
+    not a host[:port] (400, a MUST of RFC 9112 3.2), a transfer coding besides chunked (501, RFC
+    9112 6.1: llhttp takes ``gzip, chunked`` and the app was handed the coded bytes as the body)."""
     if version != "1.1" and version != "1.0":
         return 505, f"HTTP/{version} is not supported: use HTTP/1.1"
     hosts = 0
     for name, value in headers:
         if name == b"host":
             hosts += 1
+            if _host_value(value) is None:  # RFC 9112 3.2: 400 to an invalid Host, a MUST
+                return 400, f"Host {value.decode('latin-1')!r} is not a host[:port] (RFC 3986 authority)"
         elif name == b"transfer-encoding":
             codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
             if codings != [b"chunked"]:
@@ -115,6 +122,7 @@ class HeadLimits:
         self._lingering: asyncio.TimerHandle | None = None  # a refusal written: drop, then close
         self._deferred: tuple[int, str] | None = None  # a head refused while an answer goes out
         self._dropped = 0
+        self._trailer_bytes = 0  # the trailer fields of this request's chunked body, summed
         self.logger = _ParserWarningDropped(self.logger)
 
     def _dropping(self, data: bytes) -> bool:
@@ -219,21 +227,34 @@ class HeadLimits:
         where on_headers_complete stopped the parser: refused already. A head refused while
         earlier requests are answered waits for their answers (it closed the connection at once:
         a valid request before a malformed one went unanswered)."""
-        if self._lingering is not None or self._deferred is not None:
-            return
+        if self._lingering is not None or self._deferred is not None or self.transport.is_closing():
+            return  # (closing: refused already, a trailer section past the limit)
         reason = (sys.exc_info()[1] or msg) if msg == PARSER_WARNING else msg  # else the protocol's
-        message = f"invalid HTTP request: {reason}"
+        self._refuse_request(400, f"invalid HTTP request: {reason}")
+
+    def _refuse_request(self, status: int, message: str) -> None:
+        """Refuse the request being read, in its head or its body (:meth:`send_400_response`)."""
         cycle = self.cycle
         if self._in_head or cycle is None or cycle.response_complete:
-            self._refuse_head(400, message)  # a request of its own: after the answers before it
+            self._refuse_head(status, message)  # a request of its own: after the answers before it
         elif any(queued is cycle for queued, _ in self.pipeline):
             self._stop_watch()  # the body of a request queued behind an answer under way: a
             self.transport.close()  # refusal now would be read as that answer
         else:  # the body of the request being answered: it will never be whole
-            cycle.scope[ANSWERED_BY_PROTOCOL] = 400  # its app counts it so, not as a client gone
+            cycle.scope[ANSWERED_BY_PROTOCOL] = status  # its app counts it so, not as a client gone
             cycle.disconnected = True  # its app reads a disconnect and writes nothing more
             cycle.message_event.set()
-            self._refuse(400, message)
+            self._refuse(status, message)
+
+    def _trailer_field(self, name: bytes, value: bytes) -> None:
+        """A trailer field of the chunked body being read (RFC 9112 7.1.2): dropped, not merged into
+        the request's headers (RFC 9110 6.5.1; uvicorn appended it to them, where the app had read
+        them already), and counted: a trailer section longer than the head limit is refused (431),
+        where uvicorn held it without a bound (200 MB of trailer fields grew the gateway 215 MB)."""
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self.max_head:
+            self._refuse_request(431, f"request trailer section longer than {self.max_head} bytes")
+            raise HeadRefused
 
     def timeout_keep_alive_handler(self) -> None:
         """uvicorn's keep-alive expiry, but a connection whose client has sent its next request is
@@ -294,6 +315,7 @@ class HeadLimits:
     def on_message_begin(self) -> None:
         self._in_request = self._in_head = True
         self._head_bytes = self._counted = self._counted_bytes = self._body_seen = 0
+        self._trailer_bytes = 0
         self._begun += 1
         super().on_message_begin()
 
@@ -316,8 +338,8 @@ class HeadLimits:
             self._read_timer = self.loop.call_later(left, self._read_watch)
             return
         part = "headers" if self._in_head else "body"
-        if not self._in_head:  # the app's request, its body cut by this answer: counted as answered
-            self.scope[ANSWERED_BY_PROTOCOL] = 408
+        if not self._in_head and not self._answered_before_body():  # the app's request, its body cut
+            self.scope[ANSWERED_BY_PROTOCOL] = 408  # by this answer: counted as answered
         self.logger.debug("closing a connection whose request %s took over %g s", part, self.read_timeout)
         self._refuse(408, f"request {part} not received within {self.read_timeout:g} s")
 
@@ -335,6 +357,14 @@ class HeadLimits:
             return False
         return self._in_head or getattr(cycle, "response_started", False)
 
+    def _answered_before_body(self) -> bool:
+        """Whether the request being read is in its body and already answered (a 413 from its
+        Content-Length, a 404 or 405 that never reads it): its body is read and dropped, and where
+        it pauses past the read timeout (408) or turns malformed (400), the connection closes without
+        a second answer (one was written: the client read it as its next request's)."""
+        cycle = self.cycle
+        return self._in_request and not self._in_head and cycle is not None and cycle.response_complete
+
     def _refusing_a_head_request(self) -> bool:
         """Whether the request refused is a HEAD, whose answer has no body (RFC 9110 9.3.2: a client
         reads none, and took the JSON error for bytes after the answer). Its method is known once
@@ -350,12 +380,17 @@ class HeadLimits:
         lingering close (at once, without an answer, where one is under way: the two would
         interleave)."""
         answering = self._answering()
+        answered = self._answered_before_body()
         self._stop_watch()
         if status != 408:
             peer = peer_name(self.client) if self.client else "a client"
             self.logger.warning("refused a request from %s: %s", peer, message)
         if answering:
             self.transport.close()
+            return
+        if answered:  # a second answer to the request would be read as the answer to the next one
+            self.transport.write_eof()  # our end, then the lingering close: the answer sent is read
+            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
             return
         body = json.dumps({"error": message}).encode("ascii")  # the gateway's error body
         head = [

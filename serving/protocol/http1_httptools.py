@@ -399,8 +399,18 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
         routes = app.middleware_stack
         return (app, routes) if isinstance(routes, LeanRoutes) else None
 
+    def on_header(self, name: bytes, value: bytes, head_field: Any = HttpToolsProtocol.on_header) -> None:
+        if self._in_head:  # (the base called by name: no super() for each field of each request)
+            head_field(self, name, value)
+        else:  # after the head: a chunked body's trailer field, dropped and counted
+            self._trailer_field(name, value)
+
     def on_headers_complete(self) -> None:
         self._head_whole()  # HeadRefused past the limit
+        if self.expect_100_continue and self.parser.get_http_version() == "1.0":
+            # RFC 9110 10.1.1: ignored in HTTP/1.0, whose client takes no 1xx answer (15.2): uvicorn's
+            # "HTTP/1.1 100 Continue" was read as the final answer, and the real one as garbage
+            self.expect_100_continue = False
         if self.parser.should_upgrade() and not self._should_upgrade():
             self._skipped = self._upgrade_body()  # read by _parse, after the parser skips it
         cycle = self.cycle
