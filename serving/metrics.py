@@ -492,11 +492,14 @@ async def observed(
     work: Awaitable[T],
     deadline_s: float | None = None,
     version: str = "",
+    started: float | None = None,
 ) -> T:
     """Await ``work`` for model ``name`` in ``version`` (as asked: :meth:`GatewayMetrics.versioned`)
     counting the outcome (a failure also by its status), the end-to-end latency and the in-flight gauge. ``deadline_s``: the time its client's deadline (gRPC's)
-    leaves it, if any: cancelled once that is due (``DEADLINE_SLACK_S``), it failed by its deadline."""
-    started = time.monotonic()
+    leaves it, if any: cancelled once that is due (``DEADLINE_SLACK_S``), it failed by its deadline.
+    ``started``: when the request's own work began (``time.monotonic()``), where that was before
+    ``work`` (a friendly classify request's image decoding); else now."""
+    started = time.monotonic() if started is None else started
     gauge = metrics.child(metrics.in_flight, name)
     gauge.inc()
     outcome = "failure"
