@@ -45,8 +45,8 @@ def http_protocol(
     answered by :meth:`~serving.protocol.lean.LeanRoutes.respond` (the same endpoint and error
     handlers), its response written with uvicorn's default headers in one write; then the protocol
     goes on as after any response (keep-alive timer, the next pipelined request). Skipped that way:
-    the ASGI task's receive/send messages, the cycle's header checks, uvicorn's proxy-headers layer
-    (the lean routes do not read the client's address) and Starlette's entry; everything else, and
+    the ASGI task's receive/send messages, the cycle's header checks and Starlette's entry (uvicorn's
+    proxy-headers layer still gives the scope the client the access line names); everything else, and
     every request while the app has no lean layer (FastAPI's telemetry on), goes through uvicorn."""
     try:
         import httptools  # noqa: F401 - only whether it is there

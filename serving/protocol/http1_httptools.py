@@ -12,12 +12,14 @@ of event loop a translate request.
 from __future__ import annotations
 
 import asyncio
+import copy
 import weakref
 from typing import Any
 
 import httptools
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
@@ -143,6 +145,28 @@ def _count_left(cycle: DirectCycle, cut: asyncio.CancelledError, status: int = C
     refused = cycle.routes.limited.on_refused
     if refused is not None:
         refused(cycle.scope, cut, status)
+
+
+async def _scope_only(scope: Any, receive: Any, send: Any) -> None:
+    """The app under :func:`_proxy_headers`' copy of uvicorn's proxy-headers layer: nothing to run."""
+
+
+# uvicorn's proxy-headers layer of each server's app -> its copy over _scope_only
+_PROXY_LAYERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _proxy_headers(app: Any) -> Any | None:
+    """uvicorn's proxy-headers layer over ``app`` (``proxy_headers``: ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` from the hosts ``FORWARDED_ALLOW_IPS`` trusts, 127.0.0.1 and ::1 by default),
+    copied over an app that does nothing, so that a lean request's scope gets the client and scheme
+    uvicorn's cycle gives it, by uvicorn's own rules; None where the server has no such layer."""
+    if not isinstance(app, ProxyHeadersMiddleware):
+        return None
+    layer = _PROXY_LAYERS.get(app)
+    if layer is None:
+        layer = _PROXY_LAYERS[app] = copy.copy(app)  # the same trusted hosts
+        layer.app = _scope_only
+    return layer
 
 
 class _LingerOnClose:
@@ -598,6 +622,9 @@ class CoalescingHttpToolsProtocol(HeadLimits, HttpToolsProtocol):
     async def _answer(self, cycle: DirectCycle) -> None:
         response = None
         try:
+            proxy = _proxy_headers(self.app)
+            if proxy is not None:  # the client behind a proxy, as uvicorn's cycle writes it in its
+                await proxy(cycle.scope, None, None)  # access line (these wrote the proxy's address)
             response = await cycle.routes.respond(cycle.scope, bytes(cycle.body))
             status, headers, body = response.status_code, response.raw_headers, response.body
         except asyncio.CancelledError as cut:
