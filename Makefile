@@ -45,6 +45,16 @@ shell_path = $(if $(home_relative),"$$HOME")'$(subst ','\'',$(if $(home_relative
 # it refuses first. NVIDIA_DEVICES=<anything> vouches for a GPU found elsewhere.
 # (/dev/nvidia0 appears on first CUDA use on some headless hosts: nvidia-smi, where it lists a GPU, vouches too;
 # only a "GPU <n>:" line: it writes its failures, "No devices were found" among them, to stdout)
+# GPU and FRESH are switches read as 1 or not: GPU=yes or FRESH=true was taken for unset, so make setup GPU=yes
+# installed the CPU extra and make demo FRESH=true reused the checkpoints, saying nothing. Only unset, empty, 0
+# and 1 pass (FRESH where demo runs, the one target that reads it).
+switch_error = $(1)=$($(1))$(if $(filter environment%,$(origin $(1))), (from the environment)): $(1) takes 1 (or 0, or leave it unset) and nothing else, so nothing was installed or run; $(2)
+ifneq ($(filter-out 0 1,$(GPU)),)
+$(error $(call switch_error,GPU,GPU=1 installs the gpu extra and runs make demo on CUDA))
+endif
+ifneq ($(and $(filter-out 0 1,$(FRESH)),$(filter demo,$(MAKECMDGOALS))),)
+$(error $(call switch_error,FRESH,make demo FRESH=1 retrains the checkpoints it would reuse))
+endif
 NVIDIA_DEVICES ?= $(or $(wildcard /dev/nvidia[0-9]* /dev/dxg),$(shell nvidia-smi -L 2>/dev/null | grep -m 1 '^GPU [0-9]'))
 ifneq ($(and $(filter 1,$(GPU)),$(filter demo,$(MAKECMDGOALS))),)
 ifeq ($(strip $(NVIDIA_DEVICES)),)
