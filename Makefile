@@ -109,7 +109,17 @@ $(VENV)/bin/python:
 # --clear removed it).
 venv_gone = $(shell test -e '$(PY)' || echo gone)
 .PHONY: venv-made-again
-$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(filter 1,$(GPU)),constraints/gpu.txt) $(if $(venv_gone),venv-made-again) | $(VENV)/bin/python
+# A stamp says what was installed, not what is there now: a package removed or replaced since (pip uninstall
+# fastapi, a pip install that downgraded numpy, .venv/triton-env removed or of another Python) kept it, and
+# make setup said "Nothing to be done" while every target stopped on a ModuleNotFoundError. Where a target
+# needs the stamp and it is there, kiln/installed.py reads the packages' metadata (a tenth of a second): what
+# is missing or at a version pyproject.toml refuses is named, and installed again.
+venv_incomplete := $(if $(and $(filter-out help clean balancer lock,$(or $(MAKECMDGOALS),help)),$(wildcard $(STAMP))),$(strip \
+  $(shell '$(PY)' -m kiln.installed --triton-env '$(VENV)/triton-env' '$(EXTRAS)' 'nvidia-pytriton>=0.5' 2>/dev/null)))
+.PHONY: venv-incomplete
+venv-incomplete:
+	@echo "make: $(VENV) lacks what make setup installed: $(venv_incomplete); installing it again" >&2
+$(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(filter 1,$(GPU)),constraints/gpu.txt) $(if $(venv_gone),venv-made-again) $(if $(venv_incomplete),venv-incomplete) | $(VENV)/bin/python
 	@$(PY) $(call require_python,$(PY),rm -rf $(VENV) then make setup PYTHON_SYS=python3.11 (or a newer one))
 	@# Every stamp goes first: an install that fails part-way (after the uninstall below) leaves none that
 	@# would make the next make setup say there is nothing to do.
@@ -120,8 +130,13 @@ $(STAMP): pyproject.toml constraints/main.txt constraints/triton-env.txt $(if $(
 	$(PY) -m pip install --quiet -c constraints/main.txt $(if $(filter 1,$(GPU)),-c constraints/gpu.txt )-e ".[$(EXTRAS)]"
 	@# The Triton server binary ships in nvidia-pytriton, whose own pins (numpy<2) must not rule the project.
 	$(PY) -m pip install --quiet --no-deps -c constraints/main.txt "nvidia-pytriton>=0.5"
-	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment.
-	$(PYTHON_SYS) -m venv $(VENV)/triton-env
+	@# Its python backend stub is built against numpy 1, so Triton's models get their own small environment,
+	@# made from the venv's own Python: Triton runs them with the stub of that version, which does not see another
+	@# version's packages (PYTHON_SYS's python3 made it, beside a venv from PYTHON_SYS=python3.11: every model
+	@# failed, "No module named 'numpy'"). One of another Python, or whose python does not run, is made anew.
+	@v='import sys; print(*sys.version_info[:2])'; test ! -d $(VENV)/triton-env || \
+	  test "$$($(VENV)/triton-env/bin/python -c "$$v" 2>/dev/null)" = "$$($(PY) -c "$$v")" || rm -rf $(VENV)/triton-env
+	$(PY) -m venv $(VENV)/triton-env
 	$(VENV)/triton-env/bin/python -m pip install --quiet -c constraints/triton-env.txt "numpy<2" onnxruntime tokenizers
 	@# The compiled beam step, built now rather than by the first translator (numpy step if no C compiler).
 	$(PY) -c "import logging; logging.basicConfig(); from serving.decoding import native; native.load()"

@@ -47,7 +47,9 @@ def dry_run(tmp_path: Path, target: str, *variables: str, **env: str) -> list[st
     done = make(ROOT, "-n", target, f"VENV={tmp_path / 'venv'}", *variables, **env)
     assert done.returncode == 0, done.stderr
     line = next(
-        line for line in done.stdout.splitlines() if "/bin/python -m " in line and " pip " not in line
+        line
+        for line in done.stdout.splitlines()
+        if "/bin/python -m " in line and " pip " not in line and " -m venv " not in line  # setup's
     )
     words = subprocess.run(
         ["bash", "-c", f"printf '%s\\0' {line}"],

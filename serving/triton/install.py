@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -95,9 +96,17 @@ def triton_python_env() -> Path:
         env = Path(named)
         if not (env / "bin" / "python").exists():
             raise TritonError(f"KILN_TRITON_PYTHON_ENV={named} is not a Python environment (no bin/python)")
+        ours = "{}.{}".format(*sys.version_info[:2])
+        _check_made_from(
+            env,
+            f"KILN_TRITON_PYTHON_ENV={named}",
+            f"name one made from Python {ours} (python{ours} -m venv DIR; DIR/bin/pip install 'numpy<2' "
+            "onnxruntime tokenizers)",
+        )
         return env
     default = Path(sys.prefix) / "triton-env"
     if (default / "bin" / "python").exists():
+        _check_made_from(default, str(default), "run `make setup`: it makes it anew from this one's Python")
         return default
     log.warning(
         "no Triton python environment at %s (run `make setup`); using this one, where a numpy 2 install "
@@ -105,6 +114,25 @@ def triton_python_env() -> Path:
         default,
     )
     return Path(sys.prefix)
+
+
+def _check_made_from(env: Path, named: str, fix: str) -> None:
+    """Refuse ``env`` where its ``pyvenv.cfg`` says another Python version made it: Triton runs the models
+    with the python stub of this interpreter's version (:attr:`TritonInstall.stub`), which does not see that
+    version's packages, so every model was UNAVAILABLE ("No module named 'numpy'"), said in Triton's log only
+    after the wait for readiness."""
+    try:
+        config = (env / "pyvenv.cfg").read_text(errors="replace")
+    except OSError:
+        return  # not a venv (a conda environment, a prefix): nothing says its version
+    made = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", config, re.M)
+    ours = sys.version_info[:2]
+    if made is not None and (int(made[1]), int(made[2])) != ours:
+        raise TritonError(
+            f"{named} was made from Python {made[1]}.{made[2]}, but Triton runs its python models with the stub "
+            f"of this Python's version, {ours[0]}.{ours[1]}, which does not see that environment's packages "
+            f"(every model would be UNAVAILABLE: No module named 'numpy'); {fix}"
+        )
 
 
 def triton_environment(install: TritonInstall) -> dict[str, str]:

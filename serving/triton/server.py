@@ -287,12 +287,13 @@ class TritonServer:
     def _launch(self, install: TritonInstall, repository: Path, backends: Path) -> None:
         if self._launched_at is None:
             self._launched_at = time.time() - 1.0  # file times are coarser than the clock
+        env = triton_environment(install)  # before the log: a refused environment leaves no log to keep
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 self.command(install, repository, backends),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=triton_environment(install),
+                env=env,
                 start_new_session=True,  # its own process group (stop() signals it whole)
                 **child_options(),  # and stopped with this process, however it dies (a SIGKILL too)
             )
