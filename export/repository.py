@@ -102,7 +102,9 @@ def check_nothing_unlisted(entry_dir: Path) -> None:
     artifacts = meta.get("artifacts")
     if not entry_dir.is_dir() or not isinstance(artifacts, dict):
         return
-    files = (p for p in entry_dir.rglob("*") if p.is_file() and p.name != "kiln.json")
+    # links too (export writes none): a version directory linked in by hand (``2 -> /models/m/2``),
+    # which rglob does not enter and which is no file, was dropped from the entry without a word
+    files = (p for p in entry_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != "kiln.json")
     unlisted = sorted(
         rel
         for rel in (p.relative_to(entry_dir).as_posix() for p in files)
@@ -416,11 +418,22 @@ def _make_staging(area: Path, name: str) -> Path:
 def _swap_in(staging: Path, final: Path) -> None:
     """Replace ``final`` by ``staging``: an exchange where the platform has one (the old entry then
     lies in the staging directory, removed once the new one is in place), else two renames (the old
-    entry moved out beside the staging directory, removed last), between which ``final`` is absent."""
+    entry moved out beside the staging directory, removed last), between which ``final`` is absent.
+    An entry that is a link to a directory elsewhere is replaced by the new entry, the link removed
+    and what it points to left as it is (never written through); rmtree refuses a link, so the
+    swapped-out link stayed in the staging area for good, and every later export warned that it
+    "removed" it, left by a killed export."""
+    if final.is_symlink():
+        log.warning(
+            "%s was a link to %s: replaced by the exported entry, which is written in the repository; "
+            "the linked directory is left as it is",
+            final,
+            os.readlink(final),
+        )
     if final.exists():
         why = _exchange(staging, final)
         if why is None:
-            shutil.rmtree(staging, ignore_errors=True)
+            _discard(staging)
             return
         log.debug("replacing %s with two renames (%s): it is absent for an instant between them", final, why)
     old = None
@@ -429,7 +442,17 @@ def _swap_in(staging: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(staging, final)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+
+
+def _discard(path: Path) -> None:
+    """Delete a swapped-out or left-over entry: a link (an entry linked from elsewhere) is unlinked,
+    not followed; a directory is removed with what it holds."""
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @functools.cache
@@ -508,13 +531,13 @@ def sweep_leftovers(repository: Path, name: str) -> list[Path]:
     for kind, place in ((kind, place) for place in places for kind in ("tmp", "old")):
         prefix = f".{name}.{kind}-"
         for path in sorted(place.glob(f"{glob.escape(prefix)}*")):
-            if not path.is_dir() or not _owner_gone(path, path.name[len(prefix) :]):
+            if not (path.is_dir() or path.is_symlink()) or not _owner_gone(path, path.name[len(prefix) :]):
                 continue
             if kind == "old" and not (repository / name).exists() and read_kiln_json(path):
                 os.replace(path, repository / name)
                 log.warning("restored %s from %s, left by a killed export", name, path.name)
             else:
-                shutil.rmtree(path, ignore_errors=True)
+                _discard(path)
                 log.warning("removed %s, left by a killed export", path.name)
             swept.append(path)
     return swept

@@ -471,13 +471,28 @@ def entry_source_tokenizer(entry: Any) -> Any | None:
     """The source tokenizer of a ``<name>`` entry (read once), or None where the gateway's copy of the
     repository has none to read: ``<name>``'s model then measures the texts alone."""
     block = entry.kiln.get("translator") if isinstance(entry.kiln, dict) else None
-    filename = block.get("source_tokenizer", "source_tokenizer.json") if isinstance(block, dict) else None
-    if not isinstance(filename, str):
+    if not isinstance(block, dict):
         return None
     try:
-        return source_tokenizer(entry.path / filename)
+        return source_tokenizer(tokenizer_path(entry.path, block, "source_tokenizer"))
     except (OSError, ValueError):
         return None
+
+
+def tokenizer_path(path: Path, block: dict[str, Any], field: str) -> Path:
+    """The file kiln.json's ``translator.<field>`` names in the entry directory ``path`` (export writes
+    ``source_tokenizer.json`` / ``target_tokenizer.json``). A name that is not a relative path inside
+    the entry (absolute, or with a ``..`` part) is a ValueError naming the file and the field: Python's
+    ``/`` took ``/etc/x`` as is and followed ``..``, so a hand-edited or foreign repository made the
+    gateway read a file outside itself without a word, and a number was a TypeError naming neither.
+    Links inside the entry are followed, as for every file of the repository."""
+    name = block.get(field, f"{field}.json")
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(
+            f"{path / 'kiln.json'}: 'translator.{field}' must name a file in the entry's directory "
+            f"(a relative path without '..', as export writes {field}.json), got {name!r}"
+        )
+    return path / name
 
 
 def source_tokenizer(path: Path) -> Any:
@@ -529,8 +544,8 @@ def translator_from_entry(
         raise ValueError(f"{path}/kiln.json has no 'translator' block with a step_spec")
     spec = step_spec.parse_step_spec(block["step_spec"])
     codec = TextCodec.from_files(
-        path / block.get("source_tokenizer", "source_tokenizer.json"),
-        path / block.get("target_tokenizer", "target_tokenizer.json"),
+        tokenizer_path(path, block, "source_tokenizer"),
+        tokenizer_path(path, block, "target_tokenizer"),
         spec,
     )
     name = kiln.get("name", path.name)

@@ -8,7 +8,10 @@ name from the gateway as from Triton; what is served otherwise than a reader of 
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
     Triton does; what is served otherwise than its writer likely meant is logged."""
     path = _label_path(directory, filename)
     try:
-        data = path.read_bytes()
+        data = _regular_file_bytes(path)
     except OSError as exc:
         raise ValueError(f"label file {str(path)!r} for {owner} cannot be read: {exc.strerror}") from None
     text = data.decode("utf-8", errors="replace")
@@ -76,6 +79,21 @@ def _read_labels(directory: Path, filename: str, owner: str) -> list[str]:
             "model %s: %s, read a line a label as Triton reads it: %s", directory.name, path, "; ".join(notes)
         )
     return labels
+
+
+def _regular_file_bytes(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file (a link to one too): a named pipe there
+    (``mkfifo``, or a label_filename of ``../../dev/...``) hung the gateway's start-up for good, waiting
+    for a writer, and a device such as /dev/zero read until memory ran out. Opened without blocking,
+    then checked, so a pipe is refused rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, a device or a socket)")
+        return file.read()
 
 
 def _label_notes(labels: list[str], data: bytes) -> list[str]:

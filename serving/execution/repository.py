@@ -101,8 +101,12 @@ class RepositoryEntry:
 
     def model_file(self, version: str) -> Path:
         """The version's model file. An ONNX model's named file may be a directory holding a
-        ``model.onnx`` (beside its external weights): Triton's onnxruntime backend loads that one."""
-        filename = self.config.default_model_filename or "model.onnx"
+        ``model.onnx`` (beside its external weights): Triton's onnxruntime backend loads that one.
+        The name is joined under the version directory, an absolute one too, as Triton's ``JoinPath``
+        joins it (``/srv/x.onnx`` is the version's ``srv/x.onnx``): Python's ``/`` took an absolute
+        ``default_model_filename`` as is, so the gateway served a graph from outside the repository
+        that Triton refuses to load."""
+        filename = (self.config.default_model_filename or "model.onnx").lstrip("/")
         path = self.path / self.resolve_version(version) / filename
         return path / "model.onnx" if self.platform in ONNX_PLATFORMS and path.is_dir() else path
 
