@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from bench.gpu_direct import add_direct
 from bench.scrape import batch_mix, mix_delta, step_means
 from bench.servers import _input_dims, gateway_cmd
 from bench.stats import ratio, summarize
-from kiln.processes import child_options, end_with_parent, running
+from kiln.processes import end_with_parent, run_child, running
 from serving.execution.cpus import usable_cpus
 from serving.triton.ports import free_port
 
@@ -186,7 +185,7 @@ def export_cpu_side(
     cmd = [sys.executable, "-m", "export", *(str(checkpoints / f"{m}.pt") for m in models)]
     cmd += ["--repository", str(repository), "--precisions", "fp32"]
     progress(f"exporting the CPU side of the comparison into {repository}")
-    if subprocess.run(cmd, **child_options()).returncode != 0:  # stopped with the bench, however it ends
+    if run_child(cmd) != 0:  # stopped with the bench, however it ends (and a stop during its fork)
         raise RuntimeError(f"the CPU export failed: {' '.join(cmd)}")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.translation_rows import Workload
-from kiln.processes import child_options
+from kiln.processes import run_child
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def _stage(title: str, cmd: list[str], progress: Callable[[str], None]) -> None:
     progress(f"{title}: {' '.join(cmd[1:4])} ...")
     start = time.perf_counter()
     # stopped with the bench, however it ends: a killed bench left the stage training on to its end
-    if subprocess.run(cmd, **child_options()).returncode != 0:
+    if run_child(cmd) != 0:
         raise RuntimeError(f"{title} failed: {' '.join(cmd)}")
     progress(f"{title}: done in {time.perf_counter() - start:.0f} s")
 

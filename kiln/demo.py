@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from rich.table import Table
 
 from kiln.cli import HelpFormatter, directory
 from kiln.images import to_8bit, upright
-from kiln.processes import LOCAL, LOCAL_GRPC, child_options, ended, running, stop_on_sigterm
+from kiln.processes import LOCAL, LOCAL_GRPC, ended, run_child, running, stop_on_sigterm
 from serving.triton.ports import held_port
 
 console = Console()
@@ -89,14 +88,14 @@ def run_stage(title: str, cmd: list[str], may_refuse: bool = False) -> float | N
     console.rule(f"[bold]{title}")
     show_command(cmd)
     start = time.perf_counter()
-    result = subprocess.run(cmd, **child_options())  # a killed demo stops its stage too
+    returncode = run_child(cmd)  # a killed demo stops its stage too
     elapsed = time.perf_counter() - start
-    if may_refuse and result.returncode == REFUSED:
+    if may_refuse and returncode == REFUSED:
         return None
-    if result.returncode != 0:
-        console.print(f"[red]{title} failed: it {ended(result.returncode)}; the demo stops here.")
+    if returncode != 0:
+        console.print(f"[red]{title} failed: it {ended(returncode)}; the demo stops here.")
         # a shell's status for a stage a signal ended, 128 + its number (SystemExit(-9) exited 247)
-        raise SystemExit(result.returncode if result.returncode > 0 else 128 - result.returncode)
+        raise SystemExit(returncode if returncode > 0 else 128 - returncode)
     console.print(f"[green]{title}: done in {elapsed:.1f} s")
     return elapsed
 

@@ -150,6 +150,20 @@ def _keep_swallowed_interrupts() -> None:
     sys.unraisablehook = hook
 
 
+def run_child(cmd: list[str]) -> int:
+    """Run ``cmd`` to its end, its output on this process's, and return its exit status: ``subprocess.run(cmd,
+    **child_options()).returncode``, but a Ctrl-C or SIGTERM that came while it was forked
+    (:func:`raise_swallowed_interrupt`) kills it at once, as one that comes while it runs does (the stage,
+    minutes of training or an export, ran to its end, and the command went on past its stop)."""
+    with subprocess.Popen(cmd, **child_options()) as proc:
+        try:
+            raise_swallowed_interrupt()
+            return proc.wait()
+        except BaseException:  # as subprocess.run: the child killed, then reaped by the with
+            proc.kill()
+            raise
+
+
 def raise_swallowed_interrupt() -> None:
     """Raise the KeyboardInterrupt that came while a child was being started and was dropped (see
     :data:`_SWALLOWED`); nothing otherwise. Call it right after ``Popen(..., **child_options())``, where

@@ -105,9 +105,7 @@ def test_the_cpu_side_is_exported_beside_the_gpu_repository_from_the_same_checkp
     from bench import gpu_serving
 
     calls = []
-    monkeypatch.setattr(
-        gpu_serving.subprocess, "run", lambda cmd, **_: calls.append(cmd) or SimpleNamespace(returncode=0)
-    )
+    monkeypatch.setattr(gpu_serving, "run_child", lambda cmd: calls.append(cmd) or 0)
     cpu = gpu_serving.cpu_repository_for(tmp_path / "model_repository")
     assert cpu == tmp_path / "model_repository-cpu"
     gpu_serving.export_cpu_side(tmp_path / "ckpt", ("resnet18", "transformer"), cpu)
@@ -121,7 +119,7 @@ def test_the_cpu_side_is_exported_beside_the_gpu_repository_from_the_same_checkp
         "--precisions",
         "fp32",
     ]
-    monkeypatch.setattr(gpu_serving.subprocess, "run", lambda cmd, **_: SimpleNamespace(returncode=1))
+    monkeypatch.setattr(gpu_serving, "run_child", lambda cmd: 1)
     with pytest.raises(RuntimeError, match="the CPU export failed"):
         gpu_serving.export_cpu_side(tmp_path / "ckpt", ("resnet18",), cpu)
 
