@@ -91,7 +91,8 @@ def _write_interrupted(
 ) -> None:
     """The parts that finished before a Ctrl-C or SIGTERM, written as a run of those parts alone, the
     report and ``results.json`` (``interrupted``) naming the parts the stop left out."""
-    left_out = [part for part in PARTS if part in wanted and part not in finished]
+    failed = results.get("failed", {})  # named under "Parts that failed", not as the stop's
+    left_out = [part for part in PARTS if part in wanted and part not in finished and part not in failed]
     results["interrupted"] = {"finished": finished, "not_measured": left_out}
     results["targets"] = targets(results, args.classifier)
     write(results, out)

@@ -36,10 +36,12 @@ def targets(results: dict[str, Any], classifier: str) -> list[dict[str, Any]]:
     for row, parts in zip(rows, CLASSIFY_PARTS, strict=True):
         left_out = [part for part in parts if part not in results]
         if left_out and not row.get("note") and math.isnan(row["measured"]):
-            cut = [part for part in left_out if part in stopped]  # the run was stopped before them
-            only = [part for part in left_out if part not in stopped]
+            failed = [part for part in left_out if part in results.get("failed", {})]  # ran, and failed
+            cut = [part for part in left_out if part in stopped and part not in failed]  # stopped before them
+            only = [part for part in left_out if part not in stopped and part not in failed]
             row["note"] = "not measured: " + "; ".join(
-                ([f"the run was interrupted before {' and '.join(cut)} finished"] if cut else [])
+                ([f"{' and '.join(failed)} failed (see Parts that failed)"] if failed else [])
+                + ([f"the run was interrupted before {' and '.join(cut)} finished"] if cut else [])
                 + ([f"this run left out {' and '.join(only)} (--only)"] if only else [])
             )
     rows += results.get("translation", {}).get("targets", [])
