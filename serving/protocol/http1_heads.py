@@ -34,9 +34,10 @@ LINGER_BYTES = 4 << 20
 HEAD_FRAMING = len(b"  HTTP/1.1\r\n\r\n")  # a head's bytes besides its method, URL and headers
 HEAD_END = b"\r\n\r\n"  # every head ends so (llhttp, strict, takes no bare LF), and a chunked body too
 PARSER_WARNING = "Invalid HTTP request received."  # uvicorn's, for any request its parser refuses
-# A Host's value: RFC 3986's host (reg-name, IPv4 or an IP-literal in brackets) and optional port, or
-# empty; llhttp took any visible characters ("x y", "a/b@c"), which RFC 9112 3.2 answers 400.
-HOST_VALUE = re.compile(rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]*|\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\])(?::[0-9]*)?")
+# A Host's value: RFC 3986's host (reg-name, IPv4 or an IP-literal in brackets, with RFC 6874's zone:
+# [fe80::1%25eth0]) and optional port, or empty; llhttp took any visible characters ("x y", "a/b@c"),
+# which RFC 9112 3.2 answers 400.
+HOST_VALUE = re.compile(rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]*|\[[0-9A-Za-z:.\-_~%!$&'()*+,;=]+\])(?::[0-9]*)?")
 _host_value = HOST_VALUE.fullmatch  # (~0.3 us a request)
 
 
