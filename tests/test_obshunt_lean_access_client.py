@@ -17,20 +17,12 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.repo_fixtures import LiveServer
 from tests.test_grpc import FakeBackend
+from tests.test_ipv6_v_clients import _Lines
 from tests.waiting import eventually
 
 BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
 ).encode()
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @contextmanager
