@@ -244,18 +244,23 @@ def _source(config: CorpusConfig) -> str:
     return config.data_path if config.data_path else f"the {config.kind} corpus"
 
 
-def dropped(raw: list[Pair], pairs: list[Pair], config: CorpusConfig) -> str:
-    """What cleaning took out of ``raw`` to leave ``pairs``, by reason: a corpus it left too small to
-    split was "corpus of 0 pairs is too small", for a file of 50 pairs of 70-word sentences, naming
-    neither the file nor the length filter."""
-    kept = clean_pairs(
+def _cleaned(raw: list[Pair], config: CorpusConfig, *, dedup: bool) -> list[Pair]:
+    """``raw`` cleaned by ``config``'s settings (:func:`clean_pairs`)."""
+    return clean_pairs(
         raw,
         normalization=config.normalization,
         lowercase=config.lowercase,
         min_length=config.min_length,
         max_length=config.max_length,
-        dedup=False,
+        dedup=dedup,
     )
+
+
+def dropped(raw: list[Pair], pairs: list[Pair], config: CorpusConfig) -> str:
+    """What cleaning took out of ``raw`` to leave ``pairs``, by reason: a corpus it left too small to
+    split was "corpus of 0 pairs is too small", for a file of 50 pairs of 70-word sentences, naming
+    neither the file nor the length filter."""
+    kept = _cleaned(raw, config, dedup=False)
     reasons = []
     if len(raw) > len(kept):
         reasons.append(
@@ -270,14 +275,7 @@ def dropped(raw: list[Pair], pairs: list[Pair], config: CorpusConfig) -> str:
 def load_corpus(config: CorpusConfig) -> Corpus:
     """Read, clean and split a corpus; ``info`` records where it came from and the split sizes."""
     raw = read_pairs(config)
-    pairs = clean_pairs(
-        raw,
-        normalization=config.normalization,
-        lowercase=config.lowercase,
-        min_length=config.min_length,
-        max_length=config.max_length,
-        dedup=config.dedup,
-    )
+    pairs = _cleaned(raw, config, dedup=config.dedup)
     try:
         train, valid, test = split_pairs(pairs, config.valid_size, config.test_size, config.seed)
     except CorpusError as exc:  # named: the file, and what cleaning left out of it
