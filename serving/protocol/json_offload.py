@@ -15,7 +15,8 @@ in the helper (:func:`serving.protocol.v1.read_json_images`), and so does a larg
 
 One helper process a gateway process, started on the first large body (a forkserver child: never a
 fork of a process running ONNX Runtime's threads) and stopped with the app; large bodies wait their
-turn for it, which also bounds what a client sending many of them can take.
+turn for it, which also bounds what a client sending many of them can take, smallest first
+(:data:`ORDER_BYTES_S`), so that another client's small body is not held behind them.
 
 A large JSON answer is the same wait the other way: ``json.dumps`` holds the lock too, and a body of
 100 KB can ask for millions of values (a Transformer encoder's outputs for 64 sources of 256 tokens:
@@ -29,6 +30,8 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import heapq
+import itertools
 import logging
 import multiprocessing
 import os
@@ -58,6 +61,11 @@ SHORT_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 RETRY_S = 10.0
 OFFLOAD_BYTES = 256 << 10  # ~12 ms of event loop for a body of FP32 numbers this long
 JSON_VALUE_BYTES = 20  # an FP32 output as JSON: "0.10000000149011612, " (its float64 repr)
+# The helper is handed one body at a time; the others wait here and are handed on smallest first, a body
+# of n MiB going behind those that arrive up to n s after it (ORDER_BYTES_S): taken in arrival order, a
+# 300 KB body (~10 ms to parse) waited behind every 64 MiB one before it (~2.5 s each), and 13 of them
+# sent by another client made it a 504. A large body is passed over by smaller ones for a bounded time.
+ORDER_BYTES_S = 1 << 20
 
 
 class JsonOffload:
@@ -71,6 +79,9 @@ class JsonOffload:
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
         self._retry_at = 0.0  # monotonic time before which a helper that could not start is not tried
         self._short = False  # its start failed on a passing shortage, said once: retries are quiet
+        self._queued: list[tuple[float, int, asyncio.Future, Callable[[], Future]]] = []  # a heap, by turn
+        self._in_hand: Future | None = None  # the body handed to the helper last (done: none in hand)
+        self._arrivals = itertools.count()  # ties in turn: arrival order
 
     async def parse_infer(
         self, body: bytes, header_length: str | None, model: str, version: str, timeout_s: float | None = None
@@ -117,9 +128,11 @@ class JsonOffload:
             return parse(*args)
         try:
             if deadline is None:
-                return await self._in_helper(pool, parse, args)
+                return await self._in_helper(pool, parse, args, json_bytes=json_bytes)
             due = time.monotonic() + deadline.left()  # the helper's clock (CLOCK_MONOTONIC, system-wide)
-            return await self._within(deadline, self._in_helper(pool, parse, args, due), json_bytes)
+            return await self._within(
+                deadline, self._in_helper(pool, parse, args, due, json_bytes), json_bytes
+            )
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next body starts another
             if self._pool is pool:
                 self._pool = None
@@ -132,7 +145,7 @@ class JsonOffload:
 
     async def _within(self, deadline: Deadline, answer: asyncio.Future, json_bytes: int) -> Any:
         """``answer``, or a 504 at ``deadline`` (``answer`` then cancelled: a body still queued is dropped)."""
-        ahead = len(self._waiting) - 1  # bodies in the helper before this one (parsed or queued)
+        ahead = self._ahead_of(answer)  # bodies in the helper before this one (parsed or queued)
         timeout = asyncio.timeout_at(deadline.at)
         try:
             async with timeout:
@@ -145,8 +158,27 @@ class JsonOffload:
                 f"for the JSON parse process ({json_bytes} bytes of JSON, {ahead} bodies before it there)",
             ) from None
 
+    def _ahead_of(self, answer: asyncio.Future) -> int:
+        """The bodies the helper takes before ``answer``'s: the one handed to it, and those queued with an
+        earlier turn."""
+        for turn, _, queued, _ in self._queued:
+            if queued is answer:
+                return self._busy() + sum(
+                    1 for other, _, body, _ in self._queued if other < turn and not body.done()
+                )
+        return 0  # handed to the helper already
+
+    def _busy(self) -> int:
+        """1 while the helper has a body in hand (its work not done: parsed, failed or dropped), else 0."""
+        return int(self._in_hand is not None and not self._in_hand.done())
+
     def _in_helper(
-        self, pool: ProcessPoolExecutor, parse: Callable[..., T], args: tuple, due: float | None = None
+        self,
+        pool: ProcessPoolExecutor,
+        parse: Callable[..., T],
+        args: tuple,
+        due: float | None = None,
+        json_bytes: int = 0,
     ) -> asyncio.Future:
         """``parse(*args)`` in ``pool``'s helper, as a future of this loop; cancelling it drops a body
         still queued, and one past ``due`` (``time.monotonic()``) when its turn comes is not parsed
@@ -155,22 +187,59 @@ class JsonOffload:
         the helper dies, every body waiting for it gets ``BrokenProcessPool``, here: Python 3.11's
         pool stops failing its queued calls at the first one cancelled (its thread dies of
         InvalidStateError), and the bodies behind it waited for ever, a client gone mid-parse and a
-        killed helper enough to leave requests unanswered and their bytes held."""
+        killed helper enough to leave requests unanswered and their bytes held. The body waits its turn
+        here first (:meth:`_hand_on`: smallest first, see :data:`ORDER_BYTES_S`)."""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        # BrokenProcessPool where the pool is known broken already
-        work = pool.submit(parse, *args) if due is None else pool.submit(_unless_late, due, parse, *args)
+        handed: list[Future] = []
+
+        def submit() -> Future:  # BrokenProcessPool where the pool is known broken already
+            work = pool.submit(parse, *args) if due is None else pool.submit(_unless_late, due, parse, *args)
+            handed.append(work)
+
+            def settle(_: Any) -> None:  # on the pool's thread
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(self._settle, answer, work, pool)
+
+            work.add_done_callback(settle)
+            return work
+
+        def dropped(_: asyncio.Future) -> None:  # its client left or its deadline passed
+            if answer.cancelled():
+                if handed:
+                    handed[0].cancel()  # a body the helper has not taken yet is dropped (_settle pops it)
+                else:  # still queued here: dropped with its bytes
+                    self._waiting.pop(answer, None)
+                    self._queued = [entry for entry in self._queued if entry[2] is not answer]
+                    heapq.heapify(self._queued)
+
         self._waiting[answer] = pool
-        answer.add_done_callback(lambda _: work.cancel() if answer.cancelled() else None)
-
-        def settle(_: Any) -> None:  # on the pool's thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(self._settle, answer, work, pool)
-
-        work.add_done_callback(settle)
+        answer.add_done_callback(dropped)
+        turn = time.monotonic() + json_bytes / ORDER_BYTES_S
+        heapq.heappush(self._queued, (turn, next(self._arrivals), answer, submit))
+        self._hand_on()
         return answer
 
+    def _hand_on(self) -> None:
+        """Hand the helper the queued body of the earliest turn, unless it has one in hand: a body handed
+        to the pool is out of reach (the pool moves it into its call queue), so the rest wait here."""
+        while not self._busy() and self._queued:
+            answer, submit = heapq.heappop(self._queued)[2:]
+            if answer.done():  # cancelled, or failed with its helper
+                continue
+            try:
+                self._in_hand = submit()
+            except BaseException as error:  # BrokenProcessPool; RuntimeError: a pool shut down
+                self._waiting.pop(answer, None)
+                answer.set_exception(error)
+
     def _settle(self, answer: asyncio.Future, work: Future, pool: ProcessPoolExecutor) -> None:
+        try:
+            self._answer(answer, work, pool)
+        finally:
+            self._hand_on()
+
+    def _answer(self, answer: asyncio.Future, work: Future, pool: ProcessPoolExecutor) -> None:
         self._waiting.pop(answer, None)
         if answer.done() or work.cancelled():
             return
