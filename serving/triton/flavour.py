@@ -184,7 +184,8 @@ def _wrap_onnx_entry(
     source: Path, target: Path, config: model_config_pb2.ModelConfig, threads: int, instances: int | None
 ) -> None:
     """Copy the entry's files and give every version directory the ONNX Runtime model.py."""
-    onnx_file = config.default_model_filename or "model.onnx"
+    # under the version directory, an absolute name too, as Triton joins it (RepositoryEntry.model_file)
+    onnx_file = (config.default_model_filename or "model.onnx").lstrip("/")
     _copy_entry(source, target)
     versions = [d for d in target.iterdir() if d.is_dir() and d.name.isdigit()]
     if not any(_holds_model(d / onnx_file) for d in versions):

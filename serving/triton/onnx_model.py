@@ -113,9 +113,10 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_num_threads", "1") or 1)
         options.inter_op_num_threads = 1
-        path = os.path.join(
-            args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
-        )
+        # joined under the version directory, an absolute name too, as Triton's JoinPath joins it (and
+        # the gateway, RepositoryEntry.model_file): os.path.join took "/srv/x.onnx" as is
+        onnx_file = (params.get("onnx_file") or "model.onnx").lstrip("/")
+        path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
         if os.path.isdir(path):  # the model.onnx inside, beside its external weights, as Triton reads it
             path = os.path.join(path, "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

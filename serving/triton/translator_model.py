@@ -101,6 +101,21 @@ def _read_json(path: str) -> dict:
         return json.load(handle)
 
 
+def tokenizer_path(here: str, block: dict, field: str) -> str:
+    """The file kiln.json's ``translator.<field>`` names in the entry directory ``here``, refused as the
+    gateway refuses it (``serving.decoding.translator.tokenizer_path``, not copied beside this file): a
+    name that is not a relative path inside the entry (absolute, or with a ``..`` part) is a ValueError
+    naming kiln.json and the field, where ``os.path.join`` read a file outside the entry."""
+    name = block.get(field, f"{field}.json")
+    parts = name.replace(os.sep, "/").split("/") if isinstance(name, str) else []
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in parts:
+        raise ValueError(
+            f"{os.path.join(here, 'kiln.json')}: 'translator.{field}' must name a file in the entry's "
+            f"directory (a relative path without '..', as export writes {field}.json), got {name!r}"
+        )
+    return os.path.join(here, name)
+
+
 def parse_options(raw: str | None, max_positions: int | None = None) -> bs.DecodingOptions:
     """Decoding options from the request's JSON parameters, checked against the gateway's own limits."""
     options = options_from_parameters(json.loads(raw) if raw else {})
@@ -144,8 +159,8 @@ class TritonPythonModel:
         kiln = _read_json(os.path.join(here, "kiln.json"))
         block = kiln["translator"]
         self.spec = step_spec.parse_step_spec(block["step_spec"])
-        self.source = Tokenizer.from_file(os.path.join(here, block["source_tokenizer"]))
-        self.target = Tokenizer.from_file(os.path.join(here, block["target_tokenizer"]))
+        self.source = Tokenizer.from_file(tokenizer_path(here, block, "source_tokenizer"))
+        self.target = Tokenizer.from_file(tokenizer_path(here, block, "target_tokenizer"))
         # a special token's text typed in a sentence ("</s>") is text, as training and the gateway read
         # it (training.data.tokenizer.literal_specials; the file cannot say so)
         self.source.encode_special_tokens = self.target.encode_special_tokens = True
