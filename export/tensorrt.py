@@ -142,8 +142,30 @@ def _builder_config(trt: object, builder: object, spec: GraphSpec, precision: st
     for p in optimization_profile(spec):
         profile.set_shape(p.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
-    config.set_timing_cache(config.create_timing_cache(cache), ignore_mismatch=False)
+    attach_timing_cache(config, cache)
     return config
+
+
+def attach_timing_cache(config: object, cache: bytes) -> None:
+    """Build with the timing cache ``cache`` (b"": a new one), or a new one where TensorRT refuses it.
+
+    TensorRT refuses a cache another GPU model wrote (``set_timing_cache`` returns False: "a failure
+    will be reported if the CUDA device property in the provided cache is different") and one it cannot
+    read (``create_timing_cache`` gives None). Ignored, the build ran without a cache, and then
+    ``get_timing_cache()`` was None: the export failed after building the engine, and again at every
+    later export on this GPU, as the refused cache was never replaced. The repository's plans are
+    rebuilt for a new target (``engine_target``); its cache is started afresh the same way."""
+    timing = config.create_timing_cache(cache)
+    if timing is not None and config.set_timing_cache(timing, ignore_mismatch=False):
+        return
+    if not cache:
+        raise TensorRTError("TensorRT could not create an empty timing cache")
+    log.warning(
+        "TensorRT refused the timing cache (%d bytes, written on another GPU model or by another "
+        "TensorRT version?): building with a new one, which replaces it",
+        len(cache),
+    )
+    attach_timing_cache(config, b"")
 
 
 def build_engine(
