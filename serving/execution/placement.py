@@ -12,7 +12,7 @@ Read once at load by the embedded ONNX Runtime backend, and shown: in the load l
   holds it (buckets: the preferred batch sizes plus ``max_batch_size``) and runs it on that bucket's
   own session, so a CUDA session only ever sees one shape. Absent: on for GPU, off for CPU.
 - ``parameters.cudnn_conv_algo_search``: ``"0"``/``"1"``/``"2"`` = EXHAUSTIVE/HEURISTIC/DEFAULT
-  (Triton's key and encoding), passed to the CUDA provider.
+  (Triton's key and encoding), passed to the CUDA provider; another value fails the load, naming it.
 - ``parameters.kiln_cuda_graphs``: ``"1"`` replays each bucket's session as a CUDA graph on bound
   buffers (:mod:`serving.execution.bound_session`); it needs the CUDA provider and bucketing, and is
   ignored with a warning otherwise. A model whose graphs cannot be bound or captured at load (a
@@ -127,9 +127,9 @@ def plan(config: Any, available: list[str]) -> Placement:
         # device 0 is the provider's default; naming it makes ONNX Runtime >= 1.26 first look for a plugin
         # EP device and warn, for every session, that it found none
         options = {"device_id": device_id} if device_id != "0" else {}
-        search = parameters.get("cudnn_conv_algo_search", "")
+        search = conv_algo_search(config, parameters.get("cudnn_conv_algo_search", ""))
         if search:
-            options["cudnn_conv_algo_search"] = CONV_ALGO_SEARCH.get(search, search)
+            options["cudnn_conv_algo_search"] = search
         placement = Placement(CUDA, f"cuda:{device_id}", provider_options=options)
         _warn_one_device(config, kinds, sorted(set(gpus)), placement.device)
     else:
@@ -152,6 +152,23 @@ def plan(config: Any, available: list[str]) -> Placement:
                 config.name,
             )
     return placement
+
+
+def conv_algo_search(config: Any, value: str) -> str:
+    """The CUDA provider's ``cudnn_conv_algo_search`` of a config's parameter: Triton's ``0``/``1``/``2``
+    or ONNX Runtime's own name ("" where the config has none). Any other value is a ``PlacementError``
+    naming them: ONNX Runtime takes exactly EXHAUSTIVE, HEURISTIC or DEFAULT, and a provider it cannot
+    create falls back to the CPU, which :func:`check_session` then blamed on the CUDA libraries."""
+    value = value.strip()
+    if not value:
+        return ""
+    name = CONV_ALGO_SEARCH.get(value, value.upper())
+    if name not in CONV_ALGO_SEARCH.values():
+        raise PlacementError(
+            f'model {config.name!r}: parameter cudnn_conv_algo_search is {value!r}; use "0" (EXHAUSTIVE), '
+            '"1" (HEURISTIC) or "2" (DEFAULT), Triton\'s encoding (or leave it out: EXHAUSTIVE)'
+        )
+    return name
 
 
 _cuda_libraries_loaded = False
