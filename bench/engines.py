@@ -77,7 +77,7 @@ def classifier_jobs(
                 meta.get("precision", "fp32"),
                 str(artifact),
                 (h, w, c),
-                batch_sizes,
+                engine_batches(engine, batch_sizes, meta, entry.name),
                 threads,
                 budget_s,
             )
@@ -90,6 +90,29 @@ def classifier_jobs(
         shape = jobs[0].input_shape
         jobs.insert(0, EngineJob("pytorch", "fp32", str(ckpt), shape, batch_sizes, threads, budget_s))
     return jobs
+
+
+def engine_batches(
+    engine: str, batch_sizes: tuple[int, ...], meta: dict[str, Any], name: str
+) -> tuple[int, ...]:
+    """The batch sizes an entry's engine is measured at: a TensorRT plan's only up to its
+    ``max_batch_size``, the max of the one optimization profile it was built with (export/tensorrt.py).
+    TensorRT refuses an input shape beyond the profile (``set_input_shape`` returns False, which the
+    runner does not check), so the gpu profile's batch 256 on a plan built for 64 timed a refused call,
+    or failed the engine's job and with it its other rows."""
+    limit = int(meta.get("max_batch_size") or 0)
+    if engine != "tensorrt" or limit <= 0:
+        return tuple(batch_sizes)
+    kept = tuple(b for b in batch_sizes if b <= limit)
+    if len(kept) < len(batch_sizes):
+        log.info(
+            "%s: TensorRT plan measured at batches %s, not %s (beyond its profile's max_batch_size %d)",
+            name,
+            list(kept),
+            [b for b in batch_sizes if b > limit],
+            limit,
+        )
+    return kept
 
 
 def run_jobs(
