@@ -69,11 +69,39 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     range (from either) is a usage error naming the flag, not a traceback."""
     parser = build_parser()
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    problem = switch_problem(os.environ)
+    if problem:
+        parser.error(problem)
     try:
         return Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(_problem(error) for error in exc.errors())
         parser.error(problems)
+
+
+# The switches the decoding code reads where it runs (README, "Other variables"), each with the values
+# it tells apart: KILN_NATIVE=false (or off, no) kept the compiled step, read as "not 0", and
+# KILN_RESIDENT_DECODER=true left the resident decoder off, read as "not 1, on or force", silently.
+SWITCHES = {
+    "KILN_NATIVE": ("0", "1"),
+    "KILN_NATIVE_DECODER": ("0", "1"),
+    "KILN_FUSED_ATTENTION": ("0", "1"),
+    "KILN_RESIDENT_DECODER": ("0", "1", "on", "force"),
+}
+
+
+def switch_problem(environ: Any) -> str | None:
+    """Why a switch variable in ``environ`` holds a value its reader does not tell apart (one line
+    naming it and what it takes), refused before anything loads; None when every one set is known.
+    An empty one is unset, as its reader takes it."""
+    for name, accepted in SWITCHES.items():
+        value = environ.get(name)
+        if not value:
+            continue
+        known = value.strip().lower() if name == "KILN_RESIDENT_DECODER" else value
+        if known not in accepted:
+            return f"{name}={value!r}: takes {', '.join(accepted[:-1])} or {accepted[-1]}"
+    return None
 
 
 def _problem(error: Any) -> str:
@@ -348,11 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         _check_entries(settings.model_repository)
     _check_temporary_directory()
     _check_metrics_directory()
-    if settings.workers > 1:
-        if not settings.http_port:  # --grpc-port 0 is no gRPC server, which several workers serve as well
-            raise SystemExit(
-                "--workers > 1 needs a fixed --http-port (not 0: each worker would draw its own)"
-            )
+    if settings.workers > 1:  # with a fixed --http-port (Settings); --grpc-port 0 is no gRPC server
         from serving.workers import run_workers
 
         with holding(claim_ports(settings, hold=True)):  # until the workers are gone

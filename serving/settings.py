@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# ONNX Runtime takes its thread counts as C ints: a larger one failed every model's load, after the
+# start, in pybind11's "incompatible function arguments" (python -m serving.triton's --threads too)
+MAX_THREADS = 2**31 - 1
+
 
 class Settings(BaseSettings):
     """Everything the gateway can be told; each field is also ``KILN_<FIELD>`` in the environment."""
@@ -49,11 +53,12 @@ class Settings(BaseSettings):
         "grpcio; a GRPC_EXPERIMENTS in the environment wins (serving/protocol/grpc_io.py)",
     )
     intra_op_threads: int = Field(
-        1, ge=0, description="ONNX Runtime intra-op threads per session (0: ORT default)"
+        1, ge=0, le=MAX_THREADS, description="ONNX Runtime intra-op threads per session (0: ORT default)"
     )
     inter_op_threads: int = Field(
         1,
         ge=0,
+        le=MAX_THREADS,
         description="ONNX Runtime inter-op threads per session; above 1 CPU sessions run in ONNX Runtime's "
         "parallel execution mode (a graph's independent branches at once), the only mode that uses them: it "
         "pays only for graphs with parallel branches (Kiln's classifiers and translators are mostly chains) "
@@ -62,6 +67,7 @@ class Settings(BaseSettings):
     lone_request_threads: int | None = Field(
         None,
         ge=0,
+        le=MAX_THREADS,
         description="intra-op threads of the session a lone request (one item, nothing waiting) runs "
         "on; default: the cores this process may use; 0 or not above --intra-op-threads: off",
     )
@@ -116,6 +122,7 @@ class Settings(BaseSettings):
     finish_hold_steps: int | None = Field(
         None,
         ge=0,
+        le=2**63 - 1,  # the compiled step's plan carries it as an int64: past it every translation failed
         description="decoder steps a finished translation may wait for its batch's compiled call to "
         "end (fewer returns to Python under load: ~1.4x the tokens/s at c=32 on 2 cores, for up to that "
         "many steps of latency); default: 8; 0: answered at the step that finished it "
@@ -262,6 +269,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _workers_share_a_port(self) -> Settings:
+        """Several workers share one HTTP port: with port 0 each would draw its own. Refused with the
+        flag errors (exit 2); it was a refusal of the start (exit 1) once logging began."""
+        if self.workers > 1 and not self.http_port:
+            raise ValueError(
+                f"--workers (or KILN_WORKERS) {self.workers} needs a fixed --http-port (or KILN_HTTP_PORT), "
+                "not 0: each worker would draw its own"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _triton_url_is_an_address(self) -> Settings:
         """``--backend triton`` with a ``--triton-url`` tritonclient cannot reach (``::1:8001``, an IPv6
         address without its brackets: "Misformatted domain name"; no port: gRPC's 443) started a
@@ -333,6 +351,14 @@ class Settings(BaseSettings):
         if not host:
             raise ValueError("is empty: name the interface to bind (127.0.0.1, 0.0.0.0, or :: for every one)")
         return host
+
+    @field_validator("triton_url", mode="before")
+    @classmethod
+    def _triton_url_stripped(cls, value: object) -> object:
+        """``KILN_TRITON_URL=" triton:8001"`` (a template's spaces) passed the address check, which reads
+        it stripped, and reached tritonclient as given: a leading space is no name gRPC resolves
+        ("Misformatted domain name"), and the gateway was never ready."""
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("connection_board", "worker_board", "weights_dir", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -16,8 +17,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from kiln.cli import HelpFormatter, log_handler, number
+from kiln.cli import HelpFormatter, directory, log_handler, number
 from serving import process_tree
+from serving.settings import MAX_THREADS
+from serving.triton.install import triton_python_env
 from serving.triton.ports import client_host
 from serving.triton.server import TritonError, TritonServer, check_workdir
 
@@ -38,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
-        "--model-repository", type=Path, default=Path("model_repository"), help="exported repository"
+        "--model-repository", type=directory, default=Path("model_repository"), help="exported repository"
     )
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=directory,
         default=None,
         help="where the flavour (WORKDIR/model_repository, replaced; anything else there is refused) and "
         "log go (default: a temp dir, removed when the server stops cleanly); one server at a time",
@@ -61,11 +64,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=number(int, 1),
+        type=number(int, 1, MAX_THREADS),
         default=1,
         help="ONNX Runtime intra-op threads per model instance (translators' own sessions included)",
     )
-    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument(  # tritonserver takes an int32: past it, it printed its whole usage and exited
+        "--log-verbose",
+        type=number(int, 0, 2**31 - 1),
+        default=0,
+        help="tritonserver --log-verbose level (0: off)",
+    )
     parser.add_argument(
         "--ready-timeout",
         type=number(float, 0, above=True),
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         # a usage error as --host's and the ports' are (exit 2), before the "starting" line: refused in
         # start(), it followed "starting tritonserver ... waiting up to 180 s" and exited 1, a failed server's
         check_workdir(workdir)
+        if os.environ.get("KILN_TRITON_PYTHON_ENV"):  # a named one refused as a usage error too
+            triton_python_env()  # (it was refused after the "starting" line, exit 1, a failed server's)
     except (ValueError, TritonError) as error:
         _error(str(error))
         code = 2
