@@ -53,7 +53,7 @@ def triton_env_problem(env: Path) -> str | None:
     if not (env / "bin" / "python").exists():
         return f"{what}: not there"
     try:
-        config = (env / "pyvenv.cfg").read_text(errors="replace")
+        config = (env / "pyvenv.cfg").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return f"{what}: no pyvenv.cfg"
     match = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", config, re.M)

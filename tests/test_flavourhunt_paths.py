@@ -21,8 +21,6 @@ from tests.test_triton_audit import _TensorRequest
 from tests.test_triton_flavour_hunt import initialized_model
 from tests.test_triton_translator_model import stand_in_pb_utils
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-
 
 def _absolute_model_file(root: Path) -> Path:
     repository = _directory_model(root)
@@ -52,11 +50,12 @@ def translator_model(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize("field", ["source_tokenizer", "target_tokenizer"])
 @pytest.mark.parametrize("name", ["ABSOLUTE", "../outside.json", "tok/../../outside.json", 7])
 def test_a_tokenizer_named_outside_the_entry_is_refused_naming_kiln_json(
-    translator_model, tmp_path: Path, field: str, name: object
+    translator_model, transformer_repository: Path, tmp_path: Path, field: str, name: object
 ) -> None:
-    kiln = json.loads((REPOSITORY / "gru_attention" / "kiln.json").read_text(encoding="utf-8"))
+    exported = transformer_repository / "transformer"  # the suite's tiny translator, exported once
+    kiln = json.loads((exported / "kiln.json").read_text(encoding="utf-8"))
     outside = tmp_path / "outside.json"  # a tokenizer outside the entry, that the model read before
-    outside.write_bytes((REPOSITORY / "gru_attention" / "source_tokenizer.json").read_bytes())
+    outside.write_bytes((exported / "source_tokenizer.json").read_bytes())
     entry = tmp_path / "entry"
     entry.mkdir()
     for tokenizer in ("source_tokenizer.json", "target_tokenizer.json"):

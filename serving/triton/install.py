@@ -122,7 +122,7 @@ def _check_made_from(env: Path, named: str, fix: str) -> None:
     version's packages, so every model was UNAVAILABLE ("No module named 'numpy'"), said in Triton's log only
     after the wait for readiness."""
     try:
-        config = (env / "pyvenv.cfg").read_text(errors="replace")
+        config = (env / "pyvenv.cfg").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return  # not a venv (a conda environment, a prefix): nothing says its version
     made = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", config, re.M)
