@@ -3,7 +3,8 @@
 The helper took bodies in arrival order: with 13 bodies of 64 MiB of JSON numbers (~2.5 s each to
 parse) sent by one client ahead of it, another client's 300 KB KServe v2 body (~10 ms to parse) waited
 past its 30 s deadline and was answered 504. Queued bodies are now handed to the helper smallest first
-(a large one passed over by smaller ones for a bounded time only), one at a time.
+(a large one passed over by smaller ones for a bounded time only), one at a time (a small one at
+the head handed on while the one before it is parsed: PIPELINE_BYTES).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def test_a_large_body_is_passed_over_for_a_bounded_time_only() -> None:
         offload._queued[0] = (turn - 2.5, *rest)
         calls.append(asyncio.ensure_future(offload.call(1, _parse_in_helper, "late small", "")))
         await asyncio.sleep(0)
-        for _ in range(3):
-            await until(lambda: bool(pool.works) and not pool.works[-1].done())
-            pool.works[-1].set_result(started[-1])
+        for i in range(3):  # each finished in the order handed (a small one is handed on before: two in hand)
+            await until(lambda i=i: len(pool.works) > i)
+            pool.works[i].set_result(started[i])
         await asyncio.wait_for(asyncio.gather(*calls), DEADLINE_S)
         return started
 

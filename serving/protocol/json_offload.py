@@ -66,6 +66,12 @@ JSON_VALUE_BYTES = 20  # an FP32 output as JSON: "0.10000000149011612, " (its fl
 # 300 KB body (~10 ms to parse) waited behind every 64 MiB one before it (~2.5 s each), and 13 of them
 # sent by another client made it a 504. A large body is passed over by smaller ones for a bounded time.
 ORDER_BYTES_S = 1 << 20
+# ...except that a body of up to PIPELINE_BYTES at the head of that order is handed on while the helper parses
+# the one before it (two in hand, as the pool itself queues them), so that it is already in the helper's pipe
+# when that one is done: handed one at a time, the helper idled between bodies for the answer's way back to the
+# event loop and the next body's way out (~0.6 ms a body, ~15 % fewer 300 KB bodies a second). A body arriving
+# then waits behind at most that one small body more (~40 ms for 1 MiB).
+PIPELINE_BYTES = 1 << 20
 
 
 class JsonOffload:
@@ -79,8 +85,9 @@ class JsonOffload:
         self._waiting: dict[asyncio.Future, ProcessPoolExecutor] = {}  # bodies in the helper, by pool
         self._retry_at = 0.0  # monotonic time before which a helper that could not start is not tried
         self._short = False  # its start failed on a passing shortage, said once: retries are quiet
-        self._queued: list[tuple[float, int, asyncio.Future, Callable[[], Future]]] = []  # a heap, by turn
-        self._in_hand: Future | None = None  # the body handed to the helper last (done: none in hand)
+        # a heap, by turn: (turn, arrival, answer, submit, json_bytes)
+        self._queued: list[tuple[float, int, asyncio.Future, Callable[[], Future], int]] = []
+        self._in_hand: list[Future] = []  # the bodies handed to the helper (two at most, see PIPELINE_BYTES)
         self._arrivals = itertools.count()  # ties in turn: arrival order
 
     async def parse_infer(
@@ -161,16 +168,17 @@ class JsonOffload:
     def _ahead_of(self, answer: asyncio.Future) -> int:
         """The bodies the helper takes before ``answer``'s: the one handed to it, and those queued with an
         earlier turn."""
-        for turn, _, queued, _ in self._queued:
+        for turn, _, queued, *_ in self._queued:
             if queued is answer:
                 return self._busy() + sum(
-                    1 for other, _, body, _ in self._queued if other < turn and not body.done()
+                    1 for other, _, body, *_ in self._queued if other < turn and not body.done()
                 )
-        return 0  # handed to the helper already
+        return max(self._busy() - 1, 0)  # handed to the helper already: last (a body parsed before it)
 
     def _busy(self) -> int:
-        """1 while the helper has a body in hand (its work not done: parsed, failed or dropped), else 0."""
-        return int(self._in_hand is not None and not self._in_hand.done())
+        """The bodies the helper has in hand (their work not done: parsed, failed or dropped), 0 to 2."""
+        self._in_hand = [work for work in self._in_hand if not work.done()]
+        return len(self._in_hand)
 
     def _in_helper(
         self,
@@ -216,19 +224,23 @@ class JsonOffload:
         self._waiting[answer] = pool
         answer.add_done_callback(dropped)
         turn = time.monotonic() + json_bytes / ORDER_BYTES_S
-        heapq.heappush(self._queued, (turn, next(self._arrivals), answer, submit))
+        heapq.heappush(self._queued, (turn, next(self._arrivals), answer, submit, json_bytes))
         self._hand_on()
         return answer
 
     def _hand_on(self) -> None:
-        """Hand the helper the queued body of the earliest turn, unless it has one in hand: a body handed
-        to the pool is out of reach (the pool moves it into its call queue), so the rest wait here."""
-        while not self._busy() and self._queued:
-            answer, submit = heapq.heappop(self._queued)[2:]
+        """Hand the helper the queued body of the earliest turn, unless it has one in hand (or two, or one
+        and that body is larger than :data:`PIPELINE_BYTES`): a body handed to the pool is out of reach
+        (the pool moves it into its call queue), so the rest wait here."""
+        while self._queued:
+            busy = self._busy()
+            if busy >= 2 or (busy and self._queued[0][4] > PIPELINE_BYTES):
+                return  # (a small one goes in while the helper parses the one before it: PIPELINE_BYTES)
+            answer, submit = heapq.heappop(self._queued)[2:4]
             if answer.done():  # cancelled, or failed with its helper
                 continue
             try:
-                self._in_hand = submit()
+                self._in_hand.append(submit())
             except BaseException as error:  # BrokenProcessPool; RuntimeError: a pool shut down
                 self._waiting.pop(answer, None)
                 answer.set_exception(error)
