@@ -100,3 +100,33 @@ def test_a_large_body_is_passed_over_for_a_bounded_time_only() -> None:
 
     assert ORDER_BYTES_S == 1 << 20
     assert asyncio.run(scenario()) == ["busy", "large", "late small"]
+
+
+def test_a_large_body_is_passed_over_for_half_of_what_its_deadline_leaves_at_most() -> None:
+    """A 64 MiB body's turn came 64 s after its arrival: under the 30 s default deadline, small bodies
+    keeping the helper busy passed it over until its 504. Its turn is now at most half its time left."""
+
+    async def scenario() -> tuple[float, float]:
+        offload = JsonOffload(offload_bytes=1)
+
+        class Pool:  # a helper busy with the first body for as long as the test runs
+            def submit(self, fn, *args):  # noqa: ANN001, ANN202
+                from concurrent.futures import Future
+
+                return Future()
+
+        offload._pool = Pool()  # type: ignore[assignment]
+        calls = [asyncio.ensure_future(offload.call(8, _parse_in_helper, "busy", ""))]
+        await asyncio.sleep(0)
+        sent = time.monotonic()
+        large = offload.call(64 << 20, _parse_in_helper, "large", "", deadline=Deadline.from_now(4))
+        calls.append(asyncio.ensure_future(large))
+        await asyncio.sleep(0)
+        ((turn, *_),) = [entry for entry in offload._queued if entry[4] == 64 << 20]
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        return turn - sent, time.monotonic() - sent
+
+    wait, elapsed = asyncio.run(scenario())
+    assert wait <= 2.0 + elapsed, wait  # half of the 4 s its deadline left, not 64 s

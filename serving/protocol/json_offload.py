@@ -223,7 +223,12 @@ class JsonOffload:
 
         self._waiting[answer] = pool
         answer.add_done_callback(dropped)
-        turn = time.monotonic() + json_bytes / ORDER_BYTES_S
+        now = time.monotonic()
+        # passed over for n s a MiB, but never for more than half of what its deadline leaves: a body of
+        # 30 MiB or more under the 30 s default was otherwise passed over until its 504 while small
+        # bodies kept the helper busy
+        wait = json_bytes / ORDER_BYTES_S if due is None else min(json_bytes / ORDER_BYTES_S, (due - now) / 2)
+        turn = now + max(0.0, wait)
         heapq.heappush(self._queued, (turn, next(self._arrivals), answer, submit, json_bytes))
         self._hand_on()
         return answer
