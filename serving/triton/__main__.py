@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from kiln.cli import HelpFormatter, directory, log_handler, number
 from serving import process_tree
+from serving.__main__ import switch_problem
 from serving.settings import MAX_THREADS
 from serving.triton.install import triton_python_env
 from serving.triton.ports import client_host
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         check_workdir(workdir)
         if os.environ.get("KILN_TRITON_PYTHON_ENV"):  # a named one refused as a usage error too
             triton_python_env()  # (it was refused after the "starting" line, exit 1, a failed server's)
+        # Triton's python translators read KILN_NATIVE and its kin as the gateway's decoders do (the server
+        # has this environment): a value they would ignore (KILN_NATIVE=false) is refused as the gateway does
+        problem = switch_problem(os.environ)
+        if problem:
+            raise ValueError(problem)
     except (ValueError, TritonError) as error:
         _error(str(error))
         code = 2
