@@ -31,7 +31,7 @@ def test_an_encoder_entry_names_every_translator_that_calls_it() -> None:
     assert refusal.status == 400
     assert str(refusal) == (
         "model 'fr_encoder' is a translate_encoder model; it cannot translate; translate with 'fr' or "
-        "'fr_int8', the translator whose step it is"
+        "'fr_int8', the translators whose step it is"
     )
     assert str(cannot_translate(ENTRIES["fr_decoder"], ENTRIES)).endswith(
         "translate with 'fr', the translator whose step it is"

@@ -189,11 +189,8 @@ def cannot_translate(entry: Any, entries: dict[str, Any]) -> BadRequest:
             with contextlib.suppress(ValueError):
                 if entry.name in step_entries(other):
                     owners.append(name)
-    hint = (
-        f"; translate with {' or '.join(map(repr, sorted(owners)))}, the translator whose step it is"
-        if owners
-        else ""
-    )
+    whose = "the translator whose step it is" if len(owners) == 1 else "the translators whose step it is"
+    hint = f"; translate with {' or '.join(map(repr, sorted(owners)))}, {whose}" if owners else ""
     return BadRequest(
         f"model {entry.name!r} is a {entry.task or 'non-translate'} model; it cannot translate{hint}"
     )
