@@ -38,6 +38,7 @@ from training.resume import (
     changed_model_args,
     check_resumed_epochs,
     load_resume,
+    resume_path,
     resumed_amp,
     resumed_output_dir,
 )
@@ -319,7 +320,7 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
     data = {key: held[key] for key in DATA_FLAGS if getattr(config, key) is None and key in held}
     saved = state.get("train_config")
     if saved is None:
-        return data
+        return {**data, **older_state_defaults(config)}
     differ = [
         f"--{key.replace('_', '-')} {getattr(config, key)} (the run used {saved[key]})"
         for key in RESUME_FIXED
@@ -335,6 +336,26 @@ def resume_defaults(config: TrainConfig) -> dict[str, Any]:
     if "amp" in values:
         values["amp"] = resumed_amp(state)
     return {**data, **values}
+
+
+def older_state_defaults(config: TrainConfig) -> dict[str, Any]:
+    """A resume state an older Kiln wrote (no ``train_config``, before 2026-12-04) holds the run's data and
+    model but not its flags. Its name is its file's, ``<name>.resume.pt`` (else the run went on as the
+    model's name, ``lenet.pt``: beside its own files, over another run's); the flags it does not record
+    come from the recipe unless given again, and one warning names those left so."""
+    state = resume_path(config.resume)
+    unset = [
+        f"--{key.replace('_', '-')}" for key in ("epochs", *RESUME_FIXED) if getattr(config, key) is None
+    ]
+    if unset:
+        log.warning(
+            "--resume %s: written by an older Kiln, this resume state does not record the run's training "
+            "flags: %s come from the model's recipe; give them again as the run was started if it set them "
+            "(a different value continues the run with it)",
+            state,
+            ", ".join(unset),
+        )
+    return {} if config.name else {"name": state.name[: -len(".resume.pt")]}
 
 
 def check_resume_model_args(config: TrainConfig) -> None:
