@@ -15,6 +15,16 @@ from training.classify_config import TrainConfig
 from training.classify_resolve import resolve
 from training.data.augment import AugmentConfig
 
+# a lenet run's resume state after its first epoch, without its data and train_config (added per test)
+LENET_STATE = {
+    "epoch": 1,
+    "model_name": "lenet",
+    "model_args": {},
+    "model": {},
+    "optimizer": {},
+    "scheduler": {},
+}
+
 
 def resume_file(out: Path, **train_config) -> Path:
     """A lenet run's resume state in ``out``, as a run made with ``train_config`` wrote it (its name's
@@ -22,15 +32,7 @@ def resume_file(out: Path, **train_config) -> Path:
     saved = dataclasses.asdict(resolve(TrainConfig(model="lenet", output_dir=str(out), **train_config)))
     path = out / f"{train_config.get('name') or 'lenet'}.resume.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "epoch": 1,
-        "model_name": "lenet",
-        "model_args": {},
-        "model": {},
-        "optimizer": {},
-        "scheduler": {},
-    }
-    return save_checkpoint({**state, "data": {}, "train_config": saved}, path)
+    return save_checkpoint({**LENET_STATE, "data": {}, "train_config": saved}, path)
 
 
 def resolved(argv: list[str]) -> TrainConfig:

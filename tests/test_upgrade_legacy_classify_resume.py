@@ -10,23 +10,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tests.test_resume_flags import resolved
+from tests.test_resume_flags import LENET_STATE, resolved
 from training.checkpoint import save_checkpoint
 
 
 def older_resume_file(out: Path, name: str) -> Path:
     """What an older Kiln's ``save_resume`` wrote for a lenet run named ``name``: no ``train_config``."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {
-        "epoch": 1,
-        "model_name": "lenet",
-        "model_args": {},
-        "model": {},
-        "optimizer": {},
-        "scheduler": {},
-        "data": {"dataset": "digits", "data_path": None, "image_size": 32, "channels": 1, "seed": 0},
-    }
-    return save_checkpoint(state, out / f"{name}.resume.pt")
+    data = {"dataset": "digits", "data_path": None, "image_size": 32, "channels": 1, "seed": 0}
+    return save_checkpoint({**LENET_STATE, "data": data}, out / f"{name}.resume.pt")
 
 
 def test_an_older_resume_state_resumes_under_its_own_name_and_warns_of_its_unrecorded_flags(tmp_path, caplog):
