@@ -150,6 +150,7 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
         "x_ort_best_batch",
     ]
     text = "## Servers (classifier, one image per request, closed loop)\n\n" + table(rows, cols) + "\n"
+    text += gateway_layout_line(servers)
     if servers.get("open"):
         for r in servers["open"]:
             r["p99_over_p50"] = ratio(r["p99_ms"], r["p50_ms"])
@@ -162,6 +163,18 @@ def server_section(servers: dict[str, Any], best_direct_ips: float) -> str:
     if servers.get("errors"):
         text += "\n" + "\n".join(f"- {k}: {v}" for k, v in servers["errors"].items()) + "\n"
     return text + perf_analyzer_section(servers.get("perf_analyzer", {}))
+
+
+def gateway_layout_line(servers: dict[str, Any]) -> str:
+    """Which gateway layout each gateway target ran: `gateway` the bench's ``--gateway-workers``,
+    `gateway->triton` one worker (bench.servers), so their rows are not read as alike."""
+    workers = servers.get("gateway_workers")
+    if not workers:  # results written before the bench recorded it
+        return ""
+    return (
+        f"\n`gateway`: {workers} gateway worker{'s' if workers > 1 else ''} (`--workers`, the bench's "
+        "`--gateway-workers`); `gateway->triton`: 1 gateway worker forwarding to Triton.\n"
+    )
 
 
 SERVER_SPLIT = (

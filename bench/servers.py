@@ -163,6 +163,7 @@ def run_servers(
     images = np.random.default_rng(0).integers(0, 256, size=(1, *meta_dims), dtype=np.uint8)
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(repository, model, workdir, images, concurrencies, duration_s, threads, progress)
+    run.results["gateway_workers"] = workers  # the `gateway` rows; `gateway->triton`: one
     _gateway_targets(run, workers, meta_dims)
     _triton_targets(run)
     try:

@@ -202,6 +202,13 @@ def gateway_engine(kind: str, workers: int) -> str:
     return f"gateway ({kind}, {layout})" if kind else f"gateway ({layout})"
 
 
+def triton_engine(mode: str) -> str:
+    """A gateway->Triton row's engine name, stating its layout as :func:`gateway_engine` does: one gateway
+    worker (:func:`triton_rows` starts it so, whatever ``--gateway-workers``), "gateway->triton (scheduler,
+    1 worker)"."""
+    return f"gateway->triton ({mode}, 1 worker)"
+
+
 def gateway_rows(
     repository,
     model,
@@ -301,9 +308,7 @@ def triton_rows(
             cmd = gateway_cmd(repository, http, grpc, threads, triton_url=triton.grpc_url, translate=mode)
             with running(cmd, f"{url}/v2/health/ready", log_path=out / f"gateway-triton-{mode}.log"):
                 for w in workloads:
-                    rows[w.model] += _triton_mode_rows(
-                        url, w, f"gateway->triton ({mode})", mode_beams, concurrency
-                    )
+                    rows[w.model] += _triton_mode_rows(url, w, triton_engine(mode), mode_beams, concurrency)
     return rows
 
 
