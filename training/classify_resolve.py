@@ -344,14 +344,14 @@ def older_state_defaults(config: TrainConfig) -> dict[str, Any]:
     model's name, ``lenet.pt``: beside its own files, over another run's); the flags it does not record
     come from the recipe unless given again, and one warning names those left so."""
     state = resume_path(config.resume)
-    unset = [
-        f"--{key.replace('_', '-')}" for key in ("epochs", *RESUME_FIXED) if getattr(config, key) is None
-    ]
+    # every flag a newer state would give the run (RESUME_INHERITED's too: an --amp run went on in float32)
+    recorded = (*RESUME_FIXED, *(key for key in RESUME_INHERITED if key != "name"))
+    unset = [f"--{key.replace('_', '-')}" for key in recorded if getattr(config, key) is None]
     if unset:
         log.warning(
             "--resume %s: written by an older Kiln, this resume state does not record the run's training "
-            "flags: %s come from the model's recipe; give them again as the run was started if it set them "
-            "(a different value continues the run with it)",
+            "flags: %s come from the model's recipe or Kiln's defaults; give them again as the run was "
+            "started if it set them (a different value continues the run with it)",
             state,
             ", ".join(unset),
         )
