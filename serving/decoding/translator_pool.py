@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -197,7 +198,10 @@ def cannot_translate(entry: Any, entries: dict[str, Any]) -> BadRequest:
 
 
 def step_entries(entry: Any) -> tuple[str, str]:
-    """The encoder and decoder entries a translator's kiln.json names (a KeyError named neither)."""
+    """The encoder and decoder entries a translator's kiln.json names (a KeyError named neither); a
+    name that is not a plain entry name (empty, ``.``, ``..``, or with a path separator) is a ValueError
+    naming kiln.json and the field, as the Triton python model refuses it
+    (``serving.triton.translator_model.step_entry``), where it was looked up as an unknown model."""
     block = entry.kiln.get("translator")
     block = block if isinstance(block, dict) else {}
     missing = [key for key in ("encoder", "decoder") if not isinstance(block.get(key), str)]
@@ -205,4 +209,11 @@ def step_entries(entry: Any) -> tuple[str, str]:
         raise ValueError(
             f"{entry.path / 'kiln.json'}: its 'translator' block names no {' and no '.join(missing)} entry"
         )
+    for field in ("encoder", "decoder"):
+        name = block[field]
+        if name in ("", ".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep)):
+            raise ValueError(
+                f"{entry.path / 'kiln.json'}: 'translator.{field}' must name an entry of the model "
+                f"repository (a directory name without '/', as export writes <name>_{field}), got {name!r}"
+            )
     return block["encoder"], block["decoder"]

@@ -116,6 +116,27 @@ def tokenizer_path(here: str, block: dict, field: str) -> str:
     return os.path.join(here, name)
 
 
+def step_entry(here: str, block: dict, field: str) -> str:
+    """The repository entry kiln.json's ``translator.<field>`` (``encoder`` / ``decoder``) names, a
+    sibling of the entry directory ``here``, refused unless a plain entry name (a non-empty string, no
+    path separator, not ``.`` or ``..``), as the gateway finds it only among the repository's entries
+    (``serving.decoding.translator_pool.step_entries``): a ValueError naming kiln.json and the field,
+    where ``os.path.join`` read another directory's kiln.json and graph."""
+    name = block.get(field)
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or os.sep in name
+        or (os.altsep is not None and os.altsep in name)
+    ):
+        raise ValueError(
+            f"{os.path.join(here, 'kiln.json')}: 'translator.{field}' must name an entry of the model "
+            f"repository (a directory name without '/', as export writes <name>_{field}), got {name!r}"
+        )
+    return name
+
+
 def parse_options(raw: str | None, max_positions: int | None = None) -> bs.DecodingOptions:
     """Decoding options from the request's JSON parameters, checked against the gateway's own limits."""
     options = options_from_parameters(json.loads(raw) if raw else {})
@@ -165,6 +186,7 @@ class TritonPythonModel:
         # it (training.data.tokenizer.literal_specials; the file cannot say so)
         self.source.encode_special_tokens = self.target.encode_special_tokens = True
         parent = os.path.dirname(here)
+        block = {**block, **{part: step_entry(here, block, part) for part in ("encoder", "decoder")}}
         encoder = _read_json(os.path.join(parent, block["encoder"], "kiln.json"))
         decoder = _read_json(os.path.join(parent, block["decoder"], "kiln.json"))
         self.max_sentences = int(encoder.get("max_batch_size") or 64)
