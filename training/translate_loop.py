@@ -113,6 +113,7 @@ class Trainer:
         self.stop: str | None = None  # why the run stopped: rank 0's last validation, or the time budget
         self.carried = (0.0, 0.0)  # this rank's (loss, target tokens) of the last epoch trained
         self.skip = 0  # the batches of epoch ``start_epoch`` a run that stopped in it had trained
+        self.line: tuple | None = None  # rank 0's last validation line, not yet logged (``announce``)
         if resume:
             restore(self, resume)
         self.deadline = self.start + 60.0 * cfg.time_budget if cfg.time_budget else float("inf")
@@ -154,7 +155,7 @@ class Trainer:
         }
         self.metrics.log(record)
         self.records += 1
-        log.info(
+        self.line = (  # logged by ``announce``, once the resume state holding this validation is written
             "epoch %.2f step %d loss %.4f val BLEU %.2f exact %.1f%%",
             epoch,
             self.step,
@@ -220,10 +221,21 @@ class Trainer:
                 return
             stop = not cfg.eval_every and self.validate(epoch + 1, loss_sum, tokens)
             self.save_resume(epoch + 1, loss_sum, tokens)
+            self.announce()  # after the save: a run stopped during it has not finished the epoch
             if stop:
                 return
         if self.validated_step != self.step:  # the steps after the last --eval-every validation
             self.validate(cfg.epochs, loss_sum, tokens)
+            self.announce()
+
+    def announce(self) -> None:
+        """Log rank 0's last validation line ("epoch N ... val BLEU ..."), where one is pending: called
+        after the resume state that holds the validation is written, as the classifier logs its epoch
+        after saving, so that a line saying an epoch ended is never followed by a run (Ctrl-C during
+        a big model's save) that resumes before it."""
+        if self.line is not None:
+            line, self.line = self.line, None
+            log.info(*line)
 
     def train_epoch(self, epoch: int) -> tuple[bool, float, float]:
         """One pass over this rank's batches, validating every ``--eval-every`` steps: whether the run
@@ -254,7 +266,6 @@ class Trainer:
                 epoch + count / len(self.batches), loss_sum, tokens
             )
             if out_of_time and not stop:
-                log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
                 self.stop = TIME_BUDGET
             if stop or out_of_time:
                 # Stopped early, perfect or out of time, mid-epoch or at its end: a resume state saying
@@ -262,6 +273,10 @@ class Trainer:
                 # --time-budget goes on from this very batch.
                 done = count % len(self.batches)
                 self.save_resume(epoch if done else epoch + 1, loss_sum, tokens, batches=done)
+            self.announce()  # a validation's line, after the resume state holding it (where one is)
+            if out_of_time and not stop:
+                log.info("time budget of %.1f min reached; keeping the best weights", cfg.time_budget)
+            if stop or out_of_time:
                 return True, loss_sum, tokens
         bar.close()
         return False, loss_sum, tokens
